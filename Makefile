@@ -1,0 +1,117 @@
+# Incident ledger build tooling. GNU make + bash; needs only python3, node/npm and make.
+# `make` (or `make help`) lists the targets. Variables can be overridden: make test PYTHON=python3.11
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+VENV ?= .venv
+NPM ?= npm
+PIP_VERSION ?= 26.3
+PIP_TOOLS_VERSION ?= 7.6.2
+LOCK_VENV ?= .venv-lock
+LOCK_ARGS ?=
+PYTEST_ARGS ?=
+
+PY := $(VENV)/bin/python
+BUF := $(CURDIR)/tools/node_modules/.bin/buf
+VENV_STAMP := $(VENV)/.installed-dev
+BUF_STAMP := tools/node_modules/.installed
+# Source on PYTHONPATH ".:gen" (the project is not pip-installed).
+PYPATH := PYTHONPATH=$(CURDIR):$(CURDIR)/gen
+# Directories type-checked strictly by mypy, when they exist and hold Python files.
+MYPY_DIRS := services clients tests bench
+
+.PHONY: help venv proto proto-check lint fmt test check run bench lock clean
+
+help: ## list the targets
+	@echo "usage: make TARGET [VAR=value ...]"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 16
+
+# --- environment ---------------------------------------------------------------------------
+
+venv: $(VENV_STAMP) $(BUF_STAMP) ## create .venv from requirements/dev.txt and install buf (stamp-based)
+
+# Rebuilt from scratch (--clear) whenever the lock file changes, so the venv is exactly the lock.
+$(VENV_STAMP): requirements/dev.txt
+	$(PYTHON) -m venv --clear $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==$(PIP_VERSION)
+	$(PY) -m pip install --quiet -r requirements/dev.txt
+	touch $@
+
+$(BUF_STAMP): tools/package.json tools/package-lock.json
+	$(NPM) ci --prefix tools --ignore-scripts --no-audit --no-fund
+	$(BUF) --version
+	touch $@
+
+lock: ## re-pin requirements/*.txt from *.in with pip-compile (LOCK_ARGS=--upgrade to bump all)
+	$(PYTHON) -m venv --clear $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet pip==$(PIP_VERSION) pip-tools==$(PIP_TOOLS_VERSION)
+	for name in runtime dev; do \
+	  CUSTOM_COMPILE_COMMAND="make lock  (edit requirements/*.in, not this file; make lock LOCK_ARGS=--upgrade bumps every pin)" $(LOCK_VENV)/bin/pip-compile --quiet $(LOCK_ARGS) \
+	    --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	    --no-emit-trusted-host -o requirements/$$name.txt requirements/$$name.in; \
+	done
+	rm -rf $(LOCK_VENV)
+
+# --- generated code ------------------------------------------------------------------------
+
+proto: $(VENV_STAMP) ## regenerate gen/incidentledger from proto/incidentledger
+	tools/genproto.sh $(PY) gen
+
+proto-check: $(VENV_STAMP) ## fail if gen/ differs from what `make proto` would write
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	echo "tools/genproto.sh $(PY) $$tmp/gen && diff -r gen/incidentledger $$tmp/gen/incidentledger"; \
+	tools/genproto.sh $(PY) "$$tmp/gen"; \
+	mkdir "$$tmp/none"; \
+	have=gen/incidentledger; [[ -d $$have ]] || have=$$tmp/none; \
+	want=$$tmp/gen/incidentledger; [[ -d $$want ]] || want=$$tmp/none; \
+	if ! diff -r -x __pycache__ -x '*.pyc' "$$have" "$$want"; then \
+	  echo "generated code is stale: run make proto" >&2; exit 1; \
+	fi; \
+	echo "proto-check: gen/ is up to date"
+
+# --- quality -------------------------------------------------------------------------------
+
+lint: venv ## buf lint, ruff check, ruff format --check, mypy (strict)
+	@if [[ -n $$(find proto -name '*.proto' -type f -print -quit) ]]; then \
+	  echo "cd proto && buf lint"; (cd proto && $(BUF) lint); \
+	else \
+	  echo "lint: no .proto files under proto/: skipping buf lint"; \
+	fi
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	@dirs=(); \
+	for d in $(MYPY_DIRS); do \
+	  if [[ -d $$d && -n $$(find "$$d" -name '*.py' -type f -print -quit) ]]; then dirs+=("$$d"); fi; \
+	done; \
+	if [[ $${#dirs[@]} -gt 0 ]]; then \
+	  echo "$(PY) -m mypy $${dirs[*]}"; $(PY) -m mypy "$${dirs[@]}"; \
+	else \
+	  echo "lint: no Python files in $(MYPY_DIRS): skipping mypy"; \
+	fi
+
+fmt: $(VENV_STAMP) ## ruff format + ruff check --fix
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+test: venv ## lint, proto-check, then pytest (fails when no test is collected)
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory proto-check
+	$(PYPATH) $(PY) -m pytest $(PYTEST_ARGS)
+
+check: test ## alias of test
+
+# --- running -------------------------------------------------------------------------------
+
+run: $(VENV_STAMP) ## run the ledger service (python -m services.ledger)
+	$(PYPATH) $(PY) -m services.ledger
+
+bench: $(VENV_STAMP) ## run the benchmarks (python -m bench)
+	$(PYPATH) $(PY) -m bench
+
+clean: ## remove .venv, tools/node_modules, data/ and caches
+	rm -rf $(VENV) $(LOCK_VENV) tools/node_modules data .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

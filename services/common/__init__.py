@@ -1,0 +1,1 @@
+"""Code shared by the ledger and the notifier: configuration, logging, errors."""

@@ -1,0 +1,119 @@
+"""Bearer-token credentials: a file of token hashes, one entry per agency user.
+
+The file never holds a token, only its SHA-256. Development credentials are
+generated on first start (random tokens, written next to the hashes so a new user
+can act at once) and marked as such; production refuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from services.common.config import ConfigError
+from services.common.errors import Unauthenticated
+
+_BEARER = "bearer "
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller: an officer of an agency."""
+
+    agency: str
+    officer: str
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class TokenStore:
+    """Resolves bearer tokens to principals."""
+
+    def __init__(self, entries: dict[str, Principal], *, development: bool) -> None:
+        self._by_hash = entries
+        self.development = development
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    def agencies(self) -> set[str]:
+        return {p.agency for p in self._by_hash.values()}
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise Unauthenticated(
+                "missing credentials: send 'authorization: Bearer <token>' metadata",
+                reason="CREDENTIALS_MISSING",
+            )
+        if not authorization.lower().startswith(_BEARER):
+            raise Unauthenticated(
+                "the authorization metadata must be 'Bearer <token>'",
+                reason="CREDENTIALS_MALFORMED",
+            )
+        principal = self._by_hash.get(token_hash(authorization[len(_BEARER) :].strip()))
+        if principal is None:
+            raise Unauthenticated("the bearer token is not valid", reason="CREDENTIALS_INVALID")
+        return principal
+
+    @classmethod
+    def load(cls, path: Path, known_agencies: Iterable[str]) -> TokenStore:
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read the tokens file {path}: {exc}") from exc
+        known = set(known_agencies)
+        entries: dict[str, Principal] = {}
+        try:
+            for n, user in enumerate(raw["users"]):
+                agency, officer, digest = user["agency"], user["officer"], user["token_sha256"]
+                if agency not in known:
+                    raise ConfigError(f"{path}: users[{n}] names unknown agency {agency!r}")
+                if len(digest) != 64:
+                    raise ConfigError(f"{path}: users[{n}].token_sha256 is not a SHA-256 hex")
+                entries[digest.lower()] = Principal(str(agency), str(officer))
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"malformed tokens file {path}: {exc!r}") from exc
+        return cls(entries, development=bool(raw.get("development", False)))
+
+
+def generate_dev_credentials(directory: Path, agencies: Iterable[str]) -> Path:
+    """Create random development tokens for one officer per agency.
+
+    Writes ``tokens.yaml`` (hashes, used by the services) and ``dev-tokens.yaml``
+    (the tokens themselves, for the developer), both readable by the owner only.
+    Returns the path of the tokens file.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    users, plain = [], {}
+    for agency in sorted(agencies):
+        token = secrets.token_urlsafe(32)
+        officer = f"dev-{agency}"
+        users.append({"agency": agency, "officer": officer, "token_sha256": token_hash(token)})
+        plain[agency] = {"officer": officer, "token": token}
+    hashes = directory / "tokens.yaml"
+    tokens = directory / "dev-tokens.yaml"
+    _write_private(
+        tokens,
+        "# Development tokens (one officer per agency). Never use in production.\n"
+        + yaml.safe_dump(plain, sort_keys=True),
+    )
+    _write_private(
+        hashes,
+        "# SHA-256 of each user's bearer token. Generated for development.\n"
+        + yaml.safe_dump({"development": True, "users": users}, sort_keys=False),
+    )
+    return hashes
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)

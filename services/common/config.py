@@ -1,0 +1,124 @@
+"""Configuration from the environment, with documented defaults.
+
+Every setting the services read is declared here (and in the README's table).
+The event store is configured with the eventsourcing library's own variables
+(PERSISTENCE_MODULE, SQLITE_DBNAME, POSTGRES_*); the ledger only fills in the
+embedded default (SQLite in the data directory) when nothing is set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the service refuses to start."""
+
+
+def _int(env: Mapping[str, str], key: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{key} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, got {raw!r}") from None
+
+
+def _choice(env: Mapping[str, str], key: str, default: str, choices: set[str]) -> str:
+    value = env.get(key) or default
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class LedgerSettings:
+    """Settings of the ledger service (see README, "Configuration")."""
+
+    listen: str = "127.0.0.1:50051"
+    environment: str = "development"
+    data_dir: Path = PROJECT_ROOT / "data"
+    reference_file: Path = PROJECT_ROOT / "config" / "mukomuko-pilkada.yaml"
+    tokens_file: Path | None = None
+    page_token_secret: bytes | None = None
+    max_workers: int = 32
+    max_message_bytes: int = 1024 * 1024
+    grace_seconds: float = 10.0
+    log_level: str = "INFO"
+    log_format: str = "auto"
+    store_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def production(self) -> bool:
+        return self.environment == "production"
+
+    @property
+    def resolved_tokens_file(self) -> Path:
+        return self.tokens_file or self.data_dir / "credentials" / "tokens.yaml"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LedgerSettings:
+        env = dict(os.environ if env is None else env)
+        data_dir = Path(env.get("LEDGER_DATA_DIR") or PROJECT_ROOT / "data")
+        environment = _choice(
+            env, "LEDGER_ENVIRONMENT", "development", {"development", "production"}
+        )
+        secret = env.get("LEDGER_PAGE_TOKEN_SECRET")
+        settings = cls(
+            listen=env.get("LEDGER_LISTEN") or cls.listen,
+            environment=environment,
+            data_dir=data_dir,
+            reference_file=Path(env.get("LEDGER_REFERENCE_FILE") or cls.reference_file),
+            tokens_file=Path(env["LEDGER_TOKENS_FILE"]) if env.get("LEDGER_TOKENS_FILE") else None,
+            page_token_secret=secret.encode() if secret else None,
+            max_workers=_int(env, "LEDGER_MAX_WORKERS", cls.max_workers, minimum=1),
+            max_message_bytes=_int(
+                env, "LEDGER_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1024
+            ),
+            grace_seconds=_float(env, "LEDGER_GRACE_SECONDS", cls.grace_seconds),
+            log_level=_choice(
+                env, "LEDGER_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"}
+            ),
+            log_format=_choice(env, "LEDGER_LOG_FORMAT", "auto", {"auto", "json", "console"}),
+            store_env=store_environment(env, data_dir),
+        )
+        if settings.production:
+            if settings.page_token_secret is None:
+                raise ConfigError("LEDGER_PAGE_TOKEN_SECRET is required in production")
+            if settings.tokens_file is None:
+                raise ConfigError("LEDGER_TOKENS_FILE is required in production")
+        return settings
+
+
+def store_environment(env: Mapping[str, str], data_dir: Path) -> dict[str, str]:
+    """The eventsourcing library's variables, with SQLite in the data dir as default."""
+    keys = {
+        k: v
+        for k, v in env.items()
+        if k.startswith(("PERSISTENCE_MODULE", "SQLITE_", "POSTGRES_", "CREATE_TABLE"))
+    }
+    module = keys.get("PERSISTENCE_MODULE", "eventsourcing.sqlite")
+    keys["PERSISTENCE_MODULE"] = module
+    if module == "eventsourcing.sqlite":
+        keys.setdefault("SQLITE_DBNAME", str(data_dir / "ledger.sqlite"))
+        keys.setdefault("SQLITE_LOCK_TIMEOUT", "10")
+    return keys

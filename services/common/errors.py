@@ -1,0 +1,115 @@
+"""The error vocabulary of the project, independent of any transport.
+
+Each error carries an AIP-193 ``reason`` (UPPER_SNAKE_CASE), the name of the gRPC
+status code it maps to, and metadata for the ErrorInfo. The mapping to gRPC lives
+in :mod:`services.common.grpc_errors`; domain and application code raise these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class LedgerError(Exception):
+    """Base class of every error the services report to callers."""
+
+    code: str = "INTERNAL"
+    reason: str = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.field = field
+        if field is not None:
+            self.metadata.setdefault("field", field)
+
+
+class InvalidArgument(LedgerError):
+    code = "INVALID_ARGUMENT"
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, message: str, *, reason: str = "INVALID_FIELD") -> None:
+        super().__init__(f"{field}: {message}", reason=reason, field=field)
+
+
+class NotFound(LedgerError):
+    code = "NOT_FOUND"
+    reason = "NOT_FOUND"
+
+
+class FailedPrecondition(LedgerError):
+    code = "FAILED_PRECONDITION"
+    reason = "FAILED_PRECONDITION"
+
+
+class IllegalTransition(FailedPrecondition):
+    """A command that the incident's current state does not allow."""
+
+    reason = "ILLEGAL_TRANSITION"
+
+    def __init__(self, command: str, status: str, detail: str = "") -> None:
+        message = f"{command} is not allowed while the incident is {status}"
+        if detail:
+            message = f"{message}: {detail}"
+        super().__init__(message, metadata={"command": command, "status": status})
+        self.command = command
+        self.status = status
+
+
+class Aborted(LedgerError):
+    code = "ABORTED"
+    reason = "ABORTED"
+
+
+class VersionConflict(Aborted):
+    reason = "VERSION_CONFLICT"
+
+    def __init__(self, expected: int, current: int) -> None:
+        super().__init__(
+            f"expected version {expected} but the incident is at version {current}",
+            metadata={"expected_version": str(expected), "current_version": str(current)},
+        )
+        self.expected = expected
+        self.current = current
+
+
+class AlreadyExists(LedgerError):
+    code = "ALREADY_EXISTS"
+    reason = "ALREADY_EXISTS"
+
+
+class PermissionDenied(LedgerError):
+    code = "PERMISSION_DENIED"
+    reason = "PERMISSION_DENIED"
+
+
+class Unauthenticated(LedgerError):
+    code = "UNAUTHENTICATED"
+    reason = "UNAUTHENTICATED"
+
+
+class ResourceExhausted(LedgerError):
+    code = "RESOURCE_EXHAUSTED"
+    reason = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(LedgerError):
+    code = "UNAVAILABLE"
+    reason = "UNAVAILABLE"
+
+
+class DataLoss(LedgerError):
+    """Stored history that fails its integrity checks."""
+
+    code = "DATA_LOSS"
+    reason = "DATA_LOSS"

@@ -1,0 +1,52 @@
+"""The one mapping from :class:`LedgerError` to gRPC statuses (AIP-193).
+
+Every error leaves as google.rpc.Status with an ErrorInfo (reason, domain,
+metadata) and, for a bad field, a BadRequest field violation.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from services.common.errors import LedgerError
+
+
+def to_grpc_status(error: LedgerError, domain: str) -> grpc.Status:
+    code = getattr(code_pb2, error.code)
+    details = []
+    info = any_pb2.Any()
+    info.Pack(
+        error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata)
+    )
+    details.append(info)
+    if error.field is not None:
+        bad = any_pb2.Any()
+        bad.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=error.field, description=error.message, reason=error.reason
+                    )
+                ]
+            )
+        )
+        details.append(bad)
+    return rpc_status.to_status(
+        status_pb2.Status(code=code, message=error.message, details=details)
+    )
+
+
+def error_info(call: grpc.Call) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo of a failed call, for clients and tests."""
+    status = rpc_status.from_call(call)
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None

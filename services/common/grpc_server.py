@@ -1,0 +1,132 @@
+"""What every gRPC server of the project shares: the request interceptor.
+
+The interceptor authenticates the caller, binds the request context for logging
+(method, actor, request id), maps :class:`LedgerError` to AIP-193 statuses, turns
+unexpected exceptions into INTERNAL (logged with their traceback) and writes one
+log line per request with its status and duration.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import structlog
+
+from services.common.auth import Principal, TokenStore
+from services.common.errors import LedgerError
+from services.common.grpc_errors import to_grpc_status
+
+log = structlog.get_logger("request")
+
+_PRINCIPAL: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
+
+UNAUTHENTICATED_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+
+
+def current_principal() -> Principal:
+    """The authenticated caller of the request being handled."""
+    return _PRINCIPAL.get()
+
+
+class RequestInterceptor(grpc.ServerInterceptor[Any, Any]):
+    def __init__(self, tokens: TokenStore, domain: str) -> None:
+        self._tokens = tokens
+        self._domain = domain
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(details)
+        method: str = details.method
+        if handler is None or method.startswith(UNAUTHENTICATED_PREFIXES):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _begin(self, method: str, request: Any, context: grpc.ServicerContext) -> Principal:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            method=method, request_id=getattr(request, "request_id", "") or None
+        )
+        authorization = next(
+            (v for k, v in context.invocation_metadata() if k == "authorization"), None
+        )
+        if isinstance(authorization, bytes):
+            authorization = authorization.decode("utf-8", "replace")
+        principal = self._tokens.authenticate(authorization)
+        structlog.contextvars.bind_contextvars(actor=f"{principal.agency}/{principal.officer}")
+        return principal
+
+    def _unary(
+        self, method: str, behaviour: Callable[[Any, grpc.ServicerContext], Any]
+    ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            try:
+                principal = self._begin(method, request, context)
+                token = _PRINCIPAL.set(principal)
+                try:
+                    response = behaviour(request, context)
+                finally:
+                    _PRINCIPAL.reset(token)
+            except LedgerError as error:
+                self._fail(context, error, started)
+            except Exception:
+                self._crash(context, started)
+            self._done("OK", started)
+            return response
+
+        return handle
+
+    def _stream(
+        self, method: str, behaviour: Callable[[Any, grpc.ServicerContext], Iterator[Any]]
+    ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+        def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            started = time.perf_counter()
+            try:
+                principal = self._begin(method, request, context)
+                token = _PRINCIPAL.set(principal)
+                try:
+                    yield from behaviour(request, context)
+                finally:
+                    _PRINCIPAL.reset(token)
+            except LedgerError as error:
+                self._fail(context, error, started)
+            except Exception:
+                self._crash(context, started)
+            self._done("OK", started)
+
+        return handle
+
+    def _fail(self, context: grpc.ServicerContext, error: LedgerError, started: float) -> None:
+        level = "warning" if error.code in {"PERMISSION_DENIED", "UNAUTHENTICATED"} else "info"
+        self._done(error.code, started, level=level, reason=error.reason, error=error.message)
+        context.abort_with_status(to_grpc_status(error, self._domain))
+
+    def _crash(self, context: grpc.ServicerContext, started: float) -> None:
+        log.exception("request.crashed")
+        self._done("INTERNAL", started, level="error")
+        context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+    @staticmethod
+    def _done(status: str, started: float, *, level: str = "info", **extra: Any) -> None:
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        getattr(log, level)("request", status=status, duration_ms=duration_ms, **extra)
+        structlog.contextvars.clear_contextvars()

@@ -1,0 +1,53 @@
+"""Opaque, tamper-proof page tokens (AIP-158).
+
+A token is base64url(JSON payload + HMAC-SHA256). It is bound to the query it
+continues, so it cannot be replayed with another filter or edited by a client.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from services.common.errors import InvalidArgument
+
+_MAC_BYTES = 16
+
+
+class PageTokens:
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            msg = "the page token secret must be at least 16 bytes"
+            raise ValueError(msg)
+        self._secret = secret
+
+    def encode(self, query: str, cursor: dict[str, Any]) -> str:
+        body = json.dumps({"q": _digest(query), "c": cursor}, separators=(",", ":")).encode()
+        mac = hmac.new(self._secret, body, hashlib.sha256).digest()[:_MAC_BYTES]
+        return base64.urlsafe_b64encode(mac + body).decode().rstrip("=")
+
+    def decode(self, query: str, token: str, field: str = "page_token") -> dict[str, Any]:
+        """The cursor in ``token``; INVALID_ARGUMENT if it was altered or is for another query."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except (binascii.Error, ValueError):
+            raise InvalidArgument(field, "is not a valid page token") from None
+        mac, body = raw[:_MAC_BYTES], raw[_MAC_BYTES:]
+        expected = hmac.new(self._secret, body, hashlib.sha256).digest()[:_MAC_BYTES]
+        if not hmac.compare_digest(mac, expected):
+            raise InvalidArgument(field, "is not a valid page token")
+        payload = json.loads(body)
+        if payload.get("q") != _digest(query):
+            raise InvalidArgument(field, "belongs to a different query (filter or parent changed)")
+        cursor = payload.get("c")
+        if not isinstance(cursor, dict):
+            raise InvalidArgument(field, "is not a valid page token")
+        return cursor
+
+
+def _digest(query: str) -> str:
+    return hashlib.sha256(query.encode()).hexdigest()[:16]

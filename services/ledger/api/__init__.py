@@ -1,0 +1,1 @@
+"""The gRPC face of the ledger: translation between protobuf and the application."""

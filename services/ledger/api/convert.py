@@ -1,0 +1,233 @@
+"""Translation between protobuf messages and the ledger's Python types."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from incidentledger.v1 import incident_pb2 as pb
+from incidentledger.v1 import ledger_service_pb2 as api
+from services.common.errors import InvalidArgument
+from services.ledger.application import CommandResult, StoredIncidentEvent
+from services.ledger.domain.incident import (
+    Incident,
+    RejectionReason,
+    Status,
+    event_fields,
+    event_hash,
+)
+
+_NAME_PREFIX = "incidents/"
+_ENVELOPE_FIELDS = {
+    "originator_id",
+    "originator_version",
+    "timestamp",
+    "event_id",
+    "occurred_at",
+    "actor_agency",
+    "actor_officer",
+    "reason",
+    "location",
+    "correlation_id",
+    "causation_id",
+    "request_id",
+    "previous_hash",
+    "originator_topic",
+}
+
+
+def incident_name(incident_id: UUID) -> str:
+    return f"{_NAME_PREFIX}{incident_id}"
+
+
+def parse_name(name: str, field: str = "name") -> UUID:
+    """The incident id in a resource name ``incidents/{uuid}``."""
+    if not name:
+        raise InvalidArgument(field, "is required")
+    if not name.startswith(_NAME_PREFIX):
+        raise InvalidArgument(field, f"must look like 'incidents/{{id}}', got {name[:80]!r}")
+    try:
+        return UUID(name[len(_NAME_PREFIX) :])
+    except ValueError:
+        raise InvalidArgument(field, f"has a malformed incident id: {name[:80]!r}") from None
+
+
+def parse_event_id(value: str, field: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        raise InvalidArgument(field, "must be an event id (UUID)") from None
+
+
+def optional_time(message: Message, field: str) -> datetime | None:
+    if not message.HasField(field):
+        return None
+    ts: Timestamp = getattr(message, field)
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(field, "has out-of-range nanos")
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(field, "is not a valid time") from None
+
+
+def required_time(message: Message, field: str) -> datetime:
+    value = optional_time(message, field)
+    if value is None:
+        raise InvalidArgument(field, "is required")
+    return value
+
+
+def location_from_proto(message: Message, field: str) -> dict[str, Any] | None:
+    if not message.HasField(field):
+        return None
+    loc: pb.Location = getattr(message, field)
+    result: dict[str, Any] = {"kecamatan": loc.kecamatan, "desa": loc.desa, "tps": loc.tps}
+    for coord in ("latitude", "longitude"):
+        if loc.HasField(coord):
+            value = getattr(loc, coord)
+            if not math.isfinite(value):
+                raise InvalidArgument(f"{field}.{coord}", "must be a finite number")
+            result[coord] = value
+    return result
+
+
+def rejection_reason(value: int) -> RejectionReason:
+    names = {
+        pb.REJECTION_REASON_INVALID: RejectionReason.INVALID,
+        pb.REJECTION_REASON_HOAX: RejectionReason.HOAX,
+        pb.REJECTION_REASON_OUT_OF_SCOPE: RejectionReason.OUT_OF_SCOPE,
+    }
+    try:
+        return names[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidArgument("rejection_reason", "must be INVALID, HOAX or OUT_OF_SCOPE") from None
+
+
+STATUS_TO_PROTO: dict[Status, pb.IncidentStatus.ValueType] = {
+    status: pb.IncidentStatus.Value(f"INCIDENT_STATUS_{status.value}") for status in Status
+}
+
+
+def _timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def location_to_proto(location: dict[str, Any] | None) -> pb.Location | None:
+    if not location:
+        return None
+    loc = pb.Location(
+        kecamatan=location.get("kecamatan", ""),
+        desa=location.get("desa", ""),
+        tps=location.get("tps", ""),
+    )
+    if location.get("latitude") is not None:
+        loc.latitude = location["latitude"]
+    if location.get("longitude") is not None:
+        loc.longitude = location["longitude"]
+    return loc
+
+
+def result_to_proto(result: CommandResult) -> api.CommandResult:
+    return api.CommandResult(
+        incident=incident_name(result.incident_id),
+        version=result.version,
+        position=result.position,
+        event_id=str(result.event_id),
+        record_time=_timestamp(result.recorded_at),
+    )
+
+
+def incident_to_proto(incident: Incident) -> pb.Incident:
+    message = pb.Incident(
+        name=incident_name(incident.id),
+        title=incident.title,
+        description=incident.description,
+        category=incident.category,
+        severity=incident.severity,
+        status=STATUS_TO_PROTO[incident.status],
+        location=location_to_proto(incident.location),
+        reporter=pb.Actor(agency=incident.reporter_agency, officer=incident.reporter_officer),
+        lead_agency=incident.lead_agency,
+        supporting_agencies=incident.supporting_agencies,
+        escalation_level=incident.escalation_level,
+        close_requested=incident.close_requested,
+        merged_into=incident_name(incident.merged_into) if incident.merged_into else "",
+        merged_incidents=[incident_name(i) for i in incident.merged_incidents],
+        version=incident.version,
+        occur_time=_timestamp(incident.occurred_at),
+        create_time=_timestamp(incident.created_on),
+        update_time=_timestamp(incident.modified_on),
+    )
+    if incident.rejection_reason is not None:
+        message.rejection_reason = pb.RejectionReason.Value(
+            f"REJECTION_REASON_{incident.rejection_reason.value}"
+        )
+    if incident.pending_handover is not None:
+        from_agency, to_agency, reason = incident.pending_handover
+        message.pending_handover.CopyFrom(
+            pb.Handover(
+                from_agency=from_agency,
+                to_agency=to_agency,
+                reason=reason,
+                event_id=str(incident.pending_handover_event or ""),
+            )
+        )
+    for decision in incident.decisions:
+        values = incident.event_values[decision.event_id]
+        message.decisions.append(
+            pb.Decision(
+                deciding_agencies=decision.deciding_agencies,
+                forum=values["forum"],
+                summary=values["summary"],
+                rationale=values["rationale"],
+                scope=location_to_proto(decision.scope),
+                valid_from=_timestamp(datetime.fromisoformat(values["valid_from"])),
+                valid_until=_timestamp(datetime.fromisoformat(values["valid_until"])),
+                event_id=str(decision.event_id),
+            )
+        )
+    return message
+
+
+def event_to_proto(stored: StoredIncidentEvent) -> pb.IncidentEvent:
+    event = stored.event
+    payload = {k: v for k, v in event_fields(event).items() if k not in _ENVELOPE_FIELDS}
+    return pb.IncidentEvent(
+        event_id=str(event.event_id),
+        incident=incident_name(event.originator_id),
+        version=event.originator_version,
+        type=type(event).__name__,
+        schema_version=getattr(type(event), "class_version", 1),
+        occur_time=_timestamp(event.occurred_at),
+        record_time=_timestamp(event.timestamp),
+        actor=pb.Actor(agency=event.actor_agency, officer=event.actor_officer),
+        reason=event.reason,
+        location=location_to_proto(event.location),
+        correlation_id=event.correlation_id,
+        causation_id=event.causation_id,
+        request_id=event.request_id,
+        previous_hash=event.previous_hash,
+        hash=event_hash(event),
+        position=stored.position,
+        payload_json=json.dumps(payload, sort_keys=True, default=_json_default),
+    )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    msg = f"not JSON encodable: {type(value).__name__}"
+    raise TypeError(msg)

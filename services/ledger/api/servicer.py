@@ -1,0 +1,332 @@
+"""LedgerService: translates each RPC into one application call and back."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import grpc
+from typing_extensions import override
+
+from incidentledger.v1 import ledger_service_pb2 as api
+from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
+from services.common.errors import InvalidArgument
+from services.common.grpc_server import current_principal
+from services.common.pagetoken import PageTokens
+from services.ledger.api import convert
+from services.ledger.application import Ledger
+from services.ledger.board import Board, BoardFilter
+from services.ledger.domain.incident import Actor, Envelope
+
+
+class _Command(Protocol):
+    request_id: str
+    correlation_id: str
+
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+DEFAULT_EVENTS_PAGE = 100
+MAX_EVENTS_PAGE = 1000
+
+
+def page_size(value: int, default: int, maximum: int) -> int:
+    if value < 0:
+        raise InvalidArgument("page_size", "must not be negative")
+    return min(value or default, maximum)
+
+
+class LedgerServicer(api_grpc.LedgerServiceServicer):
+    def __init__(self, ledger: Ledger, board: Board, page_tokens: PageTokens) -> None:
+        self._ledger = ledger
+        self._board = board
+        self._tokens = page_tokens
+
+    def _env(self, request: api.ReportIncidentRequest | _Command) -> Envelope:
+        principal = current_principal()
+        role = self._ledger.reference.agencies[principal.agency].role
+        occurred = convert.optional_time(request, "occur_time")  # type: ignore[arg-type]
+        return Envelope(
+            actor=Actor(principal.agency, principal.officer, role),
+            request_id=request.request_id,
+            correlation_id=request.correlation_id or request.request_id,
+            causation_id=request.request_id,
+            occurred_at=occurred,
+        )
+
+    # ------------------------------------------------------------- commands
+
+    @override
+    def ReportIncident(
+        self, request: api.ReportIncidentRequest, context: grpc.ServicerContext
+    ) -> api.ReportIncidentResponse:
+        location = convert.location_from_proto(request, "location")
+        if location is None:
+            raise InvalidArgument("location", "is required")
+        result = self._ledger.report(
+            self._env(request),
+            title=request.title,
+            description=request.description,
+            category=request.category,
+            severity=request.severity,
+            location=location,
+        )
+        return api.ReportIncidentResponse(result=convert.result_to_proto(result))
+
+    @override
+    def VerifyIncident(
+        self, request: api.VerifyIncidentRequest, context: grpc.ServicerContext
+    ) -> api.VerifyIncidentResponse:
+        result = self._ledger.verify(
+            self._env(request),
+            convert.parse_name(request.name),
+            request.expected_version,
+            request.comment,
+        )
+        return api.VerifyIncidentResponse(result=convert.result_to_proto(result))
+
+    @override
+    def RejectIncident(
+        self, request: api.RejectIncidentRequest, context: grpc.ServicerContext
+    ) -> api.RejectIncidentResponse:
+        result = self._ledger.reject(
+            self._env(request),
+            convert.parse_name(request.name),
+            request.expected_version,
+            convert.rejection_reason(request.rejection_reason),
+            request.comment,
+        )
+        return api.RejectIncidentResponse(result=convert.result_to_proto(result))
+
+    @override
+    def MergeIncident(
+        self, request: api.MergeIncidentRequest, context: grpc.ServicerContext
+    ) -> api.MergeIncidentResponse:
+        result = self._ledger.merge(
+            self._env(request),
+            convert.parse_name(request.name),
+            request.expected_version,
+            convert.parse_name(request.target, "target"),
+            request.comment,
+        )
+        return api.MergeIncidentResponse(result=convert.result_to_proto(result))
+
+    @override
+    def AssessSeverity(
+        self, request: api.AssessSeverityRequest, context: grpc.ServicerContext
+    ) -> api.AssessSeverityResponse:
+        result = self._ledger.assess_severity(
+            self._env(request),
+            convert.parse_name(request.name),
+            request.expected_version,
+            request.severity,
+            request.comment,
+        )
+        return api.AssessSeverityResponse(result=convert.result_to_proto(result))
+
+    @override
+    def AssignLeadAgency(
+        self, request: api.AssignLeadAgencyRequest, context: grpc.ServicerContext
+    ) -> api.AssignLeadAgencyResponse:
+        result = self._ledger.assign_lead(
+            self._env(request),
+            convert.parse_name(request.name),
+            request.expected_version,
+            request.agency,
+            request.comment,
+        )
+        return api.AssignLeadAgencyResponse(result=convert.result_to_proto(result))
+
+    @override
+    def AddSupportingAgency(
+        self, request: api.AddSupportingAgencyRequest, context: grpc.ServicerContext
+    ) -> api.AddSupportingAgencyResponse:
+        result = self._ledger.add_supporting_agency(
+            self._env(request),
+            convert.parse_name(request.name),
+            request.expected_version,
+            request.agency,
+            request.comment,
+        )
+        return api.AddSupportingAgencyResponse(result=convert.result_to_proto(result))
+
+    @override
+    def ProposeHandover(
+        self, request: api.ProposeHandoverRequest, context: grpc.ServicerContext
+    ) -> api.ProposeHandoverResponse:
+        result = self._ledger.propose_handover(
+            self._env(request),
+            convert.parse_name(request.name),
+            request.expected_version,
+            request.to_agency,
+            request.reason,
+        )
+        return api.ProposeHandoverResponse(result=convert.result_to_proto(result))
+
+    @override
+    def AcceptHandover(
+        self, request: api.AcceptHandoverRequest, context: grpc.ServicerContext
+    ) -> api.AcceptHandoverResponse:
+        result = self._ledger.accept_handover(
+            self._env(request),
+            convert.parse_name(request.name),
+            request.expected_version,
+            request.comment,
+        )
+        return api.AcceptHandoverResponse(result=convert.result_to_proto(result))
+
+    @override
+    def RecordDecision(
+        self, request: api.RecordDecisionRequest, context: grpc.ServicerContext
+    ) -> api.RecordDecisionResponse:
+        result = self._ledger.record_decision(
+            self._env(request),
+            convert.parse_name(request.name),
+            request.expected_version,
+            deciding_agencies=list(request.deciding_agencies),
+            forum=request.forum,
+            summary=request.summary,
+            rationale=request.rationale,
+            scope=convert.location_from_proto(request, "scope"),
+            valid_from=convert.required_time(request, "valid_from"),
+            valid_until=convert.required_time(request, "valid_until"),
+        )
+        return api.RecordDecisionResponse(result=convert.result_to_proto(result))
+
+    @override
+    def LogAction(
+        self, request: api.LogActionRequest, context: grpc.ServicerContext
+    ) -> api.LogActionResponse:
+        result = self._ledger.log_action(
+            self._env(request),
+            convert.parse_name(request.name),
+            request.expected_version,
+            request.action,
+            convert.location_from_proto(request, "location"),
+        )
+        return api.LogActionResponse(result=convert.result_to_proto(result))
+
+    @override
+    def EscalateIncident(
+        self, request: api.EscalateIncidentRequest, context: grpc.ServicerContext
+    ) -> api.EscalateIncidentResponse:
+        result = self._ledger.escalate(
+            self._env(request),
+            convert.parse_name(request.name),
+            request.expected_version,
+            request.reason,
+        )
+        return api.EscalateIncidentResponse(result=convert.result_to_proto(result))
+
+    @override
+    def ResolveIncident(
+        self, request: api.ResolveIncidentRequest, context: grpc.ServicerContext
+    ) -> api.ResolveIncidentResponse:
+        result = self._ledger.resolve(
+            self._env(request),
+            convert.parse_name(request.name),
+            request.expected_version,
+            request.resolution,
+        )
+        return api.ResolveIncidentResponse(result=convert.result_to_proto(result))
+
+    @override
+    def RequestClosure(
+        self, request: api.RequestClosureRequest, context: grpc.ServicerContext
+    ) -> api.RequestClosureResponse:
+        result = self._ledger.request_closure(
+            self._env(request),
+            convert.parse_name(request.name),
+            request.expected_version,
+            request.comment,
+        )
+        return api.RequestClosureResponse(result=convert.result_to_proto(result))
+
+    @override
+    def ApproveClosure(
+        self, request: api.ApproveClosureRequest, context: grpc.ServicerContext
+    ) -> api.ApproveClosureResponse:
+        result = self._ledger.approve_closure(
+            self._env(request),
+            convert.parse_name(request.name),
+            request.expected_version,
+            request.comment,
+        )
+        return api.ApproveClosureResponse(result=convert.result_to_proto(result))
+
+    @override
+    def ReopenIncident(
+        self, request: api.ReopenIncidentRequest, context: grpc.ServicerContext
+    ) -> api.ReopenIncidentResponse:
+        result = self._ledger.reopen(
+            self._env(request),
+            convert.parse_name(request.name),
+            request.expected_version,
+            request.reason,
+        )
+        return api.ReopenIncidentResponse(result=convert.result_to_proto(result))
+
+    @override
+    def RecordCorrection(
+        self, request: api.RecordCorrectionRequest, context: grpc.ServicerContext
+    ) -> api.RecordCorrectionResponse:
+        result = self._ledger.correct(
+            self._env(request),
+            convert.parse_name(request.name),
+            request.expected_version,
+            event_id=convert.parse_event_id(request.corrected_event_id, "corrected_event_id"),
+            field=request.field,
+            old_value=request.old_value,
+            new_value=request.new_value,
+            reason=request.reason,
+        )
+        return api.RecordCorrectionResponse(result=convert.result_to_proto(result))
+
+    # -------------------------------------------------------------- queries
+
+    @override
+    def GetIncident(
+        self, request: api.GetIncidentRequest, context: grpc.ServicerContext
+    ) -> api.GetIncidentResponse:
+        incident = self._ledger.get_incident(convert.parse_name(request.name))
+        return api.GetIncidentResponse(incident=convert.incident_to_proto(incident))
+
+    @override
+    def ListIncidents(
+        self, request: api.ListIncidentsRequest, context: grpc.ServicerContext
+    ) -> api.ListIncidentsResponse:
+        size = page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
+        board_filter = BoardFilter.parse(request.filter, self._ledger.reference)
+        query = f"incidents?filter={request.filter}"
+        after = 0
+        if request.page_token:
+            cursor = self._tokens.decode(query, request.page_token)
+            after = int(cursor.get("after", 0))
+        ids, more = self._board.list(board_filter, after=after, limit=size)
+        response = api.ListIncidentsResponse()
+        for position, incident_id in ids:
+            incident = self._ledger.get_incident(incident_id)
+            response.incidents.append(convert.incident_to_proto(incident))
+            after = position
+        if more:
+            response.next_page_token = self._tokens.encode(query, {"after": after})
+        return response
+
+    @override
+    def ListIncidentEvents(
+        self, request: api.ListIncidentEventsRequest, context: grpc.ServicerContext
+    ) -> api.ListIncidentEventsResponse:
+        incident_id = convert.parse_name(request.parent, "parent")
+        size = page_size(request.page_size, DEFAULT_EVENTS_PAGE, MAX_EVENTS_PAGE)
+        query = f"events?parent={request.parent}"
+        after = 0
+        if request.page_token:
+            after = int(self._tokens.decode(query, request.page_token).get("after", 0))
+        events = self._ledger.incident_events(incident_id, after_version=after, limit=size + 1)
+        response = api.ListIncidentEventsResponse(
+            events=[convert.event_to_proto(e) for e in events[:size]]
+        )
+        if len(events) > size:
+            response.next_page_token = self._tokens.encode(
+                query, {"after": events[size - 1].event.originator_version}
+            )
+        return response

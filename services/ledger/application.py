@@ -1,0 +1,588 @@
+"""The ledger application: loads incidents, calls one command, saves atomically.
+
+It owns the guarantees around the domain: idempotency by request id (AIP-155),
+optimistic concurrency (expected_version, retries), and input checks against the
+reference data. Storage is chosen by the environment (the library's variables).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import structlog
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError
+
+from services.common.errors import (
+    Aborted,
+    AlreadyExists,
+    InvalidArgument,
+    LedgerError,
+    NotFound,
+    VersionConflict,
+)
+from services.ledger.domain.incident import (
+    Envelope,
+    Incident,
+    RejectionReason,
+    canonical_json,
+)
+from services.ledger.domain.reference import ReferenceData
+from services.ledger.domain.requests import RequestRecord
+from services.ledger.store import EventPositions
+
+log = structlog.get_logger(__name__)
+
+MAX_TITLE = 200
+MAX_TEXT = 4000
+MAX_SHORT = 128
+MAX_CONFLICT_RETRIES = 20
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    incident_id: UUID
+    version: int
+    position: int
+    event_id: UUID
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredIncidentEvent:
+    event: Incident.Event
+    position: int
+
+
+def _text(field: str, value: str, limit: int, *, required: bool = False) -> str:
+    if required and not value.strip():
+        raise InvalidArgument(field, "is required")
+    if len(value) > limit:
+        raise InvalidArgument(field, f"is longer than {limit} characters", reason="FIELD_TOO_LONG")
+    return value
+
+
+class Ledger(Application[UUID]):
+    """Incident commands and queries over the event store."""
+
+    name = "Ledger"
+
+    def __init__(self, reference: ReferenceData, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(env)
+        self.reference = reference
+        self.positions = EventPositions(self.recorder)
+
+    # ------------------------------------------------------------- commands
+
+    def report(
+        self,
+        env: Envelope,
+        *,
+        title: str,
+        description: str,
+        category: str,
+        severity: str,
+        location: dict[str, Any],
+    ) -> CommandResult:
+        _text("title", title, MAX_TITLE, required=True)
+        _text("description", description, MAX_TEXT)
+        self.reference.check_category(category)
+        severity = severity or self.reference.default_severity
+        self.reference.check_severity(severity)
+        self._check_location(location, "location")
+        params = {
+            "title": title,
+            "description": description,
+            "category": category,
+            "severity": severity,
+            "location": location,
+        }
+
+        def run() -> list[Incident]:
+            return [
+                Incident.report(
+                    env,
+                    title=title,
+                    description=description,
+                    category=category,
+                    severity=severity,
+                    location=location,
+                    incident_id=uuid4(),
+                )
+            ]
+
+        return self._execute(env, "ReportIncident", params, None, 0, run)
+
+    def verify(
+        self, env: Envelope, incident_id: UUID, expected: int, comment: str
+    ) -> CommandResult:
+        _text("comment", comment, MAX_TEXT)
+        return self._on_incident(
+            env,
+            "VerifyIncident",
+            incident_id,
+            expected,
+            {"comment": comment},
+            lambda i: i.verify(env, comment),
+        )
+
+    def reject(
+        self,
+        env: Envelope,
+        incident_id: UUID,
+        expected: int,
+        reason: RejectionReason,
+        comment: str,
+    ) -> CommandResult:
+        _text("comment", comment, MAX_TEXT, required=True)
+        return self._on_incident(
+            env,
+            "RejectIncident",
+            incident_id,
+            expected,
+            {"reason": reason.value, "comment": comment},
+            lambda i: i.reject(env, reason, comment),
+        )
+
+    def merge(
+        self, env: Envelope, incident_id: UUID, expected: int, target_id: UUID, comment: str
+    ) -> CommandResult:
+        _text("comment", comment, MAX_TEXT)
+        params = {"target": str(target_id), "comment": comment}
+
+        def run() -> list[Incident]:
+            duplicate = self._load(incident_id, expected)
+            target = self._load(target_id, 0, field="target")
+            duplicate.merge_into(env, target, comment)
+            return [duplicate, target]
+
+        return self._execute(env, "MergeIncident", params, incident_id, expected, run)
+
+    def assess_severity(
+        self, env: Envelope, incident_id: UUID, expected: int, severity: str, comment: str
+    ) -> CommandResult:
+        self.reference.check_severity(severity)
+        _text("comment", comment, MAX_TEXT)
+        return self._on_incident(
+            env,
+            "AssessSeverity",
+            incident_id,
+            expected,
+            {"severity": severity, "comment": comment},
+            lambda i: i.assess_severity(env, severity, comment),
+        )
+
+    def assign_lead(
+        self, env: Envelope, incident_id: UUID, expected: int, agency: str, comment: str
+    ) -> CommandResult:
+        self._check_responder(agency, "agency")
+        _text("comment", comment, MAX_TEXT)
+        return self._on_incident(
+            env,
+            "AssignLeadAgency",
+            incident_id,
+            expected,
+            {"agency": agency, "comment": comment},
+            lambda i: i.assign_lead(env, agency, comment),
+        )
+
+    def add_supporting_agency(
+        self, env: Envelope, incident_id: UUID, expected: int, agency: str, comment: str
+    ) -> CommandResult:
+        self._check_responder(agency, "agency")
+        _text("comment", comment, MAX_TEXT)
+        return self._on_incident(
+            env,
+            "AddSupportingAgency",
+            incident_id,
+            expected,
+            {"agency": agency, "comment": comment},
+            lambda i: i.add_supporting_agency(env, agency, comment),
+        )
+
+    def propose_handover(
+        self, env: Envelope, incident_id: UUID, expected: int, to_agency: str, reason: str
+    ) -> CommandResult:
+        self._check_responder(to_agency, "to_agency")
+        _text("reason", reason, MAX_TEXT, required=True)
+        return self._on_incident(
+            env,
+            "ProposeHandover",
+            incident_id,
+            expected,
+            {"to_agency": to_agency, "reason": reason},
+            lambda i: i.propose_handover(env, to_agency, reason),
+        )
+
+    def accept_handover(
+        self, env: Envelope, incident_id: UUID, expected: int, comment: str
+    ) -> CommandResult:
+        _text("comment", comment, MAX_TEXT)
+        return self._on_incident(
+            env,
+            "AcceptHandover",
+            incident_id,
+            expected,
+            {"comment": comment},
+            lambda i: i.accept_handover(env, comment),
+        )
+
+    def record_decision(
+        self,
+        env: Envelope,
+        incident_id: UUID,
+        expected: int,
+        *,
+        deciding_agencies: list[str],
+        forum: str,
+        summary: str,
+        rationale: str,
+        scope: dict[str, Any] | None,
+        valid_from: datetime,
+        valid_until: datetime,
+    ) -> CommandResult:
+        if not deciding_agencies:
+            raise InvalidArgument("deciding_agencies", "at least one agency is required")
+        if len(set(deciding_agencies)) != len(deciding_agencies):
+            raise InvalidArgument("deciding_agencies", "lists an agency twice")
+        for n, agency in enumerate(deciding_agencies):
+            self.reference.agency(agency, f"deciding_agencies[{n}]")
+        _text("forum", forum, MAX_TITLE, required=True)
+        _text("summary", summary, MAX_TEXT, required=True)
+        _text("rationale", rationale, MAX_TEXT, required=True)
+        if scope is not None:
+            self._check_location(scope, "scope")
+        params = {
+            "deciding_agencies": deciding_agencies,
+            "forum": forum,
+            "summary": summary,
+            "rationale": rationale,
+            "scope": scope,
+            "valid_from": valid_from,
+            "valid_until": valid_until,
+        }
+        return self._on_incident(
+            env,
+            "RecordDecision",
+            incident_id,
+            expected,
+            params,
+            lambda i: i.record_decision(
+                env,
+                deciding_agencies=deciding_agencies,
+                forum=forum,
+                summary=summary,
+                rationale=rationale,
+                scope=scope or i.location,
+                valid_from=valid_from,
+                valid_until=valid_until,
+            ),
+        )
+
+    def log_action(
+        self,
+        env: Envelope,
+        incident_id: UUID,
+        expected: int,
+        action: str,
+        location: dict[str, Any] | None,
+    ) -> CommandResult:
+        _text("action", action, MAX_TEXT, required=True)
+        if location is not None:
+            self._check_location(location, "location")
+        return self._on_incident(
+            env,
+            "LogAction",
+            incident_id,
+            expected,
+            {"action": action, "location": location},
+            lambda i: i.log_action(env, action, location or i.location),
+        )
+
+    def escalate(
+        self, env: Envelope, incident_id: UUID, expected: int, reason: str
+    ) -> CommandResult:
+        _text("reason", reason, MAX_TEXT, required=True)
+        return self._on_incident(
+            env,
+            "EscalateIncident",
+            incident_id,
+            expected,
+            {"reason": reason},
+            lambda i: i.escalate(env, reason),
+        )
+
+    def resolve(
+        self, env: Envelope, incident_id: UUID, expected: int, resolution: str
+    ) -> CommandResult:
+        _text("resolution", resolution, MAX_TEXT, required=True)
+        return self._on_incident(
+            env,
+            "ResolveIncident",
+            incident_id,
+            expected,
+            {"resolution": resolution},
+            lambda i: i.resolve(env, resolution),
+        )
+
+    def request_closure(
+        self, env: Envelope, incident_id: UUID, expected: int, comment: str
+    ) -> CommandResult:
+        _text("comment", comment, MAX_TEXT)
+        return self._on_incident(
+            env,
+            "RequestClosure",
+            incident_id,
+            expected,
+            {"comment": comment},
+            lambda i: i.request_closure(env, comment),
+        )
+
+    def approve_closure(
+        self, env: Envelope, incident_id: UUID, expected: int, comment: str
+    ) -> CommandResult:
+        _text("comment", comment, MAX_TEXT)
+        return self._on_incident(
+            env,
+            "ApproveClosure",
+            incident_id,
+            expected,
+            {"comment": comment},
+            lambda i: i.approve_closure(env, comment),
+        )
+
+    def reopen(self, env: Envelope, incident_id: UUID, expected: int, reason: str) -> CommandResult:
+        _text("reason", reason, MAX_TEXT, required=True)
+        return self._on_incident(
+            env,
+            "ReopenIncident",
+            incident_id,
+            expected,
+            {"reason": reason},
+            lambda i: i.reopen(env, reason),
+        )
+
+    def correct(
+        self,
+        env: Envelope,
+        incident_id: UUID,
+        expected: int,
+        *,
+        event_id: UUID,
+        field: str,
+        old_value: str,
+        new_value: str,
+        reason: str,
+    ) -> CommandResult:
+        _text("field", field, MAX_SHORT, required=True)
+        _text("old_value", old_value, MAX_TEXT)
+        _text("new_value", new_value, MAX_TEXT)
+        _text("reason", reason, MAX_TEXT, required=True)
+        self._check_corrected_value(field, new_value)
+        params = {
+            "event_id": str(event_id),
+            "field": field,
+            "old_value": old_value,
+            "new_value": new_value,
+            "reason": reason,
+        }
+        return self._on_incident(
+            env,
+            "RecordCorrection",
+            incident_id,
+            expected,
+            params,
+            lambda i: i.correct(
+                env,
+                event_id=event_id,
+                field=field,
+                old_value=old_value,
+                new_value=new_value,
+                reason=reason,
+            ),
+        )
+
+    # -------------------------------------------------------------- queries
+
+    def get_incident(self, incident_id: UUID) -> Incident:
+        return self._load(incident_id, 0)
+
+    def incident_events(
+        self, incident_id: UUID, *, after_version: int, limit: int
+    ) -> list[StoredIncidentEvent]:
+        """Events of one incident with their global positions, oldest first."""
+        events = list(self.events.get(incident_id, gt=after_version, limit=limit))
+        if not events and after_version == 0:
+            raise NotFound(f"incident {incident_id} does not exist", reason="INCIDENT_NOT_FOUND")
+        if not events:
+            return []
+        positions = self.positions.of(
+            incident_id, gt=after_version, lte=events[-1].originator_version
+        )
+        return [
+            StoredIncidentEvent(e, positions.get(e.originator_version, 0))  # type: ignore[arg-type]
+            for e in events
+        ]
+
+    # ------------------------------------------------------------- plumbing
+
+    def _on_incident(
+        self,
+        env: Envelope,
+        command: str,
+        incident_id: UUID,
+        expected: int,
+        params: dict[str, Any],
+        act: Callable[[Incident], None],
+    ) -> CommandResult:
+        params = {"incident": str(incident_id), "expected_version": expected, **params}
+
+        def run() -> list[Incident]:
+            incident = self._load(incident_id, expected)
+            act(incident)
+            return [incident]
+
+        return self._execute(env, command, params, incident_id, expected, run)
+
+    def _execute(
+        self,
+        env: Envelope,
+        command: str,
+        params: dict[str, Any],
+        incident_id: UUID | None,
+        expected: int,
+        run: Callable[[], list[Incident]],
+    ) -> CommandResult:
+        if not env.request_id:
+            raise InvalidArgument("request_id", "is required (AIP-155)")
+        _text("request_id", env.request_id, MAX_SHORT)
+        _text("correlation_id", env.correlation_id, MAX_SHORT)
+        if expected < 0:
+            raise InvalidArgument("expected_version", "must not be negative")
+        fingerprint = hashlib.sha256(
+            canonical_json({"command": command, **params, "occurred_at": env.occurred_at})
+        ).hexdigest()
+        key = RequestRecord.create_id(agency=env.actor.agency, request_id=env.request_id)
+        for attempt in range(MAX_CONFLICT_RETRIES):
+            try:
+                aggregates = run()
+                primary = aggregates[0]
+                last_event = primary.pending_events[-1]
+                if not isinstance(last_event, Incident.Event):
+                    raise TypeError(f"unexpected event {last_event!r}")
+                record = RequestRecord(
+                    agency=env.actor.agency,
+                    request_id=env.request_id,
+                    command=command,
+                    fingerprint=fingerprint,
+                    incident_id=primary.id,
+                    version=primary.version,
+                    event_id=last_event.event_id,
+                    recorded_at=last_event.timestamp,
+                )
+                recordings = self.save(*aggregates, record)
+            except IntegrityError:
+                original = self._original(key, command, fingerprint)
+                if original is not None:
+                    return original
+                if expected and incident_id is not None:
+                    current = self._load(incident_id, 0).version
+                    raise VersionConflict(expected, current) from None
+                log.debug("command.conflict_retry", command=command, attempt=attempt)
+                time.sleep(0.001 * (attempt + 1))
+                continue
+            except LedgerError:
+                original = self._original(key, command, fingerprint)
+                if original is not None:
+                    return original
+                raise
+            position = max(
+                r.notification.id for r in recordings if r.domain_event.originator_id == primary.id
+            )
+            return CommandResult(
+                incident_id=primary.id,
+                version=primary.version,
+                position=position,
+                event_id=last_event.event_id,
+                recorded_at=last_event.timestamp,
+            )
+        raise Aborted(
+            f"{command} lost {MAX_CONFLICT_RETRIES} races for the incident; retry later",
+            reason="TOO_MUCH_CONTENTION",
+        )
+
+    def _original(self, key: UUID, command: str, fingerprint: str) -> CommandResult | None:
+        """The result of an earlier command with this request id, if there was one."""
+        try:
+            record: RequestRecord = self.repository.get(key)
+        except AggregateNotFoundError:
+            return None
+        if record.command != command or record.fingerprint != fingerprint:
+            raise AlreadyExists(
+                f"request_id {record.request_id!r} was already used by this agency for a "
+                f"different request ({record.command})",
+                reason="REQUEST_ID_REUSED",
+                metadata={"request_id": record.request_id, "original_command": record.command},
+            )
+        positions = self.positions.of(
+            record.incident_id, gt=record.incident_version - 1, lte=record.incident_version
+        )
+        return CommandResult(
+            incident_id=record.incident_id,
+            version=record.incident_version,
+            position=positions.get(record.incident_version, 0),
+            event_id=record.event_id,
+            recorded_at=record.recorded_at,
+        )
+
+    def _load(self, incident_id: UUID, expected: int, field: str = "name") -> Incident:
+        try:
+            incident: Incident = self.repository.get(incident_id)
+        except AggregateNotFoundError:
+            raise NotFound(
+                f"incident {incident_id} does not exist",
+                reason="INCIDENT_NOT_FOUND",
+                metadata={"incident": f"incidents/{incident_id}", "field": field},
+            ) from None
+        if not isinstance(incident, Incident):
+            raise NotFound(f"incident {incident_id} does not exist", reason="INCIDENT_NOT_FOUND")
+        if expected and incident.version != expected:
+            raise VersionConflict(expected, incident.version)
+        return incident
+
+    def _check_location(self, location: Mapping[str, Any], field: str) -> None:
+        self.reference.check_location(
+            str(location.get("kecamatan", "")), str(location.get("desa", "")), field
+        )
+        _text(f"{field}.tps", str(location.get("tps", "")), 32)
+        lat, lon = location.get("latitude"), location.get("longitude")
+        if lat is not None and not -90 <= lat <= 90:
+            raise InvalidArgument(f"{field}.latitude", "must be between -90 and 90")
+        if lon is not None and not -180 <= lon <= 180:
+            raise InvalidArgument(f"{field}.longitude", "must be between -180 and 180")
+
+    def _check_responder(self, agency: str, field: str) -> None:
+        if not agency:
+            raise InvalidArgument(field, "is required")
+        found = self.reference.agency(agency, field)
+        if found.role.value == "auditor":
+            raise InvalidArgument(field, f"{agency} is an auditing agency and cannot act")
+
+    def _check_corrected_value(self, field: str, new_value: str) -> None:
+        if field == "severity":
+            self.reference.check_severity(new_value, "new_value")
+        elif field == "category":
+            self.reference.check_category(new_value, "new_value")
+        elif field == "location.kecamatan" and new_value not in self.reference.kecamatan:
+            raise InvalidArgument("new_value", f"unknown kecamatan {new_value!r}")
+        elif field in {"valid_from", "valid_until", "occurred_at"}:
+            try:
+                datetime.fromisoformat(new_value)
+            except ValueError:
+                raise InvalidArgument("new_value", "must be an ISO-8601 time") from None

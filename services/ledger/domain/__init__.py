@@ -1,0 +1,1 @@
+"""The incident domain: aggregates, their events and rules, and reference data."""

@@ -1,0 +1,703 @@
+"""The Incident aggregate: its lifecycle, permissions, events and hash chain.
+
+Every rule about what may happen to an incident, and who may make it happen, is
+here. The application layer loads, calls one command method and saves.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+from eventsourcing.domain import Aggregate
+
+from services.common.errors import (
+    DataLoss,
+    FailedPrecondition,
+    IllegalTransition,
+    InvalidArgument,
+    PermissionDenied,
+)
+from services.ledger.domain.reference import Role
+
+GENESIS_HASH = "0" * 64
+
+
+class Status(enum.Enum):
+    REPORTED = "REPORTED"
+    VERIFIED = "VERIFIED"
+    ASSIGNED = "ASSIGNED"
+    RESPONDING = "RESPONDING"
+    RESOLVED = "RESOLVED"
+    CLOSED = "CLOSED"
+    REJECTED = "REJECTED"
+    MERGED = "MERGED"
+    REOPENED = "REOPENED"
+
+
+TERMINAL = frozenset({Status.CLOSED, Status.REJECTED, Status.MERGED})
+OPEN_WORK = frozenset({Status.VERIFIED, Status.ASSIGNED, Status.RESPONDING, Status.REOPENED})
+
+
+class RejectionReason(enum.Enum):
+    INVALID = "INVALID"
+    HOAX = "HOAX"
+    OUT_OF_SCOPE = "OUT_OF_SCOPE"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: from the caller's credentials, never from a request body."""
+
+    agency: str
+    officer: str
+    role: Role
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A decision on the incident; its correctable texts live in ``event_values``."""
+
+    event_id: UUID
+    deciding_agencies: tuple[str, ...]
+    scope: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What every event carries besides its payload, supplied by the application."""
+
+    actor: Actor
+    request_id: str
+    correlation_id: str
+    causation_id: str
+    occurred_at: datetime | None = None
+
+
+def canonical_json(value: Any) -> bytes:
+    """The canonical encoding hashed by the chain: sorted keys, no spaces, UTF-8."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical
+    ).encode("utf-8")
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if isinstance(value, UUID):
+        return str(value)
+    msg = f"not canonically encodable: {type(value).__name__}"
+    raise TypeError(msg)
+
+
+# Fields that a correction may change, per event type. A location field is
+# correctable on every event that has a location.
+CORRECTABLE: dict[str, frozenset[str]] = {
+    "Reported": frozenset({"title", "description", "category", "severity"}),
+    "SeverityAssessed": frozenset({"severity"}),
+    "DecisionRecorded": frozenset({"forum", "summary", "rationale", "valid_from", "valid_until"}),
+    "ActionLogged": frozenset({"action"}),
+    "Resolved": frozenset({"resolution"}),
+}
+LOCATION_FIELDS = frozenset({"location.kecamatan", "location.desa", "location.tps"})
+TIME_FIELDS = frozenset({"valid_from", "valid_until", "occurred_at"})
+
+
+class Incident(Aggregate):
+    """An incident reported by an agency, handled by a lead agency and its supporters."""
+
+    class Event(Aggregate.Event):
+        """The event envelope shared by every incident event."""
+
+        event_id: UUID
+        occurred_at: datetime
+        actor_agency: str
+        actor_officer: str
+        reason: str
+        location: dict[str, Any] | None
+        correlation_id: str
+        causation_id: str
+        request_id: str
+        previous_hash: str
+
+        def apply(self, aggregate: Any) -> None:
+            incident: Incident = aggregate
+            if self.previous_hash != incident.head_hash:
+                raise DataLoss(
+                    f"incident {self.originator_id} fails its hash chain at version "
+                    f"{self.originator_version}",
+                    reason="HASH_CHAIN_BROKEN",
+                    metadata={
+                        "incident": str(self.originator_id),
+                        "version": str(self.originator_version),
+                    },
+                )
+            self.evolve(incident)
+            incident.head_hash = event_hash(self)
+            incident.event_values[self.event_id] = _initial_values(self)
+            incident.event_types[self.event_id] = type(self).__name__
+            incident.event_agencies[self.event_id] = self.actor_agency
+
+        def evolve(self, incident: Incident) -> None:
+            """Changes the incident's state; overridden by each event type."""
+
+    class Created(Event, Aggregate.Created):
+        pass
+
+    class Reported(Created):
+        title: str
+        description: str
+        category: str
+        severity: str
+
+        def evolve(self, incident: Incident) -> None:
+            incident.title = self.title
+            incident.description = self.description
+            incident.category = self.category
+            incident.severity = self.severity
+            incident.severity_event_id = self.event_id
+            incident.location = dict(self.location or {})
+            incident.reporter_agency = self.actor_agency
+            incident.reporter_officer = self.actor_officer
+            incident.occurred_at = self.occurred_at
+
+    class Verified(Event):
+        def evolve(self, incident: Incident) -> None:
+            incident.status = Status.VERIFIED
+
+    class Rejected(Event):
+        rejection_reason: str
+
+        def evolve(self, incident: Incident) -> None:
+            incident.status = Status.REJECTED
+            incident.rejection_reason = RejectionReason(self.rejection_reason)
+
+    class Merged(Event):
+        target_id: UUID
+
+        def evolve(self, incident: Incident) -> None:
+            incident.status = Status.MERGED
+            incident.merged_into = self.target_id
+
+    class DuplicateMerged(Event):
+        duplicate_id: UUID
+
+        def evolve(self, incident: Incident) -> None:
+            incident.merged_incidents.append(self.duplicate_id)
+
+    class SeverityAssessed(Event):
+        severity: str
+
+        def evolve(self, incident: Incident) -> None:
+            incident.severity = self.severity
+            incident.severity_event_id = self.event_id
+
+    class LeadAssigned(Event):
+        agency: str
+
+        def evolve(self, incident: Incident) -> None:
+            incident.status = Status.ASSIGNED
+            incident.lead_agency = self.agency
+            if self.agency in incident.supporting_agencies:
+                incident.supporting_agencies.remove(self.agency)
+
+    class SupportingAgencyAdded(Event):
+        agency: str
+
+        def evolve(self, incident: Incident) -> None:
+            incident.supporting_agencies.append(self.agency)
+
+    class HandoverProposed(Event):
+        to_agency: str
+
+        def evolve(self, incident: Incident) -> None:
+            incident.pending_handover = (self.actor_agency, self.to_agency, self.reason)
+            incident.pending_handover_event = self.event_id
+
+    class HandoverAccepted(Event):
+        from_agency: str
+        to_agency: str
+
+        def evolve(self, incident: Incident) -> None:
+            incident.lead_agency = self.to_agency
+            if self.to_agency in incident.supporting_agencies:
+                incident.supporting_agencies.remove(self.to_agency)
+            incident.pending_handover = None
+            incident.pending_handover_event = None
+
+    class DecisionRecorded(Event):
+        deciding_agencies: list[str]
+        forum: str
+        summary: str
+        rationale: str
+        valid_from: datetime
+        valid_until: datetime
+
+        def evolve(self, incident: Incident) -> None:
+            incident.decisions.append(
+                Decision(self.event_id, tuple(self.deciding_agencies), dict(self.location or {}))
+            )
+
+    class ActionLogged(Event):
+        action: str
+        starts_response: bool
+
+        def evolve(self, incident: Incident) -> None:
+            if self.starts_response:
+                incident.status = Status.RESPONDING
+
+    class Escalated(Event):
+        level: int
+
+        def evolve(self, incident: Incident) -> None:
+            incident.escalation_level = self.level
+
+    class Resolved(Event):
+        resolution: str
+
+        def evolve(self, incident: Incident) -> None:
+            incident.status = Status.RESOLVED
+            incident.close_requested = False
+
+    class ClosureRequested(Event):
+        def evolve(self, incident: Incident) -> None:
+            incident.close_requested = True
+
+    class ClosureApproved(Event):
+        def evolve(self, incident: Incident) -> None:
+            incident.status = Status.CLOSED
+            incident.close_requested = False
+
+    class Reopened(Event):
+        def evolve(self, incident: Incident) -> None:
+            incident.status = Status.REOPENED
+            incident.close_requested = False
+
+    class Corrected(Event):
+        corrected_event_id: UUID
+        field: str
+        old_value: str
+        new_value: str
+
+        def evolve(self, incident: Incident) -> None:
+            incident.apply_correction(self.corrected_event_id, self.field, self.new_value)
+
+    # ------------------------------------------------------------------ state
+
+    def __init__(self) -> None:
+        self.status = Status.REPORTED
+        self.title = ""
+        self.description = ""
+        self.category = ""
+        self.severity = ""
+        self.severity_event_id: UUID | None = None
+        self.location: dict[str, Any] = {}
+        self.reporter_agency = ""
+        self.reporter_officer = ""
+        self.occurred_at: datetime | None = None
+        self.lead_agency = ""
+        self.supporting_agencies: list[str] = []
+        self.pending_handover: tuple[str, str, str] | None = None
+        self.pending_handover_event: UUID | None = None
+        self.escalation_level = 0
+        self.decisions: list[Decision] = []
+        self.close_requested = False
+        self.merged_into: UUID | None = None
+        self.merged_incidents: list[UUID] = []
+        self.rejection_reason: RejectionReason | None = None
+        self.head_hash = GENESIS_HASH
+        # Current (corrected) values of each event's correctable fields.
+        self.event_values: dict[UUID, dict[str, str]] = {}
+        self.event_types: dict[UUID, str] = {}
+        self.event_agencies: dict[UUID, str] = {}
+
+    # --------------------------------------------------------------- commands
+
+    @classmethod
+    def report(
+        cls,
+        env: Envelope,
+        *,
+        title: str,
+        description: str,
+        category: str,
+        severity: str,
+        location: dict[str, Any],
+        incident_id: UUID,
+    ) -> Incident:
+        _require_writer(env.actor, "ReportIncident")
+        return cls._create(
+            cls.Reported,
+            id=incident_id,
+            title=title,
+            description=description,
+            category=category,
+            severity=severity,
+            **_envelope_kwargs(env, GENESIS_HASH, location=location),
+        )
+
+    def verify(self, env: Envelope, comment: str) -> None:
+        self._check("VerifyIncident", env, {Status.REPORTED}, coordinator_only=True)
+        self._trigger(self.Verified, env, reason=comment)
+
+    def reject(self, env: Envelope, reason: RejectionReason, comment: str) -> None:
+        self._check("RejectIncident", env, {Status.REPORTED}, coordinator_only=True)
+        self._trigger(self.Rejected, env, reason=comment, rejection_reason=reason.value)
+
+    def merge_into(self, env: Envelope, target: Incident, comment: str) -> None:
+        self._check("MergeIncident", env, {Status.REPORTED}, coordinator_only=True)
+        if target.id == self.id:
+            raise InvalidArgument("target", "an incident cannot be merged into itself")
+        if target.status in {Status.REJECTED, Status.MERGED}:
+            raise FailedPrecondition(
+                f"the target incident is {target.status.value} and cannot absorb duplicates",
+                reason="MERGE_TARGET_NOT_LIVE",
+                metadata={"target_status": target.status.value},
+            )
+        self._trigger(self.Merged, env, reason=comment, target_id=target.id)
+        target._trigger(self.DuplicateMerged, env, reason=comment, duplicate_id=self.id)
+
+    def assess_severity(self, env: Envelope, severity: str, comment: str) -> None:
+        allowed = set(Status) - TERMINAL
+        self._check("AssessSeverity", env, allowed, involved=True, reporter_too=True)
+        if severity == self.severity:
+            raise FailedPrecondition(
+                f"the severity is already {severity}",
+                reason="NO_CHANGE",
+                metadata={"severity": severity},
+            )
+        self._trigger(self.SeverityAssessed, env, reason=comment, severity=severity)
+
+    def assign_lead(self, env: Envelope, agency: str, comment: str) -> None:
+        self._check(
+            "AssignLeadAgency", env, {Status.VERIFIED, Status.REOPENED}, coordinator_only=True
+        )
+        self._trigger(self.LeadAssigned, env, reason=comment, agency=agency)
+
+    def add_supporting_agency(self, env: Envelope, agency: str, comment: str) -> None:
+        allowed = {Status.VERIFIED, Status.ASSIGNED, Status.RESPONDING, Status.REOPENED}
+        self._check("AddSupportingAgency", env, allowed, lead_or_coordinator=True)
+        if agency == self.lead_agency or agency in self.supporting_agencies:
+            raise FailedPrecondition(
+                f"agency {agency} is already involved in the incident",
+                reason="ALREADY_INVOLVED",
+                metadata={"agency": agency},
+            )
+        self._trigger(self.SupportingAgencyAdded, env, reason=comment, agency=agency)
+
+    def propose_handover(self, env: Envelope, to_agency: str, reason: str) -> None:
+        allowed = {Status.ASSIGNED, Status.RESPONDING}
+        self._check("ProposeHandover", env, allowed, lead_or_coordinator=True)
+        if self.pending_handover is not None:
+            raise FailedPrecondition(
+                f"a handover to {self.pending_handover[1]} is already pending",
+                reason="HANDOVER_PENDING",
+                metadata={"to_agency": self.pending_handover[1]},
+            )
+        if to_agency == self.lead_agency:
+            raise InvalidArgument("to_agency", f"{to_agency} already leads the incident")
+        self._trigger(self.HandoverProposed, env, reason=reason, to_agency=to_agency)
+
+    def accept_handover(self, env: Envelope, comment: str) -> None:
+        self._check("AcceptHandover", env, {Status.ASSIGNED, Status.RESPONDING})
+        if self.pending_handover is None:
+            raise FailedPrecondition("no handover is pending", reason="NO_HANDOVER_PENDING")
+        from_agency, to_agency, _ = self.pending_handover
+        if env.actor.agency != to_agency:
+            raise PermissionDenied(
+                f"only {to_agency}, the receiving agency, may accept this handover",
+                reason="NOT_HANDOVER_RECIPIENT",
+                metadata={"to_agency": to_agency, "caller_agency": env.actor.agency},
+            )
+        self._trigger(
+            self.HandoverAccepted,
+            env,
+            reason=comment,
+            from_agency=from_agency,
+            to_agency=to_agency,
+        )
+
+    def record_decision(
+        self,
+        env: Envelope,
+        *,
+        deciding_agencies: list[str],
+        forum: str,
+        summary: str,
+        rationale: str,
+        scope: dict[str, Any],
+        valid_from: datetime,
+        valid_until: datetime,
+    ) -> None:
+        allowed = {
+            Status.VERIFIED,
+            Status.ASSIGNED,
+            Status.RESPONDING,
+            Status.RESOLVED,
+            Status.REOPENED,
+        }
+        self._check("RecordDecision", env, allowed, involved=True)
+        if env.actor.role is not Role.COORDINATOR and env.actor.agency not in deciding_agencies:
+            raise PermissionDenied(
+                "a decision can only be recorded by one of its deciding agencies "
+                "or by the coordinator",
+                reason="NOT_A_DECIDING_AGENCY",
+                metadata={"caller_agency": env.actor.agency},
+            )
+        if valid_until <= valid_from:
+            raise InvalidArgument("valid_until", "must be after valid_from")
+        self._trigger(
+            self.DecisionRecorded,
+            env,
+            reason=rationale,
+            location=scope,
+            deciding_agencies=list(deciding_agencies),
+            forum=forum,
+            summary=summary,
+            rationale=rationale,
+            valid_from=valid_from,
+            valid_until=valid_until,
+        )
+
+    def log_action(self, env: Envelope, action: str, location: dict[str, Any]) -> None:
+        allowed = {Status.ASSIGNED, Status.RESPONDING, Status.RESOLVED, Status.REOPENED}
+        self._check("LogAction", env, allowed, involved=True)
+        self._trigger(
+            self.ActionLogged,
+            env,
+            reason="",
+            location=location,
+            action=action,
+            starts_response=self.status is Status.ASSIGNED,
+        )
+
+    def escalate(self, env: Envelope, reason: str) -> None:
+        allowed = {
+            Status.REPORTED,
+            Status.VERIFIED,
+            Status.ASSIGNED,
+            Status.RESPONDING,
+            Status.REOPENED,
+        }
+        self._check("EscalateIncident", env, allowed, involved=True, reporter_too=True)
+        self._trigger(self.Escalated, env, reason=reason, level=self.escalation_level + 1)
+
+    def resolve(self, env: Envelope, resolution: str) -> None:
+        self._check("ResolveIncident", env, {Status.RESPONDING}, lead_or_coordinator=True)
+        self._trigger(self.Resolved, env, reason=resolution, resolution=resolution)
+
+    def request_closure(self, env: Envelope, comment: str) -> None:
+        self._check("RequestClosure", env, {Status.RESOLVED}, lead_only=True)
+        if self.close_requested:
+            raise FailedPrecondition(
+                "closure was already requested", reason="CLOSURE_ALREADY_REQUESTED"
+            )
+        self._trigger(self.ClosureRequested, env, reason=comment)
+
+    def approve_closure(self, env: Envelope, comment: str) -> None:
+        self._check("ApproveClosure", env, {Status.RESOLVED}, coordinator_only=True)
+        if not self.close_requested:
+            raise FailedPrecondition(
+                "closure must be requested by the lead agency before it is approved",
+                reason="CLOSURE_NOT_REQUESTED",
+            )
+        self._trigger(self.ClosureApproved, env, reason=comment)
+
+    def reopen(self, env: Envelope, reason: str) -> None:
+        self._check(
+            "ReopenIncident", env, {Status.RESOLVED, Status.CLOSED}, lead_or_coordinator=True
+        )
+        self._trigger(self.Reopened, env, reason=reason)
+
+    def correct(
+        self,
+        env: Envelope,
+        *,
+        event_id: UUID,
+        field: str,
+        old_value: str,
+        new_value: str,
+        reason: str,
+    ) -> None:
+        _require_writer(env.actor, "RecordCorrection")
+        values = self.event_values.get(event_id)
+        if values is None:
+            raise InvalidArgument("corrected_event_id", f"no event {event_id} in this incident")
+        if env.actor.role is not Role.COORDINATOR and (
+            self.event_agencies[event_id] != env.actor.agency
+        ):
+            raise PermissionDenied(
+                "only the agency that recorded an event, or the coordinator, may correct it",
+                reason="NOT_EVENT_AUTHOR",
+                metadata={"event_agency": self.event_agencies[event_id]},
+            )
+        if field not in values:
+            correctable = ", ".join(sorted(values)) or "none"
+            raise InvalidArgument(
+                "field",
+                f"{field!r} cannot be corrected on a {self.event_types[event_id]} event "
+                f"(correctable: {correctable})",
+            )
+        if values[field] != old_value:
+            raise FailedPrecondition(
+                f"old_value does not match the recorded value of {field}",
+                reason="OLD_VALUE_MISMATCH",
+                metadata={"field": field, "recorded_value": values[field]},
+            )
+        if new_value == old_value:
+            raise InvalidArgument("new_value", "must differ from old_value")
+        if not reason:
+            raise InvalidArgument("reason", "a correction needs a reason")
+        self._trigger(
+            self.Corrected,
+            env,
+            reason=reason,
+            corrected_event_id=event_id,
+            field=field,
+            old_value=old_value,
+            new_value=new_value,
+        )
+
+    # ----------------------------------------------------------------- helpers
+
+    def apply_correction(self, event_id: UUID, field: str, new_value: str) -> None:
+        self.event_values[event_id][field] = new_value
+        is_report = self.event_types[event_id] == "Reported"
+        if field == "severity" and event_id == self.severity_event_id:
+            self.severity = new_value
+        elif is_report and field in {"title", "description", "category"}:
+            setattr(self, field, new_value)
+        elif is_report and field.startswith("location."):
+            self.location[field.removeprefix("location.")] = new_value
+        elif is_report and field == "occurred_at":
+            self.occurred_at = datetime.fromisoformat(new_value)
+
+    def _check(
+        self,
+        command: str,
+        env: Envelope,
+        allowed: set[Status] | frozenset[Status],
+        *,
+        coordinator_only: bool = False,
+        lead_or_coordinator: bool = False,
+        lead_only: bool = False,
+        involved: bool = False,
+        reporter_too: bool = False,
+    ) -> None:
+        actor = env.actor
+        _require_writer(actor, command)
+        if self.status not in allowed:
+            raise IllegalTransition(command, self.status.value)
+        is_coordinator = actor.role is Role.COORDINATOR
+        if coordinator_only and not is_coordinator:
+            raise PermissionDenied(
+                f"only the coordinator may {command}",
+                reason="COORDINATOR_ONLY",
+                metadata={"command": command, "caller_agency": actor.agency},
+            )
+        if lead_only and actor.agency != self.lead_agency:
+            raise PermissionDenied(
+                f"only the lead agency ({self.lead_agency or 'none'}) may {command}",
+                reason="LEAD_AGENCY_ONLY",
+                metadata={"command": command, "caller_agency": actor.agency},
+            )
+        if lead_or_coordinator and not (is_coordinator or actor.agency == self.lead_agency):
+            raise PermissionDenied(
+                f"only the lead agency ({self.lead_agency or 'none'}) or the coordinator "
+                f"may {command}",
+                reason="LEAD_OR_COORDINATOR_ONLY",
+                metadata={"command": command, "caller_agency": actor.agency},
+            )
+        if involved and not (
+            is_coordinator
+            or actor.agency == self.lead_agency
+            or actor.agency in self.supporting_agencies
+            or (reporter_too and actor.agency == self.reporter_agency)
+        ):
+            raise PermissionDenied(
+                f"agency {actor.agency} is not involved in this incident",
+                reason="NOT_INVOLVED",
+                metadata={"command": command, "caller_agency": actor.agency},
+            )
+
+    def _trigger(
+        self,
+        event_class: type[Incident.Event],
+        env: Envelope,
+        *,
+        reason: str,
+        location: dict[str, Any] | None = None,
+        **payload: Any,
+    ) -> None:
+        self.trigger_event(
+            event_class,
+            **_envelope_kwargs(
+                env, self.head_hash, location=location or self.location or None, reason=reason
+            ),
+            **payload,
+        )
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+def _require_writer(actor: Actor, command: str) -> None:
+    if actor.role is Role.AUDITOR:
+        raise PermissionDenied(
+            f"auditors read everything and write nothing ({command})",
+            reason="READ_ONLY_ROLE",
+            metadata={"command": command, "caller_agency": actor.agency},
+        )
+
+
+def _envelope_kwargs(
+    env: Envelope, previous_hash: str, *, location: dict[str, Any] | None, reason: str = ""
+) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {
+        "event_id": uuid4(),
+        "timestamp": now,
+        "occurred_at": env.occurred_at or now,
+        "actor_agency": env.actor.agency,
+        "actor_officer": env.actor.officer,
+        "reason": reason,
+        "location": location,
+        "correlation_id": env.correlation_id,
+        "causation_id": env.causation_id,
+        "request_id": env.request_id,
+        "previous_hash": previous_hash,
+    }
+
+
+def event_fields(event: Incident.Event) -> dict[str, Any]:
+    """The event as a plain dict: envelope, identity and payload."""
+    data = dict(vars(event))
+    data.pop("originator_topic", None)
+    return data
+
+
+def event_hash(event: Incident.Event) -> str:
+    """SHA-256 over the canonical encoding of the event, its type and identity."""
+    body = event_fields(event)
+    body["type"] = type(event).__name__
+    body["schema_version"] = getattr(type(event), "class_version", 1)
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def _initial_values(event: Incident.Event) -> dict[str, str]:
+    name = type(event).__name__
+    values: dict[str, str] = {}
+    for field in CORRECTABLE.get(name, frozenset()):
+        value = getattr(event, field)
+        values[field] = _canonical(value) if isinstance(value, datetime) else str(value)
+    if event.location:
+        for field in LOCATION_FIELDS:
+            values[field] = str(event.location.get(field.removeprefix("location."), ""))
+    values["occurred_at"] = _canonical(event.occurred_at)
+    return values

@@ -1,0 +1,140 @@
+"""Wiring: builds the ledger's parts from settings and serves them over gRPC."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from incidentledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
+from services.common.auth import TokenStore, generate_dev_credentials
+from services.common.config import ConfigError, LedgerSettings
+from services.common.grpc_server import RequestInterceptor
+from services.common.pagetoken import PageTokens
+from services.ledger.api.servicer import LedgerServicer
+from services.ledger.application import Ledger
+from services.ledger.board import Board
+from services.ledger.domain.reference import ReferenceData
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = ledger_service_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
+ERROR_DOMAIN = "ledger.incidentledger"
+
+
+def load_tokens(settings: LedgerSettings, reference: ReferenceData) -> TokenStore:
+    """The token store; generates development credentials on a first development start."""
+    path = settings.resolved_tokens_file
+    if not path.exists():
+        if settings.production or settings.tokens_file is not None:
+            raise ConfigError(f"the tokens file {path} does not exist")
+        generate_dev_credentials(path.parent, reference.agencies)
+        log.warning(
+            "credentials.generated",
+            tokens=str(path.parent / "dev-tokens.yaml"),
+            note="development tokens, one officer per agency; never use in production",
+        )
+    tokens = TokenStore.load(path, reference.agencies)
+    if settings.production and tokens.development:
+        raise ConfigError(f"{path} holds development credentials; production needs real ones")
+    if len(tokens) == 0:
+        raise ConfigError(f"{path} lists no users")
+    return tokens
+
+
+def page_token_secret(settings: LedgerSettings) -> bytes:
+    if settings.page_token_secret is not None:
+        return settings.page_token_secret
+    path = settings.data_dir / "page-token.secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32), encoding="ascii")
+        path.chmod(0o600)
+    return path.read_text(encoding="ascii").strip().encode()
+
+
+@dataclass
+class LedgerServer:
+    """A running ledger: the gRPC server and the parts behind it."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    ledger: Ledger
+    board: Board
+    stopped: threading.Event
+
+    def stop(self, grace: float) -> None:
+        """Graceful shutdown: NOT_SERVING first, then drain in-flight calls."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.board.close()
+        self.ledger.close()
+        self.stopped.set()
+
+
+def prepare_store(settings: LedgerSettings) -> None:
+    """Create the data directory the embedded store needs."""
+    dbname = settings.store_env.get("SQLITE_DBNAME", "")
+    if dbname and dbname != ":memory:" and not dbname.startswith("file:"):
+        Path(dbname).parent.mkdir(parents=True, exist_ok=True)
+
+
+def build(settings: LedgerSettings) -> LedgerServer:
+    reference = ReferenceData.load(settings.reference_file)
+    tokens = load_tokens(settings, reference)
+    prepare_store(settings)
+    ledger = Ledger(reference, env=settings.store_env)
+    create = settings.store_env.get("CREATE_TABLE", "y").lower() not in {"n", "no", "false", "0"}
+    board = Board(ledger, settings.store_env, create=create)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
+        interceptors=[RequestInterceptor(tokens, ERROR_DOMAIN)],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", 4 * settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=settings.max_workers * 8,
+    )
+    servicer = LedgerServicer(ledger, board, PageTokens(page_token_secret(settings)))
+    ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise ConfigError(f"cannot listen on {settings.listen}")
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "ledger.started",
+        listen=settings.listen,
+        port=port,
+        store=settings.store_env.get("PERSISTENCE_MODULE"),
+        regency=reference.regency,
+        environment=settings.environment,
+    )
+    return LedgerServer(server, port, health_servicer, ledger, board, threading.Event())
+
+
+def migrate(settings: LedgerSettings) -> None:
+    """Create the store's tables once, before any replica starts."""
+    reference = ReferenceData.load(settings.reference_file)
+    prepare_store(settings)
+    env = {**settings.store_env, "CREATE_TABLE": "y"}
+    ledger = Ledger(reference, env=env)
+    board = Board(ledger, env, create=True)
+    board.close()
+    ledger.close()
+    log.info("ledger.migrated", store=env.get("PERSISTENCE_MODULE"))

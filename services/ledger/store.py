@@ -1,0 +1,64 @@
+"""Questions about the event store that the library's public API does not answer.
+
+The library records each event's global position (notification id) but only
+hands it back at save time. An idempotent retry must return the original
+position, and an incident's history is shown with positions, so this adapter
+looks them up, per backend, by (originator id, version).
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from eventsourcing.persistence import ApplicationRecorder
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.sqlite import SQLiteApplicationRecorder
+from psycopg.sql import SQL, Identifier
+
+
+class EventPositions:
+    """Global positions of stored events, looked up by aggregate id and version."""
+
+    def __init__(self, recorder: ApplicationRecorder) -> None:
+        self._recorder = recorder
+
+    def of(self, originator_id: UUID, gt: int = 0, lte: int | None = None) -> dict[int, int]:
+        """Map of version -> position for the aggregate's events in (gt, lte]."""
+        upper = lte if lte is not None else 2**62
+        recorder = self._recorder
+        if isinstance(recorder, SQLiteApplicationRecorder):
+            statement = (
+                f"SELECT originator_version, rowid FROM {recorder.events_table_name} "  # noqa: S608
+                "WHERE originator_id=? AND originator_version>? AND originator_version<=?"
+            )
+            with recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(statement, (originator_id.hex, gt, upper))
+                return {int(row[0]): int(row[1]) for row in cursor.fetchall()}
+        if isinstance(recorder, PostgresApplicationRecorder):
+            query = SQL(
+                "SELECT originator_version, notification_id FROM {schema}.{table} "
+                "WHERE originator_id=%s AND originator_version>%s AND originator_version<=%s"
+            ).format(
+                schema=Identifier(recorder.datastore.schema),
+                table=Identifier(recorder.events_table_name),
+            )
+            with recorder.datastore.transaction(commit=False) as curs:
+                curs.execute(query, (originator_id, gt, upper))
+                return {
+                    int(row["originator_version"]): int(row["notification_id"])
+                    for row in curs.fetchall()
+                }
+        return self._scan(originator_id, gt, upper)
+
+    def _scan(self, originator_id: UUID, gt: int, upper: int) -> dict[int, int]:
+        # In-memory store (tests): walk the notification log.
+        found: dict[int, int] = {}
+        start = 0
+        while True:
+            batch = self._recorder.select_notifications(start, 1000, inclusive_of_start=False)
+            if not batch:
+                return found
+            for n in batch:
+                if n.originator_id == originator_id and gt < n.originator_version <= upper:
+                    found[n.originator_version] = n.id
+            start = batch[-1].id
