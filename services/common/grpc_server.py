@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextvars
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -32,7 +32,13 @@ def current_principal() -> Principal:
     return _PRINCIPAL.get()
 
 
-class RequestInterceptor(grpc.ServerInterceptor[Any, Any]):
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.ServerInterceptor
+
+
+class RequestInterceptor(_ServerInterceptor):
     def __init__(self, tokens: TokenStore, domain: str) -> None:
         self._tokens = tokens
         self._domain = domain

@@ -8,8 +8,11 @@ reference data. Storage is chosen by the environment (the library's variables).
 from __future__ import annotations
 
 import hashlib
+import random
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -42,7 +45,8 @@ log = structlog.get_logger(__name__)
 MAX_TITLE = 200
 MAX_TEXT = 4000
 MAX_SHORT = 128
-MAX_CONFLICT_RETRIES = 20
+MAX_CONFLICT_RETRIES = 30
+LOCK_STRIPES = 64
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,9 @@ class Ledger(Application[UUID]):
         super().__init__(env)
         self.reference = reference
         self.positions = EventPositions(self.recorder)
+        # Commands on the same incident queue here instead of racing inside this
+        # process; across processes, optimistic concurrency (IntegrityError) decides.
+        self._stripes = [threading.Lock() for _ in range(LOCK_STRIPES)]
 
     # ------------------------------------------------------------- commands
 
@@ -162,7 +169,9 @@ class Ledger(Application[UUID]):
             duplicate.merge_into(env, target, comment)
             return [duplicate, target]
 
-        return self._execute(env, "MergeIncident", params, incident_id, expected, run)
+        return self._execute(
+            env, "MergeIncident", params, incident_id, expected, run, (incident_id, target_id)
+        )
 
     def assess_severity(
         self, env: Envelope, incident_id: UUID, expected: int, severity: str, comment: str
@@ -448,7 +457,15 @@ class Ledger(Application[UUID]):
             act(incident)
             return [incident]
 
-        return self._execute(env, command, params, incident_id, expected, run)
+        return self._execute(env, command, params, incident_id, expected, run, (incident_id,))
+
+    @contextmanager
+    def _serialised(self, incident_ids: tuple[UUID, ...]) -> Iterator[None]:
+        stripes = sorted({incident_id.int % LOCK_STRIPES for incident_id in incident_ids})
+        with ExitStack() as stack:
+            for stripe in stripes:
+                stack.enter_context(self._stripes[stripe])
+            yield
 
     def _execute(
         self,
@@ -458,6 +475,7 @@ class Ledger(Application[UUID]):
         incident_id: UUID | None,
         expected: int,
         run: Callable[[], list[Incident]],
+        lock_ids: tuple[UUID, ...] = (),
     ) -> CommandResult:
         if not env.request_id:
             raise InvalidArgument("request_id", "is required (AIP-155)")
@@ -471,22 +489,23 @@ class Ledger(Application[UUID]):
         key = RequestRecord.create_id(agency=env.actor.agency, request_id=env.request_id)
         for attempt in range(MAX_CONFLICT_RETRIES):
             try:
-                aggregates = run()
-                primary = aggregates[0]
-                last_event = primary.pending_events[-1]
-                if not isinstance(last_event, Incident.Event):
-                    raise TypeError(f"unexpected event {last_event!r}")
-                record = RequestRecord(
-                    agency=env.actor.agency,
-                    request_id=env.request_id,
-                    command=command,
-                    fingerprint=fingerprint,
-                    incident_id=primary.id,
-                    version=primary.version,
-                    event_id=last_event.event_id,
-                    recorded_at=last_event.timestamp,
-                )
-                recordings = self.save(*aggregates, record)
+                with self._serialised(lock_ids):
+                    aggregates = run()
+                    primary = aggregates[0]
+                    last_event = primary.pending_events[-1]
+                    if not isinstance(last_event, Incident.Event):
+                        raise TypeError(f"unexpected event {last_event!r}")
+                    record = RequestRecord(
+                        agency=env.actor.agency,
+                        request_id=env.request_id,
+                        command=command,
+                        fingerprint=fingerprint,
+                        incident_id=primary.id,
+                        version=primary.version,
+                        event_id=last_event.event_id,
+                        recorded_at=last_event.timestamp,
+                    )
+                    recordings = self.save(*aggregates, record)
             except IntegrityError:
                 original = self._original(key, command, fingerprint)
                 if original is not None:
@@ -495,7 +514,8 @@ class Ledger(Application[UUID]):
                     current = self._load(incident_id, 0).version
                     raise VersionConflict(expected, current) from None
                 log.debug("command.conflict_retry", command=command, attempt=attempt)
-                time.sleep(0.001 * (attempt + 1))
+                # Jittered exponential backoff: another process won the race.
+                time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))  # noqa: S311
                 continue
             except LedgerError:
                 original = self._original(key, command, fingerprint)

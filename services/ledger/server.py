@@ -111,9 +111,10 @@ def build(settings: LedgerSettings) -> LedgerServer:
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
-        raise ConfigError(f"cannot listen on {settings.listen}")
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot listen on {settings.listen}: {exc}") from exc
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.ledger.domain.reference import ReferenceData
+from tests.support import STORES, Client, reference, running_ledger, settings_for, store_environment
+
+
+@pytest.fixture(scope="session")
+def ref() -> ReferenceData:
+    return reference()
+
+
+@pytest.fixture(params=STORES)
+def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A fresh, empty event store: in memory, SQLite and PostgreSQL in turn."""
+    if request.param == "postgres":
+        request.applymarker(pytest.mark.postgres)
+    with store_environment(request.param, tmp_path) as env:
+        yield env
+
+
+@pytest.fixture
+def ledger(store_env: dict[str, str], tmp_path: Path) -> Iterator[Client]:
+    """A real ledger gRPC server on a free port, with development tokens per agency."""
+    with running_ledger(settings_for(tmp_path, store_env)) as client:
+        yield client
