@@ -148,13 +148,3 @@ def running_ledger(settings: LedgerSettings) -> Iterator[Client]:
         channel.close()
         server.stop(1.0)
 
-
-def serve_forever(port_file: str) -> None:
-    """Run a ledger from the environment's settings; write its port to ``port_file``."""
-    from services.common.logging import configure_logging
-
-    settings = LedgerSettings.from_env()
-    configure_logging(settings.log_level, "json")
-    running = build(settings)
-    Path(port_file).write_text(str(running.port))
-    running.stopped.wait()

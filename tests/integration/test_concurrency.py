@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import secrets
 import subprocess
 import sys
@@ -139,28 +141,39 @@ def test_idempotency_survives_a_restart(kind: str, tmp_path: Path) -> None:
 
 @contextmanager
 def ledger_process(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """A ledger server in its own process; yields it and its port."""
-    port_file = Path(env["LEDGER_DATA_DIR"]) / f"port-{secrets.token_hex(4)}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from tests.support import serve_forever; serve_forever(sys.argv[1])",
-            str(port_file),
-        ],
-        env={**os.environ, **env, "PYTHONPATH": f"{PROJECT_ROOT}:{PROJECT_ROOT / 'gen'}"},
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-    )
+    """``python -m services.ledger`` in its own process; yields it and its port.
+
+    The port is read from the JSON ``ledger.started`` log line.
+    """
+    log_path = Path(env["LEDGER_DATA_DIR"]) / f"ledger-{secrets.token_hex(4)}.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.ledger"],
+            env={
+                **os.environ,
+                **env,
+                "LEDGER_LOG_FORMAT": "json",
+                "LEDGER_LOG_LEVEL": "INFO",
+                "PYTHONPATH": f"{PROJECT_ROOT}:{PROJECT_ROOT / 'gen'}",
+            },
+            cwd=PROJECT_ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 30
-        while not port_file.exists() or not port_file.read_text():
-            assert proc.poll() is None, "the ledger process died at start"
+        port = 0
+        while not port:
+            for line in log_path.read_text().splitlines():
+                if line.startswith("{") and json.loads(line).get("event") == "ledger.started":
+                    port = int(json.loads(line)["port"])
+            assert proc.poll() is None, f"the ledger died at start:\n{log_path.read_text()}"
             assert time.monotonic() < deadline, "the ledger process did not start in 30 s"
             time.sleep(0.05)
-        yield proc, int(port_file.read_text())
+        yield proc, port
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         proc.wait(timeout=30)
 
 
@@ -241,3 +254,26 @@ def test_shutdown_reports_not_serving_before_closing(tmp_path: Path) -> None:
             assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
             ledger.server.health.enter_graceful_shutdown()
             assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_sigterm_stops_the_process_cleanly(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {
+        "LEDGER_DATA_DIR": str(data),
+        "LEDGER_LISTEN": "127.0.0.1:0",
+        "LEDGER_LOG_LEVEL": "WARNING",
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "SQLITE_DBNAME": str(data / "ledger.sqlite"),
+    }
+    data.mkdir()
+    with ledger_process(env) as (proc, port):
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        with pytest.raises(grpc.RpcError) as caught:
+            health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        channel.close()

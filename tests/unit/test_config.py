@@ -1,0 +1,104 @@
+"""Settings from the environment and the credentials policy at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.common.auth import generate_dev_credentials, token_hash
+from services.common.config import ConfigError, LedgerSettings
+from services.ledger.server import load_tokens
+from tests.support import REFERENCE_FILE, reference
+
+
+def test_defaults_use_sqlite_in_the_data_directory(tmp_path: Path) -> None:
+    settings = LedgerSettings.from_env({"LEDGER_DATA_DIR": str(tmp_path)})
+    assert settings.listen == "127.0.0.1:50051"
+    assert settings.store_env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite"
+    assert settings.store_env["SQLITE_DBNAME"] == str(tmp_path / "ledger.sqlite")
+    assert settings.resolved_tokens_file == tmp_path / "credentials" / "tokens.yaml"
+
+
+def test_store_variables_pass_through() -> None:
+    settings = LedgerSettings.from_env(
+        {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_HOST": "db", "HOME": "/x"}
+    )
+    assert settings.store_env == {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_HOST": "db",
+    }
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LEDGER_MAX_WORKERS": "many"}, "LEDGER_MAX_WORKERS must be an integer"),
+        ({"LEDGER_MAX_WORKERS": "0"}, "LEDGER_MAX_WORKERS must be at least 1"),
+        ({"LEDGER_ENVIRONMENT": "staging"}, "LEDGER_ENVIRONMENT must be one of"),
+        ({"LEDGER_LOG_LEVEL": "LOUD"}, "LEDGER_LOG_LEVEL must be one of"),
+        (
+            {"LEDGER_ENVIRONMENT": "production", "LEDGER_TOKENS_FILE": "/t.yaml"},
+            "LEDGER_PAGE_TOKEN_SECRET is required in production",
+        ),
+        (
+            {"LEDGER_ENVIRONMENT": "production", "LEDGER_PAGE_TOKEN_SECRET": "s" * 32},
+            "LEDGER_TOKENS_FILE is required in production",
+        ),
+    ],
+)
+def test_bad_settings_are_refused_with_a_clear_message(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        LedgerSettings.from_env(env)
+
+
+def test_first_development_start_generates_credentials(tmp_path: Path) -> None:
+    settings = LedgerSettings(data_dir=tmp_path, reference_file=REFERENCE_FILE)
+    tokens = load_tokens(settings, reference())
+    assert tokens.development
+    assert tokens.agencies() == set(reference().agencies)
+    text = (tmp_path / "credentials" / "tokens.yaml").read_text()
+    plain = (tmp_path / "credentials" / "dev-tokens.yaml").read_text()
+    assert "token_sha256" in text
+    token = plain.split("token: ")[1].split()[0]
+    assert token not in text
+    assert token_hash(token) in text
+    # A second start keeps the same credentials.
+    assert load_tokens(settings, reference()).agencies() == tokens.agencies()
+    assert (tmp_path / "credentials" / "dev-tokens.yaml").read_text() == plain
+
+
+def test_production_refuses_development_credentials(tmp_path: Path) -> None:
+    tokens_file = generate_dev_credentials(tmp_path, reference().agencies)
+    settings = LedgerSettings.from_env(
+        {
+            "LEDGER_ENVIRONMENT": "production",
+            "LEDGER_TOKENS_FILE": str(tokens_file),
+            "LEDGER_PAGE_TOKEN_SECRET": "a-long-enough-secret-for-tokens",
+            "LEDGER_DATA_DIR": str(tmp_path),
+        }
+    )
+    with pytest.raises(ConfigError, match="development credentials"):
+        load_tokens(settings, reference())
+
+
+def test_production_never_generates_credentials(tmp_path: Path) -> None:
+    settings = LedgerSettings.from_env(
+        {
+            "LEDGER_ENVIRONMENT": "production",
+            "LEDGER_TOKENS_FILE": str(tmp_path / "missing.yaml"),
+            "LEDGER_PAGE_TOKEN_SECRET": "a-long-enough-secret-for-tokens",
+            "LEDGER_DATA_DIR": str(tmp_path),
+        }
+    )
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_tokens(settings, reference())
+    assert not (tmp_path / "credentials").exists()
+
+
+def test_tokens_naming_unknown_agencies_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text(f"users:\n  - {{agency: fbi, officer: x, token_sha256: {'a' * 64}}}\n")
+    settings = LedgerSettings(data_dir=tmp_path, tokens_file=path, reference_file=REFERENCE_FILE)
+    with pytest.raises(ConfigError, match="unknown agency 'fbi'"):
+        load_tokens(settings, reference())
