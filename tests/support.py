@@ -147,4 +147,3 @@ def running_ledger(settings: LedgerSettings) -> Iterator[Client]:
     finally:
         channel.close()
         server.stop(1.0)
-

@@ -115,5 +115,6 @@ def generate_dev_credentials(directory: Path, agencies: Iterable[str]) -> Path:
 
 def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file already existed with a wider mode
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)

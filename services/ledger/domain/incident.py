@@ -105,7 +105,6 @@ CORRECTABLE: dict[str, frozenset[str]] = {
     "Resolved": frozenset({"resolution"}),
 }
 LOCATION_FIELDS = frozenset({"location.kecamatan", "location.desa", "location.tps"})
-TIME_FIELDS = frozenset({"valid_from", "valid_until", "occurred_at"})
 
 
 class Incident(Aggregate):
@@ -205,6 +204,9 @@ class Incident(Aggregate):
             incident.lead_agency = self.agency
             if self.agency in incident.supporting_agencies:
                 incident.supporting_agencies.remove(self.agency)
+            # A proposal made by a former lead does not bind the newly assigned one.
+            incident.pending_handover = None
+            incident.pending_handover_event = None
 
     class SupportingAgencyAdded(Event):
         agency: str
@@ -216,7 +218,7 @@ class Incident(Aggregate):
         to_agency: str
 
         def evolve(self, incident: Incident) -> None:
-            incident.pending_handover = (self.actor_agency, self.to_agency, self.reason)
+            incident.pending_handover = (incident.lead_agency, self.to_agency, self.reason)
             incident.pending_handover_event = self.event_id
 
     class HandoverAccepted(Event):

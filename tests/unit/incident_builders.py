@@ -1,0 +1,112 @@
+"""Helpers shared by the unit tests of the Incident aggregate."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+from services.ledger.domain.incident import Actor, Envelope, Incident, RejectionReason, Status
+from services.ledger.domain.reference import ReferenceData
+from tests.support import reference
+
+REF: ReferenceData = reference()
+COORDINATOR = "desk_pilkada"
+AUDITOR = "inspektorat"
+REPORTER = "kesbangpol"
+LEAD = "polres"
+SUPPORTER = "kodim"
+OUTSIDER = "bpbd"
+LOCATION: dict[str, Any] = {"kecamatan": "kota_mukomuko", "desa": "Koto Jaya"}
+
+
+def actor(agency: str) -> Actor:
+    return Actor(agency, f"officer-{agency}", REF.agencies[agency].role)
+
+
+def env(
+    agency: str, request_id: str | None = None, occurred_at: datetime | None = None
+) -> Envelope:
+    return Envelope(
+        actor=actor(agency),
+        request_id=request_id or uuid4().hex,
+        correlation_id="corr-1",
+        causation_id="cause-1",
+        occurred_at=occurred_at,
+    )
+
+
+def report(
+    agency: str = REPORTER,
+    *,
+    title: str = "Crowd at the square",
+    severity: str = "low",
+    category: str = "crowd_gathering",
+) -> Incident:
+    return Incident.report(
+        env(agency),
+        title=title,
+        description="Hundreds gathered without a permit",
+        category=category,
+        severity=severity,
+        location=dict(LOCATION),
+        incident_id=uuid4(),
+    )
+
+
+def incident_in(status: Status, *, lead: str = LEAD) -> Incident:
+    """A fresh incident brought to ``status`` by legal commands."""
+    incident = report()
+    coord = env(COORDINATOR)
+    if status is Status.REPORTED:
+        return incident
+    if status is Status.REJECTED:
+        incident.reject(coord, RejectionReason.HOAX, "a hoax")
+        return incident
+    if status is Status.MERGED:
+        incident.merge_into(coord, report(), "duplicate")
+        return incident
+    incident.verify(coord, "checked")
+    if status is Status.VERIFIED:
+        return incident
+    incident.assign_lead(coord, lead, "police lead")
+    if status is Status.ASSIGNED:
+        return incident
+    incident.log_action(env(lead), "patrol sent", {})
+    if status is Status.RESPONDING:
+        return incident
+    incident.resolve(env(lead), "crowd dispersed")
+    if status is Status.RESOLVED:
+        return incident
+    if status is Status.REOPENED:
+        incident.reopen(coord, "crowd came back")
+        return incident
+    incident.request_closure(env(lead), "done")
+    incident.approve_closure(coord, "approved")
+    assert status is Status.CLOSED
+    return incident
+
+
+def incident_events(incident: Incident) -> list[Incident.Event]:
+    """The incident's pending events, typed."""
+    events = [e for e in incident.pending_events if isinstance(e, Incident.Event)]
+    assert len(events) == len(incident.pending_events)
+    return events
+
+
+def replay(events: Sequence[Incident.Event]) -> Incident:
+    aggregate: Incident | None = None
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    assert aggregate is not None
+    return aggregate
+
+
+def event_of(incident: Incident, type_name: str, nth: int = 0) -> Incident.Event:
+    matching = [e for e in incident_events(incident) if type(e).__name__ == type_name]
+    return matching[nth]
+
+
+def event_id_of(incident: Incident, type_name: str, nth: int = 0) -> UUID:
+    return event_of(incident, type_name, nth).event_id

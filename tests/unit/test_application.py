@@ -1,0 +1,500 @@
+"""The Ledger application over the in-memory store: idempotency, expected
+versions and input checks against the reference data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from services.common.errors import (
+    AlreadyExists,
+    IllegalTransition,
+    InvalidArgument,
+    LedgerError,
+    NotFound,
+    PermissionDenied,
+    VersionConflict,
+)
+from services.ledger.application import MAX_TITLE, CommandResult, Ledger
+from services.ledger.domain.incident import Envelope, Incident, RejectionReason, Status
+from tests.unit.incident_builders import (
+    AUDITOR,
+    COORDINATOR,
+    LEAD,
+    REF,
+    REPORTER,
+    SUPPORTER,
+    actor,
+    env,
+)
+
+T0 = datetime(2024, 11, 27, 7, 0, tzinfo=UTC)
+LOCATION: dict[str, Any] = {"kecamatan": "ipuh", "desa": "Medan Jaya"}
+
+
+@pytest.fixture
+def ledger() -> Iterator[Ledger]:
+    app = Ledger(REF, env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    yield app
+    app.close()
+
+
+def recorded(ledger: Ledger) -> int:
+    return ledger.recorder.max_notification_id() or 0
+
+
+def report(ledger: Ledger, envelope: Envelope | None = None, **fields: Any) -> CommandResult:
+    values: dict[str, Any] = {
+        "title": "Vote buying near TPS 3",
+        "description": "envelopes handed out",
+        "category": "money_politics",
+        "severity": "high",
+        "location": dict(LOCATION),
+    }
+    values.update(fields)
+    return ledger.report(envelope or env(REPORTER), **values)
+
+
+def verified(ledger: Ledger) -> CommandResult:
+    created = report(ledger)
+    return ledger.verify(env(COORDINATOR), created.incident_id, 1, "ok")
+
+
+# ----------------------------------------------------------------- basics
+
+
+def test_report_records_one_event_and_returns_its_coordinates(ledger: Ledger) -> None:
+    result = report(ledger)
+    assert result.version == 1
+    # The idempotency record is stored right after the incident's event.
+    assert result.position == recorded(ledger) - 1 == 1
+    incident = ledger.get_incident(result.incident_id)
+    assert incident.status is Status.REPORTED
+    assert incident.title == "Vote buying near TPS 3"
+    reported = ledger.incident_events(result.incident_id, after_version=0, limit=10)
+    assert [type(s.event).__name__ for s in reported] == ["Reported"]
+    assert reported[0].event.event_id == result.event_id
+    assert reported[0].position == result.position
+    assert reported[0].event.timestamp == result.recorded_at
+
+
+def test_report_without_severity_takes_the_default(ledger: Ledger) -> None:
+    result = report(ledger, severity="")
+    assert ledger.get_incident(result.incident_id).severity == REF.default_severity == "medium"
+
+
+def test_each_command_returns_the_new_version(ledger: Ledger) -> None:
+    created = report(ledger)
+    incident_id = created.incident_id
+    assert ledger.verify(env(COORDINATOR), incident_id, 1, "").version == 2
+    assert ledger.assign_lead(env(COORDINATOR), incident_id, 2, LEAD, "").version == 3
+    logged = ledger.log_action(env(LEAD), incident_id, 3, "patrol", None)
+    assert logged.version == 4
+    assert logged.position == recorded(ledger) - 1
+    incident = ledger.get_incident(incident_id)
+    assert (incident.status, incident.lead_agency, incident.version) == (
+        Status.RESPONDING,
+        LEAD,
+        4,
+    )
+    # The action took the incident's location when none was given.
+    actions = ledger.incident_events(incident_id, after_version=3, limit=10)
+    assert actions[0].event.location == LOCATION
+
+
+def test_expected_version_zero_skips_the_check(ledger: Ledger) -> None:
+    created = report(ledger)
+    ledger.escalate(env(REPORTER), created.incident_id, 0, "worse")
+    assert ledger.escalate(env(REPORTER), created.incident_id, 0, "worse still").version == 3
+
+
+def test_unknown_incident_is_not_found(ledger: Ledger) -> None:
+    with pytest.raises(NotFound) as caught:
+        ledger.verify(env(COORDINATOR), uuid4(), 0, "")
+    assert caught.value.reason == "INCIDENT_NOT_FOUND"
+    assert recorded(ledger) == 0
+
+
+def test_merge_records_on_both_incidents(ledger: Ledger) -> None:
+    duplicate = report(ledger)
+    target = report(ledger, title="The same vote buying")
+    result = ledger.merge(env(COORDINATOR), duplicate.incident_id, 1, target.incident_id, "dup")
+    assert (result.incident_id, result.version) == (duplicate.incident_id, 2)
+    assert ledger.get_incident(duplicate.incident_id).status is Status.MERGED
+    absorbing = ledger.get_incident(target.incident_id)
+    assert absorbing.version == 2
+    assert absorbing.merged_incidents == [duplicate.incident_id]
+    # Two reports with their request records, then two events and one record.
+    assert recorded(ledger) == 4 + 3
+
+
+def test_merge_retry_returns_the_original_result(ledger: Ledger) -> None:
+    duplicate = report(ledger)
+    target = report(ledger, title="The same vote buying")
+    envelope = env(COORDINATOR, request_id="merge-1")
+    first = ledger.merge(envelope, duplicate.incident_id, 1, target.incident_id, "dup")
+    before = recorded(ledger)
+    again = ledger.merge(envelope, duplicate.incident_id, 1, target.incident_id, "dup")
+    assert again == first
+    assert recorded(ledger) == before
+    assert ledger.get_incident(target.incident_id).version == 2
+
+
+def test_merge_into_unknown_incident_names_the_target_field(ledger: Ledger) -> None:
+    duplicate = report(ledger)
+    before = recorded(ledger)
+    with pytest.raises(NotFound) as caught:
+        ledger.merge(env(COORDINATOR), duplicate.incident_id, 1, uuid4(), "dup")
+    assert caught.value.metadata["field"] == "target"
+    assert recorded(ledger) == before
+
+
+# ------------------------------------------------------------ idempotency
+
+
+def test_same_request_id_and_body_returns_the_original_result(ledger: Ledger) -> None:
+    envelope = env(REPORTER, request_id="req-1")
+    first = report(ledger, envelope)
+    before = recorded(ledger)
+    second = report(ledger, envelope)
+    assert second == first
+    assert recorded(ledger) == before
+
+
+def test_retry_of_a_state_command_returns_the_original_result(ledger: Ledger) -> None:
+    created = report(ledger)
+    envelope = env(COORDINATOR, request_id="verify-1")
+    first = ledger.verify(envelope, created.incident_id, 1, "ok")
+    before = recorded(ledger)
+    assert ledger.verify(envelope, created.incident_id, 1, "ok") == first
+    assert recorded(ledger) == before
+
+
+def test_retry_that_would_now_fail_still_returns_the_original_result(ledger: Ledger) -> None:
+    created = report(ledger)
+    incident_id = created.incident_id
+    envelope = env(COORDINATOR, request_id="verify-1")
+    first = ledger.verify(envelope, incident_id, 0, "ok")
+    ledger.assign_lead(env(COORDINATOR), incident_id, 2, LEAD, "")
+    before = recorded(ledger)
+    # Verifying an ASSIGNED incident is illegal, but this is the same request.
+    assert ledger.verify(envelope, incident_id, 0, "ok") == first
+    assert recorded(ledger) == before
+    # A new request with the same body is refused.
+    with pytest.raises(IllegalTransition):
+        ledger.verify(env(COORDINATOR), incident_id, 0, "ok")
+
+
+def test_retry_with_a_now_stale_expected_version_returns_the_original(ledger: Ledger) -> None:
+    created = report(ledger)
+    envelope = env(COORDINATOR, request_id="verify-1")
+    first = ledger.verify(envelope, created.incident_id, 1, "ok")
+    ledger.assign_lead(env(COORDINATOR), created.incident_id, 2, LEAD, "")
+    assert ledger.verify(envelope, created.incident_id, 1, "ok") == first
+
+
+def test_retry_of_an_action_records_it_once(ledger: Ledger) -> None:
+    incident_id = verified(ledger).incident_id
+    ledger.assign_lead(env(COORDINATOR), incident_id, 0, LEAD, "")
+    envelope = env(LEAD, request_id="act-1")
+    first = ledger.log_action(envelope, incident_id, 0, "patrol", None)
+    second = ledger.log_action(envelope, incident_id, 0, "patrol", None)
+    assert second == first
+    assert ledger.get_incident(incident_id).version == 4
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"title": "Another title"}, {"severity": "low"}, {"location": {"kecamatan": "penarik"}}],
+)
+def test_same_request_id_with_another_body_is_refused(
+    ledger: Ledger, changes: dict[str, Any]
+) -> None:
+    envelope = env(REPORTER, request_id="req-1")
+    report(ledger, envelope)
+    before = recorded(ledger)
+    with pytest.raises(AlreadyExists) as caught:
+        report(ledger, envelope, **changes)
+    assert caught.value.reason == "REQUEST_ID_REUSED"
+    assert caught.value.code == "ALREADY_EXISTS"
+    assert caught.value.metadata == {"request_id": "req-1", "original_command": "ReportIncident"}
+    assert recorded(ledger) == before
+
+
+def test_same_request_id_for_another_command_is_refused(ledger: Ledger) -> None:
+    created = report(ledger)
+    envelope = env(COORDINATOR, request_id="shared")
+    ledger.verify(envelope, created.incident_id, 1, "ok")
+    before = recorded(ledger)
+    with pytest.raises(AlreadyExists) as caught:
+        ledger.assign_lead(envelope, created.incident_id, 2, LEAD, "")
+    assert caught.value.reason == "REQUEST_ID_REUSED"
+    assert caught.value.metadata["original_command"] == "VerifyIncident"
+    assert recorded(ledger) == before
+    assert ledger.get_incident(created.incident_id).status is Status.VERIFIED
+
+
+def test_same_request_id_with_another_occurred_at_is_another_body(ledger: Ledger) -> None:
+    report(ledger, env(REPORTER, request_id="r", occurred_at=T0))
+    with pytest.raises(AlreadyExists):
+        report(ledger, env(REPORTER, request_id="r", occurred_at=T0 + timedelta(minutes=1)))
+
+
+def test_same_request_id_from_another_agency_is_another_request(ledger: Ledger) -> None:
+    first = report(ledger, env(REPORTER, request_id="req-1"))
+    before = recorded(ledger)
+    second = report(ledger, env("kpu", request_id="req-1"))
+    assert second.incident_id != first.incident_id
+    assert recorded(ledger) == before + 2  # the event and the request record
+    assert ledger.get_incident(second.incident_id).reporter_agency == "kpu"
+
+
+def test_a_refused_command_does_not_use_up_its_request_id(ledger: Ledger) -> None:
+    created = report(ledger)
+    envelope = env(REPORTER, request_id="try-1")
+    with pytest.raises(PermissionDenied):
+        ledger.verify(envelope, created.incident_id, 1, "")
+    # The same request id may carry another request, since nothing was recorded.
+    result = ledger.escalate(envelope, created.incident_id, 1, "worse")
+    assert result.version == 2
+
+
+def test_request_id_is_required(ledger: Ledger) -> None:
+    envelope = Envelope(actor=actor(REPORTER), request_id="", correlation_id="", causation_id="")
+    with pytest.raises(InvalidArgument) as caught:
+        report(ledger, envelope)
+    assert caught.value.field == "request_id"
+    assert recorded(ledger) == 0
+
+
+# -------------------------------------------------------- expected version
+
+
+def test_stale_expected_version_is_a_version_conflict(ledger: Ledger) -> None:
+    incident_id = verified(ledger).incident_id
+    before = recorded(ledger)
+    with pytest.raises(VersionConflict) as caught:
+        ledger.assign_lead(env(COORDINATOR), incident_id, 1, LEAD, "")
+    error = caught.value
+    assert error.code == "ABORTED"
+    assert error.reason == "VERSION_CONFLICT"
+    assert error.metadata == {"expected_version": "1", "current_version": "2"}
+    assert (error.expected, error.current) == (1, 2)
+    assert recorded(ledger) == before
+    assert ledger.get_incident(incident_id).status is Status.VERIFIED
+
+
+def test_expected_version_ahead_of_the_incident_is_a_version_conflict(ledger: Ledger) -> None:
+    created = report(ledger)
+    with pytest.raises(VersionConflict) as caught:
+        ledger.verify(env(COORDINATOR), created.incident_id, 5, "")
+    assert caught.value.metadata["current_version"] == "1"
+
+
+def test_negative_expected_version_is_invalid(ledger: Ledger) -> None:
+    created = report(ledger)
+    with pytest.raises(InvalidArgument) as caught:
+        ledger.verify(env(COORDINATOR), created.incident_id, -1, "")
+    assert caught.value.field == "expected_version"
+
+
+# ------------------------------------------------------------ input checks
+
+
+def _decision(ledger: Ledger, incident_id: UUID, **changes: Any) -> CommandResult:
+    values: dict[str, Any] = {
+        "deciding_agencies": [LEAD],
+        "forum": "Rakor",
+        "summary": "close the road",
+        "rationale": "safety",
+        "scope": None,
+        "valid_from": T0,
+        "valid_until": T0 + timedelta(hours=2),
+    }
+    values.update(changes)
+    return ledger.record_decision(env(COORDINATOR), incident_id, 0, **values)
+
+
+Invalid = Callable[[Ledger, UUID], object]
+
+INVALID_INPUTS: dict[str, tuple[str, str, Invalid]] = {
+    "unknown category": (
+        "category",
+        "INVALID_FIELD",
+        lambda lg, _: report(lg, category="littering"),
+    ),
+    "unknown severity": ("severity", "INVALID_FIELD", lambda lg, _: report(lg, severity="huge")),
+    "unknown kecamatan": (
+        "location.kecamatan",
+        "INVALID_FIELD",
+        lambda lg, _: report(lg, location={"kecamatan": "atlantis"}),
+    ),
+    "missing kecamatan": (
+        "location.kecamatan",
+        "INVALID_FIELD",
+        lambda lg, _: report(lg, location={"desa": "Medan Jaya"}),
+    ),
+    "desa of another kecamatan": (
+        "location.desa",
+        "INVALID_FIELD",
+        lambda lg, _: report(lg, location={"kecamatan": "ipuh", "desa": "Koto Jaya"}),
+    ),
+    "latitude out of range": (
+        "location.latitude",
+        "INVALID_FIELD",
+        lambda lg, _: report(lg, location={"kecamatan": "ipuh", "latitude": 91.0}),
+    ),
+    "title too long": (
+        "title",
+        "FIELD_TOO_LONG",
+        lambda lg, _: report(lg, title="x" * (MAX_TITLE + 1)),
+    ),
+    "empty title": ("title", "INVALID_FIELD", lambda lg, _: report(lg, title="   ")),
+    "unknown lead agency": (
+        "agency",
+        "INVALID_FIELD",
+        lambda lg, i: lg.assign_lead(env(COORDINATOR), i, 0, "fbi", ""),
+    ),
+    "auditor as lead agency": (
+        "agency",
+        "INVALID_FIELD",
+        lambda lg, i: lg.assign_lead(env(COORDINATOR), i, 0, AUDITOR, ""),
+    ),
+    "unknown supporting agency": (
+        "agency",
+        "INVALID_FIELD",
+        lambda lg, i: lg.add_supporting_agency(env(COORDINATOR), i, 0, "nasa", ""),
+    ),
+    "unknown handover recipient": (
+        "to_agency",
+        "INVALID_FIELD",
+        lambda lg, i: lg.propose_handover(env(COORDINATOR), i, 0, "nasa", "why"),
+    ),
+    "unknown assessed severity": (
+        "severity",
+        "INVALID_FIELD",
+        lambda lg, i: lg.assess_severity(env(COORDINATOR), i, 0, "extreme", ""),
+    ),
+    "unknown deciding agency": (
+        "deciding_agencies[1]",
+        "INVALID_FIELD",
+        lambda lg, i: _decision(lg, i, deciding_agencies=[LEAD, "nasa"]),
+    ),
+    "deciding agency twice": (
+        "deciding_agencies",
+        "INVALID_FIELD",
+        lambda lg, i: _decision(lg, i, deciding_agencies=[LEAD, LEAD]),
+    ),
+    "unknown scope kecamatan": (
+        "scope.kecamatan",
+        "INVALID_FIELD",
+        lambda lg, i: _decision(lg, i, scope={"kecamatan": "atlantis"}),
+    ),
+    "unknown action kecamatan": (
+        "location.kecamatan",
+        "INVALID_FIELD",
+        lambda lg, i: lg.log_action(env(COORDINATOR), i, 0, "x", {"kecamatan": "atlantis"}),
+    ),
+    "unknown corrected severity": (
+        "new_value",
+        "INVALID_FIELD",
+        lambda lg, i: lg.correct(
+            env(COORDINATOR),
+            i,
+            0,
+            event_id=uuid4(),
+            field="severity",
+            old_value="high",
+            new_value="extreme",
+            reason="r",
+        ),
+    ),
+    "reject without comment": (
+        "comment",
+        "INVALID_FIELD",
+        lambda lg, i: lg.reject(env(COORDINATOR), i, 0, RejectionReason.HOAX, ""),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID_INPUTS))
+def test_invalid_input_names_the_field_and_records_nothing(ledger: Ledger, case: str) -> None:
+    incident_id = verified(ledger).incident_id
+    before = recorded(ledger)
+    field, reason, call = INVALID_INPUTS[case]
+    with pytest.raises(InvalidArgument) as caught:
+        call(ledger, incident_id)
+    error = caught.value
+    assert error.code == "INVALID_ARGUMENT"
+    assert error.field == field
+    assert error.metadata["field"] == field
+    assert error.reason == reason
+    assert recorded(ledger) == before
+    assert ledger.get_incident(incident_id).version == 2
+
+
+def test_title_at_the_limit_is_accepted(ledger: Ledger) -> None:
+    result = report(ledger, title="x" * MAX_TITLE)
+    assert len(ledger.get_incident(result.incident_id).title) == MAX_TITLE
+
+
+REFUSED: dict[str, tuple[type[LedgerError], Callable[[Ledger, UUID], object]]] = {
+    "reporter adds a supporter": (
+        PermissionDenied,
+        lambda lg, i: lg.add_supporting_agency(env(REPORTER), i, 0, SUPPORTER, ""),
+    ),
+    "auditor escalates": (
+        PermissionDenied,
+        lambda lg, i: lg.escalate(env(AUDITOR), i, 0, "worse"),
+    ),
+    "resolve before response": (
+        IllegalTransition,
+        lambda lg, i: lg.resolve(env(COORDINATOR), i, 0, "done"),
+    ),
+    "stale version": (
+        VersionConflict,
+        lambda lg, i: lg.escalate(env(COORDINATOR), i, 1, "worse"),
+    ),
+    "handover to the lead itself": (
+        InvalidArgument,
+        lambda lg, i: lg.propose_handover(env(LEAD), i, 0, LEAD, "why"),
+    ),
+    "merge an assigned incident": (
+        IllegalTransition,
+        lambda lg, i: lg.merge(env(COORDINATOR), i, 0, i, "dup"),
+    ),
+    "correct a foreign event": (
+        InvalidArgument,
+        lambda lg, i: lg.correct(
+            env(COORDINATOR),
+            i,
+            0,
+            event_id=uuid4(),
+            field="title",
+            old_value="a",
+            new_value="b",
+            reason="r",
+        ),
+    ),
+    "outsider logs an action": (
+        PermissionDenied,
+        lambda lg, i: lg.log_action(env(SUPPORTER), i, 0, "x", None),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_refused_commands_record_nothing(ledger: Ledger, case: str) -> None:
+    incident_id = verified(ledger).incident_id
+    ledger.assign_lead(env(COORDINATOR), incident_id, 2, LEAD, "")
+    before = recorded(ledger)
+    error_type, call = REFUSED[case]
+    with pytest.raises(error_type):
+        call(ledger, incident_id)
+    assert recorded(ledger) == before
+    incident: Incident = ledger.get_incident(incident_id)
+    assert (incident.version, incident.status) == (3, Status.ASSIGNED)
