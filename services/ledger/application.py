@@ -39,6 +39,7 @@ from services.ledger.domain.incident import (
 from services.ledger.domain.reference import ReferenceData
 from services.ledger.domain.requests import RequestRecord
 from services.ledger.store import EventPositions
+from services.ledger.writes import AggregateCache, GroupCommitter
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +47,7 @@ MAX_TITLE = 200
 MAX_TEXT = 4000
 MAX_SHORT = 128
 MAX_CONFLICT_RETRIES = 30
-LOCK_STRIPES = 64
+LOCK_STRIPES = 256
 
 
 @dataclass(frozen=True)
@@ -77,13 +78,25 @@ class Ledger(Application[UUID]):
 
     name = "Ledger"
 
-    def __init__(self, reference: ReferenceData, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        reference: ReferenceData,
+        env: Mapping[str, str] | None = None,
+        *,
+        cache_size: int = 1000,
+    ) -> None:
         super().__init__(env)
         self.reference = reference
         self.positions = EventPositions(self.recorder)
         # Commands on the same incident queue here instead of racing inside this
         # process; across processes, optimistic concurrency (IntegrityError) decides.
         self._stripes = [threading.Lock() for _ in range(LOCK_STRIPES)]
+        self._cache = AggregateCache(cache_size)
+        self._committer = GroupCommitter(self.save)
+
+    def close(self) -> None:
+        self._committer.close()
+        super().close()
 
     # ------------------------------------------------------------- commands
 
@@ -111,7 +124,7 @@ class Ledger(Application[UUID]):
             "location": location,
         }
 
-        def run() -> list[Incident]:
+        def run(_fresh: bool) -> list[Incident]:
             return [
                 Incident.report(
                     env,
@@ -163,9 +176,9 @@ class Ledger(Application[UUID]):
         _text("comment", comment, MAX_TEXT)
         params = {"target": str(target_id), "comment": comment}
 
-        def run() -> list[Incident]:
-            duplicate = self._load(incident_id, expected)
-            target = self._load(target_id, 0, field="target")
+        def run(fresh: bool) -> list[Incident]:
+            duplicate = self._load_for_write(incident_id, expected, fresh=fresh)
+            target = self._load_for_write(target_id, 0, fresh=fresh, field="target")
             duplicate.merge_into(env, target, comment)
             return [duplicate, target]
 
@@ -420,7 +433,7 @@ class Ledger(Application[UUID]):
     # -------------------------------------------------------------- queries
 
     def get_incident(self, incident_id: UUID) -> Incident:
-        return self._load(incident_id, 0)
+        return self._load(incident_id)
 
     def incident_events(
         self, incident_id: UUID, *, after_version: int, limit: int
@@ -452,8 +465,8 @@ class Ledger(Application[UUID]):
     ) -> CommandResult:
         params = {"incident": str(incident_id), "expected_version": expected, **params}
 
-        def run() -> list[Incident]:
-            incident = self._load(incident_id, expected)
+        def run(fresh: bool) -> list[Incident]:
+            incident = self._load_for_write(incident_id, expected, fresh=fresh)
             act(incident)
             return [incident]
 
@@ -474,7 +487,7 @@ class Ledger(Application[UUID]):
         params: dict[str, Any],
         incident_id: UUID | None,
         expected: int,
-        run: Callable[[], list[Incident]],
+        run: Callable[[bool], list[Incident]],
         lock_ids: tuple[UUID, ...] = (),
     ) -> CommandResult:
         if not env.request_id:
@@ -487,33 +500,43 @@ class Ledger(Application[UUID]):
             canonical_json({"command": command, **params, "occurred_at": env.occurred_at})
         ).hexdigest()
         key = RequestRecord.create_id(agency=env.actor.agency, request_id=env.request_id)
+        fresh = False
         for attempt in range(MAX_CONFLICT_RETRIES):
             try:
                 with self._serialised(lock_ids):
-                    aggregates = run()
-                    primary = aggregates[0]
-                    last_event = primary.pending_events[-1]
-                    if not isinstance(last_event, Incident.Event):
-                        raise TypeError(f"unexpected event {last_event!r}")
-                    record = RequestRecord(
-                        agency=env.actor.agency,
-                        request_id=env.request_id,
-                        command=command,
-                        fingerprint=fingerprint,
-                        incident_id=primary.id,
-                        version=primary.version,
-                        event_id=last_event.event_id,
-                        recorded_at=last_event.timestamp,
-                    )
-                    recordings = self.save(*aggregates, record)
+                    try:
+                        aggregates = run(fresh)
+                        primary = aggregates[0]
+                        last_event = primary.pending_events[-1]
+                        if not isinstance(last_event, Incident.Event):
+                            raise TypeError(f"unexpected event {last_event!r}")
+                        record = RequestRecord(
+                            agency=env.actor.agency,
+                            request_id=env.request_id,
+                            command=command,
+                            fingerprint=fingerprint,
+                            incident_id=primary.id,
+                            version=primary.version,
+                            event_id=last_event.event_id,
+                            recorded_at=last_event.timestamp,
+                        )
+                        recordings = self._committer.save(*aggregates, record)
+                    except BaseException:
+                        for incident_id_ in lock_ids:
+                            self._cache.drop(incident_id_)
+                        raise
+                    for aggregate in aggregates:
+                        self._cache.put(aggregate.id, aggregate)
             except IntegrityError:
                 original = self._original(key, command, fingerprint)
                 if original is not None:
                     return original
                 if expected and incident_id is not None:
-                    current = self._load(incident_id, 0).version
-                    raise VersionConflict(expected, current) from None
+                    current = self._load(incident_id).version
+                    if current != expected:
+                        raise VersionConflict(expected, current) from None
                 log.debug("command.conflict_retry", command=command, attempt=attempt)
+                fresh = True
                 # Jittered exponential backoff: another process won the race.
                 time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))  # noqa: S311
                 continue
@@ -521,6 +544,9 @@ class Ledger(Application[UUID]):
                 original = self._original(key, command, fingerprint)
                 if original is not None:
                     return original
+                if not fresh and lock_ids:
+                    fresh = True  # the refusal may come from a stale cached state
+                    continue
                 raise
             position = max(
                 r.notification.id for r in recordings if r.domain_event.originator_id == primary.id
@@ -561,7 +587,17 @@ class Ledger(Application[UUID]):
             recorded_at=record.recorded_at,
         )
 
-    def _load(self, incident_id: UUID, expected: int, field: str = "name") -> Incident:
+    def _load_for_write(
+        self, incident_id: UUID, expected: int, *, fresh: bool, field: str = "name"
+    ) -> Incident:
+        """The incident to change: the cached state, unless ``fresh`` or not cached."""
+        cached = None if fresh else self._cache.get(incident_id)
+        incident = cached if isinstance(cached, Incident) else self._load(incident_id, field)
+        if expected and incident.version != expected:
+            raise VersionConflict(expected, incident.version)
+        return incident
+
+    def _load(self, incident_id: UUID, field: str = "name") -> Incident:
         try:
             incident: Incident = self.repository.get(incident_id)
         except AggregateNotFoundError:
@@ -572,8 +608,6 @@ class Ledger(Application[UUID]):
             ) from None
         if not isinstance(incident, Incident):
             raise NotFound(f"incident {incident_id} does not exist", reason="INCIDENT_NOT_FOUND")
-        if expected and incident.version != expected:
-            raise VersionConflict(expected, incident.version)
         return incident
 
     def _check_location(self, location: Mapping[str, Any], field: str) -> None:

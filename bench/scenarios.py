@@ -1,0 +1,496 @@
+"""What is measured: the echo ceiling, the append ceiling, the ledger over gRPC, its RSS."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import grpc
+import psutil
+import yaml
+
+from bench.harness import Channels, Result, Worker, closed_loop, open_loop
+from incidentledger.v1 import incident_pb2 as pb
+from incidentledger.v1 import ledger_service_pb2 as api
+from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
+from services.common.auth import generate_dev_credentials
+from services.common.config import PROJECT_ROOT, LedgerSettings
+from services.ledger.application import Ledger
+from services.ledger.domain.incident import Actor, Envelope, Incident
+from services.ledger.domain.reference import ReferenceData
+from services.ledger.server import build
+
+REPORTER = "kesbangpol"  # any responder may report
+COORDINATOR = "desk_pilkada"  # verifies and assigns
+LEAD = "polres"  # lead agency, logs the actions
+KECAMATAN = "kota_mukomuko"
+TITLE = "Planned mass gathering at the town square"
+CATEGORY = "intimidation"
+ACTION = "Two officers posted at the gathering, crowd calm"
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+# ---------------------------------------------------------------- gRPC echo ceiling
+
+ECHO_SERVICE = "bench.Echo"
+ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
+# About the size of a serialized LogActionRequest with its CommandResult reply.
+ECHO_PAYLOAD = os.urandom(160)
+
+
+def server_options(settings: LedgerSettings) -> list[tuple[str, Any]]:
+    """The channel options services/ledger/server.py:build() gives the ledger's server."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", 4 * settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def _echo(request: bytes, _context: grpc.ServicerContext) -> bytes:
+    return request
+
+
+@contextmanager
+def echo_server(settings: LedgerSettings) -> Iterator[str]:
+    """A trivial unary service with the ledger's server settings; yields its address."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
+        options=server_options(settings),
+        maximum_concurrent_rpcs=settings.max_workers * 8,
+    )
+    handler = grpc.method_handlers_generic_handler(
+        ECHO_SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(1.0).wait()
+
+
+def echo_workers(channels: Channels) -> list[Worker]:
+    def worker(channel: grpc.Channel) -> Worker:
+        call = channel.unary_unary(ECHO_METHOD, None, None)
+
+        def once() -> object:
+            return call(ECHO_PAYLOAD, timeout=30)
+
+        return once
+
+    return [worker(c) for c in channels.for_thread]
+
+
+def echo_ceiling(
+    settings: LedgerSettings, clients: int, duration: float, modes: Sequence[str]
+) -> dict[str, Result]:
+    """Calls/s of the echo service per client channel mode (closed loop, ``clients`` threads)."""
+    results: dict[str, Result] = {}
+    with echo_server(settings) as target:
+        for mode in modes:
+            with Channels(target, clients, mode) as channels:
+                workers = echo_workers(channels)
+                closed_loop(workers, duration=min(1.0, duration / 2))  # warm-up
+                results[mode] = closed_loop(workers, duration=duration)
+    return results
+
+
+# ------------------------------------------------------------ incidents, in-process
+
+
+def actors(reference: ReferenceData) -> dict[str, Actor]:
+    return {
+        code: Actor(code, f"bench-{code}", agency.role)
+        for code, agency in reference.agencies.items()
+    }
+
+
+def envelope(actor: Actor) -> Envelope:
+    request_id = uuid4().hex
+    return Envelope(actor, request_id, request_id, request_id)
+
+
+def prepare_assigned(ledger: Ledger, count: int, batch: int = 100) -> list[UUID]:
+    """``count`` incidents reported, verified and assigned to the lead (ASSIGNED).
+
+    Written straight into the store in batches (the domain's own commands, saved 100
+    aggregates at a time, without idempotency records): setup, not measured.
+    """
+    who = actors(ledger.reference)
+    ids: list[UUID] = []
+    for start in range(0, count, batch):
+        incidents = []
+        for _ in range(min(batch, count - start)):
+            incident = Incident.report(
+                envelope(who[REPORTER]),
+                title=TITLE,
+                description="",
+                category=CATEGORY,
+                severity=ledger.reference.default_severity,
+                location={"kecamatan": KECAMATAN, "desa": "", "tps": ""},
+                incident_id=uuid4(),
+            )
+            incident.verify(envelope(who[COORDINATOR]), "confirmed by the desk")
+            incident.assign_lead(envelope(who[COORDINATOR]), LEAD, "")
+            incidents.append(incident)
+        ledger.save(*incidents)
+        ids.extend(i.id for i in incidents)
+    return ids
+
+
+# ------------------------------------------------------------- append ceiling
+
+
+@dataclass
+class AppendRow:
+    what: str
+    threads: int
+    result: Result
+
+
+RAW = "raw append"
+COMMAND = "Ledger.log_action"
+APPENDS_PER_INCIDENT = 8  # aim: incidents grow by about this many events in one phase
+
+
+def _raw_append_worker(ledger: Ledger, ids: list[UUID], actor: Actor) -> Worker:
+    """Load an incident, add one ActionLogged event, save it (nothing else)."""
+    position = [0]
+
+    def once() -> object:
+        incident_id = ids[position[0] % len(ids)]
+        position[0] += 1
+        incident: Incident = ledger.repository.get(incident_id)
+        incident.log_action(envelope(actor), ACTION, incident.location)
+        return ledger.save(incident)
+
+    return once
+
+
+def _command_worker(ledger: Ledger, ids: list[UUID], actor: Actor) -> Worker:
+    """The application's whole LogAction command (checks, idempotency record, save)."""
+    position = [0]
+
+    def once() -> object:
+        incident_id = ids[position[0] % len(ids)]
+        position[0] += 1
+        return ledger.log_action(envelope(actor), incident_id, 0, ACTION, None)
+
+    return once
+
+
+def append_ceiling(
+    store_env: dict[str, str],
+    reference: ReferenceData,
+    thread_counts: Sequence[int],
+    duration: float,
+    expected_rate: float,
+) -> list[AppendRow]:
+    """In-process appends on one fresh store: raw, then the whole application command.
+
+    Each phase gets fresh ASSIGNED incidents (about ``APPENDS_PER_INCIDENT`` appends
+    each at the expected rate), split between the threads so they never contend.
+    """
+    ledger = Ledger(reference, env=store_env)
+    lead = actors(reference)[LEAD]
+    rows: list[AppendRow] = []
+    try:
+
+        def phase(what: str, threads: int) -> AppendRow:
+            count = max(4 * threads, math.ceil(expected_rate * duration / APPENDS_PER_INCIDENT))
+            ids = prepare_assigned(ledger, count)
+            make = _raw_append_worker if what == RAW else _command_worker
+            workers = [make(ledger, ids[n::threads], lead) for n in range(threads)]
+            return AppendRow(what, threads, closed_loop(workers, duration=duration))
+
+        closed_loop([_raw_append_worker(ledger, prepare_assigned(ledger, 20), lead)], calls=50)
+        for threads in thread_counts:
+            rows.append(phase(RAW, threads))
+        best = max((r for r in rows if r.what == RAW), key=lambda r: r.result.rate)
+        for threads in sorted({1, best.threads}):
+            rows.append(phase(COMMAND, threads))
+    finally:
+        ledger.close()
+    return rows
+
+
+# ----------------------------------------------------------- the ledger over gRPC
+
+
+def read_tokens(data_dir: Path) -> dict[str, Metadata]:
+    """Bearer metadata per agency from the development tokens the ledger wrote."""
+    raw = yaml.safe_load((data_dir / "credentials" / "dev-tokens.yaml").read_text("utf-8"))
+    return {
+        agency: (("authorization", f"Bearer {entry['token']}"),) for agency, entry in raw.items()
+    }
+
+
+# Share of each command in the mix; a command whose precondition has no incident yet
+# (nothing reported to verify, ...) falls through to LogAction or ReportIncident.
+MIX = (("ReportIncident", 0.25), ("VerifyIncident", 0.075), ("AssignLeadAgency", 0.075))
+
+
+@dataclass
+class CommandMix:
+    """One client thread's commands: reports, drives incidents to ASSIGNED, logs actions.
+
+    Every command has a fresh request id and the incident's current expected_version
+    (each thread works on its own incidents, as one officer's desk would, so there
+    are no version conflicts between threads).
+    """
+
+    stub: api_grpc.LedgerServiceStub
+    md: dict[str, Metadata]
+    rng: random.Random
+    assigned: list[list[Any]]  # [name, version], ASSIGNED or RESPONDING: LogAction
+    reported: list[list[Any]] = field(default_factory=list)  # REPORTED: VerifyIncident
+    verified: list[list[Any]] = field(default_factory=list)  # VERIFIED: AssignLeadAgency
+    sent: Counter[str] = field(default_factory=Counter)
+
+    def __call__(self) -> object:
+        draw = self.rng.random()
+        if draw < MIX[0][1] or not self.assigned:
+            return self.report()
+        draw -= MIX[0][1]
+        if draw < MIX[1][1] and self.reported:
+            return self.verify()
+        draw -= MIX[1][1]
+        if draw < MIX[2][1] and self.verified:
+            return self.assign()
+        return self.log_action()
+
+    def report(self) -> object:
+        self.sent["ReportIncident"] += 1
+        result = self.stub.ReportIncident(
+            api.ReportIncidentRequest(
+                request_id=uuid4().hex,
+                title=TITLE,
+                category=CATEGORY,
+                location=pb.Location(kecamatan=KECAMATAN),
+            ),
+            metadata=self.md[REPORTER],
+            timeout=30,
+        ).result
+        self.reported.append([result.incident, result.version])
+        return result
+
+    def verify(self) -> object:
+        self.sent["VerifyIncident"] += 1
+        incident = self.reported.pop()
+        result = self.stub.VerifyIncident(
+            api.VerifyIncidentRequest(
+                request_id=uuid4().hex,
+                name=incident[0],
+                expected_version=incident[1],
+                comment="confirmed by phone",
+            ),
+            metadata=self.md[COORDINATOR],
+            timeout=30,
+        ).result
+        self.verified.append([result.incident, result.version])
+        return result
+
+    def assign(self) -> object:
+        self.sent["AssignLeadAgency"] += 1
+        incident = self.verified.pop()
+        result = self.stub.AssignLeadAgency(
+            api.AssignLeadAgencyRequest(
+                request_id=uuid4().hex,
+                name=incident[0],
+                expected_version=incident[1],
+                agency=LEAD,
+            ),
+            metadata=self.md[COORDINATOR],
+            timeout=30,
+        ).result
+        self.assigned.append([result.incident, result.version])
+        return result
+
+    def log_action(self) -> object:
+        self.sent["LogAction"] += 1
+        incident = self.assigned[self.rng.randrange(len(self.assigned))]
+        result = self.stub.LogAction(
+            api.LogActionRequest(
+                request_id=uuid4().hex,
+                name=incident[0],
+                expected_version=incident[1],
+                action=ACTION,
+            ),
+            metadata=self.md[LEAD],
+            timeout=30,
+        ).result
+        incident[1] = result.version
+        return result
+
+
+@dataclass
+class LedgerRun:
+    closed: Result
+    paced: Result
+    sent: Counter[str]
+    prepared: int
+
+
+def ledger_settings(data_dir: Path, store_env: dict[str, str]) -> LedgerSettings:
+    return LedgerSettings(
+        listen="127.0.0.1:0",
+        data_dir=data_dir,
+        grace_seconds=1.0,
+        log_level="WARNING",
+        store_env=store_env,
+    )
+
+
+def ledger_over_grpc(
+    settings: LedgerSettings,
+    clients: int,
+    mode: str,
+    duration: float,
+    paced_rate: float,
+    paced_duration: float,
+    per_client: int,
+) -> LedgerRun:
+    """The real ledger server in this process: a closed loop, then paced load, same clients."""
+    # Development credentials made here, so build() has nothing to warn about.
+    reference = ReferenceData.load(settings.reference_file)
+    generate_dev_credentials(settings.data_dir / "credentials", reference.agencies)
+    running = build(settings)
+    try:
+        ids = prepare_assigned(running.ledger, clients * per_client)
+        tokens = read_tokens(settings.data_dir)
+        with Channels(f"127.0.0.1:{running.port}", clients, mode) as channels:
+            mixes = [
+                CommandMix(
+                    stub=api_grpc.LedgerServiceStub(channel),
+                    md=tokens,
+                    rng=random.Random(n),
+                    assigned=[[f"incidents/{i}", 3] for i in ids[n::clients]],
+                )
+                for n, channel in enumerate(channels.for_thread)
+            ]
+            closed_loop(mixes, duration=min(1.0, duration / 4))  # warm-up
+            for mix in mixes:
+                mix.sent.clear()
+            closed = closed_loop(mixes, duration=duration)
+            sent = sum((m.sent for m in mixes), Counter[str]())
+            paced = open_loop(mixes, rate=paced_rate, duration=paced_duration)
+    finally:
+        running.stop(1.0)
+    return LedgerRun(closed, paced, sent, len(ids))
+
+
+# ------------------------------------------------------------- RSS of a real server
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class RssPoint:
+    incidents: int
+    rss_mb: float
+
+
+@contextmanager
+def ledger_process(
+    data_dir: Path, store_env: Mapping[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``python -m services.ledger`` on a free port; its default (SQLite) store if no env."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "gen")]),
+        "LEDGER_LISTEN": f"127.0.0.1:{port}",
+        "LEDGER_DATA_DIR": str(data_dir),
+        "LEDGER_LOG_LEVEL": "WARNING",
+        "LEDGER_LOG_FORMAT": "json",
+    }
+    for key in list(env):
+        if key.startswith(("PERSISTENCE_MODULE", "SQLITE_", "POSTGRES_", "CREATE_TABLE")):
+            del env[key]
+    env.update(store_env or {})
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / "server.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.ledger"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            target = f"127.0.0.1:{port}"
+            with grpc.insecure_channel(target) as channel:
+                try:
+                    grpc.channel_ready_future(channel).result(timeout=30)
+                except grpc.FutureTimeoutError:
+                    raise RuntimeError(
+                        f"the ledger process did not start; see {data_dir / 'server.log'}"
+                    ) from None
+            yield process, target
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def rss_mb(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def rss_against_incidents(
+    data_dir: Path, checkpoints: Sequence[int], clients: int, mode: str
+) -> tuple[list[RssPoint], Result]:
+    """RSS of a separate ledger process after reporting each checkpoint's number of incidents.
+
+    Point 0 is after start-up and 50 warm-up reports (not counted as incidents).
+    """
+    points: list[RssPoint] = []
+    with ledger_process(data_dir) as (process, target):
+        tokens = read_tokens(data_dir)
+        with Channels(target, clients, mode) as channels:
+            mixes = [
+                CommandMix(api_grpc.LedgerServiceStub(c), tokens, random.Random(n), [])
+                for n, c in enumerate(channels.for_thread)
+            ]
+            reporters: list[Callable[[], object]] = [m.report for m in mixes]
+            closed_loop(reporters, calls=50)
+            time.sleep(0.3)
+            points.append(RssPoint(0, rss_mb(process.pid)))
+            done = 0
+            total = Result(0.0, [])
+            for target_count in checkpoints:
+                run = closed_loop(reporters, calls=target_count - done)
+                if run.error_count:
+                    raise RuntimeError(f"reports failed: {run.describe_errors()}")
+                done = target_count
+                total = Result(
+                    total.elapsed + run.elapsed, total.latencies + run.latencies, total.errors
+                )
+                time.sleep(0.3)
+                points.append(RssPoint(done, rss_mb(process.pid)))
+    return points, total
