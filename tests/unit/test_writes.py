@@ -1,0 +1,98 @@
+"""Group commit and the write-side cache, with a stand-in save function."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError
+
+from services.ledger.writes import AggregateCache, GroupCommitter
+
+
+class Thing(Aggregate):
+    def __init__(self, poison: bool = False) -> None:
+        self.poison = poison
+
+
+class RecordingSaver:
+    """Saves nothing; remembers the batches and fails any containing a poisoned thing."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+
+    def __call__(self, *aggregates: Thing) -> list[Any]:
+        self.release.wait(5)
+        with self.lock:
+            self.batches.append(list(aggregates))
+        if any(a.poison for a in aggregates):
+            raise IntegrityError("duplicate")
+        return []
+
+
+def test_waiting_commands_share_one_commit_and_failures_stay_their_own() -> None:
+    saver = RecordingSaver()
+    committer = GroupCommitter(saver)
+    good = [Thing() for _ in range(5)]
+    bad = Thing(poison=True)
+    outcomes: dict[int, str] = {}
+
+    def submit(n: int, thing: Thing) -> None:
+        try:
+            committer.save(thing)
+        except IntegrityError:
+            outcomes[n] = "conflict"
+        else:
+            outcomes[n] = "saved"
+
+    threads = [threading.Thread(target=submit, args=(n, t)) for n, t in enumerate([*good, bad])]
+    for thread in threads:
+        thread.start()
+    # The first save blocks; wait (with a deadline) until the five others queue up behind it.
+    deadline = time.monotonic() + 10
+    while committer._queue.qsize() < 5:
+        assert time.monotonic() < deadline, "commands did not queue up"
+        time.sleep(0.01)
+    saver.release.set()
+    for thread in threads:
+        thread.join(10)
+    committer.close()
+    assert outcomes == {0: "saved", 1: "saved", 2: "saved", 3: "saved", 4: "saved", 5: "conflict"}
+    assert [len(batch) for batch in saver.batches[:2]] == [1, 5], "the waiting five share a commit"
+
+
+def test_close_finishes_and_stops_the_thread() -> None:
+    saver = RecordingSaver()
+    saver.release.set()
+    committer = GroupCommitter(saver)
+    committer.save(Thing())
+    committer.close()
+    assert len(saver.batches) == 1
+
+
+def test_cache_is_a_bounded_lru() -> None:
+    cache = AggregateCache(2)
+    a, b, c = (Thing() for _ in range(3))
+    cache.put(a.id, a)
+    cache.put(b.id, b)
+    assert cache.get(a.id) is a  # a is now the most recent
+    cache.put(c.id, c)
+    assert cache.get(b.id) is None
+    assert cache.get(a.id) is a
+    cache.drop(a.id)
+    assert cache.get(a.id) is None
+    assert cache.get(uuid4()) is None
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_cache_of_size_zero_keeps_nothing(size: int) -> None:
+    cache = AggregateCache(size)
+    thing = Thing()
+    cache.put(thing.id, thing)
+    assert cache.get(thing.id) is None
