@@ -4,14 +4,15 @@ One run measures, in this order (ratios are meaningful within one run only; the
 machines are noisy):
 
 1. gRPC echo ceiling: a trivial unary service in this process with the ledger's server
-   settings, driven by 32 client threads, once with one shared channel and once with
-   a channel per thread; the faster client setup is used for the ledger too.
+   settings, driven by 32 client threads in a separate process (as remote agency
+   systems would be), once with one shared channel and once with a channel per
+   thread; the faster client setup is used for the ledger too.
 2. Append ceiling per store, in-process: load an Incident, add one ActionLogged
    event, save (raw Application save, no gRPC, no idempotency record), with 1 and
    several threads; then the application's whole LogAction command, for comparison.
 3. The ledger over gRPC per store (real server built by services.ledger.server.build,
-   in this process, fresh store): 32 clients in a closed loop on a command mix, then
-   paced (open-loop) at 200 commands/s for latency.
+   in this process, fresh store): 32 clients, from a separate process, in a closed
+   loop on a command mix, then paced (open-loop) at 200 commands/s for latency.
 4. RSS of a ledger process (python -m services.ledger, SQLite) against the number
    of incidents reported.
 """
@@ -111,7 +112,10 @@ def header(plan: Plan, stores: list[str]) -> None:
         f"  {os.cpu_count()} CPUs, load average {load}; Python {platform.python_version()}, "
         f"grpcio {version('grpcio')}, eventsourcing {version('eventsourcing')}"
     )
-    print(f"  stores: {', '.join(stores) or 'none'}; {plan.clients} client threads")
+    print(
+        f"  stores: {', '.join(stores) or 'none'}; {plan.clients} client threads"
+        " in a separate process"
+    )
 
 
 def run_echo(plan: Plan, settings: LedgerSettings) -> tuple[str, Result]:

@@ -23,7 +23,8 @@ import grpc
 import psutil
 import yaml
 
-from bench.harness import Channels, Result, Worker, closed_loop, open_loop
+from bench import loadgen
+from bench.harness import Channels, Result, Worker, closed_loop
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
@@ -105,10 +106,10 @@ def echo_ceiling(
     results: dict[str, Result] = {}
     with echo_server(settings) as target:
         for mode in modes:
-            with Channels(target, clients, mode) as channels:
-                workers = echo_workers(channels)
-                closed_loop(workers, duration=min(1.0, duration / 2))  # warm-up
-                results[mode] = closed_loop(workers, duration=duration)
+            load = loadgen.Load(
+                "echo", target, clients, mode, warmup=min(1.0, duration / 2), duration=duration
+            )
+            results[mode] = loadgen.run(load).closed
     return results
 
 
@@ -374,26 +375,24 @@ def ledger_over_grpc(
     running = build(settings)
     try:
         ids = prepare_assigned(running.ledger, clients * per_client)
-        tokens = read_tokens(settings.data_dir)
-        with Channels(f"127.0.0.1:{running.port}", clients, mode) as channels:
-            mixes = [
-                CommandMix(
-                    stub=api_grpc.LedgerServiceStub(channel),
-                    md=tokens,
-                    rng=random.Random(n),
-                    assigned=[[f"incidents/{i}", 3] for i in ids[n::clients]],
-                )
-                for n, channel in enumerate(channels.for_thread)
-            ]
-            closed_loop(mixes, duration=min(1.0, duration / 4))  # warm-up
-            for mix in mixes:
-                mix.sent.clear()
-            closed = closed_loop(mixes, duration=duration)
-            sent = sum((m.sent for m in mixes), Counter[str]())
-            paced = open_loop(mixes, rate=paced_rate, duration=paced_duration)
+        load = loadgen.Load(
+            "ledger",
+            f"127.0.0.1:{running.port}",
+            clients,
+            mode,
+            warmup=min(1.0, duration / 4),
+            duration=duration,
+            paced_rate=paced_rate,
+            paced_duration=paced_duration,
+            tokens=read_tokens(settings.data_dir),
+            assigned=[[[f"incidents/{i}", 3] for i in ids[n::clients]] for n in range(clients)],
+        )
+        measured = loadgen.run(load)
     finally:
         running.stop(1.0)
-    return LedgerRun(closed, paced, sent, len(ids))
+    if measured.paced is None:
+        raise RuntimeError("the paced run did not happen")
+    return LedgerRun(measured.closed, measured.paced, measured.sent, len(ids))
 
 
 # ------------------------------------------------------------- RSS of a real server

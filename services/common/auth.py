@@ -7,6 +7,7 @@ can act at once) and marked as such; production refuses them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import secrets
@@ -40,6 +41,11 @@ class TokenStore:
     def __init__(self, entries: dict[str, Principal], *, development: bool) -> None:
         self._by_hash = entries
         self.development = development
+        # Hashing on every call is measurable; recent tokens are remembered (bounded).
+        self._lookup = functools.lru_cache(maxsize=4096)(self._lookup_uncached)
+
+    def _lookup_uncached(self, token: str) -> Principal | None:
+        return self._by_hash.get(token_hash(token))
 
     def __len__(self) -> int:
         return len(self._by_hash)

@@ -9,6 +9,7 @@ log line per request with its status and duration.
 from __future__ import annotations
 
 import contextvars
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -42,16 +43,32 @@ class RequestInterceptor(_ServerInterceptor):
     def __init__(self, tokens: TokenStore, domain: str) -> None:
         self._tokens = tokens
         self._domain = domain
+        # Wrapped handlers, built once per method (the wrapping is the same each call).
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
+        self._wrapped_lock = threading.Lock()
 
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(details)
         method: str = details.method
-        if handler is None or method.startswith(UNAUTHENTICATED_PREFIXES):
-            return handler
+        if method.startswith(UNAUTHENTICATED_PREFIXES):
+            return continuation(details)
+        try:
+            return self._wrapped[method]
+        except KeyError:
+            pass
+        wrapped = self._wrap(method, continuation(details))
+        with self._wrapped_lock:
+            self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any] | None
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        if handler is None:
+            return None
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(method, handler.unary_unary),

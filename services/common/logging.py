@@ -30,6 +30,8 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     )
     structlog.configure(
         processors=[
+            # Drop below-level events before any other work is done for them.
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],

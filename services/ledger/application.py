@@ -37,7 +37,7 @@ from services.ledger.domain.incident import (
     canonical_json,
 )
 from services.ledger.domain.reference import ReferenceData
-from services.ledger.domain.requests import RequestRecord
+from services.ledger.domain.requests import RequestRecord, request_key
 from services.ledger.store import EventPositions
 from services.ledger.writes import AggregateCache, GroupCommitter
 
@@ -92,7 +92,9 @@ class Ledger(Application[UUID]):
         # process; across processes, optimistic concurrency (IntegrityError) decides.
         self._stripes = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._cache = AggregateCache(cache_size)
-        self._committer = GroupCommitter(self.save)
+        # Events are stored straight through the event store: Application.save()
+        # would only add costly runtime protocol checks on this path.
+        self._committer = GroupCommitter(self.events.put)
 
     def close(self) -> None:
         self._committer.close()
@@ -499,7 +501,7 @@ class Ledger(Application[UUID]):
         fingerprint = hashlib.sha256(
             canonical_json({"command": command, **params, "occurred_at": env.occurred_at})
         ).hexdigest()
-        key = RequestRecord.create_id(agency=env.actor.agency, request_id=env.request_id)
+        key = request_key(env.actor.agency, env.request_id)
         fresh = False
         for attempt in range(MAX_CONFLICT_RETRIES):
             try:
@@ -510,17 +512,15 @@ class Ledger(Application[UUID]):
                         last_event = primary.pending_events[-1]
                         if not isinstance(last_event, Incident.Event):
                             raise TypeError(f"unexpected event {last_event!r}")
-                        record = RequestRecord(
-                            agency=env.actor.agency,
-                            request_id=env.request_id,
+                        record = RequestRecord.record(
+                            key,
                             command=command,
                             fingerprint=fingerprint,
-                            incident_id=primary.id,
-                            version=primary.version,
-                            event_id=last_event.event_id,
-                            recorded_at=last_event.timestamp,
+                            incident=f"{primary.id}@{primary.version}",
                         )
-                        recordings = self._committer.save(*aggregates, record)
+                        recordings = self._committer.save(
+                            [e for a in (*aggregates, record) for e in a.collect_events()]
+                        )
                     except BaseException:
                         for incident_id_ in lock_ids:
                             self._cache.drop(incident_id_)
@@ -528,7 +528,7 @@ class Ledger(Application[UUID]):
                     for aggregate in aggregates:
                         self._cache.put(aggregate.id, aggregate)
             except IntegrityError:
-                original = self._original(key, command, fingerprint)
+                original = self._original(key, env.request_id, command, fingerprint)
                 if original is not None:
                     return original
                 if expected and incident_id is not None:
@@ -541,7 +541,7 @@ class Ledger(Application[UUID]):
                 time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))  # noqa: S311
                 continue
             except LedgerError:
-                original = self._original(key, command, fingerprint)
+                original = self._original(key, env.request_id, command, fingerprint)
                 if original is not None:
                     return original
                 if not fresh and lock_ids:
@@ -563,7 +563,9 @@ class Ledger(Application[UUID]):
             reason="TOO_MUCH_CONTENTION",
         )
 
-    def _original(self, key: UUID, command: str, fingerprint: str) -> CommandResult | None:
+    def _original(
+        self, key: UUID, request_id: str, command: str, fingerprint: str
+    ) -> CommandResult | None:
         """The result of an earlier command with this request id, if there was one."""
         try:
             record: RequestRecord = self.repository.get(key)
@@ -571,20 +573,21 @@ class Ledger(Application[UUID]):
             return None
         if record.command != command or record.fingerprint != fingerprint:
             raise AlreadyExists(
-                f"request_id {record.request_id!r} was already used by this agency for a "
+                f"request_id {request_id!r} was already used by this agency for a "
                 f"different request ({record.command})",
                 reason="REQUEST_ID_REUSED",
-                metadata={"request_id": record.request_id, "original_command": record.command},
+                metadata={"request_id": request_id, "original_command": record.command},
             )
-        positions = self.positions.of(
-            record.incident_id, gt=record.incident_version - 1, lte=record.incident_version
-        )
+        incident_id, version = record.incident_id, record.incident_version
+        (event,) = self.events.get(incident_id, gt=version - 1, lte=version)
+        if not isinstance(event, Incident.Event):
+            raise TypeError(f"unexpected event {event!r}")
         return CommandResult(
-            incident_id=record.incident_id,
-            version=record.incident_version,
-            position=positions.get(record.incident_version, 0),
-            event_id=record.event_id,
-            recorded_at=record.recorded_at,
+            incident_id=incident_id,
+            version=version,
+            position=self.positions.of(incident_id, gt=version - 1, lte=version).get(version, 0),
+            event_id=event.event_id,
+            recorded_at=event.timestamp,
         )
 
     def _load_for_write(

@@ -6,38 +6,39 @@ command and the memory of having done it are never separated.
 
 from __future__ import annotations
 
-from datetime import datetime
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from eventsourcing.domain import Aggregate, event
+from eventsourcing.domain import Aggregate
 
 _NAMESPACE = uuid5(NAMESPACE_URL, "urn:incidentledger:request")
 
 
+def request_key(agency: str, request_id: str) -> UUID:
+    """The id of the record of an agency's request."""
+    return uuid5(_NAMESPACE, f"{agency}\n{request_id}")
+
+
 class RequestRecord(Aggregate):
-    """The outcome of one command, keyed by the caller's agency and request id."""
+    """The outcome of one command; its id is :func:`request_key` of agency and request id.
 
-    @staticmethod
-    def create_id(agency: str, request_id: str) -> UUID:
-        return uuid5(_NAMESPACE, f"{agency}\n{request_id}")
+    The record is small on purpose: the incident's event at ``incident``
+    ("{id}@{version}") carries the rest of the original outcome.
+    """
 
-    @event("Recorded")
-    def __init__(
-        self,
-        agency: str,
-        request_id: str,
-        command: str,
-        fingerprint: str,
-        incident_id: UUID,
-        version: int,
-        event_id: UUID,
-        recorded_at: datetime,
-    ) -> None:
-        self.agency = agency
-        self.request_id = request_id
+    class Recorded(Aggregate.Created):
+        command: str
+        fingerprint: str
+        incident: str
+
+    @classmethod
+    def record(cls, key: UUID, command: str, fingerprint: str, incident: str) -> RequestRecord:
+        return cls._create(
+            cls.Recorded, id=key, command=command, fingerprint=fingerprint, incident=incident
+        )
+
+    def __init__(self, command: str, fingerprint: str, incident: str) -> None:
         self.command = command
         self.fingerprint = fingerprint
-        self.incident_id = incident_id
-        self.incident_version = version
-        self.event_id = event_id
-        self.recorded_at = recorded_at
+        incident_id, _, version = incident.partition("@")
+        self.incident_id = UUID(incident_id)
+        self.incident_version = int(version)
