@@ -51,6 +51,51 @@ def _choice(env: Mapping[str, str], key: str, default: str, choices: set[str]) -
 
 
 @dataclass(frozen=True)
+class StreamSettings:
+    """The JetStream stream the ledger's events are published to (see README, "Fan-out")."""
+
+    name: str = "LEDGER_EVENTS"
+    subject_prefix: str = "ledger.v1.events"
+    replicas: int = 1
+    storage: str = "file"
+    max_age_days: float = 0.0  # 0 = keep events as long as the stream's other limits allow
+    duplicate_window_seconds: float = 120.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> StreamSettings:
+        return cls(
+            name=env.get("LEDGER_STREAM") or cls.name,
+            replicas=_int(env, "LEDGER_STREAM_REPLICAS", cls.replicas, minimum=1),
+            storage=_choice(env, "LEDGER_STREAM_STORAGE", cls.storage, {"file", "memory"}),
+            max_age_days=_float(env, "LEDGER_STREAM_MAX_AGE_DAYS", cls.max_age_days),
+            duplicate_window_seconds=_float(
+                env, "LEDGER_STREAM_DUPLICATE_WINDOW_SECONDS", cls.duplicate_window_seconds
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """The outbox relay: store -> NATS JetStream. Disabled when ``nats_url`` is empty."""
+
+    nats_url: str = ""
+    stream: StreamSettings = field(default_factory=StreamSettings)
+    batch_size: int = 500
+    poll_seconds: float = 0.5
+    publish_timeout_seconds: float = 5.0
+    leader_retry_seconds: float = 2.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RelaySettings:
+        return cls(
+            nats_url=env.get("NATS_URL", ""),
+            stream=StreamSettings.from_env(env),
+            batch_size=_int(env, "LEDGER_RELAY_BATCH", cls.batch_size, minimum=1),
+            poll_seconds=_float(env, "LEDGER_RELAY_POLL_SECONDS", cls.poll_seconds),
+        )
+
+
+@dataclass(frozen=True)
 class LedgerSettings:
     """Settings of the ledger service (see README, "Configuration")."""
 
@@ -66,6 +111,7 @@ class LedgerSettings:
     log_level: str = "INFO"
     log_format: str = "auto"
     store_env: dict[str, str] = field(default_factory=dict)
+    relay: RelaySettings = field(default_factory=RelaySettings)
 
     @property
     def production(self) -> bool:
@@ -100,6 +146,7 @@ class LedgerSettings:
             ),
             log_format=_choice(env, "LEDGER_LOG_FORMAT", "auto", {"auto", "json", "console"}),
             store_env=store_environment(env, data_dir),
+            relay=RelaySettings.from_env(env),
         )
         if settings.production:
             if settings.page_token_secret is None:
@@ -122,3 +169,51 @@ def store_environment(env: Mapping[str, str], data_dir: Path) -> dict[str, str]:
         keys.setdefault("SQLITE_DBNAME", str(data_dir / "ledger.sqlite"))
         keys.setdefault("SQLITE_LOCK_TIMEOUT", "10")
     return keys
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Settings of the ``make run`` supervisor, ``python -m services.run`` (see README).
+
+    ``NATS_URL`` set: use that NATS server and start none. Unset: start the bundled
+    nats-server on 127.0.0.1:``LEDGER_NATS_PORT`` (never 4222, which the machine's own
+    NATS may hold) with its JetStream store in ``$LEDGER_DATA_DIR/nats``.
+    """
+
+    nats_url: str | None = None
+    nats_port: int = 14222
+    ledger_listen: str = "127.0.0.1:50051"
+    notifier_listen: str = "127.0.0.1:50052"
+    data_dir: Path = PROJECT_ROOT / "data"
+    log_level: str = "INFO"
+    log_format: str = "auto"
+
+    @property
+    def nats_store_dir(self) -> Path:
+        return self.data_dir / "nats"
+
+    @property
+    def nats_log_file(self) -> Path:
+        return self.data_dir / "nats-server.log"
+
+    @property
+    def dev_tokens_file(self) -> Path:
+        return self.data_dir / "credentials" / "dev-tokens.yaml"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RunSettings:
+        env = dict(os.environ if env is None else env)
+        nats_port = _int(env, "LEDGER_NATS_PORT", cls.nats_port, minimum=1)
+        if nats_port > 65535:
+            raise ConfigError(f"LEDGER_NATS_PORT must be at most 65535, got {nats_port}")
+        return cls(
+            nats_url=env.get("NATS_URL") or None,
+            nats_port=nats_port,
+            ledger_listen=env.get("LEDGER_LISTEN") or cls.ledger_listen,
+            notifier_listen=env.get("NOTIFIER_LISTEN") or cls.notifier_listen,
+            data_dir=Path(env.get("LEDGER_DATA_DIR") or PROJECT_ROOT / "data"),
+            log_level=_choice(
+                env, "LEDGER_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"}
+            ),
+            log_format=_choice(env, "LEDGER_LOG_FORMAT", "auto", {"auto", "json", "console"}),
+        )

@@ -94,7 +94,16 @@ class Ledger(Application[UUID]):
         self._cache = AggregateCache(cache_size)
         # Events are stored straight through the event store: Application.save()
         # would only add costly runtime protocol checks on this path.
-        self._committer = GroupCommitter(self.events.put)
+        self._commit_listeners: list[Callable[[], None]] = []
+        self._committer = GroupCommitter(self.events.put, after_commit=self._committed)
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (in the committing thread) after each commit."""
+        self._commit_listeners.append(listener)
+
+    def _committed(self) -> None:
+        for listener in self._commit_listeners:
+            listener()
 
     def close(self) -> None:
         self._committer.close()

@@ -13,21 +13,18 @@ in-memory SQLite database when the event store is in memory, for tests).
 from __future__ import annotations
 
 import re
-import sqlite3
 import threading
-from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-import psycopg
 from eventsourcing.utils import get_topic
 
 from services.common.errors import InvalidArgument
+from services.common.sql import open_database
 from services.ledger.application import Ledger
-from services.ledger.domain.incident import Incident, Status
+from services.ledger.domain.incident import Incident, Status, incident_event_classes
 from services.ledger.domain.reference import ReferenceData
 
 BATCH = 500
@@ -125,15 +122,8 @@ class Board:
     def __init__(self, ledger: Ledger, store_env: Mapping[str, str], *, create: bool = True):
         self._ledger = ledger
         self._lock = threading.Lock()
-        self._topics = [get_topic(cls) for cls in _incident_event_classes()]
-        module = store_env.get("PERSISTENCE_MODULE", "eventsourcing.popo")
-        self._sql: _Database
-        if module == "eventsourcing.postgres":
-            self._sql = _Postgres(store_env)
-        elif module == "eventsourcing.sqlite":
-            self._sql = _SQLite(store_env.get("SQLITE_DBNAME", ":memory:"))
-        else:
-            self._sql = _SQLite(":memory:")
+        self._topics = [get_topic(cls) for cls in incident_event_classes()]
+        self._sql = open_database(store_env)
         if create:
             self.create_schema()
 
@@ -232,80 +222,3 @@ class Board:
             )
             found = [(int(seq), UUID(str(incident_id))) for seq, incident_id in cur.fetchall()]
         return found[:limit], len(found) > limit
-
-
-def _incident_event_classes() -> list[type[Incident.Event]]:
-    found: list[type[Incident.Event]] = []
-    pending: list[type[Incident.Event]] = [Incident.Event]
-    while pending:
-        cls = pending.pop()
-        for sub in cls.__subclasses__():
-            if sub not in found:
-                found.append(sub)
-                pending.append(sub)
-    return [c for c in found if c not in (Incident.Created,)]
-
-
-class _Database(ABC):
-    @abstractmethod
-    def q(self, statement: str) -> str:
-        """The statement in this database's dialect."""
-
-    @abstractmethod
-    def transaction(self) -> AbstractContextManager[Any]:
-        """A cursor inside a transaction, committed on success."""
-
-    @abstractmethod
-    def close(self) -> None: ...
-
-
-class _SQLite(_Database):
-    def __init__(self, path: str) -> None:
-        self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
-        self._conn.isolation_level = None
-        self._guard = threading.Lock()
-
-    def q(self, statement: str) -> str:
-        return statement.replace(" FOR UPDATE", "")
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Cursor]:
-        with self._guard:
-            cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-class _Postgres(_Database):
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._conn = psycopg.connect(
-            dbname=env.get("POSTGRES_DBNAME", "postgres"),
-            host=env.get("POSTGRES_HOST", "127.0.0.1"),
-            port=int(env.get("POSTGRES_PORT", "5432")),
-            user=env.get("POSTGRES_USER", "postgres"),
-            password=env.get("POSTGRES_PASSWORD", ""),
-            autocommit=False,
-            options=f"-c search_path={env['POSTGRES_SCHEMA']}"
-            if env.get("POSTGRES_SCHEMA")
-            else "",
-        )
-        self._guard = threading.Lock()
-
-    def q(self, statement: str) -> str:
-        return statement.replace("?", "%s")
-
-    @contextmanager
-    def transaction(self) -> Iterator[psycopg.Cursor[Any]]:
-        with self._guard, self._conn.transaction(), self._conn.cursor() as cur:
-            yield cur
-
-    def close(self) -> None:
-        self._conn.close()

@@ -22,11 +22,13 @@ from services.ledger.api.servicer import LedgerServicer
 from services.ledger.application import Ledger
 from services.ledger.board import Board
 from services.ledger.domain.reference import ReferenceData
+from services.ledger.relay import Relay
 
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME = ledger_service_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
 ERROR_DOMAIN = "ledger.incidentledger"
+RELAY_HEALTH = "relay"
 
 
 def load_tokens(settings: LedgerSettings, reference: ReferenceData) -> TokenStore:
@@ -69,12 +71,15 @@ class LedgerServer:
     health: health.HealthServicer
     ledger: Ledger
     board: Board
+    relay: Relay | None
     stopped: threading.Event
 
     def stop(self, grace: float) -> None:
         """Graceful shutdown: NOT_SERVING first, then drain in-flight calls."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.relay is not None:
+            self.relay.stop()
         self.board.close()
         self.ledger.close()
         self.stopped.set()
@@ -118,6 +123,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    relay = start_relay(settings, ledger, health_servicer)
     log.info(
         "ledger.started",
         listen=settings.listen,
@@ -126,7 +132,30 @@ def build(settings: LedgerSettings) -> LedgerServer:
         regency=reference.regency,
         environment=settings.environment,
     )
-    return LedgerServer(server, port, health_servicer, ledger, board, threading.Event())
+    return LedgerServer(server, port, health_servicer, ledger, board, relay, threading.Event())
+
+
+def start_relay(
+    settings: LedgerSettings, ledger: Ledger, health_servicer: health.HealthServicer
+) -> Relay | None:
+    """The outbox relay to NATS, when NATS_URL is set; its health is the service "relay"."""
+    if not settings.relay.nats_url:
+        log.info("relay.disabled", reason="NATS_URL is not set")
+        return None
+
+    def on_health(serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else (health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
+        health_servicer.set(RELAY_HEALTH, status)
+
+    on_health(False)
+    relay = Relay(ledger, settings.relay, settings.store_env, on_health)
+    ledger.add_commit_listener(relay.wake)
+    relay.start()
+    return relay
 
 
 def migrate(settings: LedgerSettings) -> None:

@@ -63,8 +63,11 @@ class GroupCommitter:
     ``put`` stores a list of events atomically (the event store's ``put``).
     """
 
-    def __init__(self, put: Put, *, max_batch: int = 256) -> None:
+    def __init__(
+        self, put: Put, *, max_batch: int = 256, after_commit: Callable[[], None] | None = None
+    ) -> None:
         self._put = put
+        self._after_commit = after_commit
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ledger-commit", daemon=True)
@@ -96,6 +99,8 @@ class GroupCommitter:
                     return
                 batch.append(item)
             self._commit(batch)
+            if self._after_commit is not None:
+                self._after_commit()
 
     def _commit(self, batch: list[_Pending]) -> None:
         if len(batch) > 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 from uuid import uuid4
 
@@ -20,20 +21,20 @@ class Thing(Aggregate):
 
 
 class RecordingSaver:
-    """Saves nothing; remembers the batches and fails any containing a poisoned thing."""
+    """Stores nothing; remembers the batches, fails any holding a poisoned thing's event."""
 
     def __init__(self) -> None:
         self.batches: list[list[Any]] = []
         self.release = threading.Event()
         self.lock = threading.Lock()
 
-    def __call__(self, *aggregates: Thing) -> list[Any]:
+    def __call__(self, events: Sequence[Any]) -> list[Any]:
         self.release.wait(5)
         with self.lock:
-            self.batches.append(list(aggregates))
-        if any(a.poison for a in aggregates):
+            self.batches.append(list(events))
+        if any(e.poison for e in events):
             raise IntegrityError("duplicate")
-        return []
+        return [f"recorded {e.originator_id}" for e in events]
 
 
 def test_waiting_commands_share_one_commit_and_failures_stay_their_own() -> None:
@@ -41,15 +42,13 @@ def test_waiting_commands_share_one_commit_and_failures_stay_their_own() -> None
     committer = GroupCommitter(saver)
     good = [Thing() for _ in range(5)]
     bad = Thing(poison=True)
-    outcomes: dict[int, str] = {}
+    outcomes: dict[int, object] = {}
 
     def submit(n: int, thing: Thing) -> None:
         try:
-            committer.save(thing)
+            outcomes[n] = committer.save(thing.collect_events())
         except IntegrityError:
             outcomes[n] = "conflict"
-        else:
-            outcomes[n] = "saved"
 
     threads = [threading.Thread(target=submit, args=(n, t)) for n, t in enumerate([*good, bad])]
     for thread in threads:
@@ -63,7 +62,12 @@ def test_waiting_commands_share_one_commit_and_failures_stay_their_own() -> None
     for thread in threads:
         thread.join(10)
     committer.close()
-    assert outcomes == {0: "saved", 1: "saved", 2: "saved", 3: "saved", 4: "saved", 5: "conflict"}
+    # Each command gets the recordings of its own events, also after the failed batch
+    # was retried command by command.
+    assert outcomes == {
+        **{n: [f"recorded {thing.id}"] for n, thing in enumerate(good)},
+        5: "conflict",
+    }
     assert [len(batch) for batch in saver.batches[:2]] == [1, 5], "the waiting five share a commit"
 
 
@@ -71,7 +75,7 @@ def test_close_finishes_and_stops_the_thread() -> None:
     saver = RecordingSaver()
     saver.release.set()
     committer = GroupCommitter(saver)
-    committer.save(Thing())
+    committer.save(Thing().collect_events())
     committer.close()
     assert len(saver.batches) == 1
 

@@ -435,3 +435,32 @@ class IncidentEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IncidentEvent: _TypeAlias = IncidentEvent  # noqa: Y015
+
+@_typing.final
+class EventNotification(_message.Message):
+    """What the ledger publishes to NATS JetStream for every recorded event: the event
+    and the incident's state right after it. Encoded as protobuf (this message);
+    NATS headers repeat the routing fields. See the README, "Fan-out".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___IncidentEvent: ...
+    @_builtins.property
+    def incident(self) -> Global___Incident: ...
+    def __init__(
+        self,
+        *,
+        event: Global___IncidentEvent | None = ...,
+        incident: Global___Incident | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "incident", b"incident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "incident", b"incident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventNotification: _TypeAlias = EventNotification  # noqa: Y015

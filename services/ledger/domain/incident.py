@@ -703,3 +703,15 @@ def _initial_values(event: Incident.Event) -> dict[str, str]:
             values[field] = str(event.location.get(field.removeprefix("location."), ""))
     values["occurred_at"] = _canonical(event.occurred_at)
     return values
+
+
+def incident_event_classes() -> list[type[Incident.Event]]:
+    """Every concrete event class of the Incident aggregate."""
+    found: list[type[Incident.Event]] = []
+    pending: list[type[Incident.Event]] = [Incident.Event]
+    while pending:
+        for sub in pending.pop().__subclasses__():
+            if sub not in found:
+                found.append(sub)
+                pending.append(sub)
+    return [c for c in found if c is not Incident.Created]

@@ -1,0 +1,108 @@
+"""SQL tables beside the event store: one small adapter for SQLite and PostgreSQL.
+
+Projections and the relay keep their rows in the ledger's own database, so they
+share its backups and, on PostgreSQL, its transactions' guarantees. Statements are
+written with ``?`` placeholders; :meth:`Database.q` adapts them to the dialect.
+With the in-memory event store (tests), an in-memory SQLite database stands in.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import psycopg
+
+
+def open_database(store_env: Mapping[str, str]) -> Database:
+    """The database of the event store configured by ``store_env``."""
+    module = store_env.get("PERSISTENCE_MODULE", "eventsourcing.popo")
+    if module == "eventsourcing.postgres":
+        return PostgresDatabase(store_env)
+    if module == "eventsourcing.sqlite":
+        return SQLiteDatabase(store_env.get("SQLITE_DBNAME", ":memory:"))
+    return SQLiteDatabase(":memory:")
+
+
+def postgres_connect(
+    env: Mapping[str, str], *, autocommit: bool = False
+) -> psycopg.Connection[Any]:
+    """A connection with the eventsourcing library's POSTGRES_* settings."""
+    return psycopg.connect(
+        dbname=env.get("POSTGRES_DBNAME", "postgres"),
+        host=env.get("POSTGRES_HOST", "127.0.0.1"),
+        port=int(env.get("POSTGRES_PORT", "5432")),
+        user=env.get("POSTGRES_USER", "postgres"),
+        password=env.get("POSTGRES_PASSWORD", ""),
+        autocommit=autocommit,
+        options=f"-c search_path={env['POSTGRES_SCHEMA']}" if env.get("POSTGRES_SCHEMA") else "",
+    )
+
+
+class Database(ABC):
+    @abstractmethod
+    def q(self, statement: str) -> str:
+        """The statement in this database's dialect."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[Any]:
+        """A cursor inside a transaction, committed on success."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class SQLiteDatabase(Database):
+    def __init__(self, path: str) -> None:
+        self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+        self._conn.isolation_level = None
+        self._guard = threading.Lock()
+
+    def q(self, statement: str) -> str:
+        return statement.replace(" FOR UPDATE", "")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Cursor]:
+        with self._guard:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class PostgresDatabase(Database):
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._conn = psycopg.connect(
+            dbname=env.get("POSTGRES_DBNAME", "postgres"),
+            host=env.get("POSTGRES_HOST", "127.0.0.1"),
+            port=int(env.get("POSTGRES_PORT", "5432")),
+            user=env.get("POSTGRES_USER", "postgres"),
+            password=env.get("POSTGRES_PASSWORD", ""),
+            autocommit=False,
+            options=f"-c search_path={env['POSTGRES_SCHEMA']}"
+            if env.get("POSTGRES_SCHEMA")
+            else "",
+        )
+        self._guard = threading.Lock()
+
+    def q(self, statement: str) -> str:
+        return statement.replace("?", "%s")
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Cursor[Any]]:
+        with self._guard, self._conn.transaction(), self._conn.cursor() as cur:
+            yield cur
+
+    def close(self) -> None:
+        self._conn.close()
