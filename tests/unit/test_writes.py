@@ -26,9 +26,11 @@ class RecordingSaver:
     def __init__(self) -> None:
         self.batches: list[list[Any]] = []
         self.release = threading.Event()
+        self.entered = threading.Event()
         self.lock = threading.Lock()
 
     def __call__(self, events: Sequence[Any]) -> list[Any]:
+        self.entered.set()
         self.release.wait(5)
         with self.lock:
             self.batches.append(list(events))
@@ -51,9 +53,11 @@ def test_waiting_commands_share_one_commit_and_failures_stay_their_own() -> None
             outcomes[n] = "conflict"
 
     threads = [threading.Thread(target=submit, args=(n, t)) for n, t in enumerate([*good, bad])]
-    for thread in threads:
+    threads[0].start()
+    assert saver.entered.wait(10), "the first commit did not start"
+    for thread in threads[1:]:
         thread.start()
-    # The first save blocks; wait (with a deadline) until the five others queue up behind it.
+    # The first commit blocks; wait (with a deadline) until the five others queue up.
     deadline = time.monotonic() + 10
     while committer._queue.qsize() < 5:
         assert time.monotonic() < deadline, "commands did not queue up"
