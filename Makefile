@@ -106,8 +106,10 @@ check: test ## alias of test
 
 # --- running -------------------------------------------------------------------------------
 
-run: $(VENV_STAMP) ## run the ledger service (python -m services.ledger)
-	$(PYPATH) $(PY) -m services.ledger
+# exec: the supervisor replaces the recipe's shell, so Ctrl-C and SIGTERM reach it directly.
+# RUN_ARGS: extra arguments, e.g. make run RUN_ARGS=--services=services.ledger
+run: $(VENV_STAMP) ## run NATS, the ledger and the notifier (python -m services.run)
+	$(PYPATH) exec $(PY) -m services.run $(RUN_ARGS)
 
 bench: $(VENV_STAMP) ## run the benchmarks (python -m bench)
 	$(PYPATH) $(PY) -m bench

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -147,3 +151,61 @@ def running_ledger(settings: LedgerSettings) -> Iterator[Client]:
     finally:
         channel.close()
         server.stop(1.0)
+
+
+@dataclass
+class ServiceProcess:
+    """A service started with ``python -m``; its port comes from its JSON start log line."""
+
+    module: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    def log_lines(self) -> list[dict[str, object]]:
+        lines = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+        return lines
+
+
+@contextmanager
+def service_process(
+    module: str, env: dict[str, str], *, timeout: float = 30.0
+) -> Iterator[ServiceProcess]:
+    """``python -m <module>`` with ``env``; waits (with a deadline) for its start line."""
+    name = module.rsplit(".", 1)[-1]
+    log_path = Path(env["LEDGER_DATA_DIR"]) / f"{name}-{secrets.token_hex(4)}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module],
+            env={
+                **os.environ,
+                **env,
+                "LEDGER_LOG_FORMAT": "json",
+                "LEDGER_LOG_LEVEL": env.get("LEDGER_LOG_LEVEL_CHILD", "INFO"),
+                "PYTHONPATH": f"{PROJECT_ROOT}:{PROJECT_ROOT / 'gen'}",
+            },
+            cwd=PROJECT_ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    service = ServiceProcess(module, proc, 0, log_path)
+    try:
+        deadline = time.monotonic() + timeout
+        while not service.port:
+            for line in service.log_lines():
+                if line.get("event") == f"{name}.started":
+                    service.port = int(str(line["port"]))
+            if proc.poll() is not None:
+                raise AssertionError(f"{module} died at start:\n{log_path.read_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{module} did not start in {timeout} s")
+            time.sleep(0.05)
+        yield service
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(timeout=30)

@@ -7,18 +7,24 @@ can act at once) and marked as such; production refuses them.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import os
 import secrets
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 import yaml
 
 from services.common.config import ConfigError
 from services.common.errors import Unauthenticated
+
+log = structlog.get_logger(__name__)
 
 _BEARER = "bearer "
 
@@ -88,6 +94,63 @@ class TokenStore:
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"malformed tokens file {path}: {exc!r}") from exc
         return cls(entries, development=bool(raw.get("development", False)))
+
+
+def load_or_create_tokens(
+    path: Path, agencies: Iterable[str], *, may_generate: bool, production: bool
+) -> TokenStore:
+    """The token store at ``path``; development credentials are made on a first start.
+
+    Several services may start at once (``make run``): generation happens under a
+    file lock, so they all end up with the same credentials.
+    """
+    known = list(agencies)
+    if not path.exists():
+        if not may_generate:
+            raise ConfigError(f"the tokens file {path} does not exist")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(path.parent / ".credentials.lock"):
+            if not path.exists():
+                generate_dev_credentials(path.parent, known)
+                log.warning(
+                    "credentials.generated",
+                    tokens=str(path.parent / "dev-tokens.yaml"),
+                    note="development tokens, one officer per agency; never use in production",
+                )
+    tokens = TokenStore.load(path, known)
+    if production and tokens.development:
+        raise ConfigError(f"{path} holds development credentials; production needs real ones")
+    if len(tokens) == 0:
+        raise ConfigError(f"{path} lists no users")
+    return tokens
+
+
+def shared_secret(path: Path) -> bytes:
+    """A random secret kept in ``path``, created once (safely, by whichever service is first)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(secrets.token_hex(32))
+    deadline = time.monotonic() + 5
+    while not (text := path.read_text(encoding="ascii").strip()):
+        if time.monotonic() > deadline:  # another process created it and died writing
+            raise ConfigError(f"{path} is empty: delete it and start again")
+        time.sleep(0.01)
+    return text.encode()
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def generate_dev_credentials(directory: Path, agencies: Iterable[str]) -> Path:

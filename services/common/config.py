@@ -217,3 +217,92 @@ class RunSettings:
             ),
             log_format=_choice(env, "LEDGER_LOG_FORMAT", "auto", {"auto", "json", "console"}),
         )
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    max_attempts: int = 8
+    timeout_seconds: float = 5.0
+    backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 300.0
+    concurrency: int = 32
+    per_endpoint_concurrency: int = 4
+
+
+@dataclass(frozen=True)
+class NotifierSettings:
+    """Settings of the notifier service (see README, "Configuration")."""
+
+    listen: str = "127.0.0.1:50052"
+    environment: str = "development"
+    data_dir: Path = PROJECT_ROOT / "data"
+    reference_file: Path = PROJECT_ROOT / "config" / "mukomuko-pilkada.yaml"
+    tokens_file: Path | None = None
+    page_token_secret: bytes | None = None
+    nats_url: str = ""
+    stream: StreamSettings = field(default_factory=StreamSettings)
+    consumer: str = "notifier"
+    ack_wait_seconds: float = 10.0
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    max_workers: int = 64
+    max_message_bytes: int = 1024 * 1024
+    grace_seconds: float = 5.0
+    log_level: str = "INFO"
+    log_format: str = "auto"
+    store_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def production(self) -> bool:
+        return self.environment == "production"
+
+    @property
+    def resolved_tokens_file(self) -> Path:
+        return self.tokens_file or self.data_dir / "credentials" / "tokens.yaml"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> NotifierSettings:
+        env = dict(os.environ if env is None else env)
+        data_dir = Path(env.get("LEDGER_DATA_DIR") or PROJECT_ROOT / "data")
+        secret = env.get("LEDGER_PAGE_TOKEN_SECRET")
+        nats_url = env.get("NATS_URL", "")
+        if not nats_url:
+            raise ConfigError("NATS_URL is required: the notifier consumes the ledger's stream")
+        store = _choice(env, "NOTIFIER_STORE", "sqlite", {"sqlite", "postgres"})
+        if store == "postgres":
+            store_env = {k: v for k, v in env.items() if k.startswith("POSTGRES_")}
+            store_env["PERSISTENCE_MODULE"] = "eventsourcing.postgres"
+        else:
+            store_env = {
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": env.get("NOTIFIER_SQLITE_DBNAME")
+                or str(data_dir / "notifier.sqlite"),
+            }
+        settings = cls(
+            listen=env.get("NOTIFIER_LISTEN") or cls.listen,
+            environment=_choice(
+                env, "LEDGER_ENVIRONMENT", "development", {"development", "production"}
+            ),
+            data_dir=data_dir,
+            reference_file=Path(env.get("LEDGER_REFERENCE_FILE") or cls.reference_file),
+            tokens_file=Path(env["LEDGER_TOKENS_FILE"]) if env.get("LEDGER_TOKENS_FILE") else None,
+            page_token_secret=secret.encode() if secret else None,
+            nats_url=nats_url,
+            stream=StreamSettings.from_env(env),
+            consumer=env.get("NOTIFIER_CONSUMER") or cls.consumer,
+            ack_wait_seconds=_float(env, "NOTIFIER_ACK_WAIT_SECONDS", cls.ack_wait_seconds),
+            webhooks=WebhookSettings(
+                max_attempts=_int(env, "NOTIFIER_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1),
+                timeout_seconds=_float(env, "NOTIFIER_WEBHOOK_TIMEOUT_SECONDS", 5.0),
+                backoff_seconds=_float(env, "NOTIFIER_WEBHOOK_BACKOFF_SECONDS", 1.0),
+                max_backoff_seconds=_float(env, "NOTIFIER_WEBHOOK_MAX_BACKOFF_SECONDS", 300.0),
+            ),
+            max_workers=_int(env, "NOTIFIER_MAX_WORKERS", cls.max_workers, minimum=4),
+            log_level=_choice(
+                env, "LEDGER_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"}
+            ),
+            log_format=_choice(env, "LEDGER_LOG_FORMAT", "auto", {"auto", "json", "console"}),
+            store_env=store_env,
+        )
+        if settings.production and settings.page_token_secret is None:
+            raise ConfigError("LEDGER_PAGE_TOKEN_SECRET is required in production")
+        return settings

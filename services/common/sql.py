@@ -44,6 +44,8 @@ def postgres_connect(
 
 
 class Database(ABC):
+    dialect: str = ""
+
     @abstractmethod
     def q(self, statement: str) -> str:
         """The statement in this database's dialect."""
@@ -57,13 +59,16 @@ class Database(ABC):
 
 
 class SQLiteDatabase(Database):
+    dialect = "sqlite"
+
     def __init__(self, path: str) -> None:
         self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
         self._conn.isolation_level = None
         self._guard = threading.Lock()
 
     def q(self, statement: str) -> str:
-        return statement.replace(" FOR UPDATE", "")
+        # SQLite has one writer at a time (BEGIN IMMEDIATE): row locks are implied.
+        return statement.replace(" FOR UPDATE SKIP LOCKED", "").replace(" FOR UPDATE", "")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Cursor]:
@@ -82,6 +87,8 @@ class SQLiteDatabase(Database):
 
 
 class PostgresDatabase(Database):
+    dialect = "postgres"
+
     def __init__(self, env: Mapping[str, str]) -> None:
         self._conn = psycopg.connect(
             dbname=env.get("POSTGRES_DBNAME", "postgres"),

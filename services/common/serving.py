@@ -1,0 +1,77 @@
+"""What both services' gRPC servers share: construction, health, reflection, signals."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from types import FrameType
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.config import ConfigError
+from services.common.grpc_server import RequestInterceptor
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", 4 * max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def new_server(
+    *, max_workers: int, max_message_bytes: int, interceptor: RequestInterceptor
+) -> grpc.Server:
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        interceptors=[interceptor],
+        options=server_options(max_message_bytes),
+        maximum_concurrent_rpcs=max_workers * 8,
+    )
+
+
+def listen(server: grpc.Server, address: str) -> int:
+    try:
+        return server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot listen on {address}: {exc}") from exc
+
+
+def add_health_and_reflection(
+    server: grpc.Server, service_names: Sequence[str]
+) -> health.HealthServicer:
+    """Health checking (overall and per service) and reflection; health starts NOT_SERVING."""
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    for name in ("", *service_names):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    return health_servicer
+
+
+def set_serving(health_servicer: health.HealthServicer, names: Sequence[str]) -> None:
+    for name in ("", *names):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+def serve_until_signal(name: str, stop: Callable[[], None], stopped: threading.Event) -> None:
+    """Block until SIGTERM or SIGINT has stopped the service gracefully."""
+    log = structlog.get_logger(name)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info(f"{name}.stopping", signal=signal.Signals(signum).name)
+        stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stopped.wait()
+    log.info(f"{name}.stopped")

@@ -1,0 +1,451 @@
+"""The notifier's NATS side, on an asyncio loop of its own thread.
+
+- The durable consumer reads the ledger's stream with explicit acks. For each
+  event it stores one delivery job per matching webhook, then acknowledges: a
+  crash before the ack means the message comes again, and the job's unique key
+  (webhook, stream sequence) makes the second copy a no-op.
+- The delivery worker POSTs due jobs to their webhooks, signed, with retries,
+  exponential backoff with jitter, and a dead letter after the last attempt. Each
+  endpoint has a small cap on concurrent deliveries, so a slow or dead endpoint
+  never holds up the others.
+- Live subscriptions (gRPC Subscribe) each read the stream with an ordered
+  consumer from their cursor; the gRPC threads pull from them.
+
+The gRPC servicer runs in the server's threads and reaches this loop through
+:meth:`Engine.call`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import nats
+import structlog
+from google.protobuf import json_format
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from incidentledger.v1 import incident_pb2 as pb
+from services.common.config import NotifierSettings
+from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.ledger.domain.reference import ReferenceData
+from services.notifier.filters import EventFilter
+from services.notifier.store import Job, LogEntry, NewJob, NotifierStore, WebhookRow
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+SIGNATURE_HEADER = "X-Ledger-Signature"
+CURSOR_PREFIX = "v1."
+
+
+def encode_cursor(stream_seq: int) -> str:
+    return f"{CURSOR_PREFIX}{stream_seq}"
+
+
+def decode_cursor(cursor: str) -> int:
+    if not cursor.startswith(CURSOR_PREFIX) or not cursor[len(CURSOR_PREFIX) :].isdigit():
+        raise InvalidArgument("cursor", "is not a cursor this notifier gave out")
+    return int(cursor[len(CURSOR_PREFIX) :])
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The signature header value: ``t=<unix seconds>,v1=<hex HMAC-SHA256(secret, t.body)>``."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def webhook_body(webhook_id: str, stream_seq: int, note: pb.EventNotification) -> str:
+    """The JSON a webhook receives, but for its ``delivery_id`` (see the README)."""
+    return json.dumps(
+        {
+            "webhook": f"webhooks/{webhook_id}",
+            "cursor": encode_cursor(stream_seq),
+            "position": note.event.position,
+            "event": json_format.MessageToDict(note.event, preserving_proto_field_name=True),
+            "incident": json_format.MessageToDict(note.incident, preserving_proto_field_name=True),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+@dataclass
+class Webhook:
+    row: WebhookRow
+    filter: EventFilter
+
+
+class LiveSubscription:
+    """One gRPC subscriber's ordered consumer; its methods are called from the gRPC thread."""
+
+    def __init__(self, engine: Engine, sub: Any, start_seq: int) -> None:
+        self._engine = engine
+        self._sub = sub
+        self.cursor_seq = start_seq - 1
+
+    def next(self, timeout: float) -> tuple[int, pb.EventNotification] | None:
+        """The next message (stream sequence, notification), or None after ``timeout``."""
+        try:
+            msg = self._engine.call(self._sub.next_msg(timeout=timeout), timeout + 5)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return None
+        except nats.errors.ConnectionClosedError:
+            raise Unavailable(
+                "the notifier lost its connection to the event stream; resume from your cursor",
+                reason="STREAM_UNAVAILABLE",
+            ) from None
+        seq = int(msg.metadata.sequence.stream)
+        self.cursor_seq = seq
+        return seq, pb.EventNotification.FromString(msg.data)
+
+    def close(self) -> None:
+        if not self._engine.running:
+            return  # the engine closed the connection, and with it this consumer
+        try:
+            self._engine.call(self._sub.unsubscribe(), 5)
+        except Exception as exc:  # the connection may be gone; nothing is left to free
+            log.debug("subscription.close_failed", error=str(exc))
+
+
+class Engine:
+    def __init__(
+        self, settings: NotifierSettings, store: NotifierStore, reference: ReferenceData
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._reference = reference
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="notifier-io", daemon=True)
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._webhooks: list[Webhook] = []
+        self._webhooks_loaded_at = 0.0
+        self._wake_delivery: asyncio.Event | None = None
+        self._connect_lock: asyncio.Lock | None = None
+        self._stopping = False
+        self._closed = False
+        self._submit_lock = threading.Lock()
+        self._inflight: Counter[str] = Counter()
+        self.consumer_ready = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._thread.start()
+        self.call(self._start(), 30)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def running(self) -> bool:
+        return not self._closed
+
+    def begin_shutdown(self) -> None:
+        """Live subscriptions end at their next step; consuming stops."""
+        self._stopping = True
+
+    def stop(self) -> None:
+        self._stopping = True
+        with self._submit_lock:
+            self._closed = True  # from here on, call() refuses: nothing is left unawaited
+        try:
+            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(15)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run a coroutine on the engine's loop from another thread and wait for it."""
+        with self._submit_lock:
+            if self._closed:
+                coroutine.close()
+                raise Unavailable("the notifier is shutting down", reason="SHUTTING_DOWN")
+            future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    async def _start(self) -> None:
+        self._wake_delivery = asyncio.Event()
+        self._connect_lock = asyncio.Lock()
+        self._tasks = [
+            asyncio.create_task(self._supervise("consumer", self._consume)),
+            asyncio.create_task(self._supervise("delivery", self._deliver_due)),
+        ]
+
+    async def _jetstream(self) -> JetStreamContext:
+        """The JetStream context, connecting first if needed (NATS may start later)."""
+        if self._connect_lock is None:
+            raise RuntimeError("the engine was not started")
+        async with self._connect_lock:
+            if self._js is None:
+                self._nc = await self._connect()
+                self._js = self._nc.jetstream(timeout=5)
+            return self._js
+
+    async def _connect(self) -> NatsClient:
+        async def disconnected() -> None:
+            log.warning("notifier.nats_disconnected")
+
+        async def reconnected() -> None:
+            log.info("notifier.nats_reconnected")
+
+        async def error(exc: Exception) -> None:
+            log.warning("notifier.nats_error", error=str(exc))
+
+        client: NatsClient = await nats.connect(
+            self._settings.nats_url,
+            name="incident-notifier",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=2,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+        )
+        return client
+
+    async def _stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._nc is not None:
+            await self._nc.close()
+        # Whatever the client library still runs (consumers' housekeeping) ends here.
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
+    async def _supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        """Run ``body`` again after any failure (NATS down, database busy), with backoff."""
+        backoff = 0.2
+        while not self._stopping:
+            try:
+                await body()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # logged and retried: the notifier outlives outages
+                log.warning(f"notifier.{name}_failed", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    # --------------------------------------------------------------- webhooks
+
+    def webhooks_changed(self) -> None:
+        """A webhook was created or deleted (called from a gRPC thread)."""
+        self._webhooks_loaded_at = 0.0
+
+    async def _current_webhooks(self) -> list[Webhook]:
+        if time.monotonic() - self._webhooks_loaded_at > 5.0:  # other replicas may change them
+            rows = await asyncio.to_thread(self._store.webhooks)
+            self._webhooks = [Webhook(r, EventFilter.from_json(r.filter)) for r in rows]
+            self._webhooks_loaded_at = time.monotonic()
+        return self._webhooks
+
+    async def _consume(self) -> None:
+        settings = self._settings
+        js = await self._jetstream()
+        psub = await js.pull_subscribe(
+            f"{settings.stream.subject_prefix}.>",
+            durable=settings.consumer,
+            stream=settings.stream.name,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=settings.ack_wait_seconds,
+                max_deliver=-1,
+                deliver_policy=DeliverPolicy.ALL,
+            ),
+        )
+        self.consumer_ready.set()
+        log.info("notifier.consuming", stream=settings.stream.name, consumer=settings.consumer)
+        while not self._stopping:
+            try:
+                msgs = await psub.fetch(100, timeout=1)
+            except nats.errors.TimeoutError:
+                continue
+            webhooks = await self._current_webhooks()
+            jobs: list[NewJob] = []
+            for msg in msgs:
+                seq = int(msg.metadata.sequence.stream)
+                note = pb.EventNotification.FromString(msg.data)
+                recorded = note.event.record_time.ToDatetime().timestamp()
+                for hook in webhooks:
+                    if hook.row.created_at > recorded + 1.0:
+                        continue  # recorded before the webhook existed
+                    if hook.filter.matches(note, self._reference):
+                        jobs.append(
+                            NewJob(
+                                webhook_id=hook.row.id,
+                                stream_seq=seq,
+                                position=note.event.position,
+                                event_id=note.event.event_id,
+                                incident=note.event.incident,
+                                agency=hook.row.agency,
+                                payload=webhook_body(hook.row.id, seq, note),
+                            )
+                        )
+            await asyncio.to_thread(self._store.add_jobs, jobs)
+            for msg in msgs:
+                await msg.ack()
+            if jobs and self._wake_delivery is not None:
+                self._wake_delivery.set()
+
+    async def _deliver_due(self) -> None:
+        hooks = self._settings.webhooks
+        wake = self._wake_delivery or asyncio.Event()
+        async with httpx.AsyncClient(timeout=hooks.timeout_seconds) as client:
+            running: set[asyncio.Task[None]] = set()
+            while not self._stopping:
+                free = hooks.concurrency - len(running)
+                if free > 0:
+                    jobs = await asyncio.to_thread(
+                        self._store.claim_due, free, hooks.timeout_seconds * 3
+                    )
+                    for job in jobs:
+                        task = asyncio.create_task(self._deliver(client, job))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), 0.5)
+                wake.clear()
+
+    async def _deliver(self, client: httpx.AsyncClient, job: Job) -> None:
+        hooks = self._settings.webhooks
+        webhook = await asyncio.to_thread(self._store.webhook, job.webhook_id)
+        attempt = job.attempts + 1
+        if webhook is None:
+            return  # deleted meanwhile; its jobs were cancelled
+        while self._inflight[webhook.id] >= hooks.per_endpoint_concurrency:
+            await asyncio.sleep(0.05)
+        self._inflight[webhook.id] += 1
+        error = ""
+        try:
+            body = json.loads(job.payload)
+            body["delivery_id"] = job.id
+            raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+            timestamp = int(time.time())
+            response = await client.post(
+                webhook.url,
+                content=raw,
+                headers={
+                    "Content-Type": "application/json",
+                    "X-Ledger-Delivery": job.id,
+                    "X-Ledger-Event-Id": job.event_id,
+                    "X-Ledger-Timestamp": str(timestamp),
+                    SIGNATURE_HEADER: sign(webhook.secret, timestamp, raw),
+                },
+            )
+            if not 200 <= response.status_code < 300:
+                error = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        finally:
+            self._inflight[webhook.id] -= 1
+        now = time.time()
+        if not error:
+            outcome, retry_at = "delivered", now
+        elif attempt >= hooks.max_attempts:
+            outcome, retry_at = "dead_letter", now
+        else:
+            outcome = "failed"
+            delay = min(hooks.max_backoff_seconds, hooks.backoff_seconds * 2 ** (attempt - 1))
+            retry_at = now + random.uniform(delay / 2, delay)  # noqa: S311 - jitter
+        entry = LogEntry(
+            event_id=job.event_id,
+            incident=job.incident,
+            position=job.position,
+            agency=job.agency,
+            channel="webhook",
+            target=f"webhooks/{job.webhook_id}",
+            outcome=outcome,
+            attempt=attempt,
+            error=error,
+            at=now,
+        )
+        await asyncio.to_thread(
+            self._store.finish,
+            job,
+            outcome=outcome,
+            attempt=attempt,
+            error=error,
+            retry_at=retry_at,
+            entry=entry,
+        )
+        if outcome != "delivered":
+            log.info(
+                "webhook.delivery_failed",
+                webhook=job.webhook_id,
+                attempt=attempt,
+                outcome=outcome,
+                error=error,
+            )
+
+    def wake_delivery(self) -> None:
+        if self._wake_delivery is not None:
+            self._loop.call_soon_threadsafe(self._wake_delivery.set)
+
+    # ------------------------------------------------------------ live streams
+
+    def subscribe(self, cursor: str) -> LiveSubscription:
+        """A live subscription after ``cursor`` (or from now); called from a gRPC thread."""
+        return self.call(self._subscribe(cursor), 15)
+
+    async def _subscribe(self, cursor: str) -> LiveSubscription:
+        name = self._settings.stream.name
+        try:
+            js = await asyncio.wait_for(self._jetstream(), 5)
+            state = (await js.stream_info(name)).state
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            raise Unavailable(
+                "the notifier cannot reach the event stream yet; retry shortly",
+                reason="STREAM_UNAVAILABLE",
+            ) from exc
+        if cursor:
+            after = decode_cursor(cursor)
+            if after > state.last_seq:
+                raise InvalidArgument("cursor", "is ahead of the stream: not from this notifier")
+            if state.messages and after + 1 < state.first_seq:
+                raise FailedPrecondition(
+                    "the events after this cursor are no longer kept; subscribe from now",
+                    reason="CURSOR_EXPIRED",
+                )
+        else:
+            after = state.last_seq
+        sub = await js.subscribe(
+            f"{self._settings.stream.subject_prefix}.>",
+            stream=name,
+            ordered_consumer=True,
+            idle_heartbeat=1.0,  # a consumer lost with a NATS restart is noticed in seconds
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1
+            ),
+            pending_msgs_limit=1000,
+        )
+        return LiveSubscription(self, sub, after + 1)

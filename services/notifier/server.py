@@ -1,0 +1,86 @@
+"""Wiring: builds the notifier's parts from settings and serves them over gRPC."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health
+
+from incidentledger.v1 import notifier_service_pb2, notifier_service_pb2_grpc
+from services.common.auth import load_or_create_tokens, shared_secret
+from services.common.config import NotifierSettings
+from services.common.grpc_server import RequestInterceptor
+from services.common.pagetoken import PageTokens
+from services.common.serving import add_health_and_reflection, listen, new_server, set_serving
+from services.common.sql import open_database
+from services.ledger.domain.reference import ReferenceData
+from services.notifier.engine import Engine
+from services.notifier.servicer import NotifierServicer
+from services.notifier.store import NotifierStore
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = notifier_service_pb2.DESCRIPTOR.services_by_name["NotifierService"].full_name
+ERROR_DOMAIN = "notifier.incidentledger"
+
+
+@dataclass
+class NotifierServer:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    engine: Engine
+    store: NotifierStore
+    stopped: threading.Event
+
+    def stop(self, grace: float) -> None:
+        """Graceful shutdown: NOT_SERVING, end the streams, stop consuming, close."""
+        self.health.enter_graceful_shutdown()
+        self.engine.begin_shutdown()
+        self.server.stop(grace).wait()
+        self.engine.stop()
+        self.store.close()
+        self.stopped.set()
+
+
+def build(settings: NotifierSettings) -> NotifierServer:
+    reference = ReferenceData.load(settings.reference_file)
+    tokens = load_or_create_tokens(
+        settings.resolved_tokens_file,
+        reference.agencies,
+        may_generate=not settings.production and settings.tokens_file is None,
+        production=settings.production,
+    )
+    secret = settings.page_token_secret or shared_secret(settings.data_dir / "page-token.secret")
+    dbname = settings.store_env.get("SQLITE_DBNAME")
+    if dbname:
+        Path(dbname).parent.mkdir(parents=True, exist_ok=True)
+    store = NotifierStore(open_database(settings.store_env))
+    store.create_schema()
+    engine = Engine(settings, store, reference)
+    engine.start()
+    server = new_server(
+        max_workers=settings.max_workers,
+        max_message_bytes=settings.max_message_bytes,
+        interceptor=RequestInterceptor(tokens, ERROR_DOMAIN),
+    )
+    notifier_service_pb2_grpc.add_NotifierServiceServicer_to_server(
+        NotifierServicer(engine, store, reference, PageTokens(secret)), server
+    )
+    health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
+    port = listen(server, settings.listen)
+    server.start()
+    set_serving(health_servicer, [SERVICE_NAME])
+    log.info(
+        "notifier.started",
+        listen=settings.listen,
+        port=port,
+        nats=settings.nats_url,
+        stream=settings.stream.name,
+        consumer=settings.consumer,
+    )
+    return NotifierServer(server, port, health_servicer, engine, store, threading.Event())

@@ -1,0 +1,325 @@
+"""NotifierService: translates each RPC into engine and store calls and back."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from typing_extensions import override
+
+from incidentledger.v1 import notifier_service_pb2 as napi
+from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
+from services.common.auth import Principal
+from services.common.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from services.common.grpc_server import current_principal
+from services.common.pagetoken import PageTokens
+from services.ledger.domain.reference import ReferenceData, Role
+from services.notifier.engine import Engine, encode_cursor
+from services.notifier.filters import EventFilter
+from services.notifier.store import Job, LogEntry, NotifierStore, WebhookRow
+
+DEFAULT_PAGE, MAX_PAGE = 50, 500
+DEFAULT_HEARTBEAT = 15
+
+
+def _ts(epoch: float | None) -> Timestamp | None:
+    if epoch is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(datetime.fromtimestamp(epoch, UTC))
+    return stamp
+
+
+def _page_size(value: int) -> int:
+    if value < 0:
+        raise InvalidArgument("page_size", "must not be negative")
+    return min(value or DEFAULT_PAGE, MAX_PAGE)
+
+
+def _check_url(url: str) -> str:
+    if not url:
+        raise InvalidArgument("url", "is required")
+    if len(url) > 2048:
+        raise InvalidArgument("url", "is longer than 2048 characters", reason="FIELD_TOO_LONG")
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise InvalidArgument("url", "must be an absolute http:// or https:// URL")
+    return url
+
+
+def _name_id(name: str, prefix: str, field: str = "name") -> str:
+    if not name.startswith(prefix) or len(name) <= len(prefix) or "/" in name[len(prefix) :]:
+        raise InvalidArgument(field, f"must look like '{prefix}{{id}}'")
+    return name[len(prefix) :]
+
+
+class NotifierServicer(napi_grpc.NotifierServiceServicer):
+    def __init__(
+        self,
+        engine: Engine,
+        store: NotifierStore,
+        reference: ReferenceData,
+        page_tokens: PageTokens,
+    ) -> None:
+        self._engine = engine
+        self._store = store
+        self._reference = reference
+        self._tokens = page_tokens
+
+    def _sees_all(self, principal: Principal) -> bool:
+        role = self._reference.agencies[principal.agency].role
+        return role in {Role.COORDINATOR, Role.AUDITOR}
+
+    def _webhook_proto(self, row: WebhookRow) -> napi.Webhook:
+        return napi.Webhook(
+            name=f"webhooks/{row.id}",
+            agency=row.agency,
+            url=row.url,
+            filter=EventFilter.from_json(row.filter).to_proto(self._reference),
+            create_time=_ts(row.created_at),
+        )
+
+    # ------------------------------------------------------------ subscriptions
+
+    @override
+    def Subscribe(
+        self, request: napi.SubscribeRequest, context: grpc.ServicerContext
+    ) -> Iterator[napi.SubscribeResponse]:
+        principal = current_principal()
+        event_filter = EventFilter.from_proto(request.filter, self._reference, principal.agency)
+        heartbeat = request.heartbeat_seconds or DEFAULT_HEARTBEAT
+        if not 1 <= heartbeat <= 300:
+            raise InvalidArgument("heartbeat_seconds", "must be between 1 and 300")
+        live = self._engine.subscribe(request.cursor)
+        ended = threading.Event()  # the client went away (or the call otherwise ended)
+        context.add_callback(ended.set)
+        try:
+            yield self._heartbeat(live.cursor_seq)
+            last_sent = time.monotonic()
+            while not ended.is_set():
+                if self._engine.stopping:
+                    raise Unavailable(
+                        "the notifier is shutting down; resume from your cursor",
+                        reason="SHUTTING_DOWN",
+                    )
+                try:
+                    item = live.next(timeout=min(1.0, heartbeat))
+                except Unavailable:
+                    if ended.is_set():
+                        return  # the client left first; nothing to report to anyone
+                    raise
+                if item is not None:
+                    seq, note = item
+                    if event_filter.matches(note, self._reference):
+                        self._store.log([self._grpc_delivery(principal, note.event, seq)])
+                        yield napi.SubscribeResponse(cursor=encode_cursor(seq), notification=note)
+                        last_sent = time.monotonic()
+                        continue
+                if time.monotonic() - last_sent >= heartbeat:
+                    yield self._heartbeat(live.cursor_seq)
+                    last_sent = time.monotonic()
+        finally:
+            live.close()
+
+    @staticmethod
+    def _heartbeat(cursor_seq: int) -> napi.SubscribeResponse:
+        return napi.SubscribeResponse(
+            cursor=encode_cursor(cursor_seq), heartbeat=napi.Heartbeat(time=_ts(time.time()))
+        )
+
+    @staticmethod
+    def _grpc_delivery(principal: Principal, event: object, seq: int) -> LogEntry:
+        return LogEntry(
+            event_id=event.event_id,  # type: ignore[attr-defined]
+            incident=event.incident,  # type: ignore[attr-defined]
+            position=event.position,  # type: ignore[attr-defined]
+            agency=principal.agency,
+            channel="grpc",
+            target=principal.officer,
+            outcome="delivered",
+            attempt=1,
+            error="",
+            at=time.time(),
+        )
+
+    # ------------------------------------------------------------------ webhooks
+
+    @override
+    def CreateWebhook(
+        self, request: napi.CreateWebhookRequest, context: grpc.ServicerContext
+    ) -> napi.CreateWebhookResponse:
+        principal = current_principal()
+        if not request.request_id:
+            raise InvalidArgument("request_id", "is required (AIP-155)")
+        if len(request.request_id) > 128:
+            raise InvalidArgument("request_id", "is longer than 128 characters")
+        url = _check_url(request.url)
+        if not 16 <= len(request.secret) <= 256:
+            raise InvalidArgument("secret", "must be 16 to 256 characters")
+        event_filter = EventFilter.from_proto(request.filter, self._reference, principal.agency)
+        filter_json = event_filter.to_json()
+        fingerprint = hashlib.sha256(f"{url}\n{filter_json}\n{request.secret}".encode()).hexdigest()
+        row = self._store.add_webhook(
+            agency=principal.agency,
+            url=url,
+            secret=request.secret,
+            filter_json=filter_json,
+            request_key=f"{principal.agency}\n{request.request_id}",
+            fingerprint=fingerprint,
+        )
+        if row.fingerprint != fingerprint:
+            raise AlreadyExists(
+                f"request_id {request.request_id!r} already created a different webhook",
+                reason="REQUEST_ID_REUSED",
+                metadata={"webhook": f"webhooks/{row.id}"},
+            )
+        self._engine.webhooks_changed()
+        return napi.CreateWebhookResponse(webhook=self._webhook_proto(row))
+
+    @override
+    def ListWebhooks(
+        self, request: napi.ListWebhooksRequest, context: grpc.ServicerContext
+    ) -> napi.ListWebhooksResponse:
+        principal = current_principal()
+        size = _page_size(request.page_size)
+        agency = None if self._sees_all(principal) else principal.agency
+        query = f"webhooks?agency={agency}"
+        after = ""
+        if request.page_token:
+            after = str(self._tokens.decode(query, request.page_token).get("after", ""))
+        rows = self._store.webhooks(agency, after=after, limit=size + 1)
+        response = napi.ListWebhooksResponse(webhooks=[self._webhook_proto(r) for r in rows[:size]])
+        if len(rows) > size:
+            response.next_page_token = self._tokens.encode(query, {"after": rows[size - 1].id})
+        return response
+
+    @override
+    def DeleteWebhook(
+        self, request: napi.DeleteWebhookRequest, context: grpc.ServicerContext
+    ) -> napi.DeleteWebhookResponse:
+        principal = current_principal()
+        webhook_id = _name_id(request.name, "webhooks/")
+        row = self._store.webhook(webhook_id)
+        if row is None:
+            raise NotFound(f"{request.name} does not exist", reason="WEBHOOK_NOT_FOUND")
+        self._require_owner(principal, row.agency)
+        self._store.delete_webhook(webhook_id)
+        self._engine.webhooks_changed()
+        return napi.DeleteWebhookResponse()
+
+    def _require_owner(self, principal: Principal, agency: str) -> None:
+        role = self._reference.agencies[principal.agency].role
+        if principal.agency != agency and role is not Role.COORDINATOR:
+            raise PermissionDenied(
+                f"this belongs to {agency}",
+                reason="NOT_OWNER",
+                metadata={"owner": agency, "caller_agency": principal.agency},
+            )
+
+    # -------------------------------------------------------------- dead letters
+
+    def _dead_letter_proto(self, job: Job) -> napi.DeadLetter:
+        return napi.DeadLetter(
+            name=f"deadLetters/{job.id}",
+            webhook=f"webhooks/{job.webhook_id}",
+            event_id=job.event_id,
+            incident=job.incident,
+            position=job.position,
+            attempts=job.attempts,
+            last_error=job.last_error,
+            first_attempt_time=_ts(job.first_attempt_at),
+            last_attempt_time=_ts(job.last_attempt_at),
+        )
+
+    @override
+    def ListDeadLetters(
+        self, request: napi.ListDeadLettersRequest, context: grpc.ServicerContext
+    ) -> napi.ListDeadLettersResponse:
+        principal = current_principal()
+        size = _page_size(request.page_size)
+        agency = None if self._sees_all(principal) else principal.agency
+        query = f"deadLetters?agency={agency}"
+        after = ""
+        if request.page_token:
+            after = str(self._tokens.decode(query, request.page_token).get("after", ""))
+        jobs = self._store.dead_letters(agency, after=after, limit=size + 1)
+        response = napi.ListDeadLettersResponse(
+            dead_letters=[self._dead_letter_proto(j) for j in jobs[:size]]
+        )
+        if len(jobs) > size:
+            response.next_page_token = self._tokens.encode(query, {"after": jobs[size - 1].id})
+        return response
+
+    @override
+    def ReplayDeadLetter(
+        self, request: napi.ReplayDeadLetterRequest, context: grpc.ServicerContext
+    ) -> napi.ReplayDeadLetterResponse:
+        principal = current_principal()
+        job_id = _name_id(request.name, "deadLetters/")
+        job = self._store.dead_letter(job_id)
+        if job is None:
+            raise NotFound(f"{request.name} is not a dead letter", reason="DEAD_LETTER_NOT_FOUND")
+        self._require_owner(principal, job.agency)
+        if self._store.replay(job_id):
+            self._engine.wake_delivery()
+        return napi.ReplayDeadLetterResponse()
+
+    # -------------------------------------------------------------- delivery log
+
+    @override
+    def ListDeliveries(
+        self, request: napi.ListDeliveriesRequest, context: grpc.ServicerContext
+    ) -> napi.ListDeliveriesResponse:
+        principal = current_principal()
+        size = _page_size(request.page_size)
+        agency = request.agency or None
+        if agency is not None and agency not in self._reference.agencies:
+            raise InvalidArgument("agency", f"unknown agency {agency!r}")
+        if not self._sees_all(principal):
+            if agency not in {None, principal.agency}:
+                raise PermissionDenied(
+                    "an agency sees its own deliveries only",
+                    reason="NOT_OWNER",
+                    metadata={"caller_agency": principal.agency},
+                )
+            agency = principal.agency
+        incident = request.incident or None
+        if incident is not None:
+            _name_id(incident, "incidents/", "incident")
+        query = f"deliveries?incident={incident}&agency={agency}"
+        after = 0
+        if request.page_token:
+            after = int(self._tokens.decode(query, request.page_token).get("after", 0))
+        rows = self._store.deliveries(incident=incident, agency=agency, after=after, limit=size + 1)
+        response = napi.ListDeliveriesResponse(
+            deliveries=[
+                napi.DeliveryRecord(
+                    event_id=e.event_id,
+                    incident=e.incident,
+                    position=e.position,
+                    agency=e.agency,
+                    channel=e.channel,
+                    target=e.target,
+                    outcome=e.outcome,
+                    attempt=e.attempt,
+                    error=e.error,
+                    time=_ts(e.at),
+                )
+                for _, e in rows[:size]
+            ]
+        )
+        if len(rows) > size:
+            response.next_page_token = self._tokens.encode(query, {"after": rows[size - 1][0]})
+        return response

