@@ -58,6 +58,10 @@ class Database(ABC):
     def close(self) -> None: ...
 
 
+class DatabaseClosedError(RuntimeError):
+    """The database was closed (the service is stopping)."""
+
+
 class SQLiteDatabase(Database):
     dialect = "sqlite"
 
@@ -65,6 +69,7 @@ class SQLiteDatabase(Database):
         self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
         self._conn.isolation_level = None
         self._guard = threading.Lock()
+        self._closed = False
 
     def q(self, statement: str) -> str:
         # SQLite has one writer at a time (BEGIN IMMEDIATE): row locks are implied.
@@ -73,6 +78,8 @@ class SQLiteDatabase(Database):
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Cursor]:
         with self._guard:
+            if self._closed:
+                raise DatabaseClosedError("the database is closed")
             cur = self._conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
@@ -83,33 +90,31 @@ class SQLiteDatabase(Database):
             cur.execute("COMMIT")
 
     def close(self) -> None:
-        self._conn.close()
+        with self._guard:  # never while another thread is inside a transaction
+            self._closed = True
+            self._conn.close()
 
 
 class PostgresDatabase(Database):
     dialect = "postgres"
 
     def __init__(self, env: Mapping[str, str]) -> None:
-        self._conn = psycopg.connect(
-            dbname=env.get("POSTGRES_DBNAME", "postgres"),
-            host=env.get("POSTGRES_HOST", "127.0.0.1"),
-            port=int(env.get("POSTGRES_PORT", "5432")),
-            user=env.get("POSTGRES_USER", "postgres"),
-            password=env.get("POSTGRES_PASSWORD", ""),
-            autocommit=False,
-            options=f"-c search_path={env['POSTGRES_SCHEMA']}"
-            if env.get("POSTGRES_SCHEMA")
-            else "",
-        )
+        self._conn = postgres_connect(env)
         self._guard = threading.Lock()
+        self._closed = False
 
     def q(self, statement: str) -> str:
         return statement.replace("?", "%s")
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Cursor[Any]]:
-        with self._guard, self._conn.transaction(), self._conn.cursor() as cur:
-            yield cur
+        with self._guard:
+            if self._closed:
+                raise DatabaseClosedError("the database is closed")
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                yield cur
 
     def close(self) -> None:
-        self._conn.close()
+        with self._guard:
+            self._closed = True
+            self._conn.close()

@@ -143,6 +143,7 @@ class Engine:
         self._closed = False
         self._submit_lock = threading.Lock()
         self._inflight: Counter[str] = Counter()
+        self._deliveries: set[asyncio.Task[None]] = set()
         self.consumer_ready = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -231,6 +232,12 @@ class Engine:
         return client
 
     async def _stop(self) -> None:
+        # Deliveries under way finish (each is bounded by the endpoint timeout) and are
+        # recorded; only then is the rest cancelled and the connection closed.
+        if self._deliveries:
+            await asyncio.wait(
+                list(self._deliveries), timeout=self._settings.webhooks.timeout_seconds + 1
+            )
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -321,7 +328,7 @@ class Engine:
         hooks = self._settings.webhooks
         wake = self._wake_delivery or asyncio.Event()
         async with httpx.AsyncClient(timeout=hooks.timeout_seconds) as client:
-            running: set[asyncio.Task[None]] = set()
+            running = self._deliveries
             while not self._stopping:
                 free = hooks.concurrency - len(running)
                 if free > 0:

@@ -443,3 +443,25 @@ def test_a_notifier_killed_mid_stream_resumes_with_no_loss_and_no_duplicate(
     assert streamed == expected, "the stream resumed with no gap and no duplicate, in order"
     hooked = [r.json["event"]["event_id"] for r in receiver.verified()]
     assert sorted(hooked) == sorted(expected), "each event delivered under one delivery id"
+
+
+def test_a_slow_endpoint_does_not_hold_up_the_others(stack: Stack) -> None:
+    with webhook_receiver() as slow, webhook_receiver() as fast:
+        slow.delay = 2.0  # answers, but only after 2 s each time
+        create_webhook(stack, slow, "polres")
+        create_webhook(stack, fast, "kodim")
+        results = [stack.ledger.report(f"{agency}") for agency in ("polres", "kodim") * 5]
+        wait_until(lambda: len(fast.verified()) == 10, timeout=5, what="the fast endpoint")
+        assert len(slow.verified()) < 10, "the slow endpoint is still catching up"
+        deliveries = stack.stub.ListDeliveries(
+            napi.ListDeliveriesRequest(agency="kodim"), metadata=stack.ledger.md("kodim")
+        ).deliveries
+        assert sorted(d.event_id for d in deliveries) == sorted(r.event_id for r in results)
+        assert {(d.agency, d.channel, d.outcome) for d in deliveries} == {
+            ("kodim", "webhook", "delivered")
+        }
+        with pytest.raises(grpc.RpcError) as caught:
+            stack.stub.ListDeliveries(
+                napi.ListDeliveriesRequest(agency="polres"), metadata=stack.ledger.md("kodim")
+            )
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
