@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,22 +97,17 @@ class RelaySettings:
 
 
 @dataclass(frozen=True)
-class LedgerSettings:
-    """Settings of the ledger service (see README, "Configuration")."""
+class ServiceSettings:
+    """What every service reads the same way: environment, data, credentials, logging."""
 
-    listen: str = "127.0.0.1:50051"
     environment: str = "development"
     data_dir: Path = PROJECT_ROOT / "data"
     reference_file: Path = PROJECT_ROOT / "config" / "mukomuko-pilkada.yaml"
     tokens_file: Path | None = None
     page_token_secret: bytes | None = None
-    max_workers: int = 32
     max_message_bytes: int = 1024 * 1024
-    grace_seconds: float = 10.0
     log_level: str = "INFO"
     log_format: str = "auto"
-    store_env: dict[str, str] = field(default_factory=dict)
-    relay: RelaySettings = field(default_factory=RelaySettings)
 
     @property
     def production(self) -> bool:
@@ -121,39 +117,60 @@ class LedgerSettings:
     def resolved_tokens_file(self) -> Path:
         return self.tokens_file or self.data_dir / "credentials" / "tokens.yaml"
 
+    @staticmethod
+    def common_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+        """The shared fields, read from ``env`` and checked (production needs real secrets)."""
+        secret = env.get("LEDGER_PAGE_TOKEN_SECRET")
+        common: dict[str, Any] = {
+            "environment": _choice(
+                env, "LEDGER_ENVIRONMENT", "development", {"development", "production"}
+            ),
+            "data_dir": Path(env.get("LEDGER_DATA_DIR") or PROJECT_ROOT / "data"),
+            "reference_file": Path(
+                env.get("LEDGER_REFERENCE_FILE") or ServiceSettings.reference_file
+            ),
+            "tokens_file": Path(env["LEDGER_TOKENS_FILE"])
+            if env.get("LEDGER_TOKENS_FILE")
+            else None,
+            "page_token_secret": secret.encode() if secret else None,
+            "max_message_bytes": _int(
+                env, "LEDGER_MAX_MESSAGE_BYTES", ServiceSettings.max_message_bytes, minimum=1024
+            ),
+            "log_level": _choice(
+                env, "LEDGER_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"}
+            ),
+            "log_format": _choice(env, "LEDGER_LOG_FORMAT", "auto", {"auto", "json", "console"}),
+        }
+        if common["environment"] == "production":
+            if common["page_token_secret"] is None:
+                raise ConfigError("LEDGER_PAGE_TOKEN_SECRET is required in production")
+            if common["tokens_file"] is None:
+                raise ConfigError("LEDGER_TOKENS_FILE is required in production")
+        return common
+
+
+@dataclass(frozen=True)
+class LedgerSettings(ServiceSettings):
+    """Settings of the ledger service (see README, "Configuration")."""
+
+    listen: str = "127.0.0.1:50051"
+    max_workers: int = 32
+    grace_seconds: float = 10.0
+    store_env: dict[str, str] = field(default_factory=dict)
+    relay: RelaySettings = field(default_factory=RelaySettings)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LedgerSettings:
         env = dict(os.environ if env is None else env)
-        data_dir = Path(env.get("LEDGER_DATA_DIR") or PROJECT_ROOT / "data")
-        environment = _choice(
-            env, "LEDGER_ENVIRONMENT", "development", {"development", "production"}
-        )
-        secret = env.get("LEDGER_PAGE_TOKEN_SECRET")
-        settings = cls(
+        common = cls.common_from_env(env)
+        return cls(
+            **common,
             listen=env.get("LEDGER_LISTEN") or cls.listen,
-            environment=environment,
-            data_dir=data_dir,
-            reference_file=Path(env.get("LEDGER_REFERENCE_FILE") or cls.reference_file),
-            tokens_file=Path(env["LEDGER_TOKENS_FILE"]) if env.get("LEDGER_TOKENS_FILE") else None,
-            page_token_secret=secret.encode() if secret else None,
             max_workers=_int(env, "LEDGER_MAX_WORKERS", cls.max_workers, minimum=1),
-            max_message_bytes=_int(
-                env, "LEDGER_MAX_MESSAGE_BYTES", cls.max_message_bytes, minimum=1024
-            ),
             grace_seconds=_float(env, "LEDGER_GRACE_SECONDS", cls.grace_seconds),
-            log_level=_choice(
-                env, "LEDGER_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"}
-            ),
-            log_format=_choice(env, "LEDGER_LOG_FORMAT", "auto", {"auto", "json", "console"}),
-            store_env=store_environment(env, data_dir),
+            store_env=store_environment(env, common["data_dir"]),
             relay=RelaySettings.from_env(env),
         )
-        if settings.production:
-            if settings.page_token_secret is None:
-                raise ConfigError("LEDGER_PAGE_TOKEN_SECRET is required in production")
-            if settings.tokens_file is None:
-                raise ConfigError("LEDGER_TOKENS_FILE is required in production")
-        return settings
 
 
 def store_environment(env: Mapping[str, str], data_dir: Path) -> dict[str, str]:
@@ -230,40 +247,23 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True)
-class NotifierSettings:
+class NotifierSettings(ServiceSettings):
     """Settings of the notifier service (see README, "Configuration")."""
 
     listen: str = "127.0.0.1:50052"
-    environment: str = "development"
-    data_dir: Path = PROJECT_ROOT / "data"
-    reference_file: Path = PROJECT_ROOT / "config" / "mukomuko-pilkada.yaml"
-    tokens_file: Path | None = None
-    page_token_secret: bytes | None = None
     nats_url: str = ""
     stream: StreamSettings = field(default_factory=StreamSettings)
     consumer: str = "notifier"
     ack_wait_seconds: float = 10.0
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     max_workers: int = 64
-    max_message_bytes: int = 1024 * 1024
     grace_seconds: float = 5.0
-    log_level: str = "INFO"
-    log_format: str = "auto"
     store_env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def production(self) -> bool:
-        return self.environment == "production"
-
-    @property
-    def resolved_tokens_file(self) -> Path:
-        return self.tokens_file or self.data_dir / "credentials" / "tokens.yaml"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> NotifierSettings:
         env = dict(os.environ if env is None else env)
-        data_dir = Path(env.get("LEDGER_DATA_DIR") or PROJECT_ROOT / "data")
-        secret = env.get("LEDGER_PAGE_TOKEN_SECRET")
+        common = cls.common_from_env(env)
         nats_url = env.get("NATS_URL", "")
         if not nats_url:
             raise ConfigError("NATS_URL is required: the notifier consumes the ledger's stream")
@@ -275,17 +275,11 @@ class NotifierSettings:
             store_env = {
                 "PERSISTENCE_MODULE": "eventsourcing.sqlite",
                 "SQLITE_DBNAME": env.get("NOTIFIER_SQLITE_DBNAME")
-                or str(data_dir / "notifier.sqlite"),
+                or str(common["data_dir"] / "notifier.sqlite"),
             }
-        settings = cls(
+        return cls(
+            **common,
             listen=env.get("NOTIFIER_LISTEN") or cls.listen,
-            environment=_choice(
-                env, "LEDGER_ENVIRONMENT", "development", {"development", "production"}
-            ),
-            data_dir=data_dir,
-            reference_file=Path(env.get("LEDGER_REFERENCE_FILE") or cls.reference_file),
-            tokens_file=Path(env["LEDGER_TOKENS_FILE"]) if env.get("LEDGER_TOKENS_FILE") else None,
-            page_token_secret=secret.encode() if secret else None,
             nats_url=nats_url,
             stream=StreamSettings.from_env(env),
             consumer=env.get("NOTIFIER_CONSUMER") or cls.consumer,
@@ -297,12 +291,5 @@ class NotifierSettings:
                 max_backoff_seconds=_float(env, "NOTIFIER_WEBHOOK_MAX_BACKOFF_SECONDS", 300.0),
             ),
             max_workers=_int(env, "NOTIFIER_MAX_WORKERS", cls.max_workers, minimum=4),
-            log_level=_choice(
-                env, "LEDGER_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"}
-            ),
-            log_format=_choice(env, "LEDGER_LOG_FORMAT", "auto", {"auto", "json", "console"}),
             store_env=store_env,
         )
-        if settings.production and settings.page_token_secret is None:
-            raise ConfigError("LEDGER_PAGE_TOKEN_SECRET is required in production")
-        return settings

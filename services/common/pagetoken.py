@@ -11,7 +11,8 @@ import binascii
 import hashlib
 import hmac
 import json
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from services.common.errors import InvalidArgument
 
@@ -47,6 +48,30 @@ class PageTokens:
         if not isinstance(cursor, dict):
             raise InvalidArgument(field, "is not a valid page token")
         return cursor
+
+
+T = TypeVar("T")
+
+
+def page_of(
+    tokens: PageTokens,
+    query: str,
+    page_token: str,
+    size: int,
+    fetch: Callable[[Any, int], Sequence[T]],
+    cursor_of: Callable[[T], Any],
+    start: Any,
+) -> tuple[list[T], str]:
+    """One page of a keyset-paginated query, and the token of the next page ("" at the end).
+
+    ``fetch(after, limit)`` returns the items after the cursor ``after``; ``cursor_of``
+    gives an item's cursor; ``start`` is the cursor of the first page.
+    """
+    after = tokens.decode(query, page_token).get("after", start) if page_token else start
+    items = fetch(after, size + 1)
+    if len(items) <= size:
+        return list(items), ""
+    return list(items[:size]), tokens.encode(query, {"after": cursor_of(items[size - 1])})
 
 
 def _digest(query: str) -> str:

@@ -206,10 +206,8 @@ class Board:
             )
         return new_position
 
-    def list(
-        self, board_filter: BoardFilter, *, after: int, limit: int
-    ) -> tuple[list[tuple[int, UUID]], bool]:
-        """Incidents matching the filter, in order of report, after a cursor."""
+    def list(self, board_filter: BoardFilter, *, after: int, limit: int) -> list[tuple[int, UUID]]:
+        """(cursor, id) of incidents matching the filter, in order of report, after a cursor."""
         self.catch_up()
         where, params = board_filter.where("?")
         with self._sql.transaction() as cur:
@@ -218,7 +216,6 @@ class Board:
                     f"SELECT seq, incident_id FROM incident_board WHERE seq > ? AND {where} "  # noqa: S608
                     "ORDER BY seq LIMIT ?"
                 ),
-                [after, *params, limit + 1],
+                [after, *params, limit],
             )
-            found = [(int(seq), UUID(str(incident_id))) for seq, incident_id in cur.fetchall()]
-        return found[:limit], len(found) > limit
+            return [(int(seq), UUID(str(incident_id))) for seq, incident_id in cur.fetchall()]

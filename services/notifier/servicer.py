@@ -24,7 +24,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.grpc_server import current_principal
-from services.common.pagetoken import PageTokens
+from services.common.pagetoken import PageTokens, page_of
 from services.ledger.domain.reference import ReferenceData, Role
 from services.notifier.engine import Engine, encode_cursor
 from services.notifier.filters import EventFilter
@@ -195,15 +195,18 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         principal = current_principal()
         size = _page_size(request.page_size)
         agency = None if self._sees_all(principal) else principal.agency
-        query = f"webhooks?agency={agency}"
-        after = ""
-        if request.page_token:
-            after = str(self._tokens.decode(query, request.page_token).get("after", ""))
-        rows = self._store.webhooks(agency, after=after, limit=size + 1)
-        response = napi.ListWebhooksResponse(webhooks=[self._webhook_proto(r) for r in rows[:size]])
-        if len(rows) > size:
-            response.next_page_token = self._tokens.encode(query, {"after": rows[size - 1].id})
-        return response
+        rows, next_token = page_of(
+            self._tokens,
+            f"webhooks?agency={agency}",
+            request.page_token,
+            size,
+            lambda after, limit: self._store.webhooks(agency, after=str(after), limit=limit),
+            lambda row: row.id,
+            "",
+        )
+        return napi.ListWebhooksResponse(
+            webhooks=[self._webhook_proto(r) for r in rows], next_page_token=next_token
+        )
 
     @override
     def DeleteWebhook(
@@ -250,17 +253,18 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         principal = current_principal()
         size = _page_size(request.page_size)
         agency = None if self._sees_all(principal) else principal.agency
-        query = f"deadLetters?agency={agency}"
-        after = ""
-        if request.page_token:
-            after = str(self._tokens.decode(query, request.page_token).get("after", ""))
-        jobs = self._store.dead_letters(agency, after=after, limit=size + 1)
-        response = napi.ListDeadLettersResponse(
-            dead_letters=[self._dead_letter_proto(j) for j in jobs[:size]]
+        jobs, next_token = page_of(
+            self._tokens,
+            f"deadLetters?agency={agency}",
+            request.page_token,
+            size,
+            lambda after, limit: self._store.dead_letters(agency, after=str(after), limit=limit),
+            lambda job: job.id,
+            "",
         )
-        if len(jobs) > size:
-            response.next_page_token = self._tokens.encode(query, {"after": jobs[size - 1].id})
-        return response
+        return napi.ListDeadLettersResponse(
+            dead_letters=[self._dead_letter_proto(j) for j in jobs], next_page_token=next_token
+        )
 
     @override
     def ReplayDeadLetter(
@@ -298,12 +302,18 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         incident = request.incident or None
         if incident is not None:
             _name_id(incident, "incidents/", "incident")
-        query = f"deliveries?incident={incident}&agency={agency}"
-        after = 0
-        if request.page_token:
-            after = int(self._tokens.decode(query, request.page_token).get("after", 0))
-        rows = self._store.deliveries(incident=incident, agency=agency, after=after, limit=size + 1)
-        response = napi.ListDeliveriesResponse(
+        rows, next_token = page_of(
+            self._tokens,
+            f"deliveries?incident={incident}&agency={agency}",
+            request.page_token,
+            size,
+            lambda after, limit: self._store.deliveries(
+                incident=incident, agency=agency, after=int(after), limit=limit
+            ),
+            lambda row: row[0],
+            0,
+        )
+        return napi.ListDeliveriesResponse(
             deliveries=[
                 napi.DeliveryRecord(
                     event_id=e.event_id,
@@ -317,9 +327,7 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
                     error=e.error,
                     time=_ts(e.at),
                 )
-                for _, e in rows[:size]
-            ]
+                for _, e in rows
+            ],
+            next_page_token=next_token,
         )
-        if len(rows) > size:
-            response.next_page_token = self._tokens.encode(query, {"after": rows[size - 1][0]})
-        return response

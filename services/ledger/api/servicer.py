@@ -11,7 +11,7 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from services.common.errors import InvalidArgument
 from services.common.grpc_server import current_principal
-from services.common.pagetoken import PageTokens
+from services.common.pagetoken import PageTokens, page_of
 from services.ledger.api import convert
 from services.ledger.application import Ledger
 from services.ledger.board import Board, BoardFilter
@@ -296,20 +296,22 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.ListIncidentsResponse:
         size = page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
         board_filter = BoardFilter.parse(request.filter, self._ledger.reference)
-        query = f"incidents?filter={request.filter}"
-        after = 0
-        if request.page_token:
-            cursor = self._tokens.decode(query, request.page_token)
-            after = int(cursor.get("after", 0))
-        ids, more = self._board.list(board_filter, after=after, limit=size)
-        response = api.ListIncidentsResponse()
-        for position, incident_id in ids:
-            incident = self._ledger.get_incident(incident_id)
-            response.incidents.append(convert.incident_to_proto(incident))
-            after = position
-        if more:
-            response.next_page_token = self._tokens.encode(query, {"after": after})
-        return response
+        rows, next_token = page_of(
+            self._tokens,
+            f"incidents?filter={request.filter}",
+            request.page_token,
+            size,
+            lambda after, limit: self._board.list(board_filter, after=int(after), limit=limit),
+            lambda row: row[0],
+            0,
+        )
+        return api.ListIncidentsResponse(
+            incidents=[
+                convert.incident_to_proto(self._ledger.get_incident(incident_id))
+                for _, incident_id in rows
+            ],
+            next_page_token=next_token,
+        )
 
     @override
     def ListIncidentEvents(
@@ -317,16 +319,17 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.ListIncidentEventsResponse:
         incident_id = convert.parse_name(request.parent, "parent")
         size = page_size(request.page_size, DEFAULT_EVENTS_PAGE, MAX_EVENTS_PAGE)
-        query = f"events?parent={request.parent}"
-        after = 0
-        if request.page_token:
-            after = int(self._tokens.decode(query, request.page_token).get("after", 0))
-        events = self._ledger.incident_events(incident_id, after_version=after, limit=size + 1)
-        response = api.ListIncidentEventsResponse(
-            events=[convert.event_to_proto(e) for e in events[:size]]
+        events, next_token = page_of(
+            self._tokens,
+            f"events?parent={request.parent}",
+            request.page_token,
+            size,
+            lambda after, limit: self._ledger.incident_events(
+                incident_id, after_version=int(after), limit=limit
+            ),
+            lambda stored: stored.event.originator_version,
+            0,
         )
-        if len(events) > size:
-            response.next_page_token = self._tokens.encode(
-                query, {"after": events[size - 1].event.originator_version}
-            )
-        return response
+        return api.ListIncidentEventsResponse(
+            events=[convert.event_to_proto(e) for e in events], next_page_token=next_token
+        )
