@@ -15,6 +15,17 @@ machines are noisy):
    loop on a command mix, then paced (open-loop) at 200 commands/s for latency.
 4. RSS of a ledger process (python -m services.ledger, SQLite) against the number
    of incidents reported.
+
+Then the fan-out, on a nats-server the bench starts on free loopback ports (see
+bench/fanout.py):
+
+5. Relay throughput per store: a fresh store pre-filled with incident events, then
+   the outbox relay timed from start until the stream holds the last position.
+6. End to end per store: ledger (relay on) and notifier in this process, a child
+   process sending paced LogAction commands and reading a gRPC Subscribe stream;
+   latency from each event's record_time to its receipt by the subscriber.
+7. NATS alone: JetStream publish -> ordered push consumer (as the notifier's live
+   subscriptions) and durable pull consumer, at the same rate.
 """
 
 from __future__ import annotations
@@ -29,11 +40,13 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from bench import report, scenarios
+from bench import fanout, report, scenarios
 from bench.harness import CHANNEL_MODES, Result
 from bench.report import (
+    E2E_P99_TARGET_MS,
     P99_TARGET_MS,
     RATIO_TARGET,
+    RELAY_TARGET,
     RESULT_HEADERS,
     RSS_GROWTH_LIMIT,
     StoreSummary,
@@ -47,6 +60,7 @@ from bench.report import (
 from bench.stores import PG_POOL, STORES, fresh_store, postgres_problem
 from services.common.config import LedgerSettings
 from services.common.logging import configure_logging
+from services.common.natsserver import NatsServer
 from services.ledger.domain.reference import ReferenceData
 
 
@@ -64,6 +78,13 @@ class Plan:
     paced_seconds: float
     incidents_per_client: int
     rss_checkpoints: tuple[int, ...]
+    relay_events: int
+    e2e_clients: int
+    e2e_rate: float
+    e2e_warmup: float
+    e2e_seconds: float
+    e2e_drain: float
+    nats_seconds: float
 
 
 FULL = Plan(
@@ -77,6 +98,13 @@ FULL = Plan(
     paced_seconds=15.0,
     incidents_per_client=20,
     rss_checkpoints=(1_000, 5_000, 10_000),
+    relay_events=20_000,
+    e2e_clients=16,
+    e2e_rate=500.0,
+    e2e_warmup=1.0,
+    e2e_seconds=10.0,
+    e2e_drain=10.0,
+    nats_seconds=10.0,
 )
 QUICK = Plan(
     name="quick",
@@ -89,6 +117,13 @@ QUICK = Plan(
     paced_seconds=3.0,
     incidents_per_client=5,
     rss_checkpoints=(200, 500, 1_000),
+    relay_events=3_000,
+    e2e_clients=16,
+    e2e_rate=500.0,
+    e2e_warmup=0.5,
+    e2e_seconds=3.0,
+    e2e_drain=2.0,
+    nats_seconds=2.0,
 )
 # Rough appends/s, only to size the incidents prepared for each append phase.
 EXPECTED_APPEND_RATE = {"sqlite": 1500.0, "postgres": 600.0}
@@ -238,7 +273,189 @@ def run_rss(plan: Plan, workdir: Path, mode: str) -> list[scenarios.RssPoint]:
     return points
 
 
-def summary(plan: Plan, stores: list[StoreSummary], rss: list[scenarios.RssPoint] | None) -> None:
+@dataclass
+class FanoutSummary:
+    relay: dict[str, fanout.RelayRun]
+    e2e: dict[str, fanout.EndToEndRun]
+    nats: fanout.NatsRun | None
+
+
+def relay_ok(run: fanout.RelayRun) -> bool:
+    return run.rate >= RELAY_TARGET
+
+
+def e2e_ok(plan: Plan, run: fanout.EndToEndRun) -> bool:
+    return (
+        run.from_record.p99_ms <= E2E_P99_TARGET_MS
+        and run.missing == 0
+        and not run.subscriber_error
+        and run.commands.error_count == 0
+        and run.commands.rate >= 0.95 * plan.e2e_rate
+    )
+
+
+def latency_cells(result: Result) -> list[str]:
+    return [ms(result.p50_ms), ms(result.p99_ms), ms(result.max_ms), f"{result.calls:,}"]
+
+
+def print_logs(logs: fanout.LogTally) -> None:
+    if logs.counts:
+        print("  the services logged meanwhile (counted, not printed):")
+        for line in logs.lines():
+            print(f"    {line}")
+
+
+def run_relay(
+    plan: Plan, store: str, reference: ReferenceData, workdir: Path, nats: NatsServer
+) -> fanout.RelayRun:
+    section(
+        f"5. Relay throughput, {store}: {plan.relay_events:,} incident events in a fresh store, "
+        "then the outbox relay from start to the last position in the stream"
+    )
+    stream = fanout.stream_settings(f"relay_{store}")
+    with fresh_store(store, workdir / "relay") as env, fanout.tallied_logs() as logs:
+        run = fanout.relay_throughput(env, reference, nats.url, stream, plan.relay_events)
+    print(
+        f"  pre-filled in {run.prefill_seconds:.1f} s (raw saves of {fanout.PREFILL_BATCH} "
+        f"incidents, {fanout.EVENTS_PER_INCIDENT} events each); relay batches of "
+        f"{run.batch_size}, stream {stream.name} (file storage), "
+        f"{len(run.tail.payload)}-byte payloads with {len(run.tail.headers)} headers"
+    )
+    print(
+        table(
+            [
+                "events",
+                "start -> first batch s",
+                "start -> last position s",
+                "events/s",
+                "after first batch /s",
+            ],
+            [
+                [
+                    f"{run.events:,}",
+                    f"{run.first_publish_seconds:.2f}",
+                    f"{run.elapsed:.2f}",
+                    rate(run.rate),
+                    rate(run.steady_rate),
+                ]
+            ],
+        )
+    )
+    print_logs(logs)
+    print(f"  -> relay {rate(run.rate)} events/s (target >= {RELAY_TARGET:,.0f})")
+    return run
+
+
+def run_e2e(
+    plan: Plan, store: str, workdir: Path, nats: NatsServer, mode: str
+) -> fanout.EndToEndRun:
+    section(
+        f"6. End to end, {store}: LogAction paced at {plan.e2e_rate:g}/s for "
+        f"{plan.e2e_seconds:g} s -> relay -> NATS -> notifier -> gRPC Subscribe"
+    )
+    with fresh_store(store, workdir / "e2e") as env, fanout.tallied_logs() as logs:
+        run = fanout.end_to_end(
+            workdir / "e2e" / "data",
+            env,
+            nats.url,
+            fanout.stream_settings(f"e2e_{store}"),
+            plan.e2e_clients,
+            mode,
+            plan.e2e_rate,
+            plan.e2e_warmup,
+            plan.e2e_seconds,
+            plan.incidents_per_client,
+            plan.e2e_drain,
+        )
+    print(
+        f"  ledger (relay on) and notifier (SQLite store) in this process; one child process "
+        f"sends LogAction from {plan.e2e_clients} threads ({mode} channel, after "
+        f"{plan.e2e_warmup:g} s of warm-up) and reads one Subscribe stream (agency "
+        f"{scenarios.COORDINATOR}, no filter); {run.prepared} incidents prepared in ASSIGNED"
+    )
+    commands = run.commands
+    errors = str(commands.error_count)
+    if commands.error_count:
+        errors += f" ({commands.describe_errors()})"
+    print(
+        table(
+            ["measured", "per s", "p50 ms", "p99 ms", "max ms", "count", "errors / late"],
+            [
+                [
+                    "LogAction reply (from scheduled send)",
+                    rate(commands.rate),
+                    *latency_cells(commands),
+                    f"{errors} / {commands.late_sends} late",
+                ],
+                ["record_time -> subscriber", "-", *latency_cells(run.from_record), "-"],
+                ["client send -> subscriber", "-", *latency_cells(run.from_send), "-"],
+            ],
+        )
+    )
+    print(
+        f"  subscriber received {run.received:,} of {run.sent:,} events (waited up to "
+        f"{plan.e2e_drain:g} s after the last send)"
+        + (f"; subscription error: {run.subscriber_error}" if run.subscriber_error else "")
+    )
+    print(
+        "  record_time = the ledger's clock when the command created the event (just before "
+        "its commit); client send = when the client thread began the LogAction call"
+    )
+    print_logs(logs)
+    return run
+
+
+def run_nats(plan: Plan, nats: NatsServer, template: fanout.StreamTail | None) -> fanout.NatsRun:
+    section(
+        f"7. NATS alone: JetStream publish -> consume, paced at {plan.e2e_rate:g}/s for "
+        f"{plan.nats_seconds:g} s, in this process"
+    )
+    run = fanout.nats_latency(
+        nats.url,
+        plan.e2e_rate,
+        plan.e2e_warmup,
+        plan.nats_seconds,
+        template.payload if template else None,
+        template.headers if template else None,
+    )
+    print(
+        f"  one test stream (file storage), {run.payload_bytes}-byte payload with "
+        f"{run.header_count} headers (a relayed ActionLogged message); each publish awaits "
+        "its ack; both consumers read at the same time"
+    )
+    print(
+        table(
+            ["publish ->", "p50 ms", "p99 ms", "max ms", "count"],
+            [
+                ["ack", *latency_cells(run.publish)],
+                ["ordered push consumer (as live Subscribe)", *latency_cells(run.ordered)],
+                ["durable pull consumer, fetch 100 (as webhooks)", *latency_cells(run.pull)],
+            ],
+        )
+    )
+    return run
+
+
+def run_fanout(
+    plan: Plan, stores: list[str], reference: ReferenceData, workdir: Path, mode: str
+) -> FanoutSummary:
+    result = FanoutSummary({}, {}, None)
+    with NatsServer(workdir / "nats", log_file=workdir / "nats-server.log") as nats:
+        for store in stores:
+            result.relay[store] = run_relay(plan, store, reference, workdir / store, nats)
+        for store in stores:
+            result.e2e[store] = run_e2e(plan, store, workdir / store, nats, mode)
+        template = next(iter(result.relay.values())).tail if result.relay else None
+        result.nats = run_nats(plan, nats, template)
+    return result
+
+
+def summary(
+    plan: Plan,
+    stores: list[StoreSummary],
+    rss: list[scenarios.RssPoint] | None,
+    fan: FanoutSummary,
+) -> None:
     section("Targets")
     rows: list[list[str]] = []
     for s in stores:
@@ -271,6 +488,26 @@ def summary(plan: Plan, stores: list[StoreSummary], rss: list[scenarios.RssPoint
                 verdict(report.rss_ok(rss)),
             ]
         )
+    nats_p99 = fan.nats.ordered.p99_ms if fan.nats else float("nan")
+    for store, relay in fan.relay.items():
+        rows.append(
+            [
+                f"{store}: relay store -> stream",
+                f"{rate(relay.rate)} events/s  ({relay.events:,} in {relay.elapsed:.2f} s)",
+                f">= {RELAY_TARGET:,.0f}/s",
+                verdict(relay_ok(relay)),
+            ]
+        )
+    for store, e2e in fan.e2e.items():
+        rows.append(
+            [
+                f"{store}: commit -> subscriber p99 at {plan.e2e_rate:g}/s",
+                f"{ms(e2e.from_record.p99_ms)} ms  (p50 {ms(e2e.from_record.p50_ms)} ms, "
+                f"{e2e.received:,}/{e2e.sent:,} received; NATS alone p99 {ms(nats_p99)} ms)",
+                f"<= {E2E_P99_TARGET_MS:g} ms",
+                verdict(e2e_ok(plan, e2e)),
+            ]
+        )
     print(table(["target", "measured", "goal", ""], rows, left=3))
 
     section("Closing note")
@@ -297,6 +534,27 @@ def summary(plan: Plan, stores: list[StoreSummary], rss: list[scenarios.RssPoint
             f"- RSS of the ledger process (SQLite) by incidents: {sizes} "
             f"({growth:+.1%}, {per_1000:+.2f} MB per 1,000; {verdict(report.rss_ok(rss))})."
         )
+    for store, relay in fan.relay.items():
+        print(
+            f"- {store}: the relay published {relay.events:,} stored events to JetStream at "
+            f"{rate(relay.rate)} events/s ({rate(relay.steady_rate)}/s after its first batch; "
+            f"target {RELAY_TARGET:,.0f}, {verdict(relay_ok(relay))})."
+        )
+    for store, e2e in fan.e2e.items():
+        print(
+            f"- {store}: at {plan.e2e_rate:g} LogAction/s, commit -> gRPC subscriber p50 "
+            f"{ms(e2e.from_record.p50_ms)} ms, p99 {ms(e2e.from_record.p99_ms)} ms (send -> "
+            f"subscriber p99 {ms(e2e.from_send.p99_ms)} ms); {e2e.received:,} of {e2e.sent:,} "
+            f"events arrived (target p99 {E2E_P99_TARGET_MS:g} ms with every event delivered, "
+            f"{verdict(e2e_ok(plan, e2e))})."
+        )
+    if fan.nats is not None:
+        print(
+            f"- NATS alone at {plan.e2e_rate:g} messages/s: publish -> ordered push consumer "
+            f"p50 {ms(fan.nats.ordered.p50_ms)} ms, p99 {ms(fan.nats.ordered.p99_ms)} ms; "
+            f"-> durable pull consumer p99 {ms(fan.nats.pull.p99_ms)} ms; publish ack p99 "
+            f"{ms(fan.nats.publish.p99_ms)} ms."
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
             run_store(plan, store, reference, workdir / store, mode, echo) for store in stores
         ]
         rss = run_rss(plan, workdir, mode) if "sqlite" in stores else None
-    summary(plan, summaries, rss)
+        fan = run_fanout(plan, stores, reference, workdir, mode)
+    summary(plan, summaries, rss, fan)
     print(f"\n(run took {time.perf_counter() - started:.0f} s)")
     return 0
 

@@ -12,6 +12,8 @@ from bench.scenarios import RssPoint
 RATIO_TARGET = 0.8
 P99_TARGET_MS = 20.0
 RSS_GROWTH_LIMIT = 0.10  # RSS at the last checkpoint at most 10 % above the first
+RELAY_TARGET = 5000.0  # events/s from the store to the stream
+E2E_P99_TARGET_MS = 50.0  # ledger commit -> gRPC subscriber, p99
 
 
 def rate(value: float) -> str:

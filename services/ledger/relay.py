@@ -55,6 +55,7 @@ from services.ledger.domain.incident import Incident, incident_event_classes
 log = structlog.get_logger(__name__)
 
 POSITION_HEADER = "Ledger-Position"
+POSITION_SAVE_SECONDS = 1.0
 CONTENT_TYPE = "application/x-protobuf; message=incidentledger.v1.EventNotification"
 
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
@@ -390,6 +391,7 @@ class Relay:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
         self.status = RelayStatus()
+        self._position_saved_at = 0.0
 
     # -- lifecycle (called from other threads)
 
@@ -479,6 +481,7 @@ class Relay:
             self.status.connected = False
             if reader is not None:
                 await asyncio.to_thread(reader.close)
+                await asyncio.to_thread(self._save_position, self.status.position)
             await nc.close()
 
     def _reader(self, position: int) -> NotificationReader:
@@ -494,7 +497,12 @@ class Relay:
         acks = [await js.publish_async(m.subject, m.payload, headers=m.headers) for m in outgoing]
         await asyncio.wait_for(asyncio.gather(*acks), self._settings.publish_timeout_seconds)
         position = outgoing[-1].position
-        await asyncio.to_thread(self._save_position, position)
+        if time.monotonic() - self._position_saved_at >= POSITION_SAVE_SECONDS:
+            # A fallback only (the stream's last message is the position): kept off
+            # the path of every batch, where it would compete with commands for the
+            # database's write lock.
+            await asyncio.to_thread(self._save_position, position)
+            self._position_saved_at = time.monotonic()
         self.status.position = position
         self.status.published += len(outgoing)
         log.debug(

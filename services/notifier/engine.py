@@ -52,6 +52,8 @@ T = TypeVar("T")
 
 SIGNATURE_HEADER = "X-Ledger-Signature"
 CURSOR_PREFIX = "v1."
+BATCH = 256  # messages handed to a live subscriber's thread at once
+PENDING_LIMIT = 20_000  # buffered per live subscriber before the client library drops
 
 
 def encode_cursor(stream_seq: int) -> str:
@@ -99,20 +101,30 @@ class LiveSubscription:
         self._sub = sub
         self.cursor_seq = start_seq - 1
 
-    def next(self, timeout: float) -> tuple[int, pb.EventNotification] | None:
-        """The next message (stream sequence, notification), or None after ``timeout``."""
+    def next_batch(self, timeout: float) -> list[tuple[int, pb.EventNotification]]:
+        """The messages waiting (at least one), as (stream sequence, notification), or
+        an empty list after ``timeout``. One hop to the engine's loop per batch."""
         try:
-            msg = self._engine.call(self._sub.next_msg(timeout=timeout), timeout + 5)
+            msgs = self._engine.call(self._take(timeout), timeout + 5)
         except (TimeoutError, nats.errors.TimeoutError):
-            return None
+            return []
         except nats.errors.ConnectionClosedError:
             raise Unavailable(
                 "the notifier lost its connection to the event stream; resume from your cursor",
                 reason="STREAM_UNAVAILABLE",
             ) from None
-        seq = int(msg.metadata.sequence.stream)
-        self.cursor_seq = seq
-        return seq, pb.EventNotification.FromString(msg.data)
+        batch = [
+            (int(msg.metadata.sequence.stream), pb.EventNotification.FromString(msg.data))
+            for msg in msgs
+        ]
+        self.cursor_seq = batch[-1][0]
+        return batch
+
+    async def _take(self, timeout: float) -> list[Any]:
+        msgs = [await self._sub.next_msg(timeout=timeout)]
+        while len(msgs) < BATCH and self._sub.pending_msgs > 0:
+            msgs.append(await self._sub.next_msg(timeout=1.0))
+        return msgs
 
     def close(self) -> None:
         if not self._engine.running:
@@ -144,6 +156,7 @@ class Engine:
         self._submit_lock = threading.Lock()
         self._inflight: Counter[str] = Counter()
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._slow_consumer_drops = 0
         self.consumer_ready = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -217,6 +230,9 @@ class Engine:
             log.info("notifier.nats_reconnected")
 
         async def error(exc: Exception) -> None:
+            if isinstance(exc, nats.errors.SlowConsumerError):
+                self._slow_consumer_drops += 1  # summarised, not logged one by one
+                return
             log.warning("notifier.nats_error", error=str(exc))
 
         client: NatsClient = await nats.connect(
@@ -329,7 +345,17 @@ class Engine:
         wake = self._wake_delivery or asyncio.Event()
         async with httpx.AsyncClient(timeout=hooks.timeout_seconds) as client:
             running = self._deliveries
+            reported_drops, reported_at = 0, 0.0
             while not self._stopping:
+                if (
+                    self._slow_consumer_drops > reported_drops
+                    and time.monotonic() - reported_at > 10
+                ):
+                    log.warning(
+                        "notifier.live_subscriber_lagging",
+                        dropped_and_refetched=self._slow_consumer_drops - reported_drops,
+                    )
+                    reported_drops, reported_at = self._slow_consumer_drops, time.monotonic()
                 free = hooks.concurrency - len(running)
                 if free > 0:
                     jobs = await asyncio.to_thread(
@@ -453,6 +479,6 @@ class Engine:
             config=ConsumerConfig(
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1
             ),
-            pending_msgs_limit=1000,
+            pending_msgs_limit=PENDING_LIMIT,
         )
         return LiveSubscription(self, sub, after + 1)

@@ -20,7 +20,7 @@ from services.common.sql import open_database
 from services.ledger.domain.reference import ReferenceData
 from services.notifier.engine import Engine
 from services.notifier.servicer import NotifierServicer
-from services.notifier.store import NotifierStore
+from services.notifier.store import DeliveryLog, NotifierStore
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +35,7 @@ class NotifierServer:
     health: health.HealthServicer
     engine: Engine
     store: NotifierStore
+    deliveries: DeliveryLog
     stopped: threading.Event
 
     def stop(self, grace: float) -> None:
@@ -43,6 +44,7 @@ class NotifierServer:
         self.engine.begin_shutdown()
         self.server.stop(grace).wait()
         self.engine.stop()
+        self.deliveries.close()
         self.store.close()
         self.stopped.set()
 
@@ -68,8 +70,9 @@ def build(settings: NotifierSettings) -> NotifierServer:
         max_message_bytes=settings.max_message_bytes,
         interceptor=RequestInterceptor(tokens, ERROR_DOMAIN),
     )
+    deliveries = DeliveryLog(store)
     notifier_service_pb2_grpc.add_NotifierServiceServicer_to_server(
-        NotifierServicer(engine, store, reference, PageTokens(secret)), server
+        NotifierServicer(engine, store, reference, PageTokens(secret), deliveries), server
     )
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
     port = listen(server, settings.listen)
@@ -83,4 +86,6 @@ def build(settings: NotifierSettings) -> NotifierServer:
         stream=settings.stream.name,
         consumer=settings.consumer,
     )
-    return NotifierServer(server, port, health_servicer, engine, store, threading.Event())
+    return NotifierServer(
+        server, port, health_servicer, engine, store, deliveries, threading.Event()
+    )

@@ -28,7 +28,7 @@ from services.common.pagetoken import PageTokens, page_of
 from services.ledger.domain.reference import ReferenceData, Role
 from services.notifier.engine import Engine, encode_cursor
 from services.notifier.filters import EventFilter
-from services.notifier.store import Job, LogEntry, NotifierStore, WebhookRow
+from services.notifier.store import DeliveryLog, Job, LogEntry, NotifierStore, WebhookRow
 
 DEFAULT_PAGE, MAX_PAGE = 50, 500
 DEFAULT_HEARTBEAT = 15
@@ -72,9 +72,11 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         store: NotifierStore,
         reference: ReferenceData,
         page_tokens: PageTokens,
+        deliveries: DeliveryLog,
     ) -> None:
         self._engine = engine
         self._store = store
+        self._deliveries = deliveries
         self._reference = reference
         self._tokens = page_tokens
 
@@ -115,18 +117,16 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
                         reason="SHUTTING_DOWN",
                     )
                 try:
-                    item = live.next(timeout=min(1.0, heartbeat))
+                    batch = live.next_batch(timeout=min(1.0, heartbeat))
                 except Unavailable:
                     if ended.is_set():
                         return  # the client left first; nothing to report to anyone
                     raise
-                if item is not None:
-                    seq, note = item
+                for seq, note in batch:
                     if event_filter.matches(note, self._reference):
-                        self._store.log([self._grpc_delivery(principal, note.event, seq)])
+                        self._deliveries.record(self._grpc_delivery(principal, note.event, seq))
                         yield napi.SubscribeResponse(cursor=encode_cursor(seq), notification=note)
                         last_sent = time.monotonic()
-                        continue
                 if time.monotonic() - last_sent >= heartbeat:
                     yield self._heartbeat(live.cursor_seq)
                     last_sent = time.monotonic()

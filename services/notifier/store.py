@@ -9,12 +9,18 @@ incident is still pending, so deliveries keep each incident's order.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import structlog
+
 from services.common.sql import Database
+
+log = structlog.get_logger(__name__)
 
 PENDING, INFLIGHT, DELIVERED, DEAD, CANCELLED = (
     "pending",
@@ -364,3 +370,47 @@ class NotifierStore:
         with self._db.transaction() as cur:
             cur.execute(self._db.q(sql), params)
             return [(int(r[0]), LogEntry(*r[1:])) for r in cur.fetchall()]
+
+
+class DeliveryLog:
+    """Writes live-stream delivery records in batches, off the streaming path.
+
+    Records are flushed every ``interval`` seconds (and on close): a crash loses at
+    most that much of the gRPC delivery log; webhook deliveries are logged in the
+    same transaction as their outcome.
+    """
+
+    def __init__(self, store: NotifierStore, interval: float = 0.2) -> None:
+        self._store = store
+        self._interval = interval
+        self._queue: queue.SimpleQueue[LogEntry] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="delivery-log", daemon=True)
+        self._thread.start()
+
+    def record(self, entry: LogEntry) -> None:
+        self._queue.put(entry)
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._thread.join(10)
+        self._flush()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval):
+            self._flush()
+
+    def _flush(self) -> None:
+        entries: list[LogEntry] = []
+        while True:
+            try:
+                entries.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if entries:
+            try:
+                self._store.log(entries)
+            except Exception as exc:  # kept for the next flush rather than lost
+                log.warning("delivery_log.flush_failed", error=str(exc), entries=len(entries))
+                for entry in entries:
+                    self._queue.put(entry)
