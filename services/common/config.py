@@ -57,6 +57,7 @@ class StreamSettings:
 
     name: str = "LEDGER_EVENTS"
     subject_prefix: str = "ledger.v1.events"
+    checkpoint_subject: str = "ledger.v1.checkpoints"
     replicas: int = 1
     storage: str = "file"
     max_age_days: float = 0.0  # 0 = keep events as long as the stream's other limits allow
@@ -158,13 +159,26 @@ class LedgerSettings(ServiceSettings):
     grace_seconds: float = 10.0
     store_env: dict[str, str] = field(default_factory=dict)
     relay: RelaySettings = field(default_factory=RelaySettings)
+    signing_key_file: Path | None = None
+    checkpoint_seconds: float = 300.0
+
+    def audit(self) -> AuditSettings:
+        return AuditSettings(
+            environment=self.environment,
+            data_dir=self.data_dir,
+            signing_key_file=self.signing_key_file,
+            checkpoint_seconds=self.checkpoint_seconds,
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LedgerSettings:
         env = dict(os.environ if env is None else env)
         common = cls.common_from_env(env)
+        audit = AuditSettings.from_env(env)
         return cls(
             **common,
+            signing_key_file=audit.signing_key_file,
+            checkpoint_seconds=audit.checkpoint_seconds,
             listen=env.get("LEDGER_LISTEN") or cls.listen,
             max_workers=_int(env, "LEDGER_MAX_WORKERS", cls.max_workers, minimum=1),
             grace_seconds=_float(env, "LEDGER_GRACE_SECONDS", cls.grace_seconds),
@@ -292,4 +306,58 @@ class NotifierSettings(ServiceSettings):
             ),
             max_workers=_int(env, "NOTIFIER_MAX_WORKERS", cls.max_workers, minimum=4),
             store_env=store_env,
+        )
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """Tamper evidence: the checkpoint signing key and how often checkpoints are made.
+
+    ``LEDGER_SIGNING_KEY_FILE`` names an Ed25519 private key (PEM PKCS#8, or the raw 32-byte
+    seed in base64). Unset in development, a key pair is generated on first use in
+    ``<LEDGER_DATA_DIR>/keys/`` (``ledger-signing.key``, mode 0600, and
+    ``ledger-signing.pub``); in production the key must be given.
+    ``LEDGER_CHECKPOINT_SECONDS`` (default 300) is the checkpoint period; 0 = only on demand.
+    """
+
+    environment: str = "development"
+    data_dir: Path = PROJECT_ROOT / "data"
+    signing_key_file: Path | None = None
+    checkpoint_seconds: float = 300.0
+
+    @property
+    def production(self) -> bool:
+        return self.environment == "production"
+
+    @property
+    def key_dir(self) -> Path:
+        """Where development keys are generated."""
+        return self.data_dir / "keys"
+
+    @property
+    def resolved_signing_key_file(self) -> Path:
+        return self.signing_key_file or self.key_dir / "ledger-signing.key"
+
+    @property
+    def public_key_file(self) -> Path:
+        """The public key beside the private key (written when the pair is generated)."""
+        return self.resolved_signing_key_file.with_suffix(".pub")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AuditSettings:
+        env = dict(os.environ if env is None else env)
+        environment = _choice(
+            env, "LEDGER_ENVIRONMENT", "development", {"development", "production"}
+        )
+        key_file = env.get("LEDGER_SIGNING_KEY_FILE")
+        if environment == "production" and not key_file:
+            raise ConfigError("LEDGER_SIGNING_KEY_FILE is required in production")
+        seconds = _float(env, "LEDGER_CHECKPOINT_SECONDS", cls.checkpoint_seconds)
+        if seconds < 0:
+            raise ConfigError(f"LEDGER_CHECKPOINT_SECONDS must not be negative, got {seconds}")
+        return cls(
+            environment=environment,
+            data_dir=Path(env.get("LEDGER_DATA_DIR") or PROJECT_ROOT / "data"),
+            signing_key_file=Path(key_file) if key_file else None,
+            checkpoint_seconds=seconds,
         )

@@ -21,6 +21,7 @@ from uuid import UUID, uuid4
 import structlog
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError
+from eventsourcing.utils import get_topic
 
 from services.common.errors import (
     Aborted,
@@ -35,6 +36,7 @@ from services.ledger.domain.incident import (
     Incident,
     RejectionReason,
     canonical_json,
+    incident_event_classes,
 )
 from services.ledger.domain.reference import ReferenceData
 from services.ledger.domain.requests import RequestRecord, request_key
@@ -90,6 +92,7 @@ class Ledger(Application[UUID]):
         self.positions = EventPositions(self.recorder)
         # Commands on the same incident queue here instead of racing inside this
         # process; across processes, optimistic concurrency (IntegrityError) decides.
+        self._incident_topics = [get_topic(cls) for cls in incident_event_classes()]
         self._stripes = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._cache = AggregateCache(cache_size)
         # Events are stored straight through the event store: Application.save()
@@ -445,6 +448,72 @@ class Ledger(Application[UUID]):
 
     def get_incident(self, incident_id: UUID) -> Incident:
         return self._load(incident_id)
+
+    def get_incident_as_of(
+        self, incident_id: UUID, *, position: int = 0, time: datetime | None = None
+    ) -> Incident:
+        """The incident as it stood at a global position and/or a record time."""
+        version = 0
+        positions = self.positions.of(incident_id) if position else {}
+        for event in self.events.get(incident_id):
+            if not isinstance(event, Incident.Event):
+                continue
+            if position and positions.get(event.originator_version, 0) > position:
+                break
+            if time is not None and event.timestamp > time:
+                break
+            version = event.originator_version
+        if version == 0:
+            raise NotFound(
+                f"incident {incident_id} did not exist then",
+                reason="INCIDENT_NOT_FOUND",
+                metadata={"incident": f"incidents/{incident_id}"},
+            )
+        incident: Incident = self.repository.get(incident_id, version=version)
+        return incident
+
+    def position_at(self, time: datetime) -> int:
+        """The last position recorded at or before ``time`` (0 if none).
+
+        A binary search over the log: record times grow with positions.
+        """
+        low, high = 0, self.recorder.max_notification_id() or 0
+        while low < high:
+            middle = (low + high + 1) // 2
+            rows = self.recorder.select_notifications(middle, 1, topics=self._incident_topics)
+            if not rows or rows[0].id > high:
+                high = middle - 1  # no incident event in [middle, high]
+                continue
+            event = self.mapper.to_domain_event(rows[0])
+            if not isinstance(event, Incident.Event) or event.timestamp > time:
+                high = middle - 1
+            else:
+                low = rows[0].id
+        return low
+
+    def history(
+        self,
+        *,
+        after: int = 0,
+        until: int | None = None,
+        keep: Callable[[Incident.Event], bool] = lambda _event: True,
+        batch: int = 500,
+    ) -> Iterator[StoredIncidentEvent]:
+        """Incident events in log order after a position, read in batches (bounded memory)."""
+        topics = self._incident_topics
+        while True:
+            rows = self.recorder.select_notifications(
+                after, batch, stop=until, topics=topics, inclusive_of_start=False
+            )
+            if not rows:
+                return
+            for row in rows:
+                event = self.mapper.to_domain_event(row)
+                if isinstance(event, Incident.Event) and keep(event):
+                    yield StoredIncidentEvent(event, row.id)
+            after = rows[-1].id
+            if until is not None and after >= until:
+                return
 
     def incident_events(
         self, incident_id: UUID, *, after_version: int, limit: int

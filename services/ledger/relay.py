@@ -388,6 +388,7 @@ class Relay:
         self._leader = leader_lock(store_env, settings.stream.name)
         self._tracking: Database | None = None
         self._wake = threading.Event()
+        self._checkpoints: queue.SimpleQueue[tuple[int, bytes]] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
         self.status = RelayStatus()
@@ -406,6 +407,11 @@ class Relay:
 
     def wake(self) -> None:
         """New events were recorded in this process."""
+        self._wake.set()
+
+    def publish_checkpoint(self, position: int, body: bytes) -> None:
+        """Queue a signed checkpoint for the witnesses' stream (sent by the leading relay)."""
+        self._checkpoints.put((position, body))
         self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -477,12 +483,29 @@ class Relay:
                 batch = await asyncio.to_thread(reader.next_batch, settings.poll_seconds)
                 if batch:
                     await self._publish(js, batch)
+                await self._publish_checkpoints(js)
         finally:
             self.status.connected = False
             if reader is not None:
                 await asyncio.to_thread(reader.close)
                 await asyncio.to_thread(self._save_position, self.status.position)
             await nc.close()
+
+    async def _publish_checkpoints(self, js: JetStreamContext) -> None:
+        while True:
+            try:
+                position, body = self._checkpoints.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                await js.publish(
+                    self._settings.stream.checkpoint_subject,
+                    body,
+                    headers={"Nats-Msg-Id": f"checkpoint-{position}"},
+                )
+            except Exception:
+                self._checkpoints.put((position, body))  # sent by the next session
+                raise
 
     def _reader(self, position: int) -> NotificationReader:
         recorder = self._ledger.recorder
@@ -561,10 +584,19 @@ async def ensure_stream(js: JetStreamContext, settings: StreamSettings) -> None:
         duplicate_window=settings.duplicate_window_seconds,
         max_age=settings.max_age_days * 86400 if settings.max_age_days else None,
     )
-    try:
-        await js.stream_info(settings.name)
-    except NotFoundError:
-        await js.add_stream(config)
-        log.info("relay.stream_created", stream=settings.name, replicas=settings.replicas)
-        return
-    await js.update_stream(config)
+    checkpoints = StreamConfig(
+        name=f"{settings.name}_CHECKPOINTS",
+        subjects=[settings.checkpoint_subject],
+        retention=RetentionPolicy.LIMITS,
+        storage=config.storage,
+        num_replicas=settings.replicas,
+        duplicate_window=settings.duplicate_window_seconds,
+    )
+    for wanted in (config, checkpoints):
+        try:
+            await js.stream_info(wanted.name or "")
+        except NotFoundError:
+            await js.add_stream(wanted)
+            log.info("relay.stream_created", stream=wanted.name, replicas=settings.replicas)
+            continue
+        await js.update_stream(wanted)

@@ -10,21 +10,40 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2
 
-from incidentledger.v1 import ledger_service_pb2, ledger_service_pb2_grpc
+from incidentledger.v1 import (
+    audit_service_pb2,
+    audit_service_pb2_grpc,
+    ledger_service_pb2,
+    ledger_service_pb2_grpc,
+    situation_service_pb2,
+    situation_service_pb2_grpc,
+)
 from services.common.auth import TokenStore, load_or_create_tokens, shared_secret
 from services.common.config import LedgerSettings
 from services.common.grpc_server import RequestInterceptor
 from services.common.pagetoken import PageTokens
 from services.common.serving import add_health_and_reflection, listen, new_server, set_serving
+from services.ledger.api.audit_servicer import AuditServicer
 from services.ledger.api.servicer import LedgerServicer
+from services.ledger.api.situation_servicer import SituationServicer
 from services.ledger.application import Ledger
-from services.ledger.board import Board
+from services.ledger.audit import Checkpoints, load_signing_key
 from services.ledger.domain.reference import ReferenceData
+from services.ledger.projections import Projections
+from services.ledger.read_model import ReadModel
 from services.ledger.relay import Relay
 
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME = ledger_service_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
+SERVICES = [
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in (
+        (ledger_service_pb2, "LedgerService"),
+        (situation_service_pb2, "SituationService"),
+        (audit_service_pb2, "AuditService"),
+    )
+]
 ERROR_DOMAIN = "ledger.incidentledger"
 RELAY_HEALTH = "relay"
 
@@ -53,7 +72,8 @@ class LedgerServer:
     port: int
     health: health.HealthServicer
     ledger: Ledger
-    board: Board
+    projections: Projections
+    checkpoints: Checkpoints
     relay: Relay | None
     stopped: threading.Event
 
@@ -61,9 +81,10 @@ class LedgerServer:
         """Graceful shutdown: NOT_SERVING first, then drain in-flight calls."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        self.checkpoints.close()
         if self.relay is not None:
             self.relay.stop()
-        self.board.close()
+        self.projections.close()
         self.ledger.close()
         self.stopped.set()
 
@@ -81,19 +102,41 @@ def build(settings: LedgerSettings) -> LedgerServer:
     prepare_store(settings)
     ledger = Ledger(reference, env=settings.store_env)
     create = settings.store_env.get("CREATE_TABLE", "y").lower() not in {"n", "no", "false", "0"}
-    board = Board(ledger, settings.store_env, create=create)
+    projections = Projections(ledger, settings.store_env, reference, create=create)
+    ledger.add_commit_listener(projections.wake)
+    projections.start()
     server = new_server(
         max_workers=settings.max_workers,
         max_message_bytes=settings.max_message_bytes,
         interceptor=RequestInterceptor(tokens, ERROR_DOMAIN),
     )
-    servicer = LedgerServicer(ledger, board, PageTokens(page_token_secret(settings)))
-    ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server(servicer, server)
-    health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
+    health_servicer = add_health_and_reflection(server, SERVICES)
+    relay = start_relay(settings, ledger, health_servicer)
+    checkpoints = Checkpoints(
+        ledger.recorder,
+        settings.store_env,
+        load_signing_key(settings.audit()),
+        interval_seconds=settings.checkpoint_seconds,
+        on_checkpoint=(
+            (lambda c: relay.publish_checkpoint(c.position, c.to_bytes())) if relay else None
+        ),
+        create_table=create,
+    )
+    page_tokens = PageTokens(page_token_secret(settings))
+    read_model = ReadModel(ledger, projections)
+    ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server(
+        LedgerServicer(ledger, read_model, page_tokens), server
+    )
+    situation_service_pb2_grpc.add_SituationServiceServicer_to_server(
+        SituationServicer(read_model), server
+    )
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(ledger, checkpoints, page_tokens), server
+    )
     port = listen(server, settings.listen)
     server.start()
-    set_serving(health_servicer, [SERVICE_NAME])
-    relay = start_relay(settings, ledger, health_servicer)
+    set_serving(health_servicer, SERVICES)
+    checkpoints.start()
     log.info(
         "ledger.started",
         listen=settings.listen,
@@ -102,7 +145,9 @@ def build(settings: LedgerSettings) -> LedgerServer:
         regency=reference.regency,
         environment=settings.environment,
     )
-    return LedgerServer(server, port, health_servicer, ledger, board, relay, threading.Event())
+    return LedgerServer(
+        server, port, health_servicer, ledger, projections, checkpoints, relay, threading.Event()
+    )
 
 
 def start_relay(
@@ -134,7 +179,7 @@ def migrate(settings: LedgerSettings) -> None:
     prepare_store(settings)
     env = {**settings.store_env, "CREATE_TABLE": "y"}
     ledger = Ledger(reference, env=env)
-    board = Board(ledger, env, create=True)
-    board.close()
+    Projections(ledger, env, reference, create=True).close()
+    Checkpoints(ledger.recorder, env, load_signing_key(settings.audit()), create_table=True).close()
     ledger.close()
     log.info("ledger.migrated", store=env.get("PERSISTENCE_MODULE"))

@@ -45,6 +45,14 @@ def test_store_variables_pass_through() -> None:
             {"LEDGER_ENVIRONMENT": "production", "LEDGER_PAGE_TOKEN_SECRET": "s" * 32},
             "LEDGER_TOKENS_FILE is required in production",
         ),
+        (
+            {
+                "LEDGER_ENVIRONMENT": "production",
+                "LEDGER_PAGE_TOKEN_SECRET": "s" * 32,
+                "LEDGER_TOKENS_FILE": "/t.yaml",
+            },
+            "LEDGER_SIGNING_KEY_FILE is required in production",
+        ),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(env: dict[str, str], message: str) -> None:
@@ -75,6 +83,7 @@ def test_production_refuses_development_credentials(tmp_path: Path) -> None:
             "LEDGER_ENVIRONMENT": "production",
             "LEDGER_TOKENS_FILE": str(tokens_file),
             "LEDGER_PAGE_TOKEN_SECRET": "a-long-enough-secret-for-tokens",
+            "LEDGER_SIGNING_KEY_FILE": str(tmp_path / "signing.key"),
             "LEDGER_DATA_DIR": str(tmp_path),
         }
     )
@@ -88,6 +97,7 @@ def test_production_never_generates_credentials(tmp_path: Path) -> None:
             "LEDGER_ENVIRONMENT": "production",
             "LEDGER_TOKENS_FILE": str(tmp_path / "missing.yaml"),
             "LEDGER_PAGE_TOKEN_SECRET": "a-long-enough-secret-for-tokens",
+            "LEDGER_SIGNING_KEY_FILE": str(tmp_path / "signing.key"),
             "LEDGER_DATA_DIR": str(tmp_path),
         }
     )

@@ -14,8 +14,9 @@ from services.common.grpc_server import current_principal
 from services.common.pagetoken import PageTokens, page_of
 from services.ledger.api import convert
 from services.ledger.application import Ledger
-from services.ledger.board import Board, BoardFilter
 from services.ledger.domain.incident import Actor, Envelope
+from services.ledger.projections import BoardFilter
+from services.ledger.read_model import ReadModel
 
 
 class _Command(Protocol):
@@ -36,9 +37,9 @@ def page_size(value: int, default: int, maximum: int) -> int:
 
 
 class LedgerServicer(api_grpc.LedgerServiceServicer):
-    def __init__(self, ledger: Ledger, board: Board, page_tokens: PageTokens) -> None:
+    def __init__(self, ledger: Ledger, read_model: ReadModel, page_tokens: PageTokens) -> None:
         self._ledger = ledger
-        self._board = board
+        self._read = read_model
         self._tokens = page_tokens
 
     def _env(self, request: api.ReportIncidentRequest | _Command) -> Envelope:
@@ -287,7 +288,16 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     def GetIncident(
         self, request: api.GetIncidentRequest, context: grpc.ServicerContext
     ) -> api.GetIncidentResponse:
-        incident = self._ledger.get_incident(convert.parse_name(request.name))
+        incident_id = convert.parse_name(request.name)
+        as_of_time = convert.optional_time(request, "as_of_time")
+        if request.as_of_position < 0:
+            raise InvalidArgument("as_of_position", "must not be negative")
+        if as_of_time is None and not request.as_of_position:
+            incident = self._ledger.get_incident(incident_id)
+        else:
+            incident = self._ledger.get_incident_as_of(
+                incident_id, position=request.as_of_position, time=as_of_time
+            )
         return api.GetIncidentResponse(incident=convert.incident_to_proto(incident))
 
     @override
@@ -296,20 +306,30 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.ListIncidentsResponse:
         size = page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
         board_filter = BoardFilter.parse(request.filter, self._ledger.reference)
-        rows, next_token = page_of(
-            self._tokens,
-            f"incidents?filter={request.filter}",
-            request.page_token,
-            size,
-            lambda after, limit: self._board.list(board_filter, after=int(after), limit=limit),
-            lambda row: row[0],
-            0,
-        )
-        return api.ListIncidentsResponse(
-            incidents=[
-                convert.incident_to_proto(self._ledger.get_incident(incident_id))
+        as_of = convert.optional_time(request, "as_of_time")
+        query = f"incidents?filter={request.filter}&as_of={as_of}"
+        with self._read.view(
+            min_position=request.min_position, as_of=as_of, timeout=context.time_remaining()
+        ) as view:
+            rows, next_token = page_of(
+                self._tokens,
+                query,
+                request.page_token,
+                size,
+                lambda after, limit: view.reader.list_incidents(
+                    board_filter, int(after), limit, fresh=view.fresh
+                ),
+                lambda row: row[0],
+                0,
+            )
+            incidents = [
+                self._ledger.get_incident_as_of(incident_id, position=view.position)
+                if view.historical
+                else self._ledger.get_incident(incident_id)
                 for _, incident_id in rows
-            ],
+            ]
+        return api.ListIncidentsResponse(
+            incidents=[convert.incident_to_proto(i) for i in incidents],
             next_page_token=next_token,
         )
 

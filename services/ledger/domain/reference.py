@@ -6,13 +6,15 @@ Loaded from a YAML file at start; nothing regency-specific is in code.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, PermissionDenied
 
 
 class Role(enum.Enum):
@@ -58,6 +60,106 @@ class ReferenceDataError(ValueError):
     """The reference data file is malformed."""
 
 
+# Defaults of the projections' settings, used when the reference data file has no
+# ``vulnerability`` or ``overdue_after_hours`` section (see services/ledger/projections).
+DEFAULT_HALF_LIFE_DAYS = 7.0
+DEFAULT_OPEN_MULTIPLIER = 1.5
+DEFAULT_SCALE = 20.0
+IKP_HIGH = 49.33
+IKP_MEDIUM = 13.47
+DEFAULT_MAX_REASONS = 50
+DEFAULT_OVERDUE_HOURS: dict[str, float] = {
+    "critical": 1.0,
+    "high": 4.0,
+    "medium": 24.0,
+    "low": 72.0,
+}
+FALLBACK_OVERDUE_HOURS = 24.0
+
+
+@dataclass(frozen=True)
+class VulnerabilityModel:
+    """Weights of the vulnerability map (formula in services/ledger/projections).
+
+    ``severity_weights`` and ``dimension_weights`` fall back to 1.0 for a code they
+    do not list.
+    """
+
+    severity_weights: dict[str, float] = field(default_factory=dict)
+    dimension_weights: dict[str, float] = field(default_factory=dict)
+    half_life_days: float = DEFAULT_HALF_LIFE_DAYS
+    open_multiplier: float = DEFAULT_OPEN_MULTIPLIER
+    scale: float = DEFAULT_SCALE
+    high_threshold: float = IKP_HIGH
+    medium_threshold: float = IKP_MEDIUM
+    max_reasons: int = DEFAULT_MAX_REASONS
+
+    def severity_weight(self, severity: str) -> float:
+        return self.severity_weights.get(severity, 1.0)
+
+    def dimension_weight(self, dimension: str) -> float:
+        return self.dimension_weights.get(dimension, 1.0)
+
+    def band(self, score: float) -> str:
+        if score >= self.high_threshold:
+            return "high"
+        if score >= self.medium_threshold:
+            return "medium"
+        return "low"
+
+    @classmethod
+    def from_mapping(
+        cls, raw: Mapping[str, Any] | None, severities: Mapping[str, Severity]
+    ) -> VulnerabilityModel:
+        """The section ``vulnerability`` of the file; defaults for what it leaves out.
+
+        Default severity weights double with each rank (1, 2, 4, 8, ...); default
+        dimension weights are 1.0.
+        """
+        raw = raw or {}
+        bands = raw.get("bands") or {}
+        severity_weights = {s.code: float(2 ** (s.rank - 1)) for s in severities.values()}
+        severity_weights.update(
+            {str(k): float(v) for k, v in (raw.get("severity_weights") or {}).items()}
+        )
+        dimension_weights = dict.fromkeys(sorted(IKP_DIMENSIONS), 1.0)
+        dimension_weights.update(
+            {str(k): float(v) for k, v in (raw.get("dimension_weights") or {}).items()}
+        )
+        model = cls(
+            severity_weights=severity_weights,
+            dimension_weights=dimension_weights,
+            half_life_days=float(raw.get("half_life_days", DEFAULT_HALF_LIFE_DAYS)),
+            open_multiplier=float(raw.get("open_multiplier", DEFAULT_OPEN_MULTIPLIER)),
+            scale=float(raw.get("scale", DEFAULT_SCALE)),
+            high_threshold=float(bands.get("high", IKP_HIGH)),
+            medium_threshold=float(bands.get("medium", IKP_MEDIUM)),
+            max_reasons=int(raw.get("max_reasons", DEFAULT_MAX_REASONS)),
+        )
+        numbers = [
+            *model.severity_weights.values(),
+            *model.dimension_weights.values(),
+            model.open_multiplier,
+        ]
+        if any(not math.isfinite(n) or n < 0 for n in numbers):
+            raise ValueError("vulnerability weights must be finite and not negative")
+        if model.half_life_days <= 0 or model.scale <= 0 or model.max_reasons < 0:
+            raise ValueError("half_life_days and scale must be positive, max_reasons >= 0")
+        if not 0 <= model.medium_threshold <= model.high_threshold <= 100:
+            raise ValueError("bands: 0 <= medium <= high <= 100")
+        return model
+
+
+def _overdue_hours(
+    raw: Mapping[str, Any] | None, severities: Mapping[str, Severity]
+) -> dict[str, float]:
+    hours = {code: DEFAULT_OVERDUE_HOURS.get(code, FALLBACK_OVERDUE_HOURS) for code in severities}
+    hours.update({str(k): float(v) for k, v in (raw or {}).items()})
+    if any(not math.isfinite(h) or h <= 0 for h in hours.values()):
+        raise ValueError("overdue_after_hours must be positive")
+    return hours
+
+
 @dataclass(frozen=True)
 class ReferenceData:
     regency: str
@@ -66,6 +168,13 @@ class ReferenceData:
     categories: dict[str, Category]
     severities: dict[str, Severity]
     default_severity: str
+    # The projections' settings (sections ``vulnerability`` and ``overdue_after_hours``).
+    vulnerability: VulnerabilityModel = field(default_factory=VulnerabilityModel)
+    overdue_after_hours: dict[str, float] = field(default_factory=dict)
+
+    def overdue_after_seconds(self, severity: str) -> float:
+        """How long an incident of this severity may stay open before it is overdue."""
+        return 3600.0 * self.overdue_after_hours.get(severity, FALLBACK_OVERDUE_HOURS)
 
     @property
     def coordinator(self) -> str:
@@ -76,6 +185,16 @@ class ReferenceData:
             return self.agencies[code]
         except KeyError:
             raise InvalidArgument(field, f"unknown agency {code!r}") from None
+
+    def require_role(self, agency: str, roles: set[Role], action: str) -> None:
+        """PERMISSION_DENIED unless the agency has one of ``roles``."""
+        if self.agencies[agency].role not in roles:
+            allowed = " or ".join(sorted(r.value for r in roles))
+            raise PermissionDenied(
+                f"only the {allowed} may {action}",
+                reason="ROLE_REQUIRED",
+                metadata={"action": action, "caller_agency": agency},
+            )
 
     def check_category(self, code: str, field: str = "category") -> None:
         if code not in self.categories:
@@ -127,6 +246,8 @@ class ReferenceData:
                 categories=categories,
                 severities=severities,
                 default_severity=str(raw["default_severity"]),
+                vulnerability=VulnerabilityModel.from_mapping(raw.get("vulnerability"), severities),
+                overdue_after_hours=_overdue_hours(raw.get("overdue_after_hours"), severities),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ReferenceDataError(f"malformed reference data in {source}: {exc!r}") from exc

@@ -1,0 +1,171 @@
+"""SituationService: the projections' views, translated to protobuf."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from typing_extensions import override
+
+from incidentledger.v1 import situation_service_pb2 as sit
+from incidentledger.v1 import situation_service_pb2_grpc as sit_grpc
+from services.common.errors import InvalidArgument
+from services.ledger.api import convert
+from services.ledger.projections.model import Percentiles
+from services.ledger.read_model import ReadModel
+
+GROUPINGS = {
+    sit.RESPONSE_TIME_GROUPING_UNSPECIFIED: "agency",
+    sit.RESPONSE_TIME_GROUPING_AGENCY: "agency",
+    sit.RESPONSE_TIME_GROUPING_SEVERITY: "severity",
+    sit.RESPONSE_TIME_GROUPING_CATEGORY: "category",
+}
+
+
+def _ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+class SituationServicer(sit_grpc.SituationServiceServicer):
+    def __init__(self, read_model: ReadModel) -> None:
+        self._read = read_model
+
+    @override
+    def GetVulnerabilityMap(
+        self, request: sit.GetVulnerabilityMapRequest, context: grpc.ServicerContext
+    ) -> sit.GetVulnerabilityMapResponse:
+        at = convert.optional_time(request, "time") or datetime.now(UTC)
+        with self._read.view(
+            min_position=request.min_position, as_of=at, timeout=context.time_remaining()
+        ) as view:
+            scores = view.reader.vulnerability_map(at, fresh=view.fresh)
+        return sit.GetVulnerabilityMapResponse(
+            kecamatan=[
+                sit.KecamatanScore(
+                    kecamatan=score.code,
+                    name=score.name,
+                    score=score.score,
+                    band=score.band,
+                    reasons=[
+                        sit.ScoreReason(
+                            incident=convert.incident_name(reason.incident_id),
+                            title=reason.title,
+                            severity=reason.severity,
+                            category=reason.category,
+                            dimension=reason.dimension,
+                            status=reason.status,
+                            report_time=_ts(reason.reported_at),
+                            weight=reason.weight,
+                        )
+                        for reason in score.reasons
+                    ],
+                )
+                for score in scores
+            ],
+            time=_ts(at),
+            position=view.position,
+        )
+
+    @override
+    def ListDecisionsInForce(
+        self, request: sit.ListDecisionsInForceRequest, context: grpc.ServicerContext
+    ) -> sit.ListDecisionsInForceResponse:
+        at = convert.optional_time(request, "time") or datetime.now(UTC)
+        reference = self._read.ledger.reference
+        if request.kecamatan and request.kecamatan not in reference.kecamatan:
+            raise InvalidArgument("kecamatan", f"unknown kecamatan {request.kecamatan!r}")
+        with self._read.view(
+            min_position=request.min_position, as_of=at, timeout=context.time_remaining()
+        ) as view:
+            decisions = view.reader.decisions_in_force(
+                at, request.kecamatan or None, fresh=view.fresh
+            )
+        return sit.ListDecisionsInForceResponse(
+            decisions=[
+                sit.DecisionInForce(
+                    incident=convert.incident_name(d.incident_id),
+                    event_id=str(d.event_id),
+                    summary=d.summary,
+                    forum=d.forum,
+                    rationale=d.rationale,
+                    deciding_agencies=list(d.deciding_agencies),
+                    kecamatan=d.kecamatan,
+                    desa=d.desa,
+                    valid_from=_ts(d.valid_from),
+                    valid_until=_ts(d.valid_until),
+                    record_time=_ts(d.recorded_at),
+                    recorded_by=d.recorded_by,
+                )
+                for d in decisions
+            ],
+            position=view.position,
+        )
+
+    @override
+    def GetAgencyWorkload(
+        self, request: sit.GetAgencyWorkloadRequest, context: grpc.ServicerContext
+    ) -> sit.GetAgencyWorkloadResponse:
+        with self._read.view(
+            min_position=request.min_position, timeout=context.time_remaining()
+        ) as view:
+            rows = view.reader.workload(datetime.now(UTC), fresh=view.fresh)
+        return sit.GetAgencyWorkloadResponse(
+            agencies=[
+                sit.AgencyWorkload(
+                    agency=r.agency,
+                    open=r.open,
+                    unacknowledged=r.unacknowledged,
+                    overdue=r.overdue,
+                )
+                for r in rows
+            ],
+            position=view.position,
+        )
+
+    @override
+    def GetResponseTimes(
+        self, request: sit.GetResponseTimesRequest, context: grpc.ServicerContext
+    ) -> sit.GetResponseTimesResponse:
+        by = GROUPINGS.get(request.group_by)
+        if by is None:
+            raise InvalidArgument("group_by", "must be AGENCY, SEVERITY or CATEGORY")
+        with self._read.view(
+            min_position=request.min_position, timeout=context.time_remaining()
+        ) as view:
+            groups = view.reader.response_times(by, fresh=view.fresh)
+
+        def stats(p: Percentiles) -> sit.DurationStats:
+            return sit.DurationStats(
+                count=p.count, median_seconds=p.median or 0.0, p90_seconds=p.p90 or 0.0
+            )
+
+        return sit.GetResponseTimesResponse(
+            groups=[
+                sit.ResponseTimes(
+                    key=g.key,
+                    acknowledge=stats(g.acknowledge),
+                    verify=stats(g.verify),
+                    resolve=stats(g.resolve),
+                )
+                for g in groups
+            ],
+            position=view.position,
+        )
+
+    @override
+    def GetProjectionStatus(
+        self, request: sit.GetProjectionStatusRequest, context: grpc.ServicerContext
+    ) -> sit.GetProjectionStatusResponse:
+        projections = self._read.projections
+        lag = projections.lag()
+        return sit.GetProjectionStatusResponse(
+            position=projections.position(),
+            ledger_position=self._read.ledger.recorder.max_notification_id() or 0,
+            lag_events=lag.events,
+            lag_seconds=lag.seconds,
+        )

@@ -1,0 +1,133 @@
+"""Audit commands: ``python -m services.ledger.audit export|verify|checkpoint``.
+
+Exit codes: 0 clean, 1 a divergence was found, 2 a usage or configuration error.
+The store comes from the ledger's settings (``LedgerSettings.from_env``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import structlog
+
+from services.common.config import AuditSettings, ConfigError, LedgerSettings
+from services.common.logging import configure_logging
+from services.ledger.application import Ledger
+from services.ledger.audit.checkpoints import (
+    CheckpointError,
+    Checkpoints,
+    read_checkpoints_file,
+)
+from services.ledger.audit.export import ExportError, export_jsonl
+from services.ledger.audit.keys import load_public_key, load_signing_key
+from services.ledger.audit.verify import (
+    ExportFormatError,
+    VerifyReport,
+    verify_export,
+    verify_store,
+)
+from services.ledger.domain.reference import ReferenceData, ReferenceDataError
+
+log = structlog.get_logger("services.ledger.audit")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m services.ledger.audit")
+    commands = parser.add_subparsers(dest="command", required=True)
+    export = commands.add_parser("export", help="write the incident events as JSON Lines")
+    export.add_argument("--out", type=Path, required=True, help="the file to write")
+    export.add_argument("--from", dest="start", type=int, default=0, help="first position")
+    export.add_argument("--to", dest="stop", type=int, default=None, help="last position")
+    verify = commands.add_parser("verify", help="verify the store or an export file")
+    source = verify.add_mutually_exclusive_group(required=True)
+    source.add_argument("--store", action="store_true", help="the ledger's configured store")
+    source.add_argument("--export", type=Path, help="an export file")
+    verify.add_argument("--public-key", type=Path, required=True, help="PEM or base64")
+    verify.add_argument("--checkpoints", type=Path, help="a witness's checkpoints (JSON Lines)")
+    commands.add_parser("checkpoint", help="make a signed checkpoint now")
+    return parser
+
+
+def _open_ledger(settings: LedgerSettings) -> Ledger:
+    dbname = settings.store_env.get("SQLITE_DBNAME", "")
+    if dbname and dbname != ":memory:" and not dbname.startswith("file:"):
+        Path(dbname).parent.mkdir(parents=True, exist_ok=True)
+    return Ledger(ReferenceData.load(settings.reference_file), env=settings.store_env)
+
+
+def _report(report: VerifyReport, seconds: float) -> int:
+    rate = round(report.events / seconds) if seconds > 0 else 0
+    values = report.to_log()
+    divergence = values.pop("divergence")
+    if report.divergence is None:
+        log.info("audit.verify.clean", seconds=round(seconds, 3), events_per_s=rate, **values)
+        return 0
+    log.error(
+        "audit.verify.divergence",
+        seconds=round(seconds, 3),
+        **values,
+        **{f"divergence_{k}": v for k, v in divergence.items()},
+    )
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = LedgerSettings.from_env()
+        configure_logging(settings.log_level, settings.log_format)
+        if args.command == "verify":
+            public_key = load_public_key(args.public_key)
+            witness = read_checkpoints_file(args.checkpoints) if args.checkpoints else None
+            started = time.perf_counter()
+            if args.export is not None:
+                report = verify_export(args.export, public_key, witness)
+            else:
+                ledger = _open_ledger(settings)
+                try:
+                    report = verify_store(ledger, public_key, witness)
+                finally:
+                    ledger.close()
+            return _report(report, time.perf_counter() - started)
+        ledger = _open_ledger(settings)
+        try:
+            if args.command == "export":
+                started = time.perf_counter()
+                stats = export_jsonl(ledger, args.out, args.start, args.stop)
+                seconds = time.perf_counter() - started
+                log.info(
+                    "audit.exported",
+                    file=str(args.out),
+                    events=stats.events,
+                    first_position=stats.first_position,
+                    last_position=stats.last_position,
+                    head=stats.head,
+                    checkpoints=stats.checkpoints,
+                    bytes=stats.bytes,
+                    seconds=round(seconds, 3),
+                )
+                return 0
+            audit = AuditSettings.from_env()
+            checkpoints = Checkpoints(ledger.recorder, settings.store_env, load_signing_key(audit))
+            try:
+                checkpoint = checkpoints.create()
+            finally:
+                checkpoints.close()
+            log.info("audit.checkpoint", **checkpoint.to_json())
+            return 0
+        finally:
+            ledger.close()
+    except (ConfigError, ReferenceDataError, ExportFormatError, OSError, ValueError) as exc:
+        configure_logging()
+        log.error("audit.error", command=args.command, error=str(exc))
+        return 2
+    except (CheckpointError, ExportError) as exc:
+        log.error("audit.failed", command=args.command, error=str(exc))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

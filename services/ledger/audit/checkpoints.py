@@ -1,0 +1,364 @@
+"""Signed checkpoints of the ledger-wide chain: create (incrementally), store, list, publish.
+
+A checkpoint says: after the incident events up to ``position`` (``events`` of them),
+the chain head was ``head``; signed with the ledger's Ed25519 key. It is stored in
+the table ``ledger_checkpoints`` of the ledger's database and handed to
+``on_checkpoint`` (the server publishes it to NATS, subject ``ledger.v1.checkpoints``)
+so that a witness outside the ledger can keep it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import builtins
+import json
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from eventsourcing.persistence import ApplicationRecorder
+
+from services.common.sql import Database, open_database
+from services.ledger.audit.encoding import (
+    CHECKPOINT_FORMAT,
+    GENESIS_HASH,
+    EventDecodeError,
+    RawDecoder,
+    batches,
+    body_hash,
+    chain_step,
+)
+from services.ledger.audit.keys import key_id, public_key_bytes
+from services.ledger.domain.incident import canonical_json
+
+log = structlog.get_logger(__name__)
+
+NATS_SUBJECT = "ledger.v1.checkpoints"
+BATCH = 2000
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be made (the stored history or the last checkpoint is damaged)."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed statement of the chain head at a position of the notification log."""
+
+    position: int
+    head: str
+    events: int
+    created_at: str  # UTC ISO-8601 with microseconds, e.g. 2026-11-28T06:22:43.201375+00:00
+    key_id: str
+    signature: bytes
+
+    def signed_bytes(self) -> bytes:
+        return signing_payload(self.position, self.head, self.events, self.created_at)
+
+    def verify(self, public_key: bytes) -> bool:
+        """Whether the signature is valid under ``public_key`` (raw 32 bytes)."""
+        try:
+            Ed25519PublicKey.from_public_bytes(public_key).verify(
+                self.signature, self.signed_bytes()
+            )
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+    def to_json(self) -> dict[str, Any]:
+        """The published form (NATS message body, witness file line, export line)."""
+        return {
+            "position": self.position,
+            "head": self.head,
+            "events": self.events,
+            "created_at": self.created_at,
+            "key_id": self.key_id,
+            "signature": base64.b64encode(self.signature).decode("ascii"),
+        }
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Checkpoint:
+        """Parses the published form; ``ValueError`` when it is malformed."""
+        try:
+            return cls(
+                position=_int(data["position"]),
+                head=str(data["head"]),
+                events=_int(data["events"]),
+                created_at=str(data["created_at"]),
+                key_id=str(data.get("key_id", "")),
+                signature=base64.b64decode(str(data["signature"]), validate=True),
+            )
+        except (KeyError, TypeError, binascii.Error) as exc:
+            raise ValueError(f"malformed checkpoint: {exc}") from exc
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(f"not an integer: {value!r}")
+    return int(value)
+
+
+def signing_payload(position: int, head: str, events: int, created_at: str) -> bytes:
+    """What is signed: the canonical JSON (sorted keys, no spaces, UTF-8) of
+    ``{"created_at", "events", "format": "incidentledger.checkpoint.v1", "head", "position"}``.
+    """
+    return canonical_json(
+        {
+            "created_at": created_at,
+            "events": events,
+            "format": CHECKPOINT_FORMAT,
+            "head": head,
+            "position": position,
+        }
+    )
+
+
+def read_checkpoints_file(path: Path) -> list[Checkpoint]:
+    """A witness's checkpoints: JSON Lines, one :meth:`Checkpoint.to_json` object a line."""
+    found: list[Checkpoint] = []
+    with path.open("rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                found.append(Checkpoint.from_json(json.loads(line)))
+            except ValueError as exc:
+                raise ValueError(f"{path}:{number}: {exc}") from exc
+    return sorted(found, key=lambda c: c.position)
+
+
+@dataclass(frozen=True)
+class ChainState:
+    """The chain after the incident events up to ``position``."""
+
+    position: int
+    head: str
+    events: int
+
+
+def extend_chain(
+    recorder: ApplicationRecorder,
+    decoder: RawDecoder,
+    state: ChainState,
+    stop: int | None = None,
+) -> ChainState:
+    """``state`` extended over the incident events after it (up to ``stop``, inclusive)."""
+    position, head, events = state.position, state.head, state.events
+    topics = decoder.topics
+    for batch in batches(recorder, topics, position, stop, BATCH):
+        for at, originator_id, version, topic, stored in batch:
+            try:
+                body = decoder.body(topic, originator_id, version, stored)
+            except EventDecodeError as exc:
+                raise CheckpointError(
+                    f"the event at position {at} (incident {originator_id}, version "
+                    f"{version}) does not decode: {exc}"
+                ) from exc
+            head = chain_step(head, at, body_hash(body))
+            events += 1
+        position = batch[-1][0]
+    return ChainState(position, head, events)
+
+
+def checkpoint_table_exists(db: Database) -> bool:
+    with db.transaction() as cur:
+        if db.dialect == "postgres":
+            cur.execute("SELECT to_regclass('ledger_checkpoints') IS NOT NULL")
+        else:
+            cur.execute(
+                "SELECT count(*) > 0 FROM sqlite_master "
+                "WHERE type = 'table' AND name = 'ledger_checkpoints'"
+            )
+        row = cur.fetchone()
+    return bool(row and row[0])
+
+
+def select_checkpoints(db: Database, where: str, params: tuple[int, ...]) -> list[Checkpoint]:
+    columns = "position, head, events, created_at, key_id, signature"
+    statement = f"SELECT {columns} FROM ledger_checkpoints {where}"  # noqa: S608 (fixed clauses)
+    with db.transaction() as cur:
+        cur.execute(db.q(statement), params)
+        rows = cur.fetchall()
+    result = []
+    for position, head, events, created_at, kid, signature in rows:
+        try:
+            raw = base64.b64decode(str(signature), validate=True)
+        except binascii.Error:
+            raw = b""  # a damaged row: its signature will not verify
+        result.append(Checkpoint(int(position), head, int(events), created_at, kid, raw))
+    return result
+
+
+def iterate_checkpoints(
+    db: Database, after: int = 0, until: int | None = None, page: int = 500
+) -> Iterator[Checkpoint]:
+    """Stored checkpoints with ``after < position <= until``, oldest first, page by page."""
+    if not checkpoint_table_exists(db):
+        return
+    while True:
+        rows = select_checkpoints(db, "WHERE position > ? ORDER BY position LIMIT ?", (after, page))
+        for checkpoint in rows:
+            if until is not None and checkpoint.position > until:
+                return
+            yield checkpoint
+        if len(rows) < page:
+            return
+        after = rows[-1].position
+
+
+class Checkpoints:
+    """Creates, stores, lists and periodically makes signed checkpoints of one ledger."""
+
+    def __init__(
+        self,
+        recorder: ApplicationRecorder,
+        store_env: Mapping[str, str],
+        signing_key: Ed25519PrivateKey,
+        *,
+        decoder: RawDecoder | None = None,
+        interval_seconds: float = 0.0,
+        on_checkpoint: Callable[[Checkpoint], None] | None = None,
+        create_table: bool = True,
+    ) -> None:
+        self._recorder = recorder
+        self._key = signing_key
+        self.public_key: bytes = public_key_bytes(signing_key)
+        self.key_id: str = key_id(self.public_key)
+        self._decoder = decoder or RawDecoder()
+        self._interval = interval_seconds
+        self._on_checkpoint = on_checkpoint
+        self._db: Database = open_database(store_env)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        if create_table:
+            self.create_table()
+
+    def create_table(self) -> None:
+        with self._db.transaction() as cur:
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS ledger_checkpoints ("
+                "position BIGINT PRIMARY KEY, head TEXT NOT NULL, events BIGINT NOT NULL, "
+                "created_at TEXT NOT NULL, key_id TEXT NOT NULL, signature TEXT NOT NULL)"
+            )
+
+    # ------------------------------------------------------------------ create
+
+    def create(self) -> Checkpoint:
+        """A checkpoint at the current end of the log (the latest one if nothing is new)."""
+        with self._lock:
+            last = self.latest()
+            if last is not None and not last.verify(self.public_key):
+                raise CheckpointError(
+                    f"the stored checkpoint at position {last.position} does not verify "
+                    f"with key {self.key_id}: run `verify` before making new checkpoints"
+                )
+            base = (
+                ChainState(last.position, last.head, last.events)
+                if last is not None
+                else ChainState(0, GENESIS_HASH, 0)
+            )
+            state = extend_chain(self._recorder, self._decoder, base)
+            if last is not None and state.events == last.events:
+                return last
+            created_at = datetime.now(UTC).isoformat(timespec="microseconds")
+            signature = self._key.sign(
+                signing_payload(state.position, state.head, state.events, created_at)
+            )
+            checkpoint = Checkpoint(
+                state.position, state.head, state.events, created_at, self.key_id, signature
+            )
+            inserted = self._insert(checkpoint)
+            if not inserted:  # another replica stored the same position first
+                stored = self._at(checkpoint.position)
+                return stored or checkpoint
+        log.info(
+            "checkpoint.created",
+            position=checkpoint.position,
+            head=checkpoint.head,
+            events=checkpoint.events,
+            key_id=checkpoint.key_id,
+        )
+        if self._on_checkpoint is not None:
+            self._on_checkpoint(checkpoint)
+        return checkpoint
+
+    def _insert(self, c: Checkpoint) -> bool:
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.q(
+                    "INSERT INTO ledger_checkpoints "
+                    "(position, head, events, created_at, key_id, signature) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (position) DO NOTHING"
+                ),
+                (
+                    c.position,
+                    c.head,
+                    c.events,
+                    c.created_at,
+                    c.key_id,
+                    base64.b64encode(c.signature).decode("ascii"),
+                ),
+            )
+            return bool(cur.rowcount == 1)
+
+    # ------------------------------------------------------------------ read
+
+    def latest(self) -> Checkpoint | None:
+        rows = self._select("ORDER BY position DESC LIMIT 1", ())
+        return rows[0] if rows else None
+
+    def _at(self, position: int) -> Checkpoint | None:
+        rows = self._select("WHERE position = ?", (position,))
+        return rows[0] if rows else None
+
+    def list(self, after: int = 0, limit: int = 100) -> list[Checkpoint]:
+        """Checkpoints with ``position > after``, oldest first, at most ``limit``."""
+        return self._select("WHERE position > ? ORDER BY position LIMIT ?", (after, limit))
+
+    def iterate(self, after: int = 0, until: int | None = None) -> Iterator[Checkpoint]:
+        """Every checkpoint with ``after < position <= until``, oldest first, page by page."""
+        return iterate_checkpoints(self._db, after, until)
+
+    def _select(self, where: str, params: tuple[int, ...]) -> builtins.list[Checkpoint]:
+        return select_checkpoints(self._db, where, params)
+
+    # ------------------------------------------------------------------ periodic
+
+    def start(self) -> None:
+        """Make a checkpoint every ``interval_seconds`` in a thread (none when 0)."""
+        if self._interval <= 0 or self._thread is not None:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="checkpoints", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval):
+            try:
+                self.create()
+            except Exception:
+                log.exception("checkpoint.failed")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def close(self) -> None:
+        self.stop()
+        self._db.close()

@@ -1,0 +1,509 @@
+"""From a stored row to the hashed body, the event hash, the chain and the export envelope.
+
+Hashing works on the raw stored state (JSON bytes) without building event
+objects, for speed; :func:`raw_body` yields exactly the dict that
+:func:`services.ledger.domain.incident.event_hash` hashes (a test proves it for
+every event type). Times and ids are decoded to their canonical strings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    DatetimeAsISO,
+    DecimalAsStr,
+    JSONTranscoder,
+    Mapper,
+    StoredEvent,
+    UUIDAsHex,
+)
+from eventsourcing.sqlite import SQLiteApplicationRecorder
+from eventsourcing.utils import get_topic
+
+from services.ledger.domain.incident import (
+    GENESIS_HASH,
+    Incident,
+    _canonical,
+    event_fields,
+    incident_event_classes,
+)
+
+EXPORT_FORMAT = "incidentledger.audit.export.v1"
+CHECKPOINT_FORMAT = "incidentledger.checkpoint.v1"
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "EXPORT_FORMAT",
+    "GENESIS_HASH",
+    "EventDecodeError",
+    "RawDecoder",
+    "body_hash",
+    "chain_step",
+    "envelope_from_body",
+    "incident_topics",
+]
+
+
+class EventDecodeError(ValueError):
+    """A stored event whose bytes no longer decode as an incident event."""
+
+
+class Time(str):
+    """A decoded time: the canonical text (UTC, microseconds) plus the plain ISO form."""
+
+    __slots__ = ("plain",)
+    plain: str
+
+
+def _canonical_time(text: str) -> str:
+    # Fast path: what datetime.now(UTC).isoformat() writes when microseconds are set.
+    if len(text) == 32 and text[19] == "." and text.endswith("+00:00"):
+        return text
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise EventDecodeError(f"malformed time {text[:40]!r}") from exc
+    canonical: str = _canonical(value)  # the hashed form, exactly
+    return canonical
+
+
+def _time(text: str) -> Time:
+    canonical = _canonical_time(text)
+    result = Time(canonical)
+    result.plain = canonical[:19] + canonical[26:] if canonical[20:26] == "000000" else canonical
+    return result
+
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+
+
+def uuid_text(value: str) -> str:
+    """``str(UUID(value))``; the stored form (32 lowercase hex digits) without parsing."""
+    if len(value) == 32 and _HEX32.fullmatch(value):
+        return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
+    try:
+        return str(UUID(value))
+    except ValueError as exc:
+        raise EventDecodeError(f"malformed id {value[:40]!r}") from exc
+
+
+def _special(d: dict[str, Any]) -> Any:
+    # Mirrors eventsourcing's JSONTranscoder: only a two-key {_type_, _data_} is special.
+    if len(d) == 2 and "_type_" in d and "_data_" in d:
+        kind, data = d["_type_"], d["_data_"]
+        if not isinstance(data, str):
+            raise EventDecodeError(f"malformed {kind} value")
+        if kind == "uuid_hex":
+            return uuid_text(data)
+        if kind == "datetime_iso":
+            return _time(data)
+        raise EventDecodeError(f"type {kind!r} is not used by incident events")
+    _convert(d)
+    return d
+
+
+def _convert(data: dict[str, Any]) -> None:
+    """Decode the transcoder's special values inside ``data`` (in place)."""
+    for key, value in data.items():
+        kind = type(value)
+        if kind is dict:
+            data[key] = _special(value)
+        elif kind is list:
+            data[key] = _convert_list(value)
+
+
+def _convert_list(values: list[Any]) -> list[Any]:
+    return [
+        _special(v) if type(v) is dict else _convert_list(v) if type(v) is list else v
+        for v in values
+    ]
+
+
+_json_loads = json.JSONDecoder().decode
+
+
+# Keys of incident events whose values are times or ids (the usual places of special values).
+_TYPED_KEYS = (
+    "timestamp",
+    "event_id",
+    "occurred_at",
+    "target_id",
+    "duplicate_id",
+    "corrected_event_id",
+    "valid_from",
+    "valid_until",
+)
+
+
+_ENVELOPE_TIMES = frozenset({"timestamp", "occurred_at"})
+
+
+def _loads(text: str) -> Any:
+    data = _json_loads(text)
+    if type(data) is not dict:
+        return data
+    # Fast path: convert the special values at the usual keys; if the text holds other
+    # special values (counted without parsing), walk everything as the transcoder would.
+    expected = text.count('"_type_"')
+    converted = 0
+    for key in _TYPED_KEYS:
+        value = data.get(key)
+        if type(value) is dict and len(value) == 2 and "_type_" in value and "_data_" in value:
+            if key in _ENVELOPE_TIMES and value["_type_"] == "datetime_iso":
+                # Envelope times never reach payload_json: their canonical text will do.
+                data[key] = _canonical_time(str(value["_data_"]))
+            else:
+                data[key] = _special(value)
+            converted += 1
+    if converted != expected:
+        return _special(data)
+    return data
+
+
+def incident_topics() -> list[str]:
+    """Topics of every Incident event class (the notification log also holds other events)."""
+    return [get_topic(cls) for cls in incident_event_classes()]
+
+
+# A stored incident event: position, originator id (as stored), version, topic, state.
+RawRow = tuple[int, "UUID | str", int, str, bytes]
+
+
+def read_rows(
+    recorder: ApplicationRecorder,
+    topics: Sequence[str],
+    after: int,
+    limit: int,
+    stop: int | None = None,
+) -> list[RawRow]:
+    """The next stored events with ``after < position (<= stop)`` and one of ``topics``.
+
+    SQLite is read directly (the library's notifications convert every id to a UUID,
+    which costs a third of a verification); other stores through the library.
+    """
+    if isinstance(recorder, SQLiteApplicationRecorder):
+        marks = ",".join("?" * len(topics))
+        upper = "AND rowid <= ? " if stop is not None else ""
+        statement = (
+            "SELECT rowid, originator_id, originator_version, topic, state "  # noqa: S608
+            f"FROM {recorder.events_table_name} WHERE rowid > ? {upper}"
+            f"AND topic IN ({marks}) ORDER BY rowid LIMIT ?"
+        )
+        params: list[Any] = [after, *([stop] if stop is not None else []), *topics, limit]
+        with recorder.datastore.transaction(commit=False) as cursor:
+            cursor.execute(statement, params)
+            return [(r[0], r[1], r[2], r[3], r[4]) for r in cursor.fetchall()]
+    batch = recorder.select_notifications(
+        after, limit, stop=stop, topics=topics, inclusive_of_start=False
+    )
+    return [(n.id, n.originator_id, n.originator_version, n.topic, n.state) for n in batch]
+
+
+def batches(
+    recorder: ApplicationRecorder,
+    topics: Sequence[str],
+    after: int = 0,
+    stop: int | None = None,
+    size: int = 2000,
+) -> Iterator[list[RawRow]]:
+    """Every stored incident event after ``after``, batch by batch; the next batch is read
+    in a helper thread while the caller works on the current one (the database releases
+    the interpreter while it reads). At most two batches are held.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-read") as pool:
+        future = pool.submit(read_rows, recorder, topics, after, size, stop)
+        while True:
+            batch = future.result()
+            if not batch:
+                return
+            future = pool.submit(read_rows, recorder, topics, batch[-1][0], size, stop)
+            yield batch
+
+
+def _default_mapper() -> Mapper[UUID]:
+    transcoder = JSONTranscoder()
+    for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO()):
+        transcoder.register(transcoding)
+    return Mapper(transcoder=transcoder)
+
+
+class RawDecoder:
+    """Decodes stored incident events to the body their hash is computed over."""
+
+    def __init__(self, mapper: Mapper[Any] | None = None) -> None:
+        self._mapper = mapper or _default_mapper()
+        self._decrypt: Callable[[bytes], bytes] | None = None
+        self._decompress: Callable[[bytes], bytes] | None = None
+        if self._mapper.cipher is not None:
+            self._decrypt = self._mapper.cipher.decrypt
+        if self._mapper.compressor is not None:
+            self._decompress = self._mapper.compressor.decompress
+        self.classes: dict[str, type[Incident.Event]] = {
+            get_topic(cls): cls for cls in incident_event_classes()
+        }
+        self.topics: Sequence[str] = list(self.classes)
+
+    def body(
+        self, topic: str, originator_id: UUID | str, version: int, state: bytes
+    ) -> dict[str, Any]:
+        """The canonical body of a stored event; raises :class:`EventDecodeError`."""
+        cls = self.classes.get(topic)
+        if cls is None:
+            raise EventDecodeError(f"unknown event topic {topic!r}")
+        stored = state
+        try:
+            if self._decrypt is not None:
+                state = self._decrypt(state)
+            if self._decompress is not None:
+                state = self._decompress(state)
+            data = _loads(state.decode("utf-8"))
+        except EventDecodeError:
+            raise
+        except Exception as exc:  # any undecodable byte sequence
+            raise EventDecodeError(f"stored state does not decode: {exc}") from exc
+        if not isinstance(data, dict):
+            raise EventDecodeError("stored state is not an object")
+        schema_version = getattr(cls, "class_version", 1)
+        if data.pop("class_version", 1) != schema_version:
+            return self._slow(topic, originator_id, version, stored)
+        data.pop("originator_topic", None)
+        if not isinstance(data.get("previous_hash"), str) or not isinstance(
+            data.get("event_id"), str
+        ):
+            raise EventDecodeError("stored state lacks the event envelope")
+        data["originator_id"] = (
+            str(originator_id) if isinstance(originator_id, UUID) else uuid_text(originator_id)
+        )
+        data["originator_version"] = version
+        data["type"] = cls.__name__
+        data["schema_version"] = schema_version
+        return data
+
+    def _slow(
+        self, topic: str, originator_id: UUID | str, version: int, state: bytes
+    ) -> dict[str, Any]:
+        # An older schema version: let the library upcast, then encode like event_hash.
+        try:
+            identifier = originator_id if isinstance(originator_id, UUID) else UUID(originator_id)
+            event = self._mapper.to_domain_event(StoredEvent(identifier, version, topic, state))
+        except Exception as exc:
+            raise EventDecodeError(f"stored state does not decode: {exc}") from exc
+        if not isinstance(event, Incident.Event):
+            raise EventDecodeError("not an incident event")
+        body = event_fields(event)
+        body["type"] = type(event).__name__
+        body["schema_version"] = getattr(type(event), "class_version", 1)
+        native: dict[str, Any] = _native(body)
+        return native
+
+
+def _native(value: Any) -> Any:
+    """``value`` with times and ids as the strings ``canonical_json`` writes for them."""
+    if isinstance(value, datetime):
+        return _time(value.isoformat())
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _native(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_native(v) for v in value]
+    return value
+
+
+# canonical_json with the arguments it uses; bodies hold only JSON types here.
+_canonical_encode = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False
+).encode
+
+
+def body_hash(body: dict[str, Any]) -> str:
+    """The event hash: hex SHA-256 of the canonical JSON of the body."""
+    return hashlib.sha256(_canonical_encode(body).encode("utf-8")).hexdigest()
+
+
+def canonical_and_hash(body: dict[str, Any]) -> tuple[str, str]:
+    """The canonical JSON text of the body and its hash."""
+    text = _canonical_encode(body)
+    return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def chain_step(head: str, position: int, event_hash_hex: str) -> str:
+    """The ledger-wide chain: ``SHA-256(ascii(head + ":" + position + ":" + hash))``."""
+    return hashlib.sha256(f"{head}:{position}:{event_hash_hex}".encode("ascii")).hexdigest()
+
+
+# ------------------------------------------------------------------ the export envelope
+
+_ENVELOPE_KEYS = frozenset(
+    {
+        "originator_id",
+        "originator_version",
+        "timestamp",
+        "event_id",
+        "occurred_at",
+        "actor_agency",
+        "actor_officer",
+        "reason",
+        "location",
+        "correlation_id",
+        "causation_id",
+        "request_id",
+        "previous_hash",
+        "originator_topic",
+        "type",
+        "schema_version",
+    }
+)
+
+
+def _proto_time(value: Any) -> str:
+    """protobuf JSON of a Timestamp made from the time (0, 3, 6 fraction digits)."""
+    text = str(value)
+    base, fraction = text[:19], text[20:26]
+    if fraction == "000000":
+        return base + "Z"
+    if fraction.endswith("000"):
+        return f"{base}.{fraction[:3]}Z"
+    return f"{base}.{fraction}Z"
+
+
+# json.dumps(payload, sort_keys=True), as convert.event_to_proto writes payload_json.
+_payload_encode = json.JSONEncoder(sort_keys=True).encode
+
+
+def _payload_json(body: dict[str, Any]) -> str:
+    payload = {}
+    for k in body.keys() - _ENVELOPE_KEYS:
+        v = body[k]
+        kind = type(v)
+        payload[k] = v.plain if kind is Time else _plain(v) if kind is dict or kind is list else v
+    text: str = _payload_encode(payload)
+    return text
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Time):
+        return value.plain
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _location(location: Any) -> dict[str, Any] | None:
+    if not location:
+        return None
+    result: dict[str, Any] = {}
+    for key in ("kecamatan", "desa", "tps"):
+        text = location.get(key, "")
+        if text:
+            result[key] = text
+    for key in ("latitude", "longitude"):
+        coordinate = location.get(key)
+        if coordinate is not None:
+            result[key] = float(coordinate)
+    return result
+
+
+_string = json.encoder.encode_basestring  # JSON string, not ASCII-escaped (C when available)
+
+
+def _text(value: Any) -> str:
+    return _string(value) if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _number(value: Any) -> str:
+    return json.dumps(float(value))
+
+
+def envelope_json(body: dict[str, Any], position: int, digest: str) -> str:
+    """``envelope_from_body`` written as compact JSON (UTF-8 text), without building a dict."""
+    s, get = _string, body.get
+    schema = int(body["schema_version"])
+    occurred = get("occurred_at")
+    agency, officer = get("actor_agency"), get("actor_officer")
+    if agency and officer:
+        actor = f'"agency":{s(str(agency))},"officer":{s(str(officer))}'
+    elif agency or officer:
+        actor = f'"{"agency" if agency else "officer"}":{s(str(agency or officer))}'
+    else:
+        actor = ""
+    out = (
+        f'{{"event_id":{s(str(body["event_id"]))},'
+        f'"incident":{s("incidents/" + str(body["originator_id"]))},'
+        f'"version":"{int(body["originator_version"])}","type":{s(str(body["type"]))}'
+        + (f',"schema_version":{schema}' if schema else "")
+        + (f',"occur_time":"{_proto_time(occurred)}"' if occurred is not None else "")
+        + f',"record_time":"{_proto_time(body["timestamp"])}","actor":{{{actor}}}'
+    )
+    reason = get("reason")
+    if reason:
+        out += f',"reason":{s(str(reason))}'
+    location = _location(get("location"))
+    if location is not None:
+        fields = ",".join(
+            f"{s(k)}:{_number(v) if k in {'latitude', 'longitude'} else _text(v)}"
+            for k, v in location.items()
+        )
+        out += f',"location":{{{fields}}}'
+    for key in ("correlation_id", "causation_id", "request_id", "previous_hash"):
+        value = get(key)
+        if value:
+            out += f',"{key}":{s(str(value))}'
+    out += f',"hash":"{digest}"'
+    if position:
+        out += f',"position":"{int(position)}"'
+    return f'{out},"payload_json":{s(_payload_json(body))}}}'
+
+
+def export_line(body: dict[str, Any], position: int) -> tuple[str, str]:
+    """One export line (without its newline) and the event's hash."""
+    canonical, digest = canonical_and_hash(body)
+    return f'{envelope_json(body, position, digest)[:-1]},"canonical":{canonical}}}', digest
+
+
+def envelope_from_body(body: dict[str, Any], position: int, digest: str) -> dict[str, Any]:
+    """The ``IncidentEvent`` as protobuf JSON (``preserving_proto_field_name``, defaults omitted).
+
+    Equal to ``MessageToDict(event_to_proto(...), preserving_proto_field_name=True)``,
+    without building the event or the message (a test compares them).
+    """
+    envelope: dict[str, Any] = {
+        "event_id": body["event_id"],
+        "incident": f"incidents/{body['originator_id']}",
+        "version": str(body["originator_version"]),
+        "type": body["type"],
+    }
+    if body["schema_version"]:
+        envelope["schema_version"] = body["schema_version"]
+    if body.get("occurred_at") is not None:
+        envelope["occur_time"] = _proto_time(body["occurred_at"])
+    envelope["record_time"] = _proto_time(body["timestamp"])
+    actor = {}
+    if body.get("actor_agency"):
+        actor["agency"] = body["actor_agency"]
+    if body.get("actor_officer"):
+        actor["officer"] = body["actor_officer"]
+    envelope["actor"] = actor
+    if body.get("reason"):
+        envelope["reason"] = body["reason"]
+    location = _location(body.get("location"))
+    if location is not None:
+        envelope["location"] = location
+    for key in ("correlation_id", "causation_id", "request_id", "previous_hash"):
+        if body.get(key):
+            envelope[key] = body[key]
+    envelope["hash"] = digest
+    if position:
+        envelope["position"] = str(position)
+    envelope["payload_json"] = _payload_json(body)
+    return envelope

@@ -1,0 +1,229 @@
+"""Decoding stored incident events into the few values the projections fold.
+
+A :class:`Fact` is one incident event reduced to what the projections read: its
+identity and position, type, record time, actor agency, location, and a handful
+of payload fields per type (``PAYLOAD``). Times are integers: microseconds since
+the Unix epoch, UTC. Event ids are 32-digit hex strings.
+
+Two decoders produce identical facts (a test checks it on every event of a random
+history):
+
+- :func:`fact_from_event` reads a domain event decoded by the library's mapper
+  (``ledger.mapper.to_domain_event``), the reference;
+- :class:`FastDecoder` parses the stored JSON with the standard library's C
+  decoder, without the library's per-object hook, and converts only the fields in
+  ``PAYLOAD``. It is used only when the mapper stores plain JSON (the library's
+  ``JSONTranscoder``, no cipher, no compressor) and no incident event class has a
+  ``class_version`` above 1 (no upcasting); otherwise the mapper decodes.
+
+Neither checks the hash chain: the projections trust the store, as the relay does.
+Loading an incident through the application still verifies its chain.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import JSONTranscoder, Notification
+from eventsourcing.utils import get_topic
+
+from services.ledger.domain.incident import Incident, incident_event_classes
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+# Payload fields each event type contributes, and their kind:
+# "s" text, "b" bool, "i" int, "l" list of text, "t" time (-> microseconds), "u" UUID (-> hex).
+PAYLOAD: dict[str, dict[str, str]] = {
+    "Reported": {"title": "s", "category": "s", "severity": "s"},
+    "SeverityAssessed": {"severity": "s"},
+    "LeadAssigned": {"agency": "s"},
+    "SupportingAgencyAdded": {"agency": "s"},
+    "HandoverProposed": {"to_agency": "s"},
+    "HandoverAccepted": {"to_agency": "s"},
+    "ActionLogged": {"starts_response": "b"},
+    "Escalated": {"level": "i"},
+    "DecisionRecorded": {
+        "deciding_agencies": "l",
+        "forum": "s",
+        "summary": "s",
+        "rationale": "s",
+        "valid_from": "t",
+        "valid_until": "t",
+    },
+    "Corrected": {"corrected_event_id": "u", "field": "s", "new_value": "s"},
+}
+
+
+def micros(value: datetime) -> int:
+    """Microseconds since the epoch; a naive time is taken as UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - EPOCH) // MICROSECOND
+
+
+def parse_micros(text: str) -> int:
+    """An ISO-8601 time (a corrected value, for example) in microseconds since the epoch."""
+    return micros(datetime.fromisoformat(text))
+
+
+def to_datetime(value: int) -> datetime:
+    return EPOCH + value * MICROSECOND
+
+
+class Fact:
+    """One incident event, reduced to what the projections fold."""
+
+    __slots__ = (
+        "agency",
+        "data",
+        "desa",
+        "event_id",
+        "incident_id",
+        "kecamatan",
+        "occurred_at",
+        "position",
+        "recorded_at",
+        "type",
+        "version",
+    )
+
+    def __init__(
+        self,
+        position: int,
+        incident_id: str,
+        version: int,
+        type_: str,
+        event_id: str,
+        recorded_at: int,
+        occurred_at: int,
+        agency: str,
+        location: dict[str, Any] | None,
+        data: dict[str, Any],
+    ) -> None:
+        self.position = position
+        self.incident_id = incident_id
+        self.version = version
+        self.type = type_
+        self.event_id = event_id
+        self.recorded_at = recorded_at
+        self.occurred_at = occurred_at
+        self.agency = agency
+        self.kecamatan = str(location.get("kecamatan", "")) if location else ""
+        self.desa = str(location.get("desa", "")) if location else ""
+        self.data = data
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Fact) and self.as_tuple() == other.as_tuple()
+
+    def __hash__(self) -> int:
+        return hash((self.position, self.event_id))
+
+    def __repr__(self) -> str:
+        return f"Fact{self.as_tuple()!r}"
+
+
+def _payload_value(kind: str, value: Any) -> Any:
+    if kind == "t":
+        return micros(value)
+    if kind == "u":
+        return value.hex if isinstance(value, UUID) else UUID(str(value)).hex
+    if kind == "l":
+        return tuple(str(v) for v in value)
+    if kind == "b":
+        return bool(value)
+    if kind == "i":
+        return int(value)
+    return str(value)
+
+
+def fact_from_event(event: Incident.Event, position: int) -> Fact:
+    """The reference decoder: from a domain event decoded by the library's mapper."""
+    type_ = type(event).__name__
+    spec = PAYLOAD.get(type_, {})
+    return Fact(
+        position,
+        str(event.originator_id),
+        event.originator_version,
+        type_,
+        event.event_id.hex,
+        micros(event.timestamp),
+        micros(event.occurred_at),
+        event.actor_agency,
+        event.location,
+        {name: _payload_value(kind, getattr(event, name)) for name, kind in spec.items()},
+    )
+
+
+def incident_topics() -> dict[str, str]:
+    """Topic -> event type name, for every incident event class."""
+    return {get_topic(cls): cls.__name__ for cls in incident_event_classes()}
+
+
+class FastDecoder:
+    """Decodes notifications of incident events into facts (see the module docstring)."""
+
+    def __init__(self, app: Application[UUID]) -> None:
+        self._mapper = app.mapper
+        self.topics = incident_topics()
+        classes = incident_event_classes()
+        self.fast = (
+            type(app.mapper.transcoder) is JSONTranscoder
+            and app.mapper.cipher is None
+            and app.mapper.compressor is None
+            and all(getattr(cls, "class_version", 1) == 1 for cls in classes)
+        )
+        self._loads: Callable[[bytes], Any] = json.loads
+
+    def decode(self, notification: Notification) -> Fact | None:
+        """The fact of an incident event; None for other notifications (request records)."""
+        type_ = self.topics.get(notification.topic)
+        if type_ is None:
+            return None
+        if not self.fast:
+            event = self._mapper.to_domain_event(notification)
+            if not isinstance(event, Incident.Event):
+                raise TypeError(f"not an incident event: {notification.topic}")
+            return fact_from_event(event, notification.id)
+        state = self._loads(notification.state)
+        spec = PAYLOAD.get(type_)
+        data: dict[str, Any] = {}
+        if spec:
+            for name, kind in spec.items():
+                value = state[name]
+                if kind == "s":
+                    data[name] = value
+                elif kind == "t":
+                    data[name] = micros(datetime.fromisoformat(value["_data_"]))
+                elif kind == "u":
+                    data[name] = value["_data_"]
+                elif kind == "l":
+                    data[name] = tuple(value)
+                else:
+                    data[name] = value
+        return Fact(
+            notification.id,
+            str(notification.originator_id),
+            notification.originator_version,
+            type_,
+            state["event_id"]["_data_"],
+            micros(datetime.fromisoformat(state["timestamp"]["_data_"])),
+            micros(datetime.fromisoformat(state["occurred_at"]["_data_"])),
+            state["actor_agency"],
+            state["location"],
+            data,
+        )
+
+    def recorded_at(self, notification: Notification) -> int:
+        """The record time of any stored event, in microseconds."""
+        event = self._mapper.to_domain_event(notification)
+        stamp = getattr(event, "timestamp", None)
+        return micros(stamp) if isinstance(stamp, datetime) else 0

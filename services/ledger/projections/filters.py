@@ -1,0 +1,82 @@
+"""AIP-160 filters of ListIncidents over the status board's columns."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from services.common.errors import InvalidArgument
+from services.ledger.domain.incident import Status
+from services.ledger.domain.reference import ReferenceData
+
+FILTER_FIELDS = ("status", "severity", "category", "kecamatan", "lead_agency")
+_CLAUSE = re.compile(
+    r"\s*(?P<field>[a-z_]+)\s*(?P<op>!=|=)\s*"
+    r"(?:\"(?P<quoted>[^\"\\]*)\"|(?P<bare>[A-Za-z0-9_]+))\s*"
+)
+_AND = re.compile(r"AND\b", re.ASCII)
+
+
+@dataclass(frozen=True)
+class BoardFilter:
+    """A parsed AIP-160 filter: comparisons with = or != joined by AND."""
+
+    clauses: tuple[tuple[str, str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str, reference: ReferenceData) -> BoardFilter:
+        if len(text) > 1000:
+            raise InvalidArgument("filter", "is longer than 1000 characters")
+        clauses: list[tuple[str, str, str]] = []
+        pos = 0
+        text = text.strip()
+        while pos < len(text):
+            if clauses:
+                match_and = _AND.match(text, pos)
+                if match_and is None:
+                    raise InvalidArgument("filter", f"expected AND at character {pos + 1}")
+                pos = match_and.end()
+            match = _CLAUSE.match(text, pos)
+            if match is None:
+                raise InvalidArgument(
+                    "filter",
+                    f'expected `field = "value"` at character {pos + 1}; fields: '
+                    + ", ".join(FILTER_FIELDS),
+                )
+            field, op = match["field"], match["op"]
+            value = match["quoted"] if match["quoted"] is not None else match["bare"]
+            clauses.append((field, op, _check_value(field, value, reference)))
+            pos = match.end()
+        return cls(tuple(clauses))
+
+    def where(self, placeholder: str) -> tuple[str, list[str]]:
+        parts, params = [], []
+        for field, op, value in self.clauses:
+            parts.append(f"{field} {'<>' if op == '!=' else '='} {placeholder}")
+            params.append(value)
+        return (" AND ".join(parts) or "1=1"), params
+
+
+def _check_value(field: str, value: str, reference: ReferenceData) -> str:
+    if field == "status":
+        name = value.removeprefix("INCIDENT_STATUS_")
+        if name not in Status.__members__:
+            raise InvalidArgument("filter", f"unknown status {value!r}")
+        return name
+    known: Mapping[str, object]
+    if field == "severity":
+        known = reference.severities
+    elif field == "category":
+        known = reference.categories
+    elif field == "kecamatan":
+        known = reference.kecamatan
+    elif field == "lead_agency":
+        known = reference.agencies
+    else:
+        raise InvalidArgument(
+            "filter", f"cannot filter on {field!r}; fields: " + ", ".join(FILTER_FIELDS)
+        )
+    if value not in known:
+        raise InvalidArgument("filter", f"unknown {field} {value!r}")
+    return value

@@ -1,0 +1,83 @@
+"""Reads from the projections with the guarantees queries promise.
+
+- Read-your-writes: a query with ``min_position`` (a command's result) waits, up to
+  its deadline, until the projections have applied that position.
+- Time travel: a query about a past time reads projections rebuilt in memory from
+  the log up to the last position recorded at that time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from services.common.errors import FailedPrecondition, Unavailable
+from services.ledger.application import Ledger
+from services.ledger.projections import Projections
+from services.ledger.projections.service import ProjectionReader
+
+MAX_WAIT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class View:
+    reader: ProjectionReader
+    position: int
+    # True when the reader must catch up before answering (no position was asked for).
+    fresh: bool
+    # True for a view of the past: incidents are shown as of ``position``.
+    historical: bool
+
+
+class ReadModel:
+    def __init__(self, ledger: Ledger, projections: Projections) -> None:
+        self.ledger = ledger
+        self.projections = projections
+
+    @contextmanager
+    def view(
+        self,
+        *,
+        min_position: int = 0,
+        as_of: datetime | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[View]:
+        if as_of is not None and as_of < datetime.now(UTC):
+            position = self.ledger.position_at(as_of)
+            with self.projections.as_of(position) as past:
+                yield View(past, position, fresh=False, historical=True)
+            return
+        if min_position:
+            self.wait_for(min_position, timeout)
+            yield View(self.projections, self.projections.position(), False, False)
+            return
+        yield View(self.projections, self.projections.catch_up(), False, False)
+
+    def wait_for(self, position: int, timeout: float | None) -> None:
+        if position < 0:
+            raise FailedPrecondition(
+                "min_position must not be negative",
+                reason="POSITION_INVALID",
+                metadata={"min_position": str(position)},
+            )
+        recorded = self.ledger.recorder.max_notification_id() or 0
+        if position > recorded:
+            raise FailedPrecondition(
+                f"position {position} has not been recorded (the ledger is at {recorded})",
+                reason="POSITION_NOT_RECORDED",
+                metadata={"min_position": str(position), "ledger_position": str(recorded)},
+            )
+        wait = min(timeout if timeout is not None else MAX_WAIT_SECONDS, MAX_WAIT_SECONDS)
+        if not self.projections.wait_for(position, max(wait, 0.0)):
+            lag = self.projections.lag()
+            raise Unavailable(
+                f"the projections have not reached position {position} yet; retry",
+                reason="PROJECTION_LAGGING",
+                metadata={
+                    "min_position": str(position),
+                    "projection_position": str(self.projections.position()),
+                    "lag_events": str(lag.events),
+                },
+            )

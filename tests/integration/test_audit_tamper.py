@@ -1,0 +1,507 @@
+"""Tamper evidence on real stores: rows altered directly in SQLite and PostgreSQL are found
+and named; exports verify offline and an edited export is caught; the CLI's exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from psycopg.sql import SQL, Identifier
+
+from services.common.config import PROJECT_ROOT
+from services.common.sql import postgres_connect
+from services.ledger.application import Ledger
+from services.ledger.audit import (
+    Checkpoint,
+    Checkpoints,
+    Divergence,
+    VerifyReport,
+    export_jsonl,
+    public_key_bytes,
+    verify_export,
+    verify_store,
+)
+from services.ledger.audit.keys import public_key_pem
+from services.ledger.domain.incident import incident_event_classes
+from tests.support import REFERENCE_FILE, reference, store_environment
+from tests.unit.test_audit_encoding import History, build_history
+
+KEY = Ed25519PrivateKey.generate()
+PUBLIC = public_key_bytes(KEY)
+
+
+@dataclass
+class Row:
+    position: int
+    version: int
+    topic: str
+    state: bytes
+
+
+class Surgery:
+    """Direct access to the event rows, bypassing the ledger, as an intruder would."""
+
+    def __init__(self, kind: str, store_env: dict[str, str], table: str) -> None:
+        self.kind, self.env, self.table = kind, store_env, table
+
+    def _run(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if self.kind == "sqlite":
+            with closing(sqlite3.connect(self.env["SQLITE_DBNAME"])) as lite, lite:
+                rows = lite.execute(
+                    statement.replace("{t}", self.table).replace("{pos}", "rowid"), params
+                ).fetchall()
+                return [tuple(r) for r in rows]
+        with postgres_connect(self.env, autocommit=True) as pg:
+            text = statement.replace("?", "%s").replace("{pos}", "notification_id")
+            query = SQL(text.replace("{t}", "{table}")).format(
+                table=Identifier(self.env["POSTGRES_SCHEMA"], self.table)
+            )
+            cur = pg.execute(query, params)
+            return [tuple(r) for r in cur.fetchall()] if cur.description else []
+
+    def _id(self, incident: UUID) -> object:
+        return incident.hex if self.kind == "sqlite" else incident
+
+    def rows(self, incident: UUID) -> list[Row]:
+        found = self._run(
+            "SELECT {pos}, originator_version, topic, state FROM {t} "
+            "WHERE originator_id = ? ORDER BY originator_version",
+            (self._id(incident),),
+        )
+        return [Row(int(p), int(v), str(t), bytes(s)) for p, v, t, s in found]
+
+    def set_state(self, position: int, state: bytes) -> None:
+        self._run("UPDATE {t} SET state = ? WHERE {pos} = ?", (state, position))
+
+    def set_version(self, position: int, version: int) -> None:
+        self._run("UPDATE {t} SET originator_version = ? WHERE {pos} = ?", (version, position))
+
+    def delete(self, position: int) -> None:
+        self._run("DELETE FROM {t} WHERE {pos} = ?", (position,))
+
+    def insert(self, incident: UUID, version: int, topic: str, state: bytes) -> int:
+        self._run(
+            "INSERT INTO {t} (originator_id, originator_version, topic, state) VALUES (?, ?, ?, ?)",
+            (self._id(incident), version, topic, state),
+        )
+        return max(r.position for r in self.rows(incident))
+
+    def last_positions(self, count: int) -> list[int]:
+        topics = tuple(_topics())
+        marks = ",".join("?" * len(topics))
+        statement = (
+            f"SELECT {{pos}} FROM {{t}} WHERE topic IN ({marks}) ORDER BY {{pos}} DESC LIMIT ?"  # noqa: S608
+        )
+        found = self._run(statement, (*topics, count))
+        return [int(r[0]) for r in found]
+
+
+def _topics() -> list[str]:
+    from eventsourcing.utils import get_topic
+
+    return [get_topic(cls) for cls in incident_event_classes()]
+
+
+@dataclass
+class Store:
+    kind: str
+    env: dict[str, str]
+    ledger: Ledger
+    history: History
+    checkpoints: Checkpoints
+    rows: Surgery
+
+    def verify(self, witness: list[Checkpoint] | None = None) -> VerifyReport:
+        return verify_store(self.ledger, PUBLIC, witness)
+
+    def divergence(self, witness: list[Checkpoint] | None = None) -> Divergence:
+        report = self.verify(witness)
+        assert not report.ok
+        assert report.divergence is not None
+        return report.divergence
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "postgres":
+        request.applymarker(pytest.mark.postgres)
+    with store_environment(request.param, tmp_path) as store_env:
+        ledger = Ledger(reference(), env=store_env)
+        checkpoints = Checkpoints(ledger.recorder, store_env, KEY)
+        try:
+            history = build_history(ledger)
+            surgery = Surgery(request.param, store_env, ledger.recorder.events_table_name)  # type: ignore[attr-defined]
+            yield Store(request.param, store_env, ledger, history, checkpoints, surgery)
+        finally:
+            checkpoints.close()
+            ledger.close()
+
+
+def _name(incident: UUID) -> str:
+    return f"incidents/{incident}"
+
+
+# ---------------------------------------------------------------- clean
+
+
+def test_an_unaltered_ledger_verifies_clean_in_the_store_and_in_its_export(
+    store: Store, tmp_path: Path
+) -> None:
+    first = store.checkpoints.create()
+    build_history(store.ledger, extra=1)
+    second = store.checkpoints.create()
+    assert second.events > first.events
+    report = store.verify()
+    assert report.ok, report.divergence
+    assert report.checkpoints_checked == 2
+    assert report.events == second.events
+    assert report.incidents == len(store.history.others) + 1 + 5
+    out = tmp_path / "ledger.jsonl"
+    stats = export_jsonl(store.ledger, out)
+    assert stats.events == second.events and stats.checkpoints == 2
+    assert stats.head == second.head
+    offline = verify_export(out, PUBLIC)
+    assert offline.ok, offline.divergence
+    assert offline.checkpoints_checked == 2
+    assert verify_export(out, PUBLIC, [first, second]).ok
+
+
+def test_checkpoints_are_incremental_listed_and_published_once(store: Store) -> None:
+    published: list[Checkpoint] = []
+    checkpoints = Checkpoints(store.ledger.recorder, store.env, KEY, on_checkpoint=published.append)
+    try:
+        first = checkpoints.create()
+        assert checkpoints.create() == first  # nothing new: no new checkpoint
+        build_history(store.ledger, extra=0)
+        second = checkpoints.create()
+        assert published == [first, second]
+        assert second.position > first.position and second.verify(PUBLIC)
+        assert checkpoints.list() == [first, second]
+        assert checkpoints.list(after=first.position) == [second]
+        assert checkpoints.list(limit=1) == [first]
+        assert checkpoints.key_id == first.key_id
+    finally:
+        checkpoints.close()
+
+
+def test_the_periodic_thread_makes_checkpoints_until_stopped(store: Store) -> None:
+    made = threading.Event()
+    checkpoints = Checkpoints(
+        store.ledger.recorder,
+        store.env,
+        KEY,
+        interval_seconds=0.05,
+        on_checkpoint=lambda _: made.set(),
+    )
+    try:
+        checkpoints.start()
+        assert made.wait(30), "no checkpoint was made"
+    finally:
+        checkpoints.stop()
+    assert checkpoints.latest() is not None
+    checkpoints.close()
+
+
+# ---------------------------------------------------------------- alterations
+
+
+def test_one_changed_byte_in_a_middle_event_is_named(store: Store) -> None:
+    store.checkpoints.create()
+    rows = store.rows.rows(store.history.lifecycle)
+    target = rows[5]  # version 6: the decision
+    assert b'"forum":"Rapat Forkopimda"' in target.state
+    store.rows.set_state(target.position, target.state.replace(b"Rapat", b"Rapet"))
+    assert store.divergence() == Divergence(
+        "modified",
+        _name(store.history.lifecycle),
+        6,
+        target.position,
+        store.divergence().detail,
+    )
+
+
+def test_a_changed_byte_that_breaks_the_encoding_is_modified_and_never_crashes(
+    store: Store,
+) -> None:
+    rows = store.rows.rows(store.history.lifecycle)
+    target = rows[-1]  # the latest event: no successor, but it no longer decodes
+    store.rows.set_state(target.position, b"X" + target.state[1:])
+    found = store.divergence()
+    assert (found.kind, found.incident, found.version, found.position) == (
+        "modified",
+        _name(store.history.lifecycle),
+        target.version,
+        target.position,
+    )
+
+
+def test_a_changed_previous_hash_names_its_own_event(store: Store) -> None:
+    rows = store.rows.rows(store.history.lifecycle)
+    target = rows[3]  # version 4
+    state = json.loads(target.state)
+    state["previous_hash"] = "f" + state["previous_hash"][1:]
+    store.rows.set_state(target.position, json.dumps(state).encode())
+    found = store.divergence()
+    assert (found.kind, found.version, found.position) == ("modified", 4, target.position)
+
+
+def test_a_change_to_the_latest_event_of_an_incident_is_caught_by_the_checkpoint(
+    store: Store,
+) -> None:
+    checkpoint = store.checkpoints.create()
+    rows = store.rows.rows(store.history.lifecycle)
+    target = rows[-1]
+    assert b"second patrol" in target.state
+    store.rows.set_state(target.position, target.state.replace(b"second", b"fourth"))
+    found = store.divergence()
+    assert (found.kind, found.position) == ("modified", checkpoint.position)
+    assert store.verify(None).divergence == found
+
+
+def test_a_deleted_middle_event_is_named(store: Store) -> None:
+    rows = store.rows.rows(store.history.lifecycle)
+    store.rows.delete(rows[4].position)  # version 5
+    found = store.divergence()
+    assert (found.kind, found.incident, found.version, found.position) == (
+        "deleted",
+        _name(store.history.lifecycle),
+        5,
+        rows[5].position,
+    )
+
+
+def test_deleting_the_last_events_after_a_checkpoint_is_truncation(store: Store) -> None:
+    checkpoint = store.checkpoints.create()
+    for position in store.rows.last_positions(3):
+        store.rows.delete(position)
+    found = store.divergence()
+    assert (found.kind, found.position) == ("truncated", checkpoint.position)
+    assert "3 later event(s)" in found.detail
+
+
+def test_swapped_states_of_two_versions_are_reordered(store: Store) -> None:
+    rows = store.rows.rows(store.history.lifecycle)
+    a, b = rows[6], rows[7]  # versions 7 (Escalated) and 8 (SeverityAssessed)
+    store.rows.set_state(a.position, b.state)
+    store.rows.set_state(b.position, a.state)
+    found = store.divergence()
+    assert (found.kind, found.incident, found.version, found.position) == (
+        "reordered",
+        _name(store.history.lifecycle),
+        7,
+        a.position,
+    )
+
+
+def test_swapped_version_numbers_are_reordered(store: Store) -> None:
+    rows = store.rows.rows(store.history.lifecycle)
+    a, b = rows[6], rows[7]
+    store.rows.set_version(a.position, 1000)
+    store.rows.set_version(b.position, a.version)
+    store.rows.set_version(a.position, b.version)
+    found = store.divergence()
+    assert (found.kind, found.incident, found.version, found.position) == (
+        "reordered",
+        _name(store.history.lifecycle),
+        b.version,
+        a.position,
+    )
+
+
+def test_a_forged_event_inserted_into_an_incident_is_named(store: Store) -> None:
+    incident = store.history.lifecycle
+    rows = store.rows.rows(incident)
+    # The intruder makes room at version 3 and forges an event linked to version 2.
+    for row in reversed(rows[2:]):
+        store.rows.set_version(row.position, row.version + 1)
+    forged = json.loads(rows[2].state)
+    forged["reason"] = "forged order"
+    forged["previous_hash"] = json.loads(rows[2].state)["previous_hash"]
+    position = store.rows.insert(incident, 3, rows[2].topic, json.dumps(forged).encode())
+    found = store.divergence()
+    assert (found.kind, found.incident, found.version, found.position) == (
+        "inserted",
+        _name(incident),
+        3,
+        position,
+    )
+
+
+def test_a_checkpoint_signed_by_another_key_is_a_bad_signature(store: Store) -> None:
+    mine = store.checkpoints.create()
+    forger = Ed25519PrivateKey.generate()
+    forged = Checkpoint(
+        mine.position,
+        mine.head,
+        mine.events,
+        mine.created_at,
+        mine.key_id,
+        forger.sign(mine.signed_bytes()),
+    )
+    found = store.divergence([forged])
+    assert (found.kind, found.position) == ("bad_signature", mine.position)
+    altered = Checkpoint(mine.position, "0" * 64, mine.events, mine.created_at, "", mine.signature)
+    assert store.divergence([altered]).kind == "bad_signature"
+
+
+def test_a_witness_catches_a_deleted_checkpoint_and_truncation(store: Store) -> None:
+    witness = [store.checkpoints.create()]
+    for position in store.rows.last_positions(2):
+        store.rows.delete(position)
+    # The intruder also removes the stored checkpoint; the witness still has it.
+    Surgery(store.kind, store.env, "ledger_checkpoints")._run("DELETE FROM {t}")
+    assert store.verify().ok  # without the witness, nothing says the log was longer
+    assert store.divergence(witness).kind == "truncated"
+
+
+# ---------------------------------------------------------------- exports
+
+
+def test_an_export_verifies_offline_and_a_hand_edit_is_caught(store: Store, tmp_path: Path) -> None:
+    checkpoint = store.checkpoints.create()
+    out = tmp_path / "export.jsonl"
+    export_jsonl(store.ledger, out)
+    lines = out.read_bytes().splitlines(keepends=True)
+    assert json.loads(lines[0])["record"] == "header"
+    assert json.loads(lines[-1])["record"] == "end"
+    events = [(n, json.loads(line)) for n, line in enumerate(lines) if b'"canonical"' in line]
+    assert len(events) == checkpoint.events
+
+    # A title changed in the envelope's payload only.
+    n, record = next((n, r) for n, r in events if r["type"] == "Reported")
+    edited = tmp_path / "edited.jsonl"
+    edited.write_bytes(
+        b"".join([*lines[:n], lines[n].replace(b"Massa", b"Masse"), *lines[n + 1 :]])
+    )
+    found = verify_export(edited, PUBLIC).divergence
+    assert found is not None
+    assert (found.kind, found.position) == ("modified", int(record["position"]))
+
+    # The same edit made consistently (canonical body and hash recomputed): the chain
+    # of the incident and the checkpoint still show it.
+    n, record = events[5]
+    canonical = record["canonical"]
+    canonical["reason"] = "rewritten"
+    from services.ledger.audit import body_hash, envelope_from_body
+
+    rewritten = envelope_from_body(canonical, int(record["position"]), body_hash(canonical))
+    rewritten["canonical"] = canonical
+    line = (json.dumps(rewritten, ensure_ascii=False) + "\n").encode()
+    edited.write_bytes(b"".join([*lines[:n], line, *lines[n + 1 :]]))
+    report = verify_export(edited, PUBLIC)
+    assert report.divergence is not None and report.divergence.kind == "modified"
+
+    # A line removed, and the file cut short.
+    middle = events[len(events) // 2][0]
+    edited.write_bytes(b"".join(lines[:middle] + lines[middle + 1 :]))
+    assert not verify_export(edited, PUBLIC).ok
+    edited.write_bytes(b"".join(lines[:-3]))
+    cut = verify_export(edited, PUBLIC).divergence
+    assert cut is not None and cut.kind == "truncated"
+
+
+def test_a_partial_export_verifies_from_its_start(store: Store, tmp_path: Path) -> None:
+    store.checkpoints.create()
+    build_history(store.ledger, extra=0)
+    last = store.checkpoints.create()
+    rows = store.rows.rows(store.history.lifecycle)
+    out = tmp_path / "part.jsonl"
+    stats = export_jsonl(store.ledger, out, start=rows[8].position, stop=last.position)
+    assert stats.first_position == rows[8].position
+    report = verify_export(out, PUBLIC, [last])
+    assert report.ok, report.divergence
+    assert report.checkpoints_checked >= 1
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def _cli(args: list[str], env: dict[str, str], data: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.ledger.audit", *args],
+        env={
+            **os.environ,
+            **env,
+            "LEDGER_DATA_DIR": str(data),
+            "LEDGER_REFERENCE_FILE": str(REFERENCE_FILE),
+            "LEDGER_LOG_FORMAT": "json",
+            "PYTHONPATH": f"{PROJECT_ROOT}:{PROJECT_ROOT / 'gen'}",
+        },
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _events(result: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def test_the_command_line_checkpoints_exports_and_verifies(tmp_path: Path) -> None:
+    with store_environment("sqlite", tmp_path) as store_env:
+        ledger = Ledger(reference(), env=store_env)
+        history = build_history(ledger)
+        ledger.close()
+        data = tmp_path / "data"
+        made = _cli(["checkpoint"], store_env, data)
+        assert made.returncode == 0, made.stdout + made.stderr
+        public = data / "keys" / "ledger-signing.pub"
+        assert public.exists()
+        witness = tmp_path / "witness.jsonl"
+        line = next(e for e in _events(made) if e["event"] == "audit.checkpoint")
+        keys = ("position", "head", "events", "created_at", "key_id", "signature")
+        witness.write_text(json.dumps({k: line[k] for k in keys}) + "\n")
+        out = tmp_path / "export.jsonl"
+        assert _cli(["export", "--out", str(out)], store_env, data).returncode == 0
+        for source in (["--store"], ["--export", str(out)]):
+            args = ["verify", *source, "--public-key", str(public), "--checkpoints", str(witness)]
+            clean = _cli(args, store_env, data)
+            assert clean.returncode == 0, clean.stdout + clean.stderr
+            report = next(e for e in _events(clean) if e["event"] == "audit.verify.clean")
+            assert report["checkpoints_checked"] >= 1
+
+        surgery = Surgery("sqlite", store_env, "stored_events")
+        rows = surgery.rows(history.lifecycle)
+        surgery.delete(rows[2].position)
+        broken = _cli(["verify", "--store", "--public-key", str(public)], store_env, data)
+        assert broken.returncode == 1, broken.stdout + broken.stderr
+        line = next(e for e in _events(broken) if e["event"] == "audit.verify.divergence")
+        assert line["divergence_kind"] == "deleted"
+        assert line["divergence_version"] == 3
+
+        other = tmp_path / "other.pub"
+        other.write_bytes(public_key_pem(public_key_bytes(Ed25519PrivateKey.generate())))
+        forged = _cli(["verify", "--export", str(out), "--public-key", str(other)], store_env, data)
+        assert forged.returncode == 1
+        assert _cli(["verify", "--store"], store_env, data).returncode == 2
+        missing = _cli(["verify", "--store", "--public-key", str(tmp_path / "no")], store_env, data)
+        assert missing.returncode == 2
+        assert (
+            _cli(
+                ["verify", "--export", str(public), "--public-key", str(public)], store_env, data
+            ).returncode
+            == 2
+        )
+        production = _cli(["checkpoint"], {**store_env, "LEDGER_ENVIRONMENT": "production"}, data)
+        assert production.returncode == 2
+
+
+def test_postgres_is_reachable_or_skipped() -> None:
+    # Keeps psycopg imported for the type checker when PostgreSQL tests are skipped.
+    assert psycopg.__version__

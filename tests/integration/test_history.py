@@ -1,0 +1,100 @@
+"""Auditors' view of the past: incidents as of a time or position, and the replay stream."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from incidentledger.v1 import audit_service_pb2 as audit
+from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
+from incidentledger.v1 import incident_pb2 as pb
+from incidentledger.v1 import ledger_service_pb2 as api
+from tests.support import Client
+
+
+def rid() -> str:
+    return secrets.token_hex(8)
+
+
+def ts(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def test_an_incident_as_of_a_position_or_a_time(ledger: Client) -> None:
+    s, md = ledger.stub, ledger.md
+    reported = ledger.report("kesbangpol")
+    name = reported.incident
+    verified = s.VerifyIncident(
+        api.VerifyIncidentRequest(request_id=rid(), name=name), metadata=md("desk_pilkada")
+    ).result
+    between = datetime.now(UTC)
+    s.AssignLeadAgency(
+        api.AssignLeadAgencyRequest(request_id=rid(), name=name, agency="polres"),
+        metadata=md("desk_pilkada"),
+    )
+
+    def as_of(**fields: object) -> pb.Incident:
+        return s.GetIncident(
+            api.GetIncidentRequest(name=name, **fields),  # type: ignore[arg-type]
+            metadata=md("inspektorat"),
+        ).incident
+
+    assert as_of(as_of_position=reported.position).status == pb.INCIDENT_STATUS_REPORTED
+    assert as_of(as_of_position=verified.position).status == pb.INCIDENT_STATUS_VERIFIED
+    then = as_of(as_of_time=ts(between))
+    assert then.status == pb.INCIDENT_STATUS_VERIFIED
+    assert then.lead_agency == ""
+    assert as_of().status == pb.INCIDENT_STATUS_ASSIGNED
+    with pytest.raises(grpc.RpcError) as caught:
+        as_of(as_of_time=ts(datetime(2020, 1, 1, tzinfo=UTC)))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_replay_streams_the_history_in_order_with_filters(ledger: Client) -> None:
+    s, md = ledger.stub, ledger.md
+    ipuh = ledger.report("bawaslu", category="hoax", location=pb.Location(kecamatan="ipuh"))
+    kota = ledger.report("kesbangpol")
+    s.VerifyIncident(
+        api.VerifyIncidentRequest(request_id=rid(), name=kota.incident), metadata=md("desk_pilkada")
+    )
+    s.RejectIncident(
+        api.RejectIncidentRequest(
+            request_id=rid(),
+            name=ipuh.incident,
+            comment="checked: false",
+            rejection_reason=pb.REJECTION_REASON_HOAX,
+        ),
+        metadata=md("desk_pilkada"),
+    )
+    stub = audit_grpc.AuditServiceStub(ledger.channel)
+
+    def stream(**fields: object) -> list[pb.IncidentEvent]:
+        request = audit.StreamEventsRequest(**fields)  # type: ignore[arg-type]
+        return [r.event for r in stub.StreamEvents(request, metadata=md("inspektorat"))]
+
+    everything = stream()
+    assert [(e.incident, e.type) for e in everything] == [
+        (ipuh.incident, "Reported"),
+        (kota.incident, "Reported"),
+        (kota.incident, "Verified"),
+        (ipuh.incident, "Rejected"),
+    ]
+    positions = [e.position for e in everything]
+    assert positions == sorted(positions)
+    assert [e.type for e in stream(incident=ipuh.incident)] == ["Reported", "Rejected"]
+    assert [e.type for e in stream(agency="desk_pilkada")] == ["Verified", "Rejected"]
+    assert [e.incident for e in stream(kecamatan="ipuh")] == [ipuh.incident] * 2
+    assert stream(after_position=positions[1]) == everything[2:]
+    assert stream(until_position=positions[1]) == everything[:2]
+    start = everything[2].record_time.ToDatetime(tzinfo=UTC)
+    assert stream(start_time=ts(start)) == everything[2:]
+    for bad in ({"agency": "fbi"}, {"kecamatan": "atlantis"}, {"incident": "incidents/x"}):
+        with pytest.raises(grpc.RpcError) as caught:
+            stream(**bad)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

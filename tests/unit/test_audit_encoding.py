@@ -1,0 +1,291 @@
+"""Audit encodings: hashing from the raw stored state, the export envelope, keys, settings."""
+
+from __future__ import annotations
+
+import base64
+import json
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf.json_format import MessageToDict
+
+from services.common.config import AuditSettings, ConfigError
+from services.ledger.api.convert import event_to_proto
+from services.ledger.application import Ledger, StoredIncidentEvent
+from services.ledger.audit import (
+    Checkpoint,
+    RawDecoder,
+    body_hash,
+    chain_step,
+    envelope_from_body,
+    key_id,
+    load_public_key,
+    load_signing_key,
+    public_key_bytes,
+)
+from services.ledger.audit.checkpoints import signing_payload
+from services.ledger.audit.encoding import envelope_json, export_line
+from services.ledger.domain.incident import (
+    GENESIS_HASH,
+    Envelope,
+    Incident,
+    RejectionReason,
+    event_hash,
+    incident_event_classes,
+)
+from tests.support import reference, store_environment
+from tests.unit.incident_builders import env
+
+LOCATION = {"kecamatan": "kota_mukomuko", "desa": "Koto Jaya"}
+ON_THE_SECOND = datetime(2026, 11, 28, 1, 2, 3, tzinfo=UTC)  # no microseconds
+
+
+@dataclass
+class History:
+    """What :func:`build_history` recorded: incidents by role, with their command results."""
+
+    lifecycle: UUID  # goes through every stage: 16 events
+    others: list[UUID] = field(default_factory=list)
+    decision_event: UUID | None = None
+
+
+def coord() -> Envelope:
+    """The coordinator, with a fresh request id."""
+    return env("desk_pilkada")
+
+
+def build_history(ledger: Ledger, *, extra: int = 2) -> History:
+    """A history with every incident event type, recorded by real commands."""
+    first = ledger.report(
+        env("kesbangpol", occurred_at=ON_THE_SECOND),
+        title="Massa berkumpul di Lapangan Merdeka",
+        description="Ratusan orang tanpa izin — ünïcode ✓",
+        category="crowd_gathering",
+        severity="low",
+        location={**LOCATION, "tps": "TPS 03", "latitude": -2.58, "longitude": 101.11},
+    )
+    i = first.incident_id
+    ledger.verify(coord(), i, 0, "checked on site")
+    ledger.assign_lead(coord(), i, 0, "polres", "police lead")
+    ledger.add_supporting_agency(coord(), i, 0, "kodim", "military support")
+    ledger.log_action(env("polres"), i, 0, "patrol sent", {**LOCATION, "latitude": -2.5})
+    decision = ledger.record_decision(
+        coord(),
+        i,
+        0,
+        deciding_agencies=["polres", "desk_pilkada"],
+        forum="Rapat Forkopimda",
+        summary="Larangan kumpul tiga hari",
+        rationale="risk of clashes",
+        scope=dict(LOCATION),
+        valid_from=ON_THE_SECOND,
+        valid_until=ON_THE_SECOND + timedelta(days=3, microseconds=250_000),
+    )
+    ledger.escalate(env("polres"), i, 0, "crowd growing")
+    ledger.assess_severity(coord(), i, 0, "high", "escalated")
+    ledger.propose_handover(env("polres"), i, 0, "kodim", "military takes over")
+    ledger.accept_handover(env("kodim"), i, 0, "accepted")
+    ledger.resolve(env("kodim"), i, 0, "crowd dispersed")
+    ledger.request_closure(env("kodim"), i, 0, "done")
+    ledger.approve_closure(coord(), i, 0, "approved")
+    ledger.reopen(coord(), i, 0, "crowd came back")
+    ledger.correct(
+        coord(),
+        i,
+        0,
+        event_id=decision.event_id,
+        field="summary",
+        old_value="Larangan kumpul tiga hari",
+        new_value="Larangan kumpul 3 hari",
+        reason="typo",
+    )
+    ledger.log_action(env("kodim"), i, 0, "second patrol", None)
+    history = History(i, decision_event=decision.event_id)
+    hoax = ledger.report(
+        env("bawaslu"),
+        title="Hoaks",
+        description="",
+        category="hoax",
+        severity="",
+        location=dict(LOCATION),
+    )
+    ledger.reject(coord(), hoax.incident_id, 0, RejectionReason.HOAX, "a hoax")
+    target = ledger.report(
+        env("kpu"),
+        title="Logistik",
+        description="",
+        category="hoax",
+        severity="",
+        location={"kecamatan": "ipuh"},
+    )
+    duplicate = ledger.report(
+        env("kpu"),
+        title="Logistik 2",
+        description="",
+        category="hoax",
+        severity="",
+        location={"kecamatan": "ipuh"},
+    )
+    ledger.merge(coord(), duplicate.incident_id, 0, target.incident_id, "duplicate")
+    history.others += [hoax.incident_id, target.incident_id, duplicate.incident_id]
+    for n in range(extra):
+        other = ledger.report(
+            env("polres"),
+            title=f"Bentrokan {n}",
+            description="",
+            category="crowd_gathering",
+            severity="medium",
+            location=dict(LOCATION),
+        )
+        ledger.verify(coord(), other.incident_id, 0, "ok")
+        ledger.assign_lead(coord(), other.incident_id, 0, "polres", "")
+        ledger.log_action(env("polres"), other.incident_id, 0, f"action {n}", None)
+        history.others.append(other.incident_id)
+    return history
+
+
+@pytest.fixture(params=["popo", "sqlite"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    with store_environment(request.param, tmp_path) as store_env:
+        app = Ledger(reference(), env=store_env)
+        try:
+            yield app
+        finally:
+            app.close()
+
+
+def _stored(ledger: Ledger) -> list[tuple[StoredIncidentEvent, dict[str, object]]]:
+    decoder = RawDecoder(ledger.mapper)
+    result = []
+    for n in ledger.recorder.select_notifications(1, 10_000, topics=decoder.topics):
+        event = ledger.mapper.to_domain_event(n)
+        assert isinstance(event, Incident.Event)
+        body = decoder.body(n.topic, n.originator_id, n.originator_version, n.state)
+        result.append((StoredIncidentEvent(event, n.id), body))
+    return result
+
+
+def test_hash_from_the_raw_state_equals_event_hash_for_every_event_type(ledger: Ledger) -> None:
+    build_history(ledger)
+    stored = _stored(ledger)
+    seen = set()
+    for item, body in stored:
+        assert body_hash(body) == event_hash(item.event), type(item.event).__name__
+        seen.add(type(item.event).__name__)
+    assert seen == {cls.__name__ for cls in incident_event_classes()}
+
+
+def test_direct_envelope_equals_the_protobuf_json_of_event_to_proto(ledger: Ledger) -> None:
+    build_history(ledger)
+    for item, body in _stored(ledger):
+        expected = MessageToDict(event_to_proto(item), preserving_proto_field_name=True)
+        digest = body_hash(body)
+        assert envelope_from_body(body, item.position, digest) == expected
+        # The exporter's direct writer yields the same object.
+        assert json.loads(envelope_json(body, item.position, digest)) == expected
+        line, line_hash = export_line(body, item.position)
+        assert line_hash == digest
+        assert json.loads(line) == {**expected, "canonical": json.loads(json.dumps(body))}
+
+
+def test_times_without_microseconds_and_in_other_zones_hash_like_the_domain() -> None:
+    decoder = RawDecoder()
+    topic = next(iter(decoder.classes))  # Reported
+    state = {
+        "timestamp": {"_type_": "datetime_iso", "_data_": "2026-11-28T08:02:03+07:00"},
+        "originator_topic": "services.ledger.domain.incident:Incident",
+        "event_id": {"_type_": "uuid_hex", "_data_": "06fce68956ac4007979f1995e947dd58"},
+        "occurred_at": {"_type_": "datetime_iso", "_data_": "2026-11-28T01:02:03+00:00"},
+        "previous_hash": GENESIS_HASH,
+        "title": "t",
+    }
+    body = decoder.body(topic, UUID(int=7), 1, json.dumps(state).encode())
+    assert body["timestamp"] == "2026-11-28T01:02:03.000000+00:00"
+    assert body["occurred_at"] == "2026-11-28T01:02:03.000000+00:00"
+    assert body["event_id"] == "06fce689-56ac-4007-979f-1995e947dd58"
+    assert body["type"] == decoder.classes[topic].__name__
+
+
+@pytest.mark.parametrize(
+    "state",
+    [b"\xff{", b"[1]", b'{"previous_hash": 1}', b'{"x": {"_type_": "decimal_str", "_data_": "1"}}'],
+)
+def test_undecodable_states_are_refused(state: bytes) -> None:
+    from services.ledger.audit.encoding import EventDecodeError
+
+    decoder = RawDecoder()
+    with pytest.raises(EventDecodeError):
+        decoder.body(next(iter(decoder.classes)), UUID(int=1), 1, state)
+
+
+def test_the_chain_step_has_the_documented_layout() -> None:
+    digest = "ab" * 32
+    expected = __import__("hashlib").sha256(f"{GENESIS_HASH}:17:{digest}".encode()).hexdigest()
+    assert chain_step(GENESIS_HASH, 17, digest) == expected
+
+
+def test_checkpoints_sign_the_documented_payload_and_round_trip() -> None:
+    key = Ed25519PrivateKey.generate()
+    public = public_key_bytes(key)
+    created = "2026-11-28T06:22:43.201375+00:00"
+    payload = signing_payload(5, "cd" * 32, 3, created)
+    assert payload == (
+        b'{"created_at":"2026-11-28T06:22:43.201375+00:00","events":3,'
+        b'"format":"incidentledger.checkpoint.v1","head":"' + b"cd" * 32 + b'","position":5}'
+    )
+    checkpoint = Checkpoint(5, "cd" * 32, 3, created, key_id(public), key.sign(payload))
+    assert checkpoint.verify(public)
+    again = Checkpoint.from_json(json.loads(checkpoint.to_bytes()))
+    assert again == checkpoint
+    assert not Checkpoint(6, "cd" * 32, 3, created, "", checkpoint.signature).verify(public)
+    assert not checkpoint.verify(public_key_bytes(Ed25519PrivateKey.generate()))
+
+
+def test_development_generates_a_key_pair_once_with_a_private_mode(tmp_path: Path) -> None:
+    settings = AuditSettings.from_env({"LEDGER_DATA_DIR": str(tmp_path)})
+    key = load_signing_key(settings)
+    private = tmp_path / "keys" / "ledger-signing.key"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert load_public_key(tmp_path / "keys" / "ledger-signing.pub") == public_key_bytes(key)
+    assert public_key_bytes(load_signing_key(settings)) == public_key_bytes(key)
+
+
+def test_keys_load_from_pem_or_base64(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    seed = key.private_bytes_raw()
+    (tmp_path / "k.b64").write_text(base64.b64encode(seed).decode())
+    (tmp_path / "p.b64").write_text(base64.b64encode(public_key_bytes(key)).decode())
+    settings = AuditSettings.from_env({"LEDGER_SIGNING_KEY_FILE": str(tmp_path / "k.b64")})
+    assert public_key_bytes(load_signing_key(settings)) == public_key_bytes(key)
+    assert load_public_key(tmp_path / "p.b64") == public_key_bytes(key)
+    (tmp_path / "bad").write_text("not a key")
+    with pytest.raises(ConfigError):
+        load_public_key(tmp_path / "bad")
+
+
+def test_production_requires_a_signing_key_and_never_generates(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="LEDGER_SIGNING_KEY_FILE is required"):
+        AuditSettings.from_env({"LEDGER_ENVIRONMENT": "production"})
+    settings = AuditSettings.from_env(
+        {"LEDGER_ENVIRONMENT": "production", "LEDGER_SIGNING_KEY_FILE": str(tmp_path / "none")}
+    )
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_signing_key(settings)
+    assert not (tmp_path / "none").exists()
+
+
+def test_audit_settings_defaults_and_checks(tmp_path: Path) -> None:
+    settings = AuditSettings.from_env({"LEDGER_DATA_DIR": str(tmp_path)})
+    assert settings.checkpoint_seconds == 300
+    assert settings.resolved_signing_key_file == tmp_path / "keys" / "ledger-signing.key"
+    assert AuditSettings.from_env({"LEDGER_CHECKPOINT_SECONDS": "0"}).checkpoint_seconds == 0
+    with pytest.raises(ConfigError):
+        AuditSettings.from_env({"LEDGER_CHECKPOINT_SECONDS": "-1"})
+    with pytest.raises(ConfigError):
+        AuditSettings.from_env({"LEDGER_CHECKPOINT_SECONDS": "often"})
