@@ -161,6 +161,7 @@ class LedgerSettings(ServiceSettings):
     relay: RelaySettings = field(default_factory=RelaySettings)
     signing_key_file: Path | None = None
     checkpoint_seconds: float = 300.0
+    metrics_listen: str = ""  # host:port of the Prometheus endpoint; empty = off
 
     def audit(self) -> AuditSettings:
         return AuditSettings(
@@ -180,6 +181,7 @@ class LedgerSettings(ServiceSettings):
             signing_key_file=audit.signing_key_file,
             checkpoint_seconds=audit.checkpoint_seconds,
             listen=env.get("LEDGER_LISTEN") or cls.listen,
+            metrics_listen=env.get("LEDGER_METRICS_LISTEN", ""),
             max_workers=_int(env, "LEDGER_MAX_WORKERS", cls.max_workers, minimum=1),
             grace_seconds=_float(env, "LEDGER_GRACE_SECONDS", cls.grace_seconds),
             store_env=store_environment(env, common["data_dir"]),
@@ -273,6 +275,7 @@ class NotifierSettings(ServiceSettings):
     max_workers: int = 64
     grace_seconds: float = 5.0
     store_env: dict[str, str] = field(default_factory=dict)
+    metrics_listen: str = ""  # host:port of the Prometheus endpoint; empty = off
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> NotifierSettings:
@@ -294,6 +297,7 @@ class NotifierSettings(ServiceSettings):
         return cls(
             **common,
             listen=env.get("NOTIFIER_LISTEN") or cls.listen,
+            metrics_listen=env.get("NOTIFIER_METRICS_LISTEN", ""),
             nats_url=nats_url,
             stream=StreamSettings.from_env(env),
             consumer=env.get("NOTIFIER_CONSUMER") or cls.consumer,

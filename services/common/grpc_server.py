@@ -20,6 +20,7 @@ import structlog
 from services.common.auth import Principal, TokenStore
 from services.common.errors import LedgerError
 from services.common.grpc_errors import to_grpc_status
+from services.common.metrics import Metrics
 
 log = structlog.get_logger("request")
 
@@ -40,9 +41,10 @@ else:
 
 
 class RequestInterceptor(_ServerInterceptor):
-    def __init__(self, tokens: TokenStore, domain: str) -> None:
+    def __init__(self, tokens: TokenStore, domain: str, metrics: Metrics | None = None) -> None:
         self._tokens = tokens
         self._domain = domain
+        self._metrics = metrics
         # Wrapped handlers, built once per method (the wrapping is the same each call).
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
         self._wrapped_lock = threading.Lock()
@@ -148,8 +150,10 @@ class RequestInterceptor(_ServerInterceptor):
         self._done("INTERNAL", started, level="error")
         context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
-    @staticmethod
-    def _done(status: str, started: float, *, level: str = "info", **extra: Any) -> None:
-        duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        getattr(log, level)("request", status=status, duration_ms=duration_ms, **extra)
+    def _done(self, status: str, started: float, *, level: str = "info", **extra: Any) -> None:
+        seconds = time.perf_counter() - started
+        if self._metrics is not None:
+            method = structlog.contextvars.get_contextvars().get("method", "")
+            self._metrics.observe(str(method), status, seconds)
+        getattr(log, level)("request", status=status, duration_ms=round(seconds * 1000, 3), **extra)
         structlog.contextvars.clear_contextvars()

@@ -21,6 +21,7 @@ from incidentledger.v1 import (
 from services.common.auth import TokenStore, load_or_create_tokens, shared_secret
 from services.common.config import LedgerSettings
 from services.common.grpc_server import RequestInterceptor
+from services.common.metrics import Metrics
 from services.common.pagetoken import PageTokens
 from services.common.serving import add_health_and_reflection, listen, new_server, set_serving
 from services.ledger.api.audit_servicer import AuditServicer
@@ -75,6 +76,7 @@ class LedgerServer:
     projections: Projections
     checkpoints: Checkpoints
     relay: Relay | None
+    metrics: Metrics
     stopped: threading.Event
 
     def stop(self, grace: float) -> None:
@@ -82,6 +84,7 @@ class LedgerServer:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.checkpoints.close()
+        self.metrics.close()
         if self.relay is not None:
             self.relay.stop()
         self.projections.close()
@@ -105,13 +108,16 @@ def build(settings: LedgerSettings) -> LedgerServer:
     projections = Projections(ledger, settings.store_env, reference, create=create)
     ledger.add_commit_listener(projections.wake)
     projections.start()
+    metrics = Metrics("ledger")
     server = new_server(
         max_workers=settings.max_workers,
         max_message_bytes=settings.max_message_bytes,
-        interceptor=RequestInterceptor(tokens, ERROR_DOMAIN),
+        interceptor=RequestInterceptor(tokens, ERROR_DOMAIN, metrics),
     )
     health_servicer = add_health_and_reflection(server, SERVICES)
     relay = start_relay(settings, ledger, health_servicer)
+    register_gauges(metrics, ledger, projections, relay)
+    metrics_port = metrics.serve(settings.metrics_listen) if settings.metrics_listen else 0
     checkpoints = Checkpoints(
         ledger.recorder,
         settings.store_env,
@@ -141,13 +147,70 @@ def build(settings: LedgerSettings) -> LedgerServer:
         "ledger.started",
         listen=settings.listen,
         port=port,
+        metrics_port=metrics_port or None,
         store=settings.store_env.get("PERSISTENCE_MODULE"),
         regency=reference.regency,
         environment=settings.environment,
     )
     return LedgerServer(
-        server, port, health_servicer, ledger, projections, checkpoints, relay, threading.Event()
+        server,
+        port,
+        health_servicer,
+        ledger,
+        projections,
+        checkpoints,
+        relay,
+        metrics,
+        threading.Event(),
     )
+
+
+def register_gauges(
+    metrics: Metrics, ledger: Ledger, projections: Projections, relay: Relay | None
+) -> None:
+    """Positions and lags, read at each scrape."""
+
+    def ledger_position() -> float:
+        return float(ledger.recorder.max_notification_id() or 0)
+
+    metrics.gauge("ledger_position", "the last recorded position", ledger_position)
+    metrics.gauge(
+        "ledger_projection_position",
+        "the position the projections have applied",
+        lambda: float(projections.position()),
+    )
+    metrics.gauge(
+        "ledger_projection_lag_events",
+        "recorded events the projections have not applied",
+        lambda: float(projections.lag().events),
+    )
+    metrics.gauge(
+        "ledger_projection_lag_seconds",
+        "age of the oldest event the projections have not applied",
+        lambda: projections.lag().seconds,
+    )
+    if relay is not None:
+        status = relay.status
+        metrics.gauge(
+            "ledger_relay_position",
+            "the last position published to NATS",
+            lambda: float(status.position),
+        )
+        metrics.gauge(
+            "ledger_relay_lag_events",
+            "positions recorded but not yet published",
+            lambda: max(0.0, ledger_position() - status.position),
+        )
+        metrics.gauge(
+            "ledger_relay_connected",
+            "1 while the relay is connected to NATS and leading",
+            lambda: 1.0 if status.connected else 0.0,
+        )
+        metrics.gauge(
+            "ledger_relay_published",
+            "events published since start",
+            lambda: float(status.published),
+        )
 
 
 def start_relay(

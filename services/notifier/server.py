@@ -14,6 +14,7 @@ from incidentledger.v1 import notifier_service_pb2, notifier_service_pb2_grpc
 from services.common.auth import load_or_create_tokens, shared_secret
 from services.common.config import NotifierSettings
 from services.common.grpc_server import RequestInterceptor
+from services.common.metrics import Metrics
 from services.common.pagetoken import PageTokens
 from services.common.serving import add_health_and_reflection, listen, new_server, set_serving
 from services.common.sql import open_database
@@ -36,6 +37,7 @@ class NotifierServer:
     engine: Engine
     store: NotifierStore
     deliveries: DeliveryLog
+    metrics: Metrics
     stopped: threading.Event
 
     def stop(self, grace: float) -> None:
@@ -45,6 +47,7 @@ class NotifierServer:
         self.server.stop(grace).wait()
         self.engine.stop()
         self.deliveries.close()
+        self.metrics.close()
         self.store.close()
         self.stopped.set()
 
@@ -65,11 +68,13 @@ def build(settings: NotifierSettings) -> NotifierServer:
     store.create_schema()
     engine = Engine(settings, store, reference)
     engine.start()
+    metrics = Metrics("notifier")
     server = new_server(
         max_workers=settings.max_workers,
         max_message_bytes=settings.max_message_bytes,
-        interceptor=RequestInterceptor(tokens, ERROR_DOMAIN),
+        interceptor=RequestInterceptor(tokens, ERROR_DOMAIN, metrics),
     )
+    metrics_port = metrics.serve(settings.metrics_listen) if settings.metrics_listen else 0
     deliveries = DeliveryLog(store)
     notifier_service_pb2_grpc.add_NotifierServiceServicer_to_server(
         NotifierServicer(engine, store, reference, PageTokens(secret), deliveries), server
@@ -82,10 +87,11 @@ def build(settings: NotifierSettings) -> NotifierServer:
         "notifier.started",
         listen=settings.listen,
         port=port,
+        metrics_port=metrics_port or None,
         nats=settings.nats_url,
         stream=settings.stream.name,
         consumer=settings.consumer,
     )
     return NotifierServer(
-        server, port, health_servicer, engine, store, deliveries, threading.Event()
+        server, port, health_servicer, engine, store, deliveries, metrics, threading.Event()
     )

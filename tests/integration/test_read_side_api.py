@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -165,3 +166,22 @@ def test_checkpoints_are_published_for_witnesses(tmp_path: Path, nats_server: Na
     (checkpoint,) = asyncio.run(witnessed())
     assert checkpoint.position == created.position
     assert checkpoint.verify(public_key)
+
+
+def test_metrics_expose_requests_and_projection_lag(tmp_path: Path) -> None:
+    with (
+        store_environment("sqlite", tmp_path) as env,
+        running_ledger(settings_for(tmp_path, env, metrics_listen="127.0.0.1:0")) as ledger,
+    ):
+        ledger.report("kesbangpol")
+        port = ledger.server.metrics.port
+        assert port > 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    assert (
+        'ledger_requests_total{method="/incidentledger.v1.LedgerService/ReportIncident",'
+        'status="OK"} 1.0' in text
+    )
+    assert "ledger_projection_lag_events " in text
+    assert "ledger_projection_lag_seconds " in text
+    assert "ledger_request_seconds_bucket" in text
