@@ -11,12 +11,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import grpc
 import psycopg
 import pytest
 import yaml
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
@@ -36,6 +38,17 @@ PG_SETTINGS = {
     "POSTGRES_USER": os.environ.get("TEST_POSTGRES_USER", "postgres"),
     "POSTGRES_PASSWORD": os.environ.get("TEST_POSTGRES_PASSWORD", ""),
 }
+
+
+def rid() -> str:
+    """A fresh request id."""
+    return secrets.token_hex(8)
+
+
+def ts(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
 
 
 def reference() -> ReferenceData:

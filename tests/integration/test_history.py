@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import secrets
 from datetime import UTC, datetime
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from incidentledger.v1 import audit_service_pb2 as audit
 from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
-from tests.support import Client
-
-
-def rid() -> str:
-    return secrets.token_hex(8)
-
-
-def ts(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+from tests.support import Client, rid, ts
 
 
 def test_an_incident_as_of_a_position_or_a_time(ledger: Client) -> None:

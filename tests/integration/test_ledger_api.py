@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import itertools
 import json
-import secrets
 from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from services.common.grpc_errors import error_info
-from tests.support import Client
-
-
-def rid() -> str:
-    return secrets.token_hex(8)
-
-
-def ts(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+from tests.support import Client, rid, ts
 
 
 def fails(call: object, code: grpc.StatusCode, reason: str | None = None) -> grpc.RpcError:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +11,6 @@ from pathlib import Path
 import grpc
 import nats
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from incidentledger.v1 import audit_service_pb2 as audit
 from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
@@ -24,17 +22,7 @@ from services.common.config import RelaySettings
 from services.common.natsserver import NatsServer
 from services.ledger.audit import Checkpoint
 from tests.fanout_support import wait_until
-from tests.support import Client, running_ledger, settings_for, store_environment
-
-
-def rid() -> str:
-    return secrets.token_hex(8)
-
-
-def ts(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+from tests.support import Client, rid, running_ledger, settings_for, store_environment, ts
 
 
 def test_a_client_reads_its_own_write(ledger: Client) -> None:

@@ -16,6 +16,7 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from services.common.errors import InvalidArgument
 from services.ledger.application import CommandResult, StoredIncidentEvent
 from services.ledger.domain.incident import (
+    ENVELOPE_FIELDS,
     Incident,
     RejectionReason,
     Status,
@@ -24,22 +25,6 @@ from services.ledger.domain.incident import (
 )
 
 _NAME_PREFIX = "incidents/"
-_ENVELOPE_FIELDS = {
-    "originator_id",
-    "originator_version",
-    "timestamp",
-    "event_id",
-    "occurred_at",
-    "actor_agency",
-    "actor_officer",
-    "reason",
-    "location",
-    "correlation_id",
-    "causation_id",
-    "request_id",
-    "previous_hash",
-    "originator_topic",
-}
 
 
 def incident_name(incident_id: UUID) -> str:
@@ -115,7 +100,7 @@ STATUS_TO_PROTO: dict[Status, pb.IncidentStatus.ValueType] = {
 }
 
 
-def _timestamp(value: datetime | None) -> Timestamp | None:
+def timestamp(value: datetime | None) -> Timestamp | None:
     if value is None:
         return None
     ts = Timestamp()
@@ -144,7 +129,7 @@ def result_to_proto(result: CommandResult) -> api.CommandResult:
         version=result.version,
         position=result.position,
         event_id=str(result.event_id),
-        record_time=_timestamp(result.recorded_at),
+        record_time=timestamp(result.recorded_at),
     )
 
 
@@ -165,9 +150,9 @@ def incident_to_proto(incident: Incident) -> pb.Incident:
         merged_into=incident_name(incident.merged_into) if incident.merged_into else "",
         merged_incidents=[incident_name(i) for i in incident.merged_incidents],
         version=incident.version,
-        occur_time=_timestamp(incident.occurred_at),
-        create_time=_timestamp(incident.created_on),
-        update_time=_timestamp(incident.modified_on),
+        occur_time=timestamp(incident.occurred_at),
+        create_time=timestamp(incident.created_on),
+        update_time=timestamp(incident.modified_on),
     )
     if incident.rejection_reason is not None:
         message.rejection_reason = pb.RejectionReason.Value(
@@ -192,8 +177,8 @@ def incident_to_proto(incident: Incident) -> pb.Incident:
                 summary=values["summary"],
                 rationale=values["rationale"],
                 scope=location_to_proto(decision.scope),
-                valid_from=_timestamp(datetime.fromisoformat(values["valid_from"])),
-                valid_until=_timestamp(datetime.fromisoformat(values["valid_until"])),
+                valid_from=timestamp(datetime.fromisoformat(values["valid_from"])),
+                valid_until=timestamp(datetime.fromisoformat(values["valid_until"])),
                 event_id=str(decision.event_id),
             )
         )
@@ -202,15 +187,15 @@ def incident_to_proto(incident: Incident) -> pb.Incident:
 
 def event_to_proto(stored: StoredIncidentEvent) -> pb.IncidentEvent:
     event = stored.event
-    payload = {k: v for k, v in event_fields(event).items() if k not in _ENVELOPE_FIELDS}
+    payload = {k: v for k, v in event_fields(event).items() if k not in ENVELOPE_FIELDS}
     return pb.IncidentEvent(
         event_id=str(event.event_id),
         incident=incident_name(event.originator_id),
         version=event.originator_version,
         type=type(event).__name__,
         schema_version=getattr(type(event), "class_version", 1),
-        occur_time=_timestamp(event.occurred_at),
-        record_time=_timestamp(event.timestamp),
+        occur_time=timestamp(event.occurred_at),
+        record_time=timestamp(event.timestamp),
         actor=pb.Actor(agency=event.actor_agency, officer=event.actor_officer),
         reason=event.reason,
         location=location_to_proto(event.location),

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from typing_extensions import override
 
 from incidentledger.v1 import situation_service_pb2 as sit
@@ -21,14 +20,6 @@ GROUPINGS = {
     sit.RESPONSE_TIME_GROUPING_SEVERITY: "severity",
     sit.RESPONSE_TIME_GROUPING_CATEGORY: "category",
 }
-
-
-def _ts(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 class SituationServicer(sit_grpc.SituationServiceServicer):
@@ -59,7 +50,7 @@ class SituationServicer(sit_grpc.SituationServiceServicer):
                             category=reason.category,
                             dimension=reason.dimension,
                             status=reason.status,
-                            report_time=_ts(reason.reported_at),
+                            report_time=convert.timestamp(reason.reported_at),
                             weight=reason.weight,
                         )
                         for reason in score.reasons
@@ -67,7 +58,7 @@ class SituationServicer(sit_grpc.SituationServiceServicer):
                 )
                 for score in scores
             ],
-            time=_ts(at),
+            time=convert.timestamp(at),
             position=view.position,
         )
 
@@ -96,9 +87,9 @@ class SituationServicer(sit_grpc.SituationServiceServicer):
                     deciding_agencies=list(d.deciding_agencies),
                     kecamatan=d.kecamatan,
                     desa=d.desa,
-                    valid_from=_ts(d.valid_from),
-                    valid_until=_ts(d.valid_until),
-                    record_time=_ts(d.recorded_at),
+                    valid_from=convert.timestamp(d.valid_from),
+                    valid_until=convert.timestamp(d.valid_until),
+                    record_time=convert.timestamp(d.recorded_at),
                     recorded_by=d.recorded_by,
                 )
                 for d in decisions

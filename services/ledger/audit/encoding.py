@@ -30,6 +30,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import get_topic
 
 from services.ledger.domain.incident import (
+    ENVELOPE_FIELDS,
     GENESIS_HASH,
     Incident,
     _canonical,
@@ -342,26 +343,7 @@ def chain_step(head: str, position: int, event_hash_hex: str) -> str:
 
 # ------------------------------------------------------------------ the export envelope
 
-_ENVELOPE_KEYS = frozenset(
-    {
-        "originator_id",
-        "originator_version",
-        "timestamp",
-        "event_id",
-        "occurred_at",
-        "actor_agency",
-        "actor_officer",
-        "reason",
-        "location",
-        "correlation_id",
-        "causation_id",
-        "request_id",
-        "previous_hash",
-        "originator_topic",
-        "type",
-        "schema_version",
-    }
-)
+_ENVELOPE_KEYS = ENVELOPE_FIELDS | {"type", "schema_version"}
 
 
 def _proto_time(value: Any) -> str:

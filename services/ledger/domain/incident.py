@@ -677,6 +677,27 @@ def _envelope_kwargs(
     }
 
 
+ENVELOPE_FIELDS = frozenset(
+    {
+        "originator_id",
+        "originator_version",
+        "timestamp",
+        "event_id",
+        "occurred_at",
+        "actor_agency",
+        "actor_officer",
+        "reason",
+        "location",
+        "correlation_id",
+        "causation_id",
+        "request_id",
+        "previous_hash",
+        "originator_topic",
+    }
+)
+"""The fields every event carries besides its payload (the event envelope)."""
+
+
 def event_fields(event: Incident.Event) -> dict[str, Any]:
     """The event as a plain dict: envelope, identity and payload."""
     data = dict(vars(event))
