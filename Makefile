@@ -19,8 +19,8 @@ PY := $(VENV)/bin/python
 BUF := $(CURDIR)/tools/node_modules/.bin/buf
 VENV_STAMP := $(VENV)/.installed-dev
 BUF_STAMP := tools/node_modules/.installed
-# Source on PYTHONPATH ".:gen" (the project is not pip-installed).
-PYPATH := PYTHONPATH=$(CURDIR):$(CURDIR)/gen
+# Source on PYTHONPATH ".:gen:clients/python" (the project is not pip-installed).
+PYPATH := PYTHONPATH=$(CURDIR):$(CURDIR)/gen:$(CURDIR)/clients/python
 # Directories type-checked strictly by mypy, when they exist and hold Python files.
 MYPY_DIRS := services clients tests bench
 

@@ -1,0 +1,146 @@
+"""Channels, credentials and the retry loop shared by the clients."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from incidentledger_client.errors import from_rpc_error, status_code
+
+T = TypeVar("T")
+Metadata = tuple[tuple[str, str], ...]
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+"""The only codes retried: the call may not have reached the server, or its answer was lost.
+Commands are idempotent by request_id, so a retry never records twice."""
+
+
+def new_request_id() -> str:
+    """A fresh request id (uuid4, hex)."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter for UNAVAILABLE and DEADLINE_EXCEEDED.
+
+    Attempt ``n`` (from 0) waits a random time in ``[0, min(max_backoff,
+    initial_backoff * multiplier**n)]`` before the next one; ``retries`` is the number of
+    retries after the first attempt (0 = never retry).
+    """
+
+    retries: int = 5
+    initial_backoff: float = 0.1
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+
+    def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier**attempt)
+        return ceiling * rng()
+
+
+def call_with_retry(
+    call: Callable[[], T],
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: Callable[[], float] = random.random,
+) -> T:
+    """Run ``call`` (one RPC attempt), retrying retryable failures; map errors.
+
+    The caller builds the request once, so every attempt sends the same request (and the
+    same request_id). A non-retryable failure, or the last retryable one, is raised as a
+    :class:`~incidentledger_client.errors.LedgerError`.
+    """
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as error:
+            if status_code(error) not in RETRYABLE or attempt >= policy.retries:
+                raise from_rpc_error(error) from None
+            sleep(policy.delay(attempt, rng))
+            attempt += 1
+
+
+def _read_certificates(
+    tls: bool | str | bytes | Path | None, env_vars: Sequence[str]
+) -> bytes | bool:
+    """``True``/bytes/path for TLS (bytes or a file: root certificates), ``False`` for plaintext.
+
+    ``None``: the CA file named by the first of ``env_vars`` that is set, else plaintext.
+    """
+    if tls is None:
+        path = next((os.environ[v] for v in env_vars if os.environ.get(v)), "")
+        return Path(path).read_bytes() if path else False
+    if isinstance(tls, bool):
+        return tls
+    if isinstance(tls, bytes):
+        return tls
+    return Path(tls).read_bytes()
+
+
+def make_channel(
+    target: str,
+    tls: bool | str | bytes | Path | None,
+    tls_env: Sequence[str],
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.Channel:
+    """A channel to ``target``: TLS when ``tls`` (or the ``tls_env`` CA file) says so."""
+    certificates = _read_certificates(tls, tls_env)
+    if certificates is False:
+        return grpc.insecure_channel(target, options=list(options))
+    roots = certificates if isinstance(certificates, bytes) else None
+    return grpc.secure_channel(
+        target, grpc.ssl_channel_credentials(root_certificates=roots), options=list(options)
+    )
+
+
+class Transport:
+    """A channel, the bearer token's metadata, the default timeout and the retry policy."""
+
+    def __init__(
+        self,
+        *,
+        target: str | None,
+        target_env: str,
+        default_target: str,
+        token: str | None,
+        auth_env: str,
+        tls: bool | str | bytes | Path | None,
+        tls_env: Sequence[str],
+        timeout: float | None,
+        retry: RetryPolicy,
+        channel: grpc.Channel | None,
+        options: Sequence[tuple[str, Any]],
+    ) -> None:
+        self.target = target or os.environ.get(target_env) or default_target
+        resolved_token = token if token is not None else os.environ.get(auth_env, "")
+        self.metadata: Metadata = (
+            (("authorization", f"Bearer {resolved_token}"),) if resolved_token else ()
+        )
+        self.timeout = timeout
+        self.retry = retry
+        self._owns_channel = channel is None
+        self.channel = (
+            channel if channel is not None else make_channel(self.target, tls, tls_env, options)
+        )
+
+    def unary(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
+        """One unary RPC with the default deadline per attempt and retries."""
+        deadline = self.timeout if timeout is None else timeout
+        return call_with_retry(
+            lambda: method(request, timeout=deadline, metadata=self.metadata), self.retry
+        )
+
+    def close(self) -> None:
+        if self._owns_channel:
+            self.channel.close()

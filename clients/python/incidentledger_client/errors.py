@@ -1,0 +1,232 @@
+"""Exceptions raised by the client: one per gRPC status code, and one per useful ErrorInfo reason.
+
+Every failed call raises a :class:`LedgerError` carrying the gRPC ``code`` (for example
+``"ABORTED"``), the AIP-193 ``reason`` from the server's ``ErrorInfo`` (for example
+``"VERSION_CONFLICT"``), the human ``message``, the ErrorInfo ``metadata`` and ``domain``.
+The class is picked by reason first, then by code, from one table (:data:`REASONS`,
+:data:`CODES`)::
+
+    try:
+        client.verify(name, expected_version=3)
+    except VersionConflict as conflict:
+        client.verify(name, expected_version=conflict.current_version)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import cast
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+class LedgerError(Exception):
+    """Base class of every error the client raises for a failed call."""
+
+    def __init__(
+        self,
+        code: str,
+        reason: str,
+        message: str,
+        metadata: Mapping[str, str] | None = None,
+        domain: str = "",
+    ) -> None:
+        super().__init__(f"{code} {reason}: {message}" if reason else f"{code}: {message}")
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.domain = domain
+
+    @property
+    def field(self) -> str | None:
+        """The request field at fault, when the server named one."""
+        return self.metadata.get("field")
+
+
+# --- by gRPC status code -------------------------------------------------------------------
+
+
+class InvalidArgument(LedgerError):  # noqa: N818 - named after the gRPC code
+    """INVALID_ARGUMENT: a bad field (``.field``), filter or page token."""
+
+
+class NotFound(LedgerError):  # noqa: N818
+    """NOT_FOUND: no such incident, webhook or dead letter."""
+
+
+class FailedPrecondition(LedgerError):  # noqa: N818
+    """FAILED_PRECONDITION: the resource's state does not allow the call."""
+
+
+class Aborted(LedgerError):  # noqa: N818
+    """ABORTED: a concurrency conflict."""
+
+
+class AlreadyExists(LedgerError):  # noqa: N818
+    """ALREADY_EXISTS."""
+
+
+class PermissionDenied(LedgerError):  # noqa: N818
+    """PERMISSION_DENIED: the caller's agency or role may not do this."""
+
+
+class Unauthenticated(LedgerError):  # noqa: N818
+    """UNAUTHENTICATED: the token is missing, malformed or unknown."""
+
+
+class ResourceExhausted(LedgerError):  # noqa: N818
+    """RESOURCE_EXHAUSTED: for example a request larger than the server accepts."""
+
+
+class Unavailable(LedgerError):  # noqa: N818
+    """UNAVAILABLE: the server is unreachable or shutting down (retried before raised)."""
+
+
+class DeadlineExceeded(LedgerError):  # noqa: N818
+    """DEADLINE_EXCEEDED: no answer within the call's timeout (retried before raised)."""
+
+
+class DataLoss(LedgerError):  # noqa: N818
+    """DATA_LOSS: stored history fails its integrity checks."""
+
+
+class Internal(LedgerError):  # noqa: N818
+    """INTERNAL, UNKNOWN or any other code: a server fault."""
+
+
+class Cancelled(LedgerError):  # noqa: N818
+    """CANCELLED: the call was cancelled."""
+
+
+# --- by ErrorInfo reason -------------------------------------------------------------------
+
+
+class VersionConflict(Aborted):
+    """ABORTED / VERSION_CONFLICT: ``expected_version`` was stale.
+
+    ``current_version`` is the incident's version now (``expected_version`` what was sent).
+    """
+
+    @property
+    def current_version(self) -> int:
+        return int(self.metadata.get("current_version", "0"))
+
+    @property
+    def expected_version(self) -> int:
+        return int(self.metadata.get("expected_version", "0"))
+
+
+class TooMuchContention(Aborted):
+    """ABORTED / TOO_MUCH_CONTENTION: the server gave up retrying a contended incident."""
+
+
+class IllegalTransition(FailedPrecondition):
+    """FAILED_PRECONDITION / ILLEGAL_TRANSITION: ``command`` is not allowed in ``status``."""
+
+    @property
+    def status(self) -> str:
+        return self.metadata.get("status", "")
+
+    @property
+    def command(self) -> str:
+        return self.metadata.get("command", "")
+
+
+class PositionNotRecorded(FailedPrecondition):
+    """FAILED_PRECONDITION / POSITION_NOT_RECORDED: ``min_position`` the ledger never recorded."""
+
+
+class CursorExpired(FailedPrecondition):
+    """FAILED_PRECONDITION / CURSOR_EXPIRED: the events after a cursor are no longer kept."""
+
+
+class RequestIdReused(AlreadyExists):
+    """ALREADY_EXISTS / REQUEST_ID_REUSED: the same request_id with a different request."""
+
+
+class IncidentNotFound(NotFound):
+    """NOT_FOUND / INCIDENT_NOT_FOUND."""
+
+
+class ProjectionLagging(Unavailable):
+    """UNAVAILABLE / PROJECTION_LAGGING: the read side did not reach ``min_position`` in time."""
+
+
+class HashChainBroken(DataLoss):
+    """DATA_LOSS / HASH_CHAIN_BROKEN: an incident's hash chain does not verify."""
+
+
+CODES: dict[grpc.StatusCode, type[LedgerError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.ABORTED: Aborted,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.DATA_LOSS: DataLoss,
+    grpc.StatusCode.CANCELLED: Cancelled,
+}
+"""The class of an error by gRPC code, when its reason has no class of its own."""
+
+REASONS: dict[str, type[LedgerError]] = {
+    "VERSION_CONFLICT": VersionConflict,
+    "TOO_MUCH_CONTENTION": TooMuchContention,
+    "ILLEGAL_TRANSITION": IllegalTransition,
+    "POSITION_NOT_RECORDED": PositionNotRecorded,
+    "CURSOR_EXPIRED": CursorExpired,
+    "REQUEST_ID_REUSED": RequestIdReused,
+    "INCIDENT_NOT_FOUND": IncidentNotFound,
+    "PROJECTION_LAGGING": ProjectionLagging,
+    "HASH_CHAIN_BROKEN": HashChainBroken,
+}
+"""The class of an error by ErrorInfo reason (each a subclass of its code's class)."""
+
+
+def status_code(error: grpc.RpcError) -> grpc.StatusCode | None:
+    """The status code of a failed call (None for an RpcError that is not a call)."""
+    code = getattr(error, "code", None)
+    value = code() if callable(code) else None
+    return value if isinstance(value, grpc.StatusCode) else None
+
+
+def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    if status_code(error) is None:
+        return None
+    try:
+        status = rpc_status.from_call(cast(grpc.Call, error))
+    except (
+        ValueError,
+        AttributeError,
+    ):  # trailers that do not match the status: ignore the details
+        return None
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
+def from_rpc_error(error: grpc.RpcError) -> LedgerError:
+    """The :class:`LedgerError` for a failed gRPC call (its ErrorInfo, when it has one)."""
+    code = status_code(error) or grpc.StatusCode.UNKNOWN
+    details = getattr(error, "details", None)
+    message = str(details() or "") if callable(details) else str(error)
+    info = _error_info(error)
+    reason = info.reason if info is not None else ""
+    metadata = dict(info.metadata) if info is not None else {}
+    domain = info.domain if info is not None else ""
+    cls = REASONS.get(reason) or CODES.get(code, Internal)
+    if not issubclass(cls, CODES.get(code, Internal)):  # a reason under an unexpected code
+        cls = CODES.get(code, Internal)
+    return cls(code.name, reason, message, metadata, domain)

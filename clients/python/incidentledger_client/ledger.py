@@ -1,0 +1,776 @@
+"""The ledger client: commands, queries, the situation views and the audit calls.
+
+>>> from incidentledger_client import LedgerClient
+>>> with LedgerClient("127.0.0.1:50051", token) as ledger:  # doctest: +SKIP
+...     result = ledger.report("Mass gathering", "crowd_gathering", "kota_mukomuko")
+...     incidents = list(ledger.list_incidents('status = "REPORTED"',
+...                                            min_position=result.position))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from incidentledger.v1 import audit_service_pb2 as audit_pb
+from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
+from incidentledger.v1 import ledger_service_pb2 as api
+from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
+from incidentledger.v1 import situation_service_pb2 as situation_pb
+from incidentledger.v1 import situation_service_pb2_grpc as situation_grpc
+from incidentledger_client._transport import RetryPolicy, Transport, new_request_id
+from incidentledger_client.errors import from_rpc_error
+from incidentledger_client.types import (
+    AgencyWorkload,
+    Checkpoint,
+    CommandResult,
+    DecisionInForce,
+    Incident,
+    IncidentEvent,
+    Location,
+    ProjectionStatus,
+    RejectionReason,
+    ResponseTimeGrouping,
+    ResponseTimes,
+    VerifyReport,
+    VulnerabilityMap,
+    to_timestamp,
+)
+
+T = TypeVar("T")
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+_GROUPINGS = {
+    "agency": situation_pb.RESPONSE_TIME_GROUPING_AGENCY,
+    "severity": situation_pb.RESPONSE_TIME_GROUPING_SEVERITY,
+    "category": situation_pb.RESPONSE_TIME_GROUPING_CATEGORY,
+}
+
+
+class _HasResult(Protocol):
+    @property
+    def result(self) -> api.CommandResult: ...
+
+
+def _location(value: Location | str) -> Location:
+    return Location(value) if isinstance(value, str) else value
+
+
+def paginate(fetch: Callable[[str], tuple[Iterable[T], str]]) -> Iterator[T]:
+    """Every item of every page: ``fetch(page_token)`` returns (items, next_page_token)."""
+    token = ""
+    while True:
+        items, token = fetch(token)
+        yield from items
+        if not token:
+            return
+
+
+class LedgerClient:
+    """A typed client of the ledger (LedgerService, SituationService, AuditService).
+
+    :param target: ``host:port``; default ``$LEDGER_ADDRESS`` or ``127.0.0.1:50051``.
+    :param token: the bearer token (it decides the agency and officer recorded in events);
+        default ``$LEDGER_TOKEN``.
+    :param tls: ``True`` for TLS with the system's roots, root certificates (PEM bytes, or a
+        path to a PEM file) for TLS with those, ``False`` for plaintext; default: TLS with
+        the file ``$LEDGER_TLS_CA`` when that is set, plaintext otherwise.
+    :param timeout: the deadline of each attempt of each unary call, in seconds.
+    :param retries: how many times UNAVAILABLE and DEADLINE_EXCEEDED are retried (with the
+        same request, so the same request_id), with exponential backoff and jitter.
+    :param retry: a full :class:`RetryPolicy` (overrides ``retries``).
+    :param channel: use this channel (for example with interceptors) instead of making one;
+        it is not closed by :meth:`close`.
+    :param options: gRPC channel options.
+
+    Every command takes ``request_id`` (a fresh uuid4 hex when omitted: pass your own to
+    retry a command across restarts of your program), ``expected_version`` (0 = do not
+    check; a stale one raises :class:`~incidentledger_client.errors.VersionConflict`),
+    ``occur_time`` (when it happened; default now) and ``correlation_id``, and returns a
+    :class:`CommandResult`. Failures raise :class:`~incidentledger_client.errors.LedgerError`
+    subclasses.
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        token: str | None = None,
+        *,
+        tls: bool | str | bytes | Path | None = None,
+        timeout: float = 10.0,
+        retries: int = 5,
+        retry: RetryPolicy | None = None,
+        channel: grpc.Channel | None = None,
+        options: Iterable[tuple[str, Any]] = (),
+    ) -> None:
+        self._transport = Transport(
+            target=target,
+            target_env="LEDGER_ADDRESS",
+            default_target=DEFAULT_TARGET,
+            token=token,
+            auth_env="LEDGER_TOKEN",
+            tls=tls,
+            tls_env=("LEDGER_TLS_CA",),
+            timeout=timeout,
+            retry=retry or RetryPolicy(retries=retries),
+            channel=channel,
+            options=tuple(options),
+        )
+        channel = self._transport.channel
+        self._ledger = api_grpc.LedgerServiceStub(channel)
+        self._situation = situation_grpc.SituationServiceStub(channel)
+        self._audit = audit_grpc.AuditServiceStub(channel)
+
+    @property
+    def target(self) -> str:
+        return self._transport.target
+
+    def close(self) -> None:
+        """Close the channel (unless it was passed in)."""
+        self._transport.close()
+
+    def __enter__(self) -> LedgerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------ commands
+
+    def _command(
+        self,
+        method: Callable[..., _HasResult],
+        request_type: Callable[..., Any],
+        *,
+        request_id: str | None,
+        occur_time: datetime | None,
+        correlation_id: str,
+        **fields: Any,
+    ) -> CommandResult:
+        request = request_type(
+            request_id=request_id or new_request_id(), correlation_id=correlation_id, **fields
+        )
+        if occur_time is not None:
+            request.occur_time.CopyFrom(to_timestamp(occur_time))
+        response = self._transport.unary(method, request)
+        return CommandResult.from_proto(response.result)
+
+    def report(
+        self,
+        title: str,
+        category: str,
+        location: Location | str,
+        *,
+        description: str = "",
+        severity: str = "",
+        occur_time: datetime | None = None,
+        correlation_id: str = "",
+        request_id: str | None = None,
+    ) -> CommandResult:
+        """Report a new incident (``location``: a :class:`Location` or a kecamatan code).
+
+        >>> result = ledger.report("Flood at TPS 03", "flood",  # doctest: +SKIP
+        ...                        Location("air_manjunto", tps="TPS 03"), severity="high")
+        >>> result.incident, result.version  # doctest: +SKIP
+        ('incidents/0b6f…', 1)
+        """
+        return self._command(
+            self._ledger.ReportIncident,
+            api.ReportIncidentRequest,
+            request_id=request_id,
+            occur_time=occur_time,
+            correlation_id=correlation_id,
+            title=title,
+            category=category,
+            location=_location(location).to_proto(),
+            description=description,
+            severity=severity,
+        )
+
+    def verify(
+        self,
+        name: str,
+        *,
+        comment: str = "",
+        expected_version: int = 0,
+        occur_time: datetime | None = None,
+        correlation_id: str = "",
+        request_id: str | None = None,
+    ) -> CommandResult:
+        """Confirm a reported incident (coordinator).
+
+        >>> ledger.verify(result.incident, expected_version=result.version)  # doctest: +SKIP
+        """
+        return self._command(
+            self._ledger.VerifyIncident,
+            api.VerifyIncidentRequest,
+            request_id=request_id,
+            occur_time=occur_time,
+            correlation_id=correlation_id,
+            name=name,
+            expected_version=expected_version,
+            comment=comment,
+        )
+
+    def reject(
+        self,
+        name: str,
+        reason: RejectionReason | str,
+        comment: str,
+        *,
+        expected_version: int = 0,
+        occur_time: datetime | None = None,
+        correlation_id: str = "",
+        request_id: str | None = None,
+    ) -> CommandResult:
+        """Reject a reported incident as ``"INVALID"``, ``"HOAX"`` or ``"OUT_OF_SCOPE"``."""
+        return self._command(
+            self._ledger.RejectIncident,
+            api.RejectIncidentRequest,
+            request_id=request_id,
+            occur_time=occur_time,
+            correlation_id=correlation_id,
+            name=name,
+            expected_version=expected_version,
+            rejection_reason=RejectionReason(reason).to_proto(),
+            comment=comment,
+        )
+
+    def merge(
+        self,
+        name: str,
+        target: str,
+        *,
+        comment: str = "",
+        expected_version: int = 0,
+        occur_time: datetime | None = None,
+        correlation_id: str = "",
+        request_id: str | None = None,
+    ) -> CommandResult:
+        """Merge the reported incident ``name`` into ``target`` as a duplicate (coordinator)."""
+        return self._command(
+            self._ledger.MergeIncident,
+            api.MergeIncidentRequest,
+            request_id=request_id,
+            occur_time=occur_time,
+            correlation_id=correlation_id,
+            name=name,
+            expected_version=expected_version,
+            target=target,
+            comment=comment,
+        )
+
+    def assess_severity(
+        self,
+        name: str,
+        severity: str,
+        *,
+        comment: str = "",
+        expected_version: int = 0,
+        occur_time: datetime | None = None,
+        correlation_id: str = "",
+        request_id: str | None = None,
+    ) -> CommandResult:
+        """Assess (or re-assess) the severity, for example ``"critical"``."""
+        return self._command(
+            self._ledger.AssessSeverity,
+            api.AssessSeverityRequest,
+            request_id=request_id,
+            occur_time=occur_time,
+            correlation_id=correlation_id,
+            name=name,
+            expected_version=expected_version,
+            severity=severity,
+            comment=comment,
+        )
+
+    def assign_lead(
+        self,
+        name: str,
+        agency: str,
+        *,
+        comment: str = "",
+        expected_version: int = 0,
+        occur_time: datetime | None = None,
+        correlation_id: str = "",
+        request_id: str | None = None,
+    ) -> CommandResult:
+        """Assign the lead agency of a verified or reopened incident (coordinator)."""
+        return self._command(
+            self._ledger.AssignLeadAgency,
+            api.AssignLeadAgencyRequest,
+            request_id=request_id,
+            occur_time=occur_time,
+            correlation_id=correlation_id,
+            name=name,
+            expected_version=expected_version,
+            agency=agency,
+            comment=comment,
+        )
+
+    def add_supporting_agency(
+        self,
+        name: str,
+        agency: str,
+        *,
+        comment: str = "",
+        expected_version: int = 0,
+        occur_time: datetime | None = None,
+        correlation_id: str = "",
+        request_id: str | None = None,
+    ) -> CommandResult:
+        """Add a supporting agency (lead agency or coordinator)."""
+        return self._command(
+            self._ledger.AddSupportingAgency,
+            api.AddSupportingAgencyRequest,
+            request_id=request_id,
+            occur_time=occur_time,
+            correlation_id=correlation_id,
+            name=name,
+            expected_version=expected_version,
+            agency=agency,
+            comment=comment,
+        )
+
+    def propose_handover(
+        self,
+        name: str,
+        to_agency: str,
+        *,
+        reason: str = "",
+        expected_version: int = 0,
+        occur_time: datetime | None = None,
+        correlation_id: str = "",
+        request_id: str | None = None,
+    ) -> CommandResult:
+        """Propose to hand the lead over to ``to_agency`` (lead agency or coordinator)."""
+        return self._command(
+            self._ledger.ProposeHandover,
+            api.ProposeHandoverRequest,
+            request_id=request_id,
+            occur_time=occur_time,
+            correlation_id=correlation_id,
+            name=name,
+            expected_version=expected_version,
+            to_agency=to_agency,
+            reason=reason,
+        )
+
+    def accept_handover(
+        self,
+        name: str,
+        *,
+        comment: str = "",
+        expected_version: int = 0,
+        occur_time: datetime | None = None,
+        correlation_id: str = "",
+        request_id: str | None = None,
+    ) -> CommandResult:
+        """Accept a proposed handover (the proposed agency only)."""
+        return self._command(
+            self._ledger.AcceptHandover,
+            api.AcceptHandoverRequest,
+            request_id=request_id,
+            occur_time=occur_time,
+            correlation_id=correlation_id,
+            name=name,
+            expected_version=expected_version,
+            comment=comment,
+        )
+
+    def record_decision(
+        self,
+        name: str,
+        deciding_agencies: Iterable[str],
+        forum: str,
+        summary: str,
+        *,
+        rationale: str = "",
+        scope: Location | str | None = None,
+        valid_from: datetime | None = None,
+        valid_until: datetime | None = None,
+        expected_version: int = 0,
+        occur_time: datetime | None = None,
+        correlation_id: str = "",
+        request_id: str | None = None,
+    ) -> CommandResult:
+        """Record a decision valid in ``[valid_from, valid_until)``; scope: the incident's place.
+
+        >>> ledger.record_decision(name, ["desk_pilkada", "polres"], "Forkopimda",  # doctest: +SKIP
+        ...     "Gatherings restricted", valid_until=now + timedelta(days=3))
+        """
+        fields: dict[str, Any] = {}
+        if scope is not None:
+            fields["scope"] = _location(scope).to_proto()
+        if valid_from is not None:
+            fields["valid_from"] = to_timestamp(valid_from)
+        if valid_until is not None:
+            fields["valid_until"] = to_timestamp(valid_until)
+        return self._command(
+            self._ledger.RecordDecision,
+            api.RecordDecisionRequest,
+            request_id=request_id,
+            occur_time=occur_time,
+            correlation_id=correlation_id,
+            name=name,
+            expected_version=expected_version,
+            deciding_agencies=list(deciding_agencies),
+            forum=forum,
+            summary=summary,
+            rationale=rationale,
+            **fields,
+        )
+
+    def log_action(
+        self,
+        name: str,
+        action: str,
+        *,
+        location: Location | str | None = None,
+        expected_version: int = 0,
+        occur_time: datetime | None = None,
+        correlation_id: str = "",
+        request_id: str | None = None,
+    ) -> CommandResult:
+        """Log an action; the first one on an ASSIGNED incident moves it to RESPONDING."""
+        fields: dict[str, Any] = {}
+        if location is not None:
+            fields["location"] = _location(location).to_proto()
+        return self._command(
+            self._ledger.LogAction,
+            api.LogActionRequest,
+            request_id=request_id,
+            occur_time=occur_time,
+            correlation_id=correlation_id,
+            name=name,
+            expected_version=expected_version,
+            action=action,
+            **fields,
+        )
+
+    def escalate(
+        self,
+        name: str,
+        reason: str = "",
+        *,
+        expected_version: int = 0,
+        occur_time: datetime | None = None,
+        correlation_id: str = "",
+        request_id: str | None = None,
+    ) -> CommandResult:
+        """Escalate an incident one level."""
+        return self._command(
+            self._ledger.EscalateIncident,
+            api.EscalateIncidentRequest,
+            request_id=request_id,
+            occur_time=occur_time,
+            correlation_id=correlation_id,
+            name=name,
+            expected_version=expected_version,
+            reason=reason,
+        )
+
+    def resolve(
+        self,
+        name: str,
+        resolution: str = "",
+        *,
+        expected_version: int = 0,
+        occur_time: datetime | None = None,
+        correlation_id: str = "",
+        request_id: str | None = None,
+    ) -> CommandResult:
+        """Mark a RESPONDING incident resolved (lead agency or coordinator)."""
+        return self._command(
+            self._ledger.ResolveIncident,
+            api.ResolveIncidentRequest,
+            request_id=request_id,
+            occur_time=occur_time,
+            correlation_id=correlation_id,
+            name=name,
+            expected_version=expected_version,
+            resolution=resolution,
+        )
+
+    def request_closure(
+        self,
+        name: str,
+        *,
+        comment: str = "",
+        expected_version: int = 0,
+        occur_time: datetime | None = None,
+        correlation_id: str = "",
+        request_id: str | None = None,
+    ) -> CommandResult:
+        """Ask the coordinator to close a resolved incident (lead agency)."""
+        return self._command(
+            self._ledger.RequestClosure,
+            api.RequestClosureRequest,
+            request_id=request_id,
+            occur_time=occur_time,
+            correlation_id=correlation_id,
+            name=name,
+            expected_version=expected_version,
+            comment=comment,
+        )
+
+    def approve_closure(
+        self,
+        name: str,
+        *,
+        comment: str = "",
+        expected_version: int = 0,
+        occur_time: datetime | None = None,
+        correlation_id: str = "",
+        request_id: str | None = None,
+    ) -> CommandResult:
+        """Approve a requested closure (coordinator): the incident is CLOSED."""
+        return self._command(
+            self._ledger.ApproveClosure,
+            api.ApproveClosureRequest,
+            request_id=request_id,
+            occur_time=occur_time,
+            correlation_id=correlation_id,
+            name=name,
+            expected_version=expected_version,
+            comment=comment,
+        )
+
+    def reopen(
+        self,
+        name: str,
+        reason: str = "",
+        *,
+        expected_version: int = 0,
+        occur_time: datetime | None = None,
+        correlation_id: str = "",
+        request_id: str | None = None,
+    ) -> CommandResult:
+        """Reopen a resolved or closed incident (lead agency or coordinator)."""
+        return self._command(
+            self._ledger.ReopenIncident,
+            api.ReopenIncidentRequest,
+            request_id=request_id,
+            occur_time=occur_time,
+            correlation_id=correlation_id,
+            name=name,
+            expected_version=expected_version,
+            reason=reason,
+        )
+
+    def correct(
+        self,
+        name: str,
+        corrected_event_id: str,
+        field: str,
+        old_value: str,
+        new_value: str,
+        *,
+        reason: str = "",
+        expected_version: int = 0,
+        occur_time: datetime | None = None,
+        correlation_id: str = "",
+        request_id: str | None = None,
+    ) -> CommandResult:
+        """Record a correction of ``field`` of an earlier event (``old_value`` is checked).
+
+        >>> ledger.correct(name, reported.event_id, "severity", "low", "high",  # doctest: +SKIP
+        ...                reason="typo in the first report")
+        """
+        return self._command(
+            self._ledger.RecordCorrection,
+            api.RecordCorrectionRequest,
+            request_id=request_id,
+            occur_time=occur_time,
+            correlation_id=correlation_id,
+            name=name,
+            expected_version=expected_version,
+            corrected_event_id=corrected_event_id,
+            field=field,
+            old_value=old_value,
+            new_value=new_value,
+            reason=reason,
+        )
+
+    # ------------------------------------------------------------------------- queries
+
+    def get_incident(
+        self, name: str, *, as_of_time: datetime | None = None, as_of_position: int = 0
+    ) -> Incident:
+        """An incident now, or as it stood at a past time or global position."""
+        request = api.GetIncidentRequest(name=name, as_of_position=as_of_position)
+        if as_of_time is not None:
+            request.as_of_time.CopyFrom(to_timestamp(as_of_time))
+        return Incident.from_proto(
+            self._transport.unary(self._ledger.GetIncident, request).incident
+        )
+
+    def list_incidents(
+        self,
+        filter: str = "",
+        *,
+        page_size: int = 0,
+        min_position: int = 0,
+        as_of_time: datetime | None = None,
+    ) -> Iterator[Incident]:
+        """Every incident matching an AIP-160 ``filter``, in report order, page after page.
+
+        ``min_position`` (a command's ``result.position``) makes the list include that
+        write. Pages are fetched lazily, as the iterator is consumed.
+
+        >>> for incident in ledger.list_incidents('status = "ASSIGNED" AND kecamatan = "ipuh"'):
+        ...     print(incident.name, incident.lead_agency)  # doctest: +SKIP
+        """
+        request = api.ListIncidentsRequest(
+            filter=filter, page_size=page_size, min_position=min_position
+        )
+        if as_of_time is not None:
+            request.as_of_time.CopyFrom(to_timestamp(as_of_time))
+
+        def fetch(token: str) -> tuple[list[Incident], str]:
+            request.page_token = token
+            page = self._transport.unary(self._ledger.ListIncidents, request)
+            return [Incident.from_proto(i) for i in page.incidents], page.next_page_token
+
+        return paginate(fetch)
+
+    def incident_events(self, name: str, *, page_size: int = 0) -> Iterator[IncidentEvent]:
+        """An incident's events, oldest first, page after page."""
+
+        def fetch(token: str) -> tuple[list[IncidentEvent], str]:
+            request = api.ListIncidentEventsRequest(
+                parent=name, page_size=page_size, page_token=token
+            )
+            page = self._transport.unary(self._ledger.ListIncidentEvents, request)
+            return [IncidentEvent.from_proto(e) for e in page.events], page.next_page_token
+
+        return paginate(fetch)
+
+    # ----------------------------------------------------------------------- situation
+
+    def vulnerability_map(
+        self, time: datetime | None = None, *, min_position: int = 0
+    ) -> VulnerabilityMap:
+        """Score, band and reasons per kecamatan, now or at a past ``time``."""
+        request = situation_pb.GetVulnerabilityMapRequest(min_position=min_position)
+        if time is not None:
+            request.time.CopyFrom(to_timestamp(time))
+        response = self._transport.unary(self._situation.GetVulnerabilityMap, request)
+        return VulnerabilityMap.from_proto(response)
+
+    def decisions_in_force(
+        self,
+        time: datetime | None = None,
+        kecamatan: str | None = None,
+        *,
+        min_position: int = 0,
+    ) -> list[DecisionInForce]:
+        """Decisions whose validity window covers ``time`` (default now), by kecamatan."""
+        request = situation_pb.ListDecisionsInForceRequest(
+            kecamatan=kecamatan or "", min_position=min_position
+        )
+        if time is not None:
+            request.time.CopyFrom(to_timestamp(time))
+        response = self._transport.unary(self._situation.ListDecisionsInForce, request)
+        return [DecisionInForce.from_proto(d) for d in response.decisions]
+
+    def workload(self, *, min_position: int = 0) -> list[AgencyWorkload]:
+        """Open, unacknowledged and overdue incidents per agency."""
+        request = situation_pb.GetAgencyWorkloadRequest(min_position=min_position)
+        response = self._transport.unary(self._situation.GetAgencyWorkload, request)
+        return [AgencyWorkload.from_proto(a) for a in response.agencies]
+
+    def response_times(
+        self, group_by: ResponseTimeGrouping = "agency", *, min_position: int = 0
+    ) -> list[ResponseTimes]:
+        """Median and p90 time to acknowledge, verify and resolve, by agency/severity/category."""
+        if group_by not in _GROUPINGS:
+            raise ValueError(f"group_by must be one of {sorted(_GROUPINGS)}, got {group_by!r}")
+        request = situation_pb.GetResponseTimesRequest(
+            group_by=_GROUPINGS[group_by], min_position=min_position
+        )
+        response = self._transport.unary(self._situation.GetResponseTimes, request)
+        return [ResponseTimes.from_proto(g) for g in response.groups]
+
+    def projection_status(self) -> ProjectionStatus:
+        """How far the projections are behind the ledger."""
+        response = self._transport.unary(
+            self._situation.GetProjectionStatus, situation_pb.GetProjectionStatusRequest()
+        )
+        return ProjectionStatus.from_proto(response)
+
+    # --------------------------------------------------------------------------- audit
+
+    def history(
+        self,
+        after: int = 0,
+        until: int = 0,
+        *,
+        incident: str | None = None,
+        agency: str | None = None,
+        kecamatan: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[IncidentEvent]:
+        """The history in log order, positions in ``(after, until]`` (``until`` 0 = the end).
+
+        A flow-controlled server stream: it is not retried, and has no deadline unless
+        ``timeout`` is given. Filters combine with AND; ``[start, end)`` is on record time.
+
+        >>> for event in ledger.history(incident=name):  # doctest: +SKIP
+        ...     print(event.position, event.type, event.actor.agency)
+        """
+        request = audit_pb.StreamEventsRequest(
+            after_position=after,
+            until_position=until,
+            incident=incident or "",
+            agency=agency or "",
+            kecamatan=kecamatan or "",
+        )
+        if start is not None:
+            request.start_time.CopyFrom(to_timestamp(start))
+        if end is not None:
+            request.end_time.CopyFrom(to_timestamp(end))
+        return self._stream_history(request, timeout)
+
+    def _stream_history(
+        self, request: audit_pb.StreamEventsRequest, timeout: float | None
+    ) -> Iterator[IncidentEvent]:
+        call = self._audit.StreamEvents(request, timeout=timeout, metadata=self._transport.metadata)
+        try:
+            for response in call:
+                yield IncidentEvent.from_proto(response.event)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        finally:
+            call.cancel()  # type: ignore[no-untyped-call]
+
+    def verify_ledger(self) -> VerifyReport:
+        """Recompute every hash chain and check the checkpoints (coordinator and auditors).
+
+        (Named ``verify_ledger`` because :meth:`verify` verifies an incident.)
+        """
+        response = self._transport.unary(self._audit.VerifyLedger, audit_pb.VerifyLedgerRequest())
+        return VerifyReport.from_proto(response)
+
+    def create_checkpoint(self) -> Checkpoint:
+        """Write a signed checkpoint now (coordinator and auditors)."""
+        response = self._transport.unary(
+            self._audit.CreateCheckpoint, audit_pb.CreateCheckpointRequest()
+        )
+        return Checkpoint.from_proto(response.checkpoint)
+
+    def checkpoints(self, *, page_size: int = 0) -> Iterator[Checkpoint]:
+        """The signed checkpoints, oldest first, page after page."""
+
+        def fetch(token: str) -> tuple[list[Checkpoint], str]:
+            request = audit_pb.ListCheckpointsRequest(page_size=page_size, page_token=token)
+            page = self._transport.unary(self._audit.ListCheckpoints, request)
+            return [Checkpoint.from_proto(c) for c in page.checkpoints], page.next_page_token
+
+        return paginate(fetch)

@@ -1,0 +1,682 @@
+"""Plain, immutable Python types for what the ledger and the notifier return.
+
+Times are timezone-aware :class:`datetime.datetime` in UTC (``None`` where the server left
+a time unset); statuses are :class:`enum.StrEnum` members that compare equal to their
+names (``incident.status == "VERIFIED"``). Every type is a frozen dataclass built from the
+protobuf message by its ``from_proto`` class method.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from incidentledger.v1 import audit_service_pb2 as audit_pb
+from incidentledger.v1 import incident_pb2 as pb
+from incidentledger.v1 import ledger_service_pb2 as api
+from incidentledger.v1 import notifier_service_pb2 as notifier_pb
+from incidentledger.v1 import situation_service_pb2 as situation_pb
+
+ResponseTimeGrouping = Literal["agency", "severity", "category"]
+"""How :meth:`LedgerClient.response_times` groups its figures."""
+
+DeliveryChannel = Literal["grpc", "webhook"]
+DeliveryOutcome = Literal["delivered", "failed", "dead_letter"]
+Band = Literal["low", "medium", "high"]
+
+
+class IncidentStatus(StrEnum):
+    """The lifecycle status of an incident."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    REPORTED = "REPORTED"
+    VERIFIED = "VERIFIED"
+    ASSIGNED = "ASSIGNED"
+    RESPONDING = "RESPONDING"
+    RESOLVED = "RESOLVED"
+    CLOSED = "CLOSED"
+    REJECTED = "REJECTED"
+    MERGED = "MERGED"
+    REOPENED = "REOPENED"
+
+    @classmethod
+    def from_proto(cls, value: int) -> IncidentStatus:
+        return cls(pb.IncidentStatus.Name(value).removeprefix("INCIDENT_STATUS_"))  # type: ignore[arg-type]
+
+
+class RejectionReason(StrEnum):
+    """Why a reported incident was rejected."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    INVALID = "INVALID"
+    HOAX = "HOAX"
+    OUT_OF_SCOPE = "OUT_OF_SCOPE"
+
+    @classmethod
+    def from_proto(cls, value: int) -> RejectionReason:
+        return cls(pb.RejectionReason.Name(value).removeprefix("REJECTION_REASON_"))  # type: ignore[arg-type]
+
+    def to_proto(self) -> pb.RejectionReason.ValueType:
+        return pb.RejectionReason.Value(f"REJECTION_REASON_{self.value}")
+
+
+# --- time conversion -----------------------------------------------------------------------
+
+
+def to_datetime(stamp: Timestamp) -> datetime:
+    """A protobuf Timestamp as an aware UTC datetime."""
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def _optional_time(message: Any, name: str) -> datetime | None:
+    return to_datetime(getattr(message, name)) if message.HasField(name) else None
+
+
+def to_timestamp(value: datetime) -> Timestamp:
+    """An aware datetime as a protobuf Timestamp (naive datetimes are refused)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"a timezone-aware datetime is required, got {value!r}")
+    stamp = Timestamp()
+    stamp.FromDatetime(value.astimezone(UTC))
+    return stamp
+
+
+# --- the incident --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where something happened: codes from the reference data.
+
+    >>> Location("ipuh", desa="Pasar Ipuh", tps="TPS 03")
+    Location(kecamatan='ipuh', desa='Pasar Ipuh', tps='TPS 03', latitude=None, longitude=None)
+    """
+
+    kecamatan: str
+    desa: str = ""
+    tps: str = ""
+    latitude: float | None = None
+    longitude: float | None = None
+
+    @classmethod
+    def from_proto(cls, message: pb.Location) -> Location:
+        return cls(
+            kecamatan=message.kecamatan,
+            desa=message.desa,
+            tps=message.tps,
+            latitude=message.latitude if message.HasField("latitude") else None,
+            longitude=message.longitude if message.HasField("longitude") else None,
+        )
+
+    def to_proto(self) -> pb.Location:
+        message = pb.Location(kecamatan=self.kecamatan, desa=self.desa, tps=self.tps)
+        if self.latitude is not None:
+            message.latitude = self.latitude
+        if self.longitude is not None:
+            message.longitude = self.longitude
+        return message
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who did something (from the caller's credentials)."""
+
+    agency: str
+    officer: str
+
+    @classmethod
+    def from_proto(cls, message: pb.Actor) -> Actor:
+        return cls(message.agency, message.officer)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A decision recorded on an incident."""
+
+    deciding_agencies: tuple[str, ...]
+    forum: str
+    summary: str
+    rationale: str
+    scope: Location | None
+    valid_from: datetime | None
+    valid_until: datetime | None
+    event_id: str
+
+    @classmethod
+    def from_proto(cls, message: pb.Decision) -> Decision:
+        return cls(
+            deciding_agencies=tuple(message.deciding_agencies),
+            forum=message.forum,
+            summary=message.summary,
+            rationale=message.rationale,
+            scope=Location.from_proto(message.scope) if message.HasField("scope") else None,
+            valid_from=_optional_time(message, "valid_from"),
+            valid_until=_optional_time(message, "valid_until"),
+            event_id=message.event_id,
+        )
+
+
+@dataclass(frozen=True)
+class Handover:
+    """A proposed handover of the lead role, not yet accepted."""
+
+    from_agency: str
+    to_agency: str
+    reason: str
+    event_id: str
+
+    @classmethod
+    def from_proto(cls, message: pb.Handover) -> Handover:
+        return cls(message.from_agency, message.to_agency, message.reason, message.event_id)
+
+
+@dataclass(frozen=True)
+class Incident:
+    """An incident's current state (or its state at a past time or position)."""
+
+    name: str
+    title: str
+    description: str
+    category: str
+    severity: str
+    status: IncidentStatus
+    location: Location
+    reporter: Actor
+    lead_agency: str
+    supporting_agencies: tuple[str, ...]
+    pending_handover: Handover | None
+    escalation_level: int
+    decisions: tuple[Decision, ...]
+    close_requested: bool
+    merged_into: str
+    merged_incidents: tuple[str, ...]
+    rejection_reason: RejectionReason
+    version: int
+    occur_time: datetime | None
+    create_time: datetime | None
+    update_time: datetime | None
+
+    @classmethod
+    def from_proto(cls, message: pb.Incident) -> Incident:
+        return cls(
+            name=message.name,
+            title=message.title,
+            description=message.description,
+            category=message.category,
+            severity=message.severity,
+            status=IncidentStatus.from_proto(message.status),
+            location=Location.from_proto(message.location),
+            reporter=Actor.from_proto(message.reporter),
+            lead_agency=message.lead_agency,
+            supporting_agencies=tuple(message.supporting_agencies),
+            pending_handover=(
+                Handover.from_proto(message.pending_handover)
+                if message.HasField("pending_handover")
+                else None
+            ),
+            escalation_level=message.escalation_level,
+            decisions=tuple(Decision.from_proto(d) for d in message.decisions),
+            close_requested=message.close_requested,
+            merged_into=message.merged_into,
+            merged_incidents=tuple(message.merged_incidents),
+            rejection_reason=RejectionReason.from_proto(message.rejection_reason),
+            version=message.version,
+            occur_time=_optional_time(message, "occur_time"),
+            create_time=_optional_time(message, "create_time"),
+            update_time=_optional_time(message, "update_time"),
+        )
+
+
+@dataclass(frozen=True)
+class IncidentEvent:
+    """One immutable event of an incident: the event envelope.
+
+    ``payload`` is the event-specific part, decoded from ``payload_json``.
+    """
+
+    event_id: str
+    incident: str
+    version: int
+    type: str
+    schema_version: int
+    occur_time: datetime | None
+    record_time: datetime | None
+    actor: Actor
+    reason: str
+    location: Location | None
+    correlation_id: str
+    causation_id: str
+    request_id: str
+    previous_hash: str
+    hash: str
+    position: int
+    payload_json: str = field(repr=False)
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.payload_json) if self.payload_json else {}
+        return value
+
+    @classmethod
+    def from_proto(cls, message: pb.IncidentEvent) -> IncidentEvent:
+        return cls(
+            event_id=message.event_id,
+            incident=message.incident,
+            version=message.version,
+            type=message.type,
+            schema_version=message.schema_version,
+            occur_time=_optional_time(message, "occur_time"),
+            record_time=_optional_time(message, "record_time"),
+            actor=Actor.from_proto(message.actor),
+            reason=message.reason,
+            location=(
+                Location.from_proto(message.location) if message.HasField("location") else None
+            ),
+            correlation_id=message.correlation_id,
+            causation_id=message.causation_id,
+            request_id=message.request_id,
+            previous_hash=message.previous_hash,
+            hash=message.hash,
+            position=message.position,
+            payload_json=message.payload_json,
+        )
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What every command returns: the incident's new version and the event's position.
+
+    Pass ``position`` as ``min_position`` to a query to read your own write.
+    """
+
+    incident: str
+    version: int
+    position: int
+    event_id: str
+    record_time: datetime | None
+
+    @classmethod
+    def from_proto(cls, message: api.CommandResult) -> CommandResult:
+        return cls(
+            incident=message.incident,
+            version=message.version,
+            position=message.position,
+            event_id=message.event_id,
+            record_time=_optional_time(message, "record_time"),
+        )
+
+
+# --- the situation -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoreReason:
+    """One incident's contribution to a kecamatan's vulnerability score."""
+
+    incident: str
+    title: str
+    severity: str
+    category: str
+    dimension: str
+    status: str
+    report_time: datetime | None
+    weight: float
+
+    @classmethod
+    def from_proto(cls, message: situation_pb.ScoreReason) -> ScoreReason:
+        return cls(
+            incident=message.incident,
+            title=message.title,
+            severity=message.severity,
+            category=message.category,
+            dimension=message.dimension,
+            status=message.status,
+            report_time=_optional_time(message, "report_time"),
+            weight=message.weight,
+        )
+
+
+@dataclass(frozen=True)
+class KecamatanScore:
+    """A kecamatan's vulnerability score (0-100), band and reasons."""
+
+    kecamatan: str
+    name: str
+    score: float
+    band: Band
+    reasons: tuple[ScoreReason, ...]
+
+    @classmethod
+    def from_proto(cls, message: situation_pb.KecamatanScore) -> KecamatanScore:
+        return cls(
+            kecamatan=message.kecamatan,
+            name=message.name,
+            score=message.score,
+            band=message.band,  # type: ignore[arg-type]
+            reasons=tuple(ScoreReason.from_proto(r) for r in message.reasons),
+        )
+
+
+@dataclass(frozen=True)
+class VulnerabilityMap:
+    """The vulnerability map at ``time``, reflecting the projections up to ``position``."""
+
+    kecamatan: tuple[KecamatanScore, ...]
+    time: datetime | None
+    position: int
+
+    @classmethod
+    def from_proto(cls, message: situation_pb.GetVulnerabilityMapResponse) -> VulnerabilityMap:
+        return cls(
+            kecamatan=tuple(KecamatanScore.from_proto(k) for k in message.kecamatan),
+            time=_optional_time(message, "time"),
+            position=message.position,
+        )
+
+
+@dataclass(frozen=True)
+class DecisionInForce:
+    """A decision whose validity window covers the asked time."""
+
+    incident: str
+    event_id: str
+    summary: str
+    forum: str
+    rationale: str
+    deciding_agencies: tuple[str, ...]
+    kecamatan: str
+    desa: str
+    valid_from: datetime | None
+    valid_until: datetime | None
+    record_time: datetime | None
+    recorded_by: str
+
+    @classmethod
+    def from_proto(cls, message: situation_pb.DecisionInForce) -> DecisionInForce:
+        return cls(
+            incident=message.incident,
+            event_id=message.event_id,
+            summary=message.summary,
+            forum=message.forum,
+            rationale=message.rationale,
+            deciding_agencies=tuple(message.deciding_agencies),
+            kecamatan=message.kecamatan,
+            desa=message.desa,
+            valid_from=_optional_time(message, "valid_from"),
+            valid_until=_optional_time(message, "valid_until"),
+            record_time=_optional_time(message, "record_time"),
+            recorded_by=message.recorded_by,
+        )
+
+
+@dataclass(frozen=True)
+class AgencyWorkload:
+    """Open, unacknowledged and overdue incidents of one agency."""
+
+    agency: str
+    open: int
+    unacknowledged: int
+    overdue: int
+
+    @classmethod
+    def from_proto(cls, message: situation_pb.AgencyWorkload) -> AgencyWorkload:
+        return cls(message.agency, message.open, message.unacknowledged, message.overdue)
+
+
+@dataclass(frozen=True)
+class DurationStats:
+    """Count, median and 90th percentile of a duration, in seconds."""
+
+    count: int
+    median_seconds: float
+    p90_seconds: float
+
+    @classmethod
+    def from_proto(cls, message: situation_pb.DurationStats) -> DurationStats:
+        return cls(message.count, message.median_seconds, message.p90_seconds)
+
+
+@dataclass(frozen=True)
+class ResponseTimes:
+    """Time to acknowledge, verify and resolve for one agency, severity or category (``key``)."""
+
+    key: str
+    acknowledge: DurationStats
+    verify: DurationStats
+    resolve: DurationStats
+
+    @classmethod
+    def from_proto(cls, message: situation_pb.ResponseTimes) -> ResponseTimes:
+        return cls(
+            key=message.key,
+            acknowledge=DurationStats.from_proto(message.acknowledge),
+            verify=DurationStats.from_proto(message.verify),
+            resolve=DurationStats.from_proto(message.resolve),
+        )
+
+
+@dataclass(frozen=True)
+class ProjectionStatus:
+    """How far the projections are behind the ledger."""
+
+    position: int
+    ledger_position: int
+    lag_events: int
+    lag_seconds: float
+
+    @classmethod
+    def from_proto(cls, message: situation_pb.GetProjectionStatusResponse) -> ProjectionStatus:
+        return cls(
+            message.position, message.ledger_position, message.lag_events, message.lag_seconds
+        )
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed checkpoint of the ledger-wide hash chain."""
+
+    position: int
+    chain_head: str
+    events: int
+    create_time: datetime | None
+    key_id: str
+    signature: bytes = field(repr=False)
+
+    @classmethod
+    def from_proto(cls, message: audit_pb.Checkpoint) -> Checkpoint:
+        return cls(
+            position=message.position,
+            chain_head=message.chain_head,
+            events=message.events,
+            create_time=_optional_time(message, "create_time"),
+            key_id=message.key_id,
+            signature=bytes(message.signature),
+        )
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The first place where the stored history does not verify."""
+
+    kind: Literal["modified", "deleted", "inserted", "reordered", "truncated", "bad_signature"]
+    incident: str
+    version: int
+    position: int
+    detail: str
+
+    @classmethod
+    def from_proto(cls, message: audit_pb.Divergence) -> Divergence:
+        return cls(
+            kind=message.kind,  # type: ignore[arg-type]
+            incident=message.incident,
+            version=message.version,
+            position=message.position,
+            detail=message.detail,
+        )
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The result of verifying the whole ledger: ``ok``, or the first ``divergence``."""
+
+    ok: bool
+    events: int
+    incidents: int
+    checkpoints_checked: int
+    divergence: Divergence | None
+
+    @classmethod
+    def from_proto(cls, message: audit_pb.VerifyLedgerResponse) -> VerifyReport:
+        return cls(
+            ok=message.ok,
+            events=message.events,
+            incidents=message.incidents,
+            checkpoints_checked=message.checkpoints_checked,
+            divergence=(
+                Divergence.from_proto(message.divergence)
+                if message.HasField("divergence")
+                else None
+            ),
+        )
+
+
+# --- the notifier --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events a subscription or a webhook wants; empty fields match everything."""
+
+    kecamatan: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    min_severity: str = ""
+    event_types: tuple[str, ...] = ()
+    involving_my_agency: bool = False
+    agencies: tuple[str, ...] = ()
+
+    @classmethod
+    def from_proto(cls, message: notifier_pb.EventFilter) -> EventFilter:
+        return cls(
+            kecamatan=tuple(message.kecamatan),
+            categories=tuple(message.categories),
+            min_severity=message.min_severity,
+            event_types=tuple(message.event_types),
+            involving_my_agency=message.involving_my_agency,
+            agencies=tuple(message.agencies),
+        )
+
+    def to_proto(self) -> notifier_pb.EventFilter:
+        return notifier_pb.EventFilter(
+            kecamatan=self.kecamatan,
+            categories=self.categories,
+            min_severity=self.min_severity,
+            event_types=self.event_types,
+            involving_my_agency=self.involving_my_agency,
+            agencies=self.agencies,
+        )
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One event from a subscription, the incident right after it, and the cursor to resume."""
+
+    event: IncidentEvent
+    incident: Incident
+    cursor: str
+
+    @classmethod
+    def from_proto(cls, message: notifier_pb.SubscribeResponse) -> Notification:
+        return cls(
+            event=IncidentEvent.from_proto(message.notification.event),
+            incident=Incident.from_proto(message.notification.incident),
+            cursor=message.cursor,
+        )
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """A registered webhook endpoint (its secret is never returned)."""
+
+    name: str
+    agency: str
+    url: str
+    filter: EventFilter
+    create_time: datetime | None
+
+    @classmethod
+    def from_proto(cls, message: notifier_pb.Webhook) -> Webhook:
+        return cls(
+            name=message.name,
+            agency=message.agency,
+            url=message.url,
+            filter=EventFilter.from_proto(message.filter),
+            create_time=_optional_time(message, "create_time"),
+        )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A webhook delivery that exhausted its attempts."""
+
+    name: str
+    webhook: str
+    event_id: str
+    incident: str
+    position: int
+    attempts: int
+    last_error: str
+    first_attempt_time: datetime | None
+    last_attempt_time: datetime | None
+
+    @classmethod
+    def from_proto(cls, message: notifier_pb.DeadLetter) -> DeadLetter:
+        return cls(
+            name=message.name,
+            webhook=message.webhook,
+            event_id=message.event_id,
+            incident=message.incident,
+            position=message.position,
+            attempts=message.attempts,
+            last_error=message.last_error,
+            first_attempt_time=_optional_time(message, "first_attempt_time"),
+            last_attempt_time=_optional_time(message, "last_attempt_time"),
+        )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One line of the delivery log: who was notified of which event, how, with what outcome."""
+
+    event_id: str
+    incident: str
+    position: int
+    agency: str
+    channel: DeliveryChannel
+    target: str
+    outcome: DeliveryOutcome
+    attempt: int
+    error: str
+    time: datetime | None
+
+    @classmethod
+    def from_proto(cls, message: notifier_pb.DeliveryRecord) -> Delivery:
+        return cls(
+            event_id=message.event_id,
+            incident=message.incident,
+            position=message.position,
+            agency=message.agency,
+            channel=message.channel,  # type: ignore[arg-type]
+            target=message.target,
+            outcome=message.outcome,  # type: ignore[arg-type]
+            attempt=message.attempt,
+            error=message.error,
+            time=_optional_time(message, "time"),
+        )

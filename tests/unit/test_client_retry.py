@@ -1,0 +1,380 @@
+"""The client's retry loop, backoff, error mapping and subscription reconnects, with fakes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from incidentledger.v1 import incident_pb2 as pb
+from incidentledger.v1 import notifier_service_pb2 as napi
+from incidentledger_client import (
+    Aborted,
+    IllegalTransition,
+    Internal,
+    InvalidArgument,
+    LedgerError,
+    ProjectionLagging,
+    RequestIdReused,
+    RetryPolicy,
+    Unavailable,
+    VersionConflict,
+)
+from incidentledger_client._transport import Transport, call_with_retry
+from incidentledger_client.errors import DeadlineExceeded, from_rpc_error
+from incidentledger_client.notifier import Subscription
+from incidentledger_client.types import EventFilter, Incident, Location, to_timestamp
+
+
+class FakeRpcError(grpc.RpcError):
+    """What grpc raises for a failed call: code, details and trailers (with google.rpc.Status)."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str = "",
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self._code = code
+        self._message = message
+        self._trailers: tuple[tuple[str, bytes], ...] = ()
+        if reason:
+            info = any_pb2.Any()
+            info.Pack(
+                error_details_pb2.ErrorInfo(
+                    reason=reason, domain="ledger.incidentledger", metadata=metadata or {}
+                )
+            )
+            status = status_pb2.Status(
+                code=getattr(code_pb2, code.name), message=message, details=[info]
+            )
+            self._trailers = (("grpc-status-details-bin", status.SerializeToString()),)
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._message
+
+    def trailing_metadata(self) -> Any:
+        return self._trailers
+
+
+class Flaky:
+    """A fake RPC that fails with the given errors, then answers; records its requests."""
+
+    def __init__(self, *failures: grpc.RpcError) -> None:
+        self.failures = list(failures)
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return "ok"
+
+
+def test_unavailable_and_deadline_exceeded_are_retried_with_growing_backoff() -> None:
+    rpc = Flaky(
+        FakeRpcError(grpc.StatusCode.UNAVAILABLE),
+        FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED),
+        FakeRpcError(grpc.StatusCode.UNAVAILABLE),
+    )
+    slept: list[float] = []
+    policy = RetryPolicy(retries=5, initial_backoff=0.1, max_backoff=0.3, multiplier=2.0)
+    assert call_with_retry(rpc, policy, sleep=slept.append, rng=lambda: 1.0) == "ok"
+    assert rpc.calls == 4
+    assert slept == pytest.approx([0.1, 0.2, 0.3])  # doubling, capped at max_backoff
+
+
+def test_backoff_has_full_jitter() -> None:
+    policy = RetryPolicy(initial_backoff=1.0, max_backoff=10.0)
+    assert policy.delay(3, rng=lambda: 0.0) == 0.0
+    assert policy.delay(3, rng=lambda: 0.5) == pytest.approx(4.0)
+    assert all(0.0 <= policy.delay(n) <= 10.0 for n in range(20))
+
+
+def test_retries_give_up_after_the_policy_and_raise_the_mapped_error() -> None:
+    rpc = Flaky(*[FakeRpcError(grpc.StatusCode.UNAVAILABLE, "down")] * 10)
+    slept: list[float] = []
+    with pytest.raises(Unavailable) as caught:
+        call_with_retry(rpc, RetryPolicy(retries=2), sleep=slept.append)
+    assert rpc.calls == 3
+    assert len(slept) == 2
+    assert caught.value.code == "UNAVAILABLE"
+    assert caught.value.message == "down"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.CANCELLED,
+    ],
+)
+def test_other_failures_are_not_retried(code: grpc.StatusCode) -> None:
+    rpc = Flaky(FakeRpcError(code))
+    with pytest.raises(LedgerError) as caught:
+        call_with_retry(rpc, RetryPolicy(retries=5), sleep=lambda _: None)
+    assert rpc.calls == 1
+    assert caught.value.code == code.name
+
+
+def test_the_transport_sends_the_same_request_with_a_deadline_on_every_attempt() -> None:
+    seen: list[tuple[object, float | None, object]] = []
+    failures = [FakeRpcError(grpc.StatusCode.UNAVAILABLE)] * 2
+
+    def method(request: object, *, timeout: float | None, metadata: object) -> str:
+        seen.append((request, timeout, metadata))
+        if failures:
+            raise failures.pop()
+        return "done"
+
+    transport = Transport(
+        target="127.0.0.1:1",
+        target_env="UNUSED_TARGET_VARIABLE",
+        default_target="",
+        token="t0k",
+        auth_env="UNUSED_TOKEN_VARIABLE",
+        tls=False,
+        tls_env=(),
+        timeout=2.5,
+        retry=RetryPolicy(retries=3, initial_backoff=0.001),
+        channel=None,
+        options=(),
+    )
+    request = object()
+    try:
+        assert transport.unary(method, request) == "done"
+    finally:
+        transport.close()
+    assert [r for r, _, _ in seen] == [request] * 3
+    assert {t for _, t, _ in seen} == {2.5}
+    assert {m for _, _, m in seen} == {(("authorization", "Bearer t0k"),)}
+
+
+def test_target_token_and_tls_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEDGER_ADDRESS", "ledger.example:443")
+    monkeypatch.setenv("LEDGER_TOKEN", "from-env")
+    monkeypatch.delenv("LEDGER_TLS_CA", raising=False)
+    from incidentledger_client import LedgerClient, NotifierClient
+
+    with LedgerClient() as ledger:
+        assert ledger.target == "ledger.example:443"
+        assert ledger._transport.metadata == (("authorization", "Bearer from-env"),)
+    with LedgerClient("other:1", "given") as ledger:
+        assert ledger.target == "other:1"
+        assert ledger._transport.metadata == (("authorization", "Bearer given"),)
+    monkeypatch.delenv("NOTIFIER_ADDRESS", raising=False)
+    with NotifierClient() as notifier:
+        assert notifier.target == "127.0.0.1:50052"
+    monkeypatch.setenv("LEDGER_TLS_CA", "/nonexistent/ca.pem")
+    with pytest.raises(FileNotFoundError):
+        LedgerClient()
+
+
+def test_errors_map_by_reason_then_by_code_with_their_details() -> None:
+    conflict = from_rpc_error(
+        FakeRpcError(
+            grpc.StatusCode.ABORTED,
+            "stale",
+            "VERSION_CONFLICT",
+            {"current_version": "7", "expected_version": "3"},
+        )
+    )
+    assert isinstance(conflict, VersionConflict)
+    assert isinstance(conflict, Aborted)
+    assert (conflict.current_version, conflict.expected_version) == (7, 3)
+    assert conflict.domain == "ledger.incidentledger"
+    illegal = from_rpc_error(
+        FakeRpcError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "no",
+            "ILLEGAL_TRANSITION",
+            {"command": "ResolveIncident", "status": "REPORTED"},
+        )
+    )
+    assert isinstance(illegal, IllegalTransition)
+    assert (illegal.command, illegal.status) == ("ResolveIncident", "REPORTED")
+    reused = from_rpc_error(FakeRpcError(grpc.StatusCode.ALREADY_EXISTS, "", "REQUEST_ID_REUSED"))
+    assert isinstance(reused, RequestIdReused)
+    lagging = from_rpc_error(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "", "PROJECTION_LAGGING"))
+    assert isinstance(lagging, ProjectionLagging)
+    field = from_rpc_error(
+        FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "", "INVALID_FIELD", {"field": "title"})
+    )
+    assert isinstance(field, InvalidArgument)
+    assert field.field == "title"
+    # A known reason under an unexpected code falls back to the code's class.
+    odd = from_rpc_error(FakeRpcError(grpc.StatusCode.INTERNAL, "", "VERSION_CONFLICT"))
+    assert type(odd) is Internal
+    assert type(from_rpc_error(FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED))) is (
+        DeadlineExceeded
+    )
+    assert type(from_rpc_error(FakeRpcError(grpc.StatusCode.UNKNOWN))) is Internal
+
+
+def test_times_are_aware_utc_and_naive_ones_are_refused() -> None:
+    local = datetime(2026, 11, 27, 14, 0, tzinfo=timezone(timedelta(hours=7)))
+    assert to_timestamp(local).ToDatetime(tzinfo=UTC) == local
+    with pytest.raises(ValueError, match="timezone-aware"):
+        to_timestamp(datetime(2026, 11, 27, 14, 0))
+    message = pb.Incident(
+        name="incidents/x", status=pb.INCIDENT_STATUS_ASSIGNED, location=pb.Location(kecamatan="a")
+    )
+    message.create_time.CopyFrom(to_timestamp(local))
+    incident = Incident.from_proto(message)
+    assert incident.status == "ASSIGNED"
+    assert incident.create_time == local and incident.create_time.tzinfo is UTC
+    assert incident.occur_time is None
+    assert incident.location == Location("a")
+    assert Location("a", latitude=-2.5).to_proto().HasField("latitude")
+
+
+# --- subscriptions ---------------------------------------------------------------------------
+
+
+class FakeCall:
+    """A server stream that yields responses, then fails, ends, or (``hang``) goes silent
+    until cancelled."""
+
+    def __init__(
+        self,
+        responses: list[napi.SubscribeResponse],
+        error: grpc.RpcError | None,
+        *,
+        hang: bool = False,
+    ) -> None:
+        self._responses = responses
+        self._error = error
+        self._hang = hang
+        self._cancelled = threading.Event()
+
+    def __iter__(self) -> Iterator[napi.SubscribeResponse]:
+        yield from self._responses
+        if self._hang:
+            assert self._cancelled.wait(10), "never cancelled"
+            raise FakeRpcError(grpc.StatusCode.CANCELLED, "cancelled")
+        if self._error is not None:
+            raise self._error
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+
+class FakeStub:
+    def __init__(self, calls: list[FakeCall]) -> None:
+        self.calls = calls
+        self.requests: list[napi.SubscribeRequest] = []
+
+    def Subscribe(self, request: napi.SubscribeRequest, metadata: Any = None) -> FakeCall:  # noqa: N802
+        self.requests.append(request)
+        return self.calls.pop(0)
+
+
+def heartbeat(cursor: str) -> napi.SubscribeResponse:
+    return napi.SubscribeResponse(cursor=cursor, heartbeat=napi.Heartbeat())
+
+
+def note(cursor: str, event_id: str) -> napi.SubscribeResponse:
+    response = napi.SubscribeResponse(cursor=cursor)
+    response.notification.event.event_id = event_id
+    return response
+
+
+def subscription(
+    stub: FakeStub, max_reconnects: int | None = 3, idle_timeout: float = 5.0
+) -> Subscription:
+    transport = Transport(
+        target="127.0.0.1:1",
+        target_env="UNUSED_TARGET_VARIABLE",
+        default_target="",
+        token="",
+        auth_env="UNUSED_TOKEN_VARIABLE",
+        tls=False,
+        tls_env=(),
+        timeout=1.0,
+        retry=RetryPolicy(),
+        channel=None,
+        options=(),
+    )
+    transport.close()
+    return Subscription(
+        transport,
+        stub,  # type: ignore[arg-type]
+        EventFilter(kecamatan=("ipuh",)),
+        cursor="",
+        heartbeat_seconds=1,
+        max_reconnects=max_reconnects,
+        reconnect=RetryPolicy(initial_backoff=0.001, max_backoff=0.001),
+        idle_timeout=idle_timeout,
+    )
+
+
+def test_a_dropped_subscription_resumes_from_its_last_cursor() -> None:
+    unavailable = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connection reset")
+    stub = FakeStub(
+        [
+            FakeCall([heartbeat("c0"), note("c1", "e1"), note("c2", "e2")], unavailable),
+            FakeCall([], unavailable),  # the notifier is still away
+            FakeCall([heartbeat("c2"), note("c3", "e3")], unavailable),
+            FakeCall([heartbeat("c3"), note("c4", "e4")], None),
+        ]
+    )
+    sub = subscription(stub)
+    seen = [next(sub) for _ in range(4)]
+    assert [n.event.event_id for n in seen] == ["e1", "e2", "e3", "e4"]
+    assert [n.cursor for n in seen] == ["c1", "c2", "c3", "c4"]
+    assert [r.cursor for r in stub.requests] == ["", "c2", "c2", "c3"]
+    assert all(list(r.filter.kecamatan) == ["ipuh"] for r in stub.requests)
+    assert sub.reconnects == 3
+    sub.close()
+    with pytest.raises(StopIteration):
+        next(sub)
+
+
+def test_a_subscription_gives_up_after_max_reconnects_without_news() -> None:
+    unavailable = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "down")
+    stub = FakeStub([FakeCall([heartbeat("c0")], unavailable)] + [FakeCall([], unavailable)] * 3)
+    sub = subscription(stub, max_reconnects=2)
+    with pytest.raises(Unavailable):
+        next(sub)
+    assert len(stub.requests) == 3  # the first stream, then two reconnections
+    assert sub.cursor == "c0"
+
+
+def test_a_non_transient_subscription_error_is_raised_at_once() -> None:
+    expired = FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "gone", "CURSOR_EXPIRED")
+    stub = FakeStub([FakeCall([], expired)])
+    with pytest.raises(LedgerError) as caught:
+        next(subscription(stub))
+    assert caught.value.reason == "CURSOR_EXPIRED"
+    assert len(stub.requests) == 1
+
+
+def test_a_silent_stream_is_taken_for_dead_and_resumed() -> None:
+    stub = FakeStub(
+        [
+            FakeCall([heartbeat("c0"), note("c1", "e1")], None, hang=True),  # heartbeats stop
+            FakeCall([heartbeat("c1"), note("c2", "e2")], None, hang=True),
+        ]
+    )
+    sub = subscription(stub, idle_timeout=0.2)
+    began = time.monotonic()
+    assert [next(sub).event.event_id for _ in range(2)] == ["e1", "e2"]
+    assert 0.2 <= time.monotonic() - began < 5
+    assert [r.cursor for r in stub.requests] == ["", "c1"]
+    sub.close()
