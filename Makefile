@@ -22,9 +22,9 @@ BUF_STAMP := tools/node_modules/.installed
 # Source on PYTHONPATH ".:gen:clients/python" (the project is not pip-installed).
 PYPATH := PYTHONPATH=$(CURDIR):$(CURDIR)/gen:$(CURDIR)/clients/python
 # Directories type-checked strictly by mypy, when they exist and hold Python files.
-MYPY_DIRS := services clients tests bench
+MYPY_DIRS := services clients tests bench demo
 
-.PHONY: help venv proto proto-check lint fmt test check run bench lock clean
+.PHONY: help venv proto proto-check lint fmt test check run demo bench lock clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [VAR=value ...]"
@@ -110,6 +110,9 @@ check: test ## alias of test
 # RUN_ARGS: extra arguments, e.g. make run RUN_ARGS=--services=services.ledger
 run: $(VENV_STAMP) ## run NATS, the ledger and the notifier (python -m services.run)
 	$(PYPATH) exec $(PY) -m services.run $(RUN_ARGS)
+
+demo: $(VENV_STAMP) ## play the Mukomuko Pilkada demo (uses `make run` if up, else starts the stack)
+	$(PYPATH) $(PY) -m demo.run --start-stack $(DEMO_ARGS)
 
 bench: $(VENV_STAMP) ## run the benchmarks (python -m bench)
 	$(PYPATH) $(PY) -m bench

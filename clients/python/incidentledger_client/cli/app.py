@@ -1,0 +1,1131 @@
+"""The ledgerctl commands (typer). See ``ledgerctl --help`` and ``ledgerctl COMMAND --help``.
+
+Exit codes: 0 ok, 1 other error, 2 usage or configuration error, 3 not found,
+4 conflict (ABORTED, ALREADY_EXISTS, FAILED_PRECONDITION), 5 permission or authentication,
+6 server error or unavailable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from incidentledger_client import (
+    Aborted,
+    AlreadyExists,
+    Cancelled,
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    LedgerClient,
+    LedgerError,
+    Location,
+    NotFound,
+    NotifierClient,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from incidentledger_client.cli import config, output
+from incidentledger_client.types import CommandResult
+
+EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_PERMISSION, EXIT_SERVER = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+)
+#: Exit code per error class (the first matching class in order wins).
+EXIT_CODES: tuple[tuple[type[LedgerError], int], ...] = (
+    (InvalidArgument, EXIT_USAGE),
+    (NotFound, EXIT_NOT_FOUND),
+    (Aborted, EXIT_CONFLICT),
+    (AlreadyExists, EXIT_CONFLICT),
+    (FailedPrecondition, EXIT_CONFLICT),
+    (PermissionDenied, EXIT_PERMISSION),
+    (Unauthenticated, EXIT_PERMISSION),
+    (Unavailable, EXIT_SERVER),
+    (DeadlineExceeded, EXIT_SERVER),
+    (Internal, EXIT_SERVER),
+    (DataLoss, EXIT_SERVER),
+    (ResourceExhausted, EXIT_SERVER),
+    (Cancelled, EXIT_OTHER),
+)
+
+EPILOG = (
+    "Exit codes: 0 ok, 1 other, 2 usage, 3 not found, 4 conflict, 5 permission, "
+    "6 server/unavailable."
+)
+
+app = typer.Typer(
+    name="ledgerctl",
+    help="Command-line tool of the incident ledger: report and handle incidents, follow the "
+    "situation, audit the ledger.\n\nExample: ledgerctl --agency kesbangpol report "
+    "'Mass gathering' crowd_gathering kota_mukomuko --severity high",
+    epilog=EPILOG,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+handover_app = typer.Typer(help="Propose or accept a handover of the lead.", no_args_is_help=True)
+close_app = typer.Typer(
+    help="Request or approve the closure of a resolved incident.", no_args_is_help=True
+)
+webhooks_app = typer.Typer(
+    help="Webhooks of your agency: register, list, dead letters, replay.", no_args_is_help=True
+)
+audit_app = typer.Typer(
+    help="Audit: verify the hash chains, export the history, as-of views.", no_args_is_help=True
+)
+app.add_typer(handover_app, name="handover")
+app.add_typer(close_app, name="close")
+app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(audit_app, name="audit")
+
+
+@dataclass
+class State:
+    settings: config.Settings | None = None
+    as_json: bool = False
+    _ledger: LedgerClient | None = None
+    _notifier: NotifierClient | None = None
+    opened: list[Any] = field(default_factory=list)
+
+    def ledger(self) -> LedgerClient:
+        if self._ledger is None:
+            settings = self._settings()
+            self._ledger = LedgerClient(
+                settings.address, settings.token or None, timeout=settings.timeout
+            )
+        return self._ledger
+
+    def notifier(self) -> NotifierClient:
+        if self._notifier is None:
+            settings = self._settings()
+            self._notifier = NotifierClient(
+                settings.notifier_address,
+                settings.token or None,
+                timeout=settings.timeout,
+            )
+        return self._notifier
+
+    def _settings(self) -> config.Settings:
+        if self.settings is None:
+            raise RuntimeError("ledgerctl: no settings")
+        return self.settings
+
+    def close(self) -> None:
+        for client in (self._ledger, self._notifier):
+            if client is not None:
+                client.close()
+
+
+def state(ctx: typer.Context) -> State:
+    value = ctx.find_root().obj
+    if not isinstance(value, State):
+        raise RuntimeError("ledgerctl: no state (the root callback did not run)")
+    return value
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    address: Annotated[
+        str | None, typer.Option(help="Ledger address host:port (env LEDGER_ADDRESS).")
+    ] = None,
+    notifier_address: Annotated[
+        str | None, typer.Option(help="Notifier address host:port (env NOTIFIER_ADDRESS).")
+    ] = None,
+    token: Annotated[str | None, typer.Option(help="Bearer token (env LEDGER_TOKEN).")] = None,
+    agency: Annotated[
+        str | None,
+        typer.Option(
+            "--agency",
+            "-a",
+            help="Act as this agency: its token from the tokens file (env LEDGER_AGENCY).",
+        ),
+    ] = None,
+    tokens_file: Annotated[
+        Path | None,
+        typer.Option(help="Development tokens file (default data/credentials/dev-tokens.yaml)."),
+    ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML config file (default ~/.config/ledgerctl.toml)."),
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Deadline of each call, seconds.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable JSON on stdout.")
+    ] = False,
+) -> None:
+    """Command-line tool of the incident ledger."""
+    settings = config.resolve(
+        address=address,
+        notifier_address=notifier_address,
+        token=token,
+        agency=agency,
+        tokens_file=tokens_file,
+        config=config_file,
+        timeout=timeout,
+    )
+    ctx.obj = State(settings=settings, as_json=as_json)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def incident_name(value: str) -> str:
+    """``incidents/ID`` from ``incidents/ID`` or ``ID``."""
+    return value if value.startswith("incidents/") else f"incidents/{value}"
+
+
+def done(ctx: typer.Context, verb: str, result: CommandResult) -> None:
+    st = state(ctx)
+    if st.as_json:
+        output.emit_json(result)
+    else:
+        output.command_result(output.console(), verb, result)
+
+
+Name = Annotated[str, typer.Argument(help="The incident: incidents/ID or ID.", metavar="INCIDENT")]
+Version = Annotated[
+    int,
+    typer.Option(
+        "--expected-version",
+        "-V",
+        help="Fail with a conflict unless at this version (0: no check).",
+    ),
+]
+Comment = Annotated[str, typer.Option("--comment", "-m", help="A comment recorded with the event.")]
+RequestId = Annotated[str | None, typer.Option(help="Idempotency key (default: a fresh uuid).")]
+
+
+def _options(version: int, request_id: str | None) -> dict[str, Any]:
+    return {"expected_version": version, "request_id": request_id}
+
+
+# --------------------------------------------------------------------------------- commands
+
+
+@app.command(
+    epilog="Example: ledgerctl -a kesbangpol report 'Mass gathering at the square' "
+    "crowd_gathering kota_mukomuko --desa 'Pasar Mukomuko' --severity high"
+)
+def report(
+    ctx: typer.Context,
+    title: Annotated[str, typer.Argument(help="Short title.")],
+    category: Annotated[
+        str, typer.Argument(help="Category code, e.g. crowd_gathering, flood, hoax.")
+    ],
+    kecamatan: Annotated[str, typer.Argument(help="Kecamatan code, e.g. kota_mukomuko.")],
+    desa: Annotated[str, typer.Option(help="Desa (village) name.")] = "",
+    tps: Annotated[str, typer.Option(help="Polling station, e.g. 'TPS 03'.")] = "",
+    latitude: Annotated[float | None, typer.Option(help="Latitude.")] = None,
+    longitude: Annotated[float | None, typer.Option(help="Longitude.")] = None,
+    severity: Annotated[str, typer.Option(help="low, medium, high or critical.")] = "",
+    description: Annotated[str, typer.Option(help="Longer description.")] = "",
+    request_id: RequestId = None,
+) -> None:
+    """Report a new incident."""
+    result = (
+        state(ctx)
+        .ledger()
+        .report(
+            title,
+            category,
+            Location(kecamatan, desa=desa, tps=tps, latitude=latitude, longitude=longitude),
+            description=description,
+            severity=severity,
+            request_id=request_id,
+        )
+    )
+    done(ctx, "reported", result)
+
+
+@app.command(epilog="Example: ledgerctl -a desk_pilkada verify 0b6f12 -m 'confirmed by phone'")
+def verify(
+    ctx: typer.Context,
+    name: Name,
+    comment: Comment = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Confirm a reported incident (coordinator)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .verify(incident_name(name), comment=comment, **_options(expected_version, request_id))
+    )
+    done(ctx, "verified", result)
+
+
+@app.command(
+    epilog="Example: ledgerctl -a desk_pilkada reject 0b6f12 HOAX "
+    "-m 'Bawaslu checked: no tampering'"
+)
+def reject(
+    ctx: typer.Context,
+    name: Name,
+    reason: Annotated[str, typer.Argument(help="INVALID, HOAX or OUT_OF_SCOPE.")],
+    comment: Comment = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Reject a reported incident (coordinator)."""
+    if reason.upper() not in {"INVALID", "HOAX", "OUT_OF_SCOPE"}:
+        raise typer.BadParameter("must be INVALID, HOAX or OUT_OF_SCOPE", param_hint="REASON")
+    result = (
+        state(ctx)
+        .ledger()
+        .reject(
+            incident_name(name), reason.upper(), comment, **_options(expected_version, request_id)
+        )
+    )
+    done(ctx, "rejected", result)
+
+
+@app.command(epilog="Example: ledgerctl -a desk_pilkada merge 1a2b3c 0b6f12")
+def merge(
+    ctx: typer.Context,
+    name: Name,
+    target: Annotated[str, typer.Argument(help="The incident it duplicates.")],
+    comment: Comment = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Merge a reported incident into another as a duplicate (coordinator)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .merge(
+            incident_name(name),
+            incident_name(target),
+            comment=comment,
+            **_options(expected_version, request_id),
+        )
+    )
+    done(ctx, "merged", result)
+
+
+@app.command(epilog="Example: ledgerctl -a polres assess 0b6f12 critical -m 'crowd growing'")
+def assess(
+    ctx: typer.Context,
+    name: Name,
+    severity: Annotated[str, typer.Argument(help="low, medium, high or critical.")],
+    comment: Comment = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Assess (or re-assess) an incident's severity."""
+    result = (
+        state(ctx)
+        .ledger()
+        .assess_severity(
+            incident_name(name), severity, comment=comment, **_options(expected_version, request_id)
+        )
+    )
+    done(ctx, "assessed", result)
+
+
+@app.command(epilog="Example: ledgerctl -a desk_pilkada assign 0b6f12 polres")
+def assign(
+    ctx: typer.Context,
+    name: Name,
+    agency: Annotated[str, typer.Argument(help="The lead agency, e.g. polres.")],
+    comment: Comment = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Assign the lead agency (coordinator)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .assign_lead(
+            incident_name(name), agency, comment=comment, **_options(expected_version, request_id)
+        )
+    )
+    done(ctx, "assigned", result)
+
+
+@app.command(epilog="Example: ledgerctl -a polres support 0b6f12 satpolpp")
+def support(
+    ctx: typer.Context,
+    name: Name,
+    agency: Annotated[str, typer.Argument(help="The supporting agency.")],
+    comment: Comment = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Add a supporting agency (lead or coordinator)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .add_supporting_agency(
+            incident_name(name), agency, comment=comment, **_options(expected_version, request_id)
+        )
+    )
+    done(ctx, "supported", result)
+
+
+@handover_app.command(
+    "propose",
+    epilog="Example: ledgerctl -a satpolpp handover propose 0b6f12 polres --reason 'needs police'",
+)
+def handover_propose(
+    ctx: typer.Context,
+    name: Name,
+    to_agency: Annotated[str, typer.Argument(help="The proposed new lead.")],
+    reason: Annotated[str, typer.Option(help="Why.")] = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Propose to hand the lead over (lead or coordinator)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .propose_handover(
+            incident_name(name), to_agency, reason=reason, **_options(expected_version, request_id)
+        )
+    )
+    done(ctx, "handover proposed", result)
+
+
+@handover_app.command("accept", epilog="Example: ledgerctl -a polres handover accept 0b6f12")
+def handover_accept(
+    ctx: typer.Context,
+    name: Name,
+    comment: Comment = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Accept a proposed handover (the proposed agency)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .accept_handover(
+            incident_name(name), comment=comment, **_options(expected_version, request_id)
+        )
+    )
+    done(ctx, "handover accepted", result)
+
+
+@app.command(
+    epilog="Example: ledgerctl -a desk_pilkada decide 0b6f12 'Gatherings restricted' "
+    "--forum Forkopimda "
+    "--by desk_pilkada --by polres --rationale 'tension' --days 3"
+)
+def decide(
+    ctx: typer.Context,
+    name: Name,
+    summary: Annotated[str, typer.Argument(help="What was decided.")],
+    forum: Annotated[str, typer.Option(help="The forum that decided, e.g. Forkopimda.")],
+    by: Annotated[list[str], typer.Option("--by", help="A deciding agency (repeat).")],
+    rationale: Annotated[str, typer.Option(help="Why (required).")],
+    kecamatan: Annotated[
+        str | None, typer.Option(help="Scope (default: the incident's place).")
+    ] = None,
+    days: Annotated[float | None, typer.Option(help="Valid for this many days from now.")] = None,
+    valid_until: Annotated[datetime | None, typer.Option(help="Valid until (UTC).")] = None,
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Record a decision (a deciding agency involved, or the coordinator)."""
+    until = valid_until.replace(tzinfo=valid_until.tzinfo or UTC) if valid_until else None
+    start = datetime.now(UTC)
+    if days is not None:
+        until = start + timedelta(days=days)
+    result = (
+        state(ctx)
+        .ledger()
+        .record_decision(
+            incident_name(name),
+            by,
+            forum,
+            summary,
+            rationale=rationale,
+            scope=kecamatan,
+            valid_from=start if until else None,
+            valid_until=until,
+            **_options(expected_version, request_id),
+        )
+    )
+    done(ctx, "decided", result)
+
+
+@app.command(epilog="Example: ledgerctl -a bpbd act 0b6f12 'Sandbags placed around TPS 03'")
+def act(
+    ctx: typer.Context,
+    name: Name,
+    action: Annotated[str, typer.Argument(help="What was done.")],
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Log an action (lead, supporting agency or coordinator)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .log_action(incident_name(name), action, **_options(expected_version, request_id))
+    )
+    done(ctx, "action logged", result)
+
+
+@app.command(epilog="Example: ledgerctl -a satpolpp escalate 0b6f12 'crowd out of control'")
+def escalate(
+    ctx: typer.Context,
+    name: Name,
+    reason: Annotated[str, typer.Argument(help="Why.")] = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Escalate an incident one level."""
+    result = (
+        state(ctx)
+        .ledger()
+        .escalate(incident_name(name), reason, **_options(expected_version, request_id))
+    )
+    done(ctx, "escalated", result)
+
+
+@app.command(epilog="Example: ledgerctl -a polres resolve 0b6f12 'crowd dispersed peacefully'")
+def resolve(
+    ctx: typer.Context,
+    name: Name,
+    resolution: Annotated[str, typer.Argument(help="How it was resolved.")],
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Mark a responding incident resolved (lead or coordinator)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .resolve(incident_name(name), resolution, **_options(expected_version, request_id))
+    )
+    done(ctx, "resolved", result)
+
+
+@close_app.command("request", epilog="Example: ledgerctl -a polres close request 0b6f12")
+def close_request(
+    ctx: typer.Context,
+    name: Name,
+    comment: Comment = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Ask the coordinator to close a resolved incident (lead)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .request_closure(
+            incident_name(name), comment=comment, **_options(expected_version, request_id)
+        )
+    )
+    done(ctx, "closure requested", result)
+
+
+@close_app.command("approve", epilog="Example: ledgerctl -a desk_pilkada close approve 0b6f12")
+def close_approve(
+    ctx: typer.Context,
+    name: Name,
+    comment: Comment = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Approve a requested closure (coordinator)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .approve_closure(
+            incident_name(name), comment=comment, **_options(expected_version, request_id)
+        )
+    )
+    done(ctx, "closed", result)
+
+
+@app.command(epilog="Example: ledgerctl -a polres reopen 0b6f12 'crowd returned'")
+def reopen(
+    ctx: typer.Context,
+    name: Name,
+    reason: Annotated[str, typer.Argument(help="Why.")] = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Reopen a resolved or closed incident (lead or coordinator)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .reopen(incident_name(name), reason, **_options(expected_version, request_id))
+    )
+    done(ctx, "reopened", result)
+
+
+@app.command(
+    epilog="Example: ledgerctl -a kesbangpol correct 0b6f12 severity low high "
+    "--reason 'typo in the report'"
+)
+def correct(
+    ctx: typer.Context,
+    name: Name,
+    field_name: Annotated[
+        str, typer.Argument(help="The field, e.g. severity, title, location.desa.", metavar="FIELD")
+    ],
+    old_value: Annotated[str, typer.Argument(help="The recorded value (checked).", metavar="OLD")],
+    new_value: Annotated[str, typer.Argument(help="The corrected value.", metavar="NEW")],
+    event: Annotated[
+        str | None,
+        typer.Option(
+            help="The corrected event id (default: the latest event that recorded FIELD)."
+        ),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why.")] = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Record a correction of a field of an earlier event."""
+    ledger = state(ctx).ledger()
+    incident = incident_name(name)
+    event_id = event or _event_recording(ledger, incident, field_name)
+    result = ledger.correct(
+        incident,
+        event_id,
+        field_name,
+        old_value,
+        new_value,
+        reason=reason,
+        **_options(expected_version, request_id),
+    )
+    done(ctx, "corrected", result)
+
+
+def _event_recording(ledger: LedgerClient, incident: str, field_name: str) -> str:
+    """The latest event whose payload records ``field_name`` (else the report)."""
+    events = list(ledger.incident_events(incident))
+    top = field_name.split(".", 1)[0]
+    for event in reversed(events):
+        if top in event.payload or (top == "location" and event.type == "Reported"):
+            return event.event_id
+    if not events:
+        raise typer.BadParameter(f"{incident} has no events")
+    return events[0].event_id
+
+
+# ---------------------------------------------------------------------------------- queries
+
+
+@app.command(epilog="Example: ledgerctl show 0b6f12 --as-of 2026-11-28T10:00:00")
+def show(
+    ctx: typer.Context,
+    name: Name,
+    as_of: Annotated[datetime | None, typer.Option(help="As it stood at this time (UTC).")] = None,
+) -> None:
+    """Show an incident with its timeline."""
+    st = state(ctx)
+    ledger = st.ledger()
+    when = as_of.replace(tzinfo=as_of.tzinfo or UTC) if as_of else None
+    incident = ledger.get_incident(incident_name(name), as_of_time=when)
+    events = [e for e in ledger.incident_events(incident.name) if e.version <= incident.version]
+    if st.as_json:
+        output.emit_json({"incident": incident, "events": [_event_json(e) for e in events]})
+    else:
+        output.incident_detail(output.console(), incident, events)
+
+
+def _event_json(event: Any) -> dict[str, Any]:
+    value: dict[str, Any] = output.to_jsonable(event)
+    value.pop("payload_json", None)
+    value["payload"] = event.payload
+    return value
+
+
+@app.command(epilog="Example: ledgerctl history 0b6f12")
+def history(ctx: typer.Context, name: Name) -> None:
+    """The events of one incident, oldest first."""
+    st = state(ctx)
+    events = list(st.ledger().incident_events(incident_name(name)))
+    if st.as_json:
+        output.emit_json([_event_json(e) for e in events])
+    else:
+        output.console().print(output.timeline(events))
+
+
+@app.command(
+    "list", epilog="Example: ledgerctl list --status ASSIGNED --kecamatan ipuh --lead polres"
+)
+def list_(
+    ctx: typer.Context,
+    status: Annotated[str | None, typer.Option(help="Only this status, e.g. ASSIGNED.")] = None,
+    severity: Annotated[str | None, typer.Option(help="Only this severity.")] = None,
+    category: Annotated[str | None, typer.Option(help="Only this category.")] = None,
+    kecamatan: Annotated[str | None, typer.Option(help="Only this kecamatan.")] = None,
+    lead: Annotated[str | None, typer.Option(help="Only with this lead agency.")] = None,
+    filter_: Annotated[
+        str | None, typer.Option("--filter", help="A raw AIP-160 filter (ANDed).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (0: all).")] = 0,
+) -> None:
+    """List incidents as a table, with filters."""
+    clauses = [
+        f'{key} = "{value}"'
+        for key, value in (
+            ("status", status.upper() if status else None),
+            ("severity", severity),
+            ("category", category),
+            ("kecamatan", kecamatan),
+            ("lead_agency", lead),
+        )
+        if value
+    ]
+    if filter_:
+        clauses.append(filter_)
+    st = state(ctx)
+    incidents = []
+    for incident in st.ledger().list_incidents(" AND ".join(clauses)):
+        incidents.append(incident)
+        if limit and len(incidents) >= limit:
+            break
+    if st.as_json:
+        output.emit_json(incidents)
+    else:
+        output.console().print(output.incidents_table(incidents, f"Incidents ({len(incidents)})"))
+
+
+@app.command(epilog="Example: ledgerctl board --kecamatan kota_mukomuko")
+def board(
+    ctx: typer.Context,
+    kecamatan: Annotated[str | None, typer.Option(help="Only this kecamatan.")] = None,
+) -> None:
+    """The board: open incidents by status, and the workload per agency."""
+    st = state(ctx)
+    ledger = st.ledger()
+    incidents = list(ledger.list_incidents(f'kecamatan = "{kecamatan}"' if kecamatan else ""))
+    workload = ledger.workload()
+    if st.as_json:
+        columns = {s: [i for i in incidents if i.status.value == s] for s in output.BOARD_STATUSES}
+        output.emit_json({"columns": columns, "workload": workload})
+        return
+    out = output.console()
+    out.print(output.board(incidents))
+    out.print(
+        output.rows_table(
+            "Workload per agency",
+            ("agency", "open", "unacknowledged", "overdue"),
+            ((w.agency, w.open, w.unacknowledged, w.overdue) for w in workload),
+        )
+    )
+
+
+@app.command("map", epilog="Example: ledgerctl map --svg data/map.svg")
+def map_(
+    ctx: typer.Context,
+    svg: Annotated[Path | None, typer.Option(help="Also render the map to this SVG file.")] = None,
+    at: Annotated[datetime | None, typer.Option(help="As it stood at this time (UTC).")] = None,
+) -> None:
+    """The vulnerability map per kecamatan: score and band, coloured; optionally as SVG."""
+    st = state(ctx)
+    vmap = st.ledger().vulnerability_map(at.replace(tzinfo=at.tzinfo or UTC) if at else None)
+    if svg is not None:
+        svg.parent.mkdir(parents=True, exist_ok=True)
+        svg.write_text(output.map_svg(vmap), encoding="utf-8")
+    if st.as_json:
+        output.emit_json(vmap)
+    else:
+        out = output.console()
+        out.print(output.map_table(vmap))
+        if svg is not None:
+            out.print(f"map written to {svg}")
+
+
+@app.command(epilog="Example: ledgerctl decisions --kecamatan kota_mukomuko")
+def decisions(
+    ctx: typer.Context,
+    kecamatan: Annotated[str | None, typer.Option(help="Only this kecamatan.")] = None,
+    at: Annotated[
+        datetime | None, typer.Option(help="In force at this time (UTC; default now).")
+    ] = None,
+) -> None:
+    """Decisions in force."""
+    st = state(ctx)
+    found = st.ledger().decisions_in_force(
+        at.replace(tzinfo=at.tzinfo or UTC) if at else None, kecamatan
+    )
+    if st.as_json:
+        output.emit_json(found)
+    else:
+        output.console().print(output.decisions_table(found))
+
+
+@app.command("response-times", epilog="Example: ledgerctl response-times --by severity")
+def response_times(
+    ctx: typer.Context,
+    by: Annotated[str, typer.Option(help="agency, severity or category.")] = "agency",
+) -> None:
+    """Median and p90 time to acknowledge, verify and resolve."""
+    if by not in {"agency", "severity", "category"}:
+        raise typer.BadParameter("must be agency, severity or category", param_hint="--by")
+    st = state(ctx)
+    groups = st.ledger().response_times(by)  # type: ignore[arg-type]
+    if st.as_json:
+        output.emit_json(groups)
+        return
+
+    def fmt(seconds: float) -> str:
+        return str(timedelta(seconds=round(seconds)))
+
+    output.console().print(
+        output.rows_table(
+            f"Response times by {by}",
+            (by, "n", "ack median", "ack p90", "verify median", "resolve median", "resolve p90"),
+            (
+                (
+                    g.key,
+                    g.acknowledge.count,
+                    fmt(g.acknowledge.median_seconds),
+                    fmt(g.acknowledge.p90_seconds),
+                    fmt(g.verify.median_seconds),
+                    fmt(g.resolve.median_seconds),
+                    fmt(g.resolve.p90_seconds),
+                )
+                for g in groups
+            ),
+        )
+    )
+
+
+@app.command(
+    epilog="Example: ledgerctl -a bpbd watch --kecamatan air_manjunto "
+    "--min-severity high --count 10"
+)
+def watch(
+    ctx: typer.Context,
+    kecamatan: Annotated[
+        list[str] | None, typer.Option(help="Only these kecamatan (repeat).")
+    ] = None,
+    category: Annotated[
+        list[str] | None, typer.Option(help="Only these categories (repeat).")
+    ] = None,
+    min_severity: Annotated[str, typer.Option(help="At least this severity.")] = "",
+    event_type: Annotated[
+        list[str] | None, typer.Option(help="Only these event types (repeat).")
+    ] = None,
+    mine: Annotated[bool, typer.Option(help="Only incidents involving my agency.")] = False,
+    count: Annotated[int, typer.Option(help="Stop after this many notifications (0: never).")] = 0,
+    cursor: Annotated[str | None, typer.Option(help="Resume from this cursor.")] = None,
+) -> None:
+    """Live updates from the notifier, with filters (Ctrl-C stops)."""
+    st = state(ctx)
+    seen = 0
+    out = output.console()
+    with st.notifier().subscribe(
+        kecamatan=kecamatan or (),
+        categories=category or (),
+        min_severity=min_severity,
+        event_types=event_type or (),
+        involving_my_agency=mine,
+        cursor=cursor,
+    ) as subscription:
+        try:
+            for note in subscription:
+                seen += 1
+                if st.as_json:
+                    output.emit_json(
+                        {
+                            "event": _event_json(note.event),
+                            "incident": note.incident,
+                            "cursor": note.cursor,
+                        }
+                    )
+                else:
+                    out.print(
+                        f"{output.when(note.event.record_time)} [bold]{note.event.type}[/bold] "
+                        f"{output.short(note.incident.name)[:8]} {note.incident.title!r} "
+                        f"{note.incident.status.value} {note.incident.severity} "
+                        f"{note.incident.location.kecamatan} by {note.event.actor.agency}"
+                    )
+                if count and seen >= count:
+                    break
+        except KeyboardInterrupt:
+            pass
+
+
+# --------------------------------------------------------------------------------- webhooks
+
+
+@webhooks_app.command(
+    "register",
+    epilog="Example: ledgerctl -a bpbd webhooks register https://bpbd.example/hook "
+    "--secret S --kecamatan air_manjunto",
+)
+def webhooks_register(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Argument(help="The HTTPS endpoint.")],
+    secret: Annotated[
+        str, typer.Option(help="Shared secret for the signature.", envvar="WEBHOOK_SECRET")
+    ],
+    kecamatan: Annotated[
+        list[str] | None, typer.Option(help="Only these kecamatan (repeat).")
+    ] = None,
+    category: Annotated[
+        list[str] | None, typer.Option(help="Only these categories (repeat).")
+    ] = None,
+    min_severity: Annotated[str, typer.Option(help="At least this severity.")] = "",
+    mine: Annotated[bool, typer.Option(help="Only incidents involving my agency.")] = False,
+) -> None:
+    """Register a webhook for your agency."""
+    st = state(ctx)
+    hook = st.notifier().create_webhook(
+        url,
+        secret,
+        kecamatan=kecamatan or (),
+        categories=category or (),
+        min_severity=min_severity,
+        involving_my_agency=mine,
+    )
+    if st.as_json:
+        output.emit_json(hook)
+    else:
+        output.console().print(f"registered {hook.name} -> {hook.url}")
+
+
+@webhooks_app.command("list", epilog="Example: ledgerctl -a bpbd webhooks list")
+def webhooks_list(ctx: typer.Context) -> None:
+    """List your agency's webhooks."""
+    st = state(ctx)
+    hooks = list(st.notifier().webhooks())
+    if st.as_json:
+        output.emit_json(hooks)
+    else:
+        output.console().print(
+            output.rows_table(
+                "Webhooks",
+                ("name", "url", "created"),
+                ((h.name, h.url, output.when(h.create_time)) for h in hooks),
+            )
+        )
+
+
+@webhooks_app.command("dead-letters", epilog="Example: ledgerctl -a bpbd webhooks dead-letters")
+def webhooks_dead_letters(ctx: typer.Context) -> None:
+    """Deliveries that gave up."""
+    st = state(ctx)
+    letters = list(st.notifier().dead_letters())
+    if st.as_json:
+        output.emit_json(letters)
+    else:
+        output.console().print(
+            output.rows_table(
+                "Dead letters",
+                ("name", "webhook", "incident", "attempts", "last error"),
+                (
+                    (d.name, d.webhook, output.short(d.incident), d.attempts, d.last_error)
+                    for d in letters
+                ),
+            )
+        )
+
+
+@webhooks_app.command("replay", epilog="Example: ledgerctl -a bpbd webhooks replay --all")
+def webhooks_replay(
+    ctx: typer.Context,
+    names: Annotated[list[str] | None, typer.Argument(help="Dead letters to replay.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+) -> None:
+    """Replay dead letters (with a progress bar)."""
+    st = state(ctx)
+    notifier = st.notifier()
+    chosen = [d.name for d in notifier.dead_letters()] if all_ else list(names or [])
+    if not chosen:
+        raise typer.BadParameter("name dead letters or pass --all")
+    with _progress(st, "replaying", len(chosen)) as step:
+        for name in chosen:
+            notifier.replay_dead_letter(name)
+            step()
+    if st.as_json:
+        output.emit_json({"replayed": chosen})
+    else:
+        output.console().print(f"replayed {len(chosen)} dead letter(s)")
+
+
+# ------------------------------------------------------------------------------------ audit
+
+
+@contextmanager
+def _progress(st: State, what: str, total: int | None) -> Iterator[Any]:
+    """A progress bar with count and rate on stderr (only on a terminal, never with --json)."""
+    err = output.error_console()
+    if st.as_json or not err.is_terminal:
+        yield lambda: None
+        return
+    started = time.monotonic()
+    with Progress(
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=err,
+    ) as progress:
+        task = progress.add_task(what, total=total, rate="")
+        count = 0
+
+        def step() -> None:
+            nonlocal count
+            count += 1
+            rate = count / max(time.monotonic() - started, 1e-6)
+            progress.update(task, advance=1, rate=f"{rate:,.0f}/s")
+
+        yield step
+
+
+@audit_app.command("verify", epilog="Example: ledgerctl -a inspektorat audit verify")
+def audit_verify(ctx: typer.Context) -> None:
+    """Recompute every hash chain and check the checkpoints (coordinator, auditors).
+
+    Exit code 6 (server) is not used for a broken chain: a verify that finds divergence exits 1.
+    """
+    st = state(ctx)
+    with _progress(st, "verifying", None):
+        report_ = st.ledger().verify_ledger()
+    if st.as_json:
+        output.emit_json(report_)
+    else:
+        out = output.console()
+        if report_.ok:
+            out.print(
+                f"[bold green]ledger verified[/bold green]: {report_.events} events, "
+                f"{report_.incidents} incidents, {report_.checkpoints_checked} checkpoints checked"
+            )
+        else:
+            d = report_.divergence
+            out.print(f"[bold red]LEDGER DIVERGES[/bold red]: {d}")
+    if not report_.ok:
+        raise typer.Exit(EXIT_OTHER)
+
+
+@audit_app.command(
+    "export", epilog="Example: ledgerctl -a inspektorat audit export history.jsonl --after 0"
+)
+def audit_export(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="JSON Lines file to write ('-' for stdout).")],
+    after: Annotated[int, typer.Option(help="Positions after this one.")] = 0,
+    until: Annotated[int, typer.Option(help="Up to this position (0: the end).")] = 0,
+    incident: Annotated[str | None, typer.Option(help="Only this incident.")] = None,
+    agency: Annotated[str | None, typer.Option(help="Only events by this agency.")] = None,
+    kecamatan: Annotated[str | None, typer.Option(help="Only this kecamatan.")] = None,
+) -> None:
+    """Export the history (events in log order) as JSON Lines, with a progress bar."""
+    import json
+
+    st = state(ctx)
+    ledger = st.ledger()
+    total = ledger.projection_status().ledger_position - after if not until else until - after
+    count = 0
+    events = ledger.history(
+        after,
+        until,
+        incident=incident_name(incident) if incident else None,
+        agency=agency,
+        kecamatan=kecamatan,
+    )
+    with _progress(st, "exporting", max(total, 0) or None) as step:
+        if str(path) == "-":
+            for event in events:
+                output.emit_line(json.dumps(_event_json(event), ensure_ascii=False))
+                count += 1
+                step()
+        else:
+            with path.open("w", encoding="utf-8") as file:
+                for event in events:
+                    file.write(json.dumps(_event_json(event), ensure_ascii=False) + "\n")
+                    count += 1
+                    step()
+    if str(path) != "-":
+        if st.as_json:
+            output.emit_json({"path": str(path), "events": count})
+        else:
+            output.console().print(f"exported {count} events to {path}")
+
+
+@audit_app.command(
+    "as-of", epilog="Example: ledgerctl audit as-of 2026-11-28T10:00:00 --incident 0b6f12"
+)
+def audit_as_of(
+    ctx: typer.Context,
+    at: Annotated[datetime, typer.Argument(help="The time (UTC).")],
+    incident: Annotated[
+        str | None, typer.Option(help="One incident as it stood (else the list).")
+    ] = None,
+) -> None:
+    """The incidents (or one incident) as they stood at a past time."""
+    st = state(ctx)
+    moment = at.replace(tzinfo=at.tzinfo or UTC)
+    ledger = st.ledger()
+    if incident:
+        found = ledger.get_incident(incident_name(incident), as_of_time=moment)
+        if st.as_json:
+            output.emit_json(found)
+        else:
+            events = [e for e in ledger.incident_events(found.name) if e.version <= found.version]
+            output.incident_detail(output.console(), found, events)
+        return
+    incidents = list(ledger.list_incidents(as_of_time=moment))
+    if st.as_json:
+        output.emit_json(incidents)
+    else:
+        output.console().print(
+            output.incidents_table(incidents, f"Incidents as of {output.when(moment)}")
+        )
+
+
+# ------------------------------------------------------------------------------------- main
+
+
+def exit_code_for(error: LedgerError) -> int:
+    for cls, code in EXIT_CODES:
+        if isinstance(error, cls):
+            return code
+    return EXIT_OTHER
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ledgerctl; return its exit code (see the module docstring)."""
+    try:
+        app(args=argv, prog_name="ledgerctl", standalone_mode=False)
+    except typer.Exit as stop:
+        return stop.exit_code
+    except typer.Abort:
+        output.error_console().print("aborted")
+        return EXIT_OTHER
+    except typer.TyperException as error:  # usage errors (exit code 2) and the like
+        show = getattr(error, "show", None)
+        if callable(show):
+            show()
+        else:
+            output.error_console().print(f"ledgerctl: {error.format_message()}", markup=False)
+        return error.exit_code
+    except config.ConfigError as error:
+        output.error_console().print(
+            f"ledgerctl: configuration error: {error}", markup=False, highlight=False
+        )
+        return EXIT_USAGE
+    except LedgerError as error:
+        detail = f" (field {error.field})" if error.field else ""
+        reason = f" {error.reason}" if error.reason else ""
+        output.error_console().print(
+            f"ledgerctl: {error.code}{reason}: {error.message}{detail}",
+            markup=False,
+            highlight=False,
+        )
+        return exit_code_for(error)
+    return EXIT_OK

@@ -1,0 +1,310 @@
+"""ledgerctl's output layer: human tables and timelines (rich), JSON, the map as SVG.
+
+Colour only on a terminal (rich decides; ``NO_COLOR`` is honoured). ``--json`` writes one
+JSON document to stdout. Everything ledgerctl prints goes through this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+from xml.sax.saxutils import escape
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from incidentledger_client.types import (
+    CommandResult,
+    DecisionInForce,
+    Incident,
+    IncidentEvent,
+    KecamatanScore,
+    VulnerabilityMap,
+)
+
+BAND_STYLE = {"high": "bold red", "medium": "yellow", "low": "green"}
+BAND_FILL = {"high": "#d73027", "medium": "#fdae61", "low": "#a6d96a"}
+SEVERITY_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "green"}
+STATUS_STYLE = {
+    "REPORTED": "cyan",
+    "VERIFIED": "blue",
+    "ASSIGNED": "magenta",
+    "RESPONDING": "bold magenta",
+    "RESOLVED": "green",
+    "CLOSED": "dim green",
+    "REJECTED": "dim red",
+    "MERGED": "dim",
+    "REOPENED": "bold yellow",
+}
+#: The board's columns: the statuses of open work, in lifecycle order.
+BOARD_STATUSES = ("REPORTED", "VERIFIED", "ASSIGNED", "RESPONDING", "REOPENED", "RESOLVED")
+
+
+def console() -> Console:
+    """The stdout console (looked up per call, so redirected stdout is honoured)."""
+    # Piped output is not cut to 80 columns ($COLUMNS still wins).
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+    return Console(file=sys.stdout, soft_wrap=False, width=width)
+
+
+def error_console() -> Console:
+    return Console(file=sys.stderr, soft_wrap=True)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, enums, datetimes and bytes as plain JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(to_jsonable(value), indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def short(name: str) -> str:
+    return name.removeprefix("incidents/")
+
+
+def when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def styled(value: str, styles: dict[str, str]) -> Text:
+    return Text(value, style=styles.get(value, ""))
+
+
+def place(incident: Incident) -> str:
+    loc = incident.location
+    return " / ".join(p for p in (loc.kecamatan, loc.desa, loc.tps) if p)
+
+
+def command_result(out: Console, verb: str, result: CommandResult) -> None:
+    out.print(
+        f"[bold]{verb}[/bold] {result.incident} "
+        f"(version {result.version}, position {result.position}, event {result.event_id})"
+    )
+
+
+def incidents_table(incidents: Iterable[Incident], title: str = "Incidents") -> Table:
+    table = Table(title=title, show_lines=False)
+    for column in ("incident", "title", "status", "severity", "category", "place", "lead"):
+        table.add_column(column, overflow="fold")
+    for incident in incidents:
+        table.add_row(
+            short(incident.name),
+            incident.title,
+            styled(incident.status.value, STATUS_STYLE),
+            styled(incident.severity, SEVERITY_STYLE),
+            incident.category,
+            place(incident),
+            incident.lead_agency or "-",
+        )
+    return table
+
+
+def payload_summary(event: IncidentEvent) -> str:
+    payload = event.payload
+    parts = []
+    for key, value in payload.items():
+        if value in ("", None, [], {}) or key in {"location"}:
+            continue
+        text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        parts.append(f"{key}={text}")
+    return "; ".join(parts)
+
+
+def incident_detail(out: Console, incident: Incident, events: Sequence[IncidentEvent]) -> None:
+    out.print(f"[bold]{incident.title}[/bold]  ({incident.name}, version {incident.version})")
+    out.print(
+        Text.assemble(
+            "status ",
+            styled(incident.status.value, STATUS_STYLE),
+            "  severity ",
+            styled(incident.severity, SEVERITY_STYLE),
+            f"  category {incident.category}  escalation {incident.escalation_level}",
+        )
+    )
+    out.print(f"place {place(incident)}  reported by {incident.reporter.agency}")
+    supporting = ", ".join(incident.supporting_agencies) or "-"
+    out.print(f"lead {incident.lead_agency or '-'}  supporting {supporting}")
+    if incident.pending_handover:
+        h = incident.pending_handover
+        out.print(f"pending handover {h.from_agency} -> {h.to_agency} ({h.reason})")
+    if incident.rejection_reason.value != "UNSPECIFIED":
+        out.print(f"rejected as {incident.rejection_reason.value}")
+    if incident.merged_into:
+        out.print(f"merged into {incident.merged_into}")
+    for decision in incident.decisions:
+        until = when(decision.valid_until)
+        out.print(f"decision ({decision.forum}, until {until}): {decision.summary}")
+    if incident.description:
+        out.print(incident.description)
+    out.print(timeline(events))
+
+
+def timeline(events: Sequence[IncidentEvent]) -> Table:
+    table = Table(title="Timeline", show_header=True, box=None, pad_edge=False)
+    table.add_column("v", justify="right")
+    table.add_column("recorded")
+    table.add_column("event", style="bold")
+    table.add_column("by")
+    table.add_column("details", overflow="fold")
+    for event in events:
+        by = (
+            f"{event.actor.agency}/{event.actor.officer}"
+            if event.actor.officer
+            else event.actor.agency
+        )
+        details = payload_summary(event)
+        if event.reason:
+            details = f"{details} ({event.reason})" if details else event.reason
+        table.add_row(str(event.version), when(event.record_time), event.type, by, details)
+    return table
+
+
+def history_table(events: Iterable[IncidentEvent]) -> Table:
+    table = Table(title="History")
+    for column in ("position", "recorded", "incident", "v", "event", "by"):
+        table.add_column(column, overflow="fold")
+    for event in events:
+        table.add_row(
+            str(event.position),
+            when(event.record_time),
+            short(event.incident),
+            str(event.version),
+            event.type,
+            event.actor.agency,
+        )
+    return table
+
+
+def board(incidents: Sequence[Incident]) -> Table:
+    table = Table(title="Board (open work)", show_lines=True)
+    columns: dict[str, list[Incident]] = {s: [] for s in BOARD_STATUSES}
+    for incident in incidents:
+        if incident.status.value in columns:
+            columns[incident.status.value].append(incident)
+    for status in BOARD_STATUSES:
+        table.add_column(
+            f"{status} ({len(columns[status])})", style=STATUS_STYLE[status], overflow="fold"
+        )
+    cards = [
+        "\n\n".join(
+            f"{i.title}\n[dim]{short(i.name)[:8]} {i.severity} {i.location.kecamatan}"
+            f"{' lead ' + i.lead_agency if i.lead_agency else ''}[/dim]"
+            for i in columns[status]
+        )
+        for status in BOARD_STATUSES
+    ]
+    table.add_row(*cards)
+    return table
+
+
+def map_table(vmap: VulnerabilityMap) -> Table:
+    table = Table(title=f"Vulnerability map (position {vmap.position}, {when(vmap.time)})")
+    table.add_column("kecamatan")
+    table.add_column("score", justify="right")
+    table.add_column("", no_wrap=True)
+    table.add_column("band")
+    table.add_column("incidents", justify="right")
+    for score in sorted(vmap.kecamatan, key=lambda s: -s.score):
+        style = BAND_STYLE.get(score.band, "")
+        bar = Text("█" * round(score.score / 5) or "·", style=style)
+        table.add_row(
+            score.name,
+            f"{score.score:.1f}",
+            bar,
+            Text(score.band, style=style),
+            str(len(score.reasons)),
+        )
+    return table
+
+
+def map_svg(vmap: VulnerabilityMap, title: str = "Vulnerability map") -> str:
+    """A tile map: one tile per kecamatan, coloured by band, with its score and band."""
+    scores: list[KecamatanScore] = sorted(vmap.kecamatan, key=lambda s: s.name)
+    columns, tile_w, tile_h, gap, top = 5, 180, 90, 10, 60
+    rows = max(1, (len(scores) + columns - 1) // columns)
+    width = columns * (tile_w + gap) + gap
+    height = top + rows * (tile_h + gap) + gap + 30
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif">',
+        f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
+        f'<text x="{gap}" y="28" font-size="20" font-weight="bold">{escape(title)}</text>',
+        f'<text x="{gap}" y="48" font-size="12" fill="#555">as of {escape(when(vmap.time))} UTC, '
+        f"ledger position {vmap.position}</text>",
+    ]
+    for index, score in enumerate(scores):
+        x = gap + (index % columns) * (tile_w + gap)
+        y = top + (index // columns) * (tile_h + gap)
+        fill = BAND_FILL.get(score.band, "#dddddd")
+        parts.append(
+            f'<g class="kecamatan" data-kecamatan="{escape(score.kecamatan)}" '
+            f'data-band="{escape(score.band)}" data-score="{score.score:.1f}">'
+            f'<rect x="{x}" y="{y}" width="{tile_w}" height="{tile_h}" rx="6" fill="{fill}" '
+            f'stroke="#333"/>'
+            f'<text x="{x + 10}" y="{y + 24}" font-size="14" font-weight="bold">'
+            f"{escape(score.name)}</text>"
+            f'<text x="{x + 10}" y="{y + 52}" font-size="22">{score.score:.1f}</text>'
+            f'<text x="{x + 10}" y="{y + 76}" font-size="12">{escape(score.band)} · '
+            f"{len(score.reasons)} incident(s)</text></g>"
+        )
+    legend_y = height - 14
+    for i, band in enumerate(("low", "medium", "high")):
+        lx = gap + i * 110
+        parts.append(
+            f'<rect x="{lx}" y="{legend_y - 11}" width="14" height="14" fill="{BAND_FILL[band]}"/>'
+            f'<text x="{lx + 20}" y="{legend_y}" font-size="12">{band}</text>'
+        )
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def decisions_table(decisions: Iterable[DecisionInForce]) -> Table:
+    table = Table(title="Decisions in force")
+    for column in ("kecamatan", "summary", "forum", "deciding", "from", "until", "incident"):
+        table.add_column(column, overflow="fold")
+    for d in decisions:
+        table.add_row(
+            d.kecamatan,
+            d.summary,
+            d.forum,
+            ", ".join(d.deciding_agencies),
+            when(d.valid_from),
+            when(d.valid_until),
+            short(d.incident),
+        )
+    return table
+
+
+def rows_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(str(c) for c in row))
+    return table
+
+
+def emit_line(text: str) -> None:
+    sys.stdout.write(text + "\n")

@@ -1,0 +1,258 @@
+"""ledgerctl against a real ledger (in-memory store): every command, --json, exit codes."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from incidentledger_client.cli import main
+from tests.support import Client, running_ledger, settings_for, store_environment
+
+# The in-process server logs to the same captured stdout: leave its lines out.
+SERVER_LOG = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[|^\{\"event\"")
+
+
+def without_server_log(text: str) -> str:
+    return "".join(line for line in text.splitlines(True) if not SERVER_LOG.match(line))
+
+
+@pytest.fixture
+def popo_ledger(tmp_path: Path) -> Iterator[Client]:
+    with (
+        store_environment("popo", tmp_path) as env,
+        running_ledger(settings_for(tmp_path, env)) as client,
+    ):
+        yield client
+
+
+class Ctl:
+    def __init__(self, ledger: Client, capsys: pytest.CaptureFixture[str]) -> None:
+        self.ledger = ledger
+        self.capsys = capsys
+        self.tokens = ledger.data_dir / "credentials" / "dev-tokens.yaml"
+
+    def run(self, agency: str, *args: str) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        code = main(
+            [
+                "--address",
+                self.ledger.address,
+                "--tokens-file",
+                str(self.tokens),
+                "--agency",
+                agency,
+                *args,
+            ]
+        )
+        captured = self.capsys.readouterr()
+        return code, without_server_log(captured.out), captured.err
+
+    def ok(self, agency: str, *args: str) -> str:
+        code, out, err = self.run(agency, *args)
+        assert code == 0, (args, out, err)
+        return out
+
+    def json(self, agency: str, *args: str) -> Any:
+        return json.loads(self.ok(agency, "--json", *args))
+
+
+@pytest.fixture
+def ctl(popo_ledger: Client, capsys: pytest.CaptureFixture[str]) -> Ctl:
+    return Ctl(popo_ledger, capsys)
+
+
+def test_the_lifecycle_through_ledgerctl(ctl: Ctl, tmp_path: Path) -> None:
+    reported = ctl.json(
+        "kesbangpol",
+        "report",
+        "Planned mass gathering",
+        "crowd_gathering",
+        "kota_mukomuko",
+        "--desa",
+        "Pasar Mukomuko",
+        "--severity",
+        "low",
+    )
+    name = reported["incident"]
+    assert name.startswith("incidents/") and reported["version"] == 1
+    short = name.removeprefix("incidents/")
+    assert "verified" in ctl.ok("desk_pilkada", "verify", short, "-m", "confirmed", "-V", "1")
+    ctl.ok("desk_pilkada", "assign", name, "satpolpp")
+    ctl.ok("satpolpp", "support", name, "dinkes")
+    ctl.ok("kesbangpol", "correct", name, "severity", "low", "high", "--reason", "typo")
+    ctl.ok("satpolpp", "assess", name, "critical")
+    ctl.ok("satpolpp", "escalate", name, "crowd growing")
+    ctl.ok("satpolpp", "handover", "propose", name, "polres", "--reason", "needs police")
+    ctl.ok("polres", "handover", "accept", name)
+    ctl.ok(
+        "desk_pilkada",
+        "decide",
+        name,
+        "Gatherings restricted",
+        "--forum",
+        "Forkopimda",
+        "--by",
+        "desk_pilkada",
+        "--by",
+        "polres",
+        "--rationale",
+        "tension",
+        "--days",
+        "3",
+    )
+    ctl.ok("dinkes", "act", name, "Medical team on standby")
+    ctl.ok("polres", "resolve", name, "dispersed")
+    ctl.ok("polres", "close", "request", name)
+    closed = ctl.json("desk_pilkada", "close", "approve", name)
+    assert closed["version"] >= 13
+    ctl.ok("polres", "reopen", name, "crowd returned")
+
+    shown = ctl.json("inspektorat", "show", name)
+    incident = shown["incident"]
+    assert incident["status"] == "REOPENED" and incident["lead_agency"] == "polres"
+    assert incident["severity"] == "critical" and incident["supporting_agencies"] == ["dinkes"]
+    types = [e["type"] for e in shown["events"]]
+    assert types[0] == "Reported" and len(types) == incident["version"]
+    human = ctl.ok("inspektorat", "show", name)
+    assert "Planned mass gathering" in human and "Timeline" in human and "REOPENED" in human
+    assert len(ctl.json("inspektorat", "history", name)) == incident["version"]
+
+    ctl.ok("kesbangpol", "report", "Hoax about ballots", "hoax", "ipuh")
+    listed = ctl.json("inspektorat", "list", "--kecamatan", "ipuh")
+    assert [i["title"] for i in listed] == ["Hoax about ballots"]
+    hoax = listed[0]["name"]
+    ctl.ok("desk_pilkada", "reject", hoax, "hoax", "-m", "Bawaslu checked")
+    assert ctl.json("inspektorat", "list", "--status", "rejected")[0]["rejection_reason"] == "HOAX"
+    table = ctl.ok("inspektorat", "list")
+    assert "Hoax about ballots" in table and "Incidents (2)" in table
+
+    ctl.ok("kesbangpol", "report", "Duplicate report", "crowd_gathering", "kota_mukomuko")
+    dup = ctl.json("inspektorat", "list", "--status", "REPORTED")[0]["name"]
+    ctl.ok("desk_pilkada", "merge", dup, name)
+
+    decisions = ctl.json("inspektorat", "decisions", "--kecamatan", "kota_mukomuko")
+    assert [d["summary"] for d in decisions] == ["Gatherings restricted"]
+    assert "Gatherings restricted" in ctl.ok("inspektorat", "decisions")
+
+    board = ctl.json("inspektorat", "board")
+    assert [i["name"] for i in board["columns"]["REOPENED"]] == [name]
+    assert "REOPENED (1)" in ctl.ok("inspektorat", "board")
+
+    svg = tmp_path / "out" / "map.svg"
+    vmap = ctl.json("inspektorat", "map", "--svg", str(svg))
+    kota = next(k for k in vmap["kecamatan"] if k["kecamatan"] == "kota_mukomuko")
+    assert kota["score"] > 0
+    text = svg.read_text()
+    assert text.startswith("<svg") and 'data-kecamatan="kota_mukomuko"' in text
+    assert f'data-score="{kota["score"]:.1f}"' in text and "Kota Mukomuko" in text
+    assert "Kota Mukomuko" in ctl.ok("inspektorat", "map")
+
+    assert ctl.json("inspektorat", "response-times", "--by", "severity")
+    assert ctl.json("inspektorat", "audit", "verify")["ok"] is True
+    assert "ledger verified" in ctl.ok("inspektorat", "audit", "verify")
+    export = tmp_path / "history.jsonl"
+    exported = ctl.json("inspektorat", "audit", "export", str(export))
+    lines = export.read_text().splitlines()
+    assert exported["events"] == len(lines) > 15
+    assert json.loads(lines[0])["type"] == "Reported"
+
+
+def test_exit_codes_and_messages(ctl: Ctl, tmp_path: Path) -> None:
+    name = ctl.json("kesbangpol", "report", "Gathering", "crowd_gathering", "kota_mukomuko")[
+        "incident"
+    ]
+    # usage: missing argument, bad choice, bad field on the server
+    assert ctl.run("desk_pilkada", "verify")[0] == 2
+    code, _, err = ctl.run("desk_pilkada", "reject", name, "MAYBE")
+    assert code == 2 and "INVALID, HOAX or OUT_OF_SCOPE" in err
+    code, _, err = ctl.run("kesbangpol", "report", "x", "crowd_gathering", "atlantis")
+    assert code == 2 and "INVALID_ARGUMENT" in err
+    # not found
+    code, _, err = ctl.run("desk_pilkada", "show", f"incidents/{uuid.uuid4()}")
+    assert code == 3 and "NOT_FOUND" in err
+    # conflict: stale version, illegal transition
+    code, _, err = ctl.run("desk_pilkada", "verify", name, "-V", "7")
+    assert code == 4 and "VERSION_CONFLICT" in err
+    code, _, err = ctl.run("desk_pilkada", "resolve", name, "done")
+    assert code == 4 and "FAILED_PRECONDITION" in err
+    # permission: a responder verifying, an auditor writing, a bad token
+    code, _, err = ctl.run("polres", "verify", name)
+    assert code == 5 and "PERMISSION_DENIED" in err
+    assert ctl.run("inspektorat", "report", "x", "crowd_gathering", "ipuh")[0] == 5
+    capsys_code = main(["--address", ctl.ledger.address, "--token", "not-a-token", "list"])
+    assert capsys_code == 5
+    # configuration: unknown agency, missing tokens file
+    code, _, err = ctl.run("nobody", "list")
+    assert code == 2 and "no token for agency 'nobody'" in err
+    assert main(["--tokens-file", str(tmp_path / "none.yaml"), "--agency", "polres", "list"]) == 2
+    # server unavailable
+    assert main(["--address", "127.0.0.1:1", "--timeout", "0.5", "--token", "x", "list"]) == 6
+
+
+def test_configuration_from_a_file_and_the_environment(
+    ctl: Ctl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "ledgerctl.toml"
+    config.write_text(
+        f'address = "{ctl.ledger.address}"\nagency = "kesbangpol"\ntokens_file = "{ctl.tokens}"\n'
+    )
+    capsys.readouterr()
+    assert main(["--config", str(config), "--json", "report", "From config", "flood", "ipuh"]) == 0
+    assert json.loads(without_server_log(capsys.readouterr().out))["version"] == 1
+    monkeypatch.setenv("LEDGER_ADDRESS", ctl.ledger.address)
+    monkeypatch.setenv("LEDGER_TOKEN", ctl.ledger.tokens["inspektorat"])
+    monkeypatch.setenv("LEDGERCTL_CONFIG", str(tmp_path / "absent.toml"))
+    assert main(["list"]) == 2  # a named config file that is missing is a usage error
+    monkeypatch.delenv("LEDGERCTL_CONFIG")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["--json", "list"]) == 0
+    assert [i["title"] for i in json.loads(without_server_log(capsys.readouterr().out))] == [
+        "From config"
+    ]
+
+
+def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    commands = [
+        ["report"],
+        ["verify"],
+        ["reject"],
+        ["merge"],
+        ["assess"],
+        ["assign"],
+        ["support"],
+        ["handover", "propose"],
+        ["handover", "accept"],
+        ["decide"],
+        ["act"],
+        ["escalate"],
+        ["resolve"],
+        ["close", "request"],
+        ["close", "approve"],
+        ["reopen"],
+        ["correct"],
+        ["show"],
+        ["history"],
+        ["list"],
+        ["board"],
+        ["map"],
+        ["decisions"],
+        ["response-times"],
+        ["watch"],
+        ["webhooks", "register"],
+        ["webhooks", "list"],
+        ["webhooks", "dead-letters"],
+        ["webhooks", "replay"],
+        ["audit", "verify"],
+        ["audit", "export"],
+        ["audit", "as-of"],
+    ]
+    for command in commands:
+        capsys.readouterr()
+        assert main([*command, "--help"]) == 0, command
+        assert "Example: ledgerctl" in capsys.readouterr().out, command
