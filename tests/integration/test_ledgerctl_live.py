@@ -1,0 +1,127 @@
+"""ledgerctl's live and audit commands against the whole stack (NATS, ledger, notifier)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from incidentledger_client.cli import main
+from services.common.config import WebhookSettings
+from services.common.natsserver import NatsServer
+from tests.fanout_support import (
+    WEBHOOK_SECRET,
+    Stack,
+    running_stack,
+    wait_until,
+    webhook_receiver,
+)
+from tests.integration.test_ledgerctl import without_server_log
+from tests.support import store_environment
+
+pytestmark = [pytest.mark.nats, pytest.mark.timeout(60)]
+
+
+@pytest.fixture
+def stack(tmp_path: Path, nats_server: NatsServer) -> Iterator[Stack]:
+    quick = WebhookSettings(
+        max_attempts=2, backoff_seconds=0.05, max_backoff_seconds=0.1, timeout_seconds=1.0
+    )
+    with (
+        store_environment("sqlite", tmp_path) as env,
+        running_stack(tmp_path, env, nats_server.url, webhooks=quick) as running,
+    ):
+        yield running
+
+
+class LiveCtl:
+    def __init__(self, stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+        self.stack = stack
+        self.capsys = capsys
+
+    def run(self, agency: str, *args: str) -> tuple[int, str]:
+        self.capsys.readouterr()
+        code = main(
+            [
+                "--address",
+                self.stack.ledger.address,
+                "--notifier-address",
+                f"127.0.0.1:{self.stack.notifier.port}",
+                "--tokens-file",
+                str(self.stack.ledger.data_dir / "credentials" / "dev-tokens.yaml"),
+                "--agency",
+                agency,
+                *args,
+            ]
+        )
+        return code, without_server_log(self.capsys.readouterr().out)
+
+    def json(self, agency: str, *args: str) -> Any:
+        code, out = self.run(agency, "--json", *args)
+        assert code == 0, out
+        return json.loads(out)
+
+
+def test_watch_prints_what_the_notifier_delivers(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ctl = LiveCtl(stack, capsys)
+    first = stack.ledger.report("bpbd", category="flood")
+    stack.ledger.report("kesbangpol")
+    code, out = ctl.run("bpbd", "watch", "--cursor", "v1.0", "--count", "1", "--category", "flood")
+    assert code == 0
+    assert first.incident.removeprefix("incidents/")[:8] in out
+    assert "Reported" in out
+    lines = ctl.json("bpbd", "watch", "--cursor", "v1.0", "--count", "1")
+    received = lines if isinstance(lines, list) else [lines]
+    assert received[0]["event"]["incident"] == first.incident
+
+
+def test_webhooks_register_list_dead_letters_and_replay(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ctl = LiveCtl(stack, capsys)
+    with webhook_receiver() as receiver:
+        receiver.status = 503
+        registered = ctl.json(
+            "dinkes", "webhooks", "register", receiver.url, "--secret", WEBHOOK_SECRET
+        )
+        assert registered["url"] == receiver.url
+        listed = ctl.json("dinkes", "webhooks", "list")
+        assert [w["url"] for w in listed] == [receiver.url]
+        result = stack.ledger.report("dinkes")
+
+        def dead() -> list[Any]:
+            found: list[Any] = ctl.json("dinkes", "webhooks", "dead-letters")
+            return found
+
+        wait_until(lambda: len(dead()) == 1, what="a dead letter")
+        assert dead()[0]["event_id"] == result.event_id
+        receiver.status = 204
+        code, _ = ctl.run("dinkes", "webhooks", "replay", "--all")
+        assert code == 0
+        wait_until(lambda: len(receiver.verified()) == 1, what="the replayed delivery")
+        assert dead() == []
+
+
+def test_audit_as_of_and_response_times_tables(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ctl = LiveCtl(stack, capsys)
+    result = stack.ledger.report("kesbangpol", title="Early report")
+    before = datetime.now(UTC)
+    stack.ledger.report("kesbangpol", title="Later report")
+    past = ctl.json("inspektorat", "audit", "as-of", before.isoformat())
+    titles = [i["title"] for i in (past if isinstance(past, list) else past["incidents"])]
+    assert titles == ["Early report"]
+    code, out = ctl.run(
+        "inspektorat", "audit", "as-of", before.isoformat(), "--incident", result.incident
+    )
+    assert code == 0 and "Early report" in out
+    code, out = ctl.run("inspektorat", "response-times", "--by", "severity")
+    assert code == 0
+    assert "medium" in out
