@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -125,3 +126,28 @@ def test_audit_as_of_and_response_times_tables(
     code, out = ctl.run("inspektorat", "response-times", "--by", "severity")
     assert code == 0
     assert "medium" in out
+
+
+def test_long_work_shows_progress_with_count_and_rate_on_a_terminal(
+    stack: Stack,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from rich.console import Console
+
+    from incidentledger_client.cli import output
+
+    terminal = io.StringIO()
+    monkeypatch.setattr(
+        output, "error_console", lambda: Console(file=terminal, force_terminal=True, width=120)
+    )
+    for _ in range(3):
+        stack.ledger.report("kesbangpol")
+    ctl = LiveCtl(stack, capsys)
+    code, _ = ctl.run("inspektorat", "audit", "export", str(tmp_path / "export.jsonl"))
+    assert code == 0
+    shown = terminal.getvalue()
+    assert "3/" in shown or "3 " in shown, shown
+    assert "/s" in shown, shown
+    assert len((tmp_path / "export.jsonl").read_text().splitlines()) >= 3
