@@ -943,3 +943,22 @@ def test_a_removed_event_breaks_the_chain_on_replay() -> None:
     with pytest.raises(DataLoss) as caught:
         replay(kept)
     assert caught.value.reason == "HASH_CHAIN_BROKEN"
+
+
+def test_a_location_correction_does_not_alter_earlier_unsaved_events() -> None:
+    incident = incident_in(Status.RESPONDING)  # the action took the incident's location
+    reported = event_id_of(incident, "Reported")
+    incident.correct(
+        env(COORDINATOR),
+        event_id=reported,
+        field="location.desa",
+        old_value=str(incident.location.get("desa", "")),
+        new_value="Ujung Padang",
+        reason="wrong desa",
+    )
+    events = incident_events(incident)
+    assert events[-1].previous_hash == event_hash(events[-2])
+    rebuilt = replay(events)  # raises DataLoss if an earlier event changed after hashing
+    assert rebuilt.head_hash == incident.head_hash
+    assert incident.location["desa"] == "Ujung Padang"
+    assert all(e.location is not incident.location for e in events)

@@ -669,7 +669,7 @@ def _envelope_kwargs(
         "actor_agency": env.actor.agency,
         "actor_officer": env.actor.officer,
         "reason": reason,
-        "location": location,
+        "location": dict(location) if location else None,  # never shared with state
         "correlation_id": env.correlation_id,
         "causation_id": env.causation_id,
         "request_id": env.request_id,
