@@ -26,6 +26,13 @@ bench/fanout.py):
    latency from each event's record_time to its receipt by the subscriber.
 7. NATS alone: JetStream publish -> ordered push consumer (as the notifier's live
    subscriptions) and durable pull consumer, at the same rate.
+
+Then reading a long history (see bench/history.py):
+
+8. Per store, a fresh store filled with realistic incident lifecycles (half the
+   history, then all of it); on each, in a fresh child process apiece: the library's
+   plain decode (the ceiling), projection rebuild, verify of the store, export to
+   JSON Lines and verify of the export; events/s and peak RSS.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from bench import fanout, report, scenarios
+from bench import fanout, history, report, scenarios
 from bench.harness import CHANNEL_MODES, Result
 from bench.report import (
     E2E_P99_TARGET_MS,
@@ -85,6 +92,7 @@ class Plan:
     e2e_seconds: float
     e2e_drain: float
     nats_seconds: float
+    history_events: int
 
 
 FULL = Plan(
@@ -105,6 +113,7 @@ FULL = Plan(
     e2e_seconds=10.0,
     e2e_drain=10.0,
     nats_seconds=10.0,
+    history_events=200_000,
 )
 QUICK = Plan(
     name="quick",
@@ -124,6 +133,7 @@ QUICK = Plan(
     e2e_seconds=3.0,
     e2e_drain=2.0,
     nats_seconds=2.0,
+    history_events=24_000,
 )
 # Rough appends/s, only to size the incidents prepared for each append phase.
 EXPECTED_APPEND_RATE = {"sqlite": 1500.0, "postgres": 600.0}
@@ -450,11 +460,82 @@ def run_fanout(
     return result
 
 
+def run_history(
+    plan: Plan, stores: list[str], reference: ReferenceData, workdir: Path
+) -> list[history.HistoryRun]:
+    runs = []
+    for store in stores:
+        section(
+            f"8. Long history, {store}: {plan.history_events:,} realistic incident events "
+            f"(measured at {plan.history_events // 2:,}, then at {plan.history_events:,}); "
+            "each operation in a fresh child process"
+        )
+        with fresh_store(store, workdir / store / "history") as env:
+            run = history.measure_history(
+                env, reference, workdir / store / "history", plan.history_events, store
+            )
+        history.print_run(run)
+        runs.append(run)
+    return runs
+
+
+def history_rows(runs: list[history.HistoryRun]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for run in runs:
+        ceiling = run.full[history.DECODE]
+        for operation in history.TARGETED:
+            measured = run.full[operation]
+            rows.append(
+                [
+                    f"{run.store}: {history.LABELS[operation]}",
+                    f"{rate(measured.rate)} events/s  ({measured.events:,} in "
+                    f"{measured.seconds:.2f} s; library decode {rate(ceiling.rate)}/s)",
+                    f">= {history.HISTORY_RATE_TARGET:,.0f}/s",
+                    verdict(run.rate_ok(operation)),
+                ]
+            )
+        for operation in history.TARGETED:
+            half, full = run.half[operation], run.full[operation]
+            rows.append(
+                [
+                    f"{run.store}: {history.LABELS[operation]} peak RSS",
+                    f"{half.peak_mb:.1f} -> {full.peak_mb:.1f} MB  ({run.growth(operation):+.1%}, "
+                    f"{half.events:,} -> {full.events:,} events)",
+                    f"<= +{history.HISTORY_RSS_GROWTH_LIMIT:.0%}",
+                    verdict(run.rss_ok(operation)),
+                ]
+            )
+    return rows
+
+
+def history_notes(runs: list[history.HistoryRun]) -> None:
+    for run in runs:
+        ceiling = run.full[history.DECODE].rate
+        rates = ", ".join(
+            f"{history.LABELS[op]} {rate(run.full[op].rate)}/s ({verdict(run.rate_ok(op))})"
+            for op in history.TARGETED
+        )
+        peaks = ", ".join(
+            f"{history.LABELS[op]} {run.full[op].peak_mb:.0f} MB ({run.growth(op):+.1%})"
+            for op in history.TARGETED
+        )
+        print(
+            f"- {run.store}, {run.events:,} events ({run.incidents:,} incidents): {rates}; "
+            f"the library alone decodes {rate(ceiling)}/s (target "
+            f"{history.HISTORY_RATE_TARGET:,.0f}/s each)."
+        )
+        print(
+            f"  Peak RSS over the full history, and its growth from half of it: {peaks} "
+            f"(target <= +{history.HISTORY_RSS_GROWTH_LIMIT:.0%})."
+        )
+
+
 def summary(
     plan: Plan,
     stores: list[StoreSummary],
     rss: list[scenarios.RssPoint] | None,
     fan: FanoutSummary,
+    hist: list[history.HistoryRun],
 ) -> None:
     section("Targets")
     rows: list[list[str]] = []
@@ -508,6 +589,7 @@ def summary(
                 verdict(e2e_ok(plan, e2e)),
             ]
         )
+    rows.extend(history_rows(hist))
     print(table(["target", "measured", "goal", ""], rows, left=3))
 
     section("Closing note")
@@ -555,6 +637,7 @@ def summary(
             f"-> durable pull consumer p99 {ms(fan.nats.pull.p99_ms)} ms; publish ack p99 "
             f"{ms(fan.nats.publish.p99_ms)} ms."
         )
+    history_notes(hist)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -579,7 +662,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         rss = run_rss(plan, workdir, mode) if "sqlite" in stores else None
         fan = run_fanout(plan, stores, reference, workdir, mode)
-    summary(plan, summaries, rss, fan)
+        hist = run_history(plan, stores, reference, workdir)
+    summary(plan, summaries, rss, fan, hist)
     print(f"\n(run took {time.perf_counter() - started:.0f} s)")
     return 0
 

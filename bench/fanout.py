@@ -87,8 +87,16 @@ DRAIN_SECONDS = 10.0  # how long the subscriber may still take after the last se
 
 
 def stream_settings(tag: str) -> StreamSettings:
-    """A stream of the bench's own (name and subjects), otherwise the ledger's defaults."""
-    return StreamSettings(name=f"BENCH_{tag.upper()}", subject_prefix=f"bench.{tag}.events")
+    """A stream of the bench's own (name and subjects), otherwise the ledger's defaults.
+
+    Its checkpoint subject too: each stream gets a checkpoint stream beside it, and two
+    streams of one server may not share a subject.
+    """
+    return StreamSettings(
+        name=f"BENCH_{tag.upper()}",
+        subject_prefix=f"bench.{tag}.events",
+        checkpoint_subject=f"bench.{tag}.checkpoints",
+    )
 
 
 # ------------------------------------------------------------------ service logs

@@ -29,6 +29,7 @@ from services.ledger.audit import (
     Checkpoint,
     Checkpoints,
     Divergence,
+    ExportError,
     VerifyReport,
     export_jsonl,
     public_key_bytes,
@@ -425,6 +426,37 @@ def test_a_partial_export_verifies_from_its_start(store: Store, tmp_path: Path) 
     report = verify_export(out, PUBLIC, [last])
     assert report.ok, report.divergence
     assert report.checkpoints_checked >= 1
+
+
+def test_an_export_encoded_by_worker_processes_is_the_same_file(
+    store: Store, tmp_path: Path
+) -> None:
+    store.checkpoints.create()
+    build_history(store.ledger, extra=0)
+    last = store.checkpoints.create()
+    rows = store.rows.rows(store.history.lifecycle)
+
+    def body(path: Path) -> list[bytes]:  # without the header (its exported_at differs)
+        return path.read_bytes().splitlines()[1:]
+
+    for start, stop in ((0, None), (rows[8].position, last.position)):
+        serial, parallel = tmp_path / "serial.jsonl", tmp_path / "parallel.jsonl"
+        one = export_jsonl(store.ledger, serial, start, stop, workers=0)
+        two = export_jsonl(store.ledger, parallel, start, stop, workers=2)
+        assert body(parallel) == body(serial)
+        assert (two.events, two.head, two.checkpoints) == (one.events, one.head, one.checkpoints)
+        assert verify_export(parallel, PUBLIC, [last]).ok
+
+    # A row that no longer decodes is named as the exporter in this process names it.
+    row = rows[3]
+    store.rows.set_state(row.position, b"{not json")
+    errors = []
+    for workers in (0, 2):
+        with pytest.raises(ExportError) as caught:
+            export_jsonl(store.ledger, tmp_path / "broken.jsonl", workers=workers)
+        errors.append(str(caught.value))
+    assert errors[0] == errors[1]
+    assert f"position {row.position}" in errors[0]
 
 
 # ---------------------------------------------------------------- the command line
