@@ -13,6 +13,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from typing_extensions import override
 
+from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.auth import Principal
@@ -124,7 +125,7 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
                     raise
                 for seq, note in batch:
                     if event_filter.matches(note, self._reference):
-                        self._deliveries.record(self._grpc_delivery(principal, note.event, seq))
+                        self._deliveries.record(self._grpc_delivery(principal, note.event))
                         yield napi.SubscribeResponse(cursor=encode_cursor(seq), notification=note)
                         last_sent = time.monotonic()
                 if time.monotonic() - last_sent >= heartbeat:
@@ -140,11 +141,11 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         )
 
     @staticmethod
-    def _grpc_delivery(principal: Principal, event: object, seq: int) -> LogEntry:
+    def _grpc_delivery(principal: Principal, event: pb.IncidentEvent) -> LogEntry:
         return LogEntry(
-            event_id=event.event_id,  # type: ignore[attr-defined]
-            incident=event.incident,  # type: ignore[attr-defined]
-            position=event.position,  # type: ignore[attr-defined]
+            event_id=event.event_id,
+            incident=event.incident,
+            position=event.position,
             agency=principal.agency,
             channel="grpc",
             target=principal.officer,
