@@ -127,6 +127,18 @@ def test_involved_agencies_are_notified_without_being_addressed(stack: Stack) ->
     types = [r.notification.event.type for r in satpol.notifications]
     assert types == ["SupportingAgencyAdded", "ActionLogged"]
 
+    def logged() -> list[napi.DeliveryRecord]:
+        return list(
+            stack.stub.ListDeliveries(
+                napi.ListDeliveriesRequest(incident=name), metadata=stack.ledger.md("satpolpp")
+            ).deliveries
+        )
+
+    wait_until(lambda: len(logged()) == 2, what="the live deliveries in the delivery log")
+    assert {(d.agency, d.channel, d.target, d.outcome) for d in logged()} == {
+        ("satpolpp", "grpc", "dev-satpolpp", "delivered")
+    }
+
 
 def test_a_subscriber_resuming_from_its_cursor_gets_exactly_what_it_missed(stack: Stack) -> None:
     first = stack.subscribe("polres")
