@@ -201,6 +201,10 @@ def store_environment(env: Mapping[str, str], data_dir: Path) -> dict[str, str]:
     if module == "eventsourcing.sqlite":
         keys.setdefault("SQLITE_DBNAME", str(data_dir / "ledger.sqlite"))
         keys.setdefault("SQLITE_LOCK_TIMEOUT", "10")
+    elif module == "eventsourcing.postgres":
+        # The library waits this long for a pooled connection and retries ten times:
+        # with its default (30 s) a caller would wait minutes while the server is down.
+        keys.setdefault("POSTGRES_CONNECT_TIMEOUT", "5")
     return keys
 
 

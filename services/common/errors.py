@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import psycopg
+from eventsourcing.persistence import InterfaceError, OperationalError
+
 
 class LedgerError(Exception):
     """Base class of every error the services report to callers."""
@@ -113,3 +116,26 @@ class DataLoss(LedgerError):
 
     code = "DATA_LOSS"
     reason = "DATA_LOSS"
+
+
+#: Failures of the store's connection (a database restart, a network cut): transient.
+STORE_CONNECTION_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
+
+
+def as_ledger_error(exc: BaseException) -> LedgerError | None:
+    """The caller-facing error for an infrastructure failure, or None when it is a bug.
+
+    A lost database connection is UNAVAILABLE (retry, with the same request id), not
+    INTERNAL.
+    """
+    if isinstance(exc, STORE_CONNECTION_ERRORS):
+        return Unavailable(
+            "the event store is unreachable; retry with the same request id",
+            reason="STORE_UNAVAILABLE",
+        )
+    return None

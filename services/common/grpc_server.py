@@ -18,7 +18,7 @@ import grpc
 import structlog
 
 from services.common.auth import Principal, TokenStore
-from services.common.errors import LedgerError
+from services.common.errors import LedgerError, as_ledger_error
 from services.common.grpc_errors import to_grpc_status
 from services.common.metrics import Metrics
 
@@ -113,8 +113,8 @@ class RequestInterceptor(_ServerInterceptor):
                     _PRINCIPAL.reset(token)
             except LedgerError as error:
                 self._fail(context, error, started)
-            except Exception:
-                self._crash(context, started)
+            except Exception as exc:
+                self._crash(context, exc, started)
             self._done("OK", started)
             return response
 
@@ -134,8 +134,8 @@ class RequestInterceptor(_ServerInterceptor):
                     _PRINCIPAL.reset(token)
             except LedgerError as error:
                 self._fail(context, error, started)
-            except Exception:
-                self._crash(context, started)
+            except Exception as exc:
+                self._crash(context, exc, started)
             self._done("OK", started)
 
         return handle
@@ -145,7 +145,12 @@ class RequestInterceptor(_ServerInterceptor):
         self._done(error.code, started, level=level, reason=error.reason, error=error.message)
         context.abort_with_status(to_grpc_status(error, self._domain))
 
-    def _crash(self, context: grpc.ServicerContext, started: float) -> None:
+    def _crash(self, context: grpc.ServicerContext, exc: Exception, started: float) -> None:
+        known = as_ledger_error(exc)
+        if known is not None:  # infrastructure, not a bug: logged with its cause, no traceback
+            log.warning("request.store_failed", error=f"{type(exc).__name__}: {exc}")
+            self._fail(context, known, started)
+            return
         log.exception("request.crashed")
         self._done("INTERNAL", started, level="error")
         context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")

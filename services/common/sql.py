@@ -99,6 +99,7 @@ class PostgresDatabase(Database):
     dialect = "postgres"
 
     def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = dict(env)
         self._conn = postgres_connect(env)
         self._guard = threading.Lock()
         self._closed = False
@@ -108,9 +109,16 @@ class PostgresDatabase(Database):
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Cursor[Any]]:
+        """One transaction; a connection lost earlier (server restart) is replaced first.
+
+        A transaction that loses its connection fails with ``psycopg.OperationalError``
+        (the caller retries or reports it); the next one connects afresh.
+        """
         with self._guard:
             if self._closed:
                 raise DatabaseClosedError("the database is closed")
+            if self._conn.closed or self._conn.broken:
+                self._conn = postgres_connect(self._env)
             with self._conn.transaction(), self._conn.cursor() as cur:
                 yield cur
 

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from eventsourcing.persistence import ApplicationRecorder
 
+from services.common.errors import STORE_CONNECTION_ERRORS
 from services.common.sql import Database, open_database
 from services.ledger.audit.encoding import (
     CHECKPOINT_FORMAT,
@@ -350,6 +351,8 @@ class Checkpoints:
         while not self._stopping.wait(self._interval):
             try:
                 self.create()
+            except STORE_CONNECTION_ERRORS as exc:  # the store restarts: next interval
+                log.warning("checkpoint.store_unavailable", error=str(exc))
             except Exception:
                 log.exception("checkpoint.failed")
 

@@ -11,6 +11,7 @@ from uuid import UUID
 
 import structlog
 
+from services.common.errors import STORE_CONNECTION_ERRORS
 from services.common.sql import DatabaseClosedError, SQLiteDatabase, open_database
 from services.ledger.application import Ledger
 from services.ledger.domain.reference import ReferenceData
@@ -181,6 +182,9 @@ class Projections(ProjectionReader):
                 self.catch_up()
             except DatabaseClosedError:
                 return
+            except STORE_CONNECTION_ERRORS as exc:  # the store restarts: retried, no traceback
+                log.warning("projections.store_unavailable", error=str(exc))
+                self._stopping.wait(RETRY_SECONDS)
             except Exception:
                 log.exception("projections.catch_up_failed")
                 self._stopping.wait(RETRY_SECONDS)
