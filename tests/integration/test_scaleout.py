@@ -1,0 +1,270 @@
+"""Scale-out as processes on loopback: two ledger replicas on one PostgreSQL, two notifiers.
+
+- Both ledger replicas accept commands at once; no update is lost.
+- Exactly one relay publishes; killing its replica (SIGKILL) hands publishing to the
+  other, and the stream holds every event exactly once, in order.
+- Two notifier replicas share the durable consumer: killing one loses nothing, and no
+  event is delivered to a webhook as two different deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import nats
+import pytest
+
+from incidentledger.v1 import audit_service_pb2 as audit
+from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
+from incidentledger.v1 import incident_pb2 as pb
+from incidentledger.v1 import ledger_service_pb2 as api
+from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
+from incidentledger.v1 import notifier_service_pb2 as napi
+from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
+from services.common.natsserver import NatsServer
+from tests.fanout_support import WEBHOOK_SECRET, WebhookReceiver, webhook_receiver
+from tests.support import rid, store_environment
+from tests.topology import CommandLoad, Deployment, FollowingSubscriber, wait_until
+
+pytestmark = [pytest.mark.postgres]
+
+COORDINATOR = "desk_pilkada"
+AUDITOR = "inspektorat"
+STREAM = "LEDGER_EVENTS"
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    with store_environment("postgres", tmp_path) as store_env:
+        deployment = Deployment(tmp_path / "data", store_env)
+        try:
+            yield deployment
+        finally:
+            deployment.stop()
+
+
+def md(deployment: Deployment, agency: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {deployment.tokens()[agency]}"),)
+
+
+def stored_events(deployment: Deployment, address: str) -> list[pb.IncidentEvent]:
+    """The whole history, through the audit API."""
+    with grpc.insecure_channel(address) as channel:
+        stub = audit_grpc.AuditServiceStub(channel)
+        request = audit.StreamEventsRequest()
+        return [
+            r.event
+            for r in stub.StreamEvents(request, metadata=md(deployment, AUDITOR), timeout=60)
+        ]
+
+
+def leaders(deployment: Deployment) -> list[int]:
+    """Replicas whose current run logged that its relay leads."""
+    return [
+        i
+        for i, ledger in enumerate(deployment.ledgers)
+        if ledger.running and any(line["event"] == "relay.leader" for line in ledger.log_lines())
+    ]
+
+
+async def _stream_positions(url: str) -> list[int]:
+    nc = await nats.connect(url, connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        state = (await js.stream_info(STREAM)).state
+        positions = []
+        for seq in range(state.first_seq, state.last_seq + 1):
+            msg = await js.get_msg(STREAM, seq=seq)
+            positions.append(pb.EventNotification.FromString(msg.data or b"").event.position)
+        return positions
+    finally:
+        await nc.close()
+
+
+def stream_positions(url: str) -> list[int]:
+    return asyncio.run(_stream_positions(url))
+
+
+def test_two_ledger_replicas_accept_commands_concurrently_without_a_lost_update(
+    deployment: Deployment,
+) -> None:
+    deployment.migrate()
+    replicas = [deployment.add_ledger(), deployment.add_ledger()]
+    for replica in replicas:
+        replica.start()
+    channels = [grpc.insecure_channel(r.address) for r in replicas]
+    stubs = [api_grpc.LedgerServiceStub(c) for c in channels]
+    coordinator = md(deployment, COORDINATOR)
+    try:
+        name = (
+            stubs[0]
+            .ReportIncident(
+                api.ReportIncidentRequest(
+                    request_id=rid(),
+                    title="Two camps gathering near the KPU office",
+                    category="crowd_gathering",
+                    location=pb.Location(kecamatan="ipuh"),
+                ),
+                metadata=coordinator,
+            )
+            .result.incident
+        )
+        done: list[int] = []
+        conflicts: list[int] = []
+        lock = threading.Lock()
+
+        def writer(worker: int) -> None:
+            stub = stubs[worker % 2]
+            for n in range(10):
+                while True:  # read, then write against the version read: ABORTED = retry
+                    version = stub.GetIncident(
+                        api.GetIncidentRequest(name=name), metadata=coordinator
+                    ).incident.version
+                    try:
+                        result = stub.EscalateIncident(
+                            api.EscalateIncidentRequest(
+                                request_id=rid(),
+                                name=name,
+                                expected_version=version,
+                                reason=f"worker {worker} round {n}",
+                            ),
+                            metadata=coordinator,
+                        ).result
+                    except grpc.RpcError as error:
+                        assert error.code() == grpc.StatusCode.ABORTED, error
+                        with lock:
+                            conflicts.append(worker)
+                        continue
+                    assert result.version == version + 1
+                    with lock:
+                        done.append(result.position)
+                    break
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert len(done) == 60
+        assert len(set(done)) == 60, "two commands acknowledged at one position"
+        assert conflicts, "the replicas never raced: the test proved nothing"
+        for stub in stubs:  # both replicas see the same, complete incident
+            incident = stub.GetIncident(api.GetIncidentRequest(name=name), metadata=coordinator)
+            assert incident.incident.version == 61
+            assert incident.incident.escalation_level == 60
+        history = stored_events(deployment, replicas[1].address)
+        assert sorted(e.position for e in history if e.type == "Escalated") == sorted(done)
+    finally:
+        for channel in channels:
+            channel.close()
+
+
+def test_exactly_one_relay_publishes_and_the_other_takes_over_when_it_dies(
+    deployment: Deployment, nats_server: NatsServer
+) -> None:
+    deployment.nats_url = nats_server.url
+    deployment.migrate()
+    for _ in range(2):
+        deployment.add_ledger().start()
+    wait_until(lambda: len(leaders(deployment)) == 1, 30, "one relay leader")
+    first = leaders(deployment)[0]
+    load = CommandLoad(
+        [r.address for r in deployment.ledgers], deployment.tokens()[COORDINATOR], rate=40
+    )
+    load.start()
+    try:
+        wait_until(lambda: load.count >= 40, 60, "40 commands")
+        assert leaders(deployment) == [first], "a second relay started publishing"
+        deployment.ledgers[first].kill()
+        killed_at = time.monotonic()
+        wait_until(lambda: leaders(deployment) == [1 - first], 30, "the other relay to lead")
+        takeover = time.monotonic() - killed_at
+        before = load.count
+        wait_until(lambda: load.count >= before + 40, 60, "40 more commands")
+        deployment.ledgers[first].start()  # back as a follower: the survivor keeps leading
+    finally:
+        load.stop()
+    survivor = deployment.ledgers[1 - first]
+    events = stored_events(deployment, survivor.address)
+    positions = [e.position for e in events]
+    assert {a.position for a in load.acknowledged} <= set(positions)
+    wait_until(
+        lambda: stream_positions(nats_server.url)[-1:] == positions[-1:],
+        30,
+        "the stream to hold the last event",
+    )
+    published = stream_positions(nats_server.url)
+    assert published == positions, "the stream lost, repeated or reordered an event"
+    assert leaders(deployment) == [1 - first]
+    assert takeover < 30
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with webhook_receiver() as hook:
+        yield hook
+
+
+def test_two_notifiers_share_the_consumer_and_killing_one_loses_nothing(
+    deployment: Deployment, nats_server: NatsServer, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    deployment.nats_url = nats_server.url
+    with store_environment("postgres", tmp_path / "notifier") as notifier_store:
+        deployment.notifier_env = {
+            **{k: v for k, v in notifier_store.items() if k.startswith("POSTGRES_")},
+            "NOTIFIER_STORE": "postgres",
+        }
+        deployment.migrate()
+        ledger = deployment.add_ledger()
+        ledger.start()
+        notifiers = [deployment.add_notifier(), deployment.add_notifier()]
+        for notifier in notifiers:
+            notifier.start()
+        with grpc.insecure_channel(notifiers[0].address) as channel:
+            napi_grpc.NotifierServiceStub(channel).CreateWebhook(
+                napi.CreateWebhookRequest(
+                    request_id=rid(), url=receiver.url, secret=WEBHOOK_SECRET
+                ),
+                metadata=md(deployment, COORDINATOR),
+            )
+        subscriber = FollowingSubscriber(
+            [n.address for n in notifiers], deployment.tokens()[COORDINATOR]
+        )
+        subscriber.start()
+        load = CommandLoad([ledger.address], deployment.tokens()[COORDINATOR], rate=40)
+        load.start()
+        try:
+            wait_until(lambda: len(receiver.verified()) >= 30, 60, "30 webhook deliveries")
+            notifiers[0].kill()
+            before = load.count
+            wait_until(lambda: load.count >= before + 60, 60, "60 more commands")
+        finally:
+            load.stop()
+        try:
+            events = stored_events(deployment, ledger.address)
+            wanted = {e.event_id for e in events}
+            assert {e.event_id for e in events if e.position in
+                    {a.position for a in load.acknowledged}} <= wanted  # fmt: skip
+
+            def delivered() -> set[str]:
+                return {r.headers["X-Ledger-Event-Id"] for r in receiver.verified()}
+
+            wait_until(lambda: delivered() == wanted, 60, "every event at the webhook")
+            wait_until(lambda: subscriber.unique_event_ids() >= wanted, 60, "every event live")
+        finally:
+            subscriber.close()
+        unique = receiver.verified()
+        assert len(unique) == len(wanted), "an event was delivered as two deliveries"
+        assert subscriber.reconnects >= 1, "the subscriber never had to move to the other notifier"
+        seen = [e for e in subscriber.events() if e.event_id in wanted]
+        first_seen: dict[str, int] = {}
+        for event in seen:
+            first_seen.setdefault(event.event_id, event.position)
+        ordered = list(first_seen.values())
+        assert ordered == sorted(ordered), "the subscriber saw events out of order"
+        deployment.stop()

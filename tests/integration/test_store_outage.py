@@ -1,0 +1,85 @@
+"""A PostgreSQL outage: callers get UNAVAILABLE (never INTERNAL), and the ledger recovers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_status import rpc_status
+
+from incidentledger.v1 import incident_pb2 as pb
+from incidentledger.v1 import ledger_service_pb2 as api
+from services.common.errors import Unavailable, as_ledger_error
+from services.common.sql import PostgresDatabase
+from tests.support import Client, rid, running_ledger, settings_for
+from tests.topology import PrivatePostgres, postgres_schema, private_postgres
+
+pytestmark = [pytest.mark.postgres]
+
+
+@pytest.fixture
+def postgres() -> Iterator[PrivatePostgres]:
+    with private_postgres() as server:
+        yield server
+
+
+def store_env(postgres: PrivatePostgres) -> dict[str, str]:
+    return {
+        **postgres.env,
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_SCHEMA": postgres_schema(postgres.connect),
+        "POSTGRES_CONNECT_TIMEOUT": "1",
+    }
+
+
+def test_a_database_connection_lost_to_a_restart_is_replaced(postgres: PrivatePostgres) -> None:
+    db = PostgresDatabase(store_env(postgres))
+    try:
+        with db.transaction() as cur:
+            cur.execute("CREATE TABLE kept (n int)")
+            cur.execute("INSERT INTO kept VALUES (1)")
+        postgres.restart()
+        with pytest.raises(Exception) as lost, db.transaction() as cur:
+            cur.execute("SELECT n FROM kept")
+        assert isinstance(as_ledger_error(lost.value), Unavailable)
+        with db.transaction() as cur:  # a fresh connection
+            cur.execute("SELECT n FROM kept")
+            assert cur.fetchall() == [(1,)]
+    finally:
+        db.close()
+
+
+def report(client: Client, request_id: str) -> api.ReportIncidentResponse:
+    response: api.ReportIncidentResponse = client.stub.ReportIncident(
+        api.ReportIncidentRequest(
+            request_id=request_id,
+            title="Ballot boxes stored in an unlocked room",
+            category="logistics_failure",
+            location=pb.Location(kecamatan="ipuh"),
+        ),
+        metadata=client.md("kpu"),
+        timeout=60,
+    )
+    return response
+
+
+def test_while_postgres_is_down_commands_are_unavailable_then_succeed(
+    postgres: PrivatePostgres, tmp_path: Path
+) -> None:
+    with running_ledger(settings_for(tmp_path, store_env(postgres))) as client:
+        first = report(client, rid())
+        postgres.stop()
+        request_id = rid()
+        try:
+            with pytest.raises(grpc.RpcError) as refused:
+                report(client, request_id)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            status = rpc_status.from_call(refused.value)  # type: ignore[arg-type]
+            assert status is not None and "STORE_UNAVAILABLE" in str(status.details)
+        finally:
+            postgres.start()
+        again = report(client, request_id)  # the retry, with the same request id
+        assert again.result.position > first.result.position
+        assert report(client, request_id) == again, "the retry was recorded twice"
