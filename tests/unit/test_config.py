@@ -27,7 +27,12 @@ def test_store_variables_pass_through() -> None:
     assert settings.store_env == {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
         "POSTGRES_HOST": "db",
+        "POSTGRES_CONNECT_TIMEOUT": "5",  # the default: the library's 30 s is far too long
     }
+    given = LedgerSettings.from_env(
+        {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_CONNECT_TIMEOUT": "2"}
+    )
+    assert given.store_env["POSTGRES_CONNECT_TIMEOUT"] == "2"
 
 
 @pytest.mark.parametrize(
