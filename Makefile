@@ -24,7 +24,7 @@ PYPATH := PYTHONPATH=$(CURDIR):$(CURDIR)/gen:$(CURDIR)/clients/python
 # Directories type-checked strictly by mypy, when they exist and hold Python files.
 MYPY_DIRS := services clients tests bench demo
 
-.PHONY: help venv proto proto-check lint fmt test check run demo bench lock clean
+.PHONY: help venv proto proto-check lint fmt test check run demo bench soak lock clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [VAR=value ...]"
@@ -116,6 +116,11 @@ demo: $(VENV_STAMP) ## play the Mukomuko Pilkada demo (uses `make run` if up, el
 
 bench: $(VENV_STAMP) ## run the benchmarks (python -m bench)
 	$(PYPATH) $(PY) -m bench
+
+# SOAK_SECONDS: how long the faults go round (default 600); SOAK_RATE: commands/s (default 20).
+soak: $(VENV_STAMP) ## the long soak run: faults under steady load for SOAK_SECONDS, then every check
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(PYPATH) $(PY) -m pytest tests/integration/test_soak.py \
+	  -s --timeout=$$(( $${SOAK_SECONDS:-600} + 1200 ))
 
 clean: ## remove .venv, tools/node_modules, data/ and caches
 	rm -rf $(VENV) $(LOCK_VENV) tools/node_modules data .mypy_cache .ruff_cache .pytest_cache .hypothesis
