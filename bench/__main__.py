@@ -21,8 +21,9 @@ bench/fanout.py):
 
 5. Relay throughput per store: a fresh store pre-filled with incident events, then
    the outbox relay timed from start until the stream holds the last position.
-6. End to end per store: ledger (relay on) and notifier in this process, a child
-   process sending paced LogAction commands and reading a gRPC Subscribe stream;
+6. End to end per store: ledger (relay on) in this process, the notifier in its own
+   (as deployed), a child process sending paced LogAction commands and reading a
+   gRPC Subscribe stream;
    latency from each event's record_time to its receipt by the subscriber.
 7. NATS alone: JetStream publish -> ordered push consumer (as the notifier's live
    subscriptions) and durable pull consumer, at the same rate.

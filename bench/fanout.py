@@ -27,11 +27,14 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -70,14 +73,13 @@ from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.auth import generate_dev_credentials
-from services.common.config import NotifierSettings, RelaySettings, StreamSettings
+from services.common.config import PROJECT_ROOT, RelaySettings, StreamSettings
+from services.common.natsserver import free_port
 from services.ledger.application import Ledger
 from services.ledger.domain.incident import Incident
 from services.ledger.domain.reference import ReferenceData
 from services.ledger.relay import POSITION_HEADER, Relay
 from services.ledger.server import LedgerServer, build
-from services.notifier.server import NotifierServer
-from services.notifier.server import build as build_notifier
 
 EVENTS_PER_INCIDENT = 4  # reported, verified, lead assigned, one action logged
 PREFILL_BATCH = 250  # incidents per save (1,000 events)
@@ -459,21 +461,48 @@ def run_end_to_end_client(load: EndToEndLoad) -> EndToEndRun:
     return result
 
 
-def notifier_settings(data_dir: Path, nats_url: str, stream: StreamSettings) -> NotifierSettings:
-    """The notifier as ``make run`` configures it (SQLite store in the data dir)."""
-    return NotifierSettings(
-        listen="127.0.0.1:0",
-        data_dir=data_dir,
-        nats_url=nats_url,
-        stream=stream,
-        consumer=NOTIFIER_CONSUMER,
-        grace_seconds=1.0,
-        log_level="WARNING",
-        store_env={
-            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-            "SQLITE_DBNAME": str(data_dir / "notifier.sqlite"),
-        },
-    )
+@contextmanager
+def notifier_process(data_dir: Path, nats_url: str, stream: StreamSettings) -> Iterator[str]:
+    """``python -m services.notifier`` as ``make run`` configures it (SQLite store in the
+    data dir), on a free port; yields its address."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "NOTIFIER_"))},
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "gen")]),
+        "NATS_URL": nats_url,
+        "NOTIFIER_LISTEN": f"127.0.0.1:{port}",
+        "NOTIFIER_CONSUMER": NOTIFIER_CONSUMER,
+        "LEDGER_STREAM": stream.name,
+        "LEDGER_STREAM_SUBJECT_PREFIX": stream.subject_prefix,
+        "LEDGER_STREAM_CHECKPOINT_SUBJECT": stream.checkpoint_subject,
+        "LEDGER_DATA_DIR": str(data_dir),
+        "LEDGER_LOG_LEVEL": "WARNING",
+        "LEDGER_LOG_FORMAT": "json",
+    }
+    log_path = data_dir / "notifier.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.notifier"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        target = f"127.0.0.1:{port}"
+        with grpc.insecure_channel(target) as channel:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=30)
+            except grpc.FutureTimeoutError:
+                raise RuntimeError(f"the notifier did not start; see {log_path}") from None
+        yield target
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def end_to_end(
@@ -489,7 +518,8 @@ def end_to_end(
     per_client: int,
     drain: float = DRAIN_SECONDS,
 ) -> EndToEndRun:
-    """Ledger (relay on) and notifier in this process; the client in a child process."""
+    """The ledger (relay on) in this process, the notifier in its own (as deployed), and the
+    client in a third."""
     settings = replace(
         ledger_settings(data_dir, store_env),
         relay=RelaySettings(nats_url=nats_url, stream=stream),
@@ -497,7 +527,7 @@ def end_to_end(
     reference = ReferenceData.load(settings.reference_file)
     generate_dev_credentials(data_dir / "credentials", reference.agencies)
     ledger: LedgerServer = build(settings)
-    notifier: NotifierServer | None = None
+    stack = ExitStack()
     try:
         relay = ledger.relay
         if relay is None:
@@ -506,11 +536,11 @@ def end_to_end(
         relay.wake()
         last = int(ledger.ledger.recorder.max_notification_id() or 0)
         wait_until(lambda: relay.status.position >= last, 60, "the relay to publish the set-up")
-        notifier = build_notifier(notifier_settings(data_dir, nats_url, stream))
+        notifier = stack.enter_context(notifier_process(data_dir, nats_url, stream))
         asyncio.run(_wait_consumer_idle(nats_url, stream.name, NOTIFIER_CONSUMER, 60))
         load = EndToEndLoad(
             ledger=f"127.0.0.1:{ledger.port}",
-            notifier=f"127.0.0.1:{notifier.port}",
+            notifier=notifier,
             tokens=read_tokens(data_dir),
             clients=clients,
             mode=mode,
@@ -522,8 +552,7 @@ def end_to_end(
         run = run_end_to_end_client(load)
         run.prepared = len(ids)
     finally:
-        if notifier is not None:
-            notifier.stop(1.0)
+        stack.close()
         ledger.stop(1.0)
     delete_stream(nats_url, stream.name)
     return run

@@ -67,6 +67,9 @@ class StreamSettings:
     def from_env(cls, env: Mapping[str, str]) -> StreamSettings:
         return cls(
             name=env.get("LEDGER_STREAM") or cls.name,
+            subject_prefix=env.get("LEDGER_STREAM_SUBJECT_PREFIX") or cls.subject_prefix,
+            checkpoint_subject=env.get("LEDGER_STREAM_CHECKPOINT_SUBJECT")
+            or cls.checkpoint_subject,
             replicas=_int(env, "LEDGER_STREAM_REPLICAS", cls.replicas, minimum=1),
             storage=_choice(env, "LEDGER_STREAM_STORAGE", cls.storage, {"file", "memory"}),
             max_age_days=_float(env, "LEDGER_STREAM_MAX_AGE_DAYS", cls.max_age_days),
