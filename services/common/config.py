@@ -51,6 +51,16 @@ def _choice(env: Mapping[str, str], key: str, default: str, choices: set[str]) -
     return value
 
 
+def nats_servers(nats_url: str) -> list[str]:
+    """``NATS_URL`` as the list of servers ``nats.connect`` takes.
+
+    ``NATS_URL`` names one server or, for a cluster, several separated by commas
+    (``nats://10.0.0.1:4222,nats://10.0.0.2:4222``): the client connects to any one
+    of them and, when that one goes away, reconnects to another.
+    """
+    return [url.strip() for url in nats_url.split(",") if url.strip()]
+
+
 @dataclass(frozen=True)
 class StreamSettings:
     """The JetStream stream the ledger's events are published to (see README, "Fan-out")."""
@@ -289,7 +299,7 @@ class NotifierSettings(ServiceSettings):
         env = dict(os.environ if env is None else env)
         common = cls.common_from_env(env)
         nats_url = env.get("NATS_URL", "")
-        if not nats_url:
+        if not nats_servers(nats_url):
             raise ConfigError("NATS_URL is required: the notifier consumes the ledger's stream")
         store = _choice(env, "NOTIFIER_STORE", "sqlite", {"sqlite", "postgres"})
         if store == "postgres":

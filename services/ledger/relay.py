@@ -46,7 +46,7 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from incidentledger.v1 import incident_pb2 as pb
-from services.common.config import RelaySettings, StreamSettings
+from services.common.config import RelaySettings, StreamSettings, nats_servers
 from services.common.sql import Database, open_database, postgres_connect
 from services.ledger.api import convert
 from services.ledger.application import Ledger, StoredIncidentEvent
@@ -460,8 +460,8 @@ class Relay:
     async def _session(self) -> None:
         settings = self._settings
         nc = await nats.connect(
-            settings.nats_url,
-            allow_reconnect=False,  # a new session re-derives its position instead
+            nats_servers(settings.nats_url),  # one server, or the nodes of a cluster
+            allow_reconnect=False,  # a new session (on any node) re-derives its position
             connect_timeout=2,
             name="incident-ledger-relay",
         )

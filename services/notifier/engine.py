@@ -40,7 +40,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from incidentledger.v1 import incident_pb2 as pb
-from services.common.config import NotifierSettings
+from services.common.config import NotifierSettings, nats_servers
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.ledger.domain.reference import ReferenceData
 from services.notifier.filters import EventFilter
@@ -236,7 +236,7 @@ class Engine:
             log.warning("notifier.nats_error", error=str(exc))
 
         client: NatsClient = await nats.connect(
-            self._settings.nats_url,
+            nats_servers(self._settings.nats_url),  # reconnects to another node of a cluster
             name="incident-notifier",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from services.common.auth import generate_dev_credentials, token_hash
-from services.common.config import ConfigError, LedgerSettings
+from services.common.config import ConfigError, LedgerSettings, NotifierSettings, nats_servers
 from services.ledger.server import load_tokens
 from tests.support import REFERENCE_FILE, reference
 
@@ -33,6 +33,21 @@ def test_store_variables_pass_through() -> None:
         {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_CONNECT_TIMEOUT": "2"}
     )
     assert given.store_env["POSTGRES_CONNECT_TIMEOUT"] == "2"
+
+
+def test_nats_url_names_one_server_or_the_nodes_of_a_cluster() -> None:
+    assert nats_servers("nats://127.0.0.1:4222") == ["nats://127.0.0.1:4222"]
+    assert nats_servers(" nats://a:4222, nats://b:4222,,nats://c:4222 ") == [
+        "nats://a:4222",
+        "nats://b:4222",
+        "nats://c:4222",
+    ]
+    cluster = {"NATS_URL": "nats://a:4222,nats://b:4222", "LEDGER_STREAM_REPLICAS": "3"}
+    ledger = LedgerSettings.from_env(cluster)
+    notifier = NotifierSettings.from_env(cluster)
+    assert nats_servers(ledger.relay.nats_url) == ["nats://a:4222", "nats://b:4222"]
+    assert nats_servers(notifier.nats_url) == ["nats://a:4222", "nats://b:4222"]
+    assert ledger.relay.stream.replicas == notifier.stream.replicas == 3
 
 
 @pytest.mark.parametrize(
