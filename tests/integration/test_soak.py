@@ -1,0 +1,296 @@
+"""The soak run: steady load on the production topology while things are broken on purpose.
+
+The topology, all processes on loopback: a PostgreSQL server of the test's own, a
+3-node NATS JetStream cluster (stream replicas 3), two ledger replicas (with their
+relays and projections) and two notifier replicas sharing a PostgreSQL store, a
+webhook receiver and a live gRPC subscriber that follows whichever notifier answers.
+
+Under a steady command load, one fault after another, each followed by progress:
+kill -9 a ledger replica (and start it again), restart PostgreSQL, kill a NATS node
+(and start it again), kill -9 a notifier (and start it again), take the webhook
+receiver down (and up again). Afterwards:
+
+- every acknowledged command is in the store exactly once;
+- every event reached the webhook and the live subscriber, each exactly once once
+  duplicates are removed by delivery id / event id, and in order per incident;
+- the projections equal a rebuild from zero;
+- ``VerifyLedger`` is clean.
+
+By default one round of faults (CI). ``make soak`` runs rounds for ``SOAK_SECONDS``
+(default 600) at ``SOAK_RATE`` commands/s (default 20).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import structlog
+
+from incidentledger.v1 import audit_service_pb2 as audit
+from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
+from incidentledger.v1 import incident_pb2 as pb
+from incidentledger.v1 import notifier_service_pb2 as napi
+from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
+from services.common.config import PROJECT_ROOT, LedgerSettings
+from services.common.natsserver import NatsCluster
+from services.ledger.application import Ledger
+from services.ledger.projections.service import Projections
+from tests.fanout_support import WEBHOOK_SECRET, WebhookReceiver
+from tests.nats_support import running_nats_cluster
+from tests.support import reference, rid
+from tests.topology import (
+    CommandLoad,
+    Deployment,
+    FollowingSubscriber,
+    PrivatePostgres,
+    postgres_schema,
+    private_postgres,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+log = structlog.get_logger("soak")
+
+COORDINATOR = "desk_pilkada"
+AUDITOR = "inspektorat"
+STREAM = "LEDGER_EVENTS"
+SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "0"))
+SOAK_RATE = float(os.environ.get("SOAK_RATE", "20"))
+PROGRESS = 30  # acknowledged commands between steps of a round
+
+
+def progress(load: CommandLoad, what: str) -> None:
+    before = load.count
+    wait_until(lambda: load.count >= before + PROGRESS, 120, f"{PROGRESS} commands {what}")
+
+
+def stored_events(address: str, token: str) -> list[pb.IncidentEvent]:
+    with grpc.insecure_channel(address) as channel:
+        stub = audit_grpc.AuditServiceStub(channel)
+        md = (("authorization", f"Bearer {token}"),)
+        return [r.event for r in stub.StreamEvents(audit.StreamEventsRequest(), metadata=md)]
+
+
+def verify(address: str, token: str) -> audit.VerifyLedgerResponse:
+    with grpc.insecure_channel(address) as channel:
+        stub = audit_grpc.AuditServiceStub(channel)
+        md = (("authorization", f"Bearer {token}"),)
+        response: audit.VerifyLedgerResponse = stub.VerifyLedger(
+            audit.VerifyLedgerRequest(), metadata=md, timeout=120
+        )
+        return response
+
+
+def projection_rows(deployment: Deployment) -> dict[str, list[tuple[object, ...]]]:
+    settings = LedgerSettings(data_dir=deployment.data_dir, store_env=deployment.store_env)
+    ledger = Ledger(reference(), env=settings.store_env)
+    projections = Projections(ledger, settings.store_env, reference(), create=False)
+    try:
+        return projections.raw_rows()
+    finally:
+        projections.close()
+        ledger.close()
+
+
+def rebuild_projections(deployment: Deployment) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "services.ledger.projections", "rebuild"],
+        env={
+            **os.environ,
+            **deployment.base_env,
+            **deployment.store_env,
+            "PYTHONPATH": f"{PROJECT_ROOT}:{PROJECT_ROOT / 'gen'}",
+        },
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture
+def postgres() -> Iterator[PrivatePostgres]:
+    with private_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    with running_nats_cluster(tmp_path / "nats", size=3) as nodes:
+        yield nodes
+
+
+def test_soak_nothing_is_lost_while_things_break(
+    tmp_path: Path, postgres: PrivatePostgres, cluster: NatsCluster
+) -> None:
+    ledger_env = {**postgres.env, "POSTGRES_SCHEMA": postgres_schema(postgres.connect)}
+    ledger_env.update(
+        PERSISTENCE_MODULE="eventsourcing.postgres",
+        POSTGRES_POOL_SIZE="4",
+        POSTGRES_MAX_OVERFLOW="8",
+    )
+    deployment = Deployment(
+        tmp_path / "data",
+        ledger_env,
+        nats_url=cluster.urls,
+        notifier_env={
+            **postgres.env,
+            "POSTGRES_SCHEMA": postgres_schema(postgres.connect),
+            "NOTIFIER_STORE": "postgres",
+        },
+    )
+    receiver = WebhookReceiver()
+    receiver.start()
+    subscriber: FollowingSubscriber | None = None
+    try:
+        deployment.migrate()
+        for _ in range(2):
+            deployment.add_ledger(LEDGER_STREAM_REPLICAS="3", LEDGER_CHECKPOINT_SECONDS="5")
+        for ledger in deployment.ledgers:
+            ledger.start()
+        for _ in range(2):
+            deployment.add_notifier(LEDGER_STREAM_REPLICAS="3")
+        for notifier in deployment.notifiers:
+            notifier.start()
+        tokens = deployment.tokens()
+        with grpc.insecure_channel(deployment.notifiers[1].address) as channel:
+            napi_grpc.NotifierServiceStub(channel).CreateWebhook(
+                napi.CreateWebhookRequest(
+                    request_id=rid(), url=receiver.url, secret=WEBHOOK_SECRET
+                ),
+                metadata=(("authorization", f"Bearer {tokens[COORDINATOR]}"),),
+                timeout=30,
+            )
+        subscriber = FollowingSubscriber(
+            [n.address for n in deployment.notifiers], tokens[COORDINATOR]
+        )
+        subscriber.start()
+        load = CommandLoad(
+            [ledger.address for ledger in deployment.ledgers], tokens[COORDINATOR], SOAK_RATE
+        )
+        load.start()
+        faults = fault_round(deployment, postgres, cluster, receiver, load)
+        started = time.monotonic()
+        rounds = 0
+        try:
+            while True:
+                for name, fault in faults:
+                    log.info("soak.fault", fault=name, round=rounds, acknowledged=load.count)
+                    fault()
+                rounds += 1
+                if time.monotonic() - started >= SOAK_SECONDS:
+                    break
+        finally:
+            load.stop()
+        log.info("soak.load_done", rounds=rounds, acknowledged=load.count, retries=load.retries)
+
+        # Every acknowledged command is in the store exactly once.
+        address = deployment.ledgers[0].address
+        events = stored_events(address, tokens[AUDITOR])
+        by_request = Counter(e.request_id for e in events)
+        acknowledged = {a.request_id: a for a in load.acknowledged}
+        assert len(acknowledged) == len(load.acknowledged)
+        assert set(by_request) == set(acknowledged), "an event without an acknowledged command"
+        assert all(n == 1 for n in by_request.values()), "a command recorded twice"
+        at = {e.request_id: e.position for e in events}
+        assert all(at[r] == a.position for r, a in acknowledged.items())
+
+        # Every event reached every subscriber, exactly once after duplicates are removed.
+        wanted = {e.event_id for e in events}
+
+        def delivered() -> Counter[str]:
+            return Counter(r.headers["X-Ledger-Event-Id"] for r in receiver.verified())
+
+        wait_until(lambda: set(delivered()) == wanted, 180, "every event at the webhook")
+        assert max(delivered().values()) == 1, "an event reached the webhook as two deliveries"
+        wait_until(lambda: subscriber.unique_event_ids() >= wanted, 180, "every event live")
+        assert subscriber.unique_event_ids() == wanted
+        first: dict[str, pb.IncidentEvent] = {}
+        for event in subscriber.events():
+            first.setdefault(event.event_id, event)
+        per_incident: dict[str, list[int]] = defaultdict(list)
+        for event in first.values():
+            per_incident[event.incident].append(event.version)
+        for incident, versions in per_incident.items():
+            assert versions == sorted(versions), f"{incident} out of order live"
+
+        # The ledger verifies clean, and the projections equal a rebuild.
+        result = verify(address, tokens[AUDITOR])
+        assert result.ok, result.divergence
+        assert result.events == len(events)
+        deployment.stop()
+        incremental = projection_rows(deployment)
+        rebuild_projections(deployment)
+        assert projection_rows(deployment) == incremental
+        log.info(
+            "soak.done",
+            rounds=rounds,
+            events=len(events),
+            retries=load.retries,
+            subscriber_reconnects=subscriber.reconnects,
+            webhook_posts=len(receiver.received),
+        )
+    finally:
+        if subscriber is not None:
+            subscriber.close()
+        deployment.stop()
+        receiver.stop()
+
+
+def fault_round(
+    deployment: Deployment,
+    postgres: PrivatePostgres,
+    cluster: NatsCluster,
+    receiver: WebhookReceiver,
+    load: CommandLoad,
+) -> list[tuple[str, Callable[[], None]]]:
+    """The faults of one round, each followed by progress under load."""
+
+    def kill_ledger() -> None:
+        deployment.ledgers[0].kill()
+        progress(load, "with one ledger replica killed")
+        deployment.ledgers[0].start()
+        progress(load, "after the ledger replica came back")
+
+    def restart_postgres() -> None:
+        postgres.restart()
+        progress(load, "after PostgreSQL restarted")
+
+    def kill_nats_node() -> None:
+        leader = cluster.stream_leader(STREAM)  # the hardest node to lose
+        victim = 0 if leader is None else leader
+        cluster.kill(victim)
+        progress(load, "with a NATS node killed")
+        cluster.restart(victim)
+        progress(load, "after the NATS node came back")
+
+    def kill_notifier() -> None:
+        deployment.notifiers[0].kill()
+        progress(load, "with a notifier killed")
+        deployment.notifiers[0].start()
+        progress(load, "after the notifier came back")
+
+    def webhook_down() -> None:
+        receiver.stop()
+        progress(load, "with the webhook receiver down")
+        receiver.start()
+        progress(load, "after the webhook receiver came back")
+
+    return [
+        ("kill -9 a ledger replica", kill_ledger),
+        ("restart PostgreSQL", restart_postgres),
+        ("kill a NATS node", kill_nats_node),
+        ("kill -9 a notifier", kill_notifier),
+        ("webhook receiver down", webhook_down),
+    ]
