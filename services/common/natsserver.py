@@ -7,11 +7,18 @@ with JetStream storing into ``store_dir``, and waits until the monitoring
 endpoint ``/healthz?js-enabled-only=true`` answers ok. It never uses the
 standard port 4222 unless asked to, so it does not collide with a NATS server
 the machine already runs.
+
+It can also require TLS (:class:`NatsServerTls`: a server certificate, optionally
+client certificates verified against a CA, optionally the TLS handshake before
+anything else) and a user and password or a token. Those go into a configuration
+file readable only by the owner, removed again once the server has read it: secrets
+never appear on its command line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -21,6 +28,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -84,6 +92,24 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+@dataclass(frozen=True)
+class NatsServerTls:
+    """TLS of the bundled server: its certificate and key (PEM files).
+
+    ``ca_file`` set: clients must present a certificate signed by it. ``handshake_first``:
+    the TLS handshake comes before the server's first message (clients must do the same).
+    """
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    handshake_first: bool = False
+
+
+def _conf_string(value: str | Path) -> str:
+    return json.dumps(str(value))  # a double-quoted string with escapes, as NATS reads it
+
+
 class NatsServer:
     """One nats-server subprocess with JetStream, on a fixed port and store directory."""
 
@@ -93,10 +119,21 @@ class NatsServer:
         port: int = 0,
         host: str = "127.0.0.1",
         log_file: Path | None = None,
+        *,
+        tls: NatsServerTls | None = None,
+        user: str = "",
+        password: str = "",
+        token: str = "",
     ) -> None:
+        if bool(user) != bool(password) or (token and user):
+            raise ValueError("give user and password, or a token, or neither")
         self.store_dir = Path(store_dir)
         self.host = host
         self.log_file = log_file
+        self.tls = tls
+        self.user = user
+        self._password = password
+        self._token = token
         self._port = port or free_port(host)
         self._monitor_port = 0
         self._process: subprocess.Popen[bytes] | None = None
@@ -153,6 +190,7 @@ class NatsServer:
             self._monitor_port = free_port(self.host)
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log_out = self._open_log()
+        conf = self._write_conf()
         command = [
             str(binary),
             "-a",
@@ -164,27 +202,34 @@ class NatsServer:
             "-js",
             "-sd",
             str(self.store_dir),
+            *(["-c", str(conf)] if conf is not None else []),
         ]
-        self._process = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log_out,
-            stderr=subprocess.STDOUT,
-            # Its own process group: a Ctrl-C on the terminal reaches only our process,
-            # which stops the server in order.
-            process_group=0,
-        )
         try:
-            self._wait_healthy(self._process, timeout)
-        except BaseException:
-            self._terminate(signal.SIGKILL, 5.0)
-            raise
+            self._process = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_out,
+                stderr=subprocess.STDOUT,
+                # Its own process group: a Ctrl-C on the terminal reaches only our process,
+                # which stops the server in order.
+                process_group=0,
+            )
+            try:
+                self._wait_healthy(self._process, timeout)
+            except BaseException:
+                self._terminate(signal.SIGKILL, 5.0)
+                raise
+        finally:
+            if conf is not None:
+                conf.unlink(missing_ok=True)  # read at start; the secrets go with it
         log.info(
             "nats.started",
             url=self.url,
             monitor_port=self._monitor_port,
             store_dir=str(self.store_dir),
             pid=self._process.pid,
+            tls=self.tls is not None,
+            auth="user" if self.user else "token" if self._token else None,
         )
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -228,6 +273,36 @@ class NatsServer:
         return f"NatsServer({self.url}, store_dir={str(self.store_dir)!r}, {state})"
 
     # --- internals ----------------------------------------------------------------------
+
+    def _write_conf(self) -> Path | None:
+        """A private configuration file with TLS and credentials, or None if neither."""
+        lines: list[str] = []
+        if self.user:
+            lines += [
+                "authorization {",
+                f"  user: {_conf_string(self.user)}",
+                f"  password: {_conf_string(self._password)}",
+                "}",
+            ]
+        elif self._token:
+            lines += ["authorization {", f"  token: {_conf_string(self._token)}", "}"]
+        if self.tls is not None:
+            lines += [
+                "tls {",
+                f"  cert_file: {_conf_string(self.tls.cert_file)}",
+                f"  key_file: {_conf_string(self.tls.key_file)}",
+            ]
+            if self.tls.ca_file is not None:
+                lines += [f"  ca_file: {_conf_string(self.tls.ca_file)}", "  verify: true"]
+            if self.tls.handshake_first:
+                lines.append("  handshake_first: true")
+            lines.append("}")
+        if not lines:
+            return None
+        fd, name = tempfile.mkstemp(prefix="nats-server-", suffix=".conf")  # mode 0600
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+        return Path(name)
 
     def _open_log(self) -> IO[bytes]:
         if self._log is None:
