@@ -163,3 +163,51 @@ def test_a_wrong_password_leaves_the_relay_disconnected_and_no_secret_in_the_log
         text = service.log_path.read_text()
         assert wrong not in text, f"{service.module} logged the password"
         assert password not in text
+
+
+def test_client_certificates_and_the_tls_handshake_first_with_nats(
+    tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    server_cert, client = ca.server("nats"), ca.client("ledger", "relay")
+    token = secrets.token_urlsafe(16)
+    server = NatsServer(
+        tmp_path / "nats",
+        tls=NatsServerTls(
+            server_cert.cert_file, server_cert.key_file, ca_file=ca.ca_file, handshake_first=True
+        ),
+        token=token,
+    )
+    with server:
+
+        async def connects(settings: NatsClientSettings) -> bool:
+            try:
+                client = await nats.connect(
+                    server.url,
+                    allow_reconnect=False,
+                    connect_timeout=2,
+                    **connect_options(settings),
+                )
+            except Exception:
+                return False
+            await client.close()
+            return True
+
+        full = NatsClientSettings(
+            tls_ca_file=ca.ca_file,
+            tls_cert_file=client.cert_file,
+            tls_key_file=client.key_file,
+            tls_handshake_first=True,
+            token=token,
+        )
+        assert asyncio.run(connects(full))
+        without_certificate = NatsClientSettings(
+            tls_ca_file=ca.ca_file, tls_handshake_first=True, token=token
+        )
+        assert not asyncio.run(connects(without_certificate))
+        late_handshake = NatsClientSettings(
+            tls_ca_file=ca.ca_file,
+            tls_cert_file=client.cert_file,
+            tls_key_file=client.key_file,
+            token=token,
+        )
+        assert not asyncio.run(connects(late_handshake))
