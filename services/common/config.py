@@ -391,7 +391,7 @@ class ServiceSettings:
     @staticmethod
     def common_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         """The shared fields, read from ``env`` and checked (production needs real secrets)."""
-        secret = env.get("LEDGER_PAGE_TOKEN_SECRET")
+        secret = _secret(env, "LEDGER_PAGE_TOKEN_SECRET")
         common: dict[str, Any] = {
             "environment": _choice(
                 env, "LEDGER_ENVIRONMENT", "development", {"development", "production"}
@@ -416,7 +416,10 @@ class ServiceSettings:
         }
         if common["environment"] == "production":
             if common["page_token_secret"] is None:
-                raise ConfigError("LEDGER_PAGE_TOKEN_SECRET is required in production")
+                raise ConfigError(
+                    "LEDGER_PAGE_TOKEN_SECRET is required in production "
+                    "(or LEDGER_PAGE_TOKEN_SECRET_FILE)"
+                )
             if common["tokens_file"] is None:
                 raise ConfigError("LEDGER_TOKENS_FILE is required in production")
         return common
@@ -463,6 +466,12 @@ class LedgerSettings(ServiceSettings):
         return settings
 
 
+def postgres_password(env: Mapping[str, str]) -> dict[str, str]:
+    """``POSTGRES_PASSWORD`` for the store, from itself or from ``POSTGRES_PASSWORD_FILE``."""
+    password = _secret(env, "POSTGRES_PASSWORD")
+    return {"POSTGRES_PASSWORD": password} if password else {}
+
+
 def store_environment(env: Mapping[str, str], data_dir: Path) -> dict[str, str]:
     """The eventsourcing library's variables, with SQLite in the data dir as default."""
     keys = {
@@ -470,6 +479,8 @@ def store_environment(env: Mapping[str, str], data_dir: Path) -> dict[str, str]:
         for k, v in env.items()
         if k.startswith(("PERSISTENCE_MODULE", "SQLITE_", "POSTGRES_", "CREATE_TABLE"))
     }
+    keys.pop("POSTGRES_PASSWORD_FILE", None)
+    keys.update(postgres_password(env))
     module = keys.get("PERSISTENCE_MODULE", "eventsourcing.sqlite")
     keys["PERSISTENCE_MODULE"] = module
     if module == "eventsourcing.sqlite":
@@ -562,6 +573,8 @@ class NotifierSettings(ServiceSettings):
         store = _choice(env, "NOTIFIER_STORE", "sqlite", {"sqlite", "postgres"})
         if store == "postgres":
             store_env = {k: v for k, v in env.items() if k.startswith("POSTGRES_")}
+            store_env.pop("POSTGRES_PASSWORD_FILE", None)
+            store_env.update(postgres_password(env))
             store_env["PERSISTENCE_MODULE"] = "eventsourcing.postgres"
         else:
             store_env = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -155,11 +156,12 @@ def test_production_refuses_plaintext_off_loopback(ca: CertificateAuthority) -> 
 
 def test_listen_applies_the_production_rule_too() -> None:
     settings = LedgerSettings(environment="production")
-    server = grpc.server(thread_pool=None)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="not a loopback address"):
-        listen(server, "0.0.0.0:0", settings)
-    assert listen(server, "127.0.0.1:0", settings) > 0
-    server.stop(None)
+    with ThreadPoolExecutor(1) as pool:
+        server = grpc.server(pool)
+        with pytest.raises(ConfigError, match="not a loopback address"):
+            listen(server, "0.0.0.0:0", settings)
+        assert listen(server, "127.0.0.1:0", settings) > 0
+        server.stop(None)
 
 
 # --- NATS settings -----------------------------------------------------------------------
@@ -336,3 +338,26 @@ def test_server_tls_load_is_usable_directly(ca: CertificateAuthority) -> None:
     assert tls.certificate_chain == server.cert_pem
     assert "client_auth='require'" in repr(tls)
     assert "BEGIN" not in repr(tls)
+
+
+def test_the_page_token_secret_and_the_postgres_password_may_come_from_files(
+    tmp_path: Path,
+) -> None:
+    page, pg = tmp_path / "page-secret", tmp_path / "pg-password"
+    page.write_text("a-page-token-secret-of-32-bytes!\n")
+    pg.write_text("pg-password-from-a-file\n")
+    env = {
+        "LEDGER_PAGE_TOKEN_SECRET_FILE": str(page),
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_PASSWORD_FILE": str(pg),
+    }
+    ledger = LedgerSettings.from_env(env)
+    assert ledger.page_token_secret == b"a-page-token-secret-of-32-bytes!"
+    assert ledger.store_env["POSTGRES_PASSWORD"] == "pg-password-from-a-file"
+    assert "POSTGRES_PASSWORD_FILE" not in ledger.store_env
+    notifier = NotifierSettings.from_env(
+        {**env, "NATS_URL": "nats://n:4222", "NOTIFIER_STORE": "postgres"}
+    )
+    assert notifier.store_env["POSTGRES_PASSWORD"] == "pg-password-from-a-file"
+    with pytest.raises(ConfigError, match=r"^POSTGRES_PASSWORD_FILE: cannot read"):
+        LedgerSettings.from_env({"POSTGRES_PASSWORD_FILE": str(tmp_path / "none")})
