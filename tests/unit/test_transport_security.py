@@ -6,10 +6,13 @@ import re
 import ssl
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
+from incidentledger_client._transport import ClientCertificate, make_channel
+from incidentledger_client.cli import config as ctl_config
 from services.common.auth import Principal, TokenStore, authenticate, token_hash
 from services.common.config import (
     ConfigError,
@@ -361,3 +364,43 @@ def test_the_page_token_secret_and_the_postgres_password_may_come_from_files(
     assert notifier.store_env["POSTGRES_PASSWORD"] == "pg-password-from-a-file"
     with pytest.raises(ConfigError, match=r"^POSTGRES_PASSWORD_FILE: cannot read"):
         LedgerSettings.from_env({"POSTGRES_PASSWORD_FILE": str(tmp_path / "none")})
+
+
+# --- clients ------------------------------------------------------------------------------
+
+
+def test_client_certificate_arguments_are_checked(
+    ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = ca.client("polres", "a")
+    with pytest.raises(ValueError, match="needs TLS, but tls=False"):
+        make_channel(
+            "127.0.0.1:1", False, (), (), ClientCertificate(client.cert_file, client.key_file)
+        )
+    with pytest.raises(ValueError, match="certificate and its private key go together"):
+        make_channel("127.0.0.1:1", None, (), (), ClientCertificate(client.cert_file))
+    # tls=False wins over a certificate named by the environment.
+    monkeypatch.setenv("LEDGER_TLS_CLIENT_CERT", str(client.cert_file))
+    make_channel(
+        "127.0.0.1:1", False, (), (), ClientCertificate(cert_env=("LEDGER_TLS_CLIENT_CERT",))
+    ).close()
+
+
+def test_ledgerctl_tls_flags_are_checked(ca: CertificateAuthority, tmp_path: Path) -> None:
+    client = ca.client("polres", "a")
+    common: dict[str, Any] = {
+        "address": None,
+        "notifier_address": None,
+        "token": None,
+        "agency": None,
+        "tokens_file": None,
+        "config": tmp_path / "none.toml",
+        "timeout": None,
+    }
+    (tmp_path / "none.toml").write_text(f'tls_ca = "{ca.ca_file}"\n')
+    settings = ctl_config.resolve(**common, tls_cert=client.cert_file, tls_key=client.key_file)
+    assert (settings.tls_ca, settings.tls_cert) == (str(ca.ca_file), str(client.cert_file))
+    with pytest.raises(ctl_config.ConfigError, match="--tls-cert and --tls-key go together"):
+        ctl_config.resolve(**common, tls_cert=client.cert_file)
+    with pytest.raises(ctl_config.ConfigError, match="tls-key file not found"):
+        ctl_config.resolve(**common, tls_cert=client.cert_file, tls_key=tmp_path / "nope")

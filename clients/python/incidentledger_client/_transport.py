@@ -126,15 +126,20 @@ def make_channel(
     """A channel to ``target``: TLS when ``tls`` (or the ``tls_env`` CA file) says so.
 
     A client certificate (mutual TLS) turns TLS on (with the system's roots unless a CA is
-    given); with ``tls=False`` it is an error.
+    given). ``tls=False`` means plaintext: a client certificate given as an argument is then
+    an error, one named by the environment is not used.
     """
+    if tls is False:
+        if client_certificate is not None and (
+            client_certificate.cert is not None or client_certificate.key is not None
+        ):
+            raise ValueError("a client certificate needs TLS, but tls=False")
+        return grpc.insecure_channel(target, options=list(options))
     certificates = _read_certificates(tls, tls_env)
     pair = client_certificate.load() if client_certificate is not None else None
     if certificates is False:
         if pair is None:
             return grpc.insecure_channel(target, options=list(options))
-        if tls is False:
-            raise ValueError("a client certificate needs TLS, but tls=False")
         certificates = True
     roots = certificates if isinstance(certificates, bytes) else None
     key, chain = (pair[1], pair[0]) if pair is not None else (None, None)
