@@ -37,6 +37,7 @@ import structlog
 
 from services.common.config import PROJECT_ROOT, ConfigError, RunSettings
 from services.common.logging import configure_logging
+from services.common.natsconn import redact_url
 from services.common.natsserver import (
     NatsPortInUseError,
     NatsServer,
@@ -134,7 +135,7 @@ class Supervisor:
 
     def start_nats(self) -> None:
         if self.settings.nats_url:
-            log.info("run.nats_external", nats_url=self.settings.nats_url)
+            log.info("run.nats_external", nats_url=redact_url(self.settings.nats_url))
             return
         self.nats = NatsServer(
             self.settings.nats_store_dir,
@@ -186,7 +187,7 @@ class Supervisor:
             self.start_child(module)
         log.info(
             "run.started",
-            nats=self.nats_url,
+            nats=redact_url(self.nats_url),
             nats_bundled=self.nats is not None,
             nats_store=str(self.settings.nats_store_dir) if self.nats else None,
             nats_log=str(self.settings.nats_log_file) if self.nats else None,

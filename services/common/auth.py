@@ -1,8 +1,19 @@
-"""Bearer-token credentials: a file of token hashes, one entry per agency user.
+"""Who is calling: bearer tokens and, over mutual TLS, client certificates.
 
-The file never holds a token, only its SHA-256. Development credentials are
-generated on first start (random tokens, written next to the hashes so a new user
-can act at once) and marked as such; production refuses them.
+Bearer tokens: a file of token hashes, one entry per agency user. The file never
+holds a token, only its SHA-256. Development credentials are generated on first
+start (random tokens, written next to the hashes so a new user can act at once) and
+marked as such; production refuses them.
+
+Client certificates (see README, "Security"): when the server requires and has
+verified a client certificate, its subject names the caller: the organization (O) is
+the agency's code in the reference data, the common name (CN) the officer or system.
+:func:`authenticate` combines both:
+
+- a certificate and no token: the principal of the certificate;
+- a certificate and a token: both must name the same agency (the token's principal,
+  with its officer, is used), else UNAUTHENTICATED;
+- a token only: the token's principal; neither: UNAUTHENTICATED.
 """
 
 from __future__ import annotations
@@ -20,6 +31,8 @@ from pathlib import Path
 
 import structlog
 import yaml
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.common.config import ConfigError
 from services.common.errors import Unauthenticated
@@ -44,9 +57,19 @@ def token_hash(token: str) -> str:
 class TokenStore:
     """Resolves bearer tokens to principals."""
 
-    def __init__(self, entries: dict[str, Principal], *, development: bool) -> None:
+    def __init__(
+        self,
+        entries: dict[str, Principal],
+        *,
+        development: bool,
+        known_agencies: Iterable[str] | None = None,
+    ) -> None:
         self._by_hash = entries
         self.development = development
+        #: Agencies of the reference data (client certificates may name any of them).
+        self.known_agencies = frozenset(
+            known_agencies if known_agencies is not None else self.agencies()
+        )
         # Hashing on every call is measurable; recent tokens are remembered (bounded).
         self._lookup = functools.lru_cache(maxsize=4096)(self._lookup_uncached)
 
@@ -93,7 +116,73 @@ class TokenStore:
                 entries[digest.lower()] = Principal(str(agency), str(officer))
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"malformed tokens file {path}: {exc!r}") from exc
-        return cls(entries, development=bool(raw.get("development", False)))
+        return cls(entries, development=bool(raw.get("development", False)), known_agencies=known)
+
+
+def principal_from_certificate(pem: bytes, known_agencies: Iterable[str]) -> Principal:
+    """The caller a verified client certificate names: O = agency code, CN = officer.
+
+    The chain was verified by the TLS handshake; this only reads the subject. A
+    certificate restricted to other uses (an extended key usage without clientAuth), a
+    subject without exactly one O and one CN, or an agency that is not in the reference
+    data is UNAUTHENTICATED.
+    """
+    try:
+        certificate = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise Unauthenticated(
+            "the client certificate cannot be read", reason="CERTIFICATE_INVALID"
+        ) from None
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in usage:
+        raise Unauthenticated(
+            "the client certificate is not for client authentication (extended key usage)",
+            reason="CERTIFICATE_INVALID",
+        )
+    subject = certificate.subject
+    agencies = subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    officers = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(agencies) != 1 or len(officers) != 1:
+        raise Unauthenticated(
+            "the client certificate's subject must have one O (the agency code) and one CN "
+            "(the officer)",
+            reason="CERTIFICATE_INVALID",
+        )
+    agency, officer = str(agencies[0].value), str(officers[0].value)
+    if agency not in set(known_agencies):
+        raise Unauthenticated(
+            f"the client certificate names agency {agency!r}, which the reference data "
+            "does not know",
+            reason="CERTIFICATE_AGENCY_UNKNOWN",
+        )
+    if not officer.strip():
+        raise Unauthenticated("the client certificate's CN is empty", reason="CERTIFICATE_INVALID")
+    return Principal(agency, officer)
+
+
+def authenticate(
+    tokens: TokenStore, authorization: str | None, client_certificate: bytes | None
+) -> Principal:
+    """The caller from the bearer token and/or the verified client certificate (PEM).
+
+    See the module docstring for the rules.
+    """
+    if client_certificate is None:
+        return tokens.authenticate(authorization)
+    from_certificate = principal_from_certificate(client_certificate, tokens.known_agencies)
+    if not authorization:
+        return from_certificate
+    from_token = tokens.authenticate(authorization)
+    if from_token.agency != from_certificate.agency:
+        raise Unauthenticated(
+            f"the bearer token is of agency {from_token.agency!r} but the client certificate "
+            f"of agency {from_certificate.agency!r}",
+            reason="CREDENTIALS_MISMATCH",
+        )
+    return from_token
 
 
 def load_or_create_tokens(

@@ -8,11 +8,16 @@ embedded default (SQLite in the data directory) when nothing is set.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,6 +66,252 @@ def nats_servers(nats_url: str) -> list[str]:
     return [url.strip() for url in nats_url.split(",") if url.strip()]
 
 
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = (env.get(key) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ConfigError(f"{key} must be true or false, got {raw!r}")
+
+
+def _path(env: Mapping[str, str], key: str) -> Path | None:
+    raw = env.get(key)
+    return Path(raw) if raw else None
+
+
+def read_setting_file(key: str, path: Path) -> bytes:
+    """The bytes of the file a setting names; a ConfigError names the setting and the path.
+
+    Error messages never quote the content: the file may hold a key or a password.
+    """
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"{key}: cannot read {path}: {reason}") from None
+
+
+def _readable_file(env: Mapping[str, str], key: str) -> Path | None:
+    """The path a setting names, checked to be a readable file (content not checked)."""
+    path = _path(env, key)
+    if path is not None:
+        read_setting_file(key, path)
+    return path
+
+
+def _secret(env: Mapping[str, str], key: str) -> str:
+    """A secret from ``key`` or from the file named by ``key_FILE`` (not both); "" if unset.
+
+    A file's content is taken without its trailing line break.
+    """
+    file_key = f"{key}_FILE"
+    value, path = env.get(key, ""), _path(env, file_key)
+    if value and path is not None:
+        raise ConfigError(f"set {key} or {file_key}, not both")
+    if path is None:
+        return value
+    try:
+        text = read_setting_file(file_key, path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file_key}: {path} is not UTF-8 text") from None
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise ConfigError(f"{file_key}: {path} is empty")
+    return secret
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a gRPC listen address (``host:port``, ``[v6]:port``, ``unix:``) is local only."""
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = address.rpartition(":")[0].strip("[]") if ":" in address else address
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a wildcard ("") or a name, which may resolve to anything
+
+
+def _pem_certificates(key: str, path: Path) -> tuple[bytes, list[x509.Certificate]]:
+    """The file's bytes and the certificates in it (at least one)."""
+    data = read_setting_file(key, path)
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ConfigError(f"{key}: {path} holds no valid PEM certificate") from None
+    return data, certificates
+
+
+#: ``LEDGER_TLS_CLIENT_AUTH`` values. grpcio can either not ask for a client certificate or
+#: require (and verify) one; it has no "ask but accept none".
+CLIENT_AUTH_MODES = {"none", "require"}
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS of a service's gRPC port, read and checked at start (see README, "Security").
+
+    ``client_auth="require"``: every client presents a certificate signed by ``client_ca``;
+    its subject names the caller's agency (see :mod:`services.common.auth`).
+    """
+
+    certificate_chain: bytes = field(repr=False)
+    private_key: bytes = field(repr=False)
+    client_ca: bytes | None = field(default=None, repr=False)
+    client_auth: str = "none"
+    cert_file: Path | None = None
+    client_ca_file: Path | None = None
+
+    @classmethod
+    def load(
+        cls,
+        cert_file: Path,
+        key_file: Path,
+        client_ca_file: Path | None = None,
+        client_auth: str | None = None,
+    ) -> ServerTls:
+        """Read and check the files (``LEDGER_TLS_*``); errors name the setting, never content.
+
+        ``client_auth`` defaults to ``require`` when a client CA is given, else ``none``.
+        """
+        mode = client_auth or ("require" if client_ca_file is not None else "none")
+        if mode not in CLIENT_AUTH_MODES:
+            raise ConfigError(
+                f"LEDGER_TLS_CLIENT_AUTH must be one of {sorted(CLIENT_AUTH_MODES)}, got {mode!r}"
+            )
+        if mode == "require" and client_ca_file is None:
+            raise ConfigError("LEDGER_TLS_CLIENT_AUTH=require needs LEDGER_TLS_CLIENT_CA_FILE")
+        if mode == "none" and client_ca_file is not None:
+            raise ConfigError(
+                "LEDGER_TLS_CLIENT_CA_FILE is set but LEDGER_TLS_CLIENT_AUTH=none: "
+                "unset one of them"
+            )
+        chain_pem, chain = _pem_certificates("LEDGER_TLS_CERT_FILE", cert_file)
+        key_pem = read_setting_file("LEDGER_TLS_KEY_FILE", key_file)
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f"LEDGER_TLS_KEY_FILE: {key_file} holds no unencrypted PEM private key"
+            ) from None
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        der = serialization.Encoding.DER
+        if chain[0].public_key().public_bytes(der, spki) != key.public_key().public_bytes(
+            der, spki
+        ):
+            raise ConfigError(
+                f"LEDGER_TLS_KEY_FILE: {key_file} is not the key of the first certificate "
+                f"in LEDGER_TLS_CERT_FILE ({cert_file})"
+            )
+        client_ca = None
+        if client_ca_file is not None:
+            client_ca = _pem_certificates("LEDGER_TLS_CLIENT_CA_FILE", client_ca_file)[0]
+        return cls(
+            certificate_chain=chain_pem,
+            private_key=key_pem,
+            client_ca=client_ca,
+            client_auth=mode,
+            cert_file=cert_file,
+            client_ca_file=client_ca_file,
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ServerTls | None:
+        cert, key = _path(env, "LEDGER_TLS_CERT_FILE"), _path(env, "LEDGER_TLS_KEY_FILE")
+        client_ca = _path(env, "LEDGER_TLS_CLIENT_CA_FILE")
+        client_auth = env.get("LEDGER_TLS_CLIENT_AUTH") or None
+        if cert is None or key is None:
+            if cert is not None or key is not None:
+                raise ConfigError("LEDGER_TLS_CERT_FILE and LEDGER_TLS_KEY_FILE go together")
+            if client_ca is not None or client_auth is not None:
+                raise ConfigError(
+                    "LEDGER_TLS_CLIENT_CA_FILE and LEDGER_TLS_CLIENT_AUTH need "
+                    "LEDGER_TLS_CERT_FILE and LEDGER_TLS_KEY_FILE"
+                )
+            return None
+        return cls.load(cert, key, client_ca, client_auth)
+
+
+@dataclass(frozen=True)
+class NatsClientSettings:
+    """TLS and credentials of the services' NATS connections (see README, "Security").
+
+    Secrets come from ``NATS_PASSWORD`` / ``NATS_TOKEN`` or from the files named by
+    ``NATS_PASSWORD_FILE`` / ``NATS_TOKEN_FILE``; they are kept out of ``repr``.
+    """
+
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_handshake_first: bool = False
+    user: str = ""
+    password: str = field(default="", repr=False)
+    token: str = field(default="", repr=False)
+
+    @property
+    def tls(self) -> bool:
+        """Whether TLS is configured on the client side (else only if the server asks)."""
+        return bool(self.tls_ca_file or self.tls_cert_file or self.tls_handshake_first)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The client TLS context, or None when no TLS setting is given.
+
+        The server is verified against ``NATS_TLS_CA_FILE`` (else the system's roots), its
+        name checked against the URL's host; the client certificate is presented if given.
+        """
+        if not self.tls:
+            return None
+        try:
+            context = ssl.create_default_context(
+                cafile=str(self.tls_ca_file) if self.tls_ca_file else None
+            )
+        except (ssl.SSLError, OSError):
+            raise ConfigError(
+                f"NATS_TLS_CA_FILE: {self.tls_ca_file} holds no valid PEM certificate"
+            ) from None
+        if self.tls_cert_file is not None and self.tls_key_file is not None:
+            try:
+                context.load_cert_chain(self.tls_cert_file, self.tls_key_file, password="")
+            except (ssl.SSLError, OSError):
+                raise ConfigError(
+                    f"NATS_TLS_CERT_FILE / NATS_TLS_KEY_FILE: {self.tls_cert_file} and "
+                    f"{self.tls_key_file} are not a PEM certificate and its unencrypted key"
+                ) from None
+        return context
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> NatsClientSettings:
+        cert = _readable_file(env, "NATS_TLS_CERT_FILE")
+        key = _readable_file(env, "NATS_TLS_KEY_FILE")
+        if (cert is None) != (key is None):
+            raise ConfigError("NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE go together")
+        user, password = env.get("NATS_USER", ""), _secret(env, "NATS_PASSWORD")
+        token = _secret(env, "NATS_TOKEN")
+        if bool(user) != bool(password):
+            raise ConfigError("NATS_USER and NATS_PASSWORD (or NATS_PASSWORD_FILE) go together")
+        if token and user:
+            raise ConfigError("set NATS_USER/NATS_PASSWORD or NATS_TOKEN, not both")
+        settings = cls(
+            tls_ca_file=_readable_file(env, "NATS_TLS_CA_FILE"),
+            tls_cert_file=cert,
+            tls_key_file=key,
+            tls_handshake_first=_bool(env, "NATS_TLS_HANDSHAKE_FIRST", False),
+            user=user,
+            password=password,
+            token=token,
+        )
+        settings.ssl_context()  # fails now, with the setting's name, rather than at connect
+        return settings
+
+
 @dataclass(frozen=True)
 class StreamSettings:
     """The JetStream stream the ledger's events are published to (see README, "Fan-out")."""
@@ -93,7 +344,8 @@ class StreamSettings:
 class RelaySettings:
     """The outbox relay: store -> NATS JetStream. Disabled when ``nats_url`` is empty."""
 
-    nats_url: str = ""
+    nats_url: str = field(default="", repr=False)  # may embed user:password
+    nats: NatsClientSettings = field(default_factory=NatsClientSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
     batch_size: int = 500
     poll_seconds: float = 0.5
@@ -104,6 +356,7 @@ class RelaySettings:
     def from_env(cls, env: Mapping[str, str]) -> RelaySettings:
         return cls(
             nats_url=env.get("NATS_URL", ""),
+            nats=NatsClientSettings.from_env(env),
             stream=StreamSettings.from_env(env),
             batch_size=_int(env, "LEDGER_RELAY_BATCH", cls.batch_size, minimum=1),
             poll_seconds=_float(env, "LEDGER_RELAY_POLL_SECONDS", cls.poll_seconds),
@@ -118,10 +371,12 @@ class ServiceSettings:
     data_dir: Path = PROJECT_ROOT / "data"
     reference_file: Path = PROJECT_ROOT / "config" / "mukomuko-pilkada.yaml"
     tokens_file: Path | None = None
-    page_token_secret: bytes | None = None
+    page_token_secret: bytes | None = field(default=None, repr=False)
     max_message_bytes: int = 1024 * 1024
     log_level: str = "INFO"
     log_format: str = "auto"
+    tls: ServerTls | None = None
+    allow_plaintext: bool = False
 
     @property
     def production(self) -> bool:
@@ -131,10 +386,25 @@ class ServiceSettings:
     def resolved_tokens_file(self) -> Path:
         return self.tokens_file or self.data_dir / "credentials" / "tokens.yaml"
 
+    def check_transport(self, address: str, variable: str = "the listen address") -> None:
+        """Production serves gRPC in plaintext only on loopback, or when explicitly allowed.
+
+        ``LEDGER_ALLOW_PLAINTEXT=true`` is for a service behind a TLS-terminating proxy or
+        mesh that reaches it over a private link.
+        """
+        plaintext = self.tls is None and not self.allow_plaintext
+        if plaintext and self.production and not is_loopback(address):
+            raise ConfigError(
+                f"{variable} {address!r} is not a loopback address and production serves "
+                "gRPC there only over TLS: set LEDGER_TLS_CERT_FILE and "
+                "LEDGER_TLS_KEY_FILE, or LEDGER_ALLOW_PLAINTEXT=true behind a "
+                "TLS-terminating proxy"
+            )
+
     @staticmethod
     def common_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         """The shared fields, read from ``env`` and checked (production needs real secrets)."""
-        secret = env.get("LEDGER_PAGE_TOKEN_SECRET")
+        secret = _secret(env, "LEDGER_PAGE_TOKEN_SECRET")
         common: dict[str, Any] = {
             "environment": _choice(
                 env, "LEDGER_ENVIRONMENT", "development", {"development", "production"}
@@ -154,10 +424,15 @@ class ServiceSettings:
                 env, "LEDGER_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"}
             ),
             "log_format": _choice(env, "LEDGER_LOG_FORMAT", "auto", {"auto", "json", "console"}),
+            "tls": ServerTls.from_env(env),
+            "allow_plaintext": _bool(env, "LEDGER_ALLOW_PLAINTEXT", False),
         }
         if common["environment"] == "production":
             if common["page_token_secret"] is None:
-                raise ConfigError("LEDGER_PAGE_TOKEN_SECRET is required in production")
+                raise ConfigError(
+                    "LEDGER_PAGE_TOKEN_SECRET is required in production "
+                    "(or LEDGER_PAGE_TOKEN_SECRET_FILE)"
+                )
             if common["tokens_file"] is None:
                 raise ConfigError("LEDGER_TOKENS_FILE is required in production")
         return common
@@ -170,7 +445,7 @@ class LedgerSettings(ServiceSettings):
     listen: str = "127.0.0.1:50051"
     max_workers: int = 32
     grace_seconds: float = 10.0
-    store_env: dict[str, str] = field(default_factory=dict)
+    store_env: dict[str, str] = field(default_factory=dict, repr=False)  # POSTGRES_PASSWORD
     relay: RelaySettings = field(default_factory=RelaySettings)
     signing_key_file: Path | None = None
     checkpoint_seconds: float = 300.0
@@ -189,7 +464,7 @@ class LedgerSettings(ServiceSettings):
         env = dict(os.environ if env is None else env)
         common = cls.common_from_env(env)
         audit = AuditSettings.from_env(env)
-        return cls(
+        settings = cls(
             **common,
             signing_key_file=audit.signing_key_file,
             checkpoint_seconds=audit.checkpoint_seconds,
@@ -200,6 +475,14 @@ class LedgerSettings(ServiceSettings):
             store_env=store_environment(env, common["data_dir"]),
             relay=RelaySettings.from_env(env),
         )
+        settings.check_transport(settings.listen, "LEDGER_LISTEN")
+        return settings
+
+
+def postgres_password(env: Mapping[str, str]) -> dict[str, str]:
+    """``POSTGRES_PASSWORD`` for the store, from itself or from ``POSTGRES_PASSWORD_FILE``."""
+    password = _secret(env, "POSTGRES_PASSWORD")
+    return {"POSTGRES_PASSWORD": password} if password else {}
 
 
 def store_environment(env: Mapping[str, str], data_dir: Path) -> dict[str, str]:
@@ -209,6 +492,8 @@ def store_environment(env: Mapping[str, str], data_dir: Path) -> dict[str, str]:
         for k, v in env.items()
         if k.startswith(("PERSISTENCE_MODULE", "SQLITE_", "POSTGRES_", "CREATE_TABLE"))
     }
+    keys.pop("POSTGRES_PASSWORD_FILE", None)
+    keys.update(postgres_password(env))
     module = keys.get("PERSISTENCE_MODULE", "eventsourcing.sqlite")
     keys["PERSISTENCE_MODULE"] = module
     if module == "eventsourcing.sqlite":
@@ -230,7 +515,7 @@ class RunSettings:
     NATS may hold) with its JetStream store in ``$LEDGER_DATA_DIR/nats``.
     """
 
-    nats_url: str | None = None
+    nats_url: str | None = field(default=None, repr=False)  # may embed user:password
     nats_port: int = 14222
     ledger_listen: str = "127.0.0.1:50051"
     notifier_listen: str = "127.0.0.1:50052"
@@ -284,14 +569,15 @@ class NotifierSettings(ServiceSettings):
     """Settings of the notifier service (see README, "Configuration")."""
 
     listen: str = "127.0.0.1:50052"
-    nats_url: str = ""
+    nats_url: str = field(default="", repr=False)  # may embed user:password
+    nats: NatsClientSettings = field(default_factory=NatsClientSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
     consumer: str = "notifier"
     ack_wait_seconds: float = 10.0
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     max_workers: int = 64
     grace_seconds: float = 5.0
-    store_env: dict[str, str] = field(default_factory=dict)
+    store_env: dict[str, str] = field(default_factory=dict, repr=False)  # POSTGRES_PASSWORD
     metrics_listen: str = ""  # host:port of the Prometheus endpoint; empty = off
 
     @classmethod
@@ -304,6 +590,8 @@ class NotifierSettings(ServiceSettings):
         store = _choice(env, "NOTIFIER_STORE", "sqlite", {"sqlite", "postgres"})
         if store == "postgres":
             store_env = {k: v for k, v in env.items() if k.startswith("POSTGRES_")}
+            store_env.pop("POSTGRES_PASSWORD_FILE", None)
+            store_env.update(postgres_password(env))
             store_env["PERSISTENCE_MODULE"] = "eventsourcing.postgres"
         else:
             store_env = {
@@ -311,11 +599,12 @@ class NotifierSettings(ServiceSettings):
                 "SQLITE_DBNAME": env.get("NOTIFIER_SQLITE_DBNAME")
                 or str(common["data_dir"] / "notifier.sqlite"),
             }
-        return cls(
+        settings = cls(
             **common,
             listen=env.get("NOTIFIER_LISTEN") or cls.listen,
             metrics_listen=env.get("NOTIFIER_METRICS_LISTEN", ""),
             nats_url=nats_url,
+            nats=NatsClientSettings.from_env(env),
             stream=StreamSettings.from_env(env),
             consumer=env.get("NOTIFIER_CONSUMER") or cls.consumer,
             ack_wait_seconds=_float(env, "NOTIFIER_ACK_WAIT_SECONDS", cls.ack_wait_seconds),
@@ -328,6 +617,8 @@ class NotifierSettings(ServiceSettings):
             max_workers=_int(env, "NOTIFIER_MAX_WORKERS", cls.max_workers, minimum=4),
             store_env=store_env,
         )
+        settings.check_transport(settings.listen, "NOTIFIER_LISTEN")
+        return settings
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
 
-from services.common.auth import Principal, TokenStore
+from services.common.auth import Principal, TokenStore, authenticate
 from services.common.errors import LedgerError, as_ledger_error
 from services.common.grpc_errors import to_grpc_status
 from services.common.metrics import Metrics
@@ -32,6 +32,20 @@ UNAUTHENTICATED_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 def current_principal() -> Principal:
     """The authenticated caller of the request being handled."""
     return _PRINCIPAL.get()
+
+
+def peer_certificate(context: grpc.ServicerContext) -> bytes | None:
+    """The client certificate (PEM) the TLS handshake verified, if any.
+
+    gRPC asks for one only when the port requires client certificates, and then puts it
+    in the auth context only after verifying it against the client CA.
+    """
+    # Each property is a list of values (the type stubs say a single bytes value).
+    auth: Mapping[str, Sequence[bytes]] = context.auth_context()  # type: ignore[assignment]
+    if list(auth.get("transport_security_type", ())) != [b"ssl"]:
+        return None
+    pem = auth.get("x509_pem_cert")
+    return bytes(pem[0]) if pem else None
 
 
 if TYPE_CHECKING:
@@ -95,7 +109,7 @@ class RequestInterceptor(_ServerInterceptor):
         )
         if isinstance(authorization, bytes):
             authorization = authorization.decode("utf-8", "replace")
-        principal = self._tokens.authenticate(authorization)
+        principal = authenticate(self._tokens, authorization, peer_certificate(context))
         structlog.contextvars.bind_contextvars(actor=f"{principal.agency}/{principal.officer}")
         return principal
 

@@ -12,6 +12,12 @@ A node of a cluster is a :class:`NatsServer` with a server name, a cluster name,
 a cluster (route) port and the routes to its peers. :class:`NatsCluster` runs
 such nodes on loopback, each with a store directory of its own, and can kill
 (SIGKILL), stop and restart any of them on the same ports with the same store.
+
+It can also require TLS (:class:`NatsServerTls`: a server certificate, optionally
+client certificates verified against a CA, optionally the TLS handshake before
+anything else) and a user and password or a token. Those go into a configuration
+file readable only by the owner, removed again once the server has read it: secrets
+never appear on its command line.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -101,6 +108,24 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+@dataclass(frozen=True)
+class NatsServerTls:
+    """TLS of the bundled server: its certificate and key (PEM files).
+
+    ``ca_file`` set: clients must present a certificate signed by it. ``handshake_first``:
+    the TLS handshake comes before the server's first message (clients must do the same).
+    """
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    handshake_first: bool = False
+
+
+def _conf_string(value: str | Path) -> str:
+    return json.dumps(str(value))  # a double-quoted string with escapes, as NATS reads it
+
+
 class NatsServer:
     """One nats-server subprocess with JetStream, on a fixed port and store directory.
 
@@ -122,15 +147,26 @@ class NatsServer:
         cluster_port: int = 0,
         routes: Sequence[str] = (),
         monitor_port: int = 0,
+        tls: NatsServerTls | None = None,
+        user: str = "",
+        password: str = "",
+        token: str = "",
     ) -> None:
         if cluster_name and not server_name:
             raise ValueError("a cluster node needs a server_name")
+        if bool(user) != bool(password) or (token and user):
+            raise ValueError("give user and password, or a token, or neither")
         self.store_dir = Path(store_dir)
         self.host = host
         self.log_file = log_file
         self.server_name = server_name
         self.cluster_name = cluster_name
         self.routes = tuple(routes)
+        self.tls = tls
+        self.user = user
+        self._password = password
+        self._token = token
+        self._conf: Path | None = None
         self._port = port or free_port(host)
         self._cluster_port = (cluster_port or free_port(host)) if cluster_name else 0
         self._monitor_port = monitor_port  # 0: a free one, picked at the first start
@@ -209,6 +245,7 @@ class NatsServer:
             self._monitor_port = free_port(self.host)
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log_out = self._open_log()
+        conf = self._write_conf()
         command = [
             str(binary),
             "-a",
@@ -220,6 +257,7 @@ class NatsServer:
             "-js",
             "-sd",
             str(self.store_dir),
+            *(["-c", str(conf)] if conf is not None else []),
         ]
         if self.server_name:
             command += ["--server_name", self.server_name]
@@ -227,15 +265,26 @@ class NatsServer:
             command += ["--cluster_name", self.cluster_name, "--cluster", self.cluster_url]
             if self.routes:
                 command += ["--routes", ",".join(self.routes)]
-        self._process = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log_out,
-            stderr=subprocess.STDOUT,
-            # Its own process group: a Ctrl-C on the terminal reaches only our process,
-            # which stops the server in order.
-            process_group=0,
-        )
+        self._conf = conf
+        try:
+            self._process = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_out,
+                stderr=subprocess.STDOUT,
+                # Its own process group: a Ctrl-C on the terminal reaches only our process,
+                # which stops the server in order.
+                process_group=0,
+            )
+        except BaseException:
+            self._forget_conf()
+            raise
+
+    def _forget_conf(self) -> None:
+        """Remove the configuration file: read at start, the secrets go with it."""
+        if self._conf is not None:
+            self._conf.unlink(missing_ok=True)
+            self._conf = None
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         """Wait until the spawned server has JetStream enabled; SIGKILL it if it never does."""
@@ -247,6 +296,8 @@ class NatsServer:
         except BaseException:
             self._terminate(signal.SIGKILL, 5.0)
             raise
+        finally:
+            self._forget_conf()
         log.info(
             "nats.started",
             url=self.url,
@@ -255,6 +306,8 @@ class NatsServer:
             pid=process.pid,
             **({"server_name": self.server_name} if self.server_name else {}),
             **({"cluster_port": self._cluster_port} if self._cluster_port else {}),
+            tls=self.tls is not None,
+            auth="user" if self.user else "token" if self._token else None,
         )
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -333,6 +386,36 @@ class NatsServer:
         return f"NatsServer({self.url}, store_dir={str(self.store_dir)!r}, {state})"
 
     # --- internals ----------------------------------------------------------------------
+
+    def _write_conf(self) -> Path | None:
+        """A private configuration file with TLS and credentials, or None if neither."""
+        lines: list[str] = []
+        if self.user:
+            lines += [
+                "authorization {",
+                f"  user: {_conf_string(self.user)}",
+                f"  password: {_conf_string(self._password)}",
+                "}",
+            ]
+        elif self._token:
+            lines += ["authorization {", f"  token: {_conf_string(self._token)}", "}"]
+        if self.tls is not None:
+            lines += [
+                "tls {",
+                f"  cert_file: {_conf_string(self.tls.cert_file)}",
+                f"  key_file: {_conf_string(self.tls.key_file)}",
+            ]
+            if self.tls.ca_file is not None:
+                lines += [f"  ca_file: {_conf_string(self.tls.ca_file)}", "  verify: true"]
+            if self.tls.handshake_first:
+                lines.append("  handshake_first: true")
+            lines.append("}")
+        if not lines:
+            return None
+        fd, name = tempfile.mkstemp(prefix="nats-server-", suffix=".conf")  # mode 0600
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+        return Path(name)
 
     def _open_log(self) -> IO[bytes]:
         if self._log is None:

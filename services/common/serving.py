@@ -14,8 +14,10 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common.config import ConfigError
+from services.common.config import ConfigError, ServerTls, ServiceSettings, is_loopback
 from services.common.grpc_server import RequestInterceptor
+
+log = structlog.get_logger(__name__)
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
@@ -37,11 +39,40 @@ def new_server(
     )
 
 
-def listen(server: grpc.Server, address: str) -> int:
+def server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
+    """TLS credentials of a gRPC port; with ``client_auth="require"``, client certificates
+    signed by the client CA are required and verified during the handshake."""
+    return grpc.ssl_server_credentials(
+        [(tls.private_key, tls.certificate_chain)],
+        root_certificates=tls.client_ca,
+        require_client_auth=tls.client_auth == "require",
+    )
+
+
+def listen(server: grpc.Server, address: str, settings: ServiceSettings) -> int:
+    """Bind ``address``: over TLS when ``settings.tls`` is set, else in plaintext.
+
+    Production refuses plaintext on an address other than loopback unless
+    ``LEDGER_ALLOW_PLAINTEXT`` says a TLS-terminating proxy is in front.
+    """
+    settings.check_transport(address)
     try:
-        return server.add_insecure_port(address)
+        if settings.tls is None:
+            port = server.add_insecure_port(address)
+            if not is_loopback(address):
+                log.warning("grpc.plaintext", address=address, note="no TLS on this address")
+            return port
+        port = server.add_secure_port(address, server_credentials(settings.tls))
     except RuntimeError as exc:
         raise ConfigError(f"cannot listen on {address}: {exc}") from exc
+    log.info(
+        "grpc.tls",
+        address=address,
+        cert_file=str(settings.tls.cert_file),
+        client_auth=settings.tls.client_auth,
+        client_ca_file=str(settings.tls.client_ca_file) if settings.tls.client_ca_file else None,
+    )
+    return port
 
 
 def add_health_and_reflection(

@@ -47,6 +47,7 @@ from nats.js.errors import NotFoundError
 
 from incidentledger.v1 import incident_pb2 as pb
 from services.common.config import RelaySettings, StreamSettings, nats_servers
+from services.common.natsconn import connect_options
 from services.common.sql import Database, open_database, postgres_connect
 from services.ledger.api import convert
 from services.ledger.application import Ledger, StoredIncidentEvent
@@ -464,6 +465,7 @@ class Relay:
             allow_reconnect=False,  # a new session (on any node) re-derives its position
             connect_timeout=2,
             name="incident-ledger-relay",
+            **connect_options(settings.nats),
         )
         reader: NotificationReader | None = None
         try:

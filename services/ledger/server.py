@@ -139,7 +139,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
         AuditServicer(ledger, checkpoints, page_tokens), server
     )
-    port = listen(server, settings.listen)
+    port = listen(server, settings.listen, settings)
     server.start()
     set_serving(health_servicer, SERVICES)
     checkpoints.start()

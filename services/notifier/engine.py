@@ -42,6 +42,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from incidentledger.v1 import incident_pb2 as pb
 from services.common.config import NotifierSettings, nats_servers
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.common.natsconn import connect_options
 from services.ledger.domain.reference import ReferenceData
 from services.notifier.filters import EventFilter
 from services.notifier.store import Job, LogEntry, NewJob, NotifierStore, WebhookRow
@@ -244,6 +245,7 @@ class Engine:
             disconnected_cb=disconnected,
             reconnected_cb=reconnected,
             error_cb=error,
+            **connect_options(self._settings.nats),
         )
         return client
 

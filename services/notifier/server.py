@@ -15,6 +15,7 @@ from services.common.auth import load_or_create_tokens, shared_secret
 from services.common.config import NotifierSettings
 from services.common.grpc_server import RequestInterceptor
 from services.common.metrics import Metrics
+from services.common.natsconn import redact_url
 from services.common.pagetoken import PageTokens
 from services.common.serving import add_health_and_reflection, listen, new_server, set_serving
 from services.common.sql import open_database
@@ -80,7 +81,7 @@ def build(settings: NotifierSettings) -> NotifierServer:
         NotifierServicer(engine, store, reference, PageTokens(secret), deliveries), server
     )
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
-    port = listen(server, settings.listen)
+    port = listen(server, settings.listen, settings)
     server.start()
     set_serving(health_servicer, [SERVICE_NAME])
     log.info(
@@ -88,7 +89,7 @@ def build(settings: NotifierSettings) -> NotifierServer:
         listen=settings.listen,
         port=port,
         metrics_port=metrics_port or None,
-        nats=settings.nats_url,
+        nats=redact_url(settings.nats_url),
         stream=settings.stream.name,
         consumer=settings.consumer,
     )

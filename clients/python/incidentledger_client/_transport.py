@@ -88,20 +88,65 @@ def _read_certificates(
     return Path(tls).read_bytes()
 
 
+def _read_pem(value: str | bytes | Path | None, env_vars: Sequence[str]) -> bytes | None:
+    """PEM bytes, or the file they are in; ``None``: the file named by the first set variable."""
+    if value is None:
+        path = next((os.environ[v] for v in env_vars if os.environ.get(v)), "")
+        return Path(path).read_bytes() if path else None
+    return value if isinstance(value, bytes) else Path(value).read_bytes()
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    """Where a client certificate and its key come from (for mutual TLS).
+
+    ``cert``/``key``: PEM bytes or a path to a PEM file; ``None``: the files named by the
+    first of ``cert_env``/``key_env`` that is set, else no client certificate.
+    """
+
+    cert: str | bytes | Path | None = None
+    key: str | bytes | Path | None = None
+    cert_env: Sequence[str] = ()
+    key_env: Sequence[str] = ()
+
+    def load(self) -> tuple[bytes, bytes] | None:
+        cert, key = _read_pem(self.cert, self.cert_env), _read_pem(self.key, self.key_env)
+        if (cert is None) != (key is None):
+            raise ValueError("a client certificate and its private key go together")
+        return (cert, key) if cert is not None and key is not None else None
+
+
 def make_channel(
     target: str,
     tls: bool | str | bytes | Path | None,
     tls_env: Sequence[str],
     options: Sequence[tuple[str, Any]] = (),
+    client_certificate: ClientCertificate | None = None,
 ) -> grpc.Channel:
-    """A channel to ``target``: TLS when ``tls`` (or the ``tls_env`` CA file) says so."""
-    certificates = _read_certificates(tls, tls_env)
-    if certificates is False:
+    """A channel to ``target``: TLS when ``tls`` (or the ``tls_env`` CA file) says so.
+
+    A client certificate (mutual TLS) turns TLS on (with the system's roots unless a CA is
+    given). ``tls=False`` means plaintext: a client certificate given as an argument is then
+    an error, one named by the environment is not used.
+    """
+    if tls is False:
+        if client_certificate is not None and (
+            client_certificate.cert is not None or client_certificate.key is not None
+        ):
+            raise ValueError("a client certificate needs TLS, but tls=False")
         return grpc.insecure_channel(target, options=list(options))
+    certificates = _read_certificates(tls, tls_env)
+    pair = client_certificate.load() if client_certificate is not None else None
+    if certificates is False:
+        if pair is None:
+            return grpc.insecure_channel(target, options=list(options))
+        certificates = True
     roots = certificates if isinstance(certificates, bytes) else None
-    return grpc.secure_channel(
-        target, grpc.ssl_channel_credentials(root_certificates=roots), options=list(options)
+    key, chain = (pair[1], pair[0]) if pair is not None else (None, None)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=roots, private_key=key, certificate_chain=chain
     )
+    return grpc.secure_channel(target, credentials, options=list(options))
 
 
 class Transport:
@@ -121,6 +166,7 @@ class Transport:
         retry: RetryPolicy,
         channel: grpc.Channel | None,
         options: Sequence[tuple[str, Any]],
+        client_certificate: ClientCertificate | None = None,
     ) -> None:
         self.target = target or os.environ.get(target_env) or default_target
         resolved_token = token if token is not None else os.environ.get(auth_env, "")
@@ -131,7 +177,9 @@ class Transport:
         self.retry = retry
         self._owns_channel = channel is None
         self.channel = (
-            channel if channel is not None else make_channel(self.target, tls, tls_env, options)
+            channel
+            if channel is not None
+            else make_channel(self.target, tls, tls_env, options, client_certificate)
         )
 
     def unary(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:

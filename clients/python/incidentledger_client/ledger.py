@@ -22,7 +22,12 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from incidentledger.v1 import situation_service_pb2 as situation_pb
 from incidentledger.v1 import situation_service_pb2_grpc as situation_grpc
-from incidentledger_client._transport import RetryPolicy, Transport, new_request_id
+from incidentledger_client._transport import (
+    ClientCertificate,
+    RetryPolicy,
+    Transport,
+    new_request_id,
+)
 from incidentledger_client.errors import from_rpc_error
 from incidentledger_client.types import (
     AgencyWorkload,
@@ -79,6 +84,11 @@ class LedgerClient:
     :param tls: ``True`` for TLS with the system's roots, root certificates (PEM bytes, or a
         path to a PEM file) for TLS with those, ``False`` for plaintext; default: TLS with
         the file ``$LEDGER_TLS_CA`` when that is set, plaintext otherwise.
+    :param client_cert: for mutual TLS, the client certificate (PEM bytes or a path);
+        default the file ``$LEDGER_TLS_CLIENT_CERT``. Its subject names the agency (O) and
+        the officer (CN); with it, a token is optional (and must be of the same agency).
+    :param client_key: its private key (PEM bytes or a path; unencrypted); default the file
+        ``$LEDGER_TLS_CLIENT_KEY``.
     :param timeout: the deadline of each attempt of each unary call, in seconds.
     :param retries: how many times UNAVAILABLE and DEADLINE_EXCEEDED are retried (with the
         same request, so the same request_id), with exponential backoff and jitter.
@@ -101,6 +111,8 @@ class LedgerClient:
         token: str | None = None,
         *,
         tls: bool | str | bytes | Path | None = None,
+        client_cert: str | bytes | Path | None = None,
+        client_key: str | bytes | Path | None = None,
         timeout: float = 10.0,
         retries: int = 5,
         retry: RetryPolicy | None = None,
@@ -119,6 +131,12 @@ class LedgerClient:
             retry=retry or RetryPolicy(retries=retries),
             channel=channel,
             options=tuple(options),
+            client_certificate=ClientCertificate(
+                client_cert,
+                client_key,
+                cert_env=("LEDGER_TLS_CLIENT_CERT",),
+                key_env=("LEDGER_TLS_CLIENT_KEY",),
+            ),
         )
         channel = self._transport.channel
         self._ledger = api_grpc.LedgerServiceStub(channel)

@@ -20,7 +20,12 @@ import grpc
 
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
-from incidentledger_client._transport import RetryPolicy, Transport, new_request_id
+from incidentledger_client._transport import (
+    ClientCertificate,
+    RetryPolicy,
+    Transport,
+    new_request_id,
+)
 from incidentledger_client.errors import Unavailable, from_rpc_error, status_code
 from incidentledger_client.ledger import paginate
 from incidentledger_client.types import (
@@ -198,6 +203,10 @@ class NotifierClient:
     :param token: the bearer token (the same as the ledger's); default ``$LEDGER_TOKEN``.
     :param tls: as for :class:`~incidentledger_client.LedgerClient`; default: the CA file
         ``$NOTIFIER_TLS_CA``, else ``$LEDGER_TLS_CA``, else plaintext.
+    :param client_cert: for mutual TLS, as for ``LedgerClient``; default the file
+        ``$NOTIFIER_TLS_CLIENT_CERT``, else ``$LEDGER_TLS_CLIENT_CERT``.
+    :param client_key: its key; default ``$NOTIFIER_TLS_CLIENT_KEY``, else
+        ``$LEDGER_TLS_CLIENT_KEY``.
     :param timeout: deadline of each attempt of each unary call, in seconds.
     :param retries: retries of UNAVAILABLE and DEADLINE_EXCEEDED (backoff with jitter).
 
@@ -212,6 +221,8 @@ class NotifierClient:
         token: str | None = None,
         *,
         tls: bool | str | bytes | Path | None = None,
+        client_cert: str | bytes | Path | None = None,
+        client_key: str | bytes | Path | None = None,
         timeout: float = 10.0,
         retries: int = 5,
         retry: RetryPolicy | None = None,
@@ -230,6 +241,12 @@ class NotifierClient:
             retry=retry or RetryPolicy(retries=retries),
             channel=channel,
             options=tuple(options),
+            client_certificate=ClientCertificate(
+                client_cert,
+                client_key,
+                cert_env=("NOTIFIER_TLS_CLIENT_CERT", "LEDGER_TLS_CLIENT_CERT"),
+                key_env=("NOTIFIER_TLS_CLIENT_KEY", "LEDGER_TLS_CLIENT_KEY"),
+            ),
         )
         self._stub = napi_grpc.NotifierServiceStub(self._transport.channel)
 

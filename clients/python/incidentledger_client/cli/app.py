@@ -109,7 +109,12 @@ class State:
         if self._ledger is None:
             settings = self._settings()
             self._ledger = LedgerClient(
-                settings.address, settings.token or None, timeout=settings.timeout
+                settings.address,
+                settings.token or None,
+                tls=settings.tls_ca,
+                client_cert=settings.tls_cert,
+                client_key=settings.tls_key,
+                timeout=settings.timeout,
             )
         return self._ledger
 
@@ -119,6 +124,9 @@ class State:
             self._notifier = NotifierClient(
                 settings.notifier_address,
                 settings.token or None,
+                tls=settings.tls_ca,
+                client_cert=settings.tls_cert,
+                client_key=settings.tls_key,
                 timeout=settings.timeout,
             )
         return self._notifier
@@ -168,6 +176,20 @@ def root(
         typer.Option("--config", help="TOML config file (default ~/.config/ledgerctl.toml)."),
     ] = None,
     timeout: Annotated[float | None, typer.Option(help="Deadline of each call, seconds.")] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(help="TLS: verify the servers with this CA file (env LEDGER_TLS_CA)."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="Mutual TLS: client certificate, O = agency (env LEDGER_TLS_CLIENT_CERT)."
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(help="Mutual TLS: the certificate's key (env LEDGER_TLS_CLIENT_KEY)."),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Machine-readable JSON on stdout.")
     ] = False,
@@ -181,6 +203,9 @@ def root(
         tokens_file=tokens_file,
         config=config_file,
         timeout=timeout,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     ctx.obj = State(settings=settings, as_json=as_json)
     ctx.call_on_close(ctx.obj.close)

@@ -1,0 +1,213 @@
+"""The relay and the notifier against a real nats-server that requires TLS and a password."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import nats
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from incidentledger.v1 import incident_pb2 as pb
+from incidentledger.v1 import notifier_service_pb2 as napi
+from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
+from services.common.config import NatsClientSettings, RelaySettings
+from services.common.natsconn import connect_options
+from services.common.natsserver import NatsServer, NatsServerTls
+from services.notifier.server import build as build_notifier
+from tests.fanout_support import Subscriber, notifier_settings, wait_until
+from tests.integration.test_fanout import process_env
+from tests.support import (
+    ServiceProcess,
+    running_ledger,
+    service_process,
+    settings_for,
+    store_environment,
+)
+from tests.tls_support import CertificateAuthority
+
+pytestmark = pytest.mark.nats
+
+USER = "ledger-services"
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> CertificateAuthority:
+    return CertificateAuthority(tmp_path / "pki")
+
+
+@pytest.fixture
+def password() -> str:
+    return secrets.token_urlsafe(24)
+
+
+@pytest.fixture
+def secured_nats(tmp_path: Path, ca: CertificateAuthority, password: str) -> Iterator[NatsServer]:
+    """A nats-server that requires TLS (server certificate of the test CA) and a password."""
+    server_cert = ca.server("nats")
+    server = NatsServer(
+        tmp_path / "nats",
+        log_file=tmp_path / "nats-server.log",
+        tls=NatsServerTls(server_cert.cert_file, server_cert.key_file),
+        user=USER,
+        password=password,
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_events_flow_through_a_nats_server_with_tls_and_a_password(
+    tmp_path: Path, ca: CertificateAuthority, password: str, secured_nats: NatsServer
+) -> None:
+    nats_settings = NatsClientSettings(tls_ca_file=ca.ca_file, user=USER, password=password)
+    relay = RelaySettings(nats_url=secured_nats.url, nats=nats_settings, poll_seconds=0.2)
+    with (
+        store_environment("sqlite", tmp_path) as env,
+        running_ledger(settings_for(tmp_path, env, relay=relay)) as ledger,
+    ):
+        notifier = build_notifier(notifier_settings(tmp_path, secured_nats.url, nats=nats_settings))
+        channel = grpc.insecure_channel(f"127.0.0.1:{notifier.port}")
+        subscriber = Subscriber(
+            napi_grpc.NotifierServiceStub(channel),
+            ledger.md("bpbd"),
+            napi.SubscribeRequest(filter=napi.EventFilter(kecamatan=["air_manjunto"])),
+        )
+        try:
+            subscriber.wait_started()
+            result = ledger.report(
+                "bpbd", category="flood", location=pb.Location(kecamatan="air_manjunto")
+            )
+            subscriber.wait_for(1)
+            received = subscriber.notifications[0].notification
+            assert received.event.event_id == result.event_id
+            assert ledger.server.relay is not None
+            assert ledger.server.relay.status.connected
+        finally:
+            subscriber.close()
+            channel.close()
+            notifier.stop(1.0)
+
+    # Without the password, or without TLS, the server lets nobody in.
+    async def refused(settings: NatsClientSettings) -> Exception:
+        with pytest.raises(Exception) as failure:
+            await nats.connect(
+                secured_nats.url,
+                allow_reconnect=False,
+                connect_timeout=2,
+                **connect_options(settings),
+            )
+        return failure.value
+
+    asyncio.run(refused(NatsClientSettings(tls_ca_file=ca.ca_file)))
+    asyncio.run(refused(NatsClientSettings(tls_ca_file=ca.ca_file, user=USER, password="nope")))
+
+
+def relay_status(service: ServiceProcess) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        return int(
+            health_pb2_grpc.HealthStub(channel)
+            .Check(health_pb2.HealthCheckRequest(service="relay"), timeout=5)
+            .status
+        )
+
+
+def logged(service: ServiceProcess, event: str) -> bool:
+    return any(line.get("event") == event for line in service.log_lines())
+
+
+def test_a_wrong_password_leaves_the_relay_disconnected_and_no_secret_in_the_logs(
+    tmp_path: Path, ca: CertificateAuthority, password: str, secured_nats: NatsServer
+) -> None:
+    wrong = f"wrong-{secrets.token_urlsafe(16)}"
+    (tmp_path / "secrets").mkdir()
+    password_file = tmp_path / "secrets" / "nats-password"
+    password_file.write_text(wrong + "\n")
+    password_file.chmod(0o600)
+    env = {
+        **process_env(tmp_path, {}, secured_nats.url),
+        "LEDGER_LOG_LEVEL_CHILD": "DEBUG",
+        "NATS_TLS_CA_FILE": str(ca.ca_file),
+        "NATS_USER": USER,
+        "NATS_PASSWORD_FILE": str(password_file),
+    }
+    # The notifier gets the wrong password in the URL itself, which it must not log either.
+    host_port = secured_nats.url.removeprefix("nats://")
+    notifier_env = {
+        **{k: v for k, v in env.items() if not k.startswith("NATS_")},
+        "NATS_TLS_CA_FILE": str(ca.ca_file),
+        "NATS_URL": f"nats://{USER}:{wrong}@{host_port}",
+    }
+    with (
+        service_process("services.ledger", env) as ledger,
+        service_process("services.notifier", notifier_env) as notifier,
+    ):
+        wait_until(lambda: logged(ledger, "relay.session_failed"), what="a refused relay")
+        wait_until(lambda: logged(notifier, "notifier.nats_error"), what="a refused notifier")
+        assert relay_status(ledger) == health_pb2.HealthCheckResponse.NOT_SERVING
+        failures = [
+            line for line in ledger.log_lines() if line.get("event") == "relay.session_failed"
+        ]
+        assert "Authorization Violation" in str(failures[0]["error"])
+        started = next(
+            line for line in notifier.log_lines() if line.get("event") == "notifier.started"
+        )
+        assert started["nats"] == f"nats://{USER}:***@{host_port}"
+    for service in (ledger, notifier):
+        text = service.log_path.read_text()
+        assert wrong not in text, f"{service.module} logged the password"
+        assert password not in text
+
+
+def test_client_certificates_and_the_tls_handshake_first_with_nats(
+    tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    server_cert, client = ca.server("nats"), ca.client("ledger", "relay")
+    token = secrets.token_urlsafe(16)
+    server = NatsServer(
+        tmp_path / "nats",
+        tls=NatsServerTls(
+            server_cert.cert_file, server_cert.key_file, ca_file=ca.ca_file, handshake_first=True
+        ),
+        token=token,
+    )
+    with server:
+
+        async def connects(settings: NatsClientSettings) -> bool:
+            try:
+                client = await nats.connect(
+                    server.url,
+                    allow_reconnect=False,
+                    connect_timeout=2,
+                    **connect_options(settings),
+                )
+            except Exception:
+                return False
+            await client.close()
+            return True
+
+        full = NatsClientSettings(
+            tls_ca_file=ca.ca_file,
+            tls_cert_file=client.cert_file,
+            tls_key_file=client.key_file,
+            tls_handshake_first=True,
+            token=token,
+        )
+        assert asyncio.run(connects(full))
+        without_certificate = NatsClientSettings(
+            tls_ca_file=ca.ca_file, tls_handshake_first=True, token=token
+        )
+        assert not asyncio.run(connects(without_certificate))
+        late_handshake = NatsClientSettings(
+            tls_ca_file=ca.ca_file,
+            tls_cert_file=client.cert_file,
+            tls_key_file=client.key_file,
+            token=token,
+        )
+        assert not asyncio.run(connects(late_handshake))

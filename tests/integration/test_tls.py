@@ -1,0 +1,190 @@
+"""The ledger's gRPC port over TLS and mutual TLS, with certificates made by the test."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from incidentledger.v1 import incident_pb2 as pb
+from incidentledger.v1 import ledger_service_pb2 as api
+from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
+from incidentledger_client import LedgerClient
+from incidentledger_client.cli import main as ledgerctl
+from services.common.config import ServerTls
+from services.common.grpc_errors import error_info
+from tests.integration.test_ledgerctl import without_server_log
+from tests.support import Client, rid, running_ledger, settings_for, store_environment
+from tests.tls_support import CertificateAuthority, Issued
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> CertificateAuthority:
+    return CertificateAuthority(tmp_path / "pki")
+
+
+@contextmanager
+def tls_ledger(tmp_path: Path, tls: ServerTls) -> Iterator[Client]:
+    with (
+        store_environment("popo", tmp_path) as env,
+        running_ledger(settings_for(tmp_path, env, tls=tls)) as client,
+    ):
+        yield client
+
+
+def secure_stub(
+    ledger: Client, roots: Path, client: Issued | None = None
+) -> tuple[grpc.Channel, api_grpc.LedgerServiceStub]:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=roots.read_bytes(),
+        private_key=client.key_pem if client else None,
+        certificate_chain=client.cert_pem if client else None,
+    )
+    channel = grpc.secure_channel(f"localhost:{ledger.server.port}", credentials)
+    return channel, api_grpc.LedgerServiceStub(channel)
+
+
+def report_request(title: str = "Rally at the square") -> api.ReportIncidentRequest:
+    return api.ReportIncidentRequest(
+        request_id=rid(),
+        title=title,
+        category="crowd_gathering",
+        location=pb.Location(kecamatan="kota_mukomuko"),
+    )
+
+
+def reason(error: grpc.RpcError) -> str:
+    info = error_info(error)  # type: ignore[arg-type]
+    assert info is not None, "every error carries an ErrorInfo"
+    return str(info.reason)
+
+
+def test_server_tls_refuses_plaintext_and_serves_a_tls_client_with_a_token(
+    tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    server = ca.server()
+    with tls_ledger(tmp_path, ServerTls.load(server.cert_file, server.key_file)) as ledger:
+        with grpc.insecure_channel(f"127.0.0.1:{ledger.server.port}") as plain:
+            with pytest.raises(grpc.RpcError) as refused:
+                api_grpc.LedgerServiceStub(plain).ReportIncident(
+                    report_request(), metadata=ledger.md("kesbangpol"), timeout=5
+                )
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        channel, stub = secure_stub(ledger, ca.ca_file)
+        with channel:
+            result = stub.ReportIncident(
+                report_request(), metadata=ledger.md("kesbangpol"), timeout=10
+            ).result
+            assert result.version == 1
+            # Without a token and without a client certificate: who is it?
+            with pytest.raises(grpc.RpcError) as anonymous:
+                stub.ReportIncident(report_request(), timeout=10)
+            assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            # Health checking needs no credentials, over TLS too.
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=10
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+        # A client that trusts another CA does not accept this server.
+        other = CertificateAuthority(tmp_path / "other", "Other CA")
+        channel, stub = secure_stub(ledger, other.ca_file)
+        with channel, pytest.raises(grpc.RpcError) as untrusted:
+            stub.ReportIncident(report_request(), metadata=ledger.md("kesbangpol"), timeout=5)
+        assert untrusted.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mutual_tls_the_certificate_names_the_agency(
+    tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    server = ca.server()
+    tls = ServerTls.load(server.cert_file, server.key_file, ca.ca_file, "require")
+    polres = ca.client("polres", "aiptu.rahman")
+    with tls_ledger(tmp_path, tls) as ledger:
+        channel, stub = secure_stub(ledger, ca.ca_file, polres)
+        with channel:
+            # A certificate and no token: the certificate is the credential.
+            result = stub.ReportIncident(report_request(), timeout=10).result
+            events = stub.ListIncidentEvents(
+                api.ListIncidentEventsRequest(parent=result.incident), timeout=10
+            ).events
+            assert [(e.actor.agency, e.actor.officer) for e in events] == [
+                ("polres", "aiptu.rahman")
+            ]
+            # A token of the same agency: allowed; its officer is recorded.
+            stub.ReportIncident(report_request(), metadata=ledger.md("polres"), timeout=10)
+            # A token of another agency with this certificate: refused.
+            with pytest.raises(grpc.RpcError) as mismatch:
+                stub.ReportIncident(report_request(), metadata=ledger.md("kpu"), timeout=10)
+            assert mismatch.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert reason(mismatch.value) == "CREDENTIALS_MISMATCH"
+
+        # A certificate of the right CA for an agency the reference data does not know.
+        stranger = ca.client("not_an_agency", "someone")
+        channel, stub = secure_stub(ledger, ca.ca_file, stranger)
+        with channel, pytest.raises(grpc.RpcError) as unknown:
+            stub.ReportIncident(report_request(), timeout=10)
+        assert unknown.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert reason(unknown.value) == "CERTIFICATE_AGENCY_UNKNOWN"
+
+        # No client certificate at all: the handshake fails (a token does not help).
+        channel, stub = secure_stub(ledger, ca.ca_file)
+        with channel, pytest.raises(grpc.RpcError) as missing:
+            stub.ReportIncident(report_request(), metadata=ledger.md("polres"), timeout=5)
+        assert missing.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        # A certificate for "polres" signed by a CA the server does not trust.
+        forger = CertificateAuthority(tmp_path / "forger", "Forger CA")
+        forged = forger.client("polres", "aiptu.rahman")
+        channel, stub = secure_stub(ledger, ca.ca_file, forged)
+        with channel, pytest.raises(grpc.RpcError) as refused:
+            stub.ReportIncident(report_request(), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_client_library_and_ledgerctl_speak_mutual_tls(
+    tmp_path: Path, ca: CertificateAuthority, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = ca.server()
+    tls = ServerTls.load(server.cert_file, server.key_file, ca.ca_file, "require")
+    bpbd = ca.client("bpbd", "ops.desk")
+    with tls_ledger(tmp_path, tls) as ledger:
+        target = f"localhost:{ledger.server.port}"
+        with LedgerClient(
+            target,
+            tls=ca.ca_file,
+            client_cert=bpbd.cert_file,
+            client_key=bpbd.key_file,
+            retries=0,
+        ) as client:
+            result = client.report("Flood warning", "flood", "air_manjunto")
+            reporter = client.get_incident(result.incident).reporter
+            assert (reporter.agency, reporter.officer) == ("bpbd", "ops.desk")
+
+        capsys.readouterr()
+        code = ledgerctl(
+            [
+                "--address",
+                target,
+                "--tls-ca",
+                str(ca.ca_file),
+                "--tls-cert",
+                str(bpbd.cert_file),
+                "--tls-key",
+                str(bpbd.key_file),
+                "--json",
+                "report",
+                "River rising",
+                "flood",
+                "air_manjunto",
+            ]
+        )
+        out = without_server_log(capsys.readouterr().out)
+        assert code == 0, out
+        assert json.loads(out)["version"] == 1
