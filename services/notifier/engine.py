@@ -54,6 +54,9 @@ SIGNATURE_HEADER = "X-Ledger-Signature"
 CURSOR_PREFIX = "v1."
 BATCH = 256  # messages handed to a live subscriber's thread at once
 PENDING_LIMIT = 20_000  # buffered per live subscriber before the client library drops
+CONSUMER_INFO_SECONDS = 5.0  # how often the durable consumer's backlog is read (metrics)
+
+DeliveryCounter = Callable[[str, str], None]  # (channel, outcome), as in the delivery log
 
 
 def encode_cursor(stream_seq: int) -> str:
@@ -93,6 +96,15 @@ class Webhook:
     filter: EventFilter
 
 
+@dataclass
+class EngineStatus:
+    """What the metrics read; written on the engine's loop."""
+
+    nats_connected: bool = False
+    consumer_pending: int | None = None  # stream messages not yet delivered to the consumer
+    consumer_ack_pending: int | None = None  # delivered, not yet acknowledged
+
+
 class LiveSubscription:
     """One gRPC subscriber's ordered consumer; its methods are called from the gRPC thread."""
 
@@ -100,6 +112,7 @@ class LiveSubscription:
         self._engine = engine
         self._sub = sub
         self.cursor_seq = start_seq - 1
+        engine.live.add(self)
 
     def next_batch(self, timeout: float) -> list[tuple[int, pb.EventNotification]]:
         """The messages waiting (at least one), as (stream sequence, notification), or
@@ -127,6 +140,7 @@ class LiveSubscription:
         return msgs
 
     def close(self) -> None:
+        self._engine.live.discard(self)
         if not self._engine.running:
             return  # the engine closed the connection, and with it this consumer
         try:
@@ -137,9 +151,14 @@ class LiveSubscription:
 
 class Engine:
     def __init__(
-        self, settings: NotifierSettings, store: NotifierStore, reference: ReferenceData
+        self,
+        settings: NotifierSettings,
+        store: NotifierStore,
+        reference: ReferenceData,
+        count_delivery: DeliveryCounter | None = None,
     ) -> None:
         self._settings = settings
+        self._count_delivery = count_delivery
         self._store = store
         self._reference = reference
         self._loop = asyncio.new_event_loop()
@@ -158,6 +177,8 @@ class Engine:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._slow_consumer_drops = 0
         self.consumer_ready = threading.Event()
+        self.status = EngineStatus()
+        self.live: set[LiveSubscription] = set()  # open live subscriptions
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -219,14 +240,17 @@ class Engine:
         async with self._connect_lock:
             if self._js is None:
                 self._nc = await self._connect()
+                self.status.nats_connected = self._nc.is_connected
                 self._js = self._nc.jetstream(timeout=5)
             return self._js
 
     async def _connect(self) -> NatsClient:
         async def disconnected() -> None:
+            self.status.nats_connected = False
             log.warning("notifier.nats_disconnected")
 
         async def reconnected() -> None:
+            self.status.nats_connected = True
             log.info("notifier.nats_reconnected")
 
         async def error(exc: Exception) -> None:
@@ -308,7 +332,13 @@ class Engine:
         )
         self.consumer_ready.set()
         log.info("notifier.consuming", stream=settings.stream.name, consumer=settings.consumer)
+        info_at = 0.0
         while not self._stopping:
+            if time.monotonic() - info_at >= CONSUMER_INFO_SECONDS:
+                info = await psub.consumer_info()
+                self.status.consumer_pending = info.num_pending
+                self.status.consumer_ack_pending = info.num_ack_pending
+                info_at = time.monotonic()
             try:
                 msgs = await psub.fetch(100, timeout=1)
             except nats.errors.TimeoutError:
@@ -431,6 +461,7 @@ class Engine:
             retry_at=retry_at,
             entry=entry,
         )
+        self.count_delivery("webhook", outcome)
         if outcome != "delivered":
             log.info(
                 "webhook.delivery_failed",
@@ -439,6 +470,11 @@ class Engine:
                 outcome=outcome,
                 error=error,
             )
+
+    def count_delivery(self, channel: str, outcome: str) -> None:
+        """A delivery's outcome was decided (and recorded)."""
+        if self._count_delivery is not None:
+            self._count_delivery(channel, outcome)
 
     def wake_delivery(self) -> None:
         if self._wake_delivery is not None:
