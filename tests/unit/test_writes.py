@@ -87,7 +87,8 @@ def test_a_failing_observer_does_not_fail_the_commit() -> None:
 
     committer = GroupCommitter(saver, on_recorded=observer)
     thing = Thing()
-    assert committer.save(thing.collect_events()) == [f"recorded {thing.id}"]
+    recordings: list[Any] = committer.save(thing.collect_events())
+    assert recordings == [f"recorded {thing.id}"]
     committer.close()
 
 
