@@ -198,11 +198,16 @@ def notifier_settings(tmp_path: Path, nats_url: str, **overrides: Any) -> Notifi
 
 @contextmanager
 def running_stack(
-    tmp_path: Path, store_env: dict[str, str], nats_url: str, **notifier: Any
+    tmp_path: Path,
+    store_env: dict[str, str],
+    nats_url: str,
+    ledger_overrides: dict[str, Any] | None = None,
+    **notifier: Any,
 ) -> Iterator[Stack]:
     """The ledger (with its relay) and the notifier, in this process, on free ports."""
     relay = RelaySettings(nats_url=nats_url, poll_seconds=0.2)
-    with running_ledger(settings_for(tmp_path, store_env, relay=relay)) as ledger:
+    ledger_settings = settings_for(tmp_path, store_env, relay=relay, **(ledger_overrides or {}))
+    with running_ledger(ledger_settings) as ledger:
         server = build_notifier(notifier_settings(tmp_path, nats_url, **notifier))
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
         try:

@@ -1,35 +1,58 @@
 """Prometheus metrics, on an HTTP port of their own (off unless a listen address is set).
 
 Each service has its own registry (no process-global state). Request counts and
-latencies come from the request interceptor; everything that is a state rather
-than an event (lags, positions, connections) is read when Prometheus scrapes,
-from callbacks the service registers.
+latencies come from the request interceptor; other events (events appended,
+deliveries) are counters the service increments where they happen; everything
+that is a state rather than an event (lags, positions, connections) is read when
+Prometheus scrapes, from callbacks the service registers. The names, types and
+labels of every metric are listed in the README ("Metrics").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from wsgiref.simple_server import WSGIServer
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from services.common.config import ConfigError
 
+log = structlog.get_logger(__name__)
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
+Read = Callable[[], float | None]
 
-class _Gauges(Collector):
+
+class _Readings(Collector):
+    """Values read at scrape time: gauges, and counters kept by the service itself."""
+
     def __init__(self) -> None:
-        self._gauges: list[tuple[str, str, Callable[[], float]]] = []
+        self._readings: list[tuple[str, str, Read, bool]] = []
 
-    def add(self, name: str, documentation: str, read: Callable[[], float]) -> None:
-        self._gauges.append((name, documentation, read))
+    def add(self, name: str, documentation: str, read: Read, *, counter: bool = False) -> None:
+        self._readings.append((name, documentation, read, counter))
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        for name, documentation, read in self._gauges:
-            yield GaugeMetricFamily(name, documentation, value=read())
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        for name, documentation, read, counter in self._readings:
+            family = (
+                CounterMetricFamily(name, documentation)
+                if counter
+                else GaugeMetricFamily(name, documentation)
+            )
+            try:
+                value = read()
+            except Exception as exc:  # one unreadable value must not fail the whole scrape
+                log.warning(
+                    "metrics.read_failed", metric=name, error=f"{type(exc).__name__}: {exc}"
+                )
+                value = None
+            if value is not None:
+                family.add_metric([], value)
+            yield family
 
 
 class Metrics:
@@ -43,22 +66,30 @@ class Metrics:
         )
         self.latency = Histogram(
             f"{service}_request_seconds",
-            "gRPC request latency by method",
-            ["method"],
+            "gRPC request latency by method and status",
+            ["method", "status"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self._gauges = _Gauges()
-        self.registry.register(self._gauges)
+        self._readings = _Readings()
+        self.registry.register(self._readings)
         self._server: WSGIServer | None = None
 
-    def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
-        """A value read at each scrape."""
-        self._gauges.add(name, documentation, read)
+    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
+        """A counter of this service's registry (exposed as ``<name>_total``)."""
+        return Counter(name, documentation, list(labels), registry=self.registry)
+
+    def gauge(self, name: str, documentation: str, read: Read) -> None:
+        """A value read at each scrape; ``None`` (or a failed read) leaves the sample out."""
+        self._readings.add(name, documentation, read)
+
+    def counter_reading(self, name: str, documentation: str, read: Read) -> None:
+        """A counter the service keeps itself, read at each scrape (``<name>_total``)."""
+        self._readings.add(name, documentation, read, counter=True)
 
     def observe(self, method: str, status: str, seconds: float) -> None:
         self.requests.labels(method, status).inc()
-        self.latency.labels(method).observe(seconds)
+        self.latency.labels(method, status).observe(seconds)
 
     def serve(self, listen: str) -> int:
         """Serve /metrics on ``host:port``; returns the port (``:0`` picks a free one)."""

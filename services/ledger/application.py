@@ -11,7 +11,7 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +20,7 @@ from uuid import UUID, uuid4
 
 import structlog
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, Recording
 from eventsourcing.utils import get_topic
 
 from services.common.errors import (
@@ -98,15 +98,27 @@ class Ledger(Application[UUID]):
         # Events are stored straight through the event store: Application.save()
         # would only add costly runtime protocol checks on this path.
         self._commit_listeners: list[Callable[[], None]] = []
-        self._committer = GroupCommitter(self.events.put, after_commit=self._committed)
+        self._record_listeners: list[Callable[[Sequence[Recording[UUID]]], None]] = []
+        self._committer = GroupCommitter(
+            self.events.put, after_commit=self._committed, on_recorded=self._recorded
+        )
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (in the committing thread) after each commit."""
         self._commit_listeners.append(listener)
 
+    def add_record_listener(self, listener: Callable[[Sequence[Recording[UUID]]], None]) -> None:
+        """Call ``listener`` (in the committing thread) with the events of each commit,
+        once they are stored and before their commands answer."""
+        self._record_listeners.append(listener)
+
     def _committed(self) -> None:
         for listener in self._commit_listeners:
             listener()
+
+    def _recorded(self, recordings: Sequence[Recording[UUID]]) -> None:
+        for listener in self._record_listeners:
+            listener(recordings)
 
     def close(self) -> None:
         self._committer.close()

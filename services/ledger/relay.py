@@ -31,6 +31,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -366,8 +367,15 @@ class RelayStatus:
     leader: bool = False
     connected: bool = False
     position: int = 0
+    position_known: bool = False  # derived from the stream at least once since start
     published: int = 0
     last_error: str = ""
+
+
+@dataclass(frozen=True)
+class RelayLag:
+    events: int  # incident events recorded after the published position
+    seconds: float  # age of the oldest of them (0 when there is none)
 
 
 class Relay:
@@ -422,6 +430,25 @@ class Relay:
         if self._tracking is not None:
             self._tracking.close()
 
+    def lag(self) -> RelayLag | None:
+        """What is recorded but not yet published, read from the store; ``None`` unless
+        this relay leads and knows its position (another replica's relay publishes)."""
+        status = self.status
+        if not (status.leader and status.position_known):
+            return None
+        position = status.position
+        events = self._ledger.positions.count_after(position, self._topics)
+        if not events:
+            return RelayLag(0, 0.0)
+        oldest = self._ledger.recorder.select_notifications(
+            position, 1, topics=self._topics, inclusive_of_start=False
+        )
+        seconds = 0.0
+        event = self._ledger.mapper.to_domain_event(oldest[0]) if oldest else None
+        if isinstance(event, Incident.Event):
+            seconds = max(0.0, (datetime.now(UTC) - event.timestamp).total_seconds())
+        return RelayLag(events, seconds)
+
     # -- the relay thread
 
     def _run(self) -> None:
@@ -474,10 +501,13 @@ class Relay:
             position = await self._start_position(js)
             self.status.connected = True
             self.status.position = position
+            self.status.position_known = True
             self._on_health(True)
             log.info("relay.publishing", stream=settings.stream.name, after=position)
             reader = await asyncio.to_thread(self._reader, position)
             while not self._stopping.is_set():
+                if not nc.is_connected:  # noticed while idle, not only at the next publish
+                    raise ConnectionError("the connection to NATS was lost")
                 if not await asyncio.to_thread(self._leader.still_held):
                     log.warning("relay.leadership_lost")
                     self.status.leader = False

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import threading
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import UUID
 
 import grpc
 import structlog
+from eventsourcing.persistence import Recording
 from grpc_health.v1 import health, health_pb2
 
 from incidentledger.v1 import (
@@ -29,10 +33,11 @@ from services.ledger.api.servicer import LedgerServicer
 from services.ledger.api.situation_servicer import SituationServicer
 from services.ledger.application import Ledger
 from services.ledger.audit import Checkpoints, load_signing_key
+from services.ledger.domain.incident import Incident
 from services.ledger.domain.reference import ReferenceData
 from services.ledger.projections import Projections
 from services.ledger.read_model import ReadModel
-from services.ledger.relay import Relay
+from services.ledger.relay import Relay, RelayLag
 
 log = structlog.get_logger(__name__)
 
@@ -116,7 +121,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
     )
     health_servicer = add_health_and_reflection(server, SERVICES)
     relay = start_relay(settings, ledger, health_servicer)
-    register_gauges(metrics, ledger, projections, relay)
+    register_metrics(metrics, ledger, projections, relay)
     metrics_port = metrics.serve(settings.metrics_listen) if settings.metrics_listen else 0
     checkpoints = Checkpoints(
         ledger.recorder,
@@ -165,10 +170,25 @@ def build(settings: LedgerSettings) -> LedgerServer:
     )
 
 
-def register_gauges(
+def register_metrics(
     metrics: Metrics, ledger: Ledger, projections: Projections, relay: Relay | None
 ) -> None:
-    """Positions and lags, read at each scrape."""
+    """Events appended (counted as they are committed); positions, lags and the relay's
+    state (read at each scrape). The README's "Metrics" lists them all."""
+    appended = metrics.counter(
+        "ledger_events_appended", "incident events appended to the ledger, by type", ["type"]
+    )
+
+    def count_appended(recordings: Sequence[Recording[UUID]]) -> None:
+        types = Counter(
+            type(r.domain_event).__name__
+            for r in recordings
+            if isinstance(r.domain_event, Incident.Event)
+        )
+        for name, count in types.items():
+            appended.labels(name).inc(count)
+
+    ledger.add_record_listener(count_appended)
 
     def ledger_position() -> float:
         return float(ledger.recorder.max_notification_id() or 0)
@@ -189,28 +209,43 @@ def register_gauges(
         "age of the oldest event the projections have not applied",
         lambda: projections.lag().seconds,
     )
-    if relay is not None:
-        status = relay.status
-        metrics.gauge(
-            "ledger_relay_position",
-            "the last position published to NATS",
-            lambda: float(status.position),
-        )
-        metrics.gauge(
-            "ledger_relay_lag_events",
-            "positions recorded but not yet published",
-            lambda: max(0.0, ledger_position() - status.position),
-        )
-        metrics.gauge(
-            "ledger_relay_connected",
-            "1 while the relay is connected to NATS and leading",
-            lambda: 1.0 if status.connected else 0.0,
-        )
-        metrics.gauge(
-            "ledger_relay_published",
-            "events published since start",
-            lambda: float(status.published),
-        )
+    if relay is None:
+        return
+    status = relay.status
+
+    def relay_lag() -> RelayLag | None:
+        return relay.lag()
+
+    metrics.gauge(
+        "ledger_relay_position",
+        "the last position this relay published to NATS",
+        lambda: float(status.position),
+    )
+    metrics.gauge(
+        "ledger_relay_lag_events",
+        "incident events recorded but not yet published (leading replica only)",
+        lambda: None if (lag := relay_lag()) is None else float(lag.events),
+    )
+    metrics.gauge(
+        "ledger_relay_lag_seconds",
+        "age of the oldest incident event not yet published (leading replica only)",
+        lambda: None if (lag := relay_lag()) is None else lag.seconds,
+    )
+    metrics.gauge(
+        "ledger_relay_leader",
+        "1 while this replica's relay holds the publishing lock",
+        lambda: 1.0 if status.leader else 0.0,
+    )
+    metrics.gauge(
+        "ledger_relay_connected",
+        "1 while this replica's relay is connected to NATS (only the leader connects)",
+        lambda: 1.0 if status.connected else 0.0,
+    )
+    metrics.counter_reading(
+        "ledger_relay_published",
+        "events this relay published to NATS since the process started",
+        lambda: float(status.published),
+    )
 
 
 def start_relay(

@@ -3,11 +3,13 @@
 The library records each event's global position (notification id) but only
 hands it back at save time. An idempotent retry must return the original
 position, and an incident's history is shown with positions, so this adapter
-looks them up, per backend, by (originator id, version).
+looks them up, per backend, by (originator id, version). It also counts the
+events of some topics recorded after a position (a backlog, for metrics).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from uuid import UUID
 
 from eventsourcing.persistence import ApplicationRecorder
@@ -62,3 +64,37 @@ class EventPositions:
                 if n.originator_id == originator_id and gt < n.originator_version <= upper:
                     found[n.originator_version] = n.id
             start = batch[-1].id
+
+    def count_after(self, position: int, topics: Sequence[str]) -> int:
+        """How many events of these topics were recorded after ``position``."""
+        recorder = self._recorder
+        if isinstance(recorder, SQLiteApplicationRecorder):
+            marks = ",".join("?" * len(topics))
+            statement = (
+                f"SELECT COUNT(*) FROM {recorder.events_table_name} "  # noqa: S608
+                f"WHERE rowid>? AND topic IN ({marks})"
+            )
+            with recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(statement, (position, *topics))
+                return int(cursor.fetchone()[0])
+        if isinstance(recorder, PostgresApplicationRecorder):
+            query = SQL(
+                "SELECT COUNT(*) AS n FROM {schema}.{table} "
+                "WHERE notification_id>%s AND topic = ANY(%s)"
+            ).format(
+                schema=Identifier(recorder.datastore.schema),
+                table=Identifier(recorder.events_table_name),
+            )
+            with recorder.datastore.transaction(commit=False) as curs:
+                curs.execute(query, (position, list(topics)))
+                row = curs.fetchone()
+                return int(row["n"]) if row else 0
+        count = 0
+        while True:  # in-memory store (tests): walk the notification log
+            batch = recorder.select_notifications(
+                position, 1000, topics=topics, inclusive_of_start=False
+            )
+            if not batch:
+                return count
+            count += len(batch)
+            position = batch[-1].id

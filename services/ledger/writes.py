@@ -24,6 +24,7 @@ log = structlog.get_logger(__name__)
 
 Event = DomainEventProtocol[UUID]
 Put = Callable[[Sequence[Event]], list[Recording[UUID]]]
+Recorded = Callable[[Sequence[Recording[UUID]]], None]
 
 
 class _Pending:
@@ -60,14 +61,21 @@ class _Pending:
 class GroupCommitter:
     """Stores the new events of concurrent commands together, in one transaction.
 
-    ``put`` stores a list of events atomically (the event store's ``put``).
+    ``put`` stores a list of events atomically (the event store's ``put``);
+    ``on_recorded`` is called with what each successful ``put`` recorded.
     """
 
     def __init__(
-        self, put: Put, *, max_batch: int = 256, after_commit: Callable[[], None] | None = None
+        self,
+        put: Put,
+        *,
+        max_batch: int = 256,
+        after_commit: Callable[[], None] | None = None,
+        on_recorded: Recorded | None = None,
     ) -> None:
         self._put = put
         self._after_commit = after_commit
+        self._on_recorded = on_recorded
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ledger-commit", daemon=True)
@@ -109,6 +117,7 @@ class GroupCommitter:
             except Exception:  # each command is then saved alone, to get its own outcome
                 log.debug("commit.batch_failed", size=len(batch))
             else:
+                self._recorded(recordings)
                 start = 0
                 for pending in batch:
                     end = start + len(pending.events)
@@ -117,9 +126,20 @@ class GroupCommitter:
                 return
         for pending in batch:
             try:
-                pending.set_result(self._put(pending.events))
+                recordings = self._put(pending.events)
             except Exception as exc:  # handed to the waiting command, which raises it
                 pending.set_exception(exc)
+            else:
+                self._recorded(recordings)
+                pending.set_result(recordings)
+
+    def _recorded(self, recordings: list[Recording[UUID]]) -> None:
+        if self._on_recorded is None:
+            return
+        try:
+            self._on_recorded(recordings)
+        except Exception:  # an observer's failure must not fail a commit that succeeded
+            log.exception("commit.observer_failed")
 
 
 class AggregateCache:

@@ -55,6 +55,9 @@ SIGNATURE_HEADER = "X-Ledger-Signature"
 CURSOR_PREFIX = "v1."
 BATCH = 256  # messages handed to a live subscriber's thread at once
 PENDING_LIMIT = 20_000  # buffered per live subscriber before the client library drops
+CONSUMER_INFO_SECONDS = 5.0  # how often the durable consumer's backlog is read (metrics)
+
+DeliveryCounter = Callable[[str, str], None]  # (channel, outcome), as in the delivery log
 
 
 def encode_cursor(stream_seq: int) -> str:
@@ -94,6 +97,15 @@ class Webhook:
     filter: EventFilter
 
 
+@dataclass
+class EngineStatus:
+    """What the metrics read; written on the engine's loop."""
+
+    nats_connected: bool = False
+    consumer_pending: int | None = None  # stream messages not yet delivered to the consumer
+    consumer_ack_pending: int | None = None  # delivered, not yet acknowledged
+
+
 class LiveSubscription:
     """One gRPC subscriber's ordered consumer; its methods are called from the gRPC thread."""
 
@@ -101,6 +113,7 @@ class LiveSubscription:
         self._engine = engine
         self._sub = sub
         self.cursor_seq = start_seq - 1
+        engine.live.add(self)
 
     def next_batch(self, timeout: float) -> list[tuple[int, pb.EventNotification]]:
         """The messages waiting (at least one), as (stream sequence, notification), or
@@ -128,6 +141,7 @@ class LiveSubscription:
         return msgs
 
     def close(self) -> None:
+        self._engine.live.discard(self)
         if not self._engine.running:
             return  # the engine closed the connection, and with it this consumer
         try:
@@ -138,9 +152,14 @@ class LiveSubscription:
 
 class Engine:
     def __init__(
-        self, settings: NotifierSettings, store: NotifierStore, reference: ReferenceData
+        self,
+        settings: NotifierSettings,
+        store: NotifierStore,
+        reference: ReferenceData,
+        count_delivery: DeliveryCounter | None = None,
     ) -> None:
         self._settings = settings
+        self._count_delivery = count_delivery
         self._store = store
         self._reference = reference
         self._loop = asyncio.new_event_loop()
@@ -159,6 +178,8 @@ class Engine:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._slow_consumer_drops = 0
         self.consumer_ready = threading.Event()
+        self.status = EngineStatus()
+        self.live: set[LiveSubscription] = set()  # open live subscriptions
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -220,14 +241,17 @@ class Engine:
         async with self._connect_lock:
             if self._js is None:
                 self._nc = await self._connect()
+                self.status.nats_connected = self._nc.is_connected
                 self._js = self._nc.jetstream(timeout=5)
             return self._js
 
     async def _connect(self) -> NatsClient:
         async def disconnected() -> None:
+            self.status.nats_connected = False
             log.warning("notifier.nats_disconnected")
 
         async def reconnected() -> None:
+            self.status.nats_connected = True
             log.info("notifier.nats_reconnected")
 
         async def error(exc: Exception) -> None:
@@ -310,7 +334,13 @@ class Engine:
         )
         self.consumer_ready.set()
         log.info("notifier.consuming", stream=settings.stream.name, consumer=settings.consumer)
+        info_at = 0.0
         while not self._stopping:
+            if time.monotonic() - info_at >= CONSUMER_INFO_SECONDS:
+                info = await psub.consumer_info()
+                self.status.consumer_pending = info.num_pending
+                self.status.consumer_ack_pending = info.num_ack_pending
+                info_at = time.monotonic()
             try:
                 msgs = await psub.fetch(100, timeout=1)
             except nats.errors.TimeoutError:
@@ -433,6 +463,7 @@ class Engine:
             retry_at=retry_at,
             entry=entry,
         )
+        self.count_delivery("webhook", outcome)
         if outcome != "delivered":
             log.info(
                 "webhook.delivery_failed",
@@ -441,6 +472,11 @@ class Engine:
                 outcome=outcome,
                 error=error,
             )
+
+    def count_delivery(self, channel: str, outcome: str) -> None:
+        """A delivery's outcome was decided (and recorded)."""
+        if self._count_delivery is not None:
+            self._count_delivery(channel, outcome)
 
     def wake_delivery(self) -> None:
         if self._wake_delivery is not None:

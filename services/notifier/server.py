@@ -67,9 +67,20 @@ def build(settings: NotifierSettings) -> NotifierServer:
         Path(dbname).parent.mkdir(parents=True, exist_ok=True)
     store = NotifierStore(open_database(settings.store_env))
     store.create_schema()
-    engine = Engine(settings, store, reference)
-    engine.start()
     metrics = Metrics("notifier")
+    deliveries_counter = metrics.counter(
+        "notifier_deliveries",
+        "deliveries by channel (webhook, grpc) and outcome (delivered, failed, dead_letter)",
+        ["channel", "outcome"],
+    )
+    engine = Engine(
+        settings,
+        store,
+        reference,
+        count_delivery=lambda channel, outcome: deliveries_counter.labels(channel, outcome).inc(),
+    )
+    engine.start()
+    register_metrics(metrics, engine, store)
     server = new_server(
         max_workers=settings.max_workers,
         max_message_bytes=settings.max_message_bytes,
@@ -95,4 +106,38 @@ def build(settings: NotifierSettings) -> NotifierServer:
     )
     return NotifierServer(
         server, port, health_servicer, engine, store, deliveries, metrics, threading.Event()
+    )
+
+
+def register_metrics(metrics: Metrics, engine: Engine, store: NotifierStore) -> None:
+    """The notifier's state, read at each scrape (the README's "Metrics" lists them all)."""
+    status = engine.status
+
+    def while_connected(value: int | None) -> float | None:
+        return float(value) if status.nats_connected and value is not None else None
+
+    metrics.gauge(
+        "notifier_nats_connected",
+        "1 while the notifier is connected to NATS",
+        lambda: 1.0 if status.nats_connected else 0.0,
+    )
+    metrics.gauge(
+        "notifier_consumer_pending_events",
+        "stream messages the durable consumer has not yet received (read every 5 s)",
+        lambda: while_connected(status.consumer_pending),
+    )
+    metrics.gauge(
+        "notifier_consumer_ack_pending_events",
+        "messages the durable consumer received but has not yet acknowledged",
+        lambda: while_connected(status.consumer_ack_pending),
+    )
+    metrics.gauge(
+        "notifier_dead_letters",
+        "webhook deliveries that are dead letters now (waiting for a replay)",
+        lambda: float(store.dead_letter_count()),
+    )
+    metrics.gauge(
+        "notifier_live_subscribers",
+        "open live gRPC subscriptions on this replica",
+        lambda: float(len(engine.live)),
     )

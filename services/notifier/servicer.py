@@ -126,6 +126,7 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
                 for seq, note in batch:
                     if event_filter.matches(note, self._reference):
                         self._deliveries.record(self._grpc_delivery(principal, note.event))
+                        self._engine.count_delivery("grpc", "delivered")
                         yield napi.SubscribeResponse(cursor=encode_cursor(seq), notification=note)
                         last_sent = time.monotonic()
                 if time.monotonic() - last_sent >= heartbeat:

@@ -298,6 +298,13 @@ class NotifierStore:
             cur.execute(self._db.q(sql), params)
             return [Job(*r) for r in cur.fetchall()]
 
+    def dead_letter_count(self) -> int:
+        """How many dead letters wait for a replay."""
+        with self._db.transaction() as cur:
+            cur.execute(self._db.q("SELECT COUNT(*) FROM delivery_jobs WHERE status = ?"), (DEAD,))
+            row = cur.fetchone()
+        return int(row[0]) if row else 0
+
     def dead_letter(self, job_id: str) -> Job | None:
         with self._db.transaction() as cur:
             cur.execute(

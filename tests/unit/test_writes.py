@@ -41,7 +41,8 @@ class RecordingSaver:
 
 def test_waiting_commands_share_one_commit_and_failures_stay_their_own() -> None:
     saver = RecordingSaver()
-    committer = GroupCommitter(saver)
+    observed: list[Any] = []
+    committer = GroupCommitter(saver, on_recorded=observed.extend)
     good = [Thing() for _ in range(5)]
     bad = Thing(poison=True)
     outcomes: dict[int, object] = {}
@@ -73,6 +74,22 @@ def test_waiting_commands_share_one_commit_and_failures_stay_their_own() -> None
         5: "conflict",
     }
     assert [len(batch) for batch in saver.batches[:2]] == [1, 5], "the waiting five share a commit"
+    # The observer saw each stored event once, and nothing of the failed batch.
+    assert sorted(observed) == sorted(f"recorded {thing.id}" for thing in good)
+
+
+def test_a_failing_observer_does_not_fail_the_commit() -> None:
+    saver = RecordingSaver()
+    saver.release.set()
+
+    def observer(recordings: Sequence[Any]) -> None:
+        raise RuntimeError("observer broke")
+
+    committer = GroupCommitter(saver, on_recorded=observer)
+    thing = Thing()
+    recordings: list[Any] = committer.save(thing.collect_events())
+    assert recordings == [f"recorded {thing.id}"]
+    committer.close()
 
 
 def test_close_finishes_and_stops_the_thread() -> None:
