@@ -487,11 +487,16 @@ class Relay:
 
     async def _session(self) -> None:
         settings = self._settings
+
+        async def error(exc: Exception) -> None:  # e.g. a node of the cluster is down
+            log.warning("relay.nats_error", error=f"{type(exc).__name__}: {exc}")
+
         nc = await nats.connect(
             nats_servers(settings.nats_url),  # one server, or the nodes of a cluster
             allow_reconnect=False,  # a new session (on any node) re-derives its position
             connect_timeout=2,
             name="incident-ledger-relay",
+            error_cb=error,
             **connect_options(settings.nats),
         )
         reader: NotificationReader | None = None
