@@ -19,6 +19,9 @@ PY := $(VENV)/bin/python
 BUF := $(CURDIR)/tools/node_modules/.bin/buf
 VENV_STAMP := $(VENV)/.installed-dev
 BUF_STAMP := tools/node_modules/.installed
+# promtool checks deploy/prometheus in the tests: taken from Debian's prometheus package.
+PROMTOOL_DEB ?= prometheus=2.42.0+ds-5+deb12u1
+PROMTOOL := tools/prometheus/usr/bin/promtool
 # Source on PYTHONPATH ".:gen:clients/python" (the project is not pip-installed).
 PYPATH := PYTHONPATH=$(CURDIR):$(CURDIR)/gen:$(CURDIR)/clients/python
 # Directories type-checked strictly by mypy, when they exist and hold Python files.
@@ -40,6 +43,15 @@ $(VENV_STAMP): requirements/dev.txt
 	$(PY) -m pip install --quiet --upgrade pip==$(PIP_VERSION)
 	$(PY) -m pip install --quiet -r requirements/dev.txt
 	touch $@
+
+# Best effort: where apt cannot fetch it, the promtool tests skip (and fail when CI=true).
+$(PROMTOOL):
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	if (cd "$$tmp" && apt-get download -qq $(PROMTOOL_DEB)); then \
+	  dpkg -x "$$tmp"/prometheus_*.deb tools/prometheus && echo "promtool: $(PROMTOOL)"; \
+	else \
+	  echo "promtool: cannot download $(PROMTOOL_DEB); its checks will be skipped" >&2; \
+	fi
 
 $(BUF_STAMP): tools/package.json tools/package-lock.json
 	$(NPM) ci --prefix tools --ignore-scripts --no-audit --no-fund
@@ -97,7 +109,7 @@ fmt: $(VENV_STAMP) ## ruff format + ruff check --fix
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-test: venv ## lint, proto-check, then pytest (fails when no test is collected)
+test: venv $(PROMTOOL) ## lint, proto-check, then pytest (fails when no test is collected)
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory proto-check
 	$(PYPATH) $(PY) -m pytest $(PYTEST_ARGS)
