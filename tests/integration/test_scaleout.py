@@ -3,8 +3,9 @@
 - Both ledger replicas accept commands at once; no update is lost.
 - Exactly one relay publishes; killing its replica (SIGKILL) hands publishing to the
   other, and the stream holds every event exactly once, in order.
-- Two notifier replicas share the durable consumer: killing one loses nothing, and no
-  event is delivered to a webhook as two different deliveries.
+- Two notifier replicas share the durable consumer and the webhook deliveries (each
+  replica's metrics count some): killing one loses nothing, and no event is delivered
+  to a webhook as two different deliveries.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import nats
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from incidentledger.v1 import audit_service_pb2 as audit
 from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
@@ -26,7 +29,7 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
-from services.common.natsserver import NatsServer
+from services.common.natsserver import NatsServer, free_port
 from tests.fanout_support import WEBHOOK_SECRET, WebhookReceiver, webhook_receiver
 from tests.support import rid, store_environment
 from tests.topology import CommandLoad, Deployment, FollowingSubscriber, wait_until
@@ -204,6 +207,18 @@ def test_exactly_one_relay_publishes_and_the_other_takes_over_when_it_dies(
     assert takeover < 30
 
 
+def webhook_deliveries(metrics_port: int) -> float:
+    """Webhook deliveries one notifier replica made, from its Prometheus endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "notifier_deliveries_total" and sample.labels["channel"] == "webhook"
+    )
+
+
 @pytest.fixture
 def receiver() -> Iterator[WebhookReceiver]:
     with webhook_receiver() as hook:
@@ -222,7 +237,11 @@ def test_two_notifiers_share_the_consumer_and_killing_one_loses_nothing(
         deployment.migrate()
         ledger = deployment.add_ledger()
         ledger.start()
-        notifiers = [deployment.add_notifier(), deployment.add_notifier()]
+        metrics_ports = [free_port(), free_port()]
+        notifiers = [
+            deployment.add_notifier(NOTIFIER_METRICS_LISTEN=f"127.0.0.1:{port}")
+            for port in metrics_ports
+        ]
         for notifier in notifiers:
             notifier.start()
         with grpc.insecure_channel(notifiers[0].address) as channel:
@@ -239,7 +258,11 @@ def test_two_notifiers_share_the_consumer_and_killing_one_loses_nothing(
         load = CommandLoad([ledger.address], deployment.tokens()[COORDINATOR], rate=40)
         load.start()
         try:
-            wait_until(lambda: len(receiver.verified()) >= 30, 60, "30 webhook deliveries")
+            wait_until(
+                lambda: all(webhook_deliveries(port) > 0 for port in metrics_ports),
+                60,
+                "both notifier replicas to deliver",
+            )
             notifiers[0].kill()
             before = load.count
             wait_until(lambda: load.count >= before + 60, 60, "60 more commands")
