@@ -247,6 +247,15 @@ class PostgresLeader(LeaderLock):
             self._conn = None
 
 
+def create_position_table(db: Database) -> None:
+    """The relay's own table: the last position published, per stream."""
+    with db.transaction() as cur:
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS relay_position "
+            "(stream TEXT PRIMARY KEY, position BIGINT NOT NULL)"
+        )
+
+
 def leader_lock(store_env: Mapping[str, str], stream: str) -> LeaderLock:
     module = store_env.get("PERSISTENCE_MODULE", "eventsourcing.popo")
     if module == "eventsourcing.postgres":
@@ -407,11 +416,7 @@ class Relay:
 
     def start(self) -> None:
         self._tracking = open_database(self._store_env)
-        with self._tracking.transaction() as cur:
-            cur.execute(
-                "CREATE TABLE IF NOT EXISTS relay_position "
-                "(stream TEXT PRIMARY KEY, position BIGINT NOT NULL)"
-            )
+        create_position_table(self._tracking)
         self._thread.start()
 
     def wake(self) -> None:
