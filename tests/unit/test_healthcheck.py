@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -17,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from services.common.config import PROJECT_ROOT
 from services.common.healthcheck import check
 from services.common.natsserver import free_port
+from tests.tls_support import CertificateAuthority
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -96,3 +98,29 @@ def test_a_named_service_is_checked_on_its_own(health_server: HealthServer) -> N
 def test_an_unknown_service_is_not_serving(health_server: HealthServer) -> None:
     health_server.servicer.set("", SERVING)
     assert check(health_server.address, "no.such.Service") is False  # NOT_FOUND
+
+
+def test_a_tls_server_is_probed_with_its_ca(tmp_path: Path) -> None:
+    ca = CertificateAuthority(tmp_path)
+    issued = ca.server()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    credentials = grpc.ssl_server_credentials([(issued.key_pem, issued.cert_pem)])
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    try:
+        servicer.set("", SERVING)
+        address = f"127.0.0.1:{port}"
+        assert probe(address, "--tls-ca", str(ca.ca_file)).returncode == 0
+        named = probe(address, "--tls-ca", str(ca.ca_file), "--server-name", "localhost")
+        assert named.returncode == 0, named.stdout + named.stderr
+        # Plaintext to a TLS port, or a name the certificate does not hold: not healthy.
+        assert probe(address, "--timeout", "2").returncode == 1
+        wrong = probe(address, "--tls-ca", str(ca.ca_file), "--server-name", "elsewhere")
+        assert wrong.returncode == 1
+        missing = probe(address, "--tls-ca", str(tmp_path / "no-such-ca.pem"))
+        assert missing.returncode == 1
+        assert only_log_line(missing)["event"] == "healthcheck.failed"
+    finally:
+        server.stop(None).wait()
