@@ -36,7 +36,7 @@ from eventsourcing.postgres import PostgresFactory
 from kubernetes_validate import utils as k8s_validate
 
 from services.common import config as config_module
-from services.common.config import PROJECT_ROOT, LedgerSettings, NotifierSettings
+from services.common.config import PROJECT_ROOT, LedgerSettings, NotifierSettings, nats_servers
 
 DEPLOY = PROJECT_ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -50,7 +50,7 @@ K8S_VERSION = "1.33"
 OUR_IMAGES = ("incident-ledger/ledger:", "incident-ledger/notifier:")
 LEDGER_GRPC, NOTIFIER_GRPC = 50051, 50052
 #: Settings that hold secrets: they must never be given inline, only as *_FILE.
-SECRET_SETTINGS = {"LEDGER_PAGE_TOKEN_SECRET", "POSTGRES_PASSWORD", "NATS_URL"}
+SECRET_SETTINGS = {"LEDGER_PAGE_TOKEN_SECRET", "POSTGRES_PASSWORD", "NATS_PASSWORD", "NATS_TOKEN"}
 #: Settings that name secret files.
 SECRET_FILE_SETTINGS = {
     "LEDGER_TOKENS_FILE",
@@ -132,7 +132,7 @@ def settings_read() -> set[str]:
     """Every variable config.py reads: its literal names, *_FILE of its secrets, POSTGRES_*."""
     source = Path(config_module.__file__).read_text(encoding="utf-8")
     names = set(re.findall(r'"([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)"', source))
-    names |= {f"{n}_FILE" for n in re.findall(r'secret_setting\(env, "([A-Z_]+)"\)', source)}
+    names |= {f"{n}_FILE" for n in re.findall(r'_secret\(env, "([A-Z_]+)"\)', source)}
     # The POSTGRES_* prefix passes the eventsourcing library's own variables through.
     names |= {
         getattr(PostgresFactory, attr)
@@ -145,7 +145,11 @@ def settings_read() -> set[str]:
 def test_settings_read_are_found_in_config_py() -> None:
     names = settings_read()
     assert {"LEDGER_LISTEN", "NOTIFIER_STORE", "NATS_URL", "CREATE_TABLE"} <= names
-    assert {"LEDGER_PAGE_TOKEN_SECRET_FILE", "NATS_URL_FILE", "POSTGRES_PASSWORD_FILE"} <= names
+    assert {
+        "LEDGER_PAGE_TOKEN_SECRET_FILE",
+        "NATS_PASSWORD_FILE",
+        "POSTGRES_PASSWORD_FILE",
+    } <= names
     assert "LEDGER_NO_SUCH_SETTING" not in names
 
 
@@ -288,7 +292,7 @@ def test_kubernetes_secrets_are_mounted_files_never_literals() -> None:
             assert env[setting] in files, f"{name}: {setting}={env[setting]} is not a Secret's file"
         # Every container of ours has the credentials it needs as files.
         needed = {"LEDGER_TOKENS_FILE", "LEDGER_PAGE_TOKEN_SECRET_FILE", "POSTGRES_PASSWORD_FILE"}
-        needed |= {"NATS_URL_FILE"}
+        needed |= {"NATS_PASSWORD_FILE"}
         if container["image"].startswith("incident-ledger/ledger:"):
             needed.add("LEDGER_SIGNING_KEY_FILE")
         assert needed <= set(env), f"{name}: missing {needed - set(env)}"
@@ -303,7 +307,7 @@ def placeholder_secrets(tmp_path: Path, paths: set[str]) -> dict[str, str]:
     mapping: dict[str, str] = {}
     for index, path in enumerate(sorted(paths)):
         local = tmp_path / f"secret-{index}"
-        local.write_text("nats://user:pass@nats:4222\n" if "nats" in path else "s" * 32 + "\n")
+        local.write_text("s" * 32 + "\n")
         mapping[path] = str(local)
     return mapping
 
@@ -323,16 +327,16 @@ def check_service_env(where: str, env: dict[str, str], tmp_path: Path) -> None:
     assert settings.production, where
     assert settings.page_token_secret is not None, where
     assert settings.tokens_file is not None, where
+    assert settings.store_env["PERSISTENCE_MODULE"] == "eventsourcing.postgres", where
+    assert settings.store_env.get("POSTGRES_PASSWORD"), where
     if isinstance(settings, LedgerSettings):
-        assert settings.relay.stream.replicas == 3, where
-        assert settings.relay.nats_url, where
-        assert settings.store_env["PERSISTENCE_MODULE"] == "eventsourcing.postgres", where
-        assert settings.store_env.get("POSTGRES_PASSWORD"), where
         assert settings.signing_key_file is not None, where
+        stream, nats_url, nats = settings.relay.stream, settings.relay.nats_url, settings.relay.nats
     else:
-        assert settings.stream.replicas == 3, where
-        assert settings.store_env["PERSISTENCE_MODULE"] == "eventsourcing.postgres", where
-        assert settings.store_env.get("POSTGRES_PASSWORD"), where
+        stream, nats_url, nats = settings.stream, settings.nats_url, settings.nats
+    assert stream.replicas == 3, where
+    assert len(nats_servers(nats_url)) == 3, where  # every member of the cluster
+    assert nats.user and nats.password, where
 
 
 def test_kubernetes_settings_are_ones_the_services_read_and_accept(tmp_path: Path) -> None:
@@ -351,6 +355,9 @@ def test_the_nats_cluster_in_kubernetes() -> None:
     replicas = statefulset["spec"]["replicas"]
     service = statefulset["spec"]["serviceName"]
     assert routes == [f"nats://nats-{i}.{service}:6222" for i in range(replicas)]
+    for _, _, ours in our_containers():
+        servers = nats_servers(container_env(ours)["NATS_URL"])
+        assert servers == [f"nats://nats-{i}.{service}:4222" for i in range(replicas)]
     assert env["NATS_SERVER_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert manifest("Service", service)["spec"]["clusterIP"] == "None"
     assert container["image"] == nats_image()
@@ -429,7 +436,9 @@ def test_the_topology_in_compose() -> None:
         assert services[name]["image"] == migrate["image"]
     for name in ("nats-1", "nats-2", "nats-3"):
         assert services[name]["image"] == nats_image()
-        assert "nats" in services[name]["networks"]["default"]["aliases"]
+    for name, service in our_compose_services().items():
+        servers = nats_servers(service["environment"]["NATS_URL"])
+        assert servers == [f"nats://nats-{i}:4222" for i in (1, 2, 3)], name
 
 
 def test_compose_settings_are_ones_the_services_read_and_accept(tmp_path: Path) -> None:
@@ -459,6 +468,7 @@ def test_compose_services_listen_where_their_health_check_and_ports_point() -> N
         assert port_of(listen) == health[stage], name
         for published in service.get("ports", []):
             assert port_of(published) == health[stage], name
+            assert published.startswith("127.0.0.1:"), f"{name}: plaintext beyond loopback"
 
 
 def test_compose_secrets_are_files_never_literals() -> None:
