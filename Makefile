@@ -27,7 +27,7 @@ PYPATH := PYTHONPATH=$(CURDIR):$(CURDIR)/gen:$(CURDIR)/clients/python
 # Directories type-checked strictly by mypy, when they exist and hold Python files.
 MYPY_DIRS := services clients tests bench demo
 
-.PHONY: help venv proto proto-check lint fmt test check run demo bench soak lock clean
+.PHONY: help venv proto proto-check lint fmt test check deploy-check run demo bench soak lock clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [VAR=value ...]"
@@ -115,6 +115,12 @@ test: venv $(PROMTOOL) ## lint, proto-check, then pytest (fails when no test is 
 	$(PYPATH) $(PY) -m pytest $(PYTEST_ARGS)
 
 check: test ## alias of test
+
+# No Docker needed: YAML, Kubernetes and compose schemas, hadolint, nats-server -t, cross-checks,
+# the health probe and concurrent migrations (PostgreSQL). Part of `make test` as well.
+deploy-check: $(VENV_STAMP) ## validate deploy/ offline (see README, "Deploying")
+	$(PYPATH) $(PY) -m pytest tests/unit/test_deploy.py tests/unit/test_healthcheck.py \
+	  tests/integration/test_migrate.py $(PYTEST_ARGS)
 
 # --- running -------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ With the in-memory event store (tests), an in-memory SQLite database stands in.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
@@ -16,6 +17,9 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import psycopg
+import structlog
+
+log = structlog.get_logger(__name__)
 
 
 def open_database(store_env: Mapping[str, str]) -> Database:
@@ -41,6 +45,38 @@ def postgres_connect(
         autocommit=autocommit,
         options=f"-c search_path={env['POSTGRES_SCHEMA']}" if env.get("POSTGRES_SCHEMA") else "",
     )
+
+
+def schema_lock_key(env: Mapping[str, str]) -> int:
+    """The advisory lock key that guards table creation in one PostgreSQL schema."""
+    schema = env.get("POSTGRES_SCHEMA") or "public"
+    digest = hashlib.sha256(f"incidentledger-schema:{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextmanager
+def schema_lock(env: Mapping[str, str]) -> Iterator[None]:
+    """Hold the schema lock while creating tables, so that concurrent creators take turns.
+
+    On PostgreSQL, a session-level advisory lock (:func:`schema_lock_key`) on a connection
+    of its own: two processes creating the same tables at once can otherwise fail on
+    PostgreSQL's catalog, even with ``IF NOT EXISTS``. Ending the session releases the lock,
+    also when the process dies. Other stores need none: SQLite serialises its writers, and
+    an in-memory store is private to its process.
+    """
+    if env.get("PERSISTENCE_MODULE") != "eventsourcing.postgres":
+        yield
+        return
+    key = schema_lock_key(env)
+    with postgres_connect(env, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        if not row or not row[0]:
+            log.info("schema.lock_waiting", schema=env.get("POSTGRES_SCHEMA") or "public")
+            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
 class Database(ABC):

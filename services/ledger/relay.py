@@ -49,7 +49,7 @@ from nats.js.errors import NotFoundError
 from incidentledger.v1 import incident_pb2 as pb
 from services.common.config import RelaySettings, StreamSettings, nats_servers
 from services.common.natsconn import connect_options
-from services.common.sql import Database, open_database, postgres_connect
+from services.common.sql import Database, open_database, postgres_connect, schema_lock
 from services.ledger.api import convert
 from services.ledger.application import Ledger, StoredIncidentEvent
 from services.ledger.domain.incident import Incident, incident_event_classes
@@ -247,6 +247,15 @@ class PostgresLeader(LeaderLock):
             self._conn = None
 
 
+def create_position_table(db: Database) -> None:
+    """The relay's own table: the last position published, per stream."""
+    with db.transaction() as cur:
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS relay_position "
+            "(stream TEXT PRIMARY KEY, position BIGINT NOT NULL)"
+        )
+
+
 def leader_lock(store_env: Mapping[str, str], stream: str) -> LeaderLock:
     module = store_env.get("PERSISTENCE_MODULE", "eventsourcing.popo")
     if module == "eventsourcing.postgres":
@@ -407,11 +416,8 @@ class Relay:
 
     def start(self) -> None:
         self._tracking = open_database(self._store_env)
-        with self._tracking.transaction() as cur:
-            cur.execute(
-                "CREATE TABLE IF NOT EXISTS relay_position "
-                "(stream TEXT PRIMARY KEY, position BIGINT NOT NULL)"
-            )
+        with schema_lock(self._store_env):  # not raced by migrate or another replica
+            create_position_table(self._tracking)
         self._thread.start()
 
     def wake(self) -> None:

@@ -28,6 +28,7 @@ from services.common.grpc_server import RequestInterceptor
 from services.common.metrics import Metrics
 from services.common.pagetoken import PageTokens
 from services.common.serving import add_health_and_reflection, listen, new_server, set_serving
+from services.common.sql import open_database, schema_lock
 from services.ledger.api.audit_servicer import AuditServicer
 from services.ledger.api.servicer import LedgerServicer
 from services.ledger.api.situation_servicer import SituationServicer
@@ -37,7 +38,7 @@ from services.ledger.domain.incident import Incident
 from services.ledger.domain.reference import ReferenceData
 from services.ledger.projections import Projections
 from services.ledger.read_model import ReadModel
-from services.ledger.relay import Relay, RelayLag
+from services.ledger.relay import Relay, RelayLag, create_position_table
 
 log = structlog.get_logger(__name__)
 
@@ -272,12 +273,25 @@ def start_relay(
 
 
 def migrate(settings: LedgerSettings) -> None:
-    """Create the store's tables once, before any replica starts."""
+    """Create the store's tables once, before any replica starts.
+
+    Safe to run again (every table is created only if missing) and concurrently: on
+    PostgreSQL the schema lock makes concurrent runs take turns.
+    """
     reference = ReferenceData.load(settings.reference_file)
+    signing_key = load_signing_key(settings.audit())
     prepare_store(settings)
     env = {**settings.store_env, "CREATE_TABLE": "y"}
-    ledger = Ledger(reference, env=env)
-    Projections(ledger, env, reference, create=True).close()
-    Checkpoints(ledger.recorder, env, load_signing_key(settings.audit()), create_table=True).close()
-    ledger.close()
+    with schema_lock(env):
+        ledger = Ledger(reference, env=env)
+        try:
+            Projections(ledger, env, reference, create=True).close()
+            Checkpoints(ledger.recorder, env, signing_key, create_table=True).close()
+            db = open_database(env)
+            try:
+                create_position_table(db)
+            finally:
+                db.close()
+        finally:
+            ledger.close()
     log.info("ledger.migrated", store=env.get("PERSISTENCE_MODULE"))

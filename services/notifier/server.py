@@ -18,7 +18,7 @@ from services.common.metrics import Metrics
 from services.common.natsconn import redact_url
 from services.common.pagetoken import PageTokens
 from services.common.serving import add_health_and_reflection, listen, new_server, set_serving
-from services.common.sql import open_database
+from services.common.sql import open_database, schema_lock
 from services.ledger.domain.reference import ReferenceData
 from services.notifier.engine import Engine
 from services.notifier.servicer import NotifierServicer
@@ -66,7 +66,8 @@ def build(settings: NotifierSettings) -> NotifierServer:
     if dbname:
         Path(dbname).parent.mkdir(parents=True, exist_ok=True)
     store = NotifierStore(open_database(settings.store_env))
-    store.create_schema()
+    with schema_lock(settings.store_env):  # replicas starting together take turns
+        store.create_schema()
     metrics = Metrics("notifier")
     deliveries_counter = metrics.counter(
         "notifier_deliveries",
