@@ -562,6 +562,8 @@ def run_scaleout(plan: Plan, reference: ReferenceData, workdir: Path) -> list[sc
                 "replicas",
                 "CPU in the closed loop, cores:",
                 "ledger processes",
+                "busiest one",
+                "ledger ms/command",
                 "load processes",
                 "PostgreSQL",
                 "other",
@@ -572,6 +574,8 @@ def run_scaleout(plan: Plan, reference: ReferenceData, workdir: Path) -> list[sc
                     str(r.replicas),
                     f"over {r.cpu.seconds:.1f} s",
                     f"{r.cpu.replicas:.2f}",
+                    f"{r.cpu.busiest:.2f}",
+                    f"{r.cpu_ms_per_command:.2f}",
                     f"{r.cpu.load:.2f}",
                     f"{r.cpu.postgres:.2f}",
                     f"{r.cpu.other:.2f}",
@@ -583,8 +587,9 @@ def run_scaleout(plan: Plan, reference: ReferenceData, workdir: Path) -> list[sc
         )
     )
     print(
-        "  cores = CPU seconds per second; PostgreSQL = its processes alive through the "
-        "window; other = anything else on the machine (this process included)"
+        "  cores = CPU seconds per second; ledger ms/command = CPU time of the ledger "
+        "processes per command served; PostgreSQL = its processes alive through the window; "
+        "other = anything else on the machine (this process included)"
     )
     print(
         table(
@@ -695,10 +700,18 @@ def scaleout_notes(plan: Plan, runs: list[scaleout.ReplicaRun]) -> None:
             f"of {replicas_label(base.replicas)}. In the closed loop the machine was busy "
             f"{run.cpu.machine:.2f} of {os.cpu_count()} cores ({base.cpu.machine:.2f} with "
             f"{replicas_label(base.replicas)}): ledger {run.cpu.replicas:.2f}, load "
-            f"{run.cpu.load:.2f}, PostgreSQL {run.cpu.postgres:.2f}. The replicas, their "
-            "clients and the database share these cores, so another replica here adds a "
-            "process, not a core; the ratio shows what a second process gains on this "
-            "machine, not what a second machine would."
+            f"{run.cpu.load:.2f}, PostgreSQL {run.cpu.postgres:.2f}, other "
+            f"{run.cpu.other:.2f}. The replicas, their clients and the database share these "
+            "cores, so another replica here adds a process, not a core; the ratio shows what "
+            "a second process gains on this machine, not what a second machine would."
+        )
+        print(
+            f"  The ledger spent {base.cpu_ms_per_command:.2f} ms of CPU per command with "
+            f"{replicas_label(base.replicas)}, {run.cpu_ms_per_command:.2f} ms with "
+            f"{replicas_label(run.replicas)}: a ledger process with a whole core would serve "
+            f"about {rate(1000 / run.cpu_ms_per_command)} commands/s, and replicas on cores of "
+            "their own would add up to that much each, as long as PostgreSQL keeps up (not "
+            "measured here)."
         )
     checks = ", ".join(
         f"{replicas_label(r.replicas)} {report.check_verdict(r.check.ok)}" for r in runs

@@ -22,6 +22,7 @@ PostgreSQL is sampled, so the figures can be read against the machine's cores.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import subprocess
 import sys
@@ -72,6 +73,7 @@ class CpuUse:
 
     seconds: float
     replicas: float
+    busiest: float  # the busiest replica alone
     load: float
     postgres: float
     machine: float  # every process on the machine, these and any other
@@ -130,6 +132,12 @@ class ReplicaRun:
     cpu: CpuUse
     check: StoreCheck
     logs: LogCount
+
+    @property
+    def cpu_ms_per_command(self) -> float:
+        """CPU time the ledger processes spent per command in the closed loop."""
+        rate = self.closed.rate
+        return self.cpu.replicas / rate * 1000 if rate > 0 else math.nan
 
 
 # ------------------------------------------------------------------------- CPU time
@@ -205,6 +213,7 @@ class _CpuWindow:
         return CpuUse(
             seconds=elapsed,
             replicas=_cores(start, end, self.replica_pids),
+            busiest=max(_cores(start, end, [pid]) for pid in self.replica_pids),
             load=_cores(start, end, self.load_pids),
             postgres=_cores(start, end, self.postgres_pids),
             machine=(end.machine - start.machine) / elapsed if elapsed > 0 else 0.0,
