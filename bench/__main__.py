@@ -34,6 +34,16 @@ Then reading a long history (see bench/history.py):
    history, then all of it); on each, in a fresh child process apiece: the library's
    plain decode (the ceiling), projection rebuild, verify of the store, export to
    JSON Lines and verify of the export; events/s and peak RSS.
+
+Then scaling out (see bench/scaleout.py):
+
+9. PostgreSQL, the ledger as 1 and as 2 ``python -m services.ledger`` processes
+   (replicas) on one fresh schema, the same clients in the same load processes spread
+   over the replicas: commands/s at saturation and latency percentiles at saturation
+   and paced; then every acknowledged command checked against the store.
+
+``--only sqlite`` and ``--only postgres`` run parts 1-8 (and 9 with postgres) for that
+store; ``--only scaleout`` runs part 9 alone.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from bench import fanout, history, report, scenarios
+from bench import fanout, history, report, scaleout, scenarios
 from bench.harness import CHANNEL_MODES, Result
 from bench.report import (
     E2E_P99_TARGET_MS,
@@ -94,6 +104,8 @@ class Plan:
     e2e_drain: float
     nats_seconds: float
     history_events: int
+    scaleout_replicas: tuple[int, ...] = (1, 2)
+    scaleout_processes: int = 2  # load-generator processes, whatever the replica count
 
 
 FULL = Plan(
@@ -140,10 +152,18 @@ QUICK = Plan(
 EXPECTED_APPEND_RATE = {"sqlite": 1500.0, "postgres": 600.0}
 
 
+SCALEOUT = "scaleout"
+SCENARIOS = (*STORES, SCALEOUT)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short smoke run (about 30 s)")
-    parser.add_argument("--only", choices=STORES, help="measure one store only")
+    parser.add_argument(
+        "--only",
+        choices=SCENARIOS,
+        help="one store only (parts 1-8, and 9 with postgres), or the scale-out part alone",
+    )
     return parser.parse_args(argv)
 
 
@@ -151,17 +171,24 @@ def threads(n: int) -> str:
     return f"{n} thread{'s' if n != 1 else ''}"
 
 
-def header(plan: Plan, stores: list[str]) -> None:
+def header(plan: Plan, stores: list[str], scale_out: bool) -> None:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"Incident ledger benchmark ({plan.name} run)")
     print(
         f"  {os.cpu_count()} CPUs, load average {load}; Python {platform.python_version()}, "
         f"grpcio {version('grpcio')}, eventsourcing {version('eventsourcing')}"
     )
-    print(
-        f"  stores: {', '.join(stores) or 'none'}; {plan.clients} client threads"
-        " in a separate process"
-    )
+    parts = []
+    if stores:
+        parts.append(
+            f"stores: {', '.join(stores)}; {plan.clients} client threads in a separate process"
+        )
+    if scale_out:
+        parts.append(
+            f"scale-out: {' and '.join(map(str, plan.scaleout_replicas))} ledger processes on "
+            f"PostgreSQL, {plan.clients} clients in {plan.scaleout_processes} processes"
+        )
+    print(f"  {'; '.join(parts) or 'stores: none'}")
 
 
 def run_echo(plan: Plan, settings: LedgerSettings) -> tuple[str, Result]:
@@ -480,6 +507,219 @@ def run_history(
     return runs
 
 
+def replicas_label(count: int) -> str:
+    return f"{count} replica{'s' if count != 1 else ''}"
+
+
+def run_scaleout(plan: Plan, reference: ReferenceData, workdir: Path) -> list[scaleout.ReplicaRun]:
+    counts = plan.scaleout_replicas
+    section(
+        f"9. Scale-out, postgres: the ledger as {' and as '.join(map(str, counts))} processes "
+        f"on one schema; {plan.clients} clients in {plan.scaleout_processes} load processes, "
+        f"closed loop {plan.ledger_seconds:g} s, then paced at {plan.paced_rate:g}/s for "
+        f"{plan.paced_seconds:g} s"
+    )
+    load = scaleout.ScaleoutLoad(
+        clients=plan.clients,
+        load_processes=plan.scaleout_processes,
+        warmup=min(1.0, plan.ledger_seconds / 4),
+        duration=plan.ledger_seconds,
+        paced_rate=plan.paced_rate,
+        paced_duration=plan.paced_seconds,
+        incidents_per_client=plan.incidents_per_client,
+    )
+    runs = []
+    for count in counts:
+        directory = workdir / f"scaleout-{count}"
+        with fresh_store("postgres", directory) as env:
+            runs.append(scaleout.run(count, load, reference, env, directory))
+    print(
+        "  each run: a fresh schema, `python -m services.ledger migrate` once, then the "
+        "replicas (serve, CREATE_TABLE=n, relay off, shared tokens, signing key and page "
+        f"token secret; PostgreSQL pool {PG_POOL['POSTGRES_POOL_SIZE']} + overflow "
+        f"{PG_POOL['POSTGRES_MAX_OVERFLOW']} each); {runs[0].prepared} incidents "
+        f"prepared in ASSIGNED; client i -> replica i % replicas ({scaleout.CHANNEL_MODE} "
+        "channels)"
+    )
+    total = sum(runs[0].sent.values()) or 1
+    mix = ", ".join(f"{name} {n / total:.0%}" for name, n in runs[0].sent.most_common())
+    print(f"  closed-loop mix: {mix}")
+    rows = []
+    for run in runs:
+        rows.append([str(run.replicas), "closed loop", *report.percentile_cells(run.closed), "-"])
+        rows.append(
+            [
+                str(run.replicas),
+                f"paced {plan.paced_rate:g}/s",
+                *report.percentile_cells(run.paced),
+                str(run.paced.late_sends),
+            ]
+        )
+    print(table(["replicas", "load", *report.PERCENTILE_HEADERS, "late sends"], rows, left=2))
+    print("  paced latency is measured from each command's scheduled send time")
+    print(
+        table(
+            [
+                "replicas",
+                "CPU in the closed loop, cores:",
+                "ledger processes",
+                "busiest one",
+                "ledger ms/command",
+                "load processes",
+                "PostgreSQL",
+                "other",
+                f"machine (of {os.cpu_count()})",
+            ],
+            [
+                [
+                    str(r.replicas),
+                    f"over {r.cpu.seconds:.1f} s",
+                    f"{r.cpu.replicas:.2f}",
+                    f"{r.cpu.busiest:.2f}",
+                    f"{r.cpu_ms_per_command:.2f}",
+                    f"{r.cpu.load:.2f}",
+                    f"{r.cpu.postgres:.2f}",
+                    f"{r.cpu.other:.2f}",
+                    f"{r.cpu.machine:.2f}",
+                ]
+                for r in runs
+            ],
+            left=2,
+        )
+    )
+    print(
+        "  cores = CPU seconds per second; ledger ms/command = CPU time of the ledger "
+        "processes per command served; PostgreSQL = its processes alive through the window; "
+        "other = anything else on the machine (this process included)"
+    )
+    print(
+        table(
+            [
+                "replicas",
+                "acknowledged",
+                "failed",
+                "events stored",
+                "incidents checked",
+                "lost",
+                "stored unacked",
+                "gaps",
+                "",
+            ],
+            [
+                [
+                    str(r.replicas),
+                    f"{r.check.acknowledged:,}",
+                    f"{r.check.failed:,}",
+                    f"{r.check.stored:,}",
+                    f"{r.check.incidents:,}",
+                    f"{r.check.lost:,}",
+                    f"{r.check.unacknowledged:,}",
+                    f"{r.check.gaps:,}",
+                    report.check_verdict(r.check.ok),
+                ]
+                for r in runs
+            ],
+        )
+    )
+    print(
+        "  after each run: commands acknowledged (warm-up included) against incident events "
+        "stored beyond the prepared ones; per incident, its stored version against the last "
+        "one a client saw acknowledged"
+    )
+    for run in runs:
+        if run.logs.counts:
+            print(f"  the {replicas_label(run.replicas)} logged (counted, not printed):")
+            for line in run.logs.lines():
+                print(f"    {line}")
+    base = runs[0]
+    for run in runs[1:]:
+        print(
+            f"  -> {replicas_label(run.replicas)} / {replicas_label(base.replicas)}: "
+            f"{scale_ratio(base, run):.2f}x commands/s at saturation "
+            f"({rate(base.closed.rate)} -> {rate(run.closed.rate)}/s)"
+        )
+    return runs
+
+
+def scale_ratio(base: scaleout.ReplicaRun, run: scaleout.ReplicaRun) -> float:
+    return run.closed.rate / base.closed.rate if base.closed.rate > 0 else float("nan")
+
+
+def scaleout_rows(plan: Plan, runs: list[scaleout.ReplicaRun]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    if not runs:
+        return rows
+    base = runs[0]
+    for run in runs[1:]:
+        rows.append(
+            [
+                f"postgres: {replicas_label(run.replicas)} / {replicas_label(base.replicas)}",
+                f"{scale_ratio(base, run):.2f}x  ({rate(base.closed.rate)} -> "
+                f"{rate(run.closed.rate)} commands/s, {run.clients} clients)",
+                "(figure)",
+                "",
+            ]
+        )
+    for run in runs:
+        rows.append(
+            [
+                f"postgres, {replicas_label(run.replicas)}: p99 at {plan.paced_rate:g}/s",
+                f"{ms(run.paced.p99_ms)} ms  (p50 {ms(run.paced.p50_ms)}, p90 "
+                f"{ms(run.paced.p90_ms)} ms; at saturation p99 {ms(run.closed.p99_ms)} ms)",
+                "(figure)",
+                "",
+            ]
+        )
+    for run in runs:
+        rows.append(
+            [
+                f"postgres, {replicas_label(run.replicas)}: acknowledged = stored",
+                f"{run.check.stored:,} stored / {run.check.acknowledged:,} acknowledged, "
+                f"{run.check.lost:,} lost",
+                "equal",
+                report.check_verdict(run.check.ok),
+            ]
+        )
+    return rows
+
+
+def scaleout_notes(plan: Plan, runs: list[scaleout.ReplicaRun]) -> None:
+    if not runs:
+        return
+    figures = "; ".join(
+        f"{replicas_label(r.replicas)} {rate(r.closed.rate)} commands/s (p50/p90/p99 "
+        f"{ms(r.closed.p50_ms)}/{ms(r.closed.p90_ms)}/{ms(r.closed.p99_ms)} ms; at "
+        f"{plan.paced_rate:g}/s {ms(r.paced.p50_ms)}/{ms(r.paced.p90_ms)}/"
+        f"{ms(r.paced.p99_ms)} ms)"
+        for r in runs
+    )
+    print(f"- Scale-out on PostgreSQL, {runs[0].clients} clients: {figures}.")
+    base = runs[0]
+    for run in runs[1:]:
+        print(
+            f"  {replicas_label(run.replicas)} served {scale_ratio(base, run):.2f}x the commands "
+            f"of {replicas_label(base.replicas)}. In the closed loop the machine was busy "
+            f"{run.cpu.machine:.2f} of {os.cpu_count()} cores ({base.cpu.machine:.2f} with "
+            f"{replicas_label(base.replicas)}): ledger {run.cpu.replicas:.2f}, load "
+            f"{run.cpu.load:.2f}, PostgreSQL {run.cpu.postgres:.2f}, other "
+            f"{run.cpu.other:.2f}. The replicas, their clients and the database share these "
+            "cores, so another replica here adds a process, not a core; the ratio shows what "
+            "a second process gains on this machine, not what a second machine would."
+        )
+        print(
+            f"  The ledger spent {base.cpu_ms_per_command:.2f} ms of CPU per command with "
+            f"{replicas_label(base.replicas)}, {run.cpu_ms_per_command:.2f} ms with "
+            f"{replicas_label(run.replicas)}: a ledger process with a whole core would serve "
+            f"about {rate(1000 / run.cpu_ms_per_command)} commands/s, and replicas on cores of "
+            "their own would add up to that much each, as long as PostgreSQL keeps up (not "
+            "measured here)."
+        )
+    checks = ", ".join(
+        f"{replicas_label(r.replicas)} {report.check_verdict(r.check.ok)}" for r in runs
+    )
+    print(f"  Every acknowledged command stored exactly once, nothing else: {checks}.")
+
+
 def history_rows(runs: list[history.HistoryRun]) -> list[list[str]]:
     rows: list[list[str]] = []
     for run in runs:
@@ -537,6 +777,7 @@ def summary(
     rss: list[scenarios.RssPoint] | None,
     fan: FanoutSummary,
     hist: list[history.HistoryRun],
+    scale: list[scaleout.ReplicaRun],
 ) -> None:
     section("Targets")
     rows: list[list[str]] = []
@@ -591,6 +832,7 @@ def summary(
             ]
         )
     rows.extend(history_rows(hist))
+    rows.extend(scaleout_rows(plan, scale))
     print(table(["target", "measured", "goal", ""], rows, left=3))
 
     section("Closing note")
@@ -639,6 +881,7 @@ def summary(
             f"{ms(fan.nats.publish.p99_ms)} ms."
         )
     history_notes(hist)
+    scaleout_notes(plan, scale)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -646,27 +889,38 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     started = time.perf_counter()
     configure_logging("WARNING", "json")
-    stores = [args.only] if args.only else list(STORES)
-    header(plan, stores)
-    if "postgres" in stores:
+    per_store = args.only != SCALEOUT  # parts 1-8
+    stores = [] if not per_store else [args.only] if args.only else list(STORES)
+    scale_out = args.only in (None, "postgres", SCALEOUT)
+    header(plan, stores, scale_out)
+    if "postgres" in stores or scale_out:
         problem = postgres_problem()
         if problem is not None:
             print(f"  {problem}: skipping the PostgreSQL rows")
-            stores.remove("postgres")
+            if "postgres" in stores:
+                stores.remove("postgres")
+            scale_out = False
     settings = LedgerSettings(log_level="WARNING")
     reference = ReferenceData.load(settings.reference_file)
+    summaries: list[StoreSummary] = []
+    rss: list[scenarios.RssPoint] | None = None
+    fan = FanoutSummary({}, {}, None)
+    hist: list[history.HistoryRun] = []
     with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
         workdir = Path(tmp)
-        mode, echo = run_echo(plan, settings)
-        summaries = [
-            run_store(plan, store, reference, workdir / store, mode, echo) for store in stores
-        ]
-        rss = run_rss(plan, workdir, mode) if "sqlite" in stores else None
-        fan = run_fanout(plan, stores, reference, workdir, mode)
-        hist = run_history(plan, stores, reference, workdir)
-    summary(plan, summaries, rss, fan, hist)
+        if per_store:
+            mode, echo = run_echo(plan, settings)
+            summaries = [
+                run_store(plan, store, reference, workdir / store, mode, echo) for store in stores
+            ]
+            rss = run_rss(plan, workdir, mode) if "sqlite" in stores else None
+            fan = run_fanout(plan, stores, reference, workdir, mode)
+            hist = run_history(plan, stores, reference, workdir)
+        scale = run_scaleout(plan, reference, workdir) if scale_out else []
+    summary(plan, summaries, rss, fan, hist, scale)
     print(f"\n(run took {time.perf_counter() - started:.0f} s)")
-    return 0
+    # Lost or unacknowledged commands are a fault, not a missed target.
+    return 0 if all(run.check.ok for run in scale) else 1
 
 
 if __name__ == "__main__":

@@ -62,6 +62,10 @@ class Result:
         return percentile(self.latencies, 50) * 1000
 
     @property
+    def p90_ms(self) -> float:
+        return percentile(self.latencies, 90) * 1000
+
+    @property
     def p99_ms(self) -> float:
         return percentile(self.latencies, 99) * 1000
 
@@ -75,6 +79,20 @@ class Result:
 
     def describe_errors(self) -> str:
         return ", ".join(f"{name} x{n}" for name, n in self.errors.most_common(4))
+
+
+def merged(parts: Sequence[Result]) -> Result:
+    """One result of drivers that ran at the same time (in several processes).
+
+    The elapsed time is the longest part's, so the rate is the calls of all parts
+    over the window they all ran in.
+    """
+    return Result(
+        max((p.elapsed for p in parts), default=0.0),
+        [x for p in parts for x in p.latencies],
+        sum((p.errors for p in parts), Counter()),
+        late_sends=sum(p.late_sends for p in parts),
+    )
 
 
 def error_name(exc: BaseException) -> str:

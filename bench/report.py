@@ -63,6 +63,20 @@ def result_cells(result: Result) -> list[str]:
 RESULT_HEADERS = ["per s", "p50 ms", "p99 ms", "calls", "errors"]
 
 
+def percentile_cells(result: Result) -> list[str]:
+    """As result_cells, with the 90th percentile too."""
+    cells = result_cells(result)
+    return [*cells[:2], ms(result.p90_ms), *cells[2:]]
+
+
+PERCENTILE_HEADERS = ["per s", "p50 ms", "p90 ms", "p99 ms", "calls", "errors"]
+
+
+def check_verdict(ok: bool) -> str:
+    """For correctness checks (not targets): PASS or FAIL."""
+    return "PASS" if ok else "FAIL"
+
+
 def section(title: str) -> None:
     print()
     print(title)

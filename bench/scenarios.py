@@ -87,7 +87,7 @@ def echo_server(settings: LedgerSettings) -> Iterator[str]:
         server.stop(1.0).wait()
 
 
-def echo_workers(channels: Channels) -> list[Worker]:
+def echo_workers(channels: Sequence[grpc.Channel]) -> list[Worker]:
     def worker(channel: grpc.Channel) -> Worker:
         call = channel.unary_unary(ECHO_METHOD, None, None)
 
@@ -96,7 +96,7 @@ def echo_workers(channels: Channels) -> list[Worker]:
 
         return once
 
-    return [worker(c) for c in channels.for_thread]
+    return [worker(c) for c in channels]
 
 
 def echo_ceiling(
@@ -264,18 +264,36 @@ class CommandMix:
     reported: list[list[Any]] = field(default_factory=list)  # REPORTED: VerifyIncident
     verified: list[list[Any]] = field(default_factory=list)  # VERIFIED: AssignLeadAgency
     sent: Counter[str] = field(default_factory=Counter)
+    acked: int = 0  # commands that succeeded, since the start (warm-up included)
+    failed: int = 0  # commands that raised, since the start
 
     def __call__(self) -> object:
+        try:
+            result = self.next_command()()
+        except Exception:
+            self.failed += 1
+            raise
+        self.acked += 1
+        return result
+
+    def next_command(self) -> Callable[[], object]:
         draw = self.rng.random()
         if draw < MIX[0][1] or not self.assigned:
-            return self.report()
+            return self.report
         draw -= MIX[0][1]
         if draw < MIX[1][1] and self.reported:
-            return self.verify()
+            return self.verify
         draw -= MIX[1][1]
         if draw < MIX[2][1] and self.verified:
-            return self.assign()
-        return self.log_action()
+            return self.assign
+        return self.log_action
+
+    def versions(self) -> dict[str, int]:
+        """The last acknowledged version of each incident this client knows of."""
+        return {
+            str(name): int(version)
+            for name, version in (*self.assigned, *self.reported, *self.verified)
+        }
 
     def report(self) -> object:
         self.sent["ReportIncident"] += 1
@@ -411,24 +429,35 @@ class RssPoint:
     rss_mb: float
 
 
-@contextmanager
-def ledger_process(
-    data_dir: Path, store_env: Mapping[str, str] | None = None
-) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``python -m services.ledger`` on a free port; its default (SQLite) store if no env."""
-    port = free_port()
+def ledger_env(data_dir: Path, settings: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a ``python -m services.ledger`` child process.
+
+    This process's environment without its store and NATS variables (so: the
+    embedded SQLite store in ``data_dir``, relay off), then ``settings`` on top.
+    """
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "gen")]),
-        "LEDGER_LISTEN": f"127.0.0.1:{port}",
         "LEDGER_DATA_DIR": str(data_dir),
         "LEDGER_LOG_LEVEL": "WARNING",
         "LEDGER_LOG_FORMAT": "json",
     }
     for key in list(env):
-        if key.startswith(("PERSISTENCE_MODULE", "SQLITE_", "POSTGRES_", "CREATE_TABLE")):
+        if key == "NATS_URL" or key.startswith(
+            ("PERSISTENCE_MODULE", "SQLITE_", "POSTGRES_", "CREATE_TABLE")
+        ):
             del env[key]
-    env.update(store_env or {})
+    env.update(settings or {})
+    return env
+
+
+@contextmanager
+def ledger_process(
+    data_dir: Path, settings: Mapping[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``python -m services.ledger`` on a free port; see ledger_env for ``settings``."""
+    port = free_port()
+    env = ledger_env(data_dir, {**(settings or {}), "LEDGER_LISTEN": f"127.0.0.1:{port}"})
     data_dir.mkdir(parents=True, exist_ok=True)
     with (data_dir / "server.log").open("wb") as log:
         process = subprocess.Popen(

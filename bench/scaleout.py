@@ -1,0 +1,424 @@
+"""Scale-out: the ledger as one process and as several (replicas) on one PostgreSQL schema.
+
+For each replica count, on a fresh schema of its own (dropped afterwards):
+
+1. Development tokens, a signing key and a page token secret shared by the replicas,
+   then ``python -m services.ledger migrate`` once (the tables).
+2. Incidents prepared in ASSIGNED, written straight into the store (setup, not measured).
+3. The replicas: ``python -m services.ledger`` processes with ``CREATE_TABLE=n``, each on
+   its own port and data directory, relay off (no ``NATS_URL``: the fan-out is measured
+   in sections 5 and 6, and one relay per replica would only add its own work here).
+4. The same number of load-generator processes and clients whatever the replica count
+   (bench/loadgen.py, phases in step); client i connects to replica i % replicas. A
+   warm-up, a closed loop (saturation), then paced load at a moderate rate.
+5. The replicas stopped, the store checked: every acknowledged command is one stored
+   incident event, and each incident's stored version is the last one a client saw
+   acknowledged (nothing lost, nothing stored unacknowledged).
+
+While the closed loop runs, the CPU time of the replicas, of the load processes and of
+PostgreSQL is sampled, so the figures can be read against the machine's cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psutil
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.utils import get_topic
+from psycopg.sql import SQL, Identifier
+
+from bench import loadgen
+from bench.harness import Result
+from bench.scenarios import ledger_env, ledger_process, prepare_assigned, read_tokens
+from services.common.auth import generate_dev_credentials
+from services.common.config import PROJECT_ROOT
+from services.ledger.application import Ledger
+from services.ledger.domain.incident import incident_event_classes
+from services.ledger.domain.reference import ReferenceData
+
+CHANNEL_MODE = "per-thread"  # each client its own connection, as separate agency systems
+PREPARED_VERSION = 3  # a prepared incident: reported, verified, assigned
+MIGRATE_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class ScaleoutLoad:
+    """How each replica count is driven (the same for every count)."""
+
+    clients: int
+    load_processes: int
+    warmup: float
+    duration: float
+    paced_rate: float
+    paced_duration: float
+    incidents_per_client: int
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """Cores used (CPU seconds per second of wall-clock time) during one window."""
+
+    seconds: float
+    replicas: float
+    busiest: float  # the busiest replica alone
+    load: float
+    postgres: float
+    machine: float  # every process on the machine, these and any other
+
+    @property
+    def other(self) -> float:
+        """Whatever else ran on the machine meanwhile (this bench process included)."""
+        return max(0.0, self.machine - self.replicas - self.load - self.postgres)
+
+
+@dataclass(frozen=True)
+class StoreCheck:
+    """Acknowledged commands against what the store holds for the run's incidents."""
+
+    acknowledged: int  # commands the clients saw succeed, warm-up included
+    failed: int  # commands that failed on the client
+    stored: int  # incident events stored beyond the prepared ones
+    incidents: int  # incidents whose last acknowledged version the clients know
+    lost: int  # acknowledged versions missing from the store (summed over incidents)
+    unacknowledged: int  # incidents stored past their last acknowledged version
+    gaps: int  # incidents whose stored versions are not 1..n
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.stored == self.acknowledged
+            and self.lost == 0
+            and self.unacknowledged == 0
+            and self.gaps == 0
+        )
+
+
+@dataclass
+class LogCount:
+    """Warnings and errors the replicas logged, by level and event."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    samples: dict[str, str] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        return [
+            f"{key} x{n:,}" + (f" ({self.samples[key]})" if self.samples[key] else "")
+            for key, n in self.counts.most_common(4)
+        ]
+
+
+@dataclass
+class ReplicaRun:
+    replicas: int
+    clients: int
+    load_processes: int
+    prepared: int
+    closed: Result
+    paced: Result
+    sent: Counter[str]
+    cpu: CpuUse
+    check: StoreCheck
+    logs: LogCount
+
+    @property
+    def cpu_ms_per_command(self) -> float:
+        """CPU time the ledger processes spent per command in the closed loop."""
+        rate = self.closed.rate
+        return self.cpu.replicas / rate * 1000 if rate > 0 else math.nan
+
+
+# ------------------------------------------------------------------------- CPU time
+
+
+@dataclass(frozen=True)
+class _CpuSample:
+    at: float  # time.perf_counter()
+    machine: float
+    processes: dict[int, float]
+
+
+def _busy_seconds() -> float:
+    times = psutil.cpu_times()
+    return sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
+
+
+def _process_seconds(pids: Iterable[int]) -> dict[int, float]:
+    seconds = {}
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue  # gone, or not ours to read: left out of both samples
+        seconds[pid] = times.user + times.system
+    return seconds
+
+
+def _postgres_pids() -> list[int]:
+    return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
+
+
+def _sample(pids: Iterable[int]) -> _CpuSample:
+    return _CpuSample(time.perf_counter(), _busy_seconds(), _process_seconds(pids))
+
+
+def _cores(start: _CpuSample, end: _CpuSample, pids: Iterable[int]) -> float:
+    elapsed = end.at - start.at
+    used = sum(
+        end.processes[p] - start.processes[p]
+        for p in pids
+        if p in start.processes and p in end.processes
+    )
+    return used / elapsed if elapsed > 0 else 0.0
+
+
+class _CpuWindow:
+    """Samples CPU time as the closed loop starts and as it ends (run_many's on_phase)."""
+
+    def __init__(self, replica_pids: Sequence[int]) -> None:
+        self.replica_pids = list(replica_pids)
+        self.load_pids: list[int] = []
+        self.postgres_pids: list[int] = []
+        self.start: _CpuSample | None = None
+        self.end: _CpuSample | None = None
+
+    def on_phase(self, phase: str, load_pids: list[int]) -> None:
+        if phase == loadgen.CLOSED:
+            self.load_pids = list(load_pids)
+            self.postgres_pids = _postgres_pids()
+            self.start = _sample(self._pids())
+        elif phase == loadgen.PACED:
+            self.end = _sample(self._pids())
+
+    def _pids(self) -> list[int]:
+        return [*self.replica_pids, *self.load_pids, *self.postgres_pids]
+
+    def use(self) -> CpuUse:
+        if self.start is None or self.end is None:
+            raise RuntimeError("the closed loop was not sampled")
+        start, end = self.start, self.end
+        elapsed = end.at - start.at
+        return CpuUse(
+            seconds=elapsed,
+            replicas=_cores(start, end, self.replica_pids),
+            busiest=max(_cores(start, end, [pid]) for pid in self.replica_pids),
+            load=_cores(start, end, self.load_pids),
+            postgres=_cores(start, end, self.postgres_pids),
+            machine=(end.machine - start.machine) / elapsed if elapsed > 0 else 0.0,
+        )
+
+
+# -------------------------------------------------------------------- the replicas
+
+
+@dataclass(frozen=True)
+class SharedSettings:
+    """What every replica of one deployment shares, besides the store."""
+
+    directory: Path
+    tokens_file: Path
+    signing_key_file: Path
+    page_token_secret: str
+
+    def env(self, store_env: dict[str, str]) -> dict[str, str]:
+        return {
+            **store_env,
+            "LEDGER_TOKENS_FILE": str(self.tokens_file),
+            "LEDGER_SIGNING_KEY_FILE": str(self.signing_key_file),
+            "LEDGER_PAGE_TOKEN_SECRET": self.page_token_secret,
+            "LEDGER_GRACE_SECONDS": "1",
+        }
+
+
+def migrate(directory: Path, store_env: dict[str, str], reference: ReferenceData) -> SharedSettings:
+    """Credentials and keys for the replicas, then ``python -m services.ledger migrate``."""
+    tokens_file = generate_dev_credentials(directory / "credentials", reference.agencies)
+    shared = SharedSettings(
+        directory=directory,
+        tokens_file=tokens_file,
+        # migrate generates the development key pair here (LEDGER_DATA_DIR/keys).
+        signing_key_file=directory / "keys" / "ledger-signing.key",
+        page_token_secret=secrets.token_hex(32),
+    )
+    env = ledger_env(directory, {**shared.env(store_env), "CREATE_TABLE": "y"})
+    del env["LEDGER_SIGNING_KEY_FILE"]  # not there yet: development generates it
+    log_file = directory / "migrate.log"
+    with log_file.open("wb") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "services.ledger", "migrate"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=MIGRATE_SECONDS,
+            check=False,
+        )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"migrate failed (exit {done.returncode}):\n{log_file.read_text('utf-8')[-2000:]}"
+        )
+    return shared
+
+
+@contextmanager
+def replicas(
+    count: int, directory: Path, shared: SharedSettings, store_env: dict[str, str]
+) -> Iterator[list[tuple[int, str]]]:
+    """``count`` ledger processes on the migrated store; yields (pid, address) of each."""
+    env = {**shared.env(store_env), "CREATE_TABLE": "n"}
+    with ExitStack() as stack:
+        started = [
+            stack.enter_context(ledger_process(directory / f"replica-{n}", env))
+            for n in range(count)
+        ]
+        yield [(process.pid, target) for process, target in started]
+
+
+def replica_logs(directory: Path, count: int) -> LogCount:
+    """The warnings and errors in the replicas' JSON logs."""
+    tally = LogCount()
+    for n in range(count):
+        path = directory / f"replica-{n}" / "server.log"
+        for line in path.read_text("utf-8", errors="replace").splitlines():
+            try:
+                entry: Any = json.loads(line)
+            except json.JSONDecodeError:
+                entry = {"level": "output", "event": line[:80]}
+            if not isinstance(entry, dict):
+                continue
+            key = f"{entry.get('level', '?')} {entry.get('event', '?')}"
+            tally.counts[key] += 1
+            tally.samples.setdefault(key, str(entry.get("error", ""))[:90])
+    return tally
+
+
+# ------------------------------------------------------------------ the store check
+
+
+def stored_incidents(ledger: Ledger) -> dict[UUID, tuple[int, int]]:
+    """(number of events, highest version) of every incident in the PostgreSQL store."""
+    recorder = ledger.recorder
+    if not isinstance(recorder, PostgresApplicationRecorder):
+        raise TypeError("the scale-out scenario runs on PostgreSQL only")
+    query = SQL(
+        "SELECT originator_id, count(*) AS events, max(originator_version) AS version "
+        "FROM {schema}.{table} WHERE topic = ANY(%s) GROUP BY originator_id"
+    ).format(
+        schema=Identifier(recorder.datastore.schema),
+        table=Identifier(recorder.events_table_name),
+    )
+    topics = [get_topic(cls) for cls in incident_event_classes()]
+    with recorder.datastore.transaction(commit=False) as curs:
+        curs.execute(query, (topics,))
+        return {
+            UUID(str(row["originator_id"])): (int(row["events"]), int(row["version"]))
+            for row in curs.fetchall()
+        }
+
+
+def compare(
+    stored: dict[UUID, tuple[int, int]], prepared: int, measured: loadgen.LoadResult
+) -> StoreCheck:
+    """What the store holds (see stored_incidents) against what the clients saw acknowledged.
+
+    ``prepared`` incidents were written before the load, PREPARED_VERSION events each.
+    """
+    lost = unacknowledged = 0
+    for name, acked_version in measured.versions.items():
+        _, version = stored.get(UUID(name.rsplit("/", 1)[-1]), (0, 0))
+        if version < acked_version:
+            lost += acked_version - version
+        elif version > acked_version:
+            unacknowledged += 1
+    return StoreCheck(
+        acknowledged=measured.acked,
+        failed=measured.failed,
+        stored=sum(events for events, _ in stored.values()) - PREPARED_VERSION * prepared,
+        incidents=len(measured.versions),
+        lost=lost,
+        unacknowledged=unacknowledged,
+        gaps=sum(1 for events, version in stored.values() if events != version),
+    )
+
+
+# ------------------------------------------------------------------------ one run
+
+
+def loads(
+    plan: ScaleoutLoad, targets: Sequence[str], tokens: dict[str, Any], ids: Sequence[UUID]
+) -> list[loadgen.Load]:
+    """The load processes' descriptions; client i (over all of them) uses replica i % n."""
+    per_process = plan.clients // plan.load_processes
+    assigned = [
+        [[f"incidents/{i}", PREPARED_VERSION] for i in ids[n :: plan.clients]]
+        for n in range(plan.clients)
+    ]
+    return [
+        loadgen.Load(
+            "ledger",
+            targets[0],
+            per_process,
+            CHANNEL_MODE,
+            warmup=plan.warmup,
+            duration=plan.duration,
+            paced_rate=plan.paced_rate / plan.load_processes,
+            paced_duration=plan.paced_duration,
+            tokens=tokens,
+            assigned=assigned[p * per_process : (p + 1) * per_process],
+            targets=tuple(targets),
+            first_client=p * per_process,
+        )
+        for p in range(plan.load_processes)
+    ]
+
+
+def run(
+    count: int,
+    plan: ScaleoutLoad,
+    reference: ReferenceData,
+    store_env: dict[str, str],
+    directory: Path,
+) -> ReplicaRun:
+    """One deployment of ``count`` replicas on a fresh, migrated store, measured and checked."""
+    if plan.clients % plan.load_processes:
+        raise ValueError("the clients must split evenly between the load processes")
+    shared = migrate(directory / "shared", store_env, reference)
+    tokens = read_tokens(shared.directory)
+    ledger = Ledger(reference, env={**store_env, "CREATE_TABLE": "n"})
+    try:
+        ids = prepare_assigned(ledger, plan.clients * plan.incidents_per_client)
+        with replicas(count, directory, shared, store_env) as running:
+            window = _CpuWindow([pid for pid, _ in running])
+            results = loadgen.run_many(
+                loads(plan, [target for _, target in running], tokens, ids), window.on_phase
+            )
+        measured = loadgen.combined(results)
+        check = compare(stored_incidents(ledger), len(ids), measured)
+    finally:
+        ledger.close()
+    if measured.paced is None:
+        raise RuntimeError("the paced run did not happen")
+    return ReplicaRun(
+        replicas=count,
+        clients=plan.clients,
+        load_processes=plan.load_processes,
+        prepared=len(ids),
+        closed=measured.closed,
+        paced=measured.paced,
+        sent=measured.sent,
+        cpu=window.use(),
+        check=check,
+        logs=replica_logs(directory, count),
+    )
