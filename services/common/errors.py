@@ -15,6 +15,8 @@ class LedgerError(Exception):
 
     code: str = "INTERNAL"
     reason: str = "INTERNAL"
+    #: Seconds after which a retry may succeed (sent as google.rpc.RetryInfo), if known.
+    retry_delay: float | None = None
 
     def __init__(
         self,
@@ -101,6 +103,32 @@ class Unauthenticated(LedgerError):
 class ResourceExhausted(LedgerError):
     code = "RESOURCE_EXHAUSTED"
     reason = "RESOURCE_EXHAUSTED"
+
+
+class RateLimited(ResourceExhausted):
+    """The agency's request rate is over its limit; retry after ``retry_delay`` seconds."""
+
+    reason = "RATE_LIMITED"
+
+    def __init__(self, agency: str, rate_per_second: float, burst: int, retry_delay: float) -> None:
+        super().__init__(
+            f"agency {agency} is over its request rate limit "
+            f"({rate_per_second:g}/s, burst {burst}); retry in {retry_delay:.3f} s",
+            metadata={"agency": agency, "limit": f"{rate_per_second:g}", "burst": str(burst)},
+        )
+        self.retry_delay = retry_delay
+
+
+class TooManyStreams(ResourceExhausted):
+    """The agency already holds as many server streams as it may."""
+
+    reason = "TOO_MANY_STREAMS"
+
+    def __init__(self, agency: str, limit: int) -> None:
+        super().__init__(
+            f"agency {agency} already has {limit} open streams, its limit; close one first",
+            metadata={"agency": agency, "limit": str(limit)},
+        )
 
 
 class Unavailable(LedgerError):

@@ -1,6 +1,7 @@
 """What every gRPC server of the project shares: the request interceptor.
 
-The interceptor authenticates the caller, binds the request context for logging
+The interceptor authenticates the caller, applies the per-agency limits
+(:mod:`services.common.limits`), binds the request context for logging
 (method, actor, request id), maps :class:`LedgerError` to AIP-193 statuses, turns
 unexpected exceptions into INTERNAL (logged with their traceback) and writes one
 log line per request with its status and duration.
@@ -18,8 +19,10 @@ import grpc
 import structlog
 
 from services.common.auth import Principal, TokenStore
+from services.common.config import LimitSettings
 from services.common.errors import LedgerError
 from services.common.grpc_errors import to_grpc_status
+from services.common.limits import Limits
 from services.common.metrics import Metrics
 
 log = structlog.get_logger("request")
@@ -41,10 +44,17 @@ else:
 
 
 class RequestInterceptor(_ServerInterceptor):
-    def __init__(self, tokens: TokenStore, domain: str, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        tokens: TokenStore,
+        domain: str,
+        metrics: Metrics | None = None,
+        limits: Limits | None = None,
+    ) -> None:
         self._tokens = tokens
         self._domain = domain
         self._metrics = metrics
+        self._limits = limits or Limits(LimitSettings())
         # Wrapped handlers, built once per method (the wrapping is the same each call).
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
         self._wrapped_lock = threading.Lock()
@@ -106,6 +116,7 @@ class RequestInterceptor(_ServerInterceptor):
             started = time.perf_counter()
             try:
                 principal = self._begin(method, request, context)
+                self._limits.admit(principal.agency)
                 token = _PRINCIPAL.set(principal)
                 try:
                     response = behaviour(request, context)
@@ -127,11 +138,15 @@ class RequestInterceptor(_ServerInterceptor):
             started = time.perf_counter()
             try:
                 principal = self._begin(method, request, context)
+                # The slot is freed when the stream ends: here, or on cancellation.
+                slot = self._limits.open_stream(principal.agency)
+                context.add_callback(slot.release)
                 token = _PRINCIPAL.set(principal)
                 try:
                     yield from behaviour(request, context)
                 finally:
                     _PRINCIPAL.reset(token)
+                    slot.release()
             except LedgerError as error:
                 self._fail(context, error, started)
             except Exception:
