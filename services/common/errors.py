@@ -9,6 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+# Bounds (UTF-8 bytes) of what an error carries: it travels in the response's
+# trailing metadata (percent-encoded, and again base64-encoded in the status
+# details), which clients refuse beyond a few KiB. Messages quote client values.
+MAX_MESSAGE_BYTES = 512
+MAX_METADATA_VALUE_BYTES = 128
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary), marked."""
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - 3].decode("utf-8", "ignore") + "\u2026"
+
 
 class LedgerError(Exception):
     """Base class of every error the services report to callers."""
@@ -26,11 +40,14 @@ class LedgerError(Exception):
         metadata: Mapping[str, str] | None = None,
         field: str | None = None,
     ) -> None:
+        message = bounded(message, MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.message = message
         if reason is not None:
             self.reason = reason
-        self.metadata: dict[str, str] = dict(metadata or {})
+        self.metadata: dict[str, str] = {
+            key: bounded(value, MAX_METADATA_VALUE_BYTES) for key, value in (metadata or {}).items()
+        }
         self.field = field
         if field is not None:
             self.metadata.setdefault("field", field)
@@ -42,6 +59,13 @@ class InvalidArgument(LedgerError):
 
     def __init__(self, field: str, message: str, *, reason: str = "INVALID_FIELD") -> None:
         super().__init__(f"{field}: {message}", reason=reason, field=field)
+
+
+class MalformedRequest(LedgerError):
+    """A request body that is not an encoding of the method's request message."""
+
+    code = "INVALID_ARGUMENT"
+    reason = "MALFORMED_REQUEST"
 
 
 class NotFound(LedgerError):

@@ -4,7 +4,9 @@ The interceptor authenticates the caller, applies the per-agency limits
 (:mod:`services.common.limits`), binds the request context for logging
 (method, actor, request id), maps :class:`LedgerError` to AIP-193 statuses, turns
 unexpected exceptions into INTERNAL (logged with their traceback) and writes one
-log line per request with its status and duration.
+log line per request with its status and duration. Before the servicer, every
+request passes :mod:`services.common.request_checks` (a body that parses, no NUL
+characters).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from services.common.errors import LedgerError
 from services.common.grpc_errors import to_grpc_status
 from services.common.limits import Limits
 from services.common.metrics import Metrics
+from services.common.request_checks import check_request, parsing
 
 log = structlog.get_logger("request")
 
@@ -84,13 +87,13 @@ class RequestInterceptor(_ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=parsing(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=parsing(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -117,6 +120,7 @@ class RequestInterceptor(_ServerInterceptor):
             try:
                 principal = self._begin(method, request, context)
                 self._limits.admit(principal.agency)
+                check_request(request)
                 token = _PRINCIPAL.set(principal)
                 try:
                     response = behaviour(request, context)
@@ -143,6 +147,7 @@ class RequestInterceptor(_ServerInterceptor):
                 context.add_callback(slot.release)
                 token = _PRINCIPAL.set(principal)
                 try:
+                    check_request(request)
                     yield from behaviour(request, context)
                 finally:
                     _PRINCIPAL.reset(token)
