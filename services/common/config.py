@@ -14,7 +14,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -364,6 +364,36 @@ class RelaySettings:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    """Per-agency limits of a gRPC server (see README, "Limits"); 0 = no limit.
+
+    The rate limit is off in development (``make run``, tests, benchmarks) and on in
+    production unless set: ``PRODUCTION_RATE_PER_SECOND`` with a burst of twice that.
+    """
+
+    rate_per_second: float = 0.0
+    burst: int = 0
+    max_streams_per_agency: int = 16
+
+    PRODUCTION_RATE_PER_SECOND: ClassVar[float] = 200.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, production: bool) -> LimitSettings:
+        default_rate = cls.PRODUCTION_RATE_PER_SECOND if production else 0.0
+        rate = _float(env, "LEDGER_RATE_LIMIT_PER_SECOND", default_rate)
+        if rate < 0:
+            raise ConfigError(f"LEDGER_RATE_LIMIT_PER_SECOND must not be negative, got {rate}")
+        burst = _int(env, "LEDGER_RATE_LIMIT_BURST", max(1, round(2 * rate)), minimum=1)
+        return cls(
+            rate_per_second=rate,
+            burst=burst if rate > 0 else 0,
+            max_streams_per_agency=_int(
+                env, "LEDGER_MAX_STREAMS_PER_AGENCY", cls.max_streams_per_agency
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
     """What every service reads the same way: environment, data, credentials, logging."""
 
@@ -373,6 +403,7 @@ class ServiceSettings:
     tokens_file: Path | None = None
     page_token_secret: bytes | None = field(default=None, repr=False)
     max_message_bytes: int = 1024 * 1024
+    limits: LimitSettings = field(default_factory=LimitSettings)
     log_level: str = "INFO"
     log_format: str = "auto"
     tls: ServerTls | None = None
@@ -405,10 +436,11 @@ class ServiceSettings:
     def common_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         """The shared fields, read from ``env`` and checked (production needs real secrets)."""
         secret = _secret(env, "LEDGER_PAGE_TOKEN_SECRET")
+        environment = _choice(
+            env, "LEDGER_ENVIRONMENT", "development", {"development", "production"}
+        )
         common: dict[str, Any] = {
-            "environment": _choice(
-                env, "LEDGER_ENVIRONMENT", "development", {"development", "production"}
-            ),
+            "environment": environment,
             "data_dir": Path(env.get("LEDGER_DATA_DIR") or PROJECT_ROOT / "data"),
             "reference_file": Path(
                 env.get("LEDGER_REFERENCE_FILE") or ServiceSettings.reference_file
@@ -420,6 +452,7 @@ class ServiceSettings:
             "max_message_bytes": _int(
                 env, "LEDGER_MAX_MESSAGE_BYTES", ServiceSettings.max_message_bytes, minimum=1024
             ),
+            "limits": LimitSettings.from_env(env, production=environment == "production"),
             "log_level": _choice(
                 env, "LEDGER_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"}
             ),

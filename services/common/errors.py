@@ -12,12 +12,28 @@ from collections.abc import Mapping
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError
 
+# Bounds (UTF-8 bytes) of what an error carries: it travels in the response's
+# trailing metadata (percent-encoded, and again base64-encoded in the status
+# details), which clients refuse beyond a few KiB. Messages quote client values.
+MAX_MESSAGE_BYTES = 512
+MAX_METADATA_VALUE_BYTES = 128
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary), marked."""
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - 3].decode("utf-8", "ignore") + "\u2026"
+
 
 class LedgerError(Exception):
     """Base class of every error the services report to callers."""
 
     code: str = "INTERNAL"
     reason: str = "INTERNAL"
+    #: Seconds after which a retry may succeed (sent as google.rpc.RetryInfo), if known.
+    retry_delay: float | None = None
 
     def __init__(
         self,
@@ -27,11 +43,14 @@ class LedgerError(Exception):
         metadata: Mapping[str, str] | None = None,
         field: str | None = None,
     ) -> None:
+        message = bounded(message, MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.message = message
         if reason is not None:
             self.reason = reason
-        self.metadata: dict[str, str] = dict(metadata or {})
+        self.metadata: dict[str, str] = {
+            key: bounded(value, MAX_METADATA_VALUE_BYTES) for key, value in (metadata or {}).items()
+        }
         self.field = field
         if field is not None:
             self.metadata.setdefault("field", field)
@@ -43,6 +62,13 @@ class InvalidArgument(LedgerError):
 
     def __init__(self, field: str, message: str, *, reason: str = "INVALID_FIELD") -> None:
         super().__init__(f"{field}: {message}", reason=reason, field=field)
+
+
+class MalformedRequest(LedgerError):
+    """A request body that is not an encoding of the method's request message."""
+
+    code = "INVALID_ARGUMENT"
+    reason = "MALFORMED_REQUEST"
 
 
 class NotFound(LedgerError):
@@ -104,6 +130,32 @@ class Unauthenticated(LedgerError):
 class ResourceExhausted(LedgerError):
     code = "RESOURCE_EXHAUSTED"
     reason = "RESOURCE_EXHAUSTED"
+
+
+class RateLimited(ResourceExhausted):
+    """The agency's request rate is over its limit; retry after ``retry_delay`` seconds."""
+
+    reason = "RATE_LIMITED"
+
+    def __init__(self, agency: str, rate_per_second: float, burst: int, retry_delay: float) -> None:
+        super().__init__(
+            f"agency {agency} is over its request rate limit "
+            f"({rate_per_second:g}/s, burst {burst}); retry in {retry_delay:.3f} s",
+            metadata={"agency": agency, "limit": f"{rate_per_second:g}", "burst": str(burst)},
+        )
+        self.retry_delay = retry_delay
+
+
+class TooManyStreams(ResourceExhausted):
+    """The agency already holds as many server streams as it may."""
+
+    reason = "TOO_MANY_STREAMS"
+
+    def __init__(self, agency: str, limit: int) -> None:
+        super().__init__(
+            f"agency {agency} already has {limit} open streams, its limit; close one first",
+            metadata={"agency": agency, "limit": str(limit)},
+        )
 
 
 class Unavailable(LedgerError):

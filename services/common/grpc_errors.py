@@ -1,13 +1,14 @@
 """The one mapping from :class:`LedgerError` to gRPC statuses (AIP-193).
 
 Every error leaves as google.rpc.Status with an ErrorInfo (reason, domain,
-metadata) and, for a bad field, a BadRequest field violation.
+metadata), for a bad field a BadRequest field violation, and when a retry may
+succeed later a RetryInfo with its delay.
 """
 
 from __future__ import annotations
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -34,6 +35,12 @@ def to_grpc_status(error: LedgerError, domain: str) -> grpc.Status:
             )
         )
         details.append(bad)
+    if error.retry_delay is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(max(0, round(error.retry_delay * 1e9)))
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(retry)
     return rpc_status.to_status(
         status_pb2.Status(code=code, message=error.message, details=details)
     )
@@ -49,4 +56,17 @@ def error_info(call: grpc.Call) -> error_details_pb2.ErrorInfo | None:
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             return info
+    return None
+
+
+def retry_info(call: grpc.Call) -> error_details_pb2.RetryInfo | None:
+    """The RetryInfo of a failed call, for clients and tests."""
+    status = rpc_status.from_call(call)
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            return retry
     return None

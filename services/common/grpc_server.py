@@ -1,9 +1,12 @@
 """What every gRPC server of the project shares: the request interceptor.
 
-The interceptor authenticates the caller, binds the request context for logging
+The interceptor authenticates the caller, applies the per-agency limits
+(:mod:`services.common.limits`), binds the request context for logging
 (method, actor, request id), maps :class:`LedgerError` to AIP-193 statuses, turns
 unexpected exceptions into INTERNAL (logged with their traceback) and writes one
-log line per request with its status and duration.
+log line per request with its status and duration. Before the servicer, every
+request passes :mod:`services.common.request_checks` (a body that parses, no NUL
+characters).
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ import grpc
 import structlog
 
 from services.common.auth import Principal, TokenStore, authenticate
+from services.common.config import LimitSettings
 from services.common.errors import LedgerError, as_ledger_error
 from services.common.grpc_errors import to_grpc_status
+from services.common.limits import Limits
 from services.common.metrics import Metrics
+from services.common.request_checks import check_request, parsing
 
 log = structlog.get_logger("request")
 
@@ -55,10 +61,17 @@ else:
 
 
 class RequestInterceptor(_ServerInterceptor):
-    def __init__(self, tokens: TokenStore, domain: str, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        tokens: TokenStore,
+        domain: str,
+        metrics: Metrics | None = None,
+        limits: Limits | None = None,
+    ) -> None:
         self._tokens = tokens
         self._domain = domain
         self._metrics = metrics
+        self._limits = limits or Limits(LimitSettings())
         # Wrapped handlers, built once per method (the wrapping is the same each call).
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
         self._wrapped_lock = threading.Lock()
@@ -88,13 +101,13 @@ class RequestInterceptor(_ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=parsing(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=parsing(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -120,6 +133,8 @@ class RequestInterceptor(_ServerInterceptor):
             started = time.perf_counter()
             try:
                 principal = self._begin(method, request, context)
+                self._limits.admit(principal.agency)
+                check_request(request)
                 token = _PRINCIPAL.set(principal)
                 try:
                     response = behaviour(request, context)
@@ -141,11 +156,16 @@ class RequestInterceptor(_ServerInterceptor):
             started = time.perf_counter()
             try:
                 principal = self._begin(method, request, context)
+                # The slot is freed when the stream ends: here, or on cancellation.
+                slot = self._limits.open_stream(principal.agency)
+                context.add_callback(slot.release)
                 token = _PRINCIPAL.set(principal)
                 try:
+                    check_request(request)
                     yield from behaviour(request, context)
                 finally:
                     _PRINCIPAL.reset(token)
+                    slot.release()
             except LedgerError as error:
                 self._fail(context, error, started)
             except Exception as exc:

@@ -25,6 +25,7 @@ from incidentledger.v1 import (
 from services.common.auth import TokenStore, load_or_create_tokens, shared_secret
 from services.common.config import LedgerSettings
 from services.common.grpc_server import RequestInterceptor
+from services.common.limits import Limits
 from services.common.metrics import Metrics
 from services.common.pagetoken import PageTokens
 from services.common.serving import add_health_and_reflection, listen, new_server, set_serving
@@ -118,7 +119,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
     server = new_server(
         max_workers=settings.max_workers,
         max_message_bytes=settings.max_message_bytes,
-        interceptor=RequestInterceptor(tokens, ERROR_DOMAIN, metrics),
+        interceptor=RequestInterceptor(tokens, ERROR_DOMAIN, metrics, Limits(settings.limits)),
     )
     health_servicer = add_health_and_reflection(server, SERVICES)
     relay = start_relay(settings, ledger, health_servicer)

@@ -14,6 +14,7 @@ from incidentledger.v1 import notifier_service_pb2, notifier_service_pb2_grpc
 from services.common.auth import load_or_create_tokens, shared_secret
 from services.common.config import NotifierSettings
 from services.common.grpc_server import RequestInterceptor
+from services.common.limits import Limits
 from services.common.metrics import Metrics
 from services.common.natsconn import redact_url
 from services.common.pagetoken import PageTokens
@@ -85,7 +86,7 @@ def build(settings: NotifierSettings) -> NotifierServer:
     server = new_server(
         max_workers=settings.max_workers,
         max_message_bytes=settings.max_message_bytes,
-        interceptor=RequestInterceptor(tokens, ERROR_DOMAIN, metrics),
+        interceptor=RequestInterceptor(tokens, ERROR_DOMAIN, metrics, Limits(settings.limits)),
     )
     metrics_port = metrics.serve(settings.metrics_listen) if settings.metrics_listen else 0
     deliveries = DeliveryLog(store)

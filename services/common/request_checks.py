@@ -1,0 +1,64 @@
+"""Checks every request passes before a servicer sees it, whatever its method.
+
+- A body that does not parse as the method's request message is INVALID_ARGUMENT
+  (``MALFORMED_REQUEST``); left to gRPC, it would be INTERNAL.
+- No string field, at any depth, may contain U+0000: PostgreSQL cannot store it in
+  text, so such a value would be recorded and then break every reader of the store
+  (``INVALID_FIELD``, naming the field).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import DecodeError, Message
+
+from services.common.errors import InvalidArgument, MalformedRequest
+
+
+@dataclass(frozen=True)
+class Unparsed:
+    """Stands for a request body that failed to parse, until the caller is known."""
+
+    error: str
+
+
+def parsing(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserialize`` returning :class:`Unparsed` instead of raising DecodeError."""
+    if deserialize is None:
+        return None
+
+    def parse(body: bytes) -> Any:
+        try:
+            return deserialize(body)
+        except DecodeError as error:
+            return Unparsed(str(error))
+
+    return parse
+
+
+def check_request(request: Any) -> None:
+    """Raise the refusal of a request that did not parse or holds a NUL character."""
+    if isinstance(request, Unparsed):
+        raise MalformedRequest(f"the request body does not parse: {request.error}")
+    if isinstance(request, Message):
+        _check_text(request, "")
+
+
+def _check_text(message: Message, prefix: str) -> None:
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            items = [item for pair in value.items() for item in pair]
+        elif field.is_repeated:
+            items = list(value)
+        else:
+            items = [value]
+        for item in items:
+            if isinstance(item, str):
+                if "\x00" in item:
+                    raise InvalidArgument(path, "must not contain NUL characters")
+            elif isinstance(item, Message):
+                _check_text(item, f"{path}.")
