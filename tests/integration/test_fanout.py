@@ -465,9 +465,17 @@ def test_a_slow_endpoint_does_not_hold_up_the_others(stack: Stack) -> None:
         results = [stack.ledger.report(f"{agency}") for agency in ("polres", "kodim") * 5]
         wait_until(lambda: len(fast.verified()) == 10, timeout=5, what="the fast endpoint")
         assert len(slow.verified()) < 10, "the slow endpoint is still catching up"
-        deliveries = stack.stub.ListDeliveries(
-            napi.ListDeliveriesRequest(agency="kodim"), metadata=stack.ledger.md("kodim")
-        ).deliveries
+
+        def logged() -> list[napi.DeliveryRecord]:
+            return list(
+                stack.stub.ListDeliveries(
+                    napi.ListDeliveriesRequest(agency="kodim"), metadata=stack.ledger.md("kodim")
+                ).deliveries
+            )
+
+        # The delivery log is written in batches, a moment after the endpoint answered.
+        wait_until(lambda: len(logged()) == 10, timeout=5, what="the delivery log")
+        deliveries = logged()
         assert sorted(d.event_id for d in deliveries) == sorted(r.event_id for r in results)
         assert {(d.agency, d.channel, d.outcome) for d in deliveries} == {
             ("kodim", "webhook", "delivered")
