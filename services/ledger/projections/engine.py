@@ -407,6 +407,7 @@ class ProjectionStore:
         self.sql = sql
         self.decoder = decoder
         self.reference = reference
+        self._shared = False  # set once another process is seen applying batches
 
     # --------------------------------------------------------------- writing
 
@@ -447,9 +448,10 @@ class ProjectionStore:
         When the stored position is no longer ``start`` (another process applied
         events meanwhile) nothing is written and the stored position is returned.
         """
-        current = self.position()
-        if current != start:  # another replica got there first: no need to decode
-            return current, 0
+        if self._shared:  # replicas race for batches: skip decoding one already applied
+            current = self.position()
+            if current != start:
+                return current, 0
         facts = self.decode(batch)
         end = int(batch[-1].id)
         with self.sql.transaction() as cur:
@@ -459,6 +461,7 @@ class ProjectionStore:
             found = cur.fetchone()
             current = int(found[0]) if found else 0
             if current != start:
+                self._shared = True  # another process applies batches too
                 return current, 0
             created = {f.incident_id for f in facts if f.type == "Reported"}
             touched = {f.incident_id for f in facts} - created
