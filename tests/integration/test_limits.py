@@ -15,6 +15,7 @@ from incidentledger.v1 import audit_service_pb2 as audit
 from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
+from incidentledger_client import LedgerClient, ResourceExhausted, RetryPolicy
 from services.common.config import LimitSettings
 from services.common.grpc_errors import error_info, retry_info
 from services.common.natsserver import NatsServer
@@ -99,6 +100,22 @@ def test_a_burst_over_the_rate_is_refused_records_nothing_and_recovers(limited: 
         return True
 
     wait_until(admitted_again, timeout=10.0, what="a token to refill")
+
+
+def test_the_python_client_waits_as_told_when_rate_limited(limited: Client) -> None:
+    """LedgerClient retries RATE_LIMITED after the server's RetryInfo delay: all succeed."""
+    with LedgerClient(limited.address, limited.tokens["kesbangpol"], retries=10) as client:
+        results = [client.report(f"Gathering {n}", "crowd_gathering", "ipuh") for n in range(8)]
+    assert len({r.position for r in results}) == 8  # 5 from the burst, 3 after waiting
+    with (
+        LedgerClient(
+            limited.address, limited.tokens["kesbangpol"], retry=RetryPolicy(retries=0)
+        ) as impatient,
+        pytest.raises(ResourceExhausted) as caught,
+    ):
+        for n in range(8):
+            impatient.report(f"Gathering {n}", "crowd_gathering", "ipuh")
+    assert caught.value.reason == "RATE_LIMITED"
 
 
 def test_unauthenticated_calls_are_refused_before_the_rate_limit(limited: Client) -> None:

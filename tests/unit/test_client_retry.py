@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from incidentledger.v1 import incident_pb2 as pb
@@ -42,6 +42,7 @@ class FakeRpcError(grpc.RpcError):
         message: str = "",
         reason: str = "",
         metadata: dict[str, str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self._code = code
@@ -54,8 +55,15 @@ class FakeRpcError(grpc.RpcError):
                     reason=reason, domain="ledger.incidentledger", metadata=metadata or {}
                 )
             )
+            details = [info]
+            if retry_after is not None:
+                retry = any_pb2.Any()
+                delay = duration_pb2.Duration()
+                delay.FromTimedelta(timedelta(seconds=retry_after))
+                retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+                details.append(retry)
             status = status_pb2.Status(
-                code=getattr(code_pb2, code.name), message=message, details=[info]
+                code=getattr(code_pb2, code.name), message=message, details=details
             )
             self._trailers = (("grpc-status-details-bin", status.SerializeToString()),)
 
@@ -94,6 +102,33 @@ def test_unavailable_and_deadline_exceeded_are_retried_with_growing_backoff() ->
     assert call_with_retry(rpc, policy, sleep=slept.append, rng=lambda: 1.0) == "ok"
     assert rpc.calls == 4
     assert slept == pytest.approx([0.1, 0.2, 0.3])  # doubling, capped at max_backoff
+
+
+def test_rate_limited_calls_wait_the_delay_the_server_names() -> None:
+    sleeps: list[float] = []
+    limited = FakeRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down", "RATE_LIMITED", retry_after=0.25
+    )
+    call = Flaky(limited, limited)
+    assert call_with_retry(call, RetryPolicy(retries=3), sleep=sleeps.append) == "ok"
+    assert sleeps == [0.25, 0.25]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        # No RetryInfo (a full stream cap, a message too large): waiting would not help.
+        FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many", "TOO_MANY_STREAMS"),
+        # Longer than the policy lets a caller wait.
+        FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "later", "RATE_LIMITED", retry_after=60),
+    ],
+)
+def test_resource_exhausted_without_a_short_retry_delay_is_raised(error: FakeRpcError) -> None:
+    sleeps: list[float] = []
+    with pytest.raises(LedgerError) as caught:
+        call_with_retry(Flaky(error), RetryPolicy(retries=3), sleep=sleeps.append)
+    assert caught.value.code == "RESOURCE_EXHAUSTED"
+    assert sleeps == []
 
 
 def test_backoff_has_full_jitter() -> None:

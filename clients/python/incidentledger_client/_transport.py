@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from incidentledger_client.errors import from_rpc_error, status_code
+from incidentledger_client.errors import from_rpc_error, retry_delay, status_code
 
 T = TypeVar("T")
 Metadata = tuple[tuple[str, str], ...]
@@ -34,7 +34,9 @@ class RetryPolicy:
 
     Attempt ``n`` (from 0) waits a random time in ``[0, min(max_backoff,
     initial_backoff * multiplier**n)]`` before the next one; ``retries`` is the number of
-    retries after the first attempt (0 = never retry).
+    retries after the first attempt (0 = never retry). A RESOURCE_EXHAUSTED that carries a
+    RetryInfo (the agency's request rate was exceeded) is retried after the delay the
+    server names, if that is at most ``max_backoff``.
     """
 
     retries: int = 5
@@ -65,9 +67,15 @@ def call_with_retry(
         try:
             return call()
         except grpc.RpcError as error:
-            if status_code(error) not in RETRYABLE or attempt >= policy.retries:
+            if attempt >= policy.retries:
                 raise from_rpc_error(error) from None
-            sleep(policy.delay(attempt, rng))
+            if status_code(error) in RETRYABLE:
+                sleep(policy.delay(attempt, rng))
+            else:
+                wait = retry_delay(error)  # the server says when to come back
+                if wait is None or wait > policy.max_backoff:
+                    raise from_rpc_error(error) from None
+                sleep(wait)
             attempt += 1
 
 

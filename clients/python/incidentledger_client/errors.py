@@ -15,7 +15,7 @@ The class is picked by reason first, then by code, from one table (:data:`REASON
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import cast
+from typing import Any, cast
 
 import grpc
 from google.rpc import error_details_pb2
@@ -197,23 +197,36 @@ def status_code(error: grpc.RpcError) -> grpc.StatusCode | None:
     return value if isinstance(value, grpc.StatusCode) else None
 
 
-def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+def _details(error: grpc.RpcError) -> list[Any]:
+    """The google.rpc.Status details of a failed call (empty when it carries none)."""
     if status_code(error) is None:
-        return None
+        return []
     try:
         status = rpc_status.from_call(cast(grpc.Call, error))
     except (
         ValueError,
         AttributeError,
     ):  # trailers that do not match the status: ignore the details
-        return None
-    if status is None:
-        return None
-    for detail in status.details:
+        return []
+    return list(status.details) if status is not None else []
+
+
+def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    for detail in _details(error):
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             return info
+    return None
+
+
+def retry_delay(error: grpc.RpcError) -> float | None:
+    """Seconds the server asks the caller to wait before retrying (its RetryInfo), if any."""
+    for detail in _details(error):
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return float(info.retry_delay.ToNanoseconds()) / 1e9
     return None
 
 
