@@ -7,12 +7,17 @@ succeed later a RetryInfo with its delay.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from services.common.errors import LedgerError
+
+M = TypeVar("M", bound=Message)
 
 
 def to_grpc_status(error: LedgerError, domain: str) -> grpc.Status:
@@ -46,27 +51,22 @@ def to_grpc_status(error: LedgerError, domain: str) -> grpc.Status:
     )
 
 
+def _detail(call: grpc.Call, kind: type[M]) -> M | None:
+    """The first detail of type ``kind`` in a failed call's google.rpc.Status, if any."""
+    status = rpc_status.from_call(call)
+    for detail in status.details if status is not None else ():
+        if detail.Is(kind.DESCRIPTOR):
+            found = kind()
+            detail.Unpack(found)
+            return found
+    return None
+
+
 def error_info(call: grpc.Call) -> error_details_pb2.ErrorInfo | None:
     """The ErrorInfo of a failed call, for clients and tests."""
-    status = rpc_status.from_call(call)
-    if status is None:
-        return None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    return None
+    return _detail(call, error_details_pb2.ErrorInfo)
 
 
 def retry_info(call: grpc.Call) -> error_details_pb2.RetryInfo | None:
     """The RetryInfo of a failed call, for clients and tests."""
-    status = rpc_status.from_call(call)
-    if status is None:
-        return None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-            return retry
-    return None
+    return _detail(call, error_details_pb2.RetryInfo)

@@ -15,11 +15,14 @@ The class is picked by reason first, then by code, from one table (:data:`REASON
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import grpc
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+M = TypeVar("M", bound=Message)
 
 
 class LedgerError(Exception):
@@ -211,23 +214,24 @@ def _details(error: grpc.RpcError) -> list[Any]:
     return list(status.details) if status is not None else []
 
 
-def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+def _detail(error: grpc.RpcError, kind: type[M]) -> M | None:
+    """The first detail of type ``kind`` in a failed call's google.rpc.Status, if any."""
     for detail in _details(error):
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
+        if detail.Is(kind.DESCRIPTOR):
+            found = kind()
+            detail.Unpack(found)
+            return found
     return None
+
+
+def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    return _detail(error, error_details_pb2.ErrorInfo)
 
 
 def retry_delay(error: grpc.RpcError) -> float | None:
     """Seconds the server asks the caller to wait before retrying (its RetryInfo), if any."""
-    for detail in _details(error):
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return float(info.retry_delay.ToNanoseconds()) / 1e9
-    return None
+    info = _detail(error, error_details_pb2.RetryInfo)
+    return None if info is None else float(info.retry_delay.ToNanoseconds()) / 1e9
 
 
 def from_rpc_error(error: grpc.RpcError) -> LedgerError:
