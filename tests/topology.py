@@ -41,6 +41,8 @@ import grpc
 import psycopg
 import pytest
 
+from incidentledger.v1 import audit_service_pb2 as audit
+from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
@@ -48,6 +50,9 @@ from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.config import PROJECT_ROOT
 from services.common.natsserver import free_port
+from tests.fanout_support import wait_until
+
+__all__ = ["wait_until"]  # re-exported: the topology's tests wait the same way
 
 KECAMATAN = ("kota_mukomuko", "ipuh", "lubuk_pinang", "air_manjunto")
 RETRYABLE = {
@@ -57,14 +62,6 @@ RETRYABLE = {
     grpc.StatusCode.INTERNAL,
     grpc.StatusCode.UNKNOWN,
 }
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 # --- PostgreSQL of the test's own ---------------------------------------------------------
@@ -254,10 +251,10 @@ class Deployment:
     def base_env(self) -> dict[str, str]:
         return {"LEDGER_DATA_DIR": str(self.data_dir), "NATS_URL": self.nats_url}
 
-    def migrate(self) -> None:
-        """The one migration before any replica (``python -m services.ledger migrate``)."""
+    def run(self, module: str, *args: str) -> None:
+        """``python -m <module> <args>`` once, against this deployment's store; must succeed."""
         done = subprocess.run(
-            [sys.executable, "-m", "services.ledger", "migrate"],
+            [sys.executable, "-m", module, *args],
             env={
                 **os.environ,
                 **self.base_env,
@@ -267,10 +264,14 @@ class Deployment:
             cwd=PROJECT_ROOT,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=300,
             check=False,
         )
         assert done.returncode == 0, done.stdout + done.stderr
+
+    def migrate(self) -> None:
+        """The one migration before any replica (``python -m services.ledger migrate``)."""
+        self.run("services.ledger", "migrate")
 
     def add_ledger(self, **env: str) -> Service:
         service = Service(
@@ -321,6 +322,15 @@ def postgres_schema(connect: Callable[[], psycopg.Connection[tuple[Any, ...]]]) 
     with connect() as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
     return schema
+
+
+def stored_events(address: str, token: str) -> list[pb.IncidentEvent]:
+    """The whole history, through the audit API (``token``: an auditor's)."""
+    with grpc.insecure_channel(address) as channel:
+        stub = audit_grpc.AuditServiceStub(channel)
+        md = (("authorization", f"Bearer {token}"),)
+        request = audit.StreamEventsRequest()
+        return [r.event for r in stub.StreamEvents(request, metadata=md, timeout=120)]
 
 
 # --- load ----------------------------------------------------------------------------------

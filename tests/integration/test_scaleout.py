@@ -22,8 +22,6 @@ import nats
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from incidentledger.v1 import audit_service_pb2 as audit
-from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
@@ -32,7 +30,13 @@ from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.natsserver import NatsServer, free_port
 from tests.fanout_support import WEBHOOK_SECRET, WebhookReceiver, webhook_receiver
 from tests.support import rid, store_environment
-from tests.topology import CommandLoad, Deployment, FollowingSubscriber, wait_until
+from tests.topology import (
+    CommandLoad,
+    Deployment,
+    FollowingSubscriber,
+    stored_events,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.postgres]
 
@@ -53,17 +57,6 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
 
 def md(deployment: Deployment, agency: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {deployment.tokens()[agency]}"),)
-
-
-def stored_events(deployment: Deployment, address: str) -> list[pb.IncidentEvent]:
-    """The whole history, through the audit API."""
-    with grpc.insecure_channel(address) as channel:
-        stub = audit_grpc.AuditServiceStub(channel)
-        request = audit.StreamEventsRequest()
-        return [
-            r.event
-            for r in stub.StreamEvents(request, metadata=md(deployment, AUDITOR), timeout=60)
-        ]
 
 
 def leaders(deployment: Deployment) -> list[int]:
@@ -160,7 +153,7 @@ def test_two_ledger_replicas_accept_commands_concurrently_without_a_lost_update(
             incident = stub.GetIncident(api.GetIncidentRequest(name=name), metadata=coordinator)
             assert incident.incident.version == 61
             assert incident.incident.escalation_level == 60
-        history = stored_events(deployment, replicas[1].address)
+        history = stored_events(replicas[1].address, deployment.tokens()[AUDITOR])
         assert sorted(e.position for e in history if e.type == "Escalated") == sorted(done)
     finally:
         for channel in channels:
@@ -193,7 +186,7 @@ def test_exactly_one_relay_publishes_and_the_other_takes_over_when_it_dies(
     finally:
         load.stop()
     survivor = deployment.ledgers[1 - first]
-    events = stored_events(deployment, survivor.address)
+    events = stored_events(survivor.address, deployment.tokens()[AUDITOR])
     positions = [e.position for e in events]
     assert {a.position for a in load.acknowledged} <= set(positions)
     wait_until(
@@ -269,7 +262,7 @@ def test_two_notifiers_share_the_consumer_and_killing_one_loses_nothing(
         finally:
             load.stop()
         try:
-            events = stored_events(deployment, ledger.address)
+            events = stored_events(ledger.address, deployment.tokens()[AUDITOR])
             wanted = {e.event_id for e in events}
             assert {e.event_id for e in events if e.position in
                     {a.position for a in load.acknowledged}} <= wanted  # fmt: skip

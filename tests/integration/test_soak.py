@@ -23,8 +23,6 @@ By default one round of faults (CI). ``make soak`` runs rounds for ``SOAK_SECOND
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -39,7 +37,7 @@ from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
-from services.common.config import PROJECT_ROOT, LedgerSettings
+from services.common.config import LedgerSettings
 from services.common.natsserver import NatsCluster
 from services.ledger.application import Ledger
 from services.ledger.projections.service import Projections
@@ -53,6 +51,7 @@ from tests.topology import (
     PrivatePostgres,
     postgres_schema,
     private_postgres,
+    stored_events,
     wait_until,
 )
 
@@ -71,13 +70,6 @@ PROGRESS = 30  # acknowledged commands between steps of a round
 def progress(load: CommandLoad, what: str) -> None:
     before = load.count
     wait_until(lambda: load.count >= before + PROGRESS, 120, f"{PROGRESS} commands {what}")
-
-
-def stored_events(address: str, token: str) -> list[pb.IncidentEvent]:
-    with grpc.insecure_channel(address) as channel:
-        stub = audit_grpc.AuditServiceStub(channel)
-        md = (("authorization", f"Bearer {token}"),)
-        return [r.event for r in stub.StreamEvents(audit.StreamEventsRequest(), metadata=md)]
 
 
 def verify(address: str, token: str) -> audit.VerifyLedgerResponse:
@@ -99,24 +91,6 @@ def projection_rows(deployment: Deployment) -> dict[str, list[tuple[object, ...]
     finally:
         projections.close()
         ledger.close()
-
-
-def rebuild_projections(deployment: Deployment) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "services.ledger.projections", "rebuild"],
-        env={
-            **os.environ,
-            **deployment.base_env,
-            **deployment.store_env,
-            "PYTHONPATH": f"{PROJECT_ROOT}:{PROJECT_ROOT / 'gen'}",
-        },
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.fixture
@@ -231,7 +205,7 @@ def test_soak_nothing_is_lost_while_things_break(
         assert result.events == len(events)
         deployment.stop()
         incremental = projection_rows(deployment)
-        rebuild_projections(deployment)
+        deployment.run("services.ledger.projections", "rebuild")
         assert projection_rows(deployment) == incremental
         log.info(
             "soak.done",
