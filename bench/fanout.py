@@ -27,9 +27,6 @@ import logging
 import math
 import multiprocessing
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -64,9 +61,11 @@ from bench.scenarios import (
     Metadata,
     actors,
     envelope,
+    free_port,
     ledger_settings,
     prepare_assigned,
     read_tokens,
+    service_process,
 )
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
@@ -74,7 +73,6 @@ from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.auth import generate_dev_credentials
 from services.common.config import PROJECT_ROOT, RelaySettings, StreamSettings
-from services.common.natsserver import free_port
 from services.ledger.application import Ledger
 from services.ledger.domain.incident import Incident
 from services.ledger.domain.reference import ReferenceData
@@ -479,30 +477,11 @@ def notifier_process(data_dir: Path, nats_url: str, stream: StreamSettings) -> I
         "LEDGER_LOG_LEVEL": "WARNING",
         "LEDGER_LOG_FORMAT": "json",
     }
-    log_path = data_dir / "notifier.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.notifier"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        target = f"127.0.0.1:{port}"
-        with grpc.insecure_channel(target) as channel:
-            try:
-                grpc.channel_ready_future(channel).result(timeout=30)
-            except grpc.FutureTimeoutError:
-                raise RuntimeError(f"the notifier did not start; see {log_path}") from None
+    with service_process("services.notifier", env, port, data_dir / "notifier.log") as (
+        _process,
+        target,
+    ):
         yield target
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def end_to_end(

@@ -452,38 +452,49 @@ def ledger_env(data_dir: Path, settings: Mapping[str, str] | None = None) -> dic
 
 
 @contextmanager
+def service_process(
+    module: str, env: Mapping[str, str], port: int, log_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``python -m <module>`` with ``env``, listening on ``port``; ready once gRPC connects.
+
+    Stopped with SIGTERM (then SIGKILL after 15 s) on exit; its output goes to ``log_path``.
+    """
+    name = module.rsplit(".", 1)[-1]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module],
+            cwd=PROJECT_ROOT,
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        target = f"127.0.0.1:{port}"
+        with grpc.insecure_channel(target) as channel:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=30)
+            except grpc.FutureTimeoutError:
+                raise RuntimeError(f"the {name} process did not start; see {log_path}") from None
+        yield process, target
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
 def ledger_process(
     data_dir: Path, settings: Mapping[str, str] | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``python -m services.ledger`` on a free port; see ledger_env for ``settings``."""
     port = free_port()
     env = ledger_env(data_dir, {**(settings or {}), "LEDGER_LISTEN": f"127.0.0.1:{port}"})
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with (data_dir / "server.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.ledger"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            target = f"127.0.0.1:{port}"
-            with grpc.insecure_channel(target) as channel:
-                try:
-                    grpc.channel_ready_future(channel).result(timeout=30)
-                except grpc.FutureTimeoutError:
-                    raise RuntimeError(
-                        f"the ledger process did not start; see {data_dir / 'server.log'}"
-                    ) from None
-            yield process, target
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with service_process("services.ledger", env, port, data_dir / "server.log") as running:
+        yield running
 
 
 def rss_mb(pid: int) -> float:
