@@ -9,7 +9,6 @@ every event type). Times and ids are decoded to their canonical strings.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
 from eventsourcing.persistence import (
     ApplicationRecorder,
     DatetimeAsISO,
@@ -29,6 +29,7 @@ from eventsourcing.persistence import (
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import get_topic
 
+from services.common.jsoncodec import canonical_dumps, loads
 from services.ledger.domain.incident import (
     ENVELOPE_FIELDS,
     GENESIS_HASH,
@@ -128,9 +129,6 @@ def _convert_list(values: list[Any]) -> list[Any]:
     ]
 
 
-_json_loads = json.JSONDecoder().decode
-
-
 # Keys of incident events whose values are times or ids (the usual places of special values).
 _TYPED_KEYS = (
     "timestamp",
@@ -147,13 +145,13 @@ _TYPED_KEYS = (
 _ENVELOPE_TIMES = frozenset({"timestamp", "occurred_at"})
 
 
-def _loads(text: str) -> Any:
-    data = _json_loads(text)
+def _loads(text: bytes) -> Any:
+    data = loads(text)
     if type(data) is not dict:
         return data
     # Fast path: convert the special values at the usual keys; if the text holds other
     # special values (counted without parsing), walk everything as the transcoder would.
-    expected = text.count('"_type_"')
+    expected = text.count(b'"_type_"')
     converted = 0
     for key in _TYPED_KEYS:
         value = data.get(key)
@@ -265,7 +263,7 @@ class RawDecoder:
                 state = self._decrypt(state)
             if self._decompress is not None:
                 state = self._decompress(state)
-            data = _loads(state.decode("utf-8"))
+            data = _loads(state)
         except EventDecodeError:
             raise
         except Exception as exc:  # any undecodable byte sequence
@@ -319,21 +317,9 @@ def _native(value: Any) -> Any:
     return value
 
 
-# canonical_json with the arguments it uses; bodies hold only JSON types here.
-_canonical_encode = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False
-).encode
-
-
 def body_hash(body: dict[str, Any]) -> str:
-    """The event hash: hex SHA-256 of the canonical JSON of the body."""
-    return hashlib.sha256(_canonical_encode(body).encode("utf-8")).hexdigest()
-
-
-def canonical_and_hash(body: dict[str, Any]) -> tuple[str, str]:
-    """The canonical JSON text of the body and its hash."""
-    text = _canonical_encode(body)
-    return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """The event hash: hex SHA-256 of the canonical JSON of the body (JSON types only)."""
+    return hashlib.sha256(canonical_dumps(body)).hexdigest()
 
 
 def chain_step(head: str, position: int, event_hash_hex: str) -> str:
@@ -357,18 +343,14 @@ def _proto_time(value: Any) -> str:
     return f"{base}.{fraction}Z"
 
 
-# json.dumps(payload, sort_keys=True), as convert.event_to_proto writes payload_json.
-_payload_encode = json.JSONEncoder(sort_keys=True).encode
-
-
 def _payload_json(body: dict[str, Any]) -> str:
+    """The event-specific fields, as ``convert.event_to_proto`` writes ``payload_json``."""
     payload = {}
     for k in body.keys() - _ENVELOPE_KEYS:
         v = body[k]
         kind = type(v)
         payload[k] = v.plain if kind is Time else _plain(v) if kind is dict or kind is list else v
-    text: str = _payload_encode(payload)
-    return text
+    return canonical_dumps(payload).decode("utf-8")
 
 
 def _plain(value: Any) -> Any:
@@ -396,61 +378,13 @@ def _location(location: Any) -> dict[str, Any] | None:
     return result
 
 
-_string = json.encoder.encode_basestring  # JSON string, not ASCII-escaped (C when available)
-
-
-def _text(value: Any) -> str:
-    return _string(value) if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
-def _number(value: Any) -> str:
-    return json.dumps(float(value))
-
-
-def envelope_json(body: dict[str, Any], position: int, digest: str) -> str:
-    """``envelope_from_body`` written as compact JSON (UTF-8 text), without building a dict."""
-    s, get = _string, body.get
-    schema = int(body["schema_version"])
-    occurred = get("occurred_at")
-    agency, officer = get("actor_agency"), get("actor_officer")
-    if agency and officer:
-        actor = f'"agency":{s(str(agency))},"officer":{s(str(officer))}'
-    elif agency or officer:
-        actor = f'"{"agency" if agency else "officer"}":{s(str(agency or officer))}'
-    else:
-        actor = ""
-    out = (
-        f'{{"event_id":{s(str(body["event_id"]))},'
-        f'"incident":{s("incidents/" + str(body["originator_id"]))},'
-        f'"version":"{int(body["originator_version"])}","type":{s(str(body["type"]))}'
-        + (f',"schema_version":{schema}' if schema else "")
-        + (f',"occur_time":"{_proto_time(occurred)}"' if occurred is not None else "")
-        + f',"record_time":"{_proto_time(body["timestamp"])}","actor":{{{actor}}}'
-    )
-    reason = get("reason")
-    if reason:
-        out += f',"reason":{s(str(reason))}'
-    location = _location(get("location"))
-    if location is not None:
-        fields = ",".join(
-            f"{s(k)}:{_number(v) if k in {'latitude', 'longitude'} else _text(v)}"
-            for k, v in location.items()
-        )
-        out += f',"location":{{{fields}}}'
-    for key in ("correlation_id", "causation_id", "request_id", "previous_hash"):
-        value = get(key)
-        if value:
-            out += f',"{key}":{s(str(value))}'
-    out += f',"hash":"{digest}"'
-    if position:
-        out += f',"position":"{int(position)}"'
-    return f'{out},"payload_json":{s(_payload_json(body))}}}'
-
-
-def export_line(body: dict[str, Any], position: int) -> tuple[str, str]:
-    """One export line (without its newline) and the event's hash."""
-    canonical, digest = canonical_and_hash(body)
-    return f'{envelope_json(body, position, digest)[:-1]},"canonical":{canonical}}}', digest
+def export_line(body: dict[str, Any], position: int) -> tuple[bytes, str]:
+    """One export line (UTF-8, without its newline) and the event's hash: the envelope
+    (``envelope_from_body``, compact JSON in field order) with ``"canonical"`` added."""
+    canonical = canonical_dumps(body)
+    digest = hashlib.sha256(canonical).hexdigest()
+    envelope = orjson.dumps(envelope_from_body(body, position, digest))
+    return b"".join((envelope[:-1], b',"canonical":', canonical, b"}")), digest
 
 
 def envelope_from_body(body: dict[str, Any], position: int, digest: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from uuid import UUID
 from eventsourcing.application import Application
 from eventsourcing.persistence import ApplicationRecorder
 
+from services.common.jsoncodec import loads
 from services.common.sql import open_database
 from services.ledger.audit.checkpoints import BATCH, ChainState, Checkpoint, iterate_checkpoints
 from services.ledger.audit.encoding import (
@@ -652,7 +653,7 @@ def _verify_lines(
             continue
         where = verifier.last_position
         try:
-            record = json.loads(line)
+            record = loads(line)
             if not isinstance(record, dict):
                 raise TypeError("not an object")
         except (ValueError, TypeError) as exc:
@@ -712,7 +713,7 @@ def _event_line(verifier: ChainVerifier, number: int, record: dict[str, Any], te
         previous_hash = str(body["previous_hash"])
         line, digest = export_line(body, position)
         # Exactly what the exporter writes: then the envelope matches the body.
-        same = line.encode("utf-8") == text.rstrip(b"\r\n")
+        same = line == text.rstrip(b"\r\n")
         expected = None if same else envelope_from_body(body, position, digest)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         verifier.found(where, _unreadable(number, where, f"not an event line ({exc})"))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +22,7 @@ from services.common.errors import (
     InvalidArgument,
     PermissionDenied,
 )
+from services.common.jsoncodec import canonical_dumps
 from services.ledger.domain.reference import Role
 
 GENESIS_HASH = "0" * 64
@@ -81,9 +81,7 @@ class Envelope:
 
 def canonical_json(value: Any) -> bytes:
     """The canonical encoding hashed by the chain: sorted keys, no spaces, UTF-8."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical
-    ).encode("utf-8")
+    return canonical_dumps(value, _canonical)
 
 
 def _canonical(value: Any) -> Any:

@@ -22,7 +22,6 @@ Loading an incident through the application still verifies its chain.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,6 +31,7 @@ from eventsourcing.application import Application
 from eventsourcing.persistence import JSONTranscoder, Notification
 from eventsourcing.utils import get_topic
 
+from services.common.jsoncodec import loads
 from services.ledger.domain.incident import Incident, incident_event_classes
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -181,7 +181,7 @@ class FastDecoder:
             and app.mapper.compressor is None
             and all(getattr(cls, "class_version", 1) == 1 for cls in classes)
         )
-        self._loads: Callable[[bytes], Any] = json.loads
+        self._loads: Callable[[bytes], Any] = loads
 
     def decode(self, notification: Notification) -> Fact | None:
         """The fact of an incident event; None for other notifications (request records)."""

@@ -1,0 +1,120 @@
+"""services.common.jsoncodec gives exactly the standard library's results."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.common.jsoncodec import canonical_dumps, loads
+
+
+def reference_dumps(value: Any, default: Any = None) -> bytes:
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=default
+    ).encode("utf-8")
+
+
+def _floats() -> st.SearchStrategy[float]:
+    # Every magnitude, the small ones (which orjson writes differently) included.
+    return st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.floats(min_value=1e-12, max_value=1e-3),
+        st.floats(min_value=-90, max_value=90),  # latitudes
+        st.sampled_from([0.0, -0.0, 1e-4, 1e-5, 9.99e-5, 1e15, 1e16, 1e-7, 5e-324]),
+    )
+
+
+def _ints() -> st.SearchStrategy[int]:
+    return st.one_of(
+        st.integers(min_value=-(2**63), max_value=2**64 - 1),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.sampled_from([2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1]),
+    )
+
+
+# Text surrogates excluded: a lone surrogate does not encode as UTF-8 in either.
+_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+_scalars = st.one_of(st.none(), st.booleans(), _ints(), _floats(), _text)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_text, inner, max_size=4)),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400)
+@given(_values)
+def test_canonical_dumps_writes_what_json_writes(value: Any) -> None:
+    assert canonical_dumps(value) == reference_dumps(value)
+
+
+@settings(max_examples=400)
+@given(_values)
+def test_loads_reads_what_json_reads(value: Any) -> None:
+    for text in (json.dumps(value), json.dumps(value, ensure_ascii=False, indent=1)):
+        got, want = loads(text.encode("utf-8")), json.loads(text)
+        assert got == want
+        assert reference_dumps(got) == reference_dumps(want)  # same types: 1 is not 1.0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"lat": 1e-5, "lon": 101.1},  # orjson alone writes 0.00001
+        {"n": 2**64},  # orjson alone refuses
+        {"n": [1.5e-9, -2.5e-7, 0.00001, 9.99e-5, 1e-4, 1e-10, 123.25]},
+        {1: "non-string key"},
+        ({"nested": (1e-7, "tuple")},),
+    ],
+)
+def test_canonical_dumps_falls_back_where_orjson_differs(value: Any) -> None:
+    assert canonical_dumps(value) == reference_dumps(value)
+
+
+def test_canonical_dumps_calls_default_for_times_and_writes_ids_like_str() -> None:
+    when = datetime(2026, 11, 26, 14, 0, tzinfo=UTC)
+
+    def default(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.isoformat(timespec="microseconds")
+        if isinstance(value, UUID):
+            return str(value)
+        raise TypeError(type(value).__name__)
+
+    value = {"at": when, "id": UUID(int=7), "b": [when]}
+    assert canonical_dumps(value, default) == reference_dumps(value, default)
+    with pytest.raises(TypeError):
+        canonical_dumps({"x": object()}, default)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"n": 18446744073709551616}',  # orjson alone reads a float
+        b'{"n": -9223372036854775809}',
+        b'"\\ud800"',
+        b"[1, 2.5, 1e-05]",
+    ],
+)
+def test_loads_falls_back_where_orjson_differs(text: bytes) -> None:
+    got, want = loads(text), json.loads(text)
+    assert repr(got) == repr(want)
+
+
+@pytest.mark.parametrize(
+    "text", [b'{"unterminated": ', b'{"n": NaN}', b"[Infinity]", "[-Infinity]", b"\xff"]
+)
+def test_loads_refuses_what_is_not_json(text: bytes | str) -> None:
+    with pytest.raises(ValueError):
+        loads(text)
+
+
+@pytest.mark.parametrize("text", ['{"n": 18446744073709551616}', '["\\ud800", "é"]'])
+def test_loads_reads_text_as_well_as_bytes(text: str) -> None:
+    assert repr(loads(text)) == repr(json.loads(text))
