@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from services.common.errors import InvalidArgument
+from services.common.jsoncodec import canonical_dumps
 from services.ledger.application import CommandResult, StoredIncidentEvent
 from services.ledger.domain.incident import (
     ENVELOPE_FIELDS,
@@ -205,7 +205,7 @@ def event_to_proto(stored: StoredIncidentEvent) -> pb.IncidentEvent:
         previous_hash=event.previous_hash,
         hash=event_hash(event),
         position=stored.position,
-        payload_json=json.dumps(payload, sort_keys=True, default=_json_default),
+        payload_json=canonical_dumps(payload, _json_default).decode("utf-8"),
     )
 
 

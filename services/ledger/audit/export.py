@@ -188,7 +188,7 @@ def _encode_row(decoder: RawDecoder, row: RawRow) -> tuple[bytes, str]:
         raise ExportError(
             f"the event at position {at} cannot be exported: {exc}; run verify"
         ) from exc
-    return line.encode("utf-8"), digest
+    return line, digest
 
 
 # ------------------------------------------------------------------ worker processes
