@@ -22,7 +22,6 @@ string only costs a fallback, never a different result.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -30,25 +29,37 @@ import orjson
 
 _CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
 
-# A number of 19 digits or more (2**63 has 19) where a value begins: the bytes with
-# whitespace removed, digits mapped to "0" and the characters a value follows
-# (":", ",", "[") to ":"; then a substring search.
+# The bytes with whitespace removed, digits mapped to "0" and the characters a value
+# follows (":", ",", "[") to ":": a number where a value begins is ":" then digits.
 _NUMBER_CONTEXT = bytes(
     ord("0") if 48 <= b <= 57 else ord(":") if b in b":,[" else b for b in range(256)
 )
 _WHITESPACE = b" \t\n\r"
+# A number of 19 digits or more (2**63 has 19), where orjson may read a float.
 _LONG = b"0" * 19
-_LONG_NUMBERS = (b":" + _LONG, b":-" + _LONG)
-
-# Where orjson writes a float differently: 0.00001 (json: 1e-05), 1e-7 (json: 1e-07).
-_SMALL_FIXED = b"0.0000"
-_SMALL_EXPONENT = re.compile(rb"e-[0-9](?![0-9])")
 
 
 def _long_number(data: bytes | str) -> bool:
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
     mapped = raw.translate(_NUMBER_CONTEXT, _WHITESPACE)
-    return mapped.startswith((_LONG, b"-" + _LONG)) or any(n in mapped for n in _LONG_NUMBERS)
+    return (
+        b":" + _LONG in mapped
+        or b":-" + _LONG in mapped
+        or mapped.startswith(_LONG)
+        or mapped.startswith(b"-" + _LONG)
+    )
+
+
+def _small_float(encoded: bytes) -> bool:
+    """Whether orjson's compact output may hold a float it writes differently from json:
+    0.00001 (json: 1e-05), or an exponent of one digit such as 1e-7 (json: 1e-07), which
+    ends its number (",", "}" or "]"; a hyphenated id has letters or digits after it)."""
+    if b"0.0000" in encoded:
+        return True
+    if b"e-" not in encoded:
+        return False
+    mapped = encoded.translate(_NUMBER_CONTEXT)
+    return b"e-0:" in mapped or b"e-0}" in mapped or b"e-0]" in mapped or mapped.endswith(b"e-0")
 
 
 def _refuse_constant(name: str) -> NoReturn:
@@ -74,7 +85,7 @@ def canonical_dumps(value: Any, default: Callable[[Any], Any] | None = None) -> 
     except orjson.JSONEncodeError:
         pass  # an integer beyond 64 bits or a non-string key, which json writes
     else:
-        if _SMALL_FIXED not in encoded and not _SMALL_EXPONENT.search(encoded):
+        if not _small_float(encoded):
             return encoded
     text = json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=default
