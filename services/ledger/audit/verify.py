@@ -11,10 +11,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 from uuid import UUID
 
 from eventsourcing.application import Application
@@ -22,19 +23,23 @@ from eventsourcing.persistence import ApplicationRecorder
 
 from services.common.jsoncodec import loads
 from services.common.sql import open_database
+from services.ledger.audit import scan
 from services.ledger.audit.checkpoints import BATCH, ChainState, Checkpoint, iterate_checkpoints
 from services.ledger.audit.encoding import (
     EXPORT_FORMAT,
     GENESIS_HASH,
     EventDecodeError,
     RawDecoder,
+    RawRow,
     batches,
     body_hash,
     chain_step,
     envelope_from_body,
     export_line,
+    read_rows,
     uuid_text,
 )
+from services.ledger.audit.scan import store_source
 
 Kind = Literal["modified", "deleted", "inserted", "reordered", "truncated", "bad_signature"]
 _UNKNOWN = "?" * 64  # stands for the hash of an event that does not decode
@@ -106,7 +111,7 @@ class _Gap:
     version: int
     position: int
     before_position: int
-    body: dict[str, Any]
+    body: Body
     ph_after: str
     hash_before: str | None
 
@@ -115,6 +120,14 @@ class _Gap:
 class _Found:
     key: tuple[int, int, int]
     divergence: Divergence = field(compare=False)
+
+
+# An event's body, or a function that loads it (from the store, when a worker hashed it).
+Body = dict[str, Any] | Callable[[], dict[str, Any]]
+
+
+def _loaded(body: Body) -> dict[str, Any]:
+    return body() if callable(body) else body
 
 
 def _name(incident: str) -> str:
@@ -272,10 +285,13 @@ class ChainVerifier:
         version: int,
         previous_hash: str,
         digest: str | None,
-        body: dict[str, Any] | None,
+        body: Body | None,
         problem: str | None = None,
     ) -> None:
-        """One incident event, in log order; ``problem`` when it does not decode."""
+        """One incident event, in log order; ``problem`` when it does not decode.
+
+        ``body`` (or a function that loads it) is read only where a link is broken.
+        """
         if position <= self._last:
             kind: Kind = "inserted" if position == self._last else "reordered"
             self._found(
@@ -336,7 +352,7 @@ class ChainVerifier:
         version: int,
         previous_hash: str,
         digest: str,
-        body: dict[str, Any],
+        body: Body,
     ) -> None:
         self._settle(incident, track)
         gap = _Gap(
@@ -376,7 +392,7 @@ class ChainVerifier:
             if not gaps:
                 del self._gaps[incident]
         fits = previous_hash == gap.hash_before and digest == gap.ph_after
-        swapped = body_hash({**gap.body, "originator_version": version}) == previous_hash
+        swapped = body_hash({**_loaded(gap.body), "originator_version": version}) == previous_hash
         if fits or swapped or gap.ph_after != gap.hash_before:
             self._found(
                 gap.position,
@@ -412,7 +428,7 @@ class ChainVerifier:
         position: int,
         version: int,
         previous_hash: str,
-        body: dict[str, Any],
+        body: Body,
     ) -> None:
         link_ok = track.hash is None or previous_hash == track.hash
         suspect = track.suspect
@@ -424,7 +440,7 @@ class ChainVerifier:
             if link_ok:
                 self._modified_before(incident, suspect)
             elif (
-                body_hash({**body, "originator_version": sv, **suspect.identity})
+                body_hash({**_loaded(body), "originator_version": sv, **suspect.identity})
                 == suspect.previous_hash
             ):
                 self._found(
@@ -458,7 +474,8 @@ class ChainVerifier:
             if track.prev_hash is not None and previous_hash == track.prev_hash:
                 self._inserted(name, version - 1, track.pos, version)
             else:
-                identity = {"type": body["type"], "schema_version": body["schema_version"]}
+                loaded = _loaded(body)
+                identity = {"type": loaded["type"], "schema_version": loaded["schema_version"]}
                 track.suspect = _Suspect(version, position, previous_hash, track.pos, identity)
                 self._suspects.add(incident)
 
@@ -556,9 +573,13 @@ def verify_store(
     checkpoints: Iterable[Checkpoint] | None = None,
     *,
     stored_checkpoints: bool = True,
+    workers: int | None = None,
 ) -> VerifyReport:
     """Verify the stored history against its hashes, the given (witness's) checkpoints and,
     with an application and ``stored_checkpoints``, the checkpoints stored beside it.
+
+    A long history is decoded and hashed by ``workers`` processes (default: up to two,
+    one per CPU; see :mod:`services.ledger.audit.scan`); the result is the same.
     """
     if isinstance(ledger, Application):
         recorder, decoder = ledger.recorder, RawDecoder(ledger.mapper)
@@ -576,27 +597,59 @@ def verify_store(
         )
         merged = heapq.merge(given, stored, key=lambda c: c.position)
         verifier = ChainVerifier(public_key, merged)
-        topics = decoder.topics
-        add = verifier.add
-        for batch in batches(recorder, topics, 0, None, BATCH):
-            for at, originator_id, version, topic, state in batch:
-                try:
-                    body = decoder.body(topic, originator_id, version, state)
-                except EventDecodeError as exc:
-                    add(at, _incident_text(originator_id), version, "", None, None, str(exc))
-                    continue
-                add(
-                    at,
-                    body["originator_id"],
-                    version,
-                    body["previous_hash"],
-                    body_hash(body),
-                    body,
-                )
+        source = store_source(ledger) if isinstance(ledger, Application) else None
+        stop = recorder.max_notification_id() or 0
+        count = scan.worker_count(stop, workers) if source is not None else 0
+        if source is None or count == 0:
+            _verify_rows(verifier, decoder, batches(recorder, decoder.topics, 0, None, BATCH))
+        else:
+            with scan.workers(count) as pool:
+                _verify_hashed(verifier, decoder, recorder, pool, source, stop)
+            # Events recorded meanwhile (beyond ``stop``), read here.
+            _verify_rows(verifier, decoder, batches(recorder, decoder.topics, stop, None, BATCH))
         return verifier.finish()
     finally:
         if database is not None:
             database.close()
+
+
+def _verify_rows(
+    verifier: ChainVerifier, decoder: RawDecoder, source: Iterator[list[RawRow]]
+) -> None:
+    add = verifier.add
+    for batch in source:
+        for at, originator_id, version, topic, state in batch:
+            try:
+                body = decoder.body(topic, originator_id, version, state)
+            except EventDecodeError as exc:
+                add(at, _incident_text(originator_id), version, "", None, None, str(exc))
+                continue
+            add(at, body["originator_id"], version, body["previous_hash"], body_hash(body), body)
+
+
+def _verify_hashed(
+    verifier: ChainVerifier,
+    decoder: RawDecoder,
+    recorder: ApplicationRecorder,
+    pool: list[scan.Worker],
+    source: scan.StoreSource,
+    stop: int,
+) -> None:
+    """The events up to ``stop`` as the workers hashed them, in order."""
+    add, topics = verifier.add, decoder.topics
+
+    def load(at: int) -> dict[str, Any]:
+        _, originator_id, version, topic, state = read_rows(recorder, topics, at - 1, 1, at)[0]
+        return decoder.body(topic, originator_id, version, state)
+
+    for _, result in scan.scan(pool, scan.HASHES, source, 0, stop):
+        for at, originator_id, version, previous_hash, digest in cast(list[scan.Hashed], result):
+            if digest is not None:
+                add(at, originator_id, version, previous_hash, digest, partial(load, at))
+            elif previous_hash:  # the worker's decode error
+                add(at, _incident_text(originator_id), version, "", None, None, previous_hash)
+            else:  # an older schema version: upcast here, with the ledger's mapper
+                _verify_rows(verifier, decoder, iter([read_rows(recorder, topics, at - 1, 1, at)]))
 
 
 def _incident_text(originator_id: UUID | str) -> str:
