@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
-import pickle
-import queue
-import subprocess
-import sys
-import threading
-from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
-from uuid import UUID
+from typing import IO, Any, cast
 
 from eventsourcing.application import Application
+from eventsourcing.persistence import ApplicationRecorder
 
 from services.common.sql import Database, open_database
+from services.ledger.audit import scan
 from services.ledger.audit.checkpoints import (
     BATCH,
     ChainState,
@@ -33,13 +26,12 @@ from services.ledger.audit.checkpoints import (
 from services.ledger.audit.encoding import (
     EXPORT_FORMAT,
     GENESIS_HASH,
-    EventDecodeError,
     RawDecoder,
     RawRow,
     batches,
     chain_step,
-    export_line,
 )
+from services.ledger.audit.scan import store_source
 
 
 @dataclass(frozen=True)
@@ -68,14 +60,6 @@ def _output(target: Path | str | IO[bytes]) -> Iterator[IO[bytes]]:
         yield target
 
 
-# Exports longer than this many positions encode their events in worker processes.
-PARALLEL_FROM = 10_000
-WORKERS = 2
-IN_FLIGHT = 2  # batches handed to each worker ahead of the one being written
-
-Encoded = tuple[bytes, str] | tuple[None, str]  # (line, hash), or (None, error or "")
-
-
 def export_jsonl(
     ledger: Application[Any],
     target: Path | str | IO[bytes],
@@ -90,9 +74,9 @@ def export_jsonl(
     ``canonical`` body that was hashed), after each event the stored checkpoints at
     its position, and an end record (see the package documentation).
 
-    A long range is decoded and encoded by ``workers`` processes (default: up to
-    ``WORKERS``, one per CPU) while this process reads the store, keeps the chain
-    and writes, in log order; the file is the same byte for byte.
+    A long range is read, decoded and encoded by ``workers`` processes (default: up
+    to two, one per CPU; see :mod:`services.ledger.audit.scan`) while this process
+    keeps the chain and writes, in log order; the file is the same byte for byte.
     """
     decoder = RawDecoder(ledger.mapper)
     recorder = ledger.recorder
@@ -106,14 +90,12 @@ def export_jsonl(
         count = cps = 0
         first: int | None = None
         head, position = base.head, base.position
-        if workers is None:
-            workers = min(WORKERS, os.cpu_count() or 1) if stop - position > PARALLEL_FROM else 0
-        if ledger.mapper.cipher is not None or ledger.mapper.compressor is not None:
-            workers = 0  # the workers decode plain JSON only
+        source = store_source(ledger)
+        count_workers = scan.worker_count(stop - position, workers) if source is not None else 0
         with (
             _output(target) as out,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-write") as writer,
-            _encoders(workers) as pool,
+            scan.workers(count_workers) as pool,
         ):
             header = {
                 "record": "header",
@@ -127,37 +109,38 @@ def export_jsonl(
             }
             written = out.write(_dumps(header).encode("utf-8") + b"\n")
             writing: Future[int] | None = None
-            for batch, encoded in _encoded_batches(
-                pool, decoder, batches(recorder, decoder.topics, position, stop, BATCH)
-            ):
+            for encoded in _encoded(pool, source, decoder, recorder, position, stop):
                 chunk: list[bytes] = []
-                for row, (line, digest) in zip(batch, encoded, strict=True):
-                    at = row[0]
-                    # Checkpoints go right after the event at their position (or, if
-                    # that event is gone, before the next one), where verify checks them.
-                    while next_cp is not None and next_cp.position < at:
-                        chunk.append(_checkpoint_line(next_cp))
-                        cps += 1
-                        next_cp = next(pending, None)
-                    if line is None:
-                        if digest:  # the worker's error
-                            raise ExportError(digest)
-                        line, digest = _encode_row(decoder, row)  # needs the ledger's mapper
-                    head = chain_step(head, at, digest)
-                    chunk.append(line)
-                    count += 1
-                    if first is None:
-                        first = at
-                    while next_cp is not None and next_cp.position == at:
-                        chunk.append(_checkpoint_line(next_cp))
-                        cps += 1
-                        next_cp = next(pending, None)
-                chunk.append(b"")
+                if next_cp is None or next_cp.position > encoded.positions[-1]:
+                    chunk.append(encoded.blob)  # no checkpoint among these events
+                    for at, digest in zip(encoded.positions, encoded.digests, strict=True):
+                        head = chain_step(head, at, digest)
+                else:
+                    offset = 0
+                    for at, digest, length in zip(
+                        encoded.positions, encoded.digests, encoded.lengths, strict=True
+                    ):
+                        # Checkpoints go right after the event at their position (or, if
+                        # that event is gone, before the next one), where verify checks them.
+                        while next_cp is not None and next_cp.position < at:
+                            chunk.append(_checkpoint_line(next_cp) + b"\n")
+                            cps += 1
+                            next_cp = next(pending, None)
+                        head = chain_step(head, at, digest)
+                        chunk.append(encoded.blob[offset : offset + length])
+                        offset += length
+                        while next_cp is not None and next_cp.position == at:
+                            chunk.append(_checkpoint_line(next_cp) + b"\n")
+                            cps += 1
+                            next_cp = next(pending, None)
+                count += len(encoded.positions)
+                if first is None:
+                    first = encoded.positions[0]
+                position = encoded.positions[-1]
                 # Written in a helper thread while the next batch is encoded (in order).
                 if writing is not None:
                     written += writing.result()
-                writing = writer.submit(out.write, b"\n".join(chunk))
-                position = batch[-1][0]
+                writing = writer.submit(out.write, b"".join(chunk))
             if writing is not None:
                 written += writing.result()
                 writing = None
@@ -172,171 +155,36 @@ def export_jsonl(
         database.close()
 
 
-def _encode_row(decoder: RawDecoder, row: RawRow) -> tuple[bytes, str]:
-    """One event's export line (UTF-8, no newline) and hash; :class:`ExportError` if it fails."""
-    at, originator_id, version, topic, stored = row
-    try:
-        body = decoder.body(topic, originator_id, version, stored)
-    except EventDecodeError as exc:
-        raise ExportError(
-            f"the event at position {at} (incident {originator_id}, "
-            f"version {version}) does not decode: {exc}; run verify"
-        ) from exc
-    try:
-        line, digest = export_line(body, at)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ExportError(
-            f"the event at position {at} cannot be exported: {exc}; run verify"
-        ) from exc
-    return line, digest
-
-
-# ------------------------------------------------------------------ worker processes
-
-
-class _NeedsMapper(Exception):  # noqa: N818 (a signal, not an error)
-    """An event of an older schema version: upcasting needs the ledger's own mapper."""
-
-
-class _WorkerDecoder(RawDecoder):
-    """Decodes plain JSON; leaves events that need upcasting to the exporting process."""
-
-    def _slow(
-        self, topic: str, originator_id: UUID | str, version: int, state: bytes
-    ) -> dict[str, Any]:
-        raise _NeedsMapper
-
-
-_worker_decoder: RawDecoder | None = None
-
-
-def _encode_rows(rows: list[RawRow]) -> list[Encoded]:
-    """In a worker process: each row's line and hash, or (None, error), or (None, "")."""
-    global _worker_decoder
-    if _worker_decoder is None:
-        _worker_decoder = _WorkerDecoder()
-    decoder = _worker_decoder
-    result: list[Encoded] = []
-    for row in rows:
-        try:
-            result.append(_encode_row(decoder, row))
-        except _NeedsMapper:
-            result.append((None, ""))
-        except ExportError as exc:
-            result.append((None, str(exc)))
-    return result
-
-
-_DEAD = object()  # the worker's output ended
-
-
-class _Worker:
-    """A process that encodes batches of rows: ``python -c`` running :func:`serve_worker`.
-
-    Started with the interpreter and import path of this process (not through
-    multiprocessing, which would import the caller's main module again). Requests
-    and replies are pickles over its standard input and output; a thread reads the
-    replies as they come, so that neither side ever waits on a full pipe.
-    """
-
-    def __init__(self) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self._process = subprocess.Popen(  # noqa: S603 - this interpreter, fixed code, no shell
-            [sys.executable, "-c", f"import {__name__} as m; m.serve_worker()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-        self._replies: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._reader = threading.Thread(target=self._read, name="audit-export-worker", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        out = self._process.stdout
-        if out is None:  # pragma: no cover - always a pipe
-            raise RuntimeError("no pipe from the worker")
-        try:
-            while True:
-                self._replies.put(pickle.load(out))  # noqa: S301 - from our own worker
-        except (EOFError, OSError, pickle.UnpicklingError):
-            self._replies.put(_DEAD)
-
-    def send(self, rows: list[RawRow]) -> None:
-        stdin = self._process.stdin
-        if stdin is None:  # pragma: no cover - always a pipe
-            raise RuntimeError("no pipe to the worker")
-        try:
-            pickle.dump(rows, stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            stdin.flush()
-        except OSError as exc:
-            raise ExportError(f"an export worker process failed: {exc}") from exc
-
-    def receive(self) -> list[Encoded]:
-        reply = self._replies.get()
-        if reply is _DEAD:
-            code = self._process.wait()
-            raise ExportError(f"an export worker process ended (exit code {code})")
-        result: list[Encoded] = reply  # type: ignore[assignment]
-        return result
-
-    def close(self) -> None:
-        if self._process.stdin is not None:
-            with suppress(OSError):
-                self._process.stdin.close()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._reader.join(timeout=10)
-        if self._process.stdout is not None:
-            self._process.stdout.close()
-
-
-def serve_worker() -> None:
-    """The worker's loop: a pickled list of rows in, the pickled list of encodings out."""
-    requests, replies = sys.stdin.buffer, sys.stdout.buffer
-    while True:
-        try:
-            rows = pickle.load(requests)  # noqa: S301 - from the process that started us
-        except EOFError:
-            return
-        pickle.dump(_encode_rows(rows), replies, protocol=pickle.HIGHEST_PROTOCOL)
-        replies.flush()
-
-
-@contextmanager
-def _encoders(count: int) -> Iterator[list[_Worker]]:
-    workers: list[_Worker] = []
-    try:
-        for _ in range(count):
-            workers.append(_Worker())
-        yield workers
-    finally:
-        for worker in workers:
-            worker.close()
-
-
-def _encoded_batches(
-    workers: list[_Worker], decoder: RawDecoder, source: Iterator[list[RawRow]]
-) -> Iterator[tuple[list[RawRow], list[Encoded]]]:
-    """Each batch with its encoded rows, in order; at most a few batches in flight."""
-    if not workers:
-        for batch in source:
-            yield batch, [_encode_row(decoder, row) for row in batch]
+def _encoded(
+    pool: list[scan.Worker],
+    source: scan.StoreSource | None,
+    decoder: RawDecoder,
+    recorder: ApplicationRecorder,
+    after: int,
+    stop: int,
+) -> Iterator[scan.Lines]:
+    """The export lines of the events in ``(after, stop]``, batch by batch, in order; by
+    the workers when there are any (this process encodes what they cannot)."""
+    if not pool or source is None:
+        for batch in batches(recorder, decoder.topics, after, stop, BATCH):
+            yield _lines(decoder, batch)
         return
-    window: deque[tuple[list[RawRow], _Worker]] = deque()
-    turn = itertools.cycle(workers)
-    for batch in source:
-        worker = next(turn)
-        worker.send(batch)
-        window.append((batch, worker))
-        if len(window) > len(workers) * IN_FLIGHT:
-            done, by = window.popleft()
-            yield done, by.receive()
-    while window:
-        done, by = window.popleft()
-        yield done, by.receive()
+    for (low, high), result in scan.scan(pool, scan.LINES, source, after, stop):
+        encoded = cast(scan.Lines, result)
+        if encoded.needs_mapper:  # an older schema version: upcast here
+            for batch in batches(recorder, decoder.topics, low, high, BATCH):
+                yield _lines(decoder, batch)
+        elif encoded.failed:
+            raise ExportError(encoded.failed)
+        elif encoded.positions:
+            yield encoded
+
+
+def _lines(decoder: RawDecoder, batch: list[RawRow]) -> scan.Lines:
+    encoded = scan.lines(decoder, batch)
+    if encoded.failed:
+        raise ExportError(encoded.failed)
+    return encoded
 
 
 def _checkpoint_line(checkpoint: Checkpoint) -> bytes:
