@@ -160,15 +160,12 @@ def extend_chain(
     position, head, events = state.position, state.head, state.events
     topics = decoder.topics
     for batch in batches(recorder, topics, position, stop, BATCH):
-        for at, originator_id, version, topic, stored in batch:
+        for row in batch:
             try:
-                body = decoder.body(topic, originator_id, version, stored)
+                body = decoder.row_body(row)
             except EventDecodeError as exc:
-                raise CheckpointError(
-                    f"the event at position {at} (incident {originator_id}, version "
-                    f"{version}) does not decode: {exc}"
-                ) from exc
-            head = chain_step(head, at, body_hash(body))
+                raise CheckpointError(str(exc)) from exc
+            head = chain_step(head, row[0], body_hash(body))
             events += 1
         position = batch[-1][0]
     return ChainState(position, head, events)

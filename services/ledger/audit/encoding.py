@@ -286,6 +286,17 @@ class RawDecoder:
         data["schema_version"] = schema_version
         return data
 
+    def row_body(self, row: RawRow) -> dict[str, Any]:
+        """:meth:`body` of a stored row; the error names the row's position and incident."""
+        at, originator_id, version, topic, state = row
+        try:
+            return self.body(topic, originator_id, version, state)
+        except EventDecodeError as exc:
+            raise EventDecodeError(
+                f"the event at position {at} (incident {originator_id}, version {version}) "
+                f"does not decode: {exc}"
+            ) from exc
+
     def _slow(
         self, topic: str, originator_id: UUID | str, version: int, state: bytes
     ) -> dict[str, Any]:

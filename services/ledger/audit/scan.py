@@ -148,19 +148,15 @@ def hashes(decoder: RawDecoder, rows: Sequence[RawRow]) -> list[Hashed]:
 
 def export_row(decoder: RawDecoder, row: RawRow) -> tuple[bytes, str]:
     """One event's export line (UTF-8, no newline) and hash; ``ValueError`` if it fails."""
-    at, originator_id, version, topic, stored = row
     try:
-        body = decoder.body(topic, originator_id, version, stored)
+        body = decoder.row_body(row)
     except EventDecodeError as exc:
-        raise ValueError(
-            f"the event at position {at} (incident {originator_id}, "
-            f"version {version}) does not decode: {exc}; run verify"
-        ) from exc
+        raise ValueError(f"{exc}; run verify") from exc
     try:
-        return export_line(body, at)
+        return export_line(body, row[0])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(
-            f"the event at position {at} cannot be exported: {exc}; run verify"
+            f"the event at position {row[0]} cannot be exported: {exc}; run verify"
         ) from exc
 
 
