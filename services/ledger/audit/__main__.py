@@ -23,6 +23,7 @@ from services.ledger.audit.checkpoints import (
 )
 from services.ledger.audit.export import ExportError, export_jsonl
 from services.ledger.audit.keys import load_public_key, load_signing_key
+from services.ledger.audit.scan import WorkerError
 from services.ledger.audit.verify import (
     ExportFormatError,
     VerifyReport,
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging()
         log.error("audit.error", command=args.command, error=str(exc))
         return 2
-    except (CheckpointError, ExportError) as exc:
+    except (CheckpointError, ExportError, WorkerError) as exc:
         log.error("audit.failed", command=args.command, error=str(exc))
         return 1
 

@@ -176,6 +176,18 @@ def incident_topics() -> list[str]:
 RawRow = tuple[int, "UUID | str", int, str, bytes]
 
 
+def rows_query(dialect: str, table: str, topics: int, bounded: bool) -> str:
+    """The SELECT of stored rows (``RawRow``) with ``? < position (<= ?)`` and a topic among
+    ``topics`` placeholders, in position order (``?`` placeholders, without a LIMIT)."""
+    column = "rowid" if dialect == "sqlite" else "notification_id"
+    upper = f"AND {column} <= ? " if bounded else ""
+    marks = ",".join("?" * topics)
+    return (
+        f"SELECT {column}, originator_id, originator_version, topic, state "  # noqa: S608
+        f"FROM {table} WHERE {column} > ? {upper}AND topic IN ({marks}) ORDER BY {column}"
+    )
+
+
 def read_rows(
     recorder: ApplicationRecorder,
     topics: Sequence[str],
@@ -189,16 +201,10 @@ def read_rows(
     which costs a third of a verification); other stores through the library.
     """
     if isinstance(recorder, SQLiteApplicationRecorder):
-        marks = ",".join("?" * len(topics))
-        upper = "AND rowid <= ? " if stop is not None else ""
-        statement = (
-            "SELECT rowid, originator_id, originator_version, topic, state "  # noqa: S608
-            f"FROM {recorder.events_table_name} WHERE rowid > ? {upper}"
-            f"AND topic IN ({marks}) ORDER BY rowid LIMIT ?"
-        )
+        statement = rows_query("sqlite", recorder.events_table_name, len(topics), stop is not None)
         params: list[Any] = [after, *([stop] if stop is not None else []), *topics, limit]
         with recorder.datastore.transaction(commit=False) as cursor:
-            cursor.execute(statement, params)
+            cursor.execute(statement + " LIMIT ?", params)
             return [(r[0], r[1], r[2], r[3], r[4]) for r in cursor.fetchall()]
     batch = recorder.select_notifications(
         after, limit, stop=stop, topics=topics, inclusive_of_start=False

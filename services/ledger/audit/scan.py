@@ -17,6 +17,7 @@ import itertools
 import os
 import pickle
 import queue
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -28,7 +29,9 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
+from eventsourcing.persistence import OperationalError
 
+from services.common.errors import STORE_CONNECTION_ERRORS
 from services.common.sql import Database, open_database
 from services.ledger.audit.encoding import (
     EventDecodeError,
@@ -36,6 +39,7 @@ from services.ledger.audit.encoding import (
     RawRow,
     body_hash,
     export_line,
+    rows_query,
 )
 
 RANGE = 4000  # positions per job
@@ -55,13 +59,7 @@ class StoreSource:
 
     def read(self, db: Database, after: int, stop: int) -> list[RawRow]:
         """The incident events with ``after < position <= stop``, in position order."""
-        column = "rowid" if db.dialect == "sqlite" else "notification_id"
-        marks = ",".join("?" * len(self.topics))
-        statement = (
-            f"SELECT {column}, originator_id, originator_version, topic, state "  # noqa: S608
-            f"FROM {self.table} WHERE {column} > ? AND {column} <= ? "
-            f"AND topic IN ({marks}) ORDER BY {column}"
-        )
+        statement = rows_query(db.dialect, self.table, len(self.topics), bounded=True)
         with db.transaction() as cur:
             cur.execute(db.q(statement), (after, stop, *self.topics))
             return [(r[0], r[1], r[2], r[3], bytes(r[4])) for r in cur.fetchall()]
@@ -195,13 +193,14 @@ def serve_worker() -> None:
                 job, source, after, stop = pickle.load(requests)  # noqa: S301 - our parent
             except EOFError:
                 return
-            db = databases.get(source)
-            if db is None:
-                db = databases[source] = open_database(dict(source.env))
             try:
+                db = databases.get(source)
+                if db is None:
+                    db = databases[source] = open_database(dict(source.env))
                 reply: object = _run(job, source.read(db, after, stop), decoder)
             except Exception as exc:  # handed to the parent, which raises it
-                reply = WorkerError(f"{type(exc).__name__}: {exc}")
+                unreachable = isinstance(exc, (*STORE_CONNECTION_ERRORS, sqlite3.OperationalError))
+                reply = Failure(f"{type(exc).__name__}: {exc}", unreachable)
             pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
             replies.flush()
     finally:
@@ -212,8 +211,16 @@ def serve_worker() -> None:
 # ------------------------------------------------------------------ the calling side
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A worker's job failed: why, and whether the store could not be reached."""
+
+    message: str
+    store_unreachable: bool
+
+
 class WorkerError(RuntimeError):
-    """A worker process failed, or could not read the store."""
+    """A worker process failed."""
 
 
 _DEAD = object()  # the worker's output ended
@@ -258,8 +265,10 @@ class Worker:
         if reply is _DEAD:
             code = self._process.wait()
             raise WorkerError(f"an audit worker process ended (exit code {code})")
-        if isinstance(reply, WorkerError):
-            raise reply
+        if isinstance(reply, Failure):
+            if reply.store_unreachable:  # as the store's own error: UNAVAILABLE, not INTERNAL
+                raise OperationalError(f"an audit worker: {reply.message}")
+            raise WorkerError(f"an audit worker failed: {reply.message}")
         return reply
 
     def close(self) -> None:
