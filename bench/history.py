@@ -376,8 +376,8 @@ def _child(argv: Sequence[str]) -> int:
     public_key = bytes.fromhex(args.public_key)
     reference = ReferenceData.load(LedgerSettings(log_level="WARNING").reference_file)
     detail = ""
-    global _tree  # verify's and export's workers are sampled; the others have no children
-    _tree = TreePeak() if args.operation in {VERIFY, EXPORT} else None
+    global _tree  # the workers of verify, export and verify export are sampled too
+    _tree = TreePeak() if args.operation in {VERIFY, EXPORT, EXPORT_VERIFY} else None
     if args.operation == EXPORT_VERIFY:
         base = psutil.Process().memory_info().rss / 2**20
         started = time.perf_counter()
@@ -552,7 +552,7 @@ def print_run(run: HistoryRun) -> None:
     print(
         "  seconds and events/s are of the full history; base MB = the child's RSS just before "
         "the operation (interpreter, imports, ledger open); peak = the child's own high-water "
-        "mark (VmHWM); for verify and export, its process plus its workers (sampled every 0.1 s)"
+        "mark (VmHWM), with its workers' where they run (sampled every 0.1 s)"
     )
 
 

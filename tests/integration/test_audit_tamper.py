@@ -37,6 +37,7 @@ from services.ledger.audit import (
     verify_export,
     verify_store,
 )
+from services.ledger.audit import verify as audit_verify
 from services.ledger.audit.keys import public_key_pem
 from services.ledger.domain.incident import incident_event_classes
 from tests.support import REFERENCE_FILE, reference, store_environment
@@ -146,6 +147,7 @@ def store(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Store]:
     monkeypatch.setattr(scan, "RANGE", 7)  # many ranges for the workers, checkpoints inside
+    monkeypatch.setattr(audit_verify, "CHUNK", 3000)  # and many chunks of an export file
     if request.param == "postgres":
         request.applymarker(pytest.mark.postgres)
     with store_environment(request.param, tmp_path) as store_env:
@@ -158,6 +160,14 @@ def store(
         finally:
             checkpoints.close()
             ledger.close()
+
+
+def verify_file(path: Path, witness: list[Checkpoint] | None = None) -> VerifyReport:
+    """``verify_export`` in this process, and in two workers (a line or two a chunk): the
+    same report."""
+    serial = verify_export(path, PUBLIC, witness, workers=0)
+    assert verify_export(path, PUBLIC, witness, workers=2) == serial
+    return serial
 
 
 def _name(incident: UUID) -> str:
@@ -183,10 +193,10 @@ def test_an_unaltered_ledger_verifies_clean_in_the_store_and_in_its_export(
     stats = export_jsonl(store.ledger, out)
     assert stats.events == second.events and stats.checkpoints == 2
     assert stats.head == second.head
-    offline = verify_export(out, PUBLIC)
+    offline = verify_file(out)
     assert offline.ok, offline.divergence
     assert offline.checkpoints_checked == 2
-    assert verify_export(out, PUBLIC, [first, second]).ok
+    assert verify_file(out, [first, second]).ok
 
 
 def test_checkpoints_are_incremental_listed_and_published_once(store: Store) -> None:
@@ -397,7 +407,7 @@ def test_an_export_verifies_offline_and_a_hand_edit_is_caught(store: Store, tmp_
     edited.write_bytes(
         b"".join([*lines[:n], lines[n].replace(b"Massa", b"Masse"), *lines[n + 1 :]])
     )
-    found = verify_export(edited, PUBLIC).divergence
+    found = verify_file(edited).divergence
     assert found is not None
     assert (found.kind, found.position) == ("modified", int(record["position"]))
 
@@ -412,16 +422,25 @@ def test_an_export_verifies_offline_and_a_hand_edit_is_caught(store: Store, tmp_
     rewritten["canonical"] = canonical
     line = (json.dumps(rewritten, ensure_ascii=False) + "\n").encode()
     edited.write_bytes(b"".join([*lines[:n], line, *lines[n + 1 :]]))
-    report = verify_export(edited, PUBLIC)
+    report = verify_file(edited)
     assert report.divergence is not None and report.divergence.kind == "modified"
 
     # A line removed, and the file cut short.
     middle = events[len(events) // 2][0]
     edited.write_bytes(b"".join(lines[:middle] + lines[middle + 1 :]))
-    assert not verify_export(edited, PUBLIC).ok
+    assert not verify_file(edited).ok
     edited.write_bytes(b"".join(lines[:-3]))
-    cut = verify_export(edited, PUBLIC).divergence
+    cut = verify_file(edited).divergence
     assert cut is not None and cut.kind == "truncated"
+
+    # A line that is not JSON (blank lines are allowed), and a line after the end record.
+    edited.write_bytes(b"".join([*lines[:middle], b"\n", b"{oops\n", *lines[middle:]]))
+    garbled = verify_file(edited).divergence
+    assert garbled is not None and garbled.kind == "modified"
+    assert f"line {middle + 2} " in garbled.detail
+    edited.write_bytes(b"".join([*lines, lines[middle]]))
+    after_end = verify_file(edited).divergence
+    assert after_end is not None and after_end.kind == "inserted"
 
 
 def test_a_partial_export_verifies_from_its_start(store: Store, tmp_path: Path) -> None:
@@ -432,7 +451,7 @@ def test_a_partial_export_verifies_from_its_start(store: Store, tmp_path: Path) 
     out = tmp_path / "part.jsonl"
     stats = export_jsonl(store.ledger, out, start=rows[8].position, stop=last.position)
     assert stats.first_position == rows[8].position
-    report = verify_export(out, PUBLIC, [last])
+    report = verify_file(out, [last])
     assert report.ok, report.divergence
     assert report.checkpoints_checked >= 1
 
@@ -454,7 +473,7 @@ def test_an_export_encoded_by_worker_processes_is_the_same_file(
         two = export_jsonl(store.ledger, parallel, start, stop, workers=2)
         assert body(parallel) == body(serial)
         assert (two.events, two.head, two.checkpoints) == (one.events, one.head, one.checkpoints)
-        assert verify_export(parallel, PUBLIC, [last]).ok
+        assert verify_file(parallel, [last]).ok
 
     # A row that no longer decodes is named as the exporter in this process names it.
     row = rows[3]

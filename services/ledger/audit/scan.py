@@ -13,6 +13,7 @@ replies are pickles over their standard input and output.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import os
 import pickle
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -178,34 +179,67 @@ def lines(decoder: RawDecoder, rows: Sequence[RawRow]) -> Lines:
     return Lines(positions, digests, lengths, b"\n".join(parts))
 
 
-def _run(job: str, rows: list[RawRow], decoder: RawDecoder) -> object:
-    return hashes(decoder, rows) if job == HASHES else lines(decoder, rows)
+class WorkerState:
+    """What a worker keeps from job to job: its store connections and its decoder."""
+
+    def __init__(self) -> None:
+        self.decoder = WorkerDecoder()
+        self._databases: dict[StoreSource, Database] = {}
+
+    def rows(self, source: StoreSource, after: int, stop: int) -> list[RawRow]:
+        db = self._databases.get(source)
+        if db is None:
+            db = self._databases[source] = open_database(dict(source.env))
+        return source.read(db, after, stop)
+
+    def close(self) -> None:
+        for db in self._databases.values():
+            db.close()
+
+
+def hashes_job(state: WorkerState, source: StoreSource, after: int, stop: int) -> list[Hashed]:
+    return hashes(state.decoder, state.rows(source, after, stop))
+
+
+def lines_job(state: WorkerState, source: StoreSource, after: int, stop: int) -> Lines:
+    return lines(state.decoder, state.rows(source, after, stop))
+
+
+CHECK_EXPORT = "check-export"
+# Each job's function, called as function(state, *args) in the worker ("module:name", so
+# that jobs defined beside their callers are imported only in the workers).
+JOBS = {
+    HASHES: f"{__name__}:hashes_job",
+    LINES: f"{__name__}:lines_job",
+    CHECK_EXPORT: "services.ledger.audit.verify:check_export_chunk",
+}
+
+
+def _job(name: str) -> Callable[..., object]:
+    module, function = JOBS[name].split(":")
+    found: Callable[..., object] = getattr(importlib.import_module(module), function)
+    return found
 
 
 def serve_worker() -> None:
-    """A worker's loop: ``(job, source, after, stop)`` in, the job's result out."""
+    """A worker's loop: ``(job, args)`` in, the job's result (or a :class:`Failure`) out."""
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
-    decoder = WorkerDecoder()
-    databases: dict[StoreSource, Database] = {}
+    state = WorkerState()
     try:
         while True:
             try:
-                job, source, after, stop = pickle.load(requests)  # noqa: S301 - our parent
+                job, args = pickle.load(requests)  # noqa: S301 - from the process that started us
             except EOFError:
                 return
             try:
-                db = databases.get(source)
-                if db is None:
-                    db = databases[source] = open_database(dict(source.env))
-                reply: object = _run(job, source.read(db, after, stop), decoder)
+                reply: object = _job(job)(state, *args)
             except Exception as exc:  # handed to the parent, which raises it
                 unreachable = isinstance(exc, (*STORE_CONNECTION_ERRORS, sqlite3.OperationalError))
                 reply = Failure(f"{type(exc).__name__}: {exc}", unreachable)
             pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
             replies.flush()
     finally:
-        for db in databases.values():
-            db.close()
+        state.close()
 
 
 # ------------------------------------------------------------------ the calling side
@@ -250,7 +284,7 @@ class Worker:
         except (EOFError, OSError, pickle.UnpicklingError):
             self._replies.put(_DEAD)
 
-    def send(self, request: tuple[str, StoreSource, int, int]) -> None:
+    def send(self, request: tuple[str, tuple[Any, ...]]) -> None:
         stdin = self._process.stdin
         if stdin is None:  # pragma: no cover - always a pipe
             raise RuntimeError("no pipe to the worker")
@@ -307,19 +341,29 @@ def ranges(after: int, stop: int, size: int | None = None) -> Iterator[tuple[int
         low = high
 
 
-def scan(
-    pool: list[Worker], job: str, source: StoreSource, after: int, stop: int
-) -> Iterator[tuple[tuple[int, int], object]]:
-    """Each range of ``(after, stop]`` with the job's result on it, in position order."""
-    window: deque[tuple[tuple[int, int], Worker]] = deque()
+def ordered(
+    pool: list[Worker], requests: Iterable[tuple[str, tuple[Any, ...]]]
+) -> Iterator[tuple[tuple[Any, ...], object]]:
+    """Each request's arguments with its result, in the order of the requests; the
+    requests are handed round the workers, a few ahead of the one being taken."""
+    window: deque[tuple[tuple[Any, ...], Worker]] = deque()
     turn = itertools.cycle(pool)
-    for span in ranges(after, stop):
+    for job, args in requests:
         worker = next(turn)
-        worker.send((job, source, *span))
-        window.append((span, worker))
+        worker.send((job, args))
+        window.append((args, worker))
         if len(window) > len(pool) * IN_FLIGHT:
             done, by = window.popleft()
             yield done, by.receive()
     while window:
         done, by = window.popleft()
         yield done, by.receive()
+
+
+def scan(
+    pool: list[Worker], job: str, source: StoreSource, after: int, stop: int
+) -> Iterator[tuple[tuple[int, int], object]]:
+    """Each range of ``(after, stop]`` with the job's result on it, in position order."""
+    requests = ((job, (source, low, high)) for low, high in ranges(after, stop))
+    for (_, low, high), result in ordered(pool, requests):
+        yield (low, high), result

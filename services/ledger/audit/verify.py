@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -668,16 +669,33 @@ def verify_export(
     source: Path | str | IO[bytes],
     public_key: bytes,
     checkpoints: Iterable[Checkpoint] | None = None,
+    *,
+    workers: int | None = None,
 ) -> VerifyReport:
-    """Verify an export file (see the package documentation for its format) offline."""
+    """Verify an export file (see the package documentation for its format) offline.
+
+    A long file (a path) is parsed and hashed by ``workers`` processes (default: up to
+    two, one per CPU), a chunk of lines each, while this process keeps the chains; the
+    report is the same.
+    """
     if isinstance(source, Path | str):
-        with Path(source).open("rb") as stream:
-            return _verify_lines(stream, public_key, checkpoints)
-    return _verify_lines(source, public_key, checkpoints)
+        path = Path(source)
+        with path.open("rb") as stream:
+            return _verify_lines(stream, public_key, checkpoints, path, workers)
+    return _verify_lines(source, public_key, checkpoints, None, 0)
+
+
+# Files longer than this are checked in worker processes, in chunks of about CHUNK bytes.
+PARALLEL_FILE_FROM = 16 * 2**20
+CHUNK = 4 * 2**20
 
 
 def _verify_lines(
-    lines: IO[bytes], public_key: bytes, checkpoints: Iterable[Checkpoint] | None
+    lines: IO[bytes],
+    public_key: bytes,
+    checkpoints: Iterable[Checkpoint] | None,
+    path: Path | None,
+    workers: int | None,
 ) -> VerifyReport:
     first = lines.readline()
     try:
@@ -700,37 +718,19 @@ def _verify_lines(
         start=start,
         partial=start.events > 0,
     )
-    end: dict[str, Any] | None = None
-    for number, line in enumerate(lines, 2):
-        if not line.strip():
-            continue
-        where = verifier.last_position
-        try:
-            record = loads(line)
-            if not isinstance(record, dict):
-                raise TypeError("not an object")
-        except (ValueError, TypeError) as exc:
-            verifier.found(where, _unreadable(number, where, str(exc)))
-            continue
-        if end is not None:
-            verifier.found(
-                where,
-                Divergence("inserted", None, None, None, f"line {number} follows the end record"),
-            )
-            break
-        kind = record.get("record")
-        if kind == "checkpoint":
-            try:
-                verifier.offer_checkpoint(Checkpoint.from_json(record))
-            except ValueError as exc:
-                verifier.found(where, _unreadable(number, where, str(exc)))
-            continue
-        if kind == "end":
-            end = record
-            continue
-        _event_line(verifier, number, record, line)
+    feed = _LineFeed(verifier)
+    size = path.stat().st_size if path is not None else 0
+    if workers is None:
+        workers = min(scan.WORKERS, os.cpu_count() or 1) if size > PARALLEL_FILE_FROM else 0
+    if path is None or workers == 0:
+        for number, line in enumerate(lines, 2):
+            if not feed.line(number, line):
+                break
+    else:
+        with scan.workers(workers) as pool, path.open("rb") as reread:
+            _feed_checked(feed, pool, path, len(first), size, reread)
     report = verifier.finish()
-    trailer = _check_end(verifier, end)
+    trailer = _check_end(verifier, feed.end)
     if trailer is not None and (report.divergence is None):
         return VerifyReport(
             False,
@@ -744,6 +744,68 @@ def _verify_lines(
     return report
 
 
+class _LineFeed:
+    """The lines after the header, in order, into the verifier."""
+
+    def __init__(self, verifier: ChainVerifier) -> None:
+        self.verifier = verifier
+        self.end: dict[str, Any] | None = None
+
+    def line(self, number: int, line: bytes) -> bool:
+        """One line of the file; False once nothing more is to be read."""
+        if not line.strip():
+            return True
+        verifier = self.verifier
+        where = verifier.last_position
+        try:
+            record = loads(line)
+            if not isinstance(record, dict):
+                raise TypeError("not an object")
+        except (ValueError, TypeError) as exc:
+            verifier.found(where, _unreadable(number, where, str(exc)))
+            return True
+        if not self._follows_events(number):
+            return False
+        kind = record.get("record")
+        if kind == "checkpoint":
+            try:
+                verifier.offer_checkpoint(Checkpoint.from_json(record))
+            except ValueError as exc:
+                verifier.found(where, _unreadable(number, where, str(exc)))
+            return True
+        if kind == "end":
+            self.end = record
+            return True
+        return self.event(number, check_event_line(record, line), record.get("canonical"))
+
+    def _follows_events(self, number: int) -> bool:
+        if self.end is None:
+            return True
+        self.verifier.found(
+            self.verifier.last_position,
+            Divergence("inserted", None, None, None, f"line {number} follows the end record"),
+        )
+        return False
+
+    def event(self, number: int, checked: EventCheck | str, body: Body | None) -> bool:
+        """One event line, checked (here or in a worker); False once nothing more is read."""
+        if not self._follows_events(number):
+            return False
+        verifier = self.verifier
+        if isinstance(checked, str):
+            where = verifier.last_position
+            verifier.found(where, _unreadable(number, where, f"not an event line ({checked})"))
+            return True
+        incident, version, position, previous_hash, digest, problem = checked
+        verifier.add(position, incident, version, previous_hash, digest, body, None)
+        if problem is not None:
+            detail = f"line {number}: {_PROBLEMS[problem]}"
+            verifier.found(
+                position, Divergence("modified", f"incidents/{incident}", version, position, detail)
+            )
+        return True
+
+
 def _unreadable(number: int, where: int, error: str) -> Divergence:
     return Divergence(
         "modified",
@@ -754,8 +816,17 @@ def _unreadable(number: int, where: int, error: str) -> Divergence:
     )
 
 
-def _event_line(verifier: ChainVerifier, number: int, record: dict[str, Any], text: bytes) -> None:
-    where = verifier.last_position
+_PROBLEMS = {
+    "hash": "the event's hash does not match its content",
+    "envelope": "the envelope does not match the canonical event",
+}
+# An event line checked on its own: (incident, version, position, previous_hash, hash,
+# problem), the problem None or a key of _PROBLEMS; or why it is not an event line.
+EventCheck = tuple[str, int, int, str, str, str | None]
+
+
+def check_event_line(record: dict[str, Any], text: bytes) -> EventCheck | str:
+    """What one event line says, and whether its hash and envelope match its body."""
     body = record.get("canonical")
     try:
         if not isinstance(body, dict):
@@ -769,20 +840,85 @@ def _event_line(verifier: ChainVerifier, number: int, record: dict[str, Any], te
         same = line == text.rstrip(b"\r\n")
         expected = None if same else envelope_from_body(body, position, digest)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        verifier.found(where, _unreadable(number, where, f"not an event line ({exc})"))
-        return
+        return str(exc)
     problem = None
     if record.get("hash") != digest:
-        problem = f"line {number}: the event's hash does not match its content"
+        problem = "hash"
     elif expected is not None:
-        del record["canonical"]
-        if not _same_envelope(record, expected):
-            problem = f"line {number}: the envelope does not match the canonical event"
-    verifier.add(position, incident, version, previous_hash, digest, body, None)
-    if problem is not None:
-        verifier.found(
-            position, Divergence("modified", f"incidents/{incident}", version, position, problem)
-        )
+        envelope = {k: v for k, v in record.items() if k != "canonical"}
+        if not _same_envelope(envelope, expected):
+            problem = "envelope"
+    return incident, version, position, previous_hash, digest, problem
+
+
+# What a worker returns for each line of its chunk: the checked event and the line's
+# offset in the file, or the line itself where this process reads it (anything else).
+CheckedLine = tuple[EventCheck | str, int] | bytes
+
+
+def check_export_chunk(
+    state: scan.WorkerState, path: str, start: int, end: int
+) -> tuple[int, list[CheckedLine]]:
+    """In a worker: the lines in ``[start, end)`` of the file, each checked or as is."""
+    with Path(path).open("rb") as stream:
+        stream.seek(start)
+        data = stream.read(end - start)
+    pieces = data.split(b"\n")  # lines as a file yields them: ended by "\n" alone
+    last = pieces.pop()
+    result: list[CheckedLine] = []
+    offset = start
+    for line in [piece + b"\n" for piece in pieces] + ([last] if last else []):
+        here, offset = offset, offset + len(line)
+        try:
+            record = loads(line) if line.strip() else None
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or record.get("record") in {"checkpoint", "end"}:
+            result.append(line)  # blank, unreadable, a checkpoint or the end: read here
+            continue
+        result.append((check_event_line(record, line), here))
+    return len(result), result
+
+
+def _chunks(stream: IO[bytes], start: int, size: int) -> Iterator[tuple[int, int]]:
+    """``[start, size)`` of the file cut at line ends into spans of about ``CHUNK`` bytes."""
+    low = start
+    while low < size:
+        high = low + CHUNK
+        if high < size:
+            stream.seek(high)
+            stream.readline()  # on to the end of the line the cut falls in
+            high = stream.tell()
+        high = min(high, size)
+        yield low, high
+        low = high
+
+
+def _feed_checked(
+    feed: _LineFeed, pool: list[scan.Worker], path: Path, start: int, size: int, reread: IO[bytes]
+) -> None:
+    """The lines after the header, checked by the workers, into the feed in order."""
+
+    def body_at(offset: int) -> dict[str, Any]:  # read again only where a link is broken
+        reread.seek(offset)
+        body: dict[str, Any] = loads(reread.readline())["canonical"]
+        return body
+
+    with path.open("rb") as cutter:
+        spans = _chunks(cutter, start, size)
+        requests = ((scan.CHECK_EXPORT, (str(path), low, high)) for low, high in spans)
+        number = 2
+        for _, result in scan.ordered(pool, requests):
+            count, checked = cast(tuple[int, list[CheckedLine]], result)
+            for index, item in enumerate(checked):
+                if isinstance(item, bytes):
+                    going = feed.line(number + index, item)
+                else:
+                    event, offset = item
+                    going = feed.event(number + index, event, partial(body_at, offset))
+                if not going:
+                    return
+            number += count
 
 
 def _same_envelope(record: dict[str, Any], expected: dict[str, Any]) -> bool:
