@@ -518,24 +518,31 @@ def postgres_password(env: Mapping[str, str]) -> dict[str, str]:
     return {"POSTGRES_PASSWORD": password} if password else {}
 
 
+def postgres_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The ``POSTGRES_*`` settings of a store: the password read (from its file too), and
+    ``POSTGRES_CONNECT_TIMEOUT`` 5 s unless set. The library waits that long for a pooled
+    connection and retries ten times: with its default (30 s) a caller would wait minutes
+    while the server is down."""
+    keys = {k: v for k, v in env.items() if k.startswith("POSTGRES_")}
+    keys.pop("POSTGRES_PASSWORD_FILE", None)
+    keys.update(postgres_password(env))
+    keys.setdefault("POSTGRES_CONNECT_TIMEOUT", "5")
+    return keys
+
+
 def store_environment(env: Mapping[str, str], data_dir: Path) -> dict[str, str]:
     """The eventsourcing library's variables, with SQLite in the data dir as default."""
     keys = {
         k: v
         for k, v in env.items()
-        if k.startswith(("PERSISTENCE_MODULE", "SQLITE_", "POSTGRES_", "CREATE_TABLE"))
+        if k.startswith(("PERSISTENCE_MODULE", "SQLITE_", "CREATE_TABLE"))
     }
-    keys.pop("POSTGRES_PASSWORD_FILE", None)
-    keys.update(postgres_password(env))
+    keys.update(postgres_environment(env))
     module = keys.get("PERSISTENCE_MODULE", "eventsourcing.sqlite")
     keys["PERSISTENCE_MODULE"] = module
     if module == "eventsourcing.sqlite":
         keys.setdefault("SQLITE_DBNAME", str(data_dir / "ledger.sqlite"))
         keys.setdefault("SQLITE_LOCK_TIMEOUT", "10")
-    elif module == "eventsourcing.postgres":
-        # The library waits this long for a pooled connection and retries ten times:
-        # with its default (30 s) a caller would wait minutes while the server is down.
-        keys.setdefault("POSTGRES_CONNECT_TIMEOUT", "5")
     return keys
 
 
@@ -622,10 +629,10 @@ class NotifierSettings(ServiceSettings):
             raise ConfigError("NATS_URL is required: the notifier consumes the ledger's stream")
         store = _choice(env, "NOTIFIER_STORE", "sqlite", {"sqlite", "postgres"})
         if store == "postgres":
-            store_env = {k: v for k, v in env.items() if k.startswith("POSTGRES_")}
-            store_env.pop("POSTGRES_PASSWORD_FILE", None)
-            store_env.update(postgres_password(env))
-            store_env["PERSISTENCE_MODULE"] = "eventsourcing.postgres"
+            store_env = {
+                **postgres_environment(env),
+                "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            }
         else:
             store_env = {
                 "PERSISTENCE_MODULE": "eventsourcing.sqlite",

@@ -42,6 +42,7 @@ def postgres_connect(
         port=int(env.get("POSTGRES_PORT", "5432")),
         user=env.get("POSTGRES_USER", "postgres"),
         password=env.get("POSTGRES_PASSWORD", ""),
+        connect_timeout=int(env.get("POSTGRES_CONNECT_TIMEOUT", "5")),
         autocommit=autocommit,
         options=f"-c search_path={env['POSTGRES_SCHEMA']}" if env.get("POSTGRES_SCHEMA") else "",
     )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from services.common.auth import generate_dev_credentials, token_hash
 from services.common.config import ConfigError, LedgerSettings, NotifierSettings, nats_servers
+from services.common.sql import postgres_connect
 from services.ledger.server import load_tokens
 from tests.support import REFERENCE_FILE, reference
 
@@ -132,3 +135,29 @@ def test_tokens_naming_unknown_agencies_are_refused(tmp_path: Path) -> None:
     settings = LedgerSettings(data_dir=tmp_path, tokens_file=path, reference_file=REFERENCE_FILE)
     with pytest.raises(ConfigError, match="unknown agency 'fbi'"):
         load_tokens(settings, reference())
+
+
+@pytest.mark.timeout(30)  # psycopg's own default would wait 130 s
+def test_a_postgres_server_that_never_answers_fails_within_the_connect_timeout() -> None:
+    # A socket that accepts connections (the kernel's backlog) and never speaks.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        env = LedgerSettings.from_env(
+            {
+                "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                "POSTGRES_HOST": "127.0.0.1",
+                "POSTGRES_PORT": str(silent.getsockname()[1]),
+                "POSTGRES_CONNECT_TIMEOUT": "1",
+            }
+        ).store_env
+        with pytest.raises(psycopg.OperationalError):
+            postgres_connect(env)
+
+
+def test_the_notifier_s_postgres_store_gets_the_connect_timeout_default() -> None:
+    settings = NotifierSettings.from_env(
+        {"NATS_URL": "nats://n:4222", "NOTIFIER_STORE": "postgres", "POSTGRES_PORT": "6543"}
+    )
+    assert settings.store_env["POSTGRES_CONNECT_TIMEOUT"] == "5"
+    assert settings.store_env["POSTGRES_PORT"] == "6543"
