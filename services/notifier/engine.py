@@ -318,6 +318,18 @@ class Engine:
             self._webhooks_loaded_at = time.monotonic()
         return self._webhooks
 
+    async def _read_backlog(self, psub: JetStreamContext.PullSubscription) -> None:
+        """The consumer's backlog, for the metrics only: a failure to read it (a cluster
+        failover, a slow server) leaves the figures unknown and delivery going."""
+        try:
+            info = await psub.consumer_info()
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.debug("notifier.consumer_info_failed", error=str(exc))
+            self.status.consumer_pending = self.status.consumer_ack_pending = None
+            return
+        self.status.consumer_pending = info.num_pending
+        self.status.consumer_ack_pending = info.num_ack_pending
+
     async def _consume(self) -> None:
         settings = self._settings
         js = await self._jetstream()
@@ -337,10 +349,8 @@ class Engine:
         info_at = 0.0
         while not self._stopping:
             if time.monotonic() - info_at >= CONSUMER_INFO_SECONDS:
-                info = await psub.consumer_info()
-                self.status.consumer_pending = info.num_pending
-                self.status.consumer_ack_pending = info.num_ack_pending
                 info_at = time.monotonic()
+                await self._read_backlog(psub)
             try:
                 msgs = await psub.fetch(100, timeout=1)
             except nats.errors.TimeoutError:
