@@ -9,6 +9,7 @@ embedded default (SQLite in the data directory) when nothing is set.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import ssl
 from collections.abc import Mapping
@@ -44,9 +45,12 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ConfigError(f"{key} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {raw!r}")
+    return value
 
 
 def _choice(env: Mapping[str, str], key: str, default: str, choices: set[str]) -> str:
@@ -354,8 +358,11 @@ class RelaySettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RelaySettings:
+        nats_url = env.get("NATS_URL", "").strip()
+        if nats_url and not nats_servers(nats_url):
+            raise ConfigError("NATS_URL names no server; leave it unset to run without NATS")
         return cls(
-            nats_url=env.get("NATS_URL", ""),
+            nats_url=nats_url,
             nats=NatsClientSettings.from_env(env),
             stream=StreamSettings.from_env(env),
             batch_size=_int(env, "LEDGER_RELAY_BATCH", cls.batch_size, minimum=1),

@@ -161,3 +161,19 @@ def test_the_notifier_s_postgres_store_gets_the_connect_timeout_default() -> Non
     )
     assert settings.store_env["POSTGRES_CONNECT_TIMEOUT"] == "5"
     assert settings.store_env["POSTGRES_PORT"] == "6543"
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_a_number_setting_must_be_finite(value: str) -> None:
+    with pytest.raises(ConfigError, match="LEDGER_RATE_LIMIT_PER_SECOND must be a finite number"):
+        LedgerSettings.from_env({"LEDGER_RATE_LIMIT_PER_SECOND": value})
+
+
+@pytest.mark.parametrize("value", [",", " , "])
+def test_a_nats_url_that_names_no_server_is_refused_not_ignored(value: str) -> None:
+    with pytest.raises(ConfigError, match="NATS_URL names no server"):
+        LedgerSettings.from_env({"NATS_URL": value})
+
+
+def test_a_blank_nats_url_is_unset_and_the_ledger_runs_without_a_relay() -> None:
+    assert LedgerSettings.from_env({"NATS_URL": "  "}).relay.nats_url == ""
