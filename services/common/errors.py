@@ -7,6 +7,7 @@ in :mod:`services.common.grpc_errors`; domain and application code raise these.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping
 
 import psycopg
@@ -173,6 +174,7 @@ class DataLoss(LedgerError):
 #: Failures of the store's connection (a database restart, a network cut): transient.
 STORE_CONNECTION_ERRORS = (
     OperationalError,
+    sqlite3.OperationalError,  # raw SQLite (the notifier's store): locked, unopenable
     InterfaceError,
     psycopg.OperationalError,
     psycopg.InterfaceError,
@@ -187,7 +189,7 @@ def as_ledger_error(exc: BaseException) -> LedgerError | None:
     """
     if isinstance(exc, STORE_CONNECTION_ERRORS):
         return Unavailable(
-            "the event store is unreachable; retry with the same request id",
+            "the store is unreachable; retry (a command with the same request id)",
             reason="STORE_UNAVAILABLE",
         )
     return None

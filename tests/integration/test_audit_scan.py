@@ -55,3 +55,15 @@ def test_any_other_failure_of_a_worker_is_a_worker_error(tmp_path: Path) -> None
     ):
         list(scan.scan(pool, scan.LINES, _source(env, "no_such_table"), 0, 10))
     assert "no_such_table" in str(caught.value)
+
+
+def test_a_sqlite_store_the_workers_cannot_open_is_the_store_s_own_error(tmp_path: Path) -> None:
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "SQLITE_DBNAME": str(tmp_path / "no-such-directory" / "ledger.sqlite"),
+    }
+    with scan.workers(1) as pool, pytest.raises(OperationalError) as caught:
+        list(scan.scan(pool, scan.HASHES, _source(env, "stored_events"), 0, 10))
+    mapped = as_ledger_error(caught.value)
+    assert mapped is not None
+    assert mapped.reason == "STORE_UNAVAILABLE"

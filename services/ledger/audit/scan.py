@@ -18,7 +18,6 @@ import itertools
 import os
 import pickle
 import queue
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -234,7 +233,7 @@ def serve_worker() -> None:
             try:
                 reply: object = _job(job)(state, *args)
             except Exception as exc:  # handed to the parent, which raises it
-                unreachable = isinstance(exc, (*STORE_CONNECTION_ERRORS, sqlite3.OperationalError))
+                unreachable = isinstance(exc, STORE_CONNECTION_ERRORS)
                 reply = Failure(f"{type(exc).__name__}: {exc}", unreachable)
             pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
             replies.flush()
