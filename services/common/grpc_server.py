@@ -73,7 +73,7 @@ class RequestInterceptor(_ServerInterceptor):
         self._metrics = metrics
         self._limits = limits or Limits(LimitSettings())
         # Wrapped handlers, built once per method (the wrapping is the same each call).
-        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         self._wrapped_lock = threading.Lock()
 
     def intercept_service(
@@ -89,6 +89,8 @@ class RequestInterceptor(_ServerInterceptor):
         except KeyError:
             pass
         wrapped = self._wrap(method, continuation(details))
+        if wrapped is None:  # no such method: not kept, or any caller could grow the table
+            return None
         with self._wrapped_lock:
             self._wrapped[method] = wrapped
         return wrapped
