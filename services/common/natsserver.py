@@ -461,6 +461,7 @@ class NatsServer:
             time.sleep(_POLL)
 
     def _terminate(self, sig: signal.Signals, timeout: float) -> None:
+        self._forget_conf()  # a server spawned and never waited for still has its file
         process = self._process
         if process is None:
             return

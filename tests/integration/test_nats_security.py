@@ -211,3 +211,15 @@ def test_client_certificates_and_the_tls_handshake_first_with_nats(
             token=token,
         )
         assert not asyncio.run(connects(late_handshake))
+
+
+def test_a_server_stopped_before_it_was_ready_leaves_no_configuration_file(
+    tmp_path: Path,
+) -> None:
+    # The file holds the password; a node of a cluster whose start failed is stopped so.
+    server = NatsServer(tmp_path / "store", user=USER, password="s3cret-not-for-disk")
+    server.spawn()
+    conf = server._conf  # a private temporary file, mode 0600
+    assert conf is not None and "s3cret-not-for-disk" in conf.read_text()
+    server.stop()
+    assert not conf.exists()
