@@ -3,8 +3,9 @@
 The projections and the audit (verify, export) decode and hash every stored event;
 :mod:`orjson` does this several times faster than :mod:`json`. Where the two would
 differ, the standard library runs instead, so results never depend on which one did.
-Both functions work on JSON proper: ``NaN`` and ``Infinity`` are not JSON, never
-occur in events (locations are checked to be finite), and are refused by :func:`loads`.
+Both functions work on finite numbers: ``NaN`` and ``Infinity`` are not JSON and never
+occur in events (locations are checked to be finite); :func:`loads` refuses them, and
+numbers too large for a float (``1e400``), as orjson does.
 
 - :func:`loads` falls back to :func:`json.loads` for what only the standard library
   reads (lone surrogate escapes) and when a number of 19 digits or more occurs (orjson
@@ -22,6 +23,7 @@ string only costs a fallback, never a different result.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -66,14 +68,21 @@ def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is beyond the range of a float")
+    return value
+
+
 def loads(data: bytes | str) -> Any:
-    """``json.loads(data)`` (``NaN`` and ``Infinity`` refused), faster."""
+    """``json.loads(data)`` (non-finite numbers refused), faster."""
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(data, parse_constant=_refuse_constant)
+        return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite)
     if _long_number(data):
-        return json.loads(data, parse_constant=_refuse_constant)
+        return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite)
     return value
 
 

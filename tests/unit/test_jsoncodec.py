@@ -108,7 +108,16 @@ def test_loads_falls_back_where_orjson_differs(text: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", [b'{"unterminated": ', b'{"n": NaN}', b"[Infinity]", "[-Infinity]", b"\xff"]
+    "text",
+    [
+        b'{"unterminated": ',
+        b'{"n": NaN}',
+        b"[Infinity]",
+        "[-Infinity]",
+        b"\xff",
+        b"1e400",
+        b'["\\ud800", -1e400]',  # the standard library's path too
+    ],
 )
 def test_loads_refuses_what_is_not_json(text: bytes | str) -> None:
     with pytest.raises(ValueError):
