@@ -10,7 +10,10 @@ labels of every metric are listed in the README ("Metrics").
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 from wsgiref.simple_server import WSGIServer
 
 import structlog
@@ -25,6 +28,23 @@ log = structlog.get_logger(__name__)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 Read = Callable[[], float | None]
+T = TypeVar("T")
+
+
+def shared_reading(read: Callable[[], T], seconds: float = 1.0) -> Callable[[], T]:
+    """``read``, called at most once every ``seconds``: the gauges of one scrape that
+    show parts of one costly reading (a lag: events and seconds) share it."""
+    lock = threading.Lock()
+    last: list[tuple[float, T]] = []
+
+    def shared() -> T:
+        with lock:
+            now = time.monotonic()
+            if not last or now - last[0][0] >= seconds:
+                last[:] = [(now, read())]
+            return last[0][1]
+
+    return shared
 
 
 class _Readings(Collector):

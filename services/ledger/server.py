@@ -26,7 +26,7 @@ from services.common.auth import TokenStore, load_or_create_tokens, shared_secre
 from services.common.config import LedgerSettings
 from services.common.grpc_server import RequestInterceptor
 from services.common.limits import Limits
-from services.common.metrics import Metrics
+from services.common.metrics import Metrics, shared_reading
 from services.common.pagetoken import PageTokens
 from services.common.serving import add_health_and_reflection, listen, new_server, set_serving
 from services.common.sql import open_database, schema_lock
@@ -39,7 +39,7 @@ from services.ledger.domain.incident import Incident
 from services.ledger.domain.reference import ReferenceData
 from services.ledger.projections import Projections
 from services.ledger.read_model import ReadModel
-from services.ledger.relay import Relay, RelayLag, create_position_table
+from services.ledger.relay import Relay, create_position_table
 
 log = structlog.get_logger(__name__)
 
@@ -201,22 +201,22 @@ def register_metrics(
         "the position the projections have applied",
         lambda: float(projections.position()),
     )
+    projection_lag = shared_reading(projections.lag)  # read once for both gauges
     metrics.gauge(
         "ledger_projection_lag_events",
         "recorded events the projections have not applied",
-        lambda: float(projections.lag().events),
+        lambda: float(projection_lag().events),
     )
     metrics.gauge(
         "ledger_projection_lag_seconds",
         "age of the oldest event the projections have not applied",
-        lambda: projections.lag().seconds,
+        lambda: projection_lag().seconds,
     )
     if relay is None:
         return
     status = relay.status
 
-    def relay_lag() -> RelayLag | None:
-        return relay.lag()
+    relay_lag = shared_reading(relay.lag)  # a COUNT over the backlog: once for both gauges
 
     metrics.gauge(
         "ledger_relay_position",
