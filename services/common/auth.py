@@ -24,7 +24,7 @@ import hashlib
 import os
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,11 +70,16 @@ class TokenStore:
         self.known_agencies = frozenset(
             known_agencies if known_agencies is not None else self.agencies()
         )
-        # Hashing on every call is measurable; recent tokens are remembered (bounded).
+        # Hashing a token and parsing a certificate on every call are measurable: recent
+        # ones are remembered (bounded; a refused certificate is not remembered).
         self._lookup = functools.lru_cache(maxsize=4096)(self._lookup_uncached)
+        self.certificate_principal = functools.lru_cache(maxsize=1024)(self._certificate_principal)
 
     def _lookup_uncached(self, token: str) -> Principal | None:
         return self._by_hash.get(token_hash(token))
+
+    def _certificate_principal(self, pem: bytes) -> Principal:
+        return principal_from_certificate(pem, self.known_agencies)
 
     def __len__(self) -> int:
         return len(self._by_hash)
@@ -93,7 +98,7 @@ class TokenStore:
                 "the authorization metadata must be 'Bearer <token>'",
                 reason="CREDENTIALS_MALFORMED",
             )
-        principal = self._by_hash.get(token_hash(authorization[len(_BEARER) :].strip()))
+        principal = self._lookup(authorization[len(_BEARER) :].strip())
         if principal is None:
             raise Unauthenticated("the bearer token is not valid", reason="CREDENTIALS_INVALID")
         return principal
@@ -119,7 +124,7 @@ class TokenStore:
         return cls(entries, development=bool(raw.get("development", False)), known_agencies=known)
 
 
-def principal_from_certificate(pem: bytes, known_agencies: Iterable[str]) -> Principal:
+def principal_from_certificate(pem: bytes, known_agencies: Collection[str]) -> Principal:
     """The caller a verified client certificate names: O = agency code, CN = officer.
 
     The chain was verified by the TLS handshake; this only reads the subject. A
@@ -152,7 +157,7 @@ def principal_from_certificate(pem: bytes, known_agencies: Iterable[str]) -> Pri
             reason="CERTIFICATE_INVALID",
         )
     agency, officer = str(agencies[0].value), str(officers[0].value)
-    if agency not in set(known_agencies):
+    if agency not in known_agencies:
         raise Unauthenticated(
             f"the client certificate names agency {agency!r}, which the reference data "
             "does not know",
@@ -172,7 +177,7 @@ def authenticate(
     """
     if client_certificate is None:
         return tokens.authenticate(authorization)
-    from_certificate = principal_from_certificate(client_certificate, tokens.known_agencies)
+    from_certificate = tokens.certificate_principal(client_certificate)
     if not authorization:
         return from_certificate
     from_token = tokens.authenticate(authorization)

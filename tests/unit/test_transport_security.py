@@ -298,6 +298,21 @@ def test_a_certificate_and_a_token_must_name_the_same_agency(ca: CertificateAuth
     assert invalid.value.reason == "CREDENTIALS_INVALID"
 
 
+def test_a_certificate_is_read_once_and_a_refused_one_every_time(ca: CertificateAuthority) -> None:
+    store = tokens()
+    pem = ca.client("polres", "patrol-unit-7").cert_pem
+    for _ in range(3):
+        assert authenticate(store, None, pem) == Principal("polres", "patrol-unit-7")
+        assert authenticate(store, "Bearer polres-token", None).agency == "polres"
+    assert store.certificate_principal.cache_info().misses == 1
+    stranger = ca.client("fbi", "agent").cert_pem
+    for _ in range(2):
+        with pytest.raises(Unauthenticated) as refused:
+            authenticate(store, None, stranger)
+        assert refused.value.reason == "CERTIFICATE_AGENCY_UNKNOWN"
+    assert store.certificate_principal.cache_info().misses == 3
+
+
 def test_without_a_certificate_tokens_work_as_before() -> None:
     assert authenticate(tokens(), "Bearer kpu-token", None) == Principal("kpu", "staff")
     with pytest.raises(Unauthenticated) as missing:
