@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 import structlog
+from eventsourcing.utils import strtobool
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +56,16 @@ def schema_lock_key(env: Mapping[str, str]) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+def is_postgres(env: Mapping[str, str]) -> bool:
+    return env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres"
+
+
+def creates_tables(env: Mapping[str, str]) -> bool:
+    """Whether a process with these store settings creates missing tables (the library's
+    ``CREATE_TABLE``, default yes)."""
+    return strtobool(env.get("CREATE_TABLE") or "y")
+
+
 @contextmanager
 def schema_lock(env: Mapping[str, str]) -> Iterator[None]:
     """Hold the schema lock while creating tables, so that concurrent creators take turns.
@@ -65,7 +76,7 @@ def schema_lock(env: Mapping[str, str]) -> Iterator[None]:
     also when the process dies. Other stores need none: SQLite serialises its writers, and
     an in-memory store is private to its process.
     """
-    if env.get("PERSISTENCE_MODULE") != "eventsourcing.postgres":
+    if not is_postgres(env):
         yield
         return
     key = schema_lock_key(env)

@@ -49,7 +49,13 @@ from nats.js.errors import NotFoundError
 from incidentledger.v1 import incident_pb2 as pb
 from services.common.config import RelaySettings, StreamSettings, nats_servers
 from services.common.natsconn import connect_options
-from services.common.sql import Database, open_database, postgres_connect, schema_lock
+from services.common.sql import (
+    Database,
+    creates_tables,
+    open_database,
+    postgres_connect,
+    schema_lock,
+)
 from services.ledger.api import convert
 from services.ledger.application import Ledger, StoredIncidentEvent
 from services.ledger.domain.incident import Incident, incident_event_classes
@@ -416,8 +422,9 @@ class Relay:
 
     def start(self) -> None:
         self._tracking = open_database(self._store_env)
-        with schema_lock(self._store_env):  # not raced by migrate or another replica
-            create_position_table(self._tracking)
+        if creates_tables(self._store_env):
+            with schema_lock(self._store_env):  # not raced by migrate or another replica
+                create_position_table(self._tracking)
         self._thread.start()
 
     def wake(self) -> None:

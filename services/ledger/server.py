@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from uuid import UUID
 
@@ -29,7 +29,7 @@ from services.common.limits import Limits
 from services.common.metrics import Metrics, shared_reading
 from services.common.pagetoken import PageTokens
 from services.common.serving import add_health_and_reflection, listen, new_server, set_serving
-from services.common.sql import open_database, schema_lock
+from services.common.sql import creates_tables, is_postgres, open_database, schema_lock
 from services.ledger.api.audit_servicer import AuditServicer
 from services.ledger.api.servicer import LedgerServicer
 from services.ledger.api.situation_servicer import SituationServicer
@@ -110,8 +110,13 @@ def build(settings: LedgerSettings) -> LedgerServer:
     reference = ReferenceData.load(settings.reference_file)
     tokens = load_tokens(settings, reference)
     prepare_store(settings)
+    if creates_tables(settings.store_env) and is_postgres(settings.store_env):
+        # Replicas starting together take turns creating the tables, as `migrate` does;
+        # then each starts as on tables made beforehand.
+        migrate(settings)
+        settings = replace(settings, store_env={**settings.store_env, "CREATE_TABLE": "n"})
     ledger = Ledger(reference, env=settings.store_env)
-    create = settings.store_env.get("CREATE_TABLE", "y").lower() not in {"n", "no", "false", "0"}
+    create = creates_tables(settings.store_env)
     projections = Projections(ledger, settings.store_env, reference, create=create)
     ledger.add_commit_listener(projections.wake)
     projections.start()

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.common.config import PROJECT_ROOT
 from services.common.sql import postgres_connect, schema_lock_key
+from tests.fanout_support import wait_until
 from tests.support import store_environment
 
 pytestmark = pytest.mark.postgres
@@ -157,3 +158,56 @@ def test_migrate_waits_for_the_schema_lock(tmp_path: Path, pg_env: dict[str, str
     assert code == 0, output
     assert "schema.lock_waiting" in output
     assert tables(pg_env) >= LEDGER_TABLES
+
+
+def test_a_ledger_that_creates_its_tables_takes_the_schema_lock_first(
+    tmp_path: Path, pg_env: dict[str, str]
+) -> None:
+    """Replicas started together on a new schema (CREATE_TABLE unset) take turns."""
+    env = {
+        **os.environ,
+        **pg_env,
+        "PYTHONPATH": os.pathsep.join(str(PROJECT_ROOT / p) for p in (".", "gen")),
+        "LEDGER_DATA_DIR": str(tmp_path / "data"),
+        "LEDGER_LISTEN": "127.0.0.1:0",
+        "LEDGER_LOG_FORMAT": "json",
+    }
+    env.pop("CREATE_TABLE", None)
+    env.pop("NATS_URL", None)
+    log = tmp_path / "ledger.log"
+    key = schema_lock_key(pg_env)
+
+    def said_or_ended(event: bytes) -> bool:
+        return event in log.read_bytes() or process.poll() is not None
+
+    with postgres_connect(pg_env, autocommit=True) as holder, log.open("wb") as out:
+        holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.ledger"],
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            try:
+                wait_until(
+                    lambda: said_or_ended(b"schema.lock_waiting"),
+                    60,
+                    "the ledger to wait for the schema lock",
+                )
+                assert process.poll() is None, log.read_text()
+                assert not tables(pg_env)  # nothing created while another holds the lock
+            finally:
+                holder.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            wait_until(
+                lambda: said_or_ended(b"ledger.started"),
+                60,
+                "the ledger to start",
+            )
+            assert process.poll() is None, log.read_text()
+            assert tables(pg_env) >= LEDGER_TABLES
+        finally:
+            process.terminate()
+            process.wait(30)
