@@ -86,14 +86,10 @@ def _read_certificates(
 
     ``None``: the CA file named by the first of ``env_vars`` that is set, else plaintext.
     """
-    if tls is None:
-        path = next((os.environ[v] for v in env_vars if os.environ.get(v)), "")
-        return Path(path).read_bytes() if path else False
     if isinstance(tls, bool):
         return tls
-    if isinstance(tls, bytes):
-        return tls
-    return Path(tls).read_bytes()
+    certificates = _read_pem(tls, env_vars)
+    return False if certificates is None else certificates
 
 
 def _read_pem(value: str | bytes | Path | None, env_vars: Sequence[str]) -> bytes | None:
