@@ -103,8 +103,6 @@ def test_metrics_count_what_happened_and_follow_the_nats_connection(
 ) -> None:
     ledger_port = stack.ledger.server.metrics.port
     notifier_port = stack.notifier.metrics.port
-    assert ledger_port > 0
-    assert notifier_port > 0
     s, md = stack.ledger.stub, stack.ledger.md
 
     with webhook_receiver() as good, webhook_receiver() as bad:
@@ -121,7 +119,7 @@ def test_metrics_count_what_happened_and_follow_the_nats_connection(
                 api.VerifyIncidentRequest(request_id=rid(), name=f"incidents/{uuid.uuid4()}"),
                 metadata=md("desk_pilkada"),
             )
-        refused_status = refused.value.code().name
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
 
         # Counted when committed, before the command answers: no waiting needed.
         ledger = Scrape(ledger_port)
@@ -131,8 +129,7 @@ def test_metrics_count_what_happened_and_follow_the_nats_connection(
         report = {"method": f"{LEDGER}ReportIncident", "status": "OK"}
         assert ledger.value("ledger_requests_total", **report) == 3
         assert ledger.value("ledger_request_seconds_count", **report) == 3
-        failed = {"method": f"{LEDGER}VerifyIncident", "status": refused_status}
-        assert refused_status != "OK"
+        failed = {"method": f"{LEDGER}VerifyIncident", "status": "NOT_FOUND"}
         assert ledger.value("ledger_requests_total", **failed) == 1
         assert ledger.value("ledger_request_seconds_count", **failed) == 1
         assert ledger.value("ledger_relay_leader") == 1

@@ -174,7 +174,6 @@ def test_soak_nothing_is_lost_while_things_break(
         events = stored_events(address, tokens[AUDITOR])
         by_request = Counter(e.request_id for e in events)
         acknowledged = {a.request_id: a for a in load.acknowledged}
-        assert len(acknowledged) == len(load.acknowledged)
         assert set(by_request) == set(acknowledged), "an event without an acknowledged command"
         assert all(n == 1 for n in by_request.values()), "a command recorded twice"
         at = {e.request_id: e.position for e in events}
