@@ -51,6 +51,7 @@ from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.config import PROJECT_ROOT
 from services.common.natsserver import free_port
 from tests.fanout_support import wait_until
+from tests.support import dev_tokens
 
 __all__ = ["wait_until"]  # re-exported: the topology's tests wait the same way
 
@@ -306,11 +307,7 @@ class Deployment:
         return service
 
     def tokens(self) -> dict[str, str]:
-        import yaml
-
-        path = self.data_dir / "credentials" / "dev-tokens.yaml"
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return {agency: entry["token"] for agency, entry in raw.items()}
+        return dev_tokens(self.data_dir)
 
     def stop(self) -> None:
         for service in (*self.notifiers, *self.ledgers):
