@@ -8,7 +8,6 @@ outage moves the connection gauges and the relay's lag.
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,13 +30,9 @@ from tests.fanout_support import (
     webhook_receiver,
 )
 from tests.metrics_support import Scrape, documented_metrics
-from tests.support import Client, store_environment
+from tests.support import Client, rid, store_environment
 
 LEDGER = "/incidentledger.v1.LedgerService/"
-
-
-def rid() -> str:
-    return secrets.token_hex(8)
 
 
 @pytest.fixture
