@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -347,7 +348,9 @@ class CommandLoad:
     About one command in four reports a new incident; the others escalate one of the
     incidents reported so far. A call that fails is retried with the same request
     id on the next replica until it is acknowledged: every command ends acknowledged
-    exactly once, whatever breaks meanwhile.
+    exactly once, whatever breaks meanwhile. ``codes`` counts the status codes of the
+    failed calls (retried or not), so that a test can tell an outage's UNAVAILABLE from
+    a server's INTERNAL, which is retried too.
     """
 
     def __init__(self, addresses: list[str], token: str, rate: float) -> None:
@@ -361,6 +364,7 @@ class CommandLoad:
         self._next = 0
         self.acknowledged: list[Acknowledged] = []
         self.retries = 0
+        self.codes: Counter[grpc.StatusCode] = Counter()
         self.error: BaseException | None = None
 
     def start(self) -> None:
@@ -428,6 +432,8 @@ class CommandLoad:
             try:
                 return getattr(stub, method)(request, metadata=self._md, timeout=5).result
             except grpc.RpcError as error:
+                with self._lock:
+                    self.codes[error.code()] += 1
                 if error.code() not in RETRYABLE or time.monotonic() > deadline:
                     raise
                 with self._lock:

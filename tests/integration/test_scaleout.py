@@ -192,6 +192,7 @@ def test_exactly_one_relay_publishes_and_the_other_takes_over_when_it_dies(
         deployment.ledgers[first].start()  # back as a follower: the survivor keeps leading
     finally:
         load.stop()
+    assert not load.codes[grpc.StatusCode.INTERNAL], f"a command answered INTERNAL: {load.codes}"
     survivor = deployment.ledgers[1 - first]
     events = stored_events(survivor.address, deployment.tokens()[AUDITOR])
     positions = [e.position for e in events]
@@ -263,6 +264,7 @@ def test_two_notifiers_share_the_consumer_and_killing_one_loses_nothing(
                 wait_until(lambda: load.count >= before + 60, 60, "60 more commands")
             finally:
                 load.stop()
+            assert not load.codes[grpc.StatusCode.INTERNAL], f"INTERNAL answered: {load.codes}"
             events = stored_events(ledger.address, deployment.tokens()[AUDITOR])
             wanted = {e.event_id for e in events}
             assert {a.position for a in load.acknowledged} <= {e.position for e in events}

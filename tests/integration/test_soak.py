@@ -167,7 +167,15 @@ def test_soak_nothing_is_lost_while_things_break(
                     break
         finally:
             load.stop()
-        log.info("soak.load_done", rounds=rounds, acknowledged=load.count, retries=load.retries)
+        codes = {code.name: n for code, n in load.codes.items()}
+        log.info(
+            "soak.load_done",
+            rounds=rounds,
+            acknowledged=load.count,
+            retries=load.retries,
+            codes=codes,
+        )
+        assert not load.codes[grpc.StatusCode.INTERNAL], f"a command answered INTERNAL: {codes}"
 
         # Every acknowledged command is in the store exactly once.
         address = deployment.ledgers[0].address
