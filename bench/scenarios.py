@@ -312,7 +312,7 @@ class CommandMix:
 
     def verify(self) -> object:
         self.sent["VerifyIncident"] += 1
-        incident = self.reported.pop()
+        incident = self.reported[-1]  # removed once verified: a failure keeps it known
         result = self.stub.VerifyIncident(
             api.VerifyIncidentRequest(
                 request_id=uuid4().hex,
@@ -323,12 +323,13 @@ class CommandMix:
             metadata=self.md[COORDINATOR],
             timeout=30,
         ).result
+        self.reported.pop()
         self.verified.append([result.incident, result.version])
         return result
 
     def assign(self) -> object:
         self.sent["AssignLeadAgency"] += 1
-        incident = self.verified.pop()
+        incident = self.verified[-1]  # removed once assigned: a failure keeps it known
         result = self.stub.AssignLeadAgency(
             api.AssignLeadAgencyRequest(
                 request_id=uuid4().hex,
@@ -339,6 +340,7 @@ class CommandMix:
             metadata=self.md[COORDINATOR],
             timeout=30,
         ).result
+        self.verified.pop()
         self.assigned.append([result.incident, result.version])
         return result
 

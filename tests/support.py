@@ -45,6 +45,25 @@ def rid() -> str:
     return secrets.token_hex(8)
 
 
+@dataclass(frozen=True)
+class DevUser:
+    """One agency's development credentials, as the services wrote them."""
+
+    officer: str
+    token: str
+
+
+def dev_users(data_dir: Path) -> dict[str, DevUser]:
+    """Each agency's development officer and token, from ``credentials/dev-tokens.yaml``."""
+    raw = yaml.safe_load((data_dir / "credentials" / "dev-tokens.yaml").read_text("utf-8"))
+    return {agency: DevUser(entry["officer"], entry["token"]) for agency, entry in raw.items()}
+
+
+def dev_tokens(data_dir: Path) -> dict[str, str]:
+    """Each agency's development bearer token (see :func:`dev_users`)."""
+    return {agency: user.token for agency, user in dev_users(data_dir).items()}
+
+
 def ts(value: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(value)
@@ -154,10 +173,7 @@ def running_ledger(settings: LedgerSettings) -> Iterator[Client]:
     server = build(settings)
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     try:
-        raw = yaml.safe_load(
-            (settings.data_dir / "credentials" / "dev-tokens.yaml").read_text(encoding="utf-8")
-        )
-        tokens = {agency: entry["token"] for agency, entry in raw.items()}
+        tokens = dev_tokens(settings.data_dir)
         yield Client(
             server, channel, api_grpc.LedgerServiceStub(channel), tokens, settings.data_dir
         )

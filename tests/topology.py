@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.config import PROJECT_ROOT
 from services.common.natsserver import free_port
 from tests.fanout_support import wait_until
+from tests.support import dev_tokens
 
 __all__ = ["wait_until"]  # re-exported: the topology's tests wait the same way
 
@@ -306,11 +308,7 @@ class Deployment:
         return service
 
     def tokens(self) -> dict[str, str]:
-        import yaml
-
-        path = self.data_dir / "credentials" / "dev-tokens.yaml"
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return {agency: entry["token"] for agency, entry in raw.items()}
+        return dev_tokens(self.data_dir)
 
     def stop(self) -> None:
         for service in (*self.notifiers, *self.ledgers):
@@ -350,7 +348,9 @@ class CommandLoad:
     About one command in four reports a new incident; the others escalate one of the
     incidents reported so far. A call that fails is retried with the same request
     id on the next replica until it is acknowledged: every command ends acknowledged
-    exactly once, whatever breaks meanwhile.
+    exactly once, whatever breaks meanwhile. ``codes`` counts the status codes of the
+    failed calls (retried or not), so that a test can tell an outage's UNAVAILABLE from
+    a server's INTERNAL, which is retried too.
     """
 
     def __init__(self, addresses: list[str], token: str, rate: float) -> None:
@@ -364,6 +364,7 @@ class CommandLoad:
         self._next = 0
         self.acknowledged: list[Acknowledged] = []
         self.retries = 0
+        self.codes: Counter[grpc.StatusCode] = Counter()
         self.error: BaseException | None = None
 
     def start(self) -> None:
@@ -431,6 +432,8 @@ class CommandLoad:
             try:
                 return getattr(stub, method)(request, metadata=self._md, timeout=5).result
             except grpc.RpcError as error:
+                with self._lock:
+                    self.codes[error.code()] += 1
                 if error.code() not in RETRYABLE or time.monotonic() > deadline:
                     raise
                 with self._lock:

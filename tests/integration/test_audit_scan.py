@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 from eventsourcing.persistence import OperationalError
 
 from services.common.errors import as_ledger_error
+from services.common.natsserver import free_port
 from services.ledger.audit import scan
 from services.ledger.audit.encoding import RawDecoder
 from tests.support import store_environment
@@ -20,13 +20,6 @@ def test_ranges_cover_every_position_once_in_order() -> None:
     assert list(scan.ranges(7, 7, 4)) == []
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 def _source(env: dict[str, str], table: str) -> scan.StoreSource:
     return scan.StoreSource(tuple(sorted(env.items())), table, tuple(RawDecoder().topics))
 
@@ -35,7 +28,7 @@ def test_a_store_the_workers_cannot_reach_is_the_store_s_own_error() -> None:
     env = {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
         "POSTGRES_HOST": "127.0.0.1",
-        "POSTGRES_PORT": str(_closed_port()),
+        "POSTGRES_PORT": str(free_port()),
         "POSTGRES_DBNAME": "test",
         "POSTGRES_USER": "postgres",
     }

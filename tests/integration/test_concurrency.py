@@ -15,7 +15,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from incidentledger.v1 import ledger_service_pb2 as api
@@ -26,6 +25,7 @@ from tests.support import (
     REFERENCE_FILE,
     Client,
     Metadata,
+    dev_tokens,
     reference,
     running_ledger,
     service_process,
@@ -149,12 +149,7 @@ def test_two_processes_on_one_store_lose_no_update(kind: str, tmp_path: Path) ->
     with store_environment(kind, tmp_path) as store_env:
         data = tmp_path / "data"
         tokens_file = generate_dev_credentials(data / "credentials", reference().agencies)
-        tokens = {
-            a: e["token"]
-            for a, e in yaml.safe_load(
-                (data / "credentials" / "dev-tokens.yaml").read_text()
-            ).items()
-        }
+        tokens = dev_tokens(data)
         env = {
             **store_env,
             "LEDGER_DATA_DIR": str(data),

@@ -17,7 +17,6 @@ from pathlib import Path
 import grpc
 import nats
 import pytest
-import yaml
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -38,7 +37,13 @@ from tests.fanout_support import (
     wait_until,
     webhook_receiver,
 )
-from tests.support import running_ledger, service_process, settings_for, store_environment
+from tests.support import (
+    dev_tokens,
+    running_ledger,
+    service_process,
+    settings_for,
+    store_environment,
+)
 
 pytestmark = pytest.mark.nats
 
@@ -370,11 +375,6 @@ def report_many(address: str, tokens: dict[str, str], count: int) -> list[api.Co
         results = list(pool.map(one, range(count)))
     channel.close()
     return results
-
-
-def dev_tokens(data_dir: Path) -> dict[str, str]:
-    raw = yaml.safe_load((data_dir / "credentials" / "dev-tokens.yaml").read_text())
-    return {agency: entry["token"] for agency, entry in raw.items()}
 
 
 def test_a_relay_killed_mid_backlog_resumes_with_no_loss_and_no_duplicate(

@@ -493,10 +493,7 @@ def call(target: Target, rpc: Rpc, body: bytes, metadata: tuple[tuple[str, str],
                 )
             )
     except grpc.RpcError as error:
-        code = error.code()
-        if rpc.streaming and code == Code.CANCELLED:
-            return Outcome(Code.OK, "", None)  # our own cancel after enough responses
-        return Outcome(code, error.details() or "", error)
+        return Outcome(error.code(), error.details() or "", error)
     return Outcome(Code.OK, "", None)
 
 

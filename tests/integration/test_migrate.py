@@ -11,8 +11,7 @@ import os
 import secrets
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -35,13 +34,6 @@ LEDGER_TABLES = {"relay_position", "ledger_checkpoints", "projection_position"}
 def pg_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     with store_environment("postgres", tmp_path) as env:
         yield env
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
-        time.sleep(0.05)
 
 
 def migrate_env(tmp_path: Path, store_env: dict[str, str]) -> dict[str, str]:
@@ -145,7 +137,7 @@ def test_migrate_waits_for_the_schema_lock(tmp_path: Path, pg_env: dict[str, str
         holder.execute("SELECT pg_advisory_lock(%s)", (key,))
         process = start_migrate(env)
         try:
-            wait_for(
+            wait_until(
                 lambda: waiting_for_advisory_lock(holder, key) or process.poll() is not None,
                 60,
                 "migrate to wait for the schema lock",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,18 +98,40 @@ def test_events_flow_through_a_nats_server_with_tls_and_a_password(
             notifier.stop(1.0)
 
     # Without the password, or without TLS, the server lets nobody in.
-    async def refused(settings: NatsClientSettings) -> Exception:
-        with pytest.raises(Exception) as failure:
+    async def refused(settings: NatsClientSettings) -> None:
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
             await nats.connect(
                 secured_nats.url,
                 allow_reconnect=False,
                 connect_timeout=2,
                 **connect_options(settings),
             )
-        return failure.value
 
     asyncio.run(refused(NatsClientSettings(tls_ca_file=ca.ca_file)))
     asyncio.run(refused(NatsClientSettings(tls_ca_file=ca.ca_file, user=USER, password="nope")))
+    assert b"PONG" not in plaintext_reply(secured_nats.url, USER, password)
+
+
+def plaintext_reply(url: str, user: str, password: str) -> bytes:
+    """What a NATS server answers CONNECT (right credentials) and PING sent without TLS.
+
+    The nats client upgrades to TLS by itself when the server asks for it, so the
+    plaintext client is a socket: it reads the server's INFO, which must require TLS,
+    then reads the answer until the server closes the connection or answers PONG.
+    """
+    host, port = url.removeprefix("nats://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        info = json.loads(reader.readline().removeprefix(b"INFO "))
+        assert info.get("tls_required") is True, info
+        connect = json.dumps({"verbose": False, "user": user, "pass": password})
+        sock.sendall(f"CONNECT {connect}\r\nPING\r\n".encode())
+        answer = b""
+        while line := reader.readline():
+            answer += line
+            if line.startswith(b"PONG"):
+                break
+        return answer
 
 
 def relay_status(service: ServiceProcess) -> int:
@@ -180,17 +205,22 @@ def test_client_certificates_and_the_tls_handshake_first_with_nats(
     with server:
 
         async def connects(settings: NatsClientSettings) -> bool:
-            try:
-                client = await nats.connect(
-                    server.url,
-                    allow_reconnect=False,
-                    connect_timeout=2,
-                    **connect_options(settings),
-                )
-            except Exception:
-                return False
+            client = await nats.connect(
+                server.url, allow_reconnect=False, connect_timeout=2, **connect_options(settings)
+            )
             await client.close()
             return True
+
+        async def refused(
+            settings: NatsClientSettings, error: type[Exception], match: str, timeout: float
+        ) -> None:
+            with pytest.raises(error, match=match):
+                await nats.connect(
+                    server.url,
+                    allow_reconnect=False,
+                    connect_timeout=timeout,
+                    **connect_options(settings),
+                )
 
         full = NatsClientSettings(
             tls_ca_file=ca.ca_file,
@@ -203,14 +233,17 @@ def test_client_certificates_and_the_tls_handshake_first_with_nats(
         without_certificate = NatsClientSettings(
             tls_ca_file=ca.ca_file, tls_handshake_first=True, token=token
         )
-        assert not asyncio.run(connects(without_certificate))
+        # The server's TLS handshake asks for the client's certificate.
+        asyncio.run(refused(without_certificate, ssl.SSLError, "CERTIFICATE_REQUIRED", 2))
         late_handshake = NatsClientSettings(
             tls_ca_file=ca.ca_file,
             tls_cert_file=client.cert_file,
             tls_key_file=client.key_file,
             token=token,
         )
-        assert not asyncio.run(connects(late_handshake))
+        # The server waits for a TLS handshake, never sends INFO, and closes the connection
+        # after its TLS timeout (2 s): the client waits longer, to see that close.
+        asyncio.run(refused(late_handshake, nats.errors.Error, "expecting INFO", 10))
 
 
 def test_a_server_stopped_before_it_was_ready_leaves_no_configuration_file(

@@ -17,8 +17,14 @@ from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from services.common.config import PROJECT_ROOT
 from services.common.natsserver import NatsServer
 from tests.fanout_support import wait_until
-from tests.integration.test_fanout import dev_tokens, stream_messages
-from tests.support import PG_SETTINGS, ServiceProcess, service_process, store_environment
+from tests.integration.test_fanout import stream_messages
+from tests.support import (
+    PG_SETTINGS,
+    ServiceProcess,
+    dev_tokens,
+    service_process,
+    store_environment,
+)
 
 pytestmark = pytest.mark.nats
 

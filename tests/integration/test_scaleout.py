@@ -12,23 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import nats
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
-from services.common.natsserver import NatsServer, free_port
+from services.common.natsserver import NatsServer, free_ports
 from tests.fanout_support import WEBHOOK_SECRET, WebhookReceiver, webhook_receiver
+from tests.metrics_support import Scrape
 from tests.support import rid, store_environment
 from tests.topology import (
     CommandLoad,
@@ -112,9 +110,17 @@ def test_two_ledger_replicas_accept_commands_concurrently_without_a_lost_update(
         )
         done: list[int] = []
         conflicts: list[int] = []
+        errors: list[BaseException] = []
         lock = threading.Lock()
 
         def writer(worker: int) -> None:
+            try:
+                write(worker)
+            except BaseException as error:  # re-raised by the test after the join
+                with lock:
+                    errors.append(error)
+
+        def write(worker: int) -> None:
             stub = stubs[worker % 2]
             for n in range(10):
                 while True:  # read, then write against the version read: ABORTED = retry
@@ -146,6 +152,9 @@ def test_two_ledger_replicas_accept_commands_concurrently_without_a_lost_update(
             thread.start()
         for thread in threads:
             thread.join(120)
+        assert not [t for t in threads if t.is_alive()], "a writer did not finish in time"
+        if errors:
+            raise errors[0]
         assert len(done) == 60
         assert len(set(done)) == 60, "two commands acknowledged at one position"
         assert conflicts, "the replicas never raced: the test proved nothing"
@@ -177,14 +186,13 @@ def test_exactly_one_relay_publishes_and_the_other_takes_over_when_it_dies(
         wait_until(lambda: load.count >= 40, 60, "40 commands")
         assert leaders(deployment) == [first], "a second relay started publishing"
         deployment.ledgers[first].kill()
-        killed_at = time.monotonic()
         wait_until(lambda: leaders(deployment) == [1 - first], 30, "the other relay to lead")
-        takeover = time.monotonic() - killed_at
         before = load.count
         wait_until(lambda: load.count >= before + 40, 60, "40 more commands")
         deployment.ledgers[first].start()  # back as a follower: the survivor keeps leading
     finally:
         load.stop()
+    assert not load.codes[grpc.StatusCode.INTERNAL], f"a command answered INTERNAL: {load.codes}"
     survivor = deployment.ledgers[1 - first]
     events = stored_events(survivor.address, deployment.tokens()[AUDITOR])
     positions = [e.position for e in events]
@@ -197,18 +205,12 @@ def test_exactly_one_relay_publishes_and_the_other_takes_over_when_it_dies(
     published = stream_positions(nats_server.url)
     assert published == positions, "the stream lost, repeated or reordered an event"
     assert leaders(deployment) == [1 - first]
-    assert takeover < 30
 
 
 def webhook_deliveries(metrics_port: int) -> float:
-    """Webhook deliveries one notifier replica made, from its Prometheus endpoint."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as page:
-        text = page.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "notifier_deliveries_total" and sample.labels["channel"] == "webhook"
+    """Webhooks one notifier replica delivered, from its Prometheus endpoint."""
+    return Scrape(metrics_port).total(
+        "notifier_deliveries_total", channel="webhook", outcome="delivered"
     )
 
 
@@ -230,7 +232,7 @@ def test_two_notifiers_share_the_consumer_and_killing_one_loses_nothing(
         deployment.migrate()
         ledger = deployment.add_ledger()
         ledger.start()
-        metrics_ports = [free_port(), free_port()]
+        metrics_ports = free_ports(2)
         notifiers = [
             deployment.add_notifier(NOTIFIER_METRICS_LISTEN=f"127.0.0.1:{port}")
             for port in metrics_ports
@@ -248,24 +250,24 @@ def test_two_notifiers_share_the_consumer_and_killing_one_loses_nothing(
             [n.address for n in notifiers], deployment.tokens()[COORDINATOR]
         )
         subscriber.start()
-        load = CommandLoad([ledger.address], deployment.tokens()[COORDINATOR], rate=40)
-        load.start()
         try:
-            wait_until(
-                lambda: all(webhook_deliveries(port) > 0 for port in metrics_ports),
-                60,
-                "both notifier replicas to deliver",
-            )
-            notifiers[0].kill()
-            before = load.count
-            wait_until(lambda: load.count >= before + 60, 60, "60 more commands")
-        finally:
-            load.stop()
-        try:
+            load = CommandLoad([ledger.address], deployment.tokens()[COORDINATOR], rate=40)
+            load.start()
+            try:
+                wait_until(
+                    lambda: all(webhook_deliveries(port) > 0 for port in metrics_ports),
+                    60,
+                    "both notifier replicas to deliver",
+                )
+                notifiers[0].kill()
+                before = load.count
+                wait_until(lambda: load.count >= before + 60, 60, "60 more commands")
+            finally:
+                load.stop()
+            assert not load.codes[grpc.StatusCode.INTERNAL], f"INTERNAL answered: {load.codes}"
             events = stored_events(ledger.address, deployment.tokens()[AUDITOR])
             wanted = {e.event_id for e in events}
-            assert {e.event_id for e in events if e.position in
-                    {a.position for a in load.acknowledged}} <= wanted  # fmt: skip
+            assert {a.position for a in load.acknowledged} <= {e.position for e in events}
 
             def delivered() -> set[str]:
                 return {r.headers["X-Ledger-Event-Id"] for r in receiver.verified()}

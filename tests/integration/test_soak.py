@@ -167,14 +167,21 @@ def test_soak_nothing_is_lost_while_things_break(
                     break
         finally:
             load.stop()
-        log.info("soak.load_done", rounds=rounds, acknowledged=load.count, retries=load.retries)
+        codes = {code.name: n for code, n in load.codes.items()}
+        log.info(
+            "soak.load_done",
+            rounds=rounds,
+            acknowledged=load.count,
+            retries=load.retries,
+            codes=codes,
+        )
+        assert not load.codes[grpc.StatusCode.INTERNAL], f"a command answered INTERNAL: {codes}"
 
         # Every acknowledged command is in the store exactly once.
         address = deployment.ledgers[0].address
         events = stored_events(address, tokens[AUDITOR])
         by_request = Counter(e.request_id for e in events)
         acknowledged = {a.request_id: a for a in load.acknowledged}
-        assert len(acknowledged) == len(load.acknowledged)
         assert set(by_request) == set(acknowledged), "an event without an acknowledged command"
         assert all(n == 1 for n in by_request.values()), "a command recorded twice"
         at = {e.request_id: e.position for e in events}

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_status import rpc_status
 
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from services.common.errors import Unavailable, as_ledger_error
+from services.common.grpc_errors import error_info
 from services.common.sql import PostgresDatabase
 from tests.support import Client, rid, running_ledger, settings_for
 from tests.topology import PrivatePostgres, postgres_schema, private_postgres
@@ -76,8 +76,8 @@ def test_while_postgres_is_down_commands_are_unavailable_then_succeed(
             with pytest.raises(grpc.RpcError) as refused:
                 report(client, request_id)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-            status = rpc_status.from_call(refused.value)  # type: ignore[arg-type]
-            assert status is not None and "STORE_UNAVAILABLE" in str(status.details)
+            info = error_info(refused.value)  # type: ignore[arg-type]
+            assert info is not None and info.reason == "STORE_UNAVAILABLE", info
         finally:
             postgres.start()
         again = report(client, request_id)  # the retry, with the same request id

@@ -19,7 +19,14 @@ from incidentledger_client.cli import main as ledgerctl
 from services.common.config import ServerTls
 from services.common.grpc_errors import error_info
 from tests.integration.test_ledgerctl import without_server_log
-from tests.support import Client, rid, running_ledger, settings_for, store_environment
+from tests.support import (
+    Client,
+    dev_users,
+    rid,
+    running_ledger,
+    settings_for,
+    store_environment,
+)
 from tests.tls_support import CertificateAuthority, Issued
 
 
@@ -118,7 +125,14 @@ def test_mutual_tls_the_certificate_names_the_agency(
                 ("polres", "aiptu.rahman")
             ]
             # A token of the same agency: allowed; its officer is recorded.
-            stub.ReportIncident(report_request(), metadata=ledger.md("polres"), timeout=10)
+            with_token = stub.ReportIncident(
+                report_request(), metadata=ledger.md("polres"), timeout=10
+            ).result
+            events = stub.ListIncidentEvents(
+                api.ListIncidentEventsRequest(parent=with_token.incident), timeout=10
+            ).events
+            officer = dev_users(ledger.data_dir)["polres"].officer  # not the certificate's CN
+            assert [(e.actor.agency, e.actor.officer) for e in events] == [("polres", officer)]
             # A token of another agency with this certificate: refused.
             with pytest.raises(grpc.RpcError) as mismatch:
                 stub.ReportIncident(report_request(), metadata=ledger.md("kpu"), timeout=10)
