@@ -252,7 +252,9 @@ def test_a_server_stopped_before_it_was_ready_leaves_no_configuration_file(
     # The file holds the password; a node of a cluster whose start failed is stopped so.
     server = NatsServer(tmp_path / "store", user=USER, password="s3cret-not-for-disk")
     server.spawn()
-    conf = server._conf  # a private temporary file, mode 0600
-    assert conf is not None and "s3cret-not-for-disk" in conf.read_text()
-    server.stop()
+    try:
+        conf = server._conf  # a private temporary file, mode 0600
+        assert conf is not None and "s3cret-not-for-disk" in conf.read_text()
+    finally:
+        server.stop()
     assert not conf.exists()
