@@ -11,7 +11,7 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -67,6 +67,14 @@ class StoredIncidentEvent:
     position: int
 
 
+def mutate_all(aggregate: Any, events: Iterable[Any]) -> Any:
+    """The library's aggregate projector, without its runtime check of every event
+    against a ``Protocol`` (an ``isinstance`` that cost a third of loading an incident)."""
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
+
+
 def _text(field: str, value: str, limit: int, *, required: bool = False) -> str:
     if required and not value.strip():
         raise InvalidArgument(field, "is required")
@@ -85,7 +93,7 @@ class Ledger(Application[UUID]):
         reference: ReferenceData,
         env: Mapping[str, str] | None = None,
         *,
-        cache_size: int = 1000,
+        cache_size: int = 3000,
     ) -> None:
         super().__init__(env)
         self.reference = reference
@@ -481,7 +489,7 @@ class Ledger(Application[UUID]):
                 reason="INCIDENT_NOT_FOUND",
                 metadata={"incident": f"incidents/{incident_id}"},
             )
-        incident: Incident = self.repository.get(incident_id, version=version)
+        incident: Incident = self.load_aggregate(incident_id, version)
         return incident
 
     def position_at(self, time: datetime) -> int:
@@ -658,7 +666,7 @@ class Ledger(Application[UUID]):
     ) -> CommandResult | None:
         """The result of an earlier command with this request id, if there was one."""
         try:
-            record: RequestRecord = self.repository.get(key)
+            record: RequestRecord = self.load_aggregate(key)
         except AggregateNotFoundError:
             return None
         if record.command != command or record.fingerprint != fingerprint:
@@ -690,9 +698,14 @@ class Ledger(Application[UUID]):
             raise VersionConflict(expected, incident.version)
         return incident
 
+    def load_aggregate(self, aggregate_id: UUID, version: int | None = None) -> Any:
+        """An aggregate from its stored events (up to ``version``): ``repository.get``
+        with a cheaper projector."""
+        return self.repository.get(aggregate_id, version=version, projector_func=mutate_all)
+
     def _load(self, incident_id: UUID, field: str = "name") -> Incident:
         try:
-            incident: Incident = self.repository.get(incident_id)
+            incident: Incident = self.load_aggregate(incident_id)
         except AggregateNotFoundError:
             raise NotFound(
                 f"incident {incident_id} does not exist",
