@@ -484,6 +484,7 @@ class LedgerSettings(ServiceSettings):
 
     listen: str = "127.0.0.1:50051"
     max_workers: int = 32
+    cache_size: int = 3000  # incidents kept in memory for the write path (a few KB each)
     grace_seconds: float = 10.0
     store_env: dict[str, str] = field(default_factory=dict, repr=False)  # POSTGRES_PASSWORD
     relay: RelaySettings = field(default_factory=RelaySettings)
@@ -511,6 +512,7 @@ class LedgerSettings(ServiceSettings):
             listen=env.get("LEDGER_LISTEN") or cls.listen,
             metrics_listen=env.get("LEDGER_METRICS_LISTEN", ""),
             max_workers=_int(env, "LEDGER_MAX_WORKERS", cls.max_workers, minimum=1),
+            cache_size=_int(env, "LEDGER_CACHE_SIZE", cls.cache_size, minimum=0),
             grace_seconds=_float(env, "LEDGER_GRACE_SECONDS", cls.grace_seconds),
             store_env=store_environment(env, common["data_dir"]),
             relay=RelaySettings.from_env(env),

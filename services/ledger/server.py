@@ -115,7 +115,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
         # then each starts as on tables made beforehand.
         migrate(settings)
         settings = replace(settings, store_env={**settings.store_env, "CREATE_TABLE": "n"})
-    ledger = Ledger(reference, env=settings.store_env)
+    ledger = Ledger(reference, env=settings.store_env, cache_size=settings.cache_size)
     create = creates_tables(settings.store_env)
     projections = Projections(ledger, settings.store_env, reference, create=create)
     ledger.add_commit_listener(projections.wake)

@@ -23,6 +23,12 @@ def test_defaults_use_sqlite_in_the_data_directory(tmp_path: Path) -> None:
     assert settings.resolved_tokens_file == tmp_path / "credentials" / "tokens.yaml"
 
 
+def test_the_write_cache_size_is_a_setting() -> None:
+    assert LedgerSettings.from_env({}).cache_size == 3000
+    assert LedgerSettings.from_env({"LEDGER_CACHE_SIZE": "0"}).cache_size == 0
+    assert LedgerSettings.from_env({"LEDGER_CACHE_SIZE": "20000"}).cache_size == 20000
+
+
 def test_store_variables_pass_through() -> None:
     settings = LedgerSettings.from_env(
         {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_HOST": "db", "HOME": "/x"}
@@ -58,6 +64,7 @@ def test_nats_url_names_one_server_or_the_nodes_of_a_cluster() -> None:
     [
         ({"LEDGER_MAX_WORKERS": "many"}, "LEDGER_MAX_WORKERS must be an integer"),
         ({"LEDGER_MAX_WORKERS": "0"}, "LEDGER_MAX_WORKERS must be at least 1"),
+        ({"LEDGER_CACHE_SIZE": "-1"}, "LEDGER_CACHE_SIZE must be at least 0"),
         ({"LEDGER_ENVIRONMENT": "staging"}, "LEDGER_ENVIRONMENT must be one of"),
         ({"LEDGER_LOG_LEVEL": "LOUD"}, "LEDGER_LOG_LEVEL must be one of"),
         (
