@@ -26,7 +26,7 @@ from services.common.config import PROJECT_ROOT
 from services.common.errors import LedgerError
 from services.ledger.application import CommandResult, Ledger
 from services.ledger.domain.incident import Actor, Envelope, Incident, RejectionReason
-from services.ledger.projections import BoardFilter, Lag, Projections
+from services.ledger.projections import BoardFilter, Lag, Projections, service
 from services.ledger.projections.engine import ProjectionStore
 from services.ledger.projections.facts import FastDecoder, fact_from_event, incident_topics
 from tests.support import reference, store_environment
@@ -449,6 +449,27 @@ def test_the_follower_catches_up_when_woken_and_reports_lag(
         projections.stop()
     rows = projections.board_rows(history.incidents, fresh=False)
     assert len(rows) == len(history.incidents)
+    projections.close()
+
+
+def test_a_reader_waiting_for_its_write_does_not_wait_for_commits_to_gather(
+    ledger: Ledger, store_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under load the follower lets commits gather between rounds; a reader waiting for a
+    # position cuts the pause short (here a minute long, far beyond the reader's timeout).
+    monkeypatch.setattr(service, "GATHER_SECONDS", 60.0)
+    projections = Projections(ledger, store_env, REF)
+    ledger.add_commit_listener(projections.wake)
+    projections.start()
+    history = History(ledger, random.Random(5))
+    try:
+        for _ in range(3):  # the first round, then rounds that follow one within the pause
+            history.run(10)
+            last = ledger.recorder.max_notification_id() or 0
+            assert projections.wait_for(last, timeout=10)
+            assert projections.position() >= last
+    finally:
+        projections.stop()
     projections.close()
 
 

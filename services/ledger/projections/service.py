@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 BATCH = 500  # notifications per transaction while following the log
 REBUILD_BATCH = 5000  # notifications per transaction while rebuilding
 POLL_SECONDS = 0.5  # how often the follower looks for other processes' writes
+GATHER_SECONDS = 0.02  # under load, the follower starts at most one round per this interval
 RETRY_SECONDS = 1.0  # pause of the follower after a failure
 
 
@@ -123,8 +124,9 @@ class Projections(ProjectionReader):
     Their tables live in the ledger's database (an in-memory SQLite database with
     the in-memory event store). ``start()`` runs a follower thread that applies new
     events when woken (register ``wake`` as the ledger's commit listener) and every
-    ``POLL_SECONDS`` (other processes' writes). Queries catch up first unless
-    called with ``fresh=False``.
+    ``POLL_SECONDS`` (other processes' writes); under load it starts at most one round
+    per ``GATHER_SECONDS``, unless a reader waits for a position. Queries catch up
+    first unless called with ``fresh=False``.
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class Projections(ProjectionReader):
         self._applied = threading.Condition()
         self._known_position = 0
         self._wakeup = threading.Event()
+        self._urgent = threading.Event()  # a reader waits for a position
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         if create:
@@ -169,6 +172,7 @@ class Projections(ProjectionReader):
             return
         self._stopping.set()
         self._wakeup.set()
+        self._urgent.set()
         thread.join(timeout)
 
     def wake(self) -> None:
@@ -178,6 +182,7 @@ class Projections(ProjectionReader):
     def _follow(self) -> None:
         while not self._stopping.is_set():
             self._wakeup.clear()  # before catching up: a wake-up meanwhile is not lost
+            started = time.monotonic()
             try:
                 self.catch_up()
             except DatabaseClosedError:
@@ -189,6 +194,12 @@ class Projections(ProjectionReader):
                 log.exception("projections.catch_up_failed")
                 self._stopping.wait(RETRY_SECONDS)
             self._wakeup.wait(POLL_SECONDS)
+            # Under load, commits gather for a moment, so that one round applies many
+            # of them in one transaction; a reader waiting for its write cuts it short.
+            pause = started + GATHER_SECONDS - time.monotonic()
+            if pause > 0:
+                self._urgent.wait(pause)
+            self._urgent.clear()
 
     # -------------------------------------------------------------- following
 
@@ -228,6 +239,7 @@ class Projections(ProjectionReader):
         if self._thread is None:
             self.catch_up()
             return self._store.position() >= position
+        self._urgent.set()
         self.wake()
         with self._applied:
             while self._known_position < position:
