@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from services.ledger.api.convert import event_to_proto
 from services.ledger.application import Ledger, StoredIncidentEvent
 from services.ledger.audit import (
     Checkpoint,
+    ExportFormatError,
     RawDecoder,
     body_hash,
     chain_step,
@@ -28,6 +30,7 @@ from services.ledger.audit import (
     load_public_key,
     load_signing_key,
     public_key_bytes,
+    verify_export,
 )
 from services.ledger.audit.checkpoints import signing_payload
 from services.ledger.audit.encoding import export_line
@@ -287,3 +290,23 @@ def test_audit_settings_defaults_and_checks(tmp_path: Path) -> None:
         AuditSettings.from_env({"LEDGER_CHECKPOINT_SECONDS": "-1"})
     with pytest.raises(ConfigError):
         AuditSettings.from_env({"LEDGER_CHECKPOINT_SECONDS": "often"})
+
+
+@pytest.mark.parametrize(
+    ("first_line", "message"),
+    [
+        (
+            '{"event_id": "e", "incident": "incidents/x", "hash": "ab", "previous_hash": ""}',
+            "a replay file such as `ledgerctl audit export` writes",
+        ),
+        ('{"title": "not an export"}', "the first line is not its header"),
+        ("not json", "the first line is not its header"),
+    ],
+)
+def test_verify_export_names_a_file_that_is_not_an_export(
+    tmp_path: Path, first_line: str, message: str
+) -> None:
+    path = tmp_path / "file.jsonl"
+    path.write_text(first_line + "\n")
+    with pytest.raises(ExportFormatError, match=re.escape(message)):
+        verify_export(path, bytes(32))

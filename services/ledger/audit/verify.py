@@ -702,6 +702,12 @@ def _verify_lines(
         header = json.loads(first)
     except ValueError:
         header = None
+    if isinstance(header, dict) and "record" not in header and "hash" in header:
+        raise ExportFormatError(
+            "not a ledger export: the first line is an event, not the export's header (a "
+            "replay file such as `ledgerctl audit export` writes holds no chain state or "
+            "checkpoints; make a verifiable export with `python -m services.ledger.audit export`)"
+        )
     if not isinstance(header, dict) or header.get("record") != "header":
         raise ExportFormatError("not a ledger export: the first line is not its header")
     if header.get("format") != EXPORT_FORMAT:

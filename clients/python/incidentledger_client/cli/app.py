@@ -1049,7 +1049,12 @@ def audit_export(
     agency: Annotated[str | None, typer.Option(help="Only events by this agency.")] = None,
     kecamatan: Annotated[str | None, typer.Option(help="Only this kecamatan.")] = None,
 ) -> None:
-    """Export the history (events in log order) as JSON Lines, with a progress bar."""
+    """Export the history (events in log order) as JSON Lines, with a progress bar.
+
+    One event envelope per line, as the replay stream gives them. For a file that verifies
+    offline (with its chains and checkpoints), run `python -m services.ledger.audit export`
+    where the store is; `ledgerctl audit verify` checks the ledger online.
+    """
     import json
 
     st = state(ctx)
