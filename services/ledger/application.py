@@ -23,6 +23,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, Recording
 from eventsourcing.utils import get_topic
 
+from services.common.config import LedgerSettings
 from services.common.errors import (
     Aborted,
     AlreadyExists,
@@ -93,7 +94,7 @@ class Ledger(Application[UUID]):
         reference: ReferenceData,
         env: Mapping[str, str] | None = None,
         *,
-        cache_size: int = 3000,
+        cache_size: int = LedgerSettings.cache_size,
     ) -> None:
         super().__init__(env)
         self.reference = reference
@@ -110,6 +111,11 @@ class Ledger(Application[UUID]):
         self._committer = GroupCommitter(
             self.events.put, after_commit=self._committed, on_recorded=self._recorded
         )
+
+    @property
+    def cache_size(self) -> int:
+        """How many incidents the write path keeps in memory (``LEDGER_CACHE_SIZE``)."""
+        return self._cache.maxsize
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (in the committing thread) after each commit."""

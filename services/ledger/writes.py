@@ -155,6 +155,10 @@ class AggregateCache:
         self._items: OrderedDict[UUID, Aggregate] = OrderedDict()
         self._lock = threading.Lock()
 
+    @property
+    def maxsize(self) -> int:
+        return self._maxsize
+
     def get(self, key: UUID) -> Aggregate | None:
         with self._lock:
             item = self._items.get(key)

@@ -138,6 +138,23 @@ def test_idempotency_survives_a_restart(kind: str, tmp_path: Path) -> None:
             assert len(listed.incidents) == 1
 
 
+def test_without_a_write_cache_every_command_works_on_the_stored_state(tmp_path: Path) -> None:
+    with (
+        store_environment("sqlite", tmp_path) as env,
+        running_ledger(settings_for(tmp_path, env, cache_size=0)) as ledger,
+    ):
+        assert ledger.server.ledger.cache_size == 0  # LEDGER_CACHE_SIZE reaches the ledger
+        name = assigned_incident(ledger)
+        for expected in (3, 4):
+            ledger.stub.LogAction(
+                api.LogActionRequest(
+                    request_id=rid(), name=name, action="patrol", expected_version=expected
+                ),
+                metadata=ledger.md("polres"),
+            )
+        assert versions(ledger, name) == [1, 2, 3, 4, 5]
+
+
 @contextmanager
 def ledger_process(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     with service_process("services.ledger", env) as service:
