@@ -52,6 +52,7 @@ from services.ledger.audit import (
 from services.ledger.domain.incident import Actor, Envelope, Incident, RejectionReason, Status
 from services.ledger.domain.reference import ReferenceData, Role
 from services.ledger.projections import Projections
+from services.ledger.seals import Sealer
 
 CHECKPOINT_EVERY = 50_000  # events between signed checkpoints (as a server would make them)
 SAVE_BATCH = 200  # incidents per save (about 2,500 events)
@@ -487,7 +488,7 @@ def measure_history(
     key = Ed25519PrivateKey.generate()
     public_key = public_key_bytes(key)
     export_file = workdir / "export.jsonl"
-    ledger = Ledger(reference, env=store_env)
+    ledger = Ledger(reference, env=store_env, sealer=Sealer(key))
     writer = HistoryWriter(ledger, store_env, key, checkpoint_every=max(1000, events // 4))
     run = HistoryRun(store, 0, 0, 0, 0.0)
     try:

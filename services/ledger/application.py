@@ -20,13 +20,21 @@ from uuid import UUID, uuid4
 
 import structlog
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, Recording
-from eventsourcing.utils import get_topic
+from eventsourcing.domain import OriginatorVersionError
+from eventsourcing.persistence import (
+    IntegrityError,
+    Mapper,
+    MapperDeserialisationError,
+    Recording,
+    StoredEvent,
+)
+from eventsourcing.utils import TopicError, get_topic
 
 from services.common.config import LedgerSettings
 from services.common.errors import (
     Aborted,
     AlreadyExists,
+    DataLoss,
     InvalidArgument,
     LedgerError,
     NotFound,
@@ -37,10 +45,12 @@ from services.ledger.domain.incident import (
     Incident,
     RejectionReason,
     canonical_json,
+    event_hash,
     incident_event_classes,
 )
 from services.ledger.domain.reference import ReferenceData
 from services.ledger.domain.requests import RequestRecord, request_key
+from services.ledger.seals import SealChecker, Sealer
 from services.ledger.store import EventPositions
 from services.ledger.writes import AggregateCache, GroupCommitter
 
@@ -60,6 +70,39 @@ class CommandResult:
     position: int
     event_id: UUID
     recorded_at: datetime
+
+
+class SealingMapper(Mapper[UUID]):
+    """The application's mapper, sealing each incident event as it is stored.
+
+    Every write (a command's group commit, ``Application.save``) passes here, so no
+    incident event reaches the store without its seal (see services/ledger/seals.py).
+    """
+
+    def __init__(self, base: Mapper[UUID], sealer: Sealer) -> None:
+        super().__init__(base.transcoder, compressor=base.compressor, cipher=base.cipher)
+        self._sealer = sealer
+
+    def to_stored_event(self, domain_event: Any) -> StoredEvent:
+        if isinstance(domain_event, Incident.Event) and "seal" not in vars(domain_event):
+            # The event object is frozen; the seal is not part of what its hash covers.
+            object.__setattr__(domain_event, "seal", self._sealer.seal(event_hash(domain_event)))
+        return super().to_stored_event(domain_event)
+
+
+# What a stored event that no longer loads raises: bytes that do not decode, or a
+# version missing from its incident's sequence (a deleted event).
+BROKEN_HISTORY = (MapperDeserialisationError, OriginatorVersionError, TopicError)
+
+
+def broken_history(incident_id: UUID | str, error: Exception) -> DataLoss:
+    """The DATA_LOSS answer for an incident whose stored events no longer load."""
+    return DataLoss(
+        f"incident {incident_id} fails its hash chain: a stored event no longer loads "
+        f"({type(error).__name__})",
+        reason="HASH_CHAIN_BROKEN",
+        metadata={"incident": f"incidents/{incident_id}", "check": "decode"},
+    )
 
 
 @dataclass(frozen=True)
@@ -95,7 +138,11 @@ class Ledger(Application[UUID]):
         env: Mapping[str, str] | None = None,
         *,
         cache_size: int = LedgerSettings.cache_size,
+        sealer: Sealer | None = None,
     ) -> None:
+        # Before the base class builds the mapper, which seals with it.
+        self.sealer = sealer
+        self.seal_checker: SealChecker | None = sealer.checker if sealer else None
         super().__init__(env)
         self.reference = reference
         self.positions = EventPositions(self.recorder)
@@ -111,6 +158,10 @@ class Ledger(Application[UUID]):
         self._committer = GroupCommitter(
             self.events.put, after_commit=self._committed, on_recorded=self._recorded
         )
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        base = super().construct_mapper()
+        return base if self.sealer is None else SealingMapper(base, self.sealer)
 
     @property
     def cache_size(self) -> int:
@@ -481,21 +532,24 @@ class Ledger(Application[UUID]):
         """The incident as it stood at a global position and/or a record time."""
         version = 0
         positions = self.positions.of(incident_id) if position else {}
-        for event in self.events.get(incident_id):
-            if not isinstance(event, Incident.Event):
-                continue
-            if position and positions.get(event.originator_version, 0) > position:
-                break
-            if time is not None and event.timestamp > time:
-                break
-            version = event.originator_version
+        with self._loading(incident_id):
+            for event in self.events.get(incident_id):
+                if not isinstance(event, Incident.Event):
+                    continue
+                if position and positions.get(event.originator_version, 0) > position:
+                    break
+                if time is not None and event.timestamp > time:
+                    break
+                version = event.originator_version
         if version == 0:
             raise NotFound(
                 f"incident {incident_id} did not exist then",
                 reason="INCIDENT_NOT_FOUND",
                 metadata={"incident": f"incidents/{incident_id}"},
             )
-        incident: Incident = self.load_aggregate(incident_id, version)
+        with self._loading(incident_id):
+            incident: Incident = self.load_aggregate(incident_id, version)
+        self.check_seal(incident)  # every event was sealed when it was stored
         return incident
 
     def position_at(self, time: datetime) -> int:
@@ -534,7 +588,8 @@ class Ledger(Application[UUID]):
             if not rows:
                 return
             for row in rows:
-                event = self.mapper.to_domain_event(row)
+                with self._loading(row.originator_id):
+                    event = self.mapper.to_domain_event(row)
                 if isinstance(event, Incident.Event) and keep(event):
                     yield StoredIncidentEvent(event, row.id)
             after = rows[-1].id
@@ -545,9 +600,15 @@ class Ledger(Application[UUID]):
         self, incident_id: UUID, *, after_version: int, limit: int
     ) -> list[StoredIncidentEvent]:
         """Events of one incident with their global positions, oldest first."""
-        events = list(self.events.get(incident_id, gt=after_version, limit=limit))
-        if not events and after_version == 0:
+        # The whole history is read and checked (chain and seal), so that no page serves
+        # an event that was changed in the store; incidents hold tens of events.
+        with self._loading(incident_id):
+            history = list(self.events.get(incident_id))
+            incident = mutate_all(None, history) if history else None
+        if not isinstance(incident, Incident):
             raise NotFound(f"incident {incident_id} does not exist", reason="INCIDENT_NOT_FOUND")
+        self.check_seal(incident)
+        events = [e for e in history if e.originator_version > after_version][:limit]
         if not events:
             return []
         positions = self.positions.of(
@@ -683,7 +744,11 @@ class Ledger(Application[UUID]):
                 metadata={"request_id": request_id, "original_command": record.command},
             )
         incident_id, version = record.incident_id, record.incident_version
-        (event,) = self.events.get(incident_id, gt=version - 1, lte=version)
+        with self._loading(incident_id):
+            found = list(self.events.get(incident_id, gt=version - 1, lte=version))
+        if not found:
+            raise broken_history(incident_id, LookupError(f"version {version} is missing"))
+        event = found[0]
         if not isinstance(event, Incident.Event):
             raise TypeError(f"unexpected event {event!r}")
         return CommandResult(
@@ -709,9 +774,48 @@ class Ledger(Application[UUID]):
         with a cheaper projector."""
         return self.repository.get(aggregate_id, version=version, projector_func=mutate_all)
 
+    @contextmanager
+    def _loading(self, incident_id: UUID | str) -> Iterator[None]:
+        """Stored events of the incident that no longer load are DATA_LOSS, never INTERNAL."""
+        try:
+            yield
+        except BROKEN_HISTORY as exc:
+            log.error(
+                "incident.history_broken",
+                incident=f"incidents/{incident_id}",
+                error_type=type(exc).__name__,
+                error=str(exc)[:500],
+            )
+            raise broken_history(incident_id, exc) from None
+
+    def check_seal(self, incident: Incident) -> None:
+        """DATA_LOSS unless the incident's newest event carries the ledger's seal over its
+        hash: whoever changed it in the store could not have re-sealed it."""
+        if self.seal_checker is None:
+            return
+        problem = self.seal_checker.problem(incident.head_hash, incident.head_seal)
+        if problem is None:
+            return
+        log.error(
+            "incident.seal_broken",
+            incident=f"incidents/{incident.id}",
+            version=incident.version,
+            problem=problem,
+        )
+        raise DataLoss(
+            f"incident {incident.id} fails its hash chain at version {incident.version}: {problem}",
+            reason="HASH_CHAIN_BROKEN",
+            metadata={
+                "incident": f"incidents/{incident.id}",
+                "version": str(incident.version),
+                "check": "seal",
+            },
+        )
+
     def _load(self, incident_id: UUID, field: str = "name") -> Incident:
         try:
-            incident: Incident = self.load_aggregate(incident_id)
+            with self._loading(incident_id):
+                incident: Incident = self.load_aggregate(incident_id)
         except AggregateNotFoundError:
             raise NotFound(
                 f"incident {incident_id} does not exist",
@@ -720,6 +824,7 @@ class Ledger(Application[UUID]):
             ) from None
         if not isinstance(incident, Incident):
             raise NotFound(f"incident {incident_id} does not exist", reason="INCIDENT_NOT_FOUND")
+        self.check_seal(incident)
         return incident
 
     def _check_location(self, location: Mapping[str, Any], field: str) -> None:

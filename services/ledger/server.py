@@ -40,6 +40,7 @@ from services.ledger.domain.reference import ReferenceData
 from services.ledger.projections import Projections
 from services.ledger.read_model import ReadModel
 from services.ledger.relay import Relay, create_position_table
+from services.ledger.seals import Sealer
 
 log = structlog.get_logger(__name__)
 
@@ -115,7 +116,13 @@ def build(settings: LedgerSettings) -> LedgerServer:
         # then each starts as on tables made beforehand.
         migrate(settings)
         settings = replace(settings, store_env={**settings.store_env, "CREATE_TABLE": "n"})
-    ledger = Ledger(reference, env=settings.store_env, cache_size=settings.cache_size)
+    signing_key = load_signing_key(settings.audit())
+    ledger = Ledger(
+        reference,
+        env=settings.store_env,
+        cache_size=settings.cache_size,
+        sealer=Sealer(signing_key),
+    )
     create = creates_tables(settings.store_env)
     projections = Projections(ledger, settings.store_env, reference, create=create)
     ledger.add_commit_listener(projections.wake)
@@ -133,7 +140,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
     checkpoints = Checkpoints(
         ledger.recorder,
         settings.store_env,
-        load_signing_key(settings.audit()),
+        signing_key,
         interval_seconds=settings.checkpoint_seconds,
         on_checkpoint=(
             (lambda c: relay.publish_checkpoint(c.position, c.to_bytes())) if relay else None
@@ -151,6 +158,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
         AuditServicer(ledger, checkpoints, page_tokens), server
     )
+    checkpoints.seal_earlier_history()
     port = listen(server, settings.listen, settings)
     server.start()
     set_serving(health_servicer, SERVICES)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -17,20 +18,27 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import grpc
 import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from psycopg.sql import SQL, Identifier
 
-from services.common.config import PROJECT_ROOT
+from incidentledger.v1 import ledger_service_pb2 as api
+from services.common.config import PROJECT_ROOT, AuditSettings
+from services.common.errors import DataLoss
+from services.common.grpc_errors import error_info
 from services.common.sql import postgres_connect
 from services.ledger.application import Ledger
 from services.ledger.audit import (
     Checkpoint,
+    CheckpointError,
     Checkpoints,
     Divergence,
     ExportError,
+    RawDecoder,
     VerifyReport,
+    body_hash,
     export_jsonl,
     public_key_bytes,
     scan,
@@ -38,9 +46,19 @@ from services.ledger.audit import (
     verify_store,
 )
 from services.ledger.audit import verify as audit_verify
-from services.ledger.audit.keys import public_key_pem
+from services.ledger.audit.keys import load_signing_key, public_key_pem
 from services.ledger.domain.incident import incident_event_classes
-from tests.support import REFERENCE_FILE, reference, store_environment
+from services.ledger.seals import Sealer
+from tests.support import (
+    REFERENCE_FILE,
+    reference,
+    require_postgres,
+    rid,
+    running_ledger,
+    settings_for,
+    store_environment,
+)
+from tests.unit.incident_builders import env
 from tests.unit.test_audit_encoding import History, build_history
 
 KEY = Ed25519PrivateKey.generate()
@@ -151,7 +169,7 @@ def store(
     if request.param == "postgres":
         request.applymarker(pytest.mark.postgres)
     with store_environment(request.param, tmp_path) as store_env:
-        ledger = Ledger(reference(), env=store_env)
+        ledger = Ledger(reference(), env=store_env, sealer=Sealer(KEY))
         checkpoints = Checkpoints(ledger.recorder, store_env, KEY)
         try:
             history = build_history(ledger)
@@ -288,8 +306,102 @@ def test_a_change_to_the_latest_event_of_an_incident_is_caught_by_the_checkpoint
     assert b"second patrol" in target.state
     store.rows.set_state(target.position, target.state.replace(b"second", b"fourth"))
     found = store.divergence()
-    assert (found.kind, found.position) == ("modified", checkpoint.position)
+    # Its seal names it before the checkpoint (which no longer matches either) does.
+    assert (found.kind, found.incident, found.version, found.position) == (
+        "modified",
+        _name(store.history.lifecycle),
+        target.version,
+        target.position,
+    )
+    assert "no longer matches its seal" in found.detail
+    assert checkpoint.position > target.position
     assert store.verify(None).divergence == found
+
+
+def _reopened(store: Store) -> Ledger:
+    """The ledger as a restarted process sees the store: nothing cached."""
+    return Ledger(reference(), env=store.env, sealer=Sealer(KEY))
+
+
+def _assert_data_loss(store: Store, incident: UUID, check: str) -> None:
+    """Reads and commands on the incident answer DATA_LOSS / HASH_CHAIN_BROKEN, naming it."""
+    ledger = _reopened(store)
+    try:
+        for attempt in (
+            lambda: ledger.get_incident(incident),
+            lambda: ledger.incident_events(incident, after_version=0, limit=100),
+            lambda: ledger.escalate(env("polres"), incident, 0, "still growing"),
+        ):
+            with pytest.raises(DataLoss) as caught:
+                attempt()
+            assert caught.value.reason == "HASH_CHAIN_BROKEN"
+            assert caught.value.metadata["incident"] == _name(incident)
+            assert caught.value.metadata["check"] == check
+    finally:
+        ledger.close()
+
+
+def _rewrite_latest_two(store: Store, incident: UUID) -> int:
+    """An intruder's careful edit after the last checkpoint: change the second newest event
+    of the incident and recompute the hash link above it, so that the chain agrees."""
+    rows = store.rows.rows(incident)
+    before, head = rows[-2], rows[-1]
+    decoder = RawDecoder(store.ledger.mapper)
+    old = body_hash(decoder.body(before.topic, incident, before.version, before.state))
+    forged = re.sub(rb'"reason"\s*:\s*"', b'"reason":"forged ', before.state, count=1)
+    assert forged != before.state
+    new = body_hash(decoder.body(before.topic, incident, before.version, forged))
+    assert old.encode() in head.state
+    store.rows.set_state(before.position, forged)
+    store.rows.set_state(head.position, head.state.replace(old.encode(), new.encode()))
+    return head.position
+
+
+@pytest.mark.parametrize("alteration", ["edit", "rewrite", "strip_seal", "copied_seal"])
+def test_any_change_after_the_last_checkpoint_is_found_and_never_signed(
+    store: Store, alteration: str
+) -> None:
+    """No checkpoint covers these events: each incident's newest seal must catch them."""
+    store.checkpoints.create()
+    after = build_history(store.ledger, extra=0)  # events after the checkpoint
+    incident = after.lifecycle
+    rows = store.rows.rows(incident)
+    head = rows[-1]
+    if alteration == "edit":  # the incident's newest event, hashes left as they are
+        assert b"second patrol" in head.state
+        store.rows.set_state(head.position, head.state.replace(b"second", b"fourth"))
+    elif alteration == "rewrite":  # an older event, every hash above it recomputed
+        _rewrite_latest_two(store, incident)
+    elif alteration == "strip_seal":
+        stripped = re.sub(rb',\s*"seal"\s*:\s*"[^"]*"', b"", head.state)
+        assert stripped != head.state
+        store.rows.set_state(head.position, stripped)
+    else:  # the seal of another event pasted over this one's
+        seal = re.compile(rb'"seal"\s*:\s*"[^"]*"')
+        other = seal.search(rows[-2].state)
+        assert other is not None
+        store.rows.set_state(head.position, seal.sub(other.group(0), head.state))
+    found = store.divergence()
+    assert (found.kind, found.incident, found.version, found.position) == (
+        "modified",
+        _name(incident),
+        head.version,
+        head.position,
+    )
+    with pytest.raises(CheckpointError, match=f"version {head.version}"):
+        store.checkpoints.create()
+    assert store.verify().divergence == found  # nothing was signed over it
+    _assert_data_loss(store, incident, "seal")
+
+
+def test_a_deleted_or_undecodable_event_is_data_loss_naming_the_incident(store: Store) -> None:
+    rows = store.rows.rows(store.history.lifecycle)
+    store.rows.delete(rows[4].position)
+    _assert_data_loss(store, store.history.lifecycle, "decode")
+    other = store.history.others[0]
+    target = store.rows.rows(other)[-1]
+    store.rows.set_state(target.position, b"\xff not json")
+    _assert_data_loss(store, other, "decode")
 
 
 def test_a_deleted_middle_event_is_named(store: Store) -> None:
@@ -515,10 +627,12 @@ def _events(result: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
 
 def test_the_command_line_checkpoints_exports_and_verifies(tmp_path: Path) -> None:
     with store_environment("sqlite", tmp_path) as store_env:
-        ledger = Ledger(reference(), env=store_env)
+        data = tmp_path / "data"
+        # The development key the command line generates (and the ledger would seal with).
+        signing_key = load_signing_key(AuditSettings(data_dir=data))
+        ledger = Ledger(reference(), env=store_env, sealer=Sealer(signing_key))
         history = build_history(ledger)
         ledger.close()
-        data = tmp_path / "data"
         made = _cli(["checkpoint"], store_env, data)
         assert made.returncode == 0, made.stdout + made.stderr
         public = data / "keys" / "ledger-signing.pub"
@@ -565,3 +679,50 @@ def test_the_command_line_checkpoints_exports_and_verifies(tmp_path: Path) -> No
 def test_postgres_is_reachable_or_skipped() -> None:
     # Keeps psycopg imported for the type checker when PostgreSQL tests are skipped.
     assert psycopg.__version__
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_the_api_answers_data_loss_for_a_forged_deleted_or_undecodable_event(
+    kind: str, tmp_path: Path
+) -> None:
+    """Over gRPC: DATA_LOSS / HASH_CHAIN_BROKEN naming the incident, never INTERNAL."""
+    if kind == "postgres":
+        require_postgres()
+    with (
+        store_environment(kind, tmp_path) as store_env,
+        running_ledger(settings_for(tmp_path, store_env)) as client,
+    ):
+        incidents = []
+        for _ in range(3):
+            name = client.report().incident
+            for step in range(2):
+                client.stub.EscalateIncident(
+                    api.EscalateIncidentRequest(
+                        request_id=rid(), name=name, reason=f"crowd growing {step}"
+                    ),
+                    metadata=client.md("kesbangpol"),
+                )
+            incidents.append(UUID(name.removeprefix("incidents/")))
+        table = client.server.ledger.recorder.events_table_name  # type: ignore[attr-defined]
+        surgery = Surgery(kind, store_env, table)
+        forged, deleted, garbled = (surgery.rows(i) for i in incidents)
+        surgery.set_state(forged[-1].position, forged[-1].state.replace(b"growing 1", b"calm 1"))
+        surgery.delete(deleted[1].position)
+        surgery.set_state(garbled[-1].position, b"\xff not json")
+        for incident, check in zip(incidents, ("seal", "decode", "decode"), strict=True):
+            name = _name(incident)
+            for call in (
+                lambda n=name: client.stub.GetIncident(
+                    api.GetIncidentRequest(name=n), metadata=client.md("polres")
+                ),
+                lambda n=name: client.stub.ListIncidentEvents(
+                    api.ListIncidentEventsRequest(parent=n), metadata=client.md("polres")
+                ),
+            ):
+                with pytest.raises(grpc.RpcError) as caught:
+                    call()
+                assert caught.value.code() is grpc.StatusCode.DATA_LOSS, caught.value.details()
+                info = error_info(caught.value)  # type: ignore[arg-type]
+                assert info is not None and info.reason == "HASH_CHAIN_BROKEN"
+                assert info.metadata["incident"] == name
+                assert info.metadata["check"] == check

@@ -365,6 +365,7 @@ class IncidentEvent(_message.Message):
     HASH_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
     PAYLOAD_JSON_FIELD_NUMBER: _builtins.int
+    SEAL_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique event id (UUID)."""
     incident: _builtins.str
@@ -391,6 +392,11 @@ class IncidentEvent(_message.Message):
     """Global position in the ledger (notification id); 0 when not known."""
     payload_json: _builtins.str
     """Event-specific fields as a JSON object (documented per type in the README)."""
+    seal: _builtins.str
+    """The ledger's seal: "<key id>:<base64 Ed25519 signature>" over the ASCII bytes
+    "incidentledger.seal.v1:" + hash, made with the ledger's signing key when the event
+    was stored. Empty on events stored before seals existed.
+    """
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp:
         """When it happened, as reported by the caller (defaults to record_time)."""
@@ -427,10 +433,11 @@ class IncidentEvent(_message.Message):
         hash: _builtins.str = ...,
         position: _builtins.int = ...,
         payload_json: _builtins.str = ...,
+        seal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "location", b"location", "occur_time", b"occur_time", "record_time", b"record_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "causation_id", b"causation_id", "correlation_id", b"correlation_id", "event_id", b"event_id", "hash", b"hash", "incident", b"incident", "location", b"location", "occur_time", b"occur_time", "payload_json", b"payload_json", "position", b"position", "previous_hash", b"previous_hash", "reason", b"reason", "record_time", b"record_time", "request_id", b"request_id", "schema_version", b"schema_version", "type", b"type", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "causation_id", b"causation_id", "correlation_id", b"correlation_id", "event_id", b"event_id", "hash", b"hash", "incident", b"incident", "location", b"location", "occur_time", b"occur_time", "payload_json", b"payload_json", "position", b"position", "previous_hash", b"previous_hash", "reason", b"reason", "record_time", b"record_time", "request_id", b"request_id", "schema_version", b"schema_version", "seal", b"seal", "type", b"type", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -206,6 +206,7 @@ def event_to_proto(stored: StoredIncidentEvent) -> pb.IncidentEvent:
         hash=event_hash(event),
         position=stored.position,
         payload_json=canonical_dumps(payload, _json_default).decode("utf-8"),
+        seal=event.__dict__.get("seal") or "",
     )
 
 

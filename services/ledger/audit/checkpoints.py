@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import structlog
 from cryptography.exceptions import InvalidSignature
@@ -35,12 +36,15 @@ from services.ledger.audit.encoding import (
     GENESIS_HASH,
     EventDecodeError,
     RawDecoder,
+    RawRow,
     batches,
     body_hash,
     chain_step,
+    newest_row,
 )
 from services.ledger.audit.keys import key_id, public_key_bytes
 from services.ledger.domain.incident import canonical_json
+from services.ledger.seals import SealChecker
 
 log = structlog.get_logger(__name__)
 
@@ -155,20 +159,71 @@ def extend_chain(
     decoder: RawDecoder,
     state: ChainState,
     stop: int | None = None,
+    *,
+    seals: SealChecker | None = None,
+    accept_unsealed: bool = False,
 ) -> ChainState:
-    """``state`` extended over the incident events after it (up to ``stop``, inclusive)."""
+    """``state`` extended over the incident events after it (up to ``stop``, inclusive).
+
+    With ``seals``, the range must agree with itself before anything signs it: each
+    incident's events in the range link to each other, and the newest of them carries
+    the ledger's seal over its hash (which vouches for those below it). Otherwise
+    :class:`CheckpointError`. ``accept_unsealed`` lets events without a seal pass (the
+    log of a ledger from before seals existed), never a seal that does not match.
+    """
     position, head, events = state.position, state.head, state.events
     topics = decoder.topics
+    newest: dict[UUID | str, _InRange] = {}
     for batch in batches(recorder, topics, position, stop, BATCH):
         for row in batch:
             try:
-                body = decoder.row_body(row)
+                body, seal = decoder.row_sealed_body(row)
             except EventDecodeError as exc:
                 raise CheckpointError(str(exc)) from exc
-            head = chain_step(head, row[0], body_hash(body))
+            digest = body_hash(body)
+            if seals is not None:
+                _check_link(newest, row, body, digest, seal)
+            head = chain_step(head, row[0], digest)
             events += 1
         position = batch[-1][0]
+    if seals is not None:
+        for incident, last in newest.items():
+            problem = seals.problem(last.hash, last.seal)
+            if problem is None or (accept_unsealed and last.seal is None):
+                continue
+            raise CheckpointError(
+                f"incident {incident}, version {last.version} at position {last.position}: "
+                f"{problem}; the store was changed outside the ledger (run verify)"
+            )
     return ChainState(position, head, events)
+
+
+@dataclass
+class _InRange:
+    """The newest event of one incident seen so far in a checkpoint's range."""
+
+    version: int
+    position: int
+    hash: str
+    seal: str | None
+
+
+def _check_link(
+    newest: dict[UUID | str, _InRange],
+    row: RawRow,
+    body: Mapping[str, Any],
+    digest: str,
+    seal: str | None,
+) -> None:
+    at, originator_id, version = row[0], row[1], row[2]
+    last = newest.get(originator_id)
+    if last is not None and (version != last.version + 1 or body.get("previous_hash") != last.hash):
+        raise CheckpointError(
+            f"incident {originator_id}: version {version} at position {at} does not follow "
+            f"version {last.version} at position {last.position} in its hash chain; the store "
+            "was changed outside the ledger (run verify)"
+        )
+    newest[originator_id] = _InRange(version, at, digest, seal)
 
 
 def checkpoint_table_exists(db: Database) -> bool:
@@ -255,8 +310,12 @@ class Checkpoints:
 
     # ------------------------------------------------------------------ create
 
-    def create(self) -> Checkpoint:
-        """A checkpoint at the current end of the log (the latest one if nothing is new)."""
+    def create(self, *, accept_unsealed: bool = False) -> Checkpoint:
+        """A checkpoint at the current end of the log (the latest one if nothing is new).
+
+        Refuses (:class:`CheckpointError`) to sign a range that disagrees with itself or
+        with the seals of its events (see :func:`extend_chain`).
+        """
         with self._lock:
             last = self.latest()
             if last is not None and not last.verify(self.public_key):
@@ -269,7 +328,13 @@ class Checkpoints:
                 if last is not None
                 else ChainState(0, GENESIS_HASH, 0)
             )
-            state = extend_chain(self._recorder, self._decoder, base)
+            state = extend_chain(
+                self._recorder,
+                self._decoder,
+                base,
+                seals=SealChecker(self.public_key),
+                accept_unsealed=accept_unsealed,
+            )
             if last is not None and state.events == last.events:
                 return last
             created_at = datetime.now(UTC).isoformat(timespec="microseconds")
@@ -293,6 +358,29 @@ class Checkpoints:
         if self._on_checkpoint is not None:
             self._on_checkpoint(checkpoint)
         return checkpoint
+
+    def seal_earlier_history(self) -> None:
+        """On a log whose newest incident event carries no seal (recorded before seals
+        existed), make one checkpoint that covers it, so that verification, which wants
+        a seal on every incident's newest event after the last checkpoint, holds. Once a
+        sealed event is the newest, this does nothing."""
+        row = newest_row(self._recorder, self._decoder.topics)
+        if row is None:
+            return
+        try:
+            _, seal = self._decoder.row_sealed_body(row)
+        except EventDecodeError as exc:
+            log.error("checkpoint.newest_event_broken", error=str(exc))
+            return
+        if seal is not None:
+            return
+        checkpoint = self.create(accept_unsealed=True)
+        log.warning(
+            "checkpoint.unsealed_history_covered",
+            position=checkpoint.position,
+            events=checkpoint.events,
+            note="events recorded before seals existed are now covered by this checkpoint",
+        )
 
     def _insert(self, c: Checkpoint) -> bool:
         with self._db.transaction() as cur:

@@ -212,6 +212,19 @@ def read_rows(
     return [(n.id, n.originator_id, n.originator_version, n.topic, n.state) for n in batch]
 
 
+def newest_row(recorder: ApplicationRecorder, topics: Sequence[str]) -> RawRow | None:
+    """The stored incident event with the highest position, if any."""
+    stop = recorder.max_notification_id() or 0
+    step = 1000
+    while stop > 0:  # the log's newest entries may be other events (request records)
+        after = max(0, stop - step)
+        rows = read_rows(recorder, topics, after, step, stop)
+        if rows:
+            return rows[-1]
+        stop, step = after, step * 10
+    return None
+
+
 def batches(
     recorder: ApplicationRecorder,
     topics: Sequence[str],
@@ -260,6 +273,13 @@ class RawDecoder:
         self, topic: str, originator_id: UUID | str, version: int, state: bytes
     ) -> dict[str, Any]:
         """The canonical body of a stored event; raises :class:`EventDecodeError`."""
+        return self.sealed_body(topic, originator_id, version, state)[0]
+
+    def sealed_body(
+        self, topic: str, originator_id: UUID | str, version: int, state: bytes
+    ) -> tuple[dict[str, Any], str | None]:
+        """:meth:`body` and the event's seal (None when it has none): the seal is stored
+        with the event but is not part of what its hash covers."""
         cls = self.classes.get(topic)
         if cls is None:
             raise EventDecodeError(f"unknown event topic {topic!r}")
@@ -280,6 +300,9 @@ class RawDecoder:
         if data.pop("class_version", 1) != schema_version:
             return self._slow(topic, originator_id, version, stored)
         data.pop("originator_topic", None)
+        seal = data.pop("seal", None)
+        if seal is not None and not isinstance(seal, str):
+            raise EventDecodeError("the stored seal is not text")
         if not isinstance(data.get("previous_hash"), str) or not isinstance(
             data.get("event_id"), str
         ):
@@ -290,13 +313,17 @@ class RawDecoder:
         data["originator_version"] = version
         data["type"] = cls.__name__
         data["schema_version"] = schema_version
-        return data
+        return data, seal
 
     def row_body(self, row: RawRow) -> dict[str, Any]:
         """:meth:`body` of a stored row; the error names the row's position and incident."""
+        return self.row_sealed_body(row)[0]
+
+    def row_sealed_body(self, row: RawRow) -> tuple[dict[str, Any], str | None]:
+        """:meth:`sealed_body` of a stored row; the error names its position and incident."""
         at, originator_id, version, topic, state = row
         try:
-            return self.body(topic, originator_id, version, state)
+            return self.sealed_body(topic, originator_id, version, state)
         except EventDecodeError as exc:
             raise EventDecodeError(
                 f"the event at position {at} (incident {originator_id}, version {version}) "
@@ -305,7 +332,7 @@ class RawDecoder:
 
     def _slow(
         self, topic: str, originator_id: UUID | str, version: int, state: bytes
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], str | None]:
         # An older schema version: let the library upcast, then encode like event_hash.
         try:
             identifier = originator_id if isinstance(originator_id, UUID) else UUID(originator_id)
@@ -318,7 +345,8 @@ class RawDecoder:
         body["type"] = type(event).__name__
         body["schema_version"] = getattr(type(event), "class_version", 1)
         native: dict[str, Any] = _native(body)
-        return native
+        seal = event.__dict__.get("seal")
+        return native, seal if isinstance(seal, str) else None
 
 
 def _native(value: Any) -> Any:
@@ -395,16 +423,18 @@ def _location(location: Any) -> dict[str, Any] | None:
     return result
 
 
-def export_line(body: dict[str, Any], position: int) -> tuple[bytes, str]:
+def export_line(body: dict[str, Any], position: int, seal: str | None = None) -> tuple[bytes, str]:
     """One export line (UTF-8, without its newline) and the event's hash: the envelope
     (``envelope_from_body``, compact JSON in field order) with ``"canonical"`` added."""
     canonical = canonical_dumps(body)
     digest = hashlib.sha256(canonical).hexdigest()
-    envelope = orjson.dumps(envelope_from_body(body, position, digest))
+    envelope = orjson.dumps(envelope_from_body(body, position, digest, seal))
     return b"".join((envelope[:-1], b',"canonical":', canonical, b"}")), digest
 
 
-def envelope_from_body(body: dict[str, Any], position: int, digest: str) -> dict[str, Any]:
+def envelope_from_body(
+    body: dict[str, Any], position: int, digest: str, seal: str | None = None
+) -> dict[str, Any]:
     """The ``IncidentEvent`` as protobuf JSON (``preserving_proto_field_name``, defaults omitted).
 
     Equal to ``MessageToDict(event_to_proto(...), preserving_proto_field_name=True)``,
@@ -439,4 +469,6 @@ def envelope_from_body(body: dict[str, Any], position: int, digest: str) -> dict
     if position:
         envelope["position"] = str(position)
     envelope["payload_json"] = _payload_json(body)
+    if seal:
+        envelope["seal"] = seal
     return envelope

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import os
 from pathlib import Path
 
@@ -23,19 +22,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from services.common.config import AuditSettings, ConfigError
+from services.ledger.seals import key_id, public_key_bytes
+
+__all__ = ["key_id", "public_key_bytes"]
 
 log = structlog.get_logger(__name__)
-
-
-def public_key_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
-    """The raw 32-byte public key."""
-    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def key_id(public_key: bytes) -> str:
-    """A short name of a public key: the first 16 hex digits of SHA-256 of its raw bytes."""
-    return hashlib.sha256(public_key).hexdigest()[:16]
 
 
 def public_key_pem(public_key: bytes) -> bytes:

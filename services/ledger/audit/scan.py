@@ -125,7 +125,7 @@ class WorkerDecoder(RawDecoder):
 
     def _slow(
         self, topic: str, originator_id: UUID | str, version: int, state: bytes
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], str | None]:
         raise NeedsMapper
 
 
@@ -147,11 +147,11 @@ def hashes(decoder: RawDecoder, rows: Sequence[RawRow]) -> list[Hashed]:
 def export_row(decoder: RawDecoder, row: RawRow) -> tuple[bytes, str]:
     """One event's export line (UTF-8, no newline) and hash; ``ValueError`` if it fails."""
     try:
-        body = decoder.row_body(row)
+        body, seal = decoder.row_sealed_body(row)
     except EventDecodeError as exc:
         raise ValueError(f"{exc}; run verify") from exc
     try:
-        return export_line(body, row[0])
+        return export_line(body, row[0], seal)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(
             f"the event at position {row[0]} cannot be exported: {exc}; run verify"

@@ -41,6 +41,7 @@ from services.ledger.audit.encoding import (
     uuid_text,
 )
 from services.ledger.audit.scan import store_source
+from services.ledger.seals import SealChecker
 
 Kind = Literal["modified", "deleted", "inserted", "reordered", "truncated", "bad_signature"]
 _UNKNOWN = "?" * 64  # stands for the hash of an event that does not decode
@@ -80,16 +81,21 @@ class VerifyReport:
         return values
 
 
+# An event's seal, or a function that loads it (from the store, when a worker hashed it).
+Seal = str | None | Callable[[], str | None]
+
+
 class _Track:
     """What the verifier remembers of one incident (a few hundred bytes)."""
 
-    __slots__ = ("hash", "next", "pos", "prev_hash", "suspect")
+    __slots__ = ("hash", "next", "pos", "prev_hash", "seal", "suspect")
 
     def __init__(self, next_version: int, head: str | None) -> None:
         self.next = next_version
         self.hash: str | None = head  # hash of the latest event; None = unknown
         self.prev_hash: str | None = None  # hash of the one before it
         self.pos = 0  # position of the latest event
+        self.seal: Seal = None  # the latest event's seal
         self.suspect: _Suspect | None = None
 
 
@@ -147,6 +153,7 @@ class ChainVerifier:
         partial: bool = False,
     ) -> None:
         self.public_key = public_key
+        self._seals = SealChecker(public_key)
         self.state = start or ChainState(0, GENESIS_HASH, 0)
         self._start_position = self.state.position
         self._partial = partial
@@ -165,6 +172,9 @@ class ChainVerifier:
         self._feed = iter(checkpoints)
         self._feed_next: Checkpoint | None = next(self._feed, None)
         self._prev_checked = self._start_position
+        # Up to here a valid checkpoint vouches for the log; above it, each incident's
+        # newest seal does (see services/ledger/seals.py).
+        self._covered = 0
 
     # ------------------------------------------------------------ divergences
 
@@ -274,6 +284,7 @@ class ChainVerifier:
             )
         else:
             self.checkpoints_checked += 1
+            self._covered = max(self._covered, cp.position)
             return
         self._found(cp.position, 1, divergence)
 
@@ -288,10 +299,13 @@ class ChainVerifier:
         digest: str | None,
         body: Body | None,
         problem: str | None = None,
+        seal: Seal = None,
     ) -> None:
         """One incident event, in log order; ``problem`` when it does not decode.
 
-        ``body`` (or a function that loads it) is read only where a link is broken.
+        ``body`` (or a function that loads it) is read only where a link is broken;
+        ``seal`` (or a function that loads it) only for the newest event of an incident
+        above the last valid checkpoint.
         """
         if position <= self._last:
             kind: Kind = "inserted" if position == self._last else "reordered"
@@ -334,16 +348,17 @@ class ChainVerifier:
             if version >= track.next:
                 self._settle(incident, track)
                 track.prev_hash, track.hash, track.pos = track.hash, None, position
-                track.next = version + 1
+                track.next, track.seal = version + 1, None
             return
         if version > track.next:
             self._gap(incident, track, position, version, previous_hash, digest, body)
+            track.seal = seal
         elif version < track.next:
             self._late(incident, position, version, previous_hash, digest)
         else:
             self._link(incident, track, position, version, previous_hash, body)
             track.prev_hash, track.hash, track.pos = track.hash, digest, position
-            track.next = version + 1
+            track.next, track.seal = version + 1, seal
 
     def _gap(
         self,
@@ -517,8 +532,35 @@ class ChainVerifier:
 
     # ------------------------------------------------------------ the end
 
+    def _check_seals(self) -> None:
+        """Each incident's newest event above the last valid checkpoint must carry the
+        ledger's seal over its hash: the hash chain vouches for the events below it, a
+        checkpoint for the log up to its position, but only the seal for the newest one
+        (whoever rewrote it in the store could recompute every hash, not the seal)."""
+        for incident, track in self._incidents.items():
+            if track.pos <= self._covered or track.hash is None:
+                continue
+            seal = track.seal() if callable(track.seal) else track.seal
+            problem = self._seals.problem(track.hash, seal)
+            if problem is None:
+                continue
+            version = track.next - 1
+            self._found(
+                track.pos,
+                0,
+                Divergence(
+                    "modified",
+                    _name(incident),
+                    version,
+                    track.pos,
+                    f"the newest event of its incident (version {version}, after the last "
+                    f"checkpoint) was changed or forged: {problem}",
+                ),
+            )
+
     def finish(self) -> VerifyReport:
         self._pass(None)
+        self._check_seals()
         for incident in sorted(self._suspects):
             self._settle(incident, self._incidents[incident])
         for incident, gaps in self._gaps.items():
@@ -621,11 +663,12 @@ def _verify_rows(
     for batch in source:
         for at, originator_id, version, topic, state in batch:
             try:
-                body = decoder.body(topic, originator_id, version, state)
+                body, seal = decoder.sealed_body(topic, originator_id, version, state)
             except EventDecodeError as exc:
                 add(at, _incident_text(originator_id), version, "", None, None, str(exc))
                 continue
-            add(at, body["originator_id"], version, body["previous_hash"], body_hash(body), body)
+            digest = body_hash(body)
+            add(at, body["originator_id"], version, body["previous_hash"], digest, body, None, seal)
 
 
 def _verify_hashed(
@@ -643,10 +686,23 @@ def _verify_hashed(
         _, originator_id, version, topic, state = read_rows(recorder, topics, at - 1, 1, at)[0]
         return decoder.body(topic, originator_id, version, state)
 
+    def load_seal(at: int) -> str | None:
+        _, originator_id, version, topic, state = read_rows(recorder, topics, at - 1, 1, at)[0]
+        return decoder.sealed_body(topic, originator_id, version, state)[1]
+
     for _, result in scan.scan(pool, scan.HASHES, source, 0, stop):
         for at, originator_id, version, previous_hash, digest in cast(list[scan.Hashed], result):
             if digest is not None:
-                add(at, originator_id, version, previous_hash, digest, partial(load, at))
+                add(
+                    at,
+                    originator_id,
+                    version,
+                    previous_hash,
+                    digest,
+                    partial(load, at),
+                    None,
+                    partial(load_seal, at),
+                )
             elif previous_hash:  # the worker's decode error
                 add(at, _incident_text(originator_id), version, "", None, None, previous_hash)
             else:  # an older schema version: upcast here, with the ledger's mapper
@@ -802,8 +858,8 @@ class _LineFeed:
             where = verifier.last_position
             verifier.found(where, _unreadable(number, where, f"not an event line ({checked})"))
             return True
-        incident, version, position, previous_hash, digest, problem = checked
-        verifier.add(position, incident, version, previous_hash, digest, body, None)
+        incident, version, position, previous_hash, digest, problem, seal = checked
+        verifier.add(position, incident, version, previous_hash, digest, body, None, seal)
         if problem is not None:
             detail = f"line {number}: {_PROBLEMS[problem]}"
             verifier.found(
@@ -827,8 +883,8 @@ _PROBLEMS = {
     "envelope": "the envelope does not match the canonical event",
 }
 # An event line checked on its own: (incident, version, position, previous_hash, hash,
-# problem), the problem None or a key of _PROBLEMS; or why it is not an event line.
-EventCheck = tuple[str, int, int, str, str, str | None]
+# problem, seal), the problem None or a key of _PROBLEMS; or why it is not an event line.
+EventCheck = tuple[str, int, int, str, str, str | None, str | None]
 
 
 def check_event_line(record: dict[str, Any], text: bytes) -> EventCheck | str:
@@ -841,10 +897,13 @@ def check_event_line(record: dict[str, Any], text: bytes) -> EventCheck | str:
         version = int(body["originator_version"])
         position = int(record["position"])
         previous_hash = str(body["previous_hash"])
-        line, digest = export_line(body, position)
+        seal = record.get("seal")
+        if seal is not None and not isinstance(seal, str):
+            raise TypeError("the seal is not text")
+        line, digest = export_line(body, position, seal)
         # Exactly what the exporter writes: then the envelope matches the body.
         same = line == text.rstrip(b"\r\n")
-        expected = None if same else envelope_from_body(body, position, digest)
+        expected = None if same else envelope_from_body(body, position, digest, seal)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         return str(exc)
     problem = None
@@ -854,7 +913,7 @@ def check_event_line(record: dict[str, Any], text: bytes) -> EventCheck | str:
         envelope = {k: v for k, v in record.items() if k != "canonical"}
         if not _same_envelope(envelope, expected):
             problem = "envelope"
-    return incident, version, position, previous_hash, digest, problem
+    return incident, version, position, previous_hash, digest, problem, seal
 
 
 # What a worker returns for each line of its chunk: the checked event and the line's

@@ -124,7 +124,8 @@ class Incident(Aggregate):
 
         def apply(self, aggregate: Any) -> None:
             incident: Incident = aggregate
-            if self.previous_hash != incident.head_hash:
+            # Read from the stored state itself: an event stripped of its link is broken.
+            if self.__dict__.get("previous_hash") != incident.head_hash:
                 raise DataLoss(
                     f"incident {self.originator_id} fails its hash chain at version "
                     f"{self.originator_version}",
@@ -136,6 +137,10 @@ class Incident(Aggregate):
                 )
             self.evolve(incident)
             incident.head_hash = event_hash(self)
+            # The ledger's signature over that hash, set when the event was stored
+            # (see services/ledger/seals.py); None until then, and on events stored
+            # before seals existed.
+            incident.head_seal = self.__dict__.get("seal")
             incident.event_values[self.event_id] = _initial_values(self)
             incident.event_types[self.event_id] = type(self).__name__
             incident.event_agencies[self.event_id] = self.actor_agency
@@ -311,6 +316,7 @@ class Incident(Aggregate):
         self.merged_incidents: list[UUID] = []
         self.rejection_reason: RejectionReason | None = None
         self.head_hash = GENESIS_HASH
+        self.head_seal: str | None = None
         # Current (corrected) values of each event's correctable fields.
         self.event_values: dict[UUID, dict[str, str]] = {}
         self.event_types: dict[UUID, str] = {}
@@ -691,15 +697,20 @@ ENVELOPE_FIELDS = frozenset(
         "request_id",
         "previous_hash",
         "originator_topic",
+        "seal",
     }
 )
 """The fields every event carries besides its payload (the event envelope)."""
 
 
 def event_fields(event: Incident.Event) -> dict[str, Any]:
-    """The event as a plain dict: envelope, identity and payload."""
+    """The event as a plain dict: envelope, identity and payload (what its hash covers).
+
+    The seal is left out: it is the ledger's signature over this hash.
+    """
     data = dict(vars(event))
     data.pop("originator_topic", None)
+    data.pop("seal", None)
     return data
 
 
