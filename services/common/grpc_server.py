@@ -25,6 +25,7 @@ from services.common.config import LimitSettings
 from services.common.errors import LedgerError, as_ledger_error
 from services.common.grpc_errors import to_grpc_status
 from services.common.limits import Limits
+from services.common.logging import clipped
 from services.common.metrics import Metrics
 from services.common.request_checks import check_request, parsing
 
@@ -33,6 +34,11 @@ log = structlog.get_logger("request")
 _PRINCIPAL: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
 
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+
+#: Characters of a request id logged before the caller is authenticated (then a marker with
+#: its length and hash), and after: the longest request id the ledger accepts (AIP-155).
+UNAUTHENTICATED_LOG_CHARS = 32
+REQUEST_ID_LOG_CHARS = 128
 
 
 def current_principal() -> Principal:
@@ -116,8 +122,11 @@ class RequestInterceptor(_ServerInterceptor):
 
     def _begin(self, method: str, request: Any, context: grpc.ServicerContext) -> Principal:
         structlog.contextvars.clear_contextvars()
+        # The request id is the caller's text: before authentication only a short summary
+        # is logged, after it at most the longest request id the services accept.
+        request_id = str(getattr(request, "request_id", "") or "")
         structlog.contextvars.bind_contextvars(
-            method=method, request_id=getattr(request, "request_id", "") or None
+            method=method, request_id=clipped(request_id, UNAUTHENTICATED_LOG_CHARS) or None
         )
         authorization = next(
             (v for k, v in context.invocation_metadata() if k == "authorization"), None
@@ -125,7 +134,10 @@ class RequestInterceptor(_ServerInterceptor):
         if isinstance(authorization, bytes):
             authorization = authorization.decode("utf-8", "replace")
         principal = authenticate(self._tokens, authorization, peer_certificate(context))
-        structlog.contextvars.bind_contextvars(actor=f"{principal.agency}/{principal.officer}")
+        structlog.contextvars.bind_contextvars(
+            actor=f"{principal.agency}/{principal.officer}",
+            request_id=clipped(request_id, REQUEST_ID_LOG_CHARS) or None,
+        )
         return principal
 
     def _unary(
