@@ -14,6 +14,7 @@ import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -50,6 +51,25 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
         raise ConfigError(f"{key} must be a number, got {raw!r}") from None
     if not math.isfinite(value):
         raise ConfigError(f"{key} must be a finite number, got {raw!r}")
+    return value
+
+
+def _time(env: Mapping[str, str], key: str, default: datetime) -> datetime:
+    """An ISO-8601 date or time (UTC unless it names its offset)."""
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be an ISO-8601 date or time, got {raw!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _non_negative(env: Mapping[str, str], key: str, default: float) -> float:
+    value = _float(env, key, default)
+    if value < 0:
+        raise ConfigError(f"{key} must not be negative, got {value:g}")
     return value
 
 
@@ -491,6 +511,13 @@ class LedgerSettings(ServiceSettings):
     signing_key_file: Path | None = None
     checkpoint_seconds: float = 300.0
     metrics_listen: str = ""  # host:port of the Prometheus endpoint; empty = off
+    # Times callers state (see services/ledger/domain/times.py): nothing the ledger records
+    # happened before its era; a report may be ahead of the server's clock by the skew of
+    # an agency system without NTP (minutes; five is also Kerberos's default tolerance); a
+    # decision is planned at most a year ahead (they cover days or weeks of an election).
+    earliest_time: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+    max_clock_skew_seconds: float = 300.0
+    max_decision_days: float = 366.0
 
     def audit(self) -> AuditSettings:
         return AuditSettings(
@@ -514,6 +541,11 @@ class LedgerSettings(ServiceSettings):
             max_workers=_int(env, "LEDGER_MAX_WORKERS", cls.max_workers, minimum=1),
             cache_size=_int(env, "LEDGER_CACHE_SIZE", cls.cache_size, minimum=0),
             grace_seconds=_float(env, "LEDGER_GRACE_SECONDS", cls.grace_seconds),
+            earliest_time=_time(env, "LEDGER_EARLIEST_TIME", cls.earliest_time),
+            max_clock_skew_seconds=_non_negative(
+                env, "LEDGER_MAX_CLOCK_SKEW_SECONDS", cls.max_clock_skew_seconds
+            ),
+            max_decision_days=_non_negative(env, "LEDGER_MAX_DECISION_DAYS", cls.max_decision_days),
             store_env=store_environment(env, common["data_dir"]),
             relay=RelaySettings.from_env(env),
         )

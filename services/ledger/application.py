@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -41,6 +41,7 @@ from services.ledger.domain.incident import (
 )
 from services.ledger.domain.reference import ReferenceData
 from services.ledger.domain.requests import RequestRecord, request_key
+from services.ledger.domain.times import TimeBounds
 from services.ledger.store import EventPositions
 from services.ledger.writes import AggregateCache, GroupCommitter
 
@@ -66,6 +67,19 @@ class CommandResult:
 class StoredIncidentEvent:
     event: Incident.Event
     position: int
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def time_bounds_of(settings: LedgerSettings) -> TimeBounds:
+    """The times callers may state, from the settings."""
+    return TimeBounds(
+        earliest=settings.earliest_time,
+        max_clock_skew=timedelta(seconds=settings.max_clock_skew_seconds),
+        max_planned_ahead=timedelta(days=settings.max_decision_days),
+    )
 
 
 def mutate_all(aggregate: Any, events: Iterable[Any]) -> Any:
@@ -95,9 +109,13 @@ class Ledger(Application[UUID]):
         env: Mapping[str, str] | None = None,
         *,
         cache_size: int = LedgerSettings.cache_size,
+        time_bounds: TimeBounds | None = None,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         super().__init__(env)
         self.reference = reference
+        self.time_bounds = time_bounds or time_bounds_of(LedgerSettings())
+        self._clock = clock
         self.positions = EventPositions(self.recorder)
         # Commands on the same incident queue here instead of racing inside this
         # process; across processes, optimistic concurrency (IntegrityError) decides.
@@ -320,6 +338,9 @@ class Ledger(Application[UUID]):
         _text("rationale", rationale, MAX_TEXT, required=True)
         if scope is not None:
             self._check_location(scope, "scope")
+        now = self._clock()
+        self.time_bounds.check_planned("valid_from", valid_from, now)
+        self.time_bounds.check_planned("valid_until", valid_until, now)
         params = {
             "deciding_agencies": deciding_agencies,
             "forum": forum,
@@ -602,6 +623,8 @@ class Ledger(Application[UUID]):
         _text("correlation_id", env.correlation_id, MAX_SHORT)
         if expected < 0:
             raise InvalidArgument("expected_version", "must not be negative")
+        if env.occurred_at is not None:
+            self.time_bounds.check_occurred("occur_time", env.occurred_at, self._clock())
         fingerprint = hashlib.sha256(
             canonical_json({"command": command, **params, "occurred_at": env.occurred_at})
         ).hexdigest()
@@ -749,6 +772,10 @@ class Ledger(Application[UUID]):
             raise InvalidArgument("new_value", f"unknown kecamatan {new_value!r}")
         elif field in {"valid_from", "valid_until", "occurred_at"}:
             try:
-                datetime.fromisoformat(new_value)
+                value = datetime.fromisoformat(new_value)
             except ValueError:
                 raise InvalidArgument("new_value", "must be an ISO-8601 time") from None
+            if field == "occurred_at":
+                self.time_bounds.check_occurred("new_value", value, self._clock())
+            else:
+                self.time_bounds.check_planned("new_value", value, self._clock())

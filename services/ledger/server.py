@@ -33,7 +33,7 @@ from services.common.sql import creates_tables, is_postgres, open_database, sche
 from services.ledger.api.audit_servicer import AuditServicer
 from services.ledger.api.servicer import LedgerServicer
 from services.ledger.api.situation_servicer import SituationServicer
-from services.ledger.application import Ledger
+from services.ledger.application import Ledger, time_bounds_of
 from services.ledger.audit import Checkpoints, load_signing_key
 from services.ledger.domain.incident import Incident
 from services.ledger.domain.reference import ReferenceData
@@ -115,7 +115,12 @@ def build(settings: LedgerSettings) -> LedgerServer:
         # then each starts as on tables made beforehand.
         migrate(settings)
         settings = replace(settings, store_env={**settings.store_env, "CREATE_TABLE": "n"})
-    ledger = Ledger(reference, env=settings.store_env, cache_size=settings.cache_size)
+    ledger = Ledger(
+        reference,
+        env=settings.store_env,
+        cache_size=settings.cache_size,
+        time_bounds=time_bounds_of(settings),
+    )
     create = creates_tables(settings.store_env)
     projections = Projections(ledger, settings.store_env, reference, create=create)
     ledger.add_commit_listener(projections.wake)
