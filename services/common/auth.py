@@ -50,6 +50,13 @@ class Principal:
     officer: str
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of ``authorization: Bearer <token>`` metadata; None for anything else."""
+    if not authorization or not authorization.lower().startswith(_BEARER):
+        return None
+    return authorization[len(_BEARER) :].strip()
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -93,12 +100,13 @@ class TokenStore:
                 "missing credentials: send 'authorization: Bearer <token>' metadata",
                 reason="CREDENTIALS_MISSING",
             )
-        if not authorization.lower().startswith(_BEARER):
+        token = bearer_token(authorization)
+        if token is None:
             raise Unauthenticated(
                 "the authorization metadata must be 'Bearer <token>'",
                 reason="CREDENTIALS_MALFORMED",
             )
-        principal = self._lookup(authorization[len(_BEARER) :].strip())
+        principal = self._lookup(token)
         if principal is None:
             raise Unauthenticated("the bearer token is not valid", reason="CREDENTIALS_INVALID")
         return principal

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import structlog
 
-from services.common.auth import Principal, TokenStore, authenticate
+from services.common.auth import Principal, TokenStore, authenticate, bearer_token
 from services.common.config import LimitSettings
-from services.common.errors import LedgerError, as_ledger_error
+from services.common.errors import AuthThrottled, LedgerError, Unauthenticated, as_ledger_error
 from services.common.grpc_errors import to_grpc_status
 from services.common.limits import Limits
 from services.common.logging import clipped
@@ -133,7 +133,14 @@ class RequestInterceptor(_ServerInterceptor):
         )
         if isinstance(authorization, bytes):
             authorization = authorization.decode("utf-8", "replace")
-        principal = authenticate(self._tokens, authorization, peer_certificate(context))
+        peer, token = context.peer(), bearer_token(authorization)
+        self._limits.auth.check(peer, token)
+        try:
+            principal = authenticate(self._tokens, authorization, peer_certificate(context))
+        except Unauthenticated as error:
+            if error.reason == "CREDENTIALS_INVALID":  # a guess, not a missing header
+                self._limits.auth.failed(peer, token)
+            raise
         structlog.contextvars.bind_contextvars(
             actor=f"{principal.agency}/{principal.officer}",
             request_id=clipped(request_id, REQUEST_ID_LOG_CHARS) or None,
@@ -189,8 +196,14 @@ class RequestInterceptor(_ServerInterceptor):
         return handle
 
     def _fail(self, context: grpc.ServicerContext, error: LedgerError, started: float) -> None:
-        level = "warning" if error.code in {"PERMISSION_DENIED", "UNAUTHENTICATED"} else "info"
-        self._done(error.code, started, level=level, reason=error.reason, error=error.message)
+        if isinstance(error, AuthThrottled):
+            # Counted, not logged: the throttle logs one line per block, not per request.
+            if self._metrics is not None:
+                self._metrics.auth_throttled.labels(error.key).inc()
+            self._done(error.code, started, logged=False)
+        else:
+            level = "warning" if error.code in {"PERMISSION_DENIED", "UNAUTHENTICATED"} else "info"
+            self._done(error.code, started, level=level, reason=error.reason, error=error.message)
         context.abort_with_status(to_grpc_status(error, self._domain))
 
     def _crash(self, context: grpc.ServicerContext, exc: Exception, started: float) -> None:
@@ -203,10 +216,20 @@ class RequestInterceptor(_ServerInterceptor):
         self._done("INTERNAL", started, level="error")
         context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
-    def _done(self, status: str, started: float, *, level: str = "info", **extra: Any) -> None:
+    def _done(
+        self,
+        status: str,
+        started: float,
+        *,
+        level: str = "info",
+        logged: bool = True,
+        **extra: Any,
+    ) -> None:
         seconds = time.perf_counter() - started
         if self._metrics is not None:
             method = structlog.contextvars.get_contextvars().get("method", "")
             self._metrics.observe(str(method), status, seconds)
-        getattr(log, level)("request", status=status, duration_ms=round(seconds * 1000, 3), **extra)
+        if logged:
+            duration_ms = round(seconds * 1000, 3)
+            getattr(log, level)("request", status=status, duration_ms=duration_ms, **extra)
         structlog.contextvars.clear_contextvars()
