@@ -35,6 +35,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.common.config import ConfigError
+from services.common.datafiles import make_private_dir
 from services.common.errors import Unauthenticated
 
 log = structlog.get_logger(__name__)
@@ -210,7 +211,7 @@ def load_or_create_tokens(
     if not path.exists():
         if not may_generate:
             raise ConfigError(f"the tokens file {path} does not exist")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
         with _file_lock(path.parent / ".credentials.lock"):
             if not path.exists():
                 generate_dev_credentials(path.parent, known)
@@ -229,7 +230,7 @@ def load_or_create_tokens(
 
 def shared_secret(path: Path) -> bytes:
     """A random secret kept in ``path``, created once (safely, by whichever service is first)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -262,7 +263,7 @@ def generate_dev_credentials(directory: Path, agencies: Iterable[str]) -> Path:
     (the tokens themselves, for the developer), both readable by the owner only.
     Returns the path of the tokens file.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    make_private_dir(directory)
     users, plain = [], {}
     for agency in sorted(agencies):
         token = secrets.token_urlsafe(32)
