@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,9 @@ UNAUTHENTICATED_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 #: its length and hash), and after: the longest request id the ledger accepts (AIP-155).
 UNAUTHENTICATED_LOG_CHARS = 32
 REQUEST_ID_LOG_CHARS = 128
+#: Characters of an unexpected exception's message, and of its traceback, in the log.
+ERROR_LOG_CHARS = 1024
+TRACEBACK_LOG_CHARS = 16 * 1024
 
 
 def current_principal() -> Principal:
@@ -208,11 +212,15 @@ class RequestInterceptor(_ServerInterceptor):
 
     def _crash(self, context: grpc.ServicerContext, exc: Exception, started: float) -> None:
         known = as_ledger_error(exc)
+        # Exception messages may quote what the caller sent (a database's DETAIL line, a
+        # value in a KeyError): bounded like everything else a caller can reach the log with.
+        error = clipped(f"{type(exc).__name__}: {exc}", ERROR_LOG_CHARS)
         if known is not None:  # infrastructure, not a bug: logged with its cause, no traceback
-            log.warning("request.store_failed", error=f"{type(exc).__name__}: {exc}")
+            log.warning("request.store_failed", error=error)
             self._fail(context, known, started)
             return
-        log.exception("request.crashed")
+        trace = "".join(traceback.format_exception(exc))
+        log.error("request.crashed", error=error, traceback=clipped(trace, TRACEBACK_LOG_CHARS))
         self._done("INTERNAL", started, level="error")
         context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 

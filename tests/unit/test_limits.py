@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 from google.rpc import error_details_pb2, status_pb2
-from structlog.testing import capture_logs
 
+from services.common import limits
 from services.common.config import ConfigError, LedgerSettings, LimitSettings
 from services.common.errors import AuthThrottled, RateLimited, TooManyStreams
 from services.common.grpc_errors import to_grpc_status
@@ -246,24 +247,38 @@ def test_failures_spread_over_windows_are_not_throttled() -> None:
         guard.check(PEER, None)
 
 
-def test_one_log_line_per_burst_not_per_attempt() -> None:
+class RecordingLog:
+    """Stands in for a module's structlog logger: records each line's event and fields."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, object]] = []
+
+    def __getattr__(self, level: str) -> Callable[..., None]:
+        def write(event: str, **fields: object) -> None:
+            self.lines.append({"event": event, "level": level, **fields})
+
+        return write
+
+
+def test_one_log_line_per_burst_not_per_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock()
     guard = throttle(clock, failures=5, window=60.0)
-    with capture_logs() as logs:
-        for n in range(200):
-            try:
-                guard.check(PEER, f"{n:08d}guess")
-            except AuthThrottled:
-                continue
-            guard.failed(PEER, f"{n:08d}guess")
-        clock.advance(60.0)
-        for n in range(200):  # a second burst, after the first block ended
-            try:
-                guard.check(PEER, f"{n:08d}again")
-            except AuthThrottled:
-                continue
-            guard.failed(PEER, f"{n:08d}again")
-    throttled = [entry for entry in logs if entry["event"] == "auth.throttled"]
+    recording = RecordingLog()
+    monkeypatch.setattr(limits, "log", recording)
+    for n in range(200):
+        try:
+            guard.check(PEER, f"{n:08d}guess")
+        except AuthThrottled:
+            continue
+        guard.failed(PEER, f"{n:08d}guess")
+    clock.advance(60.0)
+    for n in range(200):  # a second burst, after the first block ended
+        try:
+            guard.check(PEER, f"{n:08d}again")
+        except AuthThrottled:
+            continue
+        guard.failed(PEER, f"{n:08d}again")
+    throttled = [entry for entry in recording.lines if entry["event"] == "auth.throttled"]
     assert len(throttled) == 2
     assert throttled[0]["peer"] == "ipv4:10.0.0.7"
     assert "token" not in throttled[0]  # each guess had its own prefix
