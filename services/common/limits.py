@@ -148,7 +148,6 @@ class _Failures:
     window_start: float
     count: int = 0
     blocked_until: float = 0.0
-    refused: int = 0
 
 
 class FailureWindow:
@@ -171,14 +170,13 @@ class FailureWindow:
         self._lock = threading.Lock()
 
     def blocked(self, key: str) -> float:
-        """Seconds ``key`` stays blocked (0.0 when it is not); counts a refusal."""
+        """Seconds ``key`` stays blocked (0.0 when it is not)."""
         now = self._clock()
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or entry.blocked_until <= now:
                 return 0.0
-            entry.refused += 1
-            self._entries.move_to_end(key)
+            self._entries.move_to_end(key)  # a blocked key that keeps trying stays remembered
             return entry.blocked_until - now
 
     def fail(self, key: str) -> bool:
