@@ -35,6 +35,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.common.config import ConfigError
+from services.common.datafiles import make_private_dir
 from services.common.errors import Unauthenticated
 
 log = structlog.get_logger(__name__)
@@ -48,6 +49,13 @@ class Principal:
 
     agency: str
     officer: str
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of ``authorization: Bearer <token>`` metadata; None for anything else."""
+    if not authorization or not authorization.lower().startswith(_BEARER):
+        return None
+    return authorization[len(_BEARER) :].strip()
 
 
 def token_hash(token: str) -> str:
@@ -93,12 +101,13 @@ class TokenStore:
                 "missing credentials: send 'authorization: Bearer <token>' metadata",
                 reason="CREDENTIALS_MISSING",
             )
-        if not authorization.lower().startswith(_BEARER):
+        token = bearer_token(authorization)
+        if token is None:
             raise Unauthenticated(
                 "the authorization metadata must be 'Bearer <token>'",
                 reason="CREDENTIALS_MALFORMED",
             )
-        principal = self._lookup(authorization[len(_BEARER) :].strip())
+        principal = self._lookup(token)
         if principal is None:
             raise Unauthenticated("the bearer token is not valid", reason="CREDENTIALS_INVALID")
         return principal
@@ -202,7 +211,7 @@ def load_or_create_tokens(
     if not path.exists():
         if not may_generate:
             raise ConfigError(f"the tokens file {path} does not exist")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
         with _file_lock(path.parent / ".credentials.lock"):
             if not path.exists():
                 generate_dev_credentials(path.parent, known)
@@ -221,7 +230,7 @@ def load_or_create_tokens(
 
 def shared_secret(path: Path) -> bytes:
     """A random secret kept in ``path``, created once (safely, by whichever service is first)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -254,7 +263,7 @@ def generate_dev_credentials(directory: Path, agencies: Iterable[str]) -> Path:
     (the tokens themselves, for the developer), both readable by the owner only.
     Returns the path of the tokens file.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    make_private_dir(directory)
     users, plain = [], {}
     for agency in sorted(agencies):
         token = secrets.token_urlsafe(32)

@@ -14,6 +14,7 @@ import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -50,6 +51,25 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
         raise ConfigError(f"{key} must be a number, got {raw!r}") from None
     if not math.isfinite(value):
         raise ConfigError(f"{key} must be a finite number, got {raw!r}")
+    return value
+
+
+def _time(env: Mapping[str, str], key: str, default: datetime) -> datetime:
+    """An ISO-8601 date or time (UTC unless it names its offset)."""
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be an ISO-8601 date or time, got {raw!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _non_negative(env: Mapping[str, str], key: str, default: float) -> float:
+    value = _float(env, key, default)
+    if value < 0:
+        raise ConfigError(f"{key} must not be negative, got {value:g}")
     return value
 
 
@@ -381,6 +401,15 @@ class LimitSettings:
     rate_per_second: float = 0.0
     burst: int = 0
     max_streams_per_agency: int = 16
+    # Failed authentications (an unknown bearer token) per peer address and per token
+    # prefix: after this many within the window, that peer or prefix is refused for a
+    # window. 30 a minute is far more than a mistyped token produces and leaves a guesser
+    # 0.5 tries a second instead of the ~900 measured without it. 0 = no throttle.
+    auth_max_failures: int = 30
+    auth_window_seconds: float = 60.0
+    # Peers and prefixes remembered at once (least recently seen forgotten first); about
+    # 200 bytes each.
+    auth_max_keys: int = 10_000
 
     PRODUCTION_RATE_PER_SECOND: ClassVar[float] = 200.0
 
@@ -391,12 +420,18 @@ class LimitSettings:
         if rate < 0:
             raise ConfigError(f"LEDGER_RATE_LIMIT_PER_SECOND must not be negative, got {rate}")
         burst = _int(env, "LEDGER_RATE_LIMIT_BURST", max(1, round(2 * rate)), minimum=1)
+        window = _float(env, "LEDGER_AUTH_WINDOW_SECONDS", cls.auth_window_seconds)
+        if window <= 0:
+            raise ConfigError(f"LEDGER_AUTH_WINDOW_SECONDS must be positive, got {window:g}")
         return cls(
             rate_per_second=rate,
             burst=burst if rate > 0 else 0,
             max_streams_per_agency=_int(
                 env, "LEDGER_MAX_STREAMS_PER_AGENCY", cls.max_streams_per_agency
             ),
+            auth_max_failures=_int(env, "LEDGER_AUTH_MAX_FAILURES", cls.auth_max_failures),
+            auth_window_seconds=window,
+            auth_max_keys=_int(env, "LEDGER_AUTH_THROTTLE_KEYS", cls.auth_max_keys, minimum=1),
         )
 
 
@@ -491,6 +526,13 @@ class LedgerSettings(ServiceSettings):
     signing_key_file: Path | None = None
     checkpoint_seconds: float = 300.0
     metrics_listen: str = ""  # host:port of the Prometheus endpoint; empty = off
+    # Times callers state (see services/ledger/domain/times.py): nothing the ledger records
+    # happened before its era; a report may be ahead of the server's clock by the skew of
+    # an agency system without NTP (minutes; five is also Kerberos's default tolerance); a
+    # decision is planned at most a year ahead (they cover days or weeks of an election).
+    earliest_time: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+    max_clock_skew_seconds: float = 300.0
+    max_decision_days: float = 366.0
 
     def audit(self) -> AuditSettings:
         return AuditSettings(
@@ -514,6 +556,11 @@ class LedgerSettings(ServiceSettings):
             max_workers=_int(env, "LEDGER_MAX_WORKERS", cls.max_workers, minimum=1),
             cache_size=_int(env, "LEDGER_CACHE_SIZE", cls.cache_size, minimum=0),
             grace_seconds=_float(env, "LEDGER_GRACE_SECONDS", cls.grace_seconds),
+            earliest_time=_time(env, "LEDGER_EARLIEST_TIME", cls.earliest_time),
+            max_clock_skew_seconds=_non_negative(
+                env, "LEDGER_MAX_CLOCK_SKEW_SECONDS", cls.max_clock_skew_seconds
+            ),
+            max_decision_days=_non_negative(env, "LEDGER_MAX_DECISION_DAYS", cls.max_decision_days),
             store_env=store_environment(env, common["data_dir"]),
             relay=RelaySettings.from_env(env),
         )

@@ -147,6 +147,28 @@ class RateLimited(ResourceExhausted):
         self.retry_delay = retry_delay
 
 
+class AuthThrottled(ResourceExhausted):
+    """Too many failed authentications from one peer address or with one token prefix.
+
+    ``key`` says which (``peer`` or ``token``); a retry may succeed after ``retry_delay``.
+    """
+
+    reason = "AUTH_THROTTLED"
+
+    def __init__(self, key: str, failures: int, window_seconds: float, retry_delay: float) -> None:
+        super().__init__(
+            f"too many failed authentications from this {key} ({failures} within "
+            f"{window_seconds:g} s); retry in {retry_delay:.1f} s",
+            metadata={
+                "key": key,
+                "failures": str(failures),
+                "window_seconds": f"{window_seconds:g}",
+            },
+        )
+        self.key = key
+        self.retry_delay = retry_delay
+
+
 class TooManyStreams(ResourceExhausted):
     """The agency already holds as many server streams as it may."""
 

@@ -14,17 +14,19 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
 
-from services.common.auth import Principal, TokenStore, authenticate
+from services.common.auth import Principal, TokenStore, authenticate, bearer_token
 from services.common.config import LimitSettings
-from services.common.errors import LedgerError, as_ledger_error
+from services.common.errors import AuthThrottled, LedgerError, Unauthenticated, as_ledger_error
 from services.common.grpc_errors import to_grpc_status
 from services.common.limits import Limits
+from services.common.logging import clipped
 from services.common.metrics import Metrics
 from services.common.request_checks import check_request, parsing
 
@@ -33,6 +35,14 @@ log = structlog.get_logger("request")
 _PRINCIPAL: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
 
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+
+#: Characters of a request id logged before the caller is authenticated (then a marker with
+#: its length and hash), and after: the longest request id the ledger accepts (AIP-155).
+UNAUTHENTICATED_LOG_CHARS = 32
+REQUEST_ID_LOG_CHARS = 128
+#: Characters of an unexpected exception's message, and of its traceback, in the log.
+ERROR_LOG_CHARS = 1024
+TRACEBACK_LOG_CHARS = 16 * 1024
 
 
 def current_principal() -> Principal:
@@ -116,16 +126,29 @@ class RequestInterceptor(_ServerInterceptor):
 
     def _begin(self, method: str, request: Any, context: grpc.ServicerContext) -> Principal:
         structlog.contextvars.clear_contextvars()
+        # The request id is the caller's text: before authentication only a short summary
+        # is logged, after it at most the longest request id the services accept.
+        request_id = str(getattr(request, "request_id", "") or "")
         structlog.contextvars.bind_contextvars(
-            method=method, request_id=getattr(request, "request_id", "") or None
+            method=method, request_id=clipped(request_id, UNAUTHENTICATED_LOG_CHARS) or None
         )
         authorization = next(
             (v for k, v in context.invocation_metadata() if k == "authorization"), None
         )
         if isinstance(authorization, bytes):
             authorization = authorization.decode("utf-8", "replace")
-        principal = authenticate(self._tokens, authorization, peer_certificate(context))
-        structlog.contextvars.bind_contextvars(actor=f"{principal.agency}/{principal.officer}")
+        peer, token = context.peer(), bearer_token(authorization)
+        self._limits.auth.check(peer, token)
+        try:
+            principal = authenticate(self._tokens, authorization, peer_certificate(context))
+        except Unauthenticated as error:
+            if error.reason == "CREDENTIALS_INVALID":  # a guess, not a missing header
+                self._limits.auth.failed(peer, token)
+            raise
+        structlog.contextvars.bind_contextvars(
+            actor=f"{principal.agency}/{principal.officer}",
+            request_id=clipped(request_id, REQUEST_ID_LOG_CHARS) or None,
+        )
         return principal
 
     def _unary(
@@ -177,24 +200,44 @@ class RequestInterceptor(_ServerInterceptor):
         return handle
 
     def _fail(self, context: grpc.ServicerContext, error: LedgerError, started: float) -> None:
-        level = "warning" if error.code in {"PERMISSION_DENIED", "UNAUTHENTICATED"} else "info"
-        self._done(error.code, started, level=level, reason=error.reason, error=error.message)
+        if isinstance(error, AuthThrottled):
+            # Counted, not logged: the throttle logs one line per block, not per request.
+            if self._metrics is not None:
+                self._metrics.auth_throttled.labels(error.key).inc()
+            self._done(error.code, started, logged=False)
+        else:
+            level = "warning" if error.code in {"PERMISSION_DENIED", "UNAUTHENTICATED"} else "info"
+            self._done(error.code, started, level=level, reason=error.reason, error=error.message)
         context.abort_with_status(to_grpc_status(error, self._domain))
 
     def _crash(self, context: grpc.ServicerContext, exc: Exception, started: float) -> None:
         known = as_ledger_error(exc)
+        # Exception messages may quote what the caller sent (a database's DETAIL line, a
+        # value in a KeyError): bounded like everything else a caller can reach the log with.
+        error = clipped(f"{type(exc).__name__}: {exc}", ERROR_LOG_CHARS)
         if known is not None:  # infrastructure, not a bug: logged with its cause, no traceback
-            log.warning("request.store_failed", error=f"{type(exc).__name__}: {exc}")
+            log.warning("request.store_failed", error=error)
             self._fail(context, known, started)
             return
-        log.exception("request.crashed")
+        trace = "".join(traceback.format_exception(exc))
+        log.error("request.crashed", error=error, traceback=clipped(trace, TRACEBACK_LOG_CHARS))
         self._done("INTERNAL", started, level="error")
         context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
-    def _done(self, status: str, started: float, *, level: str = "info", **extra: Any) -> None:
+    def _done(
+        self,
+        status: str,
+        started: float,
+        *,
+        level: str = "info",
+        logged: bool = True,
+        **extra: Any,
+    ) -> None:
         seconds = time.perf_counter() - started
         if self._metrics is not None:
             method = structlog.contextvars.get_contextvars().get("method", "")
             self._metrics.observe(str(method), status, seconds)
-        getattr(log, level)("request", status=status, duration_ms=round(seconds * 1000, 3), **extra)
+        if logged:
+            duration_ms = round(seconds * 1000, 3)
+            getattr(log, level)("request", status=status, duration_ms=duration_ms, **extra)
         structlog.contextvars.clear_contextvars()

@@ -8,17 +8,30 @@ is RESOURCE_EXHAUSTED (``RATE_LIMITED``, with the time until the next token as
 RetryInfo). A server stream also holds one of its agency's
 ``max_streams_per_agency`` slots until it ends, for whatever reason; one more is
 RESOURCE_EXHAUSTED (``TOO_MANY_STREAMS``). A limit of 0 is no limit.
+
+Before authentication, :class:`AuthThrottle` refuses peers and token prefixes that
+failed to authenticate too often (see its docstring).
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
+
 from services.common.config import LimitSettings
-from services.common.errors import RateLimited, TooManyStreams
+from services.common.errors import AuthThrottled, RateLimited, TooManyStreams
+
+log = structlog.get_logger(__name__)
+
+#: Characters of a presented bearer token that name its throttling key.
+TOKEN_PREFIX_CHARS = 8
 
 
 @dataclass
@@ -112,8 +125,145 @@ class StreamCounter:
                 self._held.pop(key, None)
 
 
+def peer_address(peer: str) -> str:
+    """The throttling key of a gRPC peer (``ipv4:10.0.0.7:53412``): its address without
+    the port; an IPv6 address by its /64 (one host can pick any address in it)."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return f"ipv4:{rest.rpartition(':')[0]}"
+    if kind == "ipv6":
+        host = rest.rpartition(":")[0].strip("[]").split("%")[0]
+        try:
+            address = ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"ipv6:{host}"
+        if address.ipv4_mapped is not None:
+            return f"ipv4:{address.ipv4_mapped}"
+        return f"ipv6:{ipaddress.IPv6Network(f'{address}/64', strict=False)}"
+    return kind or peer  # unix sockets: one local peer
+
+
+@dataclass
+class _Failures:
+    window_start: float
+    count: int = 0
+    blocked_until: float = 0.0
+
+
+class FailureWindow:
+    """Failures per key in fixed windows; ``max_failures`` within one blocks the key for a
+    whole window. At most ``max_keys`` keys are kept (the least recently seen go first),
+    so a flood of new keys costs bounded memory. Thread-safe, on an injectable clock."""
+
+    def __init__(
+        self,
+        max_failures: int,
+        window_seconds: float,
+        max_keys: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window = window_seconds
+        self.max_keys = max_keys
+        self._clock = clock
+        self._entries: OrderedDict[str, _Failures] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def blocked(self, key: str) -> float:
+        """Seconds ``key`` stays blocked (0.0 when it is not)."""
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry.blocked_until <= now:
+                return 0.0
+            self._entries.move_to_end(key)  # a blocked key that keeps trying stays remembered
+            return entry.blocked_until - now
+
+    def fail(self, key: str) -> bool:
+        """Count a failure of ``key``; True when it starts a block (once per burst)."""
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or now - entry.window_start >= self.window:
+                entry = _Failures(now)
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_keys:
+                self._entries.popitem(last=False)
+            entry.count += 1
+            if entry.count >= self.max_failures and entry.blocked_until <= now:
+                entry.blocked_until = now + self.window
+                return True
+            return False
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class AuthThrottle:
+    """Throttles guessing of credentials, before authentication.
+
+    Every failed authentication with a bearer token (an unknown token) counts against the
+    caller's peer address and against the token's first eight characters. After
+    ``auth_max_failures`` failures of one of them within ``auth_window_seconds``, every
+    request from that peer, or with a token of that prefix, is refused for one window
+    with RESOURCE_EXHAUSTED (``AUTH_THROTTLED``, RetryInfo = the rest of the block),
+    valid credentials included: the answer must not tell a guesser whether a guess was
+    right. The credentials are not even looked at meanwhile. RESOURCE_EXHAUSTED rather
+    than UNAVAILABLE because clients retry UNAVAILABLE at once, by themselves.
+
+    One ``auth.throttled`` log line per block, not one per refused request.
+    """
+
+    def __init__(
+        self, settings: LimitSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.enabled = settings.auth_max_failures > 0
+        args = (settings.auth_max_failures, settings.auth_window_seconds, settings.auth_max_keys)
+        self.peers = FailureWindow(*args, clock=clock)
+        self.tokens = FailureWindow(*args, clock=clock)
+
+    def _keys(self, peer: str, token: str | None) -> list[tuple[str, FailureWindow, str]]:
+        keys = [("peer", self.peers, peer_address(peer))]
+        if token:
+            keys.append(("token", self.tokens, token[:TOKEN_PREFIX_CHARS]))
+        return keys
+
+    def check(self, peer: str, token: str | None) -> None:
+        """Raise :class:`AuthThrottled` when the peer or the token's prefix is blocked."""
+        if not self.enabled:
+            return
+        for kind, window, key in self._keys(peer, token):
+            retry_after = window.blocked(key)
+            if retry_after > 0:
+                raise AuthThrottled(kind, window.max_failures, window.window, retry_after)
+
+    def failed(self, peer: str, token: str | None) -> None:
+        """Count a failed authentication; log when it starts a block."""
+        if not self.enabled:
+            return
+        blocked = {
+            # A token's prefix is the beginning of a secret: only its hash is logged.
+            kind: key if kind == "peer" else _digest(key)
+            for kind, window, key in self._keys(peer, token)
+            if window.fail(key)
+        }
+        if blocked:
+            log.warning(
+                "auth.throttled",
+                **blocked,
+                failures=self.peers.max_failures,
+                window_seconds=self.peers.window,
+            )
+
+
+def _digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:16]
+
+
 class Limits:
-    """The limits of one server: rate per agency and server streams per agency."""
+    """The limits of one server: rate per agency, server streams per agency, and the
+    throttle of failed authentications per peer and token prefix."""
 
     def __init__(
         self, settings: LimitSettings, clock: Callable[[], float] = time.monotonic
@@ -121,6 +271,7 @@ class Limits:
         self.settings = settings
         self.rate = RateLimiter(settings.rate_per_second, settings.burst, clock)
         self.streams = StreamCounter(settings.max_streams_per_agency)
+        self.auth = AuthThrottle(settings, clock)
 
     def admit(self, agency: str) -> None:
         """Admit one request of ``agency`` or raise :class:`RateLimited`."""

@@ -4,15 +4,28 @@ Call :func:`configure_logging` once at process start. Request context is bound
 with ``structlog.contextvars`` (by the gRPC interceptor) and merged first. The
 standard-library loggers of grpc, nats and eventsourcing go through the same
 processors.
+
+Text a caller sends is logged only through :func:`clipped`: a request of 1 MB must
+not become 1 MB of log.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from typing import Any
 
 import structlog
+
+
+def clipped(text: str, limit: int) -> str:
+    """``text`` when at most ``limit`` characters, else its first ``limit`` characters
+    followed by a marker with its length and a SHA-256 prefix (to tell values apart)."""
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:16]
+    return f"{text[:limit]}\u2026[{len(text)} chars, sha256 {digest}]"
 
 
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:

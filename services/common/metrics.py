@@ -91,6 +91,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.auth_throttled = Counter(
+            f"{service}_auth_throttled",
+            "requests refused after too many failed authentications, by key (peer, token)",
+            ["key"],
+            registry=self.registry,
+        )
         self._readings = _Readings()
         self.registry.register(self._readings)
         self._server: WSGIServer | None = None

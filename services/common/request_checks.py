@@ -5,6 +5,9 @@
 - No string field, at any depth, may contain U+0000: PostgreSQL cannot store it in
   text, so such a value would be recorded and then break every reader of the store
   (``INVALID_FIELD``, naming the field).
+- No integer field, at any depth, may be negative: every number in the contract is a
+  position, a version, a count or a size, and 0 already means "unset" (``INVALID_FIELD``,
+  naming the field). Coordinates are doubles and enums are not integers here.
 """
 
 from __future__ import annotations
@@ -13,9 +16,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from services.common.errors import InvalidArgument, MalformedRequest
+
+_INTEGER_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_SFIXED32,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -40,16 +55,21 @@ def parsing(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any
 
 
 def check_request(request: Any) -> None:
-    """Raise the refusal of a request that did not parse or holds a NUL character."""
+    """Raise the refusal of a request that did not parse, holds a NUL character or a
+    negative number."""
     if isinstance(request, Unparsed):
         raise MalformedRequest(f"the request body does not parse: {request.error}")
     if isinstance(request, Message):
-        _check_text(request, "")
+        _check_fields(request, "")
 
 
-def _check_text(message: Message, prefix: str) -> None:
+def _check_fields(message: Message, prefix: str) -> None:
     for field, value in message.ListFields():
         path = f"{prefix}{field.name}"
+        if field.type in _INTEGER_TYPES:
+            if any(item < 0 for item in (value if field.is_repeated else [value])):
+                raise InvalidArgument(path, "must not be negative")
+            continue
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             items = [item for pair in value.items() for item in pair]
         elif field.is_repeated:
@@ -61,4 +81,4 @@ def _check_text(message: Message, prefix: str) -> None:
                 if "\x00" in item:
                     raise InvalidArgument(path, "must not contain NUL characters")
             elif isinstance(item, Message):
-                _check_text(item, f"{path}.")
+                _check_fields(item, f"{path}.")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -50,6 +50,7 @@ from services.ledger.domain.incident import (
 )
 from services.ledger.domain.reference import ReferenceData
 from services.ledger.domain.requests import RequestRecord, request_key
+from services.ledger.domain.times import TimeBounds
 from services.ledger.seals import SealChecker, Sealer
 from services.ledger.store import EventPositions
 from services.ledger.writes import AggregateCache, GroupCommitter
@@ -111,6 +112,19 @@ class StoredIncidentEvent:
     position: int
 
 
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def time_bounds_of(settings: LedgerSettings) -> TimeBounds:
+    """The times callers may state, from the settings."""
+    return TimeBounds(
+        earliest=settings.earliest_time,
+        max_clock_skew=timedelta(seconds=settings.max_clock_skew_seconds),
+        max_planned_ahead=timedelta(days=settings.max_decision_days),
+    )
+
+
 def mutate_all(aggregate: Any, events: Iterable[Any]) -> Any:
     """The library's aggregate projector, without its runtime check of every event
     against a ``Protocol`` (an ``isinstance`` that cost a third of loading an incident)."""
@@ -139,12 +153,16 @@ class Ledger(Application[UUID]):
         *,
         cache_size: int = LedgerSettings.cache_size,
         sealer: Sealer | None = None,
+        time_bounds: TimeBounds | None = None,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         # Before the base class builds the mapper, which seals with it.
         self.sealer = sealer
         self.seal_checker: SealChecker | None = sealer.checker if sealer else None
         super().__init__(env)
         self.reference = reference
+        self.time_bounds = time_bounds or time_bounds_of(LedgerSettings())
+        self._clock = clock
         self.positions = EventPositions(self.recorder)
         # Commands on the same incident queue here instead of racing inside this
         # process; across processes, optimistic concurrency (IntegrityError) decides.
@@ -371,6 +389,9 @@ class Ledger(Application[UUID]):
         _text("rationale", rationale, MAX_TEXT, required=True)
         if scope is not None:
             self._check_location(scope, "scope")
+        now = self._clock()
+        self.time_bounds.check_planned("valid_from", valid_from, now)
+        self.time_bounds.check_planned("valid_until", valid_until, now)
         params = {
             "deciding_agencies": deciding_agencies,
             "forum": forum,
@@ -663,6 +684,8 @@ class Ledger(Application[UUID]):
         _text("correlation_id", env.correlation_id, MAX_SHORT)
         if expected < 0:
             raise InvalidArgument("expected_version", "must not be negative")
+        if env.occurred_at is not None:
+            self.time_bounds.check_occurred("occur_time", env.occurred_at, self._clock())
         fingerprint = hashlib.sha256(
             canonical_json({"command": command, **params, "occurred_at": env.occurred_at})
         ).hexdigest()
@@ -854,6 +877,10 @@ class Ledger(Application[UUID]):
             raise InvalidArgument("new_value", f"unknown kecamatan {new_value!r}")
         elif field in {"valid_from", "valid_until", "occurred_at"}:
             try:
-                datetime.fromisoformat(new_value)
+                value = datetime.fromisoformat(new_value)
             except ValueError:
                 raise InvalidArgument("new_value", "must be an ISO-8601 time") from None
+            if field == "occurred_at":
+                self.time_bounds.check_occurred("new_value", value, self._clock())
+            else:
+                self.time_bounds.check_planned("new_value", value, self._clock())

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from services.common.errors import FailedPrecondition, Unavailable
+from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.ledger.application import Ledger
 from services.ledger.projections import Projections
 from services.ledger.projections.service import ProjectionReader
@@ -56,12 +56,8 @@ class ReadModel:
         yield View(self.projections, self.projections.catch_up(), False, False)
 
     def wait_for(self, position: int, timeout: float | None) -> None:
-        if position < 0:
-            raise FailedPrecondition(
-                "min_position must not be negative",
-                reason="POSITION_INVALID",
-                metadata={"min_position": str(position)},
-            )
+        if position < 0:  # also refused with every request's checks, before the servicer
+            raise InvalidArgument("min_position", "must not be negative")
         recorded = self.ledger.recorder.max_notification_id() or 0
         if position > recorded:
             raise FailedPrecondition(

@@ -6,7 +6,6 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from uuid import UUID
 
 import grpc
@@ -24,6 +23,7 @@ from incidentledger.v1 import (
 )
 from services.common.auth import TokenStore, load_or_create_tokens, shared_secret
 from services.common.config import LedgerSettings
+from services.common.datafiles import close_data_dir, prepare_sqlite_file
 from services.common.grpc_server import RequestInterceptor
 from services.common.limits import Limits
 from services.common.metrics import Metrics, shared_reading
@@ -33,7 +33,7 @@ from services.common.sql import creates_tables, is_postgres, open_database, sche
 from services.ledger.api.audit_servicer import AuditServicer
 from services.ledger.api.servicer import LedgerServicer
 from services.ledger.api.situation_servicer import SituationServicer
-from services.ledger.application import Ledger
+from services.ledger.application import Ledger, time_bounds_of
 from services.ledger.audit import Checkpoints, load_signing_key
 from services.ledger.domain.incident import Incident
 from services.ledger.domain.reference import ReferenceData
@@ -101,16 +101,16 @@ class LedgerServer:
 
 
 def prepare_store(settings: LedgerSettings) -> None:
-    """Create the data directory the embedded store needs."""
-    dbname = settings.store_env.get("SQLITE_DBNAME", "")
-    if dbname and dbname != ":memory:" and not dbname.startswith("file:"):
-        Path(dbname).parent.mkdir(parents=True, exist_ok=True)
+    """The data directory private to the service's user, and the embedded store's file in it
+    (mode 0600; see services/common/datafiles.py)."""
+    close_data_dir(settings.data_dir)
+    prepare_sqlite_file(settings.store_env.get("SQLITE_DBNAME", ""))
 
 
 def build(settings: LedgerSettings) -> LedgerServer:
     reference = ReferenceData.load(settings.reference_file)
-    tokens = load_tokens(settings, reference)
     prepare_store(settings)
+    tokens = load_tokens(settings, reference)
     if creates_tables(settings.store_env) and is_postgres(settings.store_env):
         # Replicas starting together take turns creating the tables, as `migrate` does;
         # then each starts as on tables made beforehand.
@@ -122,6 +122,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
         env=settings.store_env,
         cache_size=settings.cache_size,
         sealer=Sealer(signing_key),
+        time_bounds=time_bounds_of(settings),
     )
     create = creates_tables(settings.store_env)
     projections = Projections(ledger, settings.store_env, reference, create=create)

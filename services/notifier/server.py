@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import structlog
@@ -13,6 +12,7 @@ from grpc_health.v1 import health
 from incidentledger.v1 import notifier_service_pb2, notifier_service_pb2_grpc
 from services.common.auth import load_or_create_tokens, shared_secret
 from services.common.config import NotifierSettings
+from services.common.datafiles import close_data_dir, prepare_sqlite_file
 from services.common.grpc_server import RequestInterceptor
 from services.common.limits import Limits
 from services.common.metrics import Metrics
@@ -63,9 +63,8 @@ def build(settings: NotifierSettings) -> NotifierServer:
         production=settings.production,
     )
     secret = settings.page_token_secret or shared_secret(settings.data_dir / "page-token.secret")
-    dbname = settings.store_env.get("SQLITE_DBNAME")
-    if dbname:
-        Path(dbname).parent.mkdir(parents=True, exist_ok=True)
+    close_data_dir(settings.data_dir)
+    prepare_sqlite_file(settings.store_env.get("SQLITE_DBNAME", ""))
     store = NotifierStore(open_database(settings.store_env))
     with schema_lock(settings.store_env):  # replicas starting together take turns
         store.create_schema()

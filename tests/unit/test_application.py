@@ -10,6 +10,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from services.common.config import LedgerSettings
 from services.common.errors import (
     AlreadyExists,
     IllegalTransition,
@@ -19,7 +20,7 @@ from services.common.errors import (
     PermissionDenied,
     VersionConflict,
 )
-from services.ledger.application import MAX_TITLE, CommandResult, Ledger
+from services.ledger.application import MAX_TITLE, CommandResult, Ledger, time_bounds_of
 from services.ledger.domain.incident import Envelope, Incident, RejectionReason, Status
 from tests.unit.incident_builders import (
     AUDITOR,
@@ -320,6 +321,26 @@ def _decision(ledger: Ledger, incident_id: UUID, **changes: Any) -> CommandResul
 
 
 Invalid = Callable[[Ledger, UUID], object]
+YEAR_9999 = datetime(9999, 1, 1, tzinfo=UTC)
+BEFORE_2000 = datetime(1999, 12, 31, 23, 59, tzinfo=UTC)
+
+
+def _in(**delta: float) -> datetime:
+    return datetime.now(UTC) + timedelta(**delta)
+
+
+def _correct_time(ledger: Ledger, incident_id: UUID, field: str, value: datetime) -> object:
+    return ledger.correct(
+        env(COORDINATOR),
+        incident_id,
+        0,
+        event_id=uuid4(),
+        field=field,
+        old_value="",
+        new_value=value.isoformat(),
+        reason="typo",
+    )
+
 
 INVALID_INPUTS: dict[str, tuple[str, str, Invalid]] = {
     "unknown category": (
@@ -418,6 +439,56 @@ INVALID_INPUTS: dict[str, tuple[str, str, Invalid]] = {
         "INVALID_FIELD",
         lambda lg, i: lg.reject(env(COORDINATOR), i, 0, RejectionReason.HOAX, ""),
     ),
+    "occur_time in year 9999": (
+        "occur_time",
+        "INVALID_FIELD",
+        lambda lg, i: lg.escalate(env(COORDINATOR, occurred_at=YEAR_9999), i, 0, "worse"),
+    ),
+    "occur_time an hour ahead of the server": (
+        "occur_time",
+        "INVALID_FIELD",
+        lambda lg, _: report(lg, env(REPORTER, occurred_at=_in(hours=1))),
+    ),
+    "occur_time before the ledger's era": (
+        "occur_time",
+        "INVALID_FIELD",
+        lambda lg, _: report(lg, env(REPORTER, occurred_at=BEFORE_2000)),
+    ),
+    "decision valid until year 9999": (
+        "valid_until",
+        "INVALID_FIELD",
+        lambda lg, i: _decision(lg, i, valid_until=YEAR_9999),
+    ),
+    "decision valid from before the ledger's era": (
+        "valid_from",
+        "INVALID_FIELD",
+        lambda lg, i: _decision(lg, i, valid_from=BEFORE_2000),
+    ),
+    "decision valid until two years ahead": (
+        "valid_until",
+        "INVALID_FIELD",
+        lambda lg, i: _decision(lg, i, valid_until=_in(days=731)),
+    ),
+    "corrected occurred_at in year 9999": (
+        "new_value",
+        "INVALID_FIELD",
+        lambda lg, i: _correct_time(lg, i, "occurred_at", YEAR_9999),
+    ),
+    "corrected occurred_at an hour ahead (naive, read as UTC)": (
+        "new_value",
+        "INVALID_FIELD",
+        lambda lg, i: _correct_time(lg, i, "occurred_at", _in(hours=1).replace(tzinfo=None)),
+    ),
+    "corrected valid_from before the ledger's era": (
+        "new_value",
+        "INVALID_FIELD",
+        lambda lg, i: _correct_time(lg, i, "valid_from", BEFORE_2000),
+    ),
+    "corrected valid_until in year 9999": (
+        "new_value",
+        "INVALID_FIELD",
+        lambda lg, i: _correct_time(lg, i, "valid_until", YEAR_9999),
+    ),
 }
 
 
@@ -435,6 +506,42 @@ def test_invalid_input_names_the_field_and_records_nothing(ledger: Ledger, case:
     assert error.reason == reason
     assert recorded(ledger) == before
     assert ledger.get_incident(incident_id).version == 2
+
+
+def test_stated_times_are_checked_against_the_configured_bounds_and_clock() -> None:
+    now = datetime(2024, 11, 27, 12, 0, tzinfo=UTC)
+    settings = LedgerSettings(
+        earliest_time=datetime(2024, 1, 1, tzinfo=UTC),
+        max_clock_skew_seconds=60,
+        max_decision_days=7,
+    )
+    app = Ledger(
+        REF,
+        env={"PERSISTENCE_MODULE": "eventsourcing.popo"},
+        time_bounds=time_bounds_of(settings),
+        clock=lambda: now,
+    )
+    try:
+        late = timedelta(seconds=61)
+        for occurred, accepted in [
+            (now + timedelta(seconds=60), True),  # within the skew
+            (now + late, False),
+            (datetime(2024, 1, 1, tzinfo=UTC), True),
+            (datetime(2023, 12, 31, 23, 59, tzinfo=UTC), False),
+        ]:
+            if accepted:
+                report(app, env(REPORTER, occurred_at=occurred))
+            else:
+                with pytest.raises(InvalidArgument) as caught:
+                    report(app, env(REPORTER, occurred_at=occurred))
+                assert caught.value.field == "occur_time"
+        incident_id = verified(app).incident_id
+        _decision(app, incident_id, valid_from=now, valid_until=now + timedelta(days=7))
+        with pytest.raises(InvalidArgument) as caught:
+            _decision(app, incident_id, valid_from=now, valid_until=now + timedelta(days=8))
+        assert caught.value.field == "valid_until"
+    finally:
+        app.close()
 
 
 def test_title_at_the_limit_is_accepted(ledger: Ledger) -> None:

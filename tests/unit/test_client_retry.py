@@ -27,7 +27,7 @@ from incidentledger_client import (
     Unavailable,
     VersionConflict,
 )
-from incidentledger_client._transport import Transport, call_with_retry
+from incidentledger_client._transport import Transport, call_with_retry, channel_options
 from incidentledger_client.errors import DeadlineExceeded, from_rpc_error
 from incidentledger_client.notifier import Subscription
 from incidentledger_client.types import EventFilter, Incident, Location, to_timestamp
@@ -199,6 +199,103 @@ def test_the_transport_sends_the_same_request_with_a_deadline_on_every_attempt()
     assert [r for r, _, _ in seen] == [request] * 3
     assert {t for _, t, _ in seen} == {2.5}
     assert {m for _, _, m in seen} == {(("authorization", "Bearer t0k"),)}
+
+
+class FakeTime:
+    """A clock that only moves when the retry loop sleeps (or an attempt takes time)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_the_default_policy_outlasts_a_restart_of_the_ledger() -> None:
+    """A restart takes 3-6 s: the default retries for about 20 s, then gives up."""
+    time_ = FakeTime()
+    rpc = Flaky(*[FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connection refused")] * 1000)
+    with pytest.raises(Unavailable):
+        call_with_retry(rpc, RetryPolicy(), sleep=time_.sleep, rng=lambda: 0.5, clock=time_.clock)
+    assert 15.0 <= time_.now <= RetryPolicy().budget
+    assert max(time_.slept) <= RetryPolicy().max_backoff
+    # The server is back after 6 s: the call succeeds, whatever the jitter draws.
+    for draw in (0.0, 0.5, 1.0):
+        time_ = FakeTime()
+
+        def until_restarted(t: FakeTime = time_) -> str:
+            t.now += 0.002  # a refused connection takes a moment
+            if t.now < 6.0:
+                raise FakeRpcError(grpc.StatusCode.UNAVAILABLE)
+            return "ok"
+
+        assert (
+            call_with_retry(
+                until_restarted,
+                RetryPolicy(),
+                sleep=time_.sleep,
+                rng=lambda d=draw: d,  # type: ignore[misc]
+                clock=time_.clock,
+            )
+            == "ok"
+        )
+        assert time_.now < 6.0 + RetryPolicy().max_backoff + 0.01
+
+
+def test_the_budget_bounds_the_retries_and_the_server_s_delays() -> None:
+    time_ = FakeTime()
+    rpc = Flaky(*[FakeRpcError(grpc.StatusCode.UNAVAILABLE)] * 1000)
+    policy = RetryPolicy(budget=3.0, initial_backoff=0.5, max_backoff=1.0)
+    with pytest.raises(Unavailable):
+        call_with_retry(rpc, policy, sleep=time_.sleep, rng=lambda: 1.0, clock=time_.clock)
+    assert time_.now <= 3.0
+    # A RetryInfo delay beyond what is left of the budget is not waited for.
+    time_ = FakeTime()
+    limited = FakeRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down", "RATE_LIMITED", retry_after=4.0
+    )
+    with pytest.raises(LedgerError):
+        call_with_retry(Flaky(limited), policy, sleep=time_.sleep, clock=time_.clock)
+    assert time_.slept == []
+
+
+def test_a_failed_command_names_its_request_id_to_retry_with() -> None:
+    failures = [FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connection refused")] * 3
+
+    def method(request: object, *, timeout: float | None, metadata: object) -> str:
+        raise failures[0]
+
+    transport = Transport(
+        target="127.0.0.1:1",
+        target_env="UNUSED_TARGET_VARIABLE",
+        default_target="",
+        token="t0k",
+        auth_env="UNUSED_TOKEN_VARIABLE",
+        tls=False,
+        tls_env=(),
+        timeout=1.0,
+        retry=RetryPolicy(retries=2, initial_backoff=0.001),
+        channel=None,
+        options=(),
+    )
+    try:
+        with pytest.raises(Unavailable) as caught:
+            transport.unary(method, _Command("req-42"))
+    finally:
+        transport.close()
+    assert caught.value.request_id == "req-42"
+    assert "req-42" in str(caught.value)
+    assert caught.value.message == "connection refused"
+
+
+class _Command:
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
 
 
 def test_target_token_and_tls_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -413,3 +510,9 @@ def test_a_silent_stream_is_taken_for_dead_and_resumed() -> None:
     assert 0.2 <= time.monotonic() - began < 5
     assert [r.cursor for r in stub.requests] == ["", "c1"]
     sub.close()
+
+
+def test_the_client_s_channel_reconnects_often_unless_told_otherwise() -> None:
+    assert ("grpc.max_reconnect_backoff_ms", 2000) in channel_options(())
+    given = channel_options((("grpc.max_reconnect_backoff_ms", 500), ("grpc.enable_retries", 0)))
+    assert dict(given) == {"grpc.max_reconnect_backoff_ms": 500, "grpc.enable_retries": 0}

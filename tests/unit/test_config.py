@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -27,6 +28,21 @@ def test_the_write_cache_size_is_a_setting() -> None:
     assert LedgerSettings.from_env({}).cache_size == 3000
     assert LedgerSettings.from_env({"LEDGER_CACHE_SIZE": "0"}).cache_size == 0
     assert LedgerSettings.from_env({"LEDGER_CACHE_SIZE": "20000"}).cache_size == 20000
+
+
+def test_the_times_callers_may_state_are_settings() -> None:
+    default = LedgerSettings.from_env({})
+    assert default.earliest_time == datetime(2000, 1, 1, tzinfo=UTC)
+    assert (default.max_clock_skew_seconds, default.max_decision_days) == (300, 366)
+    given = LedgerSettings.from_env(
+        {
+            "LEDGER_EARLIEST_TIME": "2024-01-01",
+            "LEDGER_MAX_CLOCK_SKEW_SECONDS": "30",
+            "LEDGER_MAX_DECISION_DAYS": "90",
+        }
+    )
+    assert given.earliest_time == datetime(2024, 1, 1, tzinfo=UTC)  # UTC unless it says
+    assert (given.max_clock_skew_seconds, given.max_decision_days) == (30, 90)
 
 
 def test_store_variables_pass_through() -> None:
@@ -65,6 +81,8 @@ def test_nats_url_names_one_server_or_the_nodes_of_a_cluster() -> None:
         ({"LEDGER_MAX_WORKERS": "many"}, "LEDGER_MAX_WORKERS must be an integer"),
         ({"LEDGER_MAX_WORKERS": "0"}, "LEDGER_MAX_WORKERS must be at least 1"),
         ({"LEDGER_CACHE_SIZE": "-1"}, "LEDGER_CACHE_SIZE must be at least 0"),
+        ({"LEDGER_EARLIEST_TIME": "long ago"}, "LEDGER_EARLIEST_TIME must be an ISO-8601"),
+        ({"LEDGER_MAX_CLOCK_SKEW_SECONDS": "-1"}, "LEDGER_MAX_CLOCK_SKEW_SECONDS must not be"),
         ({"LEDGER_ENVIRONMENT": "staging"}, "LEDGER_ENVIRONMENT must be one of"),
         ({"LEDGER_LOG_LEVEL": "LOUD"}, "LEDGER_LOG_LEVEL must be one of"),
         (

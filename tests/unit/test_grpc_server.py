@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
+import pytest
 
-from services.common.auth import TokenStore
+from incidentledger.v1 import ledger_service_pb2 as api
+from services.common import grpc_server
+from services.common.auth import Principal, TokenStore, token_hash
 from services.common.grpc_server import RequestInterceptor
 
 
@@ -30,3 +34,70 @@ def test_unknown_methods_are_not_kept_and_known_ones_are_wrapped_once() -> None:
     again = interceptor.intercept_service(lambda _: known, _Details("/x.Y/Known"))
     assert first is not None and first is again
     assert list(interceptor._wrapped) == ["/x.Y/Known"]
+
+
+class _AbortedError(Exception):
+    pass
+
+
+class _Context:
+    """The parts of a grpc.ServicerContext the interceptor uses."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.code: grpc.StatusCode | None = None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),)
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:40000"
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.code = code
+        raise _AbortedError(details)
+
+    def abort_with_status(self, status: grpc.Status) -> None:
+        self.code = status.code
+        raise _AbortedError(status.details)
+
+
+class _RecordingLog:
+    def __init__(self) -> None:
+        self.lines: list[dict[str, object]] = []
+
+    def __getattr__(self, level: str) -> Callable[..., None]:
+        def write(event: str, **fields: object) -> None:
+            self.lines.append({"event": event, "level": level, **fields})
+
+        return write
+
+
+def test_what_a_crash_logs_of_the_caller_s_input_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    recording = _RecordingLog()
+    monkeypatch.setattr(grpc_server, "log", recording)
+    tokens = TokenStore({token_hash("t0k"): Principal("polres", "dev")}, development=True)
+    interceptor = RequestInterceptor(tokens, "test.example")
+    huge = "x" * 1_000_000
+
+    def crashing(request: Any, context: grpc.ServicerContext) -> Any:
+        raise KeyError(huge)  # an exception quoting what the caller sent
+
+    handler = interceptor.intercept_service(
+        lambda _: grpc.unary_unary_rpc_method_handler(crashing), _Details("/x.Y/Crash")
+    )
+    assert handler is not None and handler.unary_unary is not None
+    context = _Context("t0k")
+    with pytest.raises(_AbortedError):
+        handler.unary_unary(api.ListIncidentsRequest(), context)  # type: ignore[arg-type]
+    assert context.code == grpc.StatusCode.INTERNAL
+    crashed = [line for line in recording.lines if line["event"] == "request.crashed"]
+    assert len(crashed) == 1
+    assert len(str(crashed[0])) < 32 * 1024
+    assert "KeyError" in str(crashed[0]["error"])
+    assert "crashing" in str(crashed[0]["traceback"])  # still says where

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from services.common import limits
 from services.common.config import ConfigError, LedgerSettings, LimitSettings
-from services.common.errors import RateLimited, TooManyStreams
+from services.common.errors import AuthThrottled, RateLimited, TooManyStreams
 from services.common.grpc_errors import to_grpc_status
-from services.common.limits import Limits, RateLimiter, StreamCounter
+from services.common.limits import (
+    AuthThrottle,
+    Limits,
+    RateLimiter,
+    StreamCounter,
+    peer_address,
+)
 
 
 class FakeClock:
@@ -186,3 +194,143 @@ def test_rate_limit_is_off_in_development_and_on_in_production() -> None:
 def test_bad_limit_settings_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         LimitSettings.from_env(env, production=False)
+
+
+# ------------------------------------------------------- failed authentications
+
+PEER = "ipv4:10.0.0.7:53412"
+
+
+def throttle(clock: FakeClock, failures: int = 5, window: float = 60.0) -> AuthThrottle:
+    return AuthThrottle(
+        LimitSettings(auth_max_failures=failures, auth_window_seconds=window), clock
+    )
+
+
+def test_a_peer_is_refused_for_a_window_after_too_many_failures() -> None:
+    clock = FakeClock()
+    guard = throttle(clock)
+    for n in range(5):
+        guard.check(PEER, f"guess-{n:04d}-{'x' * 30}")
+        guard.failed(PEER, f"guess-{n:04d}-{'x' * 30}")
+    clock.advance(10)
+    # Another port of the same address, valid credentials: refused all the same.
+    with pytest.raises(AuthThrottled) as caught:
+        guard.check("ipv4:10.0.0.7:60001", "a-valid-token")
+    assert caught.value.key == "peer"
+    assert caught.value.code == "RESOURCE_EXHAUSTED"
+    assert caught.value.reason == "AUTH_THROTTLED"
+    assert caught.value.retry_delay == pytest.approx(50.0)
+    guard.check("ipv4:10.0.0.8:53412", "a-valid-token")  # another machine is not
+    clock.advance(50)
+    guard.check(PEER, "a-valid-token")  # the window is over: not locked out for ever
+
+
+def test_a_token_prefix_is_refused_from_every_peer_after_too_many_failures() -> None:
+    clock = FakeClock()
+    guard = throttle(clock)
+    for n in range(5):
+        guard.failed(f"ipv4:10.0.1.{n}:1000", f"abcdefgh{n}")
+    with pytest.raises(AuthThrottled) as caught:
+        guard.check("ipv4:10.0.2.1:1000", "abcdefgh-another-guess")
+    assert caught.value.key == "token"
+    guard.check("ipv4:10.0.2.1:1000", "ijklmnop")
+
+
+def test_failures_spread_over_windows_are_not_throttled() -> None:
+    clock = FakeClock()
+    guard = throttle(clock, failures=3, window=10.0)
+    for _ in range(10):
+        guard.failed(PEER, None)
+        guard.failed(PEER, None)
+        clock.advance(10.0)
+        guard.check(PEER, None)
+
+
+class RecordingLog:
+    """Stands in for a module's structlog logger: records each line's event and fields."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, object]] = []
+
+    def __getattr__(self, level: str) -> Callable[..., None]:
+        def write(event: str, **fields: object) -> None:
+            self.lines.append({"event": event, "level": level, **fields})
+
+        return write
+
+
+def test_one_log_line_per_burst_not_per_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    guard = throttle(clock, failures=5, window=60.0)
+    recording = RecordingLog()
+    monkeypatch.setattr(limits, "log", recording)
+    for n in range(200):
+        try:
+            guard.check(PEER, f"{n:08d}guess")
+        except AuthThrottled:
+            continue
+        guard.failed(PEER, f"{n:08d}guess")
+    clock.advance(60.0)
+    for n in range(200):  # a second burst, after the first block ended
+        try:
+            guard.check(PEER, f"{n:08d}again")
+        except AuthThrottled:
+            continue
+        guard.failed(PEER, f"{n:08d}again")
+    throttled = [entry for entry in recording.lines if entry["event"] == "auth.throttled"]
+    assert len(throttled) == 2
+    assert throttled[0]["peer"] == "ipv4:10.0.0.7"
+    assert "token" not in throttled[0]  # each guess had its own prefix
+
+
+def test_memory_is_bounded_whatever_the_number_of_peers_and_prefixes() -> None:
+    guard = AuthThrottle(
+        LimitSettings(auth_max_failures=3, auth_window_seconds=60.0, auth_max_keys=100),
+        FakeClock(),
+    )
+    for n in range(5000):
+        guard.failed(f"ipv4:10.{n // 256 % 256}.{n % 256}.1:1", f"{n:08d}rest")
+    assert len(guard.peers) <= 100
+    assert len(guard.tokens) <= 100
+
+
+def test_the_throttle_is_off_with_zero_failures() -> None:
+    guard = throttle(FakeClock(), failures=0)
+    for _ in range(100):
+        guard.failed(PEER, "guess")
+    guard.check(PEER, "guess")
+
+
+@pytest.mark.parametrize(
+    ("peer", "key"),
+    [
+        ("ipv4:10.0.0.7:53412", "ipv4:10.0.0.7"),
+        ("ipv6:[2001:db8:1:2:3:4:5:6]:443", "ipv6:2001:db8:1:2::/64"),
+        ("ipv6:[2001:db8:1:2:ffff::1]:9", "ipv6:2001:db8:1:2::/64"),
+        ("ipv6:[::ffff:10.0.0.7]:53412", "ipv4:10.0.0.7"),
+        ("unix:/run/ledger.sock", "unix"),
+    ],
+)
+def test_peers_are_keyed_by_address_without_the_port(peer: str, key: str) -> None:
+    assert peer_address(peer) == key
+
+
+def test_auth_throttle_settings() -> None:
+    default = LimitSettings.from_env({}, production=False)
+    assert (default.auth_max_failures, default.auth_window_seconds) == (30, 60.0)
+    tuned = LimitSettings.from_env(
+        {
+            "LEDGER_AUTH_MAX_FAILURES": "10",
+            "LEDGER_AUTH_WINDOW_SECONDS": "300",
+            "LEDGER_AUTH_THROTTLE_KEYS": "500",
+        },
+        production=True,
+    )
+    assert (tuned.auth_max_failures, tuned.auth_window_seconds, tuned.auth_max_keys) == (
+        10,
+        300.0,
+        500,
+    )
+    with pytest.raises(ConfigError, match="LEDGER_AUTH_WINDOW_SECONDS must be positive"):
+        LimitSettings.from_env({"LEDGER_AUTH_WINDOW_SECONDS": "0"}, production=False)

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from google.protobuf import message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from incidentledger.v1 import (
+    audit_service_pb2,
+    notifier_service_pb2,
+    situation_service_pb2,
+)
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from services.common.errors import (
@@ -68,3 +75,77 @@ def test_errors_are_bounded_whatever_they_quote() -> None:
     assert len(huge.metadata["value"].encode()) <= 128
     assert bounded("short", 10) == "short"
     assert bounded("\U0001f600" * 3, 9) == "\U0001f600\u2026"  # never half a character
+
+
+def _integer_fields(descriptor: Descriptor, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """(path, the message field names leading to it) of every integer field, at any depth."""
+    found = []
+    for field in descriptor.fields:
+        path = f"{prefix}{field.name}"
+        if field.type in INTEGER_TYPES:
+            found.append((path, path.split(".")))
+        elif field.message_type is not None and field.message_type.full_name.startswith(
+            "incidentledger."
+        ):
+            found.extend(_integer_fields(field.message_type, f"{path}."))
+    return found
+
+
+def _request_messages() -> list[Descriptor]:
+    modules = (api, situation_service_pb2, audit_service_pb2, notifier_service_pb2)
+    return [
+        method.input_type
+        for module in modules
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    ]
+
+
+INTEGER_TYPES = {
+    FieldDescriptor.TYPE_INT32,
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_SINT32,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_SFIXED32,
+    FieldDescriptor.TYPE_SFIXED64,
+}
+NEGATIVE_CASES = [
+    (message, path, names)
+    for message in _request_messages()
+    for path, names in _integer_fields(message)
+]
+
+
+def test_every_request_of_every_service_has_integer_fields_to_check() -> None:
+    paths = {(m.name, p) for m, p, _ in NEGATIVE_CASES}
+    assert ("ListIncidentsRequest", "min_position") in paths
+    assert ("GetVulnerabilityMapRequest", "min_position") in paths
+    assert ("VerifyIncidentRequest", "expected_version") in paths
+    assert ("StreamEventsRequest", "until_position") in paths
+    assert ("SubscribeRequest", "heartbeat_seconds") in paths
+    assert ("ListDeliveriesRequest", "page_size") in paths
+
+
+@pytest.mark.parametrize(
+    ("descriptor", "path", "names"),
+    NEGATIVE_CASES,
+    ids=[f"{m.name}.{p}" for m, p, _ in NEGATIVE_CASES],
+)
+def test_a_negative_integer_is_invalid_naming_the_field(
+    descriptor: Descriptor, path: str, names: list[str]
+) -> None:
+    request = message_factory.GetMessageClass(descriptor)()
+    target = request
+    for name in names[:-1]:
+        target = getattr(target, name)
+    setattr(target, names[-1], -1)
+    with pytest.raises(InvalidArgument) as caught:
+        check_request(request)
+    assert caught.value.field == path
+    assert caught.value.reason == "INVALID_FIELD"
+    setattr(target, names[-1], 0)
+    check_request(request)  # zero (the default) passes
+
+
+def test_negative_coordinates_and_enums_are_not_refused_here() -> None:
+    check_request(api.ReportIncidentRequest(location=pb.Location(latitude=-2.6, longitude=-101.1)))

@@ -23,6 +23,22 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXC
 Commands are idempotent by request_id, so a retry never records twice."""
 
 
+#: The shortest deadline a retry gets (one round trip on a slow link).
+MIN_ATTEMPT_SECONDS = 0.5
+
+#: Channel options of the clients' own channels (the caller's ``options`` come after and win):
+#: a channel whose server went away tries to connect again at least every 2 s (gRPC's
+#: default grows to 120 s), so a restarted server is reached within the retry budget.
+DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.max_reconnect_backoff_ms", 2000),)
+
+
+def channel_options(options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """:data:`DEFAULT_CHANNEL_OPTIONS` with the caller's ``options`` (same names replaced)."""
+    merged = dict(DEFAULT_CHANNEL_OPTIONS)
+    merged.update(options)
+    return list(merged.items())
+
+
 def new_request_id() -> str:
     """A fresh request id (uuid4, hex)."""
     return uuid.uuid4().hex
@@ -33,19 +49,28 @@ class RetryPolicy:
     """Exponential backoff with full jitter for UNAVAILABLE and DEADLINE_EXCEEDED.
 
     Attempt ``n`` (from 0) waits a random time in ``[0, min(max_backoff,
-    initial_backoff * multiplier**n)]`` before the next one; ``retries`` is the number of
-    retries after the first attempt (0 = never retry). A RESOURCE_EXHAUSTED that carries a
-    RetryInfo (the agency's request rate was exceeded) is retried after the delay the
-    server names, if that is at most ``max_backoff``.
+    initial_backoff * multiplier**n)]`` before the next one. Retries go on for ``budget``
+    seconds from the start of the call (no wait ends later than that, and a retry's
+    deadline is cut to what is left), or until ``retries`` retries after the first attempt
+    if that is set (0 = never retry). A RESOURCE_EXHAUSTED that carries a RetryInfo (the
+    agency's request rate was exceeded) is retried after the delay the server names, if
+    that fits in what is left of the budget.
+
+    The defaults outlast a restart of a service (3-6 s measured): 20 s of retries, at
+    least one every 2 s once the backoff has grown, so a restarted server is found about
+    a second after it is back.
     """
 
-    retries: int = 5
+    retries: int | None = None
     initial_backoff: float = 0.1
-    max_backoff: float = 5.0
+    max_backoff: float = 2.0
     multiplier: float = 2.0
+    budget: float = 20.0
 
     def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
-        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier**attempt)
+        # Without a retry count the attempts are unbounded: keep the power finite.
+        growth = self.multiplier ** min(attempt, 64)
+        ceiling = min(self.max_backoff, self.initial_backoff * growth)
         return ceiling * rng()
 
 
@@ -55,27 +80,34 @@ def call_with_retry(
     *,
     sleep: Callable[[float], None] = time.sleep,
     rng: Callable[[], float] = random.random,
+    clock: Callable[[], float] = time.monotonic,
+    request_id: str | None = None,
 ) -> T:
     """Run ``call`` (one RPC attempt), retrying retryable failures; map errors.
 
     The caller builds the request once, so every attempt sends the same request (and the
     same request_id). A non-retryable failure, or the last retryable one, is raised as a
-    :class:`~incidentledger_client.errors.LedgerError`.
+    :class:`~incidentledger_client.errors.LedgerError` carrying ``request_id``.
     """
+    started = clock()
     attempt = 0
     while True:
         try:
             return call()
         except grpc.RpcError as error:
-            if attempt >= policy.retries:
-                raise from_rpc_error(error) from None
+            left = policy.budget - (clock() - started)
+            if policy.retries is not None and attempt >= policy.retries:
+                raise from_rpc_error(error, request_id) from None
             if status_code(error) in RETRYABLE:
-                sleep(policy.delay(attempt, rng))
+                wait = min(policy.delay(attempt, rng), left)
+                if wait < 0 or left <= 0:
+                    raise from_rpc_error(error, request_id) from None
             else:
-                wait = retry_delay(error)  # the server says when to come back
-                if wait is None or wait > policy.max_backoff:
-                    raise from_rpc_error(error) from None
-                sleep(wait)
+                server_wait = retry_delay(error)  # the server says when to come back
+                if server_wait is None or server_wait > left:
+                    raise from_rpc_error(error, request_id) from None
+                wait = server_wait
+            sleep(wait)
             attempt += 1
 
 
@@ -183,15 +215,32 @@ class Transport:
         self.channel = (
             channel
             if channel is not None
-            else make_channel(self.target, tls, tls_env, options, client_certificate)
+            else make_channel(
+                self.target, tls, tls_env, channel_options(options), client_certificate
+            )
         )
 
     def unary(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
-        """One unary RPC with the default deadline per attempt and retries."""
-        deadline = self.timeout if timeout is None else timeout
-        return call_with_retry(
-            lambda: method(request, timeout=deadline, metadata=self.metadata), self.retry
-        )
+        """One unary RPC with the default deadline per attempt and retries.
+
+        A retry's deadline is cut to what is left of the retry budget, so that a call ends
+        within ``max(timeout, budget)``. A failure names the request's ``request_id``.
+        """
+        per_attempt = self.timeout if timeout is None else timeout
+        started = time.monotonic()
+        attempts = 0
+
+        def attempt() -> T:
+            nonlocal attempts
+            deadline = per_attempt
+            if attempts:
+                left = max(MIN_ATTEMPT_SECONDS, self.retry.budget - (time.monotonic() - started))
+                deadline = left if deadline is None else min(deadline, left)
+            attempts += 1
+            return method(request, timeout=deadline, metadata=self.metadata)
+
+        request_id = getattr(request, "request_id", None)
+        return call_with_retry(attempt, self.retry, request_id=str(request_id or "") or None)
 
     def close(self) -> None:
         if self._owns_channel:

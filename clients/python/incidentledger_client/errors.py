@@ -35,13 +35,20 @@ class LedgerError(Exception):
         message: str,
         metadata: Mapping[str, str] | None = None,
         domain: str = "",
+        request_id: str | None = None,
     ) -> None:
-        super().__init__(f"{code} {reason}: {message}" if reason else f"{code}: {message}")
+        text = f"{code} {reason}: {message}" if reason else f"{code}: {message}"
+        if request_id:
+            text = f"{text} (request_id {request_id})"
+        super().__init__(text)
         self.code = code
         self.reason = reason
         self.message = message
         self.metadata: dict[str, str] = dict(metadata or {})
         self.domain = domain
+        self.request_id = request_id
+        """The request id of the failed command (``None`` for a query): retrying the command
+        with it is safe, a command is recorded at most once per request id."""
 
     @property
     def field(self) -> str | None:
@@ -85,7 +92,10 @@ class ResourceExhausted(LedgerError):  # noqa: N818
 
 
 class Unavailable(LedgerError):  # noqa: N818
-    """UNAVAILABLE: the server is unreachable or shutting down (retried before raised)."""
+    """UNAVAILABLE: the server is unreachable or shutting down (retried before raised).
+
+    For a command, ``request_id`` (also in the message) is the id to send it again with:
+    whether or not the failed attempts reached the ledger, it is recorded once."""
 
 
 class DeadlineExceeded(LedgerError):  # noqa: N818
@@ -234,8 +244,9 @@ def retry_delay(error: grpc.RpcError) -> float | None:
     return None if info is None else float(info.retry_delay.ToNanoseconds()) / 1e9
 
 
-def from_rpc_error(error: grpc.RpcError) -> LedgerError:
-    """The :class:`LedgerError` for a failed gRPC call (its ErrorInfo, when it has one)."""
+def from_rpc_error(error: grpc.RpcError, request_id: str | None = None) -> LedgerError:
+    """The :class:`LedgerError` for a failed gRPC call (its ErrorInfo, when it has one);
+    ``request_id``: the command's, to retry with."""
     code = status_code(error) or grpc.StatusCode.UNKNOWN
     details = getattr(error, "details", None)
     message = str(details() or "") if callable(details) else str(error)
@@ -246,4 +257,4 @@ def from_rpc_error(error: grpc.RpcError) -> LedgerError:
     cls = REASONS.get(reason) or CODES.get(code, Internal)
     if not issubclass(cls, CODES.get(code, Internal)):  # a reason under an unexpected code
         cls = CODES.get(code, Internal)
-    return cls(code.name, reason, message, metadata, domain)
+    return cls(code.name, reason, message, metadata, domain, request_id)

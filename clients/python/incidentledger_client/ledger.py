@@ -91,7 +91,8 @@ class LedgerClient:
         ``$LEDGER_TLS_CLIENT_KEY``.
     :param timeout: the deadline of each attempt of each unary call, in seconds.
     :param retries: how many times UNAVAILABLE and DEADLINE_EXCEEDED are retried (with the
-        same request, so the same request_id), with exponential backoff and jitter.
+        same request, so the same request_id), with exponential backoff and jitter; default
+        as often as the retry budget allows (20 s: longer than a restart of the ledger).
     :param retry: a full :class:`RetryPolicy` (overrides ``retries``).
     :param channel: use this channel (for example with interceptors) instead of making one;
         it is not closed by :meth:`close`.
@@ -114,7 +115,7 @@ class LedgerClient:
         client_cert: str | bytes | Path | None = None,
         client_key: str | bytes | Path | None = None,
         timeout: float = 10.0,
-        retries: int = 5,
+        retries: int | None = None,
         retry: RetryPolicy | None = None,
         channel: grpc.Channel | None = None,
         options: Iterable[tuple[str, Any]] = (),

@@ -208,7 +208,8 @@ class NotifierClient:
     :param client_key: its key; default ``$NOTIFIER_TLS_CLIENT_KEY``, else
         ``$LEDGER_TLS_CLIENT_KEY``.
     :param timeout: deadline of each attempt of each unary call, in seconds.
-    :param retries: retries of UNAVAILABLE and DEADLINE_EXCEEDED (backoff with jitter).
+    :param retries: retries of UNAVAILABLE and DEADLINE_EXCEEDED (backoff with jitter);
+        default as often as the retry budget (20 s) allows.
 
     ``create_webhook`` is idempotent by ``request_id``. ``delete_webhook`` and
     ``replay_dead_letter`` are retried too: a retried delete whose first attempt succeeded
@@ -224,7 +225,7 @@ class NotifierClient:
         client_cert: str | bytes | Path | None = None,
         client_key: str | bytes | Path | None = None,
         timeout: float = 10.0,
-        retries: int = 5,
+        retries: int | None = None,
         retry: RetryPolicy | None = None,
         channel: grpc.Channel | None = None,
         options: Iterable[tuple[str, Any]] = (),

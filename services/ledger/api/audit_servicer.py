@@ -109,8 +109,9 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         self, request: audit.StreamEventsRequest, context: grpc.ServicerContext
     ) -> Iterator[audit.StreamEventsResponse]:
         reference = self._ledger.reference
-        if request.after_position < 0 or request.until_position < 0:
-            raise InvalidArgument("after_position", "positions are not negative")
+        for field in ("after_position", "until_position"):
+            if getattr(request, field) < 0:
+                raise InvalidArgument(field, "positions are not negative")
         incident = convert.parse_name(request.incident, "incident") if request.incident else None
         if request.agency:
             reference.agency(request.agency, "agency")

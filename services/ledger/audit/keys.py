@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from services.common.config import AuditSettings, ConfigError
+from services.common.datafiles import make_private_dir
 from services.ledger.seals import key_id, public_key_bytes
 
 __all__ = ["key_id", "public_key_bytes"]
@@ -98,7 +99,7 @@ def _generate(path: Path, public_path: Path) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
