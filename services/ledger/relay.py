@@ -57,7 +57,7 @@ from eventsourcing.utils import get_topic
 from google.protobuf.message import DecodeError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from incidentledger.v1 import incident_pb2 as pb
 from services.common.config import RelaySettings, StreamSettings, nats_servers
@@ -81,6 +81,11 @@ POSITION_SAVE_SECONDS = 1.0
 # store vouches for (one request each) before it falls back to the kept position.
 TAIL_CHECK_LIMIT = 1000
 FOREIGN_LOGGED = 20  # foreign messages logged one by one per session; a summary for the rest
+# A failing session is retried quickly while a stream's leader may be being elected (NATS
+# raft: 4-9 s without a leader), then ever more slowly (a NATS that is away).
+ELECTION_SECONDS = 10.0
+RETRY_SECONDS = (0.2, 0.5)  # the first retry; the longest during an election
+RETRY_MAX_SECONDS = 10.0  # the longest afterwards
 CONTENT_TYPE = "application/x-protobuf; message=incidentledger.v1.EventNotification"
 
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
@@ -480,6 +485,10 @@ class Relay:
         self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
         self.status = RelayStatus()
         self._position_saved_at = 0.0
+        # Set once both streams exist with this configuration; a new session then does not
+        # wait on the checkpoints stream's own leader election to publish events.
+        self._streams_ready = False
+        self._connected_at = 0.0  # time.monotonic() when the last session began publishing
 
     # -- lifecycle (called from other threads)
 
@@ -531,7 +540,8 @@ class Relay:
         asyncio.run(self._main())
 
     async def _main(self) -> None:
-        backoff = 0.2
+        backoff = RETRY_SECONDS[0]
+        failing_since: float | None = None
         while not self._stopping.is_set():
             if not await asyncio.to_thread(self._leader.try_acquire):
                 self.status.leader = False
@@ -542,11 +552,13 @@ class Relay:
             self.status.leader = True
             try:
                 await self._session()
-                backoff = 0.2
+                backoff, failing_since = RETRY_SECONDS[0], None
             except Exception as exc:  # logged and retried: the relay must outlive NATS outages
                 self.status.connected = False
                 self.status.last_error = f"{type(exc).__name__}: {exc}"
                 self._on_health(False)
+                if failing_since is None or self._connected_at > failing_since:
+                    backoff, failing_since = RETRY_SECONDS[0], time.monotonic()
                 log.warning(
                     "relay.session_failed",
                     error=self.status.last_error,
@@ -554,7 +566,8 @@ class Relay:
                     retry_in=round(backoff, 2),
                 )
                 await self._sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                electing = time.monotonic() - failing_since < ELECTION_SECONDS
+                backoff = min(backoff * 2, RETRY_SECONDS[1] if electing else RETRY_MAX_SECONDS)
         await asyncio.to_thread(self._leader.release)
         self._on_health(False)
 
@@ -578,9 +591,12 @@ class Relay:
         reader: NotificationReader | None = None
         try:
             js = nc.jetstream(timeout=settings.publish_timeout_seconds)
-            await ensure_stream(js, settings.stream)
+            if not self._streams_ready:
+                await ensure_stream(js, settings.stream)
+                self._streams_ready = True
             position = await self._start_position(js)
             self.status.connected = True
+            self._connected_at = time.monotonic()
             self.status.position = position
             self.status.position_known = True
             self._on_health(True)
@@ -597,6 +613,9 @@ class Relay:
                 if batch:
                     await self._publish(js, batch)
                 await self._publish_checkpoints(js)
+        except NotFoundError:  # the stream was deleted: made again by the next session
+            self._streams_ready = False
+            raise
         finally:
             self.status.connected = False
             if reader is not None:
@@ -616,8 +635,10 @@ class Relay:
                     body,
                     headers={"Nats-Msg-Id": f"checkpoint-{position}"},
                 )
-            except Exception:
+            except Exception as exc:
                 self._checkpoints.put((position, body))  # sent by the next session
+                if isinstance(exc, NoStreamResponseError):  # their stream may be gone
+                    self._streams_ready = False
                 raise
 
     def _reader(self, position: int) -> NotificationReader:
