@@ -373,7 +373,10 @@ class RelaySettings:
     stream: StreamSettings = field(default_factory=StreamSettings)
     batch_size: int = 500
     poll_seconds: float = 0.5
-    publish_timeout_seconds: float = 5.0
+    # Also each JetStream request's: a request sent while a stream elects its leader gets no
+    # answer, so a short timeout and a retry resume publishing soon after the election
+    # (5 s made a stream leader's loss pause publishing 11.5 s; README, "A NATS cluster").
+    publish_timeout_seconds: float = 1.0
     leader_retry_seconds: float = 2.0
 
     @classmethod

@@ -15,9 +15,11 @@ such nodes on loopback, each with a store directory of its own, and can kill
 
 It can also require TLS (:class:`NatsServerTls`: a server certificate, optionally
 client certificates verified against a CA, optionally the TLS handshake before
-anything else) and a user and password or a token. Those go into a configuration
-file readable only by the owner, removed again once the server has read it: secrets
-never appear on its command line.
+anything else) and a user and password or a token, or take an ``authorization``
+block as written in a configuration file (several users, with permissions, as in
+deploy/nats/auth.example.conf). Those go into a configuration file readable only
+by the owner, removed again once the server has read it: secrets never appear on
+its command line.
 """
 
 from __future__ import annotations
@@ -151,11 +153,14 @@ class NatsServer:
         user: str = "",
         password: str = "",
         token: str = "",
+        authorization: str = "",
     ) -> None:
         if cluster_name and not server_name:
             raise ValueError("a cluster node needs a server_name")
         if bool(user) != bool(password) or (token and user):
             raise ValueError("give user and password, or a token, or neither")
+        if authorization and (user or token):
+            raise ValueError("give an authorization block, or a user or token, not both")
         self.store_dir = Path(store_dir)
         self.host = host
         self.log_file = log_file
@@ -166,6 +171,7 @@ class NatsServer:
         self.user = user
         self._password = password
         self._token = token
+        self._authorization = authorization
         self._conf: Path | None = None
         self._port = port or free_port(host)
         self._cluster_port = (cluster_port or free_port(host)) if cluster_name else 0
@@ -307,8 +313,15 @@ class NatsServer:
             **({"server_name": self.server_name} if self.server_name else {}),
             **({"cluster_port": self._cluster_port} if self._cluster_port else {}),
             tls=self.tls is not None,
-            auth="user" if self.user else "token" if self._token else None,
+            auth=self._auth_kind(),
         )
+
+    def _auth_kind(self) -> str | None:
+        if self.user:
+            return "user"
+        if self._token:
+            return "token"
+        return "users" if self._authorization else None
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL if it hangs."""
@@ -399,6 +412,8 @@ class NatsServer:
             ]
         elif self._token:
             lines += ["authorization {", f"  token: {_conf_string(self._token)}", "}"]
+        elif self._authorization:
+            lines.append(self._authorization)
         if self.tls is not None:
             lines += [
                 "tls {",

@@ -8,6 +8,18 @@ repairs messages a crashed NATS lost before syncing them to disk; when the
 stream has no message left to read it from (for example after its limits removed
 them), a position kept in the ledger's database takes over.
 
+The stream's last message is only trusted when the store vouches for it: its
+position holds an incident event in the store and the message carries that
+event (its id, incident, version and hash). A message that does not match was
+published by someone else (a "foreign" message): the relay reports it (an error
+line ``relay.foreign_message`` naming its stream sequence and headers, the
+metrics ``ledger_relay_foreign_messages_total`` and ``ledger_relay_stream_foreign``,
+the health service ``relay.stream`` NOT_SERVING) and reads further back, by
+stream sequence, to the last message that does match; it falls back to the kept
+position if none of the last ``TAIL_CHECK_LIMIT`` does. A foreign message that
+took the ``Nats-Msg-Id`` of an event still to publish would make the duplicate
+window drop that event: such an event goes out as ``<position>-<foreign seq>``.
+
 Only one relay publishes at a time: a PostgreSQL advisory lock (several ledger
 replicas on one database) or a file lock beside the SQLite database. When the
 holder dies, its lock goes with it and another relay takes over.
@@ -42,9 +54,10 @@ import structlog
 from eventsourcing.persistence import ApplicationRecorder, Notification
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import get_topic
+from google.protobuf.message import DecodeError
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from incidentledger.v1 import incident_pb2 as pb
 from services.common.config import RelaySettings, StreamSettings, nats_servers
@@ -64,6 +77,15 @@ log = structlog.get_logger(__name__)
 
 POSITION_HEADER = "Ledger-Position"
 POSITION_SAVE_SECONDS = 1.0
+# How many stream messages, newest first, the relay reads at most in search of one the
+# store vouches for (one request each) before it falls back to the kept position.
+TAIL_CHECK_LIMIT = 1000
+FOREIGN_LOGGED = 20  # foreign messages logged one by one per session; a summary for the rest
+# A failing session is retried quickly while a stream's leader may be being elected (NATS
+# raft: 4-9 s without a leader), then ever more slowly (a NATS that is away).
+ELECTION_SECONDS = 10.0
+RETRY_SECONDS = (0.2, 0.5)  # the first retry; the longest during an election
+RETRY_MAX_SECONDS = 10.0  # the longest afterwards
 CONTENT_TYPE = "application/x-protobuf; message=incidentledger.v1.EventNotification"
 
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
@@ -151,6 +173,42 @@ class EventEncoder:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return incident
+
+
+def foreign_reason(
+    ledger: Ledger, topics: Sequence[str], headers: Mapping[str, str], data: bytes
+) -> str | None:
+    """Why a message on the stream is not one the relay published (None: the store
+    vouches for it). Only what identifies the event is compared, not the whole
+    message: messages published by an older relay, without a field added since,
+    stay the ledger's own."""
+    header = headers.get(POSITION_HEADER)
+    if header is None:
+        return f"no {POSITION_HEADER} header"
+    try:
+        position = int(header)
+    except ValueError:
+        return f"{POSITION_HEADER} is not a position"
+    rows = ledger.recorder.select_notifications(position, 1, topics=topics, inclusive_of_start=True)
+    if not rows or rows[0].id != position:
+        last = ledger.recorder.max_notification_id() or 0
+        if position > last:
+            return f"beyond the store's last position ({last})"
+        return "no incident event at this position in the store"
+    event = ledger.mapper.to_domain_event(rows[0])
+    if not isinstance(event, Incident.Event):
+        return "no incident event at this position in the store"
+    if headers.get("Ledger-Event-Id") != str(event.event_id):
+        return "Ledger-Event-Id is not the stored event's"
+    try:
+        carried = pb.EventNotification.FromString(data).event
+    except DecodeError:
+        return "the payload is not an EventNotification"
+    stored = convert.event_to_proto(StoredIncidentEvent(event, position))
+    for name in ("position", "event_id", "incident", "version", "hash"):
+        if getattr(carried, name) != getattr(stored, name):
+            return f"the payload's event {name} is not the stored event's"
+    return None
 
 
 # --------------------------------------------------------------------- leadership
@@ -385,6 +443,8 @@ class RelayStatus:
     position_known: bool = False  # derived from the stream at least once since start
     published: int = 0
     last_error: str = ""
+    foreign_messages: int = 0  # found on the stream since start, each counted once
+    stream_foreign: int = 0  # foreign messages found in this session (0: the stream matched)
 
 
 @dataclass(frozen=True)
@@ -402,11 +462,19 @@ class Relay:
         settings: RelaySettings,
         store_env: Mapping[str, str],
         on_health: Callable[[bool], None] = lambda _serving: None,
+        on_stream_check: Callable[[bool], None] = lambda _trusted: None,
     ) -> None:
         self._ledger = ledger
         self._settings = settings
         self._store_env = dict(store_env)
         self._on_health = on_health
+        self._on_stream_check = on_stream_check
+        # Foreign messages up to this stream sequence are counted already.
+        self._foreign_counted_through = 0
+        # Nats-Msg-Ids foreign messages hold (id -> their stream sequence): an event of
+        # the ledger with that id is published under another, or the stream's duplicate
+        # window would drop it.
+        self._taken_ids: dict[str, int] = {}
         self._topics = [get_topic(cls) for cls in incident_event_classes()]
         self._encoder = EventEncoder(ledger, settings.stream.subject_prefix)
         self._leader = leader_lock(store_env, settings.stream.name)
@@ -417,6 +485,10 @@ class Relay:
         self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
         self.status = RelayStatus()
         self._position_saved_at = 0.0
+        # Set once both streams exist with this configuration; a new session then does not
+        # wait on the checkpoints stream's own leader election to publish events.
+        self._streams_ready = False
+        self._connected_at = 0.0  # time.monotonic() when the last session began publishing
 
     # -- lifecycle (called from other threads)
 
@@ -468,7 +540,8 @@ class Relay:
         asyncio.run(self._main())
 
     async def _main(self) -> None:
-        backoff = 0.2
+        backoff = RETRY_SECONDS[0]
+        failing_since: float | None = None
         while not self._stopping.is_set():
             if not await asyncio.to_thread(self._leader.try_acquire):
                 self.status.leader = False
@@ -479,11 +552,13 @@ class Relay:
             self.status.leader = True
             try:
                 await self._session()
-                backoff = 0.2
+                backoff, failing_since = RETRY_SECONDS[0], None
             except Exception as exc:  # logged and retried: the relay must outlive NATS outages
                 self.status.connected = False
                 self.status.last_error = f"{type(exc).__name__}: {exc}"
                 self._on_health(False)
+                if failing_since is None or self._connected_at > failing_since:
+                    backoff, failing_since = RETRY_SECONDS[0], time.monotonic()
                 log.warning(
                     "relay.session_failed",
                     error=self.status.last_error,
@@ -491,7 +566,8 @@ class Relay:
                     retry_in=round(backoff, 2),
                 )
                 await self._sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                electing = time.monotonic() - failing_since < ELECTION_SECONDS
+                backoff = min(backoff * 2, RETRY_SECONDS[1] if electing else RETRY_MAX_SECONDS)
         await asyncio.to_thread(self._leader.release)
         self._on_health(False)
 
@@ -515,9 +591,12 @@ class Relay:
         reader: NotificationReader | None = None
         try:
             js = nc.jetstream(timeout=settings.publish_timeout_seconds)
-            await ensure_stream(js, settings.stream)
+            if not self._streams_ready:
+                await ensure_stream(js, settings.stream)
+                self._streams_ready = True
             position = await self._start_position(js)
             self.status.connected = True
+            self._connected_at = time.monotonic()
             self.status.position = position
             self.status.position_known = True
             self._on_health(True)
@@ -534,6 +613,9 @@ class Relay:
                 if batch:
                     await self._publish(js, batch)
                 await self._publish_checkpoints(js)
+        except NotFoundError:  # the stream was deleted: made again by the next session
+            self._streams_ready = False
+            raise
         finally:
             self.status.connected = False
             if reader is not None:
@@ -553,8 +635,10 @@ class Relay:
                     body,
                     headers={"Nats-Msg-Id": f"checkpoint-{position}"},
                 )
-            except Exception:
+            except Exception as exc:
                 self._checkpoints.put((position, body))  # sent by the next session
+                if isinstance(exc, NoStreamResponseError):  # their stream may be gone
+                    self._streams_ready = False
                 raise
 
     def _reader(self, position: int) -> NotificationReader:
@@ -566,9 +650,13 @@ class Relay:
 
     async def _publish(self, js: JetStreamContext, batch: list[Notification]) -> None:
         outgoing = await asyncio.to_thread(lambda: [self._encoder.encode(n) for n in batch])
+        outgoing = [self._untaken(m) for m in outgoing]
         started = time.perf_counter()
         acks = [await js.publish_async(m.subject, m.payload, headers=m.headers) for m in outgoing]
-        await asyncio.wait_for(asyncio.gather(*acks), self._settings.publish_timeout_seconds)
+        done = await asyncio.wait_for(asyncio.gather(*acks), self._settings.publish_timeout_seconds)
+        for message, ack in zip(outgoing, done, strict=True):
+            if isinstance(ack, PubAck) and ack.duplicate:
+                await self._check_duplicate(js, message, ack.seq)
         position = outgoing[-1].position
         if time.monotonic() - self._position_saved_at >= POSITION_SAVE_SECONDS:
             # A fallback only (the stream's last message is the position): kept off
@@ -586,15 +674,105 @@ class Relay:
         )
 
     async def _start_position(self, js: JetStreamContext) -> int:
-        """Where to continue: after the stream's last message, else the kept position."""
+        """Where to continue: after the last stream message the store vouches for, else
+        the kept position. Foreign messages on the way are reported, never trusted."""
         name = self._settings.stream.name
         state = (await js.stream_info(name)).state
-        if state.messages > 0 and state.last_seq:
-            last = await js.get_msg(name, state.last_seq)
-            header = (last.headers or {}).get(POSITION_HEADER)
-            if header is not None:
-                return int(header)
-        return await asyncio.to_thread(self._kept_position) if state.last_seq else 0
+        foreign = 0
+        position: int | None = 0 if not state.last_seq else None
+        if state.messages:
+            lowest = max(state.first_seq, state.last_seq - TAIL_CHECK_LIMIT + 1)
+            for seq in range(state.last_seq, lowest - 1, -1):
+                try:
+                    msg = await js.get_msg(name, seq)
+                except NotFoundError:  # deleted from the middle of the stream
+                    continue
+                headers = {str(k): str(v) for k, v in (msg.headers or {}).items()}
+                reason = await asyncio.to_thread(
+                    foreign_reason, self._ledger, self._topics, headers, msg.data or b""
+                )
+                if reason is None:
+                    position = int(headers[POSITION_HEADER])
+                    break
+                foreign += 1
+                counted = seq > self._foreign_counted_through
+                self._foreign(seq, msg.subject or "", headers, reason, counted, foreign)
+        self._foreign_counted_through = max(self._foreign_counted_through, state.last_seq)
+        if position is None:
+            position = await asyncio.to_thread(self._kept_position)
+            if foreign:
+                log.error(
+                    "relay.stream_unverified",
+                    stream=name,
+                    foreign=foreign,
+                    after=position,
+                    reason=f"no message of the last {TAIL_CHECK_LIMIT} matches the store: "
+                    "continuing after the position kept in the database",
+                )
+        if foreign > FOREIGN_LOGGED:
+            log.error("relay.foreign_messages", stream=name, foreign=foreign, after=position)
+        self._taken_ids = {k: v for k, v in self._taken_ids.items() if int(k) > position}
+        self.status.stream_foreign = foreign
+        self._on_stream_check(foreign == 0)
+        return position
+
+    def _foreign(
+        self,
+        seq: int,
+        subject: str,
+        headers: Mapping[str, str],
+        reason: str,
+        counted: bool,
+        logged: int,
+    ) -> None:
+        """A message on the stream the store does not vouch for: reported, never trusted."""
+        if counted:
+            self.status.foreign_messages += 1
+        msg_id = headers.get("Nats-Msg-Id")
+        if msg_id is not None and msg_id.isdigit():  # the relay's ids are positions
+            self._taken_ids[msg_id] = seq
+        if logged <= FOREIGN_LOGGED:
+            log.error(
+                "relay.foreign_message",
+                stream=self._settings.stream.name,
+                stream_seq=seq,
+                subject=subject,
+                position_header=headers.get(POSITION_HEADER),
+                msg_id=msg_id,
+                event_id_header=headers.get("Ledger-Event-Id"),
+                reason=reason,
+            )
+
+    def _untaken(self, message: Outgoing) -> Outgoing:
+        """The message, under a Nats-Msg-Id of its own if a foreign message holds its id."""
+        seq = self._taken_ids.get(message.headers["Nats-Msg-Id"])
+        if seq is None:
+            return message
+        headers = {**message.headers, "Nats-Msg-Id": f"{message.position}-{seq}"}
+        return Outgoing(message.position, message.subject, headers, message.payload)
+
+    async def _check_duplicate(self, js: JetStreamContext, message: Outgoing, seq: int) -> None:
+        """The stream dropped ``message`` as a duplicate of the message at ``seq``: fine if
+        that is the same event (an overlap after a restart); if it is a foreign message,
+        the event is published again under an id of its own (it then follows the rest of
+        its batch), so that it still reaches the stream."""
+        name = self._settings.stream.name
+        try:
+            msg = await js.get_msg(name, seq)
+        except NotFoundError:  # removed since (limits): nothing left to compare with
+            log.warning("relay.duplicate_unchecked", stream=name, stream_seq=seq)
+            return
+        headers = {str(k): str(v) for k, v in (msg.headers or {}).items()}
+        reason = await asyncio.to_thread(
+            foreign_reason, self._ledger, self._topics, headers, msg.data or b""
+        )
+        if reason is None:
+            return
+        self._foreign(seq, msg.subject or "", headers, reason, counted=True, logged=1)
+        self.status.stream_foreign += 1
+        self._on_stream_check(False)
+        again = self._untaken(message)
+        await js.publish(again.subject, again.payload, headers=again.headers)
 
     def _database(self) -> Database:
         if self._tracking is None:

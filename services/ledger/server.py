@@ -55,6 +55,9 @@ SERVICES = [
 ]
 ERROR_DOMAIN = "ledger.incidentledger"
 RELAY_HEALTH = "relay"
+# NOT_SERVING while the relay's session found messages on the stream the store does not
+# vouch for (foreign messages); "relay" stays SERVING, since publishing goes on.
+RELAY_STREAM_HEALTH = "relay.stream"
 
 
 def load_tokens(settings: LedgerSettings, reference: ReferenceData) -> TokenStore:
@@ -262,6 +265,16 @@ def register_metrics(
         "events this relay published to NATS since the process started",
         lambda: float(status.published),
     )
+    metrics.counter_reading(
+        "ledger_relay_foreign_messages",
+        "messages on the stream the store does not vouch for (foreign), found since start",
+        lambda: float(status.foreign_messages),
+    )
+    metrics.gauge(
+        "ledger_relay_stream_foreign",
+        "foreign messages this relay's current session found on the stream (0: none)",
+        lambda: float(status.stream_foreign),
+    )
 
 
 def start_relay(
@@ -280,8 +293,17 @@ def start_relay(
         )
         health_servicer.set(RELAY_HEALTH, status)
 
+    def on_stream_check(trusted: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if trusted
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        health_servicer.set(RELAY_STREAM_HEALTH, status)
+
     on_health(False)
-    relay = Relay(ledger, settings.relay, settings.store_env, on_health)
+    on_stream_check(True)  # nothing found yet
+    relay = Relay(ledger, settings.relay, settings.store_env, on_health, on_stream_check)
     ledger.add_commit_listener(relay.wake)
     relay.start()
     return relay

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import socket
 import ssl
@@ -22,8 +23,14 @@ from services.common.config import NatsClientSettings, RelaySettings
 from services.common.natsconn import connect_options
 from services.common.natsserver import NatsServer, NatsServerTls
 from services.notifier.server import build as build_notifier
-from tests.fanout_support import Subscriber, notifier_settings, wait_until
-from tests.integration.test_fanout import process_env
+from tests.fanout_support import (
+    Stack,
+    Subscriber,
+    notifier_settings,
+    wait_until,
+    webhook_receiver,
+)
+from tests.integration.test_fanout import create_webhook, process_env
 from tests.support import (
     ServiceProcess,
     running_ledger,
@@ -32,6 +39,7 @@ from tests.support import (
     store_environment,
 )
 from tests.tls_support import CertificateAuthority
+from tests.unit.test_deploy import NATS_AUTH_EXAMPLE
 
 pytestmark = pytest.mark.nats
 
@@ -258,3 +266,102 @@ def test_a_server_stopped_before_it_was_ready_leaves_no_configuration_file(
     finally:
         server.stop()
     assert not conf.exists()
+
+
+# --- the production users and their permissions (deploy/nats/auth.example.conf) -------------
+
+
+def production_users(passwords: dict[str, str]) -> str:
+    """deploy/nats/auth.example.conf, with these passwords in place of its placeholders."""
+    text = NATS_AUTH_EXAMPLE.read_text(encoding="utf-8")
+    for user, secret in passwords.items():
+        placeholder = f"REPLACE-{user}-password"
+        assert placeholder in text, placeholder
+        text = text.replace(placeholder, secret)
+    return text
+
+
+def violations(server_log: Path) -> list[str]:
+    """The server's "Publish Violation" / "Subscription Violation" lines, as user and subject."""
+    found = re.findall(
+        r'"\$G/user:(\w+)" - (\w+ Violation) - Subject "([^"]+)"', server_log.read_text()
+    )
+    return [f"{user}: {kind} {subject}" for user, kind, subject in found]
+
+
+def test_only_the_ledger_publishes_on_its_subjects_while_the_notifier_consumes(
+    tmp_path: Path,
+) -> None:
+    passwords = {"ledger": secrets.token_urlsafe(24), "notifier": secrets.token_urlsafe(24)}
+    server_log = tmp_path / "nats-server.log"
+    server = NatsServer(
+        tmp_path / "nats", log_file=server_log, authorization=production_users(passwords)
+    )
+    as_ledger = NatsClientSettings(user="ledger", password=passwords["ledger"])
+    as_notifier = NatsClientSettings(user="notifier", password=passwords["notifier"])
+    relay = RelaySettings(nats_url=server.url, nats=as_ledger, poll_seconds=0.2)
+    with (
+        server,
+        store_environment("sqlite", tmp_path) as env,
+        webhook_receiver() as receiver,
+    ):
+        settings = settings_for(tmp_path, env, relay=relay)
+        notifier = build_notifier(notifier_settings(tmp_path, server.url, nats=as_notifier))
+        channel = grpc.insecure_channel(f"127.0.0.1:{notifier.port}")
+        try:
+            with running_ledger(settings) as ledger:
+                stack = Stack(ledger, notifier, channel, napi_grpc.NotifierServiceStub(channel))
+                create_webhook(stack, receiver, "bpbd", kecamatan=["ipuh"])
+                subscriber = stack.subscribe("bpbd", filter=napi.EventFilter(kecamatan=["ipuh"]))
+                ledger.report("bpbd", category="flood", location=pb.Location(kecamatan="ipuh"))
+                subscriber.wait_for(1)
+            # A new relay session reads the stream's last message to find its position.
+            with running_ledger(settings) as ledger:
+                ledger.report("bpbd", category="flood", location=pb.Location(kecamatan="ipuh"))
+                subscriber.wait_for(2)
+                wait_until(lambda: len(receiver.verified()) == 2, what="both webhook deliveries")
+            subscriber.close()
+        finally:
+            channel.close()
+            notifier.stop(1.0)
+        assert not subscriber.error, subscriber.error
+
+        async def as_the_notifier() -> tuple[int, int]:
+            refused: list[Exception] = []
+
+            async def error(exc: Exception) -> None:
+                refused.append(exc)
+
+            nc = await nats.connect(
+                server.url, allow_reconnect=False, error_cb=error, **connect_options(as_notifier)
+            )
+            try:
+                js = nc.jetstream(timeout=1)
+                subject = "ledger.v1.events.ipuh.flood.reported"
+                headers = {"Ledger-Position": "1000", "Nats-Msg-Id": "1000"}
+                with pytest.raises(nats.errors.TimeoutError):  # dropped: no acknowledgement
+                    await js.publish(subject, b"not a ledger event", headers=headers)
+                await nc.publish(subject, b"not a ledger event", headers=headers)
+                with pytest.raises(nats.errors.TimeoutError):  # the stream is not its own either
+                    await js.purge_stream("LEDGER_EVENTS")
+                await nc.flush()
+                wait = asyncio.get_running_loop().time() + 10
+                while len(refused) < 3 and asyncio.get_running_loop().time() < wait:
+                    await asyncio.sleep(0.05)
+                assert all("permissions violation" in str(e) for e in refused), refused
+                # Its consumer acknowledged everything it was given.
+                consumer = await js.consumer_info("LEDGER_EVENTS", "notifier")
+                state = (await js.stream_info("LEDGER_EVENTS")).state
+                return state.messages, consumer.num_ack_pending or 0
+            finally:
+                await nc.close()
+
+        messages, ack_pending = asyncio.run(as_the_notifier())
+    assert messages == 2, "only the ledger's two events are on the stream"
+    assert ack_pending == 0
+    subject = "ledger.v1.events.ipuh.flood.reported"
+    assert violations(server_log) == [
+        f"notifier: Publish Violation {subject}",
+        f"notifier: Publish Violation {subject}",
+        "notifier: Publish Violation $JS.API.STREAM.PURGE.LEDGER_EVENTS",
+    ], "the services' own work needs nothing the configuration refuses"

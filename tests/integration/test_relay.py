@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import nats
 import psycopg
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
-from services.common.config import PROJECT_ROOT
-from services.common.natsserver import NatsServer
+from services.common.config import PROJECT_ROOT, RelaySettings, StreamSettings
+from services.common.natsserver import NatsCluster, NatsServer
 from tests.fanout_support import wait_until
 from tests.integration.test_fanout import stream_messages
+from tests.metrics_support import Scrape
 from tests.support import (
     PG_SETTINGS,
     ServiceProcess,
     dev_tokens,
+    running_ledger,
     service_process,
+    settings_for,
     store_environment,
 )
 
@@ -105,3 +113,227 @@ def test_one_relay_publishes_and_another_takes_over_when_it_dies(
             assert leads(survivor)
     positions = [position for _, position in stream_messages(nats_server.url)]
     assert positions == sorted(r.position for r in results), "all, once each, in log order"
+
+
+# --- foreign messages on the stream ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamMessage:
+    seq: int
+    headers: dict[str, str]
+    data: bytes
+
+
+def read_stream(url: str, stream: str = "LEDGER_EVENTS") -> list[StreamMessage]:
+    """Every message the stream holds, in stream order."""
+
+    async def read() -> list[StreamMessage]:
+        client = await nats.connect(url)
+        try:
+            js = client.jetstream()
+            state = (await js.stream_info(stream)).state
+            if not state.messages:
+                return []
+            found = []
+            for seq in range(state.first_seq, state.last_seq + 1):
+                msg = await js.get_msg(stream, seq)
+                found.append(StreamMessage(seq, dict(msg.headers or {}), msg.data or b""))
+            return found
+        finally:
+            await client.close()
+
+    return asyncio.run(read())
+
+
+def publish(url: str, subject: str, data: bytes, headers: dict[str, str]) -> int:
+    """Publish onto the stream as some other client would; the stream sequence it got."""
+
+    async def send() -> int:
+        client = await nats.connect(url)
+        try:
+            ack = await client.jetstream().publish(subject, data, headers=headers)
+            assert not ack.duplicate
+            return ack.seq
+        finally:
+            await client.close()
+
+    return asyncio.run(send())
+
+
+def positions_from(messages: list[StreamMessage], but: int) -> list[int]:
+    return [int(m.headers["Ledger-Position"]) for m in messages if m.seq != but]
+
+
+def health_of(service: ServiceProcess, name: str) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        return int(
+            health_pb2_grpc.HealthStub(channel)
+            .Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+            .status
+        )
+
+
+def metrics_port(service: ServiceProcess) -> int:
+    started = next(line for line in service.log_lines() if line.get("event") == "ledger.started")
+    return int(str(started["metrics_port"]))
+
+
+def assert_reported(service: ServiceProcess, seq: int, position_header: str) -> None:
+    """What the operator sees: an error line, the metrics, and the health of "relay.stream"."""
+    lines = [line for line in service.log_lines() if line.get("event") == "relay.foreign_message"]
+    assert len(lines) == 1, lines
+    assert lines[0]["level"] == "error"
+    assert lines[0]["stream_seq"] == seq
+    assert lines[0]["position_header"] == position_header
+    scrape = Scrape(metrics_port(service))
+    assert scrape.value("ledger_relay_foreign_messages_total") == 1
+    assert scrape.value("ledger_relay_stream_foreign") == 1
+    assert health_of(service, "relay.stream") == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert health_of(service, "relay") == health_pb2.HealthCheckResponse.SERVING
+
+
+def relay_env(tmp_path: Path, store_env: dict[str, str], nats_url: str) -> dict[str, str]:
+    return {
+        **store_env,
+        "LEDGER_DATA_DIR": str(tmp_path / "data"),
+        "LEDGER_LISTEN": "127.0.0.1:0",
+        "LEDGER_METRICS_LISTEN": "127.0.0.1:0",
+        "NATS_URL": nats_url,
+    }
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_foreign_message_beyond_the_store_is_reported_and_the_ledger_s_events_still_flow(
+    kind: str, tmp_path: Path, nats_server: NatsServer
+) -> None:
+    url = nats_server.url
+    with store_environment(kind, tmp_path) as store_env:
+        env = relay_env(tmp_path, store_env, url)
+        with service_process("services.ledger", env) as ledger:
+            token = dev_tokens(tmp_path / "data")["kpu"]
+            results = [report(ledger.port, token, n) for n in range(2)]
+            wait_until(lambda: len(read_stream(url)) == 2, what="2 published events")
+        # Someone else's message, claiming a position the store has not reached.
+        foreign = publish(
+            url,
+            "ledger.v1.events.penarik.intimidation.incident_reported",
+            b"not a ledger event",
+            {"Ledger-Position": "1000", "Nats-Msg-Id": "1000"},
+        )
+        with service_process("services.ledger", env) as ledger:
+            results += [report(ledger.port, token, n) for n in range(2, 4)]
+            wait_until(
+                lambda: len(read_stream(url)) == 5, what="the new events after the foreign one"
+            )
+            assert_reported(ledger, foreign, "1000")
+    messages = read_stream(url)
+    assert positions_from(messages, but=foreign) == [r.position for r in results]
+    assert [m.seq for m in messages].index(foreign) == 2, "the new events came after it"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_foreign_message_at_a_stored_position_with_other_content_is_not_trusted(
+    kind: str, tmp_path: Path, nats_server: NatsServer
+) -> None:
+    url = nats_server.url
+    with store_environment(kind, tmp_path) as store_env:
+        env = relay_env(tmp_path, store_env, url)
+        with service_process("services.ledger", env) as ledger:
+            token = dev_tokens(tmp_path / "data")["kpu"]
+            results = [report(ledger.port, token, n) for n in range(2)]
+            wait_until(lambda: len(read_stream(url)) == 2, what="2 published events")
+        # Recorded while the relay is off (no NATS_URL): positions the stream does not hold.
+        offline = {k: v for k, v in env.items() if k != "NATS_URL"}
+        with service_process("services.ledger", offline) as ledger:
+            results += [report(ledger.port, token, n) for n in range(2, 4)]
+        # A message at the first of those positions, its Nats-Msg-Id too, but another event:
+        # a copy of the first one's content.
+        first = read_stream(url)[0]
+        taken = str(results[2].position)
+        foreign = publish(
+            url,
+            "ledger.v1.events.penarik.intimidation.incident_reported",
+            first.data,
+            {**first.headers, "Ledger-Position": taken, "Nats-Msg-Id": taken},
+        )
+        with service_process("services.ledger", env) as ledger:
+            results += [report(ledger.port, token, n) for n in range(4, 6)]
+            wait_until(lambda: len(read_stream(url)) == 7, what="every event of the ledger")
+            assert_reported(ledger, foreign, taken)
+    messages = read_stream(url)
+    assert positions_from(messages, but=foreign) == [r.position for r in results], (
+        "in order, the position the foreign message claimed included"
+    )
+    genuine = [m for m in messages if m.seq != foreign]
+    assert genuine[2].headers["Nats-Msg-Id"] == f"{taken}-{foreign}", (
+        "the foreign message holds that Nats-Msg-Id in the duplicate window"
+    )
+
+
+def test_an_event_whose_nats_msg_id_a_foreign_message_took_still_reaches_the_stream(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    url = nats_server.url
+    with store_environment("sqlite", tmp_path) as store_env:
+        env = relay_env(tmp_path, store_env, url)
+        with service_process("services.ledger", env) as ledger:
+            token = dev_tokens(tmp_path / "data")["kpu"]
+            results = [report(ledger.port, token, 0)]
+            wait_until(lambda: len(read_stream(url)) == 1, what="the first event")
+            # While the relay runs, someone takes the next ids (request records take
+            # positions too, so the next event's is one of these, not necessarily the first).
+            taken = {
+                publish(
+                    url,
+                    "ledger.v1.events.penarik.intimidation.incident_reported",
+                    b"not a ledger event",
+                    {"Nats-Msg-Id": str(position), "Ledger-Position": str(position)},
+                ): position
+                for position in range(results[0].position + 1, results[0].position + 11)
+            }
+            results.append(report(ledger.port, token, 1))
+            wait_until(lambda: len(read_stream(url)) == 12, what="the second event")
+            late = read_stream(url)[-1]
+            seq = next(s for s, position in taken.items() if position == results[1].position)
+            assert late.headers["Ledger-Position"] == str(results[1].position)
+            assert late.headers["Nats-Msg-Id"] == f"{results[1].position}-{seq}"
+            assert_reported(ledger, seq, str(results[1].position))
+
+
+# --- a stream leader's loss ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_publishing_resumes_soon_after_a_killed_stream_leader_is_replaced(
+    tmp_path: Path, nats_cluster: NatsCluster
+) -> None:
+    """The measured bound the replicas issue asks for: NATS elects a new leader in about
+    5-6 s (raft), and the relay must not add much to that. Measured here: 0.2-1.4 s after
+    the election (before: 11.5 s in all, 4.4-6.5 s after it, with 5 s request timeouts and a
+    backoff that grew to 0.8 s); the bound leaves a margin for a loaded machine."""
+    relay = RelaySettings(
+        nats_url=nats_cluster.urls, stream=StreamSettings(replicas=3), poll_seconds=0.2
+    )
+    with (
+        store_environment("sqlite", tmp_path) as store_env,
+        running_ledger(settings_for(tmp_path, store_env, relay=relay)) as ledger,
+    ):
+        assert ledger.server.relay is not None
+        status = ledger.server.relay.status
+        ledger.report("bpbd")
+        wait_until(lambda: status.position > 0, what="the first event published")
+        nats_cluster.wait_stream_current("LEDGER_EVENTS")
+        down = nats_cluster.stream_leader("LEDGER_EVENTS")
+        assert down is not None
+        nats_cluster.kill(down)
+        recorded = ledger.report("bpbd").position  # accepted while the stream has no leader
+
+        def elected() -> bool:
+            return nats_cluster.stream_leader("LEDGER_EVENTS") not in (None, down)
+
+        wait_until(elected, timeout=30, what="a new stream leader")
+        elected_at = time.monotonic()
+        wait_until(lambda: status.position >= recorded, timeout=30, what="publishing again")
+        resumed_after = time.monotonic() - elected_at
+    assert resumed_after < 3.0, f"published {resumed_after:.1f} s after the new leader came"
