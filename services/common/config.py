@@ -491,6 +491,7 @@ class LedgerSettings(ServiceSettings):
     signing_key_file: Path | None = None
     checkpoint_seconds: float = 300.0
     metrics_listen: str = ""  # host:port of the Prometheus endpoint; empty = off
+    store_check_seconds: float = 1.0  # how often health asks PostgreSQL whether it answers
 
     def audit(self) -> AuditSettings:
         return AuditSettings(
@@ -514,10 +515,13 @@ class LedgerSettings(ServiceSettings):
             max_workers=_int(env, "LEDGER_MAX_WORKERS", cls.max_workers, minimum=1),
             cache_size=_int(env, "LEDGER_CACHE_SIZE", cls.cache_size, minimum=0),
             grace_seconds=_float(env, "LEDGER_GRACE_SECONDS", cls.grace_seconds),
+            store_check_seconds=_float(env, "LEDGER_STORE_CHECK_SECONDS", cls.store_check_seconds),
             store_env=store_environment(env, common["data_dir"]),
             relay=RelaySettings.from_env(env),
         )
         settings.check_transport(settings.listen, "LEDGER_LISTEN")
+        if settings.store_check_seconds <= 0:
+            raise ConfigError("LEDGER_STORE_CHECK_SECONDS must be more than 0")
         return settings
 
 
@@ -529,13 +533,13 @@ def postgres_password(env: Mapping[str, str]) -> dict[str, str]:
 
 def postgres_environment(env: Mapping[str, str]) -> dict[str, str]:
     """The ``POSTGRES_*`` settings of a store: the password read (from its file too), and
-    ``POSTGRES_CONNECT_TIMEOUT`` 5 s unless set. The library waits that long for a pooled
-    connection and retries ten times: with its default (30 s) a caller would wait minutes
-    while the server is down."""
+    ``POSTGRES_CONNECT_TIMEOUT`` 3 s unless set: the longest a connection attempt, or a
+    wait for a pooled connection, lasts (the library's default, 30 s, is far longer
+    than a caller's deadline)."""
     keys = {k: v for k, v in env.items() if k.startswith("POSTGRES_")}
     keys.pop("POSTGRES_PASSWORD_FILE", None)
     keys.update(postgres_password(env))
-    keys.setdefault("POSTGRES_CONNECT_TIMEOUT", "5")
+    keys.setdefault("POSTGRES_CONNECT_TIMEOUT", "3")
     return keys
 
 
