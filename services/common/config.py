@@ -536,6 +536,7 @@ class LedgerSettings(ServiceSettings):
     earliest_time: datetime = datetime(2000, 1, 1, tzinfo=UTC)
     max_clock_skew_seconds: float = 300.0
     max_decision_days: float = 366.0
+    store_check_seconds: float = 1.0  # how often health asks PostgreSQL whether it answers
 
     def audit(self) -> AuditSettings:
         return AuditSettings(
@@ -564,10 +565,13 @@ class LedgerSettings(ServiceSettings):
                 env, "LEDGER_MAX_CLOCK_SKEW_SECONDS", cls.max_clock_skew_seconds
             ),
             max_decision_days=_non_negative(env, "LEDGER_MAX_DECISION_DAYS", cls.max_decision_days),
+            store_check_seconds=_float(env, "LEDGER_STORE_CHECK_SECONDS", cls.store_check_seconds),
             store_env=store_environment(env, common["data_dir"]),
             relay=RelaySettings.from_env(env),
         )
         settings.check_transport(settings.listen, "LEDGER_LISTEN")
+        if settings.store_check_seconds <= 0:
+            raise ConfigError("LEDGER_STORE_CHECK_SECONDS must be more than 0")
         return settings
 
 
@@ -579,13 +583,13 @@ def postgres_password(env: Mapping[str, str]) -> dict[str, str]:
 
 def postgres_environment(env: Mapping[str, str]) -> dict[str, str]:
     """The ``POSTGRES_*`` settings of a store: the password read (from its file too), and
-    ``POSTGRES_CONNECT_TIMEOUT`` 5 s unless set. The library waits that long for a pooled
-    connection and retries ten times: with its default (30 s) a caller would wait minutes
-    while the server is down."""
+    ``POSTGRES_CONNECT_TIMEOUT`` 3 s unless set: the longest a connection attempt, or a
+    wait for a pooled connection, lasts (the library's default, 30 s, is far longer
+    than a caller's deadline)."""
     keys = {k: v for k, v in env.items() if k.startswith("POSTGRES_")}
     keys.pop("POSTGRES_PASSWORD_FILE", None)
     keys.update(postgres_password(env))
-    keys.setdefault("POSTGRES_CONNECT_TIMEOUT", "5")
+    keys.setdefault("POSTGRES_CONNECT_TIMEOUT", "3")
     return keys
 
 

@@ -193,8 +193,14 @@ class DataLoss(LedgerError):
     reason = "DATA_LOSS"
 
 
+class StoreUnreachableError(Exception):
+    """The store did not answer its last connection attempt: the caller fails at once
+    (the event store's library does not retry this one; see services/common/storepool.py)."""
+
+
 #: Failures of the store's connection (a database restart, a network cut): transient.
 STORE_CONNECTION_ERRORS = (
+    StoreUnreachableError,
     OperationalError,
     sqlite3.OperationalError,  # raw SQLite (the notifier's store): locked, unopenable
     InterfaceError,

@@ -4,8 +4,10 @@ Each service has its own registry (no process-global state). Request counts and
 latencies come from the request interceptor; other events (events appended,
 deliveries) are counters the service increments where they happen; everything
 that is a state rather than an event (lags, positions, connections) is read when
-Prometheus scrapes, from callbacks the service registers. The names, types and
-labels of every metric are listed in the README ("Metrics").
+Prometheus scrapes, from callbacks the service registers, except values that need
+the store: those are read in the background (:meth:`Metrics.stored_gauge`), so that
+a scrape answers at once even while the store is unreachable or slow. The names,
+types and labels of every metric are listed in the README ("Metrics").
 """
 
 from __future__ import annotations
@@ -75,8 +77,62 @@ class _Readings(Collector):
             yield family
 
 
+class _StoredReadings:
+    """Values that need the store, read one after another in a thread of their own every
+    ``interval`` seconds; a scrape shows the last value read, or nothing once it is older
+    than ``max_age`` (the store stopped answering)."""
+
+    def __init__(self, interval: float, max_age: float) -> None:
+        self._interval = interval
+        self._max_age = max_age
+        self._reads: list[tuple[str, Read]] = []
+        self._values: dict[str, tuple[float, float | None]] = {}
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, name: str, read: Read) -> Read:
+        self._reads.append((name, read))
+        return lambda: self._last(name)
+
+    def start(self) -> None:
+        """Read every value once now, then in the background."""
+        if self._thread is not None or not self._reads:
+            return
+        self.refresh()
+        self._thread = threading.Thread(target=self._run, name="metrics-store", daemon=True)
+        self._thread.start()
+
+    def _last(self, name: str) -> float | None:
+        found = self._values.get(name)
+        if found is None or time.monotonic() - found[0] > self._max_age:
+            return None
+        return found[1]
+
+    def refresh(self) -> None:
+        for name, read in list(self._reads):
+            try:
+                value = read()
+            except Exception as exc:  # the store is down: the value goes stale, then absent
+                log.warning(
+                    "metrics.read_failed", metric=name, error=f"{type(exc).__name__}: {exc}"
+                )
+                continue
+            self._values[name] = (time.monotonic(), value)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval):
+            self.refresh()
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
 class Metrics:
-    def __init__(self, service: str) -> None:
+    def __init__(
+        self, service: str, *, store_interval: float = 1.0, store_max_age: float = 10.0
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             f"{service}_requests",
@@ -99,6 +155,7 @@ class Metrics:
         )
         self._readings = _Readings()
         self.registry.register(self._readings)
+        self._stored = _StoredReadings(store_interval, store_max_age)
         self._server: WSGIServer | None = None
 
     def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
@@ -108,6 +165,12 @@ class Metrics:
     def gauge(self, name: str, documentation: str, read: Read) -> None:
         """A value read at each scrape; ``None`` (or a failed read) leaves the sample out."""
         self._readings.add(name, documentation, read)
+
+    def stored_gauge(self, name: str, documentation: str, read: Read) -> None:
+        """A gauge that needs the store: ``read`` runs in the background (every second,
+        once /metrics is served), never in a scrape; a scrape shows its last value, left
+        out once it is 10 s old."""
+        self._readings.add(name, documentation, self._stored.add(name, read))
 
     def counter_reading(self, name: str, documentation: str, read: Read) -> None:
         """A counter the service keeps itself, read at each scrape (``<name>_total``)."""
@@ -126,6 +189,7 @@ class Metrics:
             )
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot serve metrics on {listen}: {exc}") from exc
+        self._stored.start()
         return int(self._server.server_port)
 
     @property
@@ -134,6 +198,7 @@ class Metrics:
         return int(self._server.server_port) if self._server is not None else 0
 
     def close(self) -> None:
+        self._stored.close()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

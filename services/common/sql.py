@@ -12,40 +12,95 @@ import hashlib
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import structlog
 from eventsourcing.utils import strtobool
 
+from services.common.errors import STORE_CONNECTION_ERRORS
+
 log = structlog.get_logger(__name__)
 
 
-def open_database(store_env: Mapping[str, str]) -> Database:
-    """The database of the event store configured by ``store_env``."""
+def open_database(store_env: Mapping[str, str], connections: int = 1) -> Database:
+    """The database of the event store configured by ``store_env``; on PostgreSQL with
+    up to ``connections`` sessions (transactions beyond that wait for one)."""
     module = store_env.get("PERSISTENCE_MODULE", "eventsourcing.popo")
     if module == "eventsourcing.postgres":
-        return PostgresDatabase(store_env)
+        return PostgresDatabase(store_env, connections)
     if module == "eventsourcing.sqlite":
         return SQLiteDatabase(store_env.get("SQLITE_DBNAME", ":memory:"))
     return SQLiteDatabase(":memory:")
 
 
+@dataclass(frozen=True)
+class StoreTimeouts:
+    """How long the project's PostgreSQL sessions may wait, in whole seconds (0: no limit).
+
+    ``lock`` bounds each wait for a lock (a replica frozen inside a transaction holds
+    its row locks: without it, whoever wants them waits until it thaws); ``statement``
+    bounds each statement; ``idle_in_transaction`` ends a session that sits inside a
+    transaction doing nothing (a frozen or hung process), which releases its locks.
+    The library reads the same ``POSTGRES_LOCK_TIMEOUT`` and
+    ``POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT`` for its own connections.
+    """
+
+    connect: int = 3
+    lock: int = 2
+    statement: int = 15
+    idle_in_transaction: int = 5
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> StoreTimeouts:
+        def seconds(key: str, default: int) -> int:
+            text = env.get(key) or ""
+            try:
+                value = int(text) if text else default
+            except ValueError:
+                raise ValueError(f"{key} must be whole seconds, not {text!r}") from None
+            if value < 0:
+                raise ValueError(f"{key} must not be negative, not {text!r}")
+            return value
+
+        return cls(
+            connect=seconds("POSTGRES_CONNECT_TIMEOUT", cls.connect),
+            lock=seconds("POSTGRES_LOCK_TIMEOUT", cls.lock),
+            statement=seconds("POSTGRES_STATEMENT_TIMEOUT", cls.statement),
+            idle_in_transaction=seconds(
+                "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT", cls.idle_in_transaction
+            ),
+        )
+
+    def options(self) -> str:
+        """The session settings, as libpq's ``options``."""
+        return (
+            f"-c lock_timeout={self.lock * 1000} -c statement_timeout={self.statement * 1000}"
+            f" -c idle_in_transaction_session_timeout={self.idle_in_transaction * 1000}"
+        )
+
+
 def postgres_connect(
     env: Mapping[str, str], *, autocommit: bool = False
 ) -> psycopg.Connection[Any]:
-    """A connection with the eventsourcing library's POSTGRES_* settings."""
+    """A connection with the eventsourcing library's POSTGRES_* settings and the
+    session timeouts of :class:`StoreTimeouts`."""
+    timeouts = StoreTimeouts.from_env(env)
+    options = timeouts.options()
+    if env.get("POSTGRES_SCHEMA"):
+        options += f" -c search_path={env['POSTGRES_SCHEMA']}"
     return psycopg.connect(
         dbname=env.get("POSTGRES_DBNAME", "postgres"),
         host=env.get("POSTGRES_HOST", "127.0.0.1"),
         port=int(env.get("POSTGRES_PORT", "5432")),
         user=env.get("POSTGRES_USER", "postgres"),
         password=env.get("POSTGRES_PASSWORD", ""),
-        connect_timeout=int(env.get("POSTGRES_CONNECT_TIMEOUT", "5")),
+        connect_timeout=timeouts.connect,
         autocommit=autocommit,
-        options=f"-c search_path={env['POSTGRES_SCHEMA']}" if env.get("POSTGRES_SCHEMA") else "",
+        options=options,
     )
 
 
@@ -81,6 +136,9 @@ def schema_lock(env: Mapping[str, str]) -> Iterator[None]:
         return
     key = schema_lock_key(env)
     with postgres_connect(env, autocommit=True) as conn:
+        # Waiting for another creator is expected here, however long it takes.
+        conn.execute("SET lock_timeout = 0")
+        conn.execute("SET statement_timeout = 0")
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
         if not row or not row[0]:
             log.info("schema.lock_waiting", schema=env.get("POSTGRES_SCHEMA") or "public")
@@ -144,12 +202,25 @@ class SQLiteDatabase(Database):
 
 
 class PostgresDatabase(Database):
+    """Up to ``connections`` sessions, opened when needed and kept for reuse.
+
+    Each transaction takes a session of its own, so that with more than one a slow
+    transaction (the projections' writer) never holds up the others (readers). A
+    session is checked with an empty query before each transaction: one left dead by
+    a server restart is replaced then, instead of failing its next user. When the
+    server is unreachable, a transaction fails at once (``psycopg.OperationalError``);
+    the next one connects afresh.
+    """
+
     dialect = "postgres"
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], connections: int = 1) -> None:
         self._env = dict(env)
-        self._conn = postgres_connect(env)
-        self._guard = threading.Lock()
+        self._timeouts = StoreTimeouts.from_env(env)
+        self._slots = threading.BoundedSemaphore(connections)
+        self._connections = connections
+        self._idle: list[psycopg.Connection[Any]] = [postgres_connect(env, autocommit=True)]
+        self._guard = threading.Lock()  # guards _idle and _closed
         self._closed = False
 
     def q(self, statement: str) -> str:
@@ -157,20 +228,112 @@ class PostgresDatabase(Database):
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Cursor[Any]]:
-        """One transaction; a connection lost earlier (server restart) is replaced first.
+        """One transaction, on a session that answered just before it began."""
+        if self._closed:
+            raise DatabaseClosedError("the database is closed")
+        # Sessions are busy only while their transactions run, and statements and lock
+        # waits are bounded: a caller waits at most about that long for one.
+        wait = self._timeouts.statement or None
+        if not self._slots.acquire(timeout=wait):
+            raise psycopg.OperationalError(
+                f"all {self._connections} database sessions stayed busy for {wait} s"
+            )
+        try:
+            conn = self._checkout()
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    yield cur
+            finally:
+                self._checkin(conn)
+        finally:
+            self._slots.release()
 
-        A transaction that loses its connection fails with ``psycopg.OperationalError``
-        (the caller retries or reports it); the next one connects afresh.
-        """
+    def _checkout(self) -> psycopg.Connection[Any]:
+        while True:
+            with self._guard:
+                if self._closed:
+                    raise DatabaseClosedError("the database is closed")
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return postgres_connect(self._env, autocommit=True)
+            try:
+                conn.execute("")  # the server may have ended the session meanwhile
+            except psycopg.Error as exc:
+                log.info("store.session_replaced", error=f"{type(exc).__name__}: {exc}")
+                conn.close()
+                continue
+            return conn
+
+    def _checkin(self, conn: psycopg.Connection[Any]) -> None:
         with self._guard:
-            if self._closed:
-                raise DatabaseClosedError("the database is closed")
-            if self._conn.closed or self._conn.broken:
-                self._conn = postgres_connect(self._env)
-            with self._conn.transaction(), self._conn.cursor() as cur:
-                yield cur
+            if not (self._closed or conn.closed or conn.broken):
+                self._idle.append(conn)
+                return
+        conn.close()
 
     def close(self) -> None:
         with self._guard:
             self._closed = True
-            self._conn.close()
+            idle, self._idle = self._idle, []
+        for conn in idle:  # sessions in use are closed when their transactions end
+            conn.close()
+
+
+class StoreWatch:
+    """Asks the store every ``interval`` seconds whether it answers, in a thread of its
+    own, and calls ``on_change(available)`` at the first answer and whenever it changes.
+    It owns ``db`` (a database of its own: its question never waits behind others).
+
+    Readiness follows it: a replica that cannot reach its store says so, and a load
+    balancer or an orchestrator sends callers elsewhere until it can again.
+    """
+
+    def __init__(self, db: Database, interval: float, on_change: Callable[[bool], None]) -> None:
+        self._db = db
+        self._interval = interval
+        self._on_change = on_change
+        self._available: bool | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def available(self) -> bool | None:
+        """Whether the store answered the last question (None before the first)."""
+        return self._available
+
+    def check(self) -> bool:
+        """Ask once now; tell ``on_change`` if the answer changed."""
+        try:
+            with self._db.transaction() as cur:
+                cur.execute("SELECT 1")
+            available = True
+        except STORE_CONNECTION_ERRORS as exc:
+            if self._available is not False:
+                log.warning("store.unreachable", error=f"{type(exc).__name__}: {exc}")
+            available = False
+        if available != self._available:
+            if available and self._available is False:
+                log.info("store.reachable")
+            self._available = available
+            self._on_change(available)
+        return available
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="store-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.check()
+            except DatabaseClosedError:
+                return
+            self._stopping.wait(self._interval)
+
+    def stop(self) -> None:
+        """Stop asking, and close the database (the watch owns it)."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self._db.close()

@@ -22,13 +22,14 @@ import structlog
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import OriginatorVersionError
 from eventsourcing.persistence import (
+    InfrastructureFactory,
     IntegrityError,
     Mapper,
     MapperDeserialisationError,
     Recording,
     StoredEvent,
 )
-from eventsourcing.utils import TopicError, get_topic
+from eventsourcing.utils import Environment, TopicError, get_topic
 
 from services.common.config import LedgerSettings
 from services.common.errors import (
@@ -40,6 +41,7 @@ from services.common.errors import (
     NotFound,
     VersionConflict,
 )
+from services.common.storepool import bound_store
 from services.ledger.domain.incident import (
     Envelope,
     Incident,
@@ -176,6 +178,10 @@ class Ledger(Application[UUID]):
         self._committer = GroupCommitter(
             self.events.put, after_commit=self._committed, on_recorded=self._recorded
         )
+
+    def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
+        # On PostgreSQL, connections that fail fast while the server is down.
+        return bound_store(super().construct_factory(env))
 
     def construct_mapper(self) -> Mapper[UUID]:
         base = super().construct_mapper()

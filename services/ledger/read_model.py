@@ -2,6 +2,9 @@
 
 - Read-your-writes: a query with ``min_position`` (a command's result) waits, up to
   its deadline, until the projections have applied that position.
+- A query without it includes what was recorded before it was asked, unless another
+  replica holds the projections' position for longer than ``FRESH_WAIT_SECONDS`` (it
+  froze inside a batch): then it answers from what is applied, without waiting more.
 - Time travel: a query about a past time reads projections rebuilt in memory from
   the log up to the last position recorded at that time.
 """
@@ -19,6 +22,9 @@ from services.ledger.projections import Projections
 from services.ledger.projections.service import ProjectionReader
 
 MAX_WAIT_SECONDS = 10.0
+# How long a query without min_position waits for another replica's batch (a batch of
+# 500 events takes milliseconds; a longer hold is a replica that froze inside one).
+FRESH_WAIT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,12 @@ class ReadModel:
             self.wait_for(min_position, timeout)
             yield View(self.projections, self.projections.position(), False, False)
             return
-        yield View(self.projections, self.projections.catch_up(), False, False)
+        recorded = self.ledger.recorder.max_notification_id() or 0
+        position = self.projections.catch_up()
+        if position < recorded:  # another replica holds the position: it applies them
+            self.projections.wait_for(recorded, FRESH_WAIT_SECONDS)
+            position = self.projections.position()
+        yield View(self.projections, position, False, False)
 
     def wait_for(self, position: int, timeout: float | None) -> None:
         if position < 0:  # also refused with every request's checks, before the servicer

@@ -29,7 +29,13 @@ from services.common.limits import Limits
 from services.common.metrics import Metrics, shared_reading
 from services.common.pagetoken import PageTokens
 from services.common.serving import add_health_and_reflection, listen, new_server, set_serving
-from services.common.sql import creates_tables, is_postgres, open_database, schema_lock
+from services.common.sql import (
+    StoreWatch,
+    creates_tables,
+    is_postgres,
+    open_database,
+    schema_lock,
+)
 from services.ledger.api.audit_servicer import AuditServicer
 from services.ledger.api.servicer import LedgerServicer
 from services.ledger.api.situation_servicer import SituationServicer
@@ -89,11 +95,14 @@ class LedgerServer:
     relay: Relay | None
     metrics: Metrics
     stopped: threading.Event
+    store_watch: StoreWatch | None = None
 
     def stop(self, grace: float) -> None:
         """Graceful shutdown: NOT_SERVING first, then drain in-flight calls."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.store_watch is not None:
+            self.store_watch.stop()
         self.checkpoints.close()
         self.metrics.close()
         if self.relay is not None:
@@ -166,6 +175,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
     port = listen(server, settings.listen, settings)
     server.start()
     set_serving(health_servicer, SERVICES)
+    store_watch = watch_store(settings, health_servicer)
     checkpoints.start()
     log.info(
         "ledger.started",
@@ -186,7 +196,31 @@ def build(settings: LedgerSettings) -> LedgerServer:
         relay,
         metrics,
         threading.Event(),
+        store_watch,
     )
+
+
+def watch_store(
+    settings: LedgerSettings, health_servicer: health.HealthServicer
+) -> StoreWatch | None:
+    """On PostgreSQL, the ledger's services are NOT_SERVING while the store does not
+    answer (checked every ``LEDGER_STORE_CHECK_SECONDS``), and SERVING again once it does.
+    An embedded store (SQLite) is always there."""
+    if not is_postgres(settings.store_env):
+        return None
+
+    def on_change(available: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if available
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICES):
+            health_servicer.set(name, status)
+
+    watch = StoreWatch(open_database(settings.store_env), settings.store_check_seconds, on_change)
+    watch.start()
+    return watch
 
 
 def register_metrics(
@@ -212,19 +246,20 @@ def register_metrics(
     def ledger_position() -> float:
         return float(ledger.recorder.max_notification_id() or 0)
 
-    metrics.gauge("ledger_position", "the last recorded position", ledger_position)
-    metrics.gauge(
+    # Values from the store are read in the background: a scrape never waits for it.
+    metrics.stored_gauge("ledger_position", "the last recorded position", ledger_position)
+    metrics.stored_gauge(
         "ledger_projection_position",
         "the position the projections have applied",
         lambda: float(projections.position()),
     )
     projection_lag = shared_reading(projections.lag)  # read once for both gauges
-    metrics.gauge(
+    metrics.stored_gauge(
         "ledger_projection_lag_events",
         "recorded events the projections have not applied",
         lambda: float(projection_lag().events),
     )
-    metrics.gauge(
+    metrics.stored_gauge(
         "ledger_projection_lag_seconds",
         "age of the oldest event the projections have not applied",
         lambda: projection_lag().seconds,
@@ -240,12 +275,12 @@ def register_metrics(
         "the last position this relay published to NATS",
         lambda: float(status.position),
     )
-    metrics.gauge(
+    metrics.stored_gauge(
         "ledger_relay_lag_events",
         "incident events recorded but not yet published (leading replica only)",
         lambda: None if (lag := relay_lag()) is None else float(lag.events),
     )
-    metrics.gauge(
+    metrics.stored_gauge(
         "ledger_relay_lag_seconds",
         "age of the oldest incident event not yet published (leading replica only)",
         lambda: None if (lag := relay_lag()) is None else lag.seconds,

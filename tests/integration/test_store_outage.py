@@ -34,19 +34,25 @@ def store_env(postgres: PrivatePostgres) -> dict[str, str]:
     }
 
 
-def test_a_database_connection_lost_to_a_restart_is_replaced(postgres: PrivatePostgres) -> None:
+def test_a_database_connection_lost_to_a_restart_is_replaced_before_use(
+    postgres: PrivatePostgres,
+) -> None:
     db = PostgresDatabase(store_env(postgres))
     try:
         with db.transaction() as cur:
             cur.execute("CREATE TABLE kept (n int)")
             cur.execute("INSERT INTO kept VALUES (1)")
         postgres.restart()
-        with pytest.raises(Exception) as lost, db.transaction() as cur:
-            cur.execute("SELECT n FROM kept")
-        assert isinstance(as_ledger_error(lost.value), Unavailable)
-        with db.transaction() as cur:  # a fresh connection
+        with db.transaction() as cur:  # the dead session is found and replaced first
             cur.execute("SELECT n FROM kept")
             assert cur.fetchall() == [(1,)]
+        postgres.stop()
+        try:
+            with pytest.raises(Exception) as lost, db.transaction() as cur:
+                cur.execute("SELECT n FROM kept")
+            assert isinstance(as_ledger_error(lost.value), Unavailable)
+        finally:
+            postgres.start()
     finally:
         db.close()
 

@@ -52,7 +52,7 @@ def test_store_variables_pass_through() -> None:
     assert settings.store_env == {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
         "POSTGRES_HOST": "db",
-        "POSTGRES_CONNECT_TIMEOUT": "5",  # the default: the library's 30 s is far too long
+        "POSTGRES_CONNECT_TIMEOUT": "3",  # the default: the library's 30 s is far too long
     }
     given = LedgerSettings.from_env(
         {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_CONNECT_TIMEOUT": "2"}
@@ -184,7 +184,7 @@ def test_the_notifier_s_postgres_store_gets_the_connect_timeout_default() -> Non
     settings = NotifierSettings.from_env(
         {"NATS_URL": "nats://n:4222", "NOTIFIER_STORE": "postgres", "POSTGRES_PORT": "6543"}
     )
-    assert settings.store_env["POSTGRES_CONNECT_TIMEOUT"] == "5"
+    assert settings.store_env["POSTGRES_CONNECT_TIMEOUT"] == "3"
     assert settings.store_env["POSTGRES_PORT"] == "6543"
 
 

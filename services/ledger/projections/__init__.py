@@ -14,11 +14,14 @@ decision) and one position (``projection_position``):
 - **Agency workload and response times** (below).
 
 Exactly once. Each batch of notifications is applied in one transaction that
-locks the position row (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite has one
-writer at a time), checks that the position is still the one the batch was read
-after, reads the rows the batch touches, writes them back and moves the position.
+locks the position row (``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite
+has one writer at a time), checks that the position is still the one the batch was
+read after, reads the rows the batch touches, writes them back and moves the position.
 A crash or error anywhere rolls all of it back; a process that lost the race for a
-batch writes nothing and carries on from the stored position.
+batch writes nothing and carries on from the stored position. A process that finds
+the row locked by another does not wait for it: it leaves the batch to that process,
+and its queries (plain reads, which never wait for the writer) answer from what is
+applied.
 
 Rebuild. ``Projections.rebuild()`` or ``python -m services.ledger.projections
 rebuild`` empties the tables and applies the whole log again in batches of 5,000

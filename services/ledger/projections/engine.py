@@ -5,6 +5,11 @@ check that nobody applied anything since the batch was read, read the rows the
 batch touches, fold the batch into them, write them back in bulk and move the
 position. A failure anywhere rolls back everything, so an event is applied
 exactly once, and two processes racing for a batch cannot both apply it.
+
+The writer never waits for the position row: when another process holds it (it is
+applying a batch, or it froze in the middle of one), :class:`PositionBusy` says so
+and the caller tries again later. Queries are plain reads, which never wait for a
+writer's locks: they answer from what is applied.
 """
 
 from __future__ import annotations
@@ -400,6 +405,10 @@ def percentiles(values: list[float]) -> Percentiles:
     return Percentiles(len(values), quantile(values, 0.5), quantile(values, 0.9))
 
 
+class PositionBusy(Exception):  # noqa: N818 (a signal, not an error)
+    """Another process holds the projection position: it is applying a batch."""
+
+
 class ProjectionStore:
     """The projections' tables in one database: apply batches, answer queries."""
 
@@ -447,6 +456,7 @@ class ProjectionStore:
 
         When the stored position is no longer ``start`` (another process applied
         events meanwhile) nothing is written and the stored position is returned.
+        Raises :class:`PositionBusy` when another process holds the position row.
         """
         if self._shared:  # replicas race for batches: skip decoding one already applied
             current = self.position()
@@ -456,10 +466,15 @@ class ProjectionStore:
         end = int(batch[-1].id)
         with self.sql.transaction() as cur:
             cur.execute(
-                self.sql.q("SELECT position FROM projection_position WHERE id = 1 FOR UPDATE")
+                self.sql.q(
+                    "SELECT position FROM projection_position WHERE id = 1 FOR UPDATE SKIP LOCKED"
+                )
             )
             found = cur.fetchone()
-            current = int(found[0]) if found else 0
+            if found is None:  # locked by another process (the row always exists)
+                self._shared = True
+                raise PositionBusy
+            current = int(found[0])
             if current != start:
                 self._shared = True  # another process applies batches too
                 return current, 0

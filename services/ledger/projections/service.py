@@ -15,7 +15,7 @@ from services.common.errors import STORE_CONNECTION_ERRORS
 from services.common.sql import DatabaseClosedError, SQLiteDatabase, open_database
 from services.ledger.application import Ledger
 from services.ledger.domain.reference import ReferenceData
-from services.ledger.projections.engine import ProjectionStore
+from services.ledger.projections.engine import PositionBusy, ProjectionStore
 from services.ledger.projections.facts import FastDecoder, to_datetime
 from services.ledger.projections.filters import BoardFilter
 from services.ledger.projections.model import (
@@ -35,6 +35,9 @@ REBUILD_BATCH = 5000  # notifications per transaction while rebuilding
 POLL_SECONDS = 0.5  # how often the follower looks for other processes' writes
 GATHER_SECONDS = 0.02  # under load, the follower starts at most one round per this interval
 RETRY_SECONDS = 1.0  # pause of the follower after a failure
+# PostgreSQL sessions of the projections: the follower's, and the rest for queries, so
+# that a query never waits for the follower's transaction.
+SESSIONS = 4
 
 
 class ProjectionReader:
@@ -139,7 +142,9 @@ class Projections(ProjectionReader):
     ) -> None:
         self._ledger = ledger
         self._reference = reference
-        super().__init__(ProjectionStore(open_database(store_env), FastDecoder(ledger), reference))
+        super().__init__(
+            ProjectionStore(open_database(store_env, SESSIONS), FastDecoder(ledger), reference)
+        )
         self._lock = threading.Lock()  # one catch-up at a time in this process
         self._applied = threading.Condition()
         self._known_position = 0
@@ -214,6 +219,9 @@ class Projections(ProjectionReader):
             return position
 
     def _catch_up(self, batch_size: int) -> tuple[int, int]:
+        """Apply batches until none is left, or until another process holds the
+        position (it applies them: this round ends, and queries answer from what is
+        applied); returns the position reached and the events applied."""
         recorder = self._ledger.recorder
         position = self._store.position()
         self._announce(position)
@@ -222,7 +230,10 @@ class Projections(ProjectionReader):
             batch = recorder.select_notifications(position, batch_size, inclusive_of_start=False)
             if not batch:
                 return position, events
-            position, applied = self._store.apply(batch, position)
+            try:
+                position, applied = self._store.apply(batch, position)
+            except PositionBusy:
+                return position, events
             events += applied
             self._announce(position)
 

@@ -1,0 +1,225 @@
+"""PostgreSQL faults seen from the ledger: a replica frozen inside a projection batch,
+the server down, the server restarted.
+
+Two tests run a PostgreSQL of their own (:class:`tests.topology.PrivatePostgres`) so that
+they can stop it; the frozen replica is reproduced on the shared server, by a session of
+the test that takes the row lock the projections' writer takes and keeps it, as a replica
+stopped (SIGSTOP) inside its transaction does. The README's "Several replicas, and what
+happens when parts fail" states what these tests hold the ledger to.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from incidentledger.v1 import audit_service_pb2 as audit
+from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
+from incidentledger.v1 import incident_pb2 as pb
+from incidentledger.v1 import ledger_service_pb2 as api
+from incidentledger.v1 import situation_service_pb2 as situation
+from incidentledger.v1 import situation_service_pb2_grpc as situation_grpc
+from services.common.grpc_errors import error_info
+from tests.support import (
+    PG_SETTINGS,
+    Client,
+    rid,
+    running_ledger,
+    settings_for,
+    store_environment,
+)
+from tests.topology import PrivatePostgres, postgres_schema, private_postgres, wait_until
+
+pytestmark = [pytest.mark.postgres, pytest.mark.faults]
+
+# A command while the store is down answers within about a second on loopback (a refused
+# connection; measured 0.7 s, 29 s before the fix); POSTGRES_CONNECT_TIMEOUT (3 s) bounds it
+# where connecting hangs. 5 s leaves room for a loaded machine and stays under the 10 s
+# deadline clients commonly use.
+DOWN_ANSWER_SECONDS = 5.0
+# After the server is back, commands succeed again within a second (reconnection attempts
+# are at most 0.5 s apart; measured 0.01-0.3 s after outages of 1-10 s, about 8 s before the
+# fix). The bound is the 3 s asked for plus 2 s of margin for a loaded machine.
+RESUME_SECONDS = 5.0
+
+
+@pytest.fixture
+def postgres() -> Iterator[PrivatePostgres]:
+    with private_postgres() as server:
+        yield server
+
+
+def private_store(postgres: PrivatePostgres) -> dict[str, str]:
+    return {
+        **postgres.env,
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_SCHEMA": postgres_schema(postgres.connect),
+    }
+
+
+def report(client: Client, request_id: str | None = None, timeout: float = 10) -> api.CommandResult:
+    response: api.ReportIncidentResponse = client.stub.ReportIncident(
+        api.ReportIncidentRequest(
+            request_id=request_id or rid(),
+            title="Ballot boxes stored in an unlocked room",
+            category="logistics_failure",
+            location=pb.Location(kecamatan="ipuh"),
+        ),
+        metadata=client.md("kpu"),
+        timeout=timeout,
+    )
+    return response.result
+
+
+def list_incidents(client: Client, min_position: int = 0, timeout: float = 5) -> list[str]:
+    response = client.stub.ListIncidents(
+        api.ListIncidentsRequest(page_size=500, min_position=min_position),
+        metadata=client.md("kesbangpol"),
+        timeout=timeout,
+    )
+    return [incident.name for incident in response.incidents]
+
+
+def projection_status(client: Client, timeout: float = 5) -> situation.GetProjectionStatusResponse:
+    stub = situation_grpc.SituationServiceStub(client.channel)
+    status: situation.GetProjectionStatusResponse = stub.GetProjectionStatus(
+        situation.GetProjectionStatusRequest(), metadata=client.md("kesbangpol"), timeout=timeout
+    )
+    return status
+
+
+def health(client: Client) -> int:
+    stub = health_pb2_grpc.HealthStub(client.channel)
+    answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    return int(answer.status)
+
+
+def scrape(client: Client) -> str:
+    port = client.server.metrics.port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        return str(reply.read().decode())
+
+
+def verify_ledger(client: Client) -> audit.VerifyLedgerResponse:
+    stub = audit_grpc.AuditServiceStub(client.channel)
+    response: audit.VerifyLedgerResponse = stub.VerifyLedger(
+        audit.VerifyLedgerRequest(), metadata=client.md("inspektorat"), timeout=30
+    )
+    return response
+
+
+def reason(error: grpc.RpcError) -> str:
+    info = error_info(error)  # type: ignore[arg-type]
+    return info.reason if info is not None else ""
+
+
+def test_a_replica_frozen_in_a_projection_batch_holds_up_no_query_of_another(
+    tmp_path: Path,
+) -> None:
+    with (
+        store_environment("postgres", tmp_path) as env,
+        running_ledger(settings_for(tmp_path, env, metrics_listen="127.0.0.1:0")) as first,
+        running_ledger(settings_for(tmp_path, env, metrics_listen="127.0.0.1:0")) as second,
+    ):
+        applied = report(first)
+        wait_until(
+            lambda: projection_status(second).position >= applied.position,
+            what="the projections to apply the first report",
+        )
+        # The frozen replica: a session inside a transaction holding the position row.
+        with psycopg.connect(
+            host=PG_SETTINGS["POSTGRES_HOST"],
+            port=int(PG_SETTINGS["POSTGRES_PORT"]),
+            dbname=PG_SETTINGS["POSTGRES_DBNAME"],
+            user=PG_SETTINGS["POSTGRES_USER"],
+            password=PG_SETTINGS["POSTGRES_PASSWORD"],
+            options=f"-c search_path={env['POSTGRES_SCHEMA']}",
+        ) as frozen:
+            frozen.execute("SELECT position FROM projection_position WHERE id = 1 FOR UPDATE")
+            pending = report(second)  # recorded, but no replica can apply it now
+
+            listed = list_incidents(second)
+            assert applied.incident in listed
+            status = projection_status(second)
+            assert status.position >= applied.position
+            assert status.ledger_position >= pending.position
+            assert status.lag_events >= 1
+            assert "ledger_requests_total" in scrape(second)
+
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as lagging:
+                list_incidents(second, min_position=pending.position, timeout=20)
+            waited = time.monotonic() - started
+            assert lagging.value.code() == grpc.StatusCode.UNAVAILABLE, lagging.value
+            assert reason(lagging.value) == "PROJECTION_LAGGING"
+            assert waited < 12, f"PROJECTION_LAGGING after {waited:.1f} s, promised within 10 s"
+            frozen.rollback()  # the replica thaws (or its session is ended)
+
+        listed = list_incidents(second, min_position=pending.position, timeout=20)
+        assert pending.incident in listed
+
+
+def test_while_postgres_is_down_commands_fail_fast_and_health_says_not_serving(
+    postgres: PrivatePostgres, tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path, private_store(postgres), metrics_listen="127.0.0.1:0")
+    with running_ledger(settings) as client:
+        first = report(client)
+        assert health(client) == health_pb2.HealthCheckResponse.SERVING
+        postgres.stop()
+        request_id = rid()
+        try:
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as refused:
+                report(client, request_id)
+            answered = time.monotonic() - started
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+            assert reason(refused.value) == "STORE_UNAVAILABLE"
+            assert answered < DOWN_ANSWER_SECONDS, f"answered after {answered:.1f} s"
+            wait_until(
+                lambda: health(client) == health_pb2.HealthCheckResponse.NOT_SERVING,
+                timeout=5,
+                what="health to say NOT_SERVING",
+            )
+            assert "ledger_requests_total" in scrape(client)
+        finally:
+            postgres.start()
+        back = time.monotonic()
+        again = None
+        while again is None:
+            try:
+                again = report(client, request_id)  # the retry, with the same request id
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                assert time.monotonic() - back < RESUME_SECONDS, "commands did not resume"
+                time.sleep(0.05)
+        resumed = time.monotonic() - back
+        assert resumed < RESUME_SECONDS, f"commands resumed after {resumed:.1f} s"
+        assert again.position > first.position
+        assert report(client, request_id) == again, "the retry was recorded twice"
+        wait_until(
+            lambda: health(client) == health_pb2.HealthCheckResponse.SERVING,
+            timeout=5,
+            what="health to say SERVING again",
+        )
+
+
+def test_after_a_postgres_restart_the_first_calls_succeed(
+    postgres: PrivatePostgres, tmp_path: Path
+) -> None:
+    with running_ledger(settings_for(tmp_path, private_store(postgres))) as client:
+        reported = report(client)
+        assert verify_ledger(client).ok
+        postgres.restart()
+        # Each first call after the restart, without a retry.
+        verified = verify_ledger(client)
+        assert verified.ok and verified.events >= 1
+        assert report(client).position > reported.position
+        assert reported.incident in list_incidents(client)
