@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,16 @@ import grpc
 from clients.examples.webhook_receiver import verify
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
-from services.common.config import NotifierSettings, RelaySettings
+from services.common.config import IPNetwork, NotifierSettings, RelaySettings, WebhookSettings
 from services.notifier.server import NotifierServer
 from services.notifier.server import build as build_notifier
 from tests.support import REFERENCE_FILE, Client, Metadata, running_ledger, settings_for
 
 WEBHOOK_SECRET = "a-shared-secret-of-some-length"
+# The receivers here listen on loopback, which a notifier refuses by default: the tests'
+# notifiers allow it explicitly (NOTIFIER_WEBHOOK_ALLOW_NETWORKS for processes).
+LOOPBACK_RECEIVERS: tuple[IPNetwork, ...] = (ipaddress.ip_network("127.0.0.0/8"),)
+ALLOW_LOOPBACK_ENV = {"NOTIFIER_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8"}
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
@@ -183,7 +188,14 @@ class Stack:
         return subscriber
 
 
-def notifier_settings(tmp_path: Path, nats_url: str, **overrides: Any) -> NotifierSettings:
+def notifier_settings(
+    tmp_path: Path,
+    nats_url: str,
+    allow_networks: tuple[IPNetwork, ...] = LOOPBACK_RECEIVERS,
+    **overrides: Any,
+) -> NotifierSettings:
+    """A notifier's settings for tests; its webhooks may reach ``allow_networks`` (loopback
+    receivers, unless a test says otherwise), whatever ``webhooks`` says."""
     values: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "data_dir": tmp_path / "data",
@@ -196,6 +208,9 @@ def notifier_settings(tmp_path: Path, nats_url: str, **overrides: Any) -> Notifi
         },
     }
     values.update(overrides)
+    values["webhooks"] = replace(
+        values.get("webhooks", WebhookSettings()), allow_networks=allow_networks
+    )
     return NotifierSettings(**values)
 
 

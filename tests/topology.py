@@ -299,6 +299,8 @@ class Deployment:
                 "NOTIFIER_WEBHOOK_MAX_BACKOFF_SECONDS": "1.5",
                 "NOTIFIER_WEBHOOK_MAX_ATTEMPTS": "1000",
                 "NOTIFIER_ACK_WAIT_SECONDS": "3",
+                # The tests' webhook receivers listen on loopback (refused by default).
+                "NOTIFIER_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",
                 **self.notifier_env,
                 **env,
             },

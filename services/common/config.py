@@ -657,6 +657,21 @@ class RunSettings:
         )
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(env: Mapping[str, str], key: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated CIDRs (``10.20.0.0/16,fd00::/8``); a bare address is one host."""
+    networks = []
+    for item in (env.get(key) or "").split(","):
+        if item.strip():
+            try:
+                networks.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise ConfigError(f"{key}: {item.strip()!r} is not a network (CIDR)") from None
+    return tuple(networks)
+
+
 @dataclass(frozen=True)
 class WebhookSettings:
     max_attempts: int = 8
@@ -665,6 +680,9 @@ class WebhookSettings:
     max_backoff_seconds: float = 300.0
     concurrency: int = 32
     per_endpoint_concurrency: int = 4
+    # Targets on non-public addresses (loopback, private, link-local, ...) are refused
+    # unless they fall in one of these networks (NOTIFIER_WEBHOOK_ALLOW_NETWORKS).
+    allow_networks: tuple[IPNetwork, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -682,6 +700,13 @@ class NotifierSettings(ServiceSettings):
     grace_seconds: float = 5.0
     store_env: dict[str, str] = field(default_factory=dict, repr=False)  # POSTGRES_PASSWORD
     metrics_listen: str = ""  # host:port of the Prometheus endpoint; empty = off
+    # The AES-256-GCM key that seals webhook secrets at rest (32 bytes, base64 or raw).
+    # Unset in development: generated on first use as <data_dir>/keys/notifier-webhook.key.
+    webhook_key_file: Path | None = None
+
+    @property
+    def resolved_webhook_key_file(self) -> Path:
+        return self.webhook_key_file or self.data_dir / "keys" / "notifier-webhook.key"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> NotifierSettings:
@@ -716,10 +741,16 @@ class NotifierSettings(ServiceSettings):
                 timeout_seconds=_float(env, "NOTIFIER_WEBHOOK_TIMEOUT_SECONDS", 5.0),
                 backoff_seconds=_float(env, "NOTIFIER_WEBHOOK_BACKOFF_SECONDS", 1.0),
                 max_backoff_seconds=_float(env, "NOTIFIER_WEBHOOK_MAX_BACKOFF_SECONDS", 300.0),
+                allow_networks=_networks(env, "NOTIFIER_WEBHOOK_ALLOW_NETWORKS"),
             ),
             max_workers=_int(env, "NOTIFIER_MAX_WORKERS", cls.max_workers, minimum=4),
             store_env=store_env,
+            webhook_key_file=_path(env, "NOTIFIER_WEBHOOK_KEY_FILE"),
         )
+        if settings.production and settings.webhook_key_file is None:
+            # Replicas must share the key, and a production data directory may be
+            # read-only or per-replica: a generated key would not do.
+            raise ConfigError("NOTIFIER_WEBHOOK_KEY_FILE is required in production")
         settings.check_transport(settings.listen, "NOTIFIER_LISTEN")
         return settings
 

@@ -7,7 +7,10 @@
 - The delivery worker POSTs due jobs to their webhooks, signed, with retries,
   exponential backoff with jitter, and a dead letter after the last attempt. Each
   endpoint has a small cap on concurrent deliveries, so a slow or dead endpoint
-  never holds up the others.
+  never holds up the others; a job is claimed (leased) only when its endpoint has a
+  free slot, so its lease never runs out while it waits its turn. Every attempt ends
+  in an outcome (delivered, retry, dead letter), whatever goes wrong in it, and its
+  target is checked (:mod:`services.notifier.targets`) before each request.
 - Live subscriptions (gRPC Subscribe) each read the stream with an ordered
   consumer from their cursor; the gRPC threads pull from them.
 
@@ -28,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
@@ -46,6 +49,7 @@ from services.common.natsconn import connect_options
 from services.ledger.domain.reference import ReferenceData
 from services.notifier.filters import EventFilter
 from services.notifier.store import Job, LogEntry, NewJob, NotifierStore, WebhookRow
+from services.notifier.targets import TargetPolicy, TargetRefusedError, parse_target, pinned_url
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +60,11 @@ CURSOR_PREFIX = "v1."
 BATCH = 256  # messages handed to a live subscriber's thread at once
 PENDING_LIMIT = 20_000  # buffered per live subscriber before the client library drops
 CONSUMER_INFO_SECONDS = 5.0  # how often the durable consumer's backlog is read (metrics)
+FETCH_SECONDS = 1.0  # a fetch that finds nothing returns after this (normal when idle)
+RESTART_BACKOFF = (0.2, 5.0)  # first and longest pause before a failed task starts again
+LEASE_TIMEOUTS = 3  # a job's lease, in endpoint timeouts (one attempt takes at most one)
+
+Healthy = Callable[[], None]  # a supervised task reports that it works (its backoff resets)
 
 DeliveryCounter = Callable[[str, str], None]  # (channel, outcome), as in the delivery log
 
@@ -104,6 +113,7 @@ class EngineStatus:
     nats_connected: bool = False
     consumer_pending: int | None = None  # stream messages not yet delivered to the consumer
     consumer_ack_pending: int | None = None  # delivered, not yet acknowledged
+    restarts: Counter[str] = field(default_factory=Counter)  # supervised tasks restarted
 
 
 class LiveSubscription:
@@ -174,7 +184,8 @@ class Engine:
         self._stopping = False
         self._closed = False
         self._submit_lock = threading.Lock()
-        self._inflight: Counter[str] = Counter()
+        self._inflight: Counter[str] = Counter()  # deliveries under way, per webhook
+        self._targets = TargetPolicy(settings.webhooks.allow_networks)
         self._deliveries: set[asyncio.Task[None]] = set()
         self._slow_consumer_drops = 0
         self.consumer_ready = threading.Event()
@@ -291,19 +302,35 @@ class Engine:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
 
-    async def _supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
-        """Run ``body`` again after any failure (NATS down, database busy), with backoff."""
-        backoff = 0.2
+    async def _supervise(self, name: str, body: Callable[[Healthy], Awaitable[None]]) -> None:
+        """Run ``body`` again after any failure (NATS down, database busy), with backoff.
+
+        The backoff doubles while failures follow one another and starts over once the
+        body reports that it works again: a failure after a healthy stretch pauses 0.2 s,
+        not the longest pause an earlier outage reached.
+        """
+        first, longest = RESTART_BACKOFF
+        backoff = first
+
+        def healthy() -> None:
+            nonlocal backoff
+            backoff = first
+
         while not self._stopping:
             try:
-                await body()
+                await body(healthy)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # logged and retried: the notifier outlives outages
-                log.warning(f"notifier.{name}_failed", error=f"{type(exc).__name__}: {exc}")
+                self.status.restarts[name] += 1
+                log.warning(
+                    f"notifier.{name}_failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    restart_in_seconds=backoff,
+                )
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, longest)
 
     # --------------------------------------------------------------- webhooks
 
@@ -330,7 +357,7 @@ class Engine:
         self.status.consumer_pending = info.num_pending
         self.status.consumer_ack_pending = info.num_ack_pending
 
-    async def _consume(self) -> None:
+    async def _consume(self, healthy: Healthy) -> None:
         settings = self._settings
         js = await self._jetstream()
         psub = await js.pull_subscribe(
@@ -352,8 +379,11 @@ class Engine:
                 info_at = time.monotonic()
                 await self._read_backlog(psub)
             try:
-                msgs = await psub.fetch(100, timeout=1)
-            except nats.errors.TimeoutError:
+                msgs = await psub.fetch(100, timeout=FETCH_SECONDS)
+            except TimeoutError:
+                # Nothing came: normal when idle. The client library raises its own
+                # TimeoutError or, on some paths, the built-in one (both are TimeoutError).
+                healthy()
                 continue
             webhooks = await self._current_webhooks()
             jobs: list[NewJob] = []
@@ -379,13 +409,15 @@ class Engine:
             await asyncio.to_thread(self._store.add_jobs, jobs)
             for msg in msgs:
                 await msg.ack()
+            healthy()
             if jobs and self._wake_delivery is not None:
                 self._wake_delivery.set()
 
-    async def _deliver_due(self) -> None:
+    async def _deliver_due(self, healthy: Healthy) -> None:
         hooks = self._settings.webhooks
         wake = self._wake_delivery or asyncio.Event()
-        async with httpx.AsyncClient(timeout=hooks.timeout_seconds) as client:
+        # trust_env=False: no proxy from the environment, the request goes where it was checked.
+        async with httpx.AsyncClient(timeout=hooks.timeout_seconds, trust_env=False) as client:
             running = self._deliveries
             reported_drops, reported_at = 0, 0.0
             while not self._stopping:
@@ -399,50 +431,60 @@ class Engine:
                     )
                     reported_drops, reported_at = self._slow_consumer_drops, time.monotonic()
                 free = hooks.concurrency - len(running)
+                jobs: list[Job] = []
                 if free > 0:
+                    lease = hooks.timeout_seconds * LEASE_TIMEOUTS
+                    lease_ends = time.monotonic() + lease  # no later than the store's lease
                     jobs = await asyncio.to_thread(
-                        self._store.claim_due, free, hooks.timeout_seconds * 3
+                        self._store.claim_due,
+                        free,
+                        lease,
+                        per_webhook=hooks.per_endpoint_concurrency,
+                        busy=+self._inflight,
                     )
+                    healthy()
                     for job in jobs:
-                        task = asyncio.create_task(self._deliver(client, job))
+                        self._inflight[job.webhook_id] += 1  # the slot is the job's from now
+                        task = asyncio.create_task(self._deliver(client, job, lease_ends))
                         running.add(task)
-                        task.add_done_callback(running.discard)
+                        task.add_done_callback(self._delivery_done)
+                if jobs:
+                    continue  # more may be due, for endpoints with slots still free
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), 0.5)
                 wake.clear()
 
-    async def _deliver(self, client: httpx.AsyncClient, job: Job) -> None:
+    def _delivery_done(self, task: asyncio.Task[None]) -> None:
+        """Every delivery task's end is observed: an error is logged, never left unseen."""
+        self._deliveries.discard(task)
+        if self._wake_delivery is not None:
+            self._wake_delivery.set()  # a slot is free: the next job of its endpoint may go
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error(
+                "webhook.delivery_crashed",
+                error=f"{type(exc).__name__}: {exc}",
+                note="the job's lease runs out and it is delivered again",
+            )
+
+    async def _deliver(self, client: httpx.AsyncClient, job: Job, lease_ends: float) -> None:
+        try:
+            await self._attempt(client, job, lease_ends)
+        finally:
+            self._inflight[job.webhook_id] -= 1
+            if self._inflight[job.webhook_id] <= 0:
+                del self._inflight[job.webhook_id]
+
+    async def _attempt(self, client: httpx.AsyncClient, job: Job, lease_ends: float) -> None:
         hooks = self._settings.webhooks
+        # A store that fails here leaves the job leased: it is claimed again after the lease.
         webhook = await asyncio.to_thread(self._store.webhook, job.webhook_id)
         attempt = job.attempts + 1
         if webhook is None:
             return  # deleted meanwhile; its jobs were cancelled
-        while self._inflight[webhook.id] >= hooks.per_endpoint_concurrency:
-            await asyncio.sleep(0.05)
-        self._inflight[webhook.id] += 1
-        error = ""
-        try:
-            body = json.loads(job.payload)
-            body["delivery_id"] = job.id
-            raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-            timestamp = int(time.time())
-            response = await client.post(
-                webhook.url,
-                content=raw,
-                headers={
-                    "Content-Type": "application/json",
-                    "X-Ledger-Delivery": job.id,
-                    "X-Ledger-Event-Id": job.event_id,
-                    "X-Ledger-Timestamp": str(timestamp),
-                    SIGNATURE_HEADER: sign(webhook.secret, timestamp, raw),
-                },
-            )
-            if not 200 <= response.status_code < 300:
-                error = f"HTTP {response.status_code}"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
-        finally:
-            self._inflight[webhook.id] -= 1
+        error = await self._post(client, webhook, job)
         now = time.time()
         if not error:
             outcome, retry_at = "delivered", now
@@ -464,15 +506,8 @@ class Engine:
             error=error,
             at=now,
         )
-        await asyncio.to_thread(
-            self._store.finish,
-            job,
-            outcome=outcome,
-            attempt=attempt,
-            error=error,
-            retry_at=retry_at,
-            entry=entry,
-        )
+        if not await self._record(job, outcome, attempt, error, retry_at, entry, lease_ends):
+            return
         self.count_delivery("webhook", outcome)
         if outcome != "delivered":
             log.info(
@@ -482,6 +517,95 @@ class Engine:
                 outcome=outcome,
                 error=error,
             )
+
+    async def _post(self, client: httpx.AsyncClient, webhook: WebhookRow, job: Job) -> str:
+        """One POST; "" when the endpoint took it, else a neutral reason.
+
+        The reason reaches the agency (the dead letter's ``last_error``): it says what
+        kind of failure it was and never repeats what the target answered, so a webhook
+        cannot be used to read another service's answers.
+        """
+        try:
+            async with asyncio.timeout(self._settings.webhooks.timeout_seconds):
+                target = parse_target(webhook.url)
+                address = await self._targets.resolve(target)
+                url, host = pinned_url(target, address)
+                body = json.loads(job.payload)
+                body["delivery_id"] = job.id
+                raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+                timestamp = int(time.time())
+                response = await client.post(
+                    url,
+                    content=raw,
+                    headers={
+                        **host,
+                        "Content-Type": "application/json",
+                        "X-Ledger-Delivery": job.id,
+                        "X-Ledger-Event-Id": job.event_id,
+                        "X-Ledger-Timestamp": str(timestamp),
+                        SIGNATURE_HEADER: sign(webhook.secret, timestamp, raw),
+                    },
+                    # TLS checks the certificate against the name, not the address.
+                    extensions={"sni_hostname": target.host},
+                )
+        except TargetRefusedError:
+            return "target refused: not a public address, or the name does not resolve"
+        except (TimeoutError, httpx.TimeoutException):
+            return "timeout: no answer in time"
+        except httpx.ConnectError:
+            return "connection failed"
+        except httpx.HTTPError:
+            return "the answer was not a valid HTTP response"
+        except Exception as exc:  # any other failure is this attempt's outcome, never a stuck job
+            log.warning(
+                "webhook.delivery_error",
+                webhook=webhook.id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return "the delivery failed in the notifier"
+        if not 200 <= response.status_code < 300:
+            return f"HTTP {response.status_code}"
+        return ""
+
+    async def _record(
+        self,
+        job: Job,
+        outcome: str,
+        attempt: int,
+        error: str,
+        retry_at: float,
+        entry: LogEntry,
+        lease_ends: float,
+    ) -> bool:
+        """Store an attempt's outcome, retrying a failing store while the job's lease lasts
+        (after that the job is claimed again and delivered again, under the same id)."""
+        pause = 0.1
+        while True:
+            try:
+                await asyncio.to_thread(
+                    self._store.finish,
+                    job,
+                    outcome=outcome,
+                    attempt=attempt,
+                    error=error,
+                    retry_at=retry_at,
+                    entry=entry,
+                )
+                return True
+            except Exception as exc:  # the store is down or busy: retried, then left to the lease
+                give_up = self._stopping or time.monotonic() + pause >= lease_ends
+                log.warning(
+                    "webhook.outcome_not_recorded",
+                    webhook=job.webhook_id,
+                    delivery=job.id,
+                    outcome=outcome,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_seconds=None if give_up else pause,
+                )
+                if give_up:
+                    return False
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     def count_delivery(self, channel: str, outcome: str) -> None:
         """A delivery's outcome was decided (and recorded)."""

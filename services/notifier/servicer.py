@@ -30,6 +30,7 @@ from services.ledger.domain.reference import ReferenceData, Role
 from services.notifier.engine import Engine, encode_cursor
 from services.notifier.filters import EventFilter
 from services.notifier.store import DeliveryLog, Job, LogEntry, NotifierStore, WebhookRow
+from services.notifier.targets import TargetPolicy
 
 DEFAULT_PAGE, MAX_PAGE = 50, 500
 DEFAULT_HEARTBEAT = 15
@@ -49,15 +50,27 @@ def _page_size(value: int) -> int:
     return min(value or DEFAULT_PAGE, MAX_PAGE)
 
 
-def _check_url(url: str) -> str:
-    if not url:
-        raise InvalidArgument("url", "is required")
-    if len(url) > 2048:
-        raise InvalidArgument("url", "is longer than 2048 characters", reason="FIELD_TOO_LONG")
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise InvalidArgument("url", "must be an absolute http:// or https:// URL")
-    return url
+def _shown_url(url: str) -> str:
+    """A stored URL as shown: credentials (refused since, but possibly stored before) are
+    never echoed back."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
+def _dead_letter_cursor(after: object) -> tuple[int, str]:
+    if (
+        not isinstance(after, list)
+        or len(after) != 2
+        or not isinstance(after[0], int)
+        or not isinstance(after[1], str)
+    ):
+        raise InvalidArgument("page_token", "is not a valid page token")
+    return after[0], after[1]
 
 
 def _name_id(name: str, prefix: str, field: str = "name") -> str:
@@ -74,8 +87,10 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         reference: ReferenceData,
         page_tokens: PageTokens,
         deliveries: DeliveryLog,
+        targets: TargetPolicy,
     ) -> None:
         self._engine = engine
+        self._targets = targets
         self._store = store
         self._deliveries = deliveries
         self._reference = reference
@@ -89,7 +104,7 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         return napi.Webhook(
             name=f"webhooks/{row.id}",
             agency=row.agency,
-            url=row.url,
+            url=_shown_url(row.url),
             filter=EventFilter.from_json(row.filter).to_proto(self._reference),
             create_time=_ts(row.created_at),
         )
@@ -167,7 +182,7 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
             raise InvalidArgument("request_id", "is required (AIP-155)")
         if len(request.request_id) > 128:
             raise InvalidArgument("request_id", "is longer than 128 characters")
-        url = _check_url(request.url)
+        url = self._targets.check_registration(request.url).url
         if not 16 <= len(request.secret) <= 256:
             raise InvalidArgument("secret", "must be 16 to 256 characters")
         event_filter = EventFilter.from_proto(request.filter, self._reference, principal.agency)
@@ -257,12 +272,14 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         agency = None if self._sees_all(principal) else principal.agency
         jobs, next_token = page_of(
             self._tokens,
-            f"deadLetters?agency={agency}",
+            f"deadLetters/by-position?agency={agency}",
             request.page_token,
             size,
-            lambda after, limit: self._store.dead_letters(agency, after=str(after), limit=limit),
-            lambda job: job.id,
-            "",
+            lambda after, limit: self._store.dead_letters(
+                agency, after=_dead_letter_cursor(after), limit=limit
+            ),
+            lambda job: [job.position, job.id],
+            [-1, ""],
         )
         return napi.ListDeadLettersResponse(
             dead_letters=[self._dead_letter_proto(j) for j in jobs], next_page_token=next_token
@@ -278,6 +295,8 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         if job is None:
             raise NotFound(f"{request.name} is not a dead letter", reason="DEAD_LETTER_NOT_FOUND")
         self._require_owner(principal, job.agency)
+        # A job replayed already (with a later one of its incident, or by a retry) is
+        # left as it is: the answer is the same.
         if self._store.replay(job_id):
             self._engine.wake_delivery()
         return napi.ReplayDeadLetterResponse()

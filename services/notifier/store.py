@@ -5,6 +5,9 @@ is acknowledged: that is the durable hand-off. Jobs are claimed with a lease, so
 a crashed worker's jobs return to the queue, and several notifier replicas can
 share the work. A job waits while an earlier job of the same webhook and
 incident is still pending, so deliveries keep each incident's order.
+
+Webhook secrets are stored sealed (:mod:`services.notifier.sealing`); a deleted
+webhook's secret is erased with it.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 
 import structlog
 
 from services.common.sql import Database
+from services.notifier.sealing import SEALED_PREFIX, SecretBox
 
 log = structlog.get_logger(__name__)
 
@@ -119,13 +123,42 @@ _JOB_COLUMNS = (
 
 
 class NotifierStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, box: SecretBox) -> None:
         self._db = db
+        self._box = box
 
     def create_schema(self) -> None:
         with self._db.transaction() as cur:
             for statement in _schema(self._db.dialect):
                 cur.execute(statement)
+        self._seal_stored_secrets()
+
+    def _seal_stored_secrets(self) -> None:
+        """Stores from before sealing: seal the plaintext secrets of live webhooks and
+        erase those of deleted ones (idempotent; run at every start)."""
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.q("UPDATE webhooks SET secret = '' WHERE deleted = 1 AND secret <> ''")
+            )
+            purged = cur.rowcount
+            cur.execute(
+                self._db.q(
+                    "SELECT id, secret FROM webhooks WHERE deleted = 0 AND secret NOT LIKE ?"
+                    " FOR UPDATE"
+                ),
+                (f"{SEALED_PREFIX}%",),
+            )
+            plain = cur.fetchall()
+            cur.executemany(
+                self._db.q("UPDATE webhooks SET secret = ? WHERE id = ?"),
+                [(self._box.seal(secret, wid), wid) for wid, secret in plain],
+            )
+        if purged or plain:
+            log.info("notifier.webhook_secrets_sealed", sealed=len(plain), erased=purged)
+
+    def _opened(self, found: tuple[object, ...]) -> WebhookRow:
+        row = WebhookRow(*found)  # type: ignore[arg-type]
+        return replace(row, secret=self._box.open(row.secret, row.id))
 
     def close(self) -> None:
         self._db.close()
@@ -146,6 +179,7 @@ class NotifierStore:
         row = WebhookRow(
             f"wh_{uuid.uuid4().hex}", agency, url, secret, filter_json, time.time(), fingerprint
         )
+        sealed = self._box.seal(secret, row.id)
         with self._db.transaction() as cur:
             cur.execute(
                 self._db.q(
@@ -157,7 +191,7 @@ class NotifierStore:
                     row.id,
                     agency,
                     url,
-                    secret,
+                    sealed,
                     filter_json,
                     row.created_at,
                     request_key,
@@ -172,7 +206,7 @@ class NotifierStore:
                 (request_key,),
             )
             found = cur.fetchone()
-        return WebhookRow(*found)
+        return self._opened(found)
 
     def webhooks(
         self, agency: str | None = None, *, after: str = "", limit: int = 1000
@@ -189,7 +223,7 @@ class NotifierStore:
         params.append(limit)
         with self._db.transaction() as cur:
             cur.execute(self._db.q(sql), params)
-            return [WebhookRow(*r) for r in cur.fetchall()]
+            return [self._opened(r) for r in cur.fetchall()]
 
     def webhook(self, webhook_id: str) -> WebhookRow | None:
         with self._db.transaction() as cur:
@@ -201,11 +235,15 @@ class NotifierStore:
                 (webhook_id,),
             )
             found = cur.fetchone()
-        return WebhookRow(*found) if found else None
+        return self._opened(found) if found else None
 
     def delete_webhook(self, webhook_id: str) -> None:
+        """Delete a webhook: its secret is erased, its waiting jobs are cancelled."""
         with self._db.transaction() as cur:
-            cur.execute(self._db.q("UPDATE webhooks SET deleted = 1 WHERE id = ?"), (webhook_id,))
+            cur.execute(
+                self._db.q("UPDATE webhooks SET deleted = 1, secret = '' WHERE id = ?"),
+                (webhook_id,),
+            )
             cur.execute(
                 self._db.q(
                     "UPDATE delivery_jobs SET status = ? WHERE webhook_id = ? AND status IN (?, ?)"
@@ -246,23 +284,43 @@ class NotifierStore:
                 rows,
             )
 
-    def claim_due(self, limit: int, lease_seconds: float) -> list[Job]:
-        """Due jobs whose incident has no earlier job still waiting, leased to the caller."""
+    def claim_due(
+        self,
+        limit: int,
+        lease_seconds: float,
+        *,
+        per_webhook: int,
+        busy: Mapping[str, int] | None = None,
+    ) -> list[Job]:
+        """Due jobs whose incident has no earlier job still waiting, leased to the caller.
+
+        At most ``per_webhook`` jobs per webhook, counting the ``busy`` ones the caller is
+        delivering already: a job is claimed only when its endpoint has a free slot, so its
+        lease starts when its delivery does and never runs out while it waits its turn.
+        """
+        busy = dict(busy or {})
+        full = sorted(w for w, n in busy.items() if n >= per_webhook)
         now = time.time()
+        exclude = f" AND j.webhook_id NOT IN ({', '.join('?' * len(full))})" if full else ""
         with self._db.transaction() as cur:
             cur.execute(
                 self._db.q(
                     f"SELECT {_JOB_COLUMNS} FROM delivery_jobs j"  # noqa: S608
                     " WHERE ((j.status = ? AND j.next_attempt_at <= ?)"
-                    " OR (j.status = ? AND j.lease_until < ?))"
+                    f" OR (j.status = ? AND j.lease_until < ?)){exclude}"
                     " AND NOT EXISTS (SELECT 1 FROM delivery_jobs e"
                     " WHERE e.webhook_id = j.webhook_id AND e.incident = j.incident"
                     " AND e.stream_seq < j.stream_seq AND e.status IN (?, ?))"
                     " ORDER BY j.stream_seq LIMIT ? FOR UPDATE SKIP LOCKED"
                 ),
-                (PENDING, now, INFLIGHT, now, PENDING, INFLIGHT, limit),
+                (PENDING, now, INFLIGHT, now, *full, PENDING, INFLIGHT, limit * per_webhook),
             )
-            jobs = [Job(*r) for r in cur.fetchall()]
+            jobs: list[Job] = []
+            for found in cur.fetchall():
+                job = Job(*found)
+                if len(jobs) < limit and busy.get(job.webhook_id, 0) < per_webhook:
+                    busy[job.webhook_id] = busy.get(job.webhook_id, 0) + 1
+                    jobs.append(job)
             cur.executemany(
                 self._db.q("UPDATE delivery_jobs SET status = ?, lease_until = ? WHERE id = ?"),
                 [(INFLIGHT, now + lease_seconds, j.id) for j in jobs],
@@ -286,13 +344,19 @@ class NotifierStore:
             )
             self._insert_log(cur, [entry])
 
-    def dead_letters(self, agency: str | None, *, after: str = "", limit: int = 100) -> list[Job]:
-        sql = f"SELECT {_JOB_COLUMNS} FROM delivery_jobs WHERE status = ? AND id > ?"  # noqa: S608
-        params: list[object] = [DEAD, after]
+    def dead_letters(
+        self, agency: str | None, *, after: tuple[int, str] = (-1, ""), limit: int = 100
+    ) -> list[Job]:
+        """Dead letters in position order (then by id), after the cursor (position, id)."""
+        sql = (
+            f"SELECT {_JOB_COLUMNS} FROM delivery_jobs WHERE status = ?"  # noqa: S608
+            " AND (position > ? OR (position = ? AND id > ?))"
+        )
+        params: list[object] = [DEAD, after[0], after[0], after[1]]
         if agency is not None:
             sql += " AND agency = ?"
             params.append(agency)
-        sql += " ORDER BY id LIMIT ?"
+        sql += " ORDER BY position, id LIMIT ?"
         params.append(limit)
         with self._db.transaction() as cur:
             cur.execute(self._db.q(sql), params)
@@ -306,27 +370,44 @@ class NotifierStore:
         return int(row[0]) if row else 0
 
     def dead_letter(self, job_id: str) -> Job | None:
+        """The job, if it is a dead letter or was one and has been replayed (not a
+        cancelled job: its webhook is gone)."""
         with self._db.transaction() as cur:
             cur.execute(
                 self._db.q(
-                    f"SELECT {_JOB_COLUMNS} FROM delivery_jobs WHERE id = ? AND status = ?"  # noqa: S608
+                    f"SELECT {_JOB_COLUMNS} FROM delivery_jobs WHERE id = ? AND status <> ?"  # noqa: S608
                 ),
-                (job_id, DEAD),
+                (job_id, CANCELLED),
             )
             found = cur.fetchone()
         return Job(*found) if found else None
 
-    def replay(self, job_id: str) -> bool:
-        """Put a dead letter back in the queue with its attempts starting over."""
+    def replay(self, job_id: str) -> int:
+        """Put a dead letter back in the queue with its attempts starting over, and with it
+        the earlier dead letters of the same webhook and incident: replayed in any order,
+        an incident's events still reach the endpoint in position order. Returns how many
+        went back (0: it was no longer a dead letter)."""
         with self._db.transaction() as cur:
             cur.execute(
                 self._db.q(
-                    "UPDATE delivery_jobs SET status = ?, attempts = 0, next_attempt_at = ?,"
-                    " last_error = '' WHERE id = ? AND status = ?"
+                    "SELECT webhook_id, incident, stream_seq FROM delivery_jobs"
+                    " WHERE id = ? AND status = ? FOR UPDATE"
                 ),
-                (PENDING, time.time(), job_id, DEAD),
+                (job_id, DEAD),
             )
-            return bool(cur.rowcount)
+            found = cur.fetchone()
+            if found is None:
+                return 0
+            webhook_id, incident, stream_seq = found
+            cur.execute(
+                self._db.q(
+                    "UPDATE delivery_jobs SET status = ?, attempts = 0, next_attempt_at = ?,"
+                    " last_error = '' WHERE webhook_id = ? AND incident = ? AND stream_seq <= ?"
+                    " AND status = ?"
+                ),
+                (PENDING, time.time(), webhook_id, incident, stream_seq, DEAD),
+            )
+            return int(cur.rowcount)
 
     # ---------------------------------------------------------------- delivery log
 

@@ -24,7 +24,14 @@ from incidentledger_client import (
 )
 from services.common.config import RelaySettings, WebhookSettings
 from services.common.natsserver import NatsServer
-from tests.fanout_support import WEBHOOK_SECRET, Stack, running_stack, wait_until, webhook_receiver
+from tests.fanout_support import (
+    ALLOW_LOOPBACK_ENV,
+    WEBHOOK_SECRET,
+    Stack,
+    running_stack,
+    wait_until,
+    webhook_receiver,
+)
 from tests.support import running_ledger, service_process, settings_for, store_environment
 
 pytestmark = pytest.mark.nats
@@ -197,6 +204,7 @@ def test_a_subscription_resumes_after_the_notifier_restarts_with_no_gap_and_no_d
         "LEDGER_DATA_DIR": str(tmp_path / "data"),
         "NOTIFIER_LISTEN": f"127.0.0.1:{port}",
         "NATS_URL": nats_server.url,
+        **ALLOW_LOOPBACK_ENV,
     }
     with (
         store_environment("sqlite", tmp_path) as store_env,

@@ -29,6 +29,7 @@ from services.common.config import RelaySettings, WebhookSettings
 from services.common.grpc_errors import error_info
 from services.common.natsserver import NatsServer
 from tests.fanout_support import (
+    ALLOW_LOOPBACK_ENV,
     WEBHOOK_SECRET,
     Stack,
     Subscriber,
@@ -352,6 +353,7 @@ def process_env(tmp_path: Path, store_env: dict[str, str], nats_url: str) -> dic
         "LEDGER_LISTEN": "127.0.0.1:0",
         "NOTIFIER_LISTEN": "127.0.0.1:0",
         "NATS_URL": nats_url,
+        **ALLOW_LOOPBACK_ENV,
     }
 
 

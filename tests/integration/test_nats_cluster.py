@@ -30,6 +30,7 @@ from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.config import RelaySettings, StreamSettings
 from services.common.natsserver import NatsCluster
 from tests.fanout_support import (
+    ALLOW_LOOPBACK_ENV,
     WEBHOOK_SECRET,
     Subscriber,
     WebhookReceiver,
@@ -95,6 +96,7 @@ def notifier_env(tmp_path: Path, cluster: NatsCluster) -> dict[str, str]:
         "NATS_URL": cluster.urls,  # "nats://127.0.0.1:p1,nats://127.0.0.1:p2,..."
         "LEDGER_STREAM_REPLICAS": "3",
         "NOTIFIER_ACK_WAIT_SECONDS": "2",  # an ack lost with its node is redelivered soon
+        **ALLOW_LOOPBACK_ENV,
     }
 
 

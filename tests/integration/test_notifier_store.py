@@ -1,0 +1,172 @@
+"""The notifier's store on real SQLite and PostgreSQL: webhook secrets at rest, file modes."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.common.config import ConfigError, NotifierSettings
+from services.common.datafiles import prepare_sqlite_file
+from services.common.sql import open_database
+from services.notifier.sealing import SecretBox, load_secret_box
+from services.notifier.store import NewJob, NotifierStore
+from tests.support import store_environment
+
+SECRET = "a-webhook-secret-nobody-may-read"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    if request.param == "postgres":
+        request.applymarker(pytest.mark.postgres)
+    with store_environment(request.param, tmp_path) as env:
+        yield env
+
+
+def settings(tmp_path: Path) -> NotifierSettings:
+    return NotifierSettings(data_dir=tmp_path / "data", nats_url="nats://127.0.0.1:1")
+
+
+def open_store(env: dict[str, str], box: SecretBox) -> NotifierStore:
+    store = NotifierStore(open_database(env), box)
+    store.create_schema()
+    return store
+
+
+def stored_secrets(env: dict[str, str]) -> dict[str, str]:
+    """What the database itself holds, read around the store."""
+    db = open_database(env)
+    try:
+        with db.transaction() as cur:
+            cur.execute("SELECT id, secret FROM webhooks")
+            return {str(r[0]): str(r[1]) for r in cur.fetchall()}
+    finally:
+        db.close()
+
+
+def add(store: NotifierStore, key: str) -> str:
+    row = store.add_webhook(
+        agency="bpbd",
+        url="https://bpbd.example.go.id/hook",
+        secret=SECRET,
+        filter_json="{}",
+        request_key=key,
+        fingerprint=key,
+    )
+    assert row.secret == SECRET
+    return row.id
+
+
+def test_webhook_secrets_are_sealed_at_rest_and_erased_with_their_webhook(
+    store_env: dict[str, str], tmp_path: Path
+) -> None:
+    box = load_secret_box(settings(tmp_path))
+    store = open_store(store_env, box)
+    try:
+        kept, deleted = add(store, "a"), add(store, "b")
+        store.delete_webhook(deleted)
+        at_rest = stored_secrets(store_env)
+        assert SECRET not in at_rest[kept] and at_rest[kept].startswith("aesgcm1:")
+        assert at_rest[deleted] == "", "a deleted webhook keeps no secret"
+        found = store.webhook(kept)
+        assert found is not None and found.secret == SECRET
+        assert [w.secret for w in store.webhooks()] == [SECRET]
+    finally:
+        store.close()
+    if "SQLITE_DBNAME" in store_env:
+        for path in Path(store_env["SQLITE_DBNAME"]).parent.glob("ledger.sqlite*"):
+            assert SECRET.encode() not in path.read_bytes(), path
+    # Another key does not open it (and says which setting to look at).
+    with pytest.raises(ConfigError, match="NOTIFIER_WEBHOOK_KEY_FILE"):
+        SecretBox(b"k" * 32).open(at_rest[kept], kept)
+    # The same key from the same file, next time: still readable.
+    again = open_store(store_env, load_secret_box(settings(tmp_path)))
+    try:
+        found = again.webhook(kept)
+        assert found is not None and found.secret == SECRET
+    finally:
+        again.close()
+
+
+def test_plaintext_secrets_from_before_are_sealed_at_start_and_stay_usable(
+    store_env: dict[str, str], tmp_path: Path
+) -> None:
+    box = load_secret_box(settings(tmp_path))
+    open_store(store_env, box).close()
+    db = open_database(store_env)
+    with db.transaction() as cur:  # rows as the notifier wrote them before secrets were sealed
+        for wid, deleted in (("wh_old", 0), ("wh_gone", 1)):
+            cur.execute(
+                db.q(
+                    "INSERT INTO webhooks (id, agency, url, secret, filter, created_at,"
+                    " request_key, fingerprint, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                ),
+                (wid, "kpu", "https://kpu.example/h", SECRET, "{}", 1.0, wid, wid, deleted),
+            )
+    db.close()
+    store = open_store(store_env, box)
+    try:
+        at_rest = stored_secrets(store_env)
+        assert at_rest["wh_old"].startswith("aesgcm1:") and SECRET not in at_rest["wh_old"]
+        assert at_rest["wh_gone"] == ""
+        found = store.webhook("wh_old")
+        assert found is not None and found.secret == SECRET
+    finally:
+        store.close()
+
+
+def test_the_key_and_the_sqlite_file_are_private_to_their_owner(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    load_secret_box(settings(tmp_path))
+    key = data / "keys" / "notifier-webhook.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    database = tmp_path / "fresh" / "notifier.sqlite"
+    prepare_sqlite_file(str(database))
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600
+    assert stat.S_IMODE(database.parent.stat().st_mode) == 0o700
+    store = open_store(
+        {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(database)},
+        load_secret_box(settings(tmp_path)),
+    )
+    store.close()
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600
+
+
+def test_production_needs_the_key_setting(tmp_path: Path) -> None:
+    env = {
+        "NATS_URL": "nats://127.0.0.1:4222",
+        "LEDGER_ENVIRONMENT": "production",
+        "LEDGER_PAGE_TOKEN_SECRET": "x" * 32,
+        "LEDGER_TOKENS_FILE": "/t.yaml",
+        "LEDGER_DATA_DIR": str(tmp_path),
+    }
+    with pytest.raises(ConfigError, match="NOTIFIER_WEBHOOK_KEY_FILE is required in production"):
+        NotifierSettings.from_env(env)
+    key = tmp_path / "webhook.key"
+    key.write_bytes(b"\x01" * 32)
+    given = NotifierSettings.from_env({**env, "NOTIFIER_WEBHOOK_KEY_FILE": str(key)})
+    assert given.resolved_webhook_key_file == key
+    load_secret_box(given)  # read, never generated
+    assert not (tmp_path / "keys").exists()
+
+
+def test_jobs_are_claimed_only_into_free_slots_of_their_endpoint(
+    store_env: dict[str, str], tmp_path: Path
+) -> None:
+    store = open_store(store_env, load_secret_box(settings(tmp_path)))
+    try:
+        store.add_jobs(
+            NewJob(hook, seq, seq, f"ev{seq}", f"incidents/{seq}", "bpbd", "{}")
+            for seq, hook in enumerate(["wh_a"] * 6 + ["wh_b"] * 2 + ["wh_c"] * 2, start=1)
+        )
+        first = store.claim_due(10, 30, per_webhook=4, busy={"wh_a": 1, "wh_c": 4})
+        assert [j.webhook_id for j in first] == ["wh_a"] * 3 + ["wh_b"] * 2
+        assert store.claim_due(10, 30, per_webhook=4, busy={"wh_a": 4, "wh_b": 2, "wh_c": 4}) == []
+        rest = store.claim_due(10, 30, per_webhook=4, busy={"wh_a": 3})
+        assert [j.stream_seq for j in rest] == [4, 9, 10], "one free slot for wh_a, two for wh_c"
+    finally:
+        store.close()
