@@ -15,7 +15,8 @@ from incidentledger_client.cli import main
 from tests.support import Client, running_ledger, settings_for, store_environment
 
 # The in-process server logs to the same captured stdout: leave its lines out.
-SERVER_LOG = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[|^\{\"event\"")
+# (A log line's "event" is a string; watch --json's is an object.)
+SERVER_LOG = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[|^\{\"event\": \"")
 
 
 def without_server_log(text: str) -> str:

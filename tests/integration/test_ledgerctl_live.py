@@ -77,9 +77,14 @@ def test_watch_prints_what_the_notifier_delivers(
     assert code == 0
     assert first.incident.removeprefix("incidents/")[:8] in out
     assert "Reported" in out
-    lines = ctl.json("bpbd", "watch", "--cursor", "v1.0", "--count", "1")
-    received = lines if isinstance(lines, list) else [lines]
+    # --json writes JSON Lines: one object per notification, each on its own line.
+    code, out = ctl.run("bpbd", "--json", "watch", "--cursor", "v1.0", "--count", "2")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 2, out
+    received = [json.loads(line) for line in lines]
     assert received[0]["event"]["incident"] == first.incident
+    assert received[1]["event"]["type"] == "Reported" and received[1]["cursor"]
 
 
 def test_webhooks_register_list_dead_letters_and_replay(

@@ -68,6 +68,9 @@ from incidentledger_client.types import (
     Webhook,
 )
 
+#: The client's version (also the distribution's, see clients/python/pyproject.toml).
+__version__ = "0.1.0"
+
 __all__ = [
     "Aborted",
     "Actor",
@@ -121,5 +124,6 @@ __all__ = [
     "VersionConflict",
     "VulnerabilityMap",
     "Webhook",
+    "__version__",
     "new_request_id",
 ]

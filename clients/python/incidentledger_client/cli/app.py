@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 other error, 2 usage or configuration error, 3 not found,
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.main
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from incidentledger_client import (
@@ -36,8 +38,9 @@ from incidentledger_client import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    __version__,
 )
-from incidentledger_client.cli import config, output
+from incidentledger_client.cli import arguments, config, output
 from incidentledger_client.types import CommandResult
 
 EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_PERMISSION, EXIT_SERVER = (
@@ -71,43 +74,74 @@ EPILOG = (
     "6 server/unavailable."
 )
 
+#: -h as well as --help, on every command (click passes it down to the subcommands).
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
 app = typer.Typer(
     name="ledgerctl",
     help="Command-line tool of the incident ledger: report and handle incidents, follow the "
-    "situation, audit the ledger.\n\nExample: ledgerctl --agency kesbangpol report "
-    "'Mass gathering' crowd_gathering kota_mukomuko --severity high",
-    epilog=EPILOG,
+    "situation, audit the ledger. Global options (--agency, --json, ...) go anywhere on the "
+    "line.",
+    epilog="Example: ledgerctl report 'Mass gathering' crowd_gathering kota_mukomuko "
+    "--severity high -a kesbangpol\n\n" + EPILOG,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings=CONTEXT,
 )
-handover_app = typer.Typer(help="Propose or accept a handover of the lead.", no_args_is_help=True)
-close_app = typer.Typer(
-    help="Request or approve the closure of a resolved incident.", no_args_is_help=True
+
+
+def _group(help_: str, example: str) -> typer.Typer:
+    return typer.Typer(help=help_, epilog=f"Example: {example}", no_args_is_help=True)
+
+
+handover_app = _group(
+    "Propose or accept a handover of the lead.",
+    "ledgerctl -a satpolpp handover propose 0b6f12 polres --reason 'needs police'",
 )
-webhooks_app = typer.Typer(
-    help="Webhooks of your agency: register, list, dead letters, replay.", no_args_is_help=True
+close_app = _group(
+    "Request or approve the closure of a resolved incident.",
+    "ledgerctl -a polres close request 0b6f12",
 )
-audit_app = typer.Typer(
-    help="Audit: verify the hash chains, export the history, as-of views.", no_args_is_help=True
+webhooks_app = _group(
+    "Webhooks of your agency: register, list, dead letters, replay.",
+    "ledgerctl -a bpbd webhooks list",
+)
+audit_app = _group(
+    "Audit: verify the hash chains, export the history, as-of views.",
+    "ledgerctl -a inspektorat audit verify",
+)
+config_app = _group(
+    "ledgerctl's own settings: the effective values and where each came from, contexts.",
+    "ledgerctl config view --context production",
 )
 app.add_typer(handover_app, name="handover")
 app.add_typer(close_app, name="close")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(audit_app, name="audit")
+app.add_typer(config_app, name="config")
 
 
 @dataclass
 class State:
-    settings: config.Settings | None = None
+    """The root options, resolved into settings only when a command needs them (so --help,
+    --version, completion and ``config`` work whatever the configuration says)."""
+
+    options: dict[str, Any] = field(default_factory=dict)
     as_json: bool = False
+    _resolved: config.Settings | None = None
     _ledger: LedgerClient | None = None
     _notifier: NotifierClient | None = None
-    opened: list[Any] = field(default_factory=list)
+
+    @property
+    def settings(self) -> config.Settings:
+        if self._resolved is None:
+            self._resolved = config.resolve(**self.options)
+        return self._resolved
 
     def ledger(self) -> LedgerClient:
         if self._ledger is None:
-            settings = self._settings()
+            settings = self.settings
             self._ledger = LedgerClient(
                 settings.address,
                 settings.token or None,
@@ -120,7 +154,7 @@ class State:
 
     def notifier(self) -> NotifierClient:
         if self._notifier is None:
-            settings = self._settings()
+            settings = self.settings
             self._notifier = NotifierClient(
                 settings.notifier_address,
                 settings.token or None,
@@ -130,11 +164,6 @@ class State:
                 timeout=settings.timeout,
             )
         return self._notifier
-
-    def _settings(self) -> config.Settings:
-        if self.settings is None:
-            raise RuntimeError("ledgerctl: no settings")
-        return self.settings
 
     def close(self) -> None:
         for client in (self._ledger, self._notifier):
@@ -147,6 +176,12 @@ def state(ctx: typer.Context) -> State:
     if not isinstance(value, State):
         raise RuntimeError("ledgerctl: no state (the root callback did not run)")
     return value
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        output.emit_line(f"ledgerctl {__version__}")
+        raise typer.Exit(EXIT_OK)
 
 
 @app.callback()
@@ -190,24 +225,46 @@ def root(
         Path | None,
         typer.Option(help="Mutual TLS: the certificate's key (env LEDGER_TLS_CLIENT_KEY)."),
     ] = None,
+    zone: Annotated[
+        str | None,
+        typer.Option(
+            help="Time zone of the times shown and typed (env LEDGERCTL_ZONE; default "
+            "Asia/Jakarta, WIB)."
+        ),
+    ] = None,
+    context: Annotated[
+        str | None,
+        typer.Option(
+            "--context",
+            help="Use this context (profile) of the config file (env LEDGERCTL_CONTEXT).",
+        ),
+    ] = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Machine-readable JSON on stdout.")
+        bool, typer.Option("--json", help="Machine-readable JSON on stdout (errors on stderr).")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_show_version, help="Show the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Command-line tool of the incident ledger."""
-    settings = config.resolve(
-        address=address,
-        notifier_address=notifier_address,
-        token=token,
-        agency=agency,
-        tokens_file=tokens_file,
-        config=config_file,
-        timeout=timeout,
-        tls_ca=tls_ca,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-    )
-    ctx.obj = State(settings=settings, as_json=as_json)
+    options = {
+        "address": address,
+        "notifier_address": notifier_address,
+        "token": token,
+        "agency": agency,
+        "tokens_file": tokens_file,
+        "config": config_file,
+        "timeout": timeout,
+        "tls_ca": tls_ca,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "zone": zone,
+        "context": context,
+    }
+    ctx.obj = State(options=options, as_json=as_json)
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -862,8 +919,8 @@ def watch(
         try:
             for note in subscription:
                 seen += 1
-                if st.as_json:
-                    output.emit_json(
+                if st.as_json:  # JSON Lines: one object per notification, flushed
+                    output.emit_json_line(
                         {
                             "event": _event_json(note.event),
                             "incident": note.incident,
@@ -1118,7 +1175,111 @@ def audit_as_of(
         )
 
 
+# ----------------------------------------------------------------------------------- config
+
+
+def _masked(name: str, value: Any) -> Any:
+    if name == "token" and value:
+        text = str(value)
+        return f"{text[:4]}…({len(text)} characters)"
+    return value
+
+
+@config_app.command("view", epilog="Example: ledgerctl config view --context production")
+def config_view(ctx: typer.Context) -> None:
+    """The effective settings and where each came from (flag, environment, config file)."""
+    st = state(ctx)
+    settings = st.settings
+    rows = [
+        (name, _masked(name, getattr(settings, name)), settings.source(name))
+        for name in config.SETTINGS
+    ]
+    if st.as_json:
+        output.emit_json(
+            {
+                "config_file": settings.config_file or None,
+                "context": settings.context or None,
+                "settings": {n: {"value": v, "source": src} for n, v, src in rows},
+            }
+        )
+        return
+    out = output.console()
+    out.print(f"config file: {settings.config_file or '(none)'}", markup=False)
+    out.print(f"context: {settings.context or '(none)'}", markup=False)
+    out.print(output.rows_table("Effective settings", ("setting", "value", "from"), rows))
+
+
+@config_app.command("contexts", epilog="Example: ledgerctl config contexts")
+def config_contexts(ctx: typer.Context) -> None:
+    """The contexts (profiles) of the config file; the current one is marked."""
+    st = state(ctx)
+    file = config.load_config_file(st.options.get("config"))
+    contexts = config.contexts_of(file)
+    current = st.settings.context
+    if st.as_json:
+        output.emit_json(
+            {"current": current or None, "contexts": {n: dict(c) for n, c in contexts.items()}}
+        )
+        return
+    output.console().print(
+        output.rows_table(
+            f"Contexts in {file.path or '(no config file)'}",
+            ("", "context", "address"),
+            (
+                ("*" if n == current else "", n, c.get("address", config.DEFAULT_ADDRESS))
+                for n, c in sorted(contexts.items())
+            ),
+        )
+    )
+
+
+@config_app.command("use-context", epilog="Example: ledgerctl config use-context production")
+def config_use_context(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="The context.")]
+) -> None:
+    """Make a context the current one (writes current_context into the config file)."""
+    st = state(ctx)
+    file = config.load_config_file(st.options.get("config"))
+    contexts = config.contexts_of(file)
+    if file.path is None or name not in contexts:
+        known = sorted(contexts)
+        raise config.ConfigError(
+            f"no context {name!r}{config.suggest(name, known)} "
+            f"(known: {', '.join(known) or 'none'}; add [contexts.{name}] to the config file)"
+        )
+    config.set_current_context(file.path, name)
+    if st.as_json:
+        output.emit_json({"current": name})
+    else:
+        output.console().print(f"current context: {name}", markup=False)
+
+
+@app.command(
+    epilog="Example: ledgerctl completion bash > ~/.local/share/bash-completion/completions/"
+    "ledgerctl  (zsh: into a directory of $fpath as _ledgerctl; fish: "
+    "~/.config/fish/completions/ledgerctl.fish)"
+)
+def completion(
+    shell: Annotated[str, typer.Argument(help="bash, zsh or fish.", metavar="SHELL")],
+) -> None:
+    """Print the shell completion script for bash, zsh or fish."""
+    # typer writes the scripts that call back into ledgerctl with _LEDGERCTL_COMPLETE set.
+    from typer._completion_shared import get_completion_script
+
+    if shell not in {"bash", "zsh", "fish"}:
+        raise typer.BadParameter(
+            f"must be bash, zsh or fish{config.suggest(shell, ('bash', 'zsh', 'fish'))}",
+            param_hint="SHELL",
+        )
+    output.emit_line(
+        get_completion_script(prog_name="ledgerctl", complete_var=COMPLETE_VAR, shell=shell)
+    )
+
+
 # ------------------------------------------------------------------------------------- main
+
+#: The variable the completion scripts set when they ask ledgerctl for completions.
+COMPLETE_VAR = "_LEDGERCTL_COMPLETE"
 
 
 def exit_code_for(error: LedgerError) -> int:
@@ -1128,34 +1289,78 @@ def exit_code_for(error: LedgerError) -> int:
     return EXIT_OTHER
 
 
+def _wants_json(argv: list[str]) -> bool:
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    return "--json" in head
+
+
+def _fail(
+    as_json: bool,
+    exit_code: int,
+    code: str,
+    message: str,
+    reason: str = "",
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Report an error on stderr: a line for people, a JSON object with --json."""
+    if as_json:
+        output.emit_error_json(
+            {
+                "error": {
+                    "code": code,
+                    "reason": reason,
+                    "message": message,
+                    "metadata": metadata or {},
+                    "exit_code": exit_code,
+                }
+            }
+        )
+    else:
+        label = f"{code} {reason}" if reason else code
+        output.error_console().print(
+            f"ledgerctl: {label}: {message}", markup=False, highlight=False
+        )
+    return exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ledgerctl; return its exit code (see the module docstring)."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    as_json = _wants_json(args)
+    command = typer.main.get_command(app)
+    args = arguments.hoist_globals(command, args)
+    if os.environ.get(COMPLETE_VAR):
+        # A completion script asks: typer's shell classes answer (it registers them only
+        # when its own --install-completion options are on, which ledgerctl replaces).
+        from typer._completion_classes import completion_init
+
+        completion_init()
     try:
-        app(args=argv, prog_name="ledgerctl", standalone_mode=False)
+        command.main(
+            args=args, prog_name="ledgerctl", standalone_mode=False, complete_var=COMPLETE_VAR
+        )
     except typer.Exit as stop:
         return stop.exit_code
     except typer.Abort:
-        output.error_console().print("aborted")
-        return EXIT_OTHER
+        return _fail(as_json, EXIT_OTHER, "ABORTED", "aborted")
     except typer.TyperException as error:  # usage errors (exit code 2) and the like
         show = getattr(error, "show", None)
-        if callable(show):
-            show()
-        else:
-            output.error_console().print(f"ledgerctl: {error.format_message()}", markup=False)
+        if as_json or not callable(show):
+            return _fail(as_json, error.exit_code, "USAGE", error.format_message())
+        show()
         return error.exit_code
     except config.ConfigError as error:
-        output.error_console().print(
-            f"ledgerctl: configuration error: {error}", markup=False, highlight=False
-        )
-        return EXIT_USAGE
+        return _fail(as_json, EXIT_USAGE, "CONFIGURATION", str(error))
     except LedgerError as error:
-        detail = f" (field {error.field})" if error.field else ""
-        reason = f" {error.reason}" if error.reason else ""
-        output.error_console().print(
-            f"ledgerctl: {error.code}{reason}: {error.message}{detail}",
-            markup=False,
-            highlight=False,
+        detail = f" (field {error.field})" if error.field and not as_json else ""
+        return _fail(
+            as_json,
+            exit_code_for(error),
+            error.code,
+            f"{error.message}{detail}",
+            error.reason,
+            error.metadata,
         )
-        return exit_code_for(error)
     return EXIT_OK

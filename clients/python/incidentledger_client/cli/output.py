@@ -302,9 +302,22 @@ def rows_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[objec
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*(str(c) for c in row))
+        # Text, not markup: values such as "[contexts.prod]" are shown as they are.
+        table.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in row))
     return table
 
 
 def emit_line(text: str) -> None:
     sys.stdout.write(text + "\n")
+
+
+def emit_error_json(value: Any) -> None:
+    """An error as one JSON object on stderr (stdout stays for results)."""
+    sys.stderr.write(json.dumps(to_jsonable(value), ensure_ascii=False) + "\n")
+    sys.stderr.flush()
+
+
+def emit_json_line(value: Any) -> None:
+    """One JSON object on one line (JSON Lines, for streams such as ``watch --json``)."""
+    sys.stdout.write(json.dumps(to_jsonable(value), ensure_ascii=False) + "\n")
+    sys.stdout.flush()
