@@ -40,7 +40,7 @@ from incidentledger_client import (
     Unavailable,
     __version__,
 )
-from incidentledger_client.cli import arguments, config, output
+from incidentledger_client.cli import arguments, config, names, output
 from incidentledger_client.types import CommandResult
 
 EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_PERMISSION, EXIT_SERVER = (
@@ -268,9 +268,21 @@ def root(
     ctx.call_on_close(ctx.obj.close)
 
 
-def incident_name(value: str) -> str:
-    """``incidents/ID`` from ``incidents/ID`` or ``ID``."""
-    return value if value.startswith("incidents/") else f"incidents/{value}"
+def incident_name(ctx: typer.Context, value: str) -> str:
+    """``incidents/ID`` from the full name, the id, a unique prefix of 6+ characters (as tables
+    show them) or, once the ledger has them, a reference code; a usage error otherwise (an
+    ambiguous prefix lists the candidates)."""
+    ledger = state(ctx).ledger()
+    resolver = names.IncidentResolver(
+        # One listing of every incident: the ledger has no lookup by prefix (see names.py).
+        list_incidents=lambda: ledger.list_incidents(page_size=1000),
+        # The hook for reference codes: a lookup goes here once the ledger records them.
+        by_reference=None,
+    )
+    try:
+        return resolver.resolve(value)
+    except names.IncidentNameError as error:
+        raise typer.BadParameter(str(error), param_hint="INCIDENT") from None
 
 
 def done(ctx: typer.Context, verb: str, result: CommandResult) -> None:
@@ -281,7 +293,13 @@ def done(ctx: typer.Context, verb: str, result: CommandResult) -> None:
         output.command_result(output.console(), verb, result)
 
 
-Name = Annotated[str, typer.Argument(help="The incident: incidents/ID or ID.", metavar="INCIDENT")]
+Name = Annotated[
+    str,
+    typer.Argument(
+        help="The incident: incidents/ID, the ID, or its first 6+ characters as tables show.",
+        metavar="INCIDENT",
+    ),
+]
 Version = Annotated[
     int,
     typer.Option(
@@ -348,7 +366,7 @@ def verify(
     result = (
         state(ctx)
         .ledger()
-        .verify(incident_name(name), comment=comment, **_options(expected_version, request_id))
+        .verify(incident_name(ctx, name), comment=comment, **_options(expected_version, request_id))
     )
     done(ctx, "verified", result)
 
@@ -372,7 +390,10 @@ def reject(
         state(ctx)
         .ledger()
         .reject(
-            incident_name(name), reason.upper(), comment, **_options(expected_version, request_id)
+            incident_name(ctx, name),
+            reason.upper(),
+            comment,
+            **_options(expected_version, request_id),
         )
     )
     done(ctx, "rejected", result)
@@ -392,8 +413,8 @@ def merge(
         state(ctx)
         .ledger()
         .merge(
-            incident_name(name),
-            incident_name(target),
+            incident_name(ctx, name),
+            incident_name(ctx, target),
             comment=comment,
             **_options(expected_version, request_id),
         )
@@ -415,7 +436,10 @@ def assess(
         state(ctx)
         .ledger()
         .assess_severity(
-            incident_name(name), severity, comment=comment, **_options(expected_version, request_id)
+            incident_name(ctx, name),
+            severity,
+            comment=comment,
+            **_options(expected_version, request_id),
         )
     )
     done(ctx, "assessed", result)
@@ -435,7 +459,10 @@ def assign(
         state(ctx)
         .ledger()
         .assign_lead(
-            incident_name(name), agency, comment=comment, **_options(expected_version, request_id)
+            incident_name(ctx, name),
+            agency,
+            comment=comment,
+            **_options(expected_version, request_id),
         )
     )
     done(ctx, "assigned", result)
@@ -455,7 +482,10 @@ def support(
         state(ctx)
         .ledger()
         .add_supporting_agency(
-            incident_name(name), agency, comment=comment, **_options(expected_version, request_id)
+            incident_name(ctx, name),
+            agency,
+            comment=comment,
+            **_options(expected_version, request_id),
         )
     )
     done(ctx, "supported", result)
@@ -478,7 +508,10 @@ def handover_propose(
         state(ctx)
         .ledger()
         .propose_handover(
-            incident_name(name), to_agency, reason=reason, **_options(expected_version, request_id)
+            incident_name(ctx, name),
+            to_agency,
+            reason=reason,
+            **_options(expected_version, request_id),
         )
     )
     done(ctx, "handover proposed", result)
@@ -497,7 +530,7 @@ def handover_accept(
         state(ctx)
         .ledger()
         .accept_handover(
-            incident_name(name), comment=comment, **_options(expected_version, request_id)
+            incident_name(ctx, name), comment=comment, **_options(expected_version, request_id)
         )
     )
     done(ctx, "handover accepted", result)
@@ -532,7 +565,7 @@ def decide(
         state(ctx)
         .ledger()
         .record_decision(
-            incident_name(name),
+            incident_name(ctx, name),
             by,
             forum,
             summary,
@@ -558,7 +591,7 @@ def act(
     result = (
         state(ctx)
         .ledger()
-        .log_action(incident_name(name), action, **_options(expected_version, request_id))
+        .log_action(incident_name(ctx, name), action, **_options(expected_version, request_id))
     )
     done(ctx, "action logged", result)
 
@@ -575,7 +608,7 @@ def escalate(
     result = (
         state(ctx)
         .ledger()
-        .escalate(incident_name(name), reason, **_options(expected_version, request_id))
+        .escalate(incident_name(ctx, name), reason, **_options(expected_version, request_id))
     )
     done(ctx, "escalated", result)
 
@@ -592,7 +625,7 @@ def resolve(
     result = (
         state(ctx)
         .ledger()
-        .resolve(incident_name(name), resolution, **_options(expected_version, request_id))
+        .resolve(incident_name(ctx, name), resolution, **_options(expected_version, request_id))
     )
     done(ctx, "resolved", result)
 
@@ -610,7 +643,7 @@ def close_request(
         state(ctx)
         .ledger()
         .request_closure(
-            incident_name(name), comment=comment, **_options(expected_version, request_id)
+            incident_name(ctx, name), comment=comment, **_options(expected_version, request_id)
         )
     )
     done(ctx, "closure requested", result)
@@ -629,7 +662,7 @@ def close_approve(
         state(ctx)
         .ledger()
         .approve_closure(
-            incident_name(name), comment=comment, **_options(expected_version, request_id)
+            incident_name(ctx, name), comment=comment, **_options(expected_version, request_id)
         )
     )
     done(ctx, "closed", result)
@@ -647,7 +680,7 @@ def reopen(
     result = (
         state(ctx)
         .ledger()
-        .reopen(incident_name(name), reason, **_options(expected_version, request_id))
+        .reopen(incident_name(ctx, name), reason, **_options(expected_version, request_id))
     )
     done(ctx, "reopened", result)
 
@@ -676,7 +709,7 @@ def correct(
 ) -> None:
     """Record a correction of a field of an earlier event."""
     ledger = state(ctx).ledger()
-    incident = incident_name(name)
+    incident = incident_name(ctx, name)
     event_id = event or _event_recording(ledger, incident, field_name)
     result = ledger.correct(
         incident,
@@ -715,7 +748,7 @@ def show(
     st = state(ctx)
     ledger = st.ledger()
     when = as_of.replace(tzinfo=as_of.tzinfo or UTC) if as_of else None
-    incident = ledger.get_incident(incident_name(name), as_of_time=when)
+    incident = ledger.get_incident(incident_name(ctx, name), as_of_time=when)
     events = [e for e in ledger.incident_events(incident.name) if e.version <= incident.version]
     if st.as_json:
         output.emit_json({"incident": incident, "events": [_event_json(e) for e in events]})
@@ -734,7 +767,7 @@ def _event_json(event: Any) -> dict[str, Any]:
 def history(ctx: typer.Context, name: Name) -> None:
     """The events of one incident, oldest first."""
     st = state(ctx)
-    events = list(st.ledger().incident_events(incident_name(name)))
+    events = list(st.ledger().incident_events(incident_name(ctx, name)))
     if st.as_json:
         output.emit_json([_event_json(e) for e in events])
     else:
@@ -930,7 +963,7 @@ def watch(
                 else:
                     out.print(
                         f"{output.when(note.event.record_time)} [bold]{note.event.type}[/bold] "
-                        f"{output.short(note.incident.name)[:8]} {note.incident.title!r} "
+                        f"{output.short_id(note.incident.name)} {note.incident.title!r} "
                         f"{note.incident.status.value} {note.incident.severity} "
                         f"{note.incident.location.kecamatan} by {note.event.actor.agency}"
                     )
@@ -1009,9 +1042,10 @@ def webhooks_dead_letters(ctx: typer.Context) -> None:
                 "Dead letters",
                 ("name", "webhook", "incident", "attempts", "last error"),
                 (
-                    (d.name, d.webhook, output.short(d.incident), d.attempts, d.last_error)
+                    (d.name, d.webhook, output.short_id(d.incident), d.attempts, d.last_error)
                     for d in letters
                 ),
+                no_wrap=("name", "incident"),
             )
         )
 
@@ -1121,7 +1155,7 @@ def audit_export(
     events = ledger.history(
         after,
         until,
-        incident=incident_name(incident) if incident else None,
+        incident=incident_name(ctx, incident) if incident else None,
         agency=agency,
         kecamatan=kecamatan,
     )
@@ -1159,7 +1193,7 @@ def audit_as_of(
     moment = at.replace(tzinfo=at.tzinfo or UTC)
     ledger = st.ledger()
     if incident:
-        found = ledger.get_incident(incident_name(incident), as_of_time=moment)
+        found = ledger.get_incident(incident_name(ctx, incident), as_of_time=moment)
         if st.as_json:
             output.emit_json(found)
         else:

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from incidentledger_client.cli.names import SHORT_ID
 from incidentledger_client.types import (
     CommandResult,
     DecisionInForce,
@@ -84,6 +85,16 @@ def short(name: str) -> str:
     return name.removeprefix("incidents/")
 
 
+def short_id(name: str) -> str:
+    """The id as tables show it: its first characters, enough to name it on the command line."""
+    return short(name)[:SHORT_ID]
+
+
+def id_column(table: Table, title: str = "incident") -> None:
+    """An id column that never wraps an id over two lines."""
+    table.add_column(title, no_wrap=True, min_width=SHORT_ID)
+
+
 def when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
@@ -106,11 +117,12 @@ def command_result(out: Console, verb: str, result: CommandResult) -> None:
 
 def incidents_table(incidents: Iterable[Incident], title: str = "Incidents") -> Table:
     table = Table(title=title, show_lines=False)
-    for column in ("incident", "title", "status", "severity", "category", "place", "lead"):
+    id_column(table)
+    for column in ("title", "status", "severity", "category", "place", "lead"):
         table.add_column(column, overflow="fold")
     for incident in incidents:
         table.add_row(
-            short(incident.name),
+            short_id(incident.name),
             incident.title,
             styled(incident.status.value, STATUS_STYLE),
             styled(incident.severity, SEVERITY_STYLE),
@@ -183,13 +195,16 @@ def timeline(events: Sequence[IncidentEvent]) -> Table:
 
 def history_table(events: Iterable[IncidentEvent]) -> Table:
     table = Table(title="History")
-    for column in ("position", "recorded", "incident", "v", "event", "by"):
+    for column in ("position", "recorded"):
+        table.add_column(column, overflow="fold")
+    id_column(table)
+    for column in ("v", "event", "by"):
         table.add_column(column, overflow="fold")
     for event in events:
         table.add_row(
             str(event.position),
             when(event.record_time),
-            short(event.incident),
+            short_id(event.incident),
             str(event.version),
             event.type,
             event.actor.agency,
@@ -209,7 +224,7 @@ def board(incidents: Sequence[Incident]) -> Table:
         )
     cards = [
         "\n\n".join(
-            f"{i.title}\n[dim]{short(i.name)[:8]} {i.severity} {i.location.kecamatan}"
+            f"{i.title}\n[dim]{short_id(i.name)} {i.severity} {i.location.kecamatan}"
             f"{' lead ' + i.lead_agency if i.lead_agency else ''}[/dim]"
             for i in columns[status]
         )
@@ -282,8 +297,9 @@ def map_svg(vmap: VulnerabilityMap, title: str = "Vulnerability map") -> str:
 
 def decisions_table(decisions: Iterable[DecisionInForce]) -> Table:
     table = Table(title="Decisions in force")
-    for column in ("kecamatan", "summary", "forum", "deciding", "from", "until", "incident"):
+    for column in ("kecamatan", "summary", "forum", "deciding", "from", "until"):
         table.add_column(column, overflow="fold")
+    id_column(table)
     for d in decisions:
         table.add_row(
             d.kecamatan,
@@ -292,15 +308,23 @@ def decisions_table(decisions: Iterable[DecisionInForce]) -> Table:
             ", ".join(d.deciding_agencies),
             when(d.valid_from),
             when(d.valid_until),
-            short(d.incident),
+            short_id(d.incident),
         )
     return table
 
 
-def rows_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
+def rows_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    no_wrap: Sequence[str] = (),
+) -> Table:
     table = Table(title=title)
     for column in columns:
-        table.add_column(column, overflow="fold")
+        if column in no_wrap:
+            table.add_column(column, no_wrap=True)
+        else:
+            table.add_column(column, overflow="fold")
     for row in rows:
         # Text, not markup: values such as "[contexts.prod]" are shown as they are.
         table.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in row))
