@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,7 +41,7 @@ from incidentledger_client import (
     __version__,
 )
 from incidentledger_client.cli import arguments, config, names, output
-from incidentledger_client.types import CommandResult
+from incidentledger_client.types import CommandResult, ReferenceData
 
 EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_PERMISSION, EXIT_SERVER = (
     0,
@@ -132,6 +132,7 @@ class State:
     _resolved: config.Settings | None = None
     _ledger: LedgerClient | None = None
     _notifier: NotifierClient | None = None
+    _reference: ReferenceData | None = None
 
     @property
     def settings(self) -> config.Settings:
@@ -151,6 +152,12 @@ class State:
                 timeout=settings.timeout,
             )
         return self._ledger
+
+    def reference(self) -> ReferenceData:
+        """The ledger's reference data, fetched once per run (one small call)."""
+        if self._reference is None:
+            self._reference = self.ledger().reference_data()
+        return self._reference
 
     def notifier(self) -> NotifierClient:
         if self._notifier is None:
@@ -285,6 +292,63 @@ def incident_name(ctx: typer.Context, value: str) -> str:
         raise typer.BadParameter(str(error), param_hint="INCIDENT") from None
 
 
+#: Lifecycle statuses, as the ledger names them.
+STATUSES = (
+    "REPORTED",
+    "VERIFIED",
+    "ASSIGNED",
+    "RESPONDING",
+    "RESOLVED",
+    "CLOSED",
+    "REJECTED",
+    "MERGED",
+    "REOPENED",
+)
+
+
+def choose(value: str, known: Sequence[str], what: str, param: str) -> str:
+    """``value`` as spelled in ``known``, compared without case; else a usage error with a
+    "did you mean" suggestion and the known values."""
+    folded = value.strip().lower()
+    for candidate in known:
+        if candidate.lower() == folded:
+            return candidate
+    raise typer.BadParameter(
+        f"unknown {what} {value!r}{config.suggest(value, known)}; known: {', '.join(known)}",
+        param_hint=param,
+    )
+
+
+def code(ctx: typer.Context, kind: str, value: str, param: str) -> str:
+    """A reference code (agency, kecamatan, category, severity) checked and spelled as the
+    ledger lists it: codes are case-insensitive, and a typo gets a suggestion."""
+    ref = state(ctx).reference()
+    known: dict[str, Sequence[str]] = {
+        "agency": [a.code for a in ref.agencies],
+        "kecamatan": [k.code for k in ref.kecamatan],
+        "category": [c.code for c in ref.categories],
+        "severity": [v.code for v in ref.severities],
+    }
+    return choose(value, known[kind], kind, param)
+
+
+def maybe_code(ctx: typer.Context, kind: str, value: str | None, param: str) -> str | None:
+    return code(ctx, kind, value, param) if value else value
+
+
+def codes(ctx: typer.Context, kind: str, values: list[str] | None, param: str) -> list[str]:
+    return [code(ctx, kind, v, param) for v in values or []]
+
+
+def desa_name(ctx: typer.Context, kecamatan: str, value: str) -> str:
+    """A desa of the kecamatan, compared without case."""
+    if not value:
+        return value
+    ref = state(ctx).reference()
+    listed = next((k.desa for k in ref.kecamatan if k.code == kecamatan), ())
+    return choose(value, listed, f"desa of {kecamatan}", "--desa") if listed else value
+
+
 def done(ctx: typer.Context, verb: str, result: CommandResult) -> None:
     st = state(ctx)
     if st.as_json:
@@ -339,6 +403,10 @@ def report(
     request_id: RequestId = None,
 ) -> None:
     """Report a new incident."""
+    category = code(ctx, "category", category, "CATEGORY")
+    kecamatan = code(ctx, "kecamatan", kecamatan, "KECAMATAN")
+    desa = desa_name(ctx, kecamatan, desa)
+    severity = code(ctx, "severity", severity, "--severity") if severity else ""
     result = (
         state(ctx)
         .ledger()
@@ -384,8 +452,7 @@ def reject(
     request_id: RequestId = None,
 ) -> None:
     """Reject a reported incident (coordinator)."""
-    if reason.upper() not in {"INVALID", "HOAX", "OUT_OF_SCOPE"}:
-        raise typer.BadParameter("must be INVALID, HOAX or OUT_OF_SCOPE", param_hint="REASON")
+    reason = choose(reason, ("INVALID", "HOAX", "OUT_OF_SCOPE"), "reason", "REASON")
     result = (
         state(ctx)
         .ledger()
@@ -432,6 +499,7 @@ def assess(
     request_id: RequestId = None,
 ) -> None:
     """Assess (or re-assess) an incident's severity."""
+    severity = code(ctx, "severity", severity, "SEVERITY")
     result = (
         state(ctx)
         .ledger()
@@ -455,6 +523,7 @@ def assign(
     request_id: RequestId = None,
 ) -> None:
     """Assign the lead agency (coordinator)."""
+    agency = code(ctx, "agency", agency, "AGENCY")
     result = (
         state(ctx)
         .ledger()
@@ -478,6 +547,7 @@ def support(
     request_id: RequestId = None,
 ) -> None:
     """Add a supporting agency (lead or coordinator)."""
+    agency = code(ctx, "agency", agency, "AGENCY")
     result = (
         state(ctx)
         .ledger()
@@ -504,6 +574,7 @@ def handover_propose(
     request_id: RequestId = None,
 ) -> None:
     """Propose to hand the lead over (lead or coordinator)."""
+    to_agency = code(ctx, "agency", to_agency, "TO_AGENCY")
     result = (
         state(ctx)
         .ledger()
@@ -557,6 +628,8 @@ def decide(
     request_id: RequestId = None,
 ) -> None:
     """Record a decision (a deciding agency involved, or the coordinator)."""
+    by = codes(ctx, "agency", by, "--by")
+    kecamatan = maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")
     until = valid_until.replace(tzinfo=valid_until.tzinfo or UTC) if valid_until else None
     start = datetime.now(UTC)
     if days is not None:
@@ -793,11 +866,11 @@ def list_(
     clauses = [
         f'{key} = "{value}"'
         for key, value in (
-            ("status", status.upper() if status else None),
-            ("severity", severity),
-            ("category", category),
-            ("kecamatan", kecamatan),
-            ("lead_agency", lead),
+            ("status", choose(status, STATUSES, "status", "--status") if status else None),
+            ("severity", maybe_code(ctx, "severity", severity, "--severity")),
+            ("category", maybe_code(ctx, "category", category, "--category")),
+            ("kecamatan", maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")),
+            ("lead_agency", maybe_code(ctx, "agency", lead, "--lead")),
         )
         if value
     ]
@@ -821,6 +894,7 @@ def board(
     kecamatan: Annotated[str | None, typer.Option(help="Only this kecamatan.")] = None,
 ) -> None:
     """The board: open incidents by status, and the workload per agency."""
+    kecamatan = maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")
     st = state(ctx)
     ledger = st.ledger()
     incidents = list(ledger.list_incidents(f'kecamatan = "{kecamatan}"' if kecamatan else ""))
@@ -870,6 +944,7 @@ def decisions(
     ] = None,
 ) -> None:
     """Decisions in force."""
+    kecamatan = maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")
     st = state(ctx)
     found = st.ledger().decisions_in_force(
         at.replace(tzinfo=at.tzinfo or UTC) if at else None, kecamatan
@@ -883,11 +958,10 @@ def decisions(
 @app.command("response-times", epilog="Example: ledgerctl response-times --by severity")
 def response_times(
     ctx: typer.Context,
-    by: Annotated[str, typer.Option(help="agency, severity or category.")] = "agency",
+    by: Annotated[str, typer.Option(help="agency, severity, category or kecamatan.")] = "agency",
 ) -> None:
     """Median and p90 time to acknowledge, verify and resolve."""
-    if by not in {"agency", "severity", "category"}:
-        raise typer.BadParameter("must be agency, severity or category", param_hint="--by")
+    by = choose(by, ("agency", "severity", "category", "kecamatan"), "grouping", "--by")
     st = state(ctx)
     groups = st.ledger().response_times(by)  # type: ignore[arg-type]
     if st.as_json:
@@ -938,6 +1012,9 @@ def watch(
     cursor: Annotated[str | None, typer.Option(help="Resume from this cursor.")] = None,
 ) -> None:
     """Live updates from the notifier, with filters (Ctrl-C stops)."""
+    kecamatan = codes(ctx, "kecamatan", kecamatan, "--kecamatan")
+    category = codes(ctx, "category", category, "--category")
+    min_severity = code(ctx, "severity", min_severity, "--min-severity") if min_severity else ""
     st = state(ctx)
     seen = 0
     out = output.console()
@@ -973,6 +1050,66 @@ def watch(
             pass
 
 
+# --------------------------------------------------------------------------- reference data
+
+
+def _reference_table(
+    ctx: typer.Context, title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]
+) -> None:
+    output.console().print(output.rows_table(title, columns, rows, no_wrap=("code",)))
+
+
+@app.command(epilog="Example: ledgerctl agencies")
+def agencies(ctx: typer.Context) -> None:
+    """The agencies and their roles (coordinator, responder, auditor)."""
+    st = state(ctx)
+    ref = st.reference()
+    if st.as_json:
+        output.emit_json(ref.agencies)
+        return
+    rows = [(a.code, a.name, a.role) for a in ref.agencies]
+    _reference_table(ctx, f"Agencies ({ref.regency})", ("code", "name", "role"), rows)
+
+
+@app.command(epilog="Example: ledgerctl kecamatan")
+def kecamatan(ctx: typer.Context) -> None:
+    """The kecamatan with their desa."""
+    st = state(ctx)
+    ref = st.reference()
+    if st.as_json:
+        output.emit_json(ref.kecamatan)
+        return
+    rows = [(k.code, k.name, ", ".join(k.desa)) for k in ref.kecamatan]
+    _reference_table(ctx, f"Kecamatan ({ref.regency})", ("code", "name", "desa"), rows)
+
+
+@app.command(epilog="Example: ledgerctl categories")
+def categories(ctx: typer.Context) -> None:
+    """The incident categories with their IKP dimension."""
+    st = state(ctx)
+    ref = st.reference()
+    if st.as_json:
+        output.emit_json(ref.categories)
+        return
+    rows = [(c.code, c.name, c.dimension) for c in ref.categories]
+    _reference_table(ctx, "Categories", ("code", "name", "IKP dimension"), rows)
+
+
+@app.command(epilog="Example: ledgerctl severities")
+def severities(ctx: typer.Context) -> None:
+    """The severities, lowest first (and the default of a report that gives none)."""
+    st = state(ctx)
+    ref = st.reference()
+    if st.as_json:
+        output.emit_json({"severities": ref.severities, "default": ref.default_severity})
+        return
+    rows = [
+        (v.code, v.name, v.rank, "default" if v.code == ref.default_severity else "")
+        for v in ref.severities
+    ]
+    _reference_table(ctx, "Severities", ("code", "name", "rank", ""), rows)
+
+
 # --------------------------------------------------------------------------------- webhooks
 
 
@@ -997,6 +1134,9 @@ def webhooks_register(
     mine: Annotated[bool, typer.Option(help="Only incidents involving my agency.")] = False,
 ) -> None:
     """Register a webhook for your agency."""
+    kecamatan = codes(ctx, "kecamatan", kecamatan, "--kecamatan")
+    category = codes(ctx, "category", category, "--category")
+    min_severity = code(ctx, "severity", min_severity, "--min-severity") if min_severity else ""
     st = state(ctx)
     hook = st.notifier().create_webhook(
         url,
@@ -1148,6 +1288,8 @@ def audit_export(
     """
     import json
 
+    agency = maybe_code(ctx, "agency", agency, "--agency")
+    kecamatan = maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")
     st = state(ctx)
     ledger = st.ledger()
     total = ledger.projection_status().ledger_position - after if not until else until - after

@@ -37,6 +37,7 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,7 @@ class Settings:
         return ZoneInfo(self.zone)
 
 
-def suggest(value: str, known: list[str] | tuple[str, ...]) -> str:
+def suggest(value: str, known: Sequence[str]) -> str:
     """`` (did you mean X?)`` for the closest known value, or nothing."""
     close = difflib.get_close_matches(value.lower(), [k.lower() for k in known], n=1, cutoff=0.6)
     if not close:
@@ -163,7 +164,10 @@ def token_for_agency(agency: str, tokens_file: Path, source: str = "") -> str:
             "pass it with --token or LEDGER_TOKEN, or use a client certificate (--tls-cert)"
         )
     raw = yaml.safe_load(tokens_file.read_text(encoding="utf-8")) or {}
-    entry = raw.get(agency)
+    # Agency codes are case-insensitive, as everywhere in ledgerctl.
+    entry = raw.get(agency) or next(
+        (v for k, v in raw.items() if str(k).lower() == agency.lower()), None
+    )
     if not isinstance(entry, dict) or "token" not in entry:
         known = sorted(raw)
         raise ConfigError(
