@@ -960,7 +960,8 @@ def response_times(
     ctx: typer.Context,
     by: Annotated[str, typer.Option(help="agency, severity, category or kecamatan.")] = "agency",
 ) -> None:
-    """Median and p90 time to acknowledge, verify and resolve."""
+    """Median and p90 time to acknowledge, verify and resolve, each with its sample size (n);
+    "—" where no incident reached that step."""
     by = choose(by, ("agency", "severity", "category", "kecamatan"), "grouping", "--by")
     st = state(ctx)
     groups = st.ledger().response_times(by)  # type: ignore[arg-type]
@@ -968,27 +969,7 @@ def response_times(
         output.emit_json(groups)
         return
 
-    def fmt(seconds: float) -> str:
-        return str(timedelta(seconds=round(seconds)))
-
-    output.console().print(
-        output.rows_table(
-            f"Response times by {by}",
-            (by, "n", "ack median", "ack p90", "verify median", "resolve median", "resolve p90"),
-            (
-                (
-                    g.key,
-                    g.acknowledge.count,
-                    fmt(g.acknowledge.median_seconds),
-                    fmt(g.acknowledge.p90_seconds),
-                    fmt(g.verify.median_seconds),
-                    fmt(g.resolve.median_seconds),
-                    fmt(g.resolve.p90_seconds),
-                )
-                for g in groups
-            ),
-        )
-    )
+    output.console().print(output.response_times_table(by, groups))
 
 
 @app.command(

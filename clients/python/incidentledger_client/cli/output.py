@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -24,9 +24,11 @@ from incidentledger_client.cli.names import SHORT_ID
 from incidentledger_client.types import (
     CommandResult,
     DecisionInForce,
+    DurationStats,
     Incident,
     IncidentEvent,
     KecamatanScore,
+    ResponseTimes,
     VulnerabilityMap,
 )
 
@@ -249,7 +251,8 @@ def map_table(vmap: VulnerabilityMap) -> Table:
             f"{score.score:.1f}",
             bar,
             Text(score.band, style=style),
-            str(len(score.reasons)),
+            # The true count: the reasons list only the heaviest (50 by default).
+            str(score.incident_count),
         )
     return table
 
@@ -282,7 +285,7 @@ def map_svg(vmap: VulnerabilityMap, title: str = "Vulnerability map") -> str:
             f"{escape(score.name)}</text>"
             f'<text x="{x + 10}" y="{y + 52}" font-size="22">{score.score:.1f}</text>'
             f'<text x="{x + 10}" y="{y + 76}" font-size="12">{escape(score.band)} · '
-            f"{len(score.reasons)} incident(s)</text></g>"
+            f"{score.incident_count} incident(s)</text></g>"
         )
     legend_y = height - 14
     for i, band in enumerate(("low", "medium", "high")):
@@ -345,3 +348,31 @@ def emit_json_line(value: Any) -> None:
     """One JSON object on one line (JSON Lines, for streams such as ``watch --json``)."""
     sys.stdout.write(json.dumps(to_jsonable(value), ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+#: Shown for a figure without data: a "0:00:00" would read as an instant response.
+NO_DATA = "—"
+
+
+def duration(stats: DurationStats, seconds: float) -> str:
+    return NO_DATA if stats.count == 0 else str(timedelta(seconds=round(seconds)))
+
+
+def response_times_table(by: str, groups: Iterable[ResponseTimes]) -> Table:
+    """Median and p90 per step, each step with its sample size (n)."""
+    table = Table(title=f"Response times by {by}")
+    table.add_column(by, no_wrap=True)
+    for step in ("acknowledge", "verify", "resolve"):
+        table.add_column(f"{step} n", justify="right")
+        table.add_column("median", justify="right")
+        table.add_column("p90", justify="right")
+    for g in groups:
+        cells: list[str] = [g.key or "(no lead)"]
+        for stats in (g.acknowledge, g.verify, g.resolve):
+            cells += [
+                str(stats.count),
+                duration(stats, stats.median_seconds),
+                duration(stats, stats.p90_seconds),
+            ]
+        table.add_row(*cells)
+    return table

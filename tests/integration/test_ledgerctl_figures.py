@@ -1,0 +1,65 @@
+"""Figures people can trust: the map's true count, response times without false zeros."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from incidentledger.v1 import incident_pb2 as pb
+from tests.integration.test_ledgerctl import Ctl
+from tests.support import running_ledger, settings_for, store_environment
+
+
+@pytest.fixture
+def ctl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Ctl]:
+    with (
+        store_environment("popo", tmp_path) as env,
+        running_ledger(settings_for(tmp_path, env)) as client,
+    ):
+        yield Ctl(client, capsys)
+
+
+def row(table: str, first_cell: str) -> list[str]:
+    """The cells of the table row whose first cell is ``first_cell``."""
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.replace("┃", "│").split("│")[1:-1]]
+        if cells and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no row {first_cell!r} in\n{table}")
+
+
+def test_the_map_shows_the_true_incident_count_beyond_the_listed_reasons(
+    ctl: Ctl, tmp_path: Path
+) -> None:
+    for _ in range(57):  # more than the 50 reasons the map lists
+        ctl.ledger.report("kesbangpol", location=pb.Location(kecamatan="penarik"))
+    ctl.ledger.report("kesbangpol", location=pb.Location(kecamatan="ipuh"))
+    vmap = ctl.json("polres", "map")
+    penarik = next(k for k in vmap["kecamatan"] if k["kecamatan"] == "penarik")
+    assert len(penarik["reasons"]) == 50 and penarik["incident_count"] == 57
+    table = ctl.ok("polres", "map")
+    assert row(table, "Penarik")[-1] == "57"
+    assert row(table, "Ipuh")[-1] == "1"
+    svg = tmp_path / "map.svg"
+    ctl.ok("polres", "map", "--svg", str(svg))
+    assert "57 incident(s)" in svg.read_text()
+
+
+def test_response_times_show_no_data_as_a_dash_with_the_sample_size_of_each_figure(
+    ctl: Ctl,
+) -> None:
+    verified = ctl.json("kesbangpol", "report", "Rally", "crowd_gathering", "ipuh")["incident"]
+    ctl.ok("desk_pilkada", "verify", verified)
+    ctl.json("kesbangpol", "report", "Flood", "flood", "penarik")
+    groups = {g["key"]: g for g in ctl.json("polres", "response-times", "--by", "kecamatan")}
+    assert set(groups) == {"ipuh", "penarik"}
+    assert groups["ipuh"]["verify"]["count"] == 1 and groups["penarik"]["verify"]["count"] == 0
+    table = ctl.ok("polres", "response-times", "--by", "kecamatan")
+    # kecamatan | ack n, median, p90 | verify n, median, p90 | resolve n, median, p90
+    penarik = row(table, "penarik")
+    assert penarik[1:] == ["0", "—", "—"] * 3, table
+    ipuh = row(table, "ipuh")
+    assert ipuh[4] == "1" and ipuh[5] != "—" and ipuh[7:] == ["0", "—", "—"]
+    assert "0:00:00" not in " ".join(penarik)
