@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from incidentledger.v1 import incident_pb2 as pb
+from incidentledger_client import LedgerClient
 from tests.integration.test_ledgerctl import Ctl
 from tests.support import running_ledger, settings_for, store_environment
 
@@ -63,3 +67,53 @@ def test_response_times_show_no_data_as_a_dash_with_the_sample_size_of_each_figu
     ipuh = row(table, "ipuh")
     assert ipuh[4] == "1" and ipuh[5] != "—" and ipuh[7:] == ["0", "—", "—"]
     assert "0:00:00" not in " ".join(penarik)
+
+
+@pytest.fixture
+def terminal(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    """What ledgerctl draws on stderr, as on a terminal."""
+    from incidentledger_client.cli import output
+
+    screen = io.StringIO()
+    monkeypatch.setattr(
+        output, "error_console", lambda: Console(file=screen, force_terminal=True, width=120)
+    )
+    return screen
+
+
+def last_count(screen: str, unit: str) -> tuple[int, int]:
+    """The last "done/total unit" a progress bar drew."""
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)
+    found = re.findall(rf"(\d+)/(\S+) {unit}", plain)
+    assert found, plain
+    done, total = found[-1]
+    assert total != "?", plain
+    return int(done), int(total)
+
+
+def ledger_size(ctl: Ctl) -> int:
+    with LedgerClient(ctl.ledger.address, ctl.ledger.tokens["inspektorat"]) as client:
+        return client.projection_status().ledger_position
+
+
+def test_the_export_bar_counts_what_it_finishes_and_ends_full(
+    ctl: Ctl, terminal: io.StringIO, tmp_path: Path
+) -> None:
+    for kecamatan in ("ipuh", "penarik", "ipuh", "penarik"):
+        ctl.ledger.report("kesbangpol", location=pb.Location(kecamatan=kecamatan))
+    size = ledger_size(ctl)
+    out = tmp_path / "ipuh.jsonl"
+    ctl.ok("inspektorat", "audit", "export", str(out), "--kecamatan", "ipuh")
+    assert len(out.read_text().splitlines()) == 2
+    assert last_count(terminal.getvalue(), "positions") == (size, size)
+
+
+def test_audit_verify_shows_progress_against_the_ledgers_size(
+    ctl: Ctl, terminal: io.StringIO
+) -> None:
+    for _ in range(3):
+        ctl.ledger.report("kesbangpol")
+    size = ledger_size(ctl)
+    assert size >= 3
+    assert "ledger verified" in ctl.ok("inspektorat", "audit", "verify")
+    assert last_count(terminal.getvalue(), "positions") == (size, size)

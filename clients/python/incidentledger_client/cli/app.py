@@ -1183,10 +1183,10 @@ def webhooks_replay(
     chosen = [d.name for d in notifier.dead_letters()] if all_ else list(names or [])
     if not chosen:
         raise typer.BadParameter("name dead letters or pass --all")
-    with _progress(st, "replaying", len(chosen)) as step:
+    with _progress(st, "replaying", len(chosen)) as meter:
         for name in chosen:
             notifier.replay_dead_letter(name)
-            step()
+            meter.step()
     if st.as_json:
         output.emit_json({"replayed": chosen})
     else:
@@ -1196,32 +1196,53 @@ def webhooks_replay(
 # ------------------------------------------------------------------------------------ audit
 
 
+class Meter:
+    """What a progress bar is told: work done so far, as a count or a position reached."""
+
+    def __init__(self, progress: Progress | None = None, task: Any = None) -> None:
+        self._progress = progress
+        self._task = task
+        self._started = time.monotonic()
+        self.items = 0
+
+    def _update(self, **fields: Any) -> None:
+        if self._progress is not None:
+            rate = self.items / max(time.monotonic() - self._started, 1e-6)
+            self._progress.update(self._task, rate=f"{rate:,.0f}/s", **fields)
+
+    def step(self) -> None:
+        """One more item done."""
+        self.items += 1
+        self._update(advance=1)
+
+    def reached(self, done: int) -> None:
+        """One more item done, and everything up to ``done`` of the total covered (a position
+        in the log: a filtered export skips positions, and they are done all the same)."""
+        self.items += 1
+        self._update(completed=done)
+
+    def finish(self, total: int) -> None:
+        """All done: the bar shows total/total."""
+        self._update(total=total, completed=total)
+
+
 @contextmanager
-def _progress(st: State, what: str, total: int | None) -> Iterator[Any]:
+def _progress(st: State, what: str, total: int | None, unit: str = "") -> Iterator[Meter]:
     """A progress bar with count and rate on stderr (only on a terminal, never with --json)."""
     err = output.error_console()
     if st.as_json or not err.is_terminal:
-        yield lambda: None
+        yield Meter()
         return
-    started = time.monotonic()
     with Progress(
         TextColumn(what),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn(unit),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         console=err,
     ) as progress:
-        task = progress.add_task(what, total=total, rate="")
-        count = 0
-
-        def step() -> None:
-            nonlocal count
-            count += 1
-            rate = count / max(time.monotonic() - started, 1e-6)
-            progress.update(task, advance=1, rate=f"{rate:,.0f}/s")
-
-        yield step
+        yield Meter(progress, progress.add_task(what, total=total, rate=""))
 
 
 @audit_app.command("verify", epilog="Example: ledgerctl -a inspektorat audit verify")
@@ -1231,8 +1252,13 @@ def audit_verify(ctx: typer.Context) -> None:
     Exit code 6 (server) is not used for a broken chain: a verify that finds divergence exits 1.
     """
     st = state(ctx)
-    with _progress(st, "verifying", None):
-        report_ = st.ledger().verify_ledger()
+    ledger = st.ledger()
+    # One call does the work on the server: the bar shows what it is measured against (the
+    # ledger's size, not "?") and fills when the answer comes.
+    size = ledger.projection_status().ledger_position
+    with _progress(st, "verifying", size or None, "positions") as meter:
+        report_ = ledger.verify_ledger()
+        meter.finish(max(size, report_.events))
     if st.as_json:
         output.emit_json(report_)
     else:
@@ -1273,8 +1299,8 @@ def audit_export(
     kecamatan = maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")
     st = state(ctx)
     ledger = st.ledger()
-    total = ledger.projection_status().ledger_position - after if not until else until - after
-    count = 0
+    end = until or ledger.projection_status().ledger_position
+    total = max(end - after, 0)
     events = ledger.history(
         after,
         until,
@@ -1282,18 +1308,20 @@ def audit_export(
         agency=agency,
         kecamatan=kecamatan,
     )
-    with _progress(st, "exporting", max(total, 0) or None) as step:
+    # The bar counts positions of the log covered (the events exported are fewer when a filter
+    # skips some, or when positions belong to no incident), so it ends full.
+    with _progress(st, "exporting", total or None, "positions") as meter:
         if str(path) == "-":
             for event in events:
                 output.emit_line(json.dumps(_event_json(event), ensure_ascii=False))
-                count += 1
-                step()
+                meter.reached(event.position - after)
         else:
             with path.open("w", encoding="utf-8") as file:
                 for event in events:
                     file.write(json.dumps(_event_json(event), ensure_ascii=False) + "\n")
-                    count += 1
-                    step()
+                    meter.reached(event.position - after)
+        meter.finish(total)
+    count = meter.items
     if str(path) != "-":
         if st.as_json:
             output.emit_json({"path": str(path), "events": count})
