@@ -117,3 +117,23 @@ def test_audit_verify_shows_progress_against_the_ledgers_size(
     assert size >= 3
     assert "ledger verified" in ctl.ok("inspektorat", "audit", "verify")
     assert last_count(terminal.getvalue(), "positions") == (size, size)
+
+
+def test_the_board_is_bounded_and_most_severe_first(
+    ctl: Ctl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    severities = ["low", "critical", "medium", "high", "critical"] + ["low"] * 40
+    names = [ctl.ledger.report("kesbangpol", severity=s).incident for s in severities]
+    board = ctl.json("polres", "board")
+    assert board["total"] == 45 and board["shown"] == 40  # bounded by default
+    assert board["counts"]["REPORTED"] == 45
+    assert [i["name"] for i in board["incidents"][:4]] == [names[1], names[4], names[3], names[2]]
+    oldest = ctl.json("polres", "board", "--sort", "age", "--limit", "2")
+    assert [i["name"] for i in oldest["incidents"]] == names[:2]
+    assert ctl.json("polres", "board", "--limit", "0")["shown"] == 45
+    monkeypatch.setenv("COLUMNS", "70")
+    table = ctl.ok("polres", "board", "-n", "3")
+    assert "REPORTED (45)" in table and "showing 3 of 45" in table
+    for name in (names[1], names[4], names[3]):
+        assert name.removeprefix("incidents/")[:8] in table, table
+    assert names[2].removeprefix("incidents/")[:8] not in table

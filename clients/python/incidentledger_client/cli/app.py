@@ -888,23 +888,64 @@ def list_(
         output.console().print(output.incidents_table(incidents, f"Incidents ({len(incidents)})"))
 
 
-@app.command(epilog="Example: ledgerctl board --kecamatan kota_mukomuko")
+BOARD_SORTS = ("severity", "age", "updated", "status")
+
+
+@app.command(
+    epilog="Example: ledgerctl board --kecamatan kota_mukomuko --limit 20 --sort age  "
+    "(--limit 0 shows every open incident)"
+)
 def board(
     ctx: typer.Context,
     kecamatan: Annotated[str | None, typer.Option(help="Only this kecamatan.")] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", help="Show at most this many incidents (0: all).")
+    ] = 40,
+    sort: Annotated[
+        str,
+        typer.Option(
+            help="severity (most severe first, then oldest), age (oldest first), "
+            "updated (latest change first) or status (lifecycle order)."
+        ),
+    ] = "severity",
 ) -> None:
-    """The board: open incidents by status, and the workload per agency."""
+    """The board: open work, most severe first (limited), counts per status, workload."""
     kecamatan = maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")
+    sort = choose(sort, BOARD_SORTS, "sort", "--sort")
+    if limit < 0:
+        raise typer.BadParameter("must be 0 (all) or more", param_hint="--limit")
     st = state(ctx)
     ledger = st.ledger()
-    incidents = list(ledger.list_incidents(f'kecamatan = "{kecamatan}"' if kecamatan else ""))
+    ranks = {v.code: v.rank for v in st.reference().severities}
+    listed = ledger.list_incidents(f'kecamatan = "{kecamatan}"' if kecamatan else "", page_size=500)
+    open_work = [i for i in listed if i.status.value in output.BOARD_STATUSES]
+    counts = {s: 0 for s in output.BOARD_STATUSES}
+    for incident in open_work:
+        counts[incident.status.value] += 1
+    shown = output.sort_board(open_work, sort, ranks)[: limit or None]
     workload = ledger.workload()
     if st.as_json:
-        columns = {s: [i for i in incidents if i.status.value == s] for s in output.BOARD_STATUSES}
-        output.emit_json({"columns": columns, "workload": workload})
+        columns = {s: [i for i in shown if i.status.value == s] for s in output.BOARD_STATUSES}
+        output.emit_json(
+            {
+                "counts": counts,
+                "total": len(open_work),
+                "shown": len(shown),
+                "sort": sort,
+                "incidents": shown,
+                "columns": columns,
+                "workload": workload,
+            }
+        )
         return
     out = output.console()
-    out.print(output.board(incidents))
+    out.print(output.board(shown, counts, st.settings.tz()))
+    if len(shown) < len(open_work):
+        out.print(
+            f"showing {len(shown)} of {len(open_work)} open incidents, by {sort} "
+            "(--limit N for more, --limit 0 for all)",
+            markup=False,
+        )
     out.print(
         output.rows_table(
             "Workload per agency",

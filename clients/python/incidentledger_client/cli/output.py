@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -214,26 +214,55 @@ def history_table(events: Iterable[IncidentEvent]) -> Table:
     return table
 
 
-def board(incidents: Sequence[Incident]) -> Table:
-    table = Table(title="Board (open work)", show_lines=True)
-    columns: dict[str, list[Incident]] = {s: [] for s in BOARD_STATUSES}
-    for incident in incidents:
-        if incident.status.value in columns:
-            columns[incident.status.value].append(incident)
-    for status in BOARD_STATUSES:
-        table.add_column(
-            f"{status} ({len(columns[status])})", style=STATUS_STYLE[status], overflow="fold"
+def sort_board(incidents: Sequence[Incident], by: str, ranks: dict[str, int]) -> list[Incident]:
+    """Open work in the order asked for: severity (most severe, then oldest, first), age
+    (oldest first), updated (latest change first) or status (lifecycle order, then oldest)."""
+    far = datetime.max.replace(tzinfo=UTC)
+
+    def age(i: Incident) -> datetime:
+        return i.create_time or far
+
+    if by == "age":
+        return sorted(incidents, key=age)
+    if by == "updated":
+        return sorted(incidents, key=lambda i: i.update_time or far, reverse=True)
+    if by == "status":
+        order = {s: n for n, s in enumerate(BOARD_STATUSES)}
+        return sorted(incidents, key=lambda i: (order.get(i.status.value, 99), age(i)))
+    return sorted(incidents, key=lambda i: (-ranks.get(i.severity, 0), age(i)))
+
+
+def board(incidents: Sequence[Incident], counts: dict[str, int], zone: tzinfo) -> Table:
+    """The board: one line per incident (given already sorted and limited); the title counts
+    every open incident per status."""
+    summary = "  ".join(f"{status} ({counts.get(status, 0)})" for status in BOARD_STATUSES)
+    table = Table(title=f"Board (open work)\n{summary}", title_justify="left")
+    id_column(table)
+    table.add_column("severity", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("reported", no_wrap=True)
+    table.add_column("title", overflow="fold")
+    table.add_column("place", overflow="fold")
+    table.add_column("lead", no_wrap=True)
+    for i in incidents:
+        table.add_row(
+            short_id(i.name),
+            styled(i.severity, SEVERITY_STYLE),
+            styled(i.status.value, STATUS_STYLE),
+            local_time(i.create_time, zone),
+            i.title,
+            place(i),
+            i.lead_agency or "-",
         )
-    cards = [
-        "\n\n".join(
-            f"{i.title}\n[dim]{short_id(i.name)} {i.severity} {i.location.kecamatan}"
-            f"{' lead ' + i.lead_agency if i.lead_agency else ''}[/dim]"
-            for i in columns[status]
-        )
-        for status in BOARD_STATUSES
-    ]
-    table.add_row(*cards)
     return table
+
+
+def local_time(value: datetime | None, zone: tzinfo) -> str:
+    """A time for people: in their zone, with the zone's name (e.g. 2026-11-27 14:05 WIB)."""
+    if value is None:
+        return "-"
+    moment = value.astimezone(zone)
+    return f"{moment:%Y-%m-%d %H:%M} {moment.tzname()}"
 
 
 def map_table(vmap: VulnerabilityMap) -> Table:
