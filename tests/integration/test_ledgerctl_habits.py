@@ -223,3 +223,23 @@ def test_config_view_says_where_each_setting_came_from_and_contexts_switch_ledge
     assert 'current_context = "elsewhere"' in config.read_text()
     code, view, _ = run_json(capsys, "config", "view", "--json")
     assert isinstance(view, dict) and view["context"] == "elsewhere"
+
+
+def test_make_venv_puts_ledgerctl_on_the_venvs_path(tmp_path: Path) -> None:
+    """The README's examples run as written: `ledgerctl` is a command of the project's venv
+    (the one running these tests under `make test`), working without PYTHONPATH, anywhere."""
+    command = Path(sys.executable).parent / "ledgerctl"
+    assert command.is_file(), f"{command} is missing: make venv installs it"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PATH"] = f"{command.parent}{os.pathsep}{env.get('PATH', '')}"
+    ran = subprocess.run(
+        ["ledgerctl", "--version"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == f"ledgerctl {__version__}"
