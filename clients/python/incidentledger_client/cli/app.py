@@ -133,6 +133,8 @@ class State:
     _ledger: LedgerClient | None = None
     _notifier: NotifierClient | None = None
     _reference: ReferenceData | None = None
+    #: The services this run has called ("ledger", "notifier"): an error names their address.
+    used: list[str] = field(default_factory=list)
 
     @property
     def settings(self) -> config.Settings:
@@ -141,6 +143,8 @@ class State:
         return self._resolved
 
     def ledger(self) -> LedgerClient:
+        if "ledger" not in self.used:
+            self.used.append("ledger")
         if self._ledger is None:
             settings = self.settings
             self._ledger = LedgerClient(
@@ -160,6 +164,8 @@ class State:
         return self._reference
 
     def notifier(self) -> NotifierClient:
+        if "notifier" not in self.used:
+            self.used.append("notifier")
         if self._notifier is None:
             settings = self.settings
             self._notifier = NotifierClient(
@@ -271,8 +277,11 @@ def root(
         "zone": zone,
         "context": context,
     }
-    ctx.obj = State(options=options, as_json=as_json)
-    ctx.call_on_close(ctx.obj.close)
+    # main() hands its State in, to explain an error with what the run used.
+    st = ctx.obj if isinstance(ctx.obj, State) else State()
+    st.options, st.as_json = options, as_json
+    ctx.obj = st
+    ctx.call_on_close(st.close)
 
 
 def incident_name(ctx: typer.Context, value: str) -> str:
@@ -622,8 +631,15 @@ def decide(
     kecamatan: Annotated[
         str | None, typer.Option(help="Scope (default: the incident's place).")
     ] = None,
-    days: Annotated[float | None, typer.Option(help="Valid for this many days from now.")] = None,
-    valid_until: Annotated[datetime | None, typer.Option(help="Valid until (UTC).")] = None,
+    days: Annotated[
+        float | None, typer.Option(help="Valid for this many days from --valid-from (or now).")
+    ] = None,
+    valid_from: Annotated[
+        datetime | None, typer.Option(help="Valid from (default now; UTC unless a zone is given).")
+    ] = None,
+    valid_until: Annotated[
+        datetime | None, typer.Option(help="Valid until (UTC unless a zone is given).")
+    ] = None,
     expected_version: Version = 0,
     request_id: RequestId = None,
 ) -> None:
@@ -631,9 +647,15 @@ def decide(
     by = codes(ctx, "agency", by, "--by")
     kecamatan = maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")
     until = valid_until.replace(tzinfo=valid_until.tzinfo or UTC) if valid_until else None
-    start = datetime.now(UTC)
+    start = valid_from.replace(tzinfo=valid_from.tzinfo or UTC) if valid_from else datetime.now(UTC)
     if days is not None:
         until = start + timedelta(days=days)
+    if until is None:
+        raise typer.BadParameter(
+            "a decision needs a validity window: --days N (from now, or from --valid-from "
+            "TIME), or --valid-until TIME (with --valid-from TIME to start other than now)",
+            param_hint="--days/--valid-until",
+        )
     result = (
         state(ctx)
         .ledger()
@@ -644,7 +666,7 @@ def decide(
             summary,
             rationale=rationale,
             scope=kecamatan,
-            valid_from=start if until else None,
+            valid_from=start,
             valid_until=until,
             **_options(expected_version, request_id),
         )
@@ -1515,6 +1537,81 @@ def exit_code_for(error: LedgerError) -> int:
     return EXIT_OTHER
 
 
+@dataclass(frozen=True)
+class Hint:
+    message: str
+    metadata: dict[str, str]
+
+
+#: What gRPC says when the client itself rejects the server's certificate.
+_VERIFY_FAILED = ("certificate verify failed", "CERTIFICATE_VERIFY_FAILED", "self signed")
+#: What it says when the far end is not speaking TLS, or TLS is spoken to a plaintext port.
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "wrong version number", "Trying to connect an http1.x server")
+
+
+def explain(error: LedgerError, st: State) -> Hint | None:
+    """What to do about an error, in words that name the address, the setting it came from and
+    the flag that fixes it; None when the server's message says it already."""
+    if not st.used:
+        return None
+    settings = st.settings
+    service = st.used[-1]
+    setting = "address" if service == "ledger" else "notifier_address"
+    address = getattr(settings, setting)
+    where = f"{service} at {address} (from {settings.source(setting)})"
+    meta = {"service": service, "address": address, "address_from": settings.source(setting)}
+    text = error.message
+    if isinstance(error, Unavailable | DeadlineExceeded):
+        tls = bool(settings.tls_ca or os.environ.get("LEDGER_TLS_CA"))
+        has_cert = bool(settings.tls_cert or os.environ.get("LEDGER_TLS_CLIENT_CERT"))
+        if any(s in text for s in _VERIFY_FAILED):
+            return Hint(
+                f"the {where} presented a certificate that the CA "
+                f"{settings.tls_ca or '$LEDGER_TLS_CA'} does not verify: check --tls-ca "
+                "(tls_ca) and that the address matches the server's certificate",
+                meta,
+            )
+        if tls and any(s in text for s in _NOT_TLS):
+            return Hint(f"the {where} does not speak TLS: drop --tls-ca (tls_ca)", meta)
+        if "Connection refused" in text or "DNS resolution failed" in text:
+            return Hint(
+                f"cannot reach the {where}: is it running (make run), and is the address "
+                "right? ledgerctl config view shows every setting and its source",
+                meta,
+            )
+        if tls and not has_cert and ("Socket closed" in text or "handshake" in text.lower()):
+            return Hint(
+                f"the TLS handshake with the {where} failed: the server requires a client "
+                "certificate (mutual TLS): give your agency's with --tls-cert and --tls-key "
+                "(tls_cert, tls_key)",
+                meta,
+            )
+        if not tls and ("Socket closed" in text or "handshake" in text.lower()):
+            return Hint(
+                f"the {where} closed the connection: it probably speaks TLS: verify it with "
+                "its CA, --tls-ca ca.pem (tls_ca), and if it asks for one, give a client "
+                "certificate with --tls-cert and --tls-key",
+                meta,
+            )
+        return Hint(f"cannot reach the {where}", meta)
+    if isinstance(error, Unauthenticated):
+        if not settings.token and not settings.tls_cert:
+            return Hint(
+                "no credentials: act as an agency with --agency NAME (its token from the "
+                f"development tokens file {settings.tokens_file}, written by the ledger on its "
+                "first start), or pass the token your ledger's administrator gave you with "
+                "--token or LEDGER_TOKEN, or a client certificate with --tls-cert and --tls-key",
+                meta,
+            )
+        if settings.token:
+            return Hint(
+                f"the token from {settings.source('token')} was refused by the {where}: "
+                "check it (ledgerctl config view) or ask for a new one",
+                meta,
+            )
+    return None
+
+
 def _wants_json(argv: list[str]) -> bool:
     head = argv[: argv.index("--")] if "--" in argv else argv
     return "--json" in head
@@ -1555,6 +1652,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     as_json = _wants_json(args)
+    st = State()
     command = typer.main.get_command(app)
     args = arguments.hoist_globals(command, args)
     if os.environ.get(COMPLETE_VAR):
@@ -1565,7 +1663,11 @@ def main(argv: list[str] | None = None) -> int:
         completion_init()
     try:
         command.main(
-            args=args, prog_name="ledgerctl", standalone_mode=False, complete_var=COMPLETE_VAR
+            args=args,
+            prog_name="ledgerctl",
+            standalone_mode=False,
+            complete_var=COMPLETE_VAR,
+            obj=st,
         )
     except typer.Exit as stop:
         return stop.exit_code
@@ -1581,12 +1683,13 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(as_json, EXIT_USAGE, "CONFIGURATION", str(error))
     except LedgerError as error:
         detail = f" (field {error.field})" if error.field and not as_json else ""
-        return _fail(
-            as_json,
-            exit_code_for(error),
-            error.code,
-            f"{error.message}{detail}",
-            error.reason,
-            error.metadata,
-        )
+        message, metadata = f"{error.message}{detail}", dict(error.metadata)
+        try:
+            hint = explain(error, st)
+        except config.ConfigError:  # the settings themselves are at fault: say only the error
+            hint = None
+        if hint is not None:
+            message = f"{hint.message} ({message})"
+            metadata.update(hint.metadata)
+        return _fail(as_json, exit_code_for(error), error.code, message, error.reason, metadata)
     return EXIT_OK
