@@ -41,7 +41,7 @@ from incidentledger_client import (
     __version__,
 )
 from incidentledger_client.cli import arguments, config, names, output
-from incidentledger_client.types import CommandResult, ReferenceData
+from incidentledger_client.types import CommandResult, EventFilter, ReferenceData, Webhook
 
 EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_PERMISSION, EXIT_SERVER = (
     0,
@@ -104,7 +104,7 @@ close_app = _group(
     "ledgerctl -a polres close request 0b6f12",
 )
 webhooks_app = _group(
-    "Webhooks of your agency: register, list, dead letters, replay.",
+    "Webhooks of your agency: register, list, update, delete, deliveries, dead letters, replay.",
     "ledgerctl -a bpbd webhooks list",
 )
 audit_app = _group(
@@ -1243,9 +1243,17 @@ def webhooks_replay(
     """Replay dead letters (with a progress bar)."""
     st = state(ctx)
     notifier = st.notifier()
+    if all_ and names:
+        raise typer.BadParameter("name dead letters or pass --all, not both")
     chosen = [d.name for d in notifier.dead_letters()] if all_ else list(names or [])
-    if not chosen:
+    if not chosen and not all_:
         raise typer.BadParameter("name dead letters or pass --all")
+    if not chosen:  # --all with nothing to replay: done, and said so
+        if st.as_json:
+            output.emit_json({"replayed": []})
+        else:
+            output.console().print("no dead letters: nothing to replay")
+        return
     with _progress(st, "replaying", len(chosen)) as meter:
         for name in chosen:
             notifier.replay_dead_letter(name)
@@ -1254,6 +1262,137 @@ def webhooks_replay(
         output.emit_json({"replayed": chosen})
     else:
         output.console().print(f"replayed {len(chosen)} dead letter(s)")
+
+
+def _webhook(ctx: typer.Context, name: str) -> Webhook:
+    """One of the agency's webhooks by its name, or the id after "webhooks/"."""
+    wanted = name if name.startswith("webhooks/") else f"webhooks/{name}"
+    hooks = list(state(ctx).notifier().webhooks())
+    for hook in hooks:
+        if hook.name == wanted:
+            return hook
+    known = [h.name for h in hooks]
+    raise typer.BadParameter(
+        f"your agency has no webhook {name!r}{config.suggest(wanted, known)}"
+        f" (yours: {', '.join(known) or 'none'})",
+        param_hint="WEBHOOK",
+    )
+
+
+@webhooks_app.command("delete", epilog="Example: ledgerctl -a bpbd webhooks delete webhooks/3f2a")
+def webhooks_delete(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="The webhook.", metavar="WEBHOOK")]
+) -> None:
+    """Delete one of your agency's webhooks: deliveries to it stop."""
+    st = state(ctx)
+    hook = _webhook(ctx, name)
+    st.notifier().delete_webhook(hook.name)
+    if st.as_json:
+        output.emit_json({"deleted": hook.name})
+    else:
+        output.console().print(f"deleted {hook.name} ({hook.url})", markup=False)
+
+
+@webhooks_app.command(
+    "update",
+    epilog="Example: ledgerctl -a bpbd webhooks update webhooks/3f2a --secret S "
+    "--url https://bpbd.example/v2/hook --min-severity high",
+)
+def webhooks_update(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The webhook.", metavar="WEBHOOK")],
+    secret: Annotated[
+        str,
+        typer.Option(
+            help="Shared secret (required: the notifier never returns the old one).",
+            envvar="WEBHOOK_SECRET",
+        ),
+    ],
+    url: Annotated[str | None, typer.Option(help="The new endpoint.")] = None,
+    kecamatan: Annotated[
+        list[str] | None, typer.Option(help="Only these kecamatan (repeat; replaces).")
+    ] = None,
+    category: Annotated[
+        list[str] | None, typer.Option(help="Only these categories (repeat; replaces).")
+    ] = None,
+    min_severity: Annotated[str | None, typer.Option(help="At least this severity.")] = None,
+    mine: Annotated[
+        bool | None, typer.Option("--mine/--all-incidents", help="Only incidents involving me.")
+    ] = None,
+) -> None:
+    """Change a webhook's endpoint, secret or filter; what is not given stays.
+
+    The notifier has no update call: the webhook is registered anew with the changes and the
+    old one deleted after it, so it gets a new name (printed) and no event is missed between.
+    """
+    st = state(ctx)
+    old = _webhook(ctx, name)
+    kept = old.filter
+    new_filter = EventFilter(
+        kecamatan=tuple(codes(ctx, "kecamatan", kecamatan, "--kecamatan"))
+        if kecamatan
+        else kept.kecamatan,
+        categories=tuple(codes(ctx, "category", category, "--category"))
+        if category
+        else kept.categories,
+        min_severity=(
+            code(ctx, "severity", min_severity, "--min-severity")
+            if min_severity
+            else ("" if min_severity == "" else kept.min_severity)
+        ),
+        event_types=kept.event_types,
+        involving_my_agency=kept.involving_my_agency if mine is None else mine,
+        agencies=kept.agencies,
+    )
+    notifier = st.notifier()
+    hook = notifier.create_webhook(url or old.url, secret, filter=new_filter)
+    notifier.delete_webhook(old.name)
+    if st.as_json:
+        output.emit_json({"replaced": old.name, "webhook": hook})
+    else:
+        output.console().print(f"updated {old.name} -> {hook.name} ({hook.url})", markup=False)
+
+
+@webhooks_app.command(
+    "deliveries", epilog="Example: ledgerctl -a bpbd webhooks deliveries --incident 0b6f12"
+)
+def webhooks_deliveries(
+    ctx: typer.Context,
+    incident: Annotated[str | None, typer.Option(help="Only this incident.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many (0: all).")] = 50,
+) -> None:
+    """The delivery log of your agency: which event went where, how, with what outcome."""
+    st = state(ctx)
+    name = incident_name(ctx, incident) if incident else None
+    found = []
+    for delivery in st.notifier().deliveries(incident=name, agency=st.settings.agency or None):
+        found.append(delivery)
+        if limit and len(found) >= limit:
+            break
+    if st.as_json:
+        output.emit_json(found)
+        return
+    zone = st.settings.tz()
+    output.console().print(
+        output.rows_table(
+            f"Deliveries ({len(found)})",
+            ("time", "incident", "position", "channel", "target", "outcome", "attempt", "error"),
+            (
+                (
+                    output.local_time(d.time, zone),
+                    output.short_id(d.incident),
+                    d.position,
+                    d.channel,
+                    d.target,
+                    d.outcome,
+                    d.attempt,
+                    d.error,
+                )
+                for d in found
+            ),
+            no_wrap=("time", "incident"),
+        )
+    )
 
 
 # ------------------------------------------------------------------------------------ audit
