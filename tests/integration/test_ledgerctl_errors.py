@@ -81,8 +81,10 @@ def test_a_missing_token_says_how_to_get_one(ctl: Ctl, capsys: pytest.CaptureFix
 def test_decide_needs_a_validity_window_and_offers_the_flags(ctl: Ctl) -> None:
     name = ctl.json("kesbangpol", "report", "Rally", "crowd_gathering", "ipuh")["incident"]
     ctl.ok("desk_pilkada", "verify", name)
-    decide = ("decide", name, "Gatherings restricted", "--forum", "Forkopimda")
-    decide += ("--by", "desk_pilkada", "--rationale", "tension")
+    decide = (
+        *("decide", name, "Gatherings restricted", "--forum", "Forkopimda"),
+        *("--by", "desk_pilkada", "--rationale", "tension"),
+    )
     code, _, err = ctl.run("desk_pilkada", *decide)
     assert code == 2 and "validity window" in err and "--valid-from" in err, err
     ctl.ok(
