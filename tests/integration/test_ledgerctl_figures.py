@@ -137,3 +137,26 @@ def test_the_board_is_bounded_and_most_severe_first(
     for name in (names[1], names[4], names[3]):
         assert name.removeprefix("incidents/")[:8] in table, table
     assert names[2].removeprefix("incidents/")[:8] not in table
+
+
+def test_times_for_people_show_their_zone_and_take_relative_forms(
+    ctl: Ctl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = ctl.json("kesbangpol", "report", "Rally", "crowd_gathering", "ipuh")["incident"]
+    shown = ctl.ok("polres", "show", name)
+    assert " WIB" in shown and " UTC" not in shown, shown
+    assert " WITA" in ctl.ok("polres", "--zone", "Asia/Makassar", "show", name)
+    monkeypatch.setenv("LEDGERCTL_ZONE", "Asia/Jayapura")
+    assert " WIT" in ctl.ok("polres", "history", name)
+    monkeypatch.delenv("LEDGERCTL_ZONE")
+    assert ctl.json("polres", "audit", "as-of", "1 hour ago") == []
+    assert ctl.json("polres", "audit", "as-of", "--", "-1h") == []
+    assert [i["name"] for i in ctl.json("polres", "audit", "as-of", "now")] == [name]
+    assert ctl.json("polres", "show", name, "--as-of", "+1m")["incident"]["name"] == name
+    code, _, err = ctl.run("polres", "show", name, "--as-of", "-1h")
+    assert code == 3 and "NOT_FOUND" in err  # it did not exist an hour ago
+    assert ctl.json("polres", "map", "--at", "yesterday 18:00")["kecamatan"]
+    code, _, err = ctl.run("polres", "decisions", "--at", "whenever")
+    assert code == 2 and "yesterday 18:00" in err
+    code, _, err = ctl.run("polres", "--zone", "Mars/Olympus", "list")
+    assert code == 2 and "unknown time zone" in err

@@ -8,6 +8,7 @@ Exit codes: 0 ok, 1 other error, 2 usage or configuration error, 3 not found,
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -40,7 +41,7 @@ from incidentledger_client import (
     Unavailable,
     __version__,
 )
-from incidentledger_client.cli import arguments, config, names, output
+from incidentledger_client.cli import arguments, config, names, output, times
 from incidentledger_client.types import CommandResult, EventFilter, ReferenceData, Webhook
 
 EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_PERMISSION, EXIT_SERVER = (
@@ -358,6 +359,22 @@ def desa_name(ctx: typer.Context, kecamatan: str, value: str) -> str:
     return choose(value, listed, f"desa of {kecamatan}", "--desa") if listed else value
 
 
+def moment(ctx: typer.Context, value: str | None, param: str) -> datetime | None:
+    """A time typed by a person (ISO, a zone, relative forms), in UTC; None stays None."""
+    if value is None:
+        return None
+    try:
+        return times.parse_time(value, state(ctx).settings.zone)
+    except times.TimeError as error:
+        raise typer.BadParameter(str(error), param_hint=param) from None
+
+
+TIME_HELP = (
+    "e.g. 2026-11-28T10:00, '2026-11-28 10:00 WIB', -2h, 'yesterday 18:00'; without a zone in "
+    "the configured zone (Asia/Jakarta by default)"
+)
+
+
 def done(ctx: typer.Context, verb: str, result: CommandResult) -> None:
     st = state(ctx)
     if st.as_json:
@@ -635,19 +652,17 @@ def decide(
         float | None, typer.Option(help="Valid for this many days from --valid-from (or now).")
     ] = None,
     valid_from: Annotated[
-        datetime | None, typer.Option(help="Valid from (default now; UTC unless a zone is given).")
+        str | None, typer.Option(help=f"Valid from (default now): {TIME_HELP}.")
     ] = None,
-    valid_until: Annotated[
-        datetime | None, typer.Option(help="Valid until (UTC unless a zone is given).")
-    ] = None,
+    valid_until: Annotated[str | None, typer.Option(help=f"Valid until: {TIME_HELP}.")] = None,
     expected_version: Version = 0,
     request_id: RequestId = None,
 ) -> None:
     """Record a decision (a deciding agency involved, or the coordinator)."""
     by = codes(ctx, "agency", by, "--by")
     kecamatan = maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")
-    until = valid_until.replace(tzinfo=valid_until.tzinfo or UTC) if valid_until else None
-    start = valid_from.replace(tzinfo=valid_from.tzinfo or UTC) if valid_from else datetime.now(UTC)
+    until = moment(ctx, valid_until, "--valid-until")
+    start = moment(ctx, valid_from, "--valid-from") or datetime.now(UTC)
     if days is not None:
         until = start + timedelta(days=days)
     if until is None:
@@ -837,18 +852,20 @@ def _event_recording(ledger: LedgerClient, incident: str, field_name: str) -> st
 def show(
     ctx: typer.Context,
     name: Name,
-    as_of: Annotated[datetime | None, typer.Option(help="As it stood at this time (UTC).")] = None,
+    as_of: Annotated[
+        str | None, typer.Option(help=f"As it stood at this time: {TIME_HELP}.")
+    ] = None,
 ) -> None:
     """Show an incident with its timeline."""
     st = state(ctx)
     ledger = st.ledger()
-    when = as_of.replace(tzinfo=as_of.tzinfo or UTC) if as_of else None
+    when = moment(ctx, as_of, "--as-of")
     incident = ledger.get_incident(incident_name(ctx, name), as_of_time=when)
     events = [e for e in ledger.incident_events(incident.name) if e.version <= incident.version]
     if st.as_json:
         output.emit_json({"incident": incident, "events": [_event_json(e) for e in events]})
     else:
-        output.incident_detail(output.console(), incident, events)
+        output.incident_detail(output.console(), incident, events, st.settings.tz())
 
 
 def _event_json(event: Any) -> dict[str, Any]:
@@ -866,7 +883,7 @@ def history(ctx: typer.Context, name: Name) -> None:
     if st.as_json:
         output.emit_json([_event_json(e) for e in events])
     else:
-        output.console().print(output.timeline(events))
+        output.console().print(output.timeline(events, st.settings.tz()))
 
 
 @app.command(
@@ -981,19 +998,19 @@ def board(
 def map_(
     ctx: typer.Context,
     svg: Annotated[Path | None, typer.Option(help="Also render the map to this SVG file.")] = None,
-    at: Annotated[datetime | None, typer.Option(help="As it stood at this time (UTC).")] = None,
+    at: Annotated[str | None, typer.Option(help=f"As it stood at this time: {TIME_HELP}.")] = None,
 ) -> None:
     """The vulnerability map per kecamatan: score and band, coloured; optionally as SVG."""
     st = state(ctx)
-    vmap = st.ledger().vulnerability_map(at.replace(tzinfo=at.tzinfo or UTC) if at else None)
+    vmap = st.ledger().vulnerability_map(moment(ctx, at, "--at"))
     if svg is not None:
         svg.parent.mkdir(parents=True, exist_ok=True)
-        svg.write_text(output.map_svg(vmap), encoding="utf-8")
+        svg.write_text(output.map_svg(vmap, zone=st.settings.tz()), encoding="utf-8")
     if st.as_json:
         output.emit_json(vmap)
     else:
         out = output.console()
-        out.print(output.map_table(vmap))
+        out.print(output.map_table(vmap, st.settings.tz()))
         if svg is not None:
             out.print(f"map written to {svg}")
 
@@ -1003,19 +1020,17 @@ def decisions(
     ctx: typer.Context,
     kecamatan: Annotated[str | None, typer.Option(help="Only this kecamatan.")] = None,
     at: Annotated[
-        datetime | None, typer.Option(help="In force at this time (UTC; default now).")
+        str | None, typer.Option(help=f"In force at this time (default now): {TIME_HELP}.")
     ] = None,
 ) -> None:
     """Decisions in force."""
     kecamatan = maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")
     st = state(ctx)
-    found = st.ledger().decisions_in_force(
-        at.replace(tzinfo=at.tzinfo or UTC) if at else None, kecamatan
-    )
+    found = st.ledger().decisions_in_force(moment(ctx, at, "--at"), kecamatan)
     if st.as_json:
         output.emit_json(found)
     else:
-        output.console().print(output.decisions_table(found))
+        output.console().print(output.decisions_table(found, st.settings.tz()))
 
 
 @app.command("response-times", epilog="Example: ledgerctl response-times --by severity")
@@ -1062,6 +1077,7 @@ def watch(
     st = state(ctx)
     seen = 0
     out = output.console()
+    zone = st.settings.tz()
     with st.notifier().subscribe(
         kecamatan=kecamatan or (),
         categories=category or (),
@@ -1083,7 +1099,8 @@ def watch(
                     )
                 else:
                     out.print(
-                        f"{output.when(note.event.record_time)} [bold]{note.event.type}[/bold] "
+                        f"{output.when(note.event.record_time, zone)} "
+                        f"[bold]{note.event.type}[/bold] "
                         f"{output.short_id(note.incident.name)} {note.incident.title!r} "
                         f"{note.incident.status.value} {note.incident.severity} "
                         f"{note.incident.location.kecamatan} by {note.event.actor.agency}"
@@ -1208,7 +1225,7 @@ def webhooks_list(ctx: typer.Context) -> None:
             output.rows_table(
                 "Webhooks",
                 ("name", "url", "created"),
-                ((h.name, h.url, output.when(h.create_time)) for h in hooks),
+                ((h.name, h.url, output.when(h.create_time, st.settings.tz())) for h in hooks),
             )
         )
 
@@ -1532,33 +1549,37 @@ def audit_export(
 
 
 @audit_app.command(
-    "as-of", epilog="Example: ledgerctl audit as-of 2026-11-28T10:00:00 --incident 0b6f12"
+    "as-of",
+    epilog="Example: ledgerctl audit as-of 'yesterday 18:00' --incident 0b6f12  "
+    "(or 2026-11-28T10:00, '2 hours ago'; a form with a leading dash after --: -- -2h)",
 )
 def audit_as_of(
     ctx: typer.Context,
-    at: Annotated[datetime, typer.Argument(help="The time (UTC).")],
+    at: Annotated[str, typer.Argument(help=f"The time: {TIME_HELP}.", metavar="TIME")],
     incident: Annotated[
         str | None, typer.Option(help="One incident as it stood (else the list).")
     ] = None,
 ) -> None:
     """The incidents (or one incident) as they stood at a past time."""
     st = state(ctx)
-    moment = at.replace(tzinfo=at.tzinfo or UTC)
+    then = moment(ctx, at, "TIME")
     ledger = st.ledger()
     if incident:
-        found = ledger.get_incident(incident_name(ctx, incident), as_of_time=moment)
+        found = ledger.get_incident(incident_name(ctx, incident), as_of_time=then)
         if st.as_json:
             output.emit_json(found)
         else:
             events = [e for e in ledger.incident_events(found.name) if e.version <= found.version]
-            output.incident_detail(output.console(), found, events)
+            output.incident_detail(output.console(), found, events, st.settings.tz())
         return
-    incidents = list(ledger.list_incidents(as_of_time=moment))
+    incidents = list(ledger.list_incidents(as_of_time=then))
     if st.as_json:
         output.emit_json(incidents)
     else:
         output.console().print(
-            output.incidents_table(incidents, f"Incidents as of {output.when(moment)}")
+            output.incidents_table(
+                incidents, f"Incidents as of {output.when(then, st.settings.tz())}"
+            )
         )
 
 
@@ -1712,20 +1733,24 @@ def explain(error: LedgerError, st: State) -> Hint | None:
             )
         if tls and any(s in text for s in _NOT_TLS):
             return Hint(f"the {where} does not speak TLS: drop --tls-ca (tls_ca)", meta)
-        if "Connection refused" in text or "DNS resolution failed" in text:
+        refused = "Connection refused" in text or "DNS resolution failed" in text
+        # gRPC reports only its last address's error (localhost: often ::1 refused while
+        # 127.0.0.1 answered): whether anything listens decides between the two stories.
+        if refused and not _listening(address):
             return Hint(
                 f"cannot reach the {where}: is it running (make run), and is the address "
                 "right? ledgerctl config view shows every setting and its source",
                 meta,
             )
-        if tls and not has_cert and ("Socket closed" in text or "handshake" in text.lower()):
+        closed = refused or "Socket closed" in text or "handshake" in text.lower()
+        if tls and not has_cert and closed:
             return Hint(
                 f"the TLS handshake with the {where} failed: the server requires a client "
                 "certificate (mutual TLS): give your agency's with --tls-cert and --tls-key "
                 "(tls_cert, tls_key)",
                 meta,
             )
-        if not tls and ("Socket closed" in text or "handshake" in text.lower()):
+        if not tls and closed:
             return Hint(
                 f"the {where} closed the connection: it probably speaks TLS: verify it with "
                 "its CA, --tls-ca ca.pem (tls_ca), and if it asks for one, give a client "
@@ -1749,6 +1774,16 @@ def explain(error: LedgerError, st: State) -> Hint | None:
                 meta,
             )
     return None
+
+
+def _listening(address: str) -> bool:
+    """Whether something accepts TCP connections at host:port (any of its addresses)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _wants_json(argv: list[str]) -> bool:

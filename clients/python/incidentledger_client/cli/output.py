@@ -97,8 +97,12 @@ def id_column(table: Table, title: str = "incident") -> None:
     table.add_column(title, no_wrap=True, min_width=SHORT_ID)
 
 
-def when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+def when(value: datetime | None, zone: tzinfo = UTC) -> str:
+    """A time for people, in their zone and naming it (2026-11-28 17:05:00 WIB)."""
+    if value is None:
+        return "-"
+    moment = value.astimezone(zone)
+    return f"{moment:%Y-%m-%d %H:%M:%S} {moment.tzname()}"
 
 
 def styled(value: str, styles: dict[str, str]) -> Text:
@@ -146,7 +150,9 @@ def payload_summary(event: IncidentEvent) -> str:
     return "; ".join(parts)
 
 
-def incident_detail(out: Console, incident: Incident, events: Sequence[IncidentEvent]) -> None:
+def incident_detail(
+    out: Console, incident: Incident, events: Sequence[IncidentEvent], zone: tzinfo = UTC
+) -> None:
     out.print(f"[bold]{incident.title}[/bold]  ({incident.name}, version {incident.version})")
     out.print(
         Text.assemble(
@@ -168,14 +174,14 @@ def incident_detail(out: Console, incident: Incident, events: Sequence[IncidentE
     if incident.merged_into:
         out.print(f"merged into {incident.merged_into}")
     for decision in incident.decisions:
-        until = when(decision.valid_until)
+        until = when(decision.valid_until, zone)
         out.print(f"decision ({decision.forum}, until {until}): {decision.summary}")
     if incident.description:
         out.print(incident.description)
-    out.print(timeline(events))
+    out.print(timeline(events, zone))
 
 
-def timeline(events: Sequence[IncidentEvent]) -> Table:
+def timeline(events: Sequence[IncidentEvent], zone: tzinfo = UTC) -> Table:
     table = Table(title="Timeline", show_header=True, box=None, pad_edge=False)
     table.add_column("v", justify="right")
     table.add_column("recorded")
@@ -191,11 +197,11 @@ def timeline(events: Sequence[IncidentEvent]) -> Table:
         details = payload_summary(event)
         if event.reason:
             details = f"{details} ({event.reason})" if details else event.reason
-        table.add_row(str(event.version), when(event.record_time), event.type, by, details)
+        table.add_row(str(event.version), when(event.record_time, zone), event.type, by, details)
     return table
 
 
-def history_table(events: Iterable[IncidentEvent]) -> Table:
+def history_table(events: Iterable[IncidentEvent], zone: tzinfo = UTC) -> Table:
     table = Table(title="History")
     for column in ("position", "recorded"):
         table.add_column(column, overflow="fold")
@@ -205,7 +211,7 @@ def history_table(events: Iterable[IncidentEvent]) -> Table:
     for event in events:
         table.add_row(
             str(event.position),
-            when(event.record_time),
+            when(event.record_time, zone),
             short_id(event.incident),
             str(event.version),
             event.type,
@@ -265,8 +271,8 @@ def local_time(value: datetime | None, zone: tzinfo) -> str:
     return f"{moment:%Y-%m-%d %H:%M} {moment.tzname()}"
 
 
-def map_table(vmap: VulnerabilityMap) -> Table:
-    table = Table(title=f"Vulnerability map (position {vmap.position}, {when(vmap.time)})")
+def map_table(vmap: VulnerabilityMap, zone: tzinfo = UTC) -> Table:
+    table = Table(title=f"Vulnerability map (position {vmap.position}, {when(vmap.time, zone)})")
     table.add_column("kecamatan")
     table.add_column("score", justify="right")
     table.add_column("", no_wrap=True)
@@ -286,7 +292,7 @@ def map_table(vmap: VulnerabilityMap) -> Table:
     return table
 
 
-def map_svg(vmap: VulnerabilityMap, title: str = "Vulnerability map") -> str:
+def map_svg(vmap: VulnerabilityMap, title: str = "Vulnerability map", zone: tzinfo = UTC) -> str:
     """A tile map: one tile per kecamatan, coloured by band, with its score and band."""
     scores: list[KecamatanScore] = sorted(vmap.kecamatan, key=lambda s: s.name)
     columns, tile_w, tile_h, gap, top = 5, 180, 90, 10, 60
@@ -298,7 +304,7 @@ def map_svg(vmap: VulnerabilityMap, title: str = "Vulnerability map") -> str:
         f'viewBox="0 0 {width} {height}" font-family="sans-serif">',
         f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
         f'<text x="{gap}" y="28" font-size="20" font-weight="bold">{escape(title)}</text>',
-        f'<text x="{gap}" y="48" font-size="12" fill="#555">as of {escape(when(vmap.time))} UTC, '
+        f'<text x="{gap}" y="48" font-size="12" fill="#555">as of {escape(when(vmap.time, zone))}, '
         f"ledger position {vmap.position}</text>",
     ]
     for index, score in enumerate(scores):
@@ -327,7 +333,7 @@ def map_svg(vmap: VulnerabilityMap, title: str = "Vulnerability map") -> str:
     return "\n".join(parts) + "\n"
 
 
-def decisions_table(decisions: Iterable[DecisionInForce]) -> Table:
+def decisions_table(decisions: Iterable[DecisionInForce], zone: tzinfo = UTC) -> Table:
     table = Table(title="Decisions in force")
     for column in ("kecamatan", "summary", "forum", "deciding", "from", "until"):
         table.add_column(column, overflow="fold")
@@ -338,8 +344,8 @@ def decisions_table(decisions: Iterable[DecisionInForce]) -> Table:
             d.summary,
             d.forum,
             ", ".join(d.deciding_agencies),
-            when(d.valid_from),
-            when(d.valid_until),
+            when(d.valid_from, zone),
+            when(d.valid_until, zone),
             short_id(d.incident),
         )
     return table
