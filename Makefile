@@ -18,6 +18,7 @@ PYTEST_ARGS ?=
 PY := $(VENV)/bin/python
 BUF := $(CURDIR)/tools/node_modules/.bin/buf
 VENV_STAMP := $(VENV)/.installed-dev
+LEDGERCTL := $(VENV)/bin/ledgerctl
 BUF_STAMP := tools/node_modules/.installed
 # promtool checks deploy/prometheus in the tests: taken from Debian's prometheus package.
 PROMTOOL_DEB ?= prometheus=2.42.0+ds-5+deb12u1
@@ -35,7 +36,7 @@ help: ## list the targets
 
 # --- environment ---------------------------------------------------------------------------
 
-venv: $(VENV_STAMP) $(BUF_STAMP) ## create .venv from requirements/dev.txt and install buf (stamp-based)
+venv: $(VENV_STAMP) $(BUF_STAMP) $(LEDGERCTL) ## create .venv from requirements/dev.txt, install buf and ledgerctl (stamp-based)
 
 # Rebuilt from scratch (--clear) whenever the lock file changes, so the venv is exactly the lock.
 $(VENV_STAMP): requirements/dev.txt
@@ -43,6 +44,11 @@ $(VENV_STAMP): requirements/dev.txt
 	$(PY) -m pip install --quiet --upgrade pip==$(PIP_VERSION)
 	$(PY) -m pip install --quiet -r requirements/dev.txt
 	touch $@
+
+# The ledgerctl command in the venv (on the PATH once it is activated): a link to tools/ledgerctl.
+# Order-only on the stamp: rebuilding the venv (--clear) removes the link, which brings it back.
+$(LEDGERCTL): tools/ledgerctl | $(VENV_STAMP)
+	ln -sf "$(CURDIR)/tools/ledgerctl" $@
 
 # Best effort: where apt cannot fetch it, the promtool tests skip (and fail when CI=true).
 $(PROMTOOL):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import yaml
 from rich.console import Console
@@ -39,6 +40,7 @@ from incidentledger_client import (
     VerifyReport,
 )
 from incidentledger_client.cli import output
+from incidentledger_client.cli.config import DEFAULT_ZONE as ZONE
 from incidentledger_client.cli.config import token_for_agency
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,7 +162,12 @@ def play(
     desk = client("desk_pilkada")
     auditor = client("inspektorat")
     console.rule("[bold]Board")
-    console.print(output.board(list(desk.list_incidents())))
+    open_work = [i for i in desk.list_incidents() if i.status.value in output.BOARD_STATUSES]
+    counts = {s: sum(i.status.value == s for i in open_work) for s in output.BOARD_STATUSES}
+    ranks = {v.code: v.rank for v in desk.reference_data().severities}
+    console.print(
+        output.board(output.sort_board(open_work, "severity", ranks), counts, ZoneInfo(ZONE))
+    )
     console.rule("[bold]Vulnerability map")
     vmap = desk.vulnerability_map()
     console.print(output.map_table(vmap))

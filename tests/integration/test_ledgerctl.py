@@ -15,7 +15,8 @@ from incidentledger_client.cli import main
 from tests.support import Client, running_ledger, settings_for, store_environment
 
 # The in-process server logs to the same captured stdout: leave its lines out.
-SERVER_LOG = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[|^\{\"event\"")
+# (A log line's "event" is a string; watch --json's is an object.)
+SERVER_LOG = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[|^\{\"event\": \"")
 
 
 def without_server_log(text: str) -> str:
@@ -170,8 +171,10 @@ def test_exit_codes_and_messages(ctl: Ctl, tmp_path: Path) -> None:
     # usage: missing argument, bad choice, bad field on the server
     assert ctl.run("desk_pilkada", "verify")[0] == 2
     code, _, err = ctl.run("desk_pilkada", "reject", name, "MAYBE")
-    assert code == 2 and "INVALID, HOAX or OUT_OF_SCOPE" in err
+    assert code == 2 and "known: INVALID, HOAX, OUT_OF_SCOPE" in err
     code, _, err = ctl.run("kesbangpol", "report", "x", "crowd_gathering", "atlantis")
+    assert code == 2 and "unknown kecamatan 'atlantis'" in err
+    code, _, err = ctl.run("kesbangpol", "report", "", "crowd_gathering", "ipuh")
     assert code == 2 and "INVALID_ARGUMENT" in err
     # not found
     code, _, err = ctl.run("desk_pilkada", "show", f"incidents/{uuid.uuid4()}")

@@ -77,9 +77,14 @@ def test_watch_prints_what_the_notifier_delivers(
     assert code == 0
     assert first.incident.removeprefix("incidents/")[:8] in out
     assert "Reported" in out
-    lines = ctl.json("bpbd", "watch", "--cursor", "v1.0", "--count", "1")
-    received = lines if isinstance(lines, list) else [lines]
+    # --json writes JSON Lines: one object per notification, each on its own line.
+    code, out = ctl.run("bpbd", "--json", "watch", "--cursor", "v1.0", "--count", "2")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 2, out
+    received = [json.loads(line) for line in lines]
     assert received[0]["event"]["incident"] == first.incident
+    assert received[1]["event"]["type"] == "Reported" and received[1]["cursor"]
 
 
 def test_webhooks_register_list_dead_letters_and_replay(
@@ -151,3 +156,41 @@ def test_long_work_shows_progress_with_count_and_rate_on_a_terminal(
     assert "3/" in shown or "3 " in shown, shown
     assert "/s" in shown, shown
     assert len((tmp_path / "export.jsonl").read_text().splitlines()) >= 3
+
+
+def test_webhooks_update_delete_deliveries_and_an_empty_replay(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ctl = LiveCtl(stack, capsys)
+    code, out = ctl.run("dinkes", "webhooks", "replay", "--all")
+    assert code == 0 and "nothing to replay" in out
+    with webhook_receiver() as first, webhook_receiver() as second:
+        hook = ctl.json("dinkes", "webhooks", "register", first.url, "--secret", WEBHOOK_SECRET)
+        result = stack.ledger.report("dinkes", category="flood")
+        wait_until(lambda: len(first.verified()) == 1, what="the first delivery")
+        deliveries = ctl.json("dinkes", "webhooks", "deliveries", "--incident", result.incident)
+        assert [(d["target"], d["outcome"]) for d in deliveries] == [(hook["name"], "delivered")]
+        code, out = ctl.run("dinkes", "webhooks", "deliveries")
+        assert code == 0 and result.incident.removeprefix("incidents/")[:8] in out
+        updated = ctl.json(
+            "dinkes",
+            "webhooks",
+            "update",
+            hook["name"],
+            "--url",
+            second.url,
+            "--secret",
+            WEBHOOK_SECRET,
+            "--min-severity",
+            "HIGH",
+        )
+        assert updated["replaced"] == hook["name"]
+        listed = ctl.json("dinkes", "webhooks", "list")
+        assert [(w["url"], w["filter"]["min_severity"]) for w in listed] == [(second.url, "high")]
+        stack.ledger.report("dinkes", category="flood", severity="critical")
+        wait_until(lambda: len(second.verified()) == 1, what="a delivery to the updated hook")
+        code, out = ctl.run("dinkes", "webhooks", "delete", listed[0]["name"])
+        assert code == 0 and "deleted" in out
+        assert ctl.json("dinkes", "webhooks", "list") == []
+        code, _ = ctl.run("dinkes", "webhooks", "delete", listed[0]["name"])
+        assert code == 2

@@ -334,8 +334,10 @@ def test_response_times_median_and_p90(app: Ledger, projections: Projections, cl
     assert by_severity["high"].acknowledge == polres.acknowledge
     by_category = {r.key: r.count for r in projections.response_times("category")}
     assert by_category == {"hoax": 3, "flood": 1}
+    by_kecamatan = {r.key: r.count for r in projections.response_times("kecamatan")}
+    assert sum(by_kecamatan.values()) == 4 and "" not in by_kecamatan
     with pytest.raises(ValueError, match="agency, severity or category"):
-        projections.response_times("kecamatan")
+        projections.response_times("desa")
 
 
 def test_quantiles_interpolate_between_closest_ranks() -> None:

@@ -60,6 +60,11 @@ from incidentledger_client.types import (
     Location,
     Notification,
     ProjectionStatus,
+    ReferenceAgency,
+    ReferenceCategory,
+    ReferenceData,
+    ReferenceKecamatan,
+    ReferenceSeverity,
     RejectionReason,
     ResponseTimes,
     ScoreReason,
@@ -67,6 +72,9 @@ from incidentledger_client.types import (
     VulnerabilityMap,
     Webhook,
 )
+
+#: The client's version (also the distribution's, see clients/python/pyproject.toml).
+__version__ = "0.1.0"
 
 __all__ = [
     "Aborted",
@@ -107,6 +115,11 @@ __all__ = [
     "PositionNotRecorded",
     "ProjectionLagging",
     "ProjectionStatus",
+    "ReferenceAgency",
+    "ReferenceCategory",
+    "ReferenceData",
+    "ReferenceKecamatan",
+    "ReferenceSeverity",
     "RejectionReason",
     "RequestIdReused",
     "ResourceExhausted",
@@ -121,5 +134,6 @@ __all__ = [
     "VersionConflict",
     "VulnerabilityMap",
     "Webhook",
+    "__version__",
     "new_request_id",
 ]

@@ -38,6 +38,7 @@ from incidentledger_client.types import (
     IncidentEvent,
     Location,
     ProjectionStatus,
+    ReferenceData,
     RejectionReason,
     ResponseTimeGrouping,
     ResponseTimes,
@@ -53,6 +54,7 @@ _GROUPINGS = {
     "agency": situation_pb.RESPONSE_TIME_GROUPING_AGENCY,
     "severity": situation_pb.RESPONSE_TIME_GROUPING_SEVERITY,
     "category": situation_pb.RESPONSE_TIME_GROUPING_CATEGORY,
+    "kecamatan": situation_pb.RESPONSE_TIME_GROUPING_KECAMATAN,
 }
 
 
@@ -669,6 +671,13 @@ class LedgerClient:
 
         return paginate(fetch)
 
+    def reference_data(self) -> ReferenceData:
+        """Agencies with roles, kecamatan with desa, categories with IKP dimension, severities."""
+        response = self._transport.unary(
+            self._ledger.GetReferenceData, api.GetReferenceDataRequest()
+        )
+        return ReferenceData.from_proto(response)
+
     # ----------------------------------------------------------------------- situation
 
     def vulnerability_map(
@@ -706,7 +715,8 @@ class LedgerClient:
     def response_times(
         self, group_by: ResponseTimeGrouping = "agency", *, min_position: int = 0
     ) -> list[ResponseTimes]:
-        """Median and p90 time to acknowledge, verify and resolve, by agency/severity/category."""
+        """Median and p90 time to acknowledge, verify and resolve, by agency, severity, category
+        or kecamatan; each figure with its sample size (``count``: 0 means no data)."""
         if group_by not in _GROUPINGS:
             raise ValueError(f"group_by must be one of {sorted(_GROUPINGS)}, got {group_by!r}")
         request = situation_pb.GetResponseTimesRequest(

@@ -22,7 +22,7 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import notifier_service_pb2 as notifier_pb
 from incidentledger.v1 import situation_service_pb2 as situation_pb
 
-ResponseTimeGrouping = Literal["agency", "severity", "category"]
+ResponseTimeGrouping = Literal["agency", "severity", "category", "kecamatan"]
 """How :meth:`LedgerClient.response_times` groups its figures."""
 
 DeliveryChannel = Literal["grpc", "webhook"]
@@ -349,16 +349,22 @@ class KecamatanScore:
     name: str
     score: float
     band: Band
+    #: The heaviest contributions only (at most the ledger's max_reasons, 50 by default).
     reasons: tuple[ScoreReason, ...]
+    #: How many incidents contribute to the score: the true count, which reasons may not reach.
+    incident_count: int = 0
 
     @classmethod
     def from_proto(cls, message: situation_pb.KecamatanScore) -> KecamatanScore:
+        reasons = tuple(ScoreReason.from_proto(r) for r in message.reasons)
         return cls(
             kecamatan=message.kecamatan,
             name=message.name,
             score=message.score,
             band=message.band,  # type: ignore[arg-type]
-            reasons=tuple(ScoreReason.from_proto(r) for r in message.reasons),
+            reasons=reasons,
+            # A ledger older than the field sends 0: the listed reasons are all it tells.
+            incident_count=message.incident_count or len(reasons),
         )
 
 
@@ -457,6 +463,69 @@ class ResponseTimes:
             acknowledge=DurationStats.from_proto(message.acknowledge),
             verify=DurationStats.from_proto(message.verify),
             resolve=DurationStats.from_proto(message.resolve),
+        )
+
+
+@dataclass(frozen=True)
+class ReferenceAgency:
+    """An agency and its role (coordinator, responder or auditor)."""
+
+    code: str
+    name: str
+    role: str
+
+
+@dataclass(frozen=True)
+class ReferenceKecamatan:
+    """A kecamatan and its desa."""
+
+    code: str
+    name: str
+    desa: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ReferenceCategory:
+    """A category and its Bawaslu IKP dimension."""
+
+    code: str
+    name: str
+    dimension: str
+
+
+@dataclass(frozen=True)
+class ReferenceSeverity:
+    """A severity; ``rank`` orders them, lowest first."""
+
+    code: str
+    name: str
+    rank: int
+
+
+@dataclass(frozen=True)
+class ReferenceData:
+    """The ledger's reference data: what requests are checked against."""
+
+    regency: str
+    agencies: tuple[ReferenceAgency, ...]
+    kecamatan: tuple[ReferenceKecamatan, ...]
+    categories: tuple[ReferenceCategory, ...]
+    severities: tuple[ReferenceSeverity, ...]
+    default_severity: str
+
+    @classmethod
+    def from_proto(cls, message: api.GetReferenceDataResponse) -> ReferenceData:
+        return cls(
+            regency=message.regency,
+            agencies=tuple(ReferenceAgency(a.code, a.name, a.role) for a in message.agencies),
+            kecamatan=tuple(
+                ReferenceKecamatan(k.code, k.name, tuple(k.desa)) for k in message.kecamatan
+            ),
+            categories=tuple(
+                ReferenceCategory(c.code, c.name, c.dimension) for c in message.categories
+            ),
+            severities=tuple(ReferenceSeverity(v.code, v.name, v.rank) for v in message.severities),
+            default_severity=message.default_severity,
         )
 
 

@@ -1237,3 +1237,168 @@ class ListIncidentEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListIncidentEventsResponse: _TypeAlias = ListIncidentEventsResponse  # noqa: Y015
+
+@_typing.final
+class GetReferenceDataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReferenceDataRequest: _TypeAlias = GetReferenceDataRequest  # noqa: Y015
+
+@_typing.final
+class ReferenceAgency(_message.Message):
+    """An agency and its role: "coordinator", "responder" or "auditor"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    name: _builtins.str
+    role: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        name: _builtins.str = ...,
+        role: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "name", b"name", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReferenceAgency: _TypeAlias = ReferenceAgency  # noqa: Y015
+
+@_typing.final
+class ReferenceKecamatan(_message.Message):
+    """A kecamatan and its desa."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DESA_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    name: _builtins.str
+    @_builtins.property
+    def desa(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        name: _builtins.str = ...,
+        desa: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "desa", b"desa", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReferenceKecamatan: _TypeAlias = ReferenceKecamatan  # noqa: Y015
+
+@_typing.final
+class ReferenceCategory(_message.Message):
+    """A category and its Bawaslu IKP dimension."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DIMENSION_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    name: _builtins.str
+    dimension: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        name: _builtins.str = ...,
+        dimension: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "dimension", b"dimension", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReferenceCategory: _TypeAlias = ReferenceCategory  # noqa: Y015
+
+@_typing.final
+class ReferenceSeverity(_message.Message):
+    """A severity; rank orders them, lowest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    name: _builtins.str
+    rank: _builtins.int
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        name: _builtins.str = ...,
+        rank: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "name", b"name", "rank", b"rank"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReferenceSeverity: _TypeAlias = ReferenceSeverity  # noqa: Y015
+
+@_typing.final
+class GetReferenceDataResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGENCY_FIELD_NUMBER: _builtins.int
+    AGENCIES_FIELD_NUMBER: _builtins.int
+    KECAMATAN_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    SEVERITIES_FIELD_NUMBER: _builtins.int
+    DEFAULT_SEVERITY_FIELD_NUMBER: _builtins.int
+    regency: _builtins.str
+    default_severity: _builtins.str
+    """The severity of a report that gives none."""
+    @_builtins.property
+    def agencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReferenceAgency]: ...
+    @_builtins.property
+    def kecamatan(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReferenceKecamatan]: ...
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReferenceCategory]: ...
+    @_builtins.property
+    def severities(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReferenceSeverity]:
+        """Lowest first."""
+
+    def __init__(
+        self,
+        *,
+        regency: _builtins.str = ...,
+        agencies: _abc.Iterable[Global___ReferenceAgency] | None = ...,
+        kecamatan: _abc.Iterable[Global___ReferenceKecamatan] | None = ...,
+        categories: _abc.Iterable[Global___ReferenceCategory] | None = ...,
+        severities: _abc.Iterable[Global___ReferenceSeverity] | None = ...,
+        default_severity: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agencies", b"agencies", "categories", b"categories", "default_severity", b"default_severity", "kecamatan", b"kecamatan", "regency", b"regency", "severities", b"severities"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReferenceDataResponse: _TypeAlias = GetReferenceDataResponse  # noqa: Y015

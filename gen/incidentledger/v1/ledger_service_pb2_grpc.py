@@ -146,6 +146,11 @@ class LedgerServiceStub:
                 request_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.ListIncidentEventsRequest.SerializeToString,
                 response_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.ListIncidentEventsResponse.FromString,
                 _registered_method=True)
+        self.GetReferenceData = channel.unary_unary(
+                '/incidentledger.v1.LedgerService/GetReferenceData',
+                request_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.GetReferenceDataRequest.SerializeToString,
+                response_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.GetReferenceDataResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -304,6 +309,15 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetReferenceData(self, request, context):
+        """The reference data requests are checked against: agencies with their
+        roles, kecamatan with their desa, categories with their IKP dimension,
+        severities. Configuration of the ledger, the same for every caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -406,6 +420,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.ListIncidentEvents,
                     request_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.ListIncidentEventsRequest.FromString,
                     response_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.ListIncidentEventsResponse.SerializeToString,
+            ),
+            'GetReferenceData': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReferenceData,
+                    request_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.GetReferenceDataRequest.FromString,
+                    response_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.GetReferenceDataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -960,6 +979,33 @@ class LedgerService:
             '/incidentledger.v1.LedgerService/ListIncidentEvents',
             incidentledger_dot_v1_dot_ledger__service__pb2.ListIncidentEventsRequest.SerializeToString,
             incidentledger_dot_v1_dot_ledger__service__pb2.ListIncidentEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReferenceData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/incidentledger.v1.LedgerService/GetReferenceData',
+            incidentledger_dot_v1_dot_ledger__service__pb2.GetReferenceDataRequest.SerializeToString,
+            incidentledger_dot_v1_dot_ledger__service__pb2.GetReferenceDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -87,6 +87,11 @@ class LedgerServiceStub:
     """List incidents (AIP-132, filter AIP-160)."""
     ListIncidentEvents: _grpc.UnaryUnaryMultiCallable[_ledger_service_pb2.ListIncidentEventsRequest, _ledger_service_pb2.ListIncidentEventsResponse]
     """List the events of one incident, oldest first."""
+    GetReferenceData: _grpc.UnaryUnaryMultiCallable[_ledger_service_pb2.GetReferenceDataRequest, _ledger_service_pb2.GetReferenceDataResponse]
+    """The reference data requests are checked against: agencies with their
+    roles, kecamatan with their desa, categories with their IKP dimension,
+    severities. Configuration of the ledger, the same for every caller.
+    """
 
 @_typing.type_check_only
 class LedgerServiceAsyncStub(LedgerServiceStub):
@@ -147,6 +152,11 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """List incidents (AIP-132, filter AIP-160)."""
     ListIncidentEvents: _aio.UnaryUnaryMultiCallable[_ledger_service_pb2.ListIncidentEventsRequest, _ledger_service_pb2.ListIncidentEventsResponse]  # type: ignore[assignment]
     """List the events of one incident, oldest first."""
+    GetReferenceData: _aio.UnaryUnaryMultiCallable[_ledger_service_pb2.GetReferenceDataRequest, _ledger_service_pb2.GetReferenceDataResponse]  # type: ignore[assignment]
+    """The reference data requests are checked against: agencies with their
+    roles, kecamatan with their desa, categories with their IKP dimension,
+    severities. Configuration of the ledger, the same for every caller.
+    """
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     """The incident ledger: commands append immutable events to an incident,
@@ -324,5 +334,16 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_service_pb2.ListIncidentEventsResponse, _abc.Awaitable[_ledger_service_pb2.ListIncidentEventsResponse]]:
         """List the events of one incident, oldest first."""
+
+    @_abc_1.abstractmethod
+    def GetReferenceData(
+        self,
+        request: _ledger_service_pb2.GetReferenceDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_service_pb2.GetReferenceDataResponse, _abc.Awaitable[_ledger_service_pb2.GetReferenceDataResponse]]:
+        """The reference data requests are checked against: agencies with their
+        roles, kecamatan with their desa, categories with their IKP dimension,
+        severities. Configuration of the ledger, the same for every caller.
+        """
 
 def add_LedgerServiceServicer_to_server(servicer: LedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -30,6 +30,7 @@ class _ResponseTimeGroupingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     RESPONSE_TIME_GROUPING_AGENCY: _ResponseTimeGrouping.ValueType  # 1
     RESPONSE_TIME_GROUPING_SEVERITY: _ResponseTimeGrouping.ValueType  # 2
     RESPONSE_TIME_GROUPING_CATEGORY: _ResponseTimeGrouping.ValueType  # 3
+    RESPONSE_TIME_GROUPING_KECAMATAN: _ResponseTimeGrouping.ValueType  # 4
 
 class ResponseTimeGrouping(_ResponseTimeGrouping, metaclass=_ResponseTimeGroupingEnumTypeWrapper):
     """How response times are grouped."""
@@ -38,6 +39,7 @@ RESPONSE_TIME_GROUPING_UNSPECIFIED: ResponseTimeGrouping.ValueType  # 0
 RESPONSE_TIME_GROUPING_AGENCY: ResponseTimeGrouping.ValueType  # 1
 RESPONSE_TIME_GROUPING_SEVERITY: ResponseTimeGrouping.ValueType  # 2
 RESPONSE_TIME_GROUPING_CATEGORY: ResponseTimeGrouping.ValueType  # 3
+RESPONSE_TIME_GROUPING_KECAMATAN: ResponseTimeGrouping.ValueType  # 4
 Global___ResponseTimeGrouping: _TypeAlias = ResponseTimeGrouping  # noqa: Y015
 
 @_typing.final
@@ -119,14 +121,19 @@ class KecamatanScore(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     BAND_FIELD_NUMBER: _builtins.int
     REASONS_FIELD_NUMBER: _builtins.int
+    INCIDENT_COUNT_FIELD_NUMBER: _builtins.int
     kecamatan: _builtins.str
     name: _builtins.str
     score: _builtins.float
     """0-100."""
     band: _builtins.str
     """"low", "medium" or "high"."""
+    incident_count: _builtins.int
+    """How many incidents contribute to the score (reasons may list fewer)."""
     @_builtins.property
-    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoreReason]: ...
+    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoreReason]:
+        """The heaviest contributions (at most the configured max_reasons, 50 by default)."""
+
     def __init__(
         self,
         *,
@@ -135,10 +142,11 @@ class KecamatanScore(_message.Message):
         score: _builtins.float = ...,
         band: _builtins.str = ...,
         reasons: _abc.Iterable[Global___ScoreReason] | None = ...,
+        incident_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["band", b"band", "kecamatan", b"kecamatan", "name", b"name", "reasons", b"reasons", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["band", b"band", "incident_count", b"incident_count", "kecamatan", b"kecamatan", "name", b"name", "reasons", b"reasons", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -383,6 +391,9 @@ class DurationStats(_message.Message):
     MEDIAN_SECONDS_FIELD_NUMBER: _builtins.int
     P90_SECONDS_FIELD_NUMBER: _builtins.int
     count: _builtins.int
+    """How many incidents reached this step (the sample size of the figures);
+    with 0 the median and p90 are 0 and mean nothing.
+    """
     median_seconds: _builtins.float
     p90_seconds: _builtins.float
     def __init__(
@@ -409,7 +420,7 @@ class ResponseTimes(_message.Message):
     VERIFY_FIELD_NUMBER: _builtins.int
     RESOLVE_FIELD_NUMBER: _builtins.int
     key: _builtins.str
-    """The agency, severity or category."""
+    """The agency, severity, category or kecamatan."""
     @_builtins.property
     def acknowledge(self) -> Global___DurationStats: ...
     @_builtins.property

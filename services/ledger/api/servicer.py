@@ -301,6 +301,32 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
         return api.GetIncidentResponse(incident=convert.incident_to_proto(incident))
 
     @override
+    def GetReferenceData(
+        self, request: api.GetReferenceDataRequest, context: grpc.ServicerContext
+    ) -> api.GetReferenceDataResponse:
+        reference = self._ledger.reference
+        return api.GetReferenceDataResponse(
+            regency=reference.regency,
+            agencies=[
+                api.ReferenceAgency(code=a.code, name=a.name, role=a.role.value)
+                for a in reference.agencies.values()
+            ],
+            kecamatan=[
+                api.ReferenceKecamatan(code=k.code, name=k.name, desa=sorted(k.desa))
+                for k in reference.kecamatan.values()
+            ],
+            categories=[
+                api.ReferenceCategory(code=c.code, name=c.name, dimension=c.dimension)
+                for c in reference.categories.values()
+            ],
+            severities=[
+                api.ReferenceSeverity(code=v.code, name=v.name, rank=v.rank)
+                for v in sorted(reference.severities.values(), key=lambda v: v.rank)
+            ],
+            default_severity=reference.default_severity,
+        )
+
+    @override
     def ListIncidents(
         self, request: api.ListIncidentsRequest, context: grpc.ServicerContext
     ) -> api.ListIncidentsResponse:

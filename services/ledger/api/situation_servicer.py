@@ -19,6 +19,7 @@ GROUPINGS = {
     sit.RESPONSE_TIME_GROUPING_AGENCY: "agency",
     sit.RESPONSE_TIME_GROUPING_SEVERITY: "severity",
     sit.RESPONSE_TIME_GROUPING_CATEGORY: "category",
+    sit.RESPONSE_TIME_GROUPING_KECAMATAN: "kecamatan",
 }
 
 
@@ -42,6 +43,7 @@ class SituationServicer(sit_grpc.SituationServiceServicer):
                     name=score.name,
                     score=score.score,
                     band=score.band,
+                    incident_count=score.incidents,
                     reasons=[
                         sit.ScoreReason(
                             incident=convert.incident_name(reason.incident_id),
@@ -124,7 +126,7 @@ class SituationServicer(sit_grpc.SituationServiceServicer):
     ) -> sit.GetResponseTimesResponse:
         by = GROUPINGS.get(request.group_by)
         if by is None:
-            raise InvalidArgument("group_by", "must be AGENCY, SEVERITY or CATEGORY")
+            raise InvalidArgument("group_by", "must be AGENCY, SEVERITY, CATEGORY or KECAMATAN")
         with self._read.view(
             min_position=request.min_position, timeout=context.time_remaining()
         ) as view:

@@ -687,9 +687,17 @@ class ProjectionStore:
         return [AgencyWorkload(agency, *c) for agency, c in counts.items()]
 
     def response_times(self, by: str) -> list[ResponseTimes]:
-        columns = {"agency": "lead_agency", "severity": "severity", "category": "category"}
+        columns = {
+            "agency": "lead_agency",
+            "severity": "severity",
+            "category": "category",
+            "kecamatan": "kecamatan",
+        }
         if by not in columns:
-            raise ValueError(f"response times are grouped by agency, severity or category: {by!r}")
+            raise ValueError(
+                "response times are grouped by kecamatan or by agency, severity or category: "
+                f"{by!r}"
+            )
         with self.sql.transaction() as cur:
             cur.execute(
                 self.sql.q(

@@ -115,7 +115,7 @@ class Percentiles:
 
 @dataclass(frozen=True)
 class ResponseTimes:
-    key: str  # the agency, severity or category ("" for incidents without a lead agency)
+    key: str  # the agency, severity, category or kecamatan ("" for incidents without a lead)
     count: int  # incidents in the group
     acknowledge: Percentiles
     verify: Percentiles

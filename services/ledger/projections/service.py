@@ -83,7 +83,7 @@ class ProjectionReader:
         return self._store.workload(at)
 
     def response_times(self, by: str, *, fresh: bool = True) -> list[ResponseTimes]:
-        """``by``: agency (the lead agency), severity or category."""
+        """``by``: agency (the lead agency), severity, category or kecamatan."""
         self._refresh(fresh)
         return self._store.response_times(by)
 

@@ -7,8 +7,10 @@ Exit codes: 0 ok, 1 other error, 2 usage or configuration error, 3 not found,
 
 from __future__ import annotations
 
+import os
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.main
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from incidentledger_client import (
@@ -36,9 +39,10 @@ from incidentledger_client import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    __version__,
 )
-from incidentledger_client.cli import config, output
-from incidentledger_client.types import CommandResult
+from incidentledger_client.cli import arguments, config, names, output, times
+from incidentledger_client.types import CommandResult, EventFilter, ReferenceData, Webhook
 
 EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_PERMISSION, EXIT_SERVER = (
     0,
@@ -71,43 +75,79 @@ EPILOG = (
     "6 server/unavailable."
 )
 
+#: -h as well as --help, on every command (click passes it down to the subcommands).
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
 app = typer.Typer(
     name="ledgerctl",
     help="Command-line tool of the incident ledger: report and handle incidents, follow the "
-    "situation, audit the ledger.\n\nExample: ledgerctl --agency kesbangpol report "
-    "'Mass gathering' crowd_gathering kota_mukomuko --severity high",
-    epilog=EPILOG,
+    "situation, audit the ledger. Global options (--agency, --json, ...) go anywhere on the "
+    "line.",
+    epilog="Example: ledgerctl report 'Mass gathering' crowd_gathering kota_mukomuko "
+    "--severity high -a kesbangpol\n\n" + EPILOG,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings=CONTEXT,
 )
-handover_app = typer.Typer(help="Propose or accept a handover of the lead.", no_args_is_help=True)
-close_app = typer.Typer(
-    help="Request or approve the closure of a resolved incident.", no_args_is_help=True
+
+
+def _group(help_: str, example: str) -> typer.Typer:
+    return typer.Typer(help=help_, epilog=f"Example: {example}", no_args_is_help=True)
+
+
+handover_app = _group(
+    "Propose or accept a handover of the lead.",
+    "ledgerctl -a satpolpp handover propose 0b6f12 polres --reason 'needs police'",
 )
-webhooks_app = typer.Typer(
-    help="Webhooks of your agency: register, list, dead letters, replay.", no_args_is_help=True
+close_app = _group(
+    "Request or approve the closure of a resolved incident.",
+    "ledgerctl -a polres close request 0b6f12",
 )
-audit_app = typer.Typer(
-    help="Audit: verify the hash chains, export the history, as-of views.", no_args_is_help=True
+webhooks_app = _group(
+    "Webhooks of your agency: register, list, update, delete, deliveries, dead letters, replay.",
+    "ledgerctl -a bpbd webhooks list",
+)
+audit_app = _group(
+    "Audit: verify the hash chains, export the history, as-of views.",
+    "ledgerctl -a inspektorat audit verify",
+)
+config_app = _group(
+    "ledgerctl's own settings: the effective values and where each came from, contexts.",
+    "ledgerctl config view --context production",
 )
 app.add_typer(handover_app, name="handover")
 app.add_typer(close_app, name="close")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(audit_app, name="audit")
+app.add_typer(config_app, name="config")
 
 
 @dataclass
 class State:
-    settings: config.Settings | None = None
+    """The root options, resolved into settings only when a command needs them (so --help,
+    --version, completion and ``config`` work whatever the configuration says)."""
+
+    options: dict[str, Any] = field(default_factory=dict)
     as_json: bool = False
+    _resolved: config.Settings | None = None
     _ledger: LedgerClient | None = None
     _notifier: NotifierClient | None = None
-    opened: list[Any] = field(default_factory=list)
+    _reference: ReferenceData | None = None
+    #: The services this run has called ("ledger", "notifier"): an error names their address.
+    used: list[str] = field(default_factory=list)
+
+    @property
+    def settings(self) -> config.Settings:
+        if self._resolved is None:
+            self._resolved = config.resolve(**self.options)
+        return self._resolved
 
     def ledger(self) -> LedgerClient:
+        if "ledger" not in self.used:
+            self.used.append("ledger")
         if self._ledger is None:
-            settings = self._settings()
+            settings = self.settings
             self._ledger = LedgerClient(
                 settings.address,
                 settings.token or None,
@@ -118,9 +158,17 @@ class State:
             )
         return self._ledger
 
+    def reference(self) -> ReferenceData:
+        """The ledger's reference data, fetched once per run (one small call)."""
+        if self._reference is None:
+            self._reference = self.ledger().reference_data()
+        return self._reference
+
     def notifier(self) -> NotifierClient:
+        if "notifier" not in self.used:
+            self.used.append("notifier")
         if self._notifier is None:
-            settings = self._settings()
+            settings = self.settings
             self._notifier = NotifierClient(
                 settings.notifier_address,
                 settings.token or None,
@@ -130,11 +178,6 @@ class State:
                 timeout=settings.timeout,
             )
         return self._notifier
-
-    def _settings(self) -> config.Settings:
-        if self.settings is None:
-            raise RuntimeError("ledgerctl: no settings")
-        return self.settings
 
     def close(self) -> None:
         for client in (self._ledger, self._notifier):
@@ -147,6 +190,12 @@ def state(ctx: typer.Context) -> State:
     if not isinstance(value, State):
         raise RuntimeError("ledgerctl: no state (the root callback did not run)")
     return value
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        output.emit_line(f"ledgerctl {__version__}")
+        raise typer.Exit(EXIT_OK)
 
 
 @app.callback()
@@ -190,30 +239,140 @@ def root(
         Path | None,
         typer.Option(help="Mutual TLS: the certificate's key (env LEDGER_TLS_CLIENT_KEY)."),
     ] = None,
+    zone: Annotated[
+        str | None,
+        typer.Option(
+            help="Time zone of the times shown and typed (env LEDGERCTL_ZONE; default "
+            "Asia/Jakarta, WIB)."
+        ),
+    ] = None,
+    context: Annotated[
+        str | None,
+        typer.Option(
+            "--context",
+            help="Use this context (profile) of the config file (env LEDGERCTL_CONTEXT).",
+        ),
+    ] = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Machine-readable JSON on stdout.")
+        bool, typer.Option("--json", help="Machine-readable JSON on stdout (errors on stderr).")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_show_version, help="Show the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Command-line tool of the incident ledger."""
-    settings = config.resolve(
-        address=address,
-        notifier_address=notifier_address,
-        token=token,
-        agency=agency,
-        tokens_file=tokens_file,
-        config=config_file,
-        timeout=timeout,
-        tls_ca=tls_ca,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
+    options = {
+        "address": address,
+        "notifier_address": notifier_address,
+        "token": token,
+        "agency": agency,
+        "tokens_file": tokens_file,
+        "config": config_file,
+        "timeout": timeout,
+        "tls_ca": tls_ca,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "zone": zone,
+        "context": context,
+    }
+    # main() hands its State in, to explain an error with what the run used.
+    st = ctx.obj if isinstance(ctx.obj, State) else State()
+    st.options, st.as_json = options, as_json
+    ctx.obj = st
+    ctx.call_on_close(st.close)
+
+
+def incident_name(ctx: typer.Context, value: str) -> str:
+    """``incidents/ID`` from the full name, the id, a unique prefix of 6+ characters (as tables
+    show them) or, once the ledger has them, a reference code; a usage error otherwise (an
+    ambiguous prefix lists the candidates)."""
+    ledger = state(ctx).ledger()
+    resolver = names.IncidentResolver(
+        # One listing of every incident: the ledger has no lookup by prefix (see names.py).
+        list_incidents=lambda: ledger.list_incidents(page_size=1000),
+        # The hook for reference codes: a lookup goes here once the ledger records them.
+        by_reference=None,
     )
-    ctx.obj = State(settings=settings, as_json=as_json)
-    ctx.call_on_close(ctx.obj.close)
+    try:
+        return resolver.resolve(value)
+    except names.IncidentNameError as error:
+        raise typer.BadParameter(str(error), param_hint="INCIDENT") from None
 
 
-def incident_name(value: str) -> str:
-    """``incidents/ID`` from ``incidents/ID`` or ``ID``."""
-    return value if value.startswith("incidents/") else f"incidents/{value}"
+#: Lifecycle statuses, as the ledger names them.
+STATUSES = (
+    "REPORTED",
+    "VERIFIED",
+    "ASSIGNED",
+    "RESPONDING",
+    "RESOLVED",
+    "CLOSED",
+    "REJECTED",
+    "MERGED",
+    "REOPENED",
+)
+
+
+def choose(value: str, known: Sequence[str], what: str, param: str) -> str:
+    """``value`` as spelled in ``known``, compared without case; else a usage error with a
+    "did you mean" suggestion and the known values."""
+    folded = value.strip().lower()
+    for candidate in known:
+        if candidate.lower() == folded:
+            return candidate
+    raise typer.BadParameter(
+        f"unknown {what} {value!r}{config.suggest(value, known)}; known: {', '.join(known)}",
+        param_hint=param,
+    )
+
+
+def code(ctx: typer.Context, kind: str, value: str, param: str) -> str:
+    """A reference code (agency, kecamatan, category, severity) checked and spelled as the
+    ledger lists it: codes are case-insensitive, and a typo gets a suggestion."""
+    ref = state(ctx).reference()
+    known: dict[str, Sequence[str]] = {
+        "agency": [a.code for a in ref.agencies],
+        "kecamatan": [k.code for k in ref.kecamatan],
+        "category": [c.code for c in ref.categories],
+        "severity": [v.code for v in ref.severities],
+    }
+    return choose(value, known[kind], kind, param)
+
+
+def maybe_code(ctx: typer.Context, kind: str, value: str | None, param: str) -> str | None:
+    return code(ctx, kind, value, param) if value else value
+
+
+def codes(ctx: typer.Context, kind: str, values: list[str] | None, param: str) -> list[str]:
+    return [code(ctx, kind, v, param) for v in values or []]
+
+
+def desa_name(ctx: typer.Context, kecamatan: str, value: str) -> str:
+    """A desa of the kecamatan, compared without case."""
+    if not value:
+        return value
+    ref = state(ctx).reference()
+    listed = next((k.desa for k in ref.kecamatan if k.code == kecamatan), ())
+    return choose(value, listed, f"desa of {kecamatan}", "--desa") if listed else value
+
+
+def moment(ctx: typer.Context, value: str | None, param: str) -> datetime | None:
+    """A time typed by a person (ISO, a zone, relative forms), in UTC; None stays None."""
+    if value is None:
+        return None
+    try:
+        return times.parse_time(value, state(ctx).settings.zone)
+    except times.TimeError as error:
+        raise typer.BadParameter(str(error), param_hint=param) from None
+
+
+TIME_HELP = (
+    "e.g. 2026-11-28T10:00, '2026-11-28 10:00 WIB', -2h, 'yesterday 18:00'; without a zone in "
+    "the configured zone (Asia/Jakarta by default)"
+)
 
 
 def done(ctx: typer.Context, verb: str, result: CommandResult) -> None:
@@ -224,7 +383,13 @@ def done(ctx: typer.Context, verb: str, result: CommandResult) -> None:
         output.command_result(output.console(), verb, result)
 
 
-Name = Annotated[str, typer.Argument(help="The incident: incidents/ID or ID.", metavar="INCIDENT")]
+Name = Annotated[
+    str,
+    typer.Argument(
+        help="The incident: incidents/ID, the ID, or its first 6+ characters as tables show.",
+        metavar="INCIDENT",
+    ),
+]
 Version = Annotated[
     int,
     typer.Option(
@@ -264,6 +429,10 @@ def report(
     request_id: RequestId = None,
 ) -> None:
     """Report a new incident."""
+    category = code(ctx, "category", category, "CATEGORY")
+    kecamatan = code(ctx, "kecamatan", kecamatan, "KECAMATAN")
+    desa = desa_name(ctx, kecamatan, desa)
+    severity = code(ctx, "severity", severity, "--severity") if severity else ""
     result = (
         state(ctx)
         .ledger()
@@ -291,7 +460,7 @@ def verify(
     result = (
         state(ctx)
         .ledger()
-        .verify(incident_name(name), comment=comment, **_options(expected_version, request_id))
+        .verify(incident_name(ctx, name), comment=comment, **_options(expected_version, request_id))
     )
     done(ctx, "verified", result)
 
@@ -309,13 +478,15 @@ def reject(
     request_id: RequestId = None,
 ) -> None:
     """Reject a reported incident (coordinator)."""
-    if reason.upper() not in {"INVALID", "HOAX", "OUT_OF_SCOPE"}:
-        raise typer.BadParameter("must be INVALID, HOAX or OUT_OF_SCOPE", param_hint="REASON")
+    reason = choose(reason, ("INVALID", "HOAX", "OUT_OF_SCOPE"), "reason", "REASON")
     result = (
         state(ctx)
         .ledger()
         .reject(
-            incident_name(name), reason.upper(), comment, **_options(expected_version, request_id)
+            incident_name(ctx, name),
+            reason.upper(),
+            comment,
+            **_options(expected_version, request_id),
         )
     )
     done(ctx, "rejected", result)
@@ -335,8 +506,8 @@ def merge(
         state(ctx)
         .ledger()
         .merge(
-            incident_name(name),
-            incident_name(target),
+            incident_name(ctx, name),
+            incident_name(ctx, target),
             comment=comment,
             **_options(expected_version, request_id),
         )
@@ -354,11 +525,15 @@ def assess(
     request_id: RequestId = None,
 ) -> None:
     """Assess (or re-assess) an incident's severity."""
+    severity = code(ctx, "severity", severity, "SEVERITY")
     result = (
         state(ctx)
         .ledger()
         .assess_severity(
-            incident_name(name), severity, comment=comment, **_options(expected_version, request_id)
+            incident_name(ctx, name),
+            severity,
+            comment=comment,
+            **_options(expected_version, request_id),
         )
     )
     done(ctx, "assessed", result)
@@ -374,11 +549,15 @@ def assign(
     request_id: RequestId = None,
 ) -> None:
     """Assign the lead agency (coordinator)."""
+    agency = code(ctx, "agency", agency, "AGENCY")
     result = (
         state(ctx)
         .ledger()
         .assign_lead(
-            incident_name(name), agency, comment=comment, **_options(expected_version, request_id)
+            incident_name(ctx, name),
+            agency,
+            comment=comment,
+            **_options(expected_version, request_id),
         )
     )
     done(ctx, "assigned", result)
@@ -394,11 +573,15 @@ def support(
     request_id: RequestId = None,
 ) -> None:
     """Add a supporting agency (lead or coordinator)."""
+    agency = code(ctx, "agency", agency, "AGENCY")
     result = (
         state(ctx)
         .ledger()
         .add_supporting_agency(
-            incident_name(name), agency, comment=comment, **_options(expected_version, request_id)
+            incident_name(ctx, name),
+            agency,
+            comment=comment,
+            **_options(expected_version, request_id),
         )
     )
     done(ctx, "supported", result)
@@ -417,11 +600,15 @@ def handover_propose(
     request_id: RequestId = None,
 ) -> None:
     """Propose to hand the lead over (lead or coordinator)."""
+    to_agency = code(ctx, "agency", to_agency, "TO_AGENCY")
     result = (
         state(ctx)
         .ledger()
         .propose_handover(
-            incident_name(name), to_agency, reason=reason, **_options(expected_version, request_id)
+            incident_name(ctx, name),
+            to_agency,
+            reason=reason,
+            **_options(expected_version, request_id),
         )
     )
     done(ctx, "handover proposed", result)
@@ -440,7 +627,7 @@ def handover_accept(
         state(ctx)
         .ledger()
         .accept_handover(
-            incident_name(name), comment=comment, **_options(expected_version, request_id)
+            incident_name(ctx, name), comment=comment, **_options(expected_version, request_id)
         )
     )
     done(ctx, "handover accepted", result)
@@ -461,27 +648,40 @@ def decide(
     kecamatan: Annotated[
         str | None, typer.Option(help="Scope (default: the incident's place).")
     ] = None,
-    days: Annotated[float | None, typer.Option(help="Valid for this many days from now.")] = None,
-    valid_until: Annotated[datetime | None, typer.Option(help="Valid until (UTC).")] = None,
+    days: Annotated[
+        float | None, typer.Option(help="Valid for this many days from --valid-from (or now).")
+    ] = None,
+    valid_from: Annotated[
+        str | None, typer.Option(help=f"Valid from (default now): {TIME_HELP}.")
+    ] = None,
+    valid_until: Annotated[str | None, typer.Option(help=f"Valid until: {TIME_HELP}.")] = None,
     expected_version: Version = 0,
     request_id: RequestId = None,
 ) -> None:
     """Record a decision (a deciding agency involved, or the coordinator)."""
-    until = valid_until.replace(tzinfo=valid_until.tzinfo or UTC) if valid_until else None
-    start = datetime.now(UTC)
+    by = codes(ctx, "agency", by, "--by")
+    kecamatan = maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")
+    until = moment(ctx, valid_until, "--valid-until")
+    start = moment(ctx, valid_from, "--valid-from") or datetime.now(UTC)
     if days is not None:
         until = start + timedelta(days=days)
+    if until is None:
+        raise typer.BadParameter(
+            "a decision needs a validity window: --days N (from now, or from --valid-from "
+            "TIME), or --valid-until TIME (with --valid-from TIME to start other than now)",
+            param_hint="--days/--valid-until",
+        )
     result = (
         state(ctx)
         .ledger()
         .record_decision(
-            incident_name(name),
+            incident_name(ctx, name),
             by,
             forum,
             summary,
             rationale=rationale,
             scope=kecamatan,
-            valid_from=start if until else None,
+            valid_from=start,
             valid_until=until,
             **_options(expected_version, request_id),
         )
@@ -501,7 +701,7 @@ def act(
     result = (
         state(ctx)
         .ledger()
-        .log_action(incident_name(name), action, **_options(expected_version, request_id))
+        .log_action(incident_name(ctx, name), action, **_options(expected_version, request_id))
     )
     done(ctx, "action logged", result)
 
@@ -518,7 +718,7 @@ def escalate(
     result = (
         state(ctx)
         .ledger()
-        .escalate(incident_name(name), reason, **_options(expected_version, request_id))
+        .escalate(incident_name(ctx, name), reason, **_options(expected_version, request_id))
     )
     done(ctx, "escalated", result)
 
@@ -535,7 +735,7 @@ def resolve(
     result = (
         state(ctx)
         .ledger()
-        .resolve(incident_name(name), resolution, **_options(expected_version, request_id))
+        .resolve(incident_name(ctx, name), resolution, **_options(expected_version, request_id))
     )
     done(ctx, "resolved", result)
 
@@ -553,7 +753,7 @@ def close_request(
         state(ctx)
         .ledger()
         .request_closure(
-            incident_name(name), comment=comment, **_options(expected_version, request_id)
+            incident_name(ctx, name), comment=comment, **_options(expected_version, request_id)
         )
     )
     done(ctx, "closure requested", result)
@@ -572,7 +772,7 @@ def close_approve(
         state(ctx)
         .ledger()
         .approve_closure(
-            incident_name(name), comment=comment, **_options(expected_version, request_id)
+            incident_name(ctx, name), comment=comment, **_options(expected_version, request_id)
         )
     )
     done(ctx, "closed", result)
@@ -590,7 +790,7 @@ def reopen(
     result = (
         state(ctx)
         .ledger()
-        .reopen(incident_name(name), reason, **_options(expected_version, request_id))
+        .reopen(incident_name(ctx, name), reason, **_options(expected_version, request_id))
     )
     done(ctx, "reopened", result)
 
@@ -619,7 +819,7 @@ def correct(
 ) -> None:
     """Record a correction of a field of an earlier event."""
     ledger = state(ctx).ledger()
-    incident = incident_name(name)
+    incident = incident_name(ctx, name)
     event_id = event or _event_recording(ledger, incident, field_name)
     result = ledger.correct(
         incident,
@@ -652,18 +852,20 @@ def _event_recording(ledger: LedgerClient, incident: str, field_name: str) -> st
 def show(
     ctx: typer.Context,
     name: Name,
-    as_of: Annotated[datetime | None, typer.Option(help="As it stood at this time (UTC).")] = None,
+    as_of: Annotated[
+        str | None, typer.Option(help=f"As it stood at this time: {TIME_HELP}.")
+    ] = None,
 ) -> None:
     """Show an incident with its timeline."""
     st = state(ctx)
     ledger = st.ledger()
-    when = as_of.replace(tzinfo=as_of.tzinfo or UTC) if as_of else None
-    incident = ledger.get_incident(incident_name(name), as_of_time=when)
+    when = moment(ctx, as_of, "--as-of")
+    incident = ledger.get_incident(incident_name(ctx, name), as_of_time=when)
     events = [e for e in ledger.incident_events(incident.name) if e.version <= incident.version]
     if st.as_json:
         output.emit_json({"incident": incident, "events": [_event_json(e) for e in events]})
     else:
-        output.incident_detail(output.console(), incident, events)
+        output.incident_detail(output.console(), incident, events, st.settings.tz())
 
 
 def _event_json(event: Any) -> dict[str, Any]:
@@ -677,11 +879,11 @@ def _event_json(event: Any) -> dict[str, Any]:
 def history(ctx: typer.Context, name: Name) -> None:
     """The events of one incident, oldest first."""
     st = state(ctx)
-    events = list(st.ledger().incident_events(incident_name(name)))
+    events = list(st.ledger().incident_events(incident_name(ctx, name)))
     if st.as_json:
         output.emit_json([_event_json(e) for e in events])
     else:
-        output.console().print(output.timeline(events))
+        output.console().print(output.timeline(events, st.settings.tz()))
 
 
 @app.command(
@@ -703,11 +905,11 @@ def list_(
     clauses = [
         f'{key} = "{value}"'
         for key, value in (
-            ("status", status.upper() if status else None),
-            ("severity", severity),
-            ("category", category),
-            ("kecamatan", kecamatan),
-            ("lead_agency", lead),
+            ("status", choose(status, STATUSES, "status", "--status") if status else None),
+            ("severity", maybe_code(ctx, "severity", severity, "--severity")),
+            ("category", maybe_code(ctx, "category", category, "--category")),
+            ("kecamatan", maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")),
+            ("lead_agency", maybe_code(ctx, "agency", lead, "--lead")),
         )
         if value
     ]
@@ -725,22 +927,64 @@ def list_(
         output.console().print(output.incidents_table(incidents, f"Incidents ({len(incidents)})"))
 
 
-@app.command(epilog="Example: ledgerctl board --kecamatan kota_mukomuko")
+BOARD_SORTS = ("severity", "age", "updated", "status")
+
+
+@app.command(
+    epilog="Example: ledgerctl board --kecamatan kota_mukomuko --limit 20 --sort age  "
+    "(--limit 0 shows every open incident)"
+)
 def board(
     ctx: typer.Context,
     kecamatan: Annotated[str | None, typer.Option(help="Only this kecamatan.")] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", help="Show at most this many incidents (0: all).")
+    ] = 40,
+    sort: Annotated[
+        str,
+        typer.Option(
+            help="severity (most severe first, then oldest), age (oldest first), "
+            "updated (latest change first) or status (lifecycle order)."
+        ),
+    ] = "severity",
 ) -> None:
-    """The board: open incidents by status, and the workload per agency."""
+    """The board: open work, most severe first (limited), counts per status, workload."""
+    kecamatan = maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")
+    sort = choose(sort, BOARD_SORTS, "sort", "--sort")
+    if limit < 0:
+        raise typer.BadParameter("must be 0 (all) or more", param_hint="--limit")
     st = state(ctx)
     ledger = st.ledger()
-    incidents = list(ledger.list_incidents(f'kecamatan = "{kecamatan}"' if kecamatan else ""))
+    ranks = {v.code: v.rank for v in st.reference().severities}
+    listed = ledger.list_incidents(f'kecamatan = "{kecamatan}"' if kecamatan else "", page_size=500)
+    open_work = [i for i in listed if i.status.value in output.BOARD_STATUSES]
+    counts = {s: 0 for s in output.BOARD_STATUSES}
+    for incident in open_work:
+        counts[incident.status.value] += 1
+    shown = output.sort_board(open_work, sort, ranks)[: limit or None]
     workload = ledger.workload()
     if st.as_json:
-        columns = {s: [i for i in incidents if i.status.value == s] for s in output.BOARD_STATUSES}
-        output.emit_json({"columns": columns, "workload": workload})
+        columns = {s: [i for i in shown if i.status.value == s] for s in output.BOARD_STATUSES}
+        output.emit_json(
+            {
+                "counts": counts,
+                "total": len(open_work),
+                "shown": len(shown),
+                "sort": sort,
+                "incidents": shown,
+                "columns": columns,
+                "workload": workload,
+            }
+        )
         return
     out = output.console()
-    out.print(output.board(incidents))
+    out.print(output.board(shown, counts, st.settings.tz()))
+    if len(shown) < len(open_work):
+        out.print(
+            f"showing {len(shown)} of {len(open_work)} open incidents, by {sort} "
+            "(--limit N for more, --limit 0 for all)",
+            markup=False,
+        )
     out.print(
         output.rows_table(
             "Workload per agency",
@@ -754,19 +998,19 @@ def board(
 def map_(
     ctx: typer.Context,
     svg: Annotated[Path | None, typer.Option(help="Also render the map to this SVG file.")] = None,
-    at: Annotated[datetime | None, typer.Option(help="As it stood at this time (UTC).")] = None,
+    at: Annotated[str | None, typer.Option(help=f"As it stood at this time: {TIME_HELP}.")] = None,
 ) -> None:
     """The vulnerability map per kecamatan: score and band, coloured; optionally as SVG."""
     st = state(ctx)
-    vmap = st.ledger().vulnerability_map(at.replace(tzinfo=at.tzinfo or UTC) if at else None)
+    vmap = st.ledger().vulnerability_map(moment(ctx, at, "--at"))
     if svg is not None:
         svg.parent.mkdir(parents=True, exist_ok=True)
-        svg.write_text(output.map_svg(vmap), encoding="utf-8")
+        svg.write_text(output.map_svg(vmap, zone=st.settings.tz()), encoding="utf-8")
     if st.as_json:
         output.emit_json(vmap)
     else:
         out = output.console()
-        out.print(output.map_table(vmap))
+        out.print(output.map_table(vmap, st.settings.tz()))
         if svg is not None:
             out.print(f"map written to {svg}")
 
@@ -776,55 +1020,34 @@ def decisions(
     ctx: typer.Context,
     kecamatan: Annotated[str | None, typer.Option(help="Only this kecamatan.")] = None,
     at: Annotated[
-        datetime | None, typer.Option(help="In force at this time (UTC; default now).")
+        str | None, typer.Option(help=f"In force at this time (default now): {TIME_HELP}.")
     ] = None,
 ) -> None:
     """Decisions in force."""
+    kecamatan = maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")
     st = state(ctx)
-    found = st.ledger().decisions_in_force(
-        at.replace(tzinfo=at.tzinfo or UTC) if at else None, kecamatan
-    )
+    found = st.ledger().decisions_in_force(moment(ctx, at, "--at"), kecamatan)
     if st.as_json:
         output.emit_json(found)
     else:
-        output.console().print(output.decisions_table(found))
+        output.console().print(output.decisions_table(found, st.settings.tz()))
 
 
 @app.command("response-times", epilog="Example: ledgerctl response-times --by severity")
 def response_times(
     ctx: typer.Context,
-    by: Annotated[str, typer.Option(help="agency, severity or category.")] = "agency",
+    by: Annotated[str, typer.Option(help="agency, severity, category or kecamatan.")] = "agency",
 ) -> None:
-    """Median and p90 time to acknowledge, verify and resolve."""
-    if by not in {"agency", "severity", "category"}:
-        raise typer.BadParameter("must be agency, severity or category", param_hint="--by")
+    """Median and p90 time to acknowledge, verify and resolve, each with its sample size (n);
+    "—" where no incident reached that step."""
+    by = choose(by, ("agency", "severity", "category", "kecamatan"), "grouping", "--by")
     st = state(ctx)
     groups = st.ledger().response_times(by)  # type: ignore[arg-type]
     if st.as_json:
         output.emit_json(groups)
         return
 
-    def fmt(seconds: float) -> str:
-        return str(timedelta(seconds=round(seconds)))
-
-    output.console().print(
-        output.rows_table(
-            f"Response times by {by}",
-            (by, "n", "ack median", "ack p90", "verify median", "resolve median", "resolve p90"),
-            (
-                (
-                    g.key,
-                    g.acknowledge.count,
-                    fmt(g.acknowledge.median_seconds),
-                    fmt(g.acknowledge.p90_seconds),
-                    fmt(g.verify.median_seconds),
-                    fmt(g.resolve.median_seconds),
-                    fmt(g.resolve.p90_seconds),
-                )
-                for g in groups
-            ),
-        )
-    )
+    output.console().print(output.response_times_table(by, groups))
 
 
 @app.command(
@@ -848,9 +1071,13 @@ def watch(
     cursor: Annotated[str | None, typer.Option(help="Resume from this cursor.")] = None,
 ) -> None:
     """Live updates from the notifier, with filters (Ctrl-C stops)."""
+    kecamatan = codes(ctx, "kecamatan", kecamatan, "--kecamatan")
+    category = codes(ctx, "category", category, "--category")
+    min_severity = code(ctx, "severity", min_severity, "--min-severity") if min_severity else ""
     st = state(ctx)
     seen = 0
     out = output.console()
+    zone = st.settings.tz()
     with st.notifier().subscribe(
         kecamatan=kecamatan or (),
         categories=category or (),
@@ -862,8 +1089,8 @@ def watch(
         try:
             for note in subscription:
                 seen += 1
-                if st.as_json:
-                    output.emit_json(
+                if st.as_json:  # JSON Lines: one object per notification, flushed
+                    output.emit_json_line(
                         {
                             "event": _event_json(note.event),
                             "incident": note.incident,
@@ -872,8 +1099,9 @@ def watch(
                     )
                 else:
                     out.print(
-                        f"{output.when(note.event.record_time)} [bold]{note.event.type}[/bold] "
-                        f"{output.short(note.incident.name)[:8]} {note.incident.title!r} "
+                        f"{output.when(note.event.record_time, zone)} "
+                        f"[bold]{note.event.type}[/bold] "
+                        f"{output.short_id(note.incident.name)} {note.incident.title!r} "
                         f"{note.incident.status.value} {note.incident.severity} "
                         f"{note.incident.location.kecamatan} by {note.event.actor.agency}"
                     )
@@ -881,6 +1109,66 @@ def watch(
                     break
         except KeyboardInterrupt:
             pass
+
+
+# --------------------------------------------------------------------------- reference data
+
+
+def _reference_table(
+    ctx: typer.Context, title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]
+) -> None:
+    output.console().print(output.rows_table(title, columns, rows, no_wrap=("code",)))
+
+
+@app.command(epilog="Example: ledgerctl agencies")
+def agencies(ctx: typer.Context) -> None:
+    """The agencies and their roles (coordinator, responder, auditor)."""
+    st = state(ctx)
+    ref = st.reference()
+    if st.as_json:
+        output.emit_json(ref.agencies)
+        return
+    rows = [(a.code, a.name, a.role) for a in ref.agencies]
+    _reference_table(ctx, f"Agencies ({ref.regency})", ("code", "name", "role"), rows)
+
+
+@app.command(epilog="Example: ledgerctl kecamatan")
+def kecamatan(ctx: typer.Context) -> None:
+    """The kecamatan with their desa."""
+    st = state(ctx)
+    ref = st.reference()
+    if st.as_json:
+        output.emit_json(ref.kecamatan)
+        return
+    rows = [(k.code, k.name, ", ".join(k.desa)) for k in ref.kecamatan]
+    _reference_table(ctx, f"Kecamatan ({ref.regency})", ("code", "name", "desa"), rows)
+
+
+@app.command(epilog="Example: ledgerctl categories")
+def categories(ctx: typer.Context) -> None:
+    """The incident categories with their IKP dimension."""
+    st = state(ctx)
+    ref = st.reference()
+    if st.as_json:
+        output.emit_json(ref.categories)
+        return
+    rows = [(c.code, c.name, c.dimension) for c in ref.categories]
+    _reference_table(ctx, "Categories", ("code", "name", "IKP dimension"), rows)
+
+
+@app.command(epilog="Example: ledgerctl severities")
+def severities(ctx: typer.Context) -> None:
+    """The severities, lowest first (and the default of a report that gives none)."""
+    st = state(ctx)
+    ref = st.reference()
+    if st.as_json:
+        output.emit_json({"severities": ref.severities, "default": ref.default_severity})
+        return
+    rows = [
+        (v.code, v.name, v.rank, "default" if v.code == ref.default_severity else "")
+        for v in ref.severities
+    ]
+    _reference_table(ctx, "Severities", ("code", "name", "rank", ""), rows)
 
 
 # --------------------------------------------------------------------------------- webhooks
@@ -907,6 +1195,9 @@ def webhooks_register(
     mine: Annotated[bool, typer.Option(help="Only incidents involving my agency.")] = False,
 ) -> None:
     """Register a webhook for your agency."""
+    kecamatan = codes(ctx, "kecamatan", kecamatan, "--kecamatan")
+    category = codes(ctx, "category", category, "--category")
+    min_severity = code(ctx, "severity", min_severity, "--min-severity") if min_severity else ""
     st = state(ctx)
     hook = st.notifier().create_webhook(
         url,
@@ -934,7 +1225,7 @@ def webhooks_list(ctx: typer.Context) -> None:
             output.rows_table(
                 "Webhooks",
                 ("name", "url", "created"),
-                ((h.name, h.url, output.when(h.create_time)) for h in hooks),
+                ((h.name, h.url, output.when(h.create_time, st.settings.tz())) for h in hooks),
             )
         )
 
@@ -952,9 +1243,10 @@ def webhooks_dead_letters(ctx: typer.Context) -> None:
                 "Dead letters",
                 ("name", "webhook", "incident", "attempts", "last error"),
                 (
-                    (d.name, d.webhook, output.short(d.incident), d.attempts, d.last_error)
+                    (d.name, d.webhook, output.short_id(d.incident), d.attempts, d.last_error)
                     for d in letters
                 ),
+                no_wrap=("name", "incident"),
             )
         )
 
@@ -968,48 +1260,208 @@ def webhooks_replay(
     """Replay dead letters (with a progress bar)."""
     st = state(ctx)
     notifier = st.notifier()
+    if all_ and names:
+        raise typer.BadParameter("name dead letters or pass --all, not both")
     chosen = [d.name for d in notifier.dead_letters()] if all_ else list(names or [])
-    if not chosen:
+    if not chosen and not all_:
         raise typer.BadParameter("name dead letters or pass --all")
-    with _progress(st, "replaying", len(chosen)) as step:
+    if not chosen:  # --all with nothing to replay: done, and said so
+        if st.as_json:
+            output.emit_json({"replayed": []})
+        else:
+            output.console().print("no dead letters: nothing to replay")
+        return
+    with _progress(st, "replaying", len(chosen)) as meter:
         for name in chosen:
             notifier.replay_dead_letter(name)
-            step()
+            meter.step()
     if st.as_json:
         output.emit_json({"replayed": chosen})
     else:
         output.console().print(f"replayed {len(chosen)} dead letter(s)")
 
 
+def _webhook(ctx: typer.Context, name: str) -> Webhook:
+    """One of the agency's webhooks by its name, or the id after "webhooks/"."""
+    wanted = name if name.startswith("webhooks/") else f"webhooks/{name}"
+    hooks = list(state(ctx).notifier().webhooks())
+    for hook in hooks:
+        if hook.name == wanted:
+            return hook
+    known = [h.name for h in hooks]
+    raise typer.BadParameter(
+        f"your agency has no webhook {name!r}{config.suggest(wanted, known)}"
+        f" (yours: {', '.join(known) or 'none'})",
+        param_hint="WEBHOOK",
+    )
+
+
+@webhooks_app.command("delete", epilog="Example: ledgerctl -a bpbd webhooks delete webhooks/3f2a")
+def webhooks_delete(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="The webhook.", metavar="WEBHOOK")]
+) -> None:
+    """Delete one of your agency's webhooks: deliveries to it stop."""
+    st = state(ctx)
+    hook = _webhook(ctx, name)
+    st.notifier().delete_webhook(hook.name)
+    if st.as_json:
+        output.emit_json({"deleted": hook.name})
+    else:
+        output.console().print(f"deleted {hook.name} ({hook.url})", markup=False)
+
+
+@webhooks_app.command(
+    "update",
+    epilog="Example: ledgerctl -a bpbd webhooks update webhooks/3f2a --secret S "
+    "--url https://bpbd.example/v2/hook --min-severity high",
+)
+def webhooks_update(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The webhook.", metavar="WEBHOOK")],
+    secret: Annotated[
+        str,
+        typer.Option(
+            help="Shared secret (required: the notifier never returns the old one).",
+            envvar="WEBHOOK_SECRET",
+        ),
+    ],
+    url: Annotated[str | None, typer.Option(help="The new endpoint.")] = None,
+    kecamatan: Annotated[
+        list[str] | None, typer.Option(help="Only these kecamatan (repeat; replaces).")
+    ] = None,
+    category: Annotated[
+        list[str] | None, typer.Option(help="Only these categories (repeat; replaces).")
+    ] = None,
+    min_severity: Annotated[str | None, typer.Option(help="At least this severity.")] = None,
+    mine: Annotated[
+        bool | None, typer.Option("--mine/--all-incidents", help="Only incidents involving me.")
+    ] = None,
+) -> None:
+    """Change a webhook's endpoint, secret or filter; what is not given stays.
+
+    The notifier has no update call: the webhook is registered anew with the changes and the
+    old one deleted after it, so it gets a new name (printed) and no event is missed between.
+    """
+    st = state(ctx)
+    old = _webhook(ctx, name)
+    kept = old.filter
+    new_filter = EventFilter(
+        kecamatan=tuple(codes(ctx, "kecamatan", kecamatan, "--kecamatan"))
+        if kecamatan
+        else kept.kecamatan,
+        categories=tuple(codes(ctx, "category", category, "--category"))
+        if category
+        else kept.categories,
+        min_severity=(
+            code(ctx, "severity", min_severity, "--min-severity")
+            if min_severity
+            else ("" if min_severity == "" else kept.min_severity)
+        ),
+        event_types=kept.event_types,
+        involving_my_agency=kept.involving_my_agency if mine is None else mine,
+        agencies=kept.agencies,
+    )
+    notifier = st.notifier()
+    hook = notifier.create_webhook(url or old.url, secret, filter=new_filter)
+    notifier.delete_webhook(old.name)
+    if st.as_json:
+        output.emit_json({"replaced": old.name, "webhook": hook})
+    else:
+        output.console().print(f"updated {old.name} -> {hook.name} ({hook.url})", markup=False)
+
+
+@webhooks_app.command(
+    "deliveries", epilog="Example: ledgerctl -a bpbd webhooks deliveries --incident 0b6f12"
+)
+def webhooks_deliveries(
+    ctx: typer.Context,
+    incident: Annotated[str | None, typer.Option(help="Only this incident.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many (0: all).")] = 50,
+) -> None:
+    """The delivery log of your agency: which event went where, how, with what outcome."""
+    st = state(ctx)
+    name = incident_name(ctx, incident) if incident else None
+    found = []
+    for delivery in st.notifier().deliveries(incident=name, agency=st.settings.agency or None):
+        found.append(delivery)
+        if limit and len(found) >= limit:
+            break
+    if st.as_json:
+        output.emit_json(found)
+        return
+    zone = st.settings.tz()
+    output.console().print(
+        output.rows_table(
+            f"Deliveries ({len(found)})",
+            ("time", "incident", "position", "channel", "target", "outcome", "attempt", "error"),
+            (
+                (
+                    output.local_time(d.time, zone),
+                    output.short_id(d.incident),
+                    d.position,
+                    d.channel,
+                    d.target,
+                    d.outcome,
+                    d.attempt,
+                    d.error,
+                )
+                for d in found
+            ),
+            no_wrap=("time", "incident"),
+        )
+    )
+
+
 # ------------------------------------------------------------------------------------ audit
 
 
+class Meter:
+    """What a progress bar is told: work done so far, as a count or a position reached."""
+
+    def __init__(self, progress: Progress | None = None, task: Any = None) -> None:
+        self._progress = progress
+        self._task = task
+        self._started = time.monotonic()
+        self.items = 0
+
+    def _update(self, **fields: Any) -> None:
+        if self._progress is not None:
+            rate = self.items / max(time.monotonic() - self._started, 1e-6)
+            self._progress.update(self._task, rate=f"{rate:,.0f}/s", **fields)
+
+    def step(self) -> None:
+        """One more item done."""
+        self.items += 1
+        self._update(advance=1)
+
+    def reached(self, done: int) -> None:
+        """One more item done, and everything up to ``done`` of the total covered (a position
+        in the log: a filtered export skips positions, and they are done all the same)."""
+        self.items += 1
+        self._update(completed=done)
+
+    def finish(self, total: int) -> None:
+        """All done: the bar shows total/total."""
+        self._update(total=total, completed=total)
+
+
 @contextmanager
-def _progress(st: State, what: str, total: int | None) -> Iterator[Any]:
+def _progress(st: State, what: str, total: int | None, unit: str = "") -> Iterator[Meter]:
     """A progress bar with count and rate on stderr (only on a terminal, never with --json)."""
     err = output.error_console()
     if st.as_json or not err.is_terminal:
-        yield lambda: None
+        yield Meter()
         return
-    started = time.monotonic()
     with Progress(
         TextColumn(what),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn(unit),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         console=err,
     ) as progress:
-        task = progress.add_task(what, total=total, rate="")
-        count = 0
-
-        def step() -> None:
-            nonlocal count
-            count += 1
-            rate = count / max(time.monotonic() - started, 1e-6)
-            progress.update(task, advance=1, rate=f"{rate:,.0f}/s")
-
-        yield step
+        yield Meter(progress, progress.add_task(what, total=total, rate=""))
 
 
 @audit_app.command("verify", epilog="Example: ledgerctl -a inspektorat audit verify")
@@ -1019,8 +1471,13 @@ def audit_verify(ctx: typer.Context) -> None:
     Exit code 6 (server) is not used for a broken chain: a verify that finds divergence exits 1.
     """
     st = state(ctx)
-    with _progress(st, "verifying", None):
-        report_ = st.ledger().verify_ledger()
+    ledger = st.ledger()
+    # One call does the work on the server: the bar shows what it is measured against (the
+    # ledger's size, not "?") and fills when the answer comes.
+    size = ledger.projection_status().ledger_position
+    with _progress(st, "verifying", size or None, "positions") as meter:
+        report_ = ledger.verify_ledger()
+        meter.finish(max(size, report_.events))
     if st.as_json:
         output.emit_json(report_)
     else:
@@ -1057,29 +1514,33 @@ def audit_export(
     """
     import json
 
+    agency = maybe_code(ctx, "agency", agency, "--agency")
+    kecamatan = maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")
     st = state(ctx)
     ledger = st.ledger()
-    total = ledger.projection_status().ledger_position - after if not until else until - after
-    count = 0
+    end = until or ledger.projection_status().ledger_position
+    total = max(end - after, 0)
     events = ledger.history(
         after,
         until,
-        incident=incident_name(incident) if incident else None,
+        incident=incident_name(ctx, incident) if incident else None,
         agency=agency,
         kecamatan=kecamatan,
     )
-    with _progress(st, "exporting", max(total, 0) or None) as step:
+    # The bar counts positions of the log covered (the events exported are fewer when a filter
+    # skips some, or when positions belong to no incident), so it ends full.
+    with _progress(st, "exporting", total or None, "positions") as meter:
         if str(path) == "-":
             for event in events:
                 output.emit_line(json.dumps(_event_json(event), ensure_ascii=False))
-                count += 1
-                step()
+                meter.reached(event.position - after)
         else:
             with path.open("w", encoding="utf-8") as file:
                 for event in events:
                     file.write(json.dumps(_event_json(event), ensure_ascii=False) + "\n")
-                    count += 1
-                    step()
+                    meter.reached(event.position - after)
+        meter.finish(total)
+    count = meter.items
     if str(path) != "-":
         if st.as_json:
             output.emit_json({"path": str(path), "events": count})
@@ -1088,37 +1549,145 @@ def audit_export(
 
 
 @audit_app.command(
-    "as-of", epilog="Example: ledgerctl audit as-of 2026-11-28T10:00:00 --incident 0b6f12"
+    "as-of",
+    epilog="Example: ledgerctl audit as-of 'yesterday 18:00' --incident 0b6f12  "
+    "(or 2026-11-28T10:00, '2 hours ago'; a form with a leading dash after --: -- -2h)",
 )
 def audit_as_of(
     ctx: typer.Context,
-    at: Annotated[datetime, typer.Argument(help="The time (UTC).")],
+    at: Annotated[str, typer.Argument(help=f"The time: {TIME_HELP}.", metavar="TIME")],
     incident: Annotated[
         str | None, typer.Option(help="One incident as it stood (else the list).")
     ] = None,
 ) -> None:
     """The incidents (or one incident) as they stood at a past time."""
     st = state(ctx)
-    moment = at.replace(tzinfo=at.tzinfo or UTC)
+    then = moment(ctx, at, "TIME")
     ledger = st.ledger()
     if incident:
-        found = ledger.get_incident(incident_name(incident), as_of_time=moment)
+        found = ledger.get_incident(incident_name(ctx, incident), as_of_time=then)
         if st.as_json:
             output.emit_json(found)
         else:
             events = [e for e in ledger.incident_events(found.name) if e.version <= found.version]
-            output.incident_detail(output.console(), found, events)
+            output.incident_detail(output.console(), found, events, st.settings.tz())
         return
-    incidents = list(ledger.list_incidents(as_of_time=moment))
+    incidents = list(ledger.list_incidents(as_of_time=then))
     if st.as_json:
         output.emit_json(incidents)
     else:
         output.console().print(
-            output.incidents_table(incidents, f"Incidents as of {output.when(moment)}")
+            output.incidents_table(
+                incidents, f"Incidents as of {output.when(then, st.settings.tz())}"
+            )
         )
 
 
+# ----------------------------------------------------------------------------------- config
+
+
+def _masked(name: str, value: Any) -> Any:
+    if name == "token" and value:
+        text = str(value)
+        return f"{text[:4]}…({len(text)} characters)"
+    return value
+
+
+@config_app.command("view", epilog="Example: ledgerctl config view --context production")
+def config_view(ctx: typer.Context) -> None:
+    """The effective settings and where each came from (flag, environment, config file)."""
+    st = state(ctx)
+    settings = st.settings
+    rows = [
+        (name, _masked(name, getattr(settings, name)), settings.source(name))
+        for name in config.SETTINGS
+    ]
+    if st.as_json:
+        output.emit_json(
+            {
+                "config_file": settings.config_file or None,
+                "context": settings.context or None,
+                "settings": {n: {"value": v, "source": src} for n, v, src in rows},
+            }
+        )
+        return
+    out = output.console()
+    out.print(f"config file: {settings.config_file or '(none)'}", markup=False)
+    out.print(f"context: {settings.context or '(none)'}", markup=False)
+    out.print(output.rows_table("Effective settings", ("setting", "value", "from"), rows))
+
+
+@config_app.command("contexts", epilog="Example: ledgerctl config contexts")
+def config_contexts(ctx: typer.Context) -> None:
+    """The contexts (profiles) of the config file; the current one is marked."""
+    st = state(ctx)
+    file = config.load_config_file(st.options.get("config"))
+    contexts = config.contexts_of(file)
+    current = st.settings.context
+    if st.as_json:
+        output.emit_json(
+            {"current": current or None, "contexts": {n: dict(c) for n, c in contexts.items()}}
+        )
+        return
+    output.console().print(
+        output.rows_table(
+            f"Contexts in {file.path or '(no config file)'}",
+            ("", "context", "address"),
+            (
+                ("*" if n == current else "", n, c.get("address", config.DEFAULT_ADDRESS))
+                for n, c in sorted(contexts.items())
+            ),
+        )
+    )
+
+
+@config_app.command("use-context", epilog="Example: ledgerctl config use-context production")
+def config_use_context(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="The context.")]
+) -> None:
+    """Make a context the current one (writes current_context into the config file)."""
+    st = state(ctx)
+    file = config.load_config_file(st.options.get("config"))
+    contexts = config.contexts_of(file)
+    if file.path is None or name not in contexts:
+        known = sorted(contexts)
+        raise config.ConfigError(
+            f"no context {name!r}{config.suggest(name, known)} "
+            f"(known: {', '.join(known) or 'none'}; add [contexts.{name}] to the config file)"
+        )
+    config.set_current_context(file.path, name)
+    if st.as_json:
+        output.emit_json({"current": name})
+    else:
+        output.console().print(f"current context: {name}", markup=False)
+
+
+@app.command(
+    epilog="Example: ledgerctl completion bash > ~/.local/share/bash-completion/completions/"
+    "ledgerctl  (zsh: into a directory of $fpath as _ledgerctl; fish: "
+    "~/.config/fish/completions/ledgerctl.fish)"
+)
+def completion(
+    shell: Annotated[str, typer.Argument(help="bash, zsh or fish.", metavar="SHELL")],
+) -> None:
+    """Print the shell completion script for bash, zsh or fish."""
+    # typer writes the scripts that call back into ledgerctl with _LEDGERCTL_COMPLETE set.
+    from typer._completion_shared import get_completion_script
+
+    if shell not in {"bash", "zsh", "fish"}:
+        raise typer.BadParameter(
+            f"must be bash, zsh or fish{config.suggest(shell, ('bash', 'zsh', 'fish'))}",
+            param_hint="SHELL",
+        )
+    output.emit_line(
+        get_completion_script(prog_name="ledgerctl", complete_var=COMPLETE_VAR, shell=shell)
+    )
+
+
 # ------------------------------------------------------------------------------------- main
+
+#: The variable the completion scripts set when they ask ledgerctl for completions.
+COMPLETE_VAR = "_LEDGERCTL_COMPLETE"
 
 
 def exit_code_for(error: LedgerError) -> int:
@@ -1128,34 +1697,173 @@ def exit_code_for(error: LedgerError) -> int:
     return EXIT_OTHER
 
 
+@dataclass(frozen=True)
+class Hint:
+    message: str
+    metadata: dict[str, str]
+
+
+#: What gRPC says when the client itself rejects the server's certificate.
+_VERIFY_FAILED = ("certificate verify failed", "CERTIFICATE_VERIFY_FAILED", "self signed")
+#: What it says when the far end is not speaking TLS, or TLS is spoken to a plaintext port.
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "wrong version number", "Trying to connect an http1.x server")
+
+
+def explain(error: LedgerError, st: State) -> Hint | None:
+    """What to do about an error, in words that name the address, the setting it came from and
+    the flag that fixes it; None when the server's message says it already."""
+    if not st.used:
+        return None
+    settings = st.settings
+    service = st.used[-1]
+    setting = "address" if service == "ledger" else "notifier_address"
+    address = getattr(settings, setting)
+    where = f"{service} at {address} (from {settings.source(setting)})"
+    meta = {"service": service, "address": address, "address_from": settings.source(setting)}
+    text = error.message
+    if isinstance(error, Unavailable | DeadlineExceeded):
+        tls = bool(settings.tls_ca or os.environ.get("LEDGER_TLS_CA"))
+        has_cert = bool(settings.tls_cert or os.environ.get("LEDGER_TLS_CLIENT_CERT"))
+        if any(s in text for s in _VERIFY_FAILED):
+            return Hint(
+                f"the {where} presented a certificate that the CA "
+                f"{settings.tls_ca or '$LEDGER_TLS_CA'} does not verify: check --tls-ca "
+                "(tls_ca) and that the address matches the server's certificate",
+                meta,
+            )
+        if tls and any(s in text for s in _NOT_TLS):
+            return Hint(f"the {where} does not speak TLS: drop --tls-ca (tls_ca)", meta)
+        refused = "Connection refused" in text or "DNS resolution failed" in text
+        # gRPC reports only its last address's error (localhost: often ::1 refused while
+        # 127.0.0.1 answered): whether anything listens decides between the two stories.
+        if refused and not _listening(address):
+            return Hint(
+                f"cannot reach the {where}: is it running (make run), and is the address "
+                "right? ledgerctl config view shows every setting and its source",
+                meta,
+            )
+        closed = refused or "Socket closed" in text or "handshake" in text.lower()
+        if tls and not has_cert and closed:
+            return Hint(
+                f"the TLS handshake with the {where} failed: the server requires a client "
+                "certificate (mutual TLS): give your agency's with --tls-cert and --tls-key "
+                "(tls_cert, tls_key)",
+                meta,
+            )
+        if not tls and closed:
+            return Hint(
+                f"the {where} closed the connection: it probably speaks TLS: verify it with "
+                "its CA, --tls-ca ca.pem (tls_ca), and if it asks for one, give a client "
+                "certificate with --tls-cert and --tls-key",
+                meta,
+            )
+        return Hint(f"cannot reach the {where}", meta)
+    if isinstance(error, Unauthenticated):
+        if not settings.token and not settings.tls_cert:
+            return Hint(
+                "no credentials: act as an agency with --agency NAME (its token from the "
+                f"development tokens file {settings.tokens_file}, written by the ledger on its "
+                "first start), or pass the token your ledger's administrator gave you with "
+                "--token or LEDGER_TOKEN, or a client certificate with --tls-cert and --tls-key",
+                meta,
+            )
+        if settings.token:
+            return Hint(
+                f"the token from {settings.source('token')} was refused by the {where}: "
+                "check it (ledgerctl config view) or ask for a new one",
+                meta,
+            )
+    return None
+
+
+def _listening(address: str) -> bool:
+    """Whether something accepts TCP connections at host:port (any of its addresses)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _wants_json(argv: list[str]) -> bool:
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    return "--json" in head
+
+
+def _fail(
+    as_json: bool,
+    exit_code: int,
+    code: str,
+    message: str,
+    reason: str = "",
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Report an error on stderr: a line for people, a JSON object with --json."""
+    if as_json:
+        output.emit_error_json(
+            {
+                "error": {
+                    "code": code,
+                    "reason": reason,
+                    "message": message,
+                    "metadata": metadata or {},
+                    "exit_code": exit_code,
+                }
+            }
+        )
+    else:
+        label = f"{code} {reason}" if reason else code
+        output.error_console().print(
+            f"ledgerctl: {label}: {message}", markup=False, highlight=False
+        )
+    return exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ledgerctl; return its exit code (see the module docstring)."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    as_json = _wants_json(args)
+    st = State()
+    command = typer.main.get_command(app)
+    args = arguments.hoist_globals(command, args)
+    if os.environ.get(COMPLETE_VAR):
+        # A completion script asks: typer's shell classes answer (it registers them only
+        # when its own --install-completion options are on, which ledgerctl replaces).
+        from typer._completion_classes import completion_init
+
+        completion_init()
     try:
-        app(args=argv, prog_name="ledgerctl", standalone_mode=False)
+        command.main(
+            args=args,
+            prog_name="ledgerctl",
+            standalone_mode=False,
+            complete_var=COMPLETE_VAR,
+            obj=st,
+        )
     except typer.Exit as stop:
         return stop.exit_code
     except typer.Abort:
-        output.error_console().print("aborted")
-        return EXIT_OTHER
+        return _fail(as_json, EXIT_OTHER, "ABORTED", "aborted")
     except typer.TyperException as error:  # usage errors (exit code 2) and the like
         show = getattr(error, "show", None)
-        if callable(show):
-            show()
-        else:
-            output.error_console().print(f"ledgerctl: {error.format_message()}", markup=False)
+        if as_json or not callable(show):
+            return _fail(as_json, error.exit_code, "USAGE", error.format_message())
+        show()
         return error.exit_code
     except config.ConfigError as error:
-        output.error_console().print(
-            f"ledgerctl: configuration error: {error}", markup=False, highlight=False
-        )
-        return EXIT_USAGE
+        return _fail(as_json, EXIT_USAGE, "CONFIGURATION", str(error))
     except LedgerError as error:
-        detail = f" (field {error.field})" if error.field else ""
-        reason = f" {error.reason}" if error.reason else ""
-        output.error_console().print(
-            f"ledgerctl: {error.code}{reason}: {error.message}{detail}",
-            markup=False,
-            highlight=False,
-        )
-        return exit_code_for(error)
+        detail = f" (field {error.field})" if error.field and not as_json else ""
+        message, metadata = f"{error.message}{detail}", dict(error.metadata)
+        try:
+            hint = explain(error, st)
+        except config.ConfigError:  # the settings themselves are at fault: say only the error
+            hint = None
+        if hint is not None:
+            message = f"{hint.message} ({message})"
+            metadata.update(hint.metadata)
+        return _fail(as_json, exit_code_for(error), error.code, message, error.reason, metadata)
     return EXIT_OK

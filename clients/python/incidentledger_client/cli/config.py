@@ -1,20 +1,29 @@
 """Where ledgerctl finds server addresses and credentials: flags, environment, a config file.
 
 Precedence: a flag, then the environment (``LEDGER_ADDRESS``, ``NOTIFIER_ADDRESS``,
-``LEDGER_TOKEN``, ``LEDGER_AGENCY``, ``LEDGER_TOKENS_FILE``, ``LEDGER_TLS_CA``,
-``LEDGER_TLS_CLIENT_CERT``, ``LEDGER_TLS_CLIENT_KEY``), then the config file
-(``--config``, ``$LEDGERCTL_CONFIG`` or ``~/.config/ledgerctl.toml``), then the defaults.
-The config file is TOML with the keys ``address``, ``notifier_address``, ``token``,
-``agency``, ``tokens_file``, ``timeout``, ``tls_ca``, ``tls_cert`` and ``tls_key``::
+``LEDGER_TOKEN``, ``LEDGER_AGENCY``, ``LEDGER_TOKENS_FILE``, ``LEDGER_TIMEOUT``,
+``LEDGER_TLS_CA``, ``LEDGER_TLS_CLIENT_CERT``, ``LEDGER_TLS_CLIENT_KEY``, ``LEDGERCTL_ZONE``),
+then the config file's chosen context, then its top level, then the defaults. The config file
+(``--config``, ``$LEDGERCTL_CONFIG`` or ``~/.config/ledgerctl.toml``) is TOML with the keys
+``address``, ``notifier_address``, ``token``, ``agency``, ``tokens_file``, ``timeout``,
+``tls_ca``, ``tls_cert``, ``tls_key`` and ``zone``; a key it does not know is an error (a typo
+must not fall back to the default address and talk to whatever listens there)::
 
+    current_context = "training"
+    zone = "Asia/Jakarta"                  # times for people are shown in this zone (WIB)
+
+    [contexts.training]
+    address = "127.0.0.1:50051"
+    agency = "polres"
+
+    [contexts.production]
     address = "ledger.example.go.id:50051"
     notifier_address = "ledger.example.go.id:50052"
-    agency = "polres"
-    tokens_file = "data/credentials/dev-tokens.yaml"
     tls_ca = "/etc/ledger/ca.pem"          # TLS: verify the servers with this CA
     tls_cert = "/etc/ledger/polres.pem"    # mutual TLS: the agency's client certificate
     tls_key = "/etc/ledger/polres.key"
 
+The context is ``--context NAME``, else ``$LEDGERCTL_CONTEXT``, else ``current_context``.
 Without a CA (and without a client certificate) ledgerctl speaks plaintext, as to
 ``make run``. The environment's TLS files are read by the client library itself, so
 ``NOTIFIER_TLS_CA`` and the other ``NOTIFIER_TLS_*`` variables apply to the notifier.
@@ -25,11 +34,14 @@ Without a CA (and without a client certificate) ledgerctl speaks plaintext, as t
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -37,6 +49,25 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_NOTIFIER_ADDRESS = "127.0.0.1:50052"
 DEFAULT_TOKENS_FILE = Path("data/credentials/dev-tokens.yaml")
 DEFAULT_CONFIG_FILE = Path("~/.config/ledgerctl.toml")
+DEFAULT_TIMEOUT = 10.0
+#: The regency's zone (Kabupaten Mukomuko, Bengkulu: WIB); another regency sets ``zone``.
+DEFAULT_ZONE = "Asia/Jakarta"
+
+#: Setting -> (flag, environment variable). The config file's key is the setting's name.
+SETTINGS: dict[str, tuple[str, str]] = {
+    "address": ("--address", "LEDGER_ADDRESS"),
+    "notifier_address": ("--notifier-address", "NOTIFIER_ADDRESS"),
+    "token": ("--token", "LEDGER_TOKEN"),
+    "agency": ("--agency", "LEDGER_AGENCY"),
+    "tokens_file": ("--tokens-file", "LEDGER_TOKENS_FILE"),
+    "timeout": ("--timeout", "LEDGER_TIMEOUT"),
+    "tls_ca": ("--tls-ca", "LEDGER_TLS_CA"),
+    "tls_cert": ("--tls-cert", "LEDGER_TLS_CLIENT_CERT"),
+    "tls_key": ("--tls-key", "LEDGER_TLS_CLIENT_KEY"),
+    "zone": ("--zone", "LEDGERCTL_ZONE"),
+}
+#: Keys of the config file's top level besides the settings.
+FILE_ONLY_KEYS = ("current_context", "contexts")
 
 
 class ConfigError(Exception):
@@ -53,34 +84,96 @@ class Settings:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    zone: str = DEFAULT_ZONE
+    tokens_file: str = str(DEFAULT_TOKENS_FILE)
+    context: str = ""
+    config_file: str = ""
+    #: Setting -> where its value came from ("flag --address", "env LEDGER_ADDRESS", ...).
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def source(self, name: str) -> str:
+        return self.sources.get(name, "default")
+
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.zone)
 
 
-def load_config_file(path: Path | None) -> dict[str, Any]:
-    """The config file's table: the one named, else ``$LEDGERCTL_CONFIG``, else the default."""
+def suggest(value: str, known: Sequence[str]) -> str:
+    """`` (did you mean X?)`` for the closest known value, or nothing."""
+    close = difflib.get_close_matches(value.lower(), [k.lower() for k in known], n=1, cutoff=0.6)
+    if not close:
+        return ""
+    original = next(k for k in known if k.lower() == close[0])
+    return f" (did you mean {original!r}?)"
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    path: Path | None
+    table: dict[str, Any]
+
+
+def config_path(path: Path | None) -> tuple[Path, bool]:
+    """The config file to read and whether it was named (a named file must exist)."""
     explicit = path is not None or "LEDGERCTL_CONFIG" in os.environ
     chosen = path or Path(os.environ.get("LEDGERCTL_CONFIG", str(DEFAULT_CONFIG_FILE)))
-    chosen = chosen.expanduser()
+    return chosen.expanduser(), explicit
+
+
+def _check_keys(table: dict[str, Any], where: str, allowed: tuple[str, ...]) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown key {key!r} in {where}{suggest(key, allowed)}; "
+                f"known keys: {', '.join(allowed)}"
+            )
+
+
+def load_config_file(path: Path | None) -> ConfigFile:
+    """The config file: the one named, else ``$LEDGERCTL_CONFIG``, else the default."""
+    chosen, explicit = config_path(path)
     if not chosen.is_file():
         if explicit:
             raise ConfigError(f"config file not found: {chosen}")
-        return {}
+        return ConfigFile(None, {})
     try:
-        return tomllib.loads(chosen.read_text(encoding="utf-8"))
+        table = tomllib.loads(chosen.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"bad config file {chosen}: {error}") from None
+    _check_keys(table, str(chosen), (*SETTINGS, *FILE_ONLY_KEYS))
+    contexts = table.get("contexts", {})
+    if not isinstance(contexts, dict) or not all(isinstance(c, dict) for c in contexts.values()):
+        raise ConfigError(f"bad config file {chosen}: contexts must be tables ([contexts.NAME])")
+    for name, context in contexts.items():
+        _check_keys(context, f"{chosen} [contexts.{name}]", tuple(SETTINGS))
+    return ConfigFile(chosen, table)
 
 
-def token_for_agency(agency: str, tokens_file: Path) -> str:
+def contexts_of(file: ConfigFile) -> dict[str, dict[str, Any]]:
+    contexts: dict[str, dict[str, Any]] = file.table.get("contexts", {})
+    return contexts
+
+
+def token_for_agency(agency: str, tokens_file: Path, source: str = "") -> str:
     """The agency's token from a development tokens file (``{agency: {token: ...}}``)."""
     if not tokens_file.is_file():
+        where = f" (tokens_file from {source})" if source and source != "default" else ""
         raise ConfigError(
-            f"tokens file not found: {tokens_file} (start the ledger once, or pass --token)"
+            f"tokens file not found: {tokens_file}{where}. The ledger writes it on its first "
+            "start (make run); elsewhere ask your ledger's administrator for a token and "
+            "pass it with --token or LEDGER_TOKEN, or use a client certificate (--tls-cert)"
         )
     raw = yaml.safe_load(tokens_file.read_text(encoding="utf-8")) or {}
-    entry = raw.get(agency)
+    # Agency codes are case-insensitive, as everywhere in ledgerctl.
+    entry = raw.get(agency) or next(
+        (v for k, v in raw.items() if str(k).lower() == agency.lower()), None
+    )
     if not isinstance(entry, dict) or "token" not in entry:
-        known = ", ".join(sorted(raw))
-        raise ConfigError(f"no token for agency {agency!r} in {tokens_file} (known: {known})")
+        known = sorted(raw)
+        raise ConfigError(
+            f"no token for agency {agency!r} in {tokens_file}{suggest(agency, known)} "
+            f"(known: {', '.join(known)})"
+        )
     return str(entry["token"])
 
 
@@ -96,54 +189,126 @@ def resolve(
     tls_ca: Path | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    zone: str | None = None,
+    context: str | None = None,
 ) -> Settings:
     """Combine flags, environment and config file (in that order of precedence)."""
     file = load_config_file(config)
     env = os.environ
+    contexts = contexts_of(file)
+    context_name = context or env.get("LEDGERCTL_CONTEXT") or file.table.get("current_context")
+    context_name = str(context_name or "")
+    chosen_context: dict[str, Any] = {}
+    if context_name:
+        if context_name not in contexts:
+            known = sorted(contexts)
+            raise ConfigError(
+                f"no context {context_name!r} in "
+                f"{file.path or config_path(config)[0]}{suggest(context_name, known)} "
+                f"(known: {', '.join(known) or 'none'})"
+            )
+        chosen_context = contexts[context_name]
+    flags: dict[str, Any] = {
+        "address": address,
+        "notifier_address": notifier_address,
+        "token": token,
+        "agency": agency,
+        "tokens_file": tokens_file,
+        "timeout": timeout,
+        "tls_ca": tls_ca,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "zone": zone,
+    }
+    sources: dict[str, str] = {}
 
-    def tls_file(flag: Path | None, variable: str, key: str) -> str | None:
-        """A flag, else None when the variable is set (the library reads it), else the file."""
-        if flag is not None:
-            path = flag.expanduser()
-        elif env.get(variable) or key not in file:
+    def pick(name: str, default: Any) -> Any:
+        flag, variable = SETTINGS[name]
+        if flags[name] is not None:
+            sources[name] = f"flag {flag}"
+            return flags[name]
+        if env.get(variable):
+            sources[name] = f"env {variable}"
+            return env[variable]
+        if name in chosen_context:
+            sources[name] = f"config {file.path} [contexts.{context_name}]"
+            return chosen_context[name]
+        if name in file.table:
+            sources[name] = f"config {file.path}"
+            return file.table[name]
+        sources[name] = "default"
+        return default
+
+    def tls_file(name: str) -> str | None:
+        """A flag or file setting; None when the variable is set (the library reads it)."""
+        value = pick(name, None)
+        if value is None or sources[name].startswith("env "):
             return None
-        else:
-            path = Path(str(file[key])).expanduser()
+        path = Path(str(value)).expanduser()
         if not path.is_file():
-            raise ConfigError(f"{key.replace('_', '-')} file not found: {path}")
+            raise ConfigError(
+                f"{name.replace('_', '-')} file not found: {path} (from {sources[name]})"
+            )
         return str(path)
 
-    def pick(flag: Any, variable: str, key: str, default: Any) -> Any:
-        if flag is not None:
-            return flag
-        if env.get(variable):
-            return env[variable]
-        return file.get(key, default)
-
-    agency_name = str(pick(agency, "LEDGER_AGENCY", "agency", ""))
-    chosen_token = token if token is not None else ""
-    if not chosen_token and not agency_name:
-        chosen_token = str(env.get("LEDGER_TOKEN") or file.get("token", ""))
+    agency_name = str(pick("agency", ""))
+    chosen_token = ""
+    if flags["token"] is not None or not agency_name:
+        chosen_token = str(pick("token", ""))
+    path = Path(str(pick("tokens_file", DEFAULT_TOKENS_FILE)))
     if not chosen_token and agency_name:
-        path = Path(
-            str(pick(tokens_file, "LEDGER_TOKENS_FILE", "tokens_file", DEFAULT_TOKENS_FILE))
-        )
-        chosen_token = token_for_agency(agency_name, path.expanduser())
-    client_cert = tls_file(tls_cert, "LEDGER_TLS_CLIENT_CERT", "tls_cert")
-    client_key = tls_file(tls_key, "LEDGER_TLS_CLIENT_KEY", "tls_key")
+        chosen_token = token_for_agency(agency_name, path.expanduser(), sources["tokens_file"])
+        sources["token"] = f"tokens file for agency {agency_name} ({sources['agency']})"
+    client_cert = tls_file("tls_cert")
+    client_key = tls_file("tls_key")
     if (client_cert is None) != (client_key is None) and not (
         env.get("LEDGER_TLS_CLIENT_CERT") or env.get("LEDGER_TLS_CLIENT_KEY")
     ):
         raise ConfigError("--tls-cert and --tls-key go together")
+    zone_name = str(pick("zone", DEFAULT_ZONE))
+    try:
+        ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"unknown time zone {zone_name!r} (from {sources['zone']}); "
+            "use an IANA name such as Asia/Jakarta (WIB), Asia/Makassar (WITA), Asia/Jayapura (WIT)"
+        ) from None
+    try:
+        seconds = float(pick("timeout", DEFAULT_TIMEOUT))
+    except ValueError:
+        raise ConfigError(
+            f"timeout must be a number of seconds (from {sources['timeout']})"
+        ) from None
     return Settings(
-        address=str(pick(address, "LEDGER_ADDRESS", "address", DEFAULT_ADDRESS)),
-        notifier_address=str(
-            pick(notifier_address, "NOTIFIER_ADDRESS", "notifier_address", DEFAULT_NOTIFIER_ADDRESS)
-        ),
+        address=str(pick("address", DEFAULT_ADDRESS)),
+        notifier_address=str(pick("notifier_address", DEFAULT_NOTIFIER_ADDRESS)),
         token=chosen_token,
         agency=agency_name,
-        timeout=float(pick(timeout, "LEDGER_TIMEOUT", "timeout", 10.0)),
-        tls_ca=tls_file(tls_ca, "LEDGER_TLS_CA", "tls_ca"),
+        timeout=seconds,
+        tls_ca=tls_file("tls_ca"),
         tls_cert=client_cert,
         tls_key=client_key,
+        zone=zone_name,
+        tokens_file=str(path),
+        context=context_name,
+        config_file=str(file.path or ""),
+        sources=sources,
     )
+
+
+def set_current_context(path: Path, name: str) -> None:
+    """Write ``current_context = "name"`` into the config file (top level, before any table)."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    line = f"current_context = {_toml_string(name)}\n"
+    for index, existing in enumerate(lines):
+        if existing.lstrip().startswith("["):
+            break
+        if existing.split("=", 1)[0].strip() == "current_context":
+            lines[index] = line
+            path.write_text("".join(lines), encoding="utf-8")
+            return
+    path.write_text(line + "".join(lines), encoding="utf-8")
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

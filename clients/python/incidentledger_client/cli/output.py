@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -20,12 +20,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from incidentledger_client.cli.names import SHORT_ID
 from incidentledger_client.types import (
     CommandResult,
     DecisionInForce,
+    DurationStats,
     Incident,
     IncidentEvent,
     KecamatanScore,
+    ResponseTimes,
     VulnerabilityMap,
 )
 
@@ -84,8 +87,22 @@ def short(name: str) -> str:
     return name.removeprefix("incidents/")
 
 
-def when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+def short_id(name: str) -> str:
+    """The id as tables show it: its first characters, enough to name it on the command line."""
+    return short(name)[:SHORT_ID]
+
+
+def id_column(table: Table, title: str = "incident") -> None:
+    """An id column that never wraps an id over two lines."""
+    table.add_column(title, no_wrap=True, min_width=SHORT_ID)
+
+
+def when(value: datetime | None, zone: tzinfo = UTC) -> str:
+    """A time for people, in their zone and naming it (2026-11-28 17:05:00 WIB)."""
+    if value is None:
+        return "-"
+    moment = value.astimezone(zone)
+    return f"{moment:%Y-%m-%d %H:%M:%S} {moment.tzname()}"
 
 
 def styled(value: str, styles: dict[str, str]) -> Text:
@@ -106,11 +123,12 @@ def command_result(out: Console, verb: str, result: CommandResult) -> None:
 
 def incidents_table(incidents: Iterable[Incident], title: str = "Incidents") -> Table:
     table = Table(title=title, show_lines=False)
-    for column in ("incident", "title", "status", "severity", "category", "place", "lead"):
+    id_column(table)
+    for column in ("title", "status", "severity", "category", "place", "lead"):
         table.add_column(column, overflow="fold")
     for incident in incidents:
         table.add_row(
-            short(incident.name),
+            short_id(incident.name),
             incident.title,
             styled(incident.status.value, STATUS_STYLE),
             styled(incident.severity, SEVERITY_STYLE),
@@ -132,7 +150,9 @@ def payload_summary(event: IncidentEvent) -> str:
     return "; ".join(parts)
 
 
-def incident_detail(out: Console, incident: Incident, events: Sequence[IncidentEvent]) -> None:
+def incident_detail(
+    out: Console, incident: Incident, events: Sequence[IncidentEvent], zone: tzinfo = UTC
+) -> None:
     out.print(f"[bold]{incident.title}[/bold]  ({incident.name}, version {incident.version})")
     out.print(
         Text.assemble(
@@ -154,14 +174,14 @@ def incident_detail(out: Console, incident: Incident, events: Sequence[IncidentE
     if incident.merged_into:
         out.print(f"merged into {incident.merged_into}")
     for decision in incident.decisions:
-        until = when(decision.valid_until)
+        until = when(decision.valid_until, zone)
         out.print(f"decision ({decision.forum}, until {until}): {decision.summary}")
     if incident.description:
         out.print(incident.description)
-    out.print(timeline(events))
+    out.print(timeline(events, zone))
 
 
-def timeline(events: Sequence[IncidentEvent]) -> Table:
+def timeline(events: Sequence[IncidentEvent], zone: tzinfo = UTC) -> Table:
     table = Table(title="Timeline", show_header=True, box=None, pad_edge=False)
     table.add_column("v", justify="right")
     table.add_column("recorded")
@@ -177,19 +197,22 @@ def timeline(events: Sequence[IncidentEvent]) -> Table:
         details = payload_summary(event)
         if event.reason:
             details = f"{details} ({event.reason})" if details else event.reason
-        table.add_row(str(event.version), when(event.record_time), event.type, by, details)
+        table.add_row(str(event.version), when(event.record_time, zone), event.type, by, details)
     return table
 
 
-def history_table(events: Iterable[IncidentEvent]) -> Table:
+def history_table(events: Iterable[IncidentEvent], zone: tzinfo = UTC) -> Table:
     table = Table(title="History")
-    for column in ("position", "recorded", "incident", "v", "event", "by"):
+    for column in ("position", "recorded"):
+        table.add_column(column, overflow="fold")
+    id_column(table)
+    for column in ("v", "event", "by"):
         table.add_column(column, overflow="fold")
     for event in events:
         table.add_row(
             str(event.position),
-            when(event.record_time),
-            short(event.incident),
+            when(event.record_time, zone),
+            short_id(event.incident),
             str(event.version),
             event.type,
             event.actor.agency,
@@ -197,30 +220,59 @@ def history_table(events: Iterable[IncidentEvent]) -> Table:
     return table
 
 
-def board(incidents: Sequence[Incident]) -> Table:
-    table = Table(title="Board (open work)", show_lines=True)
-    columns: dict[str, list[Incident]] = {s: [] for s in BOARD_STATUSES}
-    for incident in incidents:
-        if incident.status.value in columns:
-            columns[incident.status.value].append(incident)
-    for status in BOARD_STATUSES:
-        table.add_column(
-            f"{status} ({len(columns[status])})", style=STATUS_STYLE[status], overflow="fold"
+def sort_board(incidents: Sequence[Incident], by: str, ranks: dict[str, int]) -> list[Incident]:
+    """Open work in the order asked for: severity (most severe, then oldest, first), age
+    (oldest first), updated (latest change first) or status (lifecycle order, then oldest)."""
+    far = datetime.max.replace(tzinfo=UTC)
+
+    def age(i: Incident) -> datetime:
+        return i.create_time or far
+
+    if by == "age":
+        return sorted(incidents, key=age)
+    if by == "updated":
+        return sorted(incidents, key=lambda i: i.update_time or far, reverse=True)
+    if by == "status":
+        order = {s: n for n, s in enumerate(BOARD_STATUSES)}
+        return sorted(incidents, key=lambda i: (order.get(i.status.value, 99), age(i)))
+    return sorted(incidents, key=lambda i: (-ranks.get(i.severity, 0), age(i)))
+
+
+def board(incidents: Sequence[Incident], counts: dict[str, int], zone: tzinfo) -> Table:
+    """The board: one line per incident (given already sorted and limited); the title counts
+    every open incident per status."""
+    summary = "  ".join(f"{status} ({counts.get(status, 0)})" for status in BOARD_STATUSES)
+    table = Table(title=f"Board (open work)\n{summary}", title_justify="left")
+    id_column(table)
+    table.add_column("severity", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("reported", no_wrap=True)
+    table.add_column("title", overflow="fold")
+    table.add_column("place", overflow="fold")
+    table.add_column("lead", no_wrap=True)
+    for i in incidents:
+        table.add_row(
+            short_id(i.name),
+            styled(i.severity, SEVERITY_STYLE),
+            styled(i.status.value, STATUS_STYLE),
+            local_time(i.create_time, zone),
+            i.title,
+            place(i),
+            i.lead_agency or "-",
         )
-    cards = [
-        "\n\n".join(
-            f"{i.title}\n[dim]{short(i.name)[:8]} {i.severity} {i.location.kecamatan}"
-            f"{' lead ' + i.lead_agency if i.lead_agency else ''}[/dim]"
-            for i in columns[status]
-        )
-        for status in BOARD_STATUSES
-    ]
-    table.add_row(*cards)
     return table
 
 
-def map_table(vmap: VulnerabilityMap) -> Table:
-    table = Table(title=f"Vulnerability map (position {vmap.position}, {when(vmap.time)})")
+def local_time(value: datetime | None, zone: tzinfo) -> str:
+    """A time for people: in their zone, with the zone's name (e.g. 2026-11-27 14:05 WIB)."""
+    if value is None:
+        return "-"
+    moment = value.astimezone(zone)
+    return f"{moment:%Y-%m-%d %H:%M} {moment.tzname()}"
+
+
+def map_table(vmap: VulnerabilityMap, zone: tzinfo = UTC) -> Table:
+    table = Table(title=f"Vulnerability map (position {vmap.position}, {when(vmap.time, zone)})")
     table.add_column("kecamatan")
     table.add_column("score", justify="right")
     table.add_column("", no_wrap=True)
@@ -234,12 +286,13 @@ def map_table(vmap: VulnerabilityMap) -> Table:
             f"{score.score:.1f}",
             bar,
             Text(score.band, style=style),
-            str(len(score.reasons)),
+            # The true count: the reasons list only the heaviest (50 by default).
+            str(score.incident_count),
         )
     return table
 
 
-def map_svg(vmap: VulnerabilityMap, title: str = "Vulnerability map") -> str:
+def map_svg(vmap: VulnerabilityMap, title: str = "Vulnerability map", zone: tzinfo = UTC) -> str:
     """A tile map: one tile per kecamatan, coloured by band, with its score and band."""
     scores: list[KecamatanScore] = sorted(vmap.kecamatan, key=lambda s: s.name)
     columns, tile_w, tile_h, gap, top = 5, 180, 90, 10, 60
@@ -251,7 +304,7 @@ def map_svg(vmap: VulnerabilityMap, title: str = "Vulnerability map") -> str:
         f'viewBox="0 0 {width} {height}" font-family="sans-serif">',
         f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
         f'<text x="{gap}" y="28" font-size="20" font-weight="bold">{escape(title)}</text>',
-        f'<text x="{gap}" y="48" font-size="12" fill="#555">as of {escape(when(vmap.time))} UTC, '
+        f'<text x="{gap}" y="48" font-size="12" fill="#555">as of {escape(when(vmap.time, zone))}, '
         f"ledger position {vmap.position}</text>",
     ]
     for index, score in enumerate(scores):
@@ -267,7 +320,7 @@ def map_svg(vmap: VulnerabilityMap, title: str = "Vulnerability map") -> str:
             f"{escape(score.name)}</text>"
             f'<text x="{x + 10}" y="{y + 52}" font-size="22">{score.score:.1f}</text>'
             f'<text x="{x + 10}" y="{y + 76}" font-size="12">{escape(score.band)} · '
-            f"{len(score.reasons)} incident(s)</text></g>"
+            f"{score.incident_count} incident(s)</text></g>"
         )
     legend_y = height - 14
     for i, band in enumerate(("low", "medium", "high")):
@@ -280,31 +333,81 @@ def map_svg(vmap: VulnerabilityMap, title: str = "Vulnerability map") -> str:
     return "\n".join(parts) + "\n"
 
 
-def decisions_table(decisions: Iterable[DecisionInForce]) -> Table:
+def decisions_table(decisions: Iterable[DecisionInForce], zone: tzinfo = UTC) -> Table:
     table = Table(title="Decisions in force")
-    for column in ("kecamatan", "summary", "forum", "deciding", "from", "until", "incident"):
+    for column in ("kecamatan", "summary", "forum", "deciding", "from", "until"):
         table.add_column(column, overflow="fold")
+    id_column(table)
     for d in decisions:
         table.add_row(
             d.kecamatan,
             d.summary,
             d.forum,
             ", ".join(d.deciding_agencies),
-            when(d.valid_from),
-            when(d.valid_until),
-            short(d.incident),
+            when(d.valid_from, zone),
+            when(d.valid_until, zone),
+            short_id(d.incident),
         )
     return table
 
 
-def rows_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
+def rows_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    no_wrap: Sequence[str] = (),
+) -> Table:
     table = Table(title=title)
     for column in columns:
-        table.add_column(column, overflow="fold")
+        if column in no_wrap:
+            table.add_column(column, no_wrap=True)
+        else:
+            table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*(str(c) for c in row))
+        # Text, not markup: values such as "[contexts.prod]" are shown as they are.
+        table.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in row))
     return table
 
 
 def emit_line(text: str) -> None:
     sys.stdout.write(text + "\n")
+
+
+def emit_error_json(value: Any) -> None:
+    """An error as one JSON object on stderr (stdout stays for results)."""
+    sys.stderr.write(json.dumps(to_jsonable(value), ensure_ascii=False) + "\n")
+    sys.stderr.flush()
+
+
+def emit_json_line(value: Any) -> None:
+    """One JSON object on one line (JSON Lines, for streams such as ``watch --json``)."""
+    sys.stdout.write(json.dumps(to_jsonable(value), ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+#: Shown for a figure without data: a "0:00:00" would read as an instant response.
+NO_DATA = "—"
+
+
+def duration(stats: DurationStats, seconds: float) -> str:
+    return NO_DATA if stats.count == 0 else str(timedelta(seconds=round(seconds)))
+
+
+def response_times_table(by: str, groups: Iterable[ResponseTimes]) -> Table:
+    """Median and p90 per step, each step with its sample size (n)."""
+    table = Table(title=f"Response times by {by}")
+    table.add_column(by, no_wrap=True)
+    for step in ("acknowledge", "verify", "resolve"):
+        table.add_column(f"{step} n", justify="right")
+        table.add_column("median", justify="right")
+        table.add_column("p90", justify="right")
+    for g in groups:
+        cells: list[str] = [g.key or "(no lead)"]
+        for stats in (g.acknowledge, g.verify, g.resolve):
+            cells += [
+                str(stats.count),
+                duration(stats, stats.median_seconds),
+                duration(stats, stats.p90_seconds),
+            ]
+        table.add_row(*cells)
+    return table

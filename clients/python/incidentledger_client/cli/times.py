@@ -1,0 +1,68 @@
+"""Times people type: ISO 8601 with or without a zone, zone names, relative forms.
+
+``2026-11-28T10:00``, ``2026-11-28 10:00 WIB``, ``2026-11-28T10:00+07:00``, ``-2h``, ``2 hours
+ago``, ``yesterday 18:00``, ``kemarin 18:00``, ``now``. A time without a zone is in the
+configured zone (``zone``, Asia/Jakarta by default), not UTC. Relative and worded forms are
+parsed by dateparser; ISO forms by the standard library, without loading it.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+#: "-2h", "-30m", "-1d", "+3d", "-1w": an offset from now.
+_OFFSET = re.compile(r"^(?P<sign>[-+])\s*(?P<amount>\d+(?:\.\d+)?)\s*(?P<unit>[smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+#: Indonesia's zone abbreviations, which dateparser does not know.
+_ABBREVIATIONS = {"WIB": "+07:00", "WITA": "+08:00", "WIT": "+09:00"}
+
+EXAMPLES = "2026-11-28T10:00, '2026-11-28 10:00 WIB', -2h, '2 hours ago', 'yesterday 18:00'"
+
+
+class TimeError(ValueError):
+    """The text is no time ledgerctl understands."""
+
+
+def parse_time(text: str, zone: str, now: datetime | None = None) -> datetime:
+    """The moment ``text`` names, as an aware datetime in UTC."""
+    value = text.strip()
+    tz = ZoneInfo(zone)
+    current = (now or datetime.now(UTC)).astimezone(tz)
+    if value.lower() == "now":
+        return current.astimezone(UTC)
+    offset = _OFFSET.match(value.lower())
+    if offset:
+        delta = timedelta(**{_UNITS[offset["unit"]]: float(offset["amount"])})
+        moment = current - delta if offset["sign"] == "-" else current + delta
+        return moment.astimezone(UTC)
+    for name, utc_offset in _ABBREVIATIONS.items():
+        value = re.sub(rf"\s*\b{name}\b\s*$", utc_offset, value)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        parsed = _worded(value, zone, current)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=tz)
+    return parsed.astimezone(UTC)
+
+
+def _worded(value: str, zone: str, current: datetime) -> datetime:
+    import dateparser  # about 0.6 s to load: only for forms the standard library cannot read
+
+    parsed = dateparser.parse(
+        value,
+        settings={
+            "TIMEZONE": zone,
+            "RETURN_AS_TIMEZONE_AWARE": True,
+            "PREFER_DATES_FROM": "past",
+            # Indonesia writes day/month/year.
+            "DATE_ORDER": "DMY",
+            "RELATIVE_BASE": current.replace(tzinfo=None),
+        },
+        languages=["en", "id"],
+    )
+    if parsed is None:
+        raise TimeError(f"not a time: {value!r} (examples: {EXAMPLES})")
+    return parsed

@@ -1,0 +1,100 @@
+"""Errors people can act on: which address and which setting, what TLS wants, how to get a
+token, which flag a decision needs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from incidentledger_client.cli import main
+from services.common.config import ServerTls
+from services.common.natsserver import free_port
+from tests.integration.test_ledgerctl import Ctl
+from tests.support import running_ledger, settings_for, store_environment
+from tests.tls_support import CertificateAuthority
+
+
+@pytest.fixture
+def ctl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Ctl]:
+    with (
+        store_environment("popo", tmp_path) as env,
+        running_ledger(settings_for(tmp_path, env)) as client,
+    ):
+        yield Ctl(client, capsys)
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def test_an_unreachable_server_is_named_with_the_setting_it_came_from(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    code, err = run(capsys, "--address", address, "--timeout", "1", "--token", "t", "list")
+    assert code == 6
+    assert f"cannot reach the ledger at {address}" in err and "flag --address" in err, err
+    monkeypatch.setenv("LEDGER_ADDRESS", address)
+    code, err = run(capsys, "--timeout", "1", "--token", "t", "--json", "list")
+    error = json.loads(err)["error"]
+    assert code == 6 and error["code"] == "UNAVAILABLE"
+    assert "env LEDGER_ADDRESS" in error["message"] and error["metadata"]["address"] == address
+    notifier = f"127.0.0.1:{free_port()}"
+    code, err = run(
+        capsys, "--notifier-address", notifier, "--timeout", "1", "--token", "t", "webhooks", "list"
+    )
+    assert code == 6 and f"cannot reach the notifier at {notifier}" in err, err
+
+
+def test_tls_handshake_failures_say_what_the_server_wants(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = CertificateAuthority(tmp_path / "pki")
+    server = ca.server()
+    tls = ServerTls.load(server.cert_file, server.key_file, ca.ca_file, "require")
+    with (
+        store_environment("popo", tmp_path) as env,
+        running_ledger(settings_for(tmp_path, env, tls=tls)) as ledger,
+    ):
+        target = f"localhost:{ledger.server.port}"
+        common = ("--address", target, "--timeout", "2", "--token", "t")
+        code, err = run(capsys, *common, "--tls-ca", str(ca.ca_file), "list")
+        assert code == 6 and "requires a client certificate" in err, err
+        assert "--tls-cert" in err
+        code, err = run(capsys, *common, "list")
+        assert code == 6 and "speaks TLS" in err and "--tls-ca" in err, err
+
+
+def test_a_missing_token_says_how_to_get_one(ctl: Ctl, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(capsys, "--address", ctl.ledger.address, "list")
+    assert code == 5
+    assert "no credentials" in err and "--agency" in err and "--token" in err, err
+    code, err = run(capsys, "--address", ctl.ledger.address, "--token", "wrong", "list")
+    assert code == 5 and "token from flag --token was refused" in err, err
+
+
+def test_decide_needs_a_validity_window_and_offers_the_flags(ctl: Ctl) -> None:
+    name = ctl.json("kesbangpol", "report", "Rally", "crowd_gathering", "ipuh")["incident"]
+    ctl.ok("desk_pilkada", "verify", name)
+    decide = (
+        *("decide", name, "Gatherings restricted", "--forum", "Forkopimda"),
+        *("--by", "desk_pilkada", "--rationale", "tension"),
+    )
+    code, _, err = ctl.run("desk_pilkada", *decide)
+    assert code == 2 and "validity window" in err and "--valid-from" in err, err
+    ctl.ok(
+        "desk_pilkada",
+        *decide,
+        "--valid-from",
+        "2030-01-01T08:00:00+07:00",
+        "--valid-until",
+        "2030-01-03T08:00:00+07:00",
+    )
+    decision = ctl.json("polres", "show", name)["incident"]["decisions"][0]
+    assert decision["valid_from"].startswith("2030-01-01T01:00:00")
+    assert decision["valid_until"].startswith("2030-01-03T01:00:00")

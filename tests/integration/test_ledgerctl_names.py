@@ -1,0 +1,73 @@
+"""Incident names people can type: the id, a 6+ character prefix as tables show, the full name."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_ledgerctl import Ctl
+from tests.support import running_ledger, settings_for, store_environment
+
+
+@pytest.fixture
+def ctl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Ctl]:
+    with (
+        store_environment("popo", tmp_path) as env,
+        running_ledger(settings_for(tmp_path, env)) as client,
+    ):
+        yield Ctl(client, capsys)
+
+
+def test_every_incident_argument_takes_the_id_a_prefix_or_the_full_name(ctl: Ctl) -> None:
+    names = [
+        ctl.json("kesbangpol", "report", f"Rally {n}", "crowd_gathering", "ipuh")["incident"]
+        for n in range(3)
+    ]
+    first = names[0]
+    bare = first.removeprefix("incidents/")
+    assert ctl.json("polres", "show", bare[:6])["incident"]["name"] == first
+    assert ctl.json("polres", "show", bare[:8].upper())["incident"]["name"] == first
+    assert ctl.json("polres", "history", bare)[0]["incident"] == first
+    assert "verified" in ctl.ok("desk_pilkada", "verify", bare[:8])
+    assert ctl.json("desk_pilkada", "assign", bare[:7], "polres")["version"] == 3
+    merged = ctl.json("desk_pilkada", "merge", names[1], names[2].removeprefix("incidents/")[:9])
+    assert merged["incident"] == names[1]
+    shown = ctl.json("polres", "show", names[1])["incident"]
+    assert shown["merged_into"] == names[2]
+
+
+def test_names_that_fit_no_incident_are_usage_errors_that_say_why(ctl: Ctl) -> None:
+    name = ctl.json("kesbangpol", "report", "Rally", "crowd_gathering", "ipuh")["incident"]
+    bare = name.removeprefix("incidents/")
+    code, _, err = ctl.run("polres", "show", bare[:5])
+    assert code == 2 and "at least 6 characters" in err
+    other = "0123456789abcdef"[("0123456789abcdef".index(bare[0]) + 1) % 16]
+    code, _, err = ctl.run("polres", "show", other + bare[1:6])
+    assert code == 2 and "no incident's id starts with" in err
+    code, _, err = ctl.run("polres", "show", "MKM-2026-0042")
+    assert code == 2 and "reference code" in err
+    code, _, err = ctl.run("polres", "--json", "show", "rally")
+    assert code == 2 and "not an incident" in json.loads(err)["error"]["message"]
+
+
+def test_tables_never_wrap_an_id(ctl: Ctl, monkeypatch: pytest.MonkeyPatch) -> None:
+    names = [
+        ctl.json(
+            "kesbangpol",
+            "report",
+            "A long title that has to be folded in a narrow terminal",
+            "crowd_gathering",
+            "kota_mukomuko",
+            "--desa",
+            "Pasar Mukomuko",
+        )["incident"]
+        for _ in range(2)
+    ]
+    monkeypatch.setenv("COLUMNS", "60")
+    for command in (("list",), ("list", "--status", "REPORTED")):
+        out = ctl.ok("polres", *command)
+        for name in names:
+            assert name.removeprefix("incidents/")[:8] in out, (command, out)

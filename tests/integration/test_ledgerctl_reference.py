@@ -1,0 +1,92 @@
+"""ledgerctl lists the reference data; codes are case-insensitive; typos get suggestions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_ledgerctl import Ctl
+from tests.support import running_ledger, settings_for, store_environment
+
+
+@pytest.fixture
+def ctl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Ctl]:
+    with (
+        store_environment("popo", tmp_path) as env,
+        running_ledger(settings_for(tmp_path, env)) as client,
+    ):
+        yield Ctl(client, capsys)
+
+
+def test_the_reference_data_is_listed(ctl: Ctl) -> None:
+    agencies = {a["code"]: a["role"] for a in ctl.json("polres", "agencies")}
+    assert agencies["desk_pilkada"] == "coordinator" and agencies["polres"] == "responder"
+    assert agencies["inspektorat"] == "auditor" and len(agencies) == 12
+    assert "coordinator" in ctl.ok("polres", "agencies")
+    kecamatan = {k["code"]: k for k in ctl.json("polres", "kecamatan")}
+    assert len(kecamatan) == 15 and kecamatan["kota_mukomuko"]["name"] == "Kota Mukomuko"
+    assert "Pasar Mukomuko" in kecamatan["kota_mukomuko"]["desa"]
+    assert "Pasar Mukomuko" in ctl.ok("polres", "kecamatan")
+    dimensions = {c["code"]: c["dimension"] for c in ctl.json("polres", "categories")}
+    assert dimensions["hoax"] == "contestation" and dimensions["flood"] == "participation"
+    assert "election_administration" in ctl.ok("polres", "categories")
+    severities = ctl.json("polres", "severities")
+    assert [s["code"] for s in severities["severities"]] == ["low", "medium", "high", "critical"]
+    assert severities["default"] == "medium"
+
+
+def test_codes_are_case_insensitive_everywhere(ctl: Ctl) -> None:
+    reported = ctl.json(
+        "KESBANGPOL",
+        "report",
+        "Rally",
+        "Crowd_Gathering",
+        "KOTA_MUKOMUKO",
+        "--severity",
+        "HIGH",
+        "--desa",
+        "pasar mukomuko",
+    )
+    name = reported["incident"]
+    ctl.ok("desk_pilkada", "verify", name)
+    ctl.ok("desk_pilkada", "assign", name, "POLRES")
+    ctl.ok("Polres", "assess", name, "Critical")
+    incident = ctl.json("polres", "show", name)["incident"]
+    assert (incident["severity"], incident["category"], incident["lead_agency"]) == (
+        "critical",
+        "crowd_gathering",
+        "polres",
+    )
+    assert incident["location"]["kecamatan"] == "kota_mukomuko"
+    assert incident["location"]["desa"] == "Pasar Mukomuko"
+    listed = ctl.json(
+        "polres", "list", "--severity", "CRITICAL", "--status", "assigned", "--lead", "PolRes"
+    )
+    assert [i["name"] for i in listed] == [name]
+    assert ctl.json("polres", "response-times", "--by", "SEVERITY")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("report", "x", "crowd_gatherng", "ipuh"), "did you mean 'crowd_gathering'"),
+        (("report", "x", "flood", "kota_mukomoko"), "did you mean 'kota_mukomuko'"),
+        (("report", "x", "flood", "ipuh", "--severity", "hihg"), "did you mean 'high'"),
+        (("report", "x", "flood", "ipuh", "--desa", "pasar ipu"), "did you mean 'Pasar Ipuh'"),
+        (("list", "--status", "respnding"), "did you mean 'RESPONDING'"),
+        (("list", "--lead", "polris"), "did you mean 'polres'"),
+        (("response-times", "--by", "kecamatn"), "did you mean 'kecamatan'"),
+    ],
+)
+def test_unknown_values_get_did_you_mean_suggestions(
+    ctl: Ctl, args: tuple[str, ...], expected: str
+) -> None:
+    code, _, err = ctl.run("kesbangpol", *args)
+    assert code == 2 and expected in err, err
+
+
+def test_an_unknown_agency_for_its_token_gets_a_suggestion(ctl: Ctl) -> None:
+    code, _, err = ctl.run("polris", "list")
+    assert code == 2 and "did you mean 'polres'" in err

@@ -1,0 +1,60 @@
+"""ledgerctl's incident names: an ambiguous prefix lists its candidates; reference codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+import pytest
+
+from incidentledger_client.cli.names import IncidentNameError, IncidentResolver
+from incidentledger_client.types import Incident, IncidentStatus
+
+
+@dataclass(frozen=True)
+class Listed:
+    name: str
+    title: str
+    status: IncidentStatus
+
+
+LISTED = [
+    Listed("incidents/0b6f12aa-0000-4000-8000-000000000001", "Rally", IncidentStatus.REPORTED),
+    Listed("incidents/0b6f12ab-0000-4000-8000-000000000002", "Hoax", IncidentStatus.VERIFIED),
+    Listed("incidents/7c0000aa-0000-4000-8000-000000000003", "Flood", IncidentStatus.ASSIGNED),
+]
+
+
+def resolver(by_reference: dict[str, str] | None = None) -> IncidentResolver:
+    return IncidentResolver(
+        lambda: cast("list[Incident]", LISTED),
+        by_reference.get if by_reference is not None else None,
+    )
+
+
+def test_an_ambiguous_prefix_lists_the_candidates() -> None:
+    with pytest.raises(IncidentNameError) as ambiguous:
+        resolver().resolve("0b6f12")
+    message = str(ambiguous.value)
+    assert "ambiguous" in message and "Rally" in message and "Hoax" in message
+    assert [c.name for c in ambiguous.value.candidates] == [LISTED[0].name, LISTED[1].name]
+    assert resolver().resolve("0b6f12ab") == LISTED[1].name
+    assert resolver().resolve("7C0000") == LISTED[2].name
+
+
+def test_a_full_id_needs_no_listing() -> None:
+    def never() -> list[Incident]:
+        raise AssertionError("a full id is not looked up in the list")
+
+    full = "0B6F12AA-0000-4000-8000-000000000009"
+    assert IncidentResolver(never).resolve(full) == f"incidents/{full.lower()}"
+    assert IncidentResolver(never).resolve(f"incidents/{full}") == f"incidents/{full.lower()}"
+
+
+def test_reference_codes_have_a_hook() -> None:
+    with pytest.raises(IncidentNameError, match="no reference codes yet"):
+        resolver().resolve("MKM-2026-0042")
+    codes = {"MKM-2026-0042": LISTED[2].name}
+    assert resolver(codes).resolve("MKM-2026-0042") == LISTED[2].name
+    with pytest.raises(IncidentNameError, match="no incident has the reference code"):
+        resolver(codes).resolve("MKM-2026-0043")
