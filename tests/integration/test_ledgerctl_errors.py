@@ -4,7 +4,8 @@ token, which flag a decision needs."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,18 +13,9 @@ import pytest
 from incidentledger_client.cli import main
 from services.common.config import ServerTls
 from services.common.natsserver import free_port
-from tests.integration.test_ledgerctl import Ctl
+from tests.ledgerctl_support import Ctl
 from tests.support import running_ledger, settings_for, store_environment
 from tests.tls_support import CertificateAuthority
-
-
-@pytest.fixture
-def ctl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Ctl]:
-    with (
-        store_environment("popo", tmp_path) as env,
-        running_ledger(settings_for(tmp_path, env)) as client,
-    ):
-        yield Ctl(client, capsys)
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -45,10 +37,14 @@ def test_an_unreachable_server_is_named_with_the_setting_it_came_from(
     assert code == 6 and error["code"] == "UNAVAILABLE"
     assert "env LEDGER_ADDRESS" in error["message"] and error["metadata"]["address"] == address
     notifier = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
     code, err = run(
         capsys, "--notifier-address", notifier, "--timeout", "1", "--token", "t", "webhooks", "list"
     )
     assert code == 6 and f"cannot reach the notifier at {notifier}" in err, err
+    # --timeout bounds the whole command, retries included (the client's own default
+    # budget is 20 s); the margin is for a busy machine.
+    assert time.monotonic() - started < 10
 
 
 def test_tls_handshake_failures_say_what_the_server_wants(
@@ -87,14 +83,16 @@ def test_decide_needs_a_validity_window_and_offers_the_flags(ctl: Ctl) -> None:
     )
     code, _, err = ctl.run("desk_pilkada", *decide)
     assert code == 2 and "validity window" in err and "--valid-from" in err, err
+    # Next month, 08:00 WIB (decisions are planned at most a year ahead).
+    day = (datetime.now(UTC) + timedelta(days=30)).date()
     ctl.ok(
         "desk_pilkada",
         *decide,
         "--valid-from",
-        "2030-01-01T08:00:00+07:00",
+        f"{day}T08:00:00+07:00",
         "--valid-until",
-        "2030-01-03T08:00:00+07:00",
+        f"{day + timedelta(days=2)}T08:00:00+07:00",
     )
     decision = ctl.json("polres", "show", name)["incident"]["decisions"][0]
-    assert decision["valid_from"].startswith("2030-01-01T01:00:00")
-    assert decision["valid_until"].startswith("2030-01-03T01:00:00")
+    assert decision["valid_from"].startswith(f"{day}T01:00:00")
+    assert decision["valid_until"].startswith(f"{day + timedelta(days=2)}T01:00:00")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,17 +11,7 @@ from rich.console import Console
 
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger_client import LedgerClient
-from tests.integration.test_ledgerctl import Ctl
-from tests.support import running_ledger, settings_for, store_environment
-
-
-@pytest.fixture
-def ctl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Ctl]:
-    with (
-        store_environment("popo", tmp_path) as env,
-        running_ledger(settings_for(tmp_path, env)) as client,
-    ):
-        yield Ctl(client, capsys)
+from tests.ledgerctl_support import Ctl
 
 
 def row(table: str, first_cell: str) -> list[str]:

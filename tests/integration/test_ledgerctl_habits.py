@@ -7,26 +7,15 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from incidentledger_client import __version__
 from incidentledger_client.cli import main
-from tests.integration.test_ledgerctl import Ctl, without_server_log
-from tests.support import running_ledger, settings_for, store_environment
+from tests.ledgerctl_support import Ctl, without_server_log
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def ctl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Ctl]:
-    with (
-        store_environment("popo", tmp_path) as env,
-        running_ledger(settings_for(tmp_path, env)) as client,
-    ):
-        yield Ctl(client, capsys)
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, object, str]:

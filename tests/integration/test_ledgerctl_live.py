@@ -21,7 +21,7 @@ from tests.fanout_support import (
     wait_until,
     webhook_receiver,
 )
-from tests.integration.test_ledgerctl import without_server_log
+from tests.ledgerctl_support import without_server_log
 from tests.support import store_environment
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(60)]

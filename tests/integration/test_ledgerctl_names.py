@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.integration.test_ledgerctl import Ctl
-from tests.support import running_ledger, settings_for, store_environment
-
-
-@pytest.fixture
-def ctl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Ctl]:
-    with (
-        store_environment("popo", tmp_path) as env,
-        running_ledger(settings_for(tmp_path, env)) as client,
-    ):
-        yield Ctl(client, capsys)
+from tests.ledgerctl_support import Ctl
 
 
 def test_every_incident_argument_takes_the_id_a_prefix_or_the_full_name(ctl: Ctl) -> None:

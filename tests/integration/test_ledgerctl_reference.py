@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from tests.integration.test_ledgerctl import Ctl
-from tests.support import running_ledger, settings_for, store_environment
-
-
-@pytest.fixture
-def ctl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Ctl]:
-    with (
-        store_environment("popo", tmp_path) as env,
-        running_ledger(settings_for(tmp_path, env)) as client,
-    ):
-        yield Ctl(client, capsys)
+from tests.ledgerctl_support import Ctl
 
 
 def test_the_reference_data_is_listed(ctl: Ctl) -> None:

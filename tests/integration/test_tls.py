@@ -18,7 +18,7 @@ from incidentledger_client import LedgerClient
 from incidentledger_client.cli import main as ledgerctl
 from services.common.config import ServerTls
 from services.common.grpc_errors import error_info
-from tests.integration.test_ledgerctl import without_server_log
+from tests.ledgerctl_support import without_server_log
 from tests.support import (
     Client,
     dev_users,

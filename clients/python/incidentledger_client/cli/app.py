@@ -37,6 +37,7 @@ from incidentledger_client import (
     NotifierClient,
     PermissionDenied,
     ResourceExhausted,
+    RetryPolicy,
     Unauthenticated,
     Unavailable,
     __version__,
@@ -155,8 +156,15 @@ class State:
                 client_cert=settings.tls_cert,
                 client_key=settings.tls_key,
                 timeout=settings.timeout,
+                retry=self._retry(),
             )
         return self._ledger
+
+    def _retry(self) -> RetryPolicy | None:
+        """With ``--timeout``, the whole command gives up then (retries included): a person
+        asking for 2 s does not wait the client's default 20 s for a server that is down."""
+        timeout = self.settings.timeout
+        return RetryPolicy(budget=timeout) if timeout else None
 
     def reference(self) -> ReferenceData:
         """The ledger's reference data, fetched once per run (one small call)."""
@@ -176,6 +184,7 @@ class State:
                 client_cert=settings.tls_cert,
                 client_key=settings.tls_key,
                 timeout=settings.timeout,
+                retry=self._retry(),
             )
         return self._notifier
 
