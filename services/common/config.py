@@ -664,6 +664,7 @@ class NotifierSettings(ServiceSettings):
                 max_backoff_seconds=_float(env, "NOTIFIER_WEBHOOK_MAX_BACKOFF_SECONDS", 300.0),
             ),
             max_workers=_int(env, "NOTIFIER_MAX_WORKERS", cls.max_workers, minimum=4),
+            grace_seconds=_float(env, "NOTIFIER_GRACE_SECONDS", cls.grace_seconds),
             store_env=store_env,
         )
         settings.check_transport(settings.listen, "NOTIFIER_LISTEN")

@@ -30,6 +30,7 @@ from services.common.metrics import Metrics, shared_reading
 from services.common.pagetoken import PageTokens
 from services.common.serving import add_health_and_reflection, listen, new_server, set_serving
 from services.common.sql import creates_tables, is_postgres, open_database, schema_lock
+from services.common.stopping import close_step
 from services.ledger.api.audit_servicer import AuditServicer
 from services.ledger.api.servicer import LedgerServicer
 from services.ledger.api.situation_servicer import SituationServicer
@@ -87,15 +88,19 @@ class LedgerServer:
     stopped: threading.Event
 
     def stop(self, grace: float) -> None:
-        """Graceful shutdown: NOT_SERVING first, then drain in-flight calls."""
+        """Graceful shutdown: NOT_SERVING first, then drain in-flight calls, then close.
+
+        A step that fails (NATS resetting the relay's connection) is logged and the
+        others still run: the process exits either way.
+        """
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
-        self.checkpoints.close()
-        self.metrics.close()
+        close_step("ledger", "grpc", lambda: self.server.stop(grace).wait(grace + 1))
+        close_step("ledger", "checkpoints", self.checkpoints.close)
+        close_step("ledger", "metrics", self.metrics.close)
         if self.relay is not None:
-            self.relay.stop()
-        self.projections.close()
-        self.ledger.close()
+            close_step("ledger", "relay", self.relay.stop)
+        close_step("ledger", "projections", self.projections.close)
+        close_step("ledger", "store", self.ledger.close)
         self.stopped.set()
 
 
