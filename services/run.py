@@ -11,10 +11,14 @@ Starts, in order:
 
 Every child gets ``NATS_URL``, ``LEDGER_LISTEN``, ``NOTIFIER_LISTEN`` and ``LEDGER_DATA_DIR``
 in its environment and runs in its own process group, so a Ctrl-C on the terminal reaches
-only the supervisor. On SIGINT or SIGTERM the supervisor stops the children in reverse
-order (SIGTERM, a deadline, then SIGKILL) and exits 0. If a child exits on its own, it
-stops the others and exits 1, naming the child and its exit code. A port that is already
-taken, or a bad setting, ends it with exit code 2 before anything starts.
+only the supervisor. The Python children start with SIGTERM and SIGINT blocked until their
+handlers are installed (see :mod:`services.common.stopping`), so a stop never catches one
+half started. On SIGINT or SIGTERM the supervisor stops the children in reverse order
+(SIGTERM; SIGKILL if a child still runs :data:`CHILD_SLACK_SECONDS` after its own
+deadline, its grace period plus margin) and exits 0. If a child exits on its own, it stops
+the others and exits 1, naming the child and its exit code. A port that is already taken,
+or a bad setting, ends it with exit code 2 before anything starts. If the supervisor itself
+is still running past the sum of those deadlines, it kills every child and exits 1.
 
 ``--services`` replaces the default list of child modules (:data:`DEFAULT_SERVICES`),
 e.g. ``--services services.ledger`` runs the ledger alone (with NATS).
@@ -29,13 +33,18 @@ import os
 import signal
 import subprocess
 import sys
-import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
-from types import FrameType
 
 import structlog
 
-from services.common.config import PROJECT_ROOT, ConfigError, RunSettings
+from services.common.config import (
+    PROJECT_ROOT,
+    ConfigError,
+    LedgerSettings,
+    NotifierSettings,
+    RunSettings,
+)
 from services.common.logging import configure_logging
 from services.common.natsconn import redact_url
 from services.common.natsserver import (
@@ -44,13 +53,21 @@ from services.common.natsserver import (
     NatsServerError,
     port_is_free,
 )
+from services.common.stopping import (
+    STOP_MARGIN_SECONDS,
+    STOP_SIGNALS,
+    Stopping,
+    deadline_seconds,
+)
 
 log = structlog.get_logger("services.run")
 
 #: The child processes ``make run`` starts, in order (stopped in reverse order).
 DEFAULT_SERVICES: tuple[str, ...] = ("services.ledger", "services.notifier")
-#: How long a child may take to stop after SIGTERM before it is killed.
+#: How long a child that is not a service of ours may take to stop after SIGTERM.
 CHILD_STOP_SECONDS = 20.0
+#: How long past its own deadline a child may take to exit before it is killed.
+CHILD_SLACK_SECONDS = 2.0
 NATS_STOP_SECONDS = 10.0
 _LISTEN_VARIABLES = {"services.ledger": "LEDGER_LISTEN", "services.notifier": "NOTIFIER_LISTEN"}
 
@@ -67,6 +84,23 @@ class StartupError(Exception):
 class Child:
     module: str
     process: subprocess.Popen[bytes]
+    stop_seconds: float  # SIGKILL after this long past SIGTERM
+
+
+def child_deadline(module: str, env: Mapping[str, str]) -> float:
+    """How long ``module`` may take to stop after SIGTERM: its own deadline (grace period
+    and margin, from the settings it will read in ``env``) and some slack."""
+    settings: LedgerSettings | NotifierSettings
+    try:
+        if module == "services.ledger":
+            settings = LedgerSettings.from_env(env)
+        elif module == "services.notifier":
+            settings = NotifierSettings.from_env(env)
+        else:
+            return CHILD_STOP_SECONDS
+    except ConfigError:
+        return CHILD_STOP_SECONDS  # the child says what is wrong and exits 2 at once
+    return deadline_seconds(settings) + CHILD_SLACK_SECONDS
 
 
 def split_listen(listen: str) -> tuple[str, int] | None:
@@ -86,23 +120,27 @@ class Supervisor:
         self.nats: NatsServer | None = None
         self.nats_url = settings.nats_url or ""
         self.children: list[Child] = []
-        self._wake = threading.Event()
-        self._signal: str | None = None
+        # SIGCHLD wakes the wait when a child exits on its own.
+        self.stopping = Stopping("run", wake_signals=(signal.SIGCHLD,), on_force=self.kill_all)
 
     # --- signals ------------------------------------------------------------------------
 
-    def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
-        if self._signal is None:
-            self._signal = signal.Signals(signum).name
-        self._wake.set()
-
-    def _on_child_signal(self, _signum: int, _frame: FrameType | None) -> None:
-        self._wake.set()
-
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGINT, self._on_stop_signal)
-        signal.signal(signal.SIGTERM, self._on_stop_signal)
-        signal.signal(signal.SIGCHLD, self._on_child_signal)
+        self.stopping.install()
+        self.set_deadline([CHILD_STOP_SECONDS] * len(self.services))  # until they run
+
+    def set_deadline(self, child_seconds: list[float]) -> None:
+        """The supervisor's own deadline: each child's in turn, then NATS's."""
+        self.stopping.set_deadline(sum(child_seconds) + NATS_STOP_SECONDS + STOP_MARGIN_SECONDS)
+
+    def kill_all(self) -> None:
+        """SIGKILL to every child's process group and to NATS (the forced exit)."""
+        pids = [child.process.pid for child in self.children]
+        if self.nats is not None and self.nats.pid is not None:
+            pids.append(self.nats.pid)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
 
     # --- start --------------------------------------------------------------------------
 
@@ -167,14 +205,21 @@ class Supervisor:
         return env
 
     def start_child(self, module: str) -> None:
-        process = subprocess.Popen(  # noqa: S603 - our interpreter and module, no shell
-            [sys.executable, "-m", module],
-            env=self.child_environment(),
-            cwd=PROJECT_ROOT,
-            stdin=subprocess.DEVNULL,
-            process_group=0,
-        )
-        self.children.append(Child(module, process))
+        env = self.child_environment()
+        # The child inherits the blocked stop signals; it unblocks them once its handlers
+        # are in place (a signal sent meanwhile waits). Blocked here only for the fork.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            process = subprocess.Popen(  # noqa: S603 - our interpreter and module, no shell
+                [sys.executable, "-m", module],
+                env=env,
+                cwd=PROJECT_ROOT,
+                stdin=subprocess.DEVNULL,
+                process_group=0,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        self.children.append(Child(module, process, child_deadline(module, env)))
         log.debug("run.child_started", child=module, pid=process.pid)
 
     def start(self) -> None:
@@ -182,9 +227,10 @@ class Supervisor:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.start_nats()
         for module in self.services:
-            if self._signal is not None:
+            if self.stopping.requested:
                 return
             self.start_child(module)
+        self.set_deadline([child.stop_seconds for child in self.children])
         log.info(
             "run.started",
             nats=redact_url(self.nats_url),
@@ -215,10 +261,7 @@ class Supervisor:
     def wait(self) -> int:
         """Block until a stop signal (exit code 0) or a process exits on its own (1)."""
         while True:
-            self._wake.wait(1.0)
-            self._wake.clear()
-            if self._signal is not None:
-                log.info("run.stopping", signal=self._signal)
+            if self.stopping.wait(1.0):
                 return 0
             exited = self.exited_on_its_own()
             if exited is not None:
@@ -229,12 +272,13 @@ class Supervisor:
                     exit_code=code,
                     note="a process exited on its own; stopping the others",
                 )
+                self.stopping.request(f"{name} exited")
                 return 1
 
     def stop(self) -> None:
         """Stop the children in reverse order, then NATS. Leaves nothing running."""
         for child in reversed(self.children):
-            stop_process(child.module, child.process, CHILD_STOP_SECONDS)
+            stop_process(child.module, child.process, child.stop_seconds)
         self.children.clear()
         if self.nats is not None:
             self.nats.stop(NATS_STOP_SECONDS)
@@ -244,7 +288,8 @@ class Supervisor:
         self.install_signal_handlers()
         try:
             self.start()
-            code = 0 if self._signal is not None else self.wait()
+            code = 0 if self.stopping.requested else self.wait()
+            self.stopping.announce()
         except StartupError as exc:
             log.error("run.cannot_start", error=str(exc))
             code = exc.code

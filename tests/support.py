@@ -222,7 +222,7 @@ def service_process(
             stderr=subprocess.STDOUT,
         )
     service = ServiceProcess(module, proc, 0, log_path)
-    try:
+    with terminated_at_exit(proc, module, STOP_WAIT_SECONDS):
         deadline = time.monotonic() + timeout
         while not service.port:
             for line in service.log_lines():
@@ -234,7 +234,41 @@ def service_process(
                 raise AssertionError(f"{module} did not start in {timeout} s")
             time.sleep(0.05)
         yield service
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        proc.wait(timeout=30)
+
+
+#: How long a harness waits for a service to exit after SIGTERM before it kills it: past
+#: the service's own deadline (grace period and margin; 15 s with the default settings).
+STOP_WAIT_SECONDS = 30.0
+
+
+def terminate(proc: subprocess.Popen[bytes], what: str, timeout: float) -> str | None:
+    """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL: nothing is left running.
+
+    Returns what went wrong when the process had to be killed, else None.
+    """
+    if proc.poll() is not None:
+        return None
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        return f"{what} (pid {proc.pid}) did not exit {timeout:g} s after SIGTERM: killed"
+    return None
+
+
+@contextmanager
+def terminated_at_exit(proc: subprocess.Popen[bytes], what: str, timeout: float) -> Iterator[None]:
+    """:func:`terminate` ``proc`` when the block ends. A kill fails the test; if the block
+    failed already, the kill is noted on its error instead."""
+    try:
+        yield
+    except BaseException as exc:
+        problem = terminate(proc, what, timeout)
+        if problem is not None:
+            exc.add_note(problem)
+        raise
+    problem = terminate(proc, what, timeout)
+    if problem is not None:
+        raise AssertionError(problem)

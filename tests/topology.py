@@ -52,7 +52,7 @@ from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.config import PROJECT_ROOT
 from services.common.natsserver import free_port
 from tests.fanout_support import wait_until
-from tests.support import dev_tokens
+from tests.support import STOP_WAIT_SECONDS, dev_tokens, terminate
 
 __all__ = ["wait_until"]  # re-exported: the topology's tests wait the same way
 
@@ -229,13 +229,12 @@ class Service:
             self.proc.wait(30)
 
     def stop(self) -> None:
-        if self.proc is not None and self.running:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        """SIGTERM; a replica still running :data:`STOP_WAIT_SECONDS` later is killed, and
+        that fails the test."""
+        if self.proc is not None:
+            problem = terminate(self.proc, f"{self.name} on {self.port}", STOP_WAIT_SECONDS)
+            if problem is not None:
+                raise AssertionError(problem)
 
 
 @dataclass
@@ -313,8 +312,15 @@ class Deployment:
         return dev_tokens(self.data_dir)
 
     def stop(self) -> None:
+        """Every replica stopped (see :meth:`Service.stop`); then the kills, if any, fail."""
+        problems = []
         for service in (*self.notifiers, *self.ledgers):
-            service.stop()
+            try:
+                service.stop()
+            except AssertionError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise AssertionError("\n".join(problems))
 
 
 def postgres_schema(connect: Callable[[], psycopg.Connection[tuple[Any, ...]]]) -> str:

@@ -744,6 +744,7 @@ class NotifierSettings(ServiceSettings):
                 allow_networks=_networks(env, "NOTIFIER_WEBHOOK_ALLOW_NETWORKS"),
             ),
             max_workers=_int(env, "NOTIFIER_MAX_WORKERS", cls.max_workers, minimum=4),
+            grace_seconds=_float(env, "NOTIFIER_GRACE_SECONDS", cls.grace_seconds),
             store_env=store_env,
             webhook_key_file=_path(env, "NOTIFIER_WEBHOOK_KEY_FILE"),
         )

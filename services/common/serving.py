@@ -1,12 +1,12 @@
-"""What both services' gRPC servers share: construction, health, reflection, signals."""
+"""What both services' gRPC servers share: construction, health, reflection.
+
+How they stop on a signal is :mod:`services.common.stopping`.
+"""
 
 from __future__ import annotations
 
-import signal
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent import futures
-from types import FrameType
 from typing import Any
 
 import grpc
@@ -92,17 +92,3 @@ def add_health_and_reflection(
 def set_serving(health_servicer: health.HealthServicer, names: Sequence[str]) -> None:
     for name in ("", *names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-
-
-def serve_until_signal(name: str, stop: Callable[[], None], stopped: threading.Event) -> None:
-    """Block until SIGTERM or SIGINT has stopped the service gracefully."""
-    log = structlog.get_logger(name)
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info(f"{name}.stopping", signal=signal.Signals(signum).name)
-        stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    stopped.wait()
-    log.info(f"{name}.stopped")

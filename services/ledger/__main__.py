@@ -5,13 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import structlog
-
-from services.common.config import ConfigError, LedgerSettings
-from services.common.logging import configure_logging
-from services.common.serving import serve_until_signal
-from services.ledger.domain.reference import ReferenceDataError
-from services.ledger.server import build, migrate
+from services.common.stopping import Stopping, deadline_seconds, serve_until_stopped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,21 +18,29 @@ def main(argv: list[str] | None = None) -> int:
         help="serve (default) or migrate: create the store's tables and exit",
     )
     args = parser.parse_args(argv)
+    # Stop signals are handled from here on; the service's modules take 0.6 s to import.
+    stopping = Stopping("ledger").install() if args.command == "serve" else None
+    import structlog
+
+    from services.common.config import ConfigError, LedgerSettings
+    from services.common.logging import configure_logging
+    from services.ledger.domain.reference import ReferenceDataError
+    from services.ledger.server import build, migrate
+
     log = structlog.get_logger("services.ledger")
     try:
         settings = LedgerSettings.from_env()
         configure_logging(settings.log_level, settings.log_format)
-        if args.command == "migrate":
+        if stopping is None:
             migrate(settings)
             return 0
+        stopping.set_deadline(deadline_seconds(settings))
         running = build(settings)
     except (ConfigError, ReferenceDataError) as exc:
         configure_logging()
         log.error("ledger.config_error", error=str(exc))
         return 2
-
-    serve_until_signal("ledger", lambda: running.stop(settings.grace_seconds), running.stopped)
-    return 0
+    return serve_until_stopped(stopping, lambda: running.stop(settings.grace_seconds))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from services.common.sql import (
     open_database,
     schema_lock,
 )
+from services.common.stopping import close_step
 from services.ledger.api.audit_servicer import AuditServicer
 from services.ledger.api.servicer import LedgerServicer
 from services.ledger.api.situation_servicer import SituationServicer
@@ -98,17 +99,21 @@ class LedgerServer:
     store_watch: StoreWatch | None = None
 
     def stop(self, grace: float) -> None:
-        """Graceful shutdown: NOT_SERVING first, then drain in-flight calls."""
+        """Graceful shutdown: NOT_SERVING first, then drain in-flight calls, then close.
+
+        A step that fails (NATS resetting the relay's connection) is logged and the
+        others still run: the process exits either way.
+        """
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        close_step("ledger", "grpc", lambda: self.server.stop(grace).wait(grace + 1))
         if self.store_watch is not None:
-            self.store_watch.stop()
-        self.checkpoints.close()
-        self.metrics.close()
+            close_step("ledger", "store_watch", self.store_watch.stop)
+        close_step("ledger", "checkpoints", self.checkpoints.close)
+        close_step("ledger", "metrics", self.metrics.close)
         if self.relay is not None:
-            self.relay.stop()
-        self.projections.close()
-        self.ledger.close()
+            close_step("ledger", "relay", self.relay.stop)
+        close_step("ledger", "projections", self.projections.close)
+        close_step("ledger", "store", self.ledger.close)
         self.stopped.set()
 
 

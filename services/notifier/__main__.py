@@ -4,27 +4,30 @@ from __future__ import annotations
 
 import sys
 
-import structlog
-
-from services.common.config import ConfigError, NotifierSettings
-from services.common.logging import configure_logging
-from services.common.serving import serve_until_signal
-from services.ledger.domain.reference import ReferenceDataError
-from services.notifier.server import build
+from services.common.stopping import Stopping, deadline_seconds, serve_until_stopped
 
 
 def main() -> int:
+    # Stop signals are handled from here on; the service's modules take 0.6 s to import.
+    stopping = Stopping("notifier").install()
+    import structlog
+
+    from services.common.config import ConfigError, NotifierSettings
+    from services.common.logging import configure_logging
+    from services.ledger.domain.reference import ReferenceDataError
+    from services.notifier.server import build
+
     log = structlog.get_logger("services.notifier")
     try:
         settings = NotifierSettings.from_env()
         configure_logging(settings.log_level, settings.log_format)
+        stopping.set_deadline(deadline_seconds(settings))
         running = build(settings)
     except (ConfigError, ReferenceDataError) as exc:
         configure_logging()
         log.error("notifier.config_error", error=str(exc))
         return 2
-    serve_until_signal("notifier", lambda: running.stop(settings.grace_seconds), running.stopped)
-    return 0
+    return serve_until_stopped(stopping, lambda: running.stop(settings.grace_seconds))
 
 
 if __name__ == "__main__":

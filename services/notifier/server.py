@@ -22,6 +22,7 @@ from services.common.natsconn import redact_url
 from services.common.pagetoken import PageTokens
 from services.common.serving import add_health_and_reflection, listen, new_server, set_serving
 from services.common.sql import open_database, schema_lock
+from services.common.stopping import close_step
 from services.ledger.domain.reference import ReferenceData
 from services.notifier.engine import Engine
 from services.notifier.sealing import load_secret_box
@@ -47,14 +48,18 @@ class NotifierServer:
     stopped: threading.Event
 
     def stop(self, grace: float) -> None:
-        """Graceful shutdown: NOT_SERVING, end the streams, stop consuming, close."""
+        """Graceful shutdown: NOT_SERVING, end the streams, stop consuming, close.
+
+        A step that fails (NATS resetting the connection while it is closed) is logged
+        and the others still run: the process exits either way.
+        """
         self.health.enter_graceful_shutdown()
         self.engine.begin_shutdown()
-        self.server.stop(grace).wait()
-        self.engine.stop()
-        self.deliveries.close()
-        self.metrics.close()
-        self.store.close()
+        close_step("notifier", "grpc", lambda: self.server.stop(grace).wait(grace + 1))
+        close_step("notifier", "engine", self.engine.stop)
+        close_step("notifier", "deliveries", self.deliveries.close)
+        close_step("notifier", "metrics", self.metrics.close)
+        close_step("notifier", "store", self.store.close)
         self.stopped.set()
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -33,6 +35,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common import natsserver
 from services.common.config import PROJECT_ROOT
 from services.common.natsserver import NatsPortInUseError, NatsServer, free_port
+from services.common.stopping import STOP_MARGIN_SECONDS, STOP_SIGNALS
+from services.run import NATS_STOP_SECONDS, child_deadline
+from tests.support import STOP_WAIT_SECONDS, terminated_at_exit
 
 #: The supervisor's children in these tests; None = its default (ledger + notifier).
 SUPERVISED: tuple[str, ...] | None = None
@@ -222,6 +227,7 @@ def supervisor_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         "LEDGER_LOG_FORMAT": "json",
         "LEDGER_LOG_LEVEL": "INFO",
         "LEDGER_GRACE_SECONDS": "2",
+        "NOTIFIER_GRACE_SECONDS": "2",
         **overrides,
     }
 
@@ -237,31 +243,63 @@ def supervisor_command() -> list[str]:
     return command
 
 
+def started_by(data_dir: str) -> list[psutil.Process]:
+    """The processes running with ``LEDGER_DATA_DIR=data_dir``: a supervisor of a test and
+    whatever it started (found even when orphaned)."""
+    found = []
+    for process in psutil.process_iter():
+        with suppress(psutil.Error):
+            mine = process.environ().get("LEDGER_DATA_DIR") == data_dir
+            if mine and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
+
+
 @contextmanager
-def supervisor(tmp_path: Path, **overrides: str) -> Iterator[Supervised]:
-    """``python -m services.run`` in its own process; everything it started is gone after."""
+def supervisor(
+    tmp_path: Path, *, block_stop_signals: bool = False, **overrides: str
+) -> Iterator[Supervised]:
+    """``python -m services.run`` in its own process; everything it started is gone after.
+
+    Still running at the end, the supervisor gets SIGTERM, then SIGKILL after
+    :data:`STOP_WAIT_SECONDS`; then any process it left is killed. Either kill fails the
+    test. ``block_stop_signals`` starts it with SIGTERM and SIGINT blocked (it unblocks
+    them once its handlers are in place), so that a signal sent at once is not lost.
+    """
     env = supervisor_env(tmp_path, **overrides)
     log_path = tmp_path / "run.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            supervisor_command(),
-            env=env,
-            cwd=PROJECT_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS if block_stop_signals else ())
+    try:
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                supervisor_command(),
+                env=env,
+                cwd=PROJECT_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     run = Supervised(process, log_path, env)
     try:
-        yield run
-    finally:
-        if process.poll() is None:
-            leftovers = psutil.Process(process.pid).children(recursive=True)
-            process.kill()
-            process.wait(timeout=30)
-            for child in leftovers:
-                with suppress(psutil.NoSuchProcess):
-                    child.kill()
+        with terminated_at_exit(process, "the supervisor", STOP_WAIT_SECONDS):
+            yield run
+    except BaseException as exc:
+        for orphan in started_by(env["LEDGER_DATA_DIR"]):
+            orphan.kill()
+            exc.add_note(f"killed {orphan.cmdline()}, left running by the supervisor")
+        raise
+    left = started_by(env["LEDGER_DATA_DIR"])
+    for process_left in left:
+        process_left.kill()
+    assert not left, f"left running by the supervisor, killed: {[describe(p) for p in left]}"
+
+
+def describe(process: psutil.Process) -> str:
+    with suppress(psutil.Error):
+        return f"{process.pid} {process.status()} (parent {process.ppid()}): {process.cmdline()}"
+    return str(process.pid)
 
 
 def ledger_health(port: int) -> int | None:
@@ -385,3 +423,43 @@ def test_supervisor_refuses_a_taken_nats_port(tmp_path: Path) -> None:
             assert f"port {port}" in str(error["error"])
             assert "LEDGER_NATS_PORT" in str(error["error"])
             assert not accepts(run.ledger_port)
+
+
+#: Supervisors started, each sent SIGTERM at a random moment: half of them during their
+#: start-up (NATS, then each child in turn: 1.5-3 s), half once everything serves.
+SUPERVISOR_TRIALS = 4
+SUPERVISOR_START_SECONDS = 2.0
+
+
+def test_supervisor_sigterm_at_random_moments_exits_zero_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    seed = int(os.environ.get("STOP_TEST_SEED") or secrets.randbelow(2**32))
+    rng = random.Random(seed)
+    for n in range(SUPERVISOR_TRIALS):
+        serving = n % 2 == 1
+        delay = rng.uniform(0, 1.0 if serving else SUPERVISOR_START_SECONDS)
+        moment = "serving" if serving else "starting"
+        what = f"trial {n}: SIGTERM {delay:.2f} s into {moment} (seed {seed})"
+        (tmp_path / str(n)).mkdir()
+        with supervisor(tmp_path / str(n), block_stop_signals=True) as run:
+            env = {**run.env, "NATS_URL": f"nats://127.0.0.1:{run.nats_port}"}
+            deadline = (
+                sum(child_deadline(module, env) for module in expected_services())
+                + NATS_STOP_SECONDS
+                + STOP_MARGIN_SECONDS
+            )
+            if serving:
+                wait_until_serving(run)
+            time.sleep(delay)  # the random moment
+            sent = time.monotonic()
+            run.process.send_signal(signal.SIGTERM)
+            try:
+                code = run.process.wait(deadline)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{what}: no exit {deadline:g} s after SIGTERM\n{run.output()}")
+            assert code == 0, f"{what}\n{run.output()}"
+            assert time.monotonic() - sent <= deadline
+            assert not started_by(run.env["LEDGER_DATA_DIR"]), what
+            ports = [run.ledger_port, run.notifier_port, run.nats_port]
+            assert not [p for p in ports if accepts(p)], f"{what}: a port still listens"
