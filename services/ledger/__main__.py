@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from services.common.config import ConfigError, LedgerSettings
     from services.common.logging import configure_logging
+    from services.common.native_log import capture_native_stderr
     from services.ledger.domain.reference import ReferenceDataError
     from services.ledger.server import build, migrate
 
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             migrate(settings)
             return 0
         stopping.set_deadline(deadline_seconds(settings))
+        capture_native_stderr("ledger")  # refused TLS handshakes reach the log
         running = build(settings)
     except (ConfigError, ReferenceDataError) as exc:
         configure_logging()

@@ -14,6 +14,7 @@ def main() -> int:
 
     from services.common.config import ConfigError, NotifierSettings
     from services.common.logging import configure_logging
+    from services.common.native_log import capture_native_stderr
     from services.ledger.domain.reference import ReferenceDataError
     from services.notifier.server import build
 
@@ -22,6 +23,7 @@ def main() -> int:
         settings = NotifierSettings.from_env()
         configure_logging(settings.log_level, settings.log_format)
         stopping.set_deadline(deadline_seconds(settings))
+        capture_native_stderr("notifier")  # refused TLS handshakes reach the log
         running = build(settings)
     except (ConfigError, ReferenceDataError) as exc:
         configure_logging()

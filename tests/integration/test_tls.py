@@ -18,12 +18,15 @@ from incidentledger_client import LedgerClient
 from incidentledger_client.cli import main as ledgerctl
 from services.common.config import ServerTls
 from services.common.grpc_errors import error_info
+from tests.fanout_support import wait_until
 from tests.ledgerctl_support import without_server_log
 from tests.support import (
+    REFERENCE_FILE,
     Client,
     dev_users,
     rid,
     running_ledger,
+    service_process,
     settings_for,
     store_environment,
 )
@@ -202,3 +205,47 @@ def test_the_client_library_and_ledgerctl_speak_mutual_tls(
         out = without_server_log(capsys.readouterr().out)
         assert code == 0, out
         assert json.loads(out)["version"] == 1
+
+
+def test_a_certificate_not_for_client_authentication_is_refused_at_the_handshake_and_logged(
+    tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    """The TLS handshake refuses a client certificate whose extended key usage leaves out
+    clientAuth (no call is made: the client sees UNAVAILABLE); the ledger's log says so,
+    one line for a burst of attempts, and gRPC's own line still reaches stderr."""
+    server = ca.server()
+    not_for_clients = ca.server("not-for-clients")  # extended key usage: serverAuth only
+    env = {
+        "LEDGER_DATA_DIR": str(tmp_path / "data"),
+        "LEDGER_LISTEN": "127.0.0.1:0",
+        "LEDGER_REFERENCE_FILE": str(REFERENCE_FILE),
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "SQLITE_DBNAME": str(tmp_path / "data" / "ledger.sqlite"),
+        "LEDGER_TLS_CERT_FILE": str(server.cert_file),
+        "LEDGER_TLS_KEY_FILE": str(server.key_file),
+        "LEDGER_TLS_CLIENT_CA_FILE": str(ca.ca_file),
+        "LEDGER_TLS_CLIENT_AUTH": "require",
+        "NATS_URL": "",  # no relay
+    }
+    with service_process("services.ledger", env) as ledger:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca.ca_file.read_bytes(),
+            private_key=not_for_clients.key_pem,
+            certificate_chain=not_for_clients.cert_pem,
+        )
+        for _ in range(5):
+            with grpc.secure_channel(f"localhost:{ledger.port}", credentials) as channel:
+                stub = api_grpc.LedgerServiceStub(channel)
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.ReportIncident(report_request(), timeout=5)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        def refusals() -> list[dict[str, object]]:
+            return [e for e in ledger.log_lines() if e.get("event") == "tls.handshake_refused"]
+
+        wait_until(lambda: bool(refusals()), 10, "no tls.handshake_refused line")
+        # Bounded: the burst is one line (more attempts within the window are counted).
+        assert len(refusals()) == 1
+        assert "unsupported certificate purpose" in str(refusals()[0]["reason"])
+        raw = ledger.log_path.read_text(errors="replace")
+        assert "Handshake failed" in raw  # the core's own line is passed on unchanged
