@@ -1,11 +1,13 @@
-"""The demo's settings: which stack (DEMO_STACK)."""
+"""The demo's settings: which stack (DEMO_STACK) and which day (DEMO_DAY); the day's figures."""
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from demo.run import SCENARIO, Scenario, ScenarioError, choose_day, percentile
 from demo.stack import RUN_LEDGER, RUN_NOTIFIER, StackError, choose, own_environment
 
 
@@ -85,3 +87,41 @@ def test_its_own_stack_inherits_no_store_nats_port_or_data_setting(tmp_path: Pat
     ):
         assert gone not in env, gone
     assert env["PATH"] == "/usr/bin" and env["PYTHONPATH"].endswith(":/elsewhere")
+
+
+def test_the_day_is_yesterday_in_the_scenarios_zone_by_default() -> None:
+    scenario = Scenario.load(SCENARIO)
+    # 2026-12-03 01:30 WIB is still 2026-12-02 in UTC: "yesterday" is the regency's.
+    now = datetime(2026, 12, 2, 18, 30, tzinfo=UTC)
+    assert choose_day(None, scenario, now) == (date(2026, 12, 2), "yesterday")
+
+
+def test_a_day_whose_last_step_is_still_to_come_is_refused() -> None:
+    scenario = Scenario.load(SCENARIO)
+    last = datetime.combine(date(2026, 12, 2), scenario.times[-1], scenario.zone)
+    assert choose_day("2026-12-02", scenario, last) == (date(2026, 12, 2), "DEMO_DAY")
+    with pytest.raises(ScenarioError, match="occur_time in the future"):
+        choose_day("2026-12-02", scenario, last - timedelta(minutes=1))
+    with pytest.raises(ScenarioError, match="YYYY-MM-DD"):
+        choose_day("yesterday", scenario, last)
+    with pytest.raises(ScenarioError, match="era"):
+        choose_day("1999-12-31", scenario, last)
+
+
+def test_a_scenario_with_steps_out_of_time_order_or_unquoted_times_is_refused(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text('steps:\n  - {at: "09:00", as: a, do: b}\n  - {at: "08:59", as: a, do: b}\n')
+    with pytest.raises(ScenarioError, match="step 2 at 08:59 comes before"):
+        Scenario.load(path)
+    # YAML 1.1 reads an unquoted 14:10 as the number 850 (base 60).
+    path.write_text("steps:\n  - {at: 14:10, as: a, do: b}\n")
+    with pytest.raises(ScenarioError, match="quoted"):
+        Scenario.load(path)
+
+
+def test_the_days_percentiles_interpolate_as_the_ledgers_do() -> None:
+    assert percentile([60.0], 0.9) == 60.0
+    assert percentile([3000.0, 3600.0], 0.5) == 3300.0
+    assert percentile([4.0, 1.0, 3.0, 2.0], 0.9) == pytest.approx(3.7)
