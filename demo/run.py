@@ -511,7 +511,10 @@ def main(argv: list[str] | None = None) -> int:
             result = play(
                 args.scenario, running, console, args.svg, day=day, why=why, delay=args.delay
             )
-    except (StackError, ScenarioError, ConfigError) as error:
+    except StackError as error:
+        console.print(f"[red]the demo's stack: {escape(str(error))}")
+        return 2
+    except (ScenarioError, ConfigError) as error:
         console.print(f"[red]the demo cannot run: {escape(str(error))}")
         return 2
     except LedgerError as error:

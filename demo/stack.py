@@ -238,15 +238,17 @@ def own_stack(console: Console, base_env: Mapping[str, str] | None = None) -> It
                 )
         yield stack
     finally:
+        left: list[int] = []
         if process is not None:
             _stop(process, console)
-        shutil.rmtree(data_dir, ignore_errors=True)
-        if process is not None:
             left = [p for p in ports if listening(f"127.0.0.1:{p}")]
-            if left:
-                console.print(f"[red]still listening after the stack stopped: ports {left}")
-            else:
-                console.print(
-                    f"stack stopped (exit code {process.returncode}); nothing listens on "
-                    f"ports {', '.join(map(str, ports))}; {data_dir} removed"
-                )
+        shutil.rmtree(data_dir, ignore_errors=True)
+        if left:
+            console.print(f"[red]still listening after the stack stopped: ports {left}")
+        elif process is not None:
+            console.print(
+                f"stack stopped (exit code {process.returncode}); nothing listens on "
+                f"ports {', '.join(map(str, ports))}; {data_dir} removed"
+            )
+    if left:  # reached only when the demo went well: then this is the failure to report
+        raise StackError(f"the stack left ports {', '.join(map(str, left))} listening")
