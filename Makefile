@@ -135,8 +135,10 @@ deploy-check: $(VENV_STAMP) ## validate deploy/ offline (see README, "Deploying"
 run: $(VENV_STAMP) ## run NATS, the ledger and the notifier (python -m services.run)
 	$(PYPATH) exec $(PY) -m services.run $(RUN_ARGS)
 
-demo: $(VENV_STAMP) ## play the Mukomuko Pilkada demo (uses `make run` if up, else starts the stack)
-	$(PYPATH) $(PY) -m demo.run --start-stack $(DEMO_ARGS)
+# DEMO_STACK=LEDGER,NOTIFIER plays against that stack, DEMO_STACK=own starts one on free ports;
+# unset: `make run`'s stack if it is up, else one of its own. DEMO_DAY: the day to play on.
+demo: $(VENV_STAMP) ## play a polling day in Mukomuko (on `make run` if up, else on a stack of its own)
+	$(PYPATH) exec $(PY) -m demo.run $(DEMO_ARGS)
 
 bench: $(VENV_STAMP) ## run the benchmarks (python -m bench)
 	$(PYPATH) $(PY) -m bench

@@ -1,37 +1,51 @@
 """The Mukomuko Pilkada demo: ``make demo`` (or ``python -m demo.run``).
 
-Plays demo/mukomuko.yaml through the public API (the typed client library), each step as
-its agency with that agency's own token; a subscriber on the notifier prints what it
-receives meanwhile. At the end it shows the board, the vulnerability map (and writes it
-as SVG, data/demo-map.svg) and the result of ``audit verify``.
+Plays a polling day (demo/mukomuko.yaml) through the public API (the typed client
+library), each step as its agency with that agency's own token and at its time on the
+election-day clock, sent as the event's ``occur_time`` and printed beside the step. A
+subscriber on the notifier prints what it receives meanwhile. The day ends with the board,
+the vulnerability map (also written as SVG, data/demo-map.svg), the decisions in force,
+response times and ``audit verify``.
 
-With ``--start-stack`` it starts ``python -m services.run`` in the background when nothing
-listens on the ledger's address, and stops it afterwards.
+The stack: ``DEMO_STACK`` (see :mod:`demo.stack`). The day: the ledger refuses an
+``occur_time`` in the future, so the polling day is played on a day that has passed,
+yesterday unless ``DEMO_DAY`` (or ``--day``) names another; the steps keep their times.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import date, datetime, timedelta
+from datetime import time as clock_time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
+from demo.stack import (
+    DEFAULT_TOKENS_FILE,
+    Choice,
+    Stack,
+    StackError,
+    choose,
+    listening,
+    own_stack,
+)
 from incidentledger_client import (
     CommandResult,
+    DecisionInForce,
+    Incident,
+    IncidentEvent,
     LedgerClient,
     LedgerError,
     Location,
@@ -40,51 +54,146 @@ from incidentledger_client import (
     VerifyReport,
 )
 from incidentledger_client.cli import output
-from incidentledger_client.cli.config import DEFAULT_ZONE as ZONE
-from incidentledger_client.cli.config import token_for_agency
+from incidentledger_client.cli.config import DEFAULT_ZONE, ConfigError, token_for_agency
+from incidentledger_client.types import DurationStats, ResponseTimes
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = Path(__file__).resolve().parent / "mukomuko.yaml"
+#: Commands whose line also shows how long after the report they came (on the day's clock).
+MILESTONES = frozenset({"verify", "reject", "merge", "resolve", "approve_closure"})
+#: Keys of a step that are not the command's arguments.
+STEP_KEYS = frozenset({"at", "as", "do", "save", "say", "incident"})
+#: The columns of the day's incidents: times after the report, on the day's clock.
+COLUMNS = (
+    "incident",
+    "title",
+    "status",
+    "lead",
+    "reported",
+    "verified",
+    "first action",
+    "resolved",
+    "closed",
+)
+#: The incident states the response-time figures leave out, as the ledger's do.
+NOT_SCORED = frozenset({"REJECTED", "MERGED"})
+
+
+class ScenarioError(Exception):
+    """The scenario or the day asked for cannot be played; the message says why."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    title: str
+    polling_day: str
+    zone: ZoneInfo
+    steps: list[dict[str, Any]]
+    times: list[clock_time]
+
+    @classmethod
+    def load(cls, path: Path) -> Scenario:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        steps: list[dict[str, Any]] = data["steps"]
+        times: list[clock_time] = []
+        for n, step in enumerate(steps):
+            at = step.get("at")
+            try:
+                times.append(clock_time.fromisoformat(str(at)))
+            except ValueError:
+                raise ScenarioError(
+                    f"step {n + 1}: at must be HH:MM (quoted), got {at!r}"
+                ) from None
+            if len(times) > 1 and times[-1] < times[-2]:
+                raise ScenarioError(f"step {n + 1} at {at} comes before the step it follows")
+        return cls(
+            title=str(data.get("title", "demo")),
+            polling_day=str(data.get("polling_day", "")),
+            zone=ZoneInfo(str(data.get("zone", DEFAULT_ZONE))),
+            steps=steps,
+            times=times,
+        )
+
+
+def choose_day(requested: str | None, scenario: Scenario, now: datetime) -> tuple[date, str]:
+    """The day the scenario is played on, and why: yesterday in the scenario's zone, or the
+    day asked for if its last step is not in the future (the ledger would refuse it)."""
+    if not requested:
+        return (now.astimezone(scenario.zone) - timedelta(days=1)).date(), "yesterday"
+    try:
+        day = date.fromisoformat(requested)
+    except ValueError:
+        raise ScenarioError(f"DEMO_DAY must be YYYY-MM-DD, got {requested!r}") from None
+    last = datetime.combine(day, scenario.times[-1], scenario.zone)
+    if last > now:
+        raise ScenarioError(
+            f"DEMO_DAY {day}: its last step ({last:%H:%M %Z}) is still to come, and the ledger "
+            "refuses an occur_time in the future (LEDGER_MAX_CLOCK_SKEW_SECONDS); choose a day "
+            "that has passed, or leave DEMO_DAY unset for yesterday"
+        )
+    if day.year < 2000:
+        raise ScenarioError(f"DEMO_DAY {day} is before the ledger's era (2000)")
+    return day, "DEMO_DAY"
+
+
+def clock(moment: datetime, zone: ZoneInfo) -> str:
+    """A time on the election-day clock as the demo prints it: ``06:10 WIB``."""
+    local = moment.astimezone(zone)
+    return f"{local:%H:%M} {local.tzname()}"
+
+
+def minutes(delta: timedelta) -> str:
+    total = round(delta.total_seconds() / 60)
+    return f"{total} min" if total < 60 else f"{total // 60} h {total % 60:02d} min"
 
 
 @dataclass
 class DemoResult:
+    day: date | None = None
     incidents: dict[str, str] = field(default_factory=dict)  # local key -> incident name
     results: dict[str, CommandResult] = field(default_factory=dict)  # key.report -> result
+    occurred: dict[str, datetime] = field(default_factory=dict)  # local key -> reported at
     notifications: list[Notification] = field(default_factory=list)
     verify: VerifyReport | None = None
+    decisions: list[DecisionInForce] = field(default_factory=list)
     steps: int = 0
+    last_position: int = 0
 
 
 class Subscriber:
     """Prints every notification it receives, in a thread."""
 
-    def __init__(self, notifier: NotifierClient, console: Console) -> None:
+    def __init__(self, notifier: NotifierClient, console: Console, zone: ZoneInfo) -> None:
         self.received: list[Notification] = []
         self.error: Exception | None = None
         self._console = console
+        self._zone = zone
         self._subscription = notifier.subscribe(heartbeat_seconds=1)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._subscription.cursor and time.monotonic() < deadline and not self.error:
-            time.sleep(0.05)
+        self._wait(lambda: bool(self._subscription.cursor), 10.0)
 
     def _read(self) -> None:
         try:
             for note in self._subscription:
                 self.received.append(note)
+                when = clock(note.event.occur_time, self._zone) if note.event.occur_time else "-"
                 self._console.print(
-                    f"  [dim]notifier ->[/dim] [cyan]{note.event.type}[/cyan] "
-                    f"{note.incident.title!r} now {note.incident.status.value}"
+                    f"           [dim]notifier -> {when}[/dim] [cyan]{note.event.type}[/cyan] "
+                    f"{escape(repr(note.incident.title))} now {note.incident.status.value}"
                 )
         except LedgerError as error:
             self.error = error
 
-    def wait_for(self, count: int, timeout: float = 20.0) -> None:
+    def _wait(self, done: Callable[[], bool], timeout: float) -> None:
+        # The stream's own thread appends; this polls it with a deadline (the demo only
+        # waits to print the notifications before the summary, and goes on without them).
         deadline = time.monotonic() + timeout
-        while len(self.received) < count and time.monotonic() < deadline and not self.error:
+        while not done() and time.monotonic() < deadline and self.error is None:
             time.sleep(0.05)
+
+    def wait_for_position(self, position: int, timeout: float = 20.0) -> None:
+        self._wait(lambda: any(n.event.position >= position for n in self.received), timeout)
 
     def close(self) -> None:
         self._subscription.close()
@@ -102,170 +211,318 @@ def _resolve(value: Any, result: DemoResult) -> Any:
     return value
 
 
+def _first(events: list[IncidentEvent], kind: str) -> datetime | None:
+    return next((e.occur_time for e in events if e.type == kind), None)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), as the ledger's."""
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def stats(values: list[float]) -> DurationStats:
+    if not values:
+        return DurationStats(0, 0.0, 0.0)
+    return DurationStats(len(values), percentile(values, 0.5), percentile(values, 0.9))
+
+
+def day_response_times(
+    incidents: dict[str, Incident], events: dict[str, list[IncidentEvent]]
+) -> list[ResponseTimes]:
+    """The ledger's definitions (Reported -> first ActionLogged, Verified, Resolved, grouped
+    by the current lead), computed from the occur times the agencies reported."""
+    groups: dict[str, list[list[float]]] = {}
+    for key, incident in incidents.items():
+        if incident.status.value in NOT_SCORED:
+            continue
+        reported = _first(events[key], "Reported")
+        samples = groups.setdefault(incident.lead_agency, [[], [], []])
+        for n, kind in enumerate(("ActionLogged", "Verified", "Resolved")):
+            reached = _first(events[key], kind)
+            if reached is not None and reported is not None:
+                samples[n].append((reached - reported).total_seconds())
+    return [
+        ResponseTimes(agency, stats(s[0]), stats(s[1]), stats(s[2]))
+        for agency, s in sorted(groups.items())
+    ]
+
+
 def play(
-    scenario: Path,
-    ledger_address: str,
-    notifier_address: str,
-    tokens_file: Path,
+    scenario_path: Path,
+    stack: Stack,
     console: Console,
     svg_path: Path | None,
+    *,
+    day: date | None = None,
+    why: str = "",
     delay: float = 0.0,
 ) -> DemoResult:
-    """Play the scenario; return what happened (for the test)."""
-    data = yaml.safe_load(scenario.read_text(encoding="utf-8"))
-    clients: dict[str, LedgerClient] = {}
-
-    def client(agency: str) -> LedgerClient:
-        if agency not in clients:
-            clients[agency] = LedgerClient(ledger_address, token_for_agency(agency, tokens_file))
-        return clients[agency]
-
+    """Play the scenario on ``day`` (default yesterday, see :func:`choose_day`); return what
+    happened."""
+    scenario = Scenario.load(scenario_path)
+    zone = scenario.zone
     result = DemoResult()
-    console.rule(f"[bold]{data.get('title', 'demo')}")
-    notifier = NotifierClient(notifier_address, token_for_agency("desk_pilkada", tokens_file))
-    subscriber = Subscriber(notifier, console)
-    try:
-        for step in data["steps"]:
-            args = {
-                k: _resolve(v, result)
-                for k, v in step.items()
-                if k not in {"as", "do", "save", "say", "incident"}
-            }
-            agency, command = step["as"], step["do"]
-            if "location" in args and isinstance(args["location"], dict):
-                args["location"] = Location(**args["location"])
-            if "valid_days" in args:
-                now = datetime.now(UTC)
-                args["valid_from"], args["valid_until"] = (
-                    now,
-                    now + timedelta(days=float(args.pop("valid_days"))),
-                )
-            method = getattr(client(agency), command)
-            if command == "report":
-                done = method(args.pop("title"), args.pop("category"), args.pop("location"), **args)
-                result.incidents[step["save"]] = done.incident
-                result.results[f"{step['save']}.report"] = done
-            else:
-                done = method(result.incidents[step["incident"]], **args)
-            result.steps += 1
-            console.print(
-                f"[bold]{agency:>12}[/bold] {step.get('say', command)} "
-                f"[dim]({command}, {output.short(done.incident)[:8]} v{done.version})[/dim]"
-            )
-            if delay:
-                time.sleep(delay)
-        subscriber.wait_for(result.steps)
-    finally:
-        subscriber.close()
-        notifier.close()
-        result.notifications = list(subscriber.received)
-    desk = client("desk_pilkada")
-    auditor = client("inspektorat")
-    console.rule("[bold]Board")
-    open_work = [i for i in desk.list_incidents() if i.status.value in output.BOARD_STATUSES]
-    counts = {s: sum(i.status.value == s for i in open_work) for s in output.BOARD_STATUSES}
-    ranks = {v.code: v.rank for v in desk.reference_data().severities}
-    console.print(
-        output.board(output.sort_board(open_work, "severity", ranks), counts, ZoneInfo(ZONE))
-    )
-    console.rule("[bold]Vulnerability map")
-    vmap = desk.vulnerability_map()
-    console.print(output.map_table(vmap))
-    if svg_path is not None:
-        svg_path.parent.mkdir(parents=True, exist_ok=True)
-        svg_path.write_text(
-            output.map_svg(vmap, "Vulnerability map, Pilkada Mukomuko"), encoding="utf-8"
+    if day is None:
+        day, why = choose_day(None, scenario, datetime.now(zone))
+    result.day = day
+    with ExitStack() as closing:
+        clients: dict[str, LedgerClient] = {}
+
+        def client(agency: str) -> LedgerClient:
+            if agency not in clients:
+                token = token_for_agency(agency, stack.tokens_file)
+                clients[agency] = closing.enter_context(LedgerClient(stack.ledger, token))
+            return clients[agency]
+
+        console.rule(f"[bold]{escape(scenario.title)}")
+        zone_name = datetime.combine(day, scenario.times[0], zone).tzname()
+        console.print(
+            f"The polling day ({scenario.polling_day}) is played on [bold]{day}[/bold] "
+            f"({why or 'given'}: the ledger refuses an occur_time in the future, so the day is "
+            f"one that has passed): each step at its time on that day's clock ({zone_name}), "
+            "sent as the event's occur_time."
         )
-        console.print(f"map written to {svg_path}")
-    console.rule("[bold]Decisions in force")
-    console.print(output.decisions_table(desk.decisions_in_force()))
-    console.rule("[bold]audit verify")
-    result.verify = auditor.verify_ledger()
-    console.print(
-        f"ok={result.verify.ok} events={result.verify.events} incidents={result.verify.incidents}"
-    )
-    console.print(f"the subscriber received {len(result.notifications)} notifications")
-    for c in clients.values():
-        c.close()
+        console.print(f"Ledger {stack.ledger}, notifier {stack.notifier}.")
+        notifier = closing.enter_context(
+            NotifierClient(stack.notifier, token_for_agency("desk_pilkada", stack.tokens_file))
+        )
+        subscriber = Subscriber(notifier, console, zone)
+        try:
+            for step, at in zip(scenario.steps, scenario.times, strict=True):
+                moment = datetime.combine(day, at, zone)
+                done = _play_step(step, moment, client, result)
+                line = (
+                    f"[bold cyan]{clock(moment, zone)}[/bold cyan] [bold]{step['as']:>12}[/bold] "
+                    f"{escape(str(step.get('say', step['do'])))} "
+                    f"[dim]({step['do']} {output.short_id(done.incident)} v{done.version}"
+                )
+                key = step.get("incident", step.get("save", ""))
+                if step["do"] in MILESTONES and key in result.occurred:
+                    line += f", {minutes(moment - result.occurred[key])} after the report"
+                console.print(line + ")[/dim]")
+                if delay:
+                    time.sleep(delay)
+            subscriber.wait_for_position(result.last_position)
+        finally:
+            subscriber.close()
+            result.notifications = list(subscriber.received)
+        end = datetime.combine(day, scenario.times[-1], zone)
+        _summary(client("desk_pilkada"), client("inspektorat"), result, end, zone, console)
+        result.decisions = _map_and_decisions(
+            client("desk_pilkada"), result, zone, console, svg_path
+        )
+        result.verify = client("inspektorat").verify_ledger()
+        console.rule("[bold]audit verify")
+        v = result.verify
+        console.print(
+            f"audit verify: {'ok' if v.ok else '[red]DIVERGENCE[/red]'} ({v.events} events, "
+            f"{v.incidents} incidents, {v.checkpoints_checked} checkpoints checked)"
+        )
+        if v.divergence is not None:
+            console.print(escape(str(v.divergence)))
+        console.print(f"the subscriber received {len(result.notifications)} notifications")
     return result
 
 
-def _listening(address: str) -> bool:
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=1):
-            return True
-    except OSError:
-        return False
+def _play_step(
+    step: dict[str, Any],
+    moment: datetime,
+    client: Callable[[str], LedgerClient],
+    result: DemoResult,
+) -> CommandResult:
+    args = {k: _resolve(v, result) for k, v in step.items() if k not in STEP_KEYS}
+    command = step["do"]
+    if isinstance(args.get("location"), dict):
+        args["location"] = Location(**args["location"])
+    if "valid_days" in args:
+        args["valid_from"] = moment
+        args["valid_until"] = moment + timedelta(days=float(args.pop("valid_days")))
+    method = getattr(client(step["as"]), command)
+    if command == "report":
+        done: CommandResult = method(
+            args.pop("title"), args.pop("category"), args.pop("location"), occur_time=moment, **args
+        )
+        result.incidents[step["save"]] = done.incident
+        result.results[f"{step['save']}.report"] = done
+        result.occurred[step["save"]] = moment
+    else:
+        done = method(result.incidents[step["incident"]], occur_time=moment, **args)
+    result.steps += 1
+    result.last_position = max(result.last_position, done.position)
+    return done
+
+
+def _summary(
+    desk: LedgerClient,
+    auditor: LedgerClient,
+    result: DemoResult,
+    end: datetime,
+    zone: ZoneInfo,
+    console: Console,
+) -> None:
+    """The board, the day's incidents and the response times."""
+    console.rule("[bold]Board")
+    incidents = list(desk.list_incidents(min_position=result.last_position))
+    open_work = [i for i in incidents if i.status.value in output.BOARD_STATUSES]
+    counts = {s: sum(i.status.value == s for i in open_work) for s in output.BOARD_STATUSES}
+    ranks = {v.code: v.rank for v in desk.reference_data().severities}
+    console.print(output.board(output.sort_board(open_work, "severity", ranks), counts, zone))
+    console.print(
+        "[dim]'reported' on the board is when the ledger recorded the report (its own clock, "
+        "today); the clock times beside the steps are when things happened on the day.[/dim]"
+    )
+
+    mine = {key: auditor.get_incident(name) for key, name in result.incidents.items()}
+    events = {key: list(auditor.incident_events(name)) for key, name in result.incidents.items()}
+    console.rule(f"[bold]The day, {result.day}, on the election-day clock")
+    rows = []
+    for key, incident in mine.items():
+        reported = _first(events[key], "Reported")
+        after = []
+        for kind in ("Verified", "ActionLogged", "Resolved", "ClosureApproved"):
+            reached = _first(events[key], kind)
+            after.append(
+                minutes(reached - reported) if reached is not None and reported else output.NO_DATA
+            )
+        final = incident.status.value
+        if incident.merged_into:
+            final += f" into {output.short_id(incident.merged_into)}"
+        rows.append(
+            [
+                output.short_id(incident.name),
+                incident.title,
+                final,
+                incident.lead_agency or "-",
+                clock(reported, zone) if reported else "-",
+                *after,
+            ]
+        )
+    console.print(
+        output.rows_table(
+            f"Incidents of the day (times after the report, from the occur_time of each event; "
+            f"the day ends {clock(end, zone)})",
+            COLUMNS,
+            rows,
+            no_wrap=["incident", "status", "reported"],
+        )
+    )
+
+    console.rule("[bold]Response times")
+    ledger_table = output.response_times_table(
+        "agency", desk.response_times("agency", min_position=result.last_position)
+    )
+    ledger_table.title = "Response times by agency, from the ledger (record times)"
+    console.print(ledger_table)
+    console.print(
+        "[dim]The ledger measures response times from record times (its own clock), every "
+        "incident it holds: for this demo they show how fast the steps were sent (fractions of a "
+        "second, shown as 0:00:00), not the day. The same figures from the occur times of this "
+        "day's incidents:[/dim]"
+    )
+    day_table = output.response_times_table("agency", day_response_times(mine, events))
+    day_table.title = "Response times by agency, on the election-day clock (occur times)"
+    console.print(day_table)
+
+
+def _map_and_decisions(
+    desk: LedgerClient,
+    result: DemoResult,
+    zone: ZoneInfo,
+    console: Console,
+    svg_path: Path | None,
+) -> list[DecisionInForce]:
+    """The map and the decisions in force now: a past time would ask what the ledger knew
+    then (its record clock), and it learnt of the day only during the demo."""
+    console.rule("[bold]Vulnerability map now")
+    vmap = desk.vulnerability_map(min_position=result.last_position)
+    console.print(output.map_table(vmap, zone))
+    if svg_path is not None:
+        svg_path.parent.mkdir(parents=True, exist_ok=True)
+        svg_path.write_text(
+            output.map_svg(vmap, "Vulnerability map, Pilkada Mukomuko", zone), encoding="utf-8"
+        )
+        console.print(f"map written to {svg_path}")
+    console.rule("[bold]Decisions in force now")
+    decisions = desk.decisions_in_force(min_position=result.last_position)
+    console.print(output.decisions_table(decisions, zone))
+    return decisions
+
+
+def tokens_file_for(env: dict[str, str] | os._Environ[str]) -> Path:
+    """The development tokens of a stack not the demo's own: ``LEDGER_TOKENS_FILE``, else
+    those ``make run`` writes (``$LEDGER_DATA_DIR/credentials/dev-tokens.yaml``)."""
+    if env.get("LEDGER_TOKENS_FILE"):
+        return Path(env["LEDGER_TOKENS_FILE"])
+    if env.get("LEDGER_DATA_DIR"):
+        return Path(env["LEDGER_DATA_DIR"]) / "credentials" / "dev-tokens.yaml"
+    return DEFAULT_TOKENS_FILE
 
 
 @contextmanager
-def stack_if_needed(ledger: str, notifier: str, console: Console) -> Iterator[None]:
-    """Start ``python -m services.run`` unless something listens on the ledger's address."""
-    if _listening(ledger):
-        yield
-        return
-    console.print("[yellow]nothing on the ledger's address: starting the stack (services.run)")
-    log = (ROOT / "data" / "demo-stack.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.run"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'gen'}:{ROOT / 'clients' / 'python'}"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
+def _given(choice: Choice, tokens_file: Path, console: Console) -> Iterator[Stack]:
+    silent = [a for a in (choice.ledger, choice.notifier) if not listening(a)]
+    if silent:
+        raise StackError(
+            f"nothing answers on {', '.join(silent)} ({choice.why}); start the stack (make run) "
+            "or leave DEMO_STACK unset for a stack of the demo's own"
+        )
+    if not tokens_file.is_file():
+        raise StackError(
+            f"no development tokens at {tokens_file}: the demo acts as each agency with the "
+            "tokens its ledger wrote on its first start; set LEDGER_TOKENS_FILE to that file "
+            "($LEDGER_DATA_DIR/credentials/dev-tokens.yaml of the stack)"
+        )
+    console.print(
+        f"[yellow]playing against {choice.ledger}, {choice.notifier}[/yellow] ({choice.why})"
     )
-    try:
-        deadline = time.monotonic() + 60
-        while not (_listening(ledger) and _listening(notifier)):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the stack did not start; see {log.name}")
-            time.sleep(0.2)
-        yield
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-        log.close()
+    yield Stack(choice.ledger, choice.notifier, tokens_file)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m demo.run", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--scenario", type=Path, default=SCENARIO)
-    parser.add_argument("--ledger", default=os.environ.get("LEDGER_ADDRESS", "127.0.0.1:50051"))
-    parser.add_argument("--notifier", default=os.environ.get("NOTIFIER_ADDRESS", "127.0.0.1:50052"))
     parser.add_argument(
-        "--tokens-file", type=Path, default=ROOT / "data" / "credentials" / "dev-tokens.yaml"
+        "--day",
+        default=os.environ.get("DEMO_DAY"),
+        help="YYYY-MM-DD to play the polling day on, a day that has passed (env DEMO_DAY; "
+        "default yesterday)",
     )
     parser.add_argument("--svg", type=Path, default=ROOT / "data" / "demo-map.svg")
     parser.add_argument("--delay", type=float, default=0.3, help="seconds between steps")
-    parser.add_argument("--start-stack", action="store_true", help="start services.run if needed")
     args = parser.parse_args(argv)
     console = Console()
     try:
-        if args.start_stack:
-            (ROOT / "data").mkdir(exist_ok=True)
-            with stack_if_needed(args.ledger, args.notifier, console):
-                result = play(
-                    args.scenario,
-                    args.ledger,
-                    args.notifier,
-                    args.tokens_file,
-                    console,
-                    args.svg,
-                    args.delay,
-                )
+        scenario = Scenario.load(args.scenario)
+        day, why = choose_day(args.day, scenario, datetime.now(scenario.zone))
+        choice = choose(os.environ.get("DEMO_STACK"), os.environ)
+        stack: AbstractContextManager[Stack]
+        if choice.own:
+            console.print(f"[yellow]{choice.why}[/yellow]")
+            stack = own_stack(console)
         else:
+            stack = _given(choice, tokens_file_for(os.environ), console)
+        with stack as running:
             result = play(
-                args.scenario,
-                args.ledger,
-                args.notifier,
-                args.tokens_file,
-                console,
-                args.svg,
-                args.delay,
+                args.scenario, running, console, args.svg, day=day, why=why, delay=args.delay
             )
+    except StackError as error:
+        console.print(f"[red]the demo's stack: {escape(str(error))}")
+        return 2
+    except (ScenarioError, ConfigError) as error:
+        console.print(f"[red]the demo cannot run: {escape(str(error))}")
+        return 2
     except LedgerError as error:
-        console.print(f"[red]demo failed: {error}")
+        console.print(f"[red]the demo failed: {escape(str(error))}")
         return 1
+    except KeyboardInterrupt:
+        console.print("[red]interrupted")  # a stack of its own was stopped on the way out
+        return 130
     return 0 if result.verify is not None and result.verify.ok else 1
 
 

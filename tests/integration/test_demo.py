@@ -1,51 +1,182 @@
-"""The demo scenario against a real stack (ledger + relay + NATS + notifier); its end state."""
+"""``python -m demo.run`` end to end, as ``make demo`` runs it: against a stack named by
+DEMO_STACK (ledger, relay, NATS, notifier on free ports), and starting a stack of its own.
+
+Checks the outcome, not only the exit code: what the ledger holds afterwards (statuses,
+leads, the decision in force, every event's occur_time on the printed election-day clock,
+a clean audit) and what was printed.
+"""
 
 from __future__ import annotations
 
-import io
+import os
+import re
+import subprocess
+import sys
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
+import psutil
 import yaml
-from rich.console import Console
 
-from demo.run import SCENARIO, play
+from demo.run import SCENARIO, Scenario
+from demo.stack import listening
 from incidentledger_client import LedgerClient
-from services.common.natsserver import NatsServer
+from services.common.config import PROJECT_ROOT
+from services.common.natsserver import NatsServer, free_ports
 from tests.fanout_support import running_stack
 from tests.support import store_environment
 
+#: A generous bound for the whole demo (about 10-15 s here, several stacks share 2 cores).
+DEMO_SECONDS = 240
 
-def test_the_demo_plays_and_ends_in_the_expected_state(
+
+def run_demo(svg: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DEMO_", "LEDGER_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "demo.run", "--delay", "0", "--svg", str(svg)],
+        cwd=PROJECT_ROOT,
+        env={
+            **clean,
+            "PYTHONPATH": os.pathsep.join(
+                str(p)
+                for p in (PROJECT_ROOT, PROJECT_ROOT / "gen", PROJECT_ROOT / "clients/python")
+            ),
+            "COLUMNS": "250",  # one step per line, as on a wide terminal
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=DEMO_SECONDS,
+        check=False,
+    )
+
+
+def yesterdays(zone: ZoneInfo, started: datetime) -> set[date]:
+    """The days "yesterday" may have meant during the run (it may cross midnight)."""
+    return {(moment.astimezone(zone) - timedelta(days=1)).date() for moment in (started, now())}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def played_day(out: str) -> date:
+    found = re.search(r"is played on (\d{4}-\d{2}-\d{2})", out)
+    assert found, out
+    return date.fromisoformat(found.group(1))
+
+
+def test_the_demo_plays_a_polling_day_against_the_stack_demo_stack_names(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
+    scenario = Scenario.load(SCENARIO)
     expect = yaml.safe_load(SCENARIO.read_text())["expect"]
+    svg = tmp_path / "map.svg"
     with (
         store_environment("sqlite", tmp_path) as env,
         running_stack(tmp_path, env, nats_server.url) as stack,
     ):
-        out = io.StringIO()
-        svg = tmp_path / "map.svg"
-        result = play(
-            SCENARIO,
-            stack.ledger.address,
-            f"127.0.0.1:{stack.notifier.port}",
-            stack.ledger.data_dir / "credentials" / "dev-tokens.yaml",
-            Console(file=out, width=200),
+        started = now()
+        done = run_demo(
             svg,
+            DEMO_STACK=f"{stack.ledger.address},127.0.0.1:{stack.notifier.port}",
+            LEDGER_TOKENS_FILE=str(stack.ledger.data_dir / "credentials" / "dev-tokens.yaml"),
         )
+        out = done.stdout
+        assert done.returncode == 0, out + done.stderr
+        day = played_day(out)
+        assert day in yesterdays(scenario.zone, started)
+
         with LedgerClient(stack.ledger.address, stack.ledger.tokens["inspektorat"]) as auditor:
+            by_title = {i.title: i for i in auditor.list_incidents()}
+            names = {s["save"]: by_title[s["title"]].name for s in scenario.steps if "save" in s}
+            assert len(by_title) == len(names)
+            final = {key: auditor.get_incident(name) for key, name in names.items()}
             for key, status in expect["statuses"].items():
-                assert auditor.get_incident(result.incidents[key]).status == status, key
+                assert final[key].status == status, key
             for key, severity in expect["severities"].items():
-                assert auditor.get_incident(result.incidents[key]).severity == severity, key
+                assert final[key].severity == severity, key
             for key, lead in expect["leads"].items():
-                assert auditor.get_incident(result.incidents[key]).lead_agency == lead, key
+                assert final[key].lead_agency == lead, key
+            # Closed what should be closed: nothing is left resolved but not closed.
+            assert not [k for k, i in final.items() if i.status == "RESOLVED"]
+            assert final["clash_again"].merged_into == names["clash"]
+
+            # Every event happened at its step's time on the played day, as reported.
+            expected: dict[str, list[datetime]] = {key: [] for key in names}
+            for step, at in zip(scenario.steps, scenario.times, strict=True):
+                moment = datetime.combine(day, at, scenario.zone)
+                expected[step.get("save") or step["incident"]].append(moment)
+                if step["do"] == "merge":  # the target records the duplicate too
+                    expected[step["target"].removeprefix("@")].append(moment)
+            for key, name in names.items():
+                occurred = [e.occur_time for e in auditor.incident_events(name)]
+                assert occurred == expected[key], key
+
+            # The three-day restriction, from 15:30 on the day, is in force now.
             decisions = auditor.decisions_in_force(kecamatan=expect["decision_in"])
-            assert [d.incident for d in decisions] == [result.incidents["rally"]]
-    assert result.verify is not None and result.verify.ok
-    assert len(result.notifications) >= result.steps > 20
-    text = out.getvalue()
-    assert (
-        "notifier ->" in text and "Board" in text and "Kota Mukomuko" in text and "ok=True" in text
-    )
+            assert [d.incident for d in decisions] == [names["rally"]]
+            valid_from = datetime.combine(day, time(15, 30), scenario.zone)
+            assert decisions[0].valid_from == valid_from
+            assert decisions[0].valid_until == valid_from + timedelta(days=3)
+            assert auditor.verify_ledger().ok
+
+    # Printed: each step beside its time on the election-day clock.
+    for step, at in zip(scenario.steps, scenario.times, strict=True):
+        line = rf"^{at:%H:%M} WIB +{step['as']} {re.escape(step['say'])} \({step['do']} "
+        assert re.search(line, out, re.MULTILINE), line
+    assert "05:50 WIB Reported 'Ballot papers short at TPS 02 Lubuk Bento'" in out  # notifier
+    assert "The desk closes the flood (approve_closure" in out
+    assert "4 h 05 min after the report" in out
+    # The day's response times from occur times: KPU resolved in 60 and 50 min, median 55.
+    day_figures = out.split("on the election-day clock (occur times)")[1]
+    assert re.search(r"│ kpu +│ +2 │ 0:30:00 │ 0:34:00 │ .* │ +2 │ 0:55:00 │", day_figures)
+    # The board, the decisions in force, the audit.
+    board = out.split("Board (open work)")[1]
+    assert "REPORTED (1)" in board and "RESPONDING (2)" in board
+    decisions_out = out.split("Decisions in force now")[1]
+    assert "Forkopimda Mukomuko" in decisions_out and "kota_mukomuko" in decisions_out
+    assert re.search(r"audit verify: ok \(54 events, 9 incidents", out)
+    received = re.search(r"the subscriber received (\d+) notifications", out)
+    assert received and int(received.group(1)) == 54
     assert 'data-kecamatan="air_manjunto"' in svg.read_text()
+
+
+def test_with_nothing_given_it_starts_a_stack_of_its_own_on_free_ports_and_stops_it(
+    tmp_path: Path,
+) -> None:
+    # make run's addresses, for this test: free, nothing answers there.
+    run_ledger, run_notifier = (f"127.0.0.1:{p}" for p in free_ports(2))
+    svg = tmp_path / "map.svg"
+    done = run_demo(svg, LEDGER_LISTEN=run_ledger, NOTIFIER_LISTEN=run_notifier)
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert f"make run's stack ({run_ledger}, {run_notifier}) is not up" in out
+    started = re.search(
+        r"ledger 127\.0\.0\.1:(\d+), notifier 127\.0\.0\.1:(\d+), NATS 127\.0\.0\.1:(\d+), "
+        r"data in (\S+)",
+        out,
+    )
+    assert started, out
+    ports = [int(p) for p in started.groups()[:3]]
+    data_dir = started.group(4)
+    # Free ports of its own: neither make run's addresses nor the defaults.
+    taken = {int(run_ledger.rpartition(":")[2]), int(run_notifier.rpartition(":")[2])}
+    assert not set(ports) & (taken | {50051, 50052, 14222}) and len(set(ports)) == 3
+    assert f"Ledger 127.0.0.1:{ports[0]}, notifier 127.0.0.1:{ports[1]}" in out
+    assert re.search(r"audit verify: ok \(54 events, 9 incidents", out)
+    assert "Forkopimda Mukomuko" in out.split("Decisions in force now")[1]
+    assert svg.is_file()
+    # Stopped: nothing listens on its ports, no process of it is left, its data is gone.
+    assert f"stack stopped (exit code 0); nothing listens on ports {ports[0]}" in out
+    assert not [p for p in ports if listening(f"127.0.0.1:{p}")]
+    assert not Path(data_dir).exists()
+    left = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("LEDGER_DATA_DIR") == data_dir:
+                left.append(process)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    assert not left
