@@ -26,7 +26,11 @@ holder dies, its lock goes with it and another relay takes over.
 
 While NATS is unreachable the ledger keeps accepting commands; the relay retries
 with backoff, reports itself NOT_SERVING on the health service ``relay``, and
-drains the backlog in order when NATS returns.
+drains the backlog in order when NATS returns. While the store is unreachable the
+relay that held the lock tries for it again every ``STORE_RETRY_SECONDS``, and a
+session the store failed is retried as soon: PostgreSQL answers (or refuses) at once
+when it is back or away, so the relay resumes with the commands instead of after a
+NATS-sized backoff (see :class:`SessionRetry`).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from incidentledger.v1 import incident_pb2 as pb
 from services.common.config import RelaySettings, StreamSettings, nats_servers
+from services.common.errors import STORE_CONNECTION_ERRORS
 from services.common.natsconn import connect_options
 from services.common.sql import (
     Database,
@@ -69,6 +74,7 @@ from services.common.sql import (
     postgres_connect,
     schema_lock,
 )
+from services.common.storepool import RECONNECT_SECONDS
 from services.ledger.api import convert
 from services.ledger.application import Ledger, StoredIncidentEvent
 from services.ledger.domain.incident import Incident, incident_event_classes
@@ -86,6 +92,11 @@ FOREIGN_LOGGED = 20  # foreign messages logged one by one per session; a summary
 ELECTION_SECONDS = 10.0
 RETRY_SECONDS = (0.2, 0.5)  # the first retry; the longest during an election
 RETRY_MAX_SECONDS = 10.0  # the longest afterwards
+# After a failure of the store (its connection refused, lost or not to be had), as often
+# as the event store's pool tries to reconnect: the store is quickly there again or not,
+# and asking costs one connection attempt. NATS's backoff (10 s once failures last beyond
+# ELECTION_SECONDS) would keep the relay away that long after the store is back.
+STORE_RETRY_SECONDS = RECONNECT_SECONDS
 CONTENT_TYPE = "application/x-protobuf; message=incidentledger.v1.EventNotification"
 
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
@@ -220,6 +231,12 @@ class LeaderLock(ABC):
     @abstractmethod
     def try_acquire(self) -> bool: ...
 
+    @property
+    def unreachable(self) -> bool:
+        """True when the last attempt could not ask the store (rather than finding the
+        lock held by another relay)."""
+        return False
+
     @abstractmethod
     def still_held(self) -> bool: ...
 
@@ -276,21 +293,38 @@ class PostgresLeader(LeaderLock):
         digest = hashlib.sha256(f"incidentledger-relay:{name}".encode()).digest()
         self._key = int.from_bytes(digest[:8], "big", signed=True)
         self._conn: psycopg.Connection[Any] | None = None
+        self._unreachable = False
+
+    @property
+    def unreachable(self) -> bool:
+        return self._unreachable
 
     def try_acquire(self) -> bool:
-        if self._conn is not None:
-            return self.still_held()
+        if self._conn is not None and self.still_held():
+            return True
+        # Not held, or its session was lost (a restart): ask for the lock afresh.
         try:
             conn = postgres_connect(self._env, autocommit=True)
         except psycopg.OperationalError as exc:
-            log.warning("relay.leader_lock_unavailable", error=str(exc))
+            self._store_failed(exc)
             return False
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
+        try:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
+        except psycopg.Error as exc:  # the server went away meanwhile
+            conn.close()
+            self._store_failed(exc)
+            return False
+        self._unreachable = False
         if not row or not row[0]:
             conn.close()
             return False
         self._conn = conn
         return True
+
+    def _store_failed(self, exc: psycopg.Error) -> None:
+        if not self._unreachable:  # once per outage: the relay may ask twice a second
+            log.warning("relay.leader_lock_unavailable", error=f"{type(exc).__name__}: {exc}")
+        self._unreachable = True
 
     def still_held(self) -> bool:
         if self._conn is None:
@@ -435,6 +469,43 @@ class SubscriptionReader(NotificationReader):
 # ------------------------------------------------------------------------ the relay
 
 
+def is_store_failure(exc: BaseException) -> bool:
+    """Whether a session failed on the store (PostgreSQL or SQLite), not on NATS."""
+    return isinstance(exc, STORE_CONNECTION_ERRORS)
+
+
+class SessionRetry:
+    """How long the relay pauses after a failed session.
+
+    A failure of the store is retried after ``STORE_RETRY_SECONDS``, however long the
+    store has been away: it answers at once when it is back. A failure of NATS is
+    retried quickly while a stream's leader may be being elected (``ELECTION_SECONDS``
+    of failures), then ever more slowly up to ``RETRY_MAX_SECONDS`` (a NATS that is
+    away). Only NATS failures count towards that; a session that began publishing, or
+    one the store failed (NATS answered it), starts the count afresh.
+    """
+
+    def __init__(self) -> None:
+        self._backoff = RETRY_SECONDS[0]
+        self._failing_since: float | None = None
+
+    def reset(self) -> None:
+        """A session began publishing."""
+        self._backoff, self._failing_since = RETRY_SECONDS[0], None
+
+    def pause(self, exc: BaseException, now: float) -> float:
+        """The pause before the next session, after ``exc`` ended one at ``now``."""
+        if is_store_failure(exc):
+            self.reset()
+            return STORE_RETRY_SECONDS
+        if self._failing_since is None:
+            self._failing_since = now
+        pause = self._backoff
+        electing = now + pause - self._failing_since < ELECTION_SECONDS
+        self._backoff = min(pause * 2, RETRY_SECONDS[1] if electing else RETRY_MAX_SECONDS)
+        return pause
+
+
 @dataclass
 class RelayStatus:
     leader: bool = False
@@ -488,7 +559,7 @@ class Relay:
         # Set once both streams exist with this configuration; a new session then does not
         # wait on the checkpoints stream's own leader election to publish events.
         self._streams_ready = False
-        self._connected_at = 0.0  # time.monotonic() when the last session began publishing
+        self._retry = SessionRetry()
 
     # -- lifecycle (called from other threads)
 
@@ -540,34 +611,37 @@ class Relay:
         asyncio.run(self._main())
 
     async def _main(self) -> None:
-        backoff = RETRY_SECONDS[0]
-        failing_since: float | None = None
+        # Whether this relay held the lock when last anyone could tell: while the store is
+        # unreachable it asks for the lock again every STORE_RETRY_SECONDS, not at the
+        # followers' pace, so that it resumes as soon as the store is back.
+        held = False
         while not self._stopping.is_set():
             if not await asyncio.to_thread(self._leader.try_acquire):
                 self.status.leader = False
-                await self._sleep(self._settings.leader_retry_seconds)
+                held = held and self._leader.unreachable  # else another relay holds it
+                await self._sleep(
+                    STORE_RETRY_SECONDS if held else self._settings.leader_retry_seconds
+                )
                 continue
+            held = True
             if not self.status.leader:
                 log.info("relay.leader", stream=self._settings.stream.name)
             self.status.leader = True
             try:
                 await self._session()
-                backoff, failing_since = RETRY_SECONDS[0], None
-            except Exception as exc:  # logged and retried: the relay must outlive NATS outages
+                self._retry.reset()
+            except Exception as exc:  # logged and retried: the relay outlives outages
                 self.status.connected = False
                 self.status.last_error = f"{type(exc).__name__}: {exc}"
                 self._on_health(False)
-                if failing_since is None or self._connected_at > failing_since:
-                    backoff, failing_since = RETRY_SECONDS[0], time.monotonic()
+                pause = self._retry.pause(exc, time.monotonic())
                 log.warning(
                     "relay.session_failed",
                     error=self.status.last_error,
                     position=self.status.position,
-                    retry_in=round(backoff, 2),
+                    retry_in=round(pause, 2),
                 )
-                await self._sleep(backoff)
-                electing = time.monotonic() - failing_since < ELECTION_SECONDS
-                backoff = min(backoff * 2, RETRY_SECONDS[1] if electing else RETRY_MAX_SECONDS)
+                await self._sleep(pause)
         await asyncio.to_thread(self._leader.release)
         self._on_health(False)
 
@@ -596,7 +670,7 @@ class Relay:
                 self._streams_ready = True
             position = await self._start_position(js)
             self.status.connected = True
-            self._connected_at = time.monotonic()
+            self._retry.reset()
             self.status.position = position
             self.status.position_known = True
             self._on_health(True)
@@ -618,10 +692,13 @@ class Relay:
             raise
         finally:
             self.status.connected = False
-            if reader is not None:
-                await asyncio.to_thread(reader.close)
-                await asyncio.to_thread(self._save_position, self.status.position)
-            await nc.close()
+            try:
+                if reader is not None:
+                    await asyncio.to_thread(reader.close)
+                    # Fails while the store is away: NATS's connection is closed all the same.
+                    await asyncio.to_thread(self._save_position, self.status.position)
+            finally:
+                await nc.close()
 
     async def _publish_checkpoints(self, js: JetStreamContext) -> None:
         while True:

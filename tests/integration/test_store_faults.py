@@ -1,7 +1,7 @@
 """PostgreSQL faults seen from the ledger: a replica frozen inside a projection batch,
-the server down, the server restarted.
+the server down, the server restarted, the relay to NATS after an outage.
 
-Two tests run a PostgreSQL of their own (:class:`tests.topology.PrivatePostgres`) so that
+Three tests run a PostgreSQL of their own (:class:`tests.topology.PrivatePostgres`) so that
 they can stop it; the frozen replica is reproduced on the shared server, by a session of
 the test that takes the row lock the projections' writer takes and keeps it, as a replica
 stopped (SIGSTOP) inside its transaction does. The README's "Several replicas, and what
@@ -10,15 +10,19 @@ happens when parts fail" states what these tests hold the ledger to.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import nats
 import psycopg
 import pytest
+import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.js.errors import NotFoundError
 
 from incidentledger.v1 import audit_service_pb2 as audit
 from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
@@ -26,7 +30,10 @@ from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import situation_service_pb2 as situation
 from incidentledger.v1 import situation_service_pb2_grpc as situation_grpc
+from services.common.config import RelaySettings
 from services.common.grpc_errors import error_info
+from services.common.natsserver import NatsServer
+from services.ledger.relay import POSITION_HEADER
 from tests.support import (
     PG_SETTINGS,
     Client,
@@ -39,6 +46,8 @@ from tests.topology import PrivatePostgres, postgres_schema, private_postgres, w
 
 pytestmark = [pytest.mark.postgres, pytest.mark.faults]
 
+log = structlog.get_logger(__name__)
+
 # A command while the store is down answers within about a second on loopback (a refused
 # connection; measured 0.7 s, 29 s before the fix); POSTGRES_CONNECT_TIMEOUT (3 s) bounds it
 # where connecting hangs. 5 s leaves room for a loaded machine and stays under the 10 s
@@ -48,6 +57,16 @@ DOWN_ANSWER_SECONDS = 5.0
 # are at most 0.5 s apart; measured 0.01-0.3 s after outages of 1-10 s, about 8 s before the
 # fix). The bound is the 3 s asked for plus 2 s of margin for a loaded machine.
 RESUME_SECONDS = 5.0
+# Longer than ELECTION_SECONDS (10 s), after which the relay's retries of NATS failures grow
+# towards RETRY_MAX_SECONDS (10 s): failures of the store must not follow that pace.
+OUTAGE_SECONDS = 20.0
+# Followers try for the relay's lock this often (2 s by default). Set beyond the outage here,
+# so that a relay that waits for that poll to take its lock back shows (about 10 s after the
+# store is back) instead of hiding in the default's 0-2 s.
+LOCK_POLL_SECONDS = OUTAGE_SECONDS + 10
+# From the first command accepted after the outage to its event on the stream: the 3 s asked
+# for plus 2 s of margin for a loaded machine.
+RELAY_RESUME_SECONDS = 5.0
 
 
 @pytest.fixture
@@ -223,3 +242,83 @@ def test_after_a_postgres_restart_the_first_calls_succeed(
         assert verified.ok and verified.events >= 1
         assert report(client).position > reported.position
         assert reported.incident in list_incidents(client)
+
+
+def stream_position(url: str, stream: str = "LEDGER_EVENTS") -> int:
+    """The ledger position of the stream's last message (0: no stream or no message yet)."""
+
+    async def read() -> int:
+        client = await nats.connect(url, allow_reconnect=False, connect_timeout=2)
+        try:
+            js = client.jetstream(timeout=2)
+            try:
+                state = (await js.stream_info(stream)).state
+            except NotFoundError:
+                return 0
+            if not state.last_seq:
+                return 0
+            msg = await js.get_msg(stream, state.last_seq)
+            return int((msg.headers or {})[POSITION_HEADER])
+        finally:
+            await client.close()
+
+    return asyncio.run(read())
+
+
+@pytest.mark.nats
+def test_after_a_long_postgres_outage_the_relay_publishes_within_seconds(
+    postgres: PrivatePostgres, tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """The relay that published before the outage resumes with the commands: not after a
+    NATS-sized backoff, nor at the followers' next try for the lock."""
+    relay_settings = RelaySettings(
+        nats_url=nats_server.url, poll_seconds=0.2, leader_retry_seconds=LOCK_POLL_SECONDS
+    )
+    settings = settings_for(tmp_path, private_store(postgres), relay=relay_settings)
+    with running_ledger(settings) as client:
+        relay = client.server.relay
+        assert relay is not None
+        before = [report(client) for _ in range(3)]
+        wait_until(
+            lambda: stream_position(nats_server.url) >= before[-1].position,
+            what="the first reports on the stream",
+        )
+        postgres.stop()
+        down = time.monotonic()
+        try:
+            wait_until(
+                lambda: not relay.status.connected,
+                timeout=10,
+                what="the relay to notice the outage",
+            )
+            # The outage's length is the fault under test: the relay keeps failing meanwhile.
+            time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down)))
+        finally:
+            postgres.start()
+        back = time.monotonic()
+        recorded = None
+        while recorded is None:
+            try:
+                recorded = report(client)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                assert time.monotonic() - back < RESUME_SECONDS, "commands did not resume"
+                time.sleep(0.05)
+        accepted = time.monotonic()
+        wait_until(
+            lambda: stream_position(nats_server.url) >= recorded.position,
+            timeout=30,
+            what="the report recorded after the outage on the stream",
+        )
+        published = time.monotonic()
+    log.info(
+        "store_faults.relay_resumed",
+        outage_seconds=round(back - down, 1),
+        command_seconds=round(accepted - back, 2),
+        relay_seconds=round(published - accepted, 2),
+        relay_seconds_after_store=round(published - back, 2),
+    )
+    assert published - accepted < RELAY_RESUME_SECONDS, (
+        f"published {published - accepted:.1f} s after the command was accepted "
+        f"({published - back:.1f} s after PostgreSQL was back)"
+    )
