@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import grpc
 import nats
 import pytest
 from nats.js.api import StreamConfig
+from nats.js.errors import NoStreamResponseError
 
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
@@ -130,7 +132,17 @@ def test_a_killed_node_restarts_on_its_ports_with_its_store_and_catches_up(
         try:
             js = client.jetstream(timeout=5)
             for n in range(count):
-                await js.publish("check.one", f"{n}".encode())
+                # A stream just created (or just failed over) has no leader for a few
+                # seconds on a busy machine: no responders until it has one.
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        await js.publish("check.one", f"{n}".encode())
+                        break
+                    except NoStreamResponseError:
+                        if time.monotonic() > deadline:
+                            raise
+                        await asyncio.sleep(0.2)
         finally:
             await client.close()
 

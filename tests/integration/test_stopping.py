@@ -50,7 +50,13 @@ from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.config import PROJECT_ROOT, RelaySettings, StreamSettings
 from services.common.natsserver import NatsServer, free_port
 from services.common.stopping import FORCED_EXIT_CODE, STOP_MARGIN_SECONDS
-from tests.fanout_support import WEBHOOK_SECRET, WebhookReceiver, wait_until, webhook_receiver
+from tests.fanout_support import (
+    ALLOW_LOOPBACK_ENV,
+    WEBHOOK_SECRET,
+    WebhookReceiver,
+    wait_until,
+    webhook_receiver,
+)
 from tests.service_fork import ForkServer, fork_server
 from tests.support import (
     REFERENCE_FILE,
@@ -370,6 +376,7 @@ def test_sigterm_at_random_moments_ends_every_process_cleanly(
                 "NOTIFIER_WEBHOOK_TIMEOUT_SECONDS": str(WEBHOOK_TIMEOUT_SECONDS),
                 "NOTIFIER_WEBHOOK_BACKOFF_SECONDS": "0.2",
                 "NOTIFIER_WEBHOOK_MAX_BACKOFF_SECONDS": "1",
+                **ALLOW_LOOPBACK_ENV,  # the webhook receiver is on loopback
             }
 
         def ledger_token() -> str:  # written by the ledger lane's first process

@@ -33,6 +33,7 @@ PRODUCTION = {
     "LEDGER_PAGE_TOKEN_SECRET": "p" * 32,
     "LEDGER_TOKENS_FILE": "/etc/ledger/tokens.yaml",
     "LEDGER_SIGNING_KEY_FILE": "/etc/ledger/signing.key",
+    "NOTIFIER_WEBHOOK_KEY_FILE": "/etc/ledger/notifier-webhook.key",
 }
 
 
