@@ -348,14 +348,16 @@ class CommandLoad:
     """Commands at ``rate`` per second, round robin over ``addresses``, until stopped.
 
     About one command in four reports a new incident; the others escalate one of the
-    incidents reported so far. A call that fails is retried with the same request
-    id on the next replica until it is acknowledged: every command ends acknowledged
-    exactly once, whatever breaks meanwhile. ``codes`` counts the status codes of the
-    failed calls (retried or not), so that a test can tell an outage's UNAVAILABLE from
-    a server's INTERNAL, which is retried too.
+    incidents reported so far (with ``window``, one of the ``window`` reported last, so
+    that each incident's events follow one another closely). A call that fails is retried
+    with the same request id on the next replica until it is acknowledged: every command
+    ends acknowledged exactly once, whatever breaks meanwhile. ``codes`` counts the status
+    codes of the failed calls (retried or not), so that a test can tell an outage's
+    UNAVAILABLE from a server's INTERNAL, which is retried too.
     """
 
-    def __init__(self, addresses: list[str], token: str, rate: float) -> None:
+    def __init__(self, addresses: list[str], token: str, rate: float, window: int = 0) -> None:
+        self._window = window
         self._channels = [grpc.insecure_channel(a) for a in addresses]
         self._stubs = [api_grpc.LedgerServiceStub(c) for c in self._channels]
         self._md = (("authorization", f"Bearer {token}"),)
@@ -385,6 +387,12 @@ class CommandLoad:
         with self._lock:
             return len(self.acknowledged)
 
+    @property
+    def incidents(self) -> int:
+        """Incidents reported so far."""
+        with self._lock:
+            return sum(1 for a in self.acknowledged if a.version == 1)
+
     def _run(self) -> None:
         try:
             n = 0
@@ -400,6 +408,8 @@ class CommandLoad:
 
     def _one(self, n: int) -> None:
         incidents = [a.incident for a in self.acknowledged if a.version == 1]
+        if self._window:
+            incidents = incidents[-self._window :]
         request_id = secrets.token_hex(8)
         if n % 4 == 0 or not incidents:
             kecamatan = KECAMATAN[n % len(KECAMATAN)]
