@@ -443,9 +443,9 @@ class Engine:
             failed = [a for a in acks if isinstance(a, BaseException)]
             if failed:  # the message comes again after ack_wait; its jobs are stored
                 raise failed[0]
-            self._stored_through = max(
-                self._stored_through, *(int(m.metadata.sequence.stream) for m in msgs)
-            )
+            # A fetch may also end with no message at all (the server's "no messages").
+            seqs = [int(m.metadata.sequence.stream) for m in msgs]
+            self._stored_through = max([self._stored_through, *seqs])
             await self._read_consumer()
             healthy()
             if jobs and self._wake_delivery is not None:
