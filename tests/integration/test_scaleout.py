@@ -12,13 +12,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import nats
 import pytest
 
 from incidentledger.v1 import incident_pb2 as pb
@@ -41,6 +39,7 @@ from tests.topology import (
     Deployment,
     FollowingSubscriber,
     stored_events,
+    stream_positions,
     wait_until,
 )
 
@@ -67,29 +66,7 @@ def md(deployment: Deployment, agency: str) -> tuple[tuple[str, str], ...]:
 
 def leaders(deployment: Deployment) -> list[int]:
     """Replicas whose current run logged that its relay leads."""
-    return [
-        i
-        for i, ledger in enumerate(deployment.ledgers)
-        if ledger.running and any(line["event"] == "relay.leader" for line in ledger.log_lines())
-    ]
-
-
-async def _stream_positions(url: str) -> list[int]:
-    nc = await nats.connect(url, connect_timeout=5)
-    try:
-        js = nc.jetstream()
-        state = (await js.stream_info(STREAM)).state
-        positions = []
-        for seq in range(state.first_seq, state.last_seq + 1):
-            msg = await js.get_msg(STREAM, seq=seq)
-            positions.append(pb.EventNotification.FromString(msg.data or b"").event.position)
-        return positions
-    finally:
-        await nc.close()
-
-
-def stream_positions(url: str) -> list[int]:
-    return asyncio.run(_stream_positions(url))
+    return [i for i, ledger in enumerate(deployment.ledgers) if ledger.relay_leads()]
 
 
 def test_two_ledger_replicas_accept_commands_concurrently_without_a_lost_update(
