@@ -6,10 +6,12 @@ import ipaddress
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +115,43 @@ class WebhookReceiver:
                 seen.add(item.delivery_id)
                 unique.append(item)
         return unique
+
+
+def arrival_versions(received: Iterable[Received]) -> dict[tuple[str, str], list[int]]:
+    """Per (webhook, incident), the events' versions in the order they arrived.
+
+    ``received`` holds each delivery id once (:meth:`WebhookReceiver.verified`): a
+    redelivery of the same delivery is a duplicate the receiver drops, not a reordering.
+    """
+    arrived: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for item in received:
+        body = item.json
+        event = body["event"]
+        arrived[(body["webhook"], event["incident"])].append(int(event.get("version", 0)))
+    return dict(arrived)
+
+
+def order_faults(
+    arrived: Mapping[tuple[str, str], list[int]],
+    expected: Mapping[str, list[int]],
+    webhooks: Iterable[str],
+) -> list[str]:
+    """What is wrong with each incident's deliveries to each of ``webhooks``: versions not
+    strictly increasing (out of order, or one event as two deliveries), some missing, or
+    some that should not be there. ``expected``: per incident, the versions every one of
+    the webhooks should get."""
+    faults = []
+    for webhook in sorted(webhooks):
+        for incident, wanted in sorted(expected.items()):
+            versions = arrived.get((webhook, incident), [])
+            inversions = sum(1 for a, b in pairwise(versions) if b <= a)
+            if inversions:
+                faults.append(f"{webhook} {incident}: {inversions} out of order in {versions}")
+            if sorted(set(versions)) != sorted(wanted):
+                faults.append(f"{webhook} {incident}: got versions {versions}, wanted {wanted}")
+    unexpected = {key for key in arrived if key[1] not in expected}
+    faults.extend(f"{w} {i}: not an expected incident" for w, i in sorted(unexpected))
+    return faults
 
 
 @contextmanager

@@ -14,12 +14,15 @@
   it is acknowledged (idempotency makes the retry safe).
 - :class:`FollowingSubscriber` is a gRPC subscriber that reconnects, from its last
   cursor, to whichever notifier replica answers.
+- :func:`frozen` stops a process (SIGSTOP) for the length of a block: a stalled VM, or
+  a node cut off from the others while its connections stay open.
 
 Every wait polls a condition against a deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import json
 import os
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import nats
 import psycopg
 import pytest
 
@@ -49,7 +53,7 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
-from services.common.config import PROJECT_ROOT
+from services.common.config import PROJECT_ROOT, nats_servers
 from services.common.natsserver import free_port
 from tests.fanout_support import wait_until
 from tests.support import STOP_WAIT_SECONDS, dev_tokens, terminate
@@ -228,13 +232,38 @@ class Service:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(30)
 
+    @property
+    def pid(self) -> int:
+        if self.proc is None or not self.running:
+            raise AssertionError(f"{self.module} on {self.port} is not running")
+        return self.proc.pid
+
+    def relay_leads(self) -> bool:
+        """Whether this (ledger) replica's current run logged that its relay leads."""
+        return self.running and any(line["event"] == "relay.leader" for line in self.log_lines())
+
     def stop(self) -> None:
-        """SIGTERM; a replica still running :data:`STOP_WAIT_SECONDS` later is killed, and
-        that fails the test."""
+        """SIGTERM (after SIGCONT: a frozen process cannot end); a replica still running
+        :data:`STOP_WAIT_SECONDS` later is killed, and that fails the test."""
         if self.proc is not None:
+            if self.running:
+                os.kill(self.proc.pid, signal.SIGCONT)
             problem = terminate(self.proc, f"{self.name} on {self.port}", STOP_WAIT_SECONDS)
             if problem is not None:
                 raise AssertionError(problem)
+
+
+@contextmanager
+def frozen(pid: int) -> Iterator[None]:
+    """The process stopped (SIGSTOP) inside the block, as a stalled VM or a process that
+    lost its CPU: its sockets stay open (the kernel still answers TCP), it answers nothing.
+    It continues (SIGCONT) on the way out, whatever happened inside."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 @dataclass
@@ -330,6 +359,26 @@ def postgres_schema(connect: Callable[[], psycopg.Connection[tuple[Any, ...]]]) 
     return schema
 
 
+async def _stream_positions(urls: str, stream: str) -> list[int]:
+    nc = await nats.connect(nats_servers(urls), connect_timeout=5)
+    try:
+        js = nc.jetstream(timeout=10)
+        state = (await js.stream_info(stream)).state
+        positions = []
+        for seq in range(state.first_seq, state.last_seq + 1):
+            msg = await js.get_msg(stream, seq=seq)
+            positions.append(pb.EventNotification.FromString(msg.data or b"").event.position)
+        return positions
+    finally:
+        await nc.close()
+
+
+def stream_positions(urls: str, stream: str = "LEDGER_EVENTS") -> list[int]:
+    """The position of every message on the stream, in stream order (``urls``: a
+    ``NATS_URL``, one server or a cluster's nodes)."""
+    return asyncio.run(_stream_positions(urls, stream))
+
+
 def stored_events(address: str, token: str) -> list[pb.IncidentEvent]:
     """The whole history, through the audit API (``token``: an auditor's)."""
     with grpc.insecure_channel(address) as channel:
@@ -354,14 +403,16 @@ class CommandLoad:
     """Commands at ``rate`` per second, round robin over ``addresses``, until stopped.
 
     About one command in four reports a new incident; the others escalate one of the
-    incidents reported so far. A call that fails is retried with the same request
-    id on the next replica until it is acknowledged: every command ends acknowledged
-    exactly once, whatever breaks meanwhile. ``codes`` counts the status codes of the
-    failed calls (retried or not), so that a test can tell an outage's UNAVAILABLE from
-    a server's INTERNAL, which is retried too.
+    incidents reported so far (with ``window``, one of the ``window`` reported last, so
+    that each incident's events follow one another closely). A call that fails is retried
+    with the same request id on the next replica until it is acknowledged: every command
+    ends acknowledged exactly once, whatever breaks meanwhile. ``codes`` counts the status
+    codes of the failed calls (retried or not), so that a test can tell an outage's
+    UNAVAILABLE from a server's INTERNAL, which is retried too.
     """
 
-    def __init__(self, addresses: list[str], token: str, rate: float) -> None:
+    def __init__(self, addresses: list[str], token: str, rate: float, window: int = 0) -> None:
+        self._window = window
         self._channels = [grpc.insecure_channel(a) for a in addresses]
         self._stubs = [api_grpc.LedgerServiceStub(c) for c in self._channels]
         self._md = (("authorization", f"Bearer {token}"),)
@@ -391,6 +442,12 @@ class CommandLoad:
         with self._lock:
             return len(self.acknowledged)
 
+    @property
+    def incidents(self) -> int:
+        """Incidents reported so far."""
+        with self._lock:
+            return sum(1 for a in self.acknowledged if a.version == 1)
+
     def _run(self) -> None:
         try:
             n = 0
@@ -406,6 +463,8 @@ class CommandLoad:
 
     def _one(self, n: int) -> None:
         incidents = [a.incident for a in self.acknowledged if a.version == 1]
+        if self._window:
+            incidents = incidents[-self._window :]
         request_id = secrets.token_hex(8)
         if n % 4 == 0 or not incidents:
             kecamatan = KECAMATAN[n % len(KECAMATAN)]

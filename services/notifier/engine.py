@@ -4,6 +4,15 @@
   event it stores one delivery job per matching webhook, then acknowledges: a
   crash before the ack means the message comes again, and the job's unique key
   (webhook, stream sequence) makes the second copy a no-op.
+- Notifier replicas share that consumer, so each takes some of the messages and
+  stores their jobs at its own pace. A job is delivered only once every earlier
+  stream message is handled: the consumer's ack floor (every message up to it is
+  acknowledged, so its jobs are stored, by whichever replica) reaches the job's
+  stream sequence minus one. Acks wait for the server's confirmation, so that a
+  replica sees its own acks in the floor it reads next. A message that a replica
+  took and never acknowledged (killed, frozen, cut off) holds the floor until
+  ``ack_wait`` passes and another replica takes it: webhook deliveries of the
+  events after it wait that long (live subscriptions do not).
 - The delivery worker POSTs due jobs to their webhooks, signed, with retries,
   exponential backoff with jitter, and a dead letter after the last attempt. Each
   endpoint has a small cap on concurrent deliveries, so a slow or dead endpoint
@@ -63,6 +72,10 @@ CONSUMER_INFO_SECONDS = 5.0  # how often the durable consumer's backlog is read 
 FETCH_SECONDS = 1.0  # a fetch that finds nothing returns after this (normal when idle)
 RESTART_BACKOFF = (0.2, 5.0)  # first and longest pause before a failed task starts again
 LEASE_TIMEOUTS = 3  # a job's lease, in endpoint timeouts (one attempt takes at most one)
+ACK_SECONDS = 5.0  # the server confirms an ack within this (on loopback: about 1 ms)
+FLOOR_POLL_SECONDS = 0.05  # the floor is read this often while stored jobs wait for it
+FLOOR_REFRESH_SECONDS = 1.0  # otherwise (jobs another replica stored, retries), this often
+FLOOR_TIMEOUT = 2.0  # a floor reading that takes longer is skipped (the last one stands)
 
 Healthy = Callable[[], None]  # a supervised task reports that it works (its backoff resets)
 
@@ -113,6 +126,7 @@ class EngineStatus:
     nats_connected: bool = False
     consumer_pending: int | None = None  # stream messages not yet delivered to the consumer
     consumer_ack_pending: int | None = None  # delivered, not yet acknowledged
+    handled_through: int = 0  # the consumer's ack floor: every message up to it is handled
     restarts: Counter[str] = field(default_factory=Counter)  # supervised tasks restarted
 
 
@@ -188,6 +202,8 @@ class Engine:
         self._targets = TargetPolicy(settings.webhooks.allow_networks)
         self._deliveries: set[asyncio.Task[None]] = set()
         self._slow_consumer_drops = 0
+        self._stored_through = 0  # the last stream sequence this replica stored and acked
+        self._floor_read_at = 0.0  # when the ack floor was last read (monotonic)
         self.consumer_ready = threading.Event()
         self.status = EngineStatus()
         self.live: set[LiveSubscription] = set()  # open live subscriptions
@@ -345,17 +361,32 @@ class Engine:
             self._webhooks_loaded_at = time.monotonic()
         return self._webhooks
 
-    async def _read_backlog(self, psub: JetStreamContext.PullSubscription) -> None:
-        """The consumer's backlog, for the metrics only: a failure to read it (a cluster
-        failover, a slow server) leaves the figures unknown and delivery going."""
+    async def _read_consumer(self) -> None:
+        """Read the durable consumer's state: its ack floor (what may be delivered) and its
+        backlog (metrics). A failure (NATS down, a cluster failover, a slow server) leaves
+        the last floor standing, which is safe: the floor only says what is handled
+        already, and a lower figure only delays deliveries."""
+        js, nc = self._js, self._nc
+        if js is None or nc is None or not nc.is_connected:
+            self.status.consumer_pending = self.status.consumer_ack_pending = None
+            return
+        self._floor_read_at = time.monotonic()
         try:
-            info = await psub.consumer_info()
+            info = await js.consumer_info(
+                self._settings.stream.name, self._settings.consumer, timeout=FLOOR_TIMEOUT
+            )
         except (nats.errors.Error, TimeoutError) as exc:
             log.debug("notifier.consumer_info_failed", error=str(exc))
             self.status.consumer_pending = self.status.consumer_ack_pending = None
             return
         self.status.consumer_pending = info.num_pending
         self.status.consumer_ack_pending = info.num_ack_pending
+        if info.ack_floor is not None and info.ack_floor.stream_seq is not None:
+            self.status.handled_through = info.ack_floor.stream_seq
+
+    def _floor_behind(self) -> bool:
+        """Jobs this replica stored may wait for messages another replica still holds."""
+        return self._stored_through > self.status.handled_through
 
     async def _consume(self, healthy: Healthy) -> None:
         settings = self._settings
@@ -373,11 +404,9 @@ class Engine:
         )
         self.consumer_ready.set()
         log.info("notifier.consuming", stream=settings.stream.name, consumer=settings.consumer)
-        info_at = 0.0
         while not self._stopping:
-            if time.monotonic() - info_at >= CONSUMER_INFO_SECONDS:
-                info_at = time.monotonic()
-                await self._read_backlog(psub)
+            if time.monotonic() - self._floor_read_at >= CONSUMER_INFO_SECONDS:
+                await self._read_consumer()
             try:
                 msgs = await psub.fetch(100, timeout=FETCH_SECONDS)
             except TimeoutError:
@@ -407,8 +436,17 @@ class Engine:
                             )
                         )
             await asyncio.to_thread(self._store.add_jobs, jobs)
-            for msg in msgs:
-                await msg.ack()
+            # Confirmed acks: the floor read next counts them, so these jobs may go at once.
+            acks = await asyncio.gather(
+                *(msg.ack_sync(timeout=ACK_SECONDS) for msg in msgs), return_exceptions=True
+            )
+            failed = [a for a in acks if isinstance(a, BaseException)]
+            if failed:  # the message comes again after ack_wait; its jobs are stored
+                raise failed[0]
+            # A fetch may also end with no message at all (the server's "no messages").
+            seqs = [int(m.metadata.sequence.stream) for m in msgs]
+            self._stored_through = max([self._stored_through, *seqs])
+            await self._read_consumer()
             healthy()
             if jobs and self._wake_delivery is not None:
                 self._wake_delivery.set()
@@ -435,11 +473,17 @@ class Engine:
                 if free > 0:
                     lease = hooks.timeout_seconds * LEASE_TIMEOUTS
                     lease_ends = time.monotonic() + lease  # no later than the store's lease
+                    since = time.monotonic() - self._floor_read_at
+                    if since >= FLOOR_REFRESH_SECONDS or (
+                        self._floor_behind() and since >= FLOOR_POLL_SECONDS
+                    ):
+                        await self._read_consumer()
                     jobs = await asyncio.to_thread(
                         self._store.claim_due,
                         free,
                         lease,
                         per_webhook=hooks.per_endpoint_concurrency,
+                        handled_through=self.status.handled_through,
                         busy=+self._inflight,
                     )
                     healthy()
@@ -450,8 +494,9 @@ class Engine:
                         task.add_done_callback(self._delivery_done)
                 if jobs:
                     continue  # more may be due, for endpoints with slots still free
+                idle = FLOOR_POLL_SECONDS if free > 0 and self._floor_behind() else 0.5
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), 0.5)
+                    await asyncio.wait_for(wake.wait(), idle)
                 wake.clear()
 
     def _delivery_done(self, task: asyncio.Task[None]) -> None:

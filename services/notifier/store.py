@@ -3,8 +3,12 @@
 A job is written, one per matching webhook and event, before the stream message
 is acknowledged: that is the durable hand-off. Jobs are claimed with a lease, so
 a crashed worker's jobs return to the queue, and several notifier replicas can
-share the work. A job waits while an earlier job of the same webhook and
-incident is still pending, so deliveries keep each incident's order.
+share the work. Deliveries keep each incident's order with any number of replicas:
+a job (stream sequence s) is claimed only when every stream message before s has
+been handled, by whichever replica took it (the caller says how far that is: the
+durable consumer's ack floor, see :mod:`services.notifier.engine`), so every earlier
+job of its incident is stored; and only when none of those earlier jobs of the same
+webhook and incident is still pending or in flight.
 
 Webhook secrets are stored sealed (:mod:`services.notifier.sealing`); a deleted
 webhook's secret is erased with it.
@@ -290,9 +294,15 @@ class NotifierStore:
         lease_seconds: float,
         *,
         per_webhook: int,
+        handled_through: int,
         busy: Mapping[str, int] | None = None,
     ) -> list[Job]:
         """Due jobs whose incident has no earlier job still waiting, leased to the caller.
+
+        ``handled_through``: every stream message up to this sequence has been handled
+        (its jobs stored). A job of a later message may wait for an earlier job of its
+        incident that another replica has not stored yet, so it waits (until the
+        message just before it is handled).
 
         At most ``per_webhook`` jobs per webhook, counting the ``busy`` ones the caller is
         delivering already: a job is claimed only when its endpoint has a free slot, so its
@@ -308,12 +318,23 @@ class NotifierStore:
                     f"SELECT {_JOB_COLUMNS} FROM delivery_jobs j"  # noqa: S608
                     " WHERE ((j.status = ? AND j.next_attempt_at <= ?)"
                     f" OR (j.status = ? AND j.lease_until < ?)){exclude}"
+                    " AND j.stream_seq <= ?"
                     " AND NOT EXISTS (SELECT 1 FROM delivery_jobs e"
                     " WHERE e.webhook_id = j.webhook_id AND e.incident = j.incident"
                     " AND e.stream_seq < j.stream_seq AND e.status IN (?, ?))"
                     " ORDER BY j.stream_seq LIMIT ? FOR UPDATE SKIP LOCKED"
                 ),
-                (PENDING, now, INFLIGHT, now, *full, PENDING, INFLIGHT, limit * per_webhook),
+                (
+                    PENDING,
+                    now,
+                    INFLIGHT,
+                    now,
+                    *full,
+                    handled_through + 1,
+                    PENDING,
+                    INFLIGHT,
+                    limit * per_webhook,
+                ),
             )
             jobs: list[Job] = []
             for found in cur.fetchall():

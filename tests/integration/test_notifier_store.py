@@ -163,10 +163,41 @@ def test_jobs_are_claimed_only_into_free_slots_of_their_endpoint(
             NewJob(hook, seq, seq, f"ev{seq}", f"incidents/{seq}", "bpbd", "{}")
             for seq, hook in enumerate(["wh_a"] * 6 + ["wh_b"] * 2 + ["wh_c"] * 2, start=1)
         )
-        first = store.claim_due(10, 30, per_webhook=4, busy={"wh_a": 1, "wh_c": 4})
+        first = store.claim_due(
+            10, 30, per_webhook=4, handled_through=10, busy={"wh_a": 1, "wh_c": 4}
+        )
         assert [j.webhook_id for j in first] == ["wh_a"] * 3 + ["wh_b"] * 2
-        assert store.claim_due(10, 30, per_webhook=4, busy={"wh_a": 4, "wh_b": 2, "wh_c": 4}) == []
-        rest = store.claim_due(10, 30, per_webhook=4, busy={"wh_a": 3})
+        assert (
+            store.claim_due(
+                10, 30, per_webhook=4, handled_through=10, busy={"wh_a": 4, "wh_b": 2, "wh_c": 4}
+            )
+            == []
+        )
+        rest = store.claim_due(10, 30, per_webhook=4, handled_through=10, busy={"wh_a": 3})
         assert [j.stream_seq for j in rest] == [4, 9, 10], "one free slot for wh_a, two for wh_c"
+    finally:
+        store.close()
+
+
+def test_a_job_waits_until_every_earlier_stream_message_is_handled(
+    store_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Two replicas store the jobs of neighbouring messages at their own pace: the job of
+    message 3 is stored, that of message 2 (same incident) not yet. The job of message 3
+    waits until message 2 is handled, then until its job is delivered."""
+    store = open_store(store_env, load_secret_box(settings(tmp_path)))
+
+    def job(seq: int, incident: str) -> NewJob:
+        return NewJob("wh_a", seq, seq, f"ev{seq}", incident, "bpbd", "{}")
+
+    def claim(handled_through: int) -> list[int]:
+        claimed = store.claim_due(10, 30, per_webhook=4, handled_through=handled_through)
+        return [j.stream_seq for j in claimed]
+
+    try:
+        store.add_jobs([job(1, "incidents/x"), job(3, "incidents/y"), job(4, "incidents/y")])
+        assert claim(handled_through=1) == [1], "3 waits: message 2 may be an earlier job of y"
+        store.add_jobs([job(2, "incidents/y")])
+        assert claim(handled_through=4) == [2], "3 and 4 wait for 2, now stored, to finish"
     finally:
         store.close()

@@ -7,12 +7,18 @@ webhook receiver and a live gRPC subscriber that follows whichever notifier answ
 
 Under a steady command load, one fault after another, each followed by progress:
 kill -9 a ledger replica (and start it again), restart PostgreSQL, kill a NATS node
-(and start it again), kill -9 a notifier (and start it again), take the webhook
-receiver down (and up again). Afterwards:
+(and start it again), freeze the NATS stream leader (SIGSTOP, a partitioned node: its
+connections stay open and answer nothing) for longer than the cluster's election
+timeout while the fan-out goes on, freeze the relay leader for longer than the
+stream's duplicate window (shortened to ``DUPLICATE_WINDOW`` seconds here) right after
+it published, kill -9 a notifier (the other keeps delivering webhooks; then it starts
+again), take the webhook receiver down (and up again). Afterwards:
 
-- every acknowledged command is in the store exactly once;
+- every acknowledged command is in the store exactly once, and every position is on
+  the stream exactly once, in order;
 - every event reached the webhook and the live subscriber, each exactly once once
-  duplicates are removed by delivery id / event id, and in order per incident;
+  duplicates are removed by delivery id / event id, and in order per incident (each
+  incident's versions strictly increasing at the webhook, none missing);
 - the projections equal a rebuild from zero;
 - ``VerifyLedger`` is clean.
 
@@ -41,7 +47,7 @@ from services.common.config import LedgerSettings
 from services.common.natsserver import NatsCluster
 from services.ledger.application import Ledger
 from services.ledger.projections.service import Projections
-from tests.fanout_support import WEBHOOK_SECRET, WebhookReceiver
+from tests.fanout_support import WEBHOOK_SECRET, WebhookReceiver, arrival_versions, order_faults
 from tests.nats_support import running_nats_cluster
 from tests.support import reference, rid
 from tests.topology import (
@@ -49,9 +55,11 @@ from tests.topology import (
     Deployment,
     FollowingSubscriber,
     PrivatePostgres,
+    frozen,
     postgres_schema,
     private_postgres,
     stored_events,
+    stream_positions,
     wait_until,
 )
 
@@ -65,11 +73,28 @@ STREAM = "LEDGER_EVENTS"
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "0"))
 SOAK_RATE = float(os.environ.get("SOAK_RATE", "20"))
 PROGRESS = 30  # acknowledged commands between steps of a round
+DUPLICATE_WINDOW = 2.0  # the stream's, in seconds: a relay frozen longer outlives it
+# A frozen NATS node stays frozen at least this long: past JetStream's election timeout
+# (a few seconds), so its leaderships move, and past the notifier's stale-connection
+# detection (3 pings 2 s apart), so its clients move too.
+NATS_FREEZE_SECONDS = 8.0
 
 
 def progress(load: CommandLoad, what: str) -> None:
     before = load.count
     wait_until(lambda: load.count >= before + PROGRESS, 120, f"{PROGRESS} commands {what}")
+
+
+def delivering(receiver: WebhookReceiver, what: str) -> float:
+    """Wait until the webhook gets ``PROGRESS`` new deliveries; the seconds it took."""
+    started = time.monotonic()
+    before = len(receiver.verified())
+    wait_until(
+        lambda: len(receiver.verified()) >= before + PROGRESS,
+        120,
+        f"{PROGRESS} webhook deliveries {what}",
+    )
+    return round(time.monotonic() - started, 1)
 
 
 def verify(address: str, token: str) -> audit.VerifyLedgerResponse:
@@ -130,21 +155,32 @@ def test_soak_nothing_is_lost_while_things_break(
     try:
         deployment.migrate()
         for _ in range(2):
-            deployment.add_ledger(LEDGER_STREAM_REPLICAS="3", LEDGER_CHECKPOINT_SECONDS="5")
+            deployment.add_ledger(
+                LEDGER_STREAM_REPLICAS="3",
+                LEDGER_CHECKPOINT_SECONDS="5",
+                LEDGER_STREAM_DUPLICATE_WINDOW_SECONDS=str(DUPLICATE_WINDOW),
+            )
         for ledger in deployment.ledgers:
             ledger.start()
         for _ in range(2):
-            deployment.add_notifier(LEDGER_STREAM_REPLICAS="3")
+            deployment.add_notifier(
+                LEDGER_STREAM_REPLICAS="3",
+                LEDGER_STREAM_DUPLICATE_WINDOW_SECONDS=str(DUPLICATE_WINDOW),
+            )
         for notifier in deployment.notifiers:
             notifier.start()
         tokens = deployment.tokens()
         with grpc.insecure_channel(deployment.notifiers[1].address) as channel:
-            napi_grpc.NotifierServiceStub(channel).CreateWebhook(
-                napi.CreateWebhookRequest(
-                    request_id=rid(), url=receiver.url, secret=WEBHOOK_SECRET
-                ),
-                metadata=(("authorization", f"Bearer {tokens[COORDINATOR]}"),),
-                timeout=30,
+            webhook = (
+                napi_grpc.NotifierServiceStub(channel)
+                .CreateWebhook(
+                    napi.CreateWebhookRequest(
+                        request_id=rid(), url=receiver.url, secret=WEBHOOK_SECRET
+                    ),
+                    metadata=(("authorization", f"Bearer {tokens[COORDINATOR]}"),),
+                    timeout=30,
+                )
+                .webhook.name
             )
         subscriber = FollowingSubscriber(
             [n.address for n in deployment.notifiers], tokens[COORDINATOR]
@@ -187,6 +223,16 @@ def test_soak_nothing_is_lost_while_things_break(
         at = {e.request_id: e.position for e in events}
         assert all(at[r] == a.position for r, a in acknowledged.items())
 
+        # Every position is on the stream exactly once, in order (the relay froze past the
+        # duplicate window, and lost its NATS node, and its replica was killed).
+        positions = [e.position for e in events]
+        wait_until(
+            lambda: stream_positions(cluster.urls)[-1:] == positions[-1:],
+            120,
+            "the stream to hold the last event",
+        )
+        assert stream_positions(cluster.urls) == positions, "a position not once, or not in order"
+
         # Every event reached every subscriber, exactly once after duplicates are removed.
         wanted = {e.event_id for e in events}
 
@@ -195,6 +241,11 @@ def test_soak_nothing_is_lost_while_things_break(
 
         wait_until(lambda: set(delivered()) == wanted, 180, "every event at the webhook")
         assert max(delivered().values()) == 1, "an event reached the webhook as two deliveries"
+        expected: dict[str, list[int]] = defaultdict(list)
+        for event in events:
+            expected[event.incident].append(event.version)
+        wrong = order_faults(arrival_versions(receiver.verified()), expected, [webhook])
+        assert not wrong, f"{len(wrong)} incidents wrong at the webhook: {wrong[:5]}"
         wait_until(lambda: subscriber.unique_event_ids() >= wanted, 180, "every event live")
         assert subscriber.unique_event_ids() == wanted
         first: dict[str, pb.IncidentEvent] = {}
@@ -205,6 +256,16 @@ def test_soak_nothing_is_lost_while_things_break(
             per_incident[event.incident].append(event.version)
         for incident, versions in per_incident.items():
             assert versions == sorted(versions), f"{incident} out of order live"
+
+        # No programming error restarted a notifier's tasks along the way.
+        crashes = [
+            line
+            for notifier in deployment.notifiers
+            for line in notifier.log_lines(every_start=True)
+            if line["event"].endswith("_failed")
+            and str(line.get("error", "")).startswith(("TypeError", "AttributeError", "NameError"))
+        ]
+        assert not crashes, crashes[:3]
 
         # The ledger verifies clean, and the projections equal a rebuild.
         result = verify(address, tokens[AUDITOR])
@@ -227,6 +288,12 @@ def test_soak_nothing_is_lost_while_things_break(
             subscriber.close()
         deployment.stop()
         receiver.stop()
+
+
+def node_pid(cluster: NatsCluster, i: int) -> int:
+    pid = cluster.nodes[i].pid
+    assert pid is not None, f"NATS node {i} is not running"
+    return pid
 
 
 def fault_round(
@@ -256,8 +323,37 @@ def fault_round(
         cluster.restart(victim)
         progress(load, "after the NATS node came back")
 
+    def freeze_nats_node() -> None:
+        cluster.wait_stream_current(STREAM, 60)  # a partition, not the tail of the last fault
+        leader = cluster.stream_leader(STREAM)  # its leaderships must move
+        victim = 0 if leader is None else leader
+        started = time.monotonic()
+        with frozen(node_pid(cluster, victim)):
+            took = delivering(receiver, "with a NATS node frozen")
+            # The fault's length, not a wait for a condition: a partition this long.
+            time.sleep(max(0.0, started + NATS_FREEZE_SECONDS - time.monotonic()))
+        log.info("soak.nats_node_frozen", node=victim, fan_out_resumed_in_seconds=took)
+        cluster.wait_healthy(60)
+        delivering(receiver, "after the NATS node thawed")
+
+    def freeze_relay_leader() -> None:
+        wait_until(lambda: any(x.relay_leads() for x in deployment.ledgers), 60, "a relay leader")
+        leader = next(x for x in deployment.ledgers if x.relay_leads())
+        # Frozen just after the stream grew: in the middle of the relay's publishing.
+        last = stream_positions(cluster.urls)[-1:]
+        wait_until(lambda: stream_positions(cluster.urls)[-1:] != last, 60, "a publish")
+        with frozen(leader.pid):
+            # The fault's length: past the duplicate window, which no longer guards a
+            # republished event when the relay wakes.
+            time.sleep(2 * DUPLICATE_WINDOW)
+        took = delivering(receiver, "after the relay leader thawed")
+        log.info("soak.relay_leader_frozen", fan_out_resumed_in_seconds=took)
+        progress(load, "after the relay leader thawed")
+
     def kill_notifier() -> None:
         deployment.notifiers[0].kill()
+        took = delivering(receiver, "with a notifier killed: the other delivers")
+        log.info("soak.notifier_killed", webhook_resumed_in_seconds=took)
         progress(load, "with a notifier killed")
         deployment.notifiers[0].start()
         progress(load, "after the notifier came back")
@@ -272,6 +368,8 @@ def fault_round(
         ("kill -9 a ledger replica", kill_ledger),
         ("restart PostgreSQL", restart_postgres),
         ("kill a NATS node", kill_nats_node),
+        ("freeze (SIGSTOP) the NATS stream leader", freeze_nats_node),
+        ("freeze (SIGSTOP) the relay leader", freeze_relay_leader),
         ("kill -9 a notifier", kill_notifier),
         ("webhook receiver down", webhook_down),
     ]
