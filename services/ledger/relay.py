@@ -560,6 +560,10 @@ class Relay:
         # wait on the checkpoints stream's own leader election to publish events.
         self._streams_ready = False
         self._retry = SessionRetry()
+        # Each session starts with the next node of a cluster: a node that is frozen or
+        # cut off (it accepts TCP, answers nothing) costs one connect timeout, not one per
+        # session (the client picks a node at random and tries only that one here).
+        self._first_server = 0
 
     # -- lifecycle (called from other threads)
 
@@ -654,8 +658,12 @@ class Relay:
         async def error(exc: Exception) -> None:  # e.g. a node of the cluster is down
             log.warning("relay.nats_error", error=f"{type(exc).__name__}: {exc}")
 
+        servers = nats_servers(settings.nats_url)  # one server, or the nodes of a cluster
+        first = self._first_server % len(servers)
+        self._first_server += 1  # the next session starts on the next node
         nc = await nats.connect(
-            nats_servers(settings.nats_url),  # one server, or the nodes of a cluster
+            servers[first:] + servers[:first],
+            dont_randomize=True,
             allow_reconnect=False,  # a new session (on any node) re-derives its position
             connect_timeout=2,
             name="incident-ledger-relay",
