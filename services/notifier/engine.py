@@ -41,6 +41,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any, TypeVar
 
 import httpx
@@ -174,6 +175,52 @@ class LiveSubscription:
             log.debug("subscription.close_failed", error=str(exc))
 
 
+# A webhook gets the events recorded after it was created, give or take this margin
+# (the clocks of the ledger, which records, and of the notifier, which creates webhooks).
+CREATED_MARGIN_SECONDS = 1.0
+WEBHOOKS_MAX_AGE_SECONDS = 5.0
+
+
+class WebhookCache:
+    """The webhooks, as this replica last read them from the shared store.
+
+    A webhook created on another replica must still get every event recorded after it:
+    so the cache is read again whenever a batch holds an event recorded (within the clock
+    margin) after the cache was read, and at least every few seconds (deletions).
+    Under steady traffic that is one small read per fetched batch; when the stream is
+    quiet, none. (Reading only every 5 s lost the events that the other replica handled
+    in the first seconds of a new webhook.) A store of this process alone (SQLite) sees no
+    other replica's webhooks: there, the replica's own changes (``invalidate``) and the
+    periodic read suffice, and no read per batch competes with deliveries for SQLite's
+    single writer lock.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time, *, shared: bool = True) -> None:
+        self._clock = clock
+        self._shared = shared
+        self.hooks: list[Webhook] = []
+        self._loaded_at: float | None = None  # wall-clock time of the last read
+
+    def invalidate(self) -> None:
+        self._loaded_at = None
+
+    def needs_load(self, newest_recorded: float) -> bool:
+        loaded = self._loaded_at
+        return (
+            loaded is None
+            or self._clock() - loaded > WEBHOOKS_MAX_AGE_SECONDS
+            or (self._shared and newest_recorded + CREATED_MARGIN_SECONDS >= loaded)
+        )
+
+    def now(self) -> float:
+        return self._clock()
+
+    def loaded(self, hooks: list[Webhook], started: float) -> None:
+        """``hooks`` as read from the store by a read that started at ``started``."""
+        self.hooks = hooks
+        self._loaded_at = started
+
+
 class Engine:
     def __init__(
         self,
@@ -191,8 +238,8 @@ class Engine:
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._webhooks: list[Webhook] = []
-        self._webhooks_loaded_at = 0.0
+        # Only a store shared by replicas (PostgreSQL) sees webhooks made elsewhere.
+        self._webhooks = WebhookCache(shared=store.shared)
         self._wake_delivery: asyncio.Event | None = None
         self._connect_lock: asyncio.Lock | None = None
         self._stopping = False
@@ -352,14 +399,15 @@ class Engine:
 
     def webhooks_changed(self) -> None:
         """A webhook was created or deleted (called from a gRPC thread)."""
-        self._webhooks_loaded_at = 0.0
+        self._webhooks.invalidate()
 
-    async def _current_webhooks(self) -> list[Webhook]:
-        if time.monotonic() - self._webhooks_loaded_at > 5.0:  # other replicas may change them
+    async def _current_webhooks(self, newest_recorded: float) -> list[Webhook]:
+        cache = self._webhooks
+        if cache.needs_load(newest_recorded):
+            started = cache.now()  # before the read: a webhook made meanwhile is read next time
             rows = await asyncio.to_thread(self._store.webhooks)
-            self._webhooks = [Webhook(r, EventFilter.from_json(r.filter)) for r in rows]
-            self._webhooks_loaded_at = time.monotonic()
-        return self._webhooks
+            cache.loaded([Webhook(r, EventFilter.from_json(r.filter)) for r in rows], started)
+        return cache.hooks
 
     async def _read_consumer(self) -> None:
         """Read the durable consumer's state: its ack floor (what may be delivered) and its
@@ -414,14 +462,14 @@ class Engine:
                 # TimeoutError or, on some paths, the built-in one (both are TimeoutError).
                 healthy()
                 continue
-            webhooks = await self._current_webhooks()
+            notes = [pb.EventNotification.FromString(msg.data) for msg in msgs]
+            times = [n.event.record_time.ToDatetime(tzinfo=UTC).timestamp() for n in notes]
+            webhooks = await self._current_webhooks(max(times, default=0.0))
             jobs: list[NewJob] = []
-            for msg in msgs:
+            for msg, note, recorded in zip(msgs, notes, times, strict=True):
                 seq = int(msg.metadata.sequence.stream)
-                note = pb.EventNotification.FromString(msg.data)
-                recorded = note.event.record_time.ToDatetime().timestamp()
                 for hook in webhooks:
-                    if hook.row.created_at > recorded + 1.0:
+                    if hook.row.created_at > recorded + CREATED_MARGIN_SECONDS:
                         continue  # recorded before the webhook existed
                     if hook.filter.matches(note, self._reference):
                         jobs.append(

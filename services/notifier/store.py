@@ -212,6 +212,11 @@ class NotifierStore:
             found = cur.fetchone()
         return self._opened(found)
 
+    @property
+    def shared(self) -> bool:
+        """Whether other replicas may use this store too (PostgreSQL; SQLite is one process's)."""
+        return self._db.dialect == "postgres"
+
     def webhooks(
         self, agency: str | None = None, *, after: str = "", limit: int = 1000
     ) -> list[WebhookRow]:
