@@ -132,12 +132,12 @@ deploy-check: $(VENV_STAMP) ## validate deploy/ offline (see README, "Deploying"
 
 # exec: the supervisor replaces the recipe's shell, so Ctrl-C and SIGTERM reach it directly.
 # RUN_ARGS: extra arguments, e.g. make run RUN_ARGS=--services=services.ledger
-run: $(VENV_STAMP) ## run NATS, the ledger and the notifier (python -m services.run)
+run: $(VENV_STAMP) $(LEDGERCTL) ## run NATS, the ledger and the notifier (python -m services.run)
 	$(PYPATH) exec $(PY) -m services.run $(RUN_ARGS)
 
 # DEMO_STACK=LEDGER,NOTIFIER plays against that stack, DEMO_STACK=own starts one on free ports;
 # unset: `make run`'s stack if it is up, else one of its own. DEMO_DAY: the day to play on.
-demo: $(VENV_STAMP) ## play a polling day in Mukomuko (on `make run` if up, else on a stack of its own)
+demo: $(VENV_STAMP) $(LEDGERCTL) ## play a polling day in Mukomuko (on `make run` if up, else on a stack of its own)
 	$(PYPATH) exec $(PY) -m demo.run $(DEMO_ARGS)
 
 bench: $(VENV_STAMP) ## run the benchmarks (python -m bench)

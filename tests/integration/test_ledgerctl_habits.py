@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from incidentledger_client import __version__
 from incidentledger_client.cli import main
+from services.common.config import PROJECT_ROOT
 from tests.ledgerctl_support import Ctl, without_server_log
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -232,3 +234,12 @@ def test_make_venv_puts_ledgerctl_on_the_venvs_path(tmp_path: Path) -> None:
     )
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == f"ledgerctl {__version__}"
+
+
+def test_make_run_and_make_demo_install_ledgerctl_too() -> None:
+    """A newcomer's first command is `make run`; the README's ledgerctl examples follow it."""
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    for target in ("run", "demo"):
+        rule = re.search(rf"^{target}:([^#\n]*)", makefile, re.MULTILINE)
+        assert rule is not None, target
+        assert "$(LEDGERCTL)" in rule.group(1), f"make {target} does not install ledgerctl"
