@@ -239,8 +239,12 @@ class Service:
         return self.proc.pid
 
     def relay_leads(self) -> bool:
-        """Whether this (ledger) replica's current run logged that its relay leads."""
-        return self.running and any(line["event"] == "relay.leader" for line in self.log_lines())
+        """Whether this (ledger) replica's relay leads, by the last change its current run
+        logged (it takes the lock: ``relay.leader``; it loses it: ``relay.leadership_lost``
+        or ``relay.follower``)."""
+        changes = {"relay.leader", "relay.leadership_lost", "relay.follower"}
+        last = [line["event"] for line in self.log_lines() if line["event"] in changes][-1:]
+        return self.running and last == ["relay.leader"]
 
     def stop(self) -> None:
         """SIGTERM (after SIGCONT: a frozen process cannot end); a replica still running

@@ -621,6 +621,8 @@ class Relay:
         held = False
         while not self._stopping.is_set():
             if not await asyncio.to_thread(self._leader.try_acquire):
+                if self.status.leader:  # an operator (and a test) can tell who leads now
+                    log.info("relay.follower", stream=self._settings.stream.name)
                 self.status.leader = False
                 held = held and self._leader.unreachable  # else another relay holds it
                 await self._sleep(

@@ -175,6 +175,8 @@ class LiveSubscription:
             log.debug("subscription.close_failed", error=str(exc))
 
 
+PING_INTERVAL_SECONDS = 2
+MAX_OUTSTANDING_PINGS = 3
 # A webhook gets the events recorded after it was created, give or take this margin
 # (the clocks of the ledger, which records, and of the notifier, which creates webhooks).
 CREATED_MARGIN_SECONDS = 1.0
@@ -340,6 +342,12 @@ class Engine:
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=2,
+            # A node that is frozen or cut off keeps the TCP connection open and answers
+            # nothing: the client's pings find it out (2 s apart, 3 unanswered), then it
+            # reconnects to another node. The library's default (120 s, 2) left a notifier
+            # delivering nothing for minutes.
+            ping_interval=PING_INTERVAL_SECONDS,
+            max_outstanding_pings=MAX_OUTSTANDING_PINGS,
             disconnected_cb=disconnected,
             reconnected_cb=reconnected,
             error_cb=error,

@@ -28,6 +28,7 @@ By default one round of faults (CI). ``make soak`` runs rounds for ``SOAK_SECOND
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections import Counter, defaultdict
@@ -35,6 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+import nats
 import pytest
 import structlog
 
@@ -43,7 +45,7 @@ from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
-from services.common.config import LedgerSettings
+from services.common.config import LedgerSettings, nats_servers
 from services.common.natsserver import NatsCluster
 from services.ledger.application import Ledger
 from services.ledger.projections.service import Projections
@@ -78,6 +80,14 @@ DUPLICATE_WINDOW = 2.0  # the stream's, in seconds: a relay frozen longer outliv
 # (a few seconds), so its leaderships move, and past the notifier's stale-connection
 # detection (3 pings 2 s apart), so its clients move too.
 NATS_FREEZE_SECONDS = 8.0
+PG_OUTAGE_SECONDS = 20.0  # PostgreSQL stopped with -m immediate for this long
+# The bounds the README ("Several replicas, and what happens when parts fail") states, with
+# room for a busy machine: commands succeed again within about a second of PostgreSQL's
+# return (asserted: 5 s); another replica's relay takes over within seconds of its leader's
+# death (the lock goes with the connection, the others try it every 2 s; asserted: webhook
+# deliveries flowing again within 15 s).
+COMMANDS_RESUME_BOUND = 5.0
+RELAY_FAILOVER_BOUND = 15.0
 
 
 def progress(load: CommandLoad, what: str) -> None:
@@ -290,6 +300,20 @@ def test_soak_nothing_is_lost_while_things_break(
         receiver.stop()
 
 
+def stream_last_seq(urls: str) -> int:
+    """The stream's last sequence (each ledger event is one message)."""
+
+    async def read() -> int:
+        client = await nats.connect(nats_servers(urls), connect_timeout=2)
+        try:
+            info = await client.jetstream(timeout=5).stream_info(STREAM)
+            return int(info.state.last_seq)
+        finally:
+            await client.close()
+
+    return asyncio.run(read())
+
+
 def node_pid(cluster: NatsCluster, i: int) -> int:
     pid = cluster.nodes[i].pid
     assert pid is not None, f"NATS node {i} is not running"
@@ -314,6 +338,38 @@ def fault_round(
     def restart_postgres() -> None:
         postgres.restart()
         progress(load, "after PostgreSQL restarted")
+
+    def stop_postgres_immediately() -> None:
+        postgres.stop("immediate")  # no checkpoint, connections cut: a crash
+        # The fault's length, not a wait for a condition: an outage this long.
+        time.sleep(PG_OUTAGE_SECONDS)
+        postgres.start()
+        back = time.monotonic()
+        before = load.count
+        wait_until(lambda: load.count > before, 60, "a command after PostgreSQL returned")
+        resumed = time.monotonic() - back
+        log.info("soak.postgres_returned", commands_resumed_in_seconds=round(resumed, 2))
+        assert resumed < COMMANDS_RESUME_BOUND, f"commands resumed {resumed:.1f} s after"
+        delivering(receiver, "after PostgreSQL returned")
+
+    def kill_relay_leader() -> None:
+        wait_until(lambda: any(x.relay_leads() for x in deployment.ledgers), 60, "a relay leader")
+        leader = next(x for x in deployment.ledgers if x.relay_leads())
+        at_kill = stream_last_seq(cluster.urls)
+        leader.kill()
+        started = time.monotonic()
+        # Events the dead leader never published, published by another replica's relay.
+        wait_until(
+            lambda: stream_last_seq(cluster.urls) >= at_kill + PROGRESS,
+            120,
+            f"{PROGRESS} events on the stream after the relay leader died",
+        )
+        took = round(time.monotonic() - started, 1)
+        log.info("soak.relay_leader_killed", publishing_resumed_in_seconds=took)
+        assert took < RELAY_FAILOVER_BOUND, f"publishing resumed {took} s after the leader died"
+        delivering(receiver, "with the relay leader killed")
+        leader.start()
+        progress(load, "after the killed relay leader's replica came back")
 
     def kill_nats_node() -> None:
         leader = cluster.stream_leader(STREAM)  # the hardest node to lose
@@ -367,6 +423,8 @@ def fault_round(
     return [
         ("kill -9 a ledger replica", kill_ledger),
         ("restart PostgreSQL", restart_postgres),
+        ("stop PostgreSQL (-m immediate) for 20 s", stop_postgres_immediately),
+        ("kill -9 the relay leader", kill_relay_leader),
         ("kill a NATS node", kill_nats_node),
         ("freeze (SIGSTOP) the NATS stream leader", freeze_nats_node),
         ("freeze (SIGSTOP) the relay leader", freeze_relay_leader),
