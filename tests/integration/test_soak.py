@@ -88,6 +88,13 @@ PG_OUTAGE_SECONDS = 20.0  # PostgreSQL stopped with -m immediate for this long
 # deliveries flowing again within 15 s).
 COMMANDS_RESUME_BOUND = 5.0
 RELAY_FAILOVER_BOUND = 15.0
+# Webhook deliveries flowing again: with a NATS node cut off (an election, the relay's next
+# node, the notifiers' pings: about 8 s), after a frozen relay leader thaws (about 1-2 s),
+# and with a notifier killed (its unacknowledged messages hold the ack floor for at most
+# NOTIFIER_ACK_WAIT_SECONDS, 10 s).
+NATS_FREEZE_BOUND = 30.0
+RELAY_THAW_BOUND = 10.0
+NOTIFIER_KILL_BOUND = 20.0
 
 
 def progress(load: CommandLoad, what: str) -> None:
@@ -389,6 +396,9 @@ def fault_round(
             # The fault's length, not a wait for a condition: a partition this long.
             time.sleep(max(0.0, started + NATS_FREEZE_SECONDS - time.monotonic()))
         log.info("soak.nats_node_frozen", node=victim, fan_out_resumed_in_seconds=took)
+        assert took < NATS_FREEZE_BOUND, (
+            f"webhook deliveries resumed {took} s with a NATS node frozen"
+        )
         cluster.wait_healthy(60)
         delivering(receiver, "after the NATS node thawed")
 
@@ -404,12 +414,18 @@ def fault_round(
             time.sleep(2 * DUPLICATE_WINDOW)
         took = delivering(receiver, "after the relay leader thawed")
         log.info("soak.relay_leader_frozen", fan_out_resumed_in_seconds=took)
+        assert took < RELAY_THAW_BOUND, (
+            f"webhook deliveries resumed {took} s after the relay leader thawed"
+        )
         progress(load, "after the relay leader thawed")
 
     def kill_notifier() -> None:
         deployment.notifiers[0].kill()
         took = delivering(receiver, "with a notifier killed: the other delivers")
         log.info("soak.notifier_killed", webhook_resumed_in_seconds=took)
+        assert took < NOTIFIER_KILL_BOUND, (
+            f"webhook deliveries resumed {took} s with a notifier killed"
+        )
         progress(load, "with a notifier killed")
         deployment.notifiers[0].start()
         progress(load, "after the notifier came back")
