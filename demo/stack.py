@@ -34,6 +34,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from incidentledger_client.addresses import listening
+
+__all__ = ["listening"]  # demo.run takes it from here with the rest of the stack's helpers
+
 ROOT = Path(__file__).resolve().parent.parent
 #: ``make run``'s addresses when LEDGER_LISTEN / NOTIFIER_LISTEN are unset (see the README).
 RUN_LEDGER = "127.0.0.1:50051"
@@ -91,16 +95,6 @@ def connect_address(listen: str) -> str:
     elif host in {"[::]", "::"}:
         host = "[::1]"
     return f"{host}:{port}"
-
-
-def listening(address: str) -> bool:
-    """Whether something accepts TCP connections on ``address``."""
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
-            return True
-    except (OSError, ValueError):
-        return False
 
 
 def choose(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -38,6 +39,7 @@ from tests.topology import (
     CommandLoad,
     Deployment,
     FollowingSubscriber,
+    Service,
     stored_events,
     stream_positions,
     wait_until,
@@ -205,9 +207,12 @@ def receiver() -> Iterator[WebhookReceiver]:
         yield hook
 
 
-def test_two_notifiers_share_the_consumer_and_killing_one_loses_nothing(
-    deployment: Deployment, nats_server: NatsServer, receiver: WebhookReceiver, tmp_path: Path
-) -> None:
+@contextmanager
+def one_ledger_two_notifiers(
+    deployment: Deployment, nats_server: NatsServer, tmp_path: Path
+) -> Iterator[tuple[Service, list[Service], list[int]]]:
+    """A ledger and two notifier replicas sharing the consumer and a PostgreSQL store (a
+    schema of the test's own); the notifiers' metrics ports. Stopped on the way out."""
     deployment.nats_url = nats_server.url
     with store_environment("postgres", tmp_path / "notifier") as notifier_store:
         deployment.notifier_env = {
@@ -224,6 +229,17 @@ def test_two_notifiers_share_the_consumer_and_killing_one_loses_nothing(
         ]
         for notifier in notifiers:
             notifier.start()
+        yield ledger, notifiers, metrics_ports
+
+
+def test_two_notifiers_share_the_consumer_and_killing_one_loses_nothing(
+    deployment: Deployment, nats_server: NatsServer, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    with one_ledger_two_notifiers(deployment, nats_server, tmp_path) as (
+        ledger,
+        notifiers,
+        metrics_ports,
+    ):
         with grpc.insecure_channel(notifiers[0].address) as channel:
             napi_grpc.NotifierServiceStub(channel).CreateWebhook(
                 napi.CreateWebhookRequest(
@@ -281,22 +297,11 @@ def test_two_notifiers_deliver_each_incidents_events_in_order(
     incident's later event while the other still held the earlier one, not yet stored
     (in the issue: 5 of 248 incidents). Each incident's versions must arrive strictly
     increasing, none missing, each event as one delivery."""
-    deployment.nats_url = nats_server.url
-    with store_environment("postgres", tmp_path / "notifier") as notifier_store:
-        deployment.notifier_env = {
-            **{k: v for k, v in notifier_store.items() if k.startswith("POSTGRES_")},
-            "NOTIFIER_STORE": "postgres",
-        }
-        deployment.migrate()
-        ledger = deployment.add_ledger()
-        ledger.start()
-        metrics_ports = free_ports(2)
-        notifiers = [
-            deployment.add_notifier(NOTIFIER_METRICS_LISTEN=f"127.0.0.1:{port}")
-            for port in metrics_ports
-        ]
-        for notifier in notifiers:
-            notifier.start()
+    with one_ledger_two_notifiers(deployment, nats_server, tmp_path) as (
+        ledger,
+        notifiers,
+        metrics_ports,
+    ):
         with grpc.insecure_channel(notifiers[0].address) as channel:
             webhook = (
                 napi_grpc.NotifierServiceStub(channel)

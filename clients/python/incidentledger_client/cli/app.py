@@ -8,7 +8,6 @@ Exit codes: 0 ok, 1 other error, 2 usage or configuration error, 3 not found,
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +41,7 @@ from incidentledger_client import (
     Unavailable,
     __version__,
 )
+from incidentledger_client.addresses import listening
 from incidentledger_client.cli import arguments, config, names, output, times
 from incidentledger_client.types import CommandResult, EventFilter, ReferenceData, Webhook
 
@@ -1745,7 +1745,7 @@ def explain(error: LedgerError, st: State) -> Hint | None:
         refused = "Connection refused" in text or "DNS resolution failed" in text
         # gRPC reports only its last address's error (localhost: often ::1 refused while
         # 127.0.0.1 answered): whether anything listens decides between the two stories.
-        if refused and not _listening(address):
+        if refused and not listening(address):
             return Hint(
                 f"cannot reach the {where}: is it running (make run), and is the address "
                 "right? ledgerctl config view shows every setting and its source",
@@ -1783,16 +1783,6 @@ def explain(error: LedgerError, st: State) -> Hint | None:
                 meta,
             )
     return None
-
-
-def _listening(address: str) -> bool:
-    """Whether something accepts TCP connections at host:port (any of its addresses)."""
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
-            return True
-    except (OSError, ValueError):
-        return False
 
 
 def _wants_json(argv: list[str]) -> bool:
