@@ -81,7 +81,13 @@ def test_the_services_close_an_open_data_directory_and_create_private_files(
     data = tmp_path / "data"
     data.mkdir(mode=0o755)
     data.chmod(0o755)  # as an older version, or mkdir with the usual umask, left it
-    env = {"LEDGER_DATA_DIR": str(data), "NATS_URL": nats_server.url}
+    env = {
+        "LEDGER_DATA_DIR": str(data),
+        "NATS_URL": nats_server.url,
+        # Free ports: the defaults (50051, 50052) may be a running `make run`'s.
+        "LEDGER_LISTEN": "127.0.0.1:0",
+        "NOTIFIER_LISTEN": "127.0.0.1:0",
+    }
     with (
         service_process("services.ledger", env) as ledger,
         service_process("services.notifier", env) as notifier,
