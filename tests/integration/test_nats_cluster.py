@@ -150,7 +150,17 @@ def test_a_killed_node_restarts_on_its_ports_with_its_store_and_catches_up(
         client = await nats.connect(nats_cluster.servers, connect_timeout=2)
         try:
             config = StreamConfig(name="CHECK", subjects=["check.>"], num_replicas=3)
-            await client.jetstream(timeout=5).add_stream(config)
+            # A cluster that has just started may still be electing its meta leader: the
+            # request then times out or finds no responder; creating it again is harmless.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    await client.jetstream(timeout=5).add_stream(config)
+                    return
+                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
         finally:
             await client.close()
 
