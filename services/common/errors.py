@@ -1,17 +1,16 @@
-"""The error vocabulary of the project, independent of any transport.
+"""The error vocabulary of the project, independent of any transport or driver.
 
 Each error carries an AIP-193 ``reason`` (UPPER_SNAKE_CASE), the name of the gRPC
 status code it maps to, and metadata for the ErrorInfo. The mapping to gRPC lives
-in :mod:`services.common.grpc_errors`; domain and application code raise these.
+in :mod:`services.common.grpc_errors`, the classification of the store's driver
+failures in :mod:`services.common.store_errors`; domain and application code raise
+these. It imports nothing but the standard library (the domain imports it: see the
+contracts in ``.importlinter``).
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
-
-import psycopg
-from eventsourcing.persistence import InterfaceError, OperationalError
 
 # Bounds (UTF-8 bytes) of what an error carries: it travels in the response's
 # trailing metadata (percent-encoded, and again base64-encoded in the status
@@ -191,33 +190,3 @@ class DataLoss(LedgerError):
 
     code = "DATA_LOSS"
     reason = "DATA_LOSS"
-
-
-class StoreUnreachableError(Exception):
-    """The store did not answer its last connection attempt: the caller fails at once
-    (the event store's library does not retry this one; see services/common/storepool.py)."""
-
-
-#: Failures of the store's connection (a database restart, a network cut): transient.
-STORE_CONNECTION_ERRORS = (
-    StoreUnreachableError,
-    OperationalError,
-    sqlite3.OperationalError,  # raw SQLite (the notifier's store): locked, unopenable
-    InterfaceError,
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-)
-
-
-def as_ledger_error(exc: BaseException) -> LedgerError | None:
-    """The caller-facing error for an infrastructure failure, or None when it is a bug.
-
-    A lost database connection is UNAVAILABLE (retry, with the same request id), not
-    INTERNAL.
-    """
-    if isinstance(exc, STORE_CONNECTION_ERRORS):
-        return Unavailable(
-            "the store is unreachable; retry (a command with the same request id)",
-            reason="STORE_UNAVAILABLE",
-        )
-    return None

@@ -23,12 +23,13 @@ import structlog
 
 from services.common.auth import Principal, TokenStore, authenticate, bearer_token
 from services.common.config import LimitSettings
-from services.common.errors import AuthThrottled, LedgerError, Unauthenticated, as_ledger_error
+from services.common.errors import AuthThrottled, LedgerError, Unauthenticated
 from services.common.grpc_errors import to_grpc_status
 from services.common.limits import Limits
 from services.common.logging import clipped
 from services.common.metrics import Metrics
 from services.common.request_checks import check_request, parsing
+from services.common.store_errors import as_ledger_error
 
 log = structlog.get_logger("request")
 

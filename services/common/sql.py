@@ -21,7 +21,7 @@ import psycopg
 import structlog
 from eventsourcing.utils import strtobool
 
-from services.common.errors import STORE_CONNECTION_ERRORS
+from services.common.store_errors import STORE_CONNECTION_ERRORS
 
 log = structlog.get_logger(__name__)
 

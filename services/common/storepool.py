@@ -37,8 +37,8 @@ from psycopg import Connection
 from psycopg_pool import PoolTimeout
 from psycopg_pool.base import AttemptWithBackoff
 
-from services.common.errors import StoreUnreachableError
 from services.common.sql import StoreTimeouts
+from services.common.store_errors import StoreUnreachableError
 
 SLICE_SECONDS = 0.05  # a caller waiting for a connection looks this often for an outage
 RECONNECT_SECONDS = 0.5  # at most between two reconnection attempts

@@ -65,7 +65,6 @@ from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from incidentledger.v1 import incident_pb2 as pb
 from services.common.config import RelaySettings, StreamSettings, nats_servers
-from services.common.errors import STORE_CONNECTION_ERRORS
 from services.common.natsconn import connect_options
 from services.common.sql import (
     Database,
@@ -74,6 +73,7 @@ from services.common.sql import (
     postgres_connect,
     schema_lock,
 )
+from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.common.storepool import RECONNECT_SECONDS
 from services.ledger.api import convert
 from services.ledger.application import Ledger, StoredIncidentEvent

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from eventsourcing.persistence import OperationalError
 
-from services.common.errors import as_ledger_error
 from services.common.natsserver import free_port
+from services.common.store_errors import as_ledger_error
 from services.ledger.audit import scan
 from services.ledger.audit.encoding import RawDecoder
 from tests.support import store_environment

@@ -10,9 +10,10 @@ import pytest
 
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
-from services.common.errors import Unavailable, as_ledger_error
+from services.common.errors import Unavailable
 from services.common.grpc_errors import error_info
 from services.common.sql import PostgresDatabase
+from services.common.store_errors import as_ledger_error
 from tests.support import Client, rid, running_ledger, settings_for
 from tests.topology import PrivatePostgres, postgres_schema, private_postgres
 

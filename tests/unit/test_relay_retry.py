@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 from nats.errors import NoServersError
 
-from services.common.errors import StoreUnreachableError
+from services.common.store_errors import StoreUnreachableError
 from services.ledger.relay import (
     ELECTION_SECONDS,
     RETRY_MAX_SECONDS,

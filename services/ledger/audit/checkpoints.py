@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from eventsourcing.persistence import ApplicationRecorder
 
-from services.common.errors import STORE_CONNECTION_ERRORS
 from services.common.sql import Database, open_database
+from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.ledger.audit.encoding import (
     CHECKPOINT_FORMAT,
     GENESIS_HASH,

@@ -31,8 +31,8 @@ from uuid import UUID
 from eventsourcing.application import Application
 from eventsourcing.persistence import OperationalError
 
-from services.common.errors import STORE_CONNECTION_ERRORS
 from services.common.sql import Database, open_database
+from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.ledger.audit.encoding import (
     EventDecodeError,
     RawDecoder,

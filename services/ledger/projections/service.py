@@ -11,8 +11,8 @@ from uuid import UUID
 
 import structlog
 
-from services.common.errors import STORE_CONNECTION_ERRORS
 from services.common.sql import DatabaseClosedError, SQLiteDatabase, open_database
+from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.ledger.application import Ledger
 from services.ledger.domain.reference import ReferenceData
 from services.ledger.projections.engine import PositionBusy, ProjectionStore
