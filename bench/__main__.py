@@ -79,7 +79,7 @@ from bench.stores import PG_POOL, STORES, fresh_store, postgres_problem
 from services.common.config import LedgerSettings
 from services.common.logging import configure_logging
 from services.common.natsserver import NatsServer
-from services.ledger.domain.reference import ReferenceData
+from services.common.reference import ReferenceData
 
 
 @dataclass(frozen=True)

@@ -73,9 +73,9 @@ from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.auth import generate_dev_credentials
 from services.common.config import PROJECT_ROOT, RelaySettings, StreamSettings
+from services.common.reference import ReferenceData
 from services.ledger.application import Ledger
 from services.ledger.domain.incident import Incident
-from services.ledger.domain.reference import ReferenceData
 from services.ledger.relay import POSITION_HEADER, Relay
 from services.ledger.server import LedgerServer, build
 

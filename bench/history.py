@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.report import rate, table
 from services.common.config import PROJECT_ROOT, LedgerSettings
+from services.common.reference import ReferenceData, Role
 from services.ledger.application import Ledger
 from services.ledger.audit import (
     Checkpoints,
@@ -50,7 +51,6 @@ from services.ledger.audit import (
     verify_store,
 )
 from services.ledger.domain.incident import Actor, Envelope, Incident, RejectionReason, Status
-from services.ledger.domain.reference import ReferenceData, Role
 from services.ledger.projections import Projections
 from services.ledger.seals import Sealer
 

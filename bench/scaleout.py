@@ -45,9 +45,9 @@ from bench.harness import Result
 from bench.scenarios import ledger_env, ledger_process, prepare_assigned, read_tokens
 from services.common.auth import generate_dev_credentials
 from services.common.config import PROJECT_ROOT
+from services.common.reference import ReferenceData
 from services.ledger.application import Ledger
 from services.ledger.domain.incident import incident_event_classes
-from services.ledger.domain.reference import ReferenceData
 
 CHANNEL_MODE = "per-thread"  # each client its own connection, as separate agency systems
 PREPARED_VERSION = 3  # a prepared incident: reported, verified, assigned

@@ -30,9 +30,9 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from services.common.auth import generate_dev_credentials
 from services.common.config import PROJECT_ROOT, LedgerSettings
+from services.common.reference import ReferenceData
 from services.ledger.application import Ledger
 from services.ledger.domain.incident import Actor, Envelope, Incident
-from services.ledger.domain.reference import ReferenceData
 from services.ledger.server import build
 
 REPORTER = "kesbangpol"  # any responder may report

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from services.ledger.domain.reference import ReferenceData
+from services.common.reference import ReferenceData
 from tests.nats_support import nats_cluster, nats_server  # noqa: F401 - fixtures, used by name
 from tests.support import STORES, Client, reference, running_ledger, settings_for, store_environment
 

@@ -24,7 +24,7 @@ from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from services.common.config import PROJECT_ROOT, LedgerSettings
-from services.ledger.domain.reference import ReferenceData
+from services.common.reference import ReferenceData
 from services.ledger.server import LedgerServer, build
 
 REFERENCE_FILE = PROJECT_ROOT / "config" / "mukomuko-pilkada.yaml"

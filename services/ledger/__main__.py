@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from services.common.config import ConfigError, LedgerSettings
     from services.common.logging import configure_logging
     from services.common.native_log import capture_native_stderr
-    from services.ledger.domain.reference import ReferenceDataError
+    from services.common.reference import ReferenceDataError
     from services.ledger.server import build, migrate
 
     log = structlog.get_logger("services.ledger")

@@ -41,6 +41,7 @@ from services.common.errors import (
     NotFound,
     VersionConflict,
 )
+from services.common.reference import ReferenceData
 from services.common.storepool import bound_store
 from services.ledger.domain.incident import (
     Envelope,
@@ -50,7 +51,6 @@ from services.ledger.domain.incident import (
     event_hash,
     incident_event_classes,
 )
-from services.ledger.domain.reference import ReferenceData
 from services.ledger.domain.requests import RequestRecord, request_key
 from services.ledger.domain.times import TimeBounds
 from services.ledger.seals import SealChecker, Sealer

@@ -28,6 +28,7 @@ from services.common.grpc_server import RequestInterceptor
 from services.common.limits import Limits
 from services.common.metrics import Metrics, shared_reading
 from services.common.pagetoken import PageTokens
+from services.common.reference import ReferenceData
 from services.common.serving import add_health_and_reflection, listen, new_server, set_serving
 from services.common.sql import (
     StoreWatch,
@@ -43,7 +44,6 @@ from services.ledger.api.situation_servicer import SituationServicer
 from services.ledger.application import Ledger, time_bounds_of
 from services.ledger.audit import Checkpoints, load_signing_key
 from services.ledger.domain.incident import Incident
-from services.ledger.domain.reference import ReferenceData
 from services.ledger.projections import Projections
 from services.ledger.read_model import ReadModel
 from services.ledger.relay import Relay, create_position_table

@@ -15,7 +15,7 @@ def main() -> int:
     from services.common.config import ConfigError, NotifierSettings
     from services.common.logging import configure_logging
     from services.common.native_log import capture_native_stderr
-    from services.ledger.domain.reference import ReferenceDataError
+    from services.common.reference import ReferenceDataError
     from services.notifier.server import build
 
     log = structlog.get_logger("services.notifier")

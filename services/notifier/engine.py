@@ -56,7 +56,7 @@ from incidentledger.v1 import incident_pb2 as pb
 from services.common.config import NotifierSettings, nats_servers
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.common.natsconn import connect_options
-from services.ledger.domain.reference import ReferenceData
+from services.common.reference import ReferenceData
 from services.notifier.filters import EventFilter
 from services.notifier.store import Job, LogEntry, NewJob, NotifierStore, WebhookRow
 from services.notifier.targets import TargetPolicy, TargetRefusedError, parse_target, pinned_url

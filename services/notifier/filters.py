@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import notifier_service_pb2 as napi
 from services.common.errors import InvalidArgument
-from services.ledger.domain.incident import incident_event_classes
-from services.ledger.domain.reference import ReferenceData
+from services.common.reference import ReferenceData
+from services.common.vocabulary import EVENT_TYPES
 
-EVENT_TYPES = frozenset(cls.__name__ for cls in incident_event_classes())
 MAX_ITEMS = 100
 
 

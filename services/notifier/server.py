@@ -20,10 +20,10 @@ from services.common.limits import Limits
 from services.common.metrics import Metrics
 from services.common.natsconn import redact_url
 from services.common.pagetoken import PageTokens
+from services.common.reference import ReferenceData
 from services.common.serving import add_health_and_reflection, listen, new_server, set_serving
 from services.common.sql import open_database, schema_lock
 from services.common.stopping import close_step
-from services.ledger.domain.reference import ReferenceData
 from services.notifier.engine import Engine
 from services.notifier.sealing import load_secret_box
 from services.notifier.servicer import NotifierServicer

@@ -26,7 +26,7 @@ from services.common.errors import (
 )
 from services.common.grpc_server import current_principal
 from services.common.pagetoken import PageTokens, page_of
-from services.ledger.domain.reference import ReferenceData, Role
+from services.common.reference import ReferenceData, Role
 from services.notifier.engine import Engine, encode_cursor
 from services.notifier.filters import EventFilter
 from services.notifier.store import DeliveryLog, Job, LogEntry, NotifierStore, WebhookRow

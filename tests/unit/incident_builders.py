@@ -7,8 +7,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
+from services.common.reference import ReferenceData
 from services.ledger.domain.incident import Actor, Envelope, Incident, RejectionReason, Status
-from services.ledger.domain.reference import ReferenceData
 from tests.support import reference
 
 REF: ReferenceData = reference()

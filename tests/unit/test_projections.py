@@ -15,10 +15,10 @@ from uuid import UUID
 
 import pytest
 
+from services.common.reference import ReferenceData, VulnerabilityModel
 from services.ledger.application import CommandResult, Ledger
 from services.ledger.domain import incident as incident_module
 from services.ledger.domain.incident import Actor, Envelope, RejectionReason
-from services.ledger.domain.reference import ReferenceData, VulnerabilityModel
 from services.ledger.projections import BoardFilter, Projections
 from services.ledger.projections.engine import quantile
 from tests.support import reference

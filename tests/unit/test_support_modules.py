@@ -15,7 +15,7 @@ from services.common.auth import Principal, TokenStore, generate_dev_credentials
 from services.common.config import ConfigError
 from services.common.errors import InvalidArgument, Unauthenticated
 from services.common.pagetoken import PageTokens
-from services.ledger.domain.reference import ReferenceData, ReferenceDataError, Role
+from services.common.reference import ReferenceData, ReferenceDataError, Role
 from services.ledger.projections import BoardFilter
 from tests.support import REFERENCE_FILE
 from tests.unit.incident_builders import REF

@@ -14,12 +14,12 @@ from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
 from services.common.errors import InvalidArgument
 from services.common.grpc_server import current_principal
 from services.common.pagetoken import PageTokens, page_of
+from services.common.reference import Role
 from services.ledger.api import convert
 from services.ledger.api.servicer import DEFAULT_PAGE, MAX_PAGE, page_size
 from services.ledger.application import Ledger
 from services.ledger.audit import Checkpoint, Checkpoints, verify_store
 from services.ledger.domain.incident import Incident
-from services.ledger.domain.reference import Role
 
 AUDIT_ROLES = {Role.COORDINATOR, Role.AUDITOR}
 

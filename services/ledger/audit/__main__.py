@@ -15,6 +15,7 @@ import structlog
 
 from services.common.config import AuditSettings, ConfigError, LedgerSettings
 from services.common.logging import configure_logging
+from services.common.reference import ReferenceData, ReferenceDataError
 from services.ledger.application import Ledger
 from services.ledger.audit.checkpoints import (
     CheckpointError,
@@ -30,7 +31,6 @@ from services.ledger.audit.verify import (
     verify_export,
     verify_store,
 )
-from services.ledger.domain.reference import ReferenceData, ReferenceDataError
 
 log = structlog.get_logger("services.ledger.audit")
 

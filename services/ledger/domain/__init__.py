@@ -1,1 +1,1 @@
-"""The incident domain: aggregates, their events and rules, and reference data."""
+"""The incident domain: the aggregate, its events and rules, request records and time bounds."""

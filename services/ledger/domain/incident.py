@@ -23,7 +23,7 @@ from services.common.errors import (
     PermissionDenied,
 )
 from services.common.jsoncodec import canonical_dumps
-from services.ledger.domain.reference import Role
+from services.common.reference import Role
 
 GENESIS_HASH = "0" * 64
 

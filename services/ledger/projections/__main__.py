@@ -13,8 +13,8 @@ import structlog
 
 from services.common.config import ConfigError, LedgerSettings
 from services.common.logging import configure_logging
+from services.common.reference import ReferenceData, ReferenceDataError
 from services.ledger.application import Ledger
-from services.ledger.domain.reference import ReferenceData, ReferenceDataError
 from services.ledger.projections.service import Projections
 
 

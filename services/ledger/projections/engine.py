@@ -24,8 +24,8 @@ from uuid import UUID
 
 from eventsourcing.persistence import Notification
 
+from services.common.reference import ReferenceData, Role
 from services.common.sql import Database
-from services.ledger.domain.reference import ReferenceData, Role
 from services.ledger.projections.facts import Fact, FastDecoder, micros, parse_micros, to_datetime
 from services.ledger.projections.filters import BoardFilter
 from services.ledger.projections.model import (

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument
+from services.common.reference import ReferenceData
 from services.ledger.domain.incident import Status
-from services.ledger.domain.reference import ReferenceData
 
 FILTER_FIELDS = ("status", "severity", "category", "kecamatan", "lead_agency")
 _CLAUSE = re.compile(

@@ -11,10 +11,10 @@ from uuid import UUID
 
 import structlog
 
+from services.common.reference import ReferenceData
 from services.common.sql import DatabaseClosedError, SQLiteDatabase, open_database
 from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.ledger.application import Ledger
-from services.ledger.domain.reference import ReferenceData
 from services.ledger.projections.engine import PositionBusy, ProjectionStore
 from services.ledger.projections.facts import FastDecoder, to_datetime
 from services.ledger.projections.filters import BoardFilter

@@ -1,6 +1,8 @@
 """Reference data: agencies with roles, kecamatan and desa, categories, severities.
 
-Loaded from a YAML file at start; nothing regency-specific is in code.
+Loaded from a YAML file at start; nothing regency-specific is in code. Shared by the
+ledger (its domain checks commands against it) and the notifier (it checks filters and
+who may see what), which must not import each other (see ``.importlinter``).
 """
 
 from __future__ import annotations
