@@ -75,7 +75,7 @@ from services.common.sql import (
 )
 from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.common.storepool import RECONNECT_SECONDS
-from services.ledger.api import convert
+from services.ledger import wire
 from services.ledger.application import Ledger, StoredIncidentEvent
 from services.ledger.domain.incident import Incident, incident_event_classes
 
@@ -147,8 +147,8 @@ class EventEncoder:
             raise TypeError(f"not an incident event: {notification.topic}")
         incident = self._state_after(event)
         message = pb.EventNotification(
-            event=convert.event_to_proto(StoredIncidentEvent(event, notification.id)),
-            incident=convert.incident_to_proto(incident),
+            event=wire.event_to_proto(StoredIncidentEvent(event, notification.id)),
+            incident=wire.incident_to_proto(incident),
         )
         kecamatan = str((event.location or incident.location).get("kecamatan", ""))
         type_name = type(event).__name__
@@ -158,7 +158,7 @@ class EventEncoder:
             headers={
                 "Nats-Msg-Id": str(notification.id),
                 POSITION_HEADER: str(notification.id),
-                "Ledger-Incident": convert.incident_name(incident.id),
+                "Ledger-Incident": wire.incident_name(incident.id),
                 "Ledger-Event-Id": str(event.event_id),
                 "Ledger-Event-Type": type_name,
                 "Ledger-Kecamatan": kecamatan,
@@ -215,7 +215,7 @@ def foreign_reason(
         carried = pb.EventNotification.FromString(data).event
     except DecodeError:
         return "the payload is not an EventNotification"
-    stored = convert.event_to_proto(StoredIncidentEvent(event, position))
+    stored = wire.event_to_proto(StoredIncidentEvent(event, position))
     for name in ("position", "event_id", "incident", "version", "hash"):
         if getattr(carried, name) != getattr(stored, name):
             return f"the payload's event {name} is not the stored event's"

@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.json_format import MessageToDict
 
 from services.common.config import AuditSettings, ConfigError
-from services.ledger.api.convert import event_to_proto
 from services.ledger.application import Ledger, StoredIncidentEvent
 from services.ledger.audit import (
     Checkpoint,
@@ -42,6 +41,7 @@ from services.ledger.domain.incident import (
     event_hash,
     incident_event_classes,
 )
+from services.ledger.wire import event_to_proto
 from tests.support import reference, store_environment
 from tests.unit.incident_builders import env
 

@@ -1,1 +1,1 @@
-"""The gRPC face of the ledger: translation between protobuf and the application."""
+"""The gRPC face of the ledger: the servicers (the protobuf translation is services.ledger.wire)."""

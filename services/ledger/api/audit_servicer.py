@@ -15,7 +15,7 @@ from services.common.errors import InvalidArgument
 from services.common.grpc_server import current_principal
 from services.common.pagetoken import PageTokens, page_of
 from services.common.reference import Role
-from services.ledger.api import convert
+from services.ledger import wire
 from services.ledger.api.servicer import DEFAULT_PAGE, MAX_PAGE, page_size
 from services.ledger.application import Ledger
 from services.ledger.audit import Checkpoint, Checkpoints, verify_store
@@ -112,13 +112,13 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         for field in ("after_position", "until_position"):
             if getattr(request, field) < 0:
                 raise InvalidArgument(field, "positions are not negative")
-        incident = convert.parse_name(request.incident, "incident") if request.incident else None
+        incident = wire.parse_name(request.incident, "incident") if request.incident else None
         if request.agency:
             reference.agency(request.agency, "agency")
         if request.kecamatan and request.kecamatan not in reference.kecamatan:
             raise InvalidArgument("kecamatan", f"unknown kecamatan {request.kecamatan!r}")
-        start = convert.optional_time(request, "start_time")
-        end = convert.optional_time(request, "end_time")
+        start = wire.optional_time(request, "start_time")
+        end = wire.optional_time(request, "end_time")
 
         def keep(event: Incident.Event) -> bool:
             location = event.location or {}
@@ -136,4 +136,4 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         ):
             if not context.is_active():
                 return
-            yield audit.StreamEventsResponse(event=convert.event_to_proto(stored))
+            yield audit.StreamEventsResponse(event=wire.event_to_proto(stored))

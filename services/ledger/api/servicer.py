@@ -12,7 +12,7 @@ from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from services.common.errors import InvalidArgument
 from services.common.grpc_server import current_principal
 from services.common.pagetoken import PageTokens, page_of
-from services.ledger.api import convert
+from services.ledger import wire
 from services.ledger.application import Ledger
 from services.ledger.domain.incident import Actor, Envelope
 from services.ledger.projections import BoardFilter
@@ -45,7 +45,7 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     def _env(self, request: api.ReportIncidentRequest | _Command) -> Envelope:
         principal = current_principal()
         role = self._ledger.reference.agencies[principal.agency].role
-        occurred = convert.optional_time(request, "occur_time")  # type: ignore[arg-type]
+        occurred = wire.optional_time(request, "occur_time")  # type: ignore[arg-type]
         return Envelope(
             actor=Actor(principal.agency, principal.officer, role),
             request_id=request.request_id,
@@ -60,7 +60,7 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     def ReportIncident(
         self, request: api.ReportIncidentRequest, context: grpc.ServicerContext
     ) -> api.ReportIncidentResponse:
-        location = convert.location_from_proto(request, "location")
+        location = wire.location_from_proto(request, "location")
         if location is None:
             raise InvalidArgument("location", "is required")
         result = self._ledger.report(
@@ -71,7 +71,7 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
             severity=request.severity,
             location=location,
         )
-        return api.ReportIncidentResponse(result=convert.result_to_proto(result))
+        return api.ReportIncidentResponse(result=wire.result_to_proto(result))
 
     @override
     def VerifyIncident(
@@ -79,11 +79,11 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.VerifyIncidentResponse:
         result = self._ledger.verify(
             self._env(request),
-            convert.parse_name(request.name),
+            wire.parse_name(request.name),
             request.expected_version,
             request.comment,
         )
-        return api.VerifyIncidentResponse(result=convert.result_to_proto(result))
+        return api.VerifyIncidentResponse(result=wire.result_to_proto(result))
 
     @override
     def RejectIncident(
@@ -91,12 +91,12 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.RejectIncidentResponse:
         result = self._ledger.reject(
             self._env(request),
-            convert.parse_name(request.name),
+            wire.parse_name(request.name),
             request.expected_version,
-            convert.rejection_reason(request.rejection_reason),
+            wire.rejection_reason(request.rejection_reason),
             request.comment,
         )
-        return api.RejectIncidentResponse(result=convert.result_to_proto(result))
+        return api.RejectIncidentResponse(result=wire.result_to_proto(result))
 
     @override
     def MergeIncident(
@@ -104,12 +104,12 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.MergeIncidentResponse:
         result = self._ledger.merge(
             self._env(request),
-            convert.parse_name(request.name),
+            wire.parse_name(request.name),
             request.expected_version,
-            convert.parse_name(request.target, "target"),
+            wire.parse_name(request.target, "target"),
             request.comment,
         )
-        return api.MergeIncidentResponse(result=convert.result_to_proto(result))
+        return api.MergeIncidentResponse(result=wire.result_to_proto(result))
 
     @override
     def AssessSeverity(
@@ -117,12 +117,12 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.AssessSeverityResponse:
         result = self._ledger.assess_severity(
             self._env(request),
-            convert.parse_name(request.name),
+            wire.parse_name(request.name),
             request.expected_version,
             request.severity,
             request.comment,
         )
-        return api.AssessSeverityResponse(result=convert.result_to_proto(result))
+        return api.AssessSeverityResponse(result=wire.result_to_proto(result))
 
     @override
     def AssignLeadAgency(
@@ -130,12 +130,12 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.AssignLeadAgencyResponse:
         result = self._ledger.assign_lead(
             self._env(request),
-            convert.parse_name(request.name),
+            wire.parse_name(request.name),
             request.expected_version,
             request.agency,
             request.comment,
         )
-        return api.AssignLeadAgencyResponse(result=convert.result_to_proto(result))
+        return api.AssignLeadAgencyResponse(result=wire.result_to_proto(result))
 
     @override
     def AddSupportingAgency(
@@ -143,12 +143,12 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.AddSupportingAgencyResponse:
         result = self._ledger.add_supporting_agency(
             self._env(request),
-            convert.parse_name(request.name),
+            wire.parse_name(request.name),
             request.expected_version,
             request.agency,
             request.comment,
         )
-        return api.AddSupportingAgencyResponse(result=convert.result_to_proto(result))
+        return api.AddSupportingAgencyResponse(result=wire.result_to_proto(result))
 
     @override
     def ProposeHandover(
@@ -156,12 +156,12 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.ProposeHandoverResponse:
         result = self._ledger.propose_handover(
             self._env(request),
-            convert.parse_name(request.name),
+            wire.parse_name(request.name),
             request.expected_version,
             request.to_agency,
             request.reason,
         )
-        return api.ProposeHandoverResponse(result=convert.result_to_proto(result))
+        return api.ProposeHandoverResponse(result=wire.result_to_proto(result))
 
     @override
     def AcceptHandover(
@@ -169,11 +169,11 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.AcceptHandoverResponse:
         result = self._ledger.accept_handover(
             self._env(request),
-            convert.parse_name(request.name),
+            wire.parse_name(request.name),
             request.expected_version,
             request.comment,
         )
-        return api.AcceptHandoverResponse(result=convert.result_to_proto(result))
+        return api.AcceptHandoverResponse(result=wire.result_to_proto(result))
 
     @override
     def RecordDecision(
@@ -181,17 +181,17 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.RecordDecisionResponse:
         result = self._ledger.record_decision(
             self._env(request),
-            convert.parse_name(request.name),
+            wire.parse_name(request.name),
             request.expected_version,
             deciding_agencies=list(request.deciding_agencies),
             forum=request.forum,
             summary=request.summary,
             rationale=request.rationale,
-            scope=convert.location_from_proto(request, "scope"),
-            valid_from=convert.required_time(request, "valid_from"),
-            valid_until=convert.required_time(request, "valid_until"),
+            scope=wire.location_from_proto(request, "scope"),
+            valid_from=wire.required_time(request, "valid_from"),
+            valid_until=wire.required_time(request, "valid_until"),
         )
-        return api.RecordDecisionResponse(result=convert.result_to_proto(result))
+        return api.RecordDecisionResponse(result=wire.result_to_proto(result))
 
     @override
     def LogAction(
@@ -199,12 +199,12 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.LogActionResponse:
         result = self._ledger.log_action(
             self._env(request),
-            convert.parse_name(request.name),
+            wire.parse_name(request.name),
             request.expected_version,
             request.action,
-            convert.location_from_proto(request, "location"),
+            wire.location_from_proto(request, "location"),
         )
-        return api.LogActionResponse(result=convert.result_to_proto(result))
+        return api.LogActionResponse(result=wire.result_to_proto(result))
 
     @override
     def EscalateIncident(
@@ -212,11 +212,11 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.EscalateIncidentResponse:
         result = self._ledger.escalate(
             self._env(request),
-            convert.parse_name(request.name),
+            wire.parse_name(request.name),
             request.expected_version,
             request.reason,
         )
-        return api.EscalateIncidentResponse(result=convert.result_to_proto(result))
+        return api.EscalateIncidentResponse(result=wire.result_to_proto(result))
 
     @override
     def ResolveIncident(
@@ -224,11 +224,11 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.ResolveIncidentResponse:
         result = self._ledger.resolve(
             self._env(request),
-            convert.parse_name(request.name),
+            wire.parse_name(request.name),
             request.expected_version,
             request.resolution,
         )
-        return api.ResolveIncidentResponse(result=convert.result_to_proto(result))
+        return api.ResolveIncidentResponse(result=wire.result_to_proto(result))
 
     @override
     def RequestClosure(
@@ -236,11 +236,11 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.RequestClosureResponse:
         result = self._ledger.request_closure(
             self._env(request),
-            convert.parse_name(request.name),
+            wire.parse_name(request.name),
             request.expected_version,
             request.comment,
         )
-        return api.RequestClosureResponse(result=convert.result_to_proto(result))
+        return api.RequestClosureResponse(result=wire.result_to_proto(result))
 
     @override
     def ApproveClosure(
@@ -248,11 +248,11 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.ApproveClosureResponse:
         result = self._ledger.approve_closure(
             self._env(request),
-            convert.parse_name(request.name),
+            wire.parse_name(request.name),
             request.expected_version,
             request.comment,
         )
-        return api.ApproveClosureResponse(result=convert.result_to_proto(result))
+        return api.ApproveClosureResponse(result=wire.result_to_proto(result))
 
     @override
     def ReopenIncident(
@@ -260,11 +260,11 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.ReopenIncidentResponse:
         result = self._ledger.reopen(
             self._env(request),
-            convert.parse_name(request.name),
+            wire.parse_name(request.name),
             request.expected_version,
             request.reason,
         )
-        return api.ReopenIncidentResponse(result=convert.result_to_proto(result))
+        return api.ReopenIncidentResponse(result=wire.result_to_proto(result))
 
     @override
     def RecordCorrection(
@@ -272,15 +272,15 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.RecordCorrectionResponse:
         result = self._ledger.correct(
             self._env(request),
-            convert.parse_name(request.name),
+            wire.parse_name(request.name),
             request.expected_version,
-            event_id=convert.parse_event_id(request.corrected_event_id, "corrected_event_id"),
+            event_id=wire.parse_event_id(request.corrected_event_id, "corrected_event_id"),
             field=request.field,
             old_value=request.old_value,
             new_value=request.new_value,
             reason=request.reason,
         )
-        return api.RecordCorrectionResponse(result=convert.result_to_proto(result))
+        return api.RecordCorrectionResponse(result=wire.result_to_proto(result))
 
     # -------------------------------------------------------------- queries
 
@@ -288,8 +288,8 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     def GetIncident(
         self, request: api.GetIncidentRequest, context: grpc.ServicerContext
     ) -> api.GetIncidentResponse:
-        incident_id = convert.parse_name(request.name)
-        as_of_time = convert.optional_time(request, "as_of_time")
+        incident_id = wire.parse_name(request.name)
+        as_of_time = wire.optional_time(request, "as_of_time")
         if request.as_of_position < 0:
             raise InvalidArgument("as_of_position", "must not be negative")
         if as_of_time is None and not request.as_of_position:
@@ -298,7 +298,7 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
             incident = self._ledger.get_incident_as_of(
                 incident_id, position=request.as_of_position, time=as_of_time
             )
-        return api.GetIncidentResponse(incident=convert.incident_to_proto(incident))
+        return api.GetIncidentResponse(incident=wire.incident_to_proto(incident))
 
     @override
     def GetReferenceData(
@@ -332,7 +332,7 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.ListIncidentsResponse:
         size = page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
         board_filter = BoardFilter.parse(request.filter, self._ledger.reference)
-        as_of = convert.optional_time(request, "as_of_time")
+        as_of = wire.optional_time(request, "as_of_time")
         query = f"incidents?filter={request.filter}&as_of={as_of}"
         with self._read.view(
             min_position=request.min_position, as_of=as_of, timeout=context.time_remaining()
@@ -355,7 +355,7 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
                 for _, incident_id in rows
             ]
         return api.ListIncidentsResponse(
-            incidents=[convert.incident_to_proto(i) for i in incidents],
+            incidents=[wire.incident_to_proto(i) for i in incidents],
             next_page_token=next_token,
         )
 
@@ -363,7 +363,7 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     def ListIncidentEvents(
         self, request: api.ListIncidentEventsRequest, context: grpc.ServicerContext
     ) -> api.ListIncidentEventsResponse:
-        incident_id = convert.parse_name(request.parent, "parent")
+        incident_id = wire.parse_name(request.parent, "parent")
         size = page_size(request.page_size, DEFAULT_EVENTS_PAGE, MAX_EVENTS_PAGE)
         events, next_token = page_of(
             self._tokens,
@@ -377,5 +377,5 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
             0,
         )
         return api.ListIncidentEventsResponse(
-            events=[convert.event_to_proto(e) for e in events], next_page_token=next_token
+            events=[wire.event_to_proto(e) for e in events], next_page_token=next_token
         )

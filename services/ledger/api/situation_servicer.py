@@ -10,7 +10,7 @@ from typing_extensions import override
 from incidentledger.v1 import situation_service_pb2 as sit
 from incidentledger.v1 import situation_service_pb2_grpc as sit_grpc
 from services.common.errors import InvalidArgument
-from services.ledger.api import convert
+from services.ledger import wire
 from services.ledger.projections.model import Percentiles
 from services.ledger.read_model import ReadModel
 
@@ -31,7 +31,7 @@ class SituationServicer(sit_grpc.SituationServiceServicer):
     def GetVulnerabilityMap(
         self, request: sit.GetVulnerabilityMapRequest, context: grpc.ServicerContext
     ) -> sit.GetVulnerabilityMapResponse:
-        at = convert.optional_time(request, "time") or datetime.now(UTC)
+        at = wire.optional_time(request, "time") or datetime.now(UTC)
         with self._read.view(
             min_position=request.min_position, as_of=at, timeout=context.time_remaining()
         ) as view:
@@ -46,13 +46,13 @@ class SituationServicer(sit_grpc.SituationServiceServicer):
                     incident_count=score.incidents,
                     reasons=[
                         sit.ScoreReason(
-                            incident=convert.incident_name(reason.incident_id),
+                            incident=wire.incident_name(reason.incident_id),
                             title=reason.title,
                             severity=reason.severity,
                             category=reason.category,
                             dimension=reason.dimension,
                             status=reason.status,
-                            report_time=convert.timestamp(reason.reported_at),
+                            report_time=wire.timestamp(reason.reported_at),
                             weight=reason.weight,
                         )
                         for reason in score.reasons
@@ -60,7 +60,7 @@ class SituationServicer(sit_grpc.SituationServiceServicer):
                 )
                 for score in scores
             ],
-            time=convert.timestamp(at),
+            time=wire.timestamp(at),
             position=view.position,
         )
 
@@ -68,7 +68,7 @@ class SituationServicer(sit_grpc.SituationServiceServicer):
     def ListDecisionsInForce(
         self, request: sit.ListDecisionsInForceRequest, context: grpc.ServicerContext
     ) -> sit.ListDecisionsInForceResponse:
-        at = convert.optional_time(request, "time") or datetime.now(UTC)
+        at = wire.optional_time(request, "time") or datetime.now(UTC)
         reference = self._read.ledger.reference
         if request.kecamatan and request.kecamatan not in reference.kecamatan:
             raise InvalidArgument("kecamatan", f"unknown kecamatan {request.kecamatan!r}")
@@ -81,7 +81,7 @@ class SituationServicer(sit_grpc.SituationServiceServicer):
         return sit.ListDecisionsInForceResponse(
             decisions=[
                 sit.DecisionInForce(
-                    incident=convert.incident_name(d.incident_id),
+                    incident=wire.incident_name(d.incident_id),
                     event_id=str(d.event_id),
                     summary=d.summary,
                     forum=d.forum,
@@ -89,9 +89,9 @@ class SituationServicer(sit_grpc.SituationServiceServicer):
                     deciding_agencies=list(d.deciding_agencies),
                     kecamatan=d.kecamatan,
                     desa=d.desa,
-                    valid_from=convert.timestamp(d.valid_from),
-                    valid_until=convert.timestamp(d.valid_until),
-                    record_time=convert.timestamp(d.recorded_at),
+                    valid_from=wire.timestamp(d.valid_from),
+                    valid_until=wire.timestamp(d.valid_until),
+                    record_time=wire.timestamp(d.recorded_at),
                     recorded_by=d.recorded_by,
                 )
                 for d in decisions

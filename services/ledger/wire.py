@@ -1,4 +1,9 @@
-"""Translation between protobuf messages and the ledger's Python types."""
+"""Translation between the contract's protobuf messages and the ledger's Python types.
+
+The one wire module: the gRPC adapter (services.ledger.api) parses requests and answers
+with it, and the NATS relay (services.ledger.relay) publishes the same IncidentEvent and
+Incident messages with it, without importing the gRPC adapter (see ``.importlinter``).
+"""
 
 from __future__ import annotations
 
