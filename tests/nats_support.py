@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common.natsserver import NatsCluster, NatsServer
+from services.common.natsserver import NatsServer
+from tests.nats_cluster import NatsCluster
 
 
 @contextmanager

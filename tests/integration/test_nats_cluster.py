@@ -30,7 +30,6 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.config import RelaySettings, StreamSettings
-from services.common.natsserver import NatsCluster
 from tests.fanout_support import (
     ALLOW_LOOPBACK_ENV,
     WEBHOOK_SECRET,
@@ -39,6 +38,7 @@ from tests.fanout_support import (
     wait_until,
     webhook_receiver,
 )
+from tests.nats_cluster import NatsCluster
 from tests.support import (
     Client,
     running_ledger,

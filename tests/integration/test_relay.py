@@ -20,10 +20,11 @@ from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from services.common.config import PROJECT_ROOT, RelaySettings, StreamSettings
-from services.common.natsserver import NatsCluster, NatsServer
+from services.common.natsserver import NatsServer
 from tests.fanout_support import wait_until
 from tests.integration.test_fanout import stream_messages
 from tests.metrics_support import Scrape
+from tests.nats_cluster import NatsCluster
 from tests.support import (
     PG_SETTINGS,
     ServiceProcess,

