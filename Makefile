@@ -93,7 +93,7 @@ proto-check: $(VENV_STAMP) ## fail if gen/ differs from what `make proto` would 
 
 # --- quality -------------------------------------------------------------------------------
 
-lint: venv ## buf lint, ruff check, ruff format --check, mypy (strict)
+lint: venv ## buf lint, ruff check, ruff format --check, mypy (strict), import contracts (.importlinter)
 	@if [[ -n $$(find proto -name '*.proto' -type f -print -quit) ]]; then \
 	  echo "cd proto && buf lint"; (cd proto && $(BUF) lint); \
 	else \
@@ -110,6 +110,7 @@ lint: venv ## buf lint, ruff check, ruff format --check, mypy (strict)
 	else \
 	  echo "lint: no Python files in $(MYPY_DIRS): skipping mypy"; \
 	fi
+	$(PYPATH) $(VENV)/bin/lint-imports --no-cache
 
 fmt: $(VENV_STAMP) ## ruff format + ruff check --fix
 	$(PY) -m ruff format .
