@@ -29,11 +29,12 @@ PROMTOOL := tools/prometheus/usr/bin/promtool
 # Directories type-checked strictly by mypy, when they exist and hold Python files.
 MYPY_DIRS := services clients tests bench demo
 
-.PHONY: help venv proto proto-check lint fmt test check deploy-check run demo bench soak lock clean
+.PHONY: help venv proto proto-check lint fmt test test-unit test-integration test-system check \
+	deploy-check run demo bench soak lock clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [VAR=value ...]"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 16
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 20
 
 # --- environment ---------------------------------------------------------------------------
 
@@ -119,12 +120,26 @@ fmt: $(VENV_STAMP) ## ruff format + ruff check --fix
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-test: venv $(PROMTOOL) ## lint, proto-check, then pytest (fails when no test is collected)
+# The tiers of the test suite (README, "Development"): unit (tests/unit), integration
+# (tests/integration) and system (tests marked `system`: soak, cluster, chaos), each test in
+# exactly one. pytest's exit status 5 (no test collected) fails a tier.
+test: venv $(PROMTOOL) ## lint, proto-check, then every test tier: unit, integration, system
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory proto-check
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-unit
+	$(MAKE) --no-print-directory test-integration
+	$(MAKE) --no-print-directory test-system
 
 check: test ## alias of test
+
+test-unit: $(PROJECT_STAMP) $(PROMTOOL) ## the unit tests (tests/unit; under a minute)
+	$(PY) -m pytest tests/unit -m "not system" $(PYTEST_ARGS)
+
+test-integration: $(PROJECT_STAMP) ## the integration tests (tests/integration, but the system tier)
+	$(PY) -m pytest tests/integration -m "not system" $(PYTEST_ARGS)
+
+test-system: $(PROJECT_STAMP) ## the system tests: soak, NATS cluster, faults, kills, stop trials
+	$(PY) -m pytest tests -m system $(PYTEST_ARGS)
 
 # No Docker needed: YAML, Kubernetes and compose schemas, hadolint, nats-server -t, cross-checks,
 # the health probe and concurrent migrations (PostgreSQL). Part of `make test` as well.
