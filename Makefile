@@ -18,25 +18,27 @@ PYTEST_ARGS ?=
 PY := $(VENV)/bin/python
 BUF := $(CURDIR)/tools/node_modules/.bin/buf
 VENV_STAMP := $(VENV)/.installed-dev
-LEDGERCTL := $(VENV)/bin/ledgerctl
+# The project installed editable on top of the lock: its console scripts (ledgerctl, ...) in
+# .venv/bin, its packages (services, incidentledger from gen/, incidentledger_client from
+# clients/python) importable without PYTHONPATH. See pyproject.toml.
+PROJECT_STAMP := $(VENV)/.installed-project
 BUF_STAMP := tools/node_modules/.installed
 # promtool checks deploy/prometheus in the tests: taken from Debian's prometheus package.
 PROMTOOL_DEB ?= prometheus=2.42.0+ds-5+deb12u1
 PROMTOOL := tools/prometheus/usr/bin/promtool
-# Source on PYTHONPATH ".:gen:clients/python" (the project is not pip-installed).
-PYPATH := PYTHONPATH=$(CURDIR):$(CURDIR)/gen:$(CURDIR)/clients/python
 # Directories type-checked strictly by mypy, when they exist and hold Python files.
 MYPY_DIRS := services clients tests bench demo
 
-.PHONY: help venv proto proto-check lint fmt test check deploy-check run demo bench soak lock clean
+.PHONY: help venv proto proto-check lint fmt test test-unit test-integration test-system check \
+	deploy-check run demo bench soak lock clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [VAR=value ...]"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 16
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 20
 
 # --- environment ---------------------------------------------------------------------------
 
-venv: $(VENV_STAMP) $(BUF_STAMP) $(LEDGERCTL) ## create .venv from requirements/dev.txt, install buf and ledgerctl (stamp-based)
+venv: $(PROJECT_STAMP) $(BUF_STAMP) ## create .venv from requirements/dev.txt, install the project (editable) and buf
 
 # Rebuilt from scratch (--clear) whenever the lock file changes, so the venv is exactly the lock.
 $(VENV_STAMP): requirements/dev.txt
@@ -45,10 +47,13 @@ $(VENV_STAMP): requirements/dev.txt
 	$(PY) -m pip install --quiet -r requirements/dev.txt
 	touch $@
 
-# The ledgerctl command in the venv (on the PATH once it is activated): a link to tools/ledgerctl.
-# Order-only on the stamp: rebuilding the venv (--clear) removes the link, which brings it back.
-$(LEDGERCTL): tools/ledgerctl | $(VENV_STAMP)
-	ln -sf "$(CURDIR)/tools/ledgerctl" $@
+# --no-deps: the lock installed every dependency, pinned; the build backend is the exact
+# setuptools pyproject.toml names. Rebuilding the venv (--clear) removes this stamp with it.
+# setuptools warns that folders named like the packages may take precedence over them: here
+# those folders are the packages (an editable install maps them), so that is as intended.
+$(PROJECT_STAMP): $(VENV_STAMP) pyproject.toml requirements/runtime.in
+	$(PY) -m pip install --quiet --no-deps --editable .
+	touch $@
 
 # Best effort: where apt cannot fetch it, the promtool tests skip (and fail when CI=true).
 $(PROMTOOL):
@@ -110,45 +115,59 @@ lint: venv ## buf lint, ruff check, ruff format --check, mypy (strict), import c
 	else \
 	  echo "lint: no Python files in $(MYPY_DIRS): skipping mypy"; \
 	fi
-	$(PYPATH) $(VENV)/bin/lint-imports --no-cache
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/lint-imports --no-cache
 
 fmt: $(VENV_STAMP) ## ruff format + ruff check --fix
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-test: venv $(PROMTOOL) ## lint, proto-check, then pytest (fails when no test is collected)
+# The tiers of the test suite (README, "Development"): unit (tests/unit), integration
+# (tests/integration) and system (tests marked `system`: soak, cluster, chaos), each test in
+# exactly one. pytest's exit status 5 (no test collected) fails a tier.
+test: venv $(PROMTOOL) ## lint, proto-check, then every test tier: unit, integration, system
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory proto-check
-	$(PYPATH) $(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-unit
+	$(MAKE) --no-print-directory test-integration
+	$(MAKE) --no-print-directory test-system
 
 check: test ## alias of test
 
+test-unit: $(PROJECT_STAMP) $(PROMTOOL) ## the unit tests (tests/unit; under a minute)
+	$(PY) -m pytest tests/unit -m "not system" $(PYTEST_ARGS)
+
+test-integration: $(PROJECT_STAMP) ## the integration tests (tests/integration, but the system tier)
+	$(PY) -m pytest tests/integration -m "not system" $(PYTEST_ARGS)
+
+test-system: $(PROJECT_STAMP) ## the system tests: soak, NATS cluster, faults, kills, stop trials
+	$(PY) -m pytest tests -m system $(PYTEST_ARGS)
+
 # No Docker needed: YAML, Kubernetes and compose schemas, hadolint, nats-server -t, cross-checks,
 # the health probe and concurrent migrations (PostgreSQL). Part of `make test` as well.
-deploy-check: $(VENV_STAMP) ## validate deploy/ offline (see README, "Deploying")
-	$(PYPATH) $(PY) -m pytest tests/unit/test_deploy.py tests/unit/test_healthcheck.py \
+deploy-check: $(PROJECT_STAMP) ## validate deploy/ offline (see README, "Deploying")
+	$(PY) -m pytest tests/unit/test_deploy.py tests/unit/test_healthcheck.py \
 	  tests/integration/test_migrate.py $(PYTEST_ARGS)
 
 # --- running -------------------------------------------------------------------------------
 
 # exec: the supervisor replaces the recipe's shell, so Ctrl-C and SIGTERM reach it directly.
 # RUN_ARGS: extra arguments, e.g. make run RUN_ARGS=--services=services.ledger
-run: $(VENV_STAMP) $(LEDGERCTL) ## run NATS, the ledger and the notifier (python -m services.run)
-	$(PYPATH) exec $(PY) -m services.run $(RUN_ARGS)
+run: $(PROJECT_STAMP) ## run NATS, the ledger and the notifier (python -m services.run)
+	exec $(PY) -m services.run $(RUN_ARGS)
 
 # DEMO_STACK=LEDGER,NOTIFIER plays against that stack, DEMO_STACK=own starts one on free ports;
 # unset: `make run`'s stack if it is up, else one of its own. DEMO_DAY: the day to play on.
-demo: $(VENV_STAMP) $(LEDGERCTL) ## play a polling day in Mukomuko (on `make run` if up, else on a stack of its own)
-	$(PYPATH) exec $(PY) -m demo.run $(DEMO_ARGS)
+demo: $(PROJECT_STAMP) ## play a polling day in Mukomuko (on `make run` if up, else on a stack of its own)
+	exec $(PY) -m demo.run $(DEMO_ARGS)
 
-bench: $(VENV_STAMP) ## run the benchmarks (python -m bench)
-	$(PYPATH) $(PY) -m bench
+bench: $(PROJECT_STAMP) ## run the benchmarks (python -m bench)
+	$(PY) -m bench
 
 # SOAK_SECONDS: how long the faults go round (default 600); SOAK_RATE: commands/s (default 20).
-soak: $(VENV_STAMP) ## the long soak run: faults under steady load for SOAK_SECONDS, then every check
-	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(PYPATH) $(PY) -m pytest tests/integration/test_soak.py \
+soak: $(PROJECT_STAMP) ## the long soak run: faults under steady load for SOAK_SECONDS, then every check
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(PY) -m pytest tests/integration/test_soak.py \
 	  -s --timeout=$$(( $${SOAK_SECONDS:-600} + 1200 ))
 
 clean: ## remove .venv, tools/node_modules, data/ and caches
-	rm -rf $(VENV) $(LOCK_VENV) tools/node_modules data .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LOCK_VENV) tools/node_modules data *.egg-info build .mypy_cache .ruff_cache .pytest_cache .hypothesis
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

@@ -237,9 +237,11 @@ def test_make_venv_puts_ledgerctl_on_the_venvs_path(tmp_path: Path) -> None:
 
 
 def test_make_run_and_make_demo_install_ledgerctl_too() -> None:
-    """A newcomer's first command is `make run`; the README's ledgerctl examples follow it."""
+    """A newcomer's first command is `make run`; the README's ledgerctl examples follow it.
+    ledgerctl is a console script of the project, which `make venv` installs (the stamp)."""
     makefile = (PROJECT_ROOT / "Makefile").read_text()
-    for target in ("run", "demo"):
+    assert re.search(r"^ledgerctl = ", (PROJECT_ROOT / "pyproject.toml").read_text(), re.M)
+    for target in ("venv", "run", "demo"):
         rule = re.search(rf"^{target}:([^#\n]*)", makefile, re.MULTILINE)
         assert rule is not None, target
-        assert "$(LEDGERCTL)" in rule.group(1), f"make {target} does not install ledgerctl"
+        assert "$(PROJECT_STAMP)" in rule.group(1), f"make {target} does not install ledgerctl"

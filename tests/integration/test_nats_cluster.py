@@ -47,7 +47,7 @@ from tests.support import (
     store_environment,
 )
 
-pytestmark = [pytest.mark.nats, pytest.mark.slow]
+pytestmark = [pytest.mark.nats, pytest.mark.slow, pytest.mark.system]
 
 STREAM = StreamSettings().name
 NOTIFIER_CONNECTION = "incident-notifier"  # the client name the notifier connects with

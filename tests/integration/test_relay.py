@@ -306,6 +306,7 @@ def test_an_event_whose_nats_msg_id_a_foreign_message_took_still_reaches_the_str
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_publishing_resumes_soon_after_a_killed_stream_leader_is_replaced(
     tmp_path: Path, nats_cluster: NatsCluster
 ) -> None:

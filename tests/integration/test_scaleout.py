@@ -45,7 +45,7 @@ from tests.topology import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.postgres]
+pytestmark = [pytest.mark.postgres, pytest.mark.system]
 
 COORDINATOR = "desk_pilkada"
 AUDITOR = "inspektorat"

@@ -65,7 +65,7 @@ from tests.topology import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.system]
 
 log = structlog.get_logger("soak")
 

@@ -321,6 +321,7 @@ def delivery_step(ledger: Client, receiver: WebhookReceiver) -> Callable[[str], 
     return step
 
 
+@pytest.mark.system
 def test_sigterm_at_random_moments_ends_every_process_cleanly(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:

@@ -44,7 +44,7 @@ from tests.support import (
 )
 from tests.topology import PrivatePostgres, postgres_schema, private_postgres, wait_until
 
-pytestmark = [pytest.mark.postgres, pytest.mark.faults]
+pytestmark = [pytest.mark.postgres, pytest.mark.faults, pytest.mark.system]
 
 log = structlog.get_logger(__name__)
 

@@ -1,7 +1,8 @@
 """``ledgerctl``: the incident ledger's command-line tool, on the typed client library.
 
-Run it as ``python -m incidentledger_client.cli`` (``PYTHONPATH=.:gen:clients/python`` in the
-repository) or, installed with ``pip install './clients/python[cli]'``, as ``ledgerctl``.
+Run it as ``ledgerctl`` or ``python -m incidentledger_client.cli``: installed in the repository's
+venv by ``make venv`` (the project's console script), or elsewhere with
+``pip install './clients/python[cli]'``.
 """
 
 import sys
