@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -17,20 +16,14 @@ from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.auth import Principal
-from services.common.errors import (
-    AlreadyExists,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Unavailable,
-)
+from services.common.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from services.common.grpc_server import current_principal
 from services.common.pagetoken import PageTokens, page_of
 from services.ledger.domain.reference import ReferenceData, Role
 from services.notifier.engine import Engine, encode_cursor
 from services.notifier.filters import EventFilter
 from services.notifier.store import DeliveryLog, Job, LogEntry, NotifierStore, WebhookRow
-from services.notifier.targets import TargetPolicy
+from services.notifier.webhooks import WebhookRegistry
 
 DEFAULT_PAGE, MAX_PAGE = 50, 500
 DEFAULT_HEARTBEAT = 15
@@ -87,10 +80,10 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         reference: ReferenceData,
         page_tokens: PageTokens,
         deliveries: DeliveryLog,
-        targets: TargetPolicy,
+        webhooks: WebhookRegistry,
     ) -> None:
         self._engine = engine
-        self._targets = targets
+        self._webhooks = webhooks
         self._store = store
         self._deliveries = deliveries
         self._reference = reference
@@ -182,27 +175,9 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
             raise InvalidArgument("request_id", "is required (AIP-155)")
         if len(request.request_id) > 128:
             raise InvalidArgument("request_id", "is longer than 128 characters")
-        url = self._targets.check_registration(request.url).url
-        if not 16 <= len(request.secret) <= 256:
-            raise InvalidArgument("secret", "must be 16 to 256 characters")
-        event_filter = EventFilter.from_proto(request.filter, self._reference, principal.agency)
-        filter_json = event_filter.to_json()
-        fingerprint = hashlib.sha256(f"{url}\n{filter_json}\n{request.secret}".encode()).hexdigest()
-        row = self._store.add_webhook(
-            agency=principal.agency,
-            url=url,
-            secret=request.secret,
-            filter_json=filter_json,
-            request_key=f"{principal.agency}\n{request.request_id}",
-            fingerprint=fingerprint,
+        row = self._webhooks.create(
+            principal, request.request_id, request.url, request.secret, request.filter
         )
-        if row.fingerprint != fingerprint:
-            raise AlreadyExists(
-                f"request_id {request.request_id!r} already created a different webhook",
-                reason="REQUEST_ID_REUSED",
-                metadata={"webhook": f"webhooks/{row.id}"},
-            )
-        self._engine.webhooks_changed()
         return napi.CreateWebhookResponse(webhook=self._webhook_proto(row))
 
     @override
@@ -229,24 +204,8 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
     def DeleteWebhook(
         self, request: napi.DeleteWebhookRequest, context: grpc.ServicerContext
     ) -> napi.DeleteWebhookResponse:
-        principal = current_principal()
-        webhook_id = _name_id(request.name, "webhooks/")
-        row = self._store.webhook(webhook_id)
-        if row is None:
-            raise NotFound(f"{request.name} does not exist", reason="WEBHOOK_NOT_FOUND")
-        self._require_owner(principal, row.agency)
-        self._store.delete_webhook(webhook_id)
-        self._engine.webhooks_changed()
+        self._webhooks.delete(current_principal(), _name_id(request.name, "webhooks/"))
         return napi.DeleteWebhookResponse()
-
-    def _require_owner(self, principal: Principal, agency: str) -> None:
-        role = self._reference.agencies[principal.agency].role
-        if principal.agency != agency and role is not Role.COORDINATOR:
-            raise PermissionDenied(
-                f"this belongs to {agency}",
-                reason="NOT_OWNER",
-                metadata={"owner": agency, "caller_agency": principal.agency},
-            )
 
     # -------------------------------------------------------------- dead letters
 
@@ -294,7 +253,7 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         job = self._store.dead_letter(job_id)
         if job is None:
             raise NotFound(f"{request.name} is not a dead letter", reason="DEAD_LETTER_NOT_FOUND")
-        self._require_owner(principal, job.agency)
+        self._webhooks.require_owner(principal, job.agency)
         # A job replayed already (with a later one of its incident, or by a retry) is
         # left as it is: the answer is the same.
         if self._store.replay(job_id):
