@@ -23,10 +23,17 @@ from services.ledger.domain.reference import ReferenceData, Role
 from services.notifier.engine import Engine, encode_cursor
 from services.notifier.filters import EventFilter
 from services.notifier.store import DeliveryLog, Job, LogEntry, NotifierStore, WebhookRow
-from services.notifier.webhooks import WebhookRegistry
+from services.notifier.webhooks import WebhookChange, WebhookRegistry
 
 DEFAULT_PAGE, MAX_PAGE = 50, 500
 DEFAULT_HEARTBEAT = 15
+# UpdateWebhook's update_mask: the paths that may change, and why the others never do.
+CHANGEABLE = ("url", "filter", "secret")
+UNCHANGEABLE = {
+    "name": "a webhook keeps its name",
+    "agency": "a webhook keeps its owner",
+    "create_time": "it is set by the notifier",
+}
 
 
 def _ts(epoch: float | None) -> Timestamp | None:
@@ -64,6 +71,36 @@ def _dead_letter_cursor(after: object) -> tuple[int, str]:
     ):
         raise InvalidArgument("page_token", "is not a valid page token")
     return after[0], after[1]
+
+
+def _update_paths(request: napi.UpdateWebhookRequest) -> set[str]:
+    """The fields an update changes: those the mask names, or (no mask, AIP-134) those the
+    webhook sets."""
+    if not request.update_mask.paths:
+        webhook = request.webhook
+        given = {
+            "url": bool(webhook.url),
+            "filter": webhook.HasField("filter"),
+            "secret": bool(webhook.secret),
+        }
+        if not any(given.values()):
+            raise InvalidArgument(
+                "update_mask", f"is empty and the webhook sets none of {', '.join(CHANGEABLE)}"
+            )
+        return {path for path, is_set in given.items() if is_set}
+    for n, path in enumerate(request.update_mask.paths):
+        if path in UNCHANGEABLE:
+            raise InvalidArgument(
+                f"update_mask.paths[{n}]",
+                f"{path!r} cannot change: {UNCHANGEABLE[path]}",
+                reason="FIELD_IMMUTABLE",
+            )
+        if path not in CHANGEABLE:
+            raise InvalidArgument(
+                f"update_mask.paths[{n}]",
+                f"unknown path {path!r}: the paths that may change are {', '.join(CHANGEABLE)}",
+            )
+    return set(request.update_mask.paths)
 
 
 def _name_id(name: str, prefix: str, field: str = "name") -> str:
@@ -199,6 +236,21 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         return napi.ListWebhooksResponse(
             webhooks=[self._webhook_proto(r) for r in rows], next_page_token=next_token
         )
+
+    @override
+    def UpdateWebhook(
+        self, request: napi.UpdateWebhookRequest, context: grpc.ServicerContext
+    ) -> napi.UpdateWebhookResponse:
+        webhook = request.webhook
+        webhook_id = _name_id(webhook.name, "webhooks/", "webhook.name")
+        paths = _update_paths(request)
+        change = WebhookChange(
+            url=webhook.url if "url" in paths else None,
+            secret=webhook.secret if "secret" in paths else None,
+            filter=webhook.filter if "filter" in paths else None,
+        )
+        row = self._webhooks.update(current_principal(), webhook_id, change)
+        return napi.UpdateWebhookResponse(webhook=self._webhook_proto(row))
 
     @override
     def DeleteWebhook(

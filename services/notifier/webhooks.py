@@ -1,13 +1,18 @@
-"""Webhook registration: who may create and delete a webhook, and what it may hold.
+"""Webhook registration: who may create, change and delete a webhook, and what it may hold.
 
 - A webhook belongs to the agency that created it. That agency, or the coordinator, may
-  delete it (``NOT_OWNER`` otherwise).
-- Its URL passes the target checks (:mod:`services.notifier.targets`).
+  change or delete it (``NOT_OWNER`` otherwise); its name, owner and creation time never
+  change.
+- Its URL passes the target checks (:mod:`services.notifier.targets`) whenever it is set,
+  at creation as at a change.
 - Its secret is 16-256 characters, stored sealed (:mod:`services.notifier.sealing`) and
   never returned.
+- The filter's ``involving_my_agency`` stands for the owner's agency, whoever sets it.
 
 Every change is told to the delivery engine (``changed``), which reads the webhooks again
-before it takes in the next events.
+before it takes in the next events: a changed filter applies to the events taken in after
+the change. A delivery reads its webhook when it is attempted, so the deliveries not yet
+made go to the new URL, signed with the new secret.
 
 The servicer translates requests into these calls and their results back.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from incidentledger.v1 import notifier_service_pb2 as napi
 from services.common.auth import Principal
@@ -26,6 +32,15 @@ from services.notifier.store import NotifierStore, WebhookRow
 from services.notifier.targets import TargetPolicy
 
 SECRET_LENGTH = (16, 256)
+
+
+@dataclass(frozen=True)
+class WebhookChange:
+    """What an update sets; ``None`` leaves a field as it is."""
+
+    url: str | None = None
+    secret: str | None = None
+    filter: napi.EventFilter | None = None
 
 
 class WebhookRegistry:
@@ -70,6 +85,27 @@ class WebhookRegistry:
             )
         self._changed()
         return row
+
+    def update(self, principal: Principal, webhook_id: str, change: WebhookChange) -> WebhookRow:
+        """The webhook with ``change`` made (the fields named ``webhook.*``, as in the
+        request); refused as a delete would be when it does not exist or is not the
+        caller's to change."""
+        row = self._owned(principal, webhook_id)
+        url = None
+        if change.url is not None:
+            url = self._targets.check_registration(change.url, "webhook.url").url
+        if change.secret is not None:
+            _check_secret(change.secret, "webhook.secret")
+        filter_json = None
+        if change.filter is not None:
+            filter_json = self._filter_json(change.filter, row.agency, "webhook.filter")
+        updated = self._store.update_webhook(
+            webhook_id, url=url, secret=change.secret, filter_json=filter_json
+        )
+        if updated is None:  # deleted meanwhile
+            raise _not_found(webhook_id)
+        self._changed()
+        return updated
 
     def delete(self, principal: Principal, webhook_id: str) -> None:
         """Delete a webhook: its secret is erased and its waiting deliveries cancelled."""
