@@ -1321,62 +1321,93 @@ def webhooks_delete(
 
 @webhooks_app.command(
     "update",
-    epilog="Example: ledgerctl -a bpbd webhooks update webhooks/3f2a --secret S "
+    epilog="Example: ledgerctl -a bpbd webhooks update webhooks/3f2a "
     "--url https://bpbd.example/v2/hook --min-severity high",
 )
 def webhooks_update(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The webhook.", metavar="WEBHOOK")],
-    secret: Annotated[
-        str,
-        typer.Option(
-            help="Shared secret (required: the notifier never returns the old one).",
-            envvar="WEBHOOK_SECRET",
-        ),
-    ],
     url: Annotated[str | None, typer.Option(help="The new endpoint.")] = None,
+    secret: Annotated[
+        str | None,
+        typer.Option(help="A new shared secret (16-256 characters).", envvar="WEBHOOK_SECRET"),
+    ] = None,
     kecamatan: Annotated[
         list[str] | None, typer.Option(help="Only these kecamatan (repeat; replaces).")
     ] = None,
     category: Annotated[
         list[str] | None, typer.Option(help="Only these categories (repeat; replaces).")
     ] = None,
-    min_severity: Annotated[str | None, typer.Option(help="At least this severity.")] = None,
+    min_severity: Annotated[
+        str | None, typer.Option(help="At least this severity ('' for any).")
+    ] = None,
     mine: Annotated[
         bool | None, typer.Option("--mine/--all-incidents", help="Only incidents involving me.")
     ] = None,
 ) -> None:
-    """Change a webhook's endpoint, secret or filter; what is not given stays.
+    """Change a webhook's endpoint, secret or filter in place; what is not given stays.
 
-    The notifier has no update call: the webhook is registered anew with the changes and the
-    old one deleted after it, so it gets a new name (printed) and no event is missed between.
+    The webhook keeps its name; deliveries not yet made go to the new endpoint, signed with
+    the new secret. Filter options change only what they name (the rest of the filter stays).
     """
     st = state(ctx)
     old = _webhook(ctx, name)
-    kept = old.filter
-    new_filter = EventFilter(
-        kecamatan=tuple(codes(ctx, "kecamatan", kecamatan, "--kecamatan"))
-        if kecamatan
-        else kept.kecamatan,
-        categories=tuple(codes(ctx, "category", category, "--category"))
-        if category
-        else kept.categories,
-        min_severity=(
-            code(ctx, "severity", min_severity, "--min-severity")
-            if min_severity
-            else ("" if min_severity == "" else kept.min_severity)
-        ),
-        event_types=kept.event_types,
-        involving_my_agency=kept.involving_my_agency if mine is None else mine,
-        agencies=kept.agencies,
-    )
-    notifier = st.notifier()
-    hook = notifier.create_webhook(url or old.url, secret, filter=new_filter)
-    notifier.delete_webhook(old.name)
+    new_filter = None
+    if kecamatan or category or min_severity is not None or mine is not None:
+        kept = old.filter
+        agencies = kept.agencies
+        if mine is False:  # the owner's agency stands for "involving me" in a stored filter
+            agencies = tuple(a for a in agencies if a != old.agency)
+        new_filter = EventFilter(
+            kecamatan=tuple(codes(ctx, "kecamatan", kecamatan, "--kecamatan"))
+            if kecamatan
+            else kept.kecamatan,
+            categories=tuple(codes(ctx, "category", category, "--category"))
+            if category
+            else kept.categories,
+            min_severity=(
+                kept.min_severity
+                if min_severity is None
+                else code(ctx, "severity", min_severity, "--min-severity")
+                if min_severity
+                else ""
+            ),
+            event_types=kept.event_types,
+            involving_my_agency=bool(mine),
+            agencies=agencies,
+        )
+    if url is None and secret is None and new_filter is None:
+        raise typer.BadParameter(
+            "nothing to change: give --url, --secret or a filter option "
+            "(--kecamatan, --category, --min-severity, --mine/--all-incidents)"
+        )
+    hook = st.notifier().update_webhook(old.name, url=url, secret=secret, filter=new_filter)
     if st.as_json:
-        output.emit_json({"replaced": old.name, "webhook": hook})
+        output.emit_json(hook)
     else:
-        output.console().print(f"updated {old.name} -> {hook.name} ({hook.url})", markup=False)
+        output.console().print(
+            f"updated {hook.name}\n  url:     {hook.url}\n  filter:  {_filter_text(hook.filter)}"
+            f"\n  created: {output.when(hook.create_time, st.settings.tz())}",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def _filter_text(event_filter: EventFilter) -> str:
+    """A webhook's filter in a few words ("everything" when it matches every event)."""
+    parts = [
+        f"{label}: {', '.join(values)}"
+        for label, values in (
+            ("kecamatan", event_filter.kecamatan),
+            ("categories", event_filter.categories),
+            ("event types", event_filter.event_types),
+            ("agencies", event_filter.agencies),
+        )
+        if values
+    ]
+    if event_filter.min_severity:
+        parts.insert(0, f"severity >= {event_filter.min_severity}")
+    return "; ".join(parts) or "everything"
 
 
 @webhooks_app.command(
