@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -43,7 +43,14 @@ from incidentledger_client import (
 )
 from incidentledger_client.addresses import listening
 from incidentledger_client.cli import arguments, config, names, output, times
-from incidentledger_client.types import CommandResult, EventFilter, ReferenceData, Webhook
+from incidentledger_client.types import (
+    CommandResult,
+    EventFilter,
+    ReferenceData,
+    VerifyProgress,
+    VerifyReport,
+    Webhook,
+)
 
 EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_PERMISSION, EXIT_SERVER = (
     0,
@@ -1480,6 +1487,12 @@ class Meter:
         self.items += 1
         self._update(completed=done)
 
+    def measured(self, done: int, total: int, items: int) -> None:
+        """As the server measures it: ``done`` of ``total`` (which grows to ``done`` if it
+        passes it), ``items`` done so far (the rate)."""
+        self.items = items
+        self._update(completed=done, total=max(total, done))
+
     def finish(self, total: int) -> None:
         """All done: the bar shows total/total."""
         self._update(total=total, completed=total)
@@ -1504,6 +1517,21 @@ def _progress(st: State, what: str, total: int | None, unit: str = "") -> Iterat
         yield Meter(progress, progress.add_task(what, total=total, rate=""))
 
 
+def follow_verification(
+    items: Iterable[VerifyProgress | VerifyReport], meter: Meter
+) -> VerifyReport:
+    """The verification's report, its progress shown on ``meter`` as it comes (positions
+    against the ledger's size when it started; events checked make the rate)."""
+    end = 0
+    for item in items:
+        if isinstance(item, VerifyReport):
+            meter.finish(end)
+            return item
+        end = max(end, item.ledger_position, item.position)
+        meter.measured(item.position, item.ledger_position, item.events_checked)
+    raise Unavailable("UNAVAILABLE", "", "the verification ended without its result")
+
+
 @audit_app.command("verify", epilog="Example: ledgerctl -a inspektorat audit verify")
 def audit_verify(ctx: typer.Context) -> None:
     """Recompute every hash chain and check the checkpoints (coordinator, auditors).
@@ -1511,13 +1539,8 @@ def audit_verify(ctx: typer.Context) -> None:
     Exit code 6 (server) is not used for a broken chain: a verify that finds divergence exits 1.
     """
     st = state(ctx)
-    ledger = st.ledger()
-    # One call does the work on the server: the bar shows what it is measured against (the
-    # ledger's size, not "?") and fills when the answer comes.
-    size = ledger.projection_status().ledger_position
-    with _progress(st, "verifying", size or None, "positions") as meter:
-        report_ = ledger.verify_ledger()
-        meter.finish(max(size, report_.events))
+    with _progress(st, "verifying", None, "positions") as meter:
+        report_ = follow_verification(st.ledger().stream_verify_ledger(), meter)
     if st.as_json:
         output.emit_json(report_)
     else:
