@@ -183,6 +183,15 @@ CREATED_MARGIN_SECONDS = 1.0
 WEBHOOKS_MAX_AGE_SECONDS = 5.0
 
 
+@dataclass(frozen=True)
+class ReadStart:
+    """When a read of the webhooks started (wall clock), and after how many of this
+    replica's changes."""
+
+    at: float
+    changes: int
+
+
 class WebhookCache:
     """The webhooks, as this replica last read them from the shared store.
 
@@ -194,7 +203,8 @@ class WebhookCache:
     in the first seconds of a new webhook.) A store of this process alone (SQLite) sees no
     other replica's webhooks: there, the replica's own changes (``invalidate``) and the
     periodic read suffice, and no read per batch competes with deliveries for SQLite's
-    single writer lock.
+    single writer lock. A read during which this replica made a change may have missed
+    it: the next batch reads again.
     """
 
     def __init__(self, clock: Callable[[], float] = time.time, *, shared: bool = True) -> None:
@@ -202,8 +212,11 @@ class WebhookCache:
         self._shared = shared
         self.hooks: list[Webhook] = []
         self._loaded_at: float | None = None  # wall-clock time of the last read
+        self._changes = 0  # this replica's changes so far (created, changed, deleted)
 
     def invalidate(self) -> None:
+        """This replica changed a webhook (called from a gRPC thread)."""
+        self._changes += 1
         self._loaded_at = None
 
     def needs_load(self, newest_recorded: float) -> bool:
@@ -214,13 +227,14 @@ class WebhookCache:
             or (self._shared and newest_recorded + CREATED_MARGIN_SECONDS >= loaded)
         )
 
-    def now(self) -> float:
-        return self._clock()
+    def read_started(self) -> ReadStart:
+        """Taken just before a read of the store (see :meth:`loaded`)."""
+        return ReadStart(self._clock(), self._changes)
 
-    def loaded(self, hooks: list[Webhook], started: float) -> None:
+    def loaded(self, hooks: list[Webhook], started: ReadStart) -> None:
         """``hooks`` as read from the store by a read that started at ``started``."""
         self.hooks = hooks
-        self._loaded_at = started
+        self._loaded_at = started.at if started.changes == self._changes else None
 
 
 class Engine:
@@ -406,13 +420,14 @@ class Engine:
     # --------------------------------------------------------------- webhooks
 
     def webhooks_changed(self) -> None:
-        """A webhook was created or deleted (called from a gRPC thread)."""
+        """A webhook was created, changed or deleted (called from a gRPC thread): the
+        webhooks are read again before the next events are taken in."""
         self._webhooks.invalidate()
 
     async def _current_webhooks(self, newest_recorded: float) -> list[Webhook]:
         cache = self._webhooks
         if cache.needs_load(newest_recorded):
-            started = cache.now()  # before the read: a webhook made meanwhile is read next time
+            started = cache.read_started()  # a webhook changed meanwhile is read next time
             rows = await asyncio.to_thread(self._store.webhooks)
             cache.loaded([Webhook(r, EventFilter.from_json(r.filter)) for r in rows], started)
         return cache.hooks

@@ -34,16 +34,23 @@ class EventFilter:
 
     @classmethod
     def from_proto(
-        cls, message: napi.EventFilter, reference: ReferenceData, caller_agency: str
+        cls,
+        message: napi.EventFilter,
+        reference: ReferenceData,
+        caller_agency: str,
+        path: str = "filter",
     ) -> EventFilter:
+        """The filter a request gives (at ``path`` in it, for the errors); ``caller_agency``
+        is the agency that ``involving_my_agency`` stands for."""
+
         def codes(field: str, values: Iterable[str], known: Iterable[str]) -> frozenset[str]:
             items = list(values)
             if len(items) > MAX_ITEMS:
-                raise InvalidArgument(f"filter.{field}", f"lists more than {MAX_ITEMS} values")
+                raise InvalidArgument(f"{path}.{field}", f"lists more than {MAX_ITEMS} values")
             allowed = set(known)
             for n, value in enumerate(items):
                 if value not in allowed:
-                    raise InvalidArgument(f"filter.{field}[{n}]", f"unknown value {value!r}")
+                    raise InvalidArgument(f"{path}.{field}[{n}]", f"unknown value {value!r}")
             return frozenset(items)
 
         rank = 0
@@ -51,7 +58,7 @@ class EventFilter:
             severity = reference.severities.get(message.min_severity)
             if severity is None:
                 raise InvalidArgument(
-                    "filter.min_severity", f"unknown severity {message.min_severity!r}"
+                    f"{path}.min_severity", f"unknown severity {message.min_severity!r}"
                 )
             rank = severity.rank
         agencies = set(codes("agencies", message.agencies, reference.agencies))

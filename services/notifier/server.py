@@ -29,6 +29,7 @@ from services.notifier.sealing import load_secret_box
 from services.notifier.servicer import NotifierServicer
 from services.notifier.store import DeliveryLog, NotifierStore
 from services.notifier.targets import TargetPolicy
+from services.notifier.webhooks import WebhookRegistry
 
 log = structlog.get_logger(__name__)
 
@@ -108,7 +109,12 @@ def build(settings: NotifierSettings) -> NotifierServer:
             reference,
             PageTokens(secret),
             deliveries,
-            TargetPolicy(settings.webhooks.allow_networks),
+            WebhookRegistry(
+                store,
+                reference,
+                TargetPolicy(settings.webhooks.allow_networks),
+                changed=engine.webhooks_changed,
+            ),
         ),
         server,
     )

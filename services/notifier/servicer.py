@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -17,23 +16,24 @@ from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.auth import Principal
-from services.common.errors import (
-    AlreadyExists,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Unavailable,
-)
+from services.common.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from services.common.grpc_server import current_principal
 from services.common.pagetoken import PageTokens, page_of
 from services.common.reference import ReferenceData, Role
 from services.notifier.engine import Engine, encode_cursor
 from services.notifier.filters import EventFilter
 from services.notifier.store import DeliveryLog, Job, LogEntry, NotifierStore, WebhookRow
-from services.notifier.targets import TargetPolicy
+from services.notifier.webhooks import WebhookChange, WebhookRegistry
 
 DEFAULT_PAGE, MAX_PAGE = 50, 500
 DEFAULT_HEARTBEAT = 15
+# UpdateWebhook's update_mask: the paths that may change, and why the others never do.
+CHANGEABLE = ("url", "filter", "secret")
+UNCHANGEABLE = {
+    "name": "a webhook keeps its name",
+    "agency": "a webhook keeps its owner",
+    "create_time": "it is set by the notifier",
+}
 
 
 def _ts(epoch: float | None) -> Timestamp | None:
@@ -73,6 +73,36 @@ def _dead_letter_cursor(after: object) -> tuple[int, str]:
     return after[0], after[1]
 
 
+def _update_paths(request: napi.UpdateWebhookRequest) -> set[str]:
+    """The fields an update changes: those the mask names, or (no mask, AIP-134) those the
+    webhook sets."""
+    if not request.update_mask.paths:
+        webhook = request.webhook
+        given = {
+            "url": bool(webhook.url),
+            "filter": webhook.HasField("filter"),
+            "secret": bool(webhook.secret),
+        }
+        if not any(given.values()):
+            raise InvalidArgument(
+                "update_mask", f"is empty and the webhook sets none of {', '.join(CHANGEABLE)}"
+            )
+        return {path for path, is_set in given.items() if is_set}
+    for n, path in enumerate(request.update_mask.paths):
+        if path in UNCHANGEABLE:
+            raise InvalidArgument(
+                f"update_mask.paths[{n}]",
+                f"{path!r} cannot change: {UNCHANGEABLE[path]}",
+                reason="FIELD_IMMUTABLE",
+            )
+        if path not in CHANGEABLE:
+            raise InvalidArgument(
+                f"update_mask.paths[{n}]",
+                f"unknown path {path!r}: the paths that may change are {', '.join(CHANGEABLE)}",
+            )
+    return set(request.update_mask.paths)
+
+
 def _name_id(name: str, prefix: str, field: str = "name") -> str:
     if not name.startswith(prefix) or len(name) <= len(prefix) or "/" in name[len(prefix) :]:
         raise InvalidArgument(field, f"must look like '{prefix}{{id}}'")
@@ -87,10 +117,10 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         reference: ReferenceData,
         page_tokens: PageTokens,
         deliveries: DeliveryLog,
-        targets: TargetPolicy,
+        webhooks: WebhookRegistry,
     ) -> None:
         self._engine = engine
-        self._targets = targets
+        self._webhooks = webhooks
         self._store = store
         self._deliveries = deliveries
         self._reference = reference
@@ -182,27 +212,9 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
             raise InvalidArgument("request_id", "is required (AIP-155)")
         if len(request.request_id) > 128:
             raise InvalidArgument("request_id", "is longer than 128 characters")
-        url = self._targets.check_registration(request.url).url
-        if not 16 <= len(request.secret) <= 256:
-            raise InvalidArgument("secret", "must be 16 to 256 characters")
-        event_filter = EventFilter.from_proto(request.filter, self._reference, principal.agency)
-        filter_json = event_filter.to_json()
-        fingerprint = hashlib.sha256(f"{url}\n{filter_json}\n{request.secret}".encode()).hexdigest()
-        row = self._store.add_webhook(
-            agency=principal.agency,
-            url=url,
-            secret=request.secret,
-            filter_json=filter_json,
-            request_key=f"{principal.agency}\n{request.request_id}",
-            fingerprint=fingerprint,
+        row = self._webhooks.create(
+            principal, request.request_id, request.url, request.secret, request.filter
         )
-        if row.fingerprint != fingerprint:
-            raise AlreadyExists(
-                f"request_id {request.request_id!r} already created a different webhook",
-                reason="REQUEST_ID_REUSED",
-                metadata={"webhook": f"webhooks/{row.id}"},
-            )
-        self._engine.webhooks_changed()
         return napi.CreateWebhookResponse(webhook=self._webhook_proto(row))
 
     @override
@@ -226,27 +238,26 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         )
 
     @override
+    def UpdateWebhook(
+        self, request: napi.UpdateWebhookRequest, context: grpc.ServicerContext
+    ) -> napi.UpdateWebhookResponse:
+        webhook = request.webhook
+        webhook_id = _name_id(webhook.name, "webhooks/", "webhook.name")
+        paths = _update_paths(request)
+        change = WebhookChange(
+            url=webhook.url if "url" in paths else None,
+            secret=webhook.secret if "secret" in paths else None,
+            filter=webhook.filter if "filter" in paths else None,
+        )
+        row = self._webhooks.update(current_principal(), webhook_id, change)
+        return napi.UpdateWebhookResponse(webhook=self._webhook_proto(row))
+
+    @override
     def DeleteWebhook(
         self, request: napi.DeleteWebhookRequest, context: grpc.ServicerContext
     ) -> napi.DeleteWebhookResponse:
-        principal = current_principal()
-        webhook_id = _name_id(request.name, "webhooks/")
-        row = self._store.webhook(webhook_id)
-        if row is None:
-            raise NotFound(f"{request.name} does not exist", reason="WEBHOOK_NOT_FOUND")
-        self._require_owner(principal, row.agency)
-        self._store.delete_webhook(webhook_id)
-        self._engine.webhooks_changed()
+        self._webhooks.delete(current_principal(), _name_id(request.name, "webhooks/"))
         return napi.DeleteWebhookResponse()
-
-    def _require_owner(self, principal: Principal, agency: str) -> None:
-        role = self._reference.agencies[principal.agency].role
-        if principal.agency != agency and role is not Role.COORDINATOR:
-            raise PermissionDenied(
-                f"this belongs to {agency}",
-                reason="NOT_OWNER",
-                metadata={"owner": agency, "caller_agency": principal.agency},
-            )
 
     # -------------------------------------------------------------- dead letters
 
@@ -294,7 +305,7 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         job = self._store.dead_letter(job_id)
         if job is None:
             raise NotFound(f"{request.name} is not a dead letter", reason="DEAD_LETTER_NOT_FOUND")
-        self._require_owner(principal, job.agency)
+        self._webhooks.require_owner(principal, job.agency)
         # A job replayed already (with a later one of its incident, or by a retry) is
         # left as it is: the answer is the same.
         if self._store.replay(job_id):

@@ -246,6 +246,44 @@ class NotifierStore:
             found = cur.fetchone()
         return self._opened(found) if found else None
 
+    def update_webhook(
+        self,
+        webhook_id: str,
+        *,
+        url: str | None = None,
+        secret: str | None = None,
+        filter_json: str | None = None,
+    ) -> WebhookRow | None:
+        """Change a webhook's URL, secret (sealed, as at creation) or filter; ``None`` leaves
+        one as it is. Its id, agency and creation time stay, and so do its request key and
+        fingerprint: a retried creation still finds it (changed since). ``None`` when the
+        webhook does not exist (or was deleted meanwhile)."""
+        changes: dict[str, str] = {}
+        if url is not None:
+            changes["url"] = url
+        if secret is not None:
+            changes["secret"] = self._box.seal(secret, webhook_id)
+        if filter_json is not None:
+            changes["filter"] = filter_json
+        with self._db.transaction() as cur:
+            if changes:
+                assignments = ", ".join(f"{column} = ?" for column in changes)
+                cur.execute(
+                    self._db.q(
+                        f"UPDATE webhooks SET {assignments} WHERE id = ? AND deleted = 0"  # noqa: S608 - fixed column names
+                    ),
+                    (*changes.values(), webhook_id),
+                )
+            cur.execute(
+                self._db.q(
+                    "SELECT id, agency, url, secret, filter, created_at, fingerprint"
+                    " FROM webhooks WHERE id = ? AND deleted = 0"
+                ),
+                (webhook_id,),
+            )
+            found = cur.fetchone()
+        return self._opened(found) if found else None
+
     def delete_webhook(self, webhook_id: str) -> None:
         """Delete a webhook: its secret is erased, its waiting jobs are cancelled."""
         with self._db.transaction() as cur:

@@ -88,17 +88,17 @@ class TargetPolicy:
             return True
         return address.is_global and not address.is_multicast
 
-    def check_registration(self, url: str) -> Target:
-        """The target of a new webhook, or ``InvalidArgument`` (field ``url``).
+    def check_registration(self, url: str, field: str = "url") -> Target:
+        """The target of a new webhook, or ``InvalidArgument`` (naming ``field``).
 
         A name is resolved now too: one that resolves to a refused address is refused.
         A name that does not resolve yet is accepted: each delivery checks it again.
         """
         if not url:
-            raise InvalidArgument("url", "is required")
+            raise InvalidArgument(field, "is required")
         if len(url) > MAX_URL:
             raise InvalidArgument(
-                "url", f"is longer than {MAX_URL} characters", reason="FIELD_TOO_LONG"
+                field, f"is longer than {MAX_URL} characters", reason="FIELD_TOO_LONG"
             )
         try:
             target = parse_target(url)
@@ -108,7 +108,7 @@ class TargetPolicy:
                 for address in _resolve_now(target):
                     self._check(address)
         except TargetRefusedError as refused:
-            raise InvalidArgument("url", str(refused)) from None
+            raise InvalidArgument(field, str(refused)) from None
         return target
 
     async def resolve(self, target: Target) -> IPAddress:

@@ -32,6 +32,7 @@ from incidentledger_client import (
     RetryPolicy,
     Unauthenticated,
     Unavailable,
+    VerifyProgress,
     VersionConflict,
 )
 from tests.support import Client
@@ -214,6 +215,13 @@ def test_the_whole_lifecycle_and_every_query_through_the_client(client_for: Fact
     assert report.ok and report.divergence is None
     assert (report.events, report.incidents) == (21, 4)
     assert report.checkpoints_checked >= 1
+    *progress, last = auditor.stream_verify_ledger()
+    assert last == report, "the stream ends with the same result"
+    so_far = [p for p in progress if isinstance(p, VerifyProgress)]
+    assert so_far and len(so_far) == len(progress), "progress, then the result"
+    assert so_far[0].position == 0 and so_far[0].ledger_position >= first.position
+    with pytest.raises(PermissionDenied):
+        next(client_for("polres").stream_verify_ledger())
     listed_checkpoints = list(auditor.checkpoints(page_size=1))
     assert [c.position for c in listed_checkpoints][-1] == second.position
     assert first.position in [c.position for c in listed_checkpoints]

@@ -188,6 +188,37 @@ def test_webhooks_dead_letters_replay_and_the_delivery_log(stack: Stack) -> None
             notifier.replay_dead_letter("deadLetters/nothing")
 
 
+def test_update_webhook_changes_it_in_place(stack: Stack) -> None:
+    ledger, notifier = clients(stack, "dinkes")
+    _, other = clients(stack, "kpu")
+    with ledger, notifier, other, webhook_receiver() as first, webhook_receiver() as second:
+        hook = notifier.create_webhook(first.url, WEBHOOK_SECRET, categories=["flood"])
+        moved = notifier.update_webhook(hook.name, url=second.url)
+        assert (moved.name, moved.url, moved.filter) == (hook.name, second.url, hook.filter)
+        assert moved.create_time == hook.create_time
+        refiltered = notifier.update_webhook(
+            hook.name, filter=EventFilter(kecamatan=("ipuh",), min_severity="high")
+        )
+        assert refiltered.url == second.url
+        assert (refiltered.filter.kecamatan, refiltered.filter.categories) == (("ipuh",), ())
+        assert list(notifier.webhooks()) == [refiltered]
+        flood = ledger.report("Flood", "flood", "ipuh", severity="critical")
+        wait_until(lambda: len(second.verified()) == 1, what="a delivery to the new URL")
+        assert second.verified()[0].json["event"]["event_id"] == flood.event_id
+        assert first.received == []
+
+        with pytest.raises(TypeError):
+            notifier.update_webhook(hook.name)
+        with pytest.raises(InvalidArgument) as bad:
+            notifier.update_webhook(hook.name, secret="short")
+        assert bad.value.domain == "notifier.incidentledger"
+        with pytest.raises(PermissionDenied):
+            other.update_webhook(hook.name, url=first.url)
+        notifier.delete_webhook(hook.name)
+        with pytest.raises(NotFound):
+            notifier.update_webhook(hook.name, url=first.url)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -43,6 +43,7 @@ class LiveCtl:
     def __init__(self, stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
         self.stack = stack
         self.capsys = capsys
+        self.err = ""  # the last command's stderr
 
     def run(self, agency: str, *args: str) -> tuple[int, str]:
         self.capsys.readouterr()
@@ -59,7 +60,9 @@ class LiveCtl:
                 *args,
             ]
         )
-        return code, without_server_log(self.capsys.readouterr().out)
+        captured = self.capsys.readouterr()
+        self.err = captured.err
+        return code, without_server_log(captured.out)
 
     def json(self, agency: str, *args: str) -> Any:
         code, out = self.run(agency, "--json", *args)
@@ -179,16 +182,29 @@ def test_webhooks_update_delete_deliveries_and_an_empty_replay(
             hook["name"],
             "--url",
             second.url,
-            "--secret",
-            WEBHOOK_SECRET,
             "--min-severity",
             "HIGH",
         )
-        assert updated["replaced"] == hook["name"]
+        assert (updated["name"], updated["url"]) == (hook["name"], second.url), "same name"
+        assert updated["filter"]["min_severity"] == "high"
         listed = ctl.json("dinkes", "webhooks", "list")
-        assert [(w["url"], w["filter"]["min_severity"]) for w in listed] == [(second.url, "high")]
+        assert [(w["name"], w["url"], w["filter"]["min_severity"]) for w in listed] == [
+            (hook["name"], second.url, "high")
+        ]
         stack.ledger.report("dinkes", category="flood", severity="critical")
         wait_until(lambda: len(second.verified()) == 1, what="a delivery to the updated hook")
+        assert len(first.verified()) == 1, "nothing more to the old URL"
+        # Only what is given changes: a new category keeps the severity; the text says so.
+        code, out = ctl.run("dinkes", "webhooks", "update", hook["name"], "--category", "flood")
+        assert code == 0, out
+        assert f"updated {hook['name']}" in out
+        assert second.url in out and "severity >= high; categories: flood" in out
+        code, _ = ctl.run("dinkes", "webhooks", "update", hook["name"])
+        assert code == 2 and "nothing to change" in ctl.err
+        code, _ = ctl.run("dinkes", "webhooks", "update", hook["name"], "--secret", "short")
+        assert code == 2 and "webhook.secret" in ctl.err
+        code, _ = ctl.run("kpu", "webhooks", "update", hook["name"], "--url", first.url)
+        assert code == 2 and "your agency has no webhook" in ctl.err
         code, out = ctl.run("dinkes", "webhooks", "delete", listed[0]["name"])
         assert code == 0 and "deleted" in out
         assert ctl.json("dinkes", "webhooks", "list") == []

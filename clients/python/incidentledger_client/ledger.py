@@ -42,6 +42,7 @@ from incidentledger_client.types import (
     RejectionReason,
     ResponseTimeGrouping,
     ResponseTimes,
+    VerifyProgress,
     VerifyReport,
     VulnerabilityMap,
     to_timestamp,
@@ -786,6 +787,34 @@ class LedgerClient:
         """
         response = self._transport.unary(self._audit.VerifyLedger, audit_pb.VerifyLedgerRequest())
         return VerifyReport.from_proto(response)
+
+    def stream_verify_ledger(
+        self, *, timeout: float | None = None
+    ) -> Iterator[VerifyProgress | VerifyReport]:
+        """:meth:`verify_ledger` as it goes: :class:`VerifyProgress` items (a few a second
+        at most), then the :class:`VerifyReport`, the last item.
+
+        A server stream: it is not retried, and has no deadline unless ``timeout`` is given.
+
+        >>> for item in ledger.stream_verify_ledger():  # doctest: +SKIP
+        ...     if isinstance(item, VerifyProgress):
+        ...         print(f"{item.position}/{item.ledger_position}")
+        """
+        call = self._audit.StreamVerifyLedger(
+            audit_pb.StreamVerifyLedgerRequest(),
+            timeout=timeout,
+            metadata=self._transport.metadata,
+        )
+        try:
+            for response in call:
+                if response.HasField("result"):
+                    yield VerifyReport.from_proto(response.result)
+                else:
+                    yield VerifyProgress.from_proto(response.progress)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        finally:
+            call.cancel()  # type: ignore[no-untyped-call]
 
     def create_checkpoint(self) -> Checkpoint:
         """Write a signed checkpoint now (coordinator and auditors)."""

@@ -211,9 +211,10 @@ class NotifierClient:
     :param retries: retries of UNAVAILABLE and DEADLINE_EXCEEDED (backoff with jitter);
         default as often as the retry budget (20 s) allows.
 
-    ``create_webhook`` is idempotent by ``request_id``. ``delete_webhook`` and
-    ``replay_dead_letter`` are retried too: a retried delete whose first attempt succeeded
-    raises ``NotFound``, a retried replay may deliver twice under the same delivery id.
+    ``create_webhook`` is idempotent by ``request_id``, ``update_webhook`` by nature.
+    ``delete_webhook`` and ``replay_dead_letter`` are retried too: a retried delete whose
+    first attempt succeeded raises ``NotFound``, a retried replay may deliver twice under the
+    same delivery id.
     """
 
     def __init__(
@@ -361,6 +362,30 @@ class NotifierClient:
             return [Webhook.from_proto(w) for w in page.webhooks], page.next_page_token
 
         return paginate(fetch)
+
+    def update_webhook(
+        self,
+        name: str,
+        *,
+        url: str | None = None,
+        secret: str | None = None,
+        filter: EventFilter | None = None,
+    ) -> Webhook:
+        """Change one of the caller's agency's webhooks (``"webhooks/{id}"``) in place: what
+        is given changes (``filter`` is replaced whole), the rest stays, and so does the name.
+
+        >>> notifier.update_webhook(name, url="https://bpbd.example/v2")  # doctest: +SKIP
+        """
+        changes = {"url": url, "secret": secret, "filter": filter}
+        paths = [path for path, value in changes.items() if value is not None]
+        if not paths:
+            raise TypeError("nothing to change: give url, secret or filter")
+        webhook = napi.Webhook(name=name, url=url or "", secret=secret or "")
+        if filter is not None:
+            webhook.filter.CopyFrom(filter.to_proto())
+        request = napi.UpdateWebhookRequest(webhook=webhook)
+        request.update_mask.paths.extend(paths)
+        return Webhook.from_proto(self._transport.unary(self._stub.UpdateWebhook, request).webhook)
 
     def delete_webhook(self, name: str) -> None:
         """Delete one of the caller's agency's webhooks (``"webhooks/{id}"``)."""

@@ -593,6 +593,23 @@ class Divergence:
 
 
 @dataclass(frozen=True)
+class VerifyProgress:
+    """How far a verification of the whole ledger has come (see ``stream_verify_ledger``)."""
+
+    position: int  # every log position up to this one is checked
+    ledger_position: int  # the ledger's last position when it started (position may pass it)
+    events_checked: int
+
+    @classmethod
+    def from_proto(cls, message: audit_pb.VerifyLedgerProgress) -> VerifyProgress:
+        return cls(
+            position=message.position,
+            ledger_position=message.ledger_position,
+            events_checked=message.events_checked,
+        )
+
+
+@dataclass(frozen=True)
 class VerifyReport:
     """The result of verifying the whole ledger: ``ok``, or the first ``divergence``."""
 

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from incidentledger.v1 import incident_pb2 as incidentledger_dot_v1_dot_incident__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%incidentledger/v1/audit_service.proto\x12\x11incidentledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a incidentledger/v1/incident.proto\"\xd8\x01\n\x13StreamEventsRequest\x12\x16\n\x0e\x61\x66ter_position\x18\x01 \x01(\x03\x12\x16\n\x0euntil_position\x18\x02 \x01(\x03\x12\x10\n\x08incident\x18\x03 \x01(\t\x12\x0e\n\x06\x61gency\x18\x04 \x01(\t\x12\x11\n\tkecamatan\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x14StreamEventsResponse\x12/\n\x05\x65vent\x18\x01 \x01(\x0b\x32 .incidentledger.v1.IncidentEvent\"\x15\n\x13VerifyLedgerRequest\"_\n\nDivergence\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x10\n\x08incident\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x10\n\x08position\x18\x04 \x01(\x03\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"\x95\x01\n\x14VerifyLedgerResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x03\x12\x11\n\tincidents\x18\x03 \x01(\x03\x12\x1b\n\x13\x63heckpoints_checked\x18\x04 \x01(\x05\x12\x31\n\ndivergence\x18\x05 \x01(\x0b\x32\x1d.incidentledger.v1.Divergence\"\x96\x01\n\nCheckpoint\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x12\n\nchain_head\x18\x02 \x01(\t\x12\x0e\n\x06\x65vents\x18\x03 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"\x19\n\x17\x43reateCheckpointRequest\"M\n\x18\x43reateCheckpointResponse\x12\x31\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x1d.incidentledger.v1.Checkpoint\"?\n\x16ListCheckpointsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"f\n\x17ListCheckpointsResponse\x12\x32\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x1d.incidentledger.v1.Checkpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xa9\x03\n\x0c\x41uditService\x12\x61\n\x0cStreamEvents\x12&.incidentledger.v1.StreamEventsRequest\x1a\'.incidentledger.v1.StreamEventsResponse0\x01\x12_\n\x0cVerifyLedger\x12&.incidentledger.v1.VerifyLedgerRequest\x1a\'.incidentledger.v1.VerifyLedgerResponse\x12k\n\x10\x43reateCheckpoint\x12*.incidentledger.v1.CreateCheckpointRequest\x1a+.incidentledger.v1.CreateCheckpointResponse\x12h\n\x0fListCheckpoints\x12).incidentledger.v1.ListCheckpointsRequest\x1a*.incidentledger.v1.ListCheckpointsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%incidentledger/v1/audit_service.proto\x12\x11incidentledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a incidentledger/v1/incident.proto\"\xd8\x01\n\x13StreamEventsRequest\x12\x16\n\x0e\x61\x66ter_position\x18\x01 \x01(\x03\x12\x16\n\x0euntil_position\x18\x02 \x01(\x03\x12\x10\n\x08incident\x18\x03 \x01(\t\x12\x0e\n\x06\x61gency\x18\x04 \x01(\t\x12\x11\n\tkecamatan\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x14StreamEventsResponse\x12/\n\x05\x65vent\x18\x01 \x01(\x0b\x32 .incidentledger.v1.IncidentEvent\"\x15\n\x13VerifyLedgerRequest\"_\n\nDivergence\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x10\n\x08incident\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x10\n\x08position\x18\x04 \x01(\x03\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"\x95\x01\n\x14VerifyLedgerResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x03\x12\x11\n\tincidents\x18\x03 \x01(\x03\x12\x1b\n\x13\x63heckpoints_checked\x18\x04 \x01(\x05\x12\x31\n\ndivergence\x18\x05 \x01(\x0b\x32\x1d.incidentledger.v1.Divergence\"\x1b\n\x19StreamVerifyLedgerRequest\"Y\n\x14VerifyLedgerProgress\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x17\n\x0fledger_position\x18\x02 \x01(\x03\x12\x16\n\x0e\x65vents_checked\x18\x03 \x01(\x03\"\x9c\x01\n\x1aStreamVerifyLedgerResponse\x12;\n\x08progress\x18\x01 \x01(\x0b\x32\'.incidentledger.v1.VerifyLedgerProgressH\x00\x12\x39\n\x06result\x18\x02 \x01(\x0b\x32\'.incidentledger.v1.VerifyLedgerResponseH\x00\x42\x06\n\x04kind\"\x96\x01\n\nCheckpoint\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x12\n\nchain_head\x18\x02 \x01(\t\x12\x0e\n\x06\x65vents\x18\x03 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"\x19\n\x17\x43reateCheckpointRequest\"M\n\x18\x43reateCheckpointResponse\x12\x31\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x1d.incidentledger.v1.Checkpoint\"?\n\x16ListCheckpointsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"f\n\x17ListCheckpointsResponse\x12\x32\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x1d.incidentledger.v1.Checkpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x9e\x04\n\x0c\x41uditService\x12\x61\n\x0cStreamEvents\x12&.incidentledger.v1.StreamEventsRequest\x1a\'.incidentledger.v1.StreamEventsResponse0\x01\x12_\n\x0cVerifyLedger\x12&.incidentledger.v1.VerifyLedgerRequest\x1a\'.incidentledger.v1.VerifyLedgerResponse\x12s\n\x12StreamVerifyLedger\x12,.incidentledger.v1.StreamVerifyLedgerRequest\x1a-.incidentledger.v1.StreamVerifyLedgerResponse0\x01\x12k\n\x10\x43reateCheckpoint\x12*.incidentledger.v1.CreateCheckpointRequest\x1a+.incidentledger.v1.CreateCheckpointResponse\x12h\n\x0fListCheckpoints\x12).incidentledger.v1.ListCheckpointsRequest\x1a*.incidentledger.v1.ListCheckpointsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,16 +43,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DIVERGENCE']._serialized_end=537
   _globals['_VERIFYLEDGERRESPONSE']._serialized_start=540
   _globals['_VERIFYLEDGERRESPONSE']._serialized_end=689
-  _globals['_CHECKPOINT']._serialized_start=692
-  _globals['_CHECKPOINT']._serialized_end=842
-  _globals['_CREATECHECKPOINTREQUEST']._serialized_start=844
-  _globals['_CREATECHECKPOINTREQUEST']._serialized_end=869
-  _globals['_CREATECHECKPOINTRESPONSE']._serialized_start=871
-  _globals['_CREATECHECKPOINTRESPONSE']._serialized_end=948
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=950
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=1013
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=1015
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1117
-  _globals['_AUDITSERVICE']._serialized_start=1120
-  _globals['_AUDITSERVICE']._serialized_end=1545
+  _globals['_STREAMVERIFYLEDGERREQUEST']._serialized_start=691
+  _globals['_STREAMVERIFYLEDGERREQUEST']._serialized_end=718
+  _globals['_VERIFYLEDGERPROGRESS']._serialized_start=720
+  _globals['_VERIFYLEDGERPROGRESS']._serialized_end=809
+  _globals['_STREAMVERIFYLEDGERRESPONSE']._serialized_start=812
+  _globals['_STREAMVERIFYLEDGERRESPONSE']._serialized_end=968
+  _globals['_CHECKPOINT']._serialized_start=971
+  _globals['_CHECKPOINT']._serialized_end=1121
+  _globals['_CREATECHECKPOINTREQUEST']._serialized_start=1123
+  _globals['_CREATECHECKPOINTREQUEST']._serialized_end=1148
+  _globals['_CREATECHECKPOINTRESPONSE']._serialized_start=1150
+  _globals['_CREATECHECKPOINTRESPONSE']._serialized_end=1227
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=1229
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=1292
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=1294
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1396
+  _globals['_AUDITSERVICE']._serialized_start=1399
+  _globals['_AUDITSERVICE']._serialized_end=1941
 # @@protoc_insertion_point(module_scope)

@@ -171,6 +171,79 @@ class VerifyLedgerResponse(_message.Message):
 Global___VerifyLedgerResponse: _TypeAlias = VerifyLedgerResponse  # noqa: Y015
 
 @_typing.final
+class StreamVerifyLedgerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamVerifyLedgerRequest: _TypeAlias = StreamVerifyLedgerRequest  # noqa: Y015
+
+@_typing.final
+class VerifyLedgerProgress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    LEDGER_POSITION_FIELD_NUMBER: _builtins.int
+    EVENTS_CHECKED_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """Every log position up to this one is checked."""
+    ledger_position: _builtins.int
+    """The ledger's last position when the verification started: what position goes
+    toward (events recorded since are checked too, so it may pass it).
+    """
+    events_checked: _builtins.int
+    """Events checked so far."""
+    def __init__(
+        self,
+        *,
+        position: _builtins.int = ...,
+        ledger_position: _builtins.int = ...,
+        events_checked: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_checked", b"events_checked", "ledger_position", b"ledger_position", "position", b"position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyLedgerProgress: _TypeAlias = VerifyLedgerProgress  # noqa: Y015
+
+@_typing.final
+class StreamVerifyLedgerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> Global___VerifyLedgerProgress: ...
+    @_builtins.property
+    def result(self) -> Global___VerifyLedgerResponse:
+        """The last message."""
+
+    def __init__(
+        self,
+        *,
+        progress: Global___VerifyLedgerProgress | None = ...,
+        result: Global___VerifyLedgerResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "progress", b"progress", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "progress", b"progress", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["progress", "result"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___StreamVerifyLedgerResponse: _TypeAlias = StreamVerifyLedgerResponse  # noqa: Y015
+
+@_typing.final
 class Checkpoint(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -45,6 +45,11 @@ class AuditServiceStub:
                 request_serializer=incidentledger_dot_v1_dot_audit__service__pb2.VerifyLedgerRequest.SerializeToString,
                 response_deserializer=incidentledger_dot_v1_dot_audit__service__pb2.VerifyLedgerResponse.FromString,
                 _registered_method=True)
+        self.StreamVerifyLedger = channel.unary_stream(
+                '/incidentledger.v1.AuditService/StreamVerifyLedger',
+                request_serializer=incidentledger_dot_v1_dot_audit__service__pb2.StreamVerifyLedgerRequest.SerializeToString,
+                response_deserializer=incidentledger_dot_v1_dot_audit__service__pb2.StreamVerifyLedgerResponse.FromString,
+                _registered_method=True)
         self.CreateCheckpoint = channel.unary_unary(
                 '/incidentledger.v1.AuditService/CreateCheckpoint',
                 request_serializer=incidentledger_dot_v1_dot_audit__service__pb2.CreateCheckpointRequest.SerializeToString,
@@ -78,6 +83,15 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamVerifyLedger(self, request, context):
+        """VerifyLedger with its progress as it goes: progress messages (a few a second at
+        most), then the result, the same as VerifyLedger's, as the last message
+        (coordinator and auditors).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateCheckpoint(self, request, context):
         """Write a signed checkpoint now (coordinator and auditors).
         """
@@ -104,6 +118,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.VerifyLedger,
                     request_deserializer=incidentledger_dot_v1_dot_audit__service__pb2.VerifyLedgerRequest.FromString,
                     response_serializer=incidentledger_dot_v1_dot_audit__service__pb2.VerifyLedgerResponse.SerializeToString,
+            ),
+            'StreamVerifyLedger': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamVerifyLedger,
+                    request_deserializer=incidentledger_dot_v1_dot_audit__service__pb2.StreamVerifyLedgerRequest.FromString,
+                    response_serializer=incidentledger_dot_v1_dot_audit__service__pb2.StreamVerifyLedgerResponse.SerializeToString,
             ),
             'CreateCheckpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCheckpoint,
@@ -171,6 +190,33 @@ class AuditService:
             '/incidentledger.v1.AuditService/VerifyLedger',
             incidentledger_dot_v1_dot_audit__service__pb2.VerifyLedgerRequest.SerializeToString,
             incidentledger_dot_v1_dot_audit__service__pb2.VerifyLedgerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamVerifyLedger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/incidentledger.v1.AuditService/StreamVerifyLedger',
+            incidentledger_dot_v1_dot_audit__service__pb2.StreamVerifyLedgerRequest.SerializeToString,
+            incidentledger_dot_v1_dot_audit__service__pb2.StreamVerifyLedgerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,11 @@ class AuditServiceStub:
     """Recompute every hash chain and check the signed checkpoints (coordinator
     and auditors).
     """
+    StreamVerifyLedger: _grpc.UnaryStreamMultiCallable[_audit_service_pb2.StreamVerifyLedgerRequest, _audit_service_pb2.StreamVerifyLedgerResponse]
+    """VerifyLedger with its progress as it goes: progress messages (a few a second at
+    most), then the result, the same as VerifyLedger's, as the last message
+    (coordinator and auditors).
+    """
     CreateCheckpoint: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.CreateCheckpointRequest, _audit_service_pb2.CreateCheckpointResponse]
     """Write a signed checkpoint now (coordinator and auditors)."""
     ListCheckpoints: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.ListCheckpointsRequest, _audit_service_pb2.ListCheckpointsResponse]
@@ -60,6 +65,11 @@ class AuditServiceAsyncStub(AuditServiceStub):
     VerifyLedger: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.VerifyLedgerRequest, _audit_service_pb2.VerifyLedgerResponse]  # type: ignore[assignment]
     """Recompute every hash chain and check the signed checkpoints (coordinator
     and auditors).
+    """
+    StreamVerifyLedger: _aio.UnaryStreamMultiCallable[_audit_service_pb2.StreamVerifyLedgerRequest, _audit_service_pb2.StreamVerifyLedgerResponse]  # type: ignore[assignment]
+    """VerifyLedger with its progress as it goes: progress messages (a few a second at
+    most), then the result, the same as VerifyLedger's, as the last message
+    (coordinator and auditors).
     """
     CreateCheckpoint: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.CreateCheckpointRequest, _audit_service_pb2.CreateCheckpointResponse]  # type: ignore[assignment]
     """Write a signed checkpoint now (coordinator and auditors)."""
@@ -88,6 +98,17 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_audit_service_pb2.VerifyLedgerResponse, _abc.Awaitable[_audit_service_pb2.VerifyLedgerResponse]]:
         """Recompute every hash chain and check the signed checkpoints (coordinator
         and auditors).
+        """
+
+    @_abc_1.abstractmethod
+    def StreamVerifyLedger(
+        self,
+        request: _audit_service_pb2.StreamVerifyLedgerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_audit_service_pb2.StreamVerifyLedgerResponse], _abc.AsyncIterator[_audit_service_pb2.StreamVerifyLedgerResponse]]:
+        """VerifyLedger with its progress as it goes: progress messages (a few a second at
+        most), then the result, the same as VerifyLedger's, as the last message
+        (coordinator and auditors).
         """
 
     @_abc_1.abstractmethod

@@ -52,6 +52,11 @@ class NotifierServiceStub:
                 request_serializer=incidentledger_dot_v1_dot_notifier__service__pb2.ListWebhooksRequest.SerializeToString,
                 response_deserializer=incidentledger_dot_v1_dot_notifier__service__pb2.ListWebhooksResponse.FromString,
                 _registered_method=True)
+        self.UpdateWebhook = channel.unary_unary(
+                '/incidentledger.v1.NotifierService/UpdateWebhook',
+                request_serializer=incidentledger_dot_v1_dot_notifier__service__pb2.UpdateWebhookRequest.SerializeToString,
+                response_deserializer=incidentledger_dot_v1_dot_notifier__service__pb2.UpdateWebhookResponse.FromString,
+                _registered_method=True)
         self.DeleteWebhook = channel.unary_unary(
                 '/incidentledger.v1.NotifierService/DeleteWebhook',
                 request_serializer=incidentledger_dot_v1_dot_notifier__service__pb2.DeleteWebhookRequest.SerializeToString,
@@ -103,6 +108,15 @@ class NotifierServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateWebhook(self, request, context):
+        """Change one of the caller's agency's webhooks in place (AIP-134): the fields
+        named in update_mask take the values given, the others stay; the name does not
+        change. The owner or the coordinator may, as for DeleteWebhook.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteWebhook(self, request, context):
         """Delete one of the caller's agency's webhooks.
         """
@@ -148,6 +162,11 @@ def add_NotifierServiceServicer_to_server(servicer, server):
                     servicer.ListWebhooks,
                     request_deserializer=incidentledger_dot_v1_dot_notifier__service__pb2.ListWebhooksRequest.FromString,
                     response_serializer=incidentledger_dot_v1_dot_notifier__service__pb2.ListWebhooksResponse.SerializeToString,
+            ),
+            'UpdateWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateWebhook,
+                    request_deserializer=incidentledger_dot_v1_dot_notifier__service__pb2.UpdateWebhookRequest.FromString,
+                    response_serializer=incidentledger_dot_v1_dot_notifier__service__pb2.UpdateWebhookResponse.SerializeToString,
             ),
             'DeleteWebhook': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteWebhook,
@@ -254,6 +273,33 @@ class NotifierService:
             '/incidentledger.v1.NotifierService/ListWebhooks',
             incidentledger_dot_v1_dot_notifier__service__pb2.ListWebhooksRequest.SerializeToString,
             incidentledger_dot_v1_dot_notifier__service__pb2.ListWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/incidentledger.v1.NotifierService/UpdateWebhook',
+            incidentledger_dot_v1_dot_notifier__service__pb2.UpdateWebhookRequest.SerializeToString,
+            incidentledger_dot_v1_dot_notifier__service__pb2.UpdateWebhookResponse.FromString,
             options,
             channel_credentials,
             insecure,

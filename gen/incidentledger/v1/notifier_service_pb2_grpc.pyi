@@ -45,6 +45,11 @@ class NotifierServiceStub:
     """Register a webhook endpoint for the caller's agency."""
     ListWebhooks: _grpc.UnaryUnaryMultiCallable[_notifier_service_pb2.ListWebhooksRequest, _notifier_service_pb2.ListWebhooksResponse]
     """List the caller's agency's webhooks."""
+    UpdateWebhook: _grpc.UnaryUnaryMultiCallable[_notifier_service_pb2.UpdateWebhookRequest, _notifier_service_pb2.UpdateWebhookResponse]
+    """Change one of the caller's agency's webhooks in place (AIP-134): the fields
+    named in update_mask take the values given, the others stay; the name does not
+    change. The owner or the coordinator may, as for DeleteWebhook.
+    """
     DeleteWebhook: _grpc.UnaryUnaryMultiCallable[_notifier_service_pb2.DeleteWebhookRequest, _notifier_service_pb2.DeleteWebhookResponse]
     """Delete one of the caller's agency's webhooks."""
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_notifier_service_pb2.ListDeadLettersRequest, _notifier_service_pb2.ListDeadLettersResponse]
@@ -71,6 +76,11 @@ class NotifierServiceAsyncStub(NotifierServiceStub):
     """Register a webhook endpoint for the caller's agency."""
     ListWebhooks: _aio.UnaryUnaryMultiCallable[_notifier_service_pb2.ListWebhooksRequest, _notifier_service_pb2.ListWebhooksResponse]  # type: ignore[assignment]
     """List the caller's agency's webhooks."""
+    UpdateWebhook: _aio.UnaryUnaryMultiCallable[_notifier_service_pb2.UpdateWebhookRequest, _notifier_service_pb2.UpdateWebhookResponse]  # type: ignore[assignment]
+    """Change one of the caller's agency's webhooks in place (AIP-134): the fields
+    named in update_mask take the values given, the others stay; the name does not
+    change. The owner or the coordinator may, as for DeleteWebhook.
+    """
     DeleteWebhook: _aio.UnaryUnaryMultiCallable[_notifier_service_pb2.DeleteWebhookRequest, _notifier_service_pb2.DeleteWebhookResponse]  # type: ignore[assignment]
     """Delete one of the caller's agency's webhooks."""
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_notifier_service_pb2.ListDeadLettersRequest, _notifier_service_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
@@ -112,6 +122,17 @@ class NotifierServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_notifier_service_pb2.ListWebhooksResponse, _abc.Awaitable[_notifier_service_pb2.ListWebhooksResponse]]:
         """List the caller's agency's webhooks."""
+
+    @_abc_1.abstractmethod
+    def UpdateWebhook(
+        self,
+        request: _notifier_service_pb2.UpdateWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notifier_service_pb2.UpdateWebhookResponse, _abc.Awaitable[_notifier_service_pb2.UpdateWebhookResponse]]:
+        """Change one of the caller's agency's webhooks in place (AIP-134): the fields
+        named in update_mask take the values given, the others stay; the name does not
+        change. The owner or the coordinator may, as for DeleteWebhook.
+        """
 
     @_abc_1.abstractmethod
     def DeleteWebhook(

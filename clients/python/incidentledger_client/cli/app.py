@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -43,7 +43,14 @@ from incidentledger_client import (
 )
 from incidentledger_client.addresses import listening
 from incidentledger_client.cli import arguments, config, names, output, times
-from incidentledger_client.types import CommandResult, EventFilter, ReferenceData, Webhook
+from incidentledger_client.types import (
+    CommandResult,
+    EventFilter,
+    ReferenceData,
+    VerifyProgress,
+    VerifyReport,
+    Webhook,
+)
 
 EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_PERMISSION, EXIT_SERVER = (
     0,
@@ -1321,62 +1328,93 @@ def webhooks_delete(
 
 @webhooks_app.command(
     "update",
-    epilog="Example: ledgerctl -a bpbd webhooks update webhooks/3f2a --secret S "
+    epilog="Example: ledgerctl -a bpbd webhooks update webhooks/3f2a "
     "--url https://bpbd.example/v2/hook --min-severity high",
 )
 def webhooks_update(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The webhook.", metavar="WEBHOOK")],
-    secret: Annotated[
-        str,
-        typer.Option(
-            help="Shared secret (required: the notifier never returns the old one).",
-            envvar="WEBHOOK_SECRET",
-        ),
-    ],
     url: Annotated[str | None, typer.Option(help="The new endpoint.")] = None,
+    secret: Annotated[
+        str | None,
+        typer.Option(help="A new shared secret (16-256 characters).", envvar="WEBHOOK_SECRET"),
+    ] = None,
     kecamatan: Annotated[
         list[str] | None, typer.Option(help="Only these kecamatan (repeat; replaces).")
     ] = None,
     category: Annotated[
         list[str] | None, typer.Option(help="Only these categories (repeat; replaces).")
     ] = None,
-    min_severity: Annotated[str | None, typer.Option(help="At least this severity.")] = None,
+    min_severity: Annotated[
+        str | None, typer.Option(help="At least this severity ('' for any).")
+    ] = None,
     mine: Annotated[
         bool | None, typer.Option("--mine/--all-incidents", help="Only incidents involving me.")
     ] = None,
 ) -> None:
-    """Change a webhook's endpoint, secret or filter; what is not given stays.
+    """Change a webhook's endpoint, secret or filter in place; what is not given stays.
 
-    The notifier has no update call: the webhook is registered anew with the changes and the
-    old one deleted after it, so it gets a new name (printed) and no event is missed between.
+    The webhook keeps its name; deliveries not yet made go to the new endpoint, signed with
+    the new secret. Filter options change only what they name (the rest of the filter stays).
     """
     st = state(ctx)
     old = _webhook(ctx, name)
-    kept = old.filter
-    new_filter = EventFilter(
-        kecamatan=tuple(codes(ctx, "kecamatan", kecamatan, "--kecamatan"))
-        if kecamatan
-        else kept.kecamatan,
-        categories=tuple(codes(ctx, "category", category, "--category"))
-        if category
-        else kept.categories,
-        min_severity=(
-            code(ctx, "severity", min_severity, "--min-severity")
-            if min_severity
-            else ("" if min_severity == "" else kept.min_severity)
-        ),
-        event_types=kept.event_types,
-        involving_my_agency=kept.involving_my_agency if mine is None else mine,
-        agencies=kept.agencies,
-    )
-    notifier = st.notifier()
-    hook = notifier.create_webhook(url or old.url, secret, filter=new_filter)
-    notifier.delete_webhook(old.name)
+    new_filter = None
+    if kecamatan or category or min_severity is not None or mine is not None:
+        kept = old.filter
+        agencies = kept.agencies
+        if mine is False:  # the owner's agency stands for "involving me" in a stored filter
+            agencies = tuple(a for a in agencies if a != old.agency)
+        new_filter = EventFilter(
+            kecamatan=tuple(codes(ctx, "kecamatan", kecamatan, "--kecamatan"))
+            if kecamatan
+            else kept.kecamatan,
+            categories=tuple(codes(ctx, "category", category, "--category"))
+            if category
+            else kept.categories,
+            min_severity=(
+                kept.min_severity
+                if min_severity is None
+                else code(ctx, "severity", min_severity, "--min-severity")
+                if min_severity
+                else ""
+            ),
+            event_types=kept.event_types,
+            involving_my_agency=bool(mine),
+            agencies=agencies,
+        )
+    if url is None and secret is None and new_filter is None:
+        raise typer.BadParameter(
+            "nothing to change: give --url, --secret or a filter option "
+            "(--kecamatan, --category, --min-severity, --mine/--all-incidents)"
+        )
+    hook = st.notifier().update_webhook(old.name, url=url, secret=secret, filter=new_filter)
     if st.as_json:
-        output.emit_json({"replaced": old.name, "webhook": hook})
+        output.emit_json(hook)
     else:
-        output.console().print(f"updated {old.name} -> {hook.name} ({hook.url})", markup=False)
+        output.console().print(
+            f"updated {hook.name}\n  url:     {hook.url}\n  filter:  {_filter_text(hook.filter)}"
+            f"\n  created: {output.when(hook.create_time, st.settings.tz())}",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def _filter_text(event_filter: EventFilter) -> str:
+    """A webhook's filter in a few words ("everything" when it matches every event)."""
+    parts = [
+        f"{label}: {', '.join(values)}"
+        for label, values in (
+            ("kecamatan", event_filter.kecamatan),
+            ("categories", event_filter.categories),
+            ("event types", event_filter.event_types),
+            ("agencies", event_filter.agencies),
+        )
+        if values
+    ]
+    if event_filter.min_severity:
+        parts.insert(0, f"severity >= {event_filter.min_severity}")
+    return "; ".join(parts) or "everything"
 
 
 @webhooks_app.command(
@@ -1449,6 +1487,12 @@ class Meter:
         self.items += 1
         self._update(completed=done)
 
+    def measured(self, done: int, total: int, items: int) -> None:
+        """As the server measures it: ``done`` of ``total`` (which grows to ``done`` if it
+        passes it), ``items`` done so far (the rate)."""
+        self.items = items
+        self._update(completed=done, total=max(total, done))
+
     def finish(self, total: int) -> None:
         """All done: the bar shows total/total."""
         self._update(total=total, completed=total)
@@ -1473,6 +1517,21 @@ def _progress(st: State, what: str, total: int | None, unit: str = "") -> Iterat
         yield Meter(progress, progress.add_task(what, total=total, rate=""))
 
 
+def follow_verification(
+    items: Iterable[VerifyProgress | VerifyReport], meter: Meter
+) -> VerifyReport:
+    """The verification's report, its progress shown on ``meter`` as it comes (positions
+    against the ledger's size when it started; events checked make the rate)."""
+    end = 0
+    for item in items:
+        if isinstance(item, VerifyReport):
+            meter.finish(end)
+            return item
+        end = max(end, item.ledger_position, item.position)
+        meter.measured(item.position, item.ledger_position, item.events_checked)
+    raise Unavailable("UNAVAILABLE", "", "the verification ended without its result")
+
+
 @audit_app.command("verify", epilog="Example: ledgerctl -a inspektorat audit verify")
 def audit_verify(ctx: typer.Context) -> None:
     """Recompute every hash chain and check the checkpoints (coordinator, auditors).
@@ -1480,13 +1539,8 @@ def audit_verify(ctx: typer.Context) -> None:
     Exit code 6 (server) is not used for a broken chain: a verify that finds divergence exits 1.
     """
     st = state(ctx)
-    ledger = st.ledger()
-    # One call does the work on the server: the bar shows what it is measured against (the
-    # ledger's size, not "?") and fills when the answer comes.
-    size = ledger.projection_status().ledger_position
-    with _progress(st, "verifying", size or None, "positions") as meter:
-        report_ = ledger.verify_ledger()
-        meter.finish(max(size, report_.events))
+    with _progress(st, "verifying", None, "positions") as meter:
+        report_ = follow_verification(st.ledger().stream_verify_ledger(), meter)
     if st.as_json:
         output.emit_json(report_)
     else:
