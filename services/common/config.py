@@ -233,6 +233,8 @@ PRODUCTION_RATE_PER_SECOND = 200.0
 
 
 class ServiceVariables(Group):
+    """What the ledger and the notifier read the same way (``make run`` some of it too)."""
+
     heading = "Both services"
 
     environment: Literal["development", "production"] = _setting(
@@ -295,6 +297,9 @@ class ServiceVariables(Group):
 
 
 class LimitVariables(Group):
+    """Per agency, on each service, counted after the caller is authenticated (see README,
+    "Limits"). The rate limit is off in development and on in production unless set."""
+
     heading = "Limits per agency (both services)"
 
     rate_per_second: Annotated[Number, Ge(0.0)] | None = _setting(
@@ -335,6 +340,9 @@ class LimitVariables(Group):
 
 
 class TlsVariables(Group):
+    """The files are read once, at start, and checked: readable, valid PEM, the key belongs
+    to the certificate (see README, "Security")."""
+
     heading = "TLS on the gRPC ports (both services)"
 
     cert_file: FilePath | None = _setting(
@@ -364,13 +372,17 @@ class TlsVariables(Group):
 
 
 class NatsVariables(Group):
+    """The relay (in the ledger) and the notifier connect to NATS with the same settings
+    (see README, "NATS: TLS and credentials")."""
+
     heading = "NATS connection (the ledger's relay and the notifier)"
 
     url: Text = _setting(
         "NATS_URL",
         "",
         "NATS server, or the nodes of a cluster separated by commas "
-        "(`nats://a:4222,nats://b:4222`); may embed `user:password@` (prefer `NATS_USER`). "
+        '(`nats://a:4222,nats://b:4222`, see README, "A NATS cluster"); may embed '
+        "`user:password@` (prefer `NATS_USER`). "
         "Unset, the ledger runs without its relay and `make run` starts its own nats-server; "
         "the notifier requires it",
         read_by=(LEDGER, NOTIFIER, RUN),
@@ -409,6 +421,8 @@ class NatsVariables(Group):
 
 
 class StreamVariables(Group):
+    """Where the relay publishes the events and where the notifier consumes them."""
+
     heading = "The JetStream stream (the same on the ledger and the notifier)"
 
     name: Text = _setting("LEDGER_STREAM", "LEDGER_EVENTS", "the stream's name")
@@ -447,6 +461,9 @@ class StreamVariables(Group):
 
 
 class LedgerVariables(Group):
+    """The ledger service, with its relay and audit checkpoints (and its tools
+    ``python -m services.ledger.audit`` and ``python -m services.ledger.projections``)."""
+
     heading = "The ledger"
     read_by = (LEDGER,)
 
@@ -459,7 +476,7 @@ class LedgerVariables(Group):
     metrics_listen: HttpAddress = _setting(
         "LEDGER_METRICS_LISTEN",
         "",
-        "`host:port` of the Prometheus endpoint (`/metrics`, plain HTTP)",
+        '`host:port` of the Prometheus endpoint (`/metrics`, plain HTTP; see README, "Metrics")',
         shown_default="unset (off)",
     )
     max_workers: Integer = _setting("LEDGER_MAX_WORKERS", 32, "request threads", ge=1)
@@ -467,7 +484,8 @@ class LedgerVariables(Group):
         "LEDGER_CACHE_SIZE",
         3000,
         "incidents whose latest state the write path keeps in memory (the most recently "
-        "written; 2-5 KB each); `0` = none",
+        "written; 2-5 KB each, so 6-15 MB when full); a command on another incident loads "
+        "it from the store first. `0` = none",
         ge=0,
     )
     grace_seconds: Number = _setting(
@@ -519,12 +537,14 @@ class LedgerVariables(Group):
     relay_poll_seconds: Number = _setting(
         "LEDGER_RELAY_POLL_SECONDS",
         0.5,
-        "how often the relay looks for other processes' writes",
+        "how often the relay looks for other processes' writes (SQLite)",
         gt=0.0,
     )
 
 
 class NotifierVariables(Group):
+    """The notifier service and its webhook deliveries."""
+
     heading = "The notifier"
     read_by = (NOTIFIER,)
 
@@ -537,7 +557,7 @@ class NotifierVariables(Group):
     metrics_listen: HttpAddress = _setting(
         "NOTIFIER_METRICS_LISTEN",
         "",
-        "`host:port` of the Prometheus endpoint (`/metrics`, plain HTTP)",
+        '`host:port` of the Prometheus endpoint (`/metrics`, plain HTTP; see README, "Metrics")',
         shown_default="unset (off)",
     )
     store: Literal["sqlite", "postgres"] = _setting(
@@ -584,8 +604,8 @@ class NotifierVariables(Group):
     webhook_allow_networks: Networks = _setting(
         "NOTIFIER_WEBHOOK_ALLOW_NETWORKS",
         (),
-        "networks webhooks may reach although not public (loopback, private, link-local); "
-        "a bare address is one host",
+        "networks webhooks may reach although not public (loopback, private, link-local; "
+        'see README, "Webhooks"); a bare address is one host',
         shown_default="unset (public addresses only)",
     )
     webhook_key_file: FilePath | None = _setting(
@@ -610,6 +630,11 @@ class NotifierVariables(Group):
 
 
 class StoreVariables(Group):
+    """The eventsourcing library's own variables, handed to it unchanged (the password read
+    from its file); those declared here are checked at start, its other ``POSTGRES_*`` and
+    ``SQLITE_*`` variables pass through unchecked. The notifier reads the ``POSTGRES_*``
+    ones with ``NOTIFIER_STORE=postgres``."""
+
     heading = "The store (the eventsourcing library's variables, passed through)"
     read_by = (LEDGER,)
 
@@ -672,9 +697,10 @@ class StoreVariables(Group):
         "POSTGRES_CONNECT_TIMEOUT",
         3,
         "seconds a connection attempt may take, and a call may wait for a free pooled "
-        "connection: while PostgreSQL is down a command answers `UNAVAILABLE` within this "
-        "where connecting hangs (the library's default, 30 s, is longer than a caller's "
-        "deadline)",
+        "connection: while PostgreSQL is down a command answers `UNAVAILABLE` (reason "
+        "`STORE_UNAVAILABLE`; retry with the same request id) within about a second where "
+        "the server refuses connections, within this where connecting hangs (the library's "
+        "default, 30 s, is longer than a caller's deadline)",
         read_by=_SERVICES,
         ge=0,
     )
@@ -704,6 +730,9 @@ class StoreVariables(Group):
 
 
 class RunVariables(Group):
+    """``make run`` also reads ``NATS_URL``, ``LEDGER_LISTEN``, ``NOTIFIER_LISTEN``,
+    ``LEDGER_DATA_DIR`` and the log settings (see their rows)."""
+
     heading = "`make run` (`python -m services.run`)"
     read_by = (RUN,)
 
@@ -916,14 +945,14 @@ class _Environment(EnvSettingsSource):
         return secret
 
 
-def _problem(group: type[Group], error: ErrorDetails) -> str:
-    """One line: the variable, what is allowed, the value given (a secret's never)."""
+def _problem(group: type[Group], error: ErrorDetails, given: Mapping[str, Any]) -> str:
+    """One line: the variable, what is allowed, the value ``given`` (a secret's never)."""
     name = str(error["loc"][0]) if error["loc"] else "?"
     info = next((f for f in group.model_fields.values() if f.alias == name), None)
     if info is None:  # not a variable's error: cannot happen with these declarations
         return f"{group.__name__}: {error['msg']}"
     variable = Variable(name, group, "", info)
-    given = "(a secret: not shown)" if variable.secret else repr(error["input"])
+    value = "(a secret: not shown)" if variable.secret else repr(given.get(name, error["input"]))
     if error["type"] == "setting":
         what = error["msg"]
         if variable.bounds and not what.endswith(variable.bounds):
@@ -940,7 +969,7 @@ def _problem(group: type[Group], error: ErrorDetails) -> str:
     else:
         rule = variable.rule
         what = f"must be {rule.text}" if rule else error["msg"]
-    return f"{name} {what}, got {given}"
+    return f"{name} {what}, got {value}"
 
 
 G = TypeVar("G", bound=Group)
@@ -973,7 +1002,7 @@ def read(
         try:
             values[group] = group.model_validate(raw)
         except ValidationError as error:
-            problems.extend(_problem(group, detail) for detail in error.errors())
+            problems.extend(_problem(group, detail, raw) for detail in error.errors())
     if problems:
         raise ConfigError(*problems)
     return Values(values)
