@@ -823,12 +823,9 @@ class Variable:
             return f"from {found['ge']} to {found['le']}"
         if "gt" in found:
             return "positive" if found["gt"] == 0 else f"more than {found['gt']}"
-        if "ge" in found:
-            return (
-                "not negative"
-                if found["ge"] == 0.0 and isinstance(found["ge"], float)
-                else (f"at least {found['ge']}")
-            )
+        if "ge" in found:  # a float's 0.0 reads "not negative", an integer's "at least 0"
+            negative = isinstance(found["ge"], float) and found["ge"] == 0
+            return "not negative" if negative else f"at least {found['ge']}"
         if "le" in found:
             return f"at most {found['le']}"
         return ""
@@ -1454,12 +1451,6 @@ class LedgerSettings(ServiceSettings):
         )
         settings.check_transport(settings.listen, "LEDGER_LISTEN")
         return settings
-
-
-def postgres_password(env: Mapping[str, str]) -> dict[str, str]:
-    """``POSTGRES_PASSWORD`` for the store, from itself or from ``POSTGRES_PASSWORD_FILE``."""
-    password = read(env, (StoreVariables,)).get(StoreVariables).postgres_password
-    return {"POSTGRES_PASSWORD": password} if password else {}
 
 
 def postgres_environment(env: Mapping[str, str], values: Values | None = None) -> dict[str, str]:
