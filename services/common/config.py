@@ -1,9 +1,19 @@
-"""Configuration from the environment, with documented defaults.
+"""Configuration from the environment: every variable declared once, checked at start.
 
-Every setting the services read is declared here (and in the README's table).
-The event store is configured with the eventsourcing library's own variables
-(PERSISTENCE_MODULE, SQLITE_DBNAME, POSTGRES_*); the ledger only fills in the
-embedded default (SQLite in the data directory) when nothing is set.
+Each variable the services read is declared below, once, in a group of its topic: its
+name, type, default, bounds and description, and which service reads it.
+docs/configuration.md is generated from these declarations
+(``python -m services.common.configdoc``; a unit test fails when it is stale). A value that
+does not fit is refused at start, one line per variable naming it, the value (never a
+secret's) and what is allowed: the service logs the lines and exits with status 2. A
+secret may also come from the file named by its ``_FILE`` variable.
+
+The rest of the code uses the frozen dataclasses further down (:class:`LedgerSettings`,
+:class:`NotifierSettings`, ...), built from the checked values; their defaults are the
+declarations'. The event store is configured with the eventsourcing library's own
+variables (PERSISTENCE_MODULE, SQLITE_*, POSTGRES_*): the declared ones are checked here,
+and all of them pass through unchanged; the ledger only fills in the embedded default
+(SQLite in the data directory) when nothing is set.
 """
 
 from __future__ import annotations
@@ -12,102 +22,861 @@ import ipaddress
 import math
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, cast, get_args, get_origin
 
+from annotated_types import Ge, Gt, Le
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from eventsourcing.utils import strtobool
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ConfigError(ValueError):
-    """A setting is missing or malformed; the service refuses to start."""
+    """A setting is missing or malformed; the service refuses to start.
 
-
-def _int(env: Mapping[str, str], key: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{key} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{key} must be at least {minimum}, got {value}")
-    return value
-
-
-def _float(env: Mapping[str, str], key: str, default: float) -> float:
-    raw = env.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{key} must be a number, got {raw!r}") from None
-    if not math.isfinite(value):
-        raise ConfigError(f"{key} must be a finite number, got {raw!r}")
-    return value
-
-
-def _time(env: Mapping[str, str], key: str, default: datetime) -> datetime:
-    """An ISO-8601 date or time (UTC unless it names its offset)."""
-    raw = env.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        raise ConfigError(f"{key} must be an ISO-8601 date or time, got {raw!r}") from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _non_negative(env: Mapping[str, str], key: str, default: float) -> float:
-    value = _float(env, key, default)
-    if value < 0:
-        raise ConfigError(f"{key} must not be negative, got {value:g}")
-    return value
-
-
-def _choice(env: Mapping[str, str], key: str, default: str, choices: set[str]) -> str:
-    value = env.get(key) or default
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {sorted(choices)}, got {value!r}")
-    return value
-
-
-def nats_servers(nats_url: str) -> list[str]:
-    """``NATS_URL`` as the list of servers ``nats.connect`` takes.
-
-    ``NATS_URL`` names one server or, for a cluster, several separated by commas
-    (``nats://10.0.0.1:4222,nats://10.0.0.2:4222``): the client connects to any one
-    of them and, when that one goes away, reconnects to another.
+    ``problems`` holds one line per problem; the message joins them with "; ".
     """
-    return [url.strip() for url in nats_url.split(",") if url.strip()]
 
+    def __init__(self, *problems: str) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+# --- how a value is read ----------------------------------------------------------------------
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
-    raw = (env.get(key) or "").strip().lower()
-    if not raw:
-        return default
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise ConfigError(f"{key} must be true or false, got {raw!r}")
+@dataclass(frozen=True)
+class Rule:
+    """What a variable's type allows, as in "must be <text>" (in errors and in the docs)."""
+
+    kind: str  # the docs' "Type" column
+    text: str
 
 
-def _path(env: Mapping[str, str], key: str) -> Path | None:
-    raw = env.get(key)
-    return Path(raw) if raw else None
+def _refuse(rule: str) -> PydanticCustomError:
+    return PydanticCustomError("setting", "must be {rule}", {"rule": rule})
+
+
+def _integer(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            raise _refuse("an integer") from None
+    return value
+
+
+def _number(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise _refuse("a number") from None
+        if not math.isfinite(number):
+            raise _refuse("a finite number")
+        return number
+    return value
+
+
+def _boolean(value: object) -> object:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise _refuse(_BOOLEAN_TEXT)
+    return value
+
+
+def _library_boolean(value: object) -> object:
+    """The eventsourcing library's reading (``y``/``n``, ``t``/``f`` too)."""
+    if isinstance(value, str):
+        try:
+            return bool(strtobool(value))
+        except ValueError:
+            raise _refuse(_LIBRARY_BOOLEAN_TEXT) from None
+    return value
+
+
+def _time(value: object) -> object:
+    """An ISO-8601 date or time (UTC unless it names its offset)."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise _refuse(_TIME_TEXT) from None
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return value
+
+
+def _networks(value: object) -> object:
+    """Comma-separated CIDRs (``10.20.0.0/16,fd00::/8``); a bare address is one host."""
+    if isinstance(value, str):
+        networks = []
+        for item in value.split(","):
+            if item.strip():
+                try:
+                    networks.append(ipaddress.ip_network(item.strip(), strict=False))
+                except ValueError:
+                    raise _refuse(f"{_NETWORKS_TEXT} ({item.strip()!r} is not one)") from None
+        return tuple(networks)
+    return value
+
+
+def _listen_address(value: str) -> str:
+    """``host:port``, ``[v6]:port`` (port 0 to 65535, 0 = any free one) or a Unix socket."""
+    if value and not value.startswith(("unix:", "unix-abstract:")):
+        port = value.rpartition(":")[2]
+        if ":" not in value or not port.isdigit() or int(port) > 65535:
+            raise _refuse(_LISTEN_TEXT)
+    return value
+
+
+def _http_address(value: str) -> str:
+    """``host:port`` of an HTTP endpoint; empty = off."""
+    if value:
+        port = value.rpartition(":")[2]
+        if ":" not in value or not port.isdigit() or int(port) > 65535:
+            raise _refuse(_HTTP_TEXT)
+    return value
+
+
+def _sixteen_bytes(value: str | None) -> str | None:
+    if value is not None and len(value.encode()) < 16:
+        raise _refuse("at least 16 bytes")
+    return value
+
+
+_BOOLEAN_TEXT = "true or false (also yes/no, on/off, 1/0)"
+_LIBRARY_BOOLEAN_TEXT = "y or n (also yes/no, true/false, t/f, on/off, 1/0)"
+_TIME_TEXT = "an ISO-8601 date or time (UTC unless it names its offset)"
+_NETWORKS_TEXT = "networks (CIDR, such as 10.0.0.0/8 or fd00::/8) separated by commas"
+_LISTEN_TEXT = "host:port or [v6]:port (port 0 to 65535) or unix:path"
+_HTTP_TEXT = "host:port (port 0 to 65535)"
+
+Integer = Annotated[int, BeforeValidator(_integer), Rule("integer", "an integer")]
+Number = Annotated[float, BeforeValidator(_number), Rule("number", "a number")]
+Boolean = Annotated[bool, BeforeValidator(_boolean), Rule("boolean", _BOOLEAN_TEXT)]
+LibraryBoolean = Annotated[
+    bool, BeforeValidator(_library_boolean), Rule("boolean", _LIBRARY_BOOLEAN_TEXT)
+]
+Time = Annotated[datetime, BeforeValidator(_time), Rule("time", _TIME_TEXT)]
+Networks = Annotated[
+    tuple[IPNetwork, ...], NoDecode, BeforeValidator(_networks), Rule("CIDR list", _NETWORKS_TEXT)
+]
+ListenAddress = Annotated[str, AfterValidator(_listen_address), Rule("address", _LISTEN_TEXT)]
+HttpAddress = Annotated[str, AfterValidator(_http_address), Rule("address", _HTTP_TEXT)]
+FilePath = Annotated[Path, Rule("path", "a path")]
+Text = Annotated[str, Rule("string", "a string")]
+Secret = Annotated[str, Rule("secret", "a string")]
+
+LEDGER, NOTIFIER, RUN = "ledger", "notifier", "run"
+#: Who reads the variables: the ledger (with its tools ``python -m services.ledger.audit`` and
+#: ``python -m services.ledger.projections``), the notifier, and ``make run``'s supervisor.
+READERS = (LEDGER, NOTIFIER, RUN)
+_SERVICES = (LEDGER, NOTIFIER)
+
+
+def _setting(
+    name: str,
+    default: Any,
+    description: str,
+    *,
+    read_by: tuple[str, ...] | None = None,
+    secret: bool = False,
+    shown_default: str | None = None,
+    **bounds: Any,
+) -> Any:
+    """One variable: ``name`` in the environment, its default (``shown_default`` in the docs
+    when it is worked out at start), description, readers (else its group's) and bounds."""
+    extra: dict[str, Any] = {}
+    if read_by is not None:
+        extra["read_by"] = list(read_by)
+    if secret:
+        extra["secret"] = True
+    if shown_default is not None:
+        extra["shown_default"] = shown_default
+    return Field(
+        default, alias=name, description=description, json_schema_extra=extra or None, **bounds
+    )
+
+
+class Group(BaseSettings):
+    """The variables of one topic (a section of docs/configuration.md)."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=True, env_ignore_empty=True, extra="ignore", frozen=True
+    )
+    heading: ClassVar[str]
+    read_by: ClassVar[tuple[str, ...]] = _SERVICES
+
+
+# --- the declarations ---------------------------------------------------------------------------
+
+#: The rate limit per agency when ``LEDGER_RATE_LIMIT_PER_SECOND`` is unset in production.
+PRODUCTION_RATE_PER_SECOND = 200.0
+
+
+class ServiceVariables(Group):
+    """What the ledger and the notifier read the same way (``make run`` some of it too)."""
+
+    heading = "Both services"
+
+    environment: Literal["development", "production"] = _setting(
+        "LEDGER_ENVIRONMENT",
+        "development",
+        "`production` refuses development credentials, requires `LEDGER_TOKENS_FILE`, "
+        "`LEDGER_PAGE_TOKEN_SECRET`, `LEDGER_SIGNING_KEY_FILE` (ledger) and "
+        "`NOTIFIER_WEBHOOK_KEY_FILE` (notifier), serves plaintext gRPC only on loopback and "
+        "turns the rate limit on",
+    )
+    data_dir: FilePath = _setting(
+        "LEDGER_DATA_DIR",
+        PROJECT_ROOT / "data",
+        "where the embedded stores, credentials, keys and secrets live (and `make run`'s "
+        "NATS store)",
+        read_by=(LEDGER, NOTIFIER, RUN),
+    )
+    reference_file: FilePath = _setting(
+        "LEDGER_REFERENCE_FILE",
+        PROJECT_ROOT / "config" / "mukomuko-pilkada.yaml",
+        "reference data: agencies, kecamatan/desa, categories, severities",
+    )
+    tokens_file: FilePath | None = _setting(
+        "LEDGER_TOKENS_FILE",
+        None,
+        "users: `agency`, `officer`, `token_sha256` (SHA-256 of the bearer token); required "
+        "in production",
+        shown_default="`$LEDGER_DATA_DIR/credentials/tokens.yaml`, generated (development)",
+    )
+    page_token_secret: Annotated[Secret | None, AfterValidator(_sixteen_bytes)] = _setting(
+        "LEDGER_PAGE_TOKEN_SECRET",
+        None,
+        "key that signs page tokens (at least 16 bytes; the same on every replica); "
+        "required in production",
+        secret=True,
+        shown_default="random, kept in `$LEDGER_DATA_DIR/page-token.secret` (development)",
+    )
+    max_message_bytes: Integer = _setting(
+        "LEDGER_MAX_MESSAGE_BYTES",
+        1024 * 1024,
+        "largest request accepted; a larger one is `RESOURCE_EXHAUSTED`",
+        ge=1024,
+        le=2**31 - 1,
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _setting(
+        "LEDGER_LOG_LEVEL", "INFO", "the lowest level logged", read_by=(LEDGER, NOTIFIER, RUN)
+    )
+    log_format: Literal["auto", "json", "console"] = _setting(
+        "LEDGER_LOG_FORMAT",
+        "auto",
+        "`json` lines, `console` (readable), or `auto`: console on a terminal, else JSON",
+        read_by=(LEDGER, NOTIFIER, RUN),
+    )
+    allow_plaintext: Boolean = _setting(
+        "LEDGER_ALLOW_PLAINTEXT",
+        False,
+        "production only: allow plaintext gRPC on a non-loopback address (behind a "
+        "TLS-terminating proxy or mesh)",
+    )
+
+
+class LimitVariables(Group):
+    """Per agency, on each service, counted after the caller is authenticated (see README,
+    "Limits"). The rate limit is off in development and on in production unless set."""
+
+    heading = "Limits per agency (both services)"
+
+    rate_per_second: Annotated[Number, Ge(0.0)] | None = _setting(
+        "LEDGER_RATE_LIMIT_PER_SECOND",
+        None,
+        'calls per second per agency (see README, "Limits"); `0` = no limit',
+        shown_default=f"`0` (off) in development, `{PRODUCTION_RATE_PER_SECOND:g}` in production",
+    )
+    burst: Annotated[Integer, Ge(1)] | None = _setting(
+        "LEDGER_RATE_LIMIT_BURST",
+        None,
+        "calls an agency may make at once before the rate applies",
+        shown_default="twice the rate (at least 1)",
+    )
+    max_streams_per_agency: Integer = _setting(
+        "LEDGER_MAX_STREAMS_PER_AGENCY",
+        16,
+        "open server streams per agency, on each service; `0` = no limit",
+        ge=0,
+    )
+    auth_max_failures: Integer = _setting(
+        "LEDGER_AUTH_MAX_FAILURES",
+        30,
+        "failed authentications from one address (or with one token prefix) within the "
+        "window after which it is refused for a window; `0` = no throttle",
+        ge=0,
+    )
+    auth_window_seconds: Number = _setting(
+        "LEDGER_AUTH_WINDOW_SECONDS", 60.0, "that window", gt=0.0
+    )
+    auth_max_keys: Integer = _setting(
+        "LEDGER_AUTH_THROTTLE_KEYS",
+        10_000,
+        "addresses and token prefixes remembered at once (least recently seen forgotten "
+        "first; about 200 bytes each)",
+        ge=1,
+    )
+
+
+class TlsVariables(Group):
+    """The files are read once, at start, and checked: readable, valid PEM, the key belongs
+    to the certificate (see README, "Security")."""
+
+    heading = "TLS on the gRPC ports (both services)"
+
+    cert_file: FilePath | None = _setting(
+        "LEDGER_TLS_CERT_FILE",
+        None,
+        "the server's certificate chain (PEM, its own certificate first); with "
+        "`LEDGER_TLS_KEY_FILE`",
+        shown_default="unset (plaintext)",
+    )
+    key_file: FilePath | None = _setting(
+        "LEDGER_TLS_KEY_FILE",
+        None,
+        "its private key (PEM, unencrypted; keep the file mode 0600)",
+        shown_default="unset (plaintext)",
+    )
+    client_ca_file: FilePath | None = _setting(
+        "LEDGER_TLS_CLIENT_CA_FILE",
+        None,
+        "the CA (or CAs) that sign the agencies' client certificates: turns on mutual TLS",
+    )
+    client_auth: Literal["none", "require"] | None = _setting(
+        "LEDGER_TLS_CLIENT_AUTH",
+        None,
+        "whether clients must present a certificate signed by the client CA",
+        shown_default="`require` with a client CA, else `none`",
+    )
+
+
+class NatsVariables(Group):
+    """The relay (in the ledger) and the notifier connect to NATS with the same settings
+    (see README, "NATS: TLS and credentials")."""
+
+    heading = "NATS connection (the ledger's relay and the notifier)"
+
+    url: Text = _setting(
+        "NATS_URL",
+        "",
+        "NATS server, or the nodes of a cluster separated by commas "
+        '(`nats://a:4222,nats://b:4222`, see README, "A NATS cluster"); may embed '
+        "`user:password@` (prefer `NATS_USER`). "
+        "Unset, the ledger runs without its relay and `make run` starts its own nats-server; "
+        "the notifier requires it",
+        read_by=(LEDGER, NOTIFIER, RUN),
+        shown_default="unset",
+    )
+    tls_ca_file: FilePath | None = _setting(
+        "NATS_TLS_CA_FILE",
+        None,
+        "CA that signed the NATS server's certificate",
+        shown_default="the system's roots",
+    )
+    tls_cert_file: FilePath | None = _setting(
+        "NATS_TLS_CERT_FILE",
+        None,
+        "client certificate, for a server that verifies clients; with `NATS_TLS_KEY_FILE`",
+    )
+    tls_key_file: FilePath | None = _setting(
+        "NATS_TLS_KEY_FILE", None, "the client certificate's key (PEM, unencrypted)"
+    )
+    tls_handshake_first: Boolean = _setting(
+        "NATS_TLS_HANDSHAKE_FIRST",
+        False,
+        "TLS from the first byte (the server's `tls` block needs `handshake_first: true`)",
+    )
+    user: Text = _setting("NATS_USER", "", "NATS user; with `NATS_PASSWORD`", shown_default="unset")
+    password: Secret = _setting(
+        "NATS_PASSWORD", "", "that user's password", secret=True, shown_default="unset"
+    )
+    token: Secret = _setting(
+        "NATS_TOKEN",
+        "",
+        "an authorization token, instead of user and password",
+        secret=True,
+        shown_default="unset",
+    )
+
+
+class StreamVariables(Group):
+    """Where the relay publishes the events and where the notifier consumes them."""
+
+    heading = "The JetStream stream (the same on the ledger and the notifier)"
+
+    name: Text = _setting("LEDGER_STREAM", "LEDGER_EVENTS", "the stream's name")
+    subject_prefix: Text = _setting(
+        "LEDGER_STREAM_SUBJECT_PREFIX",
+        "ledger.v1.events",
+        'subject prefix of the events (see README, "Subjects")',
+    )
+    checkpoint_subject: Text = _setting(
+        "LEDGER_STREAM_CHECKPOINT_SUBJECT",
+        "ledger.v1.checkpoints",
+        "subject of the audit checkpoints",
+    )
+    replicas: Integer = _setting(
+        "LEDGER_STREAM_REPLICAS",
+        1,
+        "stream replicas: 3 in a three-node NATS cluster (at most the number of nodes)",
+        ge=1,
+        le=5,
+    )
+    storage: Literal["file", "memory"] = _setting(
+        "LEDGER_STREAM_STORAGE", "file", "where NATS keeps the stream"
+    )
+    max_age_days: Number = _setting(
+        "LEDGER_STREAM_MAX_AGE_DAYS",
+        0.0,
+        "how long the stream keeps events; `0` = as long as its other limits allow",
+        ge=0.0,
+    )
+    duplicate_window_seconds: Number = _setting(
+        "LEDGER_STREAM_DUPLICATE_WINDOW_SECONDS",
+        120.0,
+        "JetStream's deduplication window",
+        ge=0.0,
+    )
+
+
+class LedgerVariables(Group):
+    """The ledger service, with its relay and audit checkpoints (and its tools
+    ``python -m services.ledger.audit`` and ``python -m services.ledger.projections``)."""
+
+    heading = "The ledger"
+    read_by = (LEDGER,)
+
+    listen: ListenAddress = _setting(
+        "LEDGER_LISTEN",
+        "127.0.0.1:50051",
+        "gRPC listen address (`0.0.0.0:50051` to serve other machines)",
+        read_by=(LEDGER, RUN),
+    )
+    metrics_listen: HttpAddress = _setting(
+        "LEDGER_METRICS_LISTEN",
+        "",
+        '`host:port` of the Prometheus endpoint (`/metrics`, plain HTTP; see README, "Metrics")',
+        shown_default="unset (off)",
+    )
+    max_workers: Integer = _setting("LEDGER_MAX_WORKERS", 32, "request threads", ge=1)
+    cache_size: Integer = _setting(
+        "LEDGER_CACHE_SIZE",
+        3000,
+        "incidents whose latest state the write path keeps in memory (the most recently "
+        "written; 2-5 KB each, so 6-15 MB when full); a command on another incident loads "
+        "it from the store first. `0` = none",
+        ge=0,
+    )
+    grace_seconds: Number = _setting(
+        "LEDGER_GRACE_SECONDS",
+        10.0,
+        'how long a stop waits for calls in flight (see README, "Stopping")',
+        ge=0.0,
+    )
+    earliest_time: Time = _setting(
+        "LEDGER_EARLIEST_TIME",
+        datetime(2000, 1, 1, tzinfo=UTC),
+        "the ledger's era: an earlier `occur_time`, `valid_from` or `valid_until` is refused",
+    )
+    max_clock_skew_seconds: Number = _setting(
+        "LEDGER_MAX_CLOCK_SKEW_SECONDS",
+        300.0,
+        "how far an `occur_time` (or a corrected `occurred_at`) may be ahead of the ledger's clock",
+        ge=0.0,
+    )
+    max_decision_days: Number = _setting(
+        "LEDGER_MAX_DECISION_DAYS",
+        366.0,
+        "how far ahead a decision's `valid_from`/`valid_until` may be",
+        ge=0.0,
+    )
+    store_check_seconds: Number = _setting(
+        "LEDGER_STORE_CHECK_SECONDS",
+        1.0,
+        "how often the ledger asks PostgreSQL whether it answers; its health is "
+        "`NOT_SERVING` while it does not",
+        gt=0.0,
+    )
+    signing_key_file: FilePath | None = _setting(
+        "LEDGER_SIGNING_KEY_FILE",
+        None,
+        "Ed25519 key that signs checkpoints (PEM PKCS#8, or the raw 32-byte seed in "
+        "base64); required in production",
+        shown_default="generated in `$LEDGER_DATA_DIR/keys/` (development)",
+    )
+    checkpoint_seconds: Number = _setting(
+        "LEDGER_CHECKPOINT_SECONDS",
+        300.0,
+        "how often a checkpoint is written; `0` = only on demand",
+        ge=0.0,
+    )
+    relay_batch: Integer = _setting(
+        "LEDGER_RELAY_BATCH", 500, "events per relay round trip to NATS", ge=1
+    )
+    relay_poll_seconds: Number = _setting(
+        "LEDGER_RELAY_POLL_SECONDS",
+        0.5,
+        "how often the relay looks for other processes' writes (SQLite)",
+        gt=0.0,
+    )
+
+
+class NotifierVariables(Group):
+    """The notifier service and its webhook deliveries."""
+
+    heading = "The notifier"
+    read_by = (NOTIFIER,)
+
+    listen: ListenAddress = _setting(
+        "NOTIFIER_LISTEN",
+        "127.0.0.1:50052",
+        "the notifier's gRPC listen address",
+        read_by=(NOTIFIER, RUN),
+    )
+    metrics_listen: HttpAddress = _setting(
+        "NOTIFIER_METRICS_LISTEN",
+        "",
+        '`host:port` of the Prometheus endpoint (`/metrics`, plain HTTP; see README, "Metrics")',
+        shown_default="unset (off)",
+    )
+    store: Literal["sqlite", "postgres"] = _setting(
+        "NOTIFIER_STORE",
+        "sqlite",
+        "where webhooks, jobs and the delivery log are kept: `postgres` takes the "
+        "`POSTGRES_*` variables",
+    )
+    sqlite_dbname: Text | None = _setting(
+        "NOTIFIER_SQLITE_DBNAME",
+        None,
+        "the SQLite file (with `NOTIFIER_STORE=sqlite`)",
+        shown_default="`$LEDGER_DATA_DIR/notifier.sqlite`",
+    )
+    consumer: Text = _setting(
+        "NOTIFIER_CONSUMER",
+        "notifier",
+        "the durable consumer's name (shared by notifier replicas)",
+    )
+    ack_wait_seconds: Number = _setting(
+        "NOTIFIER_ACK_WAIT_SECONDS",
+        10.0,
+        "after this, an unacknowledged message is delivered to the notifier again",
+        gt=0.0,
+    )
+    webhook_max_attempts: Integer = _setting(
+        "NOTIFIER_WEBHOOK_MAX_ATTEMPTS", 8, "attempts before a dead letter", ge=1
+    )
+    webhook_timeout_seconds: Number = _setting(
+        "NOTIFIER_WEBHOOK_TIMEOUT_SECONDS",
+        5.0,
+        "how long an endpoint may take to answer",
+        gt=0.0,
+    )
+    webhook_backoff_seconds: Number = _setting(
+        "NOTIFIER_WEBHOOK_BACKOFF_SECONDS",
+        1.0,
+        "first retry delay, doubling up to the maximum (with jitter)",
+        ge=0.0,
+    )
+    webhook_max_backoff_seconds: Number = _setting(
+        "NOTIFIER_WEBHOOK_MAX_BACKOFF_SECONDS", 300.0, "the longest retry delay", ge=0.0
+    )
+    webhook_allow_networks: Networks = _setting(
+        "NOTIFIER_WEBHOOK_ALLOW_NETWORKS",
+        (),
+        "networks webhooks may reach although not public (loopback, private, link-local; "
+        'see README, "Webhooks"); a bare address is one host',
+        shown_default="unset (public addresses only)",
+    )
+    webhook_key_file: FilePath | None = _setting(
+        "NOTIFIER_WEBHOOK_KEY_FILE",
+        None,
+        "the AES-256 key (32 bytes, raw or base64) that seals webhook secrets at rest; "
+        "required in production, the same file for every replica",
+        shown_default="`$LEDGER_DATA_DIR/keys/notifier-webhook.key`, generated (development)",
+    )
+    max_workers: Integer = _setting(
+        "NOTIFIER_MAX_WORKERS",
+        64,
+        "the notifier's request threads (each live stream holds one)",
+        ge=4,
+    )
+    grace_seconds: Number = _setting(
+        "NOTIFIER_GRACE_SECONDS",
+        5.0,
+        'how long a stop waits for calls in flight (see README, "Stopping")',
+        ge=0.0,
+    )
+
+
+class StoreVariables(Group):
+    """The eventsourcing library's own variables, handed to it unchanged (the password read
+    from its file); those declared here are checked at start, its other ``POSTGRES_*`` and
+    ``SQLITE_*`` variables pass through unchecked. The notifier reads the ``POSTGRES_*``
+    ones with ``NOTIFIER_STORE=postgres``."""
+
+    heading = "The store (the eventsourcing library's variables, passed through)"
+    read_by = (LEDGER,)
+
+    persistence_module: Literal[
+        "eventsourcing.sqlite", "eventsourcing.postgres", "eventsourcing.popo"
+    ] = _setting(
+        "PERSISTENCE_MODULE",
+        "eventsourcing.sqlite",
+        "the ledger's event store (`eventsourcing.popo` keeps it in memory)",
+    )
+    sqlite_dbname: Text | None = _setting(
+        "SQLITE_DBNAME",
+        None,
+        "the ledger's SQLite file",
+        shown_default="`$LEDGER_DATA_DIR/ledger.sqlite`",
+    )
+    sqlite_lock_timeout: Integer = _setting(
+        "SQLITE_LOCK_TIMEOUT", 10, "seconds a SQLite writer waits for the lock", ge=0
+    )
+    create_table: LibraryBoolean = _setting(
+        "CREATE_TABLE",
+        True,
+        "create tables at start; set `n` on replicas after `migrate`",
+        shown_default="`y`",
+    )
+    postgres_host: Text | None = _setting(
+        "POSTGRES_HOST", None, "PostgreSQL host", read_by=_SERVICES, shown_default="—"
+    )
+    postgres_port: Integer | None = _setting(
+        "POSTGRES_PORT",
+        None,
+        "PostgreSQL port",
+        read_by=_SERVICES,
+        shown_default="`5432`",
+        ge=1,
+        le=65535,
+    )
+    postgres_dbname: Text | None = _setting(
+        "POSTGRES_DBNAME", None, "database", read_by=_SERVICES, shown_default="—"
+    )
+    postgres_user: Text | None = _setting(
+        "POSTGRES_USER", None, "user", read_by=_SERVICES, shown_default="—"
+    )
+    postgres_password: Secret | None = _setting(
+        "POSTGRES_PASSWORD",
+        None,
+        "that user's password",
+        read_by=_SERVICES,
+        secret=True,
+        shown_default="—",
+    )
+    postgres_schema: Text | None = _setting(
+        "POSTGRES_SCHEMA",
+        None,
+        "schema of the tables",
+        read_by=_SERVICES,
+        shown_default="`public`",
+    )
+    postgres_connect_timeout: Integer = _setting(
+        "POSTGRES_CONNECT_TIMEOUT",
+        3,
+        "seconds a connection attempt may take, and a call may wait for a free pooled "
+        "connection: while PostgreSQL is down a command answers `UNAVAILABLE` (reason "
+        "`STORE_UNAVAILABLE`; retry with the same request id) within about a second where "
+        "the server refuses connections, within this where connecting hangs (the library's "
+        "default, 30 s, is longer than a caller's deadline)",
+        read_by=_SERVICES,
+        ge=0,
+    )
+    postgres_lock_timeout: Integer = _setting(
+        "POSTGRES_LOCK_TIMEOUT",
+        2,
+        "seconds any session waits for a lock (also the library's, for its inserts); "
+        "`0` = no limit",
+        read_by=_SERVICES,
+        ge=0,
+    )
+    postgres_statement_timeout: Integer = _setting(
+        "POSTGRES_STATEMENT_TIMEOUT",
+        15,
+        "seconds a statement may run; `0` = no limit",
+        read_by=_SERVICES,
+        ge=0,
+    )
+    postgres_idle_in_transaction_session_timeout: Integer = _setting(
+        "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT",
+        5,
+        "seconds a session may sit idle inside a transaction before PostgreSQL ends it, "
+        "releasing its locks (a frozen or hung replica); `0` = no limit",
+        read_by=_SERVICES,
+        ge=0,
+    )
+
+
+class RunVariables(Group):
+    """``make run`` also reads ``NATS_URL``, ``LEDGER_LISTEN``, ``NOTIFIER_LISTEN``,
+    ``LEDGER_DATA_DIR`` and the log settings (see their rows)."""
+
+    heading = "`make run` (`python -m services.run`)"
+    read_by = (RUN,)
+
+    nats_port: Integer = _setting(
+        "LEDGER_NATS_PORT",
+        14222,
+        "port of the nats-server that `make run` starts when `NATS_URL` is unset (not 4222, "
+        "which the machine's own NATS may hold)",
+        ge=1,
+        le=65535,
+    )
+
+
+#: Every group, in the order of docs/configuration.md.
+GROUPS: tuple[type[Group], ...] = (
+    ServiceVariables,
+    LimitVariables,
+    TlsVariables,
+    NatsVariables,
+    StreamVariables,
+    LedgerVariables,
+    NotifierVariables,
+    StoreVariables,
+    RunVariables,
+)
+
+
+# --- reading and checking ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One declared variable, as the docs and the checks see it."""
+
+    name: str
+    group: type[Group]
+    attribute: str
+    info: FieldInfo
+
+    @property
+    def extra(self) -> Mapping[str, Any]:
+        extra = self.info.json_schema_extra
+        return extra if isinstance(extra, dict) else {}
+
+    @property
+    def secret(self) -> bool:
+        return bool(self.extra.get("secret"))
+
+    @property
+    def read_by(self) -> tuple[str, ...]:
+        return tuple(self.extra.get("read_by", self.group.read_by))
+
+    @property
+    def description(self) -> str:
+        return self.info.description or ""
+
+    @property
+    def default(self) -> Any:
+        return self.info.default
+
+    @property
+    def rule(self) -> Rule | None:
+        """What the type allows (not for Literal choices)."""
+        return next((m for m in _metadata(self.info) if isinstance(m, Rule)), None)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The allowed values of a choice, in the declared order; () if not a choice."""
+        annotation = self.info.annotation
+        candidates = get_args(annotation) if get_origin(annotation) is not Literal else ()
+        for candidate in (annotation, *candidates):
+            if get_origin(candidate) is Literal:
+                return tuple(str(choice) for choice in get_args(candidate))
+        return ()
+
+    @property
+    def bounds(self) -> str:
+        """The bounds of a number, as in "must be <bounds>" ("" if none)."""
+        found: dict[str, Any] = {}
+        for item in _metadata(self.info):
+            if isinstance(item, Ge):
+                found["ge"] = item.ge
+            elif isinstance(item, Gt):
+                found["gt"] = item.gt
+            elif isinstance(item, Le):
+                found["le"] = item.le
+        if "ge" in found and "le" in found:
+            return f"from {found['ge']} to {found['le']}"
+        if "gt" in found:
+            return "positive" if found["gt"] == 0 else f"more than {found['gt']}"
+        if "ge" in found:  # a float's 0.0 reads "not negative", an integer's "at least 0"
+            negative = isinstance(found["ge"], float) and found["ge"] == 0
+            return "not negative" if negative else f"at least {found['ge']}"
+        if "le" in found:
+            return f"at most {found['le']}"
+        return ""
+
+    def must(self, what: str) -> str:
+        return "must not be negative" if what == "not negative" else f"must be {what}"
+
+
+def _metadata(info: FieldInfo) -> Iterator[Any]:
+    """The field's metadata, also that of a type inside ``X | None``."""
+    yield from info.metadata
+    for argument in get_args(info.annotation):
+        yield from getattr(argument, "__metadata__", ())
+
+
+def variables() -> Iterator[Variable]:
+    """Every declared variable, group by group, in declaration order."""
+    for group in GROUPS:
+        for attribute, info in group.model_fields.items():
+            yield Variable(str(info.alias), group, attribute, info)
+
+
+def secret_file_variables() -> set[str]:
+    """``X_FILE`` of every secret ``X``."""
+    return {f"{v.name}_FILE" for v in variables() if v.secret}
+
+
+def variable_names() -> set[str]:
+    """Every variable the services read, ``_FILE`` variants included (and the library's
+    other ``POSTGRES_*`` variables, which pass through undeclared)."""
+    return {v.name for v in variables()} | secret_file_variables()
+
+
+#: ``LEDGER_TLS_CLIENT_AUTH`` values. grpcio can either not ask for a client certificate or
+#: require (and verify) one; it has no "ask but accept none".
+CLIENT_AUTH_MODES = set(
+    Variable("", TlsVariables, "", TlsVariables.model_fields["client_auth"]).choices
+)
+
+
+def declared(name: str) -> Variable:
+    """The declaration of the variable ``name`` (KeyError if there is none)."""
+    found = next((v for v in variables() if v.name == name), None)
+    if found is None:
+        raise KeyError(name)
+    return found
+
+
+def _default(group: type[Group], attribute: str) -> Any:
+    """A declared default, for the dataclasses below."""
+    return group.model_fields[attribute].default
 
 
 def read_setting_file(key: str, path: Path) -> bytes:
@@ -122,33 +891,138 @@ def read_setting_file(key: str, path: Path) -> bytes:
         raise ConfigError(f"{key}: cannot read {path}: {reason}") from None
 
 
-def _readable_file(env: Mapping[str, str], key: str) -> Path | None:
+class _Environment(EnvSettingsSource):
+    """A group's variables from ``given`` (an empty value is unset), only those ``reader``
+    reads (all if None); a secret ``X`` also from the file named by ``X_FILE`` (not both).
+
+    Problems with secret files are collected in ``problems`` (the library wraps what a
+    source raises).
+    """
+
+    def __init__(self, group: type[Group], given: Mapping[str, str], reader: str | None) -> None:
+        self._given = given
+        self._group = group
+        self._reader = reader
+        self.problems: list[str] = []
+        super().__init__(group)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {key: value for key, value in self._given.items() if value != ""}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        variable = Variable(str(field.alias), self._group, field_name, field)
+        if self._reader is not None and self._reader not in variable.read_by:
+            return None, variable.name, False
+        if variable.secret:
+            return self._secret(variable.name), variable.name, False
+        return super().get_field_value(field, field_name)
+
+    def _secret(self, key: str) -> str | None:
+        """A file's content is taken without its trailing line break."""
+        file_key = f"{key}_FILE"
+        value, file = self._given.get(key) or None, self._given.get(file_key) or None
+        if value is not None and file is not None:
+            self.problems.append(f"set {key} or {file_key}, not both")
+            return None
+        if file is None:
+            return value
+        path = Path(file)
+        try:
+            text = read_setting_file(file_key, path).decode("utf-8")
+        except ConfigError as error:
+            self.problems.extend(error.problems)
+            return None
+        except UnicodeDecodeError:
+            self.problems.append(f"{file_key}: {path} is not UTF-8 text")
+            return None
+        secret = text.rstrip("\r\n")
+        if not secret:
+            self.problems.append(f"{file_key}: {path} is empty")
+            return None
+        return secret
+
+
+def _problem(group: type[Group], error: ErrorDetails, given: Mapping[str, Any]) -> str:
+    """One line: the variable, what is allowed, the value ``given`` (a secret's never)."""
+    name = str(error["loc"][0]) if error["loc"] else "?"
+    info = next((f for f in group.model_fields.values() if f.alias == name), None)
+    if info is None:  # not a variable's error: cannot happen with these declarations
+        return f"{group.__name__}: {error['msg']}"
+    variable = Variable(name, group, "", info)
+    value = "(a secret: not shown)" if variable.secret else repr(given.get(name, error["input"]))
+    if error["type"] == "setting":
+        what = error["msg"]
+        if variable.bounds and not what.endswith(variable.bounds):
+            what += f" ({variable.bounds})"
+    elif error["type"] == "literal_error":
+        what = f"must be one of {sorted(variable.choices)}"
+    elif variable.bounds and error["type"] in {
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+    }:
+        what = variable.must(variable.bounds)
+    else:
+        rule = variable.rule
+        what = f"must be {rule.text}" if rule else error["msg"]
+    return f"{name} {what}, got {value}"
+
+
+G = TypeVar("G", bound=Group)
+
+
+class Values:
+    """The checked values of some groups."""
+
+    def __init__(self, values: Mapping[type[Group], Group]) -> None:
+        self._values = dict(values)
+
+    def get(self, group: type[G]) -> G:
+        return cast(G, self._values[group])
+
+
+def read(
+    env: Mapping[str, str] | None,
+    groups: tuple[type[Group], ...] = GROUPS,
+    reader: str | None = None,
+) -> Values:
+    """The variables of ``groups`` in ``env`` (``os.environ`` if None), checked: a
+    ConfigError lists every problem. With ``reader``, only the variables it reads."""
+    given = dict(os.environ if env is None else env)
+    problems: list[str] = []
+    values: dict[type[Group], Group] = {}
+    for group in groups:
+        source = _Environment(group, given, reader)
+        raw = source()
+        problems.extend(source.problems)
+        try:
+            values[group] = group.model_validate(raw)
+        except ValidationError as error:
+            problems.extend(_problem(group, detail, raw) for detail in error.errors())
+    if problems:
+        raise ConfigError(*problems)
+    return Values(values)
+
+
+# --- helpers of the settings ------------------------------------------------------------------
+
+
+def nats_servers(nats_url: str) -> list[str]:
+    """``NATS_URL`` as the list of servers ``nats.connect`` takes.
+
+    ``NATS_URL`` names one server or, for a cluster, several separated by commas
+    (``nats://10.0.0.1:4222,nats://10.0.0.2:4222``): the client connects to any one
+    of them and, when that one goes away, reconnects to another.
+    """
+    return [url.strip() for url in nats_url.split(",") if url.strip()]
+
+
+def _readable_file(key: str, path: Path | None) -> Path | None:
     """The path a setting names, checked to be a readable file (content not checked)."""
-    path = _path(env, key)
     if path is not None:
         read_setting_file(key, path)
     return path
-
-
-def _secret(env: Mapping[str, str], key: str) -> str:
-    """A secret from ``key`` or from the file named by ``key_FILE`` (not both); "" if unset.
-
-    A file's content is taken without its trailing line break.
-    """
-    file_key = f"{key}_FILE"
-    value, path = env.get(key, ""), _path(env, file_key)
-    if value and path is not None:
-        raise ConfigError(f"set {key} or {file_key}, not both")
-    if path is None:
-        return value
-    try:
-        text = read_setting_file(file_key, path).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{file_key}: {path} is not UTF-8 text") from None
-    secret = text.rstrip("\r\n")
-    if not secret:
-        raise ConfigError(f"{file_key}: {path} is empty")
-    return secret
 
 
 def is_loopback(address: str) -> bool:
@@ -174,9 +1048,7 @@ def _pem_certificates(key: str, path: Path) -> tuple[bytes, list[x509.Certificat
     return data, certificates
 
 
-#: ``LEDGER_TLS_CLIENT_AUTH`` values. grpcio can either not ask for a client certificate or
-#: require (and verify) one; it has no "ask but accept none".
-CLIENT_AUTH_MODES = {"none", "require"}
+# --- the settings objects ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -249,9 +1121,11 @@ class ServerTls:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServerTls | None:
-        cert, key = _path(env, "LEDGER_TLS_CERT_FILE"), _path(env, "LEDGER_TLS_KEY_FILE")
-        client_ca = _path(env, "LEDGER_TLS_CLIENT_CA_FILE")
-        client_auth = env.get("LEDGER_TLS_CLIENT_AUTH") or None
+        return cls.from_variables(read(env, (TlsVariables,)).get(TlsVariables))
+
+    @classmethod
+    def from_variables(cls, v: TlsVariables) -> ServerTls | None:
+        cert, key, client_ca, client_auth = v.cert_file, v.key_file, v.client_ca_file, v.client_auth
         if cert is None or key is None:
             if cert is not None or key is not None:
                 raise ConfigError("LEDGER_TLS_CERT_FILE and LEDGER_TLS_KEY_FILE go together")
@@ -275,10 +1149,10 @@ class NatsClientSettings:
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
-    tls_handshake_first: bool = False
-    user: str = ""
-    password: str = field(default="", repr=False)
-    token: str = field(default="", repr=False)
+    tls_handshake_first: bool = _default(NatsVariables, "tls_handshake_first")
+    user: str = _default(NatsVariables, "user")
+    password: str = field(default=_default(NatsVariables, "password"), repr=False)
+    token: str = field(default=_default(NatsVariables, "token"), repr=False)
 
     @property
     def tls(self) -> bool:
@@ -313,24 +1187,26 @@ class NatsClientSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> NatsClientSettings:
-        cert = _readable_file(env, "NATS_TLS_CERT_FILE")
-        key = _readable_file(env, "NATS_TLS_KEY_FILE")
+        return cls.from_variables(read(env, (NatsVariables,)).get(NatsVariables))
+
+    @classmethod
+    def from_variables(cls, v: NatsVariables) -> NatsClientSettings:
+        cert = _readable_file("NATS_TLS_CERT_FILE", v.tls_cert_file)
+        key = _readable_file("NATS_TLS_KEY_FILE", v.tls_key_file)
         if (cert is None) != (key is None):
             raise ConfigError("NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE go together")
-        user, password = env.get("NATS_USER", ""), _secret(env, "NATS_PASSWORD")
-        token = _secret(env, "NATS_TOKEN")
-        if bool(user) != bool(password):
+        if bool(v.user) != bool(v.password):
             raise ConfigError("NATS_USER and NATS_PASSWORD (or NATS_PASSWORD_FILE) go together")
-        if token and user:
+        if v.token and v.user:
             raise ConfigError("set NATS_USER/NATS_PASSWORD or NATS_TOKEN, not both")
         settings = cls(
-            tls_ca_file=_readable_file(env, "NATS_TLS_CA_FILE"),
+            tls_ca_file=_readable_file("NATS_TLS_CA_FILE", v.tls_ca_file),
             tls_cert_file=cert,
             tls_key_file=key,
-            tls_handshake_first=_bool(env, "NATS_TLS_HANDSHAKE_FIRST", False),
-            user=user,
-            password=password,
-            token=token,
+            tls_handshake_first=v.tls_handshake_first,
+            user=v.user,
+            password=v.password,
+            token=v.token,
         )
         settings.ssl_context()  # fails now, with the setting's name, rather than at connect
         return settings
@@ -340,27 +1216,28 @@ class NatsClientSettings:
 class StreamSettings:
     """The JetStream stream the ledger's events are published to (see README, "Fan-out")."""
 
-    name: str = "LEDGER_EVENTS"
-    subject_prefix: str = "ledger.v1.events"
-    checkpoint_subject: str = "ledger.v1.checkpoints"
-    replicas: int = 1
-    storage: str = "file"
-    max_age_days: float = 0.0  # 0 = keep events as long as the stream's other limits allow
-    duplicate_window_seconds: float = 120.0
+    name: str = _default(StreamVariables, "name")
+    subject_prefix: str = _default(StreamVariables, "subject_prefix")
+    checkpoint_subject: str = _default(StreamVariables, "checkpoint_subject")
+    replicas: int = _default(StreamVariables, "replicas")
+    storage: str = _default(StreamVariables, "storage")
+    max_age_days: float = _default(StreamVariables, "max_age_days")  # 0 = no age limit
+    duplicate_window_seconds: float = _default(StreamVariables, "duplicate_window_seconds")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> StreamSettings:
+        return cls.from_variables(read(env, (StreamVariables,)).get(StreamVariables))
+
+    @classmethod
+    def from_variables(cls, v: StreamVariables) -> StreamSettings:
         return cls(
-            name=env.get("LEDGER_STREAM") or cls.name,
-            subject_prefix=env.get("LEDGER_STREAM_SUBJECT_PREFIX") or cls.subject_prefix,
-            checkpoint_subject=env.get("LEDGER_STREAM_CHECKPOINT_SUBJECT")
-            or cls.checkpoint_subject,
-            replicas=_int(env, "LEDGER_STREAM_REPLICAS", cls.replicas, minimum=1),
-            storage=_choice(env, "LEDGER_STREAM_STORAGE", cls.storage, {"file", "memory"}),
-            max_age_days=_float(env, "LEDGER_STREAM_MAX_AGE_DAYS", cls.max_age_days),
-            duplicate_window_seconds=_float(
-                env, "LEDGER_STREAM_DUPLICATE_WINDOW_SECONDS", cls.duplicate_window_seconds
-            ),
+            name=v.name,
+            subject_prefix=v.subject_prefix,
+            checkpoint_subject=v.checkpoint_subject,
+            replicas=v.replicas,
+            storage=v.storage,
+            max_age_days=v.max_age_days,
+            duplicate_window_seconds=v.duplicate_window_seconds,
         )
 
 
@@ -371,8 +1248,8 @@ class RelaySettings:
     nats_url: str = field(default="", repr=False)  # may embed user:password
     nats: NatsClientSettings = field(default_factory=NatsClientSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
-    batch_size: int = 500
-    poll_seconds: float = 0.5
+    batch_size: int = _default(LedgerVariables, "relay_batch")
+    poll_seconds: float = _default(LedgerVariables, "relay_poll_seconds")
     # Also each JetStream request's: a request sent while a stream elects its leader gets no
     # answer, so a short timeout and a retry resume publishing soon after the election
     # (5 s made a stream leader's loss pause publishing 11.5 s; README, "A NATS cluster").
@@ -381,15 +1258,21 @@ class RelaySettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RelaySettings:
-        nats_url = env.get("NATS_URL", "").strip()
+        groups = (NatsVariables, StreamVariables, LedgerVariables)
+        return cls.from_variables(read(env, groups, LEDGER))
+
+    @classmethod
+    def from_variables(cls, values: Values) -> RelaySettings:
+        nats, ledger = values.get(NatsVariables), values.get(LedgerVariables)
+        nats_url = nats.url.strip()
         if nats_url and not nats_servers(nats_url):
             raise ConfigError("NATS_URL names no server; leave it unset to run without NATS")
         return cls(
             nats_url=nats_url,
-            nats=NatsClientSettings.from_env(env),
-            stream=StreamSettings.from_env(env),
-            batch_size=_int(env, "LEDGER_RELAY_BATCH", cls.batch_size, minimum=1),
-            poll_seconds=_float(env, "LEDGER_RELAY_POLL_SECONDS", cls.poll_seconds),
+            nats=NatsClientSettings.from_variables(nats),
+            stream=StreamSettings.from_variables(values.get(StreamVariables)),
+            batch_size=ledger.relay_batch,
+            poll_seconds=ledger.relay_poll_seconds,
         )
 
 
@@ -403,38 +1286,35 @@ class LimitSettings:
 
     rate_per_second: float = 0.0
     burst: int = 0
-    max_streams_per_agency: int = 16
+    max_streams_per_agency: int = _default(LimitVariables, "max_streams_per_agency")
     # Failed authentications (an unknown bearer token) per peer address and per token
     # prefix: after this many within the window, that peer or prefix is refused for a
     # window. 30 a minute is far more than a mistyped token produces and leaves a guesser
     # 0.5 tries a second instead of the ~900 measured without it. 0 = no throttle.
-    auth_max_failures: int = 30
-    auth_window_seconds: float = 60.0
+    auth_max_failures: int = _default(LimitVariables, "auth_max_failures")
+    auth_window_seconds: float = _default(LimitVariables, "auth_window_seconds")
     # Peers and prefixes remembered at once (least recently seen forgotten first); about
     # 200 bytes each.
-    auth_max_keys: int = 10_000
+    auth_max_keys: int = _default(LimitVariables, "auth_max_keys")
 
-    PRODUCTION_RATE_PER_SECOND: ClassVar[float] = 200.0
+    PRODUCTION_RATE_PER_SECOND: ClassVar[float] = PRODUCTION_RATE_PER_SECOND
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, production: bool) -> LimitSettings:
+        return cls.from_variables(read(env, (LimitVariables,)).get(LimitVariables), production)
+
+    @classmethod
+    def from_variables(cls, v: LimitVariables, production: bool) -> LimitSettings:
         default_rate = cls.PRODUCTION_RATE_PER_SECOND if production else 0.0
-        rate = _float(env, "LEDGER_RATE_LIMIT_PER_SECOND", default_rate)
-        if rate < 0:
-            raise ConfigError(f"LEDGER_RATE_LIMIT_PER_SECOND must not be negative, got {rate}")
-        burst = _int(env, "LEDGER_RATE_LIMIT_BURST", max(1, round(2 * rate)), minimum=1)
-        window = _float(env, "LEDGER_AUTH_WINDOW_SECONDS", cls.auth_window_seconds)
-        if window <= 0:
-            raise ConfigError(f"LEDGER_AUTH_WINDOW_SECONDS must be positive, got {window:g}")
+        rate = default_rate if v.rate_per_second is None else v.rate_per_second
+        burst = max(1, round(2 * rate)) if v.burst is None else v.burst
         return cls(
             rate_per_second=rate,
             burst=burst if rate > 0 else 0,
-            max_streams_per_agency=_int(
-                env, "LEDGER_MAX_STREAMS_PER_AGENCY", cls.max_streams_per_agency
-            ),
-            auth_max_failures=_int(env, "LEDGER_AUTH_MAX_FAILURES", cls.auth_max_failures),
-            auth_window_seconds=window,
-            auth_max_keys=_int(env, "LEDGER_AUTH_THROTTLE_KEYS", cls.auth_max_keys, minimum=1),
+            max_streams_per_agency=v.max_streams_per_agency,
+            auth_max_failures=v.auth_max_failures,
+            auth_window_seconds=v.auth_window_seconds,
+            auth_max_keys=v.auth_max_keys,
         )
 
 
@@ -442,17 +1322,17 @@ class LimitSettings:
 class ServiceSettings:
     """What every service reads the same way: environment, data, credentials, logging."""
 
-    environment: str = "development"
-    data_dir: Path = PROJECT_ROOT / "data"
-    reference_file: Path = PROJECT_ROOT / "config" / "mukomuko-pilkada.yaml"
+    environment: str = _default(ServiceVariables, "environment")
+    data_dir: Path = field(default=_default(ServiceVariables, "data_dir"))
+    reference_file: Path = field(default=_default(ServiceVariables, "reference_file"))
     tokens_file: Path | None = None
     page_token_secret: bytes | None = field(default=None, repr=False)
-    max_message_bytes: int = 1024 * 1024
+    max_message_bytes: int = _default(ServiceVariables, "max_message_bytes")
     limits: LimitSettings = field(default_factory=LimitSettings)
-    log_level: str = "INFO"
-    log_format: str = "auto"
+    log_level: str = _default(ServiceVariables, "log_level")
+    log_format: str = _default(ServiceVariables, "log_format")
     tls: ServerTls | None = None
-    allow_plaintext: bool = False
+    allow_plaintext: bool = _default(ServiceVariables, "allow_plaintext")
 
     @property
     def production(self) -> bool:
@@ -480,30 +1360,27 @@ class ServiceSettings:
     @staticmethod
     def common_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         """The shared fields, read from ``env`` and checked (production needs real secrets)."""
-        secret = _secret(env, "LEDGER_PAGE_TOKEN_SECRET")
-        environment = _choice(
-            env, "LEDGER_ENVIRONMENT", "development", {"development", "production"}
-        )
+        groups = (ServiceVariables, LimitVariables, TlsVariables)
+        return ServiceSettings.common_from_variables(read(env, groups))
+
+    @staticmethod
+    def common_from_variables(values: Values) -> dict[str, Any]:
+        v = values.get(ServiceVariables)
+        secret = v.page_token_secret
         common: dict[str, Any] = {
-            "environment": environment,
-            "data_dir": Path(env.get("LEDGER_DATA_DIR") or PROJECT_ROOT / "data"),
-            "reference_file": Path(
-                env.get("LEDGER_REFERENCE_FILE") or ServiceSettings.reference_file
-            ),
-            "tokens_file": Path(env["LEDGER_TOKENS_FILE"])
-            if env.get("LEDGER_TOKENS_FILE")
-            else None,
+            "environment": v.environment,
+            "data_dir": v.data_dir,
+            "reference_file": v.reference_file,
+            "tokens_file": v.tokens_file,
             "page_token_secret": secret.encode() if secret else None,
-            "max_message_bytes": _int(
-                env, "LEDGER_MAX_MESSAGE_BYTES", ServiceSettings.max_message_bytes, minimum=1024
+            "max_message_bytes": v.max_message_bytes,
+            "limits": LimitSettings.from_variables(
+                values.get(LimitVariables), production=v.environment == "production"
             ),
-            "limits": LimitSettings.from_env(env, production=environment == "production"),
-            "log_level": _choice(
-                env, "LEDGER_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"}
-            ),
-            "log_format": _choice(env, "LEDGER_LOG_FORMAT", "auto", {"auto", "json", "console"}),
-            "tls": ServerTls.from_env(env),
-            "allow_plaintext": _bool(env, "LEDGER_ALLOW_PLAINTEXT", False),
+            "log_level": v.log_level,
+            "log_format": v.log_format,
+            "tls": ServerTls.from_variables(values.get(TlsVariables)),
+            "allow_plaintext": v.allow_plaintext,
         }
         if common["environment"] == "production":
             if common["page_token_secret"] is None:
@@ -520,23 +1397,26 @@ class ServiceSettings:
 class LedgerSettings(ServiceSettings):
     """Settings of the ledger service (see README, "Configuration")."""
 
-    listen: str = "127.0.0.1:50051"
-    max_workers: int = 32
-    cache_size: int = 3000  # incidents kept in memory for the write path (a few KB each)
-    grace_seconds: float = 10.0
+    listen: str = _default(LedgerVariables, "listen")
+    max_workers: int = _default(LedgerVariables, "max_workers")
+    # incidents kept in memory for the write path (a few KB each)
+    cache_size: int = _default(LedgerVariables, "cache_size")
+    grace_seconds: float = _default(LedgerVariables, "grace_seconds")
     store_env: dict[str, str] = field(default_factory=dict, repr=False)  # POSTGRES_PASSWORD
     relay: RelaySettings = field(default_factory=RelaySettings)
     signing_key_file: Path | None = None
-    checkpoint_seconds: float = 300.0
-    metrics_listen: str = ""  # host:port of the Prometheus endpoint; empty = off
+    checkpoint_seconds: float = _default(LedgerVariables, "checkpoint_seconds")
+    # host:port of the Prometheus endpoint; empty = off
+    metrics_listen: str = _default(LedgerVariables, "metrics_listen")
     # Times callers state (see services/ledger/domain/times.py): nothing the ledger records
     # happened before its era; a report may be ahead of the server's clock by the skew of
     # an agency system without NTP (minutes; five is also Kerberos's default tolerance); a
     # decision is planned at most a year ahead (they cover days or weeks of an election).
-    earliest_time: datetime = datetime(2000, 1, 1, tzinfo=UTC)
-    max_clock_skew_seconds: float = 300.0
-    max_decision_days: float = 366.0
-    store_check_seconds: float = 1.0  # how often health asks PostgreSQL whether it answers
+    earliest_time: datetime = field(default=_default(LedgerVariables, "earliest_time"))
+    max_clock_skew_seconds: float = _default(LedgerVariables, "max_clock_skew_seconds")
+    max_decision_days: float = _default(LedgerVariables, "max_decision_days")
+    # how often health asks PostgreSQL whether it answers
+    store_check_seconds: float = _default(LedgerVariables, "store_check_seconds")
 
     def audit(self) -> AuditSettings:
         return AuditSettings(
@@ -548,64 +1428,62 @@ class LedgerSettings(ServiceSettings):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LedgerSettings:
-        env = dict(os.environ if env is None else env)
-        common = cls.common_from_env(env)
-        audit = AuditSettings.from_env(env)
+        given = dict(os.environ if env is None else env)
+        values = read(given, reader=LEDGER)
+        common = cls.common_from_variables(values)
+        audit = AuditSettings.from_variables(values)
+        ledger = values.get(LedgerVariables)
         settings = cls(
             **common,
             signing_key_file=audit.signing_key_file,
             checkpoint_seconds=audit.checkpoint_seconds,
-            listen=env.get("LEDGER_LISTEN") or cls.listen,
-            metrics_listen=env.get("LEDGER_METRICS_LISTEN", ""),
-            max_workers=_int(env, "LEDGER_MAX_WORKERS", cls.max_workers, minimum=1),
-            cache_size=_int(env, "LEDGER_CACHE_SIZE", cls.cache_size, minimum=0),
-            grace_seconds=_float(env, "LEDGER_GRACE_SECONDS", cls.grace_seconds),
-            earliest_time=_time(env, "LEDGER_EARLIEST_TIME", cls.earliest_time),
-            max_clock_skew_seconds=_non_negative(
-                env, "LEDGER_MAX_CLOCK_SKEW_SECONDS", cls.max_clock_skew_seconds
-            ),
-            max_decision_days=_non_negative(env, "LEDGER_MAX_DECISION_DAYS", cls.max_decision_days),
-            store_check_seconds=_float(env, "LEDGER_STORE_CHECK_SECONDS", cls.store_check_seconds),
-            store_env=store_environment(env, common["data_dir"]),
-            relay=RelaySettings.from_env(env),
+            listen=ledger.listen,
+            metrics_listen=ledger.metrics_listen,
+            max_workers=ledger.max_workers,
+            cache_size=ledger.cache_size,
+            grace_seconds=ledger.grace_seconds,
+            earliest_time=ledger.earliest_time,
+            max_clock_skew_seconds=ledger.max_clock_skew_seconds,
+            max_decision_days=ledger.max_decision_days,
+            store_check_seconds=ledger.store_check_seconds,
+            store_env=store_environment(given, common["data_dir"], values),
+            relay=RelaySettings.from_variables(values),
         )
         settings.check_transport(settings.listen, "LEDGER_LISTEN")
-        if settings.store_check_seconds <= 0:
-            raise ConfigError("LEDGER_STORE_CHECK_SECONDS must be more than 0")
         return settings
 
 
-def postgres_password(env: Mapping[str, str]) -> dict[str, str]:
-    """``POSTGRES_PASSWORD`` for the store, from itself or from ``POSTGRES_PASSWORD_FILE``."""
-    password = _secret(env, "POSTGRES_PASSWORD")
-    return {"POSTGRES_PASSWORD": password} if password else {}
-
-
-def postgres_environment(env: Mapping[str, str]) -> dict[str, str]:
-    """The ``POSTGRES_*`` settings of a store: the password read (from its file too), and
-    ``POSTGRES_CONNECT_TIMEOUT`` 3 s unless set: the longest a connection attempt, or a
-    wait for a pooled connection, lasts (the library's default, 30 s, is far longer
-    than a caller's deadline)."""
+def postgres_environment(env: Mapping[str, str], values: Values | None = None) -> dict[str, str]:
+    """The ``POSTGRES_*`` settings of a store, as given: the password read (from its file
+    too), and ``POSTGRES_CONNECT_TIMEOUT`` as declared unless set: the longest a connection
+    attempt, or a wait for a pooled connection, lasts (the library's default, 30 s, is far
+    longer than a caller's deadline)."""
+    store = (values or read(env, (StoreVariables,))).get(StoreVariables)
     keys = {k: v for k, v in env.items() if k.startswith("POSTGRES_")}
     keys.pop("POSTGRES_PASSWORD_FILE", None)
-    keys.update(postgres_password(env))
-    keys.setdefault("POSTGRES_CONNECT_TIMEOUT", "3")
+    if store.postgres_password:
+        keys["POSTGRES_PASSWORD"] = store.postgres_password
+    keys.setdefault(
+        "POSTGRES_CONNECT_TIMEOUT", str(_default(StoreVariables, "postgres_connect_timeout"))
+    )
     return keys
 
 
-def store_environment(env: Mapping[str, str], data_dir: Path) -> dict[str, str]:
+def store_environment(
+    env: Mapping[str, str], data_dir: Path, values: Values | None = None
+) -> dict[str, str]:
     """The eventsourcing library's variables, with SQLite in the data dir as default."""
     keys = {
         k: v
         for k, v in env.items()
         if k.startswith(("PERSISTENCE_MODULE", "SQLITE_", "CREATE_TABLE"))
     }
-    keys.update(postgres_environment(env))
-    module = keys.get("PERSISTENCE_MODULE", "eventsourcing.sqlite")
+    keys.update(postgres_environment(env, values))
+    module = keys.get("PERSISTENCE_MODULE", _default(StoreVariables, "persistence_module"))
     keys["PERSISTENCE_MODULE"] = module
     if module == "eventsourcing.sqlite":
         keys.setdefault("SQLITE_DBNAME", str(data_dir / "ledger.sqlite"))
-        keys.setdefault("SQLITE_LOCK_TIMEOUT", "10")
+        keys.setdefault("SQLITE_LOCK_TIMEOUT", str(_default(StoreVariables, "sqlite_lock_timeout")))
     return keys
 
 
@@ -619,12 +1497,12 @@ class RunSettings:
     """
 
     nats_url: str | None = field(default=None, repr=False)  # may embed user:password
-    nats_port: int = 14222
-    ledger_listen: str = "127.0.0.1:50051"
-    notifier_listen: str = "127.0.0.1:50052"
-    data_dir: Path = PROJECT_ROOT / "data"
-    log_level: str = "INFO"
-    log_format: str = "auto"
+    nats_port: int = _default(RunVariables, "nats_port")
+    ledger_listen: str = _default(LedgerVariables, "listen")
+    notifier_listen: str = _default(NotifierVariables, "listen")
+    data_dir: Path = field(default=_default(ServiceVariables, "data_dir"))
+    log_level: str = _default(ServiceVariables, "log_level")
+    log_format: str = _default(ServiceVariables, "log_format")
 
     @property
     def nats_store_dir(self) -> Path:
@@ -640,66 +1518,48 @@ class RunSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RunSettings:
-        env = dict(os.environ if env is None else env)
-        nats_port = _int(env, "LEDGER_NATS_PORT", cls.nats_port, minimum=1)
-        if nats_port > 65535:
-            raise ConfigError(f"LEDGER_NATS_PORT must be at most 65535, got {nats_port}")
+        values = read(env, reader=RUN)
+        service = values.get(ServiceVariables)
         return cls(
-            nats_url=env.get("NATS_URL") or None,
-            nats_port=nats_port,
-            ledger_listen=env.get("LEDGER_LISTEN") or cls.ledger_listen,
-            notifier_listen=env.get("NOTIFIER_LISTEN") or cls.notifier_listen,
-            data_dir=Path(env.get("LEDGER_DATA_DIR") or PROJECT_ROOT / "data"),
-            log_level=_choice(
-                env, "LEDGER_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"}
-            ),
-            log_format=_choice(env, "LEDGER_LOG_FORMAT", "auto", {"auto", "json", "console"}),
+            nats_url=values.get(NatsVariables).url or None,
+            nats_port=values.get(RunVariables).nats_port,
+            ledger_listen=values.get(LedgerVariables).listen,
+            notifier_listen=values.get(NotifierVariables).listen,
+            data_dir=service.data_dir,
+            log_level=service.log_level,
+            log_format=service.log_format,
         )
-
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _networks(env: Mapping[str, str], key: str) -> tuple[IPNetwork, ...]:
-    """Comma-separated CIDRs (``10.20.0.0/16,fd00::/8``); a bare address is one host."""
-    networks = []
-    for item in (env.get(key) or "").split(","):
-        if item.strip():
-            try:
-                networks.append(ipaddress.ip_network(item.strip(), strict=False))
-            except ValueError:
-                raise ConfigError(f"{key}: {item.strip()!r} is not a network (CIDR)") from None
-    return tuple(networks)
 
 
 @dataclass(frozen=True)
 class WebhookSettings:
-    max_attempts: int = 8
-    timeout_seconds: float = 5.0
-    backoff_seconds: float = 1.0
-    max_backoff_seconds: float = 300.0
+    max_attempts: int = _default(NotifierVariables, "webhook_max_attempts")
+    timeout_seconds: float = _default(NotifierVariables, "webhook_timeout_seconds")
+    backoff_seconds: float = _default(NotifierVariables, "webhook_backoff_seconds")
+    max_backoff_seconds: float = _default(NotifierVariables, "webhook_max_backoff_seconds")
     concurrency: int = 32
     per_endpoint_concurrency: int = 4
     # Targets on non-public addresses (loopback, private, link-local, ...) are refused
     # unless they fall in one of these networks (NOTIFIER_WEBHOOK_ALLOW_NETWORKS).
-    allow_networks: tuple[IPNetwork, ...] = ()
+    allow_networks: tuple[IPNetwork, ...] = _default(NotifierVariables, "webhook_allow_networks")
 
 
 @dataclass(frozen=True)
 class NotifierSettings(ServiceSettings):
     """Settings of the notifier service (see README, "Configuration")."""
 
-    listen: str = "127.0.0.1:50052"
+    listen: str = _default(NotifierVariables, "listen")
     nats_url: str = field(default="", repr=False)  # may embed user:password
     nats: NatsClientSettings = field(default_factory=NatsClientSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
-    consumer: str = "notifier"
-    ack_wait_seconds: float = 10.0
+    consumer: str = _default(NotifierVariables, "consumer")
+    ack_wait_seconds: float = _default(NotifierVariables, "ack_wait_seconds")
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
-    max_workers: int = 64
-    grace_seconds: float = 5.0
+    max_workers: int = _default(NotifierVariables, "max_workers")
+    grace_seconds: float = _default(NotifierVariables, "grace_seconds")
     store_env: dict[str, str] = field(default_factory=dict, repr=False)  # POSTGRES_PASSWORD
-    metrics_listen: str = ""  # host:port of the Prometheus endpoint; empty = off
+    # host:port of the Prometheus endpoint; empty = off
+    metrics_listen: str = _default(NotifierVariables, "metrics_listen")
     # The AES-256-GCM key that seals webhook secrets at rest (32 bytes, base64 or raw).
     # Unset in development: generated on first use as <data_dir>/keys/notifier-webhook.key.
     webhook_key_file: Path | None = None
@@ -710,43 +1570,43 @@ class NotifierSettings(ServiceSettings):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> NotifierSettings:
-        env = dict(os.environ if env is None else env)
-        common = cls.common_from_env(env)
-        nats_url = env.get("NATS_URL", "")
-        if not nats_servers(nats_url):
+        given = dict(os.environ if env is None else env)
+        values = read(given, reader=NOTIFIER)
+        common = cls.common_from_variables(values)
+        nats, notifier = values.get(NatsVariables), values.get(NotifierVariables)
+        if not nats_servers(nats.url):
             raise ConfigError("NATS_URL is required: the notifier consumes the ledger's stream")
-        store = _choice(env, "NOTIFIER_STORE", "sqlite", {"sqlite", "postgres"})
-        if store == "postgres":
+        if notifier.store == "postgres":
             store_env = {
-                **postgres_environment(env),
+                **postgres_environment(given, values),
                 "PERSISTENCE_MODULE": "eventsourcing.postgres",
             }
         else:
             store_env = {
                 "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-                "SQLITE_DBNAME": env.get("NOTIFIER_SQLITE_DBNAME")
+                "SQLITE_DBNAME": notifier.sqlite_dbname
                 or str(common["data_dir"] / "notifier.sqlite"),
             }
         settings = cls(
             **common,
-            listen=env.get("NOTIFIER_LISTEN") or cls.listen,
-            metrics_listen=env.get("NOTIFIER_METRICS_LISTEN", ""),
-            nats_url=nats_url,
-            nats=NatsClientSettings.from_env(env),
-            stream=StreamSettings.from_env(env),
-            consumer=env.get("NOTIFIER_CONSUMER") or cls.consumer,
-            ack_wait_seconds=_float(env, "NOTIFIER_ACK_WAIT_SECONDS", cls.ack_wait_seconds),
+            listen=notifier.listen,
+            metrics_listen=notifier.metrics_listen,
+            nats_url=nats.url,
+            nats=NatsClientSettings.from_variables(nats),
+            stream=StreamSettings.from_variables(values.get(StreamVariables)),
+            consumer=notifier.consumer,
+            ack_wait_seconds=notifier.ack_wait_seconds,
             webhooks=WebhookSettings(
-                max_attempts=_int(env, "NOTIFIER_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1),
-                timeout_seconds=_float(env, "NOTIFIER_WEBHOOK_TIMEOUT_SECONDS", 5.0),
-                backoff_seconds=_float(env, "NOTIFIER_WEBHOOK_BACKOFF_SECONDS", 1.0),
-                max_backoff_seconds=_float(env, "NOTIFIER_WEBHOOK_MAX_BACKOFF_SECONDS", 300.0),
-                allow_networks=_networks(env, "NOTIFIER_WEBHOOK_ALLOW_NETWORKS"),
+                max_attempts=notifier.webhook_max_attempts,
+                timeout_seconds=notifier.webhook_timeout_seconds,
+                backoff_seconds=notifier.webhook_backoff_seconds,
+                max_backoff_seconds=notifier.webhook_max_backoff_seconds,
+                allow_networks=notifier.webhook_allow_networks,
             ),
-            max_workers=_int(env, "NOTIFIER_MAX_WORKERS", cls.max_workers, minimum=4),
-            grace_seconds=_float(env, "NOTIFIER_GRACE_SECONDS", cls.grace_seconds),
+            max_workers=notifier.max_workers,
+            grace_seconds=notifier.grace_seconds,
             store_env=store_env,
-            webhook_key_file=_path(env, "NOTIFIER_WEBHOOK_KEY_FILE"),
+            webhook_key_file=notifier.webhook_key_file,
         )
         if settings.production and settings.webhook_key_file is None:
             # Replicas must share the key, and a production data directory may be
@@ -767,10 +1627,10 @@ class AuditSettings:
     ``LEDGER_CHECKPOINT_SECONDS`` (default 300) is the checkpoint period; 0 = only on demand.
     """
 
-    environment: str = "development"
-    data_dir: Path = PROJECT_ROOT / "data"
+    environment: str = _default(ServiceVariables, "environment")
+    data_dir: Path = field(default=_default(ServiceVariables, "data_dir"))
     signing_key_file: Path | None = None
-    checkpoint_seconds: float = 300.0
+    checkpoint_seconds: float = _default(LedgerVariables, "checkpoint_seconds")
 
     @property
     def production(self) -> bool:
@@ -792,19 +1652,16 @@ class AuditSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AuditSettings:
-        env = dict(os.environ if env is None else env)
-        environment = _choice(
-            env, "LEDGER_ENVIRONMENT", "development", {"development", "production"}
-        )
-        key_file = env.get("LEDGER_SIGNING_KEY_FILE")
-        if environment == "production" and not key_file:
+        return cls.from_variables(read(env, (ServiceVariables, LedgerVariables), LEDGER))
+
+    @classmethod
+    def from_variables(cls, values: Values) -> AuditSettings:
+        service, ledger = values.get(ServiceVariables), values.get(LedgerVariables)
+        if service.environment == "production" and ledger.signing_key_file is None:
             raise ConfigError("LEDGER_SIGNING_KEY_FILE is required in production")
-        seconds = _float(env, "LEDGER_CHECKPOINT_SECONDS", cls.checkpoint_seconds)
-        if seconds < 0:
-            raise ConfigError(f"LEDGER_CHECKPOINT_SECONDS must not be negative, got {seconds}")
         return cls(
-            environment=environment,
-            data_dir=Path(env.get("LEDGER_DATA_DIR") or PROJECT_ROOT / "data"),
-            signing_key_file=Path(key_file) if key_file else None,
-            checkpoint_seconds=seconds,
+            environment=service.environment,
+            data_dir=service.data_dir,
+            signing_key_file=ledger.signing_key_file,
+            checkpoint_seconds=ledger.checkpoint_seconds,
         )

@@ -21,6 +21,7 @@ import psycopg
 import structlog
 from eventsourcing.utils import strtobool
 
+from services.common.config import declared
 from services.common.store_errors import STORE_CONNECTION_ERRORS
 
 log = structlog.get_logger(__name__)
@@ -49,10 +50,10 @@ class StoreTimeouts:
     ``POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT`` for its own connections.
     """
 
-    connect: int = 3
-    lock: int = 2
-    statement: int = 15
-    idle_in_transaction: int = 5
+    connect: int = declared("POSTGRES_CONNECT_TIMEOUT").default
+    lock: int = declared("POSTGRES_LOCK_TIMEOUT").default
+    statement: int = declared("POSTGRES_STATEMENT_TIMEOUT").default
+    idle_in_transaction: int = declared("POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT").default
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> StoreTimeouts:

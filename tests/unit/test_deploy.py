@@ -130,10 +130,8 @@ def port_of(address: str) -> int:
 
 
 def settings_read() -> set[str]:
-    """Every variable config.py reads: its literal names, *_FILE of its secrets, POSTGRES_*."""
-    source = Path(config_module.__file__).read_text(encoding="utf-8")
-    names = set(re.findall(r'"([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)"', source))
-    names |= {f"{n}_FILE" for n in re.findall(r'_secret\(env, "([A-Z_]+)"\)', source)}
+    """Every variable config.py declares, *_FILE of its secrets, the library's POSTGRES_*."""
+    names = config_module.variable_names()
     # The POSTGRES_* prefix passes the eventsourcing library's own variables through.
     names |= {
         getattr(PostgresFactory, attr)

@@ -1,0 +1,90 @@
+"""A service started with invalid settings exits 2 at once with one structured log line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.common.config import PROJECT_ROOT
+
+
+def start(module: list[str], tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "gen")]),
+        "LEDGER_DATA_DIR": str(tmp_path / "data"),
+        **settings,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", *module],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("module", "settings", "event", "problems"),
+    [
+        (
+            ["services.ledger"],
+            {"LEDGER_GRACE_SECONDS": "-1", "LEDGER_STREAM_REPLICAS": "nine"},
+            "ledger.config_error",
+            [
+                "LEDGER_STREAM_REPLICAS must be an integer (from 1 to 5), got 'nine'",
+                "LEDGER_GRACE_SECONDS must not be negative, got '-1'",
+            ],
+        ),
+        (
+            ["services.ledger", "migrate"],
+            {"PERSISTENCE_MODULE": "eventsourcing.mysql"},
+            "ledger.config_error",
+            [
+                "PERSISTENCE_MODULE must be one of ['eventsourcing.popo', "
+                "'eventsourcing.postgres', 'eventsourcing.sqlite'], got 'eventsourcing.mysql'"
+            ],
+        ),
+        (
+            ["services.notifier"],
+            {"NATS_URL": "nats://127.0.0.1:1", "NOTIFIER_WEBHOOK_TIMEOUT_SECONDS": "-5"},
+            "notifier.config_error",
+            ["NOTIFIER_WEBHOOK_TIMEOUT_SECONDS must be positive, got '-5'"],
+        ),
+        (
+            ["services.run"],
+            {"LEDGER_NATS_PORT": "70000"},
+            "run.config_error",
+            ["LEDGER_NATS_PORT must be from 1 to 65535, got '70000'"],
+        ),
+    ],
+)
+def test_an_invalid_setting_stops_the_start_with_one_log_line(
+    tmp_path: Path, module: list[str], settings: dict[str, str], event: str, problems: list[str]
+) -> None:
+    done = start(module, tmp_path, **settings)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stdout.splitlines()
+    logged = json.loads(line)
+    assert (logged["event"], logged["level"]) == (event, "error")
+    assert logged["error"] == "; ".join(problems)
+    assert not (tmp_path / "data").exists(), "nothing is created before the settings are checked"
+
+
+def test_a_secret_file_that_cannot_be_read_stops_the_start_naming_the_variable(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "nowhere"
+    done = start(["services.ledger"], tmp_path, POSTGRES_PASSWORD_FILE=str(missing))
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stdout.splitlines()
+    assert json.loads(line)["error"] == (
+        f"POSTGRES_PASSWORD_FILE: cannot read {missing}: No such file or directory"
+    )
