@@ -1,24 +1,32 @@
-"""The API documentation cannot go stale: docs/api.md's error table against the code.
+"""The API documentation cannot go stale: docs/api.md and docs/events.md against the code.
 
 Every error the services raise is found in their source (each construction of a
 :class:`LedgerError` class, with its ``reason=`` or the class's default) and must be a row
-of the table with the same status code and at least the service that raises it; every row
-must be raised somewhere.
+of docs/api.md's table with the same status code and at least the service that raises it;
+every row must be raised somewhere. Every event type, recorded by real commands, must have
+its section in docs/events.md listing exactly the fields of its ``payload_json``.
 """
 
 from __future__ import annotations
 
 import ast
 import inspect
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.errors import LedgerError
+from services.ledger.api.convert import event_to_proto
+from services.ledger.application import Ledger, StoredIncidentEvent
+from services.ledger.domain.incident import Incident, incident_event_classes
+from tests.support import reference, store_environment
+from tests.unit.test_audit_encoding import build_history
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ROOT / "services"
 API_DOC = ROOT / "docs" / "api.md"
+EVENTS_DOC = ROOT / "docs" / "events.md"
 # Which service's answers the code under services/<dir>/ ends up in.
 SERVICES_OF_DIR = {"ledger": {"ledger"}, "notifier": {"notifier"}, "common": {"ledger", "notifier"}}
 _ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]*)` \| `([A-Z_]+)` \| ([a-z, ]+) \| (.+) \|$")
@@ -138,3 +146,40 @@ def test_the_error_domains_are_the_services_own() -> None:
     assert f"| `{LEDGER_DOMAIN}` |" in text
     assert f"| `{NOTIFIER_DOMAIN}` |" in text
     assert LEDGER_DOMAIN != NOTIFIER_DOMAIN
+
+
+def documented_payloads() -> dict[str, set[str]]:
+    """The fields docs/events.md lists under each ``### `Type``` heading."""
+    sections: dict[str, set[str]] = {}
+    current: set[str] | None = None
+    for line in EVENTS_DOC.read_text(encoding="utf-8").splitlines():
+        heading = re.fullmatch(r"### `(\w+)`", line)
+        if heading is not None:
+            assert heading.group(1) not in sections, f"{heading.group(1)} is documented twice"
+            current = sections[heading.group(1)] = set()
+        elif current is not None and (row := re.match(r"\| `(\w+)` \|", line)) is not None:
+            current.add(row.group(1))
+    return sections
+
+
+def recorded_payloads(tmp_path: Path) -> dict[str, set[str]]:
+    """The payload fields of every event type, as ``payload_json`` carries them."""
+    with store_environment("popo", tmp_path) as store_env:
+        ledger = Ledger(reference(), env=store_env)
+        try:
+            build_history(ledger, extra=0)
+            found: dict[str, set[str]] = {}
+            for n in ledger.recorder.select_notifications(1, 10_000):
+                event = ledger.mapper.to_domain_event(n)
+                if isinstance(event, Incident.Event):
+                    message = event_to_proto(StoredIncidentEvent(event, n.id))
+                    found.setdefault(message.type, set()).update(json.loads(message.payload_json))
+            return found
+        finally:
+            ledger.close()
+
+
+def test_every_event_type_and_its_payload_is_in_events_md(tmp_path: Path) -> None:
+    recorded = recorded_payloads(tmp_path)
+    assert set(recorded) == {cls.__name__ for cls in incident_event_classes()}
+    assert documented_payloads() == recorded
