@@ -1,5 +1,12 @@
 """What both services' gRPC servers share: construction, health, reflection.
 
+Reflection answers both ``grpc.reflection.v1`` (what current clients such as grpcurl ask
+first) and the older ``grpc.reflection.v1alpha``. grpcio-reflection implements only
+v1alpha; v1 is the same protocol under a new package (every message and field number
+is the same, so the bytes on the wire are too), so one servicer answers both, and the
+v1 file descriptor, derived from the v1alpha one, is added to the descriptor pool so
+that reflection can describe the v1 service itself.
+
 How they stop on a signal is :mod:`services.common.stopping`.
 """
 
@@ -11,13 +18,18 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from services.common.config import ConfigError, ServerTls, ServiceSettings, is_loopback
 from services.common.grpc_server import RequestInterceptor
 
 log = structlog.get_logger(__name__)
+
+REFLECTION_V1_PACKAGE = "grpc.reflection.v1"
+REFLECTION_V1_SERVICE = f"{REFLECTION_V1_PACKAGE}.ServerReflection"
+REFLECTION_V1_FILE = "grpc/reflection/v1/reflection.proto"
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
@@ -81,12 +93,61 @@ def add_health_and_reflection(
     """Health checking (overall and per service) and reflection; health starts NOT_SERVING."""
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    add_reflection(server, (*service_names, health.SERVICE_NAME))
     for name in ("", *service_names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     return health_servicer
+
+
+def add_reflection(server: grpc.Server, service_names: Sequence[str]) -> None:
+    """Server reflection, v1 and v1alpha, listing ``service_names`` and both reflection
+    services."""
+    register_reflection_v1_descriptor()
+    names = (*service_names, REFLECTION_V1_SERVICE, reflection.SERVICE_NAME)
+    servicer = reflection.ReflectionServicer(names)
+    for service in (REFLECTION_V1_SERVICE, reflection.SERVICE_NAME):
+        # The v1alpha messages parse and write v1 requests and responses: same bytes.
+        handlers = {
+            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                servicer.ServerReflectionInfo,
+                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+            )
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+
+
+def register_reflection_v1_descriptor() -> None:
+    """Add ``grpc/reflection/v1/reflection.proto`` to the default descriptor pool (once):
+    the v1alpha file with its package, names and options of v1."""
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileByName(REFLECTION_V1_FILE)
+    except KeyError:
+        pass
+    else:
+        return
+    alpha = reflection_pb2.DESCRIPTOR.package
+    file = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(file)
+    file.name = REFLECTION_V1_FILE
+    file.package = REFLECTION_V1_PACKAGE
+    file.options.Clear()
+    file.options.java_package = "io.grpc.reflection.v1"
+    file.options.java_outer_classname = "ServerReflectionProto"
+    file.options.java_multiple_files = True
+    file.options.go_package = "google.golang.org/grpc/reflection/grpc_reflection_v1"
+    for message in file.message_type:
+        for field in message.field:
+            if field.type_name.startswith(f".{alpha}."):
+                field.type_name = f".{REFLECTION_V1_PACKAGE}.{field.type_name[len(alpha) + 2 :]}"
+    for service in file.service:
+        for method in service.method:
+            for attr in ("input_type", "output_type"):
+                name = getattr(method, attr)
+                if name.startswith(f".{alpha}."):
+                    setattr(method, attr, f".{REFLECTION_V1_PACKAGE}.{name[len(alpha) + 2 :]}")
+    pool.Add(file)
 
 
 def set_serving(health_servicer: health.HealthServicer, names: Sequence[str]) -> None:

@@ -42,7 +42,7 @@ class StreamEventsRequest(_message.Message):
     agency: _builtins.str
     """Events recorded by this agency."""
     kecamatan: _builtins.str
-    """Events located in this kecamatan."""
+    """Events whose location (IncidentEvent.location) is in this kecamatan."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Record time in [start_time, end_time)."""
@@ -256,13 +256,13 @@ class Checkpoint(_message.Message):
     position: _builtins.int
     """The last position the checkpoint covers."""
     chain_head: _builtins.str
-    """Hex SHA-256 head of the ledger-wide chain at that position."""
+    """Hex SHA-256 head of the ledger-wide chain at that position (docs/hash-chain.md)."""
     events: _builtins.int
     """Number of incident events covered."""
     key_id: _builtins.str
     """Identifies the signing key (hex of the first 8 bytes of its SHA-256)."""
     signature: _builtins.bytes
-    """Ed25519 signature over the checkpoint's canonical form (see README)."""
+    """Ed25519 signature over the checkpoint's canonical form (docs/hash-chain.md)."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(

@@ -84,7 +84,7 @@ Global___RejectionReason: _TypeAlias = RejectionReason  # noqa: Y015
 
 @_typing.final
 class Location(_message.Message):
-    """Where something happened. Codes come from the reference data."""
+    """Where something happened. Codes come from the reference data (GetReferenceData)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -94,13 +94,15 @@ class Location(_message.Message):
     LATITUDE_FIELD_NUMBER: _builtins.int
     LONGITUDE_FIELD_NUMBER: _builtins.int
     kecamatan: _builtins.str
-    """Kecamatan (district) code, for example "ipuh". Required."""
+    """Kecamatan (district) code, for example "ipuh". Required; must be a kecamatan of the
+    reference data.
+    """
     desa: _builtins.str
-    """Desa (village) code within the kecamatan. Optional."""
+    """Desa (village) within the kecamatan, as the reference data lists it. Optional."""
     tps: _builtins.str
-    """Polling station (TPS) number or label. Optional."""
+    """Polling station (TPS) number or label. Optional; at most 32 characters."""
     latitude: _builtins.float
-    """Optional coordinates (WGS84)."""
+    """Optional coordinates (WGS84): finite, latitude -90..90, longitude -180..180."""
     longitude: _builtins.float
     def __init__(
         self,
@@ -286,7 +288,11 @@ class Incident(_message.Message):
     version: _builtins.int
     """Version of the incident (number of events recorded on it)."""
     @_builtins.property
-    def location(self) -> Global___Location: ...
+    def location(self) -> Global___Location:
+        """Where it happened: the reported location, as corrected since (RecordCorrection of
+        location.kecamatan|desa|tps on the Reported event).
+        """
+
     @_builtins.property
     def reporter(self) -> Global___Actor:
         """Agency that reported the incident."""
@@ -373,11 +379,15 @@ class IncidentEvent(_message.Message):
     version: _builtins.int
     """Version of the incident after this event (1 for the first event)."""
     type: _builtins.str
-    """Event type, for example "IncidentReported"."""
+    """Event type: the name of the event, for example "Reported", "LeadAssigned" or
+    "DecisionRecorded". Every type and its payload: docs/events.md.
+    """
     schema_version: _builtins.int
     """Schema version of the event type's payload."""
     reason: _builtins.str
-    """Reason or comment, where the command has one."""
+    """The command's comment or reason, where it has one (for DecisionRecorded its rationale,
+    for Resolved its resolution); empty otherwise. docs/events.md says which, per type.
+    """
     correlation_id: _builtins.str
     """Correlation id: the request chain this event belongs to."""
     causation_id: _builtins.str
@@ -387,15 +397,20 @@ class IncidentEvent(_message.Message):
     previous_hash: _builtins.str
     """Hex SHA-256 of the previous event of this incident (64 zeros for the first)."""
     hash: _builtins.str
-    """Hex SHA-256 over the canonical encoding of this event (including previous_hash)."""
+    """Hex SHA-256 over the canonical encoding of this event (including previous_hash),
+    specified byte by byte in docs/hash-chain.md.
+    """
     position: _builtins.int
     """Global position in the ledger (notification id); 0 when not known."""
     payload_json: _builtins.str
-    """Event-specific fields as a JSON object (documented per type in the README)."""
+    """Event-specific fields (the payload) as a JSON object: UTF-8, sorted keys, no spaces;
+    times in ISO-8601 with their UTC offset ("+00:00"); ids as UUIDs. The fields of each
+    type are documented in docs/events.md; fields are only ever added.
+    """
     seal: _builtins.str
     """The ledger's seal: "<key id>:<base64 Ed25519 signature>" over the ASCII bytes
     "incidentledger.seal.v1:" + hash, made with the ledger's signing key when the event
-    was stored. Empty on events stored before seals existed.
+    was stored (docs/hash-chain.md). Empty on events stored before seals existed.
     """
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp:
@@ -411,7 +426,12 @@ class IncidentEvent(_message.Message):
 
     @_builtins.property
     def location(self) -> Global___Location:
-        """Where it applies."""
+        """Where the event applies, and so which kecamatan it belongs to: the kecamatan of the
+        NATS subject, of the notifier's EventFilter.kecamatan and of StreamEvents' kecamatan
+        filter is this location's. LogAction's own location and RecordDecision's scope when
+        given; otherwise (and for every other event) the incident's location when the event
+        was recorded. A later correction of the incident's location does not move it.
+        """
 
     def __init__(
         self,
@@ -447,7 +467,9 @@ Global___IncidentEvent: _TypeAlias = IncidentEvent  # noqa: Y015
 class EventNotification(_message.Message):
     """What the ledger publishes to NATS JetStream for every recorded event: the event
     and the incident's state right after it. Encoded as protobuf (this message);
-    NATS headers repeat the routing fields. See the README, "Fan-out".
+    NATS headers repeat the routing fields. The subject is
+    <prefix>.<kecamatan>.<category>.<event_type>: the kecamatan of the event's location,
+    the incident's category, the type in snake_case. See the README, "Fan-out".
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -74,13 +74,18 @@ class ReportIncidentRequest(_message.Message):
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     title: _builtins.str
+    """Required, at most 200 characters."""
     description: _builtins.str
+    """Optional, at most 4000 characters."""
     category: _builtins.str
+    """Required: a category code of the reference data."""
     severity: _builtins.str
     """Initial severity code; empty = the reference data's default."""
     correlation_id: _builtins.str
     @_builtins.property
-    def location(self) -> _incident_pb2.Location: ...
+    def location(self) -> _incident_pb2.Location:
+        """Required: where it happened (kecamatan required)."""
+
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp:
         """When it happened; unset = now."""
@@ -139,6 +144,7 @@ class VerifyIncidentRequest(_message.Message):
     name: _builtins.str
     expected_version: _builtins.int
     comment: _builtins.str
+    """Optional, at most 4000 characters."""
     correlation_id: _builtins.str
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -195,8 +201,9 @@ class RejectIncidentRequest(_message.Message):
     name: _builtins.str
     expected_version: _builtins.int
     rejection_reason: _incident_pb2.RejectionReason.ValueType
+    """Required: INVALID, HOAX or OUT_OF_SCOPE."""
     comment: _builtins.str
-    """Required explanation."""
+    """Required explanation, at most 4000 characters."""
     correlation_id: _builtins.str
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -255,8 +262,9 @@ class MergeIncidentRequest(_message.Message):
     """The duplicate (must be REPORTED)."""
     expected_version: _builtins.int
     target: _builtins.str
-    """The incident it duplicates."""
+    """The incident it duplicates ("incidents/{id}"; not itself rejected or merged)."""
     comment: _builtins.str
+    """Optional, at most 4000 characters."""
     correlation_id: _builtins.str
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -314,7 +322,9 @@ class AssessSeverityRequest(_message.Message):
     name: _builtins.str
     expected_version: _builtins.int
     severity: _builtins.str
+    """Required: a severity code of the reference data, other than the current one."""
     comment: _builtins.str
+    """Optional, at most 4000 characters."""
     correlation_id: _builtins.str
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -372,7 +382,9 @@ class AssignLeadAgencyRequest(_message.Message):
     name: _builtins.str
     expected_version: _builtins.int
     agency: _builtins.str
+    """Required: the code of an agency that is not an auditor."""
     comment: _builtins.str
+    """Optional, at most 4000 characters."""
     correlation_id: _builtins.str
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -430,7 +442,9 @@ class AddSupportingAgencyRequest(_message.Message):
     name: _builtins.str
     expected_version: _builtins.int
     agency: _builtins.str
+    """Required: the code of an agency that is not an auditor, not yet involved."""
     comment: _builtins.str
+    """Optional, at most 4000 characters."""
     correlation_id: _builtins.str
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -488,7 +502,9 @@ class ProposeHandoverRequest(_message.Message):
     name: _builtins.str
     expected_version: _builtins.int
     to_agency: _builtins.str
+    """Required: the code of the agency to take the lead (not an auditor)."""
     reason: _builtins.str
+    """Required, at most 4000 characters."""
     correlation_id: _builtins.str
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -545,6 +561,7 @@ class AcceptHandoverRequest(_message.Message):
     name: _builtins.str
     expected_version: _builtins.int
     comment: _builtins.str
+    """Optional, at most 4000 characters."""
     correlation_id: _builtins.str
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -588,6 +605,10 @@ Global___AcceptHandoverResponse: _TypeAlias = AcceptHandoverResponse  # noqa: Y0
 
 @_typing.final
 class RecordDecisionRequest(_message.Message):
+    """Required: deciding_agencies, forum, summary, rationale, valid_from and
+    valid_until. Optional: scope, occur_time, correlation_id, expected_version.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -606,17 +627,31 @@ class RecordDecisionRequest(_message.Message):
     name: _builtins.str
     expected_version: _builtins.int
     forum: _builtins.str
+    """Required, at most 200 characters: where it was decided."""
     summary: _builtins.str
+    """Required, at most 4000 characters: what was decided."""
     rationale: _builtins.str
+    """Required, at most 4000 characters: why (also the event's `reason`)."""
     correlation_id: _builtins.str
     @_builtins.property
-    def deciding_agencies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def scope(self) -> _incident_pb2.Location:
-        """Where the decision applies; unset = the incident's location."""
+    def deciding_agencies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Required: at least one agency code, each once. Unless the caller is the
+        coordinator, the caller's agency must be one of them (NOT_A_DECIDING_AGENCY).
+        """
 
     @_builtins.property
-    def valid_from(self) -> _timestamp_pb2.Timestamp: ...
+    def scope(self) -> _incident_pb2.Location:
+        """Where the decision applies; unset = the incident's location. It is the
+        DecisionRecorded event's location (and so its kecamatan).
+        """
+
+    @_builtins.property
+    def valid_from(self) -> _timestamp_pb2.Timestamp:
+        """Required: the validity window [valid_from, valid_until); valid_until after
+        valid_from, both after the ledger's era and at most LEDGER_MAX_DECISION_DAYS
+        (366 by default) ahead of the server's clock.
+        """
+
     @_builtins.property
     def valid_until(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -680,11 +715,15 @@ class LogActionRequest(_message.Message):
     name: _builtins.str
     expected_version: _builtins.int
     action: _builtins.str
-    """What was done, for example "medical team on standby at Puskesmas Ipuh"."""
+    """Required, at most 4000 characters: what was done, for example "medical team on
+    standby at Puskesmas Ipuh".
+    """
     correlation_id: _builtins.str
     @_builtins.property
     def location(self) -> _incident_pb2.Location:
-        """Where; unset = the incident's location."""
+        """Where; unset = the incident's location. It is the ActionLogged event's location
+        (and so its kecamatan).
+        """
 
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -741,6 +780,7 @@ class EscalateIncidentRequest(_message.Message):
     name: _builtins.str
     expected_version: _builtins.int
     reason: _builtins.str
+    """Required, at most 4000 characters."""
     correlation_id: _builtins.str
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -796,6 +836,7 @@ class ResolveIncidentRequest(_message.Message):
     name: _builtins.str
     expected_version: _builtins.int
     resolution: _builtins.str
+    """Required, at most 4000 characters: how it was resolved."""
     correlation_id: _builtins.str
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -851,6 +892,7 @@ class RequestClosureRequest(_message.Message):
     name: _builtins.str
     expected_version: _builtins.int
     comment: _builtins.str
+    """Optional, at most 4000 characters."""
     correlation_id: _builtins.str
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -906,6 +948,7 @@ class ApproveClosureRequest(_message.Message):
     name: _builtins.str
     expected_version: _builtins.int
     comment: _builtins.str
+    """Optional, at most 4000 characters."""
     correlation_id: _builtins.str
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -961,6 +1004,7 @@ class ReopenIncidentRequest(_message.Message):
     name: _builtins.str
     expected_version: _builtins.int
     reason: _builtins.str
+    """Required, at most 4000 characters."""
     correlation_id: _builtins.str
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -1022,11 +1066,16 @@ class RecordCorrectionRequest(_message.Message):
     corrected_event_id: _builtins.str
     """Id of the event being corrected (an event of this incident)."""
     field: _builtins.str
-    """Field of that event, for example "severity" or "location.desa"."""
+    """Required, at most 128 characters: the field of that event, for example
+    "severity" or "location.desa" (which fields each type has: docs/events.md).
+    """
     old_value: _builtins.str
-    """The value as recorded (checked) and the correct value, as strings."""
+    """The value as recorded (checked) and the correct value, as strings, at most 4000
+    characters each; new_value must differ from old_value. Times in ISO-8601.
+    """
     new_value: _builtins.str
     reason: _builtins.str
+    """Required, at most 4000 characters."""
     correlation_id: _builtins.str
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...

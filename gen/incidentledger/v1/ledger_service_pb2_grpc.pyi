@@ -39,6 +39,16 @@ class LedgerServiceStub:
 
     The actor recorded in events always comes from the caller's credentials
     (`authorization: Bearer <token>` metadata).
+
+    Fields common to the commands: `request_id` is required, at most 128
+    characters; `name` is the incident's resource name "incidents/{id}";
+    `correlation_id` (at most 128 characters) defaults to the request_id;
+    `occur_time` (when it happened) defaults to the record time and must not be
+    before the ledger's era nor in the future beyond the allowed clock skew.
+    Lengths are counted in Unicode characters (code points); a longer text is
+    INVALID_ARGUMENT with reason FIELD_TOO_LONG, a missing required one
+    INVALID_FIELD. Errors are google.rpc.Status with an ErrorInfo (protos in
+    proto/third_party/googleapis); every reason is listed in docs/api.md.
     """
 
     @_typing.overload
@@ -107,6 +117,16 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
 
     The actor recorded in events always comes from the caller's credentials
     (`authorization: Bearer <token>` metadata).
+
+    Fields common to the commands: `request_id` is required, at most 128
+    characters; `name` is the incident's resource name "incidents/{id}";
+    `correlation_id` (at most 128 characters) defaults to the request_id;
+    `occur_time` (when it happened) defaults to the record time and must not be
+    before the ledger's era nor in the future beyond the allowed clock skew.
+    Lengths are counted in Unicode characters (code points); a longer text is
+    INVALID_ARGUMENT with reason FIELD_TOO_LONG, a missing required one
+    INVALID_FIELD. Errors are google.rpc.Status with an ErrorInfo (protos in
+    proto/third_party/googleapis); every reason is listed in docs/api.md.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -171,6 +191,16 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
 
     The actor recorded in events always comes from the caller's credentials
     (`authorization: Bearer <token>` metadata).
+
+    Fields common to the commands: `request_id` is required, at most 128
+    characters; `name` is the incident's resource name "incidents/{id}";
+    `correlation_id` (at most 128 characters) defaults to the request_id;
+    `occur_time` (when it happened) defaults to the record time and must not be
+    before the ledger's era nor in the future beyond the allowed clock skew.
+    Lengths are counted in Unicode characters (code points); a longer text is
+    INVALID_ARGUMENT with reason FIELD_TOO_LONG, a missing required one
+    INVALID_FIELD. Errors are google.rpc.Status with an ErrorInfo (protos in
+    proto/third_party/googleapis); every reason is listed in docs/api.md.
     """
 
     @_abc_1.abstractmethod

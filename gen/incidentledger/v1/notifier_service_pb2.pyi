@@ -41,7 +41,9 @@ class EventFilter(_message.Message):
     """
     @_builtins.property
     def kecamatan(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Kecamatan codes of the event's location."""
+        """Kecamatan codes of the event's location (IncidentEvent.location; the incident's
+        when the event has none), as in the NATS subject.
+        """
 
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -200,7 +202,11 @@ class CreateWebhookRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     SECRET_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Required, at most 128 characters (AIP-155: a retry with the same request_id
+    returns the webhook it created).
+    """
     url: _builtins.str
+    """Required: an absolute http:// or https:// URL, at most 2048 characters."""
     secret: _builtins.str
     """Shared secret for the HMAC-SHA256 signature (16-256 characters). Never returned."""
     @_builtins.property

@@ -1,0 +1,326 @@
+"""An export verified by an outside verifier written from docs/hash-chain.md in another language.
+
+tests/js/verify_export.mjs (plain Node.js, no packages, no code shared with the ledger)
+verifies a real export of a ledger with every event type, Indonesian text with accents,
+combining marks, emoji, quotes, backslashes and control characters, coordinates whose
+canonical form is the hardest (``1e-05``, ``-0.0``, ``100.0``, 17 significant digits), and
+signed checkpoints with events after them (so that seals count); then it must reject the same
+file with one byte changed, wherever the change is. The ledger's own verifier agrees each time.
+
+Skipped only when ``node`` is missing outside CI; in CI (``CI=true``) a missing node fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from services.ledger.application import Ledger
+from services.ledger.audit import Checkpoints, ExportStats, export_jsonl, verify_export
+from services.ledger.audit.keys import public_key_pem
+from services.ledger.seals import Sealer, public_key_bytes
+from tests.support import reference, store_environment
+from tests.unit.incident_builders import env
+from tests.unit.test_audit_encoding import build_history
+
+VERIFIER = Path(__file__).resolve().parents[1] / "js" / "verify_export.mjs"
+
+# A woman farmer, medium skin tone: four code points joined by U+200D, two beyond U+FFFF.
+FARMER = "\U0001f469\U0001f3fd\u200d\U0001f33e"
+TITLE = "Kerumunan di Pasar Mukomuko — Bu Dédé & Pak Sutrisno 🎉"
+DESCRIPTION = (
+    'Warga "Siti Nurhaliza" melapor: spanduk\\baliho dirobek;\n'
+    "jam\t14.30 WIB, e\u0301 (NFD), \u2028 pemisah baris, \u001f kontrol, "
+    f"{FARMER} petani, \U0001d538"
+)
+TRICKY_LOCATIONS: list[dict[str, Any]] = [
+    {"kecamatan": "ipuh", "desa": "Pasar Ipuh", "tps": "TPS 07", "latitude": 1e-05},
+    {"kecamatan": "ipuh", "desa": "", "tps": "", "latitude": -0.0, "longitude": 100.0},
+    {
+        "kecamatan": "kota_mukomuko",
+        "desa": "Ujung Padang",
+        "tps": "",
+        "latitude": -89.99999999999999,
+        "longitude": 179.99999999999997,
+    },
+    {"kecamatan": "v_koto", "desa": "", "tps": "", "latitude": 0.00011, "longitude": -1.5e-07},
+]
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    found = shutil.which("node")
+    if found is None:
+        if _in_ci():
+            pytest.fail("CI requires node (Node.js 18 or later) for the independent verifier")
+        pytest.skip("node is not installed: the independent export verifier cannot run")
+    return found
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path
+    public_key: Path
+    witness: Path
+    stats: ExportStats
+    checkpoints: int
+    partial: Path  # from just after the first checkpoint
+    partial_stats: ExportStats
+
+
+def _record(ledger: Ledger) -> None:
+    """Incidents with the texts and numbers hardest to encode, beyond build_history's."""
+    for n, location in enumerate(TRICKY_LOCATIONS):
+        reported = ledger.report(
+            env("kesbangpol"),
+            title=f"{TITLE} #{n}",
+            description=DESCRIPTION,
+            category="crowd_gathering",
+            severity="medium",
+            location=location,
+        )
+        incident = reported.incident_id
+        ledger.verify(env("desk_pilkada"), incident, 0, "dicek di lapangan ✓ — «benar»")
+        for level in range(3):
+            ledger.escalate(env("kesbangpol"), incident, 0, f"eskalasi ke-{level + 1} 🚨")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    tmp = tmp_path_factory.mktemp("export")
+    key = Ed25519PrivateKey.generate()
+    public = tmp / "ledger-signing.pub"
+    public.write_bytes(public_key_pem(public_key_bytes(key)))
+    with store_environment("sqlite", tmp) as store_env:
+        ledger = Ledger(reference(), env=store_env, sealer=Sealer(key))
+        checkpoints = Checkpoints(ledger.recorder, store_env, key)
+        try:
+            build_history(ledger, extra=1)
+            first = checkpoints.create()
+            _record(ledger)
+            second = checkpoints.create()
+            # Events after the last checkpoint: only their seals vouch for the newest ones.
+            build_history(ledger, extra=0)
+            _record(ledger)
+            path = tmp / "ledger.jsonl"
+            stats = export_jsonl(ledger, path)
+            partial = tmp / "partial.jsonl"
+            partial_stats = export_jsonl(ledger, partial, start=first.position + 1)
+        finally:
+            checkpoints.close()
+            ledger.close()
+    witness = tmp / "witness.jsonl"
+    witness.write_text("".join(json.dumps(c.to_json()) + "\n" for c in (first, second)))
+    assert stats.checkpoints == 2
+    return Exported(path, public, witness, stats, 2, partial, partial_stats)
+
+
+def run_node(node: str, export: Path, public_key: Path, *extra: str) -> tuple[int, dict[str, Any]]:
+    done = subprocess.run(
+        [node, str(VERIFIER), "--public-key", str(public_key), *extra, str(export)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode in {0, 1}, (done.returncode, done.stdout, done.stderr)
+    report: dict[str, Any] = json.loads(done.stdout)
+    return done.returncode, report
+
+
+def test_the_export_holds_what_is_hardest_to_encode(exported: Exported) -> None:
+    text = exported.path.read_text(encoding="utf-8")
+    for needle in (
+        '"latitude":1e-05',
+        '"latitude":-0.0',
+        '"longitude":100.0',
+        "179.99999999999997",
+    ):
+        assert needle in text
+    assert "e\u0301" in text and FARMER in text and "\\u001f" in text and "\u2028" in text
+
+
+def test_the_independent_verifier_accepts_the_export(node: str, exported: Exported) -> None:
+    code, report = run_node(node, exported.path, exported.public_key)
+    assert code == 0, report
+    assert report["ok"] is True
+    assert report["events"] == exported.stats.events
+    assert report["head"] == exported.stats.head
+    assert int(report["last_position"]) == exported.stats.last_position
+    assert report["checkpoints_checked"] == exported.checkpoints
+    # With a witness's copy of the same checkpoints, too.
+    code, report = run_node(
+        node, exported.path, exported.public_key, "--checkpoints", str(exported.witness)
+    )
+    assert code == 0, report
+    # And the ledger's own verifier agrees.
+    assert verify_export(exported.path, _public_bytes(exported)).ok
+
+
+def test_the_independent_verifier_accepts_a_partial_export(node: str, exported: Exported) -> None:
+    header = json.loads(exported.partial.read_bytes().split(b"\n", 1)[0])
+    assert header["start_events"] > 0  # the chain starts from the first checkpoint's state
+    code, report = run_node(node, exported.partial, exported.public_key)
+    assert code == 0, report
+    assert report["events"] == exported.partial_stats.events
+    assert report["head"] == exported.stats.head == exported.partial_stats.head
+    # The first checkpoint, at the chain state the file starts from, is checked too.
+    python = verify_export(exported.partial, _public_bytes(exported))
+    assert python.ok
+    assert report["checkpoints_checked"] == python.checkpoints_checked == exported.checkpoints
+
+
+def test_the_independent_verifier_refuses_another_key(
+    node: str, exported: Exported, tmp_path: Path
+) -> None:
+    other = tmp_path / "other.pub"
+    other.write_bytes(public_key_pem(public_key_bytes(Ed25519PrivateKey.generate())))
+    code, report = run_node(node, exported.path, other)
+    assert code == 1
+    assert report["divergence"]["kind"] == "bad_signature"
+
+
+def _public_bytes(exported: Exported) -> bytes:
+    from services.ledger.audit import load_public_key
+
+    return load_public_key(exported.public_key)
+
+
+# --------------------------------------------------------------------- one byte changed
+
+
+def _lines(data: bytes) -> list[bytes]:
+    return data.split(b"\n")
+
+
+def _event_lines(lines: list[bytes]) -> list[int]:
+    return [i for i, line in enumerate(lines) if b'"canonical":' in line]
+
+
+def _checkpoint_lines(lines: list[bytes]) -> list[int]:
+    return [i for i, line in enumerate(lines) if line.startswith(b'{"record":"checkpoint"')]
+
+
+def _flip(line: bytes, at: int) -> bytes:
+    """``line`` with the ASCII byte at ``at`` replaced by another ASCII byte of its kind."""
+    old = line[at : at + 1]
+    assert old.isascii() and old not in b'"\\', old
+    if old.isdigit():
+        new = b"7" if old != b"7" else b"3"
+    elif old.isalpha():
+        new = b"x" if old.lower() != b"x" else b"y"
+    else:
+        new = b"0"
+    return line[:at] + new + line[at + 1 :]
+
+
+# A change: which line (an index into the file's lines) and which byte of it, by a function
+# of the lines; and the kinds of failure that may name it.
+Change = Callable[[list[bytes]], tuple[int, int]]
+
+
+def canonical_text(lines: list[bytes]) -> tuple[int, int]:
+    """A letter of an Indonesian title inside the hashed body."""
+    i = next(i for i in _event_lines(lines) if TITLE.encode() in lines[i])
+    return i, lines[i].rindex(b"Kerumunan") + 3
+
+
+def canonical_float(lines: list[bytes]) -> tuple[int, int]:
+    """A digit of ``1e-05`` inside the hashed body."""
+    i = next(i for i in _event_lines(lines) if b'"latitude":1e-05' in lines[i])
+    return i, lines[i].rindex(b'"latitude":1e-05') + len(b'"latitude":1e-0')
+
+
+def canonical_previous_hash(lines: list[bytes]) -> tuple[int, int]:
+    """A hex digit of the link to the previous event, inside the hashed body."""
+    i = _event_lines(lines)[3]
+    return i, lines[i].rindex(b'"previous_hash":"') + len(b'"previous_hash":"') + 5
+
+
+def envelope_reason(lines: list[bytes]) -> tuple[int, int]:
+    """A letter of the envelope's reason (outside the hashed body)."""
+    i = next(i for i in _event_lines(lines) if b'"reason":"dicek' in lines[i])
+    return i, lines[i].index(b'"reason":"dicek') + len(b'"reason":"di')
+
+
+def envelope_position(lines: list[bytes]) -> tuple[int, int]:
+    """The position of the first event (outside the hashed body, in the ledger-wide chain)."""
+    i = _event_lines(lines)[0]
+    return i, lines[i].index(b'"position":"') + len(b'"position":"')
+
+
+def envelope_hash(lines: list[bytes]) -> tuple[int, int]:
+    """A digit of the hash written in an envelope."""
+    i = _event_lines(lines)[7]
+    return i, lines[i].index(b'"hash":"') + len(b'"hash":"') + 10
+
+
+def newest_seal(lines: list[bytes]) -> tuple[int, int]:
+    """A character of the seal of the file's last event (after the last checkpoint)."""
+    i = _event_lines(lines)[-1]
+    return i, lines[i].index(b'"seal":"') + len(b'"seal":"') + 20
+
+
+def checkpoint_signature(lines: list[bytes]) -> tuple[int, int]:
+    i = _checkpoint_lines(lines)[0]
+    return i, lines[i].index(b'"signature":"') + len(b'"signature":"') + 4
+
+
+def checkpoint_head(lines: list[bytes]) -> tuple[int, int]:
+    i = _checkpoint_lines(lines)[-1]
+    return i, lines[i].index(b'"head":"') + len(b'"head":"') + 1
+
+
+def end_head(lines: list[bytes]) -> tuple[int, int]:
+    i = next(i for i, line in enumerate(lines) if line.startswith(b'{"record":"end"'))
+    return i, lines[i].index(b'"head":"') + len(b'"head":"') + 2
+
+
+CHANGES: dict[str, tuple[Change, set[str]]] = {
+    "canonical text": (canonical_text, {"modified"}),
+    "canonical float": (canonical_float, {"modified"}),
+    "canonical previous_hash": (canonical_previous_hash, {"modified"}),
+    "envelope reason": (envelope_reason, {"modified"}),
+    "envelope position": (envelope_position, {"modified", "reordered", "inserted"}),
+    "envelope hash": (envelope_hash, {"modified"}),
+    "newest seal": (newest_seal, {"modified"}),
+    "checkpoint signature": (checkpoint_signature, {"bad_signature"}),
+    "checkpoint head": (checkpoint_head, {"bad_signature"}),
+    "end record head": (end_head, {"modified"}),
+}
+
+
+@pytest.mark.parametrize("where", list(CHANGES))
+def test_the_independent_verifier_finds_one_changed_byte(
+    node: str, exported: Exported, tmp_path: Path, where: str
+) -> None:
+    change, kinds = CHANGES[where]
+    original = exported.path.read_bytes()
+    lines = _lines(original)
+    index, at = change(lines)
+    lines[index] = _flip(lines[index], at)
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_bytes(b"\n".join(lines))
+    data = tampered.read_bytes()
+    assert len(data) == len(original)
+    assert sum(a != b for a, b in zip(data, original, strict=True)) == 1
+
+    code, report = run_node(node, tampered, exported.public_key)
+    assert code == 1, report
+    assert report["ok"] is False
+    assert report["divergence"]["kind"] in kinds, report
+    # The ledger's own verifier finds it too.
+    assert not verify_export(tampered, _public_bytes(exported)).ok
