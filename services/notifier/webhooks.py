@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from incidentledger.v1 import notifier_service_pb2 as napi
 from services.common.auth import Principal
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
-from services.ledger.domain.reference import ReferenceData, Role
+from services.common.reference import ReferenceData, Role
 from services.notifier.filters import EventFilter
 from services.notifier.store import NotifierStore, WebhookRow
 from services.notifier.targets import TargetPolicy
