@@ -20,7 +20,8 @@ from services.common.errors import (
     PermissionDenied,
     VersionConflict,
 )
-from services.ledger.application import MAX_TITLE, CommandResult, Ledger, time_bounds_of
+from services.ledger.application import CommandResult, Ledger, time_bounds_of
+from services.ledger.domain.commands import MAX_TITLE
 from services.ledger.domain.incident import Envelope, Incident, RejectionReason, Status
 from tests.unit.incident_builders import (
     AUDITOR,
