@@ -45,27 +45,10 @@ from services.common.errors import (
 from services.common.storepool import bound_store
 from services.ledger.domain.commands import (
     MAX_SHORT,
-    AcceptHandover,
-    AddSupportingAgency,
-    ApproveClosure,
-    AssessSeverity,
-    AssignLeadAgency,
     Command,
     CreatingCommand,
-    EscalateIncident,
     IncidentCommand,
-    LogAction,
-    MergeIncident,
-    ProposeHandover,
-    RecordCorrection,
-    RecordDecision,
-    RejectIncident,
-    ReopenIncident,
-    ReportIncident,
-    RequestClosure,
-    ResolveIncident,
     Rules,
-    VerifyIncident,
     check_text,
     checked,
     command_name,
@@ -250,57 +233,6 @@ class Ledger(Application[UUID]):
 
         lock_ids = (incident_id, *(i for i, _ in others))
         return self._execute(env, command, incident_id, expected, run, lock_ids)
-
-    def report(self, env: Envelope, *args: Any, **kwargs: Any) -> CommandResult:
-        return self.execute(env, ReportIncident(*args, **kwargs))
-
-    def verify(self, env: Envelope, *args: Any, **kwargs: Any) -> CommandResult:
-        return self.execute(env, VerifyIncident(*args, **kwargs))
-
-    def reject(self, env: Envelope, *args: Any, **kwargs: Any) -> CommandResult:
-        return self.execute(env, RejectIncident(*args, **kwargs))
-
-    def merge(self, env: Envelope, *args: Any, **kwargs: Any) -> CommandResult:
-        return self.execute(env, MergeIncident(*args, **kwargs))
-
-    def assess_severity(self, env: Envelope, *args: Any, **kwargs: Any) -> CommandResult:
-        return self.execute(env, AssessSeverity(*args, **kwargs))
-
-    def assign_lead(self, env: Envelope, *args: Any, **kwargs: Any) -> CommandResult:
-        return self.execute(env, AssignLeadAgency(*args, **kwargs))
-
-    def add_supporting_agency(self, env: Envelope, *args: Any, **kwargs: Any) -> CommandResult:
-        return self.execute(env, AddSupportingAgency(*args, **kwargs))
-
-    def propose_handover(self, env: Envelope, *args: Any, **kwargs: Any) -> CommandResult:
-        return self.execute(env, ProposeHandover(*args, **kwargs))
-
-    def accept_handover(self, env: Envelope, *args: Any, **kwargs: Any) -> CommandResult:
-        return self.execute(env, AcceptHandover(*args, **kwargs))
-
-    def record_decision(self, env: Envelope, *args: Any, **kwargs: Any) -> CommandResult:
-        return self.execute(env, RecordDecision(*args, **kwargs))
-
-    def log_action(self, env: Envelope, *args: Any, **kwargs: Any) -> CommandResult:
-        return self.execute(env, LogAction(*args, **kwargs))
-
-    def escalate(self, env: Envelope, *args: Any, **kwargs: Any) -> CommandResult:
-        return self.execute(env, EscalateIncident(*args, **kwargs))
-
-    def resolve(self, env: Envelope, *args: Any, **kwargs: Any) -> CommandResult:
-        return self.execute(env, ResolveIncident(*args, **kwargs))
-
-    def request_closure(self, env: Envelope, *args: Any, **kwargs: Any) -> CommandResult:
-        return self.execute(env, RequestClosure(*args, **kwargs))
-
-    def approve_closure(self, env: Envelope, *args: Any, **kwargs: Any) -> CommandResult:
-        return self.execute(env, ApproveClosure(*args, **kwargs))
-
-    def reopen(self, env: Envelope, *args: Any, **kwargs: Any) -> CommandResult:
-        return self.execute(env, ReopenIncident(*args, **kwargs))
-
-    def correct(self, env: Envelope, *args: Any, **kwargs: Any) -> CommandResult:
-        return self.execute(env, RecordCorrection(*args, **kwargs))
 
     # -------------------------------------------------------------- queries
 
