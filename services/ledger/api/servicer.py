@@ -25,7 +25,7 @@ from services.ledger.projections import BoardFilter
 from services.ledger.read_model import ReadModel
 
 
-class _Command(Protocol):
+class _CommandIds(Protocol):
     request_id: str
     correlation_id: str
 
@@ -55,7 +55,7 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
         principal = current_principal()
         role = self._ledger.reference.agencies[principal.agency].role
         occurred = convert.optional_time(request, "occur_time")
-        ids = cast(_Command, request)
+        ids = cast(_CommandIds, request)
         return Envelope(
             actor=Actor(principal.agency, principal.officer, role),
             request_id=ids.request_id,
