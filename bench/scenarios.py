@@ -32,6 +32,7 @@ from services.common.auth import generate_dev_credentials
 from services.common.config import PROJECT_ROOT, LedgerSettings
 from services.common.reference import ReferenceData
 from services.ledger.application import Ledger
+from services.ledger.domain.commands import LogAction
 from services.ledger.domain.incident import Actor, Envelope, Incident
 from services.ledger.server import build
 
@@ -192,7 +193,7 @@ def _command_worker(ledger: Ledger, ids: list[UUID], actor: Actor) -> Worker:
     def once() -> object:
         incident_id = ids[position[0] % len(ids)]
         position[0] += 1
-        return ledger.log_action(envelope(actor), incident_id, 0, ACTION, None)
+        return ledger.execute(envelope(actor), LogAction(incident_id, 0, ACTION, None))
 
     return once
 

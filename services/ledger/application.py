@@ -1,13 +1,14 @@
 """The ledger application: loads incidents, calls one command, saves atomically.
 
-It owns the guarantees around the domain: idempotency by request id (AIP-155),
-optimistic concurrency (expected_version, retries), and input checks against the
-reference data. Storage is chosen by the environment (the library's variables).
+Every command (services/ledger/domain/commands.py) takes one path, :meth:`Ledger.execute`:
+the checks its fields declare (against the reference data and the time bounds), then the
+guarantees around the domain: idempotency by request id (AIP-155, with a fingerprint over
+all the command's fields), optimistic concurrency (expected_version, retries).
+Storage is chosen by the environment (the library's variables).
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 import threading
 import time
@@ -16,7 +17,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import structlog
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -43,15 +44,18 @@ from services.common.errors import (
 )
 from services.common.reference import ReferenceData
 from services.common.storepool import bound_store
-from services.ledger.domain.incident import (
-    Envelope,
-    Incident,
-    RejectionReason,
-    canonical_json,
-    event_hash,
-    incident_event_classes,
+from services.ledger.domain.commands import (
+    MAX_SHORT,
+    Command,
+    CreatingCommand,
+    IncidentCommand,
+    Rules,
+    check_text,
+    checked,
+    command_name,
 )
-from services.ledger.domain.requests import RequestRecord, request_key
+from services.ledger.domain.incident import Envelope, Incident, event_hash, incident_event_classes
+from services.ledger.domain.requests import RequestRecord, request_fingerprint, request_key
 from services.ledger.domain.times import TimeBounds
 from services.ledger.seals import SealChecker, Sealer
 from services.ledger.store import EventPositions
@@ -59,9 +63,6 @@ from services.ledger.writes import AggregateCache, GroupCommitter
 
 log = structlog.get_logger(__name__)
 
-MAX_TITLE = 200
-MAX_TEXT = 4000
-MAX_SHORT = 128
 MAX_CONFLICT_RETRIES = 30
 LOCK_STRIPES = 256
 
@@ -133,14 +134,6 @@ def mutate_all(aggregate: Any, events: Iterable[Any]) -> Any:
     for event in events:
         aggregate = event.mutate(aggregate)
     return aggregate
-
-
-def _text(field: str, value: str, limit: int, *, required: bool = False) -> str:
-    if required and not value.strip():
-        raise InvalidArgument(field, "is required")
-    if len(value) > limit:
-        raise InvalidArgument(field, f"is longer than {limit} characters", reason="FIELD_TOO_LONG")
-    return value
 
 
 class Ledger(Application[UUID]):
@@ -215,338 +208,31 @@ class Ledger(Application[UUID]):
 
     # ------------------------------------------------------------- commands
 
-    def report(
-        self,
-        env: Envelope,
-        *,
-        title: str,
-        description: str,
-        category: str,
-        severity: str,
-        location: dict[str, Any],
-    ) -> CommandResult:
-        _text("title", title, MAX_TITLE, required=True)
-        _text("description", description, MAX_TEXT)
-        self.reference.check_category(category)
-        severity = severity or self.reference.default_severity
-        self.reference.check_severity(severity)
-        self._check_location(location, "location")
-        params = {
-            "title": title,
-            "description": description,
-            "category": category,
-            "severity": severity,
-            "location": location,
-        }
+    def execute(self, env: Envelope, command: Command) -> CommandResult:
+        """Run one command: check its fields, apply its rule to the incident(s) and save,
+        once per request id (AIP-155): a retry is answered as the original was."""
+        command = checked(command, Rules(self.reference, self.time_bounds, self._clock))
+        if isinstance(command, CreatingCommand):
+            creating = command
 
-        def run(_fresh: bool) -> list[Incident]:
-            return [
-                Incident.report(
-                    env,
-                    title=title,
-                    description=description,
-                    category=category,
-                    severity=severity,
-                    location=location,
-                    incident_id=uuid4(),
-                )
-            ]
+            def create(_fresh: bool) -> list[Incident]:
+                return [creating.create(env)]
 
-        return self._execute(env, "ReportIncident", params, None, 0, run)
-
-    def verify(
-        self, env: Envelope, incident_id: UUID, expected: int, comment: str
-    ) -> CommandResult:
-        _text("comment", comment, MAX_TEXT)
-        return self._on_incident(
-            env,
-            "VerifyIncident",
-            incident_id,
-            expected,
-            {"comment": comment},
-            lambda i: i.verify(env, comment),
-        )
-
-    def reject(
-        self,
-        env: Envelope,
-        incident_id: UUID,
-        expected: int,
-        reason: RejectionReason,
-        comment: str,
-    ) -> CommandResult:
-        _text("comment", comment, MAX_TEXT, required=True)
-        return self._on_incident(
-            env,
-            "RejectIncident",
-            incident_id,
-            expected,
-            {"reason": reason.value, "comment": comment},
-            lambda i: i.reject(env, reason, comment),
-        )
-
-    def merge(
-        self, env: Envelope, incident_id: UUID, expected: int, target_id: UUID, comment: str
-    ) -> CommandResult:
-        _text("comment", comment, MAX_TEXT)
-        params = {"target": str(target_id), "comment": comment}
+            return self._execute(env, command, None, 0, create)
+        if not isinstance(command, IncidentCommand):
+            raise TypeError(f"not a command the ledger runs: {command!r}")
+        on_incident = command
+        incident_id, expected = command.incident, command.expected_version
+        others = command.other_incidents()
 
         def run(fresh: bool) -> list[Incident]:
-            duplicate = self._load_for_write(incident_id, expected, fresh=fresh)
-            target = self._load_for_write(target_id, 0, fresh=fresh, field="target")
-            duplicate.merge_into(env, target, comment)
-            return [duplicate, target]
+            incident = self._load_for_write(incident_id, expected, fresh=fresh)
+            changed = [self._load_for_write(i, 0, fresh=fresh, field=f) for i, f in others]
+            on_incident.apply(env, incident, *changed)
+            return [incident, *changed]
 
-        return self._execute(
-            env, "MergeIncident", params, incident_id, expected, run, (incident_id, target_id)
-        )
-
-    def assess_severity(
-        self, env: Envelope, incident_id: UUID, expected: int, severity: str, comment: str
-    ) -> CommandResult:
-        self.reference.check_severity(severity)
-        _text("comment", comment, MAX_TEXT)
-        return self._on_incident(
-            env,
-            "AssessSeverity",
-            incident_id,
-            expected,
-            {"severity": severity, "comment": comment},
-            lambda i: i.assess_severity(env, severity, comment),
-        )
-
-    def assign_lead(
-        self, env: Envelope, incident_id: UUID, expected: int, agency: str, comment: str
-    ) -> CommandResult:
-        self._check_responder(agency, "agency")
-        _text("comment", comment, MAX_TEXT)
-        return self._on_incident(
-            env,
-            "AssignLeadAgency",
-            incident_id,
-            expected,
-            {"agency": agency, "comment": comment},
-            lambda i: i.assign_lead(env, agency, comment),
-        )
-
-    def add_supporting_agency(
-        self, env: Envelope, incident_id: UUID, expected: int, agency: str, comment: str
-    ) -> CommandResult:
-        self._check_responder(agency, "agency")
-        _text("comment", comment, MAX_TEXT)
-        return self._on_incident(
-            env,
-            "AddSupportingAgency",
-            incident_id,
-            expected,
-            {"agency": agency, "comment": comment},
-            lambda i: i.add_supporting_agency(env, agency, comment),
-        )
-
-    def propose_handover(
-        self, env: Envelope, incident_id: UUID, expected: int, to_agency: str, reason: str
-    ) -> CommandResult:
-        self._check_responder(to_agency, "to_agency")
-        _text("reason", reason, MAX_TEXT, required=True)
-        return self._on_incident(
-            env,
-            "ProposeHandover",
-            incident_id,
-            expected,
-            {"to_agency": to_agency, "reason": reason},
-            lambda i: i.propose_handover(env, to_agency, reason),
-        )
-
-    def accept_handover(
-        self, env: Envelope, incident_id: UUID, expected: int, comment: str
-    ) -> CommandResult:
-        _text("comment", comment, MAX_TEXT)
-        return self._on_incident(
-            env,
-            "AcceptHandover",
-            incident_id,
-            expected,
-            {"comment": comment},
-            lambda i: i.accept_handover(env, comment),
-        )
-
-    def record_decision(
-        self,
-        env: Envelope,
-        incident_id: UUID,
-        expected: int,
-        *,
-        deciding_agencies: list[str],
-        forum: str,
-        summary: str,
-        rationale: str,
-        scope: dict[str, Any] | None,
-        valid_from: datetime,
-        valid_until: datetime,
-    ) -> CommandResult:
-        if not deciding_agencies:
-            raise InvalidArgument("deciding_agencies", "at least one agency is required")
-        if len(set(deciding_agencies)) != len(deciding_agencies):
-            raise InvalidArgument("deciding_agencies", "lists an agency twice")
-        for n, agency in enumerate(deciding_agencies):
-            self.reference.agency(agency, f"deciding_agencies[{n}]")
-        _text("forum", forum, MAX_TITLE, required=True)
-        _text("summary", summary, MAX_TEXT, required=True)
-        _text("rationale", rationale, MAX_TEXT, required=True)
-        if scope is not None:
-            self._check_location(scope, "scope")
-        now = self._clock()
-        self.time_bounds.check_planned("valid_from", valid_from, now)
-        self.time_bounds.check_planned("valid_until", valid_until, now)
-        params = {
-            "deciding_agencies": deciding_agencies,
-            "forum": forum,
-            "summary": summary,
-            "rationale": rationale,
-            "scope": scope,
-            "valid_from": valid_from,
-            "valid_until": valid_until,
-        }
-        return self._on_incident(
-            env,
-            "RecordDecision",
-            incident_id,
-            expected,
-            params,
-            lambda i: i.record_decision(
-                env,
-                deciding_agencies=deciding_agencies,
-                forum=forum,
-                summary=summary,
-                rationale=rationale,
-                scope=scope or i.location,
-                valid_from=valid_from,
-                valid_until=valid_until,
-            ),
-        )
-
-    def log_action(
-        self,
-        env: Envelope,
-        incident_id: UUID,
-        expected: int,
-        action: str,
-        location: dict[str, Any] | None,
-    ) -> CommandResult:
-        _text("action", action, MAX_TEXT, required=True)
-        if location is not None:
-            self._check_location(location, "location")
-        return self._on_incident(
-            env,
-            "LogAction",
-            incident_id,
-            expected,
-            {"action": action, "location": location},
-            lambda i: i.log_action(env, action, location or i.location),
-        )
-
-    def escalate(
-        self, env: Envelope, incident_id: UUID, expected: int, reason: str
-    ) -> CommandResult:
-        _text("reason", reason, MAX_TEXT, required=True)
-        return self._on_incident(
-            env,
-            "EscalateIncident",
-            incident_id,
-            expected,
-            {"reason": reason},
-            lambda i: i.escalate(env, reason),
-        )
-
-    def resolve(
-        self, env: Envelope, incident_id: UUID, expected: int, resolution: str
-    ) -> CommandResult:
-        _text("resolution", resolution, MAX_TEXT, required=True)
-        return self._on_incident(
-            env,
-            "ResolveIncident",
-            incident_id,
-            expected,
-            {"resolution": resolution},
-            lambda i: i.resolve(env, resolution),
-        )
-
-    def request_closure(
-        self, env: Envelope, incident_id: UUID, expected: int, comment: str
-    ) -> CommandResult:
-        _text("comment", comment, MAX_TEXT)
-        return self._on_incident(
-            env,
-            "RequestClosure",
-            incident_id,
-            expected,
-            {"comment": comment},
-            lambda i: i.request_closure(env, comment),
-        )
-
-    def approve_closure(
-        self, env: Envelope, incident_id: UUID, expected: int, comment: str
-    ) -> CommandResult:
-        _text("comment", comment, MAX_TEXT)
-        return self._on_incident(
-            env,
-            "ApproveClosure",
-            incident_id,
-            expected,
-            {"comment": comment},
-            lambda i: i.approve_closure(env, comment),
-        )
-
-    def reopen(self, env: Envelope, incident_id: UUID, expected: int, reason: str) -> CommandResult:
-        _text("reason", reason, MAX_TEXT, required=True)
-        return self._on_incident(
-            env,
-            "ReopenIncident",
-            incident_id,
-            expected,
-            {"reason": reason},
-            lambda i: i.reopen(env, reason),
-        )
-
-    def correct(
-        self,
-        env: Envelope,
-        incident_id: UUID,
-        expected: int,
-        *,
-        event_id: UUID,
-        field: str,
-        old_value: str,
-        new_value: str,
-        reason: str,
-    ) -> CommandResult:
-        _text("field", field, MAX_SHORT, required=True)
-        _text("old_value", old_value, MAX_TEXT)
-        _text("new_value", new_value, MAX_TEXT)
-        _text("reason", reason, MAX_TEXT, required=True)
-        self._check_corrected_value(field, new_value)
-        params = {
-            "event_id": str(event_id),
-            "field": field,
-            "old_value": old_value,
-            "new_value": new_value,
-            "reason": reason,
-        }
-        return self._on_incident(
-            env,
-            "RecordCorrection",
-            incident_id,
-            expected,
-            params,
-            lambda i: i.correct(
-                env,
-                event_id=event_id,
-                field=field,
-                old_value=old_value,
-                new_value=new_value,
-                reason=reason,
-            ),
-        )
+        lock_ids = (incident_id, *(i for i, _ in others))
+        return self._execute(env, command, incident_id, expected, run, lock_ids)
 
     # -------------------------------------------------------------- queries
 
@@ -648,24 +334,6 @@ class Ledger(Application[UUID]):
 
     # ------------------------------------------------------------- plumbing
 
-    def _on_incident(
-        self,
-        env: Envelope,
-        command: str,
-        incident_id: UUID,
-        expected: int,
-        params: dict[str, Any],
-        act: Callable[[Incident], None],
-    ) -> CommandResult:
-        params = {"incident": str(incident_id), "expected_version": expected, **params}
-
-        def run(fresh: bool) -> list[Incident]:
-            incident = self._load_for_write(incident_id, expected, fresh=fresh)
-            act(incident)
-            return [incident]
-
-        return self._execute(env, command, params, incident_id, expected, run, (incident_id,))
-
     @contextmanager
     def _serialised(self, incident_ids: tuple[UUID, ...]) -> Iterator[None]:
         stripes = sorted({incident_id.int % LOCK_STRIPES for incident_id in incident_ids})
@@ -677,8 +345,7 @@ class Ledger(Application[UUID]):
     def _execute(
         self,
         env: Envelope,
-        command: str,
-        params: dict[str, Any],
+        checked_command: Command,
         incident_id: UUID | None,
         expected: int,
         run: Callable[[bool], list[Incident]],
@@ -686,15 +353,14 @@ class Ledger(Application[UUID]):
     ) -> CommandResult:
         if not env.request_id:
             raise InvalidArgument("request_id", "is required (AIP-155)")
-        _text("request_id", env.request_id, MAX_SHORT)
-        _text("correlation_id", env.correlation_id, MAX_SHORT)
+        check_text("request_id", env.request_id, MAX_SHORT)
+        check_text("correlation_id", env.correlation_id, MAX_SHORT)
         if expected < 0:
             raise InvalidArgument("expected_version", "must not be negative")
         if env.occurred_at is not None:
             self.time_bounds.check_occurred("occur_time", env.occurred_at, self._clock())
-        fingerprint = hashlib.sha256(
-            canonical_json({"command": command, **params, "occurred_at": env.occurred_at})
-        ).hexdigest()
+        command = command_name(checked_command)
+        fingerprint = request_fingerprint(checked_command, env.occurred_at)
         key = request_key(env.actor.agency, env.request_id)
         fresh = False
         for attempt in range(MAX_CONFLICT_RETRIES):
@@ -855,38 +521,3 @@ class Ledger(Application[UUID]):
             raise NotFound(f"incident {incident_id} does not exist", reason="INCIDENT_NOT_FOUND")
         self.check_seal(incident)
         return incident
-
-    def _check_location(self, location: Mapping[str, Any], field: str) -> None:
-        self.reference.check_location(
-            str(location.get("kecamatan", "")), str(location.get("desa", "")), field
-        )
-        _text(f"{field}.tps", str(location.get("tps", "")), 32)
-        lat, lon = location.get("latitude"), location.get("longitude")
-        if lat is not None and not -90 <= lat <= 90:
-            raise InvalidArgument(f"{field}.latitude", "must be between -90 and 90")
-        if lon is not None and not -180 <= lon <= 180:
-            raise InvalidArgument(f"{field}.longitude", "must be between -180 and 180")
-
-    def _check_responder(self, agency: str, field: str) -> None:
-        if not agency:
-            raise InvalidArgument(field, "is required")
-        found = self.reference.agency(agency, field)
-        if found.role.value == "auditor":
-            raise InvalidArgument(field, f"{agency} is an auditing agency and cannot act")
-
-    def _check_corrected_value(self, field: str, new_value: str) -> None:
-        if field == "severity":
-            self.reference.check_severity(new_value, "new_value")
-        elif field == "category":
-            self.reference.check_category(new_value, "new_value")
-        elif field == "location.kecamatan" and new_value not in self.reference.kecamatan:
-            raise InvalidArgument("new_value", f"unknown kecamatan {new_value!r}")
-        elif field in {"valid_from", "valid_until", "occurred_at"}:
-            try:
-                value = datetime.fromisoformat(new_value)
-            except ValueError:
-                raise InvalidArgument("new_value", "must be an ISO-8601 time") from None
-            if field == "occurred_at":
-                self.time_bounds.check_occurred("new_value", value, self._clock())
-            else:
-                self.time_bounds.check_planned("new_value", value, self._clock())

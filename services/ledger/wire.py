@@ -3,13 +3,17 @@
 The one wire module: the gRPC adapter (services.ledger.api) parses requests and answers
 with it, and the NATS relay (services.ledger.relay) publishes the same IncidentEvent and
 Incident messages with it, without importing the gRPC adapter (see ``.importlinter``).
+
+:data:`COMMANDS` is the one table from a command's request message to its command
+object (services/ledger/domain/commands.py); the servicer looks requests up in it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from google.protobuf.message import Message
@@ -20,6 +24,26 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from services.common.errors import InvalidArgument
 from services.common.jsoncodec import canonical_dumps
 from services.ledger.application import CommandResult, StoredIncidentEvent
+from services.ledger.domain.commands import (
+    AcceptHandover,
+    AddSupportingAgency,
+    ApproveClosure,
+    AssessSeverity,
+    AssignLeadAgency,
+    Command,
+    EscalateIncident,
+    LogAction,
+    MergeIncident,
+    ProposeHandover,
+    RecordCorrection,
+    RecordDecision,
+    RejectIncident,
+    ReopenIncident,
+    ReportIncident,
+    RequestClosure,
+    ResolveIncident,
+    VerifyIncident,
+)
 from services.ledger.domain.incident import (
     ENVELOPE_FIELDS,
     Incident,
@@ -88,6 +112,13 @@ def location_from_proto(message: Message, field: str) -> dict[str, Any] | None:
     return result
 
 
+def required_location(message: Message, field: str) -> dict[str, Any]:
+    location = location_from_proto(message, field)
+    if location is None:
+        raise InvalidArgument(field, "is required")
+    return location
+
+
 def rejection_reason(value: int) -> RejectionReason:
     names = {
         pb.REJECTION_REASON_INVALID: RejectionReason.INVALID,
@@ -99,6 +130,136 @@ def rejection_reason(value: int) -> RejectionReason:
     except KeyError:
         raise InvalidArgument("rejection_reason", "must be INVALID, HOAX or OUT_OF_SCOPE") from None
 
+
+# ------------------------------------------------------------------ commands
+
+Request = TypeVar("Request", bound=Message)
+ToCommand = Callable[[Any], Command]
+
+
+def _to(request: type[Request], convert: Callable[[Request], Command]) -> tuple[type, ToCommand]:
+    return request, convert
+
+
+#: Each command's request message, and how it becomes the command. The fields convert
+#: in order, so the first field that does not convert is the one an error names.
+COMMANDS: Mapping[type, ToCommand] = dict(
+    [
+        _to(
+            api.ReportIncidentRequest,
+            lambda r: ReportIncident(
+                title=r.title,
+                description=r.description,
+                category=r.category,
+                severity=r.severity,
+                location=required_location(r, "location"),
+            ),
+        ),
+        _to(
+            api.VerifyIncidentRequest,
+            lambda r: VerifyIncident(parse_name(r.name), r.expected_version, r.comment),
+        ),
+        _to(
+            api.RejectIncidentRequest,
+            lambda r: RejectIncident(
+                parse_name(r.name),
+                r.expected_version,
+                rejection_reason(r.rejection_reason),
+                r.comment,
+            ),
+        ),
+        _to(
+            api.MergeIncidentRequest,
+            lambda r: MergeIncident(
+                parse_name(r.name), r.expected_version, parse_name(r.target, "target"), r.comment
+            ),
+        ),
+        _to(
+            api.AssessSeverityRequest,
+            lambda r: AssessSeverity(parse_name(r.name), r.expected_version, r.severity, r.comment),
+        ),
+        _to(
+            api.AssignLeadAgencyRequest,
+            lambda r: AssignLeadAgency(parse_name(r.name), r.expected_version, r.agency, r.comment),
+        ),
+        _to(
+            api.AddSupportingAgencyRequest,
+            lambda r: AddSupportingAgency(
+                parse_name(r.name), r.expected_version, r.agency, r.comment
+            ),
+        ),
+        _to(
+            api.ProposeHandoverRequest,
+            lambda r: ProposeHandover(
+                parse_name(r.name), r.expected_version, r.to_agency, r.reason
+            ),
+        ),
+        _to(
+            api.AcceptHandoverRequest,
+            lambda r: AcceptHandover(parse_name(r.name), r.expected_version, r.comment),
+        ),
+        _to(
+            api.RecordDecisionRequest,
+            lambda r: RecordDecision(
+                parse_name(r.name),
+                r.expected_version,
+                deciding_agencies=tuple(r.deciding_agencies),
+                forum=r.forum,
+                summary=r.summary,
+                rationale=r.rationale,
+                scope=location_from_proto(r, "scope"),
+                valid_from=required_time(r, "valid_from"),
+                valid_until=required_time(r, "valid_until"),
+            ),
+        ),
+        _to(
+            api.LogActionRequest,
+            lambda r: LogAction(
+                parse_name(r.name), r.expected_version, r.action, location_from_proto(r, "location")
+            ),
+        ),
+        _to(
+            api.EscalateIncidentRequest,
+            lambda r: EscalateIncident(parse_name(r.name), r.expected_version, r.reason),
+        ),
+        _to(
+            api.ResolveIncidentRequest,
+            lambda r: ResolveIncident(parse_name(r.name), r.expected_version, r.resolution),
+        ),
+        _to(
+            api.RequestClosureRequest,
+            lambda r: RequestClosure(parse_name(r.name), r.expected_version, r.comment),
+        ),
+        _to(
+            api.ApproveClosureRequest,
+            lambda r: ApproveClosure(parse_name(r.name), r.expected_version, r.comment),
+        ),
+        _to(
+            api.ReopenIncidentRequest,
+            lambda r: ReopenIncident(parse_name(r.name), r.expected_version, r.reason),
+        ),
+        _to(
+            api.RecordCorrectionRequest,
+            lambda r: RecordCorrection(
+                parse_name(r.name),
+                r.expected_version,
+                event_id=parse_event_id(r.corrected_event_id, "corrected_event_id"),
+                field=r.field,
+                old_value=r.old_value,
+                new_value=r.new_value,
+                reason=r.reason,
+            ),
+        ),
+    ]
+)
+
+
+def command_from_proto(request: Message) -> Command:
+    """The command a request message asks for."""
+    return COMMANDS[type(request)](request)
+
+
+# ------------------------------------------------------------------ results
 
 STATUS_TO_PROTO: dict[Status, pb.IncidentStatus.ValueType] = {
     status: pb.IncidentStatus.Value(f"INCIDENT_STATUS_{status.value}") for status in Status

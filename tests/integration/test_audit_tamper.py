@@ -47,6 +47,7 @@ from services.ledger.audit import (
 )
 from services.ledger.audit import verify as audit_verify
 from services.ledger.audit.keys import load_signing_key, public_key_pem
+from services.ledger.domain.commands import EscalateIncident
 from services.ledger.domain.incident import incident_event_classes
 from services.ledger.seals import Sealer
 from tests.support import (
@@ -330,7 +331,7 @@ def _assert_data_loss(store: Store, incident: UUID, check: str) -> None:
         for attempt in (
             lambda: ledger.get_incident(incident),
             lambda: ledger.incident_events(incident, after_version=0, limit=100),
-            lambda: ledger.escalate(env("polres"), incident, 0, "still growing"),
+            lambda: ledger.execute(env("polres"), EscalateIncident(incident, 0, "still growing")),
         ):
             with pytest.raises(DataLoss) as caught:
                 attempt()

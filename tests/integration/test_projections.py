@@ -25,6 +25,25 @@ import pytest
 from services.common.config import PROJECT_ROOT
 from services.common.errors import LedgerError
 from services.ledger.application import CommandResult, Ledger
+from services.ledger.domain.commands import (
+    AcceptHandover,
+    AddSupportingAgency,
+    ApproveClosure,
+    AssessSeverity,
+    AssignLeadAgency,
+    EscalateIncident,
+    LogAction,
+    MergeIncident,
+    ProposeHandover,
+    RecordCorrection,
+    RecordDecision,
+    RejectIncident,
+    ReopenIncident,
+    ReportIncident,
+    RequestClosure,
+    ResolveIncident,
+    VerifyIncident,
+)
 from services.ledger.domain.incident import Actor, Envelope, Incident, RejectionReason
 from services.ledger.projections import BoardFilter, Lag, Projections, service
 from services.ledger.projections.engine import ProjectionStore
@@ -94,16 +113,18 @@ class History:
         rng = self.rng
         kecamatan = rng.choice(KECAMATAN)
         result = self._do(
-            lambda: self.ledger.report(
+            lambda: self.ledger.execute(
                 envelope(rng.choice(RESPONDERS), rng),
-                title=f"incident {len(self.incidents)}",
-                description="",
-                category=rng.choice(CATEGORIES),
-                severity=rng.choice(SEVERITIES),
-                location={
-                    "kecamatan": kecamatan,
-                    "desa": sorted(REF.kecamatan[kecamatan].desa)[0],
-                },
+                ReportIncident(
+                    title=f"incident {len(self.incidents)}",
+                    description="",
+                    category=rng.choice(CATEGORIES),
+                    severity=rng.choice(SEVERITIES),
+                    location={
+                        "kecamatan": kecamatan,
+                        "desa": sorted(REF.kecamatan[kecamatan].desa)[0],
+                    },
+                ),
             )
         )
         assert result is not None
@@ -120,59 +141,81 @@ class History:
         if incident.pending_handover is not None and rng.random() < 0.5:
             choice = 9  # accept it
         if choice <= 2:
-            self._do(lambda: ledger.verify(coord, incident_id, 0, "checked"))
+            self._do(lambda: ledger.execute(coord, VerifyIncident(incident_id, 0, "checked")))
         elif choice == 3 and rng.random() < 0.3:
-            self._do(lambda: ledger.reject(coord, incident_id, 0, RejectionReason.HOAX, "hoax"))
+            self._do(
+                lambda: ledger.execute(
+                    coord, RejectIncident(incident_id, 0, RejectionReason.HOAX, "hoax")
+                )
+            )
         elif choice == 4 and rng.random() < 0.3:
             target = rng.choice(self.incidents)
-            self._do(lambda: ledger.merge(coord, incident_id, 0, target, "duplicate"))
+            self._do(
+                lambda: ledger.execute(coord, MergeIncident(incident_id, 0, target, "duplicate"))
+            )
         elif choice == 5:
             severity = rng.choice(SEVERITIES)
-            self._do(lambda: ledger.assess_severity(coord, incident_id, 0, severity, "re-assessed"))
+            self._do(
+                lambda: ledger.execute(
+                    coord, AssessSeverity(incident_id, 0, severity, "re-assessed")
+                )
+            )
         elif choice <= 7:
             agency = rng.choice(RESPONDERS)
-            self._do(lambda: ledger.assign_lead(coord, incident_id, 0, agency, "lead"))
+            self._do(
+                lambda: ledger.execute(coord, AssignLeadAgency(incident_id, 0, agency, "lead"))
+            )
         elif choice == 8:
             agency = rng.choice(RESPONDERS)
-            self._do(lambda: ledger.add_supporting_agency(coord, incident_id, 0, agency, ""))
+            self._do(lambda: ledger.execute(coord, AddSupportingAgency(incident_id, 0, agency, "")))
         elif choice == 9:
             agency = rng.choice(RESPONDERS)
             if incident.pending_handover is None:
-                self._do(lambda: ledger.propose_handover(coord, incident_id, 0, agency, "move"))
+                self._do(
+                    lambda: ledger.execute(coord, ProposeHandover(incident_id, 0, agency, "move"))
+                )
             else:
                 to = envelope(incident.pending_handover[1], rng)
-                self._do(lambda: ledger.accept_handover(to, incident_id, 0, "accepted"))
+                self._do(lambda: ledger.execute(to, AcceptHandover(incident_id, 0, "accepted")))
         elif choice == 10:
             start = T0 + timedelta(hours=rng.randrange(0, 300))
             result = self._do(
-                lambda: ledger.record_decision(
+                lambda: ledger.execute(
                     coord,
-                    incident_id,
-                    0,
-                    deciding_agencies=rng.sample(RESPONDERS, 2),
-                    forum="Forkopimda",
-                    summary="large gatherings restricted",
-                    rationale="tension",
-                    scope={"kecamatan": rng.choice(KECAMATAN)} if rng.random() < 0.5 else None,
-                    valid_from=start,
-                    valid_until=start + timedelta(hours=rng.randrange(1, 96)),
+                    RecordDecision(
+                        incident_id,
+                        0,
+                        deciding_agencies=tuple(rng.sample(RESPONDERS, 2)),
+                        forum="Forkopimda",
+                        summary="large gatherings restricted",
+                        rationale="tension",
+                        scope={"kecamatan": rng.choice(KECAMATAN)} if rng.random() < 0.5 else None,
+                        valid_from=start,
+                        valid_until=start + timedelta(hours=rng.randrange(1, 96)),
+                    ),
                 )
             )
             if result is not None:
                 self.decisions.append((incident_id, result.event_id))
         elif choice <= 12:
-            self._do(lambda: ledger.log_action(envelope(lead, rng), incident_id, 0, "patrol", None))
+            self._do(
+                lambda: ledger.execute(
+                    envelope(lead, rng), LogAction(incident_id, 0, "patrol", None)
+                )
+            )
         elif choice == 13:
-            self._do(lambda: ledger.escalate(coord, incident_id, 0, "worse"))
+            self._do(lambda: ledger.execute(coord, EscalateIncident(incident_id, 0, "worse")))
         elif choice == 14:
-            self._do(lambda: ledger.resolve(coord, incident_id, 0, "calm again"))
+            self._do(lambda: ledger.execute(coord, ResolveIncident(incident_id, 0, "calm again")))
         elif choice == 15:
             if incident.close_requested:
-                self._do(lambda: ledger.approve_closure(coord, incident_id, 0, "ok"))
+                self._do(lambda: ledger.execute(coord, ApproveClosure(incident_id, 0, "ok")))
             elif incident.status.value == "CLOSED" or rng.random() < 0.2:
-                self._do(lambda: ledger.reopen(coord, incident_id, 0, "again"))
+                self._do(lambda: ledger.execute(coord, ReopenIncident(incident_id, 0, "again")))
             else:
-                self._do(lambda: ledger.request_closure(envelope(lead, rng), incident_id, 0, ""))
+                self._do(
+                    lambda: ledger.execute(envelope(lead, rng), RequestClosure(incident_id, 0, ""))
+                )
         else:
             self.correct(incident)
 
@@ -201,15 +244,17 @@ class History:
         if new_value == values[name]:
             return
         self._do(
-            lambda: self.ledger.correct(
+            lambda: self.ledger.execute(
                 envelope(COORDINATOR, rng),
-                incident.id,
-                0,
-                event_id=event_id,
-                field=name,
-                old_value=values[name],
-                new_value=new_value,
-                reason="typo",
+                RecordCorrection(
+                    incident.id,
+                    0,
+                    event_id=event_id,
+                    field=name,
+                    old_value=values[name],
+                    new_value=new_value,
+                    reason="typo",
+                ),
             )
         )
 
@@ -337,9 +382,12 @@ def test_fast_decoder_gives_the_mappers_facts(ledger: Ledger) -> None:
     for _ in range(3):
         history.report()
     rejected, duplicate, target = history.incidents[-3:]
-    ledger.merge(envelope(COORDINATOR, random.Random(8)), duplicate, 0, target, "same")
-    ledger.reject(
-        envelope(COORDINATOR, random.Random(9)), rejected, 0, RejectionReason.HOAX, "hoax"
+    ledger.execute(
+        envelope(COORDINATOR, random.Random(8)), MergeIncident(duplicate, 0, target, "same")
+    )
+    ledger.execute(
+        envelope(COORDINATOR, random.Random(9)),
+        RejectIncident(rejected, 0, RejectionReason.HOAX, "hoax"),
     )
     decoder = FastDecoder(ledger)
     assert decoder.fast

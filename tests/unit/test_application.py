@@ -20,7 +20,23 @@ from services.common.errors import (
     PermissionDenied,
     VersionConflict,
 )
-from services.ledger.application import MAX_TITLE, CommandResult, Ledger, time_bounds_of
+from services.ledger.application import CommandResult, Ledger, time_bounds_of
+from services.ledger.domain.commands import (
+    MAX_TITLE,
+    AddSupportingAgency,
+    AssessSeverity,
+    AssignLeadAgency,
+    EscalateIncident,
+    LogAction,
+    MergeIncident,
+    ProposeHandover,
+    RecordCorrection,
+    RecordDecision,
+    RejectIncident,
+    ReportIncident,
+    ResolveIncident,
+    VerifyIncident,
+)
 from services.ledger.domain.incident import Envelope, Incident, RejectionReason, Status
 from tests.unit.incident_builders import (
     AUDITOR,
@@ -57,12 +73,12 @@ def report(ledger: Ledger, envelope: Envelope | None = None, **fields: Any) -> C
         "location": dict(LOCATION),
     }
     values.update(fields)
-    return ledger.report(envelope or env(REPORTER), **values)
+    return ledger.execute(envelope or env(REPORTER), ReportIncident(**values))
 
 
 def verified(ledger: Ledger) -> CommandResult:
     created = report(ledger)
-    return ledger.verify(env(COORDINATOR), created.incident_id, 1, "ok")
+    return ledger.execute(env(COORDINATOR), VerifyIncident(created.incident_id, 1, "ok"))
 
 
 # ----------------------------------------------------------------- basics
@@ -91,9 +107,9 @@ def test_report_without_severity_takes_the_default(ledger: Ledger) -> None:
 def test_each_command_returns_the_new_version(ledger: Ledger) -> None:
     created = report(ledger)
     incident_id = created.incident_id
-    assert ledger.verify(env(COORDINATOR), incident_id, 1, "").version == 2
-    assert ledger.assign_lead(env(COORDINATOR), incident_id, 2, LEAD, "").version == 3
-    logged = ledger.log_action(env(LEAD), incident_id, 3, "patrol", None)
+    assert ledger.execute(env(COORDINATOR), VerifyIncident(incident_id, 1, "")).version == 2
+    assert ledger.execute(env(COORDINATOR), AssignLeadAgency(incident_id, 2, LEAD, "")).version == 3
+    logged = ledger.execute(env(LEAD), LogAction(incident_id, 3, "patrol", None))
     assert logged.version == 4
     assert logged.position == recorded(ledger) - 1
     incident = ledger.get_incident(incident_id)
@@ -109,13 +125,14 @@ def test_each_command_returns_the_new_version(ledger: Ledger) -> None:
 
 def test_expected_version_zero_skips_the_check(ledger: Ledger) -> None:
     created = report(ledger)
-    ledger.escalate(env(REPORTER), created.incident_id, 0, "worse")
-    assert ledger.escalate(env(REPORTER), created.incident_id, 0, "worse still").version == 3
+    ledger.execute(env(REPORTER), EscalateIncident(created.incident_id, 0, "worse"))
+    again = ledger.execute(env(REPORTER), EscalateIncident(created.incident_id, 0, "worse still"))
+    assert again.version == 3
 
 
 def test_unknown_incident_is_not_found(ledger: Ledger) -> None:
     with pytest.raises(NotFound) as caught:
-        ledger.verify(env(COORDINATOR), uuid4(), 0, "")
+        ledger.execute(env(COORDINATOR), VerifyIncident(uuid4(), 0, ""))
     assert caught.value.reason == "INCIDENT_NOT_FOUND"
     assert recorded(ledger) == 0
 
@@ -123,7 +140,9 @@ def test_unknown_incident_is_not_found(ledger: Ledger) -> None:
 def test_merge_records_on_both_incidents(ledger: Ledger) -> None:
     duplicate = report(ledger)
     target = report(ledger, title="The same vote buying")
-    result = ledger.merge(env(COORDINATOR), duplicate.incident_id, 1, target.incident_id, "dup")
+    result = ledger.execute(
+        env(COORDINATOR), MergeIncident(duplicate.incident_id, 1, target.incident_id, "dup")
+    )
     assert (result.incident_id, result.version) == (duplicate.incident_id, 2)
     assert ledger.get_incident(duplicate.incident_id).status is Status.MERGED
     absorbing = ledger.get_incident(target.incident_id)
@@ -137,9 +156,13 @@ def test_merge_retry_returns_the_original_result(ledger: Ledger) -> None:
     duplicate = report(ledger)
     target = report(ledger, title="The same vote buying")
     envelope = env(COORDINATOR, request_id="merge-1")
-    first = ledger.merge(envelope, duplicate.incident_id, 1, target.incident_id, "dup")
+    first = ledger.execute(
+        envelope, MergeIncident(duplicate.incident_id, 1, target.incident_id, "dup")
+    )
     before = recorded(ledger)
-    again = ledger.merge(envelope, duplicate.incident_id, 1, target.incident_id, "dup")
+    again = ledger.execute(
+        envelope, MergeIncident(duplicate.incident_id, 1, target.incident_id, "dup")
+    )
     assert again == first
     assert recorded(ledger) == before
     assert ledger.get_incident(target.incident_id).version == 2
@@ -149,7 +172,7 @@ def test_merge_into_unknown_incident_names_the_target_field(ledger: Ledger) -> N
     duplicate = report(ledger)
     before = recorded(ledger)
     with pytest.raises(NotFound) as caught:
-        ledger.merge(env(COORDINATOR), duplicate.incident_id, 1, uuid4(), "dup")
+        ledger.execute(env(COORDINATOR), MergeIncident(duplicate.incident_id, 1, uuid4(), "dup"))
     assert caught.value.metadata["field"] == "target"
     assert recorded(ledger) == before
 
@@ -169,9 +192,9 @@ def test_same_request_id_and_body_returns_the_original_result(ledger: Ledger) ->
 def test_retry_of_a_state_command_returns_the_original_result(ledger: Ledger) -> None:
     created = report(ledger)
     envelope = env(COORDINATOR, request_id="verify-1")
-    first = ledger.verify(envelope, created.incident_id, 1, "ok")
+    first = ledger.execute(envelope, VerifyIncident(created.incident_id, 1, "ok"))
     before = recorded(ledger)
-    assert ledger.verify(envelope, created.incident_id, 1, "ok") == first
+    assert ledger.execute(envelope, VerifyIncident(created.incident_id, 1, "ok")) == first
     assert recorded(ledger) == before
 
 
@@ -179,31 +202,31 @@ def test_retry_that_would_now_fail_still_returns_the_original_result(ledger: Led
     created = report(ledger)
     incident_id = created.incident_id
     envelope = env(COORDINATOR, request_id="verify-1")
-    first = ledger.verify(envelope, incident_id, 0, "ok")
-    ledger.assign_lead(env(COORDINATOR), incident_id, 2, LEAD, "")
+    first = ledger.execute(envelope, VerifyIncident(incident_id, 0, "ok"))
+    ledger.execute(env(COORDINATOR), AssignLeadAgency(incident_id, 2, LEAD, ""))
     before = recorded(ledger)
     # Verifying an ASSIGNED incident is illegal, but this is the same request.
-    assert ledger.verify(envelope, incident_id, 0, "ok") == first
+    assert ledger.execute(envelope, VerifyIncident(incident_id, 0, "ok")) == first
     assert recorded(ledger) == before
     # A new request with the same body is refused.
     with pytest.raises(IllegalTransition):
-        ledger.verify(env(COORDINATOR), incident_id, 0, "ok")
+        ledger.execute(env(COORDINATOR), VerifyIncident(incident_id, 0, "ok"))
 
 
 def test_retry_with_a_now_stale_expected_version_returns_the_original(ledger: Ledger) -> None:
     created = report(ledger)
     envelope = env(COORDINATOR, request_id="verify-1")
-    first = ledger.verify(envelope, created.incident_id, 1, "ok")
-    ledger.assign_lead(env(COORDINATOR), created.incident_id, 2, LEAD, "")
-    assert ledger.verify(envelope, created.incident_id, 1, "ok") == first
+    first = ledger.execute(envelope, VerifyIncident(created.incident_id, 1, "ok"))
+    ledger.execute(env(COORDINATOR), AssignLeadAgency(created.incident_id, 2, LEAD, ""))
+    assert ledger.execute(envelope, VerifyIncident(created.incident_id, 1, "ok")) == first
 
 
 def test_retry_of_an_action_records_it_once(ledger: Ledger) -> None:
     incident_id = verified(ledger).incident_id
-    ledger.assign_lead(env(COORDINATOR), incident_id, 0, LEAD, "")
+    ledger.execute(env(COORDINATOR), AssignLeadAgency(incident_id, 0, LEAD, ""))
     envelope = env(LEAD, request_id="act-1")
-    first = ledger.log_action(envelope, incident_id, 0, "patrol", None)
-    second = ledger.log_action(envelope, incident_id, 0, "patrol", None)
+    first = ledger.execute(envelope, LogAction(incident_id, 0, "patrol", None))
+    second = ledger.execute(envelope, LogAction(incident_id, 0, "patrol", None))
     assert second == first
     assert ledger.get_incident(incident_id).version == 4
 
@@ -229,10 +252,10 @@ def test_same_request_id_with_another_body_is_refused(
 def test_same_request_id_for_another_command_is_refused(ledger: Ledger) -> None:
     created = report(ledger)
     envelope = env(COORDINATOR, request_id="shared")
-    ledger.verify(envelope, created.incident_id, 1, "ok")
+    ledger.execute(envelope, VerifyIncident(created.incident_id, 1, "ok"))
     before = recorded(ledger)
     with pytest.raises(AlreadyExists) as caught:
-        ledger.assign_lead(envelope, created.incident_id, 2, LEAD, "")
+        ledger.execute(envelope, AssignLeadAgency(created.incident_id, 2, LEAD, ""))
     assert caught.value.reason == "REQUEST_ID_REUSED"
     assert caught.value.metadata["original_command"] == "VerifyIncident"
     assert recorded(ledger) == before
@@ -258,9 +281,9 @@ def test_a_refused_command_does_not_use_up_its_request_id(ledger: Ledger) -> Non
     created = report(ledger)
     envelope = env(REPORTER, request_id="try-1")
     with pytest.raises(PermissionDenied):
-        ledger.verify(envelope, created.incident_id, 1, "")
+        ledger.execute(envelope, VerifyIncident(created.incident_id, 1, ""))
     # The same request id may carry another request, since nothing was recorded.
-    result = ledger.escalate(envelope, created.incident_id, 1, "worse")
+    result = ledger.execute(envelope, EscalateIncident(created.incident_id, 1, "worse"))
     assert result.version == 2
 
 
@@ -279,7 +302,7 @@ def test_stale_expected_version_is_a_version_conflict(ledger: Ledger) -> None:
     incident_id = verified(ledger).incident_id
     before = recorded(ledger)
     with pytest.raises(VersionConflict) as caught:
-        ledger.assign_lead(env(COORDINATOR), incident_id, 1, LEAD, "")
+        ledger.execute(env(COORDINATOR), AssignLeadAgency(incident_id, 1, LEAD, ""))
     error = caught.value
     assert error.code == "ABORTED"
     assert error.reason == "VERSION_CONFLICT"
@@ -292,14 +315,14 @@ def test_stale_expected_version_is_a_version_conflict(ledger: Ledger) -> None:
 def test_expected_version_ahead_of_the_incident_is_a_version_conflict(ledger: Ledger) -> None:
     created = report(ledger)
     with pytest.raises(VersionConflict) as caught:
-        ledger.verify(env(COORDINATOR), created.incident_id, 5, "")
+        ledger.execute(env(COORDINATOR), VerifyIncident(created.incident_id, 5, ""))
     assert caught.value.metadata["current_version"] == "1"
 
 
 def test_negative_expected_version_is_invalid(ledger: Ledger) -> None:
     created = report(ledger)
     with pytest.raises(InvalidArgument) as caught:
-        ledger.verify(env(COORDINATOR), created.incident_id, -1, "")
+        ledger.execute(env(COORDINATOR), VerifyIncident(created.incident_id, -1, ""))
     assert caught.value.field == "expected_version"
 
 
@@ -308,7 +331,7 @@ def test_negative_expected_version_is_invalid(ledger: Ledger) -> None:
 
 def _decision(ledger: Ledger, incident_id: UUID, **changes: Any) -> CommandResult:
     values: dict[str, Any] = {
-        "deciding_agencies": [LEAD],
+        "deciding_agencies": (LEAD,),
         "forum": "Rakor",
         "summary": "close the road",
         "rationale": "safety",
@@ -317,7 +340,7 @@ def _decision(ledger: Ledger, incident_id: UUID, **changes: Any) -> CommandResul
         "valid_until": T0 + timedelta(hours=2),
     }
     values.update(changes)
-    return ledger.record_decision(env(COORDINATOR), incident_id, 0, **values)
+    return ledger.execute(env(COORDINATOR), RecordDecision(incident_id, 0, **values))
 
 
 Invalid = Callable[[Ledger, UUID], object]
@@ -330,15 +353,17 @@ def _in(**delta: float) -> datetime:
 
 
 def _correct_time(ledger: Ledger, incident_id: UUID, field: str, value: datetime) -> object:
-    return ledger.correct(
+    return ledger.execute(
         env(COORDINATOR),
-        incident_id,
-        0,
-        event_id=uuid4(),
-        field=field,
-        old_value="",
-        new_value=value.isoformat(),
-        reason="typo",
+        RecordCorrection(
+            incident_id,
+            0,
+            event_id=uuid4(),
+            field=field,
+            old_value="",
+            new_value=value.isoformat(),
+            reason="typo",
+        ),
     )
 
 
@@ -378,37 +403,37 @@ INVALID_INPUTS: dict[str, tuple[str, str, Invalid]] = {
     "unknown lead agency": (
         "agency",
         "INVALID_FIELD",
-        lambda lg, i: lg.assign_lead(env(COORDINATOR), i, 0, "fbi", ""),
+        lambda lg, i: lg.execute(env(COORDINATOR), AssignLeadAgency(i, 0, "fbi", "")),
     ),
     "auditor as lead agency": (
         "agency",
         "INVALID_FIELD",
-        lambda lg, i: lg.assign_lead(env(COORDINATOR), i, 0, AUDITOR, ""),
+        lambda lg, i: lg.execute(env(COORDINATOR), AssignLeadAgency(i, 0, AUDITOR, "")),
     ),
     "unknown supporting agency": (
         "agency",
         "INVALID_FIELD",
-        lambda lg, i: lg.add_supporting_agency(env(COORDINATOR), i, 0, "nasa", ""),
+        lambda lg, i: lg.execute(env(COORDINATOR), AddSupportingAgency(i, 0, "nasa", "")),
     ),
     "unknown handover recipient": (
         "to_agency",
         "INVALID_FIELD",
-        lambda lg, i: lg.propose_handover(env(COORDINATOR), i, 0, "nasa", "why"),
+        lambda lg, i: lg.execute(env(COORDINATOR), ProposeHandover(i, 0, "nasa", "why")),
     ),
     "unknown assessed severity": (
         "severity",
         "INVALID_FIELD",
-        lambda lg, i: lg.assess_severity(env(COORDINATOR), i, 0, "extreme", ""),
+        lambda lg, i: lg.execute(env(COORDINATOR), AssessSeverity(i, 0, "extreme", "")),
     ),
     "unknown deciding agency": (
         "deciding_agencies[1]",
         "INVALID_FIELD",
-        lambda lg, i: _decision(lg, i, deciding_agencies=[LEAD, "nasa"]),
+        lambda lg, i: _decision(lg, i, deciding_agencies=(LEAD, "nasa")),
     ),
     "deciding agency twice": (
         "deciding_agencies",
         "INVALID_FIELD",
-        lambda lg, i: _decision(lg, i, deciding_agencies=[LEAD, LEAD]),
+        lambda lg, i: _decision(lg, i, deciding_agencies=(LEAD, LEAD)),
     ),
     "unknown scope kecamatan": (
         "scope.kecamatan",
@@ -418,31 +443,35 @@ INVALID_INPUTS: dict[str, tuple[str, str, Invalid]] = {
     "unknown action kecamatan": (
         "location.kecamatan",
         "INVALID_FIELD",
-        lambda lg, i: lg.log_action(env(COORDINATOR), i, 0, "x", {"kecamatan": "atlantis"}),
+        lambda lg, i: lg.execute(env(COORDINATOR), LogAction(i, 0, "x", {"kecamatan": "atlantis"})),
     ),
     "unknown corrected severity": (
         "new_value",
         "INVALID_FIELD",
-        lambda lg, i: lg.correct(
+        lambda lg, i: lg.execute(
             env(COORDINATOR),
-            i,
-            0,
-            event_id=uuid4(),
-            field="severity",
-            old_value="high",
-            new_value="extreme",
-            reason="r",
+            RecordCorrection(
+                i,
+                0,
+                event_id=uuid4(),
+                field="severity",
+                old_value="high",
+                new_value="extreme",
+                reason="r",
+            ),
         ),
     ),
     "reject without comment": (
         "comment",
         "INVALID_FIELD",
-        lambda lg, i: lg.reject(env(COORDINATOR), i, 0, RejectionReason.HOAX, ""),
+        lambda lg, i: lg.execute(env(COORDINATOR), RejectIncident(i, 0, RejectionReason.HOAX, "")),
     ),
     "occur_time in year 9999": (
         "occur_time",
         "INVALID_FIELD",
-        lambda lg, i: lg.escalate(env(COORDINATOR, occurred_at=YEAR_9999), i, 0, "worse"),
+        lambda lg, i: lg.execute(
+            env(COORDINATOR, occurred_at=YEAR_9999), EscalateIncident(i, 0, "worse")
+        ),
     ),
     "occur_time an hour ahead of the server": (
         "occur_time",
@@ -552,44 +581,40 @@ def test_title_at_the_limit_is_accepted(ledger: Ledger) -> None:
 REFUSED: dict[str, tuple[type[LedgerError], Callable[[Ledger, UUID], object]]] = {
     "reporter adds a supporter": (
         PermissionDenied,
-        lambda lg, i: lg.add_supporting_agency(env(REPORTER), i, 0, SUPPORTER, ""),
+        lambda lg, i: lg.execute(env(REPORTER), AddSupportingAgency(i, 0, SUPPORTER, "")),
     ),
     "auditor escalates": (
         PermissionDenied,
-        lambda lg, i: lg.escalate(env(AUDITOR), i, 0, "worse"),
+        lambda lg, i: lg.execute(env(AUDITOR), EscalateIncident(i, 0, "worse")),
     ),
     "resolve before response": (
         IllegalTransition,
-        lambda lg, i: lg.resolve(env(COORDINATOR), i, 0, "done"),
+        lambda lg, i: lg.execute(env(COORDINATOR), ResolveIncident(i, 0, "done")),
     ),
     "stale version": (
         VersionConflict,
-        lambda lg, i: lg.escalate(env(COORDINATOR), i, 1, "worse"),
+        lambda lg, i: lg.execute(env(COORDINATOR), EscalateIncident(i, 1, "worse")),
     ),
     "handover to the lead itself": (
         InvalidArgument,
-        lambda lg, i: lg.propose_handover(env(LEAD), i, 0, LEAD, "why"),
+        lambda lg, i: lg.execute(env(LEAD), ProposeHandover(i, 0, LEAD, "why")),
     ),
     "merge an assigned incident": (
         IllegalTransition,
-        lambda lg, i: lg.merge(env(COORDINATOR), i, 0, i, "dup"),
+        lambda lg, i: lg.execute(env(COORDINATOR), MergeIncident(i, 0, i, "dup")),
     ),
     "correct a foreign event": (
         InvalidArgument,
-        lambda lg, i: lg.correct(
+        lambda lg, i: lg.execute(
             env(COORDINATOR),
-            i,
-            0,
-            event_id=uuid4(),
-            field="title",
-            old_value="a",
-            new_value="b",
-            reason="r",
+            RecordCorrection(
+                i, 0, event_id=uuid4(), field="title", old_value="a", new_value="b", reason="r"
+            ),
         ),
     ),
     "outsider logs an action": (
         PermissionDenied,
-        lambda lg, i: lg.log_action(env(SUPPORTER), i, 0, "x", None),
+        lambda lg, i: lg.execute(env(SUPPORTER), LogAction(i, 0, "x", None)),
     ),
 }
 
@@ -597,7 +622,7 @@ REFUSED: dict[str, tuple[type[LedgerError], Callable[[Ledger, UUID], object]]] =
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_refused_commands_record_nothing(ledger: Ledger, case: str) -> None:
     incident_id = verified(ledger).incident_id
-    ledger.assign_lead(env(COORDINATOR), incident_id, 2, LEAD, "")
+    ledger.execute(env(COORDINATOR), AssignLeadAgency(incident_id, 2, LEAD, ""))
     before = recorded(ledger)
     error_type, call = REFUSED[case]
     with pytest.raises(error_type):

@@ -33,6 +33,25 @@ from services.ledger.audit import (
 )
 from services.ledger.audit.checkpoints import signing_payload
 from services.ledger.audit.encoding import export_line
+from services.ledger.domain.commands import (
+    AcceptHandover,
+    AddSupportingAgency,
+    ApproveClosure,
+    AssessSeverity,
+    AssignLeadAgency,
+    EscalateIncident,
+    LogAction,
+    MergeIncident,
+    ProposeHandover,
+    RecordCorrection,
+    RecordDecision,
+    RejectIncident,
+    ReopenIncident,
+    ReportIncident,
+    RequestClosure,
+    ResolveIncident,
+    VerifyIncident,
+)
 from services.ledger.domain.incident import (
     GENESIS_HASH,
     Envelope,
@@ -65,90 +84,102 @@ def coord() -> Envelope:
 
 def build_history(ledger: Ledger, *, extra: int = 2) -> History:
     """A history with every incident event type, recorded by real commands."""
-    first = ledger.report(
+    first = ledger.execute(
         env("kesbangpol", occurred_at=ON_THE_SECOND),
-        title="Massa berkumpul di Lapangan Merdeka",
-        description="Ratusan orang tanpa izin — ünïcode ✓",
-        category="crowd_gathering",
-        severity="low",
-        location={**LOCATION, "tps": "TPS 03", "latitude": -2.58, "longitude": 101.11},
+        ReportIncident(
+            title="Massa berkumpul di Lapangan Merdeka",
+            description="Ratusan orang tanpa izin — ünïcode ✓",
+            category="crowd_gathering",
+            severity="low",
+            location={**LOCATION, "tps": "TPS 03", "latitude": -2.58, "longitude": 101.11},
+        ),
     )
     i = first.incident_id
-    ledger.verify(coord(), i, 0, "checked on site")
-    ledger.assign_lead(coord(), i, 0, "polres", "police lead")
-    ledger.add_supporting_agency(coord(), i, 0, "kodim", "military support")
-    ledger.log_action(env("polres"), i, 0, "patrol sent", {**LOCATION, "latitude": -2.5})
-    decision = ledger.record_decision(
+    ledger.execute(coord(), VerifyIncident(i, 0, "checked on site"))
+    ledger.execute(coord(), AssignLeadAgency(i, 0, "polres", "police lead"))
+    ledger.execute(coord(), AddSupportingAgency(i, 0, "kodim", "military support"))
+    ledger.execute(env("polres"), LogAction(i, 0, "patrol sent", {**LOCATION, "latitude": -2.5}))
+    decision = ledger.execute(
         coord(),
-        i,
-        0,
-        deciding_agencies=["polres", "desk_pilkada"],
-        forum="Rapat Forkopimda",
-        summary="Larangan kumpul tiga hari",
-        rationale="risk of clashes",
-        scope=dict(LOCATION),
-        valid_from=ON_THE_SECOND,
-        valid_until=ON_THE_SECOND + timedelta(days=3, microseconds=250_000),
+        RecordDecision(
+            i,
+            0,
+            deciding_agencies=("polres", "desk_pilkada"),
+            forum="Rapat Forkopimda",
+            summary="Larangan kumpul tiga hari",
+            rationale="risk of clashes",
+            scope=dict(LOCATION),
+            valid_from=ON_THE_SECOND,
+            valid_until=ON_THE_SECOND + timedelta(days=3, microseconds=250_000),
+        ),
     )
-    ledger.escalate(env("polres"), i, 0, "crowd growing")
-    ledger.assess_severity(coord(), i, 0, "high", "escalated")
-    ledger.propose_handover(env("polres"), i, 0, "kodim", "military takes over")
-    ledger.accept_handover(env("kodim"), i, 0, "accepted")
-    ledger.resolve(env("kodim"), i, 0, "crowd dispersed")
-    ledger.request_closure(env("kodim"), i, 0, "done")
-    ledger.approve_closure(coord(), i, 0, "approved")
-    ledger.reopen(coord(), i, 0, "crowd came back")
-    ledger.correct(
+    ledger.execute(env("polres"), EscalateIncident(i, 0, "crowd growing"))
+    ledger.execute(coord(), AssessSeverity(i, 0, "high", "escalated"))
+    ledger.execute(env("polres"), ProposeHandover(i, 0, "kodim", "military takes over"))
+    ledger.execute(env("kodim"), AcceptHandover(i, 0, "accepted"))
+    ledger.execute(env("kodim"), ResolveIncident(i, 0, "crowd dispersed"))
+    ledger.execute(env("kodim"), RequestClosure(i, 0, "done"))
+    ledger.execute(coord(), ApproveClosure(i, 0, "approved"))
+    ledger.execute(coord(), ReopenIncident(i, 0, "crowd came back"))
+    ledger.execute(
         coord(),
-        i,
-        0,
-        event_id=decision.event_id,
-        field="summary",
-        old_value="Larangan kumpul tiga hari",
-        new_value="Larangan kumpul 3 hari",
-        reason="typo",
+        RecordCorrection(
+            i,
+            0,
+            event_id=decision.event_id,
+            field="summary",
+            old_value="Larangan kumpul tiga hari",
+            new_value="Larangan kumpul 3 hari",
+            reason="typo",
+        ),
     )
-    ledger.log_action(env("kodim"), i, 0, "second patrol", None)
+    ledger.execute(env("kodim"), LogAction(i, 0, "second patrol", None))
     history = History(i, decision_event=decision.event_id)
-    hoax = ledger.report(
+    hoax = ledger.execute(
         env("bawaslu"),
-        title="Hoaks",
-        description="",
-        category="hoax",
-        severity="",
-        location=dict(LOCATION),
+        ReportIncident(
+            title="Hoaks", description="", category="hoax", severity="", location=dict(LOCATION)
+        ),
     )
-    ledger.reject(coord(), hoax.incident_id, 0, RejectionReason.HOAX, "a hoax")
-    target = ledger.report(
+    ledger.execute(coord(), RejectIncident(hoax.incident_id, 0, RejectionReason.HOAX, "a hoax"))
+    target = ledger.execute(
         env("kpu"),
-        title="Logistik",
-        description="",
-        category="hoax",
-        severity="",
-        location={"kecamatan": "ipuh"},
+        ReportIncident(
+            title="Logistik",
+            description="",
+            category="hoax",
+            severity="",
+            location={"kecamatan": "ipuh"},
+        ),
     )
-    duplicate = ledger.report(
+    duplicate = ledger.execute(
         env("kpu"),
-        title="Logistik 2",
-        description="",
-        category="hoax",
-        severity="",
-        location={"kecamatan": "ipuh"},
+        ReportIncident(
+            title="Logistik 2",
+            description="",
+            category="hoax",
+            severity="",
+            location={"kecamatan": "ipuh"},
+        ),
     )
-    ledger.merge(coord(), duplicate.incident_id, 0, target.incident_id, "duplicate")
+    ledger.execute(
+        coord(), MergeIncident(duplicate.incident_id, 0, target.incident_id, "duplicate")
+    )
     history.others += [hoax.incident_id, target.incident_id, duplicate.incident_id]
     for n in range(extra):
-        other = ledger.report(
+        other = ledger.execute(
             env("polres"),
-            title=f"Bentrokan {n}",
-            description="",
-            category="crowd_gathering",
-            severity="medium",
-            location=dict(LOCATION),
+            ReportIncident(
+                title=f"Bentrokan {n}",
+                description="",
+                category="crowd_gathering",
+                severity="medium",
+                location=dict(LOCATION),
+            ),
         )
-        ledger.verify(coord(), other.incident_id, 0, "ok")
-        ledger.assign_lead(coord(), other.incident_id, 0, "polres", "")
-        ledger.log_action(env("polres"), other.incident_id, 0, f"action {n}", None)
+        ledger.execute(coord(), VerifyIncident(other.incident_id, 0, "ok"))
+        ledger.execute(coord(), AssignLeadAgency(other.incident_id, 0, "polres", ""))
+        ledger.execute(env("polres"), LogAction(other.incident_id, 0, f"action {n}", None))
         history.others.append(other.incident_id)
     return history
 

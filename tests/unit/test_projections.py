@@ -18,6 +18,21 @@ import pytest
 from services.common.reference import ReferenceData, VulnerabilityModel
 from services.ledger.application import CommandResult, Ledger
 from services.ledger.domain import incident as incident_module
+from services.ledger.domain.commands import (
+    AcceptHandover,
+    AddSupportingAgency,
+    AssessSeverity,
+    AssignLeadAgency,
+    EscalateIncident,
+    LogAction,
+    ProposeHandover,
+    RecordCorrection,
+    RecordDecision,
+    RejectIncident,
+    ReportIncident,
+    ResolveIncident,
+    VerifyIncident,
+)
 from services.ledger.domain.incident import Actor, Envelope, RejectionReason
 from services.ledger.projections import BoardFilter, Projections
 from services.ledger.projections.engine import quantile
@@ -98,34 +113,38 @@ class Desk:
         occurred_at: datetime | None = None,
         title: str = "incident",
     ) -> CommandResult:
-        return self.ledger.report(
+        return self.ledger.execute(
             self.env("kesbangpol", occurred_at),
-            title=title,
-            description="",
-            category=category,
-            severity=severity,
-            location={"kecamatan": kecamatan},
+            ReportIncident(
+                title=title,
+                description="",
+                category=category,
+                severity=severity,
+                location={"kecamatan": kecamatan},
+            ),
         )
 
     def to_responding(self, incident: UUID, lead: str = "polres") -> None:
-        self.ledger.verify(self.env(COORD), incident, 0, "")
-        self.ledger.assign_lead(self.env(COORD), incident, 0, lead, "")
-        self.ledger.log_action(self.env(lead), incident, 0, "patrol", None)
+        self.ledger.execute(self.env(COORD), VerifyIncident(incident, 0, ""))
+        self.ledger.execute(self.env(COORD), AssignLeadAgency(incident, 0, lead, ""))
+        self.ledger.execute(self.env(lead), LogAction(incident, 0, "patrol", None))
 
     def decide(
         self, incident: UUID, kecamatan: str, start: datetime, end: datetime, summary: str
     ) -> CommandResult:
-        return self.ledger.record_decision(
+        return self.ledger.execute(
             self.env("polres"),
-            incident,
-            0,
-            deciding_agencies=["polres", "kodim"],
-            forum="Forkopimda",
-            summary=summary,
-            rationale="supporters massing",
-            scope={"kecamatan": kecamatan},
-            valid_from=start,
-            valid_until=end,
+            RecordDecision(
+                incident,
+                0,
+                deciding_agencies=("polres", "kodim"),
+                forum="Forkopimda",
+                summary=summary,
+                rationale="supporters massing",
+                scope={"kecamatan": kecamatan},
+                valid_from=start,
+                valid_until=end,
+            ),
         )
 
 
@@ -141,9 +160,9 @@ def test_vulnerability_map_scores_bands_and_reasons(
     open_high = desk.report(severity="high", occurred_at=T0, title="vote buying").incident_id
     settled = desk.report(severity="low", category="flood", occurred_at=T0).incident_id
     desk.to_responding(settled)
-    app.resolve(desk.env("polres"), settled, 0, "water receded")
+    app.execute(desk.env("polres"), ResolveIncident(settled, 0, "water receded"))
     rejected = desk.report(severity="critical", occurred_at=T0).incident_id
-    app.reject(desk.env(COORD), rejected, 0, RejectionReason.HOAX, "hoax")
+    app.execute(desk.env(COORD), RejectIncident(rejected, 0, RejectionReason.HOAX, "hoax"))
     desk.report(severity="critical", occurred_at=at + timedelta(hours=1))  # after `at`
     other = desk.report("penarik", severity="low", category="flood", occurred_at=at).incident_id
 
@@ -178,15 +197,17 @@ def test_vulnerability_map_scores_bands_and_reasons(
 
     # A correction of the report's category changes its dimension, so its weight.
     events = app.incident_events(open_high, after_version=0, limit=1)
-    app.correct(
+    app.execute(
         desk.env("kesbangpol"),
-        open_high,
-        0,
-        event_id=events[0].event.event_id,
-        field="category",
-        old_value="money_politics",
-        new_value="flood",
-        reason="misfiled",
+        RecordCorrection(
+            open_high,
+            0,
+            event_id=events[0].event.event_id,
+            field="category",
+            old_value="money_politics",
+            new_value="flood",
+            reason="misfiled",
+        ),
     )
     # A second open high incident pushes ipuh over the high threshold.
     desk.report(severity="high", occurred_at=at)
@@ -238,25 +259,29 @@ def test_decisions_in_force_by_time_and_kecamatan_with_corrections(
     assert (decision.recorded_by, decision.recorded_at) == ("polres", clock.now)
 
     later = end + timedelta(hours=2)
-    app.correct(
+    app.execute(
         desk.env("polres"),
-        incident,
-        0,
-        event_id=ipuh.event_id,
-        field="valid_until",
-        old_value=end.isoformat(timespec="microseconds"),
-        new_value="2024-11-29T18:00:00+00:00",
-        reason="extended by the Forkopimda",
+        RecordCorrection(
+            incident,
+            0,
+            event_id=ipuh.event_id,
+            field="valid_until",
+            old_value=end.isoformat(timespec="microseconds"),
+            new_value="2024-11-29T18:00:00+00:00",
+            reason="extended by the Forkopimda",
+        ),
     )
-    app.correct(
+    app.execute(
         desk.env("polres"),
-        incident,
-        0,
-        event_id=kota.event_id,
-        field="summary",
-        old_value="curfew",
-        new_value="night curfew",
-        reason="wording",
+        RecordCorrection(
+            incident,
+            0,
+            event_id=kota.event_id,
+            field="summary",
+            old_value="curfew",
+            new_value="night curfew",
+            reason="wording",
+        ),
     )
     assert summaries(later, "ipuh") == ["large gatherings restricted in Ipuh"]
     assert summaries(start, "kota_mukomuko") == ["night curfew"]
@@ -269,15 +294,15 @@ def test_workload_open_unacknowledged_and_overdue_per_agency(
 ) -> None:
     desk = Desk(app)
     assigned = desk.report(severity="critical").incident_id  # polres, not acted on
-    app.verify(desk.env(COORD), assigned, 0, "")
-    app.assign_lead(desk.env(COORD), assigned, 0, "polres", "")
+    app.execute(desk.env(COORD), VerifyIncident(assigned, 0, ""))
+    app.execute(desk.env(COORD), AssignLeadAgency(assigned, 0, "polres", ""))
     responding = desk.report(severity="low").incident_id  # polres, acting; kodim supports
     desk.to_responding(responding)
-    app.add_supporting_agency(desk.env("polres"), responding, 0, "kodim", "")
+    app.execute(desk.env("polres"), AddSupportingAgency(responding, 0, "kodim", ""))
     desk.report(severity="high")  # waits for the coordinator's verification
     closed = desk.report(severity="critical").incident_id
     desk.to_responding(closed, lead="bpbd")
-    app.resolve(desk.env("bpbd"), closed, 0, "done")
+    app.execute(desk.env("bpbd"), ResolveIncident(closed, 0, "done"))
 
     def load(at: datetime) -> dict[str, tuple[int, int, int, int]]:
         rows = projections.workload(at)
@@ -303,13 +328,13 @@ def test_response_times_median_and_p90(app: Ledger, projections: Projections, cl
         clock.now = T0 + timedelta(hours=n)
         incident = desk.report(severity="high", category="hoax").incident_id
         clock.advance(minutes=delay / 2)
-        app.verify(desk.env(COORD), incident, 0, "")
-        app.assign_lead(desk.env(COORD), incident, 0, "polres", "")
+        app.execute(desk.env(COORD), VerifyIncident(incident, 0, ""))
+        app.execute(desk.env(COORD), AssignLeadAgency(incident, 0, "polres", ""))
         clock.advance(minutes=delay / 2)
-        app.log_action(desk.env("polres"), incident, 0, "patrol", None)
+        app.execute(desk.env("polres"), LogAction(incident, 0, "patrol", None))
         clock.advance(minutes=delay)
         if n < 2:
-            app.resolve(desk.env("polres"), incident, 0, "done")
+            app.execute(desk.env("polres"), ResolveIncident(incident, 0, "done"))
     clock.now = T0 + timedelta(hours=5)
     desk.report(severity="low", category="flood")  # never verified
 
@@ -354,9 +379,9 @@ def test_board_follows_the_lifecycle_and_serves_the_list(
     first = desk.report(severity="low").incident_id
     second = desk.report("penarik", severity="high").incident_id
     desk.to_responding(second, lead="bpbd")
-    app.propose_handover(desk.env("bpbd"), second, 0, "polres", "police matter")
+    app.execute(desk.env("bpbd"), ProposeHandover(second, 0, "polres", "police matter"))
     clock.advance(minutes=5)
-    app.escalate(desk.env("bpbd"), second, 0, "spreading")
+    app.execute(desk.env("bpbd"), EscalateIncident(second, 0, "spreading"))
     row = projections.row(second)
     assert row is not None
     assert (row.status, row.lead_agency, row.pending_handover_to, row.escalation_level) == (
@@ -367,7 +392,7 @@ def test_board_follows_the_lifecycle_and_serves_the_list(
     )
     assert (row.last_event_type, row.last_change_at) == ("Escalated", clock.now)
     assert row.acknowledged_at == T0
-    app.accept_handover(desk.env("polres"), second, 0, "taken over")
+    app.execute(desk.env("polres"), AcceptHandover(second, 0, "taken over"))
     row = projections.row(second)
     assert row is not None
     assert (row.lead_agency, row.pending_handover_to) == ("polres", "")
@@ -392,7 +417,7 @@ def test_as_of_answers_as_the_projections_did_then(
     then = desk.report(severity="high").position
     at = T0 + timedelta(hours=1)
     before = (projections.vulnerability_map(at), projections.list_incidents(BoardFilter(), 0, 9))
-    app.assess_severity(desk.env(COORD), incident, 0, "critical", "worse than thought")
+    app.execute(desk.env(COORD), AssessSeverity(incident, 0, "critical", "worse than thought"))
     assert projections.vulnerability_map(at) != before[0]
     with projections.as_of(then) as past:
         assert past.position == then
@@ -439,20 +464,22 @@ def test_corrections_change_the_board_only_where_the_corrected_value_is_in_effec
     desk = Desk(app)
     incident = desk.report(severity="low", title="crowd").incident_id
     desk.to_responding(incident)
-    app.assess_severity(desk.env(COORD), incident, 0, "high", "bigger")
+    app.execute(desk.env(COORD), AssessSeverity(incident, 0, "high", "bigger"))
     history = app.incident_events(incident, after_version=0, limit=100)
     by_type = {type(e.event).__name__: e.event.event_id for e in history}
 
     def correct(event: str, field: str, old: str, new: str) -> None:
-        app.correct(
+        app.execute(
             desk.env(COORD),
-            incident,
-            0,
-            event_id=by_type[event],
-            field=field,
-            old_value=old,
-            new_value=new,
-            reason="fix",
+            RecordCorrection(
+                incident,
+                0,
+                event_id=by_type[event],
+                field=field,
+                old_value=old,
+                new_value=new,
+                reason="fix",
+            ),
         )
 
     def board() -> tuple[str, str, str]:

@@ -1,10 +1,16 @@
-"""LedgerService: translates each RPC into one application call and back."""
+"""LedgerService: translates each RPC into one application call and back.
+
+A command RPC is one line: its request becomes a command through ``wire.COMMANDS``
+and goes to ``Ledger.execute``.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar, cast
 
 import grpc
+from google.protobuf.message import Message
 from typing_extensions import override
 
 from incidentledger.v1 import ledger_service_pb2 as api
@@ -19,9 +25,12 @@ from services.ledger.projections import BoardFilter
 from services.ledger.read_model import ReadModel
 
 
-class _Command(Protocol):
+class _CommandIds(Protocol):
     request_id: str
     correlation_id: str
+
+
+Response = TypeVar("Response", bound=Message)
 
 
 DEFAULT_PAGE = 50
@@ -42,245 +51,128 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
         self._read = read_model
         self._tokens = page_tokens
 
-    def _env(self, request: api.ReportIncidentRequest | _Command) -> Envelope:
+    def _env(self, request: Message) -> Envelope:
         principal = current_principal()
         role = self._ledger.reference.agencies[principal.agency].role
-        occurred = wire.optional_time(request, "occur_time")  # type: ignore[arg-type]
+        occurred = wire.optional_time(request, "occur_time")
+        ids = cast(_CommandIds, request)
         return Envelope(
             actor=Actor(principal.agency, principal.officer, role),
-            request_id=request.request_id,
-            correlation_id=request.correlation_id or request.request_id,
-            causation_id=request.request_id,
+            request_id=ids.request_id,
+            correlation_id=ids.correlation_id or ids.request_id,
+            causation_id=ids.request_id,
             occurred_at=occurred,
         )
 
     # ------------------------------------------------------------- commands
 
+    def _command(self, request: Message, response: Callable[..., Response]) -> Response:
+        """One command RPC: the envelope, the command (``wire.COMMANDS``), one call."""
+        env = self._env(request)
+        result = self._ledger.execute(env, wire.command_from_proto(request))
+        return response(result=wire.result_to_proto(result))
+
     @override
     def ReportIncident(
         self, request: api.ReportIncidentRequest, context: grpc.ServicerContext
     ) -> api.ReportIncidentResponse:
-        location = wire.location_from_proto(request, "location")
-        if location is None:
-            raise InvalidArgument("location", "is required")
-        result = self._ledger.report(
-            self._env(request),
-            title=request.title,
-            description=request.description,
-            category=request.category,
-            severity=request.severity,
-            location=location,
-        )
-        return api.ReportIncidentResponse(result=wire.result_to_proto(result))
+        return self._command(request, api.ReportIncidentResponse)
 
     @override
     def VerifyIncident(
         self, request: api.VerifyIncidentRequest, context: grpc.ServicerContext
     ) -> api.VerifyIncidentResponse:
-        result = self._ledger.verify(
-            self._env(request),
-            wire.parse_name(request.name),
-            request.expected_version,
-            request.comment,
-        )
-        return api.VerifyIncidentResponse(result=wire.result_to_proto(result))
+        return self._command(request, api.VerifyIncidentResponse)
 
     @override
     def RejectIncident(
         self, request: api.RejectIncidentRequest, context: grpc.ServicerContext
     ) -> api.RejectIncidentResponse:
-        result = self._ledger.reject(
-            self._env(request),
-            wire.parse_name(request.name),
-            request.expected_version,
-            wire.rejection_reason(request.rejection_reason),
-            request.comment,
-        )
-        return api.RejectIncidentResponse(result=wire.result_to_proto(result))
+        return self._command(request, api.RejectIncidentResponse)
 
     @override
     def MergeIncident(
         self, request: api.MergeIncidentRequest, context: grpc.ServicerContext
     ) -> api.MergeIncidentResponse:
-        result = self._ledger.merge(
-            self._env(request),
-            wire.parse_name(request.name),
-            request.expected_version,
-            wire.parse_name(request.target, "target"),
-            request.comment,
-        )
-        return api.MergeIncidentResponse(result=wire.result_to_proto(result))
+        return self._command(request, api.MergeIncidentResponse)
 
     @override
     def AssessSeverity(
         self, request: api.AssessSeverityRequest, context: grpc.ServicerContext
     ) -> api.AssessSeverityResponse:
-        result = self._ledger.assess_severity(
-            self._env(request),
-            wire.parse_name(request.name),
-            request.expected_version,
-            request.severity,
-            request.comment,
-        )
-        return api.AssessSeverityResponse(result=wire.result_to_proto(result))
+        return self._command(request, api.AssessSeverityResponse)
 
     @override
     def AssignLeadAgency(
         self, request: api.AssignLeadAgencyRequest, context: grpc.ServicerContext
     ) -> api.AssignLeadAgencyResponse:
-        result = self._ledger.assign_lead(
-            self._env(request),
-            wire.parse_name(request.name),
-            request.expected_version,
-            request.agency,
-            request.comment,
-        )
-        return api.AssignLeadAgencyResponse(result=wire.result_to_proto(result))
+        return self._command(request, api.AssignLeadAgencyResponse)
 
     @override
     def AddSupportingAgency(
         self, request: api.AddSupportingAgencyRequest, context: grpc.ServicerContext
     ) -> api.AddSupportingAgencyResponse:
-        result = self._ledger.add_supporting_agency(
-            self._env(request),
-            wire.parse_name(request.name),
-            request.expected_version,
-            request.agency,
-            request.comment,
-        )
-        return api.AddSupportingAgencyResponse(result=wire.result_to_proto(result))
+        return self._command(request, api.AddSupportingAgencyResponse)
 
     @override
     def ProposeHandover(
         self, request: api.ProposeHandoverRequest, context: grpc.ServicerContext
     ) -> api.ProposeHandoverResponse:
-        result = self._ledger.propose_handover(
-            self._env(request),
-            wire.parse_name(request.name),
-            request.expected_version,
-            request.to_agency,
-            request.reason,
-        )
-        return api.ProposeHandoverResponse(result=wire.result_to_proto(result))
+        return self._command(request, api.ProposeHandoverResponse)
 
     @override
     def AcceptHandover(
         self, request: api.AcceptHandoverRequest, context: grpc.ServicerContext
     ) -> api.AcceptHandoverResponse:
-        result = self._ledger.accept_handover(
-            self._env(request),
-            wire.parse_name(request.name),
-            request.expected_version,
-            request.comment,
-        )
-        return api.AcceptHandoverResponse(result=wire.result_to_proto(result))
+        return self._command(request, api.AcceptHandoverResponse)
 
     @override
     def RecordDecision(
         self, request: api.RecordDecisionRequest, context: grpc.ServicerContext
     ) -> api.RecordDecisionResponse:
-        result = self._ledger.record_decision(
-            self._env(request),
-            wire.parse_name(request.name),
-            request.expected_version,
-            deciding_agencies=list(request.deciding_agencies),
-            forum=request.forum,
-            summary=request.summary,
-            rationale=request.rationale,
-            scope=wire.location_from_proto(request, "scope"),
-            valid_from=wire.required_time(request, "valid_from"),
-            valid_until=wire.required_time(request, "valid_until"),
-        )
-        return api.RecordDecisionResponse(result=wire.result_to_proto(result))
+        return self._command(request, api.RecordDecisionResponse)
 
     @override
     def LogAction(
         self, request: api.LogActionRequest, context: grpc.ServicerContext
     ) -> api.LogActionResponse:
-        result = self._ledger.log_action(
-            self._env(request),
-            wire.parse_name(request.name),
-            request.expected_version,
-            request.action,
-            wire.location_from_proto(request, "location"),
-        )
-        return api.LogActionResponse(result=wire.result_to_proto(result))
+        return self._command(request, api.LogActionResponse)
 
     @override
     def EscalateIncident(
         self, request: api.EscalateIncidentRequest, context: grpc.ServicerContext
     ) -> api.EscalateIncidentResponse:
-        result = self._ledger.escalate(
-            self._env(request),
-            wire.parse_name(request.name),
-            request.expected_version,
-            request.reason,
-        )
-        return api.EscalateIncidentResponse(result=wire.result_to_proto(result))
+        return self._command(request, api.EscalateIncidentResponse)
 
     @override
     def ResolveIncident(
         self, request: api.ResolveIncidentRequest, context: grpc.ServicerContext
     ) -> api.ResolveIncidentResponse:
-        result = self._ledger.resolve(
-            self._env(request),
-            wire.parse_name(request.name),
-            request.expected_version,
-            request.resolution,
-        )
-        return api.ResolveIncidentResponse(result=wire.result_to_proto(result))
+        return self._command(request, api.ResolveIncidentResponse)
 
     @override
     def RequestClosure(
         self, request: api.RequestClosureRequest, context: grpc.ServicerContext
     ) -> api.RequestClosureResponse:
-        result = self._ledger.request_closure(
-            self._env(request),
-            wire.parse_name(request.name),
-            request.expected_version,
-            request.comment,
-        )
-        return api.RequestClosureResponse(result=wire.result_to_proto(result))
+        return self._command(request, api.RequestClosureResponse)
 
     @override
     def ApproveClosure(
         self, request: api.ApproveClosureRequest, context: grpc.ServicerContext
     ) -> api.ApproveClosureResponse:
-        result = self._ledger.approve_closure(
-            self._env(request),
-            wire.parse_name(request.name),
-            request.expected_version,
-            request.comment,
-        )
-        return api.ApproveClosureResponse(result=wire.result_to_proto(result))
+        return self._command(request, api.ApproveClosureResponse)
 
     @override
     def ReopenIncident(
         self, request: api.ReopenIncidentRequest, context: grpc.ServicerContext
     ) -> api.ReopenIncidentResponse:
-        result = self._ledger.reopen(
-            self._env(request),
-            wire.parse_name(request.name),
-            request.expected_version,
-            request.reason,
-        )
-        return api.ReopenIncidentResponse(result=wire.result_to_proto(result))
+        return self._command(request, api.ReopenIncidentResponse)
 
     @override
     def RecordCorrection(
         self, request: api.RecordCorrectionRequest, context: grpc.ServicerContext
     ) -> api.RecordCorrectionResponse:
-        result = self._ledger.correct(
-            self._env(request),
-            wire.parse_name(request.name),
-            request.expected_version,
-            event_id=wire.parse_event_id(request.corrected_event_id, "corrected_event_id"),
-            field=request.field,
-            old_value=request.old_value,
-            new_value=request.new_value,
-            reason=request.reason,
-        )
-        return api.RecordCorrectionResponse(result=wire.result_to_proto(result))
+        return self._command(request, api.RecordCorrectionResponse)
 
     # -------------------------------------------------------------- queries
 

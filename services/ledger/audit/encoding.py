@@ -389,7 +389,7 @@ def _proto_time(value: Any) -> str:
 
 
 def _payload_json(body: dict[str, Any]) -> str:
-    """The event-specific fields, as ``convert.event_to_proto`` writes ``payload_json``."""
+    """The event-specific fields, as ``wire.event_to_proto`` writes ``payload_json``."""
     payload = {}
     for k in body.keys() - _ENVELOPE_KEYS:
         v = body[k]

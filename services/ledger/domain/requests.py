@@ -6,16 +6,53 @@ command and the memory of having done it are never separated.
 
 from __future__ import annotations
 
+import enum
+import hashlib
+from dataclasses import fields
+from datetime import datetime
+from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
 
+from services.ledger.domain.commands import Command, command_name
+from services.ledger.domain.incident import canonical_json
+
 _NAMESPACE = uuid5(NAMESPACE_URL, "urn:incidentledger:request")
+#: Keys of a fingerprint's document that no command field may take.
+RESERVED = frozenset({"command", "occurred_at"})
 
 
 def request_key(agency: str, request_id: str) -> UUID:
     """The id of the record of an agency's request."""
     return uuid5(_NAMESPACE, f"{agency}\n{request_id}")
+
+
+def request_fingerprint(command: Command, occurred_at: datetime | None) -> str:
+    """What a retry of a request must repeat to be answered as the original was.
+
+    The SHA-256 (hex) of the canonical JSON (:func:`canonical_json`) of an object holding
+    every field of the command by name (but those it declares ``UNFINGERPRINTED``), the
+    command's name as ``command`` and the time the caller says it happened as
+    ``occurred_at``. UUIDs are written as strings, times in UTC to the microsecond,
+    enumerations as their values, tuples as arrays; ``None`` is ``null``. These bytes
+    are stored in every :class:`RequestRecord`: they never change.
+    """
+    document: dict[str, Any] = {"command": command_name(command), "occurred_at": occurred_at}
+    for spec in fields(command):
+        if spec.name in RESERVED:
+            raise TypeError(f"{command_name(command)}.{spec.name} is a reserved name")
+        if spec.name not in command.UNFINGERPRINTED:
+            document[spec.name] = _plain(getattr(command, spec.name))
+    return hashlib.sha256(canonical_json(document)).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    return value
 
 
 class RequestRecord(Aggregate):

@@ -1,0 +1,462 @@
+"""The commands on incidents: one frozen dataclass each, with its fields and their limits.
+
+A command is named by its class, which is also its RPC's name and what idempotency
+records store (``RequestRecord.command``), so a class is never renamed. Each field
+declares the check the ledger makes on it before acting (:func:`text`, :func:`severity`,
+...): :func:`checked` runs them in declaration order, then the command's own
+cross-field check (:meth:`Command.check`). The application fingerprints a checked
+command over all its fields (see ``requests.request_fingerprint``), then applies its
+rule to the aggregate: :meth:`CreatingCommand.create` or :meth:`IncidentCommand.apply`.
+
+Adding a command is a dataclass here, its rule in :class:`Incident`, its request
+message in the proto with a line in the gRPC adapter's table, and a test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
+from functools import cached_property
+from typing import Any, ClassVar
+from uuid import UUID, uuid4
+
+from services.common.errors import InvalidArgument
+from services.common.reference import ReferenceData, Role
+from services.ledger.domain.incident import Envelope, Incident, RejectionReason
+from services.ledger.domain.times import TimeBounds
+
+MAX_TITLE = 200
+MAX_TEXT = 4000
+MAX_SHORT = 128
+MAX_TPS = 32
+
+#: The metadata keys of a command's fields.
+CHECK = "check"
+MAX_LENGTH = "max_length"
+REQUIRED = "required"
+
+
+class Rules:
+    """What the checks of a command consult: the reference data, the bounds of the times
+    callers may state, and the time now (read once per command, when first needed)."""
+
+    def __init__(
+        self, reference: ReferenceData, time_bounds: TimeBounds, clock: Callable[[], datetime]
+    ) -> None:
+        self.reference = reference
+        self.time_bounds = time_bounds
+        self._clock = clock
+
+    @cached_property
+    def now(self) -> datetime:
+        return self._clock()
+
+
+#: A field's check: given the rules, the field's name and its value, raises
+#: InvalidArgument or returns the value to act on.
+Check = Callable[[Rules, str, Any], Any]
+
+
+def check_text(name: str, value: str, limit: int, *, required: bool = False) -> str:
+    if required and not value.strip():
+        raise InvalidArgument(name, "is required")
+    if len(value) > limit:
+        raise InvalidArgument(name, f"is longer than {limit} characters", reason="FIELD_TOO_LONG")
+    return value
+
+
+def _spec(check: Check, **metadata: Any) -> dict[str, Any]:
+    return {CHECK: check, **metadata}
+
+
+def text(limit: int, *, required: bool = False) -> dict[str, Any]:
+    """A text of at most ``limit`` characters; not blank when ``required``."""
+    return _spec(
+        lambda _rules, name, value: check_text(name, value, limit, required=required),
+        max_length=limit,
+        required=required,
+    )
+
+
+def category() -> dict[str, Any]:
+    """A category of the reference data."""
+
+    def check(rules: Rules, name: str, value: str) -> str:
+        rules.reference.check_category(value, name)
+        return value
+
+    return _spec(check)
+
+
+def severity(*, default: bool = False) -> dict[str, Any]:
+    """A severity of the reference data; when ``default``, empty means the default one."""
+
+    def check(rules: Rules, name: str, value: str) -> str:
+        if default:
+            value = value or rules.reference.default_severity
+        rules.reference.check_severity(value, name)
+        return value
+
+    return _spec(check)
+
+
+def location() -> dict[str, Any]:
+    """A place in the reference data (kecamatan, desa), or None where it is optional."""
+
+    def check(rules: Rules, name: str, value: Mapping[str, Any] | None) -> Any:
+        if value is not None:
+            check_location(rules.reference, value, name)
+        return value
+
+    return _spec(check)
+
+
+def responder() -> dict[str, Any]:
+    """An agency that can act (not an auditing one)."""
+
+    def check(rules: Rules, name: str, value: str) -> str:
+        if not value:
+            raise InvalidArgument(name, "is required")
+        if rules.reference.agency(value, name).role is Role.AUDITOR:
+            raise InvalidArgument(name, f"{value} is an auditing agency and cannot act")
+        return value
+
+    return _spec(check)
+
+
+def agencies() -> dict[str, Any]:
+    """One or more distinct agencies of the reference data."""
+
+    def check(rules: Rules, name: str, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise InvalidArgument(name, "at least one agency is required")
+        if len(set(value)) != len(value):
+            raise InvalidArgument(name, "lists an agency twice")
+        for n, agency in enumerate(value):
+            rules.reference.agency(agency, f"{name}[{n}]")
+        return value
+
+    return _spec(check)
+
+
+def planned_time() -> dict[str, Any]:
+    """A planned time: not before the ledger's era, not too far ahead."""
+
+    def check(rules: Rules, name: str, value: datetime) -> datetime:
+        rules.time_bounds.check_planned(name, value, rules.now)
+        return value
+
+    return _spec(check)
+
+
+def check_location(reference: ReferenceData, location: Mapping[str, Any], name: str) -> None:
+    reference.check_location(
+        str(location.get("kecamatan", "")), str(location.get("desa", "")), name
+    )
+    check_text(f"{name}.tps", str(location.get("tps", "")), MAX_TPS)
+    lat, lon = location.get("latitude"), location.get("longitude")
+    if lat is not None and not -90 <= lat <= 90:
+        raise InvalidArgument(f"{name}.latitude", "must be between -90 and 90")
+    if lon is not None and not -180 <= lon <= 180:
+        raise InvalidArgument(f"{name}.longitude", "must be between -180 and 180")
+
+
+# ------------------------------------------------------------------ the kinds
+
+
+@dataclass(frozen=True)
+class Command:
+    """A request to change the ledger, as the application receives it."""
+
+    #: Fields left out of the idempotency fingerprint. Only for fingerprints already
+    #: stored before commands were objects: see :class:`MergeIncident`.
+    UNFINGERPRINTED: ClassVar[frozenset[str]] = frozenset()
+
+    def check(self, rules: Rules) -> None:
+        """Checks across fields, after each field's own (none by default)."""
+
+
+@dataclass(frozen=True)
+class CreatingCommand(Command, ABC):
+    """A command that creates an incident."""
+
+    @abstractmethod
+    def create(self, env: Envelope) -> Incident: ...
+
+
+@dataclass(frozen=True)
+class IncidentCommand(Command, ABC):
+    """A command on an existing incident (``expected_version`` 0: any version)."""
+
+    incident: UUID
+    expected_version: int
+
+    def other_incidents(self) -> tuple[tuple[UUID, str], ...]:
+        """The other incidents the command changes, with the request field naming each."""
+        return ()
+
+    @abstractmethod
+    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+        """The command's rule on the aggregate(s) (``others`` as :meth:`other_incidents`)."""
+
+
+def command_name(command: Command | type[Command]) -> str:
+    """The command's name: its RPC's, and the one idempotency records store."""
+    return (command if isinstance(command, type) else type(command)).__name__
+
+
+def checked(command: Command, rules: Rules) -> Command:
+    """The command once its fields pass their checks (in declaration order), with the
+    values the checks settled (a report's default severity)."""
+    settled: dict[str, Any] = {}
+    for spec in fields(command):
+        check: Check | None = spec.metadata.get(CHECK)
+        if check is None:
+            continue
+        value = getattr(command, spec.name)
+        result = check(rules, spec.name, value)
+        if result is not value:
+            settled[spec.name] = result
+    command.check(rules)
+    return replace(command, **settled) if settled else command
+
+
+# ------------------------------------------------------------------ the commands
+
+
+@dataclass(frozen=True)
+class ReportIncident(CreatingCommand):
+    title: str = dataclasses.field(metadata=text(MAX_TITLE, required=True))
+    description: str = dataclasses.field(metadata=text(MAX_TEXT))
+    category: str = dataclasses.field(metadata=category())
+    severity: str = dataclasses.field(metadata=severity(default=True))
+    location: dict[str, Any] = dataclasses.field(metadata=location())
+
+    def create(self, env: Envelope) -> Incident:
+        return Incident.report(
+            env,
+            title=self.title,
+            description=self.description,
+            category=self.category,
+            severity=self.severity,
+            location=self.location,
+            incident_id=uuid4(),
+        )
+
+
+@dataclass(frozen=True)
+class VerifyIncident(IncidentCommand):
+    comment: str = dataclasses.field(metadata=text(MAX_TEXT))
+
+    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.verify(env, self.comment)
+
+
+@dataclass(frozen=True)
+class RejectIncident(IncidentCommand):
+    reason: RejectionReason
+    comment: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
+
+    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.reject(env, self.reason, self.comment)
+
+
+@dataclass(frozen=True)
+class MergeIncident(IncidentCommand):
+    """Merges the incident (a duplicate) into ``target``.
+
+    Its fingerprint leaves out ``incident`` and ``expected_version``, as it did before
+    commands were objects, so that a retry of a merge recorded then still replays.
+    """
+
+    UNFINGERPRINTED: ClassVar[frozenset[str]] = frozenset({"incident", "expected_version"})
+
+    target: UUID
+    comment: str = dataclasses.field(metadata=text(MAX_TEXT))
+
+    def other_incidents(self) -> tuple[tuple[UUID, str], ...]:
+        return ((self.target, "target"),)
+
+    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+        (target,) = others
+        incident.merge_into(env, target, self.comment)
+
+
+@dataclass(frozen=True)
+class AssessSeverity(IncidentCommand):
+    severity: str = dataclasses.field(metadata=severity())
+    comment: str = dataclasses.field(metadata=text(MAX_TEXT))
+
+    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.assess_severity(env, self.severity, self.comment)
+
+
+@dataclass(frozen=True)
+class AssignLeadAgency(IncidentCommand):
+    agency: str = dataclasses.field(metadata=responder())
+    comment: str = dataclasses.field(metadata=text(MAX_TEXT))
+
+    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.assign_lead(env, self.agency, self.comment)
+
+
+@dataclass(frozen=True)
+class AddSupportingAgency(IncidentCommand):
+    agency: str = dataclasses.field(metadata=responder())
+    comment: str = dataclasses.field(metadata=text(MAX_TEXT))
+
+    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.add_supporting_agency(env, self.agency, self.comment)
+
+
+@dataclass(frozen=True)
+class ProposeHandover(IncidentCommand):
+    to_agency: str = dataclasses.field(metadata=responder())
+    reason: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
+
+    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.propose_handover(env, self.to_agency, self.reason)
+
+
+@dataclass(frozen=True)
+class AcceptHandover(IncidentCommand):
+    comment: str = dataclasses.field(metadata=text(MAX_TEXT))
+
+    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.accept_handover(env, self.comment)
+
+
+@dataclass(frozen=True)
+class RecordDecision(IncidentCommand):
+    """A decision; without a ``scope``, it covers the incident's location."""
+
+    deciding_agencies: tuple[str, ...] = dataclasses.field(metadata=agencies())
+    forum: str = dataclasses.field(metadata=text(MAX_TITLE, required=True))
+    summary: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
+    rationale: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
+    scope: dict[str, Any] | None = dataclasses.field(metadata=location())
+    valid_from: datetime = dataclasses.field(metadata=planned_time())
+    valid_until: datetime = dataclasses.field(metadata=planned_time())
+
+    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.record_decision(
+            env,
+            deciding_agencies=list(self.deciding_agencies),
+            forum=self.forum,
+            summary=self.summary,
+            rationale=self.rationale,
+            scope=self.scope or incident.location,
+            valid_from=self.valid_from,
+            valid_until=self.valid_until,
+        )
+
+
+@dataclass(frozen=True)
+class LogAction(IncidentCommand):
+    """An action taken; without a ``location``, at the incident's location."""
+
+    action: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
+    location: dict[str, Any] | None = dataclasses.field(metadata=location())
+
+    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.log_action(env, self.action, self.location or incident.location)
+
+
+@dataclass(frozen=True)
+class EscalateIncident(IncidentCommand):
+    reason: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
+
+    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.escalate(env, self.reason)
+
+
+@dataclass(frozen=True)
+class ResolveIncident(IncidentCommand):
+    resolution: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
+
+    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.resolve(env, self.resolution)
+
+
+@dataclass(frozen=True)
+class RequestClosure(IncidentCommand):
+    comment: str = dataclasses.field(metadata=text(MAX_TEXT))
+
+    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.request_closure(env, self.comment)
+
+
+@dataclass(frozen=True)
+class ApproveClosure(IncidentCommand):
+    comment: str = dataclasses.field(metadata=text(MAX_TEXT))
+
+    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.approve_closure(env, self.comment)
+
+
+@dataclass(frozen=True)
+class ReopenIncident(IncidentCommand):
+    reason: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
+
+    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.reopen(env, self.reason)
+
+
+@dataclass(frozen=True)
+class RecordCorrection(IncidentCommand):
+    """Corrects ``field`` of the event ``event_id`` from ``old_value`` to ``new_value``."""
+
+    event_id: UUID
+    field: str = dataclasses.field(metadata=text(MAX_SHORT, required=True))
+    old_value: str = dataclasses.field(metadata=text(MAX_TEXT))
+    new_value: str = dataclasses.field(metadata=text(MAX_TEXT))
+    reason: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
+
+    def check(self, rules: Rules) -> None:
+        check_corrected_value(rules, self.field, self.new_value)
+
+    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.correct(
+            env,
+            event_id=self.event_id,
+            field=self.field,
+            old_value=self.old_value,
+            new_value=self.new_value,
+            reason=self.reason,
+        )
+
+
+def check_corrected_value(rules: Rules, field: str, new_value: str) -> None:
+    """A corrected value must be one the field could have held."""
+    reference = rules.reference
+    if field == "severity":
+        reference.check_severity(new_value, "new_value")
+    elif field == "category":
+        reference.check_category(new_value, "new_value")
+    elif field == "location.kecamatan" and new_value not in reference.kecamatan:
+        raise InvalidArgument("new_value", f"unknown kecamatan {new_value!r}")
+    elif field in {"valid_from", "valid_until", "occurred_at"}:
+        try:
+            value = datetime.fromisoformat(new_value)
+        except ValueError:
+            raise InvalidArgument("new_value", "must be an ISO-8601 time") from None
+        if field == "occurred_at":
+            rules.time_bounds.check_occurred("new_value", value, rules.now)
+        else:
+            rules.time_bounds.check_planned("new_value", value, rules.now)
+
+
+def command_types() -> tuple[type[Command], ...]:
+    """Every command of this module, in declaration order."""
+    kinds = (Command, CreatingCommand, IncidentCommand)
+    return tuple(
+        value
+        for value in globals().values()
+        if isinstance(value, type)
+        and issubclass(value, Command)
+        and value.__module__ == __name__
+        and value not in kinds
+    )
