@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from services.ledger.application import Ledger
 from services.ledger.audit import Checkpoints, ExportStats, export_jsonl, verify_export
 from services.ledger.audit.keys import public_key_pem
+from services.ledger.domain.commands import EscalateIncident, ReportIncident, VerifyIncident
 from services.ledger.seals import Sealer, public_key_bytes
 from tests.support import reference, store_environment
 from tests.unit.incident_builders import env
@@ -84,18 +85,24 @@ class Exported:
 def _record(ledger: Ledger) -> None:
     """Incidents with the texts and numbers hardest to encode, beyond build_history's."""
     for n, location in enumerate(TRICKY_LOCATIONS):
-        reported = ledger.report(
+        reported = ledger.execute(
             env("kesbangpol"),
-            title=f"{TITLE} #{n}",
-            description=DESCRIPTION,
-            category="crowd_gathering",
-            severity="medium",
-            location=location,
+            ReportIncident(
+                title=f"{TITLE} #{n}",
+                description=DESCRIPTION,
+                category="crowd_gathering",
+                severity="medium",
+                location=location,
+            ),
         )
         incident = reported.incident_id
-        ledger.verify(env("desk_pilkada"), incident, 0, "dicek di lapangan ✓ — «benar»")
+        ledger.execute(
+            env("desk_pilkada"), VerifyIncident(incident, 0, "dicek di lapangan ✓ — «benar»")
+        )
         for level in range(3):
-            ledger.escalate(env("kesbangpol"), incident, 0, f"eskalasi ke-{level + 1} 🚨")
+            ledger.execute(
+                env("kesbangpol"), EscalateIncident(incident, 0, f"eskalasi ke-{level + 1} 🚨")
+            )
 
 
 @pytest.fixture(scope="module")

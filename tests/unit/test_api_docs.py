@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.errors import LedgerError
-from services.ledger.api.convert import event_to_proto
 from services.ledger.application import Ledger, StoredIncidentEvent
 from services.ledger.domain.incident import Incident, incident_event_classes
+from services.ledger.wire import event_to_proto
 from tests.support import reference, store_environment
 from tests.unit.test_audit_encoding import build_history
 
