@@ -62,10 +62,16 @@ def anchors(page: Path) -> set[str]:
 
 
 def links(page: Path) -> Iterator[tuple[int, str]]:
-    for number, line in prose_lines(page.read_text(encoding="utf-8")):
-        without_code = re.sub(r"`[^`]*`", "``", line)
-        for match in _LINK.finditer(without_code):
-            yield number, match[1]
+    """Each link's line and target; a link's text may run over several lines."""
+    text = page.read_text(encoding="utf-8")
+    lines = [""] * len(text.splitlines())
+    for number, line in prose_lines(text):
+        lines[number - 1] = line
+    prose = "\n".join(lines)
+    # Inline code is no link (its line breaks are kept, for the line numbers).
+    prose = re.sub(r"`[^`]*`", lambda code: "``" + "\n" * code[0].count("\n"), prose)
+    for match in _LINK.finditer(prose):
+        yield prose.count("\n", 0, match.start()) + 1, match[1]
 
 
 def broken_links(page: Path) -> list[str]:
@@ -120,10 +126,12 @@ def test_a_broken_link_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     page = tmp_path / "a.md"
     page.write_text(
         "# A\n\n[ok](docs/b.md#some-part) [here](#a) [gone](docs/c.md) "
-        "[bad](docs/b.md#other) `[code](x.md)`\n\n```\n[fenced](y.md)\n```\n",
+        "[bad](docs/b.md#other) `[code](x.md)`\n\n```\n[fenced](y.md)\n```\n"
+        "[over two\nlines](#nowhere)\n",
         encoding="utf-8",
     )
     assert broken_links(page) == [
         "a.md:3: docs/c.md: no such file",
         "a.md:3: docs/b.md#other: no heading with that anchor",
+        "a.md:8: #nowhere: no heading with that anchor",
     ]
