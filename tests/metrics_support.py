@@ -1,6 +1,6 @@
 """Test support for metrics: the documented metrics, scraping, names in PromQL.
 
-The README's "Metrics" table is the one list of the metrics: the integration test
+The "Metrics" table of docs/operations.md is the one list of the metrics: the integration test
 checks that the services expose exactly those, and the deploy test that the alert
 rules and the dashboard use no other.
 """
@@ -17,7 +17,7 @@ from prometheus_client.samples import Sample
 
 from services.common.config import PROJECT_ROOT
 
-README = PROJECT_ROOT / "README.md"
+OPERATIONS_DOC = PROJECT_ROOT / "docs" / "operations.md"
 SERVICES = ("ledger", "notifier")
 # What Prometheus adds to a histogram's or counter's name in its series.
 SERIES_SUFFIXES = ("_bucket", "_count", "_sum", "_created")
@@ -41,9 +41,9 @@ class Documented:
 
 
 def documented_metrics() -> dict[str, Documented]:
-    """The rows of the README's "### Metrics" table, by name."""
-    lines = README.read_text(encoding="utf-8").splitlines()
-    start = lines.index("### Metrics")
+    """The rows of the "## Metrics" table of docs/operations.md, by name."""
+    lines = OPERATIONS_DOC.read_text(encoding="utf-8").splitlines()
+    start = lines.index("## Metrics")
     found: dict[str, Documented] = {}
     for line in lines[start + 1 :]:
         if line.startswith("#"):
@@ -52,7 +52,7 @@ def documented_metrics() -> dict[str, Documented]:
         if match:
             found[match[1]] = Documented(match[1], match[2])
     if not found:
-        raise AssertionError("the README's Metrics section has no table of metrics")
+        raise AssertionError("the Metrics section of docs/operations.md has no table of metrics")
     return found
 
 

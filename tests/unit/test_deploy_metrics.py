@@ -1,6 +1,6 @@
 """The monitoring files in deploy/: well formed, and using only the documented metrics.
 
-The README's "Metrics" table is the list of metrics (the integration test
+The "Metrics" table of docs/operations.md is the list of metrics (the integration test
 tests/integration/test_metrics.py checks that the services expose exactly those).
 When promtool is on the PATH, it checks the rules, runs their unit tests and
 parses every query of the dashboard.
