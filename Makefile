@@ -121,7 +121,7 @@ fmt: $(VENV_STAMP) ## ruff format + ruff check --fix
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-# The tiers of the test suite (README, "Development"): unit (tests/unit), integration
+# The tiers of the test suite (docs/development.md, "Tests"): unit (tests/unit), integration
 # (tests/integration) and system (tests marked `system`: soak, cluster, chaos), each test in
 # exactly one. pytest's exit status 5 (no test collected) fails a tier.
 test: venv $(PROMTOOL) ## lint, proto-check, then every test tier: unit, integration, system
@@ -144,7 +144,7 @@ test-system: $(PROJECT_STAMP) ## the system tests: soak, NATS cluster, faults, k
 
 # No Docker needed: YAML, Kubernetes and compose schemas, hadolint, nats-server -t, cross-checks,
 # the health probe and concurrent migrations (PostgreSQL). Part of `make test` as well.
-deploy-check: $(PROJECT_STAMP) ## validate deploy/ offline (see README, "Deploying")
+deploy-check: $(PROJECT_STAMP) ## validate deploy/ offline (see docs/deploying.md)
 	$(PY) -m pytest tests/unit/test_deploy.py tests/unit/test_healthcheck.py \
 	  tests/integration/test_migrate.py $(PYTEST_ARGS)
 

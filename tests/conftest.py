@@ -9,7 +9,7 @@ from services.common.reference import ReferenceData
 from tests.nats_support import nats_cluster, nats_server  # noqa: F401 - fixtures, used by name
 from tests.support import STORES, Client, reference, running_ledger, settings_for, store_environment
 
-#: The tiers by directory (README, "Test tiers"); a test marked ``system`` is in that tier.
+#: The tiers by directory (docs/development.md, "Tests"); a test marked ``system`` is in that tier.
 TIER_DIRECTORIES = ("unit", "integration")
 
 
@@ -20,7 +20,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         where = item.path.relative_to(tests).parts[0]
         if where not in TIER_DIRECTORIES and item.get_closest_marker("system") is None:
-            raise pytest.UsageError(f"{item.nodeid}: in no test tier (see README, Test tiers)")
+            raise pytest.UsageError(f"{item.nodeid}: in no test tier (docs/development.md)")
 
 
 @pytest.fixture(scope="session")
