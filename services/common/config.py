@@ -297,15 +297,16 @@ class ServiceVariables(Group):
 
 
 class LimitVariables(Group):
-    """Per agency, on each service, counted after the caller is authenticated (see README,
-    "Limits"). The rate limit is off in development and on in production unless set."""
+    """Per agency, on each service, counted after the caller is authenticated (see
+    [Limits](operations.md#limits)). The rate limit is off in development and on in
+    production unless set."""
 
     heading = "Limits per agency (both services)"
 
     rate_per_second: Annotated[Number, Ge(0.0)] | None = _setting(
         "LEDGER_RATE_LIMIT_PER_SECOND",
         None,
-        'calls per second per agency (see README, "Limits"); `0` = no limit',
+        "calls per second per agency (see [Limits](operations.md#limits)); `0` = no limit",
         shown_default=f"`0` (off) in development, `{PRODUCTION_RATE_PER_SECOND:g}` in production",
     )
     burst: Annotated[Integer, Ge(1)] | None = _setting(
@@ -341,7 +342,7 @@ class LimitVariables(Group):
 
 class TlsVariables(Group):
     """The files are read once, at start, and checked: readable, valid PEM, the key belongs
-    to the certificate (see README, "Security")."""
+    to the certificate (see [security.md](security.md#tls-on-the-grpc-ports))."""
 
     heading = "TLS on the gRPC ports (both services)"
 
@@ -373,7 +374,7 @@ class TlsVariables(Group):
 
 class NatsVariables(Group):
     """The relay (in the ledger) and the notifier connect to NATS with the same settings
-    (see README, "NATS: TLS and credentials")."""
+    (see [security.md](security.md#nats-tls-and-credentials))."""
 
     heading = "NATS connection (the ledger's relay and the notifier)"
 
@@ -381,7 +382,8 @@ class NatsVariables(Group):
         "NATS_URL",
         "",
         "NATS server, or the nodes of a cluster separated by commas "
-        '(`nats://a:4222,nats://b:4222`, see README, "A NATS cluster"); may embed '
+        "(`nats://a:4222,nats://b:4222`, see [A NATS cluster](fan-out.md#a-nats-cluster)); "
+        "may embed "
         "`user:password@` (prefer `NATS_USER`). "
         "Unset, the ledger runs without its relay and `make run` starts its own nats-server; "
         "the notifier requires it",
@@ -429,7 +431,7 @@ class StreamVariables(Group):
     subject_prefix: Text = _setting(
         "LEDGER_STREAM_SUBJECT_PREFIX",
         "ledger.v1.events",
-        'subject prefix of the events (see README, "Subjects")',
+        "subject prefix of the events (see [fan-out.md](fan-out.md))",
     )
     checkpoint_subject: Text = _setting(
         "LEDGER_STREAM_CHECKPOINT_SUBJECT",
@@ -462,7 +464,7 @@ class StreamVariables(Group):
 
 class LedgerVariables(Group):
     """The ledger service, with its relay and audit checkpoints (and its tools
-    ``python -m services.ledger.audit`` and ``python -m services.ledger.projections``)."""
+    ``ledger-audit`` and ``ledger-projections``)."""
 
     heading = "The ledger"
     read_by = (LEDGER,)
@@ -476,7 +478,8 @@ class LedgerVariables(Group):
     metrics_listen: HttpAddress = _setting(
         "LEDGER_METRICS_LISTEN",
         "",
-        '`host:port` of the Prometheus endpoint (`/metrics`, plain HTTP; see README, "Metrics")',
+        "`host:port` of the Prometheus endpoint (`/metrics`, plain HTTP; see "
+        "[Metrics](operations.md#metrics))",
         shown_default="unset (off)",
     )
     max_workers: Integer = _setting("LEDGER_MAX_WORKERS", 32, "request threads", ge=1)
@@ -491,7 +494,8 @@ class LedgerVariables(Group):
     grace_seconds: Number = _setting(
         "LEDGER_GRACE_SECONDS",
         10.0,
-        'how long a stop waits for calls in flight (see README, "Stopping")',
+        "how long a stop waits for calls in flight (see "
+        "[Stopping](operations.md#logs-health-and-stopping))",
         ge=0.0,
     )
     earliest_time: Time = _setting(
@@ -557,7 +561,8 @@ class NotifierVariables(Group):
     metrics_listen: HttpAddress = _setting(
         "NOTIFIER_METRICS_LISTEN",
         "",
-        '`host:port` of the Prometheus endpoint (`/metrics`, plain HTTP; see README, "Metrics")',
+        "`host:port` of the Prometheus endpoint (`/metrics`, plain HTTP; see "
+        "[Metrics](operations.md#metrics))",
         shown_default="unset (off)",
     )
     store: Literal["sqlite", "postgres"] = _setting(
@@ -605,7 +610,7 @@ class NotifierVariables(Group):
         "NOTIFIER_WEBHOOK_ALLOW_NETWORKS",
         (),
         "networks webhooks may reach although not public (loopback, private, link-local; "
-        'see README, "Webhooks"); a bare address is one host',
+        "see [Webhooks](fan-out.md#webhooks)); a bare address is one host",
         shown_default="unset (public addresses only)",
     )
     webhook_key_file: FilePath | None = _setting(
@@ -624,7 +629,8 @@ class NotifierVariables(Group):
     grace_seconds: Number = _setting(
         "NOTIFIER_GRACE_SECONDS",
         5.0,
-        'how long a stop waits for calls in flight (see README, "Stopping")',
+        "how long a stop waits for calls in flight (see "
+        "[Stopping](operations.md#logs-health-and-stopping))",
         ge=0.0,
     )
 
@@ -733,7 +739,7 @@ class RunVariables(Group):
     """``make run`` also reads ``NATS_URL``, ``LEDGER_LISTEN``, ``NOTIFIER_LISTEN``,
     ``LEDGER_DATA_DIR`` and the log settings (see their rows)."""
 
-    heading = "`make run` (`python -m services.run`)"
+    heading = "`make run` (`ledger-run`)"
     read_by = (RUN,)
 
     nats_port: Integer = _setting(
@@ -1053,7 +1059,7 @@ def _pem_certificates(key: str, path: Path) -> tuple[bytes, list[x509.Certificat
 
 @dataclass(frozen=True)
 class ServerTls:
-    """TLS of a service's gRPC port, read and checked at start (see README, "Security").
+    """TLS of a service's gRPC port, read and checked at start (see docs/security.md).
 
     ``client_auth="require"``: every client presents a certificate signed by ``client_ca``;
     its subject names the caller's agency (see :mod:`services.common.auth`).
@@ -1140,7 +1146,7 @@ class ServerTls:
 
 @dataclass(frozen=True)
 class NatsClientSettings:
-    """TLS and credentials of the services' NATS connections (see README, "Security").
+    """TLS and credentials of the services' NATS connections (see docs/security.md).
 
     Secrets come from ``NATS_PASSWORD`` / ``NATS_TOKEN`` or from the files named by
     ``NATS_PASSWORD_FILE`` / ``NATS_TOKEN_FILE``; they are kept out of ``repr``.
@@ -1214,7 +1220,7 @@ class NatsClientSettings:
 
 @dataclass(frozen=True)
 class StreamSettings:
-    """The JetStream stream the ledger's events are published to (see README, "Fan-out")."""
+    """The JetStream stream the ledger's events are published to (see docs/fan-out.md)."""
 
     name: str = _default(StreamVariables, "name")
     subject_prefix: str = _default(StreamVariables, "subject_prefix")
@@ -1252,7 +1258,7 @@ class RelaySettings:
     poll_seconds: float = _default(LedgerVariables, "relay_poll_seconds")
     # Also each JetStream request's: a request sent while a stream elects its leader gets no
     # answer, so a short timeout and a retry resume publishing soon after the election
-    # (5 s made a stream leader's loss pause publishing 11.5 s; README, "A NATS cluster").
+    # (5 s made a stream leader's loss pause publishing 11.5 s; docs/fan-out.md, "A NATS cluster").
     publish_timeout_seconds: float = 1.0
     leader_retry_seconds: float = 2.0
 
@@ -1278,7 +1284,7 @@ class RelaySettings:
 
 @dataclass(frozen=True)
 class LimitSettings:
-    """Per-agency limits of a gRPC server (see README, "Limits"); 0 = no limit.
+    """Per-agency limits of a gRPC server (see docs/operations.md, "Limits"); 0 = no limit.
 
     The rate limit is off in development (``make run``, tests, benchmarks) and on in
     production unless set: ``PRODUCTION_RATE_PER_SECOND`` with a burst of twice that.
@@ -1395,7 +1401,7 @@ class ServiceSettings:
 
 @dataclass(frozen=True)
 class LedgerSettings(ServiceSettings):
-    """Settings of the ledger service (see README, "Configuration")."""
+    """Settings of the ledger service (see docs/configuration.md)."""
 
     listen: str = _default(LedgerVariables, "listen")
     max_workers: int = _default(LedgerVariables, "max_workers")
@@ -1489,7 +1495,7 @@ def store_environment(
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Settings of the ``make run`` supervisor, ``python -m services.run`` (see README).
+    """Settings of the ``make run`` supervisor, ``python -m services.run`` (see docs/operations.md).
 
     ``NATS_URL`` set: use that NATS server and start none. Unset: start the bundled
     nats-server on 127.0.0.1:``LEDGER_NATS_PORT`` (never 4222, which the machine's own
@@ -1546,7 +1552,7 @@ class WebhookSettings:
 
 @dataclass(frozen=True)
 class NotifierSettings(ServiceSettings):
-    """Settings of the notifier service (see README, "Configuration")."""
+    """Settings of the notifier service (see docs/configuration.md)."""
 
     listen: str = _default(NotifierVariables, "listen")
     nats_url: str = field(default="", repr=False)  # may embed user:password

@@ -38,10 +38,9 @@ this page is generated from those declarations (a unit test fails when it is sta
   `run.config_error`) whose `error` names, for each problem, the variable, what is allowed
   and the value given (never a secret's), the problems separated by `; `, and exits with
   status 2.
-- **Read by**: `ledger` (the ledger service and its tools `python -m services.ledger.audit`
-  and `python -m services.ledger.projections`), `notifier`, and `run` (`make run`'s
-  supervisor, `python -m services.run`, which starts the other two with the same
-  environment).
+- **Read by**: `ledger` (the ledger service, `incident-ledger`, and its tools `ledger-audit`
+  and `ledger-projections`), `notifier` (`ledger-notifier`), and `run` (`make run`'s
+  supervisor, `ledger-run`, which starts the other two with the same environment).
 """
 
 
