@@ -5,7 +5,7 @@ holds a token, only its SHA-256. Development credentials are generated on first
 start (random tokens, written next to the hashes so a new user can act at once) and
 marked as such; production refuses them.
 
-Client certificates (see README, "Security"): when the server requires and has
+Client certificates (see docs/security.md): when the server requires and has
 verified a client certificate, its subject names the caller: the organization (O) is
 the agency's code in the reference data, the common name (CN) the officer or system.
 :func:`authenticate` combines both:

@@ -7,7 +7,7 @@ that is a state rather than an event (lags, positions, connections) is read when
 Prometheus scrapes, from callbacks the service registers, except values that need
 the store: those are read in the background (:meth:`Metrics.stored_gauge`), so that
 a scrape answers at once even while the store is unreachable or slow. The names,
-types and labels of every metric are listed in the README ("Metrics").
+types and labels of every metric are listed in docs/operations.md ("Metrics").
 """
 
 from __future__ import annotations

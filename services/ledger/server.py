@@ -232,7 +232,7 @@ def register_metrics(
     metrics: Metrics, ledger: Ledger, projections: Projections, relay: Relay | None
 ) -> None:
     """Events appended (counted as they are committed); positions, lags and the relay's
-    state (read at each scrape). The README's "Metrics" lists them all."""
+    state (read at each scrape). docs/operations.md, "Metrics", lists them all."""
     appended = metrics.counter(
         "ledger_events_appended", "incident events appended to the ledger, by type", ["type"]
     )

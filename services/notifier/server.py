@@ -146,7 +146,7 @@ def use_wal(dbname: str) -> None:
 
 
 def register_metrics(metrics: Metrics, engine: Engine, store: NotifierStore) -> None:
-    """The notifier's state, read at each scrape (the README's "Metrics" lists them all)."""
+    """The notifier's state, read at each scrape (docs/operations.md, "Metrics", lists them all)."""
     status = engine.status
 
     def while_connected(value: int | None) -> float | None:

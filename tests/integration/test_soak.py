@@ -81,8 +81,8 @@ DUPLICATE_WINDOW = 2.0  # the stream's, in seconds: a relay frozen longer outliv
 # detection (3 pings 2 s apart), so its clients move too.
 NATS_FREEZE_SECONDS = 8.0
 PG_OUTAGE_SECONDS = 20.0  # PostgreSQL stopped with -m immediate for this long
-# The bounds the README ("Several replicas, and what happens when parts fail") states, with
-# room for a busy machine: commands succeed again within about a second of PostgreSQL's
+# The bounds docs/deploying.md ("Several replicas, and what happens when parts fail") states,
+# with room for a busy machine: commands succeed again within about a second of PostgreSQL's
 # return (asserted: 5 s); another replica's relay takes over within seconds of its leader's
 # death (the lock goes with the connection, the others try it every 2 s; asserted: webhook
 # deliveries flowing again within 15 s).

@@ -4,7 +4,7 @@
 a random moment: during start-up (before its ``started`` line), idle, under a small load
 (commands on the ledger; subscriptions opened and closed on the notifier) or, on the
 notifier, during delivery (events flowing from a ledger to a webhook and a live stream).
-Each must exit with code 0 within its grace period plus the closing margin the README
+Each must exit with code 0 within its grace period plus the closing margin docs/operations.md
 promises (:data:`~services.common.stopping.STOP_MARGIN_SECONDS`), leave its port closed
 and log ``stopped``. A process that does not exit in time is killed and reported.
 

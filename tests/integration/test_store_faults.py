@@ -4,8 +4,8 @@ the server down, the server restarted, the relay to NATS after an outage.
 Three tests run a PostgreSQL of their own (:class:`tests.topology.PrivatePostgres`) so that
 they can stop it; the frozen replica is reproduced on the shared server, by a session of
 the test that takes the row lock the projections' writer takes and keeps it, as a replica
-stopped (SIGSTOP) inside its transaction does. The README's "Several replicas, and what
-happens when parts fail" states what these tests hold the ledger to.
+stopped (SIGSTOP) inside its transaction does. "Several replicas, and what happens
+when parts fail" in docs/deploying.md states what these tests hold the ledger to.
 """
 
 from __future__ import annotations

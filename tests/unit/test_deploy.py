@@ -281,7 +281,7 @@ def mounted_files(pod: Mapping[str, Any], container: Mapping[str, Any]) -> dict[
 
 def test_kubernetes_secrets_are_mounted_files_never_literals() -> None:
     assert not [doc for _, doc in manifests() if doc["kind"] == "Secret"], (
-        "Secrets are made by the operator (README), never committed"
+        "Secrets are made by the operator (docs/deploying.md), never committed"
     )
     for name, pod, container in our_containers():
         env = container_env(container)

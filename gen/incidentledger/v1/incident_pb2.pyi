@@ -469,7 +469,7 @@ class EventNotification(_message.Message):
     and the incident's state right after it. Encoded as protobuf (this message);
     NATS headers repeat the routing fields. The subject is
     <prefix>.<kecamatan>.<category>.<event_type>: the kecamatan of the event's location,
-    the incident's category, the type in snake_case. See the README, "Fan-out".
+    the incident's category, the type in snake_case. See docs/fan-out.md.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
