@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 import nats
 import pytest
 from google.protobuf import json_format
@@ -162,6 +163,27 @@ def test_every_old_request_retried_is_answered_as_it_was(
         response = getattr(old.stub, command["rpc"])(request, metadata=old.md(command["caller"]))
         assert plain(response) == command["response"], command["rpc"]
     assert old.server.ledger.recorder.max_notification_id() == position  # nothing stored
+
+
+def test_an_old_merge_s_request_id_on_another_duplicate_is_refused(
+    old: Client, saved: dict[str, Any]
+) -> None:
+    """The merge's stored fingerprint leaves out the duplicate (as it always did); the
+    stored record names it, and a retry that names another is refused."""
+    (merge,) = [c for c in saved["commands"] if c["rpc"] == "MergeIncident"]
+    other = next(
+        c["response"]["result"]["incident"]
+        for c in saved["commands"]
+        if c["rpc"] == "ReportIncident"
+        and c["response"]["result"]["incident"]
+        not in {merge["request"]["name"], merge["request"]["target"]}
+    )
+    request = json_format.ParseDict(merge["request"], api.MergeIncidentRequest())
+    request.name = other
+    with pytest.raises(grpc.RpcError) as refused:
+        old.stub.MergeIncident(request, metadata=old.md(merge["caller"]))
+    assert refused.value.code() is grpc.StatusCode.ALREADY_EXISTS
+    assert "REQUEST_ID_REUSED" in str(refused.value.trailing_metadata())
 
 
 def test_a_new_command_continues_the_old_chain(old: Client, saved: dict[str, Any]) -> None:
