@@ -9,7 +9,9 @@ command over all its fields (see ``requests.request_fingerprint``), then applies
 rule to the aggregate: :meth:`CreatingCommand.create` or :meth:`IncidentCommand.apply`.
 
 Adding a command is a dataclass here, its rule in :class:`Incident`, its request
-message in the proto with a line in the gRPC adapter's table, and a test.
+message in the proto with an entry in the table of services/ledger/wire.py and a one-line
+method of the gRPC servicer, and a test (ARCHITECTURE.md, "How to add a command";
+tests/integration/test_add_a_command.py applies such a change to a copy of the tree).
 """
 
 from __future__ import annotations
