@@ -201,9 +201,11 @@ class ServiceProcess:
 
 @contextmanager
 def service_process(
-    module: str, env: dict[str, str], *, timeout: float = 30.0
+    module: str, env: dict[str, str], *, timeout: float = 30.0, root: Path = PROJECT_ROOT
 ) -> Iterator[ServiceProcess]:
-    """``python -m <module>`` with ``env``; waits (with a deadline) for its start line."""
+    """``python -m <module>`` with ``env``; waits (with a deadline) for its start line.
+
+    The code is the source tree at ``root`` (this repository, or a copy of it)."""
     name = module.rsplit(".", 1)[-1]
     log_path = Path(env["LEDGER_DATA_DIR"]) / f"{name}-{secrets.token_hex(4)}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -215,9 +217,9 @@ def service_process(
                 **env,
                 "LEDGER_LOG_FORMAT": "json",
                 "LEDGER_LOG_LEVEL": env.get("LEDGER_LOG_LEVEL_CHILD", "INFO"),
-                "PYTHONPATH": f"{PROJECT_ROOT}:{PROJECT_ROOT / 'gen'}",
+                "PYTHONPATH": f"{root}:{root / 'gen'}",
             },
-            cwd=PROJECT_ROOT,
+            cwd=root,
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )

@@ -388,7 +388,7 @@ class Ledger(Application[UUID]):
                     for aggregate in aggregates:
                         self._cache.put(aggregate.id, aggregate)
             except IntegrityError:
-                original = self._original(key, env.request_id, command, fingerprint)
+                original = self._original(key, env.request_id, checked_command, fingerprint)
                 if original is not None:
                     return original
                 if expected and incident_id is not None:
@@ -401,7 +401,7 @@ class Ledger(Application[UUID]):
                 time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))  # noqa: S311
                 continue
             except LedgerError:
-                original = self._original(key, env.request_id, command, fingerprint)
+                original = self._original(key, env.request_id, checked_command, fingerprint)
                 if original is not None:
                     return original
                 if not fresh and lock_ids:
@@ -424,14 +424,18 @@ class Ledger(Application[UUID]):
         )
 
     def _original(
-        self, key: UUID, request_id: str, command: str, fingerprint: str
+        self, key: UUID, request_id: str, command: Command, fingerprint: str
     ) -> CommandResult | None:
         """The result of an earlier command with this request id, if there was one."""
         try:
             record: RequestRecord = self.load_aggregate(key)
         except AggregateNotFoundError:
             return None
-        if record.command != command or record.fingerprint != fingerprint:
+        if (
+            record.command != command_name(command)
+            or record.fingerprint != fingerprint
+            or not command.could_have_recorded(record.incident_id, record.incident_version)
+        ):
             raise AlreadyExists(
                 f"request_id {request_id!r} was already used by this agency for a "
                 f"different request ({record.command})",

@@ -439,6 +439,31 @@ def test_records_store_the_former_fingerprint(ledger: Ledger) -> None:
     assert stored.fingerprint == former(settled, None) != former(report, None)
 
 
+def test_a_merge_s_request_id_on_another_duplicate_or_version_is_refused(ledger: Ledger) -> None:
+    """A merge's fingerprint leaves out its incident and expected version (the bytes stored
+    before); its record keeps the incident it merged, at the version its event took, and a
+    retry must repeat those too."""
+    duplicate, other, target = _reported(ledger), _reported(ledger), _reported(ledger)
+    envelope = env(COORDINATOR, "merge-1")
+    first = ledger.execute(envelope, MergeIncident(duplicate, 0, target, "same"))
+    assert (first.incident_id, first.version) == (duplicate, 2)
+    # The same merge replays, whether it stated the version it expected (1) or none (0).
+    assert ledger.execute(envelope, MergeIncident(duplicate, 0, target, "same")) == first
+    assert ledger.execute(envelope, MergeIncident(duplicate, 1, target, "same")) == first
+    for changed in (
+        MergeIncident(other, 0, target, "same"),
+        MergeIncident(duplicate, 2, target, "same"),
+    ):
+        with pytest.raises(AlreadyExists) as reused:
+            ledger.execute(envelope, changed)
+        assert reused.value.reason == "REQUEST_ID_REUSED"
+        assert reused.value.metadata["original_command"] == "MergeIncident"
+    assert ledger.get_incident(other).version == 1  # not merged
+    record: RequestRecord = ledger.load_aggregate(request_key(COORDINATOR, "merge-1"))
+    merge = MergeIncident(duplicate, 0, target, "same")
+    assert record.fingerprint == former(merge, None)  # the stored bytes are unchanged
+
+
 # ------------------------------------------------------------ the gRPC adapter's table
 
 

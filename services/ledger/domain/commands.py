@@ -9,7 +9,9 @@ command over all its fields (see ``requests.request_fingerprint``), then applies
 rule to the aggregate: :meth:`CreatingCommand.create` or :meth:`IncidentCommand.apply`.
 
 Adding a command is a dataclass here, its rule in :class:`Incident`, its request
-message in the proto with a line in the gRPC adapter's table, and a test.
+message in the proto with an entry in the table of services/ledger/wire.py and a one-line
+method of the gRPC servicer, and a test (ARCHITECTURE.md, "How to add a command";
+tests/integration/test_add_a_command.py applies such a change to a copy of the tree).
 """
 
 from __future__ import annotations
@@ -178,6 +180,13 @@ class Command:
     def check(self, rules: Rules) -> None:
         """Checks across fields, after each field's own (none by default)."""
 
+    def could_have_recorded(self, incident_id: UUID, version: int) -> bool:
+        """Whether a request record with this command's fingerprint, of an event of
+        ``incident_id`` at ``version``, can be this command's: what a retry must repeat
+        beyond the fingerprint. Only a command that leaves fields out of its fingerprint
+        (:attr:`UNFINGERPRINTED`) checks them here, against what the record keeps."""
+        return True
+
 
 @dataclass(frozen=True)
 class CreatingCommand(Command, ABC):
@@ -269,13 +278,20 @@ class MergeIncident(IncidentCommand):
     """Merges the incident (a duplicate) into ``target``.
 
     Its fingerprint leaves out ``incident`` and ``expected_version``, as it did before
-    commands were objects, so that a retry of a merge recorded then still replays.
+    commands were objects, so that a retry of a merge recorded then still replays. The
+    record keeps them nonetheless (:meth:`could_have_recorded`): a retry that names
+    another duplicate, or expects another version, is another request.
     """
 
     UNFINGERPRINTED: ClassVar[frozenset[str]] = frozenset({"incident", "expected_version"})
 
     target: UUID
     comment: str = dataclasses.field(metadata=text(MAX_TEXT))
+
+    def could_have_recorded(self, incident_id: UUID, version: int) -> bool:
+        # The record is of the duplicate's Merged event: one version after the one expected
+        # (0, none expected, cannot be told from any other).
+        return incident_id == self.incident and self.expected_version in {0, version - 1}
 
     def other_incidents(self) -> tuple[tuple[UUID, str], ...]:
         return ((self.target, "target"),)
