@@ -210,7 +210,7 @@ CHECK_EXPORT = "check-export"
 JOBS = {
     HASHES: f"{__name__}:hashes_job",
     LINES: f"{__name__}:lines_job",
-    CHECK_EXPORT: "services.ledger.audit.verify:check_export_chunk",
+    CHECK_EXPORT: "services.ledger.audit.verify_exported:check_export_chunk",
 }
 
 
