@@ -215,7 +215,7 @@ class Ledger(Application[UUID]):
         if isinstance(command, CreatingCommand):
             creating = command
 
-            def create(_fresh: bool) -> list[Incident]:
+            def create(_reload: bool) -> list[Incident]:
                 return [creating.create(env)]
 
             return self._execute(env, command, None, 0, create)
@@ -225,9 +225,9 @@ class Ledger(Application[UUID]):
         incident_id, expected = command.incident, command.expected_version
         others = command.other_incidents()
 
-        def run(fresh: bool) -> list[Incident]:
-            incident = self._load_for_write(incident_id, expected, fresh=fresh)
-            changed = [self._load_for_write(i, 0, fresh=fresh, field=f) for i, f in others]
+        def run(reload: bool) -> list[Incident]:
+            incident = self._load_for_write(incident_id, expected, reload=reload)
+            changed = [self._load_for_write(i, 0, reload=reload, field=f) for i, f in others]
             on_incident.apply(env, incident, *changed)
             return [incident, *changed]
 
@@ -362,12 +362,12 @@ class Ledger(Application[UUID]):
         command = command_name(checked_command)
         fingerprint = request_fingerprint(checked_command, env.occurred_at)
         key = request_key(env.actor.agency, env.request_id)
-        fresh = False
+        reload = False
         for attempt in range(MAX_CONFLICT_RETRIES):
             try:
                 with self._serialised(lock_ids):
                     try:
-                        aggregates = run(fresh)
+                        aggregates = run(reload)
                         primary = aggregates[0]
                         last_event = primary.pending_events[-1]
                         if not isinstance(last_event, Incident.Event):
@@ -396,7 +396,7 @@ class Ledger(Application[UUID]):
                     if current != expected:
                         raise VersionConflict(expected, current) from None
                 log.debug("command.conflict_retry", command=command, attempt=attempt)
-                fresh = True
+                reload = True
                 # Jittered exponential backoff: another process won the race.
                 time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))  # noqa: S311
                 continue
@@ -404,8 +404,8 @@ class Ledger(Application[UUID]):
                 original = self._original(key, env.request_id, command, fingerprint)
                 if original is not None:
                     return original
-                if not fresh and lock_ids:
-                    fresh = True  # the refusal may come from a stale cached state
+                if not reload and lock_ids:
+                    reload = True  # the refusal may come from a stale cached state
                     continue
                 raise
             position = max(
@@ -455,10 +455,11 @@ class Ledger(Application[UUID]):
         )
 
     def _load_for_write(
-        self, incident_id: UUID, expected: int, *, fresh: bool, field: str = "name"
+        self, incident_id: UUID, expected: int, *, reload: bool, field: str = "name"
     ) -> Incident:
-        """The incident to change: the cached state, unless ``fresh`` or not cached."""
-        cached = None if fresh else self._cache.get(incident_id)
+        """The incident to change: the cached state, unless ``reload`` (from the store) or
+        not cached."""
+        cached = None if reload else self._cache.get(incident_id)
         incident = cached if isinstance(cached, Incident) else self._load(incident_id, field)
         if expected and incident.version != expected:
             raise VersionConflict(expected, incident.version)

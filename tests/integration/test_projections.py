@@ -495,7 +495,7 @@ def test_the_follower_catches_up_when_woken_and_reports_lag(
         assert not projections.wait_for(last + 1000, timeout=0.2)
     finally:
         projections.stop()
-    rows = projections.board_rows(history.incidents, fresh=False)
+    rows = projections.board_rows(history.incidents, catch_up_first=False)
     assert len(rows) == len(history.incidents)
     projections.close()
 

@@ -235,7 +235,7 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
                 request.page_token,
                 size,
                 lambda after, limit: view.reader.list_incidents(
-                    board_filter, int(after), limit, fresh=view.fresh
+                    board_filter, int(after), limit, catch_up_first=view.catch_up_first
                 ),
                 lambda row: row[0],
                 0,
