@@ -208,7 +208,7 @@ class Ledger(Application[UUID]):
 
     # ------------------------------------------------------------- commands
 
-    def execute(self, env: Envelope, command: Command) -> CommandResult:
+    def execute(self, envelope: Envelope, command: Command) -> CommandResult:
         """Run one command: check its fields, apply its rule to the incident(s) and save,
         once per request id (AIP-155): a retry is answered as the original was."""
         command = checked(command, Rules(self.reference, self.time_bounds, self._clock))
@@ -216,9 +216,9 @@ class Ledger(Application[UUID]):
             creating = command
 
             def create(_reload: bool) -> list[Incident]:
-                return [creating.create(env)]
+                return [creating.create(envelope)]
 
-            return self._execute(env, command, None, 0, create)
+            return self._execute(envelope, command, None, 0, create)
         if not isinstance(command, IncidentCommand):
             raise TypeError(f"not a command the ledger runs: {command!r}")
         on_incident = command
@@ -228,11 +228,11 @@ class Ledger(Application[UUID]):
         def run(reload: bool) -> list[Incident]:
             incident = self._load_for_write(incident_id, expected, reload=reload)
             changed = [self._load_for_write(i, 0, reload=reload, field=f) for i, f in others]
-            on_incident.apply(env, incident, *changed)
+            on_incident.apply(envelope, incident, *changed)
             return [incident, *changed]
 
         lock_ids = (incident_id, *(i for i, _ in others))
-        return self._execute(env, command, incident_id, expected, run, lock_ids)
+        return self._execute(envelope, command, incident_id, expected, run, lock_ids)
 
     # -------------------------------------------------------------- queries
 
@@ -344,24 +344,24 @@ class Ledger(Application[UUID]):
 
     def _execute(
         self,
-        env: Envelope,
+        envelope: Envelope,
         checked_command: Command,
         incident_id: UUID | None,
         expected: int,
         run: Callable[[bool], list[Incident]],
         lock_ids: tuple[UUID, ...] = (),
     ) -> CommandResult:
-        if not env.request_id:
+        if not envelope.request_id:
             raise InvalidArgument("request_id", "is required (AIP-155)")
-        check_text("request_id", env.request_id, MAX_SHORT)
-        check_text("correlation_id", env.correlation_id, MAX_SHORT)
+        check_text("request_id", envelope.request_id, MAX_SHORT)
+        check_text("correlation_id", envelope.correlation_id, MAX_SHORT)
         if expected < 0:
             raise InvalidArgument("expected_version", "must not be negative")
-        if env.occurred_at is not None:
-            self.time_bounds.check_occurred("occur_time", env.occurred_at, self._clock())
+        if envelope.occurred_at is not None:
+            self.time_bounds.check_occurred("occur_time", envelope.occurred_at, self._clock())
         command = command_name(checked_command)
-        fingerprint = request_fingerprint(checked_command, env.occurred_at)
-        key = request_key(env.actor.agency, env.request_id)
+        fingerprint = request_fingerprint(checked_command, envelope.occurred_at)
+        key = request_key(envelope.actor.agency, envelope.request_id)
         reload = False
         for attempt in range(MAX_CONFLICT_RETRIES):
             try:
@@ -388,7 +388,7 @@ class Ledger(Application[UUID]):
                     for aggregate in aggregates:
                         self._cache.put(aggregate.id, aggregate)
             except IntegrityError:
-                original = self._original(key, env.request_id, command, fingerprint)
+                original = self._original(key, envelope.request_id, command, fingerprint)
                 if original is not None:
                     return original
                 if expected and incident_id is not None:
@@ -401,7 +401,7 @@ class Ledger(Application[UUID]):
                 time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))  # noqa: S311
                 continue
             except LedgerError:
-                original = self._original(key, env.request_id, command, fingerprint)
+                original = self._original(key, envelope.request_id, command, fingerprint)
                 if original is not None:
                     return original
                 if not reload and lock_ids:

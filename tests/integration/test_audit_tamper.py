@@ -59,7 +59,7 @@ from tests.support import (
     settings_for,
     store_environment,
 )
-from tests.unit.incident_builders import env
+from tests.unit.incident_builders import envelope_for
 from tests.unit.test_audit_encoding import History, build_history
 
 KEY = Ed25519PrivateKey.generate()
@@ -331,7 +331,9 @@ def _assert_data_loss(store: Store, incident: UUID, check: str) -> None:
         for attempt in (
             lambda: ledger.get_incident(incident),
             lambda: ledger.incident_events(incident, after_version=0, limit=100),
-            lambda: ledger.execute(env("polres"), EscalateIncident(incident, 0, "still growing")),
+            lambda: ledger.execute(
+                envelope_for("polres"), EscalateIncident(incident, 0, "still growing")
+            ),
         ):
             with pytest.raises(DataLoss) as caught:
                 attempt()
