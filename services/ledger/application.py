@@ -154,6 +154,8 @@ class Ledger(Application[UUID]):
         # Before the base class builds the mapper, which seals with it.
         self.sealer = sealer
         self.seal_checker: SealChecker | None = sealer.checker if sealer else None
+        # env: the store's settings (PERSISTENCE_MODULE, SQLITE_*, POSTGRES_*, ...), under
+        # the name eventsourcing's Application gives them.
         super().__init__(env)
         self.reference = reference
         self.time_bounds = time_bounds or time_bounds_of(LedgerSettings())

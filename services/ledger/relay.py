@@ -288,8 +288,8 @@ class FileLeader(LeaderLock):
 class PostgresLeader(LeaderLock):
     """A session-level advisory lock, held on a connection of its own."""
 
-    def __init__(self, env: Mapping[str, str], name: str) -> None:
-        self._env = env
+    def __init__(self, store_env: Mapping[str, str], name: str) -> None:
+        self._store_env = store_env
         digest = hashlib.sha256(f"incidentledger-relay:{name}".encode()).digest()
         self._key = int.from_bytes(digest[:8], "big", signed=True)
         self._conn: psycopg.Connection[Any] | None = None
@@ -304,7 +304,7 @@ class PostgresLeader(LeaderLock):
             return True
         # Not held, or its session was lost (a restart): ask for the lock afresh.
         try:
-            conn = postgres_connect(self._env, autocommit=True)
+            conn = postgres_connect(self._store_env, autocommit=True)
         except psycopg.OperationalError as exc:
             self._store_failed(exc)
             return False
