@@ -46,8 +46,8 @@ from services.ledger.domain.commands import (
 )
 from services.ledger.domain.incident import Actor, Envelope, Incident, RejectionReason
 from services.ledger.projections import BoardFilter, Lag, Projections, service
-from services.ledger.projections.engine import ProjectionStore
 from services.ledger.projections.facts import FastDecoder, fact_from_event, incident_topics
+from services.ledger.projections.store import ProjectionStore
 from tests.support import reference, store_environment
 
 REF = reference()

@@ -35,7 +35,7 @@ from services.ledger.domain.commands import (
 )
 from services.ledger.domain.incident import Actor, Envelope, RejectionReason
 from services.ledger.projections import BoardFilter, Projections
-from services.ledger.projections.engine import quantile
+from services.ledger.projections.store import quantile
 from tests.support import reference
 
 BASE = reference()

@@ -15,7 +15,6 @@ from services.common.reference import ReferenceData
 from services.common.sql import DatabaseClosedError, SQLiteDatabase, open_database
 from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.ledger.application import Ledger
-from services.ledger.projections.engine import PositionBusy, ProjectionStore
 from services.ledger.projections.facts import FastDecoder, to_datetime
 from services.ledger.projections.filters import BoardFilter
 from services.ledger.projections.model import (
@@ -27,6 +26,7 @@ from services.ledger.projections.model import (
     RebuildStats,
     ResponseTimes,
 )
+from services.ledger.projections.store import PositionBusy, ProjectionStore
 
 log = structlog.get_logger(__name__)
 
