@@ -76,7 +76,8 @@ from services.common.config import PROJECT_ROOT, RelaySettings, StreamSettings
 from services.common.reference import ReferenceData
 from services.ledger.application import Ledger
 from services.ledger.domain.incident import Incident
-from services.ledger.relay import POSITION_HEADER, Relay
+from services.ledger.relay import Relay
+from services.ledger.relay_messages import POSITION_HEADER
 from services.ledger.server import LedgerServer, build
 
 EVENTS_PER_INCIDENT = 4  # reported, verified, lead assigned, one action logged

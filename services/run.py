@@ -87,15 +87,15 @@ class Child:
     stop_seconds: float  # SIGKILL after this long past SIGTERM
 
 
-def child_deadline(module: str, env: Mapping[str, str]) -> float:
+def child_deadline(module: str, environ: Mapping[str, str]) -> float:
     """How long ``module`` may take to stop after SIGTERM: its own deadline (grace period
-    and margin, from the settings it will read in ``env``) and some slack."""
+    and margin, from the settings it will read in ``environ``) and some slack."""
     settings: LedgerSettings | NotifierSettings
     try:
         if module == "services.ledger":
-            settings = LedgerSettings.from_env(env)
+            settings = LedgerSettings.from_env(environ)
         elif module == "services.notifier":
-            settings = NotifierSettings.from_env(env)
+            settings = NotifierSettings.from_env(environ)
         else:
             return CHILD_STOP_SECONDS
     except ConfigError:
@@ -194,32 +194,34 @@ class Supervisor:
         self.nats_url = self.nats.url
 
     def child_environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        environ = dict(os.environ)
         paths = [str(PROJECT_ROOT), str(PROJECT_ROOT / "gen")]
-        existing = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env["PYTHONPATH"] = os.pathsep.join([*existing, *(p for p in paths if p not in existing)])
-        env["NATS_URL"] = self.nats_url
-        env["LEDGER_LISTEN"] = self.settings.ledger_listen
-        env["NOTIFIER_LISTEN"] = self.settings.notifier_listen
-        env["LEDGER_DATA_DIR"] = str(self.settings.data_dir)
-        return env
+        existing = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        environ["PYTHONPATH"] = os.pathsep.join(
+            [*existing, *(p for p in paths if p not in existing)]
+        )
+        environ["NATS_URL"] = self.nats_url
+        environ["LEDGER_LISTEN"] = self.settings.ledger_listen
+        environ["NOTIFIER_LISTEN"] = self.settings.notifier_listen
+        environ["LEDGER_DATA_DIR"] = str(self.settings.data_dir)
+        return environ
 
     def start_child(self, module: str) -> None:
-        env = self.child_environment()
+        environ = self.child_environment()
         # The child inherits the blocked stop signals; it unblocks them once its handlers
         # are in place (a signal sent meanwhile waits). Blocked here only for the fork.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             process = subprocess.Popen(  # noqa: S603 - our interpreter and module, no shell
                 [sys.executable, "-m", module],
-                env=env,
+                env=environ,
                 cwd=PROJECT_ROOT,
                 stdin=subprocess.DEVNULL,
                 process_group=0,
             )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        self.children.append(Child(module, process, child_deadline(module, env)))
+        self.children.append(Child(module, process, child_deadline(module, environ)))
         log.debug("run.child_started", child=module, pid=process.pid)
 
     def start(self) -> None:

@@ -989,13 +989,13 @@ class Values:
 
 
 def read(
-    env: Mapping[str, str] | None,
+    environ: Mapping[str, str] | None,
     groups: tuple[type[Group], ...] = GROUPS,
     reader: str | None = None,
 ) -> Values:
-    """The variables of ``groups`` in ``env`` (``os.environ`` if None), checked: a
+    """The variables of ``groups`` in ``environ`` (``os.environ`` if None), checked: a
     ConfigError lists every problem. With ``reader``, only the variables it reads."""
-    given = dict(os.environ if env is None else env)
+    given = dict(os.environ if environ is None else environ)
     problems: list[str] = []
     values: dict[type[Group], Group] = {}
     for group in groups:
@@ -1126,8 +1126,8 @@ class ServerTls:
         )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> ServerTls | None:
-        return cls.from_variables(read(env, (TlsVariables,)).get(TlsVariables))
+    def from_env(cls, environ: Mapping[str, str]) -> ServerTls | None:
+        return cls.from_variables(read(environ, (TlsVariables,)).get(TlsVariables))
 
     @classmethod
     def from_variables(cls, v: TlsVariables) -> ServerTls | None:
@@ -1192,8 +1192,8 @@ class NatsClientSettings:
         return context
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> NatsClientSettings:
-        return cls.from_variables(read(env, (NatsVariables,)).get(NatsVariables))
+    def from_env(cls, environ: Mapping[str, str]) -> NatsClientSettings:
+        return cls.from_variables(read(environ, (NatsVariables,)).get(NatsVariables))
 
     @classmethod
     def from_variables(cls, v: NatsVariables) -> NatsClientSettings:
@@ -1231,8 +1231,8 @@ class StreamSettings:
     duplicate_window_seconds: float = _default(StreamVariables, "duplicate_window_seconds")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> StreamSettings:
-        return cls.from_variables(read(env, (StreamVariables,)).get(StreamVariables))
+    def from_env(cls, environ: Mapping[str, str]) -> StreamSettings:
+        return cls.from_variables(read(environ, (StreamVariables,)).get(StreamVariables))
 
     @classmethod
     def from_variables(cls, v: StreamVariables) -> StreamSettings:
@@ -1263,9 +1263,9 @@ class RelaySettings:
     leader_retry_seconds: float = 2.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> RelaySettings:
+    def from_env(cls, environ: Mapping[str, str]) -> RelaySettings:
         groups = (NatsVariables, StreamVariables, LedgerVariables)
-        return cls.from_variables(read(env, groups, LEDGER))
+        return cls.from_variables(read(environ, groups, LEDGER))
 
     @classmethod
     def from_variables(cls, values: Values) -> RelaySettings:
@@ -1306,8 +1306,8 @@ class LimitSettings:
     PRODUCTION_RATE_PER_SECOND: ClassVar[float] = PRODUCTION_RATE_PER_SECOND
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], *, production: bool) -> LimitSettings:
-        return cls.from_variables(read(env, (LimitVariables,)).get(LimitVariables), production)
+    def from_env(cls, environ: Mapping[str, str], *, production: bool) -> LimitSettings:
+        return cls.from_variables(read(environ, (LimitVariables,)).get(LimitVariables), production)
 
     @classmethod
     def from_variables(cls, v: LimitVariables, production: bool) -> LimitSettings:
@@ -1364,10 +1364,10 @@ class ServiceSettings:
             )
 
     @staticmethod
-    def common_from_env(env: Mapping[str, str]) -> dict[str, Any]:
-        """The shared fields, read from ``env`` and checked (production needs real secrets)."""
+    def common_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+        """The shared fields, read from ``environ`` and checked (production needs real secrets)."""
         groups = (ServiceVariables, LimitVariables, TlsVariables)
-        return ServiceSettings.common_from_variables(read(env, groups))
+        return ServiceSettings.common_from_variables(read(environ, groups))
 
     @staticmethod
     def common_from_variables(values: Values) -> dict[str, Any]:
@@ -1433,8 +1433,8 @@ class LedgerSettings(ServiceSettings):
         )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> LedgerSettings:
-        given = dict(os.environ if env is None else env)
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> LedgerSettings:
+        given = dict(os.environ if environ is None else environ)
         values = read(given, reader=LEDGER)
         common = cls.common_from_variables(values)
         audit = AuditSettings.from_variables(values)
@@ -1459,13 +1459,15 @@ class LedgerSettings(ServiceSettings):
         return settings
 
 
-def postgres_environment(env: Mapping[str, str], values: Values | None = None) -> dict[str, str]:
+def postgres_environment(
+    environ: Mapping[str, str], values: Values | None = None
+) -> dict[str, str]:
     """The ``POSTGRES_*`` settings of a store, as given: the password read (from its file
     too), and ``POSTGRES_CONNECT_TIMEOUT`` as declared unless set: the longest a connection
     attempt, or a wait for a pooled connection, lasts (the library's default, 30 s, is far
     longer than a caller's deadline)."""
-    store = (values or read(env, (StoreVariables,))).get(StoreVariables)
-    keys = {k: v for k, v in env.items() if k.startswith("POSTGRES_")}
+    store = (values or read(environ, (StoreVariables,))).get(StoreVariables)
+    keys = {k: v for k, v in environ.items() if k.startswith("POSTGRES_")}
     keys.pop("POSTGRES_PASSWORD_FILE", None)
     if store.postgres_password:
         keys["POSTGRES_PASSWORD"] = store.postgres_password
@@ -1476,15 +1478,15 @@ def postgres_environment(env: Mapping[str, str], values: Values | None = None) -
 
 
 def store_environment(
-    env: Mapping[str, str], data_dir: Path, values: Values | None = None
+    environ: Mapping[str, str], data_dir: Path, values: Values | None = None
 ) -> dict[str, str]:
     """The eventsourcing library's variables, with SQLite in the data dir as default."""
     keys = {
         k: v
-        for k, v in env.items()
+        for k, v in environ.items()
         if k.startswith(("PERSISTENCE_MODULE", "SQLITE_", "CREATE_TABLE"))
     }
-    keys.update(postgres_environment(env, values))
+    keys.update(postgres_environment(environ, values))
     module = keys.get("PERSISTENCE_MODULE", _default(StoreVariables, "persistence_module"))
     keys["PERSISTENCE_MODULE"] = module
     if module == "eventsourcing.sqlite":
@@ -1523,8 +1525,8 @@ class RunSettings:
         return self.data_dir / "credentials" / "dev-tokens.yaml"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> RunSettings:
-        values = read(env, reader=RUN)
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RunSettings:
+        values = read(environ, reader=RUN)
         service = values.get(ServiceVariables)
         return cls(
             nats_url=values.get(NatsVariables).url or None,
@@ -1575,8 +1577,8 @@ class NotifierSettings(ServiceSettings):
         return self.webhook_key_file or self.data_dir / "keys" / "notifier-webhook.key"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> NotifierSettings:
-        given = dict(os.environ if env is None else env)
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> NotifierSettings:
+        given = dict(os.environ if environ is None else environ)
         values = read(given, reader=NOTIFIER)
         common = cls.common_from_variables(values)
         nats, notifier = values.get(NatsVariables), values.get(NotifierVariables)
@@ -1657,8 +1659,8 @@ class AuditSettings:
         return self.resolved_signing_key_file.with_suffix(".pub")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> AuditSettings:
-        return cls.from_variables(read(env, (ServiceVariables, LedgerVariables), LEDGER))
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AuditSettings:
+        return cls.from_variables(read(environ, (ServiceVariables, LedgerVariables), LEDGER))
 
     @classmethod
     def from_variables(cls, values: Values) -> AuditSettings:

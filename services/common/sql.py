@@ -56,9 +56,9 @@ class StoreTimeouts:
     idle_in_transaction: int = declared("POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT").default
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> StoreTimeouts:
+    def from_env(cls, store_env: Mapping[str, str]) -> StoreTimeouts:
         def seconds(key: str, default: int) -> int:
-            text = env.get(key) or ""
+            text = store_env.get(key) or ""
             try:
                 value = int(text) if text else default
             except ValueError:
@@ -85,45 +85,45 @@ class StoreTimeouts:
 
 
 def postgres_connect(
-    env: Mapping[str, str], *, autocommit: bool = False
+    store_env: Mapping[str, str], *, autocommit: bool = False
 ) -> psycopg.Connection[Any]:
     """A connection with the eventsourcing library's POSTGRES_* settings and the
     session timeouts of :class:`StoreTimeouts`."""
-    timeouts = StoreTimeouts.from_env(env)
+    timeouts = StoreTimeouts.from_env(store_env)
     options = timeouts.options()
-    if env.get("POSTGRES_SCHEMA"):
-        options += f" -c search_path={env['POSTGRES_SCHEMA']}"
+    if store_env.get("POSTGRES_SCHEMA"):
+        options += f" -c search_path={store_env['POSTGRES_SCHEMA']}"
     return psycopg.connect(
-        dbname=env.get("POSTGRES_DBNAME", "postgres"),
-        host=env.get("POSTGRES_HOST", "127.0.0.1"),
-        port=int(env.get("POSTGRES_PORT", "5432")),
-        user=env.get("POSTGRES_USER", "postgres"),
-        password=env.get("POSTGRES_PASSWORD", ""),
+        dbname=store_env.get("POSTGRES_DBNAME", "postgres"),
+        host=store_env.get("POSTGRES_HOST", "127.0.0.1"),
+        port=int(store_env.get("POSTGRES_PORT", "5432")),
+        user=store_env.get("POSTGRES_USER", "postgres"),
+        password=store_env.get("POSTGRES_PASSWORD", ""),
         connect_timeout=timeouts.connect,
         autocommit=autocommit,
         options=options,
     )
 
 
-def schema_lock_key(env: Mapping[str, str]) -> int:
+def schema_lock_key(store_env: Mapping[str, str]) -> int:
     """The advisory lock key that guards table creation in one PostgreSQL schema."""
-    schema = env.get("POSTGRES_SCHEMA") or "public"
+    schema = store_env.get("POSTGRES_SCHEMA") or "public"
     digest = hashlib.sha256(f"incidentledger-schema:{schema}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-def is_postgres(env: Mapping[str, str]) -> bool:
-    return env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres"
+def is_postgres(store_env: Mapping[str, str]) -> bool:
+    return store_env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres"
 
 
-def creates_tables(env: Mapping[str, str]) -> bool:
+def creates_tables(store_env: Mapping[str, str]) -> bool:
     """Whether a process with these store settings creates missing tables (the library's
     ``CREATE_TABLE``, default yes)."""
-    return strtobool(env.get("CREATE_TABLE") or "y")
+    return strtobool(store_env.get("CREATE_TABLE") or "y")
 
 
 @contextmanager
-def schema_lock(env: Mapping[str, str]) -> Iterator[None]:
+def schema_lock(store_env: Mapping[str, str]) -> Iterator[None]:
     """Hold the schema lock while creating tables, so that concurrent creators take turns.
 
     On PostgreSQL, a session-level advisory lock (:func:`schema_lock_key`) on a connection
@@ -132,17 +132,17 @@ def schema_lock(env: Mapping[str, str]) -> Iterator[None]:
     also when the process dies. Other stores need none: SQLite serialises its writers, and
     an in-memory store is private to its process.
     """
-    if not is_postgres(env):
+    if not is_postgres(store_env):
         yield
         return
-    key = schema_lock_key(env)
-    with postgres_connect(env, autocommit=True) as conn:
+    key = schema_lock_key(store_env)
+    with postgres_connect(store_env, autocommit=True) as conn:
         # Waiting for another creator is expected here, however long it takes.
         conn.execute("SET lock_timeout = 0")
         conn.execute("SET statement_timeout = 0")
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
         if not row or not row[0]:
-            log.info("schema.lock_waiting", schema=env.get("POSTGRES_SCHEMA") or "public")
+            log.info("schema.lock_waiting", schema=store_env.get("POSTGRES_SCHEMA") or "public")
             conn.execute("SELECT pg_advisory_lock(%s)", (key,))
         try:
             yield
@@ -215,12 +215,12 @@ class PostgresDatabase(Database):
 
     dialect = "postgres"
 
-    def __init__(self, env: Mapping[str, str], connections: int = 1) -> None:
-        self._env = dict(env)
-        self._timeouts = StoreTimeouts.from_env(env)
+    def __init__(self, store_env: Mapping[str, str], connections: int = 1) -> None:
+        self._store_env = dict(store_env)
+        self._timeouts = StoreTimeouts.from_env(store_env)
         self._slots = threading.BoundedSemaphore(connections)
         self._connections = connections
-        self._idle: list[psycopg.Connection[Any]] = [postgres_connect(env, autocommit=True)]
+        self._idle: list[psycopg.Connection[Any]] = [postgres_connect(store_env, autocommit=True)]
         self._guard = threading.Lock()  # guards _idle and _closed
         self._closed = False
 
@@ -256,7 +256,7 @@ class PostgresDatabase(Database):
                     raise DatabaseClosedError("the database is closed")
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
-                return postgres_connect(self._env, autocommit=True)
+                return postgres_connect(self._store_env, autocommit=True)
             try:
                 conn.execute("")  # the server may have ended the session meanwhile
             except psycopg.Error as exc:

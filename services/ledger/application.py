@@ -154,6 +154,8 @@ class Ledger(Application[UUID]):
         # Before the base class builds the mapper, which seals with it.
         self.sealer = sealer
         self.seal_checker: SealChecker | None = sealer.checker if sealer else None
+        # env: the store's settings (PERSISTENCE_MODULE, SQLITE_*, POSTGRES_*, ...), under
+        # the name eventsourcing's Application gives them.
         super().__init__(env)
         self.reference = reference
         self.time_bounds = time_bounds or time_bounds_of(LedgerSettings())
@@ -208,31 +210,31 @@ class Ledger(Application[UUID]):
 
     # ------------------------------------------------------------- commands
 
-    def execute(self, env: Envelope, command: Command) -> CommandResult:
+    def execute(self, envelope: Envelope, command: Command) -> CommandResult:
         """Run one command: check its fields, apply its rule to the incident(s) and save,
         once per request id (AIP-155): a retry is answered as the original was."""
         command = checked(command, Rules(self.reference, self.time_bounds, self._clock))
         if isinstance(command, CreatingCommand):
             creating = command
 
-            def create(_fresh: bool) -> list[Incident]:
-                return [creating.create(env)]
+            def create(_reload: bool) -> list[Incident]:
+                return [creating.create(envelope)]
 
-            return self._execute(env, command, None, 0, create)
+            return self._execute(envelope, command, None, 0, create)
         if not isinstance(command, IncidentCommand):
             raise TypeError(f"not a command the ledger runs: {command!r}")
         on_incident = command
         incident_id, expected = command.incident, command.expected_version
         others = command.other_incidents()
 
-        def run(fresh: bool) -> list[Incident]:
-            incident = self._load_for_write(incident_id, expected, fresh=fresh)
-            changed = [self._load_for_write(i, 0, fresh=fresh, field=f) for i, f in others]
-            on_incident.apply(env, incident, *changed)
+        def run(reload: bool) -> list[Incident]:
+            incident = self._load_for_write(incident_id, expected, reload=reload)
+            changed = [self._load_for_write(i, 0, reload=reload, field=f) for i, f in others]
+            on_incident.apply(envelope, incident, *changed)
             return [incident, *changed]
 
         lock_ids = (incident_id, *(i for i, _ in others))
-        return self._execute(env, command, incident_id, expected, run, lock_ids)
+        return self._execute(envelope, command, incident_id, expected, run, lock_ids)
 
     # -------------------------------------------------------------- queries
 
@@ -344,30 +346,30 @@ class Ledger(Application[UUID]):
 
     def _execute(
         self,
-        env: Envelope,
+        envelope: Envelope,
         checked_command: Command,
         incident_id: UUID | None,
         expected: int,
         run: Callable[[bool], list[Incident]],
         lock_ids: tuple[UUID, ...] = (),
     ) -> CommandResult:
-        if not env.request_id:
+        if not envelope.request_id:
             raise InvalidArgument("request_id", "is required (AIP-155)")
-        check_text("request_id", env.request_id, MAX_SHORT)
-        check_text("correlation_id", env.correlation_id, MAX_SHORT)
+        check_text("request_id", envelope.request_id, MAX_SHORT)
+        check_text("correlation_id", envelope.correlation_id, MAX_SHORT)
         if expected < 0:
             raise InvalidArgument("expected_version", "must not be negative")
-        if env.occurred_at is not None:
-            self.time_bounds.check_occurred("occur_time", env.occurred_at, self._clock())
+        if envelope.occurred_at is not None:
+            self.time_bounds.check_occurred("occur_time", envelope.occurred_at, self._clock())
         command = command_name(checked_command)
-        fingerprint = request_fingerprint(checked_command, env.occurred_at)
-        key = request_key(env.actor.agency, env.request_id)
-        fresh = False
+        fingerprint = request_fingerprint(checked_command, envelope.occurred_at)
+        key = request_key(envelope.actor.agency, envelope.request_id)
+        reload = False
         for attempt in range(MAX_CONFLICT_RETRIES):
             try:
                 with self._serialised(lock_ids):
                     try:
-                        aggregates = run(fresh)
+                        aggregates = run(reload)
                         primary = aggregates[0]
                         last_event = primary.pending_events[-1]
                         if not isinstance(last_event, Incident.Event):
@@ -388,7 +390,7 @@ class Ledger(Application[UUID]):
                     for aggregate in aggregates:
                         self._cache.put(aggregate.id, aggregate)
             except IntegrityError:
-                original = self._original(key, env.request_id, checked_command, fingerprint)
+                original = self._original(key, envelope.request_id, checked_command, fingerprint)
                 if original is not None:
                     return original
                 if expected and incident_id is not None:
@@ -396,16 +398,16 @@ class Ledger(Application[UUID]):
                     if current != expected:
                         raise VersionConflict(expected, current) from None
                 log.debug("command.conflict_retry", command=command, attempt=attempt)
-                fresh = True
+                reload = True
                 # Jittered exponential backoff: another process won the race.
                 time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))  # noqa: S311
                 continue
             except LedgerError:
-                original = self._original(key, env.request_id, checked_command, fingerprint)
+                original = self._original(key, envelope.request_id, checked_command, fingerprint)
                 if original is not None:
                     return original
-                if not fresh and lock_ids:
-                    fresh = True  # the refusal may come from a stale cached state
+                if not reload and lock_ids:
+                    reload = True  # the refusal may come from a stale cached state
                     continue
                 raise
             position = max(
@@ -459,10 +461,11 @@ class Ledger(Application[UUID]):
         )
 
     def _load_for_write(
-        self, incident_id: UUID, expected: int, *, fresh: bool, field: str = "name"
+        self, incident_id: UUID, expected: int, *, reload: bool, field: str = "name"
     ) -> Incident:
-        """The incident to change: the cached state, unless ``fresh`` or not cached."""
-        cached = None if fresh else self._cache.get(incident_id)
+        """The incident to change: the cached state, unless ``reload`` (from the store) or
+        not cached."""
+        cached = None if reload else self._cache.get(incident_id)
         incident = cached if isinstance(cached, Incident) else self._load(incident_id, field)
         if expected and incident.version != expected:
             raise VersionConflict(expected, incident.version)

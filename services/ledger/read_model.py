@@ -3,8 +3,8 @@
 - Read-your-writes: a query with ``min_position`` (a command's result) waits, up to
   its deadline, until the projections have applied that position.
 - A query without it includes what was recorded before it was asked, unless another
-  replica holds the projections' position for longer than ``FRESH_WAIT_SECONDS`` (it
-  froze inside a batch): then it answers from what is applied, without waiting more.
+  replica holds the projections' position for longer than ``REPLICA_BATCH_WAIT_SECONDS``
+  (it froze inside a batch): then it answers from what is applied, without waiting more.
 - Time travel: a query about a past time reads projections rebuilt in memory from
   the log up to the last position recorded at that time.
 """
@@ -24,7 +24,7 @@ from services.ledger.projections.service import ProjectionReader
 MAX_WAIT_SECONDS = 10.0
 # How long a query without min_position waits for another replica's batch (a batch of
 # 500 events takes milliseconds; a longer hold is a replica that froze inside one).
-FRESH_WAIT_SECONDS = 1.0
+REPLICA_BATCH_WAIT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class View:
     reader: ProjectionReader
     position: int
     # True when the reader must catch up before answering (no position was asked for).
-    fresh: bool
+    catch_up_first: bool
     # True for a view of the past: incidents are shown as of ``position``.
     historical: bool
 
@@ -53,7 +53,7 @@ class ReadModel:
         if as_of is not None and as_of < datetime.now(UTC):
             position = self.ledger.position_at(as_of)
             with self.projections.as_of(position) as past:
-                yield View(past, position, fresh=False, historical=True)
+                yield View(past, position, catch_up_first=False, historical=True)
             return
         if min_position:
             self.wait_for(min_position, timeout)
@@ -62,7 +62,7 @@ class ReadModel:
         recorded = self.ledger.recorder.max_notification_id() or 0
         position = self.projections.catch_up()
         if position < recorded:  # another replica holds the position: it applies them
-            self.projections.wait_for(recorded, FRESH_WAIT_SECONDS)
+            self.projections.wait_for(recorded, REPLICA_BATCH_WAIT_SECONDS)
             position = self.projections.position()
         yield View(self.projections, position, False, False)
 

@@ -31,57 +31,45 @@ relay that held the lock tries for it again every ``STORE_RETRY_SECONDS``, and a
 session the store failed is retried as soon: PostgreSQL answers (or refuses) at once
 when it is back or away, so the relay resumes with the commands instead of after a
 NATS-sized backoff (see :class:`SessionRetry`).
+
+Beside this module: the messages and the test for a foreign one
+(:mod:`services.ledger.relay_messages`), the leader locks
+(:mod:`services.ledger.relay_leadership`) and the readers of the log
+(:mod:`services.ledger.relay_reading`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import hashlib
-import os
 import queue
-import re
 import threading
 import time
-from abc import ABC, abstractmethod
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
-from uuid import UUID
 
 import nats
-import psycopg
 import structlog
-from eventsourcing.persistence import ApplicationRecorder, Notification
+from eventsourcing.persistence import Notification
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import get_topic
-from google.protobuf.message import DecodeError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
-from incidentledger.v1 import incident_pb2 as pb
 from services.common.config import RelaySettings, StreamSettings, nats_servers
 from services.common.natsconn import connect_options
-from services.common.sql import (
-    Database,
-    creates_tables,
-    open_database,
-    postgres_connect,
-    schema_lock,
-)
+from services.common.sql import Database, creates_tables, open_database, schema_lock
 from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.common.storepool import RECONNECT_SECONDS
-from services.ledger import wire
-from services.ledger.application import Ledger, StoredIncidentEvent
+from services.ledger.application import Ledger
 from services.ledger.domain.incident import Incident, incident_event_classes
+from services.ledger.relay_leadership import leader_lock
+from services.ledger.relay_messages import POSITION_HEADER, EventEncoder, Outgoing, foreign_reason
+from services.ledger.relay_reading import NotificationReader, PollingReader, SubscriptionReader
 
 log = structlog.get_logger(__name__)
 
-POSITION_HEADER = "Ledger-Position"
 POSITION_SAVE_SECONDS = 1.0
 # How many stream messages, newest first, the relay reads at most in search of one the
 # store vouches for (one request each) before it falls back to the kept position.
@@ -97,252 +85,6 @@ RETRY_MAX_SECONDS = 10.0  # the longest afterwards
 # and asking costs one connection attempt. NATS's backoff (10 s once failures last beyond
 # ELECTION_SECONDS) would keep the relay away that long after the store is back.
 STORE_RETRY_SECONDS = RECONNECT_SECONDS
-CONTENT_TYPE = "application/x-protobuf; message=incidentledger.v1.EventNotification"
-
-_SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
-_TOKEN = re.compile(r"[^a-z0-9_-]+")
-
-
-def subject_token(value: str) -> str:
-    """A lowercase NATS subject token (never empty, no dots or wildcards)."""
-    return _TOKEN.sub("_", value.lower()).strip("_") or "none"
-
-
-def event_type_token(type_name: str) -> str:
-    """``LeadAssigned`` -> ``lead_assigned``."""
-    return _SNAKE.sub("_", type_name).lower()
-
-
-def event_subject(prefix: str, kecamatan: str, category: str, type_name: str) -> str:
-    """``<prefix>.<kecamatan>.<category>.<event_type>``, broad to narrow."""
-    return ".".join(
-        (prefix, subject_token(kecamatan), subject_token(category), event_type_token(type_name))
-    )
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    position: int
-    subject: str
-    headers: dict[str, str]
-    payload: bytes
-
-
-class EventEncoder:
-    """Turns notifications into messages: the event plus the incident's state after it.
-
-    The state is folded with the domain's own rules, from a bounded cache of
-    incidents; a miss loads the incident at that version from the store.
-    """
-
-    def __init__(self, ledger: Ledger, prefix: str, cache_size: int = 2000) -> None:
-        self._ledger = ledger
-        self._prefix = prefix
-        self._cache: OrderedDict[UUID, Incident] = OrderedDict()
-        self._cache_size = cache_size
-
-    def encode(self, notification: Notification) -> Outgoing:
-        event = self._ledger.mapper.to_domain_event(notification)
-        if not isinstance(event, Incident.Event):
-            raise TypeError(f"not an incident event: {notification.topic}")
-        incident = self._state_after(event)
-        message = pb.EventNotification(
-            event=wire.event_to_proto(StoredIncidentEvent(event, notification.id)),
-            incident=wire.incident_to_proto(incident),
-        )
-        kecamatan = str((event.location or incident.location).get("kecamatan", ""))
-        type_name = type(event).__name__
-        return Outgoing(
-            position=notification.id,
-            subject=event_subject(self._prefix, kecamatan, incident.category, type_name),
-            headers={
-                "Nats-Msg-Id": str(notification.id),
-                POSITION_HEADER: str(notification.id),
-                "Ledger-Incident": wire.incident_name(incident.id),
-                "Ledger-Event-Id": str(event.event_id),
-                "Ledger-Event-Type": type_name,
-                "Ledger-Kecamatan": kecamatan,
-                "Ledger-Category": incident.category,
-                "Ledger-Severity": incident.severity,
-                "Content-Type": CONTENT_TYPE,
-            },
-            payload=message.SerializeToString(),
-        )
-
-    def _state_after(self, event: Incident.Event) -> Incident:
-        incident_id = event.originator_id
-        cached = self._cache.pop(incident_id, None)
-        if event.originator_version == 1:
-            incident = event.mutate(None)
-        elif cached is not None and cached.version == event.originator_version - 1:
-            incident = event.mutate(cached)
-        else:
-            incident = self._ledger.load_aggregate(incident_id, event.originator_version)
-        if not isinstance(incident, Incident):
-            raise TypeError(f"not an incident: {incident_id}")
-        self._cache[incident_id] = incident
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return incident
-
-
-def foreign_reason(
-    ledger: Ledger, topics: Sequence[str], headers: Mapping[str, str], data: bytes
-) -> str | None:
-    """Why a message on the stream is not one the relay published (None: the store
-    vouches for it). Only what identifies the event is compared, not the whole
-    message: messages published by an older relay, without a field added since,
-    stay the ledger's own."""
-    header = headers.get(POSITION_HEADER)
-    if header is None:
-        return f"no {POSITION_HEADER} header"
-    try:
-        position = int(header)
-    except ValueError:
-        return f"{POSITION_HEADER} is not a position"
-    rows = ledger.recorder.select_notifications(position, 1, topics=topics, inclusive_of_start=True)
-    if not rows or rows[0].id != position:
-        last = ledger.recorder.max_notification_id() or 0
-        if position > last:
-            return f"beyond the store's last position ({last})"
-        return "no incident event at this position in the store"
-    event = ledger.mapper.to_domain_event(rows[0])
-    if not isinstance(event, Incident.Event):
-        return "no incident event at this position in the store"
-    if headers.get("Ledger-Event-Id") != str(event.event_id):
-        return "Ledger-Event-Id is not the stored event's"
-    try:
-        carried = pb.EventNotification.FromString(data).event
-    except DecodeError:
-        return "the payload is not an EventNotification"
-    stored = wire.event_to_proto(StoredIncidentEvent(event, position))
-    for name in ("position", "event_id", "incident", "version", "hash"):
-        if getattr(carried, name) != getattr(stored, name):
-            return f"the payload's event {name} is not the stored event's"
-    return None
-
-
-# --------------------------------------------------------------------- leadership
-
-
-class LeaderLock(ABC):
-    """Held by at most one relay at a time; released when its holder dies."""
-
-    @abstractmethod
-    def try_acquire(self) -> bool: ...
-
-    @property
-    def unreachable(self) -> bool:
-        """True when the last attempt could not ask the store (rather than finding the
-        lock held by another relay)."""
-        return False
-
-    @abstractmethod
-    def still_held(self) -> bool: ...
-
-    @abstractmethod
-    def release(self) -> None: ...
-
-
-class SoleLeader(LeaderLock):
-    """The in-memory store has one process by definition."""
-
-    def try_acquire(self) -> bool:
-        return True
-
-    def still_held(self) -> bool:
-        return True
-
-    def release(self) -> None:
-        return None
-
-
-class FileLeader(LeaderLock):
-    """An exclusive ``flock`` on a file beside the SQLite database."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._fd: int | None = None
-
-    def try_acquire(self) -> bool:
-        if self._fd is not None:
-            return True
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
-
-    def still_held(self) -> bool:
-        return self._fd is not None
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the lock
-            self._fd = None
-
-
-class PostgresLeader(LeaderLock):
-    """A session-level advisory lock, held on a connection of its own."""
-
-    def __init__(self, env: Mapping[str, str], name: str) -> None:
-        self._env = env
-        digest = hashlib.sha256(f"incidentledger-relay:{name}".encode()).digest()
-        self._key = int.from_bytes(digest[:8], "big", signed=True)
-        self._conn: psycopg.Connection[Any] | None = None
-        self._unreachable = False
-
-    @property
-    def unreachable(self) -> bool:
-        return self._unreachable
-
-    def try_acquire(self) -> bool:
-        if self._conn is not None and self.still_held():
-            return True
-        # Not held, or its session was lost (a restart): ask for the lock afresh.
-        try:
-            conn = postgres_connect(self._env, autocommit=True)
-        except psycopg.OperationalError as exc:
-            self._store_failed(exc)
-            return False
-        try:
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
-        except psycopg.Error as exc:  # the server went away meanwhile
-            conn.close()
-            self._store_failed(exc)
-            return False
-        self._unreachable = False
-        if not row or not row[0]:
-            conn.close()
-            return False
-        self._conn = conn
-        return True
-
-    def _store_failed(self, exc: psycopg.Error) -> None:
-        if not self._unreachable:  # once per outage: the relay may ask twice a second
-            log.warning("relay.leader_lock_unavailable", error=f"{type(exc).__name__}: {exc}")
-        self._unreachable = True
-
-    def still_held(self) -> bool:
-        if self._conn is None:
-            return False
-        try:
-            self._conn.execute("SELECT 1")
-        except psycopg.Error:
-            self.release()
-            return False
-        return True
-
-    def release(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()  # ending the session releases the lock
-            except psycopg.Error as exc:
-                log.warning("relay.leader_release_failed", error=str(exc))
-            self._conn = None
 
 
 def create_position_table(db: Database) -> None:
@@ -352,118 +94,6 @@ def create_position_table(db: Database) -> None:
             "CREATE TABLE IF NOT EXISTS relay_position "
             "(stream TEXT PRIMARY KEY, position BIGINT NOT NULL)"
         )
-
-
-def leader_lock(store_env: Mapping[str, str], stream: str) -> LeaderLock:
-    module = store_env.get("PERSISTENCE_MODULE", "eventsourcing.popo")
-    if module == "eventsourcing.postgres":
-        schema = store_env.get("POSTGRES_SCHEMA", "public")
-        return PostgresLeader(store_env, f"{schema}:{stream}")
-    dbname = store_env.get("SQLITE_DBNAME", ":memory:")
-    if module == "eventsourcing.sqlite" and dbname != ":memory:" and "mode=memory" not in dbname:
-        return FileLeader(Path(f"{dbname}.relay.lock"))
-    return SoleLeader()
-
-
-# ------------------------------------------------------------------------ reading
-
-
-class NotificationReader(ABC):
-    """Incident notifications after a position, in log order, in batches."""
-
-    @abstractmethod
-    def next_batch(self, timeout: float) -> list[Notification]:
-        """The next notifications, or an empty list if none came within ``timeout``."""
-
-    def close(self) -> None:
-        return None
-
-
-class PollingReader(NotificationReader):
-    """Polls the log; a write in this process wakes it at once (SQLite, in memory)."""
-
-    def __init__(
-        self,
-        recorder: ApplicationRecorder,
-        position: int,
-        topics: Sequence[str],
-        batch: int,
-        wake: threading.Event,
-    ) -> None:
-        self._recorder = recorder
-        self._position = position
-        self._topics = topics
-        self._batch = batch
-        self._wake = wake
-
-    def next_batch(self, timeout: float) -> list[Notification]:
-        rows = self._select()
-        if not rows:
-            self._wake.wait(timeout)
-            self._wake.clear()
-            rows = self._select()
-        if rows:
-            self._position = rows[-1].id
-        return rows
-
-    def _select(self) -> list[Notification]:
-        return list(
-            self._recorder.select_notifications(
-                self._position, self._batch, topics=self._topics, inclusive_of_start=False
-            )
-        )
-
-
-class SubscriptionReader(NotificationReader):
-    """The library's PostgreSQL subscription (LISTEN/NOTIFY), read by a thread of its own."""
-
-    def __init__(
-        self,
-        recorder: PostgresApplicationRecorder,
-        position: int,
-        topics: Sequence[str],
-        batch: int,
-    ) -> None:
-        self._batch = batch
-        self._queue: queue.Queue[Notification | BaseException] = queue.Queue(maxsize=4 * batch)
-        self._subscription = recorder.subscribe(gt=position, topics=topics)
-        self._subscription.__enter__()
-        self._thread = threading.Thread(target=self._pump, name="relay-subscription", daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        try:
-            for notification in self._subscription:
-                self._queue.put(notification)
-        except Exception as exc:  # handed to the relay, which restarts its session
-            self._queue.put(exc)
-
-    def next_batch(self, timeout: float) -> list[Notification]:
-        try:
-            first = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return []
-        items = [first]
-        while len(items) < self._batch:
-            try:
-                items.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        batch: list[Notification] = []
-        for item in items:
-            if isinstance(item, BaseException):
-                raise item
-            batch.append(item)
-        return batch
-
-    def close(self) -> None:
-        self._subscription.stop()
-        while self._thread.is_alive():
-            try:  # unblock the pump if it waits on a full queue
-                self._queue.get_nowait()
-            except queue.Empty:
-                self._thread.join(timeout=0.1)
-        self._subscription.__exit__(None, None, None)
 
 
 # ------------------------------------------------------------------------ the relay

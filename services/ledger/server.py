@@ -358,17 +358,17 @@ def migrate(settings: LedgerSettings) -> None:
     reference = ReferenceData.load(settings.reference_file)
     signing_key = load_signing_key(settings.audit())
     prepare_store(settings)
-    env = {**settings.store_env, "CREATE_TABLE": "y"}
-    with schema_lock(env):
-        ledger = Ledger(reference, env=env)
+    store_env = {**settings.store_env, "CREATE_TABLE": "y"}
+    with schema_lock(store_env):
+        ledger = Ledger(reference, env=store_env)
         try:
-            Projections(ledger, env, reference, create=True).close()
-            Checkpoints(ledger.recorder, env, signing_key, create_table=True).close()
-            db = open_database(env)
+            Projections(ledger, store_env, reference, create=True).close()
+            Checkpoints(ledger.recorder, store_env, signing_key, create_table=True).close()
+            db = open_database(store_env)
             try:
                 create_position_table(db)
             finally:
                 db.close()
         finally:
             ledger.close()
-    log.info("ledger.migrated", store=env.get("PERSISTENCE_MODULE"))
+    log.info("ledger.migrated", store=store_env.get("PERSISTENCE_MODULE"))

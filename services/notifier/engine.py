@@ -25,14 +25,16 @@
 
 The gRPC servicer runs in the server's threads and reaches this loop through
 :meth:`Engine.call`.
+
+Beside this module: the live subscriptions (:mod:`services.notifier.live`), the webhooks
+as this replica last read them (:mod:`services.notifier.webhook_cache`), and the cursors,
+webhook body and signature (:mod:`services.notifier.messages`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import random
 import threading
@@ -47,7 +49,6 @@ from typing import Any, TypeVar
 import httpx
 import nats
 import structlog
-from google.protobuf import json_format
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -58,16 +59,16 @@ from services.common.errors import FailedPrecondition, InvalidArgument, Unavaila
 from services.common.natsconn import connect_options
 from services.common.reference import ReferenceData
 from services.notifier.filters import EventFilter
+from services.notifier.live import LiveSubscription
+from services.notifier.messages import SIGNATURE_HEADER, decode_cursor, sign, webhook_body
 from services.notifier.store import Job, LogEntry, NewJob, NotifierStore, WebhookRow
 from services.notifier.targets import TargetPolicy, TargetRefusedError, parse_target, pinned_url
+from services.notifier.webhook_cache import CREATED_MARGIN_SECONDS, Webhook, WebhookCache
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-SIGNATURE_HEADER = "X-Ledger-Signature"
-CURSOR_PREFIX = "v1."
-BATCH = 256  # messages handed to a live subscriber's thread at once
 PENDING_LIMIT = 20_000  # buffered per live subscriber before the client library drops
 CONSUMER_INFO_SECONDS = 5.0  # how often the durable consumer's backlog is read (metrics)
 FETCH_SECONDS = 1.0  # a fetch that finds nothing returns after this (normal when idle)
@@ -84,43 +85,6 @@ Healthy = Callable[[], None]  # a supervised task reports that it works (its bac
 DeliveryCounter = Callable[[str, str], None]  # (channel, outcome), as in the delivery log
 
 
-def encode_cursor(stream_seq: int) -> str:
-    return f"{CURSOR_PREFIX}{stream_seq}"
-
-
-def decode_cursor(cursor: str) -> int:
-    if not cursor.startswith(CURSOR_PREFIX) or not cursor[len(CURSOR_PREFIX) :].isdigit():
-        raise InvalidArgument("cursor", "is not a cursor this notifier gave out")
-    return int(cursor[len(CURSOR_PREFIX) :])
-
-
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The signature header value: ``t=<unix seconds>,v1=<hex HMAC-SHA256(secret, t.body)>``."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
-
-
-def webhook_body(webhook_id: str, stream_seq: int, note: pb.EventNotification) -> str:
-    """The JSON a webhook receives, but for its ``delivery_id`` (see the README)."""
-    return json.dumps(
-        {
-            "webhook": f"webhooks/{webhook_id}",
-            "cursor": encode_cursor(stream_seq),
-            "position": note.event.position,
-            "event": json_format.MessageToDict(note.event, preserving_proto_field_name=True),
-            "incident": json_format.MessageToDict(note.incident, preserving_proto_field_name=True),
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-
-
-@dataclass
-class Webhook:
-    row: WebhookRow
-    filter: EventFilter
-
-
 @dataclass
 class EngineStatus:
     """What the metrics read; written on the engine's loop."""
@@ -132,110 +96,8 @@ class EngineStatus:
     restarts: Counter[str] = field(default_factory=Counter)  # supervised tasks restarted
 
 
-class LiveSubscription:
-    """One gRPC subscriber's ordered consumer; its methods are called from the gRPC thread."""
-
-    def __init__(self, engine: Engine, sub: Any, start_seq: int) -> None:
-        self._engine = engine
-        self._sub = sub
-        self.cursor_seq = start_seq - 1
-        engine.live.add(self)
-
-    def next_batch(self, timeout: float) -> list[tuple[int, pb.EventNotification]]:
-        """The messages waiting (at least one), as (stream sequence, notification), or
-        an empty list after ``timeout``. One hop to the engine's loop per batch."""
-        try:
-            msgs = self._engine.call(self._take(timeout), timeout + 5)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
-        except nats.errors.ConnectionClosedError:
-            raise Unavailable(
-                "the notifier lost its connection to the event stream; resume from your cursor",
-                reason="STREAM_UNAVAILABLE",
-            ) from None
-        batch = [
-            (int(msg.metadata.sequence.stream), pb.EventNotification.FromString(msg.data))
-            for msg in msgs
-        ]
-        self.cursor_seq = batch[-1][0]
-        return batch
-
-    async def _take(self, timeout: float) -> list[Any]:
-        msgs = [await self._sub.next_msg(timeout=timeout)]
-        while len(msgs) < BATCH and self._sub.pending_msgs > 0:
-            msgs.append(await self._sub.next_msg(timeout=1.0))
-        return msgs
-
-    def close(self) -> None:
-        self._engine.live.discard(self)
-        if not self._engine.running:
-            return  # the engine closed the connection, and with it this consumer
-        try:
-            self._engine.call(self._sub.unsubscribe(), 5)
-        except Exception as exc:  # the connection may be gone; nothing is left to free
-            log.debug("subscription.close_failed", error=str(exc))
-
-
 PING_INTERVAL_SECONDS = 2
 MAX_OUTSTANDING_PINGS = 3
-# A webhook gets the events recorded after it was created, give or take this margin
-# (the clocks of the ledger, which records, and of the notifier, which creates webhooks).
-CREATED_MARGIN_SECONDS = 1.0
-WEBHOOKS_MAX_AGE_SECONDS = 5.0
-
-
-@dataclass(frozen=True)
-class ReadStart:
-    """When a read of the webhooks started (wall clock), and after how many of this
-    replica's changes."""
-
-    at: float
-    changes: int
-
-
-class WebhookCache:
-    """The webhooks, as this replica last read them from the shared store.
-
-    A webhook created on another replica must still get every event recorded after it:
-    so the cache is read again whenever a batch holds an event recorded (within the clock
-    margin) after the cache was read, and at least every few seconds (deletions).
-    Under steady traffic that is one small read per fetched batch; when the stream is
-    quiet, none. (Reading only every 5 s lost the events that the other replica handled
-    in the first seconds of a new webhook.) A store of this process alone (SQLite) sees no
-    other replica's webhooks: there, the replica's own changes (``invalidate``) and the
-    periodic read suffice, and no read per batch competes with deliveries for SQLite's
-    single writer lock. A read during which this replica made a change may have missed
-    it: the next batch reads again.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.time, *, shared: bool = True) -> None:
-        self._clock = clock
-        self._shared = shared
-        self.hooks: list[Webhook] = []
-        self._loaded_at: float | None = None  # wall-clock time of the last read
-        self._changes = 0  # this replica's changes so far (created, changed, deleted)
-
-    def invalidate(self) -> None:
-        """This replica changed a webhook (called from a gRPC thread)."""
-        self._changes += 1
-        self._loaded_at = None
-
-    def needs_load(self, newest_recorded: float) -> bool:
-        loaded = self._loaded_at
-        return (
-            loaded is None
-            or self._clock() - loaded > WEBHOOKS_MAX_AGE_SECONDS
-            or (self._shared and newest_recorded + CREATED_MARGIN_SECONDS >= loaded)
-        )
-
-    def read_started(self) -> ReadStart:
-        """Taken just before a read of the store (see :meth:`loaded`)."""
-        return ReadStart(self._clock(), self._changes)
-
-    def loaded(self, hooks: list[Webhook], started: ReadStart) -> None:
-        """``hooks`` as read from the store by a read that started at ``started``."""
-        self.hooks = hooks
-        self._loaded_at = started.at if started.changes == self._changes else None
 
 
 class Engine:

@@ -20,8 +20,9 @@ from services.common.errors import InvalidArgument, NotFound, PermissionDenied, 
 from services.common.grpc_server import current_principal
 from services.common.pagetoken import PageTokens, page_of
 from services.common.reference import ReferenceData, Role
-from services.notifier.engine import Engine, encode_cursor
+from services.notifier.engine import Engine
 from services.notifier.filters import EventFilter
+from services.notifier.messages import encode_cursor
 from services.notifier.store import DeliveryLog, Job, LogEntry, NotifierStore, WebhookRow
 from services.notifier.webhooks import WebhookChange, WebhookRegistry
 

@@ -43,9 +43,9 @@ from services.ledger.audit import (
     public_key_bytes,
     scan,
     verify_export,
+    verify_exported,
     verify_store,
 )
-from services.ledger.audit import verify as audit_verify
 from services.ledger.audit.keys import load_signing_key, public_key_pem
 from services.ledger.domain.commands import EscalateIncident
 from services.ledger.domain.incident import incident_event_classes
@@ -59,7 +59,7 @@ from tests.support import (
     settings_for,
     store_environment,
 )
-from tests.unit.incident_builders import env
+from tests.unit.incident_builders import envelope_for
 from tests.unit.test_audit_encoding import History, build_history
 
 KEY = Ed25519PrivateKey.generate()
@@ -166,7 +166,7 @@ def store(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Store]:
     monkeypatch.setattr(scan, "RANGE", 7)  # many ranges for the workers, checkpoints inside
-    monkeypatch.setattr(audit_verify, "CHUNK", 3000)  # and many chunks of an export file
+    monkeypatch.setattr(verify_exported, "CHUNK", 3000)  # and many chunks of an export file
     if request.param == "postgres":
         request.applymarker(pytest.mark.postgres)
     with store_environment(request.param, tmp_path) as store_env:
@@ -331,7 +331,9 @@ def _assert_data_loss(store: Store, incident: UUID, check: str) -> None:
         for attempt in (
             lambda: ledger.get_incident(incident),
             lambda: ledger.incident_events(incident, after_version=0, limit=100),
-            lambda: ledger.execute(env("polres"), EscalateIncident(incident, 0, "still growing")),
+            lambda: ledger.execute(
+                envelope_for("polres"), EscalateIncident(incident, 0, "still growing")
+            ),
         ):
             with pytest.raises(DataLoss) as caught:
                 attempt()

@@ -30,7 +30,7 @@ from services.ledger.audit.keys import public_key_pem
 from services.ledger.domain.commands import EscalateIncident, ReportIncident, VerifyIncident
 from services.ledger.seals import Sealer, public_key_bytes
 from tests.support import reference, store_environment
-from tests.unit.incident_builders import env
+from tests.unit.incident_builders import envelope_for
 from tests.unit.test_audit_encoding import build_history
 
 VERIFIER = Path(__file__).resolve().parents[1] / "js" / "verify_export.mjs"
@@ -86,7 +86,7 @@ def _record(ledger: Ledger) -> None:
     """Incidents with the texts and numbers hardest to encode, beyond build_history's."""
     for n, location in enumerate(TRICKY_LOCATIONS):
         reported = ledger.execute(
-            env("kesbangpol"),
+            envelope_for("kesbangpol"),
             ReportIncident(
                 title=f"{TITLE} #{n}",
                 description=DESCRIPTION,
@@ -97,11 +97,13 @@ def _record(ledger: Ledger) -> None:
         )
         incident = reported.incident_id
         ledger.execute(
-            env("desk_pilkada"), VerifyIncident(incident, 0, "dicek di lapangan ✓ — «benar»")
+            envelope_for("desk_pilkada"),
+            VerifyIncident(incident, 0, "dicek di lapangan ✓ — «benar»"),
         )
         for level in range(3):
             ledger.execute(
-                env("kesbangpol"), EscalateIncident(incident, 0, f"eskalasi ke-{level + 1} 🚨")
+                envelope_for("kesbangpol"),
+                EscalateIncident(incident, 0, f"eskalasi ke-{level + 1} 🚨"),
             )
 
 

@@ -22,7 +22,7 @@ from services.common.natsserver import NatsServer
 from services.ledger.domain.incident import Incident
 from tests.fanout_support import Subscriber, running_stack, wait_until
 from tests.support import Client, Metadata, rid, running_ledger, settings_for, store_environment
-from tests.unit.incident_builders import LOCATION, env
+from tests.unit.incident_builders import LOCATION, envelope_for
 
 AUDITOR = "inspektorat"
 COORDINATOR = "desk_pilkada"
@@ -133,7 +133,7 @@ def test_unauthenticated_calls_are_refused_before_the_rate_limit(limited: Client
 
 def long_report() -> Incident:
     return Incident.report(
-        env("kesbangpol"),
+        envelope_for("kesbangpol"),
         title="Crowd at the square",
         description="Hundreds gathered without a permit near the regent's office. " * 40,
         category="crowd_gathering",

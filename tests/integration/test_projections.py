@@ -46,8 +46,8 @@ from services.ledger.domain.commands import (
 )
 from services.ledger.domain.incident import Actor, Envelope, Incident, RejectionReason
 from services.ledger.projections import BoardFilter, Lag, Projections, service
-from services.ledger.projections.engine import ProjectionStore
 from services.ledger.projections.facts import FastDecoder, fact_from_event, incident_topics
+from services.ledger.projections.store import ProjectionStore
 from tests.support import reference, store_environment
 
 REF = reference()
@@ -495,7 +495,7 @@ def test_the_follower_catches_up_when_woken_and_reports_lag(
         assert not projections.wait_for(last + 1000, timeout=0.2)
     finally:
         projections.stop()
-    rows = projections.board_rows(history.incidents, fresh=False)
+    rows = projections.board_rows(history.incidents, catch_up_first=False)
     assert len(rows) == len(history.incidents)
     projections.close()
 

@@ -33,7 +33,7 @@ from incidentledger.v1 import situation_service_pb2_grpc as situation_grpc
 from services.common.config import RelaySettings
 from services.common.grpc_errors import error_info
 from services.common.natsserver import NatsServer
-from services.ledger.relay import POSITION_HEADER
+from services.ledger.relay_messages import POSITION_HEADER
 from tests.support import (
     PG_SETTINGS,
     Client,

@@ -15,8 +15,7 @@ from incidentledger.v1 import audit_service_pb2 as audit
 from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
 from incidentledger.v1 import ledger_service_pb2 as api
 from services.ledger.api import audit_servicer
-from services.ledger.audit import scan
-from services.ledger.audit import verify as audit_verify
+from services.ledger.audit import scan, verify_stored
 from tests.integration.test_audit_tamper import Surgery
 from tests.support import Client, rid, running_ledger, settings_for, store_environment
 
@@ -28,7 +27,7 @@ def every_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every progress report is sent (none dropped for the rate), after every 5 events or
     10 positions: a small ledger gives many progress messages, deterministically."""
     monkeypatch.setattr(audit_servicer, "PROGRESS_SECONDS", 0.0)
-    monkeypatch.setattr(audit_verify, "BATCH", 5)
+    monkeypatch.setattr(verify_stored, "BATCH", 5)
     monkeypatch.setattr(scan, "RANGE", 10)
 
 

@@ -25,7 +25,7 @@ def actor(agency: str) -> Actor:
     return Actor(agency, f"officer-{agency}", REF.agencies[agency].role)
 
 
-def env(
+def envelope_for(
     agency: str, request_id: str | None = None, occurred_at: datetime | None = None
 ) -> Envelope:
     return Envelope(
@@ -45,7 +45,7 @@ def report(
     category: str = "crowd_gathering",
 ) -> Incident:
     return Incident.report(
-        env(agency),
+        envelope_for(agency),
         title=title,
         description="Hundreds gathered without a permit",
         category=category,
@@ -58,7 +58,7 @@ def report(
 def incident_in(status: Status, *, lead: str = LEAD) -> Incident:
     """A fresh incident brought to ``status`` by legal commands."""
     incident = report()
-    coord = env(COORDINATOR)
+    coord = envelope_for(COORDINATOR)
     if status is Status.REPORTED:
         return incident
     if status is Status.REJECTED:
@@ -73,16 +73,16 @@ def incident_in(status: Status, *, lead: str = LEAD) -> Incident:
     incident.assign_lead(coord, lead, "police lead")
     if status is Status.ASSIGNED:
         return incident
-    incident.log_action(env(lead), "patrol sent", {})
+    incident.log_action(envelope_for(lead), "patrol sent", {})
     if status is Status.RESPONDING:
         return incident
-    incident.resolve(env(lead), "crowd dispersed")
+    incident.resolve(envelope_for(lead), "crowd dispersed")
     if status is Status.RESOLVED:
         return incident
     if status is Status.REOPENED:
         incident.reopen(coord, "crowd came back")
         return incident
-    incident.request_closure(env(lead), "done")
+    incident.request_closure(envelope_for(lead), "done")
     incident.approve_closure(coord, "approved")
     assert status is Status.CLOSED
     return incident

@@ -46,7 +46,7 @@ from tests.unit.incident_builders import (
     REPORTER,
     SUPPORTER,
     actor,
-    env,
+    envelope_for,
 )
 
 T0 = datetime(2024, 11, 27, 7, 0, tzinfo=UTC)
@@ -73,12 +73,12 @@ def report(ledger: Ledger, envelope: Envelope | None = None, **fields: Any) -> C
         "location": dict(LOCATION),
     }
     values.update(fields)
-    return ledger.execute(envelope or env(REPORTER), ReportIncident(**values))
+    return ledger.execute(envelope or envelope_for(REPORTER), ReportIncident(**values))
 
 
 def verified(ledger: Ledger) -> CommandResult:
     created = report(ledger)
-    return ledger.execute(env(COORDINATOR), VerifyIncident(created.incident_id, 1, "ok"))
+    return ledger.execute(envelope_for(COORDINATOR), VerifyIncident(created.incident_id, 1, "ok"))
 
 
 # ----------------------------------------------------------------- basics
@@ -107,9 +107,16 @@ def test_report_without_severity_takes_the_default(ledger: Ledger) -> None:
 def test_each_command_returns_the_new_version(ledger: Ledger) -> None:
     created = report(ledger)
     incident_id = created.incident_id
-    assert ledger.execute(env(COORDINATOR), VerifyIncident(incident_id, 1, "")).version == 2
-    assert ledger.execute(env(COORDINATOR), AssignLeadAgency(incident_id, 2, LEAD, "")).version == 3
-    logged = ledger.execute(env(LEAD), LogAction(incident_id, 3, "patrol", None))
+    assert (
+        ledger.execute(envelope_for(COORDINATOR), VerifyIncident(incident_id, 1, "")).version == 2
+    )
+    assert (
+        ledger.execute(
+            envelope_for(COORDINATOR), AssignLeadAgency(incident_id, 2, LEAD, "")
+        ).version
+        == 3
+    )
+    logged = ledger.execute(envelope_for(LEAD), LogAction(incident_id, 3, "patrol", None))
     assert logged.version == 4
     assert logged.position == recorded(ledger) - 1
     incident = ledger.get_incident(incident_id)
@@ -125,14 +132,16 @@ def test_each_command_returns_the_new_version(ledger: Ledger) -> None:
 
 def test_expected_version_zero_skips_the_check(ledger: Ledger) -> None:
     created = report(ledger)
-    ledger.execute(env(REPORTER), EscalateIncident(created.incident_id, 0, "worse"))
-    again = ledger.execute(env(REPORTER), EscalateIncident(created.incident_id, 0, "worse still"))
+    ledger.execute(envelope_for(REPORTER), EscalateIncident(created.incident_id, 0, "worse"))
+    again = ledger.execute(
+        envelope_for(REPORTER), EscalateIncident(created.incident_id, 0, "worse still")
+    )
     assert again.version == 3
 
 
 def test_unknown_incident_is_not_found(ledger: Ledger) -> None:
     with pytest.raises(NotFound) as caught:
-        ledger.execute(env(COORDINATOR), VerifyIncident(uuid4(), 0, ""))
+        ledger.execute(envelope_for(COORDINATOR), VerifyIncident(uuid4(), 0, ""))
     assert caught.value.reason == "INCIDENT_NOT_FOUND"
     assert recorded(ledger) == 0
 
@@ -141,7 +150,8 @@ def test_merge_records_on_both_incidents(ledger: Ledger) -> None:
     duplicate = report(ledger)
     target = report(ledger, title="The same vote buying")
     result = ledger.execute(
-        env(COORDINATOR), MergeIncident(duplicate.incident_id, 1, target.incident_id, "dup")
+        envelope_for(COORDINATOR),
+        MergeIncident(duplicate.incident_id, 1, target.incident_id, "dup"),
     )
     assert (result.incident_id, result.version) == (duplicate.incident_id, 2)
     assert ledger.get_incident(duplicate.incident_id).status is Status.MERGED
@@ -155,7 +165,7 @@ def test_merge_records_on_both_incidents(ledger: Ledger) -> None:
 def test_merge_retry_returns_the_original_result(ledger: Ledger) -> None:
     duplicate = report(ledger)
     target = report(ledger, title="The same vote buying")
-    envelope = env(COORDINATOR, request_id="merge-1")
+    envelope = envelope_for(COORDINATOR, request_id="merge-1")
     first = ledger.execute(
         envelope, MergeIncident(duplicate.incident_id, 1, target.incident_id, "dup")
     )
@@ -172,7 +182,9 @@ def test_merge_into_unknown_incident_names_the_target_field(ledger: Ledger) -> N
     duplicate = report(ledger)
     before = recorded(ledger)
     with pytest.raises(NotFound) as caught:
-        ledger.execute(env(COORDINATOR), MergeIncident(duplicate.incident_id, 1, uuid4(), "dup"))
+        ledger.execute(
+            envelope_for(COORDINATOR), MergeIncident(duplicate.incident_id, 1, uuid4(), "dup")
+        )
     assert caught.value.metadata["field"] == "target"
     assert recorded(ledger) == before
 
@@ -181,7 +193,7 @@ def test_merge_into_unknown_incident_names_the_target_field(ledger: Ledger) -> N
 
 
 def test_same_request_id_and_body_returns_the_original_result(ledger: Ledger) -> None:
-    envelope = env(REPORTER, request_id="req-1")
+    envelope = envelope_for(REPORTER, request_id="req-1")
     first = report(ledger, envelope)
     before = recorded(ledger)
     second = report(ledger, envelope)
@@ -191,7 +203,7 @@ def test_same_request_id_and_body_returns_the_original_result(ledger: Ledger) ->
 
 def test_retry_of_a_state_command_returns_the_original_result(ledger: Ledger) -> None:
     created = report(ledger)
-    envelope = env(COORDINATOR, request_id="verify-1")
+    envelope = envelope_for(COORDINATOR, request_id="verify-1")
     first = ledger.execute(envelope, VerifyIncident(created.incident_id, 1, "ok"))
     before = recorded(ledger)
     assert ledger.execute(envelope, VerifyIncident(created.incident_id, 1, "ok")) == first
@@ -201,30 +213,30 @@ def test_retry_of_a_state_command_returns_the_original_result(ledger: Ledger) ->
 def test_retry_that_would_now_fail_still_returns_the_original_result(ledger: Ledger) -> None:
     created = report(ledger)
     incident_id = created.incident_id
-    envelope = env(COORDINATOR, request_id="verify-1")
+    envelope = envelope_for(COORDINATOR, request_id="verify-1")
     first = ledger.execute(envelope, VerifyIncident(incident_id, 0, "ok"))
-    ledger.execute(env(COORDINATOR), AssignLeadAgency(incident_id, 2, LEAD, ""))
+    ledger.execute(envelope_for(COORDINATOR), AssignLeadAgency(incident_id, 2, LEAD, ""))
     before = recorded(ledger)
     # Verifying an ASSIGNED incident is illegal, but this is the same request.
     assert ledger.execute(envelope, VerifyIncident(incident_id, 0, "ok")) == first
     assert recorded(ledger) == before
     # A new request with the same body is refused.
     with pytest.raises(IllegalTransition):
-        ledger.execute(env(COORDINATOR), VerifyIncident(incident_id, 0, "ok"))
+        ledger.execute(envelope_for(COORDINATOR), VerifyIncident(incident_id, 0, "ok"))
 
 
 def test_retry_with_a_now_stale_expected_version_returns_the_original(ledger: Ledger) -> None:
     created = report(ledger)
-    envelope = env(COORDINATOR, request_id="verify-1")
+    envelope = envelope_for(COORDINATOR, request_id="verify-1")
     first = ledger.execute(envelope, VerifyIncident(created.incident_id, 1, "ok"))
-    ledger.execute(env(COORDINATOR), AssignLeadAgency(created.incident_id, 2, LEAD, ""))
+    ledger.execute(envelope_for(COORDINATOR), AssignLeadAgency(created.incident_id, 2, LEAD, ""))
     assert ledger.execute(envelope, VerifyIncident(created.incident_id, 1, "ok")) == first
 
 
 def test_retry_of_an_action_records_it_once(ledger: Ledger) -> None:
     incident_id = verified(ledger).incident_id
-    ledger.execute(env(COORDINATOR), AssignLeadAgency(incident_id, 0, LEAD, ""))
-    envelope = env(LEAD, request_id="act-1")
+    ledger.execute(envelope_for(COORDINATOR), AssignLeadAgency(incident_id, 0, LEAD, ""))
+    envelope = envelope_for(LEAD, request_id="act-1")
     first = ledger.execute(envelope, LogAction(incident_id, 0, "patrol", None))
     second = ledger.execute(envelope, LogAction(incident_id, 0, "patrol", None))
     assert second == first
@@ -238,7 +250,7 @@ def test_retry_of_an_action_records_it_once(ledger: Ledger) -> None:
 def test_same_request_id_with_another_body_is_refused(
     ledger: Ledger, changes: dict[str, Any]
 ) -> None:
-    envelope = env(REPORTER, request_id="req-1")
+    envelope = envelope_for(REPORTER, request_id="req-1")
     report(ledger, envelope)
     before = recorded(ledger)
     with pytest.raises(AlreadyExists) as caught:
@@ -251,7 +263,7 @@ def test_same_request_id_with_another_body_is_refused(
 
 def test_same_request_id_for_another_command_is_refused(ledger: Ledger) -> None:
     created = report(ledger)
-    envelope = env(COORDINATOR, request_id="shared")
+    envelope = envelope_for(COORDINATOR, request_id="shared")
     ledger.execute(envelope, VerifyIncident(created.incident_id, 1, "ok"))
     before = recorded(ledger)
     with pytest.raises(AlreadyExists) as caught:
@@ -263,15 +275,17 @@ def test_same_request_id_for_another_command_is_refused(ledger: Ledger) -> None:
 
 
 def test_same_request_id_with_another_occurred_at_is_another_body(ledger: Ledger) -> None:
-    report(ledger, env(REPORTER, request_id="r", occurred_at=T0))
+    report(ledger, envelope_for(REPORTER, request_id="r", occurred_at=T0))
     with pytest.raises(AlreadyExists):
-        report(ledger, env(REPORTER, request_id="r", occurred_at=T0 + timedelta(minutes=1)))
+        report(
+            ledger, envelope_for(REPORTER, request_id="r", occurred_at=T0 + timedelta(minutes=1))
+        )
 
 
 def test_same_request_id_from_another_agency_is_another_request(ledger: Ledger) -> None:
-    first = report(ledger, env(REPORTER, request_id="req-1"))
+    first = report(ledger, envelope_for(REPORTER, request_id="req-1"))
     before = recorded(ledger)
-    second = report(ledger, env("kpu", request_id="req-1"))
+    second = report(ledger, envelope_for("kpu", request_id="req-1"))
     assert second.incident_id != first.incident_id
     assert recorded(ledger) == before + 2  # the event and the request record
     assert ledger.get_incident(second.incident_id).reporter_agency == "kpu"
@@ -279,7 +293,7 @@ def test_same_request_id_from_another_agency_is_another_request(ledger: Ledger) 
 
 def test_a_refused_command_does_not_use_up_its_request_id(ledger: Ledger) -> None:
     created = report(ledger)
-    envelope = env(REPORTER, request_id="try-1")
+    envelope = envelope_for(REPORTER, request_id="try-1")
     with pytest.raises(PermissionDenied):
         ledger.execute(envelope, VerifyIncident(created.incident_id, 1, ""))
     # The same request id may carry another request, since nothing was recorded.
@@ -302,7 +316,7 @@ def test_stale_expected_version_is_a_version_conflict(ledger: Ledger) -> None:
     incident_id = verified(ledger).incident_id
     before = recorded(ledger)
     with pytest.raises(VersionConflict) as caught:
-        ledger.execute(env(COORDINATOR), AssignLeadAgency(incident_id, 1, LEAD, ""))
+        ledger.execute(envelope_for(COORDINATOR), AssignLeadAgency(incident_id, 1, LEAD, ""))
     error = caught.value
     assert error.code == "ABORTED"
     assert error.reason == "VERSION_CONFLICT"
@@ -315,14 +329,14 @@ def test_stale_expected_version_is_a_version_conflict(ledger: Ledger) -> None:
 def test_expected_version_ahead_of_the_incident_is_a_version_conflict(ledger: Ledger) -> None:
     created = report(ledger)
     with pytest.raises(VersionConflict) as caught:
-        ledger.execute(env(COORDINATOR), VerifyIncident(created.incident_id, 5, ""))
+        ledger.execute(envelope_for(COORDINATOR), VerifyIncident(created.incident_id, 5, ""))
     assert caught.value.metadata["current_version"] == "1"
 
 
 def test_negative_expected_version_is_invalid(ledger: Ledger) -> None:
     created = report(ledger)
     with pytest.raises(InvalidArgument) as caught:
-        ledger.execute(env(COORDINATOR), VerifyIncident(created.incident_id, -1, ""))
+        ledger.execute(envelope_for(COORDINATOR), VerifyIncident(created.incident_id, -1, ""))
     assert caught.value.field == "expected_version"
 
 
@@ -340,7 +354,7 @@ def _decision(ledger: Ledger, incident_id: UUID, **changes: Any) -> CommandResul
         "valid_until": T0 + timedelta(hours=2),
     }
     values.update(changes)
-    return ledger.execute(env(COORDINATOR), RecordDecision(incident_id, 0, **values))
+    return ledger.execute(envelope_for(COORDINATOR), RecordDecision(incident_id, 0, **values))
 
 
 Invalid = Callable[[Ledger, UUID], object]
@@ -354,7 +368,7 @@ def _in(**delta: float) -> datetime:
 
 def _correct_time(ledger: Ledger, incident_id: UUID, field: str, value: datetime) -> object:
     return ledger.execute(
-        env(COORDINATOR),
+        envelope_for(COORDINATOR),
         RecordCorrection(
             incident_id,
             0,
@@ -403,27 +417,27 @@ INVALID_INPUTS: dict[str, tuple[str, str, Invalid]] = {
     "unknown lead agency": (
         "agency",
         "INVALID_FIELD",
-        lambda lg, i: lg.execute(env(COORDINATOR), AssignLeadAgency(i, 0, "fbi", "")),
+        lambda lg, i: lg.execute(envelope_for(COORDINATOR), AssignLeadAgency(i, 0, "fbi", "")),
     ),
     "auditor as lead agency": (
         "agency",
         "INVALID_FIELD",
-        lambda lg, i: lg.execute(env(COORDINATOR), AssignLeadAgency(i, 0, AUDITOR, "")),
+        lambda lg, i: lg.execute(envelope_for(COORDINATOR), AssignLeadAgency(i, 0, AUDITOR, "")),
     ),
     "unknown supporting agency": (
         "agency",
         "INVALID_FIELD",
-        lambda lg, i: lg.execute(env(COORDINATOR), AddSupportingAgency(i, 0, "nasa", "")),
+        lambda lg, i: lg.execute(envelope_for(COORDINATOR), AddSupportingAgency(i, 0, "nasa", "")),
     ),
     "unknown handover recipient": (
         "to_agency",
         "INVALID_FIELD",
-        lambda lg, i: lg.execute(env(COORDINATOR), ProposeHandover(i, 0, "nasa", "why")),
+        lambda lg, i: lg.execute(envelope_for(COORDINATOR), ProposeHandover(i, 0, "nasa", "why")),
     ),
     "unknown assessed severity": (
         "severity",
         "INVALID_FIELD",
-        lambda lg, i: lg.execute(env(COORDINATOR), AssessSeverity(i, 0, "extreme", "")),
+        lambda lg, i: lg.execute(envelope_for(COORDINATOR), AssessSeverity(i, 0, "extreme", "")),
     ),
     "unknown deciding agency": (
         "deciding_agencies[1]",
@@ -443,13 +457,15 @@ INVALID_INPUTS: dict[str, tuple[str, str, Invalid]] = {
     "unknown action kecamatan": (
         "location.kecamatan",
         "INVALID_FIELD",
-        lambda lg, i: lg.execute(env(COORDINATOR), LogAction(i, 0, "x", {"kecamatan": "atlantis"})),
+        lambda lg, i: lg.execute(
+            envelope_for(COORDINATOR), LogAction(i, 0, "x", {"kecamatan": "atlantis"})
+        ),
     ),
     "unknown corrected severity": (
         "new_value",
         "INVALID_FIELD",
         lambda lg, i: lg.execute(
-            env(COORDINATOR),
+            envelope_for(COORDINATOR),
             RecordCorrection(
                 i,
                 0,
@@ -464,24 +480,26 @@ INVALID_INPUTS: dict[str, tuple[str, str, Invalid]] = {
     "reject without comment": (
         "comment",
         "INVALID_FIELD",
-        lambda lg, i: lg.execute(env(COORDINATOR), RejectIncident(i, 0, RejectionReason.HOAX, "")),
+        lambda lg, i: lg.execute(
+            envelope_for(COORDINATOR), RejectIncident(i, 0, RejectionReason.HOAX, "")
+        ),
     ),
     "occur_time in year 9999": (
         "occur_time",
         "INVALID_FIELD",
         lambda lg, i: lg.execute(
-            env(COORDINATOR, occurred_at=YEAR_9999), EscalateIncident(i, 0, "worse")
+            envelope_for(COORDINATOR, occurred_at=YEAR_9999), EscalateIncident(i, 0, "worse")
         ),
     ),
     "occur_time an hour ahead of the server": (
         "occur_time",
         "INVALID_FIELD",
-        lambda lg, _: report(lg, env(REPORTER, occurred_at=_in(hours=1))),
+        lambda lg, _: report(lg, envelope_for(REPORTER, occurred_at=_in(hours=1))),
     ),
     "occur_time before the ledger's era": (
         "occur_time",
         "INVALID_FIELD",
-        lambda lg, _: report(lg, env(REPORTER, occurred_at=BEFORE_2000)),
+        lambda lg, _: report(lg, envelope_for(REPORTER, occurred_at=BEFORE_2000)),
     ),
     "decision valid until year 9999": (
         "valid_until",
@@ -559,10 +577,10 @@ def test_stated_times_are_checked_against_the_configured_bounds_and_clock() -> N
             (datetime(2023, 12, 31, 23, 59, tzinfo=UTC), False),
         ]:
             if accepted:
-                report(app, env(REPORTER, occurred_at=occurred))
+                report(app, envelope_for(REPORTER, occurred_at=occurred))
             else:
                 with pytest.raises(InvalidArgument) as caught:
-                    report(app, env(REPORTER, occurred_at=occurred))
+                    report(app, envelope_for(REPORTER, occurred_at=occurred))
                 assert caught.value.field == "occur_time"
         incident_id = verified(app).incident_id
         _decision(app, incident_id, valid_from=now, valid_until=now + timedelta(days=7))
@@ -581,32 +599,32 @@ def test_title_at_the_limit_is_accepted(ledger: Ledger) -> None:
 REFUSED: dict[str, tuple[type[LedgerError], Callable[[Ledger, UUID], object]]] = {
     "reporter adds a supporter": (
         PermissionDenied,
-        lambda lg, i: lg.execute(env(REPORTER), AddSupportingAgency(i, 0, SUPPORTER, "")),
+        lambda lg, i: lg.execute(envelope_for(REPORTER), AddSupportingAgency(i, 0, SUPPORTER, "")),
     ),
     "auditor escalates": (
         PermissionDenied,
-        lambda lg, i: lg.execute(env(AUDITOR), EscalateIncident(i, 0, "worse")),
+        lambda lg, i: lg.execute(envelope_for(AUDITOR), EscalateIncident(i, 0, "worse")),
     ),
     "resolve before response": (
         IllegalTransition,
-        lambda lg, i: lg.execute(env(COORDINATOR), ResolveIncident(i, 0, "done")),
+        lambda lg, i: lg.execute(envelope_for(COORDINATOR), ResolveIncident(i, 0, "done")),
     ),
     "stale version": (
         VersionConflict,
-        lambda lg, i: lg.execute(env(COORDINATOR), EscalateIncident(i, 1, "worse")),
+        lambda lg, i: lg.execute(envelope_for(COORDINATOR), EscalateIncident(i, 1, "worse")),
     ),
     "handover to the lead itself": (
         InvalidArgument,
-        lambda lg, i: lg.execute(env(LEAD), ProposeHandover(i, 0, LEAD, "why")),
+        lambda lg, i: lg.execute(envelope_for(LEAD), ProposeHandover(i, 0, LEAD, "why")),
     ),
     "merge an assigned incident": (
         IllegalTransition,
-        lambda lg, i: lg.execute(env(COORDINATOR), MergeIncident(i, 0, i, "dup")),
+        lambda lg, i: lg.execute(envelope_for(COORDINATOR), MergeIncident(i, 0, i, "dup")),
     ),
     "correct a foreign event": (
         InvalidArgument,
         lambda lg, i: lg.execute(
-            env(COORDINATOR),
+            envelope_for(COORDINATOR),
             RecordCorrection(
                 i, 0, event_id=uuid4(), field="title", old_value="a", new_value="b", reason="r"
             ),
@@ -614,7 +632,7 @@ REFUSED: dict[str, tuple[type[LedgerError], Callable[[Ledger, UUID], object]]] =
     ),
     "outsider logs an action": (
         PermissionDenied,
-        lambda lg, i: lg.execute(env(SUPPORTER), LogAction(i, 0, "x", None)),
+        lambda lg, i: lg.execute(envelope_for(SUPPORTER), LogAction(i, 0, "x", None)),
     ),
 }
 
@@ -622,7 +640,7 @@ REFUSED: dict[str, tuple[type[LedgerError], Callable[[Ledger, UUID], object]]] =
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_refused_commands_record_nothing(ledger: Ledger, case: str) -> None:
     incident_id = verified(ledger).incident_id
-    ledger.execute(env(COORDINATOR), AssignLeadAgency(incident_id, 2, LEAD, ""))
+    ledger.execute(envelope_for(COORDINATOR), AssignLeadAgency(incident_id, 2, LEAD, ""))
     before = recorded(ledger)
     error_type, call = REFUSED[case]
     with pytest.raises(error_type):

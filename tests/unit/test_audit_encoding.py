@@ -62,7 +62,7 @@ from services.ledger.domain.incident import (
 )
 from services.ledger.wire import event_to_proto
 from tests.support import reference, store_environment
-from tests.unit.incident_builders import env
+from tests.unit.incident_builders import envelope_for
 
 LOCATION = {"kecamatan": "kota_mukomuko", "desa": "Koto Jaya"}
 ON_THE_SECOND = datetime(2026, 11, 28, 1, 2, 3, tzinfo=UTC)  # no microseconds
@@ -79,13 +79,13 @@ class History:
 
 def coord() -> Envelope:
     """The coordinator, with a fresh request id."""
-    return env("desk_pilkada")
+    return envelope_for("desk_pilkada")
 
 
 def build_history(ledger: Ledger, *, extra: int = 2) -> History:
     """A history with every incident event type, recorded by real commands."""
     first = ledger.execute(
-        env("kesbangpol", occurred_at=ON_THE_SECOND),
+        envelope_for("kesbangpol", occurred_at=ON_THE_SECOND),
         ReportIncident(
             title="Massa berkumpul di Lapangan Merdeka",
             description="Ratusan orang tanpa izin — ünïcode ✓",
@@ -98,7 +98,9 @@ def build_history(ledger: Ledger, *, extra: int = 2) -> History:
     ledger.execute(coord(), VerifyIncident(i, 0, "checked on site"))
     ledger.execute(coord(), AssignLeadAgency(i, 0, "polres", "police lead"))
     ledger.execute(coord(), AddSupportingAgency(i, 0, "kodim", "military support"))
-    ledger.execute(env("polres"), LogAction(i, 0, "patrol sent", {**LOCATION, "latitude": -2.5}))
+    ledger.execute(
+        envelope_for("polres"), LogAction(i, 0, "patrol sent", {**LOCATION, "latitude": -2.5})
+    )
     decision = ledger.execute(
         coord(),
         RecordDecision(
@@ -113,12 +115,12 @@ def build_history(ledger: Ledger, *, extra: int = 2) -> History:
             valid_until=ON_THE_SECOND + timedelta(days=3, microseconds=250_000),
         ),
     )
-    ledger.execute(env("polres"), EscalateIncident(i, 0, "crowd growing"))
+    ledger.execute(envelope_for("polres"), EscalateIncident(i, 0, "crowd growing"))
     ledger.execute(coord(), AssessSeverity(i, 0, "high", "escalated"))
-    ledger.execute(env("polres"), ProposeHandover(i, 0, "kodim", "military takes over"))
-    ledger.execute(env("kodim"), AcceptHandover(i, 0, "accepted"))
-    ledger.execute(env("kodim"), ResolveIncident(i, 0, "crowd dispersed"))
-    ledger.execute(env("kodim"), RequestClosure(i, 0, "done"))
+    ledger.execute(envelope_for("polres"), ProposeHandover(i, 0, "kodim", "military takes over"))
+    ledger.execute(envelope_for("kodim"), AcceptHandover(i, 0, "accepted"))
+    ledger.execute(envelope_for("kodim"), ResolveIncident(i, 0, "crowd dispersed"))
+    ledger.execute(envelope_for("kodim"), RequestClosure(i, 0, "done"))
     ledger.execute(coord(), ApproveClosure(i, 0, "approved"))
     ledger.execute(coord(), ReopenIncident(i, 0, "crowd came back"))
     ledger.execute(
@@ -133,17 +135,17 @@ def build_history(ledger: Ledger, *, extra: int = 2) -> History:
             reason="typo",
         ),
     )
-    ledger.execute(env("kodim"), LogAction(i, 0, "second patrol", None))
+    ledger.execute(envelope_for("kodim"), LogAction(i, 0, "second patrol", None))
     history = History(i, decision_event=decision.event_id)
     hoax = ledger.execute(
-        env("bawaslu"),
+        envelope_for("bawaslu"),
         ReportIncident(
             title="Hoaks", description="", category="hoax", severity="", location=dict(LOCATION)
         ),
     )
     ledger.execute(coord(), RejectIncident(hoax.incident_id, 0, RejectionReason.HOAX, "a hoax"))
     target = ledger.execute(
-        env("kpu"),
+        envelope_for("kpu"),
         ReportIncident(
             title="Logistik",
             description="",
@@ -153,7 +155,7 @@ def build_history(ledger: Ledger, *, extra: int = 2) -> History:
         ),
     )
     duplicate = ledger.execute(
-        env("kpu"),
+        envelope_for("kpu"),
         ReportIncident(
             title="Logistik 2",
             description="",
@@ -168,7 +170,7 @@ def build_history(ledger: Ledger, *, extra: int = 2) -> History:
     history.others += [hoax.incident_id, target.incident_id, duplicate.incident_id]
     for n in range(extra):
         other = ledger.execute(
-            env("polres"),
+            envelope_for("polres"),
             ReportIncident(
                 title=f"Bentrokan {n}",
                 description="",
@@ -179,7 +181,7 @@ def build_history(ledger: Ledger, *, extra: int = 2) -> History:
         )
         ledger.execute(coord(), VerifyIncident(other.incident_id, 0, "ok"))
         ledger.execute(coord(), AssignLeadAgency(other.incident_id, 0, "polres", ""))
-        ledger.execute(env("polres"), LogAction(other.incident_id, 0, f"action {n}", None))
+        ledger.execute(envelope_for("polres"), LogAction(other.incident_id, 0, f"action {n}", None))
         history.others.append(other.incident_id)
     return history
 

@@ -50,7 +50,7 @@ from services.ledger.domain.commands import (
 )
 from services.ledger.domain.incident import Envelope, Incident, RejectionReason
 from services.ledger.domain.requests import RequestRecord, request_fingerprint, request_key
-from tests.unit.incident_builders import COORDINATOR, REF, REPORTER, env
+from tests.unit.incident_builders import COORDINATOR, REF, REPORTER, envelope_for
 
 # ------------------------------------------------ the fingerprint as it was computed
 
@@ -382,8 +382,8 @@ class Acknowledge(IncidentCommand):
     note: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
     urgent: bool
 
-    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
-        incident.verify(env, self.note)
+    def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.verify(envelope, self.note)
 
 
 @settings(max_examples=100, deadline=None)
@@ -405,15 +405,15 @@ def ledger() -> Iterator[Ledger]:
 def _reported(ledger: Ledger) -> UUID:
     place = {"kecamatan": "ipuh", "desa": "Medan Jaya"}
     report = ReportIncident("Crowd", "", "money_politics", "high", place)
-    return ledger.execute(env(REPORTER), report).incident_id
+    return ledger.execute(envelope_for(REPORTER), report).incident_id
 
 
 def test_a_new_command_runs_with_its_checks_and_idempotency(ledger: Ledger) -> None:
     incident = _reported(ledger)
     with pytest.raises(InvalidArgument) as caught:
-        ledger.execute(env(COORDINATOR), Acknowledge(incident, 1, "", urgent=False))
+        ledger.execute(envelope_for(COORDINATOR), Acknowledge(incident, 1, "", urgent=False))
     assert caught.value.field == "note"
-    envelope = env(COORDINATOR, "ack-1")
+    envelope = envelope_for(COORDINATOR, "ack-1")
     first = ledger.execute(envelope, Acknowledge(incident, 1, "seen", urgent=False))
     assert first.version == 2
     assert ledger.execute(envelope, Acknowledge(incident, 1, "seen", urgent=False)) == first
@@ -426,14 +426,14 @@ def test_a_new_command_runs_with_its_checks_and_idempotency(ledger: Ledger) -> N
 
 def test_records_store_the_former_fingerprint(ledger: Ledger) -> None:
     incident = _reported(ledger)
-    envelope = env(COORDINATOR, "verify-1", occurred_at=AT)
+    envelope = envelope_for(COORDINATOR, "verify-1", occurred_at=AT)
     ledger.execute(envelope, VerifyIncident(incident, 1, "checked"))
     record: RequestRecord = ledger.load_aggregate(request_key(COORDINATOR, "verify-1"))
     params = {"incident": str(incident), "expected_version": 1, "comment": "checked"}
     assert record.fingerprint == former_fingerprint("VerifyIncident", params, AT)
     # The default severity is settled before the fingerprint, as it was.
     report = ReportIncident("Crowd", "", "money_politics", "", {"kecamatan": "ipuh"})
-    ledger.execute(env(REPORTER, "report-1"), report)
+    ledger.execute(envelope_for(REPORTER, "report-1"), report)
     stored: RequestRecord = ledger.load_aggregate(request_key(REPORTER, "report-1"))
     settled = dataclasses.replace(report, severity=REF.default_severity)
     assert stored.fingerprint == former(settled, None) != former(report, None)

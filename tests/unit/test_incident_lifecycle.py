@@ -33,7 +33,7 @@ from tests.unit.incident_builders import (
     OUTSIDER,
     REPORTER,
     SUPPORTER,
-    env,
+    envelope_for,
     event_id_of,
     event_of,
     incident_events,
@@ -75,27 +75,27 @@ def test_happy_path_from_report_to_closure() -> None:
     assert incident.severity == "low"
     assert incident.location == LOCATION
 
-    coord = env(COORDINATOR)
+    coord = envelope_for(COORDINATOR)
     incident.verify(coord, "confirmed by phone")
     assert (incident.status, incident.version) == (Status.VERIFIED, 2)
 
     incident.assign_lead(coord, LEAD, "public order")
     assert (incident.status, incident.lead_agency) == (Status.ASSIGNED, LEAD)
 
-    incident.add_supporting_agency(env(LEAD), SUPPORTER, "backup")
+    incident.add_supporting_agency(envelope_for(LEAD), SUPPORTER, "backup")
     assert incident.supporting_agencies == [SUPPORTER]
     assert status_of(incident) is Status.ASSIGNED
 
-    incident.log_action(env(SUPPORTER), "troops on standby", {})
+    incident.log_action(envelope_for(SUPPORTER), "troops on standby", {})
     assert status_of(incident) is Status.RESPONDING
-    incident.log_action(env(LEAD), "crowd addressed", {"kecamatan": "ipuh"})
+    incident.log_action(envelope_for(LEAD), "crowd addressed", {"kecamatan": "ipuh"})
     assert status_of(incident) is Status.RESPONDING
 
-    incident.resolve(env(LEAD), "crowd dispersed peacefully")
+    incident.resolve(envelope_for(LEAD), "crowd dispersed peacefully")
     assert status_of(incident) is Status.RESOLVED
     assert incident.close_requested is False
 
-    incident.request_closure(env(LEAD), "nothing left to do")
+    incident.request_closure(envelope_for(LEAD), "nothing left to do")
     assert close_requested(incident) is True
     assert status_of(incident) is Status.RESOLVED
 
@@ -119,8 +119,8 @@ def test_happy_path_from_report_to_closure() -> None:
 
 def test_first_action_starts_the_response_and_later_ones_do_not() -> None:
     incident = incident_in(Status.ASSIGNED)
-    incident.log_action(env(LEAD), "first", {})
-    incident.log_action(env(LEAD), "second", {})
+    incident.log_action(envelope_for(LEAD), "first", {})
+    incident.log_action(envelope_for(LEAD), "second", {})
     first = event_of(incident, "ActionLogged", 0)
     second = event_of(incident, "ActionLogged", 1)
     assert isinstance(first, Incident.ActionLogged)
@@ -140,26 +140,28 @@ def test_actor_and_envelope_are_recorded_on_every_event() -> None:
 
 def test_reopen_after_closure_leads_back_to_assigned() -> None:
     incident = incident_in(Status.CLOSED)
-    incident.reopen(env(COORDINATOR), "violence resumed")
+    incident.reopen(envelope_for(COORDINATOR), "violence resumed")
     assert status_of(incident) is Status.REOPENED
     assert incident.close_requested is False
-    incident.assign_lead(env(COORDINATOR), SUPPORTER, "army takes over")
+    incident.assign_lead(envelope_for(COORDINATOR), SUPPORTER, "army takes over")
     assert (incident.status, incident.lead_agency) == (Status.ASSIGNED, SUPPORTER)
-    incident.log_action(env(SUPPORTER), "patrol", {})
+    incident.log_action(envelope_for(SUPPORTER), "patrol", {})
     assert status_of(incident) is Status.RESPONDING
 
 
 def test_lead_may_reopen_a_resolved_incident_and_reopen_clears_the_close_request() -> None:
     incident = incident_in(Status.RESOLVED)
-    incident.request_closure(env(LEAD), "done")
-    incident.reopen(env(LEAD), "not done after all")
+    incident.request_closure(envelope_for(LEAD), "done")
+    incident.reopen(envelope_for(LEAD), "not done after all")
     assert status_of(incident) is Status.REOPENED
     assert incident.close_requested is False
 
 
 def test_reject_records_the_reason() -> None:
     incident = report()
-    incident.reject(env(COORDINATOR), RejectionReason.OUT_OF_SCOPE, "not about the election")
+    incident.reject(
+        envelope_for(COORDINATOR), RejectionReason.OUT_OF_SCOPE, "not about the election"
+    )
     assert status_of(incident) is Status.REJECTED
     assert incident.rejection_reason is RejectionReason.OUT_OF_SCOPE
     assert incident.is_terminal
@@ -167,18 +169,18 @@ def test_reject_records_the_reason() -> None:
 
 def test_escalation_counts_levels() -> None:
     incident = report()
-    incident.escalate(env(REPORTER), "growing")
-    incident.escalate(env(COORDINATOR), "still growing")
+    incident.escalate(envelope_for(REPORTER), "growing")
+    incident.escalate(envelope_for(COORDINATOR), "still growing")
     assert incident.escalation_level == 2
 
 
 def test_assess_severity_changes_current_severity_and_refuses_no_change() -> None:
     incident = incident_in(Status.ASSIGNED)
-    incident.assess_severity(env(LEAD), "critical", "weapons seen")
+    incident.assess_severity(envelope_for(LEAD), "critical", "weapons seen")
     assert incident.severity == "critical"
     assert incident.severity_event_id == event_id_of(incident, "SeverityAssessed")
     with pytest.raises(FailedPrecondition) as caught:
-        incident.assess_severity(env(LEAD), "critical", "again")
+        incident.assess_severity(envelope_for(LEAD), "critical", "again")
     assert caught.value.reason == "NO_CHANGE"
 
 
@@ -187,37 +189,37 @@ def test_assess_severity_changes_current_severity_and_refuses_no_change() -> Non
 # The statuses in which each command is allowed; every other status is illegal.
 NON_TERMINAL = frozenset(Status) - {Status.CLOSED, Status.REJECTED, Status.MERGED}
 ALLOWED: dict[str, tuple[frozenset[Status], Command]] = {
-    "VerifyIncident": (frozenset({Status.REPORTED}), lambda i, a: i.verify(env(a), "")),
+    "VerifyIncident": (frozenset({Status.REPORTED}), lambda i, a: i.verify(envelope_for(a), "")),
     "RejectIncident": (
         frozenset({Status.REPORTED}),
-        lambda i, a: i.reject(env(a), RejectionReason.INVALID, "no"),
+        lambda i, a: i.reject(envelope_for(a), RejectionReason.INVALID, "no"),
     ),
     "MergeIncident": (
         frozenset({Status.REPORTED}),
-        lambda i, a: i.merge_into(env(a), report(), ""),
+        lambda i, a: i.merge_into(envelope_for(a), report(), ""),
     ),
     "AssignLeadAgency": (
         frozenset({Status.VERIFIED, Status.REOPENED}),
-        lambda i, a: i.assign_lead(env(a), SUPPORTER, ""),
+        lambda i, a: i.assign_lead(envelope_for(a), SUPPORTER, ""),
     ),
     "AddSupportingAgency": (
         frozenset({Status.VERIFIED, Status.ASSIGNED, Status.RESPONDING, Status.REOPENED}),
-        lambda i, a: i.add_supporting_agency(env(a), OUTSIDER, ""),
+        lambda i, a: i.add_supporting_agency(envelope_for(a), OUTSIDER, ""),
     ),
     "ProposeHandover": (
         frozenset({Status.ASSIGNED, Status.RESPONDING}),
-        lambda i, a: i.propose_handover(env(a), SUPPORTER, "shift change"),
+        lambda i, a: i.propose_handover(envelope_for(a), SUPPORTER, "shift change"),
     ),
     "AcceptHandover": (
         frozenset({Status.ASSIGNED, Status.RESPONDING}),
-        lambda i, a: i.accept_handover(env(a), ""),
+        lambda i, a: i.accept_handover(envelope_for(a), ""),
     ),
     "RecordDecision": (
         frozenset(
             {Status.VERIFIED, Status.ASSIGNED, Status.RESPONDING, Status.RESOLVED, Status.REOPENED}
         ),
         lambda i, a: i.record_decision(
-            env(a),
+            envelope_for(a),
             deciding_agencies=[LEAD],
             forum="rakor",
             summary="s",
@@ -229,21 +231,33 @@ ALLOWED: dict[str, tuple[frozenset[Status], Command]] = {
     ),
     "LogAction": (
         frozenset({Status.ASSIGNED, Status.RESPONDING, Status.RESOLVED, Status.REOPENED}),
-        lambda i, a: i.log_action(env(a), "patrol", {}),
+        lambda i, a: i.log_action(envelope_for(a), "patrol", {}),
     ),
     "EscalateIncident": (
         frozenset(
             {Status.REPORTED, Status.VERIFIED, Status.ASSIGNED, Status.RESPONDING, Status.REOPENED}
         ),
-        lambda i, a: i.escalate(env(a), "worse"),
+        lambda i, a: i.escalate(envelope_for(a), "worse"),
     ),
-    "AssessSeverity": (NON_TERMINAL, lambda i, a: i.assess_severity(env(a), "critical", "")),
-    "ResolveIncident": (frozenset({Status.RESPONDING}), lambda i, a: i.resolve(env(a), "done")),
-    "RequestClosure": (frozenset({Status.RESOLVED}), lambda i, a: i.request_closure(env(a), "")),
-    "ApproveClosure": (frozenset({Status.RESOLVED}), lambda i, a: i.approve_closure(env(a), "")),
+    "AssessSeverity": (
+        NON_TERMINAL,
+        lambda i, a: i.assess_severity(envelope_for(a), "critical", ""),
+    ),
+    "ResolveIncident": (
+        frozenset({Status.RESPONDING}),
+        lambda i, a: i.resolve(envelope_for(a), "done"),
+    ),
+    "RequestClosure": (
+        frozenset({Status.RESOLVED}),
+        lambda i, a: i.request_closure(envelope_for(a), ""),
+    ),
+    "ApproveClosure": (
+        frozenset({Status.RESOLVED}),
+        lambda i, a: i.approve_closure(envelope_for(a), ""),
+    ),
     "ReopenIncident": (
         frozenset({Status.RESOLVED, Status.CLOSED}),
-        lambda i, a: i.reopen(env(a), "again"),
+        lambda i, a: i.reopen(envelope_for(a), "again"),
     ),
 }
 
@@ -279,29 +293,29 @@ def test_illegal_transition_names_command_and_status(
 def test_approve_closure_needs_a_close_request() -> None:
     incident = incident_in(Status.RESOLVED)
     with pytest.raises(FailedPrecondition) as caught:
-        incident.approve_closure(env(COORDINATOR), "")
+        incident.approve_closure(envelope_for(COORDINATOR), "")
     assert caught.value.reason == "CLOSURE_NOT_REQUESTED"
     assert status_of(incident) is Status.RESOLVED
 
 
 def test_closure_cannot_be_requested_twice() -> None:
     incident = incident_in(Status.RESOLVED)
-    incident.request_closure(env(LEAD), "")
+    incident.request_closure(envelope_for(LEAD), "")
     with pytest.raises(FailedPrecondition) as caught:
-        incident.request_closure(env(LEAD), "")
+        incident.request_closure(envelope_for(LEAD), "")
     assert caught.value.reason == "CLOSURE_ALREADY_REQUESTED"
     assert incident.version == 6
 
 
 def test_resolving_again_after_reopen_needs_a_new_close_request() -> None:
     incident = incident_in(Status.RESOLVED)
-    incident.request_closure(env(LEAD), "")
-    incident.reopen(env(COORDINATOR), "back")
-    incident.assign_lead(env(COORDINATOR), LEAD, "")
-    incident.log_action(env(LEAD), "again", {})
-    incident.resolve(env(LEAD), "done again")
+    incident.request_closure(envelope_for(LEAD), "")
+    incident.reopen(envelope_for(COORDINATOR), "back")
+    incident.assign_lead(envelope_for(COORDINATOR), LEAD, "")
+    incident.log_action(envelope_for(LEAD), "again", {})
+    incident.resolve(envelope_for(LEAD), "done again")
     with pytest.raises(FailedPrecondition) as caught:
-        incident.approve_closure(env(COORDINATOR), "")
+        incident.approve_closure(envelope_for(COORDINATOR), "")
     assert caught.value.reason == "CLOSURE_NOT_REQUESTED"
 
 
@@ -309,14 +323,14 @@ def test_resolving_again_after_reopen_needs_a_new_close_request() -> None:
 
 
 COORDINATOR_ONLY: dict[str, tuple[Status, Command]] = {
-    "VerifyIncident": (Status.REPORTED, lambda i, a: i.verify(env(a), "")),
+    "VerifyIncident": (Status.REPORTED, lambda i, a: i.verify(envelope_for(a), "")),
     "RejectIncident": (
         Status.REPORTED,
-        lambda i, a: i.reject(env(a), RejectionReason.HOAX, "hoax"),
+        lambda i, a: i.reject(envelope_for(a), RejectionReason.HOAX, "hoax"),
     ),
-    "MergeIncident": (Status.REPORTED, lambda i, a: i.merge_into(env(a), report(), "")),
-    "AssignLeadAgency": (Status.VERIFIED, lambda i, a: i.assign_lead(env(a), LEAD, "")),
-    "ApproveClosure": (Status.RESOLVED, lambda i, a: i.approve_closure(env(a), "")),
+    "MergeIncident": (Status.REPORTED, lambda i, a: i.merge_into(envelope_for(a), report(), "")),
+    "AssignLeadAgency": (Status.VERIFIED, lambda i, a: i.assign_lead(envelope_for(a), LEAD, "")),
+    "ApproveClosure": (Status.RESOLVED, lambda i, a: i.approve_closure(envelope_for(a), "")),
 }
 
 
@@ -326,7 +340,7 @@ def test_coordinator_only_commands_refuse_responders(command: str, agency: str) 
     status, call = COORDINATOR_ONLY[command]
     incident = incident_in(status)
     if command == "ApproveClosure":
-        incident.request_closure(env(LEAD), "")
+        incident.request_closure(envelope_for(LEAD), "")
     version = incident.version
     with pytest.raises(PermissionDenied) as caught:
         call(incident, agency)
@@ -341,14 +355,14 @@ def test_coordinator_only_commands_refuse_responders(command: str, agency: str) 
 @pytest.mark.parametrize("agency", [COORDINATOR, SUPPORTER, REPORTER])
 def test_only_the_lead_may_request_closure(agency: str) -> None:
     incident = incident_in(Status.ASSIGNED)
-    incident.add_supporting_agency(env(LEAD), SUPPORTER, "")
-    incident.log_action(env(LEAD), "x", {})
-    incident.resolve(env(LEAD), "done")
+    incident.add_supporting_agency(envelope_for(LEAD), SUPPORTER, "")
+    incident.log_action(envelope_for(LEAD), "x", {})
+    incident.resolve(envelope_for(LEAD), "done")
     with pytest.raises(PermissionDenied) as caught:
-        incident.request_closure(env(agency), "")
+        incident.request_closure(envelope_for(agency), "")
     assert caught.value.reason == "LEAD_AGENCY_ONLY"
     assert incident.close_requested is False
-    incident.request_closure(env(LEAD), "")
+    incident.request_closure(envelope_for(LEAD), "")
     assert incident.close_requested is True
 
 
@@ -357,42 +371,42 @@ def test_only_the_lead_may_request_closure(agency: str) -> None:
 )
 def test_resolve_by_lead_or_coordinator(agency: str, allowed: bool) -> None:
     incident = incident_in(Status.RESPONDING)
-    incident.add_supporting_agency(env(LEAD), SUPPORTER, "")
+    incident.add_supporting_agency(envelope_for(LEAD), SUPPORTER, "")
     if allowed:
-        incident.resolve(env(agency), "done")
+        incident.resolve(envelope_for(agency), "done")
         assert status_of(incident) is Status.RESOLVED
     else:
         with pytest.raises(PermissionDenied) as caught:
-            incident.resolve(env(agency), "done")
+            incident.resolve(envelope_for(agency), "done")
         assert caught.value.reason == "LEAD_OR_COORDINATOR_ONLY"
         assert status_of(incident) is Status.RESPONDING
 
 
 def test_supporting_agency_cannot_add_supporters_but_lead_and_coordinator_can() -> None:
     incident = incident_in(Status.ASSIGNED)
-    incident.add_supporting_agency(env(LEAD), SUPPORTER, "")
+    incident.add_supporting_agency(envelope_for(LEAD), SUPPORTER, "")
     with pytest.raises(PermissionDenied) as caught:
-        incident.add_supporting_agency(env(SUPPORTER), OUTSIDER, "")
+        incident.add_supporting_agency(envelope_for(SUPPORTER), OUTSIDER, "")
     assert caught.value.reason == "LEAD_OR_COORDINATOR_ONLY"
-    incident.add_supporting_agency(env(COORDINATOR), OUTSIDER, "")
+    incident.add_supporting_agency(envelope_for(COORDINATOR), OUTSIDER, "")
     assert incident.supporting_agencies == [SUPPORTER, OUTSIDER]
 
 
 @pytest.mark.parametrize("agency", [LEAD, SUPPORTER])
 def test_adding_an_involved_agency_again_is_refused(agency: str) -> None:
     incident = incident_in(Status.ASSIGNED)
-    incident.add_supporting_agency(env(LEAD), SUPPORTER, "")
+    incident.add_supporting_agency(envelope_for(LEAD), SUPPORTER, "")
     with pytest.raises(FailedPrecondition) as caught:
-        incident.add_supporting_agency(env(COORDINATOR), agency, "")
+        incident.add_supporting_agency(envelope_for(COORDINATOR), agency, "")
     assert caught.value.reason == "ALREADY_INVOLVED"
     assert incident.supporting_agencies == [SUPPORTER]
 
 
 def test_assigning_a_supporter_as_lead_removes_it_from_the_supporters() -> None:
     incident = incident_in(Status.VERIFIED)
-    incident.add_supporting_agency(env(COORDINATOR), SUPPORTER, "")
-    incident.add_supporting_agency(env(COORDINATOR), OUTSIDER, "")
-    incident.assign_lead(env(COORDINATOR), SUPPORTER, "")
+    incident.add_supporting_agency(envelope_for(COORDINATOR), SUPPORTER, "")
+    incident.add_supporting_agency(envelope_for(COORDINATOR), OUTSIDER, "")
+    incident.assign_lead(envelope_for(COORDINATOR), SUPPORTER, "")
     assert incident.lead_agency == SUPPORTER
     assert incident.supporting_agencies == [OUTSIDER]
 
@@ -402,17 +416,17 @@ def test_assigning_a_supporter_as_lead_removes_it_from_the_supporters() -> None:
 
 def test_handover_is_proposed_by_the_lead_and_accepted_by_the_recipient() -> None:
     incident = incident_in(Status.RESPONDING)
-    incident.add_supporting_agency(env(LEAD), SUPPORTER, "")
-    incident.propose_handover(env(LEAD), SUPPORTER, "the army has the manpower")
+    incident.add_supporting_agency(envelope_for(LEAD), SUPPORTER, "")
+    incident.propose_handover(envelope_for(LEAD), SUPPORTER, "the army has the manpower")
     # Until acceptance the old lead stays responsible.
     assert incident.lead_agency == LEAD
     assert incident.pending_handover == (LEAD, SUPPORTER, "the army has the manpower")
-    incident.log_action(env(LEAD), "still on it", {})
+    incident.log_action(envelope_for(LEAD), "still on it", {})
     with pytest.raises(PermissionDenied) as not_lead:
-        incident.propose_handover(env(SUPPORTER), OUTSIDER, "")
+        incident.propose_handover(envelope_for(SUPPORTER), OUTSIDER, "")
     assert not_lead.value.reason == "LEAD_OR_COORDINATOR_ONLY"
 
-    incident.accept_handover(env(SUPPORTER), "taking over")
+    incident.accept_handover(envelope_for(SUPPORTER), "taking over")
     assert incident.lead_agency == SUPPORTER
     assert incident.supporting_agencies == []
     assert pending(incident) is None
@@ -422,19 +436,19 @@ def test_handover_is_proposed_by_the_lead_and_accepted_by_the_recipient() -> Non
 
     # The old lead has handed over its powers.
     with pytest.raises(PermissionDenied) as old_lead:
-        incident.resolve(env(LEAD), "done")
+        incident.resolve(envelope_for(LEAD), "done")
     assert old_lead.value.reason == "LEAD_OR_COORDINATOR_ONLY"
-    incident.resolve(env(SUPPORTER), "done")
+    incident.resolve(envelope_for(SUPPORTER), "done")
     assert status_of(incident) is Status.RESOLVED
 
 
 @pytest.mark.parametrize("agency", [LEAD, COORDINATOR, OUTSIDER, REPORTER])
 def test_only_the_receiving_agency_may_accept_a_handover(agency: str) -> None:
     incident = incident_in(Status.ASSIGNED)
-    incident.propose_handover(env(LEAD), SUPPORTER, "")
+    incident.propose_handover(envelope_for(LEAD), SUPPORTER, "")
     version = incident.version
     with pytest.raises(PermissionDenied) as caught:
-        incident.accept_handover(env(agency), "")
+        incident.accept_handover(envelope_for(agency), "")
     assert caught.value.reason == "NOT_HANDOVER_RECIPIENT"
     assert caught.value.metadata == {"to_agency": SUPPORTER, "caller_agency": agency}
     assert incident.lead_agency == LEAD
@@ -444,17 +458,17 @@ def test_only_the_receiving_agency_may_accept_a_handover(agency: str) -> None:
 def test_handover_refusals() -> None:
     incident = incident_in(Status.ASSIGNED)
     with pytest.raises(FailedPrecondition) as none_pending:
-        incident.accept_handover(env(SUPPORTER), "")
+        incident.accept_handover(envelope_for(SUPPORTER), "")
     assert none_pending.value.reason == "NO_HANDOVER_PENDING"
     with pytest.raises(InvalidArgument) as to_self:
-        incident.propose_handover(env(LEAD), LEAD, "")
+        incident.propose_handover(envelope_for(LEAD), LEAD, "")
     assert to_self.value.field == "to_agency"
     with pytest.raises(PermissionDenied) as outsider:
-        incident.propose_handover(env(OUTSIDER), SUPPORTER, "")
+        incident.propose_handover(envelope_for(OUTSIDER), SUPPORTER, "")
     assert outsider.value.reason == "LEAD_OR_COORDINATOR_ONLY"
-    incident.propose_handover(env(LEAD), SUPPORTER, "")
+    incident.propose_handover(envelope_for(LEAD), SUPPORTER, "")
     with pytest.raises(FailedPrecondition) as twice:
-        incident.propose_handover(env(LEAD), OUTSIDER, "")
+        incident.propose_handover(envelope_for(LEAD), OUTSIDER, "")
     assert twice.value.reason == "HANDOVER_PENDING"
     assert twice.value.metadata == {"to_agency": SUPPORTER}
     assert incident.version == 4
@@ -464,9 +478,9 @@ def test_handover_proposed_by_the_coordinator_records_the_old_lead_as_from_agenc
     # The handover moves the lead from the lead agency to the receiving one,
     # whoever proposes it; the coordinator never led the incident.
     incident = incident_in(Status.RESPONDING)
-    incident.propose_handover(env(COORDINATOR), SUPPORTER, "rebalancing")
+    incident.propose_handover(envelope_for(COORDINATOR), SUPPORTER, "rebalancing")
     assert incident.lead_agency == LEAD
-    incident.accept_handover(env(SUPPORTER), "")
+    incident.accept_handover(envelope_for(SUPPORTER), "")
     accepted = event_of(incident, "HandoverAccepted")
     assert isinstance(accepted, Incident.HandoverAccepted)
     assert accepted.from_agency == LEAD
@@ -478,13 +492,13 @@ def test_reassigning_the_lead_drops_a_handover_proposed_by_the_former_lead() -> 
     # the lead from satpolpp on the strength of polres's old proposal, and the new
     # lead must be able to propose its own handover.
     incident = incident_in(Status.RESPONDING)
-    incident.propose_handover(env(LEAD), SUPPORTER, "")
-    incident.resolve(env(LEAD), "done")
-    incident.reopen(env(COORDINATOR), "back")
-    incident.assign_lead(env(COORDINATOR), "satpolpp", "")
+    incident.propose_handover(envelope_for(LEAD), SUPPORTER, "")
+    incident.resolve(envelope_for(LEAD), "done")
+    incident.reopen(envelope_for(COORDINATOR), "back")
+    incident.assign_lead(envelope_for(COORDINATOR), "satpolpp", "")
     assert incident.pending_handover is None
     with pytest.raises(FailedPrecondition):
-        incident.accept_handover(env(SUPPORTER), "")
+        incident.accept_handover(envelope_for(SUPPORTER), "")
     assert incident.lead_agency == "satpolpp"
 
 
@@ -499,7 +513,7 @@ AUDITOR_CASES: dict[str, tuple[Status, Command]] = {
     "CorrectEvent": (
         Status.REPORTED,
         lambda i, a: i.correct(
-            env(a),
+            envelope_for(a),
             event_id=event_id_of(i, "Reported"),
             field="title",
             old_value=i.title,
@@ -515,7 +529,7 @@ def test_auditor_is_refused_every_command(command: str) -> None:
     status, call = AUDITOR_CASES[command]
     incident = incident_in(status)
     if command == "AcceptHandover":
-        incident.propose_handover(env(LEAD), AUDITOR, "")
+        incident.propose_handover(envelope_for(LEAD), AUDITOR, "")
     version = incident.version
     with pytest.raises(PermissionDenied) as caught:
         call(incident, AUDITOR)
@@ -532,9 +546,9 @@ def test_auditor_cannot_report() -> None:
 
 
 INVOLVED_ONLY: dict[str, Command] = {
-    "LogAction": lambda i, a: i.log_action(env(a), "x", {}),
+    "LogAction": lambda i, a: i.log_action(envelope_for(a), "x", {}),
     "RecordDecision": lambda i, a: i.record_decision(
-        env(a),
+        envelope_for(a),
         deciding_agencies=[a],
         forum="f",
         summary="s",
@@ -543,15 +557,15 @@ INVOLVED_ONLY: dict[str, Command] = {
         valid_from=T0,
         valid_until=T1,
     ),
-    "EscalateIncident": lambda i, a: i.escalate(env(a), "worse"),
-    "AssessSeverity": lambda i, a: i.assess_severity(env(a), "high", ""),
+    "EscalateIncident": lambda i, a: i.escalate(envelope_for(a), "worse"),
+    "AssessSeverity": lambda i, a: i.assess_severity(envelope_for(a), "high", ""),
 }
 
 
 @pytest.mark.parametrize("command", sorted(INVOLVED_ONLY))
 def test_agency_not_involved_is_refused(command: str) -> None:
     incident = incident_in(Status.ASSIGNED)
-    incident.add_supporting_agency(env(LEAD), SUPPORTER, "")
+    incident.add_supporting_agency(envelope_for(LEAD), SUPPORTER, "")
     with pytest.raises(PermissionDenied) as caught:
         INVOLVED_ONLY[command](incident, OUTSIDER)
     assert caught.value.reason == "NOT_INVOLVED"
@@ -587,7 +601,7 @@ def test_reporter_alone_is_not_involved_for_actions_and_decisions(command: str) 
 def test_merge_records_events_on_both_incidents() -> None:
     duplicate = report(title="duplicate")
     target = incident_in(Status.RESPONDING)
-    duplicate.merge_into(env(COORDINATOR), target, "same crowd")
+    duplicate.merge_into(envelope_for(COORDINATOR), target, "same crowd")
     assert (duplicate.status, duplicate.version) == (Status.MERGED, 2)
     assert duplicate.merged_into == target.id
     assert (target.status, target.version) == (Status.RESPONDING, 5)
@@ -604,7 +618,7 @@ def test_merge_records_events_on_both_incidents() -> None:
 def test_cannot_merge_into_itself() -> None:
     incident = report()
     with pytest.raises(InvalidArgument) as caught:
-        incident.merge_into(env(COORDINATOR), incident, "")
+        incident.merge_into(envelope_for(COORDINATOR), incident, "")
     assert caught.value.field == "target"
     assert (incident.status, incident.version) == (Status.REPORTED, 1)
 
@@ -615,7 +629,7 @@ def test_cannot_merge_into_a_dead_incident(status: Status) -> None:
     target = incident_in(status)
     target_version = target.version
     with pytest.raises(FailedPrecondition) as caught:
-        duplicate.merge_into(env(COORDINATOR), target, "")
+        duplicate.merge_into(envelope_for(COORDINATOR), target, "")
     assert caught.value.reason == "MERGE_TARGET_NOT_LIVE"
     assert caught.value.metadata == {"target_status": status.value}
     assert (duplicate.status, duplicate.version) == (Status.REPORTED, 1)
@@ -626,9 +640,9 @@ def test_cannot_merge_into_a_dead_incident(status: Status) -> None:
 def test_merged_incident_accepts_nothing_but_corrections() -> None:
     incident = incident_in(Status.MERGED)
     with pytest.raises(IllegalTransition):
-        incident.verify(env(COORDINATOR), "")
+        incident.verify(envelope_for(COORDINATOR), "")
     incident.correct(
-        env(REPORTER),
+        envelope_for(REPORTER),
         event_id=event_id_of(incident, "Reported"),
         field="title",
         old_value=incident.title,
@@ -646,7 +660,7 @@ def _decide(
     incident: Incident, agency: str, deciding: list[str], start: datetime, end: datetime
 ) -> None:
     incident.record_decision(
-        env(agency),
+        envelope_for(agency),
         deciding_agencies=deciding,
         forum="Rakor Forkopimda",
         summary="close the road",
@@ -659,7 +673,7 @@ def _decide(
 
 def test_decision_is_recorded_with_its_deciding_agencies_and_scope() -> None:
     incident = incident_in(Status.RESPONDING)
-    incident.add_supporting_agency(env(LEAD), SUPPORTER, "")
+    incident.add_supporting_agency(envelope_for(LEAD), SUPPORTER, "")
     _decide(incident, SUPPORTER, [LEAD, SUPPORTER], T0, T1)
     assert len(incident.decisions) == 1
     decision = incident.decisions[0]
@@ -684,7 +698,7 @@ def test_decision_validity_window_must_not_be_empty(end: datetime) -> None:
 
 def test_involved_agency_must_be_a_deciding_agency() -> None:
     incident = incident_in(Status.ASSIGNED)
-    incident.add_supporting_agency(env(LEAD), SUPPORTER, "")
+    incident.add_supporting_agency(envelope_for(LEAD), SUPPORTER, "")
     with pytest.raises(PermissionDenied) as caught:
         _decide(incident, SUPPORTER, [LEAD], T0, T1)
     assert caught.value.reason == "NOT_A_DECIDING_AGENCY"
@@ -712,7 +726,7 @@ def _correct(
     nth: int = 0,
 ) -> None:
     incident.correct(
-        env(agency),
+        envelope_for(agency),
         event_id=event_id_of(incident, event_type, nth),
         field=field,
         old_value=old,
@@ -800,7 +814,7 @@ def test_severity_correction_of_the_event_in_effect_changes_the_severity() -> No
 
 def test_severity_correction_of_a_superseded_event_leaves_the_severity() -> None:
     incident = incident_in(Status.ASSIGNED)  # reported as low
-    incident.assess_severity(env(LEAD), "high", "")
+    incident.assess_severity(envelope_for(LEAD), "high", "")
     reported_id = event_id_of(incident, "Reported")
     _correct(incident, REPORTER, "Reported", "severity", "low", "medium")
     assert incident.severity == "high"
@@ -811,8 +825,8 @@ def test_severity_correction_of_a_superseded_event_leaves_the_severity() -> None
 
 def test_correction_of_an_older_assessment_leaves_the_latest_in_effect() -> None:
     incident = incident_in(Status.ASSIGNED)
-    incident.assess_severity(env(LEAD), "high", "")
-    incident.assess_severity(env(LEAD), "medium", "")
+    incident.assess_severity(envelope_for(LEAD), "high", "")
+    incident.assess_severity(envelope_for(LEAD), "medium", "")
     _correct(incident, LEAD, "SeverityAssessed", "severity", "high", "critical", nth=0)
     assert incident.severity == "medium"
 
@@ -822,7 +836,7 @@ def test_corrected_event_must_belong_to_the_incident() -> None:
     other = report()
     with pytest.raises(InvalidArgument) as caught:
         incident.correct(
-            env(COORDINATOR),
+            envelope_for(COORDINATOR),
             event_id=event_id_of(other, "Reported"),
             field="title",
             old_value=other.title,
@@ -832,7 +846,7 @@ def test_corrected_event_must_belong_to_the_incident() -> None:
     assert caught.value.field == "corrected_event_id"
     with pytest.raises(InvalidArgument):
         incident.correct(
-            env(COORDINATOR),
+            envelope_for(COORDINATOR),
             event_id=uuid4(),
             field="title",
             old_value=incident.title,
@@ -881,10 +895,10 @@ def test_corrections_are_allowed_on_a_closed_incident() -> None:
 
 def _busy_incident() -> Incident:
     incident = incident_in(Status.RESPONDING)
-    incident.add_supporting_agency(env(LEAD), SUPPORTER, "")
+    incident.add_supporting_agency(envelope_for(LEAD), SUPPORTER, "")
     _decide(incident, LEAD, [LEAD], T0, T1)
     _correct(incident, REPORTER, "Reported", "title", incident.title, "new title")
-    incident.resolve(env(LEAD), "done")
+    incident.resolve(envelope_for(LEAD), "done")
     return incident
 
 
@@ -949,7 +963,7 @@ def test_a_location_correction_does_not_alter_earlier_unsaved_events() -> None:
     incident = incident_in(Status.RESPONDING)  # the action took the incident's location
     reported = event_id_of(incident, "Reported")
     incident.correct(
-        env(COORDINATOR),
+        envelope_for(COORDINATOR),
         event_id=reported,
         field="location.desa",
         old_value=str(incident.location.get("desa", "")),

@@ -19,7 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from services.common.errors import LedgerError
 from services.ledger.domain.incident import Incident, RejectionReason, Status
-from tests.unit.incident_builders import AUDITOR, COORDINATOR, LOCATION, env, replay
+from tests.unit.incident_builders import AUDITOR, COORDINATOR, LOCATION, envelope_for, replay
 
 RESPONDERS = ("kesbangpol", "polres", "kodim", "bpbd", "satpolpp")
 SEVERITIES = ("low", "medium", "high", "critical")
@@ -83,7 +83,7 @@ class IncidentMachine(RuleBasedStateMachine):
     def _new_incident(self, reporter: str, severity: str) -> None:
         title = f"incident {len(self.incidents)}"
         incident = Incident.report(
-            env(reporter),
+            envelope_for(reporter),
             title=title,
             description="d",
             category="crowd_gathering",
@@ -187,7 +187,7 @@ class IncidentMachine(RuleBasedStateMachine):
         incident, m = self._pick(n)
         a = self._actor(who, m)
         ok = m.status is Status.REPORTED and a == COORDINATOR
-        if self._attempt(incident, m, "verify", ok, lambda: incident.verify(env(a), "")):
+        if self._attempt(incident, m, "verify", ok, lambda: incident.verify(envelope_for(a), "")):
             m.status = Status.VERIFIED
             self._collect(incident, m, ["Verified"], a)
 
@@ -196,7 +196,9 @@ class IncidentMachine(RuleBasedStateMachine):
         incident, m = self._pick(n)
         a = self._actor(who, m)
         ok = m.status is Status.REPORTED and a == COORDINATOR
-        if self._attempt(incident, m, "reject", ok, lambda: incident.reject(env(a), reason, "no")):
+        if self._attempt(
+            incident, m, "reject", ok, lambda: incident.reject(envelope_for(a), reason, "no")
+        ):
             m.status = Status.REJECTED
             self._collect(incident, m, ["Rejected"], a)
 
@@ -213,7 +215,7 @@ class IncidentMachine(RuleBasedStateMachine):
         )
         target_version = other.version
         accepted = self._attempt(
-            incident, m, "merge", ok, lambda: incident.merge_into(env(a), other, "dup")
+            incident, m, "merge", ok, lambda: incident.merge_into(envelope_for(a), other, "dup")
         )
         if not accepted:
             assert other.version == target_version
@@ -237,7 +239,11 @@ class IncidentMachine(RuleBasedStateMachine):
             and severity != m.severity
         )
         if self._attempt(
-            incident, m, "assess", ok, lambda: incident.assess_severity(env(a), severity, "")
+            incident,
+            m,
+            "assess",
+            ok,
+            lambda: incident.assess_severity(envelope_for(a), severity, ""),
         ):
             [assessed] = self._collect(incident, m, ["SeverityAssessed"], a)
             m.severity = severity
@@ -249,7 +255,9 @@ class IncidentMachine(RuleBasedStateMachine):
         incident, m = self._pick(n)
         a = self._actor(who, m)
         ok = m.status in {Status.VERIFIED, Status.REOPENED} and a == COORDINATOR
-        if self._attempt(incident, m, "assign", ok, lambda: incident.assign_lead(env(a), lead, "")):
+        if self._attempt(
+            incident, m, "assign", ok, lambda: incident.assign_lead(envelope_for(a), lead, "")
+        ):
             m.status = Status.ASSIGNED
             m.lead = lead
             if lead in m.supporting:
@@ -268,7 +276,11 @@ class IncidentMachine(RuleBasedStateMachine):
             and agency not in m.supporting
         )
         if self._attempt(
-            incident, m, "support", ok, lambda: incident.add_supporting_agency(env(a), agency, "")
+            incident,
+            m,
+            "support",
+            ok,
+            lambda: incident.add_supporting_agency(envelope_for(a), agency, ""),
         ):
             m.supporting.append(agency)
             self._collect(incident, m, ["SupportingAgencyAdded"], a)
@@ -285,7 +297,11 @@ class IncidentMachine(RuleBasedStateMachine):
             and to != m.lead
         )
         if self._attempt(
-            incident, m, "propose", ok, lambda: incident.propose_handover(env(a), to, "shift")
+            incident,
+            m,
+            "propose",
+            ok,
+            lambda: incident.propose_handover(envelope_for(a), to, "shift"),
         ):
             m.pending = (m.lead, to)
             self._collect(incident, m, ["HandoverProposed"], a)
@@ -300,7 +316,9 @@ class IncidentMachine(RuleBasedStateMachine):
             and m.pending is not None
             and m.pending[1] == a
         )
-        if self._attempt(incident, m, "accept", ok, lambda: incident.accept_handover(env(a), "")):
+        if self._attempt(
+            incident, m, "accept", ok, lambda: incident.accept_handover(envelope_for(a), "")
+        ):
             m.lead = a
             if a in m.supporting:
                 m.supporting.remove(a)
@@ -332,7 +350,7 @@ class IncidentMachine(RuleBasedStateMachine):
 
         def act() -> None:
             incident.record_decision(
-                env(a),
+                envelope_for(a),
                 deciding_agencies=deciding,
                 forum="rakor",
                 summary="s",
@@ -352,7 +370,9 @@ class IncidentMachine(RuleBasedStateMachine):
         a = self._actor(who, m)
         allowed = {Status.ASSIGNED, Status.RESPONDING, Status.RESOLVED, Status.REOPENED}
         ok = m.status in allowed and m.involved(a)
-        if self._attempt(incident, m, "log", ok, lambda: incident.log_action(env(a), text, {})):
+        if self._attempt(
+            incident, m, "log", ok, lambda: incident.log_action(envelope_for(a), text, {})
+        ):
             if m.status is Status.ASSIGNED:
                 m.status = Status.RESPONDING
             [logged] = self._collect(incident, m, ["ActionLogged"], a)
@@ -370,7 +390,9 @@ class IncidentMachine(RuleBasedStateMachine):
             Status.REOPENED,
         }
         ok = a != AUDITOR and m.status in allowed and (m.involved(a) or a == m.reporter)
-        if self._attempt(incident, m, "escalate", ok, lambda: incident.escalate(env(a), "worse")):
+        if self._attempt(
+            incident, m, "escalate", ok, lambda: incident.escalate(envelope_for(a), "worse")
+        ):
             m.escalation += 1
             self._collect(incident, m, ["Escalated"], a)
 
@@ -379,7 +401,9 @@ class IncidentMachine(RuleBasedStateMachine):
         incident, m = self._pick(n)
         a = self._actor(who, m)
         ok = m.status is Status.RESPONDING and a in {COORDINATOR, m.lead}
-        if self._attempt(incident, m, "resolve", ok, lambda: incident.resolve(env(a), "done")):
+        if self._attempt(
+            incident, m, "resolve", ok, lambda: incident.resolve(envelope_for(a), "done")
+        ):
             m.status = Status.RESOLVED
             m.close_requested = False
             [resolved] = self._collect(incident, m, ["Resolved"], a)
@@ -391,7 +415,11 @@ class IncidentMachine(RuleBasedStateMachine):
         a = self._actor(who, m)
         ok = m.status is Status.RESOLVED and a == m.lead and not m.close_requested
         if self._attempt(
-            incident, m, "request_closure", ok, lambda: incident.request_closure(env(a), "")
+            incident,
+            m,
+            "request_closure",
+            ok,
+            lambda: incident.request_closure(envelope_for(a), ""),
         ):
             m.close_requested = True
             self._collect(incident, m, ["ClosureRequested"], a)
@@ -401,7 +429,9 @@ class IncidentMachine(RuleBasedStateMachine):
         incident, m = self._pick(n)
         a = self._actor(who, m)
         ok = m.status is Status.RESOLVED and a == COORDINATOR and m.close_requested
-        if self._attempt(incident, m, "approve", ok, lambda: incident.approve_closure(env(a), "")):
+        if self._attempt(
+            incident, m, "approve", ok, lambda: incident.approve_closure(envelope_for(a), "")
+        ):
             m.status = Status.CLOSED
             m.close_requested = False
             self._collect(incident, m, ["ClosureApproved"], a)
@@ -416,7 +446,7 @@ class IncidentMachine(RuleBasedStateMachine):
             m,
             "reopen",
             ok,
-            lambda: incident.reopen(env(a), "again"),
+            lambda: incident.reopen(envelope_for(a), "again"),
             allowed_when_terminal=m.status is Status.CLOSED,
         ):
             m.status = Status.REOPENED
@@ -461,7 +491,12 @@ class IncidentMachine(RuleBasedStateMachine):
 
         def act() -> None:
             incident.correct(
-                env(a), event_id=event_id, field=name, old_value=old, new_value=new, reason=reason
+                envelope_for(a),
+                event_id=event_id,
+                field=name,
+                old_value=old,
+                new_value=new,
+                reason=reason,
             )
 
         if self._attempt(incident, m, "correct", ok, act, allowed_when_terminal=True):

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.progress import Progress
 
 from incidentledger_client import Unavailable
-from incidentledger_client.cli.app import Meter, follow_verification
+from incidentledger_client.cli.commands.audit import follow_verification
+from incidentledger_client.cli.progress import Meter
 from incidentledger_client.types import VerifyProgress, VerifyReport
 
 REPORT = VerifyReport(ok=True, events=90, incidents=30, checkpoints_checked=1, divergence=None)

@@ -35,7 +35,7 @@ from services.ledger.domain.commands import (
 )
 from services.ledger.domain.incident import Actor, Envelope, RejectionReason
 from services.ledger.projections import BoardFilter, Projections
-from services.ledger.projections.engine import quantile
+from services.ledger.projections.store import quantile
 from tests.support import reference
 
 BASE = reference()
@@ -66,10 +66,10 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
     real = incident_module._envelope_kwargs
 
-    def at_clock_time(env: Envelope, previous_hash: str, **kwargs: Any) -> dict[str, Any]:
-        values = real(env, previous_hash, **kwargs)
+    def at_clock_time(envelope: Envelope, previous_hash: str, **kwargs: Any) -> dict[str, Any]:
+        values = real(envelope, previous_hash, **kwargs)
         values["timestamp"] = clock.now
-        if env.occurred_at is None:
+        if envelope.occurred_at is None:
             values["occurred_at"] = clock.now
         return values
 
@@ -98,7 +98,7 @@ class Desk:
         self.ledger = ledger
         self.n = 0
 
-    def env(self, agency: str, occurred_at: datetime | None = None) -> Envelope:
+    def envelope_for(self, agency: str, occurred_at: datetime | None = None) -> Envelope:
         self.n += 1
         rid = f"req-{self.n}"
         role = REF.agencies[agency].role
@@ -114,7 +114,7 @@ class Desk:
         title: str = "incident",
     ) -> CommandResult:
         return self.ledger.execute(
-            self.env("kesbangpol", occurred_at),
+            self.envelope_for("kesbangpol", occurred_at),
             ReportIncident(
                 title=title,
                 description="",
@@ -125,15 +125,15 @@ class Desk:
         )
 
     def to_responding(self, incident: UUID, lead: str = "polres") -> None:
-        self.ledger.execute(self.env(COORD), VerifyIncident(incident, 0, ""))
-        self.ledger.execute(self.env(COORD), AssignLeadAgency(incident, 0, lead, ""))
-        self.ledger.execute(self.env(lead), LogAction(incident, 0, "patrol", None))
+        self.ledger.execute(self.envelope_for(COORD), VerifyIncident(incident, 0, ""))
+        self.ledger.execute(self.envelope_for(COORD), AssignLeadAgency(incident, 0, lead, ""))
+        self.ledger.execute(self.envelope_for(lead), LogAction(incident, 0, "patrol", None))
 
     def decide(
         self, incident: UUID, kecamatan: str, start: datetime, end: datetime, summary: str
     ) -> CommandResult:
         return self.ledger.execute(
-            self.env("polres"),
+            self.envelope_for("polres"),
             RecordDecision(
                 incident,
                 0,
@@ -160,9 +160,9 @@ def test_vulnerability_map_scores_bands_and_reasons(
     open_high = desk.report(severity="high", occurred_at=T0, title="vote buying").incident_id
     settled = desk.report(severity="low", category="flood", occurred_at=T0).incident_id
     desk.to_responding(settled)
-    app.execute(desk.env("polres"), ResolveIncident(settled, 0, "water receded"))
+    app.execute(desk.envelope_for("polres"), ResolveIncident(settled, 0, "water receded"))
     rejected = desk.report(severity="critical", occurred_at=T0).incident_id
-    app.execute(desk.env(COORD), RejectIncident(rejected, 0, RejectionReason.HOAX, "hoax"))
+    app.execute(desk.envelope_for(COORD), RejectIncident(rejected, 0, RejectionReason.HOAX, "hoax"))
     desk.report(severity="critical", occurred_at=at + timedelta(hours=1))  # after `at`
     other = desk.report("penarik", severity="low", category="flood", occurred_at=at).incident_id
 
@@ -198,7 +198,7 @@ def test_vulnerability_map_scores_bands_and_reasons(
     # A correction of the report's category changes its dimension, so its weight.
     events = app.incident_events(open_high, after_version=0, limit=1)
     app.execute(
-        desk.env("kesbangpol"),
+        desk.envelope_for("kesbangpol"),
         RecordCorrection(
             open_high,
             0,
@@ -260,7 +260,7 @@ def test_decisions_in_force_by_time_and_kecamatan_with_corrections(
 
     later = end + timedelta(hours=2)
     app.execute(
-        desk.env("polres"),
+        desk.envelope_for("polres"),
         RecordCorrection(
             incident,
             0,
@@ -272,7 +272,7 @@ def test_decisions_in_force_by_time_and_kecamatan_with_corrections(
         ),
     )
     app.execute(
-        desk.env("polres"),
+        desk.envelope_for("polres"),
         RecordCorrection(
             incident,
             0,
@@ -294,15 +294,15 @@ def test_workload_open_unacknowledged_and_overdue_per_agency(
 ) -> None:
     desk = Desk(app)
     assigned = desk.report(severity="critical").incident_id  # polres, not acted on
-    app.execute(desk.env(COORD), VerifyIncident(assigned, 0, ""))
-    app.execute(desk.env(COORD), AssignLeadAgency(assigned, 0, "polres", ""))
+    app.execute(desk.envelope_for(COORD), VerifyIncident(assigned, 0, ""))
+    app.execute(desk.envelope_for(COORD), AssignLeadAgency(assigned, 0, "polres", ""))
     responding = desk.report(severity="low").incident_id  # polres, acting; kodim supports
     desk.to_responding(responding)
-    app.execute(desk.env("polres"), AddSupportingAgency(responding, 0, "kodim", ""))
+    app.execute(desk.envelope_for("polres"), AddSupportingAgency(responding, 0, "kodim", ""))
     desk.report(severity="high")  # waits for the coordinator's verification
     closed = desk.report(severity="critical").incident_id
     desk.to_responding(closed, lead="bpbd")
-    app.execute(desk.env("bpbd"), ResolveIncident(closed, 0, "done"))
+    app.execute(desk.envelope_for("bpbd"), ResolveIncident(closed, 0, "done"))
 
     def load(at: datetime) -> dict[str, tuple[int, int, int, int]]:
         rows = projections.workload(at)
@@ -328,13 +328,13 @@ def test_response_times_median_and_p90(app: Ledger, projections: Projections, cl
         clock.now = T0 + timedelta(hours=n)
         incident = desk.report(severity="high", category="hoax").incident_id
         clock.advance(minutes=delay / 2)
-        app.execute(desk.env(COORD), VerifyIncident(incident, 0, ""))
-        app.execute(desk.env(COORD), AssignLeadAgency(incident, 0, "polres", ""))
+        app.execute(desk.envelope_for(COORD), VerifyIncident(incident, 0, ""))
+        app.execute(desk.envelope_for(COORD), AssignLeadAgency(incident, 0, "polres", ""))
         clock.advance(minutes=delay / 2)
-        app.execute(desk.env("polres"), LogAction(incident, 0, "patrol", None))
+        app.execute(desk.envelope_for("polres"), LogAction(incident, 0, "patrol", None))
         clock.advance(minutes=delay)
         if n < 2:
-            app.execute(desk.env("polres"), ResolveIncident(incident, 0, "done"))
+            app.execute(desk.envelope_for("polres"), ResolveIncident(incident, 0, "done"))
     clock.now = T0 + timedelta(hours=5)
     desk.report(severity="low", category="flood")  # never verified
 
@@ -379,9 +379,9 @@ def test_board_follows_the_lifecycle_and_serves_the_list(
     first = desk.report(severity="low").incident_id
     second = desk.report("penarik", severity="high").incident_id
     desk.to_responding(second, lead="bpbd")
-    app.execute(desk.env("bpbd"), ProposeHandover(second, 0, "polres", "police matter"))
+    app.execute(desk.envelope_for("bpbd"), ProposeHandover(second, 0, "polres", "police matter"))
     clock.advance(minutes=5)
-    app.execute(desk.env("bpbd"), EscalateIncident(second, 0, "spreading"))
+    app.execute(desk.envelope_for("bpbd"), EscalateIncident(second, 0, "spreading"))
     row = projections.row(second)
     assert row is not None
     assert (row.status, row.lead_agency, row.pending_handover_to, row.escalation_level) == (
@@ -392,7 +392,7 @@ def test_board_follows_the_lifecycle_and_serves_the_list(
     )
     assert (row.last_event_type, row.last_change_at) == ("Escalated", clock.now)
     assert row.acknowledged_at == T0
-    app.execute(desk.env("polres"), AcceptHandover(second, 0, "taken over"))
+    app.execute(desk.envelope_for("polres"), AcceptHandover(second, 0, "taken over"))
     row = projections.row(second)
     assert row is not None
     assert (row.lead_agency, row.pending_handover_to) == ("polres", "")
@@ -417,7 +417,9 @@ def test_as_of_answers_as_the_projections_did_then(
     then = desk.report(severity="high").position
     at = T0 + timedelta(hours=1)
     before = (projections.vulnerability_map(at), projections.list_incidents(BoardFilter(), 0, 9))
-    app.execute(desk.env(COORD), AssessSeverity(incident, 0, "critical", "worse than thought"))
+    app.execute(
+        desk.envelope_for(COORD), AssessSeverity(incident, 0, "critical", "worse than thought")
+    )
     assert projections.vulnerability_map(at) != before[0]
     with projections.as_of(then) as past:
         assert past.position == then
@@ -464,13 +466,13 @@ def test_corrections_change_the_board_only_where_the_corrected_value_is_in_effec
     desk = Desk(app)
     incident = desk.report(severity="low", title="crowd").incident_id
     desk.to_responding(incident)
-    app.execute(desk.env(COORD), AssessSeverity(incident, 0, "high", "bigger"))
+    app.execute(desk.envelope_for(COORD), AssessSeverity(incident, 0, "high", "bigger"))
     history = app.incident_events(incident, after_version=0, limit=100)
     by_type = {type(e.event).__name__: e.event.event_id for e in history}
 
     def correct(event: str, field: str, old: str, new: str) -> None:
         app.execute(
-            desk.env(COORD),
+            desk.envelope_for(COORD),
             RecordCorrection(
                 incident,
                 0,

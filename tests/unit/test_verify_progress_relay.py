@@ -9,7 +9,7 @@ import pytest
 
 from services.ledger.api.audit_servicer import ProgressRelay
 from services.ledger.audit import VerifyProgress, VerifyReport
-from services.ledger.audit.verify import ProgressCallback
+from services.ledger.audit.verify_stored import ProgressCallback
 
 REPORT = VerifyReport(ok=True, events=5, incidents=2, checkpoints_checked=0, divergence=None)
 

@@ -4,7 +4,7 @@ periodic read."""
 
 from __future__ import annotations
 
-from services.notifier.engine import WebhookCache
+from services.notifier.webhook_cache import WebhookCache
 
 
 def test_a_batch_recorded_after_the_last_read_reads_the_webhooks_again() -> None:

@@ -31,7 +31,7 @@ from services.ledger.audit import (
     VerifyReport,
     verify_store,
 )
-from services.ledger.audit.verify import ProgressCallback
+from services.ledger.audit.verify_stored import ProgressCallback
 from services.ledger.domain.incident import Incident
 
 log = structlog.get_logger(__name__)

@@ -51,7 +51,7 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
         self._read = read_model
         self._tokens = page_tokens
 
-    def _env(self, request: Message) -> Envelope:
+    def _envelope(self, request: Message) -> Envelope:
         principal = current_principal()
         role = self._ledger.reference.agencies[principal.agency].role
         occurred = wire.optional_time(request, "occur_time")
@@ -68,8 +68,8 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
 
     def _command(self, request: Message, response: Callable[..., Response]) -> Response:
         """One command RPC: the envelope, the command (``wire.COMMANDS``), one call."""
-        env = self._env(request)
-        result = self._ledger.execute(env, wire.command_from_proto(request))
+        envelope = self._envelope(request)
+        result = self._ledger.execute(envelope, wire.command_from_proto(request))
         return response(result=wire.result_to_proto(result))
 
     @override
@@ -235,7 +235,7 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
                 request.page_token,
                 size,
                 lambda after, limit: view.reader.list_incidents(
-                    board_filter, int(after), limit, fresh=view.fresh
+                    board_filter, int(after), limit, catch_up_first=view.catch_up_first
                 ),
                 lambda row: row[0],
                 0,

@@ -35,7 +35,7 @@ class SituationServicer(sit_grpc.SituationServiceServicer):
         with self._read.view(
             min_position=request.min_position, as_of=at, timeout=context.time_remaining()
         ) as view:
-            scores = view.reader.vulnerability_map(at, fresh=view.fresh)
+            scores = view.reader.vulnerability_map(at, catch_up_first=view.catch_up_first)
         return sit.GetVulnerabilityMapResponse(
             kecamatan=[
                 sit.KecamatanScore(
@@ -76,7 +76,7 @@ class SituationServicer(sit_grpc.SituationServiceServicer):
             min_position=request.min_position, as_of=at, timeout=context.time_remaining()
         ) as view:
             decisions = view.reader.decisions_in_force(
-                at, request.kecamatan or None, fresh=view.fresh
+                at, request.kecamatan or None, catch_up_first=view.catch_up_first
             )
         return sit.ListDecisionsInForceResponse(
             decisions=[
@@ -106,7 +106,7 @@ class SituationServicer(sit_grpc.SituationServiceServicer):
         with self._read.view(
             min_position=request.min_position, timeout=context.time_remaining()
         ) as view:
-            rows = view.reader.workload(datetime.now(UTC), fresh=view.fresh)
+            rows = view.reader.workload(datetime.now(UTC), catch_up_first=view.catch_up_first)
         return sit.GetAgencyWorkloadResponse(
             agencies=[
                 sit.AgencyWorkload(
@@ -130,7 +130,7 @@ class SituationServicer(sit_grpc.SituationServiceServicer):
         with self._read.view(
             min_position=request.min_position, timeout=context.time_remaining()
         ) as view:
-            groups = view.reader.response_times(by, fresh=view.fresh)
+            groups = view.reader.response_times(by, catch_up_first=view.catch_up_first)
 
         def stats(p: Percentiles) -> sit.DurationStats:
             return sit.DurationStats(

@@ -75,15 +75,9 @@ from services.ledger.audit.keys import (
     load_signing_key,
     public_key_bytes,
 )
-from services.ledger.audit.verify import (
-    ChainVerifier,
-    Divergence,
-    ExportFormatError,
-    VerifyProgress,
-    VerifyReport,
-    verify_export,
-    verify_store,
-)
+from services.ledger.audit.verifier import ChainVerifier, Divergence, VerifyReport
+from services.ledger.audit.verify_exported import ExportFormatError, verify_export
+from services.ledger.audit.verify_stored import VerifyProgress, verify_store
 
 __all__ = [
     "NATS_SUBJECT",

@@ -25,12 +25,9 @@ from services.ledger.audit.checkpoints import (
 from services.ledger.audit.export import ExportError, export_jsonl
 from services.ledger.audit.keys import load_public_key, load_signing_key
 from services.ledger.audit.scan import WorkerError
-from services.ledger.audit.verify import (
-    ExportFormatError,
-    VerifyReport,
-    verify_export,
-    verify_store,
-)
+from services.ledger.audit.verifier import VerifyReport
+from services.ledger.audit.verify_exported import ExportFormatError, verify_export
+from services.ledger.audit.verify_stored import verify_store
 
 log = structlog.get_logger("services.ledger.audit")
 

@@ -53,7 +53,7 @@ STORES = {"eventsourcing.sqlite", "eventsourcing.postgres"}
 class StoreSource:
     """What a worker needs to read the store: the settings, the table and the topics."""
 
-    env: tuple[tuple[str, str], ...]  # the store's settings (a tuple: sources are dict keys)
+    store_env: tuple[tuple[str, str], ...]  # the store's settings (a tuple: sources are dict keys)
     table: str
     topics: tuple[str, ...]
 
@@ -68,11 +68,11 @@ class StoreSource:
 def store_source(ledger: Application[Any]) -> StoreSource | None:
     """The ledger's store as workers can read it; None where they cannot (in memory,
     or a mapper that encrypts or compresses, which the workers do not have)."""
-    env = {k: str(v) for k, v in ledger.env.items()}
-    module = env.get("PERSISTENCE_MODULE", "")
+    store_env = {k: str(v) for k, v in ledger.env.items()}
+    module = store_env.get("PERSISTENCE_MODULE", "")
     if module not in STORES:
         return None
-    if module == "eventsourcing.sqlite" and env.get("SQLITE_DBNAME", ":memory:") in {
+    if module == "eventsourcing.sqlite" and store_env.get("SQLITE_DBNAME", ":memory:") in {
         "",
         ":memory:",
     }:
@@ -82,7 +82,9 @@ def store_source(ledger: Application[Any]) -> StoreSource | None:
     table = getattr(ledger.recorder, "events_table_name", None)
     if not isinstance(table, str):
         return None
-    return StoreSource(tuple(sorted(env.items())), table, tuple(RawDecoder(ledger.mapper).topics))
+    return StoreSource(
+        tuple(sorted(store_env.items())), table, tuple(RawDecoder(ledger.mapper).topics)
+    )
 
 
 def worker_count(span: int, requested: int | None = None) -> int:
@@ -188,7 +190,7 @@ class WorkerState:
     def rows(self, source: StoreSource, after: int, stop: int) -> list[RawRow]:
         db = self._databases.get(source)
         if db is None:
-            db = self._databases[source] = open_database(dict(source.env))
+            db = self._databases[source] = open_database(dict(source.store_env))
         return source.read(db, after, stop)
 
     def close(self) -> None:
@@ -210,7 +212,7 @@ CHECK_EXPORT = "check-export"
 JOBS = {
     HASHES: f"{__name__}:hashes_job",
     LINES: f"{__name__}:lines_job",
-    CHECK_EXPORT: "services.ledger.audit.verify:check_export_chunk",
+    CHECK_EXPORT: "services.ledger.audit.verify_exported:check_export_chunk",
 }
 
 
@@ -261,12 +263,12 @@ _DEAD = object()  # the worker's output ended
 
 class Worker:
     def __init__(self) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        environ = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._process = subprocess.Popen(  # noqa: S603 - this interpreter, fixed code, no shell
             [sys.executable, "-c", f"import {__name__} as m; m.serve_worker()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env=env,
+            env=environ,
         )
         self._replies: queue.SimpleQueue[object] = queue.SimpleQueue()
         # Replies are read as they come, so that neither side ever waits on a full pipe.

@@ -193,7 +193,7 @@ class CreatingCommand(Command, ABC):
     """A command that creates an incident."""
 
     @abstractmethod
-    def create(self, env: Envelope) -> Incident: ...
+    def create(self, envelope: Envelope) -> Incident: ...
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ class IncidentCommand(Command, ABC):
         return ()
 
     @abstractmethod
-    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+    def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
         """The command's rule on the aggregate(s) (``others`` as :meth:`other_incidents`)."""
 
 
@@ -244,9 +244,9 @@ class ReportIncident(CreatingCommand):
     severity: str = dataclasses.field(metadata=severity(default=True))
     location: dict[str, Any] = dataclasses.field(metadata=location())
 
-    def create(self, env: Envelope) -> Incident:
+    def create(self, envelope: Envelope) -> Incident:
         return Incident.report(
-            env,
+            envelope,
             title=self.title,
             description=self.description,
             category=self.category,
@@ -260,8 +260,8 @@ class ReportIncident(CreatingCommand):
 class VerifyIncident(IncidentCommand):
     comment: str = dataclasses.field(metadata=text(MAX_TEXT))
 
-    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
-        incident.verify(env, self.comment)
+    def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.verify(envelope, self.comment)
 
 
 @dataclass(frozen=True)
@@ -269,8 +269,8 @@ class RejectIncident(IncidentCommand):
     reason: RejectionReason
     comment: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
 
-    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
-        incident.reject(env, self.reason, self.comment)
+    def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.reject(envelope, self.reason, self.comment)
 
 
 @dataclass(frozen=True)
@@ -296,9 +296,9 @@ class MergeIncident(IncidentCommand):
     def other_incidents(self) -> tuple[tuple[UUID, str], ...]:
         return ((self.target, "target"),)
 
-    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+    def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
         (target,) = others
-        incident.merge_into(env, target, self.comment)
+        incident.merge_into(envelope, target, self.comment)
 
 
 @dataclass(frozen=True)
@@ -306,8 +306,8 @@ class AssessSeverity(IncidentCommand):
     severity: str = dataclasses.field(metadata=severity())
     comment: str = dataclasses.field(metadata=text(MAX_TEXT))
 
-    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
-        incident.assess_severity(env, self.severity, self.comment)
+    def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.assess_severity(envelope, self.severity, self.comment)
 
 
 @dataclass(frozen=True)
@@ -315,8 +315,8 @@ class AssignLeadAgency(IncidentCommand):
     agency: str = dataclasses.field(metadata=responder())
     comment: str = dataclasses.field(metadata=text(MAX_TEXT))
 
-    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
-        incident.assign_lead(env, self.agency, self.comment)
+    def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.assign_lead(envelope, self.agency, self.comment)
 
 
 @dataclass(frozen=True)
@@ -324,8 +324,8 @@ class AddSupportingAgency(IncidentCommand):
     agency: str = dataclasses.field(metadata=responder())
     comment: str = dataclasses.field(metadata=text(MAX_TEXT))
 
-    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
-        incident.add_supporting_agency(env, self.agency, self.comment)
+    def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.add_supporting_agency(envelope, self.agency, self.comment)
 
 
 @dataclass(frozen=True)
@@ -333,16 +333,16 @@ class ProposeHandover(IncidentCommand):
     to_agency: str = dataclasses.field(metadata=responder())
     reason: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
 
-    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
-        incident.propose_handover(env, self.to_agency, self.reason)
+    def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.propose_handover(envelope, self.to_agency, self.reason)
 
 
 @dataclass(frozen=True)
 class AcceptHandover(IncidentCommand):
     comment: str = dataclasses.field(metadata=text(MAX_TEXT))
 
-    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
-        incident.accept_handover(env, self.comment)
+    def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.accept_handover(envelope, self.comment)
 
 
 @dataclass(frozen=True)
@@ -357,9 +357,9 @@ class RecordDecision(IncidentCommand):
     valid_from: datetime = dataclasses.field(metadata=planned_time())
     valid_until: datetime = dataclasses.field(metadata=planned_time())
 
-    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+    def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
         incident.record_decision(
-            env,
+            envelope,
             deciding_agencies=list(self.deciding_agencies),
             forum=self.forum,
             summary=self.summary,
@@ -377,48 +377,48 @@ class LogAction(IncidentCommand):
     action: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
     location: dict[str, Any] | None = dataclasses.field(metadata=location())
 
-    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
-        incident.log_action(env, self.action, self.location or incident.location)
+    def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.log_action(envelope, self.action, self.location or incident.location)
 
 
 @dataclass(frozen=True)
 class EscalateIncident(IncidentCommand):
     reason: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
 
-    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
-        incident.escalate(env, self.reason)
+    def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.escalate(envelope, self.reason)
 
 
 @dataclass(frozen=True)
 class ResolveIncident(IncidentCommand):
     resolution: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
 
-    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
-        incident.resolve(env, self.resolution)
+    def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.resolve(envelope, self.resolution)
 
 
 @dataclass(frozen=True)
 class RequestClosure(IncidentCommand):
     comment: str = dataclasses.field(metadata=text(MAX_TEXT))
 
-    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
-        incident.request_closure(env, self.comment)
+    def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.request_closure(envelope, self.comment)
 
 
 @dataclass(frozen=True)
 class ApproveClosure(IncidentCommand):
     comment: str = dataclasses.field(metadata=text(MAX_TEXT))
 
-    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
-        incident.approve_closure(env, self.comment)
+    def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.approve_closure(envelope, self.comment)
 
 
 @dataclass(frozen=True)
 class ReopenIncident(IncidentCommand):
     reason: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
 
-    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
-        incident.reopen(env, self.reason)
+    def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
+        incident.reopen(envelope, self.reason)
 
 
 @dataclass(frozen=True)
@@ -434,9 +434,9 @@ class RecordCorrection(IncidentCommand):
     def check(self, rules: Rules) -> None:
         check_corrected_value(rules, self.field, self.new_value)
 
-    def apply(self, env: Envelope, incident: Incident, *others: Incident) -> None:
+    def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
         incident.correct(
-            env,
+            envelope,
             event_id=self.event_id,
             field=self.field,
             old_value=self.old_value,

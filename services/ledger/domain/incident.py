@@ -327,7 +327,7 @@ class Incident(Aggregate):
     @classmethod
     def report(
         cls,
-        env: Envelope,
+        envelope: Envelope,
         *,
         title: str,
         description: str,
@@ -336,7 +336,7 @@ class Incident(Aggregate):
         location: dict[str, Any],
         incident_id: UUID,
     ) -> Incident:
-        _require_writer(env.actor, "ReportIncident")
+        _require_writer(envelope.actor, "ReportIncident")
         return cls._create(
             cls.Reported,
             id=incident_id,
@@ -344,19 +344,19 @@ class Incident(Aggregate):
             description=description,
             category=category,
             severity=severity,
-            **_envelope_kwargs(env, GENESIS_HASH, location=location),
+            **_envelope_kwargs(envelope, GENESIS_HASH, location=location),
         )
 
-    def verify(self, env: Envelope, comment: str) -> None:
-        self._check("VerifyIncident", env, {Status.REPORTED}, coordinator_only=True)
-        self._trigger(self.Verified, env, reason=comment)
+    def verify(self, envelope: Envelope, comment: str) -> None:
+        self._check("VerifyIncident", envelope, {Status.REPORTED}, coordinator_only=True)
+        self._trigger(self.Verified, envelope, reason=comment)
 
-    def reject(self, env: Envelope, reason: RejectionReason, comment: str) -> None:
-        self._check("RejectIncident", env, {Status.REPORTED}, coordinator_only=True)
-        self._trigger(self.Rejected, env, reason=comment, rejection_reason=reason.value)
+    def reject(self, envelope: Envelope, reason: RejectionReason, comment: str) -> None:
+        self._check("RejectIncident", envelope, {Status.REPORTED}, coordinator_only=True)
+        self._trigger(self.Rejected, envelope, reason=comment, rejection_reason=reason.value)
 
-    def merge_into(self, env: Envelope, target: Incident, comment: str) -> None:
-        self._check("MergeIncident", env, {Status.REPORTED}, coordinator_only=True)
+    def merge_into(self, envelope: Envelope, target: Incident, comment: str) -> None:
+        self._check("MergeIncident", envelope, {Status.REPORTED}, coordinator_only=True)
         if target.id == self.id:
             raise InvalidArgument("target", "an incident cannot be merged into itself")
         if target.status in {Status.REJECTED, Status.MERGED}:
@@ -365,40 +365,40 @@ class Incident(Aggregate):
                 reason="MERGE_TARGET_NOT_LIVE",
                 metadata={"target_status": target.status.value},
             )
-        self._trigger(self.Merged, env, reason=comment, target_id=target.id)
-        target._trigger(self.DuplicateMerged, env, reason=comment, duplicate_id=self.id)
+        self._trigger(self.Merged, envelope, reason=comment, target_id=target.id)
+        target._trigger(self.DuplicateMerged, envelope, reason=comment, duplicate_id=self.id)
 
-    def assess_severity(self, env: Envelope, severity: str, comment: str) -> None:
+    def assess_severity(self, envelope: Envelope, severity: str, comment: str) -> None:
         allowed = set(Status) - TERMINAL
-        self._check("AssessSeverity", env, allowed, involved=True, reporter_too=True)
+        self._check("AssessSeverity", envelope, allowed, involved=True, reporter_too=True)
         if severity == self.severity:
             raise FailedPrecondition(
                 f"the severity is already {severity}",
                 reason="NO_CHANGE",
                 metadata={"severity": severity},
             )
-        self._trigger(self.SeverityAssessed, env, reason=comment, severity=severity)
+        self._trigger(self.SeverityAssessed, envelope, reason=comment, severity=severity)
 
-    def assign_lead(self, env: Envelope, agency: str, comment: str) -> None:
+    def assign_lead(self, envelope: Envelope, agency: str, comment: str) -> None:
         self._check(
-            "AssignLeadAgency", env, {Status.VERIFIED, Status.REOPENED}, coordinator_only=True
+            "AssignLeadAgency", envelope, {Status.VERIFIED, Status.REOPENED}, coordinator_only=True
         )
-        self._trigger(self.LeadAssigned, env, reason=comment, agency=agency)
+        self._trigger(self.LeadAssigned, envelope, reason=comment, agency=agency)
 
-    def add_supporting_agency(self, env: Envelope, agency: str, comment: str) -> None:
+    def add_supporting_agency(self, envelope: Envelope, agency: str, comment: str) -> None:
         allowed = {Status.VERIFIED, Status.ASSIGNED, Status.RESPONDING, Status.REOPENED}
-        self._check("AddSupportingAgency", env, allowed, lead_or_coordinator=True)
+        self._check("AddSupportingAgency", envelope, allowed, lead_or_coordinator=True)
         if agency == self.lead_agency or agency in self.supporting_agencies:
             raise FailedPrecondition(
                 f"agency {agency} is already involved in the incident",
                 reason="ALREADY_INVOLVED",
                 metadata={"agency": agency},
             )
-        self._trigger(self.SupportingAgencyAdded, env, reason=comment, agency=agency)
+        self._trigger(self.SupportingAgencyAdded, envelope, reason=comment, agency=agency)
 
-    def propose_handover(self, env: Envelope, to_agency: str, reason: str) -> None:
+    def propose_handover(self, envelope: Envelope, to_agency: str, reason: str) -> None:
         allowed = {Status.ASSIGNED, Status.RESPONDING}
-        self._check("ProposeHandover", env, allowed, lead_or_coordinator=True)
+        self._check("ProposeHandover", envelope, allowed, lead_or_coordinator=True)
         if self.pending_handover is not None:
             raise FailedPrecondition(
                 f"a handover to {self.pending_handover[1]} is already pending",
@@ -407,22 +407,22 @@ class Incident(Aggregate):
             )
         if to_agency == self.lead_agency:
             raise InvalidArgument("to_agency", f"{to_agency} already leads the incident")
-        self._trigger(self.HandoverProposed, env, reason=reason, to_agency=to_agency)
+        self._trigger(self.HandoverProposed, envelope, reason=reason, to_agency=to_agency)
 
-    def accept_handover(self, env: Envelope, comment: str) -> None:
-        self._check("AcceptHandover", env, {Status.ASSIGNED, Status.RESPONDING})
+    def accept_handover(self, envelope: Envelope, comment: str) -> None:
+        self._check("AcceptHandover", envelope, {Status.ASSIGNED, Status.RESPONDING})
         if self.pending_handover is None:
             raise FailedPrecondition("no handover is pending", reason="NO_HANDOVER_PENDING")
         from_agency, to_agency, _ = self.pending_handover
-        if env.actor.agency != to_agency:
+        if envelope.actor.agency != to_agency:
             raise PermissionDenied(
                 f"only {to_agency}, the receiving agency, may accept this handover",
                 reason="NOT_HANDOVER_RECIPIENT",
-                metadata={"to_agency": to_agency, "caller_agency": env.actor.agency},
+                metadata={"to_agency": to_agency, "caller_agency": envelope.actor.agency},
             )
         self._trigger(
             self.HandoverAccepted,
-            env,
+            envelope,
             reason=comment,
             from_agency=from_agency,
             to_agency=to_agency,
@@ -430,7 +430,7 @@ class Incident(Aggregate):
 
     def record_decision(
         self,
-        env: Envelope,
+        envelope: Envelope,
         *,
         deciding_agencies: list[str],
         forum: str,
@@ -447,19 +447,22 @@ class Incident(Aggregate):
             Status.RESOLVED,
             Status.REOPENED,
         }
-        self._check("RecordDecision", env, allowed, involved=True)
-        if env.actor.role is not Role.COORDINATOR and env.actor.agency not in deciding_agencies:
+        self._check("RecordDecision", envelope, allowed, involved=True)
+        if (
+            envelope.actor.role is not Role.COORDINATOR
+            and envelope.actor.agency not in deciding_agencies
+        ):
             raise PermissionDenied(
                 "a decision can only be recorded by one of its deciding agencies "
                 "or by the coordinator",
                 reason="NOT_A_DECIDING_AGENCY",
-                metadata={"caller_agency": env.actor.agency},
+                metadata={"caller_agency": envelope.actor.agency},
             )
         if valid_until <= valid_from:
             raise InvalidArgument("valid_until", "must be after valid_from")
         self._trigger(
             self.DecisionRecorded,
-            env,
+            envelope,
             reason=rationale,
             location=scope,
             deciding_agencies=list(deciding_agencies),
@@ -470,19 +473,19 @@ class Incident(Aggregate):
             valid_until=valid_until,
         )
 
-    def log_action(self, env: Envelope, action: str, location: dict[str, Any]) -> None:
+    def log_action(self, envelope: Envelope, action: str, location: dict[str, Any]) -> None:
         allowed = {Status.ASSIGNED, Status.RESPONDING, Status.RESOLVED, Status.REOPENED}
-        self._check("LogAction", env, allowed, involved=True)
+        self._check("LogAction", envelope, allowed, involved=True)
         self._trigger(
             self.ActionLogged,
-            env,
+            envelope,
             reason="",
             location=location,
             action=action,
             starts_response=self.status is Status.ASSIGNED,
         )
 
-    def escalate(self, env: Envelope, reason: str) -> None:
+    def escalate(self, envelope: Envelope, reason: str) -> None:
         allowed = {
             Status.REPORTED,
             Status.VERIFIED,
@@ -490,39 +493,39 @@ class Incident(Aggregate):
             Status.RESPONDING,
             Status.REOPENED,
         }
-        self._check("EscalateIncident", env, allowed, involved=True, reporter_too=True)
-        self._trigger(self.Escalated, env, reason=reason, level=self.escalation_level + 1)
+        self._check("EscalateIncident", envelope, allowed, involved=True, reporter_too=True)
+        self._trigger(self.Escalated, envelope, reason=reason, level=self.escalation_level + 1)
 
-    def resolve(self, env: Envelope, resolution: str) -> None:
-        self._check("ResolveIncident", env, {Status.RESPONDING}, lead_or_coordinator=True)
-        self._trigger(self.Resolved, env, reason=resolution, resolution=resolution)
+    def resolve(self, envelope: Envelope, resolution: str) -> None:
+        self._check("ResolveIncident", envelope, {Status.RESPONDING}, lead_or_coordinator=True)
+        self._trigger(self.Resolved, envelope, reason=resolution, resolution=resolution)
 
-    def request_closure(self, env: Envelope, comment: str) -> None:
-        self._check("RequestClosure", env, {Status.RESOLVED}, lead_only=True)
+    def request_closure(self, envelope: Envelope, comment: str) -> None:
+        self._check("RequestClosure", envelope, {Status.RESOLVED}, lead_only=True)
         if self.close_requested:
             raise FailedPrecondition(
                 "closure was already requested", reason="CLOSURE_ALREADY_REQUESTED"
             )
-        self._trigger(self.ClosureRequested, env, reason=comment)
+        self._trigger(self.ClosureRequested, envelope, reason=comment)
 
-    def approve_closure(self, env: Envelope, comment: str) -> None:
-        self._check("ApproveClosure", env, {Status.RESOLVED}, coordinator_only=True)
+    def approve_closure(self, envelope: Envelope, comment: str) -> None:
+        self._check("ApproveClosure", envelope, {Status.RESOLVED}, coordinator_only=True)
         if not self.close_requested:
             raise FailedPrecondition(
                 "closure must be requested by the lead agency before it is approved",
                 reason="CLOSURE_NOT_REQUESTED",
             )
-        self._trigger(self.ClosureApproved, env, reason=comment)
+        self._trigger(self.ClosureApproved, envelope, reason=comment)
 
-    def reopen(self, env: Envelope, reason: str) -> None:
+    def reopen(self, envelope: Envelope, reason: str) -> None:
         self._check(
-            "ReopenIncident", env, {Status.RESOLVED, Status.CLOSED}, lead_or_coordinator=True
+            "ReopenIncident", envelope, {Status.RESOLVED, Status.CLOSED}, lead_or_coordinator=True
         )
-        self._trigger(self.Reopened, env, reason=reason)
+        self._trigger(self.Reopened, envelope, reason=reason)
 
     def correct(
         self,
-        env: Envelope,
+        envelope: Envelope,
         *,
         event_id: UUID,
         field: str,
@@ -530,12 +533,12 @@ class Incident(Aggregate):
         new_value: str,
         reason: str,
     ) -> None:
-        _require_writer(env.actor, "RecordCorrection")
+        _require_writer(envelope.actor, "RecordCorrection")
         values = self.event_values.get(event_id)
         if values is None:
             raise InvalidArgument("corrected_event_id", f"no event {event_id} in this incident")
-        if env.actor.role is not Role.COORDINATOR and (
-            self.event_agencies[event_id] != env.actor.agency
+        if envelope.actor.role is not Role.COORDINATOR and (
+            self.event_agencies[event_id] != envelope.actor.agency
         ):
             raise PermissionDenied(
                 "only the agency that recorded an event, or the coordinator, may correct it",
@@ -561,7 +564,7 @@ class Incident(Aggregate):
             raise InvalidArgument("reason", "a correction needs a reason")
         self._trigger(
             self.Corrected,
-            env,
+            envelope,
             reason=reason,
             corrected_event_id=event_id,
             field=field,
@@ -586,7 +589,7 @@ class Incident(Aggregate):
     def _check(
         self,
         command: str,
-        env: Envelope,
+        envelope: Envelope,
         allowed: set[Status] | frozenset[Status],
         *,
         coordinator_only: bool = False,
@@ -595,7 +598,7 @@ class Incident(Aggregate):
         involved: bool = False,
         reporter_too: bool = False,
     ) -> None:
-        actor = env.actor
+        actor = envelope.actor
         _require_writer(actor, command)
         if self.status not in allowed:
             raise IllegalTransition(command, self.status.value)
@@ -634,7 +637,7 @@ class Incident(Aggregate):
     def _trigger(
         self,
         event_class: type[Incident.Event],
-        env: Envelope,
+        envelope: Envelope,
         *,
         reason: str,
         location: dict[str, Any] | None = None,
@@ -643,7 +646,7 @@ class Incident(Aggregate):
         self.trigger_event(
             event_class,
             **_envelope_kwargs(
-                env, self.head_hash, location=location or self.location or None, reason=reason
+                envelope, self.head_hash, location=location or self.location or None, reason=reason
             ),
             **payload,
         )
@@ -663,20 +666,20 @@ def _require_writer(actor: Actor, command: str) -> None:
 
 
 def _envelope_kwargs(
-    env: Envelope, previous_hash: str, *, location: dict[str, Any] | None, reason: str = ""
+    envelope: Envelope, previous_hash: str, *, location: dict[str, Any] | None, reason: str = ""
 ) -> dict[str, Any]:
     now = datetime.now(UTC)
     return {
         "event_id": uuid4(),
         "timestamp": now,
-        "occurred_at": env.occurred_at or now,
-        "actor_agency": env.actor.agency,
-        "actor_officer": env.actor.officer,
+        "occurred_at": envelope.occurred_at or now,
+        "actor_agency": envelope.actor.agency,
+        "actor_officer": envelope.actor.officer,
         "reason": reason,
         "location": dict(location) if location else None,  # never shared with state
-        "correlation_id": env.correlation_id,
-        "causation_id": env.causation_id,
-        "request_id": env.request_id,
+        "correlation_id": envelope.correlation_id,
+        "causation_id": envelope.causation_id,
+        "request_id": envelope.request_id,
         "previous_hash": previous_hash,
     }
 

@@ -15,7 +15,6 @@ from services.common.reference import ReferenceData
 from services.common.sql import DatabaseClosedError, SQLiteDatabase, open_database
 from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.ledger.application import Ledger
-from services.ledger.projections.engine import PositionBusy, ProjectionStore
 from services.ledger.projections.facts import FastDecoder, to_datetime
 from services.ledger.projections.filters import BoardFilter
 from services.ledger.projections.model import (
@@ -27,6 +26,7 @@ from services.ledger.projections.model import (
     RebuildStats,
     ResponseTimes,
 )
+from services.ledger.projections.store import PositionBusy, ProjectionStore
 
 log = structlog.get_logger(__name__)
 
@@ -46,45 +46,49 @@ class ProjectionReader:
     def __init__(self, store: ProjectionStore) -> None:
         self._store = store
 
-    def _refresh(self, fresh: bool) -> None:
-        """Hook: bring the tables up to date before a query (when ``fresh``)."""
+    def _refresh(self, catch_up_first: bool) -> None:
+        """Hook: bring the tables up to date before a query (when ``catch_up_first``)."""
 
     def list_incidents(
-        self, board_filter: BoardFilter, after: int, limit: int, *, fresh: bool = True
+        self, board_filter: BoardFilter, after: int, limit: int, *, catch_up_first: bool = True
     ) -> list[tuple[int, UUID]]:
         """(cursor, id) of matching incidents in order of report, after a cursor.
 
         The cursor is the position of the incident's Reported event.
         """
-        self._refresh(fresh)
+        self._refresh(catch_up_first)
         return self._store.list_incidents(board_filter, after, limit)
 
-    def board_rows(self, ids: Iterable[UUID], *, fresh: bool = True) -> dict[UUID, BoardRow]:
-        self._refresh(fresh)
+    def board_rows(
+        self, ids: Iterable[UUID], *, catch_up_first: bool = True
+    ) -> dict[UUID, BoardRow]:
+        self._refresh(catch_up_first)
         return self._store.board_rows(ids)
 
-    def row(self, incident_id: UUID, *, fresh: bool = True) -> BoardRow | None:
-        return self.board_rows([incident_id], fresh=fresh).get(incident_id)
+    def row(self, incident_id: UUID, *, catch_up_first: bool = True) -> BoardRow | None:
+        return self.board_rows([incident_id], catch_up_first=catch_up_first).get(incident_id)
 
-    def vulnerability_map(self, at: datetime, *, fresh: bool = True) -> list[KecamatanScore]:
+    def vulnerability_map(
+        self, at: datetime, *, catch_up_first: bool = True
+    ) -> list[KecamatanScore]:
         """Every kecamatan of the reference data (then any other seen), in its order."""
-        self._refresh(fresh)
+        self._refresh(catch_up_first)
         return self._store.vulnerability_map(at)
 
     def decisions_in_force(
-        self, at: datetime, kecamatan: str | None = None, *, fresh: bool = True
+        self, at: datetime, kecamatan: str | None = None, *, catch_up_first: bool = True
     ) -> list[DecisionInForce]:
         """Decisions with valid_from <= at < valid_until (in their scope's kecamatan)."""
-        self._refresh(fresh)
+        self._refresh(catch_up_first)
         return self._store.decisions_in_force(at, kecamatan)
 
-    def workload(self, at: datetime, *, fresh: bool = True) -> list[AgencyWorkload]:
-        self._refresh(fresh)
+    def workload(self, at: datetime, *, catch_up_first: bool = True) -> list[AgencyWorkload]:
+        self._refresh(catch_up_first)
         return self._store.workload(at)
 
-    def response_times(self, by: str, *, fresh: bool = True) -> list[ResponseTimes]:
+    def response_times(self, by: str, *, catch_up_first: bool = True) -> list[ResponseTimes]:
         """``by``: agency (the lead agency), severity, category or kecamatan."""
-        self._refresh(fresh)
+        self._refresh(catch_up_first)
         return self._store.response_times(by)
 
     def raw_rows(self) -> dict[str, list[tuple[Any, ...]]]:
@@ -129,7 +133,7 @@ class Projections(ProjectionReader):
     events when woken (register ``wake`` as the ledger's commit listener) and every
     ``POLL_SECONDS`` (other processes' writes); under load it starts at most one round
     per ``GATHER_SECONDS``, unless a reader waits for a position. Queries catch up
-    first unless called with ``fresh=False``.
+    first unless called with ``catch_up_first=False``.
     """
 
     def __init__(
@@ -301,6 +305,6 @@ class Projections(ProjectionReader):
         """
         return HistoricalProjections(self._ledger, self._reference, position)
 
-    def _refresh(self, fresh: bool) -> None:
-        if fresh:
+    def _refresh(self, catch_up_first: bool) -> None:
+        if catch_up_first:
             self.catch_up()

@@ -7,7 +7,8 @@ venv by ``make venv`` (the project's console script), or elsewhere with
 
 import sys
 
-from incidentledger_client.cli.app import EXIT_CODES, app, main
+from incidentledger_client.cli.app import app, main
+from incidentledger_client.cli.errors import EXIT_CODES
 
 __all__ = ["EXIT_CODES", "app", "main", "run"]
 

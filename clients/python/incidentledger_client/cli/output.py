@@ -78,6 +78,14 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def event_json(event: Any) -> dict[str, Any]:
+    """An event as JSON, its payload decoded (not the payload_json string)."""
+    value: dict[str, Any] = to_jsonable(event)
+    value.pop("payload_json", None)
+    value["payload"] = event.payload
+    return value
+
+
 def emit_json(value: Any) -> None:
     sys.stdout.write(json.dumps(to_jsonable(value), indent=2, ensure_ascii=False) + "\n")
     sys.stdout.flush()

@@ -1,0 +1,66 @@
+"""``ledgerctl webhooks dead-letters`` and ``replay``: the deliveries that gave up, and
+their replay."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from incidentledger_client.cli import output
+from incidentledger_client.cli.progress import progress_bar
+from incidentledger_client.cli.state import state
+
+#: Commands of the webhooks group (``ledgerctl webhooks dead-letters``, ...).
+app = typer.Typer()
+
+
+@app.command("dead-letters", epilog="Example: ledgerctl -a bpbd webhooks dead-letters")
+def webhooks_dead_letters(ctx: typer.Context) -> None:
+    """Deliveries that gave up."""
+    st = state(ctx)
+    letters = list(st.notifier().dead_letters())
+    if st.as_json:
+        output.emit_json(letters)
+    else:
+        output.console().print(
+            output.rows_table(
+                "Dead letters",
+                ("name", "webhook", "incident", "attempts", "last error"),
+                (
+                    (d.name, d.webhook, output.short_id(d.incident), d.attempts, d.last_error)
+                    for d in letters
+                ),
+                no_wrap=("name", "incident"),
+            )
+        )
+
+
+@app.command("replay", epilog="Example: ledgerctl -a bpbd webhooks replay --all")
+def webhooks_replay(
+    ctx: typer.Context,
+    names: Annotated[list[str] | None, typer.Argument(help="Dead letters to replay.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+) -> None:
+    """Replay dead letters (with a progress bar)."""
+    st = state(ctx)
+    notifier = st.notifier()
+    if all_ and names:
+        raise typer.BadParameter("name dead letters or pass --all, not both")
+    chosen = [d.name for d in notifier.dead_letters()] if all_ else list(names or [])
+    if not chosen and not all_:
+        raise typer.BadParameter("name dead letters or pass --all")
+    if not chosen:  # --all with nothing to replay: done, and said so
+        if st.as_json:
+            output.emit_json({"replayed": []})
+        else:
+            output.console().print("no dead letters: nothing to replay")
+        return
+    with progress_bar(st, "replaying", len(chosen)) as meter:
+        for name in chosen:
+            notifier.replay_dead_letter(name)
+            meter.step()
+    if st.as_json:
+        output.emit_json({"replayed": chosen})
+    else:
+        output.console().print(f"replayed {len(chosen)} dead letter(s)")

@@ -1,0 +1,592 @@
+"""Commands on incidents: report and handle them (one command per ledger command), and
+read one incident or the list."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import typer
+
+from incidentledger_client import LedgerClient, Location
+from incidentledger_client.cli import output
+from incidentledger_client.cli.commands import group
+from incidentledger_client.cli.inputs import (
+    TIME_HELP,
+    choose,
+    code,
+    codes,
+    desa_name,
+    incident_name,
+    maybe_code,
+    moment,
+)
+from incidentledger_client.cli.state import state
+from incidentledger_client.types import CommandResult
+
+#: The incident commands at the top level (``ledgerctl report``, ...).
+app = typer.Typer()
+handover_app = group(
+    "Propose or accept a handover of the lead.",
+    "ledgerctl -a satpolpp handover propose 0b6f12 polres --reason 'needs police'",
+)
+close_app = group(
+    "Request or approve the closure of a resolved incident.",
+    "ledgerctl -a polres close request 0b6f12",
+)
+
+
+#: Lifecycle statuses, as the ledger names them.
+STATUSES = (
+    "REPORTED",
+    "VERIFIED",
+    "ASSIGNED",
+    "RESPONDING",
+    "RESOLVED",
+    "CLOSED",
+    "REJECTED",
+    "MERGED",
+    "REOPENED",
+)
+
+
+def done(ctx: typer.Context, verb: str, result: CommandResult) -> None:
+    st = state(ctx)
+    if st.as_json:
+        output.emit_json(result)
+    else:
+        output.command_result(output.console(), verb, result)
+
+
+Name = Annotated[
+    str,
+    typer.Argument(
+        help="The incident: incidents/ID, the ID, or its first 6+ characters as tables show.",
+        metavar="INCIDENT",
+    ),
+]
+Version = Annotated[
+    int,
+    typer.Option(
+        "--expected-version",
+        "-V",
+        help="Fail with a conflict unless at this version (0: no check).",
+    ),
+]
+Comment = Annotated[str, typer.Option("--comment", "-m", help="A comment recorded with the event.")]
+RequestId = Annotated[str | None, typer.Option(help="Idempotency key (default: a fresh uuid).")]
+
+
+def _options(version: int, request_id: str | None) -> dict[str, Any]:
+    return {"expected_version": version, "request_id": request_id}
+
+
+@app.command(
+    epilog="Example: ledgerctl -a kesbangpol report 'Mass gathering at the square' "
+    "crowd_gathering kota_mukomuko --desa 'Pasar Mukomuko' --severity high"
+)
+def report(
+    ctx: typer.Context,
+    title: Annotated[str, typer.Argument(help="Short title.")],
+    category: Annotated[
+        str, typer.Argument(help="Category code, e.g. crowd_gathering, flood, hoax.")
+    ],
+    kecamatan: Annotated[str, typer.Argument(help="Kecamatan code, e.g. kota_mukomuko.")],
+    desa: Annotated[str, typer.Option(help="Desa (village) name.")] = "",
+    tps: Annotated[str, typer.Option(help="Polling station, e.g. 'TPS 03'.")] = "",
+    latitude: Annotated[float | None, typer.Option(help="Latitude.")] = None,
+    longitude: Annotated[float | None, typer.Option(help="Longitude.")] = None,
+    severity: Annotated[str, typer.Option(help="low, medium, high or critical.")] = "",
+    description: Annotated[str, typer.Option(help="Longer description.")] = "",
+    request_id: RequestId = None,
+) -> None:
+    """Report a new incident."""
+    category = code(ctx, "category", category, "CATEGORY")
+    kecamatan = code(ctx, "kecamatan", kecamatan, "KECAMATAN")
+    desa = desa_name(ctx, kecamatan, desa)
+    severity = code(ctx, "severity", severity, "--severity") if severity else ""
+    result = (
+        state(ctx)
+        .ledger()
+        .report(
+            title,
+            category,
+            Location(kecamatan, desa=desa, tps=tps, latitude=latitude, longitude=longitude),
+            description=description,
+            severity=severity,
+            request_id=request_id,
+        )
+    )
+    done(ctx, "reported", result)
+
+
+@app.command(epilog="Example: ledgerctl -a desk_pilkada verify 0b6f12 -m 'confirmed by phone'")
+def verify(
+    ctx: typer.Context,
+    name: Name,
+    comment: Comment = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Confirm a reported incident (coordinator)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .verify(incident_name(ctx, name), comment=comment, **_options(expected_version, request_id))
+    )
+    done(ctx, "verified", result)
+
+
+@app.command(
+    epilog="Example: ledgerctl -a desk_pilkada reject 0b6f12 HOAX "
+    "-m 'Bawaslu checked: no tampering'"
+)
+def reject(
+    ctx: typer.Context,
+    name: Name,
+    reason: Annotated[str, typer.Argument(help="INVALID, HOAX or OUT_OF_SCOPE.")],
+    comment: Comment = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Reject a reported incident (coordinator)."""
+    reason = choose(reason, ("INVALID", "HOAX", "OUT_OF_SCOPE"), "reason", "REASON")
+    result = (
+        state(ctx)
+        .ledger()
+        .reject(
+            incident_name(ctx, name),
+            reason.upper(),
+            comment,
+            **_options(expected_version, request_id),
+        )
+    )
+    done(ctx, "rejected", result)
+
+
+@app.command(epilog="Example: ledgerctl -a desk_pilkada merge 1a2b3c 0b6f12")
+def merge(
+    ctx: typer.Context,
+    name: Name,
+    target: Annotated[str, typer.Argument(help="The incident it duplicates.")],
+    comment: Comment = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Merge a reported incident into another as a duplicate (coordinator)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .merge(
+            incident_name(ctx, name),
+            incident_name(ctx, target),
+            comment=comment,
+            **_options(expected_version, request_id),
+        )
+    )
+    done(ctx, "merged", result)
+
+
+@app.command(epilog="Example: ledgerctl -a polres assess 0b6f12 critical -m 'crowd growing'")
+def assess(
+    ctx: typer.Context,
+    name: Name,
+    severity: Annotated[str, typer.Argument(help="low, medium, high or critical.")],
+    comment: Comment = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Assess (or re-assess) an incident's severity."""
+    severity = code(ctx, "severity", severity, "SEVERITY")
+    result = (
+        state(ctx)
+        .ledger()
+        .assess_severity(
+            incident_name(ctx, name),
+            severity,
+            comment=comment,
+            **_options(expected_version, request_id),
+        )
+    )
+    done(ctx, "assessed", result)
+
+
+@app.command(epilog="Example: ledgerctl -a desk_pilkada assign 0b6f12 polres")
+def assign(
+    ctx: typer.Context,
+    name: Name,
+    agency: Annotated[str, typer.Argument(help="The lead agency, e.g. polres.")],
+    comment: Comment = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Assign the lead agency (coordinator)."""
+    agency = code(ctx, "agency", agency, "AGENCY")
+    result = (
+        state(ctx)
+        .ledger()
+        .assign_lead(
+            incident_name(ctx, name),
+            agency,
+            comment=comment,
+            **_options(expected_version, request_id),
+        )
+    )
+    done(ctx, "assigned", result)
+
+
+@app.command(epilog="Example: ledgerctl -a polres support 0b6f12 satpolpp")
+def support(
+    ctx: typer.Context,
+    name: Name,
+    agency: Annotated[str, typer.Argument(help="The supporting agency.")],
+    comment: Comment = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Add a supporting agency (lead or coordinator)."""
+    agency = code(ctx, "agency", agency, "AGENCY")
+    result = (
+        state(ctx)
+        .ledger()
+        .add_supporting_agency(
+            incident_name(ctx, name),
+            agency,
+            comment=comment,
+            **_options(expected_version, request_id),
+        )
+    )
+    done(ctx, "supported", result)
+
+
+@handover_app.command(
+    "propose",
+    epilog="Example: ledgerctl -a satpolpp handover propose 0b6f12 polres --reason 'needs police'",
+)
+def handover_propose(
+    ctx: typer.Context,
+    name: Name,
+    to_agency: Annotated[str, typer.Argument(help="The proposed new lead.")],
+    reason: Annotated[str, typer.Option(help="Why.")] = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Propose to hand the lead over (lead or coordinator)."""
+    to_agency = code(ctx, "agency", to_agency, "TO_AGENCY")
+    result = (
+        state(ctx)
+        .ledger()
+        .propose_handover(
+            incident_name(ctx, name),
+            to_agency,
+            reason=reason,
+            **_options(expected_version, request_id),
+        )
+    )
+    done(ctx, "handover proposed", result)
+
+
+@handover_app.command("accept", epilog="Example: ledgerctl -a polres handover accept 0b6f12")
+def handover_accept(
+    ctx: typer.Context,
+    name: Name,
+    comment: Comment = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Accept a proposed handover (the proposed agency)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .accept_handover(
+            incident_name(ctx, name), comment=comment, **_options(expected_version, request_id)
+        )
+    )
+    done(ctx, "handover accepted", result)
+
+
+@app.command(
+    epilog="Example: ledgerctl -a desk_pilkada decide 0b6f12 'Gatherings restricted' "
+    "--forum Forkopimda "
+    "--by desk_pilkada --by polres --rationale 'tension' --days 3"
+)
+def decide(
+    ctx: typer.Context,
+    name: Name,
+    summary: Annotated[str, typer.Argument(help="What was decided.")],
+    forum: Annotated[str, typer.Option(help="The forum that decided, e.g. Forkopimda.")],
+    by: Annotated[list[str], typer.Option("--by", help="A deciding agency (repeat).")],
+    rationale: Annotated[str, typer.Option(help="Why (required).")],
+    kecamatan: Annotated[
+        str | None, typer.Option(help="Scope (default: the incident's place).")
+    ] = None,
+    days: Annotated[
+        float | None, typer.Option(help="Valid for this many days from --valid-from (or now).")
+    ] = None,
+    valid_from: Annotated[
+        str | None, typer.Option(help=f"Valid from (default now): {TIME_HELP}.")
+    ] = None,
+    valid_until: Annotated[str | None, typer.Option(help=f"Valid until: {TIME_HELP}.")] = None,
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Record a decision (a deciding agency involved, or the coordinator)."""
+    by = codes(ctx, "agency", by, "--by")
+    kecamatan = maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")
+    until = moment(ctx, valid_until, "--valid-until")
+    start = moment(ctx, valid_from, "--valid-from") or datetime.now(UTC)
+    if days is not None:
+        until = start + timedelta(days=days)
+    if until is None:
+        raise typer.BadParameter(
+            "a decision needs a validity window: --days N (from now, or from --valid-from "
+            "TIME), or --valid-until TIME (with --valid-from TIME to start other than now)",
+            param_hint="--days/--valid-until",
+        )
+    result = (
+        state(ctx)
+        .ledger()
+        .record_decision(
+            incident_name(ctx, name),
+            by,
+            forum,
+            summary,
+            rationale=rationale,
+            scope=kecamatan,
+            valid_from=start,
+            valid_until=until,
+            **_options(expected_version, request_id),
+        )
+    )
+    done(ctx, "decided", result)
+
+
+@app.command(epilog="Example: ledgerctl -a bpbd act 0b6f12 'Sandbags placed around TPS 03'")
+def act(
+    ctx: typer.Context,
+    name: Name,
+    action: Annotated[str, typer.Argument(help="What was done.")],
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Log an action (lead, supporting agency or coordinator)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .log_action(incident_name(ctx, name), action, **_options(expected_version, request_id))
+    )
+    done(ctx, "action logged", result)
+
+
+@app.command(epilog="Example: ledgerctl -a satpolpp escalate 0b6f12 'crowd out of control'")
+def escalate(
+    ctx: typer.Context,
+    name: Name,
+    reason: Annotated[str, typer.Argument(help="Why.")] = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Escalate an incident one level."""
+    result = (
+        state(ctx)
+        .ledger()
+        .escalate(incident_name(ctx, name), reason, **_options(expected_version, request_id))
+    )
+    done(ctx, "escalated", result)
+
+
+@app.command(epilog="Example: ledgerctl -a polres resolve 0b6f12 'crowd dispersed peacefully'")
+def resolve(
+    ctx: typer.Context,
+    name: Name,
+    resolution: Annotated[str, typer.Argument(help="How it was resolved.")],
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Mark a responding incident resolved (lead or coordinator)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .resolve(incident_name(ctx, name), resolution, **_options(expected_version, request_id))
+    )
+    done(ctx, "resolved", result)
+
+
+@close_app.command("request", epilog="Example: ledgerctl -a polres close request 0b6f12")
+def close_request(
+    ctx: typer.Context,
+    name: Name,
+    comment: Comment = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Ask the coordinator to close a resolved incident (lead)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .request_closure(
+            incident_name(ctx, name), comment=comment, **_options(expected_version, request_id)
+        )
+    )
+    done(ctx, "closure requested", result)
+
+
+@close_app.command("approve", epilog="Example: ledgerctl -a desk_pilkada close approve 0b6f12")
+def close_approve(
+    ctx: typer.Context,
+    name: Name,
+    comment: Comment = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Approve a requested closure (coordinator)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .approve_closure(
+            incident_name(ctx, name), comment=comment, **_options(expected_version, request_id)
+        )
+    )
+    done(ctx, "closed", result)
+
+
+@app.command(epilog="Example: ledgerctl -a polres reopen 0b6f12 'crowd returned'")
+def reopen(
+    ctx: typer.Context,
+    name: Name,
+    reason: Annotated[str, typer.Argument(help="Why.")] = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Reopen a resolved or closed incident (lead or coordinator)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .reopen(incident_name(ctx, name), reason, **_options(expected_version, request_id))
+    )
+    done(ctx, "reopened", result)
+
+
+@app.command(
+    epilog="Example: ledgerctl -a kesbangpol correct 0b6f12 severity low high "
+    "--reason 'typo in the report'"
+)
+def correct(
+    ctx: typer.Context,
+    name: Name,
+    field_name: Annotated[
+        str, typer.Argument(help="The field, e.g. severity, title, location.desa.", metavar="FIELD")
+    ],
+    old_value: Annotated[str, typer.Argument(help="The recorded value (checked).", metavar="OLD")],
+    new_value: Annotated[str, typer.Argument(help="The corrected value.", metavar="NEW")],
+    event: Annotated[
+        str | None,
+        typer.Option(
+            help="The corrected event id (default: the latest event that recorded FIELD)."
+        ),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why.")] = "",
+    expected_version: Version = 0,
+    request_id: RequestId = None,
+) -> None:
+    """Record a correction of a field of an earlier event."""
+    ledger = state(ctx).ledger()
+    incident = incident_name(ctx, name)
+    event_id = event or _event_recording(ledger, incident, field_name)
+    result = ledger.correct(
+        incident,
+        event_id,
+        field_name,
+        old_value,
+        new_value,
+        reason=reason,
+        **_options(expected_version, request_id),
+    )
+    done(ctx, "corrected", result)
+
+
+def _event_recording(ledger: LedgerClient, incident: str, field_name: str) -> str:
+    """The latest event whose payload records ``field_name`` (else the report)."""
+    events = list(ledger.incident_events(incident))
+    top = field_name.split(".", 1)[0]
+    for event in reversed(events):
+        if top in event.payload or (top == "location" and event.type == "Reported"):
+            return event.event_id
+    if not events:
+        raise typer.BadParameter(f"{incident} has no events")
+    return events[0].event_id
+
+
+# ---------------------------------------------------------------------------------- queries
+
+
+@app.command(epilog="Example: ledgerctl show 0b6f12 --as-of 2026-11-28T10:00:00")
+def show(
+    ctx: typer.Context,
+    name: Name,
+    as_of: Annotated[
+        str | None, typer.Option(help=f"As it stood at this time: {TIME_HELP}.")
+    ] = None,
+) -> None:
+    """Show an incident with its timeline."""
+    st = state(ctx)
+    ledger = st.ledger()
+    when = moment(ctx, as_of, "--as-of")
+    incident = ledger.get_incident(incident_name(ctx, name), as_of_time=when)
+    events = [e for e in ledger.incident_events(incident.name) if e.version <= incident.version]
+    if st.as_json:
+        output.emit_json({"incident": incident, "events": [output.event_json(e) for e in events]})
+    else:
+        output.incident_detail(output.console(), incident, events, st.settings.tz())
+
+
+@app.command(epilog="Example: ledgerctl history 0b6f12")
+def history(ctx: typer.Context, name: Name) -> None:
+    """The events of one incident, oldest first."""
+    st = state(ctx)
+    events = list(st.ledger().incident_events(incident_name(ctx, name)))
+    if st.as_json:
+        output.emit_json([output.event_json(e) for e in events])
+    else:
+        output.console().print(output.timeline(events, st.settings.tz()))
+
+
+@app.command(
+    "list", epilog="Example: ledgerctl list --status ASSIGNED --kecamatan ipuh --lead polres"
+)
+def list_(
+    ctx: typer.Context,
+    status: Annotated[str | None, typer.Option(help="Only this status, e.g. ASSIGNED.")] = None,
+    severity: Annotated[str | None, typer.Option(help="Only this severity.")] = None,
+    category: Annotated[str | None, typer.Option(help="Only this category.")] = None,
+    kecamatan: Annotated[str | None, typer.Option(help="Only this kecamatan.")] = None,
+    lead: Annotated[str | None, typer.Option(help="Only with this lead agency.")] = None,
+    filter_: Annotated[
+        str | None, typer.Option("--filter", help="A raw AIP-160 filter (ANDed).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (0: all).")] = 0,
+) -> None:
+    """List incidents as a table, with filters."""
+    clauses = [
+        f'{key} = "{value}"'
+        for key, value in (
+            ("status", choose(status, STATUSES, "status", "--status") if status else None),
+            ("severity", maybe_code(ctx, "severity", severity, "--severity")),
+            ("category", maybe_code(ctx, "category", category, "--category")),
+            ("kecamatan", maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")),
+            ("lead_agency", maybe_code(ctx, "agency", lead, "--lead")),
+        )
+        if value
+    ]
+    if filter_:
+        clauses.append(filter_)
+    st = state(ctx)
+    incidents = []
+    for incident in st.ledger().list_incidents(" AND ".join(clauses)):
+        incidents.append(incident)
+        if limit and len(incidents) >= limit:
+            break
+    if st.as_json:
+        output.emit_json(incidents)
+    else:
+        output.console().print(output.incidents_table(incidents, f"Incidents ({len(incidents)})"))

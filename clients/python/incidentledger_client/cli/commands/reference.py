@@ -1,0 +1,70 @@
+"""The reference data the ledger knows: agencies, kecamatan, categories, severities."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import typer
+
+from incidentledger_client.cli import output
+from incidentledger_client.cli.state import state
+
+#: Top-level commands (``ledgerctl agencies``, ...).
+app = typer.Typer()
+
+
+def _reference_table(
+    ctx: typer.Context, title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]
+) -> None:
+    output.console().print(output.rows_table(title, columns, rows, no_wrap=("code",)))
+
+
+@app.command(epilog="Example: ledgerctl agencies")
+def agencies(ctx: typer.Context) -> None:
+    """The agencies and their roles (coordinator, responder, auditor)."""
+    st = state(ctx)
+    ref = st.reference()
+    if st.as_json:
+        output.emit_json(ref.agencies)
+        return
+    rows = [(a.code, a.name, a.role) for a in ref.agencies]
+    _reference_table(ctx, f"Agencies ({ref.regency})", ("code", "name", "role"), rows)
+
+
+@app.command(epilog="Example: ledgerctl kecamatan")
+def kecamatan(ctx: typer.Context) -> None:
+    """The kecamatan with their desa."""
+    st = state(ctx)
+    ref = st.reference()
+    if st.as_json:
+        output.emit_json(ref.kecamatan)
+        return
+    rows = [(k.code, k.name, ", ".join(k.desa)) for k in ref.kecamatan]
+    _reference_table(ctx, f"Kecamatan ({ref.regency})", ("code", "name", "desa"), rows)
+
+
+@app.command(epilog="Example: ledgerctl categories")
+def categories(ctx: typer.Context) -> None:
+    """The incident categories with their IKP dimension."""
+    st = state(ctx)
+    ref = st.reference()
+    if st.as_json:
+        output.emit_json(ref.categories)
+        return
+    rows = [(c.code, c.name, c.dimension) for c in ref.categories]
+    _reference_table(ctx, "Categories", ("code", "name", "IKP dimension"), rows)
+
+
+@app.command(epilog="Example: ledgerctl severities")
+def severities(ctx: typer.Context) -> None:
+    """The severities, lowest first (and the default of a report that gives none)."""
+    st = state(ctx)
+    ref = st.reference()
+    if st.as_json:
+        output.emit_json({"severities": ref.severities, "default": ref.default_severity})
+        return
+    rows = [
+        (v.code, v.name, v.rank, "default" if v.code == ref.default_severity else "")
+        for v in ref.severities
+    ]
+    _reference_table(ctx, "Severities", ("code", "name", "rank", ""), rows)

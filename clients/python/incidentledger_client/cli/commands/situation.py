@@ -1,0 +1,200 @@
+"""Following the situation: the board, the vulnerability map, decisions in force, response
+times, live updates (watch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from incidentledger_client.cli import output
+from incidentledger_client.cli.inputs import TIME_HELP, choose, code, codes, maybe_code, moment
+from incidentledger_client.cli.state import state
+
+#: Top-level commands (``ledgerctl board``, ...).
+app = typer.Typer()
+
+
+BOARD_SORTS = ("severity", "age", "updated", "status")
+
+
+@app.command(
+    epilog="Example: ledgerctl board --kecamatan kota_mukomuko --limit 20 --sort age  "
+    "(--limit 0 shows every open incident)"
+)
+def board(
+    ctx: typer.Context,
+    kecamatan: Annotated[str | None, typer.Option(help="Only this kecamatan.")] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", help="Show at most this many incidents (0: all).")
+    ] = 40,
+    sort: Annotated[
+        str,
+        typer.Option(
+            help="severity (most severe first, then oldest), age (oldest first), "
+            "updated (latest change first) or status (lifecycle order)."
+        ),
+    ] = "severity",
+) -> None:
+    """The board: open work, most severe first (limited), counts per status, workload."""
+    kecamatan = maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")
+    sort = choose(sort, BOARD_SORTS, "sort", "--sort")
+    if limit < 0:
+        raise typer.BadParameter("must be 0 (all) or more", param_hint="--limit")
+    st = state(ctx)
+    ledger = st.ledger()
+    ranks = {v.code: v.rank for v in st.reference().severities}
+    listed = ledger.list_incidents(f'kecamatan = "{kecamatan}"' if kecamatan else "", page_size=500)
+    open_work = [i for i in listed if i.status.value in output.BOARD_STATUSES]
+    counts = {s: 0 for s in output.BOARD_STATUSES}
+    for incident in open_work:
+        counts[incident.status.value] += 1
+    shown = output.sort_board(open_work, sort, ranks)[: limit or None]
+    workload = ledger.workload()
+    if st.as_json:
+        columns = {s: [i for i in shown if i.status.value == s] for s in output.BOARD_STATUSES}
+        output.emit_json(
+            {
+                "counts": counts,
+                "total": len(open_work),
+                "shown": len(shown),
+                "sort": sort,
+                "incidents": shown,
+                "columns": columns,
+                "workload": workload,
+            }
+        )
+        return
+    out = output.console()
+    out.print(output.board(shown, counts, st.settings.tz()))
+    if len(shown) < len(open_work):
+        out.print(
+            f"showing {len(shown)} of {len(open_work)} open incidents, by {sort} "
+            "(--limit N for more, --limit 0 for all)",
+            markup=False,
+        )
+    out.print(
+        output.rows_table(
+            "Workload per agency",
+            ("agency", "open", "unacknowledged", "overdue"),
+            ((w.agency, w.open, w.unacknowledged, w.overdue) for w in workload),
+        )
+    )
+
+
+@app.command("map", epilog="Example: ledgerctl map --svg data/map.svg")
+def map_(
+    ctx: typer.Context,
+    svg: Annotated[Path | None, typer.Option(help="Also render the map to this SVG file.")] = None,
+    at: Annotated[str | None, typer.Option(help=f"As it stood at this time: {TIME_HELP}.")] = None,
+) -> None:
+    """The vulnerability map per kecamatan: score and band, coloured; optionally as SVG."""
+    st = state(ctx)
+    vmap = st.ledger().vulnerability_map(moment(ctx, at, "--at"))
+    if svg is not None:
+        svg.parent.mkdir(parents=True, exist_ok=True)
+        svg.write_text(output.map_svg(vmap, zone=st.settings.tz()), encoding="utf-8")
+    if st.as_json:
+        output.emit_json(vmap)
+    else:
+        out = output.console()
+        out.print(output.map_table(vmap, st.settings.tz()))
+        if svg is not None:
+            out.print(f"map written to {svg}")
+
+
+@app.command(epilog="Example: ledgerctl decisions --kecamatan kota_mukomuko")
+def decisions(
+    ctx: typer.Context,
+    kecamatan: Annotated[str | None, typer.Option(help="Only this kecamatan.")] = None,
+    at: Annotated[
+        str | None, typer.Option(help=f"In force at this time (default now): {TIME_HELP}.")
+    ] = None,
+) -> None:
+    """Decisions in force."""
+    kecamatan = maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")
+    st = state(ctx)
+    found = st.ledger().decisions_in_force(moment(ctx, at, "--at"), kecamatan)
+    if st.as_json:
+        output.emit_json(found)
+    else:
+        output.console().print(output.decisions_table(found, st.settings.tz()))
+
+
+@app.command("response-times", epilog="Example: ledgerctl response-times --by severity")
+def response_times(
+    ctx: typer.Context,
+    by: Annotated[str, typer.Option(help="agency, severity, category or kecamatan.")] = "agency",
+) -> None:
+    """Median and p90 time to acknowledge, verify and resolve, each with its sample size (n);
+    "—" where no incident reached that step."""
+    by = choose(by, ("agency", "severity", "category", "kecamatan"), "grouping", "--by")
+    st = state(ctx)
+    groups = st.ledger().response_times(by)  # type: ignore[arg-type]
+    if st.as_json:
+        output.emit_json(groups)
+        return
+
+    output.console().print(output.response_times_table(by, groups))
+
+
+@app.command(
+    epilog="Example: ledgerctl -a bpbd watch --kecamatan air_manjunto "
+    "--min-severity high --count 10"
+)
+def watch(
+    ctx: typer.Context,
+    kecamatan: Annotated[
+        list[str] | None, typer.Option(help="Only these kecamatan (repeat).")
+    ] = None,
+    category: Annotated[
+        list[str] | None, typer.Option(help="Only these categories (repeat).")
+    ] = None,
+    min_severity: Annotated[str, typer.Option(help="At least this severity.")] = "",
+    event_type: Annotated[
+        list[str] | None, typer.Option(help="Only these event types (repeat).")
+    ] = None,
+    mine: Annotated[bool, typer.Option(help="Only incidents involving my agency.")] = False,
+    count: Annotated[int, typer.Option(help="Stop after this many notifications (0: never).")] = 0,
+    cursor: Annotated[str | None, typer.Option(help="Resume from this cursor.")] = None,
+) -> None:
+    """Live updates from the notifier, with filters (Ctrl-C stops)."""
+    kecamatan = codes(ctx, "kecamatan", kecamatan, "--kecamatan")
+    category = codes(ctx, "category", category, "--category")
+    min_severity = code(ctx, "severity", min_severity, "--min-severity") if min_severity else ""
+    st = state(ctx)
+    seen = 0
+    out = output.console()
+    zone = st.settings.tz()
+    with st.notifier().subscribe(
+        kecamatan=kecamatan or (),
+        categories=category or (),
+        min_severity=min_severity,
+        event_types=event_type or (),
+        involving_my_agency=mine,
+        cursor=cursor,
+    ) as subscription:
+        try:
+            for note in subscription:
+                seen += 1
+                if st.as_json:  # JSON Lines: one object per notification, flushed
+                    output.emit_json_line(
+                        {
+                            "event": output.event_json(note.event),
+                            "incident": note.incident,
+                            "cursor": note.cursor,
+                        }
+                    )
+                else:
+                    out.print(
+                        f"{output.when(note.event.record_time, zone)} "
+                        f"[bold]{note.event.type}[/bold] "
+                        f"{output.short_id(note.incident.name)} {note.incident.title!r} "
+                        f"{note.incident.status.value} {note.incident.severity} "
+                        f"{note.incident.location.kecamatan} by {note.event.actor.agency}"
+                    )
+                if count and seen >= count:
+                    break
+        except KeyboardInterrupt:
+            pass

@@ -1,0 +1,237 @@
+"""``ledgerctl webhooks``: an agency's webhooks: register, list, update, delete, and the
+delivery log."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from incidentledger_client.cli import config, output
+from incidentledger_client.cli.commands import group
+from incidentledger_client.cli.inputs import code, codes, incident_name
+from incidentledger_client.cli.state import state
+from incidentledger_client.types import EventFilter, Webhook
+
+app = group(
+    "Webhooks of your agency: register, list, update, delete, deliveries, dead letters, replay.",
+    "ledgerctl -a bpbd webhooks list",
+)
+
+
+@app.command(
+    "register",
+    epilog="Example: ledgerctl -a bpbd webhooks register https://bpbd.example/hook "
+    "--secret S --kecamatan air_manjunto",
+)
+def webhooks_register(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Argument(help="The HTTPS endpoint.")],
+    secret: Annotated[
+        str, typer.Option(help="Shared secret for the signature.", envvar="WEBHOOK_SECRET")
+    ],
+    kecamatan: Annotated[
+        list[str] | None, typer.Option(help="Only these kecamatan (repeat).")
+    ] = None,
+    category: Annotated[
+        list[str] | None, typer.Option(help="Only these categories (repeat).")
+    ] = None,
+    min_severity: Annotated[str, typer.Option(help="At least this severity.")] = "",
+    mine: Annotated[bool, typer.Option(help="Only incidents involving my agency.")] = False,
+) -> None:
+    """Register a webhook for your agency."""
+    kecamatan = codes(ctx, "kecamatan", kecamatan, "--kecamatan")
+    category = codes(ctx, "category", category, "--category")
+    min_severity = code(ctx, "severity", min_severity, "--min-severity") if min_severity else ""
+    st = state(ctx)
+    hook = st.notifier().create_webhook(
+        url,
+        secret,
+        kecamatan=kecamatan or (),
+        categories=category or (),
+        min_severity=min_severity,
+        involving_my_agency=mine,
+    )
+    if st.as_json:
+        output.emit_json(hook)
+    else:
+        output.console().print(f"registered {hook.name} -> {hook.url}")
+
+
+@app.command("list", epilog="Example: ledgerctl -a bpbd webhooks list")
+def webhooks_list(ctx: typer.Context) -> None:
+    """List your agency's webhooks."""
+    st = state(ctx)
+    hooks = list(st.notifier().webhooks())
+    if st.as_json:
+        output.emit_json(hooks)
+    else:
+        output.console().print(
+            output.rows_table(
+                "Webhooks",
+                ("name", "url", "created"),
+                ((h.name, h.url, output.when(h.create_time, st.settings.tz())) for h in hooks),
+            )
+        )
+
+
+def _webhook(ctx: typer.Context, name: str) -> Webhook:
+    """One of the agency's webhooks by its name, or the id after "webhooks/"."""
+    wanted = name if name.startswith("webhooks/") else f"webhooks/{name}"
+    hooks = list(state(ctx).notifier().webhooks())
+    for hook in hooks:
+        if hook.name == wanted:
+            return hook
+    known = [h.name for h in hooks]
+    raise typer.BadParameter(
+        f"your agency has no webhook {name!r}{config.suggest(wanted, known)}"
+        f" (yours: {', '.join(known) or 'none'})",
+        param_hint="WEBHOOK",
+    )
+
+
+@app.command("delete", epilog="Example: ledgerctl -a bpbd webhooks delete webhooks/3f2a")
+def webhooks_delete(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="The webhook.", metavar="WEBHOOK")]
+) -> None:
+    """Delete one of your agency's webhooks: deliveries to it stop."""
+    st = state(ctx)
+    hook = _webhook(ctx, name)
+    st.notifier().delete_webhook(hook.name)
+    if st.as_json:
+        output.emit_json({"deleted": hook.name})
+    else:
+        output.console().print(f"deleted {hook.name} ({hook.url})", markup=False)
+
+
+@app.command(
+    "update",
+    epilog="Example: ledgerctl -a bpbd webhooks update webhooks/3f2a "
+    "--url https://bpbd.example/v2/hook --min-severity high",
+)
+def webhooks_update(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The webhook.", metavar="WEBHOOK")],
+    url: Annotated[str | None, typer.Option(help="The new endpoint.")] = None,
+    secret: Annotated[
+        str | None,
+        typer.Option(help="A new shared secret (16-256 characters).", envvar="WEBHOOK_SECRET"),
+    ] = None,
+    kecamatan: Annotated[
+        list[str] | None, typer.Option(help="Only these kecamatan (repeat; replaces).")
+    ] = None,
+    category: Annotated[
+        list[str] | None, typer.Option(help="Only these categories (repeat; replaces).")
+    ] = None,
+    min_severity: Annotated[
+        str | None, typer.Option(help="At least this severity ('' for any).")
+    ] = None,
+    mine: Annotated[
+        bool | None, typer.Option("--mine/--all-incidents", help="Only incidents involving me.")
+    ] = None,
+) -> None:
+    """Change a webhook's endpoint, secret or filter in place; what is not given stays.
+
+    The webhook keeps its name; deliveries not yet made go to the new endpoint, signed with
+    the new secret. Filter options change only what they name (the rest of the filter stays).
+    """
+    st = state(ctx)
+    old = _webhook(ctx, name)
+    new_filter = None
+    if kecamatan or category or min_severity is not None or mine is not None:
+        kept = old.filter
+        agencies = kept.agencies
+        if mine is False:  # the owner's agency stands for "involving me" in a stored filter
+            agencies = tuple(a for a in agencies if a != old.agency)
+        new_filter = EventFilter(
+            kecamatan=tuple(codes(ctx, "kecamatan", kecamatan, "--kecamatan"))
+            if kecamatan
+            else kept.kecamatan,
+            categories=tuple(codes(ctx, "category", category, "--category"))
+            if category
+            else kept.categories,
+            min_severity=(
+                kept.min_severity
+                if min_severity is None
+                else code(ctx, "severity", min_severity, "--min-severity")
+                if min_severity
+                else ""
+            ),
+            event_types=kept.event_types,
+            involving_my_agency=bool(mine),
+            agencies=agencies,
+        )
+    if url is None and secret is None and new_filter is None:
+        raise typer.BadParameter(
+            "nothing to change: give --url, --secret or a filter option "
+            "(--kecamatan, --category, --min-severity, --mine/--all-incidents)"
+        )
+    hook = st.notifier().update_webhook(old.name, url=url, secret=secret, filter=new_filter)
+    if st.as_json:
+        output.emit_json(hook)
+    else:
+        output.console().print(
+            f"updated {hook.name}\n  url:     {hook.url}\n  filter:  {_filter_text(hook.filter)}"
+            f"\n  created: {output.when(hook.create_time, st.settings.tz())}",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def _filter_text(event_filter: EventFilter) -> str:
+    """A webhook's filter in a few words ("everything" when it matches every event)."""
+    parts = [
+        f"{label}: {', '.join(values)}"
+        for label, values in (
+            ("kecamatan", event_filter.kecamatan),
+            ("categories", event_filter.categories),
+            ("event types", event_filter.event_types),
+            ("agencies", event_filter.agencies),
+        )
+        if values
+    ]
+    if event_filter.min_severity:
+        parts.insert(0, f"severity >= {event_filter.min_severity}")
+    return "; ".join(parts) or "everything"
+
+
+@app.command(
+    "deliveries", epilog="Example: ledgerctl -a bpbd webhooks deliveries --incident 0b6f12"
+)
+def webhooks_deliveries(
+    ctx: typer.Context,
+    incident: Annotated[str | None, typer.Option(help="Only this incident.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many (0: all).")] = 50,
+) -> None:
+    """The delivery log of your agency: which event went where, how, with what outcome."""
+    st = state(ctx)
+    name = incident_name(ctx, incident) if incident else None
+    found = []
+    for delivery in st.notifier().deliveries(incident=name, agency=st.settings.agency or None):
+        found.append(delivery)
+        if limit and len(found) >= limit:
+            break
+    if st.as_json:
+        output.emit_json(found)
+        return
+    zone = st.settings.tz()
+    output.console().print(
+        output.rows_table(
+            f"Deliveries ({len(found)})",
+            ("time", "incident", "position", "channel", "target", "outcome", "attempt", "error"),
+            (
+                (
+                    output.local_time(d.time, zone),
+                    output.short_id(d.incident),
+                    d.position,
+                    d.channel,
+                    d.target,
+                    d.outcome,
+                    d.attempt,
+                    d.error,
+                )
+                for d in found
+            ),
+            no_wrap=("time", "incident"),
+        )
+    )

@@ -1,0 +1,142 @@
+"""What ledgerctl answers to an error: its exit code, and a hint of what to do about it.
+
+Exit codes: 0 ok, 1 other error, 2 usage or configuration error, 3 not found,
+4 conflict (ABORTED, ALREADY_EXISTS, FAILED_PRECONDITION), 5 permission or authentication,
+6 server error or unavailable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from incidentledger_client import (
+    Aborted,
+    AlreadyExists,
+    Cancelled,
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    LedgerError,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from incidentledger_client.addresses import listening
+from incidentledger_client.cli.state import State
+
+EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_PERMISSION, EXIT_SERVER = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+)
+#: Exit code per error class (the first matching class in order wins).
+EXIT_CODES: tuple[tuple[type[LedgerError], int], ...] = (
+    (InvalidArgument, EXIT_USAGE),
+    (NotFound, EXIT_NOT_FOUND),
+    (Aborted, EXIT_CONFLICT),
+    (AlreadyExists, EXIT_CONFLICT),
+    (FailedPrecondition, EXIT_CONFLICT),
+    (PermissionDenied, EXIT_PERMISSION),
+    (Unauthenticated, EXIT_PERMISSION),
+    (Unavailable, EXIT_SERVER),
+    (DeadlineExceeded, EXIT_SERVER),
+    (Internal, EXIT_SERVER),
+    (DataLoss, EXIT_SERVER),
+    (ResourceExhausted, EXIT_SERVER),
+    (Cancelled, EXIT_OTHER),
+)
+
+
+def exit_code_for(error: LedgerError) -> int:
+    for cls, code in EXIT_CODES:
+        if isinstance(error, cls):
+            return code
+    return EXIT_OTHER
+
+
+@dataclass(frozen=True)
+class Hint:
+    message: str
+    metadata: dict[str, str]
+
+
+#: What gRPC says when the client itself rejects the server's certificate.
+_VERIFY_FAILED = ("certificate verify failed", "CERTIFICATE_VERIFY_FAILED", "self signed")
+#: What it says when the far end is not speaking TLS, or TLS is spoken to a plaintext port.
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "wrong version number", "Trying to connect an http1.x server")
+
+
+def explain(error: LedgerError, st: State) -> Hint | None:
+    """What to do about an error, in words that name the address, the setting it came from and
+    the flag that fixes it; None when the server's message says it already."""
+    if not st.used:
+        return None
+    settings = st.settings
+    service = st.used[-1]
+    setting = "address" if service == "ledger" else "notifier_address"
+    address = getattr(settings, setting)
+    where = f"{service} at {address} (from {settings.source(setting)})"
+    meta = {"service": service, "address": address, "address_from": settings.source(setting)}
+    text = error.message
+    if isinstance(error, Unavailable | DeadlineExceeded):
+        tls = bool(settings.tls_ca or os.environ.get("LEDGER_TLS_CA"))
+        has_cert = bool(settings.tls_cert or os.environ.get("LEDGER_TLS_CLIENT_CERT"))
+        if any(s in text for s in _VERIFY_FAILED):
+            return Hint(
+                f"the {where} presented a certificate that the CA "
+                f"{settings.tls_ca or '$LEDGER_TLS_CA'} does not verify: check --tls-ca "
+                "(tls_ca) and that the address matches the server's certificate",
+                meta,
+            )
+        if tls and any(s in text for s in _NOT_TLS):
+            return Hint(f"the {where} does not speak TLS: drop --tls-ca (tls_ca)", meta)
+        refused = "Connection refused" in text or "DNS resolution failed" in text
+        # gRPC reports only its last address's error (localhost: often ::1 refused while
+        # 127.0.0.1 answered): whether anything listens decides between the two stories.
+        if refused and not listening(address):
+            return Hint(
+                f"cannot reach the {where}: is it running (make run), and is the address "
+                "right? ledgerctl config view shows every setting and its source",
+                meta,
+            )
+        closed = refused or "Socket closed" in text or "handshake" in text.lower()
+        if tls and not has_cert and closed:
+            return Hint(
+                f"the TLS handshake with the {where} failed: the server requires a client "
+                "certificate (mutual TLS): give your agency's with --tls-cert and --tls-key "
+                "(tls_cert, tls_key)",
+                meta,
+            )
+        if not tls and closed:
+            return Hint(
+                f"the {where} closed the connection: it probably speaks TLS: verify it with "
+                "its CA, --tls-ca ca.pem (tls_ca), and if it asks for one, give a client "
+                "certificate with --tls-cert and --tls-key",
+                meta,
+            )
+        return Hint(f"cannot reach the {where}", meta)
+    if isinstance(error, Unauthenticated):
+        if not settings.token and not settings.tls_cert:
+            return Hint(
+                "no credentials: act as an agency with --agency NAME (its token from the "
+                f"development tokens file {settings.tokens_file}, written by the ledger on its "
+                "first start), or pass the token your ledger's administrator gave you with "
+                "--token or LEDGER_TOKEN, or a client certificate with --tls-cert and --tls-key",
+                meta,
+            )
+        if settings.token:
+            return Hint(
+                f"the token from {settings.source('token')} was refused by the {where}: "
+                "check it (ledgerctl config view) or ask for a new one",
+                meta,
+            )
+    return None

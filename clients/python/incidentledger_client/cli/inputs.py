@@ -1,0 +1,89 @@
+"""What a person types, checked and spelled as the ledger expects it: incident names,
+reference codes (without case, with a suggestion for a typo), times; a usage error
+(exit code 2) otherwise."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import typer
+
+from incidentledger_client.cli import config, names, times
+from incidentledger_client.cli.state import state
+
+
+def incident_name(ctx: typer.Context, value: str) -> str:
+    """``incidents/ID`` from the full name, the id, a unique prefix of 6+ characters (as tables
+    show them) or, once the ledger has them, a reference code; a usage error otherwise (an
+    ambiguous prefix lists the candidates)."""
+    ledger = state(ctx).ledger()
+    resolver = names.IncidentResolver(
+        # One listing of every incident: the ledger has no lookup by prefix (see names.py).
+        list_incidents=lambda: ledger.list_incidents(page_size=1000),
+        # The hook for reference codes: a lookup goes here once the ledger records them.
+        by_reference=None,
+    )
+    try:
+        return resolver.resolve(value)
+    except names.IncidentNameError as error:
+        raise typer.BadParameter(str(error), param_hint="INCIDENT") from None
+
+
+def choose(value: str, known: Sequence[str], what: str, param: str) -> str:
+    """``value`` as spelled in ``known``, compared without case; else a usage error with a
+    "did you mean" suggestion and the known values."""
+    folded = value.strip().lower()
+    for candidate in known:
+        if candidate.lower() == folded:
+            return candidate
+    raise typer.BadParameter(
+        f"unknown {what} {value!r}{config.suggest(value, known)}; known: {', '.join(known)}",
+        param_hint=param,
+    )
+
+
+def code(ctx: typer.Context, kind: str, value: str, param: str) -> str:
+    """A reference code (agency, kecamatan, category, severity) checked and spelled as the
+    ledger lists it: codes are case-insensitive, and a typo gets a suggestion."""
+    ref = state(ctx).reference()
+    known: dict[str, Sequence[str]] = {
+        "agency": [a.code for a in ref.agencies],
+        "kecamatan": [k.code for k in ref.kecamatan],
+        "category": [c.code for c in ref.categories],
+        "severity": [v.code for v in ref.severities],
+    }
+    return choose(value, known[kind], kind, param)
+
+
+def maybe_code(ctx: typer.Context, kind: str, value: str | None, param: str) -> str | None:
+    return code(ctx, kind, value, param) if value else value
+
+
+def codes(ctx: typer.Context, kind: str, values: list[str] | None, param: str) -> list[str]:
+    return [code(ctx, kind, v, param) for v in values or []]
+
+
+def desa_name(ctx: typer.Context, kecamatan: str, value: str) -> str:
+    """A desa of the kecamatan, compared without case."""
+    if not value:
+        return value
+    ref = state(ctx).reference()
+    listed = next((k.desa for k in ref.kecamatan if k.code == kecamatan), ())
+    return choose(value, listed, f"desa of {kecamatan}", "--desa") if listed else value
+
+
+def moment(ctx: typer.Context, value: str | None, param: str) -> datetime | None:
+    """A time typed by a person (ISO, a zone, relative forms), in UTC; None stays None."""
+    if value is None:
+        return None
+    try:
+        return times.parse_time(value, state(ctx).settings.zone)
+    except times.TimeError as error:
+        raise typer.BadParameter(str(error), param_hint=param) from None
+
+
+TIME_HELP = (
+    "e.g. 2026-11-28T10:00, '2026-11-28 10:00 WIB', -2h, 'yesterday 18:00'; without a zone in "
+    "the configured zone (Asia/Jakarta by default)"
+)

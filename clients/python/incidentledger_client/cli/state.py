@@ -1,0 +1,90 @@
+"""The state of one ledgerctl run: the root options, the settings resolved from them when a
+command needs them, and the clients (created once, closed at the end)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import typer
+
+from incidentledger_client import LedgerClient, NotifierClient, RetryPolicy
+from incidentledger_client.cli import config
+from incidentledger_client.types import ReferenceData
+
+
+@dataclass
+class State:
+    """The root options, resolved into settings only when a command needs them (so --help,
+    --version, completion and ``config`` work whatever the configuration says)."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+    as_json: bool = False
+    _resolved: config.Settings | None = None
+    _ledger: LedgerClient | None = None
+    _notifier: NotifierClient | None = None
+    _reference: ReferenceData | None = None
+    #: The services this run has called ("ledger", "notifier"): an error names their address.
+    used: list[str] = field(default_factory=list)
+
+    @property
+    def settings(self) -> config.Settings:
+        if self._resolved is None:
+            self._resolved = config.resolve(**self.options)
+        return self._resolved
+
+    def ledger(self) -> LedgerClient:
+        if "ledger" not in self.used:
+            self.used.append("ledger")
+        if self._ledger is None:
+            settings = self.settings
+            self._ledger = LedgerClient(
+                settings.address,
+                settings.token or None,
+                tls=settings.tls_ca,
+                client_cert=settings.tls_cert,
+                client_key=settings.tls_key,
+                timeout=settings.timeout,
+                retry=self._retry(),
+            )
+        return self._ledger
+
+    def _retry(self) -> RetryPolicy | None:
+        """With ``--timeout``, the whole command gives up then (retries included): a person
+        asking for 2 s does not wait the client's default 20 s for a server that is down."""
+        timeout = self.settings.timeout
+        return RetryPolicy(budget=timeout) if timeout else None
+
+    def reference(self) -> ReferenceData:
+        """The ledger's reference data, fetched once per run (one small call)."""
+        if self._reference is None:
+            self._reference = self.ledger().reference_data()
+        return self._reference
+
+    def notifier(self) -> NotifierClient:
+        if "notifier" not in self.used:
+            self.used.append("notifier")
+        if self._notifier is None:
+            settings = self.settings
+            self._notifier = NotifierClient(
+                settings.notifier_address,
+                settings.token or None,
+                tls=settings.tls_ca,
+                client_cert=settings.tls_cert,
+                client_key=settings.tls_key,
+                timeout=settings.timeout,
+                retry=self._retry(),
+            )
+        return self._notifier
+
+    def close(self) -> None:
+        for client in (self._ledger, self._notifier):
+            if client is not None:
+                client.close()
+
+
+def state(ctx: typer.Context) -> State:
+    value = ctx.find_root().obj
+    if not isinstance(value, State):
+        raise RuntimeError("ledgerctl: no state (the root callback did not run)")
+    return value

@@ -1,0 +1,145 @@
+"""What the relay publishes: one message per incident event, its subject
+(``<prefix>.<kecamatan>.<category>.<event_type>``), headers and protobuf payload (the event
+and the incident's state after it); and how a message on the stream is told to be one the
+relay published, or a foreign one (see :mod:`services.ledger.relay`)."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+from eventsourcing.persistence import Notification
+from google.protobuf.message import DecodeError
+
+from incidentledger.v1 import incident_pb2 as pb
+from services.ledger import wire
+from services.ledger.application import Ledger, StoredIncidentEvent
+from services.ledger.domain.incident import Incident
+
+POSITION_HEADER = "Ledger-Position"
+CONTENT_TYPE = "application/x-protobuf; message=incidentledger.v1.EventNotification"
+
+_SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
+_TOKEN = re.compile(r"[^a-z0-9_-]+")
+
+
+def subject_token(value: str) -> str:
+    """A lowercase NATS subject token (never empty, no dots or wildcards)."""
+    return _TOKEN.sub("_", value.lower()).strip("_") or "none"
+
+
+def event_type_token(type_name: str) -> str:
+    """``LeadAssigned`` -> ``lead_assigned``."""
+    return _SNAKE.sub("_", type_name).lower()
+
+
+def event_subject(prefix: str, kecamatan: str, category: str, type_name: str) -> str:
+    """``<prefix>.<kecamatan>.<category>.<event_type>``, broad to narrow."""
+    return ".".join(
+        (prefix, subject_token(kecamatan), subject_token(category), event_type_token(type_name))
+    )
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    position: int
+    subject: str
+    headers: dict[str, str]
+    payload: bytes
+
+
+class EventEncoder:
+    """Turns notifications into messages: the event plus the incident's state after it.
+
+    The state is folded with the domain's own rules, from a bounded cache of
+    incidents; a miss loads the incident at that version from the store.
+    """
+
+    def __init__(self, ledger: Ledger, prefix: str, cache_size: int = 2000) -> None:
+        self._ledger = ledger
+        self._prefix = prefix
+        self._cache: OrderedDict[UUID, Incident] = OrderedDict()
+        self._cache_size = cache_size
+
+    def encode(self, notification: Notification) -> Outgoing:
+        event = self._ledger.mapper.to_domain_event(notification)
+        if not isinstance(event, Incident.Event):
+            raise TypeError(f"not an incident event: {notification.topic}")
+        incident = self._state_after(event)
+        message = pb.EventNotification(
+            event=wire.event_to_proto(StoredIncidentEvent(event, notification.id)),
+            incident=wire.incident_to_proto(incident),
+        )
+        kecamatan = str((event.location or incident.location).get("kecamatan", ""))
+        type_name = type(event).__name__
+        return Outgoing(
+            position=notification.id,
+            subject=event_subject(self._prefix, kecamatan, incident.category, type_name),
+            headers={
+                "Nats-Msg-Id": str(notification.id),
+                POSITION_HEADER: str(notification.id),
+                "Ledger-Incident": wire.incident_name(incident.id),
+                "Ledger-Event-Id": str(event.event_id),
+                "Ledger-Event-Type": type_name,
+                "Ledger-Kecamatan": kecamatan,
+                "Ledger-Category": incident.category,
+                "Ledger-Severity": incident.severity,
+                "Content-Type": CONTENT_TYPE,
+            },
+            payload=message.SerializeToString(),
+        )
+
+    def _state_after(self, event: Incident.Event) -> Incident:
+        incident_id = event.originator_id
+        cached = self._cache.pop(incident_id, None)
+        if event.originator_version == 1:
+            incident = event.mutate(None)
+        elif cached is not None and cached.version == event.originator_version - 1:
+            incident = event.mutate(cached)
+        else:
+            incident = self._ledger.load_aggregate(incident_id, event.originator_version)
+        if not isinstance(incident, Incident):
+            raise TypeError(f"not an incident: {incident_id}")
+        self._cache[incident_id] = incident
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return incident
+
+
+def foreign_reason(
+    ledger: Ledger, topics: Sequence[str], headers: Mapping[str, str], data: bytes
+) -> str | None:
+    """Why a message on the stream is not one the relay published (None: the store
+    vouches for it). Only what identifies the event is compared, not the whole
+    message: messages published by an older relay, without a field added since,
+    stay the ledger's own."""
+    header = headers.get(POSITION_HEADER)
+    if header is None:
+        return f"no {POSITION_HEADER} header"
+    try:
+        position = int(header)
+    except ValueError:
+        return f"{POSITION_HEADER} is not a position"
+    rows = ledger.recorder.select_notifications(position, 1, topics=topics, inclusive_of_start=True)
+    if not rows or rows[0].id != position:
+        last = ledger.recorder.max_notification_id() or 0
+        if position > last:
+            return f"beyond the store's last position ({last})"
+        return "no incident event at this position in the store"
+    event = ledger.mapper.to_domain_event(rows[0])
+    if not isinstance(event, Incident.Event):
+        return "no incident event at this position in the store"
+    if headers.get("Ledger-Event-Id") != str(event.event_id):
+        return "Ledger-Event-Id is not the stored event's"
+    try:
+        carried = pb.EventNotification.FromString(data).event
+    except DecodeError:
+        return "the payload is not an EventNotification"
+    stored = wire.event_to_proto(StoredIncidentEvent(event, position))
+    for name in ("position", "event_id", "incident", "version", "hash"):
+        if getattr(carried, name) != getattr(stored, name):
+            return f"the payload's event {name} is not the stored event's"
+    return None

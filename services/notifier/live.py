@@ -1,0 +1,64 @@
+"""Live subscriptions (gRPC Subscribe): each reads the stream with an ordered consumer
+from its cursor, on the engine's loop; the gRPC threads pull from them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import nats
+import structlog
+
+from incidentledger.v1 import incident_pb2 as pb
+from services.common.errors import Unavailable
+
+if TYPE_CHECKING:
+    from services.notifier.engine import Engine
+
+# The engine's logger: these lines are the engine's.
+log = structlog.get_logger("services.notifier.engine")
+
+BATCH = 256  # messages handed to a live subscriber's thread at once
+
+
+class LiveSubscription:
+    """One gRPC subscriber's ordered consumer; its methods are called from the gRPC thread."""
+
+    def __init__(self, engine: Engine, sub: Any, start_seq: int) -> None:
+        self._engine = engine
+        self._sub = sub
+        self.cursor_seq = start_seq - 1
+        engine.live.add(self)
+
+    def next_batch(self, timeout: float) -> list[tuple[int, pb.EventNotification]]:
+        """The messages waiting (at least one), as (stream sequence, notification), or
+        an empty list after ``timeout``. One hop to the engine's loop per batch."""
+        try:
+            msgs = self._engine.call(self._take(timeout), timeout + 5)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        except nats.errors.ConnectionClosedError:
+            raise Unavailable(
+                "the notifier lost its connection to the event stream; resume from your cursor",
+                reason="STREAM_UNAVAILABLE",
+            ) from None
+        batch = [
+            (int(msg.metadata.sequence.stream), pb.EventNotification.FromString(msg.data))
+            for msg in msgs
+        ]
+        self.cursor_seq = batch[-1][0]
+        return batch
+
+    async def _take(self, timeout: float) -> list[Any]:
+        msgs = [await self._sub.next_msg(timeout=timeout)]
+        while len(msgs) < BATCH and self._sub.pending_msgs > 0:
+            msgs.append(await self._sub.next_msg(timeout=1.0))
+        return msgs
+
+    def close(self) -> None:
+        self._engine.live.discard(self)
+        if not self._engine.running:
+            return  # the engine closed the connection, and with it this consumer
+        try:
+            self._engine.call(self._sub.unsubscribe(), 5)
+        except Exception as exc:  # the connection may be gone; nothing is left to free
+            log.debug("subscription.close_failed", error=str(exc))
