@@ -36,7 +36,7 @@ from services.common.sql import open_database
 from services.ledger.audit.checkpoints import iterate_checkpoints
 from services.ledger.audit.export import export_jsonl
 from services.ledger.audit.keys import load_public_key
-from services.ledger.audit.verify import verify_export
+from services.ledger.audit.verify_exported import verify_export
 from tests.fanout_support import wait_until
 from tests.support import Client, running_ledger, settings_for
 

@@ -444,7 +444,7 @@ def test_a_merge_s_request_id_on_another_duplicate_or_version_is_refused(ledger:
     before); its record keeps the incident it merged, at the version its event took, and a
     retry must repeat those too."""
     duplicate, other, target = _reported(ledger), _reported(ledger), _reported(ledger)
-    envelope = env(COORDINATOR, "merge-1")
+    envelope = envelope_for(COORDINATOR, "merge-1")
     first = ledger.execute(envelope, MergeIncident(duplicate, 0, target, "same"))
     assert (first.incident_id, first.version) == (duplicate, 2)
     # The same merge replays, whether it stated the version it expected (1) or none (0).
