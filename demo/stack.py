@@ -39,7 +39,7 @@ from incidentledger_client.addresses import listening
 __all__ = ["listening"]  # demo.run takes it from here with the rest of the stack's helpers
 
 ROOT = Path(__file__).resolve().parent.parent
-#: ``make run``'s addresses when LEDGER_LISTEN / NOTIFIER_LISTEN are unset (see the README).
+#: ``make run``'s addresses when LEDGER_LISTEN / NOTIFIER_LISTEN are unset (see docs/operations.md).
 RUN_LEDGER = "127.0.0.1:50051"
 RUN_NOTIFIER = "127.0.0.1:50052"
 DEFAULT_TOKENS_FILE = ROOT / "data" / "credentials" / "dev-tokens.yaml"

@@ -33,7 +33,7 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 
 def webhook_body(webhook_id: str, stream_seq: int, note: pb.EventNotification) -> str:
-    """The JSON a webhook receives, but for its ``delivery_id`` (see the README)."""
+    """The JSON a webhook receives, but for its ``delivery_id`` (see docs/fan-out.md)."""
     return json.dumps(
         {
             "webhook": f"webhooks/{webhook_id}",
