@@ -162,7 +162,7 @@ def test_long_work_shows_progress_with_count_and_rate_on_a_terminal(
 
 
 def test_webhooks_update_delete_deliveries_and_an_empty_replay(
-    stack: Stack, capsys: pytest.CaptureFixture[str]
+    stack: Stack, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ctl = LiveCtl(stack, capsys)
     code, out = ctl.run("dinkes", "webhooks", "replay", "--all")
@@ -175,6 +175,9 @@ def test_webhooks_update_delete_deliveries_and_an_empty_replay(
         assert [(d["target"], d["outcome"]) for d in deliveries] == [(hook["name"], "delivered")]
         code, out = ctl.run("dinkes", "webhooks", "deliveries")
         assert code == 0 and result.incident.removeprefix("incidents/")[:8] in out
+        # A WEBHOOK_SECRET left in the shell does not change the secret of an update that
+        # does not ask for it: the deliveries below still verify with the first secret.
+        monkeypatch.setenv("WEBHOOK_SECRET", "another-secret-left-in-the-shell")
         updated = ctl.json(
             "dinkes",
             "webhooks",
@@ -203,6 +206,9 @@ def test_webhooks_update_delete_deliveries_and_an_empty_replay(
         assert code == 2 and "nothing to change" in ctl.err
         code, _ = ctl.run("dinkes", "webhooks", "update", hook["name"], "--secret", "short")
         assert code == 2 and "webhook.secret" in ctl.err
+        monkeypatch.delenv("WEBHOOK_SECRET")
+        code, _ = ctl.run("dinkes", "webhooks", "update", hook["name"], "--secret-from-env")
+        assert code == 2 and "WEBHOOK_SECRET is not set" in ctl.err
         code, _ = ctl.run("kpu", "webhooks", "update", hook["name"], "--url", first.url)
         assert code == 2 and "your agency has no webhook" in ctl.err
         code, out = ctl.run("dinkes", "webhooks", "delete", listed[0]["name"])

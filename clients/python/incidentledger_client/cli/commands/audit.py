@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
@@ -45,8 +46,15 @@ def audit_verify(ctx: typer.Context) -> None:
     Exit code 6 (server) is not used for a broken chain: a verify that finds divergence exits 1.
     """
     st = state(ctx)
-    with progress_bar(st, "verifying", None, "positions") as meter:
-        report_ = follow_verification(st.ledger().stream_verify_ledger(), meter)
+    items = iter(st.ledger().stream_verify_ledger())
+    # The first message comes at once and gives the ledger's size: the bar starts with it
+    # as its total, never showing "0/?".
+    first = next(items, None)
+    total = first.ledger_position if isinstance(first, VerifyProgress) else 0
+    with progress_bar(st, "verifying", total or None, "positions") as meter:
+        report_ = follow_verification(
+            itertools.chain(() if first is None else (first,), items), meter
+        )
     if st.as_json:
         output.emit_json(report_)
     else:

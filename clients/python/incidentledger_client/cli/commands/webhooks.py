@@ -3,6 +3,7 @@ delivery log."""
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -113,10 +114,18 @@ def webhooks_update(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The webhook.", metavar="WEBHOOK")],
     url: Annotated[str | None, typer.Option(help="The new endpoint.")] = None,
+    # No envvar here, unlike register: a WEBHOOK_SECRET left in the shell would otherwise
+    # replace the secret on every update, whatever the update was for.
     secret: Annotated[
-        str | None,
-        typer.Option(help="A new shared secret (16-256 characters).", envvar="WEBHOOK_SECRET"),
+        str | None, typer.Option(help="A new shared secret (16-256 characters).")
     ] = None,
+    secret_from_env: Annotated[
+        bool,
+        typer.Option(
+            "--secret-from-env",
+            help="Take the new secret from WEBHOOK_SECRET (it stays off the command line).",
+        ),
+    ] = False,
     kecamatan: Annotated[
         list[str] | None, typer.Option(help="Only these kecamatan (repeat; replaces).")
     ] = None,
@@ -161,6 +170,12 @@ def webhooks_update(
             involving_my_agency=bool(mine),
             agencies=agencies,
         )
+    if secret_from_env:
+        if secret is not None:
+            raise typer.BadParameter("give --secret or --secret-from-env, not both")
+        secret = os.environ.get("WEBHOOK_SECRET")
+        if not secret:
+            raise typer.BadParameter("--secret-from-env: WEBHOOK_SECRET is not set")
     if url is None and secret is None and new_filter is None:
         raise typer.BadParameter(
             "nothing to change: give --url, --secret or a filter option "
