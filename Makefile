@@ -29,7 +29,7 @@ PROMTOOL := tools/prometheus/usr/bin/promtool
 # Directories type-checked strictly by mypy, when they exist and hold Python files.
 MYPY_DIRS := services clients tests bench demo
 
-.PHONY: help venv proto proto-check lint fmt test test-unit test-integration test-system check \
+.PHONY: help venv proto proto-check lint imports fmt test test-unit test-integration test-system check \
 	deploy-check run demo bench soak lock clean
 
 help: ## list the targets
@@ -115,6 +115,10 @@ lint: venv ## buf lint, ruff check, ruff format --check, mypy (strict), import c
 	else \
 	  echo "lint: no Python files in $(MYPY_DIRS): skipping mypy"; \
 	fi
+	$(MAKE) --no-print-directory imports
+
+# tests, bench and demo are not installed: on the path so that the contracts can name them.
+imports: venv ## check the import contracts of .importlinter alone (part of lint)
 	PYTHONPATH=$(CURDIR) $(VENV)/bin/lint-imports --no-cache
 
 fmt: $(VENV_STAMP) ## ruff format + ruff check --fix
