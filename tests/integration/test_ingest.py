@@ -203,7 +203,7 @@ def test_ingested_reports_are_read_like_any_other_with_the_device_s_provenance(
 
 
 @pytest.mark.nats
-@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_ingested_reports_reach_the_stream_once_each(
     tmp_path: Path, nats_server: NatsServer, store: str
 ) -> None:
