@@ -21,6 +21,13 @@ M = TypeVar("M", bound=Message)
 
 
 def to_grpc_status(error: LedgerError, domain: str) -> grpc.Status:
+    """The status a call fails with: :func:`to_status_proto` in the call's trailers."""
+    return rpc_status.to_status(to_status_proto(error, domain))
+
+
+def to_status_proto(error: LedgerError, domain: str) -> status_pb2.Status:
+    """The google.rpc.Status of an error, as a failed call carries it; also what a
+    per-item result carries (``IngestReports``), so both say the same."""
     code = getattr(code_pb2, error.code)
     details = []
     info = any_pb2.Any()
@@ -46,9 +53,7 @@ def to_grpc_status(error: LedgerError, domain: str) -> grpc.Status:
         retry = any_pb2.Any()
         retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         details.append(retry)
-    return rpc_status.to_status(
-        status_pb2.Status(code=code, message=error.message, details=details)
-    )
+    return status_pb2.Status(code=code, message=error.message, details=details)
 
 
 def _detail(call: grpc.Call, kind: type[M]) -> M | None:

@@ -8,6 +8,10 @@
 - No integer field, at any depth, may be negative: every number in the contract is a
   position, a version, a count or a size, and 0 already means "unset" (``INVALID_FIELD``,
   naming the field). Coordinates are doubles and enums are not integers here.
+
+The items of a field in :data:`ITEMIZED` are left to the service, which checks each with
+:func:`check_item` and answers for each: one bad report of an ``IngestReports`` batch
+does not refuse the others.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ _INTEGER_TYPES = frozenset(
         FieldDescriptor.TYPE_SFIXED64,
     }
 )
+
+
+#: Repeated fields (full names) whose items the service checks one by one (:func:`check_item`).
+ITEMIZED = frozenset({"incidentledger.v1.IngestReportsRequest.reports"})
 
 
 @dataclass(frozen=True)
@@ -63,8 +71,16 @@ def check_request(request: Any) -> None:
         _check_fields(request, "")
 
 
+def check_item(item: Message) -> None:
+    """The checks of :func:`check_request` on one item of an :data:`ITEMIZED` field, naming
+    its fields as the item's own (``title``, ``location.tps``)."""
+    _check_fields(item, "")
+
+
 def _check_fields(message: Message, prefix: str) -> None:
     for field, value in message.ListFields():
+        if field.full_name in ITEMIZED:
+            continue
         path = f"{prefix}{field.name}"
         if field.type in _INTEGER_TYPES:
             if any(item < 0 for item in (value if field.is_repeated else [value])):

@@ -4,14 +4,18 @@ Every command (services/ledger/domain/commands.py) takes one path, :meth:`Ledger
 the checks its fields declare (against the reference data and the time bounds), then the
 guarantees around the domain: idempotency by request id (AIP-155, with a fingerprint over
 all the command's fields), optimistic concurrency (expected_version, retries).
+:meth:`Ledger.ingest` records a field device's batch of reports the same way, each a
+ReportIncident with its own idempotency record, saved in as few transactions as it can.
 Storage is chosen by the environment (the library's variables).
 """
 
 from __future__ import annotations
 
+import enum
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -43,18 +47,28 @@ from services.common.errors import (
     VersionConflict,
 )
 from services.common.reference import ReferenceData
+from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.common.storepool import bound_store
 from services.ledger.domain.commands import (
     MAX_SHORT,
     Command,
     CreatingCommand,
     IncidentCommand,
+    ReportIncident,
     Rules,
     check_text,
     checked,
     command_name,
 )
-from services.ledger.domain.incident import Envelope, Incident, event_hash, incident_event_classes
+from services.ledger.domain.incident import (
+    Actor,
+    DeviceRecord,
+    Envelope,
+    Incident,
+    event_hash,
+    incident_event_classes,
+    require_writer,
+)
 from services.ledger.domain.requests import RequestRecord, request_fingerprint, request_key
 from services.ledger.domain.times import TimeBounds
 from services.ledger.seals import SealChecker, Sealer
@@ -74,6 +88,62 @@ class CommandResult:
     position: int
     event_id: UUID
     recorded_at: datetime
+
+
+MAX_INGEST_REPORTS = 500
+MAX_DEVICE_ID = 64
+
+
+class IngestOutcome(enum.Enum):
+    """What became of one report of an ``IngestReports`` batch."""
+
+    CREATED = "CREATED"  # recorded now
+    DUPLICATE = "DUPLICATE"  # recorded before, with the same content: the original result
+    CONFLICT = "CONFLICT"  # its device report id was recorded before with other content
+    INVALID = "INVALID"  # refused as ReportIncident would refuse it
+
+
+@dataclass(frozen=True)
+class IngestItem:
+    """One report of a field device's batch: the ``ReportIncident`` it asks for, and where
+    it came from. Its request id, the key of its idempotency record, is
+    ``{device_id}/{report_id}``: a ReportIncident sent with that request id is the same
+    request."""
+
+    device_id: str
+    report_id: UUID
+    record_time: datetime
+    command: ReportIncident
+    occurred_at: datetime | None = None
+    correlation_id: str = ""
+
+    @property
+    def request_id(self) -> str:
+        return f"{self.device_id}/{self.report_id}"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """One report's answer: its command result (CREATED, DUPLICATE) or why not."""
+
+    outcome: IngestOutcome
+    result: CommandResult | None = None
+    error: LedgerError | None = None
+
+
+@dataclass(frozen=True)
+class _ReadyReport:
+    """A checked report of a batch (``index``): its incident's and its request record's
+    events, ready to save, and what answers a retry of it."""
+
+    index: int
+    key: UUID
+    request_id: str
+    command: ReportIncident
+    fingerprint: str
+    incident: Incident
+    reported: Incident.Event
+    events: list[Any]
 
 
 class SealingMapper(Mapper[UUID]):
@@ -236,6 +306,161 @@ class Ledger(Application[UUID]):
         lock_ids = (incident_id, *(i for i, _ in others))
         return self._execute(envelope, command, incident_id, expected, run, lock_ids)
 
+    def ingest(
+        self,
+        actor: Actor,
+        items: Sequence[IngestItem | InvalidArgument],
+        *,
+        send_time: datetime | None = None,
+    ) -> list[IngestResult]:
+        """Record a field device's reports (``IngestReports``), each as ReportIncident
+        records it and once per device report; one result per item, in order.
+
+        ``items``: what the request's reports became, an item or the refusal of one that
+        did not convert. Each report is checked as ReportIncident is and recorded with its
+        request record (its key: :attr:`IngestItem.request_id`), so that a report sent
+        again is answered from the record (DUPLICATE) and one with other content refused
+        (CONFLICT), alike whether it came in a batch or alone. ``send_time``: the sender's
+        clock when it sent the call; its difference to the ledger's on receipt is recorded
+        as each report's clock skew. The reports are saved together (:meth:`_save_ready`).
+        """
+        if len(items) > MAX_INGEST_REPORTS:
+            raise InvalidArgument(
+                "reports", f"at most {MAX_INGEST_REPORTS} reports per call, got {len(items)}"
+            )
+        require_writer(actor, "IngestReports")
+        received = self._clock()
+        skew_ms = None
+        if send_time is not None:
+            skew_ms = round((send_time - received) / timedelta(milliseconds=1))
+        rules = Rules(self.reference, self.time_bounds, self._clock)
+        results: list[IngestResult | None] = [None] * len(items)
+        ready: dict[UUID, _ReadyReport] = {}
+        again: list[_ReadyReport] = []  # a report the batch holds twice: answered once saved
+        for index, item in enumerate(items):
+            if isinstance(item, InvalidArgument):
+                results[index] = IngestResult(IngestOutcome.INVALID, error=item)
+                continue
+            try:
+                report = self._ready_report(actor, index, item, skew_ms, rules)
+            except InvalidArgument as error:
+                results[index] = IngestResult(IngestOutcome.INVALID, error=error)
+                continue
+            if report.key in ready:
+                again.append(report)
+            else:
+                ready[report.key] = report
+        self._save_ready(list(ready.values()), results)
+        for report in again:
+            results[report.index] = self._answer_recorded(report)
+        answered = [r for r in results if r is not None]
+        if len(answered) != len(items):
+            raise RuntimeError("a report of the batch was left without an answer")
+        counts = Counter(r.outcome.value.lower() for r in answered)
+        log.info("ingest.done", reports=len(items), skew_ms=skew_ms, **counts)
+        return answered
+
+    def _ready_report(
+        self, actor: Actor, index: int, item: IngestItem, skew_ms: int | None, rules: Rules
+    ) -> _ReadyReport:
+        """The report checked (as ReportIncident is), its incident and request record made."""
+        check_text("device_id", item.device_id, MAX_DEVICE_ID, required=True)
+        request_id = item.request_id
+        envelope = Envelope(
+            actor=actor,
+            request_id=request_id,
+            correlation_id=item.correlation_id or request_id,
+            causation_id=request_id,
+            occurred_at=item.occurred_at,
+        )
+        command = checked(item.command, rules)
+        if not isinstance(command, ReportIncident):
+            raise TypeError(f"not a report: {command!r}")
+        self._check_request(envelope)
+        fingerprint = request_fingerprint(command, envelope.occurred_at)
+        key = request_key(actor.agency, request_id)
+        device = DeviceRecord(item.device_id, item.report_id, item.record_time, skew_ms)
+        incident = command.create(envelope, device)
+        record = RequestRecord.record(
+            key,
+            command=command_name(command),
+            fingerprint=fingerprint,
+            incident=f"{incident.id}@{incident.version}",
+        )
+        events = [*incident.collect_events(), *record.collect_events()]
+        reported = events[0]
+        if not isinstance(reported, Incident.Event):
+            raise TypeError(f"unexpected event {reported!r}")
+        return _ReadyReport(
+            index, key, request_id, command, fingerprint, incident, reported, events
+        )
+
+    def _save_ready(self, reports: list[_ReadyReport], results: list[IngestResult | None]) -> None:
+        """Save the reports in as few transactions as the store takes: all in one (through
+        the group committer, with whatever else is waiting).
+
+        When that fails because some were recorded before (a batch sent again, or twice
+        at once), those are answered from their records and the others saved again
+        together. Any other failure halves the batch, down to the one report whose save
+        fails, which fails the call (the others are saved: sending the batch again is
+        safe); a store that cannot be reached fails it at once.
+        """
+        if not reports:
+            return
+        try:
+            recordings = self._committer.save([e for r in reports for e in r.events])
+        except IntegrityError:
+            unsettled = []
+            for report in reports:
+                answer = self._answer_recorded(report)
+                if answer is None:
+                    unsettled.append(report)
+                else:
+                    results[report.index] = answer
+            if len(unsettled) < len(reports):
+                self._save_ready(unsettled, results)
+                return
+            if len(reports) == 1:
+                raise
+            failure = "IntegrityError"
+        except STORE_CONNECTION_ERRORS:
+            raise
+        except Exception as exc:  # halved below, down to the report that fails
+            if len(reports) == 1:
+                raise
+            failure = type(exc).__name__
+        else:
+            positions = {r.domain_event.originator_id: r.notification.id for r in recordings}
+            for report in reports:
+                incident, event = report.incident, report.reported
+                self._cache.put(incident.id, incident)
+                result = CommandResult(
+                    incident.id,
+                    incident.version,
+                    positions[incident.id],
+                    event.event_id,
+                    event.timestamp,
+                )
+                results[report.index] = IngestResult(IngestOutcome.CREATED, result)
+            return
+        log.warning("ingest.batch_failed", reports=len(reports), error_type=failure)
+        half = len(reports) // 2
+        self._save_ready(reports[:half], results)
+        self._save_ready(reports[half:], results)
+
+    def _answer_recorded(self, report: _ReadyReport) -> IngestResult | None:
+        """DUPLICATE (with the original result) or CONFLICT when the report's request was
+        recorded before; None when it was not."""
+        try:
+            original = self._original(
+                report.key, report.request_id, report.command, report.fingerprint
+            )
+        except AlreadyExists as error:
+            return IngestResult(IngestOutcome.CONFLICT, error=error)
+        if original is None:
+            return None
+        return IngestResult(IngestOutcome.DUPLICATE, original)
+
     # -------------------------------------------------------------- queries
 
     def get_incident(self, incident_id: UUID) -> Incident:
@@ -353,14 +578,7 @@ class Ledger(Application[UUID]):
         run: Callable[[bool], list[Incident]],
         lock_ids: tuple[UUID, ...] = (),
     ) -> CommandResult:
-        if not envelope.request_id:
-            raise InvalidArgument("request_id", "is required (AIP-155)")
-        check_text("request_id", envelope.request_id, MAX_SHORT)
-        check_text("correlation_id", envelope.correlation_id, MAX_SHORT)
-        if expected < 0:
-            raise InvalidArgument("expected_version", "must not be negative")
-        if envelope.occurred_at is not None:
-            self.time_bounds.check_occurred("occur_time", envelope.occurred_at, self._clock())
+        self._check_request(envelope, expected)
         command = command_name(checked_command)
         fingerprint = request_fingerprint(checked_command, envelope.occurred_at)
         key = request_key(envelope.actor.agency, envelope.request_id)
@@ -424,6 +642,18 @@ class Ledger(Application[UUID]):
             f"{command} lost {MAX_CONFLICT_RETRIES} races for the incident; retry later",
             reason="TOO_MUCH_CONTENTION",
         )
+
+    def _check_request(self, envelope: Envelope, expected: int = 0) -> None:
+        """The checks of what every command carries beside its fields: its ids, the
+        expected version, the time it says it happened."""
+        if not envelope.request_id:
+            raise InvalidArgument("request_id", "is required (AIP-155)")
+        check_text("request_id", envelope.request_id, MAX_SHORT)
+        check_text("correlation_id", envelope.correlation_id, MAX_SHORT)
+        if expected < 0:
+            raise InvalidArgument("expected_version", "must not be negative")
+        if envelope.occurred_at is not None:
+            self.time_bounds.check_occurred("occur_time", envelope.occurred_at, self._clock())
 
     def _original(
         self, key: UUID, request_id: str, command: Command, fingerprint: str

@@ -168,7 +168,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
     page_tokens = PageTokens(page_token_secret(settings))
     read_model = ReadModel(ledger, projections)
     ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server(
-        LedgerServicer(ledger, read_model, page_tokens), server
+        LedgerServicer(ledger, read_model, page_tokens, error_domain=ERROR_DOMAIN), server
     )
     situation_service_pb2_grpc.add_SituationServiceServicer_to_server(
         SituationServicer(read_model), server

@@ -6,24 +6,34 @@ Incident messages with it, without importing the gRPC adapter (see ``.importlint
 
 :data:`COMMANDS` is the one table from a command's request message to its command
 object (services/ledger/domain/commands.py); the servicer looks requests up in it.
+``IngestReports`` carries many reports: :func:`ingest_items` turns each into a
+``ReportIncident`` with its device's provenance, :func:`ingest_response` answers them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import status_pb2
 
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, LedgerError
 from services.common.jsoncodec import canonical_dumps
-from services.ledger.application import CommandResult, StoredIncidentEvent
+from services.common.request_checks import check_item
+from services.ledger.application import (
+    CommandResult,
+    IngestItem,
+    IngestOutcome,
+    IngestResult,
+    StoredIncidentEvent,
+)
 from services.ledger.domain.commands import (
     AcceptHandover,
     AddSupportingAgency,
@@ -259,6 +269,43 @@ def command_from_proto(request: Message) -> Command:
     return COMMANDS[type(request)](request)
 
 
+def ingest_items(request: api.IngestReportsRequest) -> list[IngestItem | InvalidArgument]:
+    """Each report of an ``IngestReports`` request as the ledger takes it: an item, or the
+    refusal of a report that does not convert (each on its own: one bad report does not
+    refuse the others)."""
+    return [_ingest_item(report) for report in request.reports]
+
+
+def _ingest_item(report: api.DeviceReport) -> IngestItem | InvalidArgument:
+    try:
+        check_item(report)  # what check_request leaves to the service for each report
+        return IngestItem(
+            report_id=_device_report_id(report.device_report_id),
+            device_id=report.device_id,
+            record_time=required_time(report, "device_record_time"),
+            command=ReportIncident(
+                title=report.title,
+                description=report.description,
+                category=report.category,
+                severity=report.severity,
+                location=required_location(report, "location"),
+            ),
+            occurred_at=optional_time(report, "occur_time"),
+            correlation_id=report.correlation_id,
+        )
+    except InvalidArgument as error:
+        return error
+
+
+def _device_report_id(value: str) -> UUID:
+    if not value:
+        raise InvalidArgument("device_report_id", "is required")
+    try:
+        return UUID(value)
+    except ValueError:
+        raise InvalidArgument("device_report_id", "must be a UUID") from None
+
+
 # ------------------------------------------------------------------ results
 
 STATUS_TO_PROTO: dict[Status, pb.IncidentStatus.ValueType] = {
@@ -297,6 +344,26 @@ def result_to_proto(result: CommandResult) -> api.CommandResult:
         event_id=str(result.event_id),
         record_time=timestamp(result.recorded_at),
     )
+
+
+INGEST_OUTCOMES: dict[IngestOutcome, api.IngestOutcome.ValueType] = {
+    outcome: api.IngestOutcome.Value(f"INGEST_OUTCOME_{outcome.value}") for outcome in IngestOutcome
+}
+
+
+def ingest_response(
+    results: Sequence[IngestResult], status_of: Callable[[LedgerError], status_pb2.Status]
+) -> api.IngestReportsResponse:
+    """The answer to ``IngestReports``; ``status_of``: an error as a google.rpc.Status (the
+    gRPC adapter's error mapping, which this module, shared with the relay, cannot import)."""
+    response = api.IngestReportsResponse()
+    for result in results:
+        item = response.results.add(outcome=INGEST_OUTCOMES[result.outcome])
+        if result.result is not None:
+            item.result.CopyFrom(result_to_proto(result.result))
+        if result.error is not None:
+            item.error.CopyFrom(status_of(result.error))
+    return response
 
 
 def incident_to_proto(incident: Incident) -> pb.Incident:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.json_format import MessageToDict
 
 from services.common.config import AuditSettings, ConfigError
-from services.ledger.application import Ledger, StoredIncidentEvent
+from services.ledger.application import IngestItem, Ledger, StoredIncidentEvent
 from services.ledger.audit import (
     Checkpoint,
     ExportFormatError,
@@ -168,6 +168,28 @@ def build_history(ledger: Ledger, *, extra: int = 2) -> History:
         coord(), MergeIncident(duplicate.incident_id, 0, target.incident_id, "duplicate")
     )
     history.others += [hoax.incident_id, target.incident_id, duplicate.incident_id]
+    # A report a field device handed over: the device's fields of its Reported event.
+    (ingested,) = ledger.ingest(
+        env("bawaslu").actor,
+        [
+            IngestItem(
+                device_id="hp-panwascam-07",
+                report_id=UUID("7d444840-9dc0-11d1-b245-5ffdce74fad2"),
+                record_time=ON_THE_SECOND - timedelta(hours=20, microseconds=1),
+                command=ReportIncident(
+                    title="Kotak suara dibawa pergi",
+                    description="dicatat tanpa sinyal",
+                    category="hoax",
+                    severity="",
+                    location={"kecamatan": "ipuh", "tps": "TPS 07"},
+                ),
+                occurred_at=ON_THE_SECOND - timedelta(hours=21),
+            )
+        ],
+        send_time=datetime.now(UTC) + timedelta(seconds=95),
+    )
+    assert ingested.result is not None
+    history.others.append(ingested.result.incident_id)
     for n in range(extra):
         other = ledger.execute(
             envelope_for("polres"),

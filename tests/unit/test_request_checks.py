@@ -20,7 +20,13 @@ from services.common.errors import (
     MalformedRequest,
     bounded,
 )
-from services.common.request_checks import Unparsed, check_request, parsing
+from services.common.request_checks import (
+    ITEMIZED,
+    Unparsed,
+    check_item,
+    check_request,
+    parsing,
+)
 
 
 def test_a_body_that_does_not_parse_becomes_unparsed() -> None:
@@ -53,6 +59,17 @@ def test_text_with_a_nul_character_is_refused_naming_the_field(
     with pytest.raises(InvalidArgument) as caught:
         check_request(request_)
     assert caught.value.field == field
+
+
+def test_the_reports_of_a_batch_are_left_to_the_service_each_on_its_own() -> None:
+    bad = api.DeviceReport(title="a\x00b", location=pb.Location(tps="\x00"))
+    request = api.IngestReportsRequest(reports=[api.DeviceReport(title="fine"), bad])
+    check_request(request)  # one bad report must not refuse the batch
+    check_item(request.reports[0])
+    with pytest.raises(InvalidArgument) as caught:
+        check_item(bad)
+    assert caught.value.field == "title", "named as the report's own field"
+    assert api.IngestReportsRequest.DESCRIPTOR.fields_by_name["reports"].full_name in ITEMIZED
 
 
 def test_ordinary_requests_pass() -> None:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 M = TypeVar("M", bound=Message)
@@ -250,7 +250,31 @@ def from_rpc_error(error: grpc.RpcError, request_id: str | None = None) -> Ledge
     code = status_code(error) or grpc.StatusCode.UNKNOWN
     details = getattr(error, "details", None)
     message = str(details() or "") if callable(details) else str(error)
-    info = _error_info(error)
+    return _error(code, message, _error_info(error), request_id)
+
+
+_CODES_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def from_status(status: status_pb2.Status, request_id: str | None = None) -> LedgerError:
+    """The :class:`LedgerError` a ``google.rpc.Status`` message says, as :func:`from_rpc_error`
+    makes it of a failed call: for the per-report errors of ``ingest_reports``."""
+    code = _CODES_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
+    info = None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            break
+    return _error(code, status.message, info, request_id)
+
+
+def _error(
+    code: grpc.StatusCode,
+    message: str,
+    info: error_details_pb2.ErrorInfo | None,
+    request_id: str | None,
+) -> LedgerError:
     reason = info.reason if info is not None else ""
     metadata = dict(info.metadata) if info is not None else {}
     domain = info.domain if info is not None else ""

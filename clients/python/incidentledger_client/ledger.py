@@ -9,8 +9,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -34,8 +34,10 @@ from incidentledger_client.types import (
     Checkpoint,
     CommandResult,
     DecisionInForce,
+    DeviceReport,
     Incident,
     IncidentEvent,
+    IngestResult,
     Location,
     ProjectionStatus,
     ReferenceData,
@@ -50,6 +52,14 @@ from incidentledger_client.types import (
 
 T = TypeVar("T")
 DEFAULT_TARGET = "127.0.0.1:50051"
+
+#: The most reports the ledger takes in one ``IngestReports`` call.
+MAX_INGEST_REPORTS = 500
+#: The size of one ``IngestReports`` call :meth:`LedgerClient.ingest_reports` aims under: the
+#: ledger's default ``LEDGER_MAX_MESSAGE_BYTES`` (1 MiB), less a margin.
+MAX_INGEST_BYTES = 1_000_000
+#: What a request holds beside its reports: ``send_time`` (at most 2 + 11 + 6 bytes).
+_REQUEST_OVERHEAD = 32
 
 _GROUPINGS = {
     "agency": situation_pb.RESPONSE_TIME_GROUPING_AGENCY,
@@ -66,6 +76,30 @@ class _HasResult(Protocol):
 
 def _location(value: Location | str) -> Location:
     return Location(value) if isinstance(value, str) else value
+
+
+def report_chunks(
+    reports: Iterable[DeviceReport], max_reports: int, max_bytes: int
+) -> Iterator[list[tuple[DeviceReport, api.DeviceReport]]]:
+    """The reports in order, in chunks of at most ``max_reports`` whose request stays
+    within ``max_bytes`` (a single larger report makes a chunk of its own)."""
+    chunk: list[tuple[DeviceReport, api.DeviceReport]] = []
+    size = _REQUEST_OVERHEAD
+    for report in reports:
+        message = report.to_proto()
+        length = message.ByteSize()
+        item = 1 + _varint_size(length) + length  # the field's tag, length and body
+        if chunk and (len(chunk) >= max_reports or size + item > max_bytes):
+            yield chunk
+            chunk, size = [], _REQUEST_OVERHEAD
+        chunk.append((report, message))
+        size += item
+    if chunk:
+        yield chunk
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
 
 
 def paginate(fetch: Callable[[str], tuple[Iterable[T], str]]) -> Iterator[T]:
@@ -212,6 +246,56 @@ class LedgerClient:
             description=description,
             severity=severity,
         )
+
+    def ingest_reports(
+        self,
+        reports: Iterable[DeviceReport],
+        *,
+        chunk_size: int = MAX_INGEST_REPORTS,
+        max_chunk_bytes: int = MAX_INGEST_BYTES,
+        on_chunk: Callable[[Sequence[IngestResult]], None] | None = None,
+    ) -> list[IngestResult]:
+        """Hand over a field device's backlog (``IngestReports``): one result per report, in
+        the order given.
+
+        The reports go in chunks, one call each: at most ``chunk_size`` reports (the
+        ledger's limit, 500) and about ``max_chunk_bytes`` bytes (under the ledger's
+        default ``LEDGER_MAX_MESSAGE_BYTES``, 1 MiB; a report larger than that goes alone).
+        ``on_chunk`` sees each chunk's results as they come (progress, or a record of
+        what is done).
+
+        Safe to repeat: a report's ids are its idempotency key. A chunk whose answer is lost
+        is sent again as it was (the same ids; only ``send_time``, the clock the ledger
+        measures the device's skew against, is fresh); a whole backlog sent again after a
+        crash records nothing twice: what was recorded comes back ``DUPLICATE`` with its
+        original result. A report the ledger refuses (``INVALID``, ``CONFLICT``) does not
+        stop the others: its error is in its result. A chunk refused as a whole (the
+        ledger still unreachable after the retries, an auditor's credentials) raises; the
+        chunks before it are recorded.
+
+        >>> results = ledger.ingest_reports(backlog)  # doctest: +SKIP
+        >>> [r for r in results if not r.recorded]  # doctest: +SKIP
+        """
+        if not 1 <= chunk_size <= MAX_INGEST_REPORTS:
+            raise ValueError(f"chunk_size must be 1 to {MAX_INGEST_REPORTS}, got {chunk_size}")
+
+        def send(request: api.IngestReportsRequest, **kwargs: Any) -> api.IngestReportsResponse:
+            request.send_time.CopyFrom(to_timestamp(datetime.now(UTC)))  # at each attempt
+            response: api.IngestReportsResponse = self._ledger.IngestReports(request, **kwargs)
+            return response
+
+        results: list[IngestResult] = []
+        for chunk in report_chunks(reports, chunk_size, max_chunk_bytes):
+            request = api.IngestReportsRequest(reports=[message for _, message in chunk])
+            response = self._transport.unary(send, request)
+            answered = [
+                IngestResult.from_proto(report.report_id, result)
+                for (report, _), result in zip(chunk, response.results, strict=True)
+            ]
+            if on_chunk is not None:
+                on_chunk(answered)
+            results.extend(answered)
+        return results
 
     def verify(
         self,

@@ -21,6 +21,7 @@ from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import notifier_service_pb2 as notifier_pb
 from incidentledger.v1 import situation_service_pb2 as situation_pb
+from incidentledger_client.errors import LedgerError, from_status
 
 ResponseTimeGrouping = Literal["agency", "severity", "category", "kecamatan"]
 """How :meth:`LedgerClient.response_times` groups its figures."""
@@ -308,6 +309,90 @@ class CommandResult:
             position=message.position,
             event_id=message.event_id,
             record_time=_optional_time(message, "record_time"),
+        )
+
+
+# --- field intake --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    """One report as a field device recorded it, for :meth:`LedgerClient.ingest_reports`.
+
+    ``report_id`` is the UUID the device made when the officer saved the report: with
+    ``device_id`` (at most 64 characters) it is the report's idempotency key, so sending it
+    again never records it twice (its request id is ``{device_id}/{report_id}``).
+    ``record_time`` is when the device recorded it, by the device's clock. The other fields
+    are :meth:`LedgerClient.report`'s, with the same limits.
+    """
+
+    report_id: str
+    device_id: str
+    record_time: datetime
+    title: str
+    category: str
+    location: Location | str
+    description: str = ""
+    severity: str = ""
+    occur_time: datetime | None = None
+    correlation_id: str = ""
+
+    def to_proto(self) -> api.DeviceReport:
+        location = Location(self.location) if isinstance(self.location, str) else self.location
+        message = api.DeviceReport(
+            device_report_id=self.report_id,
+            device_id=self.device_id,
+            device_record_time=to_timestamp(self.record_time),
+            title=self.title,
+            description=self.description,
+            category=self.category,
+            severity=self.severity,
+            location=location.to_proto(),
+            correlation_id=self.correlation_id,
+        )
+        if self.occur_time is not None:
+            message.occur_time.CopyFrom(to_timestamp(self.occur_time))
+        return message
+
+
+class IngestOutcome(StrEnum):
+    """What became of one report handed over by :meth:`LedgerClient.ingest_reports`."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    CREATED = "CREATED"  # recorded now
+    DUPLICATE = "DUPLICATE"  # recorded before (same content): the original result
+    CONFLICT = "CONFLICT"  # its report id was recorded before with other content
+    INVALID = "INVALID"  # refused, as ReportIncident would refuse it
+
+    @classmethod
+    def from_proto(cls, value: int) -> IngestOutcome:
+        return cls(api.IngestOutcome.Name(value).removeprefix("INGEST_OUTCOME_"))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """One report's answer: its command result (``CREATED``, ``DUPLICATE``: the original
+    one), or why it was not recorded (``CONFLICT``: a
+    :class:`~incidentledger_client.errors.RequestIdReused`; ``INVALID``: an
+    :class:`~incidentledger_client.errors.InvalidArgument` naming the field)."""
+
+    report_id: str
+    outcome: IngestOutcome
+    result: CommandResult | None
+    error: LedgerError | None
+
+    @property
+    def recorded(self) -> bool:
+        """Whether the report is in the ledger (now or from before)."""
+        return self.result is not None
+
+    @classmethod
+    def from_proto(cls, report_id: str, message: api.IngestResult) -> IngestResult:
+        return cls(
+            report_id=report_id,
+            outcome=IngestOutcome.from_proto(message.outcome),
+            result=CommandResult.from_proto(message.result) if message.HasField("result") else None,
+            error=from_status(message.error) if message.HasField("error") else None,
         )
 
 

@@ -8,6 +8,8 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 from incidentledger.v1 import incident_pb2 as _incident_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +21,48 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _IngestOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IngestOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IngestOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INGEST_OUTCOME_UNSPECIFIED: _IngestOutcome.ValueType  # 0
+    INGEST_OUTCOME_CREATED: _IngestOutcome.ValueType  # 1
+    """Recorded now: `result` is its command result."""
+    INGEST_OUTCOME_DUPLICATE: _IngestOutcome.ValueType  # 2
+    """The same device report was recorded before (by an earlier call, or earlier
+    in this one): `result` is the original result; nothing was recorded again.
+    """
+    INGEST_OUTCOME_CONFLICT: _IngestOutcome.ValueType  # 3
+    """The same device report id was recorded before with other content:
+    `error` (ALREADY_EXISTS, REQUEST_ID_REUSED); nothing was recorded.
+    """
+    INGEST_OUTCOME_INVALID: _IngestOutcome.ValueType  # 4
+    """The report is not acceptable: `error` (INVALID_ARGUMENT with the field
+    violation ReportIncident would answer); nothing was recorded.
+    """
+
+class IngestOutcome(_IngestOutcome, metaclass=_IngestOutcomeEnumTypeWrapper):
+    """What became of one report of an IngestReports call."""
+
+INGEST_OUTCOME_UNSPECIFIED: IngestOutcome.ValueType  # 0
+INGEST_OUTCOME_CREATED: IngestOutcome.ValueType  # 1
+"""Recorded now: `result` is its command result."""
+INGEST_OUTCOME_DUPLICATE: IngestOutcome.ValueType  # 2
+"""The same device report was recorded before (by an earlier call, or earlier
+in this one): `result` is the original result; nothing was recorded again.
+"""
+INGEST_OUTCOME_CONFLICT: IngestOutcome.ValueType  # 3
+"""The same device report id was recorded before with other content:
+`error` (ALREADY_EXISTS, REQUEST_ID_REUSED); nothing was recorded.
+"""
+INGEST_OUTCOME_INVALID: IngestOutcome.ValueType  # 4
+"""The report is not acceptable: `error` (INVALID_ARGUMENT with the field
+violation ReportIncident would answer); nothing was recorded.
+"""
+Global___IngestOutcome: _TypeAlias = IngestOutcome  # noqa: Y015
 
 @_typing.final
 class CommandResult(_message.Message):
@@ -1120,6 +1164,156 @@ class RecordCorrectionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordCorrectionResponse: _TypeAlias = RecordCorrectionResponse  # noqa: Y015
+
+@_typing.final
+class IngestReportsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORTS_FIELD_NUMBER: _builtins.int
+    SEND_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reports(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeviceReport]:
+        """The reports, at most 500 (more is INVALID_ARGUMENT, and nothing is recorded)."""
+
+    @_builtins.property
+    def send_time(self) -> _timestamp_pb2.Timestamp:
+        """The sender's clock when it sent the call. Optional: when set, its difference
+        to the ledger's clock on receipt is recorded with each report as the
+        device's clock skew (device_clock_skew_ms in the Reported event).
+        """
+
+    def __init__(
+        self,
+        *,
+        reports: _abc.Iterable[Global___DeviceReport] | None = ...,
+        send_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["send_time", b"send_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reports", b"reports", "send_time", b"send_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestReportsRequest: _TypeAlias = IngestReportsRequest  # noqa: Y015
+
+@_typing.final
+class DeviceReport(_message.Message):
+    """One report as a field device recorded it: the fields of ReportIncidentRequest,
+    with the device's own ids in place of request_id.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_REPORT_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_RECORD_TIME_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    LOCATION_FIELD_NUMBER: _builtins.int
+    OCCUR_TIME_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    device_report_id: _builtins.str
+    """Required: the device's own id for the report, a UUID it made when the
+    officer saved it. With device_id, it is the report's idempotency key: the
+    report's request id is "{device_id}/{device_report_id}" (the UUID in its
+    lowercase hyphenated form), as a ReportIncident with that request_id.
+    """
+    device_id: _builtins.str
+    """Required, at most 64 characters: the device."""
+    title: _builtins.str
+    """As in ReportIncidentRequest."""
+    description: _builtins.str
+    category: _builtins.str
+    severity: _builtins.str
+    correlation_id: _builtins.str
+    @_builtins.property
+    def device_record_time(self) -> _timestamp_pb2.Timestamp:
+        """Required: when the device recorded the report, by the device's clock
+        (kept as the device stated it; the ledger never orders by it).
+        """
+
+    @_builtins.property
+    def location(self) -> _incident_pb2.Location: ...
+    @_builtins.property
+    def occur_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        device_report_id: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        device_record_time: _timestamp_pb2.Timestamp | None = ...,
+        title: _builtins.str = ...,
+        description: _builtins.str = ...,
+        category: _builtins.str = ...,
+        severity: _builtins.str = ...,
+        location: _incident_pb2.Location | None = ...,
+        occur_time: _timestamp_pb2.Timestamp | None = ...,
+        correlation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["device_record_time", b"device_record_time", "location", b"location", "occur_time", b"occur_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "correlation_id", b"correlation_id", "description", b"description", "device_id", b"device_id", "device_record_time", b"device_record_time", "device_report_id", b"device_report_id", "location", b"location", "occur_time", b"occur_time", "severity", b"severity", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceReport: _TypeAlias = DeviceReport  # noqa: Y015
+
+@_typing.final
+class IngestResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    outcome: Global___IngestOutcome.ValueType
+    @_builtins.property
+    def result(self) -> Global___CommandResult:
+        """CREATED and DUPLICATE: the report's command result."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """CONFLICT and INVALID: why, as a google.rpc.Status with its ErrorInfo and,
+        for a bad field, its BadRequest.
+        """
+
+    def __init__(
+        self,
+        *,
+        outcome: Global___IngestOutcome.ValueType = ...,
+        result: Global___CommandResult | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestResult: _TypeAlias = IngestResult  # noqa: Y015
+
+@_typing.final
+class IngestReportsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___IngestResult]:
+        """One per report of the request, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___IngestResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestReportsResponse: _TypeAlias = IngestReportsResponse  # noqa: Y015
 
 @_typing.final
 class GetIncidentRequest(_message.Message):

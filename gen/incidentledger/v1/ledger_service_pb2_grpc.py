@@ -141,6 +141,11 @@ class LedgerServiceStub:
                 request_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.RecordCorrectionRequest.SerializeToString,
                 response_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.RecordCorrectionResponse.FromString,
                 _registered_method=True)
+        self.IngestReports = channel.unary_unary(
+                '/incidentledger.v1.LedgerService/IngestReports',
+                request_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.IngestReportsRequest.SerializeToString,
+                response_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.IngestReportsResponse.FromString,
+                _registered_method=True)
         self.GetIncident = channel.unary_unary(
                 '/incidentledger.v1.LedgerService/GetIncident',
                 request_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.GetIncidentRequest.SerializeToString,
@@ -308,6 +313,17 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IngestReports(self, request, context):
+        """Hand over a field device's backlog: up to 500 reports per call, each
+        recorded as ReportIncident records it, once per device report (AIP-136
+        custom method, not atomic): one result per report, in the same order.
+        One refused report never refuses the others; sending a batch again after
+        a lost answer records nothing twice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetIncident(self, request, context):
         """Get the current state of an incident.
         """
@@ -425,6 +441,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.RecordCorrection,
                     request_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.RecordCorrectionRequest.FromString,
                     response_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.RecordCorrectionResponse.SerializeToString,
+            ),
+            'IngestReports': grpc.unary_unary_rpc_method_handler(
+                    servicer.IngestReports,
+                    request_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.IngestReportsRequest.FromString,
+                    response_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.IngestReportsResponse.SerializeToString,
             ),
             'GetIncident': grpc.unary_unary_rpc_method_handler(
                     servicer.GetIncident,
@@ -928,6 +949,33 @@ class LedgerService:
             '/incidentledger.v1.LedgerService/RecordCorrection',
             incidentledger_dot_v1_dot_ledger__service__pb2.RecordCorrectionRequest.SerializeToString,
             incidentledger_dot_v1_dot_ledger__service__pb2.RecordCorrectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IngestReports(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/incidentledger.v1.LedgerService/IngestReports',
+            incidentledger_dot_v1_dot_ledger__service__pb2.IngestReportsRequest.SerializeToString,
+            incidentledger_dot_v1_dot_ledger__service__pb2.IngestReportsResponse.FromString,
             options,
             channel_credentials,
             insecure,

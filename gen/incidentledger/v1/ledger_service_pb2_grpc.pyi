@@ -91,6 +91,13 @@ class LedgerServiceStub:
     """Reopen a resolved or closed incident."""
     RecordCorrection: _grpc.UnaryUnaryMultiCallable[_ledger_service_pb2.RecordCorrectionRequest, _ledger_service_pb2.RecordCorrectionResponse]
     """Record a correction of an earlier event (nothing is ever edited)."""
+    IngestReports: _grpc.UnaryUnaryMultiCallable[_ledger_service_pb2.IngestReportsRequest, _ledger_service_pb2.IngestReportsResponse]
+    """Hand over a field device's backlog: up to 500 reports per call, each
+    recorded as ReportIncident records it, once per device report (AIP-136
+    custom method, not atomic): one result per report, in the same order.
+    One refused report never refuses the others; sending a batch again after
+    a lost answer records nothing twice.
+    """
     GetIncident: _grpc.UnaryUnaryMultiCallable[_ledger_service_pb2.GetIncidentRequest, _ledger_service_pb2.GetIncidentResponse]
     """Get the current state of an incident."""
     ListIncidents: _grpc.UnaryUnaryMultiCallable[_ledger_service_pb2.ListIncidentsRequest, _ledger_service_pb2.ListIncidentsResponse]
@@ -166,6 +173,13 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """Reopen a resolved or closed incident."""
     RecordCorrection: _aio.UnaryUnaryMultiCallable[_ledger_service_pb2.RecordCorrectionRequest, _ledger_service_pb2.RecordCorrectionResponse]  # type: ignore[assignment]
     """Record a correction of an earlier event (nothing is ever edited)."""
+    IngestReports: _aio.UnaryUnaryMultiCallable[_ledger_service_pb2.IngestReportsRequest, _ledger_service_pb2.IngestReportsResponse]  # type: ignore[assignment]
+    """Hand over a field device's backlog: up to 500 reports per call, each
+    recorded as ReportIncident records it, once per device report (AIP-136
+    custom method, not atomic): one result per report, in the same order.
+    One refused report never refuses the others; sending a batch again after
+    a lost answer records nothing twice.
+    """
     GetIncident: _aio.UnaryUnaryMultiCallable[_ledger_service_pb2.GetIncidentRequest, _ledger_service_pb2.GetIncidentResponse]  # type: ignore[assignment]
     """Get the current state of an incident."""
     ListIncidents: _aio.UnaryUnaryMultiCallable[_ledger_service_pb2.ListIncidentsRequest, _ledger_service_pb2.ListIncidentsResponse]  # type: ignore[assignment]
@@ -340,6 +354,19 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_service_pb2.RecordCorrectionResponse, _abc.Awaitable[_ledger_service_pb2.RecordCorrectionResponse]]:
         """Record a correction of an earlier event (nothing is ever edited)."""
+
+    @_abc_1.abstractmethod
+    def IngestReports(
+        self,
+        request: _ledger_service_pb2.IngestReportsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_service_pb2.IngestReportsResponse, _abc.Awaitable[_ledger_service_pb2.IngestReportsResponse]]:
+        """Hand over a field device's backlog: up to 500 reports per call, each
+        recorded as ReportIncident records it, once per device report (AIP-136
+        custom method, not atomic): one result per report, in the same order.
+        One refused report never refuses the others; sending a batch again after
+        a lost answer records nothing twice.
+        """
 
     @_abc_1.abstractmethod
     def GetIncident(

@@ -1,7 +1,8 @@
 """LedgerService: translates each RPC into one application call and back.
 
 A command RPC is one line: its request becomes a command through ``wire.COMMANDS``
-and goes to ``Ledger.execute``.
+and goes to ``Ledger.execute``. ``IngestReports`` goes to ``Ledger.ingest`` the same way,
+its reports and results translated by ``wire``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing_extensions import override
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from services.common.errors import InvalidArgument
+from services.common.grpc_errors import to_status_proto
 from services.common.grpc_server import current_principal
 from services.common.pagetoken import PageTokens, page_of
 from services.ledger import wire
@@ -46,18 +48,30 @@ def page_size(value: int, default: int, maximum: int) -> int:
 
 
 class LedgerServicer(api_grpc.LedgerServiceServicer):
-    def __init__(self, ledger: Ledger, read_model: ReadModel, page_tokens: PageTokens) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        read_model: ReadModel,
+        page_tokens: PageTokens,
+        *,
+        error_domain: str,
+    ) -> None:
         self._ledger = ledger
         self._read = read_model
         self._tokens = page_tokens
+        self._error_domain = error_domain
 
-    def _envelope(self, request: Message) -> Envelope:
+    def _actor(self) -> Actor:
+        """The caller, from its credentials (never from the request)."""
         principal = current_principal()
         role = self._ledger.reference.agencies[principal.agency].role
+        return Actor(principal.agency, principal.officer, role)
+
+    def _envelope(self, request: Message) -> Envelope:
         occurred = wire.optional_time(request, "occur_time")
         ids = cast(_CommandIds, request)
         return Envelope(
-            actor=Actor(principal.agency, principal.officer, role),
+            actor=self._actor(),
             request_id=ids.request_id,
             correlation_id=ids.correlation_id or ids.request_id,
             causation_id=ids.request_id,
@@ -173,6 +187,17 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
         self, request: api.RecordCorrectionRequest, context: grpc.ServicerContext
     ) -> api.RecordCorrectionResponse:
         return self._command(request, api.RecordCorrectionResponse)
+
+    @override
+    def IngestReports(
+        self, request: api.IngestReportsRequest, context: grpc.ServicerContext
+    ) -> api.IngestReportsResponse:
+        results = self._ledger.ingest(
+            self._actor(),
+            wire.ingest_items(request),
+            send_time=wire.optional_time(request, "send_time"),
+        )
+        return wire.ingest_response(results, lambda e: to_status_proto(e, self._error_domain))
 
     # -------------------------------------------------------------- queries
 

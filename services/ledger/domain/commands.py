@@ -27,7 +27,7 @@ from uuid import UUID, uuid4
 
 from services.common.errors import InvalidArgument
 from services.common.reference import ReferenceData, Role
-from services.ledger.domain.incident import Envelope, Incident, RejectionReason
+from services.ledger.domain.incident import DeviceRecord, Envelope, Incident, RejectionReason
 from services.ledger.domain.times import TimeBounds
 
 MAX_TITLE = 200
@@ -244,7 +244,9 @@ class ReportIncident(CreatingCommand):
     severity: str = dataclasses.field(metadata=severity(default=True))
     location: dict[str, Any] = dataclasses.field(metadata=location())
 
-    def create(self, envelope: Envelope) -> Incident:
+    def create(self, envelope: Envelope, device: DeviceRecord | None = None) -> Incident:
+        """The incident reported; ``device``: the field device it came from, if any
+        (``IngestReports``: the same command, recorded with the device's provenance)."""
         return Incident.report(
             envelope,
             title=self.title,
@@ -253,6 +255,7 @@ class ReportIncident(CreatingCommand):
             severity=self.severity,
             location=self.location,
             incident_id=uuid4(),
+            device=device,
         )
 
 

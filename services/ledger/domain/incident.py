@@ -79,6 +79,31 @@ class Envelope:
     occurred_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class DeviceRecord:
+    """Where a report handed over by a field device came from (``IngestReports``).
+
+    ``record_time`` is by the device's clock, kept as the device stated it; the ledger
+    never orders by it. ``clock_skew_ms`` is the device's clock minus the ledger's when
+    the call arrived (positive: the device is ahead), when the call said its send time.
+    """
+
+    device_id: str
+    report_id: UUID
+    record_time: datetime
+    clock_skew_ms: int | None = None
+
+
+#: The payload fields of a ``Reported`` event ingested from a field device: absent
+#: from every other report (see :meth:`Incident.Reported.__post_init__`).
+DEVICE_FIELDS = (
+    "device_id",
+    "device_report_id",
+    "device_record_time",
+    "device_clock_skew_ms",
+)
+
+
 def canonical_json(value: Any) -> bytes:
     """The canonical encoding hashed by the chain: sorted keys, no spaces, UTF-8."""
     return canonical_dumps(value, _canonical)
@@ -156,6 +181,19 @@ class Incident(Aggregate):
         description: str
         category: str
         severity: str
+        # Only on a report ingested from a field device (DeviceRecord).
+        device_id: str | None = None
+        device_report_id: UUID | None = None
+        device_record_time: datetime | None = None
+        device_clock_skew_ms: int | None = None
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            # An unset device field is left out of the event, not stored as null: the
+            # payload (and the hash) of every other report stays as it always was.
+            for name in DEVICE_FIELDS:
+                if self.__dict__.get(name) is None:
+                    object.__delattr__(self, name)
 
         def evolve(self, incident: Incident) -> None:
             incident.title = self.title
@@ -335,8 +373,17 @@ class Incident(Aggregate):
         severity: str,
         location: dict[str, Any],
         incident_id: UUID,
+        device: DeviceRecord | None = None,
     ) -> Incident:
         _require_writer(envelope.actor, "ReportIncident")
+        provenance: dict[str, Any] = {}
+        if device is not None:
+            provenance = {
+                "device_id": device.device_id,
+                "device_report_id": device.report_id,
+                "device_record_time": device.record_time,
+                "device_clock_skew_ms": device.clock_skew_ms,
+            }
         return cls._create(
             cls.Reported,
             id=incident_id,
@@ -344,6 +391,7 @@ class Incident(Aggregate):
             description=description,
             category=category,
             severity=severity,
+            **provenance,
             **_envelope_kwargs(envelope, GENESIS_HASH, location=location),
         )
 
@@ -654,6 +702,11 @@ class Incident(Aggregate):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL
+
+
+def require_writer(actor: Actor, command: str) -> None:
+    """PERMISSION_DENIED (``READ_ONLY_ROLE``) for an auditor: auditors write nothing."""
+    _require_writer(actor, command)
 
 
 def _require_writer(actor: Actor, command: str) -> None:
