@@ -170,7 +170,7 @@ def build_history(ledger: Ledger, *, extra: int = 2) -> History:
     history.others += [hoax.incident_id, target.incident_id, duplicate.incident_id]
     # A report a field device handed over: the device's fields of its Reported event.
     (ingested,) = ledger.ingest(
-        env("bawaslu").actor,
+        envelope_for("bawaslu").actor,
         [
             IngestItem(
                 device_id="hp-panwascam-07",
