@@ -23,7 +23,7 @@ from services.ledger.application import (
 )
 from services.ledger.domain.commands import ReportIncident
 from services.ledger.domain.incident import DEVICE_FIELDS, Incident
-from tests.unit.incident_builders import AUDITOR, LOCATION, REF, REPORTER, actor, env
+from tests.unit.incident_builders import AUDITOR, LOCATION, REF, REPORTER, actor, envelope_for
 
 NOW = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
 CREATED, DUPLICATE, CONFLICT, INVALID = (
@@ -129,15 +129,18 @@ def test_a_report_sent_alone_and_in_a_batch_is_one_request(ledger: Ledger) -> No
     """The report's request id is {device_id}/{report_id}: sent as ReportIncident with it,
     or in a batch, it is recorded once and answered alike."""
     report = item("Sent alone first")
-    single = env(REPORTER, request_id=report.request_id)
+    single = envelope_for(REPORTER, request_id=report.request_id)
     alone = ledger.execute(single, report.command)
     (batched,) = ingest(ledger, [report])
     assert batched.outcome is DUPLICATE and batched.result == alone
     other = item("Sent in a batch first")
     (first,) = ingest(ledger, [other])
-    assert ledger.execute(env(REPORTER, request_id=other.request_id), other.command) == first.result
+    assert (
+        ledger.execute(envelope_for(REPORTER, request_id=other.request_id), other.command)
+        == first.result
+    )
     with pytest.raises(AlreadyExists):
-        ledger.execute(env(REPORTER, request_id=other.request_id), item("Else").command)
+        ledger.execute(envelope_for(REPORTER, request_id=other.request_id), item("Else").command)
 
 
 def test_the_same_device_report_of_another_agency_is_another_report(ledger: Ledger) -> None:
@@ -213,7 +216,7 @@ def test_without_a_send_time_no_skew_and_other_reports_have_no_device_fields(
     assert ingested.result is not None
     fields = vars(reported_event(ledger, ingested.result.incident_id))
     assert set(DEVICE_FIELDS) - set(fields) == {"device_clock_skew_ms"}
-    single = ledger.execute(env(REPORTER), item().command)
+    single = ledger.execute(envelope_for(REPORTER), item().command)
     assert not set(DEVICE_FIELDS) & set(vars(reported_event(ledger, single.incident_id)))
 
 
