@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import nats
+import nats.js.errors
 import pytest
 
 from incidentledger.v1 import audit_service_pb2 as audit
@@ -141,7 +142,10 @@ def test_checkpoints_are_published_for_witnesses(tmp_path: Path, nats_server: Na
             client = await nats.connect(nats_server.url)
             try:
                 js = client.jetstream()
-                state = (await js.stream_info("LEDGER_EVENTS_CHECKPOINTS")).state
+                try:
+                    state = (await js.stream_info("LEDGER_EVENTS_CHECKPOINTS")).state
+                except nats.js.errors.NotFoundError:
+                    return []  # the relay creates its streams once it runs: not yet
                 found = []
                 for seq in range(state.first_seq, state.last_seq + 1 if state.messages else 0):
                     msg = await js.get_msg("LEDGER_EVENTS_CHECKPOINTS", seq)
