@@ -41,8 +41,8 @@ TELLTALE = (
 )
 #: What is typed as it is whatever the language: command lines, options, codes, names.
 ALLOWED = re.compile(
-    r"ledgerctl [^│\n]*|'[a-z_.]+'|\[bawaan: [^\]]*\]|--[a-z-]+|incidents/ID|[A-Z_]{3,}|"
-    r"<[a-z]+>|e\.g\.|"
+    r"ledgerctl [^│\n]*|incidents/[0-9a-f-]+|incidents/ID|'[a-z_.]+'|\[bawaan: [^\]]*\]|"
+    r"--[a-z-]+|[A-Z_]{3,}|<[a-z]+>|e\.g\.|"
     r"services\.ledger\.audit|crowd_gathering|kota_mukomuko|"
     # a command's name in the list of commands, and the usage line: typed as they are
     r"│ [* ]*[a-zA-Z_-]+(?= {2})|Usage: .*"

@@ -170,7 +170,7 @@ def payload_summary(event: IncidentEvent) -> str:
         if value in ("", None, [], {}) or key in {"location"}:
             continue
         text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
-        parts.append(f"{key}={text}")
+        parts.append(f"{labels.field(key)}={text}")
     return "; ".join(parts)
 
 

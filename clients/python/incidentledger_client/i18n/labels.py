@@ -76,3 +76,35 @@ def event_type(code: str) -> str:
         "Corrected": pgettext("event", "Corrected"),
     }
     return labels.get(code, code)
+
+
+def field(name: str) -> str:
+    """A field of an event's payload, as the timeline names it (``severity=high``)."""
+    labels = {
+        "action": pgettext("field", "action"),
+        "agency": pgettext("field", "agency"),
+        "category": pgettext("field", "category"),
+        "corrected_event_id": pgettext("field", "corrected_event_id"),
+        "deciding_agencies": pgettext("field", "deciding_agencies"),
+        "description": pgettext("field", "description"),
+        "duplicate_id": pgettext("field", "duplicate_id"),
+        "field": pgettext("field", "field"),
+        "forum": pgettext("field", "forum"),
+        "from_agency": pgettext("field", "from_agency"),
+        "level": pgettext("field", "level"),
+        "new_value": pgettext("field", "new_value"),
+        "old_value": pgettext("field", "old_value"),
+        "rationale": pgettext("field", "rationale"),
+        "reason": pgettext("field", "reason"),
+        "rejection_reason": pgettext("field", "rejection_reason"),
+        "resolution": pgettext("field", "resolution"),
+        "severity": pgettext("field", "severity"),
+        "starts_response": pgettext("field", "starts_response"),
+        "summary": pgettext("field", "summary"),
+        "target_id": pgettext("field", "target_id"),
+        "title": pgettext("field", "title"),
+        "to_agency": pgettext("field", "to_agency"),
+        "valid_from": pgettext("field", "valid_from"),
+        "valid_until": pgettext("field", "valid_until"),
+    }
+    return labels.get(name, name)
