@@ -255,8 +255,15 @@ def _run(args: list[str], as_json: bool) -> int:
     except config.ConfigError as error:
         return _fail(as_json, EXIT_USAGE, "CONFIGURATION", str(error))
     except LedgerError as error:
-        detail = f" (field {error.field})" if error.field and not as_json else ""
-        message, metadata = f"{error.message}{detail}", dict(error.metadata)
+        detail = (
+            " " + i18n._("(field {field})").format(field=error.field)
+            if error.field and not as_json
+            else ""
+        )
+        # People read the server's message in their language (AIP-193 LocalizedMessage, asked
+        # for with accept-language); --json keeps the English one, the same in every language.
+        said = error.message if as_json else (error.localized_message or error.message)
+        message, metadata = f"{said}{detail}", dict(error.metadata)
         try:
             hint = explain(error, st)
         except config.ConfigError:  # the settings themselves are at fault: say only the error

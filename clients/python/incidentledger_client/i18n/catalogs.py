@@ -32,12 +32,34 @@ KEYWORDS: dict[str, Any] = {"_": None, "N_": None, "ngettext": (1, 2), "pgettext
 _PLACEHOLDER = re.compile(r"\{[^{}]*\}|%\(\w+\)[sd]|%[sd]")
 
 
-def po_path(language: str, locale_dir: Path = LOCALE_DIR) -> Path:
-    return locale_dir / language / "LC_MESSAGES" / f"{DOMAIN}.po"
+#: The server's catalog: the errors' messages (services/common/error_messages.py), read as a
+#: file (the client imports no service code). Checked where the repository has it.
+REPOSITORY = PACKAGE_DIR.parents[2]
+SERVER_MESSAGES = REPOSITORY / "services" / "common" / "error_messages.py"
+SERVER_LOCALE_DIR = SERVER_MESSAGES.parent / "locale"
+SERVER_DOMAIN = "ledger-errors"
 
 
-def mo_path(language: str, locale_dir: Path = LOCALE_DIR) -> Path:
-    return po_path(language, locale_dir).with_suffix(".mo")
+def po_path(language: str, locale_dir: Path = LOCALE_DIR, domain: str = DOMAIN) -> Path:
+    return locale_dir / language / "LC_MESSAGES" / f"{domain}.po"
+
+
+def mo_path(language: str, locale_dir: Path = LOCALE_DIR, domain: str = DOMAIN) -> Path:
+    return po_path(language, locale_dir, domain).with_suffix(".mo")
+
+
+def extract_server() -> Catalog:
+    """The messages of the server's errors (the ``N_`` templates of error_messages.py)."""
+    from babel.messages.extract import extract_from_file
+
+    catalog = Catalog(domain=SERVER_DOMAIN, project="incident-ledger", fuzzy=False)
+    for lineno, message, _comments, context in extract_from_file(
+        "python", str(SERVER_MESSAGES), {"N_": None}
+    ):
+        catalog.add(
+            message, locations=[("services/common/error_messages.py", lineno)], context=context
+        )
+    return catalog
 
 
 def extract() -> Catalog:
@@ -64,11 +86,14 @@ def _ids(catalog: Iterable[object]) -> set[object]:
     return {(m.context, m.id) for m in catalog if m.id}  # type: ignore[attr-defined]
 
 
-def check(template: Catalog, languages: Sequence[str], locale_dir: Path = LOCALE_DIR) -> list[str]:
+def check(
+    template: Catalog, languages: Sequence[str], locale_dir: Path = LOCALE_DIR, domain: str = DOMAIN
+) -> list[str]:
     """What is wrong with the catalogs of ``languages`` against the messages of ``template``."""
     problems: list[str] = []
     for language in languages:
-        po_file, mo_file = po_path(language, locale_dir), mo_path(language, locale_dir)
+        po_file = po_path(language, locale_dir, domain)
+        mo_file = mo_path(language, locale_dir, domain)
         if not po_file.exists():
             problems.append(f"{po_file}: missing")
             continue
@@ -111,16 +136,18 @@ def check(template: Catalog, languages: Sequence[str], locale_dir: Path = LOCALE
     return problems
 
 
-def update(template: Catalog, languages: Sequence[str], locale_dir: Path = LOCALE_DIR) -> None:
+def update(
+    template: Catalog, languages: Sequence[str], locale_dir: Path = LOCALE_DIR, domain: str = DOMAIN
+) -> None:
     """Merge ``template`` into each language's catalog and compile it."""
     for language in languages:
-        po_file = po_path(language, locale_dir)
+        po_file = po_path(language, locale_dir, domain)
         po_file.parent.mkdir(parents=True, exist_ok=True)
         if po_file.exists():
             with po_file.open("rb") as f:
                 po = read_po(f, locale=language)
         else:
-            po = Catalog(locale=language, domain=DOMAIN, project="incident-ledger")
+            po = Catalog(locale=language, domain=domain, project="incident-ledger")
         po.update(template, no_fuzzy_matching=True)
         po.copyright_holder = "the incident-ledger project"
         po.obsolete.clear()
@@ -128,14 +155,14 @@ def update(template: Catalog, languages: Sequence[str], locale_dir: Path = LOCAL
         buffer = io.BytesIO()
         write_po(buffer, po, width=100, omit_header=False, sort_output=True, include_lineno=False)
         po_file.write_bytes(_header(_without_dates(buffer.getvalue()), language))
-        compile_catalog(language, locale_dir)
+        compile_catalog(language, locale_dir, domain)
 
 
-def compile_catalog(language: str, locale_dir: Path = LOCALE_DIR) -> None:
+def compile_catalog(language: str, locale_dir: Path = LOCALE_DIR, domain: str = DOMAIN) -> None:
     """Write the ``.mo`` of ``language`` from its ``.po`` (as written, header included)."""
-    with po_path(language, locale_dir).open("rb") as f:
+    with po_path(language, locale_dir, domain).open("rb") as f:
         po = read_po(f, locale=language)
-    with mo_path(language, locale_dir).open("wb") as f:
+    with mo_path(language, locale_dir, domain).open("wb") as f:
         write_mo(f, po)
 
 
@@ -167,11 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("usage: python -m incidentledger_client.i18n.catalogs check|update\n")
         return 2
     languages = [lang for lang in LANGUAGES if lang != "en"]
-    template = extract()
+    sets = [(extract(), LOCALE_DIR, DOMAIN)]
+    if SERVER_MESSAGES.exists():
+        sets.append((extract_server(), SERVER_LOCALE_DIR, SERVER_DOMAIN))
     if args == ["update"]:
-        update(template, languages)
+        for template, locale_dir, domain in sets:
+            update(template, languages, locale_dir, domain)
         return 0
-    problems = check(template, languages)
+    problems = [p for t, d, name in sets for p in check(t, languages, d, name)]
     for problem in problems:
         sys.stderr.write(f"catalogs: {problem}\n")
     if problems:
@@ -180,7 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "translate (docs/glossary-id.md)\n"
         )
         return 1
-    sys.stdout.write(f"catalogs: {len(_ids(template))} messages, translated in {languages}\n")
+    for template, _locale_dir, domain in sets:
+        sys.stdout.write(
+            f"catalogs: {domain}: {len(_ids(template))} messages, translated in {languages}\n"
+        )
     return 0
 
 
