@@ -95,3 +95,16 @@ def test_every_view_in_indonesian_and_json_unchanged(
     # A command's answer: the verb and its figures in Indonesian.
     answer = ctl.ok("polres", "--lang", "id", "act", name, "Patroli")
     assert answer.startswith("tindakan dicatat ") and "(versi " in answer, answer
+
+
+def test_reference_data_in_indonesian_from_the_reference_file(ctl: Ctl) -> None:
+    categories = ctl.json("desk_pilkada", "categories")
+    money = next(c for c in categories if c["code"] == "money_politics")
+    assert money["name"] == "Money politics" and money["names"] == {"id": "Politik uang"}
+    shown = ctl.ok("desk_pilkada", "--lang", "id", "categories")
+    assert "Politik uang" in shown and "Money politics" not in shown
+    assert "Money politics" in ctl.ok("desk_pilkada", "--lang", "en", "categories")
+    severities = ctl.ok("desk_pilkada", "--lang", "id", "severities")
+    assert "Kritis" in severities and "bawaan" in severities
+    agencies = ctl.ok("desk_pilkada", "--lang", "id", "agencies")
+    assert "koordinator" in agencies and "penanggap" in agencies

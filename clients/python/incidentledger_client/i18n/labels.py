@@ -45,6 +45,16 @@ def band(code: str) -> str:
     return labels.get(code, code)
 
 
+def role(code: str) -> str:
+    """An agency's role (the system's vocabulary, not the regency's)."""
+    labels = {
+        "coordinator": pgettext("role", "coordinator"),
+        "responder": pgettext("role", "responder"),
+        "auditor": pgettext("role", "auditor"),
+    }
+    return labels.get(code, code)
+
+
 def rejection(code: str) -> str:
     labels = {
         "INVALID": pgettext("rejection", "INVALID"),

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 import typer
 
+from incidentledger_client import i18n
 from incidentledger_client.cli import output
 from incidentledger_client.cli.state import state
-from incidentledger_client.i18n import N_, _
+from incidentledger_client.i18n import N_, _, labels
 
 #: Top-level commands (``ledgerctl agencies``, ...).
 app = typer.Typer()
@@ -28,7 +29,7 @@ def agencies(ctx: typer.Context) -> None:
     if st.as_json:
         output.emit_json(ref.agencies)
         return
-    rows = [(a.code, a.name, a.role) for a in ref.agencies]
+    rows = [(a.code, a.name, labels.role(a.role)) for a in ref.agencies]
     _reference_table(
         ctx,
         _("Agencies ({regency})").format(regency=ref.regency),
@@ -62,7 +63,8 @@ def categories(ctx: typer.Context) -> None:
     if st.as_json:
         output.emit_json(ref.categories)
         return
-    rows = [(c.code, c.name, c.dimension) for c in ref.categories]
+    language = i18n.current()
+    rows = [(c.code, c.name_in(language), c.dimension) for c in ref.categories]
     _reference_table(ctx, _("Categories"), (N_("code"), N_("name"), N_("IKP dimension")), rows)
 
 
@@ -75,7 +77,12 @@ def severities(ctx: typer.Context) -> None:
         output.emit_json({"severities": ref.severities, "default": ref.default_severity})
         return
     rows = [
-        (v.code, v.name, v.rank, _("default") if v.code == ref.default_severity else "")
+        (
+            v.code,
+            v.name_in(i18n.current()),
+            v.rank,
+            _("default") if v.code == ref.default_severity else "",
+        )
         for v in ref.severities
     ]
     _reference_table(ctx, _("Severities"), (N_("code"), N_("name"), N_("rank"), ""), rows)
