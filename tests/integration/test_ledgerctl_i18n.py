@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from incidentledger_client.cli import main
 from tests.ledgerctl_support import Ctl
 from tests.unit.test_i18n import english_words
 
@@ -108,3 +110,21 @@ def test_reference_data_in_indonesian_from_the_reference_file(ctl: Ctl) -> None:
     assert "Kritis" in severities and "bawaan" in severities
     agencies = ctl.ok("desk_pilkada", "--lang", "id", "agencies")
     assert "koordinator" in agencies and "penanggap" in agencies
+
+
+def test_ledgerctls_own_hints_in_indonesian_and_json_unchanged(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("LEDGER_LANG", raising=False)
+    nowhere = ["--address", "127.0.0.1:9", "--token", "t", "--timeout", "1", "list"]
+    capsys.readouterr()
+    assert main(["--lang", "id", *nowhere]) == 6
+    said = capsys.readouterr().err
+    assert "tidak dapat menghubungi ledger di 127.0.0.1:9" in said, said
+    assert english_words(said) == set(), said
+    errors = []
+    for lang in ("en", "id"):
+        assert main(["--json", "--lang", lang, *nowhere]) == 6
+        errors.append(capsys.readouterr().err)
+    assert errors[0] == errors[1] and "cannot reach the ledger" in errors[0]

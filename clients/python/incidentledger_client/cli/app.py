@@ -5,6 +5,7 @@ message and an exit code (``cli/errors.py``). See ``ledgerctl --help``."""
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -265,7 +266,9 @@ def _run(args: list[str], as_json: bool) -> int:
         said = error.message if as_json else (error.localized_message or error.message)
         message, metadata = f"{said}{detail}", dict(error.metadata)
         try:
-            hint = explain(error, st)
+            # The hint goes into --json's error too, which reads the same in every language.
+            with i18n.using("en") if as_json else nullcontext():
+                hint = explain(error, st)
         except config.ConfigError:  # the settings themselves are at fault: say only the error
             hint = None
         if hint is not None:
