@@ -45,7 +45,7 @@ ALLOWED = re.compile(
     r"--[a-z-]+|[A-Z_]{3,}|<[a-z]+>|e\.g\.|"
     r"services\.ledger\.audit|crowd_gathering|kota_mukomuko|"
     # a command's name in the list of commands, and the usage line: typed as they are
-    r"│ [* ]*[a-zA-Z_-]+(?= {2})|Usage: .*"
+    r"│ [* ]*[a-zA-Z_-]+(?= {2})|Usage: .*|Penggunaan: .*"
 )
 
 
@@ -214,3 +214,30 @@ def test_every_help_page_in_both_languages(
     monkeypatch.setenv("LEDGER_LANG", "en")
     assert main([*path, "--help"]) == 0
     assert capsys.readouterr().out == english
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["list", "--status", "verfied"], "Kesalahan: Nilai tidak sah untuk --status: tahap"),
+        (["decide"], "Kesalahan: Argumen 'INCIDENT' belum diberikan."),
+        (["nosuch"], "Kesalahan: Tidak ada perintah 'nosuch'."),
+        (["list", "--bogus"], "Kesalahan: Tidak ada opsi: --bogus"),
+    ],
+)
+def test_usage_errors_in_indonesian_and_json_unchanged(
+    args: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert main(["--lang", "id", *args]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Penggunaan: ledgerctl" in err and "untuk bantuan" in err, err
+    assert english_words(err) == set(), err
+    errors = []
+    for lang in ("en", "id"):
+        assert main(["--json", "--lang", lang, *args]) == 2
+        errors.append(capsys.readouterr().err)
+    assert errors[0] == errors[1]
+    # and English as it was
+    assert main(["--lang", "en", *args]) == 2
+    assert "Error: " in capsys.readouterr().err

@@ -5,12 +5,12 @@ message and an exit code (``cli/errors.py``). See ``ledgerctl --help``."""
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import typer.main
+from typer._click.exceptions import UsageError
 
 from incidentledger_client import LedgerError, __version__, i18n
 from incidentledger_client.cli import arguments, config, helptexts, output
@@ -219,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         language = i18n.choose(_language_flag(args), os.environ)
     except ValueError as error:
         return _fail(as_json, EXIT_USAGE, "USAGE", str(error))
+    if as_json:
+        # What a program reads is the same whatever the language: with --json the whole run,
+        # its error messages included, is in English (the source language).
+        language = "en"
     with i18n.using(language), helptexts.typer_words(i18n._):
         return _run(args, as_json)
 
@@ -251,7 +255,12 @@ def _run(args: list[str], as_json: bool) -> int:
         show = getattr(error, "show", None)
         if as_json or not callable(show):
             return _fail(as_json, error.exit_code, "USAGE", error.format_message())
-        show()
+        if isinstance(error, UsageError) and i18n.current() != "en":
+            output.error_console().print(
+                helptexts.usage_error(error, i18n._), markup=False, highlight=False
+            )
+        else:
+            show()
         return error.exit_code
     except config.ConfigError as error:
         return _fail(as_json, EXIT_USAGE, "CONFIGURATION", str(error))
@@ -266,9 +275,7 @@ def _run(args: list[str], as_json: bool) -> int:
         said = error.message if as_json else (error.localized_message or error.message)
         message, metadata = f"{said}{detail}", dict(error.metadata)
         try:
-            # The hint goes into --json's error too, which reads the same in every language.
-            with i18n.using("en") if as_json else nullcontext():
-                hint = explain(error, st)
+            hint = explain(error, st)
         except config.ConfigError:  # the settings themselves are at fault: say only the error
             hint = None
         if hint is not None:
