@@ -94,6 +94,11 @@ def test_every_view_in_indonesian_and_json_unchanged(
     board = ctl.ok("desk_pilkada", "--lang", "id", "board", "--limit", "0")
     assert "Papan (pekerjaan terbuka)" in board and "Dalam penanganan (1)" in board
     assert "Rawan" in ctl.ok("desk_pilkada", "--lang", "id", "map", "--at", at)
+    svg = ctl.ledger.data_dir / "peta.svg"
+    ctl.ok("desk_pilkada", "--lang", "id", "map", "--at", at, "--svg", str(svg))
+    drawn = svg.read_text(encoding="utf-8")
+    assert "Peta kerawanan" in drawn and "Rawan Rendah" in drawn and "posisi buku besar" in drawn
+    assert english_words(re.sub(r"<[^>]*>", " ", drawn)) == set(), drawn
     # A command's answer: the verb and its figures in Indonesian.
     answer = ctl.ok("polres", "--lang", "id", "act", name, "Patroli")
     assert answer.startswith("tindakan dicatat ") and "(versi " in answer, answer

@@ -80,6 +80,11 @@ def test_watch_prints_what_the_notifier_delivers(
     assert code == 0
     assert first.incident.removeprefix("incidents/")[:8] in out
     assert "Reported" in out
+    code, out = ctl.run(
+        "bpbd", "--lang", "id", "watch", "--cursor", "v1.0", "--count", "1", "--category", "flood"
+    )
+    assert code == 0
+    assert "Dilaporkan" in out and "oleh bpbd" in out and "Reported" not in out, out
     # --json writes JSON Lines: one object per notification, each on its own line.
     code, out = ctl.run("bpbd", "--json", "watch", "--cursor", "v1.0", "--count", "2")
     assert code == 0

@@ -163,6 +163,22 @@ def incidents_table(incidents: Iterable[Incident], title: str | None = None) -> 
     return table
 
 
+def notification_line(event: IncidentEvent, incident: Incident, zone: tzinfo) -> Text:
+    """One line of ``watch``: when, what happened, to which incident, by whom."""
+    return Text.assemble(
+        f"{when(event.record_time, zone)} ",
+        (labels.event_type(event.type), "bold"),
+        f" {short_id(incident.name)} {incident.title!r} ",
+        status_text(incident.status.value),
+        " ",
+        severity_text(incident.severity),
+        " "
+        + _("{kecamatan} by {agency}").format(
+            kecamatan=incident.location.kecamatan, agency=event.actor.agency
+        ),
+    )
+
+
 def payload_summary(event: IncidentEvent) -> str:
     payload = event.payload
     parts = []
@@ -358,8 +374,9 @@ def map_table(vmap: VulnerabilityMap, zone: tzinfo = UTC) -> Table:
     return table
 
 
-def map_svg(vmap: VulnerabilityMap, title: str = "Vulnerability map", zone: tzinfo = UTC) -> str:
+def map_svg(vmap: VulnerabilityMap, title: str | None = None, zone: tzinfo = UTC) -> str:
     """A tile map: one tile per kecamatan, coloured by band, with its score and band."""
+    title = _("Vulnerability map") if title is None else title
     scores: list[KecamatanScore] = sorted(vmap.kecamatan, key=lambda s: s.name)
     columns, tile_w, tile_h, gap, top = 5, 180, 90, 10, 60
     rows = max(1, (len(scores) + columns - 1) // columns)
@@ -370,8 +387,13 @@ def map_svg(vmap: VulnerabilityMap, title: str = "Vulnerability map", zone: tzin
         f'viewBox="0 0 {width} {height}" font-family="sans-serif">',
         f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
         f'<text x="{gap}" y="28" font-size="20" font-weight="bold">{escape(title)}</text>',
-        f'<text x="{gap}" y="48" font-size="12" fill="#555">as of {escape(when(vmap.time, zone))}, '
-        f"ledger position {vmap.position}</text>",
+        f'<text x="{gap}" y="48" font-size="12" fill="#555">'
+        + escape(
+            _("as of {time}, ledger position {position}").format(
+                time=when(vmap.time, zone), position=vmap.position
+            )
+        )
+        + "</text>",
     ]
     for index, score in enumerate(scores):
         x = gap + (index % columns) * (tile_w + gap)
@@ -385,15 +407,16 @@ def map_svg(vmap: VulnerabilityMap, title: str = "Vulnerability map", zone: tzin
             f'<text x="{x + 10}" y="{y + 24}" font-size="14" font-weight="bold">'
             f"{escape(score.name)}</text>"
             f'<text x="{x + 10}" y="{y + 52}" font-size="22">{score.score:.1f}</text>'
-            f'<text x="{x + 10}" y="{y + 76}" font-size="12">{escape(score.band)} · '
-            f"{score.incident_count} incident(s)</text></g>"
+            f'<text x="{x + 10}" y="{y + 76}" font-size="12">{escape(labels.band(score.band))} · '
+            + escape(_("{count} incident(s)").format(count=score.incident_count))
+            + "</text></g>"
         )
     legend_y = height - 14
     for i, band in enumerate(("low", "medium", "high")):
         lx = gap + i * 110
         parts.append(
             f'<rect x="{lx}" y="{legend_y - 11}" width="14" height="14" fill="{BAND_FILL[band]}"/>'
-            f'<text x="{lx + 20}" y="{legend_y}" font-size="12">{band}</text>'
+            f'<text x="{lx + 20}" y="{legend_y}" font-size="12">{escape(labels.band(band))}</text>'
         )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

@@ -190,13 +190,7 @@ def watch(
                         }
                     )
                 else:
-                    out.print(
-                        f"{output.when(note.event.record_time, zone)} "
-                        f"[bold]{note.event.type}[/bold] "
-                        f"{output.short_id(note.incident.name)} {note.incident.title!r} "
-                        f"{note.incident.status.value} {note.incident.severity} "
-                        f"{note.incident.location.kecamatan} by {note.event.actor.agency}"
-                    )
+                    out.print(output.notification_line(note.event, note.incident, zone))
                 if count and seen >= count:
                     break
         except KeyboardInterrupt:
