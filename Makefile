@@ -30,7 +30,7 @@ PROMTOOL := tools/prometheus/usr/bin/promtool
 MYPY_DIRS := services clients tests bench demo
 
 .PHONY: help venv proto proto-check lint imports fmt test test-unit test-integration test-system check \
-	deploy-check run demo bench soak lock clean
+	deploy-check run demo bench soak lock clean catalogs catalogs-check
 
 help: ## list the targets
 	@echo "usage: make TARGET [VAR=value ...]"
@@ -98,7 +98,7 @@ proto-check: $(VENV_STAMP) ## fail if gen/ differs from what `make proto` would 
 
 # --- quality -------------------------------------------------------------------------------
 
-lint: venv ## buf lint, ruff check, ruff format --check, mypy (strict), import contracts (.importlinter)
+lint: venv ## buf lint, ruff check, ruff format --check, mypy (strict), import contracts, catalogs
 	@if [[ -n $$(find proto -name '*.proto' -type f -print -quit) ]]; then \
 	  echo "cd proto && buf lint"; (cd proto && $(BUF) lint); \
 	else \
@@ -116,6 +116,15 @@ lint: venv ## buf lint, ruff check, ruff format --check, mypy (strict), import c
 	  echo "lint: no Python files in $(MYPY_DIRS): skipping mypy"; \
 	fi
 	$(MAKE) --no-print-directory imports
+	$(MAKE) --no-print-directory catalogs-check
+
+# The catalogs of incidentledger_client/i18n: every message of the code translated, none stale,
+# each .mo the compiled .po (catalogs: extract, merge, compile after a change of the texts).
+catalogs-check: $(PROJECT_STAMP) ## check the message catalogs (part of lint)
+	$(PY) -m incidentledger_client.i18n.catalogs check
+
+catalogs: $(PROJECT_STAMP) ## update the message catalogs from the code (then translate the new ones)
+	$(PY) -m incidentledger_client.i18n.catalogs update
 
 # tests, bench and demo are not installed: on the path so that the contracts can name them.
 imports: venv ## check the import contracts of .importlinter alone (part of lint)

@@ -15,19 +15,24 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from services.common.error_messages import localized, preferred
 from services.common.errors import LedgerError
 
 M = TypeVar("M", bound=Message)
 
 
-def to_grpc_status(error: LedgerError, domain: str) -> grpc.Status:
+def to_grpc_status(error: LedgerError, domain: str, accept_language: str = "") -> grpc.Status:
     """The status a call fails with: :func:`to_status_proto` in the call's trailers."""
-    return rpc_status.to_status(to_status_proto(error, domain))
+    return rpc_status.to_status(to_status_proto(error, domain, accept_language))
 
 
-def to_status_proto(error: LedgerError, domain: str) -> status_pb2.Status:
+def to_status_proto(
+    error: LedgerError, domain: str, accept_language: str = ""
+) -> status_pb2.Status:
     """The google.rpc.Status of an error, as a failed call carries it; also what a
-    per-item result carries (``IngestReports``), so both say the same."""
+    per-item result carries (``IngestReports``), so both say the same. With
+    ``accept_language`` (the call's header), with a LocalizedMessage in the language it
+    prefers (:mod:`services.common.error_messages`)."""
     code = getattr(code_pb2, error.code)
     details = []
     info = any_pb2.Any()
@@ -53,6 +58,12 @@ def to_status_proto(error: LedgerError, domain: str) -> status_pb2.Status:
         retry = any_pb2.Any()
         retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         details.append(retry)
+    language = preferred(accept_language) if accept_language else None
+    text = localized(error.reason, error.metadata, language) if language else None
+    if language and text:
+        message = any_pb2.Any()
+        message.Pack(error_details_pb2.LocalizedMessage(locale=language, message=text))
+        details.append(message)
     return status_pb2.Status(code=code, message=error.message, details=details)
 
 
@@ -70,6 +81,11 @@ def _detail(call: grpc.Call, kind: type[M]) -> M | None:
 def error_info(call: grpc.Call) -> error_details_pb2.ErrorInfo | None:
     """The ErrorInfo of a failed call, for clients and tests."""
     return _detail(call, error_details_pb2.ErrorInfo)
+
+
+def localized_message(call: grpc.Call) -> error_details_pb2.LocalizedMessage | None:
+    """The LocalizedMessage of a failed call, for clients and tests."""
+    return _detail(call, error_details_pb2.LocalizedMessage)
 
 
 def retry_info(call: grpc.Call) -> error_details_pb2.RetryInfo | None:

@@ -209,7 +209,12 @@ class RequestInterceptor(_ServerInterceptor):
         else:
             level = "warning" if error.code in {"PERMISSION_DENIED", "UNAUTHENTICATED"} else "info"
             self._done(error.code, started, level=level, reason=error.reason, error=error.message)
-        context.abort_with_status(to_grpc_status(error, self._domain))
+        accept = ",".join(
+            str(value)
+            for key, value in (context.invocation_metadata() or ())
+            if key == "accept-language"
+        )[:256]
+        context.abort_with_status(to_grpc_status(error, self._domain, accept))
 
     def _crash(self, context: grpc.ServicerContext, exc: Exception, started: float) -> None:
         known = as_ledger_error(exc)

@@ -44,6 +44,8 @@ class Category:
     code: str
     name: str
     dimension: str
+    #: The name in other languages, by language tag ("id"), from the file's ``names``.
+    names: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,17 @@ class Severity:
     code: str
     name: str
     rank: int
+    names: Mapping[str, str] = field(default_factory=dict)
+
+
+def _names(raw: Any) -> dict[str, str]:
+    """An entry's ``names`` (``{id: "Politik uang"}``): language tags to non-empty texts."""
+    names = raw.get("names") or {}
+    if not isinstance(names, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and v for k, v in names.items()
+    ):
+        raise ReferenceDataError(f"names of {raw.get('code')!r}: a mapping of language to text")
+    return dict(names)
 
 
 IKP_DIMENSIONS = frozenset(
@@ -236,10 +249,12 @@ class ReferenceData:
                 for k in raw["kecamatan"]
             }
             categories = {
-                c["code"]: Category(c["code"], c["name"], c["dimension"]) for c in raw["categories"]
+                c["code"]: Category(c["code"], c["name"], c["dimension"], _names(c))
+                for c in raw["categories"]
             }
             severities = {
-                s["code"]: Severity(s["code"], s["name"], int(s["rank"])) for s in raw["severities"]
+                s["code"]: Severity(s["code"], s["name"], int(s["rank"]), _names(s))
+                for s in raw["severities"]
             }
             data = cls(
                 regency=str(raw["regency"]),

@@ -23,6 +23,7 @@ from tests.fanout_support import (
 )
 from tests.ledgerctl_support import without_server_log
 from tests.support import store_environment
+from tests.unit.test_i18n import english_words
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(60)]
 
@@ -80,6 +81,11 @@ def test_watch_prints_what_the_notifier_delivers(
     assert code == 0
     assert first.incident.removeprefix("incidents/")[:8] in out
     assert "Reported" in out
+    code, out = ctl.run(
+        "bpbd", "--lang", "id", "watch", "--cursor", "v1.0", "--count", "1", "--category", "flood"
+    )
+    assert code == 0
+    assert "Dilaporkan" in out and "oleh bpbd" in out and "Reported" not in out, out
     # --json writes JSON Lines: one object per notification, each on its own line.
     code, out = ctl.run("bpbd", "--json", "watch", "--cursor", "v1.0", "--count", "2")
     assert code == 0
@@ -167,6 +173,8 @@ def test_webhooks_update_delete_deliveries_and_an_empty_replay(
     ctl = LiveCtl(stack, capsys)
     code, out = ctl.run("dinkes", "webhooks", "replay", "--all")
     assert code == 0 and "nothing to replay" in out
+    code, out = ctl.run("dinkes", "--lang", "id", "webhooks", "replay", "--all")
+    assert code == 0 and "tidak ada surat mati" in out
     with webhook_receiver() as first, webhook_receiver() as second:
         hook = ctl.json("dinkes", "webhooks", "register", first.url, "--secret", WEBHOOK_SECRET)
         result = stack.ledger.report("dinkes", category="flood")
@@ -175,6 +183,10 @@ def test_webhooks_update_delete_deliveries_and_an_empty_replay(
         assert [(d["target"], d["outcome"]) for d in deliveries] == [(hook["name"], "delivered")]
         code, out = ctl.run("dinkes", "webhooks", "deliveries")
         assert code == 0 and result.incident.removeprefix("incidents/")[:8] in out
+        for args, heading in ((["deliveries"], "Pengiriman (1)"), (["list"], "dibuat")):
+            code, out = ctl.run("dinkes", "--lang", "id", "webhooks", *args)
+            assert code == 0 and heading in out, out
+            assert english_words(out) == set(), out
         # A WEBHOOK_SECRET left in the shell does not change the secret of an update that
         # does not ask for it: the deliveries below still verify with the first secret.
         monkeypatch.setenv("WEBHOOK_SECRET", "another-secret-left-in-the-shell")

@@ -203,12 +203,16 @@ class Transport:
         channel: grpc.Channel | None,
         options: Sequence[tuple[str, Any]],
         client_certificate: ClientCertificate | None = None,
+        language: str | None = None,
     ) -> None:
         self.target = target or os.environ.get(target_env) or default_target
         resolved_token = token if token is not None else os.environ.get(auth_env, "")
         self.metadata: Metadata = (
             (("authorization", f"Bearer {resolved_token}"),) if resolved_token else ()
         )
+        if language:
+            # AIP-193: errors then carry a google.rpc.LocalizedMessage in this language.
+            self.metadata = (*self.metadata, ("accept-language", language))
         self.timeout = timeout
         self.retry = retry
         self._owns_channel = channel is None

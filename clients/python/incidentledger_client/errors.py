@@ -36,6 +36,8 @@ class LedgerError(Exception):
         metadata: Mapping[str, str] | None = None,
         domain: str = "",
         request_id: str | None = None,
+        localized_message: str | None = None,
+        locale: str | None = None,
     ) -> None:
         text = f"{code} {reason}: {message}" if reason else f"{code}: {message}"
         if request_id:
@@ -46,6 +48,11 @@ class LedgerError(Exception):
         self.message = message
         self.metadata: dict[str, str] = dict(metadata or {})
         self.domain = domain
+        self.localized_message = localized_message
+        """The message in the language the client asked for (``language=``: the call's
+        ``accept-language``), from the server's google.rpc.LocalizedMessage; None without."""
+        self.locale = locale
+        """The language of :attr:`localized_message` (``id``, ``en``)."""
         self.request_id = request_id
         """The request id of the failed command (``None`` for a query): retrying the command
         with it is safe, a command is recorded at most once per request id."""
@@ -281,4 +288,14 @@ def _error(
     cls = REASONS.get(reason) or CODES.get(code, Internal)
     if not issubclass(cls, CODES.get(code, Internal)):  # a reason under an unexpected code
         cls = CODES.get(code, Internal)
-    return cls(code.name, reason, message, metadata, domain, request_id)
+    localized = _detail(error, error_details_pb2.LocalizedMessage)
+    return cls(
+        code.name,
+        reason,
+        message,
+        metadata,
+        domain,
+        request_id,
+        localized.message if localized is not None else None,
+        localized.locale if localized is not None else None,
+    )

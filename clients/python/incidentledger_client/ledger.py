@@ -134,6 +134,9 @@ class LedgerClient:
     :param channel: use this channel (for example with interceptors) instead of making one;
         it is not closed by :meth:`close`.
     :param options: gRPC channel options.
+    :param language: the language of errors for people (``"id"``, ``"en"``): sent as the
+        ``accept-language`` of each call, the server adds its message in that language to each
+        error, which :attr:`LedgerError.localized_message` holds.
 
     Every command takes ``request_id`` (a fresh uuid4 hex when omitted: pass your own to
     retry a command across restarts of your program), ``expected_version`` (0 = do not
@@ -156,6 +159,7 @@ class LedgerClient:
         retry: RetryPolicy | None = None,
         channel: grpc.Channel | None = None,
         options: Iterable[tuple[str, Any]] = (),
+        language: str | None = None,
     ) -> None:
         self._transport = Transport(
             target=target,
@@ -169,6 +173,7 @@ class LedgerClient:
             retry=retry or RetryPolicy(retries=retries),
             channel=channel,
             options=tuple(options),
+            language=language,
             client_certificate=ClientCertificate(
                 client_cert,
                 client_key,

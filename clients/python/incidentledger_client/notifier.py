@@ -230,6 +230,7 @@ class NotifierClient:
         retry: RetryPolicy | None = None,
         channel: grpc.Channel | None = None,
         options: Iterable[tuple[str, Any]] = (),
+        language: str | None = None,
     ) -> None:
         self._transport = Transport(
             target=target,
@@ -243,6 +244,7 @@ class NotifierClient:
             retry=retry or RetryPolicy(retries=retries),
             channel=channel,
             options=tuple(options),
+            language=language,
             client_certificate=ClientCertificate(
                 client_cert,
                 client_key,

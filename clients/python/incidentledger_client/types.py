@@ -576,6 +576,12 @@ class ReferenceCategory:
     code: str
     name: str
     dimension: str
+    #: The name in other languages, by language tag (``"id"``), as the reference file gives.
+    names: dict[str, str] = field(default_factory=dict)
+
+    def name_in(self, language: str) -> str:
+        """The name in ``language``, else :attr:`name`."""
+        return self.names.get(language) or self.name
 
 
 @dataclass(frozen=True)
@@ -585,6 +591,11 @@ class ReferenceSeverity:
     code: str
     name: str
     rank: int
+    names: dict[str, str] = field(default_factory=dict)
+
+    def name_in(self, language: str) -> str:
+        """The name in ``language``, else :attr:`name`."""
+        return self.names.get(language) or self.name
 
 
 @dataclass(frozen=True)
@@ -607,9 +618,12 @@ class ReferenceData:
                 ReferenceKecamatan(k.code, k.name, tuple(k.desa)) for k in message.kecamatan
             ),
             categories=tuple(
-                ReferenceCategory(c.code, c.name, c.dimension) for c in message.categories
+                ReferenceCategory(c.code, c.name, c.dimension, dict(c.names))
+                for c in message.categories
             ),
-            severities=tuple(ReferenceSeverity(v.code, v.name, v.rank) for v in message.severities),
+            severities=tuple(
+                ReferenceSeverity(v.code, v.name, v.rank, dict(v.names)) for v in message.severities
+            ),
             default_severity=message.default_severity,
         )
 

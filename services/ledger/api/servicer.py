@@ -233,11 +233,13 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
                 for k in reference.kecamatan.values()
             ],
             categories=[
-                api.ReferenceCategory(code=c.code, name=c.name, dimension=c.dimension)
+                api.ReferenceCategory(
+                    code=c.code, name=c.name, dimension=c.dimension, names=c.names
+                )
                 for c in reference.categories.values()
             ],
             severities=[
-                api.ReferenceSeverity(code=v.code, name=v.name, rank=v.rank)
+                api.ReferenceSeverity(code=v.code, name=v.name, rank=v.rank, names=v.names)
                 for v in sorted(reference.severities.values(), key=lambda v: v.rank)
             ],
             default_severity=reference.default_severity,

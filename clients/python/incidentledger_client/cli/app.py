@@ -10,9 +10,10 @@ from typing import Annotated
 
 import typer
 import typer.main
+from typer._click.exceptions import UsageError
 
-from incidentledger_client import LedgerError, __version__
-from incidentledger_client.cli import arguments, config, output
+from incidentledger_client import LedgerError, __version__, i18n
+from incidentledger_client.cli import arguments, config, helptexts, output
 from incidentledger_client.cli.commands import (
     audit,
     dead_letters,
@@ -121,6 +122,14 @@ def root(
             help="Use this context (profile) of the config file (env LEDGERCTL_CONTEXT).",
         ),
     ] = None,
+    lang: Annotated[
+        str | None,
+        typer.Option(
+            "--lang",
+            help="Language of the text for people: id (Bahasa Indonesia) or en (env LEDGER_LANG, "
+            "then the locale, LANG). --json output is the same in every language.",
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Machine-readable JSON on stdout (errors on stderr).")
     ] = False,
@@ -187,15 +196,43 @@ def _fail(
     return exit_code
 
 
+def _language_flag(argv: list[str]) -> str | None:
+    """The value of --lang (the last one wins, as click has it), before any ``--``."""
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    found = None
+    for i, word in enumerate(head):
+        if word == "--lang" and i + 1 < len(head):
+            found = head[i + 1]
+        elif word.startswith("--lang="):
+            found = word.partition("=")[2]
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ledgerctl; return its exit code (see the module docstring)."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
     as_json = _wants_json(args)
+    args = arguments.hoist_globals(typer.main.get_command(app), args)
+    try:
+        language = i18n.choose(_language_flag(args), os.environ)
+    except ValueError as error:
+        return _fail(as_json, EXIT_USAGE, "USAGE", str(error))
+    if as_json:
+        # What a program reads is the same whatever the language: with --json the whole run,
+        # its error messages included, is in English (the source language).
+        language = "en"
+    with i18n.using(language), helptexts.typer_words(i18n._):
+        return _run(args, as_json)
+
+
+def _run(args: list[str], as_json: bool) -> int:
+    """Run the command line (already hoisted) in the language chosen."""
     st = State()
+    # Built anew for each run, so that its help texts can be put in the run's language.
     command = typer.main.get_command(app)
-    args = arguments.hoist_globals(command, args)
+    helptexts.translate(command, i18n._)
     if os.environ.get(COMPLETE_VAR):
         # A completion script asks: typer's shell classes answer (it registers them only
         # when its own --install-completion options are on, which ledgerctl replaces).
@@ -218,13 +255,25 @@ def main(argv: list[str] | None = None) -> int:
         show = getattr(error, "show", None)
         if as_json or not callable(show):
             return _fail(as_json, error.exit_code, "USAGE", error.format_message())
-        show()
+        if isinstance(error, UsageError) and i18n.current() != "en":
+            output.error_console().print(
+                helptexts.usage_error(error, i18n._), markup=False, highlight=False
+            )
+        else:
+            show()
         return error.exit_code
     except config.ConfigError as error:
         return _fail(as_json, EXIT_USAGE, "CONFIGURATION", str(error))
     except LedgerError as error:
-        detail = f" (field {error.field})" if error.field and not as_json else ""
-        message, metadata = f"{error.message}{detail}", dict(error.metadata)
+        detail = (
+            " " + i18n._("(field {field})").format(field=error.field)
+            if error.field and not as_json
+            else ""
+        )
+        # People read the server's message in their language (AIP-193 LocalizedMessage, asked
+        # for with accept-language); --json keeps the English one, the same in every language.
+        said = error.message if as_json else (error.localized_message or error.message)
+        message, metadata = f"{said}{detail}", dict(error.metadata)
         try:
             hint = explain(error, st)
         except config.ConfigError:  # the settings themselves are at fault: say only the error

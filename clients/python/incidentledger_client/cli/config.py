@@ -45,6 +45,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from incidentledger_client.i18n import _
+
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_NOTIFIER_ADDRESS = "127.0.0.1:50052"
 DEFAULT_TOKENS_FILE = Path("data/credentials/dev-tokens.yaml")
@@ -104,7 +106,7 @@ def suggest(value: str, known: Sequence[str]) -> str:
     if not close:
         return ""
     original = next(k for k in known if k.lower() == close[0])
-    return f" (did you mean {original!r}?)"
+    return " " + _("(did you mean {value}?)").format(value=repr(original))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from incidentledger_client import (
 )
 from incidentledger_client.addresses import listening
 from incidentledger_client.cli.state import State
+from incidentledger_client.i18n import _
 
 EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_PERMISSION, EXIT_SERVER = (
     0,
@@ -84,7 +85,9 @@ def explain(error: LedgerError, st: State) -> Hint | None:
     service = st.used[-1]
     setting = "address" if service == "ledger" else "notifier_address"
     address = getattr(settings, setting)
-    where = f"{service} at {address} (from {settings.source(setting)})"
+    where = _("{service} at {address} (from {source})").format(
+        service=service, address=address, source=settings.source(setting)
+    )
     meta = {"service": service, "address": address, "address_from": settings.source(setting)}
     text = error.message
     if isinstance(error, Unavailable | DeadlineExceeded):
@@ -92,51 +95,67 @@ def explain(error: LedgerError, st: State) -> Hint | None:
         has_cert = bool(settings.tls_cert or os.environ.get("LEDGER_TLS_CLIENT_CERT"))
         if any(s in text for s in _VERIFY_FAILED):
             return Hint(
-                f"the {where} presented a certificate that the CA "
-                f"{settings.tls_ca or '$LEDGER_TLS_CA'} does not verify: check --tls-ca "
-                "(tls_ca) and that the address matches the server's certificate",
+                _(
+                    "the {where} presented a certificate that the CA {ca} does not verify: "
+                    "check --tls-ca (tls_ca) and that the address matches the server's "
+                    "certificate"
+                ).format(where=where, ca=settings.tls_ca or "$LEDGER_TLS_CA"),
                 meta,
             )
         if tls and any(s in text for s in _NOT_TLS):
-            return Hint(f"the {where} does not speak TLS: drop --tls-ca (tls_ca)", meta)
+            return Hint(
+                _("the {where} does not speak TLS: drop --tls-ca (tls_ca)").format(where=where),
+                meta,
+            )
         refused = "Connection refused" in text or "DNS resolution failed" in text
         # gRPC reports only its last address's error (localhost: often ::1 refused while
         # 127.0.0.1 answered): whether anything listens decides between the two stories.
         if refused and not listening(address):
             return Hint(
-                f"cannot reach the {where}: is it running (make run), and is the address "
-                "right? ledgerctl config view shows every setting and its source",
+                _(
+                    "cannot reach the {where}: is it running (make run), and is the address "
+                    "right? ledgerctl config view shows every setting and its source"
+                ).format(where=where),
                 meta,
             )
         closed = refused or "Socket closed" in text or "handshake" in text.lower()
         if tls and not has_cert and closed:
             return Hint(
-                f"the TLS handshake with the {where} failed: the server requires a client "
-                "certificate (mutual TLS): give your agency's with --tls-cert and --tls-key "
-                "(tls_cert, tls_key)",
+                _(
+                    "the TLS handshake with the {where} failed: the server requires a client "
+                    "certificate (mutual TLS): give your agency's with --tls-cert and "
+                    "--tls-key (tls_cert, tls_key)"
+                ).format(where=where),
                 meta,
             )
         if not tls and closed:
             return Hint(
-                f"the {where} closed the connection: it probably speaks TLS: verify it with "
-                "its CA, --tls-ca ca.pem (tls_ca), and if it asks for one, give a client "
-                "certificate with --tls-cert and --tls-key",
+                _(
+                    "the {where} closed the connection: it probably speaks TLS: verify it "
+                    "with its CA, --tls-ca ca.pem (tls_ca), and if it asks for one, give a "
+                    "client certificate with --tls-cert and --tls-key"
+                ).format(where=where),
                 meta,
             )
-        return Hint(f"cannot reach the {where}", meta)
+        return Hint(_("cannot reach the {where}").format(where=where), meta)
     if isinstance(error, Unauthenticated):
         if not settings.token and not settings.tls_cert:
             return Hint(
-                "no credentials: act as an agency with --agency NAME (its token from the "
-                f"development tokens file {settings.tokens_file}, written by the ledger on its "
-                "first start), or pass the token your ledger's administrator gave you with "
-                "--token or LEDGER_TOKEN, or a client certificate with --tls-cert and --tls-key",
+                _(
+                    "no credentials: act as an agency with --agency NAME (its token from the "
+                    "development tokens file {file}, written by the ledger on its first "
+                    "start), or pass the token your ledger's administrator gave you with "
+                    "--token or LEDGER_TOKEN, or a client certificate with --tls-cert and "
+                    "--tls-key"
+                ).format(file=settings.tokens_file),
                 meta,
             )
         if settings.token:
             return Hint(
-                f"the token from {settings.source('token')} was refused by the {where}: "
-                "check it (ledgerctl config view) or ask for a new one",
+                _(
+                    "the token from {source} was refused by the {where}: check it "
+                    "(ledgerctl config view) or ask for a new one"
+                ).format(source=settings.source("token"), where=where),
                 meta,
             )
     return None

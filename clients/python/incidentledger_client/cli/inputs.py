@@ -11,6 +11,19 @@ import typer
 
 from incidentledger_client.cli import config, names, times
 from incidentledger_client.cli.state import state
+from incidentledger_client.i18n import N_, _
+
+#: What a refused value is named as (``choose``'s ``what``), in the run's language.
+WHATS = (
+    N_("agency"),
+    N_("category"),
+    N_("kecamatan"),
+    N_("severity"),
+    N_("status"),
+    N_("sort"),
+    N_("grouping"),
+    N_("reason"),
+)
 
 
 def incident_name(ctx: typer.Context, value: str) -> str:
@@ -38,7 +51,12 @@ def choose(value: str, known: Sequence[str], what: str, param: str) -> str:
         if candidate.lower() == folded:
             return candidate
     raise typer.BadParameter(
-        f"unknown {what} {value!r}{config.suggest(value, known)}; known: {', '.join(known)}",
+        _("unknown {what} {value}{suggestion}; known: {known}").format(
+            what=_(what),
+            value=repr(value),
+            suggestion=config.suggest(value, known),
+            known=", ".join(known),
+        ),
         param_hint=param,
     )
 
@@ -70,7 +88,8 @@ def desa_name(ctx: typer.Context, kecamatan: str, value: str) -> str:
         return value
     ref = state(ctx).reference()
     listed = next((k.desa for k in ref.kecamatan if k.code == kecamatan), ())
-    return choose(value, listed, f"desa of {kecamatan}", "--desa") if listed else value
+    what = _("desa of {kecamatan}").format(kecamatan=kecamatan)
+    return choose(value, listed, what, "--desa") if listed else value
 
 
 def moment(ctx: typer.Context, value: str | None, param: str) -> datetime | None:

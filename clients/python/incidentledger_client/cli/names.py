@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from incidentledger_client.i18n import _
 from incidentledger_client.types import Incident
 
 #: How many characters of an id tables show (enough to be unique among tens of thousands).
@@ -57,22 +58,30 @@ class IncidentResolver:
                 )
             found = self.by_reference(value)
             if found is None:
-                raise IncidentNameError(f"no incident has the reference code {value!r}")
+                raise IncidentNameError(
+                    _("no incident has the reference code {code}").format(code=repr(value))
+                )
             return found
         if not _PREFIX.match(bare):
             raise IncidentNameError(
-                f"{text!r} is not an incident: give incidents/ID, the ID, "
-                f"or its first {MIN_PREFIX}+ characters"
+                _(
+                    "{text} is not an incident: give incidents/ID, the ID, or its first "
+                    "{count}+ characters"
+                ).format(text=repr(text), count=MIN_PREFIX)
             )
         if len(bare.replace("-", "")) < MIN_PREFIX:
             raise IncidentNameError(
-                f"{text!r} is too short: give at least {MIN_PREFIX} characters of the id"
+                _("{text} is too short: give at least {count} characters of the id").format(
+                    text=repr(text), count=MIN_PREFIX
+                )
             )
         matches = tuple(
             i for i in self.list_incidents() if i.name.removeprefix("incidents/").startswith(bare)
         )
         if not matches:
-            raise IncidentNameError(f"no incident's id starts with {bare!r}")
+            raise IncidentNameError(
+                _("no incident's id starts with {prefix}").format(prefix=repr(bare))
+            )
         if len(matches) > 1:
             lines = "\n".join(
                 f"  {i.name.removeprefix('incidents/')}  {i.status.value:<10} {i.title}"
@@ -80,8 +89,10 @@ class IncidentResolver:
             )
             more = f"\n  ... and {len(matches) - 20} more" if len(matches) > 20 else ""
             raise IncidentNameError(
-                f"{bare!r} is ambiguous: {len(matches)} incidents start with it; "
-                f"give more characters:\n{lines}{more}",
+                _(
+                    "{prefix} is ambiguous: {count} incidents start with it; give more characters:"
+                ).format(prefix=repr(bare), count=len(matches))
+                + f"\n{lines}{more}",
                 matches,
             )
         return matches[0].name

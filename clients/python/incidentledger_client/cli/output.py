@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from incidentledger_client.cli.names import SHORT_ID
+from incidentledger_client.i18n import N_, _, format_number, format_time, labels
 from incidentledger_client.types import (
     CommandResult,
     DecisionInForce,
@@ -46,6 +47,8 @@ STATUS_STYLE = {
     "MERGED": "dim",
     "REOPENED": "bold yellow",
 }
+#: The groupings of the response times (``--by``), as their column is headed.
+GROUPINGS = (N_("agency"), N_("severity"), N_("category"), N_("kecamatan"))
 #: The board's columns: the statuses of open work, in lifecycle order.
 BOARD_STATUSES = ("REPORTED", "VERIFIED", "ASSIGNED", "RESPONDING", "REOPENED", "RESOLVED")
 
@@ -100,21 +103,30 @@ def short_id(name: str) -> str:
     return short(name)[:SHORT_ID]
 
 
-def id_column(table: Table, title: str = "incident") -> None:
+def id_column(table: Table, title: str = N_("incident")) -> None:
     """An id column that never wraps an id over two lines."""
-    table.add_column(title, no_wrap=True, min_width=SHORT_ID)
+    table.add_column(_(title), no_wrap=True, min_width=SHORT_ID)
 
 
 def when(value: datetime | None, zone: tzinfo = UTC) -> str:
-    """A time for people, in their zone and naming it (2026-11-28 17:05:00 WIB)."""
+    """A time for people, in their zone and naming it (2026-11-28 17:05:00 WIB; in
+    Indonesian 28 Nov 2026 17.05.00 WIB)."""
     if value is None:
         return "-"
-    moment = value.astimezone(zone)
-    return f"{moment:%Y-%m-%d %H:%M:%S} {moment.tzname()}"
+    return format_time(value, zone)
 
 
 def styled(value: str, styles: dict[str, str]) -> Text:
     return Text(value, style=styles.get(value, ""))
+
+
+def status_text(code: str) -> Text:
+    """A status as people read it, in its colour."""
+    return Text(labels.status(code), style=STATUS_STYLE.get(code, ""))
+
+
+def severity_text(code: str) -> Text:
+    return Text(labels.severity(code), style=SEVERITY_STYLE.get(code, ""))
 
 
 def place(incident: Incident) -> str:
@@ -125,26 +137,46 @@ def place(incident: Incident) -> str:
 def command_result(out: Console, verb: str, result: CommandResult) -> None:
     out.print(
         f"[bold]{verb}[/bold] {result.incident} "
-        f"(version {result.version}, position {result.position}, event {result.event_id})"
+        + _("(version {version}, position {position}, event {event})").format(
+            version=result.version, position=result.position, event=result.event_id
+        )
     )
 
 
-def incidents_table(incidents: Iterable[Incident], title: str = "Incidents") -> Table:
-    table = Table(title=title, show_lines=False)
+def incidents_table(incidents: Iterable[Incident], title: str | None = None) -> Table:
+    """The incidents, one a line, under ``title`` (translated by the caller)."""
+    table = Table(title=_("Incidents") if title is None else title, show_lines=False)
     id_column(table)
-    for column in ("title", "status", "severity", "category", "place", "lead"):
-        table.add_column(column, overflow="fold")
+    for column in (N_("title"), N_("status"), N_("severity"), N_("category"), N_("place")):
+        table.add_column(_(column), overflow="fold")
+    table.add_column(_("lead"), overflow="fold")
     for incident in incidents:
         table.add_row(
             short_id(incident.name),
             incident.title,
-            styled(incident.status.value, STATUS_STYLE),
-            styled(incident.severity, SEVERITY_STYLE),
+            status_text(incident.status.value),
+            severity_text(incident.severity),
             incident.category,
             place(incident),
             incident.lead_agency or "-",
         )
     return table
+
+
+def notification_line(event: IncidentEvent, incident: Incident, zone: tzinfo) -> Text:
+    """One line of ``watch``: when, what happened, to which incident, by whom."""
+    return Text.assemble(
+        f"{when(event.record_time, zone)} ",
+        (labels.event_type(event.type), "bold"),
+        f" {short_id(incident.name)} {incident.title!r} ",
+        status_text(incident.status.value),
+        " ",
+        severity_text(incident.severity),
+        " "
+        + _("{kecamatan} by {agency}").format(
+            kecamatan=incident.location.kecamatan, agency=event.actor.agency
+        ),
+    )
 
 
 def payload_summary(event: IncidentEvent) -> str:
@@ -154,48 +186,77 @@ def payload_summary(event: IncidentEvent) -> str:
         if value in ("", None, [], {}) or key in {"location"}:
             continue
         text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
-        parts.append(f"{key}={text}")
+        parts.append(f"{labels.field(key)}={text}")
     return "; ".join(parts)
 
 
 def incident_detail(
     out: Console, incident: Incident, events: Sequence[IncidentEvent], zone: tzinfo = UTC
 ) -> None:
-    out.print(f"[bold]{incident.title}[/bold]  ({incident.name}, version {incident.version})")
     out.print(
         Text.assemble(
-            "status ",
-            styled(incident.status.value, STATUS_STYLE),
-            "  severity ",
-            styled(incident.severity, SEVERITY_STYLE),
-            f"  category {incident.category}  escalation {incident.escalation_level}",
+            (incident.title, "bold"),
+            "  "
+            + _("({name}, version {version})").format(name=incident.name, version=incident.version),
         )
     )
-    out.print(f"place {place(incident)}  reported by {incident.reporter.agency}")
+    out.print(
+        Text.assemble(
+            _("status") + " ",
+            status_text(incident.status.value),
+            "  " + _("severity") + " ",
+            severity_text(incident.severity),
+            "  "
+            + _("category {category}  escalation {level}").format(
+                category=incident.category, level=incident.escalation_level
+            ),
+        )
+    )
+    out.print(
+        _("place {place}  reported by {agency}").format(
+            place=place(incident), agency=incident.reporter.agency
+        ),
+        markup=False,
+    )
     supporting = ", ".join(incident.supporting_agencies) or "-"
-    out.print(f"lead {incident.lead_agency or '-'}  supporting {supporting}")
+    out.print(
+        _("lead {lead}  supporting {supporting}").format(
+            lead=incident.lead_agency or "-", supporting=supporting
+        )
+    )
     if incident.pending_handover:
         h = incident.pending_handover
-        out.print(f"pending handover {h.from_agency} -> {h.to_agency} ({h.reason})")
+        out.print(
+            _("pending handover {source} -> {target} ({reason})").format(
+                source=h.from_agency, target=h.to_agency, reason=h.reason
+            ),
+            markup=False,
+        )
     if incident.rejection_reason.value != "UNSPECIFIED":
-        out.print(f"rejected as {incident.rejection_reason.value}")
+        reason = labels.rejection(incident.rejection_reason.value)
+        out.print(_("rejected as {reason}").format(reason=reason))
     if incident.merged_into:
-        out.print(f"merged into {incident.merged_into}")
+        out.print(_("merged into {name}").format(name=incident.merged_into))
     for decision in incident.decisions:
         until = when(decision.valid_until, zone)
-        out.print(f"decision ({decision.forum}, until {until}): {decision.summary}")
+        out.print(
+            _("decision ({forum}, until {until}): {summary}").format(
+                forum=decision.forum, until=until, summary=decision.summary
+            ),
+            markup=False,
+        )
     if incident.description:
         out.print(incident.description)
     out.print(timeline(events, zone))
 
 
 def timeline(events: Sequence[IncidentEvent], zone: tzinfo = UTC) -> Table:
-    table = Table(title="Timeline", show_header=True, box=None, pad_edge=False)
+    table = Table(title=_("Timeline"), show_header=True, box=None, pad_edge=False)
     table.add_column("v", justify="right")
-    table.add_column("recorded")
-    table.add_column("event", style="bold")
-    table.add_column("by")
-    table.add_column("details", overflow="fold")
+    table.add_column(_("recorded"))
+    table.add_column(_("event"), style="bold")
+    table.add_column(_("by"))
+    table.add_column(_("details"), overflow="fold")
     for event in events:
         by = (
             f"{event.actor.agency}/{event.actor.officer}"
@@ -205,24 +266,31 @@ def timeline(events: Sequence[IncidentEvent], zone: tzinfo = UTC) -> Table:
         details = payload_summary(event)
         if event.reason:
             details = f"{details} ({event.reason})" if details else event.reason
-        table.add_row(str(event.version), when(event.record_time, zone), event.type, by, details)
+        table.add_row(
+            str(event.version),
+            when(event.record_time, zone),
+            labels.event_type(event.type),
+            by,
+            details,
+        )
     return table
 
 
 def history_table(events: Iterable[IncidentEvent], zone: tzinfo = UTC) -> Table:
-    table = Table(title="History")
-    for column in ("position", "recorded"):
-        table.add_column(column, overflow="fold")
+    table = Table(title=_("History"))
+    for column in (N_("position"), N_("recorded")):
+        table.add_column(_(column), overflow="fold")
     id_column(table)
-    for column in ("v", "event", "by"):
-        table.add_column(column, overflow="fold")
+    table.add_column("v", overflow="fold")
+    for column in (N_("event"), N_("by")):
+        table.add_column(_(column), overflow="fold")
     for event in events:
         table.add_row(
             str(event.position),
             when(event.record_time, zone),
             short_id(event.incident),
             str(event.version),
-            event.type,
+            labels.event_type(event.type),
             event.actor.agency,
         )
     return table
@@ -249,20 +317,23 @@ def sort_board(incidents: Sequence[Incident], by: str, ranks: dict[str, int]) ->
 def board(incidents: Sequence[Incident], counts: dict[str, int], zone: tzinfo) -> Table:
     """The board: one line per incident (given already sorted and limited); the title counts
     every open incident per status."""
-    summary = "  ".join(f"{status} ({counts.get(status, 0)})" for status in BOARD_STATUSES)
-    table = Table(title=f"Board (open work)\n{summary}", title_justify="left")
+    summary = "  ".join(
+        f"{labels.status(status)} ({format_number(counts.get(status, 0))})"
+        for status in BOARD_STATUSES
+    )
+    table = Table(title=_("Board (open work)") + f"\n{summary}", title_justify="left")
     id_column(table)
-    table.add_column("severity", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("reported", no_wrap=True)
-    table.add_column("title", overflow="fold")
-    table.add_column("place", overflow="fold")
-    table.add_column("lead", no_wrap=True)
+    table.add_column(_("severity"), no_wrap=True)
+    table.add_column(_("status"), no_wrap=True)
+    table.add_column(_("reported"), no_wrap=True)
+    table.add_column(_("title"), overflow="fold")
+    table.add_column(_("place"), overflow="fold")
+    table.add_column(_("lead"), no_wrap=True)
     for i in incidents:
         table.add_row(
             short_id(i.name),
-            styled(i.severity, SEVERITY_STYLE),
-            styled(i.status.value, STATUS_STYLE),
+            severity_text(i.severity),
+            status_text(i.status.value),
             local_time(i.create_time, zone),
             i.title,
             place(i),
@@ -275,33 +346,37 @@ def local_time(value: datetime | None, zone: tzinfo) -> str:
     """A time for people: in their zone, with the zone's name (e.g. 2026-11-27 14:05 WIB)."""
     if value is None:
         return "-"
-    moment = value.astimezone(zone)
-    return f"{moment:%Y-%m-%d %H:%M} {moment.tzname()}"
+    return format_time(value, zone, seconds=False)
 
 
 def map_table(vmap: VulnerabilityMap, zone: tzinfo = UTC) -> Table:
-    table = Table(title=f"Vulnerability map (position {vmap.position}, {when(vmap.time, zone)})")
+    table = Table(
+        title=_("Vulnerability map (position {position}, {time})").format(
+            position=vmap.position, time=when(vmap.time, zone)
+        )
+    )
     table.add_column("kecamatan")
-    table.add_column("score", justify="right")
+    table.add_column(_("score"), justify="right")
     table.add_column("", no_wrap=True)
-    table.add_column("band")
-    table.add_column("incidents", justify="right")
+    table.add_column(_("band"))
+    table.add_column(_("incidents"), justify="right")
     for score in sorted(vmap.kecamatan, key=lambda s: -s.score):
         style = BAND_STYLE.get(score.band, "")
         bar = Text("█" * round(score.score / 5) or "·", style=style)
         table.add_row(
             score.name,
-            f"{score.score:.1f}",
+            format_number(score.score, 1),
             bar,
-            Text(score.band, style=style),
+            Text(labels.band(score.band), style=style),
             # The true count: the reasons list only the heaviest (50 by default).
-            str(score.incident_count),
+            format_number(score.incident_count),
         )
     return table
 
 
-def map_svg(vmap: VulnerabilityMap, title: str = "Vulnerability map", zone: tzinfo = UTC) -> str:
+def map_svg(vmap: VulnerabilityMap, title: str | None = None, zone: tzinfo = UTC) -> str:
     """A tile map: one tile per kecamatan, coloured by band, with its score and band."""
+    title = _("Vulnerability map") if title is None else title
     scores: list[KecamatanScore] = sorted(vmap.kecamatan, key=lambda s: s.name)
     columns, tile_w, tile_h, gap, top = 5, 180, 90, 10, 60
     rows = max(1, (len(scores) + columns - 1) // columns)
@@ -312,8 +387,13 @@ def map_svg(vmap: VulnerabilityMap, title: str = "Vulnerability map", zone: tzin
         f'viewBox="0 0 {width} {height}" font-family="sans-serif">',
         f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
         f'<text x="{gap}" y="28" font-size="20" font-weight="bold">{escape(title)}</text>',
-        f'<text x="{gap}" y="48" font-size="12" fill="#555">as of {escape(when(vmap.time, zone))}, '
-        f"ledger position {vmap.position}</text>",
+        f'<text x="{gap}" y="48" font-size="12" fill="#555">'
+        + escape(
+            _("as of {time}, ledger position {position}").format(
+                time=when(vmap.time, zone), position=vmap.position
+            )
+        )
+        + "</text>",
     ]
     for index, score in enumerate(scores):
         x = gap + (index % columns) * (tile_w + gap)
@@ -327,24 +407,26 @@ def map_svg(vmap: VulnerabilityMap, title: str = "Vulnerability map", zone: tzin
             f'<text x="{x + 10}" y="{y + 24}" font-size="14" font-weight="bold">'
             f"{escape(score.name)}</text>"
             f'<text x="{x + 10}" y="{y + 52}" font-size="22">{score.score:.1f}</text>'
-            f'<text x="{x + 10}" y="{y + 76}" font-size="12">{escape(score.band)} · '
-            f"{score.incident_count} incident(s)</text></g>"
+            f'<text x="{x + 10}" y="{y + 76}" font-size="12">{escape(labels.band(score.band))} · '
+            + escape(_("{count} incident(s)").format(count=score.incident_count))
+            + "</text></g>"
         )
     legend_y = height - 14
     for i, band in enumerate(("low", "medium", "high")):
         lx = gap + i * 110
         parts.append(
             f'<rect x="{lx}" y="{legend_y - 11}" width="14" height="14" fill="{BAND_FILL[band]}"/>'
-            f'<text x="{lx + 20}" y="{legend_y}" font-size="12">{band}</text>'
+            f'<text x="{lx + 20}" y="{legend_y}" font-size="12">{escape(labels.band(band))}</text>'
         )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
 
 def decisions_table(decisions: Iterable[DecisionInForce], zone: tzinfo = UTC) -> Table:
-    table = Table(title="Decisions in force")
-    for column in ("kecamatan", "summary", "forum", "deciding", "from", "until"):
-        table.add_column(column, overflow="fold")
+    table = Table(title=_("Decisions in force"))
+    table.add_column("kecamatan", overflow="fold")
+    for column in (N_("summary"), N_("forum"), N_("deciding"), N_("from"), N_("until")):
+        table.add_column(_(column), overflow="fold")
     id_column(table)
     for d in decisions:
         table.add_row(
@@ -365,12 +447,15 @@ def rows_table(
     rows: Iterable[Sequence[object]],
     no_wrap: Sequence[str] = (),
 ) -> Table:
+    """A table of ``rows``: ``title`` as given (translated by the caller), the ``columns``
+    headed in the current language (the callers mark them with ``N_``)."""
     table = Table(title=title)
     for column in columns:
+        heading = _(column) if column else column
         if column in no_wrap:
-            table.add_column(column, no_wrap=True)
+            table.add_column(heading, no_wrap=True)
         else:
-            table.add_column(column, overflow="fold")
+            table.add_column(heading, overflow="fold")
     for row in rows:
         # Text, not markup: values such as "[contexts.prod]" are shown as they are.
         table.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in row))
@@ -403,14 +488,14 @@ def duration(stats: DurationStats, seconds: float) -> str:
 
 def response_times_table(by: str, groups: Iterable[ResponseTimes]) -> Table:
     """Median and p90 per step, each step with its sample size (n)."""
-    table = Table(title=f"Response times by {by}")
-    table.add_column(by, no_wrap=True)
-    for step in ("acknowledge", "verify", "resolve"):
-        table.add_column(f"{step} n", justify="right")
-        table.add_column("median", justify="right")
+    table = Table(title=_("Response times by {by}").format(by=_(by)))
+    table.add_column(_(by), no_wrap=True)
+    for step in (N_("acknowledge"), N_("verify"), N_("resolve")):
+        table.add_column(_("{step} n").format(step=_(step)), justify="right")
+        table.add_column(_("median"), justify="right")
         table.add_column("p90", justify="right")
     for g in groups:
-        cells: list[str] = [g.key or "(no lead)"]
+        cells: list[str] = [g.key or _("(no lead)")]
         for stats in (g.acknowledge, g.verify, g.resolve):
             cells += [
                 str(stats.count),

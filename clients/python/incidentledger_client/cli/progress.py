@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from incidentledger_client.cli import output
 from incidentledger_client.cli.state import State
+from incidentledger_client.i18n import format_number
 
 
 class Meter:
@@ -25,7 +26,7 @@ class Meter:
     def _update(self, **fields: Any) -> None:
         if self._progress is not None:
             rate = self.items / max(time.monotonic() - self._started, 1e-6)
-            self._progress.update(self._task, rate=f"{rate:,.0f}/s", **fields)
+            self._progress.update(self._task, rate=f"{format_number(rate)}/s", **fields)
 
     def step(self) -> None:
         """One more item done."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from incidentledger_client import LedgerClient, NotifierClient, RetryPolicy
+from incidentledger_client import LedgerClient, NotifierClient, RetryPolicy, i18n
 from incidentledger_client.cli import config
 from incidentledger_client.types import ReferenceData
 
@@ -46,6 +46,7 @@ class State:
                 client_key=settings.tls_key,
                 timeout=settings.timeout,
                 retry=self._retry(),
+                language=i18n.current(),
             )
         return self._ledger
 
@@ -74,6 +75,7 @@ class State:
                 client_key=settings.tls_key,
                 timeout=settings.timeout,
                 retry=self._retry(),
+                language=i18n.current(),
             )
         return self._notifier
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from incidentledger_client import Unavailable
 from incidentledger_client.cli import output
@@ -16,6 +17,7 @@ from incidentledger_client.cli.errors import EXIT_OTHER
 from incidentledger_client.cli.inputs import TIME_HELP, incident_name, maybe_code, moment
 from incidentledger_client.cli.progress import Meter, progress_bar
 from incidentledger_client.cli.state import state
+from incidentledger_client.i18n import _, format_number
 from incidentledger_client.types import VerifyProgress, VerifyReport
 
 app = group(
@@ -51,7 +53,7 @@ def audit_verify(ctx: typer.Context) -> None:
     # as its total, never showing "0/?".
     first = next(items, None)
     total = first.ledger_position if isinstance(first, VerifyProgress) else 0
-    with progress_bar(st, "verifying", total or None, "positions") as meter:
+    with progress_bar(st, _("verifying"), total or None, _("positions")) as meter:
         report_ = follow_verification(
             itertools.chain(() if first is None else (first,), items), meter
         )
@@ -61,12 +63,21 @@ def audit_verify(ctx: typer.Context) -> None:
         out = output.console()
         if report_.ok:
             out.print(
-                f"[bold green]ledger verified[/bold green]: {report_.events} events, "
-                f"{report_.incidents} incidents, {report_.checkpoints_checked} checkpoints checked"
+                Text.assemble(
+                    (_("ledger verified"), "bold green"),
+                    ": "
+                    + _(
+                        "{events} events, {incidents} incidents, {checkpoints} checkpoints checked"
+                    ).format(
+                        events=format_number(report_.events),
+                        incidents=format_number(report_.incidents),
+                        checkpoints=format_number(report_.checkpoints_checked),
+                    ),
+                )
             )
         else:
             d = report_.divergence
-            out.print(f"[bold red]LEDGER DIVERGES[/bold red]: {d}")
+            out.print(Text.assemble((_("LEDGER DIVERGES"), "bold red"), f": {d}"))
     if not report_.ok:
         raise typer.Exit(EXIT_OTHER)
 
@@ -106,7 +117,7 @@ def audit_export(
     )
     # The bar counts positions of the log covered (the events exported are fewer when a filter
     # skips some, or when positions belong to no incident), so it ends full.
-    with progress_bar(st, "exporting", total or None, "positions") as meter:
+    with progress_bar(st, _("exporting"), total or None, _("positions")) as meter:
         if str(path) == "-":
             for event in events:
                 output.emit_line(json.dumps(output.event_json(event), ensure_ascii=False))
@@ -122,7 +133,9 @@ def audit_export(
         if st.as_json:
             output.emit_json({"path": str(path), "events": count})
         else:
-            output.console().print(f"exported {count} events to {path}")
+            output.console().print(
+                _("exported {count} events to {path}").format(count=count, path=path), markup=False
+            )
 
 
 @app.command(
@@ -155,6 +168,7 @@ def audit_as_of(
     else:
         output.console().print(
             output.incidents_table(
-                incidents, f"Incidents as of {output.when(then, st.settings.tz())}"
+                incidents,
+                _("Incidents as of {time}").format(time=output.when(then, st.settings.tz())),
             )
         )

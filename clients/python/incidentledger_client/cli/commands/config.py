@@ -10,6 +10,7 @@ import typer
 from incidentledger_client.cli import config, output
 from incidentledger_client.cli.commands import group
 from incidentledger_client.cli.state import state
+from incidentledger_client.i18n import N_, _
 
 app = group(
     "ledgerctl's own settings: the effective values and where each came from, contexts.",
@@ -49,9 +50,12 @@ def config_view(ctx: typer.Context) -> None:
         )
         return
     out = output.console()
-    out.print(f"config file: {settings.config_file or '(none)'}", markup=False)
-    out.print(f"context: {settings.context or '(none)'}", markup=False)
-    out.print(output.rows_table("Effective settings", ("setting", "value", "from"), rows))
+    none = _("(none)")
+    out.print(_("config file: {path}").format(path=settings.config_file or none), markup=False)
+    out.print(_("context: {name}").format(name=settings.context or none), markup=False)
+    out.print(
+        output.rows_table(_("Effective settings"), (N_("setting"), N_("value"), N_("from")), rows)
+    )
 
 
 @app.command("contexts", epilog="Example: ledgerctl config contexts")
@@ -68,8 +72,8 @@ def config_contexts(ctx: typer.Context) -> None:
         return
     output.console().print(
         output.rows_table(
-            f"Contexts in {file.path or '(no config file)'}",
-            ("", "context", "address"),
+            _("Contexts in {path}").format(path=file.path or _("(no config file)")),
+            ("", N_("context"), N_("address")),
             (
                 ("*" if n == current else "", n, c.get("address", config.DEFAULT_ADDRESS))
                 for n, c in sorted(contexts.items())
@@ -96,7 +100,7 @@ def config_use_context(
     if st.as_json:
         output.emit_json({"current": name})
     else:
-        output.console().print(f"current context: {name}", markup=False)
+        output.console().print(_("current context: {name}").format(name=name), markup=False)
 
 
 @completion_app.command(

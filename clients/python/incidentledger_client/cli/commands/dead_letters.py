@@ -10,6 +10,7 @@ import typer
 from incidentledger_client.cli import output
 from incidentledger_client.cli.progress import progress_bar
 from incidentledger_client.cli.state import state
+from incidentledger_client.i18n import N_, _
 
 #: Commands of the webhooks group (``ledgerctl webhooks dead-letters``, ...).
 app = typer.Typer()
@@ -25,8 +26,8 @@ def webhooks_dead_letters(ctx: typer.Context) -> None:
     else:
         output.console().print(
             output.rows_table(
-                "Dead letters",
-                ("name", "webhook", "incident", "attempts", "last error"),
+                _("Dead letters"),
+                (N_("name"), N_("webhook"), N_("incident"), N_("attempts"), N_("last error")),
                 (
                     (d.name, d.webhook, output.short_id(d.incident), d.attempts, d.last_error)
                     for d in letters
@@ -54,13 +55,13 @@ def webhooks_replay(
         if st.as_json:
             output.emit_json({"replayed": []})
         else:
-            output.console().print("no dead letters: nothing to replay")
+            output.console().print(_("no dead letters: nothing to replay"))
         return
-    with progress_bar(st, "replaying", len(chosen)) as meter:
+    with progress_bar(st, _("replaying"), len(chosen)) as meter:
         for name in chosen:
             notifier.replay_dead_letter(name)
             meter.step()
     if st.as_json:
         output.emit_json({"replayed": chosen})
     else:
-        output.console().print(f"replayed {len(chosen)} dead letter(s)")
+        output.console().print(_("replayed {count} dead letter(s)").format(count=len(chosen)))

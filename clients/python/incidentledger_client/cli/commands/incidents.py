@@ -22,6 +22,7 @@ from incidentledger_client.cli.inputs import (
     moment,
 )
 from incidentledger_client.cli.state import state
+from incidentledger_client.i18n import _
 from incidentledger_client.types import CommandResult
 
 #: The incident commands at the top level (``ledgerctl report``, ...).
@@ -117,7 +118,7 @@ def report(
             request_id=request_id,
         )
     )
-    done(ctx, "reported", result)
+    done(ctx, _("reported"), result)
 
 
 @app.command(epilog="Example: ledgerctl -a desk_pilkada verify 0b6f12 -m 'confirmed by phone'")
@@ -134,7 +135,7 @@ def verify(
         .ledger()
         .verify(incident_name(ctx, name), comment=comment, **_options(expected_version, request_id))
     )
-    done(ctx, "verified", result)
+    done(ctx, _("verified"), result)
 
 
 @app.command(
@@ -161,7 +162,7 @@ def reject(
             **_options(expected_version, request_id),
         )
     )
-    done(ctx, "rejected", result)
+    done(ctx, _("rejected"), result)
 
 
 @app.command(epilog="Example: ledgerctl -a desk_pilkada merge 1a2b3c 0b6f12")
@@ -184,7 +185,7 @@ def merge(
             **_options(expected_version, request_id),
         )
     )
-    done(ctx, "merged", result)
+    done(ctx, _("merged"), result)
 
 
 @app.command(epilog="Example: ledgerctl -a polres assess 0b6f12 critical -m 'crowd growing'")
@@ -208,7 +209,7 @@ def assess(
             **_options(expected_version, request_id),
         )
     )
-    done(ctx, "assessed", result)
+    done(ctx, _("assessed"), result)
 
 
 @app.command(epilog="Example: ledgerctl -a desk_pilkada assign 0b6f12 polres")
@@ -232,7 +233,7 @@ def assign(
             **_options(expected_version, request_id),
         )
     )
-    done(ctx, "assigned", result)
+    done(ctx, _("assigned"), result)
 
 
 @app.command(epilog="Example: ledgerctl -a polres support 0b6f12 satpolpp")
@@ -256,7 +257,7 @@ def support(
             **_options(expected_version, request_id),
         )
     )
-    done(ctx, "supported", result)
+    done(ctx, _("supported"), result)
 
 
 @handover_app.command(
@@ -283,7 +284,7 @@ def handover_propose(
             **_options(expected_version, request_id),
         )
     )
-    done(ctx, "handover proposed", result)
+    done(ctx, _("handover proposed"), result)
 
 
 @handover_app.command("accept", epilog="Example: ledgerctl -a polres handover accept 0b6f12")
@@ -302,7 +303,7 @@ def handover_accept(
             incident_name(ctx, name), comment=comment, **_options(expected_version, request_id)
         )
     )
-    done(ctx, "handover accepted", result)
+    done(ctx, _("handover accepted"), result)
 
 
 @app.command(
@@ -358,7 +359,7 @@ def decide(
             **_options(expected_version, request_id),
         )
     )
-    done(ctx, "decided", result)
+    done(ctx, _("decided"), result)
 
 
 @app.command(epilog="Example: ledgerctl -a bpbd act 0b6f12 'Sandbags placed around TPS 03'")
@@ -375,7 +376,7 @@ def act(
         .ledger()
         .log_action(incident_name(ctx, name), action, **_options(expected_version, request_id))
     )
-    done(ctx, "action logged", result)
+    done(ctx, _("action logged"), result)
 
 
 @app.command(epilog="Example: ledgerctl -a satpolpp escalate 0b6f12 'crowd out of control'")
@@ -392,7 +393,7 @@ def escalate(
         .ledger()
         .escalate(incident_name(ctx, name), reason, **_options(expected_version, request_id))
     )
-    done(ctx, "escalated", result)
+    done(ctx, _("escalated"), result)
 
 
 @app.command(epilog="Example: ledgerctl -a polres resolve 0b6f12 'crowd dispersed peacefully'")
@@ -409,7 +410,7 @@ def resolve(
         .ledger()
         .resolve(incident_name(ctx, name), resolution, **_options(expected_version, request_id))
     )
-    done(ctx, "resolved", result)
+    done(ctx, _("resolved"), result)
 
 
 @close_app.command("request", epilog="Example: ledgerctl -a polres close request 0b6f12")
@@ -428,7 +429,7 @@ def close_request(
             incident_name(ctx, name), comment=comment, **_options(expected_version, request_id)
         )
     )
-    done(ctx, "closure requested", result)
+    done(ctx, _("closure requested"), result)
 
 
 @close_app.command("approve", epilog="Example: ledgerctl -a desk_pilkada close approve 0b6f12")
@@ -447,7 +448,7 @@ def close_approve(
             incident_name(ctx, name), comment=comment, **_options(expected_version, request_id)
         )
     )
-    done(ctx, "closed", result)
+    done(ctx, _("closed"), result)
 
 
 @app.command(epilog="Example: ledgerctl -a polres reopen 0b6f12 'crowd returned'")
@@ -464,7 +465,7 @@ def reopen(
         .ledger()
         .reopen(incident_name(ctx, name), reason, **_options(expected_version, request_id))
     )
-    done(ctx, "reopened", result)
+    done(ctx, _("reopened"), result)
 
 
 @app.command(
@@ -502,7 +503,7 @@ def correct(
         reason=reason,
         **_options(expected_version, request_id),
     )
-    done(ctx, "corrected", result)
+    done(ctx, _("corrected"), result)
 
 
 def _event_recording(ledger: LedgerClient, incident: str, field_name: str) -> str:
@@ -589,4 +590,6 @@ def list_(
     if st.as_json:
         output.emit_json(incidents)
     else:
-        output.console().print(output.incidents_table(incidents, f"Incidents ({len(incidents)})"))
+        output.console().print(
+            output.incidents_table(incidents, _("Incidents ({count})").format(count=len(incidents)))
+        )

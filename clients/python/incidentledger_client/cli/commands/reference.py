@@ -6,8 +6,10 @@ from collections.abc import Sequence
 
 import typer
 
+from incidentledger_client import i18n
 from incidentledger_client.cli import output
 from incidentledger_client.cli.state import state
+from incidentledger_client.i18n import N_, _, labels
 
 #: Top-level commands (``ledgerctl agencies``, ...).
 app = typer.Typer()
@@ -27,8 +29,13 @@ def agencies(ctx: typer.Context) -> None:
     if st.as_json:
         output.emit_json(ref.agencies)
         return
-    rows = [(a.code, a.name, a.role) for a in ref.agencies]
-    _reference_table(ctx, f"Agencies ({ref.regency})", ("code", "name", "role"), rows)
+    rows = [(a.code, a.name, labels.role(a.role)) for a in ref.agencies]
+    _reference_table(
+        ctx,
+        _("Agencies ({regency})").format(regency=ref.regency),
+        (N_("code"), N_("name"), N_("role")),
+        rows,
+    )
 
 
 @app.command(epilog="Example: ledgerctl kecamatan")
@@ -40,7 +47,12 @@ def kecamatan(ctx: typer.Context) -> None:
         output.emit_json(ref.kecamatan)
         return
     rows = [(k.code, k.name, ", ".join(k.desa)) for k in ref.kecamatan]
-    _reference_table(ctx, f"Kecamatan ({ref.regency})", ("code", "name", "desa"), rows)
+    _reference_table(
+        ctx,
+        _("Kecamatan ({regency})").format(regency=ref.regency),
+        (N_("code"), N_("name"), "desa"),
+        rows,
+    )
 
 
 @app.command(epilog="Example: ledgerctl categories")
@@ -51,8 +63,9 @@ def categories(ctx: typer.Context) -> None:
     if st.as_json:
         output.emit_json(ref.categories)
         return
-    rows = [(c.code, c.name, c.dimension) for c in ref.categories]
-    _reference_table(ctx, "Categories", ("code", "name", "IKP dimension"), rows)
+    language = i18n.current()
+    rows = [(c.code, c.name_in(language), c.dimension) for c in ref.categories]
+    _reference_table(ctx, _("Categories"), (N_("code"), N_("name"), N_("IKP dimension")), rows)
 
 
 @app.command(epilog="Example: ledgerctl severities")
@@ -64,7 +77,12 @@ def severities(ctx: typer.Context) -> None:
         output.emit_json({"severities": ref.severities, "default": ref.default_severity})
         return
     rows = [
-        (v.code, v.name, v.rank, "default" if v.code == ref.default_severity else "")
+        (
+            v.code,
+            v.name_in(i18n.current()),
+            v.rank,
+            _("default") if v.code == ref.default_severity else "",
+        )
         for v in ref.severities
     ]
-    _reference_table(ctx, "Severities", ("code", "name", "rank", ""), rows)
+    _reference_table(ctx, _("Severities"), (N_("code"), N_("name"), N_("rank"), ""), rows)

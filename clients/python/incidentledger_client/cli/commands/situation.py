@@ -11,6 +11,7 @@ import typer
 from incidentledger_client.cli import output
 from incidentledger_client.cli.inputs import TIME_HELP, choose, code, codes, maybe_code, moment
 from incidentledger_client.cli.state import state
+from incidentledger_client.i18n import N_, _
 
 #: Top-level commands (``ledgerctl board``, ...).
 app = typer.Typer()
@@ -70,14 +71,16 @@ def board(
     out.print(output.board(shown, counts, st.settings.tz()))
     if len(shown) < len(open_work):
         out.print(
-            f"showing {len(shown)} of {len(open_work)} open incidents, by {sort} "
-            "(--limit N for more, --limit 0 for all)",
+            _(
+                "showing {shown} of {total} open incidents, by {sort} "
+                "(--limit N for more, --limit 0 for all)"
+            ).format(shown=len(shown), total=len(open_work), sort=sort),
             markup=False,
         )
     out.print(
         output.rows_table(
-            "Workload per agency",
-            ("agency", "open", "unacknowledged", "overdue"),
+            _("Workload per agency"),
+            (N_("agency"), N_("open"), N_("unacknowledged"), N_("overdue")),
             ((w.agency, w.open, w.unacknowledged, w.overdue) for w in workload),
         )
     )
@@ -101,7 +104,7 @@ def map_(
         out = output.console()
         out.print(output.map_table(vmap, st.settings.tz()))
         if svg is not None:
-            out.print(f"map written to {svg}")
+            out.print(_("map written to {path}").format(path=svg), markup=False)
 
 
 @app.command(epilog="Example: ledgerctl decisions --kecamatan kota_mukomuko")
@@ -187,13 +190,7 @@ def watch(
                         }
                     )
                 else:
-                    out.print(
-                        f"{output.when(note.event.record_time, zone)} "
-                        f"[bold]{note.event.type}[/bold] "
-                        f"{output.short_id(note.incident.name)} {note.incident.title!r} "
-                        f"{note.incident.status.value} {note.incident.severity} "
-                        f"{note.incident.location.kecamatan} by {note.event.actor.agency}"
-                    )
+                    out.print(output.notification_line(note.event, note.incident, zone))
                 if count and seen >= count:
                     break
         except KeyboardInterrupt:

@@ -12,6 +12,7 @@ from incidentledger_client.cli import config, output
 from incidentledger_client.cli.commands import group
 from incidentledger_client.cli.inputs import code, codes, incident_name
 from incidentledger_client.cli.state import state
+from incidentledger_client.i18n import N_, _
 from incidentledger_client.types import EventFilter, Webhook
 
 app = group(
@@ -56,7 +57,9 @@ def webhooks_register(
     if st.as_json:
         output.emit_json(hook)
     else:
-        output.console().print(f"registered {hook.name} -> {hook.url}")
+        output.console().print(
+            _("registered {name} -> {url}").format(name=hook.name, url=hook.url), markup=False
+        )
 
 
 @app.command("list", epilog="Example: ledgerctl -a bpbd webhooks list")
@@ -69,8 +72,8 @@ def webhooks_list(ctx: typer.Context) -> None:
     else:
         output.console().print(
             output.rows_table(
-                "Webhooks",
-                ("name", "url", "created"),
+                _("Webhooks"),
+                (N_("name"), "url", N_("created")),
                 ((h.name, h.url, output.when(h.create_time, st.settings.tz())) for h in hooks),
             )
         )
@@ -102,7 +105,9 @@ def webhooks_delete(
     if st.as_json:
         output.emit_json({"deleted": hook.name})
     else:
-        output.console().print(f"deleted {hook.name} ({hook.url})", markup=False)
+        output.console().print(
+            _("deleted {name} ({url})").format(name=hook.name, url=hook.url), markup=False
+        )
 
 
 @app.command(
@@ -232,8 +237,17 @@ def webhooks_deliveries(
     zone = st.settings.tz()
     output.console().print(
         output.rows_table(
-            f"Deliveries ({len(found)})",
-            ("time", "incident", "position", "channel", "target", "outcome", "attempt", "error"),
+            _("Deliveries ({count})").format(count=len(found)),
+            (
+                N_("time"),
+                N_("incident"),
+                N_("position"),
+                N_("channel"),
+                N_("target"),
+                N_("outcome"),
+                N_("attempt"),
+                N_("error"),
+            ),
             (
                 (
                     output.local_time(d.time, zone),

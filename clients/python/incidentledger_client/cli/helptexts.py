@@ -1,0 +1,152 @@
+"""ledgerctl's help in the language of the run.
+
+Typer builds the click commands from the English help texts and docstrings when the modules
+are imported; :func:`translate` walks the built tree (``typer.main.get_command(app)``, built
+anew for each run) and puts each text through the catalog. :func:`messages` lists the same
+texts for the catalog's extraction (``incidentledger_client.i18n.catalogs``), so no help
+text needs marking in the code and none is missed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from typer import _click as click
+from typer._click.exceptions import UsageError
+
+from incidentledger_client.i18n import N_
+
+#: The text attributes of a command and of a parameter that people read.
+_COMMAND_TEXTS = ("help", "short_help", "epilog")
+_PARAMETER_TEXTS = ("help",)
+#: typer's own words in its help pages (module constants of typer.rich_utils), as written there.
+_TYPER_WORDS = {
+    "ARGUMENTS_PANEL_TITLE": "Arguments",
+    "OPTIONS_PANEL_TITLE": "Options",
+    "COMMANDS_PANEL_TITLE": "Commands",
+    "REQUIRED_LONG_STRING": "[required]",
+    "DEFAULT_STRING": "[default: {}]",
+    "ENVVAR_STRING": "[env var: {}]",
+    "ERRORS_PANEL_TITLE": "Error",
+}
+#: The prefix of a usage line (typer's vendored click writes it in English).
+USAGE = "Usage: "
+#: The help of -h/--help (typer's vendored click writes it in English).
+HELP_OPTION = "Show this message and exit."
+HELP_OPTION_NAMES = ["-h", "--help"]
+
+
+def _walk(command: click.Command) -> Iterator[click.Command]:
+    yield command
+    subcommands = getattr(command, "commands", None) or {}
+    for name in sorted(subcommands):
+        yield from _walk(subcommands[name])
+
+
+def _texts(command: click.Command) -> Iterator[tuple[object, str, str]]:
+    for cmd in _walk(command):
+        for attribute in _COMMAND_TEXTS:
+            text = getattr(cmd, attribute, None)
+            if text:
+                yield cmd, attribute, text
+        for param in cmd.params:
+            for attribute in _PARAMETER_TEXTS:
+                text = getattr(param, attribute, None)
+                if text:
+                    yield param, attribute, text
+
+
+def messages(command: click.Command) -> list[str]:
+    """Every help text of ``command`` and its subcommands, and typer's and click's words."""
+    found = [text for _, _, text in _texts(command)]
+    return [*found, *_TYPER_WORDS.values(), HELP_OPTION, USAGE]
+
+
+def translate(command: click.Command, gettext: Callable[[str], str]) -> None:
+    """Put every help text of the (freshly built) ``command`` tree through ``gettext``."""
+    for owner, attribute, text in list(_texts(command)):
+        setattr(owner, attribute, gettext(text))
+    from typer._click.decorators import help_option
+
+    for cmd in _walk(command):
+        if cmd.add_help_option and cmd._help_option is None:
+            # The option click would create on first use, created now with its help translated.
+            help_option(HELP_OPTION_NAMES)(cmd)
+            option = cmd.params.pop()
+            option.help = gettext(HELP_OPTION)  # type: ignore[attr-defined]
+            cmd._help_option = option  # type: ignore[assignment]
+
+
+@contextmanager
+def typer_words(gettext: Callable[[str], str]) -> Iterator[None]:
+    """typer's own words of a help page (panel titles, ``[required]``) in the language of the
+    run, for the block (typer keeps them as module constants: they are set back afterwards)."""
+    import typer.core
+    import typer.rich_utils as rich_utils
+    from typer._click.formatting import HelpFormatter
+
+    saved = {name: getattr(rich_utils, name) for name in _TYPER_WORDS}
+    saved_gettext = getattr(typer.core, "_")  # noqa: B009 - a module's private name
+    write_usage = HelpFormatter.write_usage
+
+    def usage_in_language(
+        self: HelpFormatter, prog: str, args: str = "", prefix: str | None = None
+    ) -> None:
+        write_usage(self, prog, args, gettext(USAGE) if prefix is None else prefix)
+
+    try:
+        for name, text in _TYPER_WORDS.items():
+            setattr(rich_utils, name, gettext(text))
+        setattr(typer.core, "_", gettext)  # noqa: B010 - typer's "No such command", ...
+        HelpFormatter.write_usage = usage_in_language  # type: ignore[method-assign]
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(rich_utils, name, value)
+        setattr(typer.core, "_", saved_gettext)  # noqa: B010
+        HelpFormatter.write_usage = write_usage  # type: ignore[method-assign]
+
+
+#: typer's own messages through gettext (typer.core), put through the catalog by typer_words.
+TYPER_MESSAGES = (N_("Missing command."), N_("No such command {name!r}."))
+
+#: typer's (vendored click's) usage errors, as it writes them, and their message ids.
+_USAGE_ERRORS = (
+    (
+        re.compile(r"^Invalid value for (?P<param>.+?): (?P<message>.*)$", re.S),
+        N_("Invalid value for {param}: {message}"),
+    ),
+    (re.compile(r"^Missing option (?P<param>.+)\.$", re.S), N_("Missing option {param}.")),
+    (re.compile(r"^Missing argument (?P<param>.+)\.$", re.S), N_("Missing argument {param}.")),
+    (re.compile(r"^No such option: (?P<param>.+)$", re.S), N_("No such option: {param}")),
+    (
+        re.compile(r"^Got unexpected extra arguments? \((?P<param>.*)\)$", re.S),
+        N_("Unexpected extra arguments ({param})"),
+    ),
+)
+
+
+def usage_error(error: UsageError, gettext: Callable[[str], str]) -> str:
+    """A usage error as typer shows it (usage line, where to find help, the error), in the
+    language of ``gettext``."""
+    lines = []
+    ctx = error.ctx
+    if ctx is not None:
+        lines.append(ctx.get_usage())
+        if ctx.command.get_help_option(ctx) is not None:
+            lines.append(
+                gettext(N_("Try '{command} {option}' for help.")).format(
+                    command=ctx.command_path, option=ctx.help_option_names[0]
+                )
+            )
+        lines.append("")
+    message = error.format_message()
+    for pattern, msgid in _USAGE_ERRORS:
+        found = pattern.match(message)
+        if found:
+            message = gettext(msgid).format(**found.groupdict())
+            break
+    lines.append(gettext(N_("Error: {message}")).format(message=message))
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""The codes of the API as people read them: statuses, severities, vulnerability bands,
+rejection reasons and event types, in the current language (``docs/glossary-id.md``).
+
+English shows the codes as they are (``REPORTED``, ``high``), as ledgerctl always has; a
+code without a label (a newer server's) is shown as it is. ``--json`` never goes through here.
+"""
+
+from __future__ import annotations
+
+from incidentledger_client.i18n import pgettext
+
+
+def status(code: str) -> str:
+    labels = {
+        "REPORTED": pgettext("status", "REPORTED"),
+        "VERIFIED": pgettext("status", "VERIFIED"),
+        "ASSIGNED": pgettext("status", "ASSIGNED"),
+        "RESPONDING": pgettext("status", "RESPONDING"),
+        "RESOLVED": pgettext("status", "RESOLVED"),
+        "CLOSED": pgettext("status", "CLOSED"),
+        "REJECTED": pgettext("status", "REJECTED"),
+        "MERGED": pgettext("status", "MERGED"),
+        "REOPENED": pgettext("status", "REOPENED"),
+    }
+    return labels.get(code, code)
+
+
+def severity(code: str) -> str:
+    labels = {
+        "low": pgettext("severity", "low"),
+        "medium": pgettext("severity", "medium"),
+        "high": pgettext("severity", "high"),
+        "critical": pgettext("severity", "critical"),
+    }
+    return labels.get(code, code)
+
+
+def band(code: str) -> str:
+    """An IKP vulnerability band (Rawan Rendah, Rawan Sedang, Rawan Tinggi)."""
+    labels = {
+        "low": pgettext("band", "low"),
+        "medium": pgettext("band", "medium"),
+        "high": pgettext("band", "high"),
+    }
+    return labels.get(code, code)
+
+
+def role(code: str) -> str:
+    """An agency's role (the system's vocabulary, not the regency's)."""
+    labels = {
+        "coordinator": pgettext("role", "coordinator"),
+        "responder": pgettext("role", "responder"),
+        "auditor": pgettext("role", "auditor"),
+    }
+    return labels.get(code, code)
+
+
+def rejection(code: str) -> str:
+    labels = {
+        "INVALID": pgettext("rejection", "INVALID"),
+        "HOAX": pgettext("rejection", "HOAX"),
+        "OUT_OF_SCOPE": pgettext("rejection", "OUT_OF_SCOPE"),
+    }
+    return labels.get(code, code)
+
+
+def event_type(code: str) -> str:
+    labels = {
+        "Reported": pgettext("event", "Reported"),
+        "Verified": pgettext("event", "Verified"),
+        "Rejected": pgettext("event", "Rejected"),
+        "Merged": pgettext("event", "Merged"),
+        "DuplicateMerged": pgettext("event", "DuplicateMerged"),
+        "SeverityAssessed": pgettext("event", "SeverityAssessed"),
+        "LeadAssigned": pgettext("event", "LeadAssigned"),
+        "SupportingAgencyAdded": pgettext("event", "SupportingAgencyAdded"),
+        "HandoverProposed": pgettext("event", "HandoverProposed"),
+        "HandoverAccepted": pgettext("event", "HandoverAccepted"),
+        "DecisionRecorded": pgettext("event", "DecisionRecorded"),
+        "ActionLogged": pgettext("event", "ActionLogged"),
+        "Escalated": pgettext("event", "Escalated"),
+        "Resolved": pgettext("event", "Resolved"),
+        "ClosureRequested": pgettext("event", "ClosureRequested"),
+        "ClosureApproved": pgettext("event", "ClosureApproved"),
+        "Reopened": pgettext("event", "Reopened"),
+        "Corrected": pgettext("event", "Corrected"),
+    }
+    return labels.get(code, code)
+
+
+def field(name: str) -> str:
+    """A field of an event's payload, as the timeline names it (``severity=high``)."""
+    labels = {
+        "action": pgettext("field", "action"),
+        "agency": pgettext("field", "agency"),
+        "category": pgettext("field", "category"),
+        "corrected_event_id": pgettext("field", "corrected_event_id"),
+        "deciding_agencies": pgettext("field", "deciding_agencies"),
+        "description": pgettext("field", "description"),
+        "duplicate_id": pgettext("field", "duplicate_id"),
+        "field": pgettext("field", "field"),
+        "forum": pgettext("field", "forum"),
+        "from_agency": pgettext("field", "from_agency"),
+        "level": pgettext("field", "level"),
+        "new_value": pgettext("field", "new_value"),
+        "old_value": pgettext("field", "old_value"),
+        "rationale": pgettext("field", "rationale"),
+        "reason": pgettext("field", "reason"),
+        "rejection_reason": pgettext("field", "rejection_reason"),
+        "resolution": pgettext("field", "resolution"),
+        "severity": pgettext("field", "severity"),
+        "starts_response": pgettext("field", "starts_response"),
+        "summary": pgettext("field", "summary"),
+        "target_id": pgettext("field", "target_id"),
+        "title": pgettext("field", "title"),
+        "to_agency": pgettext("field", "to_agency"),
+        "valid_from": pgettext("field", "valid_from"),
+        "valid_until": pgettext("field", "valid_until"),
+    }
+    return labels.get(name, name)

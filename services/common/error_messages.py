@@ -1,0 +1,130 @@
+"""The errors' messages for people in the caller's language (AIP-193 ``LocalizedMessage``).
+
+A refusal keeps its English ``message`` and its ``ErrorInfo``; when the call carries an
+``accept-language`` header, :mod:`services.common.grpc_errors` adds a
+``google.rpc.LocalizedMessage`` in the best language the services speak (English, Bahasa
+Indonesia), written from the error's ``reason`` and its ``metadata`` with the templates below.
+Their translations are the gettext domain ``ledger-errors`` in ``services/common/locale``
+(checked by ``make lint`` with the client's catalogs: ``incidentledger_client.i18n.catalogs``;
+the words follow ``docs/glossary-id.md``).
+"""
+
+from __future__ import annotations
+
+import gettext
+import string
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+
+DOMAIN = "ledger-errors"
+LOCALE_DIR = Path(__file__).resolve().parent / "locale"
+#: The languages of the messages, the source language first (BCP 47 tags, as sent back).
+LANGUAGES = ("en", "id")
+
+
+def N_(message: str) -> str:  # noqa: N802 - the gettext convention, which extraction knows
+    return message
+
+
+#: A message per reason, with the error's metadata as placeholders ({command}, {status}, ...).
+TEMPLATES: Mapping[str, str] = {
+    "INVALID_FIELD": N_("The value of {field} is not acceptable."),
+    "FIELD_IMMUTABLE": N_("The field {field} cannot be changed."),
+    "FIELD_TOO_LONG": N_("The text of {field} is too long."),
+    "MALFORMED_REQUEST": N_("The request cannot be read."),
+    "INCIDENT_NOT_FOUND": N_("No incident is named {incident}."),
+    "WEBHOOK_NOT_FOUND": N_("No such webhook."),
+    "DEAD_LETTER_NOT_FOUND": N_("No such dead letter, or its webhook was deleted."),
+    "REQUEST_ID_REUSED": N_("This request id was already used for another request."),
+    "ILLEGAL_TRANSITION": N_("{command} is not allowed while the incident is {status}."),
+    "HANDOVER_PENDING": N_("A handover to {to_agency} is already proposed."),
+    "NO_HANDOVER_PENDING": N_("No handover is proposed."),
+    "CLOSURE_NOT_REQUESTED": N_("The lead agency has not asked for closure."),
+    "CLOSURE_ALREADY_REQUESTED": N_("Closure has already been requested."),
+    "ALREADY_INVOLVED": N_("{agency} already leads or supports this incident."),
+    "OLD_VALUE_MISMATCH": N_("The recorded value of {field} is {recorded_value}."),
+    "NO_CHANGE": N_("The incident's severity is already {severity}."),
+    "MERGE_TARGET_NOT_LIVE": N_("The incident to merge into is {target_status}."),
+    "POSITION_NOT_RECORDED": N_("Position {min_position} is not recorded yet."),
+    "CURSOR_EXPIRED": N_("The stream no longer keeps the events after this cursor."),
+    "VERSION_CONFLICT": N_(
+        "The incident changed: version {current_version}, not {expected_version}. Read it again."
+    ),
+    "TOO_MUCH_CONTENTION": N_("The incident is changing too often: try again."),
+    "COORDINATOR_ONLY": N_("Only the coordinator may do this ({command})."),
+    "LEAD_AGENCY_ONLY": N_("Only the lead agency may do this ({command})."),
+    "LEAD_OR_COORDINATOR_ONLY": N_(
+        "Only the lead agency or the coordinator may do this ({command})."
+    ),
+    "NOT_INVOLVED": N_("{caller_agency} is not involved in this incident."),
+    "NOT_HANDOVER_RECIPIENT": N_("Only {to_agency} may accept this handover."),
+    "NOT_A_DECIDING_AGENCY": N_("{caller_agency} is not one of the deciding agencies."),
+    "NOT_EVENT_AUTHOR": N_("Only {event_agency} or the coordinator may correct this event."),
+    "READ_ONLY_ROLE": N_("Auditors read and do not write ({command})."),
+    "ROLE_REQUIRED": N_("{caller_agency} does not have the role this needs ({action})."),
+    "NOT_OWNER": N_("This belongs to another agency."),
+    "CREDENTIALS_MISSING": N_("No credentials were sent."),
+    "CREDENTIALS_MALFORMED": N_("The credentials are malformed."),
+    "CREDENTIALS_INVALID": N_("The token is not valid."),
+    "CREDENTIALS_MISMATCH": N_("The token and the certificate name different agencies."),
+    "CERTIFICATE_AGENCY_UNKNOWN": N_("The certificate names an unknown agency."),
+    "CERTIFICATE_INVALID": N_("The client certificate is not valid."),
+    "RATE_LIMITED": N_("{agency} is sending too many requests: wait and retry."),
+    "TOO_MANY_STREAMS": N_("{agency} has too many open streams ({limit})."),
+    "AUTH_THROTTLED": N_("Too many failed sign-ins: wait and retry."),
+    "STORE_UNAVAILABLE": N_("The database cannot be reached: retry."),
+    "PROJECTION_LAGGING": N_("The views are behind the ledger: retry."),
+    "STREAM_UNAVAILABLE": N_("The event stream cannot be reached: resume from the last cursor."),
+    "SHUTTING_DOWN": N_("The service is stopping: resume from the last cursor."),
+    "HASH_CHAIN_BROKEN": N_("The stored history of {incident} fails its hash chain."),
+}
+
+
+class _Metadata(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "…"
+
+
+def preferred(accept_language: str) -> str | None:
+    """The language of ``LANGUAGES`` an ``accept-language`` value prefers (``id-ID,en;q=0.5``),
+    English when it names none of them; None for an empty header."""
+    ranked: list[tuple[float, int, str]] = []
+    for index, item in enumerate(accept_language.split(",")):
+        tag, _, params = item.strip().partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        primary = tag.strip().replace("_", "-").split("-")[0].lower()
+        if primary == "in":  # Indonesian's old ISO 639 code
+            primary = "id"
+        if primary and quality > 0:
+            ranked.append((-quality, index, primary))
+    if not ranked:
+        return None
+    for _quality, _index, language in sorted(ranked):
+        if language in LANGUAGES:
+            return language
+    return "en"
+
+
+@cache
+def _translations(language: str) -> gettext.NullTranslations:
+    if language == "en":
+        return gettext.NullTranslations()
+    return gettext.translation(DOMAIN, str(LOCALE_DIR), [language])
+
+
+def localized(reason: str, metadata: Mapping[str, str], language: str) -> str | None:
+    """The message of ``reason`` in ``language``, its placeholders filled from ``metadata``;
+    None for a reason without a template."""
+    template = TEMPLATES.get(reason)
+    if template is None:
+        return None
+    text = _translations(language).gettext(template)
+    return string.Formatter().vformat(text, (), _Metadata(metadata))

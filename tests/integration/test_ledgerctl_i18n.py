@@ -1,0 +1,135 @@
+"""ledgerctl in both languages against a real ledger: every table in Indonesian without the
+UI's English words, times in WIB, and --json byte-identical whatever the language."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from incidentledger_client.cli import main
+from tests.ledgerctl_support import Ctl
+from tests.unit.test_i18n import english_words
+
+#: The commands that show a table or a view, each run in both languages.
+VIEWS = [
+    ("desk_pilkada", ["list"]),
+    ("desk_pilkada", ["board", "--limit", "0"]),
+    ("desk_pilkada", ["decisions"]),
+    ("desk_pilkada", ["response-times", "--by", "severity"]),
+    ("desk_pilkada", ["agencies"]),
+    ("desk_pilkada", ["kecamatan"]),
+    ("desk_pilkada", ["categories"]),
+    ("desk_pilkada", ["severities"]),
+    ("inspektorat", ["audit", "verify"]),
+    ("inspektorat", ["audit", "as-of", "now"]),
+]
+
+
+def _incident(ctl: Ctl) -> str:
+    reported = ctl.json(
+        "kesbangpol",
+        "report",
+        "Massa berkumpul di alun-alun",
+        "crowd_gathering",
+        "kota_mukomuko",
+        "--desa",
+        "Pasar Mukomuko",
+        "--severity",
+        "high",
+    )
+    name: str = reported["incident"]
+    ctl.ok("desk_pilkada", "verify", name, "-m", "dikonfirmasi")
+    ctl.ok("desk_pilkada", "assign", name, "polres")
+    ctl.ok(
+        "desk_pilkada",
+        "decide",
+        name,
+        "Kumpulan massa dibatasi",
+        "--forum",
+        "Forkopimda",
+        "--by",
+        "desk_pilkada",
+        "--rationale",
+        "ketegangan",
+        "--days",
+        "3",
+    )
+    ctl.ok("polres", "act", name, "Personel dikerahkan")
+    return name
+
+
+def test_every_view_in_indonesian_and_json_unchanged(
+    ctl: Ctl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("LEDGER_LANG", raising=False)
+    name = _incident(ctl)
+    # The map's scores decay with time: shown at one moment, so that the runs can be compared.
+    at = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    views = [
+        *VIEWS,
+        ("desk_pilkada", ["map", "--at", at]),
+        ("desk_pilkada", ["show", name]),
+        ("desk_pilkada", ["history", name]),
+    ]
+    for agency, args in views:
+        english = ctl.ok(agency, "--lang", "en", *args)
+        indonesian = ctl.ok(agency, "--lang", "id", *args)
+        assert indonesian != english, args
+        assert english_words(indonesian) == set(), (args, indonesian)
+        # What a program reads is the same in every language, byte for byte.
+        as_json = [ctl.ok(agency, "--json", "--lang", lang, *args) for lang in ("en", "id")]
+        monkeypatch.setenv("LANG", "id_ID.UTF-8")
+        as_json.append(ctl.ok(agency, "--json", *args))
+        monkeypatch.delenv("LANG")
+        assert as_json[0] == as_json[1] == as_json[2], args
+
+    shown = ctl.ok("desk_pilkada", "--lang", "id", "show", name)
+    assert "Dalam penanganan" in shown and "tinggi" in shown
+    # Times in WIB, the Indonesian way: day month year, a dot between hours and minutes.
+    assert re.search(r"\b\d{1,2} [A-Z][a-z]{2} \d{4} \d\d\.\d\d\.\d\d WIB\b", shown), shown
+    board = ctl.ok("desk_pilkada", "--lang", "id", "board", "--limit", "0")
+    assert "Papan (pekerjaan terbuka)" in board and "Dalam penanganan (1)" in board
+    assert "Rawan" in ctl.ok("desk_pilkada", "--lang", "id", "map", "--at", at)
+    svg = ctl.ledger.data_dir / "peta.svg"
+    ctl.ok("desk_pilkada", "--lang", "id", "map", "--at", at, "--svg", str(svg))
+    drawn = svg.read_text(encoding="utf-8")
+    assert "Peta kerawanan" in drawn and "Rawan Rendah" in drawn and "posisi buku besar" in drawn
+    assert english_words(re.sub(r"<[^>]*>", " ", drawn)) == set(), drawn
+    # A command's answer: the verb and its figures in Indonesian.
+    answer = ctl.ok("polres", "--lang", "id", "act", name, "Patroli")
+    assert answer.startswith("tindakan dicatat ") and "(versi " in answer, answer
+
+
+def test_reference_data_in_indonesian_from_the_reference_file(ctl: Ctl) -> None:
+    categories = ctl.json("desk_pilkada", "categories")
+    money = next(c for c in categories if c["code"] == "money_politics")
+    assert money["name"] == "Money politics" and money["names"] == {"id": "Politik uang"}
+    shown = ctl.ok("desk_pilkada", "--lang", "id", "categories")
+    assert "Politik uang" in shown and "Money politics" not in shown
+    assert "Money politics" in ctl.ok("desk_pilkada", "--lang", "en", "categories")
+    severities = ctl.ok("desk_pilkada", "--lang", "id", "severities")
+    assert "Kritis" in severities and "bawaan" in severities
+    agencies = ctl.ok("desk_pilkada", "--lang", "id", "agencies")
+    assert "koordinator" in agencies and "penanggap" in agencies
+
+
+def test_ledgerctls_own_hints_in_indonesian_and_json_unchanged(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("LEDGER_LANG", raising=False)
+    nowhere = ["--address", "127.0.0.1:9", "--token", "t", "--timeout", "1", "list"]
+    capsys.readouterr()
+    assert main(["--lang", "id", *nowhere]) == 6
+    said = capsys.readouterr().err
+    assert "tidak dapat menghubungi ledger di 127.0.0.1:9" in said, said
+    assert english_words(said) == set(), said
+    errors = []
+    for lang in ("en", "id"):
+        assert main(["--json", "--lang", lang, *nowhere]) == 6
+        errors.append(capsys.readouterr().err)
+    assert errors[0] == errors[1] and "cannot reach the ledger" in errors[0]

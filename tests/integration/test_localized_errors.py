@@ -1,0 +1,49 @@
+"""AIP-193 end to end: a real ledger adds a LocalizedMessage when the call carries
+accept-language, the client exposes it, ledgerctl asks in its language and shows it."""
+
+from __future__ import annotations
+
+import pytest
+
+from incidentledger_client import LedgerClient
+from incidentledger_client.errors import IncidentNotFound
+from tests.ledgerctl_support import Ctl
+from tests.support import Client
+
+MISSING = "incidents/00000000-0000-4000-8000-000000000000"
+
+
+def test_the_client_gets_the_message_in_its_language(popo_ledger: Client) -> None:
+    token = popo_ledger.tokens["desk_pilkada"]
+    with (
+        LedgerClient(popo_ledger.address, token, language="id") as indonesian,
+        pytest.raises(IncidentNotFound) as caught,
+    ):
+        indonesian.get_incident(MISSING)
+    assert caught.value.locale == "id"
+    assert caught.value.localized_message == f"Tidak ada kejadian bernama {MISSING}."
+    english_message = caught.value.message
+    with (
+        LedgerClient(popo_ledger.address, token) as plain,
+        pytest.raises(IncidentNotFound) as caught,
+    ):
+        plain.get_incident(MISSING)
+    # Without accept-language: no LocalizedMessage; the message and ErrorInfo are as they were.
+    assert caught.value.localized_message is None and caught.value.locale is None
+    assert caught.value.message == english_message
+    assert caught.value.reason == "INCIDENT_NOT_FOUND"
+
+
+def test_ledgerctl_shows_the_localized_message_and_json_keeps_the_english_one(
+    ctl: Ctl,
+) -> None:
+    code, _, indonesian = ctl.run("desk_pilkada", "--lang", "id", "show", MISSING)
+    assert code == 3
+    assert f"Tidak ada kejadian bernama {MISSING}." in indonesian, indonesian
+    code, _, english = ctl.run("desk_pilkada", "--lang", "en", "show", MISSING)
+    assert code == 3 and "Tidak ada" not in english
+    as_json = [
+        ctl.run("desk_pilkada", "--json", "--lang", lang, "show", MISSING) for lang in ("en", "id")
+    ]
+    assert as_json[0] == as_json[1]
+    assert "Tidak ada" not in as_json[0][2]

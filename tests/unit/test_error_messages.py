@@ -1,0 +1,106 @@
+"""AIP-193 LocalizedMessage: every reason of docs/api.md has a message for people in English
+and in Bahasa Indonesia, added to the status only when the call asks (accept-language)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from services.common import error_messages
+from services.common.errors import LedgerError
+from services.common.grpc_errors import to_grpc_status
+
+API = Path(__file__).resolve().parents[2] / "docs" / "api.md"
+
+
+def documented_reasons() -> list[tuple[str, str, str]]:
+    """(reason, status code, metadata named in the table) of every row of the error table."""
+    row = r"^\| `([A-Z_]+)` \| `([A-Z_]+)` \| [a-z, ]+ \| (.*) \|$"
+    rows = re.findall(row, API.read_text(), re.M)
+    return [(reason, code, meaning) for reason, code, meaning in rows]
+
+
+def _status_details(error: LedgerError, accept: str) -> list[object]:
+    status = to_grpc_status(error, "ledger.incidentledger", accept)
+    # The google.rpc.Status travels in the trailing metadata.
+    ((key, value),) = status.trailing_metadata
+    assert key == "grpc-status-details-bin"
+    decoded = status_pb2.Status.FromString(value)
+    found: list[object] = []
+    for detail in decoded.details:
+        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.LocalizedMessage):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                found.append(message)
+    return found
+
+
+def _error(reason: str, code: str) -> LedgerError:
+    error = LedgerError(
+        "english message",
+        reason=reason,
+        metadata={
+            "field": "title",
+            "incident": "incidents/0b6f12",
+            "command": "VerifyIncident",
+            "status": "CLOSED",
+            "caller_agency": "bpbd",
+        },
+    )
+    error.code = code
+    return error
+
+
+def test_the_table_is_read() -> None:
+    assert len(documented_reasons()) >= 40
+
+
+@pytest.mark.parametrize(("reason", "code", "meaning"), documented_reasons())
+def test_every_reason_has_a_message_in_both_languages(reason: str, code: str, meaning: str) -> None:
+    english = error_messages.localized(reason, {}, "en")
+    indonesian = error_messages.localized(reason, {}, "id")
+    assert english and indonesian and english != indonesian, reason
+    # Placeholders name metadata the table documents for the reason.
+    for name in re.findall(r"\{(\w+)\}", error_messages.TEMPLATES[reason]):
+        assert f"`{name}`" in meaning, (reason, name)
+    details = _status_details(_error(reason, code), "id-ID,en;q=0.5")
+    info, localized = details
+    assert isinstance(info, error_details_pb2.ErrorInfo) and info.reason == reason
+    assert isinstance(localized, error_details_pb2.LocalizedMessage)
+    assert localized.locale == "id"
+    assert localized.message == error_messages.localized(reason, info.metadata, "id")
+
+
+def test_without_accept_language_no_localized_message_and_the_english_message_stays() -> None:
+    error = _error("ILLEGAL_TRANSITION", "FAILED_PRECONDITION")
+    details = _status_details(error, "")
+    assert [type(d) for d in details] == [error_details_pb2.ErrorInfo]
+    status = to_grpc_status(error, "ledger.incidentledger", "id")
+    assert status.details == "english message"
+    _, localized = _status_details(error, "id")
+    assert isinstance(localized, error_details_pb2.LocalizedMessage)
+    assert localized.message == (
+        "VerifyIncident tidak diizinkan selama kejadian berada pada tahap CLOSED."
+    )
+
+
+@pytest.mark.parametrize(
+    ("header", "language"),
+    [
+        ("id", "id"),
+        ("id-ID", "id"),
+        ("in", "id"),
+        ("en-US,id;q=0.9", "en"),
+        ("fr;q=1, id;q=0.5", "id"),
+        ("fr, de", "en"),
+        ("id;q=0, en", "en"),
+        ("", None),
+        (" ; ", None),
+    ],
+)
+def test_the_language_from_accept_language(header: str, language: str | None) -> None:
+    assert error_messages.preferred(header) == language

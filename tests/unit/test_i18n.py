@@ -1,0 +1,243 @@
+"""The languages of ledgerctl (incidentledger_client.i18n): the choice of language, the
+catalog check that `make lint` runs, times and numbers, and every help page in both languages."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import typer.main
+from babel.messages.pofile import read_po, write_po
+
+from incidentledger_client import i18n
+from incidentledger_client.cli import main
+from incidentledger_client.cli.app import app
+from incidentledger_client.i18n import catalogs, labels
+
+#: English words of the UI that must not show through Indonesian text (whole words).
+TELLTALE = (
+    "incident",
+    "incidents",
+    "severity",
+    "verified",
+    "reported",
+    "resolved",
+    "closed",
+    "rejected",
+    "agency",
+    "the",
+    "and",
+    "with",
+    "show",
+    "only",
+    "commands",
+    "options",
+    "example",
+)
+#: What is typed as it is whatever the language: command lines, options, codes, names.
+ALLOWED = re.compile(
+    r"ledgerctl [^│\n]*|incidents/[0-9a-f-]+|incidents/ID|'[a-z_.]+'|\[bawaan: [^\]]*\]|"
+    r"--[a-z-]+|[A-Z_]{3,}|<[a-z]+>|e\.g\.|"
+    r"services\.ledger\.audit|crowd_gathering|kota_mukomuko|"
+    # a command's name in the list of commands, and the usage line: typed as they are
+    r"│ [* ]*[a-zA-Z_-]+(?= {2})|Usage: .*|Penggunaan: .*"
+)
+
+
+def english_words(text: str) -> set[str]:
+    """The tell-tale English words of ``text`` (command lines, options and codes left out)."""
+    words = set(re.findall(r"[a-z]+", ALLOWED.sub(" ", text).lower()))
+    return words & set(TELLTALE)
+
+
+def test_the_language_is_the_flag_then_ledger_lang_then_the_locale() -> None:
+    env = {"LEDGER_LANG": "en", "LANGUAGE": "id_ID:en", "LANG": "en_US.UTF-8"}
+    assert i18n.choose("id", env) == "id"
+    assert i18n.choose(None, env) == "en"
+    assert i18n.choose(None, {"LANGUAGE": "id_ID:en", "LANG": "en_US.UTF-8"}) == "id"
+    assert i18n.choose(None, {"LANG": "id_ID.UTF-8"}) == "id"
+    assert i18n.choose(None, {"LANG": "de_DE.UTF-8"}) == "en"
+    assert i18n.choose(None, {"LANG": "C"}) == "en"
+    assert i18n.choose(None, {}) == "en"
+    with pytest.raises(ValueError, match="unknown language"):
+        i18n.choose("xx", {})
+    with pytest.raises(ValueError, match="LEDGER_LANG"):
+        i18n.choose(None, {"LEDGER_LANG": "fr"})
+
+
+def test_an_unknown_language_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--lang", "xx", "board"]) == 2
+    assert "unknown language 'xx'" in capsys.readouterr().err
+
+
+def test_times_in_wib_and_numbers_in_the_locales_format() -> None:
+    moment = datetime(2026, 11, 28, 10, 5, 7, tzinfo=UTC)
+    wib = ZoneInfo("Asia/Jakarta")
+    assert i18n.format_time(moment, wib) == "2026-11-28 17:05:07 WIB"
+    assert i18n.format_number(1234567.5, 1) == "1,234,567.5"
+    with i18n.using("id"):
+        assert i18n.format_time(moment, wib) == "28 Nov 2026 17.05.07 WIB"
+        assert i18n.format_time(moment, wib, seconds=False) == "28 Nov 2026 17.05 WIB"
+        assert i18n.format_number(1234567.5, 1) == "1.234.567,5"
+    assert i18n.current() == "en"
+
+
+def test_every_code_has_an_indonesian_label() -> None:
+    cases = [
+        (labels.status, ("REPORTED", "VERIFIED", "ASSIGNED", "RESPONDING", "RESOLVED")),
+        (labels.status, ("CLOSED", "REJECTED", "MERGED", "REOPENED")),
+        (labels.severity, ("low", "medium", "high", "critical")),
+        (labels.band, ("low", "medium", "high")),
+        (labels.rejection, ("INVALID", "HOAX", "OUT_OF_SCOPE")),
+    ]
+    with i18n.using("id"):
+        for label, values in cases:
+            for code in values:
+                assert label(code) != code, (label.__name__, code)
+        assert labels.band("high") == "Rawan Tinggi"
+        assert labels.status("CLOSED") == "Ditutup"
+        assert labels.status("SOMETHING_NEW") == "SOMETHING_NEW"
+    assert labels.status("CLOSED") == "CLOSED"  # English shows the code, as before
+
+
+def test_the_catalogs_are_complete_and_fresh() -> None:
+    assert catalogs.check(catalogs.extract(), ["id"]) == []
+
+
+@pytest.fixture
+def locale_copy(tmp_path: Path) -> Iterator[Path]:
+    copy = tmp_path / "locale"
+    shutil.copytree(i18n.LOCALE_DIR, copy)
+    yield copy
+
+
+def _rewrite(locale_dir: Path, change: str) -> None:
+    path = catalogs.po_path("id", locale_dir)
+    with path.open("rb") as f:
+        po = read_po(f, locale="id")
+    message = po.get("Timeline")
+    assert message is not None
+    if change == "untranslated":
+        message.string = ""
+    elif change == "fuzzy":
+        message.flags.add("fuzzy")
+    elif change == "placeholder":
+        counted = po.get("Incidents ({count})")
+        assert counted is not None
+        counted.string = "Kejadian"
+    with path.open("wb") as f:
+        write_po(f, po)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ("untranslated", "no translation of 'Timeline'"),
+        ("fuzzy", "fuzzy translation of 'Timeline'"),
+        ("placeholder", "placeholders differ in 'Incidents ({count})'"),
+    ],
+)
+def test_the_check_fails_on_a_missing_or_broken_translation(
+    locale_copy: Path, change: str, problem: str
+) -> None:
+    template = catalogs.extract()
+    assert catalogs.check(template, ["id"], locale_copy) == []
+    _rewrite(locale_copy, change)
+    found = catalogs.check(template, ["id"], locale_copy)
+    assert any(problem in p for p in found), found
+    # The .mo compiled before the change is no longer the .po's (the fuzzy one excepted:
+    # a fuzzy message is left out of both).
+    if change != "fuzzy":
+        assert any("not the compiled" in p for p in found), found
+
+
+def test_the_check_fails_on_stale_catalogs(locale_copy: Path) -> None:
+    template = catalogs.extract()
+    template.add("A message new in the code")
+    del template["Timeline"]
+    found = catalogs.check(template, ["id"], locale_copy)
+    assert any("missing: (None, 'A message new in the code')" in p for p in found), found
+    assert any("no longer has: (None, 'Timeline')" in p for p in found), found
+    catalogs.update(template, ["id"], locale_copy)
+    found = catalogs.check(template, ["id"], locale_copy)
+    assert found == [
+        "{}: no translation of 'A message new in the code'".format(
+            catalogs.po_path("id", locale_copy)
+        )
+    ]
+
+
+def test_the_update_changes_nothing_when_nothing_changed(locale_copy: Path) -> None:
+    before = catalogs.po_path("id", locale_copy).read_bytes()
+    catalogs.update(catalogs.extract(), ["id"], locale_copy)
+    assert catalogs.po_path("id", locale_copy).read_bytes() == before
+
+
+def _command_paths() -> list[list[str]]:
+    root = typer.main.get_command(app)
+    paths: list[list[str]] = [[]]
+
+    def walk(command: object, path: list[str]) -> None:
+        for name, sub in sorted((getattr(command, "commands", None) or {}).items()):
+            paths.append([*path, name])
+            walk(sub, [*path, name])
+
+    walk(root, [])
+    return paths
+
+
+@pytest.mark.parametrize("path", _command_paths(), ids=lambda p: " ".join(p) or "ledgerctl")
+def test_every_help_page_in_both_languages(
+    path: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("LEDGER_LANG", raising=False)
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    assert main([*path, "--help"]) == 0
+    english = capsys.readouterr().out
+    assert main(["--lang", "id", *path, "--help"]) == 0
+    indonesian = capsys.readouterr().out
+    monkeypatch.setenv("LEDGER_LANG", "id")
+    assert main([*path, "-h"]) == 0
+    assert capsys.readouterr().out == indonesian
+    assert indonesian != english
+    assert english_words(indonesian) == set(), indonesian
+    assert "Opsi" in indonesian or "Perintah" in indonesian
+    if path:
+        assert "Contoh: ledgerctl" in indonesian, indonesian
+    # typer's words are set back after the run.
+    monkeypatch.setenv("LEDGER_LANG", "en")
+    assert main([*path, "--help"]) == 0
+    assert capsys.readouterr().out == english
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["list", "--status", "verfied"], "Kesalahan: Nilai tidak sah untuk --status: tahap"),
+        (["decide"], "Kesalahan: Argumen 'INCIDENT' belum diberikan."),
+        (["nosuch"], "Kesalahan: Tidak ada perintah 'nosuch'."),
+        (["list", "--bogus"], "Kesalahan: Tidak ada opsi: --bogus"),
+    ],
+)
+def test_usage_errors_in_indonesian_and_json_unchanged(
+    args: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert main(["--lang", "id", *args]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Penggunaan: ledgerctl" in err and "untuk bantuan" in err, err
+    assert english_words(err) == set(), err
+    errors = []
+    for lang in ("en", "id"):
+        assert main(["--json", "--lang", lang, *args]) == 2
+        errors.append(capsys.readouterr().err)
+    assert errors[0] == errors[1]
+    # and English as it was
+    assert main(["--lang", "en", *args]) == 2
+    assert "Error: " in capsys.readouterr().err
