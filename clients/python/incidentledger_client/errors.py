@@ -231,9 +231,9 @@ def _details(error: grpc.RpcError) -> list[Any]:
     return list(status.details) if status is not None else []
 
 
-def _detail(error: grpc.RpcError, kind: type[M]) -> M | None:
-    """The first detail of type ``kind`` in a failed call's google.rpc.Status, if any."""
-    for detail in _details(error):
+def _unpacked(details: list[Any], kind: type[M]) -> M | None:
+    """The first of ``details`` (a google.rpc.Status's) of type ``kind``, if any."""
+    for detail in details:
         if detail.Is(kind.DESCRIPTOR):
             found = kind()
             detail.Unpack(found)
@@ -241,8 +241,9 @@ def _detail(error: grpc.RpcError, kind: type[M]) -> M | None:
     return None
 
 
-def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
-    return _detail(error, error_details_pb2.ErrorInfo)
+def _detail(error: grpc.RpcError, kind: type[M]) -> M | None:
+    """The first detail of type ``kind`` in a failed call's google.rpc.Status, if any."""
+    return _unpacked(_details(error), kind)
 
 
 def retry_delay(error: grpc.RpcError) -> float | None:
@@ -257,7 +258,7 @@ def from_rpc_error(error: grpc.RpcError, request_id: str | None = None) -> Ledge
     code = status_code(error) or grpc.StatusCode.UNKNOWN
     details = getattr(error, "details", None)
     message = str(details() or "") if callable(details) else str(error)
-    return _error(code, message, _error_info(error), request_id)
+    return _error(code, message, _details(error), request_id)
 
 
 _CODES_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
@@ -267,28 +268,21 @@ def from_status(status: status_pb2.Status, request_id: str | None = None) -> Led
     """The :class:`LedgerError` a ``google.rpc.Status`` message says, as :func:`from_rpc_error`
     makes it of a failed call: for the per-report errors of ``ingest_reports``."""
     code = _CODES_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
-    info = None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            break
-    return _error(code, status.message, info, request_id)
+    return _error(code, status.message, list(status.details), request_id)
 
 
 def _error(
-    code: grpc.StatusCode,
-    message: str,
-    info: error_details_pb2.ErrorInfo | None,
-    request_id: str | None,
+    code: grpc.StatusCode, message: str, details: list[Any], request_id: str | None
 ) -> LedgerError:
+    """The error a status says (its ``details``: ErrorInfo, LocalizedMessage)."""
+    info = _unpacked(details, error_details_pb2.ErrorInfo)
     reason = info.reason if info is not None else ""
     metadata = dict(info.metadata) if info is not None else {}
     domain = info.domain if info is not None else ""
     cls = REASONS.get(reason) or CODES.get(code, Internal)
     if not issubclass(cls, CODES.get(code, Internal)):  # a reason under an unexpected code
         cls = CODES.get(code, Internal)
-    localized = _detail(error, error_details_pb2.LocalizedMessage)
+    localized = _unpacked(details, error_details_pb2.LocalizedMessage)
     return cls(
         code.name,
         reason,
