@@ -86,7 +86,8 @@ def test_the_image_installs_every_module_from_what_the_dockerfile_copies(tmp_pat
         f"{package}/{path.relative_to(root).as_posix()}"
         for package, root in SOURCES.items()
         for path in root.rglob("*")
-        if path.is_file() and path.suffix in {".py", ".pyi", ".typed"}
+        # modules, type information and the message catalogs (compiled and their source)
+        if path.is_file() and path.suffix in {".py", ".pyi", ".typed", ".po", ".mo"}
     }
     assert packaged == expected
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
