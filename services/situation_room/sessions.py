@@ -1,0 +1,103 @@
+"""Signed-in officers: server-side sessions behind a signed, HttpOnly, SameSite=Strict cookie.
+
+The cookie holds only a random session id, signed with a key made at start (itsdangerous),
+so a forged or altered cookie is refused and a restart signs everyone out. The session keeps
+the officer's bearer token (never sent to the browser), its agency and role, and the CSRF
+token that every form must carry. Sessions expire ``lifetime`` seconds after sign-in.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from itsdangerous import BadSignature, TimestampSigner
+
+from incidentledger_client import LedgerClient
+
+COOKIE = "situation_room"
+#: At most this many sessions (signed in or not) are kept; the oldest go first.
+MAX_SESSIONS = 10_000
+#: A session that has not signed in lasts this long (the sign-in form's CSRF token).
+ANONYMOUS_SECONDS = 900.0
+
+
+@dataclass
+class Officer:
+    """Who is signed in: the agency (as the reference data names it), its role, the token."""
+
+    agency: str
+    role: str
+    token: str = field(repr=False)
+    ledger: LedgerClient = field(repr=False)
+
+
+@dataclass
+class Session:
+    id: str
+    csrf: str
+    expires: float
+    officer: Officer | None = None
+
+
+class Sessions:
+    """The sessions of one web process (its only state)."""
+
+    def __init__(self, lifetime: float) -> None:
+        self.lifetime = lifetime
+        self._signer = TimestampSigner(secrets.token_bytes(32), salt="situation-room-session")
+        self._sessions: dict[str, Session] = {}
+
+    def new(self, officer: Officer | None = None) -> Session:
+        self._prune()
+        lifetime = self.lifetime if officer is not None else ANONYMOUS_SECONDS
+        session = Session(
+            secrets.token_urlsafe(24), secrets.token_urlsafe(24), time.time() + lifetime, officer
+        )
+        self._sessions[session.id] = session
+        return session
+
+    def cookie_value(self, session: Session) -> str:
+        return self._signer.sign(session.id).decode()
+
+    def find(self, cookie: str | None) -> Session | None:
+        """The live session of a cookie; None for no cookie, a bad signature or an expired one."""
+        if not cookie:
+            return None
+        try:
+            sid = self._signer.unsign(cookie, max_age=int(self.lifetime) + 1).decode()
+        except BadSignature:
+            return None
+        session = self._sessions.get(sid)
+        if session is None or session.expires < time.time():
+            if session is not None:
+                self.drop(session)
+            return None
+        return session
+
+    def drop(self, session: Session) -> None:
+        self._sessions.pop(session.id, None)
+        if session.officer is not None:
+            session.officer.ledger.close()
+
+    def close(self) -> None:
+        for session in list(self._sessions.values()):
+            self.drop(session)
+
+    def _prune(self) -> None:
+        now = time.time()
+        for session in [s for s in self._sessions.values() if s.expires < now]:
+            self.drop(session)
+        while len(self._sessions) >= MAX_SESSIONS:
+            self.drop(min(self._sessions.values(), key=lambda s: s.expires))
+
+
+def csrf_ok(session: Session | None, submitted: object) -> bool:
+    """Whether a form's ``csrf`` field is the session's token (compared in constant time)."""
+    return (
+        session is not None
+        and isinstance(submitted, str)
+        and hmac.compare_digest(session.csrf.encode(), submitted.encode())
+    )

@@ -1,0 +1,233 @@
+"""The situation room in a real browser: Debian's chromium driven by Playwright, against the
+web process (``python -m services.situation_room``), a real ledger, notifier and nats-server.
+
+Without a chromium on the PATH these tests skip, and fail when ``CI=true`` (``make chromium``
+installs it). Screenshots of the board and the map are saved in the test's tmp directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from incidentledger_client import LedgerClient, Location
+from incidentledger_client.cli.output import BAND_FILL
+from services.common.natsserver import NatsServer
+from tests.fanout_support import Stack, running_stack
+from tests.support import ServiceProcess, service_process, store_environment
+
+pytestmark = [pytest.mark.nats, pytest.mark.slow]
+
+#: How long a change may take to reach another page's board (the issue's bound).
+LIVE_SECONDS = 2.0
+
+
+@dataclass
+class Room:
+    stack: Stack
+    web: ServiceProcess
+    requests: list[str] = field(default_factory=list)
+    #: The pages' script errors (none is expected).
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web.port}"
+
+    def ledger(self, agency: str) -> LedgerClient:
+        return LedgerClient(self.stack.ledger.address, self.stack.ledger.tokens[agency])
+
+
+@pytest.fixture(scope="module")
+def chromium_path() -> str:
+    found = shutil.which("chromium")
+    if found is None:
+        message = "no chromium on the PATH: `make chromium` installs Debian's package"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture
+def browser(chromium_path: str) -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium_path, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def room(tmp_path: Path, nats_server: NatsServer) -> Iterator[Room]:
+    with (
+        store_environment("sqlite", tmp_path) as env,
+        running_stack(tmp_path, env, nats_server.url) as stack,
+    ):
+        web_env = {
+            "LEDGER_DATA_DIR": str(tmp_path / "room"),
+            "SITUATION_ROOM_LISTEN": "127.0.0.1:0",
+            "SITUATION_ROOM_LEDGER_ADDRESS": stack.ledger.address,
+            "SITUATION_ROOM_NOTIFIER_ADDRESS": f"127.0.0.1:{stack.notifier.port}",
+            "SITUATION_ROOM_TOKEN": stack.ledger.tokens["desk_pilkada"],
+        }
+        with service_process("services.situation_room", web_env) as web:
+            yield Room(stack, web)
+
+
+def new_page(room: Room, browser: Browser) -> Page:
+    """A page in a context of its own (its own cookies), its requests logged in ``room``."""
+    context: BrowserContext = browser.new_context()
+    page = context.new_page()
+    page.on("request", lambda request: room.requests.append(request.url))
+    page.on("pageerror", lambda error: room.errors.append(str(error)))
+    return page
+
+
+def sign_in(room: Room, page: Page, agency: str) -> None:
+    page.goto(f"{room.url}/login")
+    page.select_option("select[name=agency]", agency)
+    page.fill("input[name=token]", room.stack.ledger.tokens[agency])
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"{room.url}/board")
+    expect(page.locator("#live")).to_have_attribute("data-state", "open")
+
+
+def assert_local_and_clean(room: Room) -> None:
+    hosts = {urlsplit(url).hostname or "" for url in room.requests}
+    assert hosts == {"127.0.0.1"}, f"requests left 127.0.0.1: {sorted(hosts)}"
+    assert not room.errors, room.errors
+
+
+def titles(room: Room, title: str) -> int:
+    return sum(1 for i in room.ledger("desk_pilkada").list_incidents() if i.title == title)
+
+
+def test_a_wrong_token_is_refused_and_the_session_cookie_is_strict(
+    room: Room, browser: Browser
+) -> None:
+    page = new_page(room, browser)
+    page.goto(f"{room.url}/board")
+    expect(page).to_have_url(f"{room.url}/login")  # not signed in: to the sign-in page
+    page.select_option("select[name=agency]", "polres")
+    page.fill("input[name=token]", "not-a-token")
+    page.click("button[type=submit]")
+    expect(page.locator(".error")).to_contain_text("not valid")
+    sign_in(room, page, "polres")
+    (cookie,) = page.context.cookies()
+    assert (cookie["httpOnly"], cookie["sameSite"]) == (True, "Strict")
+    assert cookie["expires"] > 0  # it expires
+    page.click("text=Sign out")
+    expect(page).to_have_url(f"{room.url}/login")
+    page.goto(f"{room.url}/board")
+    expect(page).to_have_url(f"{room.url}/login")
+
+
+def test_an_incident_reported_over_grpc_appears_on_the_board(
+    room: Room, browser: Browser, tmp_path: Path
+) -> None:
+    page = new_page(room, browser)
+    sign_in(room, page, "desk_pilkada")
+    title = f"Ballot box damaged {uuid.uuid4().hex[:6]}"
+    room.ledger("kesbangpol").report(title, "logistics_failure", "ipuh", severity="high")
+    expect(page.locator("#rows")).to_contain_text(title, timeout=LIVE_SECONDS * 1000)
+    page.screenshot(path=str(tmp_path / "board.png"), full_page=True)
+    assert_local_and_clean(room)
+
+
+def test_a_report_entered_on_the_page_appears_on_a_second_pages_board(
+    room: Room, browser: Browser
+) -> None:
+    desk, police = new_page(room, browser), new_page(room, browser)
+    sign_in(room, desk, "desk_pilkada")
+    sign_in(room, police, "polres")
+    police.click("text=Report an incident")
+    title = f"Crowd at TPS 04 {uuid.uuid4().hex[:6]}"
+    police.fill("input[name=title]", title)
+    police.select_option("select[name=kecamatan]", "kota_mukomuko")
+    desa = police.locator("#desa option").nth(1).get_attribute("value")
+    assert desa, "the desa of the kecamatan are offered"
+    police.select_option("#desa", desa)
+    police.click("#submit")
+    expect(police).to_have_url(re.compile(r"/board\?reported=\d+$"))
+    expect(desk.locator("#rows")).to_contain_text(title, timeout=LIVE_SECONDS * 1000)
+    (incident,) = [i for i in room.ledger("desk_pilkada").list_incidents() if i.title == title]
+    assert incident.location == Location("kota_mukomuko", desa=desa)
+    assert (incident.reporter.agency, incident.reporter.officer) == ("polres", "dev-polres")
+    assert_local_and_clean(room)
+
+
+def test_a_repeated_report_form_records_one_incident(room: Room, browser: Browser) -> None:
+    page = new_page(room, browser)
+    sign_in(room, page, "polres")
+    page.goto(f"{room.url}/report")
+    form: dict[str, str | float | bool] = {
+        "csrf": page.input_value("input[name=csrf]"),
+        "request_id": page.input_value("input[name=request_id]"),
+        "title": f"Double click {uuid.uuid4().hex[:6]}",
+        "category": "crowd_gathering",
+        "kecamatan": "ipuh",
+        "severity": "",
+    }
+    for _ in range(2):  # the same form sent twice, as a double click would
+        answer = page.request.post(f"{room.url}/report", form=form, max_redirects=0)
+        assert answer.status == 303
+    assert titles(room, str(form["title"])) == 1
+
+
+def test_a_forged_form_post_without_the_csrf_token_is_refused(room: Room, browser: Browser) -> None:
+    page = new_page(room, browser)
+    sign_in(room, page, "polres")
+    title = f"Forged {uuid.uuid4().hex[:6]}"
+    form: dict[str, str | float | bool] = {
+        "title": title,
+        "category": "crowd_gathering",
+        "kecamatan": "ipuh",
+    }
+    forgeries: list[dict[str, str | float | bool]] = [form, {**form, "csrf": "guessed"}]
+    for forged in forgeries:
+        answer = page.request.post(f"{room.url}/report", form=forged, max_redirects=0)
+        assert answer.status == 403
+    assert page.request.post(f"{room.url}/logout", form={}, max_redirects=0).status == 403
+    assert titles(room, title) == 0
+
+
+def test_an_auditor_is_not_offered_reporting(room: Room, browser: Browser) -> None:
+    page = new_page(room, browser)
+    sign_in(room, page, "inspektorat")
+    expect(page.locator("nav")).to_contain_text("Map")
+    expect(page.locator("text=Report an incident")).to_have_count(0)
+    assert page.request.get(f"{room.url}/report").status == 403
+
+
+def test_the_map_colours_the_15_kecamatan_by_band(
+    room: Room, browser: Browser, tmp_path: Path
+) -> None:
+    room.ledger("kesbangpol").report(
+        "Clash at TPS 01", "supporter_clash", "ipuh", severity="critical"
+    )
+    scores = room.ledger("desk_pilkada").vulnerability_map()
+    page = new_page(room, browser)
+    sign_in(room, page, "desk_pilkada")
+    page.click("text=Map")
+    expect(page.locator("#map")).to_have_attribute("data-ready", "15")
+    shapes = page.locator("path[data-code]")
+    expect(shapes).to_have_count(15)
+    for score in scores.kecamatan:
+        shape = page.locator(f'path[data-code="{score.kecamatan}"]')
+        expect(shape).to_have_attribute("fill", BAND_FILL[score.band])
+    page.locator('path[data-code="ipuh"]').hover()
+    expect(page.locator("#hover")).to_contain_text("Clash at TPS 01")
+    expect(page.locator("#legend li")).to_have_count(len(BAND_FILL))
+    page.screenshot(path=str(tmp_path / "map.png"), full_page=True)
+    assert_local_and_clean(room)
