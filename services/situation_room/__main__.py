@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import structlog
@@ -40,10 +42,6 @@ def subscription_token(settings: SituationRoomSettings) -> str:
 
 
 def main() -> int:
-    # `make run` starts its children with the stop signals blocked until their handlers are
-    # in place; this process keeps no state a stop could catch half done, and uvicorn
-    # installs its own handlers, so they are unblocked at once.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         settings = SituationRoomSettings.from_env()
     except ConfigError as exc:
@@ -63,11 +61,25 @@ def main() -> int:
         timeout_graceful_shutdown=STOP_SECONDS,
     )
     Server(config).run()
+    log.info("situation_room.stopped")
     return 0
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server, which says where it listens once it does (port 0: the one chosen)."""
+    """uvicorn's server, which says where it listens once it does (port 0: the one chosen),
+    and exits 0 after a stop signal (uvicorn's own handling re-raises the signal)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # `make run` starts its children with the stop signals blocked (services.common.
+        # stopping): they are unblocked once the handler is in place, so none is lost.
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)

@@ -32,7 +32,6 @@ from incidentledger_client import (
     LedgerError,
     Location,
     NotifierClient,
-    Subscription,
     Unauthenticated,
 )
 from incidentledger_client.cli.output import BAND_FILL
@@ -362,9 +361,8 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
     reference = ReferenceData.load(settings.reference_file)
     geojson = json.loads(settings.map_file.read_text(encoding="utf-8"))
 
-    def subscribe() -> Subscription:
-        notifier = NotifierClient(settings.notifier_address, token())
-        return notifier.subscribe(max_reconnects=None)
+    def connect() -> NotifierClient:
+        return NotifierClient(settings.notifier_address, token())
 
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["_"] = _
@@ -372,7 +370,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
         settings,
         reference,
         Sessions(settings.session_minutes * 60),
-        Hub(subscribe),
+        Hub(connect),
         geojson,
         templates,
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from incidentledger_client import LedgerError, Subscription
+from incidentledger_client import CursorExpired, LedgerError, NotifierClient, Subscription
 
 log = structlog.get_logger(__name__)
 
@@ -41,8 +41,8 @@ RESYNC = Change(0, "", "resync", "")
 class Hub:
     """Fans the one subscription out to the tabs (see the module docstring)."""
 
-    def __init__(self, subscribe: Callable[[], Subscription]) -> None:
-        self._subscribe = subscribe
+    def __init__(self, connect: Callable[[], NotifierClient]) -> None:
+        self._connect = connect
         self._queues: set[asyncio.Queue[Change]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscription: Subscription | None = None
@@ -50,6 +50,8 @@ class Hub:
         self._stopped = threading.Event()
         #: The position of the last event heard (0: none yet).
         self.position = 0
+        #: Where a new subscription resumes ("": from now).
+        self._cursor = ""
 
     @property
     def listeners(self) -> int:
@@ -71,11 +73,27 @@ class Hub:
         """Subscribe (again after a failure, every second) until stopped."""
         while not self._stopped.is_set():
             try:
-                self._subscription = self._subscribe()
+                notifier = self._connect()
+            except (OSError, ValueError) as error:
+                log.warning("situation_room.subscription_failed", error=str(error))
+                self._stopped.wait(1.0)
+                continue
+            try:
+                self._subscription = notifier.subscribe(
+                    cursor=self._cursor or None, max_reconnects=None
+                )
+                if self._stopped.is_set():
+                    return
                 self._follow(self._subscription)
-            except (LedgerError, OSError, ValueError) as error:
+            except CursorExpired:
+                self._cursor = ""  # too old to resume: from now (the tabs reload anyway)
+            except LedgerError as error:
                 if not self._stopped.is_set():
                     log.warning("situation_room.subscription_failed", error=str(error))
+            finally:
+                if self._subscription is not None:
+                    self._cursor = self._subscription.cursor or self._cursor
+                notifier.close()
             self._stopped.wait(1.0)
 
     def _follow(self, subscription: Subscription) -> None:

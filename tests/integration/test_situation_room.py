@@ -12,10 +12,12 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
@@ -29,6 +31,8 @@ pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
 #: How long a change may take to reach another page's board (the issue's bound).
 LIVE_SECONDS = 2.0
+#: How long a read of the event stream may wait (events come well within it).
+READ_SECONDS = 10.0
 
 
 @dataclass
@@ -231,3 +235,79 @@ def test_the_map_colours_the_15_kecamatan_by_band(
     expect(page.locator("#legend li")).to_have_count(len(BAND_FILL))
     page.screenshot(path=str(tmp_path / "map.png"), full_page=True)
     assert_local_and_clean(room)
+
+
+# --- over plain HTTP: the event stream and the board's filter --------------------------------
+
+
+@contextmanager
+def signed_in_http(room: Room, agency: str) -> Iterator[httpx.Client]:
+    """An HTTP client signed in as ``agency`` (the sign-in form, with its CSRF token)."""
+    with httpx.Client(base_url=room.url, timeout=READ_SECONDS) as web:
+        page = web.get("/login")
+        found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert found, page.text
+        form = {"csrf": found[1], "agency": agency, "token": room.stack.ledger.tokens[agency]}
+        assert web.post("/login", data=form).status_code == 303
+        yield web
+
+
+@dataclass(frozen=True)
+class Sent:
+    id: int
+    event: str
+    data: str
+
+
+def first_event(web: httpx.Client, headers: dict[str, str] | None = None, **query: str) -> Sent:
+    """The first event of a new stream (keepalive comments skipped); the stream is then
+    closed, as a dropped connection would be."""
+    fields: dict[str, str] = {}
+    with web.stream("GET", "/events", params=query, headers=headers or {}) as stream:
+        for line in stream.iter_lines():
+            if line and not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = value.strip()
+            elif not line and "id" in fields:
+                return Sent(int(fields["id"]), fields.get("event", ""), fields.get("data", ""))
+    raise AssertionError(f"the stream ended without an event: {fields}")
+
+
+def test_a_reconnect_with_last_event_id_loses_nothing(room: Room) -> None:
+    reporter = room.ledger("kesbangpol")
+    with signed_in_http(room, "desk_pilkada") as web:
+        first = reporter.report("Before the drop", "crowd_gathering", "ipuh")
+        heard = first_event(web, after="0")  # behind: told to reload, at least at `first`
+        assert heard.id >= first.position
+        # The connection is gone; meanwhile another incident is reported.
+        missed = reporter.report("While disconnected", "crowd_gathering", "ipuh")
+        # Reconnecting with the last id seen: the next event is at least the missed one,
+        # (a reload, or the change itself when the page had not heard of it yet).
+        again = first_event(web, {"Last-Event-ID": str(heard.id)})
+        assert again.id >= missed.position
+        assert again.event in {"resync", "change"}
+        rows = web.get("/board/rows", params={"min_position": str(again.id)}).text
+        assert "While disconnected" in rows and "Before the drop" in rows
+
+
+def test_the_boards_filter_shows_what_the_ledger_lists_for_it(room: Room) -> None:
+    reporter = room.ledger("polres")
+    for kecamatan, severity in [("ipuh", "high"), ("ipuh", "low"), ("air_rami", "high")]:
+        reporter.report(f"{kecamatan} {severity}", "crowd_gathering", kecamatan, severity=severity)
+    desk = room.ledger("desk_pilkada")
+    first = next(desk.list_incidents('kecamatan = "ipuh"'))
+    desk.verify(first.name)
+    with signed_in_http(room, "desk_pilkada") as web:
+        for query, expression in [
+            (
+                {"kecamatan": "ipuh", "status": "VERIFIED"},
+                'kecamatan = "ipuh" AND status = "VERIFIED"',
+            ),
+            ({"severity": "high"}, 'severity = "high"'),
+            ({"kecamatan": "ipuh"}, 'kecamatan = "ipuh"'),
+        ]:
+            page = web.get("/board", params=query).text
+            shown = re.findall(r'data-name="([^"]+)"', page)
+            listed = [i.name for i in desk.list_incidents(expression)]
+            assert shown == list(reversed(listed)), query
+            assert shown, query
