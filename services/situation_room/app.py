@@ -28,9 +28,11 @@ from starlette.templating import Jinja2Templates
 
 from incidentledger_client import (
     Incident,
+    IncidentEvent,
     LedgerClient,
     LedgerError,
     Location,
+    NotFound,
     NotifierClient,
     Unauthenticated,
 )
@@ -351,6 +353,94 @@ async def report(request: Request, session: Session, officer: Officer) -> Respon
     return RedirectResponse(f"/board?reported={result.position}", status_code=303)
 
 
+# --- an incident ------------------------------------------------------------------------------
+
+#: The actions the page offers, what offers them (a mirror of the ledger's rules, for what
+#: is shown only: the ledger decides) and the client call each makes.
+ACTIONS = ("verify", "reject", "assign", "log_action")
+REJECTION_REASONS = ("INVALID", "HOAX", "OUT_OF_SCOPE")
+
+
+def offered(officer: Officer, incident: Incident) -> set[str]:
+    """The actions the officer's role may take on the incident as it stands."""
+    status = incident.status.value
+    found: set[str] = set()
+    if officer.role == Role.COORDINATOR.value:
+        if status == "REPORTED":
+            found |= {"verify", "reject"}
+        if status in {"VERIFIED", "REOPENED"}:
+            found.add("assign")
+    involved = officer.agency == incident.lead_agency or (
+        officer.agency in incident.supporting_agencies
+    )
+    if involved and status in {"ASSIGNED", "RESPONDING", "RESOLVED", "REOPENED"}:
+        found.add("log_action")
+    return found
+
+
+async def incident_page(
+    request: Request, session: Session, officer: Officer, error: str = ""
+) -> Response:
+    name = f"incidents/{request.path_params['incident']}"
+
+    def fetch() -> tuple[Incident, list[IncidentEvent]]:
+        return officer.ledger.get_incident(name), list(officer.ledger.incident_events(name))
+
+    try:
+        incident, history = await run_in_threadpool(fetch)
+    except NotFound:
+        return Response(_("No such incident."), status_code=404, media_type="text/plain")
+    return render(
+        request,
+        session,
+        "incident.html",
+        incident=incident,
+        history=history,
+        actions=offered(officer, incident),
+        reasons=REJECTION_REASONS,
+        request_id=uuid.uuid4().hex,
+        error=error,
+    )
+
+
+@signed_in
+async def incident(request: Request, session: Session, officer: Officer) -> Response:
+    return await incident_page(request, session, officer)
+
+
+@signed_in
+async def act(request: Request, session: Session, officer: Officer) -> Response:
+    """One action on the incident, as the officer, with the version the page showed."""
+    form = await checked_form(request, session)
+    if form is None:
+        return forbidden(_("The form has expired or was not sent by this page. Reload it."))
+    action = request.path_params["action"]
+    if action not in ACTIONS:
+        return Response(_("No such action."), status_code=404, media_type="text/plain")
+    name = f"incidents/{request.path_params['incident']}"
+    version = form.get("version", "")
+    common: dict[str, Any] = {
+        "expected_version": int(version) if version.isdigit() else 0,
+        "request_id": form.get("request_id") or uuid.uuid4().hex,
+    }
+    ledger = officer.ledger
+    calls: dict[str, Callable[[], object]] = {
+        "verify": lambda: ledger.verify(name, comment=form.get("comment", ""), **common),
+        "reject": lambda: ledger.reject(
+            name, form.get("reason", "INVALID"), form.get("comment", ""), **common
+        ),
+        "assign": lambda: ledger.assign_lead(name, form.get("agency", ""), **common),
+        "log_action": lambda: ledger.log_action(name, form.get("action", ""), **common),
+    }
+    try:
+        await run_in_threadpool(calls[action])
+    except (LedgerError, ValueError) as failure:
+        message = failure.message if isinstance(failure, LedgerError) else str(failure)
+        return await incident_page(request, session, officer, error=message)
+    log.info("situation_room.acted", incident=name, action=action, agency=officer.agency)
+    return RedirectResponse(f"/{name}", status_code=303)
+
+
 async def home(request: Request) -> Response:
     return RedirectResponse("/board", status_code=303)
 
@@ -396,6 +486,8 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
         Route("/map/data.json", map_data),
         Route("/report", report_page, methods=["GET"]),
         Route("/report", report, methods=["POST"]),
+        Route("/incidents/{incident}", incident, methods=["GET"]),
+        Route("/incidents/{incident}/{action}", act, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         Mount("/vendor/leaflet", StaticFiles(directory=str(LEAFLET_DIR), check_dir=False)),
     ]

@@ -311,3 +311,56 @@ def test_the_boards_filter_shows_what_the_ledger_lists_for_it(room: Room) -> Non
             listed = [i.name for i in desk.list_incidents(expression)]
             assert shown == list(reversed(listed)), query
             assert shown, query
+
+
+def test_the_desk_verifies_and_assigns_and_the_lead_logs_an_action_each_as_itself(
+    room: Room, browser: Browser
+) -> None:
+    title = f"Intimidation at TPS 07 {uuid.uuid4().hex[:6]}"
+    reported = room.ledger("kesbangpol").report(title, "intimidation", "ipuh")
+    url = f"{room.url}/{reported.incident}"
+    desk, police, other = (new_page(room, browser) for _ in range(3))
+    for page, agency in [(desk, "desk_pilkada"), (police, "polres"), (other, "kesbangpol")]:
+        sign_in(room, page, agency)
+    desk.click(f"text={title}")  # from the board to the incident
+    expect(desk).to_have_url(url)
+    desk.click("#verify")
+    expect(desk.locator("#status")).to_have_text("VERIFIED")
+    desk.select_option("select[name=agency]", "polres")
+    desk.click("#assign")
+    expect(desk.locator("#status")).to_have_text("ASSIGNED")
+    expect(desk.locator("#log_action")).to_have_count(0)  # not the lead
+
+    other.goto(url)
+    expect(other.locator(".actions")).to_have_count(0)  # neither coordinator nor involved
+    police.goto(url)
+    expect(police.locator("#verify")).to_have_count(0)
+    police.fill("input[name=action]", "Patrol sent to the TPS")
+    police.click("#log_action")
+    expect(police.locator("#status")).to_have_text("RESPONDING")
+    expect(police.locator(".timeline li")).to_have_count(4)
+
+    history = list(room.ledger("desk_pilkada").incident_events(reported.incident))
+    actors = [(e.type, e.actor.agency, e.actor.officer) for e in history]
+    assert actors == [
+        ("Reported", "kesbangpol", "dev-kesbangpol"),
+        ("Verified", "desk_pilkada", "dev-desk_pilkada"),
+        ("LeadAssigned", "desk_pilkada", "dev-desk_pilkada"),
+        ("ActionLogged", "polres", "dev-polres"),
+    ]
+    assert_local_and_clean(room)
+
+
+def test_an_action_on_a_changed_incident_is_refused_with_the_ledgers_reason(
+    room: Room, browser: Browser
+) -> None:
+    reported = room.ledger("kesbangpol").report("Hoax leaflet", "hoax", "ipuh")
+    page = new_page(room, browser)
+    sign_in(room, page, "desk_pilkada")
+    page.goto(f"{room.url}/{reported.incident}")
+    room.ledger("desk_pilkada").verify(reported.incident)  # someone else, meanwhile
+    page.click("#verify")  # with the version the page showed
+    expect(page.locator(".error")).to_be_visible()
+    expect(page.locator("#status")).to_have_text("VERIFIED")
+    events = list(room.ledger("desk_pilkada").incident_events(reported.incident))
+    assert [e.type for e in events] == ["Reported", "Verified"]
