@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,24 @@ STATUSES = ("REPORTED", "VERIFIED", "ASSIGNED", "RESPONDING", "RESOLVED", "CLOSE
 BOARD_ROWS = 200
 #: SSE keepalive comments, so proxies and the browser keep the connection.
 PING_SECONDS = 15
+#: The room's clock: times are shown in WIB (Asia/Jakarta, UTC+7, no daylight saving).
+WIB = timezone(timedelta(hours=7), "WIB")
+
+
+def wib(value: datetime | None, seconds: bool = False) -> str:
+    """A time as the room reads it: ``2026-11-27 09:15 WIB`` ("" for none)."""
+    if value is None:
+        return ""
+    shown = value.astimezone(WIB)
+    return shown.strftime("%Y-%m-%d %H:%M:%S WIB" if seconds else "%Y-%m-%d %H:%M WIB")
+
+
+def time_left(until: datetime | None, now: datetime) -> str:
+    """How long a decision stays in force: ``3 h 05 min`` ("" without an end)."""
+    if until is None:
+        return ""
+    minutes = max(0, int((until - now).total_seconds() // 60))
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 @dataclass
@@ -353,6 +371,20 @@ async def report(request: Request, session: Session, officer: Officer) -> Respon
     return RedirectResponse(f"/board?reported={result.position}", status_code=303)
 
 
+# --- decisions in force -----------------------------------------------------------------------
+
+
+@signed_in
+async def decisions(request: Request, session: Session, officer: Officer) -> Response:
+    """The decisions in force now, soonest to end first, with the time left."""
+    found = await run_in_threadpool(officer.ledger.decisions_in_force)
+    far = datetime.max.replace(tzinfo=UTC)
+    found.sort(key=lambda d: d.valid_until or far)
+    now = datetime.now(UTC)
+    left = {d.event_id: time_left(d.valid_until, now) for d in found}
+    return render(request, session, "decisions.html", decisions=found, left=left)
+
+
 # --- an incident ------------------------------------------------------------------------------
 
 #: The actions the page offers, what offers them (a mirror of the ledger's rules, for what
@@ -456,6 +488,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
 
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["_"] = _
+    templates.env.filters["wib"] = wib
     room = Room(
         settings,
         reference,
@@ -483,6 +516,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
         Route("/board/rows", board_rows),
         Route("/events", events),
         Route("/map", map_page),
+        Route("/decisions", decisions),
         Route("/map/data.json", map_data),
         Route("/report", report_page, methods=["GET"]),
         Route("/report", report, methods=["POST"]),

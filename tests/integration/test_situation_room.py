@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -364,3 +365,31 @@ def test_an_action_on_a_changed_incident_is_refused_with_the_ledgers_reason(
     expect(page.locator("#status")).to_have_text("VERIFIED")
     events = list(room.ledger("desk_pilkada").incident_events(reported.incident))
     assert [e.type for e in events] == ["Reported", "Verified"]
+
+
+def test_the_decisions_in_force_show_the_time_left_in_wib(room: Room, browser: Browser) -> None:
+    desk = room.ledger("desk_pilkada")
+    reported = room.ledger("kesbangpol").report("Gathering planned", "crowd_gathering", "ipuh")
+    desk.verify(reported.incident)
+    now = datetime.now(UTC)
+    until = now + timedelta(hours=3, minutes=30)
+    desk.record_decision(
+        reported.incident,
+        ["desk_pilkada", "polres"],
+        "Forkopimda",
+        "Gatherings restricted",
+        rationale="Two camps announced rallies at the same square",
+        valid_from=now - timedelta(minutes=1),
+        valid_until=until,
+    )
+    page = new_page(room, browser)
+    sign_in(room, page, "desk_pilkada")
+    page.click("text=Decisions in force")
+    row = page.locator("tr.decision")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("Gatherings restricted")
+    expect(row).to_contain_text(
+        until.astimezone(timezone(timedelta(hours=7))).strftime("%H:%M WIB")
+    )
+    expect(row.locator(".left")).to_have_text(re.compile(r"^3 h (29|30) min$"))
+    assert_local_and_clean(room)
