@@ -35,6 +35,7 @@ from incidentledger_client import (
     NotFound,
     NotifierClient,
     Unauthenticated,
+    VulnerabilityMap,
 )
 from incidentledger_client.cli.output import BAND_FILL
 from services.common.config import PROJECT_ROOT, SituationRoomSettings
@@ -290,16 +291,48 @@ async def events(request: Request, session: Session, officer: Officer) -> Respon
 # --- the map -----------------------------------------------------------------------------------
 
 
+#: The incident markers' colours by severity (the polygons' are the IKP bands').
+SEVERITY_FILL = {"critical": "#67001f", "high": "#b2182b", "medium": "#ef8a62", "low": "#2166ac"}
+#: Incidents in these states have no marker: the map shows the work still open.
+NO_MARKER = {"REJECTED", "MERGED", "CLOSED"}
+
+
 @signed_in
 async def map_page(request: Request, session: Session, officer: Officer) -> Response:
-    return render(request, session, "map.html", bands=BAND_FILL)
+    after = room_of(request).hub.position
+    return render(
+        request, session, "map.html", bands=BAND_FILL, severities=SEVERITY_FILL, after=after
+    )
 
 
 @signed_in
 async def map_data(request: Request, session: Session, officer: Officer) -> Response:
     """The kecamatan polygons, each with its score, band, colour and reasons."""
     room = room_of(request)
-    scores = await run_in_threadpool(officer.ledger.vulnerability_map)
+    position = request.query_params.get("min_position", "0")
+    at = int(position) if position.isdigit() else 0
+
+    def fetch() -> tuple[VulnerabilityMap, list[Incident]]:
+        return (
+            officer.ledger.vulnerability_map(min_position=at),
+            list(officer.ledger.list_incidents(min_position=at)),
+        )
+
+    scores, incidents = await run_in_threadpool(fetch)
+    markers = [
+        {
+            "name": i.name,
+            "title": i.title,
+            "severity": i.severity,
+            "status": i.status.value,
+            "fill": SEVERITY_FILL.get(i.severity, "#555555"),
+            "point": [i.location.latitude, i.location.longitude],
+        }
+        for i in incidents
+        if i.location.latitude is not None
+        and i.location.longitude is not None
+        and i.status.value not in NO_MARKER
+    ]
     by_code = {score.kecamatan: score for score in scores.kecamatan}
     features = []
     for feature in room.geojson.get("features", []):
@@ -316,7 +349,12 @@ async def map_data(request: Request, session: Session, officer: Officer) -> Resp
             )
         features.append({**feature, "properties": properties})
     return JSONResponse(
-        {"type": "FeatureCollection", "features": features, "position": scores.position}
+        {
+            "type": "FeatureCollection",
+            "features": features,
+            "position": scores.position,
+            "markers": markers,
+        }
     )
 
 

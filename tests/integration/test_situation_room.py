@@ -215,12 +215,12 @@ def test_an_auditor_is_not_offered_reporting(room: Room, browser: Browser) -> No
     assert page.request.get(f"{room.url}/report").status == 403
 
 
-def test_the_map_colours_the_15_kecamatan_by_band(
+def test_the_map_colours_the_15_kecamatan_by_band_and_shows_incidents_live(
     room: Room, browser: Browser, tmp_path: Path
 ) -> None:
-    room.ledger("kesbangpol").report(
-        "Clash at TPS 01", "supporter_clash", "ipuh", severity="critical"
-    )
+    ipuh = Location("ipuh", latitude=-2.9802, longitude=101.5146)
+    reporter = room.ledger("kesbangpol")
+    reporter.report("Clash at TPS 01", "supporter_clash", ipuh, severity="critical")
     scores = room.ledger("desk_pilkada").vulnerability_map()
     page = new_page(room, browser)
     sign_in(room, page, "desk_pilkada")
@@ -234,6 +234,12 @@ def test_the_map_colours_the_15_kecamatan_by_band(
     page.locator('path[data-code="ipuh"]').hover()
     expect(page.locator("#hover")).to_contain_text("Clash at TPS 01")
     expect(page.locator("#legend li")).to_have_count(len(BAND_FILL))
+    expect(page.locator("path[data-severity=critical]")).to_have_count(1)
+    # A new incident with a point appears as a marker without a reload.
+    town = Location("kota_mukomuko", latitude=-2.57489, longitude=101.14829)
+    added = reporter.report("Flooded TPS 09", "flood", town, severity="medium")
+    marker = page.locator(f'path[data-name="{added.incident}"]')
+    expect(marker).to_have_attribute("data-severity", "medium", timeout=LIVE_SECONDS * 1000)
     page.screenshot(path=str(tmp_path / "map.png"), full_page=True)
     assert_local_and_clean(room)
 
