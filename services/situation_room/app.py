@@ -7,6 +7,7 @@ person at the keyboard. The blocking client runs in Starlette's thread pool.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,7 +43,14 @@ from services.common.config import PROJECT_ROOT, SituationRoomSettings
 from services.common.reference import ReferenceData, Role
 from services.situation_room.i18n import _
 from services.situation_room.live import RESYNC, Hub
-from services.situation_room.sessions import COOKIE, Officer, Session, Sessions, csrf_ok
+from services.situation_room.sessions import (
+    COOKIE,
+    Officer,
+    Session,
+    Sessions,
+    SignInThrottle,
+    csrf_ok,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +65,8 @@ STATUSES = ("REPORTED", "VERIFIED", "ASSIGNED", "RESPONDING", "RESOLVED", "CLOSE
 BOARD_ROWS = 200
 #: SSE keepalive comments, so proxies and the browser keep the connection.
 PING_SECONDS = 15
+#: How often an idle event stream checks that its session is still signed in.
+SESSION_CHECK_SECONDS = 2.0
 #: The room's clock: times are shown in WIB (Asia/Jakarta, UTC+7, no daylight saving).
 WIB = timezone(timedelta(hours=7), "WIB")
 
@@ -84,6 +94,7 @@ class Room:
     settings: SituationRoomSettings
     reference: ReferenceData
     sessions: Sessions
+    throttle: SignInThrottle
     hub: Hub
     geojson: dict[str, Any]
     templates: Jinja2Templates
@@ -172,7 +183,15 @@ async def login(request: Request) -> Response:
     if form is None or session is None:
         return forbidden(_("The form has expired or was not sent by this page. Reload it."))
     agency, token = form.get("agency", ""), form.get("token", "").strip()
+    client = request.client.host if request.client is not None else ""
     error = ""
+    if room.throttle.blocked(client):
+        log.warning("situation_room.sign_in_throttled", client=client)
+        page = render(
+            request, session, "login.html", error=_("Too many failed sign-ins: wait a minute.")
+        )
+        page.status_code = 429
+        return with_cookie(room, page, session)
     if agency not in room.reference.agencies or not token:
         error = _("Choose your agency and enter your token.")
     else:
@@ -181,6 +200,7 @@ async def login(request: Request) -> Response:
             await run_in_threadpool(ledger.reference_data)
         except Unauthenticated:
             ledger.close()
+            room.throttle.failed(client)
             error = _("The token is not valid.")
         except LedgerError as failure:
             ledger.close()
@@ -265,14 +285,18 @@ async def events(request: Request, session: Session, officer: Officer) -> Respon
     hub = room_of(request).hub
     last = request.headers.get("last-event-id") or request.query_params.get("after", "")
     since = int(last) if last.isdigit() else None
+    sessions = room_of(request).sessions
     queue = hub.attach()
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         try:
             if since is not None and since < hub.position:
                 yield ServerSentEvent(data="{}", event="resync", id=str(hub.position))
-            while True:
-                change = await queue.get()
+            while sessions.alive(session):  # a signed-out or expired session's stream ends
+                try:
+                    change = await asyncio.wait_for(queue.get(), SESSION_CHECK_SECONDS)
+                except TimeoutError:
+                    continue
                 if change is RESYNC:
                     yield ServerSentEvent(data="{}", event="resync", id=str(hub.position))
                     continue
@@ -531,6 +555,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
         settings,
         reference,
         Sessions(settings.session_minutes * 60),
+        SignInThrottle(),
         Hub(connect),
         geojson,
         templates,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from itsdangerous import BadSignature, TimestampSigner
@@ -77,6 +78,10 @@ class Sessions:
             return None
         return session
 
+    def alive(self, session: Session) -> bool:
+        """Whether the session is still signed in (not signed out, not expired)."""
+        return self._sessions.get(session.id) is session and session.expires >= time.time()
+
     def drop(self, session: Session) -> None:
         self._sessions.pop(session.id, None)
         if session.officer is not None:
@@ -101,3 +106,38 @@ def csrf_ok(session: Session | None, submitted: object) -> bool:
         and isinstance(submitted, str)
         and hmac.compare_digest(session.csrf.encode(), submitted.encode())
     )
+
+
+class SignInThrottle:
+    """Failed sign-ins, counted per browser address and in all, over a sliding window.
+
+    The ledger throttles its callers' failed authentications by peer address, and every
+    sign-in reaches it from this one process: without a limit here, someone trying tokens
+    at the form would get the page itself blocked for everyone. So the page refuses
+    sign-ins from an address after ``per_client`` failures within ``window`` seconds, and
+    every sign-in after ``total`` failures (below the ledger's default of 30 a minute).
+    """
+
+    def __init__(self, per_client: int = 5, total: int = 15, window: float = 60.0) -> None:
+        self.per_client, self.total, self.window = per_client, total, window
+        self._all: deque[float] = deque()
+        self._by_client: dict[str, deque[float]] = {}
+
+    def _trim(self, times: deque[float], now: float) -> deque[float]:
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        return times
+
+    def blocked(self, client: str) -> bool:
+        now = time.monotonic()
+        mine = self._trim(self._by_client.get(client, deque()), now)
+        if not mine:
+            self._by_client.pop(client, None)
+        return len(self._trim(self._all, now)) >= self.total or len(mine) >= self.per_client
+
+    def failed(self, client: str) -> None:
+        now = time.monotonic()
+        self._all.append(now)
+        if len(self._by_client) >= MAX_SESSIONS:  # bounded: the oldest addresses go
+            self._by_client.pop(next(iter(self._by_client)))
+        self._by_client.setdefault(client, deque()).append(now)

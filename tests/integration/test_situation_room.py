@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 from incidentledger_client import LedgerClient, Location
 from incidentledger_client.cli.output import BAND_FILL
 from services.common.natsserver import NatsServer
+from services.situation_room.sessions import SignInThrottle
 from tests.fanout_support import Stack, running_stack
 from tests.support import ServiceProcess, service_process, store_environment
 
@@ -399,3 +401,41 @@ def test_the_decisions_in_force_show_the_time_left_in_wib(room: Room, browser: B
     )
     expect(row.locator(".left")).to_have_text(re.compile(r"^3 h (29|30) min$"))
     assert_local_and_clean(room)
+
+
+def test_failed_sign_ins_are_throttled_here_before_the_ledger_blocks_the_page(
+    room: Room,
+) -> None:
+    with httpx.Client(base_url=room.url, timeout=READ_SECONDS) as web:
+        found = re.search(r'name="csrf" value="([^"]+)"', web.get("/login").text)
+        assert found
+        form = {"csrf": found[1], "agency": "polres", "token": "guessed"}
+        for _ in range(SignInThrottle().per_client):
+            answer = web.post("/login", data=form)
+            assert answer.status_code == 200 and "not valid" in answer.text
+        # Now refused here, even with the right token, without asking the ledger.
+        right = {**form, "token": room.stack.ledger.tokens["polres"]}
+        answer = web.post("/login", data=right)
+        assert answer.status_code == 429 and "Too many failed sign-ins" in answer.text
+    # The ledger still serves the page's address: it never saw enough failures to block it.
+    assert room.ledger("polres").reference_data().regency
+
+
+def test_signing_out_ends_the_tabs_event_stream(room: Room) -> None:
+    with signed_in_http(room, "desk_pilkada") as web:
+        found = re.search(r'name="csrf" value="([^"]+)"', web.get("/board").text)
+        assert found
+        ended = threading.Event()
+
+        def follow() -> None:
+            with web.stream("GET", "/events") as stream:
+                for _line in stream.iter_lines():
+                    pass
+            ended.set()
+
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
+        assert not ended.wait(0.5), "the stream of a signed-in session stays open"
+        assert web.post("/logout", data={"csrf": found[1]}).status_code == 303
+        assert ended.wait(READ_SECONDS), "the stream did not end after signing out"
+        reader.join(READ_SECONDS)
