@@ -19,8 +19,11 @@ from itsdangerous import BadSignature, TimestampSigner
 from incidentledger_client import LedgerClient
 
 COOKIE = "situation_room"
-#: At most this many sessions (signed in or not) are kept; the oldest go first.
+#: At most this many signed-in sessions are kept; the oldest go first.
 MAX_SESSIONS = 10_000
+#: At most this many sessions that have not signed in (the sign-in form's): anyone can make
+#: them, so they are capped apart and never push out a signed-in officer.
+MAX_ANONYMOUS = 2_000
 #: A session that has not signed in lasts this long (the sign-in form's CSRF token).
 ANONYMOUS_SECONDS = 900.0
 
@@ -52,7 +55,7 @@ class Sessions:
         self._sessions: dict[str, Session] = {}
 
     def new(self, officer: Officer | None = None) -> Session:
-        self._prune()
+        self._prune(signed_in=officer is not None)
         lifetime = self.lifetime if officer is not None else ANONYMOUS_SECONDS
         session = Session(
             secrets.token_urlsafe(24), secrets.token_urlsafe(24), time.time() + lifetime, officer
@@ -91,12 +94,16 @@ class Sessions:
         for session in list(self._sessions.values()):
             self.drop(session)
 
-    def _prune(self) -> None:
+    def _prune(self, *, signed_in: bool) -> None:
+        """Drop the expired sessions, then the oldest of the kind about to be added if
+        there are too many of it."""
         now = time.time()
         for session in [s for s in self._sessions.values() if s.expires < now]:
             self.drop(session)
-        while len(self._sessions) >= MAX_SESSIONS:
-            self.drop(min(self._sessions.values(), key=lambda s: s.expires))
+        kind = [s for s in self._sessions.values() if (s.officer is not None) == signed_in]
+        excess = len(kind) - ((MAX_SESSIONS if signed_in else MAX_ANONYMOUS) - 1)
+        for session in sorted(kind, key=lambda s: s.expires)[: max(0, excess)]:
+            self.drop(session)
 
 
 def csrf_ok(session: Session | None, submitted: object) -> bool:
