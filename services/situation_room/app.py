@@ -28,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from incidentledger_client import (
+    AgencyWorkload,
     Incident,
     IncidentEvent,
     LedgerClient,
@@ -35,6 +36,7 @@ from incidentledger_client import (
     Location,
     NotFound,
     NotifierClient,
+    ResponseTimes,
     Unauthenticated,
     VulnerabilityMap,
 )
@@ -447,6 +449,35 @@ async def decisions(request: Request, session: Session, officer: Officer) -> Res
     return render(request, session, "decisions.html", decisions=found, left=left)
 
 
+# --- agencies: workload and response times ----------------------------------------------------
+
+
+def duration(seconds: float, count: int) -> str:
+    """A median or p90 as ``1 h 05 min`` (``—`` without data)."""
+    if count == 0:
+        return "—"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+@signed_in
+async def agencies(request: Request, session: Session, officer: Officer) -> Response:
+    """Open, unacknowledged and overdue incidents per agency, and how fast each responds."""
+
+    def fetch() -> tuple[list[AgencyWorkload], list[ResponseTimes]]:
+        return officer.ledger.workload(), officer.ledger.response_times("agency")
+
+    loads, times = await run_in_threadpool(fetch)
+    loads.sort(key=lambda w: (-w.overdue, -w.unacknowledged, -w.open, w.agency))
+    return render(
+        request,
+        session,
+        "agencies.html",
+        loads=loads,
+        times={t.key: t for t in times},
+    )
+
+
 # --- an incident ------------------------------------------------------------------------------
 
 #: The actions the page offers, what offers them (a mirror of the ledger's rules, for what
@@ -551,6 +582,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["_"] = _
     templates.env.filters["wib"] = wib
+    templates.env.globals["duration"] = duration
     room = Room(
         settings,
         reference,
@@ -580,6 +612,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
         Route("/events", events),
         Route("/map", map_page),
         Route("/decisions", decisions),
+        Route("/agencies", agencies),
         Route("/map/data.json", map_data),
         Route("/report", report_page, methods=["GET"]),
         Route("/report", report, methods=["POST"]),

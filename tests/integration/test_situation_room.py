@@ -439,3 +439,24 @@ def test_signing_out_ends_the_tabs_event_stream(room: Room) -> None:
         assert web.post("/logout", data={"csrf": found[1]}).status_code == 303
         assert ended.wait(READ_SECONDS), "the stream did not end after signing out"
         reader.join(READ_SECONDS)
+
+
+def test_the_agencies_page_shows_the_ledgers_workload(room: Room, browser: Browser) -> None:
+    desk = room.ledger("desk_pilkada")
+    for lead in ("polres", "polres", "kodim"):
+        reported = room.ledger("kesbangpol").report(f"For {lead}", "crowd_gathering", "ipuh")
+        desk.verify(reported.incident)
+        desk.assign_lead(reported.incident, lead)
+    loads = {w.agency: w for w in desk.workload()}
+    assert loads["polres"].open == 2
+    page = new_page(room, browser)
+    sign_in(room, page, "desk_pilkada")
+    page.click("text=Agencies")
+    rows = page.locator("tr.agency")
+    expect(rows).to_have_count(len(loads))
+    for agency, load in loads.items():
+        row = page.locator(f'tr[data-agency="{agency}"]')
+        expect(row.locator(".open")).to_have_text(str(load.open))
+        expect(row.locator(".unacknowledged")).to_have_text(str(load.unacknowledged))
+        expect(row.locator(".overdue-count")).to_have_text(str(load.overdue))
+    assert_local_and_clean(room)
