@@ -566,6 +566,19 @@ async def act(request: Request, session: Session, officer: Officer) -> Response:
     return RedirectResponse(f"/{name}", status_code=303)
 
 
+async def ledger_failed(request: Request, error: Exception) -> Response:
+    """A query the ledger refused or could not answer: its token no longer valid signs the
+    officer out; anything else is said plainly (503), and logged."""
+    if isinstance(error, Unauthenticated):
+        session = session_of(request)
+        if session is not None:
+            room_of(request).sessions.drop(session)
+        return RedirectResponse("/login", status_code=303)
+    log.warning("situation_room.ledger_failed", path=request.url.path, error=str(error))
+    message = _("The ledger did not answer; try again in a moment.")
+    return Response(message, status_code=503, media_type="text/plain")
+
+
 async def home(request: Request) -> Response:
     return RedirectResponse("/board", status_code=303)
 
@@ -621,6 +634,8 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         Mount("/vendor/leaflet", StaticFiles(directory=str(LEAFLET_DIR), check_dir=False)),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={LedgerError: ledger_failed}
+    )
     app.state.room = room
     return app
