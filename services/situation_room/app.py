@@ -417,7 +417,20 @@ async def report(request: Request, session: Session, officer: Officer) -> Respon
     if not may_report(officer):
         return forbidden(_("Your agency may not report incidents."))
     request_id = form.get("request_id", "") or uuid.uuid4().hex
-    location = Location(form.get("kecamatan", ""), desa=form.get("desa", ""))
+    try:
+        latitude, longitude = (
+            float(text) if (text := form.get(key, "").strip()) else None
+            for key in ("latitude", "longitude")
+        )
+    except ValueError:
+        error = _("Latitude and longitude are numbers, such as -2.57 and 101.15.")
+        return await report_form(request, session, officer, request_id, error)
+    location = Location(
+        form.get("kecamatan", ""),
+        desa=form.get("desa", ""),
+        latitude=latitude,
+        longitude=longitude,
+    )
     try:
         result = await run_in_threadpool(
             lambda: officer.ledger.report(

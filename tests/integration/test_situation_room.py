@@ -460,3 +460,31 @@ def test_the_agencies_page_shows_the_ledgers_workload(room: Room, browser: Brows
         expect(row.locator(".unacknowledged")).to_have_text(str(load.unacknowledged))
         expect(row.locator(".overdue-count")).to_have_text(str(load.overdue))
     assert_local_and_clean(room)
+
+
+def test_a_report_with_a_point_picked_on_the_map_appears_on_a_second_pages_map(
+    room: Room, browser: Browser
+) -> None:
+    desk, police = new_page(room, browser), new_page(room, browser)
+    sign_in(room, desk, "desk_pilkada")
+    desk.click("text=Map")
+    expect(desk.locator("#map")).to_have_attribute("data-ready", "15")
+    expect(desk.locator("#map path[data-name]")).to_have_count(0)
+    sign_in(room, police, "polres")
+    police.click("text=Report an incident")
+    expect(police.locator("#pick")).to_have_attribute("data-ready", "1")
+    title = f"Ballots burnt {uuid.uuid4().hex[:6]}"
+    police.fill("input[name=title]", title)
+    police.locator('#pick path[data-code="ipuh"]').click()
+    expect(police.locator("#latitude")).not_to_have_value("")
+    expect(police.locator("#longitude")).not_to_have_value("")
+    police.select_option("select[name=kecamatan]", "ipuh")
+    police.select_option("select[name=severity]", "critical")
+    point = (float(police.input_value("#latitude")), float(police.input_value("#longitude")))
+    police.click("#submit")
+    expect(police).to_have_url(re.compile(r"/board\?reported=\d+$"))
+    marker = desk.locator("#map path[data-name]")
+    expect(marker).to_have_attribute("data-severity", "critical", timeout=LIVE_SECONDS * 1000)
+    (incident,) = [i for i in room.ledger("desk_pilkada").list_incidents() if i.title == title]
+    assert (incident.location.latitude, incident.location.longitude) == point
+    assert_local_and_clean(room)
