@@ -26,10 +26,12 @@ BUF_STAMP := tools/node_modules/.installed
 # promtool checks deploy/prometheus in the tests: taken from Debian's prometheus package.
 PROMTOOL_DEB ?= prometheus=2.42.0+ds-5+deb12u1
 PROMTOOL := tools/prometheus/usr/bin/promtool
+# The situation room's browser tests drive Debian's chromium: Playwright never downloads one.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 # Directories type-checked strictly by mypy, when they exist and hold Python files.
 MYPY_DIRS := services clients tests bench demo
 
-.PHONY: help venv proto proto-check lint imports fmt test test-unit test-integration test-system check \
+.PHONY: help venv chromium proto proto-check lint imports fmt test test-unit test-integration test-system check \
 	deploy-check run demo bench soak lock clean catalogs catalogs-check
 
 help: ## list the targets
@@ -62,6 +64,17 @@ $(PROMTOOL):
 	  dpkg -x "$$tmp"/prometheus_*.deb tools/prometheus && echo "promtool: $(PROMTOOL)"; \
 	else \
 	  echo "promtool: cannot download $(PROMTOOL_DEB); its checks will be skipped" >&2; \
+	fi
+
+# Best effort, like promtool: where chromium cannot be installed (no root, no apt), the browser
+# tests (tests/integration/test_situation_room.py) skip, and fail when CI=true.
+chromium: ## install Debian's chromium for the browser tests (apt-get; part of make test)
+	@if command -v chromium >/dev/null; then \
+	  echo "chromium: $$(command -v chromium)"; \
+	elif apt-get install -y -qq chromium; then \
+	  echo "chromium: $$(command -v chromium)"; \
+	else \
+	  echo "chromium: cannot install Debian's chromium; the browser tests will be skipped" >&2; \
 	fi
 
 $(BUF_STAMP): tools/package.json tools/package-lock.json
@@ -137,7 +150,7 @@ fmt: $(VENV_STAMP) ## ruff format + ruff check --fix
 # The tiers of the test suite (docs/development.md, "Tests"): unit (tests/unit), integration
 # (tests/integration) and system (tests marked `system`: soak, cluster, chaos), each test in
 # exactly one. pytest's exit status 5 (no test collected) fails a tier.
-test: venv $(PROMTOOL) ## lint, proto-check, then every test tier: unit, integration, system
+test: venv $(PROMTOOL) chromium ## lint, proto-check, then every test tier: unit, integration, system
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory proto-check
 	$(MAKE) --no-print-directory test-unit
@@ -149,7 +162,7 @@ check: test ## alias of test
 test-unit: $(PROJECT_STAMP) $(PROMTOOL) ## the unit tests (tests/unit; under a minute)
 	$(PY) -m pytest tests/unit -m "not system" $(PYTEST_ARGS)
 
-test-integration: $(PROJECT_STAMP) ## the integration tests (tests/integration, but the system tier)
+test-integration: $(PROJECT_STAMP) chromium ## the integration tests (tests/integration, but the system tier)
 	$(PY) -m pytest tests/integration -m "not system" $(PYTEST_ARGS)
 
 test-system: $(PROJECT_STAMP) ## the system tests: soak, NATS cluster, faults, kills, stop trials
@@ -165,7 +178,7 @@ deploy-check: $(PROJECT_STAMP) ## validate deploy/ offline (see docs/deploying.m
 
 # exec: the supervisor replaces the recipe's shell, so Ctrl-C and SIGTERM reach it directly.
 # RUN_ARGS: extra arguments, e.g. make run RUN_ARGS=--services=services.ledger
-run: $(PROJECT_STAMP) ## run NATS, the ledger and the notifier (python -m services.run)
+run: $(PROJECT_STAMP) $(BUF_STAMP) ## run NATS, the ledger, the notifier and the situation room (python -m services.run)
 	exec $(PY) -m services.run $(RUN_ARGS)
 
 # DEMO_STACK=LEDGER,NOTIFIER plays against that stack, DEMO_STACK=own starts one on free ports;

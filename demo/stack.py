@@ -214,7 +214,15 @@ def own_stack(console: Console, base_env: Mapping[str, str] | None = None) -> It
             )
             with log_path.open("ab") as log:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "services.run"],
+                    # The ledger and the notifier: the demo needs no situation room (and
+                    # the page's port, 8080 by default, may be make run's).
+                    [
+                        sys.executable,
+                        "-m",
+                        "services.run",
+                        "--services",
+                        "services.ledger,services.notifier",
+                    ],
                     cwd=ROOT,
                     env=own_environment(base_env or os.environ, data_dir, ports),
                     stdin=subprocess.DEVNULL,

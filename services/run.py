@@ -7,18 +7,21 @@ Starts, in order:
    ``$LEDGER_DATA_DIR/nats-server.log`` -- unless ``NATS_URL`` is set, in which case that
    server is used and none is started;
 2. ``python -m services.ledger`` on ``LEDGER_LISTEN`` (default 127.0.0.1:50051);
-3. ``python -m services.notifier`` on ``NOTIFIER_LISTEN`` (default 127.0.0.1:50052).
+3. ``python -m services.notifier`` on ``NOTIFIER_LISTEN`` (default 127.0.0.1:50052);
+4. ``python -m services.situation_room``, the web page, on ``SITUATION_ROOM_LISTEN`` (default
+   127.0.0.1:8080), reading the ledger and the notifier at their listen addresses.
 
-Every child gets ``NATS_URL``, ``LEDGER_LISTEN``, ``NOTIFIER_LISTEN`` and ``LEDGER_DATA_DIR``
-in its environment and runs in its own process group, so a Ctrl-C on the terminal reaches
-only the supervisor. The Python children start with SIGTERM and SIGINT blocked until their
-handlers are installed (see :mod:`services.common.stopping`), so a stop never catches one
-half started. On SIGINT or SIGTERM the supervisor stops the children in reverse order
-(SIGTERM; SIGKILL if a child still runs :data:`CHILD_SLACK_SECONDS` after its own
-deadline, its grace period plus margin) and exits 0. If a child exits on its own, it stops
-the others and exits 1, naming the child and its exit code. A port that is already taken,
-or a bad setting, ends it with exit code 2 before anything starts. If the supervisor itself
-is still running past the sum of those deadlines, it kills every child and exits 1.
+Every child gets ``NATS_URL``, ``LEDGER_LISTEN``, ``NOTIFIER_LISTEN``, ``LEDGER_DATA_DIR``,
+``SITUATION_ROOM_LISTEN`` and (unless set) ``SITUATION_ROOM_LEDGER_ADDRESS`` and
+``SITUATION_ROOM_NOTIFIER_ADDRESS`` in its environment and runs in its own process group, so a
+Ctrl-C on the terminal reaches only the supervisor. The Python children start with SIGTERM and
+SIGINT blocked until their handlers are installed (see :mod:`services.common.stopping`), so a
+stop never catches one half started. On SIGINT or SIGTERM the supervisor stops the children in
+reverse order (SIGTERM; SIGKILL if a child still runs :data:`CHILD_SLACK_SECONDS` after its own
+deadline, its grace period plus margin) and exits 0. If a child exits on its own, it stops the
+others and exits 1, naming the child and its exit code. A port that is already taken, or a bad
+setting, ends it with exit code 2 before anything starts. If the supervisor itself is still
+running past the sum of those deadlines, it kills every child and exits 1.
 
 ``--services`` replaces the default list of child modules (:data:`DEFAULT_SERVICES`),
 e.g. ``--services services.ledger`` runs the ledger alone (with NATS).
@@ -63,13 +66,21 @@ from services.common.stopping import (
 log = structlog.get_logger("services.run")
 
 #: The child processes ``make run`` starts, in order (stopped in reverse order).
-DEFAULT_SERVICES: tuple[str, ...] = ("services.ledger", "services.notifier")
+DEFAULT_SERVICES: tuple[str, ...] = (
+    "services.ledger",
+    "services.notifier",
+    "services.situation_room",
+)
 #: How long a child that is not a service of ours may take to stop after SIGTERM.
 CHILD_STOP_SECONDS = 20.0
 #: How long past its own deadline a child may take to exit before it is killed.
 CHILD_SLACK_SECONDS = 2.0
 NATS_STOP_SECONDS = 10.0
-_LISTEN_VARIABLES = {"services.ledger": "LEDGER_LISTEN", "services.notifier": "NOTIFIER_LISTEN"}
+_LISTEN_VARIABLES = {
+    "services.ledger": "LEDGER_LISTEN",
+    "services.notifier": "NOTIFIER_LISTEN",
+    "services.situation_room": "SITUATION_ROOM_LISTEN",
+}
 
 
 class StartupError(Exception):
@@ -111,6 +122,17 @@ def split_listen(listen: str) -> tuple[str, int] | None:
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - only used for a bind test
 
 
+def local(listen: str) -> str:
+    """The address to reach a service listening on ``listen`` from this machine."""
+    address = split_listen(listen)
+    if address is None:
+        return listen
+    host, port = address
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - a wildcard, reached on loopback
+        return f"127.0.0.1:{port}"
+    return listen
+
+
 class Supervisor:
     """Runs NATS and the service processes; see the module docstring."""
 
@@ -149,6 +171,8 @@ class Supervisor:
             return self.settings.ledger_listen
         if module == "services.notifier":
             return self.settings.notifier_listen
+        if module == "services.situation_room":
+            return self.settings.situation_room_listen
         return None
 
     def preflight(self) -> None:
@@ -204,6 +228,9 @@ class Supervisor:
         environ["LEDGER_LISTEN"] = self.settings.ledger_listen
         environ["NOTIFIER_LISTEN"] = self.settings.notifier_listen
         environ["LEDGER_DATA_DIR"] = str(self.settings.data_dir)
+        environ["SITUATION_ROOM_LISTEN"] = self.settings.situation_room_listen
+        environ.setdefault("SITUATION_ROOM_LEDGER_ADDRESS", local(self.settings.ledger_listen))
+        environ.setdefault("SITUATION_ROOM_NOTIFIER_ADDRESS", local(self.settings.notifier_listen))
         return environ
 
     def start_child(self, module: str) -> None:
@@ -242,6 +269,11 @@ class Supervisor:
             ledger=self.settings.ledger_listen if "services.ledger" in self.services else None,
             notifier=(
                 self.settings.notifier_listen if "services.notifier" in self.services else None
+            ),
+            situation_room=(
+                f"http://{self.settings.situation_room_listen}/"
+                if "services.situation_room" in self.services
+                else None
             ),
             services=list(self.services),
             data_dir=str(self.settings.data_dir),
@@ -327,7 +359,10 @@ def parse_services(value: str) -> tuple[str, ...]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m services.run",
-        description="Run NATS (bundled unless NATS_URL is set), the ledger and the notifier.",
+        description=(
+            "Run NATS (bundled unless NATS_URL is set), the ledger, the notifier and the "
+            "situation room."
+        ),
     )
     parser.add_argument(
         "--services",

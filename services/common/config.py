@@ -185,10 +185,11 @@ FilePath = Annotated[Path, Rule("path", "a path")]
 Text = Annotated[str, Rule("string", "a string")]
 Secret = Annotated[str, Rule("secret", "a string")]
 
-LEDGER, NOTIFIER, RUN = "ledger", "notifier", "run"
+LEDGER, NOTIFIER, RUN, ROOM = "ledger", "notifier", "run", "situation-room"
 #: Who reads the variables: the ledger (with its tools ``python -m services.ledger.audit`` and
-#: ``python -m services.ledger.projections``), the notifier, and ``make run``'s supervisor.
-READERS = (LEDGER, NOTIFIER, RUN)
+#: ``python -m services.ledger.projections``), the notifier, ``make run``'s supervisor and the
+#: situation room (the web page, ``services/situation_room``).
+READERS = (LEDGER, NOTIFIER, RUN, ROOM)
 _SERVICES = (LEDGER, NOTIFIER)
 
 
@@ -250,12 +251,13 @@ class ServiceVariables(Group):
         PROJECT_ROOT / "data",
         "where the embedded stores, credentials, keys and secrets live (and `make run`'s "
         "NATS store)",
-        read_by=(LEDGER, NOTIFIER, RUN),
+        read_by=(LEDGER, NOTIFIER, RUN, ROOM),
     )
     reference_file: FilePath = _setting(
         "LEDGER_REFERENCE_FILE",
         PROJECT_ROOT / "config" / "mukomuko-pilkada.yaml",
         "reference data: agencies, kecamatan/desa, categories, severities",
+        read_by=(LEDGER, NOTIFIER, ROOM),
     )
     tokens_file: FilePath | None = _setting(
         "LEDGER_TOKENS_FILE",
@@ -280,13 +282,16 @@ class ServiceVariables(Group):
         le=2**31 - 1,
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _setting(
-        "LEDGER_LOG_LEVEL", "INFO", "the lowest level logged", read_by=(LEDGER, NOTIFIER, RUN)
+        "LEDGER_LOG_LEVEL",
+        "INFO",
+        "the lowest level logged",
+        read_by=(LEDGER, NOTIFIER, RUN, ROOM),
     )
     log_format: Literal["auto", "json", "console"] = _setting(
         "LEDGER_LOG_FORMAT",
         "auto",
         "`json` lines, `console` (readable), or `auto`: console on a terminal, else JSON",
-        read_by=(LEDGER, NOTIFIER, RUN),
+        read_by=(LEDGER, NOTIFIER, RUN, ROOM),
     )
     allow_plaintext: Boolean = _setting(
         "LEDGER_ALLOW_PLAINTEXT",
@@ -752,6 +757,48 @@ class RunVariables(Group):
     )
 
 
+class SituationRoomVariables(Group):
+    """The situation room, the web page of ``services/situation_room`` (see
+    [situation-room.md](situation-room.md)). It reads the ledger and the notifier over gRPC
+    as the signed-in officer; its one live subscription uses its own token."""
+
+    heading = "The situation room"
+    read_by = (ROOM,)
+
+    listen: HttpAddress = _setting(
+        "SITUATION_ROOM_LISTEN",
+        "127.0.0.1:8080",
+        "`host:port` of the web page (plain HTTP; put a TLS proxy in front of it beyond loopback)",
+        read_by=(ROOM, RUN),
+    )
+    ledger_address: Text = _setting(
+        "SITUATION_ROOM_LEDGER_ADDRESS", "127.0.0.1:50051", "the ledger's gRPC address"
+    )
+    notifier_address: Text = _setting(
+        "SITUATION_ROOM_NOTIFIER_ADDRESS", "127.0.0.1:50052", "the notifier's gRPC address"
+    )
+    token: Secret = _setting(
+        "SITUATION_ROOM_TOKEN",
+        "",
+        "bearer token of the page's one live subscription to the notifier (any agency may "
+        "read every event)",
+        secret=True,
+        shown_default="the coordinator's token in `$LEDGER_DATA_DIR/credentials/dev-tokens.yaml`"
+        " (development)",
+    )
+    session_minutes: Number = _setting(
+        "SITUATION_ROOM_SESSION_MINUTES",
+        480.0,
+        "how long a sign-in lasts; then the officer signs in again",
+        gt=0.0,
+    )
+    map_file: FilePath = _setting(
+        "SITUATION_ROOM_MAP_FILE",
+        PROJECT_ROOT / "config" / "mukomuko-kecamatan.geojson",
+        "GeoJSON of the kecamatan polygons (property `code` = the reference data's code)",
+    )
+
+
 #: Every group, in the order of docs/configuration.md.
 GROUPS: tuple[type[Group], ...] = (
     ServiceVariables,
@@ -763,6 +810,7 @@ GROUPS: tuple[type[Group], ...] = (
     NotifierVariables,
     StoreVariables,
     RunVariables,
+    SituationRoomVariables,
 )
 
 
@@ -1508,6 +1556,7 @@ class RunSettings:
     nats_port: int = _default(RunVariables, "nats_port")
     ledger_listen: str = _default(LedgerVariables, "listen")
     notifier_listen: str = _default(NotifierVariables, "listen")
+    situation_room_listen: str = _default(SituationRoomVariables, "listen")
     data_dir: Path = field(default=_default(ServiceVariables, "data_dir"))
     log_level: str = _default(ServiceVariables, "log_level")
     log_format: str = _default(ServiceVariables, "log_format")
@@ -1533,7 +1582,53 @@ class RunSettings:
             nats_port=values.get(RunVariables).nats_port,
             ledger_listen=values.get(LedgerVariables).listen,
             notifier_listen=values.get(NotifierVariables).listen,
+            situation_room_listen=values.get(SituationRoomVariables).listen,
             data_dir=service.data_dir,
+            log_level=service.log_level,
+            log_format=service.log_format,
+        )
+
+
+@dataclass(frozen=True)
+class SituationRoomSettings:
+    """Settings of the situation room, ``python -m services.situation_room``."""
+
+    listen: str = _default(SituationRoomVariables, "listen")
+    ledger_address: str = _default(SituationRoomVariables, "ledger_address")
+    notifier_address: str = _default(SituationRoomVariables, "notifier_address")
+    token: str = field(default=_default(SituationRoomVariables, "token"), repr=False)
+    session_minutes: float = _default(SituationRoomVariables, "session_minutes")
+    map_file: Path = field(default=_default(SituationRoomVariables, "map_file"))
+    data_dir: Path = field(default=_default(ServiceVariables, "data_dir"))
+    reference_file: Path = field(default=_default(ServiceVariables, "reference_file"))
+    log_level: str = _default(ServiceVariables, "log_level")
+    log_format: str = _default(ServiceVariables, "log_format")
+
+    @property
+    def dev_tokens_file(self) -> Path:
+        return self.data_dir / "credentials" / "dev-tokens.yaml"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SituationRoomSettings:
+        values = read(environ, reader=ROOM)
+        room = values.get(SituationRoomVariables)
+        service = values.get(ServiceVariables)
+        if not room.listen:
+            raise ConfigError("SITUATION_ROOM_LISTEN must be host:port (port 0 to 65535)")
+        return cls(
+            listen=room.listen,
+            ledger_address=room.ledger_address,
+            notifier_address=room.notifier_address,
+            token=room.token,
+            session_minutes=room.session_minutes,
+            map_file=room.map_file,
+            data_dir=service.data_dir,
+            reference_file=service.reference_file,
             log_level=service.log_level,
             log_format=service.log_format,
         )

@@ -3,8 +3,8 @@
 The supervisor tests start ``python -m services.run`` as a subprocess with a temporary
 ``LEDGER_DATA_DIR`` and free ports. Which children it runs is :data:`SUPERVISED`, passed
 as ``--services``: the ledger alone while ``services/notifier`` does not exist yet. When
-the notifier lands, set ``SUPERVISED = None`` (the supervisor's default: ledger + notifier);
-the tests then also wait for the notifier's port and check it is closed afterwards.
+the notifier lands, set ``SUPERVISED = None`` (the supervisor's default: ledger, notifier,
+situation room); the tests then also wait for their ports and check them closed afterwards.
 
 Every wait polls a condition against a deadline; nothing sleeps and hopes.
 """
@@ -36,7 +36,7 @@ from services.common import natsserver
 from services.common.config import PROJECT_ROOT
 from services.common.natsserver import NatsPortInUseError, NatsServer, free_port
 from services.common.stopping import STOP_MARGIN_SECONDS, STOP_SIGNALS
-from services.run import NATS_STOP_SECONDS, child_deadline
+from services.run import DEFAULT_SERVICES, NATS_STOP_SECONDS, child_deadline
 from tests.support import STOP_WAIT_SECONDS, terminated_at_exit
 
 #: The supervisor's children in these tests; None = its default (ledger + notifier).
@@ -196,6 +196,10 @@ class Supervised:
         return int(self.env["NOTIFIER_LISTEN"].rpartition(":")[2])
 
     @property
+    def situation_room_port(self) -> int:
+        return int(self.env["SITUATION_ROOM_LISTEN"].rpartition(":")[2])
+
+    @property
     def nats_port(self) -> int:
         return int(self.env["LEDGER_NATS_PORT"])
 
@@ -215,6 +219,7 @@ def supervisor_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("LEDGER_", "NOTIFIER_", "NATS_", "PERSISTENCE_", "SQLITE_"))
+        and not k.startswith("SITUATION_ROOM_")
         and not k.startswith(("POSTGRES_", "CREATE_TABLE"))
     }
     return {
@@ -223,6 +228,7 @@ def supervisor_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         "LEDGER_DATA_DIR": str(tmp_path / "data"),
         "LEDGER_LISTEN": f"127.0.0.1:{free_port()}",
         "NOTIFIER_LISTEN": f"127.0.0.1:{free_port()}",
+        "SITUATION_ROOM_LISTEN": f"127.0.0.1:{free_port()}",
         "LEDGER_NATS_PORT": str(free_port()),
         "LEDGER_LOG_FORMAT": "json",
         "LEDGER_LOG_LEVEL": "INFO",
@@ -233,7 +239,7 @@ def supervisor_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
 
 
 def expected_services() -> tuple[str, ...]:
-    return SUPERVISED if SUPERVISED is not None else ("services.ledger", "services.notifier")
+    return SUPERVISED if SUPERVISED is not None else DEFAULT_SERVICES
 
 
 def supervisor_command() -> list[str]:
@@ -319,7 +325,10 @@ def wait_until_serving(run: Supervised) -> None:
         assert run.alive(), f"the supervisor exited early:\n{run.output()}"
         if ledger_health(run.ledger_port) != health_pb2.HealthCheckResponse.SERVING:
             return False
-        return "services.notifier" not in expected_services() or accepts(run.notifier_port)
+        if "services.notifier" in expected_services() and not accepts(run.notifier_port):
+            return False
+        room = "services.situation_room" in expected_services()
+        return not room or accepts(run.situation_room_port)
 
     wait_for(serving, 60, "the ledger's health check to say SERVING")
 
@@ -359,6 +368,8 @@ def test_supervisor_runs_nats_and_the_services_and_stops_on_sigint(tmp_path: Pat
         assert len(started) == 1, run.output()
         assert started[0]["nats"] == f"nats://127.0.0.1:{run.nats_port}"
         assert started[0]["ledger"] == run.env["LEDGER_LISTEN"]
+        room = run.env["SITUATION_ROOM_LISTEN"]
+        assert started[0]["situation_room"] == f"http://{room}/"
         assert started[0]["dev_tokens"] == str(tmp_path / "data/credentials/dev-tokens.yaml")
 
         run.process.send_signal(signal.SIGINT)

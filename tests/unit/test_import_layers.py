@@ -38,7 +38,8 @@ LAYERS = (
 )
 NO_TESTS = "The services import no test, benchmark or demo code"
 STANDALONE = "The client and the generated contract import no service code"
-CONTRACTS = (DOMAIN, INDEPENDENT, COMMON, RELAY, LAYERS, NO_TESTS, STANDALONE)
+ROOM = "The situation room imports neither the ledger nor the notifier"
+CONTRACTS = (DOMAIN, INDEPENDENT, COMMON, RELAY, LAYERS, NO_TESTS, STANDALONE, ROOM)
 
 
 def contract_names() -> list[str]:
@@ -102,6 +103,11 @@ class WrongImport:
 
 
 WRONG_IMPORTS = {
+    "situation-room-imports-ledger": WrongImport(
+        "services/situation_room/live.py",
+        "from services.ledger.domain import incident",
+        frozenset({ROOM}),
+    ),
     "domain-loads-settings": WrongImport(
         "services/ledger/domain/times.py", "from services.common import config", frozenset({DOMAIN})
     ),

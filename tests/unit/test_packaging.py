@@ -89,6 +89,14 @@ def test_the_image_installs_every_module_from_what_the_dockerfile_copies(tmp_pat
         # modules, type information and the message catalogs (compiled and their source)
         if path.is_file() and path.suffix in {".py", ".pyi", ".typed", ".po", ".mo"}
     }
+    # The situation room's templates and static files (package data in pyproject.toml).
+    room = PROJECT_ROOT / "services" / "situation_room"
+    expected |= {
+        f"services/situation_room/{path.relative_to(room).as_posix()}"
+        for folder in ("templates", "static")
+        for path in (room / folder).iterdir()
+        if path.is_file()
+    }
     assert packaged == expected
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     with zipfile.ZipFile(wheel) as archive:

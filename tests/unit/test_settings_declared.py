@@ -25,6 +25,7 @@ from services.common.config import (
     RelaySettings,
     RunSettings,
     ServiceSettings,
+    SituationRoomSettings,
     StreamSettings,
     WebhookSettings,
 )
@@ -112,8 +113,21 @@ OLD_DEFAULTS: dict[str, object] = {
     "POSTGRES_STATEMENT_TIMEOUT": 15,
     "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": 5,
     "LEDGER_NATS_PORT": 14222,
+    # The situation room (new with it, so no old parser to compare with).
+    "SITUATION_ROOM_LISTEN": "127.0.0.1:8080",
+    "SITUATION_ROOM_LEDGER_ADDRESS": "127.0.0.1:50051",
+    "SITUATION_ROOM_NOTIFIER_ADDRESS": "127.0.0.1:50052",
+    "SITUATION_ROOM_TOKEN": "",
+    "SITUATION_ROOM_SESSION_MINUTES": 480.0,
+    "SITUATION_ROOM_MAP_FILE": PROJECT_ROOT / "config" / "mukomuko-kecamatan.geojson",
 }
-SECRETS = {"LEDGER_PAGE_TOKEN_SECRET", "NATS_PASSWORD", "NATS_TOKEN", "POSTGRES_PASSWORD"}
+SECRETS = {
+    "LEDGER_PAGE_TOKEN_SECRET",
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
+    "POSTGRES_PASSWORD",
+    "SITUATION_ROOM_TOKEN",
+}
 
 
 def test_every_variable_is_declared_once_with_its_old_default() -> None:
@@ -400,6 +414,8 @@ def secret_of(name: str, env: dict[str, str]) -> object:
         return LedgerSettings.from_env({"NATS_USER": "u", **env}).relay.nats.password
     if name == "NATS_TOKEN":
         return NotifierSettings.from_env({**NATS, **env}).nats.token
+    if name == "SITUATION_ROOM_TOKEN":
+        return SituationRoomSettings.from_env(env).token
     return LedgerSettings.from_env(env).store_env.get("POSTGRES_PASSWORD")
 
 
@@ -541,6 +557,12 @@ def changes(tmp_path: Path) -> dict[str, dict[str, str]]:
             "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "60"
         },
         "LEDGER_NATS_PORT": {"LEDGER_NATS_PORT": "4333"},
+        "SITUATION_ROOM_LISTEN": {"SITUATION_ROOM_LISTEN": "127.0.0.1:0"},
+        "SITUATION_ROOM_LEDGER_ADDRESS": {"SITUATION_ROOM_LEDGER_ADDRESS": "ledger:50051"},
+        "SITUATION_ROOM_NOTIFIER_ADDRESS": {"SITUATION_ROOM_NOTIFIER_ADDRESS": "notifier:50052"},
+        "SITUATION_ROOM_TOKEN": {"SITUATION_ROOM_TOKEN_FILE": str(secret)},
+        "SITUATION_ROOM_SESSION_MINUTES": {"SITUATION_ROOM_SESSION_MINUTES": "60"},
+        "SITUATION_ROOM_MAP_FILE": {"SITUATION_ROOM_MAP_FILE": str(tmp_path / "other.geojson")},
     }
 
 
@@ -552,11 +574,17 @@ def test_each_variable_changes_what_the_services_that_read_it_build_and_nothing_
     for variable in config.variables():
         # The notifier reads the POSTGRES_* variables with its PostgreSQL store only.
         postgres = {"NOTIFIER_STORE": "postgres"} if variable.name.startswith("POSTGRES_") else {}
-        bases: dict[str, dict[str, str]] = {"ledger": {}, "notifier": NATS | postgres, "run": {}}
-        builders = {
+        bases: dict[str, dict[str, str]] = {
+            "ledger": {},
+            "notifier": NATS | postgres,
+            "run": {},
+            "situation-room": {},
+        }
+        builders: dict[str, Callable[[dict[str, str]], object]] = {
             "ledger": LedgerSettings.from_env,
             "notifier": NotifierSettings.from_env,
             "run": RunSettings.from_env,
+            "situation-room": SituationRoomSettings.from_env,
         }
         for reader, build in builders.items():
             base = bases[reader]

@@ -1,0 +1,654 @@
+"""The situation room's routes: sign-in, the board (live), the map and the report form.
+
+Every read and every command goes to the ledger over gRPC with the signed-in officer's
+token (:class:`incidentledger_client.LedgerClient`), so the actor in the events is the
+person at the keyboard. The blocking client runs in Starlette's thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from incidentledger_client import (
+    AgencyWorkload,
+    Incident,
+    IncidentEvent,
+    LedgerClient,
+    LedgerError,
+    Location,
+    NotFound,
+    NotifierClient,
+    ResponseTimes,
+    Unauthenticated,
+    VulnerabilityMap,
+)
+from incidentledger_client.cli.output import BAND_FILL
+from services.common.config import PROJECT_ROOT, SituationRoomSettings
+from services.common.reference import ReferenceData, Role
+from services.situation_room.i18n import _
+from services.situation_room.live import RESYNC, Hub
+from services.situation_room.sessions import (
+    COOKIE,
+    Officer,
+    Session,
+    Sessions,
+    SignInThrottle,
+    csrf_ok,
+)
+
+log = structlog.get_logger(__name__)
+
+HERE = Path(__file__).parent
+#: Leaflet, installed from npm into tools/ by `make venv` (tools/package.json), served here.
+LEAFLET_DIR = PROJECT_ROOT / "tools" / "node_modules" / "leaflet" / "dist"
+#: The board's filters: query parameter -> the ListIncidents filter field.
+FILTER_FIELDS = ("status", "kecamatan", "category", "severity", "lead_agency")
+SINCE_HOURS = {"1h": 1, "6h": 6, "24h": 24}
+STATUSES = ("REPORTED", "VERIFIED", "ASSIGNED", "RESPONDING", "RESOLVED", "CLOSED", "REJECTED")
+#: The board shows at most this many incidents, the newest first.
+BOARD_ROWS = 200
+#: SSE keepalive comments, so proxies and the browser keep the connection.
+PING_SECONDS = 15
+#: How often an idle event stream checks that its session is still signed in.
+SESSION_CHECK_SECONDS = 2.0
+#: The room's clock: times are shown in WIB (Asia/Jakarta, UTC+7, no daylight saving).
+WIB = timezone(timedelta(hours=7), "WIB")
+
+
+def wib(value: datetime | None, seconds: bool = False) -> str:
+    """A time as the room reads it: ``2026-11-27 09:15 WIB`` ("" for none)."""
+    if value is None:
+        return ""
+    shown = value.astimezone(WIB)
+    return shown.strftime("%Y-%m-%d %H:%M:%S WIB" if seconds else "%Y-%m-%d %H:%M WIB")
+
+
+def time_left(until: datetime | None, now: datetime) -> str:
+    """How long a decision stays in force: ``3 h 05 min`` ("" without an end)."""
+    if until is None:
+        return ""
+    minutes = max(0, int((until - now).total_seconds() // 60))
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+@dataclass
+class Room:
+    """What the routes share: settings, reference data, sessions and the live hub."""
+
+    settings: SituationRoomSettings
+    reference: ReferenceData
+    sessions: Sessions
+    throttle: SignInThrottle
+    hub: Hub
+    geojson: dict[str, Any]
+    templates: Jinja2Templates
+
+    def role(self, agency: str) -> str:
+        found = self.reference.agencies.get(agency)
+        return found.role.value if found is not None else ""
+
+
+def room_of(request: Request) -> Room:
+    room: Room = request.app.state.room
+    return room
+
+
+def session_of(request: Request) -> Session | None:
+    return room_of(request).sessions.find(request.cookies.get(COOKIE))
+
+
+def with_cookie(room: Room, response: Response, session: Session) -> Response:
+    response.set_cookie(
+        COOKIE,
+        room.sessions.cookie_value(session),
+        max_age=int(session.expires - datetime.now(UTC).timestamp()),
+        path="/",
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+def render(request: Request, session: Session, name: str, **context: Any) -> Response:
+    room = room_of(request)
+    response = room.templates.TemplateResponse(
+        request,
+        name,
+        {"session": session, "officer": session.officer, "reference": room.reference, **context},
+    )
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+        "frame-ancestors 'none'; form-action 'self'"
+    )
+    return response
+
+
+Handler = Callable[[Request, Session, Officer], Awaitable[Response]]
+
+
+def signed_in(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """The route for signed-in officers only; anyone else goes to the sign-in page."""
+
+    async def route(request: Request) -> Response:
+        session = session_of(request)
+        if session is None or session.officer is None:
+            return RedirectResponse("/login", status_code=303)
+        return await handler(request, session, session.officer)
+
+    return route
+
+
+async def checked_form(request: Request, session: Session | None) -> dict[str, str] | None:
+    """The posted form's fields, or None when its CSRF token is not the session's."""
+    form = await request.form()
+    if not csrf_ok(session, form.get("csrf")):
+        log.warning("situation_room.csrf_refused", path=request.url.path)
+        return None
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+def forbidden(reason: str) -> Response:
+    return Response(reason, status_code=403, media_type="text/plain")
+
+
+# --- sign-in -----------------------------------------------------------------------------------
+
+
+async def login_page(request: Request) -> Response:
+    room = room_of(request)
+    session = session_of(request) or room.sessions.new()
+    return with_cookie(room, render(request, session, "login.html", error=""), session)
+
+
+async def login(request: Request) -> Response:
+    room = room_of(request)
+    session = session_of(request)
+    form = await checked_form(request, session)
+    if form is None or session is None:
+        return forbidden(_("The form has expired or was not sent by this page. Reload it."))
+    agency, token = form.get("agency", ""), form.get("token", "").strip()
+    client = request.client.host if request.client is not None else ""
+    error = ""
+    if room.throttle.blocked(client):
+        log.warning("situation_room.sign_in_throttled", client=client)
+        page = render(
+            request, session, "login.html", error=_("Too many failed sign-ins: wait a minute.")
+        )
+        page.status_code = 429
+        return with_cookie(room, page, session)
+    if agency not in room.reference.agencies or not token:
+        error = _("Choose your agency and enter your token.")
+    else:
+        ledger = LedgerClient(room.settings.ledger_address, token)
+        try:
+            await run_in_threadpool(ledger.reference_data)
+        except Unauthenticated:
+            ledger.close()
+            room.throttle.failed(client)
+            error = _("The token is not valid.")
+        except LedgerError as failure:
+            ledger.close()
+            log.warning("situation_room.sign_in_failed", error=str(failure))
+            error = _("The ledger cannot be reached; try again.")
+    if error:
+        return with_cookie(room, render(request, session, "login.html", error=error), session)
+    room.sessions.drop(session)  # a new session id at sign-in
+    officer = Officer(agency, room.role(agency), token, ledger)
+    signed = room.sessions.new(officer)
+    log.info("situation_room.signed_in", agency=agency)
+    return with_cookie(room, RedirectResponse("/board", status_code=303), signed)
+
+
+async def logout(request: Request) -> Response:
+    room = room_of(request)
+    session = session_of(request)
+    if await checked_form(request, session) is None or session is None:
+        return forbidden(_("The form has expired or was not sent by this page. Reload it."))
+    room.sessions.drop(session)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+# --- the board ---------------------------------------------------------------------------------
+
+
+def board_filter(request: Request) -> tuple[str, dict[str, str]]:
+    """The ListIncidents filter of the query's parameters, and the parameters kept."""
+    chosen = {
+        key: value
+        for key in (*FILTER_FIELDS, "since")
+        if (value := request.query_params.get(key, "")) and value.replace("_", "").isalnum()
+    }
+    terms = [f'{key} = "{chosen[key]}"' for key in FILTER_FIELDS if key in chosen]
+    return " AND ".join(terms), chosen
+
+
+async def board_incidents(request: Request, officer: Officer, min_position: int) -> list[Incident]:
+    expression, chosen = board_filter(request)
+
+    def fetch() -> list[Incident]:
+        return list(officer.ledger.list_incidents(expression, min_position=min_position))
+
+    incidents = await run_in_threadpool(fetch)
+    hours = SINCE_HOURS.get(chosen.get("since", ""))
+    if hours is not None:
+        after = datetime.now(UTC) - timedelta(hours=hours)
+        incidents = [i for i in incidents if i.create_time is not None and i.create_time >= after]
+    return list(reversed(incidents))[:BOARD_ROWS]
+
+
+@signed_in
+async def board(request: Request, session: Session, officer: Officer) -> Response:
+    after = room_of(request).hub.position  # before the list: nothing falls in between
+    incidents = await board_incidents(request, officer, 0)
+    _expression, chosen = board_filter(request)
+    return render(
+        request,
+        session,
+        "board.html",
+        incidents=incidents,
+        chosen=chosen,
+        statuses=STATUSES,
+        after=after,
+        since=tuple(SINCE_HOURS),
+    )
+
+
+@signed_in
+async def board_rows(request: Request, session: Session, officer: Officer) -> Response:
+    position = request.query_params.get("min_position", "0")
+    incidents = await board_incidents(request, officer, int(position) if position.isdigit() else 0)
+    return render(request, session, "board_rows.html", incidents=incidents)
+
+
+@signed_in
+async def events(request: Request, session: Session, officer: Officer) -> Response:
+    """Server-sent events: each change with the ledger position as its id. A tab that
+    reconnects (Last-Event-ID) or starts (``after``) behind the hub is told to reload."""
+    hub = room_of(request).hub
+    last = request.headers.get("last-event-id") or request.query_params.get("after", "")
+    since = int(last) if last.isdigit() else None
+    sessions = room_of(request).sessions
+    queue = hub.attach()
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        try:
+            if since is not None and since < hub.position:
+                yield ServerSentEvent(data="{}", event="resync", id=str(hub.position))
+            while sessions.alive(session):  # a signed-out or expired session's stream ends
+                try:
+                    change = await asyncio.wait_for(queue.get(), SESSION_CHECK_SECONDS)
+                except TimeoutError:
+                    continue
+                if change is RESYNC:
+                    yield ServerSentEvent(data="{}", event="resync", id=str(hub.position))
+                    continue
+                if since is not None and change.position <= since:
+                    continue
+                data = {"incident": change.incident, "type": change.type, "status": change.status}
+                yield ServerSentEvent(
+                    data=json.dumps(data), event="change", id=str(change.position)
+                )
+        finally:
+            hub.detach(queue)
+
+    return EventSourceResponse(stream(), ping=PING_SECONDS)
+
+
+# --- the map -----------------------------------------------------------------------------------
+
+
+#: The incident markers' colours by severity (the polygons' are the IKP bands').
+SEVERITY_FILL = {"critical": "#67001f", "high": "#b2182b", "medium": "#ef8a62", "low": "#2166ac"}
+#: Incidents in these states have no marker: the map shows the work still open.
+NO_MARKER = {"REJECTED", "MERGED", "CLOSED"}
+
+
+@signed_in
+async def map_page(request: Request, session: Session, officer: Officer) -> Response:
+    after = room_of(request).hub.position
+    return render(
+        request, session, "map.html", bands=BAND_FILL, severities=SEVERITY_FILL, after=after
+    )
+
+
+@signed_in
+async def map_data(request: Request, session: Session, officer: Officer) -> Response:
+    """The kecamatan polygons, each with its score, band, colour and reasons."""
+    room = room_of(request)
+    position = request.query_params.get("min_position", "0")
+    at = int(position) if position.isdigit() else 0
+
+    def fetch() -> tuple[VulnerabilityMap, list[Incident]]:
+        return (
+            officer.ledger.vulnerability_map(min_position=at),
+            list(officer.ledger.list_incidents(min_position=at)),
+        )
+
+    scores, incidents = await run_in_threadpool(fetch)
+    markers = [
+        {
+            "name": i.name,
+            "title": i.title,
+            "severity": i.severity,
+            "status": i.status.value,
+            "fill": SEVERITY_FILL.get(i.severity, "#555555"),
+            "point": [i.location.latitude, i.location.longitude],
+        }
+        for i in incidents
+        if i.location.latitude is not None
+        and i.location.longitude is not None
+        and i.status.value not in NO_MARKER
+    ]
+    by_code = {score.kecamatan: score for score in scores.kecamatan}
+    features = []
+    for feature in room.geojson.get("features", []):
+        properties = dict(feature.get("properties", {}))
+        score = by_code.get(properties.get("code", ""))
+        if score is not None:
+            properties.update(
+                label=score.name,
+                score=round(score.score, 1),
+                band=score.band,
+                fill=BAND_FILL.get(score.band, "#dddddd"),
+                incidents=score.incident_count,
+                reasons=[f"{r.title} ({r.severity}, {r.status})" for r in score.reasons[:5]],
+            )
+        features.append({**feature, "properties": properties})
+    return JSONResponse(
+        {
+            "type": "FeatureCollection",
+            "features": features,
+            "position": scores.position,
+            "markers": markers,
+        }
+    )
+
+
+# --- reporting ---------------------------------------------------------------------------------
+
+
+def may_report(officer: Officer) -> bool:
+    return officer.role != Role.AUDITOR.value
+
+
+async def report_form(
+    request: Request, session: Session, officer: Officer, request_id: str, error: str
+) -> Response:
+    """The form, with kecamatan, desa, categories and severities from GetReferenceData."""
+    ref = await run_in_threadpool(officer.ledger.reference_data)
+    desa = {k.code: list(k.desa) for k in ref.kecamatan}
+    return render(
+        request, session, "report.html", ref=ref, desa=desa, request_id=request_id, error=error
+    )
+
+
+@signed_in
+async def report_page(request: Request, session: Session, officer: Officer) -> Response:
+    if not may_report(officer):
+        return forbidden(_("Your agency may not report incidents."))
+    return await report_form(request, session, officer, uuid.uuid4().hex, "")
+
+
+@signed_in
+async def report(request: Request, session: Session, officer: Officer) -> Response:
+    form = await checked_form(request, session)
+    if form is None:
+        return forbidden(_("The form has expired or was not sent by this page. Reload it."))
+    if not may_report(officer):
+        return forbidden(_("Your agency may not report incidents."))
+    request_id = form.get("request_id", "") or uuid.uuid4().hex
+    try:
+        latitude, longitude = (
+            float(text) if (text := form.get(key, "").strip()) else None
+            for key in ("latitude", "longitude")
+        )
+    except ValueError:
+        error = _("Latitude and longitude are numbers, such as -2.57 and 101.15.")
+        return await report_form(request, session, officer, request_id, error)
+    location = Location(
+        form.get("kecamatan", ""),
+        desa=form.get("desa", ""),
+        latitude=latitude,
+        longitude=longitude,
+    )
+    try:
+        result = await run_in_threadpool(
+            lambda: officer.ledger.report(
+                form.get("title", ""),
+                form.get("category", ""),
+                location,
+                description=form.get("description", ""),
+                severity=form.get("severity", ""),
+                request_id=request_id,
+            )
+        )
+    except LedgerError as failure:
+        return await report_form(request, session, officer, request_id, failure.message)
+    log.info("situation_room.reported", incident=result.incident, agency=officer.agency)
+    return RedirectResponse(f"/board?reported={result.position}", status_code=303)
+
+
+# --- decisions in force -----------------------------------------------------------------------
+
+
+@signed_in
+async def decisions(request: Request, session: Session, officer: Officer) -> Response:
+    """The decisions in force now, soonest to end first, with the time left."""
+    found = await run_in_threadpool(officer.ledger.decisions_in_force)
+    far = datetime.max.replace(tzinfo=UTC)
+    found.sort(key=lambda d: d.valid_until or far)
+    now = datetime.now(UTC)
+    left = {d.event_id: time_left(d.valid_until, now) for d in found}
+    return render(request, session, "decisions.html", decisions=found, left=left)
+
+
+# --- agencies: workload and response times ----------------------------------------------------
+
+
+def duration(seconds: float, count: int) -> str:
+    """A median or p90 as ``1 h 05 min`` (``—`` without data)."""
+    if count == 0:
+        return "—"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+@signed_in
+async def agencies(request: Request, session: Session, officer: Officer) -> Response:
+    """Open, unacknowledged and overdue incidents per agency, and how fast each responds."""
+
+    def fetch() -> tuple[list[AgencyWorkload], list[ResponseTimes]]:
+        return officer.ledger.workload(), officer.ledger.response_times("agency")
+
+    loads, times = await run_in_threadpool(fetch)
+    loads.sort(key=lambda w: (-w.overdue, -w.unacknowledged, -w.open, w.agency))
+    return render(
+        request,
+        session,
+        "agencies.html",
+        loads=loads,
+        times={t.key: t for t in times},
+    )
+
+
+# --- an incident ------------------------------------------------------------------------------
+
+#: The actions the page offers, what offers them (a mirror of the ledger's rules, for what
+#: is shown only: the ledger decides) and the client call each makes.
+ACTIONS = ("verify", "reject", "assign", "log_action")
+REJECTION_REASONS = ("INVALID", "HOAX", "OUT_OF_SCOPE")
+
+
+def offered(officer: Officer, incident: Incident) -> set[str]:
+    """The actions the officer's role may take on the incident as it stands."""
+    status = incident.status.value
+    found: set[str] = set()
+    if officer.role == Role.COORDINATOR.value:
+        if status == "REPORTED":
+            found |= {"verify", "reject"}
+        if status in {"VERIFIED", "REOPENED"}:
+            found.add("assign")
+    involved = officer.agency == incident.lead_agency or (
+        officer.agency in incident.supporting_agencies
+    )
+    if involved and status in {"ASSIGNED", "RESPONDING", "RESOLVED", "REOPENED"}:
+        found.add("log_action")
+    return found
+
+
+async def incident_page(
+    request: Request, session: Session, officer: Officer, error: str = ""
+) -> Response:
+    name = f"incidents/{request.path_params['incident']}"
+
+    def fetch() -> tuple[Incident, list[IncidentEvent]]:
+        return officer.ledger.get_incident(name), list(officer.ledger.incident_events(name))
+
+    try:
+        incident, history = await run_in_threadpool(fetch)
+    except NotFound:
+        return Response(_("No such incident."), status_code=404, media_type="text/plain")
+    return render(
+        request,
+        session,
+        "incident.html",
+        incident=incident,
+        history=history,
+        actions=offered(officer, incident),
+        reasons=REJECTION_REASONS,
+        request_id=uuid.uuid4().hex,
+        error=error,
+    )
+
+
+@signed_in
+async def incident(request: Request, session: Session, officer: Officer) -> Response:
+    return await incident_page(request, session, officer)
+
+
+@signed_in
+async def act(request: Request, session: Session, officer: Officer) -> Response:
+    """One action on the incident, as the officer, with the version the page showed."""
+    form = await checked_form(request, session)
+    if form is None:
+        return forbidden(_("The form has expired or was not sent by this page. Reload it."))
+    action = request.path_params["action"]
+    if action not in ACTIONS:
+        return Response(_("No such action."), status_code=404, media_type="text/plain")
+    name = f"incidents/{request.path_params['incident']}"
+    version = form.get("version", "")
+    common: dict[str, Any] = {
+        "expected_version": int(version) if version.isdigit() else 0,
+        "request_id": form.get("request_id") or uuid.uuid4().hex,
+    }
+    ledger = officer.ledger
+    calls: dict[str, Callable[[], object]] = {
+        "verify": lambda: ledger.verify(name, comment=form.get("comment", ""), **common),
+        "reject": lambda: ledger.reject(
+            name, form.get("reason", "INVALID"), form.get("comment", ""), **common
+        ),
+        "assign": lambda: ledger.assign_lead(name, form.get("agency", ""), **common),
+        "log_action": lambda: ledger.log_action(name, form.get("action", ""), **common),
+    }
+    try:
+        await run_in_threadpool(calls[action])
+    except (LedgerError, ValueError) as failure:
+        message = failure.message if isinstance(failure, LedgerError) else str(failure)
+        return await incident_page(request, session, officer, error=message)
+    log.info("situation_room.acted", incident=name, action=action, agency=officer.agency)
+    return RedirectResponse(f"/{name}", status_code=303)
+
+
+async def ledger_failed(request: Request, error: Exception) -> Response:
+    """A query the ledger refused or could not answer: its token no longer valid signs the
+    officer out; anything else is said plainly (503), and logged."""
+    if isinstance(error, Unauthenticated):
+        session = session_of(request)
+        if session is not None:
+            room_of(request).sessions.drop(session)
+        return RedirectResponse("/login", status_code=303)
+    log.warning("situation_room.ledger_failed", path=request.url.path, error=str(error))
+    message = _("The ledger did not answer; try again in a moment.")
+    return Response(message, status_code=503, media_type="text/plain")
+
+
+async def home(request: Request) -> Response:
+    return RedirectResponse("/board", status_code=303)
+
+
+def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Starlette:
+    """The web application; its live subscription (with the token ``token()`` returns when
+    it subscribes) starts and stops with it."""
+    reference = ReferenceData.load(settings.reference_file)
+    geojson = json.loads(settings.map_file.read_text(encoding="utf-8"))
+
+    def connect() -> NotifierClient:
+        return NotifierClient(settings.notifier_address, token())
+
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.globals["_"] = _
+    templates.env.filters["wib"] = wib
+    templates.env.globals["duration"] = duration
+    room = Room(
+        settings,
+        reference,
+        Sessions(settings.session_minutes * 60),
+        SignInThrottle(),
+        Hub(connect),
+        geojson,
+        templates,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        room.hub.start()
+        try:
+            yield
+        finally:
+            room.hub.stop()
+            room.sessions.close()
+
+    routes = [
+        Route("/", home),
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/board", board),
+        Route("/board/rows", board_rows),
+        Route("/events", events),
+        Route("/map", map_page),
+        Route("/decisions", decisions),
+        Route("/agencies", agencies),
+        Route("/map/data.json", map_data),
+        Route("/report", report_page, methods=["GET"]),
+        Route("/report", report, methods=["POST"]),
+        Route("/incidents/{incident}", incident, methods=["GET"]),
+        Route("/incidents/{incident}/{action}", act, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+        Mount("/vendor/leaflet", StaticFiles(directory=str(LEAFLET_DIR), check_dir=False)),
+    ]
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={LedgerError: ledger_failed}
+    )
+    app.state.room = room
+    return app

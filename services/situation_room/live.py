@@ -1,0 +1,127 @@
+"""One live subscription to the notifier per web process, fanned out to the browser tabs.
+
+A thread reads the client's :class:`~incidentledger_client.Subscription` (which resumes by
+cursor when the stream drops) and hands each event to the event loop; every open SSE
+connection has a bounded queue of its own. The events carry the ledger position, which the
+page uses as the SSE event id. A tab that falls behind (its queue full) is told to reload
+its board rather than being sent a partial stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from incidentledger_client import CursorExpired, LedgerError, NotifierClient, Subscription
+
+log = structlog.get_logger(__name__)
+
+#: Events a tab may have waiting before it is told to reload instead.
+QUEUE_SIZE = 256
+
+
+@dataclass(frozen=True)
+class Change:
+    """An event as the page hears of it: the position (SSE id), the incident and the type."""
+
+    position: int
+    incident: str
+    type: str
+    status: str
+
+
+#: Marks a queue that overflowed: the tab reloads its board at the latest position.
+RESYNC = Change(0, "", "resync", "")
+
+
+class Hub:
+    """Fans the one subscription out to the tabs (see the module docstring)."""
+
+    def __init__(self, connect: Callable[[], NotifierClient]) -> None:
+        self._connect = connect
+        self._queues: set[asyncio.Queue[Change]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._subscription: Subscription | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        #: The position of the last event heard (0: none yet).
+        self.position = 0
+        #: Where a new subscription resumes ("": from now).
+        self._cursor = ""
+
+    @property
+    def listeners(self) -> int:
+        return len(self._queues)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._read, name="situation-room-live", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._subscription is not None:
+            self._subscription.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def _read(self) -> None:
+        """Subscribe (again after a failure, every second) until stopped."""
+        while not self._stopped.is_set():
+            try:
+                notifier = self._connect()
+            except (OSError, ValueError) as error:
+                log.warning("situation_room.subscription_failed", error=str(error))
+                self._stopped.wait(1.0)
+                continue
+            try:
+                self._subscription = notifier.subscribe(
+                    cursor=self._cursor or None, max_reconnects=None
+                )
+                if self._stopped.is_set():
+                    return
+                self._follow(self._subscription)
+            except CursorExpired:
+                self._cursor = ""  # too old to resume: from now (the tabs reload anyway)
+            except LedgerError as error:
+                if not self._stopped.is_set():
+                    log.warning("situation_room.subscription_failed", error=str(error))
+            finally:
+                if self._subscription is not None:
+                    self._cursor = self._subscription.cursor or self._cursor
+                notifier.close()
+            self._stopped.wait(1.0)
+
+    def _follow(self, subscription: Subscription) -> None:
+        loop = self._loop
+        assert loop is not None  # noqa: S101 - set by start()
+        for note in subscription:
+            change = Change(
+                note.event.position, note.event.incident, note.event.type, note.incident.status
+            )
+            try:
+                loop.call_soon_threadsafe(self._publish, change)
+            except RuntimeError:  # the loop closed: the process is stopping
+                return
+
+    def _publish(self, change: Change) -> None:
+        self.position = max(self.position, change.position)
+        for queue in self._queues:
+            try:
+                queue.put_nowait(change)
+            except asyncio.QueueFull:
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(RESYNC)
+
+    def attach(self) -> asyncio.Queue[Change]:
+        queue: asyncio.Queue[Change] = asyncio.Queue(QUEUE_SIZE)
+        self._queues.add(queue)
+        return queue
+
+    def detach(self, queue: asyncio.Queue[Change]) -> None:
+        self._queues.discard(queue)

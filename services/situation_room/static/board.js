@@ -1,0 +1,37 @@
+// The board, live: one EventSource per tab; each change (id = ledger position) reloads the
+// rows as the signed-in officer, at least at that position, with the page's filters.
+(function () {
+  "use strict";
+  var live = document.getElementById("live");
+  var rows = document.getElementById("rows");
+  var filters = new URLSearchParams(window.location.search);
+  filters.delete("reported");
+  var wanted = 0, loading = false, again = false;
+
+  function reload() {
+    if (loading) { again = true; return; }
+    loading = true;
+    var query = new URLSearchParams(filters);
+    query.set("min_position", String(wanted));
+    fetch("/board/rows?" + query.toString(), {credentials: "same-origin"})
+      .then(function (response) {
+        if (!response.ok) { throw new Error(String(response.status)); }
+        return response.text();
+      })
+      .then(function (html) { rows.innerHTML = html; live.dataset.position = String(wanted); })
+      .catch(function (error) { live.textContent = live.dataset.failed + " (" + error + ")"; })
+      .finally(function () { loading = false; if (again) { again = false; reload(); } });
+  }
+
+  function heard(event) {
+    var position = parseInt(event.lastEventId, 10);
+    if (!isNaN(position) && position > wanted) { wanted = position; }
+    reload();
+  }
+
+  var source = new EventSource("/events?after=" + encodeURIComponent(live.dataset.after));
+  source.addEventListener("open", function () { live.textContent = live.dataset.open; live.dataset.state = "open"; });
+  source.addEventListener("error", function () { live.textContent = live.dataset.reconnecting; live.dataset.state = "reconnecting"; });
+  source.addEventListener("change", heard);
+  source.addEventListener("resync", heard);
+})();

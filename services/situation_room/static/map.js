@@ -1,0 +1,77 @@
+// The map: the kecamatan polygons coloured by IKP band (score and reasons on hover or tap),
+// the open incidents with coordinates as markers by severity, redrawn on each change heard
+// on the event stream (at least at its ledger position). No basemap tiles: the room may have
+// no internet, so only the polygons are drawn.
+(function () {
+  "use strict";
+  var strings = JSON.parse(document.getElementById("strings").textContent);
+  var hover = document.getElementById("hover");
+  var box = document.getElementById("map");
+  var map = L.map("map", {zoomSnap: 0.25, attributionControl: false});
+  var shapes = null, markers = L.layerGroup().addTo(map), fitted = false;
+  var wanted = 0, loading = false, again = false;
+
+  function esc(text) {
+    return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  }
+
+  function describe(p) {
+    var lines = [p.label || p.name, strings.score + " " + p.score + " (" + strings.band + " " + p.band + ", " + p.incidents + " " + strings.incidents + ")"];
+    return lines.concat(p.reasons && p.reasons.length ? p.reasons : [strings.none]);
+  }
+
+  function draw(data) {
+    if (shapes) { map.removeLayer(shapes); }
+    shapes = L.geoJSON(data, {
+      style: function (feature) {
+        return {color: "#333", weight: 1, fillColor: feature.properties.fill || "#dddddd", fillOpacity: 0.75};
+      },
+      onEachFeature: function (feature, shape) {
+        var text = describe(feature.properties);
+        shape.bindTooltip(text.map(esc).join("<br>"), {sticky: true});
+        shape.on("mouseover click", function () { hover.textContent = text.join(" · "); });
+      }
+    }).addTo(map);
+    if (!fitted) { map.fitBounds(shapes.getBounds()); fitted = true; }  // draws the shapes
+    shapes.eachLayer(function (shape) {
+      var el = shape.getElement(), p = shape.feature.properties;
+      el.setAttribute("data-code", p.code);
+      el.setAttribute("data-band", p.band || "");
+    });
+    markers.clearLayers();
+    data.markers.forEach(function (m) {
+      var marker = L.circleMarker(m.point, {radius: 8, color: "#000", weight: 1, fillColor: m.fill, fillOpacity: 0.9});
+      marker.bindTooltip(esc(m.title) + "<br>" + esc(m.severity) + ", " + esc(m.status));
+      marker.on("click", function () { window.location.href = "/" + m.name; });
+      markers.addLayer(marker);
+      marker.getElement().setAttribute("data-name", m.name);
+      marker.getElement().setAttribute("data-severity", m.severity);
+    });
+    box.dataset.ready = String(data.features.length);
+    box.dataset.position = String(wanted);
+  }
+
+  function reload() {
+    if (loading) { again = true; return; }
+    loading = true;
+    fetch("/map/data.json?min_position=" + wanted, {credentials: "same-origin"})
+      .then(function (response) {
+        if (!response.ok) { throw new Error(String(response.status)); }
+        return response.json();
+      })
+      .then(draw)
+      .catch(function (error) { hover.textContent = String(error); })
+      .finally(function () { loading = false; if (again) { again = false; reload(); } });
+  }
+
+  function heard(event) {
+    var position = parseInt(event.lastEventId, 10);
+    if (!isNaN(position) && position > wanted) { wanted = position; }
+    reload();
+  }
+
+  reload();
+  var source = new EventSource("/events?after=" + encodeURIComponent(box.dataset.after));
+  source.addEventListener("change", heard);
+  source.addEventListener("resync", heard);
+})();

@@ -1,0 +1,58 @@
+// The report form: the desa of the chosen kecamatan; one submission per page (the request id
+// in the form makes a repeated one record nothing new anyway).
+(function () {
+  "use strict";
+  var desa = JSON.parse(document.getElementById("desa-data").textContent);
+  var kecamatan = document.getElementById("kecamatan");
+  var select = document.getElementById("desa");
+  var unknown = select.options[0].cloneNode(true);
+
+  function fill() {
+    select.replaceChildren(unknown.cloneNode(true));
+    (desa[kecamatan.value] || []).forEach(function (name) {
+      var option = document.createElement("option");
+      option.value = name; option.textContent = name;
+      select.appendChild(option);
+    });
+  }
+  kecamatan.addEventListener("change", fill);
+  fill();
+  // The point: a click on the map fills latitude and longitude (and the kecamatan clicked).
+  var pick = document.getElementById("pick");
+  if (pick && window.L) {
+    var map = L.map(pick, {zoomSnap: 0.25, attributionControl: false});
+    var marker = null;
+    var latitude = document.getElementById("latitude");
+    var longitude = document.getElementById("longitude");
+    fetch("/map/data.json", {credentials: "same-origin"})
+      .then(function (response) { return response.json(); })
+      .then(function (data) {
+        var shapes = L.geoJSON(data, {
+          style: {color: "#333", weight: 1, fillColor: "#cfd8dc", fillOpacity: 0.6},
+          onEachFeature: function (feature, shape) {
+            shape.on("click", function () {
+              if (desa[feature.properties.code] !== undefined && kecamatan.value !== feature.properties.code) {
+                kecamatan.value = feature.properties.code;
+                fill();
+              }
+            });
+          }
+        }).addTo(map);
+        map.fitBounds(shapes.getBounds());
+        shapes.eachLayer(function (shape) { shape.getElement().setAttribute("data-code", shape.feature.properties.code); });
+        pick.dataset.ready = "1";
+      });
+    map.on("click", function (event) {
+      var point = event.latlng;
+      latitude.value = point.lat.toFixed(5);
+      longitude.value = point.lng.toFixed(5);
+      if (marker) { marker.setLatLng(point); } else { marker = L.marker(point).addTo(map); }
+    });
+  }
+  var sent = false;
+  document.getElementById("report").addEventListener("submit", function (event) {
+    if (sent) { event.preventDefault(); return; }
+    sent = true;
+    document.getElementById("submit").disabled = true;
+  });
+})();

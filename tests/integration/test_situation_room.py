@@ -1,0 +1,490 @@
+"""The situation room in a real browser: Debian's chromium driven by Playwright, against the
+web process (``python -m services.situation_room``), a real ledger, notifier and nats-server.
+
+Without a chromium on the PATH these tests skip, and fail when ``CI=true`` (``make chromium``
+installs it). Screenshots of the board and the map are saved in the test's tmp directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from incidentledger_client import LedgerClient, Location
+from incidentledger_client.cli.output import BAND_FILL
+from services.common.natsserver import NatsServer
+from services.situation_room.sessions import SignInThrottle
+from tests.fanout_support import Stack, running_stack
+from tests.support import ServiceProcess, service_process, store_environment
+
+pytestmark = [pytest.mark.nats, pytest.mark.slow]
+
+#: How long a change may take to reach another page's board (the issue's bound).
+LIVE_SECONDS = 2.0
+#: How long a read of the event stream may wait (events come well within it).
+READ_SECONDS = 10.0
+
+
+@dataclass
+class Room:
+    stack: Stack
+    web: ServiceProcess
+    requests: list[str] = field(default_factory=list)
+    #: The pages' script errors (none is expected).
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web.port}"
+
+    def ledger(self, agency: str) -> LedgerClient:
+        return LedgerClient(self.stack.ledger.address, self.stack.ledger.tokens[agency])
+
+
+@pytest.fixture(scope="module")
+def chromium_path() -> str:
+    found = shutil.which("chromium")
+    if found is None:
+        message = "no chromium on the PATH: `make chromium` installs Debian's package"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture
+def browser(chromium_path: str) -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium_path, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def room(tmp_path: Path, nats_server: NatsServer) -> Iterator[Room]:
+    with (
+        store_environment("sqlite", tmp_path) as env,
+        running_stack(tmp_path, env, nats_server.url) as stack,
+    ):
+        web_env = {
+            "LEDGER_DATA_DIR": str(tmp_path / "room"),
+            "SITUATION_ROOM_LISTEN": "127.0.0.1:0",
+            "SITUATION_ROOM_LEDGER_ADDRESS": stack.ledger.address,
+            "SITUATION_ROOM_NOTIFIER_ADDRESS": f"127.0.0.1:{stack.notifier.port}",
+            "SITUATION_ROOM_TOKEN": stack.ledger.tokens["desk_pilkada"],
+        }
+        with service_process("services.situation_room", web_env) as web:
+            yield Room(stack, web)
+
+
+def new_page(room: Room, browser: Browser) -> Page:
+    """A page in a context of its own (its own cookies), its requests logged in ``room``."""
+    context: BrowserContext = browser.new_context()
+    page = context.new_page()
+    page.on("request", lambda request: room.requests.append(request.url))
+    page.on("pageerror", lambda error: room.errors.append(str(error)))
+    return page
+
+
+def sign_in(room: Room, page: Page, agency: str) -> None:
+    page.goto(f"{room.url}/login")
+    page.select_option("select[name=agency]", agency)
+    page.fill("input[name=token]", room.stack.ledger.tokens[agency])
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"{room.url}/board")
+    expect(page.locator("#live")).to_have_attribute("data-state", "open")
+
+
+def assert_local_and_clean(room: Room) -> None:
+    hosts = {urlsplit(url).hostname or "" for url in room.requests}
+    assert hosts == {"127.0.0.1"}, f"requests left 127.0.0.1: {sorted(hosts)}"
+    assert not room.errors, room.errors
+
+
+def titles(room: Room, title: str) -> int:
+    return sum(1 for i in room.ledger("desk_pilkada").list_incidents() if i.title == title)
+
+
+def test_a_wrong_token_is_refused_and_the_session_cookie_is_strict(
+    room: Room, browser: Browser
+) -> None:
+    page = new_page(room, browser)
+    page.goto(f"{room.url}/board")
+    expect(page).to_have_url(f"{room.url}/login")  # not signed in: to the sign-in page
+    page.select_option("select[name=agency]", "polres")
+    page.fill("input[name=token]", "not-a-token")
+    page.click("button[type=submit]")
+    expect(page.locator(".error")).to_contain_text("not valid")
+    sign_in(room, page, "polres")
+    (cookie,) = page.context.cookies()
+    assert (cookie["httpOnly"], cookie["sameSite"]) == (True, "Strict")
+    assert cookie["expires"] > 0  # it expires
+    page.click("text=Sign out")
+    expect(page).to_have_url(f"{room.url}/login")
+    page.goto(f"{room.url}/board")
+    expect(page).to_have_url(f"{room.url}/login")
+
+
+def test_an_incident_reported_over_grpc_appears_on_the_board(
+    room: Room, browser: Browser, tmp_path: Path
+) -> None:
+    page = new_page(room, browser)
+    sign_in(room, page, "desk_pilkada")
+    title = f"Ballot box damaged {uuid.uuid4().hex[:6]}"
+    room.ledger("kesbangpol").report(title, "logistics_failure", "ipuh", severity="high")
+    expect(page.locator("#rows")).to_contain_text(title, timeout=LIVE_SECONDS * 1000)
+    page.screenshot(path=str(tmp_path / "board.png"), full_page=True)
+    assert_local_and_clean(room)
+
+
+def test_a_report_entered_on_the_page_appears_on_a_second_pages_board(
+    room: Room, browser: Browser
+) -> None:
+    desk, police = new_page(room, browser), new_page(room, browser)
+    sign_in(room, desk, "desk_pilkada")
+    sign_in(room, police, "polres")
+    police.click("text=Report an incident")
+    title = f"Crowd at TPS 04 {uuid.uuid4().hex[:6]}"
+    police.fill("input[name=title]", title)
+    police.select_option("select[name=kecamatan]", "kota_mukomuko")
+    desa = police.locator("#desa option").nth(1).get_attribute("value")
+    assert desa, "the desa of the kecamatan are offered"
+    police.select_option("#desa", desa)
+    police.click("#submit")
+    expect(police).to_have_url(re.compile(r"/board\?reported=\d+$"))
+    expect(desk.locator("#rows")).to_contain_text(title, timeout=LIVE_SECONDS * 1000)
+    (incident,) = [i for i in room.ledger("desk_pilkada").list_incidents() if i.title == title]
+    assert incident.location == Location("kota_mukomuko", desa=desa)
+    assert (incident.reporter.agency, incident.reporter.officer) == ("polres", "dev-polres")
+    assert_local_and_clean(room)
+
+
+def test_a_repeated_report_form_records_one_incident(room: Room, browser: Browser) -> None:
+    page = new_page(room, browser)
+    sign_in(room, page, "polres")
+    page.goto(f"{room.url}/report")
+    form: dict[str, str | float | bool] = {
+        "csrf": page.input_value("input[name=csrf]"),
+        "request_id": page.input_value("input[name=request_id]"),
+        "title": f"Double click {uuid.uuid4().hex[:6]}",
+        "category": "crowd_gathering",
+        "kecamatan": "ipuh",
+        "severity": "",
+    }
+    for _ in range(2):  # the same form sent twice, as a double click would
+        answer = page.request.post(f"{room.url}/report", form=form, max_redirects=0)
+        assert answer.status == 303
+    assert titles(room, str(form["title"])) == 1
+
+
+def test_a_forged_form_post_without_the_csrf_token_is_refused(room: Room, browser: Browser) -> None:
+    page = new_page(room, browser)
+    sign_in(room, page, "polres")
+    title = f"Forged {uuid.uuid4().hex[:6]}"
+    form: dict[str, str | float | bool] = {
+        "title": title,
+        "category": "crowd_gathering",
+        "kecamatan": "ipuh",
+    }
+    forgeries: list[dict[str, str | float | bool]] = [form, {**form, "csrf": "guessed"}]
+    for forged in forgeries:
+        answer = page.request.post(f"{room.url}/report", form=forged, max_redirects=0)
+        assert answer.status == 403
+    assert page.request.post(f"{room.url}/logout", form={}, max_redirects=0).status == 403
+    assert titles(room, title) == 0
+
+
+def test_an_auditor_is_not_offered_reporting(room: Room, browser: Browser) -> None:
+    page = new_page(room, browser)
+    sign_in(room, page, "inspektorat")
+    expect(page.locator("nav")).to_contain_text("Map")
+    expect(page.locator("text=Report an incident")).to_have_count(0)
+    assert page.request.get(f"{room.url}/report").status == 403
+
+
+def test_the_map_colours_the_15_kecamatan_by_band_and_shows_incidents_live(
+    room: Room, browser: Browser, tmp_path: Path
+) -> None:
+    ipuh = Location("ipuh", latitude=-2.9802, longitude=101.5146)
+    reporter = room.ledger("kesbangpol")
+    reporter.report("Clash at TPS 01", "supporter_clash", ipuh, severity="critical")
+    scores = room.ledger("desk_pilkada").vulnerability_map()
+    page = new_page(room, browser)
+    sign_in(room, page, "desk_pilkada")
+    page.click("text=Map")
+    expect(page.locator("#map")).to_have_attribute("data-ready", "15")
+    shapes = page.locator("path[data-code]")
+    expect(shapes).to_have_count(15)
+    for score in scores.kecamatan:
+        shape = page.locator(f'path[data-code="{score.kecamatan}"]')
+        expect(shape).to_have_attribute("fill", BAND_FILL[score.band])
+    page.locator('path[data-code="ipuh"]').hover()
+    expect(page.locator("#hover")).to_contain_text("Clash at TPS 01")
+    expect(page.locator("#legend li")).to_have_count(len(BAND_FILL))
+    expect(page.locator("path[data-severity=critical]")).to_have_count(1)
+    # A new incident with a point appears as a marker without a reload.
+    town = Location("kota_mukomuko", latitude=-2.57489, longitude=101.14829)
+    added = reporter.report("Flooded TPS 09", "flood", town, severity="medium")
+    marker = page.locator(f'path[data-name="{added.incident}"]')
+    expect(marker).to_have_attribute("data-severity", "medium", timeout=LIVE_SECONDS * 1000)
+    page.screenshot(path=str(tmp_path / "map.png"), full_page=True)
+    assert_local_and_clean(room)
+
+
+# --- over plain HTTP: the event stream and the board's filter --------------------------------
+
+
+@contextmanager
+def signed_in_http(room: Room, agency: str) -> Iterator[httpx.Client]:
+    """An HTTP client signed in as ``agency`` (the sign-in form, with its CSRF token)."""
+    with httpx.Client(base_url=room.url, timeout=READ_SECONDS) as web:
+        page = web.get("/login")
+        found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert found, page.text
+        form = {"csrf": found[1], "agency": agency, "token": room.stack.ledger.tokens[agency]}
+        assert web.post("/login", data=form).status_code == 303
+        yield web
+
+
+@dataclass(frozen=True)
+class Sent:
+    id: int
+    event: str
+    data: str
+
+
+def first_event(web: httpx.Client, headers: dict[str, str] | None = None, **query: str) -> Sent:
+    """The first event of a new stream (keepalive comments skipped); the stream is then
+    closed, as a dropped connection would be."""
+    fields: dict[str, str] = {}
+    with web.stream("GET", "/events", params=query, headers=headers or {}) as stream:
+        for line in stream.iter_lines():
+            if line and not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = value.strip()
+            elif not line and "id" in fields:
+                return Sent(int(fields["id"]), fields.get("event", ""), fields.get("data", ""))
+    raise AssertionError(f"the stream ended without an event: {fields}")
+
+
+def test_a_reconnect_with_last_event_id_loses_nothing(room: Room) -> None:
+    reporter = room.ledger("kesbangpol")
+    with signed_in_http(room, "desk_pilkada") as web:
+        first = reporter.report("Before the drop", "crowd_gathering", "ipuh")
+        heard = first_event(web, after="0")  # behind: told to reload, at least at `first`
+        assert heard.id >= first.position
+        # The connection is gone; meanwhile another incident is reported.
+        missed = reporter.report("While disconnected", "crowd_gathering", "ipuh")
+        # Reconnecting with the last id seen: the next event is at least the missed one,
+        # (a reload, or the change itself when the page had not heard of it yet).
+        again = first_event(web, {"Last-Event-ID": str(heard.id)})
+        assert again.id >= missed.position
+        assert again.event in {"resync", "change"}
+        rows = web.get("/board/rows", params={"min_position": str(again.id)}).text
+        assert "While disconnected" in rows and "Before the drop" in rows
+
+
+def test_the_boards_filter_shows_what_the_ledger_lists_for_it(room: Room) -> None:
+    reporter = room.ledger("polres")
+    for kecamatan, severity in [("ipuh", "high"), ("ipuh", "low"), ("air_rami", "high")]:
+        reporter.report(f"{kecamatan} {severity}", "crowd_gathering", kecamatan, severity=severity)
+    desk = room.ledger("desk_pilkada")
+    first = next(desk.list_incidents('kecamatan = "ipuh"'))
+    desk.verify(first.name)
+    with signed_in_http(room, "desk_pilkada") as web:
+        for query, expression in [
+            (
+                {"kecamatan": "ipuh", "status": "VERIFIED"},
+                'kecamatan = "ipuh" AND status = "VERIFIED"',
+            ),
+            ({"severity": "high"}, 'severity = "high"'),
+            ({"kecamatan": "ipuh"}, 'kecamatan = "ipuh"'),
+        ]:
+            page = web.get("/board", params=query).text
+            shown = re.findall(r'data-name="([^"]+)"', page)
+            listed = [i.name for i in desk.list_incidents(expression)]
+            assert shown == list(reversed(listed)), query
+            assert shown, query
+
+
+def test_the_desk_verifies_and_assigns_and_the_lead_logs_an_action_each_as_itself(
+    room: Room, browser: Browser
+) -> None:
+    title = f"Intimidation at TPS 07 {uuid.uuid4().hex[:6]}"
+    reported = room.ledger("kesbangpol").report(title, "intimidation", "ipuh")
+    url = f"{room.url}/{reported.incident}"
+    desk, police, other = (new_page(room, browser) for _ in range(3))
+    for page, agency in [(desk, "desk_pilkada"), (police, "polres"), (other, "kesbangpol")]:
+        sign_in(room, page, agency)
+    desk.click(f"text={title}")  # from the board to the incident
+    expect(desk).to_have_url(url)
+    desk.click("#verify")
+    expect(desk.locator("#status")).to_have_text("VERIFIED")
+    desk.select_option("select[name=agency]", "polres")
+    desk.click("#assign")
+    expect(desk.locator("#status")).to_have_text("ASSIGNED")
+    expect(desk.locator("#log_action")).to_have_count(0)  # not the lead
+
+    other.goto(url)
+    expect(other.locator(".actions")).to_have_count(0)  # neither coordinator nor involved
+    police.goto(url)
+    expect(police.locator("#verify")).to_have_count(0)
+    police.fill("input[name=action]", "Patrol sent to the TPS")
+    police.click("#log_action")
+    expect(police.locator("#status")).to_have_text("RESPONDING")
+    expect(police.locator(".timeline li")).to_have_count(4)
+
+    history = list(room.ledger("desk_pilkada").incident_events(reported.incident))
+    actors = [(e.type, e.actor.agency, e.actor.officer) for e in history]
+    assert actors == [
+        ("Reported", "kesbangpol", "dev-kesbangpol"),
+        ("Verified", "desk_pilkada", "dev-desk_pilkada"),
+        ("LeadAssigned", "desk_pilkada", "dev-desk_pilkada"),
+        ("ActionLogged", "polres", "dev-polres"),
+    ]
+    assert_local_and_clean(room)
+
+
+def test_an_action_on_a_changed_incident_is_refused_with_the_ledgers_reason(
+    room: Room, browser: Browser
+) -> None:
+    reported = room.ledger("kesbangpol").report("Hoax leaflet", "hoax", "ipuh")
+    page = new_page(room, browser)
+    sign_in(room, page, "desk_pilkada")
+    page.goto(f"{room.url}/{reported.incident}")
+    room.ledger("desk_pilkada").verify(reported.incident)  # someone else, meanwhile
+    page.click("#verify")  # with the version the page showed
+    expect(page.locator(".error")).to_be_visible()
+    expect(page.locator("#status")).to_have_text("VERIFIED")
+    events = list(room.ledger("desk_pilkada").incident_events(reported.incident))
+    assert [e.type for e in events] == ["Reported", "Verified"]
+
+
+def test_the_decisions_in_force_show_the_time_left_in_wib(room: Room, browser: Browser) -> None:
+    desk = room.ledger("desk_pilkada")
+    reported = room.ledger("kesbangpol").report("Gathering planned", "crowd_gathering", "ipuh")
+    desk.verify(reported.incident)
+    now = datetime.now(UTC)
+    until = now + timedelta(hours=3, minutes=30)
+    desk.record_decision(
+        reported.incident,
+        ["desk_pilkada", "polres"],
+        "Forkopimda",
+        "Gatherings restricted",
+        rationale="Two camps announced rallies at the same square",
+        valid_from=now - timedelta(minutes=1),
+        valid_until=until,
+    )
+    page = new_page(room, browser)
+    sign_in(room, page, "desk_pilkada")
+    page.click("text=Decisions in force")
+    row = page.locator("tr.decision")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("Gatherings restricted")
+    expect(row).to_contain_text(
+        until.astimezone(timezone(timedelta(hours=7))).strftime("%H:%M WIB")
+    )
+    expect(row.locator(".left")).to_have_text(re.compile(r"^3 h (29|30) min$"))
+    assert_local_and_clean(room)
+
+
+def test_failed_sign_ins_are_throttled_here_before_the_ledger_blocks_the_page(
+    room: Room,
+) -> None:
+    with httpx.Client(base_url=room.url, timeout=READ_SECONDS) as web:
+        found = re.search(r'name="csrf" value="([^"]+)"', web.get("/login").text)
+        assert found
+        form = {"csrf": found[1], "agency": "polres", "token": "guessed"}
+        for _ in range(SignInThrottle().per_client):
+            answer = web.post("/login", data=form)
+            assert answer.status_code == 200 and "not valid" in answer.text
+        # Now refused here, even with the right token, without asking the ledger.
+        right = {**form, "token": room.stack.ledger.tokens["polres"]}
+        answer = web.post("/login", data=right)
+        assert answer.status_code == 429 and "Too many failed sign-ins" in answer.text
+    # The ledger still serves the page's address: it never saw enough failures to block it.
+    assert room.ledger("polres").reference_data().regency
+
+
+def test_signing_out_ends_the_tabs_event_stream(room: Room) -> None:
+    with signed_in_http(room, "desk_pilkada") as web:
+        found = re.search(r'name="csrf" value="([^"]+)"', web.get("/board").text)
+        assert found
+        ended = threading.Event()
+
+        def follow() -> None:
+            with web.stream("GET", "/events") as stream:
+                for _line in stream.iter_lines():
+                    pass
+            ended.set()
+
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
+        assert not ended.wait(0.5), "the stream of a signed-in session stays open"
+        assert web.post("/logout", data={"csrf": found[1]}).status_code == 303
+        assert ended.wait(READ_SECONDS), "the stream did not end after signing out"
+        reader.join(READ_SECONDS)
+
+
+def test_the_agencies_page_shows_the_ledgers_workload(room: Room, browser: Browser) -> None:
+    desk = room.ledger("desk_pilkada")
+    for lead in ("polres", "polres", "kodim"):
+        reported = room.ledger("kesbangpol").report(f"For {lead}", "crowd_gathering", "ipuh")
+        desk.verify(reported.incident)
+        desk.assign_lead(reported.incident, lead)
+    loads = {w.agency: w for w in desk.workload()}
+    assert loads["polres"].open == 2
+    page = new_page(room, browser)
+    sign_in(room, page, "desk_pilkada")
+    page.click("text=Agencies")
+    rows = page.locator("tr.agency")
+    expect(rows).to_have_count(len(loads))
+    for agency, load in loads.items():
+        row = page.locator(f'tr[data-agency="{agency}"]')
+        expect(row.locator(".open")).to_have_text(str(load.open))
+        expect(row.locator(".unacknowledged")).to_have_text(str(load.unacknowledged))
+        expect(row.locator(".overdue-count")).to_have_text(str(load.overdue))
+    assert_local_and_clean(room)
+
+
+def test_a_report_with_a_point_picked_on_the_map_appears_on_a_second_pages_map(
+    room: Room, browser: Browser
+) -> None:
+    desk, police = new_page(room, browser), new_page(room, browser)
+    sign_in(room, desk, "desk_pilkada")
+    desk.click("text=Map")
+    expect(desk.locator("#map")).to_have_attribute("data-ready", "15")
+    expect(desk.locator("#map path[data-name]")).to_have_count(0)
+    sign_in(room, police, "polres")
+    police.click("text=Report an incident")
+    expect(police.locator("#pick")).to_have_attribute("data-ready", "1")
+    title = f"Ballots burnt {uuid.uuid4().hex[:6]}"
+    police.fill("input[name=title]", title)
+    police.locator('#pick path[data-code="ipuh"]').click()
+    expect(police.locator("#latitude")).not_to_have_value("")
+    expect(police.locator("#longitude")).not_to_have_value("")
+    police.select_option("select[name=kecamatan]", "ipuh")
+    police.select_option("select[name=severity]", "critical")
+    point = (float(police.input_value("#latitude")), float(police.input_value("#longitude")))
+    police.click("#submit")
+    expect(police).to_have_url(re.compile(r"/board\?reported=\d+$"))
+    marker = desk.locator("#map path[data-name]")
+    expect(marker).to_have_attribute("data-severity", "critical", timeout=LIVE_SECONDS * 1000)
+    (incident,) = [i for i in room.ledger("desk_pilkada").list_incidents() if i.title == title]
+    assert (incident.location.latitude, incident.location.longitude) == point
+    assert_local_and_clean(room)

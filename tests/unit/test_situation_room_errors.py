@@ -1,0 +1,35 @@
+"""The situation room when the ledger does not answer: a plain 503, not a crash."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from incidentledger_client import LedgerClient, RetryPolicy
+from services.common.config import SituationRoomSettings
+from services.situation_room.app import build_app
+from services.situation_room.sessions import COOKIE, Officer
+
+#: Nothing listens there.
+NOWHERE = "127.0.0.1:1"
+
+
+def test_a_ledger_that_does_not_answer_gives_a_plain_503() -> None:
+    settings = SituationRoomSettings(ledger_address=NOWHERE, notifier_address=NOWHERE)
+    app = build_app(settings, token=lambda: "token")
+    room = app.state.room
+    ledger = LedgerClient(NOWHERE, "token", retry=RetryPolicy(retries=0), timeout=1.0)
+    session = room.sessions.new(Officer("polres", "responder", "token", ledger))
+
+    async def get_board() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)  # no lifespan: no live subscription
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            client.cookies.set(COOKIE, room.sessions.cookie_value(session))
+            return await client.get("/board")
+
+    answer = asyncio.run(get_board())
+    assert answer.status_code == 503
+    assert "did not answer" in answer.text
+    assert room.sessions.alive(session)  # still signed in: the ledger may come back
+    room.sessions.close()
