@@ -46,7 +46,9 @@ from services.common.auth import generate_dev_credentials
 from services.common.config import PROJECT_ROOT
 from services.common.reference import ReferenceData
 from services.ledger.application import Ledger
+from services.ledger.audit.keys import parse_private_key
 from services.ledger.domain.incident import incident_event_classes
+from services.ledger.seals import Sealer
 
 CHANNEL_MODE = "per-thread"  # each client its own connection, as separate agency systems
 PREPARED_VERSION = 3  # a prepared incident: reported, verified, assigned
@@ -271,7 +273,10 @@ def run(
         raise ValueError("the clients must split evenly between the load processes")
     shared = migrate(directory / "shared", store_env, reference)
     tokens = read_tokens(shared.directory)
-    ledger = Ledger(reference, env={**store_env, "CREATE_TABLE": "n"})
+    # Sealed with the replicas' key, as their own events are (an unsealed history would
+    # send every load through the checkpoint-covered path).
+    key = parse_private_key(shared.signing_key_file.read_bytes())
+    ledger = Ledger(reference, env={**store_env, "CREATE_TABLE": "n"}, sealer=Sealer(key))
     try:
         ids = prepare_assigned(ledger, plan.clients * plan.incidents_per_client)
         with replicas(count, directory, shared, store_env) as running:
