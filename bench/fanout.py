@@ -59,7 +59,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from bench import logs
+from bench import logs, profile
 from bench.harness import Channels, Result, Worker, open_loop
 from bench.scenarios import (
     ACTION,
@@ -78,6 +78,7 @@ from bench.scenarios import (
     prepare_assigned,
     read_tokens,
     service_process,
+    store_name,
 )
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
@@ -335,9 +336,17 @@ def relay_throughput(
     watcher.start()
     env = {**store_env, **stream_env(nats_url, stream), **key.env, "LEDGER_GRACE_SECONDS": "1"}
     started = time.perf_counter()
-    with ledger_process(data_dir, env) as (process, _target):
-        watcher.join(RELAY_TIMEOUT + 10)
-        cpu_used = cpu_seconds(process.pid)
+    recording: list[profile.Recording | None] = []
+    label = f"ledger-{store_name(store_env)}-relay"
+    try:
+        with ledger_process(
+            data_dir, env, started=lambda pid: recording.append(profile.start(label, pid))
+        ) as (process, _target):
+            watcher.join(RELAY_TIMEOUT + 10)
+            cpu_used = cpu_seconds(process.pid)
+            profile.stop(recording[0] if recording else None)
+    finally:
+        profile.stop(recording[0] if recording else None)
     progress = watch.get("progress")
     if not isinstance(progress, Progress):
         raise RuntimeError(f"the relay's progress was not read: {progress!r}")
@@ -786,7 +795,12 @@ def end_to_end(
             assigned=[[[f"incidents/{i}", 3] for i in ids[n::clients]] for n in range(clients)],
         )
         cpu = (cpu_seconds(ledger_proc.pid), cpu_seconds(notifier_proc.pid), time.perf_counter())
-        sent: Sent = in_child(_send, load)
+        store = store_name(store_env)
+        with (
+            profile.profiled(f"ledger-{store}-e2e", ledger_proc.pid),
+            profile.profiled(f"notifier-{store}-e2e", notifier_proc.pid),
+        ):
+            sent: Sent = in_child(_send, load)
         seconds = time.perf_counter() - cpu[2]
         ledger_cores = (cpu_seconds(ledger_proc.pid) - cpu[0]) / seconds
         notifier_cores = (cpu_seconds(notifier_proc.pid) - cpu[1]) / seconds

@@ -24,7 +24,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench import loadgen
+from bench import loadgen, profile
 from bench.cpu import CpuUse, CpuWindow
 from bench.echo import ECHO_METHOD
 from bench.harness import Channels, Result, Worker, closed_loop
@@ -427,6 +427,11 @@ class SigningKey:
         return {"LEDGER_SIGNING_KEY_FILE": str(self.path)}
 
 
+def store_name(store_env: Mapping[str, str]) -> str:
+    """``sqlite`` or ``postgres``, from the store's environment."""
+    return store_env.get("PERSISTENCE_MODULE", "eventsourcing.sqlite").rsplit(".", 1)[-1]
+
+
 def prepared_store(
     store_env: dict[str, str], reference: ReferenceData, count: int, key: SigningKey
 ) -> list[UUID]:
@@ -473,7 +478,20 @@ def ledger_over_grpc(
             assigned=[[[f"incidents/{i}", 3] for i in ids[n::clients]] for n in range(clients)],
         )
         window = CpuWindow([process.pid])
-        measured = loadgen.run_many([load], window.on_phase)[0]
+        recording: list[profile.Recording | None] = [None]
+
+        def on_phase(phase: str, pids: list[int]) -> None:
+            window.on_phase(phase, pids)
+            if phase == loadgen.CLOSED:  # the profile covers the closed loop
+                recording[0] = profile.start(f"ledger-{store_name(store_env)}-commands", pid)
+            elif phase == loadgen.PACED:
+                profile.stop(recording[0])
+
+        pid = process.pid
+        try:
+            measured = loadgen.run_many([load], on_phase)[0]
+        finally:
+            profile.stop(recording[0])
     if measured.paced is None:
         raise RuntimeError("the paced run did not happen")
     return LedgerRun(measured.closed, measured.paced, measured.sent, len(ids), window.use())
@@ -524,6 +542,7 @@ def service_process(
     port: int,
     log_path: Path,
     args: Sequence[str] = (),
+    started: Callable[[int], object] | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``python -m <module> [args]`` with ``env``, listening on ``port``; ready once gRPC
     connects.
@@ -541,6 +560,8 @@ def service_process(
             stderr=subprocess.STDOUT,
         )
     try:
+        if started is not None:  # as soon as it runs (a profile of its start-up)
+            started(process.pid)
         target = f"127.0.0.1:{port}"
         with grpc.insecure_channel(target) as channel:
             try:
@@ -559,12 +580,15 @@ def service_process(
 
 @contextmanager
 def ledger_process(
-    data_dir: Path, settings: Mapping[str, str] | None = None
+    data_dir: Path,
+    settings: Mapping[str, str] | None = None,
+    started: Callable[[int], object] | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``python -m services.ledger`` on a free port; see ledger_env for ``settings``."""
     port = free_port()
     env = ledger_env(data_dir, {**(settings or {}), "LEDGER_LISTEN": f"127.0.0.1:{port}"})
-    with service_process("services.ledger", env, port, data_dir / "server.log") as running:
+    log_path = data_dir / "server.log"
+    with service_process("services.ledger", env, port, log_path, started=started) as running:
         yield running
 
 
