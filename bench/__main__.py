@@ -244,7 +244,8 @@ def run_echo(plan: Plan, settings: LedgerSettings, workdir: Path) -> scenarios.E
     rows.append([f"{echo.mode} channel, paced {plan.paced_rate:g}/s", *result_cells(echo.paced)])
     print(table(["client setup", *RESULT_HEADERS], rows))
     print(
-        f"  -> echo ceiling {rate(echo.best.rate)} calls/s, p50 at {plan.paced_rate:g}/s "
+        f"  -> echo ceiling {rate(echo.best.rate)} calls/s ({echo.cpu[echo.mode].replicas:.2f} "
+        f"cores, {echo.cpu_ms_per_call:.2f} ms of CPU per call), p50 at {plan.paced_rate:g}/s "
         f"{ms(echo.paced.p50_ms)} ms; the ledger's clients use: {echo.mode} channel"
     )
     return echo
@@ -754,7 +755,12 @@ def print_figures(
             f"- {s.store}: append ceiling {rate(s.append_rate)} appends/s ({s.append_what}), "
             f"in-process Ledger.execute(LogAction) {rate(s.command_rate)}/s; over gRPC "
             f"{rate(s.ledger.closed.rate)} commands/s at {s.ledger.cpu_ms_per_command:.2f} ms "
-            f"of ledger CPU each" + (f" (echo {rate(echo.best.rate)} calls/s)" if echo else "")
+            f"of ledger CPU each"
+            + (
+                f" (echo {rate(echo.best.rate)} calls/s at {echo.cpu_ms_per_call:.2f} ms each)"
+                if echo
+                else ""
+            )
         )
     if fan.nats is not None:
         print(

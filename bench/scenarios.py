@@ -56,7 +56,7 @@ ECHO_PAYLOAD = os.urandom(160)
 
 
 @contextmanager
-def echo_process(settings: LedgerSettings, log_path: Path) -> Iterator[str]:
+def echo_process(settings: LedgerSettings, log_path: Path) -> Iterator[tuple[int, str]]:
     """``python -m bench.echo`` with the ledger's server settings, on a free port."""
     port = free_port()
     args = [
@@ -68,8 +68,8 @@ def echo_process(settings: LedgerSettings, log_path: Path) -> Iterator[str]:
         str(settings.max_message_bytes),
     ]
     env = ledger_env(log_path.parent)
-    with service_process("bench.echo", env, port, log_path, args) as (_process, target):
-        yield target
+    with service_process("bench.echo", env, port, log_path, args) as (process, target):
+        yield process.pid, target
 
 
 def echo_workers(channels: Sequence[grpc.Channel]) -> list[Worker]:
@@ -87,12 +87,19 @@ def echo_workers(channels: Sequence[grpc.Channel]) -> list[Worker]:
 @dataclass
 class EchoRun:
     closed: dict[str, Result]  # per client channel mode, at saturation
+    cpu: dict[str, CpuUse]  # the echo process's, per mode, through the closed loop
     mode: str  # the faster mode, which the ledger's clients use too
     paced: Result  # that mode, paced at paced_rate
 
     @property
     def best(self) -> Result:
         return self.closed[self.mode]
+
+    @property
+    def cpu_ms_per_call(self) -> float:
+        """CPU time of the echo process per call, in the best mode's closed loop."""
+        rate = self.best.rate
+        return self.cpu[self.mode].replicas / rate * 1000 if rate > 0 else math.nan
 
 
 def echo_ceiling(
@@ -107,12 +114,15 @@ def echo_ceiling(
     """The echo process driven from a load process: calls/s at saturation per channel
     mode (closed loop, ``clients`` threads), then latency paced at ``paced_rate``."""
     closed: dict[str, Result] = {}
-    with echo_process(settings, workdir / "echo" / "echo.log") as target:
+    cpu: dict[str, CpuUse] = {}
+    with echo_process(settings, workdir / "echo" / "echo.log") as (pid, target):
         for mode in modes:
             load = loadgen.Load(
                 "echo", target, clients, mode, warmup=min(1.0, duration / 2), duration=duration
             )
-            closed[mode] = loadgen.run(load).closed
+            window = CpuWindow([pid])
+            closed[mode] = loadgen.run_many([load], window.on_phase)[0].closed
+            cpu[mode] = window.use()
         mode = max(closed, key=lambda m: closed[m].rate)
         paced = loadgen.run(
             loadgen.Load(
@@ -128,7 +138,7 @@ def echo_ceiling(
         ).paced
     if paced is None:
         raise RuntimeError("the paced echo run did not happen")
-    return EchoRun(closed, mode, paced)
+    return EchoRun(closed, cpu, mode, paced)
 
 
 # ------------------------------------------------------------ incidents, in-process
