@@ -14,6 +14,7 @@ PIP_TOOLS_VERSION ?= 7.6.2
 LOCK_VENV ?= .venv-lock
 LOCK_ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 PY := $(VENV)/bin/python
 BUF := $(CURDIR)/tools/node_modules/.bin/buf
@@ -186,8 +187,9 @@ run: $(PROJECT_STAMP) $(BUF_STAMP) ## run NATS, the ledger, the notifier and the
 demo: $(PROJECT_STAMP) ## play a polling day in Mukomuko (on `make run` if up, else on a stack of its own)
 	exec $(PY) -m demo.run $(DEMO_ARGS)
 
-bench: $(PROJECT_STAMP) ## run the benchmarks (python -m bench)
-	$(PY) -m bench
+# BENCH_ARGS: e.g. --quick (a short run), --strict (exit 1 on a missed target), --only sqlite.
+bench: $(PROJECT_STAMP) ## run the benchmarks (python -m bench; BENCH_ARGS="--quick --strict"), see docs/performance.md
+	$(PY) -m bench $(BENCH_ARGS)
 
 # SOAK_SECONDS: how long the faults go round (default 600); SOAK_RATE: commands/s (default 20).
 soak: $(PROJECT_STAMP) ## the long soak run: faults under steady load for SOAK_SECONDS, then every check

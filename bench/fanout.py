@@ -1,44 +1,54 @@
-"""The fan-out: relay throughput, ledger commit -> gRPC subscriber latency, NATS alone.
+"""The fan-out: relay throughput, commit -> subscriber and webhook latency, their ceilings.
 
-All three run against a nats-server the bench starts itself (services.common.natsserver,
-free loopback ports, JetStream on file storage in the bench's temporary directory).
+All of it runs against a nats-server the bench starts itself (services.common.natsserver,
+free loopback ports, JetStream on file storage in the bench's temporary directory), and
+every service in a process of its own, as deployed:
 
-- Relay throughput: a fresh store pre-filled with incident events straight through
-  the application (raw saves, no gRPC), then a Relay (services.ledger.relay) started
-  on a fresh Ledger, timed until the stream's last message carries the store's
-  last position.
-- End to end: the real ledger (services.ledger.server.build, relay on) and the real
-  notifier (services.notifier.server.build) in this process; a child process sends
-  LogAction commands at a fixed rate and reads a gRPC Subscribe stream from the
-  notifier. Latency of an event = its receipt by the subscriber minus its
-  ``record_time`` (the ledger's clock, when the command created the event), and
-  minus the moment the client began the command's call (the client's clock); same
-  machine, one wall clock.
-- NATS alone: JetStream publish (awaiting the ack) to a test stream at the same rate,
-  read by an ordered push consumer configured as the notifier's live subscriptions
-  (and, at the same time, by a durable pull consumer fetching batches of 100, as the
-  notifier's webhook consumer does).
+- Relay throughput: a fresh store pre-filled with sealed incident events (raw saves
+  through the application, no gRPC), its projections rebuilt and a checkpoint signed
+  (as on a ledger that ran while NATS was away); then ``python -m services.ledger``
+  with the relay on starts on it, and the bench reads the stream's message count until
+  it holds every event. The rate is from the first message seen on the stream to the
+  last (the process's start-up is not counted; it is printed).
+- Its ceiling, plain publish: a child process reads those very messages back from the
+  stream (same subjects but for their prefix, same payloads, same headers) and
+  publishes them to a fresh stream of the same configuration with nats-py's pipelined
+  ``publish_async`` (every message sent, then the acks awaited): no store, no encoding.
+- End to end: ``python -m services.ledger`` (relay on) and ``python -m services.notifier``
+  on one store and stream; a sender process sends LogAction commands at a fixed rate,
+  a subscriber process reads one gRPC Subscribe stream, a receiver process is an HTTP
+  endpoint registered as a webhook. Latency of an event = its receipt minus its
+  ``record_time`` (the ledger's clock, when the command created the event, just before
+  its commit), and minus the moment the client began the command's call; one machine,
+  one wall clock.
+- NATS alone, the ceiling of both: a child process publishes (awaiting each ack) to a
+  test stream at the same rate, messages of the relay's shape, read by an ordered push
+  consumer configured as the notifier's live subscriptions and, at the same time, by a
+  durable pull consumer fetching batches of 100, as the notifier's webhook consumer does.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import json
 import math
 import multiprocessing
 import os
+import secrets
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import grpc
 import nats
+import psutil
+from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.msg import Msg
 from nats.js.api import (
     AckPolicy,
@@ -49,6 +59,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from bench import logs, profile
 from bench.harness import Channels, Result, Worker, open_loop
 from bench.scenarios import (
     ACTION,
@@ -59,32 +70,36 @@ from bench.scenarios import (
     REPORTER,
     TITLE,
     Metadata,
+    SigningKey,
     actors,
     envelope,
     free_port,
-    ledger_settings,
+    ledger_process,
     prepare_assigned,
     read_tokens,
     service_process,
+    store_name,
 )
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
-from services.common.auth import generate_dev_credentials
 from services.common.config import PROJECT_ROOT, RelaySettings, StreamSettings
 from services.common.reference import ReferenceData
 from services.ledger.application import Ledger
+from services.ledger.audit import Checkpoints, RawDecoder
 from services.ledger.domain.incident import Incident
-from services.ledger.relay import Relay
+from services.ledger.projections import Projections
 from services.ledger.relay_messages import POSITION_HEADER
-from services.ledger.server import LedgerServer, build
 
 EVENTS_PER_INCIDENT = 4  # reported, verified, lead assigned, one action logged
 PREFILL_BATCH = 250  # incidents per save (1,000 events)
 RELAY_TIMEOUT = 300.0  # seconds the relay may take before the bench gives up
 NOTIFIER_CONSUMER = "notifier"
 DRAIN_SECONDS = 10.0  # how long the subscriber may still take after the last send
+WEBHOOK_SECRET = secrets.token_hex(16)  # the receiver does not check signatures
+STREAM_POLL_SECONDS = 0.005  # how often the relay's progress is read from the stream
+LATE_SHARE_LIMIT = 0.01  # the paced sender kept its rate: at most 1 % of sends late
 
 
 def stream_settings(tag: str) -> StreamSettings:
@@ -100,47 +115,19 @@ def stream_settings(tag: str) -> StreamSettings:
     )
 
 
-# ------------------------------------------------------------------ service logs
+def stream_env(nats_url: str, stream: StreamSettings) -> dict[str, str]:
+    """The environment that points a ledger or a notifier process at ``stream``."""
+    return {
+        "NATS_URL": nats_url,
+        "LEDGER_STREAM": stream.name,
+        "LEDGER_STREAM_SUBJECT_PREFIX": stream.subject_prefix,
+        "LEDGER_STREAM_CHECKPOINT_SUBJECT": stream.checkpoint_subject,
+    }
 
 
-class LogTally(logging.Filter):
-    """Counts the log records that reach the root handlers, and drops them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: Counter[str] = Counter()
-        self.samples: dict[str, str] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg: object = record.msg
-        if isinstance(msg, dict):  # structlog's event dict (services.common.logging)
-            name, detail = str(msg.get("event", "")), str(msg.get("error", ""))
-        else:
-            name, detail = record.getMessage()[:80], ""
-        key = f"{record.levelname.lower()} {name}"
-        self.counts[key] += 1
-        self.samples.setdefault(key, detail[:90])
-        return False
-
-    def lines(self) -> list[str]:
-        return [
-            f"{key} x{n:,}" + (f" ({self.samples[key]})" if self.samples[key] else "")
-            for key, n in self.counts.most_common(4)
-        ]
-
-
-@contextmanager
-def tallied_logs() -> Iterator[LogTally]:
-    """The services' log lines counted instead of printed, while the block runs."""
-    tally = LogTally()
-    handlers = list(logging.getLogger().handlers)
-    for handler in handlers:
-        handler.addFilter(tally)
-    try:
-        yield tally
-    finally:
-        for handler in handlers:
-            handler.removeFilter(tally)
+def cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 # ------------------------------------------------------------------ NATS helpers
@@ -208,14 +195,6 @@ async def _wait_consumer_idle(url: str, stream: str, consumer: str, timeout: flo
         await nc.close()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.01)
-
-
 # -------------------------------------------------------------- relay throughput
 
 
@@ -253,110 +232,261 @@ def prefill(ledger: Ledger, events: int) -> int:
     return int(ledger.recorder.max_notification_id() or 0)
 
 
+def prepare_backlog(
+    store_env: dict[str, str], reference: ReferenceData, key: SigningKey, events: int
+) -> int:
+    """A store as a ledger leaves it after running while NATS was away: ``events`` sealed
+    incident events, the projections applied, a signed checkpoint; the last position."""
+    ledger = Ledger(reference, env=store_env, sealer=key.sealer)
+    try:
+        last = prefill(ledger, events)
+        projections = Projections(ledger, store_env, reference, create=True)
+        try:
+            projections.rebuild()
+        finally:
+            projections.close()
+        checkpoints = Checkpoints(
+            ledger.recorder, store_env, key.key, decoder=RawDecoder(ledger.mapper)
+        )
+        try:
+            checkpoints.create()
+        finally:
+            checkpoints.close()
+    finally:
+        ledger.close()
+    return last
+
+
+@dataclass(frozen=True)
+class Progress:
+    """When the stream's message count was first seen above 0, and when it was complete."""
+
+    first_at: float  # time.perf_counter()
+    first_count: int
+    done_at: float
+
+
+async def _watch_stream(url: str, name: str, events: int, timeout: float) -> Progress:
+    nc = await nats.connect(url, name="bench-watch", connect_timeout=2)
+    try:
+        js = nc.jetstream(timeout=5)
+        deadline = time.perf_counter() + timeout
+        first_at, first_count = math.nan, 0
+        while True:
+            try:
+                count = (await js.stream_info(name)).state.messages
+            except nats.js.errors.NotFoundError:
+                count = 0  # the relay has not made it yet
+            now = time.perf_counter()
+            if count and math.isnan(first_at):
+                first_at, first_count = now, count
+            if count >= events:
+                return Progress(first_at, first_count, now)
+            if now > deadline:
+                raise RuntimeError(f"the stream held {count} of {events} after {timeout:g} s")
+            await asyncio.sleep(STREAM_POLL_SECONDS)
+    finally:
+        await nc.close()
+
+
 @dataclass(frozen=True)
 class RelayRun:
     events: int
     prefill_seconds: float
-    first_publish_seconds: float  # start() -> first batch acknowledged by the stream
-    elapsed: float  # start() -> the last position acknowledged by the stream
-    stream_messages: int
+    start_to_first: float  # process start -> first message on the stream
+    first_count: int  # messages on the stream when it was first seen non-empty
+    elapsed: float  # first message seen -> every message on the stream
     tail: StreamTail
     batch_size: int
+    cpu_seconds: float  # of the ledger process, from its start to the last message
+    logs: logs.LogCount
 
     @property
     def rate(self) -> float:
-        return self.events / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def steady_rate(self) -> float:
-        """Events/s after the first batch (connect, stream set-up and first read excluded)."""
-        steady = self.elapsed - self.first_publish_seconds
-        return (self.events - self.batch_size) / steady if steady > 0 else math.nan
+        """Events/s from the first message seen on the stream to the last."""
+        counted = self.events - self.first_count
+        return counted / self.elapsed if self.elapsed > 0 else math.nan
 
 
 def relay_throughput(
     store_env: dict[str, str],
     reference: ReferenceData,
+    workdir: Path,
     nats_url: str,
     stream: StreamSettings,
     events: int,
 ) -> RelayRun:
-    """Pre-fill, then time a fresh Relay from start() until the stream has the last position."""
-    ledger = Ledger(reference, env=store_env)
+    """Pre-fill, then ``python -m services.ledger`` with the relay on, timed on the stream."""
+    data_dir = workdir / "data"
+    key = SigningKey.create(workdir / "key")
     began = time.perf_counter()
-    try:
-        last = prefill(ledger, events)
-    finally:
-        ledger.close()
+    last = prepare_backlog(store_env, reference, key, events)
     prefill_seconds = time.perf_counter() - began
-    # The relay on a Ledger of its own, as after a restart: nothing cached in memory.
-    ledger = Ledger(reference, env=store_env)
-    settings = RelaySettings(nats_url=nats_url, stream=stream)
-    relay = Relay(ledger, settings, store_env)
+    watch: dict[str, Progress | BaseException] = {}
+
+    def watch_stream() -> None:
+        try:
+            watch["progress"] = asyncio.run(
+                _watch_stream(nats_url, stream.name, events, RELAY_TIMEOUT)
+            )
+        except BaseException as exc:  # handed to the bench's thread below
+            watch["progress"] = exc
+
+    watcher = threading.Thread(target=watch_stream, name="bench-watch", daemon=True)
+    watcher.start()
+    env = {**store_env, **stream_env(nats_url, stream), **key.env, "LEDGER_GRACE_SECONDS": "1"}
+    started = time.perf_counter()
+    recording: list[profile.Recording | None] = []
+    label = f"ledger-{store_name(store_env)}-relay"
     try:
-        started = time.perf_counter()
-        relay.start()
-        first = math.nan
-        while relay.status.position < last:
-            now = time.perf_counter()
-            if math.isnan(first) and relay.status.published:
-                first = now - started
-            if now - started > RELAY_TIMEOUT:
-                raise RuntimeError(
-                    f"the relay reached position {relay.status.position} of {last} in "
-                    f"{RELAY_TIMEOUT:g} s (last error: {relay.status.last_error or 'none'})"
-                )
-            time.sleep(0.002)
-        elapsed = time.perf_counter() - started
-        if math.isnan(first):
-            first = elapsed
+        with ledger_process(
+            data_dir, env, started=lambda pid: recording.append(profile.start(label, pid))
+        ) as (process, _target):
+            watcher.join(RELAY_TIMEOUT + 10)
+            cpu_used = cpu_seconds(process.pid)
+            profile.stop(recording[0] if recording else None)
     finally:
-        relay.stop()
-        ledger.close()
+        profile.stop(recording[0] if recording else None)
+    progress = watch.get("progress")
+    if not isinstance(progress, Progress):
+        raise RuntimeError(f"the relay's progress was not read: {progress!r}")
     tail = stream_tail(nats_url, stream.name)
     if tail.last_position != last or tail.messages != events:
         raise RuntimeError(
             f"the stream holds {tail.messages} messages up to position {tail.last_position}; "
             f"expected {events} up to {last}"
         )
-    delete_stream(nats_url, stream.name)
     return RelayRun(
-        events, prefill_seconds, first, elapsed, tail.messages, tail, settings.batch_size
+        events=events,
+        prefill_seconds=prefill_seconds,
+        start_to_first=progress.first_at - started,
+        first_count=progress.first_count,
+        elapsed=progress.done_at - progress.first_at,
+        tail=tail,
+        batch_size=RelaySettings.from_env(env).batch_size,
+        cpu_seconds=cpu_used,
+        logs=logs.tally([data_dir / "server.log"]),
     )
+
+
+@dataclass(frozen=True)
+class PlainPublish:
+    """The relay's messages published again plainly, in windows of ``window`` messages
+    (every message of a window sent, then its acks awaited); the first ``warmup``
+    messages untimed, as the relay's first batch is."""
+
+    events: int  # timed
+    warmup: int
+    rates: dict[int, float]  # events/s per window size tried
+    payload_bytes: int  # of the last message
+    header_count: int
+
+    @property
+    def window(self) -> int:
+        return max(self.rates, key=lambda w: self.rates[w])
+
+    @property
+    def rate(self) -> float:
+        """The best window's."""
+        return self.rates[self.window] if self.rates else math.nan
+
+
+async def _publish_in_windows(
+    js: Any, messages: list[tuple[str, bytes, dict[str, str]]], window: int
+) -> None:
+    for start in range(0, len(messages), window):
+        acks = [
+            await js.publish_async(subject, data, headers=headers)
+            for subject, data, headers in messages[start : start + window]
+        ]
+        await asyncio.gather(*acks)
+
+
+async def _plain_publish(url: str, source: StreamSettings, events: int, batch: int) -> PlainPublish:
+    nc = await nats.connect(url, name="bench-plain", connect_timeout=2)
+    try:
+        js = nc.jetstream(timeout=10)
+        messages: list[tuple[str, bytes, dict[str, str]]] = []
+        sub = await js.subscribe(
+            f"{source.subject_prefix}.>", stream=source.name, ordered_consumer=True
+        )
+        try:
+            while len(messages) < events:
+                msg = await sub.next_msg(timeout=10)
+                headers = {str(k): str(v) for k, v in (msg.headers or {}).items()}
+                for key in [k for k in headers if k.startswith("Nats-") and k != "Nats-Msg-Id"]:
+                    del headers[key]  # what the server added on delivery
+                messages.append((msg.subject, msg.data, headers))
+        finally:
+            await sub.unsubscribe()
+        warmup = min(batch, len(messages) // 2)
+        rates: dict[int, float] = {}
+        for window in (batch, len(messages)):
+            # Subjects as long as the relay's, under a first token of their own.
+            first, _, rest = source.subject_prefix.partition(".")
+            prefix = f"{'plain'[: len(first)]:x<{len(first)}}.{rest}"
+            name = f"{source.name}_PLAIN_{window}"
+            await js.add_stream(
+                StreamConfig(
+                    name=name,
+                    subjects=[f"{prefix}.>"],
+                    retention=RetentionPolicy.LIMITS,
+                    storage=StorageType.FILE,
+                    duplicate_window=source.duplicate_window_seconds,
+                )
+            )
+            offset = len(source.subject_prefix)
+            outgoing = [(prefix + s[offset:], d, h) for s, d, h in messages]
+            await _publish_in_windows(js, outgoing[:warmup], window)
+            started = time.perf_counter()
+            await _publish_in_windows(js, outgoing[warmup:], window)
+            rates[window] = (len(outgoing) - warmup) / (time.perf_counter() - started)
+            await js.delete_stream(name)
+        _, payload, headers = messages[-1]
+        return PlainPublish(len(messages) - warmup, warmup, rates, len(payload), len(headers))
+    finally:
+        await nc.close()
+
+
+def plain_publish(url: str, source: StreamSettings, events: int, batch: int) -> PlainPublish:
+    """In a child process: the relay's messages on ``source`` published again, plainly, in
+    windows of the relay's batch and all at once (the faster counts)."""
+    run: PlainPublish = in_child(_plain_publish_sync, url, source, events, batch)
+    return run
+
+
+def _plain_publish_sync(url: str, source: StreamSettings, events: int, batch: int) -> PlainPublish:
+    return asyncio.run(_plain_publish(url, source, events, batch))
+
+
+def in_child(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` in a fresh (spawned) child process; its result."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(function, args)
 
 
 # ---------------------------------------------------------------- end to end
 
 
 @dataclass(frozen=True)
-class EndToEndLoad:
-    """What the child process does: subscribe at the notifier, send paced LogActions."""
+class SenderLoad:
+    """What the sender process does: LogActions paced at ``rate`` from ``clients`` threads."""
 
     ledger: str
-    notifier: str
-    tokens: dict[str, Metadata]
+    md: Metadata
     clients: int
     mode: str
     rate: float
     warmup: float
     duration: float
     assigned: list[list[list[Any]]]  # per client: [incident name, version]
-    drain_timeout: float = DRAIN_SECONDS
 
 
 @dataclass
-class EndToEndRun:
-    commands: Result  # the paced LogActions, latency from their scheduled send time
-    from_record: Result  # subscriber receipt - record_time
-    from_send: Result  # subscriber receipt - the client's send
-    sent: int
-    received: int
-    subscriber_error: str
-    prepared: int = 0
-
-    @property
-    def missing(self) -> int:
-        return self.sent - self.received
+class Sent:
+    commands: Result  # latency from each command's scheduled send time
+    at: dict[str, float]  # request id -> when its call began (time.time())
 
 
 def _log_action_worker(
@@ -389,105 +519,225 @@ def _log_action_worker(
     return once
 
 
-def _end_to_end_client(load: EndToEndLoad) -> EndToEndRun:
-    """In the child: one Subscribe stream read by a thread, LogActions from ``clients`` threads."""
-    received: dict[str, tuple[float, float]] = {}  # request id -> (receipt, record_time)
-    errors: list[str] = []
-    first = threading.Event()
-    with grpc.insecure_channel(load.notifier) as channel:
-        call = napi_grpc.NotifierServiceStub(channel).Subscribe(
-            napi.SubscribeRequest(heartbeat_seconds=5), metadata=load.tokens[COORDINATOR]
-        )
+def _send(load: SenderLoad) -> Sent:
+    """In the sender process: a warm-up, then the measured paced run."""
+    sent: dict[str, float] = {}
+    with Channels(load.ledger, load.clients, load.mode) as channels:
+        workers = [
+            _log_action_worker(api_grpc.LedgerServiceStub(c), load.md, load.assigned[n], sent)
+            for n, c in enumerate(channels.for_thread)
+        ]
+        open_loop(workers, rate=load.rate, duration=load.warmup)
+        sent.clear()
+        commands = open_loop(workers, rate=load.rate, duration=load.duration)
+    return Sent(commands, sent)
 
-        def read() -> None:
-            try:
-                for response in call:
-                    now = time.time()
-                    if response.HasField("notification"):
-                        event = response.notification.event
-                        recorded = event.record_time.seconds + event.record_time.nanos / 1e9
-                        received[event.request_id] = (now, recorded)
-                    first.set()
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.CANCELLED:
-                    errors.append(f"{exc.code().name}: {exc.details()}")
-            finally:
-                first.set()
 
-        reader = threading.Thread(target=read, name="subscriber", daemon=True)
-        reader.start()
-        if not first.wait(15) or errors:
-            raise RuntimeError(f"the subscription did not start: {errors or 'no heartbeat'}")
-        sent: dict[str, float] = {}
-        with Channels(load.ledger, load.clients, load.mode) as channels:
-            workers = [
-                _log_action_worker(
-                    api_grpc.LedgerServiceStub(c), load.tokens[LEAD], load.assigned[n], sent
-                )
-                for n, c in enumerate(channels.for_thread)
-            ]
-            open_loop(workers, rate=load.rate, duration=load.warmup)
-            sent.clear()
-            commands = open_loop(workers, rate=load.rate, duration=load.duration)
-        deadline = time.monotonic() + load.drain_timeout
-        while not errors and time.monotonic() < deadline:
-            if all(rid in received for rid in list(sent)):
-                break
-            time.sleep(0.05)
+# What a collector keeps of each event: request id -> (receipt, record_time), time.time().
+Arrivals = dict[str, tuple[float, float]]
+
+
+def _subscribe(
+    target: str, md: Metadata, arrivals: Arrivals, errors: list[str], ready: Any
+) -> Callable[[], None]:
+    """A gRPC Subscribe stream read by a thread; returns how to stop it."""
+    channel = grpc.insecure_channel(target)
+    call = napi_grpc.NotifierServiceStub(channel).Subscribe(
+        napi.SubscribeRequest(heartbeat_seconds=5), metadata=md
+    )
+
+    def read() -> None:
+        try:
+            for response in call:
+                now = time.time()
+                if response.HasField("notification"):
+                    event = response.notification.event
+                    recorded = event.record_time.seconds + event.record_time.nanos / 1e9
+                    arrivals[event.request_id] = (now, recorded)
+                ready.set()
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                errors.append(f"{exc.code().name}: {exc.details()}")
+        finally:
+            ready.set()
+
+    reader = threading.Thread(target=read, name="subscriber", daemon=True)
+    reader.start()
+
+    def stop() -> None:
         call.cancel()  # type: ignore[no-untyped-call]
         reader.join(10)
+        channel.close()
+
+    return stop
+
+
+def _receive_webhooks(
+    port: int, arrivals: Arrivals, errors: list[str], ready: Any
+) -> Callable[[], None]:
+    """An HTTP endpoint on loopback taking the notifier's webhook POSTs (kept-alive
+    connections, as a receiver behind any common HTTP server); returns how to stop it."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            body = self.rfile.read(length)
+            now = time.time()
+            try:
+                event = json.loads(body)["event"]
+                stamp = Timestamp()
+                stamp.FromJsonString(event["record_time"])
+                arrivals[event["request_id"]] = (now, stamp.seconds + stamp.nanos / 1e9)
+            except (ValueError, KeyError) as exc:
+                errors.append(f"unreadable delivery: {type(exc).__name__}: {exc}")
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="receiver", daemon=True).start()
+    ready.set()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return stop
+
+
+def _collect(kind: str, target: str, md: Metadata, ready: Any, expect: Any, out: Any) -> None:
+    """A collector process: subscriber or webhook receiver. Once told which request ids
+    to expect (and for how long), it sends back their arrivals and any error."""
+    arrivals: Arrivals = {}
+    errors: list[str] = []
+    if kind == "subscriber":
+        stop = _subscribe(target, md, arrivals, errors, ready)
+    else:
+        stop = _receive_webhooks(int(target), arrivals, errors, ready)
+    wanted, drain = expect.get()
+    deadline = time.monotonic() + drain
+    while not errors and time.monotonic() < deadline:
+        if all(rid in arrivals for rid in wanted):
+            break
+        time.sleep(0.05)
+    stop()
+    out.put(({rid: arrivals[rid] for rid in wanted if rid in arrivals}, "; ".join(errors)))
+
+
+class Collector:
+    """A collector process (see _collect), started and waited on from the bench."""
+
+    def __init__(self, kind: str, target: str, md: Metadata) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.kind = kind
+        self._ready = context.Event()
+        self._expect: Any = context.Queue()
+        self._out: Any = context.Queue()
+        self._process = context.Process(
+            target=_collect,
+            args=(kind, target, md, self._ready, self._expect, self._out),
+            name=f"bench-{kind}",
+            daemon=True,
+        )
+        self._process.start()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"the {self.kind} process did not start")
+
+    def results(self, wanted: list[str], drain: float) -> tuple[Arrivals, str]:
+        self._expect.put((wanted, drain))
+        arrivals, error = self._out.get(timeout=drain + 30)
+        return arrivals, error
+
+    def close(self) -> None:
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+
+@dataclass
+class Delivery:
+    """One receiving end's figures over the measured sends."""
+
+    from_record: Result  # receipt - record_time
+    from_send: Result  # receipt - the client's send
+    received: int
+    error: str
+
+
+def delivery(sent: Sent, arrivals: Arrivals, error: str) -> Delivery:
     from_record: list[float] = []
     from_send: list[float] = []
-    for rid, at in sent.items():
-        got = received.get(rid)
+    for rid, at in sent.at.items():
+        got = arrivals.get(rid)
         if got is not None:
             from_record.append(got[0] - got[1])
             from_send.append(got[0] - at)
-    return EndToEndRun(
-        commands,
-        Result(commands.elapsed, from_record),
-        Result(commands.elapsed, from_send),
-        len(sent),
-        len(from_record),
-        "; ".join(errors),
+    elapsed = sent.commands.elapsed
+    return Delivery(
+        Result(elapsed, from_record), Result(elapsed, from_send), len(from_record), error
     )
 
 
-def run_end_to_end_client(load: EndToEndLoad) -> EndToEndRun:
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        result: EndToEndRun = pool.apply(_end_to_end_client, (load,))
-    return result
+@dataclass
+class EndToEndRun:
+    commands: Result  # the paced LogActions, latency from their scheduled send time
+    offered: int  # sends scheduled in the measured run
+    subscriber: Delivery
+    webhook: Delivery
+    prepared: int
+    ledger_cores: float  # CPU seconds per second of each process, over the measured run
+    notifier_cores: float
+    logs: logs.LogCount = field(default_factory=logs.LogCount)
+
+    @property
+    def sent(self) -> int:
+        return self.commands.calls
+
+    @property
+    def late_share(self) -> float:
+        return self.commands.late_sends / self.offered if self.offered else 0.0
 
 
 @contextmanager
-def notifier_process(data_dir: Path, nats_url: str, stream: StreamSettings) -> Iterator[str]:
+def notifier_process(data_dir: Path, nats_url: str, stream: StreamSettings) -> Iterator[Any]:
     """``python -m services.notifier`` as ``make run`` configures it (SQLite store in the
-    data dir), on a free port; yields its address."""
+    data dir), on a free port, webhooks to loopback allowed; yields (process, address)."""
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "NOTIFIER_"))},
         "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "gen")]),
-        "NATS_URL": nats_url,
+        **stream_env(nats_url, stream),
         "NOTIFIER_LISTEN": f"127.0.0.1:{port}",
         "NOTIFIER_CONSUMER": NOTIFIER_CONSUMER,
-        "LEDGER_STREAM": stream.name,
-        "LEDGER_STREAM_SUBJECT_PREFIX": stream.subject_prefix,
-        "LEDGER_STREAM_CHECKPOINT_SUBJECT": stream.checkpoint_subject,
+        "NOTIFIER_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",
         "LEDGER_DATA_DIR": str(data_dir),
         "LEDGER_LOG_LEVEL": "WARNING",
         "LEDGER_LOG_FORMAT": "json",
     }
-    with service_process("services.notifier", env, port, data_dir / "notifier.log") as (
-        _process,
-        target,
-    ):
-        yield target
+    with service_process("services.notifier", env, port, data_dir / "notifier.log") as running:
+        yield running
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
 
 
 def end_to_end(
-    data_dir: Path,
+    workdir: Path,
     store_env: dict[str, str],
+    reference: ReferenceData,
     nats_url: str,
     stream: StreamSettings,
     clients: int,
@@ -498,30 +748,45 @@ def end_to_end(
     per_client: int,
     drain: float = DRAIN_SECONDS,
 ) -> EndToEndRun:
-    """The ledger (relay on) in this process, the notifier in its own (as deployed), and the
-    client in a third."""
-    settings = replace(
-        ledger_settings(data_dir, store_env),
-        relay=RelaySettings(nats_url=nats_url, stream=stream),
-    )
-    reference = ReferenceData.load(settings.reference_file)
-    generate_dev_credentials(data_dir / "credentials", reference.agencies)
-    ledger: LedgerServer = build(settings)
-    stack = ExitStack()
+    """The ledger (relay on) and the notifier in processes of their own, a sender, a
+    subscriber and a webhook receiver in three more."""
+    data_dir = workdir / "data"
+    key = SigningKey.create(workdir / "key")
+    ledger = Ledger(reference, env=store_env, sealer=key.sealer)
     try:
-        relay = ledger.relay
-        if relay is None:
-            raise RuntimeError("the ledger started without its relay")
-        ids: list[UUID] = prepare_assigned(ledger.ledger, clients * per_client)
-        relay.wake()
-        last = int(ledger.ledger.recorder.max_notification_id() or 0)
-        wait_until(lambda: relay.status.position >= last, 60, "the relay to publish the set-up")
-        notifier = stack.enter_context(notifier_process(data_dir, nats_url, stream))
+        ids = prepare_assigned(ledger, clients * per_client)
+        last = int(ledger.recorder.max_notification_id() or 0)
+    finally:
+        ledger.close()
+    env = {**store_env, **stream_env(nats_url, stream), **key.env, "LEDGER_GRACE_SECONDS": "1"}
+    with ExitStack() as stack:
+        ledger_proc, ledger_target = stack.enter_context(ledger_process(data_dir, env))
+        wait_until(lambda: _tail_position(nats_url, stream.name) >= last, 60, "the relay's set-up")
+        notifier_proc, notifier_target = stack.enter_context(
+            notifier_process(data_dir, nats_url, stream)
+        )
         asyncio.run(_wait_consumer_idle(nats_url, stream.name, NOTIFIER_CONSUMER, 60))
-        load = EndToEndLoad(
-            ledger=f"127.0.0.1:{ledger.port}",
-            notifier=notifier,
-            tokens=read_tokens(data_dir),
+        tokens = read_tokens(data_dir)
+        subscriber = Collector("subscriber", notifier_target, tokens[COORDINATOR])
+        stack.callback(subscriber.close)
+        port = free_port()
+        receiver = Collector("webhook", str(port), ())
+        stack.callback(receiver.close)
+        subscriber.wait_ready()
+        receiver.wait_ready()
+        with grpc.insecure_channel(notifier_target) as channel:
+            napi_grpc.NotifierServiceStub(channel).CreateWebhook(
+                napi.CreateWebhookRequest(
+                    request_id=uuid4().hex,
+                    url=f"http://127.0.0.1:{port}/hook",
+                    secret=WEBHOOK_SECRET,
+                ),
+                metadata=tokens[COORDINATOR],
+                timeout=10,
+            )
+        load = SenderLoad(
+            ledger=ledger_target,
+            md=tokens[LEAD],
             clients=clients,
             mode=mode,
             rate=rate,
@@ -529,13 +794,36 @@ def end_to_end(
             duration=duration,
             assigned=[[[f"incidents/{i}", 3] for i in ids[n::clients]] for n in range(clients)],
         )
-        run = run_end_to_end_client(load)
-        run.prepared = len(ids)
-    finally:
-        stack.close()
-        ledger.stop(1.0)
-    delete_stream(nats_url, stream.name)
-    return run
+        cpu = (cpu_seconds(ledger_proc.pid), cpu_seconds(notifier_proc.pid), time.perf_counter())
+        store = store_name(store_env)
+        with (
+            profile.profiled(f"ledger-{store}-e2e", ledger_proc.pid),
+            profile.profiled(f"notifier-{store}-e2e", notifier_proc.pid),
+        ):
+            sent: Sent = in_child(_send, load)
+        seconds = time.perf_counter() - cpu[2]
+        ledger_cores = (cpu_seconds(ledger_proc.pid) - cpu[0]) / seconds
+        notifier_cores = (cpu_seconds(notifier_proc.pid) - cpu[1]) / seconds
+        wanted = list(sent.at)
+        got_sub = subscriber.results(wanted, drain)
+        got_hook = receiver.results(wanted, drain)
+    return EndToEndRun(
+        commands=sent.commands,
+        offered=int(rate * duration),
+        subscriber=delivery(sent, *got_sub),
+        webhook=delivery(sent, *got_hook),
+        prepared=len(ids),
+        ledger_cores=ledger_cores,
+        notifier_cores=notifier_cores,
+        logs=logs.tally([data_dir / "server.log", data_dir / "notifier.log"]),
+    )
+
+
+def _tail_position(url: str, name: str) -> int:
+    try:
+        return stream_tail(url, name).last_position
+    except nats.js.errors.NotFoundError:
+        return 0
 
 
 # ---------------------------------------------------------------- NATS alone
@@ -671,7 +959,15 @@ def nats_latency(
     payload: bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> NatsRun:
-    """JetStream publish -> consume at ``rate`` messages/s, with the relay's message shape."""
-    return asyncio.run(
-        _nats_latency(url, rate, warmup, duration, payload or os.urandom(700), headers or {})
+    """In a child process: JetStream publish -> consume at ``rate`` messages/s, with the
+    relay's message shape."""
+    run: NatsRun = in_child(
+        _nats_latency_sync, url, rate, warmup, duration, payload or os.urandom(700), headers or {}
     )
+    return run
+
+
+def _nats_latency_sync(
+    url: str, rate: float, warmup: float, duration: float, payload: bytes, headers: dict[str, str]
+) -> NatsRun:
+    return asyncio.run(_nats_latency(url, rate, warmup, duration, payload, headers))

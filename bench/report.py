@@ -1,19 +1,14 @@
-"""Printing: tables of figures, and the targets with PASS/MISS."""
+"""Printing: tables of figures (the targets and their verdicts are bench/targets.py)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from bench.harness import Result
 from bench.scenarios import RssPoint
 
-RATIO_TARGET = 0.8
-P99_TARGET_MS = 20.0
 RSS_GROWTH_LIMIT = 0.10  # RSS at the last checkpoint at most 10 % above the first
-RELAY_TARGET = 5000.0  # events/s from the store to the stream
-E2E_P99_TARGET_MS = 50.0  # ledger commit -> gRPC subscriber, p99
 
 
 def rate(value: float) -> str:
@@ -81,47 +76,6 @@ def section(title: str) -> None:
     print()
     print(title)
     print("=" * len(title), flush=True)
-
-
-@dataclass
-class StoreSummary:
-    """The figures of one store that the targets look at."""
-
-    store: str
-    ledger_rate: float
-    echo_rate: float
-    append_rate: float
-    append_what: str
-    paced_p50_ms: float
-    paced_p99_ms: float
-    paced_offered: float
-    paced_achieved: float
-    paced_errors: int
-    command_rate: float  # in-process Ledger.log_action, best
-
-    @property
-    def ceiling(self) -> float:
-        return min(self.echo_rate, self.append_rate)
-
-    @property
-    def serial_bound(self) -> float:
-        """The best rate if one command cost one echo call plus one append, done serially."""
-        if self.echo_rate <= 0 or self.append_rate <= 0:
-            return math.nan
-        return 1 / (1 / self.echo_rate + 1 / self.append_rate)
-
-    @property
-    def ratio(self) -> float:
-        return self.ledger_rate / self.ceiling if self.ceiling > 0 else math.nan
-
-    @property
-    def ratio_ok(self) -> bool:
-        return self.ratio >= RATIO_TARGET
-
-    @property
-    def paced_ok(self) -> bool:
-        kept_up = self.paced_achieved >= 0.95 * self.paced_offered
-        return self.paced_p99_ms <= P99_TARGET_MS and kept_up and self.paced_errors == 0
 
 
 def rss_growth(points: Sequence[RssPoint]) -> tuple[float, float]:

@@ -21,33 +21,34 @@ PostgreSQL is sampled, so the figures can be read against the machine's cores.
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import psutil
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import get_topic
 from psycopg.sql import SQL, Identifier
 
-from bench import loadgen
+from bench import loadgen, logs
+from bench.cpu import CpuUse, CpuWindow
 from bench.harness import Result
+from bench.logs import LogCount
 from bench.scenarios import ledger_env, ledger_process, prepare_assigned, read_tokens
 from services.common.auth import generate_dev_credentials
 from services.common.config import PROJECT_ROOT
 from services.common.reference import ReferenceData
 from services.ledger.application import Ledger
+from services.ledger.audit.keys import parse_private_key
 from services.ledger.domain.incident import incident_event_classes
+from services.ledger.seals import Sealer
 
 CHANNEL_MODE = "per-thread"  # each client its own connection, as separate agency systems
 PREPARED_VERSION = 3  # a prepared incident: reported, verified, assigned
@@ -65,23 +66,6 @@ class ScaleoutLoad:
     paced_rate: float
     paced_duration: float
     incidents_per_client: int
-
-
-@dataclass(frozen=True)
-class CpuUse:
-    """Cores used (CPU seconds per second of wall-clock time) during one window."""
-
-    seconds: float
-    replicas: float
-    busiest: float  # the busiest replica alone
-    load: float
-    postgres: float
-    machine: float  # every process on the machine, these and any other
-
-    @property
-    def other(self) -> float:
-        """Whatever else ran on the machine meanwhile (this bench process included)."""
-        return max(0.0, self.machine - self.replicas - self.load - self.postgres)
 
 
 @dataclass(frozen=True)
@@ -107,20 +91,6 @@ class StoreCheck:
 
 
 @dataclass
-class LogCount:
-    """Warnings and errors the replicas logged, by level and event."""
-
-    counts: Counter[str] = field(default_factory=Counter)
-    samples: dict[str, str] = field(default_factory=dict)
-
-    def lines(self) -> list[str]:
-        return [
-            f"{key} x{n:,}" + (f" ({self.samples[key]})" if self.samples[key] else "")
-            for key, n in self.counts.most_common(4)
-        ]
-
-
-@dataclass
 class ReplicaRun:
     replicas: int
     clients: int
@@ -138,86 +108,6 @@ class ReplicaRun:
         """CPU time the ledger processes spent per command in the closed loop."""
         rate = self.closed.rate
         return self.cpu.replicas / rate * 1000 if rate > 0 else math.nan
-
-
-# ------------------------------------------------------------------------- CPU time
-
-
-@dataclass(frozen=True)
-class _CpuSample:
-    at: float  # time.perf_counter()
-    machine: float
-    processes: dict[int, float]
-
-
-def _busy_seconds() -> float:
-    times = psutil.cpu_times()
-    return sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
-
-
-def _process_seconds(pids: Iterable[int]) -> dict[int, float]:
-    seconds = {}
-    for pid in pids:
-        try:
-            times = psutil.Process(pid).cpu_times()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue  # gone, or not ours to read: left out of both samples
-        seconds[pid] = times.user + times.system
-    return seconds
-
-
-def _postgres_pids() -> list[int]:
-    return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
-
-
-def _sample(pids: Iterable[int]) -> _CpuSample:
-    return _CpuSample(time.perf_counter(), _busy_seconds(), _process_seconds(pids))
-
-
-def _cores(start: _CpuSample, end: _CpuSample, pids: Iterable[int]) -> float:
-    elapsed = end.at - start.at
-    used = sum(
-        end.processes[p] - start.processes[p]
-        for p in pids
-        if p in start.processes and p in end.processes
-    )
-    return used / elapsed if elapsed > 0 else 0.0
-
-
-class _CpuWindow:
-    """Samples CPU time as the closed loop starts and as it ends (run_many's on_phase)."""
-
-    def __init__(self, replica_pids: Sequence[int]) -> None:
-        self.replica_pids = list(replica_pids)
-        self.load_pids: list[int] = []
-        self.postgres_pids: list[int] = []
-        self.start: _CpuSample | None = None
-        self.end: _CpuSample | None = None
-
-    def on_phase(self, phase: str, load_pids: list[int]) -> None:
-        if phase == loadgen.CLOSED:
-            self.load_pids = list(load_pids)
-            self.postgres_pids = _postgres_pids()
-            self.start = _sample(self._pids())
-        elif phase == loadgen.PACED:
-            self.end = _sample(self._pids())
-
-    def _pids(self) -> list[int]:
-        return [*self.replica_pids, *self.load_pids, *self.postgres_pids]
-
-    def use(self) -> CpuUse:
-        if self.start is None or self.end is None:
-            raise RuntimeError("the closed loop was not sampled")
-        start, end = self.start, self.end
-        elapsed = end.at - start.at
-        return CpuUse(
-            seconds=elapsed,
-            replicas=_cores(start, end, self.replica_pids),
-            busiest=max(_cores(start, end, [pid]) for pid in self.replica_pids),
-            load=_cores(start, end, self.load_pids),
-            postgres=_cores(start, end, self.postgres_pids),
-            machine=(end.machine - start.machine) / elapsed if elapsed > 0 else 0.0,
-        )
 
 
 # -------------------------------------------------------------------- the replicas
@@ -288,20 +178,7 @@ def replicas(
 
 def replica_logs(directory: Path, count: int) -> LogCount:
     """The warnings and errors in the replicas' JSON logs."""
-    tally = LogCount()
-    for n in range(count):
-        path = directory / f"replica-{n}" / "server.log"
-        for line in path.read_text("utf-8", errors="replace").splitlines():
-            try:
-                entry: Any = json.loads(line)
-            except json.JSONDecodeError:
-                entry = {"level": "output", "event": line[:80]}
-            if not isinstance(entry, dict):
-                continue
-            key = f"{entry.get('level', '?')} {entry.get('event', '?')}"
-            tally.counts[key] += 1
-            tally.samples.setdefault(key, str(entry.get("error", ""))[:90])
-    return tally
+    return logs.tally(directory / f"replica-{n}" / "server.log" for n in range(count))
 
 
 # ------------------------------------------------------------------ the store check
@@ -396,11 +273,14 @@ def run(
         raise ValueError("the clients must split evenly between the load processes")
     shared = migrate(directory / "shared", store_env, reference)
     tokens = read_tokens(shared.directory)
-    ledger = Ledger(reference, env={**store_env, "CREATE_TABLE": "n"})
+    # Sealed with the replicas' key, as their own events are (an unsealed history would
+    # send every load through the checkpoint-covered path).
+    key = parse_private_key(shared.signing_key_file.read_bytes())
+    ledger = Ledger(reference, env={**store_env, "CREATE_TABLE": "n"}, sealer=Sealer(key))
     try:
         ids = prepare_assigned(ledger, plan.clients * plan.incidents_per_client)
         with replicas(count, directory, shared, store_env) as running:
-            window = _CpuWindow([pid for pid, _ in running])
+            window = CpuWindow([pid for pid, _ in running])
             results = loadgen.run_many(
                 loads(plan, [target for _, target in running], tokens, ids), window.on_phase
             )

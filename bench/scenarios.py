@@ -12,7 +12,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,19 +21,22 @@ from uuid import UUID, uuid4
 import grpc
 import psutil
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench import loadgen
+from bench import loadgen, profile
+from bench.cpu import CpuUse, CpuWindow
+from bench.echo import ECHO_METHOD
 from bench.harness import Channels, Result, Worker, closed_loop
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
-from services.common.auth import generate_dev_credentials
 from services.common.config import PROJECT_ROOT, LedgerSettings
 from services.common.reference import ReferenceData
 from services.ledger.application import Ledger
 from services.ledger.domain.commands import LogAction
 from services.ledger.domain.incident import Actor, Envelope, Incident
-from services.ledger.server import build
+from services.ledger.seals import Sealer
 
 REPORTER = "kesbangpol"  # any responder may report
 COORDINATOR = "desk_pilkada"  # verifies and assigns
@@ -49,43 +51,25 @@ Metadata = tuple[tuple[str, str], ...]
 
 # ---------------------------------------------------------------- gRPC echo ceiling
 
-ECHO_SERVICE = "bench.Echo"
-ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
 # About the size of a serialized LogActionRequest with its CommandResult reply.
 ECHO_PAYLOAD = os.urandom(160)
 
 
-def server_options(settings: LedgerSettings) -> list[tuple[str, Any]]:
-    """The channel options services/ledger/server.py:build() gives the ledger's server."""
-    return [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", 4 * settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ]
-
-
-def _echo(request: bytes, _context: grpc.ServicerContext) -> bytes:
-    return request
-
-
 @contextmanager
-def echo_server(settings: LedgerSettings) -> Iterator[str]:
-    """A trivial unary service with the ledger's server settings; yields its address."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
-        options=server_options(settings),
-        maximum_concurrent_rpcs=settings.max_workers * 8,
-    )
-    handler = grpc.method_handlers_generic_handler(
-        ECHO_SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
-    )
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(1.0).wait()
+def echo_process(settings: LedgerSettings, log_path: Path) -> Iterator[tuple[int, str]]:
+    """``python -m bench.echo`` with the ledger's server settings, on a free port."""
+    port = free_port()
+    args = [
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--max-workers",
+        str(settings.max_workers),
+        "--max-message-bytes",
+        str(settings.max_message_bytes),
+    ]
+    env = ledger_env(log_path.parent)
+    with service_process("bench.echo", env, port, log_path, args) as (process, target):
+        yield process.pid, target
 
 
 def echo_workers(channels: Sequence[grpc.Channel]) -> list[Worker]:
@@ -100,18 +84,61 @@ def echo_workers(channels: Sequence[grpc.Channel]) -> list[Worker]:
     return [worker(c) for c in channels]
 
 
+@dataclass
+class EchoRun:
+    closed: dict[str, Result]  # per client channel mode, at saturation
+    cpu: dict[str, CpuUse]  # the echo process's, per mode, through the closed loop
+    mode: str  # the faster mode, which the ledger's clients use too
+    paced: Result  # that mode, paced at paced_rate
+
+    @property
+    def best(self) -> Result:
+        return self.closed[self.mode]
+
+    @property
+    def cpu_ms_per_call(self) -> float:
+        """CPU time of the echo process per call, in the best mode's closed loop."""
+        rate = self.best.rate
+        return self.cpu[self.mode].replicas / rate * 1000 if rate > 0 else math.nan
+
+
 def echo_ceiling(
-    settings: LedgerSettings, clients: int, duration: float, modes: Sequence[str]
-) -> dict[str, Result]:
-    """Calls/s of the echo service per client channel mode (closed loop, ``clients`` threads)."""
-    results: dict[str, Result] = {}
-    with echo_server(settings) as target:
+    settings: LedgerSettings,
+    clients: int,
+    duration: float,
+    modes: Sequence[str],
+    paced_rate: float,
+    paced_duration: float,
+    workdir: Path,
+) -> EchoRun:
+    """The echo process driven from a load process: calls/s at saturation per channel
+    mode (closed loop, ``clients`` threads), then latency paced at ``paced_rate``."""
+    closed: dict[str, Result] = {}
+    cpu: dict[str, CpuUse] = {}
+    with echo_process(settings, workdir / "echo" / "echo.log") as (pid, target):
         for mode in modes:
             load = loadgen.Load(
                 "echo", target, clients, mode, warmup=min(1.0, duration / 2), duration=duration
             )
-            results[mode] = loadgen.run(load).closed
-    return results
+            window = CpuWindow([pid])
+            closed[mode] = loadgen.run_many([load], window.on_phase)[0].closed
+            cpu[mode] = window.use()
+        mode = max(closed, key=lambda m: closed[m].rate)
+        paced = loadgen.run(
+            loadgen.Load(
+                "echo",
+                target,
+                clients,
+                mode,
+                warmup=0.2,
+                duration=0.2,
+                paced_rate=paced_rate,
+                paced_duration=paced_duration,
+            )
+        ).paced
+    if paced is None:
+        raise RuntimeError("the paced echo run did not happen")
+    return EchoRun(closed, cpu, mode, paced)
 
 
 # ------------------------------------------------------------ incidents, in-process
@@ -368,20 +395,69 @@ class LedgerRun:
     paced: Result
     sent: Counter[str]
     prepared: int
+    cpu: CpuUse  # in the closed loop
+
+    @property
+    def cpu_ms_per_command(self) -> float:
+        """CPU time the ledger process spent per command in the closed loop."""
+        rate = self.closed.rate
+        return self.cpu.replicas / rate * 1000 if rate > 0 else math.nan
 
 
-def ledger_settings(data_dir: Path, store_env: dict[str, str]) -> LedgerSettings:
-    return LedgerSettings(
-        listen="127.0.0.1:0",
-        data_dir=data_dir,
-        grace_seconds=1.0,
-        log_level="WARNING",
-        store_env=store_env,
-    )
+@dataclass(frozen=True)
+class SigningKey:
+    """A signing key of the bench's, in a file a ledger process reads
+    (``LEDGER_SIGNING_KEY_FILE``): the events the bench writes beforehand are sealed with
+    it, as the ledger's own would be."""
+
+    path: Path
+    key: Ed25519PrivateKey
+
+    @classmethod
+    def create(cls, directory: Path) -> SigningKey:
+        directory.mkdir(parents=True, exist_ok=True)
+        key = Ed25519PrivateKey.generate()
+        path = directory / "bench-signing.key"
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        path.chmod(0o600)
+        return cls(path, key)
+
+    @property
+    def sealer(self) -> Sealer:
+        return Sealer(self.key)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"LEDGER_SIGNING_KEY_FILE": str(self.path)}
+
+
+def store_name(store_env: Mapping[str, str]) -> str:
+    """``sqlite`` or ``postgres``, from the store's environment."""
+    return store_env.get("PERSISTENCE_MODULE", "eventsourcing.sqlite").rsplit(".", 1)[-1]
+
+
+def prepared_store(
+    store_env: dict[str, str], reference: ReferenceData, count: int, key: SigningKey
+) -> list[UUID]:
+    """``count`` incidents in ASSIGNED written (sealed) into the store before the ledger
+    starts."""
+    ledger = Ledger(reference, env=store_env, sealer=key.sealer)
+    try:
+        return prepare_assigned(ledger, count)
+    finally:
+        ledger.close()
 
 
 def ledger_over_grpc(
-    settings: LedgerSettings,
+    data_dir: Path,
+    store_env: dict[str, str],
+    reference: ReferenceData,
     clients: int,
     mode: str,
     duration: float,
@@ -389,31 +465,46 @@ def ledger_over_grpc(
     paced_duration: float,
     per_client: int,
 ) -> LedgerRun:
-    """The real ledger server in this process: a closed loop, then paced load, same clients."""
-    # Development credentials made here, so build() has nothing to warn about.
-    reference = ReferenceData.load(settings.reference_file)
-    generate_dev_credentials(settings.data_dir / "credentials", reference.agencies)
-    running = build(settings)
-    try:
-        ids = prepare_assigned(running.ledger, clients * per_client)
+    """``python -m services.ledger`` (relay off) on a prepared store, driven from a load
+    process: a closed loop, then paced load, same clients; the ledger's CPU time sampled
+    through the closed loop."""
+    key = SigningKey.create(data_dir.parent / "key")
+    ids = prepared_store(store_env, reference, clients * per_client, key)
+    env = {**store_env, **key.env, "LEDGER_GRACE_SECONDS": "1"}
+    with ledger_process(data_dir, env) as (
+        process,
+        target,
+    ):
         load = loadgen.Load(
             "ledger",
-            f"127.0.0.1:{running.port}",
+            target,
             clients,
             mode,
             warmup=min(1.0, duration / 4),
             duration=duration,
             paced_rate=paced_rate,
             paced_duration=paced_duration,
-            tokens=read_tokens(settings.data_dir),
+            tokens=read_tokens(data_dir),
             assigned=[[[f"incidents/{i}", 3] for i in ids[n::clients]] for n in range(clients)],
         )
-        measured = loadgen.run(load)
-    finally:
-        running.stop(1.0)
+        window = CpuWindow([process.pid])
+        recording: list[profile.Recording | None] = [None]
+
+        def on_phase(phase: str, pids: list[int]) -> None:
+            window.on_phase(phase, pids)
+            if phase == loadgen.CLOSED:  # the profile covers the closed loop
+                recording[0] = profile.start(f"ledger-{store_name(store_env)}-commands", pid)
+            elif phase == loadgen.PACED:
+                profile.stop(recording[0])
+
+        pid = process.pid
+        try:
+            measured = loadgen.run_many([load], on_phase)[0]
+        finally:
+            profile.stop(recording[0])
     if measured.paced is None:
         raise RuntimeError("the paced run did not happen")
-    return LedgerRun(measured.closed, measured.paced, measured.sent, len(ids))
+    return LedgerRun(measured.closed, measured.paced, measured.sent, len(ids), window.use())
 
 
 # ------------------------------------------------------------- RSS of a real server
@@ -456,9 +547,15 @@ def ledger_env(data_dir: Path, settings: Mapping[str, str] | None = None) -> dic
 
 @contextmanager
 def service_process(
-    module: str, env: Mapping[str, str], port: int, log_path: Path
+    module: str,
+    env: Mapping[str, str],
+    port: int,
+    log_path: Path,
+    args: Sequence[str] = (),
+    started: Callable[[int], object] | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``python -m <module>`` with ``env``, listening on ``port``; ready once gRPC connects.
+    """``python -m <module> [args]`` with ``env``, listening on ``port``; ready once gRPC
+    connects.
 
     Stopped with SIGTERM (then SIGKILL after 15 s) on exit; its output goes to ``log_path``.
     """
@@ -466,13 +563,15 @@ def service_process(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", module],
+            [sys.executable, "-m", module, *args],
             cwd=PROJECT_ROOT,
             env=dict(env),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     try:
+        if started is not None:  # as soon as it runs (a profile of its start-up)
+            started(process.pid)
         target = f"127.0.0.1:{port}"
         with grpc.insecure_channel(target) as channel:
             try:
@@ -491,12 +590,15 @@ def service_process(
 
 @contextmanager
 def ledger_process(
-    data_dir: Path, settings: Mapping[str, str] | None = None
+    data_dir: Path,
+    settings: Mapping[str, str] | None = None,
+    started: Callable[[int], object] | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``python -m services.ledger`` on a free port; see ledger_env for ``settings``."""
     port = free_port()
     env = ledger_env(data_dir, {**(settings or {}), "LEDGER_LISTEN": f"127.0.0.1:{port}"})
-    with service_process("services.ledger", env, port, data_dir / "server.log") as running:
+    log_path = data_dir / "server.log"
+    with service_process("services.ledger", env, port, log_path, started=started) as running:
         yield running
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.common.config import LedgerSettings
 from services.common.errors import (
@@ -37,7 +38,14 @@ from services.ledger.domain.commands import (
     ResolveIncident,
     VerifyIncident,
 )
-from services.ledger.domain.incident import Envelope, Incident, RejectionReason, Status
+from services.ledger.domain.incident import (
+    Envelope,
+    Incident,
+    RejectionReason,
+    Status,
+    event_hash,
+)
+from services.ledger.seals import Sealer
 from tests.unit.incident_builders import (
     AUDITOR,
     COORDINATOR,
@@ -648,3 +656,29 @@ def test_refused_commands_record_nothing(ledger: Ledger, case: str) -> None:
     assert recorded(ledger) == before
     incident: Incident = ledger.get_incident(incident_id)
     assert (incident.version, incident.status) == (3, Status.ASSIGNED)
+
+
+# ------------------------------------------------------------------ seals
+
+
+def test_every_incident_event_a_command_stores_carries_a_seal_over_its_hash() -> None:
+    """Each stored incident event, not only each incident's newest, is sealed over its hash."""
+    sealer = Sealer(Ed25519PrivateKey.generate())
+    sealing = Ledger(REF, env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, sealer=sealer)
+    try:
+        duplicate = report(sealing)
+        target = verified(sealing)
+        sealing.execute(
+            env(COORDINATOR), MergeIncident(duplicate.incident_id, 1, target.incident_id, "dup")
+        )
+        sealing.execute(env(COORDINATOR), AssignLeadAgency(target.incident_id, 0, LEAD, ""))
+        sealing.execute(env(LEAD), LogAction(target.incident_id, 0, "patrol", None))
+        stored = [s.event for s in sealing.history()]
+        assert len(stored) == 7  # two reports, a verification, a merge (two), two more
+        for event in stored:
+            seal = vars(event).get("seal")
+            assert seal, f"{type(event).__name__} stored without a seal"
+            assert sealer.checker.problem(event_hash(event), seal) is None
+        assert sealing.get_incident(target.incident_id).version == 5  # loads: seal checked
+    finally:
+        sealing.close()
