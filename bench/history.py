@@ -472,13 +472,6 @@ class HistoryRun:
         half, full = self.half[operation].peak_mb, self.full[operation].peak_mb
         return (full - half) / half
 
-    def rate_ok(self, operation: str) -> bool:
-        measured = self.full[operation]
-        return measured.rate >= HISTORY_RATE_TARGET and "DIVERGENCE" not in measured.detail
-
-    def rss_ok(self, operation: str) -> bool:
-        return self.growth(operation) <= HISTORY_RSS_GROWTH_LIMIT
-
 
 def measure_history(
     store_env: Mapping[str, str], reference: ReferenceData, workdir: Path, events: int, store: str

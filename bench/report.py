@@ -19,10 +19,6 @@ def ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.1f}"
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def table(
     headers: Sequence[str],
     rows: Sequence[Sequence[str]],
@@ -87,8 +83,3 @@ def rss_growth(points: Sequence[RssPoint]) -> tuple[float, float]:
     growth = (last.rss_mb - first.rss_mb) / first.rss_mb
     per_1000 = (last.rss_mb - first.rss_mb) / (last.incidents - first.incidents) * 1000
     return growth, per_1000
-
-
-def rss_ok(points: Sequence[RssPoint]) -> bool:
-    growth, _ = rss_growth(points)
-    return not math.isnan(growth) and growth <= RSS_GROWTH_LIMIT
