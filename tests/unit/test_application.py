@@ -669,10 +669,13 @@ def test_every_incident_event_a_command_stores_carries_a_seal_over_its_hash() ->
         duplicate = report(sealing)
         target = verified(sealing)
         sealing.execute(
-            env(COORDINATOR), MergeIncident(duplicate.incident_id, 1, target.incident_id, "dup")
+            envelope_for(COORDINATOR),
+            MergeIncident(duplicate.incident_id, 1, target.incident_id, "dup"),
         )
-        sealing.execute(env(COORDINATOR), AssignLeadAgency(target.incident_id, 0, LEAD, ""))
-        sealing.execute(env(LEAD), LogAction(target.incident_id, 0, "patrol", None))
+        sealing.execute(
+            envelope_for(COORDINATOR), AssignLeadAgency(target.incident_id, 0, LEAD, "")
+        )
+        sealing.execute(envelope_for(LEAD), LogAction(target.incident_id, 0, "patrol", None))
         stored = [s.event for s in sealing.history()]
         assert len(stored) == 7  # two reports, a verification, a merge (two), two more
         for event in stored:
