@@ -22,7 +22,13 @@ def test_a_cookie_finds_its_session_and_a_forged_or_altered_one_finds_none() -> 
     assert store.find(cookie) is session
     assert session.id in cookie  # signed, not hidden: the id alone gives nothing away
     assert store.find(session.id) is None  # unsigned
-    assert store.find(cookie[:-1] + ("A" if cookie[-1] != "A" else "B")) is None
+    # One character changed in the signature's first character (its last character carries
+    # bits base64 decoding ignores: changing only those would not alter the signature).
+    cut = cookie.rindex(".") + 1
+    altered = cookie[:cut] + ("A" if cookie[cut] != "A" else "B") + cookie[cut + 1 :]
+    assert store.find(altered) is None
+    tampered_id = ("x" if cookie[0] != "x" else "y") + cookie[1:]
+    assert store.find(tampered_id) is None
     assert store.find(Sessions(lifetime=60).cookie_value(session)) is None  # another key
     assert store.find(None) is None
 
