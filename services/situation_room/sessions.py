@@ -11,16 +11,17 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 from itsdangerous import BadSignature, TimestampSigner
 
 from incidentledger_client import LedgerClient
+from services.common.limits import FailureWindow
 
 COOKIE = "situation_room"
 #: At most this many signed-in sessions are kept; the oldest go first.
 MAX_SESSIONS = 10_000
+ALL = ""  # the key of every failure, whichever address
 #: At most this many sessions that have not signed in (the sign-in form's): anyone can make
 #: them, so they are capped apart and never push out a signed-in officer.
 MAX_ANONYMOUS = 2_000
@@ -116,7 +117,8 @@ def csrf_ok(session: Session | None, submitted: object) -> bool:
 
 
 class SignInThrottle:
-    """Failed sign-ins, counted per browser address and in all, over a sliding window.
+    """Failed sign-ins, counted per browser address and in all (the ledger's own
+    :class:`~services.common.limits.FailureWindow`).
 
     The ledger throttles its callers' failed authentications by peer address, and every
     sign-in reaches it from this one process: without a limit here, someone trying tokens
@@ -127,24 +129,12 @@ class SignInThrottle:
 
     def __init__(self, per_client: int = 5, total: int = 15, window: float = 60.0) -> None:
         self.per_client, self.total, self.window = per_client, total, window
-        self._all: deque[float] = deque()
-        self._by_client: dict[str, deque[float]] = {}
-
-    def _trim(self, times: deque[float], now: float) -> deque[float]:
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        return times
+        self._by_client = FailureWindow(per_client, window, MAX_SESSIONS)
+        self._all = FailureWindow(total, window, 1)
 
     def blocked(self, client: str) -> bool:
-        now = time.monotonic()
-        mine = self._trim(self._by_client.get(client, deque()), now)
-        if not mine:
-            self._by_client.pop(client, None)
-        return len(self._trim(self._all, now)) >= self.total or len(mine) >= self.per_client
+        return self._all.blocked(ALL) > 0 or self._by_client.blocked(client) > 0
 
     def failed(self, client: str) -> None:
-        now = time.monotonic()
-        self._all.append(now)
-        if len(self._by_client) >= MAX_SESSIONS:  # bounded: the oldest addresses go
-            self._by_client.pop(next(iter(self._by_client)))
-        self._by_client.setdefault(client, deque()).append(now)
+        self._all.fail(ALL)
+        self._by_client.fail(client)
