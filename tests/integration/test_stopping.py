@@ -33,6 +33,8 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -121,7 +123,7 @@ class Load:
         self._lock = threading.Lock()
         self._address = ""
         self.done = 0
-        self.last_error = ""
+        self.errors: Counter[str] = Counter()  # since the last start: code, first line of details
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -132,7 +134,9 @@ class Load:
             try:
                 done = self._step(self._address)
             except grpc.RpcError as error:
-                self.last_error = str(error.code())
+                details = (error.details() or "").splitlines()[:1]
+                with self._lock:
+                    self.errors[" ".join([str(error.code()), *details])] += 1
                 self._closed.wait(0.01)
                 continue
             if done:
@@ -144,8 +148,21 @@ class Load:
         with self._lock:
             self._address = address
             before = self.done
+            self.errors.clear()
         self._on.set()
-        wait_until(lambda: self.done > before, timeout, f"load on {address} ({self.last_error})")
+        try:
+            wait_until(lambda: self.done > before, timeout, f"load on {address}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {self.describe()}") from None
+
+    def describe(self) -> str:
+        """The errors seen since the last start, and where the load's thread is now (a
+        step that never returns shows here, not as an error)."""
+        with self._lock:
+            seen = ", ".join(f"{n} x {what}" for what, n in self.errors.most_common(3))
+        frame = sys._current_frames().get(self._thread.ident or 0)
+        where = "".join(traceback.format_stack(frame)[-4:]) if frame is not None else "gone"
+        return f"errors: {seen or 'none'}; the load's thread is at:\n{where}"
 
     def pause(self) -> None:
         self._on.clear()
