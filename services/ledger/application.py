@@ -41,6 +41,7 @@ from services.common.errors import (
     Aborted,
     AlreadyExists,
     DataLoss,
+    IngestTooLarge,
     InvalidArgument,
     LedgerError,
     NotFound,
@@ -90,8 +91,20 @@ class CommandResult:
     recorded_at: datetime
 
 
-MAX_INGEST_REPORTS = 500
 MAX_DEVICE_ID = 64
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """The most one ``IngestReports`` call may hold (``LEDGER_INGEST_MAX_REPORTS``,
+    ``LEDGER_INGEST_MAX_BYTES``)."""
+
+    max_reports: int = LedgerSettings.ingest_max_reports
+    max_bytes: int = LedgerSettings.ingest_max_bytes
+
+    @classmethod
+    def of(cls, settings: LedgerSettings) -> IngestLimits:
+        return cls(settings.ingest_max_reports, settings.ingest_max_bytes)
 
 
 class IngestOutcome(enum.Enum):
@@ -220,6 +233,7 @@ class Ledger(Application[UUID]):
         sealer: Sealer | None = None,
         time_bounds: TimeBounds | None = None,
         clock: Callable[[], datetime] = utc_now,
+        ingest_limits: IngestLimits | None = None,
     ) -> None:
         # Before the base class builds the mapper, which seals with it.
         self.sealer = sealer
@@ -230,6 +244,7 @@ class Ledger(Application[UUID]):
         self.reference = reference
         self.time_bounds = time_bounds or time_bounds_of(LedgerSettings())
         self._clock = clock
+        self.ingest_limits = ingest_limits or IngestLimits()
         self.positions = EventPositions(self.recorder)
         # Commands on the same incident queue here instead of racing inside this
         # process; across processes, optimistic concurrency (IntegrityError) decides.
@@ -312,6 +327,7 @@ class Ledger(Application[UUID]):
         items: Sequence[IngestItem | InvalidArgument],
         *,
         send_time: datetime | None = None,
+        size: int = 0,
     ) -> list[IngestResult]:
         """Record a field device's reports (``IngestReports``), each as ReportIncident
         records it and once per device report; one result per item, in order.
@@ -322,12 +338,20 @@ class Ledger(Application[UUID]):
         again is answered from the record (DUPLICATE) and one with other content refused
         (CONFLICT), alike whether it came in a batch or alone. ``send_time``: the sender's
         clock when it sent the call; its difference to the ledger's on receipt is recorded
-        as each report's clock skew. The reports are saved together (:meth:`_save_ready`).
+        as each report's clock skew. ``size``: the request's size in bytes. A call over the
+        limits (:class:`IngestLimits`) is refused as a whole, before anything is recorded.
+
+        Reports already recorded are answered from their records before the save, so a
+        batch sent again touches the store only to read (on PostgreSQL a refused insert
+        would burn positions); the others are saved together (:meth:`_save_ready`).
         """
-        if len(items) > MAX_INGEST_REPORTS:
+        limits = self.ingest_limits
+        if len(items) > limits.max_reports:
             raise InvalidArgument(
-                "reports", f"at most {MAX_INGEST_REPORTS} reports per call, got {len(items)}"
+                "reports", f"at most {limits.max_reports} reports per call, got {len(items)}"
             )
+        if size > limits.max_bytes:
+            raise IngestTooLarge(size, limits.max_bytes)
         require_writer(actor, "IngestReports")
         received = self._clock()
         skew_ms = None
@@ -350,7 +374,7 @@ class Ledger(Application[UUID]):
                 again.append(report)
             else:
                 ready[report.key] = report
-        self._save_ready(list(ready.values()), results)
+        self._save_ready(self._unrecorded(list(ready.values()), results), results)
         for report in again:
             results[report.index] = self._answer_recorded(report)
         answered = [r for r in results if r is not None]
@@ -394,6 +418,27 @@ class Ledger(Application[UUID]):
         return _ReadyReport(
             index, key, request_id, command, fingerprint, incident, reported, events
         )
+
+    def _unrecorded(
+        self, reports: list[_ReadyReport], results: list[IngestResult | None]
+    ) -> list[_ReadyReport]:
+        """The reports whose request is not recorded yet; the others answered from their
+        records (DUPLICATE or CONFLICT). One query finds which are recorded. A report
+        recorded by a racing call after it is caught by the store's uniqueness when saved,
+        as before (:meth:`_save_ready`)."""
+        if not reports:
+            return reports
+        recorded = self.positions.existing([r.key for r in reports])
+        if not recorded:
+            return reports
+        unrecorded = []
+        for report in reports:
+            answer = self._answer_recorded(report) if report.key in recorded else None
+            if answer is None:
+                unrecorded.append(report)
+            else:
+                results[report.index] = answer
+        return unrecorded
 
     def _save_ready(self, reports: list[_ReadyReport], results: list[IngestResult | None]) -> None:
         """Save the reports in as few transactions as the store takes: all in one (through

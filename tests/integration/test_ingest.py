@@ -156,6 +156,10 @@ def test_a_batch_sent_three_times_records_each_report_once(ledger: Client) -> No
     assert recorded(ledger) == stored
     incidents = listed(ledger, first[-1].result.position)
     assert sorted(i.name for i in incidents) == sorted(r.result.incident for r in first)
+    # The re-sent batches never reached the store's insert: on PostgreSQL a refused insert
+    # takes a position of the sequence, so the next event would come after a gap.
+    last = ledger.server.ledger.recorder.max_notification_id() or 0
+    assert ledger.report(agency="bawaslu").position == last + 1
 
 
 def test_more_than_500_reports_is_invalid_argument_and_records_nothing(ledger: Client) -> None:
@@ -170,6 +174,29 @@ def test_more_than_500_reports_is_invalid_argument_and_records_nothing(ledger: C
         ingest(ledger, [device_report()], agency="inspektorat")
     assert auditor.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert recorded(ledger) == 0
+
+
+def test_a_call_over_the_byte_limit_is_resource_exhausted_and_records_nothing(
+    store_env: dict[str, str], tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path, store_env, ingest_max_reports=3, ingest_max_bytes=4096)
+    with running_ledger(settings) as ledger:
+        with pytest.raises(grpc.RpcError) as too_many:
+            ingest(ledger, [device_report(f"r{n}") for n in range(4)])
+        assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        request = api.IngestReportsRequest(reports=[device_report("x" * 150) for _ in range(3)])
+        request.reports[0].description = "y" * 4000
+        assert request.ByteSize() > 4096
+        with pytest.raises(grpc.RpcError) as too_large:
+            ledger.stub.IngestReports(request, metadata=ledger.md("bawaslu"))
+        assert too_large.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        info = error_info(too_large.value)  # type: ignore[arg-type]
+        assert info is not None and info.reason == "INGEST_TOO_LARGE"
+        assert info.metadata["limit"] == "4096"
+        assert recorded(ledger) == 0
+        del request.reports[0]
+        results = ingest(ledger, list(request.reports))
+        assert [r.outcome for r in results] == [CREATED] * 2
 
 
 def test_ingested_reports_are_read_like_any_other_with_the_device_s_provenance(
