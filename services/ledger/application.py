@@ -245,6 +245,10 @@ class Ledger(Application[UUID]):
         self.time_bounds = time_bounds or time_bounds_of(LedgerSettings())
         self._clock = clock
         self.ingest_limits = ingest_limits or IngestLimits()
+        # One batch is prepared at a time: a batch's work is Python under one interpreter
+        # lock, so batches side by side would not go faster, and single commands would
+        # wait behind all of them; queued here, a waiting batch holds no lock they need.
+        self._ingesting = threading.Lock()
         self.positions = EventPositions(self.recorder)
         # Commands on the same incident queue here instead of racing inside this
         # process; across processes, optimistic concurrency (IntegrityError) decides.
@@ -353,6 +357,15 @@ class Ledger(Application[UUID]):
         if size > limits.max_bytes:
             raise IngestTooLarge(size, limits.max_bytes)
         require_writer(actor, "IngestReports")
+        with self._ingesting:
+            return self._ingest(actor, items, send_time)
+
+    def _ingest(
+        self,
+        actor: Actor,
+        items: Sequence[IngestItem | InvalidArgument],
+        send_time: datetime | None,
+    ) -> list[IngestResult]:
         received = self._clock()
         skew_ms = None
         if send_time is not None:
