@@ -245,9 +245,9 @@ class Ledger(Application[UUID]):
         self.time_bounds = time_bounds or time_bounds_of(LedgerSettings())
         self._clock = clock
         self.ingest_limits = ingest_limits or IngestLimits()
-        # One batch is prepared at a time: a batch's work is Python under one interpreter
-        # lock, so batches side by side would not go faster, and single commands would
-        # wait behind all of them; queued here, a waiting batch holds no lock they need.
+        # One batch is prepared and saved at a time (Ledger.ingest): its work is Python
+        # under one interpreter lock, so batches side by side would not go faster, and
+        # single commands would wait behind all of them.
         self._ingesting = threading.Lock()
         self.positions = EventPositions(self.recorder)
         # Commands on the same incident queue here instead of racing inside this
@@ -357,23 +357,34 @@ class Ledger(Application[UUID]):
         if size > limits.max_bytes:
             raise IngestTooLarge(size, limits.max_bytes)
         require_writer(actor, "IngestReports")
-        with self._ingesting:
-            return self._ingest(actor, items, send_time)
-
-    def _ingest(
-        self,
-        actor: Actor,
-        items: Sequence[IngestItem | InvalidArgument],
-        send_time: datetime | None,
-    ) -> list[IngestResult]:
-        received = self._clock()
+        received = self._clock()  # on receipt: the skew leaves out the wait below
         skew_ms = None
         if send_time is not None:
             skew_ms = round((send_time - received) / timedelta(milliseconds=1))
+        # One batch at a time, saved before the next is prepared: batches side by side (or
+        # one prepared while another is saved) measured slower, and single commands then
+        # waited seconds behind them.
+        with self._ingesting:
+            results, ready, again = self._prepare(actor, items, skew_ms)
+            self._save_ready(self._unrecorded(ready, results), results)
+        for report in again:
+            results[report.index] = self._answer_recorded(report)
+        answered = [r for r in results if r is not None]
+        if len(answered) != len(items):
+            raise RuntimeError("a report of the batch was left without an answer")
+        counts = Counter(r.outcome.value.lower() for r in answered)
+        log.info("ingest.done", reports=len(items), skew_ms=skew_ms, **counts)
+        return answered
+
+    def _prepare(
+        self, actor: Actor, items: Sequence[IngestItem | InvalidArgument], skew_ms: int | None
+    ) -> tuple[list[IngestResult | None], list[_ReadyReport], list[_ReadyReport]]:
+        """Each report checked and made ready to save, or its INVALID result; the reports
+        of the batch, and those it holds twice (answered once the first is saved)."""
         rules = Rules(self.reference, self.time_bounds, self._clock)
         results: list[IngestResult | None] = [None] * len(items)
         ready: dict[UUID, _ReadyReport] = {}
-        again: list[_ReadyReport] = []  # a report the batch holds twice: answered once saved
+        again: list[_ReadyReport] = []
         for index, item in enumerate(items):
             if isinstance(item, InvalidArgument):
                 results[index] = IngestResult(IngestOutcome.INVALID, error=item)
@@ -387,15 +398,7 @@ class Ledger(Application[UUID]):
                 again.append(report)
             else:
                 ready[report.key] = report
-        self._save_ready(self._unrecorded(list(ready.values()), results), results)
-        for report in again:
-            results[report.index] = self._answer_recorded(report)
-        answered = [r for r in results if r is not None]
-        if len(answered) != len(items):
-            raise RuntimeError("a report of the batch was left without an answer")
-        counts = Counter(r.outcome.value.lower() for r in answered)
-        log.info("ingest.done", reports=len(items), skew_ms=skew_ms, **counts)
-        return answered
+        return results, list(ready.values()), again
 
     def _ready_report(
         self, actor: Actor, index: int, item: IngestItem, skew_ms: int | None, rules: Rules
