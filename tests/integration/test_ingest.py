@@ -16,11 +16,12 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
+from incidentledger.v1 import notifier_service_pb2 as napi
 from services.common.config import RelaySettings
 from services.common.grpc_errors import error_info
 from services.common.natsserver import NatsServer
 from services.ledger.server import ERROR_DOMAIN
-from tests.fanout_support import wait_until
+from tests.fanout_support import running_stack, wait_until
 from tests.integration.test_fanout import stream_messages
 from tests.support import Client, running_ledger, settings_for, store_environment, ts
 
@@ -251,3 +252,37 @@ def test_ingested_reports_reach_the_stream_once_each(
         positions = [p for _, p in stream_messages(nats_server.url)]
     expected = [r.result.position for r in first] + [single.position, last.position]
     assert positions == sorted(expected), "each report once, in log order, nothing else"
+
+
+@pytest.mark.nats
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_subscriber_is_notified_of_ingested_reports_like_any_other(
+    tmp_path: Path, nats_server: NatsServer, store: str
+) -> None:
+    with (
+        store_environment(store, tmp_path) as store_env,
+        running_stack(tmp_path, store_env, nats_server.url) as stack,
+    ):
+        subscriber = stack.subscribe("bpbd", filter=napi.EventFilter(kecamatan=["air_rami"]))
+        batch = [device_report(f"Laporan {n}") for n in range(25)]
+        batch[3] = device_report(category="picnic")  # refused: never notified
+        results = ingest(stack.ledger, batch)
+        ingest(stack.ledger, batch)  # sent again: nothing new to notify
+        last = stack.ledger.report(
+            "bawaslu", location=pb.Location(kecamatan="air_rami"), title="After the batch"
+        )
+        subscriber.wait_for(25)
+        wait_until(
+            lambda: (
+                last.position in {n.notification.event.position for n in subscriber.notifications}
+            ),
+            what="the report after the batch",
+        )
+        subscriber.close()
+    streamed = [n.notification for n in subscriber.notifications]
+    created = [r.result for r in results if r.outcome == CREATED]
+    assert len(created) == 24
+    assert [n.event.position for n in streamed] == [r.position for r in created] + [last.position]
+    assert {n.event.type for n in streamed} == {"Reported"}
+    assert [n.incident.name for n in streamed[:-1]] == [r.incident for r in created]
+    assert all(n.event.actor.agency == "bawaslu" for n in streamed)
