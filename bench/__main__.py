@@ -37,6 +37,14 @@ Then reading a long history (bench/history.py):
    plain decode (the ceiling of the rebuild), projection rebuild, verify of the store,
    export to JSON Lines and verify of the export; events/s and peak RSS.
 
+Then field intake (bench/ingest.py):
+
+10. Per store, several field devices at once send their backlogs (``IngestReports``, 500
+    new reports per call) to ``python -m services.ledger``; reports/s beside the store's
+    own batched save (in this process, 500 events per transaction) and the single-command
+    rate (``ReportIncident`` over gRPC, same run); a call's latency; the p99 of single
+    commands paced during the ingest against their p99 alone.
+
 Then scaling out (bench/scaleout.py):
 
 9. PostgreSQL, the ledger as 1 and as 2 ``python -m services.ledger`` processes on one
@@ -48,7 +56,7 @@ scale-out's store check); a missed target makes it 1 only with ``--strict`` (a r
 busy machine still prints all its figures, and ``make bench`` stays usable).
 ``--only sqlite`` / ``--only postgres`` measure one store (and 9 with postgres),
 ``--only scaleout`` part 9 alone; ``--parts`` picks parts (e.g. ``--parts
-commands,fanout``).
+commands,fanout``, ``--parts ingest``).
 """
 
 from __future__ import annotations
@@ -64,7 +72,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from bench import fanout, history, report, scaleout, scaleout_report, scenarios, targets
+from bench import fanout, history, ingest, report, scaleout, scaleout_report, scenarios, targets
 from bench.harness import CHANNEL_MODES, Result
 from bench.logs import LogCount
 from bench.report import (
@@ -90,8 +98,12 @@ RELAY_RATIO = 0.5  # relay events/s / plain pipelined publish of the same messag
 E2E_P99_RATIO = 20.0  # commit -> subscriber (or webhook) p99 <= 20x NATS alone's p99
 REBUILD_RATIO = 0.9  # projection rebuild events/s / the library's decode
 KEPT_UP = 0.95  # a paced run achieved at least this share of its offered rate
+INGEST_SAVE_RATIO = 0.5  # ingest reports/s / the store's batched save, events/s
+INGEST_SINGLE_RATIO = 10.0  # ingest reports/s / ReportIncident calls/s
+INGEST_CALL_P99_MS = 250.0  # a 500-report call's p99 on SQLite
+INGEST_SINGLE_P99_RATIO = 2.0  # single-command p99 during ingest / without
 
-PARTS = ("commands", "rss", "fanout", "history", "scaleout")
+PARTS = ("commands", "rss", "fanout", "history", "ingest", "scaleout")
 
 
 @dataclass(frozen=True)
@@ -159,6 +171,24 @@ QUICK = Plan(
     e2e_drain=3.0,
     nats_seconds=3.0,
     history_events=24_000,
+)
+INGEST_FULL = ingest.IngestPlan(
+    devices=4,
+    calls=40,
+    single_clients=16,
+    single_seconds=5.0,
+    paced_rate=50.0,
+    paced_seconds=6.0,
+    ceiling_batches=40,
+)
+INGEST_QUICK = ingest.IngestPlan(
+    devices=4,
+    calls=16,
+    single_clients=16,
+    single_seconds=2.0,
+    paced_rate=50.0,
+    paced_seconds=3.0,
+    ceiling_batches=20,
 )
 # Rough appends/s, only to size the incidents prepared for each append phase.
 EXPECTED_APPEND_RATE = {"sqlite": 1500.0, "postgres": 600.0}
@@ -568,6 +598,133 @@ def run_history(
     return runs
 
 
+def run_ingest(
+    plan: ingest.IngestPlan, stores: list[str], reference: ReferenceData, workdir: Path
+) -> list[ingest.IngestRun]:
+    runs = []
+    for store in stores:
+        section(
+            f"10. Field intake, {store}: {plan.devices} devices at once, {ingest.PER_CALL} new "
+            f"reports per IngestReports call, {plan.calls} calls, to python -m services.ledger "
+            f"(relay off); ceilings: the store's batched save in this process "
+            f"({plan.ceiling_batches} transactions of {ingest.PER_CALL} events), ReportIncident "
+            f"from {plan.single_clients} clients for {plan.single_seconds:g} s; single "
+            f"commands paced at {plan.paced_rate:g}/s for {plan.paced_seconds:g} s, alone and "
+            "during ingest"
+        )
+        with fresh_store(store, workdir / store / "ingest") as env:
+            run = ingest.measure_ingest(plan, env, reference, workdir / store / "ingest")
+        per_call = run.ingest
+        print(
+            table(
+                ["measured", "per s", "p50 ms", "p99 ms", "max ms", "count", "errors"],
+                [
+                    [
+                        "store's batched save (ceiling), events",
+                        rate(run.ceiling),
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                    ],
+                    [
+                        "ReportIncident, closed loop (single commands)",
+                        rate(run.single.rate),
+                        *latency_cells(run.single),
+                        str(run.single.error_count),
+                    ],
+                    [
+                        f"IngestReports, {plan.devices} devices: reports",
+                        rate(run.reports_rate),
+                        *latency_cells(per_call),
+                        f"{per_call.error_count} ({run.refused} refused)",
+                    ],
+                    [
+                        f"ReportIncident paced {plan.paced_rate:g}/s, alone",
+                        rate(run.alone.rate),
+                        *latency_cells(run.alone),
+                        str(run.alone.error_count),
+                    ],
+                    [
+                        f"ReportIncident paced {plan.paced_rate:g}/s, during ingest",
+                        rate(run.during.rate),
+                        *latency_cells(run.during),
+                        str(run.during.error_count),
+                    ],
+                ],
+            )
+        )
+        print(
+            f"  the latencies of IngestReports are per call of {ingest.PER_CALL} reports; "
+            f"during the paced run the devices sent "
+            f"{run.during_ingest.calls * ingest.PER_CALL:,} reports in "
+            f"{run.during_ingest.elapsed:.1f} s"
+        )
+        runs.append(run)
+    return runs
+
+
+def ingest_targets(runs: list[ingest.IngestRun]) -> list[Target]:
+    out: list[Target] = []
+    for run in runs:
+        clean = (
+            no_errors(run.ingest),
+            Condition(f"{run.refused} reports refused", run.refused == 0),
+        )
+        out.append(
+            Target(
+                f"{run.store}: ingest reports/s",
+                run.reports_rate,
+                INGEST_SAVE_RATIO,
+                AT_LEAST,
+                run.ceiling,
+                "batched save, events",
+                "/s",
+                clean,
+            )
+        )
+        out.append(
+            Target(
+                f"{run.store}: ingest reports/s vs single commands",
+                run.reports_rate,
+                INGEST_SINGLE_RATIO,
+                AT_LEAST,
+                run.single.rate,
+                "ReportIncident",
+                "/s",
+                (no_errors(run.single),),
+            )
+        )
+        if run.store == "sqlite":
+            out.append(
+                Target(
+                    f"{run.store}: {ingest.PER_CALL}-report call p99",
+                    run.ingest.p99_ms,
+                    INGEST_CALL_P99_MS,
+                    AT_MOST,
+                    unit=" ms",
+                )
+            )
+        lasted = run.during_ingest.elapsed >= run.during.elapsed
+        out.append(
+            Target(
+                f"{run.store}: single-command p99 during ingest",
+                run.during.p99_ms,
+                INGEST_SINGLE_P99_RATIO,
+                AT_MOST,
+                run.alone.p99_ms,
+                "p99 without",
+                " ms",
+                (
+                    Condition("the ingest outlasted the paced run", lasted),
+                    no_errors(run.during),
+                ),
+            )
+        )
+    return out
+
+
 def run_scaleout(plan: Plan, reference: ReferenceData, workdir: Path) -> list[scaleout.ReplicaRun]:
     counts = plan.scaleout_replicas
     section(
@@ -811,6 +968,9 @@ def main(argv: list[str] | None = None) -> int:
             goals.extend(fanout_targets(plan, fan))
         if stores and "history" in parts:
             goals.extend(history_targets(run_history(plan, stores, reference, workdir)))
+        if stores and "ingest" in parts:
+            intake = INGEST_QUICK if args.quick else INGEST_FULL
+            goals.extend(ingest_targets(run_ingest(intake, stores, reference, workdir)))
         if scale_out:
             scale = run_scaleout(plan, reference, workdir)
     print_targets(goals)

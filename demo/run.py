@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -44,8 +45,11 @@ from demo.stack import (
 from incidentledger_client import (
     CommandResult,
     DecisionInForce,
+    DeviceReport,
     Incident,
     IncidentEvent,
+    IngestOutcome,
+    IngestSummary,
     LedgerClient,
     LedgerError,
     Location,
@@ -63,6 +67,11 @@ SCENARIO = Path(__file__).resolve().parent / "mukomuko.yaml"
 MILESTONES = frozenset({"verify", "reject", "merge", "resolve", "approve_closure"})
 #: Keys of a step that are not the command's arguments.
 STEP_KEYS = frozenset({"at", "as", "do", "save", "say", "incident"})
+#: The step of a field device syncing its backlog (``device``, ``reports``: each with its
+#: ``at``, when the officer saved it offline, its ``save`` key and ``report``'s arguments).
+SYNC = "sync_backlog"
+#: How long after the incident the officer saved the report on the device.
+SAVED_AFTER = timedelta(minutes=3)
 #: The columns of the day's incidents: times after the report, on the day's clock.
 COLUMNS = (
     "incident",
@@ -106,6 +115,15 @@ class Scenario:
                 ) from None
             if len(times) > 1 and times[-1] < times[-2]:
                 raise ScenarioError(f"step {n + 1} at {at} comes before the step it follows")
+            for report in step.get("reports", []):
+                try:
+                    saved = clock_time.fromisoformat(str(report.get("at")))
+                except ValueError:
+                    raise ScenarioError(
+                        f"step {n + 1}: a report's at must be HH:MM (quoted)"
+                    ) from None
+                if saved > times[-1]:
+                    raise ScenarioError(f"step {n + 1}: a report saved after the sync at {at}")
         return cls(
             title=str(data.get("title", "demo")),
             polling_day=str(data.get("polling_day", "")),
@@ -294,6 +312,9 @@ def play(
         try:
             for step, at in zip(scenario.steps, scenario.times, strict=True):
                 moment = datetime.combine(day, at, zone)
+                if step["do"] == SYNC:
+                    _sync_backlog(step, moment, zone, client(step["as"]), result, console)
+                    continue
                 done = _play_step(step, moment, client, result)
                 line = (
                     f"[bold cyan]{clock(moment, zone)}[/bold cyan] [bold]{step['as']:>12}[/bold] "
@@ -354,6 +375,67 @@ def _play_step(
     result.steps += 1
     result.last_position = max(result.last_position, done.position)
     return done
+
+
+def _sync_backlog(
+    step: dict[str, Any],
+    moment: datetime,
+    zone: ZoneInfo,
+    ledger: LedgerClient,
+    result: DemoResult,
+    console: Console,
+) -> None:
+    """A field device, offline since morning, hands over the reports its officer saved
+    (``IngestReports`` through ``iter_ingest_reports``); then, as if the answer had been
+    lost, it sends the same backlog again: nothing is recorded twice."""
+    reports: list[DeviceReport] = []
+    for report in step["reports"]:
+        at = datetime.combine(moment.date(), clock_time.fromisoformat(str(report["at"])), zone)
+        location = report["location"]
+        reports.append(
+            DeviceReport(
+                report_id=str(uuid.uuid4()),  # made on the device when the officer saved it
+                device_id=step["device"],
+                record_time=at + SAVED_AFTER,
+                title=report["title"],
+                category=report["category"],
+                location=Location(**location) if isinstance(location, dict) else location,
+                severity=report.get("severity", ""),
+                description=report.get("description", ""),
+                occur_time=at,
+            )
+        )
+    console.print(
+        f"[bold cyan]{clock(moment, zone)}[/bold cyan] [bold]{step['as']:>12}[/bold] "
+        f"{escape(str(step['say']))} [dim]({SYNC} {step['device']}, {len(reports)} reports)[/dim]"
+    )
+    summary = IngestSummary()
+    synced = ledger.iter_ingest_reports(reports)
+    for spec, report, ingested in zip(step["reports"], reports, synced, strict=True):
+        summary.add(ingested)
+        if ingested.result is None:
+            raise ScenarioError(f"the backlog's report {report.title!r}: {ingested.error}")
+        key = spec["save"]
+        result.incidents[key] = ingested.result.incident
+        result.results[f"{key}.report"] = ingested.result
+        result.occurred[key] = report.occur_time or moment
+        result.steps += 1
+        result.last_position = max(result.last_position, ingested.result.position)
+        console.print(
+            f"           [dim]saved offline at {clock(report.occur_time or moment, zone)}:[/dim] "
+            f"{escape(report.title)} [dim]({ingested.outcome.value.lower()} "
+            f"{output.short_id(ingested.result.incident)})[/dim]"
+        )
+    console.print(
+        f"           [dim]{summary[IngestOutcome.CREATED]} of {summary.total} reports "
+        "recorded in one call[/dim]"
+    )
+    again = IngestSummary.of(ledger.iter_ingest_reports(reports))
+    console.print(
+        f"           [dim]the phone sends the backlog again (its answer lost): "
+        f"{again[IngestOutcome.DUPLICATE]} of {again.total} recorded before, "
+        f"{again[IngestOutcome.CREATED]} recorded twice[/dim]"
+    )
 
 
 def _summary(

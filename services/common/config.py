@@ -540,6 +540,23 @@ class LedgerVariables(Group):
         "how often a checkpoint is written; `0` = only on demand",
         ge=0.0,
     )
+    ingest_max_reports: Integer = _setting(
+        "LEDGER_INGEST_MAX_REPORTS",
+        500,
+        "reports one `IngestReports` call may hold; more is `INVALID_ARGUMENT` "
+        "(`INVALID_FIELD`, field `reports`), nothing recorded",
+        ge=1,
+        le=10_000,
+    )
+    ingest_max_bytes: Integer = _setting(
+        "LEDGER_INGEST_MAX_BYTES",
+        1024 * 1024,
+        "size of one `IngestReports` request, in bytes; a larger one is "
+        "`RESOURCE_EXHAUSTED` (`INGEST_TOO_LARGE`), nothing recorded. A request over "
+        "`LEDGER_MAX_MESSAGE_BYTES` is refused by gRPC before",
+        ge=1024,
+        le=2**31 - 1,
+    )
     relay_batch: Integer = _setting(
         "LEDGER_RELAY_BATCH", 500, "events per relay round trip to NATS", ge=1
     )
@@ -1471,6 +1488,9 @@ class LedgerSettings(ServiceSettings):
     max_decision_days: float = _default(LedgerVariables, "max_decision_days")
     # how often health asks PostgreSQL whether it answers
     store_check_seconds: float = _default(LedgerVariables, "store_check_seconds")
+    # the limits of one IngestReports call (a field device's backlog comes in chunks)
+    ingest_max_reports: int = _default(LedgerVariables, "ingest_max_reports")
+    ingest_max_bytes: int = _default(LedgerVariables, "ingest_max_bytes")
 
     def audit(self) -> AuditSettings:
         return AuditSettings(
@@ -1500,6 +1520,8 @@ class LedgerSettings(ServiceSettings):
             max_clock_skew_seconds=ledger.max_clock_skew_seconds,
             max_decision_days=ledger.max_decision_days,
             store_check_seconds=ledger.store_check_seconds,
+            ingest_max_reports=ledger.ingest_max_reports,
+            ingest_max_bytes=ledger.ingest_max_bytes,
             store_env=store_environment(given, common["data_dir"], values),
             relay=RelaySettings.from_variables(values),
         )

@@ -180,6 +180,20 @@ class TooManyStreams(ResourceExhausted):
         )
 
 
+class IngestTooLarge(ResourceExhausted):
+    """An ``IngestReports`` request larger than the ledger takes in one call: send its
+    reports in smaller chunks."""
+
+    reason = "INGEST_TOO_LARGE"
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the request has {size} bytes, more than the {limit} one IngestReports call "
+            "may have; send the reports in smaller chunks",
+            metadata={"bytes": str(size), "limit": str(limit)},
+        )
+
+
 class Unavailable(LedgerError):
     code = "UNAVAILABLE"
     reason = "UNAVAILABLE"

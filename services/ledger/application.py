@@ -41,6 +41,7 @@ from services.common.errors import (
     Aborted,
     AlreadyExists,
     DataLoss,
+    IngestTooLarge,
     InvalidArgument,
     LedgerError,
     NotFound,
@@ -90,8 +91,20 @@ class CommandResult:
     recorded_at: datetime
 
 
-MAX_INGEST_REPORTS = 500
 MAX_DEVICE_ID = 64
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """The most one ``IngestReports`` call may hold (``LEDGER_INGEST_MAX_REPORTS``,
+    ``LEDGER_INGEST_MAX_BYTES``)."""
+
+    max_reports: int = LedgerSettings.ingest_max_reports
+    max_bytes: int = LedgerSettings.ingest_max_bytes
+
+    @classmethod
+    def of(cls, settings: LedgerSettings) -> IngestLimits:
+        return cls(settings.ingest_max_reports, settings.ingest_max_bytes)
 
 
 class IngestOutcome(enum.Enum):
@@ -220,6 +233,7 @@ class Ledger(Application[UUID]):
         sealer: Sealer | None = None,
         time_bounds: TimeBounds | None = None,
         clock: Callable[[], datetime] = utc_now,
+        ingest_limits: IngestLimits | None = None,
     ) -> None:
         # Before the base class builds the mapper, which seals with it.
         self.sealer = sealer
@@ -230,6 +244,11 @@ class Ledger(Application[UUID]):
         self.reference = reference
         self.time_bounds = time_bounds or time_bounds_of(LedgerSettings())
         self._clock = clock
+        self.ingest_limits = ingest_limits or IngestLimits()
+        # One batch is prepared and saved at a time (Ledger.ingest): its work is Python
+        # under one interpreter lock, so batches side by side would not go faster, and
+        # single commands would wait behind all of them.
+        self._ingesting = threading.Lock()
         self.positions = EventPositions(self.recorder)
         # Commands on the same incident queue here instead of racing inside this
         # process; across processes, optimistic concurrency (IntegrityError) decides.
@@ -312,6 +331,7 @@ class Ledger(Application[UUID]):
         items: Sequence[IngestItem | InvalidArgument],
         *,
         send_time: datetime | None = None,
+        size: int = 0,
     ) -> list[IngestResult]:
         """Record a field device's reports (``IngestReports``), each as ReportIncident
         records it and once per device report; one result per item, in order.
@@ -322,21 +342,49 @@ class Ledger(Application[UUID]):
         again is answered from the record (DUPLICATE) and one with other content refused
         (CONFLICT), alike whether it came in a batch or alone. ``send_time``: the sender's
         clock when it sent the call; its difference to the ledger's on receipt is recorded
-        as each report's clock skew. The reports are saved together (:meth:`_save_ready`).
+        as each report's clock skew. ``size``: the request's size in bytes. A call over the
+        limits (:class:`IngestLimits`) is refused as a whole, before anything is recorded.
+
+        Reports already recorded are answered from their records before the save, so a
+        batch sent again touches the store only to read (on PostgreSQL a refused insert
+        would burn positions); the others are saved together (:meth:`_save_ready`).
         """
-        if len(items) > MAX_INGEST_REPORTS:
+        limits = self.ingest_limits
+        if len(items) > limits.max_reports:
             raise InvalidArgument(
-                "reports", f"at most {MAX_INGEST_REPORTS} reports per call, got {len(items)}"
+                "reports", f"at most {limits.max_reports} reports per call, got {len(items)}"
             )
+        if size > limits.max_bytes:
+            raise IngestTooLarge(size, limits.max_bytes)
         require_writer(actor, "IngestReports")
-        received = self._clock()
+        received = self._clock()  # on receipt: the skew leaves out the wait below
         skew_ms = None
         if send_time is not None:
             skew_ms = round((send_time - received) / timedelta(milliseconds=1))
+        # One batch at a time, saved before the next is prepared: batches side by side (or
+        # one prepared while another is saved) measured slower, and single commands then
+        # waited seconds behind them.
+        with self._ingesting:
+            results, ready, again = self._prepare(actor, items, skew_ms)
+            self._save_ready(self._unrecorded(ready, results), results)
+        for report in again:
+            results[report.index] = self._answer_recorded(report)
+        answered = [r for r in results if r is not None]
+        if len(answered) != len(items):
+            raise RuntimeError("a report of the batch was left without an answer")
+        counts = Counter(r.outcome.value.lower() for r in answered)
+        log.info("ingest.done", reports=len(items), skew_ms=skew_ms, **counts)
+        return answered
+
+    def _prepare(
+        self, actor: Actor, items: Sequence[IngestItem | InvalidArgument], skew_ms: int | None
+    ) -> tuple[list[IngestResult | None], list[_ReadyReport], list[_ReadyReport]]:
+        """Each report checked and made ready to save, or its INVALID result; the reports
+        of the batch, and those it holds twice (answered once the first is saved)."""
         rules = Rules(self.reference, self.time_bounds, self._clock)
         results: list[IngestResult | None] = [None] * len(items)
         ready: dict[UUID, _ReadyReport] = {}
-        again: list[_ReadyReport] = []  # a report the batch holds twice: answered once saved
+        again: list[_ReadyReport] = []
         for index, item in enumerate(items):
             if isinstance(item, InvalidArgument):
                 results[index] = IngestResult(IngestOutcome.INVALID, error=item)
@@ -350,15 +398,7 @@ class Ledger(Application[UUID]):
                 again.append(report)
             else:
                 ready[report.key] = report
-        self._save_ready(list(ready.values()), results)
-        for report in again:
-            results[report.index] = self._answer_recorded(report)
-        answered = [r for r in results if r is not None]
-        if len(answered) != len(items):
-            raise RuntimeError("a report of the batch was left without an answer")
-        counts = Counter(r.outcome.value.lower() for r in answered)
-        log.info("ingest.done", reports=len(items), skew_ms=skew_ms, **counts)
-        return answered
+        return results, list(ready.values()), again
 
     def _ready_report(
         self, actor: Actor, index: int, item: IngestItem, skew_ms: int | None, rules: Rules
@@ -394,6 +434,27 @@ class Ledger(Application[UUID]):
         return _ReadyReport(
             index, key, request_id, command, fingerprint, incident, reported, events
         )
+
+    def _unrecorded(
+        self, reports: list[_ReadyReport], results: list[IngestResult | None]
+    ) -> list[_ReadyReport]:
+        """The reports whose request is not recorded yet; the others answered from their
+        records (DUPLICATE or CONFLICT). One query finds which are recorded. A report
+        recorded by a racing call after it is caught by the store's uniqueness when saved,
+        as before (:meth:`_save_ready`)."""
+        if not reports:
+            return reports
+        recorded = self.positions.existing([r.key for r in reports])
+        if not recorded:
+            return reports
+        unrecorded = []
+        for report in reports:
+            answer = self._answer_recorded(report) if report.key in recorded else None
+            if answer is None:
+                unrecorded.append(report)
+            else:
+                results[report.index] = answer
+        return unrecorded
 
     def _save_ready(self, reports: list[_ReadyReport], results: list[IngestResult | None]) -> None:
         """Save the reports in as few transactions as the store takes: all in one (through

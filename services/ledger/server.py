@@ -41,7 +41,7 @@ from services.common.stopping import close_step
 from services.ledger.api.audit_servicer import AuditServicer
 from services.ledger.api.servicer import LedgerServicer
 from services.ledger.api.situation_servicer import SituationServicer
-from services.ledger.application import Ledger, time_bounds_of
+from services.ledger.application import IngestLimits, Ledger, time_bounds_of
 from services.ledger.audit import Checkpoints, load_signing_key
 from services.ledger.domain.incident import Incident
 from services.ledger.projections import Projections
@@ -140,6 +140,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
         cache_size=settings.cache_size,
         sealer=Sealer(signing_key),
         time_bounds=time_bounds_of(settings),
+        ingest_limits=IngestLimits.of(settings),
     )
     create = creates_tables(settings.store_env)
     projections = Projections(ledger, settings.store_env, reference, create=create)

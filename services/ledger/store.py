@@ -65,6 +65,33 @@ class EventPositions:
                     found[n.originator_version] = n.id
             start = batch[-1].id
 
+    def existing(self, originator_ids: Sequence[UUID]) -> set[UUID]:
+        """Which of these aggregates have events stored: one query, not one per id."""
+        if not originator_ids:
+            return set()
+        recorder = self._recorder
+        if isinstance(recorder, SQLiteApplicationRecorder):
+            marks = ",".join("?" * len(originator_ids))
+            statement = (
+                f"SELECT DISTINCT originator_id FROM {recorder.events_table_name} "  # noqa: S608
+                f"WHERE originator_id IN ({marks})"
+            )
+            with recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(statement, [i.hex for i in originator_ids])
+                return {UUID(row[0]) for row in cursor.fetchall()}
+        if isinstance(recorder, PostgresApplicationRecorder):
+            query = SQL(
+                "SELECT DISTINCT originator_id FROM {schema}.{table} WHERE originator_id = ANY(%s)"
+            ).format(
+                schema=Identifier(recorder.datastore.schema),
+                table=Identifier(recorder.events_table_name),
+            )
+            with recorder.datastore.transaction(commit=False) as curs:
+                curs.execute(query, (list(originator_ids),))
+                return {UUID(str(row["originator_id"])) for row in curs.fetchall()}
+        # In-memory store (tests): one look per id is cheap there.
+        return {i for i in originator_ids if recorder.select_events(i, limit=1)}
+
     def count_after(self, position: int, topics: Sequence[str]) -> int:
         """How many events of these topics were recorded after ``position``."""
         recorder = self._recorder

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -16,6 +17,7 @@ from incidentledger_client import (
     DeviceReport,
     IngestOutcome,
     IngestResult,
+    IngestSummary,
     InvalidArgument,
     LedgerClient,
     Location,
@@ -24,7 +26,7 @@ from incidentledger_client import (
     RetryPolicy,
 )
 from tests.integration.test_client import FlakyProxy
-from tests.support import Client
+from tests.support import Client, running_ledger, settings_for
 
 if TYPE_CHECKING:  # generic in grpc-stubs only
     Interceptor = grpc.UnaryUnaryClientInterceptor[Any, Any]
@@ -139,3 +141,35 @@ def test_refused_reports_carry_typed_errors_and_do_not_stop_the_others(ledger: C
         pytest.raises(PermissionDenied),
     ):
         auditor.ingest_reports(backlog(1))
+
+
+def test_results_come_one_by_one_and_a_summary_counts_them_per_outcome(ledger: Client) -> None:
+    reports = backlog(30)
+    with LedgerClient(ledger.address, ledger.tokens["bawaslu"]) as client:
+        client.ingest_reports(reports[:10])
+        stream = client.iter_ingest_reports(reports, chunk_size=7)
+        first = next(stream)
+        assert first.outcome is IngestOutcome.DUPLICATE
+        summary = IngestSummary.of([first, *stream])
+    assert summary[IngestOutcome.DUPLICATE] == 10
+    assert summary[IngestOutcome.CREATED] == 20
+    assert (summary.total, summary.recorded, summary.refused) == (30, 30, 0)
+
+
+def test_a_ledger_with_lower_limits_gets_the_backlog_in_smaller_chunks(
+    store_env: dict[str, str], tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path, store_env, ingest_max_reports=40, ingest_max_bytes=8192)
+    calls = Calls()
+    reports = backlog(100)
+    with running_ledger(settings) as ledger:
+        channel = grpc.intercept_channel(grpc.insecure_channel(ledger.address), calls)
+        try:
+            with LedgerClient(token=ledger.tokens["bawaslu"], channel=channel) as client:
+                results = client.ingest_reports(reports)
+        finally:
+            channel.close()
+    assert [r.report_id for r in results] == [r.report_id for r in reports]
+    assert {r.outcome for r in results} == {IngestOutcome.CREATED}
+    # 100 refused (too many), then halves of 50 (too many, then too large for 8 KiB), ...
+    assert calls.methods.count("IngestReports") > 4

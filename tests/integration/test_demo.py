@@ -90,7 +90,9 @@ def test_the_demo_plays_a_polling_day_against_the_stack_demo_stack_names(
 
         with LedgerClient(stack.ledger.address, stack.ledger.tokens["inspektorat"]) as auditor:
             by_title = {i.title: i for i in auditor.list_incidents()}
-            names = {s["save"]: by_title[s["title"]].name for s in scenario.steps if "save" in s}
+            saved = [s for s in scenario.steps if "save" in s]
+            saved += [r for s in scenario.steps for r in s.get("reports", [])]  # a synced backlog
+            names = {s["save"]: by_title[s["title"]].name for s in saved}
             assert len(by_title) == len(names)
             final = {key: auditor.get_incident(name) for key, name in names.items()}
             for key, status in expect["statuses"].items():
@@ -107,6 +109,11 @@ def test_the_demo_plays_a_polling_day_against_the_stack_demo_stack_names(
             expected: dict[str, list[datetime]] = {key: [] for key in names}
             for step, at in zip(scenario.steps, scenario.times, strict=True):
                 moment = datetime.combine(day, at, scenario.zone)
+                for report in step.get("reports", []):  # saved offline, at its own time
+                    saved_at = time.fromisoformat(report["at"])
+                    expected[report["save"]].append(datetime.combine(day, saved_at, scenario.zone))
+                if step["do"] == "sync_backlog":
+                    continue
                 expected[step.get("save") or step["incident"]].append(moment)
                 if step["do"] == "merge":  # the target records the duplicate too
                     expected[step["target"].removeprefix("@")].append(moment)
@@ -121,6 +128,9 @@ def test_the_demo_plays_a_polling_day_against_the_stack_demo_stack_names(
             assert decisions[0].valid_from == valid_from
             assert decisions[0].valid_until == valid_from + timedelta(days=3)
             assert auditor.verify_ledger().ok
+            # The synced reports keep the phone's provenance.
+            (reported, *_) = auditor.incident_events(names["field_queue"])
+            assert reported.payload["device_id"] == "hp-panwascam-malin-deman-03"
 
     # Printed: each step beside its time on the election-day clock.
     for step, at in zip(scenario.steps, scenario.times, strict=True):
@@ -134,12 +144,14 @@ def test_the_demo_plays_a_polling_day_against_the_stack_demo_stack_names(
     assert re.search(r"│ kpu +│ +2 │ 0:30:00 │ 0:34:00 │ .* │ +2 │ 0:55:00 │", day_figures)
     # The board, the decisions in force, the audit.
     board = out.split("Board (open work)")[1]
-    assert "REPORTED (1)" in board and "RESPONDING (2)" in board
+    assert "REPORTED (3)" in board and "VERIFIED (1)" in board and "RESPONDING (2)" in board
     decisions_out = out.split("Decisions in force now")[1]
     assert "Forkopimda Mukomuko" in decisions_out and "kota_mukomuko" in decisions_out
-    assert re.search(r"audit verify: ok \(54 events, 9 incidents", out)
+    assert re.search(r"audit verify: ok \(58 events, 12 incidents", out)
     received = re.search(r"the subscriber received (\d+) notifications", out)
-    assert received and int(received.group(1)) == 54
+    assert received and int(received.group(1)) == 58
+    assert "3 of 3 reports recorded in one call" in out
+    assert "3 of 3 recorded before, 0 recorded twice" in out
     assert 'data-kecamatan="air_manjunto"' in svg.read_text()
 
 
@@ -165,7 +177,7 @@ def test_with_nothing_given_it_starts_a_stack_of_its_own_on_free_ports_and_stops
     taken = {int(run_ledger.rpartition(":")[2]), int(run_notifier.rpartition(":")[2])}
     assert not set(ports) & (taken | {50051, 50052, 14222}) and len(set(ports)) == 3
     assert f"Ledger 127.0.0.1:{ports[0]}, notifier 127.0.0.1:{ports[1]}" in out
-    assert re.search(r"audit verify: ok \(54 events, 9 incidents", out)
+    assert re.search(r"audit verify: ok \(58 events, 12 incidents", out)
     assert "Forkopimda Mukomuko" in out.split("Decisions in force now")[1]
     assert svg.is_file()
     # Stopped: nothing listens on its ports, no process of it is left, its data is gone.

@@ -16,11 +16,12 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
+from incidentledger.v1 import notifier_service_pb2 as napi
 from services.common.config import RelaySettings
 from services.common.grpc_errors import error_info
 from services.common.natsserver import NatsServer
 from services.ledger.server import ERROR_DOMAIN
-from tests.fanout_support import wait_until
+from tests.fanout_support import running_stack, wait_until
 from tests.integration.test_fanout import stream_messages
 from tests.support import Client, running_ledger, settings_for, store_environment, ts
 
@@ -156,6 +157,10 @@ def test_a_batch_sent_three_times_records_each_report_once(ledger: Client) -> No
     assert recorded(ledger) == stored
     incidents = listed(ledger, first[-1].result.position)
     assert sorted(i.name for i in incidents) == sorted(r.result.incident for r in first)
+    # The re-sent batches never reached the store's insert: on PostgreSQL a refused insert
+    # takes a position of the sequence, so the next event would come after a gap.
+    last = ledger.server.ledger.recorder.max_notification_id() or 0
+    assert ledger.report(agency="bawaslu").position == last + 1
 
 
 def test_more_than_500_reports_is_invalid_argument_and_records_nothing(ledger: Client) -> None:
@@ -170,6 +175,29 @@ def test_more_than_500_reports_is_invalid_argument_and_records_nothing(ledger: C
         ingest(ledger, [device_report()], agency="inspektorat")
     assert auditor.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert recorded(ledger) == 0
+
+
+def test_a_call_over_the_byte_limit_is_resource_exhausted_and_records_nothing(
+    store_env: dict[str, str], tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path, store_env, ingest_max_reports=3, ingest_max_bytes=4096)
+    with running_ledger(settings) as ledger:
+        with pytest.raises(grpc.RpcError) as too_many:
+            ingest(ledger, [device_report(f"r{n}") for n in range(4)])
+        assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        request = api.IngestReportsRequest(reports=[device_report("x" * 150) for _ in range(3)])
+        request.reports[0].description = "y" * 4000
+        assert request.ByteSize() > 4096
+        with pytest.raises(grpc.RpcError) as too_large:
+            ledger.stub.IngestReports(request, metadata=ledger.md("bawaslu"))
+        assert too_large.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        info = error_info(too_large.value)  # type: ignore[arg-type]
+        assert info is not None and info.reason == "INGEST_TOO_LARGE"
+        assert info.metadata["limit"] == "4096"
+        assert recorded(ledger) == 0
+        del request.reports[0]
+        results = ingest(ledger, list(request.reports))
+        assert [r.outcome for r in results] == [CREATED] * 2
 
 
 def test_ingested_reports_are_read_like_any_other_with_the_device_s_provenance(
@@ -224,3 +252,37 @@ def test_ingested_reports_reach_the_stream_once_each(
         positions = [p for _, p in stream_messages(nats_server.url)]
     expected = [r.result.position for r in first] + [single.position, last.position]
     assert positions == sorted(expected), "each report once, in log order, nothing else"
+
+
+@pytest.mark.nats
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_subscriber_is_notified_of_ingested_reports_like_any_other(
+    tmp_path: Path, nats_server: NatsServer, store: str
+) -> None:
+    with (
+        store_environment(store, tmp_path) as store_env,
+        running_stack(tmp_path, store_env, nats_server.url) as stack,
+    ):
+        subscriber = stack.subscribe("bpbd", filter=napi.EventFilter(kecamatan=["air_rami"]))
+        batch = [device_report(f"Laporan {n}") for n in range(25)]
+        batch[3] = device_report(category="picnic")  # refused: never notified
+        results = ingest(stack.ledger, batch)
+        ingest(stack.ledger, batch)  # sent again: nothing new to notify
+        last = stack.ledger.report(
+            "bawaslu", location=pb.Location(kecamatan="air_rami"), title="After the batch"
+        )
+        subscriber.wait_for(25)
+        wait_until(
+            lambda: (
+                last.position in {n.notification.event.position for n in subscriber.notifications}
+            ),
+            what="the report after the batch",
+        )
+        subscriber.close()
+    streamed = [n.notification for n in subscriber.notifications]
+    created = [r.result for r in results if r.outcome == CREATED]
+    assert len(created) == 24
+    assert [n.event.position for n in streamed] == [r.position for r in created] + [last.position]
+    assert {n.event.type for n in streamed} == {"Reported"}
+    assert [n.incident.name for n in streamed[:-1]] == [r.incident for r in created]
+    assert all(n.event.actor.agency == "bawaslu" for n in streamed)

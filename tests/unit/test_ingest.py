@@ -13,10 +13,15 @@ from uuid import UUID, uuid4
 import pytest
 from eventsourcing.persistence import OperationalError, StoredEvent
 
-from services.common.errors import AlreadyExists, InvalidArgument, PermissionDenied
+from services.common.errors import (
+    AlreadyExists,
+    IngestTooLarge,
+    InvalidArgument,
+    PermissionDenied,
+)
 from services.ledger.application import (
-    MAX_INGEST_REPORTS,
     IngestItem,
+    IngestLimits,
     IngestOutcome,
     IngestResult,
     Ledger,
@@ -163,14 +168,35 @@ def test_a_batch_sent_three_times_records_each_report_once(ledger: Ledger) -> No
 
 
 def test_over_500_reports_is_invalid_and_records_nothing(ledger: Ledger) -> None:
+    limit = IngestLimits().max_reports
+    assert limit == 500, "the documented default"
     with pytest.raises(InvalidArgument) as refused:
-        ingest(ledger, [item(f"r{n}") for n in range(MAX_INGEST_REPORTS + 1)])
+        ingest(ledger, [item(f"r{n}") for n in range(limit + 1)])
     assert refused.value.field == "reports"
     assert recorded(ledger) == 0
-    assert (
-        outcomes(ingest(ledger, [item(f"r{n}") for n in range(MAX_INGEST_REPORTS)]))
-        == [CREATED] * MAX_INGEST_REPORTS
+    assert outcomes(ingest(ledger, [item(f"r{n}") for n in range(limit)])) == [CREATED] * limit
+
+
+def test_the_limits_are_settings_and_over_them_nothing_is_recorded() -> None:
+    app = Ledger(
+        REF,
+        env={"PERSISTENCE_MODULE": "eventsourcing.popo"},
+        clock=lambda: NOW,
+        ingest_limits=IngestLimits(max_reports=3, max_bytes=2048),
     )
+    try:
+        with pytest.raises(InvalidArgument) as refused:
+            app.ingest(actor(REPORTER), [item(f"r{n}") for n in range(4)])
+        assert refused.value.field == "reports"
+        with pytest.raises(IngestTooLarge) as too_large:
+            app.ingest(actor(REPORTER), [item("r")], size=2049)
+        assert too_large.value.code == "RESOURCE_EXHAUSTED"
+        assert too_large.value.metadata == {"bytes": "2049", "limit": "2048"}
+        assert recorded(app) == 0
+        results = app.ingest(actor(REPORTER), [item(f"r{n}") for n in range(3)], size=2048)
+        assert outcomes(results) == [CREATED] * 3
+    finally:
+        app.close()
 
 
 def test_an_auditor_s_batch_is_refused_as_a_whole(ledger: Ledger) -> None:
@@ -299,20 +325,39 @@ def test_a_report_the_store_refuses_fails_the_call_after_the_others_are_saved(
     del batch[5]
     again = ingest(ledger, batch)
     assert outcomes(again) == [DUPLICATE] * 5 + [CREATED] * 10
-    assert recorder.transactions[7:] == [30, 20], "the batch fails on the recorded five"
+    assert recorder.transactions[7:] == [20], "the recorded five found before the save"
     assert recorded(ledger) == 2 * 15
 
 
-def test_a_batch_sent_again_with_new_reports_takes_one_more_transaction(
+def test_a_batch_sent_again_saves_only_its_new_reports_in_one_transaction(
     ledger: Ledger, store: Callable[..., FailingRecorder]
 ) -> None:
     old = [item(f"old {n}") for n in range(3)]
-    ingest(ledger, old)
+    first = ingest(ledger, old)
     recorder = store(lambda _n, _stored: None)
     new = [item(f"new {n}") for n in range(4)]
     results = ingest(ledger, [new[0], *old, *new[1:]])
     assert outcomes(results) == [CREATED, *[DUPLICATE] * 3, *[CREATED] * 3]
+    assert [r.result for r in results[1:4]] == [r.result for r in first]
+    assert recorder.transactions == [8], "the recorded three never reach the store's insert"
+    assert outcomes(ingest(ledger, [*old, *new])) == [DUPLICATE] * 7
+    assert recorder.transactions == [8], "a batch sent again whole inserts nothing"
+
+
+def test_reports_recorded_by_a_racing_call_after_the_check_are_caught_by_the_store(
+    ledger: Ledger, store: Callable[..., FailingRecorder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = [item(f"old {n}") for n in range(3)]
+    first = ingest(ledger, old)
+    # As if another call recorded them between this call's check and its save.
+    monkeypatch.setattr(ledger.positions, "existing", lambda _ids: set())
+    recorder = store(lambda _n, _stored: None)
+    new = [item(f"new {n}") for n in range(4)]
+    results = ingest(ledger, [new[0], *old, *new[1:]])
+    assert outcomes(results) == [CREATED, *[DUPLICATE] * 3, *[CREATED] * 3]
+    assert [r.result for r in results[1:4]] == [r.result for r in first]
     assert recorder.transactions == [14, 8], "refused for the three recorded, then the four"
+    assert recorded(ledger) == 2 * 7
 
 
 def test_an_unreachable_store_fails_the_call_at_once(

@@ -28,7 +28,7 @@ from incidentledger_client._transport import (
     Transport,
     new_request_id,
 )
-from incidentledger_client.errors import from_rpc_error
+from incidentledger_client.errors import InvalidArgument, ResourceExhausted, from_rpc_error
 from incidentledger_client.types import (
     AgencyWorkload,
     Checkpoint,
@@ -264,43 +264,85 @@ class LedgerClient:
         the order given.
 
         The reports go in chunks, one call each: at most ``chunk_size`` reports (the
-        ledger's limit, 500) and about ``max_chunk_bytes`` bytes (under the ledger's
-        default ``LEDGER_MAX_MESSAGE_BYTES``, 1 MiB; a report larger than that goes alone).
-        ``on_chunk`` sees each chunk's results as they come (progress, or a record of
-        what is done).
+        ledger's default limit, 500) and about ``max_chunk_bytes`` bytes (under the ledger's
+        default ``LEDGER_INGEST_MAX_BYTES``, 1 MiB; a report larger than that goes alone).
+        A chunk the ledger finds too large (its operator set lower limits) is sent again in
+        halves. ``on_chunk`` sees each chunk's results as they come (progress, or a record
+        of what is done); :meth:`iter_ingest_reports` yields them one by one instead, and
+        :class:`~incidentledger_client.types.IngestSummary` counts them per outcome.
 
         Safe to repeat: a report's ids are its idempotency key. A chunk whose answer is lost
-        is sent again as it was (the same ids; only ``send_time``, the clock the ledger
-        measures the device's skew against, is fresh); a whole backlog sent again after a
-        crash records nothing twice: what was recorded comes back ``DUPLICATE`` with its
-        original result. A report the ledger refuses (``INVALID``, ``CONFLICT``) does not
-        stop the others: its error is in its result. A chunk refused as a whole (the
-        ledger still unreachable after the retries, an auditor's credentials) raises; the
-        chunks before it are recorded.
+        (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``) is sent again as it was, with backoff (the
+        same ids; only ``send_time``, the clock the ledger measures the device's skew
+        against, is fresh); a whole backlog sent again after a crash records nothing twice:
+        what was recorded comes back ``DUPLICATE`` with its original result. A report the
+        ledger refuses (``INVALID``, ``CONFLICT``) does not stop the others: its error is in
+        its result. A chunk refused as a whole (the ledger still unreachable after the
+        retries, an auditor's credentials) raises; the chunks before it are recorded.
 
         >>> results = ledger.ingest_reports(backlog)  # doctest: +SKIP
         >>> [r for r in results if not r.recorded]  # doctest: +SKIP
         """
+        results: list[IngestResult] = []
+        for answered in self._ingest_chunks(reports, chunk_size, max_chunk_bytes):
+            if on_chunk is not None:
+                on_chunk(answered)
+            results.extend(answered)
+        return results
+
+    def iter_ingest_reports(
+        self,
+        reports: Iterable[DeviceReport],
+        *,
+        chunk_size: int = MAX_INGEST_REPORTS,
+        max_chunk_bytes: int = MAX_INGEST_BYTES,
+    ) -> Iterator[IngestResult]:
+        """:meth:`ingest_reports` as an iterator: each report's result, in order, as soon as
+        its chunk is answered (the backlog is read as it goes, so it may be a file of any
+        length). Stopping early leaves the chunks not yet sent unsent.
+
+        >>> summary = IngestSummary.of(ledger.iter_ingest_reports(backlog))  # doctest: +SKIP
+        """
+        for answered in self._ingest_chunks(reports, chunk_size, max_chunk_bytes):
+            yield from answered
+
+    def _ingest_chunks(
+        self, reports: Iterable[DeviceReport], chunk_size: int, max_chunk_bytes: int
+    ) -> Iterator[list[IngestResult]]:
         if not 1 <= chunk_size <= MAX_INGEST_REPORTS:
             raise ValueError(f"chunk_size must be 1 to {MAX_INGEST_REPORTS}, got {chunk_size}")
+        for chunk in report_chunks(reports, chunk_size, max_chunk_bytes):
+            yield self._ingest_chunk(chunk)
+
+    def _ingest_chunk(
+        self, chunk: list[tuple[DeviceReport, api.DeviceReport]]
+    ) -> list[IngestResult]:
+        """One call for the chunk; two, recursively, when the ledger finds it too large."""
 
         def send(request: api.IngestReportsRequest, **kwargs: Any) -> api.IngestReportsResponse:
             request.send_time.CopyFrom(to_timestamp(datetime.now(UTC)))  # at each attempt
             response: api.IngestReportsResponse = self._ledger.IngestReports(request, **kwargs)
             return response
 
-        results: list[IngestResult] = []
-        for chunk in report_chunks(reports, chunk_size, max_chunk_bytes):
-            request = api.IngestReportsRequest(reports=[message for _, message in chunk])
+        request = api.IngestReportsRequest(reports=[message for _, message in chunk])
+        try:
             response = self._transport.unary(send, request)
-            answered = [
-                IngestResult.from_proto(report.report_id, result)
-                for (report, _), result in zip(chunk, response.results, strict=True)
-            ]
-            if on_chunk is not None:
-                on_chunk(answered)
-            results.extend(answered)
-        return results
+        except (InvalidArgument, ResourceExhausted) as error:
+            # The ledger's limits (INGEST_TOO_LARGE, too many reports), or gRPC's own size
+            # limit, which carries no reason: the ledger's operator set them lower.
+            too_large = (
+                error.reason in ("INGEST_TOO_LARGE", "")
+                if isinstance(error, ResourceExhausted)
+                else error.field == "reports"
+            )
+            if not too_large or len(chunk) == 1:
+                raise
+            half = len(chunk) // 2
+            return [*self._ingest_chunk(chunk[:half]), *self._ingest_chunk(chunk[half:])]
+        return [
+            IngestResult.from_proto(report.report_id, result)
+            for (report, _), result in zip(chunk, response.results, strict=True)
+        ]
 
     def verify(
         self,

@@ -9,6 +9,7 @@ protobuf message by its ``from_proto`` class method.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -394,6 +395,41 @@ class IngestResult:
             result=CommandResult.from_proto(message.result) if message.HasField("result") else None,
             error=from_status(message.error) if message.HasField("error") else None,
         )
+
+
+@dataclass
+class IngestSummary:
+    """How many reports of a backlog came to each outcome (:meth:`add` each result as it
+    comes, or :meth:`of` a list)."""
+
+    counts: dict[IngestOutcome, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, results: Iterable[IngestResult]) -> IngestSummary:
+        summary = cls()
+        for result in results:
+            summary.add(result)
+        return summary
+
+    def add(self, result: IngestResult) -> None:
+        self.counts[result.outcome] = self.counts.get(result.outcome, 0) + 1
+
+    def __getitem__(self, outcome: IngestOutcome) -> int:
+        return self.counts.get(outcome, 0)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def recorded(self) -> int:
+        """Reports in the ledger now: recorded by this run or before it."""
+        return self[IngestOutcome.CREATED] + self[IngestOutcome.DUPLICATE]
+
+    @property
+    def refused(self) -> int:
+        """Reports the ledger refused (``CONFLICT``, ``INVALID``): fix them on the device."""
+        return self.total - self.recorded
 
 
 # --- the situation -------------------------------------------------------------------------

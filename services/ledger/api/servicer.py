@@ -196,6 +196,7 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
             self._actor(),
             wire.ingest_items(request),
             send_time=wire.optional_time(request, "send_time"),
+            size=request.ByteSize(),
         )
         return wire.ingest_response(results, lambda e: to_status_proto(e, self._error_domain))
 

@@ -18,6 +18,7 @@ from incidentledger_client.cli.commands import (
     audit,
     dead_letters,
     incidents,
+    intake,
     reference,
     situation,
     webhooks,
@@ -50,6 +51,7 @@ app = typer.Typer(
 
 # The order of the commands in --help: the top-level commands, then the groups.
 app.add_typer(incidents.app)
+app.add_typer(intake.app)
 app.add_typer(situation.app)
 app.add_typer(reference.app)
 app.add_typer(config_commands.completion_app)
@@ -240,13 +242,17 @@ def _run(args: list[str], as_json: bool) -> int:
 
         completion_init()
     try:
-        command.main(
+        returned = command.main(
             args=args,
             prog_name="ledgerctl",
             standalone_mode=False,
             complete_var=COMPLETE_VAR,
             obj=st,
         )
+        # Outside standalone mode, typer returns the code of a command's typer.Exit (such
+        # as `audit verify`'s 1 for a divergence) instead of raising it.
+        if isinstance(returned, int) and not isinstance(returned, bool):
+            return returned
     except typer.Exit as stop:
         return stop.exit_code
     except typer.Abort:

@@ -1,0 +1,144 @@
+"""A field device's backlog as a JSON Lines file: one report per line, read into
+:class:`~incidentledger_client.types.DeviceReport` for
+:meth:`~incidentledger_client.LedgerClient.ingest_reports`.
+
+Each line is one JSON object in the form of the API's ``DeviceReport`` (as ``grpcurl``
+writes it, see docs/api.md "Field intake"): ``device_report_id`` (the UUID the device made
+when the officer saved the report), ``device_id``, ``device_record_time`` (ISO 8601 with a
+zone), ``title``, ``category``, ``location`` (``kecamatan``, optional ``desa``, ``tps``,
+``latitude``, ``longitude``), and optionally ``description``, ``severity``, ``occur_time``,
+``correlation_id``. Blank lines are skipped. The file is read whole before anything is sent
+(:func:`read_backlog`), so a line that cannot be read refuses the file, naming the line;
+what the ledger refuses (an unknown category, a title too long) is that report's
+``INVALID`` result, after the others are sent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from incidentledger_client.types import DeviceReport, Location
+
+#: The fields a line may have (unknown ones are refused: a typo would lose data silently).
+FIELDS = frozenset(
+    {
+        "device_report_id",
+        "device_id",
+        "device_record_time",
+        "title",
+        "category",
+        "location",
+        "description",
+        "severity",
+        "occur_time",
+        "correlation_id",
+    }
+)
+REQUIRED = ("device_report_id", "device_id", "device_record_time", "title", "category", "location")
+LOCATION_FIELDS = frozenset({"kecamatan", "desa", "tps", "latitude", "longitude"})
+
+
+class BacklogError(ValueError):
+    """A line of the backlog that cannot be read: ``line`` (from 1), ``field`` (or ``""``
+    when the line is not a JSON object) and ``problem``, one of ``not_json``,
+    ``not_object``, ``missing``, ``unknown``, ``not_text``, ``not_time``, ``not_number``."""
+
+    def __init__(self, line: int, field: str, problem: str) -> None:
+        super().__init__(f"line {line}: {field or 'the line'}: {problem}")
+        self.line = line
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class BacklogLine:
+    """A report of the backlog and the line it is on (from 1)."""
+
+    line: int
+    report: DeviceReport
+
+
+def read_backlog(path: Path) -> list[BacklogLine]:
+    """Every report of the file, in order; raises :class:`BacklogError` on the first line
+    that cannot be read."""
+    with path.open(encoding="utf-8") as file:
+        return list(parse_lines(file))
+
+
+def parse_lines(lines: Iterable[str]) -> Iterator[BacklogLine]:
+    """The reports of these lines (numbered from 1), skipping blank ones."""
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise BacklogError(number, "", "not_json") from None
+        if not isinstance(value, dict):
+            raise BacklogError(number, "", "not_object")
+        yield BacklogLine(number, _report(number, value))
+
+
+def _report(line: int, value: dict[str, Any]) -> DeviceReport:
+    for name in value:
+        if name not in FIELDS:
+            raise BacklogError(line, name, "unknown")
+    for name in REQUIRED:
+        if value.get(name) in (None, ""):
+            raise BacklogError(line, name, "missing")
+    location = value["location"]
+    if not isinstance(location, dict):
+        raise BacklogError(line, "location", "not_object")
+    for name in location:
+        if name not in LOCATION_FIELDS:
+            raise BacklogError(line, f"location.{name}", "unknown")
+    occur = value.get("occur_time")
+    return DeviceReport(
+        report_id=_text(line, value, "device_report_id"),
+        device_id=_text(line, value, "device_id"),
+        record_time=_time(line, "device_record_time", value["device_record_time"]),
+        title=_text(line, value, "title"),
+        category=_text(line, value, "category"),
+        location=Location(
+            _text(line, location, "kecamatan", "location."),
+            desa=_text(line, location, "desa", "location."),
+            tps=_text(line, location, "tps", "location."),
+            latitude=_number(line, location, "latitude"),
+            longitude=_number(line, location, "longitude"),
+        ),
+        description=_text(line, value, "description"),
+        severity=_text(line, value, "severity"),
+        occur_time=_time(line, "occur_time", occur) if occur not in (None, "") else None,
+        correlation_id=_text(line, value, "correlation_id"),
+    )
+
+
+def _text(line: int, value: dict[str, Any], name: str, prefix: str = "") -> str:
+    text = value.get(name, "")
+    if not isinstance(text, str):
+        raise BacklogError(line, prefix + name, "not_text")
+    return text
+
+
+def _time(line: int, name: str, text: Any) -> datetime:
+    try:
+        moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        raise BacklogError(line, name, "not_time") from None
+    if not isinstance(text, str) or moment.tzinfo is None:
+        raise BacklogError(line, name, "not_time")  # a device's time without a zone is a guess
+    return moment
+
+
+def _number(line: int, location: dict[str, Any], name: str) -> float | None:
+    value = location.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BacklogError(line, f"location.{name}", "not_number")
+    return float(value)

@@ -1,0 +1,167 @@
+"""``ledgerctl ingest FILE``: a field device's backlog (JSON Lines) handed over in chunks,
+with a progress bar, a summary per outcome, or one JSON line per report with ``--json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from incidentledger_client.backlog import BacklogError, BacklogLine, read_backlog
+from incidentledger_client.cli import output
+from incidentledger_client.cli.errors import EXIT_OTHER
+from incidentledger_client.cli.progress import progress_bar
+from incidentledger_client.cli.state import state
+from incidentledger_client.i18n import N_, _
+from incidentledger_client.ledger import MAX_INGEST_REPORTS
+from incidentledger_client.types import IngestOutcome, IngestResult, IngestSummary
+
+#: The top-level command ``ledgerctl ingest``.
+app = typer.Typer()
+
+#: What each outcome is called in the summary, in the run's language.
+OUTCOMES = {
+    IngestOutcome.CREATED: N_("recorded now"),
+    IngestOutcome.DUPLICATE: N_("recorded before (sent again)"),
+    IngestOutcome.CONFLICT: N_("conflict: same id, other content"),
+    IngestOutcome.INVALID: N_("invalid"),
+    IngestOutcome.UNSPECIFIED: N_("unknown"),
+}
+#: Why a line of the file cannot be read (BacklogError.problem).
+PROBLEMS = {
+    "not_json": N_("not JSON"),
+    "not_object": N_("not a JSON object"),
+    "missing": N_("missing"),
+    "unknown": N_("not a field of a device report"),
+    "not_text": N_("not a text"),
+    "not_time": N_("not a time with its zone (ISO 8601)"),
+    "not_number": N_("not a number"),
+}
+
+
+def _unreadable(error: BacklogError) -> typer.BadParameter:
+    problem = _(PROBLEMS.get(error.problem, error.problem))
+    if error.field:
+        text = _("line {line}: {field}: {problem}").format(
+            line=error.line, field=error.field, problem=problem
+        )
+    else:
+        text = _("line {line}: {problem}").format(line=error.line, problem=problem)
+    return typer.BadParameter(text, param_hint="FILE")
+
+
+def _item_json(line: BacklogLine, result: IngestResult) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "line": line.line,
+        "device_report_id": result.report_id,
+        "outcome": result.outcome.value,
+    }
+    if result.result is not None:
+        item["result"] = output.to_jsonable(result.result)
+    if result.error is not None:
+        item["error"] = {
+            "code": result.error.code,
+            "reason": result.error.reason,
+            "message": result.error.message,
+            "metadata": result.error.metadata,
+        }
+    return item
+
+
+@app.command(
+    epilog="Example: ledgerctl -a bawaslu ingest hp-panwascam-malin-deman-03.jsonl  "
+    "(the format: docs/clients.md, an example: docs/examples/field-backlog.jsonl)"
+)
+def ingest(
+    ctx: typer.Context,
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="The device's backlog: JSON Lines, one report per line.",
+            metavar="FILE",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
+    chunk_size: Annotated[
+        int,
+        typer.Option(help="Reports per call (at most 500).", min=1, max=MAX_INGEST_REPORTS),
+    ] = MAX_INGEST_REPORTS,
+) -> None:
+    """Hand over a field device's backlog of reports (with a progress bar).
+
+    Each report is recorded once: run it again after a crash or a lost connection, and the
+    reports already recorded are answered as recorded before. Exit code 1 when the ledger
+    refused some reports (listed, with the line of each).
+    """
+    st = state(ctx)
+    try:
+        lines = read_backlog(path)
+    except BacklogError as error:
+        raise _unreadable(error) from None
+    except UnicodeDecodeError:
+        raise typer.BadParameter(_("not UTF-8 text"), param_hint="FILE") from None
+    ledger = st.ledger()
+    summary = IngestSummary()
+    refused: list[tuple[BacklogLine, IngestResult]] = []
+    results = ledger.iter_ingest_reports((line.report for line in lines), chunk_size=chunk_size)
+    with progress_bar(st, _("sending"), len(lines), _("reports")) as meter:
+        for line, result in zip(lines, results, strict=True):
+            summary.add(result)
+            if not result.recorded:
+                refused.append((line, result))
+            if st.as_json:
+                output.emit_json_line(_item_json(line, result))
+            meter.step()
+    if not st.as_json:
+        _print_summary(path, summary, refused)
+    if refused:
+        raise typer.Exit(EXIT_OTHER)
+
+
+def _print_summary(
+    path: Path, summary: IngestSummary, refused: list[tuple[BacklogLine, IngestResult]]
+) -> None:
+    out = output.console()
+    out.print(
+        output.rows_table(
+            _("Backlog {path}").format(path=path.name),
+            (N_("outcome"), N_("reports")),
+            ((_(OUTCOMES[o]), summary[o]) for o in OUTCOMES if summary[o]),
+        )
+    )
+    if refused:
+        out.print(
+            output.rows_table(
+                _("Refused reports: fix them on the device, then send the file again"),
+                (N_("line"), N_("report"), N_("outcome"), N_("why")),
+                (
+                    (
+                        line.line,
+                        result.report_id,
+                        _(OUTCOMES[result.outcome]),
+                        _error_text(result),
+                    )
+                    for line, result in refused
+                ),
+                no_wrap=("line", "report"),
+            )
+        )
+    out.print(
+        _("{recorded} of {total} reports are in the ledger ({created} recorded now).").format(
+            recorded=summary.recorded,
+            total=summary.total,
+            created=summary[IngestOutcome.CREATED],
+        ),
+        markup=False,
+    )
+
+
+def _error_text(result: IngestResult) -> str:
+    error = result.error
+    if error is None:
+        return ""
+    text = error.localized_message or error.message
+    return f"{error.field}: {text}" if error.field and error.field not in text else text
