@@ -38,6 +38,11 @@ REPOSITORY = PACKAGE_DIR.parents[2]
 SERVER_MESSAGES = REPOSITORY / "services" / "common" / "error_messages.py"
 SERVER_LOCALE_DIR = SERVER_MESSAGES.parent / "locale"
 SERVER_DOMAIN = "ledger-errors"
+#: The situation room's code and templates, read as files (like the server's messages): the
+#: page speaks from this package's catalog, so its messages are extracted into it, where the
+#: repository has them.
+PAGE_DIR = REPOSITORY / "services" / "situation_room"
+PAGE_METHODS = [("**.py", "python"), ("templates/**.html", "jinja2.ext:babel_extract")]
 
 
 def po_path(language: str, locale_dir: Path = LOCALE_DIR, domain: str = DOMAIN) -> Path:
@@ -63,7 +68,8 @@ def extract_server() -> Catalog:
 
 
 def extract() -> Catalog:
-    """The messages of the code: marked calls, then ledgerctl's help texts."""
+    """The messages of the code: marked calls (the client's, then the situation room's
+    code and templates), then ledgerctl's help texts."""
     import typer.main
 
     from incidentledger_client.cli import helptexts
@@ -76,6 +82,15 @@ def extract() -> Catalog:
         catalog.add(
             message, locations=[(f"incidentledger_client/{filename}", lineno)], context=_context
         )
+    if PAGE_DIR.is_dir():
+        for filename, lineno, message, _comments, _context in extract_from_dir(
+            str(PAGE_DIR), PAGE_METHODS, KEYWORDS
+        ):
+            catalog.add(  # a message the client has too gains a location
+                message,
+                locations=[(f"services/situation_room/{filename}", lineno)],
+                context=_context,
+            )
     for text in helptexts.messages(typer.main.get_command(app)):
         if text not in catalog:
             catalog.add(text, auto_comments=["ledgerctl help"])
