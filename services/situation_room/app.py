@@ -80,6 +80,8 @@ SINCE_HOURS = {"1h": 1, "6h": 6, "24h": 24}
 #: How the board's time windows read (translated where shown).
 SINCE_LABELS = {"1h": N_("1 hour"), "6h": N_("6 hours"), "24h": N_("24 hours")}
 STATUSES = ("REPORTED", "VERIFIED", "ASSIGNED", "RESPONDING", "RESOLVED", "CLOSED", "REJECTED")
+#: The page size of the board's ListIncidents (the ledger's largest).
+LIST_PAGE_SIZE = 1000
 #: The board shows at most this many incidents, the newest first.
 BOARD_ROWS = 200
 #: SSE keepalive comments, so proxies and the browser keep the connection.
@@ -314,7 +316,13 @@ async def board_incidents(request: Request, officer: Officer, min_position: int)
     expression, chosen = board_filter(request)
 
     def fetch() -> list[Incident]:
-        return list(officer.ledger.list_incidents(expression, min_position=min_position))
+        # The newest are last (report order): all are read, in the largest pages the
+        # ledger serves, as few round trips as it allows (50 of its default size for 5,000).
+        return list(
+            officer.ledger.list_incidents(
+                expression, min_position=min_position, page_size=LIST_PAGE_SIZE
+            )
+        )
 
     incidents = await run_in_threadpool(fetch)
     hours = SINCE_HOURS.get(chosen.get("since", ""))
