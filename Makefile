@@ -184,8 +184,10 @@ run: $(PROJECT_STAMP) $(BUF_STAMP) ## run NATS, the ledger, the notifier and the
 
 # DEMO_STACK=LEDGER,NOTIFIER plays against that stack, DEMO_STACK=own starts one on free ports;
 # unset: `make run`'s stack if it is up, else one of its own. DEMO_DAY: the day to play on.
-demo: $(PROJECT_STAMP) ## play a polling day in Mukomuko (on `make run` if up, else on a stack of its own)
-	exec $(PY) -m demo.run $(DEMO_ARGS)
+# DEMO_LANG=id: in Bahasa Indonesia (else LEDGER_LANG, then the locale). --stay: the situation
+# room shows the day afterwards (a stack of its own keeps it until Ctrl-C; make run's has it).
+demo: $(PROJECT_STAMP) $(BUF_STAMP) ## play a polling day in Mukomuko, then show it on the situation room (DEMO_LANG=id)
+	exec $(PY) -m demo.run --stay $(if $(DEMO_LANG),--lang $(DEMO_LANG)) $(DEMO_ARGS)
 
 # BENCH_ARGS: e.g. --quick (a short run), --strict (exit 1 on a missed target), --only sqlite.
 bench: $(PROJECT_STAMP) ## run the benchmarks (python -m bench; BENCH_ARGS="--quick --strict"), see docs/performance.md

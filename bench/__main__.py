@@ -45,6 +45,12 @@ Then field intake (bench/ingest.py):
     rate (``ReportIncident`` over gRPC, same run); a call's latency; the p99 of single
     commands paced during the ingest against their p99 alone.
 
+Then the situation room (bench/page.py), on the whole stack as ``make run`` starts it:
+
+11. The board's first render with 5,000 incidents (``/board`` over HTTP, signed in), and
+    100 SSE event streams in a receiver process, each receiving every event while a sender
+    reports 50 incidents/s; latency from each event's record time to its receipt (p99).
+
 Then scaling out (bench/scaleout.py):
 
 9. PostgreSQL, the ledger as 1 and as 2 ``python -m services.ledger`` processes on one
@@ -72,7 +78,17 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from bench import fanout, history, ingest, report, scaleout, scaleout_report, scenarios, targets
+from bench import (
+    fanout,
+    history,
+    ingest,
+    page,
+    report,
+    scaleout,
+    scaleout_report,
+    scenarios,
+    targets,
+)
 from bench.harness import CHANNEL_MODES, Result
 from bench.logs import LogCount
 from bench.report import (
@@ -103,7 +119,7 @@ INGEST_SINGLE_RATIO = 10.0  # ingest reports/s / ReportIncident calls/s
 INGEST_CALL_P99_MS = 250.0  # a 500-report call's p99 on SQLite
 INGEST_SINGLE_P99_RATIO = 2.0  # single-command p99 during ingest / without
 
-PARTS = ("commands", "rss", "fanout", "history", "ingest", "scaleout")
+PARTS = ("commands", "rss", "fanout", "history", "ingest", "page", "scaleout")
 
 
 @dataclass(frozen=True)
@@ -128,6 +144,10 @@ class Plan:
     e2e_drain: float
     nats_seconds: float
     history_events: int
+    page_incidents: int = 5_000
+    page_streams: int = 100
+    page_rate: float = 50.0
+    page_seconds: float = 10.0
     scaleout_replicas: tuple[int, ...] = (1, 2)
     scaleout_processes: int = 2  # load-generator processes, whatever the replica count
 
@@ -170,6 +190,8 @@ QUICK = Plan(
     e2e_seconds=3.0,
     e2e_drain=3.0,
     nats_seconds=3.0,
+    page_incidents=1_000,
+    page_seconds=3.0,
     history_events=24_000,
 )
 INGEST_FULL = ingest.IngestPlan(
@@ -725,6 +747,37 @@ def ingest_targets(runs: list[ingest.IngestRun]) -> list[Target]:
     return out
 
 
+def run_page(plan: Plan) -> page.PageRun:
+    section(
+        f"11. The situation room: the board with {plan.page_incidents:,} incidents, and "
+        f"{plan.page_streams} event streams at {plan.page_rate:g} events/s for "
+        f"{plan.page_seconds:g} s (the whole stack as make run starts it, SQLite)"
+    )
+    run = page.page_run(plan.page_incidents, plan.page_streams, plan.page_rate, plan.page_seconds)
+    received = len(run.latencies_ms)
+    rows = [
+        ["incidents reported first", f"{run.incidents:,} in {run.prepare_seconds:.1f} s"],
+        ["board, first render", f"{ms(run.first_ms)} ms ({run.board_bytes:,} bytes, 200 rows)"],
+        ["board, next renders (median of 5)", f"{ms(run.warm_ms)} ms"],
+        [
+            "events sent",
+            f"{run.sent:,} in {run.send_seconds:.1f} s ({run.send_late} sent late), to "
+            f"{run.streams} streams each",
+        ],
+        [
+            "received",
+            f"{received:,} of {run.sent * run.streams:,} ({run.missing} missing, "
+            f"{run.resyncs} told to reload)",
+        ],
+        [
+            "record -> receipt",
+            f"p50 {ms(run.p50_ms)} ms, p99 {ms(run.p99_ms)} ms, max {ms(run.max_ms)} ms",
+        ],
+    ]
+    print(table(["situation room", "measured"], rows, left=2))
+    return run
+
+
 def run_scaleout(plan: Plan, reference: ReferenceData, workdir: Path) -> list[scaleout.ReplicaRun]:
     counts = plan.scaleout_replicas
     section(
@@ -893,6 +946,22 @@ def rss_target(points: list[scenarios.RssPoint]) -> Target:
     )
 
 
+def page_target(run: page.PageRun) -> Target:
+    """Every stream receives every event: an absolute target (the page's own share of the
+    latency has no ceiling measured here; the figures are printed beside it)."""
+    expected = run.sent * run.streams
+    return Target(
+        f"situation room: share of the events received by {run.streams} streams",
+        len(run.latencies_ms) / expected if expected else float("nan"),
+        1.0,
+        AT_LEAST,
+        conditions=(
+            Condition(f"p99 record -> receipt {ms(run.p99_ms)} ms", True),
+            Condition(f"{run.resyncs} streams told to reload", run.resyncs == 0),
+        ),
+    )
+
+
 def print_targets(goals: list[Target]) -> None:
     section("Targets (each against a ceiling measured in this run)")
     print(table(targets.HEADERS, targets.rows(goals), left=1))
@@ -971,6 +1040,9 @@ def main(argv: list[str] | None = None) -> int:
         if stores and "ingest" in parts:
             intake = INGEST_QUICK if args.quick else INGEST_FULL
             goals.extend(ingest_targets(run_ingest(intake, stores, reference, workdir)))
+        if "page" in parts and args.only in (None, "sqlite"):
+            room = run_page(plan)
+            goals.append(page_target(room))
         if scale_out:
             scale = run_scaleout(plan, reference, workdir)
     print_targets(goals)

@@ -15,7 +15,9 @@ yesterday unless ``DEMO_DAY`` (or ``--day``) names another; the steps keep their
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import threading
 import time
@@ -35,10 +37,12 @@ from rich.markup import escape
 
 from demo.stack import (
     DEFAULT_TOKENS_FILE,
+    RUN_ROOM,
     Choice,
     Stack,
     StackError,
     choose,
+    connect_address,
     listening,
     own_stack,
 )
@@ -59,6 +63,8 @@ from incidentledger_client import (
 )
 from incidentledger_client.cli import output
 from incidentledger_client.cli.config import DEFAULT_ZONE, ConfigError, token_for_agency
+from incidentledger_client.i18n import N_, Language, _, current, labels, using
+from incidentledger_client.i18n import choose as choose_language
 from incidentledger_client.types import DurationStats, ResponseTimes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,15 +80,22 @@ SYNC = "sync_backlog"
 SAVED_AFTER = timedelta(minutes=3)
 #: The columns of the day's incidents: times after the report, on the day's clock.
 COLUMNS = (
-    "incident",
-    "title",
-    "status",
-    "lead",
-    "reported",
-    "verified",
-    "first action",
-    "resolved",
-    "closed",
+    N_("incident"),
+    N_("title"),
+    N_("status"),
+    N_("lead"),
+    N_("reported"),
+    N_("verified"),
+    N_("first action"),
+    N_("resolved"),
+    N_("closed"),
+)
+#: The keys of a step (and of the scenario) whose values are text for people, played in the
+#: demo's language from the scenario's texts file (``mukomuko.id.yaml``); the others are
+#: codes and names (agencies, categories, places), the same in every language. A rejection's
+#: ``reason`` is a code (HOAX), any other ``reason`` is text.
+TEXT_KEYS = frozenset(
+    {"title", "say", "description", "comment", "action", "resolution", "summary", "rationale"}
 )
 #: The incident states the response-time figures leave out, as the ledger's do.
 NOT_SCORED = frozenset({"REJECTED", "MERGED"})
@@ -101,9 +114,11 @@ class Scenario:
     times: list[clock_time]
 
     @classmethod
-    def load(cls, path: Path) -> Scenario:
+    def load(cls, path: Path, language: Language = "en") -> Scenario:
+        """The scenario at ``path``, its texts in ``language`` (see :func:`texts_in`)."""
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        steps: list[dict[str, Any]] = data["steps"]
+        texts = texts_in(path, language)
+        steps: list[dict[str, Any]] = [translated(step, texts) for step in data["steps"]]
         times: list[clock_time] = []
         for n, step in enumerate(steps):
             at = step.get("at")
@@ -125,7 +140,7 @@ class Scenario:
                 if saved > times[-1]:
                     raise ScenarioError(f"step {n + 1}: a report saved after the sync at {at}")
         return cls(
-            title=str(data.get("title", "demo")),
+            title=texts.get(str(data.get("title", "demo")), str(data.get("title", "demo"))),
             polling_day=str(data.get("polling_day", "")),
             zone=ZoneInfo(str(data.get("zone", DEFAULT_ZONE))),
             steps=steps,
@@ -133,11 +148,43 @@ class Scenario:
         )
 
 
+def texts_path(path: Path, language: Language) -> Path:
+    """The scenario's texts in ``language``: ``mukomuko.id.yaml`` beside ``mukomuko.yaml``."""
+    return path.with_name(f"{path.stem}.{language}{path.suffix}")
+
+
+def texts_in(path: Path, language: Language) -> dict[str, str]:
+    """The scenario's texts in ``language`` (English text -> translation): the ``texts`` of
+    its texts file; none for English or without one (the texts are then played as written)."""
+    found = texts_path(path, language)
+    if language == "en" or not found.is_file():
+        return {}
+    texts = yaml.safe_load(found.read_text(encoding="utf-8")).get("texts") or {}
+    return {str(k): str(v) for k, v in texts.items()}
+
+
+def step_texts(step: dict[str, Any]) -> list[str]:
+    """The texts for people of a step (what a translation of the scenario translates)."""
+    return [
+        str(value)
+        for key, value in step.items()
+        if key in TEXT_KEYS or (key == "reason" and step.get("do") != "reject")
+    ]
+
+
+def translated(step: dict[str, Any], texts: dict[str, str]) -> dict[str, Any]:
+    """The step with its texts for people in the language of ``texts``."""
+    wanted = set(step_texts(step))
+    return {
+        k: texts.get(v, v) if isinstance(v, str) and v in wanted else v for k, v in step.items()
+    }
+
+
 def choose_day(requested: str | None, scenario: Scenario, now: datetime) -> tuple[date, str]:
     """The day the scenario is played on, and why: yesterday in the scenario's zone, or the
     day asked for if its last step is not in the future (the ledger would refuse it)."""
     if not requested:
-        return (now.astimezone(scenario.zone) - timedelta(days=1)).date(), "yesterday"
+        return (now.astimezone(scenario.zone) - timedelta(days=1)).date(), N_("yesterday")
     try:
         day = date.fromisoformat(requested)
     except ValueError:
@@ -162,7 +209,9 @@ def clock(moment: datetime, zone: ZoneInfo) -> str:
 
 def minutes(delta: timedelta) -> str:
     total = round(delta.total_seconds() / 60)
-    return f"{total} min" if total < 60 else f"{total // 60} h {total % 60:02d} min"
+    if total < 60:
+        return _("{minutes} min").format(minutes=total)
+    return _("{hours} h {minutes:02d} min").format(hours=total // 60, minutes=total % 60)
 
 
 @dataclass
@@ -186,19 +235,32 @@ class Subscriber:
         self.error: Exception | None = None
         self._console = console
         self._zone = zone
+        # The reading thread does not inherit the context's language: it is passed on.
+        self._language = current()
         self._subscription = notifier.subscribe(heartbeat_seconds=1)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
         self._wait(lambda: bool(self._subscription.cursor), 10.0)
 
     def _read(self) -> None:
+        with using(self._language):
+            self._follow()
+
+    def _follow(self) -> None:
         try:
             for note in self._subscription:
                 self.received.append(note)
                 when = clock(note.event.occur_time, self._zone) if note.event.occur_time else "-"
                 self._console.print(
-                    f"           [dim]notifier -> {when}[/dim] [cyan]{note.event.type}[/cyan] "
-                    f"{escape(repr(note.incident.title))} now {note.incident.status.value}"
+                    "           "
+                    + _(
+                        "[dim]notifier -> {when}[/dim] [cyan]{type}[/cyan] {title} now {status}"
+                    ).format(
+                        when=when,
+                        type=labels.event_type(note.event.type),
+                        title=escape(repr(note.incident.title)),
+                        status=labels.status(note.incident.status.value),
+                    )
                 )
         except LedgerError as error:
             self.error = error
@@ -279,9 +341,10 @@ def play(
     why: str = "",
     delay: float = 0.0,
 ) -> DemoResult:
-    """Play the scenario on ``day`` (default yesterday, see :func:`choose_day`); return what
+    """Play the scenario on ``day`` (default yesterday, see :func:`choose_day`) in the
+    current language (its narration, and the texts the officers type); return what
     happened."""
-    scenario = Scenario.load(scenario_path)
+    scenario = Scenario.load(scenario_path, current())
     zone = scenario.zone
     result = DemoResult()
     if day is None:
@@ -299,12 +362,23 @@ def play(
         console.rule(f"[bold]{escape(scenario.title)}")
         zone_name = datetime.combine(day, scenario.times[0], zone).tzname()
         console.print(
-            f"The polling day ({scenario.polling_day}) is played on [bold]{day}[/bold] "
-            f"({why or 'given'}: the ledger refuses an occur_time in the future, so the day is "
-            f"one that has passed): each step at its time on that day's clock ({zone_name}), "
-            "sent as the event's occur_time."
+            _(
+                "The polling day ({polling_day}) is played on [bold]{day}[/bold] ({why}: the "
+                "ledger refuses an occur_time in the future, so the day is one that has passed): "
+                "each step at its time on that day's clock ({zone}), sent as the event's "
+                "occur_time."
+            ).format(
+                polling_day=scenario.polling_day,
+                day=day,
+                why=_(why) if why else _("given"),
+                zone=zone_name,
+            )
         )
-        console.print(f"Ledger {stack.ledger}, notifier {stack.notifier}.")
+        console.print(
+            _("Ledger {ledger}, notifier {notifier}.").format(
+                ledger=stack.ledger, notifier=stack.notifier
+            )
+        )
         notifier = closing.enter_context(
             NotifierClient(stack.notifier, token_for_agency("desk_pilkada", stack.tokens_file))
         )
@@ -323,7 +397,9 @@ def play(
                 )
                 key = step.get("incident", step.get("save", ""))
                 if step["do"] in MILESTONES and key in result.occurred:
-                    line += f", {minutes(moment - result.occurred[key])} after the report"
+                    line += ", " + _("{minutes} after the report").format(
+                        minutes=minutes(moment - result.occurred[key])
+                    )
                 console.print(line + ")[/dim]")
                 if delay:
                     time.sleep(delay)
@@ -339,13 +415,22 @@ def play(
         result.verify = client("inspektorat").verify_ledger()
         console.rule("[bold]audit verify")
         v = result.verify
+        # "audit verify: ok (54 events, ...": the command's name and its verdict as they are.
         console.print(
-            f"audit verify: {'ok' if v.ok else '[red]DIVERGENCE[/red]'} ({v.events} events, "
-            f"{v.incidents} incidents, {v.checkpoints_checked} checkpoints checked)"
+            "audit verify: "
+            + ("ok" if v.ok else "[red]DIVERGENCE[/red]")
+            + " "
+            + _(
+                "({events} events, {incidents} incidents, {checkpoints} checkpoints checked)"
+            ).format(events=v.events, incidents=v.incidents, checkpoints=v.checkpoints_checked)
         )
         if v.divergence is not None:
             console.print(escape(str(v.divergence)))
-        console.print(f"the subscriber received {len(result.notifications)} notifications")
+        console.print(
+            _("the subscriber received {count} notifications").format(
+                count=len(result.notifications)
+            )
+        )
     return result
 
 
@@ -447,20 +532,24 @@ def _summary(
     console: Console,
 ) -> None:
     """The board, the day's incidents and the response times."""
-    console.rule("[bold]Board")
+    console.rule("[bold]" + _("Board"))
     incidents = list(desk.list_incidents(min_position=result.last_position))
     open_work = [i for i in incidents if i.status.value in output.BOARD_STATUSES]
     counts = {s: sum(i.status.value == s for i in open_work) for s in output.BOARD_STATUSES}
     ranks = {v.code: v.rank for v in desk.reference_data().severities}
     console.print(output.board(output.sort_board(open_work, "severity", ranks), counts, zone))
     console.print(
-        "[dim]'reported' on the board is when the ledger recorded the report (its own clock, "
-        "today); the clock times beside the steps are when things happened on the day.[/dim]"
+        "[dim]"
+        + _(
+            "'reported' on the board is when the ledger recorded the report (its own clock, "
+            "today); the clock times beside the steps are when things happened on the day."
+        )
+        + "[/dim]"
     )
 
     mine = {key: auditor.get_incident(name) for key, name in result.incidents.items()}
     events = {key: list(auditor.incident_events(name)) for key, name in result.incidents.items()}
-    console.rule(f"[bold]The day, {result.day}, on the election-day clock")
+    console.rule("[bold]" + _("The day, {day}, on the election-day clock").format(day=result.day))
     rows = []
     for key, incident in mine.items():
         reported = _first(events[key], "Reported")
@@ -470,9 +559,11 @@ def _summary(
             after.append(
                 minutes(reached - reported) if reached is not None and reported else output.NO_DATA
             )
-        final = incident.status.value
+        final = labels.status(incident.status.value)
         if incident.merged_into:
-            final += f" into {output.short_id(incident.merged_into)}"
+            final += " " + _("into {incident}").format(
+                incident=output.short_id(incident.merged_into)
+            )
         rows.append(
             [
                 output.short_id(incident.name),
@@ -485,28 +576,34 @@ def _summary(
         )
     console.print(
         output.rows_table(
-            f"Incidents of the day (times after the report, from the occur_time of each event; "
-            f"the day ends {clock(end, zone)})",
+            _(
+                "Incidents of the day (times after the report, from the occur_time of each "
+                "event; the day ends {end})"
+            ).format(end=clock(end, zone)),
             COLUMNS,
             rows,
             no_wrap=["incident", "status", "reported"],
         )
     )
 
-    console.rule("[bold]Response times")
+    console.rule("[bold]" + _("Response times"))
     ledger_table = output.response_times_table(
         "agency", desk.response_times("agency", min_position=result.last_position)
     )
-    ledger_table.title = "Response times by agency, from the ledger (record times)"
+    ledger_table.title = _("Response times by agency, from the ledger (record times)")
     console.print(ledger_table)
     console.print(
-        "[dim]The ledger measures response times from record times (its own clock), every "
-        "incident it holds: for this demo they show how fast the steps were sent (fractions of a "
-        "second, shown as 0:00:00), not the day. The same figures from the occur times of this "
-        "day's incidents:[/dim]"
+        "[dim]"
+        + _(
+            "The ledger measures response times from record times (its own clock), every "
+            "incident it holds: for this demo they show how fast the steps were sent (fractions "
+            "of a second, shown as 0:00:00), not the day. The same figures from the occur times "
+            "of this day's incidents:"
+        )
+        + "[/dim]"
     )
     day_table = output.response_times_table("agency", day_response_times(mine, events))
-    day_table.title = "Response times by agency, on the election-day clock (occur times)"
+    day_table.title = _("Response times by agency, on the election-day clock (occur times)")
     console.print(day_table)
 
 
@@ -519,16 +616,17 @@ def _map_and_decisions(
 ) -> list[DecisionInForce]:
     """The map and the decisions in force now: a past time would ask what the ledger knew
     then (its record clock), and it learnt of the day only during the demo."""
-    console.rule("[bold]Vulnerability map now")
+    console.rule("[bold]" + _("Vulnerability map now"))
     vmap = desk.vulnerability_map(min_position=result.last_position)
     console.print(output.map_table(vmap, zone))
     if svg_path is not None:
         svg_path.parent.mkdir(parents=True, exist_ok=True)
         svg_path.write_text(
-            output.map_svg(vmap, "Vulnerability map, Pilkada Mukomuko", zone), encoding="utf-8"
+            output.map_svg(vmap, _("Vulnerability map, Pilkada Mukomuko"), zone),
+            encoding="utf-8",
         )
-        console.print(f"map written to {svg_path}")
-    console.rule("[bold]Decisions in force now")
+        console.print(_("map written to {path}").format(path=svg_path))
+    console.rule("[bold]" + _("Decisions in force now"))
     decisions = desk.decisions_in_force(min_position=result.last_position)
     console.print(output.decisions_table(decisions, zone))
     return decisions
@@ -561,7 +659,38 @@ def _given(choice: Choice, tokens_file: Path, console: Console) -> Iterator[Stac
     console.print(
         f"[yellow]playing against {choice.ledger}, {choice.notifier}[/yellow] ({choice.why})"
     )
-    yield Stack(choice.ledger, choice.notifier, tokens_file)
+    # make run's situation room, when it answers (SITUATION_ROOM_LISTEN, default 8080).
+    room = connect_address(os.environ.get("SITUATION_ROOM_LISTEN") or RUN_ROOM)
+    yield Stack(choice.ledger, choice.notifier, tokens_file, room if listening(room) else "")
+
+
+def show_room(stack: Stack, console: Console) -> None:
+    """Where the situation room shows the day, and how the coordinator signs in to it."""
+    token = token_for_agency("desk_pilkada", stack.tokens_file)
+    console.rule("[bold]" + _("The situation room"))
+    console.print(
+        _("The situation room shows the day: [bold]http://{address}/[/bold]").format(
+            address=stack.room
+        )
+    )
+    console.print(
+        _("Sign in as the coordinator: agency {agency}, token {token}").format(
+            agency="Desk Pilkada (desk_pilkada)", token=token
+        )
+    )
+
+
+def wait_for_stop(console: Console) -> None:
+    """Until Ctrl-C or SIGTERM (both then stop the demo's own stack in order)."""
+
+    def stop(_signal: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    console.print(_("Ctrl-C stops the stack and the page."))
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            signal.pause()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -577,22 +706,47 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--svg", type=Path, default=ROOT / "data" / "demo-map.svg")
     parser.add_argument("--delay", type=float, default=0.3, help="seconds between steps")
+    parser.add_argument(
+        "--lang",
+        help="id or en: the language of the narration, the tables and the texts the officers "
+        "type (else LEDGER_LANG, then the locale, as ledgerctl)",
+    )
+    parser.add_argument(
+        "--stay",
+        action="store_true",
+        help="on a stack of its own, start the situation room too and keep it showing the day "
+        "until Ctrl-C (make demo does)",
+    )
     args = parser.parse_args(argv)
     console = Console()
     try:
-        scenario = Scenario.load(args.scenario)
+        language = choose_language(args.lang, os.environ)
+    except ValueError as error:
+        console.print(f"[red]the demo cannot run: {escape(str(error))}")
+        return 2
+    with using(language):
+        return _run(args, console)
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
+    try:
+        scenario = Scenario.load(args.scenario, current())
         day, why = choose_day(args.day, scenario, datetime.now(scenario.zone))
         choice = choose(os.environ.get("DEMO_STACK"), os.environ)
         stack: AbstractContextManager[Stack]
         if choice.own:
             console.print(f"[yellow]{choice.why}[/yellow]")
-            stack = own_stack(console)
+            stack = own_stack(console, room=args.stay)
         else:
             stack = _given(choice, tokens_file_for(os.environ), console)
         with stack as running:
             result = play(
                 args.scenario, running, console, args.svg, day=day, why=why, delay=args.delay
             )
+            if running.room:
+                show_room(running, console)
+                if choice.own:
+                    wait_for_stop(console)
     except StackError as error:
         console.print(f"[red]the demo's stack: {escape(str(error))}")
         return 2

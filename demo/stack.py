@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: ``make run``'s addresses when LEDGER_LISTEN / NOTIFIER_LISTEN are unset (see docs/operations.md).
 RUN_LEDGER = "127.0.0.1:50051"
 RUN_NOTIFIER = "127.0.0.1:50052"
+#: ``make run``'s situation room when SITUATION_ROOM_LISTEN is unset.
+RUN_ROOM = "127.0.0.1:8080"
 DEFAULT_TOKENS_FILE = ROOT / "data" / "credentials" / "dev-tokens.yaml"
 OWN = "own"
 #: How long a stack of its own may take to come up: measured 3-6 s here, slower under load.
@@ -52,7 +54,14 @@ STOP_SECONDS = 70.0
 EXIT_PORT_TAKEN = 2
 START_ATTEMPTS = 3
 #: Settings a stack of its own must not inherit: the caller's store, NATS, ports or files.
-_INHERITED_PREFIXES = ("LEDGER_", "NOTIFIER_", "NATS_", "POSTGRES_", "SQLITE_")
+_INHERITED_PREFIXES = (
+    "LEDGER_",
+    "NOTIFIER_",
+    "NATS_",
+    "POSTGRES_",
+    "SQLITE_",
+    "SITUATION_ROOM_",
+)
 _INHERITED_NAMES = ("PERSISTENCE_MODULE",)
 
 
@@ -67,6 +76,8 @@ class Stack:
     ledger: str
     notifier: str
     tokens_file: Path
+    #: The situation room's address (``host:port``), "" when the stack has none that answers.
+    room: str = ""
 
 
 @dataclass(frozen=True)
@@ -150,6 +161,8 @@ def own_environment(base: Mapping[str, str], data_dir: Path, ports: list[int]) -
     env["LEDGER_LISTEN"] = f"127.0.0.1:{ports[0]}"
     env["NOTIFIER_LISTEN"] = f"127.0.0.1:{ports[1]}"
     env["LEDGER_NATS_PORT"] = str(ports[2])
+    if len(ports) > 3:
+        env["SITUATION_ROOM_LISTEN"] = f"127.0.0.1:{ports[3]}"
     env["LEDGER_LOG_FORMAT"] = "json"
     return env
 
@@ -179,7 +192,9 @@ def _started(
     while True:
         if process.poll() is not None:
             return False
-        if stack.tokens_file.is_file() and listening(stack.ledger) and listening(stack.notifier):
+        if stack.tokens_file.is_file() and all(
+            listening(a) for a in (stack.ledger, stack.notifier, stack.room) if a
+        ):
             return True
         if time.monotonic() > deadline:
             raise StackError(
@@ -190,9 +205,12 @@ def _started(
 
 
 @contextmanager
-def own_stack(console: Console, base_env: Mapping[str, str] | None = None) -> Iterator[Stack]:
+def own_stack(
+    console: Console, base_env: Mapping[str, str] | None = None, room: bool = False
+) -> Iterator[Stack]:
     """Start ``python -m services.run`` on free ports in a temporary directory; stop it and
-    remove the directory afterwards (see the module docstring)."""
+    remove the directory afterwards (see the module docstring). With ``room``, the situation
+    room too, on a free port of its own (never make run's 8080)."""
     data_dir = Path(tempfile.mkdtemp(prefix="mukomuko-demo-"))
     log_path = data_dir / "stack.log"
     process: subprocess.Popen[bytes] | None = None
@@ -201,27 +219,30 @@ def own_stack(console: Console, base_env: Mapping[str, str] | None = None) -> It
         for attempt in range(1, START_ATTEMPTS + 1):
             # A port picked here can be taken before services.run binds it: then it exits
             # with EXIT_PORT_TAKEN before starting anything, and new ports are tried.
-            ports = free_ports(3)
+            ports = free_ports(4 if room else 3)
             stack = Stack(
                 f"127.0.0.1:{ports[0]}",
                 f"127.0.0.1:{ports[1]}",
                 data_dir / "credentials" / "dev-tokens.yaml",
+                f"127.0.0.1:{ports[3]}" if room else "",
             )
             console.print(
                 f"[yellow]starting a stack of its own[/yellow] (python -m services.run): "
                 f"ledger {stack.ledger}, notifier {stack.notifier}, NATS 127.0.0.1:{ports[2]}, "
                 f"data in {data_dir} (removed afterwards)"
+                + (f", situation room {stack.room}" if room else "")
             )
             with log_path.open("ab") as log:
-                process = subprocess.Popen(
-                    # The ledger and the notifier: the demo needs no situation room (and
-                    # the page's port, 8080 by default, may be make run's).
+                process = subprocess.Popen(  # noqa: S603 - this interpreter, our module, our list
+                    # The ledger and the notifier, and the situation room when the page is
+                    # to show the day (on a port of its own: 8080 may be make run's).
                     [
                         sys.executable,
                         "-m",
                         "services.run",
                         "--services",
-                        "services.ledger,services.notifier",
+                        "services.ledger,services.notifier"
+                        + (",services.situation_room" if room else ""),
                     ],
                     cwd=ROOT,
                     env=own_environment(base_env or os.environ, data_dir, ports),

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import structlog
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -43,7 +44,21 @@ from incidentledger_client import (
 from incidentledger_client.cli.output import BAND_FILL
 from services.common.config import PROJECT_ROOT, SituationRoomSettings
 from services.common.reference import ReferenceData, Role
-from services.situation_room.i18n import _
+from services.situation_room.i18n import (
+    COOKIE as LANGUAGE_COOKIE,
+)
+from services.situation_room.i18n import (
+    LANGUAGE_NAMES,
+    N_,
+    Languages,
+    _,
+    current,
+    duration,
+    format_number,
+    labels,
+    language_of,
+    wib,
+)
 from services.situation_room.live import RESYNC, Hub
 from services.situation_room.sessions import (
     COOKIE,
@@ -62,31 +77,34 @@ LEAFLET_DIR = PROJECT_ROOT / "tools" / "node_modules" / "leaflet" / "dist"
 #: The board's filters: query parameter -> the ListIncidents filter field.
 FILTER_FIELDS = ("status", "kecamatan", "category", "severity", "lead_agency")
 SINCE_HOURS = {"1h": 1, "6h": 6, "24h": 24}
+#: How the board's time windows read (translated where shown).
+SINCE_LABELS = {"1h": N_("1 hour"), "6h": N_("6 hours"), "24h": N_("24 hours")}
 STATUSES = ("REPORTED", "VERIFIED", "ASSIGNED", "RESPONDING", "RESOLVED", "CLOSED", "REJECTED")
+#: The page size of the board's ListIncidents (the ledger's largest).
+LIST_PAGE_SIZE = 1000
 #: The board shows at most this many incidents, the newest first.
 BOARD_ROWS = 200
 #: SSE keepalive comments, so proxies and the browser keep the connection.
 PING_SECONDS = 15
 #: How often an idle event stream checks that its session is still signed in.
 SESSION_CHECK_SECONDS = 2.0
-#: The room's clock: times are shown in WIB (Asia/Jakarta, UTC+7, no daylight saving).
-WIB = timezone(timedelta(hours=7), "WIB")
-
-
-def wib(value: datetime | None, seconds: bool = False) -> str:
-    """A time as the room reads it: ``2026-11-27 09:15 WIB`` ("" for none)."""
-    if value is None:
-        return ""
-    shown = value.astimezone(WIB)
-    return shown.strftime("%Y-%m-%d %H:%M:%S WIB" if seconds else "%Y-%m-%d %H:%M WIB")
+#: How long the language cookie remembers the officer's choice.
+LANGUAGE_COOKIE_SECONDS = 365 * 24 * 3600
 
 
 def time_left(until: datetime | None, now: datetime) -> str:
     """How long a decision stays in force: ``3 h 05 min`` ("" without an end)."""
     if until is None:
         return ""
-    minutes = max(0, int((until - now).total_seconds() // 60))
-    return f"{minutes // 60} h {minutes % 60:02d} min"
+    return duration(max(0, int((until - now).total_seconds() // 60)))
+
+
+def said(failure: LedgerError) -> str:
+    """The ledger's refusal in the page's language: its LocalizedMessage when it sent one
+    (the officers' clients ask for Indonesian), its English message otherwise."""
+    if current() != "en" and failure.localized_message:
+        return failure.localized_message
+    return failure.message
 
 
 @dataclass
@@ -104,6 +122,24 @@ class Room:
     def role(self, agency: str) -> str:
         found = self.reference.agencies.get(agency)
         return found.role.value if found is not None else ""
+
+    def category(self, code: str) -> str:
+        """A category's name in the page's language (the reference data's ``names``)."""
+        found = self.reference.categories.get(code)
+        return (found.names.get(current()) or found.name) if found is not None else code
+
+    def severity(self, code: str) -> str:
+        """A severity's name in the page's language (the reference data's ``names``)."""
+        found = self.reference.severities.get(code)
+        return (found.names.get(current()) or found.name) if found is not None else code
+
+    def kecamatan(self, code: str) -> str:
+        found = self.reference.kecamatan.get(code)
+        return found.name if found is not None else code
+
+    def agency(self, code: str) -> str:
+        found = self.reference.agencies.get(code)
+        return found.name if found is not None else code
 
 
 def room_of(request: Request) -> Room:
@@ -132,13 +168,27 @@ def render(request: Request, session: Session, name: str, **context: Any) -> Res
     response = room.templates.TemplateResponse(
         request,
         name,
-        {"session": session, "officer": session.officer, "reference": room.reference, **context},
+        {
+            "session": session,
+            "officer": session.officer,
+            "reference": room.reference,
+            "lang": current(),
+            "languages": LANGUAGE_NAMES,
+            "here": here(request),
+            **context,
+        },
     )
     response.headers["Content-Security-Policy"] = (
         "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
         "frame-ancestors 'none'; form-action 'self'"
     )
     return response
+
+
+def here(request: Request) -> str:
+    """The page's path and query, for the language control to come back to."""
+    query = request.url.query
+    return request.url.path + (f"?{query}" if query else "")
 
 
 Handler = Callable[[Request, Session, Officer], Awaitable[Response]]
@@ -197,7 +247,8 @@ async def login(request: Request) -> Response:
     if agency not in room.reference.agencies or not token:
         error = _("Choose your agency and enter your token.")
     else:
-        ledger = LedgerClient(room.settings.ledger_address, token)
+        # Errors come with an Indonesian LocalizedMessage too, for an officer reading it.
+        ledger = LedgerClient(room.settings.ledger_address, token, language="id")
         try:
             await run_in_threadpool(ledger.reference_data)
         except Unauthenticated:
@@ -228,6 +279,25 @@ async def logout(request: Request) -> Response:
     return response
 
 
+async def language(request: Request) -> Response:
+    """Switch the page's language (the control on every page) and go back to the page."""
+    chosen = language_of(request.path_params["language"])
+    back = request.query_params.get("next", "")
+    # Only a path of this site: never a redirect elsewhere (//host, /\\host, a URL).
+    if not back.startswith("/") or back.startswith(("//", "/\\")):
+        back = "/board"
+    response = RedirectResponse(back, status_code=303)
+    response.set_cookie(
+        LANGUAGE_COOKIE,
+        chosen,
+        max_age=LANGUAGE_COOKIE_SECONDS,
+        path="/",
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
 # --- the board ---------------------------------------------------------------------------------
 
 
@@ -246,7 +316,13 @@ async def board_incidents(request: Request, officer: Officer, min_position: int)
     expression, chosen = board_filter(request)
 
     def fetch() -> list[Incident]:
-        return list(officer.ledger.list_incidents(expression, min_position=min_position))
+        # The newest are last (report order): all are read, in the largest pages the
+        # ledger serves, as few round trips as it allows (50 of its default size for 5,000).
+        return list(
+            officer.ledger.list_incidents(
+                expression, min_position=min_position, page_size=LIST_PAGE_SIZE
+            )
+        )
 
     incidents = await run_in_threadpool(fetch)
     hours = SINCE_HOURS.get(chosen.get("since", ""))
@@ -269,7 +345,7 @@ async def board(request: Request, session: Session, officer: Officer) -> Respons
         chosen=chosen,
         statuses=STATUSES,
         after=after,
-        since=tuple(SINCE_HOURS),
+        since={key: _(text) for key, text in SINCE_LABELS.items()},
     )
 
 
@@ -350,7 +426,7 @@ async def map_data(request: Request, session: Session, officer: Officer) -> Resp
             "name": i.name,
             "title": i.title,
             "severity": i.severity,
-            "status": i.status.value,
+            "label": f"{room.severity(i.severity)}, {labels.status(i.status.value)}",
             "fill": SEVERITY_FILL.get(i.severity, "#555555"),
             "point": [i.location.latitude, i.location.longitude],
         }
@@ -367,11 +443,15 @@ async def map_data(request: Request, session: Session, officer: Officer) -> Resp
         if score is not None:
             properties.update(
                 label=score.name,
-                score=round(score.score, 1),
+                score=format_number(score.score, 1),
                 band=score.band,
+                band_label=labels.band(score.band),
                 fill=BAND_FILL.get(score.band, "#dddddd"),
-                incidents=score.incident_count,
-                reasons=[f"{r.title} ({r.severity}, {r.status})" for r in score.reasons[:5]],
+                incidents=format_number(score.incident_count),
+                reasons=[
+                    f"{r.title} ({room.severity(r.severity)}, {labels.status(r.status)})"
+                    for r in score.reasons[:5]
+                ],
             )
         features.append({**feature, "properties": properties})
     return JSONResponse(
@@ -443,7 +523,7 @@ async def report(request: Request, session: Session, officer: Officer) -> Respon
             )
         )
     except LedgerError as failure:
-        return await report_form(request, session, officer, request_id, failure.message)
+        return await report_form(request, session, officer, request_id, said(failure))
     log.info("situation_room.reported", incident=result.incident, agency=officer.agency)
     return RedirectResponse(f"/board?reported={result.position}", status_code=303)
 
@@ -465,12 +545,9 @@ async def decisions(request: Request, session: Session, officer: Officer) -> Res
 # --- agencies: workload and response times ----------------------------------------------------
 
 
-def duration(seconds: float, count: int) -> str:
+def span(seconds: float, count: int) -> str:
     """A median or p90 as ``1 h 05 min`` (``—`` without data)."""
-    if count == 0:
-        return "—"
-    minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+    return "—" if count == 0 else duration(round(seconds / 60))
 
 
 @signed_in
@@ -573,7 +650,7 @@ async def act(request: Request, session: Session, officer: Officer) -> Response:
     try:
         await run_in_threadpool(calls[action])
     except (LedgerError, ValueError) as failure:
-        message = failure.message if isinstance(failure, LedgerError) else str(failure)
+        message = said(failure) if isinstance(failure, LedgerError) else str(failure)
         return await incident_page(request, session, officer, error=message)
     log.info("situation_room.acted", incident=name, action=action, agency=officer.agency)
     return RedirectResponse(f"/{name}", status_code=303)
@@ -607,8 +684,13 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
 
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["_"] = _
+    templates.env.globals["span"] = span
     templates.env.filters["wib"] = wib
-    templates.env.globals["duration"] = duration
+    templates.env.filters["number"] = format_number
+    templates.env.filters["status"] = labels.status
+    templates.env.filters["band"] = labels.band
+    templates.env.filters["event"] = labels.event_type
+    templates.env.filters["rejection"] = labels.rejection
     room = Room(
         settings,
         reference,
@@ -633,6 +715,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
         Route("/login", login_page, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
+        Route("/language/{language}", language, methods=["GET"]),
         Route("/board", board),
         Route("/board/rows", board_rows),
         Route("/events", events),
@@ -648,7 +731,15 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
         Mount("/vendor/leaflet", StaticFiles(directory=str(LEAFLET_DIR), check_dir=False)),
     ]
     app = Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={LedgerError: ledger_failed}
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={LedgerError: ledger_failed},
+        middleware=[Middleware(Languages)],
     )
+    # The names of the reference data, in the page's language.
+    templates.env.filters["category"] = room.category
+    templates.env.filters["severity"] = room.severity
+    templates.env.filters["kecamatan"] = room.kecamatan
+    templates.env.filters["agency"] = room.agency
     app.state.room = room
     return app

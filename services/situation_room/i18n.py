@@ -1,11 +1,86 @@
-"""Visible strings go through :func:`_` so that a message catalog can translate them later.
+"""The page's languages: Bahasa Indonesia by default, English when chosen.
 
-For now it returns the English text unchanged; the templates call it as ``_("...")``.
+The words come from the project's one catalog set (``incidentledger_client.i18n``, domain
+``incidentledger``), shared with ledgerctl and the demo; the page's templates and its Python
+strings are extracted into it by ``make catalogs``. The officer's choice is a cookie
+(:data:`COOKIE`), set by the language control on every page; each request is answered in it
+(:class:`Languages`, which holds the language for the request's duration).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
 
-def _(message: str) -> str:
-    """The text of ``message`` in the page's language (English until catalogs exist)."""
-    return message
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from incidentledger_client.i18n import (
+    LANGUAGES,
+    N_,
+    Language,
+    _,
+    current,
+    format_number,
+    format_time,
+    labels,
+    parse,
+    using,
+)
+
+__all__ = [
+    "COOKIE",
+    "DEFAULT",
+    "LANGUAGES",
+    "LANGUAGE_NAMES",
+    "N_",
+    "WIB",
+    "Languages",
+    "_",
+    "current",
+    "duration",
+    "format_number",
+    "labels",
+    "language_of",
+    "wib",
+]
+
+#: The cookie that remembers the officer's language.
+COOKIE = "room_lang"
+#: The room's language unless an officer chose another.
+DEFAULT: Language = "id"
+#: Each language named in itself, for the control that switches between them.
+LANGUAGE_NAMES: Mapping[Language, str] = {"id": "Bahasa Indonesia", "en": "English"}
+#: The room's clock: times are shown in WIB (Asia/Jakarta, UTC+7, no daylight saving).
+WIB = timezone(timedelta(hours=7), "WIB")
+
+
+def language_of(value: str | None) -> Language:
+    """The language a cookie names; the room's default when none or an unknown one."""
+    return (parse(value) if value else None) or DEFAULT
+
+
+def wib(value: datetime | None, seconds: bool = False) -> str:
+    """A time as the room reads it, in WIB and the page's language ("" for none)."""
+    return "" if value is None else format_time(value, WIB, seconds=seconds)
+
+
+def duration(minutes: int) -> str:
+    """A span of minutes for people: ``3 h 05 min`` (Indonesian ``3 jam 05 mnt``)."""
+    if minutes < 60:
+        return _("{minutes} min").format(minutes=minutes)
+    return _("{hours} h {minutes:02d} min").format(hours=minutes // 60, minutes=minutes % 60)
+
+
+class Languages:
+    """ASGI middleware: each request in the language of its cookie (Indonesian without one)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        with using(language_of(HTTPConnection(scope).cookies.get(COOKIE))):
+            await self.app(scope, receive, send)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import httpx
 import psutil
 import yaml
 
@@ -31,20 +34,23 @@ from tests.support import store_environment
 DEMO_SECONDS = 240
 
 
-def run_demo(svg: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def demo_environment(**env: str) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DEMO_", "LEDGER_"))}
+    return {
+        **clean,
+        "PYTHONPATH": os.pathsep.join(
+            str(p) for p in (PROJECT_ROOT, PROJECT_ROOT / "gen", PROJECT_ROOT / "clients/python")
+        ),
+        "COLUMNS": "250",  # one step per line, as on a wide terminal
+        **env,
+    }
+
+
+def run_demo(svg: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "demo.run", "--delay", "0", "--svg", str(svg)],
         cwd=PROJECT_ROOT,
-        env={
-            **clean,
-            "PYTHONPATH": os.pathsep.join(
-                str(p)
-                for p in (PROJECT_ROOT, PROJECT_ROOT / "gen", PROJECT_ROOT / "clients/python")
-            ),
-            "COLUMNS": "250",  # one step per line, as on a wide terminal
-            **env,
-        },
+        env=demo_environment(**env),
         capture_output=True,
         text=True,
         timeout=DEMO_SECONDS,
@@ -192,3 +198,61 @@ def test_with_nothing_given_it_starts_a_stack_of_its_own_on_free_ports_and_stops
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
     assert not left
+
+
+def test_in_indonesian_with_stay_the_situation_room_shows_the_day_until_stopped(
+    tmp_path: Path,
+) -> None:
+    """``make demo DEMO_LANG=id``: the day played in Indonesian on a stack of its own, whose
+    situation room then shows it, with its address and the coordinator's sign-in printed,
+    until SIGTERM (or Ctrl-C) stops the stack."""
+    command = [sys.executable, "-m", "demo.run", "--stay", "--lang", "id", "--delay", "0"]
+    process = subprocess.Popen(
+        [*command, "--svg", str(tmp_path / "map.svg")],
+        cwd=PROJECT_ROOT,
+        env=demo_environment(DEMO_STACK="own"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    signed = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C"):
+                signed.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert signed.wait(DEMO_SECONDS), "".join(lines)
+        out = "".join(lines)
+        found = re.search(r"hari itu: http://(127\.0\.0\.1:\d+)/", out)
+        token = re.search(r"instansi Desk Pilkada \(desk_pilkada\), token (\S+)", out)
+        assert found and token, out
+        assert re.search(r"audit verify: ok \(54 peristiwa, 9 kejadian", out)
+        assert "Desk menutup kejadian banjir (approve_closure" in out  # the scenario's texts
+        with httpx.Client(base_url=f"http://{found[1]}", timeout=10.0) as web:
+            form = re.search(r'name="csrf" value="([^"]+)"', web.get("/login").text)
+            assert form
+            sign_in = {"csrf": form[1], "agency": "desk_pilkada", "token": token[1]}
+            assert web.post("/login", data=sign_in).status_code == 303
+            board = web.get("/board").text
+        texts = yaml.safe_load(SCENARIO.with_name("mukomuko.id.yaml").read_text())["texts"]
+        for step in Scenario.load(SCENARIO).steps:
+            if step["do"] == "report":  # each incident of the day, titled in Indonesian
+                assert texts[step["title"]] in board, step["title"]
+        assert "<h1>Papan</h1>" in board
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(DEMO_SECONDS)
+        reader.join(10)
+    out = "".join(lines)
+    assert process.returncode == 0, out
+    stopped = re.search(r"stack stopped \(exit code 0\); nothing listens on ports ([\d, ]+);", out)
+    assert stopped, out
+    assert not [p for p in stopped[1].split(", ") if listening(f"127.0.0.1:{p}")]

@@ -25,7 +25,10 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 
 from incidentledger_client import LedgerClient, Location
 from incidentledger_client.cli.output import BAND_FILL
+from services.common.config import PROJECT_ROOT
 from services.common.natsserver import NatsServer
+from services.situation_room.i18n import COOKIE as LANGUAGE_COOKIE
+from services.situation_room.sessions import COOKIE as SESSION_COOKIE
 from services.situation_room.sessions import SignInThrottle
 from tests.fanout_support import Stack, running_stack
 from tests.support import ServiceProcess, service_process, store_environment
@@ -92,9 +95,12 @@ def room(tmp_path: Path, nats_server: NatsServer) -> Iterator[Room]:
             yield Room(stack, web)
 
 
-def new_page(room: Room, browser: Browser) -> Page:
-    """A page in a context of its own (its own cookies), its requests logged in ``room``."""
+def new_page(room: Room, browser: Browser, language: str = "en") -> Page:
+    """A page in a context of its own (its own cookies), its requests logged in ``room``, in
+    ``language`` (the language control's cookie; ``""``: none, the room's default)."""
     context: BrowserContext = browser.new_context()
+    if language:
+        context.add_cookies([{"name": LANGUAGE_COOKIE, "value": language, "url": room.url}])
     page = context.new_page()
     page.on("request", lambda request: room.requests.append(request.url))
     page.on("pageerror", lambda error: room.errors.append(str(error)))
@@ -131,7 +137,7 @@ def test_a_wrong_token_is_refused_and_the_session_cookie_is_strict(
     page.click("button[type=submit]")
     expect(page.locator(".error")).to_contain_text("not valid")
     sign_in(room, page, "polres")
-    (cookie,) = page.context.cookies()
+    (cookie,) = [c for c in page.context.cookies() if c["name"] == SESSION_COOKIE]
     assert (cookie["httpOnly"], cookie["sameSite"]) == (True, "Strict")
     assert cookie["expires"] > 0  # it expires
     page.click("text=Sign out")
@@ -212,7 +218,7 @@ def test_a_forged_form_post_without_the_csrf_token_is_refused(room: Room, browse
 def test_an_auditor_is_not_offered_reporting(room: Room, browser: Browser) -> None:
     page = new_page(room, browser)
     sign_in(room, page, "inspektorat")
-    expect(page.locator("nav")).to_contain_text("Map")
+    expect(page.locator("nav.pages")).to_contain_text("Map")
     expect(page.locator("text=Report an incident")).to_have_count(0)
     assert page.request.get(f"{room.url}/report").status == 403
 
@@ -252,7 +258,9 @@ def test_the_map_colours_the_15_kecamatan_by_band_and_shows_incidents_live(
 @contextmanager
 def signed_in_http(room: Room, agency: str) -> Iterator[httpx.Client]:
     """An HTTP client signed in as ``agency`` (the sign-in form, with its CSRF token)."""
-    with httpx.Client(base_url=room.url, timeout=READ_SECONDS) as web:
+    with httpx.Client(
+        base_url=room.url, timeout=READ_SECONDS, cookies={LANGUAGE_COOKIE: "en"}
+    ) as web:
         page = web.get("/login")
         found = re.search(r'name="csrf" value="([^"]+)"', page.text)
         assert found, page.text
@@ -406,7 +414,9 @@ def test_the_decisions_in_force_show_the_time_left_in_wib(room: Room, browser: B
 def test_failed_sign_ins_are_throttled_here_before_the_ledger_blocks_the_page(
     room: Room,
 ) -> None:
-    with httpx.Client(base_url=room.url, timeout=READ_SECONDS) as web:
+    with httpx.Client(
+        base_url=room.url, timeout=READ_SECONDS, cookies={LANGUAGE_COOKIE: "en"}
+    ) as web:
         found = re.search(r'name="csrf" value="([^"]+)"', web.get("/login").text)
         assert found
         form = {"csrf": found[1], "agency": "polres", "token": "guessed"}
@@ -488,3 +498,171 @@ def test_a_report_with_a_point_picked_on_the_map_appears_on_a_second_pages_map(
     (incident,) = [i for i in room.ledger("desk_pilkada").list_incidents() if i.title == title]
     assert (incident.location.latitude, incident.location.longitude) == point
     assert_local_and_clean(room)
+
+
+# --- languages, accessibility, screenshots ------------------------------------------------------
+
+#: axe-core, installed from npm by `make venv` (tools/package.json), put into every page of a
+#: context by Playwright itself: no request for it, and the page's CSP is not loosened.
+AXE = PROJECT_ROOT / "tools" / "node_modules" / "axe-core" / "axe.min.js"
+#: Where the tests leave their screenshots (kept after the run; SITUATION_ROOM_ARTIFACTS
+#: names another directory). docs/situation-room.md lists them.
+ARTIFACTS = Path(
+    os.environ.get("SITUATION_ROOM_ARTIFACTS", PROJECT_ROOT / "test-artifacts" / "situation-room")
+)
+#: English words of the page's vocabulary that must not show through an Indonesian page
+#: (whole words, in the visible text of every page).
+TELLTALE = frozenset(
+    re.findall(
+        r"[a-z]+",
+        """
+        situation room board map decisions decision force agencies agency report reported
+        incident incidents sign signed out title status severity category lead filter any time
+        live updates on connecting the and with of by until none yet open overdue acknowledged
+        resolve resolved within verify reject comment action actions taken log timeline
+        score point click latitude longitude description record zoom left end where whole
+        regency details reason supporting pending handover low medium high critical verified
+        assigned responding
+        """,
+    )
+)
+
+
+def english_words(text: str) -> set[str]:
+    """The tell-tale English words of ``text``."""
+    return set(re.findall(r"[a-z]+", text.lower())) & TELLTALE
+
+
+def axe_violations(page: Page) -> list[str]:
+    """axe-core's serious and critical violations on the page as it is now."""
+    found: list[dict[str, object]] = page.evaluate(
+        """async () => (await axe.run(document, {resultTypes: ["violations"]})).violations
+             .filter(v => v.impact === "serious" || v.impact === "critical")
+             .map(v => ({id: v.id, impact: v.impact,
+                         nodes: v.nodes.slice(0, 3).map(n => n.target.join(" "))}))"""
+    )
+    return [f"{v['id']} ({v['impact']}): {v['nodes']}" for v in found]
+
+
+def seeded(room: Room) -> str:
+    """An incident on every page (board, map, its own page, a decision in force, an
+    agency's workload), titled in Indonesian; its name."""
+    desk = room.ledger("desk_pilkada")
+    point = Location("ipuh", latitude=-2.9802, longitude=101.5146)
+    reported = room.ledger("kesbangpol").report(
+        "Bentrokan di TPS 01", "supporter_clash", point, severity="critical"
+    )
+    room.ledger("polres").report("Pengumpulan massa di alun-alun", "crowd_gathering", "penarik")
+    desk.verify(reported.incident)
+    desk.assign_lead(reported.incident, "polres")
+    now = datetime.now(UTC)
+    desk.record_decision(
+        reported.incident,
+        ["desk_pilkada", "polres"],
+        "Forkopimda",
+        "Pengumpulan massa dibatasi",
+        rationale="Dua kubu mengumumkan kampanye di lapangan yang sama",
+        valid_from=now - timedelta(minutes=1),
+        valid_until=now + timedelta(hours=3),
+    )
+    return reported.incident
+
+
+def page_paths(incident: str) -> list[str]:
+    return ["/board", "/map", f"/{incident}", "/decisions", "/agencies", "/report"]
+
+
+def shown(page: Page, path: str) -> None:
+    """Wait until what the page draws after loading is drawn."""
+    if path == "/map":
+        expect(page.locator("#map")).to_have_attribute("data-ready", "15")
+        expect(page.locator("#map path[data-name]")).to_have_count(1)
+    elif path == "/report":
+        expect(page.locator("#pick")).to_have_attribute("data-ready", "1")
+    elif path == "/board":
+        expect(page.locator("#live")).to_have_attribute("data-state", "open")
+
+
+def test_the_page_speaks_indonesian_by_default_and_english_when_chosen(
+    room: Room, browser: Browser
+) -> None:
+    incident = seeded(room)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = new_page(room, browser, language="")  # no choice made: the room's default
+    page.goto(f"{room.url}/login")
+    expect(page.locator("html")).to_have_attribute("lang", "id")
+    expect(page.locator("h1")).to_have_text("Masuk")
+    page.select_option("select[name=agency]", "desk_pilkada")
+    page.fill("input[name=token]", room.stack.ledger.tokens["desk_pilkada"])
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"{room.url}/board")
+    for path in page_paths(incident):
+        page.goto(room.url + path)
+        shown(page, path)
+        text = page.inner_text("body") + " " + page.title()
+        assert not english_words(text), (path, sorted(english_words(text)), text)
+    page.goto(f"{room.url}/board")
+    board = page.locator("#rows")
+    expect(board).to_contain_text("Didisposisikan")  # statuses in the glossary's words
+    expect(board).to_contain_text("Kritis")  # severities from the reference data's names
+    expect(board).to_contain_text("Bentrokan antarpendukung")  # categories likewise
+    expect(board).to_contain_text(re.compile(r"\d{1,2} [A-Z][a-z]{2} \d{4} \d{2}\.\d{2} WIB"))
+    shown(page, "/board")
+    page.screenshot(path=str(ARTIFACTS / "board-id.png"), full_page=True)
+    page.goto(f"{room.url}/map")
+    shown(page, "/map")
+    expect(page.locator(".leaflet-control-zoom-in")).to_have_attribute("title", "Perbesar")
+    page.locator('path[data-code="ipuh"]').hover()
+    expect(page.locator("#hover")).to_contain_text("Skor")
+    page.screenshot(path=str(ARTIFACTS / "map-id.png"), full_page=True)
+
+    # The control switches to English, which the cookie then keeps from page to page.
+    page.click("a[hreflang=en]")
+    expect(page).to_have_url(f"{room.url}/map")
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    expect(page.locator("h1")).to_have_text("Vulnerability (IKP) by kecamatan")
+    shown(page, "/map")
+    page.screenshot(path=str(ARTIFACTS / "map-en.png"), full_page=True)
+    page.click("nav.pages >> text=Board")
+    shown(page, "/board")
+    expect(page.locator("#rows")).to_contain_text("ASSIGNED")
+    expect(page.locator("#rows")).to_contain_text("Critical")
+    page.screenshot(path=str(ARTIFACTS / "board-en.png"), full_page=True)
+    page.click("a[hreflang=id]")
+    expect(page.locator("h1")).to_have_text("Papan")
+    assert_local_and_clean(room)
+
+
+def test_axe_finds_no_serious_or_critical_violation_on_any_page(
+    room: Room, browser: Browser
+) -> None:
+    incident = seeded(room)
+    found: dict[str, list[str]] = {}
+    for language in ("id", "en"):
+        page = new_page(room, browser, language=language)
+        page.context.add_init_script(path=str(AXE))
+        page.goto(f"{room.url}/login")
+        if violations := axe_violations(page):
+            found[f"{language} /login"] = violations
+        sign_in(room, page, "desk_pilkada")
+        for path in page_paths(incident):
+            page.goto(room.url + path)
+            shown(page, path)
+            if violations := axe_violations(page):
+                found[f"{language} {path}"] = violations
+    assert not found, found
+    assert_local_and_clean(room)
+
+
+def test_a_language_link_goes_back_only_to_a_page_of_this_site(room: Room) -> None:
+    with httpx.Client(base_url=room.url, timeout=READ_SECONDS) as web:
+        for sent, back in [
+            ("/map?x=1", "/map?x=1"),
+            ("//elsewhere.example/", "/board"),
+            ("https://elsewhere.example/", "/board"),
+            ("/\\elsewhere.example", "/board"),
+        ]:
+            answer = web.get("/language/en", params={"next": sent})
+            assert (answer.status_code, answer.headers["location"]) == (303, back)
+            assert answer.cookies[LANGUAGE_COOKIE] == "en"
+        assert "Masuk" in httpx.get(f"{room.url}/login").text  # without the cookie

@@ -132,3 +132,31 @@ def test_unknown_or_empty_parts_are_refused() -> None:
     for text in ("", "relay", ","):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_parts(text)
+
+
+def test_the_situation_rooms_target_is_every_event_on_every_stream() -> None:
+    from bench.__main__ import page_target
+    from bench.page import PageRun
+
+    def run(received: int, missing: int, resyncs: int) -> PageRun:
+        return PageRun(
+            incidents=5_000,
+            prepare_seconds=10.0,
+            first_ms=500.0,
+            warm_ms=400.0,
+            board_bytes=70_000,
+            streams=100,
+            rate=50.0,
+            seconds=10.0,
+            sent=500,
+            send_late=0,
+            send_seconds=10.0,
+            latencies_ms=[5.0] * received,
+            missing=missing,
+            resyncs=resyncs,
+        )
+
+    assert page_target(run(50_000, 0, 0)).ok
+    assert not page_target(run(49_999, 1, 0)).ok  # one event missed by one stream
+    assert not page_target(run(50_000, 0, 1)).ok  # a stream fell behind and reloaded
+    assert "page" in parse_parts("page,commands")

@@ -1,4 +1,5 @@
-"""The demo's settings: which stack (DEMO_STACK) and which day (DEMO_DAY); the day's figures."""
+"""The demo's settings: which stack (DEMO_STACK) and which day (DEMO_DAY); the day's figures;
+the scenario in Bahasa Indonesia."""
 
 from __future__ import annotations
 
@@ -6,8 +7,17 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
-from demo.run import SCENARIO, Scenario, ScenarioError, choose_day, percentile
+from demo.run import (
+    SCENARIO,
+    Scenario,
+    ScenarioError,
+    choose_day,
+    percentile,
+    step_texts,
+    texts_in,
+)
 from demo.stack import RUN_LEDGER, RUN_NOTIFIER, StackError, choose, own_environment
 
 
@@ -125,3 +135,26 @@ def test_the_days_percentiles_interpolate_as_the_ledgers_do() -> None:
     assert percentile([60.0], 0.9) == 60.0
     assert percentile([3000.0, 3600.0], 0.5) == 3300.0
     assert percentile([4.0, 1.0, 3.0, 2.0], 0.9) == pytest.approx(3.7)
+
+
+def test_every_text_of_the_scenario_has_its_indonesian_translation() -> None:
+    data = yaml.safe_load(SCENARIO.read_text(encoding="utf-8"))
+    wanted = {data["title"], *(t for step in data["steps"] for t in step_texts(step))}
+    texts = texts_in(SCENARIO, "id")
+    assert sorted(wanted - set(texts)) == []  # each text translated
+    assert sorted(set(texts) - wanted) == []  # and none the scenario no longer has
+    assert all(texts[t] != t for t in wanted)  # in Indonesian, not copied
+
+
+def test_the_scenario_plays_in_indonesian_with_its_codes_unchanged() -> None:
+    english, indonesian = Scenario.load(SCENARIO), Scenario.load(SCENARIO, "id")
+    assert indonesian.title == "Pilkada Mukomuko: hari pemungutan suara"
+    first = indonesian.steps[0]
+    assert first["title"] == "Surat suara kurang di TPS 02 Lubuk Bento"
+    for en, id_ in zip(english.steps, indonesian.steps, strict=True):
+        assert en.keys() == id_.keys()
+        for key in en:  # codes, agencies, places, times: the same in both
+            if str(en[key]) not in step_texts(en):
+                assert en[key] == id_[key], key
+    rejected = next(s for s in indonesian.steps if s["do"] == "reject")
+    assert rejected["reason"] == "HOAX"

@@ -241,3 +241,45 @@ def test_usage_errors_in_indonesian_and_json_unchanged(
     # and English as it was
     assert main(["--lang", "en", *args]) == 2
     assert "Error: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--config", "/nowhere/ledgerctl.toml", "board"], "berkas konfigurasi tidak ditemukan"),
+        (["--zone", "Mars/Olympus", "board"], "zona waktu 'Mars/Olympus' tidak dikenal"),
+        (["--agency", "polres", "--tokens-file", "/nowhere/t.yaml", "board"], "berkas token"),
+        (["--timeout", "soon", "--token", "t", "board"], "harus berupa angka"),
+    ],
+)
+def test_configuration_errors_in_indonesian(
+    args: list[str], said: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LEDGERCTL_CONFIG", raising=False)
+    assert main(["--lang", "id", *args]) == 2
+    err = capsys.readouterr().err
+    assert said in err, err
+    assert not english_words(err), err
+    # The same error in English, and under --json (the same whatever the language).
+    assert main(["--lang", "en", *args]) == 2
+    english = capsys.readouterr().err
+    assert main(["--lang", "id", "--json", *args]) == 2
+    assert capsys.readouterr().err.replace("--lang id ", "") == main_json_error(args, capsys)
+    assert said not in english
+
+
+def main_json_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["--lang", "en", "--json", *args]) == 2
+    return capsys.readouterr().err
+
+
+def test_a_time_that_is_not_one_is_said_in_the_runs_language() -> None:
+    from incidentledger_client.cli import times
+
+    with i18n.using("id"), pytest.raises(times.TimeError) as refused:
+        times.parse_time("bukan-jam", "Asia/Jakarta")
+    assert "bukan waktu: 'bukan-jam'" in str(refused.value)
+    assert "'kemarin 18:00'" in str(refused.value)
+    assert not english_words(str(refused.value))
+    with pytest.raises(times.TimeError, match="not a time"):
+        times.parse_time("bukan-jam", "Asia/Jakarta")

@@ -9,6 +9,7 @@ import httpx
 from incidentledger_client import LedgerClient, RetryPolicy
 from services.common.config import SituationRoomSettings
 from services.situation_room.app import build_app
+from services.situation_room.i18n import COOKIE as LANGUAGE_COOKIE
 from services.situation_room.sessions import COOKIE, Officer
 
 #: Nothing listens there.
@@ -22,14 +23,18 @@ def test_a_ledger_that_does_not_answer_gives_a_plain_503() -> None:
     ledger = LedgerClient(NOWHERE, "token", retry=RetryPolicy(retries=0), timeout=1.0)
     session = room.sessions.new(Officer("polres", "responder", "token", ledger))
 
-    async def get_board() -> httpx.Response:
+    async def get_board(language: str) -> httpx.Response:
         transport = httpx.ASGITransport(app=app)  # no lifespan: no live subscription
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             client.cookies.set(COOKIE, room.sessions.cookie_value(session))
+            if language:
+                client.cookies.set(LANGUAGE_COOKIE, language)
             return await client.get("/board")
 
-    answer = asyncio.run(get_board())
-    assert answer.status_code == 503
-    assert "did not answer" in answer.text
+    # In the room's language without a choice, in English when chosen.
+    for language, said in [("", "tidak menjawab"), ("en", "did not answer")]:
+        answer = asyncio.run(get_board(language))
+        assert answer.status_code == 503
+        assert said in answer.text
     assert room.sessions.alive(session)  # still signed in: the ledger may come back
     room.sessions.close()

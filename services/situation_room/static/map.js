@@ -7,7 +7,9 @@
   var strings = JSON.parse(document.getElementById("strings").textContent);
   var hover = document.getElementById("hover");
   var box = document.getElementById("map");
-  var map = L.map("map", {zoomSnap: 0.25, attributionControl: false});
+  var map = L.map("map", {zoomSnap: 0.25, attributionControl: false, zoomControl: false});
+  // The zoom buttons' titles in the page's language (Leaflet's are English).
+  L.control.zoom({zoomInTitle: strings.zoom_in, zoomOutTitle: strings.zoom_out}).addTo(map);
   var shapes = null, markers = L.layerGroup().addTo(map), fitted = false;
   var wanted = 0, loading = false, again = false;
 
@@ -16,7 +18,7 @@
   }
 
   function describe(p) {
-    var lines = [p.label || p.name, strings.score + " " + p.score + " (" + strings.band + " " + p.band + ", " + p.incidents + " " + strings.incidents + ")"];
+    var lines = [p.label || p.name, strings.score + " " + p.score + " (" + p.band_label + ", " + p.incidents + " " + strings.incidents + ")"];
     return lines.concat(p.reasons && p.reasons.length ? p.reasons : [strings.none]);
   }
 
@@ -41,7 +43,7 @@
     markers.clearLayers();
     data.markers.forEach(function (m) {
       var marker = L.circleMarker(m.point, {radius: 8, color: "#000", weight: 1, fillColor: m.fill, fillOpacity: 0.9});
-      marker.bindTooltip(esc(m.title) + "<br>" + esc(m.severity) + ", " + esc(m.status));
+      marker.bindTooltip(esc(m.title) + "<br>" + esc(m.label));
       marker.on("click", function () { window.location.href = "/" + m.name; });
       markers.addLayer(marker);
       marker.getElement().setAttribute("data-name", m.name);

@@ -20,7 +20,9 @@
   // The point: a click on the map fills latitude and longitude (and the kecamatan clicked).
   var pick = document.getElementById("pick");
   if (pick && window.L) {
-    var map = L.map(pick, {zoomSnap: 0.25, attributionControl: false});
+    var strings = JSON.parse(document.getElementById("strings").textContent);
+    var map = L.map(pick, {zoomSnap: 0.25, attributionControl: false, zoomControl: false});
+    L.control.zoom({zoomInTitle: strings.zoom_in, zoomOutTitle: strings.zoom_out}).addTo(map);
     var marker = null;
     var latitude = document.getElementById("latitude");
     var longitude = document.getElementById("longitude");
@@ -46,7 +48,7 @@
       var point = event.latlng;
       latitude.value = point.lat.toFixed(5);
       longitude.value = point.lng.toFixed(5);
-      if (marker) { marker.setLatLng(point); } else { marker = L.marker(point).addTo(map); }
+      if (marker) { marker.setLatLng(point); } else { marker = L.marker(point, {alt: strings.point}).addTo(map); }
     });
   }
   var sent = false;

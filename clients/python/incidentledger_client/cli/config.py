@@ -126,8 +126,12 @@ def _check_keys(table: dict[str, Any], where: str, allowed: tuple[str, ...]) -> 
     for key in table:
         if key not in allowed:
             raise ConfigError(
-                f"unknown key {key!r} in {where}{suggest(key, allowed)}; "
-                f"known keys: {', '.join(allowed)}"
+                _("unknown key {key} in {where}{suggestion}; known keys: {known}").format(
+                    key=repr(key),
+                    where=where,
+                    suggestion=suggest(key, allowed),
+                    known=", ".join(allowed),
+                )
             )
 
 
@@ -136,16 +140,22 @@ def load_config_file(path: Path | None) -> ConfigFile:
     chosen, explicit = config_path(path)
     if not chosen.is_file():
         if explicit:
-            raise ConfigError(f"config file not found: {chosen}")
+            raise ConfigError(_("config file not found: {path}").format(path=chosen))
         return ConfigFile(None, {})
     try:
         table = tomllib.loads(chosen.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"bad config file {chosen}: {error}") from None
+        raise ConfigError(
+            _("bad config file {path}: {error}").format(path=chosen, error=error)
+        ) from None
     _check_keys(table, str(chosen), (*SETTINGS, *FILE_ONLY_KEYS))
     contexts = table.get("contexts", {})
     if not isinstance(contexts, dict) or not all(isinstance(c, dict) for c in contexts.values()):
-        raise ConfigError(f"bad config file {chosen}: contexts must be tables ([contexts.NAME])")
+        raise ConfigError(
+            _("bad config file {path}: contexts must be tables ([contexts.NAME])").format(
+                path=chosen
+            )
+        )
     for name, context in contexts.items():
         _check_keys(context, f"{chosen} [contexts.{name}]", tuple(SETTINGS))
     return ConfigFile(chosen, table)
@@ -159,11 +169,17 @@ def contexts_of(file: ConfigFile) -> dict[str, dict[str, Any]]:
 def token_for_agency(agency: str, tokens_file: Path, source: str = "") -> str:
     """The agency's token from a development tokens file (``{agency: {token: ...}}``)."""
     if not tokens_file.is_file():
-        where = f" (tokens_file from {source})" if source and source != "default" else ""
+        where = (
+            " " + _("(tokens_file from {source})").format(source=source)
+            if source and source != "default"
+            else ""
+        )
         raise ConfigError(
-            f"tokens file not found: {tokens_file}{where}. The ledger writes it on its first "
-            "start (make run); elsewhere ask your ledger's administrator for a token and "
-            "pass it with --token or LEDGER_TOKEN, or use a client certificate (--tls-cert)"
+            _(
+                "tokens file not found: {path}{where}. The ledger writes it on its first "
+                "start (make run); elsewhere ask your ledger's administrator for a token and "
+                "pass it with --token or LEDGER_TOKEN, or use a client certificate (--tls-cert)"
+            ).format(path=tokens_file, where=where)
         )
     raw = yaml.safe_load(tokens_file.read_text(encoding="utf-8")) or {}
     # Agency codes are case-insensitive, as everywhere in ledgerctl.
@@ -173,8 +189,12 @@ def token_for_agency(agency: str, tokens_file: Path, source: str = "") -> str:
     if not isinstance(entry, dict) or "token" not in entry:
         known = sorted(raw)
         raise ConfigError(
-            f"no token for agency {agency!r} in {tokens_file}{suggest(agency, known)} "
-            f"(known: {', '.join(known)})"
+            _("no token for agency {agency} in {path}{suggestion} (known: {known})").format(
+                agency=repr(agency),
+                path=tokens_file,
+                suggestion=suggest(agency, known),
+                known=", ".join(known),
+            )
         )
     return str(entry["token"])
 
@@ -205,9 +225,12 @@ def resolve(
         if context_name not in contexts:
             known = sorted(contexts)
             raise ConfigError(
-                f"no context {context_name!r} in "
-                f"{file.path or config_path(config)[0]}{suggest(context_name, known)} "
-                f"(known: {', '.join(known) or 'none'})"
+                _("no context {context} in {path}{suggestion} (known: {known})").format(
+                    context=repr(context_name),
+                    path=file.path or config_path(config)[0],
+                    suggestion=suggest(context_name, known),
+                    known=", ".join(known) or _("none"),
+                )
             )
         chosen_context = contexts[context_name]
     flags: dict[str, Any] = {
@@ -249,7 +272,9 @@ def resolve(
         path = Path(str(value)).expanduser()
         if not path.is_file():
             raise ConfigError(
-                f"{name.replace('_', '-')} file not found: {path} (from {sources[name]})"
+                _("{setting} file not found: {path} (from {source})").format(
+                    setting=name.replace("_", "-"), path=path, source=sources[name]
+                )
             )
         return str(path)
 
@@ -266,20 +291,24 @@ def resolve(
     if (client_cert is None) != (client_key is None) and not (
         env.get("LEDGER_TLS_CLIENT_CERT") or env.get("LEDGER_TLS_CLIENT_KEY")
     ):
-        raise ConfigError("--tls-cert and --tls-key go together")
+        raise ConfigError(_("--tls-cert and --tls-key go together"))
     zone_name = str(pick("zone", DEFAULT_ZONE))
     try:
         ZoneInfo(zone_name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(
-            f"unknown time zone {zone_name!r} (from {sources['zone']}); "
-            "use an IANA name such as Asia/Jakarta (WIB), Asia/Makassar (WITA), Asia/Jayapura (WIT)"
+            _(
+                "unknown time zone {zone} (from {source}); use an IANA name such as "
+                "Asia/Jakarta (WIB), Asia/Makassar (WITA), Asia/Jayapura (WIT)"
+            ).format(zone=repr(zone_name), source=sources["zone"])
         ) from None
     try:
         seconds = float(pick("timeout", DEFAULT_TIMEOUT))
     except ValueError:
         raise ConfigError(
-            f"timeout must be a number of seconds (from {sources['timeout']})"
+            _("timeout must be a number of seconds (from {source})").format(
+                source=sources["timeout"]
+            )
         ) from None
     return Settings(
         address=str(pick("address", DEFAULT_ADDRESS)),

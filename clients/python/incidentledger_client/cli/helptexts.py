@@ -127,6 +127,17 @@ _USAGE_ERRORS = (
     ),
 )
 
+#: What typer says of a value its type cannot read (pydantic's words), said again in the
+#: run's language; an "Invalid value" of ledgerctl's own checks is translated already.
+_VALUE_ERRORS = {
+    "Input should be a valid integer, unable to parse string as an integer": N_(
+        "a whole number is expected"
+    ),
+    "Input should be a valid number, unable to parse string as a number": N_(
+        "a number is expected"
+    ),
+}
+
 
 def usage_error(error: UsageError, gettext: Callable[[str], str]) -> str:
     """A usage error as typer shows it (usage line, where to find help, the error), in the
@@ -146,7 +157,11 @@ def usage_error(error: UsageError, gettext: Callable[[str], str]) -> str:
     for pattern, msgid in _USAGE_ERRORS:
         found = pattern.match(message)
         if found:
-            message = gettext(msgid).format(**found.groupdict())
+            parts = found.groupdict()
+            said = _VALUE_ERRORS.get(parts.get("message") or "")
+            if said is not None:
+                parts["message"] = gettext(said)
+            message = gettext(msgid).format(**parts)
             break
     lines.append(gettext(N_("Error: {message}")).format(message=message))
     return "\n".join(lines)

@@ -12,13 +12,16 @@ import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from incidentledger_client.i18n import N_, _
+
 #: "-2h", "-30m", "-1d", "+3d", "-1w": an offset from now.
 _OFFSET = re.compile(r"^(?P<sign>[-+])\s*(?P<amount>\d+(?:\.\d+)?)\s*(?P<unit>[smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 #: Indonesia's zone abbreviations, which dateparser does not know.
 _ABBREVIATIONS = {"WIB": "+07:00", "WITA": "+08:00", "WIT": "+09:00"}
 
-EXAMPLES = "2026-11-28T10:00, '2026-11-28 10:00 WIB', -2h, '2 hours ago', 'yesterday 18:00'"
+#: Shown in the run's language (its worded forms are the ones it reads: "kemarin 18:00").
+EXAMPLES = N_("2026-11-28T10:00, '2026-11-28 10:00 WIB', -2h, '2 hours ago', 'yesterday 18:00'")
 
 
 class TimeError(ValueError):
@@ -64,5 +67,9 @@ def _worded(value: str, zone: str, current: datetime) -> datetime:
         languages=["en", "id"],
     )
     if parsed is None:
-        raise TimeError(f"not a time: {value!r} (examples: {EXAMPLES})")
+        raise TimeError(
+            _("not a time: {value} (examples: {examples})").format(
+                value=repr(value), examples=_(EXAMPLES)
+            )
+        )
     return parsed

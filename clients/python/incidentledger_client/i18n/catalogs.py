@@ -38,6 +38,16 @@ REPOSITORY = PACKAGE_DIR.parents[2]
 SERVER_MESSAGES = REPOSITORY / "services" / "common" / "error_messages.py"
 SERVER_LOCALE_DIR = SERVER_MESSAGES.parent / "locale"
 SERVER_DOMAIN = "ledger-errors"
+#: The code (and templates) of the programs beside the client that speak from its catalog, the
+#: situation room and the demo, read as files (like the server's messages), where the
+#: repository has them: one catalog set for ledgerctl, the demo and the page.
+SPEAKERS: list[tuple[str, list[tuple[str, str]]]] = [
+    (
+        "services/situation_room",
+        [("**.py", "python"), ("templates/**.html", "jinja2.ext:babel_extract")],
+    ),
+    ("demo", [("**.py", "python")]),
+]
 
 
 def po_path(language: str, locale_dir: Path = LOCALE_DIR, domain: str = DOMAIN) -> Path:
@@ -63,7 +73,8 @@ def extract_server() -> Catalog:
 
 
 def extract() -> Catalog:
-    """The messages of the code: marked calls, then ledgerctl's help texts."""
+    """The messages of the code: marked calls (the client's, then the situation room's
+    code and templates and the demo's), then ledgerctl's help texts."""
     import typer.main
 
     from incidentledger_client.cli import helptexts
@@ -76,6 +87,15 @@ def extract() -> Catalog:
         catalog.add(
             message, locations=[(f"incidentledger_client/{filename}", lineno)], context=_context
         )
+    for where, methods in SPEAKERS:
+        if not (REPOSITORY / where).is_dir():
+            continue
+        for filename, lineno, message, _comments, _context in extract_from_dir(
+            str(REPOSITORY / where), methods, KEYWORDS
+        ):
+            catalog.add(  # a message the client has too gains a location
+                message, locations=[(f"{where}/{filename}", lineno)], context=_context
+            )
     for text in helptexts.messages(typer.main.get_command(app)):
         if text not in catalog:
             catalog.add(text, auto_comments=["ledgerctl help"])
