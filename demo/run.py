@@ -164,20 +164,23 @@ def texts_in(path: Path, language: Language) -> dict[str, str]:
 
 
 def step_texts(step: dict[str, Any]) -> list[str]:
-    """The texts for people of a step (what a translation of the scenario translates)."""
-    return [
+    """The texts for people of a step (what a translation of the scenario translates),
+    those of the reports a device syncs (``reports``) included."""
+    own = [
         str(value)
         for key, value in step.items()
         if key in TEXT_KEYS or (key == "reason" and step.get("do") != "reject")
     ]
+    return own + [text for report in step.get("reports") or () for text in step_texts(report)]
 
 
 def translated(step: dict[str, Any], texts: dict[str, str]) -> dict[str, Any]:
     """The step with its texts for people in the language of ``texts``."""
     wanted = set(step_texts(step))
-    return {
-        k: texts.get(v, v) if isinstance(v, str) and v in wanted else v for k, v in step.items()
-    }
+    out = {k: texts.get(v, v) if isinstance(v, str) and v in wanted else v for k, v in step.items()}
+    if isinstance(step.get("reports"), list):
+        out["reports"] = [translated(report, texts) for report in step["reports"]]
+    return out
 
 
 def choose_day(requested: str | None, scenario: Scenario, now: datetime) -> tuple[date, str]:
