@@ -234,7 +234,7 @@ def test_in_indonesian_with_stay_the_situation_room_shows_the_day_until_stopped(
         found = re.search(r"hari itu: http://(127\.0\.0\.1:\d+)/", out)
         token = re.search(r"instansi Desk Pilkada \(desk_pilkada\), token (\S+)", out)
         assert found and token, out
-        assert re.search(r"audit verify: ok \(54 peristiwa, 9 kejadian", out)
+        assert re.search(r"audit verify: ok \(58 peristiwa, 12 kejadian", out)
         assert "Desk menutup kejadian banjir (approve_closure" in out  # the scenario's texts
         with httpx.Client(base_url=f"http://{found[1]}", timeout=10.0) as web:
             form = re.search(r'name="csrf" value="([^"]+)"', web.get("/login").text)
