@@ -549,6 +549,23 @@ class LedgerVariables(Group):
         "how often the relay looks for other processes' writes (SQLite)",
         gt=0.0,
     )
+    personal_data_keys: Secret | None = _setting(
+        "LEDGER_PERSONAL_DATA_KEYS",
+        None,
+        "key-encryption keys of reporters' and witnesses' personal data: `id:base64key` "
+        "(32 bytes), several separated by commas, the first wraps new keys and the others "
+        "still open what they wrapped (rotation; see [Personal data](personal-data.md)); "
+        "required in production, where generated (`dev-`) keys are refused",
+        secret=True,
+        shown_default="generated in `$LEDGER_DATA_DIR/keys/personal-data.keys` (development)",
+    )
+    personal_data_retention_days: Number = _setting(
+        "LEDGER_PERSONAL_DATA_RETENTION_DAYS",
+        0.0,
+        "erase the personal data of an incident this many days after it was closed (unless "
+        "a legal hold is in force); `0` = keep until erased on request",
+        ge=0.0,
+    )
 
 
 class NotifierVariables(Group):
@@ -1471,6 +1488,15 @@ class LedgerSettings(ServiceSettings):
     max_decision_days: float = _default(LedgerVariables, "max_decision_days")
     # how often health asks PostgreSQL whether it answers
     store_check_seconds: float = _default(LedgerVariables, "store_check_seconds")
+    # Key-encryption keys of personal data (services/ledger/personal_keys.py); None in
+    # development: generated in the data directory.
+    personal_data_keys: str | None = field(default=None, repr=False)
+    personal_data_retention_days: float = _default(LedgerVariables, "personal_data_retention_days")
+
+    @property
+    def key_dir(self) -> Path:
+        """Where development keys are generated."""
+        return self.data_dir / "keys"
 
     def audit(self) -> AuditSettings:
         return AuditSettings(
@@ -1500,6 +1526,8 @@ class LedgerSettings(ServiceSettings):
             max_clock_skew_seconds=ledger.max_clock_skew_seconds,
             max_decision_days=ledger.max_decision_days,
             store_check_seconds=ledger.store_check_seconds,
+            personal_data_keys=ledger.personal_data_keys,
+            personal_data_retention_days=ledger.personal_data_retention_days,
             store_env=store_environment(given, common["data_dir"], values),
             relay=RelaySettings.from_variables(values),
         )

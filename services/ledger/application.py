@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -41,9 +41,11 @@ from services.common.errors import (
     Aborted,
     AlreadyExists,
     DataLoss,
+    FailedPrecondition,
     InvalidArgument,
     LedgerError,
     NotFound,
+    PermissionDenied,
     VersionConflict,
 )
 from services.common.reference import ReferenceData
@@ -53,7 +55,9 @@ from services.ledger.domain.commands import (
     MAX_SHORT,
     Command,
     CreatingCommand,
+    ErasePersonalData,
     IncidentCommand,
+    ReadPersonalData,
     ReportIncident,
     Rules,
     check_text,
@@ -62,15 +66,24 @@ from services.ledger.domain.commands import (
 )
 from services.ledger.domain.incident import (
     Actor,
+    DataSubject,
     DeviceRecord,
     Envelope,
     Incident,
+    PersonalDataAccess,
     event_hash,
     incident_event_classes,
     require_writer,
 )
+from services.ledger.domain.personal import (
+    Person,
+    check_nik,
+    check_purpose,
+    normalised_phone,
+)
 from services.ledger.domain.requests import RequestRecord, request_fingerprint, request_key
 from services.ledger.domain.times import TimeBounds
+from services.ledger.personal_keys import PersonalKeys
 from services.ledger.seals import SealChecker, Sealer
 from services.ledger.store import EventPositions
 from services.ledger.writes import AggregateCache, GroupCommitter
@@ -144,6 +157,25 @@ class _ReadyReport:
     incident: Incident
     reported: Incident.Event
     events: list[Any]
+
+
+@dataclass(frozen=True)
+class SubjectView:
+    """A data subject as a reader sees them: their data where it was read and is not
+    erased (``person``), and the reads of it (``accesses``, for subject access)."""
+
+    incident_id: UUID
+    subject: DataSubject
+    person: Person | None = None
+    accesses: tuple[PersonalDataAccess, ...] = ()
+
+
+@dataclass(frozen=True)
+class PersonalDataRead:
+    """The answer to ReadPersonalData: the recorded access and what it disclosed."""
+
+    result: CommandResult
+    subjects: tuple[SubjectView, ...]
 
 
 class SealingMapper(Mapper[UUID]):
@@ -220,7 +252,10 @@ class Ledger(Application[UUID]):
         sealer: Sealer | None = None,
         time_bounds: TimeBounds | None = None,
         clock: Callable[[], datetime] = utc_now,
+        personal_keys: PersonalKeys | None = None,
     ) -> None:
+        # The key table of personal data; None: reports naming people are refused.
+        self.personal_keys = personal_keys
         # Before the base class builds the mapper, which seals with it.
         self.sealer = sealer
         self.seal_checker: SealChecker | None = sealer.checker if sealer else None
@@ -283,7 +318,9 @@ class Ledger(Application[UUID]):
     def execute(self, envelope: Envelope, command: Command) -> CommandResult:
         """Run one command: check its fields, apply its rule to the incident(s) and save,
         once per request id (AIP-155): a retry is answered as the original was."""
-        command = checked(command, Rules(self.reference, self.time_bounds, self._clock))
+        command = self._sealed(
+            checked(command, Rules(self.reference, self.time_bounds, self._clock))
+        )
         if isinstance(command, CreatingCommand):
             creating = command
 
@@ -300,7 +337,7 @@ class Ledger(Application[UUID]):
         def run(reload: bool) -> list[Incident]:
             incident = self._load_for_write(incident_id, expected, reload=reload)
             changed = [self._load_for_write(i, 0, reload=reload, field=f) for i, f in others]
-            on_incident.apply(envelope, incident, *changed)
+            on_incident.run(self.reference, envelope, incident, *changed)
             return [incident, *changed]
 
         lock_ids = (incident_id, *(i for i, _ in others))
@@ -373,7 +410,7 @@ class Ledger(Application[UUID]):
             causation_id=request_id,
             occurred_at=item.occurred_at,
         )
-        command = checked(item.command, rules)
+        command = self._sealed(checked(item.command, rules))
         if not isinstance(command, ReportIncident):
             raise TypeError(f"not a report: {command!r}")
         self._check_request(envelope)
@@ -460,6 +497,125 @@ class Ledger(Application[UUID]):
         if original is None:
             return None
         return IngestResult(IngestOutcome.DUPLICATE, original)
+
+    # -------------------------------------------------------- personal data
+
+    def _sealed(self, command: Command) -> Command:
+        """A report's personal data sealed (a key per person, stored wrapped) and digested,
+        before the report is fingerprinted and made; any other command as it is."""
+        if not isinstance(command, ReportIncident) or command.personal_data is None:
+            return command
+        if self.personal_keys is None:
+            raise FailedPrecondition(
+                "this ledger has no key table for personal data",
+                reason="PERSONAL_DATA_UNAVAILABLE",
+            )
+        return replace(command, personal_data=self.personal_keys.seal(command.personal_data))
+
+    def _keys(self) -> PersonalKeys:
+        if self.personal_keys is None:
+            raise FailedPrecondition(
+                "this ledger has no key table for personal data",
+                reason="PERSONAL_DATA_UNAVAILABLE",
+            )
+        return self.personal_keys
+
+    def _view(self, incident: Incident, subject: DataSubject, read: frozenset[UUID]) -> SubjectView:
+        person = None
+        if subject.subject_id in read and not subject.erased:
+            person = self._keys().open_subject(incident.id, subject.sealed)
+        return SubjectView(incident.id, subject, person)
+
+    def read_personal_data(self, envelope: Envelope, command: ReadPersonalData) -> PersonalDataRead:
+        """Record the read (who, whose, when, why), then disclose what it names."""
+        self._keys()
+        result = self.execute(envelope, command)
+        incident = self._load(result.incident_id)
+        access = next(a for a in incident.accesses if a.event_id == result.event_id)
+        readable = incident.readable_subjects(envelope.actor, self.reference.personal_data)
+        read = frozenset(access.subjects)
+        return PersonalDataRead(result, tuple(self._view(incident, s, read) for s in readable))
+
+    def erase_personal_data(self, envelope: Envelope, command: ErasePersonalData) -> CommandResult:
+        """Record the erasure, then destroy the keys of every erased subject of the incident
+        (again for one whose key survived an earlier failure: destroying is idempotent)."""
+        keys = self._keys()
+        result = self.execute(envelope, command)
+        incident = self._load(result.incident_id)
+        keys.destroy(s.subject_id for s in incident.subjects.values() if s.erased)
+        return result
+
+    def find_personal_data(
+        self, envelope: Envelope, *, phone: str, nik: str, purpose: str
+    ) -> list[SubjectView]:
+        """Subject access: the person with this phone or NIK in every incident that names
+        them, each incident's read recorded (request id ``{request_id}/{incident}``)."""
+        keys = self._keys()
+        policy = self.reference.personal_data
+        if envelope.actor.agency not in policy.readers:
+            # Nothing about the person, not even whether they are known, is disclosed.
+            raise PermissionDenied(
+                f"agency {envelope.actor.agency} may not search personal data",
+                reason="PERSONAL_DATA_NOT_PERMITTED",
+                metadata={"caller_agency": envelope.actor.agency},
+            )
+        if bool(phone.strip()) == bool(nik.strip()):
+            raise InvalidArgument("phone", "give exactly one of phone and nik")
+        check_purpose(purpose)
+        self._check_request(envelope)
+        if phone.strip():
+            found = keys.find("phone", normalised_phone(phone, "phone"))
+        else:
+            found = keys.find("nik", check_nik(nik, "nik"))
+        by_incident: dict[UUID, set[UUID]] = {}
+        for entry in found:
+            by_incident.setdefault(entry.incident_id, set()).add(entry.subject_id)
+        views: list[SubjectView] = []
+        for incident_id, subject_ids in by_incident.items():
+            only = frozenset(subject_ids)
+            try:
+                self._record_subject_access(envelope, incident_id, only, purpose)
+            except NotFound:
+                continue  # keys of a report that failed to save: they open nothing
+            except FailedPrecondition as refused:
+                if refused.reason != "NO_PERSONAL_DATA":
+                    raise
+                continue  # an anonymous reporter, known to the reporting agency alone
+            incident = self._load(incident_id)
+            for subject_id in sorted(only):
+                subject = incident.subjects.get(subject_id)
+                if subject is None:
+                    continue
+                view = self._view(incident, subject, only)
+                trail = tuple(a for a in incident.accesses if subject_id in a.subjects)
+                views.append(replace(view, accesses=trail))
+        return views
+
+    def _record_subject_access(
+        self, envelope: Envelope, incident_id: UUID, only: frozenset[UUID], purpose: str
+    ) -> None:
+        """Record a subject access's read of one incident, as ReadPersonalData records it
+        (once per request id: ``{request_id}/{incident}``)."""
+        request_id = f"{envelope.request_id}/{incident_id}"
+        env = replace(envelope, request_id=request_id, causation_id=request_id)
+        policy = self.reference.personal_data
+
+        def run(reload: bool) -> list[Incident]:
+            incident = self._load_for_write(incident_id, 0, reload=reload)
+            incident.record_personal_data_access(env, purpose, policy, only=only)
+            return [incident]
+
+        command = ReadPersonalData(incident_id, 0, purpose)
+        self._execute(env, command, incident_id, 0, run, (incident_id,))
+
+    def personal_data_record(
+        self, actor: Actor, incident_id: UUID
+    ) -> tuple[list[PersonalDataAccess], list[DataSubject], dict[str, str]]:
+        """The reads of an incident's personal data, its subjects (references) and legal
+        holds; for the agencies that may read, erase or hold it, and auditors."""
+        incident = self._load(incident_id)
+        incident.check_may_see_personal_data_record(actor, self.reference.personal_data)
+        return list(incident.accesses), list(incident.subjects.values()), dict(incident.legal_holds)
 
     # -------------------------------------------------------------- queries
 

@@ -44,6 +44,7 @@ from services.ledger.api.situation_servicer import SituationServicer
 from services.ledger.application import Ledger, time_bounds_of
 from services.ledger.audit import Checkpoints, load_signing_key
 from services.ledger.domain.incident import Incident
+from services.ledger.personal_keys import PersonalKeys, load_key_ring
 from services.ledger.projections import Projections
 from services.ledger.read_model import ReadModel
 from services.ledger.relay import Relay, create_position_table
@@ -75,6 +76,25 @@ def load_tokens(settings: LedgerSettings, reference: ReferenceData) -> TokenStor
         may_generate=not settings.production and settings.tokens_file is None,
         production=settings.production,
     )
+
+
+def open_personal_keys(settings: LedgerSettings, *, create: bool) -> PersonalKeys:
+    """The key table of personal data, opened with the configured key-encryption keys:
+    a wrong or missing key stops the start here (ConfigError), not at the first read."""
+    ring = load_key_ring(
+        keys=settings.personal_data_keys,
+        key_dir=settings.key_dir,
+        production=settings.production,
+        variable="LEDGER_PERSONAL_DATA_KEYS",
+    )
+    db = open_database(settings.store_env, connections=4)
+    try:
+        keys = PersonalKeys(db, ring, create=create)
+        keys.rewrap()  # rows of a former key-encryption key move under the current one
+    except BaseException:
+        db.close()
+        raise
+    return keys
 
 
 def page_token_secret(settings: LedgerSettings) -> bytes:
@@ -114,6 +134,8 @@ class LedgerServer:
             close_step("ledger", "relay", self.relay.stop)
         close_step("ledger", "projections", self.projections.close)
         close_step("ledger", "store", self.ledger.close)
+        if self.ledger.personal_keys is not None:
+            close_step("ledger", "personal_keys", self.ledger.personal_keys.close)
         self.stopped.set()
 
 
@@ -134,14 +156,16 @@ def build(settings: LedgerSettings) -> LedgerServer:
         migrate(settings)
         settings = replace(settings, store_env={**settings.store_env, "CREATE_TABLE": "n"})
     signing_key = load_signing_key(settings.audit())
+    create = creates_tables(settings.store_env)
+    personal_keys = open_personal_keys(settings, create=create)
     ledger = Ledger(
         reference,
         env=settings.store_env,
         cache_size=settings.cache_size,
         sealer=Sealer(signing_key),
         time_bounds=time_bounds_of(settings),
+        personal_keys=personal_keys,
     )
-    create = creates_tables(settings.store_env)
     projections = Projections(ledger, settings.store_env, reference, create=create)
     ledger.add_commit_listener(projections.wake)
     projections.start()
@@ -369,6 +393,7 @@ def migrate(settings: LedgerSettings) -> None:
                 create_position_table(db)
             finally:
                 db.close()
+            open_personal_keys(replace(settings, store_env=store_env), create=True).close()
         finally:
             ledger.close()
     log.info("ledger.migrated", store=store_env.get("PERSISTENCE_MODULE"))
