@@ -40,6 +40,15 @@ from incidentledger_client.errors import (
 )
 from incidentledger_client.ledger import LedgerClient
 from incidentledger_client.notifier import NotifierClient, Subscription
+from incidentledger_client.personal import (
+    DataSubject,
+    LegalHold,
+    Person,
+    PersonalData,
+    PersonalDataAccess,
+    PersonalDataRecord,
+    SubjectState,
+)
 from incidentledger_client.types import (
     Actor,
     AgencyWorkload,
@@ -90,6 +99,7 @@ __all__ = [
     "CommandResult",
     "CursorExpired",
     "DataLoss",
+    "DataSubject",
     "DeadLetter",
     "DeadlineExceeded",
     "Decision",
@@ -114,11 +124,16 @@ __all__ = [
     "KecamatanScore",
     "LedgerClient",
     "LedgerError",
+    "LegalHold",
     "Location",
     "NotFound",
     "Notification",
     "NotifierClient",
     "PermissionDenied",
+    "Person",
+    "PersonalData",
+    "PersonalDataAccess",
+    "PersonalDataRecord",
     "PositionNotRecorded",
     "ProjectionLagging",
     "ProjectionStatus",
@@ -133,6 +148,7 @@ __all__ = [
     "ResponseTimes",
     "RetryPolicy",
     "ScoreReason",
+    "SubjectState",
     "Subscription",
     "TooMuchContention",
     "Unauthenticated",

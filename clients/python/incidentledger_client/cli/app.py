@@ -18,6 +18,7 @@ from incidentledger_client.cli.commands import (
     audit,
     dead_letters,
     incidents,
+    personal_data,
     reference,
     situation,
     webhooks,
@@ -58,6 +59,7 @@ app.add_typer(incidents.close_app, name="close")
 app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(audit.app, name="audit")
 app.add_typer(config_commands.app, name="config")
+app.add_typer(personal_data.app, name="pii")
 webhooks.app.add_typer(dead_letters.app)
 
 
