@@ -370,6 +370,19 @@ class PersonalKeys:
             rows = cur.fetchall()
         return [SubjectKey(UUID(str(r[0])), UUID(str(r[1])), r[2] is None) for r in rows]
 
+    def incidents_with_keys(self) -> list[UUID]:
+        """The incidents that hold personal data some key still opens (the candidates of
+        the retention rule: the table, not the whole history, is scanned)."""
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.q(
+                    "SELECT DISTINCT incident_id FROM personal_data_keys"
+                    " WHERE wrapped_key IS NOT NULL AND subject_id <> ?"
+                ),
+                (INDEX_ROW,),
+            )
+            return [UUID(str(row[0])) for row in cur.fetchall()]
+
     # --------------------------------------------------------------- erase
 
     def destroy(self, subject_ids: Iterable[UUID]) -> int:

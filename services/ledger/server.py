@@ -6,6 +6,7 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from uuid import UUID
 
 import grpc
@@ -38,6 +39,7 @@ from services.common.sql import (
     schema_lock,
 )
 from services.common.stopping import close_step
+from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.ledger.api.audit_servicer import AuditServicer
 from services.ledger.api.servicer import LedgerServicer
 from services.ledger.api.situation_servicer import SituationServicer
@@ -103,6 +105,35 @@ def page_token_secret(settings: LedgerSettings) -> bytes:
     return shared_secret(settings.data_dir / "page-token.secret")
 
 
+class RetentionRule:
+    """Runs the retention rule of personal data (``LEDGER_PERSONAL_DATA_RETENTION_DAYS``)
+    at start and then every ``interval`` seconds, in a thread of its own. Every replica
+    may run it: an erasure is recorded once (its request id names the incident)."""
+
+    def __init__(self, ledger: Ledger, days: float, interval: float = 3600.0) -> None:
+        self._ledger = ledger
+        self._retention = timedelta(days=days)
+        self._interval = interval
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="retention-rule", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._ledger.erase_expired_personal_data(self._retention)
+            except STORE_CONNECTION_ERRORS as exc:  # the store is away: the next run retries
+                log.warning("personal_data.retention_failed", error=f"{type(exc).__name__}")
+            self._stopping.wait(self._interval)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+
 @dataclass
 class LedgerServer:
     """A running ledger: the gRPC server and the parts behind it."""
@@ -117,6 +148,7 @@ class LedgerServer:
     metrics: Metrics
     stopped: threading.Event
     store_watch: StoreWatch | None = None
+    retention: RetentionRule | None = None
 
     def stop(self, grace: float) -> None:
         """Graceful shutdown: NOT_SERVING first, then drain in-flight calls, then close.
@@ -126,6 +158,8 @@ class LedgerServer:
         """
         self.health.enter_graceful_shutdown()
         close_step("ledger", "grpc", lambda: self.server.stop(grace).wait(grace + 1))
+        if self.retention is not None:
+            close_step("ledger", "retention", self.retention.stop)
         if self.store_watch is not None:
             close_step("ledger", "store_watch", self.store_watch.stop)
         close_step("ledger", "checkpoints", self.checkpoints.close)
@@ -206,6 +240,10 @@ def build(settings: LedgerSettings) -> LedgerServer:
     set_serving(health_servicer, SERVICES)
     store_watch = watch_store(settings, health_servicer)
     checkpoints.start()
+    retention = None
+    if settings.personal_data_retention_days > 0:
+        retention = RetentionRule(ledger, settings.personal_data_retention_days)
+        retention.start()
     log.info(
         "ledger.started",
         listen=settings.listen,
@@ -226,6 +264,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
         metrics,
         threading.Event(),
         store_watch,
+        retention,
     )
 
 

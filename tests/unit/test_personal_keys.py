@@ -4,14 +4,27 @@ person wrapped by a key-encryption key, rotation, a wrong or missing key at star
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 
 from services.common.config import ConfigError
 from services.common.errors import DataLoss, InvalidArgument
 from services.common.sql import SQLiteDatabase
+from services.ledger.application import Ledger
+from services.ledger.domain.commands import (
+    ApproveClosure,
+    AssignLeadAgency,
+    LogAction,
+    PlaceLegalHold,
+    ReportIncident,
+    RequestClosure,
+    ResolveIncident,
+    VerifyIncident,
+)
+from services.ledger.domain.incident import Incident
 from services.ledger.domain.personal import (
     Person,
     PersonalData,
@@ -20,6 +33,7 @@ from services.ledger.domain.personal import (
     normalised_phone,
 )
 from services.ledger.personal_keys import KeyRing, PersonalKeys, load_key_ring
+from tests.unit.incident_builders import REF, envelope_for
 
 OLD = "kek-2026:" + base64.b64encode(bytes(range(32))).decode()
 NEW = "kek-2027:" + base64.b64encode(bytes(range(32, 64))).decode()
@@ -154,3 +168,49 @@ def test_sealing_binds_the_ciphertext_to_its_incident(tmp_path: Path) -> None:
     with pytest.raises(DataLoss):
         keys.open_subject(uuid4(), sealed.subjects[0])
     keys.close()
+
+
+# ------------------------------------------------------------------ the retention rule
+
+
+def _reported(ledger: Ledger) -> UUID:
+    report = ReportIncident("Amplop", "", "money_politics", "", {"kecamatan": "ipuh"}, SITI)
+    return ledger.execute(envelope_for("kesbangpol"), report).incident_id
+
+
+def _closed(ledger: Ledger) -> UUID:
+    i = _reported(ledger)
+    for agency, command in (
+        ("desk_pilkada", VerifyIncident(i, 0, "")),
+        ("desk_pilkada", AssignLeadAgency(i, 0, "polres", "")),
+        ("polres", LogAction(i, 0, "patrol", None)),
+        ("polres", ResolveIncident(i, 0, "done")),
+        ("polres", RequestClosure(i, 0, "")),
+        ("desk_pilkada", ApproveClosure(i, 0, "")),
+    ):
+        ledger.execute(envelope_for(agency), command)
+    return i
+
+
+def test_the_retention_rule_erases_closed_incidents_unless_held(tmp_path: Path) -> None:
+    keys = keys_at(tmp_path / "k.sqlite", OLD)
+    ledger = Ledger(REF, env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, personal_keys=keys)
+    still_open, expired, held = _reported(ledger), _closed(ledger), _closed(ledger)
+    ledger.execute(envelope_for("kejari"), PlaceLegalHold(held, 0, "Gakkumdu 3"))
+    year = timedelta(days=365)
+    assert ledger.erase_expired_personal_data(year) == 0  # closed just now
+    later = datetime.now(UTC) + year + timedelta(seconds=1)
+    assert ledger.erase_expired_personal_data(year, later) == 1
+    assert ledger.erase_expired_personal_data(year, later) == 0  # nothing left to erase
+
+    def erased(incident: UUID) -> bool:
+        return all(s.erased for s in ledger.get_incident(incident).subjects.values())
+
+    assert erased(expired) and not erased(held) and not erased(still_open)
+    basis = [
+        e.reason for e in ledger.events.get(expired) if isinstance(e, Incident.PersonalDataErased)
+    ]
+    assert basis == ["retention rule: 365 days after closure"]
+    # The keys are gone, not only marked: nothing opens the erased data.
+    assert set(keys.incidents_with_keys()) == {still_open, held}
+    ledger.close()

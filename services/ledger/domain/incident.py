@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -780,7 +780,11 @@ class Incident(Aggregate):
         returns their ids, whose keys the application then destroys. FAILED_PRECONDITION
         (``LEGAL_HOLD``) while a legal hold is in force."""
         actor = envelope.actor
-        if not (actor.agency == self.reporter_agency or actor.agency in policy.erasers):
+        if not (
+            actor.role is Role.COORDINATOR
+            or actor.agency == self.reporter_agency
+            or actor.agency in policy.erasers
+        ):
             raise PermissionDenied(
                 f"agency {actor.agency} may not erase personal data of this incident",
                 reason="PERSONAL_DATA_NOT_PERMITTED",
@@ -807,6 +811,17 @@ class Incident(Aggregate):
             subjects=[str(i) for i in erasing],
         )
         return erasing
+
+    def personal_data_expired(self, now: datetime, retention: timedelta) -> bool:
+        """Whether the retention rule erases the incident's personal data now: closed at
+        least ``retention`` ago, no legal hold in force, someone left to erase."""
+        return (
+            self.status is Status.CLOSED
+            and self.closed_at is not None
+            and self.closed_at + retention <= now
+            and not self.legal_holds
+            and any(not s.erased for s in self.subjects.values())
+        )
 
     def place_legal_hold(self, envelope: Envelope, reason: str, policy: PersonalDataPolicy) -> None:
         self._require_hold_agency(envelope.actor, policy, "PlaceLegalHold")
