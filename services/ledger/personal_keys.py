@@ -62,6 +62,12 @@ INDEX_ROW = "blind-index"
 DEK_AAD = b"incidentledger/personal-data/dek/"
 INDEX_AAD = b"incidentledger/personal-data/index-key"
 
+#: The key table's SQLite connection: in WAL mode a commit then appends to the log without
+#: waiting for the disk; the report's event, committed after its keys by the event store
+#: (synchronous FULL), syncs the same log, and with it the keys before it. Destroyed keys
+#: are overwritten in the file, not only unlinked (secure_delete).
+SQLITE_PRAGMAS = ("PRAGMA synchronous = NORMAL", "PRAGMA secure_delete = ON")
+
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS personal_data_keys (
         subject_id TEXT PRIMARY KEY,
@@ -311,6 +317,11 @@ class PersonalKeys:
         # Stored before the event that uses them: a report that then fails to save
         # leaves keys that open nothing, never data that no key opens.
         with self._db.transaction() as cur:
+            if self._db.dialect == "postgres":
+                # No wait for this commit's flush: the report's own commit, later in the same
+                # write-ahead log, flushes it too, so no event is durable without its keys
+                # (SQLite: synchronous=NORMAL in WAL mode, see SQLITE_PRAGMAS).
+                cur.execute("SET LOCAL synchronous_commit = off")
             cur.executemany(
                 self._db.q(
                     "INSERT INTO personal_data_keys (subject_id, incident_id, kek_id,"
@@ -393,9 +404,6 @@ class PersonalKeys:
             return 0
         marks = ", ".join("?" for _ in ids)
         with self._db.transaction() as cur:
-            if self._db.dialect == "sqlite":
-                # Overwrite freed pages: the old wrapped key must not stay in the file.
-                cur.execute("PRAGMA secure_delete = ON")
             cur.execute(
                 self._db.q(
                     f"UPDATE personal_data_keys SET wrapped_key = NULL, erased_at = ?"  # noqa: S608

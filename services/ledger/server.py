@@ -46,7 +46,7 @@ from services.ledger.api.situation_servicer import SituationServicer
 from services.ledger.application import Ledger, time_bounds_of
 from services.ledger.audit import Checkpoints, load_signing_key
 from services.ledger.domain.incident import Incident
-from services.ledger.personal_keys import PersonalKeys, load_key_ring
+from services.ledger.personal_keys import SQLITE_PRAGMAS, PersonalKeys, load_key_ring
 from services.ledger.projections import Projections
 from services.ledger.read_model import ReadModel
 from services.ledger.relay import Relay, create_position_table
@@ -89,7 +89,7 @@ def open_personal_keys(settings: LedgerSettings, *, create: bool) -> PersonalKey
         production=settings.production,
         variable="LEDGER_PERSONAL_DATA_KEYS",
     )
-    db = open_database(settings.store_env, connections=4)
+    db = open_database(settings.store_env, connections=4, sqlite_pragmas=SQLITE_PRAGMAS)
     try:
         keys = PersonalKeys(db, ring, create=create)
         keys.rewrap()  # rows of a former key-encryption key move under the current one
