@@ -21,7 +21,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid5
 
 import structlog
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -549,7 +549,8 @@ class Ledger(Application[UUID]):
         self, envelope: Envelope, *, phone: str, nik: str, purpose: str
     ) -> list[SubjectView]:
         """Subject access: the person with this phone or NIK in every incident that names
-        them, each incident's read recorded (request id ``{request_id}/{incident}``)."""
+        them, each incident's read recorded once per request id (its own per incident,
+        derived from the caller's)."""
         keys = self._keys()
         policy = self.reference.personal_data
         if envelope.actor.agency not in policy.readers:
@@ -595,9 +596,10 @@ class Ledger(Application[UUID]):
         self, envelope: Envelope, incident_id: UUID, only: frozenset[UUID], purpose: str
     ) -> None:
         """Record a subject access's read of one incident, as ReadPersonalData records it
-        (once per request id: ``{request_id}/{incident}``)."""
-        request_id = f"{envelope.request_id}/{incident_id}"
-        env = replace(envelope, request_id=request_id, causation_id=request_id)
+        (once per request id: ``find/`` and a UUID of the incident and the caller's id)."""
+        # One request id per incident, derived from the caller's (and as short as any).
+        request_id = f"find/{uuid5(incident_id, envelope.request_id).hex}"
+        env = replace(envelope, request_id=request_id, causation_id=envelope.request_id)
         policy = self.reference.personal_data
 
         def run(reload: bool) -> list[Incident]:

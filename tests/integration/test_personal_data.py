@@ -87,9 +87,10 @@ def hold(ledger: Client, agency: str, name: str, *, lift: bool = False) -> None:
 
 
 def find(ledger: Client, agency: str, **key: str) -> api.FindPersonalDataResponse:
+    # The longest request id a command takes: the search derives one per incident from it.
     return ledger.stub.FindPersonalData(
         api.FindPersonalDataRequest(
-            request_id=secrets.token_hex(8), purpose="subject access request 5/2024", **key
+            request_id=secrets.token_hex(64), purpose="subject access request 5/2024", **key
         ),
         metadata=ledger.md(agency),
     )
