@@ -4,7 +4,9 @@ found by phone or NIK, erased unless a legal hold is in force (docs/personal-dat
 
 from __future__ import annotations
 
+import base64
 import secrets
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -13,8 +15,9 @@ import pytest
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import personal_data_pb2 as pd
+from services.common.config import ConfigError, LedgerSettings
 from services.common.grpc_errors import error_info
-from tests.support import Client
+from tests.support import Client, running_ledger, settings_for, store_environment
 
 NIK = "1706014107900003"
 PHONE_LOCAL = "0812-7345-6690"
@@ -243,3 +246,26 @@ def test_a_batch_report_takes_personal_data(ledger: Client) -> None:
         api.IngestReportsRequest(reports=[report]), metadata=ledger.md("kesbangpol")
     )
     assert again.results[0].outcome == api.INGEST_OUTCOME_DUPLICATE
+
+
+def test_key_rotation_and_a_wrong_key_across_restarts(tmp_path: Path) -> None:
+    """Data written under the old key-encryption key reads after rotation; a key that is
+    not the one the table was written with stops the start, naming it."""
+    old = "kek-old:" + base64.b64encode(secrets.token_bytes(32)).decode()
+    new = "kek-new:" + base64.b64encode(secrets.token_bytes(32)).decode()
+    with store_environment("sqlite", tmp_path) as env:
+
+        def settings(keys: str) -> LedgerSettings:
+            return settings_for(tmp_path, env, personal_data_keys=keys)
+
+        with running_ledger(settings(old)) as first:
+            name = report_with_people(first)
+        with running_ledger(settings(f"{new},{old}")) as rotated:  # moved under the new key
+            assert read(rotated, "bawaslu", name).subjects[0].person.name == NAME
+        with running_ledger(settings(new)) as only_new:
+            assert read(only_new, "bawaslu", name).subjects[0].person.name == NAME
+        with pytest.raises(ConfigError, match="kek-new"), running_ledger(settings(old)):
+            pass
+        wrong = "kek-new:" + base64.b64encode(secrets.token_bytes(32)).decode()
+        with pytest.raises(ConfigError, match="does not open"), running_ledger(settings(wrong)):
+            pass
