@@ -374,15 +374,21 @@ class Ledger(Application[UUID]):
         results: list[IngestResult | None] = [None] * len(items)
         ready: dict[UUID, _ReadyReport] = {}
         again: list[_ReadyReport] = []  # a report the batch holds twice: answered once saved
+        passed: list[tuple[int, IngestItem, Envelope, ReportIncident]] = []
         for index, item in enumerate(items):
             if isinstance(item, InvalidArgument):
                 results[index] = IngestResult(IngestOutcome.INVALID, error=item)
                 continue
             try:
-                report = self._ready_report(actor, index, item, skew_ms, rules)
+                envelope, command = self._checked_report(actor, item, rules)
             except InvalidArgument as error:
                 results[index] = IngestResult(IngestOutcome.INVALID, error=error)
                 continue
+            passed.append((index, item, envelope, command))
+        # The batch's people sealed together: one write of their keys, not one per report.
+        sealed = self._sealed_reports([command for _, _, _, command in passed])
+        for (index, item, envelope, _), command in zip(passed, sealed, strict=True):
+            report = self._ready_report(index, item, envelope, command, skew_ms)
             if report.key in ready:
                 again.append(report)
             else:
@@ -397,10 +403,10 @@ class Ledger(Application[UUID]):
         log.info("ingest.done", reports=len(items), skew_ms=skew_ms, **counts)
         return answered
 
-    def _ready_report(
-        self, actor: Actor, index: int, item: IngestItem, skew_ms: int | None, rules: Rules
-    ) -> _ReadyReport:
-        """The report checked (as ReportIncident is), its incident and request record made."""
+    def _checked_report(
+        self, actor: Actor, item: IngestItem, rules: Rules
+    ) -> tuple[Envelope, ReportIncident]:
+        """The report checked as ReportIncident is, with the envelope it is recorded in."""
         check_text("device_id", item.device_id, MAX_DEVICE_ID, required=True)
         request_id = item.request_id
         envelope = Envelope(
@@ -410,10 +416,22 @@ class Ledger(Application[UUID]):
             causation_id=request_id,
             occurred_at=item.occurred_at,
         )
-        command = self._sealed(checked(item.command, rules))
+        command = checked(item.command, rules)
         if not isinstance(command, ReportIncident):
             raise TypeError(f"not a report: {command!r}")
         self._check_request(envelope)
+        return envelope, command
+
+    def _ready_report(
+        self,
+        index: int,
+        item: IngestItem,
+        envelope: Envelope,
+        command: ReportIncident,
+        skew_ms: int | None,
+    ) -> _ReadyReport:
+        """The checked (and sealed) report's incident and request record, made."""
+        actor, request_id = envelope.actor, envelope.request_id
         fingerprint = request_fingerprint(command, envelope.occurred_at)
         key = request_key(actor.agency, request_id)
         device = DeviceRecord(item.device_id, item.report_id, item.record_time, skew_ms)
@@ -511,6 +529,17 @@ class Ledger(Application[UUID]):
                 reason="PERSONAL_DATA_UNAVAILABLE",
             )
         return replace(command, personal_data=self.personal_keys.seal(command.personal_data))
+
+    def _sealed_reports(self, commands: Sequence[ReportIncident]) -> list[ReportIncident]:
+        """:meth:`_sealed` for a batch's reports, their keys written together."""
+        naming = [c.personal_data for c in commands if c.personal_data is not None]
+        if not naming:
+            return list(commands)
+        sealed = iter(self._keys().seal_many(naming))
+        return [
+            c if c.personal_data is None else replace(c, personal_data=next(sealed))
+            for c in commands
+        ]
 
     def _keys(self) -> PersonalKeys:
         if self.personal_keys is None:

@@ -286,35 +286,15 @@ class PersonalKeys:
     def seal(self, data: PersonalData) -> PersonalData:
         """The personal data with its digest and its sealed form, for a new incident: a
         new key per person, stored wrapped with their blind index entries."""
-        incident_id = uuid4()
-        subjects: list[SealedSubject] = []
+        (sealed,) = self.seal_many([data])
+        return sealed
+
+    def seal_many(self, batch: Sequence[PersonalData]) -> list[PersonalData]:
+        """:meth:`seal` for several reports, their keys stored in one transaction."""
         rows: list[tuple[str, str, str, str, str]] = []
         index: list[tuple[str, str]] = []
-        now = _now()
-        for role, person in data.people():
-            subject_id = uuid4()
-            dek = AESGCM.generate_key(bit_length=256)
-            nonce = os.urandom(NONCE_BYTES)
-            plaintext = json.dumps(person.to_plain(), sort_keys=True).encode()
-            ciphertext = AESGCM(dek).encrypt(nonce, plaintext, _aad(incident_id, subject_id, role))
-            anonymous = data.anonymous and role is SubjectRole.REPORTER
-            subjects.append(
-                SealedSubject(subject_id, role, anonymous, _b64(nonce), _b64(ciphertext))
-            )
-            rows.append(
-                (
-                    str(subject_id),
-                    str(incident_id),
-                    self._ring.current,
-                    self._wrap(str(subject_id), dek),
-                    now,
-                )
-            )
-            if person.nik:
-                index.append((self.index_digest("nik", person.nik), str(subject_id)))
-            if person.phone:
-                index.append((self.index_digest("phone", person.phone), str(subject_id)))
-        # Stored before the event that uses them: a report that then fails to save
+        sealed = [self._sealed(data, rows, index) for data in batch]
+        # Stored before the events that use them: a report that then fails to save
         # leaves keys that open nothing, never data that no key opens.
         with self._db.transaction() as cur:
             if self._db.dialect == "postgres":
@@ -337,6 +317,34 @@ class PersonalKeys:
                     ),
                     index,
                 )
+        return sealed
+
+    def _sealed(
+        self,
+        data: PersonalData,
+        rows: list[tuple[str, str, str, str, str]],
+        index: list[tuple[str, str]],
+    ) -> PersonalData:
+        """One report's people sealed; their key rows and index entries added to those."""
+        incident_id = uuid4()
+        subjects: list[SealedSubject] = []
+        now = _now()
+        for role, person in data.people():
+            subject_id = uuid4()
+            dek = AESGCM.generate_key(bit_length=256)
+            nonce = os.urandom(NONCE_BYTES)
+            plaintext = json.dumps(person.to_plain(), sort_keys=True).encode()
+            ciphertext = AESGCM(dek).encrypt(nonce, plaintext, _aad(incident_id, subject_id, role))
+            anonymous = data.anonymous and role is SubjectRole.REPORTER
+            subjects.append(
+                SealedSubject(subject_id, role, anonymous, _b64(nonce), _b64(ciphertext))
+            )
+            wrapped = self._wrap(str(subject_id), dek)
+            rows.append((str(subject_id), str(incident_id), self._ring.current, wrapped, now))
+            if person.nik:
+                index.append((self.index_digest("nik", person.nik), str(subject_id)))
+            if person.phone:
+                index.append((self.index_digest("phone", person.phone), str(subject_id)))
         return PersonalData(
             reporter=data.reporter,
             anonymous=data.anonymous,

@@ -248,6 +248,39 @@ def test_a_batch_report_takes_personal_data(ledger: Client) -> None:
     assert again.results[0].outcome == api.INGEST_OUTCOME_DUPLICATE
 
 
+def test_a_batch_seals_each_report_s_people_for_its_own_incident(ledger: Client) -> None:
+    def device_report(n: int, person: pd.Person) -> api.DeviceReport:
+        report = api.DeviceReport(
+            device_report_id=f"0b6c5a8e-0d8e-4a51-9a8c-00000000000{n}",
+            device_id="hp-02",
+            title=f"Laporan {n}",
+            category="money_politics",
+            location=pb.Location(kecamatan="ipuh"),
+            personal_data=pd.PersonalData(reporter=person),
+        )
+        report.device_record_time.GetCurrentTime()
+        return report
+
+    people = [
+        pd.Person(name="Satu", nik="1706014107900001"),
+        pd.Person(name="Dua", nik="12"),  # refused: the others are recorded
+        pd.Person(name="Tiga", phone="081211112222"),
+    ]
+    answer = ledger.stub.IngestReports(
+        api.IngestReportsRequest(reports=[device_report(n, p) for n, p in enumerate(people)]),
+        metadata=ledger.md("kesbangpol"),
+    )
+    outcomes = [r.outcome for r in answer.results]
+    assert outcomes == [
+        api.INGEST_OUTCOME_CREATED,
+        api.INGEST_OUTCOME_INVALID,
+        api.INGEST_OUTCOME_CREATED,
+    ]
+    for result, expected in ((answer.results[0], "Satu"), (answer.results[2], "Tiga")):
+        (subject,) = read(ledger, "bawaslu", result.result.incident).subjects
+        assert subject.person.name == expected
+
+
 def test_key_rotation_and_a_wrong_key_across_restarts(tmp_path: Path) -> None:
     """Data written under the old key-encryption key reads after rotation; a key that is
     not the one the table was written with stops the start, naming it."""
