@@ -312,6 +312,9 @@ class StoreRun:
     append_what: str
     command_rate: float  # in-process Ledger.execute(LogAction), best
     ledger: scenarios.LedgerRun
+    # in-process Ledger.execute(ReportIncident), one thread: without and with two people
+    report: Result | None = None
+    report_people: Result | None = None
 
 
 def run_store(
@@ -327,6 +330,10 @@ def run_store(
     print(
         "  Ledger.execute(LogAction) = the whole application command (input checks, "
         "fingerprint, idempotency record saved with the event)"
+    )
+    print(
+        "  Ledger.execute(ReportIncident), naming two people = each sealed under a key of "
+        "their own, the keys stored wrapped (docs/personal-data.md)"
     )
     with fresh_store(store, workdir / "append") as env:
         rows = scenarios.append_ceiling(
@@ -344,6 +351,9 @@ def run_store(
     )
     raw = max((r for r in rows if r.what == scenarios.RAW), key=lambda r: r.result.rate)
     command = max((r for r in rows if r.what == scenarios.COMMAND), key=lambda r: r.result.rate)
+    reports = {
+        r.what: r.result for r in rows if r.what in (scenarios.REPORT, scenarios.REPORT_PEOPLE)
+    }
 
     section(
         f"3. Ledger over gRPC, {store}: python -m services.ledger (relay off) in its own "
@@ -396,6 +406,8 @@ def run_store(
         append_what=f"{raw.what}, {threads(raw.threads)}",
         command_rate=command.result.rate,
         ledger=run,
+        report=reports.get(scenarios.REPORT),
+        report_people=reports.get(scenarios.REPORT_PEOPLE),
     )
 
 
@@ -841,6 +853,39 @@ def command_targets(plan: Plan, echo: scenarios.EchoRun, run: StoreRun) -> list[
     ]
 
 
+#: What a report naming people may cost beside one naming nobody (issue 14).
+PERSONAL_DATA_RATIO = 1.3
+
+
+def personal_data_targets(run: StoreRun) -> list[Target]:
+    """A report naming two people against one naming nobody, in the same run."""
+    plain, people = run.report, run.report_people
+    if plain is None or people is None:
+        return []
+    return [
+        Target(
+            f"{run.store}: report naming people, p50",
+            people.p50_ms,
+            PERSONAL_DATA_RATIO,
+            AT_MOST,
+            plain.p50_ms,
+            "report naming nobody",
+            " ms",
+            (no_errors(people),),
+        ),
+        Target(
+            f"{run.store}: reports naming people/s",
+            people.rate,
+            round(1 / PERSONAL_DATA_RATIO, 2),
+            AT_LEAST,
+            plain.rate,
+            "reports naming nobody",
+            "/s",
+            (no_errors(people),),
+        ),
+    ]
+
+
 def fanout_targets(plan: Plan, fan: FanoutSummary) -> list[Target]:
     out: list[Target] = []
     for store, relay in fan.relay.items():
@@ -1030,6 +1075,7 @@ def main(argv: list[str] | None = None) -> int:
             for store in stores:
                 store_runs.append(run_store(plan, store, reference, workdir / store, mode))
                 goals.extend(command_targets(plan, echo, store_runs[-1]))
+                goals.extend(personal_data_targets(store_runs[-1]))
         if "sqlite" in stores and "rss" in parts:
             goals.append(rss_target(run_rss(plan, workdir, mode)))
         if stores and "fanout" in parts:

@@ -33,9 +33,12 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from services.common.config import PROJECT_ROOT, LedgerSettings
 from services.common.reference import ReferenceData
+from services.common.sql import open_database
 from services.ledger.application import Ledger
-from services.ledger.domain.commands import LogAction
+from services.ledger.domain.commands import LogAction, ReportIncident
 from services.ledger.domain.incident import Actor, Envelope, Incident
+from services.ledger.domain.personal import Person, PersonalData
+from services.ledger.personal_keys import SQLITE_PRAGMAS, KeyRing, PersonalKeys
 from services.ledger.seals import Sealer
 
 REPORTER = "kesbangpol"  # any responder may report
@@ -196,6 +199,14 @@ class AppendRow:
 
 RAW = "raw append"
 COMMAND = "Ledger.log_action"
+REPORT = "Ledger.execute(ReportIncident)"
+REPORT_PEOPLE = "Ledger.execute(ReportIncident), naming two people"
+#: A report's people (docs/personal-data.md): a reporter with phone, NIK and address, and a
+#: witness with a phone; each sealed under a key of their own.
+PEOPLE = PersonalData(
+    reporter=Person("Siti Rahma", "081273456690", "1706014107900003", "Jl. Kenari 7"),
+    witnesses=(Person("Budi Saksi", "081298765432"),),
+)
 APPENDS_PER_INCIDENT = 8  # aim: incidents grow by about this many events in one phase
 
 
@@ -209,6 +220,16 @@ def _raw_append_worker(ledger: Ledger, ids: list[UUID], actor: Actor) -> Worker:
         incident: Incident = ledger.repository.get(incident_id)
         incident.log_action(envelope(actor), ACTION, incident.location)
         return ledger.save(incident)
+
+    return once
+
+
+def _report_worker(ledger: Ledger, actor: Actor, people: PersonalData | None) -> Worker:
+    """The application's whole ReportIncident command, with or without people."""
+
+    def once() -> object:
+        report = ReportIncident(TITLE, "", CATEGORY, "", {"kecamatan": KECAMATAN}, people)
+        return ledger.execute(envelope(actor), report)
 
     return once
 
@@ -255,7 +276,19 @@ def append_ceiling(
         best = max((r for r in rows if r.what == RAW), key=lambda r: r.result.rate)
         for threads in sorted({1, best.threads}):
             rows.append(phase(COMMAND, threads))
+        # Reports with and without personal data, one thread, one after the other.
+        ring = KeyRing({"bench": os.urandom(32)}, "bench")
+        ledger.personal_keys = PersonalKeys(
+            open_database(store_env, 4, sqlite_pragmas=SQLITE_PRAGMAS), ring
+        )
+        reporter = actors(reference)[REPORTER]
+        for what, people in ((REPORT, None), (REPORT_PEOPLE, PEOPLE)):
+            worker = _report_worker(ledger, reporter, people)
+            closed_loop([worker], calls=50)  # warm-up: the first keys, the first reports
+            rows.append(AppendRow(what, 1, closed_loop([worker], duration=duration)))
     finally:
+        if ledger.personal_keys is not None:
+            ledger.personal_keys.close()
         ledger.close()
     return rows
 

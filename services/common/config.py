@@ -566,6 +566,23 @@ class LedgerVariables(Group):
         "how often the relay looks for other processes' writes (SQLite)",
         gt=0.0,
     )
+    personal_data_keys: Secret | None = _setting(
+        "LEDGER_PERSONAL_DATA_KEYS",
+        None,
+        "key-encryption keys of reporters' and witnesses' personal data: `id:base64key` "
+        "(32 bytes), several separated by commas, the first wraps new keys and the others "
+        "still open what they wrapped (rotation; see [Personal data](personal-data.md)); "
+        "required in production, where generated (`dev-`) keys are refused",
+        secret=True,
+        shown_default="generated in `$LEDGER_DATA_DIR/keys/personal-data.keys` (development)",
+    )
+    personal_data_retention_days: Number = _setting(
+        "LEDGER_PERSONAL_DATA_RETENTION_DAYS",
+        0.0,
+        "erase the personal data of an incident this many days after it was closed (unless "
+        "a legal hold is in force); `0` = keep until erased on request",
+        ge=0.0,
+    )
 
 
 class NotifierVariables(Group):
@@ -1491,6 +1508,15 @@ class LedgerSettings(ServiceSettings):
     # the limits of one IngestReports call (a field device's backlog comes in chunks)
     ingest_max_reports: int = _default(LedgerVariables, "ingest_max_reports")
     ingest_max_bytes: int = _default(LedgerVariables, "ingest_max_bytes")
+    # Key-encryption keys of personal data (services/ledger/personal_keys.py); None in
+    # development: generated in the data directory.
+    personal_data_keys: str | None = field(default=None, repr=False)
+    personal_data_retention_days: float = _default(LedgerVariables, "personal_data_retention_days")
+
+    @property
+    def key_dir(self) -> Path:
+        """Where development keys are generated."""
+        return self.data_dir / "keys"
 
     def audit(self) -> AuditSettings:
         return AuditSettings(
@@ -1522,6 +1548,8 @@ class LedgerSettings(ServiceSettings):
             store_check_seconds=ledger.store_check_seconds,
             ingest_max_reports=ledger.ingest_max_reports,
             ingest_max_bytes=ledger.ingest_max_bytes,
+            personal_data_keys=ledger.personal_data_keys,
+            personal_data_retention_days=ledger.personal_data_retention_days,
             store_env=store_environment(given, common["data_dir"], values),
             relay=RelaySettings.from_variables(values),
         )

@@ -79,6 +79,15 @@ TEMPLATES: Mapping[str, str] = {
     "STREAM_UNAVAILABLE": N_("The event stream cannot be reached: resume from the last cursor."),
     "SHUTTING_DOWN": N_("The service is stopping: resume from the last cursor."),
     "HASH_CHAIN_BROKEN": N_("The stored history of {incident} fails its hash chain."),
+    # Personal data of reporters and witnesses (docs/personal-data.md).
+    "NO_PERSONAL_DATA": N_("There is no personal data here that you may read or erase."),
+    "LEGAL_HOLD": N_("A legal hold blocks erasure until it is lifted."),
+    "LEGAL_HOLD_ALREADY_PLACED": N_("Your agency already holds this incident."),
+    "LEGAL_HOLD_NOT_PLACED": N_("Your agency holds no legal hold on this incident."),
+    "PERSONAL_DATA_UNAVAILABLE": N_("This ledger does not keep personal data."),
+    "PERSONAL_DATA_NOT_PERMITTED": N_("{caller_agency} may not see this personal data."),
+    "LEGAL_HOLD_NOT_PERMITTED": N_("{caller_agency} may not place or lift legal holds."),
+    "PERSONAL_DATA_UNREADABLE": N_("Stored personal data no longer decrypts: it was changed."),
 }
 
 

@@ -165,6 +165,41 @@ class VulnerabilityModel:
         return model
 
 
+@dataclass(frozen=True)
+class PersonalDataPolicy:
+    """Who may do what with reporters' and witnesses' personal data (section
+    ``personal_data`` of the file): agency codes. The incident's reporting agency may
+    always read and erase what it recorded; an anonymous reporter is readable by the
+    reporting agency only. Without the section only the coordinator reads and erases,
+    and nobody places legal holds."""
+
+    readers: frozenset[str] = frozenset()
+    erasers: frozenset[str] = frozenset()
+    legal_hold: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_mapping(
+        cls, raw: Mapping[str, Any] | None, agencies: Mapping[str, Agency]
+    ) -> PersonalDataPolicy:
+        coordinator = [a.code for a in agencies.values() if a.role is Role.COORDINATOR]
+        raw = raw or {}
+
+        def codes(key: str, default: list[str]) -> frozenset[str]:
+            listed = raw.get(key, default)
+            if not isinstance(listed, list) or not all(isinstance(c, str) for c in listed):
+                raise ValueError(f"personal_data.{key}: a list of agency codes")
+            unknown = sorted(set(listed) - set(agencies))
+            if unknown:
+                raise ValueError(f"personal_data.{key}: unknown agencies {unknown}")
+            return frozenset(listed)
+
+        return cls(
+            readers=codes("readers", coordinator),
+            erasers=codes("erasers", coordinator),
+            legal_hold=codes("legal_hold", []),
+        )
+
+
 def _overdue_hours(
     raw: Mapping[str, Any] | None, severities: Mapping[str, Severity]
 ) -> dict[str, float]:
@@ -186,6 +221,7 @@ class ReferenceData:
     # The projections' settings (sections ``vulnerability`` and ``overdue_after_hours``).
     vulnerability: VulnerabilityModel = field(default_factory=VulnerabilityModel)
     overdue_after_hours: dict[str, float] = field(default_factory=dict)
+    personal_data: PersonalDataPolicy = field(default_factory=PersonalDataPolicy)
 
     def overdue_after_seconds(self, severity: str) -> float:
         """How long an incident of this severity may stay open before it is overdue."""
@@ -265,6 +301,7 @@ class ReferenceData:
                 default_severity=str(raw["default_severity"]),
                 vulnerability=VulnerabilityModel.from_mapping(raw.get("vulnerability"), severities),
                 overdue_after_hours=_overdue_hours(raw.get("overdue_after_hours"), severities),
+                personal_data=PersonalDataPolicy.from_mapping(raw.get("personal_data"), agencies),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ReferenceDataError(f"malformed reference data in {source}: {exc!r}") from exc

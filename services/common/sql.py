@@ -12,7 +12,7 @@ import hashlib
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -27,15 +27,18 @@ from services.common.store_errors import STORE_CONNECTION_ERRORS
 log = structlog.get_logger(__name__)
 
 
-def open_database(store_env: Mapping[str, str], connections: int = 1) -> Database:
+def open_database(
+    store_env: Mapping[str, str], connections: int = 1, sqlite_pragmas: Sequence[str] = ()
+) -> Database:
     """The database of the event store configured by ``store_env``; on PostgreSQL with
-    up to ``connections`` sessions (transactions beyond that wait for one)."""
+    up to ``connections`` sessions (transactions beyond that wait for one); on SQLite with
+    ``sqlite_pragmas`` run once on its connection."""
     module = store_env.get("PERSISTENCE_MODULE", "eventsourcing.popo")
     if module == "eventsourcing.postgres":
         return PostgresDatabase(store_env, connections)
     if module == "eventsourcing.sqlite":
-        return SQLiteDatabase(store_env.get("SQLITE_DBNAME", ":memory:"))
-    return SQLiteDatabase(":memory:")
+        return SQLiteDatabase(store_env.get("SQLITE_DBNAME", ":memory:"), sqlite_pragmas)
+    return SQLiteDatabase(":memory:", sqlite_pragmas)
 
 
 @dataclass(frozen=True)
@@ -172,9 +175,11 @@ class DatabaseClosedError(RuntimeError):
 class SQLiteDatabase(Database):
     dialect = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, pragmas: Sequence[str] = ()) -> None:
         self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
         self._conn.isolation_level = None
+        for pragma in pragmas:  # outside any transaction: some may not change inside one
+            self._conn.execute(pragma)
         self._guard = threading.Lock()
         self._closed = False
 

@@ -30,4 +30,8 @@ EVENT_TYPES: tuple[str, ...] = (
     "ClosureApproved",
     "Reopened",
     "Corrected",
+    "PersonalDataAccessed",
+    "PersonalDataErased",
+    "LegalHoldPlaced",
+    "LegalHoldLifted",
 )

@@ -18,10 +18,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid5
 
 import structlog
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -41,20 +41,24 @@ from services.common.errors import (
     Aborted,
     AlreadyExists,
     DataLoss,
+    FailedPrecondition,
     IngestTooLarge,
     InvalidArgument,
     LedgerError,
     NotFound,
+    PermissionDenied,
     VersionConflict,
 )
-from services.common.reference import ReferenceData
+from services.common.reference import ReferenceData, Role
 from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.common.storepool import bound_store
 from services.ledger.domain.commands import (
     MAX_SHORT,
     Command,
     CreatingCommand,
+    ErasePersonalData,
     IncidentCommand,
+    ReadPersonalData,
     ReportIncident,
     Rules,
     check_text,
@@ -63,15 +67,24 @@ from services.ledger.domain.commands import (
 )
 from services.ledger.domain.incident import (
     Actor,
+    DataSubject,
     DeviceRecord,
     Envelope,
     Incident,
+    PersonalDataAccess,
     event_hash,
     incident_event_classes,
     require_writer,
 )
+from services.ledger.domain.personal import (
+    Person,
+    check_nik,
+    check_purpose,
+    normalised_phone,
+)
 from services.ledger.domain.requests import RequestRecord, request_fingerprint, request_key
 from services.ledger.domain.times import TimeBounds
+from services.ledger.personal_keys import PersonalKeys
 from services.ledger.seals import SealChecker, Sealer
 from services.ledger.store import EventPositions
 from services.ledger.writes import AggregateCache, GroupCommitter
@@ -159,6 +172,25 @@ class _ReadyReport:
     events: list[Any]
 
 
+@dataclass(frozen=True)
+class SubjectView:
+    """A data subject as a reader sees them: their data where it was read and is not
+    erased (``person``), and the reads of it (``accesses``, for subject access)."""
+
+    incident_id: UUID
+    subject: DataSubject
+    person: Person | None = None
+    accesses: tuple[PersonalDataAccess, ...] = ()
+
+
+@dataclass(frozen=True)
+class PersonalDataRead:
+    """The answer to ReadPersonalData: the recorded access and what it disclosed."""
+
+    result: CommandResult
+    subjects: tuple[SubjectView, ...]
+
+
 class SealingMapper(Mapper[UUID]):
     """The application's mapper, sealing each incident event as it is stored.
 
@@ -234,7 +266,10 @@ class Ledger(Application[UUID]):
         time_bounds: TimeBounds | None = None,
         clock: Callable[[], datetime] = utc_now,
         ingest_limits: IngestLimits | None = None,
+        personal_keys: PersonalKeys | None = None,
     ) -> None:
+        # The key table of personal data; None: reports naming people are refused.
+        self.personal_keys = personal_keys
         # Before the base class builds the mapper, which seals with it.
         self.sealer = sealer
         self.seal_checker: SealChecker | None = sealer.checker if sealer else None
@@ -302,7 +337,9 @@ class Ledger(Application[UUID]):
     def execute(self, envelope: Envelope, command: Command) -> CommandResult:
         """Run one command: check its fields, apply its rule to the incident(s) and save,
         once per request id (AIP-155): a retry is answered as the original was."""
-        command = checked(command, Rules(self.reference, self.time_bounds, self._clock))
+        command = self._sealed(
+            checked(command, Rules(self.reference, self.time_bounds, self._clock))
+        )
         if isinstance(command, CreatingCommand):
             creating = command
 
@@ -319,7 +356,7 @@ class Ledger(Application[UUID]):
         def run(reload: bool) -> list[Incident]:
             incident = self._load_for_write(incident_id, expected, reload=reload)
             changed = [self._load_for_write(i, 0, reload=reload, field=f) for i, f in others]
-            on_incident.apply(envelope, incident, *changed)
+            on_incident.run(self.reference, envelope, incident, *changed)
             return [incident, *changed]
 
         lock_ids = (incident_id, *(i for i, _ in others))
@@ -384,26 +421,32 @@ class Ledger(Application[UUID]):
         rules = Rules(self.reference, self.time_bounds, self._clock)
         results: list[IngestResult | None] = [None] * len(items)
         ready: dict[UUID, _ReadyReport] = {}
-        again: list[_ReadyReport] = []
+        again: list[_ReadyReport] = []  # a report the batch holds twice: answered once saved
+        passed: list[tuple[int, IngestItem, Envelope, ReportIncident]] = []
         for index, item in enumerate(items):
             if isinstance(item, InvalidArgument):
                 results[index] = IngestResult(IngestOutcome.INVALID, error=item)
                 continue
             try:
-                report = self._ready_report(actor, index, item, skew_ms, rules)
+                envelope, command = self._checked_report(actor, item, rules)
             except InvalidArgument as error:
                 results[index] = IngestResult(IngestOutcome.INVALID, error=error)
                 continue
+            passed.append((index, item, envelope, command))
+        # The batch's people sealed together: one write of their keys, not one per report.
+        sealed = self._sealed_reports([command for _, _, _, command in passed])
+        for (index, item, envelope, _), command in zip(passed, sealed, strict=True):
+            report = self._ready_report(index, item, envelope, command, skew_ms)
             if report.key in ready:
                 again.append(report)
             else:
                 ready[report.key] = report
         return results, list(ready.values()), again
 
-    def _ready_report(
-        self, actor: Actor, index: int, item: IngestItem, skew_ms: int | None, rules: Rules
-    ) -> _ReadyReport:
-        """The report checked (as ReportIncident is), its incident and request record made."""
+    def _checked_report(
+        self, actor: Actor, item: IngestItem, rules: Rules
+    ) -> tuple[Envelope, ReportIncident]:
+        """The report checked as ReportIncident is, with the envelope it is recorded in."""
         check_text("device_id", item.device_id, MAX_DEVICE_ID, required=True)
         request_id = item.request_id
         envelope = Envelope(
@@ -417,6 +460,18 @@ class Ledger(Application[UUID]):
         if not isinstance(command, ReportIncident):
             raise TypeError(f"not a report: {command!r}")
         self._check_request(envelope)
+        return envelope, command
+
+    def _ready_report(
+        self,
+        index: int,
+        item: IngestItem,
+        envelope: Envelope,
+        command: ReportIncident,
+        skew_ms: int | None,
+    ) -> _ReadyReport:
+        """The checked (and sealed) report's incident and request record, made."""
+        actor, request_id = envelope.actor, envelope.request_id
         fingerprint = request_fingerprint(command, envelope.occurred_at)
         key = request_key(actor.agency, request_id)
         device = DeviceRecord(item.device_id, item.report_id, item.record_time, skew_ms)
@@ -521,6 +576,174 @@ class Ledger(Application[UUID]):
         if original is None:
             return None
         return IngestResult(IngestOutcome.DUPLICATE, original)
+
+    # -------------------------------------------------------- personal data
+
+    def _sealed(self, command: Command) -> Command:
+        """A report's personal data sealed (a key per person, stored wrapped) and digested,
+        before the report is fingerprinted and made; any other command as it is."""
+        if not isinstance(command, ReportIncident) or command.personal_data is None:
+            return command
+        if self.personal_keys is None:
+            raise FailedPrecondition(
+                "this ledger has no key table for personal data",
+                reason="PERSONAL_DATA_UNAVAILABLE",
+            )
+        return replace(command, personal_data=self.personal_keys.seal(command.personal_data))
+
+    def _sealed_reports(self, commands: Sequence[ReportIncident]) -> list[ReportIncident]:
+        """:meth:`_sealed` for a batch's reports, their keys written together."""
+        naming = [c.personal_data for c in commands if c.personal_data is not None]
+        if not naming:
+            return list(commands)
+        sealed = iter(self._keys().seal_many(naming))
+        return [
+            c if c.personal_data is None else replace(c, personal_data=next(sealed))
+            for c in commands
+        ]
+
+    def _keys(self) -> PersonalKeys:
+        if self.personal_keys is None:
+            raise FailedPrecondition(
+                "this ledger has no key table for personal data",
+                reason="PERSONAL_DATA_UNAVAILABLE",
+            )
+        return self.personal_keys
+
+    def _view(self, incident: Incident, subject: DataSubject, read: frozenset[UUID]) -> SubjectView:
+        person = None
+        if subject.subject_id in read and not subject.erased:
+            person = self._keys().open_subject(incident.id, subject.sealed)
+        return SubjectView(incident.id, subject, person)
+
+    def read_personal_data(self, envelope: Envelope, command: ReadPersonalData) -> PersonalDataRead:
+        """Record the read (who, whose, when, why), then disclose what it names."""
+        self._keys()
+        result = self.execute(envelope, command)
+        incident = self._load(result.incident_id)
+        access = next(a for a in incident.accesses if a.event_id == result.event_id)
+        readable = incident.readable_subjects(envelope.actor, self.reference.personal_data)
+        read = frozenset(access.subjects)
+        return PersonalDataRead(result, tuple(self._view(incident, s, read) for s in readable))
+
+    def erase_personal_data(self, envelope: Envelope, command: ErasePersonalData) -> CommandResult:
+        """Record the erasure, then destroy the keys of every erased subject of the incident
+        (again for one whose key survived an earlier failure: destroying is idempotent)."""
+        keys = self._keys()
+        result = self.execute(envelope, command)
+        incident = self._load(result.incident_id)
+        keys.destroy(s.subject_id for s in incident.subjects.values() if s.erased)
+        return result
+
+    def find_personal_data(
+        self, envelope: Envelope, *, phone: str, nik: str, purpose: str
+    ) -> list[SubjectView]:
+        """Subject access: the person with this phone or NIK in every incident that names
+        them, each incident's read recorded once per request id (its own per incident,
+        derived from the caller's)."""
+        keys = self._keys()
+        policy = self.reference.personal_data
+        if envelope.actor.agency not in policy.readers:
+            # Nothing about the person, not even whether they are known, is disclosed.
+            raise PermissionDenied(
+                f"agency {envelope.actor.agency} may not search personal data",
+                reason="PERSONAL_DATA_NOT_PERMITTED",
+                metadata={"caller_agency": envelope.actor.agency},
+            )
+        if bool(phone.strip()) == bool(nik.strip()):
+            raise InvalidArgument("phone", "give exactly one of phone and nik")
+        check_purpose(purpose)
+        self._check_request(envelope)
+        if phone.strip():
+            found = keys.find("phone", normalised_phone(phone, "phone"))
+        else:
+            found = keys.find("nik", check_nik(nik, "nik"))
+        by_incident: dict[UUID, set[UUID]] = {}
+        for entry in found:
+            by_incident.setdefault(entry.incident_id, set()).add(entry.subject_id)
+        views: list[SubjectView] = []
+        for incident_id, subject_ids in by_incident.items():
+            only = frozenset(subject_ids)
+            try:
+                self._record_subject_access(envelope, incident_id, only, purpose)
+            except NotFound:
+                continue  # keys of a report that failed to save: they open nothing
+            except FailedPrecondition as refused:
+                if refused.reason != "NO_PERSONAL_DATA":
+                    raise
+                continue  # an anonymous reporter, known to the reporting agency alone
+            incident = self._load(incident_id)
+            for subject_id in sorted(only):
+                subject = incident.subjects.get(subject_id)
+                if subject is None:
+                    continue
+                view = self._view(incident, subject, only)
+                trail = tuple(a for a in incident.accesses if subject_id in a.subjects)
+                views.append(replace(view, accesses=trail))
+        return views
+
+    def _record_subject_access(
+        self, envelope: Envelope, incident_id: UUID, only: frozenset[UUID], purpose: str
+    ) -> None:
+        """Record a subject access's read of one incident, as ReadPersonalData records it
+        (once per request id: ``find/`` and a UUID of the incident and the caller's id)."""
+        # One request id per incident, derived from the caller's (and as short as any).
+        request_id = f"find/{uuid5(incident_id, envelope.request_id).hex}"
+        env = replace(envelope, request_id=request_id, causation_id=envelope.request_id)
+        policy = self.reference.personal_data
+
+        def run(reload: bool) -> list[Incident]:
+            incident = self._load_for_write(incident_id, 0, reload=reload)
+            incident.record_personal_data_access(env, purpose, policy, only=only)
+            return [incident]
+
+        command = ReadPersonalData(incident_id, 0, purpose)
+        self._execute(env, command, incident_id, 0, run, (incident_id,))
+
+    def erase_expired_personal_data(self, retention: timedelta, now: datetime | None = None) -> int:
+        """The retention rule: erase the personal data of every incident closed at least
+        ``retention`` ago and not under a legal hold, as the coordinator erasing it with the
+        rule as legal basis (request id ``retention/{incident}``: a second run, or another
+        replica's, records nothing twice). How many incidents it erased."""
+        keys = self._keys()
+        moment = now or self._clock()
+        actor = Actor(self.reference.coordinator, "retention-rule", Role.COORDINATOR)
+        days = retention / timedelta(days=1)
+        erased = 0
+        for incident_id in keys.incidents_with_keys():
+            try:
+                incident = self._load(incident_id)
+            except NotFound:
+                continue  # keys of a report that failed to save
+            if not incident.personal_data_expired(moment, retention):
+                continue
+            request_id = f"retention/{incident_id}"
+            envelope = Envelope(actor, request_id, request_id, request_id)
+            command = ErasePersonalData(
+                incident_id, 0, (), f"retention rule: {days:g} days after closure"
+            )
+            try:
+                self.erase_personal_data(envelope, command)
+            except LedgerError as refused:  # a hold placed meanwhile: the next run sees it
+                log.warning(
+                    "personal_data.retention_refused",
+                    incident=f"incidents/{incident_id}",
+                    reason=refused.reason,
+                )
+                continue
+            erased += 1
+        if erased:
+            log.info("personal_data.retention_erased", incidents=erased, days=days)
+        return erased
+
+    def personal_data_record(
+        self, actor: Actor, incident_id: UUID
+    ) -> tuple[list[PersonalDataAccess], list[DataSubject], dict[str, str]]:
+        """The reads of an incident's personal data, its subjects (references) and legal
+        holds; for the agencies that may read, erase or hold it, and auditors."""
+        incident = self._load(incident_id)
+        incident.check_may_see_personal_data_record(actor, self.reference.personal_data)
+        return list(incident.accesses), list(incident.subjects.values()), dict(incident.legal_holds)
 
     # -------------------------------------------------------------- queries
 

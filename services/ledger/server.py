@@ -6,6 +6,7 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from uuid import UUID
 
 import grpc
@@ -38,12 +39,14 @@ from services.common.sql import (
     schema_lock,
 )
 from services.common.stopping import close_step
+from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.ledger.api.audit_servicer import AuditServicer
 from services.ledger.api.servicer import LedgerServicer
 from services.ledger.api.situation_servicer import SituationServicer
 from services.ledger.application import IngestLimits, Ledger, time_bounds_of
 from services.ledger.audit import Checkpoints, load_signing_key
 from services.ledger.domain.incident import Incident
+from services.ledger.personal_keys import SQLITE_PRAGMAS, PersonalKeys, load_key_ring
 from services.ledger.projections import Projections
 from services.ledger.read_model import ReadModel
 from services.ledger.relay import Relay, create_position_table
@@ -77,10 +80,58 @@ def load_tokens(settings: LedgerSettings, reference: ReferenceData) -> TokenStor
     )
 
 
+def open_personal_keys(settings: LedgerSettings, *, create: bool) -> PersonalKeys:
+    """The key table of personal data, opened with the configured key-encryption keys:
+    a wrong or missing key stops the start here (ConfigError), not at the first read."""
+    ring = load_key_ring(
+        keys=settings.personal_data_keys,
+        key_dir=settings.key_dir,
+        production=settings.production,
+        variable="LEDGER_PERSONAL_DATA_KEYS",
+    )
+    db = open_database(settings.store_env, connections=4, sqlite_pragmas=SQLITE_PRAGMAS)
+    try:
+        keys = PersonalKeys(db, ring, create=create)
+        keys.rewrap()  # rows of a former key-encryption key move under the current one
+    except BaseException:
+        db.close()
+        raise
+    return keys
+
+
 def page_token_secret(settings: LedgerSettings) -> bytes:
     if settings.page_token_secret is not None:
         return settings.page_token_secret
     return shared_secret(settings.data_dir / "page-token.secret")
+
+
+class RetentionRule:
+    """Runs the retention rule of personal data (``LEDGER_PERSONAL_DATA_RETENTION_DAYS``)
+    at start and then every ``interval`` seconds, in a thread of its own. Every replica
+    may run it: an erasure is recorded once (its request id names the incident)."""
+
+    def __init__(self, ledger: Ledger, days: float, interval: float = 3600.0) -> None:
+        self._ledger = ledger
+        self._retention = timedelta(days=days)
+        self._interval = interval
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="retention-rule", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._ledger.erase_expired_personal_data(self._retention)
+            except STORE_CONNECTION_ERRORS as exc:  # the store is away: the next run retries
+                log.warning("personal_data.retention_failed", error=f"{type(exc).__name__}")
+            self._stopping.wait(self._interval)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
 
 @dataclass
@@ -97,6 +148,7 @@ class LedgerServer:
     metrics: Metrics
     stopped: threading.Event
     store_watch: StoreWatch | None = None
+    retention: RetentionRule | None = None
 
     def stop(self, grace: float) -> None:
         """Graceful shutdown: NOT_SERVING first, then drain in-flight calls, then close.
@@ -106,6 +158,8 @@ class LedgerServer:
         """
         self.health.enter_graceful_shutdown()
         close_step("ledger", "grpc", lambda: self.server.stop(grace).wait(grace + 1))
+        if self.retention is not None:
+            close_step("ledger", "retention", self.retention.stop)
         if self.store_watch is not None:
             close_step("ledger", "store_watch", self.store_watch.stop)
         close_step("ledger", "checkpoints", self.checkpoints.close)
@@ -114,6 +168,8 @@ class LedgerServer:
             close_step("ledger", "relay", self.relay.stop)
         close_step("ledger", "projections", self.projections.close)
         close_step("ledger", "store", self.ledger.close)
+        if self.ledger.personal_keys is not None:
+            close_step("ledger", "personal_keys", self.ledger.personal_keys.close)
         self.stopped.set()
 
 
@@ -134,6 +190,8 @@ def build(settings: LedgerSettings) -> LedgerServer:
         migrate(settings)
         settings = replace(settings, store_env={**settings.store_env, "CREATE_TABLE": "n"})
     signing_key = load_signing_key(settings.audit())
+    create = creates_tables(settings.store_env)
+    personal_keys = open_personal_keys(settings, create=create)
     ledger = Ledger(
         reference,
         env=settings.store_env,
@@ -141,8 +199,8 @@ def build(settings: LedgerSettings) -> LedgerServer:
         sealer=Sealer(signing_key),
         time_bounds=time_bounds_of(settings),
         ingest_limits=IngestLimits.of(settings),
+        personal_keys=personal_keys,
     )
-    create = creates_tables(settings.store_env)
     projections = Projections(ledger, settings.store_env, reference, create=create)
     ledger.add_commit_listener(projections.wake)
     projections.start()
@@ -183,6 +241,10 @@ def build(settings: LedgerSettings) -> LedgerServer:
     set_serving(health_servicer, SERVICES)
     store_watch = watch_store(settings, health_servicer)
     checkpoints.start()
+    retention = None
+    if settings.personal_data_retention_days > 0:
+        retention = RetentionRule(ledger, settings.personal_data_retention_days)
+        retention.start()
     log.info(
         "ledger.started",
         listen=settings.listen,
@@ -203,6 +265,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
         metrics,
         threading.Event(),
         store_watch,
+        retention,
     )
 
 
@@ -370,6 +433,7 @@ def migrate(settings: LedgerSettings) -> None:
                 create_position_table(db)
             finally:
                 db.close()
+            open_personal_keys(replace(settings, store_env=store_env), create=True).close()
         finally:
             ledger.close()
     log.info("ledger.migrated", store=store_env.get("PERSISTENCE_MODULE"))

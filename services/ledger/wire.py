@@ -24,6 +24,7 @@ from google.rpc import status_pb2
 
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
+from incidentledger.v1 import personal_data_pb2 as pd
 from services.common.errors import InvalidArgument, LedgerError
 from services.common.jsoncodec import canonical_dumps
 from services.common.request_checks import check_item
@@ -33,6 +34,7 @@ from services.ledger.application import (
     IngestOutcome,
     IngestResult,
     StoredIncidentEvent,
+    SubjectView,
 )
 from services.ledger.domain.commands import (
     AcceptHandover,
@@ -41,10 +43,14 @@ from services.ledger.domain.commands import (
     AssessSeverity,
     AssignLeadAgency,
     Command,
+    ErasePersonalData,
     EscalateIncident,
+    LiftLegalHold,
     LogAction,
     MergeIncident,
+    PlaceLegalHold,
     ProposeHandover,
+    ReadPersonalData,
     RecordCorrection,
     RecordDecision,
     RejectIncident,
@@ -56,12 +62,15 @@ from services.ledger.domain.commands import (
 )
 from services.ledger.domain.incident import (
     ENVELOPE_FIELDS,
+    DataSubject,
     Incident,
+    PersonalDataAccess,
     RejectionReason,
     Status,
     event_fields,
     event_hash,
 )
+from services.ledger.domain.personal import Person, PersonalData, SubjectRole
 
 _NAME_PREFIX = "incidents/"
 
@@ -129,6 +138,32 @@ def required_location(message: Message, field: str) -> dict[str, Any]:
     return location
 
 
+def person_from_proto(message: pd.Person) -> Person:
+    return Person(name=message.name, phone=message.phone, nik=message.nik, address=message.address)
+
+
+def personal_data_from_proto(message: Message, field: str) -> PersonalData | None:
+    """The people a request names (checked by the command's field check)."""
+    if not message.HasField(field):
+        return None
+    data: pd.PersonalData = getattr(message, field)
+    return PersonalData(
+        reporter=person_from_proto(data.reporter) if data.HasField("reporter") else None,
+        anonymous=data.reporter_anonymous,
+        witnesses=tuple(person_from_proto(w) for w in data.witnesses),
+    )
+
+
+def subject_ids(values: Sequence[str], field: str) -> tuple[UUID, ...]:
+    found = []
+    for n, value in enumerate(values):
+        try:
+            found.append(UUID(value))
+        except ValueError:
+            raise InvalidArgument(f"{field}[{n}]", "must be a subject id (UUID)") from None
+    return tuple(found)
+
+
 def rejection_reason(value: int) -> RejectionReason:
     names = {
         pb.REJECTION_REASON_INVALID: RejectionReason.INVALID,
@@ -163,6 +198,7 @@ COMMANDS: Mapping[type, ToCommand] = dict(
                 category=r.category,
                 severity=r.severity,
                 location=required_location(r, "location"),
+                personal_data=personal_data_from_proto(r, "personal_data"),
             ),
         ),
         _to(
@@ -260,6 +296,28 @@ COMMANDS: Mapping[type, ToCommand] = dict(
                 reason=r.reason,
             ),
         ),
+        # --- personal data (docs/personal-data.md)
+        _to(
+            api.ReadPersonalDataRequest,
+            lambda r: ReadPersonalData(parse_name(r.name), r.expected_version, r.purpose),
+        ),
+        _to(
+            api.ErasePersonalDataRequest,
+            lambda r: ErasePersonalData(
+                parse_name(r.name),
+                r.expected_version,
+                subject_ids(r.subjects, "subjects"),
+                r.legal_basis,
+            ),
+        ),
+        _to(
+            api.PlaceLegalHoldRequest,
+            lambda r: PlaceLegalHold(parse_name(r.name), r.expected_version, r.reason),
+        ),
+        _to(
+            api.LiftLegalHoldRequest,
+            lambda r: LiftLegalHold(parse_name(r.name), r.expected_version, r.reason),
+        ),
     ]
 )
 
@@ -289,6 +347,7 @@ def _ingest_item(report: api.DeviceReport) -> IngestItem | InvalidArgument:
                 category=report.category,
                 severity=report.severity,
                 location=required_location(report, "location"),
+                personal_data=personal_data_from_proto(report, "personal_data"),
             ),
             occurred_at=optional_time(report, "occur_time"),
             correlation_id=report.correlation_id,
@@ -415,6 +474,50 @@ def incident_to_proto(incident: Incident) -> pb.Incident:
                 event_id=str(decision.event_id),
             )
         )
+    return message
+
+
+SUBJECT_ROLES: dict[SubjectRole, pd.DataSubjectRole.ValueType] = {
+    SubjectRole.REPORTER: pd.DATA_SUBJECT_ROLE_REPORTER,
+    SubjectRole.WITNESS: pd.DATA_SUBJECT_ROLE_WITNESS,
+}
+
+
+def subject_to_proto(incident_id: UUID, subject: DataSubject) -> pd.DataSubject:
+    """A data subject without their data: a reference, role and state."""
+    return pd.DataSubject(
+        subject_id=str(subject.subject_id),
+        incident=incident_name(incident_id),
+        role=SUBJECT_ROLES[subject.sealed.role],
+        anonymous=subject.sealed.anonymous,
+        state=pd.DATA_SUBJECT_STATE_ERASED if subject.erased else pd.DATA_SUBJECT_STATE_PRESENT,
+    )
+
+
+def access_to_proto(incident_id: UUID, access: PersonalDataAccess) -> pd.PersonalDataAccess:
+    return pd.PersonalDataAccess(
+        event_id=str(access.event_id),
+        incident=incident_name(incident_id),
+        actor=pb.Actor(agency=access.agency, officer=access.officer),
+        subjects=[str(s) for s in access.subjects],
+        purpose=access.purpose,
+        access_time=timestamp(access.time),
+    )
+
+
+def subject_view_to_proto(view: SubjectView) -> pd.DataSubject:
+    """A subject as read: with their data where it was read (an erased one without)."""
+    message = subject_to_proto(view.incident_id, view.subject)
+    if view.person is not None:
+        message.person.CopyFrom(
+            pd.Person(
+                name=view.person.name,
+                phone=view.person.phone,
+                nik=view.person.nik,
+                address=view.person.address,
+            )
+        )
+    message.accesses.extend(access_to_proto(view.incident_id, a) for a in view.accesses)
     return message
 
 

@@ -7,6 +7,7 @@ given as files (``*_FILE``), ``CREATE_TABLE=n`` left to the replicas.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import subprocess
@@ -45,6 +46,8 @@ def migrate_env(tmp_path: Path, store_env: dict[str, str]) -> dict[str, str]:
     )
     (secret_dir / "signing.key").write_bytes(key)
     (secret_dir / "page-token-secret").write_text(secrets.token_hex(32) + "\n")
+    kek = base64.b64encode(secrets.token_bytes(32)).decode()
+    (secret_dir / "personal-data-keys").write_text(f"kek-test:{kek}\n")
     # Any password passes the test server's trust authentication; a real one is used if set.
     password = store_env.get("POSTGRES_PASSWORD") or secrets.token_hex(8)
     (secret_dir / "postgres-password").write_text(password + "\n")
@@ -64,6 +67,7 @@ def migrate_env(tmp_path: Path, store_env: dict[str, str]) -> dict[str, str]:
         "LEDGER_TOKENS_FILE": str(secret_dir / "tokens.yaml"),  # migrate does not read it
         "LEDGER_SIGNING_KEY_FILE": str(secret_dir / "signing.key"),
         "LEDGER_PAGE_TOKEN_SECRET_FILE": str(secret_dir / "page-token-secret"),
+        "LEDGER_PERSONAL_DATA_KEYS_FILE": str(secret_dir / "personal-data-keys"),
         "POSTGRES_PASSWORD_FILE": str(secret_dir / "postgres-password"),
         "CREATE_TABLE": "n",
         "LEDGER_LOG_FORMAT": "json",

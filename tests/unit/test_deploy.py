@@ -55,6 +55,7 @@ SECRET_SETTINGS = {"LEDGER_PAGE_TOKEN_SECRET", "POSTGRES_PASSWORD", "NATS_PASSWO
 SECRET_FILE_SETTINGS = {
     "LEDGER_TOKENS_FILE",
     "LEDGER_SIGNING_KEY_FILE",
+    "LEDGER_PERSONAL_DATA_KEYS_FILE",
     "NOTIFIER_WEBHOOK_KEY_FILE",
     *(f"{name}_FILE" for name in SECRET_SETTINGS),
 }
@@ -293,7 +294,7 @@ def test_kubernetes_secrets_are_mounted_files_never_literals() -> None:
         needed = {"LEDGER_TOKENS_FILE", "LEDGER_PAGE_TOKEN_SECRET_FILE", "POSTGRES_PASSWORD_FILE"}
         needed |= {"NATS_PASSWORD_FILE"}
         if container["image"].startswith("incident-ledger/ledger:"):
-            needed.add("LEDGER_SIGNING_KEY_FILE")
+            needed |= {"LEDGER_SIGNING_KEY_FILE", "LEDGER_PERSONAL_DATA_KEYS_FILE"}
         assert needed <= set(env), f"{name}: missing {needed - set(env)}"
     for name, _, container in workload_containers():
         for item in container.get("env", []):
@@ -330,6 +331,7 @@ def check_service_env(where: str, env: dict[str, str], tmp_path: Path) -> None:
     assert settings.store_env.get("POSTGRES_PASSWORD"), where
     if isinstance(settings, LedgerSettings):
         assert settings.signing_key_file is not None, where
+        assert settings.personal_data_keys is not None, where
         stream, nats_url, nats = settings.relay.stream, settings.relay.nats_url, settings.relay.nats
     else:
         stream, nats_url, nats = settings.stream, settings.nats_url, settings.nats

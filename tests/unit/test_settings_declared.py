@@ -86,6 +86,8 @@ OLD_DEFAULTS: dict[str, object] = {
     "LEDGER_INGEST_MAX_BYTES": 1024 * 1024,
     "LEDGER_RELAY_BATCH": 500,
     "LEDGER_RELAY_POLL_SECONDS": 0.5,
+    "LEDGER_PERSONAL_DATA_KEYS": None,
+    "LEDGER_PERSONAL_DATA_RETENTION_DAYS": 0.0,
     "NOTIFIER_LISTEN": "127.0.0.1:50052",
     "NOTIFIER_METRICS_LISTEN": "",
     "NOTIFIER_STORE": "sqlite",
@@ -125,6 +127,7 @@ OLD_DEFAULTS: dict[str, object] = {
 }
 SECRETS = {
     "LEDGER_PAGE_TOKEN_SECRET",
+    "LEDGER_PERSONAL_DATA_KEYS",
     "NATS_PASSWORD",
     "NATS_TOKEN",
     "POSTGRES_PASSWORD",
@@ -418,6 +421,8 @@ def secret_of(name: str, env: dict[str, str]) -> object:
         return NotifierSettings.from_env({**NATS, **env}).nats.token
     if name == "SITUATION_ROOM_TOKEN":
         return SituationRoomSettings.from_env(env).token
+    if name == "LEDGER_PERSONAL_DATA_KEYS":
+        return LedgerSettings.from_env(env).personal_data_keys
     return LedgerSettings.from_env(env).store_env.get("POSTGRES_PASSWORD")
 
 
@@ -530,6 +535,10 @@ def changes(tmp_path: Path) -> dict[str, dict[str, str]]:
         "LEDGER_INGEST_MAX_BYTES": {"LEDGER_INGEST_MAX_BYTES": "65536"},
         "LEDGER_RELAY_BATCH": {"LEDGER_RELAY_BATCH": "1"},
         "LEDGER_RELAY_POLL_SECONDS": {"LEDGER_RELAY_POLL_SECONDS": "0.1"},
+        "LEDGER_PERSONAL_DATA_KEYS": {
+            "LEDGER_PERSONAL_DATA_KEYS": "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+        },
+        "LEDGER_PERSONAL_DATA_RETENTION_DAYS": {"LEDGER_PERSONAL_DATA_RETENTION_DAYS": "365"},
         "NOTIFIER_LISTEN": {"NOTIFIER_LISTEN": "[::1]:0"},
         "NOTIFIER_METRICS_LISTEN": {"NOTIFIER_METRICS_LISTEN": ":9465"},
         "NOTIFIER_STORE": {"NOTIFIER_STORE": "postgres"},

@@ -40,6 +40,15 @@ from incidentledger_client.errors import (
 )
 from incidentledger_client.ledger import LedgerClient
 from incidentledger_client.notifier import NotifierClient, Subscription
+from incidentledger_client.personal import (
+    DataSubject,
+    LegalHold,
+    Person,
+    PersonalData,
+    PersonalDataAccess,
+    PersonalDataRecord,
+    SubjectState,
+)
 from incidentledger_client.types import (
     Actor,
     AgencyWorkload,
@@ -91,6 +100,7 @@ __all__ = [
     "CommandResult",
     "CursorExpired",
     "DataLoss",
+    "DataSubject",
     "DeadLetter",
     "DeadlineExceeded",
     "Decision",
@@ -116,11 +126,16 @@ __all__ = [
     "KecamatanScore",
     "LedgerClient",
     "LedgerError",
+    "LegalHold",
     "Location",
     "NotFound",
     "Notification",
     "NotifierClient",
     "PermissionDenied",
+    "Person",
+    "PersonalData",
+    "PersonalDataAccess",
+    "PersonalDataRecord",
     "PositionNotRecorded",
     "ProjectionLagging",
     "ProjectionStatus",
@@ -135,6 +150,7 @@ __all__ = [
     "ResponseTimes",
     "RetryPolicy",
     "ScoreReason",
+    "SubjectState",
     "Subscription",
     "TooMuchContention",
     "Unauthenticated",

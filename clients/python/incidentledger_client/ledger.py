@@ -29,6 +29,13 @@ from incidentledger_client._transport import (
     new_request_id,
 )
 from incidentledger_client.errors import InvalidArgument, ResourceExhausted, from_rpc_error
+from incidentledger_client.personal import (
+    DataSubject,
+    LegalHold,
+    PersonalData,
+    PersonalDataAccess,
+    PersonalDataRecord,
+)
 from incidentledger_client.types import (
     AgencyWorkload,
     Checkpoint,
@@ -231,8 +238,10 @@ class LedgerClient:
         occur_time: datetime | None = None,
         correlation_id: str = "",
         request_id: str | None = None,
+        personal_data: PersonalData | None = None,
     ) -> CommandResult:
-        """Report a new incident (``location``: a :class:`Location` or a kecamatan code).
+        """Report a new incident (``location``: a :class:`Location` or a kecamatan code;
+        ``personal_data``: the people it names, sealed by the ledger before it is recorded).
 
         >>> result = ledger.report("Flood at TPS 03", "flood",  # doctest: +SKIP
         ...                        Location("air_manjunto", tps="TPS 03"), severity="high")
@@ -250,6 +259,7 @@ class LedgerClient:
             location=_location(location).to_proto(),
             description=description,
             severity=severity,
+            personal_data=personal_data.to_proto() if personal_data else None,
         )
 
     def ingest_reports(
@@ -747,6 +757,96 @@ class LedgerClient:
             old_value=old_value,
             new_value=new_value,
             reason=reason,
+        )
+
+    # ------------------------------------------- personal data (docs/personal-data.md)
+
+    def read_personal_data(
+        self, name: str, purpose: str, *, request_id: str | None = None
+    ) -> tuple[CommandResult, list[DataSubject]]:
+        """The people an incident names, with their data where the caller may read it; the
+        read is recorded (who, when, ``purpose``) before anything is disclosed."""
+        request = api.ReadPersonalDataRequest(
+            request_id=request_id or new_request_id(), name=name, purpose=purpose
+        )
+        response = self._transport.unary(self._ledger.ReadPersonalData, request)
+        return (
+            CommandResult.from_proto(response.result),
+            [DataSubject.from_proto(s) for s in response.subjects],
+        )
+
+    def find_personal_data(
+        self, purpose: str, *, phone: str = "", nik: str = "", request_id: str | None = None
+    ) -> list[DataSubject]:
+        """Subject access: the person with this phone or NIK in every incident naming them,
+        with their data and every recorded read of it."""
+        request = api.FindPersonalDataRequest(
+            request_id=request_id or new_request_id(), phone=phone, nik=nik, purpose=purpose
+        )
+        response = self._transport.unary(self._ledger.FindPersonalData, request)
+        return [DataSubject.from_proto(s) for s in response.subjects]
+
+    def erase_personal_data(
+        self,
+        name: str,
+        legal_basis: str,
+        *,
+        subjects: Sequence[str] = (),
+        expected_version: int = 0,
+        request_id: str | None = None,
+    ) -> CommandResult:
+        """Erase the data of ``subjects`` (none: everyone the incident names) by destroying
+        their keys; refused (FailedPrecondition, ``LEGAL_HOLD``) under a legal hold."""
+        return self._command(
+            self._ledger.ErasePersonalData,
+            api.ErasePersonalDataRequest,
+            request_id=request_id,
+            occur_time=None,
+            correlation_id="",
+            name=name,
+            expected_version=expected_version,
+            subjects=list(subjects),
+            legal_basis=legal_basis,
+        )
+
+    def place_legal_hold(
+        self, name: str, reason: str, *, request_id: str | None = None
+    ) -> CommandResult:
+        """Block erasure of the incident's personal data (law enforcement, Bawaslu)."""
+        return self._command(
+            self._ledger.PlaceLegalHold,
+            api.PlaceLegalHoldRequest,
+            request_id=request_id,
+            occur_time=None,
+            correlation_id="",
+            name=name,
+            reason=reason,
+        )
+
+    def lift_legal_hold(
+        self, name: str, reason: str, *, request_id: str | None = None
+    ) -> CommandResult:
+        """Lift the caller's agency's legal hold."""
+        return self._command(
+            self._ledger.LiftLegalHold,
+            api.LiftLegalHoldRequest,
+            request_id=request_id,
+            occur_time=None,
+            correlation_id="",
+            name=name,
+            reason=reason,
+        )
+
+    def personal_data_accesses(self, name: str) -> PersonalDataRecord:
+        """Who read the incident's personal data, when and why; its people and holds."""
+        response = self._transport.unary(
+            self._ledger.ListPersonalDataAccesses,
+            api.ListPersonalDataAccessesRequest(name=name),
+        )
+        return PersonalDataRecord(
+            accesses=tuple(PersonalDataAccess.from_proto(a) for a in response.accesses),
+            subjects=tuple(DataSubject.from_proto(s) for s in response.subjects),
+            legal_holds=tuple(LegalHold(h.agency, h.reason) for h in response.legal_holds),
         )
 
     # ------------------------------------------------------------------------- queries

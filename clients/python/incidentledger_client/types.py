@@ -23,6 +23,7 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import notifier_service_pb2 as notifier_pb
 from incidentledger.v1 import situation_service_pb2 as situation_pb
 from incidentledger_client.errors import LedgerError, from_status
+from incidentledger_client.personal import PersonalData
 
 ResponseTimeGrouping = Literal["agency", "severity", "category", "kecamatan"]
 """How :meth:`LedgerClient.response_times` groups its figures."""
@@ -337,6 +338,8 @@ class DeviceReport:
     severity: str = ""
     occur_time: datetime | None = None
     correlation_id: str = ""
+    #: The people the report names (:mod:`incidentledger_client.personal`).
+    personal_data: PersonalData | None = None
 
     def to_proto(self) -> api.DeviceReport:
         location = Location(self.location) if isinstance(self.location, str) else self.location
@@ -353,6 +356,8 @@ class DeviceReport:
         )
         if self.occur_time is not None:
             message.occur_time.CopyFrom(to_timestamp(self.occur_time))
+        if self.personal_data is not None:
+            message.personal_data.CopyFrom(self.personal_data.to_proto())
         return message
 
 

@@ -11,6 +11,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.rpc import status_pb2 as _status_pb2
 from incidentledger.v1 import incident_pb2 as _incident_pb2
+from incidentledger.v1 import personal_data_pb2 as _personal_data_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -116,6 +117,7 @@ class ReportIncidentRequest(_message.Message):
     LOCATION_FIELD_NUMBER: _builtins.int
     OCCUR_TIME_FIELD_NUMBER: _builtins.int
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    PERSONAL_DATA_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     title: _builtins.str
     """Required, at most 200 characters."""
@@ -134,6 +136,10 @@ class ReportIncidentRequest(_message.Message):
     def occur_time(self) -> _timestamp_pb2.Timestamp:
         """When it happened; unset = now."""
 
+    @_builtins.property
+    def personal_data(self) -> _personal_data_pb2.PersonalData:
+        """Optional: the people the report names, sealed before it is recorded."""
+
     def __init__(
         self,
         *,
@@ -145,10 +151,11 @@ class ReportIncidentRequest(_message.Message):
         location: _incident_pb2.Location | None = ...,
         occur_time: _timestamp_pb2.Timestamp | None = ...,
         correlation_id: _builtins.str = ...,
+        personal_data: _personal_data_pb2.PersonalData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "occur_time", b"occur_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "occur_time", b"occur_time", "personal_data", b"personal_data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "correlation_id", b"correlation_id", "description", b"description", "location", b"location", "occur_time", b"occur_time", "request_id", b"request_id", "severity", b"severity", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "correlation_id", b"correlation_id", "description", b"description", "location", b"location", "occur_time", b"occur_time", "personal_data", b"personal_data", "request_id", b"request_id", "severity", b"severity", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1104,6 +1111,7 @@ class RecordCorrectionRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     OCCUR_TIME_FIELD_NUMBER: _builtins.int
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    PERSONAL_DATA_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     name: _builtins.str
     expected_version: _builtins.int
@@ -1123,6 +1131,8 @@ class RecordCorrectionRequest(_message.Message):
     correlation_id: _builtins.str
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def personal_data(self) -> _personal_data_pb2.PersonalData: ...
     def __init__(
         self,
         *,
@@ -1136,10 +1146,11 @@ class RecordCorrectionRequest(_message.Message):
         reason: _builtins.str = ...,
         occur_time: _timestamp_pb2.Timestamp | None = ...,
         correlation_id: _builtins.str = ...,
+        personal_data: _personal_data_pb2.PersonalData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time", "personal_data", b"personal_data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["corrected_event_id", b"corrected_event_id", "correlation_id", b"correlation_id", "expected_version", b"expected_version", "field", b"field", "name", b"name", "new_value", b"new_value", "occur_time", b"occur_time", "old_value", b"old_value", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["corrected_event_id", b"corrected_event_id", "correlation_id", b"correlation_id", "expected_version", b"expected_version", "field", b"field", "name", b"name", "new_value", b"new_value", "occur_time", b"occur_time", "old_value", b"old_value", "personal_data", b"personal_data", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1214,6 +1225,7 @@ class DeviceReport(_message.Message):
     LOCATION_FIELD_NUMBER: _builtins.int
     OCCUR_TIME_FIELD_NUMBER: _builtins.int
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    PERSONAL_DATA_FIELD_NUMBER: _builtins.int
     device_report_id: _builtins.str
     """Required: the device's own id for the report, a UUID it made when the
     officer saved it. With device_id, it is the report's idempotency key: the
@@ -1238,6 +1250,8 @@ class DeviceReport(_message.Message):
     def location(self) -> _incident_pb2.Location: ...
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def personal_data(self) -> _personal_data_pb2.PersonalData: ...
     def __init__(
         self,
         *,
@@ -1251,10 +1265,11 @@ class DeviceReport(_message.Message):
         location: _incident_pb2.Location | None = ...,
         occur_time: _timestamp_pb2.Timestamp | None = ...,
         correlation_id: _builtins.str = ...,
+        personal_data: _personal_data_pb2.PersonalData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["device_record_time", b"device_record_time", "location", b"location", "occur_time", b"occur_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["device_record_time", b"device_record_time", "location", b"location", "occur_time", b"occur_time", "personal_data", b"personal_data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "correlation_id", b"correlation_id", "description", b"description", "device_id", b"device_id", "device_record_time", b"device_record_time", "device_report_id", b"device_report_id", "location", b"location", "occur_time", b"occur_time", "severity", b"severity", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "correlation_id", b"correlation_id", "description", b"description", "device_id", b"device_id", "device_record_time", b"device_record_time", "device_report_id", b"device_report_id", "location", b"location", "occur_time", b"occur_time", "personal_data", b"personal_data", "severity", b"severity", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1700,3 +1715,352 @@ class GetReferenceDataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetReferenceDataResponse: _TypeAlias = GetReferenceDataResponse  # noqa: Y015
+
+@_typing.final
+class ReadPersonalDataRequest(_message.Message):
+    """--- Personal data of reporters and witnesses (docs/personal-data.md) ---"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    OCCUR_TIME_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    name: _builtins.str
+    expected_version: _builtins.int
+    purpose: _builtins.str
+    """Required, 5-500 characters: why the data is read; recorded with the read."""
+    correlation_id: _builtins.str
+    @_builtins.property
+    def occur_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+        purpose: _builtins.str = ...,
+        occur_time: _timestamp_pb2.Timestamp | None = ...,
+        correlation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "expected_version", b"expected_version", "name", b"name", "occur_time", b"occur_time", "purpose", b"purpose", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadPersonalDataRequest: _TypeAlias = ReadPersonalDataRequest  # noqa: Y015
+
+@_typing.final
+class ReadPersonalDataResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    SUBJECTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> Global___CommandResult:
+        """The PersonalDataAccessed event that records the read."""
+
+    @_builtins.property
+    def subjects(self) -> _containers.RepeatedCompositeFieldContainer[_personal_data_pb2.DataSubject]:
+        """The subjects the caller may see, with their data (erased ones without)."""
+
+    def __init__(
+        self,
+        *,
+        result: Global___CommandResult | None = ...,
+        subjects: _abc.Iterable[_personal_data_pb2.DataSubject] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "subjects", b"subjects"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadPersonalDataResponse: _TypeAlias = ReadPersonalDataResponse  # noqa: Y015
+
+@_typing.final
+class ErasePersonalDataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    SUBJECTS_FIELD_NUMBER: _builtins.int
+    LEGAL_BASIS_FIELD_NUMBER: _builtins.int
+    OCCUR_TIME_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    name: _builtins.str
+    expected_version: _builtins.int
+    legal_basis: _builtins.str
+    """Required, 5-500 characters: the request or rule the erasure follows."""
+    correlation_id: _builtins.str
+    @_builtins.property
+    def subjects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The subject ids to erase; empty = every person the incident names."""
+
+    @_builtins.property
+    def occur_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+        subjects: _abc.Iterable[_builtins.str] | None = ...,
+        legal_basis: _builtins.str = ...,
+        occur_time: _timestamp_pb2.Timestamp | None = ...,
+        correlation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "expected_version", b"expected_version", "legal_basis", b"legal_basis", "name", b"name", "occur_time", b"occur_time", "request_id", b"request_id", "subjects", b"subjects"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErasePersonalDataRequest: _TypeAlias = ErasePersonalDataRequest  # noqa: Y015
+
+@_typing.final
+class ErasePersonalDataResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> Global___CommandResult: ...
+    def __init__(
+        self,
+        *,
+        result: Global___CommandResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErasePersonalDataResponse: _TypeAlias = ErasePersonalDataResponse  # noqa: Y015
+
+@_typing.final
+class PlaceLegalHoldRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    OCCUR_TIME_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    name: _builtins.str
+    expected_version: _builtins.int
+    reason: _builtins.str
+    """Required, at most 4000 characters: the case or ground of the hold."""
+    correlation_id: _builtins.str
+    @_builtins.property
+    def occur_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        occur_time: _timestamp_pb2.Timestamp | None = ...,
+        correlation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "expected_version", b"expected_version", "name", b"name", "occur_time", b"occur_time", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceLegalHoldRequest: _TypeAlias = PlaceLegalHoldRequest  # noqa: Y015
+
+@_typing.final
+class PlaceLegalHoldResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> Global___CommandResult: ...
+    def __init__(
+        self,
+        *,
+        result: Global___CommandResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceLegalHoldResponse: _TypeAlias = PlaceLegalHoldResponse  # noqa: Y015
+
+@_typing.final
+class LiftLegalHoldRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    OCCUR_TIME_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    name: _builtins.str
+    expected_version: _builtins.int
+    reason: _builtins.str
+    """Required, at most 4000 characters."""
+    correlation_id: _builtins.str
+    @_builtins.property
+    def occur_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        occur_time: _timestamp_pb2.Timestamp | None = ...,
+        correlation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "expected_version", b"expected_version", "name", b"name", "occur_time", b"occur_time", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiftLegalHoldRequest: _TypeAlias = LiftLegalHoldRequest  # noqa: Y015
+
+@_typing.final
+class LiftLegalHoldResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> Global___CommandResult: ...
+    def __init__(
+        self,
+        *,
+        result: Global___CommandResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiftLegalHoldResponse: _TypeAlias = LiftLegalHoldResponse  # noqa: Y015
+
+@_typing.final
+class FindPersonalDataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
+    NIK_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    phone: _builtins.str
+    """One of phone (E.164 or 08...) and nik (16 digits)."""
+    nik: _builtins.str
+    purpose: _builtins.str
+    """Required, 5-500 characters (for example the subject's request number)."""
+    correlation_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        phone: _builtins.str = ...,
+        nik: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+        correlation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "nik", b"nik", "phone", b"phone", "purpose", b"purpose", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindPersonalDataRequest: _TypeAlias = FindPersonalDataRequest  # noqa: Y015
+
+@_typing.final
+class FindPersonalDataResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subjects(self) -> _containers.RepeatedCompositeFieldContainer[_personal_data_pb2.DataSubject]:
+        """The person in each incident that names them, with their data and the
+        reads of it.
+        """
+
+    def __init__(
+        self,
+        *,
+        subjects: _abc.Iterable[_personal_data_pb2.DataSubject] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subjects", b"subjects"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindPersonalDataResponse: _TypeAlias = FindPersonalDataResponse  # noqa: Y015
+
+@_typing.final
+class ListPersonalDataAccessesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The incident: "incidents/{id}"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPersonalDataAccessesRequest: _TypeAlias = ListPersonalDataAccessesRequest  # noqa: Y015
+
+@_typing.final
+class ListPersonalDataAccessesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCESSES_FIELD_NUMBER: _builtins.int
+    SUBJECTS_FIELD_NUMBER: _builtins.int
+    LEGAL_HOLDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def accesses(self) -> _containers.RepeatedCompositeFieldContainer[_personal_data_pb2.PersonalDataAccess]:
+        """Oldest first."""
+
+    @_builtins.property
+    def subjects(self) -> _containers.RepeatedCompositeFieldContainer[_personal_data_pb2.DataSubject]:
+        """The people the report names, without their data."""
+
+    @_builtins.property
+    def legal_holds(self) -> _containers.RepeatedCompositeFieldContainer[_personal_data_pb2.LegalHold]: ...
+    def __init__(
+        self,
+        *,
+        accesses: _abc.Iterable[_personal_data_pb2.PersonalDataAccess] | None = ...,
+        subjects: _abc.Iterable[_personal_data_pb2.DataSubject] | None = ...,
+        legal_holds: _abc.Iterable[_personal_data_pb2.LegalHold] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accesses", b"accesses", "legal_holds", b"legal_holds", "subjects", b"subjects"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPersonalDataAccessesResponse: _TypeAlias = ListPersonalDataAccessesResponse  # noqa: Y015

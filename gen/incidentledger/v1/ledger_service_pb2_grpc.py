@@ -166,6 +166,36 @@ class LedgerServiceStub:
                 request_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.GetReferenceDataRequest.SerializeToString,
                 response_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.GetReferenceDataResponse.FromString,
                 _registered_method=True)
+        self.ReadPersonalData = channel.unary_unary(
+                '/incidentledger.v1.LedgerService/ReadPersonalData',
+                request_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.ReadPersonalDataRequest.SerializeToString,
+                response_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.ReadPersonalDataResponse.FromString,
+                _registered_method=True)
+        self.ErasePersonalData = channel.unary_unary(
+                '/incidentledger.v1.LedgerService/ErasePersonalData',
+                request_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.ErasePersonalDataRequest.SerializeToString,
+                response_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.ErasePersonalDataResponse.FromString,
+                _registered_method=True)
+        self.PlaceLegalHold = channel.unary_unary(
+                '/incidentledger.v1.LedgerService/PlaceLegalHold',
+                request_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.PlaceLegalHoldRequest.SerializeToString,
+                response_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.PlaceLegalHoldResponse.FromString,
+                _registered_method=True)
+        self.LiftLegalHold = channel.unary_unary(
+                '/incidentledger.v1.LedgerService/LiftLegalHold',
+                request_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.LiftLegalHoldRequest.SerializeToString,
+                response_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.LiftLegalHoldResponse.FromString,
+                _registered_method=True)
+        self.FindPersonalData = channel.unary_unary(
+                '/incidentledger.v1.LedgerService/FindPersonalData',
+                request_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.FindPersonalDataRequest.SerializeToString,
+                response_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.FindPersonalDataResponse.FromString,
+                _registered_method=True)
+        self.ListPersonalDataAccesses = channel.unary_unary(
+                '/incidentledger.v1.LedgerService/ListPersonalDataAccesses',
+                request_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.ListPersonalDataAccessesRequest.SerializeToString,
+                response_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.ListPersonalDataAccessesResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -354,6 +384,58 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadPersonalData(self, request, context):
+        """--- Personal data of reporters and witnesses (docs/personal-data.md) ---
+        Read the personal data of an incident's report, stating the purpose: for
+        the agencies the reference data allows and the reporting agency (an
+        anonymous reporter: the reporting agency only). The read is recorded as a
+        PersonalDataAccessed event before anything is disclosed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ErasePersonalData(self, request, context):
+        """Erase personal data: the subjects' keys are destroyed and a
+        PersonalDataErased event (without personal data) recorded.
+        FAILED_PRECONDITION (LEGAL_HOLD) while a legal hold is in force.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlaceLegalHold(self, request, context):
+        """Place a legal hold on an incident's personal data (agencies the reference
+        data names: law enforcement, Bawaslu); erasure is refused until lifted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LiftLegalHold(self, request, context):
+        """Lift the caller's legal hold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindPersonalData(self, request, context):
+        """Subject access: find a person's data by phone or NIK (a keyed blind
+        index), in every incident that names them; each incident's read recorded
+        as ReadPersonalData records it. Only that person's data is returned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPersonalDataAccesses(self, request, context):
+        """Who read an incident's personal data, when and why; its subjects (without
+        their data) and its legal holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -466,6 +548,36 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.GetReferenceData,
                     request_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.GetReferenceDataRequest.FromString,
                     response_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.GetReferenceDataResponse.SerializeToString,
+            ),
+            'ReadPersonalData': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadPersonalData,
+                    request_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.ReadPersonalDataRequest.FromString,
+                    response_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.ReadPersonalDataResponse.SerializeToString,
+            ),
+            'ErasePersonalData': grpc.unary_unary_rpc_method_handler(
+                    servicer.ErasePersonalData,
+                    request_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.ErasePersonalDataRequest.FromString,
+                    response_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.ErasePersonalDataResponse.SerializeToString,
+            ),
+            'PlaceLegalHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlaceLegalHold,
+                    request_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.PlaceLegalHoldRequest.FromString,
+                    response_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.PlaceLegalHoldResponse.SerializeToString,
+            ),
+            'LiftLegalHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiftLegalHold,
+                    request_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.LiftLegalHoldRequest.FromString,
+                    response_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.LiftLegalHoldResponse.SerializeToString,
+            ),
+            'FindPersonalData': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindPersonalData,
+                    request_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.FindPersonalDataRequest.FromString,
+                    response_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.FindPersonalDataResponse.SerializeToString,
+            ),
+            'ListPersonalDataAccesses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPersonalDataAccesses,
+                    request_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.ListPersonalDataAccessesRequest.FromString,
+                    response_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.ListPersonalDataAccessesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1084,6 +1196,168 @@ class LedgerService:
             '/incidentledger.v1.LedgerService/GetReferenceData',
             incidentledger_dot_v1_dot_ledger__service__pb2.GetReferenceDataRequest.SerializeToString,
             incidentledger_dot_v1_dot_ledger__service__pb2.GetReferenceDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadPersonalData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/incidentledger.v1.LedgerService/ReadPersonalData',
+            incidentledger_dot_v1_dot_ledger__service__pb2.ReadPersonalDataRequest.SerializeToString,
+            incidentledger_dot_v1_dot_ledger__service__pb2.ReadPersonalDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ErasePersonalData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/incidentledger.v1.LedgerService/ErasePersonalData',
+            incidentledger_dot_v1_dot_ledger__service__pb2.ErasePersonalDataRequest.SerializeToString,
+            incidentledger_dot_v1_dot_ledger__service__pb2.ErasePersonalDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlaceLegalHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/incidentledger.v1.LedgerService/PlaceLegalHold',
+            incidentledger_dot_v1_dot_ledger__service__pb2.PlaceLegalHoldRequest.SerializeToString,
+            incidentledger_dot_v1_dot_ledger__service__pb2.PlaceLegalHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiftLegalHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/incidentledger.v1.LedgerService/LiftLegalHold',
+            incidentledger_dot_v1_dot_ledger__service__pb2.LiftLegalHoldRequest.SerializeToString,
+            incidentledger_dot_v1_dot_ledger__service__pb2.LiftLegalHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindPersonalData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/incidentledger.v1.LedgerService/FindPersonalData',
+            incidentledger_dot_v1_dot_ledger__service__pb2.FindPersonalDataRequest.SerializeToString,
+            incidentledger_dot_v1_dot_ledger__service__pb2.FindPersonalDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPersonalDataAccesses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/incidentledger.v1.LedgerService/ListPersonalDataAccesses',
+            incidentledger_dot_v1_dot_ledger__service__pb2.ListPersonalDataAccessesRequest.SerializeToString,
+            incidentledger_dot_v1_dot_ledger__service__pb2.ListPersonalDataAccessesResponse.FromString,
             options,
             channel_credentials,
             insecure,

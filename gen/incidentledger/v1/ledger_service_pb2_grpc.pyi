@@ -109,6 +109,33 @@ class LedgerServiceStub:
     roles, kecamatan with their desa, categories with their IKP dimension,
     severities. Configuration of the ledger, the same for every caller.
     """
+    ReadPersonalData: _grpc.UnaryUnaryMultiCallable[_ledger_service_pb2.ReadPersonalDataRequest, _ledger_service_pb2.ReadPersonalDataResponse]
+    """--- Personal data of reporters and witnesses (docs/personal-data.md) ---
+    Read the personal data of an incident's report, stating the purpose: for
+    the agencies the reference data allows and the reporting agency (an
+    anonymous reporter: the reporting agency only). The read is recorded as a
+    PersonalDataAccessed event before anything is disclosed.
+    """
+    ErasePersonalData: _grpc.UnaryUnaryMultiCallable[_ledger_service_pb2.ErasePersonalDataRequest, _ledger_service_pb2.ErasePersonalDataResponse]
+    """Erase personal data: the subjects' keys are destroyed and a
+    PersonalDataErased event (without personal data) recorded.
+    FAILED_PRECONDITION (LEGAL_HOLD) while a legal hold is in force.
+    """
+    PlaceLegalHold: _grpc.UnaryUnaryMultiCallable[_ledger_service_pb2.PlaceLegalHoldRequest, _ledger_service_pb2.PlaceLegalHoldResponse]
+    """Place a legal hold on an incident's personal data (agencies the reference
+    data names: law enforcement, Bawaslu); erasure is refused until lifted.
+    """
+    LiftLegalHold: _grpc.UnaryUnaryMultiCallable[_ledger_service_pb2.LiftLegalHoldRequest, _ledger_service_pb2.LiftLegalHoldResponse]
+    """Lift the caller's legal hold."""
+    FindPersonalData: _grpc.UnaryUnaryMultiCallable[_ledger_service_pb2.FindPersonalDataRequest, _ledger_service_pb2.FindPersonalDataResponse]
+    """Subject access: find a person's data by phone or NIK (a keyed blind
+    index), in every incident that names them; each incident's read recorded
+    as ReadPersonalData records it. Only that person's data is returned.
+    """
+    ListPersonalDataAccesses: _grpc.UnaryUnaryMultiCallable[_ledger_service_pb2.ListPersonalDataAccessesRequest, _ledger_service_pb2.ListPersonalDataAccessesResponse]
+    """Who read an incident's personal data, when and why; its subjects (without
+    their data) and its legal holds.
+    """
 
 @_typing.type_check_only
 class LedgerServiceAsyncStub(LedgerServiceStub):
@@ -190,6 +217,33 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """The reference data requests are checked against: agencies with their
     roles, kecamatan with their desa, categories with their IKP dimension,
     severities. Configuration of the ledger, the same for every caller.
+    """
+    ReadPersonalData: _aio.UnaryUnaryMultiCallable[_ledger_service_pb2.ReadPersonalDataRequest, _ledger_service_pb2.ReadPersonalDataResponse]  # type: ignore[assignment]
+    """--- Personal data of reporters and witnesses (docs/personal-data.md) ---
+    Read the personal data of an incident's report, stating the purpose: for
+    the agencies the reference data allows and the reporting agency (an
+    anonymous reporter: the reporting agency only). The read is recorded as a
+    PersonalDataAccessed event before anything is disclosed.
+    """
+    ErasePersonalData: _aio.UnaryUnaryMultiCallable[_ledger_service_pb2.ErasePersonalDataRequest, _ledger_service_pb2.ErasePersonalDataResponse]  # type: ignore[assignment]
+    """Erase personal data: the subjects' keys are destroyed and a
+    PersonalDataErased event (without personal data) recorded.
+    FAILED_PRECONDITION (LEGAL_HOLD) while a legal hold is in force.
+    """
+    PlaceLegalHold: _aio.UnaryUnaryMultiCallable[_ledger_service_pb2.PlaceLegalHoldRequest, _ledger_service_pb2.PlaceLegalHoldResponse]  # type: ignore[assignment]
+    """Place a legal hold on an incident's personal data (agencies the reference
+    data names: law enforcement, Bawaslu); erasure is refused until lifted.
+    """
+    LiftLegalHold: _aio.UnaryUnaryMultiCallable[_ledger_service_pb2.LiftLegalHoldRequest, _ledger_service_pb2.LiftLegalHoldResponse]  # type: ignore[assignment]
+    """Lift the caller's legal hold."""
+    FindPersonalData: _aio.UnaryUnaryMultiCallable[_ledger_service_pb2.FindPersonalDataRequest, _ledger_service_pb2.FindPersonalDataResponse]  # type: ignore[assignment]
+    """Subject access: find a person's data by phone or NIK (a keyed blind
+    index), in every incident that names them; each incident's read recorded
+    as ReadPersonalData records it. Only that person's data is returned.
+    """
+    ListPersonalDataAccesses: _aio.UnaryUnaryMultiCallable[_ledger_service_pb2.ListPersonalDataAccessesRequest, _ledger_service_pb2.ListPersonalDataAccessesResponse]  # type: ignore[assignment]
+    """Who read an incident's personal data, when and why; its subjects (without
+    their data) and its legal holds.
     """
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -401,6 +455,69 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         """The reference data requests are checked against: agencies with their
         roles, kecamatan with their desa, categories with their IKP dimension,
         severities. Configuration of the ledger, the same for every caller.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadPersonalData(
+        self,
+        request: _ledger_service_pb2.ReadPersonalDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_service_pb2.ReadPersonalDataResponse, _abc.Awaitable[_ledger_service_pb2.ReadPersonalDataResponse]]:
+        """--- Personal data of reporters and witnesses (docs/personal-data.md) ---
+        Read the personal data of an incident's report, stating the purpose: for
+        the agencies the reference data allows and the reporting agency (an
+        anonymous reporter: the reporting agency only). The read is recorded as a
+        PersonalDataAccessed event before anything is disclosed.
+        """
+
+    @_abc_1.abstractmethod
+    def ErasePersonalData(
+        self,
+        request: _ledger_service_pb2.ErasePersonalDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_service_pb2.ErasePersonalDataResponse, _abc.Awaitable[_ledger_service_pb2.ErasePersonalDataResponse]]:
+        """Erase personal data: the subjects' keys are destroyed and a
+        PersonalDataErased event (without personal data) recorded.
+        FAILED_PRECONDITION (LEGAL_HOLD) while a legal hold is in force.
+        """
+
+    @_abc_1.abstractmethod
+    def PlaceLegalHold(
+        self,
+        request: _ledger_service_pb2.PlaceLegalHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_service_pb2.PlaceLegalHoldResponse, _abc.Awaitable[_ledger_service_pb2.PlaceLegalHoldResponse]]:
+        """Place a legal hold on an incident's personal data (agencies the reference
+        data names: law enforcement, Bawaslu); erasure is refused until lifted.
+        """
+
+    @_abc_1.abstractmethod
+    def LiftLegalHold(
+        self,
+        request: _ledger_service_pb2.LiftLegalHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_service_pb2.LiftLegalHoldResponse, _abc.Awaitable[_ledger_service_pb2.LiftLegalHoldResponse]]:
+        """Lift the caller's legal hold."""
+
+    @_abc_1.abstractmethod
+    def FindPersonalData(
+        self,
+        request: _ledger_service_pb2.FindPersonalDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_service_pb2.FindPersonalDataResponse, _abc.Awaitable[_ledger_service_pb2.FindPersonalDataResponse]]:
+        """Subject access: find a person's data by phone or NIK (a keyed blind
+        index), in every incident that names them; each incident's read recorded
+        as ReadPersonalData records it. Only that person's data is returned.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPersonalDataAccesses(
+        self,
+        request: _ledger_service_pb2.ListPersonalDataAccessesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_service_pb2.ListPersonalDataAccessesResponse, _abc.Awaitable[_ledger_service_pb2.ListPersonalDataAccessesResponse]]:
+        """Who read an incident's personal data, when and why; its subjects (without
+        their data) and its legal holds.
         """
 
 def add_LedgerServiceServicer_to_server(servicer: LedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

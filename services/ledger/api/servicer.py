@@ -16,12 +16,14 @@ from typing_extensions import override
 
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
+from incidentledger.v1 import personal_data_pb2 as pd
 from services.common.errors import InvalidArgument
 from services.common.grpc_errors import to_status_proto
 from services.common.grpc_server import current_principal
 from services.common.pagetoken import PageTokens, page_of
 from services.ledger import wire
 from services.ledger.application import Ledger
+from services.ledger.domain.commands import ErasePersonalData, ReadPersonalData
 from services.ledger.domain.incident import Actor, Envelope
 from services.ledger.projections import BoardFilter
 from services.ledger.read_model import ReadModel
@@ -68,7 +70,8 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
         return Actor(principal.agency, principal.officer, role)
 
     def _envelope(self, request: Message) -> Envelope:
-        occurred = wire.optional_time(request, "occur_time")
+        stated = "occur_time" in request.DESCRIPTOR.fields_by_name
+        occurred = wire.optional_time(request, "occur_time") if stated else None
         ids = cast(_CommandIds, request)
         return Envelope(
             actor=self._actor(),
@@ -187,6 +190,64 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
         self, request: api.RecordCorrectionRequest, context: grpc.ServicerContext
     ) -> api.RecordCorrectionResponse:
         return self._command(request, api.RecordCorrectionResponse)
+
+    # --------------------------------------- personal data (docs/personal-data.md)
+
+    @override
+    def ReadPersonalData(
+        self, request: api.ReadPersonalDataRequest, context: grpc.ServicerContext
+    ) -> api.ReadPersonalDataResponse:
+        command = wire.command_from_proto(request)
+        if not isinstance(command, ReadPersonalData):
+            raise TypeError(f"not a read: {command!r}")
+        read = self._ledger.read_personal_data(self._envelope(request), command)
+        return api.ReadPersonalDataResponse(
+            result=wire.result_to_proto(read.result),
+            subjects=[wire.subject_view_to_proto(v) for v in read.subjects],
+        )
+
+    @override
+    def ErasePersonalData(
+        self, request: api.ErasePersonalDataRequest, context: grpc.ServicerContext
+    ) -> api.ErasePersonalDataResponse:
+        command = wire.command_from_proto(request)
+        if not isinstance(command, ErasePersonalData):
+            raise TypeError(f"not an erasure: {command!r}")
+        result = self._ledger.erase_personal_data(self._envelope(request), command)
+        return api.ErasePersonalDataResponse(result=wire.result_to_proto(result))
+
+    @override
+    def PlaceLegalHold(
+        self, request: api.PlaceLegalHoldRequest, context: grpc.ServicerContext
+    ) -> api.PlaceLegalHoldResponse:
+        return self._command(request, api.PlaceLegalHoldResponse)
+
+    @override
+    def LiftLegalHold(
+        self, request: api.LiftLegalHoldRequest, context: grpc.ServicerContext
+    ) -> api.LiftLegalHoldResponse:
+        return self._command(request, api.LiftLegalHoldResponse)
+
+    @override
+    def FindPersonalData(
+        self, request: api.FindPersonalDataRequest, context: grpc.ServicerContext
+    ) -> api.FindPersonalDataResponse:
+        views = self._ledger.find_personal_data(
+            self._envelope(request), phone=request.phone, nik=request.nik, purpose=request.purpose
+        )
+        return api.FindPersonalDataResponse(subjects=[wire.subject_view_to_proto(v) for v in views])
+
+    @override
+    def ListPersonalDataAccesses(
+        self, request: api.ListPersonalDataAccessesRequest, context: grpc.ServicerContext
+    ) -> api.ListPersonalDataAccessesResponse:
+        incident_id = wire.parse_name(request.name)
+        accesses, subjects, holds = self._ledger.personal_data_record(self._actor(), incident_id)
+        return api.ListPersonalDataAccessesResponse(
+            accesses=[wire.access_to_proto(incident_id, a) for a in accesses],
+            subjects=[wire.subject_to_proto(incident_id, s) for s in subjects],
+            legal_holds=[pd.LegalHold(agency=a, reason=r) for a, r in sorted(holds.items())],
+        )
 
     @override
     def IngestReports(

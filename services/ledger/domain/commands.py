@@ -26,8 +26,9 @@ from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 from services.common.errors import InvalidArgument
-from services.common.reference import ReferenceData, Role
+from services.common.reference import PersonalDataPolicy, ReferenceData, Role
 from services.ledger.domain.incident import DeviceRecord, Envelope, Incident, RejectionReason
+from services.ledger.domain.personal import PersonalData, check_purpose, checked_personal_data
 from services.ledger.domain.times import TimeBounds
 
 MAX_TITLE = 200
@@ -105,6 +106,16 @@ def severity(*, default: bool = False) -> dict[str, Any]:
     return _spec(check)
 
 
+def people() -> dict[str, Any]:
+    """The people a report names (services/ledger/domain/personal.py), normalised."""
+    return _spec(lambda _rules, name, value: checked_personal_data(value, name))
+
+
+def purpose() -> dict[str, Any]:
+    """Why personal data is read or erased, in words."""
+    return _spec(lambda _rules, name, value: check_purpose(value, name))
+
+
 def location() -> dict[str, Any]:
     """A place in the reference data (kecamatan, desa), or None where it is optional."""
 
@@ -176,6 +187,9 @@ class Command:
     #: Fields left out of the idempotency fingerprint. Only for fingerprints already
     #: stored before commands were objects: see :class:`MergeIncident`.
     UNFINGERPRINTED: ClassVar[frozenset[str]] = frozenset()
+    #: Fields added to a command after its fingerprints were first stored: left out of
+    #: the fingerprint while None, so that a retry of a request recorded before replays.
+    OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset()
 
     def check(self, rules: Rules) -> None:
         """Checks across fields, after each field's own (none by default)."""
@@ -211,6 +225,32 @@ class IncidentCommand(Command, ABC):
     def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
         """The command's rule on the aggregate(s) (``others`` as :meth:`other_incidents`)."""
 
+    def run(
+        self, reference: ReferenceData, envelope: Envelope, incident: Incident, *others: Incident
+    ) -> None:
+        """The rule as the application runs it: :meth:`apply`, unless the rule also
+        consults the reference data (:class:`PersonalDataCommand`)."""
+        self.apply(envelope, incident, *others)
+
+
+@dataclass(frozen=True)
+class PersonalDataCommand(IncidentCommand, ABC):
+    """A command on the personal data of an incident: its rule consults who may do what
+    (the reference data's ``personal_data`` policy)."""
+
+    def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
+        raise TypeError(f"{command_name(self)} runs with the reference data's policy (run)")
+
+    def run(
+        self, reference: ReferenceData, envelope: Envelope, incident: Incident, *others: Incident
+    ) -> None:
+        self.apply_policy(reference.personal_data, envelope, incident)
+
+    @abstractmethod
+    def apply_policy(
+        self, policy: PersonalDataPolicy, envelope: Envelope, incident: Incident
+    ) -> None: ...
+
 
 def command_name(command: Command | type[Command]) -> str:
     """The command's name: its RPC's, and the one idempotency records store."""
@@ -243,10 +283,19 @@ class ReportIncident(CreatingCommand):
     category: str = dataclasses.field(metadata=category())
     severity: str = dataclasses.field(metadata=severity(default=True))
     location: dict[str, Any] = dataclasses.field(metadata=location())
+    personal_data: PersonalData | None = dataclasses.field(default=None, metadata=people())
+
+    OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"personal_data"})
 
     def create(self, envelope: Envelope, device: DeviceRecord | None = None) -> Incident:
         """The incident reported; ``device``: the field device it came from, if any
-        (``IngestReports``: the same command, recorded with the device's provenance)."""
+        (``IngestReports``: the same command, recorded with the device's provenance).
+        Personal data must have been sealed (by the application) for the incident."""
+        sealed = None
+        if self.personal_data is not None:
+            sealed = self.personal_data.sealed
+            if sealed is None:
+                raise TypeError("personal data must be sealed before the report is made")
         return Incident.report(
             envelope,
             title=self.title,
@@ -254,8 +303,9 @@ class ReportIncident(CreatingCommand):
             category=self.category,
             severity=self.severity,
             location=self.location,
-            incident_id=uuid4(),
+            incident_id=sealed.incident_id if sealed else uuid4(),
             device=device,
+            personal=sealed,
         )
 
 
@@ -448,6 +498,56 @@ class RecordCorrection(IncidentCommand):
         )
 
 
+# ---------------------------------------------- personal data (docs/personal-data.md)
+
+
+@dataclass(frozen=True)
+class ReadPersonalData(PersonalDataCommand):
+    """Records a read of the incident's personal data, for a stated purpose; the
+    application decrypts what the recorded access names."""
+
+    purpose: str = dataclasses.field(metadata=purpose())
+
+    def apply_policy(
+        self, policy: PersonalDataPolicy, envelope: Envelope, incident: Incident
+    ) -> None:
+        incident.record_personal_data_access(envelope, self.purpose, policy)
+
+
+@dataclass(frozen=True)
+class ErasePersonalData(PersonalDataCommand):
+    """Erases the subjects' data (none named: everyone's in the incident); the application
+    destroys their keys once the erasure is recorded."""
+
+    subjects: tuple[UUID, ...]
+    legal_basis: str = dataclasses.field(metadata=purpose())
+
+    def apply_policy(
+        self, policy: PersonalDataPolicy, envelope: Envelope, incident: Incident
+    ) -> None:
+        incident.erase_personal_data(envelope, self.subjects, self.legal_basis, policy)
+
+
+@dataclass(frozen=True)
+class PlaceLegalHold(PersonalDataCommand):
+    reason: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
+
+    def apply_policy(
+        self, policy: PersonalDataPolicy, envelope: Envelope, incident: Incident
+    ) -> None:
+        incident.place_legal_hold(envelope, self.reason, policy)
+
+
+@dataclass(frozen=True)
+class LiftLegalHold(PersonalDataCommand):
+    reason: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
+
+    def apply_policy(
+        self, policy: PersonalDataPolicy, envelope: Envelope, incident: Incident
+    ) -> None:
+        incident.lift_legal_hold(envelope, self.reason, policy)
+
+
 def check_corrected_value(rules: Rules, field: str, new_value: str) -> None:
     """A corrected value must be one the field could have held."""
     reference = rules.reference
@@ -470,7 +570,7 @@ def check_corrected_value(rules: Rules, field: str, new_value: str) -> None:
 
 def command_types() -> tuple[type[Command], ...]:
     """Every command of this module, in declaration order."""
-    kinds = (Command, CreatingCommand, IncidentCommand)
+    kinds = (Command, CreatingCommand, IncidentCommand, PersonalDataCommand)
     return tuple(
         value
         for value in globals().values()

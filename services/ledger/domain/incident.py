@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -23,7 +23,8 @@ from services.common.errors import (
     PermissionDenied,
 )
 from services.common.jsoncodec import canonical_dumps
-from services.common.reference import Role
+from services.common.reference import PersonalDataPolicy, Role
+from services.ledger.domain.personal import SealedReport, SealedSubject, SubjectRole
 
 GENESIS_HASH = "0" * 64
 
@@ -102,6 +103,36 @@ DEVICE_FIELDS = (
     "device_record_time",
     "device_clock_skew_ms",
 )
+
+
+#: The payload fields a ``Reported`` event has only when set: absent from every report
+#: without them, so that its payload and hash stay as they always were.
+OPTIONAL_REPORT_FIELDS = (*DEVICE_FIELDS, "personal_data")
+
+
+@dataclass(frozen=True)
+class DataSubject:
+    """A person named in the incident's report, as the incident knows them: a reference
+    and their sealed data, never the data itself. ``erased``: their key was destroyed."""
+
+    sealed: SealedSubject
+    erased: bool = False
+
+    @property
+    def subject_id(self) -> UUID:
+        return self.sealed.subject_id
+
+
+@dataclass(frozen=True)
+class PersonalDataAccess:
+    """One read of personal data: who, whose, when, why (the *rekam jejak pemrosesan*)."""
+
+    event_id: UUID
+    agency: str
+    officer: str
+    subjects: tuple[UUID, ...]
+    purpose: str
+    time: datetime
 
 
 def canonical_json(value: Any) -> bytes:
@@ -186,12 +217,14 @@ class Incident(Aggregate):
         device_report_id: UUID | None = None
         device_record_time: datetime | None = None
         device_clock_skew_ms: int | None = None
+        # Only on a report that names people: each a SealedSubject's payload.
+        personal_data: list[dict[str, Any]] | None = None
 
         def __post_init__(self) -> None:
             super().__post_init__()
-            # An unset device field is left out of the event, not stored as null: the
+            # An unset optional field is left out of the event, not stored as null: the
             # payload (and the hash) of every other report stays as it always was.
-            for name in DEVICE_FIELDS:
+            for name in OPTIONAL_REPORT_FIELDS:
                 if self.__dict__.get(name) is None:
                     object.__delattr__(self, name)
 
@@ -205,6 +238,9 @@ class Incident(Aggregate):
             incident.reporter_agency = self.actor_agency
             incident.reporter_officer = self.actor_officer
             incident.occurred_at = self.occurred_at
+            for payload in self.__dict__.get("personal_data") or ():
+                sealed = SealedSubject.from_payload(payload)
+                incident.subjects[sealed.subject_id] = DataSubject(sealed)
 
     class Verified(Event):
         def evolve(self, incident: Incident) -> None:
@@ -315,11 +351,52 @@ class Incident(Aggregate):
         def evolve(self, incident: Incident) -> None:
             incident.status = Status.CLOSED
             incident.close_requested = False
+            incident.closed_at = self.timestamp
 
     class Reopened(Event):
         def evolve(self, incident: Incident) -> None:
             incident.status = Status.REOPENED
             incident.close_requested = False
+
+    class PersonalDataAccessed(Event):
+        """Personal data read (``subjects``: their ids) for a stated purpose (``reason``)."""
+
+        subjects: list[str]
+
+        def evolve(self, incident: Incident) -> None:
+            incident.accesses.append(
+                PersonalDataAccess(
+                    self.event_id,
+                    self.actor_agency,
+                    self.actor_officer,
+                    tuple(UUID(s) for s in self.subjects),
+                    self.reason,
+                    self.timestamp,
+                )
+            )
+
+    class PersonalDataErased(Event):
+        """The subjects' keys destroyed, on request or by the retention rule (``reason``:
+        the legal basis). Carries no personal data."""
+
+        subjects: list[str]
+
+        def evolve(self, incident: Incident) -> None:
+            for text in self.subjects:
+                subject_id = UUID(text)
+                incident.subjects[subject_id] = DataSubject(
+                    incident.subjects[subject_id].sealed, erased=True
+                )
+
+    class LegalHoldPlaced(Event):
+        """An agency (law enforcement, Bawaslu) blocks erasure; ``reason``: why."""
+
+        def evolve(self, incident: Incident) -> None:
+            incident.legal_holds[self.actor_agency] = self.reason
+
+    class LegalHoldLifted(Event):
+        def evolve(self, incident: Incident) -> None:
+            incident.legal_holds.pop(self.actor_agency, None)
 
     class Corrected(Event):
         corrected_event_id: UUID
@@ -353,6 +430,12 @@ class Incident(Aggregate):
         self.merged_into: UUID | None = None
         self.merged_incidents: list[UUID] = []
         self.rejection_reason: RejectionReason | None = None
+        self.closed_at: datetime | None = None
+        # Personal data: the people the report names (references and ciphertext only),
+        # every read of their data, and the legal holds in force (agency -> reason).
+        self.subjects: dict[UUID, DataSubject] = {}
+        self.accesses: list[PersonalDataAccess] = []
+        self.legal_holds: dict[str, str] = {}
         self.head_hash = GENESIS_HASH
         self.head_seal: str | None = None
         # Current (corrected) values of each event's correctable fields.
@@ -374,16 +457,21 @@ class Incident(Aggregate):
         location: dict[str, Any],
         incident_id: UUID,
         device: DeviceRecord | None = None,
+        personal: SealedReport | None = None,
     ) -> Incident:
         _require_writer(envelope.actor, "ReportIncident")
         provenance: dict[str, Any] = {}
+        if personal is not None:
+            if personal.incident_id != incident_id:
+                raise ValueError("personal data sealed for another incident")
+            provenance["personal_data"] = [s.to_payload() for s in personal.subjects]
         if device is not None:
-            provenance = {
-                "device_id": device.device_id,
-                "device_report_id": device.report_id,
-                "device_record_time": device.record_time,
-                "device_clock_skew_ms": device.clock_skew_ms,
-            }
+            provenance.update(
+                device_id=device.device_id,
+                device_report_id=device.report_id,
+                device_record_time=device.record_time,
+                device_clock_skew_ms=device.clock_skew_ms,
+            )
         return cls._create(
             cls.Reported,
             id=incident_id,
@@ -619,6 +707,148 @@ class Incident(Aggregate):
             old_value=old_value,
             new_value=new_value,
         )
+
+    # ---------------------------------------------------------- personal data
+
+    def readable_subjects(self, actor: Actor, policy: PersonalDataPolicy) -> list[DataSubject]:
+        """The subjects whose data ``actor`` may read (erased ones included: they read as
+        erased). PERMISSION_DENIED, naming nobody, when the agency may read none here."""
+        is_reporter = actor.agency == self.reporter_agency
+        if not (is_reporter or actor.agency in policy.readers):
+            raise PermissionDenied(
+                f"agency {actor.agency} may not read personal data of this incident",
+                reason="PERSONAL_DATA_NOT_PERMITTED",
+                metadata={"caller_agency": actor.agency},
+            )
+        return [
+            s
+            for s in self.subjects.values()
+            # An anonymous reporter is known to the reporting agency alone.
+            if is_reporter or not (s.sealed.anonymous and s.sealed.role is SubjectRole.REPORTER)
+        ]
+
+    def check_may_see_personal_data_record(self, actor: Actor, policy: PersonalDataPolicy) -> None:
+        """Who read the data, the subjects' references and the holds: for the agencies that
+        may read, erase or hold it, and auditors (the record holds no personal data)."""
+        if not (
+            actor.role is Role.AUDITOR
+            or actor.agency == self.reporter_agency
+            or actor.agency in policy.readers | policy.erasers | policy.legal_hold
+        ):
+            raise PermissionDenied(
+                f"agency {actor.agency} may not see who read this incident's personal data",
+                reason="PERSONAL_DATA_NOT_PERMITTED",
+                metadata={"caller_agency": actor.agency},
+            )
+
+    def record_personal_data_access(
+        self,
+        envelope: Envelope,
+        purpose: str,
+        policy: PersonalDataPolicy,
+        only: frozenset[UUID] | None = None,
+    ) -> list[DataSubject]:
+        """Record that the caller reads the subjects' data (``only``: those subjects, for a
+        subject access request); returns the subjects read. Nothing is recorded when the
+        caller may not read, or there is nothing it may read."""
+        subjects = self.readable_subjects(envelope.actor, policy)
+        if only is not None:
+            subjects = [s for s in subjects if s.subject_id in only]
+        live = [s for s in subjects if not s.erased]
+        if not live:
+            raise FailedPrecondition(
+                "the incident holds no personal data the caller may read",
+                reason="NO_PERSONAL_DATA",
+                metadata={"incident": str(self.id)},
+            )
+        self._trigger(
+            self.PersonalDataAccessed,
+            envelope,
+            reason=purpose,
+            subjects=[str(s.subject_id) for s in live],
+        )
+        return subjects
+
+    def erase_personal_data(
+        self,
+        envelope: Envelope,
+        subjects: tuple[UUID, ...],
+        legal_basis: str,
+        policy: PersonalDataPolicy,
+    ) -> list[UUID]:
+        """Record the erasure of the subjects' data (none named: all of this incident's);
+        returns their ids, whose keys the application then destroys. FAILED_PRECONDITION
+        (``LEGAL_HOLD``) while a legal hold is in force."""
+        actor = envelope.actor
+        if not (
+            actor.role is Role.COORDINATOR
+            or actor.agency == self.reporter_agency
+            or actor.agency in policy.erasers
+        ):
+            raise PermissionDenied(
+                f"agency {actor.agency} may not erase personal data of this incident",
+                reason="PERSONAL_DATA_NOT_PERMITTED",
+                metadata={"caller_agency": actor.agency},
+            )
+        for n, subject_id in enumerate(subjects):
+            if subject_id not in self.subjects:
+                raise InvalidArgument(f"subjects[{n}]", "names no data subject of this incident")
+        if self.legal_holds:
+            agencies = ", ".join(sorted(self.legal_holds))
+            raise FailedPrecondition(
+                f"a legal hold ({agencies}) blocks erasure until it is lifted",
+                reason="LEGAL_HOLD",
+                metadata={"holding_agencies": agencies},
+            )
+        chosen = subjects or tuple(self.subjects)
+        erasing = [i for i in chosen if not self.subjects[i].erased]
+        if not erasing:
+            raise FailedPrecondition("no personal data is left to erase", reason="NO_PERSONAL_DATA")
+        self._trigger(
+            self.PersonalDataErased,
+            envelope,
+            reason=legal_basis,
+            subjects=[str(i) for i in erasing],
+        )
+        return erasing
+
+    def personal_data_expired(self, now: datetime, retention: timedelta) -> bool:
+        """Whether the retention rule erases the incident's personal data now: closed at
+        least ``retention`` ago, no legal hold in force, someone left to erase."""
+        return (
+            self.status is Status.CLOSED
+            and self.closed_at is not None
+            and self.closed_at + retention <= now
+            and not self.legal_holds
+            and any(not s.erased for s in self.subjects.values())
+        )
+
+    def place_legal_hold(self, envelope: Envelope, reason: str, policy: PersonalDataPolicy) -> None:
+        self._require_hold_agency(envelope.actor, policy, "PlaceLegalHold")
+        if envelope.actor.agency in self.legal_holds:
+            raise FailedPrecondition(
+                f"agency {envelope.actor.agency} already holds this incident",
+                reason="LEGAL_HOLD_ALREADY_PLACED",
+            )
+        self._trigger(self.LegalHoldPlaced, envelope, reason=reason)
+
+    def lift_legal_hold(self, envelope: Envelope, reason: str, policy: PersonalDataPolicy) -> None:
+        self._require_hold_agency(envelope.actor, policy, "LiftLegalHold")
+        if envelope.actor.agency not in self.legal_holds:
+            raise FailedPrecondition(
+                f"agency {envelope.actor.agency} holds no legal hold on this incident",
+                reason="LEGAL_HOLD_NOT_PLACED",
+            )
+        self._trigger(self.LegalHoldLifted, envelope, reason=reason)
+
+    @staticmethod
+    def _require_hold_agency(actor: Actor, policy: PersonalDataPolicy, command: str) -> None:
+        if actor.agency not in policy.legal_hold:
+            raise PermissionDenied(
+                f"only {', '.join(sorted(policy.legal_hold)) or 'no agency'} may {command}",
+                reason="LEGAL_HOLD_NOT_PERMITTED",
+                metadata={"command": command, "caller_agency": actor.agency},
+            )
 
     # ----------------------------------------------------------------- helpers
 

@@ -17,6 +17,7 @@ from eventsourcing.domain import Aggregate
 
 from services.ledger.domain.commands import Command, command_name
 from services.ledger.domain.incident import canonical_json
+from services.ledger.domain.personal import PersonalData
 
 _NAMESPACE = uuid5(NAMESPACE_URL, "urn:incidentledger:request")
 #: Keys of a fingerprint's document that no command field may take.
@@ -35,19 +36,28 @@ def request_fingerprint(command: Command, occurred_at: datetime | None) -> str:
     every field of the command by name (but those it declares ``UNFINGERPRINTED``), the
     command's name as ``command`` and the time the caller says it happened as
     ``occurred_at``. UUIDs are written as strings, times in UTC to the microsecond,
-    enumerations as their values, tuples as arrays; ``None`` is ``null``. These bytes
+    enumerations as their values, tuples as arrays; ``None`` is ``null`` (but a field
+    the command declares ``OMITTED_WHEN_NONE`` is then left out); personal data is its
+    keyed digest. These bytes
     are stored in every :class:`RequestRecord`: they never change.
     """
     document: dict[str, Any] = {"command": command_name(command), "occurred_at": occurred_at}
     for spec in fields(command):
         if spec.name in RESERVED:
             raise TypeError(f"{command_name(command)}.{spec.name} is a reserved name")
-        if spec.name not in command.UNFINGERPRINTED:
-            document[spec.name] = _plain(getattr(command, spec.name))
+        if spec.name in command.UNFINGERPRINTED:
+            continue
+        value = getattr(command, spec.name)
+        if value is None and spec.name in command.OMITTED_WHEN_NONE:
+            continue
+        document[spec.name] = _plain(value)
     return hashlib.sha256(canonical_json(document)).hexdigest()
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, PersonalData):
+        # Its keyed digest: a plain hash of a NIK or phone could be reversed.
+        return value.fingerprint_value()
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, tuple):

@@ -19,6 +19,7 @@ from incidentledger_client.cli.commands import (
     dead_letters,
     incidents,
     intake,
+    personal_data,
     reference,
     situation,
     webhooks,
@@ -60,6 +61,7 @@ app.add_typer(incidents.close_app, name="close")
 app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(audit.app, name="audit")
 app.add_typer(config_commands.app, name="config")
+app.add_typer(personal_data.app, name="pii")
 webhooks.app.add_typer(dead_letters.app)
 
 

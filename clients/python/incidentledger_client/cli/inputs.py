@@ -12,6 +12,7 @@ import typer
 from incidentledger_client.cli import config, names, times
 from incidentledger_client.cli.state import state
 from incidentledger_client.i18n import N_, _
+from incidentledger_client.personal import Person
 
 #: What a refused value is named as (``choose``'s ``what``), in the run's language.
 WHATS = (
@@ -106,3 +107,12 @@ TIME_HELP = (
     "e.g. 2026-11-28T10:00, '2026-11-28 10:00 WIB', -2h, 'yesterday 18:00'; without a zone in "
     "the configured zone (Asia/Jakarta by default)"
 )
+
+
+def parse_person(text: str) -> Person:
+    """``NAME|PHONE|NIK|ADDRESS`` (trailing parts optional), as --witness takes it."""
+    parts = [p.strip() for p in text.split("|")]
+    if len(parts) > 4:
+        raise typer.BadParameter(_("a person is NAME|PHONE|NIK|ADDRESS"))
+    parts += [""] * (4 - len(parts))
+    return Person(name=parts[0], phone=parts[1], nik=parts[2], address=parts[3])

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from incidentledger_client import LedgerClient, Location
+from incidentledger_client import LedgerClient, Location, PersonalData
 from incidentledger_client.cli import output
 from incidentledger_client.cli.commands import group
 from incidentledger_client.cli.inputs import (
@@ -20,6 +20,7 @@ from incidentledger_client.cli.inputs import (
     incident_name,
     maybe_code,
     moment,
+    parse_person,
 )
 from incidentledger_client.cli.state import state
 from incidentledger_client.i18n import _
@@ -99,9 +100,26 @@ def report(
     longitude: Annotated[float | None, typer.Option(help="Longitude.")] = None,
     severity: Annotated[str, typer.Option(help="low, medium, high or critical.")] = "",
     description: Annotated[str, typer.Option(help="Longer description.")] = "",
+    reporter: Annotated[
+        str | None,
+        typer.Option(help="The reporter: NAME|PHONE|NIK|ADDRESS (sealed by the ledger)."),
+    ] = None,
+    anonymous: Annotated[
+        bool, typer.Option(help="The reporter asked to stay anonymous to other agencies.")
+    ] = False,
+    witness: Annotated[
+        list[str] | None, typer.Option(help="A witness: NAME|PHONE|NIK|ADDRESS (repeatable).")
+    ] = None,
     request_id: RequestId = None,
 ) -> None:
     """Report a new incident."""
+    people = None
+    if reporter or witness:
+        people = PersonalData(
+            reporter=parse_person(reporter) if reporter else None,
+            anonymous=anonymous,
+            witnesses=tuple(parse_person(w) for w in witness or ()),
+        )
     category = code(ctx, "category", category, "CATEGORY")
     kecamatan = code(ctx, "kecamatan", kecamatan, "KECAMATAN")
     desa = desa_name(ctx, kecamatan, desa)
@@ -116,6 +134,7 @@ def report(
             description=description,
             severity=severity,
             request_id=request_id,
+            personal_data=people,
         )
     )
     done(ctx, _("reported"), result)

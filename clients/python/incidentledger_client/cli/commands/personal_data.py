@@ -1,0 +1,189 @@
+"""``ledgerctl pii``: reporters' and witnesses' personal data (docs/personal-data.md): read
+with a purpose, subject access by phone or NIK, erase, legal holds, and who read it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+
+from incidentledger_client.cli import output
+from incidentledger_client.cli.commands import group
+from incidentledger_client.cli.commands.incidents import Name, RequestId, done
+from incidentledger_client.cli.inputs import incident_name
+from incidentledger_client.cli.state import state
+from incidentledger_client.i18n import N_, _
+from incidentledger_client.personal import DataSubject, PersonalDataAccess
+
+#: The group ``ledgerctl pii ...``.
+app = group(
+    "Personal data of reporters and witnesses: read (with a purpose), find, erase, hold.",
+    "ledgerctl -a bawaslu pii read 0b6f12 --purpose 'verify the report'",
+)
+
+#: Roles of the people a report names, as the ledger names them, for people.
+ROLES = {"reporter": N_("reporter"), "witness": N_("witness")}
+
+Purpose = Annotated[
+    str,
+    typer.Option(
+        "--purpose", "-p", help="Why you read it (5-500 characters); recorded with the read."
+    ),
+]
+Reason = Annotated[str, typer.Option("--reason", "-m", help="The case or ground, recorded.")]
+
+
+def _people_table(title: str, subjects: Sequence[DataSubject]) -> None:
+    def state_of(subject: DataSubject) -> str:
+        if subject.state == "ERASED":
+            return _("erased")
+        return _("present") if subject.person else _("not read")
+
+    output.console().print(
+        output.rows_table(
+            title,
+            (
+                N_("incident"),
+                N_("role"),
+                N_("state"),
+                N_("name"),
+                N_("phone"),
+                N_("NIK"),
+                N_("address"),
+            ),
+            (
+                (
+                    output.short_id(s.incident),
+                    _("reporter (anonymous)") if s.anonymous else _(ROLES.get(s.role, s.role)),
+                    state_of(s),
+                    s.person.name if s.person else "-",
+                    s.person.phone if s.person else "-",
+                    s.person.nik if s.person else "-",
+                    s.person.address if s.person else "-",
+                )
+                for s in subjects
+            ),
+            no_wrap=("incident",),
+        )
+    )
+
+
+def _accesses_table(title: str, accesses: Sequence[PersonalDataAccess]) -> None:
+    output.console().print(
+        output.rows_table(
+            title,
+            (N_("time"), N_("agency"), N_("officer"), N_("people"), N_("purpose")),
+            (
+                (
+                    output.when(a.access_time),
+                    a.agency,
+                    a.officer,
+                    len(a.subjects),
+                    a.purpose,
+                )
+                for a in accesses
+            ),
+        )
+    )
+
+
+@app.command("read", epilog="Example: ledgerctl -a bawaslu pii read 0b6f12 -p 'verify report'")
+def pii_read(
+    ctx: typer.Context, name: Name, purpose: Purpose = "", request_id: RequestId = None
+) -> None:
+    """Read the personal data of an incident's report; the read is recorded first."""
+    st = state(ctx)
+    result, subjects = st.ledger().read_personal_data(
+        incident_name(ctx, name), purpose, request_id=request_id
+    )
+    if st.as_json:
+        output.emit_json({"result": result, "subjects": subjects})
+    else:
+        _people_table(_("Personal data (this read is recorded)"), subjects)
+
+
+@app.command(
+    "find",
+    epilog="Example: ledgerctl -a desk_pilkada pii find --nik 1706014107900003 -p 'request 5'",
+)
+def pii_find(
+    ctx: typer.Context,
+    phone: Annotated[str, typer.Option(help="Phone, +62... or 08...")] = "",
+    nik: Annotated[str, typer.Option(help="NIK, 16 digits.")] = "",
+    purpose: Purpose = "",
+    request_id: RequestId = None,
+) -> None:
+    """Subject access: a person's data in every report that names them, and who read it."""
+    st = state(ctx)
+    subjects = st.ledger().find_personal_data(purpose, phone=phone, nik=nik, request_id=request_id)
+    if st.as_json:
+        output.emit_json(subjects)
+        return
+    _people_table(_("Reports naming this person"), subjects)
+    _accesses_table(_("Who read their data"), [a for s in subjects for a in s.accesses])
+
+
+@app.command(
+    "erase", epilog="Example: ledgerctl -a desk_pilkada pii erase 0b6f12 --legal-basis 'request 5'"
+)
+def pii_erase(
+    ctx: typer.Context,
+    name: Name,
+    legal_basis: Annotated[
+        str, typer.Option("--legal-basis", help="The request or rule the erasure follows.")
+    ] = "",
+    subject: Annotated[
+        list[str] | None, typer.Option("--subject", help="A subject id (default: everyone).")
+    ] = None,
+    request_id: RequestId = None,
+) -> None:
+    """Erase personal data: destroy the keys (refused under a legal hold)."""
+    result = (
+        state(ctx)
+        .ledger()
+        .erase_personal_data(
+            incident_name(ctx, name), legal_basis, subjects=subject or (), request_id=request_id
+        )
+    )
+    done(ctx, _("erased"), result)
+
+
+@app.command("hold", epilog="Example: ledgerctl -a kejari pii hold 0b6f12 -m 'Gakkumdu 3/2024'")
+def pii_hold(
+    ctx: typer.Context, name: Name, reason: Reason = "", request_id: RequestId = None
+) -> None:
+    """Place a legal hold: erasure is refused until it is lifted."""
+    result = (
+        state(ctx)
+        .ledger()
+        .place_legal_hold(incident_name(ctx, name), reason, request_id=request_id)
+    )
+    done(ctx, _("held"), result)
+
+
+@app.command("release", epilog="Example: ledgerctl -a kejari pii release 0b6f12 -m 'case closed'")
+def pii_release(
+    ctx: typer.Context, name: Name, reason: Reason = "", request_id: RequestId = None
+) -> None:
+    """Lift your agency's legal hold."""
+    result = (
+        state(ctx).ledger().lift_legal_hold(incident_name(ctx, name), reason, request_id=request_id)
+    )
+    done(ctx, _("released"), result)
+
+
+@app.command("accesses", epilog="Example: ledgerctl -a inspektorat pii accesses 0b6f12")
+def pii_accesses(ctx: typer.Context, name: Name) -> None:
+    """Who read an incident's personal data, when and why; its people and legal holds."""
+    st = state(ctx)
+    record = st.ledger().personal_data_accesses(incident_name(ctx, name))
+    if st.as_json:
+        output.emit_json(record)
+        return
+    _accesses_table(_("Reads of personal data"), record.accesses)
+    _people_table(_("People named"), record.subjects)
+    for hold in record.legal_holds:
+        output.console().print(
+            _("legal hold by {agency}: {reason}").format(agency=hold.agency, reason=hold.reason)
+        )

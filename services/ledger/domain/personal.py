@@ -1,0 +1,210 @@
+"""Personal data of reporters and witnesses: what a report may carry about people, its
+checks, and the sealed form in which it enters the ledger.
+
+A report may name its reporter (name, phone, NIK, address, and whether they asked to stay
+anonymous to agencies other than the reporting one) and witnesses. Each person is a *data
+subject* with a random id of their own (never derived from their data). The application
+seals each subject's data with a key of their own before the event is made
+(services/ledger/personal_keys.py): the ``Reported`` event, and so the hash chain, the
+stream, exports and projections, hold only :class:`SealedSubject` (ciphertext and
+references). Erasure destroys the subject's key; the event stays, and still verifies.
+
+Messages of the checks name the field, never its value: a refusal is logged and answered,
+and must not carry the number it refuses.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import phonenumbers
+
+from services.common.errors import InvalidArgument
+
+MAX_NAME = 200
+MAX_ADDRESS = 500
+MAX_WITNESSES = 10
+NIK_DIGITS = 16
+MIN_PURPOSE = 5
+MAX_PURPOSE = 500
+#: Phones without a country code are read as Indonesian (0812..., 812...).
+DEFAULT_REGION = "ID"
+
+
+class SubjectRole(enum.Enum):
+    REPORTER = "reporter"
+    WITNESS = "witness"
+
+
+@dataclass(frozen=True)
+class Person:
+    """What a report says about one person; empty strings are "not given"."""
+
+    name: str = ""
+    phone: str = ""
+    nik: str = ""
+    address: str = ""
+
+    def to_plain(self) -> dict[str, str]:
+        return {"name": self.name, "phone": self.phone, "nik": self.nik, "address": self.address}
+
+    @classmethod
+    def from_plain(cls, data: dict[str, Any]) -> Person:
+        return cls(
+            name=str(data.get("name", "")),
+            phone=str(data.get("phone", "")),
+            nik=str(data.get("nik", "")),
+            address=str(data.get("address", "")),
+        )
+
+
+@dataclass(frozen=True)
+class SealedSubject:
+    """One data subject as the ``Reported`` event carries them: no personal data.
+
+    ``nonce`` and ``ciphertext`` (base64) are the AES-256-GCM encryption of the person's
+    data under the subject's own key; ``anonymous``: the reporter asked that agencies other
+    than the reporting one do not see who they are (a flag, not personal data by itself).
+    """
+
+    subject_id: UUID
+    role: SubjectRole
+    anonymous: bool
+    nonce: str
+    ciphertext: str
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "subject": str(self.subject_id),
+            "role": self.role.value,
+            "anonymous": self.anonymous,
+            "nonce": self.nonce,
+            "ciphertext": self.ciphertext,
+        }
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any]) -> SealedSubject:
+        return cls(
+            subject_id=UUID(str(data["subject"])),
+            role=SubjectRole(data["role"]),
+            anonymous=bool(data["anonymous"]),
+            nonce=str(data["nonce"]),
+            ciphertext=str(data["ciphertext"]),
+        )
+
+
+@dataclass(frozen=True)
+class SealedReport:
+    """A report's personal data once sealed: the incident it is sealed for (its id is
+    chosen before the incident exists, as the encryption is bound to it) and its subjects."""
+
+    incident_id: UUID
+    subjects: tuple[SealedSubject, ...]
+
+
+@dataclass(frozen=True)
+class PersonalData:
+    """The people a report names. ``digest`` and ``sealed`` are set by the application
+    before the command runs: the keyed digest of the plaintext stands for it in the
+    request's idempotency fingerprint (a plain hash of a NIK could be reversed by trying
+    them all), and the sealed form is what the event records."""
+
+    reporter: Person | None = None
+    anonymous: bool = False
+    witnesses: tuple[Person, ...] = ()
+    digest: str = ""
+    sealed: SealedReport | None = None
+
+    def people(self) -> list[tuple[SubjectRole, Person]]:
+        """Each person with their role, the reporter first."""
+        found = [(SubjectRole.REPORTER, self.reporter)] if self.reporter else []
+        return [*found, *((SubjectRole.WITNESS, w) for w in self.witnesses)]
+
+    def to_plain(self) -> dict[str, Any]:
+        """The plaintext as one document (what the digest covers)."""
+        return {
+            "reporter": self.reporter.to_plain() if self.reporter else None,
+            "anonymous": self.anonymous,
+            "witnesses": [w.to_plain() for w in self.witnesses],
+        }
+
+    def fingerprint_value(self) -> str:
+        """What the idempotency fingerprint holds for it: the keyed digest, never the data."""
+        if not self.digest:
+            raise TypeError("personal data must be digested before it is fingerprinted")
+        return self.digest
+
+
+def normalised_phone(value: str, field: str) -> str:
+    """The phone number in E.164 (+62812...); Indonesian local forms (0812..., 62812...)
+    are accepted. INVALID_ARGUMENT, without the number, when it is not a valid one."""
+    text = value.strip()
+    if text.startswith("62") and not text.startswith("+"):
+        text = f"+{text}"
+    try:
+        number = phonenumbers.parse(text, DEFAULT_REGION)
+    except phonenumbers.NumberParseException:
+        raise InvalidArgument(field, "is not a phone number") from None
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidArgument(field, "is not a valid phone number (E.164 or 08...)")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def check_nik(value: str, field: str) -> str:
+    """A NIK (Nomor Induk Kependudukan): exactly 16 digits."""
+    text = value.strip().replace(" ", "")
+    if len(text) != NIK_DIGITS or not text.isascii() or not text.isdigit():
+        raise InvalidArgument(field, f"must be exactly {NIK_DIGITS} digits")
+    return text
+
+
+def _check_text(field: str, value: str, limit: int) -> str:
+    text = value.strip()
+    if len(text) > limit:
+        raise InvalidArgument(field, f"is longer than {limit} characters", reason="FIELD_TOO_LONG")
+    return text
+
+
+def checked_person(person: Person, field: str) -> Person:
+    """The person with normalised values; a person needs a name."""
+    name = _check_text(f"{field}.name", person.name, MAX_NAME)
+    if not name:
+        raise InvalidArgument(f"{field}.name", "is required for a person named in a report")
+    return Person(
+        name=name,
+        phone=normalised_phone(person.phone, f"{field}.phone") if person.phone.strip() else "",
+        nik=check_nik(person.nik, f"{field}.nik") if person.nik.strip() else "",
+        address=_check_text(f"{field}.address", person.address, MAX_ADDRESS),
+    )
+
+
+def checked_personal_data(data: PersonalData | None, field: str) -> PersonalData | None:
+    """The report's personal data checked and normalised; None when there is none."""
+    if data is None or (data.reporter is None and not data.witnesses):
+        if data is not None and data.anonymous:
+            raise InvalidArgument(f"{field}.anonymous", "is set, but no reporter is given")
+        return None
+    if len(data.witnesses) > MAX_WITNESSES:
+        raise InvalidArgument(f"{field}.witnesses", f"at most {MAX_WITNESSES} witnesses")
+    if data.anonymous and data.reporter is None:
+        raise InvalidArgument(f"{field}.anonymous", "is set, but no reporter is given")
+    reporter = checked_person(data.reporter, f"{field}.reporter") if data.reporter else None
+    witnesses = tuple(
+        checked_person(w, f"{field}.witnesses[{n}]") for n, w in enumerate(data.witnesses)
+    )
+    return PersonalData(reporter=reporter, anonymous=data.anonymous, witnesses=witnesses)
+
+
+def check_purpose(value: str, field: str = "purpose") -> str:
+    """Why personal data is read or erased: stated in words, recorded with the access."""
+    text = value.strip()
+    if len(text) < MIN_PURPOSE:
+        raise InvalidArgument(field, f"state the purpose in at least {MIN_PURPOSE} characters")
+    if len(text) > MAX_PURPOSE:
+        raise InvalidArgument(
+            field, f"is longer than {MAX_PURPOSE} characters", reason="FIELD_TOO_LONG"
+        )
+    return text

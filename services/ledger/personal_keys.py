@@ -1,0 +1,468 @@
+"""The keys of personal data: one AES-256-GCM key per data subject, kept in a key table
+beside the event store, wrapped by a key-encryption key (KEK); a keyed blind index to find
+a subject by phone or NIK. See docs/personal-data.md.
+
+- A subject's data is encrypted under their own data key (DEK) before the ``Reported``
+  event is made, bound (as associated data) to the incident, the subject and their role:
+  the event, and everything made from it, holds ciphertext only.
+- The table ``personal_data_keys`` keeps each DEK wrapped by a KEK, with the KEK's id.
+  KEKs come from ``LEDGER_PERSONAL_DATA_KEYS`` (``id:base64key``, comma-separated, the
+  first wraps new keys, the others still unwrap what they wrapped): rotating is putting
+  a new key first; :meth:`PersonalKeys.rewrap` moves old rows under it.
+- Erasing a subject overwrites their wrapped DEK with NULL and deletes their blind index
+  rows (on SQLite with ``secure_delete``, so the old bytes do not linger in free pages).
+  Without the DEK the ciphertext in the events, the stream and every export is noise.
+- The blind index key (HMAC-SHA256) is a random key of the table's own, wrapped like a
+  DEK: rotating the KEK keeps the index valid. It also keys the digest that stands for
+  personal data in idempotency fingerprints.
+- At start every KEK id the table uses must be configured and must open a key it
+  wrapped: a wrong or missing KEK stops the ledger with a clear message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import structlog
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from services.common.config import ConfigError
+from services.common.datafiles import make_private_dir
+from services.common.errors import DataLoss
+from services.common.sql import Database
+from services.ledger.domain.personal import (
+    Person,
+    PersonalData,
+    SealedReport,
+    SealedSubject,
+    SubjectRole,
+)
+
+log = structlog.get_logger(__name__)
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+#: Generated development KEKs have ids with this prefix; production refuses them.
+DEV_PREFIX = "dev-"
+#: The key table's row of the blind index key.
+INDEX_ROW = "blind-index"
+DEK_AAD = b"incidentledger/personal-data/dek/"
+INDEX_AAD = b"incidentledger/personal-data/index-key"
+
+#: The key table's SQLite connection: in WAL mode a commit then appends to the log without
+#: waiting for the disk; the report's event, committed after its keys by the event store
+#: (synchronous FULL), syncs the same log, and with it the keys before it. Destroyed keys
+#: are overwritten in the file, not only unlinked (secure_delete).
+SQLITE_PRAGMAS = ("PRAGMA synchronous = NORMAL", "PRAGMA secure_delete = ON")
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS personal_data_keys (
+        subject_id TEXT PRIMARY KEY,
+        incident_id TEXT NOT NULL,
+        kek_id TEXT NOT NULL,
+        wrapped_key TEXT,
+        created_at TEXT NOT NULL,
+        erased_at TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS personal_data_index (
+        digest TEXT NOT NULL,
+        subject_id TEXT NOT NULL,
+        PRIMARY KEY (digest, subject_id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS personal_data_index_subject ON personal_data_index (subject_id)",
+)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """The key-encryption keys by id; ``current`` wraps new keys."""
+
+    keys: dict[str, bytes]
+    current: str
+
+    @classmethod
+    def parse(cls, text: str, source: str) -> KeyRing:
+        """``id:base64key[,id:base64key...]``, the first the current one; each key 32 bytes."""
+        keys: dict[str, bytes] = {}
+        order: list[str] = []
+        for part in (p.strip() for p in text.replace("\n", ",").split(",")):
+            if not part:
+                continue
+            kek_id, sep, encoded = part.partition(":")
+            if not sep or not kek_id:
+                raise ConfigError(f"{source}: each key is written id:base64key")
+            try:
+                key = _unb64(encoded.strip())
+            except (binascii.Error, ValueError):
+                raise ConfigError(f"{source}: key {kek_id!r} is not base64") from None
+            if len(key) != KEY_BYTES:
+                raise ConfigError(f"{source}: key {kek_id!r} must be {KEY_BYTES} bytes")
+            if kek_id in keys:
+                raise ConfigError(f"{source}: key id {kek_id!r} is given twice")
+            keys[kek_id] = key
+            order.append(kek_id)
+        if not order:
+            raise ConfigError(f"{source}: no key-encryption key")
+        return cls(keys, order[0])
+
+    @classmethod
+    def generate_text(cls, kek_id: str) -> str:
+        return f"{kek_id}:{_b64(AESGCM.generate_key(bit_length=256))}\n"
+
+    def check_production(self, source: str) -> None:
+        """A development key (generated, ``dev-`` id) has no place in production."""
+        dev = sorted(k for k in self.keys if k.startswith(DEV_PREFIX))
+        if dev:
+            raise ConfigError(
+                f"{source}: development key-encryption keys {dev} are refused in production"
+            )
+
+
+def load_key_ring(*, keys: str | None, key_dir: Path, production: bool, variable: str) -> KeyRing:
+    """The configured KEKs; in development, unset, a key generated once in ``key_dir``."""
+    if keys is not None:
+        ring = KeyRing.parse(keys, variable)
+    elif production:
+        raise ConfigError(f"{variable} (or {variable}_FILE) is required in production")
+    else:
+        path = key_dir / "personal-data.keys"
+        if not path.exists():
+            make_private_dir(key_dir)
+            text = KeyRing.generate_text(f"{DEV_PREFIX}{secrets.token_hex(4)}")
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass  # another process generated it first: use that one
+            else:
+                with os.fdopen(fd, "w") as out:
+                    out.write(text)
+                log.warning(
+                    "personal_data.dev_key_generated",
+                    file=str(path),
+                    note=f"development key; set {variable} in production",
+                )
+        ring = KeyRing.parse(path.read_text(), str(path))
+    if production:
+        ring.check_production(variable)
+    return ring
+
+
+@dataclass(frozen=True)
+class SubjectKey:
+    """A subject's entry in the key table (``erased``: their key is destroyed)."""
+
+    subject_id: UUID
+    incident_id: UUID
+    erased: bool
+
+
+class PersonalKeys:
+    """The key table and the blind index; :meth:`open` checks the KEKs against it."""
+
+    def __init__(self, db: Database, ring: KeyRing, *, create: bool = True) -> None:
+        self._db = db
+        self._ring = ring
+        if create:
+            with db.transaction() as cur:
+                for statement in SCHEMA:
+                    cur.execute(statement)
+        self._index_key = self._open()
+
+    # -------------------------------------------------------------- start
+
+    def _open(self) -> bytes:
+        """The blind index key (made on first start); ConfigError when a KEK the table
+        uses is not configured or does not open what it wrapped."""
+        with self._db.transaction() as cur:
+            cur.execute(self._db.q("SELECT DISTINCT kek_id FROM personal_data_keys"))
+            used = sorted(str(row[0]) for row in cur.fetchall())
+        missing = [k for k in used if k not in self._ring.keys]
+        if missing:
+            raise ConfigError(
+                f"the personal data key table holds keys wrapped by key-encryption keys "
+                f"{missing}, which LEDGER_PERSONAL_DATA_KEYS does not give"
+            )
+        for kek_id in used:
+            self._check_kek(kek_id)
+        index_key = self._row_key(INDEX_ROW)
+        if index_key is None:
+            wrapped = self._wrap(INDEX_ROW, AESGCM.generate_key(bit_length=256))
+            with self._db.transaction() as cur:
+                cur.execute(
+                    self._db.q(
+                        "INSERT INTO personal_data_keys (subject_id, incident_id, kek_id,"
+                        " wrapped_key, created_at) VALUES (?, '', ?, ?, ?)"
+                        " ON CONFLICT (subject_id) DO NOTHING"
+                    ),
+                    (INDEX_ROW, self._ring.current, wrapped, _now()),
+                )
+            index_key = self._row_key(INDEX_ROW)
+        if index_key is None:
+            raise RuntimeError("the blind index key could not be stored")
+        return index_key
+
+    def _check_kek(self, kek_id: str) -> None:
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.q(
+                    "SELECT subject_id, wrapped_key FROM personal_data_keys"
+                    " WHERE kek_id = ? AND wrapped_key IS NOT NULL LIMIT 1"
+                ),
+                (kek_id,),
+            )
+            row = cur.fetchone()
+        if row is None:
+            return
+        try:
+            self._unwrap(str(row[0]), kek_id, str(row[1]))
+        except InvalidTag:
+            raise ConfigError(
+                f"key-encryption key {kek_id!r} of LEDGER_PERSONAL_DATA_KEYS does not open "
+                "the keys it wrapped: it is not the key they were wrapped with"
+            ) from None
+
+    def _row_key(self, subject: str) -> bytes | None:
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.q(
+                    "SELECT kek_id, wrapped_key FROM personal_data_keys WHERE subject_id = ?"
+                ),
+                (subject,),
+            )
+            row = cur.fetchone()
+        if row is None or row[1] is None:
+            return None
+        return self._unwrap(subject, str(row[0]), str(row[1]))
+
+    def _wrap(self, subject: str, key: bytes) -> str:
+        nonce = os.urandom(NONCE_BYTES)
+        aad = INDEX_AAD if subject == INDEX_ROW else DEK_AAD + subject.encode()
+        return _b64(nonce + AESGCM(self._ring.keys[self._ring.current]).encrypt(nonce, key, aad))
+
+    def _unwrap(self, subject: str, kek_id: str, wrapped: str) -> bytes:
+        data = _unb64(wrapped)
+        aad = INDEX_AAD if subject == INDEX_ROW else DEK_AAD + subject.encode()
+        kek = AESGCM(self._ring.keys[kek_id])
+        return kek.decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], aad)
+
+    # ------------------------------------------------------------- digests
+
+    def _mac(self, label: str, value: str) -> str:
+        message = f"{label}\n{value}".encode()
+        return hmac.new(self._index_key, message, hashlib.sha256).hexdigest()
+
+    def digest(self, data: PersonalData) -> str:
+        """The keyed digest that stands for the plaintext in a request's fingerprint."""
+        document = json.dumps(data.to_plain(), sort_keys=True, separators=(",", ":"))
+        return self._mac("fingerprint", document)
+
+    def index_digest(self, kind: str, value: str) -> str:
+        """The blind index entry of a normalised phone (``phone``) or NIK (``nik``)."""
+        return self._mac(kind, value)
+
+    # ---------------------------------------------------------------- seal
+
+    def seal(self, data: PersonalData) -> PersonalData:
+        """The personal data with its digest and its sealed form, for a new incident: a
+        new key per person, stored wrapped with their blind index entries."""
+        (sealed,) = self.seal_many([data])
+        return sealed
+
+    def seal_many(self, batch: Sequence[PersonalData]) -> list[PersonalData]:
+        """:meth:`seal` for several reports, their keys stored in one transaction."""
+        rows: list[tuple[str, str, str, str, str]] = []
+        index: list[tuple[str, str]] = []
+        sealed = [self._sealed(data, rows, index) for data in batch]
+        # Stored before the events that use them: a report that then fails to save
+        # leaves keys that open nothing, never data that no key opens.
+        with self._db.transaction() as cur:
+            if self._db.dialect == "postgres":
+                # No wait for this commit's flush: the report's own commit, later in the same
+                # write-ahead log, flushes it too, so no event is durable without its keys
+                # (SQLite: synchronous=NORMAL in WAL mode, see SQLITE_PRAGMAS).
+                cur.execute("SET LOCAL synchronous_commit = off")
+            cur.executemany(
+                self._db.q(
+                    "INSERT INTO personal_data_keys (subject_id, incident_id, kek_id,"
+                    " wrapped_key, created_at) VALUES (?, ?, ?, ?, ?)"
+                ),
+                rows,
+            )
+            if index:
+                cur.executemany(
+                    self._db.q(
+                        "INSERT INTO personal_data_index (digest, subject_id) VALUES (?, ?)"
+                        " ON CONFLICT (digest, subject_id) DO NOTHING"
+                    ),
+                    index,
+                )
+        return sealed
+
+    def _sealed(
+        self,
+        data: PersonalData,
+        rows: list[tuple[str, str, str, str, str]],
+        index: list[tuple[str, str]],
+    ) -> PersonalData:
+        """One report's people sealed; their key rows and index entries added to those."""
+        incident_id = uuid4()
+        subjects: list[SealedSubject] = []
+        now = _now()
+        for role, person in data.people():
+            subject_id = uuid4()
+            dek = AESGCM.generate_key(bit_length=256)
+            nonce = os.urandom(NONCE_BYTES)
+            plaintext = json.dumps(person.to_plain(), sort_keys=True).encode()
+            ciphertext = AESGCM(dek).encrypt(nonce, plaintext, _aad(incident_id, subject_id, role))
+            anonymous = data.anonymous and role is SubjectRole.REPORTER
+            subjects.append(
+                SealedSubject(subject_id, role, anonymous, _b64(nonce), _b64(ciphertext))
+            )
+            wrapped = self._wrap(str(subject_id), dek)
+            rows.append((str(subject_id), str(incident_id), self._ring.current, wrapped, now))
+            if person.nik:
+                index.append((self.index_digest("nik", person.nik), str(subject_id)))
+            if person.phone:
+                index.append((self.index_digest("phone", person.phone), str(subject_id)))
+        return PersonalData(
+            reporter=data.reporter,
+            anonymous=data.anonymous,
+            witnesses=data.witnesses,
+            digest=self.digest(data),
+            sealed=SealedReport(incident_id, tuple(subjects)),
+        )
+
+    # ---------------------------------------------------------------- read
+
+    def open_subject(self, incident_id: UUID, sealed: SealedSubject) -> Person | None:
+        """The subject's data; None once their key is destroyed."""
+        key = self._row_key(str(sealed.subject_id))
+        if key is None:
+            return None
+        try:
+            plaintext = AESGCM(key).decrypt(
+                _unb64(sealed.nonce),
+                _unb64(sealed.ciphertext),
+                _aad(incident_id, sealed.subject_id, sealed.role),
+            )
+        except InvalidTag:
+            raise DataLoss(
+                f"the personal data of subject {sealed.subject_id} does not decrypt",
+                reason="PERSONAL_DATA_UNREADABLE",
+                metadata={"subject": str(sealed.subject_id)},
+            ) from None
+        return Person.from_plain(json.loads(plaintext))
+
+    def find(self, kind: str, value: str) -> list[SubjectKey]:
+        """The subjects whose normalised phone or NIK is ``value`` (erased ones are gone
+        from the index)."""
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.q(
+                    "SELECT k.subject_id, k.incident_id, k.wrapped_key FROM personal_data_index i"
+                    " JOIN personal_data_keys k ON k.subject_id = i.subject_id"
+                    " WHERE i.digest = ? ORDER BY k.created_at, k.subject_id"
+                ),
+                (self.index_digest(kind, value),),
+            )
+            rows = cur.fetchall()
+        return [SubjectKey(UUID(str(r[0])), UUID(str(r[1])), r[2] is None) for r in rows]
+
+    def incidents_with_keys(self) -> list[UUID]:
+        """The incidents that hold personal data some key still opens (the candidates of
+        the retention rule: the table, not the whole history, is scanned)."""
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.q(
+                    "SELECT DISTINCT incident_id FROM personal_data_keys"
+                    " WHERE wrapped_key IS NOT NULL AND subject_id <> ?"
+                ),
+                (INDEX_ROW,),
+            )
+            return [UUID(str(row[0])) for row in cur.fetchall()]
+
+    # --------------------------------------------------------------- erase
+
+    def destroy(self, subject_ids: Iterable[UUID]) -> int:
+        """Destroy the subjects' keys and their blind index entries; how many keys were
+        destroyed now (a key destroyed before counts not). Idempotent."""
+        ids = [str(i) for i in subject_ids]
+        if not ids:
+            return 0
+        marks = ", ".join("?" for _ in ids)
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.q(
+                    f"UPDATE personal_data_keys SET wrapped_key = NULL, erased_at = ?"  # noqa: S608
+                    f" WHERE subject_id IN ({marks}) AND wrapped_key IS NOT NULL"
+                ),
+                (_now(), *ids),
+            )
+            destroyed = int(cur.rowcount or 0)
+            cur.execute(
+                self._db.q(f"DELETE FROM personal_data_index WHERE subject_id IN ({marks})"),  # noqa: S608
+                ids,
+            )
+        log.info("personal_data.keys_destroyed", subjects=len(ids), destroyed=destroyed)
+        return destroyed
+
+    def rewrap(self, batch: int = 500) -> int:
+        """Wrap every key that an older KEK wraps under the current one; how many."""
+        moved = 0
+        while True:
+            with self._db.transaction() as cur:
+                cur.execute(
+                    self._db.q(
+                        "SELECT subject_id, kek_id, wrapped_key FROM personal_data_keys"
+                        " WHERE kek_id <> ? AND wrapped_key IS NOT NULL LIMIT ?"
+                    ),
+                    (self._ring.current, batch),
+                )
+                rows: Sequence[Any] = cur.fetchall()
+                for subject, kek_id, wrapped in rows:
+                    key = self._unwrap(str(subject), str(kek_id), str(wrapped))
+                    cur.execute(
+                        self._db.q(
+                            "UPDATE personal_data_keys SET kek_id = ?, wrapped_key = ?"
+                            " WHERE subject_id = ?"
+                        ),
+                        (self._ring.current, self._wrap(str(subject), key), subject),
+                    )
+            moved += len(rows)
+            if len(rows) < batch:
+                break
+        if moved:
+            log.info("personal_data.keys_rewrapped", keys=moved, kek_id=self._ring.current)
+        return moved
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _aad(incident_id: UUID, subject_id: UUID, role: SubjectRole) -> bytes:
+    return f"incidentledger/personal-data/{incident_id}/{subject_id}/{role.value}".encode()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")

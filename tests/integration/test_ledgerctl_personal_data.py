@@ -1,0 +1,51 @@
+"""ledgerctl's personal data commands (``report --reporter``, ``pii ...``) against a real
+ledger, in English and Indonesian (docs/personal-data.md)."""
+
+from __future__ import annotations
+
+from tests.ledgerctl_support import Ctl
+
+NIK = "1706014107900003"
+
+
+def test_report_read_find_hold_erase_through_ledgerctl(ctl: Ctl) -> None:
+    reported = ctl.json(
+        "kesbangpol",
+        "report",
+        "Amplop dibagikan",
+        "money_politics",
+        "ipuh",
+        "--reporter",
+        f"Siti Rahma|0812-7345-6690|{NIK}|Jl. Kenari 7",
+        "--witness",
+        "Budi Saksi|081298765432",
+    )
+    name = reported["incident"]
+    read = ctl.json("bawaslu", "pii", "read", name, "--purpose", "verify the report")
+    people = {s["role"]: s["person"] for s in read["subjects"]}
+    assert people["reporter"]["phone"] == "+6281273456690"
+    assert people["witness"]["name"] == "Budi Saksi"
+    table = ctl.ok("bawaslu", "pii", "read", name, "-p", "second look")
+    assert "Siti Rahma" in table and "recorded" in table
+    found = ctl.json("desk_pilkada", "pii", "find", "--nik", NIK, "-p", "request 5/2024")
+    assert [s["person"]["name"] for s in found] == ["Siti Rahma"]
+    assert len(found[0]["accesses"]) == 3  # two reads and this search
+    accesses = ctl.ok("inspektorat", "pii", "accesses", name)
+    assert "verify the report" in accesses and "bawaslu" in accesses
+    ctl.ok("kejari", "pii", "hold", name, "-m", "Gakkumdu 3/2024")
+    code, _out, err = ctl.run("desk_pilkada", "pii", "erase", name, "--legal-basis", "request 5")
+    assert code != 0 and "LEGAL_HOLD" in err
+    ctl.ok("kejari", "pii", "release", name, "-m", "case closed")
+    ctl.ok("desk_pilkada", "pii", "erase", name, "--legal-basis", "request 5/2024")
+    states = {s["state"] for s in ctl.json("inspektorat", "pii", "accesses", name)["subjects"]}
+    assert states == {"ERASED"}
+    indonesian = ctl.ok("inspektorat", "--lang", "id", "pii", "accesses", name)
+    assert "dihapus" in indonesian and "Pembacaan data pribadi" in indonesian
+
+
+def test_an_agency_without_the_right_reads_nothing(ctl: Ctl) -> None:
+    name = ctl.json(
+        "kesbangpol", "report", "Amplop", "money_politics", "ipuh", "--reporter", "Siti|||"
+    )["incident"]
+    code, out, err = ctl.run("kpu", "pii", "read", name, "-p", "curious")
+    assert code != 0 and "Siti" not in out + err

@@ -1,0 +1,304 @@
+"""Personal data of reporters and witnesses through the real gRPC server, on each store:
+sealed on report, read only by the allowed agencies with a purpose (each read recorded),
+found by phone or NIK, erased unless a legal hold is in force (docs/personal-data.md)."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from incidentledger.v1 import incident_pb2 as pb
+from incidentledger.v1 import ledger_service_pb2 as api
+from incidentledger.v1 import personal_data_pb2 as pd
+from services.common.config import ConfigError, LedgerSettings
+from services.common.grpc_errors import error_info
+from tests.support import Client, running_ledger, settings_for, store_environment
+
+NIK = "1706014107900003"
+PHONE_LOCAL = "0812-7345-6690"
+PHONE = "+6281273456690"
+NAME = "Siti Canaryah"
+WITNESS_NIK = "1706024508850001"
+
+
+def reason(error: grpc.RpcError) -> str:
+    info = error_info(error)  # type: ignore[arg-type]
+    assert info is not None, "every error carries an ErrorInfo"
+    return str(info.reason)
+
+
+def field(error: grpc.RpcError) -> str:
+    info = error_info(error)  # type: ignore[arg-type]
+    assert info is not None
+    return str(info.metadata["field"])
+
+
+def personal(*, anonymous: bool = False) -> pd.PersonalData:
+    return pd.PersonalData(
+        reporter=pd.Person(name=NAME, phone=PHONE_LOCAL, nik=NIK, address="Jl. Kenari 7"),
+        reporter_anonymous=anonymous,
+        witnesses=[pd.Person(name="Budi Saksi", nik=WITNESS_NIK)],
+    )
+
+
+def report_with_people(ledger: Client, **kwargs: object) -> str:
+    return ledger.report(personal_data=personal(**kwargs)).incident  # type: ignore[arg-type]
+
+
+def read(ledger: Client, agency: str, name: str, purpose: str = "verify the report") -> Any:
+    return ledger.stub.ReadPersonalData(
+        api.ReadPersonalDataRequest(request_id=secrets.token_hex(8), name=name, purpose=purpose),
+        metadata=ledger.md(agency),
+    )
+
+
+def accesses(ledger: Client, agency: str, name: str) -> api.ListPersonalDataAccessesResponse:
+    return ledger.stub.ListPersonalDataAccesses(
+        api.ListPersonalDataAccessesRequest(name=name), metadata=ledger.md(agency)
+    )
+
+
+def erase(ledger: Client, agency: str, name: str) -> api.ErasePersonalDataResponse:
+    return ledger.stub.ErasePersonalData(
+        api.ErasePersonalDataRequest(
+            request_id=secrets.token_hex(8), name=name, legal_basis="subject's request 17/2024"
+        ),
+        metadata=ledger.md(agency),
+    )
+
+
+def hold(ledger: Client, agency: str, name: str, *, lift: bool = False) -> None:
+    if lift:
+        ledger.stub.LiftLegalHold(
+            api.LiftLegalHoldRequest(
+                request_id=secrets.token_hex(8), name=name, reason="case closed"
+            ),
+            metadata=ledger.md(agency),
+        )
+    else:
+        ledger.stub.PlaceLegalHold(
+            api.PlaceLegalHoldRequest(
+                request_id=secrets.token_hex(8), name=name, reason="Gakkumdu case 3/2024"
+            ),
+            metadata=ledger.md(agency),
+        )
+
+
+def find(ledger: Client, agency: str, **key: str) -> api.FindPersonalDataResponse:
+    # The longest request id a command takes: the search derives one per incident from it.
+    return ledger.stub.FindPersonalData(
+        api.FindPersonalDataRequest(
+            request_id=secrets.token_hex(64), purpose="subject access request 5/2024", **key
+        ),
+        metadata=ledger.md(agency),
+    )
+
+
+def test_a_reader_with_a_purpose_sees_the_data_and_the_read_is_recorded(ledger: Client) -> None:
+    name = report_with_people(ledger)
+    answer = read(ledger, "bawaslu", name)
+    people = {s.role: s.person for s in answer.subjects}
+    assert people[pd.DATA_SUBJECT_ROLE_REPORTER] == pd.Person(
+        name=NAME, phone=PHONE, nik=NIK, address="Jl. Kenari 7"
+    )
+    assert people[pd.DATA_SUBJECT_ROLE_WITNESS].nik == WITNESS_NIK
+    record = accesses(ledger, "desk_pilkada", name)
+    assert [(a.actor.agency, a.purpose, a.event_id) for a in record.accesses] == [
+        ("bawaslu", "verify the report", answer.result.event_id)
+    ]
+    assert set(record.accesses[0].subjects) == {s.subject_id for s in answer.subjects}
+    assert all(not s.HasField("person") for s in record.subjects)
+
+
+def test_the_events_carry_ciphertext_only(ledger: Client) -> None:
+    name = report_with_people(ledger)
+    events = ledger.stub.ListIncidentEvents(
+        api.ListIncidentEventsRequest(parent=name), metadata=ledger.md("desk_pilkada")
+    ).events
+    payload = events[0].payload_json
+    assert "ciphertext" in payload
+    for plain in (NIK, PHONE, NAME, WITNESS_NIK, "Kenari"):
+        assert plain not in payload
+
+
+def test_an_agency_without_the_right_is_denied_and_nothing_is_recorded(ledger: Client) -> None:
+    name = report_with_people(ledger)
+    version = ledger.stub.GetIncident(
+        api.GetIncidentRequest(name=name), metadata=ledger.md("kpu")
+    ).incident.version
+    with pytest.raises(grpc.RpcError) as denied:
+        read(ledger, "kpu", name)
+    assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert reason(denied.value) == "PERSONAL_DATA_NOT_PERMITTED"
+    for plain in (NIK, PHONE, NAME):
+        assert plain not in (denied.value.details() or "")
+    with pytest.raises(grpc.RpcError) as searching:
+        find(ledger, "kpu", nik=NIK)
+    assert searching.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    after = ledger.stub.GetIncident(api.GetIncidentRequest(name=name), metadata=ledger.md("kpu"))
+    assert after.incident.version == version
+    assert not accesses(ledger, "desk_pilkada", name).accesses
+
+
+def test_a_reading_needs_a_purpose(ledger: Client) -> None:
+    name = report_with_people(ledger)
+    with pytest.raises(grpc.RpcError) as refused:
+        read(ledger, "bawaslu", name, purpose="")
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_an_anonymous_reporter_is_known_to_the_reporting_agency_only(ledger: Client) -> None:
+    name = report_with_people(ledger, anonymous=True)
+    others = read(ledger, "bawaslu", name)
+    assert [s.role for s in others.subjects] == [pd.DATA_SUBJECT_ROLE_WITNESS]
+    own = read(ledger, "kesbangpol", name)
+    reporter = next(s for s in own.subjects if s.role == pd.DATA_SUBJECT_ROLE_REPORTER)
+    assert reporter.person.nik == NIK
+    assert reporter.anonymous
+
+
+def test_bad_personal_data_is_refused_without_echoing_it(ledger: Client) -> None:
+    for person, named in (
+        (pd.Person(name="A", nik="12345"), "personal_data.reporter.nik"),
+        (pd.Person(name="A", phone="12"), "personal_data.reporter.phone"),
+        (pd.Person(phone=PHONE), "personal_data.reporter.name"),
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            ledger.report(personal_data=pd.PersonalData(reporter=person))
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert field(refused.value) == named
+        assert "12345" not in (refused.value.details() or "")
+
+
+def test_subject_access_by_phone_or_nik_finds_only_that_person(ledger: Client) -> None:
+    first = report_with_people(ledger)
+    second = report_with_people(ledger)
+    by_phone = find(ledger, "desk_pilkada", phone=PHONE)
+    assert {s.incident for s in by_phone.subjects} == {first, second}
+    assert {s.person.nik for s in by_phone.subjects} == {NIK}
+    by_nik = find(ledger, "desk_pilkada", nik=WITNESS_NIK)
+    assert {s.role for s in by_nik.subjects} == {pd.DATA_SUBJECT_ROLE_WITNESS}
+    # Each incident's read is recorded, and the trail comes with the answer.
+    assert all(s.accesses for s in by_nik.subjects)
+    assert len(accesses(ledger, "desk_pilkada", first).accesses) == 2
+
+
+def test_erasure_destroys_the_data_and_the_index(ledger: Client) -> None:
+    name = report_with_people(ledger)
+    erase(ledger, "desk_pilkada", name)
+    after = read_states(ledger, name)
+    assert after == {pd.DATA_SUBJECT_STATE_ERASED}
+    assert not find(ledger, "desk_pilkada", nik=NIK).subjects
+    with pytest.raises(grpc.RpcError) as again:
+        erase(ledger, "desk_pilkada", name)
+    assert again.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+
+def read_states(ledger: Client, name: str) -> set[int]:
+    record = accesses(ledger, "desk_pilkada", name)
+    return {s.state for s in record.subjects}
+
+
+def test_a_legal_hold_blocks_erasure_until_lifted(ledger: Client) -> None:
+    name = report_with_people(ledger)
+    with pytest.raises(grpc.RpcError) as not_theirs:
+        hold(ledger, "kpu", name)
+    assert not_theirs.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    hold(ledger, "kejari", name)
+    with pytest.raises(grpc.RpcError) as held:
+        erase(ledger, "desk_pilkada", name)
+    assert held.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert reason(held.value) == "LEGAL_HOLD"
+    assert read_states(ledger, name) == {pd.DATA_SUBJECT_STATE_PRESENT}
+    assert read(ledger, "bawaslu", name).subjects[0].person.name == NAME
+    assert [h.agency for h in accesses(ledger, "desk_pilkada", name).legal_holds] == ["kejari"]
+    hold(ledger, "kejari", name, lift=True)
+    erase(ledger, "desk_pilkada", name)
+    assert read_states(ledger, name) == {pd.DATA_SUBJECT_STATE_ERASED}
+
+
+def test_a_batch_report_takes_personal_data(ledger: Client) -> None:
+    report = api.DeviceReport(
+        device_report_id="0b6c5a8e-0d8e-4a51-9a8c-1a2b3c4d5e6f",
+        device_id="hp-01",
+        title="Envelopes handed out",
+        category="money_politics",
+        location=pb.Location(kecamatan="ipuh"),
+        personal_data=personal(),
+    )
+    report.device_record_time.GetCurrentTime()
+    answer = ledger.stub.IngestReports(
+        api.IngestReportsRequest(reports=[report]), metadata=ledger.md("kesbangpol")
+    )
+    (result,) = answer.results
+    assert result.outcome == api.INGEST_OUTCOME_CREATED
+    assert {s.person.name for s in read(ledger, "bawaslu", result.result.incident).subjects} == {
+        NAME,
+        "Budi Saksi",
+    }
+    # Sent again: the same report, recorded once (the fingerprint holds a keyed digest).
+    again = ledger.stub.IngestReports(
+        api.IngestReportsRequest(reports=[report]), metadata=ledger.md("kesbangpol")
+    )
+    assert again.results[0].outcome == api.INGEST_OUTCOME_DUPLICATE
+
+
+def test_a_batch_seals_each_report_s_people_for_its_own_incident(ledger: Client) -> None:
+    def device_report(n: int, person: pd.Person) -> api.DeviceReport:
+        report = api.DeviceReport(
+            device_report_id=f"0b6c5a8e-0d8e-4a51-9a8c-00000000000{n}",
+            device_id="hp-02",
+            title=f"Laporan {n}",
+            category="money_politics",
+            location=pb.Location(kecamatan="ipuh"),
+            personal_data=pd.PersonalData(reporter=person),
+        )
+        report.device_record_time.GetCurrentTime()
+        return report
+
+    people = [
+        pd.Person(name="Satu", nik="1706014107900001"),
+        pd.Person(name="Dua", nik="12"),  # refused: the others are recorded
+        pd.Person(name="Tiga", phone="081211112222"),
+    ]
+    answer = ledger.stub.IngestReports(
+        api.IngestReportsRequest(reports=[device_report(n, p) for n, p in enumerate(people)]),
+        metadata=ledger.md("kesbangpol"),
+    )
+    outcomes = [r.outcome for r in answer.results]
+    assert outcomes == [
+        api.INGEST_OUTCOME_CREATED,
+        api.INGEST_OUTCOME_INVALID,
+        api.INGEST_OUTCOME_CREATED,
+    ]
+    for result, expected in ((answer.results[0], "Satu"), (answer.results[2], "Tiga")):
+        (subject,) = read(ledger, "bawaslu", result.result.incident).subjects
+        assert subject.person.name == expected
+
+
+def test_key_rotation_and_a_wrong_key_across_restarts(tmp_path: Path) -> None:
+    """Data written under the old key-encryption key reads after rotation; a key that is
+    not the one the table was written with stops the start, naming it."""
+    old = "kek-old:" + base64.b64encode(secrets.token_bytes(32)).decode()
+    new = "kek-new:" + base64.b64encode(secrets.token_bytes(32)).decode()
+    with store_environment("sqlite", tmp_path) as env:
+
+        def settings(keys: str) -> LedgerSettings:
+            return settings_for(tmp_path, env, personal_data_keys=keys)
+
+        with running_ledger(settings(old)) as first:
+            name = report_with_people(first)
+        with running_ledger(settings(f"{new},{old}")) as rotated:  # moved under the new key
+            assert read(rotated, "bawaslu", name).subjects[0].person.name == NAME
+        with running_ledger(settings(new)) as only_new:
+            assert read(only_new, "bawaslu", name).subjects[0].person.name == NAME
+        with pytest.raises(ConfigError, match="kek-new"), running_ledger(settings(old)):
+            pass
+        wrong = "kek-new:" + base64.b64encode(secrets.token_bytes(32)).decode()
+        with pytest.raises(ConfigError, match="does not open"), running_ledger(settings(wrong)):
+            pass

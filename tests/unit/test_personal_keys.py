@@ -1,0 +1,216 @@
+"""Personal data: the checks of what a report says about people, and the key table (keys per
+person wrapped by a key-encryption key, rotation, a wrong or missing key at start, erasure)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID, uuid4
+
+import pytest
+
+from services.common.config import ConfigError
+from services.common.errors import DataLoss, InvalidArgument
+from services.common.sql import SQLiteDatabase
+from services.ledger.application import Ledger
+from services.ledger.domain.commands import (
+    ApproveClosure,
+    AssignLeadAgency,
+    LogAction,
+    PlaceLegalHold,
+    ReportIncident,
+    RequestClosure,
+    ResolveIncident,
+    VerifyIncident,
+)
+from services.ledger.domain.incident import Incident
+from services.ledger.domain.personal import (
+    Person,
+    PersonalData,
+    check_nik,
+    checked_personal_data,
+    normalised_phone,
+)
+from services.ledger.personal_keys import KeyRing, PersonalKeys, load_key_ring
+from tests.unit.incident_builders import REF, envelope_for
+
+OLD = "kek-2026:" + base64.b64encode(bytes(range(32))).decode()
+NEW = "kek-2027:" + base64.b64encode(bytes(range(32, 64))).decode()
+WRONG = "kek-2026:" + base64.b64encode(bytes(32)).decode()
+SITI = PersonalData(
+    reporter=Person(name="Siti", phone="+6281273456690", nik="1706014107900003"),
+    witnesses=(Person(name="Budi", phone="+6285212345678"),),
+)
+
+
+@pytest.mark.parametrize(
+    ("given", "e164"),
+    [
+        ("081273456690", "+6281273456690"),
+        ("0812-7345-6690", "+6281273456690"),
+        ("+62 812 7345 6690", "+6281273456690"),
+        ("6281273456690", "+6281273456690"),
+        ("+6281273456690", "+6281273456690"),
+        ("(0737) 71234", "+6273771234"),  # a landline in Mukomuko
+    ],
+)
+def test_phones_are_normalised_to_e164(given: str, e164: str) -> None:
+    assert normalised_phone(given, "phone") == e164
+
+
+@pytest.mark.parametrize("bad", ["12", "0812", "+1 555", "nomor", "08127345669012345"])
+def test_a_bad_phone_is_refused_without_its_value(bad: str) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        normalised_phone(bad, "personal_data.reporter.phone")
+    assert refused.value.field == "personal_data.reporter.phone"
+    assert bad not in str(refused.value)
+
+
+def test_a_nik_has_sixteen_digits() -> None:
+    assert check_nik("1706 0141 0790 0003", "nik") == "1706014107900003"
+    for bad in ("170601410790000", "17060141079000031", "170601410790000x", "١٧٠٦٠١٤١٠٧٩٠٠٠٠٣"):
+        with pytest.raises(InvalidArgument):
+            check_nik(bad, "nik")
+
+
+def test_each_person_needs_a_name_and_anonymity_needs_a_reporter() -> None:
+    with pytest.raises(InvalidArgument) as nameless:
+        checked_personal_data(PersonalData(witnesses=(Person(phone="081273456690"),)), "p")
+    assert nameless.value.field == "p.witnesses[0].name"
+    with pytest.raises(InvalidArgument) as anonymous:
+        checked_personal_data(PersonalData(anonymous=True), "p")
+    assert anonymous.value.field == "p.anonymous"
+    assert checked_personal_data(PersonalData(), "p") is None
+
+
+def keys_at(path: Path, ring: str) -> PersonalKeys:
+    return PersonalKeys(SQLiteDatabase(str(path)), KeyRing.parse(ring, "test"))
+
+
+def test_sealed_data_opens_with_its_key_and_not_after_erasure(tmp_path: Path) -> None:
+    keys = keys_at(tmp_path / "k.sqlite", OLD)
+    sealed = keys.seal(SITI)
+    assert sealed.sealed is not None
+    incident = sealed.sealed.incident_id
+    reporter, witness = sealed.sealed.subjects
+    assert keys.open_subject(incident, reporter) == SITI.reporter
+    assert [k.subject_id for k in keys.find("nik", "1706014107900003")] == [reporter.subject_id]
+    assert keys.destroy([reporter.subject_id]) == 1
+    assert keys.open_subject(incident, reporter) is None
+    assert keys.find("nik", "1706014107900003") == []
+    assert keys.open_subject(incident, witness) == SITI.witnesses[0]
+    keys.close()
+
+
+def test_the_digest_is_keyed_and_stable(tmp_path: Path) -> None:
+    first = keys_at(tmp_path / "a.sqlite", OLD)
+    other = keys_at(tmp_path / "b.sqlite", OLD)
+    assert first.digest(SITI) == first.digest(SITI)
+    # Another table has another random index key: a digest reveals nothing by itself.
+    assert first.digest(SITI) != other.digest(SITI)
+    first.close()
+    other.close()
+
+
+def test_rotation_keeps_old_data_readable_and_moves_it_under_the_new_key(tmp_path: Path) -> None:
+    path = tmp_path / "k.sqlite"
+    keys = keys_at(path, OLD)
+    sealed = keys.seal(SITI).sealed
+    assert sealed is not None
+    keys.close()
+    rotated = keys_at(path, f"{NEW},{OLD}")
+    reporter = sealed.subjects[0]
+    assert rotated.open_subject(sealed.incident_id, reporter) == SITI.reporter
+    assert rotated.rewrap() == 3  # two people and the blind index key
+    assert rotated.find("nik", "1706014107900003")[0].subject_id == reporter.subject_id
+    rotated.close()
+    only_new = keys_at(path, NEW)
+    assert only_new.open_subject(sealed.incident_id, reporter) == SITI.reporter
+    only_new.close()
+
+
+def test_a_missing_or_wrong_key_encryption_key_stops_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "k.sqlite"
+    keys_at(path, OLD).close()
+    with pytest.raises(ConfigError, match="kek-2026"):
+        keys_at(path, NEW)
+    with pytest.raises(ConfigError, match="does not open"):
+        keys_at(path, WRONG)
+
+
+def test_production_refuses_a_development_key_and_needs_one(tmp_path: Path) -> None:
+    ring = load_key_ring(keys=None, key_dir=tmp_path, production=False, variable="V")
+    assert ring.current.startswith("dev-")
+    assert load_key_ring(keys=None, key_dir=tmp_path, production=False, variable="V") == ring
+    with pytest.raises(ConfigError, match="required in production"):
+        load_key_ring(keys=None, key_dir=tmp_path, production=True, variable="V")
+    dev_text = (tmp_path / "personal-data.keys").read_text()
+    with pytest.raises(ConfigError, match="refused in production"):
+        load_key_ring(keys=dev_text, key_dir=tmp_path, production=True, variable="V")
+    assert load_key_ring(keys=OLD, key_dir=tmp_path, production=True, variable="V").current == (
+        "kek-2026"
+    )
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "nokey", "k:notbase64!", "k:" + base64.b64encode(b"short").decode(), f"{OLD},{OLD}"]
+)
+def test_a_malformed_key_setting_is_refused(bad: str) -> None:
+    with pytest.raises(ConfigError):
+        KeyRing.parse(bad, "V")
+
+
+def test_sealing_binds_the_ciphertext_to_its_incident(tmp_path: Path) -> None:
+    keys = keys_at(tmp_path / "k.sqlite", OLD)
+    sealed = keys.seal(SITI).sealed
+    assert sealed is not None
+    with pytest.raises(DataLoss):
+        keys.open_subject(uuid4(), sealed.subjects[0])
+    keys.close()
+
+
+# ------------------------------------------------------------------ the retention rule
+
+
+def _reported(ledger: Ledger) -> UUID:
+    report = ReportIncident("Amplop", "", "money_politics", "", {"kecamatan": "ipuh"}, SITI)
+    return ledger.execute(envelope_for("kesbangpol"), report).incident_id
+
+
+def _closed(ledger: Ledger) -> UUID:
+    i = _reported(ledger)
+    for agency, command in (
+        ("desk_pilkada", VerifyIncident(i, 0, "")),
+        ("desk_pilkada", AssignLeadAgency(i, 0, "polres", "")),
+        ("polres", LogAction(i, 0, "patrol", None)),
+        ("polres", ResolveIncident(i, 0, "done")),
+        ("polres", RequestClosure(i, 0, "")),
+        ("desk_pilkada", ApproveClosure(i, 0, "")),
+    ):
+        ledger.execute(envelope_for(agency), command)
+    return i
+
+
+def test_the_retention_rule_erases_closed_incidents_unless_held(tmp_path: Path) -> None:
+    keys = keys_at(tmp_path / "k.sqlite", OLD)
+    ledger = Ledger(REF, env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, personal_keys=keys)
+    still_open, expired, held = _reported(ledger), _closed(ledger), _closed(ledger)
+    ledger.execute(envelope_for("kejari"), PlaceLegalHold(held, 0, "Gakkumdu 3"))
+    year = timedelta(days=365)
+    assert ledger.erase_expired_personal_data(year) == 0  # closed just now
+    later = datetime.now(UTC) + year + timedelta(seconds=1)
+    assert ledger.erase_expired_personal_data(year, later) == 1
+    assert ledger.erase_expired_personal_data(year, later) == 0  # nothing left to erase
+
+    def erased(incident: UUID) -> bool:
+        return all(s.erased for s in ledger.get_incident(incident).subjects.values())
+
+    assert erased(expired) and not erased(held) and not erased(still_open)
+    basis = [
+        e.reason for e in ledger.events.get(expired) if isinstance(e, Incident.PersonalDataErased)
+    ]
+    assert basis == ["retention rule: 365 days after closure"]
+    # The keys are gone, not only marked: nothing opens the erased data.
+    assert set(keys.incidents_with_keys()) == {still_open, held}
+    ledger.close()
