@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -51,11 +51,14 @@ from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.common.storepool import bound_store
 from services.ledger.domain.commands import (
     MAX_SHORT,
+    AssignLeadAgency,
     Command,
     CreatingCommand,
     IncidentCommand,
+    RejectIncident,
     ReportIncident,
     Rules,
+    VerifyIncident,
     check_text,
     checked,
     command_name,
@@ -69,6 +72,7 @@ from services.ledger.domain.incident import (
     incident_event_classes,
     require_writer,
 )
+from services.ledger.domain.refcodes import ReferenceClaim, claim_key, parse_code
 from services.ledger.domain.requests import RequestRecord, request_fingerprint, request_key
 from services.ledger.domain.times import TimeBounds
 from services.ledger.seals import SealChecker, Sealer
@@ -78,6 +82,9 @@ from services.ledger.writes import AggregateCache, GroupCommitter
 log = structlog.get_logger(__name__)
 
 MAX_CONFLICT_RETRIES = 30
+# How many times a report draws a new incident id (and reference code) when its code
+# is taken: with 33 million codes, a second draw is already rare.
+MAX_REFERENCE_DRAWS = 10
 LOCK_STRIPES = 256
 
 
@@ -131,6 +138,35 @@ class IngestResult:
     error: LedgerError | None = None
 
 
+#: The commands of a TriageIncidents call (the coordinator's triage of reported incidents).
+TRIAGE_COMMANDS: tuple[type[IncidentCommand], ...] = (
+    VerifyIncident,
+    RejectIncident,
+    AssignLeadAgency,
+)
+#: A triage call's request id leaves room for its items' "/{n}" within MAX_SHORT.
+MAX_TRIAGE_REQUEST_ID = MAX_SHORT - 8
+
+
+class TriageOutcome(enum.Enum):
+    """What became of one item of a ``TriageIncidents`` call."""
+
+    RECORDED = "RECORDED"  # recorded now
+    DUPLICATE = "DUPLICATE"  # recorded before by the same request: the original result
+    CONFLICT = "CONFLICT"  # its request id was used before for another request
+    INVALID = "INVALID"  # refused as the single command would refuse its fields
+    REFUSED = "REFUSED"  # its incident refuses the command (state, permission, version)
+
+
+@dataclass(frozen=True)
+class TriageResult:
+    """One item's answer: its command result (RECORDED, DUPLICATE) or why not."""
+
+    outcome: TriageOutcome
+    result: CommandResult | None = None
+    error: LedgerError | None = None
+
+
 @dataclass(frozen=True)
 class _ReadyReport:
     """A checked report of a batch (``index``): its incident's and its request record's
@@ -141,9 +177,12 @@ class _ReadyReport:
     request_id: str
     command: ReportIncident
     fingerprint: str
+    envelope: Envelope
+    device: DeviceRecord
     incident: Incident
     reported: Incident.Event
     events: list[Any]
+    draws: int = 1
 
 
 class SealingMapper(Mapper[UUID]):
@@ -198,6 +237,17 @@ def time_bounds_of(settings: LedgerSettings) -> TimeBounds:
     )
 
 
+def claims_of(incidents: Iterable[Incident]) -> list[ReferenceClaim]:
+    """The claims of the reference codes of the incidents reported now (saved with
+    their reports, so that a code taken already fails the save)."""
+    return [
+        ReferenceClaim.claim(incident.reference, incident.id)
+        for incident in incidents
+        if incident.reference
+        and any(isinstance(e, Incident.Reported) for e in incident.pending_events)
+    ]
+
+
 def mutate_all(aggregate: Any, events: Iterable[Any]) -> Any:
     """The library's aggregate projector, without its runtime check of every event
     against a ``Protocol`` (an ``isinstance`` that cost a third of loading an incident)."""
@@ -220,6 +270,7 @@ class Ledger(Application[UUID]):
         sealer: Sealer | None = None,
         time_bounds: TimeBounds | None = None,
         clock: Callable[[], datetime] = utc_now,
+        triage_max_items: int = LedgerSettings.triage_max_items,
     ) -> None:
         # Before the base class builds the mapper, which seals with it.
         self.sealer = sealer
@@ -230,6 +281,7 @@ class Ledger(Application[UUID]):
         self.reference = reference
         self.time_bounds = time_bounds or time_bounds_of(LedgerSettings())
         self._clock = clock
+        self.triage_max_items = triage_max_items
         self.positions = EventPositions(self.recorder)
         # Commands on the same incident queue here instead of racing inside this
         # process; across processes, optimistic concurrency (IntegrityError) decides.
@@ -288,7 +340,8 @@ class Ledger(Application[UUID]):
             creating = command
 
             def create(_reload: bool) -> list[Incident]:
-                return [creating.create(envelope)]
+                # A retry (reload) draws a new incident id: the last one's code may be taken.
+                return [creating.create(envelope, self.reference.reference_prefix)]
 
             return self._execute(envelope, command, None, 0, create)
         if not isinstance(command, IncidentCommand):
@@ -337,6 +390,7 @@ class Ledger(Application[UUID]):
         results: list[IngestResult | None] = [None] * len(items)
         ready: dict[UUID, _ReadyReport] = {}
         again: list[_ReadyReport] = []  # a report the batch holds twice: answered once saved
+        codes: set[str] = set()
         for index, item in enumerate(items):
             if isinstance(item, InvalidArgument):
                 results[index] = IngestResult(IngestOutcome.INVALID, error=item)
@@ -348,8 +402,13 @@ class Ledger(Application[UUID]):
                 continue
             if report.key in ready:
                 again.append(report)
-            else:
-                ready[report.key] = report
+                continue
+            # Two reports of the batch that drew one code: the later draws again (a
+            # store may not check the claims of one transaction against each other).
+            while report.incident.reference in codes:
+                report = self._redraw(report)
+            codes.add(report.incident.reference)
+            ready[report.key] = report
         self._save_ready(list(ready.values()), results)
         for report in again:
             results[report.index] = self._answer_recorded(report)
@@ -359,6 +418,62 @@ class Ledger(Application[UUID]):
         counts = Counter(r.outcome.value.lower() for r in answered)
         log.info("ingest.done", reports=len(items), skew_ms=skew_ms, **counts)
         return answered
+
+    def triage(
+        self, envelope: Envelope, items: Sequence[IncidentCommand | InvalidArgument]
+    ) -> list[TriageResult]:
+        """Triage incidents (``TriageIncidents``): each item the single command it is
+        (:data:`TRIAGE_COMMANDS`), run by :meth:`execute` as if sent alone, with the
+        request id ``{request_id}/{n}`` (n from 1); one result per item, in order.
+
+        ``items``: what the request's items became, a command or the refusal of one that
+        did not convert. An item recorded before by the same request (the call sent
+        again) is answered from its record (DUPLICATE); a refusal is the item's own. The
+        items run in order, so that two items on one incident (verify, then assign a
+        lead) act as two single commands sent one after the other would.
+        """
+        if len(items) > self.triage_max_items:
+            raise InvalidArgument(
+                "items", f"at most {self.triage_max_items} items per call, got {len(items)}"
+            )
+        require_writer(envelope.actor, "TriageIncidents")
+        if not envelope.request_id:
+            raise InvalidArgument("request_id", "is required (AIP-155)")
+        check_text("request_id", envelope.request_id, MAX_TRIAGE_REQUEST_ID)
+        check_text("correlation_id", envelope.correlation_id, MAX_SHORT)
+        results = [self._triage_item(envelope, n, item) for n, item in enumerate(items, 1)]
+        counts = Counter(r.outcome.value.lower() for r in results)
+        log.info("triage.done", items=len(items), **counts)
+        return results
+
+    def _triage_item(
+        self, envelope: Envelope, n: int, item: IncidentCommand | InvalidArgument
+    ) -> TriageResult:
+        if isinstance(item, InvalidArgument):
+            return TriageResult(TriageOutcome.INVALID, error=item)
+        if not isinstance(item, TRIAGE_COMMANDS):
+            raise TypeError(f"not a triage command: {item!r}")
+        request_id = f"{envelope.request_id}/{n}"
+        single = replace(envelope, request_id=request_id, causation_id=request_id)
+        try:
+            before = self._recorded_before(single, item)
+            if before is not None:
+                return TriageResult(TriageOutcome.DUPLICATE, before)
+            return TriageResult(TriageOutcome.RECORDED, self.execute(single, item))
+        except InvalidArgument as error:
+            return TriageResult(TriageOutcome.INVALID, error=error)
+        except AlreadyExists as error:
+            return TriageResult(TriageOutcome.CONFLICT, error=error)
+        except LedgerError as error:
+            return TriageResult(TriageOutcome.REFUSED, error=error)
+
+    def _recorded_before(self, envelope: Envelope, command: Command) -> CommandResult | None:
+        """The result of the request ``envelope`` names, when it was recorded before
+        (ALREADY_EXISTS when that request was another command)."""
+        command = checked(command, Rules(self.reference, self.time_bounds, self._clock))
+        fingerprint = request_fingerprint(command, envelope.occurred_at)
+        key = request_key(envelope.actor.agency, envelope.request_id)
+        return self._original(key, envelope.request_id, command, fingerprint)
 
     def _ready_report(
         self, actor: Actor, index: int, item: IngestItem, skew_ms: int | None, rules: Rules
@@ -380,19 +495,74 @@ class Ledger(Application[UUID]):
         fingerprint = request_fingerprint(command, envelope.occurred_at)
         key = request_key(actor.agency, request_id)
         device = DeviceRecord(item.device_id, item.report_id, item.record_time, skew_ms)
-        incident = command.create(envelope, device)
+        return self._drawn_report(
+            index, key, request_id, command, fingerprint, envelope, device, draws=1
+        )
+
+    def _drawn_report(
+        self,
+        index: int,
+        key: UUID,
+        request_id: str,
+        command: ReportIncident,
+        fingerprint: str,
+        envelope: Envelope,
+        device: DeviceRecord,
+        *,
+        draws: int,
+    ) -> _ReadyReport:
+        """The report's incident (a new id, hence a new reference code) with its events,
+        its code's claim and its request record."""
+        incident = command.create(envelope, self.reference.reference_prefix, device)
         record = RequestRecord.record(
             key,
             command=command_name(command),
             fingerprint=fingerprint,
             incident=f"{incident.id}@{incident.version}",
         )
+        claims = claims_of([incident])  # before its events are collected
         events = [*incident.collect_events(), *record.collect_events()]
+        for claim in claims:
+            events.extend(claim.collect_events())
         reported = events[0]
         if not isinstance(reported, Incident.Event):
             raise TypeError(f"unexpected event {reported!r}")
         return _ReadyReport(
-            index, key, request_id, command, fingerprint, incident, reported, events
+            index,
+            key,
+            request_id,
+            command,
+            fingerprint,
+            envelope,
+            device,
+            incident,
+            reported,
+            events,
+            draws,
+        )
+
+    def _redrawn(self, report: _ReadyReport) -> _ReadyReport | None:
+        """The report with a new incident id, when its reference code was taken (by an
+        incident recorded meanwhile); None when the code is free (the save failed for
+        another reason) or it was drawn too often."""
+        if report.draws >= MAX_REFERENCE_DRAWS or not self._claimed(report.incident.reference):
+            return None
+        return self._redraw(report)
+
+    def _redraw(self, report: _ReadyReport) -> _ReadyReport:
+        """The report with a new incident id, hence a new reference code."""
+        if report.draws >= MAX_REFERENCE_DRAWS:
+            raise RuntimeError(f"{MAX_REFERENCE_DRAWS} reference codes drawn were all taken")
+        log.info("reference.redrawn", reference=report.incident.reference)
+        return self._drawn_report(
+            report.index,
+            report.key,
+            report.request_id,
+            report.command,
+            report.fingerprint,
+            report.envelope,
+            report.device,
+            draws=report.draws + 1,
         )
 
     def _save_ready(self, reports: list[_ReadyReport], results: list[IngestResult | None]) -> None:
@@ -421,7 +591,11 @@ class Ledger(Application[UUID]):
                 self._save_ready(unsettled, results)
                 return
             if len(reports) == 1:
-                raise
+                redrawn = self._redrawn(reports[0])
+                if redrawn is None:
+                    raise
+                self._save_ready([redrawn], results)
+                return
             failure = "IntegrityError"
         except STORE_CONNECTION_ERRORS:
             raise
@@ -465,6 +639,38 @@ class Ledger(Application[UUID]):
 
     def get_incident(self, incident_id: UUID) -> Incident:
         return self._load(incident_id)
+
+    def incident_by_reference(self, text: str, field: str = "reference") -> UUID:
+        """The id of the incident whose reference code ``text`` is (read leniently).
+
+        INVALID_ARGUMENT when ``text`` is not a code of this ledger or is mistyped (its
+        check character does not match); NOT_FOUND when no incident has it.
+        """
+        code = parse_code(text, self.reference.reference_prefix, field)
+        try:
+            claim: ReferenceClaim = self.load_aggregate(claim_key(code))
+        except AggregateNotFoundError:
+            raise NotFound(
+                f"no incident has the reference {code}",
+                reason="INCIDENT_NOT_FOUND",
+                metadata={"reference": code, "field": field},
+            ) from None
+        return claim.incident_id
+
+    def find_reference(self, text: str) -> UUID | None:
+        """As :meth:`incident_by_reference` (for a list's filter), None when no incident
+        has the code."""
+        try:
+            return self.incident_by_reference(text, "filter")
+        except NotFound:
+            return None
+
+    def _claimed(self, code: str) -> bool:
+        try:
+            self.load_aggregate(claim_key(code))
+        except AggregateNotFoundError:
+            return False
+        return True
 
     def get_incident_as_of(
         self, incident_id: UUID, *, position: int = 0, time: datetime | None = None
@@ -598,8 +804,9 @@ class Ledger(Application[UUID]):
                             fingerprint=fingerprint,
                             incident=f"{primary.id}@{primary.version}",
                         )
+                        claims = claims_of(aggregates)
                         recordings = self._committer.save(
-                            [e for a in (*aggregates, record) for e in a.collect_events()]
+                            [e for a in (*aggregates, record, *claims) for e in a.collect_events()]
                         )
                     except BaseException:
                         for incident_id_ in lock_ids:

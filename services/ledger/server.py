@@ -140,6 +140,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
         cache_size=settings.cache_size,
         sealer=Sealer(signing_key),
         time_bounds=time_bounds_of(settings),
+        triage_max_items=settings.triage_max_items,
     )
     create = creates_tables(settings.store_env)
     projections = Projections(ledger, settings.store_env, reference, create=create)

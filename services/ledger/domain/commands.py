@@ -193,7 +193,8 @@ class CreatingCommand(Command, ABC):
     """A command that creates an incident."""
 
     @abstractmethod
-    def create(self, envelope: Envelope) -> Incident: ...
+    def create(self, envelope: Envelope, reference_prefix: str) -> Incident:
+        """The new incident, its reference code under ``reference_prefix``."""
 
 
 @dataclass(frozen=True)
@@ -244,9 +245,12 @@ class ReportIncident(CreatingCommand):
     severity: str = dataclasses.field(metadata=severity(default=True))
     location: dict[str, Any] = dataclasses.field(metadata=location())
 
-    def create(self, envelope: Envelope, device: DeviceRecord | None = None) -> Incident:
+    def create(
+        self, envelope: Envelope, reference_prefix: str, device: DeviceRecord | None = None
+    ) -> Incident:
         """The incident reported; ``device``: the field device it came from, if any
-        (``IngestReports``: the same command, recorded with the device's provenance)."""
+        (``IngestReports``: the same command, recorded with the device's provenance).
+        Each call draws a new incident id, and with it a new reference code."""
         return Incident.report(
             envelope,
             title=self.title,
@@ -255,6 +259,7 @@ class ReportIncident(CreatingCommand):
             severity=self.severity,
             location=self.location,
             incident_id=uuid4(),
+            reference_prefix=reference_prefix,
             device=device,
         )
 
