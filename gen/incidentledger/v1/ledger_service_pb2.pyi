@@ -1376,6 +1376,7 @@ class TriageIncidentsRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    OCCUR_TIME_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Required, at most 120 characters (AIP-155). Item n (from 1) is recorded as
     the command with request id "{request_id}/{n}": sending the call again
@@ -1389,16 +1390,23 @@ class TriageIncidentsRequest(_message.Message):
         INVALID_ARGUMENT and nothing is recorded).
         """
 
+    @_builtins.property
+    def occur_time(self) -> _timestamp_pb2.Timestamp:
+        """When the triage happened, for every item (as for every command; defaults to
+        the record time).
+        """
+
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         items: _abc.Iterable[Global___TriageItem] | None = ...,
         correlation_id: _builtins.str = ...,
+        occur_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "items", b"items", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "items", b"items", "occur_time", b"occur_time", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
