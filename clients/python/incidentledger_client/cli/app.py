@@ -240,13 +240,17 @@ def _run(args: list[str], as_json: bool) -> int:
 
         completion_init()
     try:
-        command.main(
+        returned = command.main(
             args=args,
             prog_name="ledgerctl",
             standalone_mode=False,
             complete_var=COMPLETE_VAR,
             obj=st,
         )
+        # Outside standalone mode, click answers a command's typer.Exit with its exit code
+        # rather than raising it.
+        if isinstance(returned, int) and returned:
+            return returned
     except typer.Exit as stop:
         return stop.exit_code
     except typer.Abort:
