@@ -38,7 +38,7 @@ def test_names_that_fit_no_incident_are_usage_errors_that_say_why(ctl: Ctl) -> N
     assert code == 2 and "no incident's id starts with" in err
     taken = ctl.json("polres", "show", name)["incident"]["reference"]
     unknown = "MKM-" + ("0000" if taken[4:8] != "0000" else "1111") + "-0"
-    unknown += check_character((unknown[4:8] + "0"))
+    unknown += check_character(unknown[4:8] + "0")
     code, _, err = ctl.run("polres", "show", unknown)
     assert code == 2 and "no incident has the reference code" in err
     mistyped = taken[:-1] + ("0" if taken[-1] != "0" else "1")
