@@ -190,7 +190,7 @@ class ReferenceData:
     # The projections' settings (sections ``vulnerability`` and ``overdue_after_hours``).
     vulnerability: VulnerabilityModel = field(default_factory=VulnerabilityModel)
     overdue_after_hours: dict[str, float] = field(default_factory=dict)
-    # The first part of every reference code (``MKM`` in ``MKM-7QK3-92``): one to six
+    # The first part of every reference code (``MKM`` in ``MKM-7QK3-9V``): one to six
     # letters A-Z, ``reference_prefix`` in the file.
     reference_prefix: str = DEFAULT_REFERENCE_PREFIX
 

@@ -74,6 +74,11 @@ def test_a_code_is_a_function_of_the_incident_id() -> None:
     assert parse_code(code, "MKM") == code
 
 
+def test_the_documented_examples_are_codes() -> None:
+    for example in ("MKM-7QK3-9V", "MKM-8R2M-4P"):
+        assert parse_code(example, "MKM") == example
+
+
 def test_codes_are_read_leniently() -> None:
     code = code_for("MKM", uuid4())
     sloppy = code.lower().replace("-", " ")

@@ -771,12 +771,12 @@ class LedgerClient:
         as_of_position: int = 0,
     ) -> Incident:
         """An incident now, or as it stood at a past time or global position; by its name,
-        or by its ``reference`` code (``"MKM-7QK3-92"``: a mistyped code raises
+        or by its ``reference`` code (``"MKM-7QK3-9V"``: a mistyped code raises
         :class:`~incidentledger_client.errors.InvalidArgument`, reason
         ``REFERENCE_MISTYPED``; one no incident has,
         :class:`~incidentledger_client.errors.IncidentNotFound`).
 
-        >>> ledger.get_incident(reference="mkm 7qk3 92").name  # doctest: +SKIP
+        >>> ledger.get_incident(reference="mkm 7qk3 9v").name  # doctest: +SKIP
         """
         request = api.GetIncidentRequest(
             name=name, reference=reference, as_of_position=as_of_position

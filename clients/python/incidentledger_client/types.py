@@ -201,7 +201,7 @@ class Incident:
     occur_time: datetime | None
     create_time: datetime | None
     update_time: datetime | None
-    #: The reference code people read out (``MKM-7QK3-92``); "" for an incident reported
+    #: The reference code people read out (``MKM-7QK3-9V``); "" for an incident reported
     #: before the ledger gave codes.
     reference: str = ""
     #: The code of the incident this one was merged into, when ``MERGED`` (and it has one).

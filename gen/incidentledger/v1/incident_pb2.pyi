@@ -290,7 +290,7 @@ class Incident(_message.Message):
     version: _builtins.int
     """Version of the incident (number of events recorded on it)."""
     reference: _builtins.str
-    """The incident's reference code, for people: for example "MKM-7QK3-92" (the
+    """The incident's reference code, for people: for example "MKM-7QK3-9V" (the
     regency's prefix, five characters of Crockford base 32 and a check character).
     Unique, recorded in the Reported event; empty for an incident reported before
     reference codes existed. GetIncident and ListIncidents' filter take it.

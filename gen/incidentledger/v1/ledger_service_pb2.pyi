@@ -1590,7 +1590,7 @@ class GetIncidentRequest(_message.Message):
     as_of_position: _builtins.int
     """The incident as it stood at this global position, if set (0 = now)."""
     reference: _builtins.str
-    """Instead of `name`: the incident's reference code, for example "MKM-7QK3-92"
+    """Instead of `name`: the incident's reference code, for example "MKM-7QK3-9V"
     (case, hyphens and spaces do not matter; I and L read as 1, O as 0). A code
     whose check character does not match is INVALID_ARGUMENT with reason
     REFERENCE_MISTYPED; a code no incident has is NOT_FOUND.
@@ -1651,7 +1651,7 @@ class ListIncidentsRequest(_message.Message):
     filter: _builtins.str
     """AIP-160 filter over status, severity, category, kecamatan, lead_agency
     and reference: comparisons with = or != joined by AND, for example
-    `status = "VERIFIED" AND kecamatan = "ipuh"` or `reference = "MKM-7QK3-92"`.
+    `status = "VERIFIED" AND kecamatan = "ipuh"` or `reference = "MKM-7QK3-9V"`.
     """
     min_position: _builtins.int
     """Read-your-writes: wait (up to the call's deadline, at most 10 s) until the

@@ -1,6 +1,6 @@
 """Reference codes: the short name of an incident a person can read out over the phone.
 
-A code looks like ``MKM-7QK3-92``: the regency's prefix (``reference_prefix`` in the
+A code looks like ``MKM-7QK3-9V``: the regency's prefix (``reference_prefix`` in the
 reference data), four and then one character of payload, and a check character.
 
 - **Alphabet**: Crockford's base 32 (``0-9`` and ``A-Z`` without ``I``, ``L``, ``O``,

@@ -30,7 +30,7 @@ WHATS = (
 
 def incident_name(ctx: typer.Context, value: str) -> str:
     """``incidents/ID`` from the full name, the id, a unique prefix of 6+ characters (as tables
-    show them) or a reference code (MKM-7QK3-92); a usage error otherwise (an ambiguous
+    show them) or a reference code (MKM-7QK3-9V); a usage error otherwise (an ambiguous
     prefix lists the candidates; a mistyped code is the ledger's INVALID_ARGUMENT)."""
     return incident_names(ctx, [value])[0]
 

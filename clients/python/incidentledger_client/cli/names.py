@@ -22,7 +22,7 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 _PREFIX = re.compile(r"^[0-9a-f-]+$")
 #: The start of an id as tables show it: 6 or more hex characters, then anything of an id.
 _UUID_START = re.compile(r"^[0-9a-f]{6,}")
-#: What a reference code looks like (MKM-7QK3-92): the regency's prefix of 1-6 letters, then
+#: What a reference code looks like (MKM-7QK3-9V): the regency's prefix of 1-6 letters, then
 #: 4 and 2 characters. A prefix of an id with a dash has 8 characters before it: no clash.
 REFERENCE_CODE = re.compile(r"^[A-Za-z]{1,6}[- ]?[0-9A-Za-z]{4}[- ]?[0-9A-Za-z]{2}$")
 

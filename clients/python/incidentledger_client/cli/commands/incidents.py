@@ -635,9 +635,9 @@ def _triage_targets(values: list[str], file: Path | None) -> list[tuple[str, int
 
 
 @app.command(
-    epilog="Examples: ledgerctl -a desk_pilkada triage verify MKM-7QK3-92 0b6f12@1 -m 'checked'\n\n"
+    epilog="Examples: ledgerctl -a desk_pilkada triage verify MKM-7QK3-9V 0b6f12@1 -m 'checked'\n\n"
     "ledgerctl -a desk_pilkada triage reject --reason HOAX -m 'edited photo' -f hoaxes.txt\n\n"
-    "ledgerctl -a desk_pilkada triage assign-lead --lead polres MKM-7QK3-92 MKM-8R2M-4D"
+    "ledgerctl -a desk_pilkada triage assign-lead --lead polres MKM-7QK3-9V MKM-8R2M-4P"
 )
 def triage(
     ctx: typer.Context,
