@@ -14,6 +14,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
+from incidentledger.v1 import situation_service_pb2 as sit
+from incidentledger.v1 import situation_service_pb2_grpc as sit_grpc
 from services.common.grpc_errors import error_info
 from services.ledger.domain.refcodes import ALPHABET, check_character
 from tests.support import Client, rid
@@ -95,6 +97,14 @@ def test_an_incident_is_found_by_its_reference(ledger: Client) -> None:
         metadata=ledger.md("bawaslu"),
     ).incidents
     assert [i.reference for i in listed if i.name == incident.name] == [code]
+    # And the board's: the vulnerability map names each incident behind a score by its code.
+    situation = sit_grpc.SituationServiceStub(ledger.channel)
+    scores = situation.GetVulnerabilityMap(
+        sit.GetVulnerabilityMapRequest(min_position=result.position),
+        metadata=ledger.md("bawaslu"),
+    ).kecamatan
+    reasons = [r for k in scores for r in k.reasons if r.incident == incident.name]
+    assert [r.reference for r in reasons] == [code]
 
 
 def test_a_mistyped_reference_is_refused_as_mistyped(ledger: Client) -> None:

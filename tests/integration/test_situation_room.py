@@ -333,6 +333,8 @@ def test_the_desk_verifies_and_assigns_and_the_lead_logs_an_action_each_as_itsel
         sign_in(room, page, agency)
     desk.click(f"text={title}")  # from the board to the incident
     expect(desk).to_have_url(url)
+    code = room.ledger("kesbangpol").get_incident(reported.incident).reference
+    expect(desk.locator("#reference")).to_have_text(code)
     desk.click("#verify")
     expect(desk.locator("#status")).to_have_text("VERIFIED")
     desk.select_option("select[name=agency]", "polres")

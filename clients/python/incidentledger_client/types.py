@@ -504,10 +504,13 @@ class ScoreReason:
     status: str
     report_time: datetime | None
     weight: float
+    #: The incident's reference code ("" for one reported before codes existed).
+    reference: str = ""
 
     @classmethod
     def from_proto(cls, message: situation_pb.ScoreReason) -> ScoreReason:
         return cls(
+            reference=message.reference,
             incident=message.incident,
             title=message.title,
             severity=message.severity,
