@@ -17,8 +17,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from contextvars import copy_context
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -95,6 +97,9 @@ class CommandResult:
     position: int
     event_id: UUID
     recorded_at: datetime
+    #: Answered from the request's record: recorded by an earlier request with its id (a
+    #: retry). Not part of the result's value: a retry's result equals the original's.
+    replayed: bool = field(default=False, compare=False)
 
 
 MAX_INGEST_REPORTS = 500
@@ -146,6 +151,9 @@ TRIAGE_COMMANDS: tuple[type[IncidentCommand], ...] = (
 )
 #: A triage call's request id leaves room for its items' "/{n}" within MAX_SHORT.
 MAX_TRIAGE_REQUEST_ID = MAX_SHORT - 8
+#: How many incidents of triage calls are worked on at once: their saves then share group
+#: commits (one transaction for several items) instead of waiting for one each.
+TRIAGE_WORKERS = 8
 
 
 class TriageOutcome(enum.Enum):
@@ -282,6 +290,7 @@ class Ledger(Application[UUID]):
         self.time_bounds = time_bounds or time_bounds_of(LedgerSettings())
         self._clock = clock
         self.triage_max_items = triage_max_items
+        self._triage_pool = ThreadPoolExecutor(TRIAGE_WORKERS, thread_name_prefix="triage")
         self.positions = EventPositions(self.recorder)
         # Commands on the same incident queue here instead of racing inside this
         # process; across processes, optimistic concurrency (IntegrityError) decides.
@@ -327,6 +336,7 @@ class Ledger(Application[UUID]):
             listener(recordings)
 
     def close(self) -> None:
+        self._triage_pool.shutdown(wait=True)
         self._committer.close()
         super().close()
 
@@ -430,7 +440,9 @@ class Ledger(Application[UUID]):
         did not convert. An item recorded before by the same request (the call sent
         again) is answered from its record (DUPLICATE); a refusal is the item's own. The
         items run in order, so that two items on one incident (verify, then assign a
-        lead) act as two single commands sent one after the other would.
+        lead) act as two single commands sent one after the other would; the items of
+        different incidents run at the same time (up to :data:`TRIAGE_WORKERS`), so that
+        their saves share transactions.
         """
         if len(items) > self.triage_max_items:
             raise InvalidArgument(
@@ -441,7 +453,30 @@ class Ledger(Application[UUID]):
             raise InvalidArgument("request_id", "is required (AIP-155)")
         check_text("request_id", envelope.request_id, MAX_TRIAGE_REQUEST_ID)
         check_text("correlation_id", envelope.correlation_id, MAX_SHORT)
-        results = [self._triage_item(envelope, n, item) for n, item in enumerate(items, 1)]
+        answers: list[TriageResult | None] = [None] * len(items)
+        by_incident: dict[UUID, list[int]] = {}
+        for index, item in enumerate(items):
+            if isinstance(item, IncidentCommand):
+                by_incident.setdefault(item.incident, []).append(index)
+            else:
+                answers[index] = self._triage_item(envelope, index + 1, item)
+
+        def run(indexes: list[int]) -> None:
+            for index in indexes:  # in the order of the request
+                answers[index] = self._triage_item(envelope, index + 1, items[index])
+
+        # Each in the caller's context (its log bindings: request id, actor).
+        done, _ = wait(
+            [
+                self._triage_pool.submit(copy_context().run, run, indexes)
+                for indexes in by_incident.values()
+            ]
+        )
+        for future in done:
+            future.result()  # a failure of the store fails the call, as in ingest
+        results = [r for r in answers if r is not None]
+        if len(results) != len(items):
+            raise RuntimeError("an item of the triage was left without an answer")
         counts = Counter(r.outcome.value.lower() for r in results)
         log.info("triage.done", items=len(items), **counts)
         return results
@@ -456,24 +491,15 @@ class Ledger(Application[UUID]):
         request_id = f"{envelope.request_id}/{n}"
         single = replace(envelope, request_id=request_id, causation_id=request_id)
         try:
-            before = self._recorded_before(single, item)
-            if before is not None:
-                return TriageResult(TriageOutcome.DUPLICATE, before)
-            return TriageResult(TriageOutcome.RECORDED, self.execute(single, item))
+            result = self.execute(single, item)
+            outcome = TriageOutcome.DUPLICATE if result.replayed else TriageOutcome.RECORDED
+            return TriageResult(outcome, result)
         except InvalidArgument as error:
             return TriageResult(TriageOutcome.INVALID, error=error)
         except AlreadyExists as error:
             return TriageResult(TriageOutcome.CONFLICT, error=error)
         except LedgerError as error:
             return TriageResult(TriageOutcome.REFUSED, error=error)
-
-    def _recorded_before(self, envelope: Envelope, command: Command) -> CommandResult | None:
-        """The result of the request ``envelope`` names, when it was recorded before
-        (ALREADY_EXISTS when that request was another command)."""
-        command = checked(command, Rules(self.reference, self.time_bounds, self._clock))
-        fingerprint = request_fingerprint(command, envelope.occurred_at)
-        key = request_key(envelope.actor.agency, envelope.request_id)
-        return self._original(key, envelope.request_id, command, fingerprint)
 
     def _ready_report(
         self, actor: Actor, index: int, item: IngestItem, skew_ms: int | None, rules: Rules
@@ -895,6 +921,7 @@ class Ledger(Application[UUID]):
             position=self.positions.of(incident_id, gt=version - 1, lte=version).get(version, 0),
             event_id=event.event_id,
             recorded_at=event.timestamp,
+            replayed=True,
         )
 
     def _load_for_write(

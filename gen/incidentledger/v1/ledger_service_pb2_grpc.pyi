@@ -103,7 +103,8 @@ class LedgerServiceStub:
     a lead, each item with its own incident, expected version and action (AIP-136
     custom method, not atomic). Each item is the single command it names
     (VerifyIncident, RejectIncident, AssignLeadAgency) and records the same one
-    event; one result per item, in the same order. One refused item never
+    event; the items of one incident run in the order given. One result per
+    item, in the same order. One refused item never
     refuses the others; sending the call again with the same request_id records
     nothing twice.
     """
@@ -194,7 +195,8 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     a lead, each item with its own incident, expected version and action (AIP-136
     custom method, not atomic). Each item is the single command it names
     (VerifyIncident, RejectIncident, AssignLeadAgency) and records the same one
-    event; one result per item, in the same order. One refused item never
+    event; the items of one incident run in the order given. One result per
+    item, in the same order. One refused item never
     refuses the others; sending the call again with the same request_id records
     nothing twice.
     """
@@ -396,7 +398,8 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         a lead, each item with its own incident, expected version and action (AIP-136
         custom method, not atomic). Each item is the single command it names
         (VerifyIncident, RejectIncident, AssignLeadAgency) and records the same one
-        event; one result per item, in the same order. One refused item never
+        event; the items of one incident run in the order given. One result per
+        item, in the same order. One refused item never
         refuses the others; sending the call again with the same request_id records
         nothing twice.
         """
