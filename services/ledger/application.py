@@ -97,6 +97,9 @@ class CommandResult:
     position: int
     event_id: UUID
     recorded_at: datetime
+    #: A report's reference code ("" for other commands, and for reports recorded before
+    #: codes existed).
+    reference: str = ""
     #: Answered from the request's record: recorded by an earlier request with its id (a
     #: retry). Not part of the result's value: a retry's result equals the original's.
     replayed: bool = field(default=False, compare=False)
@@ -242,6 +245,14 @@ def time_bounds_of(settings: LedgerSettings) -> TimeBounds:
         earliest=settings.earliest_time,
         max_clock_skew=timedelta(seconds=settings.max_clock_skew_seconds),
         max_planned_ahead=timedelta(days=settings.max_decision_days),
+    )
+
+
+def reference_of(event: Incident.Event) -> str:
+    """The reference code a report records ("" for any other event, and for reports
+    recorded before codes existed)."""
+    return (
+        str(event.__dict__.get("reference") or "") if isinstance(event, Incident.Reported) else ""
     )
 
 
@@ -640,6 +651,7 @@ class Ledger(Application[UUID]):
                     positions[incident.id],
                     event.event_id,
                     event.timestamp,
+                    reference=incident.reference,
                 )
                 results[report.index] = IngestResult(IngestOutcome.CREATED, result)
             return
@@ -870,6 +882,7 @@ class Ledger(Application[UUID]):
                 position=position,
                 event_id=last_event.event_id,
                 recorded_at=last_event.timestamp,
+                reference=reference_of(last_event),
             )
         raise Aborted(
             f"{command} lost {MAX_CONFLICT_RETRIES} races for the incident; retry later",
@@ -921,6 +934,7 @@ class Ledger(Application[UUID]):
             position=self.positions.of(incident_id, gt=version - 1, lte=version).get(version, 0),
             event_id=event.event_id,
             recorded_at=event.timestamp,
+            reference=reference_of(event),
             replayed=True,
         )
 

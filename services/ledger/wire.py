@@ -375,6 +375,7 @@ def result_to_proto(result: CommandResult) -> api.CommandResult:
         position=result.position,
         event_id=str(result.event_id),
         record_time=timestamp(result.recorded_at),
+        reference=result.reference,
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from incidentledger.v1 import incident_pb2 as pb
@@ -105,6 +106,45 @@ def test_an_incident_is_found_by_its_reference(ledger: Client) -> None:
     ).kecamatan
     reasons = [r for k in scores for r in k.reasons if r.incident == incident.name]
     assert [r.reference for r in reasons] == [code]
+
+
+def test_a_report_answers_with_its_code_and_so_does_its_retry(ledger: Client) -> None:
+    request = api.ReportIncidentRequest(
+        request_id=rid(),
+        title="Politik uang di TPS 3",
+        category="money_politics",
+        location=pb.Location(kecamatan="ipuh"),
+    )
+    first = ledger.stub.ReportIncident(request, metadata=ledger.md("kpu")).result
+    again = ledger.stub.ReportIncident(request, metadata=ledger.md("kpu")).result
+    assert first.reference == get(ledger, name=first.incident).reference != ""
+    assert again == first
+    device = api.DeviceReport(
+        device_report_id="7d444840-9dc0-11d1-b245-5ffdce74fad2",
+        device_id="hp-panwascam-ipuh-01",
+        device_record_time=request_time(),
+        title="Kotak suara rusak",
+        category="logistics_failure",
+        location=pb.Location(kecamatan="ipuh"),
+    )
+    for expected in (api.INGEST_OUTCOME_CREATED, api.INGEST_OUTCOME_DUPLICATE):
+        (ingested,) = ledger.stub.IngestReports(
+            api.IngestReportsRequest(reports=[device]), metadata=ledger.md("bawaslu")
+        ).results
+        assert ingested.outcome == expected
+        code = get(ledger, name=ingested.result.incident).reference
+        assert ingested.result.reference == code != ""
+    verified = ledger.stub.VerifyIncident(
+        api.VerifyIncidentRequest(request_id=rid(), name=first.incident),
+        metadata=ledger.md(COORDINATOR),
+    ).result
+    assert verified.reference == "", "only a report answers with a code"
+
+
+def request_time() -> Any:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
 
 
 def test_a_mistyped_reference_is_refused_as_mistyped(ledger: Client) -> None:

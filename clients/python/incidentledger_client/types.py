@@ -307,10 +307,13 @@ class CommandResult:
     position: int
     event_id: str
     record_time: datetime | None
+    #: A report's reference code (``MKM-7QK3-9V``), to give the reporter; "" otherwise.
+    reference: str = ""
 
     @classmethod
     def from_proto(cls, message: api.CommandResult) -> CommandResult:
         return cls(
+            reference=message.reference,
             incident=message.incident,
             version=message.version,
             position=message.position,

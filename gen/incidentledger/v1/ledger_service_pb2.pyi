@@ -129,6 +129,7 @@ class CommandResult(_message.Message):
     POSITION_FIELD_NUMBER: _builtins.int
     EVENT_ID_FIELD_NUMBER: _builtins.int
     RECORD_TIME_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
     incident: _builtins.str
     """Resource name of the incident the command acted on."""
     version: _builtins.int
@@ -137,6 +138,10 @@ class CommandResult(_message.Message):
     """Global position (notification id) of the command's last recorded event."""
     event_id: _builtins.str
     """Id of the command's (last) event on the incident."""
+    reference: _builtins.str
+    """For a report (ReportIncident, IngestReports): the new incident's reference
+    code, to give the reporter at once; empty for other commands.
+    """
     @_builtins.property
     def record_time(self) -> _timestamp_pb2.Timestamp:
         """When the ledger recorded it."""
@@ -149,10 +154,11 @@ class CommandResult(_message.Message):
         position: _builtins.int = ...,
         event_id: _builtins.str = ...,
         record_time: _timestamp_pb2.Timestamp | None = ...,
+        reference: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["record_time", b"record_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "incident", b"incident", "position", b"position", "record_time", b"record_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "incident", b"incident", "position", b"position", "record_time", b"record_time", "reference", b"reference", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -142,6 +142,8 @@ def command_result(out: Console, verb: str, result: CommandResult) -> None:
             version=result.version, position=result.position, event=result.event_id
         )
     )
+    if result.reference:
+        out.print(_("reference {reference}").format(reference=result.reference))
 
 
 def incidents_table(incidents: Iterable[Incident], title: str | None = None) -> Table:
