@@ -74,6 +74,8 @@ def test_ledgerctl_shows_codes_and_triages(ctl: Ctl, tmp_path: Path) -> None:
     assert code.startswith("MKM-")
     assert code in ctl.ok("kesbangpol", "show", names[0])
     assert code in ctl.ok("kesbangpol", "list")
+    only = ctl.json("kesbangpol", "list", "--reference", code.lower())
+    assert [i["name"] for i in only] == [names[0]]
     # A code names the incident in every command, as people type it.
     assert ctl.json("kesbangpol", "show", code.lower())["incident"]["name"] == names[0]
     # Triage from arguments (a code, an id with its version) and a file.

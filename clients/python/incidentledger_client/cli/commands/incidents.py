@@ -567,6 +567,9 @@ def list_(
     category: Annotated[str | None, typer.Option(help="Only this category.")] = None,
     kecamatan: Annotated[str | None, typer.Option(help="Only this kecamatan.")] = None,
     lead: Annotated[str | None, typer.Option(help="Only with this lead agency.")] = None,
+    reference: Annotated[
+        str | None, typer.Option(help="Only the incident with this reference code.")
+    ] = None,
     filter_: Annotated[
         str | None, typer.Option("--filter", help="A raw AIP-160 filter (ANDed).")
     ] = None,
@@ -581,6 +584,7 @@ def list_(
             ("category", maybe_code(ctx, "category", category, "--category")),
             ("kecamatan", maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")),
             ("lead_agency", maybe_code(ctx, "agency", lead, "--lead")),
+            ("reference", reference.replace('"', "") if reference else None),
         )
         if value
     ]
