@@ -126,6 +126,20 @@ def test_ledgerctl_shows_codes_and_triages(ctl: Ctl, tmp_path: Path) -> None:
     assert ctl.json("kesbangpol", "show", code)["incident"]["lead_agency"] == "polres"
 
 
+def test_ledgerctl_shows_a_merged_incidents_survivor_by_its_code(ctl: Ctl) -> None:
+    duplicate, survivor = (
+        ctl.json("kesbangpol", "report", title, "hoax", "ipuh")["incident"]
+        for title in ("Dobel", "Asli")
+    )
+    codes = [
+        ctl.json("kesbangpol", "show", n)["incident"]["reference"] for n in (duplicate, survivor)
+    ]
+    ctl.ok("desk_pilkada", "merge", codes[0], codes[1])  # both named by their codes
+    shown = ctl.ok("kesbangpol", "show", codes[0])
+    assert f"merged into {survivor} ({codes[1]})" in shown
+    assert codes[0] in shown, "a merged incident keeps its code"
+
+
 def test_ledgerctl_triage_refuses_what_it_cannot_send(ctl: Ctl) -> None:
     name = ctl.json("kesbangpol", "report", "Spanduk", "hoax", "ipuh")["incident"]
     for args, hint in (
