@@ -146,8 +146,10 @@ def test_an_incident_reported_over_grpc_appears_on_the_board(
     page = new_page(room, browser)
     sign_in(room, page, "desk_pilkada")
     title = f"Ballot box damaged {uuid.uuid4().hex[:6]}"
-    room.ledger("kesbangpol").report(title, "logistics_failure", "ipuh", severity="high")
+    result = room.ledger("kesbangpol").report(title, "logistics_failure", "ipuh", severity="high")
     expect(page.locator("#rows")).to_contain_text(title, timeout=LIVE_SECONDS * 1000)
+    row = page.locator(f'tr[data-name="{result.incident}"]')
+    expect(row.locator(".reference")).to_have_text(result.reference)
     page.screenshot(path=str(tmp_path / "board.png"), full_page=True)
     assert_local_and_clean(room)
 
