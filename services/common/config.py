@@ -496,6 +496,14 @@ class LedgerVariables(Group):
         "it from the store first. `0` = none",
         ge=0,
     )
+    triage_max_items: Integer = _setting(
+        "LEDGER_TRIAGE_MAX_ITEMS",
+        500,
+        "items a `TriageIncidents` call may hold (more is refused, `INVALID_ARGUMENT`, before "
+        "anything is recorded); each item is one command, run one after the other",
+        ge=1,
+        le=10000,
+    )
     grace_seconds: Number = _setting(
         "LEDGER_GRACE_SECONDS",
         10.0,
@@ -1489,6 +1497,7 @@ class LedgerSettings(ServiceSettings):
     max_workers: int = _default(LedgerVariables, "max_workers")
     # incidents kept in memory for the write path (a few KB each)
     cache_size: int = _default(LedgerVariables, "cache_size")
+    triage_max_items: int = _default(LedgerVariables, "triage_max_items")
     grace_seconds: float = _default(LedgerVariables, "grace_seconds")
     store_env: dict[str, str] = field(default_factory=dict, repr=False)  # POSTGRES_PASSWORD
     relay: RelaySettings = field(default_factory=RelaySettings)
@@ -1541,6 +1550,7 @@ class LedgerSettings(ServiceSettings):
             metrics_listen=ledger.metrics_listen,
             max_workers=ledger.max_workers,
             cache_size=ledger.cache_size,
+            triage_max_items=ledger.triage_max_items,
             grace_seconds=ledger.grace_seconds,
             earliest_time=ledger.earliest_time,
             max_clock_skew_seconds=ledger.max_clock_skew_seconds,

@@ -32,6 +32,9 @@ TEMPLATES: Mapping[str, str] = {
     "INVALID_FIELD": N_("The value of {field} is not acceptable."),
     "FIELD_IMMUTABLE": N_("The field {field} cannot be changed."),
     "FIELD_TOO_LONG": N_("The text of {field} is too long."),
+    "REFERENCE_MISTYPED": N_(
+        "The reference code in {field} is mistyped: a character is wrong or two are swapped."
+    ),
     "MALFORMED_REQUEST": N_("The request cannot be read."),
     "INCIDENT_NOT_FOUND": N_("No incident is named {incident}."),
     "WEBHOOK_NOT_FOUND": N_("No such webhook."),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,9 @@ from typing import Any
 import yaml
 
 from services.common.errors import InvalidArgument, PermissionDenied
+
+#: The prefix of reference codes when the reference data names none.
+DEFAULT_REFERENCE_PREFIX = "INC"
 
 
 class Role(enum.Enum):
@@ -222,6 +226,9 @@ class ReferenceData:
     vulnerability: VulnerabilityModel = field(default_factory=VulnerabilityModel)
     overdue_after_hours: dict[str, float] = field(default_factory=dict)
     personal_data: PersonalDataPolicy = field(default_factory=PersonalDataPolicy)
+    # The first part of every reference code (``MKM`` in ``MKM-7QK3-9V``): one to six
+    # letters A-Z, ``reference_prefix`` in the file.
+    reference_prefix: str = DEFAULT_REFERENCE_PREFIX
 
     def overdue_after_seconds(self, severity: str) -> float:
         """How long an incident of this severity may stay open before it is overdue."""
@@ -302,6 +309,7 @@ class ReferenceData:
                 vulnerability=VulnerabilityModel.from_mapping(raw.get("vulnerability"), severities),
                 overdue_after_hours=_overdue_hours(raw.get("overdue_after_hours"), severities),
                 personal_data=PersonalDataPolicy.from_mapping(raw.get("personal_data"), agencies),
+                reference_prefix=str(raw.get("reference_prefix", DEFAULT_REFERENCE_PREFIX)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ReferenceDataError(f"malformed reference data in {source}: {exc!r}") from exc
@@ -311,6 +319,8 @@ class ReferenceData:
         unknown = {c.dimension for c in categories.values()} - IKP_DIMENSIONS
         if unknown:
             raise ReferenceDataError(f"{source}: unknown IKP dimensions {sorted(unknown)}")
+        if not re.fullmatch(r"[A-Z]{1,6}", data.reference_prefix):
+            raise ReferenceDataError(f"{source}: reference_prefix must be 1 to 6 letters A-Z")
         if data.default_severity not in severities:
             raise ReferenceDataError(f"{source}: default_severity is not a listed severity")
         return data

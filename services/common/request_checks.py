@@ -38,7 +38,12 @@ _INTEGER_TYPES = frozenset(
 
 
 #: Repeated fields (full names) whose items the service checks one by one (:func:`check_item`).
-ITEMIZED = frozenset({"incidentledger.v1.IngestReportsRequest.reports"})
+ITEMIZED = frozenset(
+    {
+        "incidentledger.v1.IngestReportsRequest.reports",
+        "incidentledger.v1.TriageIncidentsRequest.items",
+    }
+)
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,16 @@ Storage is chosen by the environment (the library's variables).
 from __future__ import annotations
 
 import enum
+import itertools
 import random
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from contextvars import copy_context
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid5
@@ -54,13 +57,16 @@ from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.common.storepool import bound_store
 from services.ledger.domain.commands import (
     MAX_SHORT,
+    AssignLeadAgency,
     Command,
     CreatingCommand,
     ErasePersonalData,
     IncidentCommand,
     ReadPersonalData,
+    RejectIncident,
     ReportIncident,
     Rules,
+    VerifyIncident,
     check_text,
     checked,
     command_name,
@@ -82,6 +88,7 @@ from services.ledger.domain.personal import (
     check_purpose,
     normalised_phone,
 )
+from services.ledger.domain.refcodes import ReferenceClaim, claim_key, parse_code
 from services.ledger.domain.requests import RequestRecord, request_fingerprint, request_key
 from services.ledger.domain.times import TimeBounds
 from services.ledger.personal_keys import PersonalKeys
@@ -92,6 +99,9 @@ from services.ledger.writes import AggregateCache, GroupCommitter
 log = structlog.get_logger(__name__)
 
 MAX_CONFLICT_RETRIES = 30
+# How many times a report draws a new incident id (and reference code) when its code
+# is taken: with 33 million codes, a second draw is already rare.
+MAX_REFERENCE_DRAWS = 10
 LOCK_STRIPES = 256
 
 
@@ -102,6 +112,12 @@ class CommandResult:
     position: int
     event_id: UUID
     recorded_at: datetime
+    #: A report's reference code ("" for other commands, and for reports recorded before
+    #: codes existed).
+    reference: str = ""
+    #: Answered from the request's record: recorded by an earlier request with its id (a
+    #: retry). Not part of the result's value: a retry's result equals the original's.
+    replayed: bool = field(default=False, compare=False)
 
 
 MAX_DEVICE_ID = 64
@@ -157,6 +173,38 @@ class IngestResult:
     error: LedgerError | None = None
 
 
+#: The commands of a TriageIncidents call (the coordinator's triage of reported incidents).
+TRIAGE_COMMANDS: tuple[type[IncidentCommand], ...] = (
+    VerifyIncident,
+    RejectIncident,
+    AssignLeadAgency,
+)
+#: A triage call's request id leaves room for its items' "/{n}" within MAX_SHORT.
+MAX_TRIAGE_REQUEST_ID = MAX_SHORT - 8
+#: How many incidents of triage calls are worked on at once: their saves then share group
+#: commits (one transaction for several items) instead of waiting for one each.
+TRIAGE_WORKERS = 8
+
+
+class TriageOutcome(enum.Enum):
+    """What became of one item of a ``TriageIncidents`` call."""
+
+    RECORDED = "RECORDED"  # recorded now
+    DUPLICATE = "DUPLICATE"  # recorded before by the same request: the original result
+    CONFLICT = "CONFLICT"  # its request id was used before for another request
+    INVALID = "INVALID"  # refused as the single command would refuse its fields
+    REFUSED = "REFUSED"  # its incident refuses the command (state, permission, version)
+
+
+@dataclass(frozen=True)
+class TriageResult:
+    """One item's answer: its command result (RECORDED, DUPLICATE) or why not."""
+
+    outcome: TriageOutcome
+    result: CommandResult | None = None
+    error: LedgerError | None = None
+
+
 @dataclass(frozen=True)
 class _ReadyReport:
     """A checked report of a batch (``index``): its incident's and its request record's
@@ -167,9 +215,12 @@ class _ReadyReport:
     request_id: str
     command: ReportIncident
     fingerprint: str
+    envelope: Envelope
+    device: DeviceRecord
     incident: Incident
     reported: Incident.Event
     events: list[Any]
+    draws: int = 1
 
 
 @dataclass(frozen=True)
@@ -243,6 +294,25 @@ def time_bounds_of(settings: LedgerSettings) -> TimeBounds:
     )
 
 
+def reference_of(event: Incident.Event) -> str:
+    """The reference code a report records ("" for any other event, and for reports
+    recorded before codes existed)."""
+    return (
+        str(event.__dict__.get("reference") or "") if isinstance(event, Incident.Reported) else ""
+    )
+
+
+def claims_of(incidents: Iterable[Incident]) -> list[ReferenceClaim]:
+    """The claims of the reference codes of the incidents reported now (saved with
+    their reports, so that a code taken already fails the save)."""
+    return [
+        ReferenceClaim.claim(incident.reference, incident.id)
+        for incident in incidents
+        if incident.reference
+        and any(isinstance(e, Incident.Reported) for e in incident.pending_events)
+    ]
+
+
 def mutate_all(aggregate: Any, events: Iterable[Any]) -> Any:
     """The library's aggregate projector, without its runtime check of every event
     against a ``Protocol`` (an ``isinstance`` that cost a third of loading an incident)."""
@@ -267,6 +337,7 @@ class Ledger(Application[UUID]):
         clock: Callable[[], datetime] = utc_now,
         ingest_limits: IngestLimits | None = None,
         personal_keys: PersonalKeys | None = None,
+        triage_max_items: int = LedgerSettings.triage_max_items,
     ) -> None:
         # The key table of personal data; None: reports naming people are refused.
         self.personal_keys = personal_keys
@@ -284,6 +355,8 @@ class Ledger(Application[UUID]):
         # under one interpreter lock, so batches side by side would not go faster, and
         # single commands would wait behind all of them.
         self._ingesting = threading.Lock()
+        self.triage_max_items = triage_max_items
+        self._triage_pool = ThreadPoolExecutor(TRIAGE_WORKERS, thread_name_prefix="triage")
         self.positions = EventPositions(self.recorder)
         # Commands on the same incident queue here instead of racing inside this
         # process; across processes, optimistic concurrency (IntegrityError) decides.
@@ -329,6 +402,7 @@ class Ledger(Application[UUID]):
             listener(recordings)
 
     def close(self) -> None:
+        self._triage_pool.shutdown(wait=True)
         self._committer.close()
         super().close()
 
@@ -343,8 +417,13 @@ class Ledger(Application[UUID]):
         if isinstance(command, CreatingCommand):
             creating = command
 
+            draws = itertools.count()
+
             def create(_reload: bool) -> list[Incident]:
-                return [creating.create(envelope)]
+                # A retry (reload) draws its reference code again: the last one may be taken.
+                return [
+                    creating.create(envelope, self.reference.reference_prefix, draw=next(draws))
+                ]
 
             return self._execute(envelope, command, None, 0, create)
         if not isinstance(command, IncidentCommand):
@@ -413,6 +492,78 @@ class Ledger(Application[UUID]):
         log.info("ingest.done", reports=len(items), skew_ms=skew_ms, **counts)
         return answered
 
+    def triage(
+        self, envelope: Envelope, items: Sequence[IncidentCommand | InvalidArgument]
+    ) -> list[TriageResult]:
+        """Triage incidents (``TriageIncidents``): each item the single command it is
+        (:data:`TRIAGE_COMMANDS`), run by :meth:`execute` as if sent alone, with the
+        request id ``{request_id}/{n}`` (n from 1); one result per item, in order.
+
+        ``items``: what the request's items became, a command or the refusal of one that
+        did not convert. An item recorded before by the same request (the call sent
+        again) is answered from its record (DUPLICATE); a refusal is the item's own. The
+        items run in order, so that two items on one incident (verify, then assign a
+        lead) act as two single commands sent one after the other would; the items of
+        different incidents run at the same time (up to :data:`TRIAGE_WORKERS`), so that
+        their saves share transactions.
+        """
+        if len(items) > self.triage_max_items:
+            raise InvalidArgument(
+                "items", f"at most {self.triage_max_items} items per call, got {len(items)}"
+            )
+        require_writer(envelope.actor, "TriageIncidents")
+        if not envelope.request_id:
+            raise InvalidArgument("request_id", "is required (AIP-155)")
+        check_text("request_id", envelope.request_id, MAX_TRIAGE_REQUEST_ID)
+        check_text("correlation_id", envelope.correlation_id, MAX_SHORT)
+        answers: list[TriageResult | None] = [None] * len(items)
+        by_incident: dict[UUID, list[int]] = {}
+        for index, item in enumerate(items):
+            if isinstance(item, IncidentCommand):
+                by_incident.setdefault(item.incident, []).append(index)
+            else:
+                answers[index] = self._triage_item(envelope, index + 1, item)
+
+        def run(indexes: list[int]) -> None:
+            for index in indexes:  # in the order of the request
+                answers[index] = self._triage_item(envelope, index + 1, items[index])
+
+        # Each in the caller's context (its log bindings: request id, actor).
+        done, _ = wait(
+            [
+                self._triage_pool.submit(copy_context().run, run, indexes)
+                for indexes in by_incident.values()
+            ]
+        )
+        for future in done:
+            future.result()  # a failure of the store fails the call, as in ingest
+        results = [r for r in answers if r is not None]
+        if len(results) != len(items):
+            raise RuntimeError("an item of the triage was left without an answer")
+        counts = Counter(r.outcome.value.lower() for r in results)
+        log.info("triage.done", items=len(items), **counts)
+        return results
+
+    def _triage_item(
+        self, envelope: Envelope, n: int, item: IncidentCommand | InvalidArgument
+    ) -> TriageResult:
+        if isinstance(item, InvalidArgument):
+            return TriageResult(TriageOutcome.INVALID, error=item)
+        if not isinstance(item, TRIAGE_COMMANDS):
+            raise TypeError(f"not a triage command: {item!r}")
+        request_id = f"{envelope.request_id}/{n}"
+        single = replace(envelope, request_id=request_id, causation_id=request_id)
+        try:
+            result = self.execute(single, item)
+            outcome = TriageOutcome.DUPLICATE if result.replayed else TriageOutcome.RECORDED
+            return TriageResult(outcome, result)
+        except InvalidArgument as error:
+            return TriageResult(TriageOutcome.INVALID, error=error)
+        except AlreadyExists as error:
+            return TriageResult(TriageOutcome.CONFLICT, error=error)
+        except LedgerError as error:
+            return TriageResult(TriageOutcome.REFUSED, error=error)
+
     def _prepare(
         self, actor: Actor, items: Sequence[IngestItem | InvalidArgument], skew_ms: int | None
     ) -> tuple[list[IngestResult | None], list[_ReadyReport], list[_ReadyReport]]:
@@ -435,12 +586,18 @@ class Ledger(Application[UUID]):
             passed.append((index, item, envelope, command))
         # The batch's people sealed together: one write of their keys, not one per report.
         sealed = self._sealed_reports([command for _, _, _, command in passed])
+        codes: set[str] = set()
         for (index, item, envelope, _), command in zip(passed, sealed, strict=True):
             report = self._ready_report(index, item, envelope, command, skew_ms)
             if report.key in ready:
                 again.append(report)
-            else:
-                ready[report.key] = report
+                continue
+            # Two reports of the batch that drew one code: the later draws again (a
+            # store may not check the claims of one transaction against each other).
+            while report.incident.reference in codes:
+                report = self._redraw(report)
+            codes.add(report.incident.reference)
+            ready[report.key] = report
         return results, list(ready.values()), again
 
     def _checked_report(
@@ -475,19 +632,74 @@ class Ledger(Application[UUID]):
         fingerprint = request_fingerprint(command, envelope.occurred_at)
         key = request_key(actor.agency, request_id)
         device = DeviceRecord(item.device_id, item.report_id, item.record_time, skew_ms)
-        incident = command.create(envelope, device)
+        return self._drawn_report(
+            index, key, request_id, command, fingerprint, envelope, device, draws=1
+        )
+
+    def _drawn_report(
+        self,
+        index: int,
+        key: UUID,
+        request_id: str,
+        command: ReportIncident,
+        fingerprint: str,
+        envelope: Envelope,
+        device: DeviceRecord,
+        *,
+        draws: int,
+    ) -> _ReadyReport:
+        """The report's incident (a new id, hence a new reference code) with its events,
+        its code's claim and its request record."""
+        incident = command.create(envelope, self.reference.reference_prefix, device, draw=draws - 1)
         record = RequestRecord.record(
             key,
             command=command_name(command),
             fingerprint=fingerprint,
             incident=f"{incident.id}@{incident.version}",
         )
+        claims = claims_of([incident])  # before its events are collected
         events = [*incident.collect_events(), *record.collect_events()]
+        for claim in claims:
+            events.extend(claim.collect_events())
         reported = events[0]
         if not isinstance(reported, Incident.Event):
             raise TypeError(f"unexpected event {reported!r}")
         return _ReadyReport(
-            index, key, request_id, command, fingerprint, incident, reported, events
+            index,
+            key,
+            request_id,
+            command,
+            fingerprint,
+            envelope,
+            device,
+            incident,
+            reported,
+            events,
+            draws,
+        )
+
+    def _redrawn(self, report: _ReadyReport) -> _ReadyReport | None:
+        """The report with a new incident id, when its reference code was taken (by an
+        incident recorded meanwhile); None when the code is free (the save failed for
+        another reason) or it was drawn too often."""
+        if report.draws >= MAX_REFERENCE_DRAWS or not self._claimed(report.incident.reference):
+            return None
+        return self._redraw(report)
+
+    def _redraw(self, report: _ReadyReport) -> _ReadyReport:
+        """The report with a new incident id, hence a new reference code."""
+        if report.draws >= MAX_REFERENCE_DRAWS:
+            raise RuntimeError(f"{MAX_REFERENCE_DRAWS} reference codes drawn were all taken")
+        log.info("reference.redrawn", reference=report.incident.reference)
+        return self._drawn_report(
+            report.index,
+            report.key,
+            report.request_id,
+            report.command,
+            report.fingerprint,
+            report.envelope,
+            report.device,
+            draws=report.draws + 1,
         )
 
     def _unrecorded(
@@ -537,7 +749,11 @@ class Ledger(Application[UUID]):
                 self._save_ready(unsettled, results)
                 return
             if len(reports) == 1:
-                raise
+                redrawn = self._redrawn(reports[0])
+                if redrawn is None:
+                    raise
+                self._save_ready([redrawn], results)
+                return
             failure = "IntegrityError"
         except STORE_CONNECTION_ERRORS:
             raise
@@ -556,6 +772,7 @@ class Ledger(Application[UUID]):
                     positions[incident.id],
                     event.event_id,
                     event.timestamp,
+                    reference=incident.reference,
                 )
                 results[report.index] = IngestResult(IngestOutcome.CREATED, result)
             return
@@ -750,6 +967,38 @@ class Ledger(Application[UUID]):
     def get_incident(self, incident_id: UUID) -> Incident:
         return self._load(incident_id)
 
+    def incident_by_reference(self, text: str, field: str = "reference") -> UUID:
+        """The id of the incident whose reference code ``text`` is (read leniently).
+
+        INVALID_ARGUMENT when ``text`` is not a code of this ledger or is mistyped (its
+        check character does not match); NOT_FOUND when no incident has it.
+        """
+        code = parse_code(text, self.reference.reference_prefix, field)
+        try:
+            claim: ReferenceClaim = self.load_aggregate(claim_key(code))
+        except AggregateNotFoundError:
+            raise NotFound(
+                f"no incident has the reference {code}",
+                reason="INCIDENT_NOT_FOUND",
+                metadata={"reference": code, "field": field},
+            ) from None
+        return claim.incident_id
+
+    def find_reference(self, text: str) -> UUID | None:
+        """As :meth:`incident_by_reference` (for a list's filter), None when no incident
+        has the code."""
+        try:
+            return self.incident_by_reference(text, "filter")
+        except NotFound:
+            return None
+
+    def _claimed(self, code: str) -> bool:
+        try:
+            self.load_aggregate(claim_key(code))
+        except AggregateNotFoundError:
+            return False
+        return True
+
     def get_incident_as_of(
         self, incident_id: UUID, *, position: int = 0, time: datetime | None = None
     ) -> Incident:
@@ -882,8 +1131,9 @@ class Ledger(Application[UUID]):
                             fingerprint=fingerprint,
                             incident=f"{primary.id}@{primary.version}",
                         )
+                        claims = claims_of(aggregates)
                         recordings = self._committer.save(
-                            [e for a in (*aggregates, record) for e in a.collect_events()]
+                            [e for a in (*aggregates, record, *claims) for e in a.collect_events()]
                         )
                     except BaseException:
                         for incident_id_ in lock_ids:
@@ -921,6 +1171,7 @@ class Ledger(Application[UUID]):
                 position=position,
                 event_id=last_event.event_id,
                 recorded_at=last_event.timestamp,
+                reference=reference_of(last_event),
             )
         raise Aborted(
             f"{command} lost {MAX_CONFLICT_RETRIES} races for the incident; retry later",
@@ -972,6 +1223,8 @@ class Ledger(Application[UUID]):
             position=self.positions.of(incident_id, gt=version - 1, lte=version).get(version, 0),
             event_id=event.event_id,
             recorded_at=event.timestamp,
+            reference=reference_of(event),
+            replayed=True,
         )
 
     def _load_for_write(

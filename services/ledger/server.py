@@ -200,6 +200,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
         time_bounds=time_bounds_of(settings),
         ingest_limits=IngestLimits.of(settings),
         personal_keys=personal_keys,
+        triage_max_items=settings.triage_max_items,
     )
     projections = Projections(ledger, settings.store_env, reference, create=create)
     ledger.add_commit_listener(projections.wake)

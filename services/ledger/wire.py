@@ -35,6 +35,8 @@ from services.ledger.application import (
     IngestResult,
     StoredIncidentEvent,
     SubjectView,
+    TriageOutcome,
+    TriageResult,
 )
 from services.ledger.domain.commands import (
     AcceptHandover,
@@ -45,6 +47,7 @@ from services.ledger.domain.commands import (
     Command,
     ErasePersonalData,
     EscalateIncident,
+    IncidentCommand,
     LiftLegalHold,
     LogAction,
     MergeIncident,
@@ -356,6 +359,35 @@ def _ingest_item(report: api.DeviceReport) -> IngestItem | InvalidArgument:
         return error
 
 
+def triage_items(request: api.TriageIncidentsRequest) -> list[IncidentCommand | InvalidArgument]:
+    """Each item of a ``TriageIncidents`` request as the command it stands for, or the
+    refusal of an item that does not convert (each on its own)."""
+    return [_triage_item(item) for item in request.items]
+
+
+def _triage_item(item: api.TriageItem) -> IncidentCommand | InvalidArgument:
+    try:
+        check_item(item)  # what check_request leaves to the service for each item
+        incident = parse_name(item.name)
+        action = item.WhichOneof("action")
+        if action == "verify":
+            return VerifyIncident(incident, item.expected_version, item.verify.comment)
+        if action == "reject":
+            return RejectIncident(
+                incident,
+                item.expected_version,
+                rejection_reason(item.reject.rejection_reason),
+                item.reject.comment,
+            )
+        if action == "assign_lead":
+            return AssignLeadAgency(
+                incident, item.expected_version, item.assign_lead.agency, item.assign_lead.comment
+            )
+        raise InvalidArgument("action", "is required: verify, reject or assign_lead")
+    except InvalidArgument as error:
+        return error
+
+
 def _device_report_id(value: str) -> UUID:
     if not value:
         raise InvalidArgument("device_report_id", "is required")
@@ -402,6 +434,7 @@ def result_to_proto(result: CommandResult) -> api.CommandResult:
         position=result.position,
         event_id=str(result.event_id),
         record_time=timestamp(result.recorded_at),
+        reference=result.reference,
     )
 
 
@@ -425,6 +458,25 @@ def ingest_response(
     return response
 
 
+TRIAGE_OUTCOMES: dict[TriageOutcome, api.TriageOutcome.ValueType] = {
+    outcome: api.TriageOutcome.Value(f"TRIAGE_OUTCOME_{outcome.value}") for outcome in TriageOutcome
+}
+
+
+def triage_response(
+    results: Sequence[TriageResult], status_of: Callable[[LedgerError], status_pb2.Status]
+) -> api.TriageIncidentsResponse:
+    """The answer to ``TriageIncidents`` (``status_of`` as for :func:`ingest_response`)."""
+    response = api.TriageIncidentsResponse()
+    for result in results:
+        item = response.results.add(outcome=TRIAGE_OUTCOMES[result.outcome])
+        if result.result is not None:
+            item.result.CopyFrom(result_to_proto(result.result))
+        if result.error is not None:
+            item.error.CopyFrom(status_of(result.error))
+    return response
+
+
 def incident_to_proto(incident: Incident) -> pb.Incident:
     message = pb.Incident(
         name=incident_name(incident.id),
@@ -441,6 +493,8 @@ def incident_to_proto(incident: Incident) -> pb.Incident:
         close_requested=incident.close_requested,
         merged_into=incident_name(incident.merged_into) if incident.merged_into else "",
         merged_incidents=[incident_name(i) for i in incident.merged_incidents],
+        reference=incident.reference,
+        merged_into_reference=incident.merged_into_reference,
         version=incident.version,
         occur_time=timestamp(incident.occurred_at),
         create_time=timestamp(incident.created_on),

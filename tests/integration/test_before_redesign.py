@@ -138,6 +138,8 @@ def test_the_read_answers_are_the_same(old: Client, saved: dict[str, Any]) -> No
     for name, answer in reads["GetIncident"].items():
         got = old.stub.GetIncident(api.GetIncidentRequest(name=name), metadata=md)
         assert plain(got) == answer, name
+        # Reported before reference codes existed: none, and none made up (docs/events.md).
+        assert got.incident.reference == "", name
     for name, answer in reads["ListIncidentEvents"].items():
         events = old.stub.ListIncidentEvents(
             api.ListIncidentEventsRequest(parent=name), metadata=md
@@ -214,6 +216,17 @@ def test_a_new_command_continues_the_old_chain(old: Client, saved: dict[str, Any
     again = stub.VerifyLedger(audit.VerifyLedgerRequest(), metadata=old.md(AUDITOR))
     assert again.ok, again
     assert again.checkpoints_checked == 2
+
+
+def test_a_new_report_in_the_old_store_gets_a_reference(old: Client) -> None:
+    result = old.report()
+    md = old.md(COORDINATOR)
+    code = old.stub.GetIncident(api.GetIncidentRequest(name=result.incident), metadata=md)
+    assert code.incident.reference.startswith("MKM-")
+    found = old.stub.GetIncident(
+        api.GetIncidentRequest(reference=code.incident.reference), metadata=md
+    )
+    assert found.incident.name == result.incident
 
 
 def test_the_stored_checkpoint_is_published_as_it_was(old: Client, saved: dict[str, Any]) -> None:

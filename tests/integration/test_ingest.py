@@ -121,8 +121,9 @@ def test_a_mixed_batch_gets_exactly_the_documented_outcomes(ledger: Client) -> N
         (violation,) = detail(result.error, error_details_pb2.BadRequest).field_violations
         fields.append(violation.field)
     assert fields == ["category", "title", "device_report_id", "location", "device_record_time"]
-    # Nothing recorded for the refused ones: the new report and its request record only.
-    assert recorded(ledger) == before + 2
+    # Nothing recorded for the refused ones: the new report, its request record and the
+    # claim of its reference code only.
+    assert recorded(ledger) == before + 3
     assert {i.title for i in listed(ledger, results[0].result.position)} == {
         "Recorded yesterday",
         "Also yesterday",

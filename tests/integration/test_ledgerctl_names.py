@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from services.ledger.domain.refcodes import check_character
 from tests.ledgerctl_support import Ctl
 
 
@@ -35,8 +36,14 @@ def test_names_that_fit_no_incident_are_usage_errors_that_say_why(ctl: Ctl) -> N
     other = "0123456789abcdef"[("0123456789abcdef".index(bare[0]) + 1) % 16]
     code, _, err = ctl.run("polres", "show", other + bare[1:6])
     assert code == 2 and "no incident's id starts with" in err
-    code, _, err = ctl.run("polres", "show", "MKM-2026-0042")
-    assert code == 2 and "reference code" in err
+    taken = ctl.json("polres", "show", name)["incident"]["reference"]
+    unknown = "MKM-" + ("0000" if taken[4:8] != "0000" else "1111") + "-0"
+    unknown += check_character(unknown[4:8] + "0")
+    code, _, err = ctl.run("polres", "show", unknown)
+    assert code == 2 and "no incident has the reference code" in err
+    mistyped = taken[:-1] + ("0" if taken[-1] != "0" else "1")
+    code, _, err = ctl.run("polres", "show", mistyped)
+    assert code == 2 and "mistyped" in err
     code, _, err = ctl.run("polres", "--json", "show", "rally")
     assert code == 2 and "not an incident" in json.loads(err)["error"]["message"]
 

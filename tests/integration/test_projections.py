@@ -24,6 +24,7 @@ import pytest
 
 from services.common.config import PROJECT_ROOT
 from services.common.errors import LedgerError
+from services.common.sql import open_database
 from services.ledger.application import CommandResult, Ledger
 from services.ledger.domain.commands import (
     AcceptHandover,
@@ -315,6 +316,7 @@ def check_rows_match_aggregates(projections: Projections, ledger: Ledger, ids: l
             row.version,
             row.close_requested,
             row.pending_handover_to,
+            row.reference,
         ) == (
             incident.status.value,
             incident.severity,
@@ -327,7 +329,39 @@ def check_rows_match_aggregates(projections: Projections, ledger: Ledger, ids: l
             incident.version,
             incident.close_requested,
             incident.pending_handover[1] if incident.pending_handover else "",
+            incident.reference,
         )
+
+
+def test_a_board_made_before_reference_codes_gains_their_column(
+    ledger: Ledger, store_env: dict[str, str]
+) -> None:
+    if store_env["PERSISTENCE_MODULE"] == "eventsourcing.popo":
+        pytest.skip("the projections' tables live in the store's database")
+    projections = Projections(ledger, store_env, REF)
+    history = History(ledger, random.Random(12))
+    history.run(20)
+    projections.catch_up()
+    old = history.incidents[0]
+    database = open_database(store_env)
+    try:
+        with database.transaction() as cur:  # the board as it was: no reference column
+            cur.execute("ALTER TABLE proj_incident DROP COLUMN reference")
+            cur.execute(
+                database.q("UPDATE proj_incident SET title = ? WHERE incident_id = ?"),
+                ("reported before codes", str(old)),
+            )
+    finally:
+        database.close()
+    again = Projections(ledger, store_env, REF)
+    again.create_schema()
+    again.create_schema()  # twice: adding the column is done once
+    assert again.board_rows([old])[old].reference == ""
+    assert again.board_rows([old])[old].title == "reported before codes"
+    history.report()
+    again.catch_up()
+    newest = history.incidents[-1]
+    assert again.board_rows([newest])[newest].reference == ledger.get_incident(newest).reference
 
 
 def test_rebuilt_projections_equal_the_incrementally_maintained_ones(

@@ -152,8 +152,10 @@ def test_an_incident_reported_over_grpc_appears_on_the_board(
     page = new_page(room, browser)
     sign_in(room, page, "desk_pilkada")
     title = f"Ballot box damaged {uuid.uuid4().hex[:6]}"
-    room.ledger("kesbangpol").report(title, "logistics_failure", "ipuh", severity="high")
+    result = room.ledger("kesbangpol").report(title, "logistics_failure", "ipuh", severity="high")
     expect(page.locator("#rows")).to_contain_text(title, timeout=LIVE_SECONDS * 1000)
+    row = page.locator(f'tr[data-name="{result.incident}"]')
+    expect(row.locator(".reference")).to_have_text(result.reference)
     page.screenshot(path=str(tmp_path / "board.png"), full_page=True)
     assert_local_and_clean(room)
 
@@ -341,6 +343,8 @@ def test_the_desk_verifies_and_assigns_and_the_lead_logs_an_action_each_as_itsel
         sign_in(room, page, agency)
     desk.click(f"text={title}")  # from the board to the incident
     expect(desk).to_have_url(url)
+    code = room.ledger("kesbangpol").get_incident(reported.incident).reference
+    expect(desk.locator("#reference")).to_have_text(code)
     desk.click("#verify")
     expect(desk.locator("#status")).to_have_text("VERIFIED")
     desk.select_option("select[name=agency]", "polres")

@@ -95,10 +95,12 @@ def verified(ledger: Ledger) -> CommandResult:
 def test_report_records_one_event_and_returns_its_coordinates(ledger: Ledger) -> None:
     result = report(ledger)
     assert result.version == 1
-    # The idempotency record is stored right after the incident's event.
-    assert result.position == recorded(ledger) - 1 == 1
+    # The idempotency record and the claim of the reference code are stored right after
+    # the incident's event.
+    assert result.position == recorded(ledger) - 2 == 1
     incident = ledger.get_incident(result.incident_id)
     assert incident.status is Status.REPORTED
+    assert ledger.incident_by_reference(incident.reference) == incident.id
     assert incident.title == "Vote buying near TPS 3"
     reported = ledger.incident_events(result.incident_id, after_version=0, limit=10)
     assert [type(s.event).__name__ for s in reported] == ["Reported"]
@@ -166,8 +168,13 @@ def test_merge_records_on_both_incidents(ledger: Ledger) -> None:
     absorbing = ledger.get_incident(target.incident_id)
     assert absorbing.version == 2
     assert absorbing.merged_incidents == [duplicate.incident_id]
-    # Two reports with their request records, then two events and one record.
-    assert recorded(ledger) == 4 + 3
+    # The duplicate keeps its code and points to the survivor's.
+    merged = ledger.get_incident(duplicate.incident_id)
+    assert merged.reference
+    assert merged.merged_into_reference == absorbing.reference != merged.reference
+    # Two reports with their request records and code claims, then two events and one
+    # record.
+    assert recorded(ledger) == 6 + 3
 
 
 def test_merge_retry_returns_the_original_result(ledger: Ledger) -> None:
@@ -295,7 +302,7 @@ def test_same_request_id_from_another_agency_is_another_request(ledger: Ledger) 
     before = recorded(ledger)
     second = report(ledger, envelope_for("kpu", request_id="req-1"))
     assert second.incident_id != first.incident_id
-    assert recorded(ledger) == before + 2  # the event and the request record
+    assert recorded(ledger) == before + 3  # the event, the request record, the code's claim
     assert ledger.get_incident(second.incident_id).reporter_agency == "kpu"
 
 

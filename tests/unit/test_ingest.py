@@ -70,6 +70,10 @@ def ingest(
     return ledger.ingest(actor(agency), items)
 
 
+#: What a report stores: its event, its request record and the claim of its reference code.
+PER_REPORT = 3
+
+
 def recorded(ledger: Ledger) -> int:
     return ledger.recorder.max_notification_id() or 0
 
@@ -106,8 +110,8 @@ def test_a_mixed_batch_gets_one_result_per_report_in_order(ledger: Ledger) -> No
     assert str(earlier.report_id) in conflict.message
     assert [r.error.field for r in results[3:6] if r.error] == ["title", "location", "category"]
     assert all(r.result is None for r in results[2:6])
-    # Only the new report was recorded: its event and its request record.
-    assert recorded(ledger) == before + 2
+    # Only the new report was recorded: its event, its request record, its code's claim.
+    assert recorded(ledger) == before + PER_REPORT
     created = results[0].result
     assert created is not None and created.version == 1
     assert ledger.get_incident(created.incident_id).title == "Money handed out at TPS 4"
@@ -164,7 +168,7 @@ def test_a_batch_sent_three_times_records_each_report_once(ledger: Ledger) -> No
         again = ingest(ledger, batch)
         assert outcomes(again) == [DUPLICATE] * 20
         assert [r.result for r in again] == [r.result for r in first]
-    assert recorded(ledger) == stored == 40
+    assert recorded(ledger) == stored == 20 * PER_REPORT
 
 
 def test_over_500_reports_is_invalid_and_records_nothing(ledger: Ledger) -> None:
@@ -294,7 +298,7 @@ def test_a_batch_is_saved_in_one_transaction(
 ) -> None:
     recorder = store(lambda _n, _stored: None)
     assert outcomes(ingest(ledger, [item(f"r{n}") for n in range(300)])) == [CREATED] * 300
-    assert recorder.transactions == [600], "300 reports and their records, together"
+    assert recorder.transactions == [300 * PER_REPORT], "300 reports and their records, together"
 
 
 def test_a_failed_batch_transaction_falls_back_to_smaller_ones(
@@ -303,8 +307,8 @@ def test_a_failed_batch_transaction_falls_back_to_smaller_ones(
     recorder = store(lambda n, _stored: RuntimeError("lost the transaction") if n == 0 else None)
     results = ingest(ledger, [item(f"r{n}") for n in range(10)])
     assert outcomes(results) == [CREATED] * 10
-    assert recorder.transactions == [20, 10, 10], "the batch, then its two halves"
-    assert recorded(ledger) == 20
+    assert recorder.transactions == [30, 15, 15], "the batch, then its two halves"
+    assert recorded(ledger) == 10 * PER_REPORT
     positions = [r.result.position for r in results if r.result]
     assert positions == sorted(positions), "in the order of the batch"
 
@@ -319,14 +323,15 @@ def test_a_report_the_store_refuses_fails_the_call_after_the_others_are_saved(
         ingest(ledger, batch)
     # Halving goes down to the one report: 0-15 and 0-7 fail, 0-3 is saved, 4-7 and 4-5
     # fail, 4 is saved, 5 fails the call; the reports after it are not saved yet.
-    assert recorder.transactions == [32, 16, 8, 8, 4, 2, 2]
-    assert recorded(ledger) == 2 * 5  # reports 0-4
+    per = PER_REPORT
+    assert recorder.transactions == [16 * per, 8 * per, 4 * per, 4 * per, 2 * per, per, per]
+    assert recorded(ledger) == per * 5  # reports 0-4
     # Sent again without it: the saved ones are duplicates, the rest saved in one go.
     del batch[5]
     again = ingest(ledger, batch)
     assert outcomes(again) == [DUPLICATE] * 5 + [CREATED] * 10
-    assert recorder.transactions[7:] == [20], "the recorded five found before the save"
-    assert recorded(ledger) == 2 * 15
+    assert recorder.transactions[7:] == [10 * per], "the recorded five found before the save"
+    assert recorded(ledger) == per * 15
 
 
 def test_a_batch_sent_again_saves_only_its_new_reports_in_one_transaction(
@@ -339,9 +344,9 @@ def test_a_batch_sent_again_saves_only_its_new_reports_in_one_transaction(
     results = ingest(ledger, [new[0], *old, *new[1:]])
     assert outcomes(results) == [CREATED, *[DUPLICATE] * 3, *[CREATED] * 3]
     assert [r.result for r in results[1:4]] == [r.result for r in first]
-    assert recorder.transactions == [8], "the recorded three never reach the store's insert"
+    assert recorder.transactions == [4 * PER_REPORT], "the recorded three never reach the insert"
     assert outcomes(ingest(ledger, [*old, *new])) == [DUPLICATE] * 7
-    assert recorder.transactions == [8], "a batch sent again whole inserts nothing"
+    assert recorder.transactions == [4 * PER_REPORT], "a batch sent again whole inserts nothing"
 
 
 def test_reports_recorded_by_a_racing_call_after_the_check_are_caught_by_the_store(
@@ -356,8 +361,10 @@ def test_reports_recorded_by_a_racing_call_after_the_check_are_caught_by_the_sto
     results = ingest(ledger, [new[0], *old, *new[1:]])
     assert outcomes(results) == [CREATED, *[DUPLICATE] * 3, *[CREATED] * 3]
     assert [r.result for r in results[1:4]] == [r.result for r in first]
-    assert recorder.transactions == [14, 8], "refused for the three recorded, then the four"
-    assert recorded(ledger) == 2 * 7
+    assert recorder.transactions == [7 * PER_REPORT, 4 * PER_REPORT], (
+        "refused for the three recorded, then the four"
+    )
+    assert recorded(ledger) == PER_REPORT * 7
 
 
 def test_an_unreachable_store_fails_the_call_at_once(
@@ -366,4 +373,6 @@ def test_an_unreachable_store_fails_the_call_at_once(
     recorder = store(lambda _n, _stored: OperationalError("connection refused"))
     with pytest.raises(OperationalError):
         ingest(ledger, [item(f"r{n}") for n in range(8)])
-    assert recorder.transactions == [16], "no halving: smaller transactions would fail as well"
+    assert recorder.transactions == [8 * PER_REPORT], (
+        "no halving: smaller transactions would fail as well"
+    )

@@ -51,10 +51,13 @@ def test_a_full_id_needs_no_listing() -> None:
     assert IncidentResolver(never).resolve(f"incidents/{full}") == f"incidents/{full.lower()}"
 
 
-def test_reference_codes_have_a_hook() -> None:
+def test_reference_codes_are_looked_up() -> None:
     with pytest.raises(IncidentNameError, match="no reference codes yet"):
-        resolver().resolve("MKM-2026-0042")
-    codes = {"MKM-2026-0042": LISTED[2].name}
-    assert resolver(codes).resolve("MKM-2026-0042") == LISTED[2].name
+        resolver().resolve("MKM-7QK3-92")
+    codes = {"MKM-7QK3-92": LISTED[2].name, "mkm 7qk3 93": LISTED[1].name}
+    assert resolver(codes).resolve("MKM-7QK3-92") == LISTED[2].name
+    assert resolver(codes).resolve("mkm 7qk3 93") == LISTED[1].name, "as people write it"
     with pytest.raises(IncidentNameError, match="no incident has the reference code"):
-        resolver(codes).resolve("MKM-2026-0043")
+        resolver(codes).resolve("MKM-7QK3-94")
+    # A prefix of an id is still a prefix, even when it could be read as a code.
+    assert resolver(codes).resolve("7c0000") == LISTED[2].name

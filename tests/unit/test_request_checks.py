@@ -72,6 +72,18 @@ def test_the_reports_of_a_batch_are_left_to_the_service_each_on_its_own() -> Non
     assert api.IngestReportsRequest.DESCRIPTOR.fields_by_name["reports"].full_name in ITEMIZED
 
 
+def test_the_items_of_a_triage_are_left_to_the_service_each_on_its_own() -> None:
+    bad = api.TriageItem(name="incidents/x", expected_version=-1)
+    request = api.TriageIncidentsRequest(request_id="t", items=[api.TriageItem(), bad])
+    check_request(request)  # one bad item must not refuse the call
+    check_item(request.items[0])
+    with pytest.raises(InvalidArgument) as caught:
+        check_item(bad)
+    assert caught.value.field == "expected_version", "named as the item's own field"
+    field = api.TriageIncidentsRequest.DESCRIPTOR.fields_by_name["items"]
+    assert field.full_name in ITEMIZED
+
+
 def test_ordinary_requests_pass() -> None:
     check_request(
         api.ReportIncidentRequest(
@@ -101,8 +113,10 @@ def _integer_fields(descriptor: Descriptor, prefix: str = "") -> list[tuple[str,
         path = f"{prefix}{field.name}"
         if field.type in INTEGER_TYPES:
             found.append((path, path.split(".")))
-        elif field.message_type is not None and field.message_type.full_name.startswith(
-            "incidentledger."
+        elif (
+            field.message_type is not None
+            and field.message_type.full_name.startswith("incidentledger.")
+            and field.full_name not in ITEMIZED  # left to the service: see above
         ):
             found.extend(_integer_fields(field.message_type, f"{path}."))
     return found

@@ -51,6 +51,8 @@ from incidentledger_client.types import (
     RejectionReason,
     ResponseTimeGrouping,
     ResponseTimes,
+    TriageItem,
+    TriageResult,
     VerifyProgress,
     VerifyReport,
     VulnerabilityMap,
@@ -65,6 +67,9 @@ MAX_INGEST_REPORTS = 500
 #: The size of one ``IngestReports`` call :meth:`LedgerClient.ingest_reports` aims under: the
 #: ledger's default ``LEDGER_MAX_MESSAGE_BYTES`` (1 MiB), less a margin.
 MAX_INGEST_BYTES = 1_000_000
+#: The most items :meth:`LedgerClient.triage` sends in one ``TriageIncidents`` call (the
+#: ledger's default ``LEDGER_TRIAGE_MAX_ITEMS``).
+MAX_TRIAGE_ITEMS = 500
 #: What a request holds beside its reports: ``send_time`` (at most 2 + 11 + 6 bytes).
 _REQUEST_OVERHEAD = 32
 
@@ -353,6 +358,54 @@ class LedgerClient:
             IngestResult.from_proto(report.report_id, result)
             for (report, _), result in zip(chunk, response.results, strict=True)
         ]
+
+    def triage(
+        self,
+        items: Iterable[TriageItem],
+        *,
+        request_id: str | None = None,
+        chunk_size: int = MAX_TRIAGE_ITEMS,
+        occur_time: datetime | None = None,
+        correlation_id: str = "",
+        on_chunk: Callable[[Sequence[TriageResult]], None] | None = None,
+    ) -> list[TriageResult]:
+        """Verify, reject or assign a lead to many incidents (``TriageIncidents``,
+        coordinator): one result per item, in the order given. Each item is recorded as
+        its single command would be (same event, same checks); one refused item does not
+        stop the others, its error is in its result.
+
+        The items go in calls of at most ``chunk_size`` (the ledger's default limit, 500);
+        the calls' request ids are ``request_id`` (one call) or ``{request_id}.{k}`` (k from
+        1). A call whose answer is lost is sent again with the same id, and so is safe: what
+        was recorded comes back ``DUPLICATE`` with its original result. Pass the same
+        ``request_id`` to repeat a whole triage safely.
+
+        >>> results = ledger.triage([TriageItem(n, "verify") for n in names])  # doctest: +SKIP
+        >>> [r for r in results if not r.recorded]  # doctest: +SKIP
+        """
+        if not 1 <= chunk_size <= MAX_TRIAGE_ITEMS:
+            raise ValueError(f"chunk_size must be 1 to {MAX_TRIAGE_ITEMS}, got {chunk_size}")
+        listed = list(items)
+        base = request_id or new_request_id()
+        chunks = [listed[n : n + chunk_size] for n in range(0, len(listed), chunk_size)]
+        results: list[TriageResult] = []
+        for k, chunk in enumerate(chunks, 1):
+            request = api.TriageIncidentsRequest(
+                request_id=base if len(chunks) == 1 else f"{base}.{k}",
+                items=[item.to_proto() for item in chunk],
+                correlation_id=correlation_id,
+            )
+            if occur_time is not None:
+                request.occur_time.CopyFrom(to_timestamp(occur_time))
+            response = self._transport.unary(self._ledger.TriageIncidents, request)
+            answered = [
+                TriageResult.from_proto(item.name, result)
+                for item, result in zip(chunk, response.results, strict=True)
+            ]
+            if on_chunk is not None:
+                on_chunk(answered)
+            results.extend(answered)
+        return results
 
     def verify(
         self,
@@ -852,10 +905,24 @@ class LedgerClient:
     # ------------------------------------------------------------------------- queries
 
     def get_incident(
-        self, name: str, *, as_of_time: datetime | None = None, as_of_position: int = 0
+        self,
+        name: str = "",
+        *,
+        reference: str = "",
+        as_of_time: datetime | None = None,
+        as_of_position: int = 0,
     ) -> Incident:
-        """An incident now, or as it stood at a past time or global position."""
-        request = api.GetIncidentRequest(name=name, as_of_position=as_of_position)
+        """An incident now, or as it stood at a past time or global position; by its name,
+        or by its ``reference`` code (``"MKM-7QK3-9V"``: a mistyped code raises
+        :class:`~incidentledger_client.errors.InvalidArgument`, reason
+        ``REFERENCE_MISTYPED``; one no incident has,
+        :class:`~incidentledger_client.errors.IncidentNotFound`).
+
+        >>> ledger.get_incident(reference="mkm 7qk3 9v").name  # doctest: +SKIP
+        """
+        request = api.GetIncidentRequest(
+            name=name, reference=reference, as_of_position=as_of_position
+        )
         if as_of_time is not None:
             request.as_of_time.CopyFrom(to_timestamp(as_of_time))
         return Incident.from_proto(

@@ -203,6 +203,11 @@ class Incident:
     occur_time: datetime | None
     create_time: datetime | None
     update_time: datetime | None
+    #: The reference code people read out (``MKM-7QK3-9V``); "" for an incident reported
+    #: before the ledger gave codes.
+    reference: str = ""
+    #: The code of the incident this one was merged into, when ``MERGED`` (and it has one).
+    merged_into_reference: str = ""
 
     @classmethod
     def from_proto(cls, message: pb.Incident) -> Incident:
@@ -232,6 +237,8 @@ class Incident:
             occur_time=_optional_time(message, "occur_time"),
             create_time=_optional_time(message, "create_time"),
             update_time=_optional_time(message, "update_time"),
+            reference=message.reference,
+            merged_into_reference=message.merged_into_reference,
         )
 
 
@@ -302,10 +309,13 @@ class CommandResult:
     position: int
     event_id: str
     record_time: datetime | None
+    #: A report's reference code (``MKM-7QK3-9V``), to give the reporter; "" otherwise.
+    reference: str = ""
 
     @classmethod
     def from_proto(cls, message: api.CommandResult) -> CommandResult:
         return cls(
+            reference=message.reference,
             incident=message.incident,
             version=message.version,
             position=message.position,
@@ -437,6 +447,92 @@ class IngestSummary:
         return self.total - self.recorded
 
 
+# --- bulk triage ---------------------------------------------------------------------------
+
+
+class TriageAction(StrEnum):
+    """What a triage item does to its incident: the single command it stands for."""
+
+    VERIFY = "verify"  # VerifyIncident
+    REJECT = "reject"  # RejectIncident (with a reason and a comment)
+    ASSIGN_LEAD = "assign_lead"  # AssignLeadAgency (with the agency)
+
+
+@dataclass(frozen=True)
+class TriageItem:
+    """One incident's triage in :meth:`LedgerClient.triage`.
+
+    >>> TriageItem("incidents/0b6f…", TriageAction.VERIFY, expected_version=1)  # doctest: +SKIP
+    >>> TriageItem(name, "reject", reason="HOAX", comment="edited photo")  # doctest: +SKIP
+    >>> TriageItem(name, "assign_lead", agency="polres")  # doctest: +SKIP
+    """
+
+    name: str
+    action: TriageAction | str
+    expected_version: int = 0
+    comment: str = ""
+    #: For ``reject``: ``"INVALID"``, ``"HOAX"`` or ``"OUT_OF_SCOPE"``.
+    reason: RejectionReason | str = RejectionReason.UNSPECIFIED
+    #: For ``assign_lead``: the agency that leads.
+    agency: str = ""
+
+    def to_proto(self) -> api.TriageItem:
+        item = api.TriageItem(name=self.name, expected_version=self.expected_version)
+        action = TriageAction(self.action)
+        if action is TriageAction.VERIFY:
+            item.verify.comment = self.comment
+        elif action is TriageAction.REJECT:
+            item.reject.rejection_reason = RejectionReason(self.reason).to_proto()
+            item.reject.comment = self.comment
+        else:
+            item.assign_lead.agency = self.agency
+            item.assign_lead.comment = self.comment
+        return item
+
+
+class TriageOutcome(StrEnum):
+    """What became of one item of :meth:`LedgerClient.triage`."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    RECORDED = "RECORDED"  # recorded now
+    DUPLICATE = "DUPLICATE"  # recorded before by the same request: the original result
+    CONFLICT = "CONFLICT"  # its request id was used before for another request
+    INVALID = "INVALID"  # refused, as the single command would refuse its fields
+    REFUSED = "REFUSED"  # the incident refuses the command (status, permission, version)
+
+    @classmethod
+    def from_proto(cls, value: int) -> TriageOutcome:
+        return cls(api.TriageOutcome.Name(value).removeprefix("TRIAGE_OUTCOME_"))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class TriageResult:
+    """One item's answer: its command result (``RECORDED``, ``DUPLICATE``: the original
+    one), or why nothing was recorded: ``error`` is the error the single command would
+    raise (:class:`~incidentledger_client.errors.VersionConflict`,
+    :class:`~incidentledger_client.errors.IncidentNotFound`,
+    :class:`~incidentledger_client.errors.IllegalTransition`, ...)."""
+
+    name: str
+    outcome: TriageOutcome
+    result: CommandResult | None
+    error: LedgerError | None
+
+    @property
+    def recorded(self) -> bool:
+        """Whether the item's event is in the ledger (now or from before)."""
+        return self.result is not None
+
+    @classmethod
+    def from_proto(cls, name: str, message: api.TriageResult) -> TriageResult:
+        return cls(
+            name=name,
+            outcome=TriageOutcome.from_proto(message.outcome),
+            result=CommandResult.from_proto(message.result) if message.HasField("result") else None,
+            error=from_status(message.error) if message.HasField("error") else None,
+        )
+
+
 # --- the situation -------------------------------------------------------------------------
 
 
@@ -452,10 +548,13 @@ class ScoreReason:
     status: str
     report_time: datetime | None
     weight: float
+    #: The incident's reference code ("" for one reported before codes existed).
+    reference: str = ""
 
     @classmethod
     def from_proto(cls, message: situation_pb.ScoreReason) -> ScoreReason:
         return cls(
+            reference=message.reference,
             incident=message.incident,
             title=message.title,
             severity=message.severity,

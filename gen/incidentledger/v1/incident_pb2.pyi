@@ -267,6 +267,8 @@ class Incident(_message.Message):
     OCCUR_TIME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    MERGED_INTO_REFERENCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: "incidents/{incident_id}"."""
     title: _builtins.str
@@ -287,6 +289,16 @@ class Incident(_message.Message):
     rejection_reason: Global___RejectionReason.ValueType
     version: _builtins.int
     """Version of the incident (number of events recorded on it)."""
+    reference: _builtins.str
+    """The incident's reference code, for people: for example "MKM-7QK3-9V" (the
+    regency's prefix, five characters of Crockford base 32 and a check character).
+    Unique, recorded in the Reported event; empty for an incident reported before
+    reference codes existed. GetIncident and ListIncidents' filter take it.
+    """
+    merged_into_reference: _builtins.str
+    """The reference code of the incident this one was merged into (see merged_into),
+    when MERGED and that incident has one.
+    """
     @_builtins.property
     def location(self) -> Global___Location:
         """Where it happened: the reported location, as corrected since (RecordCorrection of
@@ -339,10 +351,12 @@ class Incident(_message.Message):
         occur_time: _timestamp_pb2.Timestamp | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        reference: _builtins.str = ...,
+        merged_into_reference: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "location", b"location", "occur_time", b"occur_time", "pending_handover", b"pending_handover", "reporter", b"reporter", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "close_requested", b"close_requested", "create_time", b"create_time", "decisions", b"decisions", "description", b"description", "escalation_level", b"escalation_level", "lead_agency", b"lead_agency", "location", b"location", "merged_incidents", b"merged_incidents", "merged_into", b"merged_into", "name", b"name", "occur_time", b"occur_time", "pending_handover", b"pending_handover", "rejection_reason", b"rejection_reason", "reporter", b"reporter", "severity", b"severity", "status", b"status", "supporting_agencies", b"supporting_agencies", "title", b"title", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "close_requested", b"close_requested", "create_time", b"create_time", "decisions", b"decisions", "description", b"description", "escalation_level", b"escalation_level", "lead_agency", b"lead_agency", "location", b"location", "merged_incidents", b"merged_incidents", "merged_into", b"merged_into", "merged_into_reference", b"merged_into_reference", "name", b"name", "occur_time", b"occur_time", "pending_handover", b"pending_handover", "reference", b"reference", "rejection_reason", b"rejection_reason", "reporter", b"reporter", "severity", b"severity", "status", b"status", "supporting_agencies", b"supporting_agencies", "title", b"title", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -65,6 +65,60 @@ violation ReportIncident would answer); nothing was recorded.
 """
 Global___IngestOutcome: _TypeAlias = IngestOutcome  # noqa: Y015
 
+class _TriageOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TriageOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TriageOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRIAGE_OUTCOME_UNSPECIFIED: _TriageOutcome.ValueType  # 0
+    TRIAGE_OUTCOME_RECORDED: _TriageOutcome.ValueType  # 1
+    """Recorded now: `result` is its command result."""
+    TRIAGE_OUTCOME_DUPLICATE: _TriageOutcome.ValueType  # 2
+    """Recorded before by the same request (the call sent again): `result` is the
+    original command result; nothing recorded again.
+    """
+    TRIAGE_OUTCOME_CONFLICT: _TriageOutcome.ValueType  # 3
+    """Its request id ("{request_id}/{n}") was used before for another request:
+    `error` is ALREADY_EXISTS (REQUEST_ID_REUSED); nothing recorded.
+    """
+    TRIAGE_OUTCOME_INVALID: _TriageOutcome.ValueType  # 4
+    """The item is not acceptable: `error` is the INVALID_ARGUMENT the single
+    command would fail with; nothing recorded.
+    """
+    TRIAGE_OUTCOME_REFUSED: _TriageOutcome.ValueType  # 5
+    """The incident refuses the command: `error` is the status the single command
+    would fail with (NOT_FOUND, ABORTED for a stale expected_version,
+    FAILED_PRECONDITION, PERMISSION_DENIED); nothing recorded.
+    """
+
+class TriageOutcome(_TriageOutcome, metaclass=_TriageOutcomeEnumTypeWrapper):
+    """What became of one item of a TriageIncidents call: the outcomes of
+    IngestReports, and REFUSED for a command its incident refuses.
+    """
+
+TRIAGE_OUTCOME_UNSPECIFIED: TriageOutcome.ValueType  # 0
+TRIAGE_OUTCOME_RECORDED: TriageOutcome.ValueType  # 1
+"""Recorded now: `result` is its command result."""
+TRIAGE_OUTCOME_DUPLICATE: TriageOutcome.ValueType  # 2
+"""Recorded before by the same request (the call sent again): `result` is the
+original command result; nothing recorded again.
+"""
+TRIAGE_OUTCOME_CONFLICT: TriageOutcome.ValueType  # 3
+"""Its request id ("{request_id}/{n}") was used before for another request:
+`error` is ALREADY_EXISTS (REQUEST_ID_REUSED); nothing recorded.
+"""
+TRIAGE_OUTCOME_INVALID: TriageOutcome.ValueType  # 4
+"""The item is not acceptable: `error` is the INVALID_ARGUMENT the single
+command would fail with; nothing recorded.
+"""
+TRIAGE_OUTCOME_REFUSED: TriageOutcome.ValueType  # 5
+"""The incident refuses the command: `error` is the status the single command
+would fail with (NOT_FOUND, ABORTED for a stale expected_version,
+FAILED_PRECONDITION, PERMISSION_DENIED); nothing recorded.
+"""
+Global___TriageOutcome: _TypeAlias = TriageOutcome  # noqa: Y015
+
 @_typing.final
 class CommandResult(_message.Message):
     """What every command returns."""
@@ -76,6 +130,7 @@ class CommandResult(_message.Message):
     POSITION_FIELD_NUMBER: _builtins.int
     EVENT_ID_FIELD_NUMBER: _builtins.int
     RECORD_TIME_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
     incident: _builtins.str
     """Resource name of the incident the command acted on."""
     version: _builtins.int
@@ -84,6 +139,10 @@ class CommandResult(_message.Message):
     """Global position (notification id) of the command's last recorded event."""
     event_id: _builtins.str
     """Id of the command's (last) event on the incident."""
+    reference: _builtins.str
+    """For a report (ReportIncident, IngestReports): the new incident's reference
+    code, to give the reporter at once; empty for other commands.
+    """
     @_builtins.property
     def record_time(self) -> _timestamp_pb2.Timestamp:
         """When the ledger recorded it."""
@@ -96,10 +155,11 @@ class CommandResult(_message.Message):
         position: _builtins.int = ...,
         event_id: _builtins.str = ...,
         record_time: _timestamp_pb2.Timestamp | None = ...,
+        reference: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["record_time", b"record_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "incident", b"incident", "position", b"position", "record_time", b"record_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "incident", b"incident", "position", b"position", "record_time", b"record_time", "reference", b"reference", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1331,16 +1391,231 @@ class IngestReportsResponse(_message.Message):
 Global___IngestReportsResponse: _TypeAlias = IngestReportsResponse  # noqa: Y015
 
 @_typing.final
+class TriageIncidentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    OCCUR_TIME_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Required, at most 120 characters (AIP-155). Item n (from 1) is recorded as
+    the command with request id "{request_id}/{n}": sending the call again
+    answers each item as before and records nothing twice.
+    """
+    correlation_id: _builtins.str
+    """Defaults to the request_id."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___TriageItem]:
+        """The items, at most LEDGER_TRIAGE_MAX_ITEMS (500 by default; more is
+        INVALID_ARGUMENT and nothing is recorded).
+        """
+
+    @_builtins.property
+    def occur_time(self) -> _timestamp_pb2.Timestamp:
+        """When the triage happened, for every item (as for every command; defaults to
+        the record time).
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        items: _abc.Iterable[Global___TriageItem] | None = ...,
+        correlation_id: _builtins.str = ...,
+        occur_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "items", b"items", "occur_time", b"occur_time", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriageIncidentsRequest: _TypeAlias = TriageIncidentsRequest  # noqa: Y015
+
+@_typing.final
+class TriageItem(_message.Message):
+    """One incident's triage: the command it stands for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    VERIFY_FIELD_NUMBER: _builtins.int
+    REJECT_FIELD_NUMBER: _builtins.int
+    ASSIGN_LEAD_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"incidents/{incident_id}"."""
+    expected_version: _builtins.int
+    """As the single command's (0 = do not check)."""
+    @_builtins.property
+    def verify(self) -> Global___TriageVerify:
+        """VerifyIncident."""
+
+    @_builtins.property
+    def reject(self) -> Global___TriageReject:
+        """RejectIncident."""
+
+    @_builtins.property
+    def assign_lead(self) -> Global___TriageAssignLead:
+        """AssignLeadAgency."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+        verify: Global___TriageVerify | None = ...,
+        reject: Global___TriageReject | None = ...,
+        assign_lead: Global___TriageAssignLead | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "assign_lead", b"assign_lead", "reject", b"reject", "verify", b"verify"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "assign_lead", b"assign_lead", "expected_version", b"expected_version", "name", b"name", "reject", b"reject", "verify", b"verify"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["verify", "reject", "assign_lead"]  # noqa: Y015
+    _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
+
+Global___TriageItem: _TypeAlias = TriageItem  # noqa: Y015
+
+@_typing.final
+class TriageVerify(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMENT_FIELD_NUMBER: _builtins.int
+    comment: _builtins.str
+    def __init__(
+        self,
+        *,
+        comment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriageVerify: _TypeAlias = TriageVerify  # noqa: Y015
+
+@_typing.final
+class TriageReject(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REJECTION_REASON_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    rejection_reason: _incident_pb2.RejectionReason.ValueType
+    comment: _builtins.str
+    """Required."""
+    def __init__(
+        self,
+        *,
+        rejection_reason: _incident_pb2.RejectionReason.ValueType = ...,
+        comment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "rejection_reason", b"rejection_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriageReject: _TypeAlias = TriageReject  # noqa: Y015
+
+@_typing.final
+class TriageAssignLead(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENCY_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    agency: _builtins.str
+    comment: _builtins.str
+    def __init__(
+        self,
+        *,
+        agency: _builtins.str = ...,
+        comment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency", b"agency", "comment", b"comment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriageAssignLead: _TypeAlias = TriageAssignLead  # noqa: Y015
+
+@_typing.final
+class TriageResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    outcome: Global___TriageOutcome.ValueType
+    @_builtins.property
+    def result(self) -> Global___CommandResult:
+        """RECORDED and DUPLICATE: the command result."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """CONFLICT, INVALID and REFUSED: why, as a google.rpc.Status with its
+        ErrorInfo (and for INVALID a BadRequest naming the item's own field).
+        """
+
+    def __init__(
+        self,
+        *,
+        outcome: Global___TriageOutcome.ValueType = ...,
+        result: Global___CommandResult | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriageResult: _TypeAlias = TriageResult  # noqa: Y015
+
+@_typing.final
+class TriageIncidentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TriageResult]:
+        """One per item of the request, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___TriageResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriageIncidentsResponse: _TypeAlias = TriageIncidentsResponse  # noqa: Y015
+
+@_typing.final
 class GetIncidentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     AS_OF_TIME_FIELD_NUMBER: _builtins.int
     AS_OF_POSITION_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """"incidents/{incident_id}" """
+    """"incidents/{incident_id}"; or empty, and the incident named by `reference`."""
     as_of_position: _builtins.int
     """The incident as it stood at this global position, if set (0 = now)."""
+    reference: _builtins.str
+    """Instead of `name`: the incident's reference code, for example "MKM-7QK3-9V"
+    (case, hyphens and spaces do not matter; I and L read as 1, O as 0). A code
+    whose check character does not match is INVALID_ARGUMENT with reason
+    REFERENCE_MISTYPED; a code no incident has is NOT_FOUND.
+    """
     @_builtins.property
     def as_of_time(self) -> _timestamp_pb2.Timestamp:
         """The incident as it stood at this time (record time, server clock), if set."""
@@ -1351,10 +1626,11 @@ class GetIncidentRequest(_message.Message):
         name: _builtins.str = ...,
         as_of_time: _timestamp_pb2.Timestamp | None = ...,
         as_of_position: _builtins.int = ...,
+        reference: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of_time", b"as_of_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_position", b"as_of_position", "as_of_time", b"as_of_time", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_position", b"as_of_position", "as_of_time", b"as_of_time", "name", b"name", "reference", b"reference"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1394,9 +1670,9 @@ class ListIncidentsRequest(_message.Message):
     page_token: _builtins.str
     """Opaque token from a previous response."""
     filter: _builtins.str
-    """AIP-160 filter over status, severity, category, kecamatan and
-    lead_agency: comparisons with = or != joined by AND, for example
-    `status = "VERIFIED" AND kecamatan = "ipuh"`.
+    """AIP-160 filter over status, severity, category, kecamatan, lead_agency
+    and reference: comparisons with = or != joined by AND, for example
+    `status = "VERIFIED" AND kecamatan = "ipuh"` or `reference = "MKM-7QK3-9V"`.
     """
     min_position: _builtins.int
     """Read-your-writes: wait (up to the call's deadline, at most 10 s) until the

@@ -146,6 +146,11 @@ class LedgerServiceStub:
                 request_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.IngestReportsRequest.SerializeToString,
                 response_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.IngestReportsResponse.FromString,
                 _registered_method=True)
+        self.TriageIncidents = channel.unary_unary(
+                '/incidentledger.v1.LedgerService/TriageIncidents',
+                request_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.TriageIncidentsRequest.SerializeToString,
+                response_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.TriageIncidentsResponse.FromString,
+                _registered_method=True)
         self.GetIncident = channel.unary_unary(
                 '/incidentledger.v1.LedgerService/GetIncident',
                 request_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.GetIncidentRequest.SerializeToString,
@@ -354,6 +359,20 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TriageIncidents(self, request, context):
+        """Triage many incidents in one call (coordinator): verify, reject or assign
+        a lead, each item with its own incident, expected version and action (AIP-136
+        custom method, not atomic). Each item is the single command it names
+        (VerifyIncident, RejectIncident, AssignLeadAgency) and records the same one
+        event; the items of one incident run in the order given. One result per
+        item, in the same order. One refused item never
+        refuses the others; sending the call again with the same request_id records
+        nothing twice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetIncident(self, request, context):
         """Get the current state of an incident.
         """
@@ -528,6 +547,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.IngestReports,
                     request_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.IngestReportsRequest.FromString,
                     response_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.IngestReportsResponse.SerializeToString,
+            ),
+            'TriageIncidents': grpc.unary_unary_rpc_method_handler(
+                    servicer.TriageIncidents,
+                    request_deserializer=incidentledger_dot_v1_dot_ledger__service__pb2.TriageIncidentsRequest.FromString,
+                    response_serializer=incidentledger_dot_v1_dot_ledger__service__pb2.TriageIncidentsResponse.SerializeToString,
             ),
             'GetIncident': grpc.unary_unary_rpc_method_handler(
                     servicer.GetIncident,
@@ -1088,6 +1112,33 @@ class LedgerService:
             '/incidentledger.v1.LedgerService/IngestReports',
             incidentledger_dot_v1_dot_ledger__service__pb2.IngestReportsRequest.SerializeToString,
             incidentledger_dot_v1_dot_ledger__service__pb2.IngestReportsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TriageIncidents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/incidentledger.v1.LedgerService/TriageIncidents',
+            incidentledger_dot_v1_dot_ledger__service__pb2.TriageIncidentsRequest.SerializeToString,
+            incidentledger_dot_v1_dot_ledger__service__pb2.TriageIncidentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

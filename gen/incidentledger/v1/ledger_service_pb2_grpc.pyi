@@ -98,6 +98,16 @@ class LedgerServiceStub:
     One refused report never refuses the others; sending a batch again after
     a lost answer records nothing twice.
     """
+    TriageIncidents: _grpc.UnaryUnaryMultiCallable[_ledger_service_pb2.TriageIncidentsRequest, _ledger_service_pb2.TriageIncidentsResponse]
+    """Triage many incidents in one call (coordinator): verify, reject or assign
+    a lead, each item with its own incident, expected version and action (AIP-136
+    custom method, not atomic). Each item is the single command it names
+    (VerifyIncident, RejectIncident, AssignLeadAgency) and records the same one
+    event; the items of one incident run in the order given. One result per
+    item, in the same order. One refused item never
+    refuses the others; sending the call again with the same request_id records
+    nothing twice.
+    """
     GetIncident: _grpc.UnaryUnaryMultiCallable[_ledger_service_pb2.GetIncidentRequest, _ledger_service_pb2.GetIncidentResponse]
     """Get the current state of an incident."""
     ListIncidents: _grpc.UnaryUnaryMultiCallable[_ledger_service_pb2.ListIncidentsRequest, _ledger_service_pb2.ListIncidentsResponse]
@@ -206,6 +216,16 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     custom method, not atomic): one result per report, in the same order.
     One refused report never refuses the others; sending a batch again after
     a lost answer records nothing twice.
+    """
+    TriageIncidents: _aio.UnaryUnaryMultiCallable[_ledger_service_pb2.TriageIncidentsRequest, _ledger_service_pb2.TriageIncidentsResponse]  # type: ignore[assignment]
+    """Triage many incidents in one call (coordinator): verify, reject or assign
+    a lead, each item with its own incident, expected version and action (AIP-136
+    custom method, not atomic). Each item is the single command it names
+    (VerifyIncident, RejectIncident, AssignLeadAgency) and records the same one
+    event; the items of one incident run in the order given. One result per
+    item, in the same order. One refused item never
+    refuses the others; sending the call again with the same request_id records
+    nothing twice.
     """
     GetIncident: _aio.UnaryUnaryMultiCallable[_ledger_service_pb2.GetIncidentRequest, _ledger_service_pb2.GetIncidentResponse]  # type: ignore[assignment]
     """Get the current state of an incident."""
@@ -420,6 +440,22 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         custom method, not atomic): one result per report, in the same order.
         One refused report never refuses the others; sending a batch again after
         a lost answer records nothing twice.
+        """
+
+    @_abc_1.abstractmethod
+    def TriageIncidents(
+        self,
+        request: _ledger_service_pb2.TriageIncidentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_service_pb2.TriageIncidentsResponse, _abc.Awaitable[_ledger_service_pb2.TriageIncidentsResponse]]:
+        """Triage many incidents in one call (coordinator): verify, reject or assign
+        a lead, each item with its own incident, expected version and action (AIP-136
+        custom method, not atomic). Each item is the single command it names
+        (VerifyIncident, RejectIncident, AssignLeadAgency) and records the same one
+        event; the items of one incident run in the order given. One result per
+        item, in the same order. One refused item never
+        refuses the others; sending the call again with the same request_id records
+        nothing twice.
         """
 
     @_abc_1.abstractmethod

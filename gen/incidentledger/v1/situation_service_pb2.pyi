@@ -81,6 +81,7 @@ class ScoreReason(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     REPORT_TIME_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
     incident: _builtins.str
     """"incidents/{id}" """
     title: _builtins.str
@@ -90,6 +91,8 @@ class ScoreReason(_message.Message):
     """IKP dimension of the category."""
     status: _builtins.str
     weight: _builtins.float
+    reference: _builtins.str
+    """The incident's reference code (empty for one reported before codes existed)."""
     @_builtins.property
     def report_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -103,10 +106,11 @@ class ScoreReason(_message.Message):
         status: _builtins.str = ...,
         report_time: _timestamp_pb2.Timestamp | None = ...,
         weight: _builtins.float = ...,
+        reference: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["report_time", b"report_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "dimension", b"dimension", "incident", b"incident", "report_time", b"report_time", "severity", b"severity", "status", b"status", "title", b"title", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "dimension", b"dimension", "incident", b"incident", "reference", b"reference", "report_time", b"report_time", "severity", b"severity", "status", b"status", "title", b"title", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -261,13 +261,25 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
         )
         return wire.ingest_response(results, lambda e: to_status_proto(e, self._error_domain))
 
+    @override
+    def TriageIncidents(
+        self, request: api.TriageIncidentsRequest, context: grpc.ServicerContext
+    ) -> api.TriageIncidentsResponse:
+        results = self._ledger.triage(self._envelope(request), wire.triage_items(request))
+        return wire.triage_response(results, lambda e: to_status_proto(e, self._error_domain))
+
     # -------------------------------------------------------------- queries
 
     @override
     def GetIncident(
         self, request: api.GetIncidentRequest, context: grpc.ServicerContext
     ) -> api.GetIncidentResponse:
-        incident_id = wire.parse_name(request.name)
+        if request.reference and request.name:
+            raise InvalidArgument("reference", "name an incident by name or by reference, not both")
+        if request.reference:
+            incident_id = self._ledger.incident_by_reference(request.reference)
+        else:
+            incident_id = wire.parse_name(request.name)
         as_of_time = wire.optional_time(request, "as_of_time")
         if request.as_of_position < 0:
             raise InvalidArgument("as_of_position", "must not be negative")
@@ -312,7 +324,9 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
         self, request: api.ListIncidentsRequest, context: grpc.ServicerContext
     ) -> api.ListIncidentsResponse:
         size = page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
-        board_filter = BoardFilter.parse(request.filter, self._ledger.reference)
+        board_filter = BoardFilter.parse(
+            request.filter, self._ledger.reference, self._ledger.find_reference
+        )
         as_of = wire.optional_time(request, "as_of_time")
         query = f"incidents?filter={request.filter}&as_of={as_of}"
         with self._read.view(

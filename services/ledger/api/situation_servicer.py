@@ -54,6 +54,7 @@ class SituationServicer(sit_grpc.SituationServiceServicer):
                             status=reason.status,
                             report_time=wire.timestamp(reason.reported_at),
                             weight=reason.weight,
+                            reference=reason.reference,
                         )
                         for reason in score.reasons
                     ],

@@ -207,7 +207,9 @@ class CreatingCommand(Command, ABC):
     """A command that creates an incident."""
 
     @abstractmethod
-    def create(self, envelope: Envelope) -> Incident: ...
+    def create(self, envelope: Envelope, reference_prefix: str, *, draw: int = 0) -> Incident:
+        """The new incident, its reference code under ``reference_prefix`` ; ``draw``: which try
+        for a free code this is, from 0 (a retry after the last code was taken)."""
 
 
 @dataclass(frozen=True)
@@ -287,10 +289,18 @@ class ReportIncident(CreatingCommand):
 
     OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"personal_data"})
 
-    def create(self, envelope: Envelope, device: DeviceRecord | None = None) -> Incident:
+    def create(
+        self,
+        envelope: Envelope,
+        reference_prefix: str,
+        device: DeviceRecord | None = None,
+        *,
+        draw: int = 0,
+    ) -> Incident:
         """The incident reported; ``device``: the field device it came from, if any
         (``IngestReports``: the same command, recorded with the device's provenance).
-        Personal data must have been sealed (by the application) for the incident."""
+        Personal data must have been sealed (by the application) for the incident, whose
+        id it then fixes; ``draw`` > 0 draws another reference code (the last was taken)."""
         sealed = None
         if self.personal_data is not None:
             sealed = self.personal_data.sealed
@@ -304,6 +314,8 @@ class ReportIncident(CreatingCommand):
             severity=self.severity,
             location=self.location,
             incident_id=sealed.incident_id if sealed else uuid4(),
+            reference_prefix=reference_prefix,
+            reference_draw=draw,
             device=device,
             personal=sealed,
         )

@@ -25,6 +25,7 @@ from services.common.errors import (
 from services.common.jsoncodec import canonical_dumps
 from services.common.reference import PersonalDataPolicy, Role
 from services.ledger.domain.personal import SealedReport, SealedSubject, SubjectRole
+from services.ledger.domain.refcodes import code_for
 
 GENESIS_HASH = "0" * 64
 
@@ -135,6 +136,14 @@ class PersonalDataAccess:
     time: datetime
 
 
+def _drop_unset(event: Any, names: tuple[str, ...]) -> None:
+    """Leave unset optional fields out of the event, not stored as null: the payload (and
+    the hash) of an event without them stays as it always was."""
+    for name in names:
+        if name in event.__dict__ and event.__dict__[name] is None:
+            object.__delattr__(event, name)
+
+
 def canonical_json(value: Any) -> bytes:
     """The canonical encoding hashed by the chain: sorted keys, no spaces, UTF-8."""
     return canonical_dumps(value, _canonical)
@@ -212,6 +221,9 @@ class Incident(Aggregate):
         description: str
         category: str
         severity: str
+        # The incident's reference code (refcodes.py); absent from reports recorded
+        # before codes existed.
+        reference: str | None = None
         # Only on a report ingested from a field device (DeviceRecord).
         device_id: str | None = None
         device_report_id: UUID | None = None
@@ -222,13 +234,10 @@ class Incident(Aggregate):
 
         def __post_init__(self) -> None:
             super().__post_init__()
-            # An unset optional field is left out of the event, not stored as null: the
-            # payload (and the hash) of every other report stays as it always was.
-            for name in OPTIONAL_REPORT_FIELDS:
-                if self.__dict__.get(name) is None:
-                    object.__delattr__(self, name)
+            _drop_unset(self, ("reference", *OPTIONAL_REPORT_FIELDS))
 
         def evolve(self, incident: Incident) -> None:
+            incident.reference = self.__dict__.get("reference") or ""
             incident.title = self.title
             incident.description = self.description
             incident.category = self.category
@@ -255,13 +264,26 @@ class Incident(Aggregate):
 
     class Merged(Event):
         target_id: UUID
+        # The survivor's reference code, when it has one.
+        target_reference: str | None = None
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            _drop_unset(self, ("target_reference",))
 
         def evolve(self, incident: Incident) -> None:
             incident.status = Status.MERGED
             incident.merged_into = self.target_id
+            incident.merged_into_reference = self.__dict__.get("target_reference") or ""
 
     class DuplicateMerged(Event):
         duplicate_id: UUID
+        # The duplicate's reference code, when it has one.
+        duplicate_reference: str | None = None
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            _drop_unset(self, ("duplicate_reference",))
 
         def evolve(self, incident: Incident) -> None:
             incident.merged_incidents.append(self.duplicate_id)
@@ -411,6 +433,8 @@ class Incident(Aggregate):
 
     def __init__(self) -> None:
         self.status = Status.REPORTED
+        # "" for an incident reported before reference codes existed.
+        self.reference = ""
         self.title = ""
         self.description = ""
         self.category = ""
@@ -428,6 +452,7 @@ class Incident(Aggregate):
         self.decisions: list[Decision] = []
         self.close_requested = False
         self.merged_into: UUID | None = None
+        self.merged_into_reference = ""
         self.merged_incidents: list[UUID] = []
         self.rejection_reason: RejectionReason | None = None
         self.closed_at: datetime | None = None
@@ -456,9 +481,14 @@ class Incident(Aggregate):
         severity: str,
         location: dict[str, Any],
         incident_id: UUID,
+        reference_prefix: str | None = None,
+        reference_draw: int = 0,
         device: DeviceRecord | None = None,
         personal: SealedReport | None = None,
     ) -> Incident:
+        """A new incident; with ``reference_prefix``, its reference code is recorded (the
+        code is a function of ``incident_id`` and ``reference_draw``: see
+        services/ledger/domain/refcodes.py)."""
         _require_writer(envelope.actor, "ReportIncident")
         provenance: dict[str, Any] = {}
         if personal is not None:
@@ -479,6 +509,9 @@ class Incident(Aggregate):
             description=description,
             category=category,
             severity=severity,
+            reference=None
+            if reference_prefix is None
+            else code_for(reference_prefix, incident_id, reference_draw),
             **provenance,
             **_envelope_kwargs(envelope, GENESIS_HASH, location=location),
         )
@@ -501,8 +534,20 @@ class Incident(Aggregate):
                 reason="MERGE_TARGET_NOT_LIVE",
                 metadata={"target_status": target.status.value},
             )
-        self._trigger(self.Merged, envelope, reason=comment, target_id=target.id)
-        target._trigger(self.DuplicateMerged, envelope, reason=comment, duplicate_id=self.id)
+        self._trigger(
+            self.Merged,
+            envelope,
+            reason=comment,
+            target_id=target.id,
+            target_reference=target.reference or None,
+        )
+        target._trigger(
+            self.DuplicateMerged,
+            envelope,
+            reason=comment,
+            duplicate_id=self.id,
+            duplicate_reference=self.reference or None,
+        )
 
     def assess_severity(self, envelope: Envelope, severity: str, comment: str) -> None:
         allowed = set(Status) - TERMINAL

@@ -35,7 +35,8 @@ are decoded straight from their stored JSON, see ``facts.py``):
 Event                  Effect on the incident's row
 =====================  =============================================================
 Reported               new row: REPORTED, title, category, severity, kecamatan,
-                       desa, reporter; reported_at = its record time; occurred_at
+                       desa, reporter, reference code ("" before codes
+                       existed); reported_at = its record time; occurred_at
 Verified               VERIFIED; verified_at (first time only)
 Rejected / Merged      REJECTED / MERGED
 LeadAssigned           ASSIGNED; lead = agency (removed from supporting);

@@ -38,9 +38,10 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 
 # Payload fields each event type contributes, and their kind:
-# "s" text, "b" bool, "i" int, "l" list of text, "t" time (-> microseconds), "u" UUID (-> hex).
+# "s" text, "b" bool, "i" int, "l" list of text, "t" time (-> microseconds), "u" UUID (-> hex),
+# "o" optional text ("" when the event has none: a field added after events were stored).
 PAYLOAD: dict[str, dict[str, str]] = {
-    "Reported": {"title": "s", "category": "s", "severity": "s"},
+    "Reported": {"title": "s", "category": "s", "severity": "s", "reference": "o"},
     "SeverityAssessed": {"severity": "s"},
     "LeadAssigned": {"agency": "s"},
     "SupportingAgencyAdded": {"agency": "s"},
@@ -132,6 +133,8 @@ class Fact:
 
 
 def _payload_value(kind: str, value: Any) -> Any:
+    if kind == "o":
+        return "" if value is None else str(value)
     if kind == "t":
         return micros(value)
     if kind == "u":
@@ -198,6 +201,9 @@ class FastDecoder:
         data: dict[str, Any] = {}
         if spec:
             for name, kind in spec.items():
+                if kind == "o":
+                    data[name] = state.get(name) or ""
+                    continue
                 value = state[name]
                 if kind == "s":
                     data[name] = value

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from uuid import UUID
 
 from services.common.errors import InvalidArgument
 from services.common.reference import ReferenceData
 from services.ledger.domain.incident import Status
 
-FILTER_FIELDS = ("status", "severity", "category", "kecamatan", "lead_agency")
+FILTER_FIELDS = ("status", "severity", "category", "kecamatan", "lead_agency", "reference")
 _CLAUSE = re.compile(
     r"\s*(?P<field>[a-z_]+)\s*(?P<op>!=|=)\s*"
     r"(?:\"(?P<quoted>[^\"\\]*)\"|(?P<bare>[A-Za-z0-9_]+))\s*"
 )
+#: Finds the incident a reference code names (None: no incident has it); refuses a code
+#: that is not one of this ledger's, or is mistyped (INVALID_ARGUMENT).
+FindReference = Callable[[str], UUID | None]
 _AND = re.compile(r"AND\b", re.ASCII)
 
 
@@ -25,7 +29,11 @@ class BoardFilter:
     clauses: tuple[tuple[str, str, str], ...] = ()
 
     @classmethod
-    def parse(cls, text: str, reference: ReferenceData) -> BoardFilter:
+    def parse(
+        cls, text: str, reference: ReferenceData, find_reference: FindReference | None = None
+    ) -> BoardFilter:
+        """The filter ``text``; a ``reference`` clause becomes one on the incident id that
+        ``find_reference`` finds (the board keeps no codes: the store's claims do)."""
         if len(text) > 1000:
             raise InvalidArgument("filter", "is longer than 1000 characters")
         clauses: list[tuple[str, str, str]] = []
@@ -46,7 +54,12 @@ class BoardFilter:
                 )
             field, op = match["field"], match["op"]
             value = match["quoted"] if match["quoted"] is not None else match["bare"]
-            clauses.append((field, op, _check_value(field, value, reference)))
+            if field == "reference" and find_reference is not None:
+                found = find_reference(value)
+                # An incident id no row has, when no incident has the code.
+                clauses.append(("incident_id", op, "" if found is None else str(found)))
+            else:
+                clauses.append((field, op, _check_value(field, value, reference)))
             pos = match.end()
         return cls(tuple(clauses))
 

@@ -43,6 +43,7 @@ class IncidentRow:
     last_change_at: int
     last_change_position: int
     last_event_type: str
+    reference: str
 
     @classmethod
     def reported(cls, fact: Fact) -> IncidentRow:
@@ -52,6 +53,7 @@ class IncidentRow:
         row.seq = fact.position
         row.status = "REPORTED"
         row.title = data["title"]
+        row.reference = data["reference"]
         row.category = data["category"]
         row.severity = data["severity"]
         row.severity_event_id = fact.event_id

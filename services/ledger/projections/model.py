@@ -52,6 +52,7 @@ class BoardRow:
     last_change_at: datetime
     last_change_position: int
     last_event_type: str
+    reference: str = ""  # "" for an incident reported before reference codes existed
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class VulnerabilityReason:
     occurred_at: datetime
     reported_at: datetime
     weight: float
+    reference: str = ""
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from services.ledger.projections.model import (
     VulnerabilityReason,
 )
 from services.ledger.projections.tables import (
+    ADDED_COLUMNS,
     DECISION_COLUMNS,
     INCIDENT_COLUMNS,
     SCHEMA,
@@ -99,12 +100,24 @@ class ProjectionStore:
         with self.sql.transaction() as cur:
             for statement in SCHEMA:
                 cur.execute(statement)
+            for table, column in ADDED_COLUMNS:
+                self._add_column(cur, table, column)
             cur.execute(
                 self.sql.q(
                     "INSERT INTO projection_position (id, position) VALUES (1, 0) "
                     "ON CONFLICT (id) DO NOTHING"
                 )
             )
+
+    def _add_column(self, cur: Any, table: str, column: str) -> None:
+        """Add ``column`` (text, empty by default) to ``table`` made before it existed."""
+        add = f"ALTER TABLE {table} ADD COLUMN"  # constant names
+        if self.sql.dialect == "postgres":
+            cur.execute(f"{add} IF NOT EXISTS {column} TEXT NOT NULL DEFAULT ''")
+            return
+        cur.execute(f"PRAGMA table_info({table})")
+        if column not in {str(row[1]) for row in cur.fetchall()}:
+            cur.execute(f"{add} {column} TEXT NOT NULL DEFAULT ''")
 
     def position(self) -> int:
         with self.sql.transaction() as cur:
@@ -242,7 +255,7 @@ class ProjectionStore:
             cur.execute(
                 self.sql.q(
                     "SELECT incident_id, title, severity, category, status, kecamatan,"
-                    " occurred_at, reported_at FROM proj_incident"
+                    " occurred_at, reported_at, reference FROM proj_incident"
                     " WHERE status <> ? AND status <> ? AND occurred_at <= ? ORDER BY seq"
                 ),
                 (*NOT_SCORED, at_us),
@@ -250,7 +263,17 @@ class ProjectionStore:
             rows = cur.fetchall()
         by_kecamatan: dict[str, list[VulnerabilityReason]] = defaultdict(list)
         categories = self.reference.categories
-        for incident_id, title, severity, category, status, kecamatan, occurred, reported in rows:
+        for (
+            incident_id,
+            title,
+            severity,
+            category,
+            status,
+            kecamatan,
+            occurred,
+            reported,
+            reference,
+        ) in rows:
             known = categories.get(category)
             dimension = known.dimension if known else ""
             age_days = (at_us - int(occurred)) / MICROS_PER_DAY
@@ -271,6 +294,7 @@ class ProjectionStore:
                     to_datetime(int(occurred)),
                     to_datetime(int(reported)),
                     weight,
+                    str(reference),
                 )
             )
         names = {k.code: k.name for k in self.reference.kecamatan.values()}
@@ -431,4 +455,5 @@ def _board_row(row: IncidentRow) -> BoardRow:
         last_change_at=to_datetime(int(row.last_change_at)),
         last_change_position=int(row.last_change_position),
         last_event_type=row.last_event_type,
+        reference=row.reference,
     )

@@ -31,6 +31,8 @@ INCIDENT_COLUMNS = (
     "last_change_at",
     "last_change_position",
     "last_event_type",
+    # Added after the others (ADDED_COLUMNS): an existing table gains it with "".
+    "reference",
 )
 DECISION_COLUMNS = (
     "event_id",
@@ -87,6 +89,10 @@ SCHEMA = (
     " (id INTEGER PRIMARY KEY, position BIGINT NOT NULL)",
 )
 TABLES = ("proj_incident", "proj_decision")
+#: Columns added to a table after it was first created: a table made before gains each,
+#: empty (``''``), when the schema is created. Empty is what those rows hold anyway: the
+#: reference code of an incident reported before codes existed.
+ADDED_COLUMNS = (("proj_incident", "reference"),)
 
 
 def _upsert(table: str, columns: Sequence[str], key: str) -> str:

@@ -9,6 +9,7 @@ from datetime import datetime
 
 import typer
 
+from incidentledger_client import Incident, IncidentNotFound, LedgerClient
 from incidentledger_client.cli import config, names, times
 from incidentledger_client.cli.state import state
 from incidentledger_client.i18n import N_, _
@@ -24,24 +25,43 @@ WHATS = (
     N_("sort"),
     N_("grouping"),
     N_("reason"),
+    N_("action"),
 )
 
 
 def incident_name(ctx: typer.Context, value: str) -> str:
     """``incidents/ID`` from the full name, the id, a unique prefix of 6+ characters (as tables
-    show them) or, once the ledger has them, a reference code; a usage error otherwise (an
-    ambiguous prefix lists the candidates)."""
+    show them) or a reference code (MKM-7QK3-9V); a usage error otherwise (an ambiguous
+    prefix lists the candidates; a mistyped code is the ledger's INVALID_ARGUMENT)."""
+    return incident_names(ctx, [value])[0]
+
+
+def incident_names(ctx: typer.Context, values: Sequence[str]) -> list[str]:
+    """:func:`incident_name` of each value, listing the incidents at most once."""
     ledger = state(ctx).ledger()
-    resolver = names.IncidentResolver(
+    listed: list[Incident] = []
+
+    def list_incidents() -> list[Incident]:
         # One listing of every incident: the ledger has no lookup by prefix (see names.py).
-        list_incidents=lambda: ledger.list_incidents(page_size=1000),
-        # The hook for reference codes: a lookup goes here once the ledger records them.
-        by_reference=None,
+        if not listed:
+            listed.extend(ledger.list_incidents(page_size=1000))
+        return listed
+
+    resolver = names.IncidentResolver(
+        list_incidents=list_incidents,
+        by_reference=lambda code: _by_reference(ledger, code),
     )
     try:
-        return resolver.resolve(value)
+        return [resolver.resolve(value) for value in values]
     except names.IncidentNameError as error:
         raise typer.BadParameter(str(error), param_hint="INCIDENT") from None
+
+
+def _by_reference(ledger: LedgerClient, code: str) -> str | None:
+    try:
+        return ledger.get_incident(reference=code).name
+    except IncidentNotFound:
+        return None
 
 
 def choose(value: str, known: Sequence[str], what: str, param: str) -> str:

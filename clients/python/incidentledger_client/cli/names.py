@@ -20,8 +20,11 @@ SHORT_ID = 8
 MIN_PREFIX = 6
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _PREFIX = re.compile(r"^[0-9a-f-]+$")
-#: What a reference code will look like (e.g. MKM-2026-0042): letters, a dash, digits.
-REFERENCE_CODE = re.compile(r"^[A-Za-z]{2,}-[0-9][0-9-]*$")
+#: The start of an id as tables show it: 6 or more hex characters, then anything of an id.
+_UUID_START = re.compile(r"^[0-9a-f]{6,}")
+#: What a reference code looks like (MKM-7QK3-9V): the regency's prefix of 1-6 letters, then
+#: 4 and 2 characters. A prefix of an id with a dash has 8 characters before it: no clash.
+REFERENCE_CODE = re.compile(r"^[A-Za-z]{1,6}[- ]?[0-9A-Za-z]{4}[- ]?[0-9A-Za-z]{2}$")
 
 
 class IncidentNameError(ValueError):
@@ -38,8 +41,8 @@ class IncidentResolver:
 
     ``list_incidents`` lists every incident (the ledger has no lookup by prefix, so a prefix is
     matched against the list: about 6,400 incidents are read in well under a second).
-    ``by_reference`` looks up a reference code once the ledger has them: until then it is None
-    and a reference code is refused with a message that says so.
+    ``by_reference`` looks up a reference code (None: no incident has it); without it, a
+    reference code is refused with a message that says so.
     """
 
     list_incidents: Callable[[], Iterable[Incident]]
@@ -50,7 +53,7 @@ class IncidentResolver:
         bare = value.removeprefix("incidents/").lower()
         if _UUID.match(bare):
             return f"incidents/{bare}"
-        if REFERENCE_CODE.match(value) and not _PREFIX.match(value.lower()):
+        if REFERENCE_CODE.match(value) and not _UUID_START.match(value.lower()):
             if self.by_reference is None:
                 raise IncidentNameError(
                     f"{value!r} looks like a reference code; this ledger has no reference codes "

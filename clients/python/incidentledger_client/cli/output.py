@@ -30,6 +30,7 @@ from incidentledger_client.types import (
     IncidentEvent,
     KecamatanScore,
     ResponseTimes,
+    TriageResult,
     VulnerabilityMap,
 )
 
@@ -141,18 +142,22 @@ def command_result(out: Console, verb: str, result: CommandResult) -> None:
             version=result.version, position=result.position, event=result.event_id
         )
     )
+    if result.reference:
+        out.print(_("reference {reference}").format(reference=result.reference))
 
 
 def incidents_table(incidents: Iterable[Incident], title: str | None = None) -> Table:
     """The incidents, one a line, under ``title`` (translated by the caller)."""
     table = Table(title=_("Incidents") if title is None else title, show_lines=False)
     id_column(table)
+    table.add_column(_("reference"), no_wrap=True)
     for column in (N_("title"), N_("status"), N_("severity"), N_("category"), N_("place")):
         table.add_column(_(column), overflow="fold")
     table.add_column(_("lead"), overflow="fold")
     for incident in incidents:
         table.add_row(
             short_id(incident.name),
+            incident.reference or "-",
             incident.title,
             status_text(incident.status.value),
             severity_text(incident.severity),
@@ -161,6 +166,62 @@ def incidents_table(incidents: Iterable[Incident], title: str | None = None) -> 
             incident.lead_agency or "-",
         )
     return table
+
+
+#: The outcomes of a triage item, as people read them.
+TRIAGE_OUTCOMES = {
+    "RECORDED": N_("recorded"),
+    "DUPLICATE": N_("recorded before"),
+    "CONFLICT": N_("request id used before"),
+    "INVALID": N_("invalid"),
+    "REFUSED": N_("refused"),
+}
+TRIAGE_STYLE = {"RECORDED": "green", "DUPLICATE": "dim green", "REFUSED": "red", "INVALID": "red"}
+
+
+def triage_table(results: Sequence[TriageResult], references: dict[str, str]) -> Table:
+    """One line per triage item: the incident, its code, what became of it and why."""
+    table = Table(title=_("Triage ({count})").format(count=len(results)))
+    id_column(table)
+    table.add_column(_("reference"), no_wrap=True)
+    table.add_column(_("outcome"))
+    table.add_column(_("details"), overflow="fold")
+    for result in results:
+        outcome = result.outcome.value
+        if result.result is not None:
+            details = _("version {version}, position {position}").format(
+                version=result.result.version, position=result.result.position
+            )
+        elif result.error is not None:
+            details = result.error.localized_message or result.error.message
+        else:
+            details = "-"
+        table.add_row(
+            short_id(result.name),
+            references.get(result.name) or "-",
+            Text(_(TRIAGE_OUTCOMES.get(outcome, outcome)), style=TRIAGE_STYLE.get(outcome, "")),
+            details,
+        )
+    return table
+
+
+def triage_json(result: TriageResult, reference: str) -> dict[str, Any]:
+    """A triage item's result as JSON: its error as code, reason, message and metadata."""
+    error = result.error
+    return {
+        "incident": result.name,
+        "reference": reference,
+        "outcome": result.outcome.value,
+        "result": to_jsonable(result.result),
+        "error": None
+        if error is None
+        else {
+            "code": error.code,
+            "reason": error.reason,
+            "message": error.message,
+            "metadata": error.metadata,
+        },
+    }
 
 
 def notification_line(event: IncidentEvent, incident: Incident, zone: tzinfo) -> Text:
@@ -200,6 +261,8 @@ def incident_detail(
             + _("({name}, version {version})").format(name=incident.name, version=incident.version),
         )
     )
+    if incident.reference:
+        out.print(_("reference {reference}").format(reference=incident.reference))
     out.print(
         Text.assemble(
             _("status") + " ",
@@ -235,7 +298,13 @@ def incident_detail(
     if incident.rejection_reason.value != "UNSPECIFIED":
         reason = labels.rejection(incident.rejection_reason.value)
         out.print(_("rejected as {reason}").format(reason=reason))
-    if incident.merged_into:
+    if incident.merged_into and incident.merged_into_reference:
+        out.print(
+            _("merged into {name} ({reference})").format(
+                name=incident.merged_into, reference=incident.merged_into_reference
+            )
+        )
+    elif incident.merged_into:
         out.print(_("merged into {name}").format(name=incident.merged_into))
     for decision in incident.decisions:
         until = when(decision.valid_until, zone)

@@ -3,7 +3,9 @@ read one incident or the list."""
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -11,6 +13,7 @@ import typer
 from incidentledger_client import LedgerClient, Location, PersonalData
 from incidentledger_client.cli import output
 from incidentledger_client.cli.commands import group
+from incidentledger_client.cli.errors import EXIT_CONFLICT
 from incidentledger_client.cli.inputs import (
     TIME_HELP,
     choose,
@@ -18,13 +21,15 @@ from incidentledger_client.cli.inputs import (
     codes,
     desa_name,
     incident_name,
+    incident_names,
     maybe_code,
     moment,
     parse_person,
 )
+from incidentledger_client.cli.names import REFERENCE_CODE
 from incidentledger_client.cli.state import state
 from incidentledger_client.i18n import _
-from incidentledger_client.types import CommandResult
+from incidentledger_client.types import CommandResult, TriageAction, TriageItem
 
 #: The incident commands at the top level (``ledgerctl report``, ...).
 app = typer.Typer()
@@ -581,6 +586,9 @@ def list_(
     category: Annotated[str | None, typer.Option(help="Only this category.")] = None,
     kecamatan: Annotated[str | None, typer.Option(help="Only this kecamatan.")] = None,
     lead: Annotated[str | None, typer.Option(help="Only with this lead agency.")] = None,
+    reference: Annotated[
+        str | None, typer.Option(help="Only the incident with this reference code.")
+    ] = None,
     filter_: Annotated[
         str | None, typer.Option("--filter", help="A raw AIP-160 filter (ANDed).")
     ] = None,
@@ -595,6 +603,7 @@ def list_(
             ("category", maybe_code(ctx, "category", category, "--category")),
             ("kecamatan", maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")),
             ("lead_agency", maybe_code(ctx, "agency", lead, "--lead")),
+            ("reference", reference.replace('"', "") if reference else None),
         )
         if value
     ]
@@ -612,3 +621,112 @@ def list_(
         output.console().print(
             output.incidents_table(incidents, _("Incidents ({count})").format(count=len(incidents)))
         )
+
+
+# ------------------------------------------------------------------------------ bulk triage
+
+#: The actions of ``ledgerctl triage``, as typed.
+TRIAGE_ACTIONS = ("verify", "reject", "assign-lead")
+REJECTION_REASONS = ("INVALID", "HOAX", "OUT_OF_SCOPE")
+
+
+def _triage_targets(values: list[str], file: Path | None) -> list[tuple[str, int]]:
+    """Each incident as typed (``INCIDENT`` or ``INCIDENT@VERSION``), from the arguments
+    then the file (one a line; blank lines and ``#`` comments skipped)."""
+    texts = list(values)
+    if file is not None:
+        try:
+            content = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+        except OSError as error:
+            raise typer.BadParameter(str(error), param_hint="--file") from None
+        for line in content.splitlines():
+            text = line.split("#", 1)[0].strip()
+            if text:
+                texts.append(text)
+    if not texts:
+        raise typer.BadParameter(_("give at least one incident"), param_hint="INCIDENT")
+    targets = []
+    for text in texts:
+        name, at, version = text.partition("@")
+        if at and not version.isdigit():
+            raise typer.BadParameter(
+                _("{text}: the expected version after @ must be a number").format(text=repr(text)),
+                param_hint="INCIDENT",
+            )
+        targets.append((name.strip(), int(version) if at else 0))
+    return targets
+
+
+@app.command(
+    epilog="Examples: ledgerctl -a desk_pilkada triage verify MKM-7QK3-9V 0b6f12@1 -m 'checked'\n\n"
+    "ledgerctl -a desk_pilkada triage reject --reason HOAX -m 'edited photo' -f hoaxes.txt\n\n"
+    "ledgerctl -a desk_pilkada triage assign-lead --lead polres MKM-7QK3-9V MKM-8R2M-4P"
+)
+def triage(
+    ctx: typer.Context,
+    action: Annotated[str, typer.Argument(help="verify, reject or assign-lead.")],
+    incidents: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="The incidents: reference codes, incidents/ID, IDs or their first 6+ "
+            "characters; INCIDENT@VERSION fails that item unless it is at VERSION.",
+            metavar="INCIDENT...",
+        ),
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file", "-f", help="Also the incidents in this file, one a line ('-': stdin)."
+        ),
+    ] = None,
+    comment: Comment = "",
+    reason: Annotated[
+        str | None, typer.Option(help="reject: INVALID, HOAX or OUT_OF_SCOPE.")
+    ] = None,
+    lead: Annotated[str | None, typer.Option(help="assign-lead: the agency that leads.")] = None,
+    request_id: RequestId = None,
+) -> None:
+    """Verify, reject or assign a lead to many incidents in one call (coordinator).
+
+    Each incident is recorded as the single command would record it, and gets its own
+    outcome: recorded, recorded before (the same call sent again), refused (with why) or
+    invalid. Exit code 0 when every incident is recorded, 4 when one is not.
+    """
+    chosen = choose(action, TRIAGE_ACTIONS, "action", "ACTION")
+    targets = _triage_targets(incidents or [], file)
+    rejection = ""
+    agency = ""
+    if chosen == "reject":
+        if reason is None:
+            raise typer.BadParameter(_("reject needs --reason"), param_hint="--reason")
+        rejection = choose(reason, REJECTION_REASONS, "reason", "--reason")
+    if chosen == "assign-lead":
+        if lead is None:
+            raise typer.BadParameter(_("assign-lead needs --lead"), param_hint="--lead")
+        agency = code(ctx, "agency", lead, "--lead")
+    names = incident_names(ctx, [name for name, _version in targets])
+    st = state(ctx)
+    ledger = st.ledger()
+    items = [
+        TriageItem(
+            name,
+            TriageAction(chosen.replace("-", "_")),
+            expected_version=version,
+            comment=comment,
+            reason=rejection or "UNSPECIFIED",
+            agency=agency,
+        )
+        for name, (_text, version) in zip(names, targets, strict=True)
+    ]
+    results = ledger.triage(items, request_id=request_id)
+    references = {}
+    for text, name in zip((t for t, _v in targets), names, strict=True):
+        if REFERENCE_CODE.match(text):
+            compact = text.upper().replace("-", "").replace(" ", "")
+            references[name] = f"{compact[:-6]}-{compact[-6:-2]}-{compact[-2:]}"
+    if st.as_json:
+        output.emit_json([output.triage_json(r, references.get(r.name, "")) for r in results])
+    else:
+        output.console().print(output.triage_table(results, references))
+    if not all(r.recorded for r in results):
+        raise typer.Exit(EXIT_CONFLICT)

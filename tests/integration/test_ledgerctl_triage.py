@@ -1,0 +1,153 @@
+"""Reference codes and bulk triage from the Python client and ledgerctl: show and list print
+codes, every command takes one as an incident name, ``ledgerctl triage`` prints one outcome
+per incident (and ``--json``), from arguments or a file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from incidentledger_client import (
+    IllegalTransition,
+    InvalidArgument,
+    LedgerClient,
+    TriageItem,
+    TriageOutcome,
+    VersionConflict,
+)
+from tests.ledgerctl_support import Ctl
+from tests.support import Client
+
+
+def client(ledger: Client, agency: str) -> LedgerClient:
+    return LedgerClient(ledger.address, ledger.tokens[agency])
+
+
+def test_the_client_finds_incidents_by_code_and_triages_them(popo_ledger: Client) -> None:
+    with (
+        client(popo_ledger, "kesbangpol") as reporter,
+        client(popo_ledger, "desk_pilkada") as coordinator,
+    ):
+        names = [reporter.report(f"Laporan {n}", "hoax", "ipuh").incident for n in range(3)]
+        code = reporter.get_incident(names[0]).reference
+        assert reporter.get_incident(reference=code.lower()).name == names[0]
+        wrong = code[:-1] + ("0" if code[-1] != "0" else "1")
+        with pytest.raises(InvalidArgument) as caught:
+            reporter.get_incident(reference=wrong)
+        assert caught.value.reason == "REFERENCE_MISTYPED"
+        results = coordinator.triage(
+            [
+                TriageItem(names[0], "verify", expected_version=1),
+                TriageItem(names[1], "reject", reason="HOAX", comment="hoaks"),
+                TriageItem(names[2], "verify", expected_version=3),
+                TriageItem(names[1], "assign_lead", agency="polres"),
+            ],
+            request_id="pagi",
+            chunk_size=2,  # two calls: pagi.1 and pagi.2
+        )
+        assert [r.outcome for r in results] == [
+            TriageOutcome.RECORDED,
+            TriageOutcome.RECORDED,
+            TriageOutcome.REFUSED,
+            TriageOutcome.REFUSED,
+        ]
+        assert isinstance(results[2].error, VersionConflict)
+        assert isinstance(results[3].error, IllegalTransition)
+        events = list(coordinator.incident_events(names[0]))
+        assert events[-1].request_id == "pagi.1/1"
+        again = coordinator.triage(
+            [TriageItem(names[0], "verify", expected_version=1)], request_id="pagi.1"
+        )
+        assert again[0].outcome is TriageOutcome.DUPLICATE
+        assert again[0].result == results[0].result
+
+
+def test_ledgerctl_shows_codes_and_triages(ctl: Ctl, tmp_path: Path) -> None:
+    names = [
+        ctl.json("kesbangpol", "report", f"Spanduk {n}", "hoax", "ipuh")["incident"]
+        for n in range(3)
+    ]
+    shown = ctl.json("kesbangpol", "show", names[0])
+    code = shown["incident"]["reference"]
+    assert code.startswith("MKM-")
+    assert code in ctl.ok("kesbangpol", "show", names[0])
+    assert code in ctl.ok("kesbangpol", "list")
+    only = ctl.json("kesbangpol", "list", "--reference", code.lower())
+    assert [i["name"] for i in only] == [names[0]]
+    # A code names the incident in every command, as people type it.
+    assert ctl.json("kesbangpol", "show", code.lower())["incident"]["name"] == names[0]
+    # Triage from arguments (a code, an id with its version) and a file.
+    listing = tmp_path / "incidents.txt"
+    listing.write_text(f"# pagi\n{names[2].removeprefix('incidents/')[:8]}@5\n\n")
+    code_out, out, _err = ctl.run(
+        "desk_pilkada",
+        "--json",
+        "triage",
+        "verify",
+        code,
+        f"{names[1]}@1",
+        "--file",
+        str(listing),
+        "-m",
+        "dicek",
+        "--request-id",
+        "triage-cli",
+    )
+    results = json.loads(out)
+    assert [(r["incident"], r["outcome"]) for r in results] == [
+        (names[0], "RECORDED"),
+        (names[1], "RECORDED"),
+        (names[2], "REFUSED"),
+    ]
+    assert results[0]["reference"] == code
+    assert results[2]["error"]["reason"] == "VERSION_CONFLICT"
+    assert code_out == 4, "one incident was not recorded"
+    # Sent again: recorded before; the table names each outcome.
+    code_out, out, _err = ctl.run(
+        "desk_pilkada",
+        "triage",
+        "verify",
+        code,
+        f"{names[1]}@1",
+        "--file",
+        str(listing),
+        "-m",
+        "dicek",
+        "--request-id",
+        "triage-cli",
+    )
+    assert out.count("recorded before") == 2 and "refused" in out
+    assert code in out
+    # Assign a lead to the two verified ones: every one recorded, exit code 0.
+    assigned = ctl.json("desk_pilkada", "triage", "assign-lead", "--lead", "polres", code, names[1])
+    assert [r["outcome"] for r in assigned] == ["RECORDED", "RECORDED"]
+    assert ctl.json("kesbangpol", "show", code)["incident"]["lead_agency"] == "polres"
+
+
+def test_ledgerctl_shows_a_merged_incidents_survivor_by_its_code(ctl: Ctl) -> None:
+    duplicate, survivor = (
+        ctl.json("kesbangpol", "report", title, "hoax", "ipuh")["incident"]
+        for title in ("Dobel", "Asli")
+    )
+    codes = [
+        ctl.json("kesbangpol", "show", n)["incident"]["reference"] for n in (duplicate, survivor)
+    ]
+    ctl.ok("desk_pilkada", "merge", codes[0], codes[1])  # both named by their codes
+    shown = ctl.ok("kesbangpol", "show", codes[0])
+    assert f"merged into {survivor} ({codes[1]})" in shown
+    assert codes[0] in shown, "a merged incident keeps its code"
+
+
+def test_ledgerctl_triage_refuses_what_it_cannot_send(ctl: Ctl) -> None:
+    name = ctl.json("kesbangpol", "report", "Spanduk", "hoax", "ipuh")["incident"]
+    for args, hint in (
+        (("triage", "verify"), "INCIDENT"),
+        (("triage", "reject", name), "--reason"),
+        (("triage", "assign-lead", name), "--lead"),
+        (("triage", "approve", name), "ACTION"),
+        (("triage", "verify", f"{name}@x"), "INCIDENT"),
+    ):
+        code, _out, err = ctl.run("desk_pilkada", *args)
+        assert code == 2 and hint in err, (args, err)
