@@ -74,6 +74,16 @@ def test_a_code_is_a_function_of_the_incident_id() -> None:
     assert parse_code(code, "MKM") == code
 
 
+def test_a_draw_after_the_first_gives_the_same_incident_other_valid_codes() -> None:
+    # A report naming people keeps its id (its data is sealed for it) when it draws again.
+    incident = UUID("0a8f3c2e-5b1d-4e7a-9c3f-123456789abc")
+    codes = [code_for("MKM", incident, draw) for draw in range(50)]
+    assert codes[0] == code_for("MKM", incident)
+    assert codes[1] == code_for("MKM", incident, 1), "a function of id and draw"
+    assert len(set(codes)) == 50, "each draw another code"
+    assert all(parse_code(code, "MKM") == code for code in codes)
+
+
 def test_the_documented_examples_are_codes() -> None:
     for example in ("MKM-7QK3-9V", "MKM-8R2M-4P"):
         assert parse_code(example, "MKM") == example
