@@ -25,6 +25,7 @@ from services.common.auth import TokenStore, load_or_create_tokens, shared_secre
 from services.common.config import LedgerSettings
 from services.common.datafiles import close_data_dir, prepare_sqlite_file
 from services.common.grpc_server import RequestInterceptor
+from services.common.heap import freeze_after_start
 from services.common.limits import Limits
 from services.common.metrics import Metrics, shared_reading
 from services.common.pagetoken import PageTokens
@@ -182,6 +183,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
     set_serving(health_servicer, SERVICES)
     store_watch = watch_store(settings, health_servicer)
     checkpoints.start()
+    freeze_after_start("ledger")
     log.info(
         "ledger.started",
         listen=settings.listen,
