@@ -59,6 +59,11 @@ def _schema(dialect: str) -> list[str]:
         "CREATE INDEX IF NOT EXISTS delivery_jobs_due ON delivery_jobs (status, next_attempt_at)",
         "CREATE INDEX IF NOT EXISTS delivery_jobs_order"
         " ON delivery_jobs (webhook_id, incident, stream_seq)",
+        # The claim's test for an earlier job of the incident still waiting, from the index
+        # alone: without it each due job read the incident's earlier rows, delivered ones
+        # and their payloads included (28 ms a claim with 1,500 jobs waiting, on SQLite).
+        "CREATE INDEX IF NOT EXISTS delivery_jobs_waiting"
+        " ON delivery_jobs (webhook_id, incident, status, stream_seq)",
         f"CREATE TABLE IF NOT EXISTS delivery_log ( id {serial}, event_id TEXT NOT NULL,"
         " incident TEXT NOT NULL, position BIGINT NOT NULL, agency TEXT NOT NULL,"
         " channel TEXT NOT NULL, target TEXT NOT NULL, outcome TEXT NOT NULL,"
