@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import threading
 import time
@@ -60,7 +59,13 @@ from services.common.natsconn import connect_options
 from services.common.reference import ReferenceData
 from services.notifier.filters import EventFilter
 from services.notifier.live import LiveSubscription
-from services.notifier.messages import SIGNATURE_HEADER, decode_cursor, sign, webhook_body
+from services.notifier.messages import (
+    SIGNATURE_HEADER,
+    decode_cursor,
+    sign,
+    webhook_body,
+    with_delivery_id,
+)
 from services.notifier.store import Job, LogEntry, NewJob, NotifierStore, WebhookRow
 from services.notifier.targets import TargetPolicy, TargetRefusedError, parse_target, pinned_url
 from services.notifier.webhook_cache import CREATED_MARGIN_SECONDS, Webhook, WebhookCache
@@ -521,9 +526,7 @@ class Engine:
                 target = parse_target(webhook.url)
                 address = await self._targets.resolve(target)
                 url, host = pinned_url(target, address)
-                body = json.loads(job.payload)
-                body["delivery_id"] = job.id
-                raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+                raw = with_delivery_id(job.payload, job.id)
                 timestamp = int(time.time())
                 response = await client.post(
                     url,
