@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import structlog
 
@@ -64,6 +65,8 @@ def _schema(dialect: str) -> list[str]:
         # and their payloads included (28 ms a claim with 1,500 jobs waiting, on SQLite).
         "CREATE INDEX IF NOT EXISTS delivery_jobs_waiting"
         " ON delivery_jobs (webhook_id, incident, status, stream_seq)",
+        # The claim reads the pending jobs, then the leased ones, in stream order.
+        "CREATE INDEX IF NOT EXISTS delivery_jobs_claim ON delivery_jobs (status, stream_seq)",
         f"CREATE TABLE IF NOT EXISTS delivery_log ( id {serial}, event_id TEXT NOT NULL,"
         " incident TEXT NOT NULL, position BIGINT NOT NULL, agency TEXT NOT NULL,"
         " channel TEXT NOT NULL, target TEXT NOT NULL, outcome TEXT NOT NULL,"
@@ -360,33 +363,35 @@ class NotifierStore:
         full = sorted(w for w, n in busy.items() if n >= per_webhook)
         now = time.time()
         exclude = f" AND j.webhook_id NOT IN ({', '.join('?' * len(full))})" if full else ""
+        # Pending jobs that are due and leases that ran out, each read in stream order
+        # (an index on (status, stream_seq)) up to the number wanted: the first jobs of
+        # their incidents come first, so the reads stop early instead of testing every
+        # waiting job and sorting them all (one query with OR did: 9 ms a claim with
+        # 1,500 jobs waiting, on SQLite). The first of the two together are the claim's.
+        wanted = limit * per_webhook
+        found: list[Any] = []  # rows of _JOB_COLUMNS
         with self._db.transaction() as cur:
-            cur.execute(
-                self._db.q(
-                    f"SELECT {_JOB_COLUMNS} FROM delivery_jobs j"  # noqa: S608
-                    " WHERE ((j.status = ? AND j.next_attempt_at <= ?)"
-                    f" OR (j.status = ? AND j.lease_until < ?)){exclude}"
-                    " AND j.stream_seq <= ?"
-                    " AND NOT EXISTS (SELECT 1 FROM delivery_jobs e"
-                    " WHERE e.webhook_id = j.webhook_id AND e.incident = j.incident"
-                    " AND e.stream_seq < j.stream_seq AND e.status IN (?, ?))"
-                    " ORDER BY j.stream_seq LIMIT ? FOR UPDATE SKIP LOCKED"
-                ),
-                (
-                    PENDING,
-                    now,
-                    INFLIGHT,
-                    now,
-                    *full,
-                    handled_through + 1,
-                    PENDING,
-                    INFLIGHT,
-                    limit * per_webhook,
-                ),
-            )
+            for status, due in (
+                (PENDING, "j.next_attempt_at <= ?"),
+                (INFLIGHT, "j.lease_until < ?"),
+            ):
+                cur.execute(
+                    self._db.q(
+                        f"SELECT {_JOB_COLUMNS} FROM delivery_jobs j"  # noqa: S608
+                        f" WHERE j.status = ? AND {due}{exclude}"
+                        " AND j.stream_seq <= ?"
+                        " AND NOT EXISTS (SELECT 1 FROM delivery_jobs e"
+                        " WHERE e.webhook_id = j.webhook_id AND e.incident = j.incident"
+                        " AND e.stream_seq < j.stream_seq AND e.status IN (?, ?))"
+                        " ORDER BY j.stream_seq LIMIT ? FOR UPDATE SKIP LOCKED"
+                    ),
+                    (status, now, *full, handled_through + 1, PENDING, INFLIGHT, wanted),
+                )
+                found.extend(cur.fetchall())
+            found.sort(key=lambda row: int(row[2]))  # stream_seq
             jobs: list[Job] = []
-            for found in cur.fetchall():
-                job = Job(*found)
+            for row in found[:wanted]:
+                job = Job(*row)
                 if len(jobs) < limit and busy.get(job.webhook_id, 0) < per_webhook:
                     busy[job.webhook_id] = busy.get(job.webhook_id, 0) + 1
                     jobs.append(job)
