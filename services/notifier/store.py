@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -126,6 +126,18 @@ class LogEntry:
     attempt: int
     error: str
     at: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One delivery attempt's result, as :meth:`NotifierStore.finish_all` records it."""
+
+    job: Job
+    outcome: str  # delivered, failed, dead_letter
+    attempt: int
+    error: str
+    retry_at: float
+    entry: LogEntry
 
 
 _JOB_COLUMNS = (
@@ -405,18 +417,44 @@ class NotifierStore:
         self, job: Job, *, outcome: str, attempt: int, error: str, retry_at: float, entry: LogEntry
     ) -> None:
         """Record an attempt: delivered, failed (retry at ``retry_at``) or dead letter."""
-        status = {"delivered": DELIVERED, "failed": PENDING, "dead_letter": DEAD}[outcome]
-        now = entry.at
+        self.finish_all([Outcome(job, outcome, attempt, error, retry_at, entry)])
+
+    def finish_all(self, outcomes: Sequence[Outcome]) -> None:
+        """Record attempts in one transaction (the deliveries that ended meanwhile): each
+        job's new state and its delivery log entry, all or none."""
+        if not outcomes:
+            return
+        rows = []
+        for o in outcomes:
+            status = {"delivered": DELIVERED, "failed": PENDING, "dead_letter": DEAD}[o.outcome]
+            now = o.entry.at
+            rows.append((status, o.attempt, o.retry_at, now, o.error, now, o.job.id))
         with self._db.transaction() as cur:
-            cur.execute(
+            cur.executemany(
                 self._db.q(
                     "UPDATE delivery_jobs SET status = ?, attempts = ?, next_attempt_at = ?,"
                     " lease_until = NULL, last_attempt_at = ?, last_error = ?,"
                     " first_attempt_at = COALESCE(first_attempt_at, ?) WHERE id = ?"
                 ),
-                (status, attempt, retry_at, now, error, now, job.id),
+                rows,
             )
-            self._insert_log(cur, [entry])
+            self._insert_log(cur, [o.entry for o in outcomes])
+
+    def webhooks_by_id(self, webhook_ids: Iterable[str]) -> dict[str, WebhookRow]:
+        """The webhooks of these ids that are not deleted (one read for a claimed batch)."""
+        ids = sorted(set(webhook_ids))
+        if not ids:
+            return {}
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.q(
+                    "SELECT id, agency, url, secret, filter, created_at, fingerprint"  # noqa: S608
+                    f" FROM webhooks WHERE id IN ({', '.join('?' * len(ids))}) AND deleted = 0"
+                ),
+                ids,
+            )
+            found = cur.fetchall()
+        return {row.id: row for row in (self._opened(f) for f in found)}
 
     def dead_letters(
         self, agency: str | None, *, after: tuple[int, str] = (-1, ""), limit: int = 100
