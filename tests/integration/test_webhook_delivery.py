@@ -237,7 +237,12 @@ def test_a_slow_healthy_endpoint_gets_each_event_once(
 ) -> None:
     """40 events, 1 s answers, 4 at a time: the last ones wait 10 s for their turn, longer
     than the lease (3 timeouts = 6 s). Before, they were claimed again: 62 POSTs for 40."""
-    slow = WebhookSettings(timeout_seconds=2.0, backoff_seconds=0.05, max_backoff_seconds=0.1)
+    slow = WebhookSettings(
+        timeout_seconds=2.0,
+        backoff_seconds=0.05,
+        max_backoff_seconds=0.1,
+        per_endpoint_concurrency=4,  # so that the last deliveries wait beyond a lease
+    )
     events = 40
     with stack_with(tmp_path, nats_server, webhooks=slow) as stack, webhook_receiver() as receiver:
         receiver.delay = 1.0
