@@ -453,7 +453,8 @@ class Engine:
         self, free: int, lease: float, busy: Counter[str]
     ) -> tuple[list[Job], dict[str, WebhookRow]]:
         """Due jobs, leased, and their webhooks: one read for the batch, not one per
-        delivery (in a worker thread)."""
+        delivery (in a worker thread). A store that fails the read leaves the jobs leased:
+        they are claimed again once the lease runs out."""
         jobs = self._store.claim_due(
             free,
             lease,
