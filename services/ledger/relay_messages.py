@@ -70,7 +70,10 @@ class EventEncoder:
             raise TypeError(f"not an incident event: {notification.topic}")
         incident = self._state_after(event)
         message = pb.EventNotification(
-            event=wire.event_to_proto(StoredIncidentEvent(event, notification.id)),
+            # The fold just hashed the event (the incident's head_hash); not hashed again.
+            event=wire.event_to_proto(
+                StoredIncidentEvent(event, notification.id), incident.head_hash
+            ),
             incident=wire.incident_to_proto(incident),
         )
         kecamatan = str((event.location or incident.location).get("kecamatan", ""))

@@ -26,6 +26,7 @@ from services.common.auth import TokenStore, load_or_create_tokens, shared_secre
 from services.common.config import LedgerSettings
 from services.common.datafiles import close_data_dir, prepare_sqlite_file
 from services.common.grpc_server import RequestInterceptor
+from services.common.heap import freeze_after_start
 from services.common.limits import Limits
 from services.common.metrics import Metrics, shared_reading
 from services.common.pagetoken import PageTokens
@@ -246,6 +247,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
     if settings.personal_data_retention_days > 0:
         retention = RetentionRule(ledger, settings.personal_data_retention_days)
         retention.start()
+    freeze_after_start("ledger")
     log.info(
         "ledger.started",
         listen=settings.listen,

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import threading
 import time
@@ -60,8 +59,15 @@ from services.common.natsconn import connect_options
 from services.common.reference import ReferenceData
 from services.notifier.filters import EventFilter
 from services.notifier.live import LiveSubscription
-from services.notifier.messages import SIGNATURE_HEADER, decode_cursor, sign, webhook_body
-from services.notifier.store import Job, LogEntry, NewJob, NotifierStore, WebhookRow
+from services.notifier.messages import (
+    SIGNATURE_HEADER,
+    decode_cursor,
+    sign,
+    webhook_body,
+    with_delivery_id,
+)
+from services.notifier.outcomes import OutcomeWriter
+from services.notifier.store import Job, LogEntry, NewJob, NotifierStore, Outcome, WebhookRow
 from services.notifier.targets import TargetPolicy, TargetRefusedError, parse_target, pinned_url
 from services.notifier.webhook_cache import CREATED_MARGIN_SECONDS, Webhook, WebhookCache
 
@@ -127,6 +133,7 @@ class Engine:
         self._inflight: Counter[str] = Counter()  # deliveries under way, per webhook
         self._targets = TargetPolicy(settings.webhooks.allow_networks)
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._outcomes = OutcomeWriter(store)
         self._slow_consumer_drops = 0
         self._stored_through = 0  # the last stream sequence this replica stored and acked
         self._floor_read_at = 0.0  # when the ack floor was last read (monotonic)
@@ -185,6 +192,7 @@ class Engine:
         self._tasks = [
             asyncio.create_task(self._supervise("consumer", self._consume)),
             asyncio.create_task(self._supervise("delivery", self._deliver_due)),
+            asyncio.create_task(self._outcomes.run()),
         ]
 
     async def _jetstream(self) -> JetStreamContext:
@@ -424,18 +432,14 @@ class Engine:
                         self._floor_behind() and since >= FLOOR_POLL_SECONDS
                     ):
                         await self._read_consumer()
-                    jobs = await asyncio.to_thread(
-                        self._store.claim_due,
-                        free,
-                        lease,
-                        per_webhook=hooks.per_endpoint_concurrency,
-                        handled_through=self.status.handled_through,
-                        busy=+self._inflight,
+                    jobs, webhooks = await asyncio.to_thread(
+                        self._claim, free, lease, +self._inflight
                     )
                     healthy()
                     for job in jobs:
                         self._inflight[job.webhook_id] += 1  # the slot is the job's from now
-                        task = asyncio.create_task(self._deliver(client, job, lease_ends))
+                        webhook = webhooks.get(job.webhook_id)
+                        task = asyncio.create_task(self._deliver(client, job, webhook, lease_ends))
                         running.add(task)
                         task.add_done_callback(self._delivery_done)
                 if jobs:
@@ -444,6 +448,21 @@ class Engine:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), idle)
                 wake.clear()
+
+    def _claim(
+        self, free: int, lease: float, busy: Counter[str]
+    ) -> tuple[list[Job], dict[str, WebhookRow]]:
+        """Due jobs, leased, and their webhooks: one read for the batch, not one per
+        delivery (in a worker thread). A store that fails the read leaves the jobs leased:
+        they are claimed again once the lease runs out."""
+        jobs = self._store.claim_due(
+            free,
+            lease,
+            per_webhook=self._settings.webhooks.per_endpoint_concurrency,
+            handled_through=self.status.handled_through,
+            busy=busy,
+        )
+        return jobs, self._store.webhooks_by_id(j.webhook_id for j in jobs) if jobs else {}
 
     def _delivery_done(self, task: asyncio.Task[None]) -> None:
         """Every delivery task's end is observed: an error is logged, never left unseen."""
@@ -460,18 +479,29 @@ class Engine:
                 note="the job's lease runs out and it is delivered again",
             )
 
-    async def _deliver(self, client: httpx.AsyncClient, job: Job, lease_ends: float) -> None:
+    async def _deliver(
+        self,
+        client: httpx.AsyncClient,
+        job: Job,
+        webhook: WebhookRow | None,
+        lease_ends: float,
+    ) -> None:
         try:
-            await self._attempt(client, job, lease_ends)
+            await self._attempt(client, job, webhook, lease_ends)
         finally:
             self._inflight[job.webhook_id] -= 1
             if self._inflight[job.webhook_id] <= 0:
                 del self._inflight[job.webhook_id]
 
-    async def _attempt(self, client: httpx.AsyncClient, job: Job, lease_ends: float) -> None:
+    async def _attempt(
+        self,
+        client: httpx.AsyncClient,
+        job: Job,
+        webhook: WebhookRow | None,
+        lease_ends: float,
+    ) -> None:
+        """One attempt of a claimed job; ``webhook``: as read when the job was claimed."""
         hooks = self._settings.webhooks
-        # A store that fails here leaves the job leased: it is claimed again after the lease.
-        webhook = await asyncio.to_thread(self._store.webhook, job.webhook_id)
         attempt = job.attempts + 1
         if webhook is None:
             return  # deleted meanwhile; its jobs were cancelled
@@ -521,9 +551,7 @@ class Engine:
                 target = parse_target(webhook.url)
                 address = await self._targets.resolve(target)
                 url, host = pinned_url(target, address)
-                body = json.loads(job.payload)
-                body["delivery_id"] = job.id
-                raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+                raw = with_delivery_id(job.payload, job.id)
                 timestamp = int(time.time())
                 response = await client.post(
                     url,
@@ -573,15 +601,8 @@ class Engine:
         pause = 0.1
         while True:
             try:
-                await asyncio.to_thread(
-                    self._store.finish,
-                    job,
-                    outcome=outcome,
-                    attempt=attempt,
-                    error=error,
-                    retry_at=retry_at,
-                    entry=entry,
-                )
+                # With the outcomes of the other deliveries that end meanwhile.
+                await self._outcomes.record(Outcome(job, outcome, attempt, error, retry_at, entry))
                 return True
             except Exception as exc:  # the store is down or busy: retried, then left to the lease
                 give_up = self._stopping or time.monotonic() + pause >= lease_ends

@@ -45,3 +45,29 @@ def webhook_body(webhook_id: str, stream_seq: int, note: pb.EventNotification) -
         sort_keys=True,
         separators=(",", ":"),
     )
+
+
+_BEFORE_DELIVERY_ID = '{"cursor":'
+_AFTER_DELIVERY_ID = ',"event":'
+
+
+def with_delivery_id(payload: str, delivery_id: str) -> bytes:
+    """The body a delivery POSTs: the stored ``payload`` (what :func:`webhook_body` made)
+    with ``delivery_id`` added, the same bytes as parsing it, adding the key and encoding it
+    again with sorted keys, without doing so. Its keys sorted, ``delivery_id`` goes between
+    ``cursor`` (first, a string without quotes or commas in it) and ``event``."""
+    if payload.startswith(_BEFORE_DELIVERY_ID):
+        at = payload.find(_AFTER_DELIVERY_ID)
+        cursor = payload[len(_BEFORE_DELIVERY_ID) : at]
+        if (
+            at > 0
+            and len(cursor) >= 2
+            and cursor[0] == cursor[-1] == '"'
+            and '"' not in cursor[1:-1]
+        ):
+            return (
+                f'{payload[:at]},"delivery_id":{json.dumps(delivery_id)}{payload[at:]}'
+            ).encode()
+    body = json.loads(payload)  # another shape: encoded again, as it always was
+    body["delivery_id"] = delivery_id
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()

@@ -16,6 +16,7 @@ from services.common.auth import load_or_create_tokens, shared_secret
 from services.common.config import NotifierSettings
 from services.common.datafiles import close_data_dir, prepare_sqlite_file
 from services.common.grpc_server import RequestInterceptor
+from services.common.heap import freeze_after_start
 from services.common.limits import Limits
 from services.common.metrics import Metrics
 from services.common.natsconn import redact_url
@@ -122,6 +123,7 @@ def build(settings: NotifierSettings) -> NotifierServer:
     port = listen(server, settings.listen, settings)
     server.start()
     set_serving(health_servicer, [SERVICE_NAME])
+    freeze_after_start("notifier")
     log.info(
         "notifier.started",
         listen=settings.listen,

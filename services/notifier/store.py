@@ -20,8 +20,9 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import structlog
 
@@ -59,6 +60,13 @@ def _schema(dialect: str) -> list[str]:
         "CREATE INDEX IF NOT EXISTS delivery_jobs_due ON delivery_jobs (status, next_attempt_at)",
         "CREATE INDEX IF NOT EXISTS delivery_jobs_order"
         " ON delivery_jobs (webhook_id, incident, stream_seq)",
+        # The claim's test for an earlier job of the incident still waiting, from the index
+        # alone: without it each due job read the incident's earlier rows, delivered ones
+        # and their payloads included (28 ms a claim with 1,500 jobs waiting, on SQLite).
+        "CREATE INDEX IF NOT EXISTS delivery_jobs_waiting"
+        " ON delivery_jobs (webhook_id, incident, status, stream_seq)",
+        # The claim reads the pending jobs, then the leased ones, in stream order.
+        "CREATE INDEX IF NOT EXISTS delivery_jobs_claim ON delivery_jobs (status, stream_seq)",
         f"CREATE TABLE IF NOT EXISTS delivery_log ( id {serial}, event_id TEXT NOT NULL,"
         " incident TEXT NOT NULL, position BIGINT NOT NULL, agency TEXT NOT NULL,"
         " channel TEXT NOT NULL, target TEXT NOT NULL, outcome TEXT NOT NULL,"
@@ -118,6 +126,18 @@ class LogEntry:
     attempt: int
     error: str
     at: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One delivery attempt's result, as :meth:`NotifierStore.finish_all` records it."""
+
+    job: Job
+    outcome: str  # delivered, failed, dead_letter
+    attempt: int
+    error: str
+    retry_at: float
+    entry: LogEntry
 
 
 _JOB_COLUMNS = (
@@ -355,33 +375,35 @@ class NotifierStore:
         full = sorted(w for w, n in busy.items() if n >= per_webhook)
         now = time.time()
         exclude = f" AND j.webhook_id NOT IN ({', '.join('?' * len(full))})" if full else ""
+        # Pending jobs that are due and leases that ran out, each read in stream order
+        # (an index on (status, stream_seq)) up to the number wanted: the first jobs of
+        # their incidents come first, so the reads stop early instead of testing every
+        # waiting job and sorting them all (one query with OR did: 9 ms a claim with
+        # 1,500 jobs waiting, on SQLite). The first of the two together are the claim's.
+        wanted = limit * per_webhook
+        found: list[Any] = []  # rows of _JOB_COLUMNS
         with self._db.transaction() as cur:
-            cur.execute(
-                self._db.q(
-                    f"SELECT {_JOB_COLUMNS} FROM delivery_jobs j"  # noqa: S608
-                    " WHERE ((j.status = ? AND j.next_attempt_at <= ?)"
-                    f" OR (j.status = ? AND j.lease_until < ?)){exclude}"
-                    " AND j.stream_seq <= ?"
-                    " AND NOT EXISTS (SELECT 1 FROM delivery_jobs e"
-                    " WHERE e.webhook_id = j.webhook_id AND e.incident = j.incident"
-                    " AND e.stream_seq < j.stream_seq AND e.status IN (?, ?))"
-                    " ORDER BY j.stream_seq LIMIT ? FOR UPDATE SKIP LOCKED"
-                ),
-                (
-                    PENDING,
-                    now,
-                    INFLIGHT,
-                    now,
-                    *full,
-                    handled_through + 1,
-                    PENDING,
-                    INFLIGHT,
-                    limit * per_webhook,
-                ),
-            )
+            for status, due in (
+                (PENDING, "j.next_attempt_at <= ?"),
+                (INFLIGHT, "j.lease_until < ?"),
+            ):
+                cur.execute(
+                    self._db.q(
+                        f"SELECT {_JOB_COLUMNS} FROM delivery_jobs j"  # noqa: S608
+                        f" WHERE j.status = ? AND {due}{exclude}"
+                        " AND j.stream_seq <= ?"
+                        " AND NOT EXISTS (SELECT 1 FROM delivery_jobs e"
+                        " WHERE e.webhook_id = j.webhook_id AND e.incident = j.incident"
+                        " AND e.stream_seq < j.stream_seq AND e.status IN (?, ?))"
+                        " ORDER BY j.stream_seq LIMIT ? FOR UPDATE SKIP LOCKED"
+                    ),
+                    (status, now, *full, handled_through + 1, PENDING, INFLIGHT, wanted),
+                )
+                found.extend(cur.fetchall())
+            found.sort(key=lambda row: int(row[2]))  # stream_seq
             jobs: list[Job] = []
-            for found in cur.fetchall():
-                job = Job(*found)
+            for row in found[:wanted]:
+                job = Job(*row)
                 if len(jobs) < limit and busy.get(job.webhook_id, 0) < per_webhook:
                     busy[job.webhook_id] = busy.get(job.webhook_id, 0) + 1
                     jobs.append(job)
@@ -395,18 +417,44 @@ class NotifierStore:
         self, job: Job, *, outcome: str, attempt: int, error: str, retry_at: float, entry: LogEntry
     ) -> None:
         """Record an attempt: delivered, failed (retry at ``retry_at``) or dead letter."""
-        status = {"delivered": DELIVERED, "failed": PENDING, "dead_letter": DEAD}[outcome]
-        now = entry.at
+        self.finish_all([Outcome(job, outcome, attempt, error, retry_at, entry)])
+
+    def finish_all(self, outcomes: Sequence[Outcome]) -> None:
+        """Record attempts in one transaction (the deliveries that ended meanwhile): each
+        job's new state and its delivery log entry, all or none."""
+        if not outcomes:
+            return
+        rows = []
+        for o in outcomes:
+            status = {"delivered": DELIVERED, "failed": PENDING, "dead_letter": DEAD}[o.outcome]
+            now = o.entry.at
+            rows.append((status, o.attempt, o.retry_at, now, o.error, now, o.job.id))
         with self._db.transaction() as cur:
-            cur.execute(
+            cur.executemany(
                 self._db.q(
                     "UPDATE delivery_jobs SET status = ?, attempts = ?, next_attempt_at = ?,"
                     " lease_until = NULL, last_attempt_at = ?, last_error = ?,"
                     " first_attempt_at = COALESCE(first_attempt_at, ?) WHERE id = ?"
                 ),
-                (status, attempt, retry_at, now, error, now, job.id),
+                rows,
             )
-            self._insert_log(cur, [entry])
+            self._insert_log(cur, [o.entry for o in outcomes])
+
+    def webhooks_by_id(self, webhook_ids: Iterable[str]) -> dict[str, WebhookRow]:
+        """The webhooks of these ids that are not deleted (one read for a claimed batch)."""
+        ids = sorted(set(webhook_ids))
+        if not ids:
+            return {}
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.q(
+                    "SELECT id, agency, url, secret, filter, created_at, fingerprint"  # noqa: S608
+                    f" FROM webhooks WHERE id IN ({', '.join('?' * len(ids))}) AND deleted = 0"
+                ),
+                ids,
+            )
+            found = cur.fetchall()
+        return {row.id: row for row in (self._opened(f) for f in found)}
 
     def dead_letters(
         self, agency: str | None, *, after: tuple[int, str] = (-1, ""), limit: int = 100

@@ -237,7 +237,12 @@ def test_a_slow_healthy_endpoint_gets_each_event_once(
 ) -> None:
     """40 events, 1 s answers, 4 at a time: the last ones wait 10 s for their turn, longer
     than the lease (3 timeouts = 6 s). Before, they were claimed again: 62 POSTs for 40."""
-    slow = WebhookSettings(timeout_seconds=2.0, backoff_seconds=0.05, max_backoff_seconds=0.1)
+    slow = WebhookSettings(
+        timeout_seconds=2.0,
+        backoff_seconds=0.05,
+        max_backoff_seconds=0.1,
+        per_endpoint_concurrency=4,  # so that the last deliveries wait beyond a lease
+    )
     events = 40
     with stack_with(tmp_path, nats_server, webhooks=slow) as stack, webhook_receiver() as receiver:
         receiver.delay = 1.0
@@ -316,7 +321,7 @@ def test_a_delivery_whose_outcome_the_store_cannot_take_at_once_is_not_posted_ag
         webhook_receiver() as receiver,
     ):
         store = stack.notifier.store
-        real_finish = store.finish
+        real_finish = store.finish_all  # the outcomes of the deliveries ended meanwhile
         failures: list[str] = []
 
         def flaky_finish(*args: Any, **kwargs: Any) -> None:
@@ -325,7 +330,7 @@ def test_a_delivery_whose_outcome_the_store_cannot_take_at_once_is_not_posted_ag
                 raise sqlite3.OperationalError("database is locked")
             real_finish(*args, **kwargs)
 
-        store.finish = flaky_finish  # type: ignore[method-assign]
+        store.finish_all = flaky_finish  # type: ignore[method-assign]
         create_webhook(stack, receiver.url)
         stack.ledger.report("polres")
         wait_until(lambda: [d.outcome for d in webhook_log(stack)] == ["delivered"], what="log")

@@ -238,7 +238,7 @@ def old_webhooks() -> WebhookSettings:
         backoff_seconds=1.0,
         max_backoff_seconds=300.0,
         concurrency=32,
-        per_endpoint_concurrency=4,
+        per_endpoint_concurrency=16,  # 4 until the webhook deliveries were measured (issue 20)
         allow_networks=(),
     )
 
