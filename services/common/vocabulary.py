@@ -29,5 +29,6 @@ EVENT_TYPES: tuple[str, ...] = (
     "ClosureRequested",
     "ClosureApproved",
     "Reopened",
+    "EvidenceAttached",
     "Corrected",
 )

@@ -1,0 +1,275 @@
+"""Evidence: uploads checked and stored before their event, downloads recorded.
+
+An upload (:meth:`EvidenceService.upload`) is checked before its bytes are taken (the
+command's texts and ids, the incident's involvement rule), then spooled to a file in the
+ledger's data directory while its SHA-256 and size are computed, its size limit enforced
+as it grows and its media type sniffed from its first bytes. Only a complete file goes to
+the object store (under its content address, once), and only once the store holds it with
+the same size and digest is the ``UploadEvidence`` command executed: the
+``EvidenceAttached`` event is the last step. An upload that stops half way (the stream
+cancelled, the process killed) leaves only its spool file, removed at once or, after a
+kill, at the next start (:func:`clear_spool`): no event, no object.
+
+A download (:meth:`EvidenceService.download`) reads the object back into a spool file,
+checks it against the event's digest and size before the first byte goes out, records who
+fetched it (the ``evidence_downloads`` table beside the event store) and then streams it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Protocol
+from uuid import UUID
+
+import structlog
+
+from services.common.errors import DataLoss, InvalidArgument
+from services.common.sql import Database
+from services.ledger.application import CommandResult, Ledger
+from services.ledger.domain.evidence import (
+    MAX_CHUNK_BYTES,
+    SNIFF_BYTES,
+    EvidencePolicy,
+    UploadEvidence,
+    check_chunk,
+    object_name,
+    sniff_media_type,
+)
+from services.ledger.domain.incident import Actor, Envelope, Evidence, Incident
+from services.ledger.evidence_store import HashingSink, ObjectChangedError, StoredObject
+
+log = structlog.get_logger(__name__)
+
+SPOOL_SUFFIX = ".part"
+
+
+class Objects(Protocol):
+    """The object store, as the evidence needs it (services/ledger/evidence_store.py)."""
+
+    def put_file(self, name: str, source: IO[bytes]) -> StoredObject: ...
+
+    def read_into(self, name: str, sink: HashingSink) -> StoredObject | None: ...
+
+
+@dataclass(frozen=True)
+class UploadHeader:
+    """The first message of an upload, as the ledger takes it."""
+
+    incident_id: UUID
+    file_name: str
+    declared_media_type: str
+    description: str
+
+
+@dataclass(frozen=True)
+class AttachedEvidence:
+    """Evidence as it stands: its corrected description and what supersedes it."""
+
+    incident_id: UUID
+    evidence: Evidence
+    description: str
+    superseded_by: UUID | None
+
+    @classmethod
+    def of(cls, incident: Incident, evidence: Evidence) -> AttachedEvidence:
+        values = incident.event_values[evidence.event_id]
+        superseded = values.get("superseded_by", "")
+        return cls(
+            incident.id,
+            evidence,
+            values.get("description", ""),
+            UUID(superseded) if superseded else None,
+        )
+
+
+@dataclass(frozen=True)
+class Download:
+    """One recorded download."""
+
+    incident_id: UUID
+    event_id: UUID
+    agency: str
+    officer: str
+    downloaded_at: datetime
+
+
+def clear_spool(spool_dir: Path) -> None:
+    """Remove what uploads cut short by a kill left behind (their spool files)."""
+    spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for leftover in spool_dir.glob(f"*{SPOOL_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
+        log.info("evidence.spool_cleared", file=leftover.name)
+
+
+def create_downloads_table(db: Database) -> None:
+    with db.transaction() as cur:
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS evidence_downloads ("
+            "incident TEXT NOT NULL, event_id TEXT NOT NULL, agency TEXT NOT NULL, "
+            "officer TEXT NOT NULL, downloaded_at TEXT NOT NULL)"
+        )
+
+
+class EvidenceService:
+    """Uploads, downloads and lists of evidence; the rules are the incident's."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        objects: Objects,
+        policy: EvidencePolicy,
+        spool_dir: Path,
+        db: Database,
+    ) -> None:
+        self._ledger = ledger
+        self._objects = objects
+        self._policy = policy
+        self._spool = spool_dir
+        self._db = db
+
+    # ------------------------------------------------------------------ upload
+
+    def upload(
+        self, envelope: Envelope, header: UploadHeader, chunks: Iterable[bytes]
+    ) -> tuple[CommandResult, AttachedEvidence]:
+        """Take the file, store it, then record its event (see the module's docstring)."""
+        placeholder = UploadEvidence(
+            header.incident_id, 0, "", 0, "", header.file_name, header.description
+        )
+        self._ledger.check_ahead(envelope, placeholder)
+        self._ledger.get_incident(header.incident_id).check_attach(envelope)
+        with tempfile.NamedTemporaryFile(dir=self._spool, suffix=SPOOL_SUFFIX) as spool:
+            digest, size, media_type = self._spool_chunks(header, chunks, spool)
+            spool.seek(0)
+            stored = self._objects.put_file(object_name(digest), spool)
+        if (stored.sha256, stored.size_bytes) != (digest, size):
+            # The name is the content's address: anything else there was changed.
+            raise DataLoss(
+                f"the evidence store holds other bytes under {object_name(digest)}",
+                reason="EVIDENCE_CHANGED",
+                metadata={"object": object_name(digest)},
+            )
+        command = UploadEvidence(
+            header.incident_id, 0, digest, size, media_type, header.file_name, header.description
+        )
+        result = self._ledger.execute(envelope, command)
+        incident = self._ledger.get_incident(header.incident_id)
+        attached = AttachedEvidence.of(incident, incident.evidence_item(result.event_id))
+        log.info("evidence.attached", sha256=digest, size=size, media_type=media_type)
+        return result, attached
+
+    def _spool_chunks(
+        self, header: UploadHeader, chunks: Iterable[bytes], spool: IO[bytes]
+    ) -> tuple[str, int, str]:
+        """Write the chunks to the spool file: their SHA-256, size and media type."""
+        digest = hashlib.sha256()
+        size = 0
+        head = b""
+        media_type = ""
+        for chunk in chunks:
+            check_chunk(len(chunk))
+            size += len(chunk)
+            self._policy.check_size(size)
+            if not media_type:
+                head += chunk[: SNIFF_BYTES - len(head)]
+                if len(head) >= SNIFF_BYTES:
+                    # Refused after its first bytes, not after the whole file.
+                    media_type = self._policy.check_type(
+                        sniff_media_type(head), header.declared_media_type
+                    )
+            digest.update(chunk)
+            spool.write(chunk)
+        if size == 0:
+            raise InvalidArgument("chunk", "the file is empty")
+        if not media_type:
+            media_type = self._policy.check_type(sniff_media_type(head), header.declared_media_type)
+        spool.flush()
+        return digest.hexdigest(), size, media_type
+
+    # ---------------------------------------------------------------- reading
+
+    def attached(self, actor: Actor, incident_id: UUID) -> list[AttachedEvidence]:
+        incident = self._ledger.get_incident(incident_id)
+        incident.check_evidence_reader(actor, "ListEvidence")
+        return [AttachedEvidence.of(incident, e) for e in incident.evidence.values()]
+
+    def download(
+        self, actor: Actor, incident_id: UUID, event_id: UUID
+    ) -> tuple[AttachedEvidence, Iterator[bytes]]:
+        """The evidence and its bytes: read back and checked against the event first, the
+        download recorded, then streamed from the spool file."""
+        incident = self._ledger.get_incident(incident_id)
+        incident.check_evidence_reader(actor, "DownloadEvidence")
+        attached = AttachedEvidence.of(incident, incident.evidence_item(event_id))
+        file = attached.evidence.file
+        name = object_name(file.sha256)
+        spool = tempfile.NamedTemporaryFile(dir=self._spool, suffix=SPOOL_SUFFIX)  # noqa: SIM115 (closed by the generator)
+        try:
+            sink = HashingSink(spool)
+            try:
+                found = self._objects.read_into(name, sink)
+            except ObjectChangedError:
+                found = None
+            metadata = {
+                "object": name,
+                "evidence": f"incidents/{incident_id}/evidence/{event_id}",
+            }
+            if found is None and not sink.size:
+                raise DataLoss(
+                    f"evidence {event_id} is missing from the evidence store",
+                    reason="EVIDENCE_MISSING",
+                    metadata=metadata,
+                )
+            if (sink.sha256, sink.size) != (file.sha256, file.size_bytes):
+                raise DataLoss(
+                    f"evidence {event_id} was changed in the evidence store",
+                    reason="EVIDENCE_CHANGED",
+                    metadata=metadata,
+                )
+            spool.flush()
+            spool.seek(0)
+            self._record_download(incident_id, event_id, actor)
+        except BaseException:
+            spool.close()
+            raise
+        return attached, _chunks_of(spool)
+
+    def _record_download(self, incident_id: UUID, event_id: UUID, actor: Actor) -> None:
+        now = datetime.now(UTC).isoformat(timespec="microseconds")
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.q(
+                    "INSERT INTO evidence_downloads "
+                    "(incident, event_id, agency, officer, downloaded_at) VALUES (?, ?, ?, ?, ?)"
+                ),
+                (str(incident_id), str(event_id), actor.agency, actor.officer, now),
+            )
+        log.info("evidence.downloaded", incident=str(incident_id), evidence=str(event_id))
+
+    def downloads(self, actor: Actor, incident_id: UUID) -> list[Download]:
+        """Who fetched the incident's evidence, and when (auditors and the coordinator)."""
+        self._ledger.get_incident(incident_id).check_download_auditor(actor)
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.q(
+                    "SELECT event_id, agency, officer, downloaded_at FROM evidence_downloads "
+                    "WHERE incident = ? ORDER BY downloaded_at"
+                ),
+                (str(incident_id),),
+            )
+            rows = cur.fetchall()
+        return [
+            Download(incident_id, UUID(row[0]), row[1], row[2], datetime.fromisoformat(row[3]))
+            for row in rows
+        ]
+
+
+def _chunks_of(spool: IO[bytes]) -> Iterator[bytes]:
+    with spool:
+        while chunk := spool.read(MAX_CHUNK_BYTES):
+            yield chunk

@@ -1,0 +1,275 @@
+"""Evidence end to end: a real ledger on SQLite with a real nats-server's object store."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from incidentledger.v1 import evidence_service_pb2 as ev
+from incidentledger.v1 import evidence_service_pb2_grpc as ev_grpc
+from incidentledger.v1 import incident_pb2 as pb
+from incidentledger.v1 import ledger_service_pb2 as api
+from services.common.config import RelaySettings
+from services.common.grpc_errors import error_info
+from services.common.natsserver import NatsServer
+from services.ledger.domain.evidence import object_name
+from tests.fanout_support import wait_until
+from tests.support import Client, rid, running_ledger, settings_for, store_environment
+
+CHUNK = 1 << 20  # the largest chunk of a download
+# An upload's messages must also fit LEDGER_MAX_MESSAGE_BYTES (1 MiB by default), framing
+# included: half a MiB, as the Python client sends them.
+UPLOAD_CHUNK = 1 << 19
+JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01"
+
+
+def fails(call: object, code: grpc.StatusCode, reason: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()  # type: ignore[operator]
+    error = caught.value
+    assert error.code() == code, error.details()
+    info = error_info(error)  # type: ignore[arg-type]
+    assert info is not None
+    assert info.reason == reason, (info.reason, error.details())
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, nats_server: NatsServer) -> Iterator[Client]:
+    relay = RelaySettings(nats_url=nats_server.url)
+    with (
+        store_environment("sqlite", tmp_path) as store_env,
+        running_ledger(settings_for(tmp_path, store_env, relay=relay)) as client,
+    ):
+        yield client
+
+
+def evidence_stub(ledger: Client) -> ev_grpc.EvidenceServiceStub:
+    return ev_grpc.EvidenceServiceStub(ledger.channel)
+
+
+def assigned_incident(ledger: Client) -> str:
+    """An incident reported by kesbangpol, verified, led by polres."""
+    name = ledger.report("kesbangpol").incident
+    coordinator = ledger.md("desk_pilkada")
+    ledger.stub.VerifyIncident(
+        api.VerifyIncidentRequest(request_id=rid(), name=name), metadata=coordinator
+    )
+    ledger.stub.AssignLeadAgency(
+        api.AssignLeadAgencyRequest(request_id=rid(), name=name, agency="polres"),
+        metadata=coordinator,
+    )
+    return name
+
+
+def write_file(path: Path, size: int, head: bytes = JPEG_HEAD) -> str:
+    """A file of ``size`` bytes starting with ``head``, written in pieces; its SHA-256."""
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        piece = head + os.urandom(min(size, CHUNK) - len(head))
+        written = 0
+        while written < size:
+            part = piece[: size - written]
+            out.write(part)
+            digest.update(part)
+            written += len(part)
+            piece = os.urandom(min(size - written, CHUNK)) if written < size else b""
+    return digest.hexdigest()
+
+
+def upload_messages(
+    name: str, path: Path, request_id: str, *, file_name: str = "photo.jpg", media_type: str = ""
+) -> Iterator[ev.UploadEvidenceRequest]:
+    yield ev.UploadEvidenceRequest(
+        header=ev.EvidenceHeader(
+            request_id=request_id,
+            name=name,
+            file_name=file_name,
+            media_type=media_type,
+            description="Envelopes handed out in Ipuh",
+        )
+    )
+    with path.open("rb") as source:
+        while chunk := source.read(UPLOAD_CHUNK):
+            yield ev.UploadEvidenceRequest(chunk=chunk)
+
+
+def attached_events(ledger: Client, name: str) -> list[pb.IncidentEvent]:
+    events = ledger.stub.ListIncidentEvents(
+        api.ListIncidentEventsRequest(parent=name, page_size=1000),
+        metadata=ledger.md("inspektorat"),
+    ).events
+    return [e for e in events if e.type == "EvidenceAttached"]
+
+
+def test_a_20_mb_file_comes_back_byte_for_byte_and_is_stored_once(
+    ledger: Client, tmp_path: Path
+) -> None:
+    name = assigned_incident(ledger)
+    source = tmp_path / "envelopes.jpg"
+    digest = write_file(source, 20 * 1000 * 1000)
+    stub = evidence_stub(ledger)
+    uploaded = stub.UploadEvidence(
+        upload_messages(name, source, rid(), media_type="image/jpeg"),
+        metadata=ledger.md("kesbangpol"),
+    )
+    evidence = uploaded.evidence
+    assert (evidence.sha256, evidence.size_bytes) == (digest, 20 * 1000 * 1000)
+    assert evidence.media_type == "image/jpeg"
+    assert evidence.uploader.agency == "kesbangpol"
+    assert evidence.name == f"{name}/evidence/{uploaded.result.event_id}"
+    # The same bytes again, as another attachment: a second event, one object.
+    again = stub.UploadEvidence(upload_messages(name, source, rid()), metadata=ledger.md("polres"))
+    assert again.evidence.sha256 == digest
+    assert len(attached_events(ledger, name)) == 2
+    objects = ledger.server.evidence_objects
+    assert objects is not None
+    stored = objects.stat(object_name(digest))
+    assert stored is not None and stored.sha256 == digest
+
+    target = tmp_path / "downloaded.jpg"
+    responses = stub.DownloadEvidence(
+        ev.DownloadEvidenceRequest(name=evidence.name), metadata=ledger.md("polres")
+    )
+    first = next(iter(responses))
+    assert first.evidence == evidence
+    copied = hashlib.sha256()
+    with target.open("wb") as out:
+        for response in responses:
+            assert len(response.chunk) <= CHUNK
+            out.write(response.chunk)
+            copied.update(response.chunk)
+    assert copied.hexdigest() == digest
+    assert target.stat().st_size == source.stat().st_size
+
+    listed = stub.ListEvidence(ev.ListEvidenceRequest(parent=name), metadata=ledger.md("polres"))
+    assert [e.sha256 for e in listed.evidence] == [digest, digest]
+    downloads = stub.ListEvidenceDownloads(
+        ev.ListEvidenceDownloadsRequest(parent=name), metadata=ledger.md("inspektorat")
+    ).downloads
+    assert [(d.evidence, d.actor.agency) for d in downloads] == [(evidence.name, "polres")]
+    fails(
+        lambda: stub.ListEvidenceDownloads(
+            ev.ListEvidenceDownloadsRequest(parent=name), metadata=ledger.md("polres")
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "AUDITOR_OR_COORDINATOR_ONLY",
+    )
+
+
+def test_a_retry_with_the_same_request_id_records_one_event(ledger: Client, tmp_path: Path) -> None:
+    name = assigned_incident(ledger)
+    source = tmp_path / "letter.pdf"
+    write_file(source, 300_000, head=b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj")
+    stub, request_id = evidence_stub(ledger), rid()
+    first = stub.UploadEvidence(
+        upload_messages(name, source, request_id, file_name="letter.pdf"),
+        metadata=ledger.md("polres"),
+    )
+    second = stub.UploadEvidence(
+        upload_messages(name, source, request_id, file_name="letter.pdf"),
+        metadata=ledger.md("polres"),
+    )
+    assert first.result == second.result
+    assert first.evidence.media_type == "application/pdf"
+    assert len(attached_events(ledger, name)) == 1
+
+
+def test_an_executable_named_as_an_image_is_refused(ledger: Client, tmp_path: Path) -> None:
+    name = assigned_incident(ledger)
+    source = tmp_path / "photo.jpg"
+    digest = write_file(source, 200_000, head=b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff")
+    version = attached_version(ledger, name)
+    fails(
+        lambda: evidence_stub(ledger).UploadEvidence(
+            upload_messages(name, source, rid(), media_type="image/jpeg"),
+            metadata=ledger.md("polres"),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MEDIA_TYPE_NOT_ALLOWED",
+    )
+    assert attached_version(ledger, name) == version
+    objects = ledger.server.evidence_objects
+    assert objects is not None and objects.stat(object_name(digest)) is None
+
+
+def test_a_responder_not_involved_is_permission_denied(ledger: Client, tmp_path: Path) -> None:
+    name = assigned_incident(ledger)
+    source = tmp_path / "photo.jpg"
+    write_file(source, 10_000)
+    stub = evidence_stub(ledger)
+    fails(
+        lambda: stub.UploadEvidence(
+            upload_messages(name, source, rid()), metadata=ledger.md("kodim")
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "NOT_INVOLVED",
+    )
+    uploaded = stub.UploadEvidence(
+        upload_messages(name, source, rid()), metadata=ledger.md("polres")
+    )
+    for call in (
+        lambda: stub.ListEvidence(ev.ListEvidenceRequest(parent=name), metadata=ledger.md("kodim")),
+        lambda: list(
+            stub.DownloadEvidence(
+                ev.DownloadEvidenceRequest(name=uploaded.evidence.name),
+                metadata=ledger.md("kodim"),
+            )
+        ),
+    ):
+        fails(call, grpc.StatusCode.PERMISSION_DENIED, "NOT_INVOLVED")
+
+
+def test_a_file_over_the_limit_is_resource_exhausted(ledger: Client, tmp_path: Path) -> None:
+    name = assigned_incident(ledger)
+    source = tmp_path / "video.jpg"
+    write_file(source, 26 * 1000 * 1000)
+    fails(
+        lambda: evidence_stub(ledger).UploadEvidence(
+            upload_messages(name, source, rid()), metadata=ledger.md("polres")
+        ),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "EVIDENCE_TOO_LARGE",
+    )
+    assert attached_events(ledger, name) == []
+
+
+def attached_version(ledger: Client, name: str) -> int:
+    return ledger.stub.GetIncident(
+        api.GetIncidentRequest(name=name), metadata=ledger.md("inspektorat")
+    ).incident.version
+
+
+def test_an_upload_cut_half_way_leaves_no_event_and_no_object(
+    ledger: Client, tmp_path: Path
+) -> None:
+    name = assigned_incident(ledger)
+    source = tmp_path / "recording.jpg"
+    digest = write_file(source, 8 * CHUNK)
+    version = attached_version(ledger, name)
+    spool = ledger.data_dir / "evidence-spool"
+    half_sent = threading.Event()
+    never = threading.Event()
+
+    def cut_short() -> Iterator[ev.UploadEvidenceRequest]:
+        for n, message in enumerate(upload_messages(name, source, rid())):
+            if n == 4:
+                half_sent.set()
+                never.wait(30)  # the client goes away here
+                return
+            yield message
+
+    call = evidence_stub(ledger).UploadEvidence.future(cut_short(), metadata=ledger.md("polres"))
+    assert half_sent.wait(10)
+    wait_until(lambda: any(spool.iterdir()), what="the upload spooled")
+    call.cancel()  # type: ignore[no-untyped-call]
+    never.set()
+    wait_until(lambda: not any(spool.iterdir()), what="the spool file removed")
+    assert attached_version(ledger, name) == version
+    objects = ledger.server.evidence_objects
+    assert objects is not None and objects.stat(object_name(digest)) is None
