@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import threading
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import nats
 import pytest
 
 from incidentledger.v1 import evidence_service_pb2 as ev
@@ -18,6 +20,7 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from services.common.config import RelaySettings
 from services.common.grpc_errors import error_info
 from services.common.natsserver import NatsServer
+from services.ledger.audit.evidence_check import verify_evidence
 from services.ledger.domain.evidence import object_name
 from tests.fanout_support import wait_until
 from tests.support import Client, rid, running_ledger, settings_for, store_environment
@@ -273,3 +276,71 @@ def test_an_upload_cut_half_way_leaves_no_event_and_no_object(
     assert attached_version(ledger, name) == version
     objects = ledger.server.evidence_objects
     assert objects is not None and objects.stat(object_name(digest)) is None
+
+
+async def _change_one_byte(nats_url: str, bucket: str, name: str) -> None:
+    """What someone with write access to NATS could do: replace the object's (only) chunk
+    with one whose 100th byte differs, leaving the object's recorded digest as it was."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        store = await js.object_store(bucket)
+        info = await store.get_info(name)
+        stream, subject = f"OBJ_{bucket}", f"$O.{bucket}.C.{info.nuid}"
+        chunk = await js.get_last_msg(stream, subject)
+        assert chunk.seq is not None
+        data = bytearray(chunk.data or b"")
+        data[100] ^= 0x01
+        await js.delete_msg(stream, chunk.seq)
+        await js.publish(subject, bytes(data))
+    finally:
+        await nc.close()
+
+
+def test_deep_verify_names_a_changed_and_a_missing_object(
+    ledger: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    name = assigned_incident(ledger)
+    stub = evidence_stub(ledger)
+    photo, scan = tmp_path / "photo.png", tmp_path / "letter.pdf"
+    write_file(photo, 50_000, head=b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    write_file(scan, 60_000, head=b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 ob")
+    changed = stub.UploadEvidence(upload_messages(name, photo, rid()), metadata=ledger.md("polres"))
+    missing = stub.UploadEvidence(upload_messages(name, scan, rid()), metadata=ledger.md("polres"))
+    objects = ledger.server.evidence_objects
+    assert objects is not None
+    clean = verify_evidence(ledger.server.ledger, objects.read_into)
+    assert (clean.ok, clean.evidence, clean.objects) == (True, 2, 2)
+
+    asyncio.run(_change_one_byte(nats_server.url, "evidence", object_name(changed.evidence.sha256)))
+    objects.delete(object_name(missing.evidence.sha256))
+    report = verify_evidence(ledger.server.ledger, objects.read_into)
+    problems = {(p.event_id, p.problem, p.object, p.incident) for p in report.problems}
+    assert problems == {
+        (
+            changed.result.event_id,
+            "changed",
+            object_name(changed.evidence.sha256),
+            name,
+        ),
+        (
+            missing.result.event_id,
+            "missing",
+            object_name(missing.evidence.sha256),
+            name,
+        ),
+    }
+    (found,) = [p for p in report.problems if p.problem == "changed"]
+    assert found.found_size == found.expected_size == 50_000
+    assert found.found_sha256 != found.expected_sha256
+    # A download of the changed file is refused before any byte goes out.
+    fails(
+        lambda: list(
+            stub.DownloadEvidence(
+                ev.DownloadEvidenceRequest(name=changed.evidence.name),
+                metadata=ledger.md("polres"),
+            )
+        ),
+        grpc.StatusCode.DATA_LOSS,
+        "EVIDENCE_CHANGED",
+    )
