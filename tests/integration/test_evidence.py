@@ -23,6 +23,7 @@ from services.common.natsserver import NatsServer
 from services.ledger.audit.evidence_check import verify_evidence
 from services.ledger.domain.evidence import object_name
 from tests.fanout_support import wait_until
+from tests.ledgerctl_support import Ctl
 from tests.support import Client, rid, running_ledger, settings_for, store_environment
 
 CHUNK = 1 << 20  # the largest chunk of a download
@@ -344,3 +345,31 @@ def test_deep_verify_names_a_changed_and_a_missing_object(
         grpc.StatusCode.DATA_LOSS,
         "EVIDENCE_CHANGED",
     )
+
+
+def test_ledgerctl_attaches_lists_gets_and_shows_downloads(
+    ledger: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ctl = Ctl(ledger, capsys)
+    name = assigned_incident(ledger)
+    source = tmp_path / "amplop.jpg"
+    digest = write_file(source, 3 * UPLOAD_CHUNK + 17)
+    attached = ctl.json("polres", "attach", name, str(source), "-d", "Amplop dibagikan di Ipuh")
+    evidence = attached["evidence"]
+    assert (evidence["sha256"], evidence["media_type"]) == (digest, "image/jpeg")
+    assert attached["result"]["incident"] == name
+    short = evidence["name"].rpartition("/")[2][:8]
+    table = ctl.ok("polres", "evidence", "list", name)
+    assert "amplop.jpg" in table and short in table
+    target = tmp_path / "copy.jpg"
+    ctl.ok("inspektorat", "evidence", "get", name, short, "-o", str(target))
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
+    assert not target.with_name("copy.jpg.part").exists()
+    downloads = ctl.json("inspektorat", "evidence", "downloads", name)
+    assert [(d["evidence"], d["actor"]["agency"]) for d in downloads] == [
+        (evidence["name"], "inspektorat")
+    ]
+    indonesian = ctl.ok("polres", "--lang", "id", "evidence", "list", name)
+    assert "Bukti" in indonesian and "pengunggah" in indonesian.lower()
+    code, _out, err = ctl.run("kodim", "attach", name, str(source))
+    assert code != 0 and "NOT_INVOLVED" in err

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from incidentledger.v1 import audit_service_pb2 as audit_pb
+from incidentledger.v1 import evidence_service_pb2 as evidence_pb
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import notifier_service_pb2 as notifier_pb
@@ -864,4 +865,62 @@ class Delivery:
             attempt=message.attempt,
             error=message.error,
             time=_optional_time(message, "time"),
+        )
+
+
+# --- evidence ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A file attached to an incident: its metadata, never its bytes.
+
+    ``name`` is ``incidents/{id}/evidence/{event_id}``; ``sha256`` the hex digest of the
+    bytes; ``media_type`` as the ledger sniffed it from the content; ``superseded_by`` the
+    name of the evidence that corrects this one, or ``""``.
+    """
+
+    name: str
+    sha256: str
+    size_bytes: int
+    media_type: str
+    file_name: str
+    description: str
+    uploader: Actor
+    attach_time: datetime | None
+    superseded_by: str
+
+    @property
+    def incident(self) -> str:
+        return self.name.partition("/evidence/")[0]
+
+    @classmethod
+    def from_proto(cls, message: evidence_pb.Evidence) -> Evidence:
+        return cls(
+            name=message.name,
+            sha256=message.sha256,
+            size_bytes=message.size_bytes,
+            media_type=message.media_type,
+            file_name=message.file_name,
+            description=message.description,
+            uploader=Actor.from_proto(message.uploader),
+            attach_time=_optional_time(message, "attach_time"),
+            superseded_by=message.superseded_by,
+        )
+
+
+@dataclass(frozen=True)
+class EvidenceDownload:
+    """One recorded download: who fetched which evidence, and when."""
+
+    evidence: str
+    actor: Actor
+    download_time: datetime | None
+
+    @classmethod
+    def from_proto(cls, message: evidence_pb.EvidenceDownload) -> EvidenceDownload:
+        return cls(
+            evidence=message.evidence,
+            actor=Actor.from_proto(message.actor),
+            download_time=_optional_time(message, "download_time"),
         )
