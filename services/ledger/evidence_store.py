@@ -21,6 +21,7 @@ import hashlib
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, Any, TypeVar
 
 import nats
@@ -28,7 +29,12 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.js.api import ObjectStoreConfig, StorageType
-from nats.js.errors import BucketNotFoundError, DigestMismatchError, ObjectNotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    DigestMismatchError,
+    NotFoundError,
+    ObjectNotFoundError,
+)
 from nats.js.object_store import ObjectStore
 
 from services.common.config import EvidenceSettings, NatsClientSettings, nats_servers
@@ -41,6 +47,15 @@ T = TypeVar("T")
 #: The longest one call to NATS may take before the caller is told the store is away.
 CALL_SECONDS = 120.0
 CONNECT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """An object of the bucket: its name, size and when it was stored."""
+
+    name: str
+    size_bytes: int
+    stored_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,13 @@ def _hex_digest(digest: str | None) -> str:
     encoded = (digest or "").split("=", 1)[-1] if digest else ""
     padded = encoded + "=" * (-len(encoded) % 4)
     return base64.urlsafe_b64decode(padded).hex() if encoded else ""
+
+
+def _time(value: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
 
 
 def unavailable(error: BaseException) -> Unavailable:
@@ -185,6 +207,22 @@ class EvidenceObjects:
         except DigestMismatchError:
             raise ObjectChangedError(name) from None
         return StoredObject(int(result.info.size or 0), _hex_digest(result.info.digest))
+
+    def list_objects(self) -> list[ListedObject]:
+        """Every object of the bucket (its metadata only; deleted ones left out)."""
+        return self._call(self._list())
+
+    async def _list(self) -> list[ListedObject]:
+        store = await self._bucket()
+        try:
+            infos = await store.list(ignore_deletes=True)
+        except NotFoundError:  # nats-py's answer for an empty bucket
+            return []
+        return [
+            ListedObject(info.name, int(info.size or 0), _time(info.mtime))
+            for info in infos
+            if not info.deleted
+        ]
 
     def delete(self, name: str) -> None:
         self._call(self._delete(name))

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -17,14 +21,21 @@ from incidentledger.v1 import evidence_service_pb2 as ev
 from incidentledger.v1 import evidence_service_pb2_grpc as ev_grpc
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
-from services.common.config import RelaySettings
+from services.common.config import PROJECT_ROOT, RelaySettings
 from services.common.grpc_errors import error_info
 from services.common.natsserver import NatsServer
-from services.ledger.audit.evidence_check import verify_evidence
+from services.ledger.audit.evidence_check import sweep_orphans, verify_evidence
 from services.ledger.domain.evidence import object_name
 from tests.fanout_support import wait_until
 from tests.ledgerctl_support import Ctl
-from tests.support import Client, rid, running_ledger, settings_for, store_environment
+from tests.support import (
+    REFERENCE_FILE,
+    Client,
+    rid,
+    running_ledger,
+    settings_for,
+    store_environment,
+)
 
 CHUNK = 1 << 20  # the largest chunk of a download
 # An upload's messages must also fit LEDGER_MAX_MESSAGE_BYTES (1 MiB by default), framing
@@ -373,3 +384,73 @@ def test_ledgerctl_attaches_lists_gets_and_shows_downloads(
     assert "Bukti" in indonesian and "pengunggah" in indonesian.lower()
     code, _out, err = ctl.run("kodim", "attach", name, str(source))
     assert code != 0 and "NOT_INVOLVED" in err
+
+
+def test_the_sweep_deletes_objects_no_event_names_once_past_the_grace(
+    ledger: Client, tmp_path: Path
+) -> None:
+    """What an upload leaves when the ledger stops between storing a file and recording its
+    event: an object no event names, swept once older than the grace period."""
+    name = assigned_incident(ledger)
+    kept, orphan = tmp_path / "kept.jpg", tmp_path / "orphan.jpg"
+    write_file(kept, 40_000)
+    orphan_digest = write_file(orphan, 30_000)
+    uploaded = evidence_stub(ledger).UploadEvidence(
+        upload_messages(name, kept, rid()), metadata=ledger.md("polres")
+    )
+    objects = ledger.server.evidence_objects
+    assert objects is not None
+    with orphan.open("rb") as source:
+        objects.put_file(object_name(orphan_digest), source)
+    now = datetime.now(UTC)
+    assert sweep_orphans(ledger.server.ledger, objects, timedelta(minutes=60), now) == []
+    swept = sweep_orphans(ledger.server.ledger, objects, timedelta(0), now + timedelta(seconds=1))
+    assert swept == [object_name(orphan_digest)]
+    assert objects.stat(object_name(orphan_digest)) is None
+    assert objects.stat(object_name(uploaded.evidence.sha256)) is not None
+
+
+def _audit_cli(ledger: Client, nats_url: str, *args: str) -> tuple[int, list[dict[str, object]]]:
+    """``python -m services.ledger.audit`` on the running ledger's store and NATS."""
+    result = subprocess.run(
+        [sys.executable, "-m", "services.ledger.audit", *args],
+        env={
+            **os.environ,
+            **ledger.server.ledger.env,
+            "NATS_URL": nats_url,
+            "LEDGER_DATA_DIR": str(ledger.data_dir),
+            "LEDGER_REFERENCE_FILE": str(REFERENCE_FILE),
+            "LEDGER_LOG_FORMAT": "json",
+            "PYTHONPATH": f"{PROJECT_ROOT}:{PROJECT_ROOT / 'gen'}",
+        },
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return result.returncode, lines
+
+
+def test_ledger_audit_verify_deep_exits_1_and_names_a_missing_object(
+    ledger: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    name = assigned_incident(ledger)
+    source = tmp_path / "photo.jpg"
+    write_file(source, 20_000)
+    uploaded = evidence_stub(ledger).UploadEvidence(
+        upload_messages(name, source, rid()), metadata=ledger.md("polres")
+    )
+    public_key = str(ledger.data_dir / "keys" / "ledger-signing.pub")
+    verify = ("verify", "--store", "--public-key", public_key, "--deep")
+    code, lines = _audit_cli(ledger, nats_server.url, *verify)
+    assert code == 0, lines
+    assert any(line["event"] == "audit.verify.evidence_clean" for line in lines)
+    objects = ledger.server.evidence_objects
+    assert objects is not None
+    objects.delete(object_name(uploaded.evidence.sha256))
+    code, lines = _audit_cli(ledger, nats_server.url, *verify)
+    assert code == 1
+    (missing,) = [line for line in lines if line["event"] == "audit.verify.evidence_missing"]
+    assert (missing["incident"], missing["event_id"]) == (name, uploaded.result.event_id)

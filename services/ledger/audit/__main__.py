@@ -1,4 +1,4 @@
-"""Audit commands: ``python -m services.ledger.audit export|verify|checkpoint``.
+"""Audit commands: ``python -m services.ledger.audit export|verify|checkpoint|sweep-evidence``.
 
 Exit codes: 0 clean, 1 a divergence was found, 2 a usage or configuration error.
 The store comes from the ledger's settings (``LedgerSettings.from_env``).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -22,7 +23,7 @@ from services.ledger.audit.checkpoints import (
     Checkpoints,
     read_checkpoints_file,
 )
-from services.ledger.audit.evidence_check import verify_evidence
+from services.ledger.audit.evidence_check import sweep_orphans, verify_evidence
 from services.ledger.audit.export import ExportError, export_jsonl
 from services.ledger.audit.keys import load_public_key, load_signing_key
 from services.ledger.audit.scan import WorkerError
@@ -54,6 +55,16 @@ def _parser() -> argparse.ArgumentParser:
         "and check its digest and size",
     )
     commands.add_parser("checkpoint", help="make a signed checkpoint now")
+    sweep = commands.add_parser(
+        "sweep-evidence",
+        help="delete evidence objects no event refers to (left by uploads cut short)",
+    )
+    sweep.add_argument(
+        "--grace-minutes",
+        type=float,
+        default=60.0,
+        help="only objects stored longer ago than this (default 60)",
+    )
     return parser
 
 
@@ -105,6 +116,20 @@ def _verify_evidence(settings: LedgerSettings, ledger: Ledger) -> int:
     return 1
 
 
+def _sweep_evidence(settings: LedgerSettings, ledger: Ledger, grace_minutes: float) -> int:
+    if not settings.relay.nats_url:
+        raise ValueError("sweep-evidence works on the evidence in NATS: set NATS_URL")
+    objects = EvidenceObjects(settings.relay.nats_url, settings.relay.nats, settings.evidence)
+    try:
+        swept = sweep_orphans(ledger, objects, timedelta(minutes=grace_minutes), datetime.now(UTC))
+    finally:
+        objects.close()
+    for name in swept:
+        log.info("audit.evidence_swept", object=name)
+    log.info("audit.sweep_evidence.done", swept=len(swept), grace_minutes=grace_minutes)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -130,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             return _report(report, time.perf_counter() - started)
         ledger = _open_ledger(settings)
         try:
+            if args.command == "sweep-evidence":
+                return _sweep_evidence(settings, ledger, args.grace_minutes)
             if args.command == "export":
                 started = time.perf_counter()
                 stats = export_jsonl(ledger, args.out, args.start, args.stop)

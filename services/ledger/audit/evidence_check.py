@@ -1,22 +1,34 @@
 """Deep verification: every file an ``EvidenceAttached`` event refers to, read back from the
-object store and checked against the event's digest and size.
+object store and checked against the event's digest and size; and the sweep of objects no
+event refers to.
 
 The hash chain proves the events were not altered; this proves the files they name were
 not either. Each object is read once (the same file attached twice is one object), in full,
 hashed as it streams (nothing is kept), and every event referring to a missing or changed
 object is named: incident, event, position and object.
+
+An object no event refers to is what an upload leaves when the ledger stopped (or its store
+failed) between storing the file and recording its event. :func:`sweep_orphans` deletes such
+objects once they are older than a grace period: an upload of the same bytes in progress
+records its event well within it, so no object an event is about to name is deleted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from services.ledger.application import Ledger
 from services.ledger.domain.evidence import object_name
 from services.ledger.domain.incident import Incident
-from services.ledger.evidence_store import HashingSink, ObjectChangedError, StoredObject
+from services.ledger.evidence_store import (
+    EvidenceObjects,
+    HashingSink,
+    ObjectChangedError,
+    StoredObject,
+)
 
 #: Reads an object into a sink; None when there is no such object
 #: (:meth:`services.ledger.evidence_store.EvidenceObjects.read_into`).
@@ -104,3 +116,30 @@ def _read(read: ReadObject, name: str) -> _Found:
     if stored is None:
         return _Found(False, "", 0)
     return _Found(True, sink.sha256, sink.size)
+
+
+def referenced_objects(ledger: Ledger) -> set[str]:
+    """The names of the objects the ledger's ``EvidenceAttached`` events refer to."""
+    return {
+        object_name(stored.event.sha256)
+        for stored in ledger.history(keep=lambda e: isinstance(e, Incident.EvidenceAttached))
+        if isinstance(stored.event, Incident.EvidenceAttached)
+    }
+
+
+def sweep_orphans(
+    ledger: Ledger, objects: EvidenceObjects, grace: timedelta, now: datetime
+) -> list[str]:
+    """Delete the objects no event refers to that were stored more than ``grace`` before
+    ``now`` (see the module's docstring); their names."""
+    # Listed before the events are read: an object stored and named by an event meanwhile
+    # is then among the references.
+    listed = objects.list_objects()
+    referenced = referenced_objects(ledger)
+    swept = []
+    for item in listed:
+        if item.name in referenced or item.stored_at is None or now - item.stored_at < grace:
+            continue
+        objects.delete(item.name)
+        swept.append(item.name)
+    return swept
