@@ -42,6 +42,13 @@ Then scaling out (bench/scaleout.py):
 9. PostgreSQL, the ledger as 1 and as 2 ``python -m services.ledger`` processes on one
    schema; commands/s and latency; every acknowledged command checked against the store.
 
+Then evidence (bench/evidence.py):
+
+10. One file (100 MB; 40 MB with ``--quick``) through the ledger's ``UploadEvidence`` and
+    ``DownloadEvidence`` beside a plain object-store put and get of the same file, on a
+    nats-server the bench starts; the ledger process's peak RSS during the upload against
+    its RSS when idle.
+
 The run ends with the table of targets: each figure beside its ceiling, the ratio, the
 goal and PASS or MISS. The exit status is 1 when a correctness check fails (the
 scale-out's store check); a missed target makes it 1 only with ``--strict`` (a run on a
@@ -64,7 +71,16 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from bench import fanout, history, report, scaleout, scaleout_report, scenarios, targets
+from bench import (
+    evidence,
+    fanout,
+    history,
+    report,
+    scaleout,
+    scaleout_report,
+    scenarios,
+    targets,
+)
 from bench.harness import CHANNEL_MODES, Result
 from bench.logs import LogCount
 from bench.report import (
@@ -90,8 +106,10 @@ RELAY_RATIO = 0.5  # relay events/s / plain pipelined publish of the same messag
 E2E_P99_RATIO = 20.0  # commit -> subscriber (or webhook) p99 <= 20x NATS alone's p99
 REBUILD_RATIO = 0.9  # projection rebuild events/s / the library's decode
 KEPT_UP = 0.95  # a paced run achieved at least this share of its offered rate
+EVIDENCE_RATIO = 0.7  # evidence upload (download) MB/s / a plain object-store put (get)
+EVIDENCE_RSS_MB = 30.0  # the ledger's peak RSS during an upload, above its idle RSS
 
-PARTS = ("commands", "rss", "fanout", "history", "scaleout")
+PARTS = ("commands", "rss", "fanout", "history", "scaleout", "evidence")
 
 
 @dataclass(frozen=True)
@@ -116,6 +134,7 @@ class Plan:
     e2e_drain: float
     nats_seconds: float
     history_events: int
+    evidence_mb: int = 100
     scaleout_replicas: tuple[int, ...] = (1, 2)
     scaleout_processes: int = 2  # load-generator processes, whatever the replica count
 
@@ -159,6 +178,7 @@ QUICK = Plan(
     e2e_drain=3.0,
     nats_seconds=3.0,
     history_events=24_000,
+    evidence_mb=40,
 )
 # Rough appends/s, only to size the incidents prepared for each append phase.
 EXPECTED_APPEND_RATE = {"sqlite": 1500.0, "postgres": 600.0}
@@ -736,6 +756,51 @@ def rss_target(points: list[scenarios.RssPoint]) -> Target:
     )
 
 
+def run_evidence(plan: Plan, workdir: Path) -> list[Target]:
+    section(
+        f"10. Evidence: a {plan.evidence_mb} MB file through the ledger (its own process, "
+        "SQLite, NATS) beside a plain object-store put and get"
+    )
+    run = evidence.run(workdir / "evidence", plan.evidence_mb)
+    rows = [
+        ["plain object store", f"{run.plain_put:.1f}", f"{run.plain_get:.1f}"],
+        ["the ledger", f"{run.upload:.1f}", f"{run.download:.1f}"],
+    ]
+    print(table(["MB/s", "upload (put)", "download (get)"], rows))
+    print(
+        f"  ledger RSS idle {run.idle_rss_mb:.1f} MB, peak during the upload "
+        f"{run.peak_rss_mb:.1f} MB; the download's bytes are the upload's: {run.identical}"
+    )
+    same = Condition("the same bytes came back", run.identical)
+    return [
+        Target(
+            "evidence upload",
+            run.upload,
+            EVIDENCE_RATIO,
+            ceiling=run.plain_put,
+            ceiling_name="object-store put",
+            unit=" MB/s",
+            conditions=(same,),
+        ),
+        Target(
+            "evidence download",
+            run.download,
+            EVIDENCE_RATIO,
+            ceiling=run.plain_get,
+            ceiling_name="object-store get",
+            unit=" MB/s",
+            conditions=(same,),
+        ),
+        Target(
+            f"ledger RSS above idle during a {plan.evidence_mb} MB upload",
+            run.rss_growth_mb,
+            EVIDENCE_RSS_MB,
+            AT_MOST,
+            unit=" MB",
+        ),
+    ]
+
+
 def print_targets(goals: list[Target]) -> None:
     section("Targets (each against a ceiling measured in this run)")
     print(table(targets.HEADERS, targets.rows(goals), left=1))
@@ -813,6 +878,8 @@ def main(argv: list[str] | None = None) -> int:
             goals.extend(history_targets(run_history(plan, stores, reference, workdir)))
         if scale_out:
             scale = run_scaleout(plan, reference, workdir)
+        if "evidence" in parts and args.only != SCALEOUT:
+            goals.extend(run_evidence(plan, workdir))
     print_targets(goals)
     print_figures(store_runs, echo, fan)
     if scale:
