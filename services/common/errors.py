@@ -180,6 +180,13 @@ class TooManyStreams(ResourceExhausted):
         )
 
 
+class Cancelled(LedgerError):
+    """The caller went away before its call was done (a stream it cancelled)."""
+
+    code = "CANCELLED"
+    reason = "CANCELLED"
+
+
 class Unavailable(LedgerError):
     code = "UNAVAILABLE"
     reason = "UNAVAILABLE"

@@ -1,18 +1,20 @@
 """Evidence: uploads checked and stored before their event, downloads recorded.
 
 An upload (:meth:`EvidenceService.upload`) is checked before its bytes are taken (the
-command's texts and ids, the incident's involvement rule), then spooled to a file in the
-ledger's data directory while its SHA-256 and size are computed, its size limit enforced
-as it grows and its media type sniffed from its first bytes. Only a complete file goes to
-the object store (under its content address, once), and only once the store holds it with
-the same size and digest is the ``UploadEvidence`` command executed: the
-``EvidenceAttached`` event is the last step. An upload that stops half way (the stream
-cancelled, the process killed) leaves only its spool file, removed at once or, after a
-kill, at the next start (:func:`clear_spool`): no event, no object.
+command's texts and ids, the incident's involvement rule), then goes into the object store
+as it arrives (:meth:`EvidenceObjects.put_chunks`), each chunk checked on the way: its
+size, the size so far against the limit, and the media type sniffed from the first bytes.
+Only once the object store holds the complete file under its content address, with the
+size and digest computed here, is the ``UploadEvidence`` command executed: the
+``EvidenceAttached`` event is the last step. An upload refused or cut short half way leaves
+no event and, its chunks purged, no object (after a kill of the ledger: an object no event
+names, swept by ``ledger-audit sweep-evidence``).
 
-A download (:meth:`EvidenceService.download`) reads the object back into a spool file,
-checks it against the event's digest and size before the first byte goes out, records who
-fetched it (the ``evidence_downloads`` table beside the event store) and then streams it.
+A download (:meth:`EvidenceService.download`) reads the object back into a spool file in
+the ledger's data directory, checks it against the event's digest and size before the
+first byte goes out, records who fetched it (the ``evidence_downloads`` table beside the
+event store) and then streams it. Spool files a kill left behind are removed at the next
+start (:func:`clear_spool`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 from uuid import UUID
 
 import structlog
@@ -51,9 +53,22 @@ SPOOL_SUFFIX = ".part"
 class Objects(Protocol):
     """The object store, as the evidence needs it (services/ledger/evidence_store.py)."""
 
-    def put_file(self, name: str, source: IO[bytes]) -> StoredObject: ...
+    def put_chunks(self, pieces: Iterator[bytes]) -> StoredObject: ...
 
     def read_into(self, name: str, sink: HashingSink) -> StoredObject | None: ...
+
+
+@dataclass
+class _Tally:
+    """What an upload's checks found so far: its size, SHA-256 and media type."""
+
+    size: int = 0
+    media_type: str = ""
+    digest: Any = field(default_factory=hashlib.sha256)
+
+    @property
+    def sha256(self) -> str:
+        return str(self.digest.hexdigest())
 
 
 @dataclass(frozen=True)
@@ -99,7 +114,7 @@ class Download:
 
 
 def clear_spool(spool_dir: Path) -> None:
-    """Remove what uploads cut short by a kill left behind (their spool files)."""
+    """Remove the spool files of downloads a kill cut short."""
     spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     for leftover in spool_dir.glob(f"*{SPOOL_SUFFIX}"):
         leftover.unlink(missing_ok=True)
@@ -143,53 +158,58 @@ class EvidenceService:
         )
         self._ledger.check_ahead(envelope, placeholder)
         self._ledger.get_incident(header.incident_id).check_attach(envelope)
-        with tempfile.NamedTemporaryFile(dir=self._spool, suffix=SPOOL_SUFFIX) as spool:
-            digest, size, media_type = self._spool_chunks(header, chunks, spool)
-            spool.seek(0)
-            stored = self._objects.put_file(object_name(digest), spool)
-        if (stored.sha256, stored.size_bytes) != (digest, size):
+        tally = _Tally()
+        stored = self._objects.put_chunks(self._checked(header, iter(chunks), tally))
+        if (stored.sha256, stored.size_bytes) != (tally.sha256, tally.size):
             # The name is the content's address: anything else there was changed.
             raise DataLoss(
-                f"the evidence store holds other bytes under {object_name(digest)}",
+                f"the evidence store holds other bytes under {object_name(tally.sha256)}",
                 reason="EVIDENCE_CHANGED",
-                metadata={"object": object_name(digest)},
+                metadata={"object": object_name(tally.sha256)},
             )
         command = UploadEvidence(
-            header.incident_id, 0, digest, size, media_type, header.file_name, header.description
+            header.incident_id,
+            0,
+            tally.sha256,
+            tally.size,
+            tally.media_type,
+            header.file_name,
+            header.description,
         )
         result = self._ledger.execute(envelope, command)
         incident = self._ledger.get_incident(header.incident_id)
         attached = AttachedEvidence.of(incident, incident.evidence_item(result.event_id))
-        log.info("evidence.attached", sha256=digest, size=size, media_type=media_type)
+        log.info(
+            "evidence.attached", sha256=tally.sha256, size=tally.size, media_type=tally.media_type
+        )
         return result, attached
 
-    def _spool_chunks(
-        self, header: UploadHeader, chunks: Iterable[bytes], spool: IO[bytes]
-    ) -> tuple[str, int, str]:
-        """Write the chunks to the spool file: their SHA-256, size and media type."""
-        digest = hashlib.sha256()
-        size = 0
+    def _checked(
+        self, header: UploadHeader, chunks: Iterator[bytes], tally: _Tally
+    ) -> Iterator[bytes]:
+        """The chunks as they come, each checked (its size, the size so far against the
+        limit, the media type once the first bytes are in) and counted into ``tally``; the
+        refusal of the first that fails a check ends the upload."""
         head = b""
-        media_type = ""
         for chunk in chunks:
             check_chunk(len(chunk))
-            size += len(chunk)
-            self._policy.check_size(size)
-            if not media_type:
+            tally.size += len(chunk)
+            self._policy.check_size(tally.size)
+            if not tally.media_type:
                 head += chunk[: SNIFF_BYTES - len(head)]
                 if len(head) >= SNIFF_BYTES:
                     # Refused after its first bytes, not after the whole file.
-                    media_type = self._policy.check_type(
+                    tally.media_type = self._policy.check_type(
                         sniff_media_type(head), header.declared_media_type
                     )
-            digest.update(chunk)
-            spool.write(chunk)
-        if size == 0:
+            tally.digest.update(chunk)
+            yield chunk
+        if tally.size == 0:
             raise InvalidArgument("chunk", "the file is empty")
-        if not media_type:
-            media_type = self._policy.check_type(sniff_media_type(head), header.declared_media_type)
-        spool.flush()
-        return digest.hexdigest(), size, media_type
+        if not tally.media_type:
+            tally.media_type = self._policy.check_type(
+                sniff_media_type(head), header.declared_media_type
+            )
 
     # ---------------------------------------------------------------- reading
 

@@ -2,15 +2,25 @@
 
 The object store is nats-py's (asyncio); the ledger's gRPC handlers are threads. One
 event loop runs in a thread of its own with one NATS connection, and each call here
-hands it a coroutine and waits for the answer. Files go in and out through files on
-disk (nats-py's ``put`` reads 128 KiB chunks from a file object, ``get(writeinto=)``
-writes each chunk as it arrives): no whole file is ever held in memory.
+hands it a coroutine and waits for the answer. No whole file is ever held in memory.
 
 An object is named by its content (``sha256-<hex>``, see
-:func:`services.ledger.domain.evidence.object_name`); :meth:`EvidenceObjects.put_file`
-stores a name only once, so the same file sent twice is stored once. The bucket is
-created on first use with the replicas of ``LEDGER_EVIDENCE_REPLICAS``, no TTL and no
-size limit: evidence must not age out of the store.
+:func:`services.ledger.domain.evidence.object_name`), which is known only once the last
+byte is in. So that an upload goes into the object store while it arrives (not after),
+:meth:`EvidenceObjects.put_chunks` writes the chunks under a fresh id and, beside them, a
+pending entry ``upload-<id>`` (the object store's own metadata, with its time); at the end
+it creates the content address's entry pointing at those chunks, only if no object of
+that name is there (JetStream's expected-last-subject-sequence: two uploads of the same
+bytes at once cannot both create it), and removes the pending entry. The same file sent
+twice is stored once: the second upload's chunks are purged. An upload that fails or is
+cut short purges its chunks and its pending entry; one cut short by a kill of the ledger
+leaves the pending entry with its chunks, an object no event names, which
+``ledger-audit sweep-evidence`` deletes once it is older than its grace period.
+
+Reading is nats-py's ``get(writeinto=)``, which writes each chunk as it arrives and checks
+the digest recorded with the object. The bucket is created on first use with the replicas
+of ``LEDGER_EVIDENCE_REPLICAS``, no TTL and no size limit: evidence must not age out of the
+store.
 """
 
 from __future__ import annotations
@@ -18,18 +28,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import threading
-from collections.abc import Coroutine
+import uuid
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import IO, Any, TypeVar
 
 import nats
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
+from nats.js import JetStreamContext, api
 from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.errors import (
+    APIError,
     BucketNotFoundError,
     DigestMismatchError,
     NotFoundError,
@@ -40,6 +54,7 @@ from nats.js.object_store import ObjectStore
 from services.common.config import EvidenceSettings, NatsClientSettings, nats_servers
 from services.common.errors import Unavailable
 from services.common.natsconn import connect_options
+from services.ledger.domain.evidence import object_name
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +62,13 @@ T = TypeVar("T")
 #: The longest one call to NATS may take before the caller is told the store is away.
 CALL_SECONDS = 120.0
 CONNECT_SECONDS = 5.0
+#: The size of the object store's chunks (nats-py's own).
+CHUNK_BYTES = 128 * 1024
+#: The prefix of an upload's pending entry (see the module's docstring).
+PENDING_PREFIX = "upload-"
+# The object store's metadata entries replace each other (as nats-py writes them).
+_ROLLUP: dict[str, str] = {"Nats-Rollup": "sub"}
+_EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
 
 
 @dataclass(frozen=True)
@@ -104,6 +126,15 @@ def _time(value: str | None) -> datetime | None:
         return None
 
 
+def _meta_subject(bucket: str, name: str) -> str:
+    # As nats-py names it (base64url with padding), so that its get and list find it.
+    return f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+
+
+def _meta_body(info: api.ObjectInfo) -> bytes:
+    return json.dumps(info.as_dict()).encode()
+
+
 def unavailable(error: BaseException) -> Unavailable:
     return Unavailable(
         f"the evidence store (NATS) is not available: {type(error).__name__}",
@@ -127,11 +158,12 @@ class EvidenceObjects:
         self._thread.start()
         self._nc: NatsClient | None = None
         self._store: ObjectStore | None = None
+        self._js: JetStreamContext | None = None
 
-    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+    def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = CALL_SECONDS) -> T:
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         try:
-            return future.result(CALL_SECONDS)
+            return future.result(timeout)
         except TimeoutError as error:
             future.cancel()
             raise unavailable(error) from error
@@ -139,8 +171,17 @@ class EvidenceObjects:
             raise unavailable(error) from error
 
     async def _bucket(self) -> ObjectStore:
-        if self._store is not None and self._nc is not None and self._nc.is_connected:
-            return self._store
+        return (await self._jetstream())[1]
+
+    async def _jetstream(self) -> tuple[JetStreamContext, ObjectStore]:
+        """The JetStream context and the bucket, connecting (and creating it) if need be."""
+        if (
+            self._store is not None
+            and self._js is not None
+            and self._nc is not None
+            and self._nc.is_connected
+        ):
+            return self._js, self._store
         if self._nc is None or self._nc.is_closed:
             self._nc = await nats.connect(
                 servers=self._servers,
@@ -150,6 +191,7 @@ class EvidenceObjects:
                 **connect_options(self._nats_settings),
             )
         js = self._nc.jetstream()
+        self._js = js
         try:
             self._store = await js.object_store(self._settings.bucket)
         except BucketNotFoundError:
@@ -160,7 +202,7 @@ class EvidenceObjects:
             )
             self._store = await js.create_object_store(self._settings.bucket, config=config)
             log.info("evidence.bucket_created", bucket=self._settings.bucket)
-        return self._store
+        return js, self._store
 
     # ------------------------------------------------------------------ calls
 
@@ -176,21 +218,96 @@ class EvidenceObjects:
             return None
         return StoredObject(int(info.size or 0), _hex_digest(info.digest))
 
-    def put_file(self, name: str, source: IO[bytes]) -> StoredObject:
-        """Store the file under ``name`` unless an object of that name is there already
-        (names are content addresses: it holds the same bytes). The object's recorded
-        size and digest either way."""
-        return self._call(self._put(name, source))
+    def put_chunks(self, pieces: Iterator[bytes]) -> StoredObject:
+        """Store the bytes ``pieces`` yields, as they come, under their content address (see
+        the module's docstring); the object's size and digest as recorded. ``pieces`` is
+        pulled in a worker thread (it may block, as a gRPC stream does), so an exception it
+        raises ends the upload, leaving nothing behind. No deadline: an upload lasts as
+        long as its sender takes (the gRPC call's deadline bounds it)."""
+        return self._call(self._put_chunks(pieces), timeout=None)
 
-    async def _put(self, name: str, source: IO[bytes]) -> StoredObject:
-        existing = await self._stat(name)
-        if existing is not None:
-            return existing
-        store = await self._bucket()
-        # nats-py purges the chunks it sent when a put fails half way.
-        info = await store.put(name, source)  # type: ignore[arg-type]
-        log.info("evidence.stored", object=name, size=info.size)
-        return StoredObject(int(info.size or 0), _hex_digest(info.digest))
+    async def _put_chunks(self, pieces: Iterator[bytes]) -> StoredObject:
+        js, _ = await self._jetstream()
+        bucket = self._settings.bucket
+        stream = f"OBJ_{bucket}"
+        nuid = uuid.uuid4().hex
+        chunk_subject = f"$O.{bucket}.C.{nuid}"
+        pending = api.ObjectInfo(
+            name=f"{PENDING_PREFIX}{nuid}",
+            bucket=bucket,
+            nuid=nuid,
+            size=0,
+            chunks=0,
+            digest="",
+            mtime=datetime.now(UTC).isoformat(),
+        )
+        pending_subject = _meta_subject(bucket, pending.name)
+        await js.publish(pending_subject, _meta_body(pending), headers=_ROLLUP)
+        loop = asyncio.get_running_loop()
+        digest = hashlib.sha256()
+        size = chunks = 0
+        try:
+            while (piece := await loop.run_in_executor(None, next, pieces, None)) is not None:
+                for start in range(0, len(piece), CHUNK_BYTES):
+                    part = piece[start : start + CHUNK_BYTES]
+                    await js.publish(chunk_subject, part)
+                    digest.update(part)
+                    size += len(part)
+                    chunks += 1
+            info = api.ObjectInfo(
+                name=object_name(digest.hexdigest()),
+                bucket=bucket,
+                nuid=nuid,
+                size=size,
+                chunks=chunks,
+                digest="SHA-256=" + base64.urlsafe_b64encode(digest.digest()).decode(),
+                mtime=datetime.now(UTC).isoformat(),
+                options=api.ObjectMetaOptions(max_chunk_size=CHUNK_BYTES),
+            )
+            if not await self._claim(js, stream, info):
+                # The same bytes are stored already: these chunks are not needed.
+                await js.purge_stream(stream, subject=chunk_subject)
+        except BaseException:
+            await self._purge_quietly(js, stream, chunk_subject)
+            raise
+        finally:
+            await self._purge_quietly(js, stream, pending_subject)
+        stored = await self._stat(info.name)
+        if stored is None:
+            raise unavailable(ObjectNotFoundError())
+        log.info("evidence.stored", object=info.name, size=size)
+        return stored
+
+    async def _claim(self, js: JetStreamContext, stream: str, info: api.ObjectInfo) -> bool:
+        """Create the entry of ``info.name`` unless a live object has that name; whether it
+        was created. Exclusive: the entry is written only over the history it was read
+        with (none, or a deleted object's entry)."""
+        subject = _meta_subject(info.bucket, info.name)
+        expected = 0
+        for _ in range(3):
+            headers = {**_ROLLUP, _EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected)}
+            try:
+                await js.publish(subject, _meta_body(info), headers=headers)
+                return True
+            except APIError:  # the subject's last sequence is not the one expected
+                try:
+                    last = await js.get_last_msg(stream, subject)
+                except NotFoundError:
+                    expected = 0
+                    continue
+                existing = api.ObjectInfo.from_response(json.loads(last.data or b"{}"))
+                if not existing.deleted:
+                    return False
+                expected = int(last.seq or 0)
+        raise unavailable(APIError())
+
+    async def _purge_quietly(self, js: JetStreamContext, stream: str, subject: str) -> None:
+        """Purge ``subject``; a failure is logged (what is left is an unreferenced object,
+        swept later), so that it does not hide the error being raised."""
+        try:
+            await js.purge_stream(stream, subject=subject)
+        except (NatsError, OSError) as error:
+            log.warning("evidence.purge_failed", subject=subject, error=type(error).__name__)
 
     def read_into(self, name: str, sink: HashingSink) -> StoredObject | None:
         """Read the object's bytes into ``sink`` as they arrive; None when there is no such
@@ -213,16 +330,22 @@ class EvidenceObjects:
         return self._call(self._list())
 
     async def _list(self) -> list[ListedObject]:
-        store = await self._bucket()
-        try:
-            infos = await store.list(ignore_deletes=True)
-        except NotFoundError:  # nats-py's answer for an empty bucket
-            return []
-        return [
-            ListedObject(info.name, int(info.size or 0), _time(info.mtime))
-            for info in infos
-            if not info.deleted
-        ]
+        # From the stream's metadata subjects, each one's last entry: nats-py's list()
+        # waits forever on a bucket that never held an object.
+        js, _ = await self._jetstream()
+        bucket = self._settings.bucket
+        stream = f"OBJ_{bucket}"
+        info = await js.stream_info(stream, subjects_filter=f"$O.{bucket}.M.>")
+        listed = []
+        for subject in sorted(info.state.subjects or {}):
+            try:
+                last = await js.get_last_msg(stream, subject)
+            except NotFoundError:  # purged meanwhile
+                continue
+            entry = api.ObjectInfo.from_response(json.loads(last.data or b"{}"))
+            if not entry.deleted:
+                listed.append(ListedObject(entry.name, int(entry.size or 0), _time(entry.mtime)))
+        return listed
 
     def delete(self, name: str) -> None:
         self._call(self._delete(name))

@@ -261,13 +261,14 @@ def attached_version(ledger: Client, name: str) -> int:
 
 
 def test_an_upload_cut_half_way_leaves_no_event_and_no_object(
-    ledger: Client, tmp_path: Path
+    ledger: Client, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     name = assigned_incident(ledger)
     source = tmp_path / "recording.jpg"
     digest = write_file(source, 8 * CHUNK)
     version = attached_version(ledger, name)
-    spool = ledger.data_dir / "evidence-spool"
+    objects = ledger.server.evidence_objects
+    assert objects is not None
     half_sent = threading.Event()
     never = threading.Event()
 
@@ -281,13 +282,35 @@ def test_an_upload_cut_half_way_leaves_no_event_and_no_object(
 
     call = evidence_stub(ledger).UploadEvidence.future(cut_short(), metadata=ledger.md("polres"))
     assert half_sent.wait(10)
-    wait_until(lambda: any(spool.iterdir()), what="the upload spooled")
+    wait_until(
+        lambda: [o.name[:7] for o in objects.list_objects()] == ["upload-"],
+        what="the upload's pending entry",
+    )
     call.cancel()  # type: ignore[no-untyped-call]
     never.set()
-    wait_until(lambda: not any(spool.iterdir()), what="the spool file removed")
+    wait_until(lambda: not objects.list_objects(), what="the pending upload removed")
     assert attached_version(ledger, name) == version
-    objects = ledger.server.evidence_objects
-    assert objects is not None and objects.stat(object_name(digest)) is None
+    assert objects.stat(object_name(digest)) is None
+    # Its chunks went with it: the bucket's stream holds nothing.
+    assert asyncio.run(_stream_messages(nats_server.url, "evidence")) == 0
+
+
+async def _stream_messages(nats_url: str, bucket: str) -> int:
+    nc = await nats.connect(nats_url)
+    try:
+        info = await nc.jetstream().stream_info(f"OBJ_{bucket}")
+        return int(info.state.messages)
+    finally:
+        await nc.close()
+
+
+async def _put_directly(nats_url: str, bucket: str, name: str, data: bytes) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        store = await nc.jetstream().object_store(bucket)
+        await store.put(name, data)
+    finally:
+        await nc.close()
 
 
 async def _change_one_byte(nats_url: str, bucket: str, name: str) -> None:
@@ -387,10 +410,11 @@ def test_ledgerctl_attaches_lists_gets_and_shows_downloads(
 
 
 def test_the_sweep_deletes_objects_no_event_names_once_past_the_grace(
-    ledger: Client, tmp_path: Path
+    ledger: Client, nats_server: NatsServer, tmp_path: Path
 ) -> None:
-    """What an upload leaves when the ledger stops between storing a file and recording its
-    event: an object no event names, swept once older than the grace period."""
+    """What an upload leaves when the ledger is killed half way (its pending entry and
+    chunks) or between storing a file and recording its event (an object no event names):
+    swept once older than the grace period."""
     name = assigned_incident(ledger)
     kept, orphan = tmp_path / "kept.jpg", tmp_path / "orphan.jpg"
     write_file(kept, 40_000)
@@ -401,12 +425,15 @@ def test_the_sweep_deletes_objects_no_event_names_once_past_the_grace(
     objects = ledger.server.evidence_objects
     assert objects is not None
     with orphan.open("rb") as source:
-        objects.put_file(object_name(orphan_digest), source)
+        objects.put_chunks(iter([source.read()]))
+    killed = "upload-0123456789abcdef0123456789abcdef"
+    asyncio.run(_put_directly(nats_server.url, "evidence", killed, b"half a file"))
     now = datetime.now(UTC)
     assert sweep_orphans(ledger.server.ledger, objects, timedelta(minutes=60), now) == []
     swept = sweep_orphans(ledger.server.ledger, objects, timedelta(0), now + timedelta(seconds=1))
-    assert swept == [object_name(orphan_digest)]
+    assert sorted(swept) == sorted([object_name(orphan_digest), killed])
     assert objects.stat(object_name(orphan_digest)) is None
+    assert objects.stat(killed) is None
     assert objects.stat(object_name(uploaded.evidence.sha256)) is not None
 
 

@@ -1,7 +1,8 @@
 """EvidenceService: translates the evidence RPCs to :class:`EvidenceService` calls and back.
 
 An upload's first message is its header and every later one a chunk; the servicer only
-splits them and hands the chunks on as they arrive (the application spools them).
+splits them and hands the chunks on as they arrive (the application streams them into the
+object store).
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from collections.abc import Callable, Iterator
 from uuid import UUID
 
 import grpc
+import structlog
 from typing_extensions import override
 
 from incidentledger.v1 import evidence_service_pb2 as api
 from incidentledger.v1 import evidence_service_pb2_grpc as api_grpc
 from incidentledger.v1 import incident_pb2 as pb
-from services.common.errors import InvalidArgument, Unavailable
+from services.common.errors import Cancelled, InvalidArgument, Unavailable
 from services.common.grpc_server import current_principal
 from services.common.reference import Role
 from services.ledger import wire
@@ -84,6 +86,8 @@ class EvidenceServicer(api_grpc.EvidenceServiceServicer):
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidArgument("header", "the first message of an upload is its header")
         header = first.header
+        # The interceptor saw no request id (a stream has none before its first message).
+        structlog.contextvars.bind_contextvars(request_id=header.request_id[:128] or None)
         envelope = Envelope(
             actor=self._actor(),
             request_id=header.request_id,
@@ -97,7 +101,8 @@ class EvidenceServicer(api_grpc.EvidenceServiceServicer):
             declared_media_type=header.media_type,
             description=header.description,
         )
-        result, attached = service.upload(envelope, upload, _chunks(request_iterator))
+        chunks = _chunks(request_iterator, context)
+        result, attached = service.upload(envelope, upload, chunks)
         return api.UploadEvidenceResponse(
             result=wire.result_to_proto(result), evidence=evidence_to_proto(attached)
         )
@@ -138,8 +143,18 @@ class EvidenceServicer(api_grpc.EvidenceServiceServicer):
         )
 
 
-def _chunks(requests: Iterator[api.UploadEvidenceRequest]) -> Iterator[bytes]:
-    for request in requests:
-        if request.WhichOneof("part") != "chunk":
-            raise InvalidArgument("header", "only the first message of an upload is a header")
-        yield request.chunk
+def _chunks(
+    requests: Iterator[api.UploadEvidenceRequest], context: grpc.ServicerContext
+) -> Iterator[bytes]:
+    try:
+        for request in requests:
+            if request.WhichOneof("part") != "chunk":
+                raise InvalidArgument("header", "only the first message of an upload is a header")
+            yield request.chunk
+    except grpc.RpcError:
+        if context.is_active():
+            raise
+        # The uploader went away half way: what it sent is dropped, not a fault here.
+        raise Cancelled(
+            "the upload was cancelled before its last chunk", reason="UPLOAD_CANCELLED"
+        ) from None
