@@ -481,3 +481,44 @@ def test_ledger_audit_verify_deep_exits_1_and_names_a_missing_object(
     assert code == 1
     (missing,) = [line for line in lines if line["event"] == "audit.verify.evidence_missing"]
     assert (missing["incident"], missing["event_id"]) == (name, uploaded.result.event_id)
+
+
+async def _last_event_message(nats_url: str, subject: str) -> bytes:
+    nc = await nats.connect(nats_url)
+    try:
+        message = await nc.jetstream().get_last_msg("LEDGER_EVENTS", subject)
+        return message.data or b""
+    finally:
+        await nc.close()
+
+
+def test_notifications_carry_the_evidence_s_metadata_never_its_bytes(
+    ledger: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    name = assigned_incident(ledger)
+    source = tmp_path / "amplop.jpg"
+    digest = write_file(source, 200_000)
+    uploaded = evidence_stub(ledger).UploadEvidence(
+        upload_messages(name, source, rid()), metadata=ledger.md("polres")
+    )
+    subject = "ledger.v1.events.kota_mukomuko.crowd_gathering.evidence_attached"
+
+    def published() -> bytes:
+        try:
+            return asyncio.run(_last_event_message(nats_server.url, subject))
+        except nats.js.errors.NotFoundError:
+            return b""
+
+    wait_until(lambda: bool(published()), what="EvidenceAttached relayed")
+    notification = pb.EventNotification.FromString(published())
+    event = notification.event
+    assert (event.type, event.event_id) == ("EvidenceAttached", uploaded.result.event_id)
+    payload = json.loads(event.payload_json)
+    assert payload == {
+        "sha256": digest,
+        "size_bytes": 200_000,
+        "media_type": "image/jpeg",
+        "file_name": "photo.jpg",
+        "description": "Envelopes handed out in Ipuh",
+    }
+    assert len(published()) < 10_000  # the 200 kB file is not in it
