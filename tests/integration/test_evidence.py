@@ -522,3 +522,53 @@ def test_notifications_carry_the_evidence_s_metadata_never_its_bytes(
         "description": "Envelopes handed out in Ipuh",
     }
     assert len(published()) < 10_000  # the 200 kB file is not in it
+
+
+def test_evidence_is_corrected_by_a_new_attachment_and_a_correction(
+    ledger: Client, tmp_path: Path
+) -> None:
+    name = assigned_incident(ledger)
+    stub = evidence_stub(ledger)
+    wrong, right = tmp_path / "wrong.jpg", tmp_path / "right.jpg"
+    write_file(wrong, 20_000)
+    write_file(right, 30_000)
+    first = stub.UploadEvidence(upload_messages(name, wrong, rid()), metadata=ledger.md("polres"))
+    second = stub.UploadEvidence(upload_messages(name, right, rid()), metadata=ledger.md("polres"))
+    ledger.stub.RecordCorrection(
+        api.RecordCorrectionRequest(
+            request_id=rid(),
+            name=name,
+            corrected_event_id=first.result.event_id,
+            field="superseded_by",
+            old_value="",
+            new_value=second.result.event_id,
+            reason="the photo of another envelope",
+        ),
+        metadata=ledger.md("polres"),
+    )
+    listed = stub.ListEvidence(ev.ListEvidenceRequest(parent=name), metadata=ledger.md("polres"))
+    assert [(e.name, e.superseded_by) for e in listed.evidence] == [
+        (first.evidence.name, second.evidence.name),
+        (second.evidence.name, ""),
+    ]
+    # The old file stays, and can still be fetched: nothing is replaced.
+    chunks = stub.DownloadEvidence(
+        ev.DownloadEvidenceRequest(name=first.evidence.name), metadata=ledger.md("polres")
+    )
+    assert sum(len(r.chunk) for r in chunks) == 20_000
+    fails(
+        lambda: ledger.stub.RecordCorrection(
+            api.RecordCorrectionRequest(
+                request_id=rid(),
+                name=name,
+                corrected_event_id=second.result.event_id,
+                field="sha256",
+                old_value=second.evidence.sha256,
+                new_value="0" * 64,
+                reason="swap the file",
+            ),
+            metadata=ledger.md("polres"),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+    )
