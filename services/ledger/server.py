@@ -47,6 +47,7 @@ from services.ledger.api.servicer import LedgerServicer
 from services.ledger.api.situation_servicer import SituationServicer
 from services.ledger.application import Ledger, time_bounds_of
 from services.ledger.audit import Checkpoints, load_signing_key
+from services.ledger.audit.evidence_check import verify_evidence
 from services.ledger.domain.evidence import EvidencePolicy
 from services.ledger.domain.incident import Incident
 from services.ledger.evidence import EvidenceService, clear_spool, create_downloads_table
@@ -192,7 +193,14 @@ def build(settings: LedgerSettings) -> LedgerServer:
     )
     evidence_objects, evidence_db, evidence = build_evidence(settings, ledger, create)
     evidence_service_pb2_grpc.add_EvidenceServiceServicer_to_server(
-        EvidenceServicer(evidence, lambda agency: reference.agencies[agency].role), server
+        EvidenceServicer(
+            evidence,
+            reference,
+            (lambda: verify_evidence(ledger, evidence_objects.read_into))
+            if evidence_objects is not None
+            else None,
+        ),
+        server,
     )
     checkpoints.seal_earlier_history()
     port = listen(server, settings.listen, settings)

@@ -572,3 +572,31 @@ def test_evidence_is_corrected_by_a_new_attachment_and_a_correction(
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_FIELD",
     )
+
+
+def test_ledgerctl_audit_verify_deep_names_a_changed_file(
+    ledger: Client, nats_server: NatsServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ctl = Ctl(ledger, capsys)
+    name = assigned_incident(ledger)
+    source = tmp_path / "photo.png"
+    write_file(source, 50_000, head=b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    uploaded = evidence_stub(ledger).UploadEvidence(
+        upload_messages(name, source, rid()), metadata=ledger.md("polres")
+    )
+    clean = ctl.ok("inspektorat", "audit", "verify", "--deep")
+    assert "ledger verified" in clean and "evidence verified" in clean
+    code, _out, err = ctl.run("polres", "audit", "verify", "--deep")
+    assert code != 0 and "ROLE_REQUIRED" in err
+    asyncio.run(
+        _change_one_byte(nats_server.url, "evidence", object_name(uploaded.evidence.sha256))
+    )
+    code, out, err = ctl.run("inspektorat", "--json", "audit", "verify", "--deep")
+    assert code == 1, (code, out[-300:], err)
+    verified = json.loads(out)
+    assert verified["ledger"]["ok"] is True
+    found = verified["evidence"]
+    assert found["ok"] is False
+    assert [(p["evidence"], p["problem"]) for p in found["problems"]] == [
+        (uploaded.evidence.name, "changed")
+    ]

@@ -41,6 +41,7 @@ from incidentledger_client.types import (
     DeviceReport,
     Evidence,
     EvidenceDownload,
+    EvidenceReport,
     Incident,
     IncidentEvent,
     IngestResult,
@@ -1056,3 +1057,12 @@ class LedgerClient:
             evidence_pb.ListEvidenceDownloadsRequest(parent=incident),
         )
         return [EvidenceDownload.from_proto(d) for d in response.downloads]
+
+    def verify_evidence(self, *, timeout: float = 3600.0) -> EvidenceReport:
+        """Deep verification (coordinator and auditors): the ledger re-reads every evidence
+        file from its object store and checks digest and size. It reads every file in
+        full: ``timeout`` (seconds) is long by default."""
+        response = self._transport.unary(
+            self._evidence.VerifyEvidence, evidence_pb.VerifyEvidenceRequest(), timeout=timeout
+        )
+        return EvidenceReport.from_proto(response)

@@ -924,3 +924,52 @@ class EvidenceDownload:
             actor=Actor.from_proto(message.actor),
             download_time=_optional_time(message, "download_time"),
         )
+
+
+@dataclass(frozen=True)
+class EvidenceProblem:
+    """An event whose file is missing from the object store (``problem`` "missing") or
+    differs from what it says ("changed")."""
+
+    evidence: str
+    position: int
+    object: str
+    problem: str
+    expected_sha256: str
+    expected_size_bytes: int
+    found_sha256: str
+    found_size_bytes: int
+
+    @classmethod
+    def from_proto(cls, message: evidence_pb.EvidenceProblem) -> EvidenceProblem:
+        return cls(
+            evidence=message.evidence,
+            position=message.position,
+            object=message.object,
+            problem=message.problem,
+            expected_sha256=message.expected_sha256,
+            expected_size_bytes=message.expected_size_bytes,
+            found_sha256=message.found_sha256,
+            found_size_bytes=message.found_size_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class EvidenceReport:
+    """What a deep verification of the evidence found."""
+
+    ok: bool
+    evidence: int
+    objects: int
+    bytes_read: int
+    problems: tuple[EvidenceProblem, ...]
+
+    @classmethod
+    def from_proto(cls, message: evidence_pb.VerifyEvidenceResponse) -> EvidenceReport:
+        return cls(
+            ok=message.ok,
+            evidence=message.evidence,
+            objects=message.objects,
+            bytes_read=message.bytes_read,
+            problems=tuple(EvidenceProblem.from_proto(p) for p in message.problems),
+        )

@@ -334,3 +334,100 @@ class ListEvidenceDownloadsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListEvidenceDownloadsResponse: _TypeAlias = ListEvidenceDownloadsResponse  # noqa: Y015
+
+@_typing.final
+class VerifyEvidenceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyEvidenceRequest: _TypeAlias = VerifyEvidenceRequest  # noqa: Y015
+
+@_typing.final
+class EvidenceProblem(_message.Message):
+    """An event whose file is missing from the object store or differs from what it says."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    OBJECT_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    EXPECTED_SHA256_FIELD_NUMBER: _builtins.int
+    EXPECTED_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    FOUND_SHA256_FIELD_NUMBER: _builtins.int
+    FOUND_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    evidence: _builtins.str
+    """"incidents/{incident_id}/evidence/{event_id}" """
+    position: _builtins.int
+    """The EvidenceAttached event's position in the ledger."""
+    object: _builtins.str
+    """The object's name in the store: "sha256-{sha256}"."""
+    problem: _builtins.str
+    """"missing" or "changed"."""
+    expected_sha256: _builtins.str
+    expected_size_bytes: _builtins.int
+    found_sha256: _builtins.str
+    """What the store holds (empty and 0 when missing)."""
+    found_size_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        evidence: _builtins.str = ...,
+        position: _builtins.int = ...,
+        object: _builtins.str = ...,
+        problem: _builtins.str = ...,
+        expected_sha256: _builtins.str = ...,
+        expected_size_bytes: _builtins.int = ...,
+        found_sha256: _builtins.str = ...,
+        found_size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence", "expected_sha256", b"expected_sha256", "expected_size_bytes", b"expected_size_bytes", "found_sha256", b"found_sha256", "found_size_bytes", b"found_size_bytes", "object", b"object", "position", b"position", "problem", b"problem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvidenceProblem: _TypeAlias = EvidenceProblem  # noqa: Y015
+
+@_typing.final
+class VerifyEvidenceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OK_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    OBJECTS_FIELD_NUMBER: _builtins.int
+    BYTES_READ_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    ok: _builtins.bool
+    """No problem found."""
+    evidence: _builtins.int
+    """EvidenceAttached events checked."""
+    objects: _builtins.int
+    """Distinct objects read."""
+    bytes_read: _builtins.int
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvidenceProblem]: ...
+    def __init__(
+        self,
+        *,
+        ok: _builtins.bool = ...,
+        evidence: _builtins.int = ...,
+        objects: _builtins.int = ...,
+        bytes_read: _builtins.int = ...,
+        problems: _abc.Iterable[Global___EvidenceProblem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_read", b"bytes_read", "evidence", b"evidence", "objects", b"objects", "ok", b"ok", "problems", b"problems"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyEvidenceResponse: _TypeAlias = VerifyEvidenceResponse  # noqa: Y015

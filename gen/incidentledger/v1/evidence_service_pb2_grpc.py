@@ -69,6 +69,11 @@ class EvidenceServiceStub:
                 request_serializer=incidentledger_dot_v1_dot_evidence__service__pb2.ListEvidenceDownloadsRequest.SerializeToString,
                 response_deserializer=incidentledger_dot_v1_dot_evidence__service__pb2.ListEvidenceDownloadsResponse.FromString,
                 _registered_method=True)
+        self.VerifyEvidence = channel.unary_unary(
+                '/incidentledger.v1.EvidenceService/VerifyEvidence',
+                request_serializer=incidentledger_dot_v1_dot_evidence__service__pb2.VerifyEvidenceRequest.SerializeToString,
+                response_deserializer=incidentledger_dot_v1_dot_evidence__service__pb2.VerifyEvidenceResponse.FromString,
+                _registered_method=True)
 
 
 class EvidenceServiceServicer:
@@ -121,6 +126,16 @@ class EvidenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyEvidence(self, request, context):
+        """Deep verification (coordinator and auditors): re-read every file an
+        EvidenceAttached event refers to from the object store and check its digest
+        and size; names every event whose file is missing or changed. Reads every
+        object once, in full: give it a deadline to match.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvidenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +158,11 @@ def add_EvidenceServiceServicer_to_server(servicer, server):
                     servicer.ListEvidenceDownloads,
                     request_deserializer=incidentledger_dot_v1_dot_evidence__service__pb2.ListEvidenceDownloadsRequest.FromString,
                     response_serializer=incidentledger_dot_v1_dot_evidence__service__pb2.ListEvidenceDownloadsResponse.SerializeToString,
+            ),
+            'VerifyEvidence': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyEvidence,
+                    request_deserializer=incidentledger_dot_v1_dot_evidence__service__pb2.VerifyEvidenceRequest.FromString,
+                    response_serializer=incidentledger_dot_v1_dot_evidence__service__pb2.VerifyEvidenceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +288,33 @@ class EvidenceService:
             '/incidentledger.v1.EvidenceService/ListEvidenceDownloads',
             incidentledger_dot_v1_dot_evidence__service__pb2.ListEvidenceDownloadsRequest.SerializeToString,
             incidentledger_dot_v1_dot_evidence__service__pb2.ListEvidenceDownloadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyEvidence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/incidentledger.v1.EvidenceService/VerifyEvidence',
+            incidentledger_dot_v1_dot_evidence__service__pb2.VerifyEvidenceRequest.SerializeToString,
+            incidentledger_dot_v1_dot_evidence__service__pb2.VerifyEvidenceResponse.FromString,
             options,
             channel_credentials,
             insecure,

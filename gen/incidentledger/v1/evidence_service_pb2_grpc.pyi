@@ -62,6 +62,12 @@ class EvidenceServiceStub:
     """Who downloaded which evidence of an incident, and when (auditors and the
     coordinator), oldest first.
     """
+    VerifyEvidence: _grpc.UnaryUnaryMultiCallable[_evidence_service_pb2.VerifyEvidenceRequest, _evidence_service_pb2.VerifyEvidenceResponse]
+    """Deep verification (coordinator and auditors): re-read every file an
+    EvidenceAttached event refers to from the object store and check its digest
+    and size; names every event whose file is missing or changed. Reads every
+    object once, in full: give it a deadline to match.
+    """
 
 @_typing.type_check_only
 class EvidenceServiceAsyncStub(EvidenceServiceStub):
@@ -96,6 +102,12 @@ class EvidenceServiceAsyncStub(EvidenceServiceStub):
     ListEvidenceDownloads: _aio.UnaryUnaryMultiCallable[_evidence_service_pb2.ListEvidenceDownloadsRequest, _evidence_service_pb2.ListEvidenceDownloadsResponse]  # type: ignore[assignment]
     """Who downloaded which evidence of an incident, and when (auditors and the
     coordinator), oldest first.
+    """
+    VerifyEvidence: _aio.UnaryUnaryMultiCallable[_evidence_service_pb2.VerifyEvidenceRequest, _evidence_service_pb2.VerifyEvidenceResponse]  # type: ignore[assignment]
+    """Deep verification (coordinator and auditors): re-read every file an
+    EvidenceAttached event refers to from the object store and check its digest
+    and size; names every event whose file is missing or changed. Reads every
+    object once, in full: give it a deadline to match.
     """
 
 class EvidenceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -152,6 +164,18 @@ class EvidenceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_evidence_service_pb2.ListEvidenceDownloadsResponse, _abc.Awaitable[_evidence_service_pb2.ListEvidenceDownloadsResponse]]:
         """Who downloaded which evidence of an incident, and when (auditors and the
         coordinator), oldest first.
+        """
+
+    @_abc_1.abstractmethod
+    def VerifyEvidence(
+        self,
+        request: _evidence_service_pb2.VerifyEvidenceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_evidence_service_pb2.VerifyEvidenceResponse, _abc.Awaitable[_evidence_service_pb2.VerifyEvidenceResponse]]:
+        """Deep verification (coordinator and auditors): re-read every file an
+        EvidenceAttached event refers to from the object store and check its digest
+        and size; names every event whose file is missing or changed. Reads every
+        object once, in full: give it a deadline to match.
         """
 
 def add_EvidenceServiceServicer_to_server(servicer: EvidenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

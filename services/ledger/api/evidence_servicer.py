@@ -19,8 +19,9 @@ from incidentledger.v1 import evidence_service_pb2_grpc as api_grpc
 from incidentledger.v1 import incident_pb2 as pb
 from services.common.errors import Cancelled, InvalidArgument, Unavailable
 from services.common.grpc_server import current_principal
-from services.common.reference import Role
+from services.common.reference import ReferenceData, Role
 from services.ledger import wire
+from services.ledger.audit.evidence_check import EvidenceReport
 from services.ledger.domain.incident import Actor, Envelope
 from services.ledger.evidence import AttachedEvidence, EvidenceService, UploadHeader
 
@@ -60,10 +61,19 @@ def evidence_to_proto(attached: AttachedEvidence) -> api.Evidence:
     )
 
 
+AUDIT_ROLES = {Role.COORDINATOR, Role.AUDITOR}
+
+
 class EvidenceServicer(api_grpc.EvidenceServiceServicer):
-    def __init__(self, evidence: EvidenceService | None, actor_role: Callable[[str], Role]) -> None:
+    def __init__(
+        self,
+        evidence: EvidenceService | None,
+        reference: ReferenceData,
+        verify: Callable[[], EvidenceReport] | None = None,
+    ) -> None:
         self._evidence = evidence
-        self._role = actor_role
+        self._reference = reference
+        self._verify = verify
 
     def _service(self) -> EvidenceService:
         if self._evidence is None:
@@ -75,7 +85,8 @@ class EvidenceServicer(api_grpc.EvidenceServiceServicer):
 
     def _actor(self) -> Actor:
         principal = current_principal()
-        return Actor(principal.agency, principal.officer, self._role(principal.agency))
+        role = self._reference.agencies[principal.agency].role
+        return Actor(principal.agency, principal.officer, role)
 
     @override
     def UploadEvidence(
@@ -140,6 +151,38 @@ class EvidenceServicer(api_grpc.EvidenceServiceServicer):
                 )
                 for d in downloads
             ]
+        )
+
+    @override
+    def VerifyEvidence(
+        self, request: api.VerifyEvidenceRequest, context: grpc.ServicerContext
+    ) -> api.VerifyEvidenceResponse:
+        self._reference.require_role(current_principal().agency, AUDIT_ROLES, "verify the evidence")
+        self._service()  # UNAVAILABLE without the object store
+        if self._verify is None:
+            raise Unavailable(
+                "evidence needs the ledger's NATS (NATS_URL is not set)",
+                reason="EVIDENCE_STORE_UNAVAILABLE",
+            )
+        report = self._verify()
+        return api.VerifyEvidenceResponse(
+            ok=report.ok,
+            evidence=report.evidence,
+            objects=report.objects,
+            bytes_read=report.bytes_read,
+            problems=[
+                api.EvidenceProblem(
+                    evidence=f"{p.incident}/evidence/{p.event_id}",
+                    position=p.position,
+                    object=p.object,
+                    problem=p.problem,
+                    expected_sha256=p.expected_sha256,
+                    expected_size_bytes=p.expected_size,
+                    found_sha256=p.found_sha256,
+                    found_size_bytes=p.found_size,
+                )
+                for p in report.problems
+            ],
         )
 
 

@@ -243,13 +243,17 @@ def _run(args: list[str], as_json: bool) -> int:
 
         completion_init()
     try:
-        command.main(
+        # Outside standalone mode click catches a command's typer.Exit itself and returns
+        # its exit code (a command returns None): that code is the run's.
+        returned = command.main(
             args=args,
             prog_name="ledgerctl",
             standalone_mode=False,
             complete_var=COMPLETE_VAR,
             obj=st,
         )
+        if isinstance(returned, int) and returned != EXIT_OK:
+            return returned
     except typer.Exit as stop:
         return stop.exit_code
     except typer.Abort:
