@@ -54,11 +54,15 @@ def fails(call: object, code: grpc.StatusCode, reason: str) -> None:
     assert info.reason == reason, (info.reason, error.details())
 
 
-@pytest.fixture
-def ledger(tmp_path: Path, nats_server: NatsServer) -> Iterator[Client]:
+@pytest.fixture(params=["sqlite"])
+def ledger(
+    request: pytest.FixtureRequest, tmp_path: Path, nats_server: NatsServer
+) -> Iterator[Client]:
+    """A ledger with NATS on SQLite; on PostgreSQL too for the tests that ask for it
+    (``@pytest.mark.parametrize("ledger", STORES_TOO, indirect=True)``)."""
     relay = RelaySettings(nats_url=nats_server.url)
     with (
-        store_environment("sqlite", tmp_path) as store_env,
+        store_environment(request.param, tmp_path) as store_env,
         running_ledger(settings_for(tmp_path, store_env, relay=relay)) as client,
     ):
         yield client
@@ -177,6 +181,11 @@ def test_a_20_mb_file_comes_back_byte_for_byte_and_is_stored_once(
     )
 
 
+#: Both stores the ledger runs on in production: the table of downloads is on each.
+STORES_TOO = ["sqlite", "postgres"]
+
+
+@pytest.mark.parametrize("ledger", STORES_TOO, indirect=True)
 def test_a_retry_with_the_same_request_id_records_one_event(ledger: Client, tmp_path: Path) -> None:
     name = assigned_incident(ledger)
     source = tmp_path / "letter.pdf"
@@ -193,6 +202,14 @@ def test_a_retry_with_the_same_request_id_records_one_event(ledger: Client, tmp_
     assert first.result == second.result
     assert first.evidence.media_type == "application/pdf"
     assert len(attached_events(ledger, name)) == 1
+    fetched = stub.DownloadEvidence(
+        ev.DownloadEvidenceRequest(name=first.evidence.name), metadata=ledger.md("polres")
+    )
+    assert sum(len(r.chunk) for r in fetched) == 300_000
+    downloads = stub.ListEvidenceDownloads(
+        ev.ListEvidenceDownloadsRequest(parent=name), metadata=ledger.md("desk_pilkada")
+    ).downloads
+    assert [(d.evidence, d.actor.agency) for d in downloads] == [(first.evidence.name, "polres")]
 
 
 def test_an_executable_named_as_an_image_is_refused(ledger: Client, tmp_path: Path) -> None:
