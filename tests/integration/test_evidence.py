@@ -617,3 +617,15 @@ def test_ledgerctl_audit_verify_deep_names_a_changed_file(
     assert [(p["evidence"], p["problem"]) for p in found["problems"]] == [
         (uploaded.evidence.name, "changed")
     ]
+
+
+def test_an_upload_without_credentials_is_unauthenticated(ledger: Client, tmp_path: Path) -> None:
+    name = assigned_incident(ledger)
+    source = tmp_path / "photo.jpg"
+    write_file(source, 10_000)
+    fails(
+        lambda: evidence_stub(ledger).UploadEvidence(upload_messages(name, source, rid())),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "CREDENTIALS_MISSING",
+    )
+    assert attached_events(ledger, name) == []
