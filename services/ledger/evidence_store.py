@@ -32,6 +32,7 @@ import json
 import threading
 import uuid
 from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any, TypeVar
@@ -62,6 +63,7 @@ T = TypeVar("T")
 #: The longest one call to NATS may take before the caller is told the store is away.
 CALL_SECONDS = 120.0
 CONNECT_SECONDS = 5.0
+IO_THREADS = 64
 #: The size of the object store's chunks (nats-py's own).
 CHUNK_BYTES = 128 * 1024
 #: The prefix of an upload's pending entry (see the module's docstring).
@@ -152,6 +154,12 @@ class EvidenceObjects:
         self._nats_settings = nats_settings
         self._settings = settings
         self._loop = asyncio.new_event_loop()
+        # Each upload blocks one of these threads while it waits for its sender's next chunk,
+        # and nats-py writes each chunk of a read through them: enough for every request
+        # thread of the ledger (LEDGER_MAX_WORKERS) to upload or download at once.
+        self._loop.set_default_executor(
+            ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="evidence-io")
+        )
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="evidence-objects", daemon=True
         )
