@@ -424,6 +424,17 @@ def test_ledgerctl_attaches_lists_gets_and_shows_downloads(
     assert "Bukti" in indonesian and "pengunggah" in indonesian.lower()
     code, _out, err = ctl.run("kodim", "attach", name, str(source))
     assert code != 0 and "NOT_INVOLVED" in err
+    # A correction: the right file attached, the first one recorded as superseded by it.
+    right = tmp_path / "right.jpg"
+    write_file(right, 20_000)
+    code, _out, err = ctl.run("polres", "attach", name, str(right), "--supersedes", short)
+    assert code == 2 and "--reason" in err
+    corrected = ctl.json(
+        "polres", "attach", name, str(right), "--supersedes", short, "--reason", "wrong photo"
+    )
+    assert corrected["correction"]["incident"] == name
+    listed = {e["name"]: e for e in ctl.json("polres", "evidence", "list", name)}
+    assert listed[evidence["name"]]["superseded_by"] == corrected["evidence"]["name"]
 
 
 def test_the_sweep_deletes_objects_no_event_names_once_past_the_grace(

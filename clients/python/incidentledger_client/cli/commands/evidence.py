@@ -64,11 +64,23 @@ def attach(
             help="The media type you expect, e.g. image/jpeg (checked against the content)."
         ),
     ] = "",
+    supersedes: Annotated[
+        str | None,
+        typer.Option(
+            help="Evidence this file corrects (its event id, or its first 6+ characters): "
+            "recorded as superseded by it. Needs --reason."
+        ),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why the earlier evidence is corrected.")] = "",
     request_id: RequestId = None,
 ) -> None:
     """Attach a file to an incident as evidence (streamed, with a progress bar)."""
     st = state(ctx)
     incident = incident_name(ctx, name)
+    if supersedes is not None and not reason.strip():
+        raise typer.BadParameter(_("a correction needs a reason"), param_hint="--reason")
+    # Resolved first: a name that fits no evidence is refused before any byte is sent.
+    superseded = _evidence_name(ctx, incident, supersedes) if supersedes is not None else None
     size = path.stat().st_size
     with progress_bar(st, _("uploading"), size or None, _("bytes")) as meter:
         result, evidence = st.ledger().attach_evidence(
@@ -80,11 +92,23 @@ def attach(
             progress=_follow(meter),
         )
         meter.finish(size)
+    correction = None
+    if superseded is not None:
+        correction = st.ledger().correct(
+            incident,
+            superseded.rpartition("/")[2],
+            "superseded_by",
+            "",
+            evidence.name.rpartition("/")[2],
+            reason=reason,
+        )
     if st.as_json:
-        output.emit_json({"result": result, "evidence": evidence})
+        output.emit_json({"result": result, "evidence": evidence, "correction": correction})
         return
     out = output.console()
     output.command_result(out, _("attached"), result)
+    if correction is not None:
+        output.command_result(out, _("corrected"), correction)
     out.print(
         _("{name}: {media_type}, {size}, sha256 {sha256}").format(
             name=evidence.name,
