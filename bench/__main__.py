@@ -56,6 +56,13 @@ Then scaling out (bench/scaleout.py):
 9. PostgreSQL, the ledger as 1 and as 2 ``python -m services.ledger`` processes on one
    schema; commands/s and latency; every acknowledged command checked against the store.
 
+Then evidence (bench/evidence.py):
+
+12. One file (100 MB; 40 MB with ``--quick``) through the ledger's ``UploadEvidence`` and
+    ``DownloadEvidence`` beside a plain object-store put and get of the same file, on a
+    nats-server the bench starts; the ledger process's peak RSS during the upload against
+    its RSS when idle.
+
 The run ends with the table of targets: each figure beside its ceiling, the ratio, the
 goal and PASS or MISS. The exit status is 1 when a correctness check fails (the
 scale-out's store check); a missed target makes it 1 only with ``--strict`` (a run on a
@@ -79,6 +86,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from bench import (
+    evidence,
     fanout,
     history,
     ingest,
@@ -119,7 +127,10 @@ INGEST_SINGLE_RATIO = 10.0  # ingest reports/s / ReportIncident calls/s
 INGEST_CALL_P99_MS = 250.0  # a 500-report call's p99 on SQLite
 INGEST_SINGLE_P99_RATIO = 2.0  # single-command p99 during ingest / without
 
-PARTS = ("commands", "rss", "fanout", "history", "ingest", "page", "scaleout")
+EVIDENCE_RATIO = 0.7  # evidence upload (download) MB/s / a plain object-store put (get)
+EVIDENCE_RSS_MB = 30.0  # the ledger's peak RSS during an upload, above its idle RSS
+
+PARTS = ("commands", "rss", "fanout", "history", "ingest", "page", "scaleout", "evidence")
 
 
 @dataclass(frozen=True)
@@ -148,6 +159,7 @@ class Plan:
     page_streams: int = 100
     page_rate: float = 50.0
     page_seconds: float = 10.0
+    evidence_mb: int = 100
     scaleout_replicas: tuple[int, ...] = (1, 2)
     scaleout_processes: int = 2  # load-generator processes, whatever the replica count
 
@@ -193,6 +205,7 @@ QUICK = Plan(
     page_incidents=1_000,
     page_seconds=3.0,
     history_events=24_000,
+    evidence_mb=40,
 )
 INGEST_FULL = ingest.IngestPlan(
     devices=4,
@@ -1007,6 +1020,51 @@ def page_target(run: page.PageRun) -> Target:
     )
 
 
+def run_evidence(plan: Plan, workdir: Path) -> list[Target]:
+    section(
+        f"12. Evidence: a {plan.evidence_mb} MB file through the ledger (its own process, "
+        "SQLite, NATS) beside a plain object-store put and get"
+    )
+    run = evidence.run(workdir / "evidence", plan.evidence_mb)
+    rows = [
+        ["plain object store", f"{run.plain_put:.1f}", f"{run.plain_get:.1f}"],
+        ["the ledger", f"{run.upload:.1f}", f"{run.download:.1f}"],
+    ]
+    print(table(["MB/s", "upload (put)", "download (get)"], rows))
+    print(
+        f"  ledger RSS idle {run.idle_rss_mb:.1f} MB, peak during the upload "
+        f"{run.peak_rss_mb:.1f} MB; the download's bytes are the upload's: {run.identical}"
+    )
+    same = Condition("the same bytes came back", run.identical)
+    return [
+        Target(
+            "evidence upload",
+            run.upload,
+            EVIDENCE_RATIO,
+            ceiling=run.plain_put,
+            ceiling_name="object-store put",
+            unit=" MB/s",
+            conditions=(same,),
+        ),
+        Target(
+            "evidence download",
+            run.download,
+            EVIDENCE_RATIO,
+            ceiling=run.plain_get,
+            ceiling_name="object-store get",
+            unit=" MB/s",
+            conditions=(same,),
+        ),
+        Target(
+            f"ledger RSS above idle during a {plan.evidence_mb} MB upload",
+            run.rss_growth_mb,
+            EVIDENCE_RSS_MB,
+            AT_MOST,
+            unit=" MB",
+        ),
+    ]
+
+
 def print_targets(goals: list[Target]) -> None:
     section("Targets (each against a ceiling measured in this run)")
     print(table(targets.HEADERS, targets.rows(goals), left=1))
@@ -1091,6 +1149,8 @@ def main(argv: list[str] | None = None) -> int:
             goals.append(page_target(room))
         if scale_out:
             scale = run_scaleout(plan, reference, workdir)
+        if "evidence" in parts and args.only != SCALEOUT:
+            goals.extend(run_evidence(plan, workdir))
     print_targets(goals)
     print_figures(store_runs, echo, fan)
     if scale:

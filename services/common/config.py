@@ -162,6 +162,34 @@ def _sixteen_bytes(value: str | None) -> str | None:
     return value
 
 
+def _media_types(value: object) -> object:
+    """Comma-separated media types (``image/jpeg,application/pdf``), each one the ledger can
+    recognise in a file's content (:data:`EVIDENCE_MEDIA_TYPES`)."""
+    if isinstance(value, str):
+        types = tuple(item.strip().lower() for item in value.split(",") if item.strip())
+    elif isinstance(value, tuple | list):
+        types = tuple(str(item) for item in value)
+    else:
+        return value
+    for item in types:
+        if item not in EVIDENCE_MEDIA_TYPES:
+            raise _refuse(f"{_MEDIA_TYPES_TEXT} ({item!r} is not one)")
+    return types
+
+
+#: The media types the ledger recognises in evidence by their first bytes (the sniffing is
+#: services/ledger/domain/evidence.py's; this list is what a setting may allow).
+EVIDENCE_MEDIA_TYPES = (
+    "image/jpeg",
+    "image/png",
+    "application/pdf",
+    "video/mp4",
+    "audio/mp4",
+    "audio/aac",
+    "audio/wav",
+)
+_MEDIA_TYPES_TEXT = "media types separated by commas, among " + ", ".join(EVIDENCE_MEDIA_TYPES)
+
 _BOOLEAN_TEXT = "true or false (also yes/no, on/off, 1/0)"
 _LIBRARY_BOOLEAN_TEXT = "y or n (also yes/no, true/false, t/f, on/off, 1/0)"
 _TIME_TEXT = "an ISO-8601 date or time (UTC unless it names its offset)"
@@ -178,6 +206,9 @@ LibraryBoolean = Annotated[
 Time = Annotated[datetime, BeforeValidator(_time), Rule("time", _TIME_TEXT)]
 Networks = Annotated[
     tuple[IPNetwork, ...], NoDecode, BeforeValidator(_networks), Rule("CIDR list", _NETWORKS_TEXT)
+]
+MediaTypes = Annotated[
+    tuple[str, ...], NoDecode, BeforeValidator(_media_types), Rule("list", _MEDIA_TYPES_TEXT)
 ]
 ListenAddress = Annotated[str, AfterValidator(_listen_address), Rule("address", _LISTEN_TEXT)]
 HttpAddress = Annotated[str, AfterValidator(_http_address), Rule("address", _HTTP_TEXT)]
@@ -593,6 +624,39 @@ class LedgerVariables(Group):
     )
 
 
+class EvidenceVariables(Group):
+    """Evidence attached to incidents: files kept in the NATS JetStream object store under
+    their SHA-256 (see [evidence.md](evidence.md)). The ledger needs `NATS_URL` for them."""
+
+    heading = "Evidence (the ledger)"
+    read_by = (LEDGER,)
+
+    bucket: Text = _setting(
+        "LEDGER_EVIDENCE_BUCKET", "evidence", "the object store bucket the files are kept in"
+    )
+    replicas: Integer = _setting(
+        "LEDGER_EVIDENCE_REPLICAS",
+        1,
+        "the bucket's replicas: 3 in a three-node NATS cluster (at most the number of nodes)",
+        ge=1,
+        le=5,
+    )
+    max_mb: Number = _setting(
+        "LEDGER_EVIDENCE_MAX_MB",
+        25.0,
+        "the largest file accepted, in megabytes (10^6 bytes); a larger one is "
+        "`RESOURCE_EXHAUSTED`",
+        gt=0.0,
+    )
+    media_types: MediaTypes = _setting(
+        "LEDGER_EVIDENCE_MEDIA_TYPES",
+        EVIDENCE_MEDIA_TYPES,
+        "the media types accepted, as recognised in the content (any other is "
+        "`INVALID_ARGUMENT`), separated by commas",
+        shown_default=",".join(EVIDENCE_MEDIA_TYPES),
+    )
+
+
 class NotifierVariables(Group):
     """The notifier service and its webhook deliveries."""
 
@@ -849,6 +913,7 @@ GROUPS: tuple[type[Group], ...] = (
     NatsVariables,
     StreamVariables,
     LedgerVariables,
+    EvidenceVariables,
     NotifierVariables,
     StoreVariables,
     RunVariables,
@@ -1338,6 +1403,25 @@ class StreamSettings:
 
 
 @dataclass(frozen=True)
+class EvidenceSettings:
+    """Where evidence is kept and what is accepted (see docs/evidence.md)."""
+
+    bucket: str = _default(EvidenceVariables, "bucket")
+    replicas: int = _default(EvidenceVariables, "replicas")
+    max_bytes: int = round(_default(EvidenceVariables, "max_mb") * 1_000_000)
+    media_types: tuple[str, ...] = _default(EvidenceVariables, "media_types")
+
+    @classmethod
+    def from_variables(cls, v: EvidenceVariables) -> EvidenceSettings:
+        return cls(
+            bucket=v.bucket,
+            replicas=v.replicas,
+            max_bytes=round(v.max_mb * 1_000_000),
+            media_types=v.media_types,
+        )
+
+
+@dataclass(frozen=True)
 class RelaySettings:
     """The outbox relay: store -> NATS JetStream. Disabled when ``nats_url`` is empty."""
 
@@ -1527,6 +1611,8 @@ class LedgerSettings(ServiceSettings):
         """Where development keys are generated."""
         return self.data_dir / "keys"
 
+    evidence: EvidenceSettings = field(default_factory=EvidenceSettings)
+
     def audit(self) -> AuditSettings:
         return AuditSettings(
             environment=self.environment,
@@ -1562,6 +1648,7 @@ class LedgerSettings(ServiceSettings):
             personal_data_retention_days=ledger.personal_data_retention_days,
             store_env=store_environment(given, common["data_dir"], values),
             relay=RelaySettings.from_variables(values),
+            evidence=EvidenceSettings.from_variables(values.get(EvidenceVariables)),
         )
         settings.check_transport(settings.listen, "LEDGER_LISTEN")
         return settings

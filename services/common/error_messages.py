@@ -91,6 +91,16 @@ TEMPLATES: Mapping[str, str] = {
     "PERSONAL_DATA_NOT_PERMITTED": N_("{caller_agency} may not see this personal data."),
     "LEGAL_HOLD_NOT_PERMITTED": N_("{caller_agency} may not place or lift legal holds."),
     "PERSONAL_DATA_UNREADABLE": N_("Stored personal data no longer decrypts: it was changed."),
+    # Evidence (EvidenceService).
+    "MEDIA_TYPE_NOT_ALLOWED": N_("This kind of file is not accepted as evidence."),
+    "MEDIA_TYPE_MISMATCH": N_("The file's content is not of the declared media type."),
+    "EVIDENCE_NOT_FOUND": N_("No evidence is named {evidence}."),
+    "AUDITOR_OR_COORDINATOR_ONLY": N_("Only auditors and the coordinator may do this ({command})."),
+    "EVIDENCE_TOO_LARGE": N_("The file is larger than the {max_bytes} bytes accepted."),
+    "EVIDENCE_STORE_UNAVAILABLE": N_("The evidence store cannot be reached: retry."),
+    "UPLOAD_CANCELLED": N_("The upload was cancelled before it was complete."),
+    "EVIDENCE_MISSING": N_("The file of {evidence} is missing from the evidence store."),
+    "EVIDENCE_CHANGED": N_("The stored file {object} is not the one recorded."),
 }
 
 

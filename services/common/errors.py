@@ -194,6 +194,13 @@ class IngestTooLarge(ResourceExhausted):
         )
 
 
+class Cancelled(LedgerError):
+    """The caller went away before its call was done (a stream it cancelled)."""
+
+    code = "CANCELLED"
+    reason = "CANCELLED"
+
+
 class Unavailable(LedgerError):
     code = "UNAVAILABLE"
     reason = "UNAVAILABLE"

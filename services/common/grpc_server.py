@@ -123,6 +123,12 @@ class RequestInterceptor(_ServerInterceptor):
                 request_deserializer=parsing(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._client_stream(method, handler.stream_unary),
+                request_deserializer=parsing(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
         return handler
 
     def _begin(self, method: str, request: Any, context: grpc.ServicerContext) -> Principal:
@@ -197,6 +203,40 @@ class RequestInterceptor(_ServerInterceptor):
             except Exception as exc:
                 self._crash(context, exc, started)
             self._done("OK", started)
+
+        return handle
+
+    def _client_stream(
+        self, method: str, behaviour: Callable[[Iterator[Any], grpc.ServicerContext], Any]
+    ) -> Callable[[Iterator[Any], grpc.ServicerContext], Any]:
+        """A client-streaming call (an evidence upload): authenticated before its first
+        message is read, holding one of its agency's stream slots while it lasts, each
+        message checked as a unary request is."""
+
+        def checked(requests: Iterator[Any]) -> Iterator[Any]:
+            for request in requests:
+                check_request(request)
+                yield request
+
+        def handle(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            try:
+                principal = self._begin(method, None, context)
+                self._limits.admit(principal.agency)
+                slot = self._limits.open_stream(principal.agency)
+                context.add_callback(slot.release)
+                token = _PRINCIPAL.set(principal)
+                try:
+                    response = behaviour(checked(requests), context)
+                finally:
+                    _PRINCIPAL.reset(token)
+                    slot.release()
+            except LedgerError as error:
+                self._fail(context, error, started)
+            except Exception as exc:
+                self._crash(context, exc, started)
+            self._done("OK", started)
+            return response
 
         return handle
 

@@ -29,6 +29,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "ClosureRequested",
     "ClosureApproved",
     "Reopened",
+    "EvidenceAttached",
     "Corrected",
     "PersonalDataAccessed",
     "PersonalDataErased",

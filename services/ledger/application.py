@@ -441,6 +441,13 @@ class Ledger(Application[UUID]):
         lock_ids = (incident_id, *(i for i, _ in others))
         return self._execute(envelope, command, incident_id, expected, run, lock_ids)
 
+    def check_ahead(self, envelope: Envelope, command: Command) -> Command:
+        """The checks :meth:`execute` makes before it acts, made ahead of it: for a command
+        whose last fields are settled after a long transfer (``UploadEvidence``), so a
+        request refused by its ids or texts is refused before the transfer starts."""
+        self._check_request(envelope)
+        return checked(command, Rules(self.reference, self.time_bounds, self._clock))
+
     def ingest(
         self,
         actor: Actor,

@@ -17,6 +17,8 @@ from grpc_health.v1 import health, health_pb2
 from incidentledger.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
+    evidence_service_pb2,
+    evidence_service_pb2_grpc,
     ledger_service_pb2,
     ledger_service_pb2_grpc,
     situation_service_pb2,
@@ -33,6 +35,7 @@ from services.common.pagetoken import PageTokens
 from services.common.reference import ReferenceData
 from services.common.serving import add_health_and_reflection, listen, new_server, set_serving
 from services.common.sql import (
+    Database,
     StoreWatch,
     creates_tables,
     is_postgres,
@@ -42,11 +45,16 @@ from services.common.sql import (
 from services.common.stopping import close_step
 from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.ledger.api.audit_servicer import AuditServicer
+from services.ledger.api.evidence_servicer import EvidenceServicer
 from services.ledger.api.servicer import LedgerServicer
 from services.ledger.api.situation_servicer import SituationServicer
 from services.ledger.application import IngestLimits, Ledger, time_bounds_of
 from services.ledger.audit import Checkpoints, load_signing_key
+from services.ledger.audit.evidence_check import verify_evidence
+from services.ledger.domain.evidence import EvidencePolicy
 from services.ledger.domain.incident import Incident
+from services.ledger.evidence import EvidenceService, clear_spool, create_downloads_table
+from services.ledger.evidence_store import EvidenceObjects
 from services.ledger.personal_keys import SQLITE_PRAGMAS, PersonalKeys, load_key_ring
 from services.ledger.projections import Projections
 from services.ledger.read_model import ReadModel
@@ -62,6 +70,7 @@ SERVICES = [
         (ledger_service_pb2, "LedgerService"),
         (situation_service_pb2, "SituationService"),
         (audit_service_pb2, "AuditService"),
+        (evidence_service_pb2, "EvidenceService"),
     )
 ]
 ERROR_DOMAIN = "ledger.incidentledger"
@@ -150,6 +159,8 @@ class LedgerServer:
     stopped: threading.Event
     store_watch: StoreWatch | None = None
     retention: RetentionRule | None = None
+    evidence_objects: EvidenceObjects | None = None
+    evidence_db: Database | None = None
 
     def stop(self, grace: float) -> None:
         """Graceful shutdown: NOT_SERVING first, then drain in-flight calls, then close.
@@ -167,6 +178,10 @@ class LedgerServer:
         close_step("ledger", "metrics", self.metrics.close)
         if self.relay is not None:
             close_step("ledger", "relay", self.relay.stop)
+        if self.evidence_objects is not None:
+            close_step("ledger", "evidence", self.evidence_objects.close)
+        if self.evidence_db is not None:
+            close_step("ledger", "evidence_db", self.evidence_db.close)
         close_step("ledger", "projections", self.projections.close)
         close_step("ledger", "store", self.ledger.close)
         if self.ledger.personal_keys is not None:
@@ -237,6 +252,17 @@ def build(settings: LedgerSettings) -> LedgerServer:
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
         AuditServicer(ledger, checkpoints, page_tokens), server
     )
+    evidence_objects, evidence_db, evidence = build_evidence(settings, ledger, create)
+    evidence_service_pb2_grpc.add_EvidenceServiceServicer_to_server(
+        EvidenceServicer(
+            evidence,
+            reference,
+            (lambda: verify_evidence(ledger, evidence_objects.read_into))
+            if evidence_objects is not None
+            else None,
+        ),
+        server,
+    )
     checkpoints.seal_earlier_history()
     port = listen(server, settings.listen, settings)
     server.start()
@@ -269,7 +295,27 @@ def build(settings: LedgerSettings) -> LedgerServer:
         threading.Event(),
         store_watch,
         retention,
+        evidence_objects,
+        evidence_db,
     )
+
+
+def build_evidence(
+    settings: LedgerSettings, ledger: Ledger, create: bool
+) -> tuple[EvidenceObjects | None, Database | None, EvidenceService | None]:
+    """Evidence, when the ledger has NATS (its object store): the bucket's client, the
+    table of downloads, and the service; None without NATS (the RPCs answer UNAVAILABLE)."""
+    if not settings.relay.nats_url:
+        log.info("evidence.disabled", reason="NATS_URL is not set")
+        return None, None, None
+    spool = settings.data_dir / "evidence-spool"
+    clear_spool(spool)
+    db = open_database(settings.store_env)
+    if create:
+        create_downloads_table(db)
+    objects = EvidenceObjects(settings.relay.nats_url, settings.relay.nats, settings.evidence)
+    policy = EvidencePolicy(settings.evidence.media_types, settings.evidence.max_bytes)
+    return objects, db, EvidenceService(ledger, objects, policy, spool, db)
 
 
 def watch_store(
@@ -434,6 +480,7 @@ def migrate(settings: LedgerSettings) -> None:
             db = open_database(store_env)
             try:
                 create_position_table(db)
+                create_downloads_table(db)
             finally:
                 db.close()
             open_personal_keys(replace(settings, store_env=store_env), create=True).close()

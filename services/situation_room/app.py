@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -20,16 +21,18 @@ from typing import Any
 import structlog
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from incidentledger_client import (
     AgencyWorkload,
+    Evidence,
     Incident,
     IncidentEvent,
     LedgerClient,
@@ -37,8 +40,10 @@ from incidentledger_client import (
     Location,
     NotFound,
     NotifierClient,
+    PermissionDenied,
     ResponseTimes,
     Unauthenticated,
+    Unavailable,
     VulnerabilityMap,
 )
 from incidentledger_client.cli.output import BAND_FILL
@@ -598,11 +603,17 @@ async def incident_page(
 ) -> Response:
     name = f"incidents/{request.path_params['incident']}"
 
-    def fetch() -> tuple[Incident, list[IncidentEvent]]:
-        return officer.ledger.get_incident(name), list(officer.ledger.incident_events(name))
+    def fetch() -> tuple[Incident, list[IncidentEvent], list[Evidence] | None]:
+        incident = officer.ledger.get_incident(name)
+        history = list(officer.ledger.incident_events(name))
+        try:
+            evidence: list[Evidence] | None = officer.ledger.list_evidence(name)
+        except (PermissionDenied, Unavailable):
+            evidence = None  # not for this agency's eyes, or a ledger without its store
+        return incident, history, evidence
 
     try:
-        incident, history = await run_in_threadpool(fetch)
+        incident, history, evidence = await run_in_threadpool(fetch)
     except NotFound:
         return Response(_("No such incident."), status_code=404, media_type="text/plain")
     return render(
@@ -611,6 +622,8 @@ async def incident_page(
         "incident.html",
         incident=incident,
         history=history,
+        evidence=evidence,
+        images=IMAGE_TYPES,
         actions=offered(officer, incident),
         reasons=REJECTION_REASONS,
         request_id=uuid.uuid4().hex,
@@ -621,6 +634,39 @@ async def incident_page(
 @signed_in
 async def incident(request: Request, session: Session, officer: Officer) -> Response:
     return await incident_page(request, session, officer)
+
+
+#: The evidence the incident page shows as a thumbnail (the browser scales the file itself).
+IMAGE_TYPES = frozenset({"image/jpeg", "image/png"})
+
+
+@signed_in
+async def evidence_file(request: Request, session: Session, officer: Officer) -> Response:
+    """One evidence file, fetched as the officer: the ledger checks it against its recorded
+    digest and records the download (each thumbnail shown is a download by the officer)."""
+    incident, event = request.path_params["incident"], request.path_params["event"]
+    name = f"incidents/{incident}/evidence/{event}"
+    with tempfile.NamedTemporaryFile(prefix="evidence-", delete=False) as spool:
+        path = Path(spool.name)
+    try:
+        found = await run_in_threadpool(officer.ledger.download_evidence, name, path)
+    except NotFound:
+        path.unlink(missing_ok=True)
+        return Response(_("No such evidence."), status_code=404, media_type="text/plain")
+    except PermissionDenied:
+        path.unlink(missing_ok=True)
+        return forbidden(_("This evidence is for the agencies involved in the incident."))
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    disposition = "inline" if found.media_type in IMAGE_TYPES else "attachment"
+    return FileResponse(
+        path,
+        media_type=found.media_type,
+        filename=found.file_name,
+        content_disposition_type=disposition,
+        background=BackgroundTask(path.unlink, missing_ok=True),
+    )
 
 
 @signed_in
@@ -726,6 +772,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
         Route("/report", report_page, methods=["GET"]),
         Route("/report", report, methods=["POST"]),
         Route("/incidents/{incident}", incident, methods=["GET"]),
+        Route("/incidents/{incident}/evidence/{event}", evidence_file, methods=["GET"]),
         Route("/incidents/{incident}/{action}", act, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         Mount("/vendor/leaflet", StaticFiles(directory=str(LEAFLET_DIR), check_dir=False)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import secrets
@@ -19,9 +20,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
-from services.common.config import NatsClientSettings, RelaySettings
+from services.common.config import EvidenceSettings, NatsClientSettings, RelaySettings
 from services.common.natsconn import connect_options
 from services.common.natsserver import NatsServer, NatsServerTls
+from services.ledger.evidence_store import EvidenceObjects, HashingSink
 from services.notifier.server import build as build_notifier
 from tests.fanout_support import (
     Stack,
@@ -365,3 +367,33 @@ def test_only_the_ledger_publishes_on_its_subjects_while_the_notifier_consumes(
         f"notifier: Publish Violation {subject}",
         "notifier: Publish Violation $JS.API.STREAM.PURGE.LEDGER_EVENTS",
     ], "the services' own work needs nothing the configuration refuses"
+
+
+def test_the_ledger_user_may_keep_evidence_in_its_bucket(tmp_path: Path) -> None:
+    """The object store calls of evidence (create the bucket, put, stat, read, list, delete)
+    as the production ledger user: none refused."""
+    passwords = {"ledger": secrets.token_urlsafe(24), "notifier": secrets.token_urlsafe(24)}
+    server_log = tmp_path / "nats-server.log"
+    server = NatsServer(
+        tmp_path / "nats", log_file=server_log, authorization=production_users(passwords)
+    )
+    as_ledger = NatsClientSettings(user="ledger", password=passwords["ledger"])
+    source = tmp_path / "photo.jpg"
+    source.write_bytes(b"\xff\xd8\xff\xe0" + secrets.token_bytes(300_000))
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    with server:
+        objects = EvidenceObjects(server.url, as_ledger, EvidenceSettings())
+        try:
+            name = f"sha256-{digest}"
+            assert objects.put_chunks(iter([source.read_bytes()])).sha256 == digest
+            assert objects.put_chunks(iter([source.read_bytes()])).sha256 == digest  # stored once
+            assert objects.stat(name) is not None
+            sink = HashingSink()
+            objects.read_into(name, sink)
+            assert (sink.sha256, sink.size) == (digest, 300_004)
+            assert [o.name for o in objects.list_objects()] == [name]
+            objects.delete(name)
+            assert objects.stat(name) is None
+        finally:
+            objects.close()
+    assert violations(server_log) == []

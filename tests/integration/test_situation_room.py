@@ -670,3 +670,24 @@ def test_a_language_link_goes_back_only_to_a_page_of_this_site(room: Room) -> No
             assert (answer.status_code, answer.headers["location"]) == (303, back)
             assert answer.cookies[LANGUAGE_COOKIE] == "en"
         assert "Masuk" in httpx.get(f"{room.url}/login").text  # without the cookie
+
+
+def test_the_incident_page_lists_evidence_with_thumbnails_for_the_agencies_involved(
+    room: Room, tmp_path: Path
+) -> None:
+    reporter = room.ledger("kesbangpol")
+    name = reporter.report("Amplop dibagikan", "money_politics", "ipuh").incident
+    photo = tmp_path / "amplop.jpg"
+    photo.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01" + os.urandom(50_000))
+    _, evidence = reporter.attach_evidence(name, photo, description="Amplop di Ipuh")
+    with signed_in_http(room, "kesbangpol") as web:
+        page = web.get(f"/{name}").text
+        assert f'<img src="/{evidence.name}"' in page and "Amplop di Ipuh" in page
+        shown = web.get(f"/{evidence.name}")
+        assert shown.status_code == 200 and shown.content == photo.read_bytes()
+        assert shown.headers["content-type"] == "image/jpeg"
+    with signed_in_http(room, "kodim") as web:  # not involved
+        assert 'id="evidence-hidden"' in web.get(f"/{name}").text
+        assert web.get(f"/{evidence.name}").status_code == 403
+    downloads = room.ledger("inspektorat").evidence_downloads(name)
+    assert [(d.evidence, d.actor.agency) for d in downloads] == [(evidence.name, "kesbangpol")]

@@ -57,6 +57,7 @@ from services.ledger.domain.commands import (
     ResolveIncident,
     VerifyIncident,
 )
+from services.ledger.domain.evidence import UploadEvidence
 from services.ledger.domain.incident import (
     GENESIS_HASH,
     Envelope,
@@ -143,6 +144,11 @@ def build_history(ledger: Ledger, *, extra: int = 2) -> History:
         ),
     )
     ledger.execute(envelope_for("kodim"), LogAction(i, 0, "second patrol", None))
+    # Evidence: its digest, size and type enter the chain, never its bytes.
+    ledger.execute(
+        envelope_for("kodim"),
+        UploadEvidence(i, 0, "ab" * 32, 48213, "image/jpeg", "amplop.jpg", "amplop di Ipuh"),
+    )
     history = History(i, decision_event=decision.event_id)
     hoax = ledger.execute(
         envelope_for("bawaslu"),

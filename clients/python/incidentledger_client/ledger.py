@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,8 @@ import grpc
 
 from incidentledger.v1 import audit_service_pb2 as audit_pb
 from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
+from incidentledger.v1 import evidence_service_pb2 as evidence_pb
+from incidentledger.v1 import evidence_service_pb2_grpc as evidence_grpc
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from incidentledger.v1 import situation_service_pb2 as situation_pb
@@ -26,9 +29,15 @@ from incidentledger_client._transport import (
     ClientCertificate,
     RetryPolicy,
     Transport,
+    call_with_retry,
     new_request_id,
 )
-from incidentledger_client.errors import InvalidArgument, ResourceExhausted, from_rpc_error
+from incidentledger_client.errors import (
+    DataLoss,
+    InvalidArgument,
+    ResourceExhausted,
+    from_rpc_error,
+)
 from incidentledger_client.personal import (
     DataSubject,
     LegalHold,
@@ -42,6 +51,9 @@ from incidentledger_client.types import (
     CommandResult,
     DecisionInForce,
     DeviceReport,
+    Evidence,
+    EvidenceDownload,
+    EvidenceReport,
     Incident,
     IncidentEvent,
     IngestResult,
@@ -70,6 +82,14 @@ MAX_INGEST_BYTES = 1_000_000
 #: The most items :meth:`LedgerClient.triage` sends in one ``TriageIncidents`` call (the
 #: ledger's default ``LEDGER_TRIAGE_MAX_ITEMS``).
 MAX_TRIAGE_ITEMS = 500
+
+#: The size of the chunks an upload sends: every message must also fit the ledger's
+#: ``LEDGER_MAX_MESSAGE_BYTES`` (1 MiB by default), its framing included.
+UPLOAD_CHUNK_BYTES = 512 * 1024
+
+#: Told the bytes sent or received so far and the file's size (0 while unknown).
+TransferProgress = Callable[[int, int], None]
+
 #: What a request holds beside its reports: ``send_time`` (at most 2 + 11 + 6 bytes).
 _REQUEST_OVERHEAD = 32
 
@@ -197,6 +217,7 @@ class LedgerClient:
         self._ledger = api_grpc.LedgerServiceStub(channel)
         self._situation = situation_grpc.SituationServiceStub(channel)
         self._audit = audit_grpc.AuditServiceStub(channel)
+        self._evidence = evidence_grpc.EvidenceServiceStub(channel)
 
     @property
     def target(self) -> str:
@@ -1130,3 +1151,133 @@ class LedgerClient:
             return [Checkpoint.from_proto(c) for c in page.checkpoints], page.next_page_token
 
         return paginate(fetch)
+
+    # --- evidence (EvidenceService) ---------------------------------------------------
+
+    def attach_evidence(
+        self,
+        incident: str,
+        path: str | Path,
+        *,
+        description: str = "",
+        media_type: str = "",
+        file_name: str | None = None,
+        request_id: str | None = None,
+        occur_time: datetime | None = None,
+        correlation_id: str = "",
+        progress: TransferProgress | None = None,
+        timeout: float | None = None,
+    ) -> tuple[CommandResult, Evidence]:
+        """Attach the file at ``path`` to ``incident``, streamed from disk in chunks.
+
+        The ledger sniffs the media type from the content (``media_type``, when given, must
+        be that one). A retryable failure (UNAVAILABLE, DEADLINE_EXCEEDED) sends the file
+        again with the same request id: the ledger records it once. ``progress`` is told
+        the bytes sent so far and the file's size. ``timeout``: the deadline of each
+        attempt (none by default: a large file on a slow link takes long).
+        """
+        source = Path(path)
+        size = source.stat().st_size
+        header = evidence_pb.EvidenceHeader(
+            request_id=request_id or new_request_id(),
+            name=incident,
+            file_name=file_name if file_name is not None else source.name,
+            media_type=media_type,
+            description=description,
+            correlation_id=correlation_id,
+        )
+        if occur_time is not None:
+            header.occur_time.CopyFrom(to_timestamp(occur_time))
+
+        def messages() -> Iterator[evidence_pb.UploadEvidenceRequest]:
+            yield evidence_pb.UploadEvidenceRequest(header=header)
+            sent = 0
+            with source.open("rb") as file:
+                while chunk := file.read(UPLOAD_CHUNK_BYTES):
+                    yield evidence_pb.UploadEvidenceRequest(chunk=chunk)
+                    sent += len(chunk)
+                    if progress is not None:
+                        progress(sent, size)
+
+        def attempt() -> evidence_pb.UploadEvidenceResponse:
+            response: evidence_pb.UploadEvidenceResponse = self._evidence.UploadEvidence(
+                messages(), timeout=timeout, metadata=self._transport.metadata
+            )
+            return response
+
+        response = call_with_retry(attempt, self._transport.retry, request_id=header.request_id)
+        return CommandResult.from_proto(response.result), Evidence.from_proto(response.evidence)
+
+    def download_evidence(
+        self,
+        name: str,
+        path: str | Path,
+        *,
+        progress: TransferProgress | None = None,
+        timeout: float | None = None,
+    ) -> Evidence:
+        """Write the evidence ``name`` (``incidents/{id}/evidence/{event_id}``) to ``path``,
+        chunk by chunk; the bytes are checked against the recorded SHA-256 and size before
+        the file takes its name (a ``.part`` file until then, removed on failure). The
+        ledger records the download."""
+        target = Path(path)
+        partial = target.with_name(target.name + ".part")
+        call = self._evidence.DownloadEvidence(
+            evidence_pb.DownloadEvidenceRequest(name=name),
+            timeout=timeout,
+            metadata=self._transport.metadata,
+        )
+        try:
+            evidence: Evidence | None = None
+            digest = hashlib.sha256()
+            received = 0
+            with partial.open("wb") as out:
+                for response in call:
+                    if response.HasField("evidence"):
+                        evidence = Evidence.from_proto(response.evidence)
+                        continue
+                    out.write(response.chunk)
+                    digest.update(response.chunk)
+                    received += len(response.chunk)
+                    if progress is not None:
+                        progress(received, evidence.size_bytes if evidence else 0)
+            if evidence is None or (digest.hexdigest(), received) != (
+                evidence.sha256,
+                evidence.size_bytes,
+            ):
+                raise DataLoss(
+                    "DATA_LOSS",
+                    "EVIDENCE_CHANGED",
+                    f"the bytes received for {name} are not the recorded ones",
+                )
+            partial.replace(target)
+            return evidence
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        finally:
+            partial.unlink(missing_ok=True)
+            call.cancel()  # type: ignore[no-untyped-call]
+
+    def list_evidence(self, incident: str) -> list[Evidence]:
+        """The evidence attached to ``incident``, oldest first."""
+        response = self._transport.unary(
+            self._evidence.ListEvidence, evidence_pb.ListEvidenceRequest(parent=incident)
+        )
+        return [Evidence.from_proto(e) for e in response.evidence]
+
+    def evidence_downloads(self, incident: str) -> list[EvidenceDownload]:
+        """Who downloaded which evidence of ``incident``, and when (auditors, coordinator)."""
+        response = self._transport.unary(
+            self._evidence.ListEvidenceDownloads,
+            evidence_pb.ListEvidenceDownloadsRequest(parent=incident),
+        )
+        return [EvidenceDownload.from_proto(d) for d in response.downloads]
+
+    def verify_evidence(self, *, timeout: float = 3600.0) -> EvidenceReport:
+        """Deep verification (coordinator and auditors): the ledger re-reads every evidence
+        file from its object store and checks digest and size. It reads every file in
+        full: ``timeout`` (seconds) is long by default."""
+        response = self._transport.unary(
+            self._evidence.VerifyEvidence, evidence_pb.VerifyEvidenceRequest(), timeout=timeout
+        )
+        return EvidenceReport.from_proto(response)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from incidentledger.v1 import audit_service_pb2 as audit_pb
+from incidentledger.v1 import evidence_service_pb2 as evidence_pb
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import notifier_service_pb2 as notifier_pb
@@ -1004,4 +1005,111 @@ class Delivery:
             attempt=message.attempt,
             error=message.error,
             time=_optional_time(message, "time"),
+        )
+
+
+# --- evidence ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A file attached to an incident: its metadata, never its bytes.
+
+    ``name`` is ``incidents/{id}/evidence/{event_id}``; ``sha256`` the hex digest of the
+    bytes; ``media_type`` as the ledger sniffed it from the content; ``superseded_by`` the
+    name of the evidence that corrects this one, or ``""``.
+    """
+
+    name: str
+    sha256: str
+    size_bytes: int
+    media_type: str
+    file_name: str
+    description: str
+    uploader: Actor
+    attach_time: datetime | None
+    superseded_by: str
+
+    @property
+    def incident(self) -> str:
+        return self.name.partition("/evidence/")[0]
+
+    @classmethod
+    def from_proto(cls, message: evidence_pb.Evidence) -> Evidence:
+        return cls(
+            name=message.name,
+            sha256=message.sha256,
+            size_bytes=message.size_bytes,
+            media_type=message.media_type,
+            file_name=message.file_name,
+            description=message.description,
+            uploader=Actor.from_proto(message.uploader),
+            attach_time=_optional_time(message, "attach_time"),
+            superseded_by=message.superseded_by,
+        )
+
+
+@dataclass(frozen=True)
+class EvidenceDownload:
+    """One recorded download: who fetched which evidence, and when."""
+
+    evidence: str
+    actor: Actor
+    download_time: datetime | None
+
+    @classmethod
+    def from_proto(cls, message: evidence_pb.EvidenceDownload) -> EvidenceDownload:
+        return cls(
+            evidence=message.evidence,
+            actor=Actor.from_proto(message.actor),
+            download_time=_optional_time(message, "download_time"),
+        )
+
+
+@dataclass(frozen=True)
+class EvidenceProblem:
+    """An event whose file is missing from the object store (``problem`` "missing") or
+    differs from what it says ("changed")."""
+
+    evidence: str
+    position: int
+    object: str
+    problem: str
+    expected_sha256: str
+    expected_size_bytes: int
+    found_sha256: str
+    found_size_bytes: int
+
+    @classmethod
+    def from_proto(cls, message: evidence_pb.EvidenceProblem) -> EvidenceProblem:
+        return cls(
+            evidence=message.evidence,
+            position=message.position,
+            object=message.object,
+            problem=message.problem,
+            expected_sha256=message.expected_sha256,
+            expected_size_bytes=message.expected_size_bytes,
+            found_sha256=message.found_sha256,
+            found_size_bytes=message.found_size_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class EvidenceReport:
+    """What a deep verification of the evidence found."""
+
+    ok: bool
+    evidence: int
+    objects: int
+    bytes_read: int
+    problems: tuple[EvidenceProblem, ...]
+
+    @classmethod
+    def from_proto(cls, message: evidence_pb.VerifyEvidenceResponse) -> EvidenceReport:
+        return cls(
+            ok=message.ok,
+            evidence=message.evidence,
+            objects=message.objects,
+            bytes_read=message.bytes_read,
+            problems=tuple(EvidenceProblem.from_proto(p) for p in message.problems),
         )

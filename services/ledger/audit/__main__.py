@@ -1,4 +1,4 @@
-"""Audit commands: ``python -m services.ledger.audit export|verify|checkpoint``.
+"""Audit commands: ``python -m services.ledger.audit export|verify|checkpoint|sweep-evidence``.
 
 Exit codes: 0 clean, 1 a divergence was found, 2 a usage or configuration error.
 The store comes from the ledger's settings (``LedgerSettings.from_env``).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -22,12 +23,14 @@ from services.ledger.audit.checkpoints import (
     Checkpoints,
     read_checkpoints_file,
 )
+from services.ledger.audit.evidence_check import sweep_orphans, verify_evidence
 from services.ledger.audit.export import ExportError, export_jsonl
 from services.ledger.audit.keys import load_public_key, load_signing_key
 from services.ledger.audit.scan import WorkerError
 from services.ledger.audit.verifier import VerifyReport
 from services.ledger.audit.verify_exported import ExportFormatError, verify_export
 from services.ledger.audit.verify_stored import verify_store
+from services.ledger.evidence_store import EvidenceObjects
 
 log = structlog.get_logger("services.ledger.audit")
 
@@ -45,7 +48,23 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--export", type=Path, help="an export file")
     verify.add_argument("--public-key", type=Path, required=True, help="PEM or base64")
     verify.add_argument("--checkpoints", type=Path, help="a witness's checkpoints (JSON Lines)")
+    verify.add_argument(
+        "--deep",
+        action="store_true",
+        help="with --store: also re-read every evidence file from the object store (NATS_URL) "
+        "and check its digest and size",
+    )
     commands.add_parser("checkpoint", help="make a signed checkpoint now")
+    sweep = commands.add_parser(
+        "sweep-evidence",
+        help="delete evidence objects no event refers to (left by uploads cut short)",
+    )
+    sweep.add_argument(
+        "--grace-minutes",
+        type=float,
+        default=60.0,
+        help="only objects stored longer ago than this (default 60)",
+    )
     return parser
 
 
@@ -72,6 +91,45 @@ def _report(report: VerifyReport, seconds: float) -> int:
     return 1
 
 
+def _verify_evidence(settings: LedgerSettings, ledger: Ledger) -> int:
+    """Re-read every referenced evidence file; 1 when one is missing or changed."""
+    if not settings.relay.nats_url:
+        raise ValueError("--deep reads the evidence from NATS: set NATS_URL")
+    objects = EvidenceObjects(settings.relay.nats_url, settings.relay.nats, settings.evidence)
+    try:
+        started = time.perf_counter()
+        report = verify_evidence(ledger, objects.read_into)
+    finally:
+        objects.close()
+    for problem in report.problems:
+        log.error("audit.verify.evidence_" + problem.problem, **problem.to_log())
+    values = {
+        "evidence": report.evidence,
+        "objects": report.objects,
+        "bytes_read": report.bytes_read,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if report.ok:
+        log.info("audit.verify.evidence_clean", **values)
+        return 0
+    log.error("audit.verify.evidence_divergence", problems=len(report.problems), **values)
+    return 1
+
+
+def _sweep_evidence(settings: LedgerSettings, ledger: Ledger, grace_minutes: float) -> int:
+    if not settings.relay.nats_url:
+        raise ValueError("sweep-evidence works on the evidence in NATS: set NATS_URL")
+    objects = EvidenceObjects(settings.relay.nats_url, settings.relay.nats, settings.evidence)
+    try:
+        swept = sweep_orphans(ledger, objects, timedelta(minutes=grace_minutes), datetime.now(UTC))
+    finally:
+        objects.close()
+    for name in swept:
+        log.info("audit.evidence_swept", object=name)
+    log.info("audit.sweep_evidence.done", swept=len(swept), grace_minutes=grace_minutes)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -81,17 +139,24 @@ def main(argv: list[str] | None = None) -> int:
             public_key = load_public_key(args.public_key)
             witness = read_checkpoints_file(args.checkpoints) if args.checkpoints else None
             started = time.perf_counter()
+            if args.deep and args.export is not None:
+                raise ValueError("--deep verifies the store's evidence: use it with --store")
             if args.export is not None:
                 report = verify_export(args.export, public_key, witness)
             else:
                 ledger = _open_ledger(settings)
                 try:
                     report = verify_store(ledger, public_key, witness)
+                    if args.deep:
+                        deep = _verify_evidence(settings, ledger)
+                        return max(_report(report, time.perf_counter() - started), deep)
                 finally:
                     ledger.close()
             return _report(report, time.perf_counter() - started)
         ledger = _open_ledger(settings)
         try:
+            if args.command == "sweep-evidence":
+                return _sweep_evidence(settings, ledger, args.grace_minutes)
             if args.command == "export":
                 started = time.perf_counter()
                 stats = export_jsonl(ledger, args.out, args.start, args.stop)

@@ -20,6 +20,7 @@ from services.common.errors import (
     FailedPrecondition,
     IllegalTransition,
     InvalidArgument,
+    NotFound,
     PermissionDenied,
 )
 from services.common.jsoncodec import canonical_dumps
@@ -166,8 +167,32 @@ CORRECTABLE: dict[str, frozenset[str]] = {
     "DecisionRecorded": frozenset({"forum", "summary", "rationale", "valid_from", "valid_until"}),
     "ActionLogged": frozenset({"action"}),
     "Resolved": frozenset({"resolution"}),
+    # Evidence is never replaced: its file stays; a new attachment corrects it, named by
+    # a correction of the old one's ``superseded_by`` (empty until then).
+    "EvidenceAttached": frozenset({"description", "superseded_by"}),
 }
 LOCATION_FIELDS = frozenset({"location.kecamatan", "location.desa", "location.tps"})
+
+
+@dataclass(frozen=True)
+class EvidenceFile:
+    """A file as the ledger checked it: its content's SHA-256 (hex), size and sniffed type."""
+
+    sha256: str
+    size_bytes: int
+    media_type: str
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Evidence attached to an incident; its correctable texts live in ``event_values``."""
+
+    event_id: UUID
+    file: EvidenceFile
+    file_name: str
+    agency: str
+    officer: str
+    attached_at: datetime
 
 
 class Incident(Aggregate):
@@ -420,6 +445,25 @@ class Incident(Aggregate):
         def evolve(self, incident: Incident) -> None:
             incident.legal_holds.pop(self.actor_agency, None)
 
+    class EvidenceAttached(Event):
+        """A file attached as evidence: only its digest, size and type, never its bytes."""
+
+        sha256: str
+        size_bytes: int
+        media_type: str
+        file_name: str
+        description: str
+
+        def evolve(self, incident: Incident) -> None:
+            incident.evidence[self.event_id] = Evidence(
+                self.event_id,
+                EvidenceFile(self.sha256, self.size_bytes, self.media_type),
+                self.file_name,
+                self.actor_agency,
+                self.actor_officer,
+                self.timestamp,
+            )
+
     class Corrected(Event):
         corrected_event_id: UUID
         field: str
@@ -467,6 +511,7 @@ class Incident(Aggregate):
         self.event_values: dict[UUID, dict[str, str]] = {}
         self.event_types: dict[UUID, str] = {}
         self.event_agencies: dict[UUID, str] = {}
+        self.evidence: dict[UUID, Evidence] = {}
 
     # --------------------------------------------------------------- commands
 
@@ -704,6 +749,59 @@ class Incident(Aggregate):
         )
         self._trigger(self.Reopened, envelope, reason=reason)
 
+    def check_attach(self, envelope: Envelope) -> None:
+        """Whether the caller may attach evidence: checked before the upload is accepted,
+        and again when its event is recorded."""
+        allowed = set(Status) - TERMINAL
+        self._check("UploadEvidence", envelope, allowed, involved=True, reporter_too=True)
+
+    def attach_evidence(
+        self, envelope: Envelope, file: EvidenceFile, file_name: str, description: str
+    ) -> None:
+        self.check_attach(envelope)
+        self._trigger(
+            self.EvidenceAttached,
+            envelope,
+            reason="",
+            sha256=file.sha256,
+            size_bytes=file.size_bytes,
+            media_type=file.media_type,
+            file_name=file_name,
+            description=description,
+        )
+
+    def check_evidence_reader(self, actor: Actor, command: str) -> None:
+        """Who may list and download evidence: auditors (who read everything), the
+        coordinator and the agencies involved, the reporting one included."""
+        if actor.role in {Role.AUDITOR, Role.COORDINATOR}:
+            return
+        if actor.agency in {self.lead_agency, self.reporter_agency, *self.supporting_agencies}:
+            return
+        raise PermissionDenied(
+            f"agency {actor.agency} is not involved in this incident",
+            reason="NOT_INVOLVED",
+            metadata={"command": command, "caller_agency": actor.agency},
+        )
+
+    def check_download_auditor(self, actor: Actor) -> None:
+        """Who may see who downloaded the incident's evidence: auditors and the coordinator."""
+        if actor.role not in {Role.AUDITOR, Role.COORDINATOR}:
+            raise PermissionDenied(
+                "only auditors and the coordinator may list the downloads of evidence",
+                reason="AUDITOR_OR_COORDINATOR_ONLY",
+                metadata={"command": "ListEvidenceDownloads", "caller_agency": actor.agency},
+            )
+
+    def evidence_item(self, event_id: UUID) -> Evidence:
+        try:
+            return self.evidence[event_id]
+        except KeyError:
+            raise NotFound(
+                f"no evidence {event_id} on incident {self.id}",
+                reason="EVIDENCE_NOT_FOUND",
+                metadata={"evidence": f"incidents/{self.id}/evidence/{event_id}"},
+            ) from None
+
     def correct(
         self,
         envelope: Envelope,
@@ -741,6 +839,8 @@ class Incident(Aggregate):
             )
         if new_value == old_value:
             raise InvalidArgument("new_value", "must differ from old_value")
+        if field == "superseded_by":
+            self._check_superseding(event_id, new_value)
         if not reason:
             raise InvalidArgument("reason", "a correction needs a reason")
         self._trigger(
@@ -909,6 +1009,19 @@ class Incident(Aggregate):
         elif is_report and field == "occurred_at":
             self.occurred_at = datetime.fromisoformat(new_value)
 
+    def _check_superseding(self, event_id: UUID, new_value: str) -> None:
+        """Evidence is superseded by other evidence of the same incident, never by itself."""
+        try:
+            superseding = UUID(new_value)
+        except ValueError:
+            raise InvalidArgument(
+                "new_value", "must be the id of an EvidenceAttached event"
+            ) from None
+        if superseding == event_id or superseding not in self.evidence:
+            raise InvalidArgument(
+                "new_value", f"no other evidence {new_value} in this incident supersedes it"
+            )
+
     def _check(
         self,
         command: str,
@@ -1057,7 +1170,7 @@ def _initial_values(event: Incident.Event) -> dict[str, str]:
     name = type(event).__name__
     values: dict[str, str] = {}
     for field in CORRECTABLE.get(name, frozenset()):
-        value = getattr(event, field)
+        value = getattr(event, field, "")  # "" until corrected: superseded_by
         values[field] = _canonical(value) if isinstance(value, datetime) else str(value)
     if event.location:
         for field in LOCATION_FIELDS:

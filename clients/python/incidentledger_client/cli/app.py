@@ -17,6 +17,7 @@ from incidentledger_client.cli import arguments, config, helptexts, output
 from incidentledger_client.cli.commands import (
     audit,
     dead_letters,
+    evidence,
     incidents,
     intake,
     personal_data,
@@ -60,6 +61,8 @@ app.add_typer(incidents.handover_app, name="handover")
 app.add_typer(incidents.close_app, name="close")
 app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(audit.app, name="audit")
+app.add_typer(evidence.app)
+app.add_typer(evidence.evidence_app, name="evidence")
 app.add_typer(config_commands.app, name="config")
 app.add_typer(personal_data.app, name="pii")
 webhooks.app.add_typer(dead_letters.app)

@@ -13,12 +13,13 @@ from rich.text import Text
 from incidentledger_client import Unavailable
 from incidentledger_client.cli import output
 from incidentledger_client.cli.commands import group
+from incidentledger_client.cli.commands.evidence import size_text
 from incidentledger_client.cli.errors import EXIT_OTHER
 from incidentledger_client.cli.inputs import TIME_HELP, incident_name, maybe_code, moment
 from incidentledger_client.cli.progress import Meter, progress_bar
 from incidentledger_client.cli.state import state
-from incidentledger_client.i18n import _, format_number
-from incidentledger_client.types import VerifyProgress, VerifyReport
+from incidentledger_client.i18n import N_, _, format_number
+from incidentledger_client.types import EvidenceReport, VerifyProgress, VerifyReport
 
 app = group(
     "Audit: verify the hash chains, export the history, as-of views.",
@@ -41,8 +42,17 @@ def follow_verification(
     raise Unavailable("UNAVAILABLE", "", "the verification ended without its result")
 
 
-@app.command("verify", epilog="Example: ledgerctl -a inspektorat audit verify")
-def audit_verify(ctx: typer.Context) -> None:
+@app.command("verify", epilog="Example: ledgerctl -a inspektorat audit verify --deep")
+def audit_verify(
+    ctx: typer.Context,
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep",
+            help="Also re-read every evidence file and check its digest and size.",
+        ),
+    ] = False,
+) -> None:
     """Recompute every hash chain and check the checkpoints (coordinator, auditors).
 
     Exit code 6 (server) is not used for a broken chain: a verify that finds divergence exits 1.
@@ -57,8 +67,9 @@ def audit_verify(ctx: typer.Context) -> None:
         report_ = follow_verification(
             itertools.chain(() if first is None else (first,), items), meter
         )
+    found = st.ledger().verify_evidence() if deep else None
     if st.as_json:
-        output.emit_json(report_)
+        output.emit_json(report_ if found is None else {"ledger": report_, "evidence": found})
     else:
         out = output.console()
         if report_.ok:
@@ -78,8 +89,34 @@ def audit_verify(ctx: typer.Context) -> None:
         else:
             d = report_.divergence
             out.print(Text.assemble((_("LEDGER DIVERGES"), "bold red"), f": {d}"))
-    if not report_.ok:
+        if found is not None:
+            _show_evidence(found)
+    if not report_.ok or (found is not None and not found.ok):
         raise typer.Exit(EXIT_OTHER)
+
+
+#: What deep verification finds wrong with a file, as the ledger names it.
+PROBLEMS = {"missing": N_("missing"), "changed": N_("changed")}
+
+
+def _show_evidence(found: EvidenceReport) -> None:
+    """The deep part of ``audit verify --deep``, for people."""
+    out = output.console()
+    summary = _("{evidence} evidence, {objects} files, {size} read").format(
+        evidence=format_number(found.evidence),
+        objects=format_number(found.objects),
+        size=size_text(found.bytes_read),
+    )
+    if found.ok:
+        out.print(Text.assemble((_("evidence verified"), "bold green"), ": " + summary))
+        return
+    out.print(Text.assemble((_("EVIDENCE DIVERGES"), "bold red"), ": " + summary))
+    rows = [
+        (p.evidence, _(PROBLEMS.get(p.problem, p.problem)), p.object, str(p.position))
+        for p in found.problems
+    ]
+    columns = (N_("evidence"), N_("problem"), N_("object"), N_("position"))
+    out.print(output.rows_table(_("Missing or changed evidence"), columns, rows))
 
 
 @app.command(

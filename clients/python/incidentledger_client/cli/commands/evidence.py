@@ -1,0 +1,251 @@
+"""Evidence: attach a file to an incident, list an incident's evidence, download one, and
+(auditors, the coordinator) see who downloaded what. Files stream from and to disk."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import tzinfo
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from incidentledger_client.cli import output
+from incidentledger_client.cli.commands import group
+from incidentledger_client.cli.commands.incidents import Name, RequestId
+from incidentledger_client.cli.inputs import incident_name
+from incidentledger_client.cli.progress import Meter, progress_bar
+from incidentledger_client.cli.state import state
+from incidentledger_client.i18n import N_, _, format_number
+from incidentledger_client.types import Evidence
+
+#: ``ledgerctl attach`` at the top level.
+app = typer.Typer()
+evidence_app = group(
+    "Evidence attached to incidents: list, download, who downloaded.",
+    "ledgerctl -a polres evidence list 0b6f12",
+)
+
+
+def _follow(meter: Meter) -> Callable[[int, int], None]:
+    def told(done: int, total: int) -> None:
+        meter.measured(done, total, done)
+
+    return told
+
+
+def size_text(size: int) -> str:
+    """A size for people: bytes below 10 kB, then kB or MB (10^3, 10^6)."""
+    if size < 10_000:
+        return _("{n} bytes").format(n=format_number(size))
+    if size < 10_000_000:
+        return _("{n} kB").format(n=format_number(size / 1000, 1))
+    return _("{n} MB").format(n=format_number(size / 1_000_000, 1))
+
+
+@app.command(
+    epilog="Example: ledgerctl -a polres attach 0b6f12 amplop.jpg -d 'Envelopes handed out'"
+)
+def attach(
+    ctx: typer.Context,
+    name: Name,
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="The file: a photo, recording or document.", exists=True, dir_okay=False
+        ),
+    ],
+    description: Annotated[
+        str, typer.Option("--description", "-d", help="What the file shows.")
+    ] = "",
+    media_type: Annotated[
+        str,
+        typer.Option(
+            help="The media type you expect, e.g. image/jpeg (checked against the content)."
+        ),
+    ] = "",
+    supersedes: Annotated[
+        str | None,
+        typer.Option(
+            help="Evidence this file corrects (its event id, or its first 6+ characters): "
+            "recorded as superseded by it. Needs --reason."
+        ),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why the earlier evidence is corrected.")] = "",
+    request_id: RequestId = None,
+) -> None:
+    """Attach a file to an incident as evidence (streamed, with a progress bar)."""
+    st = state(ctx)
+    incident = incident_name(ctx, name)
+    if supersedes is not None and not reason.strip():
+        raise typer.BadParameter(_("a correction needs a reason"), param_hint="--reason")
+    # Resolved first: a name that fits no evidence is refused before any byte is sent.
+    superseded = _evidence_name(ctx, incident, supersedes) if supersedes is not None else None
+    size = path.stat().st_size
+    with progress_bar(st, _("uploading"), size or None, _("bytes")) as meter:
+        result, evidence = st.ledger().attach_evidence(
+            incident,
+            path,
+            description=description,
+            media_type=media_type,
+            request_id=request_id,
+            progress=_follow(meter),
+        )
+        meter.finish(size)
+    correction = None
+    if superseded is not None:
+        correction = st.ledger().correct(
+            incident,
+            superseded.rpartition("/")[2],
+            "superseded_by",
+            "",
+            evidence.name.rpartition("/")[2],
+            reason=reason,
+        )
+    if st.as_json:
+        output.emit_json({"result": result, "evidence": evidence, "correction": correction})
+        return
+    out = output.console()
+    output.command_result(out, _("attached"), result)
+    if correction is not None:
+        output.command_result(out, _("corrected"), correction)
+    out.print(
+        _("{name}: {media_type}, {size}, sha256 {sha256}").format(
+            name=evidence.name,
+            media_type=evidence.media_type,
+            size=size_text(evidence.size_bytes),
+            sha256=evidence.sha256,
+        ),
+        markup=False,
+    )
+
+
+def _evidence_rows(items: list[Evidence], zone: tzinfo) -> list[tuple[object, ...]]:
+    return [
+        (
+            e.name.rpartition("/")[2][:8],
+            e.file_name,
+            e.media_type,
+            size_text(e.size_bytes),
+            f"{e.uploader.agency}/{e.uploader.officer}",
+            output.when(e.attach_time, zone),
+            e.description,
+            e.superseded_by.rpartition("/")[2][:8] if e.superseded_by else "",
+        )
+        for e in items
+    ]
+
+
+@evidence_app.command("list", epilog="Example: ledgerctl -a polres evidence list 0b6f12")
+def list_(ctx: typer.Context, name: Name) -> None:
+    """The evidence attached to an incident, oldest first."""
+    st = state(ctx)
+    incident = incident_name(ctx, name)
+    items = st.ledger().list_evidence(incident)
+    if st.as_json:
+        output.emit_json(items)
+        return
+    columns = (
+        N_("evidence"),
+        N_("file"),
+        N_("type"),
+        N_("size"),
+        N_("uploader"),
+        N_("attached"),
+        N_("description"),
+        N_("superseded by"),
+    )
+    output.console().print(
+        output.rows_table(
+            _("Evidence of {incident}").format(incident=incident),
+            columns,
+            _evidence_rows(items, st.settings.tz()),
+            no_wrap=(N_("evidence"),),
+        )
+    )
+
+
+def _evidence_name(ctx: typer.Context, incident: str, evidence: str) -> str:
+    """The full name of ``evidence``: its name, its event id, or the first 6+ characters
+    of the event id as ``evidence list`` shows them."""
+    if "/evidence/" in evidence:
+        return evidence
+    items = state(ctx).ledger().list_evidence(incident)
+    matches = [e.name for e in items if e.name.rpartition("/")[2].startswith(evidence)]
+    if len(evidence) < 6 or len(matches) != 1:
+        raise typer.BadParameter(
+            _("{evidence} names no single evidence of {incident}").format(
+                evidence=evidence, incident=incident
+            ),
+            param_hint="EVIDENCE",
+        )
+    return matches[0]
+
+
+@evidence_app.command(
+    "get", epilog="Example: ledgerctl -a polres evidence get 0b6f12 5c1e9a -o amplop.jpg"
+)
+def get(
+    ctx: typer.Context,
+    name: Name,
+    evidence: Annotated[
+        str,
+        typer.Argument(
+            help="The evidence: its event id, or its first 6+ characters as lists show."
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Where to write it (default: its file name, here)."),
+    ] = None,
+) -> None:
+    """Download evidence to a file (checked against its recorded SHA-256; the download is
+    recorded)."""
+    st = state(ctx)
+    incident = incident_name(ctx, name)
+    full = _evidence_name(ctx, incident, evidence)
+    ledger = st.ledger()
+    if out is None:
+        found = [e for e in ledger.list_evidence(incident) if e.name == full]
+        out = Path(Path(found[0].file_name).name if found else full.rpartition("/")[2])
+    with progress_bar(st, _("downloading"), None, _("bytes")) as meter:
+        item = ledger.download_evidence(full, out, progress=_follow(meter))
+        meter.finish(item.size_bytes)
+    if st.as_json:
+        output.emit_json({"evidence": item, "file": str(out)})
+        return
+    output.console().print(
+        _("{name} written to {file} ({size}, sha256 {sha256})").format(
+            name=item.name, file=out, size=size_text(item.size_bytes), sha256=item.sha256
+        ),
+        markup=False,
+    )
+
+
+@evidence_app.command(
+    "downloads", epilog="Example: ledgerctl -a inspektorat evidence downloads 0b6f12"
+)
+def downloads(ctx: typer.Context, name: Name) -> None:
+    """Who downloaded which evidence of an incident, and when (auditors, coordinator)."""
+    st = state(ctx)
+    incident = incident_name(ctx, name)
+    items = st.ledger().evidence_downloads(incident)
+    if st.as_json:
+        output.emit_json(items)
+        return
+    zone = st.settings.tz()
+    rows = [
+        (
+            d.evidence.rpartition("/")[2][:8],
+            f"{d.actor.agency}/{d.actor.officer}",
+            output.when(d.download_time, zone),
+        )
+        for d in items
+    ]
+    output.console().print(
+        output.rows_table(
+            _("Downloads of the evidence of {incident}").format(incident=incident),
+            (N_("evidence"), N_("by"), N_("when")),
+            rows,
+        )
+    )

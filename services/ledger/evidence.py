@@ -1,0 +1,295 @@
+"""Evidence: uploads checked and stored before their event, downloads recorded.
+
+An upload (:meth:`EvidenceService.upload`) is checked before its bytes are taken (the
+command's texts and ids, the incident's involvement rule), then goes into the object store
+as it arrives (:meth:`EvidenceObjects.put_chunks`), each chunk checked on the way: its
+size, the size so far against the limit, and the media type sniffed from the first bytes.
+Only once the object store holds the complete file under its content address, with the
+size and digest computed here, is the ``UploadEvidence`` command executed: the
+``EvidenceAttached`` event is the last step. An upload refused or cut short half way leaves
+no event and, its chunks purged, no object (after a kill of the ledger: an object no event
+names, swept by ``ledger-audit sweep-evidence``).
+
+A download (:meth:`EvidenceService.download`) reads the object back into a spool file in
+the ledger's data directory, checks it against the event's digest and size before the
+first byte goes out, records who fetched it (the ``evidence_downloads`` table beside the
+event store) and then streams it. Spool files a kill left behind are removed at the next
+start (:func:`clear_spool`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Protocol
+from uuid import UUID
+
+import structlog
+
+from services.common.errors import DataLoss, InvalidArgument
+from services.common.sql import Database
+from services.ledger.application import CommandResult, Ledger
+from services.ledger.domain.evidence import (
+    MAX_CHUNK_BYTES,
+    SNIFF_BYTES,
+    EvidencePolicy,
+    UploadEvidence,
+    check_chunk,
+    object_name,
+    sniff_media_type,
+)
+from services.ledger.domain.incident import Actor, Envelope, Evidence, Incident
+from services.ledger.evidence_store import HashingSink, ObjectChangedError, StoredObject
+
+log = structlog.get_logger(__name__)
+
+SPOOL_SUFFIX = ".part"
+
+
+class Objects(Protocol):
+    """The object store, as the evidence needs it (services/ledger/evidence_store.py)."""
+
+    def put_chunks(self, pieces: Iterator[bytes]) -> StoredObject: ...
+
+    def read_into(self, name: str, sink: HashingSink) -> StoredObject | None: ...
+
+
+@dataclass
+class _Tally:
+    """What an upload's checks found so far: its size, SHA-256 and media type."""
+
+    size: int = 0
+    media_type: str = ""
+    digest: Any = field(default_factory=hashlib.sha256)
+
+    @property
+    def sha256(self) -> str:
+        return str(self.digest.hexdigest())
+
+
+@dataclass(frozen=True)
+class UploadHeader:
+    """The first message of an upload, as the ledger takes it."""
+
+    incident_id: UUID
+    file_name: str
+    declared_media_type: str
+    description: str
+
+
+@dataclass(frozen=True)
+class AttachedEvidence:
+    """Evidence as it stands: its corrected description and what supersedes it."""
+
+    incident_id: UUID
+    evidence: Evidence
+    description: str
+    superseded_by: UUID | None
+
+    @classmethod
+    def of(cls, incident: Incident, evidence: Evidence) -> AttachedEvidence:
+        values = incident.event_values[evidence.event_id]
+        superseded = values.get("superseded_by", "")
+        return cls(
+            incident.id,
+            evidence,
+            values.get("description", ""),
+            UUID(superseded) if superseded else None,
+        )
+
+
+@dataclass(frozen=True)
+class Download:
+    """One recorded download."""
+
+    incident_id: UUID
+    event_id: UUID
+    agency: str
+    officer: str
+    downloaded_at: datetime
+
+
+def clear_spool(spool_dir: Path) -> None:
+    """Remove the spool files of downloads a kill cut short."""
+    spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for leftover in spool_dir.glob(f"*{SPOOL_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
+        log.info("evidence.spool_cleared", file=leftover.name)
+
+
+def create_downloads_table(db: Database) -> None:
+    with db.transaction() as cur:
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS evidence_downloads ("
+            "incident TEXT NOT NULL, event_id TEXT NOT NULL, agency TEXT NOT NULL, "
+            "officer TEXT NOT NULL, downloaded_at TEXT NOT NULL)"
+        )
+
+
+class EvidenceService:
+    """Uploads, downloads and lists of evidence; the rules are the incident's."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        objects: Objects,
+        policy: EvidencePolicy,
+        spool_dir: Path,
+        db: Database,
+    ) -> None:
+        self._ledger = ledger
+        self._objects = objects
+        self._policy = policy
+        self._spool = spool_dir
+        self._db = db
+
+    # ------------------------------------------------------------------ upload
+
+    def upload(
+        self, envelope: Envelope, header: UploadHeader, chunks: Iterable[bytes]
+    ) -> tuple[CommandResult, AttachedEvidence]:
+        """Take the file, store it, then record its event (see the module's docstring)."""
+        placeholder = UploadEvidence(
+            header.incident_id, 0, "", 0, "", header.file_name, header.description
+        )
+        self._ledger.check_ahead(envelope, placeholder)
+        self._ledger.get_incident(header.incident_id).check_attach(envelope)
+        tally = _Tally()
+        stored = self._objects.put_chunks(self._checked(header, iter(chunks), tally))
+        if (stored.sha256, stored.size_bytes) != (tally.sha256, tally.size):
+            # The name is the content's address: anything else there was changed.
+            raise DataLoss(
+                f"the evidence store holds other bytes under {object_name(tally.sha256)}",
+                reason="EVIDENCE_CHANGED",
+                metadata={"object": object_name(tally.sha256)},
+            )
+        command = UploadEvidence(
+            header.incident_id,
+            0,
+            tally.sha256,
+            tally.size,
+            tally.media_type,
+            header.file_name,
+            header.description,
+        )
+        result = self._ledger.execute(envelope, command)
+        incident = self._ledger.get_incident(header.incident_id)
+        attached = AttachedEvidence.of(incident, incident.evidence_item(result.event_id))
+        log.info(
+            "evidence.attached", sha256=tally.sha256, size=tally.size, media_type=tally.media_type
+        )
+        return result, attached
+
+    def _checked(
+        self, header: UploadHeader, chunks: Iterator[bytes], tally: _Tally
+    ) -> Iterator[bytes]:
+        """The chunks as they come, each checked (its size, the size so far against the
+        limit, the media type once the first bytes are in) and counted into ``tally``; the
+        refusal of the first that fails a check ends the upload."""
+        head = b""
+        for chunk in chunks:
+            check_chunk(len(chunk))
+            tally.size += len(chunk)
+            self._policy.check_size(tally.size)
+            if not tally.media_type:
+                head += chunk[: SNIFF_BYTES - len(head)]
+                if len(head) >= SNIFF_BYTES:
+                    # Refused after its first bytes, not after the whole file.
+                    tally.media_type = self._policy.check_type(
+                        sniff_media_type(head), header.declared_media_type
+                    )
+            tally.digest.update(chunk)
+            yield chunk
+        if tally.size == 0:
+            raise InvalidArgument("chunk", "the file is empty")
+        if not tally.media_type:
+            tally.media_type = self._policy.check_type(
+                sniff_media_type(head), header.declared_media_type
+            )
+
+    # ---------------------------------------------------------------- reading
+
+    def attached(self, actor: Actor, incident_id: UUID) -> list[AttachedEvidence]:
+        incident = self._ledger.get_incident(incident_id)
+        incident.check_evidence_reader(actor, "ListEvidence")
+        return [AttachedEvidence.of(incident, e) for e in incident.evidence.values()]
+
+    def download(
+        self, actor: Actor, incident_id: UUID, event_id: UUID
+    ) -> tuple[AttachedEvidence, Iterator[bytes]]:
+        """The evidence and its bytes: read back and checked against the event first, the
+        download recorded, then streamed from the spool file."""
+        incident = self._ledger.get_incident(incident_id)
+        incident.check_evidence_reader(actor, "DownloadEvidence")
+        attached = AttachedEvidence.of(incident, incident.evidence_item(event_id))
+        file = attached.evidence.file
+        name = object_name(file.sha256)
+        spool = tempfile.NamedTemporaryFile(dir=self._spool, suffix=SPOOL_SUFFIX)  # noqa: SIM115 (closed by the generator)
+        try:
+            sink = HashingSink(spool)
+            try:
+                found = self._objects.read_into(name, sink)
+            except ObjectChangedError:
+                found = None
+            metadata = {
+                "object": name,
+                "evidence": f"incidents/{incident_id}/evidence/{event_id}",
+            }
+            if found is None and not sink.size:
+                raise DataLoss(
+                    f"evidence {event_id} is missing from the evidence store",
+                    reason="EVIDENCE_MISSING",
+                    metadata=metadata,
+                )
+            if (sink.sha256, sink.size) != (file.sha256, file.size_bytes):
+                raise DataLoss(
+                    f"evidence {event_id} was changed in the evidence store",
+                    reason="EVIDENCE_CHANGED",
+                    metadata=metadata,
+                )
+            spool.flush()
+            spool.seek(0)
+            self._record_download(incident_id, event_id, actor)
+        except BaseException:
+            spool.close()
+            raise
+        return attached, _chunks_of(spool)
+
+    def _record_download(self, incident_id: UUID, event_id: UUID, actor: Actor) -> None:
+        now = datetime.now(UTC).isoformat(timespec="microseconds")
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.q(
+                    "INSERT INTO evidence_downloads "
+                    "(incident, event_id, agency, officer, downloaded_at) VALUES (?, ?, ?, ?, ?)"
+                ),
+                (str(incident_id), str(event_id), actor.agency, actor.officer, now),
+            )
+        log.info("evidence.downloaded", incident=str(incident_id), evidence=str(event_id))
+
+    def downloads(self, actor: Actor, incident_id: UUID) -> list[Download]:
+        """Who fetched the incident's evidence, and when (auditors and the coordinator)."""
+        self._ledger.get_incident(incident_id).check_download_auditor(actor)
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.q(
+                    "SELECT event_id, agency, officer, downloaded_at FROM evidence_downloads "
+                    "WHERE incident = ? ORDER BY downloaded_at"
+                ),
+                (str(incident_id),),
+            )
+            rows = cur.fetchall()
+        return [
+            Download(incident_id, UUID(row[0]), row[1], row[2], datetime.fromisoformat(row[3]))
+            for row in rows
+        ]
+
+
+def _chunks_of(spool: IO[bytes]) -> Iterator[bytes]:
+    with spool:
+        while chunk := spool.read(MAX_CHUNK_BYTES):
+            yield chunk

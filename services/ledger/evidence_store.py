@@ -1,0 +1,376 @@
+"""Evidence files in the NATS JetStream object store, for the ledger's threads.
+
+The object store is nats-py's (asyncio); the ledger's gRPC handlers are threads. One
+event loop runs in a thread of its own with one NATS connection, and each call here
+hands it a coroutine and waits for the answer. No whole file is ever held in memory.
+
+An object is named by its content (``sha256-<hex>``, see
+:func:`services.ledger.domain.evidence.object_name`), which is known only once the last
+byte is in. So that an upload goes into the object store while it arrives (not after),
+:meth:`EvidenceObjects.put_chunks` writes the chunks under a fresh id and, beside them, a
+pending entry ``upload-<id>`` (the object store's own metadata, with its time); at the end
+it creates the content address's entry pointing at those chunks, only if no object of
+that name is there (JetStream's expected-last-subject-sequence: two uploads of the same
+bytes at once cannot both create it), and removes the pending entry. The same file sent
+twice is stored once: the second upload's chunks are purged. An upload that fails or is
+cut short purges its chunks and its pending entry; one cut short by a kill of the ledger
+leaves the pending entry with its chunks, an object no event names, which
+``ledger-audit sweep-evidence`` deletes once it is older than its grace period.
+
+Reading is nats-py's ``get(writeinto=)``, which writes each chunk as it arrives and checks
+the digest recorded with the object. The bucket is created on first use with the replicas
+of ``LEDGER_EVIDENCE_REPLICAS``, no TTL and no size limit: evidence must not age out of the
+store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import threading
+import uuid
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any, TypeVar
+
+import nats
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext, api
+from nats.js.api import ObjectStoreConfig, StorageType
+from nats.js.errors import (
+    APIError,
+    BucketNotFoundError,
+    DigestMismatchError,
+    NotFoundError,
+    ObjectNotFoundError,
+)
+from nats.js.object_store import ObjectStore
+
+from services.common.config import EvidenceSettings, NatsClientSettings, nats_servers
+from services.common.errors import Unavailable
+from services.common.natsconn import connect_options
+from services.ledger.domain.evidence import object_name
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+#: The longest one call to NATS may take before the caller is told the store is away.
+CALL_SECONDS = 120.0
+CONNECT_SECONDS = 5.0
+IO_THREADS = 64
+#: The size of the object store's chunks (nats-py's own).
+CHUNK_BYTES = 128 * 1024
+#: The prefix of an upload's pending entry (see the module's docstring).
+PENDING_PREFIX = "upload-"
+# The object store's metadata entries replace each other (as nats-py writes them).
+_ROLLUP: dict[str, str] = {"Nats-Rollup": "sub"}
+_EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """An object of the bucket: its name, size and when it was stored."""
+
+    name: str
+    size_bytes: int
+    stored_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What the object store says of an object: its size and SHA-256 (hex)."""
+
+    size_bytes: int
+    sha256: str
+
+
+class ObjectChangedError(Exception):
+    """The bytes read back do not match the digest the object store recorded for them."""
+
+
+class HashingSink:
+    """A file object's ``write`` that also hashes and counts what passes through."""
+
+    def __init__(self, target: IO[bytes] | None = None) -> None:
+        self._target = target
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._hash.update(data)
+        self.size += len(data)
+        if self._target is not None:
+            self._target.write(data)
+        return len(data)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+def _hex_digest(digest: str | None) -> str:
+    """nats-py's ``SHA-256=<urlsafe base64>`` as hex."""
+    encoded = (digest or "").split("=", 1)[-1] if digest else ""
+    padded = encoded + "=" * (-len(encoded) % 4)
+    return base64.urlsafe_b64decode(padded).hex() if encoded else ""
+
+
+def _time(value: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def _meta_subject(bucket: str, name: str) -> str:
+    # As nats-py names it (base64url with padding), so that its get and list find it.
+    return f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+
+
+def _meta_body(info: api.ObjectInfo) -> bytes:
+    return json.dumps(info.as_dict()).encode()
+
+
+def unavailable(error: BaseException) -> Unavailable:
+    return Unavailable(
+        f"the evidence store (NATS) is not available: {type(error).__name__}",
+        reason="EVIDENCE_STORE_UNAVAILABLE",
+    )
+
+
+class EvidenceObjects:
+    """The evidence bucket, called from any thread."""
+
+    def __init__(
+        self, nats_url: str, nats_settings: NatsClientSettings, settings: EvidenceSettings
+    ) -> None:
+        self._servers = nats_servers(nats_url)
+        self._nats_settings = nats_settings
+        self._settings = settings
+        self._loop = asyncio.new_event_loop()
+        # Each upload blocks one of these threads while it waits for its sender's next chunk,
+        # and nats-py writes each chunk of a read through them: enough for every request
+        # thread of the ledger (LEDGER_MAX_WORKERS) to upload or download at once.
+        self._loop.set_default_executor(
+            ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="evidence-io")
+        )
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="evidence-objects", daemon=True
+        )
+        self._thread.start()
+        self._nc: NatsClient | None = None
+        self._store: ObjectStore | None = None
+        self._js: JetStreamContext | None = None
+
+    def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = CALL_SECONDS) -> T:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError as error:
+            future.cancel()
+            raise unavailable(error) from error
+        except (NatsError, OSError) as error:
+            raise unavailable(error) from error
+
+    async def _bucket(self) -> ObjectStore:
+        return (await self._jetstream())[1]
+
+    async def _jetstream(self) -> tuple[JetStreamContext, ObjectStore]:
+        """The JetStream context and the bucket, connecting (and creating it) if need be."""
+        if (
+            self._store is not None
+            and self._js is not None
+            and self._nc is not None
+            and self._nc.is_connected
+        ):
+            return self._js, self._store
+        if self._nc is None or self._nc.is_closed:
+            self._nc = await nats.connect(
+                servers=self._servers,
+                connect_timeout=CONNECT_SECONDS,
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+                **connect_options(self._nats_settings),
+            )
+        js = self._nc.jetstream()
+        self._js = js
+        try:
+            self._store = await js.object_store(self._settings.bucket)
+        except BucketNotFoundError:
+            config = ObjectStoreConfig(
+                bucket=self._settings.bucket,
+                replicas=self._settings.replicas,
+                storage=StorageType.FILE,
+            )
+            self._store = await js.create_object_store(self._settings.bucket, config=config)
+            log.info("evidence.bucket_created", bucket=self._settings.bucket)
+        return js, self._store
+
+    # ------------------------------------------------------------------ calls
+
+    def stat(self, name: str) -> StoredObject | None:
+        """The object's size and digest as recorded, or None when there is none."""
+        return self._call(self._stat(name))
+
+    async def _stat(self, name: str) -> StoredObject | None:
+        store = await self._bucket()
+        try:
+            info = await store.get_info(name)
+        except ObjectNotFoundError:
+            return None
+        return StoredObject(int(info.size or 0), _hex_digest(info.digest))
+
+    def put_chunks(self, pieces: Iterator[bytes]) -> StoredObject:
+        """Store the bytes ``pieces`` yields, as they come, under their content address (see
+        the module's docstring); the object's size and digest as recorded. ``pieces`` is
+        pulled in a worker thread (it may block, as a gRPC stream does), so an exception it
+        raises ends the upload, leaving nothing behind. No deadline: an upload lasts as
+        long as its sender takes (the gRPC call's deadline bounds it)."""
+        return self._call(self._put_chunks(pieces), timeout=None)
+
+    async def _put_chunks(self, pieces: Iterator[bytes]) -> StoredObject:
+        js, _ = await self._jetstream()
+        bucket = self._settings.bucket
+        stream = f"OBJ_{bucket}"
+        nuid = uuid.uuid4().hex
+        chunk_subject = f"$O.{bucket}.C.{nuid}"
+        pending = api.ObjectInfo(
+            name=f"{PENDING_PREFIX}{nuid}",
+            bucket=bucket,
+            nuid=nuid,
+            size=0,
+            chunks=0,
+            digest="",
+            mtime=datetime.now(UTC).isoformat(),
+        )
+        pending_subject = _meta_subject(bucket, pending.name)
+        await js.publish(pending_subject, _meta_body(pending), headers=_ROLLUP)
+        loop = asyncio.get_running_loop()
+        digest = hashlib.sha256()
+        size = chunks = 0
+        try:
+            while (piece := await loop.run_in_executor(None, next, pieces, None)) is not None:
+                for start in range(0, len(piece), CHUNK_BYTES):
+                    part = piece[start : start + CHUNK_BYTES]
+                    await js.publish(chunk_subject, part)
+                    digest.update(part)
+                    size += len(part)
+                    chunks += 1
+            info = api.ObjectInfo(
+                name=object_name(digest.hexdigest()),
+                bucket=bucket,
+                nuid=nuid,
+                size=size,
+                chunks=chunks,
+                digest="SHA-256=" + base64.urlsafe_b64encode(digest.digest()).decode(),
+                mtime=datetime.now(UTC).isoformat(),
+                options=api.ObjectMetaOptions(max_chunk_size=CHUNK_BYTES),
+            )
+            if not await self._claim(js, stream, info):
+                # The same bytes are stored already: these chunks are not needed.
+                await js.purge_stream(stream, subject=chunk_subject)
+        except BaseException:
+            await self._purge_quietly(js, stream, chunk_subject)
+            raise
+        finally:
+            await self._purge_quietly(js, stream, pending_subject)
+        stored = await self._stat(info.name)
+        if stored is None:
+            raise unavailable(ObjectNotFoundError())
+        log.info("evidence.stored", object=info.name, size=size)
+        return stored
+
+    async def _claim(self, js: JetStreamContext, stream: str, info: api.ObjectInfo) -> bool:
+        """Create the entry of ``info.name`` unless a live object has that name; whether it
+        was created. Exclusive: the entry is written only over the history it was read
+        with (none, or a deleted object's entry)."""
+        subject = _meta_subject(info.bucket, info.name)
+        expected = 0
+        for _ in range(3):
+            headers = {**_ROLLUP, _EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected)}
+            try:
+                await js.publish(subject, _meta_body(info), headers=headers)
+                return True
+            except APIError:  # the subject's last sequence is not the one expected
+                try:
+                    last = await js.get_last_msg(stream, subject)
+                except NotFoundError:
+                    expected = 0
+                    continue
+                existing = api.ObjectInfo.from_response(json.loads(last.data or b"{}"))
+                if not existing.deleted:
+                    return False
+                expected = int(last.seq or 0)
+        raise unavailable(APIError())
+
+    async def _purge_quietly(self, js: JetStreamContext, stream: str, subject: str) -> None:
+        """Purge ``subject``; a failure is logged (what is left is an unreferenced object,
+        swept later), so that it does not hide the error being raised."""
+        try:
+            await js.purge_stream(stream, subject=subject)
+        except (NatsError, OSError) as error:
+            log.warning("evidence.purge_failed", subject=subject, error=type(error).__name__)
+
+    def read_into(self, name: str, sink: HashingSink) -> StoredObject | None:
+        """Read the object's bytes into ``sink`` as they arrive; None when there is no such
+        object. :class:`ObjectChangedError` when they do not match the digest recorded with it
+        (``sink`` has what was read: its size and hash say by how much)."""
+        return self._call(self._read(name, sink))
+
+    async def _read(self, name: str, sink: HashingSink) -> StoredObject | None:
+        store = await self._bucket()
+        try:
+            result = await store.get(name, writeinto=sink)  # type: ignore[arg-type]
+        except ObjectNotFoundError:
+            return None
+        except DigestMismatchError:
+            raise ObjectChangedError(name) from None
+        return StoredObject(int(result.info.size or 0), _hex_digest(result.info.digest))
+
+    def list_objects(self) -> list[ListedObject]:
+        """Every object of the bucket (its metadata only; deleted ones left out)."""
+        return self._call(self._list())
+
+    async def _list(self) -> list[ListedObject]:
+        # From the stream's metadata subjects, each one's last entry: nats-py's list()
+        # waits forever on a bucket that never held an object.
+        js, _ = await self._jetstream()
+        bucket = self._settings.bucket
+        stream = f"OBJ_{bucket}"
+        info = await js.stream_info(stream, subjects_filter=f"$O.{bucket}.M.>")
+        listed = []
+        for subject in sorted(info.state.subjects or {}):
+            try:
+                last = await js.get_last_msg(stream, subject)
+            except NotFoundError:  # purged meanwhile
+                continue
+            entry = api.ObjectInfo.from_response(json.loads(last.data or b"{}"))
+            if not entry.deleted:
+                listed.append(ListedObject(entry.name, int(entry.size or 0), _time(entry.mtime)))
+        return listed
+
+    def delete(self, name: str) -> None:
+        self._call(self._delete(name))
+
+    async def _delete(self, name: str) -> None:
+        store = await self._bucket()
+        await store.delete(name)
+
+    def close(self) -> None:
+        async def closing() -> None:
+            if self._nc is not None and not self._nc.is_closed:
+                await self._nc.close()
+
+        try:
+            asyncio.run_coroutine_threadsafe(closing(), self._loop).result(CONNECT_SECONDS)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(CONNECT_SECONDS)
+            if not self._thread.is_alive():
+                self._loop.close()

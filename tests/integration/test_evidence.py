@@ -1,0 +1,642 @@
+"""Evidence end to end: a real ledger on SQLite with a real nats-server's object store."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import nats
+import pytest
+
+from incidentledger.v1 import evidence_service_pb2 as ev
+from incidentledger.v1 import evidence_service_pb2_grpc as ev_grpc
+from incidentledger.v1 import incident_pb2 as pb
+from incidentledger.v1 import ledger_service_pb2 as api
+from services.common.config import PROJECT_ROOT, RelaySettings
+from services.common.grpc_errors import error_info
+from services.common.natsserver import NatsServer
+from services.ledger.audit.evidence_check import sweep_orphans, verify_evidence
+from services.ledger.domain.evidence import object_name
+from tests.fanout_support import wait_until
+from tests.ledgerctl_support import Ctl
+from tests.support import (
+    REFERENCE_FILE,
+    Client,
+    rid,
+    running_ledger,
+    settings_for,
+    store_environment,
+)
+
+CHUNK = 1 << 20  # the largest chunk of a download
+# An upload's messages must also fit LEDGER_MAX_MESSAGE_BYTES (1 MiB by default), framing
+# included: half a MiB, as the Python client sends them.
+UPLOAD_CHUNK = 1 << 19
+JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01"
+
+
+def fails(call: object, code: grpc.StatusCode, reason: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()  # type: ignore[operator]
+    error = caught.value
+    assert error.code() == code, error.details()
+    info = error_info(error)  # type: ignore[arg-type]
+    assert info is not None
+    assert info.reason == reason, (info.reason, error.details())
+
+
+@pytest.fixture(params=["sqlite"])
+def ledger(
+    request: pytest.FixtureRequest, tmp_path: Path, nats_server: NatsServer
+) -> Iterator[Client]:
+    """A ledger with NATS on SQLite; on PostgreSQL too for the tests that ask for it
+    (``@pytest.mark.parametrize("ledger", STORES_TOO, indirect=True)``)."""
+    relay = RelaySettings(nats_url=nats_server.url)
+    with (
+        store_environment(request.param, tmp_path) as store_env,
+        running_ledger(settings_for(tmp_path, store_env, relay=relay)) as client,
+    ):
+        yield client
+
+
+def evidence_stub(ledger: Client) -> ev_grpc.EvidenceServiceStub:
+    return ev_grpc.EvidenceServiceStub(ledger.channel)
+
+
+def assigned_incident(ledger: Client) -> str:
+    """An incident reported by kesbangpol, verified, led by polres."""
+    name = ledger.report("kesbangpol").incident
+    coordinator = ledger.md("desk_pilkada")
+    ledger.stub.VerifyIncident(
+        api.VerifyIncidentRequest(request_id=rid(), name=name), metadata=coordinator
+    )
+    ledger.stub.AssignLeadAgency(
+        api.AssignLeadAgencyRequest(request_id=rid(), name=name, agency="polres"),
+        metadata=coordinator,
+    )
+    return name
+
+
+def write_file(path: Path, size: int, head: bytes = JPEG_HEAD) -> str:
+    """A file of ``size`` bytes starting with ``head``, written in pieces; its SHA-256."""
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        piece = head + os.urandom(min(size, CHUNK) - len(head))
+        written = 0
+        while written < size:
+            part = piece[: size - written]
+            out.write(part)
+            digest.update(part)
+            written += len(part)
+            piece = os.urandom(min(size - written, CHUNK)) if written < size else b""
+    return digest.hexdigest()
+
+
+def upload_messages(
+    name: str, path: Path, request_id: str, *, file_name: str = "photo.jpg", media_type: str = ""
+) -> Iterator[ev.UploadEvidenceRequest]:
+    yield ev.UploadEvidenceRequest(
+        header=ev.EvidenceHeader(
+            request_id=request_id,
+            name=name,
+            file_name=file_name,
+            media_type=media_type,
+            description="Envelopes handed out in Ipuh",
+        )
+    )
+    with path.open("rb") as source:
+        while chunk := source.read(UPLOAD_CHUNK):
+            yield ev.UploadEvidenceRequest(chunk=chunk)
+
+
+def attached_events(ledger: Client, name: str) -> list[pb.IncidentEvent]:
+    events = ledger.stub.ListIncidentEvents(
+        api.ListIncidentEventsRequest(parent=name, page_size=1000),
+        metadata=ledger.md("inspektorat"),
+    ).events
+    return [e for e in events if e.type == "EvidenceAttached"]
+
+
+def test_a_20_mb_file_comes_back_byte_for_byte_and_is_stored_once(
+    ledger: Client, tmp_path: Path
+) -> None:
+    name = assigned_incident(ledger)
+    source = tmp_path / "envelopes.jpg"
+    digest = write_file(source, 20 * 1000 * 1000)
+    stub = evidence_stub(ledger)
+    uploaded = stub.UploadEvidence(
+        upload_messages(name, source, rid(), media_type="image/jpeg"),
+        metadata=ledger.md("kesbangpol"),
+    )
+    evidence = uploaded.evidence
+    assert (evidence.sha256, evidence.size_bytes) == (digest, 20 * 1000 * 1000)
+    assert evidence.media_type == "image/jpeg"
+    assert evidence.uploader.agency == "kesbangpol"
+    assert evidence.name == f"{name}/evidence/{uploaded.result.event_id}"
+    # The same bytes again, as another attachment: a second event, one object.
+    again = stub.UploadEvidence(upload_messages(name, source, rid()), metadata=ledger.md("polres"))
+    assert again.evidence.sha256 == digest
+    assert len(attached_events(ledger, name)) == 2
+    objects = ledger.server.evidence_objects
+    assert objects is not None
+    stored = objects.stat(object_name(digest))
+    assert stored is not None and stored.sha256 == digest
+
+    target = tmp_path / "downloaded.jpg"
+    responses = stub.DownloadEvidence(
+        ev.DownloadEvidenceRequest(name=evidence.name), metadata=ledger.md("polres")
+    )
+    first = next(iter(responses))
+    assert first.evidence == evidence
+    copied = hashlib.sha256()
+    with target.open("wb") as out:
+        for response in responses:
+            assert len(response.chunk) <= CHUNK
+            out.write(response.chunk)
+            copied.update(response.chunk)
+    assert copied.hexdigest() == digest
+    assert target.stat().st_size == source.stat().st_size
+
+    listed = stub.ListEvidence(ev.ListEvidenceRequest(parent=name), metadata=ledger.md("polres"))
+    assert [e.sha256 for e in listed.evidence] == [digest, digest]
+    downloads = stub.ListEvidenceDownloads(
+        ev.ListEvidenceDownloadsRequest(parent=name), metadata=ledger.md("inspektorat")
+    ).downloads
+    assert [(d.evidence, d.actor.agency) for d in downloads] == [(evidence.name, "polres")]
+    fails(
+        lambda: stub.ListEvidenceDownloads(
+            ev.ListEvidenceDownloadsRequest(parent=name), metadata=ledger.md("polres")
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "AUDITOR_OR_COORDINATOR_ONLY",
+    )
+
+
+#: Both stores the ledger runs on in production: the table of downloads is on each.
+STORES_TOO = ["sqlite", "postgres"]
+
+
+@pytest.mark.parametrize("ledger", STORES_TOO, indirect=True)
+def test_a_retry_with_the_same_request_id_records_one_event(ledger: Client, tmp_path: Path) -> None:
+    name = assigned_incident(ledger)
+    source = tmp_path / "letter.pdf"
+    write_file(source, 300_000, head=b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj")
+    stub, request_id = evidence_stub(ledger), rid()
+    first = stub.UploadEvidence(
+        upload_messages(name, source, request_id, file_name="letter.pdf"),
+        metadata=ledger.md("polres"),
+    )
+    second = stub.UploadEvidence(
+        upload_messages(name, source, request_id, file_name="letter.pdf"),
+        metadata=ledger.md("polres"),
+    )
+    assert first.result == second.result
+    assert first.evidence.media_type == "application/pdf"
+    assert len(attached_events(ledger, name)) == 1
+    fetched = stub.DownloadEvidence(
+        ev.DownloadEvidenceRequest(name=first.evidence.name), metadata=ledger.md("polres")
+    )
+    assert sum(len(r.chunk) for r in fetched) == 300_000
+    downloads = stub.ListEvidenceDownloads(
+        ev.ListEvidenceDownloadsRequest(parent=name), metadata=ledger.md("desk_pilkada")
+    ).downloads
+    assert [(d.evidence, d.actor.agency) for d in downloads] == [(first.evidence.name, "polres")]
+
+
+def test_an_executable_named_as_an_image_is_refused(ledger: Client, tmp_path: Path) -> None:
+    name = assigned_incident(ledger)
+    source = tmp_path / "photo.jpg"
+    digest = write_file(source, 200_000, head=b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff")
+    version = attached_version(ledger, name)
+    fails(
+        lambda: evidence_stub(ledger).UploadEvidence(
+            upload_messages(name, source, rid(), media_type="image/jpeg"),
+            metadata=ledger.md("polres"),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MEDIA_TYPE_NOT_ALLOWED",
+    )
+    assert attached_version(ledger, name) == version
+    objects = ledger.server.evidence_objects
+    assert objects is not None and objects.stat(object_name(digest)) is None
+
+
+def test_a_responder_not_involved_is_permission_denied(ledger: Client, tmp_path: Path) -> None:
+    name = assigned_incident(ledger)
+    source = tmp_path / "photo.jpg"
+    write_file(source, 10_000)
+    stub = evidence_stub(ledger)
+    fails(
+        lambda: stub.UploadEvidence(
+            upload_messages(name, source, rid()), metadata=ledger.md("kodim")
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "NOT_INVOLVED",
+    )
+    uploaded = stub.UploadEvidence(
+        upload_messages(name, source, rid()), metadata=ledger.md("polres")
+    )
+    for call in (
+        lambda: stub.ListEvidence(ev.ListEvidenceRequest(parent=name), metadata=ledger.md("kodim")),
+        lambda: list(
+            stub.DownloadEvidence(
+                ev.DownloadEvidenceRequest(name=uploaded.evidence.name),
+                metadata=ledger.md("kodim"),
+            )
+        ),
+    ):
+        fails(call, grpc.StatusCode.PERMISSION_DENIED, "NOT_INVOLVED")
+
+
+def test_a_file_over_the_limit_is_resource_exhausted(ledger: Client, tmp_path: Path) -> None:
+    name = assigned_incident(ledger)
+    source = tmp_path / "video.jpg"
+    write_file(source, 26 * 1000 * 1000)
+    fails(
+        lambda: evidence_stub(ledger).UploadEvidence(
+            upload_messages(name, source, rid()), metadata=ledger.md("polres")
+        ),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "EVIDENCE_TOO_LARGE",
+    )
+    assert attached_events(ledger, name) == []
+
+
+def attached_version(ledger: Client, name: str) -> int:
+    return ledger.stub.GetIncident(
+        api.GetIncidentRequest(name=name), metadata=ledger.md("inspektorat")
+    ).incident.version
+
+
+def test_an_upload_cut_half_way_leaves_no_event_and_no_object(
+    ledger: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    name = assigned_incident(ledger)
+    source = tmp_path / "recording.jpg"
+    digest = write_file(source, 8 * CHUNK)
+    version = attached_version(ledger, name)
+    objects = ledger.server.evidence_objects
+    assert objects is not None
+    half_sent = threading.Event()
+    never = threading.Event()
+
+    def cut_short() -> Iterator[ev.UploadEvidenceRequest]:
+        for n, message in enumerate(upload_messages(name, source, rid())):
+            if n == 4:
+                half_sent.set()
+                never.wait(30)  # the client goes away here
+                return
+            yield message
+
+    call = evidence_stub(ledger).UploadEvidence.future(cut_short(), metadata=ledger.md("polres"))
+    assert half_sent.wait(10)
+    wait_until(
+        lambda: [o.name[:7] for o in objects.list_objects()] == ["upload-"],
+        what="the upload's pending entry",
+    )
+    call.cancel()  # type: ignore[no-untyped-call]
+    never.set()
+    wait_until(lambda: not objects.list_objects(), what="the pending upload removed")
+    assert attached_version(ledger, name) == version
+    assert objects.stat(object_name(digest)) is None
+    # Its chunks went with it: the bucket's stream holds nothing.
+    assert asyncio.run(_stream_messages(nats_server.url, "evidence")) == 0
+
+
+async def _stream_messages(nats_url: str, bucket: str) -> int:
+    nc = await nats.connect(nats_url)
+    try:
+        info = await nc.jetstream().stream_info(f"OBJ_{bucket}")
+        return int(info.state.messages)
+    finally:
+        await nc.close()
+
+
+async def _put_directly(nats_url: str, bucket: str, name: str, data: bytes) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        store = await nc.jetstream().object_store(bucket)
+        await store.put(name, data)
+    finally:
+        await nc.close()
+
+
+async def _change_one_byte(nats_url: str, bucket: str, name: str) -> None:
+    """What someone with write access to NATS could do: replace the object's (only) chunk
+    with one whose 100th byte differs, leaving the object's recorded digest as it was."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        store = await js.object_store(bucket)
+        info = await store.get_info(name)
+        stream, subject = f"OBJ_{bucket}", f"$O.{bucket}.C.{info.nuid}"
+        chunk = await js.get_last_msg(stream, subject)
+        assert chunk.seq is not None
+        data = bytearray(chunk.data or b"")
+        data[100] ^= 0x01
+        await js.delete_msg(stream, chunk.seq)
+        await js.publish(subject, bytes(data))
+    finally:
+        await nc.close()
+
+
+def test_deep_verify_names_a_changed_and_a_missing_object(
+    ledger: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    name = assigned_incident(ledger)
+    stub = evidence_stub(ledger)
+    photo, scan = tmp_path / "photo.png", tmp_path / "letter.pdf"
+    write_file(photo, 50_000, head=b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    write_file(scan, 60_000, head=b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 ob")
+    changed = stub.UploadEvidence(upload_messages(name, photo, rid()), metadata=ledger.md("polres"))
+    missing = stub.UploadEvidence(upload_messages(name, scan, rid()), metadata=ledger.md("polres"))
+    objects = ledger.server.evidence_objects
+    assert objects is not None
+    clean = verify_evidence(ledger.server.ledger, objects.read_into)
+    assert (clean.ok, clean.evidence, clean.objects) == (True, 2, 2)
+
+    asyncio.run(_change_one_byte(nats_server.url, "evidence", object_name(changed.evidence.sha256)))
+    objects.delete(object_name(missing.evidence.sha256))
+    report = verify_evidence(ledger.server.ledger, objects.read_into)
+    problems = {(p.event_id, p.problem, p.object, p.incident) for p in report.problems}
+    assert problems == {
+        (
+            changed.result.event_id,
+            "changed",
+            object_name(changed.evidence.sha256),
+            name,
+        ),
+        (
+            missing.result.event_id,
+            "missing",
+            object_name(missing.evidence.sha256),
+            name,
+        ),
+    }
+    (found,) = [p for p in report.problems if p.problem == "changed"]
+    assert found.found_size == found.expected_size == 50_000
+    assert found.found_sha256 != found.expected_sha256
+    # A download of the changed file is refused before any byte goes out.
+    fails(
+        lambda: list(
+            stub.DownloadEvidence(
+                ev.DownloadEvidenceRequest(name=changed.evidence.name),
+                metadata=ledger.md("polres"),
+            )
+        ),
+        grpc.StatusCode.DATA_LOSS,
+        "EVIDENCE_CHANGED",
+    )
+
+
+def test_ledgerctl_attaches_lists_gets_and_shows_downloads(
+    ledger: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ctl = Ctl(ledger, capsys)
+    name = assigned_incident(ledger)
+    source = tmp_path / "amplop.jpg"
+    digest = write_file(source, 3 * UPLOAD_CHUNK + 17)
+    attached = ctl.json("polres", "attach", name, str(source), "-d", "Amplop dibagikan di Ipuh")
+    evidence = attached["evidence"]
+    assert (evidence["sha256"], evidence["media_type"]) == (digest, "image/jpeg")
+    assert attached["result"]["incident"] == name
+    short = evidence["name"].rpartition("/")[2][:8]
+    table = ctl.ok("polres", "evidence", "list", name)
+    assert "amplop.jpg" in table and short in table
+    target = tmp_path / "copy.jpg"
+    ctl.ok("inspektorat", "evidence", "get", name, short, "-o", str(target))
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
+    assert not target.with_name("copy.jpg.part").exists()
+    downloads = ctl.json("inspektorat", "evidence", "downloads", name)
+    assert [(d["evidence"], d["actor"]["agency"]) for d in downloads] == [
+        (evidence["name"], "inspektorat")
+    ]
+    indonesian = ctl.ok("polres", "--lang", "id", "evidence", "list", name)
+    assert "Bukti" in indonesian and "pengunggah" in indonesian.lower()
+    code, _out, err = ctl.run("kodim", "attach", name, str(source))
+    assert code != 0 and "NOT_INVOLVED" in err
+    # A correction: the right file attached, the first one recorded as superseded by it.
+    right = tmp_path / "right.jpg"
+    write_file(right, 20_000)
+    code, _out, err = ctl.run("polres", "attach", name, str(right), "--supersedes", short)
+    assert code == 2 and "--reason" in err
+    corrected = ctl.json(
+        "polres", "attach", name, str(right), "--supersedes", short, "--reason", "wrong photo"
+    )
+    assert corrected["correction"]["incident"] == name
+    listed = {e["name"]: e for e in ctl.json("polres", "evidence", "list", name)}
+    assert listed[evidence["name"]]["superseded_by"] == corrected["evidence"]["name"]
+
+
+def test_the_sweep_deletes_objects_no_event_names_once_past_the_grace(
+    ledger: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """What an upload leaves when the ledger is killed half way (its pending entry and
+    chunks) or between storing a file and recording its event (an object no event names):
+    swept once older than the grace period."""
+    name = assigned_incident(ledger)
+    kept, orphan = tmp_path / "kept.jpg", tmp_path / "orphan.jpg"
+    write_file(kept, 40_000)
+    orphan_digest = write_file(orphan, 30_000)
+    uploaded = evidence_stub(ledger).UploadEvidence(
+        upload_messages(name, kept, rid()), metadata=ledger.md("polres")
+    )
+    objects = ledger.server.evidence_objects
+    assert objects is not None
+    with orphan.open("rb") as source:
+        objects.put_chunks(iter([source.read()]))
+    killed = "upload-0123456789abcdef0123456789abcdef"
+    asyncio.run(_put_directly(nats_server.url, "evidence", killed, b"half a file"))
+    now = datetime.now(UTC)
+    assert sweep_orphans(ledger.server.ledger, objects, timedelta(minutes=60), now) == []
+    swept = sweep_orphans(ledger.server.ledger, objects, timedelta(0), now + timedelta(seconds=1))
+    assert sorted(swept) == sorted([object_name(orphan_digest), killed])
+    assert objects.stat(object_name(orphan_digest)) is None
+    assert objects.stat(killed) is None
+    assert objects.stat(object_name(uploaded.evidence.sha256)) is not None
+
+
+def _audit_cli(ledger: Client, nats_url: str, *args: str) -> tuple[int, list[dict[str, object]]]:
+    """``python -m services.ledger.audit`` on the running ledger's store and NATS."""
+    result = subprocess.run(
+        [sys.executable, "-m", "services.ledger.audit", *args],
+        env={
+            **os.environ,
+            **ledger.server.ledger.env,
+            "NATS_URL": nats_url,
+            "LEDGER_DATA_DIR": str(ledger.data_dir),
+            "LEDGER_REFERENCE_FILE": str(REFERENCE_FILE),
+            "LEDGER_LOG_FORMAT": "json",
+            "PYTHONPATH": f"{PROJECT_ROOT}:{PROJECT_ROOT / 'gen'}",
+        },
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return result.returncode, lines
+
+
+def test_ledger_audit_verify_deep_exits_1_and_names_a_missing_object(
+    ledger: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    name = assigned_incident(ledger)
+    source = tmp_path / "photo.jpg"
+    write_file(source, 20_000)
+    uploaded = evidence_stub(ledger).UploadEvidence(
+        upload_messages(name, source, rid()), metadata=ledger.md("polres")
+    )
+    public_key = str(ledger.data_dir / "keys" / "ledger-signing.pub")
+    verify = ("verify", "--store", "--public-key", public_key, "--deep")
+    code, lines = _audit_cli(ledger, nats_server.url, *verify)
+    assert code == 0, lines
+    assert any(line["event"] == "audit.verify.evidence_clean" for line in lines)
+    objects = ledger.server.evidence_objects
+    assert objects is not None
+    objects.delete(object_name(uploaded.evidence.sha256))
+    code, lines = _audit_cli(ledger, nats_server.url, *verify)
+    assert code == 1
+    (missing,) = [line for line in lines if line["event"] == "audit.verify.evidence_missing"]
+    assert (missing["incident"], missing["event_id"]) == (name, uploaded.result.event_id)
+
+
+async def _last_event_message(nats_url: str, subject: str) -> bytes:
+    nc = await nats.connect(nats_url)
+    try:
+        message = await nc.jetstream().get_last_msg("LEDGER_EVENTS", subject)
+        return message.data or b""
+    finally:
+        await nc.close()
+
+
+def test_notifications_carry_the_evidence_s_metadata_never_its_bytes(
+    ledger: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    name = assigned_incident(ledger)
+    source = tmp_path / "amplop.jpg"
+    digest = write_file(source, 200_000)
+    uploaded = evidence_stub(ledger).UploadEvidence(
+        upload_messages(name, source, rid()), metadata=ledger.md("polres")
+    )
+    subject = "ledger.v1.events.kota_mukomuko.crowd_gathering.evidence_attached"
+
+    def published() -> bytes:
+        try:
+            return asyncio.run(_last_event_message(nats_server.url, subject))
+        except nats.js.errors.NotFoundError:
+            return b""
+
+    wait_until(lambda: bool(published()), what="EvidenceAttached relayed")
+    notification = pb.EventNotification.FromString(published())
+    event = notification.event
+    assert (event.type, event.event_id) == ("EvidenceAttached", uploaded.result.event_id)
+    payload = json.loads(event.payload_json)
+    assert payload == {
+        "sha256": digest,
+        "size_bytes": 200_000,
+        "media_type": "image/jpeg",
+        "file_name": "photo.jpg",
+        "description": "Envelopes handed out in Ipuh",
+    }
+    assert len(published()) < 10_000  # the 200 kB file is not in it
+
+
+def test_evidence_is_corrected_by_a_new_attachment_and_a_correction(
+    ledger: Client, tmp_path: Path
+) -> None:
+    name = assigned_incident(ledger)
+    stub = evidence_stub(ledger)
+    wrong, right = tmp_path / "wrong.jpg", tmp_path / "right.jpg"
+    write_file(wrong, 20_000)
+    write_file(right, 30_000)
+    first = stub.UploadEvidence(upload_messages(name, wrong, rid()), metadata=ledger.md("polres"))
+    second = stub.UploadEvidence(upload_messages(name, right, rid()), metadata=ledger.md("polres"))
+    ledger.stub.RecordCorrection(
+        api.RecordCorrectionRequest(
+            request_id=rid(),
+            name=name,
+            corrected_event_id=first.result.event_id,
+            field="superseded_by",
+            old_value="",
+            new_value=second.result.event_id,
+            reason="the photo of another envelope",
+        ),
+        metadata=ledger.md("polres"),
+    )
+    listed = stub.ListEvidence(ev.ListEvidenceRequest(parent=name), metadata=ledger.md("polres"))
+    assert [(e.name, e.superseded_by) for e in listed.evidence] == [
+        (first.evidence.name, second.evidence.name),
+        (second.evidence.name, ""),
+    ]
+    # The old file stays, and can still be fetched: nothing is replaced.
+    chunks = stub.DownloadEvidence(
+        ev.DownloadEvidenceRequest(name=first.evidence.name), metadata=ledger.md("polres")
+    )
+    assert sum(len(r.chunk) for r in chunks) == 20_000
+    fails(
+        lambda: ledger.stub.RecordCorrection(
+            api.RecordCorrectionRequest(
+                request_id=rid(),
+                name=name,
+                corrected_event_id=second.result.event_id,
+                field="sha256",
+                old_value=second.evidence.sha256,
+                new_value="0" * 64,
+                reason="swap the file",
+            ),
+            metadata=ledger.md("polres"),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+    )
+
+
+def test_ledgerctl_audit_verify_deep_names_a_changed_file(
+    ledger: Client, nats_server: NatsServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ctl = Ctl(ledger, capsys)
+    name = assigned_incident(ledger)
+    source = tmp_path / "photo.png"
+    write_file(source, 50_000, head=b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    uploaded = evidence_stub(ledger).UploadEvidence(
+        upload_messages(name, source, rid()), metadata=ledger.md("polres")
+    )
+    clean = ctl.ok("inspektorat", "audit", "verify", "--deep")
+    assert "ledger verified" in clean and "evidence verified" in clean
+    code, _out, err = ctl.run("polres", "audit", "verify", "--deep")
+    assert code != 0 and "ROLE_REQUIRED" in err
+    asyncio.run(
+        _change_one_byte(nats_server.url, "evidence", object_name(uploaded.evidence.sha256))
+    )
+    code, out, err = ctl.run("inspektorat", "--json", "audit", "verify", "--deep")
+    assert code == 1, (code, out[-300:], err)
+    verified = json.loads(out)
+    assert verified["ledger"]["ok"] is True
+    found = verified["evidence"]
+    assert found["ok"] is False
+    assert [(p["evidence"], p["problem"]) for p in found["problems"]] == [
+        (uploaded.evidence.name, "changed")
+    ]
+
+
+def test_an_upload_without_credentials_is_unauthenticated(ledger: Client, tmp_path: Path) -> None:
+    name = assigned_incident(ledger)
+    source = tmp_path / "photo.jpg"
+    write_file(source, 10_000)
+    fails(
+        lambda: evidence_stub(ledger).UploadEvidence(upload_messages(name, source, rid())),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "CREDENTIALS_MISSING",
+    )
+    assert attached_events(ledger, name) == []
