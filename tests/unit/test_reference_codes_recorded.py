@@ -4,6 +4,7 @@ again by their code, drawn again when taken."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -11,11 +12,14 @@ from uuid import UUID, uuid4
 import pytest
 
 from services.common.errors import InvalidArgument, NotFound
-from services.ledger import application
+from services.common.sql import SQLiteDatabase
+from services.ledger import application, personal_keys
 from services.ledger.application import IngestItem, IngestOutcome, Ledger
 from services.ledger.domain import commands
-from services.ledger.domain.commands import ReportIncident
+from services.ledger.domain.commands import ReadPersonalData, ReportIncident
+from services.ledger.domain.personal import Person, PersonalData
 from services.ledger.domain.refcodes import code_for
+from services.ledger.personal_keys import KeyRing, PersonalKeys
 from tests.unit.incident_builders import LOCATION, REF, REPORTER, actor, envelope_for
 
 NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
@@ -87,6 +91,30 @@ def test_a_report_whose_code_is_taken_is_recorded_under_another(
     assert len(codes) == 2
     # The retry is the second draw: its code comes from the id and the draw number.
     assert ledger.incident_by_reference(code_for(REF.reference_prefix, other_id, 1)) == other_id
+
+
+def test_a_report_naming_people_whose_code_is_taken_keeps_its_id_and_draws_again(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its personal data is sealed for its incident id, so only the code is drawn again.
+    ledger.personal_keys = PersonalKeys(
+        SQLiteDatabase(":memory:"), KeyRing({"k1": bytes(range(32))}, "k1")
+    )
+    first_id = uuid4()
+    drawing(monkeypatch, [first_id])
+    ledger.execute(envelope_for(REPORTER), command("first"))
+    colliding = same_code_as(first_id)
+    monkeypatch.setattr(personal_keys, "uuid4", lambda: colliding)  # the incident's, each subject's
+    people = PersonalData(reporter=Person(name="Siti", phone="081273456690"))
+    named = ledger.execute(envelope_for(REPORTER), replace(command("named"), personal_data=people))
+    assert named.incident_id == colliding
+    code = ledger.get_incident(colliding).reference
+    assert code == code_for(REF.reference_prefix, colliding, 1), "the second draw"
+    assert ledger.incident_by_reference(code) == colliding
+    read = ledger.read_personal_data(
+        envelope_for("bawaslu"), ReadPersonalData(colliding, 0, "verify the report")
+    )
+    assert [v.person.name for v in read.subjects if v.person] == ["Siti"]
 
 
 def item(title: str) -> IngestItem:
