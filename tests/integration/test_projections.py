@@ -50,6 +50,7 @@ from services.ledger.projections import BoardFilter, Lag, Projections, service
 from services.ledger.projections.facts import FastDecoder, fact_from_event, incident_topics
 from services.ledger.projections.store import ProjectionStore
 from tests.support import reference, store_environment
+from tests.unit.incident_builders import evidence_attached, personal_data_history
 
 REF = reference()
 COORDINATOR = REF.coordinator
@@ -423,6 +424,9 @@ def test_fast_decoder_gives_the_mappers_facts(ledger: Ledger) -> None:
         envelope(COORDINATOR, random.Random(9)),
         RejectIncident(rejected, 0, RejectionReason.HOAX, "hoax"),
     )
+    # The personal data events and evidence (the history does not make them).
+    personal_data_history(ledger)
+    evidence_attached(ledger, target, "desk_pilkada")
     decoder = FastDecoder(ledger)
     assert decoder.fast
     notifications = ledger.recorder.select_notifications(0, 10_000)

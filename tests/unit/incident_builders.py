@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 from services.common.reference import ReferenceData
 from services.ledger.domain.incident import Actor, Envelope, Incident, RejectionReason, Status
 from tests.support import reference
+
+if TYPE_CHECKING:
+    from services.ledger.application import Ledger
 
 REF: ReferenceData = reference()
 COORDINATOR = "desk_pilkada"
@@ -110,3 +113,58 @@ def event_of(incident: Incident, type_name: str, nth: int = 0) -> Incident.Event
 
 def event_id_of(incident: Incident, type_name: str, nth: int = 0) -> UUID:
     return event_of(incident, type_name, nth).event_id
+
+
+def personal_data_history(ledger: Ledger) -> UUID:
+    """A report naming people, read, held, released and erased: the personal data events.
+    A ledger built without a key table gets one in memory (the history needs it)."""
+    from services.common.sql import SQLiteDatabase
+    from services.ledger.domain.commands import (
+        ErasePersonalData,
+        LiftLegalHold,
+        PlaceLegalHold,
+        ReadPersonalData,
+        ReportIncident,
+    )
+    from services.ledger.domain.personal import Person, PersonalData
+    from services.ledger.personal_keys import KeyRing, PersonalKeys
+
+    if ledger.personal_keys is None:
+        ring = KeyRing({"k1": bytes(range(32))}, "k1")
+        ledger.personal_keys = PersonalKeys(SQLiteDatabase(":memory:"), ring)
+    people = PersonalData(
+        reporter=Person(name="Siti", phone="081273456690", nik="1706014107900003"),
+        witnesses=(Person(name="Budi"),),
+    )
+    reported = ledger.execute(
+        envelope_for("kesbangpol"),
+        ReportIncident(
+            title="Amplop dibagikan",
+            description="",
+            category="money_politics",
+            severity="",
+            location={"kecamatan": "ipuh"},
+            personal_data=people,
+        ),
+    )
+    i = reported.incident_id
+    ledger.read_personal_data(envelope_for("bawaslu"), ReadPersonalData(i, 0, "verify report"))
+    ledger.execute(envelope_for("kejari"), PlaceLegalHold(i, 0, "Gakkumdu case 3"))
+    ledger.execute(envelope_for("kejari"), LiftLegalHold(i, 0, "case closed"))
+    ledger.erase_personal_data(
+        envelope_for("desk_pilkada"), ErasePersonalData(i, 0, (), "retention rule")
+    )
+    return i
+
+
+def evidence_attached(ledger: Ledger, incident: UUID, agency: str = "kesbangpol") -> UUID:
+    """An EvidenceAttached event on ``incident``, as UploadEvidence records it once the file
+    is stored (no object store needed: only the file's digest, size and type are recorded);
+    its event id."""
+    from services.ledger.domain.evidence import UploadEvidence
+
+    result = ledger.execute(
+        envelope_for(agency),
+        UploadEvidence(incident, 0, "ab" * 32, 48213, "image/jpeg", "amplop.jpg", "di Ipuh"),
+    )
+    return result.event_id

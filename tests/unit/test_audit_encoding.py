@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.json_format import MessageToDict
 
 from services.common.config import AuditSettings, ConfigError
-from services.common.sql import SQLiteDatabase
 from services.ledger.application import IngestItem, Ledger, StoredIncidentEvent
 from services.ledger.audit import (
     Checkpoint,
@@ -40,14 +39,10 @@ from services.ledger.domain.commands import (
     ApproveClosure,
     AssessSeverity,
     AssignLeadAgency,
-    ErasePersonalData,
     EscalateIncident,
-    LiftLegalHold,
     LogAction,
     MergeIncident,
-    PlaceLegalHold,
     ProposeHandover,
-    ReadPersonalData,
     RecordCorrection,
     RecordDecision,
     RejectIncident,
@@ -66,11 +61,9 @@ from services.ledger.domain.incident import (
     event_hash,
     incident_event_classes,
 )
-from services.ledger.domain.personal import Person, PersonalData
-from services.ledger.personal_keys import KeyRing, PersonalKeys
 from services.ledger.wire import event_to_proto
 from tests.support import reference, store_environment
-from tests.unit.incident_builders import envelope_for
+from tests.unit.incident_builders import envelope_for, personal_data_history
 
 LOCATION = {"kecamatan": "kota_mukomuko", "desa": "Koto Jaya"}
 ON_THE_SECOND = datetime(2026, 11, 28, 1, 2, 3, tzinfo=UTC)  # no microseconds
@@ -143,12 +136,13 @@ def build_history(ledger: Ledger, *, extra: int = 2) -> History:
             reason="typo",
         ),
     )
-    ledger.execute(envelope_for("kodim"), LogAction(i, 0, "second patrol", None))
     # Evidence: its digest, size and type enter the chain, never its bytes.
     ledger.execute(
         envelope_for("kodim"),
         UploadEvidence(i, 0, "ab" * 32, 48213, "image/jpeg", "amplop.jpg", "amplop di Ipuh"),
     )
+    # The incident's latest event (the tamper tests change it).
+    ledger.execute(envelope_for("kodim"), LogAction(i, 0, "second patrol", None))
     history = History(i, decision_event=decision.event_id)
     hoax = ledger.execute(
         envelope_for("bawaslu"),
@@ -203,7 +197,7 @@ def build_history(ledger: Ledger, *, extra: int = 2) -> History:
     )
     assert ingested.result is not None
     history.others.append(ingested.result.incident_id)
-    history.others.append(_personal_data_history(ledger))
+    history.others.append(personal_data_history(ledger))
     for n in range(extra):
         other = ledger.execute(
             envelope_for("polres"),
@@ -220,37 +214,6 @@ def build_history(ledger: Ledger, *, extra: int = 2) -> History:
         ledger.execute(envelope_for("polres"), LogAction(other.incident_id, 0, f"action {n}", None))
         history.others.append(other.incident_id)
     return history
-
-
-def _personal_data_history(ledger: Ledger) -> UUID:
-    """A report naming people, read, held, released and erased: the personal data events.
-    A ledger built without a key table gets one in memory (the history needs it)."""
-    if ledger.personal_keys is None:
-        ring = KeyRing({"k1": bytes(range(32))}, "k1")
-        ledger.personal_keys = PersonalKeys(SQLiteDatabase(":memory:"), ring)
-    people = PersonalData(
-        reporter=Person(name="Siti", phone="081273456690", nik="1706014107900003"),
-        witnesses=(Person(name="Budi"),),
-    )
-    reported = ledger.execute(
-        envelope_for("kesbangpol"),
-        ReportIncident(
-            title="Amplop dibagikan",
-            description="",
-            category="money_politics",
-            severity="",
-            location={"kecamatan": "ipuh"},
-            personal_data=people,
-        ),
-    )
-    i = reported.incident_id
-    ledger.read_personal_data(envelope_for("bawaslu"), ReadPersonalData(i, 0, "verify report"))
-    ledger.execute(envelope_for("kejari"), PlaceLegalHold(i, 0, "Gakkumdu case 3"))
-    ledger.execute(envelope_for("kejari"), LiftLegalHold(i, 0, "case closed"))
-    ledger.erase_personal_data(
-        envelope_for("desk_pilkada"), ErasePersonalData(i, 0, (), "retention rule")
-    )
-    return i
 
 
 @pytest.fixture(params=["popo", "sqlite"])
