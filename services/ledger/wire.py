@@ -505,6 +505,8 @@ def incident_to_proto(incident: Incident) -> pb.Incident:
         occur_time=timestamp(incident.occurred_at),
         create_time=timestamp(incident.created_on),
         update_time=timestamp(incident.modified_on),
+        data_subjects=[subject_summary_to_proto(s) for s in incident.subjects.values()],
+        legal_hold_agencies=sorted(incident.legal_holds),
     )
     if incident.rejection_reason is not None:
         message.rejection_reason = pb.RejectionReason.Value(
@@ -537,10 +539,24 @@ def incident_to_proto(incident: Incident) -> pb.Incident:
     return message
 
 
-SUBJECT_ROLES: dict[SubjectRole, pd.DataSubjectRole.ValueType] = {
-    SubjectRole.REPORTER: pd.DATA_SUBJECT_ROLE_REPORTER,
-    SubjectRole.WITNESS: pd.DATA_SUBJECT_ROLE_WITNESS,
+SUBJECT_ROLES: dict[SubjectRole, pb.DataSubjectRole.ValueType] = {
+    SubjectRole.REPORTER: pb.DATA_SUBJECT_ROLE_REPORTER,
+    SubjectRole.WITNESS: pb.DATA_SUBJECT_ROLE_WITNESS,
 }
+
+
+def subject_state(subject: DataSubject) -> pb.DataSubjectState.ValueType:
+    return pb.DATA_SUBJECT_STATE_ERASED if subject.erased else pb.DATA_SUBJECT_STATE_PRESENT
+
+
+def subject_summary_to_proto(subject: DataSubject) -> pb.DataSubjectSummary:
+    """A data subject as every view of the incident shows them: never their data."""
+    return pb.DataSubjectSummary(
+        subject_id=str(subject.subject_id),
+        role=SUBJECT_ROLES[subject.sealed.role],
+        anonymous=subject.sealed.anonymous,
+        state=subject_state(subject),
+    )
 
 
 def subject_to_proto(incident_id: UUID, subject: DataSubject) -> pd.DataSubject:
@@ -550,7 +566,7 @@ def subject_to_proto(incident_id: UUID, subject: DataSubject) -> pd.DataSubject:
         incident=incident_name(incident_id),
         role=SUBJECT_ROLES[subject.sealed.role],
         anonymous=subject.sealed.anonymous,
-        state=pd.DATA_SUBJECT_STATE_ERASED if subject.erased else pd.DATA_SUBJECT_STATE_PRESENT,
+        state=subject_state(subject),
     )
 
 

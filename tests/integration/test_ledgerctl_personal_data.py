@@ -49,3 +49,43 @@ def test_an_agency_without_the_right_reads_nothing(ctl: Ctl) -> None:
     )["incident"]
     code, out, err = ctl.run("kpu", "pii", "read", name, "-p", "curious")
     assert code != 0 and "Siti" not in out + err
+
+
+def test_show_names_the_people_without_their_data_in_both_languages(ctl: Ctl) -> None:
+    name = ctl.json(
+        "kesbangpol",
+        "report",
+        "Amplop dibagikan",
+        "money_politics",
+        "ipuh",
+        "--reporter",
+        f"Siti Rahma|0812-7345-6690|{NIK}|Jl. Kenari 7",
+        "--witness",
+        "Budi Saksi|081298765432",
+        "--witness",
+        "Ani Saksi",
+    )["incident"]
+
+    def show(language: str) -> str:
+        shown = ctl.ok("kpu", "--lang", language, "show", name)
+        for plain in ("Siti", "Budi", "Ani Saksi", NIK, "7345", "98765432", "Kenari"):
+            assert plain not in shown, plain
+        return shown
+
+    assert "people named: reporter: present, 2 witnesses: present" in show("en")
+    assert "orang yang disebut: pelapor: ada, 2 saksi: ada" in show("id")
+    ctl.ok("bawaslu", "pii", "hold", name, "-m", "Gakkumdu 3/2024")
+    assert "legal hold by bawaslu" in show("en")
+    assert "penahanan hukum oleh bawaslu" in show("id")
+    ctl.ok("bawaslu", "pii", "release", name, "-m", "case closed")
+    ctl.ok("desk_pilkada", "pii", "erase", name, "--legal-basis", "request 5/2024")
+    english = show("en")
+    assert "people named: reporter: erased, 2 witnesses: erased" in english
+    assert "legal hold" not in english
+    assert "orang yang disebut: pelapor: dihapus, 2 saksi: dihapus" in show("id")
+    shown = ctl.json("kpu", "show", name)["incident"]
+    assert [(s["role"], s["state"]) for s in shown["data_subjects"]] == [
+        ("reporter", "ERASED"),
+        ("witness", "ERASED"),
+        ("witness", "ERASED"),
+    ]

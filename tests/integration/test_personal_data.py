@@ -103,10 +103,10 @@ def test_a_reader_with_a_purpose_sees_the_data_and_the_read_is_recorded(ledger: 
     name = report_with_people(ledger)
     answer = read(ledger, "bawaslu", name)
     people = {s.role: s.person for s in answer.subjects}
-    assert people[pd.DATA_SUBJECT_ROLE_REPORTER] == pd.Person(
+    assert people[pb.DATA_SUBJECT_ROLE_REPORTER] == pd.Person(
         name=NAME, phone=PHONE, nik=NIK, address="Jl. Kenari 7"
     )
-    assert people[pd.DATA_SUBJECT_ROLE_WITNESS].nik == WITNESS_NIK
+    assert people[pb.DATA_SUBJECT_ROLE_WITNESS].nik == WITNESS_NIK
     record = accesses(ledger, "desk_pilkada", name)
     assert [(a.actor.agency, a.purpose, a.event_id) for a in record.accesses] == [
         ("bawaslu", "verify the report", answer.result.event_id)
@@ -155,9 +155,9 @@ def test_a_reading_needs_a_purpose(ledger: Client) -> None:
 def test_an_anonymous_reporter_is_known_to_the_reporting_agency_only(ledger: Client) -> None:
     name = report_with_people(ledger, anonymous=True)
     others = read(ledger, "bawaslu", name)
-    assert [s.role for s in others.subjects] == [pd.DATA_SUBJECT_ROLE_WITNESS]
+    assert [s.role for s in others.subjects] == [pb.DATA_SUBJECT_ROLE_WITNESS]
     own = read(ledger, "kesbangpol", name)
-    reporter = next(s for s in own.subjects if s.role == pd.DATA_SUBJECT_ROLE_REPORTER)
+    reporter = next(s for s in own.subjects if s.role == pb.DATA_SUBJECT_ROLE_REPORTER)
     assert reporter.person.nik == NIK
     assert reporter.anonymous
 
@@ -182,7 +182,7 @@ def test_subject_access_by_phone_or_nik_finds_only_that_person(ledger: Client) -
     assert {s.incident for s in by_phone.subjects} == {first, second}
     assert {s.person.nik for s in by_phone.subjects} == {NIK}
     by_nik = find(ledger, "desk_pilkada", nik=WITNESS_NIK)
-    assert {s.role for s in by_nik.subjects} == {pd.DATA_SUBJECT_ROLE_WITNESS}
+    assert {s.role for s in by_nik.subjects} == {pb.DATA_SUBJECT_ROLE_WITNESS}
     # Each incident's read is recorded, and the trail comes with the answer.
     assert all(s.accesses for s in by_nik.subjects)
     assert len(accesses(ledger, "desk_pilkada", first).accesses) == 2
@@ -192,7 +192,7 @@ def test_erasure_destroys_the_data_and_the_index(ledger: Client) -> None:
     name = report_with_people(ledger)
     erase(ledger, "desk_pilkada", name)
     after = read_states(ledger, name)
-    assert after == {pd.DATA_SUBJECT_STATE_ERASED}
+    assert after == {pb.DATA_SUBJECT_STATE_ERASED}
     assert not find(ledger, "desk_pilkada", nik=NIK).subjects
     with pytest.raises(grpc.RpcError) as again:
         erase(ledger, "desk_pilkada", name)
@@ -214,12 +214,12 @@ def test_a_legal_hold_blocks_erasure_until_lifted(ledger: Client) -> None:
         erase(ledger, "desk_pilkada", name)
     assert held.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert reason(held.value) == "LEGAL_HOLD"
-    assert read_states(ledger, name) == {pd.DATA_SUBJECT_STATE_PRESENT}
+    assert read_states(ledger, name) == {pb.DATA_SUBJECT_STATE_PRESENT}
     assert read(ledger, "bawaslu", name).subjects[0].person.name == NAME
     assert [h.agency for h in accesses(ledger, "desk_pilkada", name).legal_holds] == ["kejari"]
     hold(ledger, "kejari", name, lift=True)
     erase(ledger, "desk_pilkada", name)
-    assert read_states(ledger, name) == {pd.DATA_SUBJECT_STATE_ERASED}
+    assert read_states(ledger, name) == {pb.DATA_SUBJECT_STATE_ERASED}
 
 
 def test_a_batch_report_takes_personal_data(ledger: Client) -> None:

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from incidentledger_client import LedgerClient, Location
+from incidentledger_client import LedgerClient, Location, Person, PersonalData
 from incidentledger_client.cli.output import BAND_FILL
 from services.common.config import PROJECT_ROOT
 from services.common.natsserver import NatsServer
@@ -670,6 +670,34 @@ def test_a_language_link_goes_back_only_to_a_page_of_this_site(room: Room) -> No
             assert (answer.status_code, answer.headers["location"]) == (303, back)
             assert answer.cookies[LANGUAGE_COOKIE] == "en"
         assert "Masuk" in httpx.get(f"{room.url}/login").text  # without the cookie
+
+
+def test_the_incident_page_names_the_people_present_then_erased_never_their_data(
+    room: Room,
+) -> None:
+    people = PersonalData(
+        reporter=Person("Siti Rahma", "081273456690", "1706014107900003"),
+        anonymous=True,
+        witnesses=(Person("Budi Saksi"),),
+    )
+    reporter = room.ledger("kesbangpol")
+    name = reporter.report(
+        "Amplop dibagikan", "money_politics", "ipuh", personal_data=people
+    ).incident
+    with signed_in_http(room, "kpu") as web:
+
+        def subjects(language: str) -> list[str]:
+            web.cookies.set(LANGUAGE_COOKIE, language)
+            page = web.get(f"/{name}").text
+            for plain in ("Siti", "Budi", "1706014107900003", "73456690"):
+                assert plain not in page, plain
+            return re.findall(r"<li data-role=[^>]*>([^<]*)</li>", page)
+
+        assert subjects("en") == ["reporter (anonymous): present", "witness: present"]
+        assert subjects("id") == ["pelapor (anonim): ada", "saksi: ada"]
+        room.ledger("desk_pilkada").erase_personal_data(name, "request 5/2024")
+        assert subjects("en") == ["reporter (anonymous): erased", "witness: erased"]
+        assert subjects("id") == ["pelapor (anonim): dihapus", "saksi: dihapus"]
 
 
 def test_the_incident_page_lists_evidence_with_thumbnails_for_the_agencies_involved(

@@ -48,6 +48,7 @@ from incidentledger_client.personal import (
     PersonalDataAccess,
     PersonalDataRecord,
     SubjectState,
+    SubjectSummary,
 )
 from incidentledger_client.types import (
     Actor,
@@ -163,6 +164,7 @@ __all__ = [
     "RetryPolicy",
     "ScoreReason",
     "SubjectState",
+    "SubjectSummary",
     "Subscription",
     "TooMuchContention",
     "TriageAction",

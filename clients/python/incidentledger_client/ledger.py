@@ -911,16 +911,27 @@ class LedgerClient:
             reason=reason,
         )
 
-    def personal_data_accesses(self, name: str) -> PersonalDataRecord:
-        """Who read the incident's personal data, when and why; its people and holds."""
-        response = self._transport.unary(
-            self._ledger.ListPersonalDataAccesses,
-            api.ListPersonalDataAccessesRequest(name=name),
-        )
+    def personal_data_accesses(self, name: str, *, page_size: int = 0) -> PersonalDataRecord:
+        """Who read the incident's personal data, when and why (every page of it, oldest
+        first); its people and holds (as the first page says them)."""
+        first: list[api.ListPersonalDataAccessesResponse] = []
+
+        def fetch(token: str) -> tuple[list[PersonalDataAccess], str]:
+            page = self._transport.unary(
+                self._ledger.ListPersonalDataAccesses,
+                api.ListPersonalDataAccessesRequest(
+                    name=name, page_size=page_size, page_token=token
+                ),
+            )
+            if not first:
+                first.append(page)
+            return [PersonalDataAccess.from_proto(a) for a in page.accesses], page.next_page_token
+
+        accesses = tuple(paginate(fetch))
         return PersonalDataRecord(
-            accesses=tuple(PersonalDataAccess.from_proto(a) for a in response.accesses),
-            subjects=tuple(DataSubject.from_proto(s) for s in response.subjects),
-            legal_holds=tuple(LegalHold(h.agency, h.reason) for h in response.legal_holds),
+            accesses=accesses,
+            subjects=tuple(DataSubject.from_proto(s) for s in first[0].subjects),
+            legal_holds=tuple(LegalHold(h.agency, h.reason) for h in first[0].legal_holds),
         )
 
     # ------------------------------------------------------------------------- queries

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import personal_data_pb2 as pd
 
 
@@ -84,7 +85,31 @@ class PersonalDataAccess:
         )
 
 
-_ROLES = {pd.DATA_SUBJECT_ROLE_REPORTER: "reporter", pd.DATA_SUBJECT_ROLE_WITNESS: "witness"}
+_ROLES = {pb.DATA_SUBJECT_ROLE_REPORTER: "reporter", pb.DATA_SUBJECT_ROLE_WITNESS: "witness"}
+
+
+def _state(value: pb.DataSubjectState.ValueType) -> SubjectState:
+    return SubjectState.ERASED if value == pb.DATA_SUBJECT_STATE_ERASED else SubjectState.PRESENT
+
+
+@dataclass(frozen=True)
+class SubjectSummary:
+    """A person an incident's report names, as every view of the incident shows them:
+    never their data. ``role``: ``reporter`` or ``witness``."""
+
+    subject_id: str
+    role: str
+    anonymous: bool
+    state: SubjectState
+
+    @classmethod
+    def from_proto(cls, message: pb.DataSubjectSummary) -> SubjectSummary:
+        return cls(
+            subject_id=message.subject_id,
+            role=_ROLES.get(message.role, "unknown"),
+            anonymous=message.anonymous,
+            state=_state(message.state),
+        )
 
 
 @dataclass(frozen=True)
@@ -102,13 +127,12 @@ class DataSubject:
 
     @classmethod
     def from_proto(cls, message: pd.DataSubject) -> DataSubject:
-        erased = message.state == pd.DATA_SUBJECT_STATE_ERASED
         return cls(
             subject_id=message.subject_id,
             incident=message.incident,
             role=_ROLES.get(message.role, "unknown"),
             anonymous=message.anonymous,
-            state=SubjectState.ERASED if erased else SubjectState.PRESENT,
+            state=_state(message.state),
             person=Person.from_proto(message.person) if message.HasField("person") else None,
             accesses=tuple(PersonalDataAccess.from_proto(a) for a in message.accesses),
         )

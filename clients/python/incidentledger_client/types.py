@@ -24,7 +24,7 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import notifier_service_pb2 as notifier_pb
 from incidentledger.v1 import situation_service_pb2 as situation_pb
 from incidentledger_client.errors import LedgerError, from_status
-from incidentledger_client.personal import PersonalData
+from incidentledger_client.personal import PersonalData, SubjectSummary
 
 ResponseTimeGrouping = Literal["agency", "severity", "category", "kecamatan"]
 """How :meth:`LedgerClient.response_times` groups its figures."""
@@ -209,6 +209,11 @@ class Incident:
     reference: str = ""
     #: The code of the incident this one was merged into, when ``MERGED`` (and it has one).
     merged_into_reference: str = ""
+    #: The people the report names (reporter first, then witnesses), never their data:
+    #: each one's role, anonymity and whether their data is present or erased.
+    data_subjects: tuple[SubjectSummary, ...] = ()
+    #: The agencies holding a legal hold on the incident (it blocks erasure).
+    legal_hold_agencies: tuple[str, ...] = ()
 
     @classmethod
     def from_proto(cls, message: pb.Incident) -> Incident:
@@ -240,6 +245,8 @@ class Incident:
             update_time=_optional_time(message, "update_time"),
             reference=message.reference,
             merged_into_reference=message.merged_into_reference,
+            data_subjects=tuple(SubjectSummary.from_proto(d) for d in message.data_subjects),
+            legal_hold_agencies=tuple(message.legal_hold_agencies),
         )
 
 

@@ -82,6 +82,46 @@ REJECTION_REASON_OUT_OF_SCOPE: RejectionReason.ValueType  # 3
 """The report is outside the mandate of the coordinating agencies."""
 Global___RejectionReason: _TypeAlias = RejectionReason  # noqa: Y015
 
+class _DataSubjectRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DataSubjectRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DataSubjectRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DATA_SUBJECT_ROLE_UNSPECIFIED: _DataSubjectRole.ValueType  # 0
+    DATA_SUBJECT_ROLE_REPORTER: _DataSubjectRole.ValueType  # 1
+    DATA_SUBJECT_ROLE_WITNESS: _DataSubjectRole.ValueType  # 2
+
+class DataSubjectRole(_DataSubjectRole, metaclass=_DataSubjectRoleEnumTypeWrapper):
+    """A data subject's role in the report."""
+
+DATA_SUBJECT_ROLE_UNSPECIFIED: DataSubjectRole.ValueType  # 0
+DATA_SUBJECT_ROLE_REPORTER: DataSubjectRole.ValueType  # 1
+DATA_SUBJECT_ROLE_WITNESS: DataSubjectRole.ValueType  # 2
+Global___DataSubjectRole: _TypeAlias = DataSubjectRole  # noqa: Y015
+
+class _DataSubjectState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DataSubjectStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DataSubjectState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DATA_SUBJECT_STATE_UNSPECIFIED: _DataSubjectState.ValueType  # 0
+    DATA_SUBJECT_STATE_PRESENT: _DataSubjectState.ValueType  # 1
+    """Readable (by the agencies allowed to)."""
+    DATA_SUBJECT_STATE_ERASED: _DataSubjectState.ValueType  # 2
+    """Erased: the key is destroyed, nothing can decrypt it any more."""
+
+class DataSubjectState(_DataSubjectState, metaclass=_DataSubjectStateEnumTypeWrapper):
+    """Whether a data subject's data can still be read."""
+
+DATA_SUBJECT_STATE_UNSPECIFIED: DataSubjectState.ValueType  # 0
+DATA_SUBJECT_STATE_PRESENT: DataSubjectState.ValueType  # 1
+"""Readable (by the agencies allowed to)."""
+DATA_SUBJECT_STATE_ERASED: DataSubjectState.ValueType  # 2
+"""Erased: the key is destroyed, nothing can decrypt it any more."""
+Global___DataSubjectState: _TypeAlias = DataSubjectState  # noqa: Y015
+
 @_typing.final
 class Location(_message.Message):
     """Where something happened. Codes come from the reference data (GetReferenceData)."""
@@ -241,6 +281,41 @@ class Handover(_message.Message):
 Global___Handover: _TypeAlias = Handover  # noqa: Y015
 
 @_typing.final
+class DataSubjectSummary(_message.Message):
+    """A person an incident's report names, without their data (docs/personal-data.md):
+    what every view of the incident shows. Their data is read only through
+    LedgerService.ReadPersonalData, by the agencies allowed to, and every read is recorded.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    ANONYMOUS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    """A random id, not derived from the person's data."""
+    role: Global___DataSubjectRole.ValueType
+    anonymous: _builtins.bool
+    """The reporter asked that agencies other than the reporting one do not see who they are."""
+    state: Global___DataSubjectState.ValueType
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        role: Global___DataSubjectRole.ValueType = ...,
+        anonymous: _builtins.bool = ...,
+        state: Global___DataSubjectState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anonymous", b"anonymous", "role", b"role", "state", b"state", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataSubjectSummary: _TypeAlias = DataSubjectSummary  # noqa: Y015
+
+@_typing.final
 class Incident(_message.Message):
     """An incident: the current state folded from its events."""
 
@@ -269,6 +344,8 @@ class Incident(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
     MERGED_INTO_REFERENCE_FIELD_NUMBER: _builtins.int
+    DATA_SUBJECTS_FIELD_NUMBER: _builtins.int
+    LEGAL_HOLD_AGENCIES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: "incidents/{incident_id}"."""
     title: _builtins.str
@@ -327,6 +404,19 @@ class Incident(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def data_subjects(self) -> _containers.RepeatedCompositeFieldContainer[Global___DataSubjectSummary]:
+        """The people the report names (the reporter first, then the witnesses in the
+        report's order), without their data: present, or erased once their key is
+        destroyed. Empty for a report that names nobody.
+        """
+
+    @_builtins.property
+    def legal_hold_agencies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The agencies holding a legal hold on the incident (sorted): while any does,
+        its personal data cannot be erased. The reasons: ListPersonalDataAccesses.
+        """
+
     def __init__(
         self,
         *,
@@ -353,10 +443,12 @@ class Incident(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         reference: _builtins.str = ...,
         merged_into_reference: _builtins.str = ...,
+        data_subjects: _abc.Iterable[Global___DataSubjectSummary] | None = ...,
+        legal_hold_agencies: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "location", b"location", "occur_time", b"occur_time", "pending_handover", b"pending_handover", "reporter", b"reporter", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "close_requested", b"close_requested", "create_time", b"create_time", "decisions", b"decisions", "description", b"description", "escalation_level", b"escalation_level", "lead_agency", b"lead_agency", "location", b"location", "merged_incidents", b"merged_incidents", "merged_into", b"merged_into", "merged_into_reference", b"merged_into_reference", "name", b"name", "occur_time", b"occur_time", "pending_handover", b"pending_handover", "reference", b"reference", "rejection_reason", b"rejection_reason", "reporter", b"reporter", "severity", b"severity", "status", b"status", "supporting_agencies", b"supporting_agencies", "title", b"title", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "close_requested", b"close_requested", "create_time", b"create_time", "data_subjects", b"data_subjects", "decisions", b"decisions", "description", b"description", "escalation_level", b"escalation_level", "lead_agency", b"lead_agency", "legal_hold_agencies", b"legal_hold_agencies", "location", b"location", "merged_incidents", b"merged_incidents", "merged_into", b"merged_into", "merged_into_reference", b"merged_into_reference", "name", b"name", "occur_time", b"occur_time", "pending_handover", b"pending_handover", "reference", b"reference", "rejection_reason", b"rejection_reason", "reporter", b"reporter", "severity", b"severity", "status", b"status", "supporting_agencies", b"supporting_agencies", "title", b"title", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2294,16 +2294,24 @@ class ListPersonalDataAccessesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The incident: "incidents/{id}"."""
+    page_size: _builtins.int
+    """Reads per page: 0 = 100, at most 1000."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2316,26 +2324,32 @@ class ListPersonalDataAccessesResponse(_message.Message):
     ACCESSES_FIELD_NUMBER: _builtins.int
     SUBJECTS_FIELD_NUMBER: _builtins.int
     LEGAL_HOLDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page of reads; empty on the last page."""
     @_builtins.property
     def accesses(self) -> _containers.RepeatedCompositeFieldContainer[_personal_data_pb2.PersonalDataAccess]:
-        """Oldest first."""
+        """Oldest first; one page of them."""
 
     @_builtins.property
     def subjects(self) -> _containers.RepeatedCompositeFieldContainer[_personal_data_pb2.DataSubject]:
-        """The people the report names, without their data."""
+        """The people the report names, without their data (on every page)."""
 
     @_builtins.property
-    def legal_holds(self) -> _containers.RepeatedCompositeFieldContainer[_personal_data_pb2.LegalHold]: ...
+    def legal_holds(self) -> _containers.RepeatedCompositeFieldContainer[_personal_data_pb2.LegalHold]:
+        """The legal holds in force (on every page)."""
+
     def __init__(
         self,
         *,
         accesses: _abc.Iterable[_personal_data_pb2.PersonalDataAccess] | None = ...,
         subjects: _abc.Iterable[_personal_data_pb2.DataSubject] | None = ...,
         legal_holds: _abc.Iterable[_personal_data_pb2.LegalHold] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accesses", b"accesses", "legal_holds", b"legal_holds", "subjects", b"subjects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accesses", b"accesses", "legal_holds", b"legal_holds", "next_page_token", b"next_page_token", "subjects", b"subjects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -8,7 +8,6 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from incidentledger.v1 import incident_pb2 as _incident_pb2
 import builtins as _builtins
 import sys
@@ -20,46 +19,6 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class _DataSubjectRole:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _DataSubjectRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DataSubjectRole.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    DATA_SUBJECT_ROLE_UNSPECIFIED: _DataSubjectRole.ValueType  # 0
-    DATA_SUBJECT_ROLE_REPORTER: _DataSubjectRole.ValueType  # 1
-    DATA_SUBJECT_ROLE_WITNESS: _DataSubjectRole.ValueType  # 2
-
-class DataSubjectRole(_DataSubjectRole, metaclass=_DataSubjectRoleEnumTypeWrapper):
-    """A data subject's role in the report."""
-
-DATA_SUBJECT_ROLE_UNSPECIFIED: DataSubjectRole.ValueType  # 0
-DATA_SUBJECT_ROLE_REPORTER: DataSubjectRole.ValueType  # 1
-DATA_SUBJECT_ROLE_WITNESS: DataSubjectRole.ValueType  # 2
-Global___DataSubjectRole: _TypeAlias = DataSubjectRole  # noqa: Y015
-
-class _DataSubjectState:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _DataSubjectStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DataSubjectState.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    DATA_SUBJECT_STATE_UNSPECIFIED: _DataSubjectState.ValueType  # 0
-    DATA_SUBJECT_STATE_PRESENT: _DataSubjectState.ValueType  # 1
-    """Readable (by the agencies allowed to)."""
-    DATA_SUBJECT_STATE_ERASED: _DataSubjectState.ValueType  # 2
-    """Erased: the key is destroyed, nothing can decrypt it any more."""
-
-class DataSubjectState(_DataSubjectState, metaclass=_DataSubjectStateEnumTypeWrapper):
-    """Whether a data subject's data can still be read."""
-
-DATA_SUBJECT_STATE_UNSPECIFIED: DataSubjectState.ValueType  # 0
-DATA_SUBJECT_STATE_PRESENT: DataSubjectState.ValueType  # 1
-"""Readable (by the agencies allowed to)."""
-DATA_SUBJECT_STATE_ERASED: DataSubjectState.ValueType  # 2
-"""Erased: the key is destroyed, nothing can decrypt it any more."""
-Global___DataSubjectState: _TypeAlias = DataSubjectState  # noqa: Y015
 
 @_typing.final
 class Person(_message.Message):
@@ -145,7 +104,11 @@ Global___PersonalData: _TypeAlias = PersonalData  # noqa: Y015
 
 @_typing.final
 class DataSubject(_message.Message):
-    """One person named in an incident's report."""
+    """DataSubjectRole and DataSubjectState are in incident.proto: the Incident view names
+    its data subjects (DataSubjectSummary) and this file imports incident.proto.
+
+    One person named in an incident's report.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -160,9 +123,9 @@ class DataSubject(_message.Message):
     """A random id, not derived from the person's data."""
     incident: _builtins.str
     """The incident whose report names them: "incidents/{id}"."""
-    role: Global___DataSubjectRole.ValueType
+    role: _incident_pb2.DataSubjectRole.ValueType
     anonymous: _builtins.bool
-    state: Global___DataSubjectState.ValueType
+    state: _incident_pb2.DataSubjectState.ValueType
     @_builtins.property
     def person(self) -> Global___Person:
         """Their data: set only where it was read (ReadPersonalData,
@@ -178,9 +141,9 @@ class DataSubject(_message.Message):
         *,
         subject_id: _builtins.str = ...,
         incident: _builtins.str = ...,
-        role: Global___DataSubjectRole.ValueType = ...,
+        role: _incident_pb2.DataSubjectRole.ValueType = ...,
         anonymous: _builtins.bool = ...,
-        state: Global___DataSubjectState.ValueType = ...,
+        state: _incident_pb2.DataSubjectState.ValueType = ...,
         person: Global___Person | None = ...,
         accesses: _abc.Iterable[Global___PersonalDataAccess] | None = ...,
     ) -> None: ...

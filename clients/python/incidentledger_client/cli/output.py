@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from incidentledger_client.cli.names import SHORT_ID
-from incidentledger_client.i18n import N_, _, format_number, format_time, labels
+from incidentledger_client.i18n import N_, _, format_number, format_time, labels, ngettext
 from incidentledger_client.types import (
     CommandResult,
     DecisionInForce,
@@ -314,9 +314,34 @@ def incident_detail(
             ),
             markup=False,
         )
+    if incident.data_subjects:
+        out.print(_("people named: {people}").format(people=people_named(incident)))
+    if incident.legal_hold_agencies:
+        out.print(
+            _("legal hold by {agencies}").format(agencies=", ".join(incident.legal_hold_agencies))
+        )
     if incident.description:
         out.print(incident.description)
     out.print(timeline(events, zone))
+
+
+def people_named(incident: Incident) -> str:
+    """The people the report names, never their data: whether each one's data is still
+    there, the witnesses counted by state ("reporter: present, 2 witnesses: erased")."""
+    states = {"PRESENT": _("present"), "ERASED": _("erased")}
+    parts = []
+    for subject in incident.data_subjects:
+        if subject.role == "reporter":
+            who = _("reporter (anonymous)") if subject.anonymous else _("reporter")
+            parts.append(_("{who}: {state}").format(who=who, state=states[subject.state.value]))
+    for state, word in states.items():
+        count = sum(
+            1 for s in incident.data_subjects if s.role == "witness" and s.state.value == state
+        )
+        if count:
+            who = ngettext("{count} witness", "{count} witnesses", count).format(count=count)
+            parts.append(_("{who}: {state}").format(who=who, state=word))
+    return ", ".join(parts)
 
 
 def timeline(events: Sequence[IncidentEvent], zone: tzinfo = UTC) -> Table:

@@ -102,6 +102,12 @@ def extract() -> Catalog:
     return catalog
 
 
+def _plain(value: object) -> object:
+    """A message's id or string, comparable: read_mo gives a plural's forms as a list,
+    read_po as a tuple."""
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
 def _ids(catalog: Iterable[object]) -> set[object]:
     return {(m.context, m.id) for m in catalog if m.id}  # type: ignore[attr-defined]
 
@@ -148,9 +154,13 @@ def check(
         except (OSError, ValueError) as error:
             problems.append(f"{mo_file}: gettext cannot read it: {error}")
         # read_mo gives a context as bytes (Babel 2.18).
-        compiled = {(_text(m.context), m.id): m.string for m in mo if m.id}
+        compiled = {(_text(m.context), _plain(m.id)): _plain(m.string) for m in mo if m.id}
         # The compiled catalog leaves out what has no translation (reported above).
-        written = {(m.context, m.id): m.string for m in po if m.id and m.string and not m.fuzzy}
+        written = {
+            (m.context, _plain(m.id)): _plain(m.string)
+            for m in po
+            if m.id and m.string and not m.fuzzy
+        }
         if compiled != written:
             problems.append(f"{mo_file}: not the compiled {po_file.name} (run the update)")
     return problems
