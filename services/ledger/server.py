@@ -257,6 +257,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
         EvidenceServicer(
             evidence,
             reference,
+            page_tokens,
             (lambda: verify_evidence(ledger, evidence_objects.read_into))
             if evidence_objects is not None
             else None,
