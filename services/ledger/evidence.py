@@ -8,7 +8,8 @@ Only once the object store holds the complete file under its content address, wi
 size and digest computed here, is the ``UploadEvidence`` command executed: the
 ``EvidenceAttached`` event is the last step. An upload refused or cut short half way leaves
 no event and, its chunks purged, no object (after a kill of the ledger: an object no event
-names, swept by ``ledger-audit sweep-evidence``).
+names, which the ledger's sweep deletes once past its grace period:
+services/ledger/evidence_sweep.py).
 
 A download (:meth:`EvidenceService.download`) reads the object back into a spool file in
 the ledger's data directory, checks it against the event's digest and size before the
