@@ -655,6 +655,20 @@ class EvidenceVariables(Group):
         "`INVALID_ARGUMENT`), separated by commas",
         shown_default=",".join(EVIDENCE_MEDIA_TYPES),
     )
+    sweep_seconds: Number = _setting(
+        "LEDGER_EVIDENCE_SWEEP_SECONDS",
+        600.0,
+        "how often the ledger deletes what interrupted uploads left in the object store "
+        '(and once at start); see evidence.md, "An object without its event"',
+        gt=0.0,
+    )
+    sweep_grace_seconds: Number = _setting(
+        "LEDGER_EVIDENCE_SWEEP_GRACE_SECONDS",
+        3600.0,
+        "how old an object no event names must be before the sweep deletes it; an upload "
+        "under way refreshes its pending entry every quarter of this (at most every 60 s)",
+        gt=0.0,
+    )
 
 
 class NotifierVariables(Group):
@@ -1410,6 +1424,14 @@ class EvidenceSettings:
     replicas: int = _default(EvidenceVariables, "replicas")
     max_bytes: int = round(_default(EvidenceVariables, "max_mb") * 1_000_000)
     media_types: tuple[str, ...] = _default(EvidenceVariables, "media_types")
+    sweep_seconds: float = _default(EvidenceVariables, "sweep_seconds")
+    sweep_grace_seconds: float = _default(EvidenceVariables, "sweep_grace_seconds")
+
+    @property
+    def pending_refresh_seconds(self) -> float:
+        """How often an upload under way refreshes its pending entry's time: well within
+        the sweep's grace period, so that no replica's sweep takes it for a leftover."""
+        return min(60.0, self.sweep_grace_seconds / 4)
 
     @classmethod
     def from_variables(cls, v: EvidenceVariables) -> EvidenceSettings:
@@ -1418,6 +1440,8 @@ class EvidenceSettings:
             replicas=v.replicas,
             max_bytes=round(v.max_mb * 1_000_000),
             media_types=v.media_types,
+            sweep_seconds=v.sweep_seconds,
+            sweep_grace_seconds=v.sweep_grace_seconds,
         )
 
 

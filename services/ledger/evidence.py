@@ -8,7 +8,8 @@ Only once the object store holds the complete file under its content address, wi
 size and digest computed here, is the ``UploadEvidence`` command executed: the
 ``EvidenceAttached`` event is the last step. An upload refused or cut short half way leaves
 no event and, its chunks purged, no object (after a kill of the ledger: an object no event
-names, swept by ``ledger-audit sweep-evidence``).
+names, which the ledger's sweep deletes once past its grace period:
+services/ledger/evidence_sweep.py).
 
 A download (:meth:`EvidenceService.download`) reads the object back into a spool file in
 the ledger's data directory, checks it against the event's digest and size before the
@@ -102,6 +103,16 @@ class AttachedEvidence:
         )
 
 
+#: A download's place in the order of downloads: its time as stored, evidence, agency and
+#: officer.
+DownloadCursor = tuple[str, str, str, str]
+
+
+def _stored_time(value: datetime) -> str:
+    """A download's time as the table holds it (and orders it: one format throughout)."""
+    return value.isoformat(timespec="microseconds")
+
+
 @dataclass(frozen=True)
 class Download:
     """One recorded download."""
@@ -111,6 +122,10 @@ class Download:
     agency: str
     officer: str
     downloaded_at: datetime
+
+    @property
+    def cursor(self) -> DownloadCursor:
+        return (_stored_time(self.downloaded_at), str(self.event_id), self.agency, self.officer)
 
 
 def clear_spool(spool_dir: Path) -> None:
@@ -213,10 +228,20 @@ class EvidenceService:
 
     # ---------------------------------------------------------------- reading
 
-    def attached(self, actor: Actor, incident_id: UUID) -> list[AttachedEvidence]:
+    def attached(
+        self, actor: Actor, incident_id: UUID, after: int = 0, limit: int | None = None
+    ) -> list[tuple[int, AttachedEvidence]]:
+        """The incident's evidence, oldest first, each with its ordinal (from 1), from the
+        one after ordinal ``after`` on: evidence is only ever added, so an ordinal stays
+        the same one's (a page's cursor)."""
         incident = self._ledger.get_incident(incident_id)
         incident.check_evidence_reader(actor, "ListEvidence")
-        return [AttachedEvidence.of(incident, e) for e in incident.evidence.values()]
+        items = list(incident.evidence.values())
+        end = len(items) if limit is None else after + limit
+        return [
+            (after + n, AttachedEvidence.of(incident, e))
+            for n, e in enumerate(items[after:end], start=1)
+        ]
 
     def download(
         self, actor: Actor, incident_id: UUID, event_id: UUID
@@ -260,7 +285,7 @@ class EvidenceService:
         return attached, _chunks_of(spool)
 
     def _record_download(self, incident_id: UUID, event_id: UUID, actor: Actor) -> None:
-        now = datetime.now(UTC).isoformat(timespec="microseconds")
+        now = _stored_time(datetime.now(UTC))
         with self._db.transaction() as cur:
             cur.execute(
                 self._db.q(
@@ -271,17 +296,33 @@ class EvidenceService:
             )
         log.info("evidence.downloaded", incident=str(incident_id), evidence=str(event_id))
 
-    def downloads(self, actor: Actor, incident_id: UUID) -> list[Download]:
-        """Who fetched the incident's evidence, and when (auditors and the coordinator)."""
+    def downloads(
+        self,
+        actor: Actor,
+        incident_id: UUID,
+        after: DownloadCursor | None = None,
+        limit: int | None = None,
+    ) -> list[Download]:
+        """Who fetched the incident's evidence, and when (auditors and the coordinator),
+        oldest first; those after the download ``after`` (a page's cursor: see
+        :attr:`Download.cursor`), at most ``limit``."""
         self._ledger.get_incident(incident_id).check_download_auditor(actor)
+        # A download has no id of its own: the row's values in full are its place in the
+        # order (two rows alike in all of them are one download recorded twice).
+        query = (
+            "SELECT event_id, agency, officer, downloaded_at FROM evidence_downloads "
+            "WHERE incident = ?"
+        )
+        values: list[object] = [str(incident_id)]
+        if after is not None:
+            query += " AND (downloaded_at, event_id, agency, officer) > (?, ?, ?, ?)"
+            values.extend(after)
+        query += " ORDER BY downloaded_at, event_id, agency, officer"
+        if limit is not None:
+            query += " LIMIT ?"
+            values.append(limit)
         with self._db.transaction() as cur:
-            cur.execute(
-                self._db.q(
-                    "SELECT event_id, agency, officer, downloaded_at FROM evidence_downloads "
-                    "WHERE incident = ? ORDER BY downloaded_at"
-                ),
-                (str(incident_id),),
-            )
+            cur.execute(self._db.q(query), tuple(values))
             rows = cur.fetchall()
         return [
             Download(incident_id, UUID(row[0]), row[1], row[2], datetime.fromisoformat(row[3]))

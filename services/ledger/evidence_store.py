@@ -14,8 +14,19 @@ that name is there (JetStream's expected-last-subject-sequence: two uploads of t
 bytes at once cannot both create it), and removes the pending entry. The same file sent
 twice is stored once: the second upload's chunks are purged. An upload that fails or is
 cut short purges its chunks and its pending entry; one cut short by a kill of the ledger
-leaves the pending entry with its chunks, an object no event names, which
-``ledger-audit sweep-evidence`` deletes once it is older than its grace period.
+leaves the pending entry with its chunks, an object no event names, which the ledger's
+sweep (services/ledger/evidence_sweep.py, or ``ledger-audit sweep-evidence``) deletes once
+it is older than the grace period.
+
+Several ledger replicas share the bucket, and each sweeps it. So that a sweep never takes
+what another replica is still writing for a leftover: an upload under way rewrites its
+pending entry's time every ``pending_refresh_seconds`` (a quarter of the grace period, at
+most a minute), and an upload of bytes already stored rewrites that object's time before
+its event is recorded. Both rewrites, and the sweep's deletion
+(:meth:`EvidenceObjects.delete_unchanged`), are conditional on the entry's last sequence
+as the writer read it: of a sweep and an upload that meet on one entry, exactly one wins.
+An upload whose pending entry a sweep deleted fails (``UNAVAILABLE``: sent again, it is
+taken again); a sweep that finds an entry rewritten leaves it.
 
 Reading is nats-py's ``get(writeinto=)``, which writes each chunk as it arrives and checks
 the digest recorded with the object. The bucket is created on first use with the replicas
@@ -30,6 +41,7 @@ import base64
 import hashlib
 import json
 import threading
+import time
 import uuid
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -80,6 +92,15 @@ class ListedObject:
     name: str
     size_bytes: int
     stored_at: datetime | None
+    #: The stream sequence of the entry as listed: a deletion is conditional on it.
+    sequence: int = 0
+    #: The id of the object's chunks.
+    nuid: str = ""
+
+    @property
+    def pending(self) -> bool:
+        """An upload's pending entry (an upload under way, or one a kill cut short)."""
+        return self.name.startswith(PENDING_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -88,6 +109,10 @@ class StoredObject:
 
     size_bytes: int
     sha256: str
+
+
+class EntryChangedError(Exception):
+    """An entry was rewritten (or deleted) since it was read: a conditional write lost."""
 
 
 class ObjectChangedError(Exception):
@@ -137,6 +162,35 @@ def _meta_body(info: api.ObjectInfo) -> bytes:
     return json.dumps(info.as_dict()).encode()
 
 
+class _PendingRefresh:
+    """An upload's pending entry, its time rewritten while the upload goes on; each rewrite
+    over the entry's last sequence as this upload wrote it (see the module's docstring)."""
+
+    def __init__(
+        self, js: JetStreamContext, subject: str, entry: api.ObjectInfo, sequence: int
+    ) -> None:
+        self._js = js
+        self._subject = subject
+        self._entry = entry
+        self._sequence = sequence
+        self._written = time.monotonic()
+
+    def due(self, seconds: float) -> bool:
+        return time.monotonic() - self._written >= seconds
+
+    async def now(self) -> None:
+        """Rewrite the entry's time; UNAVAILABLE when a sweep deleted it meanwhile."""
+        self._entry.mtime = datetime.now(UTC).isoformat()
+        headers = {**_ROLLUP, _EXPECTED_LAST_SUBJECT_SEQUENCE: str(self._sequence)}
+        try:
+            ack = await self._js.publish(self._subject, _meta_body(self._entry), headers=headers)
+        except APIError:
+            log.warning("evidence.upload_swept", entry=self._entry.name)
+            raise unavailable(EntryChangedError(self._entry.name)) from None
+        self._sequence = ack.seq
+        self._written = time.monotonic()
+
+
 def unavailable(error: BaseException) -> Unavailable:
     return Unavailable(
         f"the evidence store (NATS) is not available: {type(error).__name__}",
@@ -181,6 +235,20 @@ class EvidenceObjects:
     async def _bucket(self) -> ObjectStore:
         return (await self._jetstream())[1]
 
+    async def _context(self) -> JetStreamContext:
+        """The JetStream context, connecting if need be (the bucket neither opened nor
+        created)."""
+        if self._nc is None or self._nc.is_closed:
+            self._nc = await nats.connect(
+                servers=self._servers,
+                connect_timeout=CONNECT_SECONDS,
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+                **connect_options(self._nats_settings),
+            )
+        self._js = self._nc.jetstream()
+        return self._js
+
     async def _jetstream(self) -> tuple[JetStreamContext, ObjectStore]:
         """The JetStream context and the bucket, connecting (and creating it) if need be."""
         if (
@@ -190,16 +258,7 @@ class EvidenceObjects:
             and self._nc.is_connected
         ):
             return self._js, self._store
-        if self._nc is None or self._nc.is_closed:
-            self._nc = await nats.connect(
-                servers=self._servers,
-                connect_timeout=CONNECT_SECONDS,
-                max_reconnect_attempts=-1,
-                allow_reconnect=True,
-                **connect_options(self._nats_settings),
-            )
-        js = self._nc.jetstream()
-        self._js = js
+        js = await self._context()
         try:
             self._store = await js.object_store(self._settings.bucket)
         except BucketNotFoundError:
@@ -250,7 +309,8 @@ class EvidenceObjects:
             mtime=datetime.now(UTC).isoformat(),
         )
         pending_subject = _meta_subject(bucket, pending.name)
-        await js.publish(pending_subject, _meta_body(pending), headers=_ROLLUP)
+        ack = await js.publish(pending_subject, _meta_body(pending), headers=_ROLLUP)
+        refresh = _PendingRefresh(js, pending_subject, pending, ack.seq)
         loop = asyncio.get_running_loop()
         digest = hashlib.sha256()
         size = chunks = 0
@@ -262,6 +322,11 @@ class EvidenceObjects:
                     digest.update(part)
                     size += len(part)
                     chunks += 1
+                if refresh.due(self._settings.pending_refresh_seconds):
+                    await refresh.now()
+            # Once more before the object is created: a sweep that deleted the pending
+            # entry (and with it the chunks) must not leave an object missing its chunks.
+            await refresh.now()
             info = api.ObjectInfo(
                 name=object_name(digest.hexdigest()),
                 bucket=bucket,
@@ -289,24 +354,30 @@ class EvidenceObjects:
     async def _claim(self, js: JetStreamContext, stream: str, info: api.ObjectInfo) -> bool:
         """Create the entry of ``info.name`` unless a live object has that name; whether it
         was created. Exclusive: the entry is written only over the history it was read
-        with (none, or a deleted object's entry)."""
+        with (none, or a deleted object's entry). A live object of that name gets its time
+        rewritten instead (over the history it was read with, too), so that no sweep
+        deletes it before this upload's event names it."""
         subject = _meta_subject(info.bucket, info.name)
         expected = 0
-        for _ in range(3):
+        entry = info  # what is written: this upload's entry, or the live one's, touched
+        for _ in range(4):
             headers = {**_ROLLUP, _EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected)}
             try:
-                await js.publish(subject, _meta_body(info), headers=headers)
-                return True
+                await js.publish(subject, _meta_body(entry), headers=headers)
+                return entry is info
             except APIError:  # the subject's last sequence is not the one expected
                 try:
                     last = await js.get_last_msg(stream, subject)
                 except NotFoundError:
-                    expected = 0
+                    expected, entry = 0, info
                     continue
                 existing = api.ObjectInfo.from_response(json.loads(last.data or b"{}"))
-                if not existing.deleted:
-                    return False
                 expected = int(last.seq or 0)
+                if existing.deleted:
+                    entry = info
+                else:
+                    existing.mtime = datetime.now(UTC).isoformat()
+                    entry = existing
         raise unavailable(APIError())
 
     async def _purge_quietly(self, js: JetStreamContext, stream: str, subject: str) -> None:
@@ -339,11 +410,15 @@ class EvidenceObjects:
 
     async def _list(self) -> list[ListedObject]:
         # From the stream's metadata subjects, each one's last entry: nats-py's list()
-        # waits forever on a bucket that never held an object.
-        js, _ = await self._jetstream()
+        # waits forever on a bucket that never held an object. A bucket not yet created
+        # holds nothing (listing, the sweep's first step, does not create it).
+        js = await self._context()
         bucket = self._settings.bucket
         stream = f"OBJ_{bucket}"
-        info = await js.stream_info(stream, subjects_filter=f"$O.{bucket}.M.>")
+        try:
+            info = await js.stream_info(stream, subjects_filter=f"$O.{bucket}.M.>")
+        except NotFoundError:
+            return []
         listed = []
         for subject in sorted(info.state.subjects or {}):
             try:
@@ -352,15 +427,51 @@ class EvidenceObjects:
                 continue
             entry = api.ObjectInfo.from_response(json.loads(last.data or b"{}"))
             if not entry.deleted:
-                listed.append(ListedObject(entry.name, int(entry.size or 0), _time(entry.mtime)))
+                listed.append(
+                    ListedObject(
+                        entry.name,
+                        int(entry.size or 0),
+                        _time(entry.mtime),
+                        int(last.seq or 0),
+                        entry.nuid or "",
+                    )
+                )
         return listed
 
     def delete(self, name: str) -> None:
+        """Delete the object whatever its state (what an operator may do by hand; the
+        sweep deletes only with :meth:`delete_unchanged`)."""
         self._call(self._delete(name))
 
     async def _delete(self, name: str) -> None:
         store = await self._bucket()
         await store.delete(name)
+
+    def delete_unchanged(self, listed: ListedObject) -> bool:
+        """Delete the object as it was listed; False (and nothing done) when its entry was
+        rewritten since (an upload touched it) or deleted by another sweep."""
+        return self._call(self._delete_unchanged(listed))
+
+    async def _delete_unchanged(self, listed: ListedObject) -> bool:
+        js = await self._context()
+        bucket = self._settings.bucket
+        stream = f"OBJ_{bucket}"
+        subject = _meta_subject(bucket, listed.name)
+        gone = api.ObjectInfo(
+            name=listed.name, bucket=bucket, nuid=listed.nuid, deleted=True, size=0, chunks=0
+        )
+        headers = {**_ROLLUP, _EXPECTED_LAST_SUBJECT_SEQUENCE: str(listed.sequence)}
+        try:
+            # The entry first, conditionally: once it says deleted, no upload uses the chunks.
+            await js.publish(subject, _meta_body(gone), headers=headers)
+        except APIError:  # rewritten or deleted since it was listed
+            return False
+        if listed.nuid:
+            await js.purge_stream(stream, subject=f"$O.{bucket}.C.{listed.nuid}")
+        if listed.pending:
+            # A pending entry is nobody's name: no deletion mark need stay for it.
+            await js.purge_stream(stream, subject=subject)
+        return True
 
     def close(self) -> None:
         async def closing() -> None:

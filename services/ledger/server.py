@@ -55,6 +55,7 @@ from services.ledger.domain.evidence import EvidencePolicy
 from services.ledger.domain.incident import Incident
 from services.ledger.evidence import EvidenceService, clear_spool, create_downloads_table
 from services.ledger.evidence_store import EvidenceObjects
+from services.ledger.evidence_sweep import EvidenceSweeper
 from services.ledger.personal_keys import SQLITE_PRAGMAS, PersonalKeys, load_key_ring
 from services.ledger.projections import Projections
 from services.ledger.read_model import ReadModel
@@ -161,6 +162,7 @@ class LedgerServer:
     retention: RetentionRule | None = None
     evidence_objects: EvidenceObjects | None = None
     evidence_db: Database | None = None
+    evidence_sweeper: EvidenceSweeper | None = None
 
     def stop(self, grace: float) -> None:
         """Graceful shutdown: NOT_SERVING first, then drain in-flight calls, then close.
@@ -178,6 +180,8 @@ class LedgerServer:
         close_step("ledger", "metrics", self.metrics.close)
         if self.relay is not None:
             close_step("ledger", "relay", self.relay.stop)
+        if self.evidence_sweeper is not None:
+            close_step("ledger", "evidence_sweep", self.evidence_sweeper.stop)
         if self.evidence_objects is not None:
             close_step("ledger", "evidence", self.evidence_objects.close)
         if self.evidence_db is not None:
@@ -257,6 +261,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
         EvidenceServicer(
             evidence,
             reference,
+            page_tokens,
             (lambda: verify_evidence(ledger, evidence_objects.read_into))
             if evidence_objects is not None
             else None,
@@ -273,6 +278,11 @@ def build(settings: LedgerSettings) -> LedgerServer:
     if settings.personal_data_retention_days > 0:
         retention = RetentionRule(ledger, settings.personal_data_retention_days)
         retention.start()
+    evidence_sweeper = None
+    if evidence_objects is not None:
+        # Every replica sweeps; services/ledger/evidence_store.py says why that is safe.
+        evidence_sweeper = EvidenceSweeper(ledger, evidence_objects, settings.evidence, metrics)
+        evidence_sweeper.start()
     freeze_after_start("ledger")
     log.info(
         "ledger.started",
@@ -297,6 +307,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
         retention,
         evidence_objects,
         evidence_db,
+        evidence_sweeper,
     )
 
 

@@ -21,6 +21,7 @@ from incidentledger.v1 import evidence_service_pb2 as ev
 from incidentledger.v1 import evidence_service_pb2_grpc as ev_grpc
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
+from incidentledger_client import LedgerClient
 from services.common.config import PROJECT_ROOT, RelaySettings
 from services.common.grpc_errors import error_info
 from services.common.natsserver import NatsServer
@@ -435,6 +436,79 @@ def test_ledgerctl_attaches_lists_gets_and_shows_downloads(
     assert corrected["correction"]["incident"] == name
     listed = {e["name"]: e for e in ctl.json("polres", "evidence", "list", name)}
     assert listed[evidence["name"]]["superseded_by"] == corrected["evidence"]["name"]
+
+
+@pytest.mark.parametrize("ledger", STORES_TOO, indirect=True)
+def test_evidence_and_its_downloads_are_listed_page_by_page(ledger: Client, tmp_path: Path) -> None:
+    name = assigned_incident(ledger)
+    stub = evidence_stub(ledger)
+    attached = []
+    for n in range(3):
+        source = tmp_path / f"photo-{n}.jpg"
+        write_file(source, 20_000 + n)
+        attached.append(
+            stub.UploadEvidence(
+                upload_messages(name, source, rid()), metadata=ledger.md("polres")
+            ).evidence.name
+        )
+    for evidence in attached:
+        for agency in ("inspektorat", "polres"):
+            for _ in stub.DownloadEvidence(
+                ev.DownloadEvidenceRequest(name=evidence), metadata=ledger.md(agency)
+            ):
+                pass
+
+    evidence_pages: list[list[str]] = []
+    token = ""
+    while not evidence_pages or token:
+        listed = stub.ListEvidence(
+            ev.ListEvidenceRequest(parent=name, page_size=2, page_token=token),
+            metadata=ledger.md("polres"),
+        )
+        evidence_pages.append([e.name for e in listed.evidence])
+        token = listed.next_page_token
+    assert evidence_pages == [attached[:2], attached[2:]]
+    download_pages: list[list[str]] = []
+    token = ""
+    while not download_pages or token:
+        page = stub.ListEvidenceDownloads(
+            ev.ListEvidenceDownloadsRequest(parent=name, page_size=4, page_token=token),
+            metadata=ledger.md("inspektorat"),
+        )
+        download_pages.append([f"{d.evidence} {d.actor.agency}" for d in page.downloads])
+        token = page.next_page_token
+    assert [len(p) for p in download_pages] == [4, 2]
+    everything = [d for page in download_pages for d in page]
+    assert sorted(everything) == sorted(
+        f"{e} {agency}" for e in attached for agency in ("inspektorat", "polres")
+    )
+    # Oldest first, as the unpaged list was.
+    whole = stub.ListEvidenceDownloads(
+        ev.ListEvidenceDownloadsRequest(parent=name, page_size=500),
+        metadata=ledger.md("inspektorat"),
+    )
+    assert [f"{d.evidence} {d.actor.agency}" for d in whole.downloads] == everything
+    assert not whole.next_page_token
+
+    # A page token belongs to its incident.
+    first = stub.ListEvidence(
+        ev.ListEvidenceRequest(parent=name, page_size=1), metadata=ledger.md("polres")
+    )
+    other = assigned_incident(ledger)
+    fails(
+        lambda: stub.ListEvidence(
+            ev.ListEvidenceRequest(parent=other, page_token=first.next_page_token),
+            metadata=ledger.md("polres"),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+    )
+
+    # The client follows the pages.
+    with LedgerClient(ledger.address, ledger.tokens["inspektorat"]) as client:
+        assert [e.name for e in client.list_evidence(name, page_size=1)] == attached
+        followed = client.evidence_downloads(name, page_size=1)
+        assert [f"{d.evidence} {d.actor.agency}" for d in followed] == everything
 
 
 def test_the_sweep_deletes_objects_no_event_names_once_past_the_grace(

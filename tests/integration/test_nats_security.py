@@ -370,8 +370,8 @@ def test_only_the_ledger_publishes_on_its_subjects_while_the_notifier_consumes(
 
 
 def test_the_ledger_user_may_keep_evidence_in_its_bucket(tmp_path: Path) -> None:
-    """The object store calls of evidence (create the bucket, put, stat, read, list, delete)
-    as the production ledger user: none refused."""
+    """The object store calls of evidence (create the bucket, put, stat, read, list, the
+    sweep's conditional delete) as the production ledger user: none refused."""
     passwords = {"ledger": secrets.token_urlsafe(24), "notifier": secrets.token_urlsafe(24)}
     server_log = tmp_path / "nats-server.log"
     server = NatsServer(
@@ -391,8 +391,9 @@ def test_the_ledger_user_may_keep_evidence_in_its_bucket(tmp_path: Path) -> None
             sink = HashingSink()
             objects.read_into(name, sink)
             assert (sink.sha256, sink.size) == (digest, 300_004)
-            assert [o.name for o in objects.list_objects()] == [name]
-            objects.delete(name)
+            listed = objects.list_objects()
+            assert [o.name for o in listed] == [name]
+            assert objects.delete_unchanged(listed[0])
             assert objects.stat(name) is None
         finally:
             objects.close()

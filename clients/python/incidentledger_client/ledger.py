@@ -1269,20 +1269,30 @@ class LedgerClient:
             partial.unlink(missing_ok=True)
             call.cancel()  # type: ignore[no-untyped-call]
 
-    def list_evidence(self, incident: str) -> list[Evidence]:
-        """The evidence attached to ``incident``, oldest first."""
-        response = self._transport.unary(
-            self._evidence.ListEvidence, evidence_pb.ListEvidenceRequest(parent=incident)
-        )
-        return [Evidence.from_proto(e) for e in response.evidence]
+    def list_evidence(self, incident: str, *, page_size: int = 0) -> list[Evidence]:
+        """The evidence attached to ``incident``, oldest first: every page."""
 
-    def evidence_downloads(self, incident: str) -> list[EvidenceDownload]:
-        """Who downloaded which evidence of ``incident``, and when (auditors, coordinator)."""
-        response = self._transport.unary(
-            self._evidence.ListEvidenceDownloads,
-            evidence_pb.ListEvidenceDownloadsRequest(parent=incident),
-        )
-        return [EvidenceDownload.from_proto(d) for d in response.downloads]
+        def fetch(token: str) -> tuple[list[Evidence], str]:
+            request = evidence_pb.ListEvidenceRequest(
+                parent=incident, page_size=page_size, page_token=token
+            )
+            page = self._transport.unary(self._evidence.ListEvidence, request)
+            return [Evidence.from_proto(e) for e in page.evidence], page.next_page_token
+
+        return list(paginate(fetch))
+
+    def evidence_downloads(self, incident: str, *, page_size: int = 0) -> list[EvidenceDownload]:
+        """Who downloaded which evidence of ``incident``, and when (auditors, coordinator),
+        oldest first: every page."""
+
+        def fetch(token: str) -> tuple[list[EvidenceDownload], str]:
+            request = evidence_pb.ListEvidenceDownloadsRequest(
+                parent=incident, page_size=page_size, page_token=token
+            )
+            page = self._transport.unary(self._evidence.ListEvidenceDownloads, request)
+            return [EvidenceDownload.from_proto(d) for d in page.downloads], page.next_page_token
+
+        return list(paginate(fetch))
 
     def verify_evidence(self, *, timeout: float = 3600.0) -> EvidenceReport:
         """Deep verification (coordinator and auditors): the ledger re-reads every evidence

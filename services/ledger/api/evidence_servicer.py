@@ -19,11 +19,18 @@ from incidentledger.v1 import evidence_service_pb2_grpc as api_grpc
 from incidentledger.v1 import incident_pb2 as pb
 from services.common.errors import Cancelled, InvalidArgument, Unavailable
 from services.common.grpc_server import current_principal
+from services.common.pagetoken import PageTokens, page_of
 from services.common.reference import ReferenceData, Role
 from services.ledger import wire
+from services.ledger.api.servicer import DEFAULT_PAGE, MAX_PAGE, page_size
 from services.ledger.audit.evidence_check import EvidenceReport
 from services.ledger.domain.incident import Actor, Envelope
-from services.ledger.evidence import AttachedEvidence, EvidenceService, UploadHeader
+from services.ledger.evidence import (
+    AttachedEvidence,
+    DownloadCursor,
+    EvidenceService,
+    UploadHeader,
+)
 
 _EVIDENCE_PART = "/evidence/"
 
@@ -69,10 +76,12 @@ class EvidenceServicer(api_grpc.EvidenceServiceServicer):
         self,
         evidence: EvidenceService | None,
         reference: ReferenceData,
+        page_tokens: PageTokens,
         verify: Callable[[], EvidenceReport] | None = None,
     ) -> None:
         self._evidence = evidence
         self._reference = reference
+        self._tokens = page_tokens
         self._verify = verify
 
     def _service(self) -> EvidenceService:
@@ -133,16 +142,39 @@ class EvidenceServicer(api_grpc.EvidenceServiceServicer):
         self, request: api.ListEvidenceRequest, context: grpc.ServicerContext
     ) -> api.ListEvidenceResponse:
         incident_id = wire.parse_name(request.parent, "parent")
-        found = self._service().attached(self._actor(), incident_id)
-        return api.ListEvidenceResponse(evidence=[evidence_to_proto(a) for a in found])
+        service, actor = self._service(), self._actor()
+        found, next_token = page_of(
+            self._tokens,
+            f"evidence?parent={request.parent}",
+            request.page_token,
+            page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE),
+            lambda after, limit: service.attached(actor, incident_id, int(after), limit),
+            lambda item: item[0],
+            0,
+        )
+        return api.ListEvidenceResponse(
+            evidence=[evidence_to_proto(a) for _, a in found], next_page_token=next_token
+        )
 
     @override
     def ListEvidenceDownloads(
         self, request: api.ListEvidenceDownloadsRequest, context: grpc.ServicerContext
     ) -> api.ListEvidenceDownloadsResponse:
         incident_id = wire.parse_name(request.parent, "parent")
-        downloads = self._service().downloads(self._actor(), incident_id)
+        service, actor = self._service(), self._actor()
+        downloads, next_token = page_of(
+            self._tokens,
+            f"evidence-downloads?parent={request.parent}",
+            request.page_token,
+            page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE),
+            lambda after, limit: service.downloads(
+                actor, incident_id, _download_cursor(after), limit
+            ),
+            lambda download: list(download.cursor),
+            None,
+        )
         return api.ListEvidenceDownloadsResponse(
+            next_page_token=next_token,
             downloads=[
                 api.EvidenceDownload(
                     evidence=evidence_name(d.incident_id, d.event_id),
@@ -150,7 +182,7 @@ class EvidenceServicer(api_grpc.EvidenceServiceServicer):
                     download_time=wire.timestamp(d.downloaded_at),
                 )
                 for d in downloads
-            ]
+            ],
         )
 
     @override
@@ -184,6 +216,15 @@ class EvidenceServicer(api_grpc.EvidenceServiceServicer):
                 for p in report.problems
             ],
         )
+
+
+def _download_cursor(value: object) -> DownloadCursor | None:
+    """The cursor a page token carries (checked: the token is signed, but old or odd)."""
+    if value is None:
+        return None
+    if isinstance(value, list) and len(value) == 4 and all(isinstance(v, str) for v in value):
+        return (value[0], value[1], value[2], value[3])
+    raise InvalidArgument("page_token", "is not a valid page token")
 
 
 def _chunks(

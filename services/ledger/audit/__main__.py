@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("checkpoint", help="make a signed checkpoint now")
     sweep = commands.add_parser(
         "sweep-evidence",
-        help="delete evidence objects no event refers to (left by uploads cut short)",
+        help="delete evidence objects no event refers to (left by uploads cut short), once; "
+        "the ledger sweeps them itself too (LEDGER_EVIDENCE_SWEEP_SECONDS)",
     )
     sweep.add_argument(
         "--grace-minutes",

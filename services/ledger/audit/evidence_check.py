@@ -7,10 +7,14 @@ not either. Each object is read once (the same file attached twice is one object
 hashed as it streams (nothing is kept), and every event referring to a missing or changed
 object is named: incident, event, position and object.
 
-An object no event refers to is what an upload leaves when the ledger stopped (or its store
-failed) between storing the file and recording its event. :func:`sweep_orphans` deletes such
-objects once they are older than a grace period: an upload of the same bytes in progress
-records its event well within it, so no object an event is about to name is deleted.
+An object no event refers to is what an upload leaves when the ledger was killed half way
+(its pending entry and chunks), or stopped (or its store failed) between storing the file
+and recording its event. :class:`OrphanSweep` deletes such objects once they are older than
+a grace period; the ledger runs it at start and then periodically
+(services/ledger/evidence_sweep.py), ``ledger-audit sweep-evidence`` once. An upload under
+way keeps its entries younger than the grace period, and each deletion is conditional on
+the entry being as listed (services/ledger/evidence_store.py): no object an upload is
+writing, or an event is about to name, is deleted, whichever replica sweeps.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from services.ledger.application import Ledger
 from services.ledger.domain.evidence import object_name
 from services.ledger.domain.incident import Incident
 from services.ledger.evidence_store import (
+    PENDING_PREFIX,
     EvidenceObjects,
     HashingSink,
     ObjectChangedError,
@@ -118,13 +123,63 @@ def _read(read: ReadObject, name: str) -> _Found:
     return _Found(True, sink.sha256, sink.size)
 
 
-def referenced_objects(ledger: Ledger) -> set[str]:
-    """The names of the objects the ledger's ``EvidenceAttached`` events refer to."""
-    return {
-        object_name(stored.event.sha256)
-        for stored in ledger.history(keep=lambda e: isinstance(e, Incident.EvidenceAttached))
-        if isinstance(stored.event, Incident.EvidenceAttached)
-    }
+@dataclass(frozen=True)
+class Swept:
+    """An object the sweep deleted."""
+
+    name: str
+    size_bytes: int
+    stored_at: datetime | None
+
+    @property
+    def pending(self) -> bool:
+        """The leftover of an upload cut short, not a complete object."""
+        return self.name.startswith(PENDING_PREFIX)
+
+
+class OrphanSweep:
+    """Deletes the objects no event refers to once older than the grace period (see the
+    module's docstring). The references are read incrementally: an event, once recorded,
+    names its object for good, so each sweep reads only the events recorded since the
+    last one (the first reads them all). Positions become visible in order (on PostgreSQL
+    the event store's library takes a table lock for each insert; SQLite has one writer), so
+    no event shows up later below a position already read."""
+
+    def __init__(self, ledger: Ledger, objects: EvidenceObjects, grace: timedelta) -> None:
+        self._ledger = ledger
+        self._objects = objects
+        self._grace = grace
+        self._referenced: set[str] = set()
+        self._position = 0
+
+    def _read_references(self) -> None:
+        for stored in self._ledger.history(
+            after=self._position, keep=lambda e: isinstance(e, Incident.EvidenceAttached)
+        ):
+            if isinstance(stored.event, Incident.EvidenceAttached):
+                self._referenced.add(object_name(stored.event.sha256))
+            self._position = max(self._position, stored.position)
+
+    def run(self, now: datetime) -> list[Swept]:
+        """One sweep: what it deleted."""
+        # Listed before the events are read: an object stored and named by an event meanwhile
+        # is then among the references.
+        listed = self._objects.list_objects()
+        old = [
+            item
+            for item in listed
+            if item.stored_at is not None and now - item.stored_at >= self._grace
+        ]
+        if any(not item.pending and item.name not in self._referenced for item in old):
+            self._read_references()
+        swept = []
+        for item in old:
+            if item.name in self._referenced:
+                continue
+            # False: an upload touched it (or another replica swept it) since it was listed.
+            if self._objects.delete_unchanged(item):
+                swept.append(Swept(item.name, item.size_bytes, item.stored_at))
+        return swept
 
 
 def sweep_orphans(
@@ -132,14 +187,4 @@ def sweep_orphans(
 ) -> list[str]:
     """Delete the objects no event refers to that were stored more than ``grace`` before
     ``now`` (see the module's docstring); their names."""
-    # Listed before the events are read: an object stored and named by an event meanwhile
-    # is then among the references.
-    listed = objects.list_objects()
-    referenced = referenced_objects(ledger)
-    swept = []
-    for item in listed:
-        if item.name in referenced or item.stored_at is None or now - item.stored_at < grace:
-            continue
-        objects.delete(item.name)
-        swept.append(item.name)
-    return swept
+    return [swept.name for swept in OrphanSweep(ledger, objects, grace).run(now)]
