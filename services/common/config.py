@@ -275,7 +275,9 @@ class ServiceVariables(Group):
         "`production` refuses development credentials, requires `LEDGER_TOKENS_FILE`, "
         "`LEDGER_PAGE_TOKEN_SECRET`, `LEDGER_SIGNING_KEY_FILE` (ledger) and "
         "`NOTIFIER_WEBHOOK_KEY_FILE` (notifier), serves plaintext gRPC only on loopback and "
-        "turns the rate limit on",
+        "turns the rate limit on; the situation room then requires "
+        "`SITUATION_ROOM_SESSION_KEY`",
+        read_by=(LEDGER, NOTIFIER, ROOM),
     )
     data_dir: FilePath = _setting(
         "LEDGER_DATA_DIR",
@@ -908,14 +910,30 @@ class SituationRoomVariables(Group):
     )
     session_minutes: Number = _setting(
         "SITUATION_ROOM_SESSION_MINUTES",
-        480.0,
-        "how long a sign-in lasts; then the officer signs in again",
+        60.0,
+        "how long a sign-in lasts; then the officer signs in again. Short: a copy of a "
+        "session cookie taken before signing out stays valid until then",
         gt=0.0,
+    )
+    session_key: Annotated[Secret | None, AfterValidator(_sixteen_bytes)] = _setting(
+        "SITUATION_ROOM_SESSION_KEY",
+        None,
+        "key that encrypts and authenticates the session cookies (at least 16 bytes; the same "
+        "for every page process behind one address); required in production",
+        secret=True,
+        shown_default="random, kept in `$LEDGER_DATA_DIR/situation-room-session.secret` "
+        "(development)",
     )
     map_file: FilePath = _setting(
         "SITUATION_ROOM_MAP_FILE",
         PROJECT_ROOT / "config" / "mukomuko-kecamatan.geojson",
         "GeoJSON of the kecamatan polygons (property `code` = the reference data's code)",
+    )
+    leaflet_dir: FilePath = _setting(
+        "SITUATION_ROOM_LEAFLET_DIR",
+        PROJECT_ROOT / "tools" / "node_modules" / "leaflet" / "dist",
+        "Leaflet's `dist` directory, served under `/vendor/leaflet/` (the image carries its own "
+        "copy; `make venv` installs it into `tools/node_modules`)",
     )
 
 
@@ -1769,7 +1787,11 @@ class SituationRoomSettings:
     notifier_address: str = _default(SituationRoomVariables, "notifier_address")
     token: str = field(default=_default(SituationRoomVariables, "token"), repr=False)
     session_minutes: float = _default(SituationRoomVariables, "session_minutes")
+    #: The session cookies' key; None in development (generated in the data directory).
+    session_key: bytes | None = field(default=None, repr=False)
+    environment: str = _default(ServiceVariables, "environment")
     map_file: Path = field(default=_default(SituationRoomVariables, "map_file"))
+    leaflet_dir: Path = field(default=_default(SituationRoomVariables, "leaflet_dir"))
     data_dir: Path = field(default=_default(ServiceVariables, "data_dir"))
     reference_file: Path = field(default=_default(ServiceVariables, "reference_file"))
     log_level: str = _default(ServiceVariables, "log_level")
@@ -1791,13 +1813,21 @@ class SituationRoomSettings:
         service = values.get(ServiceVariables)
         if not room.listen:
             raise ConfigError("SITUATION_ROOM_LISTEN must be host:port (port 0 to 65535)")
+        if service.environment == "production" and room.session_key is None:
+            raise ConfigError(
+                "SITUATION_ROOM_SESSION_KEY is required in production "
+                "(or SITUATION_ROOM_SESSION_KEY_FILE)"
+            )
         return cls(
             listen=room.listen,
             ledger_address=room.ledger_address,
             notifier_address=room.notifier_address,
             token=room.token,
             session_minutes=room.session_minutes,
+            session_key=room.session_key.encode() if room.session_key else None,
+            environment=service.environment,
             map_file=room.map_file,
+            leaflet_dir=room.leaflet_dir,
             data_dir=service.data_dir,
             reference_file=service.reference_file,
             log_level=service.log_level,

@@ -47,7 +47,8 @@ from incidentledger_client import (
     VulnerabilityMap,
 )
 from incidentledger_client.cli.output import BAND_FILL
-from services.common.config import PROJECT_ROOT, SituationRoomSettings
+from services.common.auth import shared_secret
+from services.common.config import SituationRoomSettings
 from services.common.reference import ReferenceData, Role
 from services.situation_room.i18n import (
     COOKIE as LANGUAGE_COOKIE,
@@ -77,8 +78,6 @@ from services.situation_room.sessions import (
 log = structlog.get_logger(__name__)
 
 HERE = Path(__file__).parent
-#: Leaflet, installed from npm into tools/ by `make venv` (tools/package.json), served here.
-LEAFLET_DIR = PROJECT_ROOT / "tools" / "node_modules" / "leaflet" / "dist"
 #: The board's filters: query parameter -> the ListIncidents filter field.
 FILTER_FIELDS = ("status", "kecamatan", "category", "severity", "lead_agency")
 SINCE_HOURS = {"1h": 1, "6h": 6, "24h": 24}
@@ -93,6 +92,9 @@ BOARD_ROWS = 200
 PING_SECONDS = 15
 #: How often an idle event stream checks that its session is still signed in.
 SESSION_CHECK_SECONDS = 2.0
+#: The development key of the session cookies, in the data directory (production sets
+#: SITUATION_ROOM_SESSION_KEY).
+DEV_KEY_FILE_NAME = "situation-room-session.secret"
 #: How long the language cookie remembers the officer's choice.
 LANGUAGE_COOKIE_SECONDS = 365 * 24 * 3600
 
@@ -156,7 +158,7 @@ def session_of(request: Request) -> Session | None:
     return room_of(request).sessions.find(request.cookies.get(COOKIE))
 
 
-def with_cookie(room: Room, response: Response, session: Session) -> Response:
+def with_cookie(room: Room, request: Request, response: Response, session: Session) -> Response:
     response.set_cookie(
         COOKIE,
         room.sessions.cookie_value(session),
@@ -164,6 +166,16 @@ def with_cookie(room: Room, response: Response, session: Session) -> Response:
         path="/",
         httponly=True,
         samesite="strict",
+        # Served over TLS (a proxy in front that says so), the cookie never travels in clear.
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+def without_cookie(request: Request, response: Response) -> Response:
+    """Signed out: the browser forgets the session (the page holds none to end)."""
+    response.delete_cookie(
+        COOKIE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https"
     )
     return response
 
@@ -230,7 +242,7 @@ def forbidden(reason: str) -> Response:
 async def login_page(request: Request) -> Response:
     room = room_of(request)
     session = session_of(request) or room.sessions.new()
-    return with_cookie(room, render(request, session, "login.html", error=""), session)
+    return with_cookie(room, request, render(request, session, "login.html", error=""), session)
 
 
 async def login(request: Request) -> Response:
@@ -248,40 +260,35 @@ async def login(request: Request) -> Response:
             request, session, "login.html", error=_("Too many failed sign-ins: wait a minute.")
         )
         page.status_code = 429
-        return with_cookie(room, page, session)
+        return with_cookie(room, request, page, session)
     if agency not in room.reference.agencies or not token:
         error = _("Choose your agency and enter your token.")
     else:
         # Errors come with an Indonesian LocalizedMessage too, for an officer reading it.
-        ledger = LedgerClient(room.settings.ledger_address, token, language="id")
+        ledger = room.sessions.connect(token)
         try:
             await run_in_threadpool(ledger.reference_data)
         except Unauthenticated:
-            ledger.close()
             room.throttle.failed(client)
             error = _("The token is not valid.")
         except LedgerError as failure:
-            ledger.close()
             log.warning("situation_room.sign_in_failed", error=str(failure))
             error = _("The ledger cannot be reached; try again.")
     if error:
-        return with_cookie(room, render(request, session, "login.html", error=error), session)
-    room.sessions.drop(session)  # a new session id at sign-in
+        return with_cookie(
+            room, request, render(request, session, "login.html", error=error), session
+        )
     officer = Officer(agency, room.role(agency), token, ledger)
-    signed = room.sessions.new(officer)
+    signed = room.sessions.new(officer)  # a new CSRF token at sign-in
     log.info("situation_room.signed_in", agency=agency)
-    return with_cookie(room, RedirectResponse("/board", status_code=303), signed)
+    return with_cookie(room, request, RedirectResponse("/board", status_code=303), signed)
 
 
 async def logout(request: Request) -> Response:
-    room = room_of(request)
     session = session_of(request)
     if await checked_form(request, session) is None or session is None:
         return forbidden(_("The form has expired or was not sent by this page. Reload it."))
-    room.sessions.drop(session)
-    response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
-    return response
+    return without_cookie(request, RedirectResponse("/login", status_code=303))
 
 
 async def language(request: Request) -> Response:
@@ -375,7 +382,7 @@ async def events(request: Request, session: Session, officer: Officer) -> Respon
         try:
             if since is not None and since < hub.position:
                 yield ServerSentEvent(data="{}", event="resync", id=str(hub.position))
-            while sessions.alive(session):  # a signed-out or expired session's stream ends
+            while sessions.alive(session):  # the stream ends with the session
                 try:
                     change = await asyncio.wait_for(queue.get(), SESSION_CHECK_SECONDS)
                 except TimeoutError:
@@ -575,27 +582,73 @@ async def agencies(request: Request, session: Session, officer: Officer) -> Resp
 
 # --- an incident ------------------------------------------------------------------------------
 
-#: The actions the page offers, what offers them (a mirror of the ledger's rules, for what
-#: is shown only: the ledger decides) and the client call each makes.
-ACTIONS = ("verify", "reject", "assign", "log_action")
+#: The actions the page offers. The ledger has no call that says what a caller may do, so
+#: :func:`offered` mirrors its rules (services/ledger/domain/incident.py) for what is shown
+#: only: every action goes to the ledger as the officer, and the ledger decides.
+ACTIONS = (
+    "verify",
+    "reject",
+    "assign",
+    "add_supporting",
+    "propose_handover",
+    "accept_handover",
+    "log_action",
+    "escalate",
+    "record_decision",
+    "resolve",
+    "request_closure",
+    "approve_closure",
+    "reopen",
+)
 REJECTION_REASONS = ("INVALID", "HOAX", "OUT_OF_SCOPE")
+#: How long a decision recorded on the page stays in force unless the officer says otherwise.
+DECISION_HOURS = 24
+#: The longest a decision may be given on the page (the ledger's own limit may be shorter).
+MAX_DECISION_HOURS = 24 * 366
 
 
 def offered(officer: Officer, incident: Incident) -> set[str]:
     """The actions the officer's role may take on the incident as it stands."""
     status = incident.status.value
-    found: set[str] = set()
-    if officer.role == Role.COORDINATOR.value:
-        if status == "REPORTED":
-            found |= {"verify", "reject"}
-        if status in {"VERIFIED", "REOPENED"}:
-            found.add("assign")
-    involved = officer.agency == incident.lead_agency or (
-        officer.agency in incident.supporting_agencies
-    )
-    if involved and status in {"ASSIGNED", "RESPONDING", "RESOLVED", "REOPENED"}:
-        found.add("log_action")
-    return found
+    if officer.role == Role.AUDITOR.value:
+        return set()  # auditors read everything and write nothing
+    coordinator = officer.role == Role.COORDINATOR.value
+    lead = bool(incident.lead_agency) and officer.agency == incident.lead_agency
+    involved = lead or officer.agency in incident.supporting_agencies
+    handover = incident.pending_handover
+    rules = {
+        "verify": coordinator and status == "REPORTED",
+        "reject": coordinator and status == "REPORTED",
+        "assign": coordinator and status in {"VERIFIED", "REOPENED"},
+        "add_supporting": (coordinator or lead)
+        and status in {"VERIFIED", "ASSIGNED", "RESPONDING", "REOPENED"},
+        "propose_handover": (coordinator or lead)
+        and handover is None
+        and status in {"ASSIGNED", "RESPONDING"},
+        "accept_handover": handover is not None
+        and officer.agency == handover.to_agency
+        and status in {"ASSIGNED", "RESPONDING"},
+        # The coordinator may log one too; the page offers it to those doing the work.
+        "log_action": involved and status in {"ASSIGNED", "RESPONDING", "RESOLVED", "REOPENED"},
+        "escalate": (coordinator or involved or officer.agency == incident.reporter.agency)
+        and status in {"REPORTED", "VERIFIED", "ASSIGNED", "RESPONDING", "REOPENED"},
+        "record_decision": (coordinator or involved)
+        and status in {"VERIFIED", "ASSIGNED", "RESPONDING", "RESOLVED", "REOPENED"},
+        "resolve": (coordinator or lead) and status == "RESPONDING",
+        "request_closure": lead and status == "RESOLVED" and not incident.close_requested,
+        "approve_closure": coordinator and status == "RESOLVED" and incident.close_requested,
+        "reopen": (coordinator or lead) and status in {"RESOLVED", "CLOSED"},
+    }
+    return {action for action, allowed in rules.items() if allowed}
+
+
+def decision_hours(text: str) -> int:
+    """The hours a decision stays in force, from the form (the default when left empty)."""
+    if not text.strip():
+        return DECISION_HOURS
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_DECISION_HOURS:
+        raise ValueError(_("The decision lasts a whole number of hours, at least 1."))
+    return int(text)
 
 
 async def incident_page(
@@ -685,13 +738,51 @@ async def act(request: Request, session: Session, officer: Officer) -> Response:
         "request_id": form.get("request_id") or uuid.uuid4().hex,
     }
     ledger = officer.ledger
+    text = form.get
+    now = datetime.now(UTC)
+    # The other deciding agencies (checkboxes: several values; the form is read once, kept).
+    others = [v for v in (await request.form()).getlist("deciding") if isinstance(v, str)]
+
+    def decide() -> object:
+        until = now + timedelta(hours=decision_hours(text("hours", "")))
+        deciding = [officer.agency, *others]
+        return ledger.record_decision(
+            name,
+            list(dict.fromkeys(a for a in deciding if a)),
+            text("forum", ""),
+            text("summary", ""),
+            rationale=text("rationale", ""),
+            valid_from=now,
+            valid_until=until,
+            **common,
+        )
+
     calls: dict[str, Callable[[], object]] = {
-        "verify": lambda: ledger.verify(name, comment=form.get("comment", ""), **common),
+        "verify": lambda: ledger.verify(name, comment=text("comment", ""), **common),
         "reject": lambda: ledger.reject(
-            name, form.get("reason", "INVALID"), form.get("comment", ""), **common
+            name, text("reason", "INVALID"), text("comment", ""), **common
         ),
-        "assign": lambda: ledger.assign_lead(name, form.get("agency", ""), **common),
-        "log_action": lambda: ledger.log_action(name, form.get("action", ""), **common),
+        "assign": lambda: ledger.assign_lead(name, text("agency", ""), **common),
+        "add_supporting": lambda: ledger.add_supporting_agency(
+            name, text("supporting", ""), comment=text("comment", ""), **common
+        ),
+        "propose_handover": lambda: ledger.propose_handover(
+            name, text("to_agency", ""), reason=text("reason", ""), **common
+        ),
+        "accept_handover": lambda: ledger.accept_handover(
+            name, comment=text("comment", ""), **common
+        ),
+        "log_action": lambda: ledger.log_action(name, text("action", ""), **common),
+        "escalate": lambda: ledger.escalate(name, text("reason", ""), **common),
+        "record_decision": decide,
+        "resolve": lambda: ledger.resolve(name, text("resolution", ""), **common),
+        "request_closure": lambda: ledger.request_closure(
+            name, comment=text("comment", ""), **common
+        ),
+        "approve_closure": lambda: ledger.approve_closure(
+            name, comment=text("comment", ""), **common
+        ),
+        "reopen": lambda: ledger.reopen(name, text("reason", ""), **common),
     }
     try:
         await run_in_threadpool(calls[action])
@@ -706,10 +797,7 @@ async def ledger_failed(request: Request, error: Exception) -> Response:
     """A query the ledger refused or could not answer: its token no longer valid signs the
     officer out; anything else is said plainly (503), and logged."""
     if isinstance(error, Unauthenticated):
-        session = session_of(request)
-        if session is not None:
-            room_of(request).sessions.drop(session)
-        return RedirectResponse("/login", status_code=303)
+        return without_cookie(request, RedirectResponse("/login", status_code=303))
     log.warning("situation_room.ledger_failed", path=request.url.path, error=str(error))
     message = _("The ledger did not answer; try again in a moment.")
     return Response(message, status_code=503, media_type="text/plain")
@@ -737,10 +825,17 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
     templates.env.filters["band"] = labels.band
     templates.env.filters["event"] = labels.event_type
     templates.env.filters["rejection"] = labels.rejection
+    # One channel to the ledger for every officer: each call carries the officer's token.
+    channel_owner = LedgerClient(settings.ledger_address, "", language="id")
+
+    def officer_client(token: str) -> LedgerClient:
+        return LedgerClient(channel=channel_owner.channel, token=token, language="id")
+
+    secret = settings.session_key or shared_secret(settings.data_dir / DEV_KEY_FILE_NAME)
     room = Room(
         settings,
         reference,
-        Sessions(settings.session_minutes * 60),
+        Sessions(secret, settings.session_minutes * 60, officer_client),
         SignInThrottle(),
         Hub(connect),
         geojson,
@@ -754,7 +849,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
             yield
         finally:
             room.hub.stop()
-            room.sessions.close()
+            channel_owner.close()
 
     routes = [
         Route("/", home),
@@ -775,7 +870,11 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
         Route("/incidents/{incident}/evidence/{event}", evidence_file, methods=["GET"]),
         Route("/incidents/{incident}/{action}", act, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
-        Mount("/vendor/leaflet", StaticFiles(directory=str(LEAFLET_DIR), check_dir=False)),
+        Mount(
+            # Leaflet, from npm (tools/package.json; the image's own copy in production).
+            "/vendor/leaflet",
+            StaticFiles(directory=str(settings.leaflet_dir), check_dir=False),
+        ),
     ]
     app = Starlette(
         routes=routes,

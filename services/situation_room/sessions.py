@@ -1,110 +1,117 @@
-"""Signed-in officers: server-side sessions behind a signed, HttpOnly, SameSite=Strict cookie.
+"""Signed-in officers: sessions sealed in their own HttpOnly, SameSite=Strict cookie.
 
-The cookie holds only a random session id, signed with a key made at start (itsdangerous),
-so a forged or altered cookie is refused and a restart signs everyone out. The session keeps
-the officer's bearer token (never sent to the browser), its agency and role, and the CSRF
-token that every form must carry. Sessions expire ``lifetime`` seconds after sign-in.
+The page keeps no session of its own (the issue: no state the ledger does not have). The
+cookie holds the officer's agency, role and bearer token, the CSRF token and the session's
+end, encrypted and authenticated with Fernet (AES-128-CBC and HMAC-SHA256, from
+``cryptography``) under a key derived from ``SITUATION_ROOM_SESSION_KEY``: the browser cannot
+read the token nor alter anything, a restart keeps everyone signed in, and every page process
+with the same key accepts the same cookie. What this gives up: signing out clears the cookie
+in that browser, but a copy of it taken before stays valid until its end (the page has nowhere
+to remember that it was signed out), so sessions are short (``SITUATION_ROOM_SESSION_MINUTES``).
 """
 
 from __future__ import annotations
 
+import base64
 import hmac
+import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from itsdangerous import BadSignature, TimestampSigner
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from incidentledger_client import LedgerClient
 from services.common.limits import FailureWindow
 
 COOKIE = "situation_room"
-#: At most this many signed-in sessions are kept; the oldest go first.
-MAX_SESSIONS = 10_000
+#: Failed sign-ins are counted for this many browser addresses at most.
+MAX_CLIENTS = 10_000
 ALL = ""  # the key of every failure, whichever address
-#: At most this many sessions that have not signed in (the sign-in form's): anyone can make
-#: them, so they are capped apart and never push out a signed-in officer.
-MAX_ANONYMOUS = 2_000
 #: A session that has not signed in lasts this long (the sign-in form's CSRF token).
 ANONYMOUS_SECONDS = 900.0
+#: What the key is derived for (HKDF's info): the same secret gives other uses other keys.
+KEY_PURPOSE = b"incidentledger situation-room session cookie v1"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Officer:
-    """Who is signed in: the agency (as the reference data names it), its role, the token."""
+    """Who is signed in: the agency (as the reference data names it), its role, the token,
+    and a client of the ledger that calls with that token."""
 
     agency: str
     role: str
     token: str = field(repr=False)
-    ledger: LedgerClient = field(repr=False)
+    ledger: LedgerClient = field(repr=False, compare=False)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Session:
-    id: str
     csrf: str
     expires: float
     officer: Officer | None = None
 
 
-class Sessions:
-    """The sessions of one web process (its only state)."""
+def cookie_key(secret: bytes) -> bytes:
+    """The Fernet key of a secret of any length (at least 16 bytes; checked by the settings)."""
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=KEY_PURPOSE).derive(secret)
+    return base64.urlsafe_b64encode(derived)
 
-    def __init__(self, lifetime: float) -> None:
+
+class Sessions:
+    """Sessions sealed in cookies under one key; ``connect(token)`` makes an officer's client."""
+
+    def __init__(
+        self,
+        secret: bytes,
+        lifetime: float,
+        connect: Callable[[str], LedgerClient],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.lifetime = lifetime
-        self._signer = TimestampSigner(secrets.token_bytes(32), salt="situation-room-session")
-        self._sessions: dict[str, Session] = {}
+        self.connect = connect
+        self._fernet = Fernet(cookie_key(secret))
+        self._clock = clock
 
     def new(self, officer: Officer | None = None) -> Session:
-        self._prune(signed_in=officer is not None)
         lifetime = self.lifetime if officer is not None else ANONYMOUS_SECONDS
-        session = Session(
-            secrets.token_urlsafe(24), secrets.token_urlsafe(24), time.time() + lifetime, officer
-        )
-        self._sessions[session.id] = session
-        return session
+        return Session(secrets.token_urlsafe(24), self._clock() + lifetime, officer)
 
     def cookie_value(self, session: Session) -> str:
-        return self._signer.sign(session.id).decode()
+        sealed: dict[str, object] = {"csrf": session.csrf, "expires": session.expires}
+        if session.officer is not None:
+            officer = session.officer
+            sealed.update(agency=officer.agency, role=officer.role, token=officer.token)
+        payload = json.dumps(sealed, separators=(",", ":")).encode()
+        return self._fernet.encrypt_at_time(payload, int(self._clock())).decode("ascii")
 
     def find(self, cookie: str | None) -> Session | None:
-        """The live session of a cookie; None for no cookie, a bad signature or an expired one."""
+        """The session of a cookie; None for no cookie, an altered or foreign one (another
+        key), or one past its end."""
         if not cookie:
             return None
         try:
-            sid = self._signer.unsign(cookie, max_age=int(self.lifetime) + 1).decode()
-        except BadSignature:
+            sealed = json.loads(self._fernet.decrypt(cookie.encode("ascii")))
+        except (InvalidToken, UnicodeEncodeError, ValueError):
             return None
-        session = self._sessions.get(sid)
-        if session is None or session.expires < time.time():
-            if session is not None:
-                self.drop(session)
+        if not isinstance(sealed, dict):
             return None
-        return session
+        expires, csrf = sealed.get("expires"), sealed.get("csrf")
+        if not isinstance(expires, int | float) or not isinstance(csrf, str):
+            return None
+        if expires < self._clock():
+            return None
+        agency, role, token = (sealed.get(key) for key in ("agency", "role", "token"))
+        if isinstance(agency, str) and isinstance(role, str) and isinstance(token, str):
+            return Session(csrf, float(expires), Officer(agency, role, token, self.connect(token)))
+        return Session(csrf, float(expires))
 
     def alive(self, session: Session) -> bool:
-        """Whether the session is still signed in (not signed out, not expired)."""
-        return self._sessions.get(session.id) is session and session.expires >= time.time()
-
-    def drop(self, session: Session) -> None:
-        self._sessions.pop(session.id, None)
-        if session.officer is not None:
-            session.officer.ledger.close()
-
-    def close(self) -> None:
-        for session in list(self._sessions.values()):
-            self.drop(session)
-
-    def _prune(self, *, signed_in: bool) -> None:
-        """Drop the expired sessions, then the oldest of the kind about to be added if
-        there are too many of it."""
-        now = time.time()
-        for session in [s for s in self._sessions.values() if s.expires < now]:
-            self.drop(session)
-        kind = [s for s in self._sessions.values() if (s.officer is not None) == signed_in]
-        excess = len(kind) - ((MAX_SESSIONS if signed_in else MAX_ANONYMOUS) - 1)
-        for session in sorted(kind, key=lambda s: s.expires)[: max(0, excess)]:
-            self.drop(session)
+        """Whether the session has not reached its end (signing out cannot be seen here)."""
+        return session.expires >= self._clock()
 
 
 def csrf_ok(session: Session | None, submitted: object) -> bool:
@@ -129,7 +136,7 @@ class SignInThrottle:
 
     def __init__(self, per_client: int = 5, total: int = 15, window: float = 60.0) -> None:
         self.per_client, self.total, self.window = per_client, total, window
-        self._by_client = FailureWindow(per_client, window, MAX_SESSIONS)
+        self._by_client = FailureWindow(per_client, window, MAX_CLIENTS)
         self._all = FailureWindow(total, window, 1)
 
     def blocked(self, client: str) -> bool:

@@ -45,6 +45,8 @@ READ_SECONDS = 10.0
 class Room:
     stack: Stack
     web: ServiceProcess
+    #: The page process's environment (another process started with it shares its key).
+    env: dict[str, str] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
     #: The pages' script errors (none is expected).
     errors: list[str] = field(default_factory=list)
@@ -92,7 +94,7 @@ def room(tmp_path: Path, nats_server: NatsServer) -> Iterator[Room]:
             "SITUATION_ROOM_TOKEN": stack.ledger.tokens["desk_pilkada"],
         }
         with service_process("services.situation_room", web_env) as web:
-            yield Room(stack, web)
+            yield Room(stack, web, web_env)
 
 
 def new_page(room: Room, browser: Browser, language: str = "en") -> Page:
@@ -339,7 +341,8 @@ def test_the_desk_verifies_and_assigns_and_the_lead_logs_an_action_each_as_itsel
     reported = room.ledger("kesbangpol").report(title, "intimidation", "ipuh")
     url = f"{room.url}/{reported.incident}"
     desk, police, other = (new_page(room, browser) for _ in range(3))
-    for page, agency in [(desk, "desk_pilkada"), (police, "polres"), (other, "kesbangpol")]:
+    # kodim: not involved (kesbangpol, the reporter, may escalate).
+    for page, agency in [(desk, "desk_pilkada"), (police, "polres"), (other, "kodim")]:
         sign_in(room, page, agency)
     desk.click(f"text={title}")  # from the board to the incident
     expect(desk).to_have_url(url)
@@ -385,6 +388,124 @@ def test_an_action_on_a_changed_incident_is_refused_with_the_ledgers_reason(
     expect(page.locator("#status")).to_have_text("VERIFIED")
     events = list(room.ledger("desk_pilkada").incident_events(reported.incident))
     assert [e.type for e in events] == ["Reported", "Verified"]
+
+
+def test_a_handover_proposed_by_the_lead_is_accepted_by_the_receiving_agency(
+    room: Room, browser: Browser
+) -> None:
+    reported = room.ledger("kesbangpol").report("Blocked road to TPS 03", "intimidation", "ipuh")
+    desk_client = room.ledger("desk_pilkada")
+    desk_client.verify(reported.incident)
+    desk_client.assign_lead(reported.incident, "polres")
+    url = f"{room.url}/{reported.incident}"
+    desk, police, army = (new_page(room, browser) for _ in range(3))
+    for page, agency in [(desk, "desk_pilkada"), (police, "polres"), (army, "kodim")]:
+        sign_in(room, page, agency)
+
+    desk.goto(url)
+    desk.select_option("select[name=supporting]", "dinkes")
+    desk.click("#add_supporting")
+    expect(desk.locator(".timeline li")).to_have_count(4)
+    army.goto(url)
+    expect(army.locator(".actions")).to_have_count(0)  # not involved yet
+    police.goto(url)
+    expect(police.locator("#accept_handover")).to_have_count(0)
+    police.select_option("select[name=to_agency]", "kodim")
+    police.fill("form[action$=propose_handover] input[name=reason]", "The army holds the road")
+    police.click("#propose_handover")
+    expect(police.locator("#propose_handover")).to_have_count(0)  # one is pending
+    army.goto(url)
+    army.click("#accept_handover")
+    expect(army.locator("#resolve")).to_have_count(0)  # ASSIGNED: nothing to resolve yet
+    expect(army.locator("#propose_handover")).to_be_visible()  # the lead now
+
+    got = desk_client.get_incident(reported.incident)
+    assert (got.lead_agency, got.supporting_agencies, got.pending_handover) == (
+        "kodim",
+        ("dinkes",),
+        None,
+    )
+    history = list(desk_client.incident_events(reported.incident))
+    assert [(e.type, e.actor.agency) for e in history][3:] == [
+        ("SupportingAgencyAdded", "desk_pilkada"),
+        ("HandoverProposed", "polres"),
+        ("HandoverAccepted", "kodim"),
+    ]
+    assert_local_and_clean(room)
+
+
+def act_over_http(web: httpx.Client, incident: str, action: str, **fields: str) -> httpx.Response:
+    """Post one action's form as the page shows it (its CSRF token and version)."""
+    page = web.get(f"/{incident}")
+    version = re.search(r'name="version" value="(\d+)"', page.text)
+    form = {"csrf": csrf_of(page), "version": version[1] if version else "0", **fields}
+    return web.post(f"/{incident}/{action}", data=form)
+
+
+def test_the_lead_resolves_and_requests_closure_the_desk_closes_and_records_a_decision(
+    room: Room,
+) -> None:
+    reported = room.ledger("kesbangpol").report("Money politics in Lubuk Pinang", "hoax", "ipuh")
+    incident = reported.incident
+    desk_client = room.ledger("desk_pilkada")
+    desk_client.verify(incident)
+    desk_client.assign_lead(incident, "polres")
+    room.ledger("polres").log_action(incident, "Team sent")  # RESPONDING
+    with (
+        signed_in_http(room, "polres") as police,
+        signed_in_http(room, "desk_pilkada") as desk,
+    ):
+        decided = act_over_http(
+            desk,
+            incident,
+            "record_decision",
+            forum="Forkopimda",
+            summary="Patrols doubled",
+            rationale="Both camps announced rallies",
+            hours="12",
+            deciding="polres",
+        )
+        assert decided.status_code == 303
+        assert 'id="request_closure"' not in police.get(f"/{incident}").text  # not resolved
+        resolved = act_over_http(police, incident, "resolve", resolution="Suspects questioned")
+        assert resolved.status_code == 303
+        assert 'id="approve_closure"' not in desk.get(f"/{incident}").text  # not requested
+        assert act_over_http(police, incident, "request_closure").status_code == 303
+        assert act_over_http(desk, incident, "approve_closure").status_code == 303
+        page = desk.get(f"/{incident}")
+        assert 'id="reopen"' in page.text and 'id="status">CLOSED' in page.text
+    got = desk_client.get_incident(incident)
+    assert got.status.value == "CLOSED"
+    (decision,) = got.decisions
+    assert (decision.forum, decision.summary, sorted(decision.deciding_agencies)) == (
+        "Forkopimda",
+        "Patrols doubled",
+        ["desk_pilkada", "polres"],
+    )
+    assert decision.valid_until is not None and decision.valid_from is not None
+    assert decision.valid_until - decision.valid_from == timedelta(hours=12)
+    history = list(desk_client.incident_events(incident))
+    assert [(e.type, e.actor.agency) for e in history][4:] == [
+        ("DecisionRecorded", "desk_pilkada"),
+        ("Resolved", "polres"),
+        ("ClosureRequested", "polres"),
+        ("ClosureApproved", "desk_pilkada"),
+    ]
+
+
+def test_an_action_the_role_may_not_take_is_not_offered_and_the_ledger_refuses_it(
+    room: Room,
+) -> None:
+    reported = room.ledger("kesbangpol").report("Torn banners", "hoax", "ipuh")
+    with signed_in_http(room, "polres") as police:
+        page = police.get(f"/{reported.incident}")
+        assert 'id="verify"' not in page.text and 'id="reject"' not in page.text
+        # Posted anyway (the page's own CSRF token): the ledger refuses, nothing is recorded.
+        refused = act_over_http(police, reported.incident, "verify", comment="forged")
+        assert refused.status_code == 200 and 'class="error"' in refused.text
+        assert "coordinator" in refused.text
+    events = list(room.ledger("desk_pilkada").incident_events(reported.incident))
+    assert [e.type for e in events] == ["Reported"]
 
 
 def test_the_decisions_in_force_show_the_time_left_in_wib(room: Room, browser: Browser) -> None:
@@ -435,24 +556,72 @@ def test_failed_sign_ins_are_throttled_here_before_the_ledger_blocks_the_page(
     assert room.ledger("polres").reference_data().regency
 
 
-def test_signing_out_ends_the_tabs_event_stream(room: Room) -> None:
+def csrf_of(page: httpx.Response) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found, page.text
+    return found[1]
+
+
+def test_signing_out_clears_the_cookie(room: Room) -> None:
     with signed_in_http(room, "desk_pilkada") as web:
-        found = re.search(r'name="csrf" value="([^"]+)"', web.get("/board").text)
-        assert found
-        ended = threading.Event()
+        csrf = csrf_of(web.get("/board"))
+        assert web.post("/logout", data={"csrf": csrf}).status_code == 303
+        assert SESSION_COOKIE not in web.cookies
+        assert web.get("/board").headers["location"] == "/login"
 
-        def follow() -> None:
-            with web.stream("GET", "/events") as stream:
-                for _line in stream.iter_lines():
-                    pass
-            ended.set()
 
-        reader = threading.Thread(target=follow, daemon=True)
-        reader.start()
-        assert not ended.wait(0.5), "the stream of a signed-in session stays open"
-        assert web.post("/logout", data={"csrf": found[1]}).status_code == 303
-        assert ended.wait(READ_SECONDS), "the stream did not end after signing out"
-        reader.join(READ_SECONDS)
+def test_a_session_survives_a_restart_of_the_page(room: Room) -> None:
+    """The cookie holds the session: another page process with the same key (the restarted
+    page, or a second one behind the same address) knows the officer without asking."""
+    with signed_in_http(room, "desk_pilkada") as web:
+        cookie = web.cookies[SESSION_COOKIE]
+    with service_process("services.situation_room", room.env) as restarted:
+        url = f"http://127.0.0.1:{restarted.port}"
+        cookies = {SESSION_COOKIE: cookie, LANGUAGE_COOKIE: "en"}
+        with httpx.Client(base_url=url, timeout=READ_SECONDS, cookies=cookies) as web:
+            board = web.get("/board")
+            assert board.status_code == 200 and "Desk Pilkada Pemkab Mukomuko" in board.text
+            # Its forms take the CSRF token sealed in the same cookie.
+            assert web.post("/logout", data={"csrf": csrf_of(board)}).status_code == 303
+
+
+def test_an_altered_cookie_is_refused(room: Room) -> None:
+    with signed_in_http(room, "desk_pilkada") as web:
+        cookie = web.cookies[SESSION_COOKIE]
+    middle = len(cookie) // 2
+    altered = cookie[:middle] + ("A" if cookie[middle] != "A" else "B") + cookie[middle + 1 :]
+    for value, status in [(cookie, 200), (altered, 303)]:
+        with httpx.Client(
+            base_url=room.url, timeout=READ_SECONDS, cookies={SESSION_COOKIE: value}
+        ) as web:
+            answer = web.get("/board")
+            assert answer.status_code == status, value
+    assert answer.headers["location"] == "/login"
+
+
+def test_an_expired_session_is_refused_and_its_event_stream_ends(room: Room) -> None:
+    short = {**room.env, "SITUATION_ROOM_SESSION_MINUTES": "0.05"}  # 3 s
+    with service_process("services.situation_room", short) as web_process:
+        expiring = Room(room.stack, web_process, short)
+        with signed_in_http(expiring, "desk_pilkada") as web:
+            cookie = web.cookies[SESSION_COOKIE]
+            ended = threading.Event()
+
+            def follow() -> None:
+                with web.stream("GET", "/events") as stream:
+                    for _line in stream.iter_lines():
+                        pass
+                ended.set()
+
+            reader = threading.Thread(target=follow, daemon=True)
+            reader.start()
+            assert not ended.wait(0.5), "the stream of a signed-in session stays open"
+            assert web.get("/board").status_code == 200
+            assert ended.wait(READ_SECONDS), "the stream did not end with its session"
+            reader.join(READ_SECONDS)
+        # The browser no longer sends it (its max-age passed); a copy sent anyway is refused.
+        answer = httpx.get(f"{expiring.url}/board", cookies={SESSION_COOKIE: cookie})
+        assert (answer.status_code, answer.headers["location"]) == (303, "/login")
 
 
 def test_the_agencies_page_shows_the_ledgers_workload(room: Room, browser: Browser) -> None:
@@ -526,7 +695,8 @@ TELLTALE = frozenset(
         resolve resolved within verify reject comment action actions taken log timeline
         score point click latitude longitude description record zoom left end where whole
         regency details reason supporting pending handover low medium high critical verified
-        assigned responding
+        assigned responding escalate propose accept closure reopen resolution rationale
+        hours also decided hand
         """,
     )
 )

@@ -36,7 +36,13 @@ from eventsourcing.postgres import PostgresFactory
 from kubernetes_validate import utils as k8s_validate
 
 from services.common import config as config_module
-from services.common.config import PROJECT_ROOT, LedgerSettings, NotifierSettings, nats_servers
+from services.common.config import (
+    PROJECT_ROOT,
+    LedgerSettings,
+    NotifierSettings,
+    SituationRoomSettings,
+    nats_servers,
+)
 
 DEPLOY = PROJECT_ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -49,8 +55,20 @@ K8S_VERSION = "1.33"
 #: Our images (the other containers are PostgreSQL's and NATS's own).
 OUR_IMAGES = ("incident-ledger/ledger:", "incident-ledger/notifier:")
 LEDGER_GRPC, NOTIFIER_GRPC = 50051, 50052
+#: The situation room's image and its HTTP port.
+ROOM_IMAGE = "incident-ledger/situation-room:"
+ROOM_HTTP = 8080
+#: Where the situation room's image keeps Leaflet.
+ROOM_LEAFLET = "/app/vendor/leaflet"
 #: Settings that hold secrets: they must never be given inline, only as *_FILE.
-SECRET_SETTINGS = {"LEDGER_PAGE_TOKEN_SECRET", "POSTGRES_PASSWORD", "NATS_PASSWORD", "NATS_TOKEN"}
+SECRET_SETTINGS = {
+    "LEDGER_PAGE_TOKEN_SECRET",
+    "POSTGRES_PASSWORD",
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
+    "SITUATION_ROOM_TOKEN",
+    "SITUATION_ROOM_SESSION_KEY",
+}
 #: Settings that name secret files.
 SECRET_FILE_SETTINGS = {
     "LEDGER_TOKENS_FILE",
@@ -247,7 +265,7 @@ def test_every_workload_has_resource_requests_and_runs_as_non_root() -> None:
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
-@pytest.mark.parametrize("name", ["ledger", "notifier", "nats"])
+@pytest.mark.parametrize("name", ["ledger", "notifier", "nats", "situation-room"])
 def test_disruption_budgets_cover_the_replicated_workloads(name: str) -> None:
     budget = manifest("PodDisruptionBudget", name)["spec"]
     kind = "StatefulSet" if name == "nats" else "Deployment"
@@ -420,6 +438,7 @@ def test_the_topology_in_compose() -> None:
         "ledger-2",
         "notifier-1",
         "notifier-2",
+        "situation-room",
     }
     for name, service in services.items():
         assert "image" in service or "build" in service, name
@@ -453,7 +472,8 @@ def dockerfile_healthcheck_ports() -> dict[str, int]:
     for stage in dockerfile_stages():
         for instruction, arguments in stage.instructions:
             if instruction == "HEALTHCHECK":
-                match = re.search(r'"services\.common\.healthcheck", "[^"]*:(\d+)"', arguments)
+                # services.common.healthcheck's address (gRPC), or the page's URL (HTTP).
+                match = re.search(r"127\.0\.0\.1:(\d+)", arguments)
                 assert match, arguments
                 ports[stage.name] = int(match.group(1))
     return ports
@@ -566,7 +586,11 @@ def test_the_images_run_as_non_root_with_health_checks() -> None:
         i == "COPY" and a.startswith("--from=builder /opt/venv")
         for i, a in stages["runtime"].instructions
     )
-    assert dockerfile_healthcheck_ports() == {"ledger": LEDGER_GRPC, "notifier": NOTIFIER_GRPC}
+    assert dockerfile_healthcheck_ports() == {
+        "ledger": LEDGER_GRPC,
+        "notifier": NOTIFIER_GRPC,
+        "situation-room": ROOM_HTTP,
+    }
     for name, port, listen in (
         ("ledger", LEDGER_GRPC, "LEDGER_LISTEN"),
         ("notifier", NOTIFIER_GRPC, "NOTIFIER_LISTEN"),
@@ -578,6 +602,91 @@ def test_the_images_run_as_non_root_with_health_checks() -> None:
         assert instructions["ENV"] == f"{listen}=0.0.0.0:{port}", name
     assert dict(stages["ledger"].instructions)["CMD"] == '["services.ledger", "serve"]'
     assert dict(stages["notifier"].instructions)["CMD"] == '["services.notifier"]'
+
+
+# --- the situation room ----------------------------------------------------------------------
+
+
+def test_the_situation_room_image_carries_leaflet_from_the_npm_lock() -> None:
+    stages = {stage.name: stage for stage in dockerfile_stages()}
+    vendor = stages["vendor"].instructions
+    assert ("COPY", "tools/package.json tools/package-lock.json ./") in vendor
+    assert any(i == "RUN" and a.startswith("npm ci ") for i, a in vendor)  # the lock, exactly
+    room = stages["situation-room"]
+    assert room.base == "runtime"
+    instructions = dict(room.instructions)
+    copied = f"--from=vendor /build/node_modules/leaflet/dist {ROOM_LEAFLET}"
+    assert ("COPY", copied) in room.instructions
+    env = dict(item.split("=", 1) for item in instructions["ENV"].split())
+    assert env["SITUATION_ROOM_LEAFLET_DIR"] == ROOM_LEAFLET
+    assert port_of(env["SITUATION_ROOM_LISTEN"]) == ROOM_HTTP
+    assert env["SITUATION_ROOM_MAP_FILE"].startswith("/app/config/")  # COPY config/ /app/config/
+    assert (PROJECT_ROOT / "config" / PurePosixPath(env["SITUATION_ROOM_MAP_FILE"]).name).is_file()
+    assert str(ROOM_HTTP) in instructions["EXPOSE"].split()
+    assert instructions["CMD"] == '["services.situation_room"]'
+    # The version the image gets is the one the tests and `make venv` use.
+    lock = json.loads((PROJECT_ROOT / "tools" / "package-lock.json").read_text(encoding="utf-8"))
+    package = json.loads((PROJECT_ROOT / "tools" / "package.json").read_text(encoding="utf-8"))
+    pinned = package["devDependencies"]["leaflet"]
+    assert lock["packages"]["node_modules/leaflet"]["version"] == pinned
+
+
+def room_settings(env: dict[str, str], tmp_path: Path) -> SituationRoomSettings:
+    secret_files = {k: v for k, v in env.items() if k.endswith("_FILE")}
+    files = placeholder_secrets(tmp_path, set(secret_files.values()))
+    return SituationRoomSettings.from_env({k: files.get(v, v) for k, v in env.items()})
+
+
+def check_room_env(where: str, env: dict[str, str], tmp_path: Path) -> SituationRoomSettings:
+    unknown = set(env) - settings_read()
+    assert not unknown, f"{where}: settings no service reads: {sorted(unknown)}"
+    settings = room_settings(env, tmp_path)
+    assert settings.environment == "production", where
+    assert settings.session_key is not None and settings.token, where
+    assert settings.host_port == ("0.0.0.0", ROOM_HTTP), where
+    without_key = {k: v for k, v in env.items() if not k.startswith("SITUATION_ROOM_SESSION_KEY")}
+    with pytest.raises(config_module.ConfigError, match="SITUATION_ROOM_SESSION_KEY"):
+        room_settings(without_key, tmp_path)  # production refuses to start without one
+    return settings
+
+
+def test_the_situation_room_in_compose(tmp_path: Path) -> None:
+    services = compose()["services"]
+    room = services["situation-room"]
+    assert room["image"].startswith(ROOM_IMAGE)
+    assert room["build"]["target"] == "situation-room"
+    settings = check_room_env("compose situation-room", room["environment"], tmp_path)
+    ledger_host, _, ledger_port = settings.ledger_address.rpartition(":")
+    notifier_host, _, notifier_port = settings.notifier_address.rpartition(":")
+    assert services[ledger_host]["environment"]["LEDGER_LISTEN"].endswith(f":{ledger_port}")
+    assert services[notifier_host]["environment"]["NOTIFIER_LISTEN"].endswith(f":{notifier_port}")
+    assert set(room["depends_on"]) == {ledger_host, notifier_host}
+    assert room["ports"] == [f"127.0.0.1:{ROOM_HTTP}:{ROOM_HTTP}"]  # plain HTTP: loopback only
+    assert room["read_only"] is True and room["cap_drop"] == ["ALL"]
+
+
+def test_the_situation_room_in_kubernetes(tmp_path: Path) -> None:
+    deployment = manifest("Deployment", "situation-room")
+    assert deployment["spec"]["replicas"] >= 2  # the cookie's key is shared: any replica serves
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"].startswith(ROOM_IMAGE)
+    env = container_env(container)
+    settings = check_room_env("k8s situation-room", env, tmp_path)
+    files = mounted_files(pod, container)
+    for setting in ("SITUATION_ROOM_TOKEN_FILE", "SITUATION_ROOM_SESSION_KEY_FILE"):
+        assert env[setting] in files, f"{setting} is not a Secret's file"
+    assert settings.ledger_address == f"ledger:{LEDGER_GRPC}"
+    assert settings.notifier_address == f"notifier:{NOTIFIER_GRPC}"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == ROOM_HTTP
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/login", "port": ROOM_HTTP}, probe
+    service = manifest("Service", "situation-room")
+    (port,) = service["spec"]["ports"]
+    assert (port["port"], port["targetPort"]) == (ROOM_HTTP, "http")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
 # --- NATS ------------------------------------------------------------------------------------

@@ -137,8 +137,10 @@ OLD_DEFAULTS: dict[str, object] = {
     "SITUATION_ROOM_LEDGER_ADDRESS": "127.0.0.1:50051",
     "SITUATION_ROOM_NOTIFIER_ADDRESS": "127.0.0.1:50052",
     "SITUATION_ROOM_TOKEN": "",
-    "SITUATION_ROOM_SESSION_MINUTES": 480.0,
+    "SITUATION_ROOM_SESSION_MINUTES": 60.0,
+    "SITUATION_ROOM_SESSION_KEY": None,
     "SITUATION_ROOM_MAP_FILE": PROJECT_ROOT / "config" / "mukomuko-kecamatan.geojson",
+    "SITUATION_ROOM_LEAFLET_DIR": PROJECT_ROOT / "tools" / "node_modules" / "leaflet" / "dist",
 }
 SECRETS = {
     "LEDGER_PAGE_TOKEN_SECRET",
@@ -147,6 +149,7 @@ SECRETS = {
     "NATS_TOKEN",
     "POSTGRES_PASSWORD",
     "SITUATION_ROOM_TOKEN",
+    "SITUATION_ROOM_SESSION_KEY",
 }
 
 
@@ -436,6 +439,8 @@ def secret_of(name: str, env: dict[str, str]) -> object:
         return NotifierSettings.from_env({**NATS, **env}).nats.token
     if name == "SITUATION_ROOM_TOKEN":
         return SituationRoomSettings.from_env(env).token
+    if name == "SITUATION_ROOM_SESSION_KEY":
+        return SituationRoomSettings.from_env(env).session_key
     if name == "LEDGER_PERSONAL_DATA_KEYS":
         return LedgerSettings.from_env(env).personal_data_keys
     return LedgerSettings.from_env(env).store_env.get("POSTGRES_PASSWORD")
@@ -444,7 +449,8 @@ def secret_of(name: str, env: dict[str, str]) -> object:
 @pytest.mark.parametrize("name", sorted(SECRETS))
 def test_every_secret_may_come_from_its_file(tmp_path: Path, name: str) -> None:
     value = "a-secret-of-more-than-16-bytes"
-    expected: object = value.encode() if name == "LEDGER_PAGE_TOKEN_SECRET" else value
+    as_bytes = {"LEDGER_PAGE_TOKEN_SECRET", "SITUATION_ROOM_SESSION_KEY"}
+    expected: object = value.encode() if name in as_bytes else value
     (tmp_path / "secret").write_text(value + "\r\n")  # the trailing line break is not part of it
     assert secret_of(name, {f"{name}_FILE": str(tmp_path / "secret")}) == expected
     assert secret_of(name, {name: value}) == expected
@@ -488,6 +494,7 @@ def changes(tmp_path: Path) -> dict[str, dict[str, str]]:
         "LEDGER_PAGE_TOKEN_SECRET": "s" * 32,
         "LEDGER_SIGNING_KEY_FILE": str(tmp_path / "signing.key"),
         "NOTIFIER_WEBHOOK_KEY_FILE": str(tmp_path / "webhook.key"),
+        "SITUATION_ROOM_SESSION_KEY": "s" * 32,
     }
     tls = {
         "LEDGER_TLS_CERT_FILE": str(server.cert_file),
@@ -504,7 +511,8 @@ def changes(tmp_path: Path) -> dict[str, dict[str, str]]:
         "LEDGER_LOG_FORMAT": {"LEDGER_LOG_FORMAT": "json"},
         "LEDGER_ALLOW_PLAINTEXT": {"LEDGER_ALLOW_PLAINTEXT": "yes"},
         "LEDGER_RATE_LIMIT_PER_SECOND": {"LEDGER_RATE_LIMIT_PER_SECOND": "5"},
-        "LEDGER_RATE_LIMIT_BURST": {"LEDGER_ENVIRONMENT": "production", **production}
+        # Beside a rate (the production default would also change what the page reads).
+        "LEDGER_RATE_LIMIT_BURST": {"LEDGER_RATE_LIMIT_PER_SECOND": "5"}
         | {"LEDGER_RATE_LIMIT_BURST": "3"},
         "LEDGER_MAX_STREAMS_PER_AGENCY": {"LEDGER_MAX_STREAMS_PER_AGENCY": "0"},
         "LEDGER_AUTH_MAX_FAILURES": {"LEDGER_AUTH_MAX_FAILURES": "3"},
@@ -596,8 +604,10 @@ def changes(tmp_path: Path) -> dict[str, dict[str, str]]:
         "SITUATION_ROOM_LEDGER_ADDRESS": {"SITUATION_ROOM_LEDGER_ADDRESS": "ledger:50051"},
         "SITUATION_ROOM_NOTIFIER_ADDRESS": {"SITUATION_ROOM_NOTIFIER_ADDRESS": "notifier:50052"},
         "SITUATION_ROOM_TOKEN": {"SITUATION_ROOM_TOKEN_FILE": str(secret)},
-        "SITUATION_ROOM_SESSION_MINUTES": {"SITUATION_ROOM_SESSION_MINUTES": "60"},
+        "SITUATION_ROOM_SESSION_MINUTES": {"SITUATION_ROOM_SESSION_MINUTES": "30"},
+        "SITUATION_ROOM_SESSION_KEY": {"SITUATION_ROOM_SESSION_KEY_FILE": str(secret)},
         "SITUATION_ROOM_MAP_FILE": {"SITUATION_ROOM_MAP_FILE": str(tmp_path / "other.geojson")},
+        "SITUATION_ROOM_LEAFLET_DIR": {"SITUATION_ROOM_LEAFLET_DIR": str(tmp_path / "leaflet")},
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import httpx
 
@@ -18,10 +19,15 @@ NOWHERE = "127.0.0.1:1"
 
 def test_a_ledger_that_does_not_answer_gives_a_plain_503() -> None:
     settings = SituationRoomSettings(ledger_address=NOWHERE, notifier_address=NOWHERE)
+    settings = replace(settings, session_key=b"a session key of 16 bytes or more")
     app = build_app(settings, token=lambda: "token")
     room = app.state.room
-    ledger = LedgerClient(NOWHERE, "token", retry=RetryPolicy(retries=0), timeout=1.0)
-    session = room.sessions.new(Officer("polres", "responder", "token", ledger))
+
+    def connect(token: str) -> LedgerClient:
+        return LedgerClient(NOWHERE, token, retry=RetryPolicy(retries=0), timeout=1.0)
+
+    room.sessions.connect = connect  # no retries: the test need not wait out the budget
+    session = room.sessions.new(Officer("polres", "responder", "token", connect("token")))
 
     async def get_board(language: str) -> httpx.Response:
         transport = httpx.ASGITransport(app=app)  # no lifespan: no live subscription
@@ -37,4 +43,3 @@ def test_a_ledger_that_does_not_answer_gives_a_plain_503() -> None:
         assert answer.status_code == 503
         assert said in answer.text
     assert room.sessions.alive(session)  # still signed in: the ledger may come back
-    room.sessions.close()

@@ -223,6 +223,12 @@ class LedgerClient:
     def target(self) -> str:
         return self._transport.target
 
+    @property
+    def channel(self) -> grpc.Channel:
+        """The channel, for other clients to share (``channel=``): one connection for
+        clients with different tokens (the situation room's officers)."""
+        return self._transport.channel
+
     def close(self) -> None:
         """Close the channel (unless it was passed in)."""
         self._transport.close()
