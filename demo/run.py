@@ -539,8 +539,10 @@ def _summary(
     incidents = list(desk.list_incidents(min_position=result.last_position))
     open_work = [i for i in incidents if i.status.value in output.BOARD_STATUSES]
     counts = {s: sum(i.status.value == s for i in open_work) for s in output.BOARD_STATUSES}
-    ranks = {v.code: v.rank for v in desk.reference_data().severities}
-    console.print(output.board(output.sort_board(open_work, "severity", ranks), counts, zone))
+    reference = desk.reference_data()
+    ranks = {v.code: v.rank for v in reference.severities}
+    shown = output.sort_board(open_work, "severity", ranks)
+    console.print(output.board(shown, counts, zone, reference.status_names()))
     console.print(
         "[dim]"
         + _(

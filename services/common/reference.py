@@ -1,4 +1,5 @@
-"""Reference data: agencies with roles, kecamatan and desa, categories, severities.
+"""Reference data: agencies with roles, kecamatan and desa, categories, severities, and the
+regency's words for the statuses and roles.
 
 Loaded from a YAML file at start; nothing regency-specific is in code. Shared by the
 ledger (its domain checks commands against it) and the notifier (it checks filters and
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from services.common.errors import InvalidArgument, PermissionDenied
+from services.common.vocabulary import STATUSES
 
 #: The prefix of reference codes when the reference data names none.
 DEFAULT_REFERENCE_PREFIX = "INC"
@@ -27,6 +29,10 @@ class Role(enum.Enum):
     COORDINATOR = "coordinator"
     RESPONDER = "responder"
     AUDITOR = "auditor"
+
+
+#: The roles' codes, as the reference data's section ``roles`` names them.
+ROLES: tuple[str, ...] = tuple(r.value for r in Role)
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,48 @@ class Severity:
     name: str
     rank: int
     names: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Term:
+    """A status or a role as the regency words it (sections ``statuses`` and ``roles``).
+
+    The codes are the system's (``REPORTED``, ``responder``), not the regency's: a file
+    only names them. Without a name in the file, ``name`` is the code and ``names`` is
+    empty, and clients show the words of their own catalogs.
+    """
+
+    code: str
+    name: str
+    names: Mapping[str, str] = field(default_factory=dict)
+
+
+def _terms(raw: Any, codes: tuple[str, ...], section: str) -> dict[str, Term]:
+    """The section ``statuses`` or ``roles``: every one of ``codes``, in their order, with
+    the name and names the file gives (it may leave some or all out; none is invented)."""
+    terms = {code: Term(code, code) for code in codes}
+    if raw is None:
+        return terms
+    if not isinstance(raw, list):
+        raise ReferenceDataError(f"{section}: a list of entries with code, name and names")
+    named: set[str] = set()
+    for entry in raw:
+        code = entry["code"]
+        if code not in terms:
+            raise ReferenceDataError(f"{section}: unknown code {code!r}; the codes are {codes}")
+        if code in named:
+            raise ReferenceDataError(f"{section}: {code!r} is listed twice")
+        named.add(code)
+        terms[code] = Term(code, str(entry.get("name") or code), _names(entry))
+    return terms
+
+
+def _default_statuses() -> dict[str, Term]:
+    return _terms(None, STATUSES, "statuses")
+
+
+def _default_roles() -> dict[str, Term]:
+    return _terms(None, ROLES, "roles")
 
 
 def _names(raw: Any) -> dict[str, str]:
@@ -229,6 +277,10 @@ class ReferenceData:
     # The first part of every reference code (``MKM`` in ``MKM-7QK3-9V``): one to six
     # letters A-Z, ``reference_prefix`` in the file.
     reference_prefix: str = DEFAULT_REFERENCE_PREFIX
+    # The regency's words for every status and role (sections ``statuses`` and ``roles``),
+    # in the system's order; only named where the file names them.
+    statuses: dict[str, Term] = field(default_factory=_default_statuses)
+    roles: dict[str, Term] = field(default_factory=_default_roles)
 
     def overdue_after_seconds(self, severity: str) -> float:
         """How long an incident of this severity may stay open before it is overdue."""
@@ -310,6 +362,8 @@ class ReferenceData:
                 overdue_after_hours=_overdue_hours(raw.get("overdue_after_hours"), severities),
                 personal_data=PersonalDataPolicy.from_mapping(raw.get("personal_data"), agencies),
                 reference_prefix=str(raw.get("reference_prefix", DEFAULT_REFERENCE_PREFIX)),
+                statuses=_terms(raw.get("statuses"), STATUSES, "statuses"),
+                roles=_terms(raw.get("roles"), ROLES, "roles"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ReferenceDataError(f"malformed reference data in {source}: {exc!r}") from exc

@@ -1,11 +1,13 @@
-"""The event vocabulary the ledger and the notifier share.
+"""The event vocabulary the ledger and the notifier share, and the statuses of an incident.
 
 The type names of the incident events, as ``IncidentEvent.type`` carries them on the wire
 and as subscribers name them in ``EventFilter.event_types``. The ledger's aggregate
 (:mod:`services.ledger.domain.incident`) defines one event class per name; the notifier,
 which must not import the ledger (see ``.importlinter``), checks filters against this set.
 A unit test (tests/unit/test_import_layers.py) holds the two equal: a new event type is
-added here as well.
+added here as well. :data:`STATUSES` are the codes of the aggregate's ``Status``, which the
+reference data (:mod:`services.common.reference`) may name in other languages; the same test
+holds them equal.
 """
 
 from __future__ import annotations
@@ -35,4 +37,17 @@ EVENT_TYPES: tuple[str, ...] = (
     "PersonalDataErased",
     "LegalHoldPlaced",
     "LegalHoldLifted",
+)
+
+#: Every status of an incident, as ``Incident.status`` carries it, in the order of its life.
+STATUSES: tuple[str, ...] = (
+    "REPORTED",
+    "VERIFIED",
+    "ASSIGNED",
+    "RESPONDING",
+    "RESOLVED",
+    "CLOSED",
+    "REJECTED",
+    "MERGED",
+    "REOPENED",
 )

@@ -140,6 +140,17 @@ class Room:
         found = self.reference.severities.get(code)
         return (found.names.get(current()) or found.name) if found is not None else code
 
+    def status_label(self, code: str) -> str:
+        """A status in the page's language: the reference data's ``names`` when it gives
+        one, else the catalog's word (the same rule as ledgerctl's)."""
+        found = self.reference.statuses.get(code)
+        return labels.status(code, found.names if found is not None else None)
+
+    def role_label(self, code: str) -> str:
+        """A role in the page's language, as :meth:`status_label`."""
+        found = self.reference.roles.get(code)
+        return labels.role(code, found.names if found is not None else None)
+
     def kecamatan(self, code: str) -> str:
         found = self.reference.kecamatan.get(code)
         return found.name if found is not None else code
@@ -438,7 +449,7 @@ async def map_data(request: Request, session: Session, officer: Officer) -> Resp
             "name": i.name,
             "title": i.title,
             "severity": i.severity,
-            "label": f"{room.severity(i.severity)}, {labels.status(i.status.value)}",
+            "label": f"{room.severity(i.severity)}, {room.status_label(i.status.value)}",
             "fill": SEVERITY_FILL.get(i.severity, "#555555"),
             "point": [i.location.latitude, i.location.longitude],
         }
@@ -461,7 +472,7 @@ async def map_data(request: Request, session: Session, officer: Officer) -> Resp
                 fill=BAND_FILL.get(score.band, "#dddddd"),
                 incidents=format_number(score.incident_count),
                 reasons=[
-                    f"{r.title} ({room.severity(r.severity)}, {labels.status(r.status)})"
+                    f"{r.title} ({room.severity(r.severity)}, {room.status_label(r.status)})"
                     for r in score.reasons[:5]
                 ],
             )
@@ -821,7 +832,6 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
     templates.env.globals["span"] = span
     templates.env.filters["wib"] = wib
     templates.env.filters["number"] = format_number
-    templates.env.filters["status"] = labels.status
     templates.env.filters["band"] = labels.band
     templates.env.filters["event"] = labels.event_type
     templates.env.filters["rejection"] = labels.rejection
@@ -885,6 +895,8 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
     # The names of the reference data, in the page's language.
     templates.env.filters["category"] = room.category
     templates.env.filters["severity"] = room.severity
+    templates.env.filters["status"] = room.status_label
+    templates.env.filters["role"] = room.role_label
     templates.env.filters["kecamatan"] = room.kecamatan
     templates.env.filters["agency"] = room.agency
     app.state.room = room

@@ -1,16 +1,27 @@
 """ledgerctl in both languages against a real ledger: every table in Indonesian without the
-UI's English words, times in WIB, and --json byte-identical whatever the language."""
+UI's English words, times in WIB, and --json byte-identical whatever the language; another
+regency's words for statuses and roles, in ledgerctl and the situation room's page."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
+import yaml
 
+from incidentledger_client import LedgerClient
 from incidentledger_client.cli import main
+from services.common.config import SituationRoomSettings
+from services.situation_room.app import build_app
+from services.situation_room.i18n import COOKIE as LANGUAGE_COOKIE
+from services.situation_room.sessions import COOKIE, Officer
 from tests.ledgerctl_support import Ctl
+from tests.support import REFERENCE_FILE, Client, running_ledger, settings_for, store_environment
 from tests.unit.test_i18n import english_words
 
 #: The commands that show a table or a view, each run in both languages.
@@ -133,3 +144,101 @@ def test_ledgerctls_own_hints_in_indonesian_and_json_unchanged(
         assert main(["--json", "--lang", lang, *nowhere]) == 6
         errors.append(capsys.readouterr().err)
     assert errors[0] == errors[1] and "cannot reach the ledger" in errors[0]
+
+
+#: Another regency's words for two statuses and a role (Mukomuko's file uses the glossary's).
+OTHER_WORDS = {
+    "statuses": [
+        {"code": "RESPONDING", "name": "Responding", "names": {"id": "Sedang ditangani"}},
+        {"code": "ASSIGNED", "name": "Assigned", "names": {"id": "Diserahkan ke instansi"}},
+    ],
+    "roles": [{"code": "responder", "name": "Responder", "names": {"id": "instansi pelaksana"}}],
+}
+
+
+@pytest.fixture
+def other_regency(tmp_path: Path) -> Iterator[Client]:
+    """A ledger whose reference file is another regency's: Mukomuko's places and agencies,
+    its own words for statuses and roles."""
+    raw = yaml.safe_load(REFERENCE_FILE.read_text(encoding="utf-8"))
+    raw.update(regency="Kabupaten Contoh", **OTHER_WORDS)
+    other = tmp_path / "contoh.yaml"
+    other.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    with (
+        store_environment("popo", tmp_path) as env,
+        running_ledger(settings_for(tmp_path, env, reference_file=other)) as ledger,
+    ):
+        yield ledger
+
+
+def test_another_regencys_words_for_statuses_and_roles_in_ledgerctl(
+    other_regency: Client, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("LEDGER_LANG", raising=False)
+    ctl = Ctl(other_regency, capsys)
+    name = _incident(ctl)  # RESPONDING
+    for args in (["show", name], ["list"], ["board", "--limit", "0"], ["audit", "as-of", "now"]):
+        agency = "inspektorat" if args[0] == "audit" else "desk_pilkada"
+        shown = ctl.ok(agency, "--lang", "id", *args)
+        assert "Sedang ditangani" in shown and "Dalam penanganan" not in shown, (args, shown)
+        assert "RESPONDING" in ctl.ok(agency, "--lang", "en", *args), args
+        as_json = [ctl.ok(agency, "--json", "--lang", lang, *args) for lang in ("en", "id")]
+        assert as_json[0] == as_json[1] and "Sedang ditangani" not in as_json[0], args
+    agencies = ctl.ok("desk_pilkada", "--lang", "id", "agencies")
+    assert "instansi pelaksana" in agencies and "penanggap" not in agencies, agencies
+    assert "koordinator" in agencies  # not named by the file: the catalog's word
+    assert ctl.json("desk_pilkada", "agencies")[1]["role"] == "responder"
+    # The client reads every status and role, named or not.
+    ledger = LedgerClient(other_regency.address, other_regency.tokens["desk_pilkada"])
+    try:
+        reference = ledger.reference_data()
+    finally:
+        ledger.close()
+    assert [s.code for s in reference.statuses][:4] == [
+        "REPORTED",
+        "VERIFIED",
+        "ASSIGNED",
+        "RESPONDING",
+    ]
+    assert reference.status_names()["ASSIGNED"] == {"id": "Diserahkan ke instansi"}
+    assert reference.status_names()["CLOSED"] == {}
+    assert [r.code for r in reference.roles] == ["coordinator", "responder", "auditor"]
+
+
+def test_another_regencys_words_for_statuses_and_roles_on_the_situation_rooms_page(
+    other_regency: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = _incident(Ctl(other_regency, capsys))  # RESPONDING
+    settings = SituationRoomSettings(
+        ledger_address=other_regency.address,
+        notifier_address="127.0.0.1:1",  # not reached: the page is read without its live feed
+        data_dir=tmp_path / "room",
+        reference_file=tmp_path / "contoh.yaml",
+    )
+    app = build_app(settings, token=lambda: other_regency.tokens["desk_pilkada"])
+    room = app.state.room
+    token = other_regency.tokens["polres"]
+    session = room.sessions.new(
+        Officer("polres", "responder", token, LedgerClient(other_regency.address, token))
+    )
+
+    async def get(path: str, language: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)  # no lifespan: no live subscription
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            client.cookies.set(COOKIE, room.sessions.cookie_value(session))
+            client.cookies.set(LANGUAGE_COOKIE, language)
+            return await client.get(path)
+
+    try:
+        for path in ("/board", f"/{name}"):
+            page = asyncio.run(get(path, "id"))
+            assert page.status_code == 200, (path, page.text)
+            assert "Sedang ditangani" in page.text and "Dalam penanganan" not in page.text, path
+            assert "instansi pelaksana" in page.text, path  # the officer's role, in the header
+            english = asyncio.run(get(path, "en"))
+            assert "RESPONDING" in english.text and "Sedang ditangani" not in english.text
+        board = asyncio.run(get("/board", "id")).text
+        assert "Diserahkan ke instansi" in board  # the board's status filter
+    finally:
+        room.sessions.close()

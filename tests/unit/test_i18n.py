@@ -105,6 +105,22 @@ def test_every_code_has_an_indonesian_label() -> None:
     assert labels.status("CLOSED") == "CLOSED"  # English shows the code, as before
 
 
+def test_the_reference_datas_names_of_statuses_and_roles_win_over_the_catalog() -> None:
+    """A regency's own words (GetReferenceData's names) for the current language, else the
+    catalog's: the one rule ledgerctl and the situation room both use."""
+    assigned = {"id": "Diserahkan ke instansi"}
+    responder = {"id": "instansi pelaksana"}
+    with i18n.using("id"):
+        assert labels.status("ASSIGNED", assigned) == "Diserahkan ke instansi"
+        assert labels.status("ASSIGNED", {}) == labels.status("ASSIGNED") == "Didisposisikan"
+        assert labels.role("responder", responder) == "instansi pelaksana"
+        assert labels.role("responder", None) == "penanggap"
+    # No English name given: English keeps the catalog's (the code for a status).
+    assert labels.status("ASSIGNED", assigned) == "ASSIGNED"
+    assert labels.status("ASSIGNED", {"en": "Handed over"}) == "Handed over"
+    assert labels.role("responder", responder) == "responder"
+
+
 def test_the_catalogs_are_complete_and_fresh() -> None:
     assert catalogs.check(catalogs.extract(), ["id"]) == []
 

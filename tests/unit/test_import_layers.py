@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common.vocabulary import EVENT_TYPES
-from services.ledger.domain.incident import incident_event_classes
+from services.common.vocabulary import EVENT_TYPES, STATUSES
+from services.ledger.domain.incident import Status, incident_event_classes
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = PROJECT_ROOT / ".importlinter"
@@ -213,3 +213,9 @@ def test_the_shared_event_vocabulary_is_the_aggregates() -> None:
     """services.common.vocabulary (what the notifier accepts) names every event class."""
     assert len(set(EVENT_TYPES)) == len(EVENT_TYPES)
     assert set(EVENT_TYPES) == {cls.__name__ for cls in incident_event_classes()}
+
+
+def test_the_shared_statuses_are_the_aggregates() -> None:
+    """services.common.vocabulary (the statuses the reference data may name) lists every
+    status of the aggregate, in its order."""
+    assert tuple(s.value for s in Status) == STATUSES

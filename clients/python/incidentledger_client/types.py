@@ -747,6 +747,27 @@ class ReferenceSeverity:
 
 
 @dataclass(frozen=True)
+class ReferenceStatus:
+    """A status of an incident as the regency words it: ``name`` in the reference file's main
+    language (the code when the file does not name it), ``names`` in others. People's labels
+    come from :func:`incidentledger_client.i18n.labels.status`, which prefers ``names``."""
+
+    code: str
+    name: str
+    names: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReferenceRole:
+    """A role of agencies (coordinator, responder, auditor) as the regency words it, as for
+    :class:`ReferenceStatus` (labels: :func:`incidentledger_client.i18n.labels.role`)."""
+
+    code: str
+    name: str
+    names: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ReferenceData:
     """The ledger's reference data: what requests are checked against."""
 
@@ -756,6 +777,17 @@ class ReferenceData:
     categories: tuple[ReferenceCategory, ...]
     severities: tuple[ReferenceSeverity, ...]
     default_severity: str
+    #: Every status and role, as the regency words them (empty from a ledger too old to say).
+    statuses: tuple[ReferenceStatus, ...] = ()
+    roles: tuple[ReferenceRole, ...] = ()
+
+    def status_names(self) -> dict[str, dict[str, str]]:
+        """Each status's names in other languages, by code (for ``labels.status``)."""
+        return {s.code: s.names for s in self.statuses}
+
+    def role_names(self) -> dict[str, dict[str, str]]:
+        """Each role's names in other languages, by code (for ``labels.role``)."""
+        return {r.code: r.names for r in self.roles}
 
     @classmethod
     def from_proto(cls, message: api.GetReferenceDataResponse) -> ReferenceData:
@@ -773,6 +805,10 @@ class ReferenceData:
                 ReferenceSeverity(v.code, v.name, v.rank, dict(v.names)) for v in message.severities
             ),
             default_severity=message.default_severity,
+            statuses=tuple(
+                ReferenceStatus(s.code, s.name, dict(s.names)) for s in message.statuses
+            ),
+            roles=tuple(ReferenceRole(r.code, r.name, dict(r.names)) for r in message.roles),
         )
 
 

@@ -1952,6 +1952,108 @@ class ReferenceSeverity(_message.Message):
 Global___ReferenceSeverity: _TypeAlias = ReferenceSeverity  # noqa: Y015
 
 @_typing.final
+class ReferenceStatus(_message.Message):
+    """A status of an incident (its code as Incident.status carries it) as the regency words it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class NamesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    name: _builtins.str
+    """In the reference file's main language; the code when the file does not name it."""
+    @_builtins.property
+    def names(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The name in other languages, by language tag, as for ReferenceCategory; a language it
+        does not give falls back to the client's own words for the status.
+        """
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        name: _builtins.str = ...,
+        names: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "name", b"name", "names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReferenceStatus: _TypeAlias = ReferenceStatus  # noqa: Y015
+
+@_typing.final
+class ReferenceRole(_message.Message):
+    """A role of agencies ("coordinator", "responder", "auditor") as the regency words it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class NamesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    name: _builtins.str
+    """As for ReferenceStatus."""
+    @_builtins.property
+    def names(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        name: _builtins.str = ...,
+        names: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "name", b"name", "names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReferenceRole: _TypeAlias = ReferenceRole  # noqa: Y015
+
+@_typing.final
 class GetReferenceDataResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1961,6 +2063,8 @@ class GetReferenceDataResponse(_message.Message):
     CATEGORIES_FIELD_NUMBER: _builtins.int
     SEVERITIES_FIELD_NUMBER: _builtins.int
     DEFAULT_SEVERITY_FIELD_NUMBER: _builtins.int
+    STATUSES_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
     regency: _builtins.str
     default_severity: _builtins.str
     """The severity of a report that gives none."""
@@ -1974,6 +2078,14 @@ class GetReferenceDataResponse(_message.Message):
     def severities(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReferenceSeverity]:
         """Lowest first."""
 
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReferenceStatus]:
+        """Every status, in the order of an incident's life, named as the reference file names it."""
+
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReferenceRole]:
+        """Every role, named as the reference file names it."""
+
     def __init__(
         self,
         *,
@@ -1983,10 +2095,12 @@ class GetReferenceDataResponse(_message.Message):
         categories: _abc.Iterable[Global___ReferenceCategory] | None = ...,
         severities: _abc.Iterable[Global___ReferenceSeverity] | None = ...,
         default_severity: _builtins.str = ...,
+        statuses: _abc.Iterable[Global___ReferenceStatus] | None = ...,
+        roles: _abc.Iterable[Global___ReferenceRole] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agencies", b"agencies", "categories", b"categories", "default_severity", b"default_severity", "kecamatan", b"kecamatan", "regency", b"regency", "severities", b"severities"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agencies", b"agencies", "categories", b"categories", "default_severity", b"default_severity", "kecamatan", b"kecamatan", "regency", b"regency", "roles", b"roles", "severities", b"severities", "statuses", b"statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -331,6 +331,14 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
                 for v in sorted(reference.severities.values(), key=lambda v: v.rank)
             ],
             default_severity=reference.default_severity,
+            statuses=[
+                api.ReferenceStatus(code=t.code, name=t.name, names=t.names)
+                for t in reference.statuses.values()
+            ],
+            roles=[
+                api.ReferenceRole(code=t.code, name=t.name, names=t.names)
+                for t in reference.roles.values()
+            ],
         )
 
     @override

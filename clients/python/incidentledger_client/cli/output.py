@@ -11,7 +11,7 @@ import enum
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 from xml.sax.saxutils import escape
@@ -50,6 +50,9 @@ STATUS_STYLE = {
 }
 #: The groupings of the response times (``--by``), as their column is headed.
 GROUPINGS = (N_("agency"), N_("severity"), N_("category"), N_("kecamatan"))
+#: The reference data's names of the statuses, by code, then by language
+#: (``ReferenceData.status_names()``): the regency's words, preferred to the catalog's.
+StatusNames = Mapping[str, Mapping[str, str]]
 #: The board's columns: the statuses of open work, in lifecycle order.
 BOARD_STATUSES = ("REPORTED", "VERIFIED", "ASSIGNED", "RESPONDING", "REOPENED", "RESOLVED")
 
@@ -121,9 +124,10 @@ def styled(value: str, styles: dict[str, str]) -> Text:
     return Text(value, style=styles.get(value, ""))
 
 
-def status_text(code: str) -> Text:
-    """A status as people read it, in its colour."""
-    return Text(labels.status(code), style=STATUS_STYLE.get(code, ""))
+def status_text(code: str, statuses: StatusNames | None = None) -> Text:
+    """A status as people read it (in the regency's words when ``statuses`` has them), in
+    its colour."""
+    return Text(labels.status(code, (statuses or {}).get(code)), style=STATUS_STYLE.get(code, ""))
 
 
 def severity_text(code: str) -> Text:
@@ -146,7 +150,9 @@ def command_result(out: Console, verb: str, result: CommandResult) -> None:
         out.print(_("reference {reference}").format(reference=result.reference))
 
 
-def incidents_table(incidents: Iterable[Incident], title: str | None = None) -> Table:
+def incidents_table(
+    incidents: Iterable[Incident], title: str | None = None, statuses: StatusNames | None = None
+) -> Table:
     """The incidents, one a line, under ``title`` (translated by the caller)."""
     table = Table(title=_("Incidents") if title is None else title, show_lines=False)
     id_column(table)
@@ -159,7 +165,7 @@ def incidents_table(incidents: Iterable[Incident], title: str | None = None) -> 
             short_id(incident.name),
             incident.reference or "-",
             incident.title,
-            status_text(incident.status.value),
+            status_text(incident.status.value, statuses),
             severity_text(incident.severity),
             incident.category,
             place(incident),
@@ -224,13 +230,15 @@ def triage_json(result: TriageResult, reference: str) -> dict[str, Any]:
     }
 
 
-def notification_line(event: IncidentEvent, incident: Incident, zone: tzinfo) -> Text:
+def notification_line(
+    event: IncidentEvent, incident: Incident, zone: tzinfo, statuses: StatusNames | None = None
+) -> Text:
     """One line of ``watch``: when, what happened, to which incident, by whom."""
     return Text.assemble(
         f"{when(event.record_time, zone)} ",
         (labels.event_type(event.type), "bold"),
         f" {short_id(incident.name)} {incident.title!r} ",
-        status_text(incident.status.value),
+        status_text(incident.status.value, statuses),
         " ",
         severity_text(incident.severity),
         " "
@@ -252,7 +260,11 @@ def payload_summary(event: IncidentEvent) -> str:
 
 
 def incident_detail(
-    out: Console, incident: Incident, events: Sequence[IncidentEvent], zone: tzinfo = UTC
+    out: Console,
+    incident: Incident,
+    events: Sequence[IncidentEvent],
+    zone: tzinfo = UTC,
+    statuses: StatusNames | None = None,
 ) -> None:
     out.print(
         Text.assemble(
@@ -266,7 +278,7 @@ def incident_detail(
     out.print(
         Text.assemble(
             _("status") + " ",
-            status_text(incident.status.value),
+            status_text(incident.status.value, statuses),
             "  " + _("severity") + " ",
             severity_text(incident.severity),
             "  "
@@ -408,11 +420,17 @@ def sort_board(incidents: Sequence[Incident], by: str, ranks: dict[str, int]) ->
     return sorted(incidents, key=lambda i: (-ranks.get(i.severity, 0), age(i)))
 
 
-def board(incidents: Sequence[Incident], counts: dict[str, int], zone: tzinfo) -> Table:
+def board(
+    incidents: Sequence[Incident],
+    counts: dict[str, int],
+    zone: tzinfo,
+    statuses: StatusNames | None = None,
+) -> Table:
     """The board: one line per incident (given already sorted and limited); the title counts
     every open incident per status."""
     summary = "  ".join(
-        f"{labels.status(status)} ({format_number(counts.get(status, 0))})"
+        f"{labels.status(status, (statuses or {}).get(status))} "
+        f"({format_number(counts.get(status, 0))})"
         for status in BOARD_STATUSES
     )
     table = Table(title=_("Board (open work)") + f"\n{summary}", title_justify="left")
@@ -427,7 +445,7 @@ def board(incidents: Sequence[Incident], counts: dict[str, int], zone: tzinfo) -
         table.add_row(
             short_id(i.name),
             severity_text(i.severity),
-            status_text(i.status.value),
+            status_text(i.status.value, statuses),
             local_time(i.create_time, zone),
             i.title,
             place(i),

@@ -3,14 +3,26 @@ rejection reasons and event types, in the current language (``docs/glossary-id.m
 
 English shows the codes as they are (``REPORTED``, ``high``), as ledgerctl always has; a
 code without a label (a newer server's) is shown as it is. ``--json`` never goes through here.
+
+Statuses and roles may also be worded by the regency's reference data (``names`` of
+``GetReferenceData``'s statuses and roles): given, its name in the current language wins
+over the catalog's, for ledgerctl and the situation room alike.
 """
 
 from __future__ import annotations
 
-from incidentledger_client.i18n import pgettext
+from collections.abc import Mapping
+
+from incidentledger_client.i18n import current, pgettext
 
 
-def status(code: str) -> str:
+def _named(names: Mapping[str, str] | None) -> str:
+    """The reference data's name in the current language ("" when it gives none)."""
+    return (names or {}).get(current(), "")
+
+
+def status(code: str, names: Mapping[str, str] | None = None) -> str:
+    """A status; ``names``: the reference data's names of this status, by language."""
     labels = {
         "REPORTED": pgettext("status", "REPORTED"),
         "VERIFIED": pgettext("status", "VERIFIED"),
@@ -22,7 +34,7 @@ def status(code: str) -> str:
         "MERGED": pgettext("status", "MERGED"),
         "REOPENED": pgettext("status", "REOPENED"),
     }
-    return labels.get(code, code)
+    return _named(names) or labels.get(code, code)
 
 
 def severity(code: str) -> str:
@@ -45,14 +57,14 @@ def band(code: str) -> str:
     return labels.get(code, code)
 
 
-def role(code: str) -> str:
-    """An agency's role (the system's vocabulary, not the regency's)."""
+def role(code: str, names: Mapping[str, str] | None = None) -> str:
+    """An agency's role; ``names``: the reference data's names of this role, by language."""
     labels = {
         "coordinator": pgettext("role", "coordinator"),
         "responder": pgettext("role", "responder"),
         "auditor": pgettext("role", "auditor"),
     }
-    return labels.get(code, code)
+    return _named(names) or labels.get(code, code)
 
 
 def rejection(code: str) -> str:

@@ -197,7 +197,9 @@ def audit_as_of(
             output.emit_json(found)
         else:
             events = [e for e in ledger.incident_events(found.name) if e.version <= found.version]
-            output.incident_detail(output.console(), found, events, st.settings.tz())
+            output.incident_detail(
+                output.console(), found, events, st.settings.tz(), st.reference().status_names()
+            )
         return
     incidents = list(ledger.list_incidents(as_of_time=then))
     if st.as_json:
@@ -207,5 +209,6 @@ def audit_as_of(
             output.incidents_table(
                 incidents,
                 _("Incidents as of {time}").format(time=output.when(then, st.settings.tz())),
+                st.reference().status_names(),
             )
         )

@@ -562,7 +562,9 @@ def show(
     if st.as_json:
         output.emit_json({"incident": incident, "events": [output.event_json(e) for e in events]})
     else:
-        output.incident_detail(output.console(), incident, events, st.settings.tz())
+        output.incident_detail(
+            output.console(), incident, events, st.settings.tz(), st.reference().status_names()
+        )
 
 
 @app.command(epilog="Example: ledgerctl history 0b6f12")
@@ -619,7 +621,11 @@ def list_(
         output.emit_json(incidents)
     else:
         output.console().print(
-            output.incidents_table(incidents, _("Incidents ({count})").format(count=len(incidents)))
+            output.incidents_table(
+                incidents,
+                _("Incidents ({count})").format(count=len(incidents)),
+                st.reference().status_names(),
+            )
         )
 
 

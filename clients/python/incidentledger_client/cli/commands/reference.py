@@ -1,4 +1,5 @@
-"""The reference data the ledger knows: agencies, kecamatan, categories, severities."""
+"""The reference data the ledger knows: agencies, kecamatan, categories, severities (and the
+regency's words for roles, shown with the agencies)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def agencies(ctx: typer.Context) -> None:
     if st.as_json:
         output.emit_json(ref.agencies)
         return
-    rows = [(a.code, a.name, labels.role(a.role)) for a in ref.agencies]
+    roles = ref.role_names()
+    rows = [(a.code, a.name, labels.role(a.role, roles.get(a.role))) for a in ref.agencies]
     _reference_table(
         ctx,
         _("Agencies ({regency})").format(regency=ref.regency),

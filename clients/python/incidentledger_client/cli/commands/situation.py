@@ -68,7 +68,7 @@ def board(
         )
         return
     out = output.console()
-    out.print(output.board(shown, counts, st.settings.tz()))
+    out.print(output.board(shown, counts, st.settings.tz(), st.reference().status_names()))
     if len(shown) < len(open_work):
         out.print(
             _(
@@ -170,6 +170,8 @@ def watch(
     seen = 0
     out = output.console()
     zone = st.settings.tz()
+    # The regency's words for the statuses, read before the stream starts (JSON needs none).
+    statuses = {} if st.as_json else st.reference().status_names()
     with st.notifier().subscribe(
         kecamatan=kecamatan or (),
         categories=category or (),
@@ -190,7 +192,7 @@ def watch(
                         }
                     )
                 else:
-                    out.print(output.notification_line(note.event, note.incident, zone))
+                    out.print(output.notification_line(note.event, note.incident, zone, statuses))
                 if count and seen >= count:
                     break
         except KeyboardInterrupt:
