@@ -219,9 +219,8 @@ def test_another_regencys_words_for_statuses_and_roles_on_the_situation_rooms_pa
     app = build_app(settings, token=lambda: other_regency.tokens["desk_pilkada"])
     room = app.state.room
     token = other_regency.tokens["polres"]
-    session = room.sessions.new(
-        Officer("polres", "responder", token, LedgerClient(other_regency.address, token))
-    )
+    officer_ledger = LedgerClient(other_regency.address, token)
+    session = room.sessions.new(Officer("polres", "responder", token, officer_ledger))
 
     async def get(path: str, language: str) -> httpx.Response:
         transport = httpx.ASGITransport(app=app)  # no lifespan: no live subscription
@@ -241,4 +240,4 @@ def test_another_regencys_words_for_statuses_and_roles_on_the_situation_rooms_pa
         board = asyncio.run(get("/board", "id")).text
         assert "Diserahkan ke instansi" in board  # the board's status filter
     finally:
-        room.sessions.close()
+        officer_ledger.close()
