@@ -61,6 +61,7 @@ from services.situation_room.i18n import (
     current,
     duration,
     format_number,
+    format_size,
     labels,
     language_of,
     wib,
@@ -832,6 +833,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
     templates.env.globals["span"] = span
     templates.env.filters["wib"] = wib
     templates.env.filters["number"] = format_number
+    templates.env.filters["size"] = format_size
     templates.env.filters["band"] = labels.band
     templates.env.filters["event"] = labels.event_type
     templates.env.filters["rejection"] = labels.rejection

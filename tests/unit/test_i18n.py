@@ -18,6 +18,7 @@ from incidentledger_client import i18n
 from incidentledger_client.cli import main
 from incidentledger_client.cli.app import app
 from incidentledger_client.i18n import catalogs, labels
+from services.common import vocabulary
 
 #: English words of the UI that must not show through Indonesian text (whole words).
 TELLTALE = (
@@ -84,6 +85,9 @@ def test_times_in_wib_and_numbers_in_the_locales_format() -> None:
         assert i18n.format_time(moment, wib) == "28 Nov 2026 17.05.07 WIB"
         assert i18n.format_time(moment, wib, seconds=False) == "28 Nov 2026 17.05 WIB"
         assert i18n.format_number(1234567.5, 1) == "1.234.567,5"
+        assert i18n.format_size(90_894) == "90,9 kB"
+        assert i18n.format_size(9_999) == "9.999 bita"
+    assert i18n.format_size(20_971_529) == "21.0 MB"
     assert i18n.current() == "en"
 
 
@@ -94,6 +98,8 @@ def test_every_code_has_an_indonesian_label() -> None:
         (labels.severity, ("low", "medium", "high", "critical")),
         (labels.band, ("low", "medium", "high")),
         (labels.rejection, ("INVALID", "HOAX", "OUT_OF_SCOPE")),
+        # Every event type the ledger records (the timeline of ledgerctl and the page).
+        (labels.event_type, vocabulary.EVENT_TYPES),
     ]
     with i18n.using("id"):
         for label, values in cases:

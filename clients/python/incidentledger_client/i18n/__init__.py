@@ -134,3 +134,12 @@ def format_number(value: float, digits: int = 0) -> str:
 
     pattern = "#,##0" + ("." + "0" * digits if digits else "")
     return str(format_decimal(value, format=pattern, locale=LOCALES["id"]))
+
+
+def format_size(size: int) -> str:
+    """A file's size for people: bytes below 10 kB, then kB or MB (10^3, 10^6)."""
+    if size < 10_000:
+        return _("{n} bytes").format(n=format_number(size))
+    if size < 10_000_000:
+        return _("{n} kB").format(n=format_number(size / 1000, 1))
+    return _("{n} MB").format(n=format_number(size / 1_000_000, 1))

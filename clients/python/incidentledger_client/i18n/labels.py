@@ -95,7 +95,12 @@ def event_type(code: str) -> str:
         "ClosureRequested": pgettext("event", "ClosureRequested"),
         "ClosureApproved": pgettext("event", "ClosureApproved"),
         "Reopened": pgettext("event", "Reopened"),
+        "EvidenceAttached": pgettext("event", "EvidenceAttached"),
         "Corrected": pgettext("event", "Corrected"),
+        "PersonalDataAccessed": pgettext("event", "PersonalDataAccessed"),
+        "PersonalDataErased": pgettext("event", "PersonalDataErased"),
+        "LegalHoldPlaced": pgettext("event", "LegalHoldPlaced"),
+        "LegalHoldLifted": pgettext("event", "LegalHoldLifted"),
     }
     return labels.get(code, code)
 

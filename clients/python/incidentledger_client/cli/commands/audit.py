@@ -13,12 +13,11 @@ from rich.text import Text
 from incidentledger_client import Unavailable
 from incidentledger_client.cli import output
 from incidentledger_client.cli.commands import group
-from incidentledger_client.cli.commands.evidence import size_text
 from incidentledger_client.cli.errors import EXIT_OTHER
 from incidentledger_client.cli.inputs import TIME_HELP, incident_name, maybe_code, moment
 from incidentledger_client.cli.progress import Meter, progress_bar
 from incidentledger_client.cli.state import state
-from incidentledger_client.i18n import N_, _, format_number
+from incidentledger_client.i18n import N_, _, format_number, format_size
 from incidentledger_client.types import EvidenceReport, VerifyProgress, VerifyReport
 
 app = group(
@@ -105,7 +104,7 @@ def _show_evidence(found: EvidenceReport) -> None:
     summary = _("{evidence} evidence, {objects} files, {size} read").format(
         evidence=format_number(found.evidence),
         objects=format_number(found.objects),
-        size=size_text(found.bytes_read),
+        size=format_size(found.bytes_read),
     )
     if found.ok:
         out.print(Text.assemble((_("evidence verified"), "bold green"), ": " + summary))

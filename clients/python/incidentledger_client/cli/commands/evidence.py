@@ -16,7 +16,7 @@ from incidentledger_client.cli.commands.incidents import Name, RequestId
 from incidentledger_client.cli.inputs import incident_name
 from incidentledger_client.cli.progress import Meter, progress_bar
 from incidentledger_client.cli.state import state
-from incidentledger_client.i18n import N_, _, format_number
+from incidentledger_client.i18n import N_, _, format_size
 from incidentledger_client.types import Evidence
 
 #: The largest page the ledger gives (the client follows the pages): fewest round trips.
@@ -35,15 +35,6 @@ def _follow(meter: Meter) -> Callable[[int, int], None]:
         meter.measured(done, total, done)
 
     return told
-
-
-def size_text(size: int) -> str:
-    """A size for people: bytes below 10 kB, then kB or MB (10^3, 10^6)."""
-    if size < 10_000:
-        return _("{n} bytes").format(n=format_number(size))
-    if size < 10_000_000:
-        return _("{n} kB").format(n=format_number(size / 1000, 1))
-    return _("{n} MB").format(n=format_number(size / 1_000_000, 1))
 
 
 @app.command(
@@ -116,7 +107,7 @@ def attach(
         _("{name}: {media_type}, {size}, sha256 {sha256}").format(
             name=evidence.name,
             media_type=evidence.media_type,
-            size=size_text(evidence.size_bytes),
+            size=format_size(evidence.size_bytes),
             sha256=evidence.sha256,
         ),
         markup=False,
@@ -129,7 +120,7 @@ def _evidence_rows(items: list[Evidence], zone: tzinfo) -> list[tuple[object, ..
             e.name.rpartition("/")[2][:8],
             e.file_name,
             e.media_type,
-            size_text(e.size_bytes),
+            format_size(e.size_bytes),
             f"{e.uploader.agency}/{e.uploader.officer}",
             output.when(e.attach_time, zone),
             e.description,
@@ -220,7 +211,7 @@ def get(
         return
     output.console().print(
         _("{name} written to {file} ({size}, sha256 {sha256})").format(
-            name=item.name, file=out, size=size_text(item.size_bytes), sha256=item.sha256
+            name=item.name, file=out, size=format_size(item.size_bytes), sha256=item.sha256
         ),
         markup=False,
     )
