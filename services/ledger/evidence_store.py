@@ -314,8 +314,12 @@ class EvidenceObjects:
         loop = asyncio.get_running_loop()
         digest = hashlib.sha256()
         size = chunks = 0
+        # The next piece is received while this one is published: the two waits (the
+        # sender's next message, the stream's acks) overlap instead of adding up.
+        coming = loop.run_in_executor(None, next, pieces, None)
         try:
-            while (piece := await loop.run_in_executor(None, next, pieces, None)) is not None:
+            while (piece := await coming) is not None:
+                coming = loop.run_in_executor(None, next, pieces, None)
                 for start in range(0, len(piece), CHUNK_BYTES):
                     part = piece[start : start + CHUNK_BYTES]
                     await js.publish(chunk_subject, part)
@@ -341,6 +345,9 @@ class EvidenceObjects:
                 # The same bytes are stored already: these chunks are not needed.
                 await js.purge_stream(stream, subject=chunk_subject)
         except BaseException:
+            # A piece still being received is not wanted: its outcome (the sender's error,
+            # most likely) is dropped with the future rather than left unobserved.
+            coming.cancel()
             await self._purge_quietly(js, stream, chunk_subject)
             raise
         finally:
