@@ -84,8 +84,6 @@ SINCE_HOURS = {"1h": 1, "6h": 6, "24h": 24}
 #: How the board's time windows read (translated where shown).
 SINCE_LABELS = {"1h": N_("1 hour"), "6h": N_("6 hours"), "24h": N_("24 hours")}
 STATUSES = ("REPORTED", "VERIFIED", "ASSIGNED", "RESPONDING", "RESOLVED", "CLOSED", "REJECTED")
-#: The page size of the board's ListIncidents (the ledger's largest).
-LIST_PAGE_SIZE = 1000
 #: The board shows at most this many incidents, the newest first.
 BOARD_ROWS = 200
 #: SSE keepalive comments, so proxies and the browser keep the connection.
@@ -338,21 +336,26 @@ def board_filter(request: Request) -> tuple[str, dict[str, str]]:
 async def board_incidents(request: Request, officer: Officer, min_position: int) -> list[Incident]:
     expression, chosen = board_filter(request)
 
-    def fetch() -> list[Incident]:
-        # The newest are last (report order): all are read, in the largest pages the
-        # ledger serves, as few round trips as it allows (50 of its default size for 5,000).
-        return list(
-            officer.ledger.list_incidents(
-                expression, min_position=min_position, page_size=LIST_PAGE_SIZE
-            )
-        )
-
-    incidents = await run_in_threadpool(fetch)
     hours = SINCE_HOURS.get(chosen.get("since", ""))
-    if hours is not None:
-        after = datetime.now(UTC) - timedelta(hours=hours)
-        incidents = [i for i in incidents if i.create_time is not None and i.create_time >= after]
-    return list(reversed(incidents))[:BOARD_ROWS]
+    after = None if hours is None else datetime.now(UTC) - timedelta(hours=hours)
+
+    def fetch() -> list[Incident]:
+        # Newest first, a page the size of the board: the rows shown are one page of the
+        # ledger's (the next is fetched only while the time window has not ended).
+        shown: list[Incident] = []
+        for incident in officer.ledger.list_incidents(
+            expression, min_position=min_position, page_size=BOARD_ROWS, newest_first=True
+        ):
+            # Reports come in the order of their create_time: the first older than the
+            # window ends it.
+            if after is not None and (incident.create_time is None or incident.create_time < after):
+                break
+            shown.append(incident)
+            if len(shown) >= BOARD_ROWS:
+                break
+        return shown
+
+    return await run_in_threadpool(fetch)
 
 
 @signed_in
