@@ -8,6 +8,7 @@ person at the keyboard. The blocking client runs in Starlette's thread pool.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import tempfile
 import uuid
@@ -613,6 +614,9 @@ ACTIONS = (
     "request_closure",
     "approve_closure",
     "reopen",
+    "assess_severity",
+    "merge",
+    "correct",
 )
 REJECTION_REASONS = ("INVALID", "HOAX", "OUT_OF_SCOPE")
 #: How long a decision recorded on the page stays in force unless the officer says otherwise.
@@ -652,8 +656,83 @@ def offered(officer: Officer, incident: Incident) -> set[str]:
         "request_closure": lead and status == "RESOLVED" and not incident.close_requested,
         "approve_closure": coordinator and status == "RESOLVED" and incident.close_requested,
         "reopen": (coordinator or lead) and status in {"RESOLVED", "CLOSED"},
+        # Until the incident ends: the coordinator, the agencies involved and the reporter's.
+        "assess_severity": status not in NOT_ASSESSED
+        and (coordinator or involved or officer.agency == incident.reporter.agency),
+        # A duplicate report, before triage (the ledger checks the target is live).
+        "merge": coordinator and status == "REPORTED",
     }
     return {action for action, allowed in rules.items() if allowed}
+
+
+#: The statuses in which an incident's severity is no longer assessed (they end it).
+NOT_ASSESSED = frozenset({"CLOSED", "REJECTED", "MERGED"})
+#: The fields the page offers to correct, per event type: the free texts among the ledger's
+#: correctable fields (severity has its own action; the others, coded values and times, are
+#: corrected with ``ledgerctl correct``).
+CORRECTABLE_TEXTS = {
+    "Reported": ("title", "description"),
+    "ActionLogged": ("action",),
+    "Resolved": ("resolution",),
+    "DecisionRecorded": ("forum", "summary", "rationale"),
+}
+#: How the corrected fields read (translated where shown); another field shows its code.
+FIELD_LABELS = {
+    "title": N_("Title"),
+    "description": N_("Description"),
+    "severity": N_("Severity"),
+    "category": N_("Category"),
+    "action": N_("Action taken"),
+    "resolution": N_("Resolution"),
+    "forum": N_("Forum"),
+    "summary": N_("Decision"),
+    "rationale": N_("Rationale"),
+    "location.kecamatan": N_("Kecamatan"),
+    "location.desa": N_("Desa"),
+}
+
+
+def field_label(field: str) -> str:
+    return _(FIELD_LABELS[field]) if field in FIELD_LABELS else field
+
+
+#: How many other incidents of the kecamatan the merge form offers (the newest, one page).
+MERGE_CANDIDATES = 50
+
+
+@dataclass(frozen=True)
+class Correctable:
+    """A text of an earlier event the officer may correct, with its value as it stands."""
+
+    key: str  # "<event id>:<field>", the form's value
+    event: IncidentEvent
+    field: str
+    value: str
+
+
+def correctables(officer: Officer, history: list[IncidentEvent]) -> list[Correctable]:
+    """The texts the officer may correct: of the events their agency recorded (any event for
+    the coordinator), each with the value its corrections left (the ledger checks it is the
+    recorded one, and who may correct)."""
+    if officer.role == Role.AUDITOR.value:
+        return []
+    values: dict[tuple[str, str], str] = {}
+    for event in history:
+        payload = event.payload
+        if event.type == "Corrected":
+            key = (str(payload.get("corrected_event_id", "")), str(payload.get("field", "")))
+            if key in values:
+                values[key] = str(payload.get("new_value", ""))
+            continue
+        for field in CORRECTABLE_TEXTS.get(event.type, ()):
+            values[(event.event_id, field)] = str(payload.get(field) or "")
+    coordinator = officer.role == Role.COORDINATOR.value
+    return [
+        Correctable(f"{event.event_id}:{field}", event, field, values[(event.event_id, field)])
+        for event in history
+        if coordinator or event.actor.agency == officer.agency
+        for field in CORRECTABLE_TEXTS.get(event.type, ())
+    ]
 
 
 def decision_hours(text: str) -> int:
@@ -670,19 +749,39 @@ async def incident_page(
 ) -> Response:
     name = f"incidents/{request.path_params['incident']}"
 
-    def fetch() -> tuple[Incident, list[IncidentEvent], list[Evidence] | None]:
+    def fetch() -> tuple[Incident, list[IncidentEvent], list[Evidence] | None, list[Incident]]:
         incident = officer.ledger.get_incident(name)
         history = list(officer.ledger.incident_events(name))
         try:
             evidence: list[Evidence] | None = officer.ledger.list_evidence(name)
         except (PermissionDenied, Unavailable):
             evidence = None  # not for this agency's eyes, or a ledger without its store
-        return incident, history, evidence
+        targets: list[Incident] = []
+        if "merge" in offered(officer, incident):
+            # The newest of its kecamatan, one page of the ledger's: a duplicate is recent.
+            same_place = officer.ledger.list_incidents(
+                f'kecamatan = "{incident.location.kecamatan}"',
+                page_size=MERGE_CANDIDATES,
+                newest_first=True,
+            )
+            targets = [
+                i
+                for i in itertools.islice(same_place, MERGE_CANDIDATES)
+                if i.name != incident.name and i.status.value not in {"REJECTED", "MERGED"}
+            ]
+        return incident, history, evidence, targets
 
     try:
-        incident, history, evidence = await run_in_threadpool(fetch)
+        incident, history, evidence, targets = await run_in_threadpool(fetch)
     except NotFound:
         return Response(_("No such incident."), status_code=404, media_type="text/plain")
+    actions = offered(officer, incident)
+    corrections = correctables(officer, history)
+    if corrections:
+        actions.add("correct")
+    if not targets:
+        actions.discard("merge")
+    corrected = {e.event_id: e for e in history}
     return render(
         request,
         session,
@@ -691,7 +790,10 @@ async def incident_page(
         history=history,
         evidence=evidence,
         images=IMAGE_TYPES,
-        actions=offered(officer, incident),
+        actions=actions,
+        corrections=corrections,
+        corrected=corrected,
+        targets=targets,
         reasons=REJECTION_REASONS,
         request_id=uuid.uuid4().hex,
         error=error,
@@ -771,6 +873,25 @@ async def act(request: Request, session: Session, officer: Officer) -> Response:
             **common,
         )
 
+    def correct() -> object:
+        # The value to correct as the timeline has it now; the version the page showed
+        # (expected_version) refuses it when the incident changed since the form was shown.
+        chosen = text("text", "")
+        found = [
+            c for c in correctables(officer, list(ledger.incident_events(name))) if c.key == chosen
+        ]
+        if not found:
+            raise ValueError(_("Choose a text to correct."))
+        return ledger.correct(
+            name,
+            found[0].event.event_id,
+            found[0].field,
+            found[0].value,
+            text("new_value", ""),
+            reason=text("reason", ""),
+            **common,
+        )
+
     calls: dict[str, Callable[[], object]] = {
         "verify": lambda: ledger.verify(name, comment=text("comment", ""), **common),
         "reject": lambda: ledger.reject(
@@ -797,6 +918,13 @@ async def act(request: Request, session: Session, officer: Officer) -> Response:
             name, comment=text("comment", ""), **common
         ),
         "reopen": lambda: ledger.reopen(name, text("reason", ""), **common),
+        "assess_severity": lambda: ledger.assess_severity(
+            name, text("severity", ""), comment=text("comment", ""), **common
+        ),
+        "merge": lambda: ledger.merge(
+            name, text("target", ""), comment=text("comment", ""), **common
+        ),
+        "correct": correct,
     }
     try:
         await run_in_threadpool(calls[action])
@@ -838,6 +966,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
     templates.env.filters["band"] = labels.band
     templates.env.filters["event"] = labels.event_type
     templates.env.filters["rejection"] = labels.rejection
+    templates.env.filters["field"] = field_label
     # One channel to the ledger for every officer: each call carries the officer's token.
     channel_owner = LedgerClient(settings.ledger_address, "", language="id")
 

@@ -889,3 +889,83 @@ def test_the_incident_page_lists_evidence_with_thumbnails_for_the_agencies_invol
         assert web.get(f"/{evidence.name}").status_code == 403
     downloads = room.ledger("inspektorat").evidence_downloads(name)
     assert [(d.evidence, d.actor.agency) for d in downloads] == [(evidence.name, "kesbangpol")]
+
+
+def test_severity_corrections_and_merging_on_the_incident_page_for_the_roles_allowed(
+    room: Room, browser: Browser
+) -> None:
+    place = f"ipuh {uuid.uuid4().hex[:6]}"
+    original = room.ledger("kesbangpol").report(
+        f"Crowd at the market, {place}", "crowd_gathering", "ipuh"
+    )
+    duplicate = room.ledger("polres").report(
+        f"Crowd at the markt, {place}", "crowd_gathering", "ipuh"
+    )
+    desk_client = room.ledger("desk_pilkada")
+    url = f"{room.url}/{duplicate.incident}"
+    desk, reporter, other, auditor = (new_page(room, browser) for _ in range(4))
+    desk.context.add_init_script(path=str(AXE))
+    for page, agency in [
+        (desk, "desk_pilkada"),
+        (reporter, "polres"),
+        (other, "kodim"),
+        (auditor, "inspektorat"),
+    ]:
+        sign_in(room, page, agency)
+
+    # Not involved, not the reporter: none of the three; an auditor: no action at all.
+    other.goto(url)
+    expect(other.locator(".actions")).to_have_count(0)
+    auditor.goto(url)
+    expect(auditor.locator(".actions")).to_have_count(0)
+    # The reporting agency assesses the severity and corrects its own report, never merges.
+    reporter.goto(url)
+    expect(reporter.locator("#merge")).to_have_count(0)
+    expect(reporter.locator("#assess_severity")).to_be_visible()
+    reported_event = next(iter(desk_client.incident_events(duplicate.incident))).event_id
+    expect(reporter.locator("select[name=text] option")).to_have_count(2)  # title, description
+    reporter.select_option("select[name=severity]", "high")
+    reporter.fill("form[action$=assess_severity] input[name=comment]", "Hundreds now")
+    reporter.click("#assess_severity")
+    expect(reporter.locator(".timeline li")).to_have_count(2)
+
+    # The desk corrects the title of the report, then merges the duplicate.
+    desk.goto(url)
+    assert not axe_violations(desk)
+    desk.select_option("select[name=text]", f"{reported_event}:title")
+    desk.fill("input[name=new_value]", f"Crowd at the market, {place}")
+    desk.fill("form[action$=correct] input[name=reason]", "Typo in the title")
+    desk.click("#correct")
+    correction = desk.locator(".timeline li.correction")
+    expect(correction).to_have_count(1)
+    expect(correction.locator("del")).to_have_text(f"Crowd at the markt, {place}")
+    expect(correction.locator("ins")).to_have_text(f"Crowd at the market, {place}")
+    expect(correction).to_contain_text("Corrects")
+    assert not axe_violations(desk)
+    desk.select_option("select[name=target]", original.incident)
+    desk.fill("form[action$=merge] input[name=comment]", "Same crowd")
+    desk.click("#merge")
+    expect(desk.locator("#status")).to_have_text("MERGED")
+    expect(desk.locator("#assess_severity")).to_have_count(0)  # it has ended
+    expect(desk.locator("#merge")).to_have_count(0)
+
+    history = list(desk_client.incident_events(duplicate.incident))
+    assert [(e.type, e.actor.agency) for e in history] == [
+        ("Reported", "polres"),
+        ("SeverityAssessed", "polres"),
+        ("Corrected", "desk_pilkada"),
+        ("Merged", "desk_pilkada"),
+    ]
+    assert history[1].payload["severity"] == "high" and history[1].reason == "Hundreds now"
+    corrected = history[2].payload
+    assert (corrected["corrected_event_id"], corrected["field"]) == (reported_event, "title")
+    assert (corrected["old_value"], corrected["new_value"]) == (
+        f"Crowd at the markt, {place}",
+        f"Crowd at the market, {place}",
+    )
+    assert history[2].reason == "Typo in the title"
+    assert history[3].payload["target_id"] == original.incident.removeprefix("incidents/")
+    merged = desk_client.get_incident(duplicate.incident)
+    assert merged.merged_into == original.incident and merged.severity == "high"
+    assert [e.type for e in desk_client.incident_events(original.incident)][-1] == "DuplicateMerged"
+    assert_local_and_clean(room)
