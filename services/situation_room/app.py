@@ -91,6 +91,8 @@ BOARD_ROWS = 200
 PING_SECONDS = 15
 #: How often an idle event stream checks that its session is still signed in.
 SESSION_CHECK_SECONDS = 2.0
+#: How soon a tab reconnects when its event stream ends (before its cookie's idle end).
+RECONNECT_MS = 1000
 #: The development key of the session cookies, in the data directory (production sets
 #: SITUATION_ROOM_SESSION_KEY).
 DEV_KEY_FILE_NAME = "situation-room-session.secret"
@@ -169,10 +171,11 @@ def session_of(request: Request) -> Session | None:
 
 
 def with_cookie(room: Room, request: Request, response: Response, session: Session) -> Response:
+    """The session's cookie on the response, sealed now (a signed-in one's idle end slides)."""
     response.set_cookie(
         COOKIE,
         room.sessions.cookie_value(session),
-        max_age=int(session.expires - datetime.now(UTC).timestamp()),
+        max_age=room.sessions.cookie_seconds(session),
         path="/",
         httponly=True,
         samesite="strict",
@@ -228,7 +231,13 @@ def signed_in(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         session = session_of(request)
         if session is None or session.officer is None:
             return RedirectResponse("/login", status_code=303)
-        return await handler(request, session, session.officer)
+        response = await handler(request, session, session.officer)
+        if not any(
+            name == b"set-cookie" and value.startswith(f"{COOKIE}=".encode())
+            for name, value in response.raw_headers
+        ):  # in use: the idle end slides (unless the handler set or cleared the cookie)
+            with_cookie(room_of(request), request, response, session)
+        return response
 
     return route
 
@@ -391,15 +400,20 @@ async def events(request: Request, session: Session, officer: Officer) -> Respon
     last = request.headers.get("last-event-id") or request.query_params.get("after", "")
     since = int(last) if last.isdigit() else None
     sessions = room_of(request).sessions
+    end = sessions.stream_end(session)
     queue = hub.attach()
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         try:
             if since is not None and since < hub.position:
                 yield ServerSentEvent(data="{}", event="resync", id=str(hub.position))
-            while sessions.alive(session):  # the stream ends with the session
+            # The stream ends with the session, or before its cookie's idle end: the browser
+            # then reconnects with the cookie this answer renewed.
+            # How soon the browser reconnects when the stream ends (its default is ~3 s).
+            yield ServerSentEvent(comment="reconnect", retry=RECONNECT_MS)
+            while (left := end - sessions.now()) > 0:
                 try:
-                    change = await asyncio.wait_for(queue.get(), SESSION_CHECK_SECONDS)
+                    change = await asyncio.wait_for(queue.get(), min(SESSION_CHECK_SECONDS, left))
                 except TimeoutError:
                     continue
                 if change is RESYNC:
@@ -977,7 +991,12 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
     room = Room(
         settings,
         reference,
-        Sessions(secret, settings.session_minutes * 60, officer_client),
+        Sessions(
+            secret,
+            settings.session_minutes * 60,
+            officer_client,
+            idle=settings.session_idle_minutes * 60,
+        ),
         SignInThrottle(),
         Hub(connect),
         geojson,

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -617,11 +618,69 @@ def test_an_expired_session_is_refused_and_its_event_stream_ends(room: Room) -> 
             reader.start()
             assert not ended.wait(0.5), "the stream of a signed-in session stays open"
             assert web.get("/board").status_code == 200
+            # It ends before the session does (at half its idle time, here its lifetime),
+            # for the browser to reconnect with a cookie still valid.
             assert ended.wait(READ_SECONDS), "the stream did not end with its session"
             reader.join(READ_SECONDS)
-        # The browser no longer sends it (its max-age passed); a copy sent anyway is refused.
-        answer = httpx.get(f"{expiring.url}/board", cookies={SESSION_COOKIE: cookie})
+        # The browser no longer sends it (its max-age passed); a copy sent anyway is refused
+        # once the session's end has passed, and so is a new stream.
+        deadline = time.monotonic() + READ_SECONDS
+        while (
+            answer := httpx.get(f"{expiring.url}/board", cookies={SESSION_COOKIE: cookie})
+        ).status_code == 200:
+            assert time.monotonic() < deadline, "an expired session is still accepted"
+            time.sleep(0.5)
         assert (answer.status_code, answer.headers["location"]) == (303, "/login")
+        stream = httpx.get(f"{expiring.url}/events", cookies={SESSION_COOKIE: cookie})
+        assert (stream.status_code, stream.headers["location"]) == (303, "/login")
+
+
+def test_a_copied_cookie_left_unused_is_refused_while_an_open_board_stays_signed_in(
+    room: Room, browser: Browser
+) -> None:
+    idle = {**room.env, "SITUATION_ROOM_SESSION_IDLE_MINUTES": "0.1"}  # 6 s
+    with service_process("services.situation_room", idle) as web_process:
+        sliding = Room(room.stack, web_process, idle)
+        page = new_page(sliding, browser)
+        sign_in(sliding, page, "desk_pilkada")
+        (copied,) = [c["value"] for c in page.context.cookies() if c["name"] == SESSION_COOKIE]
+        # The cookie's idle end slides: the browser keeps it no longer than that.
+        assert (
+            0
+            < next(
+                c["expires"] - datetime.now(UTC).timestamp()
+                for c in page.context.cookies()
+                if c["name"] == SESSION_COOKIE
+            )
+            <= 6 + 1
+        )
+        board = httpx.get(f"{sliding.url}/board", cookies={SESSION_COOKIE: copied})
+        assert board.status_code == 200  # the copy works while it is fresh
+
+        def refused() -> bool:
+            answer = httpx.get(f"{sliding.url}/board", cookies={SESSION_COOKIE: copied})
+            return (answer.status_code, answer.headers.get("location")) == (303, "/login")
+
+        # The copy, left unused (each try above and here keeps none of the cookies the
+        # answers carry), is refused after the idle time; the open board meanwhile renews its
+        # own cookie through its event stream (which ends before the idle end and reconnects:
+        # two reconnections take more than the idle time).
+        # (Waiting with Playwright's own timer: its events are dispatched only meanwhile.)
+        deadline = time.monotonic() + 60.0
+        while not refused():
+            assert time.monotonic() < deadline, "a copy left unused is still accepted"
+            page.wait_for_timeout(500)
+        while sum("/events" in url for url in sliding.requests) < 3:
+            assert time.monotonic() < deadline, "the board's stream did not reconnect"
+            page.wait_for_timeout(200)
+        expect(page.locator("#live")).to_have_attribute("data-state", "open")
+        title = f"After the idle time {uuid.uuid4().hex[:6]}"
+        sliding.ledger("kesbangpol").report(title, "crowd_gathering", "ipuh")
+        expect(page.locator("#rows")).to_contain_text(title, timeout=LIVE_SECONDS * 1000)
+        page.goto(f"{sliding.url}/decisions")
+        expect(page).to_have_url(f"{sliding.url}/decisions")  # still signed in
+        assert refused()
+        assert_local_and_clean(sliding)
 
 
 def test_the_agencies_page_shows_the_ledgers_workload(room: Room, browser: Browser) -> None:
