@@ -5,8 +5,8 @@ the ledger with its relay, the notifier and the situation room, each a process o
 on an embedded SQLite store in a temporary directory:
 
 1. The board's first render: ``incidents`` reported (by 8 client threads), then an officer
-   signs in over HTTP and asks for ``/board``; the first answer's time (the page lists every
-   incident from the ledger and shows the newest 200), then the median of the next ones.
+   signs in over HTTP and asks for ``/board``; the first answer's time (the page asks the
+   ledger for one page of 200, newest first), then the median of the next ones.
 2. Event streams: ``streams`` SSE streams (``/events``) held open by a receiver process (one
    asyncio loop, httpx), while a sender reports incidents at ``rate`` per second for
    ``seconds``; each stream must receive every event. Latency: from each event's record

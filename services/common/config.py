@@ -910,9 +910,18 @@ class SituationRoomVariables(Group):
     )
     session_minutes: Number = _setting(
         "SITUATION_ROOM_SESSION_MINUTES",
-        60.0,
-        "how long a sign-in lasts; then the officer signs in again. Short: a copy of a "
-        "session cookie taken before signing out stays valid until then",
+        720.0,
+        "how long a sign-in lasts at most, used or not (the absolute end); then the officer "
+        "signs in again. A copy of a session cookie taken before signing out and kept in use "
+        "stays valid until then",
+        gt=0.0,
+    )
+    session_idle_minutes: Number = _setting(
+        "SITUATION_ROOM_SESSION_IDLE_MINUTES",
+        15.0,
+        "how long a sign-in lasts unused (each page, form or open live tab renews it; at most "
+        "SITUATION_ROOM_SESSION_MINUTES): a copy of a session cookie left unused that long is "
+        "refused",
         gt=0.0,
     )
     session_key: Annotated[Secret | None, AfterValidator(_sixteen_bytes)] = _setting(
@@ -1787,6 +1796,7 @@ class SituationRoomSettings:
     notifier_address: str = _default(SituationRoomVariables, "notifier_address")
     token: str = field(default=_default(SituationRoomVariables, "token"), repr=False)
     session_minutes: float = _default(SituationRoomVariables, "session_minutes")
+    session_idle_minutes: float = _default(SituationRoomVariables, "session_idle_minutes")
     #: The session cookies' key; None in development (generated in the data directory).
     session_key: bytes | None = field(default=None, repr=False)
     environment: str = _default(ServiceVariables, "environment")
@@ -1824,6 +1834,7 @@ class SituationRoomSettings:
             notifier_address=room.notifier_address,
             token=room.token,
             session_minutes=room.session_minutes,
+            session_idle_minutes=room.session_idle_minutes,
             session_key=room.session_key.encode() if room.session_key else None,
             environment=service.environment,
             map_file=room.map_file,

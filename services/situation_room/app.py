@@ -8,6 +8,7 @@ person at the keyboard. The blocking client runs in Starlette's thread pool.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import tempfile
 import uuid
@@ -85,14 +86,14 @@ SINCE_HOURS = {"1h": 1, "6h": 6, "24h": 24}
 #: How the board's time windows read (translated where shown).
 SINCE_LABELS = {"1h": N_("1 hour"), "6h": N_("6 hours"), "24h": N_("24 hours")}
 STATUSES = ("REPORTED", "VERIFIED", "ASSIGNED", "RESPONDING", "RESOLVED", "CLOSED", "REJECTED")
-#: The page size of the board's ListIncidents (the ledger's largest).
-LIST_PAGE_SIZE = 1000
 #: The board shows at most this many incidents, the newest first.
 BOARD_ROWS = 200
 #: SSE keepalive comments, so proxies and the browser keep the connection.
 PING_SECONDS = 15
 #: How often an idle event stream checks that its session is still signed in.
 SESSION_CHECK_SECONDS = 2.0
+#: How soon a tab reconnects when its event stream ends (before its cookie's idle end).
+RECONNECT_MS = 1000
 #: The development key of the session cookies, in the data directory (production sets
 #: SITUATION_ROOM_SESSION_KEY).
 DEV_KEY_FILE_NAME = "situation-room-session.secret"
@@ -171,10 +172,11 @@ def session_of(request: Request) -> Session | None:
 
 
 def with_cookie(room: Room, request: Request, response: Response, session: Session) -> Response:
+    """The session's cookie on the response, sealed now (a signed-in one's idle end slides)."""
     response.set_cookie(
         COOKIE,
         room.sessions.cookie_value(session),
-        max_age=int(session.expires - datetime.now(UTC).timestamp()),
+        max_age=room.sessions.cookie_seconds(session),
         path="/",
         httponly=True,
         samesite="strict",
@@ -230,7 +232,13 @@ def signed_in(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         session = session_of(request)
         if session is None or session.officer is None:
             return RedirectResponse("/login", status_code=303)
-        return await handler(request, session, session.officer)
+        response = await handler(request, session, session.officer)
+        if not any(
+            name == b"set-cookie" and value.startswith(f"{COOKIE}=".encode())
+            for name, value in response.raw_headers
+        ):  # in use: the idle end slides (unless the handler set or cleared the cookie)
+            with_cookie(room_of(request), request, response, session)
+        return response
 
     return route
 
@@ -339,21 +347,26 @@ def board_filter(request: Request) -> tuple[str, dict[str, str]]:
 async def board_incidents(request: Request, officer: Officer, min_position: int) -> list[Incident]:
     expression, chosen = board_filter(request)
 
-    def fetch() -> list[Incident]:
-        # The newest are last (report order): all are read, in the largest pages the
-        # ledger serves, as few round trips as it allows (50 of its default size for 5,000).
-        return list(
-            officer.ledger.list_incidents(
-                expression, min_position=min_position, page_size=LIST_PAGE_SIZE
-            )
-        )
-
-    incidents = await run_in_threadpool(fetch)
     hours = SINCE_HOURS.get(chosen.get("since", ""))
-    if hours is not None:
-        after = datetime.now(UTC) - timedelta(hours=hours)
-        incidents = [i for i in incidents if i.create_time is not None and i.create_time >= after]
-    return list(reversed(incidents))[:BOARD_ROWS]
+    after = None if hours is None else datetime.now(UTC) - timedelta(hours=hours)
+
+    def fetch() -> list[Incident]:
+        # Newest first, a page the size of the board: the rows shown are one page of the
+        # ledger's (the next is fetched only while the time window has not ended).
+        shown: list[Incident] = []
+        for incident in officer.ledger.list_incidents(
+            expression, min_position=min_position, page_size=BOARD_ROWS, newest_first=True
+        ):
+            # Reports come in the order of their create_time: the first older than the
+            # window ends it.
+            if after is not None and (incident.create_time is None or incident.create_time < after):
+                break
+            shown.append(incident)
+            if len(shown) >= BOARD_ROWS:
+                break
+        return shown
+
+    return await run_in_threadpool(fetch)
 
 
 @signed_in
@@ -388,15 +401,20 @@ async def events(request: Request, session: Session, officer: Officer) -> Respon
     last = request.headers.get("last-event-id") or request.query_params.get("after", "")
     since = int(last) if last.isdigit() else None
     sessions = room_of(request).sessions
+    end = sessions.stream_end(session)
     queue = hub.attach()
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         try:
             if since is not None and since < hub.position:
                 yield ServerSentEvent(data="{}", event="resync", id=str(hub.position))
-            while sessions.alive(session):  # the stream ends with the session
+            # The stream ends with the session, or before its cookie's idle end: the browser
+            # then reconnects with the cookie this answer renewed.
+            # How soon the browser reconnects when the stream ends (its default is ~3 s).
+            yield ServerSentEvent(comment="reconnect", retry=RECONNECT_MS)
+            while (left := end - sessions.now()) > 0:
                 try:
-                    change = await asyncio.wait_for(queue.get(), SESSION_CHECK_SECONDS)
+                    change = await asyncio.wait_for(queue.get(), min(SESSION_CHECK_SECONDS, left))
                 except TimeoutError:
                     continue
                 if change is RESYNC:
@@ -611,6 +629,9 @@ ACTIONS = (
     "request_closure",
     "approve_closure",
     "reopen",
+    "assess_severity",
+    "merge",
+    "correct",
 )
 REJECTION_REASONS = ("INVALID", "HOAX", "OUT_OF_SCOPE")
 #: How long a decision recorded on the page stays in force unless the officer says otherwise.
@@ -650,8 +671,83 @@ def offered(officer: Officer, incident: Incident) -> set[str]:
         "request_closure": lead and status == "RESOLVED" and not incident.close_requested,
         "approve_closure": coordinator and status == "RESOLVED" and incident.close_requested,
         "reopen": (coordinator or lead) and status in {"RESOLVED", "CLOSED"},
+        # Until the incident ends: the coordinator, the agencies involved and the reporter's.
+        "assess_severity": status not in NOT_ASSESSED
+        and (coordinator or involved or officer.agency == incident.reporter.agency),
+        # A duplicate report, before triage (the ledger checks the target is live).
+        "merge": coordinator and status == "REPORTED",
     }
     return {action for action, allowed in rules.items() if allowed}
+
+
+#: The statuses in which an incident's severity is no longer assessed (they end it).
+NOT_ASSESSED = frozenset({"CLOSED", "REJECTED", "MERGED"})
+#: The fields the page offers to correct, per event type: the free texts among the ledger's
+#: correctable fields (severity has its own action; the others, coded values and times, are
+#: corrected with ``ledgerctl correct``).
+CORRECTABLE_TEXTS = {
+    "Reported": ("title", "description"),
+    "ActionLogged": ("action",),
+    "Resolved": ("resolution",),
+    "DecisionRecorded": ("forum", "summary", "rationale"),
+}
+#: How the corrected fields read (translated where shown); another field shows its code.
+FIELD_LABELS = {
+    "title": N_("Title"),
+    "description": N_("Description"),
+    "severity": N_("Severity"),
+    "category": N_("Category"),
+    "action": N_("Action taken"),
+    "resolution": N_("Resolution"),
+    "forum": N_("Forum"),
+    "summary": N_("Decision"),
+    "rationale": N_("Rationale"),
+    "location.kecamatan": N_("Kecamatan"),
+    "location.desa": N_("Desa"),
+}
+
+
+def field_label(field: str) -> str:
+    return _(FIELD_LABELS[field]) if field in FIELD_LABELS else field
+
+
+#: How many other incidents of the kecamatan the merge form offers (the newest, one page).
+MERGE_CANDIDATES = 50
+
+
+@dataclass(frozen=True)
+class Correctable:
+    """A text of an earlier event the officer may correct, with its value as it stands."""
+
+    key: str  # "<event id>:<field>", the form's value
+    event: IncidentEvent
+    field: str
+    value: str
+
+
+def correctables(officer: Officer, history: list[IncidentEvent]) -> list[Correctable]:
+    """The texts the officer may correct: of the events their agency recorded (any event for
+    the coordinator), each with the value its corrections left (the ledger checks it is the
+    recorded one, and who may correct)."""
+    if officer.role == Role.AUDITOR.value:
+        return []
+    values: dict[tuple[str, str], str] = {}
+    for event in history:
+        payload = event.payload
+        if event.type == "Corrected":
+            key = (str(payload.get("corrected_event_id", "")), str(payload.get("field", "")))
+            if key in values:
+                values[key] = str(payload.get("new_value", ""))
+            continue
+        for field in CORRECTABLE_TEXTS.get(event.type, ()):
+            values[(event.event_id, field)] = str(payload.get(field) or "")
+    coordinator = officer.role == Role.COORDINATOR.value
+    return [
+        Correctable(f"{event.event_id}:{field}", event, field, values[(event.event_id, field)])
+        for event in history
+        if coordinator or event.actor.agency == officer.agency
+        for field in CORRECTABLE_TEXTS.get(event.type, ())
+    ]
 
 
 def decision_hours(text: str) -> int:
@@ -668,19 +764,39 @@ async def incident_page(
 ) -> Response:
     name = f"incidents/{request.path_params['incident']}"
 
-    def fetch() -> tuple[Incident, list[IncidentEvent], list[Evidence] | None]:
+    def fetch() -> tuple[Incident, list[IncidentEvent], list[Evidence] | None, list[Incident]]:
         incident = officer.ledger.get_incident(name)
         history = list(officer.ledger.incident_events(name))
         try:
             evidence: list[Evidence] | None = officer.ledger.list_evidence(name)
         except (PermissionDenied, Unavailable):
             evidence = None  # not for this agency's eyes, or a ledger without its store
-        return incident, history, evidence
+        targets: list[Incident] = []
+        if "merge" in offered(officer, incident):
+            # The newest of its kecamatan, one page of the ledger's: a duplicate is recent.
+            same_place = officer.ledger.list_incidents(
+                f'kecamatan = "{incident.location.kecamatan}"',
+                page_size=MERGE_CANDIDATES,
+                newest_first=True,
+            )
+            targets = [
+                i
+                for i in itertools.islice(same_place, MERGE_CANDIDATES)
+                if i.name != incident.name and i.status.value not in {"REJECTED", "MERGED"}
+            ]
+        return incident, history, evidence, targets
 
     try:
-        incident, history, evidence = await run_in_threadpool(fetch)
+        incident, history, evidence, targets = await run_in_threadpool(fetch)
     except NotFound:
         return Response(_("No such incident."), status_code=404, media_type="text/plain")
+    actions = offered(officer, incident)
+    corrections = correctables(officer, history)
+    if corrections:
+        actions.add("correct")
+    if not targets:
+        actions.discard("merge")
+    corrected = {e.event_id: e for e in history}
     return render(
         request,
         session,
@@ -689,7 +805,10 @@ async def incident_page(
         history=history,
         evidence=evidence,
         images=IMAGE_TYPES,
-        actions=offered(officer, incident),
+        actions=actions,
+        corrections=corrections,
+        corrected=corrected,
+        targets=targets,
         reasons=REJECTION_REASONS,
         request_id=uuid.uuid4().hex,
         error=error,
@@ -769,6 +888,25 @@ async def act(request: Request, session: Session, officer: Officer) -> Response:
             **common,
         )
 
+    def correct() -> object:
+        # The value to correct as the timeline has it now; the version the page showed
+        # (expected_version) refuses it when the incident changed since the form was shown.
+        chosen = text("text", "")
+        found = [
+            c for c in correctables(officer, list(ledger.incident_events(name))) if c.key == chosen
+        ]
+        if not found:
+            raise ValueError(_("Choose a text to correct."))
+        return ledger.correct(
+            name,
+            found[0].event.event_id,
+            found[0].field,
+            found[0].value,
+            text("new_value", ""),
+            reason=text("reason", ""),
+            **common,
+        )
+
     calls: dict[str, Callable[[], object]] = {
         "verify": lambda: ledger.verify(name, comment=text("comment", ""), **common),
         "reject": lambda: ledger.reject(
@@ -795,6 +933,13 @@ async def act(request: Request, session: Session, officer: Officer) -> Response:
             name, comment=text("comment", ""), **common
         ),
         "reopen": lambda: ledger.reopen(name, text("reason", ""), **common),
+        "assess_severity": lambda: ledger.assess_severity(
+            name, text("severity", ""), comment=text("comment", ""), **common
+        ),
+        "merge": lambda: ledger.merge(
+            name, text("target", ""), comment=text("comment", ""), **common
+        ),
+        "correct": correct,
     }
     try:
         await run_in_threadpool(calls[action])
@@ -837,6 +982,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
     templates.env.filters["band"] = labels.band
     templates.env.filters["event"] = labels.event_type
     templates.env.filters["rejection"] = labels.rejection
+    templates.env.filters["field"] = field_label
     # One channel to the ledger for every officer: each call carries the officer's token.
     channel_owner = LedgerClient(settings.ledger_address, "", language="id")
 
@@ -847,7 +993,12 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
     room = Room(
         settings,
         reference,
-        Sessions(secret, settings.session_minutes * 60, officer_client),
+        Sessions(
+            secret,
+            settings.session_minutes * 60,
+            officer_client,
+            idle=settings.session_idle_minutes * 60,
+        ),
         SignInThrottle(),
         Hub(connect),
         geojson,

@@ -6,8 +6,13 @@ end, encrypted and authenticated with Fernet (AES-128-CBC and HMAC-SHA256, from
 ``cryptography``) under a key derived from ``SITUATION_ROOM_SESSION_KEY``: the browser cannot
 read the token nor alter anything, a restart keeps everyone signed in, and every page process
 with the same key accepts the same cookie. What this gives up: signing out clears the cookie
-in that browser, but a copy of it taken before stays valid until its end (the page has nowhere
-to remember that it was signed out), so sessions are short (``SITUATION_ROOM_SESSION_MINUTES``).
+in that browser, but a copy of it taken before stays valid (the page has nowhere to remember
+that it was signed out). So a signed-in session ends twice over: when it has not been used for
+``SITUATION_ROOM_SESSION_IDLE_MINUTES`` (every answer to the officer re-seals the cookie with
+the time it was last used, ``seen``: a sliding end), and in any case
+``SITUATION_ROOM_SESSION_MINUTES`` after signing in (the absolute end, ``expires``). A copy
+taken before signing out is refused once it has been left unused for the idle time; one kept
+in use keeps working until the absolute end.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class Officer:
 @dataclass(frozen=True)
 class Session:
     csrf: str
+    #: The absolute end (signed in: the sign-in time plus the session's lifetime).
     expires: float
     officer: Officer | None = None
 
@@ -70,8 +76,12 @@ class Sessions:
         lifetime: float,
         connect: Callable[[str], LedgerClient],
         clock: Callable[[], float] = time.time,
+        idle: float | None = None,
     ) -> None:
+        """``lifetime``: seconds from signing in to the absolute end; ``idle``: seconds a
+        signed-in cookie stays valid after it was last sealed (None: the lifetime)."""
         self.lifetime = lifetime
+        self.idle = lifetime if idle is None else min(idle, lifetime)
         self.connect = connect
         self._fernet = Fernet(cookie_key(secret))
         self._clock = clock
@@ -80,17 +90,34 @@ class Sessions:
         lifetime = self.lifetime if officer is not None else ANONYMOUS_SECONDS
         return Session(secrets.token_urlsafe(24), self._clock() + lifetime, officer)
 
+    def now(self) -> float:
+        return self._clock()
+
     def cookie_value(self, session: Session) -> str:
-        sealed: dict[str, object] = {"csrf": session.csrf, "expires": session.expires}
+        """The sealed cookie of ``session``, last used now (``seen``): sealing it again for
+        each answer is what slides its idle end."""
+        sealed: dict[str, object] = {
+            "csrf": session.csrf,
+            "expires": session.expires,
+            "seen": self._clock(),
+        }
         if session.officer is not None:
             officer = session.officer
             sealed.update(agency=officer.agency, role=officer.role, token=officer.token)
         payload = json.dumps(sealed, separators=(",", ":")).encode()
         return self._fernet.encrypt_at_time(payload, int(self._clock())).decode("ascii")
 
+    def cookie_seconds(self, session: Session) -> int:
+        """How long the browser keeps a cookie sealed now: until the idle end (signed in)
+        or the absolute end, whichever is sooner."""
+        end = session.expires
+        if session.officer is not None:
+            end = min(end, self._clock() + self.idle)
+        return max(0, int(end - self._clock()))
+
     def find(self, cookie: str | None) -> Session | None:
         """The session of a cookie; None for no cookie, an altered or foreign one (another
-        key), or one past its end."""
+        key), one past its end, or a signed-in one unused for longer than the idle time."""
         if not cookie:
             return None
         try:
@@ -106,12 +133,24 @@ class Sessions:
             return None
         agency, role, token = (sealed.get(key) for key in ("agency", "role", "token"))
         if isinstance(agency, str) and isinstance(role, str) and isinstance(token, str):
+            seen = sealed.get("seen")
+            # A cookie sealed without ``seen`` (before idle ends existed) counts as idle.
+            if not isinstance(seen, int | float) or seen + self.idle < self._clock():
+                return None
             return Session(csrf, float(expires), Officer(agency, role, token, self.connect(token)))
         return Session(csrf, float(expires))
 
     def alive(self, session: Session) -> bool:
-        """Whether the session has not reached its end (signing out cannot be seen here)."""
+        """Whether the session has not reached its absolute end (signing out cannot be seen
+        here)."""
         return session.expires >= self._clock()
+
+    def stream_end(self, session: Session) -> float:
+        """When an event stream opened now with ``session`` ends: at the absolute end, or
+        half the idle time from now, while the cookie its answer carries (sealed now) is
+        still valid, so that the browser reconnects with it (``Last-Event-ID``: nothing is
+        lost) and that reconnection seals it again. An open live tab is a session in use."""
+        return min(session.expires, self._clock() + self.idle / 2)
 
 
 def csrf_ok(session: Session | None, submitted: object) -> bool:

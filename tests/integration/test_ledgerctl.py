@@ -76,6 +76,12 @@ def test_the_lifecycle_through_ledgerctl(ctl: Ctl, tmp_path: Path) -> None:
     assert ctl.json("inspektorat", "list", "--status", "rejected")[0]["rejection_reason"] == "HOAX"
     table = ctl.ok("inspektorat", "list")
     assert "Hoax about ballots" in table and "Incidents (2)" in table
+    in_order = [i["name"] for i in ctl.json("inspektorat", "list")]
+    newest = [i["name"] for i in ctl.json("inspektorat", "list", "--newest-first")]
+    assert newest == in_order[::-1] and newest[0] == hoax
+    assert [
+        i["name"] for i in ctl.json("inspektorat", "list", "--newest-first", "--limit", "1")
+    ] == [hoax]
 
     ctl.ok("kesbangpol", "report", "Duplicate report", "crowd_gathering", "kota_mukomuko")
     dup = ctl.json("inspektorat", "list", "--status", "REPORTED")[0]["name"]

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -617,11 +618,69 @@ def test_an_expired_session_is_refused_and_its_event_stream_ends(room: Room) -> 
             reader.start()
             assert not ended.wait(0.5), "the stream of a signed-in session stays open"
             assert web.get("/board").status_code == 200
+            # It ends before the session does (at half its idle time, here its lifetime),
+            # for the browser to reconnect with a cookie still valid.
             assert ended.wait(READ_SECONDS), "the stream did not end with its session"
             reader.join(READ_SECONDS)
-        # The browser no longer sends it (its max-age passed); a copy sent anyway is refused.
-        answer = httpx.get(f"{expiring.url}/board", cookies={SESSION_COOKIE: cookie})
+        # The browser no longer sends it (its max-age passed); a copy sent anyway is refused
+        # once the session's end has passed, and so is a new stream.
+        deadline = time.monotonic() + READ_SECONDS
+        while (
+            answer := httpx.get(f"{expiring.url}/board", cookies={SESSION_COOKIE: cookie})
+        ).status_code == 200:
+            assert time.monotonic() < deadline, "an expired session is still accepted"
+            time.sleep(0.5)
         assert (answer.status_code, answer.headers["location"]) == (303, "/login")
+        stream = httpx.get(f"{expiring.url}/events", cookies={SESSION_COOKIE: cookie})
+        assert (stream.status_code, stream.headers["location"]) == (303, "/login")
+
+
+def test_a_copied_cookie_left_unused_is_refused_while_an_open_board_stays_signed_in(
+    room: Room, browser: Browser
+) -> None:
+    idle = {**room.env, "SITUATION_ROOM_SESSION_IDLE_MINUTES": "0.1"}  # 6 s
+    with service_process("services.situation_room", idle) as web_process:
+        sliding = Room(room.stack, web_process, idle)
+        page = new_page(sliding, browser)
+        sign_in(sliding, page, "desk_pilkada")
+        (copied,) = [c["value"] for c in page.context.cookies() if c["name"] == SESSION_COOKIE]
+        # The cookie's idle end slides: the browser keeps it no longer than that.
+        assert (
+            0
+            < next(
+                c["expires"] - datetime.now(UTC).timestamp()
+                for c in page.context.cookies()
+                if c["name"] == SESSION_COOKIE
+            )
+            <= 6 + 1
+        )
+        board = httpx.get(f"{sliding.url}/board", cookies={SESSION_COOKIE: copied})
+        assert board.status_code == 200  # the copy works while it is fresh
+
+        def refused() -> bool:
+            answer = httpx.get(f"{sliding.url}/board", cookies={SESSION_COOKIE: copied})
+            return (answer.status_code, answer.headers.get("location")) == (303, "/login")
+
+        # The copy, left unused (each try above and here keeps none of the cookies the
+        # answers carry), is refused after the idle time; the open board meanwhile renews its
+        # own cookie through its event stream (which ends before the idle end and reconnects:
+        # two reconnections take more than the idle time).
+        # (Waiting with Playwright's own timer: its events are dispatched only meanwhile.)
+        deadline = time.monotonic() + 60.0
+        while not refused():
+            assert time.monotonic() < deadline, "a copy left unused is still accepted"
+            page.wait_for_timeout(500)
+        while sum("/events" in url for url in sliding.requests) < 3:
+            assert time.monotonic() < deadline, "the board's stream did not reconnect"
+            page.wait_for_timeout(200)
+        expect(page.locator("#live")).to_have_attribute("data-state", "open")
+        title = f"After the idle time {uuid.uuid4().hex[:6]}"
+        sliding.ledger("kesbangpol").report(title, "crowd_gathering", "ipuh")
+        expect(page.locator("#rows")).to_contain_text(title, timeout=LIVE_SECONDS * 1000)
+        page.goto(f"{sliding.url}/decisions")
+        expect(page).to_have_url(f"{sliding.url}/decisions")  # still signed in
+        assert refused()
+        assert_local_and_clean(sliding)
 
 
 def test_the_agencies_page_shows_the_ledgers_workload(room: Room, browser: Browser) -> None:
@@ -889,3 +948,83 @@ def test_the_incident_page_lists_evidence_with_thumbnails_for_the_agencies_invol
         assert web.get(f"/{evidence.name}").status_code == 403
     downloads = room.ledger("inspektorat").evidence_downloads(name)
     assert [(d.evidence, d.actor.agency) for d in downloads] == [(evidence.name, "kesbangpol")]
+
+
+def test_severity_corrections_and_merging_on_the_incident_page_for_the_roles_allowed(
+    room: Room, browser: Browser
+) -> None:
+    place = f"ipuh {uuid.uuid4().hex[:6]}"
+    original = room.ledger("kesbangpol").report(
+        f"Crowd at the market, {place}", "crowd_gathering", "ipuh"
+    )
+    duplicate = room.ledger("polres").report(
+        f"Crowd at the markt, {place}", "crowd_gathering", "ipuh"
+    )
+    desk_client = room.ledger("desk_pilkada")
+    url = f"{room.url}/{duplicate.incident}"
+    desk, reporter, other, auditor = (new_page(room, browser) for _ in range(4))
+    desk.context.add_init_script(path=str(AXE))
+    for page, agency in [
+        (desk, "desk_pilkada"),
+        (reporter, "polres"),
+        (other, "kodim"),
+        (auditor, "inspektorat"),
+    ]:
+        sign_in(room, page, agency)
+
+    # Not involved, not the reporter: none of the three; an auditor: no action at all.
+    other.goto(url)
+    expect(other.locator(".actions")).to_have_count(0)
+    auditor.goto(url)
+    expect(auditor.locator(".actions")).to_have_count(0)
+    # The reporting agency assesses the severity and corrects its own report, never merges.
+    reporter.goto(url)
+    expect(reporter.locator("#merge")).to_have_count(0)
+    expect(reporter.locator("#assess_severity")).to_be_visible()
+    reported_event = next(iter(desk_client.incident_events(duplicate.incident))).event_id
+    expect(reporter.locator("select[name=text] option")).to_have_count(2)  # title, description
+    reporter.select_option("select[name=severity]", "high")
+    reporter.fill("form[action$=assess_severity] input[name=comment]", "Hundreds now")
+    reporter.click("#assess_severity")
+    expect(reporter.locator(".timeline li")).to_have_count(2)
+
+    # The desk corrects the title of the report, then merges the duplicate.
+    desk.goto(url)
+    assert not axe_violations(desk)
+    desk.select_option("select[name=text]", f"{reported_event}:title")
+    desk.fill("input[name=new_value]", f"Crowd at the market, {place}")
+    desk.fill("form[action$=correct] input[name=reason]", "Typo in the title")
+    desk.click("#correct")
+    correction = desk.locator(".timeline li.correction")
+    expect(correction).to_have_count(1)
+    expect(correction.locator("del")).to_have_text(f"Crowd at the markt, {place}")
+    expect(correction.locator("ins")).to_have_text(f"Crowd at the market, {place}")
+    expect(correction).to_contain_text("Corrects")
+    assert not axe_violations(desk)
+    desk.select_option("select[name=target]", original.incident)
+    desk.fill("form[action$=merge] input[name=comment]", "Same crowd")
+    desk.click("#merge")
+    expect(desk.locator("#status")).to_have_text("MERGED")
+    expect(desk.locator("#assess_severity")).to_have_count(0)  # it has ended
+    expect(desk.locator("#merge")).to_have_count(0)
+
+    history = list(desk_client.incident_events(duplicate.incident))
+    assert [(e.type, e.actor.agency) for e in history] == [
+        ("Reported", "polres"),
+        ("SeverityAssessed", "polres"),
+        ("Corrected", "desk_pilkada"),
+        ("Merged", "desk_pilkada"),
+    ]
+    assert history[1].payload["severity"] == "high" and history[1].reason == "Hundreds now"
+    corrected = history[2].payload
+    assert (corrected["corrected_event_id"], corrected["field"]) == (reported_event, "title")
+    assert (corrected["old_value"], corrected["new_value"]) == (
+        f"Crowd at the markt, {place}",
+        f"Crowd at the market, {place}",
+    )
+    assert history[2].reason == "Typo in the title"
+    assert history[3].payload["target_id"] == original.incident.removeprefix("incidents/")
+    merged = desk_client.get_incident(duplicate.incident)
+    assert merged.merged_into == original.incident and merged.severity == "high"
+    assert [e.type for e in desk_client.incident_events(original.incident)][-1] == "DuplicateMerged"
+    assert_local_and_clean(room)

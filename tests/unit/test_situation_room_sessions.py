@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import string
 
+from cryptography.fernet import Fernet
+
 from incidentledger_client import LedgerClient
-from services.situation_room.sessions import Officer, Sessions, SignInThrottle, csrf_ok
+from services.situation_room.sessions import (
+    Officer,
+    Sessions,
+    SignInThrottle,
+    cookie_key,
+    csrf_ok,
+)
 
 KEY = b"0123456789abcdef-the-session-key"
 BASE64URL = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
@@ -80,3 +89,61 @@ def test_failed_sign_ins_block_an_address_then_everyone() -> None:
     assert throttle.blocked("10.0.0.1") and not throttle.blocked("10.0.0.2")
     throttle.failed("10.0.0.2")
     assert throttle.blocked("10.0.0.3")  # three in all
+
+
+def test_a_cookie_unused_for_longer_than_the_idle_time_is_refused() -> None:
+    now = [1_000_000.0]
+    store = Sessions(KEY, lifetime=3600, connect=connect, clock=lambda: now[0], idle=900)
+    session = store.new(officer())
+    copied = store.cookie_value(session)  # a copy taken now, then left unused
+    assert store.cookie_seconds(session) == 900  # the browser forgets it at its idle end
+    now[0] += 900
+    assert store.find(copied) is not None
+    now[0] += 1
+    assert store.find(copied) is None
+    # A signed-out (anonymous) session has no idle end: the sign-in form's lasts its time.
+    brief = Sessions(KEY, lifetime=3600, connect=connect, clock=lambda: now[0], idle=60)
+    anonymous = brief.cookie_value(brief.new())
+    now[0] += 61
+    assert brief.find(anonymous) is not None
+
+
+def test_a_cookie_in_use_slides_its_idle_end_until_the_absolute_end() -> None:
+    now = [1_000_000.0]
+    store = Sessions(KEY, lifetime=3600, connect=connect, clock=lambda: now[0], idle=900)
+    session = store.new(officer())
+    cookie = store.cookie_value(session)
+    first = cookie
+    for _ in range(3):  # used every 10 minutes: each answer seals it again
+        now[0] += 600
+        found = store.find(cookie)
+        assert found is not None and found.expires == session.expires
+        cookie = store.cookie_value(found)
+    assert store.find(first) is None  # the first copy, unused for 30 minutes
+    assert store.find(cookie) is not None
+    now[0] = session.expires - 1
+    cookie = store.cookie_value(session)
+    assert store.cookie_seconds(session) == 1  # the absolute end comes first now
+    now[0] += 2
+    assert store.find(cookie) is None
+
+
+def test_an_event_stream_ends_before_its_cookies_idle_end() -> None:
+    now = [1_000_000.0]
+    store = Sessions(KEY, lifetime=3600, connect=connect, clock=lambda: now[0], idle=900)
+    session = store.new(officer())
+    assert store.stream_end(session) == now[0] + 450
+    now[0] = session.expires - 100
+    assert store.stream_end(session) == session.expires
+    # Without an idle time, the lifetime is the idle time too; never longer than it.
+    assert Sessions(KEY, lifetime=60, connect=connect).idle == 60
+    assert Sessions(KEY, lifetime=60, connect=connect, idle=900).idle == 60
+
+
+def test_a_cookie_sealed_without_a_last_use_is_refused() -> None:
+    now = [1_000_000.0]
+    store = Sessions(KEY, lifetime=3600, connect=connect, clock=lambda: now[0], idle=900)
+    fernet = Fernet(cookie_key(KEY))
+    old = {"csrf": "c", "expires": now[0] + 60, "agency": "polres", "role": "responder"}
+    sealed = fernet.encrypt(json.dumps({**old, "token": "t"}).encode()).decode()
+    assert store.find(sealed) is None

@@ -974,17 +974,23 @@ class LedgerClient:
         page_size: int = 0,
         min_position: int = 0,
         as_of_time: datetime | None = None,
+        newest_first: bool = False,
     ) -> Iterator[Incident]:
-        """Every incident matching an AIP-160 ``filter``, in report order, page after page.
+        """Every incident matching an AIP-160 ``filter``, in report order, page after page
+        (``newest_first``: the newest report first, ``order_by = "create_time desc"``).
 
         ``min_position`` (a command's ``result.position``) makes the list include that
-        write. Pages are fetched lazily, as the iterator is consumed.
+        write. Pages are fetched lazily, as the iterator is consumed: newest first, taking
+        the first n reads only the pages that hold them.
 
         >>> for incident in ledger.list_incidents('status = "ASSIGNED" AND kecamatan = "ipuh"'):
         ...     print(incident.name, incident.lead_agency)  # doctest: +SKIP
         """
         request = api.ListIncidentsRequest(
-            filter=filter, page_size=page_size, min_position=min_position
+            filter=filter,
+            page_size=page_size,
+            min_position=min_position,
+            order_by="create_time desc" if newest_first else "",
         )
         if as_of_time is not None:
             request.as_of_time.CopyFrom(to_timestamp(as_of_time))

@@ -1665,6 +1665,7 @@ class ListIncidentsRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     MIN_POSITION_FIELD_NUMBER: _builtins.int
     AS_OF_TIME_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of incidents to return (default 50, at most 500)."""
     page_token: _builtins.str
@@ -1678,6 +1679,12 @@ class ListIncidentsRequest(_message.Message):
     """Read-your-writes: wait (up to the call's deadline, at most 10 s) until the
     list includes everything up to this position (from a command's result).
     """
+    order_by: _builtins.str
+    """AIP-132 order: "" or "create_time" (the default, oldest report first) or
+    "create_time desc" (newest report first). Reports are ordered by their ledger
+    position, which is the order of their create_time. Any other order is
+    INVALID_ARGUMENT. A page token continues the order it was issued for.
+    """
     @_builtins.property
     def as_of_time(self) -> _timestamp_pb2.Timestamp:
         """The board as it stood at this time, if set (auditors' time travel)."""
@@ -1690,10 +1697,11 @@ class ListIncidentsRequest(_message.Message):
         filter: _builtins.str = ...,
         min_position: _builtins.int = ...,
         as_of_time: _timestamp_pb2.Timestamp | None = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of_time", b"as_of_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_time", b"as_of_time", "filter", b"filter", "min_position", b"min_position", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_time", b"as_of_time", "filter", b"filter", "min_position", b"min_position", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

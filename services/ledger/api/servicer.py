@@ -25,7 +25,7 @@ from services.ledger import wire
 from services.ledger.application import Ledger
 from services.ledger.domain.commands import ErasePersonalData, ReadPersonalData
 from services.ledger.domain.incident import Actor, Envelope
-from services.ledger.projections import BoardFilter
+from services.ledger.projections import NEWEST_START, BoardFilter, parse_order
 from services.ledger.read_model import ReadModel
 
 
@@ -349,8 +349,11 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
         board_filter = BoardFilter.parse(
             request.filter, self._ledger.reference, self._ledger.find_reference
         )
+        newest_first = parse_order(request.order_by)
         as_of = wire.optional_time(request, "as_of_time")
         query = f"incidents?filter={request.filter}&as_of={as_of}"
+        if newest_first:  # a page token is bound to its order (and the default's stay valid)
+            query += "&order_by=create_time desc"
         with self._read.view(
             min_position=request.min_position, as_of=as_of, timeout=context.time_remaining()
         ) as view:
@@ -360,10 +363,14 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
                 request.page_token,
                 size,
                 lambda after, limit: view.reader.list_incidents(
-                    board_filter, int(after), limit, catch_up_first=view.catch_up_first
+                    board_filter,
+                    int(after),
+                    limit,
+                    catch_up_first=view.catch_up_first,
+                    newest_first=newest_first,
                 ),
                 lambda row: row[0],
-                0,
+                NEWEST_START if newest_first else 0,
             )
             incidents = [
                 self._ledger.get_incident_as_of(incident_id, position=view.position)

@@ -6,8 +6,9 @@ decision) and one position (``projection_position``):
 
 - **Status board**: each incident's status, severity, category, title, kecamatan
   and desa, lead and supporting agencies, pending handover, escalation level, and
-  last change (record time, position, event type). ListIncidents and its filters
-  are served from it.
+  last change (record time, position, event type). ListIncidents, its filters and
+  its orders (oldest or newest report first: a walk either way of the unique index
+  on ``seq``, the position of the Reported event) are served from it.
 - **Vulnerability map** per kecamatan (below).
 - **Decisions in force**: decisions whose validity window covers a time, by
   kecamatan, with who decided and who recorded them.
@@ -101,7 +102,7 @@ Definitions (all times are record times, the server's clock, unless said otherwi
   corrections applied; filtered by the kecamatan of their scope.
 """
 
-from services.ledger.projections.filters import FILTER_FIELDS, BoardFilter
+from services.ledger.projections.filters import FILTER_FIELDS, BoardFilter, parse_order
 from services.ledger.projections.model import (
     AgencyWorkload,
     BoardRow,
@@ -118,9 +119,11 @@ from services.ledger.projections.service import (
     ProjectionReader,
     Projections,
 )
+from services.ledger.projections.store import NEWEST_START
 
 __all__ = [
     "FILTER_FIELDS",
+    "NEWEST_START",
     "AgencyWorkload",
     "BoardFilter",
     "BoardRow",
@@ -134,4 +137,5 @@ __all__ = [
     "RebuildStats",
     "ResponseTimes",
     "VulnerabilityReason",
+    "parse_order",
 ]

@@ -71,6 +71,22 @@ class BoardFilter:
         return (" AND ".join(parts) or "1=1"), params
 
 
+#: The orders of ListIncidents (AIP-132), as normalised: whether the newest report comes first.
+ORDERS = {"": False, "create_time": False, "create_time asc": False, "create_time desc": True}
+
+
+def parse_order(text: str) -> bool:
+    """Whether ``order_by`` asks for the newest report first; INVALID_ARGUMENT if unknown.
+
+    Reports are ordered by their ledger position (the board's ``seq``), the order of their
+    create_time, so both orders are one walk of the ``seq`` index.
+    """
+    normalised = " ".join(text.split())
+    if normalised not in ORDERS:
+        raise InvalidArgument("order_by", 'must be "create_time" or "create_time desc" (or empty)')
+    return ORDERS[normalised]
+
+
 def _check_value(field: str, value: str, reference: ReferenceData) -> str:
     if field == "status":
         name = value.removeprefix("INCIDENT_STATUS_")

@@ -50,14 +50,22 @@ class ProjectionReader:
         """Hook: bring the tables up to date before a query (when ``catch_up_first``)."""
 
     def list_incidents(
-        self, board_filter: BoardFilter, after: int, limit: int, *, catch_up_first: bool = True
+        self,
+        board_filter: BoardFilter,
+        after: int,
+        limit: int,
+        *,
+        catch_up_first: bool = True,
+        newest_first: bool = False,
     ) -> list[tuple[int, UUID]]:
-        """(cursor, id) of matching incidents in order of report, after a cursor.
+        """(cursor, id) of matching incidents in order of report (or the newest first),
+        after a cursor.
 
-        The cursor is the position of the incident's Reported event.
+        The cursor is the position of the incident's Reported event; newest first, the
+        first page's is :data:`~services.ledger.projections.store.NEWEST_START`.
         """
         self._refresh(catch_up_first)
-        return self._store.list_incidents(board_filter, after, limit)
+        return self._store.list_incidents(board_filter, after, limit, newest_first=newest_first)
 
     def board_rows(
         self, ids: Iterable[UUID], *, catch_up_first: bool = True

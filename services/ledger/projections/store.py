@@ -64,6 +64,8 @@ LEAD_OPEN = frozenset({"ASSIGNED", "RESPONDING", "REOPENED"})
 COORDINATOR_OPEN = frozenset({"REPORTED", "VERIFIED"})
 UNACKNOWLEDGED = frozenset({"REPORTED", "ASSIGNED"})
 MICROS_PER_DAY = 86_400_000_000
+#: The cursor of the first page newest first: above every seq (the largest BIGINT).
+NEWEST_START = (1 << 63) - 1
 
 
 def quantile(values: Sequence[float], q: float) -> float | None:
@@ -228,14 +230,18 @@ class ProjectionStore:
         return result
 
     def list_incidents(
-        self, board_filter: BoardFilter, after: int, limit: int
+        self, board_filter: BoardFilter, after: int, limit: int, *, newest_first: bool = False
     ) -> list[tuple[int, UUID]]:
+        """(seq, id) after the cursor ``after`` in the order asked: ascending seq, or descending
+        (then ``after`` bounds from above; :data:`NEWEST_START` for the first page). Either is
+        a walk of the unique index on seq that stops after ``limit`` matching rows."""
         where, params = board_filter.where("?")
+        bound, direction = ("<", "DESC") if newest_first else (">", "ASC")
         with self.sql.transaction() as cur:
             cur.execute(
                 self.sql.q(
-                    f"SELECT seq, incident_id FROM proj_incident WHERE seq > ? AND {where} "  # noqa: S608
-                    "ORDER BY seq LIMIT ?"
+                    f"SELECT seq, incident_id FROM proj_incident WHERE seq {bound} ? AND {where} "  # noqa: S608
+                    f"ORDER BY seq {direction} LIMIT ?"
                 ),
                 [after, *params, limit],
             )

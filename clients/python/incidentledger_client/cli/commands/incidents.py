@@ -595,6 +595,9 @@ def list_(
         str | None, typer.Option("--filter", help="A raw AIP-160 filter (ANDed).")
     ] = None,
     limit: Annotated[int, typer.Option(help="At most this many (0: all).")] = 0,
+    newest_first: Annotated[
+        bool, typer.Option("--newest-first", help="The newest report first.")
+    ] = False,
 ) -> None:
     """List incidents as a table, with filters."""
     clauses = [
@@ -613,7 +616,11 @@ def list_(
         clauses.append(filter_)
     st = state(ctx)
     incidents = []
-    for incident in st.ledger().list_incidents(" AND ".join(clauses)):
+    # A page of the ledger's at most: with --limit, only the pages that hold the ones shown.
+    page_size = min(limit, 500) if limit else 0
+    for incident in st.ledger().list_incidents(
+        " AND ".join(clauses), page_size=page_size, newest_first=newest_first
+    ):
         incidents.append(incident)
         if limit and len(incidents) >= limit:
             break
