@@ -213,11 +213,31 @@ def _folded(text: str) -> str:
 
 def _national_number(phone: str) -> str:
     """The digits of an E.164 phone without its country code (812..., for +62812...):
-    what every written form of it (0812..., 62812..., +62 812...) contains."""
-    try:
-        return str(phonenumbers.parse(phone, DEFAULT_REGION).national_number)
-    except phonenumbers.NumberParseException:
-        return _NON_DIGIT.sub("", phone)
+    what every written form of it (0812..., 62812..., +62 812...) contains. Country codes
+    are prefix-free, so the first 1 to 3 digits that are one are it (a table look-up: a
+    parse costs 15 µs a phone on every report naming people)."""
+    digits = _NON_DIGIT.sub("", phone)
+    for length in (1, 2, 3):
+        if int(digits[:length] or "0") in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            return digits[length:]
+    return digits
+
+
+def _has_words(text: str, words: str) -> bool:
+    """Whether ``words`` occurs in ``text`` as whole words ("Siti" is not in "Sitinjak")."""
+    start = text.find(words)
+    while start >= 0:
+        end = start + len(words)
+        before = text[start - 1] if start else " "
+        after = text[end] if end < len(text) else " "
+        if not _word_char(before) and not _word_char(after):
+            return True
+        start = text.find(words, start + 1)
+    return False
+
+
+def _word_char(char: str) -> bool:
+    return char.isalnum() or char == "_"
 
 
 def check_free_text(data: PersonalData | None, texts: dict[str, str]) -> None:
@@ -233,11 +253,11 @@ def check_free_text(data: PersonalData | None, texts: dict[str, str]) -> None:
     the field, never what matched."""
     if data is None:
         return
-    names: list[re.Pattern[str]] = []
+    names: list[str] = []
     numbers: list[str] = []
     for _role, person in data.people():
-        if person.name.strip():  # as whole words: "Siti" is not in "Sitinjak"
-            names.append(re.compile(rf"(?<!\w){re.escape(_folded(person.name))}(?!\w)"))
+        if person.name.strip():
+            names.append(_folded(person.name))
         if person.phone:
             numbers.append(_national_number(person.phone))
         if person.nik:
@@ -247,7 +267,7 @@ def check_free_text(data: PersonalData | None, texts: dict[str, str]) -> None:
             continue
         folded = _folded(text)
         digits = [_NON_DIGIT.sub("", run) for run in _DIGIT_RUN.findall(text)]
-        if any(name.search(folded) for name in names) or any(
+        if any(_has_words(folded, name) for name in names) or any(
             number in run for number in numbers for run in digits
         ):
             raise InvalidArgument(
