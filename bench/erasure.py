@@ -3,21 +3,20 @@ length of their incident's history.
 
 Erasure destroys one key in the key table and records one event; it never rewrites the
 history. So its time should not grow with the ledger: the number of people in the key
-table, the number of incidents. It is measured in this process on a fresh store, the
-application's whole ``Ledger.erase_personal_data`` (checks, the incident's rule, the
-``PersonalDataErased`` event with its idempotency record, the key destroyed), one person
-per call:
+table, the number of incidents. It is measured in this process, the application's whole
+``Ledger.erase_personal_data`` (checks, the incident's rule, the ``PersonalDataErased``
+event with its idempotency record, the key destroyed), one person per call:
 
-- **cold**: a ledger without a write cache (``LEDGER_CACHE_SIZE`` 0), so each erasure
+- **loaded**: a ledger without a write cache (``LEDGER_CACHE_SIZE`` 0), so each erasure
   loads the incident from the store, as the first command on an incident not written
   lately (the retention rule's case, a year after closure) does;
-- **warm**: the incident already in the write cache (a command on it came first).
+- **cached**: the incident already in the write cache (a command on it came first).
 
-First with few people in the ledger, then with many; at each size incidents of a short
-history, then (with many people) of long ones, each naming 11 people (a reporter and ten
-witnesses), so one incident gives 11 erasures. The incidents are written straight into
-the store (the domain's own methods, sealed by the key table as reports are): setup, not
-measured.
+Two fresh stores, one naming few people and one naming many; in the first, incidents of a
+short history, in the second, of a short and of long ones, each naming 11 people (a
+reporter and ten witnesses), so one incident gives 11 erasures. The incidents are written
+straight into the stores (the domain's own methods, sealed by the key table as reports
+are): setup, not measured. Then the erasures of every point are taken in turns.
 """
 
 from __future__ import annotations

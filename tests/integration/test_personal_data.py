@@ -278,6 +278,17 @@ def test_a_batch_report_takes_personal_data(ledger: Client) -> None:
         api.IngestReportsRequest(reports=[report]), metadata=ledger.md("kesbangpol")
     )
     assert again.results[0].outcome == api.INGEST_OUTCOME_DUPLICATE
+    # A report of the batch writing its witness's NIK into its description is refused alone.
+    leaking = api.DeviceReport()
+    leaking.CopyFrom(report)
+    leaking.device_report_id = "5d0f7a9e-2b1c-4e8f-9a0b-7c6d5e4f3a2b"
+    leaking.description = f"witness NIK {WITNESS_NIK[:8]} {WITNESS_NIK[8:]}"
+    batch = ledger.stub.IngestReports(
+        api.IngestReportsRequest(reports=[leaking]), metadata=ledger.md("kesbangpol")
+    )
+    (refused,) = batch.results
+    assert refused.outcome == api.INGEST_OUTCOME_INVALID
+    assert "description" in refused.error.message and WITNESS_NIK[:8] not in refused.error.message
 
 
 def test_a_batch_seals_each_report_s_people_for_its_own_incident(ledger: Client) -> None:
