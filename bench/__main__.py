@@ -51,6 +51,12 @@ Then the situation room (bench/page.py), on the whole stack as ``make run`` star
     100 SSE event streams in a receiver process, each receiving every event while a sender
     reports 50 incidents/s; latency from each event's record time to its receipt (p99).
 
+Then erasing one person (bench/erasure.py):
+
+13. Per store, ``Ledger.erase_personal_data`` in this process, one person per call, with
+    few then many people in the ledger, their incident of a short then long history,
+    loaded from the store or in the write cache: p50 and p99 of one erasure.
+
 Then scaling out (bench/scaleout.py):
 
 9. PostgreSQL, the ledger as 1 and as 2 ``python -m services.ledger`` processes on one
@@ -86,6 +92,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from bench import (
+    erasure,
     evidence,
     fanout,
     history,
@@ -127,10 +134,24 @@ INGEST_SINGLE_RATIO = 10.0  # ingest reports/s / ReportIncident calls/s
 INGEST_CALL_P99_MS = 250.0  # a 500-report call's p99 on SQLite
 INGEST_SINGLE_P99_RATIO = 2.0  # single-command p99 during ingest / without
 
+#: Erasing one person (issue 14): the p50 with many people in the ledger, or with a long
+#: incident history, at most this many times the p50 with few, or with a short one.
+ERASURE_RATIO = 1.5
+
 EVIDENCE_RATIO = 0.7  # evidence upload (download) MB/s / a plain object-store put (get)
 EVIDENCE_RSS_MB = 30.0  # the ledger's peak RSS during an upload, above its idle RSS
 
-PARTS = ("commands", "rss", "fanout", "history", "ingest", "page", "scaleout", "evidence")
+PARTS = (
+    "commands",
+    "rss",
+    "fanout",
+    "history",
+    "ingest",
+    "page",
+    "scaleout",
+    "evidence",
+    "erasure",
+)
 
 
 @dataclass(frozen=True)
@@ -772,6 +793,64 @@ def ingest_targets(runs: list[ingest.IngestRun]) -> list[Target]:
     return out
 
 
+def run_erasure(
+    plan: erasure.ErasurePlan, stores: list[str], reference: ReferenceData, workdir: Path
+) -> list[erasure.ErasureRun]:
+    runs = []
+    for store in stores:
+        section(
+            f"13. Erasing one person, {store}: Ledger.erase_personal_data in this process, one "
+            f"person per call, with {plan.small:,} then {plan.large:,} people in the ledger, "
+            f"their incident of {' / '.join(f'{n:,}' for n in plan.lengths)} events; the "
+            "incident loaded from the store (no write cache) or cached"
+        )
+        with (
+            fresh_store(store, workdir / store / "erasure-small") as small,
+            fresh_store(store, workdir / store / "erasure-large") as large,
+        ):
+            run = erasure.measure_erasure(plan, store, small, large, reference)
+        print(table(erasure.HEADERS, erasure.rows(run), left=3))
+        print(
+            f"  two stores, prepared first (setup, not measured: {run.setup_seconds:.1f} s; "
+            f"{run.events:,} events in the larger); then the points' erasures in turns, one "
+            "of each point again and again; CPU: this process's, its commit thread's included"
+        )
+        runs.append(run)
+    return runs
+
+
+def erasure_targets(runs: list[erasure.ErasureRun]) -> list[Target]:
+    out: list[Target] = []
+    for run in runs:
+        plan = run.plan
+        short, long = plan.lengths[0], plan.lengths[-1]
+        out.append(
+            Target(
+                f"{run.store}: erase one person, {plan.large:,} vs {plan.small:,} people, p50",
+                run.p50(plan.large, short, erasure.COLD),
+                ERASURE_RATIO,
+                AT_MOST,
+                run.p50(plan.small, short, erasure.COLD),
+                f"with {plan.small:,}",
+                " ms",
+            )
+        )
+        for how, what in ((erasure.WARM, "cached"), (erasure.COLD, "loaded")):
+            out.append(
+                Target(
+                    f"{run.store}: erase one person, incident of {long:,} vs {short:,} "
+                    f"events ({what}), p50",
+                    run.p50(plan.large, long, how),
+                    ERASURE_RATIO,
+                    AT_MOST,
+                    run.p50(plan.large, short, how),
+                    f"{short:,} events",
+                    " ms",
+                )
+            )
+    return out
+
+
 def run_page(plan: Plan) -> page.PageRun:
     section(
         f"11. The situation room: the board with {plan.page_incidents:,} incidents, and "
@@ -1144,6 +1223,9 @@ def main(argv: list[str] | None = None) -> int:
         if stores and "ingest" in parts:
             intake = INGEST_QUICK if args.quick else INGEST_FULL
             goals.extend(ingest_targets(run_ingest(intake, stores, reference, workdir)))
+        if stores and "erasure" in parts:
+            erase_plan = erasure.ERASURE_QUICK if args.quick else erasure.ERASURE_FULL
+            goals.extend(erasure_targets(run_erasure(erase_plan, stores, reference, workdir)))
         if "page" in parts and args.only in (None, "sqlite"):
             room = run_page(plan)
             goals.append(page_target(room))

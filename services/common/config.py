@@ -624,6 +624,14 @@ class LedgerVariables(Group):
         "a legal hold is in force); `0` = keep until erased on request",
         ge=0.0,
     )
+    personal_data_sweep_grace_seconds: Number = _setting(
+        "LEDGER_PERSONAL_DATA_SWEEP_GRACE_SECONDS",
+        3600.0,
+        "how old the keys written for a report must be before the ledger deletes them when "
+        "the report was never saved (checked at start and every hour; see "
+        '[Personal data](personal-data.md), "Keys of a report that failed")',
+        gt=0.0,
+    )
 
 
 class EvidenceVariables(Group):
@@ -1656,6 +1664,9 @@ class LedgerSettings(ServiceSettings):
     # development: generated in the data directory.
     personal_data_keys: str | None = field(default=None, repr=False)
     personal_data_retention_days: float = _default(LedgerVariables, "personal_data_retention_days")
+    personal_data_sweep_grace_seconds: float = _default(
+        LedgerVariables, "personal_data_sweep_grace_seconds"
+    )
 
     @property
     def key_dir(self) -> Path:
@@ -1697,6 +1708,7 @@ class LedgerSettings(ServiceSettings):
             ingest_max_bytes=ledger.ingest_max_bytes,
             personal_data_keys=ledger.personal_data_keys,
             personal_data_retention_days=ledger.personal_data_retention_days,
+            personal_data_sweep_grace_seconds=ledger.personal_data_sweep_grace_seconds,
             store_env=store_environment(given, common["data_dir"], values),
             relay=RelaySettings.from_variables(values),
             evidence=EvidenceSettings.from_variables(values.get(EvidenceVariables)),

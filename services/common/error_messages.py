@@ -91,6 +91,10 @@ TEMPLATES: Mapping[str, str] = {
     "PERSONAL_DATA_NOT_PERMITTED": N_("{caller_agency} may not see this personal data."),
     "LEGAL_HOLD_NOT_PERMITTED": N_("{caller_agency} may not place or lift legal holds."),
     "PERSONAL_DATA_UNREADABLE": N_("Stored personal data no longer decrypts: it was changed."),
+    "PERSONAL_DATA_IN_TEXT": N_(
+        "The text of {field} names a person of the report (a name, phone or NIK): keep them "
+        "in the personal data, which is sealed."
+    ),
     # Evidence (EvidenceService).
     "MEDIA_TYPE_NOT_ALLOWED": N_("This kind of file is not accepted as evidence."),
     "MEDIA_TYPE_MISMATCH": N_("The file's content is not of the declared media type."),

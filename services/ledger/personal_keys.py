@@ -28,7 +28,7 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,6 +83,8 @@ SCHEMA = (
         PRIMARY KEY (digest, subject_id)
     )""",
     "CREATE INDEX IF NOT EXISTS personal_data_index_subject ON personal_data_index (subject_id)",
+    # The sweep of keys whose report was never saved reads and deletes by incident.
+    "CREATE INDEX IF NOT EXISTS personal_data_keys_incident ON personal_data_keys (incident_id)",
 )
 
 
@@ -402,6 +404,57 @@ class PersonalKeys:
             )
             return [UUID(str(row[0])) for row in cur.fetchall()]
 
+    # ---------------------------------------------------------- the sweep
+
+    def incidents_keyed_before(self, before: datetime, batch: int = 500) -> Iterator[list[UUID]]:
+        """The incidents some key was written for before ``before``, ``batch`` at a time
+        (the candidates of :meth:`delete_unsaved`), in the order of their ids."""
+        after = ""
+        while True:
+            with self._db.transaction() as cur:
+                cur.execute(
+                    self._db.q(
+                        "SELECT DISTINCT incident_id FROM personal_data_keys"
+                        " WHERE incident_id > ? AND subject_id <> ? AND created_at < ?"
+                        " ORDER BY incident_id LIMIT ?"
+                    ),
+                    (after, INDEX_ROW, _stamp(before), batch),
+                )
+                ids = [str(row[0]) for row in cur.fetchall()]
+            if not ids:
+                return
+            yield [UUID(i) for i in ids]
+            if len(ids) < batch:
+                return
+            after = ids[-1]
+
+    def delete_unsaved(self, incident_ids: Sequence[UUID], before: datetime) -> int:
+        """Delete the keys (and blind index entries) written before ``before`` for these
+        incidents, which the caller found without any recorded event: the keys of reports
+        that failed to save. How many keys were deleted."""
+        ids = [str(i) for i in incident_ids]
+        if not ids:
+            return 0
+        marks = ", ".join("?" for _ in ids)
+        chosen = f"incident_id IN ({marks}) AND subject_id <> ? AND created_at < ?"
+        arguments = (*ids, INDEX_ROW, _stamp(before))
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.q(
+                    "DELETE FROM personal_data_index WHERE subject_id IN"  # noqa: S608
+                    f" (SELECT subject_id FROM personal_data_keys WHERE {chosen})"
+                ),
+                arguments,
+            )
+            cur.execute(
+                self._db.q(f"DELETE FROM personal_data_keys WHERE {chosen}"),  # noqa: S608
+                arguments,
+            )
+            deleted = int(cur.rowcount or 0)
+        if deleted:
+            log.info("personal_data.unsaved_keys_deleted", incidents=len(ids), keys=deleted)
+        return deleted
+
     # --------------------------------------------------------------- erase
 
     def destroy(self, subject_ids: Iterable[UUID]) -> int:
@@ -465,4 +518,9 @@ def _aad(incident_id: UUID, subject_id: UUID, role: SubjectRole) -> bytes:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
+    return _stamp(datetime.now(UTC))
+
+
+def _stamp(moment: datetime) -> str:
+    """The key table's times: ISO 8601 in UTC, to the microsecond (they sort as text)."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")

@@ -116,17 +116,22 @@ def page_token_secret(settings: LedgerSettings) -> bytes:
     return shared_secret(settings.data_dir / "page-token.secret")
 
 
-class RetentionRule:
-    """Runs the retention rule of personal data (``LEDGER_PERSONAL_DATA_RETENTION_DAYS``)
-    at start and then every ``interval`` seconds, in a thread of its own. Every replica
-    may run it: an erasure is recorded once (its request id names the incident)."""
+class PersonalDataUpkeep:
+    """At start and then every ``interval`` seconds, in a thread of its own: the sweep of
+    keys written for reports never saved (``LEDGER_PERSONAL_DATA_SWEEP_GRACE_SECONDS``),
+    and the retention rule of personal data (``LEDGER_PERSONAL_DATA_RETENTION_DAYS``,
+    when set). Every replica may run both: an erasure is recorded once (its request id
+    names the incident), and a key is deleted only once its report is known unsaved."""
 
-    def __init__(self, ledger: Ledger, days: float, interval: float = 3600.0) -> None:
+    def __init__(
+        self, ledger: Ledger, days: float, grace_seconds: float, interval: float = 3600.0
+    ) -> None:
         self._ledger = ledger
-        self._retention = timedelta(days=days)
+        self._retention = timedelta(days=days) if days > 0 else None
+        self._grace = timedelta(seconds=grace_seconds)
         self._interval = interval
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="retention-rule", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="personal-data", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -134,9 +139,11 @@ class RetentionRule:
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                self._ledger.erase_expired_personal_data(self._retention)
+                self._ledger.delete_unsaved_personal_keys(self._grace)
+                if self._retention is not None:
+                    self._ledger.erase_expired_personal_data(self._retention)
             except STORE_CONNECTION_ERRORS as exc:  # the store is away: the next run retries
-                log.warning("personal_data.retention_failed", error=f"{type(exc).__name__}")
+                log.warning("personal_data.upkeep_failed", error=f"{type(exc).__name__}")
             self._stopping.wait(self._interval)
 
     def stop(self) -> None:
@@ -159,7 +166,7 @@ class LedgerServer:
     metrics: Metrics
     stopped: threading.Event
     store_watch: StoreWatch | None = None
-    retention: RetentionRule | None = None
+    personal_data: PersonalDataUpkeep | None = None
     evidence_objects: EvidenceObjects | None = None
     evidence_db: Database | None = None
     evidence_sweeper: EvidenceSweeper | None = None
@@ -172,8 +179,8 @@ class LedgerServer:
         """
         self.health.enter_graceful_shutdown()
         close_step("ledger", "grpc", lambda: self.server.stop(grace).wait(grace + 1))
-        if self.retention is not None:
-            close_step("ledger", "retention", self.retention.stop)
+        if self.personal_data is not None:
+            close_step("ledger", "personal_data", self.personal_data.stop)
         if self.store_watch is not None:
             close_step("ledger", "store_watch", self.store_watch.stop)
         close_step("ledger", "checkpoints", self.checkpoints.close)
@@ -274,10 +281,12 @@ def build(settings: LedgerSettings) -> LedgerServer:
     set_serving(health_servicer, SERVICES)
     store_watch = watch_store(settings, health_servicer)
     checkpoints.start()
-    retention = None
-    if settings.personal_data_retention_days > 0:
-        retention = RetentionRule(ledger, settings.personal_data_retention_days)
-        retention.start()
+    personal_data = PersonalDataUpkeep(
+        ledger,
+        settings.personal_data_retention_days,
+        settings.personal_data_sweep_grace_seconds,
+    )
+    personal_data.start()
     evidence_sweeper = None
     if evidence_objects is not None:
         # Every replica sweeps; services/ledger/evidence_store.py says why that is safe.
@@ -304,7 +313,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
         metrics,
         threading.Event(),
         store_watch,
-        retention,
+        personal_data,
         evidence_objects,
         evidence_db,
         evidence_sweeper,

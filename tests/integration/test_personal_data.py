@@ -16,7 +16,7 @@ from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import personal_data_pb2 as pd
 from services.common.config import ConfigError, LedgerSettings
-from services.common.grpc_errors import error_info
+from services.common.grpc_errors import error_info, localized_message
 from tests.support import Client, running_ledger, settings_for, store_environment
 
 NIK = "1706014107900003"
@@ -175,6 +175,38 @@ def test_bad_personal_data_is_refused_without_echoing_it(ledger: Client) -> None
         assert "12345" not in (refused.value.details() or "")
 
 
+def test_a_person_of_the_report_in_its_title_is_refused_in_both_languages(
+    ledger: Client,
+) -> None:
+    for title, description, named in (
+        (f"Money handed out, says {NAME.upper()}", "", "title"),
+        ("Money handed out", f"call back on {PHONE_LOCAL}", "description"),
+    ):
+        for language, words in (("en", "names a person of the report"), ("id", "menyebut")):
+            request = api.ReportIncidentRequest(
+                request_id=secrets.token_hex(8),
+                title=title,
+                description=description,
+                category="money_politics",
+                location=pb.Location(kecamatan="kota_mukomuko"),
+                personal_data=personal(),
+            )
+            metadata = (*ledger.md("kesbangpol"), ("accept-language", language))
+            with pytest.raises(grpc.RpcError) as refused:
+                ledger.stub.ReportIncident(request, metadata=metadata)
+            error = refused.value
+            assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert reason(error) == "PERSONAL_DATA_IN_TEXT" and field(error) == named
+            text = localized_message(error)  # type: ignore[arg-type]
+            assert text is not None and text.locale == language and words in text.message
+            assert named in text.message
+            for value in (NAME, "6690", NIK):  # neither message echoes what matched
+                assert value.casefold() not in (error.details() or "").casefold()
+                assert value.casefold() not in text.message.casefold()
+    # The same texts without personal data are the reporter's own business.
+    ledger.report(title=f"Money handed out, says {NAME}")
+
+
 def test_subject_access_by_phone_or_nik_finds_only_that_person(ledger: Client) -> None:
     first = report_with_people(ledger)
     second = report_with_people(ledger)
@@ -246,6 +278,17 @@ def test_a_batch_report_takes_personal_data(ledger: Client) -> None:
         api.IngestReportsRequest(reports=[report]), metadata=ledger.md("kesbangpol")
     )
     assert again.results[0].outcome == api.INGEST_OUTCOME_DUPLICATE
+    # A report of the batch writing its witness's NIK into its description is refused alone.
+    leaking = api.DeviceReport()
+    leaking.CopyFrom(report)
+    leaking.device_report_id = "5d0f7a9e-2b1c-4e8f-9a0b-7c6d5e4f3a2b"
+    leaking.description = f"witness NIK {WITNESS_NIK[:8]} {WITNESS_NIK[8:]}"
+    batch = ledger.stub.IngestReports(
+        api.IngestReportsRequest(reports=[leaking]), metadata=ledger.md("kesbangpol")
+    )
+    (refused,) = batch.results
+    assert refused.outcome == api.INGEST_OUTCOME_INVALID
+    assert "description" in refused.error.message and WITNESS_NIK[:8] not in refused.error.message
 
 
 def test_a_batch_seals_each_report_s_people_for_its_own_incident(ledger: Client) -> None:

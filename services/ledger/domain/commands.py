@@ -28,7 +28,12 @@ from uuid import UUID, uuid4
 from services.common.errors import InvalidArgument
 from services.common.reference import PersonalDataPolicy, ReferenceData, Role
 from services.ledger.domain.incident import DeviceRecord, Envelope, Incident, RejectionReason
-from services.ledger.domain.personal import PersonalData, check_purpose, checked_personal_data
+from services.ledger.domain.personal import (
+    PersonalData,
+    check_free_text,
+    check_purpose,
+    checked_personal_data,
+)
 from services.ledger.domain.times import TimeBounds
 
 MAX_TITLE = 200
@@ -271,8 +276,9 @@ def checked(command: Command, rules: Rules) -> Command:
         result = check(rules, spec.name, value)
         if result is not value:
             settled[spec.name] = result
-    command.check(rules)
-    return replace(command, **settled) if settled else command
+    command = replace(command, **settled) if settled else command
+    command.check(rules)  # on the settled values (a report's normalised phones)
+    return command
 
 
 # ------------------------------------------------------------------ the commands
@@ -288,6 +294,11 @@ class ReportIncident(CreatingCommand):
     personal_data: PersonalData | None = dataclasses.field(default=None, metadata=people())
 
     OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"personal_data"})
+
+    def check(self, rules: Rules) -> None:
+        # The title and description are not sealed: the people the report names must
+        # not be written into them (services/ledger/domain/personal.py).
+        check_free_text(self.personal_data, {"title": self.title, "description": self.description})
 
     def create(
         self,

@@ -16,6 +16,7 @@ and must not carry the number it refuses.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -196,6 +197,85 @@ def checked_personal_data(data: PersonalData | None, field: str) -> PersonalData
         checked_person(w, f"{field}.witnesses[{n}]") for n, w in enumerate(data.witnesses)
     )
     return PersonalData(reporter=reporter, anonymous=data.anonymous, witnesses=witnesses)
+
+
+#: A run of digits as people write numbers in text: 0812-7345-6690, +62 812 7345 6690,
+#: (0737) 71234, 1706.0141.0790.0003.
+_DIGIT_RUN = re.compile(r"\+?\d(?:[\d\s().\-/]*\d)?")
+_NON_DIGIT = re.compile(r"\D")
+_SPACES = re.compile(r"\s+")
+
+
+def _folded(text: str) -> str:
+    """Text compared without regard to case or runs of white space."""
+    return _SPACES.sub(" ", text).strip().casefold()
+
+
+def _national_number(phone: str) -> str:
+    """The digits of an E.164 phone without its country code (812..., for +62812...):
+    what every written form of it (0812..., 62812..., +62 812...) contains. Country codes
+    are prefix-free, so the first 1 to 3 digits that are one are it (a table look-up: a
+    parse costs 15 µs a phone on every report naming people)."""
+    digits = _NON_DIGIT.sub("", phone)
+    for length in (1, 2, 3):
+        if int(digits[:length] or "0") in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            return digits[length:]
+    return digits
+
+
+def _has_words(text: str, words: str) -> bool:
+    """Whether ``words`` occurs in ``text`` as whole words ("Siti" is not in "Sitinjak")."""
+    start = text.find(words)
+    while start >= 0:
+        end = start + len(words)
+        before = text[start - 1] if start else " "
+        after = text[end] if end < len(text) else " "
+        if not _word_char(before) and not _word_char(after):
+            return True
+        start = text.find(words, start + 1)
+    return False
+
+
+def _word_char(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+def check_free_text(data: PersonalData | None, texts: dict[str, str]) -> None:
+    """Refuse a free text (``texts``: field name -> text; a report's title, description)
+    that holds, verbatim, the name, the phone or the NIK of a person the report names:
+    the personal data is sealed, the free text is not, and it would carry the plaintext
+    into the event, the hash chain and every copy of them, where no erasure reaches.
+
+    Matched: a name as whole words, without regard to case or spacing; a phone in any of its written
+    forms (0812..., +62 812-..., 62812...); a NIK, even with separators. Not matched: part
+    of a name, a nickname, a misspelling, an address; names of people the personal data
+    does not name (docs/personal-data.md, "What it does not cover"). The refusal names
+    the field, never what matched."""
+    if data is None:
+        return
+    names: list[str] = []
+    numbers: list[str] = []
+    for _role, person in data.people():
+        if person.name.strip():
+            names.append(_folded(person.name))
+        if person.phone:
+            numbers.append(_national_number(person.phone))
+        if person.nik:
+            numbers.append(person.nik)
+    for field, text in texts.items():
+        if not text:
+            continue
+        folded = _folded(text)
+        digits = [_NON_DIGIT.sub("", run) for run in _DIGIT_RUN.findall(text)]
+        if any(_has_words(folded, name) for name in names) or any(
+            number in run for number in numbers for run in digits
+        ):
+            raise InvalidArgument(
+                field,
+                "holds the name, phone or NIK of a person the report names: keep them in "
+                "personal_data, which is sealed",
+                reason="PERSONAL_DATA_IN_TEXT",
+            )
 
 
 def check_purpose(value: str, field: str = "purpose") -> str:

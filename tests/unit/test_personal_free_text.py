@@ -1,0 +1,70 @@
+"""A report naming people may not write them into its title or description, which are not
+sealed (docs/personal-data.md, "What it does not cover"): the name, phone or NIK verbatim."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from services.common.config import LedgerSettings
+from services.common.errors import InvalidArgument
+from services.ledger.application import time_bounds_of
+from services.ledger.domain.commands import ReportIncident, Rules, checked
+from services.ledger.domain.personal import Person, PersonalData
+from tests.unit.incident_builders import REF
+
+PEOPLE = PersonalData(
+    reporter=Person(name="Siti  Rahma", phone="0812-7345-6690", nik="1706014107900003"),
+    witnesses=(Person(name="Budi", phone="+62 852 1234 5678"),),
+)
+RULES = Rules(REF, time_bounds_of(LedgerSettings()), lambda: datetime.now(UTC))
+
+
+def report(title: str, description: str = "", people: PersonalData | None = PEOPLE) -> object:
+    command = ReportIncident(
+        title, description, "money_politics", "", {"kecamatan": "kota_mukomuko"}, people
+    )
+    return checked(command, RULES)
+
+
+@pytest.mark.parametrize(
+    ("title", "description", "field"),
+    [
+        ("Money handed out, says SITI RAHMA", "", "title"),  # case
+        ("Money handed out", "Seen by siti\n rahma at the market", "description"),  # spacing
+        ("Budi saw envelopes handed out", "", "title"),  # a witness's name
+        ("Call back on 081273456690", "", "title"),  # the local form of +6281273456690
+        ("Money handed out", "call +62 812-7345-6690 after 5", "description"),
+        ("Money handed out", "reporter's phone 6281273456690", "description"),
+        ("Money handed out", "witness: (0852) 1234 5678", "description"),
+        ("Money handed out", "NIK 1706 0141 0790 0003", "description"),
+        ("Money handed out", "NIK 1706014107900003.", "description"),
+    ],
+)
+def test_a_person_of_the_report_in_its_free_text_is_refused(
+    title: str, description: str, field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        report(title, description)
+    assert refused.value.field == field
+    assert refused.value.reason == "PERSONAL_DATA_IN_TEXT"
+    for secret in ("Siti", "Budi", "0812", "6690", "1706"):  # the refusal names no value
+        assert secret not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("title", "description"),
+    [
+        ("Money handed out near the market", "Seen by a voter from Sitinjak village"),
+        ("Money handed out", "Siti saw it"),  # part of a name: not caught (no NER)
+        ("Money handed out", "Rp 50.000 each at TPS 12, about 0812 voters"),
+        ("Money handed out", "call the post on 0737 71234"),  # a number of no one named
+    ],
+)
+def test_other_free_text_passes(title: str, description: str) -> None:
+    report(title, description)
+
+
+def test_without_personal_data_free_text_is_not_checked() -> None:
+    report("Siti Rahma reports money handed out, 081273456690", "", people=None)
