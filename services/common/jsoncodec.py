@@ -121,10 +121,22 @@ class _UntranscodableError(Exception):
 
 def _transcoded(value: Any) -> Any:
     kind = type(value)
+    if kind is dict:
+        # An event's state is a dict of mostly texts, ids and times: those inline.
+        plain = {}
+        for key, item in value.items():
+            kind = type(item)
+            if kind is str or item is None or kind is int or kind is bool:
+                plain[key] = item
+            elif kind is UUID:
+                plain[key] = {"_type_": "uuid_hex", "_data_": item.hex}
+            elif kind is datetime:
+                plain[key] = {"_type_": "datetime_iso", "_data_": item.isoformat()}
+            else:
+                plain[key] = _transcoded(item)
+        return plain
     if kind in _PLAIN:
         return value
-    if kind is dict:
-        return {key: _transcoded(item) for key, item in value.items()}
     if kind is float:
         if not math.isfinite(value):
             raise _UntranscodableError  # json writes NaN, orjson null

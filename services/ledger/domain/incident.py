@@ -152,6 +152,8 @@ def canonical_json(value: Any) -> bytes:
 
 
 def _canonical(value: Any) -> Any:
+    if type(value) is datetime and value.tzinfo is UTC:  # most: astimezone would copy it
+        return value.isoformat(timespec="microseconds")
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat(timespec="microseconds")
     if isinstance(value, UUID):
