@@ -817,6 +817,7 @@ class Ledger(Application[UUID]):
         if not found:
             return reports
         unrecorded = []
+        codes = {r.reference for r in reports}
         for report in reports:
             answer = self._answer_recorded(report) if report.key in found else None
             if answer is not None:
@@ -824,6 +825,9 @@ class Ledger(Application[UUID]):
                 continue
             if report.claim_key in found:
                 report = self._redraw(report)
+                while report.reference in codes:  # as in _prepare: one code per batch
+                    report = self._redraw(report)
+                codes.add(report.reference)
             unrecorded.append(report)
         return unrecorded
 
