@@ -85,7 +85,8 @@ class IngestRun:
 def batched_save_ceiling(
     store_env: dict[str, str], reference: ReferenceData, batches: int
 ) -> float:
-    """events/s of the library's own save, 500 new incidents' Reported events per
+    """events/s of the library's own save (``events.put``, through the ledger's mapper and
+    recorder: on PostgreSQL ``ArrayInsertRecorder``), 500 new incidents' Reported events per
     transaction, in this process (the events are made before the clock starts)."""
     ledger = Ledger(reference, env=store_env)
     who = actors(reference)[REPORTER]

@@ -14,20 +14,21 @@ import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 from uuid import UUID
 
 import structlog
-from eventsourcing.domain import Aggregate, DomainEventProtocol
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import Recording
 
 log = structlog.get_logger(__name__)
 
-Event = DomainEventProtocol[UUID]
-Put = Callable[[Sequence[Event]], list[Recording[UUID]]]
+#: What a command hands over to be stored: its events (or what ``put`` takes for them).
+T = TypeVar("T")
 Recorded = Callable[[Sequence[Recording[UUID]]], None]
 
 
-class _Pending:
+class _Pending(Generic[T]):
     """One command's events and, once committed, its outcome.
 
     A bare lock, held until the outcome is set, is the cheapest way to make the
@@ -36,7 +37,7 @@ class _Pending:
 
     __slots__ = ("_done", "error", "events", "recordings")
 
-    def __init__(self, events: Sequence[Event]) -> None:
+    def __init__(self, events: Sequence[T]) -> None:
         self.events = events
         self.recordings: list[Recording[UUID]] = []
         self.error: BaseException | None = None
@@ -58,16 +59,17 @@ class _Pending:
         return self.recordings
 
 
-class GroupCommitter:
+class GroupCommitter(Generic[T]):
     """Stores the new events of concurrent commands together, in one transaction.
 
-    ``put`` stores a list of events atomically (the event store's ``put``);
+    ``put`` stores a list of events atomically (the event store's ``put``, or one that
+    also takes events already mapped);
     ``on_recorded`` is called with what each successful ``put`` recorded.
     """
 
     def __init__(
         self,
-        put: Put,
+        put: Callable[[Sequence[T]], list[Recording[UUID]]],
         *,
         max_batch: int = 256,
         after_commit: Callable[[], None] | None = None,
@@ -77,11 +79,11 @@ class GroupCommitter:
         self._after_commit = after_commit
         self._on_recorded = on_recorded
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Pending[T] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ledger-commit", daemon=True)
         self._thread.start()
 
-    def save(self, events: Sequence[Event]) -> list[Recording[UUID]]:
+    def save(self, events: Sequence[T]) -> list[Recording[UUID]]:
         """Store the events atomically, with whatever else is waiting; raises what it raised."""
         pending = _Pending(events)
         self._queue.put(pending)
@@ -110,7 +112,7 @@ class GroupCommitter:
             if self._after_commit is not None:
                 self._after_commit()
 
-    def _commit(self, batch: list[_Pending]) -> None:
+    def _commit(self, batch: list[_Pending[T]]) -> None:
         if len(batch) > 1:
             try:
                 recordings = self._put([e for p in batch for e in p.events])

@@ -1,17 +1,20 @@
-"""services.common.jsoncodec gives exactly the standard library's results."""
+"""services.common.jsoncodec gives exactly the standard library's results, and the
+library's transcoder's."""
 
 from __future__ import annotations
 
+import enum
 import json
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import pytest
+from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, JSONTranscoder, UUIDAsHex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.common.jsoncodec import canonical_dumps, loads
+from services.common.jsoncodec import canonical_dumps, loads, transcoder_dumps
 
 
 def reference_dumps(value: Any, default: Any = None) -> bytes:
@@ -127,3 +130,52 @@ def test_loads_refuses_what_is_not_json(text: bytes | str) -> None:
 @pytest.mark.parametrize("text", ['{"n": 18446744073709551616}', '["\\ud800", "é"]'])
 def test_loads_reads_text_as_well_as_bytes(text: str) -> None:
     assert repr(loads(text)) == repr(json.loads(text))
+
+
+def library_transcoder() -> JSONTranscoder:
+    """eventsourcing's transcoder as an application has it (its default transcodings)."""
+    transcoder = JSONTranscoder()
+    for transcoding in (UUIDAsHex(), DatetimeAsISO(), DecimalAsStr()):
+        transcoder.register(transcoding)
+    return transcoder
+
+
+_times = st.datetimes(timezones=st.one_of(st.none(), st.just(UTC), st.timezones()))
+_stored_values = st.recursive(
+    st.one_of(_scalars, st.uuids(), _times, st.decimals(allow_nan=False)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.dictionaries(_text, inner, max_size=4),
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400)
+@given(st.dictionaries(_text, _stored_values, max_size=6))
+def test_transcoder_dumps_writes_what_the_librarys_transcoder_writes(value: Any) -> None:
+    encoded = transcoder_dumps(value)
+    assert encoded is not None
+    assert encoded == library_transcoder().encode(value)
+
+
+class Label(str):
+    pass
+
+
+class Role(enum.Enum):
+    WITNESS = "witness"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"kind": Label("text")},
+        {"nested": [{"kind": Role.WITNESS}]},
+        {"number": float("nan")},
+        {"number": float("inf")},
+    ],
+)
+def test_transcoder_dumps_leaves_other_types_to_the_transcoder(value: Any) -> None:
+    assert transcoder_dumps(value) is None

@@ -145,11 +145,21 @@ def test_an_ingested_report_whose_code_is_taken_is_drawn_again(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first_id, other_id, third_id = uuid4(), uuid4(), uuid4()
-    # The second batch's first report draws a taken code: the batch's save fails, it
-    # splits, and that report draws again (after "three" drew its id).
+    # The second batch's first report draws a taken code: the query for the batch's
+    # recorded reports finds the code's claim, and that report draws again (after "three"
+    # drew its id) before the save, which then succeeds at once.
     drawing(monkeypatch, [first_id, same_code_as(first_id), other_id, third_id])
     assert created_ids(ledger.ingest(actor(REPORTER), [item("one")])) == [first_id]
+    inserts: list[int] = []
+    insert_events = ledger.recorder.insert_events
+
+    def counted(events: Any, **kwargs: Any) -> Any:
+        inserts.append(len(events))
+        return insert_events(events, **kwargs)
+
+    monkeypatch.setattr(ledger.recorder, "insert_events", counted)
     results = ledger.ingest(actor(REPORTER), [item("two"), item("three")])
     assert created_ids(results) == [third_id, other_id]
+    assert inserts == [6], "one transaction: two reports, each with its record and claim"
     codes = {ledger.get_incident(i).reference for i in (first_id, other_id, third_id)}
     assert len(codes) == 3

@@ -312,24 +312,40 @@ class ReportIncident(CreatingCommand):
         (``IngestReports``: the same command, recorded with the device's provenance).
         Personal data must have been sealed (by the application) for the incident, whose
         id it then fixes; ``draw`` > 0 draws another reference code (the last was taken)."""
+        return Incident.report(envelope, **self._report_args(reference_prefix, device, draw))
+
+    def reported(
+        self,
+        envelope: Envelope,
+        reference_prefix: str,
+        device: DeviceRecord | None = None,
+        *,
+        draw: int = 0,
+    ) -> Incident.Reported:
+        """The event :meth:`create` records, made without the incident (by
+        :meth:`Incident.reported`, the same rules): for a field device's batch."""
+        return Incident.reported(envelope, **self._report_args(reference_prefix, device, draw))
+
+    def _report_args(
+        self, reference_prefix: str, device: DeviceRecord | None, draw: int
+    ) -> dict[str, Any]:
         sealed = None
         if self.personal_data is not None:
             sealed = self.personal_data.sealed
             if sealed is None:
                 raise TypeError("personal data must be sealed before the report is made")
-        return Incident.report(
-            envelope,
-            title=self.title,
-            description=self.description,
-            category=self.category,
-            severity=self.severity,
-            location=self.location,
-            incident_id=sealed.incident_id if sealed else uuid4(),
-            reference_prefix=reference_prefix,
-            reference_draw=draw,
-            device=device,
-            personal=sealed,
-        )
+        return {
+            "title": self.title,
+            "description": self.description,
+            "category": self.category,
+            "severity": self.severity,
+            "location": self.location,
+            "incident_id": sealed.incident_id if sealed else uuid4(),
+            "reference_prefix": reference_prefix,
+            "reference_draw": draw,
+            "device": device,
+            "personal": sealed,
+        }
 
 
 @dataclass(frozen=True)

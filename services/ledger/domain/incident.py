@@ -25,6 +25,7 @@ from services.common.errors import (
 )
 from services.common.jsoncodec import canonical_dumps
 from services.common.reference import PersonalDataPolicy, Role
+from services.ledger.domain.created import created_event
 from services.ledger.domain.personal import SealedReport, SealedSubject, SubjectRole
 from services.ledger.domain.refcodes import code_for
 
@@ -151,6 +152,8 @@ def canonical_json(value: Any) -> bytes:
 
 
 def _canonical(value: Any) -> Any:
+    if type(value) is datetime and value.tzinfo is UTC:  # most: astimezone would copy it
+        return value.isoformat(timespec="microseconds")
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat(timespec="microseconds")
     if isinstance(value, UUID):
@@ -534,6 +537,78 @@ class Incident(Aggregate):
         """A new incident; with ``reference_prefix``, its reference code is recorded (the
         code is a function of ``incident_id`` and ``reference_draw``: see
         services/ledger/domain/refcodes.py)."""
+        return cls._create(
+            cls.Reported,
+            id=incident_id,
+            **cls._reported_fields(
+                envelope,
+                title=title,
+                description=description,
+                category=category,
+                severity=severity,
+                location=location,
+                incident_id=incident_id,
+                reference_prefix=reference_prefix,
+                reference_draw=reference_draw,
+                device=device,
+                personal=personal,
+            ),
+        )
+
+    @classmethod
+    def reported(
+        cls,
+        envelope: Envelope,
+        *,
+        title: str,
+        description: str,
+        category: str,
+        severity: str,
+        location: dict[str, Any],
+        incident_id: UUID,
+        reference_prefix: str | None = None,
+        reference_draw: int = 0,
+        device: DeviceRecord | None = None,
+        personal: SealedReport | None = None,
+    ) -> Incident.Reported:
+        """The event :meth:`report` records, by the same rules, without making the
+        incident from it (a field device's batch: the incident is not changed again
+        before it is stored, so only its event is wanted)."""
+        return created_event(
+            cls,
+            cls.Reported,
+            incident_id,
+            **cls._reported_fields(
+                envelope,
+                title=title,
+                description=description,
+                category=category,
+                severity=severity,
+                location=location,
+                incident_id=incident_id,
+                reference_prefix=reference_prefix,
+                reference_draw=reference_draw,
+                device=device,
+                personal=personal,
+            ),
+        )
+
+    @staticmethod
+    def _reported_fields(
+        envelope: Envelope,
+        *,
+        title: str,
+        description: str,
+        category: str,
+        severity: str,
+        location: dict[str, Any],
+        incident_id: UUID,
+        reference_prefix: str | None,
+        reference_draw: int,
+        device: DeviceRecord | None,
+        personal: SealedReport | None,
+    ) -> dict[str, Any]:
+        """The rules of a report, and the fields of its ``Reported`` event."""
         _require_writer(envelope.actor, "ReportIncident")
         provenance: dict[str, Any] = {}
         if personal is not None:
@@ -547,19 +622,17 @@ class Incident(Aggregate):
                 device_record_time=device.record_time,
                 device_clock_skew_ms=device.clock_skew_ms,
             )
-        return cls._create(
-            cls.Reported,
-            id=incident_id,
-            title=title,
-            description=description,
-            category=category,
-            severity=severity,
-            reference=None
+        return {
+            "title": title,
+            "description": description,
+            "category": category,
+            "severity": severity,
+            "reference": None
             if reference_prefix is None
             else code_for(reference_prefix, incident_id, reference_draw),
             **provenance,
             **_envelope_kwargs(envelope, GENESIS_HASH, location=location),
-        )
+        }
 
     def verify(self, envelope: Envelope, comment: str) -> None:
         self._check("VerifyIncident", envelope, {Status.REPORTED}, coordinator_only=True)
@@ -1106,10 +1179,15 @@ def _require_writer(actor: Actor, command: str) -> None:
         )
 
 
+def event_time() -> datetime:
+    """The time an event is recorded at (the library's ``timestamp``)."""
+    return datetime.now(UTC)
+
+
 def _envelope_kwargs(
     envelope: Envelope, previous_hash: str, *, location: dict[str, Any] | None, reason: str = ""
 ) -> dict[str, Any]:
-    now = datetime.now(UTC)
+    now = event_time()
     return {
         "event_id": uuid4(),
         "timestamp": now,

@@ -29,6 +29,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate
 
 from services.common.errors import InvalidArgument
+from services.ledger.domain.created import created_event
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 PAYLOAD_LENGTH = 5
@@ -142,6 +143,11 @@ class ReferenceClaim(Aggregate):
     @classmethod
     def claim(cls, code: str, incident_id: UUID) -> ReferenceClaim:
         return cls._create(cls.Claimed, id=claim_key(code), code=code, incident_id=incident_id)
+
+    @classmethod
+    def claimed(cls, code: str, incident_id: UUID) -> Claimed:
+        """The event :meth:`claim` records, made without the claim (a field device's batch)."""
+        return created_event(cls, cls.Claimed, claim_key(code), code=code, incident_id=incident_id)
 
     def __init__(self, code: str, incident_id: UUID) -> None:
         self.code = code

@@ -16,6 +16,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate
 
 from services.ledger.domain.commands import Command, command_name
+from services.ledger.domain.created import created_event
 from services.ledger.domain.incident import canonical_json
 from services.ledger.domain.personal import PersonalData
 
@@ -81,6 +82,14 @@ class RequestRecord(Aggregate):
     def record(cls, key: UUID, command: str, fingerprint: str, incident: str) -> RequestRecord:
         return cls._create(
             cls.Recorded, id=key, command=command, fingerprint=fingerprint, incident=incident
+        )
+
+    @classmethod
+    def recorded(cls, key: UUID, command: str, fingerprint: str, incident: str) -> Recorded:
+        """The event :meth:`record` records, made without the record (a field device's
+        batch stores it and never reads the record back)."""
+        return created_event(
+            cls, cls.Recorded, key, command=command, fingerprint=fingerprint, incident=incident
         )
 
     def __init__(self, command: str, fingerprint: str, incident: str) -> None:
