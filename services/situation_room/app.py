@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,6 +43,8 @@ from incidentledger_client import (
     NotFound,
     NotifierClient,
     PermissionDenied,
+    Person,
+    PersonalData,
     ResponseTimes,
     Unauthenticated,
     Unavailable,
@@ -513,15 +516,117 @@ def may_report(officer: Officer) -> bool:
     return officer.role != Role.AUDITOR.value
 
 
+#: How many witnesses the report form takes (the ledger takes up to 10; a call names few).
+WITNESS_ROWS = 3
+#: What the form asks of the caller and of each witness (the fields of a Person).
+CALLER_FIELDS = ("name", "phone", "nik", "address")
+WITNESS_FIELDS = ("name", "phone")
+#: The form's fields a refusal may be shown beside (the ledger names its request's fields).
+REPORT_FIELDS = frozenset(
+    {
+        "title",
+        "category",
+        "severity",
+        "kecamatan",
+        "desa",
+        "latitude",
+        "longitude",
+        "description",
+        "reporter_anonymous",
+        *(f"reporter_{f}" for f in CALLER_FIELDS),
+        *(f"witness_{n}_{f}" for n in range(WITNESS_ROWS) for f in WITNESS_FIELDS),
+    }
+)
+#: The page's words for a refusal of a field, by the field's kind (the last part of its
+#: name; "" for any) and the ledger's reason: the ledger's own message names its request's
+#: fields (personal_data.reporter.nik), not the form's. Another refusal shows the ledger's.
+FIELD_REFUSALS = {
+    ("name", "INVALID_FIELD"): N_("Give the person's name: a phone or NIK alone is not enough."),
+    ("phone", "INVALID_FIELD"): N_(
+        "This is not a phone number: write it as 0812 3456 7890 or +62 812 3456 7890."
+    ),
+    ("nik", "INVALID_FIELD"): N_("A NIK has exactly 16 digits."),
+    ("anonymous", "INVALID_FIELD"): N_(
+        "Only a caller who is named can ask to stay anonymous: give their name."
+    ),
+    ("", "FIELD_TOO_LONG"): N_("This is too long."),
+    ("", "PERSONAL_DATA_IN_TEXT"): N_(
+        "This text names the caller or a witness (a name, phone or NIK): keep them in their "
+        "fields below, which are sealed."
+    ),
+}
+_WITNESS_FIELD = re.compile(r"personal_data\.witnesses\[(\d+)\]\.(\w+)")
+
+
+def people_of(form: dict[str, str]) -> tuple[PersonalData | None, list[int]]:
+    """The people the form names (None: nobody), and for each witness sent the form's row
+    it came from (an empty row is not sent, so the ledger's witnesses[0] may be row 2)."""
+
+    def person(prefix: str, fields: tuple[str, ...]) -> Person | None:
+        given = {f: form.get(f"{prefix}_{f}", "").strip() for f in fields}
+        return Person(**given) if any(given.values()) else None
+
+    reporter = person("reporter", CALLER_FIELDS)
+    anonymous = form.get("reporter_anonymous", "") != ""
+    witnesses = [
+        (n, w) for n in range(WITNESS_ROWS) if (w := person(f"witness_{n}", WITNESS_FIELDS))
+    ]
+    if reporter is None and not witnesses and not anonymous:
+        return None, []
+    people = PersonalData(reporter, anonymous, tuple(w for _n, w in witnesses))
+    return people, [n for n, _w in witnesses]
+
+
+def form_field(field: str | None, rows: list[int]) -> str:
+    """The form's field that the ledger's request field ``field`` came from ("" for none)."""
+    name = field or ""
+    if name.startswith("personal_data.reporter."):
+        name = "reporter_" + name.rsplit(".", 1)[1]
+    elif name == "personal_data.anonymous":
+        name = "reporter_anonymous"
+    elif found := _WITNESS_FIELD.fullmatch(name):
+        row = int(found[1])
+        name = f"witness_{rows[row]}_{found[2]}" if row < len(rows) else ""
+    else:
+        name = name.removeprefix("location.")
+    return name if name in REPORT_FIELDS else ""
+
+
+def field_refusal(failure: LedgerError, name: str) -> str:
+    """The refusal of the form's field ``name`` in the page's language."""
+    kind = name.rsplit("_", 1)[-1]
+    text = FIELD_REFUSALS.get((kind, failure.reason)) or FIELD_REFUSALS.get(("", failure.reason))
+    return _(text) if text else said(failure)
+
+
 async def report_form(
-    request: Request, session: Session, officer: Officer, request_id: str, error: str
+    request: Request,
+    session: Session,
+    officer: Officer,
+    request_id: str,
+    error: str,
+    values: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
 ) -> Response:
-    """The form, with kecamatan, desa, categories and severities from GetReferenceData."""
+    """The form, with kecamatan, desa, categories and severities from GetReferenceData;
+    ``values``: what the officer typed, shown again with the refusal (``errors``: by field)."""
     ref = await run_in_threadpool(officer.ledger.reference_data)
     desa = {k.code: list(k.desa) for k in ref.kecamatan}
-    return render(
-        request, session, "report.html", ref=ref, desa=desa, request_id=request_id, error=error
+    response = render(
+        request,
+        session,
+        "report.html",
+        ref=ref,
+        desa=desa,
+        request_id=request_id,
+        error=error,
+        values=values or {},
+        errors=errors or {},
+        witness_rows=WITNESS_ROWS,
     )
+    # A form shown again holds the caller's and witnesses' data: no copy of it is kept.
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @signed_in
@@ -533,12 +638,15 @@ async def report_page(request: Request, session: Session, officer: Officer) -> R
 
 @signed_in
 async def report(request: Request, session: Session, officer: Officer) -> Response:
+    """Record the report as the officer, with the people it names (sealed by the ledger);
+    a refusal is shown beside its field, with what was typed. Nothing personal is logged."""
     form = await checked_form(request, session)
     if form is None:
         return forbidden(_("The form has expired or was not sent by this page. Reload it."))
     if not may_report(officer):
         return forbidden(_("Your agency may not report incidents."))
     request_id = form.get("request_id", "") or uuid.uuid4().hex
+    values = {k: v for k, v in form.items() if k not in {"csrf", "request_id"}}
     try:
         latitude, longitude = (
             float(text) if (text := form.get(key, "").strip()) else None
@@ -546,13 +654,14 @@ async def report(request: Request, session: Session, officer: Officer) -> Respon
         )
     except ValueError:
         error = _("Latitude and longitude are numbers, such as -2.57 and 101.15.")
-        return await report_form(request, session, officer, request_id, error)
+        return await report_form(request, session, officer, request_id, error, values)
     location = Location(
         form.get("kecamatan", ""),
         desa=form.get("desa", ""),
         latitude=latitude,
         longitude=longitude,
     )
+    people, rows = people_of(form)
     try:
         result = await run_in_threadpool(
             lambda: officer.ledger.report(
@@ -562,10 +671,23 @@ async def report(request: Request, session: Session, officer: Officer) -> Respon
                 description=form.get("description", ""),
                 severity=form.get("severity", ""),
                 request_id=request_id,
+                personal_data=people,
             )
         )
     except LedgerError as failure:
-        return await report_form(request, session, officer, request_id, said(failure))
+        # The field's name and the reason only: the ledger's messages never hold a value.
+        log.info(
+            "situation_room.report_refused",
+            agency=officer.agency,
+            reason=failure.reason,
+            field=failure.field,
+        )
+        name = form_field(failure.field, rows)
+        if not name:
+            return await report_form(request, session, officer, request_id, said(failure), values)
+        errors = {name: field_refusal(failure, name)}
+        error = _("The report was not recorded: see the message beside the field.")
+        return await report_form(request, session, officer, request_id, error, values, errors)
     log.info("situation_room.reported", incident=result.incident, agency=officer.agency)
     return RedirectResponse(f"/board?reported={result.position}", status_code=303)
 

@@ -732,6 +732,123 @@ def test_a_report_with_a_point_picked_on_the_map_appears_on_a_second_pages_map(
     assert_local_and_clean(room)
 
 
+# --- the people a report names (docs/personal-data.md) -------------------------------------
+
+#: Planted values: the caller and a witness as the officer types them from the phone call.
+CALLER = Person("Rahmawati Sulastri", "0812-7345-6690", "1706014107900003", "Jl. Pasar Ipuh 3")
+WITNESS = Person("Darmawan Kusuma", "0812 7345 6691")
+
+
+def fill_report(page: Page, title: str, *, nik: str, description: str = "") -> None:
+    """The report form filled in with the caller (asking to stay anonymous) and a witness."""
+    page.fill("input[name=title]", title)
+    page.select_option("select[name=kecamatan]", "ipuh")
+    page.fill("textarea[name=description]", description)
+    page.fill("input[name=reporter_name]", CALLER.name)
+    page.fill("input[name=reporter_phone]", CALLER.phone)
+    page.fill("input[name=reporter_nik]", nik)
+    page.fill("input[name=reporter_address]", CALLER.address)
+    page.check("input[name=reporter_anonymous]")
+    page.fill("input[name=witness_0_name]", WITNESS.name)
+    page.fill("input[name=witness_0_phone]", WITNESS.phone)
+
+
+def assert_nothing_personal_logged(room: Room) -> None:
+    """The page's log names none of the planted people, in any form of their numbers."""
+    logged = room.web.log_path.read_text(errors="replace")
+    assert "situation_room.report" in logged  # the page's own log, with its report lines
+    planted = [CALLER.name, CALLER.address, CALLER.nik, WITNESS.name, "Rahmawati", "Darmawan"]
+    planted += ["81273456690", "81273456691", "7345-6690", "7345 6691", "1706014107"]
+    for value in planted:
+        assert value not in logged, value
+
+
+def test_a_caller_and_a_witness_entered_on_the_page_are_sealed_in_the_report(
+    room: Room, browser: Browser
+) -> None:
+    page = new_page(room, browser)
+    sign_in(room, page, "polres")
+    page.goto(f"{room.url}/report")
+    # One witness row shown; another offered by the button, left empty (not sent).
+    expect(page.locator("fieldset.witness:visible")).to_have_count(1)
+    page.click("#another-witness")
+    expect(page.locator("fieldset.witness:visible")).to_have_count(2)
+    title = f"Money handed out at TPS 02 {uuid.uuid4().hex[:6]}"
+    fill_report(page, title, nik=CALLER.nik)
+    page.click("#submit")
+    expect(page).to_have_url(re.compile(r"/board\?reported=\d+$"))
+
+    police = room.ledger("polres")
+    (incident,) = [i for i in police.list_incidents() if i.title == title]
+    assert [(s.role, s.anonymous) for s in incident.data_subjects] == [
+        ("reporter", True),
+        ("witness", False),
+    ]
+    # The reporting agency reads them (an anonymous caller: it alone), stating why.
+    _result, subjects = police.read_personal_data(incident.name, "Checking the call taken")
+    people = {s.role: s.person for s in subjects}
+    assert people == {
+        "reporter": Person(CALLER.name, "+6281273456690", CALLER.nik, CALLER.address),
+        "witness": Person(WITNESS.name, "+6281273456691"),
+    }
+    assert_nothing_personal_logged(room)
+    assert_local_and_clean(room)
+
+
+def test_a_refused_caller_is_shown_beside_its_field_with_what_was_typed_recording_nothing(
+    room: Room, browser: Browser
+) -> None:
+    page = new_page(room, browser, language="id")
+    page.context.add_init_script(path=str(AXE))
+    sign_in(room, page, "polres")
+    page.goto(f"{room.url}/report")
+    title = f"Amplop di TPS 05 {uuid.uuid4().hex[:6]}"
+    fill_report(page, title, nik="1706-0141")
+
+    def sent() -> None:
+        with page.expect_response(
+            lambda r: r.url == f"{room.url}/report" and r.request.method == "POST"
+        ) as answer:
+            page.click("#submit")
+        # The form shown again holds the people typed in: never kept in a cache.
+        assert answer.value.headers["cache-control"] == "no-store"
+
+    sent()
+    nik = page.locator("input[name=reporter_nik]")
+    expect(page.locator("#error-reporter_nik")).to_have_text("NIK terdiri atas tepat 16 angka.")
+    expect(nik).to_have_attribute("aria-describedby", "error-reporter_nik")
+    expect(nik).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("p.error[role=alert]")).to_contain_text("Laporan tidak dicatat")
+    for selector, typed in [
+        ("input[name=title]", title),
+        ("input[name=reporter_name]", CALLER.name),
+        ("input[name=reporter_phone]", CALLER.phone),
+        ("input[name=reporter_nik]", "1706-0141"),
+        ("input[name=witness_0_phone]", WITNESS.phone),
+        ("select[name=kecamatan]", "ipuh"),
+    ]:
+        expect(page.locator(selector)).to_have_value(typed)
+    expect(page.locator("input[name=reporter_anonymous]")).to_be_checked()
+    assert not axe_violations(page)
+    assert titles(room, title) == 0
+
+    # The NIK corrected, the caller's number typed into the description: refused beside it.
+    nik.fill(CALLER.nik)
+    page.fill("textarea[name=description]", "Penelepon minta dihubungi di 0812 7345 6690")
+    sent()
+    expect(page.locator("#error-description")).to_contain_text("menyebut penelepon atau saksi")
+    expect(page.locator("#error-reporter_nik")).to_have_count(0)
+    assert titles(room, title) == 0
+
+    # Both corrected: recorded once, with the request id the form was first shown with.
+    page.fill("textarea[name=description]", "Penelepon melihat amplop dibagikan")
+    page.click("#submit")
+    expect(page).to_have_url(re.compile(r"/board\?reported=\d+$"))
+    assert titles(room, title) == 1
+    assert_nothing_personal_logged(room)
+    assert_local_and_clean(room)
+
+
 # --- languages, accessibility, screenshots ------------------------------------------------------
 
 #: axe-core, installed from npm by `make venv` (tools/package.json), put into every page of a

@@ -17,6 +17,25 @@
   }
   kecamatan.addEventListener("change", fill);
   fill();
+  // A form shown again (refused) keeps the desa chosen.
+  if (select.dataset.chosen) { select.value = select.dataset.chosen; }
+  // The witnesses: the first row and those filled in shown, the others one click away
+  // (without the script, every row is shown).
+  var rows = Array.prototype.slice.call(document.querySelectorAll("fieldset.witness"));
+  var another = document.getElementById("another-witness");
+  function filled(row) {
+    return Array.prototype.some.call(row.querySelectorAll("input"), function (input) { return input.value !== ""; });
+  }
+  var last = 0;
+  rows.forEach(function (row, index) { if (filled(row)) { last = index; } });
+  rows.forEach(function (row, index) { row.hidden = index > last; });
+  function offer() { another.hidden = rows.every(function (row) { return !row.hidden; }); }
+  another.addEventListener("click", function () {
+    var next = rows.filter(function (row) { return row.hidden; })[0];
+    if (next) { next.hidden = false; next.querySelector("input").focus(); }
+    offer();
+  });
+  offer();
   // The point: a click on the map fills latitude and longitude (and the kecamatan clicked).
   var pick = document.getElementById("pick");
   if (pick && window.L) {
