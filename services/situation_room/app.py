@@ -934,12 +934,68 @@ async def incident_page(
         reasons=REJECTION_REASONS,
         request_id=uuid.uuid4().hex,
         error=error,
+        read_people=may_read_people(room_of(request), officer, incident),
+        # A read is a command of its own: its own request id (the actions' stays unused).
+        read_request_id=uuid.uuid4().hex,
     )
 
 
 @signed_in
 async def incident(request: Request, session: Session, officer: Officer) -> Response:
     return await incident_page(request, session, officer)
+
+
+def may_read_people(room: Room, officer: Officer, incident: Incident) -> bool:
+    """Whether the page offers to read the incident's personal data: someone's data is
+    present and the reference data lets the officer's agency read it (its ``readers``, and
+    the reporting agency). The ledger decides, and records the read."""
+    present = any(s.state.value == "PRESENT" for s in incident.data_subjects)
+    readers = room.reference.personal_data.readers
+    return present and (officer.agency in readers or officer.agency == incident.reporter.agency)
+
+
+@signed_in
+async def read_people(request: Request, session: Session, officer: Officer) -> Response:
+    """The incident's personal data, read as the officer with the purpose stated (the
+    ledger records the read before it discloses anything). Shown in this answer only: a
+    POST, never in a URL, never cached, never logged."""
+    form = await checked_form(request, session)
+    if form is None:
+        return forbidden(_("The form has expired or was not sent by this page. Reload it."))
+    name = f"incidents/{request.path_params['incident']}"
+    purpose = form.get("purpose", "")
+    try:
+        _result, subjects = await run_in_threadpool(
+            lambda: officer.ledger.read_personal_data(
+                name, purpose, request_id=form.get("request_id") or None
+            )
+        )
+    except NotFound:
+        return Response(_("No such incident."), status_code=404, media_type="text/plain")
+    except LedgerError as failure:
+        log.info(
+            "situation_room.personal_data_refused",
+            incident=name,
+            agency=officer.agency,
+            reason=failure.reason,
+        )
+        message = (
+            _("State the purpose of the read in at least 5 characters.")
+            if failure.field == "purpose" and failure.reason == "INVALID_FIELD"
+            else said(failure)
+        )
+        return await incident_page(request, session, officer, error=message)
+    log.info(
+        "situation_room.personal_data_read",
+        incident=name,
+        agency=officer.agency,
+        subjects=len(subjects),
+    )
+    response = render(
+        request, session, "people.html", incident=name, subjects=subjects, purpose=purpose.strip()
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 #: The evidence the incident page shows as a thumbnail (the browser scales the file itself).
@@ -1153,6 +1209,8 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
         Route("/report", report, methods=["POST"]),
         Route("/incidents/{incident}", incident, methods=["GET"]),
         Route("/incidents/{incident}/evidence/{event}", evidence_file, methods=["GET"]),
+        # Before the actions' route, which would take it for an action.
+        Route("/incidents/{incident}/personal-data", read_people, methods=["POST"]),
         Route("/incidents/{incident}/{action}", act, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         Mount(

@@ -753,10 +753,10 @@ def fill_report(page: Page, title: str, *, nik: str, description: str = "") -> N
     page.fill("input[name=witness_0_phone]", WITNESS.phone)
 
 
-def assert_nothing_personal_logged(room: Room) -> None:
+def assert_nothing_personal_logged(room: Room, line: str = "situation_room.report") -> None:
     """The page's log names none of the planted people, in any form of their numbers."""
     logged = room.web.log_path.read_text(errors="replace")
-    assert "situation_room.report" in logged  # the page's own log, with its report lines
+    assert line in logged  # the page's own log, with its lines of what the test did
     planted = [CALLER.name, CALLER.address, CALLER.nik, WITNESS.name, "Rahmawati", "Darmawan"]
     planted += ["81273456690", "81273456691", "7345-6690", "7345 6691", "1706014107"]
     for value in planted:
@@ -846,6 +846,57 @@ def test_a_refused_caller_is_shown_beside_its_field_with_what_was_typed_recordin
     expect(page).to_have_url(re.compile(r"/board\?reported=\d+$"))
     assert titles(room, title) == 1
     assert_nothing_personal_logged(room)
+    assert_local_and_clean(room)
+
+
+def test_a_reader_reads_the_personal_data_with_a_purpose_shown_once_never_cached(
+    room: Room, browser: Browser
+) -> None:
+    people = PersonalData(reporter=CALLER, witnesses=(WITNESS,))
+    name = (
+        room.ledger("kesbangpol")
+        .report("Money handed out at TPS 07", "money_politics", "ipuh", personal_data=people)
+        .incident
+    )
+    desk, other = new_page(room, browser), new_page(room, browser)
+    desk.context.add_init_script(path=str(AXE))
+    sign_in(room, desk, "desk_pilkada")  # a reader in the reference data
+    sign_in(room, other, "kodim")  # neither a reader nor the reporting agency
+    other.goto(f"{room.url}/{name}")
+    expect(other.locator("#read_personal_data")).to_have_count(0)
+    # Its forged post: the ledger refuses, shown on the incident page, nothing disclosed.
+    form: dict[str, str | float | bool] = {
+        "csrf": other.input_value("form[action='/logout'] input[name=csrf]"),
+        "purpose": "Curious about the caller",
+    }
+    forged = other.request.post(f"{room.url}/{name}/personal-data", form=form)
+    assert forged.status == 200 and CALLER.name not in forged.text()
+
+    desk.goto(f"{room.url}/{name}")
+    assert not axe_violations(desk)
+    purpose = "Calling the reporter back about TPS 07"
+    desk.fill("input[name=purpose]", purpose)
+    with desk.expect_response(lambda r: r.request.method == "POST") as answer:
+        desk.click("#read_personal_data")
+    assert answer.value.headers["cache-control"] == "no-store"
+    expect(desk).to_have_url(f"{room.url}/{name}/personal-data")  # a POST: nothing in a URL
+    reporter, witness = (
+        desk.locator("tr[data-role=reporter]"),
+        desk.locator("tr[data-role=witness]"),
+    )
+    expect(reporter.locator(".name")).to_have_text(CALLER.name)
+    expect(reporter.locator(".phone")).to_have_text("+6281273456690")
+    expect(reporter.locator(".nik")).to_have_text(CALLER.nik)
+    expect(witness.locator(".phone")).to_have_text("+6281273456691")
+    expect(desk.locator("#purpose")).to_have_text(purpose)
+    assert not axe_violations(desk)
+
+    # The ledger recorded the one read, as the desk, with its purpose (the forged one: none).
+    accesses = room.ledger("desk_pilkada").personal_data_accesses(name).accesses
+    assert [(a.agency, a.purpose) for a in accesses] == [("desk_pilkada", purpose)]
+    for url in room.requests:
+        assert "Rahmawati" not in url and "7345" not in url and "1706" not in url, url
+    assert_nothing_personal_logged(room, "situation_room.personal_data_read")
     assert_local_and_clean(room)
 
 
