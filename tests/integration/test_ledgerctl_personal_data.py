@@ -74,6 +74,9 @@ def test_show_names_the_people_without_their_data_in_both_languages(ctl: Ctl) ->
 
     assert "people named: reporter: present, 2 witnesses: present" in show("en")
     assert "orang yang disebut: pelapor: ada, 2 saksi: ada" in show("id")
+    # The timeline names the sealed people by role, never their ciphertext.
+    assert "sealed: reporter, witness, witness" in show("en")
+    assert "ciphertext" not in show("en")
     ctl.ok("bawaslu", "pii", "hold", name, "-m", "Gakkumdu 3/2024")
     assert "legal hold by bawaslu" in show("en")
     assert "penahanan hukum oleh bawaslu" in show("id")

@@ -248,13 +248,28 @@ def notification_line(
     )
 
 
+def sealed_people(value: object) -> str | None:
+    """People sealed in a payload (each a dict with its ``role`` and ``ciphertext``), by role
+    ("sealed: reporter, witness"); None for any other value. Their ciphertext, nonce and
+    subject ids say nothing to a reader of the timeline."""
+    items: list[object] = value if isinstance(value, list) else [value]
+    people = [i for i in items if isinstance(i, dict) and "ciphertext" in i]
+    if not people or len(people) != len(items):
+        return None
+    roles = {"reporter": _("reporter"), "witness": _("witness")}
+    named = [roles.get(str(p.get("role", "")), str(p.get("role", ""))) for p in people]
+    return _("sealed: {roles}").format(roles=", ".join(named))
+
+
 def payload_summary(event: IncidentEvent) -> str:
     payload = event.payload
     parts = []
     for key, value in payload.items():
         if value in ("", None, [], {}) or key in {"location"}:
             continue
-        text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        text = sealed_people(value)
+        if text is None:
+            text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
         parts.append(f"{labels.field(key)}={text}")
     return "; ".join(parts)
 
