@@ -9,6 +9,7 @@ With the in-memory event store (tests), an in-memory SQLite database stands in.
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
@@ -27,6 +28,25 @@ from services.common.store_errors import STORE_CONNECTION_ERRORS
 log = structlog.get_logger(__name__)
 
 
+def store_location(store_env: Mapping[str, str]) -> str:
+    """Where the store of ``store_env`` lives (a file, or a server's database and schema):
+    two databases with the same location hold the same tables. An in-memory store has
+    none of its own (``""``): nothing else shares it."""
+    module = store_env.get("PERSISTENCE_MODULE", "eventsourcing.popo")
+    if module == "eventsourcing.postgres":
+        host = store_env.get("POSTGRES_HOST", "127.0.0.1")
+        port = store_env.get("POSTGRES_PORT", "5432")
+        dbname = store_env.get("POSTGRES_DBNAME", "postgres")
+        schema = (store_env.get("POSTGRES_SCHEMA") or "").strip() or "public"
+        return f"postgres://{host}:{port}/{dbname}?schema={schema}"
+    if module == "eventsourcing.sqlite":
+        path = store_env.get("SQLITE_DBNAME", ":memory:")
+        if path == ":memory:" or "mode=memory" in path:
+            return ""
+        return f"sqlite:{os.path.realpath(path)}"
+    return ""
+
+
 def open_database(
     store_env: Mapping[str, str], connections: int = 1, sqlite_pragmas: Sequence[str] = ()
 ) -> Database:
@@ -35,10 +55,13 @@ def open_database(
     ``sqlite_pragmas`` run once on its connection."""
     module = store_env.get("PERSISTENCE_MODULE", "eventsourcing.popo")
     if module == "eventsourcing.postgres":
-        return PostgresDatabase(store_env, connections)
-    if module == "eventsourcing.sqlite":
-        return SQLiteDatabase(store_env.get("SQLITE_DBNAME", ":memory:"), sqlite_pragmas)
-    return SQLiteDatabase(":memory:", sqlite_pragmas)
+        database: Database = PostgresDatabase(store_env, connections)
+    elif module == "eventsourcing.sqlite":
+        database = SQLiteDatabase(store_env.get("SQLITE_DBNAME", ":memory:"), sqlite_pragmas)
+    else:
+        database = SQLiteDatabase(":memory:", sqlite_pragmas)
+    database.location = store_location(store_env)
+    return database
 
 
 @dataclass(frozen=True)
@@ -155,6 +178,8 @@ def schema_lock(store_env: Mapping[str, str]) -> Iterator[None]:
 
 class Database(ABC):
     dialect: str = ""
+    #: The store it opened (:func:`store_location`), when opened by :func:`open_database`.
+    location: str = ""
 
     @abstractmethod
     def q(self, statement: str) -> str:

@@ -56,6 +56,7 @@ from services.common.errors import (
 )
 from services.common.jsoncodec import transcoder_dumps
 from services.common.reference import ReferenceData, Role
+from services.common.sql import store_location
 from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.common.storepool import bound_store
 from services.ledger.domain.commands import (
@@ -94,9 +95,9 @@ from services.ledger.domain.personal import (
 from services.ledger.domain.refcodes import ReferenceClaim, claim_key, parse_code
 from services.ledger.domain.requests import RequestRecord, request_fingerprint, request_key
 from services.ledger.domain.times import TimeBounds
-from services.ledger.personal_keys import PersonalKeys
+from services.ledger.personal_keys import KeyRows, PersonalKeys
 from services.ledger.seals import SealChecker, Sealer
-from services.ledger.store import ArrayInsertRecorder, EventPositions
+from services.ledger.store import ArrayInsertRecorder, EventPositions, KeyedSQLiteRecorder
 from services.ledger.writes import AggregateCache, GroupCommitter
 
 log = structlog.get_logger(__name__)
@@ -225,6 +226,7 @@ class _ReadyReport:
     reported: Incident.Reported
     events: list[Any]
     draws: int = 1
+    keys: KeyRows | None = None  # its people's keys, saved in its events' transaction
     stored: list[StoredEvent] = field(default_factory=list)
 
     @property
@@ -419,17 +421,23 @@ class Ledger(Application[UUID]):
         # would only add costly runtime protocol checks on this path.
         self._commit_listeners: list[Callable[[], None]] = []
         self._record_listeners: list[Callable[[Sequence[Recording[UUID]]], None]] = []
-        self._committer: GroupCommitter[DomainEventProtocol[UUID] | Premapped] = GroupCommitter(
-            self._put, after_commit=self._committed, on_recorded=self._recorded
+        self._committer: GroupCommitter[DomainEventProtocol[UUID] | Premapped, KeyRows] = (
+            GroupCommitter(self._put, after_commit=self._committed, on_recorded=self._recorded)
         )
 
     def construct_factory(self, env: Environment) -> InfrastructureFactory[Any]:
         # On PostgreSQL, the library's recorder with a cheaper insert (ArrayInsertRecorder),
         # unless the environment names another.
+        # On both SQL stores, a recorder that writes the keys of personal data in the
+        # transaction of the events that seal it.
         topic = InfrastructureFactory.APPLICATION_RECORDER_TOPIC
         module = env.get(InfrastructureFactory.PERSISTENCE_MODULE)
-        if module == "eventsourcing.postgres" and not env.get(topic):
-            env = Environment(env.name, {**env, topic: get_topic(ArrayInsertRecorder)})
+        recorders = {
+            "eventsourcing.postgres": ArrayInsertRecorder,
+            "eventsourcing.sqlite": KeyedSQLiteRecorder,
+        }
+        if module in recorders and not env.get(topic):
+            env = Environment(env.name, {**env, topic: get_topic(recorders[module])})
         # On PostgreSQL, connections that fail fast while the server is down.
         return bound_store(super().construct_factory(env))
 
@@ -451,10 +459,25 @@ class Ledger(Application[UUID]):
         once they are stored and before their commands answer."""
         self._record_listeners.append(listener)
 
-    def _put(self, items: Sequence[DomainEventProtocol[UUID] | Premapped]) -> list[Recording[UUID]]:
+    def _keys_with_events(self) -> bool:
+        """Whether the key table of personal data lives in the event store, whose
+        recorder then writes the keys in the events' transaction."""
+        keys = self.personal_keys
+        return (
+            keys is not None
+            and isinstance(self.recorder, (KeyedSQLiteRecorder, ArrayInsertRecorder))
+            and bool(keys.location)
+            and keys.location == store_location(self.env)
+        )
+
+    def _put(
+        self, items: Sequence[DomainEventProtocol[UUID] | Premapped], keys: Sequence[KeyRows]
+    ) -> list[Recording[UUID]]:
         """``self.events.put`` of the events, but for those already mapped (a field
         device's reports, mapped and sealed in their request's thread): the commit
-        thread maps only what a single command left to it, then inserts."""
+        thread maps only what a single command left to it, then inserts; with the keys
+        of the personal data they seal, in the same transaction (or, where the event
+        store cannot take them, in one of their own just before)."""
         events: list[DomainEventProtocol[UUID]] = []
         stored: list[StoredEvent] = []
         to_stored = self.mapper.to_stored_event
@@ -465,7 +488,14 @@ class Ledger(Application[UUID]):
             else:
                 events.append(item)
                 stored.append(to_stored(item))
-        positions = self.recorder.insert_events(stored)
+        rows = KeyRows.joined(keys) if keys else None
+        if rows and not self._keys_with_events():
+            self._keys().store(rows)
+            rows = None
+        if rows:
+            positions = self.recorder.insert_events(stored, personal_keys=rows)
+        else:
+            positions = self.recorder.insert_events(stored)
         if not positions:
             return []
         return [
@@ -500,7 +530,7 @@ class Ledger(Application[UUID]):
     def execute(self, envelope: Envelope, command: Command) -> CommandResult:
         """Run one command: check its fields, apply its rule to the incident(s) and save,
         once per request id (AIP-155): a retry is answered as the original was."""
-        command = self._sealed(
+        command, keys = self._sealed(
             checked(command, Rules(self.reference, self.time_bounds, self._clock))
         )
         if isinstance(command, CreatingCommand):
@@ -514,7 +544,7 @@ class Ledger(Application[UUID]):
                     creating.create(envelope, self.reference.reference_prefix, draw=next(draws))
                 ]
 
-            return self._execute(envelope, command, None, 0, create)
+            return self._execute(envelope, command, None, 0, create, keys=keys)
         if not isinstance(command, IncidentCommand):
             raise TypeError(f"not a command the ledger runs: {command!r}")
         on_incident = command
@@ -680,11 +710,10 @@ class Ledger(Application[UUID]):
                 results[index] = IngestResult(IngestOutcome.INVALID, error=error)
                 continue
             passed.append((index, item, envelope, command))
-        # The batch's people sealed together: one write of their keys, not one per report.
         sealed = self._sealed_reports([command for _, _, _, command in passed])
         codes: set[str] = set()
-        for (index, item, envelope, _), command in zip(passed, sealed, strict=True):
-            report = self._ready_report(index, item, envelope, command, skew_ms)
+        for (index, item, envelope, _), (command, keys) in zip(passed, sealed, strict=True):
+            report = self._ready_report(index, item, envelope, command, skew_ms, keys)
             if report.key in ready:
                 again.append(report)
                 continue
@@ -722,6 +751,7 @@ class Ledger(Application[UUID]):
         envelope: Envelope,
         command: ReportIncident,
         skew_ms: int | None,
+        keys: KeyRows | None,
     ) -> _ReadyReport:
         """The checked (and sealed) report's incident and request record, made."""
         actor, request_id = envelope.actor, envelope.request_id
@@ -729,7 +759,7 @@ class Ledger(Application[UUID]):
         key = request_key(actor.agency, request_id)
         device = DeviceRecord(item.device_id, item.report_id, item.record_time, skew_ms)
         return self._drawn_report(
-            index, key, request_id, command, fingerprint, envelope, device, draws=1
+            index, key, request_id, command, fingerprint, envelope, device, keys, draws=1
         )
 
     def _drawn_report(
@@ -741,6 +771,7 @@ class Ledger(Application[UUID]):
         fingerprint: str,
         envelope: Envelope,
         device: DeviceRecord,
+        keys: KeyRows | None,
         *,
         draws: int,
     ) -> _ReadyReport:
@@ -773,6 +804,7 @@ class Ledger(Application[UUID]):
             reported,
             events,
             draws,
+            keys,
         )
 
     def _redrawn(self, report: _ReadyReport) -> _ReadyReport | None:
@@ -796,6 +828,7 @@ class Ledger(Application[UUID]):
             report.fingerprint,
             report.envelope,
             report.device,
+            report.keys,
             draws=report.draws + 1,
         )
 
@@ -857,7 +890,8 @@ class Ledger(Application[UUID]):
                     Premapped(event, stored)
                     for r in reports
                     for event, stored in zip(r.events, r.stored, strict=True)
-                ]
+                ],
+                [r.keys for r in reports if r.keys],
             )
         except IntegrityError:
             unsettled = []
@@ -919,28 +953,27 @@ class Ledger(Application[UUID]):
 
     # -------------------------------------------------------- personal data
 
-    def _sealed(self, command: Command) -> Command:
-        """A report's personal data sealed (a key per person, stored wrapped) and digested,
-        before the report is fingerprinted and made; any other command as it is."""
+    def _sealed(self, command: Command) -> tuple[Command, KeyRows | None]:
+        """A report's personal data sealed (a key per person) and digested, before the
+        report is fingerprinted and made, with the key table's rows to save with its
+        events; any other command as it is."""
         if not isinstance(command, ReportIncident) or command.personal_data is None:
-            return command
-        if self.personal_keys is None:
-            raise FailedPrecondition(
-                "this ledger has no key table for personal data",
-                reason="PERSONAL_DATA_UNAVAILABLE",
-            )
-        return replace(command, personal_data=self.personal_keys.seal(command.personal_data))
+            return command, None
+        sealed, keys = self._keys().seal_unstored(command.personal_data)
+        return replace(command, personal_data=sealed), keys
 
-    def _sealed_reports(self, commands: Sequence[ReportIncident]) -> list[ReportIncident]:
-        """:meth:`_sealed` for a batch's reports, their keys written together."""
-        naming = [c.personal_data for c in commands if c.personal_data is not None]
-        if not naming:
-            return list(commands)
-        sealed = iter(self._keys().seal_many(naming))
-        return [
-            c if c.personal_data is None else replace(c, personal_data=next(sealed))
-            for c in commands
-        ]
+    def _sealed_reports(
+        self, commands: Sequence[ReportIncident]
+    ) -> list[tuple[ReportIncident, KeyRows | None]]:
+        """:meth:`_sealed` for a batch's reports."""
+        sealed: list[tuple[ReportIncident, KeyRows | None]] = []
+        for command in commands:
+            if command.personal_data is None:
+                sealed.append((command, None))
+            else:
+                data, keys = self._keys().seal_unstored(command.personal_data)
+                sealed.append((replace(command, personal_data=data), keys))
+        return sealed
 
     def _keys(self) -> PersonalKeys:
         if self.personal_keys is None:
@@ -1299,6 +1332,8 @@ class Ledger(Application[UUID]):
         expected: int,
         run: Callable[[bool], list[Incident]],
         lock_ids: tuple[UUID, ...] = (),
+        *,
+        keys: KeyRows | None = None,
     ) -> CommandResult:
         self._check_request(envelope, expected)
         command = command_name(checked_command)
@@ -1322,7 +1357,8 @@ class Ledger(Application[UUID]):
                         )
                         claims = claims_of(aggregates)
                         recordings = self._committer.save(
-                            [e for a in (*aggregates, record, *claims) for e in a.collect_events()]
+                            [e for a in (*aggregates, record, *claims) for e in a.collect_events()],
+                            (keys,) if keys else (),
                         )
                     except BaseException:
                         for incident_id_ in lock_ids:

@@ -5,7 +5,9 @@ a subject by phone or NIK. See docs/personal-data.md.
 - A subject's data is encrypted under their own data key (DEK) before the ``Reported``
   event is made, bound (as associated data) to the incident, the subject and their role:
   the event, and everything made from it, holds ciphertext only.
-- The table ``personal_data_keys`` keeps each DEK wrapped by a KEK, with the KEK's id.
+- The table ``personal_data_keys`` keeps each DEK wrapped by a KEK, with the KEK's id;
+  a report's rows are inserted with its events, in their transaction (the event store's
+  recorder, :func:`insert_key_rows`), so keys and events are saved together or not at all.
   KEKs come from ``LEDGER_PERSONAL_DATA_KEYS`` (``id:base64key``, comma-separated, the
   first wraps new keys, the others still unwrap what they wrapped): rotating is putting
   a new key first; :meth:`PersonalKeys.rewrap` moves old rows under it.
@@ -62,11 +64,16 @@ INDEX_ROW = "blind-index"
 DEK_AAD = b"incidentledger/personal-data/dek/"
 INDEX_AAD = b"incidentledger/personal-data/index-key"
 
-#: The key table's SQLite connection: in WAL mode a commit then appends to the log without
-#: waiting for the disk; the report's event, committed after its keys by the event store
-#: (synchronous FULL), syncs the same log, and with it the keys before it. Destroyed keys
-#: are overwritten in the file, not only unlinked (secure_delete).
+#: The key table's own SQLite connection (reads, erasures, rotation, and the keys of a store
+#: that cannot take them in its events' transaction): in WAL mode a commit then appends to
+#: the log without waiting for the disk; the event store's next commit (synchronous FULL)
+#: syncs the same log, and with it what came before. Destroyed keys are overwritten in the
+#: file, not only unlinked (secure_delete). A report's keys, written by the event store's
+#: recorder in its events' transaction, are synced with them.
 SQLITE_PRAGMAS = ("PRAGMA synchronous = NORMAL", "PRAGMA secure_delete = ON")
+
+KEYS_TABLE = "personal_data_keys"
+INDEX_TABLE = "personal_data_index"
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS personal_data_keys (
@@ -86,6 +93,60 @@ SCHEMA = (
     # The sweep of keys whose report was never saved reads and deletes by incident.
     "CREATE INDEX IF NOT EXISTS personal_data_keys_incident ON personal_data_keys (incident_id)",
 )
+
+
+#: A row of ``personal_data_keys`` (subject, incident, KEK id, wrapped key, created at)
+#: and one of ``personal_data_index`` (digest, subject).
+KeyRow = tuple[str, str, str, str, str]
+IndexRow = tuple[str, str]
+
+#: The inserts of a report's keys, in the transaction of its events (``?`` placeholders,
+#: ``{keys}`` and ``{index}`` the tables' names as the recorder's dialect writes them).
+#: Inserted again by a command that runs again (its first save failed): a no-op where the
+#: rows are there already (stored in a transaction of their own, :meth:`PersonalKeys.store`).
+INSERT_KEYS = (
+    "INSERT INTO {keys} (subject_id, incident_id, kek_id, wrapped_key, created_at)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (subject_id) DO NOTHING"
+)
+INSERT_INDEX = (
+    "INSERT INTO {index} (digest, subject_id) VALUES (?, ?)"
+    " ON CONFLICT (digest, subject_id) DO NOTHING"
+)
+
+
+@dataclass(frozen=True)
+class KeyRows:
+    """What the key table stores for sealed reports: their subjects' wrapped keys and
+    blind index entries, to insert in the transaction of the reports' events."""
+
+    keys: tuple[KeyRow, ...] = ()
+    index: tuple[IndexRow, ...] = ()
+
+    @classmethod
+    def joined(cls, parts: Iterable[KeyRows]) -> KeyRows:
+        keys: list[KeyRow] = []
+        index: list[IndexRow] = []
+        for part in parts:
+            keys.extend(part.keys)
+            index.extend(part.index)
+        return cls(tuple(keys), tuple(index))
+
+    def __bool__(self) -> bool:
+        return bool(self.keys or self.index)
+
+
+def insert_key_rows(
+    cursor: Any, rows: KeyRows, keys_table: str, index_table: str, mark: str
+) -> None:
+    """Insert ``rows`` with ``cursor``, inside the transaction the caller holds (the event
+    store's recorder, saving the events that use the keys). ``mark``: the driver's
+    placeholder (``?`` or ``%s``); the tables' names as the store's dialect needs them."""
+    if rows.keys:
+        statement = INSERT_KEYS.format(keys=keys_table).replace("?", mark)
+        cursor.executemany(statement, rows.keys)
+    if rows.index:
+        statement = INSERT_INDEX.format(index=index_table).replace("?", mark)
+        cursor.executemany(statement, rows.index)
 
 
 def _b64(data: bytes) -> str:
@@ -287,45 +348,54 @@ class PersonalKeys:
 
     def seal(self, data: PersonalData) -> PersonalData:
         """The personal data with its digest and its sealed form, for a new incident: a
-        new key per person, stored wrapped with their blind index entries."""
+        new key per person, stored wrapped with their blind index entries in a
+        transaction of their own (:meth:`seal_unstored` leaves them to the caller)."""
         (sealed,) = self.seal_many([data])
         return sealed
 
     def seal_many(self, batch: Sequence[PersonalData]) -> list[PersonalData]:
         """:meth:`seal` for several reports, their keys stored in one transaction."""
-        rows: list[tuple[str, str, str, str, str]] = []
-        index: list[tuple[str, str]] = []
-        sealed = [self._sealed(data, rows, index) for data in batch]
-        # Stored before the events that use them: a report that then fails to save
-        # leaves keys that open nothing, never data that no key opens.
+        sealed = [self.seal_unstored(data) for data in batch]
+        self.store(KeyRows.joined(rows for _, rows in sealed))
+        return [data for data, _ in sealed]
+
+    def seal_unstored(self, data: PersonalData) -> tuple[PersonalData, KeyRows]:
+        """:meth:`seal` without storing the keys: the sealed data, and the key table's
+        rows that hold its keys, wrapped, and its blind index entries. The ledger stores
+        them with the report's events, in their transaction (the recorder calls
+        :func:`insert_key_rows`), so a report that fails to save leaves no keys behind
+        and no event is stored without its keys."""
+        rows: list[KeyRow] = []
+        index: list[IndexRow] = []
+        sealed = self._sealed(data, rows, index)
+        return sealed, KeyRows(tuple(rows), tuple(index))
+
+    @property
+    def location(self) -> str:
+        """The store the key table lives in (:func:`~services.common.sql.store_location`)."""
+        return self._db.location
+
+    def store(self, rows: KeyRows) -> None:
+        """Store ``rows`` in a transaction of their own: for an event store that cannot
+        take them in the events' (one in memory, or another database than the key
+        table's). Called before the events are saved, so a report that then fails to
+        save leaves keys that open nothing (swept later), never data no key opens."""
+        if not rows:
+            return
         with self._db.transaction() as cur:
             if self._db.dialect == "postgres":
                 # No wait for this commit's flush: the report's own commit, later in the same
-                # write-ahead log, flushes it too, so no event is durable without its keys
-                # (SQLite: synchronous=NORMAL in WAL mode, see SQLITE_PRAGMAS).
+                # write-ahead log, flushes it too.
                 cur.execute("SET LOCAL synchronous_commit = off")
-            cur.executemany(
-                self._db.q(
-                    "INSERT INTO personal_data_keys (subject_id, incident_id, kek_id,"
-                    " wrapped_key, created_at) VALUES (?, ?, ?, ?, ?)"
-                ),
-                rows,
+            insert_key_rows(
+                cur, rows, KEYS_TABLE, INDEX_TABLE, "%s" if self._db.dialect == "postgres" else "?"
             )
-            if index:
-                cur.executemany(
-                    self._db.q(
-                        "INSERT INTO personal_data_index (digest, subject_id) VALUES (?, ?)"
-                        " ON CONFLICT (digest, subject_id) DO NOTHING"
-                    ),
-                    index,
-                )
-        return sealed
 
     def _sealed(
         self,
         data: PersonalData,
-        rows: list[tuple[str, str, str, str, str]],
-        index: list[tuple[str, str]],
+        rows: list[KeyRow],
+        index: list[IndexRow],
     ) -> PersonalData:
         """One report's people sealed; their key rows and index entries added to those."""
         incident_id = uuid4()

@@ -7,7 +7,11 @@ looks them up, per backend, by (originator id, version). It also counts the
 events of some topics recorded after a position (a backlog, for metrics).
 
 On PostgreSQL the ledger inserts with :class:`ArrayInsertRecorder`: the library's recorder
-but for the insert statement's parameters.
+but for the insert statement's parameters. On both stores the ledger's recorder also writes
+the keys of the personal data a transaction's events seal (``personal_keys``, a
+:class:`~services.ledger.personal_keys.KeyRows`) in that transaction, through the
+library's hook for what goes with the events (the one its process recorders use to
+record their tracking).
 """
 
 from __future__ import annotations
@@ -18,10 +22,29 @@ from uuid import UUID
 
 from eventsourcing.persistence import ApplicationRecorder, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from eventsourcing.sqlite import SQLiteApplicationRecorder
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
+
+from services.ledger.personal_keys import INDEX_TABLE, KEYS_TABLE, KeyRows, insert_key_rows
+
+
+class KeyedSQLiteRecorder(SQLiteApplicationRecorder):
+    """The library's SQLite recorder, writing the keys of the personal data the events
+    seal in their transaction."""
+
+    def _insert_events(
+        self,
+        c: SQLiteCursor,
+        stored_events: Sequence[StoredEvent],
+        *,
+        personal_keys: KeyRows | None = None,
+        **kwargs: Any,
+    ) -> Sequence[int] | None:
+        if personal_keys:
+            insert_key_rows(c, personal_keys, KEYS_TABLE, INDEX_TABLE, "?")
+        return super()._insert_events(c, stored_events, **kwargs)
 
 
 class ArrayInsertRecorder(PostgresApplicationRecorder):
@@ -46,6 +69,32 @@ class ArrayInsertRecorder(PostgresApplicationRecorder):
             table=Identifier(self.events_table_name),
             id_type=Identifier(datastore.originator_id_type),
         )
+        schema = Identifier(datastore.schema).as_string()
+        self._key_tables = (f"{schema}.{KEYS_TABLE}", f"{schema}.{INDEX_TABLE}")
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        if kwargs.get("personal_keys") and self.datastore.enable_db_functions:
+            # The library's insert function takes the events alone: the keys would be lost.
+            raise RuntimeError(
+                "keys of personal data cannot be saved with POSTGRES_ENABLE_DB_FUNCTIONS"
+            )
+        positions: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+        return positions
+
+    def _insert_events(
+        self,
+        curs: Cursor[DictRow],
+        stored_events: Sequence[StoredEvent],
+        *,
+        personal_keys: KeyRows | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Called first in the events' transaction (and pipeline), before their insert.
+        if personal_keys:
+            insert_key_rows(curs, personal_keys, *self._key_tables, "%s")
+        super()._insert_events(curs, stored_events, **kwargs)
 
     def _insert_stored_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **_: Any

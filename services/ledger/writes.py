@@ -5,7 +5,9 @@ resulting aggregates to one committer thread, which saves everything that is
 waiting in a single transaction. A command still waits for its own commit before
 it answers; one commit (one fsync) then serves many commands. If a batch fails
 (another process won a race, a request id was already recorded), its commands
-are saved one by one so that each gets its own outcome.
+are saved one by one so that each gets its own outcome. What else a command stores
+with its events (the keys of the personal data they seal) goes into the same
+transaction as them, whichever that is.
 """
 
 from __future__ import annotations
@@ -23,22 +25,25 @@ from eventsourcing.persistence import Recording
 
 log = structlog.get_logger(__name__)
 
-#: What a command hands over to be stored: its events (or what ``put`` takes for them).
+#: What a command hands over to be stored: its events (or what ``put`` takes for them),
+#: and rows stored with them (``R``).
 T = TypeVar("T")
+R = TypeVar("R")
 Recorded = Callable[[Sequence[Recording[UUID]]], None]
 
 
-class _Pending(Generic[T]):
+class _Pending(Generic[T, R]):
     """One command's events and, once committed, its outcome.
 
     A bare lock, held until the outcome is set, is the cheapest way to make the
     command's thread wait (a Future's condition variable costs measurably more).
     """
 
-    __slots__ = ("_done", "error", "events", "recordings")
+    __slots__ = ("_done", "error", "events", "recordings", "rows")
 
-    def __init__(self, events: Sequence[T]) -> None:
+    def __init__(self, events: Sequence[T], rows: Sequence[R]) -> None:
         self.events = events
+        self.rows = rows
         self.recordings: list[Recording[UUID]] = []
         self.error: BaseException | None = None
         self._done = threading.Lock()
@@ -59,17 +64,17 @@ class _Pending(Generic[T]):
         return self.recordings
 
 
-class GroupCommitter(Generic[T]):
+class GroupCommitter(Generic[T, R]):
     """Stores the new events of concurrent commands together, in one transaction.
 
-    ``put`` stores a list of events atomically (the event store's ``put``, or one that
-    also takes events already mapped);
+    ``put`` stores a list of events and a list of rows atomically (the event store's
+    ``put``, or one that also takes events already mapped, and other rows);
     ``on_recorded`` is called with what each successful ``put`` recorded.
     """
 
     def __init__(
         self,
-        put: Callable[[Sequence[T]], list[Recording[UUID]]],
+        put: Callable[[Sequence[T], Sequence[R]], list[Recording[UUID]]],
         *,
         max_batch: int = 256,
         after_commit: Callable[[], None] | None = None,
@@ -79,13 +84,14 @@ class GroupCommitter(Generic[T]):
         self._after_commit = after_commit
         self._on_recorded = on_recorded
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Pending[T] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Pending[T, R] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ledger-commit", daemon=True)
         self._thread.start()
 
-    def save(self, events: Sequence[T]) -> list[Recording[UUID]]:
-        """Store the events atomically, with whatever else is waiting; raises what it raised."""
-        pending = _Pending(events)
+    def save(self, events: Sequence[T], rows: Sequence[R] = ()) -> list[Recording[UUID]]:
+        """Store the events and ``rows`` atomically, with whatever else is waiting; raises
+        what it raised."""
+        pending: _Pending[T, R] = _Pending(events, rows)
         self._queue.put(pending)
         return pending.result()
 
@@ -112,10 +118,12 @@ class GroupCommitter(Generic[T]):
             if self._after_commit is not None:
                 self._after_commit()
 
-    def _commit(self, batch: list[_Pending[T]]) -> None:
+    def _commit(self, batch: list[_Pending[T, R]]) -> None:
         if len(batch) > 1:
             try:
-                recordings = self._put([e for p in batch for e in p.events])
+                recordings = self._put(
+                    [e for p in batch for e in p.events], [r for p in batch for r in p.rows]
+                )
             except Exception:  # each command is then saved alone, to get its own outcome
                 log.debug("commit.batch_failed", size=len(batch))
             else:
@@ -128,7 +136,7 @@ class GroupCommitter(Generic[T]):
                 return
         for pending in batch:
             try:
-                recordings = self._put(pending.events)
+                recordings = self._put(pending.events, pending.rows)
             except Exception as exc:  # handed to the waiting command, which raises it
                 pending.set_exception(exc)
             else:

@@ -21,19 +21,22 @@ class Thing(Aggregate):
 
 
 class RecordingSaver:
-    """Stores nothing; remembers the batches, fails any holding a poisoned thing's event."""
+    """Stores nothing; remembers the batches (and the rows given with them), fails any
+    holding a poisoned thing's event."""
 
     def __init__(self) -> None:
         self.batches: list[list[Any]] = []
+        self.rows: list[list[Any]] = []
         self.release = threading.Event()
         self.entered = threading.Event()
         self.lock = threading.Lock()
 
-    def __call__(self, events: Sequence[Any]) -> list[Any]:
+    def __call__(self, events: Sequence[Any], rows: Sequence[Any]) -> list[Any]:
         self.entered.set()
         self.release.wait(5)
         with self.lock:
             self.batches.append(list(events))
+            self.rows.append(list(rows))
         if any(e.poison for e in events):
             raise IntegrityError("duplicate")
         return [f"recorded {e.originator_id}" for e in events]
@@ -49,7 +52,7 @@ def test_waiting_commands_share_one_commit_and_failures_stay_their_own() -> None
 
     def submit(n: int, thing: Thing) -> None:
         try:
-            outcomes[n] = committer.save(thing.collect_events())
+            outcomes[n] = committer.save(thing.collect_events(), [f"row of {thing.id}"])
         except IntegrityError:
             outcomes[n] = "conflict"
 
@@ -74,6 +77,11 @@ def test_waiting_commands_share_one_commit_and_failures_stay_their_own() -> None
         5: "conflict",
     }
     assert [len(batch) for batch in saver.batches[:2]] == [1, 5], "the waiting five share a commit"
+    # Each save carried the rows of its commands, and only theirs: in the shared batch,
+    # and again in each command's own save after it failed.
+    assert len(saver.batches) == 2 + 5
+    for events, rows in zip(saver.batches, saver.rows, strict=True):
+        assert rows == [f"row of {e.originator_id}" for e in events]
     # The observer saw each stored event once, and nothing of the failed batch.
     assert sorted(observed) == sorted(f"recorded {thing.id}" for thing in good)
 
