@@ -393,14 +393,13 @@ class Ledger(Application[UUID]):
         personal_keys: PersonalKeys | None = None,
         triage_max_items: int = LedgerSettings.triage_max_items,
     ) -> None:
-        # The key table of personal data; None: reports naming people are refused.
-        self.personal_keys = personal_keys
         # Before the base class builds the mapper, which seals with it.
         self.sealer = sealer
         self.seal_checker: SealChecker | None = sealer.checker if sealer else None
         # env: the store's settings (PERSISTENCE_MODULE, SQLITE_*, POSTGRES_*, ...), under
         # the name eventsourcing's Application gives them.
         super().__init__(env)
+        self.personal_keys = personal_keys
         self.reference = reference
         self.time_bounds = time_bounds or time_bounds_of(LedgerSettings())
         self._clock = clock
@@ -459,11 +458,17 @@ class Ledger(Application[UUID]):
         once they are stored and before their commands answer."""
         self._record_listeners.append(listener)
 
-    def _keys_with_events(self) -> bool:
-        """Whether the key table of personal data lives in the event store, whose
-        recorder then writes the keys in the events' transaction."""
-        keys = self.personal_keys
-        return (
+    @property
+    def personal_keys(self) -> PersonalKeys | None:
+        """The key table of personal data; None: reports naming people are refused."""
+        return self._personal_keys
+
+    @personal_keys.setter
+    def personal_keys(self, keys: PersonalKeys | None) -> None:
+        self._personal_keys = keys
+        # Whether the key table lives in the event store, whose recorder then writes a
+        # report's keys in its events' transaction (else: in one of their own, before).
+        self._keys_with_events = (
             keys is not None
             and isinstance(self.recorder, (KeyedSQLiteRecorder, ArrayInsertRecorder))
             and bool(keys.location)
@@ -489,7 +494,7 @@ class Ledger(Application[UUID]):
                 events.append(item)
                 stored.append(to_stored(item))
         rows = KeyRows.joined(keys) if keys else None
-        if rows and not self._keys_with_events():
+        if rows and not self._keys_with_events:
             self._keys().store(rows)
             rows = None
         if rows:
