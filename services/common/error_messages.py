@@ -96,7 +96,7 @@ TEMPLATES: Mapping[str, str] = {
         "in the personal data, which is sealed."
     ),
     # Evidence (EvidenceService).
-    "MEDIA_TYPE_NOT_ALLOWED": N_("This kind of file is not accepted as evidence."),
+    "MEDIA_TYPE_NOT_ALLOWED": N_("Files of type {media_type} are not accepted as evidence."),
     "MEDIA_TYPE_MISMATCH": N_("The file's content is not of the declared media type."),
     "EVIDENCE_NOT_FOUND": N_("No evidence is named {evidence}."),
     "AUDITOR_OR_COORDINATOR_ONLY": N_("Only auditors and the coordinator may do this ({command})."),

@@ -60,8 +60,15 @@ class InvalidArgument(LedgerError):
     code = "INVALID_ARGUMENT"
     reason = "INVALID_ARGUMENT"
 
-    def __init__(self, field: str, message: str, *, reason: str = "INVALID_FIELD") -> None:
-        super().__init__(f"{field}: {message}", reason=reason, field=field)
+    def __init__(
+        self,
+        field: str,
+        message: str,
+        *,
+        reason: str = "INVALID_FIELD",
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{field}: {message}", reason=reason, field=field, metadata=metadata)
 
 
 class MalformedRequest(LedgerError):

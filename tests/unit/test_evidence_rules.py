@@ -58,6 +58,7 @@ def test_an_executable_is_refused_whatever_it_is_called() -> None:
     with pytest.raises(InvalidArgument) as refused:
         POLICY.check_type(sniff_media_type(b"MZ\x90\x00"), "image/jpeg")
     assert refused.value.reason == "MEDIA_TYPE_NOT_ALLOWED"
+    assert refused.value.metadata["media_type"] == "application/x-msdownload"  # in the message
     assert "application/x-msdownload" in refused.value.message
 
 

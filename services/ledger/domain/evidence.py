@@ -80,6 +80,7 @@ class EvidencePolicy:
                 f"the content is {sniffed}, which is not accepted as evidence "
                 f"(accepted: {', '.join(self.media_types)})",
                 reason="MEDIA_TYPE_NOT_ALLOWED",
+                metadata={"media_type": sniffed},
             )
         if declared and declared.strip().lower() != sniffed:
             raise InvalidArgument(
