@@ -248,6 +248,15 @@ def notification_line(
     )
 
 
+#: Roles of the people a report names, as the ledger names them, for people.
+ROLES = {"reporter": N_("reporter"), "witness": N_("witness")}
+
+
+def role_name(role: str) -> str:
+    """A data subject's role in the reader's language (an unknown one as it is)."""
+    return _(ROLES[role]) if role in ROLES else role
+
+
 def sealed_people(value: object) -> str | None:
     """People sealed in a payload (each a dict with its ``role`` and ``ciphertext``), by role
     ("sealed: reporter, witness"); None for any other value. Their ciphertext, nonce and
@@ -256,8 +265,7 @@ def sealed_people(value: object) -> str | None:
     people = [i for i in items if isinstance(i, dict) and "ciphertext" in i]
     if not people or len(people) != len(items):
         return None
-    roles = {"reporter": _("reporter"), "witness": _("witness")}
-    named = [roles.get(str(p.get("role", "")), str(p.get("role", ""))) for p in people]
+    named = [role_name(str(p.get("role", ""))) for p in people]
     return _("sealed: {roles}").format(roles=", ".join(named))
 
 

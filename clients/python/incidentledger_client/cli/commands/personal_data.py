@@ -22,9 +22,6 @@ app = group(
     "ledgerctl -a bawaslu pii read 0b6f12 --purpose 'verify the report'",
 )
 
-#: Roles of the people a report names, as the ledger names them, for people.
-ROLES = {"reporter": N_("reporter"), "witness": N_("witness")}
-
 Purpose = Annotated[
     str,
     typer.Option(
@@ -55,7 +52,7 @@ def _people_table(title: str, subjects: Sequence[DataSubject]) -> None:
             (
                 (
                     output.short_id(s.incident),
-                    _("reporter (anonymous)") if s.anonymous else _(ROLES.get(s.role, s.role)),
+                    _("reporter (anonymous)") if s.anonymous else output.role_name(s.role),
                     state_of(s),
                     s.person.name if s.person else "-",
                     s.person.phone if s.person else "-",
