@@ -43,7 +43,10 @@ def verify_export(
 
 
 # Files longer than this are checked in worker processes, in chunks of about CHUNK bytes.
-PARALLEL_FILE_FROM = 16 * 2**20
+# Shorter ones are checked faster in this process (as scan.PARALLEL_FROM says for the store):
+# on the 2-core machine, a 200,000-event export (66 MB) was verified at 38,200 events/s
+# inline and 32,500 by two workers; 40,000 events, 62,700 against 37,600.
+PARALLEL_FILE_FROM = 256 * 2**20
 CHUNK = 4 * 2**20
 
 
