@@ -16,7 +16,8 @@ Two fresh stores, one naming few people and one naming many; in the first, incid
 short history, in the second, of a short and of long ones, each naming 11 people (a
 reporter and ten witnesses), so one incident gives 11 erasures. The incidents are written
 straight into the stores (the domain's own methods, sealed by the key table as reports
-are): setup, not measured. Then the erasures of every point are taken in turns.
+are; sealed, with a snapshot every ``LEDGER_SNAPSHOT_INTERVAL`` events): setup, not measured.
+Then the erasures of every point are taken in turns.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from uuid import UUID
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.harness import Result
 from bench.scenarios import (
@@ -43,6 +46,7 @@ from services.ledger.domain.commands import ErasePersonalData
 from services.ledger.domain.incident import Actor, Incident
 from services.ledger.domain.personal import MAX_WITNESSES, Person, PersonalData
 from services.ledger.personal_keys import SQLITE_PRAGMAS, KeyRing, PersonalKeys
+from services.ledger.seals import Sealer
 
 ACTION = "Statement taken from a witness at the post"
 LEGAL_BASIS = "erasure requested by the data subject"
@@ -164,12 +168,15 @@ class _Ledgers:
 
     def __init__(self, store_env: dict[str, str], reference: ReferenceData) -> None:
         ring = KeyRing({"bench": b"\x07" * 32}, "bench")
+        # Sealed, as the service's ledger is: a load checks the newest event's seal, and
+        # starts from the incident's latest sealed snapshot (LEDGER_SNAPSHOT_INTERVAL).
+        sealer = Sealer(Ed25519PrivateKey.from_private_bytes(b"\x09" * 32))
         self.all: list[Ledger] = []
         for size in (None, 0):
             ledger = (
-                Ledger(reference, env=store_env)
+                Ledger(reference, env=store_env, sealer=sealer)
                 if size is None
-                else Ledger(reference, env=store_env, cache_size=size)
+                else Ledger(reference, env=store_env, cache_size=size, sealer=sealer)
             )
             ledger.personal_keys = PersonalKeys(
                 open_database(store_env, 2, sqlite_pragmas=SQLITE_PRAGMAS), ring
@@ -180,6 +187,12 @@ class _Ledgers:
         if keys is None:
             raise RuntimeError("no key table")
         self.writer = _Writer(self.warm, keys)
+
+    def settle(self) -> None:
+        """Wait for the snapshots of the setup to be stored (they are written by a thread)."""
+        for ledger in self.all:
+            if ledger.incident_snapshots is not None:
+                ledger.incident_snapshots.flush()
 
     def close(self) -> None:
         for ledger in self.all:
@@ -227,6 +240,8 @@ def measure_erasure(
                         if how == WARM:  # its first erasure loads it into the cache
                             _erase(ledger, coordinator, incident_id, subjects.pop())
                         queue.extend((ledger, incident_id, s) for s in subjects)
+        for ledgers in stores:
+            ledgers.settle()
         run.setup_seconds = time.perf_counter() - began
         walls: dict[Point, list[float]] = {point: [] for point in queues}
         cpus: dict[Point, list[float]] = {point: [] for point in queues}

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 from uuid import UUID, uuid5
 
 import structlog
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import DomainEventProtocol, OriginatorVersionError
 from eventsourcing.persistence import (
     InfrastructureFactory,
@@ -97,6 +97,7 @@ from services.ledger.domain.requests import RequestRecord, request_fingerprint, 
 from services.ledger.domain.times import TimeBounds
 from services.ledger.personal_keys import KeyRows, PersonalKeys
 from services.ledger.seals import SealChecker, Sealer
+from services.ledger.snapshots import SnapshotRejected, Snapshots, rejected
 from services.ledger.store import ArrayInsertRecorder, EventPositions, KeyedSQLiteRecorder
 from services.ledger.writes import AggregateCache, GroupCommitter
 
@@ -392,6 +393,7 @@ class Ledger(Application[UUID]):
         ingest_limits: IngestLimits | None = None,
         personal_keys: PersonalKeys | None = None,
         triage_max_items: int = LedgerSettings.triage_max_items,
+        snapshot_interval: int = LedgerSettings.snapshot_interval,
     ) -> None:
         # Before the base class builds the mapper, which seals with it.
         self.sealer = sealer
@@ -411,6 +413,14 @@ class Ledger(Application[UUID]):
         self.triage_max_items = triage_max_items
         self._triage_pool = ThreadPoolExecutor(TRIAGE_WORKERS, thread_name_prefix="triage")
         self.positions = EventPositions(self.recorder)
+        # Sealed snapshots of incidents (services/ledger/snapshots.py), in the library's
+        # snapshots table. None without a signing key: a snapshot nobody can check would
+        # have to be trusted blindly, so such a ledger (tests, tools) always replays.
+        # Its recorder is made in any case: with CREATE_TABLE (migrate), it makes the table.
+        snapshot_recorder = self.factory.aggregate_recorder(purpose="snapshots")
+        self.incident_snapshots: Snapshots | None = None
+        if sealer is not None:
+            self.incident_snapshots = Snapshots(snapshot_recorder, sealer, snapshot_interval)
         # Commands on the same incident queue here instead of racing inside this
         # process; across processes, optimistic concurrency (IntegrityError) decides.
         self._incident_topics = [get_topic(cls) for cls in incident_event_classes()]
@@ -528,6 +538,8 @@ class Ledger(Application[UUID]):
     def close(self) -> None:
         self._triage_pool.shutdown(wait=True)
         self._committer.close()
+        if self.incident_snapshots is not None:
+            self.incident_snapshots.close()
         super().close()
 
     # ------------------------------------------------------------- commands
@@ -1371,6 +1383,9 @@ class Ledger(Application[UUID]):
                         raise
                     for aggregate in aggregates:
                         self._cache.put(aggregate.id, aggregate)
+                    self._snapshot_saved(
+                        aggregates, (r.domain_event.originator_id for r in recordings)
+                    )
             except IntegrityError:
                 original = self._original(key, envelope.request_id, checked_command, fingerprint)
                 if original is not None:
@@ -1512,16 +1527,100 @@ class Ledger(Application[UUID]):
         )
 
     def _load(self, incident_id: UUID, field: str = "name") -> Incident:
-        try:
-            with self._loading(incident_id):
-                incident: Incident = self.load_aggregate(incident_id)
-        except AggregateNotFoundError:
-            raise NotFound(
-                f"incident {incident_id} does not exist",
-                reason="INCIDENT_NOT_FOUND",
-                metadata={"incident": f"incidents/{incident_id}", "field": field},
-            ) from None
-        if not isinstance(incident, Incident):
-            raise NotFound(f"incident {incident_id} does not exist", reason="INCIDENT_NOT_FOUND")
+        """The incident from the store: from its latest snapshot and the events after it
+        when the snapshot's seal and link to the chain hold, else by replaying all its
+        events; then the newest event's seal checked. A snapshot is written when the
+        events replayed crossed a multiple of the interval (an incident saved in one go,
+        or before snapshots existed)."""
+        snapshots = self.incident_snapshots
+        loaded = None if snapshots is None else self._from_snapshot(incident_id, snapshots)
+        if loaded is not None:
+            incident, base = loaded
+        else:
+            base = 0
+            try:
+                with self._loading(incident_id):
+                    incident = self.load_aggregate(incident_id)
+            except AggregateNotFoundError:
+                raise NotFound(
+                    f"incident {incident_id} does not exist",
+                    reason="INCIDENT_NOT_FOUND",
+                    metadata={"incident": f"incidents/{incident_id}", "field": field},
+                ) from None
+            if not isinstance(incident, Incident):
+                raise NotFound(
+                    f"incident {incident_id} does not exist", reason="INCIDENT_NOT_FOUND"
+                )
         self.check_seal(incident)
+        if (
+            snapshots is not None
+            and snapshots.due(incident, base)
+            and not snapshots.pending(incident.id)
+        ):
+            snapshots.write(incident)  # loaded from the store: committed state
         return incident
+
+    def _from_snapshot(
+        self, incident_id: UUID, snapshots: Snapshots
+    ) -> tuple[Incident, int] | None:
+        """The incident from its latest snapshot and the events after it, with the
+        snapshot's version; None when it has none, or the snapshot is rejected (logged:
+        ``incident.snapshot_rejected``). The stored event at the snapshot's version must
+        have the hash the snapshot names: the events after it then link to it as the chain
+        requires (checked as they apply), and the newest one's seal is checked by the
+        caller, as on a full replay."""
+        try:
+            snapshot = snapshots.latest(incident_id)
+            if snapshot is None:
+                return None
+            version = snapshot.version
+
+            def replayed() -> list[list[Any]]:
+                # The rows of the snapshot's events from those events: the fallback
+                # should the snapshot's own rows fail their digest.
+                with self._loading(incident_id):
+                    full: Incident = self.load_aggregate(incident_id, version)
+                return full.event_rows()
+
+            incident = snapshot.incident(lambda: snapshots.rows(incident_id, version), replayed)
+        except SnapshotRejected as problem:
+            rejected(incident_id, str(problem))
+            return None
+        with self._loading(incident_id):
+            events = iter(self.events.get(incident_id, gt=snapshot.version - 1))
+            head = next(events, None)
+            if (
+                not isinstance(head, Incident.Event)
+                or head.originator_version != snapshot.version
+                or event_hash(head) != snapshot.head_hash
+            ):
+                rejected(
+                    incident_id,
+                    f"the stored event at version {snapshot.version} is not the one it stands for",
+                )
+                return None
+            incident.head_seal = head.__dict__.get("seal")  # the stored event's, as a replay
+            incident = mutate_all(incident, events)
+        return incident, snapshot.version
+
+    def _snapshot_saved(self, aggregates: Iterable[Any], saved: Iterable[UUID]) -> None:
+        """A snapshot of each incident a commit took across a multiple of the interval
+        (``saved``: the originator of each event it stored). Called after the commit, the
+        incidents' state as committed, under their locks."""
+        snapshots = self.incident_snapshots
+        if snapshots is None:
+            return
+        counts = Counter(saved)
+        for aggregate in aggregates:
+            if isinstance(aggregate, Incident) and snapshots.due(
+                aggregate, aggregate.version - counts[aggregate.id]
+            ):
+                snapshots.write(aggregate)
+
+    def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
+        """``Application.save``'s snapshots (tools and tests save so): the ledger's own,
+        sealed, never the library's (which could not encode an incident's state)."""
+        self._snapshot_saved(
+            processing_event.aggregates.values(),
+            (event.originator_id for event in processing_event.events),
+        )

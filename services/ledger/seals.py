@@ -31,6 +31,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 SEAL_FORMAT = "incidentledger.seal.v1"
+#: What a snapshot's seal signs before its digest (services/ledger/snapshots.py): another
+#: text than an event's, so that neither seal can pass for the other.
+SNAPSHOT_SEAL_FORMAT = "incidentledger.snapshot-seal.v1"
 
 
 def public_key_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
@@ -44,9 +47,9 @@ def key_id(public_key: bytes) -> str:
     return hashlib.sha256(public_key).hexdigest()[:16]
 
 
-def sealed_bytes(event_hash: str) -> bytes:
+def sealed_bytes(event_hash: str, seal_format: str = SEAL_FORMAT) -> bytes:
     """What a seal signs."""
-    return f"{SEAL_FORMAT}:{event_hash}".encode("ascii")
+    return f"{seal_format}:{event_hash}".encode("ascii")
 
 
 class Sealer:
@@ -58,8 +61,8 @@ class Sealer:
         self.key_id = key_id(self.public_key)
         self.checker = SealChecker(self.public_key)
 
-    def seal(self, event_hash: str) -> str:
-        signature = self._key.sign(sealed_bytes(event_hash))
+    def seal(self, event_hash: str, seal_format: str = SEAL_FORMAT) -> str:
+        signature = self._key.sign(sealed_bytes(event_hash, seal_format))
         return f"{self.key_id}:{base64.b64encode(signature).decode('ascii')}"
 
 
@@ -69,7 +72,9 @@ class SealChecker:
 
     public_key: bytes
 
-    def problem(self, event_hash: str, seal: str | None) -> str | None:
+    def problem(
+        self, event_hash: str, seal: str | None, seal_format: str = SEAL_FORMAT
+    ) -> str | None:
         """Why ``seal`` does not vouch for ``event_hash``; None when it does."""
         if not seal:
             return "it carries no seal"
@@ -77,7 +82,7 @@ class SealChecker:
         try:
             signature = base64.b64decode(text, validate=True)
             Ed25519PublicKey.from_public_bytes(self.public_key).verify(
-                signature, sealed_bytes(event_hash)
+                signature, sealed_bytes(event_hash, seal_format)
             )
         except (InvalidSignature, ValueError, binascii.Error):
             if kid != key_id(self.public_key):

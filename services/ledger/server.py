@@ -228,6 +228,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
         ingest_limits=IngestLimits.of(settings),
         personal_keys=personal_keys,
         triage_max_items=settings.triage_max_items,
+        snapshot_interval=settings.snapshot_interval,
     )
     projections = Projections(ledger, settings.store_env, reference, create=create)
     ledger.add_commit_listener(projections.wake)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -234,9 +235,10 @@ class Incident(Aggregate):
             # (see services/ledger/seals.py); None until then, and on events stored
             # before seals existed.
             incident.head_seal = self.__dict__.get("seal")
-            incident.event_values[self.event_id] = _initial_values(self)
-            incident.event_types[self.event_id] = type(self).__name__
-            incident.event_agencies[self.event_id] = self.actor_agency
+            # Written past the properties: a snapshot's rows stay packed (see event_values).
+            incident._event_values[self.event_id] = _initial_values(self)
+            incident._event_types[self.event_id] = type(self).__name__
+            incident._event_agencies[self.event_id] = self.actor_agency
 
         def evolve(self, incident: Incident) -> None:
             """Changes the incident's state; overridden by each event type."""
@@ -510,11 +512,211 @@ class Incident(Aggregate):
         self.legal_holds: dict[str, str] = {}
         self.head_hash = GENESIS_HASH
         self.head_seal: str | None = None
-        # Current (corrected) values of each event's correctable fields.
-        self.event_values: dict[UUID, dict[str, str]] = {}
-        self.event_types: dict[UUID, str] = {}
-        self.event_agencies: dict[UUID, str] = {}
+        # Current (corrected) values of each event's correctable fields, each event's type
+        # and agency (read through the properties below).
+        self._event_values: dict[UUID, dict[str, str]] = {}
+        self._event_types: dict[UUID, str] = {}
+        self._event_agencies: dict[UUID, str] = {}
+        # The rows of those of the events a snapshot holds, while not needed yet (None:
+        # all in the dicts above): see from_snapshot_state.
+        self._packed_rows: Callable[[], list[list[Any]]] | None = None
         self.evidence: dict[UUID, Evidence] = {}
+
+    @property
+    def event_values(self) -> dict[UUID, dict[str, str]]:
+        """Current (corrected) values of each event's correctable fields, by event id."""
+        self._unpack()
+        return self._event_values
+
+    @property
+    def event_types(self) -> dict[UUID, str]:
+        self._unpack()
+        return self._event_types
+
+    @property
+    def event_agencies(self) -> dict[UUID, str]:
+        self._unpack()
+        return self._event_agencies
+
+    def _unpack(self) -> None:
+        """The packed rows of a snapshot put into the dicts, before the rows of the events
+        applied since (in the events' order, as a replay has them)."""
+        loader = self._packed_rows
+        if loader is None:
+            return
+        values: dict[UUID, dict[str, str]] = {}
+        types: dict[UUID, str] = {}
+        agencies: dict[UUID, str] = {}
+        for text, event_type, agency, row_values in loader():
+            event_id = UUID(text)
+            values[event_id] = dict(row_values)
+            types[event_id] = str(event_type)
+            agencies[event_id] = str(agency)
+        values.update(self._event_values)
+        types.update(self._event_types)
+        agencies.update(self._event_agencies)
+        self._event_values, self._event_types, self._event_agencies = values, types, agencies
+        self._packed_rows = None
+
+    # ---------------------------------------------------------------- snapshot
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """The incident's whole state as plain JSON values (texts, numbers, lists, dicts
+        keyed by text): what a snapshot stores (services/ledger/snapshots.py).
+        :meth:`from_snapshot_state` rebuilds the same incident from it. Every attribute is
+        named here: a new one must be added to both (tests/unit/test_snapshots.py). The
+        rows of its events, which grow with its history, are apart: :meth:`event_rows`."""
+        return {
+            "id": str(self.id),
+            "version": self.version,
+            "created_on": _iso(self.created_on),
+            "modified_on": _iso(self.modified_on),
+            "status": self.status.value,
+            "reference": self.reference,
+            "title": self.title,
+            "description": self.description,
+            "category": self.category,
+            "severity": self.severity,
+            "severity_event_id": _text(self.severity_event_id),
+            "location": self.location,
+            "reporter_agency": self.reporter_agency,
+            "reporter_officer": self.reporter_officer,
+            "occurred_at": _iso(self.occurred_at),
+            "lead_agency": self.lead_agency,
+            "supporting_agencies": self.supporting_agencies,
+            "pending_handover": self.pending_handover,
+            "pending_handover_event": _text(self.pending_handover_event),
+            "escalation_level": self.escalation_level,
+            "decisions": [
+                [str(d.event_id), list(d.deciding_agencies), d.scope] for d in self.decisions
+            ],
+            "close_requested": self.close_requested,
+            "merged_into": _text(self.merged_into),
+            "merged_into_reference": self.merged_into_reference,
+            "merged_incidents": [str(i) for i in self.merged_incidents],
+            "rejection_reason": self.rejection_reason.value if self.rejection_reason else None,
+            "closed_at": _iso(self.closed_at),
+            "subjects": [[s.sealed.to_payload(), s.erased] for s in self.subjects.values()],
+            "accesses": [
+                [
+                    str(a.event_id),
+                    a.agency,
+                    a.officer,
+                    [str(s) for s in a.subjects],
+                    a.purpose,
+                    _iso(a.time),
+                ]
+                for a in self.accesses
+            ],
+            "legal_holds": self.legal_holds,
+            "head_hash": self.head_hash,
+            "head_seal": self.head_seal,
+            "evidence": [
+                [
+                    str(e.event_id),
+                    e.file.sha256,
+                    e.file.size_bytes,
+                    e.file.media_type,
+                    e.file_name,
+                    e.agency,
+                    e.officer,
+                    _iso(e.attached_at),
+                ]
+                for e in self.evidence.values()
+            ],
+        }
+
+    def event_rows(self) -> list[list[Any]]:
+        """One row per event, in order: its id, type, agency and current correctable values
+        (plain JSON values)."""
+        return self._rows(self.event_values)
+
+    def packed_event_rows(self) -> tuple[Callable[[], list[list[Any]]] | None, list[list[Any]]]:
+        """The loader of the rows still packed (None when none are), and the rows of the
+        events after them: a snapshot of a snapshot's incident need not unpack them."""
+        return self._packed_rows, self._rows(self._event_values)
+
+    def _rows(self, values: dict[UUID, dict[str, str]]) -> list[list[Any]]:
+        return [
+            [str(event_id), self._event_types[event_id], self._event_agencies[event_id], row]
+            for event_id, row in values.items()
+        ]
+
+    @classmethod
+    def from_snapshot_state(
+        cls, state: dict[str, Any], event_rows: Callable[[], list[list[Any]]]
+    ) -> Incident:
+        """The incident :meth:`snapshot_state` gave ``state`` for, with the rows
+        :meth:`event_rows` gave: ``event_rows`` is called once they are first read (most
+        commands never read them, and their number grows with the history). KeyError,
+        ValueError or TypeError when ``state`` is not such a state."""
+        incident = cls.__new__(cls)
+        incident.__base_init__(UUID(state["id"]), int(state["version"]), _time(state["created_on"]))
+        incident.modified_on = _time(state["modified_on"])
+        incident.status = Status(state["status"])
+        incident.reference = str(state["reference"])
+        incident.title = str(state["title"])
+        incident.description = str(state["description"])
+        incident.category = str(state["category"])
+        incident.severity = str(state["severity"])
+        incident.severity_event_id = _uuid(state["severity_event_id"])
+        incident.location = dict(state["location"])
+        incident.reporter_agency = str(state["reporter_agency"])
+        incident.reporter_officer = str(state["reporter_officer"])
+        incident.occurred_at = _time_or_none(state["occurred_at"])
+        incident.lead_agency = str(state["lead_agency"])
+        incident.supporting_agencies = [str(a) for a in state["supporting_agencies"]]
+        handover = state["pending_handover"]
+        incident.pending_handover = (
+            None if handover is None else (str(handover[0]), str(handover[1]), str(handover[2]))
+        )
+        incident.pending_handover_event = _uuid(state["pending_handover_event"])
+        incident.escalation_level = int(state["escalation_level"])
+        incident.decisions = [
+            Decision(UUID(event_id), tuple(agencies), dict(scope))
+            for event_id, agencies, scope in state["decisions"]
+        ]
+        incident.close_requested = bool(state["close_requested"])
+        incident.merged_into = _uuid(state["merged_into"])
+        incident.merged_into_reference = str(state["merged_into_reference"])
+        incident.merged_incidents = [UUID(i) for i in state["merged_incidents"]]
+        reason = state["rejection_reason"]
+        incident.rejection_reason = None if reason is None else RejectionReason(reason)
+        incident.closed_at = _time_or_none(state["closed_at"])
+        incident.subjects = {}
+        for payload, erased in state["subjects"]:
+            sealed = SealedSubject.from_payload(payload)
+            incident.subjects[sealed.subject_id] = DataSubject(sealed, bool(erased))
+        incident.accesses = [
+            PersonalDataAccess(
+                UUID(event_id),
+                agency,
+                officer,
+                tuple(UUID(s) for s in subjects),
+                purpose,
+                _time(at),
+            )
+            for event_id, agency, officer, subjects, purpose, at in state["accesses"]
+        ]
+        incident.legal_holds = dict(state["legal_holds"])
+        incident.head_hash = str(state["head_hash"])
+        incident.head_seal = state["head_seal"]
+        incident._event_values = {}
+        incident._event_types = {}
+        incident._event_agencies = {}
+        incident._packed_rows = event_rows
+        incident.evidence = {}
+        for event_id, sha256, size, media_type, file_name, agency, officer, at in state["evidence"]:
+            evidence = Evidence(
+                UUID(event_id),
+                EvidenceFile(sha256, int(size), media_type),
+                file_name,
+                agency,
+                officer,
+                _time(at),
+            )
+            incident.evidence[evidence.event_id] = evidence
+        return incident
 
     # --------------------------------------------------------------- commands
 
@@ -1163,6 +1365,27 @@ class Incident(Aggregate):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL
+
+
+def _iso(value: datetime | None) -> str | None:
+    """A time as a snapshot keeps it: ISO 8601 with its offset, exactly as it was."""
+    return None if value is None else value.isoformat()
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _time_or_none(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _text(value: UUID | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _uuid(text: str | None) -> UUID | None:
+    return None if text is None else UUID(text)
 
 
 def require_writer(actor: Actor, command: str) -> None:
