@@ -1533,6 +1533,9 @@ class Ledger(Application[UUID]):
         events replayed crossed a multiple of the interval (an incident saved in one go,
         or before snapshots existed)."""
         snapshots = self.incident_snapshots
+        # A snapshot on its way to the store when the load begins may be stored before the
+        # check below, after the load read an older one: this load then writes none.
+        writing = snapshots is not None and snapshots.pending(incident_id)
         loaded = None if snapshots is None else self._from_snapshot(incident_id, snapshots)
         if loaded is not None:
             incident, base = loaded
@@ -1554,6 +1557,7 @@ class Ledger(Application[UUID]):
         self.check_seal(incident)
         if (
             snapshots is not None
+            and not writing
             and snapshots.due(incident, base)
             and not snapshots.pending(incident.id)
         ):
