@@ -205,8 +205,13 @@ def service_process(
 ) -> Iterator[ServiceProcess]:
     """``python -m <module>`` with ``env``; waits (with a deadline) for its start line.
 
-    The code is the source tree at ``root`` (this repository, or a copy of it)."""
+    The code is the source tree at ``root`` (this repository, or a copy of it). A service
+    whose ``env`` names no listen address gets a free port (its ``port``, from the start
+    line), never the default one a ``make run`` on the same machine may hold."""
     name = module.rsplit(".", 1)[-1]
+    listen = f"{name.upper()}_LISTEN"  # LEDGER_LISTEN, NOTIFIER_LISTEN
+    if name in {"ledger", "notifier"} and listen not in env:
+        env = {**env, listen: "127.0.0.1:0"}
     log_path = Path(env["LEDGER_DATA_DIR"]) / f"{name}-{secrets.token_hex(4)}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log_file:
