@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import os
@@ -246,6 +245,8 @@ class PersonalKeys:
     def __init__(self, db: Database, ring: KeyRing, *, create: bool = True) -> None:
         self._db = db
         self._ring = ring
+        # One cipher per KEK, made once: a report naming two people wraps two keys.
+        self._keks = {kek_id: AESGCM(key) for kek_id, key in ring.keys.items()}
         if create:
             with db.transaction() as cur:
                 for statement in SCHEMA:
@@ -321,19 +322,19 @@ class PersonalKeys:
     def _wrap(self, subject: str, key: bytes) -> str:
         nonce = os.urandom(NONCE_BYTES)
         aad = INDEX_AAD if subject == INDEX_ROW else DEK_AAD + subject.encode()
-        return _b64(nonce + AESGCM(self._ring.keys[self._ring.current]).encrypt(nonce, key, aad))
+        return _b64(nonce + self._keks[self._ring.current].encrypt(nonce, key, aad))
 
     def _unwrap(self, subject: str, kek_id: str, wrapped: str) -> bytes:
         data = _unb64(wrapped)
         aad = INDEX_AAD if subject == INDEX_ROW else DEK_AAD + subject.encode()
-        kek = AESGCM(self._ring.keys[kek_id])
-        return kek.decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], aad)
+        return self._keks[kek_id].decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], aad)
 
     # ------------------------------------------------------------- digests
 
     def _mac(self, label: str, value: str) -> str:
-        message = f"{label}\n{value}".encode()
-        return hmac.new(self._index_key, message, hashlib.sha256).hexdigest()
+        # The one-shot form: a quarter of what an HMAC object costs (four per report
+        # naming a reporter with phone and NIK and a witness with a phone).
+        return hmac.digest(self._index_key, f"{label}\n{value}".encode(), "sha256").hex()
 
     def digest(self, data: PersonalData) -> str:
         """The keyed digest that stands for the plaintext in a request's fingerprint."""
@@ -401,8 +402,10 @@ class PersonalKeys:
         incident_id = uuid4()
         subjects: list[SealedSubject] = []
         now = _now()
+        incident = str(incident_id)
         for role, person in data.people():
             subject_id = uuid4()
+            subject = str(subject_id)
             dek = AESGCM.generate_key(bit_length=256)
             nonce = os.urandom(NONCE_BYTES)
             plaintext = json.dumps(person.to_plain(), sort_keys=True).encode()
@@ -411,12 +414,11 @@ class PersonalKeys:
             subjects.append(
                 SealedSubject(subject_id, role, anonymous, _b64(nonce), _b64(ciphertext))
             )
-            wrapped = self._wrap(str(subject_id), dek)
-            rows.append((str(subject_id), str(incident_id), self._ring.current, wrapped, now))
+            rows.append((subject, incident, self._ring.current, self._wrap(subject, dek), now))
             if person.nik:
-                index.append((self.index_digest("nik", person.nik), str(subject_id)))
+                index.append((self.index_digest("nik", person.nik), subject))
             if person.phone:
-                index.append((self.index_digest("phone", person.phone), str(subject_id)))
+                index.append((self.index_digest("phone", person.phone), subject))
         return PersonalData(
             reporter=data.reporter,
             anonymous=data.anonymous,

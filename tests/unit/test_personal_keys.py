@@ -8,7 +8,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID, uuid4
 
+import phonenumbers
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from services.common.config import ConfigError
 from services.common.errors import DataLoss, InvalidArgument
@@ -65,6 +68,62 @@ def test_a_bad_phone_is_refused_without_its_value(bad: str) -> None:
         normalised_phone(bad, "personal_data.reporter.phone")
     assert refused.value.field == "personal_data.reporter.phone"
     assert bad not in str(refused.value)
+
+
+def _phone_by_parse(value: str) -> str | None:
+    """The model: every phone through phonenumbers' full parse (what normalised_phone did
+    before its quick path), None where it refuses."""
+    text = value.strip()
+    if text.startswith("62") and not text.startswith("+"):
+        text = f"+{text}"
+    try:
+        number = phonenumbers.parse(text, "ID")
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _written(parts: tuple[str, str, list[str]]) -> str:
+    prefix, digits, separators = parts
+    out = prefix
+    for n, digit in enumerate(digits):
+        out += digit + (separators[n] if n < len(separators) else "")
+    return out
+
+
+# How people write numbers: a prefix (Indonesian or not), digits starting as Indonesian
+# mobiles and landlines do (or anyhow), separators between them.
+PHONES = st.tuples(
+    st.sampled_from(["", "0", "62", "+62", "+62 ", "0062", "+1", "+65", "620", "+620", " 0"]),
+    st.one_of(
+        st.from_regex(r"(8[1-9]|2[1-9]|7[0-9]|[1-9])[0-9]{3,12}", fullmatch=True),
+        st.from_regex(r"[0-9]{1,16}", fullmatch=True),
+    ),
+    st.lists(st.sampled_from(["", "", "", " ", "-", "  ", ".", "(", ")"]), max_size=16),
+).map(_written)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(PHONES)
+@example("081273456690")
+@example("0812-7345-6690")
+@example("+62 812 7345 6690")
+@example("6281273456690")
+@example("02112345678")
+@example("0737 71234")
+@example("0062812")
+@example("+62081273456690")
+@example("08127345669012345")
+@example("\u0668\u0661\u0662\u0667\u0663\u0664\u0665\u0666\u0666\u0669\u0660")
+def test_the_quick_path_for_indonesian_phones_answers_as_the_full_parse(written: str) -> None:
+    expected = _phone_by_parse(written)
+    if expected is None:
+        with pytest.raises(InvalidArgument):
+            normalised_phone(written, "phone")
+    else:
+        assert normalised_phone(written, "phone") == expected
 
 
 def test_a_nik_has_sixteen_digits() -> None:
