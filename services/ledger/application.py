@@ -1074,7 +1074,7 @@ class Ledger(Application[UUID]):
         if result.replayed:  # answered from its record: the rule did not run this time
             incident = self._load(result.incident_id)
             erased[:] = [s.subject_id for s in incident.subjects.values() if s.erased]
-        keys.destroy(erased)
+        keys.destroy(erase.incident, erased)
         return result
 
     def find_personal_data(

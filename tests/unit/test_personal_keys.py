@@ -155,10 +155,13 @@ def test_sealed_data_opens_with_its_key_and_not_after_erasure(tmp_path: Path) ->
     reporter, witness = sealed.sealed.subjects
     assert keys.open_subject(incident, reporter) == SITI.reporter
     assert [k.subject_id for k in keys.find("nik", "1706014107900003")] == [reporter.subject_id]
-    assert keys.destroy([reporter.subject_id]) == 1
+    assert keys.destroy(incident, [reporter.subject_id]) == 1
     assert keys.open_subject(incident, reporter) is None
     assert keys.find("nik", "1706014107900003") == []
     assert keys.open_subject(incident, witness) == SITI.witnesses[0]
+    assert [k.subject_id for k in keys.find("phone", "+6285212345678")] == [witness.subject_id]
+    assert keys.destroy(incident, [reporter.subject_id, witness.subject_id]) == 1  # idempotent
+    assert keys.find("phone", "+6285212345678") == []
     keys.close()
 
 
