@@ -425,6 +425,14 @@ def test_ledgerctl_attaches_lists_gets_and_shows_downloads(
     assert "Bukti" in indonesian and "pengunggah" in indonesian.lower()
     code, _out, err = ctl.run("kodim", "attach", name, str(source))
     assert code != 0 and "NOT_INVOLVED" in err
+    # A file of a refused type: the refusal points at the file, not at the upload's field.
+    program = tmp_path / "evil.jpg"
+    program.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(4096))
+    code, _out, err = ctl.run("polres", "attach", name, str(program))
+    assert code != 0 and "application/x-executable" in err
+    assert "(in the file's content)" in err and "chunk" not in err
+    code, _out, err = ctl.run("polres", "--lang", "id", "attach", name, str(program))
+    assert code != 0 and "(pada isi berkas)" in err and "chunk" not in err
     # A correction: the right file attached, the first one recorded as superseded by it.
     right = tmp_path / "right.jpg"
     write_file(right, 20_000)

@@ -174,6 +174,15 @@ def _wants_json(argv: list[str]) -> bool:
     return "--json" in head
 
 
+def _field_note(field: str) -> str:
+    """The request field a refusal names, as the person at the terminal knows it: the
+    bytes of a file they attached travel in the upload's ``chunk`` field, which they never
+    typed."""
+    if field == "chunk":
+        return i18n._("(in the file's content)")
+    return i18n._("(field {field})").format(field=field)
+
+
 def _fail(
     as_json: bool,
     exit_code: int,
@@ -276,11 +285,7 @@ def _run(args: list[str], as_json: bool) -> int:
     except config.ConfigError as error:
         return _fail(as_json, EXIT_USAGE, "CONFIGURATION", str(error))
     except LedgerError as error:
-        detail = (
-            " " + i18n._("(field {field})").format(field=error.field)
-            if error.field and not as_json
-            else ""
-        )
+        detail = " " + _field_note(error.field) if error.field and not as_json else ""
         # People read the server's message in their language (AIP-193 LocalizedMessage, asked
         # for with accept-language); --json keeps the English one, the same in every language.
         said = error.message if as_json else (error.localized_message or error.message)
