@@ -1,0 +1,61 @@
+"""The key table's rows of many reports at once (an ingest batch naming many people) are
+all stored, in statements within PostgreSQL's parameter limit, and storing them again adds
+nothing. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from services.common.sql import Database, open_database
+from services.ledger.personal_keys import (
+    ROWS_PER_STATEMENT,
+    SQLITE_PRAGMAS,
+    KeyRing,
+    KeyRows,
+    PersonalKeys,
+)
+from tests.support import store_environment
+
+RING = KeyRing({"kek-test": bytes(range(32))}, "kek-test")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    if request.param == "postgres":
+        request.applymarker(pytest.mark.postgres)
+    with store_environment(request.param, tmp_path) as env:
+        yield env
+
+
+def count(db: Database, table: str) -> int:
+    with db.transaction() as cur:
+        cur.execute(f"SELECT COUNT(*) FROM {table}")  # noqa: S608 - the test's own names
+        row = cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_many_reports_rows_are_all_stored_once(store: dict[str, str]) -> None:
+    db = open_database(store, 2, sqlite_pragmas=SQLITE_PRAGMAS)
+    keys = PersonalKeys(db, RING)
+    subjects = 2 * ROWS_PER_STATEMENT + 500  # more key rows than index rows: a last part alone
+    incidents = [str(uuid4()) for _ in range(subjects // 11 + 1)]
+    key_rows = []
+    index_rows = []
+    for n in range(subjects):
+        subject, incident = str(uuid4()), incidents[n // 11]
+        digests = [f"{n:064x}"] if n % 2 else []
+        key_rows.append(
+            (subject, incident, "kek-test", "d3JhcHBlZA==", "2026-12-03", " ".join(digests))
+        )
+        index_rows.extend((d, subject, incident) for d in digests)
+    rows = KeyRows(tuple(key_rows), tuple(index_rows))
+    before = count(db, "personal_data_keys")  # the blind index key's row
+    keys.store(rows)
+    keys.store(rows)  # again: nothing more
+    assert count(db, "personal_data_keys") - before == subjects
+    assert count(db, "personal_data_index") == len(index_rows) == subjects // 2
+    keys.close()
