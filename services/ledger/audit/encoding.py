@@ -29,7 +29,12 @@ from eventsourcing.persistence import (
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import get_topic
 
-from services.common.jsoncodec import canonical_dumps, loads
+from services.common.jsoncodec import (
+    canonical_dumps,
+    canonical_dumps_exact,
+    canonical_dumps_of_part,
+    loads,
+)
 from services.ledger.domain.incident import (
     ENVELOPE_FIELDS,
     GENESIS_HASH,
@@ -388,14 +393,17 @@ def _proto_time(value: Any) -> str:
     return f"{base}.{fraction}Z"
 
 
-def _payload_json(body: dict[str, Any]) -> str:
-    """The event-specific fields, as ``wire.event_to_proto`` writes ``payload_json``."""
+def _payload_json(body: dict[str, Any], exact: bool = False) -> str:
+    """The event-specific fields, as ``wire.event_to_proto`` writes ``payload_json``;
+    ``exact`` when orjson wrote the body's canonical JSON as json does (then it writes
+    these fields, their numbers among the body's, as json does too)."""
     payload = {}
     for k in body.keys() - _ENVELOPE_KEYS:
         v = body[k]
         kind = type(v)
         payload[k] = v.plain if kind is Time else _plain(v) if kind is dict or kind is list else v
-    return canonical_dumps(payload).decode("utf-8")
+    encoded = canonical_dumps_of_part(payload) if exact else canonical_dumps(payload)
+    return encoded.decode("utf-8")
 
 
 def _plain(value: Any) -> Any:
@@ -426,9 +434,9 @@ def _location(location: Any) -> dict[str, Any] | None:
 def export_line(body: dict[str, Any], position: int, seal: str | None = None) -> tuple[bytes, str]:
     """One export line (UTF-8, without its newline) and the event's hash: the envelope
     (``envelope_from_body``, compact JSON in field order) with ``"canonical"`` added."""
-    canonical = canonical_dumps(body)
+    canonical, exact = canonical_dumps_exact(body)
     digest = hashlib.sha256(canonical).hexdigest()
-    envelope = orjson.dumps(envelope_from_body(body, position, digest, seal))
+    envelope = orjson.dumps(_envelope(body, position, digest, seal, _payload_json(body, exact)))
     return b"".join((envelope[:-1], b',"canonical":', canonical, b"}")), digest
 
 
@@ -440,6 +448,13 @@ def envelope_from_body(
     Equal to ``MessageToDict(event_to_proto(...), preserving_proto_field_name=True)``,
     without building the event or the message (a test compares them).
     """
+    return _envelope(body, position, digest, seal, _payload_json(body))
+
+
+def _envelope(
+    body: dict[str, Any], position: int, digest: str, seal: str | None, payload_json: str
+) -> dict[str, Any]:
+    get = body.get
     envelope: dict[str, Any] = {
         "event_id": body["event_id"],
         "incident": f"incidents/{body['originator_id']}",
@@ -448,27 +463,31 @@ def envelope_from_body(
     }
     if body["schema_version"]:
         envelope["schema_version"] = body["schema_version"]
-    if body.get("occurred_at") is not None:
-        envelope["occur_time"] = _proto_time(body["occurred_at"])
+    occurred_at = get("occurred_at")
+    if occurred_at is not None:
+        envelope["occur_time"] = _proto_time(occurred_at)
     envelope["record_time"] = _proto_time(body["timestamp"])
     actor = {}
-    if body.get("actor_agency"):
-        actor["agency"] = body["actor_agency"]
-    if body.get("actor_officer"):
-        actor["officer"] = body["actor_officer"]
+    agency, officer = get("actor_agency"), get("actor_officer")
+    if agency:
+        actor["agency"] = agency
+    if officer:
+        actor["officer"] = officer
     envelope["actor"] = actor
-    if body.get("reason"):
-        envelope["reason"] = body["reason"]
-    location = _location(body.get("location"))
-    if location is not None:
-        envelope["location"] = location
+    reason = get("reason")
+    if reason:
+        envelope["reason"] = reason
+    location = get("location")
+    if location:
+        envelope["location"] = _location(location)
     for key in ("correlation_id", "causation_id", "request_id", "previous_hash"):
-        if body.get(key):
-            envelope[key] = body[key]
+        value = get(key)
+        if value:
+            envelope[key] = value
     envelope["hash"] = digest
     if position:
         envelope["position"] = str(position)
-    envelope["payload_json"] = _payload_json(body)
+    envelope["payload_json"] = payload_json
     if seal:
         envelope["seal"] = seal
     return envelope
