@@ -95,7 +95,8 @@ _HEX32 = re.compile(r"[0-9a-f]{32}")
 def uuid_text(value: str) -> str:
     """``str(UUID(value))``; the stored form (32 lowercase hex digits) without parsing."""
     if len(value) == 32 and _HEX32.fullmatch(value):
-        return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
+        # join: 0.34 us, the f-string of the same slices 0.56 (twice an event)
+        return "-".join((value[:8], value[8:12], value[12:16], value[16:20], value[20:]))
     try:
         return str(UUID(value))
     except ValueError as exc:
@@ -209,8 +210,12 @@ def read_rows(
         statement = rows_query("sqlite", recorder.events_table_name, len(topics), stop is not None)
         params: list[Any] = [after, *([stop] if stop is not None else []), *topics, limit]
         with recorder.datastore.transaction(commit=False) as cursor:
+            # Plain tuples, as RawRow is, rather than the connection's sqlite3.Row, which
+            # were copied into tuples: 1.5 instead of 1.8 us an event.
+            cursor.sqlite_cursor.row_factory = None
             cursor.execute(statement + " LIMIT ?", params)
-            return [(r[0], r[1], r[2], r[3], r[4]) for r in cursor.fetchall()]
+            rows: list[RawRow] = cursor.fetchall()
+            return rows
     batch = recorder.select_notifications(
         after, limit, stop=stop, topics=topics, inclusive_of_start=False
     )
@@ -272,6 +277,10 @@ class RawDecoder:
         self.classes: dict[str, type[Incident.Event]] = {
             get_topic(cls): cls for cls in incident_event_classes()
         }
+        # Looked up once: getattr of a class attribute that is absent costs 0.4 us.
+        self._schema_versions: dict[str, int] = {
+            topic: getattr(cls, "class_version", 1) for topic, cls in self.classes.items()
+        }
         self.topics: Sequence[str] = list(self.classes)
 
     def body(
@@ -301,7 +310,7 @@ class RawDecoder:
             raise EventDecodeError(f"stored state does not decode: {exc}") from exc
         if not isinstance(data, dict):
             raise EventDecodeError("stored state is not an object")
-        schema_version = getattr(cls, "class_version", 1)
+        schema_version = self._schema_versions[topic]
         if data.pop("class_version", 1) != schema_version:
             return self._slow(topic, originator_id, version, stored)
         data.pop("originator_topic", None)
