@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.json_format import MessageToDict
 
 from services.common.config import AuditSettings, ConfigError
+from services.common.jsoncodec import loads
 from services.ledger.application import IngestItem, Ledger, StoredIncidentEvent
 from services.ledger.audit import (
     Checkpoint,
@@ -34,6 +35,7 @@ from services.ledger.audit import (
 )
 from services.ledger.audit.checkpoints import signing_payload
 from services.ledger.audit.encoding import export_line
+from services.ledger.audit.verify_exported import check_event_line, exported_as_is
 from services.ledger.domain.commands import (
     AcceptHandover,
     AddSupportingAgency,
@@ -432,3 +434,39 @@ def test_verify_export_names_a_file_that_is_not_an_export(
     path.write_text(first_line + "\n")
     with pytest.raises(ExportFormatError, match=re.escape(message)):
         verify_export(path, bytes(32))
+
+
+def _reported_body(extra: dict[str, Any]) -> dict[str, Any]:
+    decoder = RawDecoder()
+    state = {
+        "timestamp": {"_type_": "datetime_iso", "_data_": "2026-11-28T01:02:03.000001+00:00"},
+        "event_id": {"_type_": "uuid_hex", "_data_": "06fce68956ac4007979f1995e947dd58"},
+        "previous_hash": GENESIS_HASH,
+        "title": "t",
+        **extra,
+    }
+    return decoder.body(next(iter(decoder.classes)), UUID(int=7), 1, json.dumps(state).encode())
+
+
+def test_an_export_line_as_the_exporter_writes_it_is_taken_as_is() -> None:
+    body = _reported_body({"latitude": -2.58})
+    line, digest = export_line(body, 6, "key:seal")
+    record = loads(line)
+    exact = check_event_line(record, line)
+    assert exact == (str(UUID(int=7)), 1, 6, GENESIS_HASH, digest, None, "key:seal")
+    assert exported_as_is(line + b"\n") == (exact, record["canonical"])
+    # Anything else is read by check_event_line: another hash, a changed envelope.
+    assert exported_as_is(line.replace(digest.encode(), b"0" * 64, 1)) is None
+    assert exported_as_is(line.replace(b'"version":"1"', b'"version":"2"')) is None
+
+
+def test_an_integer_orjson_alone_would_read_as_a_float_is_read_exactly() -> None:
+    body = _reported_body({"size": 2**70})
+    assert body["size"] == 2**70
+    line, digest = export_line(body, 5)
+    assert b'"size":1180591620717411303424' in line
+    # orjson reads 2**70 as a float: written again, the line differs, so it is not taken.
+    assert exported_as_is(line) is None
+    checked = check_event_line(loads(line), line)
+    assert checked == (str(UUID(int=7)), 1, 5, GENESIS_HASH, digest, None, None)
+    assert digest == body_hash(body)
