@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.json_format import MessageToDict
 
 from services.common.config import AuditSettings, ConfigError
+from services.common.jsoncodec import loads
 from services.ledger.application import IngestItem, Ledger, StoredIncidentEvent
 from services.ledger.audit import (
     Checkpoint,
@@ -33,6 +35,7 @@ from services.ledger.audit import (
 )
 from services.ledger.audit.checkpoints import signing_payload
 from services.ledger.audit.encoding import export_line
+from services.ledger.audit.verify_exported import check_event_line, exported_as_is
 from services.ledger.domain.commands import (
     AcceptHandover,
     AddSupportingAgency,
@@ -58,6 +61,8 @@ from services.ledger.domain.incident import (
     Envelope,
     Incident,
     RejectionReason,
+    _canonical,
+    event_fields,
     event_hash,
     incident_event_classes,
 )
@@ -258,6 +263,62 @@ def test_direct_envelope_equals_the_protobuf_json_of_event_to_proto(ledger: Ledg
         assert json.loads(line) == {**expected, "canonical": json.loads(json.dumps(body))}
 
 
+def _reference_line(item: StoredIncidentEvent) -> bytes:
+    """An export line computed without the exporter: the protobuf JSON of the event (in
+    field order, compact, by the standard library) with its canonical body (the domain's
+    fields, sorted, by the standard library) added as ``"canonical"``."""
+    envelope = MessageToDict(event_to_proto(item), preserving_proto_field_name=True)
+    body = event_fields(item.event)
+    body["type"] = type(item.event).__name__
+    body["schema_version"] = getattr(type(item.event), "class_version", 1)
+    canonical = _compact(body, sort_keys=True, default=_canonical)
+    return f'{_compact(envelope)[:-1]},"canonical":{canonical}}}'.encode()
+
+
+def _compact(value: Any, *, sort_keys: bool = False, default: Any = None) -> str:
+    return json.dumps(
+        value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys, default=default
+    )
+
+
+def test_export_lines_are_byte_for_byte_the_independently_computed_ones(ledger: Ledger) -> None:
+    build_history(ledger)
+    decoder = RawDecoder(ledger.mapper)
+    stored = ledger.recorder.select_notifications(1, 10_000, topics=decoder.topics)
+    assert len(stored) > 30
+    for n in stored:
+        event = ledger.mapper.to_domain_event(n)
+        assert isinstance(event, Incident.Event)
+        body, seal = decoder.sealed_body(n.topic, n.originator_id, n.originator_version, n.state)
+        line, _ = export_line(body, n.id, seal)
+        assert line == _reference_line(StoredIncidentEvent(event, n.id)), type(event).__name__
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        {"kecamatan": "ipuh", "latitude": 1e-05},  # orjson alone writes 0.00001
+        {"kecamatan": "ipuh", "latitude": -2.5e-07},  # orjson alone writes -2.5e-7
+        {"kecamatan": "ipuh", "latitude": -2.58},
+    ],
+)
+def test_payload_json_writes_small_floats_as_the_standard_library(scope: dict[str, Any]) -> None:
+    decoder = RawDecoder()
+    state = {
+        "timestamp": {"_type_": "datetime_iso", "_data_": "2026-11-28T01:02:03.000001+00:00"},
+        "event_id": {"_type_": "uuid_hex", "_data_": "06fce68956ac4007979f1995e947dd58"},
+        "previous_hash": GENESIS_HASH,
+        "summary": "x",
+        "scope": scope,
+    }
+    body = decoder.body(next(iter(decoder.classes)), UUID(int=7), 1, json.dumps(state).encode())
+    line, digest = export_line(body, 3)
+    payload = {"scope": scope, "summary": "x"}
+    assert json.loads(line)["payload_json"] == _compact(payload, sort_keys=True)
+    assert line.endswith(f',"canonical":{_compact(body, sort_keys=True)}}}'.encode())
+    assert digest == body_hash(body)
+
+
 def test_times_without_microseconds_and_in_other_zones_hash_like_the_domain() -> None:
     decoder = RawDecoder()
     topic = next(iter(decoder.classes))  # Reported
@@ -373,3 +434,39 @@ def test_verify_export_names_a_file_that_is_not_an_export(
     path.write_text(first_line + "\n")
     with pytest.raises(ExportFormatError, match=re.escape(message)):
         verify_export(path, bytes(32))
+
+
+def _reported_body(extra: dict[str, Any]) -> dict[str, Any]:
+    decoder = RawDecoder()
+    state = {
+        "timestamp": {"_type_": "datetime_iso", "_data_": "2026-11-28T01:02:03.000001+00:00"},
+        "event_id": {"_type_": "uuid_hex", "_data_": "06fce68956ac4007979f1995e947dd58"},
+        "previous_hash": GENESIS_HASH,
+        "title": "t",
+        **extra,
+    }
+    return decoder.body(next(iter(decoder.classes)), UUID(int=7), 1, json.dumps(state).encode())
+
+
+def test_an_export_line_as_the_exporter_writes_it_is_taken_as_is() -> None:
+    body = _reported_body({"latitude": -2.58})
+    line, digest = export_line(body, 6, "key:seal")
+    record = loads(line)
+    exact = check_event_line(record, line)
+    assert exact == (str(UUID(int=7)), 1, 6, GENESIS_HASH, digest, None, "key:seal")
+    assert exported_as_is(line + b"\n") == (exact, record["canonical"])
+    # Anything else is read by check_event_line: another hash, a changed envelope.
+    assert exported_as_is(line.replace(digest.encode(), b"0" * 64, 1)) is None
+    assert exported_as_is(line.replace(b'"version":"1"', b'"version":"2"')) is None
+
+
+def test_an_integer_orjson_alone_would_read_as_a_float_is_read_exactly() -> None:
+    body = _reported_body({"size": 2**70})
+    assert body["size"] == 2**70
+    line, digest = export_line(body, 5)
+    assert b'"size":1180591620717411303424' in line
+    # orjson reads 2**70 as a float: written again, the line differs, so it is not taken.
+    assert exported_as_is(line) is None
+    checked = check_event_line(loads(line), line)
+    assert checked == (str(UUID(int=7)), 1, 5, GENESIS_HASH, digest, None, None)
+    assert digest == body_hash(body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -14,7 +15,13 @@ from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, JSONTranscode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.common.jsoncodec import canonical_dumps, loads, transcoder_dumps
+from services.common.jsoncodec import (
+    canonical_dumps,
+    canonical_dumps_exact,
+    canonical_dumps_of_part,
+    loads,
+    transcoder_dumps,
+)
 
 
 def reference_dumps(value: Any, default: Any = None) -> bytes:
@@ -74,10 +81,42 @@ def test_loads_reads_what_json_reads(value: Any) -> None:
         {"n": [1.5e-9, -2.5e-7, 0.00001, 9.99e-5, 1e-4, 1e-10, 123.25]},
         {1: "non-string key"},
         ({"nested": (1e-7, "tuple")},),
+        1e-7,  # the exponent ends the text
+        [-3e-9],
+        {"id": "0e-4b3c", "then": 2e-8},  # "e-" in a text too
     ],
 )
 def test_canonical_dumps_falls_back_where_orjson_differs(value: Any) -> None:
     assert canonical_dumps(value) == reference_dumps(value)
+    encoded, exact = canonical_dumps_exact(value)
+    assert encoded == reference_dumps(value)
+    assert not exact
+
+
+def _parts(value: Any) -> Iterator[Any]:
+    yield value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for item in items:
+        yield from _parts(item)
+    if isinstance(value, dict):
+        yield {k: v for i, (k, v) in enumerate(value.items()) if i % 2}  # a subset of the keys
+
+
+@settings(max_examples=400)
+@given(_values)
+def test_canonical_dumps_exact_says_when_parts_need_no_check(value: Any) -> None:
+    encoded, exact = canonical_dumps_exact(value)
+    assert encoded == reference_dumps(value)
+    if exact:  # then every part of the value (its numbers among the value's) is written alike
+        for part in _parts(value):
+            assert canonical_dumps_of_part(part) == reference_dumps(part)
+
+
+@pytest.mark.parametrize("text", ["0e-4b3c", "de-0abc", "price 1e-5 per unit", "e-"])
+def test_texts_that_look_like_small_floats_are_still_exact_json(text: str) -> None:
+    value = {"x": text, "n": 1.25}
+    assert canonical_dumps(value) == reference_dumps(value)
+    assert canonical_dumps_exact(value)[0] == reference_dumps(value)
 
 
 def test_canonical_dumps_calls_default_for_times_and_writes_ids_like_str() -> None:

@@ -29,7 +29,12 @@ from eventsourcing.persistence import (
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import get_topic
 
-from services.common.jsoncodec import canonical_dumps, loads
+from services.common.jsoncodec import (
+    canonical_dumps,
+    canonical_dumps_exact,
+    canonical_dumps_of_part,
+    loads,
+)
 from services.ledger.domain.incident import (
     ENVELOPE_FIELDS,
     GENESIS_HASH,
@@ -90,7 +95,8 @@ _HEX32 = re.compile(r"[0-9a-f]{32}")
 def uuid_text(value: str) -> str:
     """``str(UUID(value))``; the stored form (32 lowercase hex digits) without parsing."""
     if len(value) == 32 and _HEX32.fullmatch(value):
-        return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
+        # join: 0.34 us, the f-string of the same slices 0.56 (twice an event)
+        return "-".join((value[:8], value[8:12], value[12:16], value[16:20], value[20:]))
     try:
         return str(UUID(value))
     except ValueError as exc:
@@ -204,8 +210,12 @@ def read_rows(
         statement = rows_query("sqlite", recorder.events_table_name, len(topics), stop is not None)
         params: list[Any] = [after, *([stop] if stop is not None else []), *topics, limit]
         with recorder.datastore.transaction(commit=False) as cursor:
+            # Plain tuples, as RawRow is, rather than the connection's sqlite3.Row, which
+            # were copied into tuples: 1.5 instead of 1.8 us an event.
+            cursor.sqlite_cursor.row_factory = None
             cursor.execute(statement + " LIMIT ?", params)
-            return [(r[0], r[1], r[2], r[3], r[4]) for r in cursor.fetchall()]
+            rows: list[RawRow] = cursor.fetchall()
+            return rows
     batch = recorder.select_notifications(
         after, limit, stop=stop, topics=topics, inclusive_of_start=False
     )
@@ -267,6 +277,10 @@ class RawDecoder:
         self.classes: dict[str, type[Incident.Event]] = {
             get_topic(cls): cls for cls in incident_event_classes()
         }
+        # Looked up once: getattr of a class attribute that is absent costs 0.4 us.
+        self._schema_versions: dict[str, int] = {
+            topic: getattr(cls, "class_version", 1) for topic, cls in self.classes.items()
+        }
         self.topics: Sequence[str] = list(self.classes)
 
     def body(
@@ -296,7 +310,7 @@ class RawDecoder:
             raise EventDecodeError(f"stored state does not decode: {exc}") from exc
         if not isinstance(data, dict):
             raise EventDecodeError("stored state is not an object")
-        schema_version = getattr(cls, "class_version", 1)
+        schema_version = self._schema_versions[topic]
         if data.pop("class_version", 1) != schema_version:
             return self._slow(topic, originator_id, version, stored)
         data.pop("originator_topic", None)
@@ -388,14 +402,17 @@ def _proto_time(value: Any) -> str:
     return f"{base}.{fraction}Z"
 
 
-def _payload_json(body: dict[str, Any]) -> str:
-    """The event-specific fields, as ``wire.event_to_proto`` writes ``payload_json``."""
+def _payload_json(body: dict[str, Any], exact: bool = False) -> str:
+    """The event-specific fields, as ``wire.event_to_proto`` writes ``payload_json``;
+    ``exact`` when orjson wrote the body's canonical JSON as json does (then it writes
+    these fields, their numbers among the body's, as json does too)."""
     payload = {}
     for k in body.keys() - _ENVELOPE_KEYS:
         v = body[k]
         kind = type(v)
         payload[k] = v.plain if kind is Time else _plain(v) if kind is dict or kind is list else v
-    return canonical_dumps(payload).decode("utf-8")
+    encoded = canonical_dumps_of_part(payload) if exact else canonical_dumps(payload)
+    return encoded.decode("utf-8")
 
 
 def _plain(value: Any) -> Any:
@@ -426,9 +443,9 @@ def _location(location: Any) -> dict[str, Any] | None:
 def export_line(body: dict[str, Any], position: int, seal: str | None = None) -> tuple[bytes, str]:
     """One export line (UTF-8, without its newline) and the event's hash: the envelope
     (``envelope_from_body``, compact JSON in field order) with ``"canonical"`` added."""
-    canonical = canonical_dumps(body)
+    canonical, exact = canonical_dumps_exact(body)
     digest = hashlib.sha256(canonical).hexdigest()
-    envelope = orjson.dumps(envelope_from_body(body, position, digest, seal))
+    envelope = orjson.dumps(_envelope(body, position, digest, seal, _payload_json(body, exact)))
     return b"".join((envelope[:-1], b',"canonical":', canonical, b"}")), digest
 
 
@@ -440,6 +457,13 @@ def envelope_from_body(
     Equal to ``MessageToDict(event_to_proto(...), preserving_proto_field_name=True)``,
     without building the event or the message (a test compares them).
     """
+    return _envelope(body, position, digest, seal, _payload_json(body))
+
+
+def _envelope(
+    body: dict[str, Any], position: int, digest: str, seal: str | None, payload_json: str
+) -> dict[str, Any]:
+    get = body.get
     envelope: dict[str, Any] = {
         "event_id": body["event_id"],
         "incident": f"incidents/{body['originator_id']}",
@@ -448,27 +472,31 @@ def envelope_from_body(
     }
     if body["schema_version"]:
         envelope["schema_version"] = body["schema_version"]
-    if body.get("occurred_at") is not None:
-        envelope["occur_time"] = _proto_time(body["occurred_at"])
+    occurred_at = get("occurred_at")
+    if occurred_at is not None:
+        envelope["occur_time"] = _proto_time(occurred_at)
     envelope["record_time"] = _proto_time(body["timestamp"])
     actor = {}
-    if body.get("actor_agency"):
-        actor["agency"] = body["actor_agency"]
-    if body.get("actor_officer"):
-        actor["officer"] = body["actor_officer"]
+    agency, officer = get("actor_agency"), get("actor_officer")
+    if agency:
+        actor["agency"] = agency
+    if officer:
+        actor["officer"] = officer
     envelope["actor"] = actor
-    if body.get("reason"):
-        envelope["reason"] = body["reason"]
-    location = _location(body.get("location"))
-    if location is not None:
-        envelope["location"] = location
+    reason = get("reason")
+    if reason:
+        envelope["reason"] = reason
+    location = get("location")
+    if location:
+        envelope["location"] = _location(location)
     for key in ("correlation_id", "causation_id", "request_id", "previous_hash"):
-        if body.get(key):
-            envelope[key] = body[key]
+        value = get(key)
+        if value:
+            envelope[key] = value
     envelope["hash"] = digest
     if position:
         envelope["position"] = str(position)
-    envelope["payload_json"] = _payload_json(body)
+    envelope["payload_json"] = payload_json
     if seal:
         envelope["seal"] = seal
     return envelope
