@@ -14,7 +14,9 @@ from services.common.sql import Database, open_database
 from services.ledger.personal_keys import (
     ROWS_PER_STATEMENT,
     SQLITE_PRAGMAS,
+    IndexRow,
     KeyRing,
+    KeyRow,
     KeyRows,
     PersonalKeys,
 )
@@ -43,8 +45,8 @@ def test_many_reports_rows_are_all_stored_once(store: dict[str, str]) -> None:
     keys = PersonalKeys(db, RING)
     subjects = 2 * ROWS_PER_STATEMENT + 500  # more key rows than index rows: a last part alone
     incidents = [str(uuid4()) for _ in range(subjects // 11 + 1)]
-    key_rows = []
-    index_rows = []
+    key_rows: list[KeyRow] = []
+    index_rows: list[IndexRow] = []
     for n in range(subjects):
         subject, incident = str(uuid4()), incidents[n // 11]
         digests = [f"{n:064x}"] if n % 2 else []
