@@ -1391,9 +1391,10 @@ class Ledger(Application[UUID]):
                 if original is not None:
                     return original
                 if expected and incident_id is not None:
-                    current = self._load(incident_id).version
-                    if current != expected:
-                        raise VersionConflict(expected, current) from None
+                    try:
+                        self._load(incident_id).check_expected(expected)
+                    except VersionConflict as conflict:
+                        raise conflict from None
                 log.debug("command.conflict_retry", command=command, attempt=attempt)
                 reload = True
                 # Jittered exponential backoff: another process won the race.
@@ -1479,8 +1480,7 @@ class Ledger(Application[UUID]):
         not cached."""
         cached = None if reload else self._cache.get(incident_id)
         incident = cached if isinstance(cached, Incident) else self._load(incident_id, field)
-        if expected and incident.version != expected:
-            raise VersionConflict(expected, incident.version)
+        incident.check_expected(expected)
         return incident
 
     def load_aggregate(self, aggregate_id: UUID, version: int | None = None) -> Any:

@@ -14,7 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from services.common.config import ConfigError
-from services.common.errors import DataLoss, InvalidArgument
+from services.common.errors import DataLoss, InvalidArgument, VersionConflict
 from services.common.sql import SQLiteDatabase
 from services.ledger.application import Ledger
 from services.ledger.domain.commands import (
@@ -22,6 +22,7 @@ from services.ledger.domain.commands import (
     AssignLeadAgency,
     LogAction,
     PlaceLegalHold,
+    ReadPersonalData,
     ReportIncident,
     RequestClosure,
     ResolveIncident,
@@ -276,3 +277,41 @@ def test_the_retention_rule_erases_closed_incidents_unless_held(tmp_path: Path) 
     # The keys are gone, not only marked: nothing opens the erased data.
     assert set(keys.incidents_with_keys()) == {still_open, held}
     ledger.close()
+
+
+def test_a_read_of_personal_data_does_not_turn_away_a_command_sent_before_it(
+    tmp_path: Path,
+) -> None:
+    """A read is recorded as an event of the incident (who, whose, why); a command sent
+    with the version before it still runs, as no decision rests on a read. A change
+    since that version is a conflict as ever, before and after the incident is loaded
+    from the store again."""
+    store = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(tmp_path / "l")}
+    keys = keys_at(tmp_path / "k.sqlite", OLD)
+    ledger = Ledger(REF, env=store, personal_keys=keys)
+    i = _reported(ledger)
+    verified = ledger.execute(envelope_for("desk_pilkada"), VerifyIncident(i, 1, "")).version
+
+    def read() -> int:
+        return ledger.execute(
+            envelope_for("bawaslu"), ReadPersonalData(i, 0, "checking the laporan")
+        ).version
+
+    assert read() == verified + 1
+    assigned = ledger.execute(
+        envelope_for("desk_pilkada"), AssignLeadAgency(i, verified, "polres", "")
+    ).version
+    assert assigned == verified + 2
+    read()
+    read()
+    with pytest.raises(VersionConflict):  # assigned since: the form is stale
+        ledger.execute(envelope_for("polres"), LogAction(i, verified, "patrol", None))
+    ledger.close()
+    again = Ledger(REF, env=store, personal_keys=keys)  # loaded from the store
+    with pytest.raises(VersionConflict):
+        again.execute(envelope_for("polres"), LogAction(i, verified, "patrol", None))
+    with pytest.raises(VersionConflict):  # a version it never had
+        again.execute(envelope_for("polres"), LogAction(i, assigned + 3, "patrol", None))
+    logged = again.execute(envelope_for("polres"), LogAction(i, assigned, "patrol", None))
+    assert logged.version == assigned + 3
+    again.close()

@@ -33,8 +33,9 @@ class LedgerServiceStub:
     command with the same request_id returns the original result and records
     nothing new; the same request_id with a different body is ALREADY_EXISTS.
     Commands on an existing incident take an optional `expected_version`
-    (0 = do not check); when it is not the incident's current version the call
-    fails with ABORTED and the current version in the ErrorInfo metadata.
+    (0 = do not check); when the incident changed after it the call fails with
+    ABORTED and the current version in the ErrorInfo metadata (a record of a read
+    of its personal data is no change: a version before one is still accepted).
 
     The actor recorded in events always comes from the caller's credentials
     (`authorization: Bearer <token>` metadata).
@@ -211,8 +212,9 @@ class LedgerServiceServicer:
     command with the same request_id returns the original result and records
     nothing new; the same request_id with a different body is ALREADY_EXISTS.
     Commands on an existing incident take an optional `expected_version`
-    (0 = do not check); when it is not the incident's current version the call
-    fails with ABORTED and the current version in the ErrorInfo metadata.
+    (0 = do not check); when the incident changed after it the call fails with
+    ABORTED and the current version in the ErrorInfo metadata (a record of a read
+    of its personal data is no change: a version before one is still accepted).
 
     The actor recorded in events always comes from the caller's credentials
     (`authorization: Bearer <token>` metadata).
@@ -619,8 +621,9 @@ class LedgerService:
     command with the same request_id returns the original result and records
     nothing new; the same request_id with a different body is ALREADY_EXISTS.
     Commands on an existing incident take an optional `expected_version`
-    (0 = do not check); when it is not the incident's current version the call
-    fails with ABORTED and the current version in the ErrorInfo metadata.
+    (0 = do not check); when the incident changed after it the call fails with
+    ABORTED and the current version in the ErrorInfo metadata (a record of a read
+    of its personal data is no change: a version before one is still accepted).
 
     The actor recorded in events always comes from the caller's credentials
     (`authorization: Bearer <token>` metadata).

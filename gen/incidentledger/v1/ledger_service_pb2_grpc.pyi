@@ -34,8 +34,9 @@ class LedgerServiceStub:
     command with the same request_id returns the original result and records
     nothing new; the same request_id with a different body is ALREADY_EXISTS.
     Commands on an existing incident take an optional `expected_version`
-    (0 = do not check); when it is not the incident's current version the call
-    fails with ABORTED and the current version in the ErrorInfo metadata.
+    (0 = do not check); when the incident changed after it the call fails with
+    ABORTED and the current version in the ErrorInfo metadata (a record of a read
+    of its personal data is no change: a version before one is still accepted).
 
     The actor recorded in events always comes from the caller's credentials
     (`authorization: Bearer <token>` metadata).
@@ -156,8 +157,9 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     command with the same request_id returns the original result and records
     nothing new; the same request_id with a different body is ALREADY_EXISTS.
     Commands on an existing incident take an optional `expected_version`
-    (0 = do not check); when it is not the incident's current version the call
-    fails with ABORTED and the current version in the ErrorInfo metadata.
+    (0 = do not check); when the incident changed after it the call fails with
+    ABORTED and the current version in the ErrorInfo metadata (a record of a read
+    of its personal data is no change: a version before one is still accepted).
 
     The actor recorded in events always comes from the caller's credentials
     (`authorization: Bearer <token>` metadata).
@@ -274,8 +276,9 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     command with the same request_id returns the original result and records
     nothing new; the same request_id with a different body is ALREADY_EXISTS.
     Commands on an existing incident take an optional `expected_version`
-    (0 = do not check); when it is not the incident's current version the call
-    fails with ABORTED and the current version in the ErrorInfo metadata.
+    (0 = do not check); when the incident changed after it the call fails with
+    ABORTED and the current version in the ErrorInfo metadata (a record of a read
+    of its personal data is no change: a version before one is still accepted).
 
     The actor recorded in events always comes from the caller's credentials
     (`authorization: Bearer <token>` metadata).

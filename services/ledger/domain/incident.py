@@ -23,12 +23,16 @@ from services.common.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    VersionConflict,
 )
 from services.common.jsoncodec import canonical_dumps
 from services.common.reference import PersonalDataPolicy, Role
 from services.ledger.domain.created import created_event
 from services.ledger.domain.personal import SealedReport, SealedSubject, SubjectRole
 from services.ledger.domain.refcodes import code_for
+
+#: Events that record an access to the incident and change nothing a command decides on.
+RECORDS_OF_ACCESS = frozenset({"PersonalDataAccessed"})
 
 GENESIS_HASH = "0" * 64
 
@@ -230,6 +234,8 @@ class Incident(Aggregate):
                     },
                 )
             self.evolve(incident)
+            if type(self).__name__ not in RECORDS_OF_ACCESS:
+                incident.decided_version = self.originator_version
             incident.head_hash = event_hash(self)
             # The ledger's signature over that hash, set when the event was stored
             # (see services/ledger/seals.py); None until then, and on events stored
@@ -512,6 +518,9 @@ class Incident(Aggregate):
         self.legal_holds: dict[str, str] = {}
         self.head_hash = GENESIS_HASH
         self.head_seal: str | None = None
+        # The version of its latest event that changed what a command decides on (every
+        # event but a record of a read): see check_expected.
+        self.decided_version = 0
         # Current (corrected) values of each event's correctable fields, each event's type
         # and agency (read through the properties below).
         self._event_values: dict[UUID, dict[str, str]] = {}
@@ -557,6 +566,17 @@ class Incident(Aggregate):
         agencies.update(self._event_agencies)
         self._event_values, self._event_types, self._event_agencies = values, types, agencies
         self._packed_rows = None
+
+    # ------------------------------------------------------- optimistic concurrency
+
+    def check_expected(self, expected: int) -> None:
+        """ABORTED (VersionConflict) when a command sent with the version its sender saw
+        (``expected``; 0: any) comes after a change of the incident. A record of a read of
+        its personal data (``PersonalDataAccessed``) changes nothing a sender decides on, so
+        the versions such records added since are accepted too: a coordinator's form open
+        while Bawaslu reads the report's people still sends."""
+        if expected and not self.decided_version <= expected <= self.version:
+            raise VersionConflict(expected, self.version)
 
     # ---------------------------------------------------------------- snapshot
 
@@ -611,6 +631,7 @@ class Incident(Aggregate):
             "legal_holds": self.legal_holds,
             "head_hash": self.head_hash,
             "head_seal": self.head_seal,
+            "decided_version": self.decided_version,
             "evidence": [
                 [
                     str(e.event_id),
@@ -701,6 +722,8 @@ class Incident(Aggregate):
         incident.legal_holds = dict(state["legal_holds"])
         incident.head_hash = str(state["head_hash"])
         incident.head_seal = state["head_seal"]
+        # Snapshots stored before it was kept: their version, as strict as before.
+        incident.decided_version = int(state.get("decided_version", incident.version))
         incident._event_values = {}
         incident._event_types = {}
         incident._event_agencies = {}
