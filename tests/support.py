@@ -25,6 +25,7 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from services.common.config import PROJECT_ROOT, LedgerSettings
 from services.common.reference import ReferenceData
+from services.common.sql import Database
 from services.ledger.server import LedgerServer, build
 
 REFERENCE_FILE = PROJECT_ROOT / "config" / "mukomuko-pilkada.yaml"
@@ -94,6 +95,14 @@ def require_postgres() -> None:
         if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
             pytest.fail(f"CI requires PostgreSQL at {PG_SETTINGS['POSTGRES_HOST']}: {exc}")
         pytest.skip(f"PostgreSQL unreachable: {exc}")
+
+
+def row_count(db: Database, table: str) -> int:
+    """The rows of ``table`` (a name of the test's own)."""
+    with db.transaction() as cur:
+        cur.execute(f"SELECT COUNT(*) FROM {table}")  # noqa: S608 - the test's own names
+        row = cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 @contextmanager

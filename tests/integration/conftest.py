@@ -9,7 +9,7 @@ import pytest
 
 from tests.ledgerctl_support import Ctl
 from tests.ledgerctl_support import popo_ledger as running_popo_ledger
-from tests.support import Client
+from tests.support import Client, store_environment
 
 
 @pytest.fixture
@@ -23,3 +23,12 @@ def popo_ledger(tmp_path: Path) -> Iterator[Client]:
 def ctl(popo_ledger: Client, capsys: pytest.CaptureFixture[str]) -> Ctl:
     """ledgerctl, run in-process against ``popo_ledger``."""
     return Ctl(popo_ledger, capsys)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def either_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment of a new store: the test runs once on SQLite, once on PostgreSQL."""
+    if request.param == "postgres":
+        request.applymarker(pytest.mark.postgres)
+    with store_environment(request.param, tmp_path) as env:
+        yield env

@@ -10,10 +10,8 @@ saved: the case of every report whose save fails after it was sealed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 from uuid import UUID
 
 import pytest
@@ -24,7 +22,7 @@ from services.ledger.application import Ledger
 from services.ledger.domain.commands import ReportIncident
 from services.ledger.domain.personal import Person, PersonalData
 from services.ledger.personal_keys import SQLITE_PRAGMAS, KeyRing, PersonalKeys
-from tests.support import reference, store_environment
+from tests.support import reference, row_count
 from tests.unit.incident_builders import envelope_for
 
 RING = KeyRing({"kek-test": bytes(range(32))}, "kek-test")
@@ -33,21 +31,6 @@ PEOPLE = PersonalData(
     witnesses=(Person(name="Budi Saksi", phone="+6285212345678"),),
 )
 HOUR = timedelta(hours=1)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    if request.param == "postgres":
-        request.applymarker(pytest.mark.postgres)
-    with store_environment(request.param, tmp_path) as env:
-        yield env
-
-
-def count(db: Database, table: str) -> int:
-    with db.transaction() as cur:
-        cur.execute(f"SELECT COUNT(*) FROM {table}")  # noqa: S608 - the test's own names
-        row = cur.fetchone()
-    return int(row[0]) if row else 0
 
 
 def subjects(db: Database) -> int:
@@ -65,21 +48,21 @@ REPORT = ReportIncident(
 )
 
 
-def test_a_report_that_is_not_saved_leaves_no_keys(store: dict[str, str]) -> None:
-    db = open_database(store, 2, sqlite_pragmas=SQLITE_PRAGMAS)
+def test_a_report_that_is_not_saved_leaves_no_keys(either_store: dict[str, str]) -> None:
+    db = open_database(either_store, 2, sqlite_pragmas=SQLITE_PRAGMAS)
     keys = PersonalKeys(db, RING)
-    ledger = Ledger(reference(), env=store, personal_keys=keys)
+    ledger = Ledger(reference(), env=either_store, personal_keys=keys)
     try:
         sent = envelope_for("kesbangpol", request_id="device-7/report-1")
         first = ledger.execute(sent, REPORT)
-        assert (subjects(db), count(db, "personal_data_index")) == (2, 3)  # a NIK, two phones
+        assert (subjects(db), row_count(db, "personal_data_index")) == (2, 3)  # a NIK, two phones
         again = ledger.execute(sent, REPORT)  # sealed again, then answered from the record
         assert again.replayed and again.incident_id == first.incident_id
         other = replace(REPORT, title="Another report under the same request id")
         with pytest.raises(AlreadyExists):  # sealed, then refused: REQUEST_ID_REUSED
             ledger.execute(sent, other)
         # Neither left keys: they were to be stored with events that were never saved.
-        assert (subjects(db), count(db, "personal_data_index")) == (2, 3)
+        assert (subjects(db), row_count(db, "personal_data_index")) == (2, 3)
         assert ledger.delete_unsaved_personal_keys(timedelta(0)) == 0
         opened = saved_people(ledger, keys, first.incident_id)
         assert opened == ["Budi Saksi", "Siti Rahma"]
@@ -89,25 +72,25 @@ def test_a_report_that_is_not_saved_leaves_no_keys(store: dict[str, str]) -> Non
 
 
 def test_keys_written_apart_from_their_report_are_swept_and_saved_ones_kept(
-    store: dict[str, str],
+    either_store: dict[str, str],
 ) -> None:
-    db = open_database(store, 2, sqlite_pragmas=SQLITE_PRAGMAS)
+    db = open_database(either_store, 2, sqlite_pragmas=SQLITE_PRAGMAS)
     keys = PersonalKeys(db, RING)
-    ledger = Ledger(reference(), env=store, personal_keys=keys)
+    ledger = Ledger(reference(), env=either_store, personal_keys=keys)
     try:
         first = ledger.execute(envelope_for("kesbangpol"), REPORT)
         # Keys stored in a transaction of their own, for a report never saved: what an
         # earlier ledger left when a report failed after its keys were written.
         keys.seal(PEOPLE)
         assert subjects(db) == 4
-        assert count(db, "personal_data_index") == 6
+        assert row_count(db, "personal_data_index") == 6
 
         # Younger than the grace period: kept (its report may still be saving).
         assert ledger.delete_unsaved_personal_keys(HOUR) == 0
         assert subjects(db) == 4
 
         assert ledger.delete_unsaved_personal_keys(timedelta(0)) == 2
-        assert subjects(db) == 2 and count(db, "personal_data_index") == 3
+        assert subjects(db) == 2 and row_count(db, "personal_data_index") == 3
         assert ledger.delete_unsaved_personal_keys(timedelta(0)) == 0  # nothing left
 
         # The saved report's people are whole: found, and their data opens.

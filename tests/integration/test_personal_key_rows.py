@@ -4,13 +4,9 @@ nothing. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from uuid import uuid4
 
-import pytest
-
-from services.common.sql import Database, open_database
+from services.common.sql import open_database
 from services.ledger.personal_keys import (
     ROWS_PER_STATEMENT,
     SQLITE_PRAGMAS,
@@ -20,28 +16,13 @@ from services.ledger.personal_keys import (
     KeyRows,
     PersonalKeys,
 )
-from tests.support import store_environment
+from tests.support import row_count
 
 RING = KeyRing({"kek-test": bytes(range(32))}, "kek-test")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    if request.param == "postgres":
-        request.applymarker(pytest.mark.postgres)
-    with store_environment(request.param, tmp_path) as env:
-        yield env
-
-
-def count(db: Database, table: str) -> int:
-    with db.transaction() as cur:
-        cur.execute(f"SELECT COUNT(*) FROM {table}")  # noqa: S608 - the test's own names
-        row = cur.fetchone()
-    return int(row[0]) if row else 0
-
-
-def test_many_reports_rows_are_all_stored_once(store: dict[str, str]) -> None:
-    db = open_database(store, 2, sqlite_pragmas=SQLITE_PRAGMAS)
+def test_many_reports_rows_are_all_stored_once(either_store: dict[str, str]) -> None:
+    db = open_database(either_store, 2, sqlite_pragmas=SQLITE_PRAGMAS)
     keys = PersonalKeys(db, RING)
     subjects = 2 * ROWS_PER_STATEMENT + 500  # more key rows than index rows: a last part alone
     incidents = [str(uuid4()) for _ in range(subjects // 11 + 1)]
@@ -55,9 +36,9 @@ def test_many_reports_rows_are_all_stored_once(store: dict[str, str]) -> None:
         )
         index_rows.extend((d, subject, incident) for d in digests)
     rows = KeyRows(tuple(key_rows), tuple(index_rows))
-    before = count(db, "personal_data_keys")  # the blind index key's row
+    before = row_count(db, "personal_data_keys")  # the blind index key's row
     keys.store(rows)
     keys.store(rows)  # again: nothing more
-    assert count(db, "personal_data_keys") - before == subjects
-    assert count(db, "personal_data_index") == len(index_rows) == subjects // 2
+    assert row_count(db, "personal_data_keys") - before == subjects
+    assert row_count(db, "personal_data_index") == len(index_rows) == subjects // 2
     keys.close()

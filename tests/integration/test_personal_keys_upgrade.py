@@ -5,7 +5,6 @@ them out of it, and a second start finds nothing to move. On SQLite and PostgreS
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ from services.common.config import ConfigError
 from services.common.sql import Database, SQLiteDatabase, open_database
 from services.ledger.domain.personal import Person, PersonalData
 from services.ledger.personal_keys import SQLITE_PRAGMAS, KeyRing, PersonalKeys
-from tests.support import store_environment
 
 RING = KeyRing({"kek-test": bytes(range(32))}, "kek-test")
 SITI = PersonalData(
@@ -43,14 +41,6 @@ FORMER = (
     "CREATE INDEX personal_data_keys_incident ON personal_data_keys (incident_id)",
 )
 KEY_COLUMNS = "subject_id, incident_id, kek_id, wrapped_key, created_at, erased_at"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    if request.param == "postgres":
-        request.applymarker(pytest.mark.postgres)
-    with store_environment(request.param, tmp_path) as env:
-        yield env
 
 
 def rows(db: Database, statement: str) -> list[Any]:
@@ -85,9 +75,9 @@ def former_store(db: Database, scratch: Path) -> tuple[PersonalData, PersonalDat
 
 
 def test_a_former_key_table_is_moved_and_still_opens_finds_and_erases(
-    store: dict[str, str], tmp_path: Path
+    either_store: dict[str, str], tmp_path: Path
 ) -> None:
-    db = open_database(store, 2, sqlite_pragmas=SQLITE_PRAGMAS)
+    db = open_database(either_store, 2, sqlite_pragmas=SQLITE_PRAGMAS)
     siti, ani = former_store(db, tmp_path / "scratch.sqlite")
     assert siti.sealed is not None and ani.sealed is not None
     keys = PersonalKeys(db, RING)
@@ -117,7 +107,7 @@ def test_a_former_key_table_is_moved_and_still_opens_finds_and_erases(
     keys.close()
 
     # A second start: nothing to move, everything where it was.
-    again = PersonalKeys(open_database(store, 2, sqlite_pragmas=SQLITE_PRAGMAS), RING)
+    again = PersonalKeys(open_database(either_store, 2, sqlite_pragmas=SQLITE_PRAGMAS), RING)
     assert again.open_subject(incident, witness) == SITI.witnesses[0]
     assert again.open_subject(incident, reporter) is None
     assert len(again.find("phone", "+6281311112222")) == 1
@@ -125,9 +115,9 @@ def test_a_former_key_table_is_moved_and_still_opens_finds_and_erases(
 
 
 def test_a_read_only_start_refuses_a_former_key_table(
-    store: dict[str, str], tmp_path: Path
+    either_store: dict[str, str], tmp_path: Path
 ) -> None:
-    db = open_database(store, 2, sqlite_pragmas=SQLITE_PRAGMAS)
+    db = open_database(either_store, 2, sqlite_pragmas=SQLITE_PRAGMAS)
     former_store(db, tmp_path / "scratch.sqlite")
     with pytest.raises(ConfigError, match="former layout"):
         PersonalKeys(db, RING, create=False)
