@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,17 +12,8 @@ from services.common.datafiles import prepare_sqlite_file
 from services.common.sql import open_database
 from services.notifier.sealing import SecretBox, load_secret_box
 from services.notifier.store import NewJob, NotifierStore
-from tests.support import store_environment
 
 SECRET = "a-webhook-secret-nobody-may-read"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    if request.param == "postgres":
-        request.applymarker(pytest.mark.postgres)
-    with store_environment(request.param, tmp_path) as env:
-        yield env
 
 
 def settings(tmp_path: Path) -> NotifierSettings:
@@ -61,14 +51,14 @@ def add(store: NotifierStore, key: str) -> str:
 
 
 def test_webhook_secrets_are_sealed_at_rest_and_erased_with_their_webhook(
-    store_env: dict[str, str], tmp_path: Path
+    either_store: dict[str, str], tmp_path: Path
 ) -> None:
     box = load_secret_box(settings(tmp_path))
-    store = open_store(store_env, box)
+    store = open_store(either_store, box)
     try:
         kept, deleted = add(store, "a"), add(store, "b")
         store.delete_webhook(deleted)
-        at_rest = stored_secrets(store_env)
+        at_rest = stored_secrets(either_store)
         assert SECRET not in at_rest[kept] and at_rest[kept].startswith("aesgcm1:")
         assert at_rest[deleted] == "", "a deleted webhook keeps no secret"
         found = store.webhook(kept)
@@ -76,14 +66,14 @@ def test_webhook_secrets_are_sealed_at_rest_and_erased_with_their_webhook(
         assert [w.secret for w in store.webhooks()] == [SECRET]
     finally:
         store.close()
-    if "SQLITE_DBNAME" in store_env:
-        for path in Path(store_env["SQLITE_DBNAME"]).parent.glob("ledger.sqlite*"):
+    if "SQLITE_DBNAME" in either_store:
+        for path in Path(either_store["SQLITE_DBNAME"]).parent.glob("ledger.sqlite*"):
             assert SECRET.encode() not in path.read_bytes(), path
     # Another key does not open it (and says which setting to look at).
     with pytest.raises(ConfigError, match="NOTIFIER_WEBHOOK_KEY_FILE"):
         SecretBox(b"k" * 32).open(at_rest[kept], kept)
     # The same key from the same file, next time: still readable.
-    again = open_store(store_env, load_secret_box(settings(tmp_path)))
+    again = open_store(either_store, load_secret_box(settings(tmp_path)))
     try:
         found = again.webhook(kept)
         assert found is not None and found.secret == SECRET
@@ -92,11 +82,11 @@ def test_webhook_secrets_are_sealed_at_rest_and_erased_with_their_webhook(
 
 
 def test_plaintext_secrets_from_before_are_sealed_at_start_and_stay_usable(
-    store_env: dict[str, str], tmp_path: Path
+    either_store: dict[str, str], tmp_path: Path
 ) -> None:
     box = load_secret_box(settings(tmp_path))
-    open_store(store_env, box).close()
-    db = open_database(store_env)
+    open_store(either_store, box).close()
+    db = open_database(either_store)
     with db.transaction() as cur:  # rows as the notifier wrote them before secrets were sealed
         for wid, deleted in (("wh_old", 0), ("wh_gone", 1)):
             cur.execute(
@@ -107,9 +97,9 @@ def test_plaintext_secrets_from_before_are_sealed_at_start_and_stay_usable(
                 (wid, "kpu", "https://kpu.example/h", SECRET, "{}", 1.0, wid, wid, deleted),
             )
     db.close()
-    store = open_store(store_env, box)
+    store = open_store(either_store, box)
     try:
-        at_rest = stored_secrets(store_env)
+        at_rest = stored_secrets(either_store)
         assert at_rest["wh_old"].startswith("aesgcm1:") and SECRET not in at_rest["wh_old"]
         assert at_rest["wh_gone"] == ""
         found = store.webhook("wh_old")
@@ -155,9 +145,9 @@ def test_production_needs_the_key_setting(tmp_path: Path) -> None:
 
 
 def test_jobs_are_claimed_only_into_free_slots_of_their_endpoint(
-    store_env: dict[str, str], tmp_path: Path
+    either_store: dict[str, str], tmp_path: Path
 ) -> None:
-    store = open_store(store_env, load_secret_box(settings(tmp_path)))
+    store = open_store(either_store, load_secret_box(settings(tmp_path)))
     try:
         store.add_jobs(
             NewJob(hook, seq, seq, f"ev{seq}", f"incidents/{seq}", "bpbd", "{}")
@@ -180,12 +170,12 @@ def test_jobs_are_claimed_only_into_free_slots_of_their_endpoint(
 
 
 def test_a_job_waits_until_every_earlier_stream_message_is_handled(
-    store_env: dict[str, str], tmp_path: Path
+    either_store: dict[str, str], tmp_path: Path
 ) -> None:
     """Two replicas store the jobs of neighbouring messages at their own pace: the job of
     message 3 is stored, that of message 2 (same incident) not yet. The job of message 3
     waits until message 2 is handled, then until its job is delivered."""
-    store = open_store(store_env, load_secret_box(settings(tmp_path)))
+    store = open_store(either_store, load_secret_box(settings(tmp_path)))
 
     def job(seq: int, incident: str) -> NewJob:
         return NewJob("wh_a", seq, seq, f"ev{seq}", incident, "bpbd", "{}")

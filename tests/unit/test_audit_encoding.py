@@ -303,17 +303,9 @@ def test_export_lines_are_byte_for_byte_the_independently_computed_ones(ledger: 
     ],
 )
 def test_payload_json_writes_small_floats_as_the_standard_library(scope: dict[str, Any]) -> None:
-    decoder = RawDecoder()
-    state = {
-        "timestamp": {"_type_": "datetime_iso", "_data_": "2026-11-28T01:02:03.000001+00:00"},
-        "event_id": {"_type_": "uuid_hex", "_data_": "06fce68956ac4007979f1995e947dd58"},
-        "previous_hash": GENESIS_HASH,
-        "summary": "x",
-        "scope": scope,
-    }
-    body = decoder.body(next(iter(decoder.classes)), UUID(int=7), 1, json.dumps(state).encode())
+    body = _reported_body({"summary": "x", "scope": scope})
     line, digest = export_line(body, 3)
-    payload = {"scope": scope, "summary": "x"}
+    payload = {"scope": scope, "summary": "x", "title": "t"}
     assert json.loads(line)["payload_json"] == _compact(payload, sort_keys=True)
     assert line.endswith(f',"canonical":{_compact(body, sort_keys=True)}}}'.encode())
     assert digest == body_hash(body)
