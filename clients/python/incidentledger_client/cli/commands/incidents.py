@@ -77,7 +77,8 @@ Version = Annotated[
     typer.Option(
         "--expected-version",
         "-V",
-        help="Fail with a conflict unless at this version (0: no check).",
+        help="Fail with a conflict if the incident changed after this version (reads of "
+        "its personal data do not count; 0: no check).",
     ),
 ]
 Comment = Annotated[str, typer.Option("--comment", "-m", help="A comment recorded with the event.")]
