@@ -102,42 +102,34 @@ SCHEMA = (
     ){without_rowid}""",
 )
 
-#: The layout before (keyed by subject, with an index per incident and per indexed
-#: subject): moved into the one above when a ledger first opens it (:func:`upgrade`).
-FORMER_INDEXES = ("personal_data_index_subject", "personal_data_keys_incident")
-
 #: A row of ``personal_data_keys`` (subject, incident, KEK id, wrapped key, created at,
 #: blind index digests joined by spaces) and one of ``personal_data_index`` (digest,
 #: subject, incident).
 KeyRow = tuple[str, str, str, str, str, str]
 IndexRow = tuple[str, str, str]
 
-#: The inserts of a report's keys, in the transaction of its events (``?`` placeholders,
-#: ``{keys}`` and ``{index}`` the tables' names as the recorder's dialect writes them).
-#: Inserted again by a command that runs again (its first save failed): a no-op where the
-#: rows are there already (stored in a transaction of their own, :meth:`PersonalKeys.store`).
-INSERT_KEYS = (
+#: The inserts of a report's keys, in the transaction of its events (``{keys}`` and
+#: ``{index}`` the tables' names as the recorder's dialect writes them, ``{values}`` the
+#: rows' placeholders). Inserted again by a command that runs again (its first save
+#: failed): a no-op where the rows are there already (stored in a transaction of their
+#: own, :meth:`PersonalKeys.store`).
+INSERT_KEY_VALUES = (
     "INSERT INTO {keys} (subject_id, incident_id, kek_id, wrapped_key, created_at,"
-    " index_digests) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (incident_id, subject_id) DO NOTHING"
+    " index_digests) VALUES {values} ON CONFLICT (incident_id, subject_id) DO NOTHING"
 )
-INSERT_INDEX = (
-    "INSERT INTO {index} (digest, subject_id, incident_id) VALUES (?, ?, ?)"
+INSERT_INDEX_VALUES = (
+    "INSERT INTO {index} (digest, subject_id, incident_id) VALUES {values}"
     " ON CONFLICT (digest, subject_id) DO NOTHING"
 )
-
+#: On SQLite, one row at a time (``executemany``; ``?`` placeholders).
+INSERT_KEYS = INSERT_KEY_VALUES.replace("{values}", "(?, ?, ?, ?, ?, ?)")
+INSERT_INDEX = INSERT_INDEX_VALUES.replace("{values}", "(?, ?, ?)")
 #: On PostgreSQL a report's rows go in as one statement of plain values, the key rows in a
 #: data-modifying WITH: psycopg dumps scalars in C. CPU of the commit thread a report naming
 #: two people (in-process, 2 x 1,000 reports, a loaded machine): two ``executemany`` 141-189
 #: µs, arrays through ``unnest`` (psycopg dumps lists in Python) 141-161 µs, this 80-90 µs.
 #: Rows per statement stay well under PostgreSQL's 65,535 parameters.
 ROWS_PER_STATEMENT = 2_000
-INSERT_VALUES = (
-    "WITH keyed AS (INSERT INTO {keys} (subject_id, incident_id, kek_id, wrapped_key,"
-    " created_at, index_digests) VALUES {key_values}"
-    " ON CONFLICT (incident_id, subject_id) DO NOTHING)"
-    " INSERT INTO {index} (digest, subject_id, incident_id) VALUES {index_values}"
-    " ON CONFLICT (digest, subject_id) DO NOTHING"
-)
 
 
 @dataclass(frozen=True)
@@ -167,30 +159,32 @@ def insert_key_rows(
     """Insert ``rows`` with ``cursor``, inside the transaction the caller holds (the event
     store's recorder, saving the events that use the keys). ``mark``: the driver's
     placeholder (``?`` or ``%s``); the tables' names as the store's dialect needs them."""
-    if mark == "%s" and rows.keys and rows.index:
-        keys, index = rows.keys, rows.index
-        while keys or index:
-            some_keys, keys = keys[:ROWS_PER_STATEMENT], keys[ROWS_PER_STATEMENT:]
-            some_index, index = index[:ROWS_PER_STATEMENT], index[ROWS_PER_STATEMENT:]
-            if not (some_keys and some_index):
-                insert_key_rows(
-                    cursor, KeyRows(some_keys, some_index), keys_table, index_table, mark
-                )
-                continue
-            statement = INSERT_VALUES.format(
-                keys=keys_table,
-                index=index_table,
-                key_values=", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(some_keys)),
-                index_values=", ".join(["(%s, %s, %s)"] * len(some_index)),
+    if mark == "%s":
+        for start in range(0, max(len(rows.keys), len(rows.index)), ROWS_PER_STATEMENT):
+            part = slice(start, start + ROWS_PER_STATEMENT)
+            keys, index = rows.keys[part], rows.index[part]
+            cursor.execute(
+                _values_statement(keys_table, index_table, len(keys), len(index)),
+                [value for row in (*keys, *index) for value in row],
             )
-            cursor.execute(statement, [v for row in (*some_keys, *some_index) for v in row])
         return
     if rows.keys:
-        statement = INSERT_KEYS.format(keys=keys_table).replace("?", mark)
-        cursor.executemany(statement, rows.keys)
+        cursor.executemany(INSERT_KEYS.format(keys=keys_table), rows.keys)
     if rows.index:
-        statement = INSERT_INDEX.format(index=index_table).replace("?", mark)
-        cursor.executemany(statement, rows.index)
+        cursor.executemany(INSERT_INDEX.format(index=index_table), rows.index)
+
+
+def _values_statement(keys_table: str, index_table: str, keys: int, index: int) -> str:
+    """The PostgreSQL insert of ``keys`` key rows and ``index`` index rows (either may be
+    none): one statement, the key rows' insert a data-modifying WITH when there are both."""
+    parts = []
+    if keys:
+        values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * keys)
+        parts.append(INSERT_KEY_VALUES.format(keys=keys_table, values=values))
+    if index:
+        values = ", ".join(["(%s, %s, %s)"] * index)
+        parts.append(INSERT_INDEX_VALUES.format(index=index_table, values=values))
+    return parts[0] if len(parts) == 1 else f"WITH keyed AS ({parts[0]}) {parts[1]}"
 
 
 #: The PostgreSQL advisory lock held while the key table is created or upgraded.
@@ -415,11 +409,17 @@ class PersonalKeys:
                 "the keys it wrapped: it is not the key they were wrapped with"
             ) from None
 
-    def _row_key(
-        self, incident: str, subject: str, *, missing: bytes | None = None
-    ) -> bytes | None:
-        """The key of the incident's subject; None once destroyed, ``missing`` when the
-        table has no row for it."""
+    def _row_key(self, incident: str, subject: str) -> bytes | None:
+        """The key of the incident's subject; None once destroyed or without a row."""
+        row = self._key_row(incident, subject)
+        if row is None:
+            return None
+        kek_id, wrapped = row
+        return None if wrapped is None else self._unwrap(subject, kek_id, wrapped)
+
+    def _key_row(self, incident: str, subject: str) -> tuple[str, str | None] | None:
+        """The KEK id and wrapped key (None once destroyed) of the incident's subject;
+        None when the table has no row for them."""
         with self._db.transaction() as cur:
             cur.execute(
                 self._db.q(
@@ -430,10 +430,8 @@ class PersonalKeys:
             )
             row = cur.fetchone()
         if row is None:
-            return missing
-        if row[1] is None:
             return None
-        return self._unwrap(subject, str(row[0]), str(row[1]))
+        return str(row[0]), None if row[1] is None else str(row[1])
 
     def _wrap(self, subject: str, key: bytes) -> str:
         nonce = os.urandom(NONCE_BYTES)
@@ -552,16 +550,19 @@ class PersonalKeys:
         """The subject's data; None once their key is destroyed. DataLoss when the key
         table has no key for them in this incident (a key is never deleted, only
         destroyed; and a ciphertext moved to another incident does not open there)."""
-        key = self._row_key(str(incident_id), str(sealed.subject_id), missing=_NO_KEY)
-        if key is None:
-            return None
+        subject = str(sealed.subject_id)
         unreadable = DataLoss(
-            f"the personal data of subject {sealed.subject_id} does not decrypt",
+            f"the personal data of subject {subject} does not decrypt",
             reason="PERSONAL_DATA_UNREADABLE",
-            metadata={"subject": str(sealed.subject_id)},
+            metadata={"subject": subject},
         )
-        if key is _NO_KEY:
+        row = self._key_row(str(incident_id), subject)
+        if row is None:
             raise unreadable
+        kek_id, wrapped = row
+        if wrapped is None:
+            return None
+        key = self._unwrap(subject, kek_id, wrapped)
         try:
             plaintext = AESGCM(key).decrypt(
                 _unb64(sealed.nonce),
@@ -716,10 +717,6 @@ class PersonalKeys:
 
     def close(self) -> None:
         self._db.close()
-
-
-#: What :meth:`PersonalKeys._row_key` answers for a subject the table has no row of.
-_NO_KEY = bytes(1)
 
 
 def _delete_index_rows(cursor: Any, db: Database, keys: Sequence[Any]) -> None:
