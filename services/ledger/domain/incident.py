@@ -31,9 +31,6 @@ from services.ledger.domain.created import created_event
 from services.ledger.domain.personal import SealedReport, SealedSubject, SubjectRole
 from services.ledger.domain.refcodes import code_for
 
-#: Events that record an access to the incident and change nothing a command decides on.
-RECORDS_OF_ACCESS = frozenset({"PersonalDataAccessed"})
-
 GENESIS_HASH = "0" * 64
 
 
@@ -234,7 +231,9 @@ class Incident(Aggregate):
                     },
                 )
             self.evolve(incident)
-            if type(self).__name__ not in RECORDS_OF_ACCESS:
+            # A record of a read of its personal data changes nothing a command decides
+            # on (check_expected).
+            if not isinstance(self, Incident.PersonalDataAccessed):
                 incident.decided_version = self.originator_version
             incident.head_hash = event_hash(self)
             # The ledger's signature over that hash, set when the event was stored
