@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import ssl
 import threading
 import time
 from collections import defaultdict
@@ -64,6 +65,8 @@ class WebhookReceiver:
     secret: str = WEBHOOK_SECRET
     status: int = 204
     delay: float = 0.0  # seconds before answering
+    location: str = ""  # sent as Location with the answer (a redirect)
+    tls: ssl.SSLContext | None = None  # HTTPS at https://localhost:<port>/hook
     port: int = 0
     received: list[Received] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
@@ -71,6 +74,8 @@ class WebhookReceiver:
 
     @property
     def url(self) -> str:
+        if self.tls is not None:  # the name its certificate is for
+            return f"https://localhost:{self.port}/hook"
         return f"http://127.0.0.1:{self.port}/hook"
 
     def start(self) -> None:
@@ -91,12 +96,16 @@ class WebhookReceiver:
                     with receiver._lock:
                         receiver.received.append(Received(dict(self.headers.items()), body))
                 self.send_response(receiver.status)
+                if receiver.location:
+                    self.send_header("Location", receiver.location)
                 self.end_headers()
 
             def log_message(self, format: str, *args: object) -> None:
                 return None
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 

@@ -112,16 +112,19 @@ class CertificateAuthority:
         key_file.chmod(0o600)
         return Issued(cert_pem, key_pem, cert_file, key_file)
 
-    def server(self, stem: str = "server") -> Issued:
-        """A server certificate for localhost, 127.0.0.1 and ::1."""
+    def server(
+        self, stem: str = "server", name: str = "localhost", *, addresses: bool = True
+    ) -> Issued:
+        """A server certificate for ``name``; with ``addresses``, for localhost, also for
+        127.0.0.1 and ::1."""
+        addresses_ = ["127.0.0.1", "::1"] if addresses and name == "localhost" else []
         return self._issue(
             stem,
-            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]),
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]),
             ExtendedKeyUsageOID.SERVER_AUTH,
             [
-                x509.DNSName("localhost"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(ipaddress.ip_address("::1")),
+                x509.DNSName(name),
+                *(x509.IPAddress(ipaddress.ip_address(a)) for a in addresses_),
             ],
         )
 

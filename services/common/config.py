@@ -757,6 +757,13 @@ class NotifierVariables(Group):
         "see [Webhooks](fan-out.md#webhooks)); a bare address is one host",
         shown_default="unset (public addresses only)",
     )
+    webhook_ca_file: FilePath | None = _setting(
+        "NOTIFIER_WEBHOOK_CA_FILE",
+        None,
+        "CA certificates (PEM) trusted for `https://` webhooks besides the system's (an "
+        "agency's own CA); a certificate is checked against the webhook's host name",
+        shown_default="unset (the system's CAs)",
+    )
     webhook_key_file: FilePath | None = _setting(
         "NOTIFIER_WEBHOOK_KEY_FILE",
         None,
@@ -1884,6 +1891,8 @@ class WebhookSettings:
     # Targets on non-public addresses (loopback, private, link-local, ...) are refused
     # unless they fall in one of these networks (NOTIFIER_WEBHOOK_ALLOW_NETWORKS).
     allow_networks: tuple[IPNetwork, ...] = _default(NotifierVariables, "webhook_allow_networks")
+    # CAs trusted for https:// targets besides the system's (NOTIFIER_WEBHOOK_CA_FILE).
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -1944,6 +1953,7 @@ class NotifierSettings(ServiceSettings):
                 backoff_seconds=notifier.webhook_backoff_seconds,
                 max_backoff_seconds=notifier.webhook_max_backoff_seconds,
                 allow_networks=notifier.webhook_allow_networks,
+                ca_file=notifier.webhook_ca_file,
             ),
             max_workers=notifier.max_workers,
             grace_seconds=notifier.grace_seconds,

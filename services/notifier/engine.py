@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, TypeVar
 
-import httpx
+import aiohttp
 import nats
 import structlog
 from nats.aio.client import Client as NatsClient
@@ -68,7 +68,13 @@ from services.notifier.messages import (
 )
 from services.notifier.outcomes import OutcomeWriter
 from services.notifier.store import Job, LogEntry, NewJob, NotifierStore, Outcome, WebhookRow
-from services.notifier.targets import TargetPolicy, TargetRefusedError, parse_target, pinned_url
+from services.notifier.targets import (
+    TargetPolicy,
+    TargetRefusedError,
+    parse_target,
+    pinned_url,
+    tls_context,
+)
 from services.notifier.webhook_cache import CREATED_MARGIN_SECONDS, Webhook, WebhookCache
 
 log = structlog.get_logger(__name__)
@@ -82,6 +88,8 @@ FETCH_BATCH = 100  # messages fetched at once while the consumer has a backlog
 RESTART_BACKOFF = (0.2, 5.0)  # first and longest pause before a failed task starts again
 LEASE_TIMEOUTS = 3  # a job's lease, in endpoint timeouts (one attempt takes at most one)
 ACK_SECONDS = 5.0  # the server confirms an ack within this (on loopback: about 1 ms)
+#: The longest answer body read to keep its connection: the body itself is not wanted.
+MAX_ANSWER_READ = 64 * 1024
 FLOOR_POLL_SECONDS = 0.05  # the floor is read this often while stored jobs wait for it
 FLOOR_REFRESH_SECONDS = 1.0  # otherwise (jobs another replica stored, retries), this often
 FLOOR_TIMEOUT = 2.0  # a floor reading that takes longer is skipped (the last one stands)
@@ -132,6 +140,7 @@ class Engine:
         self._submit_lock = threading.Lock()
         self._inflight: Counter[str] = Counter()  # deliveries under way, per webhook
         self._targets = TargetPolicy(settings.webhooks.allow_networks)
+        self._tls = tls_context(settings.webhooks.ca_file)
         self._deliveries: set[asyncio.Task[None]] = set()
         self._outcomes = OutcomeWriter(store)
         self._slow_consumer_drops = 0
@@ -408,8 +417,13 @@ class Engine:
     async def _deliver_due(self, healthy: Healthy) -> None:
         hooks = self._settings.webhooks
         wake = self._wake_delivery or asyncio.Event()
-        # trust_env=False: no proxy from the environment, the request goes where it was checked.
-        async with httpx.AsyncClient(timeout=hooks.timeout_seconds, trust_env=False) as client:
+        # trust_env=False: no proxy from the environment, the request goes where it was
+        # checked. Connections are kept per address, port and TLS server name.
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=hooks.concurrency, ssl=self._tls),
+            timeout=aiohttp.ClientTimeout(total=hooks.timeout_seconds),
+            trust_env=False,
+        ) as client:
             running = self._deliveries
             reported_drops, reported_at = 0, 0.0
             while not self._stopping:
@@ -481,7 +495,7 @@ class Engine:
 
     async def _deliver(
         self,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         job: Job,
         webhook: WebhookRow | None,
         lease_ends: float,
@@ -495,7 +509,7 @@ class Engine:
 
     async def _attempt(
         self,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         job: Job,
         webhook: WebhookRow | None,
         lease_ends: float,
@@ -539,12 +553,13 @@ class Engine:
                 error=error,
             )
 
-    async def _post(self, client: httpx.AsyncClient, webhook: WebhookRow, job: Job) -> str:
+    async def _post(self, client: aiohttp.ClientSession, webhook: WebhookRow, job: Job) -> str:
         """One POST; "" when the endpoint took it, else a neutral reason.
 
         The reason reaches the agency (the dead letter's ``last_error``): it says what
         kind of failure it was and never repeats what the target answered, so a webhook
-        cannot be used to read another service's answers.
+        cannot be used to read another service's answers. A redirect is not followed
+        (its target was never checked): it is the answer, ``HTTP 3xx``.
         """
         try:
             async with asyncio.timeout(self._settings.webhooks.timeout_seconds):
@@ -553,9 +568,9 @@ class Engine:
                 url, host = pinned_url(target, address)
                 raw = with_delivery_id(job.payload, job.id)
                 timestamp = int(time.time())
-                response = await client.post(
+                async with client.post(
                     url,
-                    content=raw,
+                    data=raw,
                     headers={
                         **host,
                         "Content-Type": "application/json",
@@ -564,16 +579,19 @@ class Engine:
                         "X-Ledger-Timestamp": str(timestamp),
                         SIGNATURE_HEADER: sign(webhook.secret, timestamp, raw),
                     },
+                    allow_redirects=False,
                     # TLS checks the certificate against the name, not the address.
-                    extensions={"sni_hostname": target.host},
-                )
+                    server_hostname=target.host if target.scheme == "https" else None,
+                ) as response:
+                    status = response.status
+                    await _drain(response)
         except TargetRefusedError:
             return "target refused: not a public address, or the name does not resolve"
-        except (TimeoutError, httpx.TimeoutException):
+        except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
             return "timeout: no answer in time"
-        except httpx.ConnectError:
+        except aiohttp.ClientConnectorError:  # refused, unreachable, or TLS (certificate)
             return "connection failed"
-        except httpx.HTTPError:
+        except aiohttp.ClientError:
             return "the answer was not a valid HTTP response"
         except Exception as exc:  # any other failure is this attempt's outcome, never a stuck job
             log.warning(
@@ -582,8 +600,8 @@ class Engine:
                 error=f"{type(exc).__name__}: {exc}",
             )
             return "the delivery failed in the notifier"
-        if not 200 <= response.status_code < 300:
-            return f"HTTP {response.status_code}"
+        if not 200 <= status < 300:
+            return f"HTTP {status}"
         return ""
 
     async def _record(
@@ -666,3 +684,11 @@ class Engine:
             pending_msgs_limit=PENDING_LIMIT,
         )
         return LiveSubscription(self, sub, after + 1)
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    """Read a short answer's body, so that its connection serves the next delivery; a long
+    one (or one of unknown length) is left unread, and its connection closed."""
+    length = response.content_length
+    if length is not None and length <= MAX_ANSWER_READ:
+        await response.read()

@@ -194,7 +194,7 @@ print(json.dumps(sorted(sys.modules)))
     )
     loaded = set(json.loads(done.stdout))
     assert "services.ledger.domain.incident" in loaded  # the check looked at something
-    forbidden_roots = {"psycopg", "grpc", "nats", "httpx", "sqlite3", "incidentledger"}
+    forbidden_roots = {"psycopg", "grpc", "nats", "aiohttp", "sqlite3", "incidentledger"}
     forbidden = {
         "google.protobuf",
         "eventsourcing.persistence",

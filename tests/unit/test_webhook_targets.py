@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,7 @@ from services.notifier.targets import (
     TargetRefusedError,
     parse_target,
     pinned_url,
+    tls_context,
 )
 
 DEFAULT = TargetPolicy()
@@ -115,3 +118,12 @@ def test_the_allow_list_setting_takes_cidrs_and_refuses_anything_else() -> None:
     )
     with pytest.raises(ConfigError, match="NOTIFIER_WEBHOOK_ALLOW_NETWORKS"):
         NotifierSettings.from_env({**env, "NOTIFIER_WEBHOOK_ALLOW_NETWORKS": "intranet"})
+
+
+def test_a_ca_file_that_does_not_load_stops_the_start(tmp_path: Path) -> None:
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n")
+    for path in (not_pem, tmp_path / "missing.pem"):
+        with pytest.raises(ConfigError, match="NOTIFIER_WEBHOOK_CA_FILE"):
+            tls_context(path)
+    assert tls_context(None).verify_mode == ssl.CERT_REQUIRED
