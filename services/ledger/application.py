@@ -99,7 +99,7 @@ from services.ledger.personal_keys import KeyRows, PersonalKeys
 from services.ledger.seals import SealChecker, Sealer
 from services.ledger.snapshots import SnapshotRejected, Snapshots, rejected
 from services.ledger.store import ArrayInsertRecorder, EventPositions, KeyedSQLiteRecorder
-from services.ledger.writes import AggregateCache, GroupCommitter
+from services.ledger.writes import AggregateCache, GroupCommitter, SingleCommands
 
 log = structlog.get_logger(__name__)
 
@@ -108,6 +108,13 @@ MAX_CONFLICT_RETRIES = 30
 # is taken: with 33 million codes, a second draw is already rare.
 MAX_REFERENCE_DRAWS = 10
 LOCK_STRIPES = 256
+# A field device's batch is prepared and mapped in steps of this many reports, pausing
+# between them while single commands are under way, for at most the pause each time (so a
+# steady stream of commands slows a batch, never stops it). Quick SQLite runs, 4 devices,
+# alternating: single commands' p50 / p99 during the ingest 24-26 / 96-113 ms with the
+# pauses, 31-46 / 126-219 ms without; the ingest 4-7 % slower (docs/performance.md).
+INGEST_STEP = 16
+INGEST_PAUSE_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -410,6 +417,8 @@ class Ledger(Application[UUID]):
         # under one interpreter lock, so batches side by side would not go faster, and
         # single commands would wait behind all of them.
         self._ingesting = threading.Lock()
+        # Single commands go first: a batch's preparation pauses for those under way.
+        self._singles = SingleCommands(INGEST_PAUSE_SECONDS)
         self.triage_max_items = triage_max_items
         self._triage_pool = ThreadPoolExecutor(TRIAGE_WORKERS, thread_name_prefix="triage")
         self.positions = EventPositions(self.recorder)
@@ -547,6 +556,10 @@ class Ledger(Application[UUID]):
     def execute(self, envelope: Envelope, command: Command) -> CommandResult:
         """Run one command: check its fields, apply its rule to the incident(s) and save,
         once per request id (AIP-155): a retry is answered as the original was."""
+        with self._singles.running():
+            return self._execute_one(envelope, command)
+
+    def _execute_one(self, envelope: Envelope, command: Command) -> CommandResult:
         command, keys = self._sealed(
             checked(command, Rules(self.reference, self.time_bounds, self._clock))
         )
@@ -718,6 +731,8 @@ class Ledger(Application[UUID]):
         again: list[_ReadyReport] = []  # a report the batch holds twice: answered once saved
         passed: list[tuple[int, IngestItem, Envelope, ReportIncident]] = []
         for index, item in enumerate(items):
+            if index % INGEST_STEP == 0:
+                self._singles.give_way()
             if isinstance(item, InvalidArgument):
                 results[index] = IngestResult(IngestOutcome.INVALID, error=item)
                 continue
@@ -899,7 +914,9 @@ class Ledger(Application[UUID]):
         """
         if not reports:
             return
-        for report in reports:
+        for n, report in enumerate(reports):
+            if n % INGEST_STEP == 0:
+                self._singles.give_way()
             self._map(report)
         try:
             recordings = self._committer.save(

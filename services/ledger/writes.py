@@ -15,7 +15,8 @@ from __future__ import annotations
 import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 from uuid import UUID
 
@@ -188,3 +189,40 @@ class AggregateCache:
     def drop(self, key: UUID) -> None:
         with self._lock:
             self._items.pop(key, None)
+
+
+class SingleCommands:
+    """Single commands under way, so that bulk work gives way to them.
+
+    A field device's batch holds the interpreter for a long stretch of Python (checking,
+    making and sealing 500 reports); a single command beside it waits for the interpreter
+    at each step of its own. The batch's loops call :meth:`give_way` between steps: while
+    single commands run, the batch waits (without the interpreter) until none does, or
+    ``pause`` seconds at most.
+    """
+
+    def __init__(self, pause: float) -> None:
+        self._pause = pause
+        self._changed = threading.Condition()
+        self._running = 0
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Around one single command."""
+        with self._changed:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._running -= 1
+                if not self._running:
+                    self._changed.notify_all()
+
+    def give_way(self) -> bool:
+        """Wait while single commands run (at most the pause); True if it waited."""
+        if not self._running:  # the common case, without the lock
+            return False
+        with self._changed:
+            self._changed.wait_for(lambda: not self._running, timeout=self._pause)
+        return True

@@ -12,7 +12,7 @@ import pytest
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
-from services.ledger.writes import AggregateCache, GroupCommitter
+from services.ledger.writes import AggregateCache, GroupCommitter, SingleCommands
 
 
 class Thing(Aggregate):
@@ -129,3 +129,49 @@ def test_cache_of_size_zero_keeps_nothing(size: int) -> None:
     thing = Thing()
     cache.put(thing.id, thing)
     assert cache.get(thing.id) is None
+
+
+def test_bulk_work_gives_way_to_single_commands_until_they_end_or_the_pause_is_over() -> None:
+    singles = SingleCommands(pause=30.0)
+    assert singles.give_way() is False, "nothing to give way to: no wait"
+
+    started, finish = threading.Event(), threading.Event()
+    command = threading.Thread(target=_run_until, args=(singles, started, finish))
+    command.start()
+    started.wait(30)
+    gave_way = threading.Event()
+
+    def bulk() -> None:
+        singles.give_way()
+        gave_way.set()
+
+    waiting = threading.Thread(target=bulk)
+    waiting.start()
+    # It waits for the single command, not for the pause: still waiting while it runs,
+    # on its way as soon as it ends.
+    assert not gave_way.wait(0.2)
+    finish.set()
+    assert gave_way.wait(10)
+    command.join(10)
+    waiting.join(10)
+
+    # A single command that runs on: the bulk work goes on after the pause.
+    short = SingleCommands(pause=0.05)
+    finish.clear()
+    started.clear()
+    endless = threading.Thread(target=_run_until, args=(short, started, finish))
+    endless.start()
+    started.wait(30)
+    began = time.monotonic()
+    assert short.give_way() is True
+    assert time.monotonic() - began < 10
+    finish.set()
+    endless.join(10)
+    assert short.give_way() is False
+
+
+def _run_until(singles: SingleCommands, started: threading.Event, finish: threading.Event) -> None:
+    """A single command that runs until ``finish``."""
+    with singles.running():
+        started.set()
+        finish.wait(30)
