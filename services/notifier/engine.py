@@ -61,6 +61,7 @@ from services.notifier.filters import EventFilter
 from services.notifier.live import LiveSubscription
 from services.notifier.messages import (
     SIGNATURE_HEADER,
+    EventJson,
     decode_cursor,
     sign,
     webhook_body,
@@ -383,10 +384,12 @@ class Engine:
             jobs: list[NewJob] = []
             for msg, note, recorded in zip(msgs, notes, times, strict=True):
                 seq = int(msg.metadata.sequence.stream)
+                rendered: EventJson | None = None  # once for all the event's webhooks
                 for hook in webhooks:
                     if hook.row.created_at > recorded + CREATED_MARGIN_SECONDS:
                         continue  # recorded before the webhook existed
                     if hook.filter.matches(note, self._reference):
+                        rendered = rendered or EventJson.of(note)
                         jobs.append(
                             NewJob(
                                 webhook_id=hook.row.id,
@@ -395,7 +398,7 @@ class Engine:
                                 event_id=note.event.event_id,
                                 incident=note.event.incident,
                                 agency=hook.row.agency,
-                                payload=webhook_body(hook.row.id, seq, note),
+                                payload=webhook_body(hook.row.id, seq, rendered),
                             )
                         )
             await asyncio.to_thread(self._store.add_jobs, jobs)

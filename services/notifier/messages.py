@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf import json_format
 
@@ -32,15 +34,33 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac.hexdigest()}"
 
 
-def webhook_body(webhook_id: str, stream_seq: int, note: pb.EventNotification) -> str:
+@dataclass(frozen=True)
+class EventJson:
+    """An event notification as the webhook bodies carry it, rendered once for all the
+    webhooks it goes to (``MessageToDict`` is most of a body's cost)."""
+
+    position: int
+    event: dict[str, Any]
+    incident: dict[str, Any]
+
+    @classmethod
+    def of(cls, note: pb.EventNotification) -> EventJson:
+        return cls(
+            note.event.position,
+            json_format.MessageToDict(note.event, preserving_proto_field_name=True),
+            json_format.MessageToDict(note.incident, preserving_proto_field_name=True),
+        )
+
+
+def webhook_body(webhook_id: str, stream_seq: int, note: EventJson) -> str:
     """The JSON a webhook receives, but for its ``delivery_id`` (see docs/fan-out.md)."""
     return json.dumps(
         {
             "webhook": f"webhooks/{webhook_id}",
             "cursor": encode_cursor(stream_seq),
-            "position": note.event.position,
-            "event": json_format.MessageToDict(note.event, preserving_proto_field_name=True),
-            "incident": json_format.MessageToDict(note.incident, preserving_proto_field_name=True),
+            "position": note.position,
+            "event": note.event,
+            "incident": note.incident,
         },
         sort_keys=True,
         separators=(",", ":"),

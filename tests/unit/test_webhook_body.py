@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from incidentledger.v1 import incident_pb2 as pb
-from services.notifier.messages import webhook_body, with_delivery_id
+from services.notifier.messages import EventJson, webhook_body, with_delivery_id
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(),
@@ -40,7 +40,7 @@ def notification() -> pb.EventNotification:
 
 @given(st.integers(min_value=0, max_value=2**63), st.text())
 def test_the_body_is_what_encoding_it_again_gives(stream_seq: int, delivery_id: str) -> None:
-    payload = webhook_body("wh_1", stream_seq, notification())
+    payload = webhook_body("wh_1", stream_seq, EventJson.of(notification()))
     assert with_delivery_id(payload, delivery_id) == reencoded(payload, delivery_id)
 
 
@@ -51,3 +51,15 @@ def test_a_payload_of_another_shape_is_encoded_again(
     body.pop("delivery_id", None)
     payload = json.dumps(body, sort_keys=True, separators=(",", ":"))
     assert with_delivery_id(payload, delivery_id) == reencoded(payload, delivery_id)
+
+
+def test_one_rendering_serves_every_webhook_as_its_own_would() -> None:
+    """An event's JSON is made once for all its webhooks: each body is the one rendering
+    the notification for that webhook alone gives, with its own name and cursor."""
+    rendered = EventJson.of(notification())
+    bodies = [webhook_body(f"wh_{n}", 7, rendered) for n in (1, 2)]
+    assert bodies == [webhook_body(f"wh_{n}", 7, EventJson.of(notification())) for n in (1, 2)]
+    first, second = (json.loads(b) for b in bodies)
+    assert first["webhook"] == "webhooks/wh_1" and second["webhook"] == "webhooks/wh_2"
+    assert first["event"] == second["event"] and first["event"]["position"] == "42"
+    assert first["incident"]["location"] == {"kecamatan": "Gunungpati"}
