@@ -366,8 +366,8 @@ class Relay:
 
     def _next_batch(self, reader: NotificationReader) -> list[Outgoing] | None:
         """The next events to publish, encoded (an empty list when none came within the
-        poll); None when this relay no longer leads. In the relay's worker thread, one hop
-        from the event loop per batch (at 500 commands/s a batch is one to three events)."""
+        poll); None when this relay no longer leads. In a worker thread: one hop from the
+        event loop per batch, where the check, the read and the encoding took one each."""
         if not self._leader.still_held():
             return None
         batch = reader.next_batch(self._settings.poll_seconds)
