@@ -1894,6 +1894,19 @@ class WebhookSettings:
     # CAs trusted for https:// targets besides the system's (NOTIFIER_WEBHOOK_CA_FILE).
     ca_file: Path | None = None
 
+    def ssl_context(self) -> ssl.SSLContext:
+        """How ``https://`` deliveries verify their targets (against the webhook's host
+        name): the system's CAs, and those of ``ca_file`` (an agency's own CA) when given."""
+        context = ssl.create_default_context()
+        if self.ca_file is not None:
+            try:
+                context.load_verify_locations(cafile=self.ca_file)
+            except (ssl.SSLError, OSError):
+                raise ConfigError(
+                    f"NOTIFIER_WEBHOOK_CA_FILE: {self.ca_file} holds no valid PEM certificate"
+                ) from None
+        return context
+
 
 @dataclass(frozen=True)
 class NotifierSettings(ServiceSettings):
@@ -1953,7 +1966,7 @@ class NotifierSettings(ServiceSettings):
                 backoff_seconds=notifier.webhook_backoff_seconds,
                 max_backoff_seconds=notifier.webhook_max_backoff_seconds,
                 allow_networks=notifier.webhook_allow_networks,
-                ca_file=notifier.webhook_ca_file,
+                ca_file=_readable_file("NOTIFIER_WEBHOOK_CA_FILE", notifier.webhook_ca_file),
             ),
             max_workers=notifier.max_workers,
             grace_seconds=notifier.grace_seconds,
@@ -1964,6 +1977,7 @@ class NotifierSettings(ServiceSettings):
             # Replicas must share the key, and a production data directory may be
             # read-only or per-replica: a generated key would not do.
             raise ConfigError("NOTIFIER_WEBHOOK_KEY_FILE is required in production")
+        settings.webhooks.ssl_context()  # fails now, with the setting's name
         settings.check_transport(settings.listen, "NOTIFIER_LISTEN")
         return settings
 

@@ -74,7 +74,6 @@ from services.notifier.targets import (
     TargetRefusedError,
     parse_target,
     pinned_url,
-    tls_context,
 )
 from services.notifier.webhook_cache import CREATED_MARGIN_SECONDS, Webhook, WebhookCache
 
@@ -141,7 +140,7 @@ class Engine:
         self._submit_lock = threading.Lock()
         self._inflight: Counter[str] = Counter()  # deliveries under way, per webhook
         self._targets = TargetPolicy(settings.webhooks.allow_networks)
-        self._tls = tls_context(settings.webhooks.ca_file)
+        self._tls = settings.webhooks.ssl_context()
         self._deliveries: set[asyncio.Task[None]] = set()
         self._outcomes = OutcomeWriter(store)
         self._slow_consumer_drops = 0

@@ -11,7 +11,7 @@ request goes to the checked address (the name stays in ``Host`` and in TLS), so 
 that resolves elsewhere between the check and the request (DNS rebinding) cannot reach
 a refused address.
 An ``https://`` target's certificate is verified against the host name, by the system's
-CAs and those of ``NOTIFIER_WEBHOOK_CA_FILE`` (:func:`tls_context`).
+CAs and those of ``NOTIFIER_WEBHOOK_CA_FILE`` (``WebhookSettings.ssl_context``).
 """
 
 from __future__ import annotations
@@ -19,13 +19,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
-from services.common.config import ConfigError, IPNetwork
+from services.common.config import IPNetwork
 from services.common.errors import InvalidArgument
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -173,18 +171,3 @@ def pinned_url(target: Target, address: IPAddress) -> tuple[str, dict[str, str]]
     netloc = f"{literal}:{target.port}"
     host_header = parts.netloc
     return parts._replace(netloc=netloc).geturl(), {"Host": host_header}
-
-
-def tls_context(ca_file: Path | None) -> ssl.SSLContext:
-    """How ``https://`` deliveries verify their targets: the system's CAs, and those of
-    ``ca_file`` (an agency's own CA) when given; a file that does not load stops the start."""
-    context = ssl.create_default_context()
-    if ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"NOTIFIER_WEBHOOK_CA_FILE: {ca_file} is not a readable PEM file of CA "
-                f"certificates ({exc})"
-            ) from None
-    return context

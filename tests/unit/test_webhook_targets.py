@@ -17,7 +17,6 @@ from services.notifier.targets import (
     TargetRefusedError,
     parse_target,
     pinned_url,
-    tls_context,
 )
 
 DEFAULT = TargetPolicy()
@@ -121,9 +120,11 @@ def test_the_allow_list_setting_takes_cidrs_and_refuses_anything_else() -> None:
 
 
 def test_a_ca_file_that_does_not_load_stops_the_start(tmp_path: Path) -> None:
+    env = {"NATS_URL": "nats://127.0.0.1:4222", "LEDGER_DATA_DIR": str(tmp_path)}
     not_pem = tmp_path / "ca.pem"
     not_pem.write_text("not a certificate\n")
     for path in (not_pem, tmp_path / "missing.pem"):
         with pytest.raises(ConfigError, match="NOTIFIER_WEBHOOK_CA_FILE"):
-            tls_context(path)
-    assert tls_context(None).verify_mode == ssl.CERT_REQUIRED
+            NotifierSettings.from_env({**env, "NOTIFIER_WEBHOOK_CA_FILE": str(path)})
+    context = NotifierSettings.from_env(env).webhooks.ssl_context()
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
