@@ -203,7 +203,7 @@ class SingleCommands:
 
     def __init__(self, pause: float) -> None:
         self._pause = pause
-        self._changed = threading.Condition()
+        self._changed = threading.Condition(threading.Lock())  # not reentered: no RLock
         self._running = 0
 
     @contextmanager
