@@ -481,9 +481,9 @@ def run_relay(
     plan: Plan, store: str, reference: ReferenceData, workdir: Path, nats: NatsServer
 ) -> tuple[fanout.RelayRun, fanout.PlainPublish]:
     section(
-        f"5. Relay, {store}: python -m services.ledger (relay on) started on a store holding "
-        f"{plan.relay_events:,} incident events not yet published; its ceiling, the same "
-        "messages published again plainly (pipelined) by a child process"
+        f"5. Relay, {store}: python -m services.ledger (its relay in a child process) "
+        f"started on a store holding {plan.relay_events:,} incident events not yet published; "
+        "its ceiling, the same messages published again plainly (pipelined) by a child process"
     )
     stream = fanout.stream_settings(f"relay_{store}")
     with fresh_store(store, workdir / "relay") as env:
@@ -537,7 +537,7 @@ def run_e2e(
 ) -> fanout.EndToEndRun:
     section(
         f"6. End to end, {store}: LogAction paced at {plan.e2e_rate:g}/s for "
-        f"{plan.e2e_seconds:g} s -> ledger (relay on) -> NATS -> notifier -> gRPC Subscribe "
+        f"{plan.e2e_seconds:g} s -> ledger -> relay process -> NATS -> notifier -> gRPC Subscribe "
         "and a webhook"
     )
     with fresh_store(store, workdir / "e2e") as env:
@@ -557,11 +557,11 @@ def run_e2e(
         )
     fanout.delete_stream(nats.url, fanout.stream_settings(f"e2e_{store}").name)
     print(
-        "  processes: python -m services.ledger (relay on), python -m services.notifier "
-        f"(SQLite store), a sender ({plan.e2e_clients} threads, {mode} channel, after "
-        f"{plan.e2e_warmup:g} s of warm-up), a subscriber (agency {scenarios.COORDINATOR}, "
-        "no filter), a webhook receiver (HTTP/1.1 on loopback, registered by "
-        f"{scenarios.COORDINATOR}); {run.prepared} incidents prepared in ASSIGNED"
+        "  processes: python -m services.ledger (its relay in a child process), "
+        f"python -m services.notifier (SQLite store), a sender ({plan.e2e_clients} threads, "
+        f"{mode} channel, after {plan.e2e_warmup:g} s of warm-up), a subscriber (agency "
+        f"{scenarios.COORDINATOR}, no filter), a webhook receiver (HTTP/1.1 on loopback, "
+        f"registered by {scenarios.COORDINATOR}); {run.prepared} incidents prepared in ASSIGNED"
     )
     commands = run.commands
     errors = str(commands.error_count)
@@ -587,8 +587,8 @@ def run_e2e(
     print(
         f"  received of {run.sent:,} sent: subscriber {run.subscriber.received:,}, webhook "
         f"{run.webhook.received:,} (waited up to {plan.e2e_drain:g} s after the last send); "
-        f"while sending, the ledger process used {run.ledger_cores:.2f} cores, the notifier "
-        f"{run.notifier_cores:.2f}"
+        f"while sending, the ledger process used {run.ledger_cores:.2f} cores, its relay's "
+        f"{run.relay_cores:.2f}, the notifier {run.notifier_cores:.2f}"
     )
     print(
         "  record_time = the ledger's clock when the command created the event (just before "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import ssl
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import nats
+from nats.js.errors import NotFoundError
 
 from clients.examples.webhook_receiver import verify
 from incidentledger.v1 import notifier_service_pb2 as napi
@@ -268,6 +271,16 @@ def notifier_settings(
     return NotifierSettings(**values)
 
 
+def wait_fanout_ready(ledger: Client, notifier: NotifierServer) -> None:
+    """Until the ledger's relay (in a process of its own, started with the ledger) has
+    connected to NATS and made the stream, and the notifier consumes it: before that a
+    Subscribe is UNAVAILABLE ("retry shortly")."""
+    assert ledger.server.relay is not None
+    status = ledger.server.relay.status
+    wait_until(lambda: status.connected, what="the relay connected to NATS")
+    wait_until(notifier.engine.consumer_ready.is_set, what="the notifier consuming the stream")
+
+
 @contextmanager
 def running_stack(
     tmp_path: Path,
@@ -276,14 +289,49 @@ def running_stack(
     ledger_overrides: dict[str, Any] | None = None,
     **notifier: Any,
 ) -> Iterator[Stack]:
-    """The ledger (with its relay) and the notifier, in this process, on free ports."""
+    """The ledger (with its relay) and the notifier, on free ports: the ledger and the
+    notifier in this process, the relay in its own (services/ledger/relay_process.py),
+    connected (it has made the stream the notifier reads) before the notifier starts."""
     relay = RelaySettings(nats_url=nats_url, poll_seconds=0.2)
     ledger_settings = settings_for(tmp_path, store_env, relay=relay, **(ledger_overrides or {}))
     with running_ledger(ledger_settings) as ledger:
         server = build_notifier(notifier_settings(tmp_path, nats_url, **notifier))
+        wait_fanout_ready(ledger, server)
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
         try:
             yield Stack(ledger, server, channel, napi_grpc.NotifierServiceStub(channel))
         finally:
             channel.close()
             server.stop(1.0)
+
+
+@dataclass(frozen=True)
+class StreamMessage:
+    seq: int
+    headers: dict[str, str]
+    data: bytes
+
+
+def read_stream(url: str, stream: str = "LEDGER_EVENTS") -> list[StreamMessage]:
+    """Every message the stream holds, in stream order; none before the relay has made
+    the stream (its process connects to NATS a moment after the ledger starts)."""
+
+    async def read() -> list[StreamMessage]:
+        client = await nats.connect(url)
+        try:
+            js = client.jetstream()
+            try:
+                state = (await js.stream_info(stream)).state
+            except NotFoundError:
+                return []
+            if not state.messages:
+                return []
+            found = []
+            for seq in range(state.first_seq, state.last_seq + 1):
+                msg = await js.get_msg(stream, seq)
+                found.append(StreamMessage(seq, dict(msg.headers or {}), msg.data or b""))
+            return found
+        finally:
+            await client.close()
+
+    return asyncio.run(read())

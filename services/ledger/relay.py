@@ -153,8 +153,43 @@ class RelayLag:
     seconds: float  # age of the oldest of them (0 when there is none)
 
 
+def relay_lag(ledger: Ledger, status: RelayStatus) -> RelayLag | None:
+    """What is recorded but not yet published, read from ``ledger``'s store, by a relay of
+    that ``status``; ``None`` unless it leads and knows its position."""
+    if not (status.leader and status.position_known):
+        return None
+    position = status.position
+    topics = [get_topic(cls) for cls in incident_event_classes()]
+    events = ledger.positions.count_after(position, topics)
+    if not events:
+        return RelayLag(0, 0.0)
+    oldest = ledger.recorder.select_notifications(
+        position, 1, topics=topics, inclusive_of_start=False
+    )
+    seconds = 0.0
+    event = ledger.mapper.to_domain_event(oldest[0]) if oldest else None
+    if isinstance(event, Incident.Event):
+        seconds = max(0.0, (datetime.now(UTC) - event.timestamp).total_seconds())
+    return RelayLag(events, seconds)
+
+
+def prepare_position_table(store_env: Mapping[str, str]) -> None:
+    """The relay's table, where the store's settings create tables (not raced by
+    ``migrate`` or another replica)."""
+    if not creates_tables(store_env):
+        return
+    db = open_database(store_env)
+    try:
+        with schema_lock(store_env):
+            create_position_table(db)
+    finally:
+        db.close()
+
+
 class Relay:
-    """Runs in a thread of the ledger process, with an asyncio loop of its own."""
+    """Runs in a thread with an asyncio loop of its own: in a process of its own beside
+    the ledger's (:mod:`services.ledger.relay_process`), or in the ledger's process when
+    its store lives in that process's memory."""
 
     def __init__(
         self,
@@ -163,8 +198,10 @@ class Relay:
         store_env: Mapping[str, str],
         on_health: Callable[[bool], None] = lambda _serving: None,
         on_stream_check: Callable[[bool], None] = lambda _trusted: None,
+        on_checkpoint_sent: Callable[[int], None] = lambda _position: None,
     ) -> None:
         self._ledger = ledger
+        self._on_checkpoint_sent = on_checkpoint_sent
         self._settings = settings
         self._store_env = dict(store_env)
         self._on_health = on_health
@@ -197,10 +234,8 @@ class Relay:
     # -- lifecycle (called from other threads)
 
     def start(self) -> None:
+        prepare_position_table(self._store_env)
         self._tracking = open_database(self._store_env)
-        if creates_tables(self._store_env):
-            with schema_lock(self._store_env):  # not raced by migrate or another replica
-                create_position_table(self._tracking)
         self._thread.start()
 
     def wake(self) -> None:
@@ -222,21 +257,7 @@ class Relay:
     def lag(self) -> RelayLag | None:
         """What is recorded but not yet published, read from the store; ``None`` unless
         this relay leads and knows its position (another replica's relay publishes)."""
-        status = self.status
-        if not (status.leader and status.position_known):
-            return None
-        position = status.position
-        events = self._ledger.positions.count_after(position, self._topics)
-        if not events:
-            return RelayLag(0, 0.0)
-        oldest = self._ledger.recorder.select_notifications(
-            position, 1, topics=self._topics, inclusive_of_start=False
-        )
-        seconds = 0.0
-        event = self._ledger.mapper.to_domain_event(oldest[0]) if oldest else None
-        if isinstance(event, Incident.Event):
-            seconds = max(0.0, (datetime.now(UTC) - event.timestamp).total_seconds())
-        return RelayLag(events, seconds)
+        return relay_lag(self._ledger, self.status)
 
     # -- the relay thread
 
@@ -356,6 +377,7 @@ class Relay:
                 if isinstance(exc, NoStreamResponseError):  # their stream may be gone
                     self._streams_ready = False
                 raise
+            self._on_checkpoint_sent(position)
 
     def _reader(self, position: int) -> NotificationReader:
         recorder = self._ledger.recorder

@@ -60,6 +60,7 @@ from services.ledger.personal_keys import SQLITE_PRAGMAS, PersonalKeys, load_key
 from services.ledger.projections import Projections
 from services.ledger.read_model import ReadModel
 from services.ledger.relay import Relay, create_position_table
+from services.ledger.relay_process import RelayProcess, relay_runs_apart
 from services.ledger.seals import Sealer
 
 log = structlog.get_logger(__name__)
@@ -162,7 +163,7 @@ class LedgerServer:
     ledger: Ledger
     projections: Projections
     checkpoints: Checkpoints
-    relay: Relay | None
+    relay: Relay | RelayProcess | None
     metrics: Metrics
     stopped: threading.Event
     store_watch: StoreWatch | None = None
@@ -363,7 +364,7 @@ def watch_store(
 
 
 def register_metrics(
-    metrics: Metrics, ledger: Ledger, projections: Projections, relay: Relay | None
+    metrics: Metrics, ledger: Ledger, projections: Projections, relay: Relay | RelayProcess | None
 ) -> None:
     """Events appended (counted as they are committed); positions, lags and the relay's
     state (read at each scrape). docs/operations.md, "Metrics", lists them all."""
@@ -453,8 +454,10 @@ def register_metrics(
 
 def start_relay(
     settings: LedgerSettings, ledger: Ledger, health_servicer: health.HealthServicer
-) -> Relay | None:
-    """The outbox relay to NATS, when NATS_URL is set; its health is the service "relay"."""
+) -> Relay | RelayProcess | None:
+    """The outbox relay to NATS, when NATS_URL is set; its health is the service "relay".
+    In a process of its own (services/ledger/relay_process.py says why), but with a store
+    in this process's memory."""
     if not settings.relay.nats_url:
         log.info("relay.disabled", reason="NATS_URL is not set")
         return None
@@ -477,7 +480,11 @@ def start_relay(
 
     on_health(False)
     on_stream_check(True)  # nothing found yet
-    relay = Relay(ledger, settings.relay, settings.store_env, on_health, on_stream_check)
+    relay: Relay | RelayProcess
+    if relay_runs_apart(settings.store_env):
+        relay = RelayProcess(ledger, settings, on_health, on_stream_check)
+    else:
+        relay = Relay(ledger, settings.relay, settings.store_env, on_health, on_stream_check)
     ledger.add_commit_listener(relay.wake)
     relay.start()
     return relay

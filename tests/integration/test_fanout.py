@@ -7,7 +7,6 @@ HTTP webhook receiver.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 from collections.abc import Iterator
@@ -15,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
-import nats
 import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -34,6 +32,7 @@ from tests.fanout_support import (
     Stack,
     Subscriber,
     WebhookReceiver,
+    read_stream,
     running_stack,
     wait_until,
     webhook_receiver,
@@ -327,23 +326,7 @@ def test_nats_down_commands_go_on_and_the_backlog_drains_in_order(
 
 def stream_messages(url: str, stream: str = "LEDGER_EVENTS") -> list[tuple[int, int]]:
     """(stream sequence, ledger position) of every message in the stream, in order."""
-
-    async def read() -> list[tuple[int, int]]:
-        client = await nats.connect(url)
-        try:
-            js = client.jetstream()
-            state = (await js.stream_info(stream)).state
-            if not state.messages:
-                return []
-            found = []
-            for seq in range(state.first_seq, state.last_seq + 1):
-                msg = await js.get_msg(stream, seq)
-                found.append((seq, int((msg.headers or {})["Nats-Msg-Id"])))
-            return found
-        finally:
-            await client.close()
-
-    return asyncio.run(read())
+    return [(m.seq, int(m.headers["Nats-Msg-Id"])) for m in read_stream(url, stream)]
 
 
 def process_env(tmp_path: Path, store_env: dict[str, str], nats_url: str) -> dict[str, str]:

@@ -29,6 +29,7 @@ from tests.fanout_support import (
     Stack,
     Subscriber,
     notifier_settings,
+    wait_fanout_ready,
     wait_until,
     webhook_receiver,
 )
@@ -86,6 +87,7 @@ def test_events_flow_through_a_nats_server_with_tls_and_a_password(
         running_ledger(settings_for(tmp_path, env, relay=relay)) as ledger,
     ):
         notifier = build_notifier(notifier_settings(tmp_path, secured_nats.url, nats=nats_settings))
+        wait_fanout_ready(ledger, notifier)
         channel = grpc.insecure_channel(f"127.0.0.1:{notifier.port}")
         subscriber = Subscriber(
             napi_grpc.NotifierServiceStub(channel),
@@ -312,6 +314,7 @@ def test_only_the_ledger_publishes_on_its_subjects_while_the_notifier_consumes(
         channel = grpc.insecure_channel(f"127.0.0.1:{notifier.port}")
         try:
             with running_ledger(settings) as ledger:
+                wait_fanout_ready(ledger, notifier)
                 stack = Stack(ledger, notifier, channel, napi_grpc.NotifierServiceStub(channel))
                 create_webhook(stack, receiver, "bpbd", kecamatan=["ipuh"])
                 subscriber = stack.subscribe("bpbd", filter=napi.EventFilter(kecamatan=["ipuh"]))

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -21,7 +20,7 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from services.common.config import PROJECT_ROOT, RelaySettings, StreamSettings
 from services.common.natsserver import NatsServer
-from tests.fanout_support import wait_until
+from tests.fanout_support import StreamMessage, read_stream, wait_until
 from tests.integration.test_fanout import stream_messages
 from tests.metrics_support import Scrape
 from tests.nats_cluster import NatsCluster
@@ -119,34 +118,6 @@ def test_one_relay_publishes_and_another_takes_over_when_it_dies(
 # --- foreign messages on the stream ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StreamMessage:
-    seq: int
-    headers: dict[str, str]
-    data: bytes
-
-
-def read_stream(url: str, stream: str = "LEDGER_EVENTS") -> list[StreamMessage]:
-    """Every message the stream holds, in stream order."""
-
-    async def read() -> list[StreamMessage]:
-        client = await nats.connect(url)
-        try:
-            js = client.jetstream()
-            state = (await js.stream_info(stream)).state
-            if not state.messages:
-                return []
-            found = []
-            for seq in range(state.first_seq, state.last_seq + 1):
-                msg = await js.get_msg(stream, seq)
-                found.append(StreamMessage(seq, dict(msg.headers or {}), msg.data or b""))
-            return found
-        finally:
-            await client.close()
-
-    return asyncio.run(read())
-
-
 def publish(url: str, subject: str, data: bytes, headers: dict[str, str]) -> int:
     """Publish onto the stream as some other client would; the stream sequence it got."""
 
@@ -187,9 +158,16 @@ def assert_reported(service: ServiceProcess, seq: int, position_header: str) -> 
     assert lines[0]["level"] == "error"
     assert lines[0]["stream_seq"] == seq
     assert lines[0]["position_header"] == position_header
-    scrape = Scrape(metrics_port(service))
-    assert scrape.value("ledger_relay_foreign_messages_total") == 1
-    assert scrape.value("ledger_relay_stream_foreign") == 1
+    port = metrics_port(service)
+
+    def counted() -> bool:  # the relay's process reports its status to the ledger's
+        scrape = Scrape(port)
+        return (
+            scrape.value("ledger_relay_foreign_messages_total") == 1
+            and scrape.value("ledger_relay_stream_foreign") == 1
+        )
+
+    wait_until(counted, what="the foreign message in the metrics")
     assert health_of(service, "relay.stream") == health_pb2.HealthCheckResponse.NOT_SERVING
     assert health_of(service, "relay") == health_pb2.HealthCheckResponse.SERVING
 

@@ -1,0 +1,41 @@
+"""``python -m services.ledger.relay_child CONTROL_FD WAKE_FD LEDGER_PID``: the entry of
+the relay's process (:mod:`services.ledger.relay_process`), started by the ledger, never
+by hand.
+
+It imports nothing heavy before it is tied to the ledger: the kernel kills it when the
+ledger's process ends (``PR_SET_PDEATHSIG``), and a ledger already gone by then ends it
+too. A relay never outlives its ledger, even while it starts (its imports take about a
+second), so a ledger killed outright leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+#: prctl(2): the signal a process gets when its parent ends.
+PR_SET_PDEATHSIG = 1
+#: What stops a process group; the relay leaves them to the ledger, which stops it.
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def main(argv: list[str]) -> None:
+    control_fd, wake_fd, ledger_pid = (int(value) for value in argv)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != ledger_pid:  # the ledger ended before the line above
+        raise SystemExit(1)
+    # The stop signals came blocked from the ledger; ignored before they are unblocked.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    from services.ledger.relay_process import serve
+
+    serve(control_fd, wake_fd)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,360 @@
+"""The relay in a process of its own, beside the ledger's.
+
+Why: the relay's work per event (decoding it, folding the incident's state, encoding
+the message, publishing it and reading its ack) is Python, and in the ledger's process
+it took the interpreter lock from the commands. Measured with the bench's commands part
+(SQLite, paced 500 commands/s, 2 cores): with the relay in the ledger's process the
+replies' p50 went from 1.8 to 11-20 ms and the ledger's CPU per command from 1.05 to
+1.5-1.6 ms, while the machine still had half a core idle (docs/performance.md, "The
+relay's own process"). In a process of its own it has an interpreter of its own.
+
+The child runs the same :class:`~services.ledger.relay.Relay` on its own connection to
+the store. What crosses between the processes:
+
+- commits: the ledger's commit thread writes one byte to a pipe (never blocking: a
+  byte already waiting wakes the relay as well), and the child wakes its relay;
+- checkpoints to publish on the witnesses' stream: sent to the child, which confirms
+  each once published; those not confirmed are sent again to a restarted child;
+- the relay's status (a few times a second, when it changed) and its health, back to
+  the ledger, which serves them (health service, metrics, ``lag``).
+
+The child (:mod:`services.ledger.relay_child`) ignores SIGINT and SIGTERM (a stop of the
+whole process group reaches the ledger, which stops its relay in order) and ends with
+the ledger's process, however that ends: a ledger killed outright does not leave a relay
+publishing behind it, and the leader lock the child held goes with it. The ledger starts
+it from a thread that lives as long as the ledger (its start, or the thread that watches
+it): the kernel ties a child to the thread that made it. A child that dies is started
+again, after a pause that grows while it keeps dying.
+
+A store in the ledger's memory cannot be read from another process: there the relay
+stays a thread of the ledger (:func:`relay_runs_apart`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from multiprocessing.connection import Connection
+from typing import Any
+
+import structlog
+
+from services.common.config import LedgerSettings
+from services.common.reference import ReferenceData
+from services.ledger import relay_child
+from services.ledger.application import Ledger
+from services.ledger.relay import Relay, RelayLag, RelayStatus, prepare_position_table, relay_lag
+from services.ledger.seals import Sealer
+
+log = structlog.get_logger(__name__)
+
+#: How often the child sends the relay's status when it changed: metrics and tests read
+#: it, nothing waits on it; sending it per batch would cost the child a pickle per batch.
+STATUS_SECONDS = 0.05
+#: The pauses before a child that died is started again: the first, and the longest.
+RESTART_SECONDS = (0.5, 10.0)
+#: How long the ledger waits for its relay to stop, beyond the relay's own timeout.
+STOP_MARGIN_SECONDS = 5.0
+
+
+def relay_runs_apart(store_env: Mapping[str, str]) -> bool:
+    """Whether another process can read this store (a SQLite file, PostgreSQL)."""
+    module = store_env.get("PERSISTENCE_MODULE", "eventsourcing.popo")
+    if module == "eventsourcing.postgres":
+        return True
+    dbname = store_env.get("SQLITE_DBNAME", ":memory:")
+    return module == "eventsourcing.sqlite" and dbname != ":memory:" and "mode=memory" not in dbname
+
+
+class RelayProcess:
+    """The ledger's side of a relay running in a child process; the same surface as
+    :class:`~services.ledger.relay.Relay` (``start``, ``wake``, ``publish_checkpoint``,
+    ``status``, ``lag``, ``stop``)."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        settings: LedgerSettings,
+        on_health: Callable[[bool], None] = lambda _serving: None,
+        on_stream_check: Callable[[bool], None] = lambda _trusted: None,
+    ) -> None:
+        self._ledger = ledger
+        self._settings = settings
+        self._on_health = on_health
+        self._on_stream_check = on_stream_check
+        self.status = RelayStatus()
+        self._lock = threading.Lock()  # the child, its pipes, the unconfirmed checkpoints
+        self._sending = threading.Lock()  # one message at a time on the control pipe
+        self._process: subprocess.Popen[bytes] | None = None
+        self._control: Connection | None = None
+        self._wake_fd = -1
+        self._unconfirmed: dict[int, bytes] = {}
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="relay-process", daemon=True)
+
+    # -- lifecycle (called from the ledger's threads)
+
+    def start(self) -> None:
+        prepare_position_table(self._settings.store_env)  # made before the child reads it
+        self._watcher.start()  # which starts the child: the kernel ties it to that thread
+
+    def wake(self) -> None:
+        """New events were recorded (the commit thread): never waits."""
+        # A full pipe: a byte already waiting wakes the relay as well. A child that is
+        # gone (a broken pipe) reads from its position when it starts again.
+        # Under the lock: a descriptor closed meanwhile could be another file's by now.
+        with self._lock, contextlib.suppress(OSError):
+            if self._wake_fd >= 0:
+                os.write(self._wake_fd, b"\0")
+
+    def publish_checkpoint(self, position: int, body: bytes) -> None:
+        """Queue a signed checkpoint for the witnesses' stream (sent by the leading relay)."""
+        with self._lock:
+            self._unconfirmed[position] = body
+            control = self._control
+        if control is not None:
+            self._send(control, ("checkpoint", position, body))
+
+    def lag(self) -> RelayLag | None:
+        return relay_lag(self._ledger, self.status)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        with self._lock:
+            process, control = self._process, self._control
+        if control is not None:
+            self._send(control, ("stop", timeout))
+        if process is not None:
+            try:
+                process.wait(timeout + STOP_MARGIN_SECONDS)
+            except subprocess.TimeoutExpired:
+                log.error("relay.process_stop_timeout", pid=process.pid)
+                process.kill()
+                process.wait(STOP_MARGIN_SECONDS)
+        self._watcher.join(STOP_MARGIN_SECONDS)
+        with self._lock:
+            self._close_pipes()
+
+    # -- the child
+
+    def _spawn(self) -> None:
+        # A plain child process (not multiprocessing's, which adds a resource tracker
+        # process), given its ends of a socket pair and of a pipe; its settings are the
+        # first message (the ledger's may not come from its environment: tests build them).
+        ours, theirs = socket.socketpair()
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_write, False)
+        fds = (theirs.fileno(), wake_read)
+        # The child inherits the stop signals blocked, and ignores them before it unblocks
+        # them: a stop of the process group while it starts does not end it out of turn.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, relay_child.STOP_SIGNALS)
+        try:
+            process = subprocess.Popen(  # noqa: S603 - this interpreter, our module, no shell
+                [sys.executable, "-m", relay_child.__name__, *map(str, fds), str(os.getpid())],
+                pass_fds=fds,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+            )
+        except OSError:
+            ours.close()
+            os.close(wake_write)
+            raise
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            theirs.close()  # the child's ends are the child's: EOF once it is gone
+            os.close(wake_read)
+        control = Connection(ours.detach())
+        self._send(control, ("settings", self._settings))  # first: nobody else has it yet
+        with self._lock:
+            self._close_pipes()
+            self._process, self._control, self._wake_fd = process, control, wake_write
+            unconfirmed = sorted(self._unconfirmed.items())
+        for position, body in unconfirmed:
+            self._send(control, ("checkpoint", position, body))
+        self.wake()  # events may have been recorded while no child read the pipe
+        log.info("relay.process_started", pid=process.pid)
+
+    def _close_pipes(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self._wake_fd >= 0:
+            os.close(self._wake_fd)
+            self._wake_fd = -1
+
+    def _send(self, control: Connection, message: tuple[Any, ...]) -> None:
+        try:
+            with self._sending:
+                control.send(message)
+        except (OSError, ValueError) as exc:  # the child is gone: the watcher restarts it
+            log.warning("relay.process_unreachable", error=str(exc))
+
+    def _watch(self) -> None:
+        """Starts the child, receives its reports, and starts it again when it dies.
+        The child is made by this thread, which lives as long as the relay: the kernel
+        ends the child when the thread that made it ends (``PR_SET_PDEATHSIG``)."""
+        pause = RESTART_SECONDS[0]
+        while not self._stopping.is_set():
+            try:
+                self._spawn()
+            except OSError as exc:  # no process to be had now: tried again after the pause
+                log.error("relay.process_start_failed", error=str(exc))
+            else:
+                with self._lock:
+                    process, control = self._process, self._control
+                if process is not None and control is not None:
+                    if self._stopping.is_set():  # stop() came while the child started
+                        self._send(control, ("stop", STOP_MARGIN_SECONDS))
+                    self._receive(control)
+                    try:
+                        exitcode: int | None = process.wait(STOP_MARGIN_SECONDS)
+                    except subprocess.TimeoutExpired:  # it closed its end but lives on
+                        process.kill()
+                        exitcode = process.wait()
+                    if self._stopping.is_set():
+                        return
+                    log.error("relay.process_exited", pid=process.pid, exitcode=exitcode)
+                    self._lost()
+            if self._stopping.wait(pause):
+                return
+            pause = min(pause * 2, RESTART_SECONDS[1])
+
+    def _receive(self, control: Connection) -> None:
+        while True:
+            try:
+                message = control.recv()
+            except (EOFError, OSError):
+                return
+            kind = message[0]
+            if kind == "status":
+                for name, value in message[1].items():
+                    setattr(self.status, name, value)
+            elif kind == "health":
+                self._on_health(message[1])
+            elif kind == "stream_check":
+                self._on_stream_check(message[1])
+            elif kind == "checkpoint_sent":
+                with self._lock:
+                    self._unconfirmed.pop(message[1], None)
+
+    def _lost(self) -> None:
+        """What the ledger serves while no child runs."""
+        self.status.leader = False
+        self.status.connected = False
+        self._on_health(False)
+
+
+# ------------------------------------------------------------------- in the child
+
+
+def serve(control_fd: int, wake_fd: int) -> None:
+    """The relay's process, once :mod:`services.ledger.relay_child` has tied it to the
+    ledger: the settings come first on the control pipe."""
+    control = Connection(control_fd)
+    kind, settings = control.recv()
+    if kind != "settings" or not isinstance(settings, LedgerSettings):
+        raise SystemExit("the relay process expects the ledger's settings first")
+    run_child(settings, control, wake_fd)
+
+
+def run_child(settings: LedgerSettings, control: Connection, wake_fd: int) -> None:
+    """The child's main: the relay on its own ledger (reads only), until told to stop or
+    the ledger's end of the pipe closes."""
+    from services.common.logging import configure_logging
+    from services.ledger.audit import load_signing_key
+
+    configure_logging(settings.log_level, settings.log_format)
+    structlog.contextvars.bind_contextvars(process="relay")
+    sending = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with sending:
+            control.send(message)
+
+    # The parent made the tables; this process only reads the events and keeps the
+    # relay's position.
+    store_env = {**settings.store_env, "CREATE_TABLE": "n"}
+    ledger = Ledger(
+        ReferenceData.load(settings.reference_file),
+        env=store_env,
+        sealer=Sealer(load_signing_key(settings.audit())),
+        snapshot_interval=settings.snapshot_interval,
+    )
+    relay: Relay | None = None
+
+    def report(message: tuple[Any, ...]) -> None:
+        # The status goes first: the ledger serves the two together (the foreign messages
+        # counted with the stream's health, the position with the relay's).
+        if relay is not None:
+            send(("status", dataclasses.asdict(relay.status)))
+        send(message)
+
+    relay = Relay(
+        ledger,
+        settings.relay,
+        store_env,
+        on_health=lambda serving: report(("health", serving)),
+        on_stream_check=lambda trusted: report(("stream_check", trusted)),
+        on_checkpoint_sent=lambda position: send(("checkpoint_sent", position)),
+    )
+    stopped = threading.Event()
+    threading.Thread(target=_wakes, args=(wake_fd, relay), name="relay-wakes", daemon=True).start()
+    threading.Thread(
+        target=_statuses, args=(relay, send, stopped), name="relay-status", daemon=True
+    ).start()
+    relay.start()
+    timeout = 10.0
+    try:
+        while True:
+            try:
+                message = control.recv()
+            except (EOFError, OSError):
+                # The ledger died without stopping its relay (killed): this relay ends at
+                # once, leaving its lock to the next. Nothing is lost: a relay resumes after
+                # the stream's last message.
+                log.warning("relay.ledger_gone")
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)
+            if message[0] == "checkpoint":
+                relay.publish_checkpoint(message[1], message[2])
+            elif message[0] == "stop":
+                timeout = message[1]
+                break
+    finally:
+        relay.stop(timeout)
+        stopped.set()
+        with contextlib.suppress(OSError, ValueError):  # the ledger is gone: nobody to tell
+            send(("status", dataclasses.asdict(relay.status)))
+        ledger.close()
+
+
+def _wakes(fd: int, relay: Relay) -> None:
+    while True:
+        try:
+            if not os.read(fd, 4096):
+                return  # the ledger closed its end
+        except OSError:
+            return
+        relay.wake()
+
+
+def _statuses(
+    relay: Relay, send: Callable[[tuple[Any, ...]], None], stopped: threading.Event
+) -> None:
+    sent: dict[str, Any] = {}
+    while not stopped.wait(STATUS_SECONDS):
+        status = dataclasses.asdict(relay.status)
+        if status != sent:
+            try:
+                send(("status", status))
+            except (OSError, ValueError):
+                return
+            sent = status
