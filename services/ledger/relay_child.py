@@ -15,10 +15,10 @@ import os
 import signal
 import sys
 
+from services.common.stopping import STOP_SIGNALS
+
 #: prctl(2): the signal a process gets when its parent ends.
 PR_SET_PDEATHSIG = 1
-#: What stops a process group; the relay leaves them to the ledger, which stops it.
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def main(argv: list[str]) -> None:

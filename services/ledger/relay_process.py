@@ -48,13 +48,15 @@ import structlog
 
 from services.common.config import LedgerSettings
 from services.common.reference import ReferenceData
-from services.ledger import relay_child
+from services.common.stopping import STOP_SIGNALS
 from services.ledger.application import Ledger
 from services.ledger.relay import Relay, RelayLag, RelayStatus, prepare_position_table, relay_lag
 from services.ledger.seals import Sealer
 
 log = structlog.get_logger(__name__)
 
+#: The child's entry: it imports nothing heavy before it is tied to the ledger.
+CHILD_MODULE = "services.ledger.relay_child"
 #: How often the child sends the relay's status when it changed: metrics and tests read
 #: it, nothing waits on it; sending it per batch would cost the child a pickle per batch.
 STATUS_SECONDS = 0.05
@@ -154,10 +156,10 @@ class RelayProcess:
         fds = (theirs.fileno(), wake_read)
         # The child inherits the stop signals blocked, and ignores them before it unblocks
         # them: a stop of the process group while it starts does not end it out of turn.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, relay_child.STOP_SIGNALS)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             process = subprocess.Popen(  # noqa: S603 - this interpreter, our module, no shell
-                [sys.executable, "-m", relay_child.__name__, *map(str, fds), str(os.getpid())],
+                [sys.executable, "-m", CHILD_MODULE, *map(str, fds), str(os.getpid())],
                 pass_fds=fds,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
