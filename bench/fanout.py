@@ -91,6 +91,7 @@ from services.ledger.audit import Checkpoints, RawDecoder
 from services.ledger.domain.incident import Incident
 from services.ledger.projections import Projections
 from services.ledger.relay_messages import POSITION_HEADER
+from services.ledger.relay_process import CHILD_MODULE
 
 EVENTS_PER_INCIDENT = 4  # reported, verified, lead assigned, one action logged
 PREFILL_BATCH = 250  # incidents per save (1,000 events)
@@ -135,7 +136,7 @@ def relay_pid(ledger_pid: int, timeout: float = 30.0) -> int:
     deadline = time.monotonic() + timeout
     while True:
         for child in psutil.Process(ledger_pid).children():
-            if "spawn_main" in " ".join(child.cmdline()):  # not multiprocessing's tracker
+            if CHILD_MODULE in child.cmdline():
                 return int(child.pid)
         if time.monotonic() > deadline:
             raise RuntimeError("the ledger started no relay process")
