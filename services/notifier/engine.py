@@ -51,6 +51,7 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from incidentledger.v1 import incident_pb2 as pb
 from services.common.config import NotifierSettings, nats_servers
@@ -289,11 +290,21 @@ class Engine:
                 raise
             except Exception as exc:  # logged and retried: the notifier outlives outages
                 self.status.restarts[name] += 1
-                log.warning(
-                    f"notifier.{name}_failed",
-                    error=f"{type(exc).__name__}: {exc}",
-                    restart_in_seconds=backoff,
-                )
+                if isinstance(exc, NotFoundError) and not self.consumer_ready.is_set():
+                    # A first start beside a ledger starting too: its relay makes the stream
+                    # when it first connects to NATS, a moment later. Not a failure yet.
+                    log.info(
+                        f"notifier.{name}_waiting",
+                        reason="the event stream does not exist yet: the ledger's relay "
+                        "makes it when it first connects to NATS",
+                        retry_in_seconds=backoff,
+                    )
+                else:
+                    log.warning(
+                        f"notifier.{name}_failed",
+                        error=f"{type(exc).__name__}: {exc}",
+                        restart_in_seconds=backoff,
+                    )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, longest)
 
