@@ -48,6 +48,7 @@ import structlog
 
 from services.common.config import LedgerSettings
 from services.common.reference import ReferenceData
+from services.common.sql import store_location
 from services.common.stopping import STOP_SIGNALS
 from services.ledger.application import Ledger
 from services.ledger.relay import Relay, RelayLag, RelayStatus, prepare_position_table, relay_lag
@@ -67,12 +68,9 @@ STOP_MARGIN_SECONDS = 5.0
 
 
 def relay_runs_apart(store_env: Mapping[str, str]) -> bool:
-    """Whether another process can read this store (a SQLite file, PostgreSQL)."""
-    module = store_env.get("PERSISTENCE_MODULE", "eventsourcing.popo")
-    if module == "eventsourcing.postgres":
-        return True
-    dbname = store_env.get("SQLITE_DBNAME", ":memory:")
-    return module == "eventsourcing.sqlite" and dbname != ":memory:" and "mode=memory" not in dbname
+    """Whether another process can read this store (a SQLite file, PostgreSQL): one with
+    a location of its own, not one in this process's memory."""
+    return bool(store_location(store_env))
 
 
 class RelayProcess:
