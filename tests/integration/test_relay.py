@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import nats
+import psutil
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -317,3 +318,38 @@ def test_publishing_resumes_soon_after_a_killed_stream_leader_is_replaced(
         wait_until(lambda: status.position >= recorded, timeout=30, what="publishing again")
         resumed_after = time.monotonic() - elected_at
     assert resumed_after < 3.0, f"published {resumed_after:.1f} s after the new leader came"
+
+
+def test_a_relay_process_that_dies_is_started_again_and_publishes_what_came_meanwhile(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """The relay runs in a child process of the ledger (services/ledger/relay_process.py):
+    killed, it is started again, and every event recorded while it was away is published,
+    once, in order."""
+    relay = RelaySettings(nats_url=nats_server.url, poll_seconds=0.2)
+    with (
+        store_environment("sqlite", tmp_path) as store_env,
+        running_ledger(settings_for(tmp_path, store_env, relay=relay)) as ledger,
+    ):
+        assert ledger.server.relay is not None
+        status = ledger.server.relay.status
+        first = ledger.report("bpbd")
+        wait_until(lambda: status.position >= first.position, what="the first event published")
+        (child,) = [
+            c for c in psutil.Process().children() if "services.ledger.relay_child" in c.cmdline()
+        ]
+        child.kill()
+        child.wait(10)
+        recorded = [ledger.report("bpbd").position for _ in range(3)]  # while it is away
+        wait_until(
+            lambda: any(
+                c.pid != child.pid and "services.ledger.relay_child" in c.cmdline()
+                for c in psutil.Process().children()
+            ),
+            what="a new relay process",
+        )
+        wait_until(
+            lambda: len(read_stream(nats_server.url)) >= 4, what="the events recorded meanwhile"
+        )
+    positions = [int(m.headers["Ledger-Position"]) for m in read_stream(nats_server.url)]
+    assert positions == [first.position, *recorded], "each once, in order"
