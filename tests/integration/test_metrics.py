@@ -106,9 +106,9 @@ def test_metrics_count_what_happened_and_follow_the_nats_connection(
         create_webhook(stack, bad, "Verified")
         subscriber = stack.subscribe("bpbd")
         names = [stack.ledger.report("kesbangpol").incident for _ in range(3)]
-        s.VerifyIncident(
+        verified = s.VerifyIncident(
             api.VerifyIncidentRequest(request_id=rid(), name=names[0]), metadata=md("desk_pilkada")
-        )
+        ).result
         with pytest.raises(grpc.RpcError) as refused:
             s.VerifyIncident(
                 api.VerifyIncidentRequest(request_id=rid(), name=f"incidents/{uuid.uuid4()}"),
@@ -134,6 +134,9 @@ def test_metrics_count_what_happened_and_follow_the_nats_connection(
             ledger_port,
             lambda m: (
                 m.value("ledger_relay_published_total") == 4
+                # Stored gauges are read every second: a reading from before the commands
+                # (position 0, no lag) must not pass for one after them.
+                and (m.value("ledger_position") or 0) >= verified.position
                 and m.value("ledger_relay_lag_events") == 0
                 and m.value("ledger_projection_lag_events") == 0
             ),
