@@ -4,7 +4,9 @@ The library records each event's global position (notification id) but only
 hands it back at save time. An idempotent retry must return the original
 position, and an incident's history is shown with positions, so this adapter
 looks them up, per backend, by (originator id, version). It also counts the
-events of some topics recorded after a position (a backlog, for metrics).
+events of some topics recorded after a position (a backlog, for metrics), and reads the
+log as plain rows (:func:`read_rows`) for those that read much of it (the audit, the
+projections).
 
 On PostgreSQL the ledger inserts with :class:`ArrayInsertRecorder`: the library's recorder
 but for the insert statement's parameters. On both stores the ledger's recorder also writes
@@ -16,6 +18,7 @@ record their tracking).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -219,3 +222,70 @@ class EventPositions:
                 return count
             count += len(batch)
             position = batch[-1].id
+
+
+# A stored event as :func:`read_rows` gives it: position, originator id (as stored: on
+# SQLite 32 hex digits, :func:`stored_id_text`), version, topic, state.
+RawRow = tuple[int, "UUID | str", int, str, bytes]
+
+
+def rows_query(dialect: str, table: str, topics: int | None, bounded: bool) -> str:
+    """The SELECT of stored rows (``RawRow``) with ``? < position (<= ?)`` and a topic among
+    ``topics`` placeholders (None: any topic), in position order (``?`` placeholders,
+    without a LIMIT)."""
+    column = "rowid" if dialect == "sqlite" else "notification_id"
+    upper = f"AND {column} <= ? " if bounded else ""
+    chosen = "" if topics is None else f"AND topic IN ({','.join('?' * topics)}) "
+    return (
+        f"SELECT {column}, originator_id, originator_version, topic, state "  # noqa: S608
+        f"FROM {table} WHERE {column} > ? {upper}{chosen}ORDER BY {column}"
+    )
+
+
+def read_rows(
+    recorder: ApplicationRecorder,
+    topics: Sequence[str] | None,
+    after: int,
+    limit: int,
+    stop: int | None = None,
+) -> list[RawRow]:
+    """The next stored events with ``after < position (<= stop)`` and one of ``topics``
+    (None: of any topic).
+
+    SQLite is read directly: the library's notifications convert every id to a UUID,
+    which cost a third of a verification and a quarter of a projection rebuild
+    (docs/performance.md); other stores through the library.
+    """
+    if isinstance(recorder, SQLiteApplicationRecorder):
+        statement = rows_query(
+            "sqlite",
+            recorder.events_table_name,
+            None if topics is None else len(topics),
+            stop is not None,
+        )
+        params: list[Any] = [after, *([stop] if stop is not None else []), *(topics or ()), limit]
+        with recorder.datastore.transaction(commit=False) as cursor:
+            # Plain tuples, as RawRow is, rather than the connection's sqlite3.Row, which
+            # were copied into tuples: 1.5 instead of 1.8 us an event.
+            cursor.sqlite_cursor.row_factory = None
+            cursor.execute(statement + " LIMIT ?", params)
+            rows: list[RawRow] = cursor.fetchall()
+            return rows
+    batch = recorder.select_notifications(
+        after, limit, stop=stop, topics=topics or (), inclusive_of_start=False
+    )
+    return [(n.id, n.originator_id, n.originator_version, n.topic, n.state) for n in batch]
+
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+
+
+def stored_id_text(value: UUID | str) -> str:
+    """``str(UUID(value))`` of an originator id as :func:`read_rows` gives it; the stored
+    form (32 lowercase hex digits) without parsing. ValueError when it is not an id."""
+    if isinstance(value, UUID):
+        return str(value)
+    if len(value) == 32 and _HEX32.fullmatch(value):
+        # join: 0.34 us, the f-string of the same slices 0.56 (twice an event)
+        return "-".join((value[:8], value[8:12], value[12:16], value[16:20], value[20:]))
+    return str(UUID(value))

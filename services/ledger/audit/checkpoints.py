@@ -36,7 +36,6 @@ from services.ledger.audit.encoding import (
     GENESIS_HASH,
     EventDecodeError,
     RawDecoder,
-    RawRow,
     batches,
     body_hash,
     chain_step,
@@ -45,6 +44,7 @@ from services.ledger.audit.encoding import (
 from services.ledger.audit.keys import key_id, public_key_bytes
 from services.ledger.domain.incident import canonical_json
 from services.ledger.seals import SealChecker
+from services.ledger.store import RawRow
 
 log = structlog.get_logger(__name__)
 

@@ -9,7 +9,6 @@ every event type). Times and ids are decoded to their canonical strings.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -26,7 +25,6 @@ from eventsourcing.persistence import (
     StoredEvent,
     UUIDAsHex,
 )
-from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import get_topic
 
 from services.common.jsoncodec import (
@@ -43,6 +41,7 @@ from services.ledger.domain.incident import (
     event_fields,
     incident_event_classes,
 )
+from services.ledger.store import RawRow, read_rows, stored_id_text
 
 EXPORT_FORMAT = "incidentledger.audit.export.v1"
 CHECKPOINT_FORMAT = "incidentledger.checkpoint.v1"
@@ -89,16 +88,11 @@ def _time(text: str) -> Time:
     return result
 
 
-_HEX32 = re.compile(r"[0-9a-f]{32}")
-
-
 def uuid_text(value: str) -> str:
-    """``str(UUID(value))``; the stored form (32 lowercase hex digits) without parsing."""
-    if len(value) == 32 and _HEX32.fullmatch(value):
-        # join: 0.34 us, the f-string of the same slices 0.56 (twice an event)
-        return "-".join((value[:8], value[8:12], value[12:16], value[16:20], value[20:]))
+    """``str(UUID(value))`` of a stored id (:func:`~services.ledger.store.stored_id_text`);
+    :class:`EventDecodeError` when it is not one."""
     try:
-        return str(UUID(value))
+        return stored_id_text(value)
     except ValueError as exc:
         raise EventDecodeError(f"malformed id {value[:40]!r}") from exc
 
@@ -176,50 +170,6 @@ def _loads(text: bytes) -> Any:
 def incident_topics() -> list[str]:
     """Topics of every Incident event class (the notification log also holds other events)."""
     return [get_topic(cls) for cls in incident_event_classes()]
-
-
-# A stored incident event: position, originator id (as stored), version, topic, state.
-RawRow = tuple[int, "UUID | str", int, str, bytes]
-
-
-def rows_query(dialect: str, table: str, topics: int, bounded: bool) -> str:
-    """The SELECT of stored rows (``RawRow``) with ``? < position (<= ?)`` and a topic among
-    ``topics`` placeholders, in position order (``?`` placeholders, without a LIMIT)."""
-    column = "rowid" if dialect == "sqlite" else "notification_id"
-    upper = f"AND {column} <= ? " if bounded else ""
-    marks = ",".join("?" * topics)
-    return (
-        f"SELECT {column}, originator_id, originator_version, topic, state "  # noqa: S608
-        f"FROM {table} WHERE {column} > ? {upper}AND topic IN ({marks}) ORDER BY {column}"
-    )
-
-
-def read_rows(
-    recorder: ApplicationRecorder,
-    topics: Sequence[str],
-    after: int,
-    limit: int,
-    stop: int | None = None,
-) -> list[RawRow]:
-    """The next stored events with ``after < position (<= stop)`` and one of ``topics``.
-
-    SQLite is read directly (the library's notifications convert every id to a UUID,
-    which costs a third of a verification); other stores through the library.
-    """
-    if isinstance(recorder, SQLiteApplicationRecorder):
-        statement = rows_query("sqlite", recorder.events_table_name, len(topics), stop is not None)
-        params: list[Any] = [after, *([stop] if stop is not None else []), *topics, limit]
-        with recorder.datastore.transaction(commit=False) as cursor:
-            # Plain tuples, as RawRow is, rather than the connection's sqlite3.Row, which
-            # were copied into tuples: 1.5 instead of 1.8 us an event.
-            cursor.sqlite_cursor.row_factory = None
-            cursor.execute(statement + " LIMIT ?", params)
-            rows: list[RawRow] = cursor.fetchall()
-            return rows
-    batch = recorder.select_notifications(
-        after, limit, stop=stop, topics=topics, inclusive_of_start=False
-    )
-    return [(n.id, n.originator_id, n.originator_version, n.topic, n.state) for n in batch]
 
 
 def newest_row(recorder: ApplicationRecorder, topics: Sequence[str]) -> RawRow | None:

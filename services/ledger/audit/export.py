@@ -27,11 +27,11 @@ from services.ledger.audit.encoding import (
     EXPORT_FORMAT,
     GENESIS_HASH,
     RawDecoder,
-    RawRow,
     batches,
     chain_step,
 )
 from services.ledger.audit.scan import store_source
+from services.ledger.store import RawRow
 
 
 @dataclass(frozen=True)

@@ -36,11 +36,10 @@ from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.ledger.audit.encoding import (
     EventDecodeError,
     RawDecoder,
-    RawRow,
     body_hash,
     export_line,
-    rows_query,
 )
+from services.ledger.store import RawRow, rows_query
 
 RANGE = 1000  # positions per job (larger ranges cost memory and gained no speed)
 WORKERS = 2  # at most; never more than the CPUs

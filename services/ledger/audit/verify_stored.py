@@ -20,14 +20,13 @@ from services.ledger.audit.checkpoints import BATCH, Checkpoint, iterate_checkpo
 from services.ledger.audit.encoding import (
     EventDecodeError,
     RawDecoder,
-    RawRow,
     batches,
     body_hash,
-    read_rows,
     uuid_text,
 )
 from services.ledger.audit.scan import store_source
 from services.ledger.audit.verifier import ChainVerifier, VerifyReport
+from services.ledger.store import RawRow, read_rows
 
 
 @dataclass(frozen=True)

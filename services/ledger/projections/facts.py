@@ -33,6 +33,7 @@ from eventsourcing.utils import get_topic
 
 from services.common.jsoncodec import loads
 from services.ledger.domain.incident import Incident, incident_event_classes
+from services.ledger.store import RawRow, stored_id_text
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
@@ -186,17 +187,28 @@ class FastDecoder:
         )
         self._loads: Callable[[bytes], Any] = loads
 
-    def decode(self, notification: Notification) -> Fact | None:
-        """The fact of an incident event; None for other notifications (request records)."""
-        type_ = self.topics.get(notification.topic)
+    def decode(self, row: RawRow) -> Fact | None:
+        """The fact of a stored incident event (a row as :func:`read_rows` gives it); None
+        for other notifications (request records)."""
+        position, originator_id, version, topic, stored = row
+        type_ = self.topics.get(topic)
         if type_ is None:
             return None
         if not self.fast:
+            notification = Notification(
+                id=position,
+                originator_id=UUID(originator_id)
+                if isinstance(originator_id, str)
+                else originator_id,
+                originator_version=version,
+                topic=topic,
+                state=stored,
+            )
             event = self._mapper.to_domain_event(notification)
             if not isinstance(event, Incident.Event):
-                raise TypeError(f"not an incident event: {notification.topic}")
-            return fact_from_event(event, notification.id)
-        state = self._loads(notification.state)
+                raise TypeError(f"not an incident event: {topic}")
+            return fact_from_event(event, position)
+        state = self._loads(stored)
         spec = PAYLOAD.get(type_)
         data: dict[str, Any] = {}
         if spec:
@@ -216,9 +228,9 @@ class FastDecoder:
                 else:
                     data[name] = value
         return Fact(
-            notification.id,
-            str(notification.originator_id),
-            notification.originator_version,
+            position,
+            stored_id_text(originator_id),
+            version,
             type_,
             state["event_id"]["_data_"],
             micros(datetime.fromisoformat(state["timestamp"]["_data_"])),

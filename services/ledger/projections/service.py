@@ -27,6 +27,7 @@ from services.ledger.projections.model import (
     ResponseTimes,
 )
 from services.ledger.projections.store import PositionBusy, ProjectionStore
+from services.ledger.store import read_rows
 
 log = structlog.get_logger(__name__)
 
@@ -115,9 +116,7 @@ class HistoricalProjections(ProjectionReader):
         self.position = 0
         recorder = ledger.recorder
         while True:
-            batch = recorder.select_notifications(
-                self.position, REBUILD_BATCH, stop=position, inclusive_of_start=False
-            )
+            batch = read_rows(recorder, None, self.position, REBUILD_BATCH, stop=position)
             if not batch:
                 break
             self.position, _ = self._store.apply(batch, self.position)
@@ -239,7 +238,7 @@ class Projections(ProjectionReader):
         self._announce(position)
         events = 0
         while True:
-            batch = recorder.select_notifications(position, batch_size, inclusive_of_start=False)
+            batch = read_rows(recorder, None, position, batch_size)
             if not batch:
                 return position, events
             try:

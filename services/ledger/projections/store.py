@@ -24,8 +24,6 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import Notification
-
 from services.common.reference import ReferenceData, Role
 from services.common.sql import Database
 from services.ledger.projections.facts import Fact, FastDecoder, micros, to_datetime
@@ -55,6 +53,7 @@ from services.ledger.projections.tables import (
     UPSERT_DECISION,
     UPSERT_INCIDENT,
 )
+from services.ledger.store import RawRow
 
 NOT_SCORED = ("REJECTED", "MERGED")
 SETTLED = frozenset({"RESOLVED", "CLOSED"})
@@ -137,11 +136,11 @@ class ProjectionStore:
                 cur.execute(f"DELETE FROM {table}")  # noqa: S608 - constant names
             cur.execute("UPDATE projection_position SET position = 0 WHERE id = 1")
 
-    def decode(self, batch: Sequence[Notification]) -> list[Fact]:
+    def decode(self, batch: Sequence[RawRow]) -> list[Fact]:
         decode = self.decoder.decode
         return [fact for n in batch if (fact := decode(n)) is not None]
 
-    def apply(self, batch: Sequence[Notification], start: int) -> tuple[int, int]:
+    def apply(self, batch: Sequence[RawRow], start: int) -> tuple[int, int]:
         """Apply a batch read after ``start``: (the position now, incident events applied).
 
         When the stored position is no longer ``start`` (another process applied
@@ -153,7 +152,7 @@ class ProjectionStore:
             if current != start:
                 return current, 0
         facts = self.decode(batch)
-        end = int(batch[-1].id)
+        end = int(batch[-1][0])
         with self.sql.transaction() as cur:
             cur.execute(
                 self.sql.q(
