@@ -588,7 +588,8 @@ def run_e2e(
         f"  received of {run.sent:,} sent: subscriber {run.subscriber.received:,}, webhook "
         f"{run.webhook.received:,} (waited up to {plan.e2e_drain:g} s after the last send); "
         f"while sending, the ledger process used {run.ledger_cores:.2f} cores, its relay's "
-        f"{run.relay_cores:.2f}, the notifier {run.notifier_cores:.2f}"
+        f"{run.relay_cores:.2f} and the relay's encoder's {run.encoder_cores:.2f}, the notifier "
+        f"{run.notifier_cores:.2f}"
     )
     print(
         "  record_time = the ledger's clock when the command created the event (just before "

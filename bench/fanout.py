@@ -90,6 +90,7 @@ from services.ledger.application import Ledger
 from services.ledger.audit import Checkpoints, RawDecoder
 from services.ledger.domain.incident import Incident
 from services.ledger.projections import Projections
+from services.ledger.relay_encoder import PROCESS_NAME as ENCODER_NAME
 from services.ledger.relay_messages import POSITION_HEADER
 from services.ledger.relay_process import CHILD_MODULE
 
@@ -141,6 +142,24 @@ def relay_pid(ledger_pid: int, timeout: float = 30.0) -> int:
         if time.monotonic() > deadline:
             raise RuntimeError("the ledger started no relay process")
         time.sleep(0.05)
+
+
+def encoder_pid(relay: int, timeout: float = 30.0) -> int:
+    """The relay's encoder process (services/ledger/relay_encoder.py), once forked."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for child in psutil.Process(relay).children():
+            if child.name() == ENCODER_NAME:
+                return int(child.pid)
+        if time.monotonic() > deadline:
+            raise RuntimeError("the relay started no encoder process")
+        time.sleep(0.05)
+
+
+def relay_pids(ledger_pid: int) -> tuple[int, int]:
+    """The ledger's relay process and its encoder's."""
+    relay = relay_pid(ledger_pid)
+    return relay, encoder_pid(relay)
 
 
 # ------------------------------------------------------------------ NATS helpers
@@ -350,19 +369,25 @@ def relay_throughput(
     env = {**store_env, **stream_env(nats_url, stream), **key.env, "LEDGER_GRACE_SECONDS": "1"}
     started = time.perf_counter()
     recording: list[profile.Recording | None] = []
-    label = f"relay-{store_name(store_env)}-relay"
+    store = store_name(store_env)
+
+    def record(ledger: int) -> None:
+        relay, encoder = relay_pids(ledger)
+        recording.append(profile.start(f"relay-{store}-relay", relay))
+        recording.append(profile.start(f"encoder-{store}-relay", encoder))
+
     try:
-        with ledger_process(
-            data_dir,
-            env,
-            started=lambda pid: recording.append(profile.start(label, relay_pid(pid))),
-        ) as (process, _target):
+        with ledger_process(data_dir, env, started=record) as (process, _target):
             watcher.join(RELAY_TIMEOUT + 10)
-            # The ledger's process and its relay's (services/ledger/relay_process.py).
-            cpu_used = cpu_seconds(process.pid) + cpu_seconds(relay_pid(process.pid))
-            profile.stop(recording[0] if recording else None)
+            # The ledger's process, its relay's and the relay's encoder's
+            # (services/ledger/relay_process.py, relay_encoder.py).
+            pids = (process.pid, *relay_pids(process.pid))
+            cpu_used = sum(cpu_seconds(pid) for pid in pids)
+            for taken in recording:
+                profile.stop(taken)
     finally:
-        profile.stop(recording[0] if recording else None)
+        for taken in recording:
+            profile.stop(taken)
     progress = watch.get("progress")
     if not isinstance(progress, Progress):
         raise RuntimeError(f"the relay's progress was not read: {progress!r}")
@@ -711,6 +736,7 @@ class EndToEndRun:
     prepared: int
     ledger_cores: float  # CPU seconds per second of each process, over the measured run
     relay_cores: float
+    encoder_cores: float
     notifier_cores: float
     logs: logs.LogCount = field(default_factory=logs.LogCount)
 
@@ -811,19 +837,20 @@ def end_to_end(
             duration=duration,
             assigned=[[[f"incidents/{i}", 3] for i in ids[n::clients]] for n in range(clients)],
         )
-        relay = relay_pid(ledger_proc.pid)
-        pids = (ledger_proc.pid, relay, notifier_proc.pid)
+        relay, encoder = relay_pids(ledger_proc.pid)
+        pids = (ledger_proc.pid, relay, encoder, notifier_proc.pid)
         cpu = [cpu_seconds(pid) for pid in pids]
         started = time.perf_counter()
         store = store_name(store_env)
         with (
             profile.profiled(f"ledger-{store}-e2e", ledger_proc.pid),
             profile.profiled(f"relay-{store}-e2e", relay),
+            profile.profiled(f"encoder-{store}-e2e", encoder),
             profile.profiled(f"notifier-{store}-e2e", notifier_proc.pid),
         ):
             sent: Sent = in_child(_send, load)
         seconds = time.perf_counter() - started
-        ledger_cores, relay_cores, notifier_cores = (
+        ledger_cores, relay_cores, encoder_cores, notifier_cores = (
             (cpu_seconds(pid) - before) / seconds for pid, before in zip(pids, cpu, strict=True)
         )
         wanted = list(sent.at)
@@ -837,6 +864,7 @@ def end_to_end(
         prepared=len(ids),
         ledger_cores=ledger_cores,
         relay_cores=relay_cores,
+        encoder_cores=encoder_cores,
         notifier_cores=notifier_cores,
         logs=logs.tally([data_dir / "server.log", data_dir / "notifier.log"]),
     )

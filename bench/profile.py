@@ -7,10 +7,10 @@ process and window there:
 
 - ``ledger-<store>-commands.txt``: the ledger process through the closed loop of
   section 3 (commands at saturation);
-- ``relay-<store>-relay.txt``: the ledger's relay process draining the backlog of
-  section 5;
-- ``ledger-<store>-e2e.txt``, ``relay-<store>-e2e.txt`` and ``notifier-<store>-e2e.txt``:
-  the three processes while the sender of section 6 runs.
+- ``relay-<store>-relay.txt`` and ``encoder-<store>-relay.txt``: the ledger's relay
+  process and its encoder draining the backlog of section 5;
+- ``ledger-<store>-e2e.txt``, ``relay-<store>-e2e.txt``, ``encoder-<store>-e2e.txt`` and
+  ``notifier-<store>-e2e.txt``: the four processes while the sender of section 6 runs.
 
 Only the thread that holds the interpreter lock is sampled (threads waiting on a lock,
 a socket or the database are left out, and so is work done in C with the lock

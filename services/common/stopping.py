@@ -30,6 +30,7 @@ before the service's imports) and install it. From then on:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -56,6 +57,24 @@ FORCED_EXIT_CODE = 1
 #: How often a waiting main thread returns to the interpreter (and how late a deadline
 #: may be noticed).
 POLL_SECONDS = 0.2
+
+
+#: prctl(2): the signal a process gets when its parent ends, and the process's name.
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+
+
+def tie_to_parent(parent_pid: int, name: str | None = None) -> None:
+    """End this process (SIGKILL, from the kernel) when its parent ends, however that
+    ends; SystemExit when the parent ``parent_pid`` has ended already. With ``name``, the
+    process shows it (``ps -o comm``; 15 bytes at most). Linux."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:  # the parent ended before the line above
+        raise SystemExit(1)
+    if name is not None:
+        libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
 def _ignore(_signum: int, _frame: FrameType | None) -> None:

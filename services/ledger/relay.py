@@ -50,7 +50,6 @@ from datetime import UTC, datetime
 
 import nats
 import structlog
-from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import get_topic
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
@@ -63,9 +62,10 @@ from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.common.storepool import RECONNECT_SECONDS
 from services.ledger.application import Ledger
 from services.ledger.domain.incident import Incident, incident_event_classes
+from services.ledger.relay_encoder import BatchSource, EncoderLink, LocalSource
 from services.ledger.relay_leadership import leader_lock
 from services.ledger.relay_messages import POSITION_HEADER, EventEncoder, Outgoing, foreign_reason
-from services.ledger.relay_reading import NotificationReader, PollingReader, SubscriptionReader
+from services.ledger.relay_reading import open_reader
 
 log = structlog.get_logger(__name__)
 
@@ -199,8 +199,12 @@ class Relay:
         on_health: Callable[[bool], None] = lambda _serving: None,
         on_stream_check: Callable[[bool], None] = lambda _trusted: None,
         on_checkpoint_sent: Callable[[int], None] = lambda _position: None,
+        encoder: EncoderLink | None = None,
     ) -> None:
         self._ledger = ledger
+        # Reads and encodes in a process of its own when given (relay_encoder.py), else here.
+        self._encoder_link = encoder
+        self._source: BatchSource | None = None
         self._on_checkpoint_sent = on_checkpoint_sent
         self._settings = settings
         self._store_env = dict(store_env)
@@ -245,11 +249,11 @@ class Relay:
     def publish_checkpoint(self, position: int, body: bytes) -> None:
         """Queue a signed checkpoint for the witnesses' stream (sent by the leading relay)."""
         self._checkpoints.put((position, body))
-        self._wake.set()
+        self._poke()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
-        self._wake.set()
+        self._poke()
         self._thread.join(timeout)
         if self._tracking is not None:
             self._tracking.close()
@@ -258,6 +262,13 @@ class Relay:
         """What is recorded but not yet published, read from the store; ``None`` unless
         this relay leads and knows its position (another replica's relay publishes)."""
         return relay_lag(self._ledger, self.status)
+
+    def _poke(self) -> None:
+        """The relay's loop, waiting for events, looks at its other work now."""
+        self._wake.set()
+        source = self._source
+        if source is not None:
+            source.poke()
 
     # -- the relay thread
 
@@ -322,7 +333,7 @@ class Relay:
             error_cb=error,
             **connect_options(settings.nats),
         )
-        reader: NotificationReader | None = None
+        source: BatchSource | None = None
         try:
             js = nc.jetstream(timeout=settings.publish_timeout_seconds)
             if not self._streams_ready:
@@ -335,11 +346,11 @@ class Relay:
             self.status.position_known = True
             self._on_health(True)
             log.info("relay.publishing", stream=settings.stream.name, after=position)
-            reader = await asyncio.to_thread(self._reader, position)
+            source = self._source = await asyncio.to_thread(self._open_source, position)
             while not self._stopping.is_set():
                 if not nc.is_connected:  # noticed while idle, not only at the next publish
                     raise ConnectionError("the connection to NATS was lost")
-                outgoing = await asyncio.to_thread(self._next_batch, reader)
+                outgoing = await asyncio.to_thread(self._next_batch, source)
                 if outgoing is None:
                     log.warning("relay.leadership_lost")
                     self.status.leader = False
@@ -353,8 +364,9 @@ class Relay:
         finally:
             self.status.connected = False
             try:
-                if reader is not None:
-                    await asyncio.to_thread(reader.close)
+                if source is not None:
+                    self._source = None
+                    await asyncio.to_thread(source.close)
                     # Fails while the store is away: NATS's connection is closed all the same.
                     await asyncio.to_thread(self._save_position, self.status.position)
             finally:
@@ -379,21 +391,23 @@ class Relay:
                 raise
             self._on_checkpoint_sent(position)
 
-    def _reader(self, position: int) -> NotificationReader:
-        recorder = self._ledger.recorder
-        batch = self._settings.batch_size
-        if isinstance(recorder, PostgresApplicationRecorder):
-            return SubscriptionReader(recorder, position, self._topics, batch)
-        return PollingReader(recorder, position, self._topics, batch, self._wake)
+    def _open_source(self, position: int) -> BatchSource:
+        """The session's messages after ``position``: from the encoder process, or read
+        and encoded here."""
+        if self._encoder_link is not None:
+            return self._encoder_link.open(position)
+        reader = open_reader(
+            self._ledger.recorder, position, self._topics, self._settings.batch_size, self._wake
+        )
+        return LocalSource(reader, self._encoder)
 
-    def _next_batch(self, reader: NotificationReader) -> list[Outgoing] | None:
+    def _next_batch(self, source: BatchSource) -> list[Outgoing] | None:
         """The next events to publish, encoded (an empty list when none came within the
         poll); None when this relay no longer leads. In a worker thread: one hop from the
         event loop per batch, where the check, the read and the encoding took one each."""
         if not self._leader.still_held():
             return None
-        batch = reader.next_batch(self._settings.poll_seconds)
-        return [self._encoder.encode(n) for n in batch]
+        return source.next_batch(self._settings.poll_seconds)
 
     async def _publish(self, js: JetStreamContext, encoded: list[Outgoing]) -> None:
         outgoing = [self._untaken(m) for m in encoded]

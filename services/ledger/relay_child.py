@@ -10,24 +10,15 @@ second), so a ledger killed outright leaves nothing behind.
 
 from __future__ import annotations
 
-import ctypes
-import os
 import signal
 import sys
 
-from services.common.stopping import STOP_SIGNALS
-
-#: prctl(2): the signal a process gets when its parent ends.
-PR_SET_PDEATHSIG = 1
+from services.common.stopping import STOP_SIGNALS, tie_to_parent
 
 
 def main(argv: list[str]) -> None:
     control_fd, wake_fd, ledger_pid = (int(value) for value in argv)
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != ledger_pid:  # the ledger ended before the line above
-        raise SystemExit(1)
+    tie_to_parent(ledger_pid)
     # The stop signals came blocked from the ledger; ignored before they are unblocked.
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)

@@ -52,6 +52,7 @@ from services.common.sql import store_location
 from services.common.stopping import STOP_SIGNALS
 from services.ledger.application import Ledger
 from services.ledger.relay import Relay, RelayLag, RelayStatus, prepare_position_table, relay_lag
+from services.ledger.relay_encoder import start_encoder
 from services.ledger.seals import Sealer
 
 log = structlog.get_logger(__name__)
@@ -281,12 +282,24 @@ def run_child(settings: LedgerSettings, control: Connection, wake_fd: int) -> No
     # The parent made the tables; this process only reads the events and keeps the
     # relay's position.
     store_env = {**settings.store_env, "CREATE_TABLE": "n"}
-    ledger = Ledger(
-        ReferenceData.load(settings.reference_file),
-        env=store_env,
-        sealer=Sealer(load_signing_key(settings.audit())),
-        snapshot_interval=settings.snapshot_interval,
+
+    def make_ledger() -> Ledger:
+        return Ledger(
+            ReferenceData.load(settings.reference_file),
+            env=store_env,
+            sealer=Sealer(load_signing_key(settings.audit())),
+            snapshot_interval=settings.snapshot_interval,
+        )
+
+    # First, before a database is opened or a thread started here: the encoder is a fork.
+    encoder = start_encoder(
+        wake_fd,
+        make_ledger,
+        settings.relay.stream.subject_prefix,
+        settings.relay.batch_size,
+        not_inherited=(control,),
     )
+    ledger = make_ledger()
     relay: Relay | None = None
 
     def report(message: tuple[Any, ...]) -> None:
@@ -303,9 +316,13 @@ def run_child(settings: LedgerSettings, control: Connection, wake_fd: int) -> No
         on_health=lambda serving: report(("health", serving)),
         on_stream_check=lambda trusted: report(("stream_check", trusted)),
         on_checkpoint_sent=lambda position: send(("checkpoint_sent", position)),
+        encoder=encoder,
     )
     stopped = threading.Event()
-    threading.Thread(target=_wakes, args=(wake_fd, relay), name="relay-wakes", daemon=True).start()
+    watcher = threading.Thread(
+        target=_watch_encoder, args=(encoder.pid, stopped), name="relay-encoder", daemon=True
+    )
+    watcher.start()
     threading.Thread(
         target=_statuses, args=(relay, send, stopped), name="relay-status", daemon=True
     ).start()
@@ -331,19 +348,23 @@ def run_child(settings: LedgerSettings, control: Connection, wake_fd: int) -> No
     finally:
         relay.stop(timeout)
         stopped.set()
+        encoder.close()  # the encoder ends at the end of its link
+        watcher.join(STOP_MARGIN_SECONDS)
         with contextlib.suppress(OSError, ValueError):  # the ledger is gone: nobody to tell
             send(("status", dataclasses.asdict(relay.status)))
         ledger.close()
 
 
-def _wakes(fd: int, relay: Relay) -> None:
-    while True:
-        try:
-            if not os.read(fd, 4096):
-                return  # the ledger closed its end
-        except OSError:
-            return
-        relay.wake()
+def _watch_encoder(pid: int, stopped: threading.Event) -> None:
+    """Ends the relay's process when its encoder ends unasked: the ledger starts both again
+    (an encoder cannot be forked anew from a process that runs threads)."""
+    _, status = os.waitpid(pid, 0)
+    if stopped.is_set():
+        return
+    log.error("relay.encoder_exited", pid=pid, exitcode=os.waitstatus_to_exitcode(status))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def _statuses(

@@ -109,3 +109,17 @@ class SubscriptionReader(NotificationReader):
             except queue.Empty:
                 self._thread.join(timeout=0.1)
         self._subscription.__exit__(None, None, None)
+
+
+def open_reader(
+    recorder: ApplicationRecorder,
+    position: int,
+    topics: Sequence[str],
+    batch: int,
+    wake: threading.Event,
+) -> NotificationReader:
+    """The reader that suits the store: PostgreSQL's subscription, else polling (woken by
+    ``wake`` when this process, or the ledger's commits, record events)."""
+    if isinstance(recorder, PostgresApplicationRecorder):
+        return SubscriptionReader(recorder, position, topics, batch)
+    return PollingReader(recorder, position, topics, batch, wake)

@@ -36,7 +36,9 @@ from services.common import natsserver
 from services.common.config import PROJECT_ROOT
 from services.common.natsserver import NatsPortInUseError, NatsServer, free_port
 from services.common.stopping import STOP_MARGIN_SECONDS, STOP_SIGNALS
+from services.ledger.relay_encoder import PROCESS_NAME
 from services.run import DEFAULT_SERVICES, NATS_STOP_SECONDS, child_deadline
+from tests.fanout_support import wait_until
 from tests.support import STOP_WAIT_SECONDS, terminated_at_exit
 
 #: The supervisor's children in these tests; None = its default (ledger + notifier).
@@ -351,14 +353,27 @@ def assert_nothing_left(run: Supervised, children: list[psutil.Process], ports: 
 def test_supervisor_runs_nats_and_the_services_and_stops_on_sigint(tmp_path: Path) -> None:
     with supervisor(tmp_path) as run:
         wait_until_serving(run)
-        children = psutil.Process(run.process.pid).children(recursive=True)
+        supervisor_process = psutil.Process(run.process.pid)
+        # The ledger's relay: its child, and the relay's encoder (a fork of the relay's
+        # process, once its imports are done: the same command line, its own name).
+        relay = "services.ledger.relay_child"
+        wait_until(
+            lambda: (
+                sum(relay in c.cmdline() for c in supervisor_process.children(recursive=True)) >= 2
+            ),
+            what="the relay's process and its encoder",
+        )
+        children = supervisor_process.children(recursive=True)
         names = [" ".join(c.cmdline()) for c in children]
         expected = expected_services()
-        modules = (*expected, "services.ledger.relay_child")  # the ledger's relay: its child
-        assert len(children) == 1 + len(modules), names
+        assert len(children) == 1 + len(expected) + 2, names
         assert sum("nats-server" in n for n in names) == 1, names
-        for module in modules:
+        for module in expected:
             assert sum(module in c.cmdline() for c in children) == 1, names
+        relays = [c for c in children if relay in c.cmdline()]
+        assert sorted(c.name() == PROCESS_NAME for c in relays) == [False, True], names
+        (encoder,) = [c for c in relays if c.name() == PROCESS_NAME]
+        assert encoder.ppid() in {c.pid for c in relays}, "the encoder is the relay's child"
         ports = {run.ledger_port, run.nats_port, run.notifier_port}
         for child in children:
             ports |= listening_ports(child)

@@ -21,6 +21,7 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from services.common.config import PROJECT_ROOT, RelaySettings, StreamSettings
 from services.common.natsserver import NatsServer
+from services.ledger.relay_encoder import PROCESS_NAME as ENCODER_NAME
 from tests.fanout_support import StreamMessage, read_stream, wait_until
 from tests.integration.test_fanout import stream_messages
 from tests.metrics_support import Scrape
@@ -347,6 +348,44 @@ def test_a_relay_process_that_dies_is_started_again_and_publishes_what_came_mean
                 for c in psutil.Process().children()
             ),
             what="a new relay process",
+        )
+        wait_until(
+            lambda: len(read_stream(nats_server.url)) >= 4, what="the events recorded meanwhile"
+        )
+    positions = [int(m.headers["Ledger-Position"]) for m in read_stream(nats_server.url)]
+    assert positions == [first.position, *recorded], "each once, in order"
+
+
+def test_a_relay_whose_encoder_dies_is_started_again_and_publishes_what_came_meanwhile(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """The relay's encoder is a fork of the relay's process (services/ledger/relay_encoder.py):
+    killed, the relay's process ends with it, the ledger starts both again, and every event
+    recorded meanwhile is published, once, in order."""
+    relay = RelaySettings(nats_url=nats_server.url, poll_seconds=0.2)
+    with (
+        store_environment("sqlite", tmp_path) as store_env,
+        running_ledger(settings_for(tmp_path, store_env, relay=relay)) as ledger,
+    ):
+        assert ledger.server.relay is not None
+        status = ledger.server.relay.status
+        first = ledger.report("bpbd")
+        wait_until(lambda: status.position >= first.position, what="the first event published")
+        (child,) = [
+            c for c in psutil.Process().children() if "services.ledger.relay_child" in c.cmdline()
+        ]
+        (encoder,) = [c for c in child.children() if c.name() == ENCODER_NAME]
+        encoder.kill()
+        child.wait(10)  # the relay's process ends with its encoder
+        recorded = [ledger.report("bpbd").position for _ in range(3)]
+        wait_until(
+            lambda: any(
+                c.pid != child.pid
+                and "services.ledger.relay_child" in c.cmdline()
+                and any(g.name() == ENCODER_NAME for g in c.children())
+                for c in psutil.Process().children()
+            ),
+            what="a new relay process with its encoder",
         )
         wait_until(
             lambda: len(read_stream(nats_server.url)) >= 4, what="the events recorded meanwhile"
