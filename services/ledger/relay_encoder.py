@@ -46,10 +46,11 @@ import structlog
 from eventsourcing.persistence import ApplicationRecorder
 from eventsourcing.utils import get_topic
 
+from services.common.heap import freeze_after_start
 from services.common.stopping import tie_to_parent
 from services.ledger.application import Ledger
 from services.ledger.domain.incident import incident_event_classes
-from services.ledger.relay_messages import EventEncoder, Outgoing
+from services.ledger.relay_messages import Encoded, EventEncoder, MessageWriter, Outgoing
 from services.ledger.relay_reading import NotificationReader, open_reader
 
 log = structlog.get_logger(__name__)
@@ -107,9 +108,10 @@ class LocalSource(BatchSource):
 class EncoderLink:
     """The relay's end of its encoder process: one :class:`RemoteSource` per session."""
 
-    def __init__(self, conn: Connection, pid: int) -> None:
+    def __init__(self, conn: Connection, pid: int, prefix: str) -> None:
         self._conn = conn
         self.pid = pid
+        self._writer = MessageWriter(prefix)
         self._generation = 0
 
     def open(self, position: int) -> RemoteSource:
@@ -118,7 +120,7 @@ class EncoderLink:
         self._conn.send(("seek", self._generation, position))
         for _ in range(AHEAD):
             self._conn.send(("credit", self._generation))
-        return RemoteSource(self._conn, self._generation)
+        return RemoteSource(self._conn, self._generation, self._writer)
 
     def close(self) -> None:
         self._conn.close()
@@ -127,9 +129,10 @@ class EncoderLink:
 class RemoteSource(BatchSource):
     """A session's batches from the encoder process."""
 
-    def __init__(self, conn: Connection, generation: int) -> None:
+    def __init__(self, conn: Connection, generation: int, writer: MessageWriter) -> None:
         self._conn = conn
         self._generation = generation
+        self._writer = writer
         self._poked, self._poke = os.pipe()
         os.set_blocking(self._poked, False)
         os.set_blocking(self._poke, False)
@@ -154,8 +157,8 @@ class RemoteSource(BatchSource):
             if kind == "error":
                 raise content
             self._conn.send(("credit", generation))
-            batch: list[Outgoing] = content
-            return batch
+            encoded: list[Encoded] = content
+            return [self._writer.outgoing(e) for e in encoded]
 
     def poke(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):  # a byte waiting does as well
@@ -207,7 +210,7 @@ def start_encoder(
     theirs.close()
     os.close(wake_fd)
     log.info("relay.encoder_started", pid=pid)
-    return EncoderLink(Connection(ours.detach()), pid)
+    return EncoderLink(Connection(ours.detach()), pid, prefix)
 
 
 def run_encoder(
@@ -228,7 +231,9 @@ def run_encoder(
         threading.Thread(
             target=_read_requests, args=(conn, requests, wake), name="encoder-requests", daemon=True
         ).start()
-        _Encoding(conn, ledger, EventEncoder(ledger, prefix), batch, wake).run(requests)
+        encoding = _Encoding(conn, ledger, EventEncoder(ledger, prefix), batch, wake)
+        freeze_after_start("relay_encoder")
+        encoding.run(requests)
     finally:
         ledger.close()
 
@@ -288,14 +293,14 @@ class _Encoding:
             rows = self._reader.next_batch(READ_SLICE_SECONDS)
             if not rows:
                 return
-            outgoing = [self._encoder.encode(n) for n in rows]
+            encoded = [self._encoder.encode_event(n) for n in rows]
         except Exception as exc:  # handed to the relay, whose session fails and seeks again
             log.warning("relay.encoder_read_failed", error=f"{type(exc).__name__}: {exc}")
             self._conn.send(("error", self._generation, _portable(exc)))
             self._close_reader()
             self._generation = 0
             return
-        self._conn.send(("batch", self._generation, outgoing))
+        self._conn.send(("batch", self._generation, encoded))
         self._credits -= 1
         self._position = rows[-1].id
 

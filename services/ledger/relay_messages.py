@@ -9,6 +9,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 from uuid import UUID
 
 from eventsourcing.persistence import Notification
@@ -51,6 +52,58 @@ class Outgoing:
     payload: bytes
 
 
+class Encoded(NamedTuple):
+    """An event's message before its subject and headers are written out: what the
+    relay's encoder process sends (a tuple pickles at half a dataclass's cost), the
+    headers then written in the relay's process, which has time to spare
+    (:class:`MessageWriter`)."""
+
+    position: int
+    payload: bytes
+    event_id: str
+    event_type: str
+    incident: str  # its resource name
+    kecamatan: str
+    category: str
+    severity: str
+
+
+class MessageWriter:
+    """Writes an encoded event's subject and headers."""
+
+    #: Subjects kept: kecamatan, categories and event types are a few hundred pairings.
+    SUBJECTS = 4096
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._subjects: dict[tuple[str, str, str], str] = {}
+
+    def outgoing(self, encoded: Encoded) -> Outgoing:
+        key = (encoded.kecamatan, encoded.category, encoded.event_type)
+        subject = self._subjects.get(key)
+        if subject is None:
+            if len(self._subjects) >= self.SUBJECTS:
+                self._subjects.clear()
+            subject = self._subjects[key] = event_subject(self._prefix, *key)
+        position = str(encoded.position)
+        return Outgoing(
+            position=encoded.position,
+            subject=subject,
+            headers={
+                "Nats-Msg-Id": position,
+                POSITION_HEADER: position,
+                "Ledger-Incident": encoded.incident,
+                "Ledger-Event-Id": encoded.event_id,
+                "Ledger-Event-Type": encoded.event_type,
+                "Ledger-Kecamatan": encoded.kecamatan,
+                "Ledger-Category": encoded.category,
+                "Ledger-Severity": encoded.severity,
+                "Content-Type": CONTENT_TYPE,
+            },
+            payload=encoded.payload,
+        )
+
+
 class EventEncoder:
     """Turns notifications into messages: the event plus the incident's state after it.
 
@@ -60,11 +113,15 @@ class EventEncoder:
 
     def __init__(self, ledger: Ledger, prefix: str, cache_size: int = 2000) -> None:
         self._ledger = ledger
-        self._prefix = prefix
+        self._writer = MessageWriter(prefix)
         self._cache: OrderedDict[UUID, Incident] = OrderedDict()
         self._cache_size = cache_size
 
     def encode(self, notification: Notification) -> Outgoing:
+        return self._writer.outgoing(self.encode_event(notification))
+
+    def encode_event(self, notification: Notification) -> Encoded:
+        """The event's payload and what its subject and headers are written from."""
         event = self._ledger.mapper.to_domain_event(notification)
         if not isinstance(event, Incident.Event):
             raise TypeError(f"not an incident event: {notification.topic}")
@@ -76,23 +133,15 @@ class EventEncoder:
             ),
             incident=wire.incident_to_proto(incident),
         )
-        kecamatan = str((event.location or incident.location).get("kecamatan", ""))
-        type_name = type(event).__name__
-        return Outgoing(
+        return Encoded(
             position=notification.id,
-            subject=event_subject(self._prefix, kecamatan, incident.category, type_name),
-            headers={
-                "Nats-Msg-Id": str(notification.id),
-                POSITION_HEADER: str(notification.id),
-                "Ledger-Incident": wire.incident_name(incident.id),
-                "Ledger-Event-Id": str(event.event_id),
-                "Ledger-Event-Type": type_name,
-                "Ledger-Kecamatan": kecamatan,
-                "Ledger-Category": incident.category,
-                "Ledger-Severity": incident.severity,
-                "Content-Type": CONTENT_TYPE,
-            },
             payload=message.SerializeToString(),
+            event_id=str(event.event_id),
+            event_type=type(event).__name__,
+            incident=wire.incident_name(incident.id),
+            kecamatan=str((event.location or incident.location).get("kecamatan", "")),
+            category=incident.category,
+            severity=incident.severity,
         )
 
     def _state_after(self, event: Incident.Event) -> Incident:

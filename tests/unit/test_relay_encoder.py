@@ -21,21 +21,22 @@ from services.ledger.relay_encoder import (
     EncoderLink,
     _portable,
 )
-from services.ledger.relay_messages import Outgoing
+from services.ledger.relay_messages import Encoded
 
 
 @pytest.fixture
 def link() -> Iterator[tuple[EncoderLink, Connection]]:
     ours, theirs = socket.socketpair()
     relay, encoder = Connection(ours.detach()), Connection(theirs.detach())
-    yield EncoderLink(relay, pid=0), encoder
+    yield EncoderLink(relay, pid=0, prefix="ledger.events"), encoder
     relay.close()
     encoder.close()
 
 
-def message(position: int) -> Outgoing:
-    return Outgoing(
-        position, "ledger.events.ipuh.flood.reported", {"Nats-Msg-Id": str(position)}, b"x"
+def message(position: int) -> Encoded:
+    """What the encoder sends for an event: its payload and its headers' values."""
+    return Encoded(
+        position, b"x", f"event-{position}", "Reported", "incidents/i", "Ipuh", "flood", "high"
     )
 
 
@@ -57,7 +58,12 @@ def test_batches_of_an_earlier_session_are_dropped_and_each_taken_one_is_paid_fo
     second = relay.open(10)  # a new session: generation 2
     encoder.send(("batch", 1, [message(1)]))  # made for the first session
     encoder.send(("batch", 2, [message(11), message(12)]))
-    assert [m.position for m in second.next_batch(5.0)] == [11, 12]
+    taken = second.next_batch(5.0)
+    assert [m.position for m in taken] == [11, 12]
+    # The subject and headers are written on the relay's side.
+    assert taken[0].subject == "ledger.events.ipuh.flood.reported"
+    assert taken[0].headers["Nats-Msg-Id"] == taken[0].headers["Ledger-Position"] == "11"
+    assert taken[1].headers["Ledger-Event-Id"] == "event-12"
     sent = []
     while encoder.poll(0.2):
         sent.append(encoder.recv())
