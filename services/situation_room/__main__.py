@@ -18,6 +18,7 @@ from services.common.logging import configure_logging
 from services.common.reference import ReferenceData
 from services.common.stopping import STOP_SIGNALS
 from services.situation_room.app import build_app
+from services.situation_room.live import NotReadyError
 
 log = structlog.get_logger("services.situation_room")
 
@@ -33,6 +34,11 @@ def subscription_token(settings: SituationRoomSettings) -> str:
     path: Path = settings.dev_tokens_file
     try:
         tokens = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as error:  # the ledger writes it when it first starts
+        raise NotReadyError(
+            f"SITUATION_ROOM_TOKEN is unset and {path} is not written yet: the ledger writes "
+            "it on its first start"
+        ) from error
     except (OSError, yaml.YAMLError) as error:
         raise ValueError(f"SITUATION_ROOM_TOKEN is unset and {path} cannot be read") from error
     entry = tokens.get(coordinator) if isinstance(tokens, dict) else None

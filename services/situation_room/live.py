@@ -38,6 +38,11 @@ class Change:
 RESYNC = Change(0, "", "resync", "")
 
 
+class NotReadyError(ValueError):
+    """What the subscription needs is not there yet, as on a first start, when the page
+    starts before the ledger has written the development tokens: waited for, at info."""
+
+
 class Hub:
     """Fans the one subscription out to the tabs (see the module docstring)."""
 
@@ -74,6 +79,10 @@ class Hub:
         while not self._stopped.is_set():
             try:
                 notifier = self._connect()
+            except NotReadyError as error:
+                log.info("situation_room.subscription_waiting", reason=str(error))
+                self._stopped.wait(1.0)
+                continue
             except (OSError, ValueError) as error:
                 log.warning("situation_room.subscription_failed", error=str(error))
                 self._stopped.wait(1.0)

@@ -1,0 +1,73 @@
+"""The situation room's first start: it may start before the ledger has written the
+development tokens its live subscription uses. That is a wait (info), not a failure
+(warning); a token file that exists but does not serve is a failure."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from incidentledger_client import NotifierClient
+from services.common.config import SituationRoomSettings
+from services.situation_room.__main__ import subscription_token
+from services.situation_room.live import Hub, NotReadyError
+
+
+def settings_in(data_dir: Path) -> SituationRoomSettings:
+    return SituationRoomSettings(data_dir=data_dir)
+
+
+def test_tokens_not_written_yet_are_not_ready_and_unreadable_ones_are_an_error(
+    tmp_path: Path,
+) -> None:
+    settings = settings_in(tmp_path)
+    with pytest.raises(NotReadyError, match="not written yet"):
+        subscription_token(settings)
+    settings.dev_tokens_file.parent.mkdir(parents=True)
+    settings.dev_tokens_file.write_text("other_agency: {token: t}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="has no") as raised:
+        subscription_token(settings)
+    assert not isinstance(raised.value, NotReadyError)
+
+
+def run_hub(fail: Exception, attempts: int) -> list[MutableMapping[str, Any]]:
+    """The hub's subscription loop, its connect failing ``attempts`` times with ``fail``."""
+    tried = threading.Event()
+    count = [0]
+
+    def connect() -> NotifierClient:
+        count[0] += 1
+        if count[0] >= attempts:
+            tried.set()
+        raise fail
+
+    hub = Hub(connect)
+    with structlog.testing.capture_logs() as logs:
+        thread = threading.Thread(target=hub._read, daemon=True)
+        thread.start()
+        assert tried.wait(10), "the hub tried again"
+        hub.stop()
+        thread.join(5)
+    assert not thread.is_alive()
+    return logs
+
+
+def test_the_hub_waits_at_info_for_tokens_not_written_yet() -> None:
+    logs = run_hub(NotReadyError("not written yet"), attempts=2)
+    assert len(logs) >= 2
+    assert {(e["event"], e["log_level"]) for e in logs} == {
+        ("situation_room.subscription_waiting", "info")
+    }
+
+
+def test_the_hub_warns_when_its_subscription_fails() -> None:
+    logs = run_hub(ValueError("the file has no coordinator token"), attempts=1)
+    assert logs
+    assert {(e["event"], e["log_level"]) for e in logs} == {
+        ("situation_room.subscription_failed", "warning")
+    }
