@@ -46,6 +46,7 @@ import structlog
 from eventsourcing.persistence import ApplicationRecorder
 from eventsourcing.utils import get_topic
 
+from services.common.config import RelaySettings
 from services.common.heap import freeze_after_start
 from services.common.stopping import tie_to_parent
 from services.ledger.application import Ledger
@@ -58,9 +59,6 @@ log = structlog.get_logger(__name__)
 #: Batches the encoder may have made that the relay has not taken yet: one being published
 #: and the next ready is what the overlap needs; more would only hold memory.
 AHEAD = 2
-#: The longest the encoder waits in one read of the log before it looks at the relay's
-#: requests again (a seek of a new session is not left waiting for a poll of the log).
-READ_SLICE_SECONDS = 0.1
 #: The name the encoder's process shows (``ps -o comm``, psutil's ``name()``).
 PROCESS_NAME = "relay-encoder"
 
@@ -175,8 +173,7 @@ class RemoteSource(BatchSource):
 def start_encoder(
     wake_fd: int,
     make_ledger: Callable[[], Ledger],
-    prefix: str,
-    batch: int,
+    settings: RelaySettings,
     not_inherited: Sequence[Connection] = (),
 ) -> EncoderLink:
     """Fork the encoder process and return the relay's link to it. ``wake_fd`` (the
@@ -199,7 +196,7 @@ def start_encoder(
                 connection.close()
             tie_to_parent(relay_pid, PROCESS_NAME)
             structlog.contextvars.bind_contextvars(process=PROCESS_NAME)
-            run_encoder(Connection(theirs.detach()), wake_fd, make_ledger, prefix, batch)
+            run_encoder(Connection(theirs.detach()), wake_fd, make_ledger, settings)
             code = 0
         except BaseException:
             log.exception("relay.encoder_failed")
@@ -210,15 +207,14 @@ def start_encoder(
     theirs.close()
     os.close(wake_fd)
     log.info("relay.encoder_started", pid=pid)
-    return EncoderLink(Connection(ours.detach()), pid, prefix)
+    return EncoderLink(Connection(ours.detach()), pid, settings.stream.subject_prefix)
 
 
 def run_encoder(
     conn: Connection,
     wake_fd: int,
     make_ledger: Callable[[], Ledger],
-    prefix: str,
-    batch: int,
+    settings: RelaySettings,
 ) -> None:
     """The encoder's main: batches for the relay, as it asks, until its end closes."""
     ledger = make_ledger()
@@ -231,7 +227,8 @@ def run_encoder(
         threading.Thread(
             target=_read_requests, args=(conn, requests, wake), name="encoder-requests", daemon=True
         ).start()
-        encoding = _Encoding(conn, ledger, EventEncoder(ledger, prefix), batch, wake)
+        encoder = EventEncoder(ledger, settings.stream.subject_prefix)
+        encoding = _Encoding(conn, ledger, encoder, settings, wake)
         freeze_after_start("relay_encoder")
         encoding.run(requests)
     finally:
@@ -247,13 +244,14 @@ class _Encoding:
         conn: Connection,
         ledger: Ledger,
         encoder: EventEncoder,
-        batch: int,
+        settings: RelaySettings,
         wake: threading.Event,
     ) -> None:
         self._conn = conn
         self._recorder: ApplicationRecorder = ledger.recorder
         self._encoder = encoder
-        self._batch = batch
+        self._batch = settings.batch_size
+        self._poll = settings.poll_seconds
         self._wake = wake
         self._topics = [get_topic(cls) for cls in incident_event_classes()]
         self._generation = 0  # 0: no seek to serve (none yet, or its reading failed)
@@ -290,7 +288,8 @@ class _Encoding:
                 self._reader = open_reader(
                     self._recorder, self._position, self._topics, self._batch, self._wake
                 )
-            rows = self._reader.next_batch(READ_SLICE_SECONDS)
+            # A request of the relay (a seek of a new session) ends the wait too.
+            rows = self._reader.next_batch(self._poll)
             if not rows:
                 return
             encoded = [self._encoder.encode_event(n) for n in rows]

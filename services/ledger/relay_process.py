@@ -292,13 +292,7 @@ def run_child(settings: LedgerSettings, control: Connection, wake_fd: int) -> No
         )
 
     # First, before a database is opened or a thread started here: the encoder is a fork.
-    encoder = start_encoder(
-        wake_fd,
-        make_ledger,
-        settings.relay.stream.subject_prefix,
-        settings.relay.batch_size,
-        not_inherited=(control,),
-    )
+    encoder = start_encoder(wake_fd, make_ledger, settings.relay, not_inherited=(control,))
     ledger = make_ledger()
     relay: Relay | None = None
 
