@@ -134,6 +134,10 @@ class RemoteSource(BatchSource):
         self._poked, self._poke = os.pipe()
         os.set_blocking(self._poked, False)
         os.set_blocking(self._poke, False)
+        # A poke from another thread never writes to a descriptor closed meanwhile (its
+        # number may be another file's by then).
+        self._lock = threading.Lock()
+        self._closed = False
 
     def next_batch(self, timeout: float) -> list[Outgoing]:
         deadline = time.monotonic() + timeout
@@ -159,12 +163,17 @@ class RemoteSource(BatchSource):
             return [self._writer.outgoing(e) for e in encoded]
 
     def poke(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):  # a byte waiting does as well
-            os.write(self._poke, b"\0")
+        with self._lock, contextlib.suppress(BlockingIOError):  # a byte waiting does as well
+            if not self._closed:
+                os.write(self._poke, b"\0")
 
     def close(self) -> None:
-        os.close(self._poked)
-        os.close(self._poke)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            os.close(self._poked)
+            os.close(self._poke)
 
 
 # ---------------------------------------------------------------- the encoder process

@@ -6,6 +6,7 @@ is gone is told apart from one that is quiet."""
 
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
 import threading
@@ -133,3 +134,21 @@ def test_an_encoder_that_is_gone_is_an_error_not_a_quiet_spell(
     with pytest.raises(EncoderGoneError):
         source.next_batch(5.0)
     source.close()
+
+
+def test_a_poke_after_the_session_closed_writes_nowhere(
+    link: tuple[EncoderLink, Connection],
+) -> None:
+    relay, _encoder = link
+    source = relay.open(0)
+    source.close()
+    probe_read, probe_write = os.pipe()  # likely given the numbers the session freed
+    try:
+        source.poke()
+        source.close()  # twice: nothing more
+        os.set_blocking(probe_read, False)
+        with pytest.raises(BlockingIOError):
+            os.read(probe_read, 1)
+    finally:
+        os.close(probe_read)
+        os.close(probe_write)
