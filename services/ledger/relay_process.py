@@ -26,6 +26,10 @@ it from a thread that lives as long as the ledger (its start, or the thread that
 it): the kernel ties a child to the thread that made it. A child that dies is started
 again, after a pause that grows while it keeps dying.
 
+The child forks, first thing, the relay's encoder (:mod:`services.ledger.relay_encoder`),
+which reads and encodes the events ahead of the publishing; the child ends when its encoder
+does, and the ledger starts both again.
+
 A store in the ledger's memory cannot be read from another process: there the relay
 stays a thread of the ledger (:func:`relay_runs_apart`).
 """
