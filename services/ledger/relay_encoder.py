@@ -44,6 +44,7 @@ from typing import Any
 
 import structlog
 from eventsourcing.persistence import ApplicationRecorder
+from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import get_topic
 
 from services.common.config import RelaySettings
@@ -230,8 +231,11 @@ def run_encoder(
     try:
         wake = threading.Event()
         requests: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        # On PostgreSQL every insert notifies the reader (LISTEN), the ledger's own too: the
+        # ledger's wake-ups would only make a second read of each commit.
+        woken = None if isinstance(ledger.recorder, PostgresApplicationRecorder) else wake
         threading.Thread(
-            target=_read_wakes, args=(wake_fd, wake), name="encoder-wakes", daemon=True
+            target=_read_wakes, args=(wake_fd, woken), name="encoder-wakes", daemon=True
         ).start()
         threading.Thread(
             target=_read_requests, args=(conn, requests, wake), name="encoder-requests", daemon=True
@@ -343,14 +347,17 @@ def _same_kind(exc: Exception) -> Exception | None:
         return None
 
 
-def _read_wakes(fd: int, wake: threading.Event) -> None:
+def _read_wakes(fd: int, wake: threading.Event | None) -> None:
+    """Reads the ledger's commit wake-ups (so that its pipe never fills) and wakes the
+    reader with them, unless ``wake`` is None."""
     while True:
         try:
             if not os.read(fd, 4096):
                 return  # the ledger closed its end
         except OSError:
             return
-        wake.set()
+        if wake is not None:
+            wake.set()
 
 
 def _read_requests(

@@ -43,13 +43,17 @@ class PollingReader(NotificationReader):
         self._topics = topics
         self._batch = batch
         self._wake = wake
+        # The last read reached the end of the log: the next one waits for news first.
+        # Reading again at once found nothing, every time: two reads of the store per
+        # commit instead of one.
+        self._drained = False
 
     def next_batch(self, timeout: float) -> list[Notification]:
+        if self._drained:
+            self._wake.wait(timeout)  # a timeout reads anyway: another process may write
+        self._wake.clear()  # before the read: a commit after it wakes the next wait
         rows = self._select()
-        if not rows:
-            self._wake.wait(timeout)
-            self._wake.clear()
-            rows = self._select()
+        self._drained = len(rows) < self._batch
         if rows:
             self._position = rows[-1].id
         return rows
