@@ -219,7 +219,10 @@ class Engine:
     async def _connect(self) -> NatsClient:
         async def disconnected() -> None:
             self.status.nats_connected = False
-            log.warning("notifier.nats_disconnected")
+            if self._stopping:  # the notifier's own close, at its stop: nothing went wrong
+                log.info("notifier.nats_closed")
+            else:
+                log.warning("notifier.nats_disconnected")
 
         async def reconnected() -> None:
             self.status.nats_connected = True

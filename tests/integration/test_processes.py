@@ -398,6 +398,9 @@ def test_supervisor_runs_nats_and_the_services_and_stops_on_sigint(tmp_path: Pat
         assert (tmp_path / "data" / "nats" / "jetstream").is_dir()
         stopped = [e["child"] for e in run.events() if e.get("event") == "run.child_stopped"]
         assert stopped == list(reversed(expected)), "children stop in reverse order"
+        # The notifier closing its own connection at a clean stop is no lost connection.
+        lost = [e for e in run.events() if e.get("event") == "notifier.nats_disconnected"]
+        assert not lost, run.output()
 
 
 def test_supervisor_stops_everything_when_a_child_dies(tmp_path: Path) -> None:
