@@ -279,7 +279,8 @@ class _Encoding:
                 try:
                     request = requests.get() if idle else requests.get_nowait()
                 except queue.Empty:
-                    self._encode_next()
+                    if not self._encode_next():
+                        return  # the relay's end closed while a batch was sent
                     continue
                 if request is None:
                     return  # the relay's end closed
@@ -295,7 +296,8 @@ class _Encoding:
         elif kind == "credit" and generation == self._generation:
             self._credits += 1
 
-    def _encode_next(self) -> None:
+    def _encode_next(self) -> bool:
+        """Read, encode and send the next batch; False once the relay's end is closed."""
         try:
             if self._reader is None:
                 self._reader = open_reader(
@@ -304,17 +306,24 @@ class _Encoding:
             # A request of the relay (a seek of a new session) ends the wait too.
             rows = self._reader.next_batch(self._poll)
             if not rows:
-                return
+                return True
             encoded = [self._encoder.encode_event(n) for n in rows]
         except Exception as exc:  # handed to the relay, whose session fails and seeks again
             log.warning("relay.encoder_read_failed", error=f"{type(exc).__name__}: {exc}")
-            self._conn.send(("error", self._generation, _portable(exc)))
             self._close_reader()
-            self._generation = 0
-            return
-        self._conn.send(("batch", self._generation, encoded))
+            generation, self._generation = self._generation, 0
+            return self._send(("error", generation, _portable(exc)))
         self._credits -= 1
         self._position = rows[-1].id
+        return self._send(("batch", self._generation, encoded))
+
+    def _send(self, message: tuple[Any, ...]) -> bool:
+        """Send to the relay; False when its end is closed (it stopped, or ended)."""
+        try:
+            self._conn.send(message)
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            return False
+        return True
 
     def _close_reader(self) -> None:
         if self._reader is not None:
