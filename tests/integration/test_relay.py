@@ -321,12 +321,26 @@ def test_publishing_resumes_soon_after_a_killed_stream_leader_is_replaced(
     assert resumed_after < 3.0, f"published {resumed_after:.1f} s after the new leader came"
 
 
-def test_a_relay_process_that_dies_is_started_again_and_publishes_what_came_meanwhile(
-    tmp_path: Path, nats_server: NatsServer
+RELAY_MODULE = "services.ledger.relay_child"
+
+
+def relay_processes() -> list[psutil.Process]:
+    """This ledger's relay processes that have their encoder (a fork, named apart)."""
+    return [
+        c
+        for c in psutil.Process().children()
+        if RELAY_MODULE in c.cmdline() and any(g.name() == ENCODER_NAME for g in c.children())
+    ]
+
+
+@pytest.mark.parametrize("killed", ["relay", "encoder"])
+def test_a_relay_or_its_encoder_that_dies_is_started_again_and_publishes_what_came_meanwhile(
+    tmp_path: Path, nats_server: NatsServer, killed: str
 ) -> None:
-    """The relay runs in a child process of the ledger (services/ledger/relay_process.py):
-    killed, it is started again, and every event recorded while it was away is published,
-    once, in order."""
+    """The relay runs in a child process of the ledger (services/ledger/relay_process.py),
+    its encoder in a fork of that process (relay_encoder.py): either killed, the relay's
+    process ends, the ledger starts both again, and every event recorded while they were away
+    is published, once, in order."""
     relay = RelaySettings(nats_url=nats_server.url, poll_seconds=0.2)
     with (
         store_environment("sqlite", tmp_path) as store_env,
@@ -336,55 +350,16 @@ def test_a_relay_process_that_dies_is_started_again_and_publishes_what_came_mean
         status = ledger.server.relay.status
         first = ledger.report("bpbd")
         wait_until(lambda: status.position >= first.position, what="the first event published")
-        (child,) = [
-            c for c in psutil.Process().children() if "services.ledger.relay_child" in c.cmdline()
-        ]
-        child.kill()
-        child.wait(10)
+        (child,) = relay_processes()
+        if killed == "relay":
+            child.kill()
+        else:
+            (encoder,) = [c for c in child.children() if c.name() == ENCODER_NAME]
+            encoder.kill()
+        child.wait(10)  # the relay's process ends, killed or with its encoder
         recorded = [ledger.report("bpbd").position for _ in range(3)]  # while it is away
         wait_until(
-            lambda: any(
-                c.pid != child.pid and "services.ledger.relay_child" in c.cmdline()
-                for c in psutil.Process().children()
-            ),
-            what="a new relay process",
-        )
-        wait_until(
-            lambda: len(read_stream(nats_server.url)) >= 4, what="the events recorded meanwhile"
-        )
-    positions = [int(m.headers["Ledger-Position"]) for m in read_stream(nats_server.url)]
-    assert positions == [first.position, *recorded], "each once, in order"
-
-
-def test_a_relay_whose_encoder_dies_is_started_again_and_publishes_what_came_meanwhile(
-    tmp_path: Path, nats_server: NatsServer
-) -> None:
-    """The relay's encoder is a fork of the relay's process (services/ledger/relay_encoder.py):
-    killed, the relay's process ends with it, the ledger starts both again, and every event
-    recorded meanwhile is published, once, in order."""
-    relay = RelaySettings(nats_url=nats_server.url, poll_seconds=0.2)
-    with (
-        store_environment("sqlite", tmp_path) as store_env,
-        running_ledger(settings_for(tmp_path, store_env, relay=relay)) as ledger,
-    ):
-        assert ledger.server.relay is not None
-        status = ledger.server.relay.status
-        first = ledger.report("bpbd")
-        wait_until(lambda: status.position >= first.position, what="the first event published")
-        (child,) = [
-            c for c in psutil.Process().children() if "services.ledger.relay_child" in c.cmdline()
-        ]
-        (encoder,) = [c for c in child.children() if c.name() == ENCODER_NAME]
-        encoder.kill()
-        child.wait(10)  # the relay's process ends with its encoder
-        recorded = [ledger.report("bpbd").position for _ in range(3)]
-        wait_until(
-            lambda: any(
-                c.pid != child.pid
-                and "services.ledger.relay_child" in c.cmdline()
-                and any(g.name() == ENCODER_NAME for g in c.children())
-                for c in psutil.Process().children()
-            ),
+            lambda: any(c.pid != child.pid for c in relay_processes()),
             what="a new relay process with its encoder",
         )
         wait_until(
