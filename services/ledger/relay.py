@@ -34,8 +34,9 @@ NATS-sized backoff (see :class:`SessionRetry`).
 
 Beside this module: the messages and the test for a foreign one
 (:mod:`services.ledger.relay_messages`), the leader locks
-(:mod:`services.ledger.relay_leadership`) and the readers of the log
-(:mod:`services.ledger.relay_reading`).
+(:mod:`services.ledger.relay_leadership`), the readers of the log
+(:mod:`services.ledger.relay_reading`) and where a session's messages come from, read and
+encoded here or by the encoder process (:mod:`services.ledger.relay_encoder`).
 """
 
 from __future__ import annotations
