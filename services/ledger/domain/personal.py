@@ -147,20 +147,80 @@ _INDONESIAN_FORM = re.compile(r"(?:\+?62|0)([1-9][0-9]{4,13})", re.ASCII)
 _SPACES_AND_DASHES = re.compile(r"[ \-]+")
 
 
+@dataclass(frozen=True)
+class _NumberDesc:
+    """One of phonenumbers' number descriptions, compiled: the lengths it allows (none
+    listed: any) and its national number pattern."""
+
+    lengths: frozenset[int]
+    pattern: re.Pattern[str]
+
+    def matches(self, national: str) -> bool:
+        return (not self.lengths or len(national) in self.lengths) and (
+            self.pattern.fullmatch(national) is not None
+        )
+
+
+def _compiled(desc: Any) -> _NumberDesc | None:
+    if desc is None or not desc.national_number_pattern:
+        return None
+    return _NumberDesc(frozenset(desc.possible_length), re.compile(desc.national_number_pattern))
+
+
+@dataclass(frozen=True)
+class _ValidityRules:
+    """``phonenumbers.is_valid_number`` for one region's national numbers, its metadata
+    compiled once: the number matches the general description and that of at least one
+    type (the order in which the library tries the types decides only which type it
+    answers). The library does the same per call through its pattern cache and a
+    ``PhoneNumber`` object: 11.8 µs a phone against 4.9 µs (a loop of 100,000)."""
+
+    general: _NumberDesc
+    types: tuple[_NumberDesc, ...]
+
+    @classmethod
+    def of(cls, region: str) -> _ValidityRules:
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        general = _compiled(metadata.general_desc)
+        if general is None:
+            raise RuntimeError(f"phonenumbers has no general description for {region}")
+        kinds = [
+            metadata.premium_rate,
+            metadata.toll_free,
+            metadata.shared_cost,
+            metadata.voip,
+            metadata.personal_number,
+            metadata.pager,
+            metadata.uan,
+            metadata.voicemail,
+            metadata.fixed_line,
+        ]
+        # The library tries mobile only where its pattern is not fixed lines' own.
+        if not metadata.same_mobile_and_fixed_line_pattern:
+            kinds.append(metadata.mobile)
+        return cls(general, tuple(d for d in map(_compiled, kinds) if d is not None))
+
+    def valid(self, national: str) -> bool:
+        return self.general.matches(national) and any(t.matches(national) for t in self.types)
+
+
+INDONESIAN_PHONE_RULES = _ValidityRules.of(DEFAULT_REGION)
+
+
 def normalised_phone(value: str, field: str) -> str:
     """The phone number in E.164 (+62812...); Indonesian local forms (0812..., 62812...)
     are accepted. INVALID_ARGUMENT, without the number, when it is not a valid one."""
     text = value.strip()
     # The common forms skip phonenumbers' parse, which costs about 20 µs a phone (two in a
     # report naming a reporter and a witness, bench part 2): their national number is
-    # checked by the same validity rules. Anything else, or a national number those rules
-    # do not accept, takes the full parse below, which decides; a unit test holds both
-    # paths to the same answers (tests/unit/test_personal_keys.py).
+    # checked by the same validity rules, compiled once (_ValidityRules). Anything else,
+    # or a national number those rules do not accept, takes the full parse below, which
+    # decides; unit tests hold both paths, and the compiled rules, to the library's
+    # answers (tests/unit/test_personal_keys.py).
     local = _INDONESIAN_FORM.fullmatch(_SPACES_AND_DASHES.sub("", text))
     if local is not None:
         national = local.group(1)
-        number = phonenumbers.PhoneNumber(country_code=COUNTRY_CODE, national_number=int(national))
-        if phonenumbers.is_valid_number(number):
+        if INDONESIAN_PHONE_RULES.valid(national):
             return f"+{COUNTRY_CODE}{national}"
     if text.startswith("62") and not text.startswith("+"):
         text = f"+{text}"
