@@ -181,6 +181,8 @@ class _ValidityRules:
     @classmethod
     def of(cls, region: str) -> _ValidityRules:
         metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        if metadata is None:
+            raise RuntimeError(f"phonenumbers has no metadata for {region}")
         general = _compiled(metadata.general_desc)
         if general is None:
             raise RuntimeError(f"phonenumbers has no general description for {region}")
