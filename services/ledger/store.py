@@ -27,8 +27,8 @@ from eventsourcing.persistence import ApplicationRecorder, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 from psycopg import Cursor
-from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
+from psycopg.rows import DictRow, tuple_row
+from psycopg.sql import SQL, Composed, Identifier
 
 from services.ledger.personal_keys import INDEX_TABLE, KEYS_TABLE, KeyRows, insert_key_rows
 
@@ -225,7 +225,8 @@ class EventPositions:
 
 
 # A stored event as :func:`read_rows` gives it: position, originator id (as stored: on
-# SQLite 32 hex digits, :func:`stored_id_text`), version, topic, state.
+# SQLite 32 hex digits, on PostgreSQL its text, dashed; :func:`stored_id_text`), version,
+# topic, state.
 RawRow = tuple[int, "UUID | str", int, str, bytes]
 
 
@@ -252,9 +253,11 @@ def read_rows(
     """The next stored events with ``after < position (<= stop)`` and one of ``topics``
     (None: of any topic).
 
-    SQLite is read directly: the library's notifications convert every id to a UUID,
-    which cost a third of a verification and a quarter of a projection rebuild
-    (docs/performance.md); other stores through the library.
+    Both stores are read directly: the library's notifications convert every id to a
+    UUID, which cost a third of a verification and a quarter of a projection rebuild on
+    SQLite, and on PostgreSQL 9-11 µs of CPU a row against 3.3-4 read as plain tuples with
+    the id as text (100,000 rows in batches of 2,000; docs/performance.md). Other stores
+    (in memory) through the library.
     """
     if isinstance(recorder, SQLiteApplicationRecorder):
         statement = rows_query(
@@ -271,13 +274,42 @@ def read_rows(
             cursor.execute(statement + " LIMIT ?", params)
             rows: list[RawRow] = cursor.fetchall()
             return rows
+    if isinstance(recorder, PostgresApplicationRecorder):
+        query = _postgres_rows_query(recorder, topics is not None, stop is not None)
+        values: list[Any] = [after, *([stop] if stop is not None else [])]
+        values += [*([list(topics)] if topics is not None else []), limit]
+        with recorder.datastore.transaction(commit=False) as curs:
+            tuples = curs.connection.cursor(row_factory=tuple_row)
+            tuples.execute(query, values, prepare=True)
+            found: list[RawRow] = tuples.fetchall()
+            return found
     batch = recorder.select_notifications(
         after, limit, stop=stop, topics=topics or (), inclusive_of_start=False
     )
     return [(n.id, n.originator_id, n.originator_version, n.topic, n.state) for n in batch]
 
 
+def _postgres_rows_query(
+    recorder: PostgresApplicationRecorder, chosen: bool, bounded: bool
+) -> Composed:
+    """:func:`rows_query` for PostgreSQL: ``%s`` placeholders, the topics one array, the
+    id as text (its canonical form, dashed: :func:`stored_id_text` takes it as it is)."""
+    upper = "AND notification_id <= %s " if bounded else ""
+    topic = "AND topic = ANY(%s) " if chosen else ""
+    return SQL(
+        "SELECT notification_id, originator_id::text, originator_version, topic, state "
+        "FROM {schema}.{table} WHERE notification_id > %s "
+        + upper
+        + topic
+        + "ORDER BY notification_id LIMIT %s"
+    ).format(
+        schema=Identifier(recorder.datastore.schema),
+        table=Identifier(recorder.events_table_name),
+    )
+
+
 _HEX32 = re.compile(r"[0-9a-f]{32}")
+_DASHED = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def stored_id_text(value: UUID | str) -> str:
@@ -288,4 +320,6 @@ def stored_id_text(value: UUID | str) -> str:
     if len(value) == 32 and _HEX32.fullmatch(value):
         # join: 0.34 us, the f-string of the same slices 0.56 (twice an event)
         return "-".join((value[:8], value[8:12], value[12:16], value[16:20], value[20:]))
+    if len(value) == 36 and _DASHED.fullmatch(value):
+        return value  # PostgreSQL's text of a uuid: already the canonical form
     return str(UUID(value))
