@@ -278,8 +278,10 @@ def read_rows(
         query = _postgres_rows_query(recorder, topics is not None, stop is not None)
         values: list[Any] = [after, *([stop] if stop is not None else [])]
         values += [*([list(topics)] if topics is not None else []), limit]
-        with recorder.datastore.transaction(commit=False) as curs:
-            tuples = curs.connection.cursor(row_factory=tuple_row)
+        with (
+            recorder.datastore.transaction(commit=False) as curs,
+            curs.connection.cursor(row_factory=tuple_row) as tuples,
+        ):
             tuples.execute(query, values, prepare=True)
             found: list[RawRow] = tuples.fetchall()
             return found
