@@ -218,6 +218,34 @@ class Subscriber:
         if self.error is not None:
             raise self.error
 
+    @classmethod
+    def when_ready(
+        cls,
+        stub: napi_grpc.NotifierServiceStub,
+        md: Metadata,
+        request: napi.SubscribeRequest,
+        timeout: float = 30.0,
+    ) -> Subscriber:
+        """A subscription that got its first heartbeat. A notifier in a process of its own
+        answers UNAVAILABLE ("retry shortly") until it consumes the stream, which the
+        ledger's relay makes a moment after both start: subscribed again, as a client
+        would, until ``timeout``; any other error fails at once."""
+        started: list[Subscriber] = []
+
+        def subscribed() -> bool:
+            subscriber = cls(stub, md, request)
+            try:
+                subscriber.wait_started()
+            except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.UNAVAILABLE:
+                    return False
+                raise
+            started.append(subscriber)
+            return True
+
+        wait_until(subscribed, timeout, what="a subscription the notifier accepts")
+        return started[0]
+
     def wait_for(self, count: int, timeout: float = 30.0) -> None:
         wait_until(
             lambda: len(self.notifications) >= count or self.error is not None,

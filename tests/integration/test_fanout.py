@@ -414,8 +414,8 @@ def test_a_notifier_killed_mid_stream_resumes_with_no_loss_and_no_duplicate(
                 ),
                 metadata=ledger.md("kpu"),
             )
-            subscriber = Subscriber(stub, ledger.md("kpu"), napi.SubscribeRequest())
-            subscriber.wait_started()
+            # The notifier's process may start before the relay has made the stream.
+            subscriber = Subscriber.when_ready(stub, ledger.md("kpu"), napi.SubscribeRequest())
             results = report_many(ledger.address, ledger.tokens, total)
             wait_until(lambda: len(receiver.verified()) > 30, what="deliveries under way")
             notifier.proc.kill()

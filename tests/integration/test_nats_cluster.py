@@ -222,8 +222,8 @@ def test_a_killed_node_neither_stops_nor_duplicates_the_fan_out_and_rejoins(
             napi.CreateWebhookRequest(request_id="hook-1", url=receiver.url, secret=WEBHOOK_SECRET),
             metadata=ledger.md("bpbd"),
         )
-        subscriber = Subscriber(stub, ledger.md("bpbd"), napi.SubscribeRequest())
-        subscriber.wait_started()
+        # The notifier's process may start before the relay has made the stream.
+        subscriber = Subscriber.when_ready(stub, ledger.md("bpbd"), napi.SubscribeRequest())
         recorder = Recorder(ledger)
 
         def everything_arrived() -> None:
