@@ -28,7 +28,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 from psycopg import Cursor
 from psycopg.rows import DictRow, tuple_row
-from psycopg.sql import SQL, Composed, Identifier
+from psycopg.sql import SQL, Identifier
 
 from services.ledger.personal_keys import INDEX_TABLE, KEYS_TABLE, KeyRows, insert_key_rows
 
@@ -233,12 +233,14 @@ RawRow = tuple[int, "UUID | str", int, str, bytes]
 def rows_query(dialect: str, table: str, topics: int | None, bounded: bool) -> str:
     """The SELECT of stored rows (``RawRow``) with ``? < position (<= ?)`` and a topic among
     ``topics`` placeholders (None: any topic), in position order (``?`` placeholders,
-    without a LIMIT)."""
+    without a LIMIT). On PostgreSQL the id comes as text (its canonical form, dashed:
+    :func:`stored_id_text` takes it as it is), not as a UUID made per row."""
     column = "rowid" if dialect == "sqlite" else "notification_id"
+    originator = "originator_id" if dialect == "sqlite" else "originator_id::text"
     upper = f"AND {column} <= ? " if bounded else ""
     chosen = "" if topics is None else f"AND topic IN ({','.join('?' * topics)}) "
     return (
-        f"SELECT {column}, originator_id, originator_version, topic, state "  # noqa: S608
+        f"SELECT {column}, {originator}, originator_version, topic, state "  # noqa: S608
         f"FROM {table} WHERE {column} > ? {upper}{chosen}ORDER BY {column}"
     )
 
@@ -259,14 +261,10 @@ def read_rows(
     the id as text (100,000 rows in batches of 2,000; docs/performance.md). Other stores
     (in memory) through the library.
     """
+    params: list[Any] = [after, *([stop] if stop is not None else []), *(topics or ()), limit]
+    chosen = None if topics is None else len(topics)
     if isinstance(recorder, SQLiteApplicationRecorder):
-        statement = rows_query(
-            "sqlite",
-            recorder.events_table_name,
-            None if topics is None else len(topics),
-            stop is not None,
-        )
-        params: list[Any] = [after, *([stop] if stop is not None else []), *(topics or ()), limit]
+        statement = rows_query("sqlite", recorder.events_table_name, chosen, stop is not None)
         with recorder.datastore.transaction(commit=False) as cursor:
             # Plain tuples, as RawRow is, rather than the connection's sqlite3.Row, which
             # were copied into tuples: 1.5 instead of 1.8 us an event.
@@ -275,39 +273,19 @@ def read_rows(
             rows: list[RawRow] = cursor.fetchall()
             return rows
     if isinstance(recorder, PostgresApplicationRecorder):
-        query = _postgres_rows_query(recorder, topics is not None, stop is not None)
-        values: list[Any] = [after, *([stop] if stop is not None else [])]
-        values += [*([list(topics)] if topics is not None else []), limit]
+        table = Identifier(recorder.datastore.schema, recorder.events_table_name).as_string()
+        statement = rows_query("postgres", table, chosen, stop is not None) + " LIMIT ?"
         with (
             recorder.datastore.transaction(commit=False) as curs,
             curs.connection.cursor(row_factory=tuple_row) as tuples,
         ):
-            tuples.execute(query, values, prepare=True)
+            tuples.execute(statement.replace("?", "%s"), params, prepare=True)
             found: list[RawRow] = tuples.fetchall()
             return found
     batch = recorder.select_notifications(
         after, limit, stop=stop, topics=topics or (), inclusive_of_start=False
     )
     return [(n.id, n.originator_id, n.originator_version, n.topic, n.state) for n in batch]
-
-
-def _postgres_rows_query(
-    recorder: PostgresApplicationRecorder, chosen: bool, bounded: bool
-) -> Composed:
-    """:func:`rows_query` for PostgreSQL: ``%s`` placeholders, the topics one array, the
-    id as text (its canonical form, dashed: :func:`stored_id_text` takes it as it is)."""
-    upper = "AND notification_id <= %s " if bounded else ""
-    topic = "AND topic = ANY(%s) " if chosen else ""
-    return SQL(
-        "SELECT notification_id, originator_id::text, originator_version, topic, state "
-        "FROM {schema}.{table} WHERE notification_id > %s "
-        + upper
-        + topic
-        + "ORDER BY notification_id LIMIT %s"
-    ).format(
-        schema=Identifier(recorder.datastore.schema),
-        table=Identifier(recorder.events_table_name),
-    )
 
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
