@@ -292,10 +292,10 @@ class Engine:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # logged and retried: the notifier outlives outages
-                self.status.restarts[name] += 1
                 if isinstance(exc, NotFoundError) and not self.consumer_ready.is_set():
                     # A first start beside a ledger starting too: its relay makes the stream
-                    # when it first connects to NATS, a moment later. Not a failure yet.
+                    # when it first connects to NATS, a moment later. Not a failure yet, and
+                    # not a restart (the metric says the consumer was set up *again*).
                     log.info(
                         f"notifier.{name}_waiting",
                         reason="the event stream does not exist yet: the ledger's relay "
@@ -303,6 +303,7 @@ class Engine:
                         retry_in_seconds=backoff,
                     )
                 else:
+                    self.status.restarts[name] += 1
                     log.warning(
                         f"notifier.{name}_failed",
                         error=f"{type(exc).__name__}: {exc}",

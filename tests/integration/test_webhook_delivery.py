@@ -196,6 +196,53 @@ def test_after_an_idle_spell_paced_events_arrive_quickly_and_the_consumer_never_
     assert restarts == 0, "an idle fetch is normal: the consumer is never set up again"
 
 
+def test_waiting_for_the_stream_at_a_first_start_is_no_restart_and_a_lost_consumer_is(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """A notifier started before any ledger waits for the stream its relay will make: that
+    is no failure, and ``notifier_consumer_restarts_total`` stays 0 (the idle-spell test
+    above holds it at 0, and failed in CI when the relay, in a process of its own, made the
+    stream after the notifier's first try). A consumer lost once consuming is a restart."""
+    port, metrics_port = free_ports(2)
+    with service_process(
+        "services.notifier",
+        {
+            "LEDGER_DATA_DIR": str(tmp_path / "data"),
+            "NOTIFIER_LISTEN": f"127.0.0.1:{port}",
+            "NOTIFIER_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+            "NATS_URL": nats_server.url,
+        },
+    ) as notifier:
+
+        def logged(event: str) -> int:
+            return sum(line.get("event") == event for line in notifier.log_lines())
+
+        wait_until(lambda: logged("notifier.consumer_waiting") >= 2, what="two waits")
+        assert Scrape(metrics_port).value("notifier_consumer_restarts_total") == 0
+        relay = RelaySettings(nats_url=nats_server.url, poll_seconds=0.2)
+        with (
+            store_environment("sqlite", tmp_path) as store_env,
+            running_ledger(settings_for(tmp_path, store_env, relay=relay)) as ledger,
+        ):
+            ledger.report("polres")
+            wait_until(lambda: logged("notifier.consuming") == 1, what="the consumer")
+            assert Scrape(metrics_port).value("notifier_consumer_restarts_total") == 0
+            assert logged("notifier.consumer_failed") == 0
+
+            asyncio.run(delete_consumer(nats_server.url, "notifier"))
+            wait_until(lambda: logged("notifier.consuming") == 2, what="the consumer again")
+        assert logged("notifier.consumer_failed") >= 1
+        assert (Scrape(metrics_port).value("notifier_consumer_restarts_total") or 0) >= 1
+
+
+async def delete_consumer(url: str, consumer: str, stream: str = "LEDGER_EVENTS") -> None:
+    client = await nats.connect(url)
+    try:
+        await client.jetstream().delete_consumer(stream, consumer)
+    finally:
+        await client.close()
+
+
 def cursor_seq(received: Any) -> int:
     return int(received.json["cursor"].removeprefix("v1."))
 
