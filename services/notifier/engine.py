@@ -145,7 +145,7 @@ class Engine:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._outcomes = OutcomeWriter(store)
         self._slow_consumer_drops = 0
-        self._stored_through = 0  # the last stream sequence this replica stored and acked
+        self._jobs_through = 0  # the last stream sequence this replica stored jobs for
         self._floor_read_at = 0.0  # when the ack floor was last read (monotonic)
         self.consumer_ready = threading.Event()
         self.status = EngineStatus()
@@ -351,8 +351,9 @@ class Engine:
             self.status.handled_through = info.ack_floor.stream_seq
 
     def _floor_behind(self) -> bool:
-        """Jobs this replica stored may wait for messages another replica still holds."""
-        return self._stored_through > self.status.handled_through
+        """Jobs this replica stored may wait for messages not yet handled (by it, or by
+        another replica that holds them)."""
+        return self._jobs_through > self.status.handled_through
 
     async def _consume(self, healthy: Healthy) -> None:
         settings = self._settings
@@ -415,7 +416,8 @@ class Engine:
                                 payload=webhook_body(hook.row.id, seq, rendered),
                             )
                         )
-            await asyncio.to_thread(self._store.add_jobs, jobs)
+            if jobs:  # no hop to a worker thread for a batch no webhook wants
+                await asyncio.to_thread(self._store.add_jobs, jobs)
             # Confirmed acks: the floor read next counts them, so these jobs may go at once.
             acks = await asyncio.gather(
                 *(msg.ack_sync(timeout=ACK_SECONDS) for msg in msgs), return_exceptions=True
@@ -423,10 +425,13 @@ class Engine:
             failed = [a for a in acks if isinstance(a, BaseException)]
             if failed:  # the message comes again after ack_wait; its jobs are stored
                 raise failed[0]
-            # A fetch may also end with no message at all (the server's "no messages").
-            seqs = [int(m.metadata.sequence.stream) for m in msgs]
-            self._stored_through = max([self._stored_through, *seqs])
-            await self._read_consumer()
+            if jobs:
+                self._jobs_through = max(self._jobs_through, max(j.stream_seq for j in jobs))
+            if self._floor_behind():
+                # Only jobs wait for the floor: after a batch that stored none, and with
+                # none waiting, the floor is read when the metrics' turn comes (a round
+                # trip to the server a message saved where subscribers alone listen).
+                await self._read_consumer()
             healthy()
             if jobs and self._wake_delivery is not None:
                 self._wake_delivery.set()
