@@ -120,6 +120,7 @@ class SharedSettings:
     directory: Path
     tokens_file: Path
     signing_key_file: Path
+    personal_keys_file: Path
     page_token_secret: str
 
     def env(self, store_env: dict[str, str]) -> dict[str, str]:
@@ -127,6 +128,9 @@ class SharedSettings:
             **store_env,
             "LEDGER_TOKENS_FILE": str(self.tokens_file),
             "LEDGER_SIGNING_KEY_FILE": str(self.signing_key_file),
+            # One key ring for all: a replica with a ring of its own refuses to start on a
+            # key table holding another's keys.
+            "LEDGER_PERSONAL_DATA_KEYS_FILE": str(self.personal_keys_file),
             "LEDGER_PAGE_TOKEN_SECRET": self.page_token_secret,
             "LEDGER_GRACE_SECONDS": "1",
         }
@@ -138,12 +142,14 @@ def migrate(directory: Path, store_env: dict[str, str], reference: ReferenceData
     shared = SharedSettings(
         directory=directory,
         tokens_file=tokens_file,
-        # migrate generates the development key pair here (LEDGER_DATA_DIR/keys).
+        # migrate generates the development keys here (LEDGER_DATA_DIR/keys).
         signing_key_file=directory / "keys" / "ledger-signing.key",
+        personal_keys_file=directory / "keys" / "personal-data.keys",
         page_token_secret=secrets.token_hex(32),
     )
     env = ledger_env(directory, {**shared.env(store_env), "CREATE_TABLE": "y"})
-    del env["LEDGER_SIGNING_KEY_FILE"]  # not there yet: development generates it
+    # Not there yet: development generates them.
+    del env["LEDGER_SIGNING_KEY_FILE"], env["LEDGER_PERSONAL_DATA_KEYS_FILE"]
     log_file = directory / "migrate.log"
     with log_file.open("wb") as out:
         done = subprocess.run(
