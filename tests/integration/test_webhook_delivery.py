@@ -37,6 +37,7 @@ from tests.fanout_support import (
     ALLOW_LOOPBACK_ENV,
     WEBHOOK_SECRET,
     Stack,
+    Subscriber,
     running_stack,
     wait_until,
     webhook_receiver,
@@ -233,6 +234,65 @@ def test_waiting_for_the_stream_at_a_first_start_is_no_restart_and_a_lost_consum
             wait_until(lambda: logged("notifier.consuming") == 2, what="the consumer again")
         assert logged("notifier.consumer_failed") >= 1
         assert (Scrape(metrics_port).value("notifier_consumer_restarts_total") or 0) >= 1
+
+
+def test_a_notifier_without_webhooks_asks_nats_nothing_per_event(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """Only stored deliveries wait for the consumer's ack floor: a notifier that serves
+    subscribers alone reads it on the metrics' turn (every 5 s), not after each batch. Each
+    read is a JetStream API request, which the server counts (``/jsz``); events sent one at
+    a time made one batch each, and a read each, before."""
+    events = 20
+    relay = RelaySettings(nats_url=nats_server.url, poll_seconds=0.2)
+    with (
+        store_environment("sqlite", tmp_path) as store_env,
+        running_ledger(settings_for(tmp_path, store_env, relay=relay)) as ledger,
+        service_process(
+            "services.notifier",
+            {"LEDGER_DATA_DIR": str(tmp_path / "data"), "NATS_URL": nats_server.url},
+        ) as notifier,
+        grpc.insecure_channel(f"127.0.0.1:{notifier.port}") as channel,
+    ):
+        subscriber = Subscriber.when_ready(
+            napi_grpc.NotifierServiceStub(channel),
+            ledger.md("polres"),
+            napi.SubscribeRequest(heartbeat_seconds=5),
+        )
+        ledger.report("polres")
+        subscriber.wait_for(1)
+        wait_acked(nats_server, 1)
+        before = js_api_requests(nats_server)
+        for n in range(2, events + 2):
+            ledger.report("polres")
+            subscriber.wait_for(n)
+            wait_acked(nats_server, n)  # the next event only then: a batch of its own
+        requests = js_api_requests(nats_server) - before
+        subscriber.close()
+    # The metrics' reads of the consumer, one every 5 s, and the odd request of the
+    # relay: a handful, against one per event or more before.
+    assert requests < events // 2, f"{requests} JetStream API requests for {events} events"
+
+
+def js_api_requests(server: NatsServer) -> int:
+    """The JetStream API requests the server has answered (its monitoring page)."""
+    return int(server.monitoring("/jsz")["api"]["total"])
+
+
+def wait_acked(server: NatsServer, seq: int) -> None:
+    wait_until(lambda: durable_acked(server) >= seq, what=f"the durable consumer to ack {seq}")
+
+
+def durable_acked(server: NatsServer, consumer: str = "notifier") -> int:
+    """The stream sequence the durable consumer has acknowledged through (monitoring, which
+    is no API request); 0 before it exists."""
+    jsz = server.monitoring("/jsz?consumers=true")
+    for account in jsz.get("account_details") or []:
+        for stream in account.get("stream_detail") or []:
+            for found in stream.get("consumer_detail") or []:
+                if found.get("name") == consumer:
+                    return int(found["ack_floor"]["stream_seq"])
+    return 0
 
 
 async def delete_consumer(url: str, consumer: str, stream: str = "LEDGER_EVENTS") -> None:
