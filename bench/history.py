@@ -50,6 +50,7 @@ from services.ledger.audit import (
     verify_export,
     verify_store,
 )
+from services.ledger.audit.encoding import favour_reading_thread
 from services.ledger.domain.incident import Actor, Envelope, Incident, RejectionReason, Status
 from services.ledger.projections import Projections
 from services.ledger.seals import Sealer
@@ -377,6 +378,8 @@ def _child(argv: Sequence[str]) -> int:
     public_key = bytes.fromhex(args.public_key)
     reference = ReferenceData.load(LedgerSettings(log_level="WARNING").reference_file)
     detail = ""
+    if args.operation in {VERIFY, EXPORT, EXPORT_VERIFY}:
+        favour_reading_thread()  # as the audit commands these stand for do
     global _tree  # the workers of verify, export and verify export are sampled too
     _tree = TreePeak() if args.operation in {VERIFY, EXPORT, EXPORT_VERIFY} else None
     if args.operation == EXPORT_VERIFY:

@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import stat
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -462,3 +463,24 @@ def test_an_integer_orjson_alone_would_read_as_a_float_is_read_exactly() -> None
     checked = check_event_line(loads(line), line)
     assert checked == (str(UUID(int=7)), 1, 5, GENESIS_HASH, digest, None, None)
     assert digest == body_hash(body)
+
+
+def test_the_audit_commands_run_with_the_reading_threads_switch_interval(tmp_path: Path) -> None:
+    """The audit commands' process lets its reading thread take the interpreter lock
+    sooner than a server's (docs/performance.md, "Verify and export"); a failing command
+    (an export file that is not there) has set it all the same."""
+    from services.ledger.audit.__main__ import main
+    from services.ledger.audit.encoding import READING_SWITCH_INTERVAL
+
+    before = sys.getswitchinterval()
+    assert before != READING_SWITCH_INTERVAL
+    key = tmp_path / "key.pub"
+    key.write_text(base64.b64encode(b"k" * 32).decode())
+    try:
+        code = main(
+            ["verify", "--export", str(tmp_path / "absent.jsonl"), "--public-key", str(key)]
+        )
+        assert code == 2
+        assert sys.getswitchinterval() == pytest.approx(READING_SWITCH_INTERVAL)
+    finally:
+        sys.setswitchinterval(before)

@@ -23,6 +23,7 @@ from services.ledger.audit.checkpoints import (
     Checkpoints,
     read_checkpoints_file,
 )
+from services.ledger.audit.encoding import favour_reading_thread
 from services.ledger.audit.evidence_check import sweep_orphans, verify_evidence
 from services.ledger.audit.export import ExportError, export_jsonl
 from services.ledger.audit.keys import load_public_key, load_signing_key
@@ -133,6 +134,7 @@ def _sweep_evidence(settings: LedgerSettings, ledger: Ledger, grace_minutes: flo
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    favour_reading_thread()  # this process reads the history: nothing else waits on it
     try:
         settings = LedgerSettings.from_env()
         configure_logging(settings.log_level, settings.log_format)
