@@ -190,10 +190,11 @@ def newest_row(recorder: ApplicationRecorder, topics: Sequence[str]) -> RawRow |
 #: history: the audit commands. ``batches`` reads the next batch in a helper thread while
 #: the caller decodes the current one; on PostgreSQL that thread takes the interpreter lock
 #: back for every chunk of the answer that arrives, and with the default of 5 ms it waited up
-#: to that long each time behind the busy caller. 24,206 events on the 2-core machine: export
-#: 33,500-34,300 events/s with 5 ms, 40,900-42,400 with 2 ms (verify 67,000 -> 71,000);
-#: SQLite's reads keep the lock and gain nothing: 48,800-50,600 and 47,600-49,800
-#: (docs/performance.md, "Verify and export").
+#: to that long each time behind the busy caller. 24,206 events on the 2-core machine, with
+#: the reads in binary and bounded as now: export 43,700-44,300 events/s with 5 ms and
+#: 44,300-48,100 with 2 ms, verify 59,100-60,000 and 66,900-68,200 (before the bound moved
+#: out of the query, when reads were slower, 34,000 against 41,000); SQLite gains nothing
+#: (48,800-50,600 and 47,600-49,800; docs/performance.md, "PostgreSQL's reads").
 READING_SWITCH_INTERVAL = 0.002
 
 
