@@ -226,6 +226,17 @@ class SQLiteDatabase(Database):
                 raise
             cur.execute("COMMIT")
 
+    def truncate_log(self) -> bool:
+        """Copy the write-ahead log into the database file and empty it, so that no older
+        version of a changed page is left in either file (with ``secure_delete``, what a
+        change freed is zeroed in the new version). Waits, up to the connection's
+        timeout, for other connections' transactions; False when they held it longer."""
+        with self._guard:
+            if self._closed:
+                raise DatabaseClosedError("the database is closed")
+            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return int(busy) == 0
+
     def close(self) -> None:
         with self._guard:  # never while another thread is inside a transaction
             self._closed = True

@@ -1209,6 +1209,12 @@ class Ledger(Application[UUID]):
             deleted += keys.delete_unsaved([i for i in incident_ids if i not in recorded], before)
         return deleted
 
+    def scrub_personal_keys(self) -> None:
+        """No older copy of a destroyed key left in the store's files
+        (:meth:`PersonalKeys.scrub`): the upkeep's retry of a scrub that an erasure found
+        the store too busy for."""
+        self._keys().scrub()
+
     def personal_data_record(
         self, actor: Actor, incident_id: UUID
     ) -> tuple[list[PersonalDataAccess], list[DataSubject], dict[str, str]]:

@@ -12,7 +12,8 @@ a subject by phone or NIK. See docs/personal-data.md.
   first wraps new keys, the others still unwrap what they wrapped): rotating is putting
   a new key first; :meth:`PersonalKeys.rewrap` moves old rows under it.
 - Erasing a subject overwrites their wrapped DEK with NULL and deletes their blind index
-  rows (on SQLite with ``secure_delete``, so the old bytes do not linger in free pages).
+  rows (on SQLite with ``secure_delete``, so the old bytes do not linger in free pages,
+  then :meth:`PersonalKeys.scrub`, so no older page version lingers in the files).
   Without the DEK the ciphertext in the events, the stream and every export is noise.
 - The blind index key (HMAC-SHA256) is a random key of the table's own, wrapped like a
   DEK: rotating the KEK keeps the index valid. It also keys the digest that stands for
@@ -43,7 +44,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from services.common.config import ConfigError
 from services.common.datafiles import make_private_dir
 from services.common.errors import DataLoss
-from services.common.sql import Database
+from services.common.sql import Database, SQLiteDatabase
 from services.ledger.domain.personal import (
     Person,
     PersonalData,
@@ -683,7 +684,25 @@ class PersonalKeys:
             )
             destroyed = int(cur.rowcount or 0)
         log.info("personal_data.keys_destroyed", subjects=len(ids), destroyed=destroyed)
+        self.scrub()
         return destroyed
+
+    def scrub(self) -> None:
+        """Leave no older copy of a destroyed (or re-wrapped) key in the store's files.
+
+        On SQLite the key's page, rewritten without it, goes to the write-ahead log first,
+        while the database file still holds its former version (and the log may hold
+        earlier ones): both files are brought to the current version and the log emptied.
+        On PostgreSQL the former row version stays until ``VACUUM`` (docs/personal-data.md,
+        "Free space"). Called after every erasure and by the hourly upkeep, which retries
+        one that other transactions held off."""
+        if not isinstance(self._db, SQLiteDatabase):
+            return
+        if not self._db.truncate_log():
+            log.warning(
+                "personal_data.scrub_deferred",
+                reason="the store was busy; the upkeep retries within the hour",
+            )
 
     def rewrap(self, batch: int = 500) -> int:
         """Wrap every key that an older KEK wraps under the current one; how many."""
@@ -713,6 +732,7 @@ class PersonalKeys:
                 break
         if moved:
             log.info("personal_data.keys_rewrapped", keys=moved, kek_id=self._ring.current)
+            self.scrub()  # no copy wrapped by the former key-encryption key left behind
         return moved
 
     def close(self) -> None:

@@ -120,9 +120,11 @@ def page_token_secret(settings: LedgerSettings) -> bytes:
 class PersonalDataUpkeep:
     """At start and then every ``interval`` seconds, in a thread of its own: the sweep of
     keys written for reports never saved (``LEDGER_PERSONAL_DATA_SWEEP_GRACE_SECONDS``),
-    and the retention rule of personal data (``LEDGER_PERSONAL_DATA_RETENTION_DAYS``,
-    when set). Every replica may run both: an erasure is recorded once (its request id
-    names the incident), and a key is deleted only once its report is known unsaved."""
+    the retention rule of personal data (``LEDGER_PERSONAL_DATA_RETENTION_DAYS``, when
+    set), and the scrub of destroyed keys from the store's files (done after each
+    erasure; here again in case the store was too busy then). Every replica may run them:
+    an erasure is recorded once (its request id names the incident), and a key is deleted
+    only once its report is known unsaved."""
 
     def __init__(
         self, ledger: Ledger, days: float, grace_seconds: float, interval: float = 3600.0
@@ -143,6 +145,7 @@ class PersonalDataUpkeep:
                 self._ledger.delete_unsaved_personal_keys(self._grace)
                 if self._retention is not None:
                     self._ledger.erase_expired_personal_data(self._retention)
+                self._ledger.scrub_personal_keys()
             except STORE_CONNECTION_ERRORS as exc:  # the store is away: the next run retries
                 log.warning("personal_data.upkeep_failed", error=f"{type(exc).__name__}")
             self._stopping.wait(self._interval)
