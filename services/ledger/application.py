@@ -1059,7 +1059,7 @@ class Ledger(Application[UUID]):
             incident, _, read, readable = ran[0]
         else:  # answered from its record: the rule did not run this time
             incident = self._load(result.incident_id)
-            access = next(a for a in incident.accesses if a.event_id == result.event_id)
+            access = incident.recorded_read(envelope.actor, result.event_id, envelope.request_id)
             read = frozenset(access.subjects)
             readable = incident.readable_subjects(envelope.actor, policy)
         return PersonalDataRead(result, tuple(self._view(incident, s, read) for s in readable))
@@ -1157,7 +1157,9 @@ class Ledger(Application[UUID]):
             return [incident]
 
         command = ReadPersonalData(incident_id, 0, purpose)
-        self._execute(env, command, incident_id, 0, run, (incident_id,))
+        result = self._execute(env, command, incident_id, 0, run, (incident_id,))
+        if result.replayed:
+            self._load(incident_id).recorded_read(env.actor, result.event_id, envelope.request_id)
 
     def erase_expired_personal_data(self, retention: timedelta, now: datetime | None = None) -> int:
         """The retention rule: erase the personal data of every incident closed at least

@@ -4,12 +4,14 @@ whole history after the read is recorded (as erasure), but for a retry answered 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import pytest
 
+from services.common.errors import AlreadyExists
 from services.common.sql import SQLiteDatabase
 from services.ledger.application import Ledger
 from services.ledger.domain.commands import ReadPersonalData, ReportIncident
@@ -69,3 +71,37 @@ def test_a_read_discloses_from_the_incident_it_ran_on_without_loading_it_again(
     ]
     accesses, _, _ = ledger.personal_data_record(envelope_for("desk_pilkada").actor, incident)
     assert [a.event_id for a in accesses] == [read.result.event_id]  # recorded once
+
+
+def test_another_officer_replaying_a_reads_request_id_is_shown_nothing(ledger: Ledger) -> None:
+    """A request id is the agency's and not secret: a second officer of the agency who sends
+    the first one's request again must not be shown the data with only the first's read
+    recorded (a read of their own needs a request id of their own)."""
+    incident = reported(ledger)
+    first = envelope_for("bawaslu", request_id="bw-shared-1")
+    read = ledger.read_personal_data(first, ReadPersonalData(incident, 0, "verify report"))
+    second = replace(first, actor=replace(first.actor, officer="officer-bawaslu-2"))
+    with pytest.raises(AlreadyExists) as refused:
+        ledger.read_personal_data(second, ReadPersonalData(incident, 0, "verify report"))
+    assert refused.value.reason == "REQUEST_ID_REUSED"
+    # Nor by subject access: the first officer's search, then the second's with its id.
+    search = {"phone": "081273456690", "nik": "", "purpose": "subject access 1"}
+    found = ledger.find_personal_data(replace(first, request_id="bw-find-1"), **search)
+    assert sorted(v.person.name for v in found if v.person) == ["Siti"]
+    with pytest.raises(AlreadyExists):
+        ledger.find_personal_data(replace(second, request_id="bw-find-1"), **search)
+    # With a request id of their own the second officer reads, and the read is theirs.
+    ledger.read_personal_data(
+        replace(second, request_id="bw-own-2"), ReadPersonalData(incident, 0, "verify report")
+    )
+    # The first officer's own retries are still answered from their records.
+    again = ledger.read_personal_data(first, ReadPersonalData(incident, 0, "verify report"))
+    assert again.result == read.result
+    retried = ledger.find_personal_data(replace(first, request_id="bw-find-1"), **search)
+    assert [v.person for v in retried] == [v.person for v in found]
+    accesses, _, _ = ledger.personal_data_record(envelope_for("desk_pilkada").actor, incident)
+    assert [a.officer for a in accesses] == [
+        "officer-bawaslu",  # the read
+        "officer-bawaslu",  # the subject access
+        "officer-bawaslu-2",  # the second officer's own read
+    ]

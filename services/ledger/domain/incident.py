@@ -17,6 +17,7 @@ from uuid import UUID, uuid4
 from eventsourcing.domain import Aggregate
 
 from services.common.errors import (
+    AlreadyExists,
     DataLoss,
     FailedPrecondition,
     IllegalTransition,
@@ -1168,6 +1169,21 @@ class Incident(Aggregate):
             # An anonymous reporter is known to the reporting agency alone.
             if is_reporter or not (s.sealed.anonymous and s.sealed.role is SubjectRole.REPORTER)
         ]
+
+    def recorded_read(self, actor: Actor, event_id: UUID, request_id: str) -> PersonalDataAccess:
+        """The read recorded by ``event_id``, for a retry of its request: it discloses again
+        only to the officer it records. A request id is the agency's, not the officer's,
+        and not secret: another officer of the agency replaying it would be shown the data
+        with no read of theirs recorded (ALREADY_EXISTS, nothing disclosed)."""
+        access = next(a for a in self.accesses if a.event_id == event_id)
+        if access.officer != actor.officer:
+            raise AlreadyExists(
+                f"request_id {request_id!r} was already used by another officer of "
+                f"{actor.agency} to read personal data; use a request id of your own",
+                reason="REQUEST_ID_REUSED",
+                metadata={"request_id": request_id, "original_command": "ReadPersonalData"},
+            )
+        return access
 
     def check_may_see_personal_data_record(self, actor: Actor, policy: PersonalDataPolicy) -> None:
         """Who read the data, the subjects' references and the holds: for the agencies that
