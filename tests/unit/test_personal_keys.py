@@ -64,7 +64,22 @@ def test_phones_are_normalised_to_e164(given: str, e164: str) -> None:
     assert normalised_phone(given, "phone") == e164
 
 
-@pytest.mark.parametrize("bad", ["12", "0812", "+1 555", "nomor", "08127345669012345"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "12",
+        "0812",
+        "+1 555",
+        "nomor",
+        "08127345669012345",
+        # Letters, which the library's parser reads as a keypad's digits or drops with what
+        # follows: each of these was stored as another valid number.
+        "0812 7345 669O",  # a letter O for a zero: +628127345669
+        "0812 abc 2222",  # +628122222222
+        "+62 812-7345-6690 ext. 12",
+        "0812+73456690",
+    ],
+)
 def test_a_bad_phone_is_refused_without_its_value(bad: str) -> None:
     with pytest.raises(InvalidArgument) as refused:
         normalised_phone(bad, "personal_data.reporter.phone")
@@ -73,9 +88,13 @@ def test_a_bad_phone_is_refused_without_its_value(bad: str) -> None:
 
 
 def _phone_by_parse(value: str) -> str | None:
-    """The model: every phone through phonenumbers' full parse (what normalised_phone did
-    before its quick path), None where it refuses."""
+    """The model: every phone written in digits and separators through phonenumbers'
+    full parse (what normalised_phone did before its quick path), None where it refuses."""
     text = value.strip()
+    # Written with ASCII digits and the usual separators only, a + first if any.
+    body = text.removeprefix("+")
+    if not body or any(c not in "0123456789 ().-/" for c in body):
+        return None
     if text.startswith("62") and not text.startswith("+"):
         text = f"+{text}"
     try:
@@ -103,7 +122,10 @@ PHONES = st.tuples(
         st.from_regex(r"(8[1-9]|2[1-9]|7[0-9]|[1-9])[0-9]{3,12}", fullmatch=True),
         st.from_regex(r"[0-9]{1,16}", fullmatch=True),
     ),
-    st.lists(st.sampled_from(["", "", "", " ", "-", "  ", ".", "(", ")"]), max_size=16),
+    st.lists(
+        st.sampled_from(["", "", "", " ", "-", "  ", ".", "(", ")", "/", "O", "x", "ext. "]),
+        max_size=16,
+    ),
 ).map(_written)
 
 
@@ -148,7 +170,8 @@ def test_the_compiled_validity_rules_answer_as_phonenumbers(national: str) -> No
 
 
 def test_a_nik_has_sixteen_digits() -> None:
-    assert check_nik("1706 0141 0790 0003", "nik") == "1706014107900003"
+    for written in ("1706 0141 0790 0003", "1706-0141-0790-0003", "1706.0141.0790.0003"):
+        assert check_nik(written, "nik") == "1706014107900003"
     for bad in ("170601410790000", "17060141079000031", "170601410790000x", "١٧٠٦٠١٤١٠٧٩٠٠٠٠٣"):
         with pytest.raises(InvalidArgument):
             check_nik(bad, "nik")
