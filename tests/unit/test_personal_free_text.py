@@ -4,13 +4,22 @@ sealed (docs/personal-data.md, "What it does not cover"): the name, phone or NIK
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from uuid import UUID
 
 import pytest
 
 from services.common.config import LedgerSettings
 from services.common.errors import InvalidArgument
 from services.ledger.application import time_bounds_of
-from services.ledger.domain.commands import ReportIncident, Rules, checked
+from services.ledger.domain.commands import (
+    ErasePersonalData,
+    LiftLegalHold,
+    PlaceLegalHold,
+    ReadPersonalData,
+    ReportIncident,
+    Rules,
+    checked,
+)
 from services.ledger.domain.personal import Person, PersonalData
 from tests.unit.incident_builders import REF
 
@@ -68,3 +77,48 @@ def test_other_free_text_passes(title: str, description: str) -> None:
 
 def test_without_personal_data_free_text_is_not_checked() -> None:
     report("Siti Rahma reports money handed out, 081273456690", "", people=None)
+
+
+UUID_OF_AN_INCIDENT = UUID("00000000-0000-4000-8000-000000000001")
+
+
+@pytest.mark.parametrize(
+    ("command", "field"),
+    [
+        (
+            ReadPersonalData(UUID_OF_AN_INCIDENT, 0, "subject request, NIK 1706014107900003"),
+            "purpose",
+        ),
+        (ReadPersonalData(UUID_OF_AN_INCIDENT, 0, "call back 0812-7345-6690"), "purpose"),
+        (
+            ErasePersonalData(UUID_OF_AN_INCIDENT, 0, (), "asked by phone, +62 852 1234 5678"),
+            "legal_basis",
+        ),
+        (PlaceLegalHold(UUID_OF_AN_INCIDENT, 0, "suspect 1706 0141 0790 0003"), "reason"),
+        (LiftLegalHold(UUID_OF_AN_INCIDENT, 0, "lifted, call 62 813.1234.5678"), "reason"),
+    ],
+)
+def test_a_text_about_personal_data_holding_a_phone_or_nik_is_refused(
+    command: object, field: str
+) -> None:
+    # Recorded in plain words in the incident's events: no erasure would reach them there.
+    with pytest.raises(InvalidArgument) as refused:
+        checked(command, RULES)  # type: ignore[arg-type]
+    assert refused.value.field == field
+    assert refused.value.reason == "PERSONAL_DATA_IN_TEXT"
+
+
+@pytest.mark.parametrize(
+    "purpose",
+    [
+        "subject access request 17/2024",
+        "Gakkumdu case LP/B/1234/XI/2026",
+        "surat 470/123/2026 of 3 December",  # short numbers, dates
+        "verify report 20261203",  # a date written as 8 digits
+        "meeting of 03-12-2026 10:00 at the desk",
+        "landline of the desk (0737) 71234",  # landlines are left: digits of dates too
+    ],
+)
+def test_references_and_dates_in_such_texts_pass(purpose: str) -> None:
+    checked(ReadPersonalData(UUID_OF_AN_INCIDENT, 0, purpose), RULES)
+    checked(PlaceLegalHold(UUID_OF_AN_INCIDENT, 0, purpose), RULES)

@@ -31,6 +31,7 @@ from services.ledger.domain.incident import DeviceRecord, Envelope, Incident, Re
 from services.ledger.domain.personal import (
     PersonalData,
     check_free_text,
+    check_no_personal_number,
     check_purpose,
     checked_personal_data,
 )
@@ -119,6 +120,16 @@ def people() -> dict[str, Any]:
 def purpose() -> dict[str, Any]:
     """Why personal data is read or erased, in words."""
     return _spec(lambda _rules, name, value: check_purpose(value, name))
+
+
+def hold_reason() -> dict[str, Any]:
+    """A legal hold's reason: a text (as ``text(MAX_TEXT, required=True)``) without a number
+    as long as a phone or NIK (:func:`check_no_personal_number`)."""
+
+    def check(_rules: Rules, name: str, value: str) -> str:
+        return check_no_personal_number(name, check_text(name, value, MAX_TEXT, required=True))
+
+    return _spec(check, max_length=MAX_TEXT, required=True)
 
 
 def location() -> dict[str, Any]:
@@ -569,7 +580,7 @@ class ErasePersonalData(PersonalDataCommand):
 
 @dataclass(frozen=True)
 class PlaceLegalHold(PersonalDataCommand):
-    reason: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
+    reason: str = dataclasses.field(metadata=hold_reason())
 
     def apply_policy(
         self, policy: PersonalDataPolicy, envelope: Envelope, incident: Incident
@@ -579,7 +590,7 @@ class PlaceLegalHold(PersonalDataCommand):
 
 @dataclass(frozen=True)
 class LiftLegalHold(PersonalDataCommand):
-    reason: str = dataclasses.field(metadata=text(MAX_TEXT, required=True))
+    reason: str = dataclasses.field(metadata=hold_reason())
 
     def apply_policy(
         self, policy: PersonalDataPolicy, envelope: Envelope, incident: Incident

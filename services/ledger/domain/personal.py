@@ -372,9 +372,34 @@ def check_free_text(data: PersonalData | None, texts: dict[str, str]) -> None:
             )
 
 
+#: A number as people write it (digits, with spaces, dashes, dots or brackets between).
+_NUMBER_RUN = re.compile(r"\+?\d(?:[\d\s().\-]*\d)?")
+#: An Indonesian mobile number's digits, after +62, 62 or 0.
+_MOBILE_DIGITS = re.compile(r"(?:62|0)8[0-9]{8,11}", re.ASCII)
+
+
+def check_no_personal_number(field: str, text: str) -> str:
+    """Refuse a text about a person's data (a read's purpose, an erasure's legal basis, a
+    legal hold's reason) that holds a NIK (16 digits) or a mobile number: such a text is
+    recorded in plain words in the incident's events, for good, and an officer writing
+    "subject access of NIK 1706..." would put there the very data the request protects.
+    Landlines are left (their digits are those of dates and reference numbers too), and
+    a name cannot be told from other words: the docs ask for the request's reference."""
+    for run in _NUMBER_RUN.findall(text):
+        digits = _NON_DIGIT.sub("", run)
+        if len(digits) == NIK_DIGITS or _MOBILE_DIGITS.fullmatch(digits):
+            raise InvalidArgument(
+                field,
+                "holds a NIK or a phone number: this text is recorded in plain words; give"
+                " the request's reference, not the person's data",
+                reason="PERSONAL_DATA_IN_TEXT",
+            )
+    return text
+
+
 def check_purpose(value: str, field: str = "purpose") -> str:
     """Why personal data is read or erased: stated in words, recorded with the access."""
-    text = value.strip()
+    text = check_no_personal_number(field, value.strip())
     if len(text) < MIN_PURPOSE:
         raise InvalidArgument(field, f"state the purpose in at least {MIN_PURPOSE} characters")
     if len(text) > MAX_PURPOSE:
