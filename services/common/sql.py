@@ -226,15 +226,21 @@ class SQLiteDatabase(Database):
                 raise
             cur.execute("COMMIT")
 
-    def truncate_log(self) -> bool:
+    def truncate_log(self, wait: float) -> bool:
         """Copy the write-ahead log into the database file and empty it, so that no older
         version of a changed page is left in either file (with ``secure_delete``, what a
-        change freed is zeroed in the new version). Waits, up to the connection's
-        timeout, for other connections' transactions; False when they held it longer."""
+        change freed is zeroed in the new version). False when another connection's
+        transaction held it more than ``wait`` seconds: while it waits, SQLite holds every
+        writer back, so the wait is short, not the connection's timeout."""
         with self._guard:
             if self._closed:
                 raise DatabaseClosedError("the database is closed")
-            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            (usual,) = self._conn.execute("PRAGMA busy_timeout").fetchone()
+            self._conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+            try:
+                busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                self._conn.execute(f"PRAGMA busy_timeout = {int(usual)}")
         return int(busy) == 0
 
     def close(self) -> None:

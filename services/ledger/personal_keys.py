@@ -72,6 +72,10 @@ INDEX_AAD = b"incidentledger/personal-data/index-key"
 #: recorder in its events' transaction, are synced with them.
 SQLITE_PRAGMAS = ("PRAGMA synchronous = NORMAL", "PRAGMA secure_delete = ON")
 
+#: How long a scrub waits for the other connections' transactions (a long read, an export)
+#: before it leaves the work to the next upkeep: SQLite holds writers back meanwhile.
+SCRUB_WAIT = 0.25
+
 KEYS_TABLE = "personal_data_keys"
 INDEX_TABLE = "personal_data_index"
 
@@ -695,10 +699,10 @@ class PersonalKeys:
         earlier ones): both files are brought to the current version and the log emptied.
         On PostgreSQL the former row version stays until ``VACUUM`` (docs/personal-data.md,
         "Free space"). Called after every erasure and by the hourly upkeep, which retries
-        one that other transactions held off."""
+        one that other transactions held off (a read open for longer than ``SCRUB_WAIT``)."""
         if not isinstance(self._db, SQLiteDatabase):
             return
-        if not self._db.truncate_log():
+        if not self._db.truncate_log(SCRUB_WAIT):
             log.warning(
                 "personal_data.scrub_deferred",
                 reason="the store was busy; the upkeep retries within the hour",

@@ -6,11 +6,13 @@ files can then not open the erased data (docs/personal-data.md, "Free space").""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from contextlib import closing
 from pathlib import Path
 from uuid import UUID
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from structlog.testing import capture_logs
 
 from services.common.sql import open_database
 from services.ledger.application import Ledger
@@ -81,6 +83,46 @@ def test_an_erased_persons_key_is_in_no_byte_of_the_sqlite_files(tmp_path: Path)
                 report(ledger, n)
             assert files_holding(tmp_path, secrets) == {}
             assert files_holding(tmp_path, kept), "a key not erased must still be there"
+        finally:
+            ledger.personal_keys.close()
+            ledger.close()
+
+
+def test_a_long_read_defers_the_scrub_to_the_upkeep_without_holding_the_erasure(
+    tmp_path: Path,
+) -> None:
+    """While the scrub waits for a reader, SQLite holds every writer back: an erasure that
+    meets a long read (an export, say) leaves the scrub to the upkeep rather than wait."""
+    with store_environment("sqlite", tmp_path) as env:
+        ledger = Ledger(reference(), env=env, sealer=Sealer(Ed25519PrivateKey.generate()))
+        ledger.personal_keys = PersonalKeys(
+            open_database(env, 2, sqlite_pragmas=SQLITE_PRAGMAS), RING
+        )
+        try:
+            incident_id = report(ledger, 1)
+            secrets = wrapped_keys(env["SQLITE_DBNAME"], incident_id)
+            subjects = tuple(ledger.get_incident(incident_id).subjects)
+            erase = ErasePersonalData(incident_id, 0, subjects, "asked by the person")
+            erased = threading.Event()
+
+            def run_erasure() -> None:
+                ledger.erase_personal_data(envelope_for(COORDINATOR), erase)
+                erased.set()
+
+            with closing(sqlite3.connect(env["SQLITE_DBNAME"], isolation_level=None)) as reader:
+                reader.execute("BEGIN")
+                reader.execute("SELECT count(*) FROM personal_data_keys").fetchone()
+                with capture_logs() as logs:
+                    worker = threading.Thread(target=run_erasure)
+                    worker.start()
+                    # The read stays open until the erasure answers (or for long enough
+                    # to tell an erasure that waits for it from one that does not).
+                    assert erased.wait(timeout=10), "the erasure waited for the reader"
+                reader.execute("COMMIT")
+            worker.join()
+            assert "personal_data.scrub_deferred" in [entry["event"] for entry in logs]
+            ledger.scrub_personal_keys()  # the upkeep's turn, the read over
+            assert files_holding(tmp_path, secrets) == {}
         finally:
             ledger.personal_keys.close()
             ledger.close()
