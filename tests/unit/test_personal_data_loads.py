@@ -11,10 +11,10 @@ from uuid import UUID
 
 import pytest
 
-from services.common.errors import AlreadyExists
+from services.common.errors import AlreadyExists, FailedPrecondition
 from services.common.sql import SQLiteDatabase
 from services.ledger.application import Ledger
-from services.ledger.domain.commands import ReadPersonalData, ReportIncident
+from services.ledger.domain.commands import ErasePersonalData, ReadPersonalData, ReportIncident
 from services.ledger.domain.personal import Person, PersonalData
 from services.ledger.personal_keys import KeyRing, PersonalKeys
 from tests.unit.incident_builders import LOCATION, REF, REPORTER, envelope_for
@@ -105,3 +105,24 @@ def test_another_officer_replaying_a_reads_request_id_is_shown_nothing(ledger: L
         "officer-bawaslu",  # the subject access
         "officer-bawaslu-2",  # the second officer's own read
     ]
+
+
+def test_erasing_again_says_already_erased_and_records_nothing(ledger: Ledger) -> None:
+    incident = reported(ledger)
+    coordinator = envelope_for("desk_pilkada")
+    ledger.erase_personal_data(coordinator, ErasePersonalData(incident, 0, (), "asked by both"))
+    version = ledger.get_incident(incident).version
+    with pytest.raises(FailedPrecondition) as again:
+        ledger.erase_personal_data(
+            envelope_for("desk_pilkada"), ErasePersonalData(incident, 0, (), "asked again")
+        )
+    assert again.value.reason == "NO_PERSONAL_DATA"
+    assert "already erased" in str(again.value)
+    assert ledger.get_incident(incident).version == version
+    plain = ReportIncident("Amplop dibagikan", "", "money_politics", "", dict(LOCATION), None)
+    nobody = ledger.execute(envelope_for(REPORTER), plain).incident_id
+    with pytest.raises(FailedPrecondition) as none:
+        ledger.erase_personal_data(
+            envelope_for("desk_pilkada"), ErasePersonalData(nobody, 0, (), "asked by one")
+        )
+    assert "names nobody" in str(none.value)

@@ -1261,7 +1261,10 @@ class Incident(Aggregate):
         chosen = subjects or tuple(self.subjects)
         erasing = [i for i in chosen if not self.subjects[i].erased]
         if not erasing:
-            raise FailedPrecondition("no personal data is left to erase", reason="NO_PERSONAL_DATA")
+            said = "already erased" if chosen else "this incident names nobody"
+            raise FailedPrecondition(
+                f"no personal data is left to erase: {said}", reason="NO_PERSONAL_DATA"
+            )
         self._trigger(
             self.PersonalDataErased,
             envelope,
