@@ -4,6 +4,7 @@ token, which flag a decision needs."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,3 +97,38 @@ def test_decide_needs_a_validity_window_and_offers_the_flags(ctl: Ctl) -> None:
     decision = ctl.json("polres", "show", name)["incident"]["decisions"][0]
     assert decision["valid_from"].startswith(f"{day}T01:00:00")
     assert decision["valid_until"].startswith(f"{day + timedelta(days=2)}T01:00:00")
+
+
+def _timed_out(ctl: Ctl, *args: str) -> str:
+    """The stderr of the first of a few runs of a command that got no answer in time (a
+    deadline of half a millisecond: the ledger may record the command all the same)."""
+    for _ in range(20):
+        code, _out, err = ctl.run("kesbangpol", "--timeout", "0.0005", *args)
+        if code == 6:
+            return err
+    raise AssertionError(f"the ledger always answered within 0.5 ms: {args}")
+
+
+def test_a_command_without_an_answer_in_time_names_the_request_id_to_send_it_again(
+    ctl: Ctl,
+) -> None:
+    report = ("report", "Late answer", "hoax", "xiv_koto")
+    err = _timed_out(ctl, *report)
+    assert "DEADLINE_EXCEEDED" in err and "may have been recorded" in err, err
+    assert "cannot reach" not in err, err
+    found = re.search(r"--request-id ([0-9a-f]{32})\b", err)
+    assert found is not None, err
+    request_id = found.group(1)
+    # Sent again with that id (twice), the report is in the ledger once, whether or not the
+    # run that timed out had recorded it.
+    first = ctl.json("kesbangpol", "report", *report[1:], "--request-id", request_id)
+    again = ctl.json("kesbangpol", "report", *report[1:], "--request-id", request_id)
+    assert first["incident"] == again["incident"]
+    titles = [i["title"] for i in ctl.json("polres", "list", "--limit", "0")]
+    assert titles.count("Late answer") == 1, titles
+    # A program reads the id in the error object; an id given is the one named.
+    err = _timed_out(ctl, "--json", *report, "--request-id", "late-answer-2")
+    error = json.loads(err)["error"]
+    assert error["code"] == "DEADLINE_EXCEEDED" and error["exit_code"] == 6
+    assert error["request_id"] == "late-answer-2", error
+    assert "--request-id late-answer-2" in error["message"]

@@ -190,20 +190,21 @@ def _fail(
     message: str,
     reason: str = "",
     metadata: dict[str, str] | None = None,
+    request_id: str | None = None,
 ) -> int:
-    """Report an error on stderr: a line for people, a JSON object with --json."""
+    """Report an error on stderr: a line for people, a JSON object with --json (with the
+    command's ``request_id`` when it sent one: a program sends it again with that id)."""
     if as_json:
-        output.emit_error_json(
-            {
-                "error": {
-                    "code": code,
-                    "reason": reason,
-                    "message": message,
-                    "metadata": metadata or {},
-                    "exit_code": exit_code,
-                }
-            }
-        )
+        error: dict[str, object] = {
+            "code": code,
+            "reason": reason,
+            "message": message,
+            "metadata": metadata or {},
+            "exit_code": exit_code,
+        }
+        if request_id:
+            error["request_id"] = request_id
+        output.emit_error_json({"error": error})
     else:
         label = f"{code} {reason}" if reason else code
         output.error_console().print(
@@ -297,5 +298,10 @@ def _run(args: list[str], as_json: bool) -> int:
         if hint is not None:
             message = f"{hint.message} ({message})"
             metadata.update(hint.metadata)
-        return _fail(as_json, exit_code_for(error), error.code, message, error.reason, metadata)
+        # The id the run chose is the one to send again with: a triage's calls carry ids
+        # derived from it (``{id}.{k}``), which the error names.
+        request_id = st.request_id or error.request_id
+        return _fail(
+            as_json, exit_code_for(error), error.code, message, error.reason, metadata, request_id
+        )
     return EXIT_OK

@@ -137,6 +137,19 @@ def explain(error: LedgerError, st: State) -> Hint | None:
                 ).format(where=where),
                 meta,
             )
+        if st.request_id:
+            # The request may have reached the ledger and been recorded, its answer lost on
+            # the way back: typed again as it was, it would get a new id and be recorded
+            # twice. The same id is recorded at most once.
+            return Hint(
+                _(
+                    "no answer came from the {where} in time: the command may have been "
+                    "recorded all the same. Do not simply type it again: send it again with "
+                    "the same request id, --request-id {request_id}, and it is recorded at "
+                    "most once"
+                ).format(where=where, request_id=st.request_id),
+                meta,
+            )
         return Hint(_("cannot reach the {where}").format(where=where), meta)
     if isinstance(error, Unauthenticated):
         if not settings.token and not settings.tls_cert:

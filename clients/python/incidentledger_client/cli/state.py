@@ -26,6 +26,9 @@ class State:
     _reference: ReferenceData | None = None
     #: The services this run has called ("ledger", "notifier"): an error names their address.
     used: list[str] = field(default_factory=list)
+    #: The request id of the command this run sends (its --request-id, or the one made for
+    #: it): an error that leaves the command's fate unknown names it.
+    request_id: str | None = None
 
     @property
     def settings(self) -> config.Settings:

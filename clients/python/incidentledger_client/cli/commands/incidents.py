@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from incidentledger_client import LedgerClient, Location, PersonalData
+from incidentledger_client import LedgerClient, Location, PersonalData, new_request_id
 from incidentledger_client.cli import output
 from incidentledger_client.cli.commands import group
 from incidentledger_client.cli.errors import EXIT_CONFLICT
@@ -82,7 +82,22 @@ Version = Annotated[
     ),
 ]
 Comment = Annotated[str, typer.Option("--comment", "-m", help="A comment recorded with the event.")]
-RequestId = Annotated[str | None, typer.Option(help="Idempotency key (default: a fresh uuid).")]
+
+
+def _remember_request_id(ctx: typer.Context, value: str | None) -> str | None:
+    """The command's request id, made here when none was given (the library would make one
+    all the same): when no answer comes, the error can name the id to send it again with."""
+    if ctx.resilient_parsing:
+        return value
+    chosen = value or new_request_id()
+    state(ctx).request_id = chosen
+    return chosen
+
+
+RequestId = Annotated[
+    str | None,
+    typer.Option(help="Idempotency key (default: a fresh uuid).", callback=_remember_request_id),
+]
 
 
 def _options(version: int, request_id: str | None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import typer
 
 from incidentledger_client.cli import config, output
 from incidentledger_client.cli.commands import group
+from incidentledger_client.cli.commands.incidents import RequestId
 from incidentledger_client.cli.inputs import code, codes, incident_name
 from incidentledger_client.cli.state import state
 from incidentledger_client.i18n import N_, _
@@ -40,6 +41,7 @@ def webhooks_register(
     ] = None,
     min_severity: Annotated[str, typer.Option(help="At least this severity.")] = "",
     mine: Annotated[bool, typer.Option(help="Only incidents involving my agency.")] = False,
+    request_id: RequestId = None,
 ) -> None:
     """Register a webhook for your agency."""
     kecamatan = codes(ctx, "kecamatan", kecamatan, "--kecamatan")
@@ -53,6 +55,7 @@ def webhooks_register(
         categories=category or (),
         min_severity=min_severity,
         involving_my_agency=mine,
+        request_id=request_id,
     )
     if st.as_json:
         output.emit_json(hook)
