@@ -3,6 +3,8 @@ accept-language, the client exposes it, ledgerctl asks in its language and shows
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from incidentledger_client import LedgerClient
@@ -47,3 +49,22 @@ def test_ledgerctl_shows_the_localized_message_and_json_keeps_the_english_one(
     ]
     assert as_json[0] == as_json[1]
     assert "Tidak ada" not in as_json[0][2]
+
+
+def test_ledgerctl_shows_what_is_wrong_with_a_refused_field_in_every_language(ctl: Ctl) -> None:
+    # A refused field's LocalizedMessage is the reason's general sentence; what is wrong with
+    # the field is in the field violation's description, which people read too.
+    code, _, english = ctl.run("kesbangpol", "--lang", "en", "report", "", "hoax", "ipuh")
+    assert code == 2 and "title: is required" in english, english
+    assert "not acceptable" not in english, english
+    code, _, indonesian = ctl.run("kesbangpol", "--lang", "id", "report", "", "hoax", "ipuh")
+    assert code == 2 and "Nilai title tidak dapat diterima." in indonesian, indonesian
+    assert "title: is required" in indonesian, indonesian
+    name = ctl.json("kesbangpol", "report", "Rally", "crowd_gathering", "ipuh")["incident"]
+    ctl.ok("desk_pilkada", "verify", name)
+    code, _, english = ctl.run("desk_pilkada", "--lang", "en", "assign", name, "inspektorat")
+    assert code == 2 and "inspektorat is an auditing agency and cannot act" in english, english
+    code, _, as_json = ctl.run("desk_pilkada", "--json", "assign", name, "inspektorat")
+    assert json.loads(as_json)["error"]["message"] == (
+        "agency: inspektorat is an auditing agency and cannot act"
+    )

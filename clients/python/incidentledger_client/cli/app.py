@@ -183,6 +183,32 @@ def _field_note(field: str) -> str:
     return i18n._("(field {field})").format(field=field)
 
 
+def _said(error: LedgerError) -> str:
+    """What a person reads of the server's refusal. People read the server's message in their
+    language (AIP-193 LocalizedMessage, asked for with accept-language); --json keeps the
+    English one, the same in every language.
+
+    A refused field's LocalizedMessage is often the reason's general sentence ("The value of
+    title is not acceptable."), while the English message, the field violation's description
+    ("title: is required"), says what is wrong with it: in English that description alone, in
+    another language the translated sentence with the description after it, so that nothing
+    is lost."""
+    field, localized, described = error.field, error.localized_message, error.message
+    if not field:
+        return localized or described
+    prefix = f"{field}: "
+    # The bytes of an attached file travel in the upload's chunk field, which the person never
+    # typed: the description without it, and a note that says where the fault is.
+    if field == "chunk" and described.startswith(prefix):
+        described = described[len(prefix) :]
+    names_field = described.startswith(prefix)
+    english = not error.locale or error.locale.split("-")[0] == "en"
+    said = described
+    if localized and not english and localized != described:
+        said = f"{localized} ({described})"
+    return said if names_field else f"{said} {_field_note(field)}"
+
+
 def _fail(
     as_json: bool,
     exit_code: int,
@@ -286,11 +312,7 @@ def _run(args: list[str], as_json: bool) -> int:
     except config.ConfigError as error:
         return _fail(as_json, EXIT_USAGE, "CONFIGURATION", str(error))
     except LedgerError as error:
-        detail = " " + _field_note(error.field) if error.field and not as_json else ""
-        # People read the server's message in their language (AIP-193 LocalizedMessage, asked
-        # for with accept-language); --json keeps the English one, the same in every language.
-        said = error.message if as_json else (error.localized_message or error.message)
-        message, metadata = f"{said}{detail}", dict(error.metadata)
+        message, metadata = error.message if as_json else _said(error), dict(error.metadata)
         try:
             hint = explain(error, st)
         except config.ConfigError:  # the settings themselves are at fault: say only the error
