@@ -28,7 +28,7 @@ def test_every_incident_argument_takes_the_id_a_prefix_or_the_full_name(ctl: Ctl
     assert shown["merged_into"] == names[2]
 
 
-def test_names_that_fit_no_incident_are_usage_errors_that_say_why(ctl: Ctl) -> None:
+def test_names_that_fit_no_incident_say_why_with_their_exit_code(ctl: Ctl) -> None:
     name = ctl.json("kesbangpol", "report", "Rally", "crowd_gathering", "ipuh")["incident"]
     bare = name.removeprefix("incidents/")
     code, _, err = ctl.run("polres", "show", bare[:5])
@@ -39,8 +39,13 @@ def test_names_that_fit_no_incident_are_usage_errors_that_say_why(ctl: Ctl) -> N
     taken = ctl.json("polres", "show", name)["incident"]["reference"]
     unknown = "MKM-" + ("0000" if taken[4:8] != "0000" else "1111") + "-0"
     unknown += check_character(unknown[4:8] + "0")
-    code, _, err = ctl.run("polres", "show", unknown)
-    assert code == 2 and "no incident has the reference code" in err
+    # Well formed, but no incident has it: not found, as an unknown id is.
+    for command in ("show", "verify"):
+        code, _, err = ctl.run("desk_pilkada", command, unknown)
+        assert code == 3 and "no incident has the reference code" in err, err
+    code, _, err = ctl.run("polres", "--json", "show", unknown)
+    error = json.loads(err)["error"]
+    assert code == 3 and (error["code"], error["exit_code"]) == ("NOT_FOUND", 3), error
     mistyped = taken[:-1] + ("0" if taken[-1] != "0" else "1")
     code, _, err = ctl.run("polres", "show", mistyped)
     assert code == 2 and "mistyped" in err

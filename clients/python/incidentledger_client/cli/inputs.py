@@ -57,11 +57,21 @@ def incident_names(ctx: typer.Context, values: Sequence[str]) -> list[str]:
         raise typer.BadParameter(str(error), param_hint="INCIDENT") from None
 
 
-def _by_reference(ledger: LedgerClient, code: str) -> str | None:
+def _by_reference(ledger: LedgerClient, code: str) -> str:
     try:
         return ledger.get_incident(reference=code).name
-    except IncidentNotFound:
-        return None
+    except IncidentNotFound as error:
+        # A well-formed code no incident has is not found (exit code 3), as an unknown id is,
+        # not a usage error; said as the person typed it, an incident argument, which the
+        # lookup's request field ("reference") is not.
+        metadata = {k: v for k, v in error.metadata.items() if k != "field"}
+        raise IncidentNotFound(
+            error.code,
+            error.reason,
+            _("no incident has the reference code {code}").format(code=repr(code)),
+            metadata,
+            error.domain,
+        ) from None
 
 
 def choose(value: str, known: Sequence[str], what: str, param: str) -> str:
