@@ -245,3 +245,32 @@ def test_make_run_and_make_demo_install_ledgerctl_too() -> None:
         rule = re.search(rf"^{target}:([^#\n]*)", makefile, re.MULTILINE)
         assert rule is not None, target
         assert "$(PROJECT_STAMP)" in rule.group(1), f"make {target} does not install ledgerctl"
+
+
+@pytest.mark.parametrize("output", ["table", "json"])
+def test_a_closed_output_ends_ledgerctl_quietly(ctl: Ctl, output: str) -> None:
+    # As in `ledgerctl show X | head -1` once head has its line: the reader has gone before
+    # ledgerctl writes (the pipe's reading end closed first, so the run does not race head).
+    name = ctl.json("kesbangpol", "report", "Rally", "crowd_gathering", "ipuh")["incident"]
+    pythonpath = os.pathsep.join([str(ROOT), str(ROOT / "gen"), str(ROOT / "clients" / "python")])
+    reading, writing = os.pipe()
+    os.close(reading)
+    try:
+        ran = subprocess.run(
+            [
+                *(sys.executable, "-m", "incidentledger_client.cli"),
+                *("--address", ctl.ledger.address, "--tokens-file", str(ctl.tokens)),
+                *("-a", "polres", "show", name),
+                *(["--json"] if output == "json" else []),
+            ],
+            env={**os.environ, "PYTHONPATH": pythonpath},
+            stdout=writing,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(writing)
+    # The status a shell gives a tool that SIGPIPE ended (cat, git log), and not a word.
+    assert (ran.returncode, ran.stderr) == (141, ""), ran.stderr

@@ -27,7 +27,14 @@ from incidentledger_client.cli.commands import (
 )
 from incidentledger_client.cli.commands import config as config_commands
 from incidentledger_client.cli.commands.config import COMPLETE_VAR
-from incidentledger_client.cli.errors import EXIT_OK, EXIT_OTHER, EXIT_USAGE, exit_code_for, explain
+from incidentledger_client.cli.errors import (
+    EXIT_OK,
+    EXIT_OTHER,
+    EXIT_OUTPUT_CLOSED,
+    EXIT_USAGE,
+    exit_code_for,
+    explain,
+)
 from incidentledger_client.cli.state import State
 
 EPILOG = (
@@ -267,7 +274,24 @@ def main(argv: list[str] | None = None) -> int:
         # its error messages included, is in English (the source language).
         language = "en"
     with i18n.using(language), helptexts.typer_words(i18n._):
-        return _run(args, as_json)
+        try:
+            code = _run(args, as_json)
+            sys.stdout.flush()  # what is still buffered meets a closed pipe here, not at exit
+        except (output.OutputClosed, BrokenPipeError):
+            return _output_closed()
+        return code
+
+
+def _output_closed() -> int:
+    """Its reader closed the output (``| head -1``): end quietly, with the status a shell
+    gives a tool that SIGPIPE ended (128 + 13), as ``cat`` and ``git log`` end."""
+    import sys
+
+    # The interpreter flushes stdout once more on its way out: into the void, not the pipe.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_OUTPUT_CLOSED
 
 
 def _run(args: list[str], as_json: bool) -> int:

@@ -39,6 +39,9 @@ EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_PERMISSION,
     5,
     6,
 )
+#: When the reader of ledgerctl's output closed it (``| head -1``): the status a shell gives a
+#: tool that SIGPIPE ended, 128 + 13, which ledgerctl keeps (Python ignores the signal).
+EXIT_OUTPUT_CLOSED = 141
 #: Exit code per error class (the first matching class in order wins).
 EXIT_CODES: tuple[tuple[type[LedgerError], int], ...] = (
     (InvalidArgument, EXIT_USAGE),

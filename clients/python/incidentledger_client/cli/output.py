@@ -57,11 +57,33 @@ StatusNames = Mapping[str, Mapping[str, str]]
 BOARD_STATUSES = ("REPORTED", "VERIFIED", "ASSIGNED", "RESPONDING", "REOPENED", "RESOLVED")
 
 
+class OutputClosed(Exception):  # noqa: N818 - a condition, not a fault
+    """Standard output was closed by its reader (``ledgerctl show X | head -1``): ledgerctl
+    ends quietly. Not an OSError, which typer turns into exit code 1."""
+
+
+class _Stdout(Console):
+    def on_broken_pipe(self) -> None:
+        # rich's own answer is exit code 1; ledgerctl ends as a closed pipe ends other tools.
+        self.quiet = True
+        raise OutputClosed
+
+
 def console() -> Console:
     """The stdout console (looked up per call, so redirected stdout is honoured)."""
     # Piped output is not cut to 80 columns ($COLUMNS still wins).
     width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
-    return Console(file=sys.stdout, soft_wrap=False, width=width)
+    return _Stdout(file=sys.stdout, soft_wrap=False, width=width)
+
+
+def _write(text: str, *, flush: bool = True) -> None:
+    """``text`` on stdout; :class:`OutputClosed` when its reader has gone."""
+    try:
+        sys.stdout.write(text)
+        if flush:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        raise OutputClosed from None
 
 
 def error_console() -> Console:
@@ -94,8 +116,7 @@ def event_json(event: Any) -> dict[str, Any]:
 
 
 def emit_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(to_jsonable(value), indent=2, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+    _write(json.dumps(to_jsonable(value), indent=2, ensure_ascii=False) + "\n")
 
 
 def short(name: str) -> str:
@@ -598,7 +619,7 @@ def rows_table(
 
 
 def emit_line(text: str) -> None:
-    sys.stdout.write(text + "\n")
+    _write(text + "\n", flush=False)
 
 
 def emit_error_json(value: Any) -> None:
@@ -609,8 +630,7 @@ def emit_error_json(value: Any) -> None:
 
 def emit_json_line(value: Any) -> None:
     """One JSON object on one line (JSON Lines, for streams such as ``watch --json``)."""
-    sys.stdout.write(json.dumps(to_jsonable(value), ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+    _write(json.dumps(to_jsonable(value), ensure_ascii=False) + "\n")
 
 
 #: Shown for a figure without data: a "0:00:00" would read as an instant response.
