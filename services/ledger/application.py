@@ -1244,7 +1244,8 @@ class Ledger(Application[UUID]):
             raise NotFound(
                 f"no incident has the reference {code}",
                 reason="INCIDENT_NOT_FOUND",
-                metadata={"reference": code, "field": field},
+                # "incident": what the localized message names (error_messages.TEMPLATES).
+                metadata={"incident": code, "reference": code, "field": field},
             ) from None
         return claim.incident_id
 
@@ -1343,7 +1344,11 @@ class Ledger(Application[UUID]):
             history = list(self.events.get(incident_id))
             incident = mutate_all(None, history) if history else None
         if not isinstance(incident, Incident):
-            raise NotFound(f"incident {incident_id} does not exist", reason="INCIDENT_NOT_FOUND")
+            raise NotFound(
+                f"incident {incident_id} does not exist",
+                reason="INCIDENT_NOT_FOUND",
+                metadata={"incident": f"incidents/{incident_id}"},
+            )
         self.check_seal(incident)
         events = [e for e in history if e.originator_version > after_version][:limit]
         if not events:
@@ -1577,7 +1582,9 @@ class Ledger(Application[UUID]):
                 ) from None
             if not isinstance(incident, Incident):
                 raise NotFound(
-                    f"incident {incident_id} does not exist", reason="INCIDENT_NOT_FOUND"
+                    f"incident {incident_id} does not exist",
+                    reason="INCIDENT_NOT_FOUND",
+                    metadata={"incident": f"incidents/{incident_id}", "field": field},
                 )
         self.check_seal(incident)
         if (

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from services.common import error_messages
-from services.common.errors import LedgerError
+from services.common.errors import LedgerError, NotFound
 from services.common.grpc_errors import to_grpc_status
+from services.ledger.application import Ledger
+from services.ledger.domain.refcodes import code_for
+from tests.unit.incident_builders import REF
 
 API = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 
@@ -104,3 +108,28 @@ def test_without_accept_language_no_localized_message_and_the_english_message_st
 )
 def test_the_language_from_accept_language(header: str, language: str | None) -> None:
     assert error_messages.preferred(header) == language
+
+
+def test_an_incident_not_found_is_named_in_its_localized_message() -> None:
+    """Every way a ledger finds no incident gives the metadata its message names: the
+    reference code as typed and read, an id (before, the code's message said "No incident
+    is named ." in both languages)."""
+    ledger = Ledger(REF, env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    try:
+        code = code_for(REF.reference_prefix, uuid4())
+        missing = uuid4()
+        for lookup in (
+            lambda: ledger.incident_by_reference(code),
+            lambda: ledger.incident_events(missing, after_version=0, limit=10),
+        ):
+            with pytest.raises(NotFound) as found:
+                lookup()
+            for language in error_messages.LANGUAGES:
+                message = error_messages.localized(
+                    found.value.reason, found.value.metadata, language
+                )
+                assert message is not None
+                named = code if "reference" in found.value.metadata else str(missing)
+                assert named in message, message
+    finally:
+        ledger.close()
