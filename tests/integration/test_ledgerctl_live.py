@@ -81,6 +81,7 @@ def test_watch_prints_what_the_notifier_delivers(
     code, out = ctl.run("bpbd", "watch", "--cursor", "v1.0", "--count", "1", "--category", "flood")
     assert code == 0
     assert first.incident.removeprefix("incidents/")[:8] in out
+    assert first.reference and first.reference in out  # the code people read out
     assert "Reported" in out
     code, out = ctl.run(
         "bpbd", "--lang", "id", "watch", "--cursor", "v1.0", "--count", "1", "--category", "flood"

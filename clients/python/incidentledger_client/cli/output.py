@@ -258,7 +258,7 @@ def notification_line(
     return Text.assemble(
         f"{when(event.record_time, zone)} ",
         (labels.event_type(event.type), "bold"),
-        f" {short_id(incident.name)} {incident.title!r} ",
+        f" {short_id(incident.name)} {incident.reference or '-'} {incident.title!r} ",
         status_text(incident.status.value, statuses),
         " ",
         severity_text(incident.severity),
@@ -478,6 +478,8 @@ def board(
         for status in BOARD_STATUSES
     )
     table = Table(title=_("Board (open work)") + f"\n{summary}", title_justify="left")
+    # The code people read out over the phone (MKM-7QK3-9V), which every command takes;
+    # the id's first characters for an incident recorded before codes existed.
     id_column(table)
     table.add_column(_("severity"), no_wrap=True)
     table.add_column(_("status"), no_wrap=True)
@@ -487,7 +489,7 @@ def board(
     table.add_column(_("lead"), no_wrap=True)
     for i in incidents:
         table.add_row(
-            short_id(i.name),
+            i.reference or short_id(i.name),
             severity_text(i.severity),
             status_text(i.status.value, statuses),
             local_time(i.create_time, zone),
