@@ -653,6 +653,18 @@ def test_the_command_line_checkpoints_exports_and_verifies(tmp_path: Path) -> No
             assert clean.returncode == 0, clean.stdout + clean.stderr
             report = next(e for e in _events(clean) if e["event"] == "audit.verify.clean")
             assert report["checkpoints_checked"] >= 1
+        # A range that ends before the witness's checkpoint: clean, the checkpoint shown.
+        ranged = tmp_path / "ranged.jsonl"
+        to = str(line["position"] - 1)
+        assert _cli(["export", "--out", str(ranged), "--to", to], store_env, data).returncode == 0
+        args = ["verify", "--export", str(ranged), "--public-key", str(public)]
+        clean = _cli([*args, "--checkpoints", str(witness)], store_env, data)
+        assert clean.returncode == 0, clean.stdout + clean.stderr
+        after = next(
+            e for e in _events(clean) if e["event"] == "audit.verify.checkpoints_after_export"
+        )
+        assert (after["positions"], after["stop"]) == ([line["position"]], line["position"] - 1)
+        assert "after this export: not checked" in after["detail"]
 
         surgery = Surgery("sqlite", store_env, "stored_events")
         rows = surgery.rows(history.lifecycle)

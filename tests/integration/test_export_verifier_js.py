@@ -25,7 +25,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.ledger.application import Ledger
-from services.ledger.audit import Checkpoints, ExportStats, export_jsonl, verify_export
+from services.ledger.audit import (
+    Checkpoint,
+    Checkpoints,
+    ExportStats,
+    chain_step,
+    export_jsonl,
+    read_checkpoints_file,
+    verify_export,
+)
 from services.ledger.audit.keys import public_key_pem
 from services.ledger.domain.commands import EscalateIncident, ReportIncident, VerifyIncident
 from services.ledger.seals import Sealer, public_key_bytes
@@ -80,6 +88,9 @@ class Exported:
     checkpoints: int
     partial: Path  # from just after the first checkpoint
     partial_stats: ExportStats
+    ranged: Path  # from just after the first checkpoint to just before the second
+    older: Path  # the whole log as it was before the second checkpoint's events
+    second: int  # the second checkpoint's position
 
 
 def _record(ledger: Ledger) -> None:
@@ -119,6 +130,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
         try:
             build_history(ledger, extra=1)
             first = checkpoints.create()
+            older = tmp / "older.jsonl"
+            export_jsonl(ledger, older)
             _record(ledger)
             second = checkpoints.create()
             # Events after the last checkpoint: only their seals vouch for the newest ones.
@@ -128,13 +141,17 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
             stats = export_jsonl(ledger, path)
             partial = tmp / "partial.jsonl"
             partial_stats = export_jsonl(ledger, partial, start=first.position + 1)
+            ranged = tmp / "ranged.jsonl"
+            export_jsonl(ledger, ranged, first.position + 1, second.position - 1)
         finally:
             checkpoints.close()
             ledger.close()
     witness = tmp / "witness.jsonl"
     witness.write_text("".join(json.dumps(c.to_json()) + "\n" for c in (first, second)))
     assert stats.checkpoints == 2
-    return Exported(path, public, witness, stats, 2, partial, partial_stats)
+    return Exported(
+        path, public, witness, stats, 2, partial, partial_stats, ranged, older, second.position
+    )
 
 
 def run_node(node: str, export: Path, public_key: Path, *extra: str) -> tuple[int, dict[str, Any]]:
@@ -190,6 +207,88 @@ def test_the_independent_verifier_accepts_a_partial_export(node: str, exported: 
     python = verify_export(exported.partial, _public_bytes(exported))
     assert python.ok
     assert report["checkpoints_checked"] == python.checkpoints_checked == exported.checkpoints
+
+
+def _cut(source: Path, target: Path, through: int, stop: int | None = None) -> Path:
+    """``source`` without its events and checkpoints after position ``through``, its end
+    record made to agree, and its header's stop set to ``stop`` when given: what someone
+    who removes the newest history and covers the traces writes (no signature involved)."""
+    lines = source.read_bytes().splitlines()
+    header, count = json.loads(lines[0]), 0
+    if stop is not None:
+        header["stop"] = stop
+    head, last = header["start_head"], header["start_position"]
+    kept = [json.dumps(header).encode()]
+    for line in lines[1:-1]:
+        record = json.loads(line)
+        if int(record["position"]) > through:
+            continue
+        kept.append(line)
+        if "canonical" in record:
+            head = chain_step(head, int(record["position"]), record["hash"])
+            count, last = count + 1, int(record["position"])
+    end = {"record": "end", "events": count, "last_position": last, "head": head}
+    kept.append(json.dumps(end).encode())
+    target.write_bytes(b"\n".join(kept) + b"\n")
+    return target
+
+
+def test_checkpoints_after_an_exports_range_are_listed_not_checked(
+    node: str, exported: Exported
+) -> None:
+    """A range asked for, and a whole export made before the second checkpoint: neither
+    reaches it, so it is no evidence of truncation; both verifiers say where it lies."""
+    first_position = json.loads(exported.partial.read_bytes().split(b"\n", 1)[0])["start"]
+    for export, start, stop in (
+        (exported.ranged, first_position, exported.second - 1),
+        (exported.older, 0, None),
+    ):
+        header = json.loads(export.read_bytes().split(b"\n", 1)[0])
+        assert header["start"] == start
+        assert stop is None or header["stop"] == stop
+        code, report = run_node(
+            node, export, exported.public_key, "--checkpoints", str(exported.witness)
+        )
+        assert code == 0, report
+        assert report["range"] == {"start": str(start), "stop": str(header["stop"])}
+        assert report["checkpoints_after"] == [str(exported.second)]
+        python = verify_export(export, _public_bytes(exported), _witness(exported))
+        assert python.ok, python.divergence
+        assert (python.start, python.stop) == (start, header["stop"])
+        assert python.checkpoints_after == (exported.second,)
+
+
+def test_a_cut_export_is_truncated_within_its_range_and_shows_a_moved_stop(
+    node: str, exported: Exported, tmp_path: Path
+) -> None:
+    """Events removed from the end of a whole export: the witness's checkpoint within the
+    stated range shows it. With the header's stop moved back as well (nothing signs it),
+    the file verifies, and the report shows the stop and the later checkpoint."""
+    through = exported.second - 5
+    cut = _cut(exported.path, tmp_path / "cut.jsonl", through)
+    witness = ("--checkpoints", str(exported.witness))
+    code, report = run_node(node, cut, exported.public_key, *witness)
+    assert code == 1, report
+    assert (report["divergence"]["kind"], report["divergence"]["position"]) == (
+        "truncated",
+        str(exported.second),
+    )
+    python = verify_export(cut, _public_bytes(exported), _witness(exported)).divergence
+    assert python is not None
+    assert (python.kind, python.position) == ("truncated", exported.second)
+
+    moved = _cut(exported.path, tmp_path / "moved.jsonl", through, stop=through)
+    code, report = run_node(node, moved, exported.public_key, *witness)
+    assert code == 0, report
+    assert report["range"]["stop"] == str(through)
+    assert report["checkpoints_after"] == [str(exported.second)]
+    python_report = verify_export(moved, _public_bytes(exported), _witness(exported))
+    assert python_report.ok
+    assert (python_report.stop, python_report.checkpoints_after) == (through, (exported.second,))
+
+
+def _witness(exported: Exported) -> list[Checkpoint]:
+    return read_checkpoints_file(exported.witness)
 
 
 def test_the_independent_verifier_refuses_another_key(

@@ -7,7 +7,8 @@
 //   KEY: the ledger's Ed25519 public key, PEM (SubjectPublicKeyInfo) or base64 of 32 bytes.
 //   WITNESS.jsonl: a witness's checkpoints, one published checkpoint object a line.
 // Prints one JSON object and exits 0 when the file verifies, 1 on the first failure (with its
-// kind, line, position, incident, version and detail), 2 on a usage or input error.
+// kind, line, position, incident, version and detail), 2 on a usage or input error. A clean
+// report names the header's range and the checkpoints after it (not checked: section 8).
 // The section numbers in the comments are those of docs/hash-chain.md.
 
 import { createHash, createPublicKey, verify as verifySignature } from "node:crypto";
@@ -408,7 +409,10 @@ function verify(lines, publicKey, witness) {
   const seen = new Set();
   let lineNumber = 0;
   let partial = false;
+  let range = null;
   let startPosition = 0n;
+  let stop = null; // the header's stop: the last position the export states it covers
+  const after = []; // checkpoints beyond it: signature checked, not compared with the file
   let end = null;
 
   const at = (extra = {}) => ({ line: lineNumber, ...extra });
@@ -421,6 +425,7 @@ function verify(lines, publicKey, witness) {
       throw new Failure("bad_signature", `the checkpoint at position ${cp.position} (key ${cp.keyId}) is not validly signed by the given key`, at({ position: cp.position.toString() }));
     }
     if (cp.position < startPosition) return; // before the exported range
+    if (stop !== null && cp.position > stop) { after.push(cp.position); return; } // after it
     if (fromFile && cp.position < state.last) {
       throw new Failure("reordered", `the checkpoint at position ${cp.position} comes after the event at position ${state.last}`, at({ position: cp.position.toString() }));
     }
@@ -519,6 +524,8 @@ function verify(lines, publicKey, witness) {
         state.events = count(record.start_events, "start_events");
         if (typeof record.start_head !== "string") throw new Error("start_head is not text");
         state.head = record.start_head;
+        if (record.stop !== undefined) stop = count(record.stop, "stop");
+        range = { start: record.start === undefined ? null : count(record.start, "start").toString(), stop: stop === null ? null : stop.toString() };
       } catch (error) {
         throw new UsageError(`malformed export header: ${error.message}`);
       }
@@ -574,6 +581,8 @@ function verify(lines, publicKey, witness) {
     checkpoints_checked: state.checked,
     last_position: state.last.toString(),
     head: state.head,
+    range,
+    checkpoints_after: [...new Set(after)].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)).map(String),
   };
 }
 

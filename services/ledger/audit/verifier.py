@@ -44,9 +44,16 @@ class VerifyReport:
     divergence: Divergence | None
     position: int = 0  # the last position verified
     head: str = GENESIS_HASH  # the chain head there
+    # An export's stated range (its header's start and stop, both included; None for the
+    # store), and the positions of the checkpoints beyond it: their signatures were
+    # checked, their counts and heads could not be (the export does not reach them).
+    start: int | None = None
+    stop: int | None = None
+    checkpoints_after: tuple[int, ...] = ()
 
     def to_log(self) -> dict[str, Any]:
         values = asdict(self)
+        values["checkpoints_after"] = list(self.checkpoints_after)
         values["divergence"] = self.divergence.to_log() if self.divergence else None
         return values
 
@@ -121,12 +128,17 @@ class ChainVerifier:
         *,
         start: ChainState | None = None,
         partial: bool = False,
+        stop: int | None = None,
     ) -> None:
         self.public_key = public_key
         self._seals = SealChecker(public_key)
         self.state = start or ChainState(0, GENESIS_HASH, 0)
         self._start_position = self.state.position
         self._partial = partial
+        # The last position an export states it covers: a checkpoint beyond it says nothing
+        # about the file (a range asked for, or a file made before the checkpoint).
+        self._stop = stop
+        self._after: list[int] = []
         self._incidents: dict[str, _Track] = {}
         self._gaps: dict[str, list[_Gap]] = {}
         self._suspects: set[str] = set()
@@ -181,6 +193,9 @@ class ChainVerifier:
             return
         if checkpoint.position < self._start_position:
             return  # before the exported range: cannot be checked here
+        if self._stop is not None and checkpoint.position > self._stop:
+            self._after.append(checkpoint.position)  # after the exported range: not checked
+            return
         if checkpoint.position < self._last:
             self._found(
                 checkpoint.position,
@@ -557,6 +572,7 @@ class ChainVerifier:
             divergence=divergence,
             position=self._last,
             head=self._head,
+            checkpoints_after=tuple(sorted(set(self._after))),
         )
 
     @property

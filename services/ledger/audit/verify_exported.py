@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import IO, Any, cast
@@ -78,6 +79,11 @@ def _verify_lines(
         start = ChainState(
             int(header["start_position"]), str(header["start_head"]), int(header["start_events"])
         )
+        # The range asked for; without it (no exporter wrote such a file) every
+        # checkpoint is checked against the file.
+        asked: tuple[int | None, int | None] = (
+            (int(header["start"]), int(header["stop"])) if "stop" in header else (None, None)
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise ExportFormatError(f"malformed export header: {exc}") from exc
     verifier = ChainVerifier(
@@ -85,6 +91,7 @@ def _verify_lines(
         sorted(checkpoints or (), key=lambda c: c.position),
         start=start,
         partial=start.events > 0,
+        stop=asked[1],
     )
     feed = _LineFeed(verifier)
     size = path.stat().st_size if path is not None else 0
@@ -97,18 +104,10 @@ def _verify_lines(
     else:
         with scan.workers(workers) as pool, path.open("rb") as reread:
             _feed_checked(feed, pool, path, len(first), size, reread)
-    report = verifier.finish()
+    report = replace(verifier.finish(), start=asked[0], stop=asked[1])
     trailer = _check_end(verifier, feed.end)
     if trailer is not None and (report.divergence is None):
-        return VerifyReport(
-            False,
-            report.events,
-            report.incidents,
-            report.checkpoints_checked,
-            trailer,
-            report.position,
-            report.head,
-        )
+        return replace(report, ok=False, divergence=trailer)
     return report
 
 
