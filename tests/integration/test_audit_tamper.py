@@ -677,8 +677,11 @@ def test_the_command_line_checkpoints_exports_and_verifies(tmp_path: Path) -> No
 
         other = tmp_path / "other.pub"
         other.write_bytes(public_key_pem(public_key_bytes(Ed25519PrivateKey.generate())))
-        forged = _cli(["verify", "--export", str(out), "--public-key", str(other)], store_env, data)
-        assert forged.returncode == 1
+        for source in (["--store"], ["--export", str(out)]):
+            wrong = _cli(["verify", *source, "--public-key", str(other)], store_env, data)
+            assert wrong.returncode == 3, wrong.stdout + wrong.stderr
+            line = next(e for e in _events(wrong) if e["event"] == "audit.verify.divergence")
+            assert line["divergence_kind"] == "wrong_key"
         assert _cli(["verify", "--store"], store_env, data).returncode == 2
         missing = _cli(["verify", "--store", "--public-key", str(tmp_path / "no")], store_env, data)
         assert missing.returncode == 2

@@ -12,6 +12,7 @@ Skipped only when ``node`` is missing outside CI; in CI (``CI=true``) a missing 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ from services.ledger.audit import (
     ExportStats,
     chain_step,
     export_jsonl,
+    key_id,
     read_checkpoints_file,
     verify_export,
 )
@@ -162,7 +164,7 @@ def run_node(node: str, export: Path, public_key: Path, *extra: str) -> tuple[in
         timeout=120,
         check=False,
     )
-    assert done.returncode in {0, 1}, (done.returncode, done.stdout, done.stderr)
+    assert done.returncode in {0, 1, 3}, (done.returncode, done.stdout, done.stderr)
     report: dict[str, Any] = json.loads(done.stdout)
     return done.returncode, report
 
@@ -291,14 +293,53 @@ def _witness(exported: Exported) -> list[Checkpoint]:
     return read_checkpoints_file(exported.witness)
 
 
-def test_the_independent_verifier_refuses_another_key(
+def test_another_key_is_named_as_such_by_both_verifiers(
     node: str, exported: Exported, tmp_path: Path
 ) -> None:
+    """A valid key that is not the ledger's: neither tampering nor clean, its own answer."""
+    other_key = Ed25519PrivateKey.generate()
     other = tmp_path / "other.pub"
-    other.write_bytes(public_key_pem(public_key_bytes(Ed25519PrivateKey.generate())))
-    code, report = run_node(node, exported.path, other)
-    assert code == 1
-    assert report["divergence"]["kind"] == "bad_signature"
+    other.write_bytes(public_key_pem(public_key_bytes(other_key)))
+    ledger_id = json.loads(exported.witness.read_text().splitlines()[0])["key_id"]
+    given_id = key_id(public_key_bytes(other_key))
+    for extra in ((), ("--checkpoints", str(exported.witness))):
+        code, report = run_node(node, exported.path, other, *extra)
+        assert code == 3, report
+        assert report["divergence"]["kind"] == "wrong_key"
+        assert (
+            f"sealed with key {ledger_id}; the given public key is {given_id}"
+            in (report["divergence"]["detail"])
+        )
+    witness = _witness(exported)
+    for checkpoints in (None, witness):
+        python = verify_export(exported.path, public_key_bytes(other_key), checkpoints)
+        assert python.divergence is not None
+        assert python.divergence.kind == "wrong_key"
+        assert f"sealed with key {ledger_id}; the given public key is {given_id}" in (
+            python.divergence.detail
+        )
+
+
+def test_a_seal_made_with_another_key_among_the_ledgers_is_tampering(
+    node: str, exported: Exported, tmp_path: Path
+) -> None:
+    """The newest event re-sealed by someone else (their key and its id): the ledger's key
+    still signs the rest, so this is a forgery, not a wrong key."""
+    forger = Ed25519PrivateKey.generate()
+    lines = exported.path.read_bytes().split(b"\n")
+    index = _event_lines(lines)[-1]
+    record = json.loads(lines[index])
+    signature = forger.sign(f"incidentledger.seal.v1:{record['hash']}".encode("ascii"))
+    forged = f"{key_id(public_key_bytes(forger))}:{base64.b64encode(signature).decode('ascii')}"
+    lines[index] = lines[index].replace(record["seal"].encode(), forged.encode())
+    tampered = tmp_path / "forged-seal.jsonl"
+    tampered.write_bytes(b"\n".join(lines))
+    code, report = run_node(node, tampered, exported.public_key)
+    assert code == 1, report
+    assert report["divergence"]["kind"] == "modified", report
+    python = verify_export(tampered, _public_bytes(exported)).divergence
+    assert python is not None
+    assert (python.kind, python.position) == ("modified", int(record["position"]))
 
 
 def _public_bytes(exported: Exported) -> bytes:

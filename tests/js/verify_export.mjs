@@ -7,7 +7,8 @@
 //   KEY: the ledger's Ed25519 public key, PEM (SubjectPublicKeyInfo) or base64 of 32 bytes.
 //   WITNESS.jsonl: a witness's checkpoints, one published checkpoint object a line.
 // Prints one JSON object and exits 0 when the file verifies, 1 on the first failure (with its
-// kind, line, position, incident, version and detail), 2 on a usage or input error. A clean
+// kind, line, position, incident, version and detail), 2 on a usage or input error, 3 when the
+// file was sealed with another key than the one given (kind wrong_key). A clean
 // report names the header's range and the checkpoints after it (not checked: section 8).
 // The section numbers in the comments are those of docs/hash-chain.md.
 
@@ -400,6 +401,47 @@ function envelopeDifference(record, expected) {
   return null;
 }
 
+// ----------------------------------------------------------------- the key (section 8)
+
+// Section 4: the key id, the first 16 hexadecimal digits of SHA-256 of the raw public key.
+function keyIdOf(publicKey) {
+  const spki = publicKey.export({ format: "der", type: "spki" });
+  return sha256(spki.subarray(spki.length - 32)).slice(0, 16);
+}
+
+// The wrong_key outcome: no checkpoint of the file or the witness verifies with the given key,
+// and no seal or checkpoint names its id, while some name another. Null when the key may be
+// the ledger's (then every signature is checked as section 8 says).
+function wrongKey(lines, publicKey, witness) {
+  const given = keyIdOf(publicKey);
+  const named = new Set();
+  const checkpoints = [...witness];
+  for (const raw of lines.slice(1)) {
+    let record;
+    try {
+      record = parseJson(raw);
+    } catch {
+      continue; // unreadable: the verification names it
+    }
+    if (record === null || typeof record !== "object") continue;
+    if (record.record === "checkpoint") {
+      try {
+        checkpoints.push(parseCheckpoint(record));
+      } catch {
+        // malformed: the verification names it
+      }
+    } else if (typeof record.seal === "string" && record.seal !== "") {
+      named.add(record.seal.split(":", 1)[0]);
+    }
+  }
+  for (const cp of checkpoints) {
+    if (checkpointSigned(publicKey, cp)) return null;
+    if (typeof cp.keyId === "string" && cp.keyId !== "") named.add(cp.keyId);
+  }
+  if (named.size === 0 || named.has(given)) return null;
+  return `the history was sealed with key ${[...named].sort().join(", ")}; the given public key is ${given}`;
+}
+
 // ----------------------------------------------------------------- verification (section 8)
 
 function verify(lines, publicKey, witness) {
@@ -630,6 +672,8 @@ function main(argv) {
     return { ok: false, divergence: { kind: "modified", detail: "the file is not valid UTF-8" } };
   }
   try {
+    const wrong = wrongKey(lines, publicKey, witness);
+    if (wrong !== null) return { ok: false, divergence: { kind: "wrong_key", detail: wrong } };
     return verify(lines, publicKey, witness);
   } catch (error) {
     if (!(error instanceof Failure)) throw error;
@@ -640,7 +684,7 @@ function main(argv) {
 try {
   const report = main(process.argv.slice(2));
   process.stdout.write(`${JSON.stringify(report)}\n`);
-  process.exitCode = report.ok ? 0 : 1;
+  process.exitCode = report.ok ? 0 : report.divergence.kind === "wrong_key" ? 3 : 1;
 } catch (error) {
   process.stdout.write(`${JSON.stringify({ ok: false, error: error.message })}\n`);
   process.exitCode = 2;

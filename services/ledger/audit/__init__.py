@@ -49,9 +49,11 @@ first missing version and the position of the event after the hole), ``inserted`
 event that does not belong: a forged version, or more events than a checkpoint
 counts), ``reordered`` (events out of their order or in each other's place: named is
 the first event out of place), ``truncated`` (the log ends before a checkpoint's
-position: named is the checkpoint's position) and ``bad_signature`` (a checkpoint not
-signed by the given key). A change to the latest event of an incident, or a deletion
-of one, has no successor that names it; the next checkpoint catches it, and the
+position: named is the checkpoint's position), ``bad_signature`` (a checkpoint not
+signed by the given key) and ``wrong_key`` (the given key is not the one the history was
+sealed with: no checkpoint verifies with it and no seal or checkpoint names it). A
+change to the latest event of an incident, or a deletion of one, has no successor that
+names it; the next checkpoint catches it, and the
 divergence names the checkpoint's position. Events recorded after the last
 checkpoint are protected by their incident chains only until the next checkpoint.
 Memory grows with the number of incidents (a few hundred bytes each), not with the

@@ -1,6 +1,8 @@
 """Audit commands: ``python -m services.ledger.audit export|verify|checkpoint|sweep-evidence``.
 
-Exit codes: 0 clean, 1 a divergence was found, 2 a usage or configuration error.
+Exit codes: 0 clean, 1 a divergence was found, 2 a usage or configuration error, 3 the
+history was sealed with another key than the one given (``wrong_key``: nothing could be
+checked against that key; not evidence of tampering on its own).
 The store comes from the ledger's settings (``LedgerSettings.from_env``).
 """
 
@@ -103,7 +105,7 @@ def _report(report: VerifyReport, seconds: float) -> int:
         **values,
         **{f"divergence_{k}": v for k, v in divergence.items()},
     )
-    return 1
+    return 3 if report.divergence.kind == "wrong_key" else 1
 
 
 def _verify_evidence(settings: LedgerSettings, ledger: Ledger) -> int:

@@ -15,9 +15,11 @@ from typing import Any, Literal
 
 from services.ledger.audit.checkpoints import ChainState, Checkpoint
 from services.ledger.audit.encoding import GENESIS_HASH, body_hash, chain_step
-from services.ledger.seals import SealChecker
+from services.ledger.seals import SealChecker, key_id
 
-Kind = Literal["modified", "deleted", "inserted", "reordered", "truncated", "bad_signature"]
+Kind = Literal[
+    "modified", "deleted", "inserted", "reordered", "truncated", "bad_signature", "wrong_key"
+]
 _UNKNOWN = "?" * 64  # stands for the hash of an event that does not decode
 
 
@@ -132,6 +134,11 @@ class ChainVerifier:
     ) -> None:
         self.public_key = public_key
         self._seals = SealChecker(public_key)
+        # The key ids the seals and checkpoints name, and whether a checkpoint verified with
+        # the given key: when none did and none names it, the key is not the ledger's.
+        self._key_id = key_id(public_key)
+        self._named: set[str] = set()
+        self._key_verified = False
         self.state = start or ChainState(0, GENESIS_HASH, 0)
         self._start_position = self.state.position
         self._partial = partial
@@ -177,7 +184,11 @@ class ChainVerifier:
         if ident in self._seen:
             return
         self._seen.add(ident)
-        if not checkpoint.verify(self.public_key):
+        if checkpoint.key_id:
+            self._named.add(checkpoint.key_id)
+        if checkpoint.verify(self.public_key):
+            self._key_verified = True
+        else:
             self._found(
                 checkpoint.position,
                 0,
@@ -292,6 +303,8 @@ class ChainVerifier:
         ``seal`` (or a function that loads it) only for the newest event of an incident
         above the last valid checkpoint.
         """
+        if type(seal) is str:
+            self._named.add(seal.partition(":")[0])
         if position <= self._last:
             kind: Kind = "inserted" if position == self._last else "reordered"
             self._found(
@@ -526,6 +539,8 @@ class ChainVerifier:
             if track.pos <= self._covered or track.hash is None:
                 continue
             seal = track.seal() if callable(track.seal) else track.seal
+            if seal:
+                self._named.add(seal.partition(":")[0])
             problem = self._seals.problem(track.hash, seal)
             if problem is None:
                 continue
@@ -564,6 +579,9 @@ class ChainVerifier:
                     ),
                 )
         divergence = self._best.divergence if self._best else None
+        wrong_key = self._wrong_key()
+        if wrong_key is not None:
+            divergence = wrong_key
         return VerifyReport(
             ok=divergence is None,
             events=self.events,
@@ -573,6 +591,24 @@ class ChainVerifier:
             position=self._last,
             head=self._head,
             checkpoints_after=tuple(sorted(set(self._after))),
+        )
+
+    def _wrong_key(self) -> Divergence | None:
+        """The given key is not the one the history was sealed with: no checkpoint verifies
+        with it and no seal or checkpoint names it, while some name another key. Nothing
+        can be checked against that key, so this is the one answer (not tampering, which a
+        single forged seal among the ledger's own still is)."""
+        if self._key_verified or not self._named or self._key_id in self._named:
+            return None
+        others = ", ".join(sorted(self._named))
+        return Divergence(
+            "wrong_key",
+            None,
+            None,
+            None,
+            f"the history was sealed with key {others}; the given public key is "
+            f"{self._key_id}: none of its checkpoints verifies with it, and none of its seals "
+            "or checkpoints names it",
         )
 
     @property
