@@ -30,7 +30,9 @@ from services.ledger.audit import (
     Checkpoint,
     Checkpoints,
     ExportStats,
+    body_hash,
     chain_step,
+    envelope_from_body,
     export_jsonl,
     key_id,
     read_checkpoints_file,
@@ -216,23 +218,55 @@ def _cut(source: Path, target: Path, through: int, stop: int | None = None) -> P
     record made to agree, and its header's stop set to ``stop`` when given: what someone
     who removes the newest history and covers the traces writes (no signature involved)."""
     lines = source.read_bytes().splitlines()
-    header, count = json.loads(lines[0]), 0
+    header = json.loads(lines[0])
     if stop is not None:
         header["stop"] = stop
-    head, last = header["start_head"], header["start_position"]
     kept = [json.dumps(header).encode()]
-    for line in lines[1:-1]:
+    kept += [line for line in lines[1:-1] if int(json.loads(line)["position"]) <= through]
+    target.write_bytes(_with_end(kept))
+    return target
+
+
+def _with_end(lines: list[bytes]) -> bytes:
+    """The header and the event and checkpoint lines, and an end record that agrees."""
+    header, count = json.loads(lines[0]), 0
+    head, last = header["start_head"], header["start_position"]
+    for line in lines[1:]:
         record = json.loads(line)
-        if int(record["position"]) > through:
-            continue
-        kept.append(line)
         if "canonical" in record:
             head = chain_step(head, int(record["position"]), record["hash"])
             count, last = count + 1, int(record["position"])
     end = {"record": "end", "events": count, "last_position": last, "head": head}
-    kept.append(json.dumps(end).encode())
-    target.write_bytes(b"\n".join(kept) + b"\n")
-    return target
+    return b"\n".join([*lines, json.dumps(end).encode()]) + b"\n"
+
+
+def test_a_forged_event_under_a_checkpoint_is_named_by_the_checkpoint_in_both(
+    node: str, exported: Exported, tmp_path: Path
+) -> None:
+    """The event at the second checkpoint's position, the newest of its incident, rewritten
+    with its hash, envelope and the end record recomputed: the checkpoint, passed while
+    reading, is the first divergence; the seals come at the end (section 8)."""
+    lines = exported.path.read_bytes().splitlines()
+    index = next(
+        i for i in _event_lines(lines) if json.loads(lines[i])["position"] == str(exported.second)
+    )
+    record = json.loads(lines[index])
+    body = record["canonical"]
+    body["reason"] = "forged " + body["reason"]
+    forged = envelope_from_body(body, exported.second, body_hash(body), record["seal"])
+    lines[index] = json.dumps({**forged, "canonical": body}, ensure_ascii=False).encode()
+    tampered = tmp_path / "forged.jsonl"
+    tampered.write_bytes(_with_end(lines[:-1]))
+    code, report = run_node(node, tampered, exported.public_key)
+    assert code == 1, report
+    divergence = report["divergence"]
+    assert (divergence["kind"], divergence["position"]) == ("modified", str(exported.second))
+    assert "differs from the signed checkpoint" in divergence["detail"]
+    python = verify_export(tampered, _public_bytes(exported))
+    assert python.divergence is not None
+    assert (python.divergence.kind, python.divergence.position) == ("modified", exported.second)
+    assert "differs from the signed checkpoint" in python.divergence.detail
+    assert python.checkpoints_checked == 1  # the first checkpoint, before the forged event
 
 
 def test_checkpoints_after_an_exports_range_are_listed_not_checked(

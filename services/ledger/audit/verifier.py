@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from services.ledger.audit.checkpoints import ChainState, Checkpoint
@@ -155,6 +155,9 @@ class ChainVerifier:
         self.events = 0
         self.checkpoints_checked = 0
         self._best: _Found | None = None
+        # The first seal that fails, reported only when nothing else is (see _seals_last).
+        self._seal_best: _Found | None = None
+        self._head_differs: dict[int, Divergence] = {}  # by checkpoint position
         self._seq = itertools.count()
         self._pending: list[tuple[int, int, Checkpoint]] = []
         self._seen: set[tuple[int, bytes]] = set()
@@ -269,7 +272,7 @@ class ChainVerifier:
                 f"{n} found, the checkpoint counts {cp.events}",
             )
         elif head != cp.head:
-            divergence = Divergence(
+            divergence = self._head_differs[cp.position] = Divergence(
                 "modified",
                 None,
                 None,
@@ -530,6 +533,26 @@ class ChainVerifier:
 
     # ------------------------------------------------------------ the end
 
+    def _seals_last(self) -> None:
+        """Name the event whose seal fails in a checkpoint's report of a changed head.
+
+        Seals are checked at the end, after everything met while reading the feed (the
+        order of docs/hash-chain.md, section 8, which the export's other verifiers follow),
+        so a checkpoint whose head differs is the first divergence even when the seal of
+        the event that changed fails as well; its detail says which event that is."""
+        best, seal = self._best, self._seal_best
+        if best is None or seal is None:
+            return
+        position = best.divergence.position
+        if position is None or self._head_differs.get(position) is not best.divergence:
+            return
+        named = seal.divergence
+        if named.position is None or named.position > position:
+            return
+        detail = f"{best.divergence.detail}; {named.incident}, position {named.position}: "
+        detail += named.detail
+        best.divergence = replace(best.divergence, detail=detail)
+
     def _check_seals(self) -> None:
         """Each incident's newest event above the last valid checkpoint must carry the
         ledger's seal over its hash: the hash chain vouches for the events below it, a
@@ -545,22 +568,22 @@ class ChainVerifier:
             if problem is None:
                 continue
             version = track.next - 1
-            self._found(
+            divergence = Divergence(
+                "modified",
+                _name(incident),
+                version,
                 track.pos,
-                0,
-                Divergence(
-                    "modified",
-                    _name(incident),
-                    version,
-                    track.pos,
-                    f"the newest event of its incident (version {version}, after the last "
-                    f"checkpoint) was changed or forged: {problem}",
-                ),
+                f"the newest event of its incident (version {version}, after the last "
+                f"checkpoint) was changed or forged: {problem}",
             )
+            found = _Found((track.pos, 0, next(self._seq)), divergence)
+            if self._seal_best is None or found < self._seal_best:
+                self._seal_best = found
 
     def finish(self) -> VerifyReport:
         self._pass(None)
         self._check_seals()
+        self._seals_last()
         for incident in sorted(self._suspects):
             self._settle(incident, self._incidents[incident])
         for incident, gaps in self._gaps.items():
@@ -578,6 +601,8 @@ class ChainVerifier:
                         f"at position {gap.position} follows version {first - 1}",
                     ),
                 )
+        if self._best is None:  # the seals come last (docs/hash-chain.md, section 8)
+            self._best = self._seal_best
         divergence = self._best.divergence if self._best else None
         wrong_key = self._wrong_key()
         if wrong_key is not None:
