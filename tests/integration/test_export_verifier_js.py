@@ -323,6 +323,41 @@ def test_a_cut_export_is_truncated_within_its_range_and_shows_a_moved_stop(
     assert (python_report.stop, python_report.checkpoints_after) == (through, (exported.second,))
 
 
+def test_a_deleted_and_a_reordered_event_are_named_on_the_same_line_by_both(
+    node: str, exported: Exported, tmp_path: Path
+) -> None:
+    """After the last checkpoint (no count to compare): a middle event of an incident taken
+    out, and two events of incidents with nothing after them swapped. The line is the
+    file's, counted from 1 for the header."""
+    lines = exported.path.read_bytes().split(b"\n")
+    events = [i for i in _event_lines(lines) if i > _checkpoint_lines(lines)[-1]]
+    incident = {i: json.loads(lines[i])["incident"] for i in events}
+    later = {i: [j for j in events if j > i and incident[j] == incident[i]] for i in events}
+    # A middle event: its incident goes on; the next event of it shows the hole.
+    gone = next(
+        i for i in events if later[i] and any(incident[j] == incident[i] for j in events if j < i)
+    )
+    deleted = tmp_path / "deleted.jsonl"
+    deleted.write_bytes(b"\n".join(lines[:gone] + lines[gone + 1 :]))
+    shown = later[gone][0]  # its index in the original; one line up in the new file
+    # Two neighbours of other incidents, the first the last of its own: swapped, it comes
+    # second and is out of order, with nothing after it to miss it.
+    first = next(
+        i for i in events if i + 1 in incident and incident[i] != incident[i + 1] and not later[i]
+    )
+    swapped = list(lines)
+    swapped[first], swapped[first + 1] = lines[first + 1], lines[first]
+    reordered = tmp_path / "reordered.jsonl"
+    reordered.write_bytes(b"\n".join(swapped))
+    for path, kind, index in ((deleted, "deleted", shown - 1), (reordered, "reordered", first + 1)):
+        code, report = run_node(node, path, exported.public_key)
+        assert code == 1, report
+        assert (report["divergence"]["kind"], report["divergence"]["line"]) == (kind, index + 1)
+        python = verify_export(path, _public_bytes(exported)).divergence
+        assert python is not None
+        assert (python.kind, python.line) == (kind, index + 1), python
+
+
 def _witness(exported: Exported) -> list[Checkpoint]:
     return read_checkpoints_file(exported.witness)
 

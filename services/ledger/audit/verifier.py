@@ -32,6 +32,7 @@ class Divergence:
     version: int | None
     position: int | None
     detail: str
+    line: int | None = None  # the export's line that shows it (none for the store)
 
     def to_log(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,13 +68,14 @@ Seal = str | None | Callable[[], str | None]
 class _Track:
     """What the verifier remembers of one incident (a few hundred bytes)."""
 
-    __slots__ = ("hash", "next", "pos", "prev_hash", "seal", "suspect")
+    __slots__ = ("hash", "line", "next", "pos", "prev_hash", "seal", "suspect")
 
     def __init__(self, next_version: int, head: str | None) -> None:
         self.next = next_version
         self.hash: str | None = head  # hash of the latest event; None = unknown
         self.prev_hash: str | None = None  # hash of the one before it
         self.pos = 0  # position of the latest event
+        self.line: int | None = None  # and its line in an export
         self.seal: Seal = None  # the latest event's seal
         self.suspect: _Suspect | None = None
 
@@ -87,6 +89,8 @@ class _Suspect:
     previous_hash: str
     before_position: int
     identity: dict[str, Any]  # the row's type and schema version (the topic stays with a row)
+    line: int | None = None  # the lines of the two events in an export
+    before_line: int | None = None
 
 
 @dataclass
@@ -100,6 +104,8 @@ class _Gap:
     body: Body
     ph_after: str
     hash_before: str | None
+    line: int | None = None  # the lines of the two events in an export
+    before_line: int | None = None
 
 
 @dataclass(order=True)
@@ -164,13 +170,18 @@ class ChainVerifier:
         self._feed = iter(checkpoints)
         self._feed_next: Checkpoint | None = next(self._feed, None)
         self._prev_checked = self._start_position
+        self._line: int | None = None  # the line of the event being added, in an export
         # Up to here a valid checkpoint vouches for the log; above it, each incident's
         # newest seal does (see services/ledger/seals.py).
         self._covered = 0
 
     # ------------------------------------------------------------ divergences
 
-    def _found(self, key_position: int, rank: int, divergence: Divergence) -> None:
+    def _found(
+        self, key_position: int, rank: int, divergence: Divergence, line: int | None = None
+    ) -> None:
+        if line is not None and divergence.line is None:
+            divergence = replace(divergence, line=line)
         found = _Found((key_position, rank, next(self._seq)), divergence)
         if self._best is None or found < self._best:
             self._best = found
@@ -181,8 +192,9 @@ class ChainVerifier:
 
     # ------------------------------------------------------------ checkpoints
 
-    def offer_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """A checkpoint to check when the feed passes its position."""
+    def offer_checkpoint(self, checkpoint: Checkpoint, line: int | None = None) -> None:
+        """A checkpoint (on ``line`` of an export) to check when the feed passes its
+        position."""
         ident = (checkpoint.position, checkpoint.signature)
         if ident in self._seen:
             return
@@ -203,6 +215,7 @@ class ChainVerifier:
                     f"the checkpoint at position {checkpoint.position} (key {checkpoint.key_id}) "
                     "is not validly signed by the given public key",
                 ),
+                line,
             )
             return
         if checkpoint.position < self._start_position:
@@ -222,6 +235,7 @@ class ChainVerifier:
                     f"the checkpoint at position {checkpoint.position} comes after the event at "
                     f"position {self._last}",
                 ),
+                line,
             )
             return
         heapq.heappush(self._pending, (checkpoint.position, next(self._seq), checkpoint))
@@ -285,7 +299,7 @@ class ChainVerifier:
             self.checkpoints_checked += 1
             self._covered = max(self._covered, cp.position)
             return
-        self._found(cp.position, 1, divergence)
+        self._found(cp.position, 1, divergence, self._line)
 
     # ------------------------------------------------------------ events
 
@@ -299,6 +313,7 @@ class ChainVerifier:
         body: Body | None,
         problem: str | None = None,
         seal: Seal = None,
+        line: int | None = None,
     ) -> None:
         """One incident event, in log order; ``problem`` when it does not decode.
 
@@ -308,6 +323,7 @@ class ChainVerifier:
         """
         if type(seal) is str:
             self._named.add(seal.partition(":")[0])
+        self._line = line
         if position <= self._last:
             kind: Kind = "inserted" if position == self._last else "reordered"
             self._found(
@@ -320,6 +336,7 @@ class ChainVerifier:
                     position,
                     f"position {position} comes after position {self._last}",
                 ),
+                line,
             )
             return
         self._pass(position)
@@ -345,10 +362,12 @@ class ChainVerifier:
                     position,
                     problem or "the event does not decode",
                 ),
+                line,
             )
             if version >= track.next:
                 self._settle(incident, track)
                 track.prev_hash, track.hash, track.pos = track.hash, None, position
+                track.line = line
                 track.next, track.seal = version + 1, None
             return
         if version > track.next:
@@ -359,6 +378,7 @@ class ChainVerifier:
         else:
             self._link(incident, track, position, version, previous_hash, body)
             track.prev_hash, track.hash, track.pos = track.hash, digest, position
+            track.line = line
             track.next, track.seal = version + 1, seal
 
     def _gap(
@@ -380,9 +400,12 @@ class ChainVerifier:
             body,
             previous_hash,
             track.hash,
+            self._line,
+            track.line,
         )
         self._gaps.setdefault(incident, []).append(gap)
         track.prev_hash, track.hash, track.pos = track.hash, digest, position
+        track.line = self._line
         track.next = version + 1
 
     def _late(
@@ -401,6 +424,7 @@ class ChainVerifier:
                     position,
                     f"version {version} of the incident appears a second time",
                 ),
+                self._line,
             )
             return
         gap.missing.discard(version)
@@ -422,6 +446,7 @@ class ChainVerifier:
                     f"version {gap.version} is at position {gap.position}, before version "
                     f"{version} at position {position}",
                 ),
+                gap.line,
             )
             return
         self._found(
@@ -436,6 +461,7 @@ class ChainVerifier:
                 f"version {gap.version} at position {gap.position} links straight to the event "
                 "before it (the versions after the forged event were renumbered)",
             ),
+            self._line,
         )
 
     def _link(
@@ -471,9 +497,10 @@ class ChainVerifier:
                         f"versions {sv} (position {suspect.position}) and {version} (position "
                         f"{position}) hold each other's events",
                     ),
+                    suspect.line,
                 )
             elif track.prev_hash is not None and previous_hash == track.prev_hash:
-                self._inserted(name, sv, suspect.position, version)
+                self._inserted(name, sv, suspect.position, version, suspect.line)
             else:
                 self._found(
                     suspect.position,
@@ -486,17 +513,22 @@ class ChainVerifier:
                         f"its previous_hash no longer links to version {sv - 1}, and version "
                         f"{version} no longer links to it",
                     ),
+                    suspect.line,
                 )
         elif not link_ok:
             if track.prev_hash is not None and previous_hash == track.prev_hash:
-                self._inserted(name, version - 1, track.pos, version)
+                self._inserted(name, version - 1, track.pos, version, track.line)
             else:
                 loaded = _loaded(body)
                 identity = {"type": loaded["type"], "schema_version": loaded["schema_version"]}
-                track.suspect = _Suspect(version, position, previous_hash, track.pos, identity)
+                track.suspect = _Suspect(
+                    version, position, previous_hash, track.pos, identity, self._line, track.line
+                )
                 self._suspects.add(incident)
 
-    def _inserted(self, name: str, version: int, position: int, successor: int) -> None:
+    def _inserted(
+        self, name: str, version: int, position: int, successor: int, line: int | None
+    ) -> None:
         self._found(
             position,
             0,
@@ -508,6 +540,7 @@ class ChainVerifier:
                 f"version {successor} links to version {version - 1}: version {version} at "
                 f"position {position} was put between them",
             ),
+            line,
         )
 
     def _modified_before(self, incident: str, suspect: _Suspect) -> None:
@@ -522,6 +555,7 @@ class ChainVerifier:
                 f"its content changed: its hash no longer matches the previous_hash recorded "
                 f"by version {suspect.version} (position {suspect.position})",
             ),
+            suspect.before_line,
         )
 
     def _settle(self, incident: str, track: _Track) -> None:
@@ -575,12 +609,14 @@ class ChainVerifier:
                 track.pos,
                 f"the newest event of its incident (version {version}, after the last "
                 f"checkpoint) was changed or forged: {problem}",
+                track.line,
             )
             found = _Found((track.pos, 0, next(self._seq)), divergence)
             if self._seal_best is None or found < self._seal_best:
                 self._seal_best = found
 
     def finish(self) -> VerifyReport:
+        self._line = None  # what the end finds is shown by no one line
         self._pass(None)
         self._check_seals()
         self._seals_last()
@@ -600,6 +636,7 @@ class ChainVerifier:
                         f"version(s) {_ranges(gap.missing)} are missing: version {gap.version} "
                         f"at position {gap.position} follows version {first - 1}",
                     ),
+                    gap.line,
                 )
         if self._best is None:  # the seals come last (docs/hash-chain.md, section 8)
             self._best = self._seal_best

@@ -139,7 +139,7 @@ class _LineFeed:
         kind = record.get("record")
         if kind == "checkpoint":
             try:
-                verifier.offer_checkpoint(Checkpoint.from_json(record))
+                verifier.offer_checkpoint(Checkpoint.from_json(record), number)
             except ValueError as exc:
                 verifier.found(where, _unreadable(number, where, str(exc)))
             return True
@@ -153,7 +153,9 @@ class _LineFeed:
             return True
         self.verifier.found(
             self.verifier.last_position,
-            Divergence("inserted", None, None, None, f"line {number} follows the end record"),
+            Divergence(
+                "inserted", None, None, None, f"line {number} follows the end record", number
+            ),
         )
         return False
 
@@ -167,11 +169,12 @@ class _LineFeed:
             verifier.found(where, _unreadable(number, where, f"not an event line ({checked})"))
             return True
         incident, version, position, previous_hash, digest, problem, seal = checked
-        verifier.add(position, incident, version, previous_hash, digest, body, None, seal)
+        verifier.add(position, incident, version, previous_hash, digest, body, None, seal, number)
         if problem is not None:
             detail = f"line {number}: {_PROBLEMS[problem]}"
             verifier.found(
-                position, Divergence("modified", f"incidents/{incident}", version, position, detail)
+                position,
+                Divergence("modified", f"incidents/{incident}", version, position, detail, number),
             )
         return True
 
@@ -183,6 +186,7 @@ def _unreadable(number: int, where: int, error: str) -> Divergence:
         None,
         None,
         f"line {number} (after position {where}) is unreadable: {error}",
+        number,
     )
 
 
