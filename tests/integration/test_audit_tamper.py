@@ -579,6 +579,28 @@ def test_a_partial_export_verifies_from_its_start(store: Store, tmp_path: Path) 
     assert report.checkpoints_checked >= 1
 
 
+def test_an_exports_stop_is_the_last_position_it_covers(store: Store, tmp_path: Path) -> None:
+    """With or without --to, the header's stop is the last position the file covers: a
+    range asked beyond the log's end ends where the log did, so that a checkpoint made
+    later is after the export, not missing from it."""
+    last = store.ledger.recorder.max_notification_id() or 0
+    beyond, whole = tmp_path / "beyond.jsonl", tmp_path / "whole.jsonl"
+    export_jsonl(store.ledger, beyond, 0, last + 1000)
+    export_jsonl(store.ledger, whole)
+    for path in (beyond, whole):
+        header = json.loads(path.read_bytes().split(b"\n", 1)[0])
+        assert (header["start"], header["stop"]) == (0, last)
+    build_history(store.ledger, extra=0)
+    later = store.checkpoints.create()
+    assert last < later.position < last + 1000
+    for path in (beyond, whole):
+        report = verify_file(path, [later])
+        assert report.ok, report.divergence
+        assert report.checkpoints_after == (later.position,)
+    with pytest.raises(ValueError, match="the range is empty"):
+        export_jsonl(store.ledger, tmp_path / "empty.jsonl", 20, 10)
+
+
 def test_an_export_encoded_by_worker_processes_is_the_same_file(
     store: Store, tmp_path: Path
 ) -> None:
@@ -660,6 +682,17 @@ def test_the_command_line_checkpoints_exports_and_verifies(tmp_path: Path) -> No
             assert clean.returncode == 0, clean.stdout + clean.stderr
             report = next(e for e in _events(clean) if e["event"] == "audit.verify.clean")
             assert report["checkpoints_checked"] >= 1
+        # Ranges that hold nothing are usage errors, and no file is written.
+        for bounds, says in (
+            (["--from", "50", "--to", "20"], "--from 50 is after --to 20"),
+            (["--from", "-5"], "a position is not negative: -5"),
+            (["--from", "100000"], "nothing to export from position 100000"),
+        ):
+            empty = tmp_path / "empty.jsonl"
+            refused = _cli(["export", "--out", str(empty), *bounds], store_env, data)
+            assert refused.returncode == 2, (bounds, refused.stdout + refused.stderr)
+            assert says in refused.stdout + refused.stderr
+            assert not empty.exists()
         # A range that ends before the witness's checkpoint: clean, the checkpoint shown.
         ranged = tmp_path / "ranged.jsonl"
         to = str(line["position"] - 1)

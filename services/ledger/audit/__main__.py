@@ -43,8 +43,16 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     export = commands.add_parser("export", help="write the incident events as JSON Lines")
     export.add_argument("--out", type=Path, required=True, help="the file to write")
-    export.add_argument("--from", dest="start", type=int, default=0, help="first position")
-    export.add_argument("--to", dest="stop", type=int, default=None, help="last position")
+    export.add_argument(
+        "--from", dest="start", type=_position, default=0, help="first position (default 0)"
+    )
+    export.add_argument(
+        "--to",
+        dest="stop",
+        type=_position,
+        default=None,
+        help="last position, included (default: the log's last position)",
+    )
     verify = commands.add_parser("verify", help="verify the store or an export file")
     source = verify.add_mutually_exclusive_group(required=True)
     source.add_argument("--store", action="store_true", help="the ledger's configured store")
@@ -70,6 +78,17 @@ def _parser() -> argparse.ArgumentParser:
         help="only objects stored longer ago than this (default 60)",
     )
     return parser
+
+
+def _position(text: str) -> int:
+    """A position of the log, as --from and --to take it."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a position: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a position is not negative: {value}")
+    return value
 
 
 def _open_ledger(settings: LedgerSettings) -> Ledger:
@@ -148,7 +167,10 @@ def _sweep_evidence(settings: LedgerSettings, ledger: Ledger, grace_minutes: flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "export" and args.stop is not None and args.stop < args.start:
+        parser.error(f"--from {args.start} is after --to {args.stop}: the range is empty")
     favour_reading_thread()  # this process reads the history: nothing else waits on it
     try:
         settings = LedgerSettings.from_env()

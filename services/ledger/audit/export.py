@@ -70,6 +70,11 @@ def export_jsonl(
 ) -> ExportStats:
     """Write the incident events with ``start <= position <= stop`` as JSON Lines.
 
+    ``stop`` is the last position of the range, and the log's last position bounds it: the
+    header's ``stop`` is the last position the file covers (with or without ``stop``), so
+    that a checkpoint made after the export is never taken for one the file should reach.
+    A range that starts after the log's end, or ends before it starts, is a ValueError.
+
     Lines: a header, one line per event (its ``IncidentEvent`` envelope plus the
     ``canonical`` body that was hashed), after each event the stored checkpoints at
     its position, and an end record (see the package documentation).
@@ -80,8 +85,13 @@ def export_jsonl(
     """
     decoder = RawDecoder(ledger.mapper)
     recorder = ledger.recorder
-    if stop is None:  # a fixed end, so that checkpoints made meanwhile stay outside
-        stop = recorder.max_notification_id() or 0
+    if start < 0 or (stop is not None and stop < start):
+        raise ValueError(f"no positions from {start} to {stop}: the range is empty")
+    # A fixed end, so that events and checkpoints made meanwhile stay outside.
+    last = recorder.max_notification_id() or 0
+    if start > max(last, 1):
+        raise ValueError(f"nothing to export from position {start}: the log ends at {last}")
+    stop = last if stop is None else min(stop, last)
     database = open_database(ledger.env)
     try:
         base = _start_state(ledger, decoder, database, start)
