@@ -735,6 +735,14 @@ def test_the_command_line_checkpoints_exports_and_verifies(tmp_path: Path) -> No
         assert production.returncode == 2
 
 
+def test_the_command_line_calls_itself_ledger_audit(tmp_path: Path) -> None:
+    shown = _cli(["--help"], {}, tmp_path / "data")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("usage: ledger-audit "), shown.stdout
+    export = _cli(["export", "--help"], {}, tmp_path / "data")
+    assert export.stdout.startswith("usage: ledger-audit export "), export.stdout
+
+
 def test_postgres_is_reachable_or_skipped() -> None:
     # Keeps psycopg imported for the type checker when PostgreSQL tests are skipped.
     assert psycopg.__version__

@@ -1,4 +1,5 @@
-"""Audit commands: ``python -m services.ledger.audit export|verify|checkpoint|sweep-evidence``.
+"""Audit commands: ``ledger-audit export|verify|checkpoint|sweep-evidence`` (``python -m
+services.ledger.audit``).
 
 Exit codes: 0 clean, 1 a divergence was found, 2 a usage or configuration error, 3 the
 history was sealed with another key than the one given (``wrong_key``: nothing could be
@@ -39,7 +40,7 @@ log = structlog.get_logger("services.ledger.audit")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m services.ledger.audit")
+    parser = argparse.ArgumentParser(prog="ledger-audit")
     commands = parser.add_subparsers(dest="command", required=True)
     export = commands.add_parser("export", help="write the incident events as JSON Lines")
     export.add_argument("--out", type=Path, required=True, help="the file to write")

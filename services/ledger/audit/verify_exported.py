@@ -69,7 +69,7 @@ def _verify_lines(
         raise ExportFormatError(
             "not a ledger export: the first line is an event, not the export's header (a "
             "replay file such as `ledgerctl audit export` writes holds no chain state or "
-            "checkpoints; make a verifiable export with `python -m services.ledger.audit export`)"
+            "checkpoints; make a verifiable export with `ledger-audit export`)"
         )
     if not isinstance(header, dict) or header.get("record") != "header":
         raise ExportFormatError("not a ledger export: the first line is not its header")
