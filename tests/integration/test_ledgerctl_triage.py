@@ -17,6 +17,7 @@ from incidentledger_client import (
     TriageOutcome,
     VersionConflict,
 )
+from services.ledger.domain.refcodes import check_character
 from tests.ledgerctl_support import Ctl
 from tests.support import Client
 
@@ -147,7 +148,48 @@ def test_ledgerctl_triage_refuses_what_it_cannot_send(ctl: Ctl) -> None:
         (("triage", "reject", name), "--reason"),
         (("triage", "assign-lead", name), "--lead"),
         (("triage", "approve", name), "ACTION"),
-        (("triage", "verify", f"{name}@x"), "INCIDENT"),
     ):
         code, _out, err = ctl.run("desk_pilkada", *args)
         assert code == 2 and hint in err, (args, err)
+
+
+def test_ledgerctl_triage_sends_every_item_that_names_an_incident_and_says_which_do_not(
+    ctl: Ctl, tmp_path: Path
+) -> None:
+    names = [
+        ctl.json("kesbangpol", "report", f"Baliho {n}", "hoax", "ipuh")["incident"]
+        for n in range(2)
+    ]
+    code = ctl.json("kesbangpol", "show", names[0])["incident"]["reference"]
+    mistyped = code[:-1] + ("0" if code[-1] != "0" else "1")
+    unknown = "MKM-" + ("0000" if code[4:8] != "0000" else "1111") + "-0"
+    unknown += check_character(unknown[4:8] + "0")
+    bare = names[1].removeprefix("incidents/")
+    taken = {n.removeprefix("incidents/")[0] for n in names}
+    nowhere = next(c for c in "0123456789abcdef" if c not in taken) + "52b0d"
+    listing = tmp_path / "pagi.txt"
+    listing.write_text(f"# pagi\n{mistyped}\n\n{bare[:8]}\n{bare[:8]}@x\n")
+    exit_code, out, _err = ctl.run(
+        "desk_pilkada", "--json", "triage", "verify", code, unknown, nowhere, "-f", str(listing)
+    )
+    results = json.loads(out)
+    assert [(r["input"], r["line"], r["outcome"]) for r in results] == [
+        (code, None, "RECORDED"),
+        (unknown, None, "REFUSED"),
+        (nowhere, None, "INVALID"),
+        (mistyped, 2, "INVALID"),
+        (bare[:8], 4, "RECORDED"),
+        (f"{bare[:8]}@x", 5, "INVALID"),
+    ]
+    assert [r["incident"] for r in results] == [names[0], "", "", "", names[1], ""]
+    assert results[1]["error"]["code"] == "NOT_FOUND"
+    assert results[3]["error"]["reason"] == "REFERENCE_MISTYPED"
+    assert mistyped in results[3]["error"]["message"]
+    assert exit_code == 4, "not every item was recorded"
+    for name in names:
+        assert ctl.json("kesbangpol", "show", name)["incident"]["status"] == "VERIFIED"
+    # The table names each item that was not sent as typed, with its line in the file.
+    exit_code, out, _err = ctl.run("desk_pilkada", "triage", "verify", "-f", str(listing))
+    assert exit_code == 4
+    row = next(line for line in out.splitlines() if mistyped in line)
+    assert "invalid" in row and "line 2:" in row and "mistyped" in row, out

@@ -9,7 +9,13 @@ from datetime import datetime
 
 import typer
 
-from incidentledger_client import Incident, IncidentNotFound, LedgerClient
+from incidentledger_client import (
+    Incident,
+    IncidentNotFound,
+    InvalidArgument,
+    LedgerClient,
+    LedgerError,
+)
 from incidentledger_client.cli import config, names, times
 from incidentledger_client.cli.state import state
 from incidentledger_client.i18n import N_, _
@@ -38,6 +44,42 @@ def incident_name(ctx: typer.Context, value: str) -> str:
 
 def incident_names(ctx: typer.Context, values: Sequence[str]) -> list[str]:
     """:func:`incident_name` of each value, listing the incidents at most once."""
+    resolver = _resolver(ctx)
+    try:
+        return [resolver.resolve(value) for value in values]
+    except names.IncidentNameError as error:
+        raise typer.BadParameter(str(error), param_hint="INCIDENT") from None
+
+
+def each_incident_name(ctx: typer.Context, values: Sequence[str]) -> list[str | LedgerError]:
+    """:func:`incident_name` of each value on its own: the name, or the error that says why
+    the value names no incident (as typed). One typo in a batch then holds back only its own
+    item, and says which one it is. Errors that are not about the value (unreachable ledger,
+    refused token) still end the command."""
+    resolver = _resolver(ctx)
+    found: list[str | LedgerError] = []
+    for value in values:
+        try:
+            found.append(resolver.resolve(value))
+        except names.IncidentNameError as error:
+            found.append(InvalidArgument("INVALID_ARGUMENT", "INVALID_FIELD", str(error)))
+        except InvalidArgument as error:
+            if error.reason != "REFERENCE_MISTYPED":
+                raise
+            # The ledger's message names its lookup's request field ("reference: ..."), which
+            # the person never typed: said as the value they typed, in the run's language.
+            message = _(
+                "{code} is mistyped: a character is wrong or two are swapped (its check "
+                "character does not match)"
+            ).format(code=repr(value))
+            metadata = {k: v for k, v in error.metadata.items() if k != "field"}
+            found.append(InvalidArgument(error.code, error.reason, message, metadata, error.domain))
+        except IncidentNotFound as error:
+            found.append(error)
+    return found
+
+
+def _resolver(ctx: typer.Context) -> names.IncidentResolver:
     ledger = state(ctx).ledger()
     listed: list[Incident] = []
 
@@ -47,14 +89,10 @@ def incident_names(ctx: typer.Context, values: Sequence[str]) -> list[str]:
             listed.extend(ledger.list_incidents(page_size=1000))
         return listed
 
-    resolver = names.IncidentResolver(
+    return names.IncidentResolver(
         list_incidents=list_incidents,
         by_reference=lambda code: _by_reference(ledger, code),
     )
-    try:
-        return [resolver.resolve(value) for value in values]
-    except names.IncidentNameError as error:
-        raise typer.BadParameter(str(error), param_hint="INCIDENT") from None
 
 
 def _by_reference(ledger: LedgerClient, code: str) -> str:

@@ -206,14 +206,30 @@ TRIAGE_OUTCOMES = {
 TRIAGE_STYLE = {"RECORDED": "green", "DUPLICATE": "dim green", "REFUSED": "red", "INVALID": "red"}
 
 
-def triage_table(results: Sequence[TriageResult], references: dict[str, str]) -> Table:
-    """One line per triage item: the incident, its code, what became of it and why."""
-    table = Table(title=_("Triage ({count})").format(count=len(results)))
+@dataclasses.dataclass(frozen=True)
+class TriageLine:
+    """One incident of a triage as the person gave it, with what became of it."""
+
+    #: The incident as typed (``MKM-7QK3-9V@2``, ``0b6f12``).
+    text: str
+    #: Its line in the file, or None for an argument.
+    line: int | None
+    result: TriageResult
+    #: The incident's reference code, "" when not known.
+    reference: str = ""
+
+
+def triage_table(lines: Sequence[TriageLine]) -> Table:
+    """One line per triage item: the incident, its code, what became of it and why; an item
+    that names no incident shows what was typed, and one that was not recorded its line in
+    the file, so that a typo in a long file can be found."""
+    table = Table(title=_("Triage ({count})").format(count=len(lines)))
     id_column(table)
     table.add_column(_("reference"), no_wrap=True)
     table.add_column(_("outcome"))
     table.add_column(_("details"), overflow="fold")
-    for result in results:
+    for line in lines:
+        result = line.result
         outcome = result.outcome.value
         if result.result is not None:
             details = _("version {version}, position {position}").format(
@@ -221,23 +237,29 @@ def triage_table(results: Sequence[TriageResult], references: dict[str, str]) ->
             )
         elif result.error is not None:
             details = result.error.localized_message or result.error.message
+            if line.line is not None:
+                details = _("line {line}: {details}").format(line=line.line, details=details)
         else:
             details = "-"
         table.add_row(
-            short_id(result.name),
-            references.get(result.name) or "-",
+            short_id(result.name) if result.name else line.text,
+            line.reference or "-",
             Text(_(TRIAGE_OUTCOMES.get(outcome, outcome)), style=TRIAGE_STYLE.get(outcome, "")),
-            details,
+            Text(details),
         )
     return table
 
 
-def triage_json(result: TriageResult, reference: str) -> dict[str, Any]:
-    """A triage item's result as JSON: its error as code, reason, message and metadata."""
+def triage_json(line: TriageLine) -> dict[str, Any]:
+    """A triage item's result as JSON: what was typed and its line in the file (None for an
+    argument), its error as code, reason, message and metadata."""
+    result = line.result
     error = result.error
     return {
+        "input": line.text,
+        "line": line.line,
         "incident": result.name,
-        "reference": reference,
+        "reference": line.reference,
         "outcome": result.outcome.value,
         "result": to_jsonable(result.result),
         "error": None

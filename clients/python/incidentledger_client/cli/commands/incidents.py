@@ -4,13 +4,22 @@ read one incident or the list."""
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from incidentledger_client import LedgerClient, Location, PersonalData, new_request_id
+from incidentledger_client import (
+    InvalidArgument,
+    LedgerClient,
+    LedgerError,
+    Location,
+    NotFound,
+    PersonalData,
+    new_request_id,
+)
 from incidentledger_client.cli import output
 from incidentledger_client.cli.commands import group
 from incidentledger_client.cli.errors import EXIT_CONFLICT
@@ -20,8 +29,8 @@ from incidentledger_client.cli.inputs import (
     code,
     codes,
     desa_name,
+    each_incident_name,
     incident_name,
-    incident_names,
     maybe_code,
     moment,
     parse_person,
@@ -29,7 +38,13 @@ from incidentledger_client.cli.inputs import (
 from incidentledger_client.cli.names import REFERENCE_CODE
 from incidentledger_client.cli.state import state
 from incidentledger_client.i18n import _
-from incidentledger_client.types import CommandResult, TriageAction, TriageItem
+from incidentledger_client.types import (
+    CommandResult,
+    TriageAction,
+    TriageItem,
+    TriageOutcome,
+    TriageResult,
+)
 
 #: The incident commands at the top level (``ledgerctl report``, ...).
 app = typer.Typer()
@@ -659,31 +674,54 @@ TRIAGE_ACTIONS = ("verify", "reject", "assign-lead")
 REJECTION_REASONS = ("INVALID", "HOAX", "OUT_OF_SCOPE")
 
 
-def _triage_targets(values: list[str], file: Path | None) -> list[tuple[str, int]]:
-    """Each incident as typed (``INCIDENT`` or ``INCIDENT@VERSION``), from the arguments
-    then the file (one a line; blank lines and ``#`` comments skipped)."""
-    texts = list(values)
+@dataclass(frozen=True)
+class _Target:
+    """An incident of a triage as typed: ``INCIDENT`` or ``INCIDENT@VERSION``."""
+
+    text: str
+    #: Its line in the file, None for an argument.
+    line: int | None
+    name: str
+    version: int
+    #: Why the text cannot be sent (an expected version that is not a number), else "".
+    problem: str = ""
+
+
+def _triage_targets(values: list[str], file: Path | None) -> list[_Target]:
+    """Each incident as typed, from the arguments then the file (one a line; blank lines and
+    ``#`` comments skipped; each with its line, to find it again in a long file)."""
+    texts: list[tuple[str, int | None]] = [(value, None) for value in values]
     if file is not None:
         try:
             content = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
         except OSError as error:
             raise typer.BadParameter(str(error), param_hint="--file") from None
-        for line in content.splitlines():
+        for row, line in enumerate(content.splitlines(), 1):
             text = line.split("#", 1)[0].strip()
             if text:
-                texts.append(text)
+                texts.append((text, row))
     if not texts:
         raise typer.BadParameter(_("give at least one incident"), param_hint="INCIDENT")
     targets = []
-    for text in texts:
+    for text, number in texts:
         name, at, version = text.partition("@")
+        problem = ""
         if at and not version.isdigit():
-            raise typer.BadParameter(
-                _("{text}: the expected version after @ must be a number").format(text=repr(text)),
-                param_hint="INCIDENT",
+            # The item's own fault, as a mistyped incident is: the others go all the same.
+            problem = _("{text}: the expected version after @ must be a number").format(
+                text=repr(text)
             )
-        targets.append((name.strip(), int(version) if at else 0))
+        targets.append(
+            _Target(text, number, name.strip(), int(version) if at and not problem else 0, problem)
+        )
     return targets
+
+
+def _unsent(error: LedgerError) -> TriageResult:
+    """The result of an item that names no incident, as the ledger gives one it refuses: an
+    incident not found is refused, anything else about the text is invalid."""
+    outcome = TriageOutcome.REFUSED if isinstance(error, NotFound) else TriageOutcome.INVALID
+    return TriageResult(name="", outcome=outcome, result=None, error=error)
 
 
 @app.command(
@@ -733,29 +771,45 @@ def triage(
         if lead is None:
             raise typer.BadParameter(_("assign-lead needs --lead"), param_hint="--lead")
         agency = code(ctx, "agency", lead, "--lead")
-    names = incident_names(ctx, [name for name, _version in targets])
     st = state(ctx)
     ledger = st.ledger()
+    # Each item's incident, or why it names none; one typo holds back only its own item.
+    readable = [n for n, t in enumerate(targets) if not t.problem]
+    named = dict(
+        zip(readable, each_incident_name(ctx, [targets[n].name for n in readable]), strict=True)
+    )
+    found: list[str | LedgerError] = [
+        named[n] if n in named else InvalidArgument("INVALID_ARGUMENT", "INVALID_FIELD", t.problem)
+        for n, t in enumerate(targets)
+    ]
+    sent = [n for n, name in enumerate(found) if isinstance(name, str)]
     items = [
         TriageItem(
-            name,
+            str(found[n]),
             TriageAction(chosen.replace("-", "_")),
-            expected_version=version,
+            expected_version=targets[n].version,
             comment=comment,
             reason=rejection or "UNSPECIFIED",
             agency=agency,
         )
-        for name, (_text, version) in zip(names, targets, strict=True)
+        for n in sent
     ]
-    results = ledger.triage(items, request_id=request_id)
-    references = {}
-    for text, name in zip((t for t, _v in targets), names, strict=True):
-        if REFERENCE_CODE.match(text):
-            compact = text.upper().replace("-", "").replace(" ", "")
-            references[name] = f"{compact[:-6]}-{compact[-6:-2]}-{compact[-2:]}"
+    # Nothing is sent when no item names an incident: each still gets its line.
+    answers = dict(
+        zip(sent, ledger.triage(items, request_id=request_id) if items else [], strict=True)
+    )
+    lines = []
+    for n, target in enumerate(targets):
+        outcome = found[n]
+        result = answers[n] if isinstance(outcome, str) else _unsent(outcome)
+        reference = ""
+        if REFERENCE_CODE.match(target.name) and result.name:
+            compact = target.name.upper().replace("-", "").replace(" ", "")
+            reference = f"{compact[:-6]}-{compact[-6:-2]}-{compact[-2:]}"
+        lines.append(output.TriageLine(target.text, target.line, result, reference))
     if st.as_json:
-        output.emit_json([output.triage_json(r, references.get(r.name, "")) for r in results])
+        output.emit_json([output.triage_json(line) for line in lines])
     else:
-        output.console().print(output.triage_table(results, references))
-    if not all(r.recorded for r in results):
+        output.console().print(output.triage_table(lines))
+    if not all(line.result.recorded for line in lines):
         raise typer.Exit(EXIT_CONFLICT)
