@@ -102,7 +102,9 @@ def test_ledgerctl_shows_codes_and_triages(ctl: Ctl, tmp_path: Path) -> None:
         (names[1], "RECORDED"),
         (names[2], "REFUSED"),
     ]
-    assert results[0]["reference"] == code
+    codes = [ctl.json("kesbangpol", "show", n)["incident"]["reference"] for n in names]
+    # Each incident's code, also where it was named by its id or a prefix.
+    assert [r["reference"] for r in results] == codes
     assert results[2]["error"]["reason"] == "VERSION_CONFLICT"
     assert code_out == 4, "one incident was not recorded"
     # Sent again: recorded before; the table names each outcome.
@@ -120,10 +122,11 @@ def test_ledgerctl_shows_codes_and_triages(ctl: Ctl, tmp_path: Path) -> None:
         "triage-cli",
     )
     assert out.count("recorded before") == 2 and "refused" in out
-    assert code in out
+    assert all(c in out for c in codes), out
     # Assign a lead to the two verified ones: every one recorded, exit code 0.
     assigned = ctl.json("desk_pilkada", "triage", "assign-lead", "--lead", "polres", code, names[1])
     assert [r["outcome"] for r in assigned] == ["RECORDED", "RECORDED"]
+    assert [r["reference"] for r in assigned] == codes[:2]
     assert ctl.json("kesbangpol", "show", code)["incident"]["lead_agency"] == "polres"
 
 

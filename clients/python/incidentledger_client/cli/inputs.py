@@ -15,6 +15,8 @@ from incidentledger_client import (
     InvalidArgument,
     LedgerClient,
     LedgerError,
+    NotFound,
+    PermissionDenied,
 )
 from incidentledger_client.cli import config, names, times
 from incidentledger_client.cli.state import state
@@ -44,55 +46,80 @@ def incident_name(ctx: typer.Context, value: str) -> str:
 
 def incident_names(ctx: typer.Context, values: Sequence[str]) -> list[str]:
     """:func:`incident_name` of each value, listing the incidents at most once."""
-    resolver = _resolver(ctx)
+    resolver = Incidents(ctx).resolver()
     try:
         return [resolver.resolve(value) for value in values]
     except names.IncidentNameError as error:
         raise typer.BadParameter(str(error), param_hint="INCIDENT") from None
 
 
-def each_incident_name(ctx: typer.Context, values: Sequence[str]) -> list[str | LedgerError]:
-    """:func:`incident_name` of each value on its own: the name, or the error that says why
-    the value names no incident (as typed). One typo in a batch then holds back only its own
-    item, and says which one it is. Errors that are not about the value (unreachable ledger,
-    refused token) still end the command."""
-    resolver = _resolver(ctx)
-    found: list[str | LedgerError] = []
-    for value in values:
-        try:
-            found.append(resolver.resolve(value))
-        except names.IncidentNameError as error:
-            found.append(InvalidArgument("INVALID_ARGUMENT", "INVALID_FIELD", str(error)))
-        except InvalidArgument as error:
-            if error.reason != "REFERENCE_MISTYPED":
-                raise
-            # The ledger's message names its lookup's request field ("reference: ..."), which
-            # the person never typed: said as the value they typed, in the run's language.
-            message = _(
-                "{code} is mistyped: a character is wrong or two are swapped (its check "
-                "character does not match)"
-            ).format(code=repr(value))
-            metadata = {k: v for k, v in error.metadata.items() if k != "field"}
-            found.append(InvalidArgument(error.code, error.reason, message, metadata, error.domain))
-        except IncidentNotFound as error:
-            found.append(error)
-    return found
+class Incidents:
+    """The ledger's incidents as people name them, for one command: every incident is listed
+    at most once, when a prefix needs it (the ledger has no lookup by prefix, see names.py)
+    or many reference codes are wanted."""
+
+    def __init__(self, ctx: typer.Context) -> None:
+        self._ledger = state(ctx).ledger()
+        self._listed: list[Incident] | None = None
+
+    def listed(self) -> list[Incident]:
+        if self._listed is None:
+            self._listed = list(self._ledger.list_incidents(page_size=1000))
+        return self._listed
+
+    def resolver(self) -> names.IncidentResolver:
+        return names.IncidentResolver(
+            list_incidents=self.listed,
+            by_reference=lambda code: _by_reference(self._ledger, code),
+        )
+
+    def each_name(self, values: Sequence[str]) -> list[str | LedgerError]:
+        """:func:`incident_name` of each value on its own: the name, or the error that says
+        why the value names no incident (as typed). One typo in a batch then holds back only
+        its own item, and says which one it is. Errors that are not about the value
+        (unreachable ledger, refused token) still end the command."""
+        resolver = self.resolver()
+        found: list[str | LedgerError] = []
+        for value in values:
+            try:
+                found.append(resolver.resolve(value))
+            except names.IncidentNameError as error:
+                found.append(InvalidArgument("INVALID_ARGUMENT", "INVALID_FIELD", str(error)))
+            except InvalidArgument as error:
+                if error.reason != "REFERENCE_MISTYPED":
+                    raise
+                found.append(_mistyped(value, error))
+            except IncidentNotFound as error:
+                found.append(error)
+        return found
+
+    def references(self, wanted: Sequence[str]) -> dict[str, str]:
+        """The reference code of each incident named in ``wanted`` that has one: a few looked
+        up one by one, more from the one listing (which a prefix may have made already)."""
+        if self._listed is None and len(wanted) <= _FEW:
+            found = {}
+            for name in wanted:
+                try:
+                    found[name] = self._ledger.get_incident(name).reference
+                except (NotFound, PermissionDenied):
+                    continue  # nothing to show for it: the table says "-"
+            return {name: code for name, code in found.items() if code}
+        return {i.name: i.reference for i in self.listed() if i.reference}
 
 
-def _resolver(ctx: typer.Context) -> names.IncidentResolver:
-    ledger = state(ctx).ledger()
-    listed: list[Incident] = []
+#: Up to this many reference codes are looked up one by one (a call each), more by listing.
+_FEW = 20
 
-    def list_incidents() -> list[Incident]:
-        # One listing of every incident: the ledger has no lookup by prefix (see names.py).
-        if not listed:
-            listed.extend(ledger.list_incidents(page_size=1000))
-        return listed
 
-    return names.IncidentResolver(
-        list_incidents=list_incidents,
-        by_reference=lambda code: _by_reference(ledger, code),
-    )
+def _mistyped(value: str, error: InvalidArgument) -> InvalidArgument:
+    # The ledger's message names its lookup's request field ("reference: ..."), which the
+    # person never typed: said as the value they typed, in the run's language.
+    message = _(
+        "{code} is mistyped: a character is wrong or two are swapped (its check "
+        "character does not match)"
+    ).format(code=repr(value))
+    metadata = {k: v for k, v in error.metadata.items() if k != "field"}
+    return InvalidArgument(error.code, error.reason, message, metadata, error.domain)
 
 
 def _by_reference(ledger: LedgerClient, code: str) -> str:

@@ -25,11 +25,11 @@ from incidentledger_client.cli.commands import group
 from incidentledger_client.cli.errors import EXIT_CONFLICT
 from incidentledger_client.cli.inputs import (
     TIME_HELP,
+    Incidents,
     choose,
     code,
     codes,
     desa_name,
-    each_incident_name,
     incident_name,
     maybe_code,
     moment,
@@ -774,9 +774,10 @@ def triage(
     st = state(ctx)
     ledger = st.ledger()
     # Each item's incident, or why it names none; one typo holds back only its own item.
+    incidents_named = Incidents(ctx)
     readable = [n for n, t in enumerate(targets) if not t.problem]
     named = dict(
-        zip(readable, each_incident_name(ctx, [targets[n].name for n in readable]), strict=True)
+        zip(readable, incidents_named.each_name([targets[n].name for n in readable]), strict=True)
     )
     found: list[str | LedgerError] = [
         named[n] if n in named else InvalidArgument("INVALID_ARGUMENT", "INVALID_FIELD", t.problem)
@@ -798,15 +799,25 @@ def triage(
     answers = dict(
         zip(sent, ledger.triage(items, request_id=request_id) if items else [], strict=True)
     )
-    lines = []
-    for n, target in enumerate(targets):
-        outcome = found[n]
-        result = answers[n] if isinstance(outcome, str) else _unsent(outcome)
-        reference = ""
-        if REFERENCE_CODE.match(target.name) and result.name:
+    results = [answers[n] if isinstance(f, str) else _unsent(f) for n, f in enumerate(found)]
+    # The code people read for each incident: as typed, else from the ledger's answer, else
+    # looked up (an incident named by its id or a prefix).
+    references = {}
+    for target, result in zip(targets, results, strict=True):
+        if result.result is not None and result.result.reference:
+            references[result.name] = result.result.reference
+        elif REFERENCE_CODE.match(target.name) and result.name:
             compact = target.name.upper().replace("-", "").replace(" ", "")
-            reference = f"{compact[:-6]}-{compact[-6:-2]}-{compact[-2:]}"
-        lines.append(output.TriageLine(target.text, target.line, result, reference))
+            references[result.name] = f"{compact[:-6]}-{compact[-6:-2]}-{compact[-2:]}"
+    unknown = sorted(
+        {r.name for r in results if r.name and not isinstance(r.error, NotFound)} - set(references)
+    )
+    if unknown:
+        references |= incidents_named.references(unknown)
+    lines = [
+        output.TriageLine(t.text, t.line, r, references.get(r.name, ""))
+        for t, r in zip(targets, results, strict=True)
+    ]
     if st.as_json:
         output.emit_json([output.triage_json(line) for line in lines])
     else:
