@@ -3,6 +3,10 @@ ledger, in English and Indonesian (docs/personal-data.md)."""
 
 from __future__ import annotations
 
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from incidentledger_client.i18n import format_time, using
 from tests.ledgerctl_support import Ctl
 
 NIK = "1706014107900003"
@@ -32,6 +36,15 @@ def test_report_read_find_hold_erase_through_ledgerctl(ctl: Ctl) -> None:
     assert len(found[0]["accesses"]) == 3  # two reads and this search
     accesses = ctl.ok("inspektorat", "pii", "accesses", name)
     assert "verify the report" in accesses and "bawaslu" in accesses
+    # Times in the regency's zone and the run's language, as every other table has them.
+    first = datetime.fromisoformat(found[0]["accesses"][0]["access_time"])
+    jakarta = ZoneInfo("Asia/Jakarta")
+    assert format_time(first, jakarta) in accesses, accesses
+    with using("id"):
+        in_indonesian = format_time(first, jakarta)
+    assert in_indonesian in ctl.ok("inspektorat", "--lang", "id", "pii", "accesses", name)
+    searched = ctl.ok("desk_pilkada", "pii", "find", "--nik", NIK, "-p", "request 5/2024")
+    assert format_time(first, jakarta) in searched, searched
     ctl.ok("kejari", "pii", "hold", name, "-m", "Gakkumdu 3/2024")
     code, _out, err = ctl.run("desk_pilkada", "pii", "erase", name, "--legal-basis", "request 5")
     assert code != 0 and "LEGAL_HOLD" in err

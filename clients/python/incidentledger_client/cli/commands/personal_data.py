@@ -4,6 +4,7 @@ with a purpose, subject access by phone or NIK, erase, legal holds, and who read
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import tzinfo
 from typing import Annotated
 
 import typer
@@ -66,14 +67,14 @@ def _people_table(title: str, subjects: Sequence[DataSubject]) -> None:
     )
 
 
-def _accesses_table(title: str, accesses: Sequence[PersonalDataAccess]) -> None:
+def _accesses_table(title: str, accesses: Sequence[PersonalDataAccess], zone: tzinfo) -> None:
     output.console().print(
         output.rows_table(
             title,
             (N_("time"), N_("agency"), N_("officer"), N_("people"), N_("purpose")),
             (
                 (
-                    output.when(a.access_time),
+                    output.when(a.access_time, zone),
                     a.agency,
                     a.officer,
                     len(a.subjects),
@@ -118,7 +119,9 @@ def pii_find(
         output.emit_json(subjects)
         return
     _people_table(_("Reports naming this person"), subjects)
-    _accesses_table(_("Who read their data"), [a for s in subjects for a in s.accesses])
+    _accesses_table(
+        _("Who read their data"), [a for s in subjects for a in s.accesses], st.settings.tz()
+    )
 
 
 @app.command(
@@ -178,7 +181,7 @@ def pii_accesses(ctx: typer.Context, name: Name) -> None:
     if st.as_json:
         output.emit_json(record)
         return
-    _accesses_table(_("Reads of personal data"), record.accesses)
+    _accesses_table(_("Reads of personal data"), record.accesses, st.settings.tz())
     _people_table(_("People named"), record.subjects)
     for hold in record.legal_holds:
         output.console().print(
