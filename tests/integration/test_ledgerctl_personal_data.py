@@ -45,6 +45,15 @@ def test_report_read_find_hold_erase_through_ledgerctl(ctl: Ctl) -> None:
     assert in_indonesian in ctl.ok("inspektorat", "--lang", "id", "pii", "accesses", name)
     searched = ctl.ok("desk_pilkada", "pii", "find", "--nik", NIK, "-p", "request 5/2024")
     assert format_time(first, jakarta) in searched, searched
+    # The people named, without their data: each one's state and how many reads took it
+    # (this call never carries the data, so it cannot say who was not read).
+    named = accesses[accesses.index("People named") :]
+    assert "not read" not in named, named
+    rows = [line.split("│") for line in named.splitlines() if "│" in line]
+    assert sorted((r[1].strip(), r[2].strip(), r[3].strip()) for r in rows) == [
+        ("reporter", "present", "3"),
+        ("witness", "present", "2"),  # the search by NIK found only the reporter
+    ], named
     ctl.ok("kejari", "pii", "hold", name, "-m", "Gakkumdu 3/2024")
     code, _out, err = ctl.run("desk_pilkada", "pii", "erase", name, "--legal-basis", "request 5")
     assert code != 0 and "LEGAL_HOLD" in err

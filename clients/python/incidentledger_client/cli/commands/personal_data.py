@@ -14,7 +14,7 @@ from incidentledger_client.cli.commands import group
 from incidentledger_client.cli.commands.incidents import Name, RequestId, done
 from incidentledger_client.cli.inputs import incident_name
 from incidentledger_client.cli.state import state
-from incidentledger_client.i18n import N_, _
+from incidentledger_client.i18n import N_, _, format_number
 from incidentledger_client.personal import DataSubject, PersonalDataAccess
 
 #: The group ``ledgerctl pii ...``.
@@ -81,6 +81,28 @@ def _accesses_table(title: str, accesses: Sequence[PersonalDataAccess], zone: tz
                     a.purpose,
                 )
                 for a in accesses
+            ),
+        )
+    )
+
+
+def _subjects_table(
+    title: str, subjects: Sequence[DataSubject], accesses: Sequence[PersonalDataAccess]
+) -> None:
+    """The people an incident names, without their data (the access log never carries it):
+    whether each one's data is still there, and how many recorded reads took it."""
+    states = {"PRESENT": _("present"), "ERASED": _("erased")}
+    output.console().print(
+        output.rows_table(
+            title,
+            (N_("role"), N_("state"), N_("reads")),
+            (
+                (
+                    _("reporter (anonymous)") if s.anonymous else output.role_name(s.role),
+                    states.get(s.state, s.state),
+                    format_number(sum(1 for a in accesses if s.subject_id in a.subjects)),
+                )
+                for s in subjects
             ),
         )
     )
@@ -182,7 +204,7 @@ def pii_accesses(ctx: typer.Context, name: Name) -> None:
         output.emit_json(record)
         return
     _accesses_table(_("Reads of personal data"), record.accesses, st.settings.tz())
-    _people_table(_("People named"), record.subjects)
+    _subjects_table(_("People named"), record.subjects, record.accesses)
     for hold in record.legal_holds:
         output.console().print(
             _("legal hold by {agency}: {reason}").format(agency=hold.agency, reason=hold.reason)
