@@ -66,6 +66,9 @@ def test_the_lifecycle_through_ledgerctl(ctl: Ctl, tmp_path: Path) -> None:
     assert types[0] == "Reported" and len(types) == incident["version"]
     human = ctl.ok("inspektorat", "show", name)
     assert "Planned mass gathering" in human and "Timeline" in human and "REOPENED" in human
+    # A reason the event's payload holds too is said once (the resolution), else after it.
+    assert "resolution=dispersed" in human and "(dispersed)" not in human, human
+    assert "level=1 (crowd growing)" in human, human
     assert len(ctl.json("inspektorat", "history", name)) == incident["version"]
 
     ctl.ok("kesbangpol", "report", "Hoax about ballots", "hoax", "ipuh")

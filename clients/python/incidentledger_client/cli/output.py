@@ -436,7 +436,8 @@ def timeline(events: Sequence[IncidentEvent], zone: tzinfo = UTC) -> Table:
             else event.actor.agency
         )
         details = payload_summary(event)
-        if event.reason:
+        # The envelope's reason is often a payload field too (a resolution): said once.
+        if event.reason and event.reason not in event.payload.values():
             details = f"{details} ({event.reason})" if details else event.reason
         table.add_row(
             str(event.version),
