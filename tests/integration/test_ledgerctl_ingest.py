@@ -42,6 +42,17 @@ def test_the_example_backlog_is_recorded_once_however_often_it_is_sent(
     again = ctl.ok("bawaslu", "ingest", str(backlog))
     assert "recorded before" in again and "(0 recorded now)" in again
     assert recorded(ctl) == stored
+    # show says when it happened, beside when it was recorded, and the phone's own record
+    # time, each in the regency's zone.
+    name = next(
+        i["name"]
+        for i in ctl.json("bawaslu", "list", "--kecamatan", "malin_deman")
+        if i["title"] == "Kotak suara TPS 05 dibawa tanpa pengawalan"
+    )
+    shown = ctl.ok("bawaslu", "show", name)
+    assert "occurred 2026-11-27 08:05:00 WIB  recorded " in shown, shown
+    assert "device_record_time=2026-11-27 08:12:40 WIB" in shown, shown
+    assert "+00:00" not in shown, shown
 
 
 def test_json_gives_one_line_per_report_and_refused_ones_exit_1(ctl: Ctl, tmp_path: Path) -> None:

@@ -312,17 +312,38 @@ def sealed_people(value: object) -> str | None:
     return _("sealed: {roles}").format(roles=", ".join(named))
 
 
-def payload_summary(event: IncidentEvent) -> str:
+def payload_summary(event: IncidentEvent, zone: tzinfo = UTC) -> str:
     payload = event.payload
     parts = []
     for key, value in payload.items():
         if value in ("", None, [], {}) or key in {"location"}:
             continue
         text = sealed_people(value)
+        if text is None and key.endswith("_time") and isinstance(value, str):
+            text = _payload_time(value, zone)
         if text is None:
             text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
         parts.append(f"{labels.field(key)}={text}")
     return "; ".join(parts)
+
+
+def _payload_time(value: str, zone: tzinfo) -> str | None:
+    """A time a payload holds (a device's record time), shown as every other time; None
+    when it is not one."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when(moment, zone) if moment.tzinfo is not None else None
+
+
+def occurred(event: IncidentEvent, zone: tzinfo) -> str | None:
+    """When the event happened, for people, where that is not when it was recorded (a
+    backlog synced days later, a step entered afterwards); None otherwise."""
+    if event.occur_time is None or event.record_time is None:
+        return None
+    happened = when(event.occur_time, zone)
+    return None if happened == when(event.record_time, zone) else happened
 
 
 def incident_detail(
@@ -359,6 +380,14 @@ def incident_detail(
         ),
         markup=False,
     )
+    report = next((e for e in events if e.type == "Reported"), None)
+    happened = occurred(report, zone) if report is not None else None
+    if report is not None and happened is not None:
+        out.print(
+            _("occurred {occurred}  recorded {recorded}").format(
+                occurred=happened, recorded=when(report.record_time, zone)
+            )
+        )
     supporting = ", ".join(incident.supporting_agencies) or "-"
     out.print(
         _("lead {lead}  supporting {supporting}").format(
@@ -435,7 +464,11 @@ def timeline(events: Sequence[IncidentEvent], zone: tzinfo = UTC) -> Table:
             if event.actor.officer
             else event.actor.agency
         )
-        details = payload_summary(event)
+        details = payload_summary(event, zone)
+        happened = occurred(event, zone)
+        if happened is not None:
+            said = _("occurred {time}").format(time=happened)
+            details = f"{said}; {details}" if details else said
         # The envelope's reason is often a payload field too (a resolution): said once.
         if event.reason and event.reason not in event.payload.values():
             details = f"{details} ({event.reason})" if details else event.reason
