@@ -29,7 +29,8 @@ Without a CA (and without a client certificate) ledgerctl speaks plaintext, as t
 ``NOTIFIER_TLS_CA`` and the other ``NOTIFIER_TLS_*`` variables apply to the notifier.
 
 ``--agency NAME`` (or ``agency``) picks that agency's token from the development tokens file
-(``data/credentials/dev-tokens.yaml``, written by the ledger on its first start).
+(``data/credentials/dev-tokens.yaml``, written by the ledger on its first start; where it is
+looked for when ``tokens_file`` is not set: :func:`default_tokens_file`).
 """
 
 from __future__ import annotations
@@ -166,6 +167,21 @@ def contexts_of(file: ConfigFile) -> dict[str, dict[str, Any]]:
     return contexts
 
 
+def default_tokens_file(cwd: Path | None = None) -> Path:
+    """The development tokens file when none is named: in ``$LEDGER_DATA_DIR`` when that is
+    set (where the services write it), else ``data/credentials/dev-tokens.yaml`` in the
+    current directory or the nearest one above it that has one, so that ledgerctl works
+    from anywhere in a checkout (``cd docs``) as git does; else the current directory's."""
+    data_dir = os.environ.get("LEDGER_DATA_DIR")
+    if data_dir:
+        return Path(data_dir) / DEFAULT_TOKENS_FILE.relative_to("data")
+    here = (cwd or Path.cwd()).resolve()
+    for directory in (here, *here.parents):
+        if (directory / DEFAULT_TOKENS_FILE).is_file():
+            return directory / DEFAULT_TOKENS_FILE
+    return DEFAULT_TOKENS_FILE
+
+
 def token_for_agency(agency: str, tokens_file: Path, source: str = "") -> str:
     """The agency's token from a development tokens file (``{agency: {token: ...}}``)."""
     if not tokens_file.is_file():
@@ -282,7 +298,7 @@ def resolve(
     chosen_token = ""
     if flags["token"] is not None or not agency_name:
         chosen_token = str(pick("token", ""))
-    path = Path(str(pick("tokens_file", DEFAULT_TOKENS_FILE)))
+    path = Path(str(pick("tokens_file", default_tokens_file())))
     if not chosen_token and agency_name:
         chosen_token = token_for_agency(agency_name, path.expanduser(), sources["tokens_file"])
         sources["token"] = f"tokens file for agency {agency_name} ({sources['agency']})"

@@ -25,7 +25,7 @@ app = group(
 @app.command(
     "register",
     epilog="Example: ledgerctl -a bpbd webhooks register https://bpbd.example/hook "
-    "--secret S --kecamatan air_manjunto",
+    '--secret "$(openssl rand -hex 16)" --kecamatan air_manjunto',
 )
 def webhooks_register(
     ctx: typer.Context,
