@@ -21,6 +21,19 @@ from services.common.errors import LedgerError
 M = TypeVar("M", bound=Message)
 
 
+#: The most of a call's ``accept-language`` values read (a caller can send anything).
+ACCEPT_LANGUAGE_CHARS = 256
+
+
+def accept_language(context: grpc.ServicerContext) -> str:
+    """The call's ``accept-language`` header (its values joined), bounded."""
+    return ",".join(
+        str(value)
+        for key, value in (context.invocation_metadata() or ())
+        if key == "accept-language"
+    )[:ACCEPT_LANGUAGE_CHARS]
+
+
 def to_grpc_status(error: LedgerError, domain: str, accept_language: str = "") -> grpc.Status:
     """The status a call fails with: :func:`to_status_proto` in the call's trailers."""
     return rpc_status.to_status(to_status_proto(error, domain, accept_language))

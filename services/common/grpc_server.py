@@ -24,7 +24,7 @@ import structlog
 from services.common.auth import Principal, TokenStore, authenticate, bearer_token
 from services.common.config import LimitSettings
 from services.common.errors import AuthThrottled, LedgerError, Unauthenticated
-from services.common.grpc_errors import to_grpc_status
+from services.common.grpc_errors import accept_language, to_grpc_status
 from services.common.limits import Limits
 from services.common.logging import clipped
 from services.common.metrics import Metrics
@@ -249,12 +249,7 @@ class RequestInterceptor(_ServerInterceptor):
         else:
             level = "warning" if error.code in {"PERMISSION_DENIED", "UNAUTHENTICATED"} else "info"
             self._done(error.code, started, level=level, reason=error.reason, error=error.message)
-        accept = ",".join(
-            str(value)
-            for key, value in (context.invocation_metadata() or ())
-            if key == "accept-language"
-        )[:256]
-        context.abort_with_status(to_grpc_status(error, self._domain, accept))
+        context.abort_with_status(to_grpc_status(error, self._domain, accept_language(context)))
 
     def _crash(self, context: grpc.ServicerContext, exc: Exception, started: float) -> None:
         known = as_ledger_error(exc)

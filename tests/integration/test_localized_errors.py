@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from incidentledger_client import LedgerClient
+from incidentledger_client import LedgerClient, TriageAction, TriageItem
 from incidentledger_client.errors import IncidentNotFound
 from tests.ledgerctl_support import Ctl
 from tests.support import Client
@@ -68,3 +68,21 @@ def test_ledgerctl_shows_what_is_wrong_with_a_refused_field_in_every_language(ct
     assert json.loads(as_json)["error"]["message"] == (
         "agency: inspektorat is an auditing agency and cannot act"
     )
+
+
+def test_a_batchs_refused_items_say_why_in_the_calls_language(popo_ledger: Client) -> None:
+    """A triage's (and an ingest's) refused item carries the LocalizedMessage a failed call
+    would, so ledgerctl --lang id shows every item's reason in Indonesian."""
+    token = popo_ledger.tokens["desk_pilkada"]
+    name = popo_ledger.report("kesbangpol").incident
+    verify = TriageItem(name, TriageAction.VERIFY)
+    with LedgerClient(popo_ledger.address, token, language="id") as indonesian:
+        (first,) = indonesian.triage([verify])
+        assert first.recorded
+        (again,) = indonesian.triage([verify, TriageItem(MISSING, TriageAction.VERIFY)])[:1]
+    assert again.error is not None and again.error.reason == "ILLEGAL_TRANSITION"
+    assert again.error.locale == "id"
+    assert again.error.localized_message and "tidak" in again.error.localized_message.lower()
+    with LedgerClient(popo_ledger.address, token) as plain:
+        (english,) = plain.triage([verify])
+    assert english.error is not None and english.error.localized_message is None

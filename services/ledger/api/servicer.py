@@ -12,13 +12,14 @@ from typing import Protocol, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
+from google.rpc import status_pb2
 from typing_extensions import override
 
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from incidentledger.v1 import personal_data_pb2 as pd
-from services.common.errors import InvalidArgument
-from services.common.grpc_errors import to_status_proto
+from services.common.errors import InvalidArgument, LedgerError
+from services.common.grpc_errors import accept_language, to_status_proto
 from services.common.grpc_server import current_principal
 from services.common.pagetoken import PageTokens, page_of
 from services.ledger import wire
@@ -68,6 +69,14 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
         principal = current_principal()
         role = self._ledger.reference.agencies[principal.agency].role
         return Actor(principal.agency, principal.officer, role)
+
+    def _item_status(
+        self, context: grpc.ServicerContext
+    ) -> Callable[[LedgerError], status_pb2.Status]:
+        """How a batch's refused item says why: as a failed call would, in the language
+        the call asks for (``accept-language``)."""
+        language = accept_language(context)
+        return lambda error: to_status_proto(error, self._error_domain, language)
 
     def _envelope(self, request: Message) -> Envelope:
         stated = "occur_time" in request.DESCRIPTOR.fields_by_name
@@ -273,14 +282,14 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
             send_time=wire.optional_time(request, "send_time"),
             size=request.ByteSize(),
         )
-        return wire.ingest_response(results, lambda e: to_status_proto(e, self._error_domain))
+        return wire.ingest_response(results, self._item_status(context))
 
     @override
     def TriageIncidents(
         self, request: api.TriageIncidentsRequest, context: grpc.ServicerContext
     ) -> api.TriageIncidentsResponse:
         results = self._ledger.triage(self._envelope(request), wire.triage_items(request))
-        return wire.triage_response(results, lambda e: to_status_proto(e, self._error_domain))
+        return wire.triage_response(results, self._item_status(context))
 
     # -------------------------------------------------------------- queries
 
