@@ -86,3 +86,17 @@ def test_a_batchs_refused_items_say_why_in_the_calls_language(popo_ledger: Clien
     with LedgerClient(popo_ledger.address, token) as plain:
         (english,) = plain.triage([verify])
     assert english.error is not None and english.error.localized_message is None
+
+
+def test_ledgerctl_in_english_says_which_case_the_server_refused(ctl: Ctl) -> None:
+    # A reason's sentence is general; in English the server's own message names the case
+    # (here, which request the id went to); in Indonesian, the translated sentence.
+    name = ctl.json("kesbangpol", "report", "Rally", "crowd_gathering", "ipuh")["incident"]
+    ctl.ok("desk_pilkada", "verify", name, "--request-id", "desk-2026-12-05-001")
+    taken = ("assign", name, "polres", "--request-id", "desk-2026-12-05-001")
+    code, _, english = ctl.run("desk_pilkada", "--lang", "en", *taken)
+    assert code == 4, english
+    assert "'desk-2026-12-05-001' was already used by this agency" in english, english
+    assert "(VerifyIncident)" in english, english
+    code, _, indonesian = ctl.run("desk_pilkada", "--lang", "id", *taken)
+    assert "Id permintaan ini sudah dipakai untuk permintaan lain." in indonesian, indonesian
