@@ -107,7 +107,7 @@ def test_another_officer_replaying_a_reads_request_id_is_shown_nothing(ledger: L
     ]
 
 
-def test_erasing_again_says_already_erased_and_records_nothing(ledger: Ledger) -> None:
+def test_erasing_or_reading_after_erasure_says_erased_and_records_nothing(ledger: Ledger) -> None:
     incident = reported(ledger)
     coordinator = envelope_for("desk_pilkada")
     ledger.erase_personal_data(coordinator, ErasePersonalData(incident, 0, (), "asked by both"))
@@ -118,6 +118,11 @@ def test_erasing_again_says_already_erased_and_records_nothing(ledger: Ledger) -
         )
     assert again.value.reason == "NO_PERSONAL_DATA"
     assert "already erased" in str(again.value)
+    with pytest.raises(FailedPrecondition) as read:  # a read, then, says why it finds none
+        ledger.read_personal_data(
+            envelope_for("bawaslu"), ReadPersonalData(incident, 0, "verify report")
+        )
+    assert "erased" in str(read.value)
     assert ledger.get_incident(incident).version == version
     plain = ReportIncident("Amplop dibagikan", "", "money_politics", "", dict(LOCATION), None)
     nobody = ledger.execute(envelope_for(REPORTER), plain).incident_id

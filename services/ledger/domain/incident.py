@@ -1214,8 +1214,13 @@ class Incident(Aggregate):
             subjects = [s for s in subjects if s.subject_id in only]
         live = [s for s in subjects if not s.erased]
         if not live:
+            said = (
+                "its people's data was erased"
+                if subjects
+                else "it names nobody the caller may read"
+            )
             raise FailedPrecondition(
-                "the incident holds no personal data the caller may read",
+                f"the incident holds no personal data the caller may read: {said}",
                 reason="NO_PERSONAL_DATA",
                 metadata={"incident": str(self.id)},
             )
