@@ -28,10 +28,12 @@ from incidentledger_client.cli.commands import (
 from incidentledger_client.cli.commands import config as config_commands
 from incidentledger_client.cli.commands.config import COMPLETE_VAR
 from incidentledger_client.cli.errors import (
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_OTHER,
     EXIT_OUTPUT_CLOSED,
     EXIT_USAGE,
+    InterruptedCommandError,
     exit_code_for,
     explain,
 )
@@ -326,6 +328,8 @@ def _run(args: list[str], as_json: bool) -> int:
         return stop.exit_code
     except typer.Abort:
         return _fail(as_json, EXIT_OTHER, "ABORTED", "aborted")
+    except InterruptedCommandError as stop:
+        return _fail(as_json, EXIT_INTERRUPTED, "INTERRUPTED", str(stop))
     except typer.TyperException as error:  # usage errors (exit code 2) and the like
         show = getattr(error, "show", None)
         if as_json or not callable(show):

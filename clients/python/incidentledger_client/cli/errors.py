@@ -42,6 +42,8 @@ EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_PERMISSION,
 #: When the reader of ledgerctl's output closed it (``| head -1``): the status a shell gives a
 #: tool that SIGPIPE ended, 128 + 13, which ledgerctl keeps (Python ignores the signal).
 EXIT_OUTPUT_CLOSED = 141
+#: Ctrl-C: the status a shell gives a tool that SIGINT ended, 128 + 2.
+EXIT_INTERRUPTED = 130
 #: Exit code per error class (the first matching class in order wins).
 EXIT_CODES: tuple[tuple[type[LedgerError], int], ...] = (
     (InvalidArgument, EXIT_USAGE),
@@ -58,6 +60,11 @@ EXIT_CODES: tuple[tuple[type[LedgerError], int], ...] = (
     (ResourceExhausted, EXIT_SERVER),
     (Cancelled, EXIT_OTHER),
 )
+
+
+class InterruptedCommandError(Exception):
+    """Ctrl-C stopped a command that has something to say about what it leaves behind (a file
+    not written, reports sent so far): the message, on stderr, and exit code 130."""
 
 
 def exit_code_for(error: LedgerError) -> int:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
@@ -13,12 +16,17 @@ from rich.text import Text
 from incidentledger_client import Unavailable
 from incidentledger_client.cli import output
 from incidentledger_client.cli.commands import group
-from incidentledger_client.cli.errors import EXIT_OTHER
+from incidentledger_client.cli.errors import EXIT_OTHER, InterruptedCommandError
 from incidentledger_client.cli.inputs import TIME_HELP, incident_name, maybe_code, moment
 from incidentledger_client.cli.progress import Meter, progress_bar
 from incidentledger_client.cli.state import state
 from incidentledger_client.i18n import N_, _, format_number, format_size
-from incidentledger_client.types import EvidenceReport, VerifyProgress, VerifyReport
+from incidentledger_client.types import (
+    EvidenceReport,
+    IncidentEvent,
+    VerifyProgress,
+    VerifyReport,
+)
 
 app = group(
     "Audit: verify the hash chains, export the history, as-of views.",
@@ -136,8 +144,6 @@ def audit_export(
     offline (with its chains and checkpoints), run `python -m services.ledger.audit export`
     where the store is; `ledgerctl audit verify` checks the ledger online.
     """
-    import json
-
     agency = maybe_code(ctx, "agency", agency, "--agency")
     kecamatan = maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")
     st = state(ctx)
@@ -155,14 +161,18 @@ def audit_export(
     # skips some, or when positions belong to no incident), so it ends full.
     with progress_bar(st, _("exporting"), total or None, _("positions")) as meter:
         if str(path) == "-":
-            for event in events:
-                output.emit_line(json.dumps(output.event_json(event), ensure_ascii=False))
-                meter.reached(event.position - after)
-        else:
-            with path.open("w", encoding="utf-8") as file:
+            try:
                 for event in events:
-                    file.write(json.dumps(output.event_json(event), ensure_ascii=False) + "\n")
+                    output.emit_line(json.dumps(output.event_json(event), ensure_ascii=False))
                     meter.reached(event.position - after)
+            except KeyboardInterrupt:
+                raise InterruptedCommandError(
+                    _(
+                        "the export was interrupted after {count} events: the output is incomplete"
+                    ).format(count=format_number(meter.items))
+                ) from None
+        else:
+            _export_to(path, events, after, meter)
         meter.finish(total)
     count = meter.items
     if str(path) != "-":
@@ -172,6 +182,31 @@ def audit_export(
             output.console().print(
                 _("exported {count} events to {path}").format(count=count, path=path), markup=False
             )
+
+
+def _export_to(path: Path, events: Iterable[IncidentEvent], after: int, meter: Meter) -> None:
+    """Write the export to a temporary file beside ``path`` and rename it to ``path`` once
+    complete: an export cut short (Ctrl-C, a lost connection, a full disk) leaves no file
+    under the final name that would pass for the whole history, nor a stray partial one."""
+    # Beside the file, so that the rename stays on its file system and is atomic; created as
+    # open() would create the file itself (0666 less the umask), so the export's permissions
+    # are what they were, and O_EXCL never writes into someone else's file.
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            for event in events:
+                file.write(json.dumps(output.event_json(event), ensure_ascii=False) + "\n")
+                meter.reached(event.position - after)
+        os.replace(temporary, path)
+    except KeyboardInterrupt:
+        temporary.unlink(missing_ok=True)
+        raise InterruptedCommandError(
+            _("the export was interrupted: nothing was written to {path}").format(path=path)
+        ) from None
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 @app.command(
