@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from eventsourcing.utils import get_topic
+
+from services.ledger.domain.incident import Incident
 from tests.ledgerctl_support import Ctl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,3 +117,64 @@ def test_an_interrupted_export_to_stdout_says_it_is_incomplete(ctl: Ctl, tmp_pat
     assert process.returncode == 130, (process.returncode, err)
     assert "INTERRUPTED" in err and "the export was interrupted after" in err, err
     assert "the output is incomplete" in err, err
+
+
+def past_the_first_chunk(ctl: Ctl, chunk: int) -> Callable[[], bool]:
+    """Whether the ledger has recorded a report of the second chunk: ledgerctl sends a chunk
+    once the one before is answered, so it has the first chunk's answers by then."""
+    reported = get_topic(Incident.Reported)
+    recorder = ctl.ledger.server.ledger.recorder
+    return lambda: len(recorder.select_notifications(1, chunk + 1, topics=[reported])) > chunk
+
+
+def test_an_interrupted_ingest_says_how_far_it_got_and_that_sending_again_is_safe(
+    ctl: Ctl, tmp_path: Path
+) -> None:
+    path = backlog(tmp_path / "backlog.jsonl", BACKLOG)
+    chunk = 20
+    process = start(ctl, "bawaslu", "ingest", str(path), "--chunk-size", str(chunk))
+    out, err = interrupt_once(process, past_the_first_chunk(ctl, chunk), "a chunk answered")
+    assert process.returncode == 130, (
+        "the backlog was sent before the interrupt"
+        if process.returncode == 0
+        else (process.returncode, out, err)
+    )
+    found = re.search(
+        r"INTERRUPTED: interrupted after ([\d,]+) of 10,000 reports were sent and answered", err
+    )
+    assert found is not None, err
+    answered = int(found.group(1).replace(",", ""))
+    assert answered >= chunk, err
+    assert f"({found.group(1)} recorded now)." in err, err
+    assert "Running the same command again is safe" in err, err
+    # The outcomes so far, as a finished run shows them, without claiming the whole file.
+    assert "recorded now" in out and "reports are in the ledger" not in out, out
+    # Sent again, as the message says: what it said was answered comes back recorded before,
+    # with at most the chunk in flight besides; the rest is recorded now, nothing twice.
+    _code, again, _err = ctl.run("bawaslu", "--json", "ingest", str(path))
+    outcomes = Counter(json.loads(text)["outcome"] for text in again.splitlines())
+    assert outcomes["CREATED"] + outcomes["DUPLICATE"] == BACKLOG, outcomes
+    assert answered <= outcomes["DUPLICATE"] <= answered + chunk, (answered, outcomes)
+
+
+def test_an_interrupted_ingest_with_json_says_it_in_the_error_object(
+    ctl: Ctl, tmp_path: Path
+) -> None:
+    path = backlog(tmp_path / "backlog.jsonl", BACKLOG)
+    chunk = 20
+    process = start(ctl, "bawaslu", "--json", "ingest", str(path), "--chunk-size", str(chunk))
+    out, err = interrupt_once(process, past_the_first_chunk(ctl, chunk), "a chunk answered")
+    assert process.returncode == 130, (process.returncode, err)
+    error = json.loads(err)["error"]
+    assert (error["code"], error["exit_code"]) == ("INTERRUPTED", 130), error
+    assert error["metadata"]["reports"] == str(BACKLOG), error
+    answered = int(error["metadata"]["answered"])
+    assert answered >= chunk, error
+    assert answered == sum(
+        int(error["metadata"].get(o, "0")) for o in ("created", "duplicate", "conflict", "invalid")
+    ), error
+    # One line per report answered (the last one perhaps cut short by the interrupt).
+    assert len(out.splitlines()) in (answered, answered - 1) or answered == 0, (
+        answered,
+        out[-300:],
+    )

@@ -329,7 +329,7 @@ def _run(args: list[str], as_json: bool) -> int:
     except typer.Abort:
         return _fail(as_json, EXIT_OTHER, "ABORTED", "aborted")
     except InterruptedCommandError as stop:
-        return _fail(as_json, EXIT_INTERRUPTED, "INTERRUPTED", str(stop))
+        return _fail(as_json, EXIT_INTERRUPTED, "INTERRUPTED", str(stop), metadata=stop.metadata)
     except typer.TyperException as error:  # usage errors (exit code 2) and the like
         show = getattr(error, "show", None)
         if as_json or not callable(show):

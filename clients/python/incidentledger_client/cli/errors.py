@@ -64,7 +64,12 @@ EXIT_CODES: tuple[tuple[type[LedgerError], int], ...] = (
 
 class InterruptedCommandError(Exception):
     """Ctrl-C stopped a command that has something to say about what it leaves behind (a file
-    not written, reports sent so far): the message, on stderr, and exit code 130."""
+    not written, reports sent so far): the message, on stderr, and exit code 130; ``metadata``
+    says it to a program (the error object's, with --json)."""
+
+    def __init__(self, message: str, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.metadata = metadata or {}
 
 
 def exit_code_for(error: LedgerError) -> int:

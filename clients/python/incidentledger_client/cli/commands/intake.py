@@ -10,10 +10,10 @@ import typer
 
 from incidentledger_client.backlog import BacklogError, BacklogLine, read_backlog
 from incidentledger_client.cli import output
-from incidentledger_client.cli.errors import EXIT_OTHER
+from incidentledger_client.cli.errors import EXIT_OTHER, InterruptedCommandError
 from incidentledger_client.cli.progress import progress_bar
 from incidentledger_client.cli.state import state
-from incidentledger_client.i18n import N_, _
+from incidentledger_client.i18n import N_, _, format_number
 from incidentledger_client.ledger import MAX_INGEST_REPORTS
 from incidentledger_client.types import IngestOutcome, IngestResult, IngestSummary
 
@@ -107,23 +107,54 @@ def ingest(
     summary = IngestSummary()
     refused: list[tuple[BacklogLine, IngestResult]] = []
     results = ledger.iter_ingest_reports((line.report for line in lines), chunk_size=chunk_size)
-    with progress_bar(st, _("sending"), len(lines), _("reports")) as meter:
-        for line, result in zip(lines, results, strict=True):
-            summary.add(result)
-            if not result.recorded:
-                refused.append((line, result))
-            if st.as_json:
-                output.emit_json_line(_item_json(line, result))
-            meter.step()
+    try:
+        with progress_bar(st, _("sending"), len(lines), _("reports")) as meter:
+            for line, result in zip(lines, results, strict=True):
+                summary.add(result)
+                if not result.recorded:
+                    refused.append((line, result))
+                if st.as_json:
+                    output.emit_json_line(_item_json(line, result))
+                meter.step()
+    except KeyboardInterrupt:
+        if not st.as_json and summary.total:
+            _print_summary(path, summary, refused, finished=False)
+        raise _interrupted(summary, len(lines)) from None
     if not st.as_json:
         _print_summary(path, summary, refused)
     if refused:
         raise typer.Exit(EXIT_OTHER)
 
 
+def _interrupted(summary: IngestSummary, total: int) -> InterruptedCommandError:
+    """What an officer who pressed Ctrl-C needs to know: how far it got, and that sending the
+    file again is safe (a report's ids make it one request), so nothing is lost by stopping."""
+    outcomes = ", ".join(
+        f"{format_number(summary[o])} {_(OUTCOMES[o])}" for o in OUTCOMES if summary[o]
+    )
+    text = _("interrupted after {answered} of {total} reports were sent and answered").format(
+        answered=format_number(summary.total), total=format_number(total)
+    )
+    if outcomes:
+        text += f" ({outcomes})"
+    text += ". " + _(
+        "The reports being sent when it was interrupted may have been recorded too. Running "
+        "the same command again is safe: the reports the ledger already has are answered as "
+        "recorded before, none is recorded twice."
+    )
+    metadata = {"answered": str(summary.total), "reports": str(total)}
+    metadata.update({o.value.lower(): str(n) for o, n in summary.counts.items()})
+    return InterruptedCommandError(text, metadata)
+
+
 def _print_summary(
-    path: Path, summary: IngestSummary, refused: list[tuple[BacklogLine, IngestResult]]
+    path: Path,
+    summary: IngestSummary,
+    refused: list[tuple[BacklogLine, IngestResult]],
+    finished: bool = True,
 ) -> None:
+    """The outcomes' table, the refused reports, and (``finished``: every report answered)
+    how many are in the ledger; an interrupted run says how far it got on stderr instead."""
     out = output.console()
     out.print(
         output.rows_table(
@@ -149,6 +180,8 @@ def _print_summary(
                 no_wrap=("line", "report"),
             )
         )
+    if not finished:
+        return
     out.print(
         _("{recorded} of {total} reports are in the ledger ({created} recorded now).").format(
             recorded=summary.recorded,
