@@ -4,13 +4,18 @@ lines refused before anything is sent."""
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 import shutil
 import uuid
 from pathlib import Path
 
+from incidentledger_client.cli.commands.intake import CODES_SHOWN
 from tests.ledgerctl_support import Ctl
 
+#: A reference code as ledgerctl prints it (MKM-7QK3-9V).
+REFERENCE = re.compile(r"[A-Z]{3}-[0-9A-Z]{4}-[0-9A-Z]{2}")
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "field-backlog.jsonl"
 
 
@@ -42,6 +47,21 @@ def test_the_example_backlog_is_recorded_once_however_often_it_is_sent(
     again = ctl.ok("bawaslu", "ingest", str(backlog))
     assert "recorded before" in again and "(0 recorded now)" in again
     assert recorded(ctl) == stored
+    # Each report's reference code, to read back to the people who made the reports: on the
+    # report's line of the table, when recorded now and when recorded before.
+    codes = {
+        item["device_report_id"]: item["result"]["reference"]
+        for item in map(
+            json.loads, ctl.ok("bawaslu", "--json", "ingest", str(backlog)).split("\n")[:-1]
+        )
+    }
+    assert len(codes) == 3 and all(codes.values()), codes
+    for shown, outcome in ((first, "recorded now"), (again, "recorded before")):
+        assert "Reference codes" in shown, shown
+        for report_id, code in codes.items():
+            row = next((r for r in shown.splitlines() if report_id in r and code in r), None)
+            assert row is not None and outcome in row, (report_id, code, shown)
+        assert "more not shown" not in shown, shown
     # show says when it happened, beside when it was recorded, and the phone's own record
     # time, each in the regency's zone.
     name = next(
@@ -91,3 +111,35 @@ def test_an_unreadable_line_refuses_the_file_before_anything_is_sent(
     code, _out, err = ctl.run("bawaslu", "ingest", str(backlog))
     assert code == 2 and "locaton" in err
     assert recorded(ctl) == 0
+
+
+def test_a_long_backlog_shows_the_first_codes_and_writes_them_all_to_a_file(
+    ctl: Ctl, tmp_path: Path
+) -> None:
+    backlog = tmp_path / "backlog.jsonl"
+    lines = [line(n) for n in range(CODES_SHOWN + 5)]
+    lines[1] = line(1, category="picnic")  # refused: no code, not in the file
+    backlog.write_text("\n".join(lines) + "\n")
+    code, out, _err = ctl.run("bawaslu", "ingest", str(backlog))
+    assert code == 1, out
+    ids = [json.loads(text)["device_report_id"] for text in lines]
+    table = out.split("Reference codes")[1].split("more not shown")[0]
+    rows = [r for r in table.splitlines() if any(i in r for i in ids)]
+    assert len(rows) == CODES_SHOWN, out
+    assert ids[0] in rows[0] and ids[CODES_SHOWN] in rows[-1], "the file's order, line 2 left out"
+    assert "4 more not shown: --codes FILE" in out, out
+    # --codes: every recorded report, each with its code, the table's first ones among them.
+    codes = tmp_path / "codes.csv"
+    code, out, _err = ctl.run("bawaslu", "ingest", str(backlog), "--codes", str(codes))
+    assert code == 1, out
+    with codes.open(encoding="utf-8", newline="") as file:
+        written = list(csv.DictReader(file))
+    assert [int(r["line"]) for r in written] == [1, *range(3, len(lines) + 1)]
+    assert [r["device_report_id"] for r in written] == ids[:1] + ids[2:]
+    assert {r["outcome"] for r in written} == {"DUPLICATE"}
+    assert all(REFERENCE.fullmatch(r["reference"]) for r in written), written
+    assert written[0]["title"] == "Laporan 0" and written[0]["incident"].startswith("incidents/")
+    first = next(r for r in out.splitlines() if ids[0] in r)
+    assert written[0]["reference"] in first, out
+    assert f"The reference codes of all {len(written)} reports are in {codes}." in out, out
+    assert "more not shown" not in out, out

@@ -3,6 +3,7 @@ with a progress bar, a summary per outcome, or one JSON line per report with ``-
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +16,7 @@ from incidentledger_client.cli.progress import progress_bar
 from incidentledger_client.cli.state import state
 from incidentledger_client.i18n import N_, _, format_number
 from incidentledger_client.ledger import MAX_INGEST_REPORTS
-from incidentledger_client.types import IngestOutcome, IngestResult, IngestSummary
+from incidentledger_client.types import CommandResult, IngestOutcome, IngestResult, IngestSummary
 
 #: The top-level command ``ledgerctl ingest``.
 app = typer.Typer()
@@ -28,6 +29,11 @@ OUTCOMES = {
     IngestOutcome.INVALID: N_("invalid"),
     IngestOutcome.UNSPECIFIED: N_("unknown"),
 }
+#: A report in the ledger (recorded now or before): its line, outcome and command result.
+Recorded = tuple[BacklogLine, IngestOutcome, CommandResult]
+#: How many reference codes the table lists: the few a duty officer reads out at once; a
+#: backlog of thousands goes to a file (--codes) instead of scrolling past.
+CODES_SHOWN = 20
 #: Why a line of the file cannot be read (BacklogError.problem).
 PROBLEMS = {
     "not_json": N_("not JSON"),
@@ -89,6 +95,16 @@ def ingest(
         int,
         typer.Option(help="Reports per call (at most 500).", min=1, max=MAX_INGEST_REPORTS),
     ] = MAX_INGEST_REPORTS,
+    codes: Annotated[
+        Path | None,
+        typer.Option(
+            "--codes",
+            help="Also write the reference code of every report in the ledger to this CSV file "
+            "(line, device_report_id, reference, outcome, incident, title).",
+            metavar="FILE",
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Hand over a field device's backlog of reports (with a progress bar).
 
@@ -105,25 +121,53 @@ def ingest(
         raise typer.BadParameter(_("not UTF-8 text"), param_hint="FILE") from None
     ledger = st.ledger()
     summary = IngestSummary()
+    recorded: list[Recorded] = []
     refused: list[tuple[BacklogLine, IngestResult]] = []
     results = ledger.iter_ingest_reports((line.report for line in lines), chunk_size=chunk_size)
     try:
         with progress_bar(st, _("sending"), len(lines), _("reports")) as meter:
             for line, result in zip(lines, results, strict=True):
                 summary.add(result)
-                if not result.recorded:
+                if result.result is not None:
+                    recorded.append((line, result.outcome, result.result))
+                else:
                     refused.append((line, result))
                 if st.as_json:
                     output.emit_json_line(_item_json(line, result))
                 meter.step()
     except KeyboardInterrupt:
+        # The codes of the reports answered so far are worth having: sent again, the file
+        # gets them all.
+        if codes is not None:
+            _write_codes(codes, recorded)
         if not st.as_json and summary.total:
-            _print_summary(path, summary, refused, finished=False)
+            _print_summary(path, summary, recorded, refused, codes, finished=False)
         raise _interrupted(summary, len(lines)) from None
+    if codes is not None:
+        _write_codes(codes, recorded)
     if not st.as_json:
-        _print_summary(path, summary, refused)
+        _print_summary(path, summary, recorded, refused, codes)
     if refused:
         raise typer.Exit(EXIT_OTHER)
+
+
+def _write_codes(path: Path, recorded: list[Recorded]) -> None:
+    """Every recorded report's reference code, as CSV: a backlog of thousands is read back
+    from a file (printed, or loaded on the device by its report ids), not from a terminal."""
+    with path.open("w", encoding="utf-8", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(("line", "device_report_id", "reference", "outcome", "incident", "title"))
+        for line, outcome, result in recorded:
+            writer.writerow(
+                (
+                    line.line,
+                    line.report.report_id,
+                    result.reference,
+                    outcome.value,
+                    result.incident,
+                    line.report.title,
+                )
+            )
 
 
 def _interrupted(summary: IngestSummary, total: int) -> InterruptedCommandError:
@@ -150,11 +194,14 @@ def _interrupted(summary: IngestSummary, total: int) -> InterruptedCommandError:
 def _print_summary(
     path: Path,
     summary: IngestSummary,
+    recorded: list[Recorded],
     refused: list[tuple[BacklogLine, IngestResult]],
+    codes: Path | None,
     finished: bool = True,
 ) -> None:
-    """The outcomes' table, the refused reports, and (``finished``: every report answered)
-    how many are in the ledger; an interrupted run says how far it got on stderr instead."""
+    """The outcomes' table, the reference codes, the refused reports, and (``finished``:
+    every report answered) how many are in the ledger; an interrupted run says how far it got
+    on stderr instead."""
     out = output.console()
     out.print(
         output.rows_table(
@@ -163,6 +210,8 @@ def _print_summary(
             ((_(OUTCOMES[o]), summary[o]) for o in OUTCOMES if summary[o]),
         )
     )
+    if recorded:
+        _print_codes(recorded, codes)
     if refused:
         out.print(
             output.rows_table(
@@ -190,6 +239,39 @@ def _print_summary(
         ),
         markup=False,
     )
+
+
+def _print_codes(recorded: list[Recorded], codes: Path | None) -> None:
+    """The reports' reference codes, which the officer reads back to the people who made the
+    reports: the first CODES_SHOWN in the file's order, and where to find the others."""
+    out = output.console()
+    out.print(
+        output.rows_table(
+            _("Reference codes"),
+            (N_("line"), N_("report"), N_("reference"), N_("outcome")),
+            (
+                (line.line, line.report.report_id, result.reference, _(OUTCOMES[outcome]))
+                for line, outcome, result in recorded[:CODES_SHOWN]
+            ),
+            no_wrap=("line", "report", "reference"),
+        )
+    )
+    hidden = len(recorded) - CODES_SHOWN
+    if codes is not None:
+        out.print(
+            _("The reference codes of all {count} reports are in {path}.").format(
+                count=format_number(len(recorded)), path=codes
+            ),
+            markup=False,
+        )
+    elif hidden > 0:
+        out.print(
+            _(
+                "{count} more not shown: --codes FILE writes every report's code to a CSV "
+                "file (--json gives them too)."
+            ).format(count=format_number(hidden)),
+            markup=False,
+        )
 
 
 def _error_text(result: IngestResult) -> str:
