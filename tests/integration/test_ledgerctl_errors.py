@@ -99,21 +99,25 @@ def test_decide_needs_a_validity_window_and_offers_the_flags(ctl: Ctl) -> None:
     assert decision["valid_until"].startswith(f"{day + timedelta(days=2)}T01:00:00")
 
 
-def _timed_out(ctl: Ctl, *args: str) -> str:
+def _timed_out(ctl: Ctl, *args: str) -> tuple[str, str]:
     """The stderr of the first of a few runs of a command that got no answer in time (a
-    deadline of half a millisecond: the ledger may record the command all the same)."""
-    for _ in range(20):
-        code, _out, err = ctl.run("kesbangpol", "--timeout", "0.0005", *args)
+    deadline of half a millisecond: the ledger may record the command all the same), and
+    the title it sent: each run's own (``{title}`` in ``args``), so that the runs that were
+    answered, and recorded, are not taken for the one that was not."""
+    for attempt in range(20):
+        title = f"Late answer {attempt}"
+        sent = [arg.replace("{title}", title) for arg in args]
+        code, _out, err = ctl.run("kesbangpol", "--timeout", "0.0005", *sent)
         if code == 6:
-            return err
+            return err, title
     raise AssertionError(f"the ledger always answered within 0.5 ms: {args}")
 
 
 def test_a_command_without_an_answer_in_time_names_the_request_id_to_send_it_again(
     ctl: Ctl,
 ) -> None:
-    report = ("report", "Late answer", "hoax", "xiv_koto")
-    err = _timed_out(ctl, *report)
+    err, title = _timed_out(ctl, "report", "{title}", "hoax", "xiv_koto")
+    report = ("report", title, "hoax", "xiv_koto")
     assert "DEADLINE_EXCEEDED" in err and "may have been recorded" in err, err
     assert "cannot reach" not in err, err
     found = re.search(r"--request-id ([0-9a-f]{32})\b", err)
@@ -125,9 +129,9 @@ def test_a_command_without_an_answer_in_time_names_the_request_id_to_send_it_aga
     again = ctl.json("kesbangpol", "report", *report[1:], "--request-id", request_id)
     assert first["incident"] == again["incident"]
     titles = [i["title"] for i in ctl.json("polres", "list", "--limit", "0")]
-    assert titles.count("Late answer") == 1, titles
+    assert titles.count(title) == 1, titles
     # A program reads the id in the error object; an id given is the one named.
-    err = _timed_out(ctl, "--json", *report, "--request-id", "late-answer-2")
+    err, _ = _timed_out(ctl, "--json", *report, "--request-id", "late-answer-2")
     error = json.loads(err)["error"]
     assert error["code"] == "DEADLINE_EXCEEDED" and error["exit_code"] == 6
     assert error["request_id"] == "late-answer-2", error
