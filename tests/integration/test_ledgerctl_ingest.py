@@ -143,3 +143,13 @@ def test_a_long_backlog_shows_the_first_codes_and_writes_them_all_to_a_file(
     assert written[0]["reference"] in first, out
     assert f"The reference codes of all {len(written)} reports are in {codes}." in out, out
     assert "more not shown" not in out, out
+    # A codes file that could not be written is refused before anything is sent.
+    other = tmp_path / "other.jsonl"
+    text = line(99)
+    other.write_text(text + "\n")
+    nowhere = tmp_path / "no-such-folder" / "codes.csv"
+    code, _out, err = ctl.run("bawaslu", "ingest", str(other), "--codes", str(nowhere))
+    assert code == 2 and "no folder" in err, err
+    sent = json.loads(text)["device_report_id"]
+    code, out, _err = ctl.run("bawaslu", "--json", "ingest", str(other))
+    assert json.loads(out)["outcome"] == "CREATED" and sent in out, out  # not sent before

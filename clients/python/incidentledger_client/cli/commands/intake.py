@@ -4,6 +4,7 @@ with a progress bar, a summary per outcome, or one JSON line per report with ``-
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -113,6 +114,8 @@ def ingest(
     refused some reports (listed, with the line of each).
     """
     st = state(ctx)
+    if codes is not None:
+        _check_writable(codes)
     try:
         lines = read_backlog(path)
     except BacklogError as error:
@@ -149,6 +152,20 @@ def ingest(
         _print_summary(path, summary, recorded, refused, codes)
     if refused:
         raise typer.Exit(EXIT_OTHER)
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse, before anything is sent, a codes file that could not be written once the
+    reports are in the ledger (a folder that does not exist, one not writable)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise typer.BadParameter(
+            _("no folder {folder}").format(folder=str(folder)), param_hint="--codes"
+        )
+    if not os.access(path if path.exists() else folder, os.W_OK):
+        raise typer.BadParameter(
+            _("{path} cannot be written").format(path=str(path)), param_hint="--codes"
+        )
 
 
 def _write_codes(path: Path, recorded: list[Recorded]) -> None:
