@@ -439,7 +439,11 @@ function wrongKey(lines, publicKey, witness) {
     if (typeof cp.keyId === "string" && cp.keyId !== "") named.add(cp.keyId);
   }
   if (named.size === 0 || named.has(given)) return null;
-  return `the history was sealed with key ${[...named].sort().join(", ")}; the given public key is ${given}`;
+  return (
+    `the history was sealed with key ${[...named].sort().join(", ")}; the given public key is ${given}. ` +
+    "Check that the key is the ledger's: if it is, the whole file was sealed again with another key, " +
+    "and is not the ledger's history"
+  );
 }
 
 // ----------------------------------------------------------------- verification (section 8)

@@ -670,7 +670,8 @@ class ChainVerifier:
             None,
             f"the history was sealed with key {others}; the given public key is "
             f"{self._key_id}: none of its checkpoints verifies with it, and none of its seals "
-            "or checkpoints names it",
+            "or checkpoints names it. Check that the key is the ledger's: if it is, the whole "
+            "file was sealed again with another key, and is not the ledger's history",
         )
 
     @property
