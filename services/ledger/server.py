@@ -234,6 +234,12 @@ def build(settings: LedgerSettings) -> LedgerServer:
         triage_max_items=settings.triage_max_items,
         snapshot_interval=settings.snapshot_interval,
     )
+    # Before anything starts: a replica with another signing key would seal with it.
+    probe = Checkpoints(ledger.recorder, settings.store_env, signing_key, create_table=create)
+    try:
+        probe.check_key()
+    finally:
+        probe.close()
     projections = Projections(ledger, settings.store_env, reference, create=create)
     ledger.add_commit_listener(projections.wake)
     projections.start()

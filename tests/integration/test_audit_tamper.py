@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from psycopg.sql import SQL, Identifier
 
 from incidentledger.v1 import ledger_service_pb2 as api
-from services.common.config import PROJECT_ROOT, AuditSettings
+from services.common.config import PROJECT_ROOT, AuditSettings, ConfigError
 from services.common.errors import DataLoss
 from services.common.grpc_errors import error_info
 from services.common.sql import postgres_connect
@@ -235,6 +235,22 @@ def test_checkpoints_are_incremental_listed_and_published_once(store: Store) -> 
         assert checkpoints.key_id == first.key_id
     finally:
         checkpoints.close()
+
+
+def test_a_replica_with_another_signing_key_is_refused_at_start(store: Store) -> None:
+    # It would seal its events with that key: the other replicas would refuse them, and
+    # every later checkpoint fail. The ledger's start runs this check before serving.
+    store.checkpoints.check_key()  # no checkpoint yet: any key
+    store.checkpoints.create()
+    store.checkpoints.check_key()  # the ledger's own key
+    other = Checkpoints(store.ledger.recorder, store.env, Ed25519PrivateKey.generate())
+    try:
+        with pytest.raises(ConfigError) as refused:
+            other.check_key()
+        assert other.key_id in str(refused.value), refused.value
+        assert store.checkpoints.key_id in str(refused.value), refused.value
+    finally:
+        other.close()
 
 
 def test_the_periodic_thread_makes_checkpoints_until_stopped(store: Store) -> None:

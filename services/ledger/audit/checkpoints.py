@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from eventsourcing.persistence import ApplicationRecorder
 
+from services.common.config import ConfigError
 from services.common.sql import Database, open_database
 from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.ledger.audit.encoding import (
@@ -400,6 +401,21 @@ class Checkpoints:
                 ),
             )
             return bool(cur.rowcount == 1)
+
+    def check_key(self) -> None:
+        """Refuse (:class:`ConfigError`) a signing key that is not the one the store's
+        latest checkpoint was signed with. A replica started with another key would seal
+        its events with it: the others would then refuse those incidents (their newest
+        seal fails), every later checkpoint would fail, and the audit would report them
+        as forged, for good. The key cannot be changed in place (docs/operations.md)."""
+        last = self.latest()
+        if last is None or last.verify(self.public_key):
+            return
+        raise ConfigError(
+            f"LEDGER_SIGNING_KEY_FILE holds key {self.key_id}, but "
+            f"the store's checkpoints are signed with key {last.key_id} (the latest at "
+            f"position {last.position}): give every replica the ledger's own signing key"
+        )
 
     # ------------------------------------------------------------------ read
 
