@@ -31,6 +31,7 @@ from uuid import UUID
 
 import structlog
 
+from services.common.datafiles import make_private_dir
 from services.common.errors import DataLoss, InvalidArgument
 from services.common.sql import Database
 from services.ledger.application import CommandResult, Ledger
@@ -130,7 +131,8 @@ class Download:
 
 def clear_spool(spool_dir: Path) -> None:
     """Remove the spool files of downloads a kill cut short."""
-    spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Its missing parents (the data directory itself, on a first start) private too.
+    make_private_dir(spool_dir)
     for leftover in spool_dir.glob(f"*{SPOOL_SUFFIX}"):
         leftover.unlink(missing_ok=True)
         log.info("evidence.spool_cleared", file=leftover.name)

@@ -16,6 +16,7 @@ from services.common.config import ConfigError
 from services.common.errors import InvalidArgument, Unauthenticated
 from services.common.pagetoken import PageTokens
 from services.common.reference import ReferenceData, ReferenceDataError, Role
+from services.ledger.evidence import clear_spool
 from services.ledger.projections import BoardFilter
 from tests.support import REFERENCE_FILE
 from tests.unit.incident_builders import REF
@@ -378,3 +379,13 @@ def test_unreadable_reference_files_are_refused(tmp_path: Path, content: str) ->
 def test_missing_reference_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ReferenceDataError, match="cannot read reference data"):
         ReferenceData.load(tmp_path / "absent.yaml")
+
+
+def test_the_evidence_spool_leaves_a_new_data_directory_private(tmp_path: Path) -> None:
+    # On a first start the spool may be the first thing made in the data directory: the
+    # directory itself must then be 0700 too, whatever the umask (docs/security.md).
+    data_dir = tmp_path / "data"
+    clear_spool(data_dir / "evidence-spool")
+    for directory in (data_dir, data_dir / "evidence-spool"):
+        mode = stat.S_IMODE(directory.stat().st_mode)
+        assert mode == 0o700, f"{directory} has mode {oct(mode)}"
