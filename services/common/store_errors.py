@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 
 import psycopg
-from eventsourcing.persistence import InterfaceError, OperationalError
+from eventsourcing.persistence import InterfaceError, OperationalError, ProgrammingError
 
 from services.common.errors import LedgerError, Unavailable
 
@@ -42,5 +42,34 @@ def as_ledger_error(exc: BaseException) -> LedgerError | None:
         return Unavailable(
             "the store is unreachable; retry (a command with the same request id)",
             reason="STORE_UNAVAILABLE",
+        )
+    return None
+
+
+#: The most of a store's error a failed start logs (a driver's message may be long).
+START_ERROR_CHARS = 500
+
+
+def start_failure(exc: BaseException) -> tuple[str, str] | None:
+    """What a service that cannot start on its store says of it, instead of a traceback:
+    the log event's name and what to do; None for any other failure (a bug: raised).
+
+    A store whose tables were not made (a replica started with ``CREATE_TABLE=n`` before
+    ``migrate``), then a store that cannot be reached."""
+    text = str(exc)
+    if isinstance(exc, psycopg.errors.UndefinedTable) or (
+        isinstance(exc, (sqlite3.OperationalError, OperationalError, ProgrammingError))
+        and ("no such table" in text or "does not exist" in text)
+    ):
+        return (
+            "store_not_migrated",
+            "the store's tables are missing: run `incident-ledger migrate` first (or start "
+            "one service without CREATE_TABLE=n)",
+        )
+    if isinstance(exc, STORE_CONNECTION_ERRORS):
+        return (
+            "store_unreachable",
+            "the store cannot be reached: check PERSISTENCE_MODULE and the POSTGRES_* (or "
+            "SQLITE_DBNAME) settings, and that the database is up",
         )
     return None

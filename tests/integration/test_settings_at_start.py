@@ -88,3 +88,34 @@ def test_a_secret_file_that_cannot_be_read_stops_the_start_naming_the_variable(
     assert json.loads(line)["error"] == (
         f"POSTGRES_PASSWORD_FILE: cannot read {missing}: No such file or directory"
     )
+
+
+@pytest.mark.parametrize(
+    ("module", "event"),
+    [
+        (["services.ledger"], "ledger.store_unreachable"),
+        (["services.ledger", "migrate"], "ledger.store_unreachable"),
+        (["services.notifier"], "notifier.store_unreachable"),
+    ],
+)
+def test_a_store_that_cannot_be_reached_stops_the_start_with_one_log_line(
+    tmp_path: Path, module: list[str], event: str
+) -> None:
+    # Port 1 of loopback: nothing listens there (the machine's own PostgreSQL is not used).
+    done = start(
+        module,
+        tmp_path,
+        PERSISTENCE_MODULE="eventsourcing.postgres",
+        NOTIFIER_STORE="postgres",
+        POSTGRES_HOST="127.0.0.1",
+        POSTGRES_PORT="1",
+        POSTGRES_DBNAME="none",
+        POSTGRES_USER="none",
+        POSTGRES_PASSWORD="none",
+        NATS_URL="nats://127.0.0.1:1",
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    failed = [json.loads(line) for line in done.stdout.splitlines() if '"level": "error"' in line]
+    assert [(f["event"], f["level"]) for f in failed] == [(event, "error")], done.stdout
+    assert "port 1 failed" in failed[0]["error"] and "POSTGRES_" in failed[0]["hint"]
