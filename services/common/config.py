@@ -274,9 +274,10 @@ class ServiceVariables(Group):
         "development",
         "`production` refuses development credentials, requires `LEDGER_TOKENS_FILE`, "
         "`LEDGER_PAGE_TOKEN_SECRET`, `LEDGER_SIGNING_KEY_FILE` (ledger) and "
-        "`NOTIFIER_WEBHOOK_KEY_FILE` (notifier), serves plaintext gRPC only on loopback and "
-        "turns the rate limit on; the situation room then requires "
-        "`SITUATION_ROOM_SESSION_KEY`",
+        "`NOTIFIER_WEBHOOK_KEY_FILE` (notifier), serves plaintext gRPC only on loopback, "
+        "refuses SQLite while `POSTGRES_*` variables are set (a misspelt "
+        "`PERSISTENCE_MODULE` or `NOTIFIER_STORE`) and turns the rate limit on; the situation "
+        "room then requires `SITUATION_ROOM_SESSION_KEY`",
         read_by=(LEDGER, NOTIFIER, ROOM),
     )
     data_dir: FilePath = _setting(
@@ -1616,6 +1617,23 @@ class ServiceSettings:
             )
 
     @staticmethod
+    def check_store_choice(
+        common: Mapping[str, Any], given: Mapping[str, str], postgres: bool, variable: str
+    ) -> None:
+        """Production refuses an embedded store while PostgreSQL's settings are given: a
+        misspelt or forgotten ``variable`` (PERSISTENCE_MODULE, NOTIFIER_STORE) would
+        otherwise keep the data in a SQLite file of each replica's, without a word."""
+        if common["environment"] != "production" or postgres:
+            return
+        named = sorted(k for k in given if k.startswith("POSTGRES_"))
+        if named:
+            raise ConfigError(
+                f"{', '.join(named)} set, but {variable} does not choose PostgreSQL: "
+                f"production would keep its data in SQLite; set {variable} (or leave the "
+                "POSTGRES_ variables out)"
+            )
+
+    @staticmethod
     def common_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         """The shared fields, read from ``environ`` and checked (production needs real secrets)."""
         groups = (ServiceVariables, LimitVariables, TlsVariables)
@@ -1736,6 +1754,12 @@ class LedgerSettings(ServiceSettings):
             evidence=EvidenceSettings.from_variables(values.get(EvidenceVariables)),
         )
         settings.check_transport(settings.listen, "LEDGER_LISTEN")
+        cls.check_store_choice(
+            common,
+            given,
+            settings.store_env["PERSISTENCE_MODULE"] == "eventsourcing.postgres",
+            "PERSISTENCE_MODULE",
+        )
         return settings
 
 
@@ -1943,6 +1967,7 @@ class NotifierSettings(ServiceSettings):
         nats, notifier = values.get(NatsVariables), values.get(NotifierVariables)
         if not nats_servers(nats.url):
             raise ConfigError("NATS_URL is required: the notifier consumes the ledger's stream")
+        cls.check_store_choice(common, given, notifier.store == "postgres", "NOTIFIER_STORE")
         if notifier.store == "postgres":
             store_env = {
                 **postgres_environment(given, values),

@@ -101,6 +101,18 @@ def test_nats_url_names_one_server_or_the_nodes_of_a_cluster() -> None:
             },
             "LEDGER_SIGNING_KEY_FILE is required in production",
         ),
+        (
+            {
+                "LEDGER_ENVIRONMENT": "production",
+                "LEDGER_PAGE_TOKEN_SECRET": "s" * 32,
+                "LEDGER_TOKENS_FILE": "/t.yaml",
+                "LEDGER_SIGNING_KEY_FILE": "/k.pem",
+                "PERSISTANCE_MODULE": "eventsourcing.postgres",  # misspelt: SQLite it would be
+                "POSTGRES_HOST": "db",
+                "POSTGRES_DBNAME": "ledger",
+            },
+            "POSTGRES_DBNAME, POSTGRES_HOST set, but PERSISTENCE_MODULE does not choose",
+        ),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(env: dict[str, str], message: str) -> None:
@@ -202,3 +214,21 @@ def test_a_nats_url_that_names_no_server_is_refused_not_ignored(value: str) -> N
 
 def test_a_blank_nats_url_is_unset_and_the_ledger_runs_without_a_relay() -> None:
     assert LedgerSettings.from_env({"NATS_URL": "  "}).relay.nats_url == ""
+
+
+def test_a_production_notifier_given_postgres_settings_must_choose_its_store() -> None:
+    env = {
+        "LEDGER_ENVIRONMENT": "production",
+        "LEDGER_PAGE_TOKEN_SECRET": "s" * 32,
+        "LEDGER_TOKENS_FILE": "/t.yaml",
+        "NATS_URL": "nats://nats:4222",
+        "POSTGRES_HOST": "db",
+    }
+    with pytest.raises(ConfigError, match="NOTIFIER_STORE does not choose PostgreSQL"):
+        NotifierSettings.from_env(env)
+    # In development the same environment is taken (a developer's shell may hold POSTGRES_
+    # variables for the PostgreSQL tests while running SQLite).
+    development = {k: v for k, v in env.items() if k != "LEDGER_ENVIRONMENT"}
+    assert NotifierSettings.from_env(development).store_env["PERSISTENCE_MODULE"] == (
+        "eventsourcing.sqlite"
+    )
