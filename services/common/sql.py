@@ -333,32 +333,68 @@ class StoreWatch:
     It owns ``db`` (a database of its own: its question never waits behind others).
 
     Readiness follows it: a replica that cannot reach its store says so, and a load
-    balancer or an orchestrator sends callers elsewhere until it can again.
+    balancer or an orchestrator sends callers elsewhere until it can again. A store that
+    does not answer within ``answer_within`` seconds is unavailable too: an open connection
+    to a host that hangs (a stalled network, a frozen proxy) would otherwise keep the
+    question, and the health, waiting for good; the question goes on waiting in a thread
+    of its own, and none is asked again until it ends.
     """
 
-    def __init__(self, db: Database, interval: float, on_change: Callable[[bool], None]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        interval: float,
+        on_change: Callable[[bool], None],
+        answer_within: float = 3.0,
+    ) -> None:
         self._db = db
         self._interval = interval
         self._on_change = on_change
+        self._answer_within = answer_within
         self._available: bool | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._asking: threading.Thread | None = None
 
     @property
     def available(self) -> bool | None:
         """Whether the store answered the last question (None before the first)."""
         return self._available
 
+    def _ask(self) -> BaseException | None:
+        """The store's answer within ``answer_within``: None when it answered, else why not
+        (TimeoutError when it did not answer in time, or still has not)."""
+        if self._asking is not None and self._asking.is_alive():
+            return TimeoutError("the store has not answered the last question yet")
+        answered = threading.Event()
+        failures: list[BaseException] = []
+
+        def question() -> None:
+            try:
+                with self._db.transaction() as cur:
+                    cur.execute("SELECT 1")
+            except BaseException as exc:  # handed to the asking thread, which decides
+                failures.append(exc)
+            finally:
+                answered.set()
+
+        self._asking = threading.Thread(target=question, name="store-watch-question", daemon=True)
+        self._asking.start()
+        if not answered.wait(self._answer_within):
+            return TimeoutError(f"the store did not answer within {self._answer_within:g} s")
+        return failures[0] if failures else None
+
     def check(self) -> bool:
         """Ask once now; tell ``on_change`` if the answer changed."""
-        try:
-            with self._db.transaction() as cur:
-                cur.execute("SELECT 1")
+        failure = self._ask()
+        if failure is None:
             available = True
-        except STORE_CONNECTION_ERRORS as exc:
+        elif isinstance(failure, (*STORE_CONNECTION_ERRORS, TimeoutError)):
             if self._available is not False:
-                log.warning("store.unreachable", error=f"{type(exc).__name__}: {exc}")
+                log.warning("store.unreachable", error=f"{type(failure).__name__}: {failure}")
             available = False
+        else:
+            raise failure  # closed (the service stops), or a bug
         if available != self._available:
             if available and self._available is False:
                 log.info("store.reachable")

@@ -367,7 +367,15 @@ def watch_store(
         for name in ("", *SERVICES):
             health_servicer.set(name, status)
 
-    watch = StoreWatch(open_database(settings.store_env), settings.store_check_seconds, on_change)
+    # An answer later than a connection attempt may take is no answer (a hung host).
+    connect_timeout = float(settings.store_env.get("POSTGRES_CONNECT_TIMEOUT") or 0) or 3.0
+    answer_within = max(1.0, connect_timeout)
+    watch = StoreWatch(
+        open_database(settings.store_env),
+        settings.store_check_seconds,
+        on_change,
+        answer_within=answer_within,
+    )
     watch.start()
     return watch
 
