@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from services.common.errors import Unavailable
 from services.common.grpc_errors import error_info
 from services.common.sql import PostgresDatabase
 from services.common.store_errors import as_ledger_error
+from tests.ledgerctl_support import Ctl
 from tests.support import Client, rid, running_ledger, settings_for
 from tests.topology import PrivatePostgres, postgres_schema, private_postgres
 
@@ -90,3 +93,57 @@ def test_while_postgres_is_down_commands_are_unavailable_then_succeed(
         again = report(client, request_id)  # the retry, with the same request id
         assert again.result.position > first.result.position
         assert report(client, request_id) == again, "the retry was recorded twice"
+
+
+def test_ledgerctl_says_the_ledger_cannot_reach_its_database_not_that_time_ran_out(
+    postgres: PrivatePostgres, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ledger answers STORE_UNAVAILABLE at once, again and again, until --timeout cuts
+    the last attempt short: what the person reads is the ledger's answer, not a deadline
+    nor "cannot reach the ledger", and a write still names its request id."""
+    with running_ledger(settings_for(tmp_path, store_env(postgres))) as ledger:
+        ctl = Ctl(ledger, capsys)
+        title = "Report sent while the database is down"
+        ctl.ok("kesbangpol", "report", "Before the outage", "hoax", "xiv_koto")
+        postgres.stop()
+        try:
+            code, _, err = ctl.run("kesbangpol", "--timeout", "3", "report", title, "hoax", "ipuh")
+            assert code == 6, err
+            assert "UNAVAILABLE STORE_UNAVAILABLE" in err, err
+            assert "cannot reach its database" in err, err
+            assert "DEADLINE_EXCEEDED" not in err and "no answer came" not in err, err
+            found = re.search(r"--request-id ([0-9a-f]{32})\b", err)
+            assert found is not None, err
+            request_id = found.group(1)
+            # The "may have been recorded" warning goes with an attempt cut short, and only.
+            code, _, err = ctl.run(
+                "kesbangpol",
+                "--timeout",
+                "3",
+                "--json",
+                "report",
+                title,
+                "hoax",
+                "ipuh",
+                "--request-id",
+                request_id,
+            )
+            error = json.loads(err)["error"]
+            assert (code, error["code"], error["reason"]) == (6, "UNAVAILABLE", "STORE_UNAVAILABLE")
+            assert error["request_id"] == request_id
+            cut_short = error["metadata"]["unanswered_attempts"] != "0"
+            assert ("may have recorded" in error["message"]) == cut_short, error
+            # A query says the same of the database, and does not blame the network.
+            code, _, err = ctl.run("polres", "--timeout", "3", "list")
+            assert code == 6, err
+            assert "STORE_UNAVAILABLE" in err and "cannot reach its database" in err, err
+            assert "cannot reach the ledger" not in err, err
+        finally:
+            postgres.start()
+        # Sent again with the id named (ledgerctl's retries outlast the reconnection), twice:
+        # the report is in the ledger once.
+        first = ctl.json("kesbangpol", "report", title, "hoax", "ipuh", "--request-id", request_id)
+        again = ctl.json("kesbangpol", "report", title, "hoax", "ipuh", "--request-id", request_id)
+        assert first["incident"] == again["incident"]
+        titles = [i["title"] for i in ctl.json("polres", "list", "--limit", "0")]
+        assert titles.count(title) == 1, titles

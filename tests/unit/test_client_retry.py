@@ -264,6 +264,79 @@ def test_the_budget_bounds_the_retries_and_the_server_s_delays() -> None:
     assert time_.slept == []
 
 
+class StoreDown:
+    """A ledger whose database is down: it answers each attempt STORE_UNAVAILABLE after
+    ``answer_seconds``, unless the attempt's deadline (the retry budget: ``budget`` from
+    the start) ends first, which cuts it short with DEADLINE_EXCEEDED."""
+
+    def __init__(self, time_: FakeTime, budget: float, answer_seconds: float = 0.7) -> None:
+        self.time = time_
+        self.budget = budget
+        self.answer_seconds = answer_seconds
+        self.codes: list[str] = []
+
+    def __call__(self) -> str:
+        if self.time.now + self.answer_seconds > self.budget:
+            self.time.now = max(self.time.now, self.budget)
+            self.codes.append("DEADLINE_EXCEEDED")
+            raise FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        self.time.now += self.answer_seconds
+        self.codes.append("STORE_UNAVAILABLE")
+        raise FakeRpcError(
+            grpc.StatusCode.UNAVAILABLE,
+            "the store is unreachable; retry (a command with the same request id)",
+            "STORE_UNAVAILABLE",
+        )
+
+
+def test_the_budget_spent_raises_the_server_s_answer_not_the_attempt_it_cut_short() -> None:
+    time_ = FakeTime()
+    down = StoreDown(time_, budget=10.0)
+    with pytest.raises(LedgerError) as caught:
+        call_with_retry(
+            down,
+            RetryPolicy(budget=10.0),
+            sleep=time_.sleep,
+            rng=lambda: 0.5,
+            clock=time_.clock,
+            request_id="req-7",
+        )
+    # The sequence the defect needs: the server's answers, then a last attempt cut short.
+    assert down.codes[-1] == "DEADLINE_EXCEEDED", down.codes
+    assert down.codes.count("STORE_UNAVAILABLE") >= 3, down.codes
+    error = caught.value
+    assert isinstance(error, Unavailable), error
+    assert (error.code, error.reason) == ("UNAVAILABLE", "STORE_UNAVAILABLE")
+    assert error.message.startswith("the store is unreachable")
+    assert error.request_id == "req-7"
+    # The attempt cut short may have reached the ledger: the error says one went unanswered.
+    assert error.unanswered_attempts == 1
+
+
+def test_answers_alone_leave_no_attempt_unanswered_and_deadlines_alone_are_raised() -> None:
+    time_ = FakeTime()
+    # Answered at once every time: the budget runs out between attempts, none is cut short.
+    down = StoreDown(time_, budget=5.0, answer_seconds=0.0)
+    with pytest.raises(Unavailable) as caught:
+        call_with_retry(down, RetryPolicy(budget=5.0), sleep=time_.sleep, clock=time_.clock)
+    assert set(down.codes) == {"STORE_UNAVAILABLE"} and len(down.codes) >= 3, down.codes
+    assert caught.value.reason == "STORE_UNAVAILABLE"
+    assert caught.value.unanswered_attempts == 0
+    # Without any answer from the server, the last failure is raised, as before.
+    time_ = FakeTime()
+    silent = Flaky(*[FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")] * 5)
+    with pytest.raises(DeadlineExceeded) as timed_out:
+        call_with_retry(silent, RetryPolicy(retries=4), sleep=time_.sleep, clock=time_.clock)
+    assert timed_out.value.unanswered_attempts == 5
+    # A refusal that is not retried is the server's final word: raised even after an answer.
+    refused = Flaky(
+        FakeRpcError(grpc.StatusCode.UNAVAILABLE, "down", "STORE_UNAVAILABLE"),
+        FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "title: is required", "INVALID_FIELD"),
+    )
+    with pytest.raises(InvalidArgument):
+        call_with_retry(refused, RetryPolicy(retries=3), sleep=time_.sleep, clock=time_.clock)
+
+
 def test_a_failed_command_names_its_request_id_to_retry_with() -> None:
     failures = [FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connection refused")] * 3
 

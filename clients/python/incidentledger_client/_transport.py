@@ -13,7 +13,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from incidentledger_client.errors import from_rpc_error, retry_delay, status_code
+from incidentledger_client.errors import (
+    LedgerError,
+    error_reason,
+    from_rpc_error,
+    retry_delay,
+    status_code,
+)
 
 T = TypeVar("T")
 Metadata = tuple[tuple[str, str], ...]
@@ -87,28 +93,54 @@ def call_with_retry(
 
     The caller builds the request once, so every attempt sends the same request (and the
     same request_id). A non-retryable failure, or the last retryable one, is raised as a
-    :class:`~incidentledger_client.errors.LedgerError` carrying ``request_id``.
+    :class:`~incidentledger_client.errors.LedgerError` carrying ``request_id`` and
+    ``unanswered_attempts``. When the retries end on a failure without the server's answer
+    (the last attempt cut short by the budget, a lost connection) after the server had
+    answered an earlier attempt with a reason (``STORE_UNAVAILABLE``), that answer is raised:
+    it says what is wrong, the cut-short attempt only that time ran out.
     """
     started = clock()
     attempt = 0
+    answer: grpc.RpcError | None = None  # the server's last retryable answer with a reason
+    unanswered = 0
+
+    def give_up(error: grpc.RpcError) -> LedgerError:
+        said = answer if answer is not None and _unanswered(error) else error
+        raised = from_rpc_error(said, request_id)
+        raised.unanswered_attempts = unanswered
+        return raised
+
     while True:
         try:
             return call()
         except grpc.RpcError as error:
+            code = status_code(error)
+            if code in RETRYABLE:
+                if _unanswered(error):
+                    unanswered += 1
+                else:
+                    answer = error
             left = policy.budget - (clock() - started)
             if policy.retries is not None and attempt >= policy.retries:
-                raise from_rpc_error(error, request_id) from None
-            if status_code(error) in RETRYABLE:
+                raise give_up(error) from None
+            if code in RETRYABLE:
                 wait = min(policy.delay(attempt, rng), left)
                 if wait < 0 or left <= 0:
-                    raise from_rpc_error(error, request_id) from None
+                    raise give_up(error) from None
             else:
                 server_wait = retry_delay(error)  # the server says when to come back
                 if server_wait is None or server_wait > left:
-                    raise from_rpc_error(error, request_id) from None
+                    raise give_up(error) from None
                 wait = server_wait
             sleep(wait)
             attempt += 1
+
+
+def _unanswered(error: grpc.RpcError) -> bool:
+    """A retryable failure without the server's reason: no answer in time, or a connection
+    refused or lost. Unless refused, the request may have reached the server (and a command
+    been recorded); an answer with a reason (STORE_UNAVAILABLE) says that it was not taken."""
+    return status_code(error) in RETRYABLE and not error_reason(error)
 
 
 def _read_certificates(

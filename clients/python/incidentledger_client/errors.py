@@ -56,6 +56,11 @@ class LedgerError(Exception):
         self.request_id = request_id
         """The request id of the failed command (``None`` for a query): retrying the command
         with it is safe, a command is recorded at most once per request id."""
+        self.unanswered_attempts = 0
+        """How many of the call's attempts failed without an answer from the server (no
+        answer in time, a connection refused or lost). Unless refused, such an attempt may
+        have reached the server: a command may have been recorded even when the error raised
+        is the server's answer to another attempt (``STORE_UNAVAILABLE``)."""
 
     @property
     def field(self) -> str | None:
@@ -244,6 +249,12 @@ def _unpacked(details: list[Any], kind: type[M]) -> M | None:
 def _detail(error: grpc.RpcError, kind: type[M]) -> M | None:
     """The first detail of type ``kind`` in a failed call's google.rpc.Status, if any."""
     return _unpacked(_details(error), kind)
+
+
+def error_reason(error: grpc.RpcError) -> str:
+    """The ErrorInfo reason of a failed call ("" when the server gave none, or did not answer)."""
+    info = _detail(error, error_details_pb2.ErrorInfo)
+    return info.reason if info is not None else ""
 
 
 def retry_delay(error: grpc.RpcError) -> float | None:

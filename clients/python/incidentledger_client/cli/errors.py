@@ -105,6 +105,10 @@ def explain(error: LedgerError, st: State) -> Hint | None:
     )
     meta = {"service": service, "address": address, "address_from": settings.source(setting)}
     text = error.message
+    if isinstance(error, Unavailable | DeadlineExceeded) and error.reason:
+        # The server answered, with its reason (STORE_UNAVAILABLE, PROJECTION_LAGGING): the
+        # address, the network and TLS are fine, so none of the hints below applies.
+        return _answered_unavailable(error, st, where, meta)
     if isinstance(error, Unavailable | DeadlineExceeded):
         tls = bool(settings.tls_ca or os.environ.get("LEDGER_TLS_CA"))
         has_cert = bool(settings.tls_cert or os.environ.get("LEDGER_TLS_CLIENT_CERT"))
@@ -187,3 +191,40 @@ def explain(error: LedgerError, st: State) -> Hint | None:
                 meta,
             )
     return None
+
+
+def _answered_unavailable(
+    error: LedgerError, st: State, where: str, meta: dict[str, str]
+) -> Hint | None:
+    """What to do about the server's own UNAVAILABLE (the client raises it rather than the
+    deadline of a last attempt that the retry budget cut short)."""
+    if error.reason == "STORE_UNAVAILABLE":
+        problem = _("the {where} cannot reach its database").format(where=where)
+    elif st.request_id:
+        problem = _("the {where} cannot take the command now").format(where=where)
+    else:
+        return None  # a query: the server's message says what is wrong and what to do
+    if not st.request_id:
+        return Hint(problem, meta)
+    meta = {**meta, "unanswered_attempts": str(error.unanswered_attempts)}
+    if error.unanswered_attempts:
+        # The ledger's answer says that the attempt it answered was not taken; an attempt
+        # that got no answer (cut short by --timeout) may have been recorded all the same.
+        return Hint(
+            _(
+                "{problem}, and an attempt that got no answer in time may have recorded the "
+                "command all the same. Do not simply type it again: send it again later with "
+                "the same request id, --request-id {request_id}, and it is recorded at most once"
+            ).format(problem=problem, request_id=st.request_id),
+            meta,
+        )
+    # Every attempt was answered that the command could not be taken; the same request id
+    # is still the one to send it again with (should a commit's answer have been lost in
+    # the database, the ledger records it at most once).
+    return Hint(
+        _(
+            "{problem}: send the command again later with the same request id, --request-id "
+            "{request_id}, and it is recorded at most once"
+        ).format(problem=problem, request_id=st.request_id),
+        meta,
+    )
