@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, cast, get_args, get_origin
+from urllib.parse import urlsplit
 
 from annotated_types import Ge, Gt, Le
 from cryptography import x509
@@ -1245,7 +1246,40 @@ def nats_servers(nats_url: str) -> list[str]:
     (``nats://10.0.0.1:4222,nats://10.0.0.2:4222``): the client connects to any one
     of them and, when that one goes away, reconnects to another.
     """
-    return [url.strip() for url in nats_url.split(",") if url.strip()]
+    servers = [url.strip() for url in nats_url.split(",") if url.strip()]
+    for n, url in enumerate(servers, start=1):
+        _check_nats_server(url, n)
+    return servers
+
+
+#: The schemes the NATS client connects with.
+NATS_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
+
+
+def _check_nats_server(url: str, n: int) -> None:
+    """ConfigError unless ``url`` is ``scheme://host[:port]`` (or ``host[:port]``, which the
+    client reads as ``nats://``); never quoting it, which may embed a password.
+
+    A mistyped one (``nats//host:4222``) would otherwise be taken for a host named ``nats``,
+    and the relay would log a name lookup failure every two seconds."""
+    full = url if "://" in url else f"nats://{url}"
+    try:
+        parts = urlsplit(full)
+        port = parts.port
+    except ValueError:
+        port, parts = -1, None
+    if (
+        parts is None
+        or port == -1
+        or parts.scheme not in NATS_SCHEMES
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+    ):
+        raise ConfigError(
+            f"NATS_URL: server {n} is not a NATS address: scheme://host:port with scheme "
+            f"{', '.join(sorted(NATS_SCHEMES))} (nats://127.0.0.1:4222)"
+        )
 
 
 def _readable_file(key: str, path: Path | None) -> Path | None:

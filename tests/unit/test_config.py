@@ -232,3 +232,19 @@ def test_a_production_notifier_given_postgres_settings_must_choose_its_store() -
     assert NotifierSettings.from_env(development).store_env["PERSISTENCE_MODULE"] == (
         "eventsourcing.sqlite"
     )
+
+
+@pytest.mark.parametrize(
+    "url", ["nats//127.0.0.1:4222", "http://nats:4222", "nats://nats:99999", "nats://:4222"]
+)
+def test_a_nats_url_that_names_no_nats_server_is_refused_without_quoting_it(url: str) -> None:
+    with pytest.raises(ConfigError, match="NATS_URL: server 1 is not a NATS address") as refused:
+        LedgerSettings.from_env({"NATS_URL": url})
+    assert url not in str(refused.value)  # it may embed a password
+    with pytest.raises(ConfigError, match="server 2 is not"):
+        nats_servers(f"nats://a:4222,{url}")
+    assert nats_servers("nats://a:4222, tls://u:p@b:4222,127.0.0.1:4222") == [
+        "nats://a:4222",
+        "tls://u:p@b:4222",
+        "127.0.0.1:4222",
+    ]
