@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from incidentledger_client.cli.config import DEFAULT_TOKENS_FILE, default_tokens_file
+from incidentledger_client.cli.config import (
+    DEFAULT_TOKENS_FILE,
+    ConfigError,
+    default_tokens_file,
+    token_for_agency,
+)
 
 
 def tokens_in(root: Path) -> Path:
@@ -44,3 +49,15 @@ def test_nowhere_found_the_current_directorys_path_is_named(
     monkeypatch.delenv("LEDGER_DATA_DIR", raising=False)
     # The error then names data/credentials/dev-tokens.yaml, as before.
     assert default_tokens_file(tmp_path) == DEFAULT_TOKENS_FILE
+
+
+def test_the_services_file_of_token_hashes_is_named_as_such(tmp_path: Path) -> None:
+    # A shell with the services' environment hands ledgerctl their LEDGER_TOKENS_FILE.
+    hashes = tmp_path / "tokens.yaml"
+    hashes.write_text(
+        "users:\n- agency: polres\n  officer: duty\n  token_sha256: " + "a" * 64 + "\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match="file of token hashes") as refused:
+        token_for_agency("polres", hashes, "env LEDGER_TOKENS_FILE")
+    assert "--tokens-file" in str(refused.value) and "LEDGER_TOKEN" in str(refused.value)

@@ -198,6 +198,16 @@ def token_for_agency(agency: str, tokens_file: Path, source: str = "") -> str:
             ).format(path=tokens_file, where=where)
         )
     raw = yaml.safe_load(tokens_file.read_text(encoding="utf-8")) or {}
+    if isinstance(raw, dict) and isinstance(raw.get("users"), list):
+        # The services' file of the tokens' hashes (their LEDGER_TOKENS_FILE, which a shell
+        # with the services' environment hands ledgerctl too): no token can be read there.
+        raise ConfigError(
+            _(
+                "{path} is the services' file of token hashes ({source}), which holds no "
+                "token: give ledgerctl the development tokens file (--tokens-file "
+                "data/credentials/dev-tokens.yaml) or a token (--token, LEDGER_TOKEN)"
+            ).format(path=tokens_file, source=source or "default")
+        )
     # Agency codes are case-insensitive, as everywhere in ledgerctl.
     entry = raw.get(agency) or next(
         (v for k, v in raw.items() if str(k).lower() == agency.lower()), None
