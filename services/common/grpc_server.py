@@ -16,6 +16,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -32,6 +33,17 @@ from services.common.request_checks import check_request, parsing
 from services.common.store_errors import as_ledger_error
 
 log = structlog.get_logger("request")
+
+#: The level of a failed request's log line, by its code: what an operator must look at
+#: (a store away, history that fails its chain) above a caller's own mistakes (info).
+REQUEST_LOG_LEVELS: Mapping[str, str] = MappingProxyType(
+    {
+        "PERMISSION_DENIED": "warning",
+        "UNAUTHENTICATED": "warning",
+        "UNAVAILABLE": "warning",
+        "DATA_LOSS": "error",
+    }
+)
 
 _PRINCIPAL: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
 
@@ -247,7 +259,7 @@ class RequestInterceptor(_ServerInterceptor):
                 self._metrics.auth_throttled.labels(error.key).inc()
             self._done(error.code, started, logged=False)
         else:
-            level = "warning" if error.code in {"PERMISSION_DENIED", "UNAUTHENTICATED"} else "info"
+            level = REQUEST_LOG_LEVELS.get(error.code, "info")
             self._done(error.code, started, level=level, reason=error.reason, error=error.message)
         context.abort_with_status(to_grpc_status(error, self._domain, accept_language(context)))
 
