@@ -417,9 +417,14 @@ def test_ledgerctl_attaches_lists_gets_and_shows_downloads(
     ctl.ok("inspektorat", "evidence", "get", name, short, "-o", str(target))
     assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
     assert not target.with_name("copy.jpg.part").exists()
+    # The whole name attach printed, as one argument, names it too.
+    again = tmp_path / "again.jpg"
+    ctl.ok("inspektorat", "evidence", "get", evidence["name"], "-o", str(again))
+    assert again.read_bytes() == target.read_bytes()
     downloads = ctl.json("inspektorat", "evidence", "downloads", name)
     assert [(d["evidence"], d["actor"]["agency"]) for d in downloads] == [
-        (evidence["name"], "inspektorat")
+        (evidence["name"], "inspektorat"),
+        (evidence["name"], "inspektorat"),
     ]
     indonesian = ctl.ok("polres", "--lang", "id", "evidence", "list", name)
     assert "Bukti" in indonesian and "pengunggah" in indonesian.lower()

@@ -183,11 +183,12 @@ def get(
     ctx: typer.Context,
     name: Name,
     evidence: Annotated[
-        str,
+        str | None,
         typer.Argument(
-            help="The evidence: its event id, or its first 6+ characters as lists show."
+            help="The evidence: its event id, or its first 6+ characters as lists show "
+            "(none when INCIDENT is the whole name attach printed, incidents/ID/evidence/ID)."
         ),
-    ],
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="Where to write it (default: its file name, here)."),
@@ -196,6 +197,14 @@ def get(
     """Download evidence to a file (checked against its recorded SHA-256; the download is
     recorded)."""
     st = state(ctx)
+    if evidence is None:
+        # The name attach prints, as one argument.
+        name, marker, evidence = name.partition("/evidence/")
+        if not marker or not evidence:
+            raise typer.BadParameter(
+                _("give the evidence after the incident, or the name attach printed"),
+                param_hint="EVIDENCE",
+            )
     incident = incident_name(ctx, name)
     full = _evidence_name(ctx, incident, evidence)
     ledger = st.ledger()
