@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,3 +63,18 @@ class Ctl:
 
     def json(self, agency: str, *args: str) -> Any:
         return json.loads(self.ok(agency, "--json", *args))
+
+
+def backlog_line(n: int, **changes: object) -> str:
+    """Line ``n`` of a field device's backlog (JSON Lines, docs/clients.md): a report of its
+    own (a new device report id), with ``changes`` to its fields."""
+    value: dict[str, object] = {
+        "device_report_id": str(uuid.uuid4()),
+        "device_id": "tab-babinsa-air-rami",
+        "device_record_time": "2026-11-27T09:00:00+07:00",
+        "title": f"Laporan {n}",
+        "category": "crowd_gathering",
+        "location": {"kecamatan": "air_rami"},
+    }
+    value.update(changes)
+    return json.dumps(value)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import sqlite3
 
 import psycopg
+import structlog
 from eventsourcing.persistence import InterfaceError, OperationalError, ProgrammingError
 
 from services.common.errors import LedgerError, Unavailable
+from services.common.logging import clipped
 
 
 class StoreUnreachableError(Exception):
@@ -48,6 +50,19 @@ def as_ledger_error(exc: BaseException) -> LedgerError | None:
 
 #: The most of a store's error a failed start logs (a driver's message may be long).
 START_ERROR_CHARS = 500
+
+
+def logged_start_failure(service: str, exc: BaseException) -> bool:
+    """Log, as one line (``{service}.store_unreachable``, ``{service}.store_not_migrated``,
+    with what to check), a failed start that the store caused; False, logging nothing, for
+    any other failure (a bug, which the caller raises)."""
+    failure = start_failure(exc)
+    if failure is None:
+        return False
+    event, hint = failure
+    error = clipped(f"{type(exc).__name__}: {exc}", START_ERROR_CHARS)
+    structlog.get_logger(f"services.{service}").error(f"{service}.{event}", error=error, hint=hint)
+    return True
 
 
 def start_failure(exc: BaseException) -> tuple[str, str] | None:

@@ -13,10 +13,10 @@ def main() -> int:
     import structlog
 
     from services.common.config import ConfigError, NotifierSettings
-    from services.common.logging import clipped, configure_logging
+    from services.common.logging import configure_logging
     from services.common.native_log import capture_native_stderr
     from services.common.reference import ReferenceDataError
-    from services.common.store_errors import START_ERROR_CHARS, start_failure
+    from services.common.store_errors import logged_start_failure
     from services.notifier.server import build
 
     log = structlog.get_logger("services.notifier")
@@ -31,12 +31,8 @@ def main() -> int:
         log.error("notifier.config_error", error=str(exc))
         return 2
     except Exception as exc:  # a store that is not there: one line, not a traceback
-        failure = start_failure(exc)
-        if failure is None:
+        if not logged_start_failure("notifier", exc):
             raise
-        event, hint = failure
-        error = clipped(f"{type(exc).__name__}: {exc}", START_ERROR_CHARS)
-        log.error(f"notifier.{event}", error=error, hint=hint)
         return 1
     return serve_until_stopped(stopping, lambda: running.stop(settings.grace_seconds))
 

@@ -8,28 +8,14 @@ import csv
 import json
 import re
 import shutil
-import uuid
 from pathlib import Path
 
 from incidentledger_client.cli.commands.intake import CODES_SHOWN
-from tests.ledgerctl_support import Ctl
+from tests.ledgerctl_support import Ctl, backlog_line
 
 #: A reference code as ledgerctl prints it (MKM-7QK3-9V).
 REFERENCE = re.compile(r"[A-Z]{3}-[0-9A-Z]{4}-[0-9A-Z]{2}")
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "field-backlog.jsonl"
-
-
-def line(n: int, **changes: object) -> str:
-    value: dict[str, object] = {
-        "device_report_id": str(uuid.uuid4()),
-        "device_id": "tab-babinsa-air-rami",
-        "device_record_time": "2026-11-27T09:00:00+07:00",
-        "title": f"Laporan {n}",
-        "category": "crowd_gathering",
-        "location": {"kecamatan": "air_rami"},
-    }
-    value.update(changes)
-    return json.dumps(value)
 
 
 def recorded(ctl: Ctl) -> int:
@@ -77,8 +63,8 @@ def test_the_example_backlog_is_recorded_once_however_often_it_is_sent(
 
 def test_json_gives_one_line_per_report_and_refused_ones_exit_1(ctl: Ctl, tmp_path: Path) -> None:
     backlog = tmp_path / "backlog.jsonl"
-    lines = [line(n) for n in range(7)]
-    lines[2] = line(2, category="picnic")
+    lines = [backlog_line(n) for n in range(7)]
+    lines[2] = backlog_line(2, category="picnic")
     backlog.write_text("\n".join(lines[:4]) + "\n\n" + "\n".join(lines[4:]) + "\n")
     code, out, _err = ctl.run("bawaslu", "--json", "ingest", str(backlog), "--chunk-size", "3")
     assert code == 1, "a refused report"
@@ -100,14 +86,16 @@ def test_an_unreadable_line_refuses_the_file_before_anything_is_sent(
     ctl: Ctl, tmp_path: Path
 ) -> None:
     backlog = tmp_path / "backlog.jsonl"
-    backlog.write_text(line(0) + "\n" + line(1, device_record_time="2026-11-27 09:00") + "\n")
+    backlog.write_text(
+        backlog_line(0) + "\n" + backlog_line(1, device_record_time="2026-11-27 09:00") + "\n"
+    )
     code, _out, err = ctl.run("bawaslu", "ingest", str(backlog))
     assert code == 2
     assert "line 2" in err and "device_record_time" in err
-    backlog.write_text(line(0) + "\n{not json\n")
+    backlog.write_text(backlog_line(0) + "\n{not json\n")
     code, _out, err = ctl.run("bawaslu", "ingest", str(backlog))
     assert code == 2 and "line 2" in err
-    backlog.write_text(line(0, locaton={"kecamatan": "ipuh"}) + "\n")
+    backlog.write_text(backlog_line(0, locaton={"kecamatan": "ipuh"}) + "\n")
     code, _out, err = ctl.run("bawaslu", "ingest", str(backlog))
     assert code == 2 and "locaton" in err
     assert recorded(ctl) == 0
@@ -117,8 +105,8 @@ def test_a_long_backlog_shows_the_first_codes_and_writes_them_all_to_a_file(
     ctl: Ctl, tmp_path: Path
 ) -> None:
     backlog = tmp_path / "backlog.jsonl"
-    lines = [line(n) for n in range(CODES_SHOWN + 5)]
-    lines[1] = line(1, category="picnic")  # refused: no code, not in the file
+    lines = [backlog_line(n) for n in range(CODES_SHOWN + 5)]
+    lines[1] = backlog_line(1, category="picnic")  # refused: no code, not in the file
     backlog.write_text("\n".join(lines) + "\n")
     code, out, _err = ctl.run("bawaslu", "ingest", str(backlog))
     assert code == 1, out
@@ -145,7 +133,7 @@ def test_a_long_backlog_shows_the_first_codes_and_writes_them_all_to_a_file(
     assert "more not shown" not in out, out
     # A codes file that could not be written is refused before anything is sent.
     other = tmp_path / "other.jsonl"
-    text = line(99)
+    text = backlog_line(99)
     other.write_text(text + "\n")
     nowhere = tmp_path / "no-such-folder" / "codes.csv"
     code, _out, err = ctl.run("bawaslu", "ingest", str(other), "--codes", str(nowhere))

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 from eventsourcing.utils import get_topic
 
 from services.ledger.domain.incident import Incident
-from tests.ledgerctl_support import Ctl
+from tests.ledgerctl_support import Ctl, backlog_line
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Enough reports that sending them, or exporting their history, takes seconds: the interrupt
@@ -31,15 +30,7 @@ def backlog(path: Path, count: int) -> Path:
     """A field device's backlog of ``count`` reports (JSON Lines)."""
     with path.open("w", encoding="utf-8") as file:
         for n in range(count):
-            report = {
-                "device_report_id": str(uuid.uuid4()),
-                "device_id": "tab-babinsa-air-rami",
-                "device_record_time": "2026-11-27T09:00:00+07:00",
-                "title": f"Laporan {n}",
-                "category": "crowd_gathering",
-                "location": {"kecamatan": "air_rami"},
-            }
-            file.write(json.dumps(report) + "\n")
+            file.write(backlog_line(n) + "\n")
     return path
 
 
