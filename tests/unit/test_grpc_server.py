@@ -11,6 +11,13 @@ import pytest
 from incidentledger.v1 import ledger_service_pb2 as api
 from services.common import grpc_server
 from services.common.auth import Principal, TokenStore, token_hash
+from services.common.errors import (
+    DataLoss,
+    InvalidArgument,
+    LedgerError,
+    PermissionDenied,
+    Unavailable,
+)
 from services.common.grpc_server import RequestInterceptor
 
 
@@ -101,3 +108,33 @@ def test_what_a_crash_logs_of_the_caller_s_input_is_bounded(
     assert len(str(crashed[0])) < 32 * 1024
     assert "KeyError" in str(crashed[0]["error"])
     assert "crashing" in str(crashed[0]["traceback"])  # still says where
+
+
+@pytest.mark.parametrize(
+    ("error", "level"),
+    [
+        (InvalidArgument("title", "is required"), "info"),  # the caller's own mistake
+        (PermissionDenied("no", reason="NOT_INVOLVED"), "warning"),
+        (Unavailable("the store is away", reason="STORE_UNAVAILABLE"), "warning"),
+        (DataLoss("fails its chain", reason="HASH_CHAIN_BROKEN"), "error"),
+    ],
+)
+def test_a_refused_requests_line_has_the_level_an_operator_needs(
+    monkeypatch: pytest.MonkeyPatch, error: LedgerError, level: str
+) -> None:
+    recording = _RecordingLog()
+    monkeypatch.setattr(grpc_server, "log", recording)
+    tokens = TokenStore({token_hash("t0k"): Principal("polres", "dev")}, development=True)
+    interceptor = RequestInterceptor(tokens, "test.example")
+
+    def refusing(request: Any, context: grpc.ServicerContext) -> Any:
+        raise error
+
+    handler = interceptor.intercept_service(
+        lambda _: grpc.unary_unary_rpc_method_handler(refusing), _Details("/x.Y/Refuse")
+    )
+    assert handler is not None and handler.unary_unary is not None
+    with pytest.raises(_AbortedError):
+        handler.unary_unary(api.ListIncidentsRequest(), _Context("t0k"))  # type: ignore[arg-type]
+    (line,) = [line for line in recording.lines if line["event"] == "request"]
+    assert (line["level"], line["reason"]) == (level, error.reason)

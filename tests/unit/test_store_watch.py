@@ -32,7 +32,8 @@ class ScriptedStore(Database):
         if self.mode == "refuse":
             raise psycopg.OperationalError("connection refused")
         if self.mode == "hang":
-            self.release.wait()
+            # Bounded, so that a watch that waits for it fails the test rather than hangs it.
+            self.release.wait(timeout=10)
         yield self
 
     def execute(self, statement: str) -> None:
