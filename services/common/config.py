@@ -575,8 +575,9 @@ class LedgerVariables(Group):
     store_check_seconds: Number = _setting(
         "LEDGER_STORE_CHECK_SECONDS",
         1.0,
-        "how often the ledger asks PostgreSQL whether it answers; its health is "
-        "`NOT_SERVING` while it does not",
+        "how often the ledger, and a notifier with `NOTIFIER_STORE=postgres`, ask PostgreSQL "
+        "whether it answers; their health is `NOT_SERVING` while it does not",
+        read_by=(LEDGER, NOTIFIER),
         gt=0.0,
     )
     signing_key_file: FilePath | None = _setting(
@@ -1983,6 +1984,8 @@ class NotifierSettings(ServiceSettings):
     max_workers: int = _default(NotifierVariables, "max_workers")
     grace_seconds: float = _default(NotifierVariables, "grace_seconds")
     store_env: dict[str, str] = field(default_factory=dict, repr=False)  # POSTGRES_PASSWORD
+    # On PostgreSQL, how often the store is asked whether it answers (health follows it).
+    store_check_seconds: float = _default(LedgerVariables, "store_check_seconds")
     # host:port of the Prometheus endpoint; empty = off
     metrics_listen: str = _default(NotifierVariables, "metrics_listen")
     # The AES-256-GCM key that seals webhook secrets at rest (32 bytes, base64 or raw).
@@ -2033,6 +2036,7 @@ class NotifierSettings(ServiceSettings):
             max_workers=notifier.max_workers,
             grace_seconds=notifier.grace_seconds,
             store_env=store_env,
+            store_check_seconds=values.get(LedgerVariables).store_check_seconds,
             webhook_key_file=notifier.webhook_key_file,
         )
         if settings.production and settings.webhook_key_file is None:

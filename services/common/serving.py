@@ -12,6 +12,7 @@ How they stop on a signal is :mod:`services.common.stopping`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from concurrent import futures
 from typing import Any
@@ -150,6 +151,53 @@ def register_reflection_v1_descriptor() -> None:
     pool.Add(file)
 
 
-def set_serving(health_servicer: health.HealthServicer, names: Sequence[str]) -> None:
-    for name in ("", *names):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+#: The part every service needs: its gRPC server has started (:meth:`Readiness.serve`).
+STARTED = "started"
+
+
+class Readiness:
+    """A service's health (overall and its ``names``) from the parts it needs: ``SERVING``
+    while every part is available, ``NOT_SERVING`` while one is not, so that a load
+    balancer or an orchestrator sends callers elsewhere until it is back.
+
+    Each part is unavailable until it is first said to be available: the server's start
+    (:meth:`serve`), and ``parts`` (for instance the notifier's connection to NATS). A part
+    that reports only when it changes (the store watch) need not be named beforehand. A
+    service that stops enters the health servicer's graceful shutdown, after which
+    nothing here changes its health again.
+    """
+
+    def __init__(
+        self,
+        health_servicer: health.HealthServicer,
+        names: Sequence[str],
+        parts: Sequence[str] = (),
+    ) -> None:
+        self._health = health_servicer
+        self._names = ("", *names)
+        self._lock = threading.Lock()
+        self._unavailable = {STARTED, *parts}
+
+    @property
+    def unavailable(self) -> frozenset[str]:
+        """The parts that are not available now (empty while the service is SERVING)."""
+        with self._lock:
+            return frozenset(self._unavailable)
+
+    def serve(self) -> None:
+        """The server has started: SERVING, if every other part is available."""
+        self.set(STARTED, True)
+
+    def set(self, part: str, available: bool) -> None:
+        with self._lock:
+            if available:
+                self._unavailable.discard(part)
+            else:
+                self._unavailable.add(part)
+            status = (
+                health_pb2.HealthCheckResponse.NOT_SERVING
+                if self._unavailable
+                else health_pb2.HealthCheckResponse.SERVING
+            )
+            for name in self._names:
+                self._health.set(name, status)

@@ -421,3 +421,20 @@ class StoreWatch:
             self._thread.join(timeout=10)
             self._thread = None
         self._db.close()
+
+
+def watch_store(
+    store_env: Mapping[str, str], interval: float, on_change: Callable[[bool], None]
+) -> StoreWatch | None:
+    """On PostgreSQL, a started :class:`StoreWatch` of a database of its own, asking every
+    ``interval`` seconds and telling ``on_change``; None for an embedded store (SQLite),
+    which is always there. An answer later than a connection attempt may take
+    (``POSTGRES_CONNECT_TIMEOUT``, 3 s by default; at least 1 s) is no answer: a hung host."""
+    if not is_postgres(store_env):
+        return None
+    connect_timeout = float(store_env.get("POSTGRES_CONNECT_TIMEOUT") or 0) or 3.0
+    watch = StoreWatch(
+        open_database(store_env), interval, on_change, answer_within=max(1.0, connect_timeout)
+    )
+    watch.start()
+    return watch

@@ -33,7 +33,7 @@ from services.common.limits import Limits
 from services.common.metrics import Metrics, shared_reading
 from services.common.pagetoken import PageTokens
 from services.common.reference import ReferenceData
-from services.common.serving import add_health_and_reflection, listen, new_server, set_serving
+from services.common.serving import Readiness, add_health_and_reflection, listen, new_server
 from services.common.sql import (
     Database,
     StoreWatch,
@@ -41,6 +41,7 @@ from services.common.sql import (
     is_postgres,
     open_database,
     schema_lock,
+    watch_store,
 )
 from services.common.stopping import close_step
 from services.common.store_errors import STORE_CONNECTION_ERRORS
@@ -289,8 +290,14 @@ def build(settings: LedgerSettings) -> LedgerServer:
     checkpoints.seal_earlier_history()
     port = listen(server, settings.listen, settings)
     server.start()
-    set_serving(health_servicer, SERVICES)
-    store_watch = watch_store(settings, health_servicer)
+    readiness = Readiness(health_servicer, SERVICES)
+    readiness.serve()
+    # On PostgreSQL, NOT_SERVING while the store does not answer, SERVING again once it does.
+    store_watch = watch_store(
+        settings.store_env,
+        settings.store_check_seconds,
+        lambda available: readiness.set("store", available),
+    )
     checkpoints.start()
     personal_data = PersonalDataUpkeep(
         ledger,
@@ -347,37 +354,6 @@ def build_evidence(
     objects = EvidenceObjects(settings.relay.nats_url, settings.relay.nats, settings.evidence)
     policy = EvidencePolicy(settings.evidence.media_types, settings.evidence.max_bytes)
     return objects, db, EvidenceService(ledger, objects, policy, spool, db)
-
-
-def watch_store(
-    settings: LedgerSettings, health_servicer: health.HealthServicer
-) -> StoreWatch | None:
-    """On PostgreSQL, the ledger's services are NOT_SERVING while the store does not
-    answer (checked every ``LEDGER_STORE_CHECK_SECONDS``), and SERVING again once it does.
-    An embedded store (SQLite) is always there."""
-    if not is_postgres(settings.store_env):
-        return None
-
-    def on_change(available: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if available
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", *SERVICES):
-            health_servicer.set(name, status)
-
-    # An answer later than a connection attempt may take is no answer (a hung host).
-    connect_timeout = float(settings.store_env.get("POSTGRES_CONNECT_TIMEOUT") or 0) or 3.0
-    answer_within = max(1.0, connect_timeout)
-    watch = StoreWatch(
-        open_database(settings.store_env),
-        settings.store_check_seconds,
-        on_change,
-        answer_within=answer_within,
-    )
-    watch.start()
-    return watch
 
 
 def register_metrics(

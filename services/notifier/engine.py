@@ -68,6 +68,7 @@ from services.notifier.messages import (
     webhook_body,
     with_delivery_id,
 )
+from services.notifier.nats_link import NatsLink
 from services.notifier.outcomes import OutcomeWriter
 from services.notifier.store import Job, LogEntry, NewJob, NotifierStore, Outcome, WebhookRow
 from services.notifier.targets import (
@@ -122,7 +123,10 @@ class Engine:
         store: NotifierStore,
         reference: ReferenceData,
         count_delivery: DeliveryCounter | None = None,
+        on_nats_change: Callable[[bool], None] | None = None,
     ) -> None:
+        """``on_nats_change(connected)``: the connection to NATS came up or went down (the
+        notifier's health follows it); called on the engine's loop."""
         self._settings = settings
         self._count_delivery = count_delivery
         self._store = store
@@ -149,6 +153,8 @@ class Engine:
         self._floor_read_at = 0.0  # when the ack floor was last read (monotonic)
         self.consumer_ready = threading.Event()
         self.status = EngineStatus()
+        self._on_nats_change = on_nats_change
+        self.nats_link = NatsLink(self._nats_changed)
         self.live: set[LiveSubscription] = set()  # open live subscriptions
 
     # ------------------------------------------------------------------ lifecycle
@@ -212,27 +218,29 @@ class Engine:
         async with self._connect_lock:
             if self._js is None:
                 self._nc = await self._connect()
-                self.status.nats_connected = self._nc.is_connected
+                if self._nc.is_connected:
+                    self.nats_link.up()
                 self._js = self._nc.jetstream(timeout=5)
             return self._js
 
+    def _nats_changed(self, connected: bool) -> None:
+        self.status.nats_connected = connected
+        if self._on_nats_change is not None:
+            self._on_nats_change(connected)
+
     async def _connect(self) -> NatsClient:
+        # Logged by the link: one line down, a reminder while down, one line back.
         async def disconnected() -> None:
-            self.status.nats_connected = False
-            if self._stopping:  # the notifier's own close, at its stop: nothing went wrong
-                log.info("notifier.nats_closed")
-            else:
-                log.warning("notifier.nats_disconnected")
+            self.nats_link.down(self._stopping)
 
         async def reconnected() -> None:
-            self.status.nats_connected = True
-            log.info("notifier.nats_reconnected")
+            self.nats_link.up()
 
         async def error(exc: Exception) -> None:
             if isinstance(exc, nats.errors.SlowConsumerError):
                 self._slow_consumer_drops += 1  # summarised, not logged one by one
                 return
-            log.warning("notifier.nats_error", error=str(exc))
+            self.nats_link.error(exc)
 
         client: NatsClient = await nats.connect(
             nats_servers(self._settings.nats_url),  # reconnects to another node of a cluster

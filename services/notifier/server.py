@@ -22,8 +22,8 @@ from services.common.metrics import Metrics
 from services.common.natsconn import redact_url
 from services.common.pagetoken import PageTokens
 from services.common.reference import ReferenceData
-from services.common.serving import add_health_and_reflection, listen, new_server, set_serving
-from services.common.sql import open_database, schema_lock
+from services.common.serving import Readiness, add_health_and_reflection, listen, new_server
+from services.common.sql import StoreWatch, open_database, schema_lock, watch_store
 from services.common.stopping import close_step
 from services.notifier.engine import Engine
 from services.notifier.sealing import load_secret_box
@@ -48,6 +48,7 @@ class NotifierServer:
     deliveries: DeliveryLog
     metrics: Metrics
     stopped: threading.Event
+    store_watch: StoreWatch | None = None
 
     def stop(self, grace: float) -> None:
         """Graceful shutdown: NOT_SERVING, end the streams, stop consuming, close.
@@ -58,6 +59,8 @@ class NotifierServer:
         self.health.enter_graceful_shutdown()
         self.engine.begin_shutdown()
         close_step("notifier", "grpc", lambda: self.server.stop(grace).wait(grace + 1))
+        if self.store_watch is not None:
+            close_step("notifier", "store_watch", self.store_watch.stop)
         close_step("notifier", "engine", self.engine.stop)
         close_step("notifier", "deliveries", self.deliveries.close)
         close_step("notifier", "metrics", self.metrics.close)
@@ -88,19 +91,24 @@ def build(settings: NotifierSettings) -> NotifierServer:
         "deliveries by channel (webhook, grpc) and outcome (delivered, failed, dead_letter)",
         ["channel", "outcome"],
     )
-    engine = Engine(
-        settings,
-        store,
-        reference,
-        count_delivery=lambda channel, outcome: deliveries_counter.labels(channel, outcome).inc(),
-    )
-    engine.start()
-    register_metrics(metrics, engine, store)
     server = new_server(
         max_workers=settings.max_workers,
         max_message_bytes=settings.max_message_bytes,
         interceptor=RequestInterceptor(tokens, ERROR_DOMAIN, metrics, Limits(settings.limits)),
     )
+    health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
+    # SERVING only while the notifier can deliver: connected to NATS, and its store (on
+    # PostgreSQL) answering. A load balancer sends callers elsewhere meanwhile.
+    readiness = Readiness(health_servicer, [SERVICE_NAME], parts=("nats",))
+    engine = Engine(
+        settings,
+        store,
+        reference,
+        count_delivery=lambda channel, outcome: deliveries_counter.labels(channel, outcome).inc(),
+        on_nats_change=lambda connected: readiness.set("nats", connected),
+    )
+    engine.start()
+    register_metrics(metrics, engine, store)
     metrics_port = metrics.serve(settings.metrics_listen) if settings.metrics_listen else 0
     deliveries = DeliveryLog(store)
     notifier_service_pb2_grpc.add_NotifierServiceServicer_to_server(
@@ -119,10 +127,14 @@ def build(settings: NotifierSettings) -> NotifierServer:
         ),
         server,
     )
-    health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
     port = listen(server, settings.listen, settings)
     server.start()
-    set_serving(health_servicer, [SERVICE_NAME])
+    readiness.serve()
+    store_watch = watch_store(
+        settings.store_env,
+        settings.store_check_seconds,
+        lambda available: readiness.set("store", available),
+    )
     freeze_after_start("notifier")
     log.info(
         "notifier.started",
@@ -134,7 +146,15 @@ def build(settings: NotifierSettings) -> NotifierServer:
         consumer=settings.consumer,
     )
     return NotifierServer(
-        server, port, health_servicer, engine, store, deliveries, metrics, threading.Event()
+        server,
+        port,
+        health_servicer,
+        engine,
+        store,
+        deliveries,
+        metrics,
+        threading.Event(),
+        store_watch,
     )
 
 

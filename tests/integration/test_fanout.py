@@ -17,6 +17,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from structlog.testing import capture_logs
 
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
@@ -322,6 +323,52 @@ def test_nats_down_commands_go_on_and_the_backlog_drains_in_order(
     for name in names:
         versions = [int(e["version"]) for e in hooked if e["incident"] == name]
         assert versions == [1, 2, 3, 4]
+
+
+def notifier_health(stack: Stack) -> int:
+    answer = health_pb2_grpc.HealthStub(stack.channel).Check(
+        health_pb2.HealthCheckRequest(service=""), timeout=5
+    )
+    return int(answer.status)
+
+
+def test_while_nats_is_down_the_notifier_says_not_serving_and_logs_the_outage_once(
+    stack: Stack, nats_server: NatsServer
+) -> None:
+    """A notifier without NATS delivers nothing: its health says so (a load balancer sends
+    callers elsewhere), and its log says so once, not once per reconnection attempt (every
+    0.5 s); once NATS is back, SERVING again, and one line with how long it was away."""
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    assert notifier_health(stack) == serving
+    with capture_logs() as logs:
+        nats_server.stop()
+        try:
+            wait_until(
+                lambda: notifier_health(stack) == not_serving,
+                what="the notifier's health to say NOT_SERVING while NATS is down",
+            )
+            wait_until(
+                lambda: stack.notifier.engine.nats_link.failed_attempts >= 6,
+                what="several failed attempts to reconnect",
+            )
+        finally:
+            nats_server.start()
+        wait_until(
+            lambda: notifier_health(stack) == serving,
+            what="the notifier's health to say SERVING again",
+        )
+    events = [line for line in logs if str(line["event"]).startswith("notifier.nats_")]
+    names = [line["event"] for line in events]
+    assert names.count("notifier.nats_disconnected") == 1, names
+    assert names.count("notifier.nats_reconnected") == 1, names
+    # Within the first minute of an outage, no line per attempt (and no reminder yet).
+    assert names.count("notifier.nats_error") <= 1, names  # the lost connection's own cause
+    assert "notifier.nats_unreachable" not in names, names
+    back = next(line for line in events if line["event"] == "notifier.nats_reconnected")
+    assert back["failed_attempts"] >= 6 and back["down_seconds"] > 0, back
 
 
 def stream_messages(url: str, stream: str = "LEDGER_EVENTS") -> list[tuple[int, int]]:

@@ -1,5 +1,6 @@
 """PostgreSQL faults seen from the ledger: a replica frozen inside a projection batch,
-the server down, the server restarted, the relay to NATS after an outage.
+the server down, the server restarted, the relay to NATS after an outage; and from the
+notifier: its health while its store is down.
 
 Three tests run a PostgreSQL of their own (:class:`tests.topology.PrivatePostgres`) so that
 they can stop it; the frozen replica is reproduced on the shared server, by a session of
@@ -34,6 +35,8 @@ from services.common.config import RelaySettings
 from services.common.grpc_errors import error_info
 from services.common.natsserver import NatsServer
 from services.ledger.relay_messages import POSITION_HEADER
+from services.notifier.server import build as build_notifier
+from tests.fanout_support import notifier_settings
 from tests.support import (
     PG_SETTINGS,
     Client,
@@ -322,3 +325,44 @@ def test_after_a_long_postgres_outage_the_relay_publishes_within_seconds(
         f"published {published - accepted:.1f} s after the command was accepted "
         f"({published - back:.1f} s after PostgreSQL was back)"
     )
+
+
+def test_while_its_postgres_is_down_the_notifier_says_not_serving(
+    postgres: PrivatePostgres, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A notifier whose store does not answer can neither take events in nor deliver them:
+    its health says NOT_SERVING (a load balancer sends callers elsewhere), SERVING again
+    once the store answers."""
+    settings = notifier_settings(
+        tmp_path, nats_server.url, store_env=private_store(postgres), store_check_seconds=0.2
+    )
+    notifier = build_notifier(settings)
+    channel = grpc.insecure_channel(f"127.0.0.1:{notifier.port}")
+    stub = health_pb2_grpc.HealthStub(channel)
+
+    def status() -> int:
+        return int(stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status)
+
+    try:
+        wait_until(
+            lambda: status() == health_pb2.HealthCheckResponse.SERVING,
+            timeout=10,
+            what="the notifier to say SERVING",
+        )
+        postgres.stop()
+        try:
+            wait_until(
+                lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING,
+                timeout=5,
+                what="the notifier to say NOT_SERVING while its store is down",
+            )
+        finally:
+            postgres.start()
+        wait_until(
+            lambda: status() == health_pb2.HealthCheckResponse.SERVING,
+            timeout=10,
+            what="the notifier to say SERVING again",
+        )
+    finally:
+        channel.close()
+        notifier.stop(1.0)
