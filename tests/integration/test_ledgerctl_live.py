@@ -98,6 +98,30 @@ def test_watch_prints_what_the_notifier_delivers(
     assert received[1]["event"]["type"] == "Reported" and received[1]["cursor"]
 
 
+def test_a_watch_that_ends_says_which_cursor_goes_on_from_there(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table shows no cursors: a watch that ends (--count, Ctrl-C, the notifier away)
+    says on stderr where to go on from, and going on from there misses nothing and repeats
+    nothing."""
+    ctl = LiveCtl(stack, capsys)
+    first = stack.ledger.report("bpbd", category="flood")
+    second = stack.ledger.report("bpbd", category="flood")
+    code, out = ctl.run("bpbd", "watch", "--cursor", "v1.0", "--count", "1", "--category", "flood")
+    assert code == 0 and first.incident.removeprefix("incidents/")[:8] in out, out
+    found = re.search(r"--cursor (v1\.\d+)", ctl.err)
+    assert found, ctl.err
+    code, out = ctl.run(
+        "bpbd", "watch", "--cursor", found[1], "--count", "1", "--category", "flood"
+    )
+    assert code == 0
+    assert second.incident.removeprefix("incidents/")[:8] in out, out
+    assert first.incident.removeprefix("incidents/")[:8] not in out, out
+    # JSON Lines carry each cursor already: nothing more on stderr.
+    code, out = ctl.run("bpbd", "--json", "watch", "--cursor", "v1.0", "--count", "1")
+    assert code == 0 and "--cursor" not in ctl.err, ctl.err
+
+
 def test_webhooks_register_list_dead_letters_and_replay(
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -197,3 +197,14 @@ def watch(
                     break
         except KeyboardInterrupt:
             pass
+        finally:
+            # However it ends (Ctrl-C, --count, the notifier away for longer than the
+            # reconnections last), where to go on from: the table shows no cursors.
+            if not st.as_json and subscription.cursor:
+                output.error_console().print(
+                    _(
+                        "To go on from here without missing an event, run the same watch "
+                        "with --cursor {cursor}"
+                    ).format(cursor=subscription.cursor),
+                    markup=False,
+                )
