@@ -45,6 +45,20 @@ def _ts(epoch: float | None) -> Timestamp | None:
     return stamp
 
 
+#: The orders ``ListDeliveries`` takes (AIP-132), and whether each is the newest first.
+DELIVERY_ORDERS = {"": False, "time": False, "time asc": False, "time desc": True}
+#: Above every row of the delivery log: where a newest-first listing starts.
+NEWEST_FIRST_START = 2**63 - 1
+
+
+def _deliveries_order(text: str) -> bool:
+    """Whether ``order_by`` asks for the newest deliveries first; INVALID_ARGUMENT if unknown."""
+    normalised = " ".join(text.split())
+    if normalised not in DELIVERY_ORDERS:
+        raise InvalidArgument("order_by", 'must be "time" or "time desc" (or empty)')
+    return DELIVERY_ORDERS[normalised]
+
+
 def _page_size(value: int) -> int:
     if value < 0:
         raise InvalidArgument("page_size", "must not be negative")
@@ -335,16 +349,24 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         incident = request.incident or None
         if incident is not None:
             _name_id(incident, "incidents/", "incident")
+        newest_first = _deliveries_order(request.order_by)
+        query = f"deliveries?incident={incident}&agency={agency}"
+        if newest_first:  # a page token is bound to its order (and the default's stay valid)
+            query += "&order_by=time desc"
         rows, next_token = page_of(
             self._tokens,
-            f"deliveries?incident={incident}&agency={agency}",
+            query,
             request.page_token,
             size,
             lambda after, limit: self._store.deliveries(
-                incident=incident, agency=agency, after=int(after), limit=limit
+                incident=incident,
+                agency=agency,
+                after=int(after),
+                limit=limit,
+                newest_first=newest_first,
             ),
             lambda row: row[0],
-            0,
+            NEWEST_FIRST_START if newest_first else 0,
         )
         return napi.ListDeliveriesResponse(
             deliveries=[

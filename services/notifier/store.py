@@ -552,12 +552,22 @@ class NotifierStore:
         )
 
     def deliveries(
-        self, *, incident: str | None, agency: str | None, after: int, limit: int
+        self,
+        *,
+        incident: str | None,
+        agency: str | None,
+        after: int,
+        limit: int,
+        newest_first: bool = False,
     ) -> list[tuple[int, LogEntry]]:
+        """The delivery log after the row ``after``, in the order it was logged, or with
+        ``newest_first`` before it (``after`` is then a row to go on below)."""
         sql = (
             "SELECT id, event_id, incident, position, agency, channel, target, outcome,"
             " attempt, error, at FROM delivery_log WHERE id > ?"
         )
+        if newest_first:
+            sql = sql.replace("id > ?", "id < ?")
         params: list[object] = [after]
         if incident is not None:
             sql += " AND incident = ?"
@@ -565,7 +575,7 @@ class NotifierStore:
         if agency is not None:
             sql += " AND agency = ?"
             params.append(agency)
-        sql += " ORDER BY id LIMIT ?"
+        sql += " ORDER BY id DESC LIMIT ?" if newest_first else " ORDER BY id LIMIT ?"
         params.append(limit)
         with self._db.transaction() as cur:
             cur.execute(self._db.q(sql), params)

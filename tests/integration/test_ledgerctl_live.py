@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger_client.cli import main
 from services.common.config import WebhookSettings
 from services.common.natsserver import NatsServer
@@ -257,3 +259,37 @@ def test_webhooks_update_delete_deliveries_and_an_empty_replay(
         assert ctl.json("dinkes", "webhooks", "list") == []
         code, _ = ctl.run("dinkes", "webhooks", "delete", listed[0]["name"])
         assert code == 2
+
+
+def test_webhooks_deliveries_shows_the_latest_not_the_first_of_the_day(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``-n N`` is what just happened (the latest N, in time order), as an operator looking
+    at the log after an outage wants; before, it was the first N ever logged."""
+    ctl = LiveCtl(stack, capsys)
+    with webhook_receiver() as receiver:
+        ctl.json("bpbd", "webhooks", "register", receiver.url, "--secret", WEBHOOK_SECRET)
+        reports = [stack.ledger.report("bpbd", category="flood") for _ in range(4)]
+        wait_until(lambda: len(receiver.verified()) == 4, what="four deliveries")
+    latest = ctl.json("bpbd", "webhooks", "deliveries", "-n", "2")
+    assert [d["incident"] for d in latest] == [r.incident for r in reports[2:]], latest
+    code, out = ctl.run("bpbd", "webhooks", "deliveries", "-n", "2")
+    assert code == 0 and "Deliveries (the latest 2)" in out, out
+    everything = ctl.json("bpbd", "webhooks", "deliveries", "-n", "0")
+    assert [d["incident"] for d in everything] == [r.incident for r in reports]
+    # The API: newest first, page by page, and an order it does not know is refused.
+    md = stack.ledger.md("bpbd")
+    first = stack.stub.ListDeliveries(
+        napi.ListDeliveriesRequest(page_size=3, order_by="time desc"), metadata=md
+    )
+    rest = stack.stub.ListDeliveries(
+        napi.ListDeliveriesRequest(
+            page_size=3, order_by="time desc", page_token=first.next_page_token
+        ),
+        metadata=md,
+    )
+    newest_first = [d.incident for d in [*first.deliveries, *rest.deliveries]]
+    assert newest_first == [r.incident for r in reversed(reports)]
+    with pytest.raises(grpc.RpcError) as refused:
+        stack.stub.ListDeliveries(napi.ListDeliveriesRequest(order_by="outcome"), metadata=md)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -408,9 +408,16 @@ class NotifierClient:
         self._transport.unary(self._stub.ReplayDeadLetter, napi.ReplayDeadLetterRequest(name=name))
 
     def deliveries(
-        self, *, incident: str | None = None, agency: str | None = None, page_size: int = 0
+        self,
+        *,
+        incident: str | None = None,
+        agency: str | None = None,
+        page_size: int = 0,
+        newest_first: bool = False,
     ) -> Iterator[Delivery]:
-        """The delivery log, optionally of one incident and/or to one agency."""
+        """The delivery log, optionally of one incident and/or to one agency, in the order
+        it was logged, or with ``newest_first`` from the latest back (what just happened,
+        without reading the whole log)."""
 
         def fetch(token: str) -> tuple[list[Delivery], str]:
             request = napi.ListDeliveriesRequest(
@@ -418,6 +425,7 @@ class NotifierClient:
                 agency=agency or "",
                 page_size=page_size,
                 page_token=token,
+                order_by="time desc" if newest_first else "",
             )
             page = self._transport.unary(self._stub.ListDeliveries, request)
             return [Delivery.from_proto(d) for d in page.deliveries], page.next_page_token

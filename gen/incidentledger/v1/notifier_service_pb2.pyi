@@ -566,12 +566,18 @@ class ListDeliveriesRequest(_message.Message):
     AGENCY_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     incident: _builtins.str
     """Only deliveries of this incident ("incidents/{id}"), if set."""
     agency: _builtins.str
     """Only deliveries to this agency, if set."""
     page_size: _builtins.int
     page_token: _builtins.str
+    order_by: _builtins.str
+    """AIP-132 order: "" or "time" (the default, oldest first, the order they were
+    logged in) or "time desc" (the newest first: what just happened). Any other
+    order is INVALID_ARGUMENT. A page token continues the order it was issued for.
+    """
     def __init__(
         self,
         *,
@@ -579,10 +585,11 @@ class ListDeliveriesRequest(_message.Message):
         agency: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency", b"agency", "incident", b"incident", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency", b"agency", "incident", b"incident", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

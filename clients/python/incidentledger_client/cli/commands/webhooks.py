@@ -224,23 +224,37 @@ def _filter_text(event_filter: EventFilter) -> str:
 def webhooks_deliveries(
     ctx: typer.Context,
     incident: Annotated[str | None, typer.Option(help="Only this incident.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many (0: all).")] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", help="The latest this many (0: all).")
+    ] = 50,
 ) -> None:
     """The delivery log of your agency: which event went where, how, with what outcome."""
     st = state(ctx)
     name = incident_name(ctx, incident) if incident else None
     found = []
-    for delivery in st.notifier().deliveries(incident=name, agency=st.settings.agency or None):
+    # The latest, read from the newest back (a day's log is long), shown in time order.
+    for delivery in st.notifier().deliveries(
+        incident=name,
+        agency=st.settings.agency or None,
+        page_size=limit,  # the notifier keeps pages to its own largest
+        newest_first=bool(limit),
+    ):
         found.append(delivery)
         if limit and len(found) >= limit:
             break
+    if limit:
+        found.reverse()
     if st.as_json:
         output.emit_json(found)
         return
     zone = st.settings.tz()
     output.console().print(
         output.rows_table(
-            _("Deliveries ({count})").format(count=len(found)),
+            (
+                _("Deliveries (the latest {count})")
+                if limit and len(found) >= limit
+                else _("Deliveries ({count})")
+            ).format(count=len(found)),
             (
                 N_("time"),
                 N_("incident"),
