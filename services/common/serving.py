@@ -88,14 +88,22 @@ def listen(server: grpc.Server, address: str, settings: ServiceSettings) -> int:
     return port
 
 
+#: The health service name that says only that the process is up and serving gRPC (its
+#: start done, its stop not begun), whatever the parts it needs: what a liveness or a
+#: startup probe asks, so that an outage of NATS or of the database, which the overall
+#: health reports (readiness), never has the orchestrator restart every replica.
+LIVENESS = "liveness"
+
+
 def add_health_and_reflection(
     server: grpc.Server, service_names: Sequence[str]
 ) -> health.HealthServicer:
-    """Health checking (overall and per service) and reflection; health starts NOT_SERVING."""
+    """Health checking (overall, per service, and :data:`LIVENESS`) and reflection; health
+    starts NOT_SERVING."""
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     add_reflection(server, (*service_names, health.SERVICE_NAME))
-    for name in ("", *service_names):
+    for name in ("", *service_names, LIVENESS):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     return health_servicer
 
@@ -162,8 +170,9 @@ class Readiness:
 
     Each part is unavailable until it is first said to be available: the server's start
     (:meth:`serve`), and ``parts`` (for instance the notifier's connection to NATS). A part
-    that reports only when it changes (the store watch) need not be named beforehand. A
-    service that stops enters the health servicer's graceful shutdown, after which
+    that reports only when it changes (the store watch) need not be named beforehand.
+    :data:`LIVENESS` is SERVING from the start on, whatever the parts. A service that stops
+    enters the health servicer's graceful shutdown (everything NOT_SERVING), after which
     nothing here changes its health again.
     """
 
@@ -185,8 +194,9 @@ class Readiness:
             return frozenset(self._unavailable)
 
     def serve(self) -> None:
-        """The server has started: SERVING, if every other part is available."""
+        """The server has started: SERVING, if every other part is available; alive."""
         self.set(STARTED, True)
+        self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
 
     def set(self, part: str, available: bool) -> None:
         with self._lock:

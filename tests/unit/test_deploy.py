@@ -43,6 +43,7 @@ from services.common.config import (
     SituationRoomSettings,
     nats_servers,
 )
+from services.common.serving import LIVENESS
 
 DEPLOY = PROJECT_ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -245,7 +246,11 @@ def test_grpc_probes_point_at_the_port_the_service_listens_on(name: str, port: i
     assert ports["grpc"] == port
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == port, probe
-        assert container[probe]["grpc"].get("service", "") == "", probe  # overall health
+    # Readiness is the overall health (NOT_SERVING while the store or NATS is away); a
+    # restart would not bring those back, so startup and liveness ask only if it is alive.
+    assert container["readinessProbe"]["grpc"].get("service", "") == ""
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["service"] == LIVENESS, probe
     service = manifest("Service", name)
     grpc_port = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
     assert (grpc_port["port"], grpc_port["targetPort"]) == (port, "grpc")
