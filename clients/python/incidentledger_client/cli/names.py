@@ -27,6 +27,14 @@ _UUID_START = re.compile(r"^[0-9a-f]{6,}")
 REFERENCE_CODE = re.compile(r"^[A-Za-z]{1,6}[- ]?[0-9A-Za-z]{4}[- ]?[0-9A-Za-z]{2}$")
 
 
+def is_reference_code(text: str) -> bool:
+    """Whether ``text`` is read as a reference code (``MKM-7QK3-9V``), not as the start of an
+    id: 8 characters such as ``aad7bd35`` fit both forms, and are an id's start, as tables
+    show ids."""
+    value = text.strip()
+    return bool(REFERENCE_CODE.match(value)) and not _UUID_START.match(value.lower())
+
+
 class IncidentNameError(ValueError):
     """The text names no incident, or several (a usage error)."""
 
@@ -53,7 +61,7 @@ class IncidentResolver:
         bare = value.removeprefix("incidents/").lower()
         if _UUID.match(bare):
             return f"incidents/{bare}"
-        if REFERENCE_CODE.match(value) and not _UUID_START.match(value.lower()):
+        if is_reference_code(value):
             if self.by_reference is None:
                 raise IncidentNameError(
                     f"{value!r} looks like a reference code; this ledger has no reference codes "

@@ -35,7 +35,7 @@ from incidentledger_client.cli.inputs import (
     moment,
     parse_person,
 )
-from incidentledger_client.cli.names import REFERENCE_CODE
+from incidentledger_client.cli.names import is_reference_code
 from incidentledger_client.cli.state import state
 from incidentledger_client.i18n import _
 from incidentledger_client.types import (
@@ -806,7 +806,7 @@ def triage(
     for target, result in zip(targets, results, strict=True):
         if result.result is not None and result.result.reference:
             references[result.name] = result.result.reference
-        elif REFERENCE_CODE.match(target.name) and result.name:
+        elif is_reference_code(target.name) and result.name:
             compact = target.name.upper().replace("-", "").replace(" ", "")
             references[result.name] = f"{compact[:-6]}-{compact[-6:-2]}-{compact[-2:]}"
     unknown = sorted(
