@@ -67,6 +67,7 @@ from nats.js.object_store import ObjectStore
 from services.common.config import EvidenceSettings, NatsClientSettings, nats_servers
 from services.common.errors import Unavailable
 from services.common.natsconn import connect_options
+from services.common.natslink import NatsLink
 from services.ledger.domain.evidence import object_name
 
 log = structlog.get_logger(__name__)
@@ -221,6 +222,10 @@ class EvidenceObjects:
         self._nc: NatsClient | None = None
         self._store: ObjectStore | None = None
         self._js: JetStreamContext | None = None
+        # An outage is logged once, with a reminder a minute, not once per attempt to
+        # reconnect (the client's default: an error line and its traceback every 2 s).
+        self.nats_link = NatsLink("evidence")
+        self._closing = False
 
     def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = CALL_SECONDS) -> T:
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
@@ -239,13 +244,29 @@ class EvidenceObjects:
         """The JetStream context, connecting if need be (the bucket neither opened nor
         created)."""
         if self._nc is None or self._nc.is_closed:
+            link = self.nats_link
+
+            async def disconnected() -> None:
+                link.down(self._closing)
+
+            async def reconnected() -> None:
+                link.up()
+
+            async def error(exc: Exception) -> None:
+                link.error(exc)
+
             self._nc = await nats.connect(
                 servers=self._servers,
                 connect_timeout=CONNECT_SECONDS,
                 max_reconnect_attempts=-1,
                 allow_reconnect=True,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
                 **connect_options(self._nats_settings),
             )
+            if self._nc.is_connected:
+                link.up()
         self._js = self._nc.jetstream()
         return self._js
 
@@ -481,6 +502,8 @@ class EvidenceObjects:
         return True
 
     def close(self) -> None:
+        self._closing = True
+
         async def closing() -> None:
             if self._nc is not None and not self._nc.is_closed:
                 await self._nc.close()

@@ -57,6 +57,7 @@ from incidentledger.v1 import incident_pb2 as pb
 from services.common.config import NotifierSettings, nats_servers
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.common.natsconn import connect_options
+from services.common.natslink import NatsLink
 from services.common.reference import ReferenceData
 from services.notifier.filters import EventFilter
 from services.notifier.live import LiveSubscription
@@ -68,7 +69,6 @@ from services.notifier.messages import (
     webhook_body,
     with_delivery_id,
 )
-from services.notifier.nats_link import NatsLink
 from services.notifier.outcomes import OutcomeWriter
 from services.notifier.store import Job, LogEntry, NewJob, NotifierStore, Outcome, WebhookRow
 from services.notifier.targets import (
@@ -154,7 +154,7 @@ class Engine:
         self.consumer_ready = threading.Event()
         self.status = EngineStatus()
         self._on_nats_change = on_nats_change
-        self.nats_link = NatsLink(self._nats_changed)
+        self.nats_link = NatsLink("notifier", self._nats_changed)
         self.live: set[LiveSubscription] = set()  # open live subscriptions
 
     # ------------------------------------------------------------------ lifecycle

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import grpc
 import nats
 import pytest
+from structlog.testing import capture_logs
 
 from incidentledger.v1 import evidence_service_pb2 as ev
 from incidentledger.v1 import evidence_service_pb2_grpc as ev_grpc
@@ -727,3 +729,28 @@ def test_an_upload_without_credentials_is_unauthenticated(ledger: Client, tmp_pa
         "CREDENTIALS_MISSING",
     )
     assert attached_events(ledger, name) == []
+
+
+def test_while_nats_is_down_the_evidence_store_logs_the_outage_once(
+    ledger: Client, nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The evidence store's NATS connection, like the notifier's: one line when NATS goes,
+    one when it is back; before, the client library's own line at ``error``, with its
+    traceback, for every attempt to reconnect (every 2 s)."""
+    objects = ledger.server.evidence_objects
+    assert objects is not None
+    assert objects.stat(object_name(hashlib.sha256(b"").hexdigest())) is None  # connected
+    link = objects.nats_link
+    assert link.connected
+    with capture_logs() as logs, caplog.at_level(logging.ERROR, logger="nats"):
+        nats_server.stop()
+        try:
+            wait_until(lambda: link.failed_attempts >= 3, what="attempts to reconnect")
+        finally:
+            nats_server.start()
+        wait_until(lambda: link.connected, what="the evidence store reconnected")
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("nats")] == []
+    names = [str(line["event"]) for line in logs if "nats_" in str(line["event"])]
+    assert names.count("evidence.nats_disconnected") == 1, names
+    assert names.count("evidence.nats_reconnected") == 1, names
+    assert "evidence.nats_unreachable" not in names, names  # no reminder within a minute

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from structlog.testing import capture_logs
 
-from services.notifier.nats_link import NatsLink
+from services.common.natslink import NatsLink
 
 
 class Clock:
@@ -19,7 +19,7 @@ class Clock:
 
 def test_an_outage_is_one_line_down_a_reminder_a_minute_and_one_line_back() -> None:
     clock, changes = Clock(), list[bool]()
-    link = NatsLink(changes.append, clock=clock, reminder_seconds=60)
+    link = NatsLink("notifier", changes.append, clock=clock, reminder_seconds=60)
     link.up()
     assert changes == [True] and link.connected
     with capture_logs() as logs:
@@ -46,7 +46,7 @@ def test_an_outage_is_one_line_down_a_reminder_a_minute_and_one_line_back() -> N
 
 def test_a_notifier_that_cannot_reach_nats_at_start_says_so_at_once_then_each_minute() -> None:
     clock, changes = Clock(), list[bool]()
-    link = NatsLink(changes.append, clock=clock, reminder_seconds=60)
+    link = NatsLink("notifier", changes.append, clock=clock, reminder_seconds=60)
     with capture_logs() as logs:
         for _ in range(10):
             link.error(ConnectionRefusedError("Connect call failed"))

@@ -1,13 +1,14 @@
-"""The notifier's connection to NATS as an operator sees it.
+"""A service's connection to NATS as an operator sees it (the notifier's, the ledger's
+evidence store's; ``name`` is the prefix of the log lines).
 
-Whether it is up (the notifier's health and ``notifier_nats_connected`` follow it), and the
-log: one line when it goes down (``notifier.nats_disconnected``), a reminder while it stays
-down (``notifier.nats_unreachable``, every :data:`REMINDER_SECONDS`: for how long, how many
-attempts to reconnect failed, the last failure), and one line when it is back
-(``notifier.nats_reconnected``, with how long it was down). The client library tries again
-every half second and reports each failure: those are counted here, not logged one by one
-(before, a ``notifier.nats_error`` line every 0.5 s for as long as NATS was away). An error
-while the connection is up is logged as it comes (``notifier.nats_error``).
+Whether it is up (``on_change``: the notifier's health and ``notifier_nats_connected``
+follow it), and the log: one line when it goes down (``<name>.nats_disconnected``), a
+reminder while it stays down (``<name>.nats_unreachable``, every :data:`REMINDER_SECONDS`:
+for how long, how many attempts to reconnect failed, the last failure), and one line when it
+is back (``<name>.nats_reconnected``, with how long it was down). The client library tries
+again every half second or two and reports each failure (its own default, without an error
+callback, logs each at ``error`` with a traceback): those are counted here, not logged one by
+one. An error while the connection is up is logged as it comes (``<name>.nats_error``).
 """
 
 from __future__ import annotations
@@ -24,15 +25,17 @@ REMINDER_SECONDS = 60.0
 
 
 class NatsLink:
-    """Called from the NATS client's callbacks, on the engine's loop (one thread)."""
+    """Called from the NATS client's callbacks, on its event loop (one thread)."""
 
     def __init__(
         self,
-        on_change: Callable[[bool], None],
+        name: str,
+        on_change: Callable[[bool], None] | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         reminder_seconds: float = REMINDER_SECONDS,
     ) -> None:
+        self._name = name
         self._on_change = on_change
         self._clock = clock
         self._reminder_seconds = reminder_seconds
@@ -54,29 +57,30 @@ class NatsLink:
             return
         if self._ever_connected:
             log.info(
-                "notifier.nats_reconnected",
+                f"{self._name}.nats_reconnected",
                 down_seconds=round(self._clock() - self._down_since, 1),
                 failed_attempts=self._failures,
             )
         elif self._failures:
             log.info(
-                "notifier.nats_connected",
+                f"{self._name}.nats_connected",
                 waited_seconds=round(self._clock() - self._down_since, 1),
                 failed_attempts=self._failures,
             )
         self.connected = self._ever_connected = True
         self._failures, self._last_error = 0, ""
-        self._on_change(True)
+        if self._on_change is not None:
+            self._on_change(True)
 
     def down(self, stopping: bool) -> None:
-        """The connection was lost (or closed by the notifier's own stop)."""
-        if stopping:  # the notifier's own close, at its stop: nothing went wrong
-            log.info("notifier.nats_closed")
+        """The connection was lost (or closed by the service's own stop)."""
+        if stopping:  # the service's own close, at its stop: nothing went wrong
+            log.info(f"{self._name}.nats_closed")
         elif self.connected:
             log.warning(
-                "notifier.nats_disconnected",
+                f"{self._name}.nats_disconnected",
                 error=self._last_error or None,
-                note="delivery pauses; reconnecting every 0.5 s",
+                note="reconnecting",
             )
         if not self.connected:
             return
@@ -84,7 +88,8 @@ class NatsLink:
         self._down_since = self._clock()
         self._failures, self._last_error = 0, ""
         self._reminded_at = self._down_since  # the first reminder comes after a while
-        self._on_change(False)
+        if self._on_change is not None:
+            self._on_change(False)
 
     def error(self, exc: Exception) -> None:
         """An error the client reports: a failed reconnection attempt while down (counted,
@@ -92,7 +97,7 @@ class NatsLink:
         error = str(exc) or type(exc).__name__
         if self.connected:
             self._last_error = error  # a lost connection reports its cause first
-            log.warning("notifier.nats_error", error=error)
+            log.warning(f"{self._name}.nats_error", error=error)
             return
         self._failures += 1
         self._last_error = error
@@ -100,11 +105,9 @@ class NatsLink:
         if self._reminded_at is None or now - self._reminded_at >= self._reminder_seconds:
             self._reminded_at = now
             log.warning(
-                "notifier.nats_unreachable",
+                f"{self._name}.nats_unreachable",
                 down_seconds=round(now - self._down_since, 1),
                 failed_attempts=self._failures,
                 last_error=error,
-                note="delivery pauses; reconnecting every 0.5 s"
-                if self._ever_connected
-                else "the notifier has not reached NATS yet; trying again",
+                note="reconnecting" if self._ever_connected else "not connected yet; trying again",
             )
