@@ -323,9 +323,10 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         self._webhooks.require_owner(principal, job.agency)
         # A job replayed already (with a later one of its incident, or by a retry) is
         # left as it is: the answer is the same.
-        if self._store.replay(job_id):
+        replayed = self._store.replay(job_id)
+        if replayed:
             self._engine.wake_delivery()
-        return napi.ReplayDeadLetterResponse()
+        return napi.ReplayDeadLetterResponse(replayed=replayed)
 
     # -------------------------------------------------------------- delivery log
 

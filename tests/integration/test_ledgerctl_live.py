@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
+from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger_client.cli import main
 from services.common.config import WebhookSettings
@@ -293,3 +295,33 @@ def test_webhooks_deliveries_shows_the_latest_not_the_first_of_the_day(
     with pytest.raises(grpc.RpcError) as refused:
         stack.stub.ListDeliveries(napi.ListDeliveriesRequest(order_by="outcome"), metadata=md)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_replaying_a_dead_letter_says_how_many_went_back_with_it(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Replaying an incident's later dead letter sends its earlier ones too: the count says
+    so (before, 'replayed 1 dead letter(s)' while two were delivered again)."""
+    ctl = LiveCtl(stack, capsys)
+    with webhook_receiver() as receiver:
+        receiver.status = 503
+        ctl.json("dinkes", "webhooks", "register", receiver.url, "--secret", WEBHOOK_SECRET)
+        name = stack.ledger.report("dinkes").incident
+        stack.ledger.stub.EscalateIncident(
+            api.EscalateIncidentRequest(request_id=secrets.token_hex(8), name=name, reason="r"),
+            metadata=stack.ledger.md("dinkes"),  # its reporter
+        )
+
+        def dead() -> list[Any]:
+            found: list[Any] = ctl.json("dinkes", "webhooks", "dead-letters")
+            return found
+
+        wait_until(lambda: len(dead()) == 2, what="two dead letters of one incident")
+        later = dead()[-1]["name"]
+        receiver.status = 204
+        code, out = ctl.run("dinkes", "webhooks", "replay", later)
+        assert code == 0 and "replayed 2 dead letter(s)" in out, out
+        wait_until(lambda: len(receiver.verified()) == 2, what="both delivered again")
+        assert dead() == []
+        replayed = ctl.json("dinkes", "webhooks", "replay", later)  # already replayed
+        assert replayed == {"replayed": [later], "count": 0}, replayed

@@ -403,9 +403,14 @@ class NotifierClient:
 
         return paginate(fetch)
 
-    def replay_dead_letter(self, name: str) -> None:
-        """Deliver a dead letter again (``"deadLetters/{id}"``); attempts start over."""
-        self._transport.unary(self._stub.ReplayDeadLetter, napi.ReplayDeadLetterRequest(name=name))
+    def replay_dead_letter(self, name: str) -> int:
+        """Deliver a dead letter again (``"deadLetters/{id}"``); attempts start over. The
+        earlier dead letters of its incident and webhook go with it: returns how many went
+        back (0: it was replayed already, with a later one of its incident)."""
+        response = self._transport.unary(
+            self._stub.ReplayDeadLetter, napi.ReplayDeadLetterRequest(name=name)
+        )
+        return int(response.replayed)
 
     def deliveries(
         self,

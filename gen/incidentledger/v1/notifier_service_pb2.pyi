@@ -496,12 +496,20 @@ Global___ReplayDeadLetterRequest: _TypeAlias = ReplayDeadLetterRequest  # noqa: 
 class ReplayDeadLetterResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.int
+    """How many dead letters went back to be delivered: this one and the earlier dead
+    letters of its incident and webhook (0: it was replayed already, with a later one
+    or by a retry of this call).
+    """
     def __init__(
         self,
+        *,
+        replayed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replayed", b"replayed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -132,7 +132,8 @@ class NotifierServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReplayDeadLetter(self, request, context):
-        """Deliver a dead letter again (attempts start over).
+        """Deliver a dead letter again (attempts start over), with the earlier dead letters
+        of its incident and webhook.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -55,7 +55,9 @@ class NotifierServiceStub:
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_notifier_service_pb2.ListDeadLettersRequest, _notifier_service_pb2.ListDeadLettersResponse]
     """List deliveries that exhausted their attempts (the caller's agency's own)."""
     ReplayDeadLetter: _grpc.UnaryUnaryMultiCallable[_notifier_service_pb2.ReplayDeadLetterRequest, _notifier_service_pb2.ReplayDeadLetterResponse]
-    """Deliver a dead letter again (attempts start over)."""
+    """Deliver a dead letter again (attempts start over), with the earlier dead letters
+    of its incident and webhook.
+    """
     ListDeliveries: _grpc.UnaryUnaryMultiCallable[_notifier_service_pb2.ListDeliveriesRequest, _notifier_service_pb2.ListDeliveriesResponse]
     """The delivery log: who was notified of what, when, by which channel."""
 
@@ -86,7 +88,9 @@ class NotifierServiceAsyncStub(NotifierServiceStub):
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_notifier_service_pb2.ListDeadLettersRequest, _notifier_service_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
     """List deliveries that exhausted their attempts (the caller's agency's own)."""
     ReplayDeadLetter: _aio.UnaryUnaryMultiCallable[_notifier_service_pb2.ReplayDeadLetterRequest, _notifier_service_pb2.ReplayDeadLetterResponse]  # type: ignore[assignment]
-    """Deliver a dead letter again (attempts start over)."""
+    """Deliver a dead letter again (attempts start over), with the earlier dead letters
+    of its incident and webhook.
+    """
     ListDeliveries: _aio.UnaryUnaryMultiCallable[_notifier_service_pb2.ListDeliveriesRequest, _notifier_service_pb2.ListDeliveriesResponse]  # type: ignore[assignment]
     """The delivery log: who was notified of what, when, by which channel."""
 
@@ -156,7 +160,9 @@ class NotifierServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _notifier_service_pb2.ReplayDeadLetterRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_notifier_service_pb2.ReplayDeadLetterResponse, _abc.Awaitable[_notifier_service_pb2.ReplayDeadLetterResponse]]:
-        """Deliver a dead letter again (attempts start over)."""
+        """Deliver a dead letter again (attempts start over), with the earlier dead letters
+        of its incident and webhook.
+        """
 
     @_abc_1.abstractmethod
     def ListDeliveries(

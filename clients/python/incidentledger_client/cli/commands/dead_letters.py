@@ -53,15 +53,16 @@ def webhooks_replay(
         raise typer.BadParameter("name dead letters or pass --all")
     if not chosen:  # --all with nothing to replay: done, and said so
         if st.as_json:
-            output.emit_json({"replayed": []})
+            output.emit_json({"replayed": [], "count": 0})
         else:
             output.console().print(_("no dead letters: nothing to replay"))
         return
+    replayed = 0  # the earlier dead letters of each one's incident go with it
     with progress_bar(st, _("replaying"), len(chosen)) as meter:
         for name in chosen:
-            notifier.replay_dead_letter(name)
+            replayed += notifier.replay_dead_letter(name)
             meter.step()
     if st.as_json:
-        output.emit_json({"replayed": chosen})
+        output.emit_json({"replayed": chosen, "count": replayed})
     else:
-        output.console().print(_("replayed {count} dead letter(s)").format(count=len(chosen)))
+        output.console().print(_("replayed {count} dead letter(s)").format(count=replayed))
