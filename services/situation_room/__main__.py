@@ -62,6 +62,10 @@ def main() -> int:
         host=host,
         port=port,
         log_level="warning",
+        # uvicorn's own lines (an exception in the application) through the project's
+        # logging (configure_logging), not its own plain format; the page logs its requests
+        # itself (services/situation_room/requestlog.py).
+        log_config=None,
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=STOP_SECONDS,

@@ -71,6 +71,7 @@ from services.situation_room.i18n import (
     wib,
 )
 from services.situation_room.live import RESYNC, Hub
+from services.situation_room.requestlog import RequestLog, note_agency
 from services.situation_room.sessions import (
     COOKIE,
     Officer,
@@ -171,7 +172,12 @@ def room_of(request: Request) -> Room:
 
 
 def session_of(request: Request) -> Session | None:
-    return room_of(request).sessions.find(request.cookies.get(COOKIE))
+    """The request's session (None: no valid cookie); a signed-in officer's agency is
+    named in the request's log line."""
+    session = room_of(request).sessions.find(request.cookies.get(COOKIE))
+    if session is not None and session.officer is not None:
+        note_agency(request, session.officer.agency)
+    return session
 
 
 def with_cookie(room: Room, request: Request, response: Response, session: Session) -> Response:
@@ -303,6 +309,7 @@ async def login(request: Request) -> Response:
         )
     officer = Officer(agency, room.role(agency), token, ledger)
     signed = room.sessions.new(officer)  # a new CSRF token at sign-in
+    note_agency(request, agency)
     log.info("situation_room.signed_in", agency=agency)
     return with_cookie(room, request, RedirectResponse("/board", status_code=303), signed)
 
@@ -1223,7 +1230,8 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
         routes=routes,
         lifespan=lifespan,
         exception_handlers={LedgerError: ledger_failed},
-        middleware=[Middleware(Languages)],
+        # The request log outermost: it sees every answer, in whatever language.
+        middleware=[Middleware(RequestLog), Middleware(Languages)],
     )
     # The names of the reference data, in the page's language.
     templates.env.filters["category"] = room.category
