@@ -406,7 +406,9 @@ async def board_rows(request: Request, session: Session, officer: Officer) -> Re
 @signed_in
 async def events(request: Request, session: Session, officer: Officer) -> Response:
     """Server-sent events: each change with the ledger position as its id. A tab that
-    reconnects (Last-Event-ID) or starts (``after``) behind the hub is told to reload."""
+    reconnects (Last-Event-ID) or starts (``after``) behind the hub is told to reload.
+    ``status`` says whether changes reach the tab (``{"live": false}``: the page's
+    subscription to the notifier is interrupted), first and at each change."""
     hub = room_of(request).hub
     last = request.headers.get("last-event-id") or request.query_params.get("after", "")
     since = int(last) if last.isdigit() else None
@@ -422,7 +424,11 @@ async def events(request: Request, session: Session, officer: Officer) -> Respon
             # then reconnects with the cookie this answer renewed.
             # How soon the browser reconnects when the stream ends (its default is ~3 s).
             yield ServerSentEvent(comment="reconnect", retry=RECONNECT_MS)
+            said_live: bool | None = None
             while (left := end - sessions.now()) > 0:
+                if (live := hub.live) != said_live:
+                    said_live = live
+                    yield ServerSentEvent(data=json.dumps({"live": live}), event="status")
                 try:
                     change = await asyncio.wait_for(queue.get(), min(SESSION_CHECK_SECONDS, left))
                 except TimeoutError:

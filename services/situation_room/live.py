@@ -5,12 +5,18 @@ cursor when the stream drops) and hands each event to the event loop; every open
 connection has a bounded queue of its own. The events carry the ledger position, which the
 page uses as the SSE event id. A tab that falls behind (its queue full) is told to reload
 its board rather than being sent a partial stream.
+
+The hub also says whether it is live (:attr:`Hub.live`): the subscription asks for a
+heartbeat every :data:`HEARTBEAT_SECONDS`, and a subscription silent for longer than
+:data:`STALE_SECONDS` (the notifier stopped, unreachable, or reconnecting) is not. The tabs
+are told (their boards and maps may be out of date), and the change is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,6 +28,12 @@ log = structlog.get_logger(__name__)
 
 #: Events a tab may have waiting before it is told to reload instead.
 QUEUE_SIZE = 256
+#: How often the notifier sends the subscription a heartbeat when no event comes.
+HEARTBEAT_SECONDS = 5
+#: Silence longer than this (two heartbeats missed) means live updates are interrupted.
+STALE_SECONDS = 2.0 * HEARTBEAT_SECONDS + 2.0
+#: How often the hub checks whether it is live (and logs a change).
+WATCH_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -46,8 +58,14 @@ class NotReadyError(ValueError):
 class Hub:
     """Fans the one subscription out to the tabs (see the module docstring)."""
 
-    def __init__(self, connect: Callable[[], NotifierClient]) -> None:
+    def __init__(
+        self, connect: Callable[[], NotifierClient], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._connect = connect
+        self._clock = clock
+        self._watcher: asyncio.Task[None] | None = None
+        #: Whether the hub was live when last watched (what the log last said).
+        self._was_live = False
         self._queues: set[asyncio.Queue[Change]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscription: Subscription | None = None
@@ -62,13 +80,45 @@ class Hub:
     def listeners(self) -> int:
         return len(self._queues)
 
+    @property
+    def live(self) -> bool:
+        """Whether changes reach the tabs now: the subscription heard from the notifier
+        (an event or a heartbeat) within :data:`STALE_SECONDS`."""
+        subscription = self._subscription
+        heard = subscription.received_at if subscription is not None else None
+        return heard is not None and self._clock() - heard <= STALE_SECONDS
+
+    def watch(self) -> None:
+        """Log a change of :attr:`live` (a warning when live updates stop)."""
+        live = self.live
+        if live == self._was_live:
+            return
+        self._was_live = live
+        if live:
+            log.info("situation_room.live_on", position=self.position)
+        else:
+            log.warning(
+                "situation_room.live_interrupted",
+                position=self.position,
+                silent_seconds=STALE_SECONDS,
+                note="the notifier has not been heard from: boards and maps are not updated",
+            )
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            self.watch()
+
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._read, name="situation-room-live", daemon=True)
         self._thread.start()
+        self._watcher = self._loop.create_task(self._watch())
 
     def stop(self) -> None:
         self._stopped.set()
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self._subscription is not None:
             self._subscription.close()
         if self._thread is not None:
@@ -89,7 +139,9 @@ class Hub:
                 continue
             try:
                 self._subscription = notifier.subscribe(
-                    cursor=self._cursor or None, max_reconnects=None
+                    cursor=self._cursor or None,
+                    max_reconnects=None,
+                    heartbeat_seconds=HEARTBEAT_SECONDS,
                 )
                 if self._stopped.is_set():
                     return

@@ -28,10 +28,12 @@ from incidentledger_client import LedgerClient, Location, Person, PersonalData
 from incidentledger_client.cli.output import BAND_FILL
 from services.common.config import PROJECT_ROOT
 from services.common.natsserver import NatsServer
+from services.notifier.server import build as build_notifier
 from services.situation_room.i18n import COOKIE as LANGUAGE_COOKIE
+from services.situation_room.live import STALE_SECONDS
 from services.situation_room.sessions import COOKIE as SESSION_COOKIE
 from services.situation_room.sessions import SignInThrottle
-from tests.fanout_support import Stack, running_stack
+from tests.fanout_support import Stack, notifier_settings, running_stack
 from tests.support import ServiceProcess, service_process, store_environment
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
@@ -40,6 +42,8 @@ pytestmark = [pytest.mark.nats, pytest.mark.slow]
 LIVE_SECONDS = 2.0
 #: How long a read of the event stream may wait (events come well within it).
 READ_SECONDS = 10.0
+#: How long the page may take to say its live updates stopped or came back.
+STALE_MS = (STALE_SECONDS + 10.0) * 1000
 
 
 @dataclass
@@ -254,6 +258,36 @@ def test_the_map_colours_the_15_kecamatan_by_band_and_shows_incidents_live(
     marker = page.locator(f'path[data-name="{added.incident}"]')
     expect(marker).to_have_attribute("data-severity", "medium", timeout=LIVE_SECONDS * 1000)
     page.screenshot(path=str(tmp_path / "map.png"), full_page=True)
+    assert_local_and_clean(room)
+
+
+def test_the_board_and_map_say_when_live_updates_stop_and_catch_up_after(
+    room: Room, browser: Browser, tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """The notifier stopped: the board and the map say their live updates are interrupted
+    (not "on" while nothing arrives), the page's log says so; the notifier back on its
+    address, they say "on" again and the board shows what was reported meanwhile."""
+    board, chart = new_page(room, browser), new_page(room, browser)
+    sign_in(room, board, "desk_pilkada")
+    sign_in(room, chart, "desk_pilkada")
+    chart.click("text=Map")
+    expect(chart.locator("#live")).to_have_attribute("data-state", "open")
+    port = room.stack.notifier.port
+    room.stack.notifier.stop(1.0)
+    for page in (board, chart):
+        expect(page.locator("#live")).to_have_attribute("data-state", "stale", timeout=STALE_MS)
+        expect(page.locator("#live")).to_contain_text("interrupted")
+    assert any(e.get("event") == "situation_room.live_interrupted" for e in room.web.log_lines())
+    title = f"While the notifier was away {uuid.uuid4().hex[:6]}"
+    room.ledger("kesbangpol").report(title, "crowd_gathering", "ipuh")
+    settings = notifier_settings(tmp_path, nats_server.url, listen=f"127.0.0.1:{port}")
+    restarted = build_notifier(settings)
+    try:
+        for page in (board, chart):
+            expect(page.locator("#live")).to_have_attribute("data-state", "open", timeout=STALE_MS)
+        expect(board.locator("#rows")).to_contain_text(title, timeout=LIVE_SECONDS * 1000)
+    finally:
+        restarted.stop(1.0)
     assert_local_and_clean(room)
 
 

@@ -4,6 +4,7 @@ development tokens its live subscription uses. That is a wait (info), not a fail
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -15,7 +16,7 @@ import structlog
 from incidentledger_client import NotifierClient
 from services.common.config import SituationRoomSettings
 from services.situation_room.__main__ import subscription_token
-from services.situation_room.live import Hub, NotReadyError
+from services.situation_room.live import HEARTBEAT_SECONDS, STALE_SECONDS, Hub, NotReadyError
 
 
 def settings_in(data_dir: Path) -> SituationRoomSettings:
@@ -71,3 +72,74 @@ def test_the_hub_warns_when_its_subscription_fails() -> None:
     assert {(e["event"], e["log_level"]) for e in logs} == {
         ("situation_room.subscription_failed", "warning")
     }
+
+
+class SilentSubscription:
+    """A subscription that delivers nothing until closed; ``received_at`` set by the test."""
+
+    def __init__(self) -> None:
+        self.received_at: float | None = None
+        self.cursor = ""
+        self.closed = threading.Event()
+
+    def __iter__(self) -> SilentSubscription:
+        return self
+
+    def __next__(self) -> object:
+        self.closed.wait()
+        raise StopIteration
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+class SilentNotifier:
+    def __init__(self, subscription: SilentSubscription) -> None:
+        self.subscription = subscription
+        self.asked: dict[str, Any] = {}
+        self.subscribed = threading.Event()
+
+    def subscribe(self, **asked: Any) -> SilentSubscription:
+        self.asked = asked
+        self.subscribed.set()
+        return self.subscription
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_hub_is_live_only_while_the_notifier_is_heard_from() -> None:
+    """Not live before the first heartbeat, nor once the notifier has been silent for
+    longer than two heartbeats (stopped, unreachable, reconnecting); each change logged."""
+    subscription = SilentSubscription()
+    notifier = SilentNotifier(subscription)
+    now = [1000.0]
+    hub = Hub(lambda: notifier, clock=lambda: now[0])  # type: ignore[arg-type,return-value]
+    hub._loop = asyncio.new_event_loop()  # as start() sets it; nothing is delivered to it
+    thread = threading.Thread(target=hub._read, daemon=True)
+    with structlog.testing.capture_logs() as logs:
+        thread.start()
+        assert notifier.subscribed.wait(10)
+        assert notifier.asked["heartbeat_seconds"] == HEARTBEAT_SECONDS
+        seen = [hub.live]  # nothing heard yet
+        subscription.received_at = now[0]  # the first heartbeat
+        now[0] += STALE_SECONDS
+        seen.append(hub.live)
+        hub.watch()
+        now[0] += 1.0
+        seen.append(hub.live)
+        hub.watch()
+        hub.watch()  # logged once per change
+        subscription.received_at = now[0]
+        seen.append(hub.live)
+        hub.watch()
+        hub.stop()
+        thread.join(5)
+    hub._loop.close()
+    assert not thread.is_alive()
+    assert seen == [False, True, False, True]
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("situation_room.live_on", "info"),
+        ("situation_room.live_interrupted", "warning"),
+        ("situation_room.live_on", "info"),
+    ]

@@ -90,6 +90,10 @@ class Subscription(Iterator[Notification]):
         self.reconnects = 0
         """How many times the stream was re-established."""
         self.last_heartbeat: Any = None
+        self.received_at: float | None = None
+        """When the last message (event or heartbeat) arrived, in ``time.monotonic()``
+        seconds (None before the first): a stream silent for longer than its heartbeats
+        is not delivering, whether or not it is reconnecting."""
         self._transport = transport
         self._stub = stub
         self._filter = event_filter.to_proto()
@@ -160,7 +164,7 @@ class Subscription(Iterator[Notification]):
             failure: grpc.RpcError | None = None
             try:
                 for response in call:
-                    last[0] = time.monotonic()
+                    last[0] = self.received_at = time.monotonic()
                     silent = 0
                     self.cursor = response.cursor
                     if response.HasField("notification"):

@@ -1,5 +1,6 @@
 // The board, live: one EventSource per tab; each change (id = ledger position) reloads the
-// rows as the signed-in officer, at least at that position, with the page's filters.
+// rows as the signed-in officer, at least at that position, with the page's filters. The
+// line above the rows says whether changes are arriving.
 (function () {
   "use strict";
   var live = document.getElementById("live");
@@ -29,8 +30,17 @@
     reload();
   }
 
+  // Whether changes reach this tab: the page says so (status) when its stream opens and
+  // whenever it changes; back from an interruption, the rows are read again.
+  function status(event) {
+    var on = JSON.parse(event.data).live, was = live.dataset.state;
+    live.textContent = on ? live.dataset.open : live.dataset.stale;
+    live.dataset.state = on ? "open" : "stale";
+    if (on && was === "stale") { reload(); }
+  }
+
   var source = new EventSource("/events?after=" + encodeURIComponent(live.dataset.after));
-  source.addEventListener("open", function () { live.textContent = live.dataset.open; live.dataset.state = "open"; });
+  source.addEventListener("status", status);
   source.addEventListener("error", function () { live.textContent = live.dataset.reconnecting; live.dataset.state = "reconnecting"; });
   source.addEventListener("change", heard);
   source.addEventListener("resync", heard);
