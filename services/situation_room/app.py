@@ -271,7 +271,10 @@ def forbidden(reason: str) -> Response:
 async def login_page(request: Request) -> Response:
     room = room_of(request)
     session = session_of(request) or room.sessions.new()
-    return with_cookie(room, request, render(request, session, "login.html", error=""), session)
+    # A board or a map whose session ended comes here with ?ended (static/live.js).
+    notice = _("Your session has ended: sign in again.") if "ended" in request.query_params else ""
+    page = render(request, session, "login.html", error="", notice=notice)
+    return with_cookie(room, request, page, session)
 
 
 async def login(request: Request) -> Response:

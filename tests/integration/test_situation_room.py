@@ -669,6 +669,23 @@ def test_an_expired_session_is_refused_and_its_event_stream_ends(room: Room) -> 
         assert (stream.status_code, stream.headers["location"]) == (303, "/login")
 
 
+def test_an_open_board_whose_session_ends_goes_to_the_sign_in_page(
+    room: Room, browser: Browser
+) -> None:
+    """Not a board left saying "reconnecting" for ever over rows no longer updated: the
+    stream the browser can no longer open (the session ended) sends the tab to sign in."""
+    short = {**room.env, "SITUATION_ROOM_SESSION_MINUTES": "0.1"}  # 6 s
+    with service_process("services.situation_room", short) as web_process:
+        expiring = Room(room.stack, web_process, short)
+        page = new_page(expiring, browser)
+        sign_in(expiring, page, "desk_pilkada")
+        page.click("text=Map")
+        expect(page.locator("#live")).to_have_attribute("data-state", "open")
+        expect(page).to_have_url(f"{expiring.url}/login?ended", timeout=READ_SECONDS * 2000)
+        expect(page.locator(".notice")).to_contain_text("Your session has ended")
+        assert_local_and_clean(expiring)
+
+
 def test_a_copied_cookie_left_unused_is_refused_while_an_open_board_stays_signed_in(
     room: Room, browser: Browser
 ) -> None:

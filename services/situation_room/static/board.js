@@ -30,18 +30,5 @@
     reload();
   }
 
-  // Whether changes reach this tab: the page says so (status) when its stream opens and
-  // whenever it changes; back from an interruption, the rows are read again.
-  function status(event) {
-    var on = JSON.parse(event.data).live, was = live.dataset.state;
-    live.textContent = on ? live.dataset.open : live.dataset.stale;
-    live.dataset.state = on ? "open" : "stale";
-    if (on && was === "stale") { reload(); }
-  }
-
-  var source = new EventSource("/events?after=" + encodeURIComponent(live.dataset.after));
-  source.addEventListener("status", status);
-  source.addEventListener("error", function () { live.textContent = live.dataset.reconnecting; live.dataset.state = "reconnecting"; });
-  source.addEventListener("change", heard);
-  source.addEventListener("resync", heard);
+  window.roomLive(parseInt(live.dataset.after, 10) || 0, heard, reload);
 })();

@@ -72,19 +72,6 @@
     reload();
   }
 
-  // Whether changes reach this tab (as on the board); back from an interruption, redraw.
-  var live = document.getElementById("live");
-  function status(event) {
-    var on = JSON.parse(event.data).live, was = live.dataset.state;
-    live.textContent = on ? live.dataset.open : live.dataset.stale;
-    live.dataset.state = on ? "open" : "stale";
-    if (on && was === "stale") { reload(); }
-  }
-
   reload();
-  var source = new EventSource("/events?after=" + encodeURIComponent(box.dataset.after));
-  source.addEventListener("status", status);
-  source.addEventListener("error", function () { live.textContent = live.dataset.reconnecting; live.dataset.state = "reconnecting"; });
-  source.addEventListener("change", heard);
-  source.addEventListener("resync", heard);
+  window.roomLive(parseInt(box.dataset.after, 10) || 0, heard, reload);
 })();

@@ -1,0 +1,45 @@
+// The event stream of a board or a map (one per tab), shared by both pages. The line #live
+// says whether changes arrive (the page's "status" events); a stream the page answers with
+// something else than a stream (the browser gives up on it) is asked about: a session that
+// ended goes to the sign-in page rather than leaving the tab "reconnecting" for ever.
+window.roomLive = function (after, heard, resumed) {
+  "use strict";
+  var live = document.getElementById("live");
+  var last = after, source = null;
+
+  function status(event) {
+    var on = JSON.parse(event.data).live, was = live.dataset.state;
+    live.textContent = on ? live.dataset.open : live.dataset.stale;
+    live.dataset.state = on ? "open" : "stale";
+    if (on && was === "stale") { resumed(); }
+  }
+
+  function change(event) {
+    var position = parseInt(event.lastEventId, 10);
+    if (!isNaN(position) && position > last) { last = position; }
+    heard(event);
+  }
+
+  function lost() {
+    live.textContent = live.dataset.reconnecting;
+    live.dataset.state = "reconnecting";
+    if (source.readyState !== EventSource.CLOSED) { return; }  // the browser tries again
+    // Answered, but not with a stream: signed out (the page redirects to the sign-in page),
+    // or the page unwell (try again in a while).
+    fetch(window.location.href, {method: "HEAD", credentials: "same-origin", redirect: "manual"})
+      .then(function (response) {
+        if (response.type === "opaqueredirect") { window.location.assign("/login?ended"); return; }
+        window.setTimeout(open, 5000);
+      }, function () { window.setTimeout(open, 5000); });
+  }
+
+  function open() {
+    source = new EventSource("/events?after=" + encodeURIComponent(String(last)));
+    source.addEventListener("status", status);
+    source.addEventListener("error", lost);
+    source.addEventListener("change", change);
+    source.addEventListener("resync", change);
+  }
+
+  open();
+};
