@@ -89,7 +89,17 @@ FILTER_FIELDS = ("status", "kecamatan", "category", "severity", "lead_agency")
 SINCE_HOURS = {"1h": 1, "6h": 6, "24h": 24}
 #: How the board's time windows read (translated where shown).
 SINCE_LABELS = {"1h": N_("1 hour"), "6h": N_("6 hours"), "24h": N_("24 hours")}
-STATUSES = ("REPORTED", "VERIFIED", "ASSIGNED", "RESPONDING", "RESOLVED", "CLOSED", "REJECTED")
+STATUSES = (
+    "REPORTED",
+    "VERIFIED",
+    "ASSIGNED",
+    "RESPONDING",
+    "RESOLVED",
+    "CLOSED",
+    "REOPENED",
+    "REJECTED",
+    "MERGED",
+)
 #: The board shows at most this many incidents, the newest first.
 BOARD_ROWS = 200
 #: SSE keepalive comments, so proxies and the browser keep the connection.
@@ -357,27 +367,31 @@ def board_filter(request: Request) -> tuple[str, dict[str, str]]:
     return " AND ".join(terms), chosen
 
 
-async def board_incidents(request: Request, officer: Officer, min_position: int) -> list[Incident]:
+async def board_incidents(
+    request: Request, officer: Officer, min_position: int
+) -> tuple[list[Incident], bool]:
+    """The board's rows, newest first, and whether more incidents match than it shows."""
     expression, chosen = board_filter(request)
 
     hours = SINCE_HOURS.get(chosen.get("since", ""))
     after = None if hours is None else datetime.now(UTC) - timedelta(hours=hours)
 
-    def fetch() -> list[Incident]:
-        # Newest first, a page the size of the board: the rows shown are one page of the
-        # ledger's (the next is fetched only while the time window has not ended).
+    def fetch() -> tuple[list[Incident], bool]:
+        # Newest first, one page of the ledger's, one more than the board shows: that one
+        # says whether there are more (the next page is fetched only while the time window
+        # has not ended).
         shown: list[Incident] = []
         for incident in officer.ledger.list_incidents(
-            expression, min_position=min_position, page_size=BOARD_ROWS, newest_first=True
+            expression, min_position=min_position, page_size=BOARD_ROWS + 1, newest_first=True
         ):
             # Reports come in the order of their create_time: the first older than the
             # window ends it.
             if after is not None and (incident.create_time is None or incident.create_time < after):
                 break
-            shown.append(incident)
             if len(shown) >= BOARD_ROWS:
-                break
-        return shown
+                return shown, True
+            shown.append(incident)
+        return shown, False
 
     return await run_in_threadpool(fetch)
 
@@ -385,13 +399,14 @@ async def board_incidents(request: Request, officer: Officer, min_position: int)
 @signed_in
 async def board(request: Request, session: Session, officer: Officer) -> Response:
     after = room_of(request).hub.position  # before the list: nothing falls in between
-    incidents = await board_incidents(request, officer, 0)
+    incidents, more = await board_incidents(request, officer, 0)
     _expression, chosen = board_filter(request)
     return render(
         request,
         session,
         "board.html",
         incidents=incidents,
+        more=more,
         chosen=chosen,
         statuses=STATUSES,
         after=after,
@@ -402,8 +417,10 @@ async def board(request: Request, session: Session, officer: Officer) -> Respons
 @signed_in
 async def board_rows(request: Request, session: Session, officer: Officer) -> Response:
     position = request.query_params.get("min_position", "0")
-    incidents = await board_incidents(request, officer, int(position) if position.isdigit() else 0)
-    return render(request, session, "board_rows.html", incidents=incidents)
+    incidents, more = await board_incidents(
+        request, officer, int(position) if position.isdigit() else 0
+    )
+    return render(request, session, "board_rows.html", incidents=incidents, more=more)
 
 
 @signed_in

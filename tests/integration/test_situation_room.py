@@ -24,11 +24,12 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from incidentledger_client import LedgerClient, Location, Person, PersonalData
+from incidentledger_client import IncidentStatus, LedgerClient, Location, Person, PersonalData
 from incidentledger_client.cli.output import BAND_FILL
 from services.common.config import PROJECT_ROOT
 from services.common.natsserver import NatsServer
 from services.notifier.server import build as build_notifier
+from services.situation_room.app import BOARD_ROWS, STATUSES
 from services.situation_room.i18n import COOKIE as LANGUAGE_COOKIE
 from services.situation_room.live import STALE_SECONDS
 from services.situation_room.sessions import COOKIE as SESSION_COOKIE
@@ -367,6 +368,28 @@ def test_the_boards_filter_shows_what_the_ledger_lists_for_it(room: Room) -> Non
             listed = [i.name for i in desk.list_incidents(expression)]
             assert shown == list(reversed(listed)), query
             assert shown, query
+
+
+def test_the_board_says_when_more_incidents_match_than_it_shows(room: Room) -> None:
+    """The board shows the newest 200: with more, it says so (an officer must not take the
+    rows for all of them), and it offers every status to filter on (reopened, merged)."""
+    reporter = room.ledger("polres")
+    for n in range(BOARD_ROWS + 1):
+        kecamatan = "ipuh" if n < BOARD_ROWS else "air_rami"
+        reporter.report(f"Report {n}", "crowd_gathering", kecamatan)
+    with signed_in_http(room, "desk_pilkada") as web:
+        page = web.get("/board").text
+        assert len(re.findall(r'<tr class="incident', page)) == BOARD_ROWS
+        assert "Only the newest 200 incidents are shown: more match." in page
+        rows = web.get("/board/rows").text  # what the live board reloads says so too
+        assert "Only the newest 200 incidents are shown" in rows
+        exactly = web.get("/board", params={"kecamatan": "ipuh"}).text
+        assert len(re.findall(r'<tr class="incident', exactly)) == BOARD_ROWS
+        assert "Only the newest" not in exactly
+        select = page.split('name="status"')[1].split("</select>")[0]
+        offered = re.findall(r'<option value="([A-Z]+)"', select)
+        every = {s.value for s in IncidentStatus} - {"UNSPECIFIED"}
+        assert set(offered) == set(STATUSES) == every
 
 
 def test_the_desk_verifies_and_assigns_and_the_lead_logs_an_action_each_as_itself(
