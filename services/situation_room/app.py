@@ -115,6 +115,19 @@ DEV_KEY_FILE_NAME = "situation-room-session.secret"
 LANGUAGE_COOKIE_SECONDS = 365 * 24 * 3600
 
 
+#: The largest position or version the ledger takes (protobuf int64).
+MAX_INT64 = 2**63 - 1
+
+
+def whole(text: str) -> int | None:
+    """A position or a version from a query, a header or a form: ASCII digits within
+    int64, else None (what the browser never sends is ignored, not a crash)."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if value <= MAX_INT64 else None
+
+
 def time_left(until: datetime | None, now: datetime) -> str:
     """How long a decision stays in force: ``3 h 05 min`` ("" without an end)."""
     if until is None:
@@ -416,10 +429,8 @@ async def board(request: Request, session: Session, officer: Officer) -> Respons
 
 @signed_in
 async def board_rows(request: Request, session: Session, officer: Officer) -> Response:
-    position = request.query_params.get("min_position", "0")
-    incidents, more = await board_incidents(
-        request, officer, int(position) if position.isdigit() else 0
-    )
+    position = whole(request.query_params.get("min_position", "0")) or 0
+    incidents, more = await board_incidents(request, officer, position)
     return render(request, session, "board_rows.html", incidents=incidents, more=more)
 
 
@@ -431,7 +442,7 @@ async def events(request: Request, session: Session, officer: Officer) -> Respon
     subscription to the notifier is interrupted), first and at each change."""
     hub = room_of(request).hub
     last = request.headers.get("last-event-id") or request.query_params.get("after", "")
-    since = int(last) if last.isdigit() else None
+    since = whole(last)
     sessions = room_of(request).sessions
     end = sessions.stream_end(session)
     queue = hub.attach()
@@ -489,8 +500,7 @@ async def map_page(request: Request, session: Session, officer: Officer) -> Resp
 async def map_data(request: Request, session: Session, officer: Officer) -> Response:
     """The kecamatan polygons, each with its score, band, colour and reasons."""
     room = room_of(request)
-    position = request.query_params.get("min_position", "0")
-    at = int(position) if position.isdigit() else 0
+    at = whole(request.query_params.get("min_position", "0")) or 0
 
     def fetch() -> tuple[VulnerabilityMap, list[Incident]]:
         return (
@@ -909,9 +919,10 @@ def decision_hours(text: str) -> int:
     """The hours a decision stays in force, from the form (the default when left empty)."""
     if not text.strip():
         return DECISION_HOURS
-    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_DECISION_HOURS:
+    hours = whole(text.strip())
+    if hours is None or not 1 <= hours <= MAX_DECISION_HOURS:
         raise ValueError(_("The decision lasts a whole number of hours, at least 1."))
-    return int(text)
+    return hours
 
 
 async def incident_page(
@@ -1076,7 +1087,7 @@ async def act(request: Request, session: Session, officer: Officer) -> Response:
     name = f"incidents/{request.path_params['incident']}"
     version = form.get("version", "")
     common: dict[str, Any] = {
-        "expected_version": int(version) if version.isdigit() else 0,
+        "expected_version": whole(version) or 0,
         "request_id": form.get("request_id") or uuid.uuid4().hex,
     }
     ledger = officer.ledger

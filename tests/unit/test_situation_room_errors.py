@@ -6,10 +6,11 @@ import asyncio
 from dataclasses import replace
 
 import httpx
+import pytest
 
 from incidentledger_client import LedgerClient, RetryPolicy
 from services.common.config import SituationRoomSettings
-from services.situation_room.app import build_app
+from services.situation_room.app import MAX_INT64, build_app, decision_hours, whole
 from services.situation_room.i18n import COOKIE as LANGUAGE_COOKIE
 from services.situation_room.sessions import COOKIE, Officer
 
@@ -43,3 +44,33 @@ def test_a_ledger_that_does_not_answer_gives_a_plain_503() -> None:
         assert answer.status_code == 503
         assert said in answer.text
     assert room.sessions.alive(session)  # still signed in: the ledger may come back
+
+
+def test_positions_and_versions_the_browser_never_sends_are_ignored_not_a_crash() -> None:
+    """A min_position past int64, or digits that are not ASCII, were a 500 and a traceback
+    (the ledger's request could not be built); now they are no position."""
+    assert [whole(t) for t in ("0", "42", str(MAX_INT64))] == [0, 42, MAX_INT64]
+    assert [whole(t) for t in (str(MAX_INT64 + 1), "²", "١٢", "-1", "", "1.5")] == [None] * 6
+    with pytest.raises(ValueError, match="whole number of hours"):
+        decision_hours("²")
+    settings = SituationRoomSettings(ledger_address=NOWHERE, notifier_address=NOWHERE)
+    settings = replace(settings, session_key=b"a session key of 16 bytes or more")
+    app = build_app(settings, token=lambda: "token")
+    room = app.state.room
+
+    def connect(token: str) -> LedgerClient:
+        return LedgerClient(NOWHERE, token, retry=RetryPolicy(retries=0), timeout=1.0)
+
+    room.sessions.connect = connect
+    session = room.sessions.new(Officer("polres", "responder", "token", connect("token")))
+
+    async def get(path: str) -> int:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            client.cookies.set(COOKIE, room.sessions.cookie_value(session))
+            return (await client.get(path)).status_code
+
+    for path in ("/board/rows", "/map/data.json"):
+        for position in ("9" * 24, "²"):
+            # Asked of the ledger without a position: here, one that does not answer.
+            assert asyncio.run(get(f"{path}?min_position={position}")) == 503, (path, position)
