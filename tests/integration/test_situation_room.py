@@ -292,6 +292,32 @@ def test_the_board_and_map_say_when_live_updates_stop_and_catch_up_after(
     assert_local_and_clean(room)
 
 
+def test_a_failed_reload_of_the_board_is_said_then_cleared_when_it_reads_again(
+    room: Room, browser: Browser
+) -> None:
+    """A read of the rows that fails (the ledger did not answer) is said on the line above
+    them, and read again: once it succeeds, the line says "on" again (it kept saying the
+    read failed). A read answered by the sign-in page sends the tab there (it was put inside
+    the board's table)."""
+    page = new_page(room, browser)
+    sign_in(room, page, "desk_pilkada")
+    reporter = room.ledger("kesbangpol")
+    page.route("**/board/rows?*", lambda route: route.fulfill(status=503, body="no answer"))
+    reporter.report(f"Unread {uuid.uuid4().hex[:6]}", "crowd_gathering", "ipuh")
+    expect(page.locator("#live")).to_contain_text("Reload failed")
+    page.unroute("**/board/rows?*")
+    title = f"Read again {uuid.uuid4().hex[:6]}"
+    reporter.report(title, "crowd_gathering", "ipuh")
+    expect(page.locator("#rows")).to_contain_text(title, timeout=LIVE_SECONDS * 1000)
+    expect(page.locator("#live")).to_have_attribute("data-state", "open")
+    expect(page.locator("#live")).to_have_text("Live updates: on")
+    # The session gone (the cookie cleared, as a revoked token would): to the sign-in page.
+    page.context.clear_cookies(name=SESSION_COOKIE)
+    reporter.report(f"Signed out {uuid.uuid4().hex[:6]}", "crowd_gathering", "ipuh")
+    expect(page).to_have_url(f"{room.url}/login?ended")
+    assert_local_and_clean(room)
+
+
 # --- over plain HTTP: the event stream and the board's filter --------------------------------
 
 

@@ -7,7 +7,7 @@
   var rows = document.getElementById("rows");
   var filters = new URLSearchParams(window.location.search);
   filters.delete("reported");
-  var wanted = 0, loading = false, again = false;
+  var wanted = 0, loading = false, again = false, feed = null;
 
   function reload() {
     if (loading) { again = true; return; }
@@ -16,11 +16,17 @@
     query.set("min_position", String(wanted));
     fetch("/board/rows?" + query.toString(), {credentials: "same-origin"})
       .then(function (response) {
+        if (window.roomSignedOut(response)) { return null; }
         if (!response.ok) { throw new Error(String(response.status)); }
         return response.text();
       })
-      .then(function (html) { rows.innerHTML = html; live.dataset.position = String(wanted); })
-      .catch(function (error) { live.textContent = live.dataset.failed + " (" + error + ")"; })
+      .then(function (html) {
+        if (html === null) { return; }
+        rows.innerHTML = html;
+        live.dataset.position = String(wanted);
+        feed.loaded();
+      })
+      .catch(function (error) { feed.failed(error); window.setTimeout(reload, window.roomRetryMs); })
       .finally(function () { loading = false; if (again) { again = false; reload(); } });
   }
 
@@ -30,5 +36,5 @@
     reload();
   }
 
-  window.roomLive(parseInt(live.dataset.after, 10) || 0, heard, reload);
+  feed = window.roomLive(parseInt(live.dataset.after, 10) || 0, heard, reload);
 })();

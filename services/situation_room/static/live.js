@@ -1,7 +1,8 @@
 // The event stream of a board or a map (one per tab), shared by both pages. The line #live
-// says whether changes arrive (the page's "status" events); a stream the page answers with
-// something else than a stream (the browser gives up on it) is asked about: a session that
-// ended goes to the sign-in page rather than leaving the tab "reconnecting" for ever.
+// says whether changes arrive (the page's "status" events) and whether the last read of the
+// rows or the map failed; a stream the page answers with something else than a stream (the
+// browser gives up on it) is asked about: a session that ended goes to the sign-in page
+// rather than leaving the tab "reconnecting" for ever.
 window.roomLive = function (after, heard, resumed) {
   "use strict";
   var live = document.getElementById("live");
@@ -42,4 +43,31 @@ window.roomLive = function (after, heard, resumed) {
   }
 
   open();
+
+  // What the page's reads of its rows or its map report back: a failure is said on the line
+  // (the page reads again a moment later), the next success clears it.
+  return {
+    failed: function (error) {
+      live.textContent = live.dataset.failed + " (" + error + ")";
+      live.dataset.state = "failed";
+    },
+    loaded: function () {
+      if (live.dataset.state !== "failed") { return; }
+      live.textContent = live.dataset.open;
+      live.dataset.state = "open";
+    }
+  };
+};
+
+// How long after a failed read the board or the map reads again.
+window.roomRetryMs = 5000;
+
+// A read answered by the sign-in page (redirected there: the session ended, or the ledger no
+// longer takes the officer's token): the tab goes there too, rather than showing that page
+// inside the board or leaving rows that are no longer updated.
+window.roomSignedOut = function (response) {
+  "use strict";
+  if (!response.redirected) { return false; }
+  window.location.assign("/login?ended");
+  return true;
 };

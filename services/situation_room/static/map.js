@@ -11,7 +11,7 @@
   // The zoom buttons' titles in the page's language (Leaflet's are English).
   L.control.zoom({zoomInTitle: strings.zoom_in, zoomOutTitle: strings.zoom_out}).addTo(map);
   var shapes = null, markers = L.layerGroup().addTo(map), fitted = false;
-  var wanted = 0, loading = false, again = false;
+  var wanted = 0, loading = false, again = false, feed = null;
 
   function esc(text) {
     return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
@@ -58,11 +58,12 @@
     loading = true;
     fetch("/map/data.json?min_position=" + wanted, {credentials: "same-origin"})
       .then(function (response) {
+        if (window.roomSignedOut(response)) { return null; }
         if (!response.ok) { throw new Error(String(response.status)); }
         return response.json();
       })
-      .then(draw)
-      .catch(function (error) { hover.textContent = String(error); })
+      .then(function (data) { if (data !== null) { draw(data); feed.loaded(); } })
+      .catch(function (error) { feed.failed(error); window.setTimeout(reload, window.roomRetryMs); })
       .finally(function () { loading = false; if (again) { again = false; reload(); } });
   }
 
@@ -72,6 +73,6 @@
     reload();
   }
 
+  feed = window.roomLive(parseInt(box.dataset.after, 10) || 0, heard, reload);
   reload();
-  window.roomLive(parseInt(box.dataset.after, 10) || 0, heard, reload);
 })();
