@@ -318,6 +318,29 @@ def test_a_failed_reload_of_the_board_is_said_then_cleared_when_it_reads_again(
     assert_local_and_clean(room)
 
 
+def test_a_phone_sized_window_shows_every_page_without_sideways_scrolling(
+    room: Room, browser: Browser
+) -> None:
+    """At 390 px the board's status, the agencies' overdue count and the incident's forms
+    (the merge form's list of long titles) stay on the screen: nothing wider than it."""
+    reporter = room.ledger("kesbangpol")
+    long = "Massa pendukung berkumpul di depan kantor kecamatan menuntut penghitungan ulang"
+    first = reporter.report(f"{long} {uuid.uuid4().hex[:6]}", "crowd_gathering", "ipuh")
+    reporter.report(f"{long} lagi {uuid.uuid4().hex[:6]}", "crowd_gathering", "ipuh")
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    page.on("request", lambda request: room.requests.append(request.url))
+    page.on("pageerror", lambda error: room.errors.append(str(error)))
+    sign_in(room, page, "desk_pilkada")
+    for path in ("/board", "/agencies", "/decisions", "/map", "/report", f"/{first.incident}"):
+        page.goto(f"{room.url}{path}")
+        page.wait_for_load_state()
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{path} is {width} px wide"
+    expect(page.locator('select[name="target"]')).to_have_count(1)  # the merge form is there
+    assert_local_and_clean(room)
+
+
 # --- over plain HTTP: the event stream and the board's filter --------------------------------
 
 
