@@ -33,10 +33,16 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from incidentledger_client import (
+    Aborted,
     AgencyWorkload,
+    AlreadyExists,
+    Cancelled,
+    DeadlineExceeded,
     Evidence,
+    FailedPrecondition,
     Incident,
     IncidentEvent,
+    InvalidArgument,
     LedgerClient,
     LedgerError,
     Location,
@@ -45,6 +51,7 @@ from incidentledger_client import (
     PermissionDenied,
     Person,
     PersonalData,
+    ResourceExhausted,
     ResponseTimes,
     Unauthenticated,
     Unavailable,
@@ -956,6 +963,11 @@ async def incident_page(
         incident, history, evidence, targets = await run_in_threadpool(fetch)
     except NotFound:
         return Response(_("No such incident."), status_code=404, media_type="text/plain")
+    except InvalidArgument as refused:
+        if refused.field != "name":
+            raise
+        # Not an incident's id at all (a mistyped or cut address): no such incident either.
+        return Response(_("No such incident."), status_code=404, media_type="text/plain")
     actions = offered(officer, incident)
     corrections = correctables(officer, history)
     if corrections:
@@ -1172,14 +1184,34 @@ async def act(request: Request, session: Session, officer: Officer) -> Response:
     return RedirectResponse(f"/{name}", status_code=303)
 
 
+#: The page's answer to a query the ledger refused, by the refusal's kind (else 503).
+REFUSED_STATUS: tuple[tuple[type[LedgerError], int], ...] = (
+    (InvalidArgument, 400),
+    (PermissionDenied, 403),
+    (NotFound, 404),
+    (FailedPrecondition, 409),
+    (Aborted, 409),
+    (AlreadyExists, 409),
+    (ResourceExhausted, 429),
+)
+
+
 async def ledger_failed(request: Request, error: Exception) -> Response:
     """A query the ledger refused or could not answer: its token no longer valid signs the
-    officer out; anything else is said plainly (503), and logged."""
+    officer out; one it did not answer is said so (503, a warning in the log); a refusal is
+    the ledger's reason, in the page's language, with the status of its kind."""
     if isinstance(error, Unauthenticated):
         return without_cookie(request, RedirectResponse("/login", status_code=303))
-    log.warning("situation_room.ledger_failed", path=request.url.path, error=str(error))
-    message = _("The ledger did not answer; try again in a moment.")
-    return Response(message, status_code=503, media_type="text/plain")
+    if not isinstance(error, LedgerError) or isinstance(
+        error, (Unavailable, DeadlineExceeded, Cancelled)
+    ):
+        log.warning("situation_room.ledger_failed", path=request.url.path, error=str(error))
+        message = _("The ledger did not answer; try again in a moment.")
+        return Response(message, status_code=503, media_type="text/plain")
+    log.info("situation_room.ledger_refused", path=request.url.path, error=str(error))
+    status = next((code for kind, code in REFUSED_STATUS if isinstance(error, kind)), 503)
+    message = _("The ledger refused this request: {reason}").format(reason=said(error))
+    return Response(message, status_code=status, media_type="text/plain")
 
 
 async def home(request: Request) -> Response:

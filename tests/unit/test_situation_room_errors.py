@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import replace
 
 import httpx
 import pytest
 
-from incidentledger_client import LedgerClient, RetryPolicy
+from incidentledger_client import (
+    InvalidArgument,
+    LedgerClient,
+    LedgerError,
+    PermissionDenied,
+    RetryPolicy,
+    Unavailable,
+)
 from services.common.config import SituationRoomSettings
 from services.situation_room.app import MAX_INT64, build_app, decision_hours, whole
 from services.situation_room.i18n import COOKIE as LANGUAGE_COOKIE
@@ -74,3 +82,58 @@ def test_positions_and_versions_the_browser_never_sends_are_ignored_not_a_crash(
         for position in ("9" * 24, "²"):
             # Asked of the ledger without a position: here, one that does not answer.
             assert asyncio.run(get(f"{path}?min_position={position}")) == 503, (path, position)
+
+
+class RefusingLedger:
+    """A ledger that answers every query with ``refusal``."""
+
+    def __init__(self, refusal: LedgerError) -> None:
+        self.refusal = refusal
+
+    def list_incidents(self, *args: object, **kwargs: object) -> Iterator[object]:
+        raise self.refusal
+
+    def get_incident(self, name: str) -> object:
+        raise self.refusal
+
+
+def test_a_query_the_ledger_refuses_is_said_as_its_refusal_not_as_no_answer() -> None:
+    """A filter the ledger does not know, a query the agency may not make, a mistyped
+    incident address: the ledger answered, and the page says what it answered (it said the
+    ledger did not answer, 503, and to try again)."""
+    settings = SituationRoomSettings(ledger_address=NOWHERE, notifier_address=NOWHERE)
+    settings = replace(settings, session_key=b"a session key of 16 bytes or more")
+    app = build_app(settings, token=lambda: "token")
+    room = app.state.room
+
+    def get(refusal: LedgerError, path: str) -> httpx.Response:
+        ledger = RefusingLedger(refusal)
+        room.sessions.connect = lambda token: ledger
+        session = room.sessions.new(Officer("polres", "responder", "token", ledger))  # type: ignore[arg-type]
+
+        async def fetch() -> httpx.Response:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as web:
+                web.cookies.set(COOKIE, room.sessions.cookie_value(session))
+                web.cookies.set(LANGUAGE_COOKIE, "en")
+                return await web.get(path)
+
+        return asyncio.run(fetch())
+
+    unknown = InvalidArgument(
+        "INVALID_ARGUMENT", "INVALID_FIELD", "filter: unknown lead_agency 'nobody'"
+    )
+    answer = get(unknown, "/board?lead_agency=nobody")
+    assert answer.status_code == 400
+    assert answer.text == "The ledger refused this request: filter: unknown lead_agency 'nobody'"
+    denied = PermissionDenied("PERMISSION_DENIED", "NOT_INVOLVED", "not for this agency")
+    assert get(denied, "/board").status_code == 403
+    malformed = InvalidArgument(
+        "INVALID_ARGUMENT", "INVALID_FIELD", "has a malformed incident id", {"field": "name"}
+    )
+    answer = get(malformed, "/incidents/not-an-id")
+    assert (answer.status_code, answer.text) == (404, "No such incident.")
+    lost = Unavailable("UNAVAILABLE", "STORE_UNAVAILABLE", "the store is away")
+    answer = get(lost, "/board")
+    assert answer.status_code == 503
+    assert "did not answer" in answer.text
