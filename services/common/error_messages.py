@@ -102,6 +102,7 @@ TEMPLATES: Mapping[str, str] = {
     "AUDITOR_OR_COORDINATOR_ONLY": N_("Only auditors and the coordinator may do this ({command})."),
     "EVIDENCE_TOO_LARGE": N_("The file is larger than the {max_bytes} bytes accepted."),
     "EVIDENCE_STORE_UNAVAILABLE": N_("The evidence store cannot be reached: retry."),
+    "EVIDENCE_SPOOL_UNAVAILABLE": N_("This ledger cannot write the download to its disk: retry."),
     "UPLOAD_CANCELLED": N_("The upload was cancelled before it was complete."),
     "EVIDENCE_MISSING": N_("The file of {evidence} is missing from the evidence store."),
     "EVIDENCE_CHANGED": N_("The stored file {object} is not the one recorded."),

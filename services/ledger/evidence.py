@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +33,7 @@ from uuid import UUID
 import structlog
 
 from services.common.datafiles import make_private_dir
-from services.common.errors import DataLoss, InvalidArgument
+from services.common.errors import DataLoss, InvalidArgument, Unavailable
 from services.common.sql import Database
 from services.ledger.application import CommandResult, Ledger
 from services.ledger.domain.evidence import (
@@ -45,7 +46,12 @@ from services.ledger.domain.evidence import (
     sniff_media_type,
 )
 from services.ledger.domain.incident import Actor, Envelope, Evidence, Incident
-from services.ledger.evidence_store import HashingSink, ObjectChangedError, StoredObject
+from services.ledger.evidence_store import (
+    HashingSink,
+    ObjectChangedError,
+    SinkWriteError,
+    StoredObject,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -255,13 +261,18 @@ class EvidenceService:
         attached = AttachedEvidence.of(incident, incident.evidence_item(event_id))
         file = attached.evidence.file
         name = object_name(file.sha256)
-        spool = tempfile.NamedTemporaryFile(dir=self._spool, suffix=SPOOL_SUFFIX)  # noqa: SIM115 (closed by the generator)
+        try:
+            spool = tempfile.NamedTemporaryFile(dir=self._spool, suffix=SPOOL_SUFFIX)  # noqa: SIM115 (closed by the generator)
+        except OSError as error:
+            raise self._spool_failed(error) from error
         try:
             sink = HashingSink(spool)
             try:
                 found = self._objects.read_into(name, sink)
             except ObjectChangedError:
                 found = None
+            except SinkWriteError as error:
+                raise self._spool_failed(error.error) from error
             metadata = {
                 "object": name,
                 "evidence": f"incidents/{incident_id}/evidence/{event_id}",
@@ -278,13 +289,31 @@ class EvidenceService:
                     reason="EVIDENCE_CHANGED",
                     metadata=metadata,
                 )
-            spool.flush()
-            spool.seek(0)
+            try:
+                spool.flush()
+                spool.seek(0)
+            except OSError as error:
+                raise self._spool_failed(error) from error
             self._record_download(incident_id, event_id, actor)
         except BaseException:
-            spool.close()
+            with suppress(OSError):  # a full disk fails the flush of closing too; removed anyway
+                spool.close()
             raise
         return attached, _chunks_of(spool)
+
+    def _spool_failed(self, error: OSError) -> Unavailable:
+        """The download's spool file cannot be written (a full or read-only disk): this
+        replica's own failure, which another replica, or this one later, may not have."""
+        log.warning(
+            "evidence.spool_failed",
+            directory=str(self._spool),
+            error=f"{type(error).__name__}: {error}",
+        )
+        return Unavailable(
+            "this ledger cannot write the download to its disk "
+            f"({error.strerror or type(error).__name__}): retry",
+            reason="EVIDENCE_SPOOL_UNAVAILABLE",
+        )
 
     def _record_download(self, incident_id: UUID, event_id: UUID, actor: Actor) -> None:
         now = _stored_time(datetime.now(UTC))

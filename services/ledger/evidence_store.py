@@ -120,6 +120,16 @@ class ObjectChangedError(Exception):
     """The bytes read back do not match the digest the object store recorded for them."""
 
 
+class SinkWriteError(Exception):
+    """The local file a read goes into could not be written (a full or read-only disk): the
+    ledger's own disk failed, not NATS. Not an ``OSError``, so that it is not taken for an
+    evidence store away."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class HashingSink:
     """A file object's ``write`` that also hashes and counts what passes through."""
 
@@ -132,7 +142,10 @@ class HashingSink:
         self._hash.update(data)
         self.size += len(data)
         if self._target is not None:
-            self._target.write(data)
+            try:
+                self._target.write(data)
+            except OSError as error:
+                raise SinkWriteError(error) from error
         return len(data)
 
     @property

@@ -7,12 +7,14 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import IO
 
 import grpc
 import nats
@@ -754,3 +756,57 @@ def test_while_nats_is_down_the_evidence_store_logs_the_outage_once(
     assert names.count("evidence.nats_disconnected") == 1, names
     assert names.count("evidence.nats_reconnected") == 1, names
     assert "evidence.nats_unreachable" not in names, names  # no reminder within a minute
+
+
+def _downloads(ledger: Client, name: str) -> list[ev.EvidenceDownload]:
+    return list(
+        evidence_stub(ledger)
+        .ListEvidenceDownloads(
+            ev.ListEvidenceDownloadsRequest(parent=name), metadata=ledger.md("inspektorat")
+        )
+        .downloads
+    )
+
+
+def test_a_full_or_unusable_spool_disk_is_unavailable_and_named_not_nats(
+    ledger: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download goes through a spool file in the data directory. When that disk is full
+    (``/dev/full`` stands in for it) or the directory cannot take a file (read-only, or
+    gone), the answer is ``UNAVAILABLE`` ``EVIDENCE_SPOOL_UNAVAILABLE`` (retried, by the
+    client, on another replica), the log names the directory, and nothing is recorded.
+    Before, a full disk answered ``EVIDENCE_STORE_UNAVAILABLE`` ("the evidence store (NATS)
+    is not available: OSError"), sending the operator to NATS, and a read-only directory
+    ``INTERNAL`` with a traceback, which the client does not retry."""
+    name = assigned_incident(ledger)
+    source = tmp_path / "envelopes.jpg"
+    write_file(source, 300_000)
+    stub = evidence_stub(ledger)
+    uploaded = stub.UploadEvidence(
+        upload_messages(name, source, rid()), metadata=ledger.md("polres")
+    ).evidence
+    request = ev.DownloadEvidenceRequest(name=uploaded.name)
+
+    def download() -> list[ev.DownloadEvidenceResponse]:
+        return list(stub.DownloadEvidence(request, metadata=ledger.md("polres")))
+
+    def full_disk(**_: object) -> IO[bytes]:
+        return Path("/dev/full").open("w+b")  # every write: ENOSPC
+
+    spool = ledger.data_dir / "evidence-spool"
+    with monkeypatch.context() as patched, capture_logs() as logs:
+        patched.setattr("services.ledger.evidence.tempfile.NamedTemporaryFile", full_disk)
+        fails(download, grpc.StatusCode.UNAVAILABLE, "EVIDENCE_SPOOL_UNAVAILABLE")
+    (line,) = [x for x in logs if x["event"] == "evidence.spool_failed"]
+    assert line["directory"] == str(spool)
+    assert "No space left on device" in str(line["error"])
+
+    shutil.rmtree(spool)  # a file where the directory was: no spool file can be made there
+    spool.write_text("not a directory\n")
+    fails(download, grpc.StatusCode.UNAVAILABLE, "EVIDENCE_SPOOL_UNAVAILABLE")
+    assert _downloads(ledger, name) == []
+
+    spool.unlink()
+    spool.mkdir(mode=0o700)
+    assert b"".join(r.chunk for r in download()) == source.read_bytes()
+    assert len(_downloads(ledger, name)) == 1
