@@ -136,12 +136,24 @@ class Download:
 
 
 def clear_spool(spool_dir: Path) -> None:
-    """Remove the spool files of downloads a kill cut short."""
-    # Its missing parents (the data directory itself, on a first start) private too.
-    make_private_dir(spool_dir)
-    for leftover in spool_dir.glob(f"*{SPOOL_SUFFIX}"):
-        leftover.unlink(missing_ok=True)
-        log.info("evidence.spool_cleared", file=leftover.name)
+    """Remove the spool files of downloads a kill cut short.
+
+    A directory that cannot be made or cleared (a read-only or full disk) does not stop the
+    ledger: one warning, and each download answers ``EVIDENCE_SPOOL_UNAVAILABLE`` until the
+    data directory takes files (commands, queries and uploads need no local disk)."""
+    try:
+        # Its missing parents (the data directory itself, on a first start) private too.
+        make_private_dir(spool_dir)
+        for leftover in spool_dir.glob(f"*{SPOOL_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
+            log.info("evidence.spool_cleared", file=leftover.name)
+    except OSError as error:
+        log.warning(
+            "evidence.spool_unavailable",
+            directory=str(spool_dir),
+            error=f"{type(error).__name__}: {error}",
+            hint="downloads of evidence fail until LEDGER_DATA_DIR is a writable directory",
+        )
 
 
 def create_downloads_table(db: Database) -> None:

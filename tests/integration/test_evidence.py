@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import logging
@@ -810,3 +811,42 @@ def test_a_full_or_unusable_spool_disk_is_unavailable_and_named_not_nats(
     spool.mkdir(mode=0o700)
     assert b"".join(r.chunk for r in download()) == source.read_bytes()
     assert len(_downloads(ledger, name)) == 1
+
+
+def test_a_ledger_whose_spool_cannot_be_made_starts_and_only_downloads_fail(
+    tmp_path: Path, nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The data directory read-only (as the compose file's ``read_only: true`` containers
+    had it): the ledger starts, warns once, takes commands and uploads, and answers
+    downloads ``EVIDENCE_SPOOL_UNAVAILABLE``. Before, it stopped at start on the OSError of
+    making the spool directory, with a traceback, and was restarted in a loop: no ledger."""
+
+    def read_only(path: Path) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr("services.ledger.evidence.make_private_dir", read_only)
+    relay = RelaySettings(nats_url=nats_server.url)
+    with (
+        capture_logs() as logs,
+        store_environment("sqlite", tmp_path) as store_env,
+        running_ledger(settings_for(tmp_path, store_env, relay=relay)) as ledger,
+    ):
+        (warning,) = [x for x in logs if x["event"] == "evidence.spool_unavailable"]
+        assert warning["directory"] == str(ledger.data_dir / "evidence-spool")
+        assert "Read-only file system" in str(warning["error"])
+        name = assigned_incident(ledger)
+        source = tmp_path / "envelopes.jpg"
+        write_file(source, 50_000)
+        stub = evidence_stub(ledger)
+        uploaded = stub.UploadEvidence(
+            upload_messages(name, source, rid()), metadata=ledger.md("polres")
+        ).evidence
+        fails(
+            lambda: list(
+                stub.DownloadEvidence(
+                    ev.DownloadEvidenceRequest(name=uploaded.name), metadata=ledger.md("polres")
+                )
+            ),
+            grpc.StatusCode.UNAVAILABLE,
+            "EVIDENCE_SPOOL_UNAVAILABLE",
+        )

@@ -497,6 +497,52 @@ def test_compose_services_listen_where_their_health_check_and_ports_point() -> N
             assert published.startswith("127.0.0.1:"), f"{name}: plaintext beyond loopback"
 
 
+def image_data_dir() -> str:
+    """The images' ``LEDGER_DATA_DIR`` (the runtime stage's ``ENV``)."""
+    runtime = next(stage for stage in dockerfile_stages() if stage.name == "runtime")
+    found = [
+        match.group(1)
+        for instruction, arguments in runtime.instructions
+        if instruction == "ENV" and (match := re.search(r"LEDGER_DATA_DIR=(\S+)", arguments))
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def compose_mount_targets(service: Mapping[str, Any]) -> set[str]:
+    """Where a compose service has writable volumes or tmpfs mounts."""
+    targets = set()
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            if not volume.get("read_only"):
+                targets.add(volume["target"])
+            continue
+        parts = str(volume).split(":")
+        if len(parts) == 1 or "ro" not in parts[2:]:
+            targets.add(parts[0] if len(parts) == 1 else parts[1])
+    tmpfs = service.get("tmpfs", [])
+    targets |= {str(t).split(":")[0] for t in ([tmpfs] if isinstance(tmpfs, str) else tmpfs)}
+    return targets
+
+
+def test_the_data_directory_is_writable_under_a_read_only_root() -> None:
+    """The ledger writes its data directory (the evidence downloads' spool, made at start):
+    on a read-only root file system it must be a mount of its own. Compose had none, and
+    every ledger stopped at start on a read-only /var/lib/incident-ledger (the Kubernetes
+    manifests mount an emptyDir there)."""
+    default = image_data_dir()
+    for name, service in our_compose_services().items():
+        data_dir = service["environment"].get("LEDGER_DATA_DIR", default)
+        if service.get("read_only"):
+            assert data_dir in compose_mount_targets(service), f"compose {name}: {data_dir}"
+    for name, _pod, container in our_containers():
+        data_dir = container_env(container).get("LEDGER_DATA_DIR", default)
+        if container.get("securityContext", {}).get("readOnlyRootFilesystem"):
+            mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+            assert data_dir in mounts, f"kubernetes {name}: {data_dir}"
+            assert not mounts[data_dir].get("readOnly"), f"kubernetes {name}: {data_dir}"
+
+
 def test_compose_secrets_are_files_never_literals() -> None:
     doc = compose()
     declared = doc["secrets"]
