@@ -82,6 +82,16 @@ def test_json_gives_one_line_per_report_and_refused_ones_exit_1(ctl: Ctl, tmp_pa
     assert "category" in out, "the refused report and why"
 
 
+def test_a_backlog_saved_by_a_windows_editor_is_read_as_written(ctl: Ctl, tmp_path: Path) -> None:
+    # Notepad and friends write a byte order mark first, CRLF line ends and blank lines at the
+    # end: every report is read, the first one too (the mark made its line "not JSON").
+    backlog = tmp_path / "backlog.jsonl"
+    lines = [backlog_line(n) for n in range(3)]
+    backlog.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n\r\n").encode("utf-8"))
+    out = ctl.ok("bawaslu", "ingest", str(backlog))
+    assert "3 of 3 reports are in the ledger (3 recorded now)" in out, out
+
+
 def test_an_unreadable_line_refuses_the_file_before_anything_is_sent(
     ctl: Ctl, tmp_path: Path
 ) -> None:

@@ -7,10 +7,11 @@ writes it, see docs/api.md "Field intake"): ``device_report_id`` (the UUID the d
 when the officer saved the report), ``device_id``, ``device_record_time`` (ISO 8601 with a
 zone), ``title``, ``category``, ``location`` (``kecamatan``, optional ``desa``, ``tps``,
 ``latitude``, ``longitude``), and optionally ``description``, ``severity``, ``occur_time``,
-``correlation_id``. Blank lines are skipped. The file is read whole before anything is sent
-(:func:`read_backlog`), so a line that cannot be read refuses the file, naming the line;
-what the ledger refuses (an unknown category, a title too long) is that report's
-``INVALID`` result, after the others are sent.
+``correlation_id``. Blank lines are skipped, and a byte order mark at the start (which
+Windows editors write in a UTF-8 file) is not part of the first line. The file is read whole
+before anything is sent (:func:`read_backlog`), so a line that cannot be read refuses the
+file, naming the line; what the ledger refuses (an unknown category, a title too long) is
+that report's ``INVALID`` result, after the others are sent.
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ class BacklogLine:
 def read_backlog(path: Path) -> list[BacklogLine]:
     """Every report of the file, in order; raises :class:`BacklogError` on the first line
     that cannot be read."""
-    with path.open(encoding="utf-8") as file:
+    # utf-8-sig: the byte order mark of a file saved by a Windows editor is dropped, not read as
+    # the first line's first character (which made the line "not JSON").
+    with path.open(encoding="utf-8-sig") as file:
         return list(parse_lines(file))
 
 
