@@ -92,6 +92,37 @@ def test_a_backlog_saved_by_a_windows_editor_is_read_as_written(ctl: Ctl, tmp_pa
     assert "3 of 3 reports are in the ledger (3 recorded now)" in out, out
 
 
+def test_a_refused_report_says_which_value_is_wrong_and_the_code_meant(
+    ctl: Ctl, tmp_path: Path
+) -> None:
+    # What an officer types by hand on a device: the kecamatan's name, a category misspelt,
+    # the severity in Indonesian, an id sent before with other content. The table says
+    # which value and the code meant (the ledger's general sentence, "The value of category is
+    # not acceptable.", named neither), in the run's language.
+    backlog = tmp_path / "backlog.jsonl"
+    first = backlog_line(0)
+    changed = json.loads(first) | {"title": "Laporan 0, diubah"}
+    lines = [
+        first,
+        backlog_line(1, location={"kecamatan": "Air Rami"}),
+        backlog_line(2, category="logistic_failure"),
+        backlog_line(3, severity="sedang"),
+        json.dumps(changed),
+    ]
+    backlog.write_text("\n".join(lines) + "\n")
+    code, out, _err = ctl.run("bawaslu", "ingest", str(backlog))
+    assert code == 1, out
+    flat = " ".join(out.split())
+    assert "unknown kecamatan 'Air Rami' (did you mean 'air_rami'?)" in flat, out
+    assert "unknown category 'logistic_failure' (did you mean 'logistics_failure'?)" in flat
+    assert "unknown severity 'sedang' (did you mean 'medium'?)" in flat, out
+    assert "in the ledger with other content" in flat, out
+    code, out, _err = ctl.run("bawaslu", "--lang", "id", "ingest", str(backlog))
+    flat = " ".join(out.split())
+    assert "kategori 'logistic_failure' tidak dikenal (maksud Anda 'logistics_failure'?)" in flat
+    assert "sudah ada di buku besar dengan isi lain" in flat, out
+
+
 def test_an_unreadable_line_refuses_the_file_before_anything_is_sent(
     ctl: Ctl, tmp_path: Path
 ) -> None:

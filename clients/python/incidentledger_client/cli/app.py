@@ -36,6 +36,7 @@ from incidentledger_client.cli.errors import (
     InterruptedCommandError,
     exit_code_for,
     explain,
+    said,
 )
 from incidentledger_client.cli.state import State
 
@@ -183,45 +184,6 @@ def _wants_json(argv: list[str]) -> bool:
     return "--json" in head
 
 
-def _field_note(field: str) -> str:
-    """The request field a refusal names, as the person at the terminal knows it: the
-    bytes of a file they attached travel in the upload's ``chunk`` field, which they never
-    typed."""
-    if field == "chunk":
-        return i18n._("(in the file's content)")
-    return i18n._("(field {field})").format(field=field)
-
-
-def _said(error: LedgerError) -> str:
-    """What a person reads of the server's refusal: in English the server's own message, which
-    names the case; in another language the server's message in it (AIP-193
-    LocalizedMessage, asked for with accept-language). --json keeps the English one, the same
-    in every language.
-
-    A refused field's LocalizedMessage is often the reason's general sentence ("The value of
-    title is not acceptable."), while the English message, the field violation's description
-    ("title: is required"), says what is wrong with it: in English that description alone, in
-    another language the translated sentence with the description after it, so that nothing
-    is lost."""
-    field, localized, described = error.field, error.localized_message, error.message
-    english = not error.locale or error.locale.split("-")[0] == "en"
-    if not field:
-        # The reason's sentence is general ("There is no personal data here that you may read
-        # or erase."); the server's own message says which case it is ("no personal data is
-        # left to erase: already erased"): in English that one, elsewhere the translation.
-        return described if english else (localized or described)
-    prefix = f"{field}: "
-    # The bytes of an attached file travel in the upload's chunk field, which the person never
-    # typed: the description without it, and a note that says where the fault is.
-    if field == "chunk" and described.startswith(prefix):
-        described = described[len(prefix) :]
-    names_field = described.startswith(prefix)
-    said = described
-    if localized and not english and localized != described:
-        said = f"{localized} ({described})"
-    return said if names_field else f"{said} {_field_note(field)}"
-
-
 def _fail(
     as_json: bool,
     exit_code: int,
@@ -344,7 +306,7 @@ def _run(args: list[str], as_json: bool) -> int:
     except config.ConfigError as error:
         return _fail(as_json, EXIT_USAGE, "CONFIGURATION", str(error))
     except LedgerError as error:
-        message, metadata = error.message if as_json else _said(error), dict(error.metadata)
+        message, metadata = error.message if as_json else said(error), dict(error.metadata)
         try:
             hint = explain(error, st)
         except config.ConfigError:  # the settings themselves are at fault: say only the error

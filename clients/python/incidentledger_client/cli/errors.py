@@ -79,6 +79,45 @@ def exit_code_for(error: LedgerError) -> int:
     return EXIT_OTHER
 
 
+def _field_note(field: str) -> str:
+    """The request field a refusal names, as the person at the terminal knows it: the
+    bytes of a file they attached travel in the upload's ``chunk`` field, which they never
+    typed."""
+    if field == "chunk":
+        return _("(in the file's content)")
+    return _("(field {field})").format(field=field)
+
+
+def said(error: LedgerError) -> str:
+    """What a person reads of the server's refusal: in English the server's own message, which
+    names the case; in another language the server's message in it (AIP-193
+    LocalizedMessage, asked for with accept-language). --json keeps the English one, the same
+    in every language.
+
+    A refused field's LocalizedMessage is often the reason's general sentence ("The value of
+    title is not acceptable."), while the English message, the field violation's description
+    ("title: is required"), says what is wrong with it: in English that description alone, in
+    another language the translated sentence with the description after it, so that nothing
+    is lost."""
+    field, localized, described = error.field, error.localized_message, error.message
+    english = not error.locale or error.locale.split("-")[0] == "en"
+    if not field:
+        # The reason's sentence is general ("There is no personal data here that you may read
+        # or erase."); the server's own message says which case it is ("no personal data is
+        # left to erase: already erased"): in English that one, elsewhere the translation.
+        return described if english else (localized or described)
+    prefix = f"{field}: "
+    # The bytes of an attached file travel in the upload's chunk field, which the person never
+    # typed: the description without it, and a note that says where the fault is.
+    if field == "chunk" and described.startswith(prefix):
+        described = described[len(prefix) :]
+    names_field = described.startswith(prefix)
+    text = described
+    if localized and not english and localized != described:
+        text = f"{localized} ({described})"
+    return text if names_field else f"{text} {_field_note(field)}"
+
+
 @dataclass(frozen=True)
 class Hint:
     message: str

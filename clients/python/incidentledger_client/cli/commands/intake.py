@@ -11,13 +11,20 @@ from typing import Annotated, Any
 import typer
 
 from incidentledger_client.backlog import BacklogError, BacklogLine, read_backlog
-from incidentledger_client.cli import output
-from incidentledger_client.cli.errors import EXIT_OTHER, InterruptedCommandError
+from incidentledger_client.cli import config, output
+from incidentledger_client.cli.errors import EXIT_OTHER, InterruptedCommandError, said
 from incidentledger_client.cli.progress import progress_bar
-from incidentledger_client.cli.state import state
+from incidentledger_client.cli.state import State, state
 from incidentledger_client.i18n import N_, _, format_number
 from incidentledger_client.ledger import MAX_INGEST_REPORTS
-from incidentledger_client.types import CommandResult, IngestOutcome, IngestResult, IngestSummary
+from incidentledger_client.types import (
+    CommandResult,
+    DeviceReport,
+    IngestOutcome,
+    IngestResult,
+    IngestSummary,
+    Location,
+)
 
 #: The top-level command ``ledgerctl ingest``.
 app = typer.Typer()
@@ -44,6 +51,12 @@ PROBLEMS = {
     "not_text": N_("not a text"),
     "not_time": N_("not a time with its zone (ISO 8601)"),
     "not_number": N_("not a number"),
+}
+#: The report's fields that hold a code of the reference data, with what each one is.
+CODE_FIELDS = {
+    "category": N_("category"),
+    "severity": N_("severity"),
+    "location.kecamatan": N_("kecamatan"),
 }
 
 
@@ -144,12 +157,12 @@ def ingest(
         if codes is not None:
             _write_codes(codes, recorded)
         if not st.as_json and summary.total:
-            _print_summary(path, summary, recorded, refused, codes, finished=False)
+            _print_summary(st, path, summary, recorded, refused, codes, finished=False)
         raise _interrupted(summary, len(lines)) from None
     if codes is not None:
         _write_codes(codes, recorded)
     if not st.as_json:
-        _print_summary(path, summary, recorded, refused, codes)
+        _print_summary(st, path, summary, recorded, refused, codes)
     if refused:
         raise typer.Exit(EXIT_OTHER)
 
@@ -209,6 +222,7 @@ def _interrupted(summary: IngestSummary, total: int) -> InterruptedCommandError:
 
 
 def _print_summary(
+    st: State,
     path: Path,
     summary: IngestSummary,
     recorded: list[Recorded],
@@ -239,7 +253,7 @@ def _print_summary(
                         line.line,
                         result.report_id,
                         _(OUTCOMES[result.outcome]),
-                        _error_text(result),
+                        _error_text(st, line.report, result),
                     )
                     for line, result in refused
                 ),
@@ -291,9 +305,60 @@ def _print_codes(recorded: list[Recorded], codes: Path | None) -> None:
         )
 
 
-def _error_text(result: IngestResult) -> str:
+def _error_text(st: State, report: DeviceReport, result: IngestResult) -> str:
+    """Why the ledger refused a report, in words that let the officer fix it on the device: a
+    code the reference data does not have (a category, a severity, a kecamatan) named with
+    the closest known one; a report id sent before with other content said as such; any other
+    refusal as ledgerctl says the ledger's errors (the field and what is wrong with it)."""
     error = result.error
     if error is None:
         return ""
-    text = error.localized_message or error.message
-    return f"{error.field}: {text}" if error.field and error.field not in text else text
+    if result.outcome is IngestOutcome.CONFLICT:
+        return _(
+            "a report with this id from this device is in the ledger with other content; a "
+            "changed report needs a new device_report_id"
+        )
+    what = CODE_FIELDS.get(error.field or "")
+    value = _field_value(report, error.field or "")
+    if what is not None and value is not None and error.reason == "INVALID_FIELD":
+        known = _known_codes(st, what)
+        if value not in known:
+            suggestion = _suggestion(value, known)
+            if suggestion:
+                return _("{field}: unknown {what} {value}{suggestion}").format(
+                    field=error.field, what=_(what), value=repr(value), suggestion=suggestion
+                )
+            return _("{field}: unknown {what} {value}; known: {known}").format(
+                field=error.field, what=_(what), value=repr(value), known=", ".join(known)
+            )
+    return said(error)
+
+
+def _field_value(report: DeviceReport, field: str) -> str | None:
+    if field == "location.kecamatan":
+        location = report.location
+        return location.kecamatan if isinstance(location, Location) else location
+    if field in ("category", "severity"):
+        return str(getattr(report, field))
+    return None
+
+
+def _known_codes(st: State, what: str) -> dict[str, tuple[str, ...]]:
+    """Each code of the reference data of this kind, with its names (in every language)."""
+    reference = st.reference()
+    if what == "category":
+        return {c.code: (c.name, *c.names.values()) for c in reference.categories}
+    if what == "severity":
+        return {v.code: (v.name, *v.names.values()) for v in reference.severities}
+    return {k.code: (k.name,) for k in reference.kecamatan}
+
+
+def _suggestion(value: str, known: dict[str, tuple[str, ...]]) -> str:
+    """`` (did you mean X?)``: the code whose code or name the value is but for case (a code
+    in capitals, a kecamatan's or a severity's name, "Malin Deman", "sedang"), else the
+    closest code."""
+    folded = value.strip().casefold()
+    for code, names in known.items():
+        if folded in (n.casefold() for n in (code, *names)):
+            return " " + _("(did you mean {value}?)").format(value=repr(code))
+    return config.suggest(value, list(known))
