@@ -53,6 +53,31 @@ def test_names_that_fit_no_incident_say_why_with_their_exit_code(ctl: Ctl) -> No
     assert code == 2 and "not an incident" in json.loads(err)["error"]["message"]
 
 
+def test_a_code_written_down_as_read_out_finds_its_incident_or_says_what_is_wrong(
+    ctl: Ctl,
+) -> None:
+    name = ctl.json("kesbangpol", "report", "Rally", "crowd_gathering", "ipuh")["incident"]
+    code = ctl.json("polres", "show", name)["incident"]["reference"]
+    prefix, first, last = code.split("-")
+    # Spaces around the hyphens, an en dash from a word processor, two spaces: as written down.
+    for typed in (
+        f"{prefix} - {first} - {last}",
+        f"{prefix}\u2013{first}\u2013{last}",
+        f"{prefix.lower()}  {first.lower()}  {last.lower()}",
+    ):
+        assert ctl.json("polres", "show", typed)["incident"]["name"] == name, typed
+    # A character short: the message says what a code looks like.
+    code_, _, err = ctl.run("polres", "show", code[:-1])
+    assert code_ == 2 and "reference code (XXX-XXXX-XX" in err, err
+    # A wrong check character, in Indonesian: said as typed, in Indonesian alone.
+    wrong = code[:-1] + ("0" if code[-1] != "0" else "1")
+    code_, _, err = ctl.run("polres", "--lang", "id", "show", wrong)
+    assert code_ == 2, err
+    assert f"'{wrong}' salah ketik" in err and "mistyped" not in err, err
+    code_, _, err = ctl.run("polres", "--json", "show", wrong)
+    assert json.loads(err)["error"]["reason"] == "REFERENCE_MISTYPED", err
+
+
 def test_tables_never_wrap_an_id(ctl: Ctl, monkeypatch: pytest.MonkeyPatch) -> None:
     names = [
         ctl.json(

@@ -47,10 +47,19 @@ def incident_name(ctx: typer.Context, value: str) -> str:
 def incident_names(ctx: typer.Context, values: Sequence[str]) -> list[str]:
     """:func:`incident_name` of each value, listing the incidents at most once."""
     resolver = Incidents(ctx).resolver()
-    try:
-        return [resolver.resolve(value) for value in values]
-    except names.IncidentNameError as error:
-        raise typer.BadParameter(str(error), param_hint="INCIDENT") from None
+    found: list[str] = []
+    for value in values:
+        try:
+            found.append(resolver.resolve(value))
+        except names.IncidentNameError as error:
+            raise typer.BadParameter(str(error), param_hint="INCIDENT") from None
+        except InvalidArgument as error:
+            if error.reason != "REFERENCE_MISTYPED":
+                raise
+            # Said as typed, in the run's language, as triage says it (the ledger's message
+            # names its lookup's field, "reference", and is English).
+            raise _mistyped(value, error) from None
+    return found
 
 
 class Incidents:

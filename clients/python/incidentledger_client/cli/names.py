@@ -25,6 +25,9 @@ _UUID_START = re.compile(r"^[0-9a-f]{6,}")
 #: What a reference code looks like (MKM-7QK3-9V): the regency's prefix of 1-6 letters, then
 #: 4 and 2 characters. A prefix of an id with a dash has 8 characters before it: no clash.
 REFERENCE_CODE = re.compile(r"^[A-Za-z]{1,6}[- ]?[0-9A-Za-z]{4}[- ]?[0-9A-Za-z]{2}$")
+#: What people put between a code's groups when they write down one read out, or copy one
+#: from a document: spaces, hyphens, dashes (a word processor's or a phone's en dash).
+_SEPARATORS = re.compile(r"[\s\-\u2010-\u2015\u2212]+")
 
 
 def is_reference_code(text: str) -> bool:
@@ -32,7 +35,7 @@ def is_reference_code(text: str) -> bool:
     id: 8 characters such as ``aad7bd35`` fit both forms, and are an id's start, as tables
     show ids."""
     value = text.strip()
-    return bool(REFERENCE_CODE.match(value)) and not _UUID_START.match(value.lower())
+    return _as_code(value) is not None and not _UUID_START.match(value.lower())
 
 
 class IncidentNameError(ValueError):
@@ -61,13 +64,14 @@ class IncidentResolver:
         bare = value.removeprefix("incidents/").lower()
         if _UUID.match(bare):
             return f"incidents/{bare}"
-        if is_reference_code(value):
+        code = _as_code(value)
+        if code is not None and not _UUID_START.match(value.lower()):
             if self.by_reference is None:
                 raise IncidentNameError(
                     f"{value!r} looks like a reference code; this ledger has no reference codes "
                     "yet: use the incident's id (or its first 6+ characters, as tables show)"
                 )
-            found = self.by_reference(value)
+            found = self.by_reference(code)
             if found is None:
                 raise IncidentNameError(
                     _("no incident has the reference code {code}").format(code=repr(value))
@@ -76,8 +80,9 @@ class IncidentResolver:
         if not _PREFIX.match(bare):
             raise IncidentNameError(
                 _(
-                    "{text} is not an incident: give incidents/ID, the ID, or its first "
-                    "{count}+ characters"
+                    "{text} is not an incident: give its reference code (XXX-XXXX-XX: 6 "
+                    "characters after the prefix), incidents/ID, the ID, or its first {count}+ "
+                    "characters"
                 ).format(text=repr(text), count=MIN_PREFIX)
             )
         if len(bare.replace("-", "")) < MIN_PREFIX:
@@ -107,3 +112,13 @@ class IncidentResolver:
                 matches,
             )
         return matches[0].name
+
+
+def _as_code(value: str) -> str | None:
+    """``value`` as a reference code to look up, or None when it is not one: as typed when it
+    has the code's form, else with its separators made single hyphens (``MKM - 7QK3 - 9V``,
+    ``MKM\u20137QK3\u20139V``), which the ledger reads as it reads hyphens."""
+    if REFERENCE_CODE.match(value):
+        return value
+    spaced = _SEPARATORS.sub("-", value).strip("-")
+    return spaced if REFERENCE_CODE.match(spaced) else None
