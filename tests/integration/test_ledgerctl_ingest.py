@@ -123,6 +123,18 @@ def test_a_refused_report_says_which_value_is_wrong_and_the_code_meant(
     assert "sudah ada di buku besar dengan isi lain" in flat, out
 
 
+def test_the_counts_of_a_large_backlog_group_their_thousands_in_the_run_s_language(
+    ctl: Ctl, tmp_path: Path
+) -> None:
+    backlog = tmp_path / "backlog.jsonl"
+    backlog.write_text("".join(backlog_line(n) + "\n" for n in range(1000)))
+    out = ctl.ok("bawaslu", "--lang", "id", "ingest", str(backlog))
+    assert "1.000 dari 1.000 laporan ada di buku besar (1.000 tercatat sekarang)." in out, out
+    assert "│ 1.000   │" in out, "the outcomes' table"
+    out = ctl.ok("bawaslu", "ingest", str(backlog))
+    assert "1,000 of 1,000 reports are in the ledger (0 recorded now)." in out, out
+
+
 def test_an_unreadable_line_refuses_the_file_before_anything_is_sent(
     ctl: Ctl, tmp_path: Path
 ) -> None:

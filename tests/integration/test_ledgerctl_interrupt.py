@@ -123,7 +123,10 @@ def test_an_interrupted_ingest_says_how_far_it_got_and_that_sending_again_is_saf
 ) -> None:
     path = backlog(tmp_path / "backlog.jsonl", BACKLOG)
     chunk = 20
-    process = start(ctl, "bawaslu", "ingest", str(path), "--chunk-size", str(chunk))
+    codes = tmp_path / "codes.csv"
+    process = start(
+        ctl, "bawaslu", "ingest", str(path), "--chunk-size", str(chunk), "--codes", str(codes)
+    )
     out, err = interrupt_once(process, past_the_first_chunk(ctl, chunk), "a chunk answered")
     assert process.returncode == 130, (
         "the backlog was sent before the interrupt"
@@ -140,6 +143,9 @@ def test_an_interrupted_ingest_says_how_far_it_got_and_that_sending_again_is_saf
     assert "Running the same command again is safe" in err, err
     # The outcomes so far, as a finished run shows them, without claiming the whole file.
     assert "recorded now" in out and "reports are in the ledger" not in out, out
+    # The codes file holds the reports answered so far, and says so (not "all").
+    assert f"The reference codes of the {found.group(1)} reports answered so far" in out, out
+    assert len(codes.read_text().splitlines()) == answered + 1, "a header, then each report"
     # Sent again, as the message says: what it said was answered comes back recorded before,
     # with at most the chunk in flight besides; the rest is recorded now, nothing twice.
     _code, again, _err = ctl.run("bawaslu", "--json", "ingest", str(path))

@@ -238,11 +238,11 @@ def _print_summary(
         output.rows_table(
             _("Backlog {path}").format(path=path.name),
             (N_("outcome"), N_("reports")),
-            ((_(OUTCOMES[o]), summary[o]) for o in OUTCOMES if summary[o]),
+            ((_(OUTCOMES[o]), format_number(summary[o])) for o in OUTCOMES if summary[o]),
         )
     )
     if recorded:
-        _print_codes(recorded, codes)
+        _print_codes(recorded, codes, finished)
     if refused:
         out.print(
             output.rows_table(
@@ -264,15 +264,15 @@ def _print_summary(
         return
     out.print(
         _("{recorded} of {total} reports are in the ledger ({created} recorded now).").format(
-            recorded=summary.recorded,
-            total=summary.total,
-            created=summary[IngestOutcome.CREATED],
+            recorded=format_number(summary.recorded),
+            total=format_number(summary.total),
+            created=format_number(summary[IngestOutcome.CREATED]),
         ),
         markup=False,
     )
 
 
-def _print_codes(recorded: list[Recorded], codes: Path | None) -> None:
+def _print_codes(recorded: list[Recorded], codes: Path | None, finished: bool) -> None:
     """The reports' reference codes, which the officer reads back to the people who made the
     reports: the first CODES_SHOWN in the file's order, and where to find the others."""
     out = output.console()
@@ -289,12 +289,13 @@ def _print_codes(recorded: list[Recorded], codes: Path | None) -> None:
     )
     hidden = len(recorded) - CODES_SHOWN
     if codes is not None:
-        out.print(
-            _("The reference codes of all {count} reports are in {path}.").format(
-                count=format_number(len(recorded)), path=codes
-            ),
-            markup=False,
-        )
+        if finished:
+            text = _("The reference codes of all {count} reports are in {path}.")
+        else:
+            # Not "all": the reports not sent yet have none; the file is whole once the
+            # same command has run to its end.
+            text = _("The reference codes of the {count} reports answered so far are in {path}.")
+        out.print(text.format(count=format_number(len(recorded)), path=codes), markup=False)
     elif hidden > 0:
         out.print(
             _(
