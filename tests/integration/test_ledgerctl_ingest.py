@@ -151,6 +151,16 @@ def test_an_unreadable_line_refuses_the_file_before_anything_is_sent(
     backlog.write_text(backlog_line(0, locaton={"kecamatan": "ipuh"}) + "\n")
     code, _out, err = ctl.run("bawaslu", "ingest", str(backlog))
     assert code == 2 and "locaton" in err
+    # Every unreadable line at once, so that they are all fixed before the next try.
+    lines = [backlog_line(n) for n in range(30)]
+    bad = {3: "title", 9: "device_record_time", 27: "occur_time"}
+    for n in bad:
+        lines[n - 1] = backlog_line(n, **{bad[n]: "2026-11-27 09:00"}) if n != 3 else "{}"
+    backlog.write_text("\n".join(lines) + "\n")
+    code, _out, err = ctl.run("bawaslu", "ingest", str(backlog))
+    assert code == 2 and "3 lines cannot be read, nothing was sent" in err, err
+    assert "line 3: the line" not in err and "line 3: device_report_id: missing" in err, err
+    assert "line 9: device_record_time" in err and "line 27: occur_time" in err, err
     assert recorded(ctl) == 0
 
 

@@ -47,13 +47,17 @@ LOCATION_FIELDS = frozenset({"kecamatan", "desa", "tps", "latitude", "longitude"
 class BacklogError(ValueError):
     """A line of the backlog that cannot be read: ``line`` (from 1), ``field`` (or ``""``
     when the line is not a JSON object) and ``problem``, one of ``not_json``,
-    ``not_object``, ``missing``, ``unknown``, ``not_text``, ``not_time``, ``not_number``."""
+    ``not_object``, ``missing``, ``unknown``, ``not_text``, ``not_time``, ``not_number``.
+
+    :func:`read_backlog` raises the first one, with every unreadable line of the file in
+    ``lines`` (itself first), so that all of them are fixed at once, not one per try."""
 
     def __init__(self, line: int, field: str, problem: str) -> None:
         super().__init__(f"line {line}: {field or 'the line'}: {problem}")
         self.line = line
         self.field = field
         self.problem = problem
+        self.lines: tuple[BacklogError, ...] = (self,)
 
 
 @dataclass(frozen=True)
@@ -65,26 +69,48 @@ class BacklogLine:
 
 
 def read_backlog(path: Path) -> list[BacklogLine]:
-    """Every report of the file, in order; raises :class:`BacklogError` on the first line
-    that cannot be read."""
+    """Every report of the file, in order; raises :class:`BacklogError` when a line cannot
+    be read: the first such line, with all of them in its ``lines``."""
     # utf-8-sig: the byte order mark of a file saved by a Windows editor is dropped, not read as
     # the first line's first character (which made the line "not JSON").
     with path.open(encoding="utf-8-sig") as file:
-        return list(parse_lines(file))
+        reports: list[BacklogLine] = []
+        unreadable: list[BacklogError] = []
+        for number, text in enumerate(file, start=1):
+            try:
+                line = _line(number, text)
+            except BacklogError as error:
+                unreadable.append(error)
+                continue
+            if line is not None:
+                reports.append(line)
+    if unreadable:
+        first = unreadable[0]
+        first.lines = tuple(unreadable)
+        raise first
+    return reports
 
 
 def parse_lines(lines: Iterable[str]) -> Iterator[BacklogLine]:
-    """The reports of these lines (numbered from 1), skipping blank ones."""
+    """The reports of these lines (numbered from 1), skipping blank ones; raises
+    :class:`BacklogError` at the first line that cannot be read."""
     for number, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            raise BacklogError(number, "", "not_json") from None
-        if not isinstance(value, dict):
-            raise BacklogError(number, "", "not_object")
-        yield BacklogLine(number, _report(number, value))
+        line = _line(number, text)
+        if line is not None:
+            yield line
+
+
+def _line(number: int, text: str) -> BacklogLine | None:
+    """The report on line ``number``, None for a blank line."""
+    if not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise BacklogError(number, "", "not_json") from None
+    if not isinstance(value, dict):
+        raise BacklogError(number, "", "not_object")
+    return BacklogLine(number, _report(number, value))
 
 
 def _report(line: int, value: dict[str, Any]) -> DeviceReport:

@@ -61,14 +61,29 @@ CODE_FIELDS = {
 
 
 def _unreadable(error: BacklogError) -> typer.BadParameter:
+    """The file refused: each line that cannot be read (the first CODES_SHOWN), so that the
+    officer fixes them all before sending it again, not one per try."""
+    said = [_line_problem(e) for e in error.lines]
+    if len(said) == 1:
+        return typer.BadParameter(said[0], param_hint="FILE")
+    text = _("{count} lines cannot be read, nothing was sent:").format(
+        count=format_number(len(said))
+    )
+    text += "".join(f"\n  {line}" for line in said[:CODES_SHOWN])
+    if len(said) > CODES_SHOWN:
+        text += "\n  " + _("... and {count} more").format(
+            count=format_number(len(said) - CODES_SHOWN)
+        )
+    return typer.BadParameter(text, param_hint="FILE")
+
+
+def _line_problem(error: BacklogError) -> str:
     problem = _(PROBLEMS.get(error.problem, error.problem))
     if error.field:
-        text = _("line {line}: {field}: {problem}").format(
+        return _("line {line}: {field}: {problem}").format(
             line=error.line, field=error.field, problem=problem
         )
-    else:
-        text = _("line {line}: {problem}").format(line=error.line, problem=problem)
-    return typer.BadParameter(text, param_hint="FILE")
+    return _("line {line}: {problem}").format(line=error.line, problem=problem)
 
 
 def _item_json(line: BacklogLine, result: IngestResult) -> dict[str, Any]:
