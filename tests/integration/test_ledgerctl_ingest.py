@@ -9,7 +9,11 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from incidentledger_client import LedgerClient, Unavailable
 from incidentledger_client.cli.commands.intake import CODES_SHOWN
 from tests.ledgerctl_support import Ctl, backlog_line
 
@@ -135,6 +139,39 @@ def test_the_counts_of_a_large_backlog_group_their_thousands_in_the_run_s_langua
     backlog.write_text("".join(backlog_line(n) + "\n" for n in range(1000)))
     out = ctl.ok("bawaslu", "ingest", str(backlog))
     assert "1,000 of 1,000 reports are in the ledger (1,000 recorded now)." in out, out
+
+
+def test_a_connection_lost_during_the_backlog_says_what_was_recorded_and_to_send_again(
+    ctl: Ctl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The signal goes after two chunks (the client's retries spent): their reports are in the
+    # ledger, and the officer gets their codes and is told to run it again, not only "cannot
+    # reach the ledger".
+    original = LedgerClient.iter_ingest_reports
+
+    def lost_after_two_chunks(self: LedgerClient, *args: Any, **kwargs: Any) -> Any:
+        for n, result in enumerate(original(self, *args, **kwargs)):
+            if n == 20:
+                raise Unavailable("UNAVAILABLE", "", "failed to connect to all addresses")
+            yield result
+
+    monkeypatch.setattr(LedgerClient, "iter_ingest_reports", lost_after_two_chunks)
+    backlog = tmp_path / "backlog.jsonl"
+    backlog.write_text("".join(backlog_line(n) + "\n" for n in range(50)))
+    codes = tmp_path / "codes.csv"
+    args = ("ingest", str(backlog), "--chunk-size", "10", "--codes", str(codes))
+    code, out, err = ctl.run("bawaslu", *args)
+    assert code == 6, (out, err)
+    assert "recorded now │ 20" in out, out
+    assert "The ledger answered 20 of 50 reports before this error." in err, err
+    assert "Running the same command again is safe" in err, err
+    assert len(codes.read_text().splitlines()) == 21, "a header, then each report recorded"
+    monkeypatch.undo()
+    # Sent again: every report in the ledger, once (the chunk on its way may have been
+    # recorded by the first run).
+    out = ctl.ok("bawaslu", *args)
+    assert "50 of 50 reports are in the ledger" in out, out
+    assert len(ctl.json("bawaslu", "list", "--kecamatan", "air_rami")) == 50
 
 
 def test_an_unreadable_line_refuses_the_file_before_anything_is_sent(

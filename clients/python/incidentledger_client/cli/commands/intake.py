@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from incidentledger_client import LedgerError
 from incidentledger_client.backlog import BacklogError, BacklogLine, read_backlog
 from incidentledger_client.cli import config, output
 from incidentledger_client.cli.errors import EXIT_OTHER, InterruptedCommandError, said
@@ -52,6 +53,12 @@ PROBLEMS = {
     "not_time": N_("not a time with its zone (ISO 8601)"),
     "not_number": N_("not a number"),
 }
+#: What to do after a run that stopped before its end (interrupted, or the ledger away).
+SEND_AGAIN = N_(
+    "The reports being sent when it stopped may have been recorded too. Running the same "
+    "command again is safe: the reports the ledger already has are answered as recorded "
+    "before, none is recorded twice."
+)
 #: The report's fields that hold a code of the reference data, with what each one is.
 CODE_FIELDS = {
     "category": N_("category"),
@@ -174,6 +181,24 @@ def ingest(
         if not st.as_json and summary.total:
             _print_summary(st, path, summary, recorded, refused, codes, finished=False)
         raise _interrupted(summary, len(lines)) from None
+    except LedgerError:
+        # The connection lost (or the ledger away) after some chunks: those are recorded, and
+        # the officer is told so, with their codes, before the error itself (exit code 6).
+        if codes is not None:
+            _write_codes(codes, recorded)
+        if not st.as_json:
+            if summary.total:
+                _print_summary(st, path, summary, recorded, refused, codes, finished=False)
+            output.error_console().print(
+                _("The ledger answered {answered} of {total} reports before this error.").format(
+                    answered=format_number(summary.total), total=format_number(len(lines))
+                )
+                + " "
+                + _(SEND_AGAIN),
+                markup=False,
+                highlight=False,
+            )
+        raise
     if codes is not None:
         _write_codes(codes, recorded)
     if not st.as_json:
@@ -226,11 +251,7 @@ def _interrupted(summary: IngestSummary, total: int) -> InterruptedCommandError:
     )
     if outcomes:
         text += f" ({outcomes})"
-    text += ". " + _(
-        "The reports being sent when it was interrupted may have been recorded too. Running "
-        "the same command again is safe: the reports the ledger already has are answered as "
-        "recorded before, none is recorded twice."
-    )
+    text += ". " + _(SEND_AGAIN)
     metadata = {"answered": str(summary.total), "reports": str(total)}
     metadata.update({o.value.lower(): str(n) for o, n in summary.counts.items()})
     return InterruptedCommandError(text, metadata)
