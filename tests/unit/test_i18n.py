@@ -3,6 +3,7 @@ catalog check that `make lint` runs, times and numbers, and every help page in b
 
 from __future__ import annotations
 
+import inspect
 import re
 import shutil
 from collections.abc import Iterator
@@ -109,6 +110,22 @@ def test_every_code_has_an_indonesian_label() -> None:
         assert labels.status("CLOSED") == "Ditutup"
         assert labels.status("SOMETHING_NEW") == "SOMETHING_NEW"
     assert labels.status("CLOSED") == "CLOSED"  # English shows the code, as before
+
+
+def test_every_field_of_an_events_payload_has_an_indonesian_label() -> None:
+    # The timeline shows each payload field by its label (kategori=..., uraian=...): a field
+    # report's device fields and reference code were shown in English in an Indonesian run.
+    from services.ledger.domain.incident import ENVELOPE_FIELDS, Incident
+
+    fields: set[str] = set()
+    for name in vocabulary.EVENT_TYPES:
+        for klass in getattr(Incident, name).__mro__:
+            fields |= set(inspect.get_annotations(klass))
+    # The same word in Indonesian, a hash's name, and the library's own bookkeeping.
+    same = {"forum", "sha256", "originator_id_type"}
+    with i18n.using("id"):
+        untranslated = sorted(f for f in fields - ENVELOPE_FIELDS - same if labels.field(f) == f)
+    assert not untranslated, untranslated
 
 
 def test_the_reference_datas_names_of_statuses_and_roles_win_over_the_catalog() -> None:
