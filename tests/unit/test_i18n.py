@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import re
 import shutil
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -310,6 +311,19 @@ def test_configuration_errors_in_indonesian(
 def main_json_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     assert main(["--lang", "en", "--json", *args]) == 2
     return capsys.readouterr().err
+
+
+def test_a_ledger_that_cannot_be_reached_is_named_in_indonesian(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LEDGERCTL_CONFIG", raising=False)
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    args = ["--lang", "id", "--address", f"127.0.0.1:{port}", "--token", "t", "--timeout", "2"]
+    assert main([*args, "board"]) == 6
+    err = capsys.readouterr().err
+    assert "tidak dapat menghubungi buku besar di 127.0.0.1" in err, err
 
 
 def test_a_time_that_is_not_one_is_said_in_the_runs_language() -> None:

@@ -28,7 +28,7 @@ from incidentledger_client import (
 )
 from incidentledger_client.addresses import listening
 from incidentledger_client.cli.state import State
-from incidentledger_client.i18n import _
+from incidentledger_client.i18n import N_, _
 
 EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_PERMISSION, EXIT_SERVER = (
     0,
@@ -124,6 +124,8 @@ class Hint:
     metadata: dict[str, str]
 
 
+#: The services ledgerctl calls, as the messages name them (the code stays in the metadata).
+SERVICES = {"ledger": N_("ledger"), "notifier": N_("notifier")}
 #: What gRPC says when the client itself rejects the server's certificate.
 _VERIFY_FAILED = ("certificate verify failed", "CERTIFICATE_VERIFY_FAILED", "self signed")
 #: What it says when the far end is not speaking TLS, or TLS is spoken to a plaintext port.
@@ -140,7 +142,7 @@ def explain(error: LedgerError, st: State) -> Hint | None:
     setting = "address" if service == "ledger" else "notifier_address"
     address = getattr(settings, setting)
     where = _("{service} at {address} (from {source})").format(
-        service=service, address=address, source=settings.source(setting)
+        service=_(SERVICES.get(service, service)), address=address, source=settings.source(setting)
     )
     meta = {"service": service, "address": address, "address_from": settings.source(setting)}
     text = error.message
