@@ -111,6 +111,7 @@ def test_a_refused_report_says_which_value_is_wrong_and_the_code_meant(
         backlog_line(1, location={"kecamatan": "Air Rami"}),
         backlog_line(2, category="logistic_failure"),
         backlog_line(3, severity="sedang"),
+        backlog_line(5, location={"kecamatan": "air_rami", "desa": "Air Ramy"}),
         json.dumps(changed),
     ]
     backlog.write_text("\n".join(lines) + "\n")
@@ -120,6 +121,7 @@ def test_a_refused_report_says_which_value_is_wrong_and_the_code_meant(
     assert "unknown kecamatan 'Air Rami' (did you mean 'air_rami'?)" in flat, out
     assert "unknown category 'logistic_failure' (did you mean 'logistics_failure'?)" in flat
     assert "unknown severity 'sedang' (did you mean 'medium'?)" in flat, out
+    assert "unknown desa 'Air Ramy' (did you mean 'Air Rami'?)" in flat, out
     assert "in the ledger with other content" in flat, out
     code, out, _err = ctl.run("bawaslu", "--lang", "id", "ingest", str(backlog))
     flat = " ".join(out.split())

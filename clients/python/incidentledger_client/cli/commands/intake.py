@@ -64,6 +64,7 @@ CODE_FIELDS = {
     "category": N_("category"),
     "severity": N_("severity"),
     "location.kecamatan": N_("kecamatan"),
+    "location.desa": N_("desa"),
 }
 
 
@@ -344,7 +345,8 @@ def _print_codes(recorded: list[Recorded], codes: Path | None, finished: bool) -
 
 def _error_text(st: State, report: DeviceReport, result: IngestResult) -> str:
     """Why the ledger refused a report, in words that let the officer fix it on the device: a
-    code the reference data does not have (a category, a severity, a kecamatan) named with
+    code the reference data does not have (a category, a severity, a kecamatan, a desa of
+    the kecamatan) named with
     the closest known one; a report id sent before with other content said as such; any other
     refusal as ledgerctl says the ledger's errors (the field and what is wrong with it)."""
     error = result.error
@@ -358,7 +360,7 @@ def _error_text(st: State, report: DeviceReport, result: IngestResult) -> str:
     what = CODE_FIELDS.get(error.field or "")
     value = _field_value(report, error.field or "")
     if what is not None and value is not None and error.reason == "INVALID_FIELD":
-        known = _known_codes(st, what)
+        known = _known_codes(st, what, report)
         if value not in known:
             suggestion = _suggestion(value, known)
             if suggestion:
@@ -372,21 +374,29 @@ def _error_text(st: State, report: DeviceReport, result: IngestResult) -> str:
 
 
 def _field_value(report: DeviceReport, field: str) -> str | None:
+    location = report.location
     if field == "location.kecamatan":
-        location = report.location
         return location.kecamatan if isinstance(location, Location) else location
+    if field == "location.desa":
+        return location.desa if isinstance(location, Location) else None
     if field in ("category", "severity"):
         return str(getattr(report, field))
     return None
 
 
-def _known_codes(st: State, what: str) -> dict[str, tuple[str, ...]]:
-    """Each code of the reference data of this kind, with its names (in every language)."""
+def _known_codes(st: State, what: str, report: DeviceReport) -> dict[str, tuple[str, ...]]:
+    """Each code of the reference data of this kind, with its names (in every language); for
+    a desa, the desa of the report's kecamatan."""
     reference = st.reference()
     if what == "category":
         return {c.code: (c.name, *c.names.values()) for c in reference.categories}
     if what == "severity":
         return {v.code: (v.name, *v.names.values()) for v in reference.severities}
+    if what == "desa":
+        location = report.location
+        kecamatan = location.kecamatan if isinstance(location, Location) else location
+        listed = next((k.desa for k in reference.kecamatan if k.code == kecamatan), ())
+        return {desa: () for desa in listed}
     return {k.code: (k.name,) for k in reference.kecamatan}
 
 
