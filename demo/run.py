@@ -62,8 +62,9 @@ from incidentledger_client import (
     VerifyReport,
 )
 from incidentledger_client.cli import output
+from incidentledger_client.cli.commands.intake import OUTCOMES
 from incidentledger_client.cli.config import DEFAULT_ZONE, ConfigError, token_for_agency
-from incidentledger_client.i18n import N_, Language, _, current, labels, using
+from incidentledger_client.i18n import N_, Language, _, current, labels, ngettext, using
 from incidentledger_client.i18n import choose as choose_language
 from incidentledger_client.types import DurationStats, ResponseTimes
 
@@ -495,7 +496,9 @@ def _sync_backlog(
         )
     console.print(
         f"[bold cyan]{clock(moment, zone)}[/bold cyan] [bold]{step['as']:>12}[/bold] "
-        f"{escape(str(step['say']))} [dim]({SYNC} {step['device']}, {len(reports)} reports)[/dim]"
+        f"{escape(str(step['say']))} [dim]({SYNC} {step['device']}, "
+        + ngettext("{count} report", "{count} reports", len(reports)).format(count=len(reports))
+        + ")[/dim]"
     )
     summary = IngestSummary()
     synced = ledger.iter_ingest_reports(reports)
@@ -509,21 +512,26 @@ def _sync_backlog(
         result.occurred[key] = report.occur_time or moment
         result.steps += 1
         result.last_position = max(result.last_position, ingested.result.position)
+        saved = _("saved offline at {time}:").format(time=clock(report.occur_time or moment, zone))
         console.print(
-            f"           [dim]saved offline at {clock(report.occur_time or moment, zone)}:[/dim] "
-            f"{escape(report.title)} [dim]({ingested.outcome.value.lower()} "
+            f"           [dim]{escape(saved)}[/dim] "
+            f"{escape(report.title)} [dim]({_(OUTCOMES[ingested.outcome])} "
             f"{output.short_id(ingested.result.incident)})[/dim]"
         )
-    console.print(
-        f"           [dim]{summary[IngestOutcome.CREATED]} of {summary.total} reports "
-        "recorded in one call[/dim]"
+    recorded = _("{created} of {total} reports recorded in one call").format(
+        created=summary[IngestOutcome.CREATED], total=summary.total
     )
+    console.print(f"           [dim]{escape(recorded)}[/dim]")
     again = IngestSummary.of(ledger.iter_ingest_reports(reports))
-    console.print(
-        f"           [dim]the phone sends the backlog again (its answer lost): "
-        f"{again[IngestOutcome.DUPLICATE]} of {again.total} recorded before, "
-        f"{again[IngestOutcome.CREATED]} recorded twice[/dim]"
+    resent = _(
+        "the phone sends the backlog again (its answer lost): {duplicate} of {total} recorded "
+        "before, {created} recorded twice"
+    ).format(
+        duplicate=again[IngestOutcome.DUPLICATE],
+        total=again.total,
+        created=again[IngestOutcome.CREATED],
     )
+    console.print(f"           [dim]{escape(resent)}[/dim]")
 
 
 def _summary(

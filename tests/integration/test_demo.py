@@ -236,6 +236,11 @@ def test_in_indonesian_with_stay_the_situation_room_shows_the_day_until_stopped(
         assert found and token, out
         assert re.search(r"audit verify: ok \(58 peristiwa, 12 kejadian", out)
         assert "Desk menutup kejadian banjir (approve_closure" in out  # the scenario's texts
+        # The phone's backlog synced, in Indonesian too.
+        flat = " ".join(out.split())
+        assert "disimpan tanpa sinyal pukul 08:40 WIB:" in flat, out
+        assert "3 dari 3 laporan tercatat dalam satu panggilan" in flat, out
+        assert "3 dari 3 tercatat sebelumnya, 0 tercatat dua kali" in flat, out
         with httpx.Client(base_url=f"http://{found[1]}", timeout=10.0) as web:
             form = re.search(r'name="csrf" value="([^"]+)"', web.get("/login").text)
             assert form
