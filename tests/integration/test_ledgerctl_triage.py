@@ -215,3 +215,21 @@ def test_ledgerctl_triage_shows_an_incident_named_by_its_id_with_its_own_code(ct
     assert (result["incident"], result["reference"]) == (name, code), result
     exit_code, out, _err = ctl.run("desk_pilkada", "triage", "verify", short)
     assert code in out, out
+
+
+def test_ledgerctl_triage_reads_a_list_saved_by_a_windows_editor(ctl: Ctl, tmp_path: Path) -> None:
+    # Notepad's byte order mark and CRLF ends: the first incident is read as the others (it
+    # was "not an incident", with an invisible character first); a comment in the editor's
+    # own code page is refused as not UTF-8 (it was a traceback).
+    codes = [
+        ctl.json("kesbangpol", "report", f"Baliho {n}", "hoax", "ipuh")["incident"]
+        for n in range(2)
+    ]
+    codes = [ctl.json("kesbangpol", "show", name)["incident"]["reference"] for name in codes]
+    listing = tmp_path / "pagi.txt"
+    listing.write_bytes(("\ufeff" + "\r\n".join(codes) + "\r\n").encode("utf-8"))
+    results = ctl.json("desk_pilkada", "triage", "verify", "-f", str(listing))
+    assert [(r["reference"], r["outcome"]) for r in results] == [(c, "RECORDED") for c in codes]
+    listing.write_bytes(f"{codes[0]} # dicek kafé\r\n".encode("cp1252"))
+    exit_code, _out, err = ctl.run("desk_pilkada", "triage", "verify", "-f", str(listing))
+    assert exit_code == 2 and "--file" in err and "not UTF-8 text" in err, err

@@ -693,9 +693,15 @@ def _triage_targets(values: list[str], file: Path | None) -> list[_Target]:
     texts: list[tuple[str, int | None]] = [(value, None) for value in values]
     if file is not None:
         try:
-            content = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+            # utf-8-sig: a list saved by a Windows editor starts with a byte order mark, which
+            # is not part of its first incident.
+            content = (
+                sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8-sig")
+            ).removeprefix("\ufeff")
         except OSError as error:
             raise typer.BadParameter(str(error), param_hint="--file") from None
+        except UnicodeDecodeError:
+            raise typer.BadParameter(_("not UTF-8 text"), param_hint="--file") from None
         for row, line in enumerate(content.splitlines(), 1):
             text = line.split("#", 1)[0].strip()
             if text:
