@@ -233,3 +233,28 @@ def test_ledgerctl_triage_reads_a_list_saved_by_a_windows_editor(ctl: Ctl, tmp_p
     listing.write_bytes(f"{codes[0]} # dicek kafé\r\n".encode("cp1252"))
     exit_code, _out, err = ctl.run("desk_pilkada", "triage", "verify", "-f", str(listing))
     assert exit_code == 2 and "--file" in err and "not UTF-8 text" in err, err
+
+
+def test_a_code_of_another_prefix_or_with_a_letter_no_code_has_holds_back_only_its_item(
+    ctl: Ctl,
+) -> None:
+    # Misheard on the phone: N for M in the prefix, a U (no code has one). Each is that item's
+    # fault, said as typed; the other items are sent (before, the whole triage ended on the
+    # ledger's refusal of the first such code, with nothing sent).
+    name = ctl.json("kesbangpol", "report", "Baliho", "hoax", "ipuh")["incident"]
+    code = ctl.json("kesbangpol", "show", name)["incident"]["reference"]
+    other_prefix = "MKN" + code[3:]
+    with_u = code[:4] + "U" + code[5:]
+    exit_code, out, err = ctl.run(
+        "desk_pilkada", "--json", "triage", "verify", other_prefix, with_u, code
+    )
+    assert exit_code == 4, (out, err)
+    results = json.loads(out)
+    assert [(r["input"], r["outcome"]) for r in results] == [
+        (other_prefix, "INVALID"),
+        (with_u, "INVALID"),
+        (code, "RECORDED"),
+    ]
+    assert "is not a reference code of this ledger" in results[0]["error"]["message"]
+    exit_code, _out, err = ctl.run("polres", "--lang", "id", "show", with_u)
+    assert exit_code == 2 and f"'{with_u}' bukan kode referensi buku besar ini" in err, err

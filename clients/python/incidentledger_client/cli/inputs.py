@@ -54,11 +54,9 @@ def incident_names(ctx: typer.Context, values: Sequence[str]) -> list[str]:
         except names.IncidentNameError as error:
             raise typer.BadParameter(str(error), param_hint="INCIDENT") from None
         except InvalidArgument as error:
-            if error.reason != "REFERENCE_MISTYPED":
-                raise
             # Said as typed, in the run's language, as triage says it (the ledger's message
             # names its lookup's field, "reference", and is English).
-            raise _mistyped(value, error) from None
+            raise _not_a_code(value, error) from None
     return found
 
 
@@ -95,9 +93,9 @@ class Incidents:
             except names.IncidentNameError as error:
                 found.append(InvalidArgument("INVALID_ARGUMENT", "INVALID_FIELD", str(error)))
             except InvalidArgument as error:
-                if error.reason != "REFERENCE_MISTYPED":
-                    raise
-                found.append(_mistyped(value, error))
+                # A code the ledger cannot read (mistyped, another ledger's prefix, a letter
+                # no code has): this item's own fault, as a prefix that fits nothing is.
+                found.append(_not_a_code(value, error))
             except IncidentNotFound as error:
                 found.append(error)
         return found
@@ -118,6 +116,23 @@ class Incidents:
 
 #: Up to this many reference codes are looked up one by one (a call each), more by listing.
 _FEW = 20
+
+
+def _not_a_code(value: str, error: InvalidArgument) -> InvalidArgument:
+    """The ledger's refusal of a reference code, said as the person typed it: a mistyped one
+    (its check character does not match), or one that is no code of this ledger (another
+    prefix, a character no code has). Any other refusal is raised as it is: it is not about
+    the value."""
+    if error.reason == "REFERENCE_MISTYPED":
+        return _mistyped(value, error)
+    if error.field != "reference":
+        raise error
+    why = error.message.removeprefix("reference: ")
+    message = _("{code} is not a reference code of this ledger ({why})").format(
+        code=repr(value), why=why
+    )
+    metadata = {k: v for k, v in error.metadata.items() if k != "field"}
+    return InvalidArgument(error.code, error.reason, message, metadata, error.domain)
 
 
 def _mistyped(value: str, error: InvalidArgument) -> InvalidArgument:
