@@ -459,6 +459,8 @@ class Relay:
                 counted = seq > self._foreign_counted_through
                 self._foreign(seq, msg.subject or "", headers, reason, counted, foreign)
         self._foreign_counted_through = max(self._foreign_counted_through, state.last_seq)
+        if position is not None:
+            await self._check_not_behind(name, position)
         if position is None:
             position = await asyncio.to_thread(self._kept_position)
             if foreign:
@@ -539,6 +541,21 @@ class Relay:
         if self._tracking is None:
             raise RuntimeError("the relay was not started")
         return self._tracking
+
+    async def _check_not_behind(self, stream: str, position: int) -> None:
+        """An error line when the stream ends before the position kept in the database: it
+        lost messages it had acknowledged (NATS lost its storage, or the stream was deleted
+        or purged). They are published again from ``position``; the evidence bucket, kept by
+        the same servers, may have lost files too (``ledgerctl audit verify --deep``)."""
+        kept = await asyncio.to_thread(self._kept_position)
+        if position < kept:
+            log.error(
+                "relay.stream_behind",
+                stream=stream,
+                stream_position=position,
+                published=kept,
+                reason="the stream lost messages it had acknowledged: publishing them again",
+            )
 
     def _kept_position(self) -> int:
         tracking = self._database()

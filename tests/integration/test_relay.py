@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -367,3 +368,30 @@ def test_a_relay_or_its_encoder_that_dies_is_started_again_and_publishes_what_ca
         )
     positions = [int(m.headers["Ledger-Position"]) for m in read_stream(nats_server.url)]
     assert positions == [first.position, *recorded], "each once, in order"
+
+
+def test_a_stream_that_lost_its_messages_is_said_loudly_and_filled_again(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """NATS restarted without its storage (a volume lost, a node replaced): the relay
+    publishes every event again, and says so in an error line naming what the stream lost
+    (NATS's object store, where evidence is kept, went with it). Before, only the
+    ``relay.stream_created`` and ``relay.publishing after=0`` info lines told."""
+    url = nats_server.url
+    with store_environment("sqlite", tmp_path) as store_env:
+        env = relay_env(tmp_path, store_env, url)
+        with service_process("services.ledger", env) as ledger:
+            token = dev_tokens(tmp_path / "data")["kpu"]
+            results = [report(ledger.port, token, n) for n in range(3)]
+            wait_until(lambda: len(read_stream(url)) == 3, what="3 published events")
+            nats_server.stop()
+            shutil.rmtree(nats_server.store_dir)
+            nats_server.start()
+            results.append(report(ledger.port, token, 3))
+            wait_until(lambda: len(read_stream(url)) == 4, what="every event published again")
+            lines = [x for x in ledger.log_lines() if x.get("event") == "relay.stream_behind"]
+    assert positions_from(read_stream(url), but=0) == [r.position for r in results]
+    assert len(lines) == 1, lines
+    assert lines[0]["level"] == "error"
+    assert lines[0]["stream_position"] == 0
+    assert lines[0]["published"] == results[2].position
