@@ -587,12 +587,19 @@ class DeliveryLog:
 
     Records are flushed every ``interval`` seconds (and on close): a crash loses at
     most that much of the gRPC delivery log; webhook deliveries are logged in the
-    same transaction as their outcome.
+    same transaction as their outcome. While the store is away the records are kept
+    and tried again at each flush, with one warning every ``FAILURE_LOG_SECONDS``
+    (not one per flush) and one line when they are written again.
     """
+
+    #: While flushes keep failing, at most one ``delivery_log.flush_failed`` this often.
+    FAILURE_LOG_SECONDS = 30.0
 
     def __init__(self, store: NotifierStore, interval: float = 0.2) -> None:
         self._store = store
         self._interval = interval
+        self._failing_since: float | None = None
+        self._failure_logged_at = 0.0
         self._queue: queue.SimpleQueue[LogEntry] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="delivery-log", daemon=True)
@@ -617,10 +624,30 @@ class DeliveryLog:
                 entries.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        if entries:
-            try:
-                self._store.log(entries)
-            except Exception as exc:  # kept for the next flush rather than lost
-                log.warning("delivery_log.flush_failed", error=str(exc), entries=len(entries))
-                for entry in entries:
-                    self._queue.put(entry)
+        if not entries:
+            return
+        now = time.monotonic()
+        try:
+            self._store.log(entries)
+        except Exception as exc:  # kept for the next flush rather than lost
+            for entry in entries:
+                self._queue.put(entry)
+            if self._failing_since is None:
+                self._failing_since = now
+            elif now - self._failure_logged_at < self.FAILURE_LOG_SECONDS:
+                return
+            self._failure_logged_at = now
+            log.warning(
+                "delivery_log.flush_failed",
+                error=str(exc),
+                entries=len(entries),
+                failing_for_seconds=round(now - self._failing_since, 1),
+            )
+            return
+        if self._failing_since is not None:
+            log.info(
+                "delivery_log.flushed_again",
+                entries=len(entries),
+                failed_for_seconds=round(now - self._failing_since, 1),
+            )
+            self._failing_since = None
