@@ -713,6 +713,14 @@ class Engine:
             ),
             pending_msgs_limit=PENDING_LIMIT,
         )
+        # nats-py's ordered consumer starts over after a reset (NATS back after an outage,
+        # heartbeats missed) from the last stream sequence it received, which it counts
+        # from 0: one that had received nothing yet started over at the stream's first
+        # message, and its subscriber was sent every event the stream held again. Its count
+        # starts at the cursor. (LiveSubscription also drops whatever comes at or before it.)
+        ordered = getattr(sub, "_jsi", None)
+        if ordered is not None and hasattr(ordered, "_sseq"):
+            ordered._sseq = after
         return LiveSubscription(self, sub, after + 1)
 
 

@@ -41,11 +41,15 @@ class LiveSubscription:
                 "the notifier lost its connection to the event stream; resume from your cursor",
                 reason="STREAM_UNAVAILABLE",
             ) from None
+        seqs = [int(msg.metadata.sequence.stream) for msg in msgs]
+        # Never an event at or before the subscriber's cursor again (a consumer that
+        # started over too early): it has it, or it asked to start after it.
         batch = [
-            (int(msg.metadata.sequence.stream), pb.EventNotification.FromString(msg.data))
-            for msg in msgs
+            (seq, pb.EventNotification.FromString(msg.data))
+            for seq, msg in zip(seqs, msgs, strict=True)
+            if seq > self.cursor_seq
         ]
-        self.cursor_seq = batch[-1][0]
+        self.cursor_seq = max(self.cursor_seq, seqs[-1])
         return batch
 
     async def _take(self, timeout: float) -> list[Any]:

@@ -371,6 +371,34 @@ def test_while_nats_is_down_the_notifier_says_not_serving_and_logs_the_outage_on
     assert back["failed_attempts"] >= 6 and back["down_seconds"] > 0, back
 
 
+def test_a_quiet_subscriber_gets_no_earlier_event_again_after_nats_comes_back(
+    stack: Stack, nats_server: NatsServer
+) -> None:
+    """A live subscription that has received nothing since it subscribed (from now, or from
+    a cursor) starts its stream over after NATS is back at its cursor, not at the stream's
+    first message: before, it was sent every event the stream held again."""
+    earlier = [stack.ledger.report().incident for _ in range(3)]
+    wait_until(lambda: len(read_stream(nats_server.url)) >= 3, what="the reports on the stream")
+    subscriber = stack.subscribe("polres")  # from now: after the three
+    link = stack.notifier.engine.nats_link
+    nats_server.stop()
+    try:
+        # Long enough for its consumer to miss its heartbeats and start over (every 2 s).
+        wait_until(lambda: link.failed_attempts >= 8, what="an outage of a few seconds")
+    finally:
+        nats_server.start()
+    wait_until(lambda: link.connected, what="the notifier back on NATS")
+    later = stack.ledger.report().incident
+    subscriber.wait_for(1)
+    wait_until(
+        lambda: any(r.notification.event.incident == later for r in subscriber.notifications),
+        what="the report made after the outage",
+    )
+    subscriber.close()
+    received = [r.notification.event.incident for r in subscriber.notifications]
+    assert received == [later], f"sent again: {[n for n in received if n in earlier]}"
+
+
 def stream_messages(url: str, stream: str = "LEDGER_EVENTS") -> list[tuple[int, int]]:
     """(stream sequence, ledger position) of every message in the stream, in order."""
     return [(m.seq, int(m.headers["Nats-Msg-Id"])) for m in read_stream(url, stream)]
