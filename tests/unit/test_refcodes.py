@@ -96,6 +96,9 @@ def test_codes_are_read_leniently() -> None:
     zero_one = code_for("MKM", UUID(int=(1 << 20) | 1))  # payload 10001
     assert parse_code(zero_one.replace("0", "o").replace("1", "l"), "MKM") == zero_one
     assert parse_code(zero_one.replace("1", "I"), "MKM") == zero_one
+    # Copied from a document or typed on a phone: an en dash, a minus sign, spaces around.
+    assert parse_code(code.replace("-", "\u2013"), "MKM") == code
+    assert parse_code(code.replace("-", " \u2212 "), "MKM") == code
 
 
 def test_a_mistyped_code_is_refused_as_mistyped() -> None:

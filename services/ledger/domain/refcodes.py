@@ -6,7 +6,7 @@ reference data), four and then one character of payload, and a check character.
 - **Alphabet**: Crockford's base 32 (``0-9`` and ``A-Z`` without ``I``, ``L``, ``O``,
   ``U``), so no two characters look or sound alike. Reading a code is lenient the way
   Crockford's decoding is: case does not matter, ``I`` and ``L`` are read as ``1``,
-  ``O`` as ``0``, hyphens and spaces are ignored.
+  ``O`` as ``0``, hyphens (and the dashes an editor makes of them) and spaces are ignored.
 - **Payload**: the low 25 bits of the incident's id (about 33 million codes). The code is
   thus a function of the incident id, recorded in its ``Reported`` event; uniqueness is
   not left to chance: each code is claimed (:class:`ReferenceClaim`) in the transaction
@@ -40,6 +40,9 @@ PREFIX = re.compile(r"[A-Z]{1,6}")
 _VALUES = {c: n for n, c in enumerate(ALPHABET)}
 # Crockford's decoding: characters that are easily taken for others are read as them.
 _VALUES.update({"I": 1, "L": 1, "O": 0})
+#: What people put between a code's groups: spaces, hyphens, and the dashes a word processor
+#: or a phone's keyboard makes of a hyphen (U+2010 to U+2015, U+2212).
+_SEPARATORS = re.compile(r"[\s\-\u2010-\u2015\u2212]")
 _MODULUS = 0b100101  # x^5 + x^2 + 1, primitive over GF(2)
 _NAMESPACE = uuid5(NAMESPACE_URL, "urn:incidentledger:reference")
 
@@ -93,7 +96,7 @@ def parse_code(text: str, prefix: str, field: str = "reference") -> str:
     INVALID_ARGUMENT when it is not a code of this ledger, or when its check character
     does not match: a mistyped code (``REFERENCE_MISTYPED``), never another incident's.
     """
-    compact = re.sub(r"[\s-]", "", text).upper()
+    compact = _SEPARATORS.sub("", text).upper()
     if not compact:
         raise InvalidArgument(field, "is required")
     if not compact.startswith(prefix):
