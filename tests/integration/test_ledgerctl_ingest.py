@@ -174,6 +174,9 @@ def test_a_connection_lost_during_the_backlog_says_what_was_recorded_and_to_send
     out = ctl.ok("bawaslu", *args)
     assert "50 of 50 reports are in the ledger" in out, out
     assert len(ctl.json("bawaslu", "list", "--kecamatan", "air_rami")) == 50
+    # Refused outright (an auditor's token): nothing was sent, the error alone says it.
+    code, _out, err = ctl.run("inspektorat", *args)
+    assert code == 5 and "READ_ONLY_ROLE" in err and "answered" not in err, err
 
 
 def test_an_unreadable_line_refuses_the_file_before_anything_is_sent(

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from incidentledger_client import LedgerError
+from incidentledger_client import DeadlineExceeded, LedgerError, Unavailable
 from incidentledger_client.backlog import BacklogError, BacklogLine, read_backlog
 from incidentledger_client.cli import config, output
 from incidentledger_client.cli.errors import EXIT_OTHER, InterruptedCommandError, said
@@ -182,9 +182,12 @@ def ingest(
         if not st.as_json and summary.total:
             _print_summary(st, path, summary, recorded, refused, codes, finished=False)
         raise _interrupted(summary, len(lines)) from None
-    except LedgerError:
+    except LedgerError as error:
         # The connection lost (or the ledger away) after some chunks: those are recorded, and
-        # the officer is told so, with their codes, before the error itself (exit code 6).
+        # the officer is told so, with their codes, before the error itself (exit code 6). A
+        # refusal of the first chunk (a token, a role) left nothing behind: the error alone.
+        if not summary.total and not isinstance(error, Unavailable | DeadlineExceeded):
+            raise
         if codes is not None:
             _write_codes(codes, recorded)
         if not st.as_json:
