@@ -118,6 +118,16 @@ class TokenStore:
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"cannot read the tokens file {path}: {exc}") from exc
+        if _is_ledgerctl_tokens_file(raw):
+            # ledgerctl reads LEDGER_TOKENS_FILE too, as the development tokens it acts with:
+            # a shell that set it for ledgerctl hands the services that file.
+            raise ConfigError(
+                f"{path} is ledgerctl's file of development tokens (each agency's token), not "
+                "the services' file of the tokens' hashes (users: agency, officer, "
+                "token_sha256): unset LEDGER_TOKENS_FILE for the ledger and the notifier "
+                "(development: they make $LEDGER_DATA_DIR/credentials/tokens.yaml), or name "
+                "their file of hashes"
+            )
         known = set(known_agencies)
         entries: dict[str, Principal] = {}
         try:
@@ -131,6 +141,16 @@ class TokenStore:
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"malformed tokens file {path}: {exc!r}") from exc
         return cls(entries, development=bool(raw.get("development", False)), known_agencies=known)
+
+
+def _is_ledgerctl_tokens_file(raw: object) -> bool:
+    """Whether ``raw`` is ledgerctl's development tokens file (``agency: {officer, token}``)."""
+    return (
+        isinstance(raw, dict)
+        and "users" not in raw
+        and bool(raw)
+        and all(isinstance(v, dict) and "token" in v for v in raw.values())
+    )
 
 
 def principal_from_certificate(pem: bytes, known_agencies: Collection[str]) -> Principal:

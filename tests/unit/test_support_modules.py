@@ -184,6 +184,16 @@ def test_tokens_file_with_an_unknown_agency_is_refused(tmp_path: Path) -> None:
         TokenStore.load(path, ["polres"])
 
 
+def test_ledgerctls_development_tokens_file_is_refused_as_such(tmp_path: Path) -> None:
+    # LEDGER_TOKENS_FILE set for ledgerctl (its development tokens), then make run in the same
+    # shell: the services say which file it is, not "malformed tokens file: KeyError('users')".
+    generate_dev_credentials(tmp_path, ["polres"])
+    with pytest.raises(ConfigError, match="ledgerctl's file of development tokens") as caught:
+        TokenStore.load(tmp_path / "dev-tokens.yaml", ["polres"])
+    token = yaml.safe_load((tmp_path / "dev-tokens.yaml").read_text())["polres"]["token"]
+    assert token not in str(caught.value), "a token is never quoted"
+
+
 def test_tokens_file_with_a_short_digest_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "tokens.yaml"
     path.write_text(
