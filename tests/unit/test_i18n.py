@@ -263,6 +263,10 @@ def test_every_help_page_in_both_languages(
         (["decide"], "Kesalahan: Argumen 'INCIDENT' belum diberikan."),
         (["nosuch"], "Kesalahan: Tidak ada perintah 'nosuch'."),
         (["list", "--bogus"], "Kesalahan: Tidak ada opsi: --bogus"),
+        # typer's own checks of a path and of a number's range (they were English).
+        (["ingest", "/nowhere/backlog.jsonl"], "'/nowhere/backlog.jsonl' tidak ada"),
+        (["ingest", "/"], "'/' adalah folder, bukan berkas"),
+        (["ingest", "README.md", "--chunk-size", "900"], "'--chunk-size': paling banyak 500"),
     ],
 )
 def test_usage_errors_in_indonesian_and_json_unchanged(

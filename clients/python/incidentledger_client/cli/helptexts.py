@@ -139,6 +139,52 @@ _VALUE_ERRORS = {
 }
 
 
+#: What typer says of a path it checks (a FILE argument that does not exist, a folder given
+#: for a file) and of a number out of its range, with the parts that stay as they are.
+_VALUE_PATTERNS = (
+    (
+        re.compile(r"^(?:file|directory|path) (?P<path>'.*') does not exist\.$", re.S),
+        N_("{path} does not exist"),
+    ),
+    (
+        re.compile(r"^(?:file|directory|path) (?P<path>'.*') is a directory\.$", re.S),
+        N_("{path} is a folder, not a file"),
+    ),
+    (
+        re.compile(r"^(?:file|directory|path) (?P<path>'.*') is a file\.$", re.S),
+        N_("{path} is a file, not a folder"),
+    ),
+    (
+        re.compile(r"^(?:file|directory|path) (?P<path>'.*') is not readable\.$", re.S),
+        N_("{path} cannot be read"),
+    ),
+    (
+        re.compile(r"^(?:file|directory|path) (?P<path>'.*') is not writable\.$", re.S),
+        N_("{path} cannot be written"),
+    ),
+    (
+        re.compile(r"^Input should be less than or equal to (?P<limit>\S+)$"),
+        N_("at most {limit}"),
+    ),
+    (
+        re.compile(r"^Input should be greater than or equal to (?P<limit>\S+)$"),
+        N_("at least {limit}"),
+    ),
+)
+
+
+def _value_error(message: str, gettext: Callable[[str], str]) -> str | None:
+    """typer's words for a value it refused, in the run's language; None for others."""
+    said = _VALUE_ERRORS.get(message)
+    if said is not None:
+        return gettext(said)
+    for pattern, msgid in _VALUE_PATTERNS:
+        found = pattern.match(message)
+        if found:
+            return gettext(msgid).format(**found.groupdict())
+    return None
+
+
 def usage_error(error: UsageError, gettext: Callable[[str], str]) -> str:
     """A usage error as typer shows it (usage line, where to find help, the error), in the
     language of ``gettext``."""
@@ -158,9 +204,9 @@ def usage_error(error: UsageError, gettext: Callable[[str], str]) -> str:
         found = pattern.match(message)
         if found:
             parts = found.groupdict()
-            said = _VALUE_ERRORS.get(parts.get("message") or "")
+            said = _value_error(parts.get("message") or "", gettext)
             if said is not None:
-                parts["message"] = gettext(said)
+                parts["message"] = said
             message = gettext(msgid).format(**parts)
             break
     lines.append(gettext(N_("Error: {message}")).format(message=message))
