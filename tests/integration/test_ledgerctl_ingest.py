@@ -179,6 +179,15 @@ def test_a_connection_lost_during_the_backlog_says_what_was_recorded_and_to_send
     assert code == 5 and "READ_ONLY_ROLE" in err and "answered" not in err, err
 
 
+def test_an_empty_backlog_says_so(ctl: Ctl, tmp_path: Path) -> None:
+    # An empty export, or the wrong file: said, not an empty table and "0 of 0 ... in the
+    # ledger", which reads as if a sync had happened.
+    backlog = tmp_path / "backlog.jsonl"
+    backlog.write_text("\r\n\r\n")
+    out = ctl.ok("bawaslu", "ingest", str(backlog))
+    assert out.strip() == "backlog.jsonl holds no report: nothing was sent.", out
+
+
 def test_an_unreadable_line_refuses_the_file_before_anything_is_sent(
     ctl: Ctl, tmp_path: Path
 ) -> None:

@@ -158,6 +158,16 @@ def ingest(
         raise _unreadable(error) from None
     except UnicodeDecodeError:
         raise typer.BadParameter(_("not UTF-8 text"), param_hint="FILE") from None
+    if not lines:
+        # An empty export (or the wrong file): said, not an empty table and "0 of 0".
+        if codes is not None:
+            _write_codes(codes, [])
+        if not st.as_json:
+            output.console().print(
+                _("{path} holds no report: nothing was sent.").format(path=path.name),
+                markup=False,
+            )
+        return
     ledger = st.ledger()
     summary = IngestSummary()
     recorded: list[Recorded] = []
