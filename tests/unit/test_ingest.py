@@ -171,6 +171,26 @@ def test_a_batch_sent_three_times_records_each_report_once(ledger: Ledger) -> No
     assert recorded(ledger) == stored == 20 * PER_REPORT
 
 
+def test_a_batch_sent_again_is_answered_without_walking_the_log(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each report sent again is answered from its record, with its event's position: on the
+    # in-memory store, found from the store's index, not by reading the whole log once per
+    # report (a resent backlog of 500 took seconds, and the tests' calls timed out).
+    items = [item(f"Laporan {n}") for n in range(20)]
+    first = ingest(ledger, items)
+
+    def no_walk(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the notification log was read to find a position")
+
+    monkeypatch.setattr(ledger.recorder, "select_notifications", no_walk)
+    again = ingest(ledger, items)
+    assert [r.outcome for r in again] == [DUPLICATE] * 20
+    assert [r.result.position for r in again if r.result] == [
+        r.result.position for r in first if r.result
+    ]
+
+
 def test_over_500_reports_is_invalid_and_records_nothing(ledger: Ledger) -> None:
     limit = IngestLimits().max_reports
     assert limit == 500, "the documented default"
