@@ -137,10 +137,8 @@ def test_the_counts_of_a_large_backlog_group_their_thousands_in_the_run_s_langua
     out = ctl.ok("bawaslu", "--lang", "id", "ingest", str(backlog))
     assert "1.000 dari 1.000 laporan ada di buku besar (1.000 tercatat sekarang)." in out, out
     assert "│ 1.000   │" in out, "the outcomes' table"
-    # Another backlog: sending the same again is slow on the in-memory store of the tests.
-    backlog.write_text("".join(backlog_line(n) + "\n" for n in range(1000)))
     out = ctl.ok("bawaslu", "ingest", str(backlog))
-    assert "1,000 of 1,000 reports are in the ledger (1,000 recorded now)." in out, out
+    assert "1,000 of 1,000 reports are in the ledger (0 recorded now)." in out, out
 
 
 def test_a_connection_lost_during_the_backlog_says_what_was_recorded_and_to_send_again(
