@@ -129,6 +129,19 @@ def test_every_field_of_an_events_payload_has_an_indonesian_label() -> None:
     assert not untranslated, untranslated
 
 
+def test_a_reference_code_is_a_kode_referensi_in_every_message() -> None:
+    # The glossary's word, the tables' heading: one message said "kode rujukan", which a duty
+    # officer could take for another code.
+    with (i18n.LOCALE_DIR / "id" / "LC_MESSAGES" / "incidentledger.po").open("rb") as file:
+        catalog = read_po(file)
+    said = [
+        str(m.string)
+        for m in catalog
+        if m.id and "reference code" in str(m.id if isinstance(m.id, str) else m.id[0])
+    ]
+    assert said and all("kode referensi" in text.casefold() for text in said), said
+
+
 def test_the_reference_datas_names_of_statuses_and_roles_win_over_the_catalog() -> None:
     """A regency's own words (GetReferenceData's names) for the current language, else the
     catalog's: the one rule ledgerctl and the situation room both use."""
