@@ -5,7 +5,9 @@ per incident (and ``--json``), from arguments or a file."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +19,7 @@ from incidentledger_client import (
     TriageOutcome,
     VersionConflict,
 )
+from incidentledger_client.cli import output
 from services.ledger.domain.refcodes import check_character
 from tests.ledgerctl_support import Ctl
 from tests.support import Client
@@ -258,3 +261,37 @@ def test_a_code_of_another_prefix_or_with_a_letter_no_code_has_holds_back_only_i
     assert "is not a reference code of this ledger" in results[0]["error"]["message"]
     exit_code, _out, err = ctl.run("polres", "--lang", "id", "show", with_u)
     assert exit_code == 2 and f"'{with_u}' bukan kode referensi buku besar ini" in err, err
+
+
+def test_an_interrupted_triage_names_the_request_id_that_tells_what_became_of_each(
+    ctl: Ctl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C after the ledger recorded the triage, before its answer was shown: ledgerctl said
+    # nothing at all (exit 130). Now it names the call's request id; the same command with it
+    # answers each item as recorded before, nothing recorded twice.
+    names = [
+        ctl.json("kesbangpol", "report", f"Baliho {n}", "hoax", "ipuh")["incident"]
+        for n in range(3)
+    ]
+    original = LedgerClient.triage
+
+    def interrupted(self: LedgerClient, *args: Any, **kwargs: Any) -> Any:
+        original(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LedgerClient, "triage", interrupted)
+    exit_code, _out, err = ctl.run("desk_pilkada", "triage", "verify", *names)
+    assert exit_code == 130, err
+    found = re.search(r"--request-id (\S+):", err)
+    assert found and "3 incidents may have been triaged" in err, err
+    monkeypatch.undo()
+    results = ctl.json("desk_pilkada", "triage", "verify", *names, "--request-id", found[1])
+    assert [r["outcome"] for r in results] == ["DUPLICATE"] * 3, results
+
+    # Interrupted while the answers are shown (a long table): the same.
+    def no_table(*args: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(output, "triage_table", no_table)
+    exit_code, _out, err = ctl.run("desk_pilkada", "triage", "assign-lead", *names, "--lead", "kpu")
+    assert exit_code == 130 and "--request-id" in err, err

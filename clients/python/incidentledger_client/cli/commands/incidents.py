@@ -22,7 +22,7 @@ from incidentledger_client import (
 )
 from incidentledger_client.cli import output
 from incidentledger_client.cli.commands import group
-from incidentledger_client.cli.errors import EXIT_CONFLICT
+from incidentledger_client.cli.errors import EXIT_CONFLICT, InterruptedCommandError
 from incidentledger_client.cli.inputs import (
     TIME_HELP,
     Incidents,
@@ -801,6 +801,39 @@ def triage(
         )
         for n in sent
     ]
+    # The call's id, made here rather than by the client: an interrupted triage names it, and
+    # the same list sent again with it answers each item recorded as recorded before.
+    request_id = request_id or new_request_id()
+    try:
+        lines = _triaged(ctx, ledger, targets, found, sent, items, request_id, incidents_named)
+    except KeyboardInterrupt:
+        # Sending, or showing the answers (the ledger has recorded them then): either way,
+        # the same list with this id says what became of each item.
+        raise InterruptedCommandError(
+            _(
+                "interrupted: some of the {count} incidents may have been triaged already. To "
+                "learn what became of each, send the same command again with --request-id "
+                "{request_id}: an item recorded comes back as recorded before, the others are "
+                "recorded."
+            ).format(count=len(items), request_id=request_id),
+            {"request_id": request_id, "items": str(len(items))},
+        ) from None
+    if not all(line.result.recorded for line in lines):
+        raise typer.Exit(EXIT_CONFLICT)
+
+
+def _triaged(
+    ctx: typer.Context,
+    ledger: LedgerClient,
+    targets: list[_Target],
+    found: list[str | LedgerError],
+    sent: list[int],
+    items: list[TriageItem],
+    request_id: str,
+    incidents_named: Incidents,
+) -> list[output.TriageLine]:
+    """The triage sent (the items that name an incident) and shown, a line per target."""
+    st = state(ctx)
     # Nothing is sent when no item names an incident: each still gets its line.
     answers = dict(
         zip(sent, ledger.triage(items, request_id=request_id) if items else [], strict=True)
@@ -828,5 +861,4 @@ def triage(
         output.emit_json([output.triage_json(line) for line in lines])
     else:
         output.console().print(output.triage_table(lines))
-    if not all(line.result.recorded for line in lines):
-        raise typer.Exit(EXIT_CONFLICT)
+    return lines
