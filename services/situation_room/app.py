@@ -444,7 +444,8 @@ async def board_rows(request: Request, session: Session, officer: Officer) -> Re
 @signed_in
 async def events(request: Request, session: Session, officer: Officer) -> Response:
     """Server-sent events: each change with the ledger position as its id. A tab that
-    reconnects (Last-Event-ID) or starts (``after``) behind the hub is told to reload.
+    reconnects (Last-Event-ID) or starts (``after``) behind the hub, or ahead of it (it was
+    following a page process that has since restarted), is told to reload.
     ``status`` says whether changes reach the tab (``{"live": false}``: the page's
     subscription to the notifier is interrupted), first and at each change."""
     hub = room_of(request).hub
@@ -456,8 +457,12 @@ async def events(request: Request, session: Session, officer: Officer) -> Respon
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         try:
-            if since is not None and since < hub.position:
-                yield ServerSentEvent(data="{}", event="resync", id=str(hub.position))
+            # Behind the hub: told to reload. Ahead of it: the tab was following another
+            # page process (this one restarted since, or another behind the same address),
+            # and what came between that one's last event and this one's start was heard by
+            # neither: told to reload too (its position kept as the event's id).
+            if since is not None and since != hub.position:
+                yield ServerSentEvent(data="{}", event="resync", id=str(max(since, hub.position)))
             # The stream ends with the session, or before its cookie's idle end: the browser
             # then reconnects with the cookie this answer renewed.
             # How soon the browser reconnects when the stream ends (its default is ~3 s).

@@ -692,6 +692,27 @@ def test_a_session_survives_a_restart_of_the_page(room: Room) -> None:
             assert web.post("/logout", data={"csrf": csrf_of(board)}).status_code == 303
 
 
+def test_a_board_reconnecting_to_a_restarted_page_is_told_to_reload(room: Room) -> None:
+    """The restarted page hears only what comes after its start: a tab that reconnects with
+    a position it has not heard of (reported while the page was down, or before) is told to
+    reload, and its rows then hold what was reported meanwhile (it was shown nothing and
+    said "on")."""
+    reporter = room.ledger("kesbangpol")
+    with signed_in_http(room, "desk_pilkada") as web:
+        cookie = web.cookies[SESSION_COOKIE]
+    seen = reporter.report("Heard by the first page", "crowd_gathering", "ipuh")
+    missed = reporter.report("While the page restarted", "crowd_gathering", "ipuh")
+    with service_process("services.situation_room", room.env) as restarted:
+        url = f"http://127.0.0.1:{restarted.port}"
+        cookies = {SESSION_COOKIE: cookie, LANGUAGE_COOKIE: "en"}
+        with httpx.Client(base_url=url, timeout=READ_SECONDS, cookies=cookies) as web:
+            again = first_event(web, {"Last-Event-ID": str(seen.position)})
+            assert again.event == "resync"
+            assert again.id >= seen.position
+            rows = web.get("/board/rows", params={"min_position": str(missed.position)}).text
+            assert "While the page restarted" in rows
+
+
 def test_an_altered_cookie_is_refused(room: Room) -> None:
     with signed_in_http(room, "desk_pilkada") as web:
         cookie = web.cookies[SESSION_COOKIE]
