@@ -15,6 +15,7 @@ are told (their boards and maps may be out of date), and the change is logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +23,13 @@ from dataclasses import dataclass
 
 import structlog
 
-from incidentledger_client import CursorExpired, LedgerError, NotifierClient, Subscription
+from incidentledger_client import (
+    CursorExpired,
+    InvalidArgument,
+    LedgerError,
+    NotifierClient,
+    Subscription,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -137,6 +144,7 @@ class Hub:
                 log.warning("situation_room.subscription_failed", error=str(error))
                 self._stopped.wait(1.0)
                 continue
+            unusable = False  # the cursor: resume from now, the tabs reload
             try:
                 self._subscription = notifier.subscribe(
                     cursor=self._cursor or None,
@@ -146,16 +154,42 @@ class Hub:
                 if self._stopped.is_set():
                     return
                 self._follow(self._subscription)
-            except CursorExpired:
-                self._cursor = ""  # too old to resume: from now (the tabs reload anyway)
             except LedgerError as error:
+                # Too old to resume (no longer kept), or ahead of the stream (NATS lost it
+                # and the stream was made again): tried again, it would fail for ever.
+                unusable = isinstance(error, CursorExpired) or (
+                    isinstance(error, InvalidArgument) and error.field == "cursor"
+                )
                 if not self._stopped.is_set():
-                    log.warning("situation_room.subscription_failed", error=str(error))
+                    log.warning(
+                        "situation_room.subscription_failed",
+                        error=str(error),
+                        **({"note": "resuming from now; the tabs reload"} if unusable else {}),
+                    )
             finally:
-                if self._subscription is not None:
+                if unusable:
+                    self._cursor = ""
+                elif self._subscription is not None:
                     self._cursor = self._subscription.cursor or self._cursor
                 notifier.close()
+            if unusable:
+                self._resync()
             self._stopped.wait(1.0)
+
+    def _resync(self) -> None:
+        """Tell every tab to reload (from the reading thread): what came between the last
+        event heard and the new subscription's start reaches it by that reload."""
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed: the process is stopping
+            loop.call_soon_threadsafe(self._publish_resync)
+
+    def _publish_resync(self) -> None:
+        for queue in self._queues:
+            while not queue.empty():
+                queue.get_nowait()
+            queue.put_nowait(RESYNC)
 
     def _follow(self, subscription: Subscription) -> None:
         loop = self._loop

@@ -13,10 +13,17 @@ from typing import Any
 import pytest
 import structlog
 
-from incidentledger_client import NotifierClient
+from incidentledger_client import CursorExpired, InvalidArgument, LedgerError, NotifierClient
 from services.common.config import SituationRoomSettings
 from services.situation_room.__main__ import subscription_token
-from services.situation_room.live import HEARTBEAT_SECONDS, STALE_SECONDS, Hub, NotReadyError
+from services.situation_room.live import (
+    HEARTBEAT_SECONDS,
+    RESYNC,
+    STALE_SECONDS,
+    Change,
+    Hub,
+    NotReadyError,
+)
 
 
 def settings_in(data_dir: Path) -> SituationRoomSettings:
@@ -143,3 +150,58 @@ def test_the_hub_is_live_only_while_the_notifier_is_heard_from() -> None:
         ("situation_room.live_interrupted", "warning"),
         ("situation_room.live_on", "info"),
     ]
+
+
+class RefusedSubscription(SilentSubscription):
+    """A subscription whose stream is refused at once with ``error``."""
+
+    def __init__(self, error: Exception, cursor: str) -> None:
+        super().__init__()
+        self.error = error
+        self.cursor = cursor
+
+    def __next__(self) -> object:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        CursorExpired("FAILED_PRECONDITION", "CURSOR_EXPIRED", "no longer kept"),
+        InvalidArgument(
+            "INVALID_ARGUMENT", "INVALID_FIELD", "is ahead of the stream", {"field": "cursor"}
+        ),
+    ],
+)
+def test_a_cursor_the_notifier_cannot_resume_from_is_dropped_and_the_tabs_reload(
+    refusal: LedgerError,
+) -> None:
+    """Expired, or ahead of a stream NATS lost and made again: the hub subscribes from now
+    (it kept the refused cursor and was refused every second for ever) and tells every tab
+    to reload, since what came meanwhile reached none of them."""
+    asked: list[str | None] = []
+    resumed = threading.Event()
+
+    class Notifier(SilentNotifier):
+        def subscribe(self, **ask: Any) -> SilentSubscription:
+            asked.append(ask["cursor"])
+            if len(asked) == 1:
+                return RefusedSubscription(refusal, cursor="c-100")
+            resumed.set()
+            return self.subscription
+
+    silent = SilentSubscription()
+
+    async def run() -> Change:
+        hub = Hub(lambda: Notifier(silent))  # type: ignore[arg-type,return-value]
+        hub._cursor = "c-100"  # where it was
+        tab = hub.attach()
+        hub.start()
+        try:
+            return await asyncio.wait_for(tab.get(), 10)
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, resumed.wait, 10)
+            hub.stop()
+
+    assert asyncio.run(run()) is RESYNC
+    assert asked == ["c-100", None]  # then from now
