@@ -189,11 +189,18 @@ def update(
 
 
 def compile_catalog(language: str, locale_dir: Path = LOCALE_DIR, domain: str = DOMAIN) -> None:
-    """Write the ``.mo`` of ``language`` from its ``.po`` (as written, header included)."""
+    """Write the ``.mo`` of ``language`` from its ``.po`` (as written, header included),
+    unless the one there differs only in the dates Babel puts in its header (a ``.po``
+    without dates is read as made now): an update without changes changes no file."""
     with po_path(language, locale_dir, domain).open("rb") as f:
         po = read_po(f, locale=language)
-    with mo_path(language, locale_dir, domain).open("wb") as f:
-        write_mo(f, po)
+    buffer = io.BytesIO()
+    write_mo(buffer, po)
+    compiled = buffer.getvalue()
+    target = mo_path(language, locale_dir, domain)
+    if target.exists() and _mo_without_dates(target.read_bytes()) == _mo_without_dates(compiled):
+        return
+    target.write_bytes(compiled)
 
 
 #: Plural forms where Babel's default is not the language's (CLDR: Indonesian has one form).
@@ -216,6 +223,15 @@ def _without_dates(text: bytes) -> bytes:
     """The header without creation and revision dates, so that an update without changes
     changes no file."""
     return re.sub(rb'"(POT-Creation-Date|PO-Revision-Date): [^"]*\\n"\n', b"", text)
+
+
+def _mo_without_dates(data: bytes) -> bytes:
+    """A compiled catalog with its header's dates blanked (same length: the offsets stay)."""
+    return re.sub(
+        rb"((?:POT-Creation-Date|PO-Revision-Date): )([^\n]*)",
+        lambda m: m.group(1) + b"-" * len(m.group(2)),
+        data,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
