@@ -297,6 +297,37 @@ def test_webhooks_deliveries_shows_the_latest_not_the_first_of_the_day(
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_webhooks_deliveries_to_every_agency_for_the_coordinator_and_auditors(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--to all`` (or ``--to AGENCY``) shows other agencies' deliveries to those the
+    notifier lets see them, with an agency column; before, ledgerctl always asked for the
+    caller's own, so an auditor saw an empty log."""
+    ctl = LiveCtl(stack, capsys)
+    with webhook_receiver() as receiver:
+        for agency in ("bpbd", "dinkes"):
+            ctl.json(agency, "webhooks", "register", receiver.url, "--secret", WEBHOOK_SECRET)
+        report = stack.ledger.report("kesbangpol", category="flood")
+        wait_until(lambda: len(receiver.verified()) >= 1, what="a delivery")
+        wait_until(
+            lambda: len(ctl.json("inspektorat", "webhooks", "deliveries", "--to", "all")) == 2,
+            what="both agencies' deliveries in the log",
+        )
+    assert ctl.json("inspektorat", "webhooks", "deliveries") == []  # its own: none
+    every = ctl.json("inspektorat", "webhooks", "deliveries", "--to", "all")
+    assert sorted(d["agency"] for d in every) == ["bpbd", "dinkes"], every
+    assert {d["incident"] for d in every} == {report.incident}
+    one = ctl.json("desk_pilkada", "webhooks", "deliveries", "--to", "dinkes")
+    assert [d["agency"] for d in one] == ["dinkes"], one
+    code, out = ctl.run("inspektorat", "webhooks", "deliveries", "--to", "all")
+    assert code == 0 and "agency" in out and "bpbd" in out and "dinkes" in out, out
+    code, out = ctl.run("bpbd", "webhooks", "deliveries")
+    assert code == 0 and "agency" not in out, out  # its own: no column for it
+    # Another agency's log stays closed to an agency that is neither.
+    code, out = ctl.run("bpbd", "webhooks", "deliveries", "--to", "dinkes")
+    assert code != 0 and "own deliveries only" in ctl.err, (out, ctl.err)
+
+
 def test_replaying_a_dead_letter_says_how_many_went_back_with_it(
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -227,15 +227,28 @@ def webhooks_deliveries(
     limit: Annotated[
         int, typer.Option("--limit", "-n", help="The latest this many (0: all).")
     ] = 50,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            metavar="AGENCY",
+            help="Deliveries to this agency, or 'all' for every agency's (the coordinator "
+            "and auditors; other agencies see their own).",
+        ),
+    ] = None,
 ) -> None:
     """The delivery log of your agency: which event went where, how, with what outcome."""
     st = state(ctx)
     name = incident_name(ctx, incident) if incident else None
+    if to is None:
+        agency = st.settings.agency or None
+    else:
+        agency = None if to.strip().lower() == "all" else to.strip()
     found = []
     # The latest, read from the newest back (a day's log is long), shown in time order.
     for delivery in st.notifier().deliveries(
         incident=name,
-        agency=st.settings.agency or None,
+        agency=agency,
         page_size=limit,  # the notifier keeps pages to its own largest
         newest_first=bool(limit),
     ):
@@ -248,6 +261,27 @@ def webhooks_deliveries(
         output.emit_json(found)
         return
     zone = st.settings.tz()
+    # The agency notified, when the list may hold other agencies' deliveries than the caller's.
+    several = agency != (st.settings.agency or None)
+    columns: list[str] = [N_("time"), N_("incident"), N_("position"), N_("agency")]
+    columns += [N_("channel"), N_("target"), N_("outcome"), N_("attempt"), N_("error")]
+    rows: list[tuple[object, ...]] = [
+        (
+            output.local_time(d.time, zone),
+            output.short_id(d.incident),
+            d.position,
+            d.agency,
+            d.channel,
+            d.target,
+            d.outcome,
+            d.attempt,
+            d.error,
+        )
+        for d in found
+    ]
+    if not several:
+        del columns[3]
+        rows = [row[:3] + row[4:] for row in rows]
     output.console().print(
         output.rows_table(
             (
@@ -255,29 +289,8 @@ def webhooks_deliveries(
                 if limit and len(found) >= limit
                 else _("Deliveries ({count})")
             ).format(count=len(found)),
-            (
-                N_("time"),
-                N_("incident"),
-                N_("position"),
-                N_("channel"),
-                N_("target"),
-                N_("outcome"),
-                N_("attempt"),
-                N_("error"),
-            ),
-            (
-                (
-                    output.local_time(d.time, zone),
-                    output.short_id(d.incident),
-                    d.position,
-                    d.channel,
-                    d.target,
-                    d.outcome,
-                    d.attempt,
-                    d.error,
-                )
-                for d in found
-            ),
+            columns,
+            rows,
             no_wrap=("time", "incident"),
         )
     )
