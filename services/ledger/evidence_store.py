@@ -76,6 +76,8 @@ T = TypeVar("T")
 #: The longest one call to NATS may take before the caller is told the store is away.
 CALL_SECONDS = 120.0
 CONNECT_SECONDS = 5.0
+#: How long a call waits for the evidence store's first connection to NATS (a few attempts).
+FIRST_CONNECT_SECONDS = 2 * CONNECT_SECONDS
 IO_THREADS = 64
 #: The size of the object store's chunks (nats-py's own).
 CHUNK_BYTES = 128 * 1024
@@ -268,15 +270,22 @@ class EvidenceObjects:
             async def error(exc: Exception) -> None:
                 link.error(exc)
 
-            self._nc = await nats.connect(
-                servers=self._servers,
-                connect_timeout=CONNECT_SECONDS,
-                max_reconnect_attempts=-1,
-                allow_reconnect=True,
-                disconnected_cb=disconnected,
-                reconnected_cb=reconnected,
-                error_cb=error,
-                **connect_options(self._nats_settings),
+            # Reconnecting for ever once connected, but a first connection is waited for
+            # at most FIRST_CONNECT_SECONDS: nats-py's connect tries again and again while
+            # NATS is away, and a ledger started meanwhile had its first evidence call wait
+            # out CALL_SECONDS (two minutes) before answering UNAVAILABLE.
+            self._nc = await asyncio.wait_for(
+                nats.connect(
+                    servers=self._servers,
+                    connect_timeout=CONNECT_SECONDS,
+                    max_reconnect_attempts=-1,
+                    allow_reconnect=True,
+                    disconnected_cb=disconnected,
+                    reconnected_cb=reconnected,
+                    error_cb=error,
+                    **connect_options(self._nats_settings),
+                ),
+                FIRST_CONNECT_SECONDS,
             )
             if self._nc.is_connected:
                 link.up()

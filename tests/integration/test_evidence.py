@@ -759,6 +759,46 @@ def test_while_nats_is_down_the_evidence_store_logs_the_outage_once(
     assert "evidence.nats_unreachable" not in names, names  # no reminder within a minute
 
 
+def test_an_evidence_call_of_a_ledger_started_while_nats_was_away_is_unavailable(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A ledger started while NATS is away: nats-py's first connect tries again and again,
+    and the first evidence call waited out two minutes before the caller heard anything
+    (here: its deadline); now UNAVAILABLE ``EVIDENCE_STORE_UNAVAILABLE`` after a few
+    attempts, and a call once NATS is back is served."""
+    nats_server.stop()
+    relay = RelaySettings(nats_url=nats_server.url)
+    with (
+        store_environment("sqlite", tmp_path) as store_env,
+        running_ledger(settings_for(tmp_path, store_env, relay=relay)) as ledger,
+    ):
+        _evidence_after_nats_was_away(ledger, nats_server, tmp_path)
+
+
+def _evidence_after_nats_was_away(ledger: Client, nats_server: NatsServer, tmp_path: Path) -> None:
+    objects = ledger.server.evidence_objects
+    assert objects is not None and not objects.nats_link.connected
+    name = assigned_incident(ledger)
+    source = tmp_path / "envelopes.jpg"
+    write_file(source, 100_000)
+    stub = evidence_stub(ledger)
+    try:
+        fails(
+            lambda: stub.UploadEvidence(
+                upload_messages(name, source, rid()), metadata=ledger.md("polres"), timeout=60
+            ),
+            grpc.StatusCode.UNAVAILABLE,
+            "EVIDENCE_STORE_UNAVAILABLE",
+        )
+    finally:
+        nats_server.start()
+    assert attached_events(ledger, name) == []
+    uploaded = stub.UploadEvidence(
+        upload_messages(name, source, rid()), metadata=ledger.md("polres"), timeout=60
+    ).evidence
+    assert uploaded.size_bytes == 100_000
+
+
 def _downloads(ledger: Client, name: str) -> list[ev.EvidenceDownload]:
     return list(
         evidence_stub(ledger)
