@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from contextlib import closing
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from services.common.datafiles import close_data_dir, prepare_sqlite_file
 from services.common.grpc_server import RequestInterceptor
 from services.common.heap import freeze_after_start
 from services.common.limits import Limits
-from services.common.metrics import Metrics
+from services.common.metrics import Metrics, shared_reading
 from services.common.natsconn import redact_url
 from services.common.pagetoken import PageTokens
 from services.common.reference import ReferenceData
@@ -198,6 +199,17 @@ def register_metrics(metrics: Metrics, engine: Engine, store: NotifierStore) -> 
         "notifier_dead_letters",
         "webhook deliveries that are dead letters now (waiting for a replay)",
         lambda: float(store.dead_letter_count()),
+    )
+    waiting = shared_reading(store.waiting)  # one query for both gauges
+    metrics.gauge(
+        "notifier_webhook_deliveries_waiting",
+        "webhook deliveries not made yet: stored, under way or to be retried (not dead letters)",
+        lambda: float(waiting()[0]),
+    )
+    metrics.gauge(
+        "notifier_webhook_oldest_waiting_seconds",
+        "age of the oldest of them, from when it was stored or first attempted (0: none)",
+        lambda: 0.0 if (oldest := waiting()[1]) is None else max(0.0, time.time() - oldest),
     )
     metrics.gauge(
         "notifier_live_subscribers",

@@ -481,6 +481,23 @@ class NotifierStore:
             row = cur.fetchone()
         return int(row[0]) if row else 0
 
+    def waiting(self) -> tuple[int, float | None]:
+        """The webhook deliveries not made yet (stored, being attempted or to be retried,
+        dead letters left out), and when the oldest of them was stored or first attempted
+        (None when there is none): what a receiver has still to get."""
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.q(
+                    "SELECT COUNT(*), MIN(COALESCE(first_attempt_at, next_attempt_at))"
+                    " FROM delivery_jobs WHERE status IN (?, ?)"
+                ),
+                (PENDING, INFLIGHT),
+            )
+            row = cur.fetchone()
+        if not row or not row[0]:
+            return 0, None
+        return int(row[0]), float(row[1])
+
     def dead_letter(self, job_id: str) -> Job | None:
         """The job, if it is a dead letter or was one and has been replayed (not a
         cancelled job: its webhook is gone)."""

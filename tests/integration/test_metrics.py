@@ -162,12 +162,15 @@ def test_metrics_count_what_happened_and_follow_the_nats_connection(
                 and m.value("notifier_deliveries_total", channel="grpc", outcome="delivered") == 4
                 and m.value("notifier_consumer_pending_events") == 0
                 and m.value("notifier_consumer_ack_pending_events") == 0
+                # Every delivery made or given up: none waits (read at most once a second).
+                and m.value("notifier_webhook_deliveries_waiting") == 0
             ),
             "the deliveries and the consumer to settle",
         )
         assert notifier.value("notifier_deliveries_total", channel="webhook", outcome="failed") == 1
         assert notifier.total("notifier_deliveries_total") == 3 + 1 + 1 + 4
         assert notifier.value("notifier_dead_letters") == 1
+        assert notifier.value("notifier_webhook_oldest_waiting_seconds") == 0
         assert notifier.value("notifier_live_subscribers") == 1
         assert notifier.value("notifier_nats_connected") == 1
         subscribe = {"method": "/incidentledger.v1.NotifierService/CreateWebhook", "status": "OK"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from services.common.config import ConfigError, NotifierSettings
 from services.common.datafiles import prepare_sqlite_file
 from services.common.sql import open_database
 from services.notifier.sealing import SecretBox, load_secret_box
-from services.notifier.store import NewJob, NotifierStore
+from services.notifier.store import Job, LogEntry, NewJob, NotifierStore, Outcome
 
 SECRET = "a-webhook-secret-nobody-may-read"
 
@@ -189,5 +190,44 @@ def test_a_job_waits_until_every_earlier_stream_message_is_handled(
         assert claim(handled_through=1) == [1], "3 waits: message 2 may be an earlier job of y"
         store.add_jobs([job(2, "incidents/y")])
         assert claim(handled_through=4) == [2], "3 and 4 wait for 2, now stored, to finish"
+    finally:
+        store.close()
+
+
+def test_the_deliveries_waiting_are_those_not_made_yet(
+    either_store: dict[str, str], tmp_path: Path
+) -> None:
+    """What the gauges of deliveries waiting read: stored, under way and to be retried
+    jobs, not those delivered or dead letters; the oldest from its first attempt."""
+    store = open_store(either_store, load_secret_box(settings(tmp_path)))
+
+    def entry(job: Job, outcome: str, at: float) -> Outcome:
+        log = LogEntry(
+            job.event_id, job.incident, job.position, "bpbd", "webhook", "t", outcome, 1, "", at
+        )
+        return Outcome(job, outcome, 1, "", at + 60, log)
+
+    try:
+        assert store.waiting() == (0, None)
+        stored_at = time.time()
+        store.add_jobs(
+            NewJob("wh_a", seq, seq, f"ev{seq}", f"incidents/{seq}", "bpbd", "{}")
+            for seq in range(1, 5)
+        )
+        count, oldest = store.waiting()
+        assert count == 4 and oldest is not None and abs(oldest - stored_at) < 60
+        jobs = store.claim_due(10, 30, per_webhook=4, handled_through=4)
+        assert store.waiting()[0] == 4  # under way: still waiting
+        first_attempt = stored_at - 3600  # as if attempted an hour ago
+        store.finish_all(
+            [
+                entry(jobs[0], "delivered", stored_at),
+                entry(jobs[1], "dead_letter", stored_at),
+                entry(jobs[2], "failed", first_attempt),
+            ]
+        )
+        assert store.waiting() == (2, first_attempt)  # the retry, and the job under way
+        store.finish_all([entry(jobs[3], "delivered", stored_at)])
+        assert store.waiting() == (1, first_attempt)
     finally:
         store.close()
