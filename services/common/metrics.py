@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from services.common.config import ConfigError
+from services.common.failurelog import FailureLog
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +55,7 @@ class _Readings(Collector):
 
     def __init__(self) -> None:
         self._readings: list[tuple[str, str, Read, bool]] = []
+        self._failures: dict[str, FailureLog] = {}
 
     def add(self, name: str, documentation: str, read: Read, *, counter: bool = False) -> None:
         self._readings.append((name, documentation, read, counter))
@@ -65,13 +67,16 @@ class _Readings(Collector):
                 if counter
                 else GaugeMetricFamily(name, documentation)
             )
+            failures = self._failures.setdefault(
+                name, FailureLog("metrics.read_failed", "metrics.read_again", logger=log)
+            )
             try:
                 value = read()
             except Exception as exc:  # one unreadable value must not fail the whole scrape
-                log.warning(
-                    "metrics.read_failed", metric=name, error=f"{type(exc).__name__}: {exc}"
-                )
+                failures.failed(metric=name, error=f"{type(exc).__name__}: {exc}")
                 value = None
+            else:
+                failures.succeeded(metric=name)
             if value is not None:
                 family.add_metric([], value)
             yield family
@@ -80,10 +85,18 @@ class _Readings(Collector):
 class _StoredReadings:
     """Values that need the store, read one after another in a thread of their own every
     ``interval`` seconds; a scrape shows the last value read, or nothing once it is older
-    than ``max_age`` (the store stopped answering)."""
+    than ``max_age`` (the store stopped answering). While reads fail, one warning for all of
+    them (``metrics.read_failed``, naming the values), again at most every
+    :data:`~services.common.failurelog.REMINDER_SECONDS`, and ``metrics.read_again`` once
+    they are all read again."""
 
-    def __init__(self, interval: float, max_age: float) -> None:
+    def __init__(
+        self, interval: float, max_age: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._interval = interval
+        self._failures = FailureLog(
+            "metrics.read_failed", "metrics.read_again", logger=log, clock=clock
+        )
         self._max_age = max_age
         self._reads: list[tuple[str, Read]] = []
         self._values: dict[str, tuple[float, float | None]] = {}
@@ -109,15 +122,20 @@ class _StoredReadings:
         return found[1]
 
     def refresh(self) -> None:
+        failed: list[str] = []
+        error = ""
         for name, read in list(self._reads):
             try:
                 value = read()
             except Exception as exc:  # the store is down: the value goes stale, then absent
-                log.warning(
-                    "metrics.read_failed", metric=name, error=f"{type(exc).__name__}: {exc}"
-                )
+                failed.append(name)
+                error = error or f"{type(exc).__name__}: {exc}"
                 continue
             self._values[name] = (time.monotonic(), value)
+        if failed:
+            self._failures.failed(metrics=failed, error=error)
+        else:
+            self._failures.succeeded()
 
     def _run(self) -> None:
         while not self._stopping.wait(self._interval):

@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from services.common.failurelog import FailureLog
 from services.common.sql import Database
 from services.notifier.sealing import SEALED_PREFIX, SecretBox
 
@@ -615,8 +616,12 @@ class DeliveryLog:
     def __init__(self, store: NotifierStore, interval: float = 0.2) -> None:
         self._store = store
         self._interval = interval
-        self._failing_since: float | None = None
-        self._failure_logged_at = 0.0
+        self._failures = FailureLog(
+            "delivery_log.flush_failed",
+            "delivery_log.flushed_again",
+            logger=log,
+            reminder_seconds=self.FAILURE_LOG_SECONDS,
+        )
         self._queue: queue.SimpleQueue[LogEntry] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="delivery-log", daemon=True)
@@ -643,28 +648,11 @@ class DeliveryLog:
                 break
         if not entries:
             return
-        now = time.monotonic()
         try:
             self._store.log(entries)
         except Exception as exc:  # kept for the next flush rather than lost
             for entry in entries:
                 self._queue.put(entry)
-            if self._failing_since is None:
-                self._failing_since = now
-            elif now - self._failure_logged_at < self.FAILURE_LOG_SECONDS:
-                return
-            self._failure_logged_at = now
-            log.warning(
-                "delivery_log.flush_failed",
-                error=str(exc),
-                entries=len(entries),
-                failing_for_seconds=round(now - self._failing_since, 1),
-            )
+            self._failures.failed(error=str(exc), entries=len(entries))
             return
-        if self._failing_since is not None:
-            log.info(
-                "delivery_log.flushed_again",
-                entries=len(entries),
-                failed_for_seconds=round(now - self._failing_since, 1),
-            )
-            self._failing_since = None
+        self._failures.succeeded(entries=len(entries))

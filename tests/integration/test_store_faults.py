@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import nats
@@ -24,6 +25,7 @@ import pytest
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.js.errors import NotFoundError
+from structlog.testing import capture_logs
 
 from incidentledger.v1 import audit_service_pb2 as audit
 from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
@@ -50,6 +52,8 @@ from tests.topology import PrivatePostgres, postgres_schema, private_postgres, w
 pytestmark = [pytest.mark.postgres, pytest.mark.faults, pytest.mark.system]
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 # A command while the store is down answers within about a second on loopback (a refused
 # connection; measured 0.7 s, 29 s before the fix); POSTGRES_CONNECT_TIMEOUT (3 s) bounds it
@@ -231,6 +235,56 @@ def test_while_postgres_is_down_commands_fail_fast_and_health_says_not_serving(
             timeout=5,
             what="health to say SERVING again",
         )
+
+
+def test_while_postgres_is_down_the_ledger_warns_once_not_at_every_retry(
+    postgres: PrivatePostgres, tmp_path: Path
+) -> None:
+    """The projections' follower tries again every second and the stored gauges are read
+    every second: each used to log a warning at each try (about 0.8 and 2.4 lines a second
+    on each replica) for as long as PostgreSQL was down. Now one warning each, and one line
+    each when the store answers again."""
+    settings = settings_for(tmp_path, private_store(postgres), metrics_listen="127.0.0.1:0")
+    with running_ledger(settings) as client:
+        report(client)
+        server = client.server
+        rounds = {"projections": 0, "metrics": 0}
+
+        def counted(name: str, call: Callable[[], T]) -> Callable[[], T]:
+            def counting() -> T:
+                rounds[name] += 1
+                return call()
+
+            return counting
+
+        # Counted to wait on, the follower's and the reader's own loops calling them.
+        server.projections.catch_up = counted("projections", server.projections.catch_up)  # type: ignore[method-assign,assignment]
+        stored = server.metrics._stored
+        stored.refresh = counted("metrics", stored.refresh)  # type: ignore[method-assign]
+        with capture_logs() as logs:
+            postgres.stop()
+            try:
+                down = dict(rounds)
+                wait_until(
+                    lambda: all(rounds[name] >= down[name] + 5 for name in rounds),
+                    timeout=30,
+                    what="5 failed rounds of the projections and of the metrics",
+                )
+                during = [x["event"] for x in list(logs) if x["log_level"] == "warning"]
+                assert during.count("projections.store_unavailable") == 1, during
+                assert during.count("metrics.read_failed") == 1, during
+                repeated = {event for event in during if during.count(event) > 1}
+                assert not repeated, f"warned again and again: {repeated}"
+            finally:
+                postgres.start()
+            wait_until(
+                lambda: (
+                    {"projections.store_available_again", "metrics.read_again"}
+                    <= {x["event"] for x in list(logs)}
+                ),
+                timeout=30,
+                what="the lines saying the store answers again",
+            )
 
 
 def test_after_a_postgres_restart_the_first_calls_succeed(

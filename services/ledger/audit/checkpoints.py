@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from eventsourcing.persistence import ApplicationRecorder
 
 from services.common.config import ConfigError
+from services.common.failurelog import FailureLog
 from services.common.sql import Database, open_database
 from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.ledger.audit.encoding import (
@@ -297,6 +298,9 @@ class Checkpoints:
         self._db: Database = open_database(store_env)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._store_failures = FailureLog(
+            "checkpoint.store_unavailable", "checkpoint.store_available_again", logger=log
+        )
         self._thread: threading.Thread | None = None
         if create_table:
             self.create_table()
@@ -453,9 +457,11 @@ class Checkpoints:
             try:
                 self.create()
             except STORE_CONNECTION_ERRORS as exc:  # the store restarts: next interval
-                log.warning("checkpoint.store_unavailable", error=str(exc))
+                self._store_failures.failed(error=str(exc))
             except Exception:
                 log.exception("checkpoint.failed")
+            else:
+                self._store_failures.succeeded()
 
     def stop(self) -> None:
         self._stopping.set()

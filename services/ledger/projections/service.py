@@ -11,6 +11,7 @@ from uuid import UUID
 
 import structlog
 
+from services.common.failurelog import FailureLog
 from services.common.reference import ReferenceData
 from services.common.sql import DatabaseClosedError, SQLiteDatabase, open_database
 from services.common.store_errors import STORE_CONNECTION_ERRORS
@@ -163,6 +164,11 @@ class Projections(ProjectionReader):
         self._urgent = threading.Event()  # a reader waits for a position
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # While the store is down the follower tries again every RETRY_SECONDS: one warning,
+        # a reminder now and then, and one line when it catches up again.
+        self._store_failures = FailureLog(
+            "projections.store_unavailable", "projections.store_available_again", logger=log
+        )
         if create:
             self.create_schema()
 
@@ -200,15 +206,17 @@ class Projections(ProjectionReader):
             self._wakeup.clear()  # before catching up: a wake-up meanwhile is not lost
             started = time.monotonic()
             try:
-                self.catch_up()
+                position = self.catch_up()
             except DatabaseClosedError:
                 return
             except STORE_CONNECTION_ERRORS as exc:  # the store restarts: retried, no traceback
-                log.warning("projections.store_unavailable", error=str(exc))
+                self._store_failures.failed(error=str(exc))
                 self._stopping.wait(RETRY_SECONDS)
             except Exception:
                 log.exception("projections.catch_up_failed")
                 self._stopping.wait(RETRY_SECONDS)
+            else:
+                self._store_failures.succeeded(position=position)
             self._wakeup.wait(POLL_SECONDS)
             # Under load, commits gather for a moment, so that one round applies many
             # of them in one transaction; a reader waiting for its write cuts it short.
