@@ -33,11 +33,20 @@ REFLECTION_V1_SERVICE = f"{REFLECTION_V1_PACKAGE}.ServerReflection"
 REFLECTION_V1_FILE = "grpc/reflection/v1/reflection.proto"
 
 
+#: The shortest interval between a client's keepalive pings the servers accept, also on a
+#: connection without calls. gRPC's default (5 minutes, no pings without calls) answers the
+#: Python client's pings (every 2 s, idle connections too: a frozen server is found within
+#: seconds) with GOAWAY ``too_many_pings`` after two of them. Half the client's interval.
+MIN_CLIENT_PING_INTERVAL_MS = 1000
+
+
 def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", 4 * max_message_bytes),
         ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
     ]
 
 

@@ -32,10 +32,32 @@ Commands are idempotent by request_id, so a retry never records twice."""
 #: The shortest deadline a retry gets (one round trip on a slow link).
 MIN_ATTEMPT_SECONDS = 0.5
 
+#: How often the clients' channels ping each connection (gRPC keepalive), and how long an
+#: unanswered ping is waited for before the connection is dropped: a server that stops
+#: answering with its connection open (a frozen process or VM, a dead peer behind a NAT) is
+#: found within ``KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS`` (5 s), whether or not a call
+#: is under way on it. The servers accept pings this often (``services/common/serving.py``).
+KEEPALIVE_TIME_MS = 2000
+KEEPALIVE_TIMEOUT_MS = 3000
+
 #: Channel options of the clients' own channels (the caller's ``options`` come after and win):
 #: a channel whose server went away tries to connect again at least every 2 s (gRPC's
-#: default grows to 120 s), so a restarted server is reached within the retry budget.
-DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.max_reconnect_backoff_ms", 2000),)
+#: default grows to 120 s), so a restarted server is reached within the retry budget; and it
+#: pings its connections, idle ones too (``max_pings_without_data`` 0: without it gRPC stops
+#: after two pings on an idle connection). A silent one is dropped: its calls fail at once
+#: (``UNAVAILABLE``, retried) rather than at their deadline, and with several addresses
+#: (``round_robin``) the silent server is left out until a new connection to it is answered.
+DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # gRPC core waits for an unanswered ping already in flight (one sent as the connection
+    # opened, which a keepalive ping then joins) this long, 60 s by default, whatever
+    # keepalive_timeout_ms says (grpc/grpc#34647): without it a frozen server went unnoticed.
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
 
 
 def channel_options(options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:

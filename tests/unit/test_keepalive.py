@@ -1,0 +1,61 @@
+"""The clients ping their connections (gRPC keepalive: a frozen server is found within
+seconds) and the servers accept those pings: with gRPC's defaults a server answers a
+client that pings an idle connection every 2 s with GOAWAY ``too_many_pings`` after two
+pings, dropping a healthy connection every few seconds."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from incidentledger_client._transport import (
+    KEEPALIVE_TIME_MS,
+    KEEPALIVE_TIMEOUT_MS,
+    channel_options,
+)
+from services.common.auth import TokenStore
+from services.common.grpc_server import RequestInterceptor
+from services.common.serving import MIN_CLIENT_PING_INTERVAL_MS, new_server
+
+
+def test_the_clients_find_a_silent_server_within_seconds_and_the_servers_allow_it() -> None:
+    options = dict(channel_options(()))
+    assert options["grpc.keepalive_permit_without_calls"] == 1
+    assert options["grpc.http2.max_pings_without_data"] == 0
+    # The ping in flight is waited for as long as a keepalive ping, not gRPC's 60 s.
+    assert options["grpc.http2.ping_timeout_ms"] == KEEPALIVE_TIMEOUT_MS
+    assert KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS <= 5000
+    assert MIN_CLIENT_PING_INTERVAL_MS < KEEPALIVE_TIME_MS
+
+
+def test_an_idle_client_connection_that_pings_is_not_sent_away() -> None:
+    server = new_server(
+        max_workers=2,
+        max_message_bytes=1 << 20,
+        interceptor=RequestInterceptor(TokenStore({}, development=True), "test.example"),
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options(()))
+    left = threading.Event()
+
+    def watch(state: grpc.ChannelConnectivity) -> None:
+        if state in (grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.TRANSIENT_FAILURE):
+            left.set()
+
+    try:
+        stub = health_pb2_grpc.HealthStub(channel)
+        stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        left.clear()  # from here on, READY
+        channel.subscribe(watch)
+        # Four pings' time without a call: a GOAWAY would close the connection (the
+        # channel goes IDLE) after the third (measured 6 s with gRPC's server defaults).
+        dropped = left.wait(4 * KEEPALIVE_TIME_MS / 1000 + 1)
+        assert not dropped, "the server sent the pinging client away"
+        stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    finally:
+        channel.close()
+        server.stop(None)
