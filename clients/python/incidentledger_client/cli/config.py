@@ -36,6 +36,7 @@ looked for when ``tokens_file`` is not set: :func:`default_tokens_file`).
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import tomllib
 from collections.abc import Sequence
@@ -182,8 +183,21 @@ def default_tokens_file(cwd: Path | None = None) -> Path:
     return DEFAULT_TOKENS_FILE
 
 
-def token_for_agency(agency: str, tokens_file: Path, source: str = "") -> str:
-    """The agency's token from a development tokens file (``{agency: {token: ...}}``)."""
+def token_for_agency(
+    agency: str,
+    tokens_file: Path,
+    source: str = "",
+    *,
+    agency_source: str = "",
+    token: str = "",
+    token_source: str = "",
+) -> str:
+    """The agency's token from a development tokens file (``{agency: {token: ...}}``).
+
+    ``token`` is a token set besides (``LEDGER_TOKEN``, the configuration file's; from
+    ``token_source``), which the agency (from ``agency_source``) puts aside: when the file is
+    the services' file of token hashes, the error says whose that token is there and what
+    to do, rather than to set a token."""
     if not tokens_file.is_file():
         where = (
             " " + _("(tokens_file from {source})").format(source=source)
@@ -201,6 +215,12 @@ def token_for_agency(agency: str, tokens_file: Path, source: str = "") -> str:
     if isinstance(raw, dict) and isinstance(raw.get("users"), list):
         # The services' file of the tokens' hashes (their LEDGER_TOKENS_FILE, which a shell
         # with the services' environment hands ledgerctl too): no token can be read there.
+        if token:
+            raise ConfigError(
+                _token_set_besides(
+                    agency, agency_source, tokens_file, source, raw["users"], token, token_source
+                )
+            )
         raise ConfigError(
             _(
                 "{path} is the services' file of token hashes ({source}), which holds no "
@@ -223,6 +243,54 @@ def token_for_agency(agency: str, tokens_file: Path, source: str = "") -> str:
             )
         )
     return str(entry["token"])
+
+
+def _token_set_besides(
+    agency: str,
+    agency_source: str,
+    tokens_file: Path,
+    source: str,
+    users: list[Any],
+    token: str,
+    token_source: str,
+) -> str:
+    """Why the agency's token was not found in the services' file of token hashes while
+    another token is set: whose that token is in the file (by its hash), and what to do."""
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    user = next(
+        (u for u in users if isinstance(u, dict) and str(u.get("token_sha256", "")) == digest),
+        None,
+    )
+    values = {
+        "agency": agency,
+        "agency_source": agency_source,
+        "path": tokens_file,
+        "source": source or "default",
+        "token_source": token_source,
+    }
+    if user is None:
+        return _(
+            "agency {agency} ({agency_source}) takes its token from a tokens file, but {path} "
+            "({source}) is the services' file of token hashes, which holds no token; the token "
+            "set ({token_source}) is not listed there either. Drop the agency ({agency_source}) "
+            "to act with that token, or give ledgerctl the development tokens file "
+            "(--tokens-file data/credentials/dev-tokens.yaml)"
+        ).format(**values)
+    whose, officer = str(user.get("agency", "")), str(user.get("officer", ""))
+    if whose.lower() == agency.lower():
+        return _(
+            "agency {agency} ({agency_source}) takes its token from a tokens file, but {path} "
+            "({source}) is the services' file of token hashes, which holds no token; the token "
+            "set ({token_source}) is already a token of {agency} (officer {officer}): drop the "
+            "agency ({agency_source}) to act with it"
+        ).format(**values, officer=officer)
+    return _(
+        "agency {agency} ({agency_source}) takes its token from a tokens file, but {path} "
+        "({source}) is the services' file of token hashes, which holds no token; the token set "
+        "({token_source}) is a token of {whose} (officer {officer}), not of {agency}. Drop the "
+        "agency ({agency_source}) to act as {whose}, or give ledgerctl a token of {agency} "
+        "(--token)"
+    ).format(**values, whose=whose, officer=officer)
 
 
 def resolve(
@@ -310,7 +378,17 @@ def resolve(
         chosen_token = str(pick("token", ""))
     path = Path(str(pick("tokens_file", default_tokens_file())))
     if not chosen_token and agency_name:
-        chosen_token = token_for_agency(agency_name, path.expanduser(), sources["tokens_file"])
+        # --agency puts aside a token set otherwise (LEDGER_TOKEN, the file's): named if the
+        # tokens file turns out to hold none.
+        set_besides = str(pick("token", ""))
+        chosen_token = token_for_agency(
+            agency_name,
+            path.expanduser(),
+            sources["tokens_file"],
+            agency_source=sources["agency"],
+            token=set_besides,
+            token_source=sources["token"] if set_besides else "",
+        )
         sources["token"] = f"tokens file for agency {agency_name} ({sources['agency']})"
     client_cert = tls_file("tls_cert")
     client_key = tls_file("tls_key")
