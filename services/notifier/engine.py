@@ -56,6 +56,7 @@ from nats.js.errors import NotFoundError
 from incidentledger.v1 import incident_pb2 as pb
 from services.common.config import NotifierSettings, nats_servers
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.common.failurelog import FailureLog
 from services.common.natsconn import connect_options
 from services.common.natslink import NatsLink
 from services.common.reference import ReferenceData
@@ -284,14 +285,21 @@ class Engine:
 
         The backoff doubles while failures follow one another and starts over once the
         body reports that it works again: a failure after a healthy stretch pauses 0.2 s,
-        not the longest pause an earlier outage reached.
+        not the longest pause an earlier outage reached. While failures follow one another
+        (the store or NATS down: a restart every 5 s), ``notifier.<name>_failed`` is logged
+        once, then at most every 30 s with how long and how many, and
+        ``notifier.<name>_working_again`` once the body reports that it works.
         """
         first, longest = RESTART_BACKOFF
         backoff = first
+        failures = FailureLog(
+            f"notifier.{name}_failed", f"notifier.{name}_working_again", logger=log
+        )
 
         def healthy() -> None:
             nonlocal backoff
             backoff = first
+            failures.succeeded()
 
         while not self._stopping:
             try:
@@ -312,10 +320,8 @@ class Engine:
                     )
                 else:
                     self.status.restarts[name] += 1
-                    log.warning(
-                        f"notifier.{name}_failed",
-                        error=f"{type(exc).__name__}: {exc}",
-                        restart_in_seconds=backoff,
+                    failures.failed(
+                        error=f"{type(exc).__name__}: {exc}", restart_in_seconds=backoff
                     )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, longest)

@@ -420,3 +420,34 @@ def test_while_its_postgres_is_down_the_notifier_says_not_serving(
     finally:
         channel.close()
         notifier.stop(1.0)
+
+
+def test_while_its_postgres_is_down_the_notifier_warns_once_not_at_every_restart(
+    postgres: PrivatePostgres, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """The notifier's webhook delivery restarts after each failure, every 5 s once its
+    backoff has grown, and logged a warning each time for the whole outage. Now one warning
+    (a reminder every 30 s), and one line when it works again."""
+    settings = notifier_settings(tmp_path, nats_server.url, store_env=private_store(postgres))
+    notifier = build_notifier(settings)
+    restarts = notifier.engine.status.restarts
+    try:
+        with capture_logs() as logs:
+            postgres.stop()
+            try:
+                wait_until(
+                    lambda: restarts["delivery"] >= 4,
+                    timeout=30,
+                    what="4 restarts of the delivery while the store is down",
+                )
+                during = [x["event"] for x in list(logs) if x["log_level"] == "warning"]
+                assert during.count("notifier.delivery_failed") == 1, during
+            finally:
+                postgres.start()
+            wait_until(
+                lambda: any(x["event"] == "notifier.delivery_working_again" for x in list(logs)),
+                timeout=30,
+                what="the line saying the delivery works again",
+            )
+    finally:
+        notifier.stop(1.0)
