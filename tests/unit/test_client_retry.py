@@ -591,4 +591,4 @@ def test_the_client_s_channel_reconnects_often_unless_told_otherwise() -> None:
         channel_options((("grpc.max_reconnect_backoff_ms", 500), ("grpc.enable_retries", 0)))
     )
     assert given["grpc.max_reconnect_backoff_ms"] == 500 and given["grpc.enable_retries"] == 0
-    assert given["grpc.keepalive_time_ms"] == 2000  # the defaults the caller did not name
+    assert given["grpc.keepalive_time_ms"] == 10_000  # the defaults the caller did not name

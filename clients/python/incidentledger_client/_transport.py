@@ -35,10 +35,13 @@ MIN_ATTEMPT_SECONDS = 0.5
 #: How often the clients' channels ping each connection (gRPC keepalive), and how long an
 #: unanswered ping is waited for before the connection is dropped: a server that stops
 #: answering with its connection open (a frozen process or VM, a dead peer behind a NAT) is
-#: found within ``KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS`` (5 s), whether or not a call
+#: found within ``KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS`` (30 s), whether or not a call
 #: is under way on it. The servers accept pings this often (``services/common/serving.py``).
-KEEPALIVE_TIME_MS = 2000
-KEEPALIVE_TIMEOUT_MS = 3000
+#: Not shorter: a ping queues behind the data already sent, and a field device's upload on
+#: a slow, buffered mobile uplink (evidence, a backlog) can hold it for seconds; a tighter
+#: timeout would drop such a connection mid-upload, again at every retry.
+KEEPALIVE_TIME_MS = 10_000
+KEEPALIVE_TIMEOUT_MS = 20_000
 
 #: Channel options of the clients' own channels (the caller's ``options`` come after and win):
 #: a channel whose server went away tries to connect again at least every 2 s (gRPC's

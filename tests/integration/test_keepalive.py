@@ -1,7 +1,7 @@
 """The clients ping their connections (gRPC keepalive: a frozen server is found within
-seconds) and the servers accept those pings: with gRPC's defaults a server answers a
-client that pings an idle connection every 2 s with GOAWAY ``too_many_pings`` after two
-pings, dropping a healthy connection every few seconds."""
+30 s) and the servers accept those pings: with gRPC's defaults a server answers a client
+that pings an idle connection with GOAWAY ``too_many_pings`` after two pings, dropping a
+healthy connection every few pings. (An integration test: it waits out three pings.)"""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ def test_the_clients_find_a_silent_server_within_seconds_and_the_servers_allow_i
     assert options["grpc.http2.max_pings_without_data"] == 0
     # The ping in flight is waited for as long as a keepalive ping, not gRPC's 60 s.
     assert options["grpc.http2.ping_timeout_ms"] == KEEPALIVE_TIMEOUT_MS
-    assert KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS <= 5000
+    assert KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS <= 30_000
+    # Not tighter: a ping waits behind the data sent before it (an upload on a slow link).
+    assert KEEPALIVE_TIMEOUT_MS >= 20_000
     assert MIN_CLIENT_PING_INTERVAL_MS < KEEPALIVE_TIME_MS
 
 
@@ -51,9 +53,10 @@ def test_an_idle_client_connection_that_pings_is_not_sent_away() -> None:
         stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
         left.clear()  # from here on, READY
         channel.subscribe(watch)
-        # Four pings' time without a call: a GOAWAY would close the connection (the
-        # channel goes IDLE) after the third (measured 6 s with gRPC's server defaults).
-        dropped = left.wait(4 * KEEPALIVE_TIME_MS / 1000 + 1)
+        # Three pings' time without a call: with gRPC's server defaults a GOAWAY closes the
+        # connection (the channel goes IDLE) after the second (measured: 6 s at one ping
+        # every 2 s).
+        dropped = left.wait(3 * KEEPALIVE_TIME_MS / 1000 + 1)
         assert not dropped, "the server sent the pinging client away"
         stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
     finally:
