@@ -61,6 +61,7 @@ from incidentledger_client.cli.output import BAND_FILL
 from services.common.auth import shared_secret
 from services.common.config import SituationRoomSettings
 from services.common.reference import ReferenceData, Role
+from services.common.vocabulary import STATUSES
 from services.situation_room.i18n import (
     COOKIE as LANGUAGE_COOKIE,
 )
@@ -96,17 +97,6 @@ FILTER_FIELDS = ("status", "kecamatan", "category", "severity", "lead_agency")
 SINCE_HOURS = {"1h": 1, "6h": 6, "24h": 24}
 #: How the board's time windows read (translated where shown).
 SINCE_LABELS = {"1h": N_("1 hour"), "6h": N_("6 hours"), "24h": N_("24 hours")}
-STATUSES = (
-    "REPORTED",
-    "VERIFIED",
-    "ASSIGNED",
-    "RESPONDING",
-    "RESOLVED",
-    "CLOSED",
-    "REOPENED",
-    "REJECTED",
-    "MERGED",
-)
 #: The board shows at most this many incidents, the newest first.
 BOARD_ROWS = 200
 #: SSE keepalive comments, so proxies and the browser keep the connection.

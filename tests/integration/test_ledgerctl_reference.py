@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from incidentledger_client.types import IncidentStatus
 from tests.ledgerctl_support import Ctl
 
 
@@ -53,6 +56,15 @@ def test_codes_are_case_insensitive_everywhere(ctl: Ctl) -> None:
     )
     assert [i["name"] for i in listed] == [name]
     assert ctl.json("polres", "response-times", "--by", "SEVERITY")
+
+
+def test_every_status_of_the_ledger_is_a_status_to_list_by(ctl: Ctl) -> None:
+    # REOPENED was refused as an unknown status ("did you mean 'REPORTED'").
+    for status in IncidentStatus:
+        if status is not IncidentStatus.UNSPECIFIED:
+            code, out, err = ctl.run("polres", "--json", "list", "--status", status.lower())
+            assert code == 0, (status, err)
+            assert all(i["status"] == status for i in json.loads(out)), out
 
 
 @pytest.mark.parametrize(

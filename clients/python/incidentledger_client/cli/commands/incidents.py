@@ -40,6 +40,7 @@ from incidentledger_client.cli.state import state
 from incidentledger_client.i18n import _
 from incidentledger_client.types import (
     CommandResult,
+    IncidentStatus,
     TriageAction,
     TriageItem,
     TriageOutcome,
@@ -59,17 +60,7 @@ close_app = group(
 
 
 #: Lifecycle statuses, as the ledger names them.
-STATUSES = (
-    "REPORTED",
-    "VERIFIED",
-    "ASSIGNED",
-    "RESPONDING",
-    "RESOLVED",
-    "CLOSED",
-    "REJECTED",
-    "MERGED",
-    "REOPENED",
-)
+STATUSES = tuple(s.value for s in IncidentStatus if s is not IncidentStatus.UNSPECIFIED)
 
 
 def done(ctx: typer.Context, verb: str, result: CommandResult) -> None:
