@@ -321,6 +321,8 @@ def test_webhooks_deliveries_to_every_agency_for_the_coordinator_and_auditors(
     assert [d["agency"] for d in one] == ["dinkes"], one
     code, out = ctl.run("inspektorat", "webhooks", "deliveries", "--to", "all")
     assert code == 0 and "agency" in out and "bpbd" in out and "dinkes" in out, out
+    # To the second: a delivery's retries come seconds apart.
+    assert re.search(r"\d\d:\d\d:\d\d WIB", out), out
     code, out = ctl.run("bpbd", "webhooks", "deliveries")
     assert code == 0 and "agency" not in out, out  # its own: no column for it
     # Another agency's log stays closed to an agency that is neither.

@@ -556,11 +556,12 @@ def board(
     return table
 
 
-def local_time(value: datetime | None, zone: tzinfo) -> str:
-    """A time for people: in their zone, with the zone's name (e.g. 2026-11-27 14:05 WIB)."""
+def local_time(value: datetime | None, zone: tzinfo, *, seconds: bool = False) -> str:
+    """A time for people: in their zone, with the zone's name (e.g. 2026-11-27 14:05 WIB;
+    ``seconds``: 14:05:09 WIB, where events come seconds apart)."""
     if value is None:
         return "-"
-    return format_time(value, zone, seconds=False)
+    return format_time(value, zone, seconds=seconds)
 
 
 def map_table(vmap: VulnerabilityMap, zone: tzinfo = UTC) -> Table:

@@ -267,7 +267,8 @@ def webhooks_deliveries(
     columns += [N_("channel"), N_("target"), N_("outcome"), N_("attempt"), N_("error")]
     rows: list[tuple[object, ...]] = [
         (
-            output.local_time(d.time, zone),
+            # To the second: a delivery's retries come seconds apart.
+            output.local_time(d.time, zone, seconds=True),
             output.short_id(d.incident),
             d.position,
             d.agency,
