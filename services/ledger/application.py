@@ -1228,8 +1228,10 @@ class Ledger(Application[UUID]):
 
     # -------------------------------------------------------------- queries
 
-    def get_incident(self, incident_id: UUID) -> Incident:
-        return self._load(incident_id)
+    def get_incident(self, incident_id: UUID, field: str = "name") -> Incident:
+        """The incident now; ``field`` names the request's field that named it (in a
+        NOT_FOUND: a list's ``parent``, a command's ``name``)."""
+        return self._load(incident_id, field)
 
     def incident_by_reference(self, text: str, field: str = "reference") -> UUID:
         """The id of the incident whose reference code ``text`` is (read leniently).
@@ -1265,9 +1267,15 @@ class Ledger(Application[UUID]):
         return True
 
     def get_incident_as_of(
-        self, incident_id: UUID, *, position: int = 0, time: datetime | None = None
+        self,
+        incident_id: UUID,
+        *,
+        position: int = 0,
+        time: datetime | None = None,
+        field: str = "name",
     ) -> Incident:
-        """The incident as it stood at a global position and/or a record time."""
+        """The incident as it stood at a global position and/or a record time; ``field``
+        names the request's field that named it (in a NOT_FOUND, as :meth:`_load`)."""
         version = 0
         positions = self.positions.of(incident_id) if position else {}
         with self._loading(incident_id):
@@ -1283,7 +1291,7 @@ class Ledger(Application[UUID]):
             raise NotFound(
                 f"incident {incident_id} did not exist then",
                 reason="INCIDENT_NOT_FOUND",
-                metadata={"incident": f"incidents/{incident_id}"},
+                metadata={"incident": f"incidents/{incident_id}", "field": field},
             )
         with self._loading(incident_id):
             incident: Incident = self.load_aggregate(incident_id, version)
@@ -1335,9 +1343,10 @@ class Ledger(Application[UUID]):
                 return
 
     def incident_events(
-        self, incident_id: UUID, *, after_version: int, limit: int
+        self, incident_id: UUID, *, after_version: int, limit: int, field: str = "parent"
     ) -> list[StoredIncidentEvent]:
-        """Events of one incident with their global positions, oldest first."""
+        """Events of one incident with their global positions, oldest first; ``field``
+        names the request's field that named it (in a NOT_FOUND, as :meth:`_load`)."""
         # The whole history is read and checked (chain and seal), so that no page serves
         # an event that was changed in the store; incidents hold tens of events.
         with self._loading(incident_id):
@@ -1347,7 +1356,7 @@ class Ledger(Application[UUID]):
             raise NotFound(
                 f"incident {incident_id} does not exist",
                 reason="INCIDENT_NOT_FOUND",
-                metadata={"incident": f"incidents/{incident_id}"},
+                metadata={"incident": f"incidents/{incident_id}", "field": field},
             )
         self.check_seal(incident)
         events = [e for e in history if e.originator_version > after_version][:limit]

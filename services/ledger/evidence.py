@@ -254,7 +254,7 @@ class EvidenceService:
         """The incident's evidence, oldest first, each with its ordinal (from 1), from the
         one after ordinal ``after`` on: evidence is only ever added, so an ordinal stays
         the same one's (a page's cursor)."""
-        incident = self._ledger.get_incident(incident_id)
+        incident = self._ledger.get_incident(incident_id, "parent")
         incident.check_evidence_reader(actor, "ListEvidence")
         items = list(incident.evidence.values())
         end = len(items) if limit is None else after + limit
@@ -349,7 +349,7 @@ class EvidenceService:
         """Who fetched the incident's evidence, and when (auditors and the coordinator),
         oldest first; those after the download ``after`` (a page's cursor: see
         :attr:`Download.cursor`), at most ``limit``."""
-        self._ledger.get_incident(incident_id).check_download_auditor(actor)
+        self._ledger.get_incident(incident_id, "parent").check_download_auditor(actor)
         # A download has no id of its own: the row's values in full are its place in the
         # order (two rows alike in all of them are one download recorded twice).
         query = (

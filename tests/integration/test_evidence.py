@@ -890,3 +890,24 @@ def test_a_ledger_whose_spool_cannot_be_made_starts_and_only_downloads_fail(
             grpc.StatusCode.UNAVAILABLE,
             "EVIDENCE_SPOOL_UNAVAILABLE",
         )
+
+
+def test_lists_of_a_missing_incident_name_their_parent_field(ledger: Client) -> None:
+    """INCIDENT_NOT_FOUND names the request's field (docs/api.md): a list's is `parent`."""
+    stub = evidence_stub(ledger)
+    missing = "incidents/00000000-0000-4000-8000-000000000000"
+    calls = (
+        lambda: stub.ListEvidence(
+            ev.ListEvidenceRequest(parent=missing), metadata=ledger.md("polres")
+        ),
+        lambda: stub.ListEvidenceDownloads(
+            ev.ListEvidenceDownloadsRequest(parent=missing), metadata=ledger.md("desk_pilkada")
+        ),
+    )
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        info = error_info(caught.value)  # type: ignore[arg-type]
+        assert info is not None and info.reason == "INCIDENT_NOT_FOUND"
+        assert dict(info.metadata) == {"incident": missing, "field": "parent"}

@@ -348,6 +348,38 @@ def test_malformed_names_unknown_enums_and_missing_incidents(ledger: Client) -> 
     assert len(events_of(ledger, name)) == 1
 
 
+def test_incident_not_found_names_the_field_in_every_query(ledger: Client) -> None:
+    """INCIDENT_NOT_FOUND carries `field` (docs/api.md) whichever query names the incident:
+    a client points at the form field from it, as it does for a command's."""
+    s, md = ledger.stub, ledger.md
+    missing = "incidents/00000000-0000-4000-8000-000000000000"
+    calls = {
+        "name": lambda: s.GetIncident(api.GetIncidentRequest(name=missing), metadata=md("polres")),
+        "parent": lambda: s.ListIncidentEvents(
+            api.ListIncidentEventsRequest(parent=missing), metadata=md("polres")
+        ),
+    }
+    for field, call in calls.items():
+        info = error_info(fails(call, grpc.StatusCode.NOT_FOUND, "INCIDENT_NOT_FOUND"))  # type: ignore[arg-type]
+        assert info is not None
+        assert dict(info.metadata) == {"incident": missing, "field": field}
+    # Asked as it stood before it was reported: it did not exist then.
+    result = ledger.report()
+    before = ts(datetime(2001, 1, 1, tzinfo=UTC))
+    for request, field in (
+        (api.GetIncidentRequest(name=result.incident, as_of_time=before), "name"),
+        (api.GetIncidentRequest(reference=result.reference, as_of_time=before), "reference"),
+    ):
+        error = fails(
+            lambda r=request: s.GetIncident(r, metadata=md("polres")),
+            grpc.StatusCode.NOT_FOUND,
+            "INCIDENT_NOT_FOUND",
+        )
+        info = error_info(error)  # type: ignore[arg-type]
+        assert info is not None
+        assert dict(info.metadata) == {"incident": result.incident, "field": field}
+
+
 def test_lists_paginate_with_opaque_tamper_proof_tokens(ledger: Client) -> None:
     names = [ledger.report(location=pb.Location(kecamatan="ipuh")).incident for _ in range(5)]
     ledger.report(location=pb.Location(kecamatan="penarik"))

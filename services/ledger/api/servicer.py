@@ -310,7 +310,10 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
             incident = self._ledger.get_incident(incident_id)
         else:
             incident = self._ledger.get_incident_as_of(
-                incident_id, position=request.as_of_position, time=as_of_time
+                incident_id,
+                position=request.as_of_position,
+                time=as_of_time,
+                field="reference" if request.reference else "name",
             )
         return api.GetIncidentResponse(incident=wire.incident_to_proto(incident))
 
