@@ -1682,8 +1682,10 @@ class ListIncidentsRequest(_message.Message):
     order_by: _builtins.str
     """AIP-132 order: "" or "create_time" (the default, oldest report first) or
     "create_time desc" (newest report first). Reports are ordered by their ledger
-    position, which is the order of their create_time. Any other order is
-    INVALID_ARGUMENT. A page token continues the order it was issued for.
+    position, the order in which they were stored; their create_time follows it
+    except between reports recorded at the same moment, which can be a few
+    milliseconds out of order. Any other order is INVALID_ARGUMENT. A page token
+    continues the order it was issued for.
     """
     @_builtins.property
     def as_of_time(self) -> _timestamp_pb2.Timestamp:
