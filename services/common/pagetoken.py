@@ -43,7 +43,12 @@ class PageTokens:
             raise InvalidArgument(field, "is not a valid page token")
         payload = json.loads(body)
         if payload.get("q") != _digest(query):
-            raise InvalidArgument(field, "belongs to a different query (filter or parent changed)")
+            raise InvalidArgument(
+                field,
+                "belongs to a different query: send the request of the page it came from"
+                " again (the same filter, order_by, parent, as_of_time), only page_size may"
+                " change",
+            )
         cursor = payload.get("c")
         if not isinstance(cursor, dict):
             raise InvalidArgument(field, "is not a valid page token")

@@ -380,6 +380,36 @@ def test_incident_not_found_names_the_field_in_every_query(ledger: Client) -> No
         assert dict(info.metadata) == {"incident": result.incident, "field": field}
 
 
+def test_a_page_token_sent_with_another_order_says_what_must_stay_the_same(
+    ledger: Client,
+) -> None:
+    """The refusal of a token used with another query names every part of the query it
+    is bound to: a client that changed only order_by was told its filter changed."""
+    for _ in range(3):
+        ledger.report()
+    first = ledger.stub.ListIncidents(
+        api.ListIncidentsRequest(page_size=1), metadata=ledger.md("polres")
+    )
+    assert first.next_page_token
+    error = fails(
+        lambda: ledger.stub.ListIncidents(
+            api.ListIncidentsRequest(
+                page_size=1, page_token=first.next_page_token, order_by="create_time desc"
+            ),
+            metadata=ledger.md("polres"),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+    )
+    assert "order_by" in (error.details() or ""), error.details()
+    # Only page_size may change between pages.
+    second = ledger.stub.ListIncidents(
+        api.ListIncidentsRequest(page_size=2, page_token=first.next_page_token),
+        metadata=ledger.md("polres"),
+    )
+    assert len(second.incidents) == 2
+
+
 def test_lists_paginate_with_opaque_tamper_proof_tokens(ledger: Client) -> None:
     names = [ledger.report(location=pb.Location(kecamatan="ipuh")).incident for _ in range(5)]
     ledger.report(location=pb.Location(kecamatan="penarik"))
