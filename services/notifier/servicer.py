@@ -319,7 +319,11 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         job_id = _name_id(request.name, "deadLetters/")
         job = self._store.dead_letter(job_id)
         if job is None:
-            raise NotFound(f"{request.name} is not a dead letter", reason="DEAD_LETTER_NOT_FOUND")
+            raise NotFound(
+                f"{request.name} is not a dead letter",
+                reason="DEAD_LETTER_NOT_FOUND",
+                metadata={"dead_letter": request.name, "field": "name"},
+            )
         self._webhooks.require_owner(principal, job.agency)
         # A job replayed already (with a later one of its incident, or by a retry) is
         # left as it is: the answer is the same.

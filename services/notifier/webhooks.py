@@ -90,7 +90,7 @@ class WebhookRegistry:
         """The webhook with ``change`` made (the fields named ``webhook.*``, as in the
         request); refused as a delete would be when it does not exist or is not the
         caller's to change."""
-        row = self._owned(principal, webhook_id)
+        row = self._owned(principal, webhook_id, "webhook.name")
         url = None
         if change.url is not None:
             url = self._targets.check_registration(change.url, "webhook.url").url
@@ -103,13 +103,13 @@ class WebhookRegistry:
             webhook_id, url=url, secret=change.secret, filter_json=filter_json
         )
         if updated is None:  # deleted meanwhile
-            raise _not_found(webhook_id)
+            raise _not_found(webhook_id, "webhook.name")
         self._changed()
         return updated
 
     def delete(self, principal: Principal, webhook_id: str) -> None:
         """Delete a webhook: its secret is erased and its waiting deliveries cancelled."""
-        self._owned(principal, webhook_id)
+        self._owned(principal, webhook_id, "name")
         self._store.delete_webhook(webhook_id)
         self._changed()
 
@@ -123,10 +123,12 @@ class WebhookRegistry:
                 metadata={"owner": agency, "caller_agency": principal.agency},
             )
 
-    def _owned(self, principal: Principal, webhook_id: str) -> WebhookRow:
+    def _owned(self, principal: Principal, webhook_id: str, field: str) -> WebhookRow:
+        """The webhook, when the caller may act on it; ``field`` names the request's field
+        that named it (in a NOT_FOUND)."""
         row = self._store.webhook(webhook_id)
         if row is None:
-            raise _not_found(webhook_id)
+            raise _not_found(webhook_id, field)
         self.require_owner(principal, row.agency)
         return row
 
@@ -140,5 +142,10 @@ def _check_secret(secret: str, field: str) -> None:
         raise InvalidArgument(field, f"must be {low} to {high} characters")
 
 
-def _not_found(webhook_id: str) -> NotFound:
-    return NotFound(f"webhooks/{webhook_id} does not exist", reason="WEBHOOK_NOT_FOUND")
+def _not_found(webhook_id: str, field: str) -> NotFound:
+    """As the ledger's INCIDENT_NOT_FOUND: the name asked for and the field that named it."""
+    return NotFound(
+        f"webhooks/{webhook_id} does not exist",
+        reason="WEBHOOK_NOT_FOUND",
+        metadata={"webhook": f"webhooks/{webhook_id}", "field": field},
+    )

@@ -281,3 +281,36 @@ def test_refused_updates_answer_as_create_and_delete_do_and_change_nothing(
         )
     )
     assert unauthenticated.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_not_found_names_what_was_asked_for_and_the_field_that_named_it(stack: Stack) -> None:
+    """As the ledger's INCIDENT_NOT_FOUND: WEBHOOK_NOT_FOUND and DEAD_LETTER_NOT_FOUND say
+    which name was not found and in which field of the request, not a bare reason."""
+    polres = stack.ledger.md("polres")
+    missing = "webhooks/wh_nothing"
+    calls: dict[str, Callable[[], object]] = {
+        "webhook.name": lambda: stack.stub.UpdateWebhook(
+            napi.UpdateWebhookRequest(
+                webhook=napi.Webhook(name=missing, url="http://127.0.0.1:9/h"),
+                update_mask=FieldMask(paths=["url"]),
+            ),
+            metadata=polres,
+        ),
+        "name": lambda: stack.stub.DeleteWebhook(
+            napi.DeleteWebhookRequest(name=missing), metadata=polres
+        ),
+    }
+    for field, call in calls.items():
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        info = error_info(caught.value)  # type: ignore[arg-type]
+        assert info is not None and info.reason == "WEBHOOK_NOT_FOUND"
+        assert dict(info.metadata) == {"webhook": missing, "field": field}
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.stub.ReplayDeadLetter(
+            napi.ReplayDeadLetterRequest(name="deadLetters/nothing"), metadata=polres
+        )
+    info = error_info(caught.value)  # type: ignore[arg-type]
+    assert info is not None and info.reason == "DEAD_LETTER_NOT_FOUND"
+    assert dict(info.metadata) == {"dead_letter": "deadLetters/nothing", "field": "name"}
