@@ -116,8 +116,10 @@ class _Metadata(dict[str, str]):
 
 def preferred(accept_language: str) -> str | None:
     """The language of ``LANGUAGES`` an ``accept-language`` value prefers (``id-ID,en;q=0.5``),
-    English when it names none of them; None for an empty header."""
+    English when it names none of them or refuses them (``id;q=0``); None for a header that
+    names no language at all."""
     ranked: list[tuple[float, int, str]] = []
+    named = False
     for index, item in enumerate(accept_language.split(",")):
         tag, _, params = item.strip().partition(";")
         quality = 1.0
@@ -131,10 +133,11 @@ def preferred(accept_language: str) -> str | None:
         primary = tag.strip().replace("_", "-").split("-")[0].lower()
         if primary == "in":  # Indonesian's old ISO 639 code
             primary = "id"
+        named = named or bool(primary)
         if primary and quality > 0:
             ranked.append((-quality, index, primary))
     if not ranked:
-        return None
+        return "en" if named else None
     for _quality, _index, language in sorted(ranked):
         if language in LANGUAGES:
             return language

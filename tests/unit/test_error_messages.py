@@ -102,6 +102,8 @@ def test_without_accept_language_no_localized_message_and_the_english_message_st
         ("fr;q=1, id;q=0.5", "id"),
         ("fr, de", "en"),
         ("id;q=0, en", "en"),
+        # A header that refuses every language it names still asks for a message: English.
+        ("id;q=0", "en"),
         ("", None),
         (" ; ", None),
     ],
