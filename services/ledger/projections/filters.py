@@ -78,8 +78,10 @@ ORDERS = {"": False, "create_time": False, "create_time asc": False, "create_tim
 def parse_order(text: str) -> bool:
     """Whether ``order_by`` asks for the newest report first; INVALID_ARGUMENT if unknown.
 
-    Reports are ordered by their ledger position (the board's ``seq``), the order of their
-    create_time, so both orders are one walk of the ``seq`` index.
+    Reports are ordered by their ledger position (the board's ``seq``), so both orders are
+    one walk of the ``seq`` index. That is the order their create_time follows but for
+    reports made within milliseconds of each other (a report's time is taken before the
+    store orders its commit): docs/api.md, "Lists, filters and pages".
     """
     normalised = " ".join(text.split())
     if normalised not in ORDERS:
