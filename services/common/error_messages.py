@@ -49,7 +49,7 @@ TEMPLATES: Mapping[str, str] = {
     "OLD_VALUE_MISMATCH": N_("The recorded value of {field} is {recorded_value}."),
     "NO_CHANGE": N_("The incident's severity is already {severity}."),
     "MERGE_TARGET_NOT_LIVE": N_("The incident to merge into is {target_status}."),
-    "POSITION_NOT_RECORDED": N_("Position {min_position} is not recorded yet."),
+    "POSITION_NOT_RECORDED": N_("Position {position} is not recorded yet."),
     "CURSOR_EXPIRED": N_("The stream no longer keeps the events after this cursor."),
     "VERSION_CONFLICT": N_(
         "The incident changed: version {current_version}, not {expected_version}. Read it again."

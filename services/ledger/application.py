@@ -1276,6 +1276,20 @@ class Ledger(Application[UUID]):
     ) -> Incident:
         """The incident as it stood at a global position and/or a record time; ``field``
         names the request's field that named it (in a NOT_FOUND, as :meth:`_load`)."""
+        if position:
+            recorded = self.recorder.max_notification_id() or 0
+            if position > recorded:
+                # The state there is not known yet: answering with today's would give
+                # the same question another answer tomorrow.
+                raise FailedPrecondition(
+                    f"position {position} has not been recorded (the ledger is at {recorded})",
+                    reason="POSITION_NOT_RECORDED",
+                    metadata={
+                        "as_of_position": str(position),
+                        "position": str(position),
+                        "ledger_position": str(recorded),
+                    },
+                )
         version = 0
         positions = self.positions.of(incident_id) if position else {}
         with self._loading(incident_id):

@@ -74,7 +74,11 @@ class ReadModel:
             raise FailedPrecondition(
                 f"position {position} has not been recorded (the ledger is at {recorded})",
                 reason="POSITION_NOT_RECORDED",
-                metadata={"min_position": str(position), "ledger_position": str(recorded)},
+                metadata={
+                    "min_position": str(position),
+                    "position": str(position),
+                    "ledger_position": str(recorded),
+                },
             )
         wait = min(timeout if timeout is not None else MAX_WAIT_SECONDS, MAX_WAIT_SECONDS)
         if not self.projections.wait_for(position, max(wait, 0.0)):

@@ -11,6 +11,7 @@ from incidentledger.v1 import audit_service_pb2 as audit
 from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
+from services.common.grpc_errors import error_info
 from tests.support import Client, rid, ts
 
 
@@ -42,6 +43,17 @@ def test_an_incident_as_of_a_position_or_a_time(ledger: Client) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         as_of(as_of_time=ts(datetime(2020, 1, 1, tzinfo=UTC)))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    # A position not recorded yet has no state to show: today's answer would be another
+    # tomorrow (before, the current state).
+    latest = ledger.report("kesbangpol").position
+    with pytest.raises(grpc.RpcError) as caught:
+        as_of(as_of_position=latest + 100)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(caught.value)  # type: ignore[arg-type]
+    assert info is not None and info.reason == "POSITION_NOT_RECORDED"
+    assert info.metadata["as_of_position"] == str(latest + 100)
+    assert int(info.metadata["ledger_position"]) >= latest
+    assert as_of(as_of_position=latest).status == pb.INCIDENT_STATUS_ASSIGNED
 
 
 def test_the_replay_streams_the_history_in_order_with_filters(ledger: Client) -> None:

@@ -1609,7 +1609,9 @@ class GetIncidentRequest(_message.Message):
     name: _builtins.str
     """"incidents/{incident_id}"; or empty, and the incident named by `reference`."""
     as_of_position: _builtins.int
-    """The incident as it stood at this global position, if set (0 = now)."""
+    """The incident as it stood at this global position, if set (0 = now); a position
+    beyond the last recorded is FAILED_PRECONDITION POSITION_NOT_RECORDED.
+    """
     reference: _builtins.str
     """Instead of `name`: the incident's reference code, for example "MKM-7QK3-9V"
     (case, hyphens and spaces do not matter; I and L read as 1, O as 0). A code
