@@ -241,6 +241,10 @@ class Relay:
     def start(self) -> None:
         prepare_position_table(self._store_env)
         self._tracking = open_database(self._store_env)
+        if not self._tracking.location:
+            # A store in this process's memory (tests): the table made above went with
+            # its connection; this one keeps it.
+            create_position_table(self._tracking)
         self._thread.start()
 
     def wake(self) -> None:

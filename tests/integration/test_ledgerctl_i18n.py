@@ -137,7 +137,7 @@ def test_ledgerctls_own_hints_in_indonesian_and_json_unchanged(
     capsys.readouterr()
     assert main(["--lang", "id", *nowhere]) == 6
     said = capsys.readouterr().err
-    assert "tidak dapat menghubungi ledger di 127.0.0.1:9" in said, said
+    assert "tidak dapat menghubungi buku besar di 127.0.0.1:9" in said, said
     assert english_words(said) == set(), said
     errors = []
     for lang in ("en", "id"):

@@ -186,7 +186,14 @@ def test_a_wrong_password_leaves_the_relay_disconnected_and_no_secret_in_the_log
         service_process("services.notifier", notifier_env) as notifier,
     ):
         wait_until(lambda: logged(ledger, "relay.session_failed"), what="a refused relay")
-        wait_until(lambda: logged(notifier, "notifier.nats_error"), what="a refused notifier")
+        # Not connected since its start: told once at once, then once a minute.
+        wait_until(lambda: logged(notifier, "notifier.nats_unreachable"), what="a refused notifier")
+        refused = next(
+            line
+            for line in notifier.log_lines()
+            if line.get("event") == "notifier.nats_unreachable"
+        )
+        assert "Authorization Violation" in str(refused["last_error"]), refused
         assert relay_status(ledger) == health_pb2.HealthCheckResponse.NOT_SERVING
         failures = [
             line for line in ledger.log_lines() if line.get("event") == "relay.session_failed"
