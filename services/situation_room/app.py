@@ -488,6 +488,11 @@ async def events(request: Request, session: Session, officer: Officer) -> Respon
 SEVERITY_FILL = {"critical": "#67001f", "high": "#b2182b", "medium": "#ef8a62", "low": "#2166ac"}
 #: Incidents in these states have no marker: the map shows the work still open.
 NO_MARKER = {"REJECTED", "MERGED", "CLOSED"}
+#: The ListIncidents filter of the incidents with a marker: the ledger leaves out the others
+#: (most of an election's incidents are closed), rather than the map fetching and dropping them.
+MARKER_FILTER = " AND ".join(f'status != "{status}"' for status in sorted(NO_MARKER))
+#: The ledger's largest page of ListIncidents: the map reads every open incident.
+MARKER_PAGE_SIZE = 500
 
 
 @signed_in
@@ -507,7 +512,11 @@ async def map_data(request: Request, session: Session, officer: Officer) -> Resp
     def fetch() -> tuple[VulnerabilityMap, list[Incident]]:
         return (
             officer.ledger.vulnerability_map(min_position=at),
-            list(officer.ledger.list_incidents(min_position=at)),
+            list(
+                officer.ledger.list_incidents(
+                    MARKER_FILTER, min_position=at, page_size=MARKER_PAGE_SIZE
+                )
+            ),
         )
 
     scores, incidents = await run_in_threadpool(fetch)
@@ -521,9 +530,7 @@ async def map_data(request: Request, session: Session, officer: Officer) -> Resp
             "point": [i.location.latitude, i.location.longitude],
         }
         for i in incidents
-        if i.location.latitude is not None
-        and i.location.longitude is not None
-        and i.status.value not in NO_MARKER
+        if i.location.latitude is not None and i.location.longitude is not None
     ]
     by_code = {score.kecamatan: score for score in scores.kecamatan}
     features = []

@@ -28,8 +28,9 @@ from incidentledger_client import IncidentStatus, LedgerClient, Location, Person
 from incidentledger_client.cli.output import BAND_FILL
 from services.common.config import PROJECT_ROOT
 from services.common.natsserver import NatsServer
+from services.common.vocabulary import STATUSES
 from services.notifier.server import build as build_notifier
-from services.situation_room.app import BOARD_ROWS, STATUSES
+from services.situation_room.app import BOARD_ROWS
 from services.situation_room.i18n import COOKIE as LANGUAGE_COOKIE
 from services.situation_room.live import STALE_SECONDS
 from services.situation_room.sessions import COOKIE as SESSION_COOKIE
@@ -260,6 +261,51 @@ def test_the_map_colours_the_15_kecamatan_by_band_and_shows_incidents_live(
     expect(marker).to_have_attribute("data-severity", "medium", timeout=LIVE_SECONDS * 1000)
     page.screenshot(path=str(tmp_path / "map.png"), full_page=True)
     assert_local_and_clean(room)
+
+
+def test_the_map_marks_every_open_incident_and_none_closed_rejected_or_merged(
+    room: Room,
+) -> None:
+    """A marker for each incident still open (reported, verified, assigned, responding,
+    resolved), none for those closed, rejected or merged: the map shows the work to do."""
+    reporter, desk, lead = (
+        room.ledger("kesbangpol"),
+        room.ledger("desk_pilkada"),
+        room.ledger("polres"),
+    )
+    at = Location("ipuh", latitude=-2.9802, longitude=101.5146)
+
+    def report(title: str) -> str:
+        return reporter.report(title, "crowd_gathering", at).incident
+
+    opened = {
+        status: report(status)
+        for status in ("REPORTED", "VERIFIED", "ASSIGNED", "RESPONDING", "RESOLVED")
+    }
+    gone = {status: report(status) for status in ("CLOSED", "REJECTED", "MERGED")}
+    # Each takes the lifecycle as far as its status.
+    steps = ["VERIFIED", "ASSIGNED", "RESPONDING", "RESOLVED", "CLOSED"]
+    for status, name in {**opened, **gone}.items():
+        reached = steps.index(status) + 1 if status in steps else 0
+        for step in steps[:reached]:
+            if step == "VERIFIED":
+                desk.verify(name)
+            elif step == "ASSIGNED":
+                desk.assign_lead(name, "polres")
+            elif step == "RESPONDING":
+                lead.log_action(name, "Team sent")
+            elif step == "RESOLVED":
+                lead.resolve(name, "Dispersed")
+            else:
+                lead.request_closure(name)
+                desk.approve_closure(name)
+    desk.reject(gone["REJECTED"], "INVALID", "Not an incident")
+    last = desk.merge(gone["MERGED"], opened["REPORTED"])
+    for status, name in {**opened, **gone}.items():
+        assert desk.get_incident(name).status.value == status
+    with signed_in_http(room, "desk_pilkada") as web:
+        data = web.get("/map/data.json", params={"min_position": str(last.position)}).json()
+    assert sorted(m["name"] for m in data["markers"]) == sorted(opened.values())
 
 
 def test_the_board_and_map_say_when_live_updates_stop_and_catch_up_after(
