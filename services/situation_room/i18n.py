@@ -67,11 +67,19 @@ def wib(value: datetime | None, seconds: bool = False) -> str:
     return "" if value is None else format_time(value, WIB, seconds=seconds)
 
 
+#: A span from this many minutes on reads in days and hours (its minutes left out).
+DAY_MINUTES = 24 * 60
+
+
 def duration(minutes: int) -> str:
-    """A span of minutes for people: ``3 h 05 min`` (Indonesian ``3 jam 05 mnt``)."""
+    """A span of minutes for people: ``3 h 05 min`` (Indonesian ``3 jam 05 mnt``); a day or
+    more in days and hours, ``20 d 19 h`` (``20 hari 19 jam``), the minutes left out."""
     if minutes < 60:
         return _("{minutes} min").format(minutes=minutes)
-    return _("{hours} h {minutes:02d} min").format(hours=minutes // 60, minutes=minutes % 60)
+    if minutes < DAY_MINUTES:
+        return _("{hours} h {minutes:02d} min").format(hours=minutes // 60, minutes=minutes % 60)
+    days, rest = divmod(minutes, DAY_MINUTES)
+    return _("{days} d {hours} h").format(days=days, hours=rest // 60)
 
 
 class Languages:

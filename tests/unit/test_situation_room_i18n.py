@@ -1,0 +1,42 @@
+"""How the situation room says a span of time (a decision's time left, a response time) in
+both of its languages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from incidentledger_client.i18n import using
+from services.situation_room.app import time_left
+from services.situation_room.i18n import duration
+
+
+@pytest.mark.parametrize(
+    ("minutes", "english", "indonesian"),
+    [
+        (0, "0 min", "0 mnt"),
+        (59, "59 min", "59 mnt"),
+        (60, "1 h 00 min", "1 jam 00 mnt"),
+        (185, "3 h 05 min", "3 jam 05 mnt"),
+        (24 * 60 - 1, "23 h 59 min", "23 jam 59 mnt"),
+        (24 * 60, "1 d 0 h", "1 hari 0 jam"),
+        (499 * 60 + 59, "20 d 19 h", "20 hari 19 jam"),
+        (365 * 24 * 60 + 61, "365 d 1 h", "365 hari 1 jam"),
+    ],
+)
+def test_a_span_of_a_day_or_more_reads_in_days_and_hours(
+    minutes: int, english: str, indonesian: str
+) -> None:
+    with using("en"):
+        assert duration(minutes) == english
+    with using("id"):
+        assert duration(minutes) == indonesian
+
+
+def test_a_decision_in_force_for_weeks_says_its_days_left() -> None:
+    now = datetime(2026, 12, 5, tzinfo=UTC)
+    with using("id"):
+        assert time_left(now + timedelta(days=20, hours=19, minutes=59), now) == "20 hari 19 jam"
+        assert time_left(now - timedelta(minutes=5), now) == "0 mnt"
+        assert time_left(None, now) == ""
