@@ -168,9 +168,10 @@ class Room:
 
     def status_label(self, code: str) -> str:
         """A status in the page's language: the reference data's ``names`` when it gives
-        one, else the catalog's word (the same rule as ledgerctl's)."""
+        one, else the catalog's word (the same rule as ledgerctl's), in words in English too
+        (``Reported``, where ledgerctl shows the code)."""
         found = self.reference.statuses.get(code)
-        return labels.status(code, found.names if found is not None else None)
+        return labels.status(code, found.names if found is not None else None, worded=True)
 
     def role_label(self, code: str) -> str:
         """A role in the page's language, as :meth:`status_label`."""
@@ -881,6 +882,11 @@ FIELD_LABELS = {
 }
 
 
+def worded_rejection(code: str) -> str:
+    """A rejection reason in the page's language, in words in English too (``Hoax``)."""
+    return labels.rejection(code, worded=True)
+
+
 def field_label(field: str) -> str:
     return _(FIELD_LABELS[field]) if field in FIELD_LABELS else field
 
@@ -1237,7 +1243,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
     templates.env.filters["size"] = format_size
     templates.env.filters["band"] = labels.band
     templates.env.filters["event"] = labels.event_type
-    templates.env.filters["rejection"] = labels.rejection
+    templates.env.filters["rejection"] = worded_rejection
     templates.env.filters["field"] = field_label
     # One channel to the ledger for every officer: each call carries the officer's token.
     channel_owner = LedgerClient(settings.ledger_address, "", language="id")

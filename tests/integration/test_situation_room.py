@@ -487,6 +487,24 @@ def test_the_board_says_when_more_incidents_match_than_it_shows(room: Room) -> N
         assert set(offered) == set(STATUSES) == every
 
 
+def test_english_shows_statuses_and_rejection_reasons_in_words_as_indonesian_does(
+    room: Room,
+) -> None:
+    """Not the codes (REPORTED, OUT_OF_SCOPE): the words, in English as in Indonesian."""
+    incident = room.ledger("kesbangpol").report("Crowd at TPS 04", "crowd_gathering", "ipuh")
+    with signed_in_http(room, "desk_pilkada") as web:
+        page = web.get(f"/{incident.incident}").text
+        board = web.get("/board").text
+        web.cookies.set(LANGUAGE_COOKIE, "id")
+        halaman = web.get(f"/{incident.incident}").text
+    assert 'id="status">Reported<' in page and 'id="status">Dilaporkan<' in halaman
+    reasons = re.findall(r'<option value="([A-Z_]+)">([^<]*)</option>', page)
+    assert reasons == [("INVALID", "Invalid"), ("HOAX", "Hoax"), ("OUT_OF_SCOPE", "Out of scope")]
+    offered = dict(re.findall(r'<option value="([A-Z]+)" *>([^<]*)</option>', board))
+    assert offered["REPORTED"] == "Reported" and offered["REOPENED"] == "Reopened"
+    assert "<td>Reported</td>" in board
+
+
 def test_the_desk_verifies_and_assigns_and_the_lead_logs_an_action_each_as_itself(
     room: Room, browser: Browser
 ) -> None:
@@ -502,10 +520,10 @@ def test_the_desk_verifies_and_assigns_and_the_lead_logs_an_action_each_as_itsel
     code = room.ledger("kesbangpol").get_incident(reported.incident).reference
     expect(desk.locator("#reference")).to_have_text(code)
     desk.click("#verify")
-    expect(desk.locator("#status")).to_have_text("VERIFIED")
+    expect(desk.locator("#status")).to_have_text("Verified")
     desk.select_option("select[name=agency]", "polres")
     desk.click("#assign")
-    expect(desk.locator("#status")).to_have_text("ASSIGNED")
+    expect(desk.locator("#status")).to_have_text("Assigned")
     expect(desk.locator("#log_action")).to_have_count(0)  # not the lead
 
     other.goto(url)
@@ -514,7 +532,7 @@ def test_the_desk_verifies_and_assigns_and_the_lead_logs_an_action_each_as_itsel
     expect(police.locator("#verify")).to_have_count(0)
     police.fill("input[name=action]", "Patrol sent to the TPS")
     police.click("#log_action")
-    expect(police.locator("#status")).to_have_text("RESPONDING")
+    expect(police.locator("#status")).to_have_text("Responding")
     expect(police.locator(".timeline li")).to_have_count(4)
 
     history = list(room.ledger("desk_pilkada").incident_events(reported.incident))
@@ -538,7 +556,7 @@ def test_an_action_on_a_changed_incident_is_refused_with_the_ledgers_reason(
     room.ledger("desk_pilkada").verify(reported.incident)  # someone else, meanwhile
     page.click("#verify")  # with the version the page showed
     expect(page.locator(".error")).to_be_visible()
-    expect(page.locator("#status")).to_have_text("VERIFIED")
+    expect(page.locator("#status")).to_have_text("Verified")
     events = list(room.ledger("desk_pilkada").incident_events(reported.incident))
     assert [e.type for e in events] == ["Reported", "Verified"]
 
@@ -626,7 +644,7 @@ def test_the_lead_resolves_and_requests_closure_the_desk_closes_and_records_a_de
         assert act_over_http(police, incident, "request_closure").status_code == 303
         assert act_over_http(desk, incident, "approve_closure").status_code == 303
         page = desk.get(f"/{incident}")
-        assert 'id="reopen"' in page.text and 'id="status">CLOSED' in page.text
+        assert 'id="reopen"' in page.text and 'id="status">Closed' in page.text
     got = desk_client.get_incident(incident)
     assert got.status.value == "CLOSED"
     (decision,) = got.decisions
@@ -1220,7 +1238,7 @@ def test_the_page_speaks_indonesian_by_default_and_english_when_chosen(
     page.screenshot(path=str(ARTIFACTS / "map-en.png"), full_page=True)
     page.click("nav.pages >> text=Board")
     shown(page, "/board")
-    expect(page.locator("#rows")).to_contain_text("ASSIGNED")
+    expect(page.locator("#rows")).to_contain_text("Assigned")
     expect(page.locator("#rows")).to_contain_text("Critical")
     page.screenshot(path=str(ARTIFACTS / "board-en.png"), full_page=True)
     page.click("a[hreflang=id]")
@@ -1366,7 +1384,7 @@ def test_severity_corrections_and_merging_on_the_incident_page_for_the_roles_all
     desk.select_option("select[name=target]", original.incident)
     desk.fill("form[action$=merge] input[name=comment]", "Same crowd")
     desk.click("#merge")
-    expect(desk.locator("#status")).to_have_text("MERGED")
+    expect(desk.locator("#status")).to_have_text("Merged")
     expect(desk.locator("#assess_severity")).to_have_count(0)  # it has ended
     expect(desk.locator("#merge")).to_have_count(0)
 

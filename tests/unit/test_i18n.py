@@ -158,6 +158,21 @@ def test_the_reference_datas_names_of_statuses_and_roles_win_over_the_catalog() 
     assert labels.role("responder", responder) == "responder"
 
 
+def test_worded_labels_read_in_english_words_where_ledgerctl_shows_the_codes() -> None:
+    """The situation room's (worded) English: words for every status and rejection reason;
+    ledgerctl's English keeps the codes, and Indonesian is the catalog's either way."""
+    for code in vocabulary.STATUSES:
+        assert labels.status(code) == code
+        assert re.fullmatch(r"[A-Z][a-z ]+", labels.status(code, worded=True)), code
+    assert labels.status("ASSIGNED", {"en": "Handed over"}, worded=True) == "Handed over"
+    assert labels.rejection("OUT_OF_SCOPE") == "OUT_OF_SCOPE"
+    assert labels.rejection("OUT_OF_SCOPE", worded=True) == "Out of scope"
+    assert labels.rejection("NEWER_REASON", worded=True) == "NEWER_REASON"
+    with i18n.using("id"):
+        assert labels.status("REPORTED", worded=True) == labels.status("REPORTED") != "Reported"
+        assert labels.rejection("HOAX", worded=True) == labels.rejection("HOAX") != "Hoax"
+
+
 def test_the_catalogs_are_complete_and_fresh() -> None:
     assert catalogs.check(catalogs.extract(), ["id"]) == []
 

@@ -3,6 +3,8 @@ rejection reasons and event types, in the current language (``docs/glossary-id.m
 
 English shows the codes as they are (``REPORTED``, ``high``), as ledgerctl always has; a
 code without a label (a newer server's) is shown as it is. ``--json`` never goes through here.
+A page read by people rather than scripts (the situation room) asks for ``worded`` labels:
+its English shows statuses and rejection reasons in words (``Reported``, ``Out of scope``).
 
 Statuses and roles may also be worded by the regency's reference data (``names`` of
 ``GetReferenceData``'s statuses and roles): given, its name in the current language wins
@@ -15,14 +17,37 @@ from collections.abc import Mapping
 
 from incidentledger_client.i18n import current, pgettext
 
+#: Statuses and rejection reasons in English words, for ``worded`` labels (where the catalog's
+#: English is the code itself).
+WORDS = {
+    "REPORTED": "Reported",
+    "VERIFIED": "Verified",
+    "ASSIGNED": "Assigned",
+    "RESPONDING": "Responding",
+    "RESOLVED": "Resolved",
+    "CLOSED": "Closed",
+    "REJECTED": "Rejected",
+    "MERGED": "Merged",
+    "REOPENED": "Reopened",
+    "INVALID": "Invalid",
+    "HOAX": "Hoax",
+    "OUT_OF_SCOPE": "Out of scope",
+}
+
+
+def _worded(code: str, label: str, worded: bool) -> str:
+    """The catalog's ``label``, or for ``worded`` its English words where it is the code."""
+    return WORDS.get(code, label) if worded and label == code else label
+
 
 def _named(names: Mapping[str, str] | None) -> str:
     """The reference data's name in the current language ("" when it gives none)."""
     return (names or {}).get(current(), "")
 
 
-def status(code: str, names: Mapping[str, str] | None = None) -> str:
-    """A status; ``names``: the reference data's names of this status, by language."""
+def status(code: str, names: Mapping[str, str] | None = None, *, worded: bool = False) -> str:
+    """A status; ``names``: the reference data's names of this status, by language;
+    ``worded``: in words in English too (``Reported``, not ``REPORTED``)."""
     labels = {
         "REPORTED": pgettext("status", "REPORTED"),
         "VERIFIED": pgettext("status", "VERIFIED"),
@@ -34,7 +59,7 @@ def status(code: str, names: Mapping[str, str] | None = None) -> str:
         "MERGED": pgettext("status", "MERGED"),
         "REOPENED": pgettext("status", "REOPENED"),
     }
-    return _named(names) or labels.get(code, code)
+    return _named(names) or _worded(code, labels.get(code, code), worded)
 
 
 def severity(code: str) -> str:
@@ -67,13 +92,14 @@ def role(code: str, names: Mapping[str, str] | None = None) -> str:
     return _named(names) or labels.get(code, code)
 
 
-def rejection(code: str) -> str:
+def rejection(code: str, *, worded: bool = False) -> str:
+    """A rejection reason; ``worded``: in words in English too (``Hoax``, not ``HOAX``)."""
     labels = {
         "INVALID": pgettext("rejection", "INVALID"),
         "HOAX": pgettext("rejection", "HOAX"),
         "OUT_OF_SCOPE": pgettext("rejection", "OUT_OF_SCOPE"),
     }
-    return labels.get(code, code)
+    return _worded(code, labels.get(code, code), worded)
 
 
 def event_type(code: str) -> str:
