@@ -9,6 +9,7 @@ import shutil
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -56,6 +57,43 @@ def english_words(text: str) -> set[str]:
     """The tell-tale English words of ``text`` (command lines, options and codes left out)."""
     words = set(re.findall(r"[a-z]+", ALLOWED.sub(" ", text).lower()))
     return words & set(TELLTALE)
+
+
+#: English words of the free text an example types ('crowd growing', -m 'checked').
+EXAMPLE_TELLTALE = (
+    "checked",
+    "confirmed",
+    "crowd",
+    "gathering",
+    "gatherings",
+    "needs",
+    "photo",
+    "placed",
+    "tension",
+    "typo",
+    "yesterday",
+)
+#: typer's English placeholders of a usage line and kinds of value in the type column.
+TYPER_FRAGMENT = re.compile(
+    r"\[OPTIONS\]|COMMAND \[ARGS\]|<(?:str|int|int range|float|bool|path|file|list\[str\])>"
+)
+
+
+def example_words(text: str) -> set[str]:
+    """The English words in the quoted text of ``text``'s command lines (the examples)."""
+    quoted = " ".join(re.findall(r"'([^'\n│]*)'", " ".join(re.findall(r"ledgerctl .*", text))))
+    return set(re.findall(r"[a-z]+", quoted.lower())) & {*TELLTALE, *EXAMPLE_TELLTALE}
+
+
+def broken_lines(page: str) -> list[str]:
+    """The lines of a help page's text (outside its panels) that end short of the width
+    with the paragraph going on in the next line: a line break of the source shown as it is."""
+    lines = [line.strip() for line in page.splitlines()]
+    return [
+        line
+        for line, following in pairwise(lines)
+        if line and following and not line.startswith(("│", "╭", "╰")) and len(line) < 150
+    ]
 
 
 def test_the_language_is_the_flag_then_ledger_lang_then_the_locale() -> None:
@@ -284,6 +322,10 @@ def test_every_help_page_in_both_languages(
     assert capsys.readouterr().out == indonesian
     assert indonesian != english
     assert english_words(indonesian) == set(), indonesian
+    assert example_words(indonesian) == set(), indonesian
+    assert TYPER_FRAGMENT.findall(indonesian) == [], indonesian
+    # each paragraph flows to the width of the terminal, in both languages
+    assert broken_lines(english) == [] and broken_lines(indonesian) == [], (english, indonesian)
     assert "Opsi" in indonesian or "Perintah" in indonesian
     if path:
         assert "Contoh: ledgerctl" in indonesian, indonesian

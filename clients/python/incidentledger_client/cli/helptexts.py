@@ -9,6 +9,7 @@ text needs marking in the code and none is missed.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,6 +37,21 @@ USAGE = "Usage: "
 #: The help of -h/--help (typer's vendored click writes it in English).
 HELP_OPTION = "Show this message and exit."
 HELP_OPTION_NAMES = ["-h", "--help"]
+#: The placeholders of a usage line (typer writes them in English), as written there.
+OPTIONS_METAVAR = "[OPTIONS]"
+COMMAND_METAVAR = "COMMAND [ARGS]..."
+#: The kinds of value typer names in a help page's type column, and their message ids.
+_TYPE_WORDS = {
+    "<str>": N_("<text>"),
+    "<int>": N_("<whole number>"),
+    "<int range>": N_("<whole number range>"),
+    "<float>": N_("<number>"),
+    "<bool>": N_("<yes/no>"),
+    "<path>": N_("<path>"),
+    "<file>": N_("<file>"),
+    "<list[str]>": N_("<list of texts>"),
+    "<datetime>": N_("<time>"),
+}
 
 
 def _walk(command: click.Command) -> Iterator[click.Command]:
@@ -61,13 +77,36 @@ def _texts(command: click.Command) -> Iterator[tuple[object, str, str]]:
 def messages(command: click.Command) -> list[str]:
     """Every help text of ``command`` and its subcommands, and typer's and click's words."""
     found = [text for _, _, text in _texts(command)]
-    return [*found, *_TYPER_WORDS.values(), HELP_OPTION, USAGE]
+    return [*found, *_TYPER_WORDS.values(), HELP_OPTION, USAGE, OPTIONS_METAVAR, COMMAND_METAVAR]
+
+
+def flow(text: str) -> str:
+    """``text`` with each paragraph on one line, for the terminal to wrap to its width.
+
+    A help text keeps the line breaks of its source (a docstring wrapped at the code's width,
+    a translation at the catalog's): typer shows them as they are, and the terminal wraps the
+    lines again, into short and broken ones. Paragraphs (a blank line between them) stay, and
+    so does a paragraph that starts with ``\\b`` (click's "keep my line breaks").
+    """
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(
+        paragraph
+        if paragraph.startswith("\b")
+        else " ".join(line.strip() for line in paragraph.split("\n"))
+        for paragraph in paragraphs
+    )
 
 
 def translate(command: click.Command, gettext: Callable[[str], str]) -> None:
-    """Put every help text of the (freshly built) ``command`` tree through ``gettext``."""
+    """Put every help text of the (freshly built) ``command`` tree through ``gettext``, each
+    paragraph on one line (:func:`flow`), and the placeholders of its usage line."""
     for owner, attribute, text in list(_texts(command)):
-        setattr(owner, attribute, gettext(text))
+        setattr(owner, attribute, flow(gettext(text)))
+    for cmd in _walk(command):
+        if cmd.options_metavar == OPTIONS_METAVAR:
+            cmd.options_metavar = gettext(OPTIONS_METAVAR)
+        if getattr(cmd, "subcommand_metavar", None) == COMMAND_METAVAR:
+            cmd.subcommand_metavar = gettext(COMMAND_METAVAR)  # type: ignore[attr-defined]
     from typer._click.decorators import help_option
 
     for cmd in _walk(command):
@@ -81,8 +120,9 @@ def translate(command: click.Command, gettext: Callable[[str], str]) -> None:
 
 @contextmanager
 def typer_words(gettext: Callable[[str], str]) -> Iterator[None]:
-    """typer's own words of a help page (panel titles, ``[required]``) in the language of the
-    run, for the block (typer keeps them as module constants: they are set back afterwards)."""
+    """typer's own words of a help page (panel titles, ``[required]``, the kinds of value such
+    as ``<str>``) in the language of the run, for the block (typer keeps them as module
+    constants and methods: they are set back afterwards)."""
     import typer.core
     import typer.rich_utils as rich_utils
     from typer._click.formatting import HelpFormatter
@@ -90,6 +130,12 @@ def typer_words(gettext: Callable[[str], str]) -> Iterator[None]:
     saved = {name: getattr(rich_utils, name) for name in _TYPER_WORDS}
     saved_gettext = getattr(typer.core, "_")  # noqa: B009 - a module's private name
     write_usage = HelpFormatter.write_usage
+    display_type = typer.core._TyperParameter.display_type
+
+    def type_in_language(self: typer.core._TyperParameter, ctx: click.Context) -> str:
+        shown = display_type(self, ctx)
+        msgid = _TYPE_WORDS.get(shown)
+        return shown if msgid is None or gettext(msgid) == msgid else gettext(msgid)
 
     def usage_in_language(
         self: HelpFormatter, prog: str, args: str = "", prefix: str | None = None
@@ -101,12 +147,14 @@ def typer_words(gettext: Callable[[str], str]) -> Iterator[None]:
             setattr(rich_utils, name, gettext(text))
         setattr(typer.core, "_", gettext)  # noqa: B010 - typer's "No such command", ...
         HelpFormatter.write_usage = usage_in_language  # type: ignore[method-assign]
+        typer.core._TyperParameter.display_type = type_in_language  # type: ignore[method-assign]
         yield
     finally:
         for name, value in saved.items():
             setattr(rich_utils, name, value)
         setattr(typer.core, "_", saved_gettext)  # noqa: B010
         HelpFormatter.write_usage = write_usage  # type: ignore[method-assign]
+        typer.core._TyperParameter.display_type = display_type  # type: ignore[method-assign]
 
 
 #: typer's own messages through gettext (typer.core), put through the catalog by typer_words.
