@@ -236,7 +236,8 @@ def test_another_regencys_words_for_statuses_and_roles_on_the_situation_rooms_pa
             assert "Sedang ditangani" in page.text and "Dalam penanganan" not in page.text, path
             assert "instansi pelaksana" in page.text, path  # the officer's role, in the header
             english = asyncio.run(get(path, "en"))
-            assert "RESPONDING" in english.text and "Sedang ditangani" not in english.text
+            # In English words (the regency names its statuses in Indonesian only).
+            assert "Responding" in english.text and "Sedang ditangani" not in english.text
         board = asyncio.run(get("/board", "id")).text
         assert "Diserahkan ke instansi" in board  # the board's status filter
     finally:
