@@ -1266,6 +1266,22 @@ class Ledger(Application[UUID]):
             return False
         return True
 
+    def check_recorded(self, position: int, field: str) -> int:
+        """The last recorded position; FAILED_PRECONDITION ``POSITION_NOT_RECORDED`` when
+        ``position`` (the request's ``field``) lies beyond it."""
+        recorded = self.recorder.max_notification_id() or 0
+        if position > recorded:
+            raise FailedPrecondition(
+                f"position {position} has not been recorded (the ledger is at {recorded})",
+                reason="POSITION_NOT_RECORDED",
+                metadata={
+                    field: str(position),
+                    "position": str(position),
+                    "ledger_position": str(recorded),
+                },
+            )
+        return recorded
+
     def get_incident_as_of(
         self,
         incident_id: UUID,
@@ -1277,19 +1293,9 @@ class Ledger(Application[UUID]):
         """The incident as it stood at a global position and/or a record time; ``field``
         names the request's field that named it (in a NOT_FOUND, as :meth:`_load`)."""
         if position:
-            recorded = self.recorder.max_notification_id() or 0
-            if position > recorded:
-                # The state there is not known yet: answering with today's would give
-                # the same question another answer tomorrow.
-                raise FailedPrecondition(
-                    f"position {position} has not been recorded (the ledger is at {recorded})",
-                    reason="POSITION_NOT_RECORDED",
-                    metadata={
-                        "as_of_position": str(position),
-                        "position": str(position),
-                        "ledger_position": str(recorded),
-                    },
-                )
+            # The state there is not known yet: answering with today's would give the same
+            # question another answer tomorrow.
+            self.check_recorded(position, "as_of_position")
         version = 0
         positions = self.positions.of(incident_id) if position else {}
         with self._loading(incident_id):

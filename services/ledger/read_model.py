@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.common.errors import InvalidArgument, Unavailable
 from services.ledger.application import Ledger
 from services.ledger.projections import Projections
 from services.ledger.projections.service import ProjectionReader
@@ -69,17 +69,7 @@ class ReadModel:
     def wait_for(self, position: int, timeout: float | None) -> None:
         if position < 0:  # also refused with every request's checks, before the servicer
             raise InvalidArgument("min_position", "must not be negative")
-        recorded = self.ledger.recorder.max_notification_id() or 0
-        if position > recorded:
-            raise FailedPrecondition(
-                f"position {position} has not been recorded (the ledger is at {recorded})",
-                reason="POSITION_NOT_RECORDED",
-                metadata={
-                    "min_position": str(position),
-                    "position": str(position),
-                    "ledger_position": str(recorded),
-                },
-            )
+        self.ledger.check_recorded(position, "min_position")
         wait = min(timeout if timeout is not None else MAX_WAIT_SECONDS, MAX_WAIT_SECONDS)
         if not self.projections.wait_for(position, max(wait, 0.0)):
             lag = self.projections.lag()
