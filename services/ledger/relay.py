@@ -57,6 +57,7 @@ from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from services.common.config import RelaySettings, StreamSettings, nats_servers
+from services.common.failurelog import FailureLog
 from services.common.natsconn import connect_options
 from services.common.sql import Database, creates_tables, open_database, schema_lock
 from services.common.store_errors import STORE_CONNECTION_ERRORS
@@ -231,6 +232,14 @@ class Relay:
         # wait on the checkpoints stream's own leader election to publish events.
         self._streams_ready = False
         self._retry = SessionRetry()
+        # A session fails every 0.2-10 s while NATS or the store is away: logged when the
+        # failures start, then every half minute, and once when a session publishes again.
+        self._session_failures = FailureLog(
+            "relay.session_failed", "relay.session_recovered", logger=log
+        )
+        # nats-py's own errors (a node of a cluster that is down, a refused connection)
+        # come once per connection attempt: logged the same way.
+        self._nats_errors = FailureLog("relay.nats_error", logger=log)
         # Each session starts with the next node of a cluster: a node that is frozen or
         # cut off (it accepts TCP, answers nothing) costs one connect timeout, not one per
         # session (the client picks a node at random and tries only that one here).
@@ -307,8 +316,7 @@ class Relay:
                 self.status.last_error = f"{type(exc).__name__}: {exc}"
                 self._on_health(False)
                 pause = self._retry.pause(exc, time.monotonic())
-                log.warning(
-                    "relay.session_failed",
+                self._session_failures.failed(
                     error=self.status.last_error,
                     position=self.status.position,
                     retry_in=round(pause, 2),
@@ -324,7 +332,7 @@ class Relay:
         settings = self._settings
 
         async def error(exc: Exception) -> None:  # e.g. a node of the cluster is down
-            log.warning("relay.nats_error", error=f"{type(exc).__name__}: {exc}")
+            self._nats_errors.failed(error=f"{type(exc).__name__}: {exc}")
 
         servers = nats_servers(settings.nats_url)  # one server, or the nodes of a cluster
         first = self._first_server % len(servers)
@@ -350,6 +358,8 @@ class Relay:
             self.status.position = position
             self.status.position_known = True
             self._on_health(True)
+            self._session_failures.succeeded(stream=settings.stream.name)
+            self._nats_errors.succeeded()
             log.info("relay.publishing", stream=settings.stream.name, after=position)
             source = self._source = await asyncio.to_thread(self._open_source, position)
             while not self._stopping.is_set():

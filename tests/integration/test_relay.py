@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -395,3 +396,44 @@ def test_a_stream_that_lost_its_messages_is_said_loudly_and_filled_again(
     assert lines[0]["level"] == "error"
     assert lines[0]["stream_position"] == 0
     assert lines[0]["published"] == results[2].position
+
+
+def test_a_nats_outage_is_logged_once_by_the_relay_and_its_end_once(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """While NATS is away the relay tries a session every 0.2-10 s; each failure was a
+    ``relay.session_failed`` and a ``relay.nats_error`` line, all outage long. Now the first
+    failure is logged, then a reminder every half minute, and one ``relay.session_recovered``
+    (with how many failed) when a session publishes again. In NATS's place, a socket that
+    accepts and closes: each connection it takes is one attempt of the relay's."""
+    url = nats_server.url
+    with store_environment("sqlite", tmp_path) as store_env:
+        env = relay_env(tmp_path, store_env, url)
+        with service_process("services.ledger", env) as ledger:
+            token = dev_tokens(tmp_path / "data")["kpu"]
+            first = report(ledger.port, token, 0)
+            wait_until(lambda: len(read_stream(url)) == 1, what="the first event published")
+            nats_server.stop()
+            attempts = 0
+            with socket.create_server(("127.0.0.1", nats_server.port)) as refusing:
+                refusing.settimeout(30)
+                while attempts < 8:  # the evidence store's link to NATS takes a few
+                    connection, _ = refusing.accept()
+                    connection.close()
+                    attempts += 1
+            nats_server.start()
+            second = report(ledger.port, token, 1)
+            wait_until(lambda: len(read_stream(url)) == 2, what="the event recorded meanwhile")
+            wait_until(
+                lambda: any(
+                    x.get("event") == "relay.session_recovered" for x in ledger.log_lines()
+                ),
+                what="the relay's line saying it publishes again",
+            )
+            lines = [x for x in ledger.log_lines() if str(x.get("event")).startswith("relay.")]
+    assert positions_from(read_stream(url), but=0) == [first.position, second.position]
+    names = [x["event"] for x in lines]
+    assert names.count("relay.session_failed") == 1, names
+    assert names.count("relay.nats_error") <= 1, names
+    (recovered,) = [x for x in lines if x["event"] == "relay.session_recovered"]
+    assert int(str(recovered["failures"])) >= 3, recovered
