@@ -50,7 +50,7 @@ import nats
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamState
 from nats.js.errors import NotFoundError
 
 from incidentledger.v1 import incident_pb2 as pb
@@ -96,6 +96,11 @@ MAX_ANSWER_READ = 64 * 1024
 FLOOR_POLL_SECONDS = 0.05  # the floor is read this often while stored jobs wait for it
 FLOOR_REFRESH_SECONDS = 1.0  # otherwise (jobs another replica stored, retries), this often
 FLOOR_TIMEOUT = 2.0  # a floor reading that takes longer is skipped (the last one stands)
+# A Subscribe that finds no event stream waits this long for it: on a first start the
+# ledger's relay makes it when it first connects to NATS, about a second after the
+# services start (a subscriber such as the situation room asks at once).
+STREAM_WAIT_SECONDS = 5.0
+STREAM_WAIT_POLL_SECONDS = 0.1
 
 Healthy = Callable[[], None]  # a supervised task reports that it works (its backoff resets)
 
@@ -688,11 +693,23 @@ class Engine:
         """A live subscription after ``cursor`` (or from now); called from a gRPC thread."""
         return self.call(self._subscribe(cursor), 15)
 
+    async def _stream_state(self, js: JetStreamContext, name: str) -> StreamState:
+        """The event stream's state, waiting up to :data:`STREAM_WAIT_SECONDS` for a
+        stream that does not exist yet (NotFoundError after that)."""
+        deadline = time.monotonic() + STREAM_WAIT_SECONDS
+        while True:
+            try:
+                return (await js.stream_info(name)).state
+            except NotFoundError:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(STREAM_WAIT_POLL_SECONDS)
+
     async def _subscribe(self, cursor: str) -> LiveSubscription:
         name = self._settings.stream.name
         try:
             js = await asyncio.wait_for(self._jetstream(), 5)
-            state = (await js.stream_info(name)).state
+            state = await self._stream_state(js, name)
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             raise Unavailable(
                 "the notifier cannot reach the event stream yet; retry shortly",

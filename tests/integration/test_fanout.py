@@ -7,6 +7,7 @@ HTTP webhook receiver.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import nats
 import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -24,15 +26,18 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
-from services.common.config import RelaySettings, WebhookSettings
+from services.common.config import RelaySettings, StreamSettings, WebhookSettings
 from services.common.grpc_errors import error_info
 from services.common.natsserver import NatsServer
+from services.ledger.relay import ensure_stream
+from services.notifier.server import build as build_notifier
 from tests.fanout_support import (
     ALLOW_LOOPBACK_ENV,
     WEBHOOK_SECRET,
     Stack,
     Subscriber,
     WebhookReceiver,
+    notifier_settings,
     read_stream,
     running_stack,
     wait_until,
@@ -545,3 +550,50 @@ def test_a_slow_endpoint_does_not_hold_up_the_others(stack: Stack) -> None:
                 napi.ListDeliveriesRequest(agency="polres"), metadata=stack.ledger.md("kodim")
             )
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_subscribe_before_the_stream_exists_waits_for_it_instead_of_failing(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """On a first start the situation room (or any subscriber) asks the notifier before the
+    ledger's relay has made the event stream; each such Subscribe was refused UNAVAILABLE
+    and logged as a warning until it had. The notifier now waits a few seconds for the
+    stream. The stream is made here only once the notifier has looked for it (NATS's
+    count of JetStream API calls went up)."""
+
+    def api_calls() -> int:
+        return int(nats_server.monitoring("/jsz")["api"]["total"])
+
+    with (
+        store_environment("sqlite", tmp_path) as env,
+        running_ledger(settings_for(tmp_path, env)) as ledger,  # no relay: no stream yet
+    ):
+        notifier = build_notifier(notifier_settings(tmp_path, nats_server.url))
+        wait_until(lambda: notifier.engine.nats_link.connected, what="the notifier on NATS")
+        try:
+            with (
+                grpc.insecure_channel(f"127.0.0.1:{notifier.port}") as channel,
+                capture_logs() as logs,
+            ):
+                before = api_calls()
+                subscriber = Subscriber(
+                    napi_grpc.NotifierServiceStub(channel),
+                    ledger.md("kesbangpol"),
+                    napi.SubscribeRequest(),
+                )
+                wait_until(lambda: api_calls() > before, what="the notifier looking for the stream")
+                asyncio.run(make_stream(nats_server.url))
+                subscriber.wait_started()
+                subscriber.close()
+        finally:
+            notifier.stop(1.0)
+    refused = [x for x in logs if x["event"] == "request" and x.get("status") == "UNAVAILABLE"]
+    assert not refused, refused
+
+
+async def make_stream(url: str) -> None:
+    client = await nats.connect(url)
+    try:
+        await ensure_stream(client.jetstream(), StreamSettings())
+    finally:
+        await client.close()
