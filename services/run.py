@@ -48,6 +48,7 @@ from services.common.config import (
     NotifierSettings,
     RunSettings,
 )
+from services.common.datafiles import make_private_dir
 from services.common.logging import configure_logging
 from services.common.natsconn import redact_url
 from services.common.natsserver import (
@@ -253,7 +254,7 @@ class Supervisor:
 
     def start(self) -> None:
         self.preflight()
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.settings.data_dir)  # as the services would: no warning
         self.start_nats()
         for module in self.services:
             if self.stopping.requested:

@@ -350,6 +350,15 @@ def assert_nothing_left(run: Supervised, children: list[psutil.Process], ports: 
     assert not listening, f"still accepting connections on {listening}"
 
 
+#: What a first start warns of: the development credentials and keys it generates.
+FIRST_START_WARNINGS = {
+    "credentials.generated",
+    "notifier.webhook_key_generated",
+    "audit.signing_key_generated",
+    "personal_data.dev_key_generated",
+}
+
+
 def test_supervisor_runs_nats_and_the_services_and_stops_on_sigint(tmp_path: Path) -> None:
     with supervisor(tmp_path) as run:
         wait_until_serving(run)
@@ -386,6 +395,10 @@ def test_supervisor_runs_nats_and_the_services_and_stops_on_sigint(tmp_path: Pat
         # for it (info), which is no failure (a warning) on a first start.
         failed = [e for e in run.events() if e.get("event") == "notifier.consumer_failed"]
         assert not failed, run.output()
+        # Nor is the situation room's first Subscribe, nor the data directory make run
+        # made itself: a first start warns only of its development keys and tokens.
+        warned = {e.get("event") for e in run.events() if e.get("level") == "warning"}
+        assert warned <= FIRST_START_WARNINGS, run.output()
         assert started[0]["nats"] == f"nats://127.0.0.1:{run.nats_port}"
         assert started[0]["ledger"] == run.env["LEDGER_LISTEN"]
         room = run.env["SITUATION_ROOM_LISTEN"]
