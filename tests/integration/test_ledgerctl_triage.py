@@ -4,6 +4,7 @@ per incident (and ``--json``), from arguments or a file."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from pathlib import Path
@@ -21,7 +22,7 @@ from incidentledger_client import (
 )
 from incidentledger_client.cli import output
 from services.ledger.domain.refcodes import check_character
-from tests.ledgerctl_support import Ctl
+from tests.ledgerctl_support import Ctl, backlog_line
 from tests.support import Client
 
 
@@ -295,3 +296,33 @@ def test_an_interrupted_triage_names_the_request_id_that_tells_what_became_of_ea
     monkeypatch.setattr(output, "triage_table", no_table)
     exit_code, _out, err = ctl.run("desk_pilkada", "triage", "assign-lead", *names, "--lead", "kpu")
     assert exit_code == 130 and "--request-id" in err, err
+
+
+def test_ledgerctl_triage_reads_the_codes_file_ingest_writes(ctl: Ctl, tmp_path: Path) -> None:
+    """A field backlog ingested with --codes, then triaged from that file: the desk verifies
+    what came in without copying codes by hand. The file saved again by a spreadsheet in an
+    Indonesian locale (``;`` between columns, a title holding ``#`` and ``,``) reads the
+    same; before, every line of it was an incident name, the header first."""
+    backlog = tmp_path / "backlog.jsonl"
+    lines = [backlog_line(n, title=f"Laporan #{n}, pasar") for n in range(3)]
+    backlog.write_text("\n".join(lines) + "\n")
+    codes = tmp_path / "codes.csv"
+    ctl.ok("bawaslu", "ingest", str(backlog), "--codes", str(codes))
+    with codes.open(encoding="utf-8", newline="") as file:
+        written = list(csv.DictReader(file))
+    results = ctl.json("desk_pilkada", "triage", "verify", "-f", str(codes))
+    assert [(r["reference"], r["outcome"]) for r in results] == [
+        (w["reference"], "RECORDED") for w in written
+    ]
+    # Saved by a spreadsheet: a byte order mark, ";", CRLF, the incident column left out.
+    saved = tmp_path / "kode.csv"
+    rows = ["baris;kode;reference;judul"] + [
+        f'{w["line"]};x;{w["reference"]};"{w["title"]}"' for w in written
+    ]
+    saved.write_bytes(("\ufeff" + "\r\n".join(rows) + "\r\n").encode("utf-8"))
+    results = ctl.json(
+        "desk_pilkada", "triage", "assign-lead", "--lead", "polres", "-f", str(saved)
+    )
+    assert [(r["reference"], r["outcome"]) for r in results] == [
+        (w["reference"], "RECORDED") for w in written
+    ]

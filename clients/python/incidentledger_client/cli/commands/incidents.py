@@ -3,6 +3,8 @@ read one incident or the list."""
 
 from __future__ import annotations
 
+import csv
+import io
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -693,10 +695,7 @@ def _triage_targets(values: list[str], file: Path | None) -> list[_Target]:
             raise typer.BadParameter(str(error), param_hint="--file") from None
         except UnicodeDecodeError:
             raise typer.BadParameter(_("not UTF-8 text"), param_hint="--file") from None
-        for row, line in enumerate(content.splitlines(), 1):
-            text = line.split("#", 1)[0].strip()
-            if text:
-                texts.append((text, row))
+        texts.extend(_codes_table(content) or _listed(content))
     if not texts:
         raise typer.BadParameter(_("give at least one incident"), param_hint="INCIDENT")
     targets = []
@@ -712,6 +711,48 @@ def _triage_targets(values: list[str], file: Path | None) -> list[_Target]:
             _Target(text, number, name.strip(), int(version) if at and not problem else 0, problem)
         )
     return targets
+
+
+def _listed(content: str) -> list[tuple[str, int | None]]:
+    """A list of incidents, one a line: blank lines and ``#`` comments skipped."""
+    texts: list[tuple[str, int | None]] = []
+    for row, line in enumerate(content.splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if text:
+            texts.append((text, row))
+    return texts
+
+
+#: The columns of a table that name its incidents, the first found is read: the file of
+#: reference codes ``ledgerctl ingest --codes`` writes has both.
+TABLE_COLUMNS = ("incident", "reference")
+
+
+def _codes_table(content: str) -> list[tuple[str, int | None]] | None:
+    """The incidents of a CSV table whose header names an ``incident`` or ``reference``
+    column (what ``ingest --codes`` writes, or the same saved again by a spreadsheet, which
+    in an Indonesian locale separates with ``;``), each with its line; None when the file
+    is not such a table."""
+    first = next((line for line in content.splitlines() if line.strip()), "")
+    delimiter = next((d for d in (",", ";", "\t") if d in first), None)
+    if delimiter is None:
+        return None
+    header = [cell.strip().lower() for cell in next(csv.reader([first], delimiter=delimiter))]
+    column = next((c for c in TABLE_COLUMNS if c in header), None)
+    if column is None:
+        return None
+    index = header.index(column)
+    reader = csv.reader(io.StringIO(content), delimiter=delimiter)
+    texts: list[tuple[str, int | None]] = []
+    after_header = False
+    for row in reader:
+        if not after_header:
+            after_header = any(cell.strip() for cell in row)
+            continue
+        text = row[index].strip() if index < len(row) else ""
+        if text:
+            texts.append((text, reader.line_num))
+    return texts
 
 
 def _unsent(error: LedgerError) -> TriageResult:
@@ -740,7 +781,10 @@ def triage(
     file: Annotated[
         Path | None,
         typer.Option(
-            "--file", "-f", help="Also the incidents in this file, one a line ('-': stdin)."
+            "--file",
+            "-f",
+            help="Also the incidents in this file, one a line, or the reference codes' CSV "
+            "that ingest --codes writes ('-': stdin).",
         ),
     ] = None,
     comment: Comment = "",
