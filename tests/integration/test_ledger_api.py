@@ -482,6 +482,8 @@ def test_list_filters_by_status_and_lead_agency(ledger: Client) -> None:
     assert names('status = "REPORTED"') == [a]
     assert names('status = "INCIDENT_STATUS_ASSIGNED" AND lead_agency = "bpbd"') == [b]
     assert names('status != "REPORTED"') == [b]
+    assert names('lead_agency = ""') == [a], "no lead yet: what the desk has to triage"
+    assert names('lead_agency != ""') == [b]
     assert names('category = "crowd_gathering" AND severity = "medium"') == [a, b]
 
 

@@ -326,3 +326,20 @@ def test_ledgerctl_triage_reads_the_codes_file_ingest_writes(ctl: Ctl, tmp_path:
     assert [(r["reference"], r["outcome"]) for r in results] == [
         (w["reference"], "RECORDED") for w in written
     ]
+
+
+def test_ledgerctl_lists_the_incidents_without_a_lead(ctl: Ctl) -> None:
+    """What the desk still has to hand to an agency: ``list --no-lead`` (the filter
+    ``lead_agency = ""``); before, a lead could be asked for but not its absence."""
+    names = [
+        ctl.json("kesbangpol", "report", f"Spanduk {n}", "hoax", "ipuh")["incident"]
+        for n in range(3)
+    ]
+    ctl.ok("desk_pilkada", "triage", "verify", names[1])
+    ctl.ok("desk_pilkada", "triage", "assign-lead", "--lead", "polres", names[1])
+    listed = ctl.json("desk_pilkada", "list", "--no-lead", "--kecamatan", "ipuh")
+    assert {i["name"] for i in listed} >= {names[0], names[2]}
+    assert names[1] not in {i["name"] for i in listed}
+    assert all(not i.get("lead_agency") for i in listed), listed
+    code, _out, err = ctl.run("desk_pilkada", "list", "--no-lead", "--lead", "polres")
+    assert code == 2 and "exclude each other" in err, err

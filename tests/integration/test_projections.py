@@ -66,6 +66,7 @@ FILTERS = (
     'status != "CLOSED" AND severity = "high"',
     'kecamatan = "ipuh"',
     'lead_agency = "polres"',
+    'lead_agency = "" AND status != "REJECTED"',
     'category = "hoax" AND status != "REJECTED"',
 )
 

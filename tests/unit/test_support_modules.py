@@ -228,6 +228,7 @@ def test_production_tokens_file_is_not_development(tmp_path: Path) -> None:
         ("status=RESOLVED", (("status", "=", "RESOLVED"),)),
         ("status = INCIDENT_STATUS_CLOSED", (("status", "=", "CLOSED"),)),
         ('severity != "low"', (("severity", "!=", "low"),)),
+        ('lead_agency = ""', (("lead_agency", "=", ""),)),  # no lead yet
         (
             'severity = high AND kecamatan = "ipuh"',
             (("severity", "=", "high"), ("kecamatan", "=", "ipuh")),
@@ -262,6 +263,7 @@ def test_board_filter_where_clause() -> None:
         ("severity = extreme", "unknown severity 'extreme'"),
         ('kecamatan = "Ipuh"', "unknown kecamatan 'Ipuh'"),
         ("lead_agency = fbi", "unknown lead_agency 'fbi'"),
+        ('kecamatan = ""', "unknown kecamatan ''"),  # every incident has one
         ('category = "littering"', "unknown category 'littering'"),
         ('status = "REPORTED" severity = "low"', "expected AND at character 21"),
         ('status = "REPORTED" and severity = "low"', "expected AND"),

@@ -103,6 +103,8 @@ def _check_value(field: str, value: str, reference: ReferenceData) -> str:
     elif field == "kecamatan":
         known = reference.kecamatan
     elif field == "lead_agency":
+        if value == "":  # no lead agency yet (AIP-160: an unset field equals its default)
+            return value
         known = reference.agencies
     else:
         raise InvalidArgument(

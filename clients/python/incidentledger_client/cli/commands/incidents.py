@@ -603,7 +603,9 @@ def history(ctx: typer.Context, name: Name) -> None:
 
 
 @app.command(
-    "list", epilog="Example: ledgerctl list --status ASSIGNED --kecamatan ipuh --lead polres"
+    "list",
+    epilog="Examples: ledgerctl list --status ASSIGNED --kecamatan ipuh --lead polres\n\n"
+    "ledgerctl list --status VERIFIED --no-lead",
 )
 def list_(
     ctx: typer.Context,
@@ -612,6 +614,9 @@ def list_(
     category: Annotated[str | None, typer.Option(help="Only this category.")] = None,
     kecamatan: Annotated[str | None, typer.Option(help="Only this kecamatan.")] = None,
     lead: Annotated[str | None, typer.Option(help="Only with this lead agency.")] = None,
+    no_lead: Annotated[
+        bool, typer.Option("--no-lead", help="Only those without a lead agency yet.")
+    ] = False,
     reference: Annotated[
         str | None, typer.Option(help="Only the incident with this reference code.")
     ] = None,
@@ -636,6 +641,12 @@ def list_(
         )
         if value
     ]
+    if no_lead:
+        if lead:
+            raise typer.BadParameter(
+                _("--lead and --no-lead exclude each other"), param_hint="--no-lead"
+            )
+        clauses.append('lead_agency = ""')
     if filter_:
         clauses.append(filter_)
     st = state(ctx)
