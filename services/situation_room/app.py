@@ -53,6 +53,7 @@ from incidentledger_client import (
     PersonalData,
     ResourceExhausted,
     ResponseTimes,
+    RetryPolicy,
     Unauthenticated,
     Unavailable,
     VulnerabilityMap,
@@ -105,6 +106,11 @@ PING_SECONDS = 15
 SESSION_CHECK_SECONDS = 2.0
 #: How soon a tab reconnects when its event stream ends (before its cookie's idle end).
 RECONNECT_MS = 1000
+#: The page's calls to the ledger: retried long enough to outlast a restart of the ledger
+#: (3-6 s measured, the client's RetryPolicy), not the client's 20 s, which an officer spent
+#: before the page said the ledger did not answer (and a request thread of the page with it).
+LEDGER_RETRY = RetryPolicy(budget=8.0, max_backoff=1.0)
+LEDGER_TIMEOUT_SECONDS = 8.0
 #: The development key of the session cookies, in the data directory (production sets
 #: SITUATION_ROOM_SESSION_KEY).
 DEV_KEY_FILE_NAME = "situation-room-session.secret"
@@ -1249,7 +1255,13 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
     channel_owner = LedgerClient(settings.ledger_address, "", language="id")
 
     def officer_client(token: str) -> LedgerClient:
-        return LedgerClient(channel=channel_owner.channel, token=token, language="id")
+        return LedgerClient(
+            channel=channel_owner.channel,
+            token=token,
+            language="id",
+            timeout=LEDGER_TIMEOUT_SECONDS,
+            retry=LEDGER_RETRY,
+        )
 
     secret = settings.session_key or shared_secret(settings.data_dir / DEV_KEY_FILE_NAME)
     room = Room(

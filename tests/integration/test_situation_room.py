@@ -27,7 +27,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 from incidentledger_client import IncidentStatus, LedgerClient, Location, Person, PersonalData
 from incidentledger_client.cli.output import BAND_FILL
 from services.common.config import PROJECT_ROOT
-from services.common.natsserver import NatsServer
+from services.common.natsserver import NatsServer, free_port
 from services.common.vocabulary import STATUSES
 from services.notifier.server import build as build_notifier
 from services.situation_room.app import BOARD_ROWS
@@ -754,6 +754,26 @@ def test_a_session_survives_a_restart_of_the_page(room: Room) -> None:
             assert board.status_code == 200 and "Desk Pilkada Pemkab Mukomuko" in board.text
             # Its forms take the CSRF token sealed in the same cookie.
             assert web.post("/logout", data={"csrf": csrf_of(board)}).status_code == 303
+
+
+def test_a_page_whose_ledger_does_not_answer_says_so_within_seconds(room: Room) -> None:
+    """The ledger away (restarting, its host down): the board says the ledger did not answer
+    once a restart would have been outlasted (``LEDGER_RETRY``, 8 s), where it kept the
+    officer waiting for the client's whole retry budget, 20 s and more. A second page
+    process, signed in with the same cookie, whose ledger address has nothing behind it."""
+    with signed_in_http(room, "desk_pilkada") as web:
+        cookie = web.cookies[SESSION_COOKIE]
+    env = {**room.env, "SITUATION_ROOM_LEDGER_ADDRESS": f"127.0.0.1:{free_port()}"}
+    with service_process("services.situation_room", env) as orphan:
+        url = f"http://127.0.0.1:{orphan.port}"
+        cookies = {SESSION_COOKIE: cookie, LANGUAGE_COOKIE: "en"}
+        with httpx.Client(base_url=url, timeout=60, cookies=cookies) as web:
+            started = time.monotonic()
+            board = web.get("/board/rows")
+            waited = time.monotonic() - started
+    assert board.status_code == 503, board.text
+    assert "did not answer" in board.text, board.text
+    assert waited < 15, f"the officer waited {waited:.1f} s"
 
 
 def test_a_board_reconnecting_to_a_restarted_page_is_told_to_reload(room: Room) -> None:
