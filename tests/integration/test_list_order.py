@@ -65,6 +65,7 @@ def test_newest_first_holds_across_pages(ledger: Client) -> None:
         assert times == sorted(times, reverse=True)
     assert [i.name for i in walk(ledger, "", 5)] == newest[::-1]
     assert [i.name for i in walk(ledger, " create_time  asc ", 5)] == newest[::-1]
+    assert [i.name for i in walk(ledger, "create_time DESC", 5)] == newest
 
     ipuh = [name for _, name, kecamatan in sorted(reported, reverse=True) if kecamatan == "ipuh"]
     assert [i.name for i in walk(ledger, NEWEST_FIRST, 3, 'kecamatan = "ipuh"')] == ipuh

@@ -83,7 +83,8 @@ def parse_order(text: str) -> bool:
     reports made within milliseconds of each other (a report's time is taken before the
     store orders its commit): docs/api.md, "Lists, filters and pages".
     """
-    normalised = " ".join(text.split())
+    field, _, direction = " ".join(text.split()).partition(" ")
+    normalised = f"{field} {direction.lower()}".strip()  # SQL's habit: DESC as desc
     if normalised not in ORDERS:
         raise InvalidArgument("order_by", 'must be "create_time" or "create_time desc" (or empty)')
     return ORDERS[normalised]
