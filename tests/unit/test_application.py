@@ -541,6 +541,12 @@ INVALID_INPUTS: dict[str, tuple[str, str, Invalid]] = {
         "INVALID_FIELD",
         lambda lg, i: _correct_time(lg, i, "occurred_at", _in(hours=1).replace(tzinfo=None)),
     ),
+    # Read as UTC, 18:00 meant in WIB would end the decision seven hours late.
+    "corrected valid_until without a UTC offset": (
+        "new_value",
+        "INVALID_FIELD",
+        lambda lg, i: _correct_time(lg, i, "valid_until", _in(hours=2).replace(tzinfo=None)),
+    ),
     "corrected valid_from before the ledger's era": (
         "new_value",
         "INVALID_FIELD",

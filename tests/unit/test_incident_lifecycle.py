@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from uuid import uuid4
 
 import pytest
@@ -879,6 +879,67 @@ def test_correction_needs_a_different_value_and_a_reason() -> None:
         _correct(incident, REPORTER, "Reported", "title", "t", "u", reason="")
     assert no_reason.value.field == "reason"
     assert incident.version == 1
+
+
+WIB = timezone(timedelta(hours=7), "WIB")
+
+
+def _decided(start: datetime = T0, end: datetime = T1) -> Incident:
+    incident = incident_in(Status.ASSIGNED)
+    _decide(incident, LEAD, [LEAD], start, end)
+    return incident
+
+
+@pytest.mark.parametrize(
+    ("field", "new"),
+    [
+        ("valid_until", T0),
+        ("valid_until", T0 - timedelta(days=1)),
+        ("valid_from", T1),
+        ("valid_from", T1 + timedelta(hours=1)),
+    ],
+)
+def test_a_corrected_end_of_a_decision_keeps_its_window_non_empty(
+    field: str, new: datetime
+) -> None:
+    incident = _decided()
+    recorded = incident.event_values[event_id_of(incident, "DecisionRecorded")]
+    with pytest.raises(InvalidArgument) as caught:
+        _correct(incident, LEAD, "DecisionRecorded", field, recorded[field], new.isoformat())
+    assert caught.value.field == "new_value"
+    other = "valid_until" if field == "valid_from" else "valid_from"
+    assert recorded[other] in str(caught.value)
+    assert incident.version == 4
+
+
+def test_a_time_is_named_by_its_instant_and_recorded_in_one_form() -> None:
+    """The old value of a time in any spelling of its instant (as a duty officer in WIB
+    reads it, without the microseconds); the new one recorded as the original was."""
+    incident = _decided()
+    event_id = event_id_of(incident, "DecisionRecorded")
+    extended = T1 + timedelta(days=2)
+    _correct(
+        incident,
+        LEAD,
+        "DecisionRecorded",
+        "valid_until",
+        T1.astimezone(WIB).isoformat(),
+        extended.astimezone(WIB).isoformat(),
+    )
+    recorded = incident.event_values[event_id]["valid_until"]
+    assert recorded == extended.isoformat(timespec="microseconds")
+    corrected = event_of(incident, "Corrected")
+    assert isinstance(corrected, Incident.Corrected)
+    assert corrected.old_value == T1.isoformat(timespec="microseconds")
+    assert corrected.new_value == recorded
+    # Another instant does not match; the same instant again is no change.
+    with pytest.raises(FailedPrecondition) as caught:
+        _correct(incident, LEAD, "DecisionRecorded", "valid_until", T1.isoformat(), "x")
+    assert caught.value.reason == "OLD_VALUE_MISMATCH"
+    assert recorded in str(caught.value)
+    with pytest.raises(InvalidArgument) as same:
+        _correct(incident, LEAD, "DecisionRecorded", "valid_until", recorded, extended.isoformat())
+    assert same.value.field == "new_value"
 
 
 def test_corrections_are_allowed_on_a_closed_incident() -> None:

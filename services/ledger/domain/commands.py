@@ -611,7 +611,17 @@ def check_corrected_value(rules: Rules, field: str, new_value: str) -> None:
         try:
             value = datetime.fromisoformat(new_value)
         except ValueError:
-            raise InvalidArgument("new_value", "must be an ISO-8601 time") from None
+            raise InvalidArgument(
+                "new_value", "must be an ISO-8601 time with its UTC offset"
+            ) from None
+        if value.tzinfo is None:
+            # Read as UTC it would be seven hours off for an officer in WIB: the offset
+            # says which instant is meant.
+            raise InvalidArgument(
+                "new_value",
+                f"{new_value!r} has no UTC offset: write the zone, e.g. "
+                f"{new_value}+07:00 (WIB) or {new_value}Z (UTC)",
+            )
         if field == "occurred_at":
             rules.time_bounds.check_occurred("new_value", value, rules.now)
         else:

@@ -178,6 +178,9 @@ CORRECTABLE: dict[str, frozenset[str]] = {
     "EvidenceAttached": frozenset({"description", "superseded_by"}),
 }
 LOCATION_FIELDS = frozenset({"location.kecamatan", "location.desa", "location.tps"})
+# Correctable fields that hold a time: recorded in the canonical form (UTC, microseconds),
+# named in a correction by any ISO-8601 spelling of the same instant.
+TIME_FIELDS = frozenset({"occurred_at", "valid_from", "valid_until"})
 
 
 @dataclass(frozen=True)
@@ -1129,11 +1132,25 @@ class Incident(Aggregate):
                 f"{field!r} cannot be corrected on a {self.event_types[event_id]} event "
                 f"(correctable: {correctable})",
             )
-        if values[field] != old_value:
+        recorded = values[field]
+        if field in TIME_FIELDS:
+            # A time is named by its instant, whatever the spelling (the zone a person
+            # reads it in, with or without the microseconds), and recorded in one form.
+            named = _instant(old_value)
+            if old_value != recorded and (named is None or named != _time_value(recorded)):
+                raise FailedPrecondition(
+                    f"old_value does not match the recorded value of {field}, {recorded}",
+                    reason="OLD_VALUE_MISMATCH",
+                    metadata={"field": field, "recorded_value": recorded},
+                )
+            old_value = recorded
+            new_value = _canonical(_time_value(new_value))
+            self._check_validity_window(values, field, new_value)
+        elif recorded != old_value:
             raise FailedPrecondition(
-                f"old_value does not match the recorded value of {field}",
+                f"old_value does not match the recorded value of {field}, {recorded!r}",
                 reason="OLD_VALUE_MISMATCH",
-                metadata={"field": field, "recorded_value": values[field]},
+                metadata={"field": field, "recorded_value": recorded},
             )
         if new_value == old_value:
             raise InvalidArgument("new_value", "must differ from old_value")
@@ -1317,6 +1334,24 @@ class Incident(Aggregate):
             )
 
     # ----------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _check_validity_window(values: dict[str, str], field: str, new_value: str) -> None:
+        """A decision's window stays non-empty when one of its ends is corrected, as when it
+        was recorded: valid_until after valid_from."""
+        if field == "valid_from":
+            start, end = _time_value(new_value), _time_value(values["valid_until"])
+        elif field == "valid_until":
+            start, end = _time_value(values["valid_from"]), _time_value(new_value)
+        else:
+            return
+        if end <= start:
+            other = "valid_until" if field == "valid_from" else "valid_from"
+            relation = "before" if field == "valid_from" else "after"
+            raise InvalidArgument(
+                "new_value",
+                f"{field} must be {relation} the decision's {other}, {values[other]}",
+            )
 
     def apply_correction(self, event_id: UUID, field: str, new_value: str) -> None:
         self.event_values[event_id][field] = new_value
@@ -1511,6 +1546,23 @@ def event_hash(event: Incident.Event) -> str:
     body["type"] = type(event).__name__
     body["schema_version"] = getattr(type(event), "class_version", 1)
     return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def _time_value(text: str) -> datetime:
+    """A time of a correctable field as recorded or as checked by the command (ISO-8601;
+    one recorded before offsets were required, without one, is UTC)."""
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _instant(text: str) -> datetime | None:
+    """The instant an old_value names: an ISO-8601 time with its UTC offset (without one it
+    names no instant, unless it is the recorded text itself), else None."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return value if value.tzinfo is not None else None
 
 
 def _initial_values(event: Incident.Event) -> dict[str, str]:
