@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from incidentledger_client.cli import main
 from tests.ledgerctl_support import Ctl, without_server_log
+
+WIB = timezone(timedelta(hours=7))
 
 
 def test_the_lifecycle_through_ledgerctl(ctl: Ctl, tmp_path: Path) -> None:
@@ -115,6 +118,40 @@ def test_the_lifecycle_through_ledgerctl(ctl: Ctl, tmp_path: Path) -> None:
     lines = export.read_text().splitlines()
     assert exported["events"] == len(lines) > 15
     assert json.loads(lines[0])["type"] == "Reported"
+
+
+def test_a_decision_reads_and_is_corrected_in_local_time(ctl: Ctl) -> None:
+    """A duty officer in WIB types a decision's ends in WIB, reads them in WIB in the
+    timeline (and its correction's), sees when it starts, and corrects its end by typing
+    the times as shown."""
+    name = ctl.json("kesbangpol", "report", "Tension before rally", "crowd_gathering", "ipuh")[
+        "incident"
+    ]
+    ctl.ok("desk_pilkada", "verify", name)
+    day = (datetime.now(WIB) + timedelta(days=1)).date().isoformat()
+    after = (datetime.now(WIB) + timedelta(days=4)).date().isoformat()
+    ctl.ok(
+        "desk_pilkada",
+        *("decide", name, "Large gatherings restricted", "--forum", "Forkopimda"),
+        *("--by", "desk_pilkada", "--rationale", "tension"),
+        *("--valid-from", f"{day} 18:00", "--valid-until", f"{day} 23:00"),
+    )
+    shown = ctl.ok("polres", "show", name)
+    assert f"from {day} 18:00:00 WIB until {day} 23:00:00 WIB" in shown, shown
+    assert f"valid_from={day} 18:00:00 WIB" in shown, shown
+    assert "+00:00" not in shown, shown
+
+    ctl.ok(
+        "desk_pilkada",
+        *("correct", name, "valid_until", f"{day} 23:00", f"{after} 18:00"),
+        *("--reason", "extended by Forkopimda"),
+    )
+    decision = ctl.json("polres", "show", name)["incident"]["decisions"][0]
+    end = datetime.fromisoformat(decision["valid_until"])
+    assert end == datetime.fromisoformat(f"{after}T18:00:00+07:00"), decision
+    shown = ctl.ok("polres", "show", name)
+    assert f"old_value={day} 23:00:00 WIB" in shown and f"new_value={after} 18:00:00 WIB" in shown
+    assert "+00:00" not in shown, shown
 
 
 def test_exit_codes_and_messages(ctl: Ctl, tmp_path: Path) -> None:

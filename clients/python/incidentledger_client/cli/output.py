@@ -312,14 +312,22 @@ def sealed_people(value: object) -> str | None:
     return _("sealed: {roles}").format(roles=", ".join(named))
 
 
+#: The payload fields that hold a time (besides the ``*_time`` ones), and the correctable
+#: fields whose corrections' old and new values do.
+PAYLOAD_TIMES = frozenset({"valid_from", "valid_until", "occurred_at"})
+
+
 def payload_summary(event: IncidentEvent, zone: tzinfo = UTC) -> str:
     payload = event.payload
+    times = set(PAYLOAD_TIMES)
+    if payload.get("field") in PAYLOAD_TIMES:
+        times |= {"old_value", "new_value"}
     parts = []
     for key, value in payload.items():
         if value in ("", None, [], {}) or key in {"location"}:
             continue
         text = sealed_people(value)
-        if text is None and key.endswith("_time") and isinstance(value, str):
+        if text is None and (key.endswith("_time") or key in times) and isinstance(value, str):
             text = _payload_time(value, zone)
         if text is None:
             text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
@@ -414,10 +422,13 @@ def incident_detail(
     elif incident.merged_into:
         out.print(_("merged into {name}").format(name=incident.merged_into))
     for decision in incident.decisions:
-        until = when(decision.valid_until, zone)
+        # Both ends: a decision that starts later must not read as in force already.
         out.print(
-            _("decision ({forum}, until {until}): {summary}").format(
-                forum=decision.forum, until=until, summary=decision.summary
+            _("decision ({forum}, from {start} until {until}): {summary}").format(
+                forum=decision.forum,
+                start=when(decision.valid_from, zone),
+                until=when(decision.valid_until, zone),
+                summary=decision.summary,
             ),
             markup=False,
         )

@@ -526,8 +526,21 @@ def correct(
     field_name: Annotated[
         str, typer.Argument(help="The field, e.g. severity, title, location.desa.", metavar="FIELD")
     ],
-    old_value: Annotated[str, typer.Argument(help="The recorded value (checked).", metavar="OLD")],
-    new_value: Annotated[str, typer.Argument(help="The corrected value.", metavar="NEW")],
+    old_value: Annotated[
+        str,
+        typer.Argument(
+            help="The recorded value (checked); a time (occurred_at, valid_from, "
+            f"valid_until) as shown or typed: {TIME_HELP}.",
+            metavar="OLD",
+        ),
+    ],
+    new_value: Annotated[
+        str,
+        typer.Argument(
+            help="The corrected value; a time as for OLD, e.g. '2026-12-10 18:00'.",
+            metavar="NEW",
+        ),
+    ],
     event: Annotated[
         str | None,
         typer.Option(
@@ -542,6 +555,11 @@ def correct(
     ledger = state(ctx).ledger()
     incident = incident_name(ctx, name)
     event_id = event or _event_recording(ledger, incident, field_name)
+    if field_name in TIME_FIELDS:
+        # Typed as every other time of ledgerctl (in the configured zone, WIB by default),
+        # sent with its offset: the ledger matches the old one by its instant.
+        old_value = _time_text(ctx, old_value, "OLD")
+        new_value = _time_text(ctx, new_value, "NEW")
     result = ledger.correct(
         incident,
         event_id,
@@ -552,6 +570,15 @@ def correct(
         **_options(expected_version, request_id),
     )
     done(ctx, _("corrected"), result)
+
+
+#: The correctable fields that hold a time.
+TIME_FIELDS = frozenset({"occurred_at", "valid_from", "valid_until"})
+
+
+def _time_text(ctx: typer.Context, value: str, param: str) -> str:
+    when = moment(ctx, value, param)
+    return value if when is None else when.isoformat(timespec="microseconds")
 
 
 def _event_recording(ledger: LedgerClient, incident: str, field_name: str) -> str:
