@@ -707,6 +707,31 @@ def test_the_decisions_in_force_show_the_time_left_in_wib(room: Room, browser: B
     assert_local_and_clean(room)
 
 
+def test_an_incident_shows_when_its_decision_starts_as_well_as_ends(room: Room) -> None:
+    """A restriction decided now for tomorrow evening does not read as in force already."""
+    desk = room.ledger("desk_pilkada")
+    reported = room.ledger("kesbangpol").report("Rally planned", "crowd_gathering", "ipuh")
+    desk.verify(reported.incident)
+    wib = timezone(timedelta(hours=7))
+    start = (datetime.now(wib) + timedelta(days=1)).replace(
+        hour=18, minute=0, second=0, microsecond=0
+    )
+    desk.record_decision(
+        reported.incident,
+        ["desk_pilkada"],
+        "Forkopimda",
+        "Large gatherings restricted",
+        rationale="Tension before the rally",
+        valid_from=start,
+        valid_until=start + timedelta(days=3),
+    )
+    with signed_in_http(room, "polres") as police:
+        page = police.get(f"/{reported.incident}")
+    assert page.status_code == 200
+    shown = f"from {start.strftime('%Y-%m-%d %H:%M')} WIB until "
+    assert shown in page.text, page.text
+
+
 def test_failed_sign_ins_are_throttled_here_before_the_ledger_blocks_the_page(
     room: Room,
 ) -> None:
