@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import re
 import tempfile
 import uuid
@@ -132,10 +133,11 @@ def whole(text: str) -> int | None:
 
 
 def time_left(until: datetime | None, now: datetime) -> str:
-    """How long a decision stays in force: ``3 h 05 min`` ("" without an end)."""
+    """How long a decision stays in force: ``3 h 05 min`` ("" without an end). Started
+    minutes count: a decision still in force for 40 s has 1 min left, not 0."""
     if until is None:
         return ""
-    return duration(max(0, int((until - now).total_seconds() // 60)))
+    return duration(max(0, math.ceil((until - now).total_seconds() / 60)))
 
 
 def said(failure: LedgerError) -> str:

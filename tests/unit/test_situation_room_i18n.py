@@ -40,3 +40,12 @@ def test_a_decision_in_force_for_weeks_says_its_days_left() -> None:
         assert time_left(now + timedelta(days=20, hours=19, minutes=59), now) == "20 hari 19 jam"
         assert time_left(now - timedelta(minutes=5), now) == "0 mnt"
         assert time_left(None, now) == ""
+
+
+def test_a_decision_in_its_last_minute_has_a_minute_left_not_none() -> None:
+    now = datetime(2026, 12, 5, tzinfo=UTC)
+    with using("en"):
+        assert time_left(now + timedelta(seconds=40), now) == "1 min"
+        assert time_left(now + timedelta(minutes=3, seconds=1), now) == "4 min"
+        assert time_left(now + timedelta(hours=2), now) == "2 h 00 min"
+        assert time_left(now, now) == "0 min"
