@@ -136,6 +136,9 @@ def test_a_decision_reads_and_is_corrected_in_local_time(ctl: Ctl) -> None:
         *("--by", "desk_pilkada", "--rationale", "tension"),
         *("--valid-from", f"{day} 18:00", "--valid-until", f"{day} 23:00"),
     )
+    # It starts tomorrow evening: none is in force now, said as the situation room says it.
+    assert ctl.ok("polres", "decisions").strip() == "No decision is in force."
+    assert "Large gatherings restricted" in ctl.ok("polres", "decisions", "--at", f"{day} 20:00")
     shown = ctl.ok("polres", "show", name)
     assert f"from {day} 18:00:00 WIB until {day} 23:00:00 WIB" in shown, shown
     assert f"valid_from={day} 18:00:00 WIB" in shown, shown

@@ -121,6 +121,9 @@ def decisions(
     found = st.ledger().decisions_in_force(moment(ctx, at, "--at"), kecamatan)
     if st.as_json:
         output.emit_json(found)
+    elif not found:
+        # As the situation room says it, rather than a table with no rows.
+        output.console().print(_("No decision is in force."))
     else:
         output.console().print(output.decisions_table(found, st.settings.tz()))
 
