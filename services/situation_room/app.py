@@ -899,6 +899,23 @@ def field_label(field: str) -> str:
     return _(FIELD_LABELS[field]) if field in FIELD_LABELS else field
 
 
+#: The correctable fields that hold a time (the ledger records them in UTC).
+TIME_FIELDS = frozenset({"occurred_at", "valid_from", "valid_until"})
+
+
+def corrected_value(value: object, field: str) -> str:
+    """A correction's old or new value as the room reads it: a time in WIB, like every
+    other time of the page (a text, or a time recorded without its offset, as recorded)."""
+    text = str(value)
+    if field not in TIME_FIELDS:
+        return text
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    return wib(moment, seconds=True) if moment.tzinfo is not None else text
+
+
 #: How many other incidents of the kecamatan the merge form offers (the newest, one page).
 MERGE_CANDIDATES = 50
 
@@ -1253,6 +1270,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
     templates.env.filters["event"] = labels.event_type
     templates.env.filters["rejection"] = worded_rejection
     templates.env.filters["field"] = field_label
+    templates.env.filters["corrected"] = corrected_value
     # One channel to the ledger for every officer: each call carries the officer's token.
     channel_owner = LedgerClient(settings.ledger_address, "", language="id")
 

@@ -708,7 +708,8 @@ def test_the_decisions_in_force_show_the_time_left_in_wib(room: Room, browser: B
 
 
 def test_an_incident_shows_when_its_decision_starts_as_well_as_ends(room: Room) -> None:
-    """A restriction decided now for tomorrow evening does not read as in force already."""
+    """A restriction decided now for tomorrow evening does not read as in force already;
+    its corrected end reads in WIB like every other time of the page."""
     desk = room.ledger("desk_pilkada")
     reported = room.ledger("kesbangpol").report("Rally planned", "crowd_gathering", "ipuh")
     desk.verify(reported.incident)
@@ -716,7 +717,7 @@ def test_an_incident_shows_when_its_decision_starts_as_well_as_ends(room: Room) 
     start = (datetime.now(wib) + timedelta(days=1)).replace(
         hour=18, minute=0, second=0, microsecond=0
     )
-    desk.record_decision(
+    decided = desk.record_decision(
         reported.incident,
         ["desk_pilkada"],
         "Forkopimda",
@@ -725,11 +726,22 @@ def test_an_incident_shows_when_its_decision_starts_as_well_as_ends(room: Room) 
         valid_from=start,
         valid_until=start + timedelta(days=3),
     )
+    # Extended by two days: the timeline's correction reads in WIB too.
+    desk.correct(
+        reported.incident,
+        decided.event_id,
+        "valid_until",
+        (start + timedelta(days=3)).isoformat(),
+        (start + timedelta(days=5)).isoformat(),
+        reason="extended by Forkopimda",
+    )
     with signed_in_http(room, "polres") as police:
         page = police.get(f"/{reported.incident}")
     assert page.status_code == 200
-    shown = f"from {start.strftime('%Y-%m-%d %H:%M')} WIB until "
-    assert shown in page.text, page.text
+    ends = f"{(start + timedelta(days=5)).strftime('%Y-%m-%d %H:%M')} WIB"
+    assert f"from {start.strftime('%Y-%m-%d %H:%M')} WIB until {ends}" in page.text, page.text
+    old, new = (f"{(start + timedelta(days=d)).strftime('%Y-%m-%d %H:%M:%S')} WIB" for d in (3, 5))
+    assert f"<del>{old}</del> → <ins>{new}</ins>" in page.text, page.text
 
 
 def test_failed_sign_ins_are_throttled_here_before_the_ledger_blocks_the_page(
