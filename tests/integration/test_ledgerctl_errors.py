@@ -84,6 +84,14 @@ def test_decide_needs_a_validity_window_and_offers_the_flags(ctl: Ctl) -> None:
     )
     code, _, err = ctl.run("desk_pilkada", *decide)
     assert code == 2 and "validity window" in err and "--valid-from" in err, err
+    code, _, err = ctl.run("desk_pilkada", "--lang", "id", *decide)
+    assert code == 2 and "memerlukan masa berlaku" in err, err
+    # Two ends given: refused, rather than one of them silently dropped.
+    code, _, err = ctl.run("desk_pilkada", *decide, "--days", "3", "--valid-until", "+1d")
+    assert code == 2 and "give one of them" in err, err
+    code, _, err = ctl.run("desk_pilkada", *decide, "--days", "0")
+    assert code == 2 and "more than 0 days, not 0" in err, err
+    assert ctl.json("polres", "show", name)["incident"]["decisions"] == []
     # Next month, 08:00 WIB (decisions are planned at most a year ahead).
     day = (datetime.now(UTC) + timedelta(days=30)).date()
     ctl.ok(

@@ -384,12 +384,25 @@ def decide(
     kecamatan = maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")
     until = moment(ctx, valid_until, "--valid-until")
     start = moment(ctx, valid_from, "--valid-from") or datetime.now(UTC)
+    if days is not None and until is not None:
+        # Either says when the decision ends: one of them would be silently dropped.
+        raise typer.BadParameter(
+            _("--days and --valid-until both say when the decision ends: give one of them"),
+            param_hint="--days/--valid-until",
+        )
     if days is not None:
+        if not days > 0:
+            raise typer.BadParameter(
+                _("a decision is valid for more than 0 days, not {days:g}").format(days=days),
+                param_hint="--days",
+            )
         until = start + timedelta(days=days)
     if until is None:
         raise typer.BadParameter(
-            "a decision needs a validity window: --days N (from now, or from --valid-from "
-            "TIME), or --valid-until TIME (with --valid-from TIME to start other than now)",
+            _(
+                "a decision needs a validity window: --days N (from now, or from --valid-from "
+                "TIME), or --valid-until TIME (with --valid-from TIME to start other than now)"
+            ),
             param_hint="--days/--valid-until",
         )
     result = (
