@@ -961,7 +961,11 @@ def decision_hours(text: str) -> int:
         return DECISION_HOURS
     hours = whole(text.strip())
     if hours is None or not 1 <= hours <= MAX_DECISION_HOURS:
-        raise ValueError(_("The decision lasts a whole number of hours, at least 1."))
+        raise ValueError(
+            _("The decision lasts a whole number of hours, from 1 to {most}.").format(
+                most=MAX_DECISION_HOURS
+            )
+        )
     return hours
 
 

@@ -61,6 +61,10 @@ def test_positions_and_versions_the_browser_never_sends_are_ignored_not_a_crash(
     assert [whole(t) for t in (str(MAX_INT64 + 1), "²", "١٢", "-1", "", "1.5")] == [None] * 6
     with pytest.raises(ValueError, match="whole number of hours"):
         decision_hours("²")
+    # Too many hours is refused naming the most, not "at least 1", which 9000 is.
+    with pytest.raises(ValueError, match="from 1 to 8784"):
+        decision_hours("9000")
+    assert decision_hours("8784") == 8784
     settings = SituationRoomSettings(ledger_address=NOWHERE, notifier_address=NOWHERE)
     settings = replace(settings, session_key=b"a session key of 16 bytes or more")
     app = build_app(settings, token=lambda: "token")
