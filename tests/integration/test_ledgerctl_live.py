@@ -7,7 +7,7 @@ import json
 import re
 import secrets
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,28 @@ def test_watch_prints_what_the_notifier_delivers(
     received = [json.loads(line) for line in lines]
     assert received[0]["event"]["incident"] == first.incident
     assert received[1]["event"]["type"] == "Reported" and received[1]["cursor"]
+
+
+def test_watch_says_what_a_decision_is_and_when_it_starts_and_ends_in_wib(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ctl = LiveCtl(stack, capsys)
+    reported = stack.ledger.report("kesbangpol", category="crowd_gathering")
+    assert ctl.run("desk_pilkada", "verify", reported.incident)[0] == 0
+    day = (datetime.now(UTC) + timedelta(days=2)).date().isoformat()
+    decided = ctl.run(
+        "desk_pilkada",
+        *("decide", reported.incident, "Large gatherings restricted", "--forum", "Forkopimda"),
+        *("--by", "desk_pilkada", "--rationale", "tension"),
+        *("--valid-from", f"{day} 18:00", "--valid-until", f"{day} 22:00"),
+    )
+    assert decided[0] == 0, decided
+    code, out = ctl.run("polres", "watch", "--cursor", "v1.0", "--count", "3")
+    assert code == 0
+    # The line, however the terminal's width wraps it.
+    decision = " ".join(out.split()).split("DecisionRecorded", 1)[1]
+    assert "Large gatherings restricted" in decision, out
+    assert f"from {day} 18:00:00 WIB until {day} 22:00:00 WIB" in decision, out
 
 
 def test_a_watch_that_ends_says_which_cursor_goes_on_from_there(

@@ -276,8 +276,9 @@ def triage_json(line: TriageLine) -> dict[str, Any]:
 def notification_line(
     event: IncidentEvent, incident: Incident, zone: tzinfo, statuses: StatusNames | None = None
 ) -> Text:
-    """One line of ``watch``: when, what happened, to which incident, by whom."""
-    return Text.assemble(
+    """One line of ``watch``: when, what happened, to which incident, by whom; for a
+    decision, what was decided and when it starts and ends (as ``show`` says it)."""
+    line = Text.assemble(
         f"{when(event.record_time, zone)} ",
         (labels.event_type(event.type), "bold"),
         f" {short_id(incident.name)} {incident.reference or '-'} {incident.title!r} ",
@@ -289,6 +290,23 @@ def notification_line(
             kecamatan=incident.location.kecamatan, agency=event.actor.agency
         ),
     )
+    if event.type == "DecisionRecorded":
+        payload = event.payload
+
+        def at(key: str) -> str:
+            value = str(payload.get(key, ""))
+            return _payload_time(value, zone) or value
+
+        line.append(
+            " — "
+            + _("decision ({forum}, from {start} until {until}): {summary}").format(
+                forum=payload.get("forum", ""),
+                start=at("valid_from"),
+                until=at("valid_until"),
+                summary=payload.get("summary", ""),
+            )
+        )
+    return line
 
 
 #: Roles of the people a report names, as the ledger names them, for people.
