@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from incidentledger_client.cli.times import TimeError, parse_time
+from incidentledger_client.i18n import format_time, using
 
 # 2026-11-28 10:00 in Jakarta (WIB, UTC+7).
 NOW = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
@@ -45,3 +47,16 @@ def test_the_zone_is_a_setting() -> None:
 def test_nonsense_is_refused_with_examples() -> None:
     with pytest.raises(TimeError, match="yesterday 18:00"):
         parse_time("whenever", "Asia/Jakarta", now=NOW)
+
+
+@pytest.mark.parametrize("month", range(1, 13))
+@pytest.mark.parametrize("seconds", [True, False])
+def test_a_time_shown_in_indonesian_reads_back_as_the_same_time(month: int, seconds: bool) -> None:
+    """What ledgerctl shows in Indonesian (28 Nov 2026 17.05.00 WIB, dots in the clock) is
+    what an officer copies into --at or correct: it names the same instant."""
+    moment = datetime(2026, month, 9, 1, 5, 0, tzinfo=UTC)  # 08.05 WIB
+    with using("id"):
+        shown = format_time(moment, ZoneInfo("Asia/Jakarta"), seconds=seconds)
+    assert "08.05" in shown
+    assert parse_time(shown, "Asia/Jakarta", now=NOW) == moment
+    assert parse_time(shown.removesuffix(" WIB"), "Asia/Jakarta", now=NOW) == moment

@@ -24,6 +24,19 @@ _ABBREVIATIONS = {"WIB": "+07:00", "WITA": "+08:00", "WIT": "+09:00"}
 EXAMPLES = N_("2026-11-28T10:00, '2026-11-28 10:00 WIB', -2h, '2 hours ago', 'yesterday 18:00'")
 
 
+#: A clock written the Indonesian way, with dots (``17.05`` or ``17.05.00``), as ledgerctl
+#: shows times in Indonesian (``28 Nov 2026 17.05.00 WIB``): at the end of the text, after a
+#: space, before a zone offset if any; dateparser reads only colons there.
+_CLOCK_DOTS = re.compile(
+    r"(?<=\s)(?P<h>\d{1,2})\.(?P<m>\d{2})(?:\.(?P<s>\d{2}))?(?P<zone>\s*[+-]\d{2}:?\d{2})?$"
+)
+
+
+def _colons(found: re.Match[str]) -> str:
+    seconds = f":{found['s']}" if found["s"] else ""
+    return f"{found['h']}:{found['m']}{seconds}{found['zone'] or ''}"
+
+
 class TimeError(ValueError):
     """The text is no time ledgerctl understands."""
 
@@ -45,7 +58,7 @@ def parse_time(text: str, zone: str, now: datetime | None = None) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        parsed = _worded(value, zone, current)
+        parsed = _worded(_CLOCK_DOTS.sub(_colons, value), zone, current)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=tz)
     return parsed.astimezone(UTC)
