@@ -146,6 +146,21 @@ def test_ledgerctls_own_hints_in_indonesian_and_json_unchanged(
     assert errors[0] == errors[1] and "cannot reach the ledger" in errors[0]
 
 
+def test_ledgerctls_refusals_of_its_own_flags_in_indonesian(ctl: Ctl) -> None:
+    """Refused flags that ledgerctl checks itself were English on an Indonesian terminal."""
+    name = ctl.json("kesbangpol", "report", "Rally", "crowd_gathering", "ipuh")["incident"]
+    decide = ("decide", name, "x", "--forum", "F", "--by", "polres", "--rationale", "r")
+    for args, said in [
+        (("board", "--limit", "-1"), "harus 0 (semua) atau lebih"),
+        (("completion", "pwsh"), "harus bash, zsh atau fish"),
+        (decide, "memerlukan masa berlaku"),
+        (("webhooks", "replay"), "sebutkan surat mati atau berikan --all"),
+        (("webhooks", "replay", "--all", "dl_1"), "jangan keduanya"),
+    ]:
+        code, _out, err = ctl.run("polres", "--lang", "id", *args)
+        assert code == 2 and said in err, (args, err)
+
+
 #: Another regency's words for two statuses and a role (Mukomuko's file uses the glossary's).
 OTHER_WORDS = {
     "statuses": [

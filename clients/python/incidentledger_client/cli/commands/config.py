@@ -117,7 +117,9 @@ def completion(
 
     if shell not in {"bash", "zsh", "fish"}:
         raise typer.BadParameter(
-            f"must be bash, zsh or fish{config.suggest(shell, ('bash', 'zsh', 'fish'))}",
+            _("must be bash, zsh or fish{suggestion}").format(
+                suggestion=config.suggest(shell, ("bash", "zsh", "fish"))
+            ),
             param_hint="SHELL",
         )
     output.emit_line(

@@ -47,10 +47,10 @@ def webhooks_replay(
     st = state(ctx)
     notifier = st.notifier()
     if all_ and names:
-        raise typer.BadParameter("name dead letters or pass --all, not both")
+        raise typer.BadParameter(_("name dead letters or pass --all, not both"))
     chosen = [d.name for d in notifier.dead_letters()] if all_ else list(names or [])
     if not chosen and not all_:
-        raise typer.BadParameter("name dead letters or pass --all")
+        raise typer.BadParameter(_("name dead letters or pass --all"))
     if not chosen:  # --all with nothing to replay: done, and said so
         if st.as_json:
             output.emit_json({"replayed": [], "count": 0})

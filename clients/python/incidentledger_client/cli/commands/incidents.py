@@ -602,7 +602,7 @@ def _event_recording(ledger: LedgerClient, incident: str, field_name: str) -> st
         if top in event.payload or (top == "location" and event.type == "Reported"):
             return event.event_id
     if not events:
-        raise typer.BadParameter(f"{incident} has no events")
+        raise typer.BadParameter(_("{incident} has no events").format(incident=incident))
     return events[0].event_id
 
 

@@ -42,7 +42,7 @@ def board(
     kecamatan = maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")
     sort = choose(sort, BOARD_SORTS, "sort", "--sort")
     if limit < 0:
-        raise typer.BadParameter("must be 0 (all) or more", param_hint="--limit")
+        raise typer.BadParameter(_("must be 0 (all) or more"), param_hint="--limit")
     st = state(ctx)
     ledger = st.ledger()
     ranks = {v.code: v.rank for v in st.reference().severities}

@@ -91,8 +91,11 @@ def _webhook(ctx: typer.Context, name: str) -> Webhook:
             return hook
     known = [h.name for h in hooks]
     raise typer.BadParameter(
-        f"your agency has no webhook {name!r}{config.suggest(wanted, known)}"
-        f" (yours: {', '.join(known) or 'none'})",
+        _("your agency has no webhook {name}{suggestion} (yours: {yours})").format(
+            name=repr(name),
+            suggestion=config.suggest(wanted, known),
+            yours=", ".join(known) or _("none"),
+        ),
         param_hint="WEBHOOK",
     )
 
