@@ -149,6 +149,12 @@ def test_a_decision_reads_and_is_corrected_in_local_time(ctl: Ctl) -> None:
         *("correct", name, "valid_until", f"{day} 23:00", f"{after} 18:00"),
         *("--reason", "extended by Forkopimda"),
     )
+    # A wrong OLD is told the recorded one as the officer reads it, not in UTC only.
+    code, _out, err = ctl.run(
+        "desk_pilkada",
+        *("correct", name, "valid_until", f"{day} 23:00", f"{after} 20:00", "--reason", "x"),
+    )
+    assert code == 4 and f"the recorded valid_until is {after} 18:00:00 WIB" in err, err
     decision = ctl.json("polres", "show", name)["incident"]["decisions"][0]
     end = datetime.fromisoformat(decision["valid_until"])
     assert end == datetime.fromisoformat(f"{after}T18:00:00+07:00"), decision

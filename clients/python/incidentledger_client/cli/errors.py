@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import datetime, tzinfo
 
 from incidentledger_client import (
     Aborted,
@@ -28,7 +29,7 @@ from incidentledger_client import (
 )
 from incidentledger_client.addresses import listening
 from incidentledger_client.cli.state import State
-from incidentledger_client.i18n import N_, _
+from incidentledger_client.i18n import N_, _, format_time
 
 EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_PERMISSION, EXIT_SERVER = (
     0,
@@ -231,7 +232,33 @@ def explain(error: LedgerError, st: State) -> Hint | None:
                 ).format(source=settings.source("token"), where=where),
                 meta,
             )
+    if error.reason == "OLD_VALUE_MISMATCH":
+        return _recorded_time(error, settings.tz())
     return None
+
+
+#: The correctable fields that hold a time (the ledger says them in UTC).
+_TIME_FIELDS = frozenset({"occurred_at", "valid_from", "valid_until"})
+
+
+def _recorded_time(error: LedgerError, zone: tzinfo) -> Hint | None:
+    """The recorded value of a time, when a correction named another, in the officer's zone
+    (the ledger says it in UTC: 2026-12-09T01:00:00.000000+00:00 for 08:00 WIB)."""
+    field, recorded = error.metadata.get("field", ""), error.metadata.get("recorded_value", "")
+    if field not in _TIME_FIELDS:
+        return None
+    try:
+        moment = datetime.fromisoformat(recorded)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return Hint(
+        _("the recorded {field} is {time}: give it as OLD").format(
+            field=field, time=format_time(moment, zone)
+        ),
+        {},
+    )
 
 
 def _answered_unavailable(
