@@ -530,7 +530,7 @@ def incident_to_proto(incident: Incident) -> pb.Incident:
                 forum=values["forum"],
                 summary=values["summary"],
                 rationale=values["rationale"],
-                scope=location_to_proto(decision.scope),
+                scope=location_to_proto(incident.decision_scope(decision)),
                 valid_from=timestamp(datetime.fromisoformat(values["valid_from"])),
                 valid_until=timestamp(datetime.fromisoformat(values["valid_until"])),
                 event_id=str(decision.event_id),

@@ -163,6 +163,27 @@ def test_a_decision_reads_and_is_corrected_in_local_time(ctl: Ctl) -> None:
     assert "+00:00" not in shown, shown
 
 
+def test_a_decisions_corrected_place_is_the_same_in_the_incident_and_in_force(ctl: Ctl) -> None:
+    """GetIncident's decision scope and ListDecisionsInForce answer the same after a
+    correction of where the decision applies."""
+    name = ctl.json("kesbangpol", "report", "Rally", "crowd_gathering", "lubuk_pinang")["incident"]
+    ctl.ok("desk_pilkada", "verify", name)
+    decided = ctl.json(
+        "desk_pilkada",
+        *("decide", name, "Gatherings restricted", "--forum", "Forkopimda"),
+        *("--by", "desk_pilkada", "--rationale", "tension", "--days", "1"),
+    )
+    ctl.ok(
+        "desk_pilkada",
+        *("correct", name, "location.kecamatan", "lubuk_pinang", "penarik"),
+        *("--event", decided["event_id"], "--reason", "the wrong kecamatan"),
+    )
+    in_force = ctl.json("polres", "decisions")
+    assert [d["kecamatan"] for d in in_force] == ["penarik"]
+    decision = ctl.json("polres", "show", name)["incident"]["decisions"][0]
+    assert decision["scope"]["kecamatan"] == "penarik", decision
+
+
 def test_exit_codes_and_messages(ctl: Ctl, tmp_path: Path) -> None:
     name = ctl.json("kesbangpol", "report", "Gathering", "crowd_gathering", "kota_mukomuko")[
         "incident"

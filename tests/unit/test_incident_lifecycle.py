@@ -942,6 +942,16 @@ def test_a_time_is_named_by_its_instant_and_recorded_in_one_form() -> None:
     assert same.value.field == "new_value"
 
 
+def test_a_decisions_scope_reflects_a_correction_of_its_place() -> None:
+    incident = _decided()
+    decision = incident.decisions[0]
+    assert incident.decision_scope(decision) == {"kecamatan": "ipuh"}
+    _correct(incident, LEAD, "DecisionRecorded", "location.kecamatan", "ipuh", "penarik")
+    assert incident.decision_scope(decision) == {"kecamatan": "penarik"}
+    # The recorded scope is untouched: the correction is an event of its own.
+    assert decision.scope == {"kecamatan": "ipuh"}
+
+
 def test_corrections_are_allowed_on_a_closed_incident() -> None:
     incident = incident_in(Status.CLOSED)
     _correct(incident, LEAD, "Resolved", "resolution", "crowd dispersed", "crowd went home")

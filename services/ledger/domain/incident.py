@@ -1353,6 +1353,17 @@ class Incident(Aggregate):
                 f"{field} must be {relation} the decision's {other}, {values[other]}",
             )
 
+    def decision_scope(self, decision: Decision) -> dict[str, Any]:
+        """Where ``decision`` applies as it stands: its recorded scope with the corrections of
+        its location fields (as the decisions in force have it)."""
+        values = self.event_values[decision.event_id]
+        scope = dict(decision.scope)
+        for field in LOCATION_FIELDS:
+            key = field.removeprefix("location.")
+            if field in values and values[field] != str(scope.get(key, "")):
+                scope[key] = values[field]
+        return scope
+
     def apply_correction(self, event_id: UUID, field: str, new_value: str) -> None:
         self.event_values[event_id][field] = new_value
         is_report = self.event_types[event_id] == "Reported"
