@@ -42,6 +42,7 @@ from services.ledger.domain.evidence import (
     EvidencePolicy,
     UploadEvidence,
     check_chunk,
+    check_declared_size,
     object_name,
     sniff_media_type,
 )
@@ -87,6 +88,8 @@ class UploadHeader:
     file_name: str
     declared_media_type: str
     description: str
+    #: The file's size as the uploader declared it; 0: not declared.
+    declared_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -226,10 +229,13 @@ class EvidenceService:
         limit, the media type once the first bytes are in) and counted into ``tally``; the
         refusal of the first that fails a check ends the upload."""
         head = b""
+        check_declared_size(header.declared_size, 0, ended=False)
+        self._policy.check_size(header.declared_size)  # refused before its first byte
         for chunk in chunks:
             check_chunk(len(chunk))
             tally.size += len(chunk)
             self._policy.check_size(tally.size)
+            check_declared_size(header.declared_size, tally.size, ended=False)
             if not tally.media_type:
                 head += chunk[: SNIFF_BYTES - len(head)]
                 if len(head) >= SNIFF_BYTES:
@@ -241,6 +247,7 @@ class EvidenceService:
             yield chunk
         if tally.size == 0:
             raise InvalidArgument("chunk", "the file is empty")
+        check_declared_size(header.declared_size, tally.size, ended=True)
         if not tally.media_type:
             tally.media_type = self._policy.check_type(
                 sniff_media_type(head), header.declared_media_type

@@ -318,6 +318,106 @@ def test_an_upload_cut_half_way_leaves_no_event_and_no_object(
     assert asyncio.run(_stream_messages(nats_server.url, "evidence")) == 0
 
 
+#: An uploader in a process of its own, the Python client: once half the file is sent it
+#: says so and waits to be killed (a phone whose app is closed, a laptop losing power).
+_DYING_UPLOADER = """
+import sys
+from incidentledger_client import LedgerClient
+address, token, name, path = sys.argv[1:5]
+
+def progress(sent, size):
+    if sent * 2 >= size:
+        print("half", flush=True)
+        sys.stdin.read()  # killed here
+
+LedgerClient(address, token=token).attach_evidence(name, path, progress=progress)
+"""
+
+
+def test_an_uploader_killed_half_way_records_nothing(ledger: Client, tmp_path: Path) -> None:
+    """A client process that dies mid-upload may close its connection as if its stream
+    had ended, without cancelling the call: what it sent must not be recorded as the file."""
+    name = assigned_incident(ledger)
+    source = tmp_path / "recording.jpg"
+    write_file(source, 8 * CHUNK)
+    version = attached_version(ledger, name)
+    objects = ledger.server.evidence_objects
+    assert objects is not None
+    argv = [ledger.address, ledger.tokens["polres"], name, str(source)]
+    uploader = subprocess.Popen(
+        [sys.executable, "-c", _DYING_UPLOADER, *argv],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert uploader.stdout is not None
+        assert uploader.stdout.readline() == b"half\n"
+        wait_until(
+            lambda: [o.name[:7] for o in objects.list_objects()] == ["upload-"],
+            what="the upload's pending entry",
+        )
+    finally:
+        uploader.kill()
+        uploader.wait()
+    # Dropped (nothing left), or, the defect, recorded cut short.
+    wait_until(
+        lambda: not objects.list_objects() or attached_version(ledger, name) != version,
+        what="the upload dropped or recorded",
+    )
+    assert attached_events(ledger, name) == []
+    assert attached_version(ledger, name) == version
+    assert objects.list_objects() == []
+
+
+def test_an_upload_that_ends_before_its_declared_size_is_refused(
+    ledger: Client, tmp_path: Path
+) -> None:
+    """A stream that ends normally before the declared size, as a dead client's may: the
+    bytes are not the file, nothing is stored or recorded."""
+    name = assigned_incident(ledger)
+    source = tmp_path / "recording.jpg"
+    write_file(source, 8 * CHUNK)
+    version = attached_version(ledger, name)
+
+    def first_half() -> Iterator[ev.UploadEvidenceRequest]:
+        for n, message in enumerate(upload_messages(name, source, rid())):
+            if message.HasField("header"):
+                message.header.size_bytes = 8 * CHUNK
+            if n > 8:  # the header and 8 chunks of half a MiB: 4 MiB of the 8
+                return
+            yield message
+
+    with pytest.raises(grpc.RpcError) as caught:
+        evidence_stub(ledger).UploadEvidence(first_half(), metadata=ledger.md("polres"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "4194304 of the 8388608 bytes declared" in str(caught.value.details())
+    assert attached_version(ledger, name) == version
+    objects = ledger.server.evidence_objects
+    assert objects is not None
+    wait_until(lambda: not objects.list_objects(), what="the refused upload's chunks purged")
+    # More than declared is refused too.
+    with pytest.raises(grpc.RpcError) as caught:
+        evidence_stub(ledger).UploadEvidence(
+            (
+                m
+                if not m.HasField("header")
+                else ev.UploadEvidenceRequest(
+                    header=ev.EvidenceHeader(
+                        request_id=m.header.request_id,
+                        name=name,
+                        file_name="recording.jpg",
+                        size_bytes=CHUNK,
+                    )
+                )
+                for m in upload_messages(name, source, rid())
+            ),
+            metadata=ledger.md("polres"),
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert attached_version(ledger, name) == version
+
+
 async def _stream_messages(nats_url: str, bucket: str) -> int:
     nc = await nats.connect(nats_url)
     try:

@@ -13,7 +13,11 @@ from services.common.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
-from services.ledger.domain.evidence import EvidencePolicy, sniff_media_type
+from services.ledger.domain.evidence import (
+    EvidencePolicy,
+    check_declared_size,
+    sniff_media_type,
+)
 from services.ledger.domain.incident import EvidenceFile, Incident, Status
 from tests.unit.incident_builders import (
     AUDITOR,
@@ -77,6 +81,18 @@ def test_a_file_over_the_limit_is_resource_exhausted() -> None:
     with pytest.raises(ResourceExhausted) as refused:
         POLICY.check_size(1001)
     assert refused.value.reason == "EVIDENCE_TOO_LARGE"
+
+
+def test_an_upload_must_bring_exactly_the_size_it_declared() -> None:
+    check_declared_size(0, 123, ended=True)  # none declared: nothing to check
+    check_declared_size(100, 60, ended=False)  # still coming
+    check_declared_size(100, 100, ended=True)
+    with pytest.raises(InvalidArgument, match="ended after 60 of the 100 bytes"):
+        check_declared_size(100, 60, ended=True)
+    with pytest.raises(InvalidArgument, match="more than the 100 bytes"):
+        check_declared_size(100, 101, ended=False)
+    with pytest.raises(InvalidArgument, match="negative"):
+        check_declared_size(-1, 0, ended=False)
 
 
 @pytest.mark.parametrize("agency", [COORDINATOR, LEAD, REPORTER])

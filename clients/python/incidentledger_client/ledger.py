@@ -1208,6 +1208,8 @@ class LedgerClient:
             media_type=media_type,
             description=description,
             correlation_id=correlation_id,
+            # Declared, so that the ledger never takes a stream cut short for the file.
+            size_bytes=size,
         )
         if occur_time is not None:
             header.occur_time.CopyFrom(to_timestamp(occur_time))

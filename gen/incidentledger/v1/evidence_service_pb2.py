@@ -27,7 +27,7 @@ from incidentledger.v1 import incident_pb2 as incidentledger_dot_v1_dot_incident
 from incidentledger.v1 import ledger_service_pb2 as incidentledger_dot_v1_dot_ledger__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(incidentledger/v1/evidence_service.proto\x12\x11incidentledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a incidentledger/v1/incident.proto\x1a&incidentledger/v1/ledger_service.proto\"\xb6\x01\n\x0e\x45videnceHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tfile_name\x18\x03 \x01(\t\x12\x12\n\nmedia_type\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12.\n\noccur_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63orrelation_id\x18\x07 \x01(\t\"e\n\x15UploadEvidenceRequest\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32!.incidentledger.v1.EvidenceHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"y\n\x16UploadEvidenceResponse\x12\x30\n\x06result\x18\x01 \x01(\x0b\x32 .incidentledger.v1.CommandResult\x12-\n\x08\x65vidence\x18\x02 \x01(\x0b\x32\x1b.incidentledger.v1.Evidence\"\xec\x01\n\x08\x45vidence\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x12\n\nmedia_type\x18\x04 \x01(\t\x12\x11\n\tfile_name\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12*\n\x08uploader\x18\x07 \x01(\x0b\x32\x18.incidentledger.v1.Actor\x12/\n\x0b\x61ttach_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rsuperseded_by\x18\t \x01(\t\"\'\n\x17\x44ownloadEvidenceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"d\n\x18\x44ownloadEvidenceResponse\x12/\n\x08\x65vidence\x18\x01 \x01(\x0b\x32\x1b.incidentledger.v1.EvidenceH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"L\n\x13ListEvidenceRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"^\n\x14ListEvidenceResponse\x12-\n\x08\x65vidence\x18\x01 \x03(\x0b\x32\x1b.incidentledger.v1.Evidence\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"U\n\x1cListEvidenceDownloadsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x80\x01\n\x10\x45videnceDownload\x12\x10\n\x08\x65vidence\x18\x01 \x01(\t\x12\'\n\x05\x61\x63tor\x18\x02 \x01(\x0b\x32\x18.incidentledger.v1.Actor\x12\x31\n\rdownload_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"p\n\x1dListEvidenceDownloadsResponse\x12\x36\n\tdownloads\x18\x01 \x03(\x0b\x32#.incidentledger.v1.EvidenceDownload\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x17\n\x15VerifyEvidenceRequest\"\xbc\x01\n\x0f\x45videnceProblem\x12\x10\n\x08\x65vidence\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x03\x12\x0e\n\x06object\x18\x03 \x01(\t\x12\x0f\n\x07problem\x18\x04 \x01(\t\x12\x17\n\x0f\x65xpected_sha256\x18\x05 \x01(\t\x12\x1b\n\x13\x65xpected_size_bytes\x18\x06 \x01(\x03\x12\x14\n\x0c\x66ound_sha256\x18\x07 \x01(\t\x12\x18\n\x10\x66ound_size_bytes\x18\x08 \x01(\x03\"\x91\x01\n\x16VerifyEvidenceResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x10\n\x08\x65vidence\x18\x02 \x01(\x03\x12\x0f\n\x07objects\x18\x03 \x01(\x03\x12\x12\n\nbytes_read\x18\x04 \x01(\x03\x12\x34\n\x08problems\x18\x05 \x03(\x0b\x32\".incidentledger.v1.EvidenceProblem2\xad\x04\n\x0f\x45videnceService\x12g\n\x0eUploadEvidence\x12(.incidentledger.v1.UploadEvidenceRequest\x1a).incidentledger.v1.UploadEvidenceResponse(\x01\x12m\n\x10\x44ownloadEvidence\x12*.incidentledger.v1.DownloadEvidenceRequest\x1a+.incidentledger.v1.DownloadEvidenceResponse0\x01\x12_\n\x0cListEvidence\x12&.incidentledger.v1.ListEvidenceRequest\x1a\'.incidentledger.v1.ListEvidenceResponse\x12z\n\x15ListEvidenceDownloads\x12/.incidentledger.v1.ListEvidenceDownloadsRequest\x1a\x30.incidentledger.v1.ListEvidenceDownloadsResponse\x12\x65\n\x0eVerifyEvidence\x12(.incidentledger.v1.VerifyEvidenceRequest\x1a).incidentledger.v1.VerifyEvidenceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(incidentledger/v1/evidence_service.proto\x12\x11incidentledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a incidentledger/v1/incident.proto\x1a&incidentledger/v1/ledger_service.proto\"\xca\x01\n\x0e\x45videnceHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tfile_name\x18\x03 \x01(\t\x12\x12\n\nmedia_type\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12.\n\noccur_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63orrelation_id\x18\x07 \x01(\t\x12\x12\n\nsize_bytes\x18\x08 \x01(\x03\"e\n\x15UploadEvidenceRequest\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32!.incidentledger.v1.EvidenceHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"y\n\x16UploadEvidenceResponse\x12\x30\n\x06result\x18\x01 \x01(\x0b\x32 .incidentledger.v1.CommandResult\x12-\n\x08\x65vidence\x18\x02 \x01(\x0b\x32\x1b.incidentledger.v1.Evidence\"\xec\x01\n\x08\x45vidence\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x12\n\nmedia_type\x18\x04 \x01(\t\x12\x11\n\tfile_name\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12*\n\x08uploader\x18\x07 \x01(\x0b\x32\x18.incidentledger.v1.Actor\x12/\n\x0b\x61ttach_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rsuperseded_by\x18\t \x01(\t\"\'\n\x17\x44ownloadEvidenceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"d\n\x18\x44ownloadEvidenceResponse\x12/\n\x08\x65vidence\x18\x01 \x01(\x0b\x32\x1b.incidentledger.v1.EvidenceH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"L\n\x13ListEvidenceRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"^\n\x14ListEvidenceResponse\x12-\n\x08\x65vidence\x18\x01 \x03(\x0b\x32\x1b.incidentledger.v1.Evidence\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"U\n\x1cListEvidenceDownloadsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x80\x01\n\x10\x45videnceDownload\x12\x10\n\x08\x65vidence\x18\x01 \x01(\t\x12\'\n\x05\x61\x63tor\x18\x02 \x01(\x0b\x32\x18.incidentledger.v1.Actor\x12\x31\n\rdownload_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"p\n\x1dListEvidenceDownloadsResponse\x12\x36\n\tdownloads\x18\x01 \x03(\x0b\x32#.incidentledger.v1.EvidenceDownload\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x17\n\x15VerifyEvidenceRequest\"\xbc\x01\n\x0f\x45videnceProblem\x12\x10\n\x08\x65vidence\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x03\x12\x0e\n\x06object\x18\x03 \x01(\t\x12\x0f\n\x07problem\x18\x04 \x01(\t\x12\x17\n\x0f\x65xpected_sha256\x18\x05 \x01(\t\x12\x1b\n\x13\x65xpected_size_bytes\x18\x06 \x01(\x03\x12\x14\n\x0c\x66ound_sha256\x18\x07 \x01(\t\x12\x18\n\x10\x66ound_size_bytes\x18\x08 \x01(\x03\"\x91\x01\n\x16VerifyEvidenceResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x10\n\x08\x65vidence\x18\x02 \x01(\x03\x12\x0f\n\x07objects\x18\x03 \x01(\x03\x12\x12\n\nbytes_read\x18\x04 \x01(\x03\x12\x34\n\x08problems\x18\x05 \x03(\x0b\x32\".incidentledger.v1.EvidenceProblem2\xad\x04\n\x0f\x45videnceService\x12g\n\x0eUploadEvidence\x12(.incidentledger.v1.UploadEvidenceRequest\x1a).incidentledger.v1.UploadEvidenceResponse(\x01\x12m\n\x10\x44ownloadEvidence\x12*.incidentledger.v1.DownloadEvidenceRequest\x1a+.incidentledger.v1.DownloadEvidenceResponse0\x01\x12_\n\x0cListEvidence\x12&.incidentledger.v1.ListEvidenceRequest\x1a\'.incidentledger.v1.ListEvidenceResponse\x12z\n\x15ListEvidenceDownloads\x12/.incidentledger.v1.ListEvidenceDownloadsRequest\x1a\x30.incidentledger.v1.ListEvidenceDownloadsResponse\x12\x65\n\x0eVerifyEvidence\x12(.incidentledger.v1.VerifyEvidenceRequest\x1a).incidentledger.v1.VerifyEvidenceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,33 +35,33 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'incidentledger.v1.evidence_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVIDENCEHEADER']._serialized_start=171
-  _globals['_EVIDENCEHEADER']._serialized_end=353
-  _globals['_UPLOADEVIDENCEREQUEST']._serialized_start=355
-  _globals['_UPLOADEVIDENCEREQUEST']._serialized_end=456
-  _globals['_UPLOADEVIDENCERESPONSE']._serialized_start=458
-  _globals['_UPLOADEVIDENCERESPONSE']._serialized_end=579
-  _globals['_EVIDENCE']._serialized_start=582
-  _globals['_EVIDENCE']._serialized_end=818
-  _globals['_DOWNLOADEVIDENCEREQUEST']._serialized_start=820
-  _globals['_DOWNLOADEVIDENCEREQUEST']._serialized_end=859
-  _globals['_DOWNLOADEVIDENCERESPONSE']._serialized_start=861
-  _globals['_DOWNLOADEVIDENCERESPONSE']._serialized_end=961
-  _globals['_LISTEVIDENCEREQUEST']._serialized_start=963
-  _globals['_LISTEVIDENCEREQUEST']._serialized_end=1039
-  _globals['_LISTEVIDENCERESPONSE']._serialized_start=1041
-  _globals['_LISTEVIDENCERESPONSE']._serialized_end=1135
-  _globals['_LISTEVIDENCEDOWNLOADSREQUEST']._serialized_start=1137
-  _globals['_LISTEVIDENCEDOWNLOADSREQUEST']._serialized_end=1222
-  _globals['_EVIDENCEDOWNLOAD']._serialized_start=1225
-  _globals['_EVIDENCEDOWNLOAD']._serialized_end=1353
-  _globals['_LISTEVIDENCEDOWNLOADSRESPONSE']._serialized_start=1355
-  _globals['_LISTEVIDENCEDOWNLOADSRESPONSE']._serialized_end=1467
-  _globals['_VERIFYEVIDENCEREQUEST']._serialized_start=1469
-  _globals['_VERIFYEVIDENCEREQUEST']._serialized_end=1492
-  _globals['_EVIDENCEPROBLEM']._serialized_start=1495
-  _globals['_EVIDENCEPROBLEM']._serialized_end=1683
-  _globals['_VERIFYEVIDENCERESPONSE']._serialized_start=1686
-  _globals['_VERIFYEVIDENCERESPONSE']._serialized_end=1831
-  _globals['_EVIDENCESERVICE']._serialized_start=1834
-  _globals['_EVIDENCESERVICE']._serialized_end=2391
+  _globals['_EVIDENCEHEADER']._serialized_end=373
+  _globals['_UPLOADEVIDENCEREQUEST']._serialized_start=375
+  _globals['_UPLOADEVIDENCEREQUEST']._serialized_end=476
+  _globals['_UPLOADEVIDENCERESPONSE']._serialized_start=478
+  _globals['_UPLOADEVIDENCERESPONSE']._serialized_end=599
+  _globals['_EVIDENCE']._serialized_start=602
+  _globals['_EVIDENCE']._serialized_end=838
+  _globals['_DOWNLOADEVIDENCEREQUEST']._serialized_start=840
+  _globals['_DOWNLOADEVIDENCEREQUEST']._serialized_end=879
+  _globals['_DOWNLOADEVIDENCERESPONSE']._serialized_start=881
+  _globals['_DOWNLOADEVIDENCERESPONSE']._serialized_end=981
+  _globals['_LISTEVIDENCEREQUEST']._serialized_start=983
+  _globals['_LISTEVIDENCEREQUEST']._serialized_end=1059
+  _globals['_LISTEVIDENCERESPONSE']._serialized_start=1061
+  _globals['_LISTEVIDENCERESPONSE']._serialized_end=1155
+  _globals['_LISTEVIDENCEDOWNLOADSREQUEST']._serialized_start=1157
+  _globals['_LISTEVIDENCEDOWNLOADSREQUEST']._serialized_end=1242
+  _globals['_EVIDENCEDOWNLOAD']._serialized_start=1245
+  _globals['_EVIDENCEDOWNLOAD']._serialized_end=1373
+  _globals['_LISTEVIDENCEDOWNLOADSRESPONSE']._serialized_start=1375
+  _globals['_LISTEVIDENCEDOWNLOADSRESPONSE']._serialized_end=1487
+  _globals['_VERIFYEVIDENCEREQUEST']._serialized_start=1489
+  _globals['_VERIFYEVIDENCEREQUEST']._serialized_end=1512
+  _globals['_EVIDENCEPROBLEM']._serialized_start=1515
+  _globals['_EVIDENCEPROBLEM']._serialized_end=1703
+  _globals['_VERIFYEVIDENCERESPONSE']._serialized_start=1706
+  _globals['_VERIFYEVIDENCERESPONSE']._serialized_end=1851
+  _globals['_EVIDENCESERVICE']._serialized_start=1854
+  _globals['_EVIDENCESERVICE']._serialized_end=2411
 # @@protoc_insertion_point(module_scope)

@@ -34,6 +34,7 @@ class EvidenceHeader(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     OCCUR_TIME_FIELD_NUMBER: _builtins.int
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Required, at most 128 characters (AIP-155)."""
     name: _builtins.str
@@ -47,6 +48,13 @@ class EvidenceHeader(_message.Message):
     description: _builtins.str
     """Optional, at most 4000 characters."""
     correlation_id: _builtins.str
+    size_bytes: _builtins.int
+    """The file's size in bytes, as the uploader knows it; optional (0: not declared).
+    When given, an upload whose stream ends before that many bytes came in, or that
+    brings more, is INVALID_ARGUMENT (INVALID_FIELD, field header.size_bytes) and
+    nothing is stored or recorded: an uploader that dies half way may close its
+    connection like a finished stream, and only the declared size tells them apart.
+    """
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp:
         """When it was captured; unset = now."""
@@ -61,10 +69,11 @@ class EvidenceHeader(_message.Message):
         description: _builtins.str = ...,
         occur_time: _timestamp_pb2.Timestamp | None = ...,
         correlation_id: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "description", b"description", "file_name", b"file_name", "media_type", b"media_type", "name", b"name", "occur_time", b"occur_time", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "description", b"description", "file_name", b"file_name", "media_type", b"media_type", "name", b"name", "occur_time", b"occur_time", "request_id", b"request_id", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -120,6 +120,7 @@ class EvidenceServicer(api_grpc.EvidenceServiceServicer):
             file_name=header.file_name,
             declared_media_type=header.media_type,
             description=header.description,
+            declared_size=header.size_bytes,
         )
         chunks = _chunks(request_iterator, context)
         result, attached = service.upload(envelope, upload, chunks)
@@ -238,7 +239,11 @@ def _chunks(
     except grpc.RpcError:
         if context.is_active():
             raise
-        # The uploader went away half way: what it sent is dropped, not a fault here.
-        raise Cancelled(
-            "the upload was cancelled before its last chunk", reason="UPLOAD_CANCELLED"
-        ) from None
+    else:
+        # A client that dies may close its connection as if its stream had ended: when its
+        # call is known cancelled by now, the bytes are not the file. (Not always known
+        # yet: the header's declared size is what tells them apart for certain.)
+        if context.is_active():
+            return
+    # The uploader went away half way: what it sent is dropped, not a fault here.
+    raise Cancelled("the upload was cancelled before its last chunk", reason="UPLOAD_CANCELLED")

@@ -96,6 +96,28 @@ def check_chunk(size: int) -> None:
         raise InvalidArgument("chunk", f"a chunk holds at most {MAX_CHUNK_BYTES} bytes")
 
 
+def check_declared_size(declared: int, received: int, *, ended: bool) -> None:
+    """The bytes received so far against the size the uploader declared (0: none): more
+    is refused at once, fewer once the stream has ended. An uploader that dies half way
+    may close its connection as if it had finished: without this check, the bytes it sent
+    would be taken for the whole file."""
+    if declared < 0:
+        raise InvalidArgument("header.size_bytes", "must not be negative")
+    if not declared:
+        return
+    if received > declared:
+        raise InvalidArgument(
+            "header.size_bytes",
+            f"the upload brings more than the {declared} bytes declared",
+        )
+    if ended and received < declared:
+        raise InvalidArgument(
+            "header.size_bytes",
+            f"the upload ended after {received} of the {declared} bytes declared: "
+            "send the whole file again",
+        )
+
+
 @dataclass(frozen=True)
 class UploadEvidence(IncidentCommand):
     """Attach a stored, checked file to the incident (the ``UploadEvidence`` RPC's command,
