@@ -556,6 +556,33 @@ def test_ledgerctl_attaches_lists_gets_and_shows_downloads(
     assert listed[evidence["name"]]["superseded_by"] == corrected["evidence"]["name"]
 
 
+def test_ledgerctl_attach_says_the_file_is_attached_when_its_correction_is_refused(
+    ledger: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only the uploader's agency or the coordinator may supersede evidence: the lead's
+    file is attached all the same, and ledgerctl must say so, lest it be attached again."""
+    ctl = Ctl(ledger, capsys)
+    name = assigned_incident(ledger)  # reported by kesbangpol, led by polres
+    wrong, right = tmp_path / "wrong.jpg", tmp_path / "right.jpg"
+    write_file(wrong, 10_000)
+    write_file(right, 20_000)
+    theirs = ctl.json("kesbangpol", "attach", name, str(wrong))["evidence"]["name"]
+    code, out, err = ctl.run(
+        "polres", "attach", name, str(right), "--supersedes", theirs[-36:], "--reason", "x"
+    )
+    assert code == 5 and "NOT_EVENT_AUTHOR" in err
+    (mine,) = [e for e in attached_events(ledger, name) if e.actor.agency == "polres"]
+    assert f"attached {name}" in out and mine.event_id in out
+    assert "is not recorded as superseded by it" in err
+    assert f"ledgerctl correct {name} superseded_by '' {mine.event_id} --event" in err
+    # Sent again with the same request id, attachment and correction are recorded once.
+    args = ("attach", name, str(right), "--supersedes", theirs[-36:], "--reason", "wrong photo")
+    first = ctl.json("kesbangpol", *args, "--request-id", "kesbangpol-fix-1")
+    again = ctl.json("kesbangpol", *args, "--request-id", "kesbangpol-fix-1")
+    assert again["correction"] == first["correction"]
+    assert again["evidence"]["name"] == first["evidence"]["name"]
+
+
 @pytest.mark.parametrize("ledger", STORES_TOO, indirect=True)
 def test_evidence_and_its_downloads_are_listed_page_by_page(ledger: Client, tmp_path: Path) -> None:
     name = assigned_incident(ledger)

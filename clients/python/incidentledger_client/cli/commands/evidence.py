@@ -15,9 +15,10 @@ from incidentledger_client.cli.commands import group
 from incidentledger_client.cli.commands.incidents import Name, RequestId
 from incidentledger_client.cli.inputs import incident_name
 from incidentledger_client.cli.progress import Meter, progress_bar
-from incidentledger_client.cli.state import state
+from incidentledger_client.cli.state import State, state
+from incidentledger_client.errors import LedgerError
 from incidentledger_client.i18n import N_, _, format_size
-from incidentledger_client.types import Evidence
+from incidentledger_client.types import CommandResult, Evidence
 
 #: The largest page the ledger gives (the client follows the pages): fewest round trips.
 MAX_PAGE = 500
@@ -88,14 +89,47 @@ def attach(
         meter.finish(size)
     correction = None
     if superseded is not None:
-        correction = st.ledger().correct(
-            incident,
-            superseded.rpartition("/")[2],
-            "superseded_by",
-            "",
-            evidence.name.rpartition("/")[2],
-            reason=reason,
-        )
+        try:
+            correction = st.ledger().correct(
+                incident,
+                superseded.rpartition("/")[2],
+                "superseded_by",
+                "",
+                evidence.name.rpartition("/")[2],
+                reason=reason,
+                # Derived from the attachment's: the command sent again with the same
+                # --request-id records the correction at most once too.
+                request_id=f"{request_id}.supersedes" if request_id else None,
+            )
+        except LedgerError:
+            # The file is attached, and stays: say so before the refusal of the correction,
+            # and how to record it, lest the attachment be sent again as a new one.
+            _show_attached(st, result, evidence, None)
+            if st.as_json:  # the output says it: "correction": null
+                raise
+            output.error_console().print(
+                _(
+                    "the file is attached as {evidence}, but {superseded} is not recorded as "
+                    "superseded by it. Do not attach the file again: record the correction "
+                    "with: ledgerctl correct {incident} superseded_by '' {new} --event {old} "
+                    "--reason '...'"
+                ).format(
+                    evidence=evidence.name,
+                    superseded=superseded,
+                    incident=incident,
+                    new=evidence.name.rpartition("/")[2],
+                    old=superseded.rpartition("/")[2],
+                ),
+                markup=False,
+                highlight=False,
+            )
+            raise
+    _show_attached(st, result, evidence, correction)
+
+
+def _show_attached(
+    st: State, result: CommandResult, evidence: Evidence, correction: CommandResult | None
+) -> None:
     if st.as_json:
         output.emit_json({"result": result, "evidence": evidence, "correction": correction})
         return
