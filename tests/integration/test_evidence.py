@@ -583,6 +583,51 @@ def test_ledgerctl_attach_says_the_file_is_attached_when_its_correction_is_refus
     assert again["evidence"]["name"] == first["evidence"]["name"]
 
 
+def test_ledgerctl_correct_names_the_evidence_as_the_list_shows_it(
+    ledger: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The two-command correction of evidence.md, with the short ids ``evidence list``
+    shows (the only ones a table gives)."""
+    ctl = Ctl(ledger, capsys)
+    name = assigned_incident(ledger)
+    wrong, right = tmp_path / "wrong.jpg", tmp_path / "right.jpg"
+    write_file(wrong, 10_000)
+    write_file(right, 20_000)
+    old = ctl.json("polres", "attach", name, str(wrong), "-d", "Amplop")["evidence"]["name"]
+    new = ctl.json("polres", "attach", name, str(right))["evidence"]["name"]
+    old_short, new_id = old[-36:][:8], new[-36:]
+    assert old_short in ctl.ok("polres", "evidence", "list", name)
+    ctl.ok(
+        "polres",
+        "correct",
+        name,
+        "superseded_by",
+        "",
+        new_id,
+        "--event",
+        old_short,
+        "--reason",
+        "the photo of another envelope",
+    )
+    ctl.ok(
+        "polres",
+        "correct",
+        name,
+        "description",
+        "Amplop",
+        "Amplop di Pasar Ipuh",
+        "--event",
+        old_short,
+        "--reason",
+        "where",
+    )
+    listed = {e["name"]: e for e in ctl.json("polres", "evidence", "list", name)}
+    assert listed[old]["superseded_by"] == new
+    assert listed[old]["description"] == "Amplop di Pasar Ipuh"
+    code, _out, err = ctl.run("polres", "correct", name, "description", "", "x", "--event", "ffff")
+    assert code == 2 and "ffff names no single event of" in err
+
+
 @pytest.mark.parametrize("ledger", STORES_TOO, indirect=True)
 def test_evidence_and_its_downloads_are_listed_page_by_page(ledger: Client, tmp_path: Path) -> None:
     name = assigned_incident(ledger)

@@ -557,7 +557,8 @@ def correct(
     event: Annotated[
         str | None,
         typer.Option(
-            help="The corrected event id (default: the latest event that recorded FIELD)."
+            help="The corrected event: its id, or its first 6+ characters as evidence "
+            "list shows them (default: the latest event that recorded FIELD)."
         ),
     ] = None,
     reason: Annotated[str, typer.Option(help="Why.")] = "",
@@ -567,7 +568,11 @@ def correct(
     """Record a correction of a field of an earlier event."""
     ledger = state(ctx).ledger()
     incident = incident_name(ctx, name)
-    event_id = event or _event_recording(ledger, incident, field_name)
+    event_id = (
+        _event_named(ledger, incident, event)
+        if event
+        else _event_recording(ledger, incident, field_name)
+    )
     if field_name in TIME_FIELDS:
         # Typed as every other time of ledgerctl (in the configured zone, WIB by default),
         # sent with its offset: the ledger matches the old one by its instant.
@@ -592,6 +597,24 @@ TIME_FIELDS = frozenset({"occurred_at", "valid_from", "valid_until"})
 def _time_text(ctx: typer.Context, value: str, param: str) -> str:
     when = moment(ctx, value, param)
     return value if when is None else when.isoformat(timespec="microseconds")
+
+
+#: The length of an event id written out (a UUID).
+_FULL_EVENT_ID = 36
+
+
+def _event_named(ledger: LedgerClient, incident: str, event: str) -> str:
+    """The id of the incident's event that ``event`` names: its id, or its first 6+
+    characters as the tables show them (``evidence list``)."""
+    if len(event) >= _FULL_EVENT_ID:
+        return event
+    matches = [e.event_id for e in ledger.incident_events(incident) if e.event_id.startswith(event)]
+    if len(event) < 6 or len(matches) != 1:
+        raise typer.BadParameter(
+            _("{event} names no single event of {incident}").format(event=event, incident=incident),
+            param_hint="--event",
+        )
+    return matches[0]
 
 
 def _event_recording(ledger: LedgerClient, incident: str, field_name: str) -> str:
