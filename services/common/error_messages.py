@@ -98,6 +98,7 @@ TEMPLATES: Mapping[str, str] = {
     # Evidence (EvidenceService).
     "MEDIA_TYPE_NOT_ALLOWED": N_("Files of type {media_type} are not accepted as evidence."),
     "MEDIA_TYPE_MISMATCH": N_("The file's content is not of the declared media type."),
+    "EVIDENCE_EMPTY": N_("The file is empty: there is nothing to attach."),
     "EVIDENCE_NOT_FOUND": N_("No evidence is named {evidence}."),
     "AUDITOR_OR_COORDINATOR_ONLY": N_("Only auditors and the coordinator may do this ({command})."),
     "EVIDENCE_TOO_LARGE": N_("The file is larger than the {max_bytes} bytes accepted."),

@@ -246,7 +246,9 @@ class EvidenceService:
             tally.digest.update(chunk)
             yield chunk
         if tally.size == 0:
-            raise InvalidArgument("chunk", "the file is empty")
+            raise InvalidArgument(
+                "chunk", "the file is empty: there is nothing to attach", reason="EVIDENCE_EMPTY"
+            )
         check_declared_size(header.declared_size, tally.size, ended=True)
         if not tally.media_type:
             tally.media_type = self._policy.check_type(

@@ -556,6 +556,20 @@ def test_ledgerctl_attaches_lists_gets_and_shows_downloads(
     assert listed[evidence["name"]]["superseded_by"] == corrected["evidence"]["name"]
 
 
+def test_ledgerctl_says_an_empty_file_is_empty_in_both_languages(
+    ledger: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ctl = Ctl(ledger, capsys)
+    name = assigned_incident(ledger)
+    empty = tmp_path / "foto.jpg"
+    empty.write_bytes(b"")
+    code, _out, err = ctl.run("polres", "attach", name, str(empty))
+    assert code == 2 and "EVIDENCE_EMPTY" in err and "the file is empty" in err
+    code, _out, err = ctl.run("polres", "--lang", "id", "attach", name, str(empty))
+    assert code == 2 and "Berkas kosong" in err and "chunk" not in err
+    assert attached_events(ledger, name) == []
+
+
 def test_ledgerctl_attach_says_the_file_is_attached_when_its_correction_is_refused(
     ledger: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
