@@ -570,6 +570,47 @@ def test_ledgerctl_says_an_empty_file_is_empty_in_both_languages(
     assert attached_events(ledger, name) == []
 
 
+def test_ledgerctl_get_never_writes_over_a_file_or_where_the_uploader_s_name_says(
+    ledger: Client,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default file name of ``evidence get`` is the uploader's, another agency's: it
+    must not replace a file of the officer's, nor write a hidden file or outside here."""
+    ctl = Ctl(ledger, capsys)
+    name = assigned_incident(ledger)
+    source = tmp_path / "photo.jpg"
+    write_file(source, 5_000)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    (here / "passwd").write_text("the officer's own file")
+    written = {}
+    for file_name in ("../../etc/passwd", ".bashrc", "..", "bad\nname.jpg"):
+        response = evidence_stub(ledger).UploadEvidence(
+            upload_messages(name, source, rid(), file_name=file_name),
+            metadata=ledger.md("kesbangpol"),
+        )
+        written[file_name] = response.evidence.name
+    code, _out, err = ctl.run("polres", "evidence", "get", written["../../etc/passwd"])
+    assert code == 2 and "passwd exists here" in err and "--out" in err
+    assert (here / "passwd").read_text() == "the officer's own file"
+    ctl.ok("polres", "evidence", "get", written[".bashrc"])
+    ctl.ok("polres", "evidence", "get", written[".."])
+    ctl.ok("polres", "evidence", "get", written["bad\nname.jpg"])
+    event_id = written[".."].rpartition("/")[2]
+    assert sorted(p.name for p in here.iterdir()) == sorted(
+        ["passwd", "bashrc", event_id, "badname.jpg"]
+    )
+    assert (here / "bashrc").read_bytes() == source.read_bytes()
+    # A place that cannot be written: said in a line, not a traceback.
+    code, _out, err = ctl.run(
+        "polres", "evidence", "get", written[".bashrc"], "-o", str(tmp_path / "none" / "x.jpg")
+    )
+    assert code == 1 and "cannot write or read" in err and "Traceback" not in err
+
+
 def test_ledgerctl_attach_says_the_file_is_attached_when_its_correction_is_refused(
     ledger: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

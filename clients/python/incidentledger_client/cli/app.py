@@ -39,6 +39,7 @@ from incidentledger_client.cli.errors import (
     said,
 )
 from incidentledger_client.cli.state import State
+from incidentledger_client.i18n import _
 
 EPILOG = (
     "Exit codes: 0 ok, 1 other, 2 usage, 3 not found, 4 conflict, 5 permission, "
@@ -319,5 +320,18 @@ def _run(args: list[str], as_json: bool) -> int:
         request_id = st.request_id or error.request_id
         return _fail(
             as_json, exit_code_for(error), error.code, message, error.reason, metadata, request_id
+        )
+    except BrokenPipeError:
+        raise  # the output's reader went away: main ends quietly
+    except OSError as error:
+        # A file of this machine that ledgerctl reads or writes (an --out in a directory that
+        # does not exist, a full disk): said in a line, not a traceback.
+        return _fail(
+            as_json,
+            EXIT_OTHER,
+            "FILE",
+            _("cannot write or read {file}: {problem}").format(
+                file=error.filename or "", problem=error.strerror or str(error)
+            ),
         )
     return EXIT_OK

@@ -225,7 +225,11 @@ def get(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Where to write it (default: its file name, here)."),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Where to write it (default: its file name, here, unless a file has that name).",
+        ),
     ] = None,
 ) -> None:
     """Download evidence to a file (checked against its recorded SHA-256; the download is
@@ -245,7 +249,15 @@ def get(
     if out is None:
         listed = ledger.list_evidence(incident, page_size=MAX_PAGE)
         found = [e for e in listed if e.name == full]
-        out = Path(Path(found[0].file_name).name if found else full.rpartition("/")[2])
+        out = Path(_local_name(found[0].file_name if found else "", full))
+        # The name is the uploader's, another agency's perhaps: it never replaces a file here.
+        if out.exists() or out.is_symlink():
+            raise typer.BadParameter(
+                _("{file} exists here: choose where to write the evidence with --out").format(
+                    file=out
+                ),
+                param_hint="--out",
+            )
     with progress_bar(st, _("downloading"), None, _("bytes")) as meter:
         item = ledger.download_evidence(full, out, progress=_follow(meter))
         meter.finish(item.size_bytes)
@@ -258,6 +270,15 @@ def get(
         ),
         markup=False,
     )
+
+
+def _local_name(file_name: str, evidence: str) -> str:
+    """A file name of this directory for the uploader's ``file_name``: its last part, with
+    no control characters and no leading dot (never a hidden file, ``.`` or ``..``); the
+    evidence's event id when nothing is left."""
+    base = file_name.replace("\\", "/").rpartition("/")[2]
+    cleaned = "".join(c for c in base if c.isprintable()).strip().lstrip(".")
+    return cleaned or evidence.rpartition("/")[2]
 
 
 @evidence_app.command(
