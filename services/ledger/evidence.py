@@ -217,9 +217,17 @@ class EvidenceService:
         result = self._ledger.execute(envelope, command)
         incident = self._ledger.get_incident(header.incident_id)
         attached = AttachedEvidence.of(incident, incident.evidence_item(result.event_id))
-        log.info(
-            "evidence.attached", sha256=tally.sha256, size=tally.size, media_type=tally.media_type
-        )
+        if result.replayed:
+            # A retry of an upload recorded before: its answer again, nothing recorded now.
+            log.info("evidence.upload_replayed", event_id=str(result.event_id), sha256=tally.sha256)
+        else:
+            log.info(
+                "evidence.attached",
+                event_id=str(result.event_id),
+                sha256=tally.sha256,
+                size=tally.size,
+                media_type=tally.media_type,
+            )
         return result, attached
 
     def _checked(

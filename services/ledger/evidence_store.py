@@ -384,7 +384,8 @@ class EvidenceObjects:
                 mtime=datetime.now(UTC).isoformat(),
                 options=api.ObjectMetaOptions(max_chunk_size=CHUNK_BYTES),
             )
-            if not await self._claim(js, stream, info):
+            created = await self._claim(js, stream, info)
+            if not created:
                 # The same bytes are stored already: these chunks are not needed.
                 await js.purge_stream(stream, subject=chunk_subject)
         except BaseException:
@@ -398,7 +399,8 @@ class EvidenceObjects:
         stored = await self._stat(info.name)
         if stored is None:
             raise unavailable(ObjectNotFoundError())
-        log.info("evidence.stored", object=info.name, size=size)
+        # already_stored: the same bytes were there before (a retry, the same file twice).
+        log.info("evidence.stored", object=info.name, size=size, already_stored=not created)
         return stored
 
     async def _claim(self, js: JetStreamContext, stream: str, info: api.ObjectInfo) -> bool:

@@ -187,6 +187,9 @@ def test_a_20_mb_file_comes_back_byte_for_byte_and_is_stored_once(
     )
 
 
+#: The log lines of an upload's outcome.
+UPLOAD_LINES = ("evidence.stored", "evidence.attached", "evidence.upload_replayed")
+
 #: Both stores the ledger runs on in production: the table of downloads is on each.
 STORES_TOO = ["sqlite", "postgres"]
 
@@ -197,15 +200,24 @@ def test_a_retry_with_the_same_request_id_records_one_event(ledger: Client, tmp_
     source = tmp_path / "letter.pdf"
     write_file(source, 300_000, head=b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj")
     stub, request_id = evidence_stub(ledger), rid()
-    first = stub.UploadEvidence(
-        upload_messages(name, source, request_id, file_name="letter.pdf"),
-        metadata=ledger.md("polres"),
-    )
-    second = stub.UploadEvidence(
-        upload_messages(name, source, request_id, file_name="letter.pdf"),
-        metadata=ledger.md("polres"),
-    )
+    with capture_logs() as logs:
+        first = stub.UploadEvidence(
+            upload_messages(name, source, request_id, file_name="letter.pdf"),
+            metadata=ledger.md("polres"),
+        )
+        second = stub.UploadEvidence(
+            upload_messages(name, source, request_id, file_name="letter.pdf"),
+            metadata=ledger.md("polres"),
+        )
     assert first.result == second.result
+    # The logs say the file was attached, and stored, once: the retry is said to be one.
+    said = [(x["event"], x.get("already_stored")) for x in logs if x["event"] in UPLOAD_LINES]
+    assert said == [
+        ("evidence.stored", False),
+        ("evidence.attached", None),
+        ("evidence.stored", True),
+        ("evidence.upload_replayed", None),
+    ]
     assert first.evidence.media_type == "application/pdf"
     assert len(attached_events(ledger, name)) == 1
     fetched = stub.DownloadEvidence(
