@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,7 +33,7 @@ from uuid import UUID
 import structlog
 
 from services.common.datafiles import make_private_dir
-from services.common.errors import DataLoss, InvalidArgument, Unavailable
+from services.common.errors import Cancelled, DataLoss, InvalidArgument, Unavailable
 from services.common.sql import Database
 from services.ledger.application import CommandResult, Ledger
 from services.ledger.domain.evidence import (
@@ -188,9 +188,18 @@ class EvidenceService:
     # ------------------------------------------------------------------ upload
 
     def upload(
-        self, envelope: Envelope, header: UploadHeader, chunks: Iterable[bytes]
+        self,
+        envelope: Envelope,
+        header: UploadHeader,
+        chunks: Iterable[bytes],
+        gone: Callable[[], bool] = lambda: False,
     ) -> tuple[CommandResult, AttachedEvidence]:
-        """Take the file, store it, then record its event (see the module's docstring)."""
+        """Take the file, store it, then record its event (see the module's docstring).
+
+        ``gone`` says whether the uploader has gone away (its call cancelled): asked once
+        the bytes are stored, before the event, as a dying uploader's stream may end like a
+        finished one and its cancellation be known only a moment later. The object so left
+        is one no event names, which the sweep deletes."""
         placeholder = UploadEvidence(
             header.incident_id, 0, "", 0, "", header.file_name, header.description
         )
@@ -204,6 +213,10 @@ class EvidenceService:
                 f"the evidence store holds other bytes under {object_name(tally.sha256)}",
                 reason="EVIDENCE_CHANGED",
                 metadata={"object": object_name(tally.sha256)},
+            )
+        if gone():
+            raise Cancelled(
+                "the upload was cancelled before its last chunk", reason="UPLOAD_CANCELLED"
             )
         command = UploadEvidence(
             header.incident_id,

@@ -123,7 +123,9 @@ class EvidenceServicer(api_grpc.EvidenceServiceServicer):
             declared_size=header.size_bytes,
         )
         chunks = _chunks(request_iterator, context)
-        result, attached = service.upload(envelope, upload, chunks)
+        result, attached = service.upload(
+            envelope, upload, chunks, gone=lambda: not context.is_active()
+        )
         return api.UploadEvidenceResponse(
             result=wire.result_to_proto(result), evidence=evidence_to_proto(attached)
         )
