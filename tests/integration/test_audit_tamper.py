@@ -253,6 +253,35 @@ def test_a_replica_with_another_signing_key_is_refused_at_start(store: Store) ->
         other.close()
 
 
+def test_another_signing_key_is_refused_before_the_first_checkpoint(store: Store) -> None:
+    # A lost key file, or the development key generated again in its place: before the
+    # first checkpoint only the seals name the ledger's key. Started, the ledger would
+    # seal with the new key, and the audit would find the history sealed by another.
+    assert store.checkpoints.latest() is None
+    store.checkpoints.check_key()  # the ledger's own key
+    stranger = Ed25519PrivateKey.generate()
+    other = Checkpoints(store.ledger.recorder, store.env, stranger)
+    try:
+        with pytest.raises(ConfigError) as refused:
+            other.check_key()
+        assert other.key_id in str(refused.value), refused.value
+        assert store.checkpoints.key_id in str(refused.value), refused.value
+        assert "newest event" in str(refused.value), refused.value
+    finally:
+        other.close()
+
+
+def test_any_signing_key_starts_an_empty_store(tmp_path: Path) -> None:
+    with store_environment("sqlite", tmp_path) as store_env:
+        ledger = Ledger(reference(), env=store_env, sealer=Sealer(KEY))
+        checkpoints = Checkpoints(ledger.recorder, store_env, Ed25519PrivateKey.generate())
+        try:
+            checkpoints.check_key()
+        finally:
+            checkpoints.close()
+            ledger.close()
+
+
 def test_the_periodic_thread_makes_checkpoints_until_stopped(store: Store) -> None:
     made = threading.Event()
     checkpoints = Checkpoints(

@@ -408,17 +408,34 @@ class Checkpoints:
 
     def check_key(self) -> None:
         """Refuse (:class:`ConfigError`) a signing key that is not the one the store's
-        latest checkpoint was signed with. A replica started with another key would seal
-        its events with it: the others would then refuse those incidents (their newest
-        seal fails), every later checkpoint would fail, and the audit would report them
-        as forged, for good. The key cannot be changed in place (docs/operations.md)."""
+        latest checkpoint was signed with, nor the one that sealed its newest incident
+        event. A replica started with another key would seal its events with it: the
+        others would then refuse those incidents (their newest seal fails), every later
+        checkpoint would fail, and the audit would report them as forged, for good. The
+        key cannot be changed in place (docs/operations.md). The newest seal counts too:
+        before the first checkpoint (the first `LEDGER_CHECKPOINT_SECONDS` of a ledger,
+        or for good with `0`) it is the only thing that names the ledger's key."""
         last = self.latest()
-        if last is None or last.verify(self.public_key):
+        if last is not None and not last.verify(self.public_key):
+            raise ConfigError(
+                f"LEDGER_SIGNING_KEY_FILE holds key {self.key_id}, but "
+                f"the store's checkpoints are signed with key {last.key_id} (the latest at "
+                f"position {last.position}): give every replica the ledger's own signing key"
+            )
+        row = newest_row(self._recorder, self._decoder.topics)
+        if row is None:
+            return
+        try:
+            _, seal = self._decoder.row_sealed_body(row)
+        except EventDecodeError:
+            return  # the audit names a broken event; it says nothing about the key
+        sealed_with = seal.partition(":")[0] if seal else ""
+        if not sealed_with or sealed_with == self.key_id:
             return
         raise ConfigError(
-            f"LEDGER_SIGNING_KEY_FILE holds key {self.key_id}, but "
-            f"the store's checkpoints are signed with key {last.key_id} (the latest at "
-            f"position {last.position}): give every replica the ledger's own signing key"
+            f"LEDGER_SIGNING_KEY_FILE holds key {self.key_id}, but the store's newest "
+            f"event (position {row[0]}) is sealed with key {sealed_with[:32]}: "
+            "give every replica the ledger's own signing key (restore it from the backup)"
         )
 
     # ------------------------------------------------------------------ read
