@@ -16,6 +16,7 @@ webhook's secret is erased with it.
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 import time
@@ -86,6 +87,19 @@ class WebhookRow:
     filter: str
     created_at: float
     fingerprint: str
+
+
+def delivery_id(webhook_id: str, event_id: str) -> str:
+    """The delivery id (``X-Ledger-Delivery``) of an event to a webhook: the same whenever
+    the event reaches the webhook again. The relay publishes an event again after a store
+    or a stream restored from a backup (docs/fan-out.md, "Foreign messages"), under a new
+    stream sequence; with a random id per job, a notifier whose store did not hold the
+    first job delivered it again under a new id, which receivers that remember ids could
+    not recognise as a repeat (docs/operations.md, "Backups")."""
+    if not event_id:  # every event has one; never let two events share an id
+        return f"dl_{uuid.uuid4().hex}"
+    digest = hashlib.sha256(f"{webhook_id}\n{event_id}".encode()).hexdigest()
+    return f"dl_{digest[:32]}"
 
 
 @dataclass(frozen=True)
@@ -322,11 +336,12 @@ class NotifierStore:
     # ---------------------------------------------------------------------- jobs
 
     def add_jobs(self, jobs: Iterable[NewJob]) -> None:
-        """Store new jobs; a job already there (a redelivered message) is left alone."""
+        """Store new jobs; a job already there (a redelivered message, or the same event
+        published again under another stream sequence) is left alone."""
         now = time.time()
         rows = [
             (
-                f"dl_{uuid.uuid4().hex}",
+                delivery_id(j.webhook_id, j.event_id),
                 j.webhook_id,
                 j.stream_seq,
                 j.position,
@@ -347,7 +362,7 @@ class NotifierStore:
                     "INSERT INTO delivery_jobs (id, webhook_id, stream_seq, position, event_id,"
                     " incident, agency, payload, status, next_attempt_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (webhook_id, stream_seq) DO NOTHING"
+                    " ON CONFLICT DO NOTHING"
                 ),
                 rows,
             )

@@ -194,6 +194,47 @@ def test_a_job_waits_until_every_earlier_stream_message_is_handled(
         store.close()
 
 
+def test_an_event_published_again_keeps_its_delivery_id(
+    either_store: dict[str, str], tmp_path: Path
+) -> None:
+    """After a restore the relay publishes events again under new stream sequences
+    (docs/fan-out.md, "Foreign messages"). A job still in the store is not made twice; a
+    store restored from before the first job makes it again, under the id the receiver
+    has seen, so that receivers that remember ids recognise the repeat."""
+    box = load_secret_box(settings(tmp_path))
+    store = open_store(either_store, box)
+    try:
+        store.add_jobs([NewJob("wh_a", 7, 40, "ev-40", "incidents/x", "bpbd", "{}")])
+        (first,) = store.claim_due(10, 30, per_webhook=4, handled_through=7)
+        store.add_jobs([NewJob("wh_a", 3, 40, "ev-40", "incidents/x", "bpbd", "{}")])
+        assert store.waiting()[0] == 1, "the same event again is no second delivery"
+        store.add_jobs([NewJob("wh_b", 3, 40, "ev-40", "incidents/x", "bpbd", "{}")])
+        (other,) = store.claim_due(10, 30, per_webhook=4, handled_through=7)
+        assert other.webhook_id == "wh_b" and other.id != first.id
+    finally:
+        store.close()
+    # The notifier's store restored from a backup taken before the job was stored.
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    env = {**either_store}
+    if "SQLITE_DBNAME" in env:
+        env["SQLITE_DBNAME"] = str(restored / "notifier.sqlite")
+    else:
+        db = open_database(either_store)
+        try:
+            with db.transaction() as cur:
+                cur.execute("DELETE FROM delivery_jobs")
+        finally:
+            db.close()
+    again = open_store(env, box)
+    try:
+        again.add_jobs([NewJob("wh_a", 2, 40, "ev-40", "incidents/x", "bpbd", "{}")])
+        (repeat,) = again.claim_due(10, 30, per_webhook=4, handled_through=2)
+        assert repeat.id == first.id, "the receiver has seen this delivery id already"
+    finally:
+        again.close()
+
+
 def test_the_deliveries_waiting_are_those_not_made_yet(
     either_store: dict[str, str], tmp_path: Path
 ) -> None:
