@@ -31,7 +31,7 @@ import json
 import os
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -254,10 +254,14 @@ def _unb64(text: str) -> bytes:
 
 @dataclass(frozen=True)
 class KeyRing:
-    """The key-encryption keys by id; ``current`` wraps new keys."""
+    """The key-encryption keys by id; ``current`` wraps new keys. ``source`` names where
+    they came from (a setting or a file), ``generated`` that a development key was made
+    just now because there was none."""
 
     keys: dict[str, bytes]
     current: str
+    source: str = field(default="", compare=False)
+    generated: bool = field(default=False, compare=False)
 
     @classmethod
     def parse(cls, text: str, source: str) -> KeyRing:
@@ -282,7 +286,7 @@ class KeyRing:
             order.append(kek_id)
         if not order:
             raise ConfigError(f"{source}: no key-encryption key")
-        return cls(keys, order[0])
+        return cls(keys, order[0], source)
 
     @classmethod
     def generate_text(cls, kek_id: str) -> str:
@@ -305,6 +309,7 @@ def load_key_ring(*, keys: str | None, key_dir: Path, production: bool, variable
         raise ConfigError(f"{variable} (or {variable}_FILE) is required in production")
     else:
         path = key_dir / "personal-data.keys"
+        generated = False
         if not path.exists():
             make_private_dir(key_dir)
             text = KeyRing.generate_text(f"{DEV_PREFIX}{secrets.token_hex(4)}")
@@ -315,12 +320,13 @@ def load_key_ring(*, keys: str | None, key_dir: Path, production: bool, variable
             else:
                 with os.fdopen(fd, "w") as out:
                     out.write(text)
+                generated = True
                 log.warning(
                     "personal_data.dev_key_generated",
                     file=str(path),
                     note=f"development key; set {variable} in production",
                 )
-        ring = KeyRing.parse(path.read_text(), str(path))
+        ring = replace(KeyRing.parse(path.read_text(), str(path)), generated=generated)
     if production:
         ring.check_production(variable)
     return ring
@@ -371,9 +377,17 @@ class PersonalKeys:
             used = sorted(str(row[0]) for row in cur.fetchall())
         missing = [k for k in used if k not in self._ring.keys]
         if missing:
+            given = self._ring.source or "LEDGER_PERSONAL_DATA_KEYS"
+            what = (
+                f"{given} was missing, and the development key generated in its place is "
+                "not one of them: put back the file the store's keys were written with"
+                if self._ring.generated
+                else "give the key-encryption keys the store's keys were written with"
+            )
             raise ConfigError(
                 f"the personal data key table holds keys wrapped by key-encryption keys "
-                f"{missing}, which LEDGER_PERSONAL_DATA_KEYS does not give"
+                f"{missing}, which {given} does not give: {what} (a backup of the keys, "
+                "docs/operations.md, Backups); without them no person's data can be read"
             )
         for kek_id in used:
             self._check_kek(kek_id)

@@ -245,6 +245,30 @@ def test_a_missing_or_wrong_key_encryption_key_stops_the_start(tmp_path: Path) -
         keys_at(path, WRONG)
 
 
+def test_a_lost_development_key_file_is_named_at_start(tmp_path: Path) -> None:
+    """A restore without keys/personal-data.keys: the ledger generates a development key
+    and the key table's keys do not open with it. The refusal says which file to put back,
+    not a setting the operator never used."""
+    key_dir = tmp_path / "keys"
+    path = tmp_path / "k.sqlite"
+    first = load_key_ring(keys=None, key_dir=key_dir, production=False, variable="V")
+    PersonalKeys(SQLiteDatabase(str(path)), first).close()
+    (key_dir / "personal-data.keys").unlink()
+    ring = load_key_ring(keys=None, key_dir=key_dir, production=False, variable="V")
+    assert ring.generated and ring.current != first.current
+    with pytest.raises(ConfigError) as refused:
+        PersonalKeys(SQLiteDatabase(str(path)), ring)
+    message = str(refused.value)
+    assert first.current in message, message
+    assert str(key_dir / "personal-data.keys") in message, message
+    assert "was missing" in message and "put back" in message, message
+    # The same file read again next time is no longer "generated", still not the key.
+    again = load_key_ring(keys=None, key_dir=key_dir, production=False, variable="V")
+    assert not again.generated and again == ring
+    with pytest.raises(ConfigError, match="give the key-encryption keys"):
+        PersonalKeys(SQLiteDatabase(str(path)), again)
+
+
 def test_production_refuses_a_development_key_and_needs_one(tmp_path: Path) -> None:
     ring = load_key_ring(keys=None, key_dir=tmp_path, production=False, variable="V")
     assert ring.current.startswith("dev-")
