@@ -29,10 +29,15 @@ NONCE_BYTES = 12
 
 
 class SecretBox:
-    def __init__(self, key: bytes) -> None:
+    def __init__(
+        self, key: bytes, *, source: str = "NOTIFIER_WEBHOOK_KEY_FILE", generated: bool = False
+    ) -> None:
         if len(key) != KEY_BYTES:
             raise ConfigError(f"the webhook key must be {KEY_BYTES} bytes, got {len(key)}")
         self._aead = AESGCM(key)
+        #: Where the key came from, and whether a development key was made just now.
+        self.source = source
+        self.generated = generated
 
     @staticmethod
     def is_sealed(stored: str) -> bool:
@@ -61,9 +66,14 @@ class SecretBox:
 def load_secret_box(settings: NotifierSettings) -> SecretBox:
     """The configured key; in development, generated on first use (see the module doc)."""
     path = settings.resolved_webhook_key_file
+    generated = False
     if settings.webhook_key_file is None and not settings.production and not path.exists():
-        _generate(path)
-    return SecretBox(_parse_key(read_setting_file("NOTIFIER_WEBHOOK_KEY_FILE", path), path))
+        generated = _generate(path)
+    return SecretBox(
+        _parse_key(read_setting_file("NOTIFIER_WEBHOOK_KEY_FILE", path), path),
+        source=f"NOTIFIER_WEBHOOK_KEY_FILE ({path})",
+        generated=generated,
+    )
 
 
 def _parse_key(data: bytes, path: Path) -> bytes:
@@ -80,7 +90,8 @@ def _parse_key(data: bytes, path: Path) -> bytes:
     return key
 
 
-def _generate(path: Path) -> None:
+def _generate(path: Path) -> bool:
+    """Write a new key to ``path``; False when another process wrote one first."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Written in full under a private name, then linked into place: another process
     # starting at the same moment sees either no key or the whole key, never half of one.
@@ -92,7 +103,7 @@ def _generate(path: Path) -> None:
         try:
             os.link(draft, path)
         except FileExistsError:
-            return  # another process generated it first: use that one
+            return False  # another process generated it first: use that one
     finally:
         draft.unlink()
     log.warning(
@@ -100,3 +111,4 @@ def _generate(path: Path) -> None:
         key_file=str(path),
         note="development key; set NOTIFIER_WEBHOOK_KEY_FILE in production",
     )
+    return True

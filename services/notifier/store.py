@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from services.common.config import ConfigError
 from services.common.failurelog import FailureLog
 from services.common.sql import Database
 from services.notifier.sealing import SEALED_PREFIX, SecretBox
@@ -194,6 +195,36 @@ class NotifierStore:
             )
         if purged or plain:
             log.info("notifier.webhook_secrets_sealed", sealed=len(plain), erased=purged)
+        self._check_key()
+
+    def _check_key(self) -> None:
+        """Refuse (:class:`ConfigError`) a webhook key that does not open the stored
+        secrets: with another key (a lost key file, which a development notifier replaces
+        with a new one) the notifier started, answered ListWebhooks INTERNAL and failed
+        every delivery of every webhook, for good, logging a warning and "working again"
+        at each retry."""
+        with self._db.transaction() as cur:
+            cur.execute(self._db.q("SELECT id, secret FROM webhooks WHERE deleted = 0"))
+            rows = [(str(wid), str(secret)) for wid, secret in cur.fetchall()]
+        closed: list[str] = []
+        for wid, secret in rows:
+            try:
+                self._box.open(secret, wid)
+            except ConfigError:
+                closed.append(wid)
+        if closed:
+            named = ", ".join(closed[:3]) + (", …" if len(closed) > 3 else "")
+            what = (
+                "the file was missing, and the development key generated in its place is "
+                "not theirs: put back the key file they were sealed with"
+                if self._box.generated
+                else "give the notifier the key they were sealed with"
+            )
+            raise ConfigError(
+                f"the stored secrets of {len(closed)} of {len(rows)} webhooks ({named}) do "
+                f"not open with the key of {self._box.source}: {what} (a backup of the "
+                "keys, docs/operations.md, Backups)"
+            )
 
     def _opened(self, found: tuple[object, ...]) -> WebhookRow:
         row = WebhookRow(*found)  # type: ignore[arg-type]

@@ -109,6 +109,38 @@ def test_plaintext_secrets_from_before_are_sealed_at_start_and_stay_usable(
         store.close()
 
 
+def test_a_key_that_does_not_open_the_stored_secrets_stops_the_start(
+    either_store: dict[str, str], tmp_path: Path
+) -> None:
+    """A lost key file: a development notifier generated a new key, started, answered
+    ListWebhooks INTERNAL and failed every webhook's deliveries for good. It now refuses
+    to start, naming the webhooks and the key file to put back."""
+    store = open_store(either_store, load_secret_box(settings(tmp_path)))
+    try:
+        hook = add(store, "a")
+    finally:
+        store.close()
+    key_file = settings(tmp_path).resolved_webhook_key_file
+    kept = key_file.read_bytes()
+    key_file.unlink()
+    box = load_secret_box(settings(tmp_path))  # generated again, as at a start
+    assert box.generated
+    with pytest.raises(ConfigError) as refused:
+        open_store(either_store, box).close()
+    message = str(refused.value)
+    assert hook in message and str(key_file) in message, message
+    assert "was missing" in message and "put back" in message, message
+    with pytest.raises(ConfigError, match="give the notifier the key they were sealed with"):
+        open_store(either_store, load_secret_box(settings(tmp_path))).close()
+    key_file.write_bytes(kept)  # put back: it starts, and the secret opens
+    again = open_store(either_store, load_secret_box(settings(tmp_path)))
+    try:
+        found = again.webhook(hook)
+        assert found is not None and found.secret == SECRET
+    finally:
+        again.close()
+
+
 def test_the_key_and_the_sqlite_file_are_private_to_their_owner(tmp_path: Path) -> None:
     data = tmp_path / "data"
     load_secret_box(settings(tmp_path))
