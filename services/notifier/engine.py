@@ -50,7 +50,7 @@ import nats
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamState
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamInfo
 from nats.js.errors import NotFoundError
 
 from incidentledger.v1 import incident_pb2 as pb
@@ -67,6 +67,7 @@ from services.notifier.messages import (
     EventJson,
     decode_cursor,
     sign,
+    stream_epoch,
     webhook_body,
     with_delivery_id,
 )
@@ -388,6 +389,9 @@ class Engine:
                 deliver_policy=DeliverPolicy.ALL,
             ),
         )
+        # The cursors in webhook bodies name the stream they count in (a stream made again
+        # fails this consumer, which is then set up again: the epoch is read again too).
+        epoch = stream_epoch((await js.stream_info(settings.stream.name)).created)
         self.consumer_ready.set()
         log.info("notifier.consuming", stream=settings.stream.name, consumer=settings.consumer)
         # Caught up, the consumer waits with a fetch of one message; with a backlog, it
@@ -432,7 +436,7 @@ class Engine:
                                 event_id=note.event.event_id,
                                 incident=note.event.incident,
                                 agency=hook.row.agency,
-                                payload=webhook_body(hook.row.id, seq, rendered),
+                                payload=webhook_body(hook.row.id, seq, rendered, epoch),
                             )
                         )
             if jobs:  # no hop to a worker thread for a batch no webhook wants
@@ -693,13 +697,13 @@ class Engine:
         """A live subscription after ``cursor`` (or from now); called from a gRPC thread."""
         return self.call(self._subscribe(cursor), 15)
 
-    async def _stream_state(self, js: JetStreamContext, name: str) -> StreamState:
-        """The event stream's state, waiting up to :data:`STREAM_WAIT_SECONDS` for a
+    async def _stream_info(self, js: JetStreamContext, name: str) -> StreamInfo:
+        """The event stream's info, waiting up to :data:`STREAM_WAIT_SECONDS` for a
         stream that does not exist yet (NotFoundError after that)."""
         deadline = time.monotonic() + STREAM_WAIT_SECONDS
         while True:
             try:
-                return (await js.stream_info(name)).state
+                return await js.stream_info(name)
             except NotFoundError:
                 if time.monotonic() >= deadline:
                     raise
@@ -709,14 +713,24 @@ class Engine:
         name = self._settings.stream.name
         try:
             js = await asyncio.wait_for(self._jetstream(), 5)
-            state = await self._stream_state(js, name)
+            info = await self._stream_info(js, name)
+            state = info.state
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             raise Unavailable(
                 "the notifier cannot reach the event stream yet; retry shortly",
                 reason="STREAM_UNAVAILABLE",
             ) from exc
+        epoch = stream_epoch(info.created)
         if cursor:
-            after = decode_cursor(cursor)
+            given_epoch, after = decode_cursor(cursor)
+            if given_epoch and epoch and given_epoch != epoch:
+                # Its sequence counts in a stream that is gone: here it would name other
+                # events, and a resume would skip those recorded since the stream was made.
+                raise FailedPrecondition(
+                    "the event stream was made again since this cursor was given (its data "
+                    "lost, or restored): subscribe from now",
+                    reason="CURSOR_EXPIRED",
+                )
             if after > state.last_seq:
                 raise InvalidArgument("cursor", "is ahead of the stream: not from this notifier")
             if state.messages and after + 1 < state.first_seq:
@@ -744,7 +758,7 @@ class Engine:
         ordered = getattr(sub, "_jsi", None)
         if ordered is not None and hasattr(ordered, "_sseq"):
             ordered._sseq = after
-        return LiveSubscription(self, sub, after + 1)
+        return LiveSubscription(self, sub, after + 1, epoch)
 
 
 async def _drain(response: aiohttp.ClientResponse) -> None:

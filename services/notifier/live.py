@@ -23,10 +23,11 @@ BATCH = 256  # messages handed to a live subscriber's thread at once
 class LiveSubscription:
     """One gRPC subscriber's ordered consumer; its methods are called from the gRPC thread."""
 
-    def __init__(self, engine: Engine, sub: Any, start_seq: int) -> None:
+    def __init__(self, engine: Engine, sub: Any, start_seq: int, epoch: str = "") -> None:
         self._engine = engine
         self._sub = sub
         self.cursor_seq = start_seq - 1
+        self.epoch = epoch  # of the stream, for the cursors given out (messages.stream_epoch)
         engine.live.add(self)
 
     def next_batch(self, timeout: float) -> list[tuple[int, pb.EventNotification]]:

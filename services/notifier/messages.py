@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from google.protobuf import json_format
@@ -15,17 +16,38 @@ from incidentledger.v1 import incident_pb2 as pb
 from services.common.errors import InvalidArgument
 
 SIGNATURE_HEADER = "X-Ledger-Signature"
-CURSOR_PREFIX = "v1."
+CURSOR_PREFIX = "v1."  # a stream sequence alone: given out before cursors named their stream
+CURSOR_V2_PREFIX = "v2."
 
 
-def encode_cursor(stream_seq: int) -> str:
-    return f"{CURSOR_PREFIX}{stream_seq}"
+def stream_epoch(created: datetime | None) -> str:
+    """Which incarnation of the stream a cursor's sequence counts in: its creation time
+    (microseconds, hex). A stream made again (NATS data lost, a restore onto a new stream)
+    counts its sequences from 1 again, for other events."""
+    if created is None:
+        return ""
+    return f"{round(created.timestamp() * 1_000_000):x}"
 
 
-def decode_cursor(cursor: str) -> int:
-    if not cursor.startswith(CURSOR_PREFIX) or not cursor[len(CURSOR_PREFIX) :].isdigit():
+def encode_cursor(stream_seq: int, epoch: str = "") -> str:
+    if not epoch:
+        return f"{CURSOR_PREFIX}{stream_seq}"
+    return f"{CURSOR_V2_PREFIX}{epoch}.{stream_seq}"
+
+
+def decode_cursor(cursor: str) -> tuple[str, int]:
+    """The stream's epoch ("" for a v1 cursor, which names none) and the sequence."""
+    if cursor.startswith(CURSOR_PREFIX) and cursor[len(CURSOR_PREFIX) :].isdigit():
+        return "", int(cursor[len(CURSOR_PREFIX) :])
+    epoch, _, seq = cursor.removeprefix(CURSOR_V2_PREFIX).partition(".")
+    if (
+        not cursor.startswith(CURSOR_V2_PREFIX)
+        or not epoch
+        or not all(c in "0123456789abcdef" for c in epoch)
+        or not seq.isdigit()
+    ):
         raise InvalidArgument("cursor", "is not a cursor this notifier gave out")
-    return int(cursor[len(CURSOR_PREFIX) :])
+    return epoch, int(seq)
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -52,12 +74,12 @@ class EventJson:
         )
 
 
-def webhook_body(webhook_id: str, stream_seq: int, note: EventJson) -> str:
+def webhook_body(webhook_id: str, stream_seq: int, note: EventJson, epoch: str = "") -> str:
     """The JSON a webhook receives, but for its ``delivery_id`` (see docs/fan-out.md)."""
     return json.dumps(
         {
             "webhook": f"webhooks/{webhook_id}",
-            "cursor": encode_cursor(stream_seq),
+            "cursor": encode_cursor(stream_seq, epoch),
             "position": note.position,
             "event": note.event,
             "incident": note.incident,

@@ -169,7 +169,7 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         ended = threading.Event()  # the client went away (or the call otherwise ended)
         context.add_callback(ended.set)
         try:
-            yield self._heartbeat(live.cursor_seq)
+            yield self._heartbeat(live.cursor_seq, live.epoch)
             last_sent = time.monotonic()
             while not ended.is_set():
                 if self._engine.stopping:
@@ -187,18 +187,21 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
                     if event_filter.matches(note, self._reference):
                         self._deliveries.record(self._grpc_delivery(principal, note.event))
                         self._engine.count_delivery("grpc", "delivered")
-                        yield napi.SubscribeResponse(cursor=encode_cursor(seq), notification=note)
+                        yield napi.SubscribeResponse(
+                            cursor=encode_cursor(seq, live.epoch), notification=note
+                        )
                         last_sent = time.monotonic()
                 if time.monotonic() - last_sent >= heartbeat:
-                    yield self._heartbeat(live.cursor_seq)
+                    yield self._heartbeat(live.cursor_seq, live.epoch)
                     last_sent = time.monotonic()
         finally:
             live.close()
 
     @staticmethod
-    def _heartbeat(cursor_seq: int) -> napi.SubscribeResponse:
+    def _heartbeat(cursor_seq: int, epoch: str) -> napi.SubscribeResponse:
         return napi.SubscribeResponse(
-            cursor=encode_cursor(cursor_seq), heartbeat=napi.Heartbeat(time=_ts(time.time()))
+            cursor=encode_cursor(cursor_seq, epoch),
+            heartbeat=napi.Heartbeat(time=_ts(time.time())),
         )
 
     @staticmethod

@@ -167,6 +167,48 @@ def test_a_subscriber_resuming_from_its_cursor_gets_exactly_what_it_missed(stack
     assert [r.notification.event.incident for r in again.notifications] == [*missed, more]
 
 
+def delete_stream(url: str, stream: str = "LEDGER_EVENTS") -> None:
+    async def delete() -> None:
+        client = await nats.connect(url)
+        try:
+            await client.jetstream().delete_stream(stream)
+        finally:
+            await client.close()
+
+    asyncio.run(delete())
+
+
+def test_a_cursor_of_a_stream_made_again_is_refused_not_resumed_past_new_events(
+    stack: Stack, nats_server: NatsServer
+) -> None:
+    """NATS lost the stream (its data, or a machine restored from backups without it): the
+    relay makes it again and publishes the ledger's events again, numbered from 1. A
+    subscriber's cursor counts in the stream that is gone: resumed by its number, it
+    skipped the events recorded since (or was told it was "not from this notifier")."""
+    first = stack.subscribe("polres")
+    for _ in range(3):
+        stack.ledger.report()
+    first.wait_for(3)
+    first.close()
+    cursor = first.notifications[-1].cursor
+    delete_stream(nats_server.url)
+    stack.ledger.report()  # the relay finds the stream gone, makes it again, publishes all
+    wait_until(lambda: len(read_stream(nats_server.url)) >= 4, 30)  # past the cursor
+    md = stack.ledger.md("polres")
+    with pytest.raises(grpc.RpcError) as caught:
+        next(iter(stack.stub.Subscribe(napi.SubscribeRequest(cursor=cursor), metadata=md)))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value
+    info = error_info(caught.value)  # type: ignore[arg-type]
+    assert info is not None and info.reason == "CURSOR_EXPIRED", info
+    assert "made again" in (caught.value.details() or "")
+    # A cursor of the new stream resumes as ever.
+    fresh = stack.subscribe("polres")
+    later = stack.ledger.report().incident
+    fresh.wait_for(1)
+    fresh.close()
+    assert [r.notification.event.incident for r in fresh.notifications] == [later]
+
+
 def test_bad_input_to_the_notifier_is_invalid_and_stores_nothing(stack: Stack) -> None:
     md = stack.ledger.md("polres")
     bad_requests = [

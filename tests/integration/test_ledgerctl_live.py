@@ -135,7 +135,7 @@ def test_a_watch_that_ends_says_which_cursor_goes_on_from_there(
     second = stack.ledger.report("bpbd", category="flood")
     code, out = ctl.run("bpbd", "watch", "--cursor", "v1.0", "--count", "1", "--category", "flood")
     assert code == 0 and first.incident.removeprefix("incidents/")[:8] in out, out
-    found = re.search(r"--cursor (v1\.\d+)", ctl.err)
+    found = re.search(r"--cursor (v2\.[0-9a-f]+\.\d+)", ctl.err)
     assert found, ctl.err
     code, out = ctl.run(
         "bpbd", "watch", "--cursor", found[1], "--count", "1", "--category", "flood"

@@ -304,7 +304,7 @@ async def delete_consumer(url: str, consumer: str, stream: str = "LEDGER_EVENTS"
 
 
 def cursor_seq(received: Any) -> int:
-    return int(received.json["cursor"].removeprefix("v1."))
+    return int(received.json["cursor"].rpartition(".")[2])
 
 
 def stream_times(url: str, stream: str = "LEDGER_EVENTS") -> dict[int, float]:
