@@ -148,6 +148,19 @@ def test_a_watch_that_ends_says_which_cursor_goes_on_from_there(
     assert code == 0 and "--cursor" not in ctl.err, ctl.err
 
 
+def test_a_refused_cursor_is_not_offered_to_go_on_from(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cursor of a stream made again (NATS lost its data) is refused, CURSOR_EXPIRED: the
+    watch must not end by telling the officer to run it again with that same cursor."""
+    ctl = LiveCtl(stack, capsys)
+    stack.ledger.report("bpbd", category="flood")
+    code, _out = ctl.run("bpbd", "watch", "--cursor", "v2.1.0", "--count", "1")
+    assert code != 0
+    assert "made again" in ctl.err, ctl.err
+    assert "--cursor v2.1.0" not in ctl.err, ctl.err
+
+
 def test_webhooks_register_list_dead_letters_and_replay(
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,6 +11,7 @@ import typer
 from incidentledger_client.cli import output
 from incidentledger_client.cli.inputs import TIME_HELP, choose, code, codes, maybe_code, moment
 from incidentledger_client.cli.state import state
+from incidentledger_client.errors import CursorExpired
 from incidentledger_client.i18n import N_, _
 
 #: Top-level commands (``ledgerctl board``, ...).
@@ -175,6 +176,7 @@ def watch(
     zone = st.settings.tz()
     # The regency's words for the statuses, read before the stream starts (JSON needs none).
     statuses = {} if st.as_json else st.reference().status_names()
+    expired = False  # the cursor refused: it is no place to go on from
     with st.notifier().subscribe(
         kecamatan=kecamatan or (),
         categories=category or (),
@@ -200,10 +202,13 @@ def watch(
                     break
         except KeyboardInterrupt:
             pass
+        except CursorExpired:
+            expired = True
+            raise
         finally:
             # However it ends (Ctrl-C, --count, the notifier away for longer than the
             # reconnections last), where to go on from: the table shows no cursors.
-            if not st.as_json and subscription.cursor:
+            if not st.as_json and subscription.cursor and not expired:
                 output.error_console().print(
                     _(
                         "To go on from here without missing an event, run the same watch "
