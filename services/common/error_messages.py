@@ -110,6 +110,21 @@ TEMPLATES: Mapping[str, str] = {
 }
 
 
+#: An incident's status as a message says it (``{status}``); the metadata keeps the code
+#: for programs. The words of docs/glossary-id.md, in a sentence's lower case.
+STATUS_WORDS: Mapping[str, str] = {
+    "REPORTED": N_("reported"),
+    "VERIFIED": N_("verified"),
+    "ASSIGNED": N_("assigned"),
+    "RESPONDING": N_("responding"),
+    "RESOLVED": N_("resolved"),
+    "CLOSED": N_("closed"),
+    "REJECTED": N_("rejected"),
+    "MERGED": N_("merged"),
+    "REOPENED": N_("reopened"),
+}
+
+
 class _Metadata(dict[str, str]):
     def __missing__(self, key: str) -> str:
         return "…"
@@ -158,5 +173,9 @@ def localized(reason: str, metadata: Mapping[str, str], language: str) -> str | 
     template = TEMPLATES.get(reason)
     if template is None:
         return None
-    text = _translations(language).gettext(template)
-    return string.Formatter().vformat(text, (), _Metadata(metadata))
+    translations = _translations(language)
+    values = _Metadata(metadata)
+    status = values.get("status", "")
+    if status in STATUS_WORDS:
+        values["status"] = translations.gettext(STATUS_WORDS[status])
+    return string.Formatter().vformat(translations.gettext(template), (), values)

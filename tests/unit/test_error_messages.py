@@ -13,6 +13,7 @@ from google.rpc import error_details_pb2, status_pb2
 from services.common import error_messages
 from services.common.errors import LedgerError, NotFound
 from services.common.grpc_errors import to_grpc_status
+from services.common.vocabulary import STATUSES
 from services.ledger.application import Ledger
 from services.ledger.domain.refcodes import code_for
 from tests.unit.incident_builders import REF
@@ -87,9 +88,17 @@ def test_without_accept_language_no_localized_message_and_the_english_message_st
     assert status.details == "english message"
     _, localized = _status_details(error, "id")
     assert isinstance(localized, error_details_pb2.LocalizedMessage)
+    # The status in the officer's words (docs/glossary-id.md), its code only in the metadata.
     assert localized.message == (
-        "VerifyIncident tidak diizinkan selama kejadian berada pada tahap CLOSED."
+        "VerifyIncident tidak diizinkan selama kejadian berada pada tahap ditutup."
     )
+    assert error_messages.localized(
+        "ILLEGAL_TRANSITION", {"command": "X", "status": "MERGED"}, "en"
+    ) == ("X is not allowed while the incident is merged.")
+
+
+def test_every_status_has_its_words() -> None:
+    assert tuple(error_messages.STATUS_WORDS) == STATUSES
 
 
 @pytest.mark.parametrize(
