@@ -6,10 +6,11 @@ becomes a call: the client sees UNAVAILABLE ("Socket closed") and no interceptor
 runs. The only trace is a line that gRPC's C core writes to file descriptor 2, for
 example ``... ssl_transport_security.cc:...] Handshake failed with error SSL_ERROR_SSL:
 ...: CERTIFICATE_VERIFY_FAILED: unsupported certificate purpose``. So a service that
-serves replaces its stderr by a pipe: a thread passes every byte on to the real stderr
-unchanged, and turns those lines into ``tls.handshake_refused`` log lines, bounded: at
-most one line per reason every ``WINDOW_SECONDS``, counting the refusals it summarises
-(a client retrying, or a scanner, must not flood the log).
+serves replaces its stderr by a pipe: a thread passes every other line on to the real
+stderr unchanged, and turns those lines into ``tls.handshake_refused`` log lines, bounded:
+at most one line per reason every ``WINDOW_SECONDS``, counting the refusals it summarises
+(a client retrying, or a scanner, must not flood the log, so the core's own lines for
+them are not passed on).
 """
 
 from __future__ import annotations
@@ -112,19 +113,37 @@ def _pump(read_end: int, original: int, handshakes: HandshakeLog) -> None:
         chunk = os.read(read_end, 65536)
         if not chunk:
             os.close(read_end)
+            # What is left of a last line without its line break (a traceback's end).
+            with contextlib.suppress(OSError):
+                _write_all(original, pending)
             return
-        # First, unchanged: nothing written to stderr is lost. If the real stderr is gone,
-        # keep draining all the same, or every writer to fd 2 would block.
+        out, pending = _passed_on(pending + chunk, handshakes)
+        # If the real stderr is gone, keep draining all the same, or every writer to fd 2
+        # would block.
         with contextlib.suppress(OSError):
-            _write_all(original, chunk)
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        if len(pending) > 65536:
-            pending = b""  # a runaway line without a newline: not the core's
-        for line in lines:
-            reason = handshake_reason(line)
-            if reason is not None:
-                handshakes.refusal(reason)
+            _write_all(original, out)
+
+
+def _passed_on(data: bytes, handshakes: HandshakeLog) -> tuple[bytes, bytes]:
+    """What of ``data`` goes on to the real stderr, and the unfinished line kept back.
+
+    Every complete line goes on unchanged except the core's refused handshakes: each is
+    counted by ``handshakes``, whose bounded ``tls.handshake_refused`` lines stand for
+    them (passed on as well, they would be one line per refused connection, and a retrying
+    client or a scanner would flood the log all the same).
+    """
+    *lines, pending = data.split(b"\n")
+    kept: list[bytes] = []
+    for line in lines:
+        reason = handshake_reason(line)
+        if reason is None:
+            kept.append(line + b"\n")
+        else:
+            handshakes.refusal(reason)
+    if len(pending) > 65536:  # a runaway line without a line break: not the core's
+        kept.append(pending)
+        pending = b""
+    return b"".join(kept), pending
 
 
 def _write_all(fd: int, data: bytes) -> None:

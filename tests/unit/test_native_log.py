@@ -3,9 +3,11 @@ per reason and window however many refusals."""
 
 from __future__ import annotations
 
+import os
+
 import structlog
 
-from services.common.native_log import HandshakeLog, handshake_reason
+from services.common.native_log import HandshakeLog, _pump, handshake_reason
 
 PURPOSE = (
     b"I1203 07:46:54.102325   16357 ssl_transport_security.cc:2563] Handshake failed with "
@@ -39,3 +41,24 @@ def test_a_burst_is_one_line_per_reason_and_window() -> None:
         ("CERTIFICATE_VERIFY_FAILED", 49),
     ]
     assert handshakes.refused == 52
+
+
+def test_refused_handshakes_reach_stderr_only_as_the_bounded_summary() -> None:
+    """A scanner's thousand refused handshakes must not be a thousand stderr lines: the
+    core's own line for each is held back, every other line (a traceback) goes on whole."""
+    source_read, source_write = os.pipe()
+    sink_read, sink_write = os.pipe()
+    traceback = b'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: boom'
+    os.write(source_write, PURPOSE + b"\n")
+    os.write(source_write, (PURPOSE + b"\n") * 40 + b"E1203 other core line\n" + PURPOSE[:30])
+    os.write(source_write, PURPOSE[30:] + b"\n" + traceback)
+    os.close(source_write)
+    handshakes = HandshakeLog("ledger")
+    with structlog.testing.capture_logs() as logged:
+        _pump(source_read, sink_write, handshakes)  # returns at the end of its input
+    os.close(sink_write)
+    with os.fdopen(sink_read, "rb") as sink:
+        passed = sink.read()
+    assert passed == b"E1203 other core line\n" + traceback
+    assert handshakes.refused == 42
+    assert [e["event"] for e in logged] == ["tls.handshake_refused"]
