@@ -144,3 +144,47 @@ def test_a_command_without_an_answer_in_time_names_the_request_id_to_send_it_aga
     assert error["code"] == "DEADLINE_EXCEEDED" and error["exit_code"] == 6
     assert error["request_id"] == "late-answer-2", error
     assert "--request-id late-answer-2" in error["message"]
+
+
+def test_a_refused_or_unusable_client_certificate_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A certificate of another CA is refused by the server's handshake, and a key that is
+    not the certificate's fails in the client: neither is "cannot reach the ledger"."""
+    ca = CertificateAuthority(tmp_path / "pki")
+    other = CertificateAuthority(tmp_path / "other", name="Another CA")
+    server = ca.server()
+    tls = ServerTls.load(server.cert_file, server.key_file, ca.ca_file, "require")
+    stranger = other.client("polres", "aiptu.rahman")
+    polres = ca.client("polres", "aiptu.rahman")
+    with (
+        store_environment("popo", tmp_path) as env,
+        running_ledger(settings_for(tmp_path, env, tls=tls)) as ledger,
+    ):
+        common = ("--address", f"localhost:{ledger.server.port}", "--timeout", "2")
+        code, err = run(
+            capsys,
+            *common,
+            "--tls-ca",
+            str(ca.ca_file),
+            "--tls-cert",
+            str(stranger.cert_file),
+            "--tls-key",
+            str(stranger.key_file),
+            "list",
+        )
+        assert code == 6 and "refused the client certificate" in err, err
+        assert "cannot reach" not in err
+        code, err = run(
+            capsys,
+            *common,
+            "--tls-ca",
+            str(ca.ca_file),
+            "--tls-cert",
+            str(polres.cert_file),
+            "--tls-key",
+            str(stranger.key_file),
+            "list",
+        )
+        assert code == 2 and "do not go together" in err, err
+        assert str(stranger.key_file) in err and "cannot reach" not in err

@@ -38,6 +38,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import ssl
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -396,6 +397,8 @@ def resolve(
         env.get("LEDGER_TLS_CLIENT_CERT") or env.get("LEDGER_TLS_CLIENT_KEY")
     ):
         raise ConfigError(_("--tls-cert and --tls-key go together"))
+    if client_cert is not None and client_key is not None:
+        _check_client_pair(client_cert, client_key, sources)
     zone_name = str(pick("zone", DEFAULT_ZONE))
     try:
         ZoneInfo(zone_name)
@@ -447,3 +450,23 @@ def set_current_context(path: Path, name: str) -> None:
 
 def _toml_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _check_client_pair(cert: str, key: str, sources: dict[str, str]) -> None:
+    """Refuse a client key that is not the certificate's (or not PEM) before any call: gRPC
+    would only fail to connect, in words that do not say why."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=lambda: b"")
+    except (ssl.SSLError, OSError):
+        raise ConfigError(
+            _(
+                "the client certificate {cert} (from {cert_source}) and the key {key} (from "
+                "{key_source}) do not go together: the key must be the certificate's own, "
+                "unencrypted PEM"
+            ).format(
+                cert=cert,
+                cert_source=sources["tls_cert"],
+                key=key,
+                key_source=sources["tls_key"],
+            )
+        ) from None

@@ -133,6 +133,15 @@ _VERIFY_FAILED = ("certificate verify failed", "CERTIFICATE_VERIFY_FAILED", "sel
 _NOT_TLS = ("WRONG_VERSION_NUMBER", "wrong version number", "Trying to connect an http1.x server")
 
 
+def _ca_named(tls_ca: str | None) -> str:
+    """The CA the client verified the server with, as the messages name it."""
+    if tls_ca:
+        return tls_ca
+    if os.environ.get("LEDGER_TLS_CA"):
+        return "$LEDGER_TLS_CA"
+    return _("of the system (no --tls-ca given)")
+
+
 def explain(error: LedgerError, st: State) -> Hint | None:
     """What to do about an error, in words that name the address, the setting it came from and
     the flag that fixes it; None when the server's message says it already."""
@@ -152,15 +161,16 @@ def explain(error: LedgerError, st: State) -> Hint | None:
         # address, the network and TLS are fine, so none of the hints below applies.
         return _answered_unavailable(error, st, where, meta)
     if isinstance(error, Unavailable | DeadlineExceeded):
-        tls = bool(settings.tls_ca or os.environ.get("LEDGER_TLS_CA"))
         has_cert = bool(settings.tls_cert or os.environ.get("LEDGER_TLS_CLIENT_CERT"))
+        # A client certificate turns TLS on too (with the system's CAs).
+        tls = bool(settings.tls_ca or os.environ.get("LEDGER_TLS_CA")) or has_cert
         if any(s in text for s in _VERIFY_FAILED):
             return Hint(
                 _(
                     "the {where} presented a certificate that the CA {ca} does not verify: "
                     "check --tls-ca (tls_ca) and that the address matches the server's "
                     "certificate"
-                ).format(where=where, ca=settings.tls_ca or "$LEDGER_TLS_CA"),
+                ).format(where=where, ca=_ca_named(settings.tls_ca)),
                 meta,
             )
         if tls and any(s in text for s in _NOT_TLS):
@@ -186,6 +196,16 @@ def explain(error: LedgerError, st: State) -> Hint | None:
                     "the TLS handshake with the {where} failed: the server requires a client "
                     "certificate (mutual TLS): give your agency's with --tls-cert and "
                     "--tls-key (tls_cert, tls_key)"
+                ).format(where=where),
+                meta,
+            )
+        if tls and has_cert and closed:
+            return Hint(
+                _(
+                    "the TLS handshake with the {where} failed: the server refused the client "
+                    "certificate --tls-cert (tls_cert): it must be signed by the CA the server "
+                    "trusts for its clients and, if it names its uses, be for client "
+                    "authentication (clientAuth); the server logs why (tls.handshake_refused)"
                 ).format(where=where),
                 meta,
             )
