@@ -130,6 +130,7 @@ class TokenStore:
             )
         known = set(known_agencies)
         entries: dict[str, Principal] = {}
+        rows: dict[str, int] = {}  # hash -> the line (index) that gave it
         try:
             for n, user in enumerate(raw["users"]):
                 agency, officer, digest = user["agency"], user["officer"], user["token_sha256"]
@@ -137,7 +138,15 @@ class TokenStore:
                     raise ConfigError(f"{path}: users[{n}] names unknown agency {agency!r}")
                 if len(digest) != 64:
                     raise ConfigError(f"{path}: users[{n}].token_sha256 is not a SHA-256 hex")
-                entries[digest.lower()] = Principal(str(agency), str(officer))
+                key = digest.lower()
+                if key in entries:
+                    # One token for two users: it would act as whichever line came last.
+                    raise ConfigError(
+                        f"{path}: users[{n}] has the same token_sha256 as users"
+                        f"[{rows[key]}]: each user needs a token of their own"
+                    )
+                rows[key] = n
+                entries[key] = Principal(str(agency), str(officer))
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"malformed tokens file {path}: {exc!r}") from exc
         return cls(entries, development=bool(raw.get("development", False)), known_agencies=known)

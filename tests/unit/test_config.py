@@ -174,6 +174,24 @@ def test_tokens_naming_unknown_agencies_are_refused(tmp_path: Path) -> None:
         load_tokens(settings, reference())
 
 
+def test_a_token_hash_given_to_two_users_is_refused(tmp_path: Path) -> None:
+    """Two lines with one hash (a rotation that copied a line and kept the old hash): the
+    token would act as whichever line came last, so the file is refused, naming both."""
+    path = tmp_path / "tokens.yaml"
+    digest = "ab" * 32
+    path.write_text(
+        "users:\n"
+        f"  - {{agency: polres, officer: aiptu.rahman, token_sha256: {digest}}}\n"
+        f"  - {{agency: kpu, officer: operator.dewi, token_sha256: {digest.upper()}}}\n"
+    )
+    settings = LedgerSettings(data_dir=tmp_path, tokens_file=path, reference_file=REFERENCE_FILE)
+    with pytest.raises(
+        ConfigError, match=r"users\[1\].*same token_sha256 as users\[0\]"
+    ) as refused:
+        load_tokens(settings, reference())
+    assert digest not in str(refused.value).lower()
+
+
 @pytest.mark.timeout(30)  # psycopg's own default would wait 130 s
 def test_a_postgres_server_that_never_answers_fails_within_the_connect_timeout() -> None:
     # A socket that accepts connections (the kernel's backlog) and never speaks.
