@@ -73,6 +73,10 @@ class Hub:
         self._watcher: asyncio.Task[None] | None = None
         #: Whether the hub was live when last watched (what the log last said).
         self._was_live = False
+        #: When the hub was first watched, and whether it said it is not live yet: a page
+        #: that never hears from the notifier (a wrong address, TLS, token) says so too.
+        self._first_watched: float | None = None
+        self._said_not_live = False
         self._queues: set[asyncio.Queue[Change]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscription: Subscription | None = None
@@ -98,9 +102,25 @@ class Hub:
     def watch(self) -> None:
         """Log a change of :attr:`live` (a warning when live updates stop)."""
         live = self.live
+        now = self._clock()
+        if self._first_watched is None:
+            self._first_watched = now
         if live == self._was_live:
+            if not live and not self._said_not_live and now - self._first_watched >= STALE_SECONDS:
+                # Never live since the start: the client reconnects by itself, so no
+                # failure reaches the log otherwise.
+                self._said_not_live = True
+                log.warning(
+                    "situation_room.live_interrupted",
+                    position=self.position,
+                    silent_seconds=STALE_SECONDS,
+                    note="the notifier has not been heard from since the page started: check "
+                    "SITUATION_ROOM_NOTIFIER_ADDRESS, SITUATION_ROOM_TOKEN and, if the "
+                    "notifier speaks TLS, LEDGER_TLS_CA; boards and maps are not updated",
+                )
             return
         self._was_live = live
+        self._said_not_live = True
         if live:
             log.info("situation_room.live_on", position=self.position)
         else:

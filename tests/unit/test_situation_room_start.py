@@ -205,3 +205,21 @@ def test_a_cursor_the_notifier_cannot_resume_from_is_dropped_and_the_tabs_reload
 
     assert asyncio.run(run()) is RESYNC
     assert asked == ["c-100", None]  # then from now
+
+
+def test_a_hub_never_heard_from_says_so() -> None:
+    """A page whose subscription never gets through (plaintext to a TLS notifier, a wrong
+    address: the client reconnects by itself, silently) logs that it is not live, once."""
+    subscription = SilentSubscription()  # nothing ever heard
+    now = [1000.0]
+    hub = Hub(lambda: SilentNotifier(subscription), clock=lambda: now[0])  # type: ignore[arg-type,return-value]
+    with structlog.testing.capture_logs() as logs:
+        hub.watch()  # at the start: not live yet, nothing to say
+        now[0] += STALE_SECONDS
+        hub.watch()
+        now[0] += 1.0
+        hub.watch()  # said once
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("situation_room.live_interrupted", "warning"),
+    ]
+    assert "since the page started" in logs[0]["note"]
