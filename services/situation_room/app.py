@@ -328,13 +328,19 @@ async def login(request: Request) -> Response:
         # Errors come with an Indonesian LocalizedMessage too, for an officer reading it.
         ledger = room.sessions.connect(token)
         try:
-            await run_in_threadpool(ledger.reference_data)
+            caller = (await run_in_threadpool(ledger.reference_data)).caller_agency
         except Unauthenticated:
             room.throttle.failed(client)
             error = _("The token is not valid.")
         except LedgerError as failure:
             log.warning("situation_room.sign_in_failed", error=str(failure))
             error = _("The ledger cannot be reached; try again.")
+        else:
+            if caller and caller != agency:
+                # The ledger acts as the token's agency whatever is chosen: a session of
+                # another agency would show that agency's role and log its name.
+                log.warning("situation_room.sign_in_refused", agency=agency, reason="agency")
+                error = _("The token is not one of the chosen agency's.")
     if error:
         return with_cookie(
             room, request, render(request, session, "login.html", error=error), session

@@ -764,6 +764,30 @@ def test_failed_sign_ins_are_throttled_here_before_the_ledger_blocks_the_page(
     assert room.ledger("polres").reference_data().regency
 
 
+def test_a_token_of_another_agency_does_not_sign_in_as_the_chosen_one(room: Room) -> None:
+    """The ledger acts as the token's agency, whatever the form chose: a session in another
+    agency's name (its role on the page, its name in the log) is refused."""
+    with httpx.Client(
+        base_url=room.url, timeout=READ_SECONDS, cookies={LANGUAGE_COOKIE: "en"}
+    ) as web:
+        form = {
+            "csrf": csrf_of(web.get("/login")),
+            "agency": "desk_pilkada",
+            "token": room.stack.ledger.tokens["polres"],
+        }
+        answer = web.post("/login", data=form)
+        assert answer.status_code == 200, answer.status_code
+        assert "not one of the chosen agency" in answer.text, answer.text
+        board = web.get("/board")  # not signed in
+        assert board.is_redirect and "/login" in board.headers["location"], board.status_code
+        answer = web.post("/login", data={**form, "agency": "polres"})
+        assert answer.status_code == 303 and answer.headers["location"] == "/board"
+    refused = [
+        e for e in room.web.log_lines() if e.get("event") == "situation_room.sign_in_refused"
+    ]
+    assert [(e["agency"], e["reason"]) for e in refused] == [("desk_pilkada", "agency")]
+
+
 def csrf_of(page: httpx.Response) -> str:
     found = re.search(r'name="csrf" value="([^"]+)"', page.text)
     assert found, page.text

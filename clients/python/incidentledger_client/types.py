@@ -780,6 +780,9 @@ class ReferenceData:
     #: Every status and role, as the regency words them (empty from a ledger too old to say).
     statuses: tuple[ReferenceStatus, ...] = ()
     roles: tuple[ReferenceRole, ...] = ()
+    #: Who the caller's credentials identify (empty from a ledger too old to say).
+    caller_agency: str = ""
+    caller_officer: str = ""
 
     def status_names(self) -> dict[str, dict[str, str]]:
         """Each status's names in other languages, by code (for ``labels.status``)."""
@@ -809,6 +812,8 @@ class ReferenceData:
                 ReferenceStatus(s.code, s.name, dict(s.names)) for s in message.statuses
             ),
             roles=tuple(ReferenceRole(r.code, r.name, dict(r.names)) for r in message.roles),
+            caller_agency=message.caller_agency,
+            caller_officer=message.caller_officer,
         )
 
 

@@ -2077,9 +2077,16 @@ class GetReferenceDataResponse(_message.Message):
     DEFAULT_SEVERITY_FIELD_NUMBER: _builtins.int
     STATUSES_FIELD_NUMBER: _builtins.int
     ROLES_FIELD_NUMBER: _builtins.int
+    CALLER_AGENCY_FIELD_NUMBER: _builtins.int
+    CALLER_OFFICER_FIELD_NUMBER: _builtins.int
     regency: _builtins.str
     default_severity: _builtins.str
     """The severity of a report that gives none."""
+    caller_agency: _builtins.str
+    """Who the call's credentials (bearer token or client certificate) identify: a sign-in
+    form that asks for the agency checks the token against it.
+    """
+    caller_officer: _builtins.str
     @_builtins.property
     def agencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReferenceAgency]: ...
     @_builtins.property
@@ -2109,10 +2116,12 @@ class GetReferenceDataResponse(_message.Message):
         default_severity: _builtins.str = ...,
         statuses: _abc.Iterable[Global___ReferenceStatus] | None = ...,
         roles: _abc.Iterable[Global___ReferenceRole] | None = ...,
+        caller_agency: _builtins.str = ...,
+        caller_officer: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agencies", b"agencies", "categories", b"categories", "default_severity", b"default_severity", "kecamatan", b"kecamatan", "regency", b"regency", "roles", b"roles", "severities", b"severities", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agencies", b"agencies", "caller_agency", b"caller_agency", "caller_officer", b"caller_officer", "categories", b"categories", "default_severity", b"default_severity", "kecamatan", b"kecamatan", "regency", b"regency", "roles", b"roles", "severities", b"severities", "statuses", b"statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

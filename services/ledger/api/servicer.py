@@ -322,7 +322,10 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
         self, request: api.GetReferenceDataRequest, context: grpc.ServicerContext
     ) -> api.GetReferenceDataResponse:
         reference = self._ledger.reference
+        caller = current_principal()
         return api.GetReferenceDataResponse(
+            caller_agency=caller.agency,
+            caller_officer=caller.officer,
             regency=reference.regency,
             agencies=[
                 api.ReferenceAgency(code=a.code, name=a.name, role=a.role.value)
