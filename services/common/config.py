@@ -278,7 +278,7 @@ class ServiceVariables(Group):
         "`NOTIFIER_WEBHOOK_KEY_FILE` (notifier), serves plaintext gRPC only on loopback, "
         "refuses SQLite while `POSTGRES_*` variables are set (a misspelt "
         "`PERSISTENCE_MODULE` or `NOTIFIER_STORE`) and turns the rate limit on; the situation "
-        "room then requires `SITUATION_ROOM_SESSION_KEY`",
+        "room then requires `SITUATION_ROOM_SESSION_KEY` and `SITUATION_ROOM_TOKEN`",
         read_by=(LEDGER, NOTIFIER, ROOM),
     )
     data_dir: FilePath = _setting(
@@ -936,7 +936,7 @@ class SituationRoomVariables(Group):
         "read every event)",
         secret=True,
         shown_default="the coordinator's token in `$LEDGER_DATA_DIR/credentials/dev-tokens.yaml`"
-        " (development)",
+        " (development); required in production",
     )
     session_minutes: Number = _setting(
         "SITUATION_ROOM_SESSION_MINUTES",
@@ -1920,6 +1920,12 @@ class SituationRoomSettings:
             raise ConfigError(
                 "SITUATION_ROOM_SESSION_KEY is required in production "
                 "(or SITUATION_ROOM_SESSION_KEY_FILE)"
+            )
+        if service.environment == "production" and not room.token:
+            # Else the live subscription would fall back to the development tokens file.
+            raise ConfigError(
+                "SITUATION_ROOM_TOKEN is required in production (or SITUATION_ROOM_TOKEN_FILE): "
+                "the development tokens are never used there"
             )
         return cls(
             listen=room.listen,

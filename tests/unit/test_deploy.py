@@ -698,6 +698,9 @@ def check_room_env(where: str, env: dict[str, str], tmp_path: Path) -> Situation
     without_key = {k: v for k, v in env.items() if not k.startswith("SITUATION_ROOM_SESSION_KEY")}
     with pytest.raises(config_module.ConfigError, match="SITUATION_ROOM_SESSION_KEY"):
         room_settings(without_key, tmp_path)  # production refuses to start without one
+    without_token = {k: v for k, v in env.items() if not k.startswith("SITUATION_ROOM_TOKEN")}
+    with pytest.raises(config_module.ConfigError, match="SITUATION_ROOM_TOKEN is required"):
+        room_settings(without_token, tmp_path)  # never the development tokens file
     return settings
 
 

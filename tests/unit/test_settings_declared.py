@@ -499,6 +499,7 @@ def changes(tmp_path: Path) -> dict[str, dict[str, str]]:
         "LEDGER_SIGNING_KEY_FILE": str(tmp_path / "signing.key"),
         "NOTIFIER_WEBHOOK_KEY_FILE": str(tmp_path / "webhook.key"),
         "SITUATION_ROOM_SESSION_KEY": "s" * 32,
+        "SITUATION_ROOM_TOKEN": "t" * 32,
     }
     tls = {
         "LEDGER_TLS_CERT_FILE": str(server.cert_file),
