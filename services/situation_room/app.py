@@ -331,6 +331,7 @@ async def login(request: Request) -> Response:
             caller = (await run_in_threadpool(ledger.reference_data)).caller_agency
         except Unauthenticated:
             room.throttle.failed(client)
+            log.warning("situation_room.sign_in_refused", agency=agency, reason="token")
             error = _("The token is not valid.")
         except LedgerError as failure:
             log.warning("situation_room.sign_in_failed", error=str(failure))

@@ -766,7 +766,8 @@ def test_failed_sign_ins_are_throttled_here_before_the_ledger_blocks_the_page(
 
 def test_a_token_of_another_agency_does_not_sign_in_as_the_chosen_one(room: Room) -> None:
     """The ledger acts as the token's agency, whatever the form chose: a session in another
-    agency's name (its role on the page, its name in the log) is refused."""
+    agency's name (its role on the page, its name in the log) is refused. Each refused
+    sign-in is a warning in the page's log, never with the token."""
     with httpx.Client(
         base_url=room.url, timeout=READ_SECONDS, cookies={LANGUAGE_COOKIE: "en"}
     ) as web:
@@ -780,12 +781,18 @@ def test_a_token_of_another_agency_does_not_sign_in_as_the_chosen_one(room: Room
         assert "not one of the chosen agency" in answer.text, answer.text
         board = web.get("/board")  # not signed in
         assert board.is_redirect and "/login" in board.headers["location"], board.status_code
+        answer = web.post("/login", data={**form, "token": "not-a-token"})
+        assert answer.status_code == 200 and "not valid" in answer.text
         answer = web.post("/login", data={**form, "agency": "polres"})
         assert answer.status_code == 303 and answer.headers["location"] == "/board"
     refused = [
         e for e in room.web.log_lines() if e.get("event") == "situation_room.sign_in_refused"
     ]
-    assert [(e["agency"], e["reason"]) for e in refused] == [("desk_pilkada", "agency")]
+    assert [(e["agency"], e["reason"], e["level"]) for e in refused] == [
+        ("desk_pilkada", "agency", "warning"),
+        ("desk_pilkada", "token", "warning"),
+    ]
+    assert "not-a-token" not in room.web.log_path.read_text()
 
 
 def csrf_of(page: httpx.Response) -> str:
