@@ -22,6 +22,7 @@ import fcntl
 import functools
 import hashlib
 import os
+import re
 import secrets
 import time
 from collections.abc import Collection, Iterable, Iterator
@@ -56,6 +57,9 @@ def bearer_token(authorization: str | None) -> str | None:
     if not authorization or not authorization.lower().startswith(_BEARER):
         return None
     return authorization[len(_BEARER) :].strip()
+
+
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def token_hash(token: str) -> str:
@@ -136,8 +140,13 @@ class TokenStore:
                 agency, officer, digest = user["agency"], user["officer"], user["token_sha256"]
                 if agency not in known:
                     raise ConfigError(f"{path}: users[{n}] names unknown agency {agency!r}")
-                if len(digest) != 64:
-                    raise ConfigError(f"{path}: users[{n}].token_sha256 is not a SHA-256 hex")
+                if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
+                    # Checked whole: 64 characters that are not hex (base64, a typo) would
+                    # match no token, and the officer would only ever be told "not valid".
+                    raise ConfigError(
+                        f"{path}: users[{n}].token_sha256 is not a SHA-256 hex "
+                        "(64 characters 0-9 a-f: printf %s TOKEN | sha256sum)"
+                    )
                 key = digest.lower()
                 if key in entries:
                     # One token for two users: it would act as whichever line came last.

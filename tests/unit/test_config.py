@@ -174,6 +174,21 @@ def test_tokens_naming_unknown_agencies_are_refused(tmp_path: Path) -> None:
         load_tokens(settings, reference())
 
 
+@pytest.mark.parametrize(
+    "digest",
+    ["z" * 64, "q2hhbmdlIG1lIHBsZWFzZSwgdGhpcyBpcyBub3QgYSBzaGEyNTYgaGV4IGRpZ2Vz", "ab" * 31, 1234],
+)
+def test_a_token_hash_that_is_not_sha256_hex_is_refused(tmp_path: Path, digest: object) -> None:
+    """64 characters of base64 (or any non-hex) would match no token at all."""
+    path = tmp_path / "tokens.yaml"
+    path.write_text(
+        f"users:\n  - {{agency: polres, officer: aiptu.rahman, token_sha256: {digest}}}\n"
+    )
+    settings = LedgerSettings(data_dir=tmp_path, tokens_file=path, reference_file=REFERENCE_FILE)
+    with pytest.raises(ConfigError, match=r"users\[0\]\.token_sha256 is not a SHA-256 hex"):
+        load_tokens(settings, reference())
+
+
 def test_a_token_hash_given_to_two_users_is_refused(tmp_path: Path) -> None:
     """Two lines with one hash (a rotation that copied a line and kept the old hash): the
     token would act as whichever line came last, so the file is refused, naming both."""
