@@ -28,8 +28,10 @@ as the writer read it: of a sweep and an upload that meet on one entry, exactly 
 An upload whose pending entry a sweep deleted fails (``UNAVAILABLE``: sent again, it is
 taken again); a sweep that finds an entry rewritten leaves it.
 
-Reading is nats-py's ``get(writeinto=)``, which writes each chunk as it arrives and checks
-the digest recorded with the object. The bucket is created on first use with the replicas
+Reading (:meth:`EvidenceObjects.read_into`) writes each chunk as it arrives and checks the
+digest recorded with the object, as nats-py's ``get(writeinto=)`` does, but a read that
+receives no chunk for ``READ_STALL_SECONDS`` (NATS gone mid-read) ends with UNAVAILABLE
+rather than waiting for NATS to come back. The bucket is created on first use with the replicas
 of ``LEDGER_EVIDENCE_REPLICAS``, no TTL and no size limit: evidence must not age out of the
 store.
 """
@@ -45,6 +47,7 @@ import time
 import uuid
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any, TypeVar
@@ -53,12 +56,12 @@ import nats
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.errors import (
     APIError,
     BucketNotFoundError,
-    DigestMismatchError,
     NotFoundError,
     ObjectNotFoundError,
 )
@@ -75,6 +78,14 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 #: The longest one call to NATS may take before the caller is told the store is away.
 CALL_SECONDS = 120.0
+#: How long a read of an object may wait for its next chunk before it ends, UNAVAILABLE.
+#: NATS gone in the middle of a read leaves the read's consumer waiting for chunks that do
+#: not come (the client reconnects for ever, and a NATS back later may not resume it): a
+#: download waited out CALL_SECONDS, two minutes, for nothing. A NATS that is there sends
+#: a 128 KiB chunk in far less, however slowly the reader writes (flow control waits on
+#: the reader, not the reverse), so only a read that makes no progress is cut, never a
+#: long one that does; the client retries the UNAVAILABLE, on another replica if need be.
+READ_STALL_SECONDS = 5.0
 CONNECT_SECONDS = 5.0
 #: How long a call waits for the evidence store's first connection to NATS (a few attempts).
 FIRST_CONNECT_SECONDS = 2 * CONNECT_SECONDS
@@ -443,18 +454,50 @@ class EvidenceObjects:
     def read_into(self, name: str, sink: HashingSink) -> StoredObject | None:
         """Read the object's bytes into ``sink`` as they arrive; None when there is no such
         object. :class:`ObjectChangedError` when they do not match the digest recorded with it
-        (``sink`` has what was read: its size and hash say by how much)."""
-        return self._call(self._read(name, sink))
+        (``sink`` has what was read: its size and hash say by how much). No deadline for the
+        whole read, but UNAVAILABLE once no chunk came for ``READ_STALL_SECONDS``."""
+        return self._call(self._read(name, sink), timeout=None)
 
     async def _read(self, name: str, sink: HashingSink) -> StoredObject | None:
-        store = await self._bucket()
+        # nats-py's get(writeinto=) as it reads, but each wait for a chunk bounded (its own
+        # waits for ever) and the consumer removed however the read ends.
+        js, store = await self._jetstream()
         try:
-            result = await store.get(name, writeinto=sink)  # type: ignore[arg-type]
+            info = await store.get_info(name)
         except ObjectNotFoundError:
             return None
-        except DigestMismatchError:
-            raise ObjectChangedError(name) from None
-        return StoredObject(int(result.info.size or 0), _hex_digest(result.info.digest))
+        if not info.nuid or info.is_link():  # not an object the ledger wrote
+            raise ObjectChangedError(name)
+        stored = StoredObject(int(info.size or 0), _hex_digest(info.digest))
+        if not stored.size_bytes:
+            return stored
+        subject = f"$O.{self._settings.bucket}.C.{info.nuid}"
+        subscription = await js.subscribe(subject, ordered_consumer=True)
+        loop = asyncio.get_running_loop()
+        digest = hashlib.sha256()
+        try:
+            while True:
+                try:
+                    message = await subscription.next_msg(timeout=READ_STALL_SECONDS)
+                except NatsTimeoutError:
+                    log.warning(
+                        "evidence.read_stalled",
+                        object=name,
+                        read=sink.size,
+                        size=stored.size_bytes,
+                        seconds=READ_STALL_SECONDS,
+                    )
+                    raise
+                await loop.run_in_executor(None, sink.write, message.data)
+                digest.update(message.data)
+                if message.metadata.num_pending == 0:
+                    break
+        finally:
+            with suppress(NatsError, OSError):
+                await subscription.unsubscribe()
+        if digest.hexdigest() != stored.sha256:
+            raise ObjectChangedError(name)
+        return stored
 
     def list_objects(self) -> list[ListedObject]:
         """Every object of the bucket (its metadata only; deleted ones left out)."""

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +33,7 @@ from services.common.grpc_errors import error_info
 from services.common.natsserver import NatsServer
 from services.ledger.audit.evidence_check import sweep_orphans, verify_evidence
 from services.ledger.domain.evidence import object_name
+from services.ledger.evidence_store import READ_STALL_SECONDS, HashingSink
 from tests.fanout_support import wait_until
 from tests.ledgerctl_support import Ctl
 from tests.support import (
@@ -1150,3 +1152,116 @@ def test_lists_of_a_missing_incident_name_their_parent_field(ledger: Client) -> 
         info = error_info(caught.value)  # type: ignore[arg-type]
         assert info is not None and info.reason == "INCIDENT_NOT_FOUND"
         assert dict(info.metadata) == {"incident": missing, "field": "parent"}
+
+
+def _download_in_thread(
+    stub: ev_grpc.EvidenceServiceStub, name: str, metadata: object, timeout: float
+) -> tuple[threading.Thread, list[object]]:
+    """``DownloadEvidence`` in a thread of its own; its outcome (the responses or the
+    ``grpc.RpcError``) in the list once the thread ends."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(
+                list(
+                    stub.DownloadEvidence(
+                        ev.DownloadEvidenceRequest(name=name),
+                        metadata=metadata,  # type: ignore[arg-type]
+                        timeout=timeout,
+                    )
+                )
+            )
+        except grpc.RpcError as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_download_whose_nats_goes_away_mid_read_is_unavailable_within_seconds(
+    ledger: Client, nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NATS stopped while a download is being read from the object store, and not back:
+    the read made no progress and waited out two minutes (the client's deadline, here)
+    before UNAVAILABLE. Now a read that gets nothing from NATS for READ_STALL_SECONDS ends
+    the download with UNAVAILABLE ``EVIDENCE_STORE_UNAVAILABLE``: no spool file left, no
+    download recorded; once NATS is back the same download is served."""
+    name = assigned_incident(ledger)
+    source = tmp_path / "envelopes.jpg"
+    write_file(source, 8 * 1000 * 1000)
+    stub = evidence_stub(ledger)
+    uploaded = stub.UploadEvidence(
+        upload_messages(name, source, rid()), metadata=ledger.md("polres")
+    ).evidence
+
+    # The first bytes read are held until NATS is stopped: the rest of the file is still
+    # in NATS (flow control keeps a reader that consumes nothing from being sent it all).
+    reading, stopped = threading.Event(), threading.Event()
+    write = HashingSink.write
+
+    def held_write(sink: HashingSink, data: bytes) -> int:
+        reading.set()
+        stopped.wait(30)
+        return write(sink, data)
+
+    spool = ledger.data_dir / "evidence-spool"
+    monkeypatch.setattr(HashingSink, "write", held_write)
+    # Without the bound, the read waits for NATS until this deadline (then DEADLINE_EXCEEDED).
+    with capture_logs() as logs:
+        thread, outcome = _download_in_thread(stub, uploaded.name, ledger.md("polres"), 40)
+        try:
+            wait_until(reading.is_set, what="the download reading the object")
+            nats_server.stop()
+        finally:
+            stopped.set()
+        thread.join(60)
+    monkeypatch.undo()
+    (stalled,) = [line for line in logs if line["event"] == "evidence.read_stalled"]
+    assert stalled["seconds"] == READ_STALL_SECONDS
+    assert 0 < int(stalled["read"]) < int(stalled["size"]) == 8 * 1000 * 1000
+    (error,) = outcome
+    assert isinstance(error, grpc.RpcError), "the download was served with NATS stopped"
+    assert error.code() == grpc.StatusCode.UNAVAILABLE, (error.code(), error.details())
+    info = error_info(error)  # type: ignore[arg-type]
+    assert info is not None and info.reason == "EVIDENCE_STORE_UNAVAILABLE", error.details()
+    assert list(spool.iterdir()) == []
+    assert _downloads(ledger, name) == []
+
+    nats_server.start()
+    wait_until(lambda: ledger.server.evidence_objects.nats_link.connected, what="reconnected")  # type: ignore[union-attr]
+    served = stub.DownloadEvidence(
+        ev.DownloadEvidenceRequest(name=uploaded.name), metadata=ledger.md("polres"), timeout=60
+    )
+    assert b"".join(r.chunk for r in served) == source.read_bytes()
+    assert len(_downloads(ledger, name)) == 1
+
+
+def test_a_slow_download_that_progresses_is_not_cut(
+    ledger: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound is on a read that gets nothing, not on a long read: a read whose spool
+    disk is slow takes several times READ_STALL_SECONDS and is served whole."""
+    name = assigned_incident(ledger)
+    source = tmp_path / "envelopes.jpg"
+    write_file(source, 3 * 1000 * 1000)
+    stub = evidence_stub(ledger)
+    uploaded = stub.UploadEvidence(
+        upload_messages(name, source, rid()), metadata=ledger.md("polres")
+    ).evidence
+    stall = 1.0
+    monkeypatch.setattr("services.ledger.evidence_store.READ_STALL_SECONDS", stall)
+    write = HashingSink.write
+
+    def slow_write(sink: HashingSink, data: bytes) -> int:
+        time.sleep(stall / 5)  # a slow disk (what is simulated, not a wait for a condition)
+        return write(sink, data)
+
+    monkeypatch.setattr(HashingSink, "write", slow_write)
+    started = time.monotonic()
+    served = stub.DownloadEvidence(
+        ev.DownloadEvidenceRequest(name=uploaded.name), metadata=ledger.md("polres"), timeout=60
+    )
+    assert b"".join(r.chunk for r in served) == source.read_bytes()
+    assert time.monotonic() - started > 3 * stall  # about 23 chunks of 128 KiB
