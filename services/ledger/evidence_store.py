@@ -445,7 +445,12 @@ class EvidenceObjects:
 
     async def _purge_quietly(self, js: JetStreamContext, stream: str, subject: str) -> None:
         """Purge ``subject``; a failure is logged (what is left is an unreferenced object,
-        swept later), so that it does not hide the error being raised."""
+        swept later), so that it does not hide the error being raised. Not tried while
+        NATS is away (an upload it cut short): the purge would only wait out its request's
+        timeout, the caller's answer with it, and what is left is swept all the same."""
+        if self._nc is None or not self._nc.is_connected:
+            log.warning("evidence.purge_failed", subject=subject, error="NATS not connected")
+            return
         try:
             await js.purge_stream(stream, subject=subject)
         except (NatsError, OSError) as error:

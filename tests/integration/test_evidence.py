@@ -1265,3 +1265,64 @@ def test_a_slow_download_that_progresses_is_not_cut(
     )
     assert b"".join(r.chunk for r in served) == source.read_bytes()
     assert time.monotonic() - started > 3 * stall  # about 23 chunks of 128 KiB
+
+
+def test_an_upload_whose_nats_goes_away_mid_way_is_unavailable_within_seconds(
+    ledger: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """NATS stopped while an upload's chunks go in: UNAVAILABLE ``EVIDENCE_STORE_UNAVAILABLE``
+    within seconds, nothing recorded; sent again once NATS is back, it is taken. Before,
+    the answer waited besides for two purges of what was written (5 s each, for nothing:
+    NATS is away; the sweep removes it)."""
+    name = assigned_incident(ledger)
+    source = tmp_path / "envelopes.jpg"
+    write_file(source, 4 * 1000 * 1000)
+    stub = evidence_stub(ledger)
+    request_id = rid()
+    sent, stopped = threading.Event(), threading.Event()
+
+    def held(messages: Iterator[ev.UploadEvidenceRequest]) -> Iterator[ev.UploadEvidenceRequest]:
+        for n, message in enumerate(messages):
+            if n == 3:  # the header and two chunks are in: NATS goes
+                sent.set()
+                stopped.wait(30)
+            yield message
+
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(
+                stub.UploadEvidence(
+                    held(upload_messages(name, source, request_id)),
+                    metadata=ledger.md("polres"),
+                    timeout=40,
+                )
+            )
+        except grpc.RpcError as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        wait_until(sent.is_set, what="the upload's first chunks")
+        nats_server.stop()
+    finally:
+        stopped.set()
+    started = time.monotonic()
+    thread.join(60)
+    took = time.monotonic() - started
+    (error,) = outcome
+    assert isinstance(error, grpc.RpcError), "the upload was taken with NATS stopped"
+    assert error.code() == grpc.StatusCode.UNAVAILABLE, (error.code(), error.details())
+    info = error_info(error)  # type: ignore[arg-type]
+    assert info is not None and info.reason == "EVIDENCE_STORE_UNAVAILABLE", error.details()
+    # At most one request's timeout (5 s) for the chunk NATS did not take; not two more.
+    assert took < 9, took
+    nats_server.start()
+    wait_until(lambda: ledger.server.evidence_objects.nats_link.connected, what="reconnected")  # type: ignore[union-attr]
+    assert attached_events(ledger, name) == []
+    taken = stub.UploadEvidence(
+        upload_messages(name, source, request_id), metadata=ledger.md("polres"), timeout=60
+    )
+    assert taken.evidence.size_bytes == 4 * 1000 * 1000
