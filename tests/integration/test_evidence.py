@@ -277,6 +277,32 @@ def test_a_responder_not_involved_is_permission_denied(ledger: Client, tmp_path:
         fails(call, grpc.StatusCode.PERMISSION_DENIED, "NOT_INVOLVED")
 
 
+@pytest.mark.parametrize(
+    "file_name", ["../../etc/passwd", "bad\nname.jpg", "\x1b[2Jphoto.jpg", ".."]
+)
+def test_a_file_name_that_is_a_path_or_has_control_characters_is_refused_before_its_bytes(
+    ledger: Client, tmp_path: Path, file_name: str
+) -> None:
+    """The uploader's file name is kept for good and offered to whoever downloads the file:
+    a path, a line break or a terminal escape in it is ``INVALID_ARGUMENT``
+    (``INVALID_FIELD``, field ``header.file_name``), before any byte is stored."""
+    name = assigned_incident(ledger)
+    source = tmp_path / "photo.jpg"
+    write_file(source, 3 * UPLOAD_CHUNK)
+    with pytest.raises(grpc.RpcError) as caught:
+        evidence_stub(ledger).UploadEvidence(
+            upload_messages(name, source, rid(), file_name=file_name),
+            metadata=ledger.md("polres"),
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    info = error_info(caught.value)  # type: ignore[arg-type]
+    assert info is not None
+    assert (info.reason, info.metadata["field"]) == ("INVALID_FIELD", "header.file_name")
+    assert attached_events(ledger, name) == []
+    objects = ledger.server.evidence_objects
+    assert objects is not None and objects.list_objects() == []
+
+
 def test_a_file_over_the_limit_is_resource_exhausted(ledger: Client, tmp_path: Path) -> None:
     name = assigned_incident(ledger)
     source = tmp_path / "video.jpg"
@@ -601,12 +627,17 @@ def test_ledgerctl_get_never_writes_over_a_file_or_where_the_uploader_s_name_say
     monkeypatch.chdir(here)
     (here / "passwd").write_text("the officer's own file")
     written = {}
+    # Names the ledger refuses now (a path, a control character), as events recorded before
+    # it did keep them: the ledger's check set aside while they are attached.
+    monkeypatch.setattr("services.ledger.domain.evidence.check_file_name", lambda value: value)
     for file_name in ("../../etc/passwd", ".bashrc", "..", "bad\nname.jpg"):
         response = evidence_stub(ledger).UploadEvidence(
             upload_messages(name, source, rid(), file_name=file_name),
             metadata=ledger.md("kesbangpol"),
         )
         written[file_name] = response.evidence.name
+    monkeypatch.undo()
+    monkeypatch.chdir(here)
     code, _out, err = ctl.run("polres", "evidence", "get", written["../../etc/passwd"])
     assert code == 2 and "passwd exists here" in err and "--out" in err
     assert (here / "passwd").read_text() == "the officer's own file"

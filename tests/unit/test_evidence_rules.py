@@ -14,8 +14,10 @@ from services.common.errors import (
     ResourceExhausted,
 )
 from services.ledger.domain.evidence import (
+    FILE_NAME_FIELD,
     EvidencePolicy,
     check_declared_size,
+    check_file_name,
     sniff_media_type,
 )
 from services.ledger.domain.incident import EvidenceFile, Incident, Status
@@ -93,6 +95,48 @@ def test_an_upload_must_bring_exactly_the_size_it_declared() -> None:
         check_declared_size(100, 101, ended=False)
     with pytest.raises(InvalidArgument, match="negative"):
         check_declared_size(-1, 0, ended=False)
+
+
+@pytest.mark.parametrize(
+    "name", ["amplop.jpg", "foto amplop (2).JPG", "Ipuh TPS 3 (é).pdf", ".hidden.jpg", "a..b.jpg"]
+)
+def test_a_file_name_is_kept_as_the_uploader_gave_it(name: str) -> None:
+    assert check_file_name(name) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("../../etc/passwd", "without a directory"),
+        ("foto/amplop.jpg", "without a directory"),
+        ("C:\\Users\\polres\\amplop.jpg", "without a directory"),
+        ("..", "not '.' or '..'"),
+        (".", "not '.' or '..'"),
+        ("bad\nname.jpg", "control characters"),
+        ("amplop\r.jpg", "control characters"),
+        ("\x1b[2Jamplop.jpg", "control characters"),
+        ("amplop\x00.jpg", "control characters"),
+        ("amplop\x85.jpg", "control characters"),  # C1: NEL
+        ("", "is required"),
+        ("   ", "is required"),
+    ],
+)
+def test_a_file_name_that_is_a_path_or_has_control_characters_is_refused(
+    name: str, says: str
+) -> None:
+    """The name is kept for good in the event and offered to whoever downloads the file:
+    a path there, or a line break or terminal escape, is refused at the upload."""
+    with pytest.raises(InvalidArgument) as refused:
+        check_file_name(name)
+    assert refused.value.reason == "INVALID_FIELD"
+    assert refused.value.field == FILE_NAME_FIELD == "header.file_name"
+    assert says in str(refused.value)
+
+
+def test_a_file_name_too_long_is_field_too_long() -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        check_file_name("a" * 252 + ".jpg")
+    assert (refused.value.reason, refused.value.field) == ("FIELD_TOO_LONG", FILE_NAME_FIELD)
 
 
 @pytest.mark.parametrize("agency", [COORDINATOR, LEAD, REPORTER])

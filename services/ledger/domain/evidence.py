@@ -12,10 +12,20 @@ to the incident, whose rule (:meth:`Incident.attach_evidence`) decides who may a
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument, ResourceExhausted
-from services.ledger.domain.commands import MAX_TEXT, IncidentCommand, text
+from services.ledger.domain.commands import (
+    CHECK,
+    MAX_LENGTH,
+    MAX_TEXT,
+    REQUIRED,
+    IncidentCommand,
+    Rules,
+    check_text,
+    text,
+)
 from services.ledger.domain.incident import Envelope, EvidenceFile, Incident
 
 MAX_FILE_NAME = 255
@@ -91,6 +101,32 @@ class EvidencePolicy:
         return sniffed
 
 
+#: The upload header's field that names the file.
+FILE_NAME_FIELD = "header.file_name"
+
+
+def check_file_name(value: str) -> str:
+    """The uploader's name of the file, as the event keeps it for good: a name, not a path
+    (no ``/`` or ``\\``, not ``.`` or ``..``), without control characters (a line break or
+    a terminal escape in it could forge or garble lines of what officers and auditors read:
+    ledgerctl's tables, a console log). Whoever downloads the file may be given this name
+    to write it under."""
+    check_text(FILE_NAME_FIELD, value, MAX_FILE_NAME, required=True)
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise InvalidArgument(FILE_NAME_FIELD, "must not contain control characters")
+    if "/" in value or "\\" in value:
+        raise InvalidArgument(
+            FILE_NAME_FIELD, "must be the file's name only, without a directory ('/' or '\\')"
+        )
+    if value.strip() in {".", ".."}:
+        raise InvalidArgument(FILE_NAME_FIELD, "must be the file's name, not '.' or '..'")
+    return value
+
+
+def _file_name_check(_rules: Rules, _name: str, value: str) -> str:
+    return check_file_name(value)
+
+
 def check_chunk(size: int) -> None:
     if size > MAX_CHUNK_BYTES:
         raise InvalidArgument("chunk", f"a chunk holds at most {MAX_CHUNK_BYTES} bytes")
@@ -126,7 +162,9 @@ class UploadEvidence(IncidentCommand):
     sha256: str
     size_bytes: int
     media_type: str
-    file_name: str = dataclasses.field(metadata=text(MAX_FILE_NAME, required=True))
+    file_name: str = dataclasses.field(
+        metadata={CHECK: _file_name_check, MAX_LENGTH: MAX_FILE_NAME, REQUIRED: True}
+    )
     description: str = dataclasses.field(metadata=text(MAX_TEXT))
 
     def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
