@@ -485,6 +485,8 @@ class EvidenceObjects:
                 try:
                     message = await subscription.next_msg(timeout=READ_STALL_SECONDS)
                 except NatsTimeoutError:
+                    if await self._chunks_missing(js, subject, int(info.chunks or 0)):
+                        raise ObjectChangedError(name) from None
                     log.warning(
                         "evidence.read_stalled",
                         object=name,
@@ -503,6 +505,18 @@ class EvidenceObjects:
         if digest.hexdigest() != stored.sha256:
             raise ObjectChangedError(name)
         return stored
+
+    async def _chunks_missing(self, js: JetStreamContext, subject: str, chunks: int) -> bool:
+        """Whether the stream holds fewer of an object's chunks than its entry says (purged
+        by hand, or lost): a read stalled waiting for them, with NATS there, waits for
+        nothing, and the object is not the one recorded. False when NATS cannot say."""
+        if self._nc is None or not self._nc.is_connected:
+            return False
+        try:
+            found = await js.stream_info(f"OBJ_{self._settings.bucket}", subjects_filter=subject)
+        except (NatsError, OSError):
+            return False
+        return (found.state.subjects or {}).get(subject, 0) < chunks
 
     def list_objects(self) -> list[ListedObject]:
         """Every object of the bucket (its metadata only; deleted ones left out)."""

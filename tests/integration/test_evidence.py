@@ -1249,14 +1249,14 @@ def test_a_download_whose_nats_goes_away_mid_read_is_unavailable_within_seconds(
             stopped.set()
         thread.join(60)
     monkeypatch.undo()
-    (stalled,) = [line for line in logs if line["event"] == "evidence.read_stalled"]
-    assert stalled["seconds"] == READ_STALL_SECONDS
-    assert 0 < int(stalled["read"]) < int(stalled["size"]) == 8 * 1000 * 1000
     (error,) = outcome
     assert isinstance(error, grpc.RpcError), "the download was served with NATS stopped"
     assert error.code() == grpc.StatusCode.UNAVAILABLE, (error.code(), error.details())
     info = error_info(error)  # type: ignore[arg-type]
     assert info is not None and info.reason == "EVIDENCE_STORE_UNAVAILABLE", error.details()
+    (stalled,) = [line for line in logs if line["event"] == "evidence.read_stalled"]
+    assert stalled["seconds"] == READ_STALL_SECONDS
+    assert 0 < int(stalled["read"]) < int(stalled["size"]) == 8 * 1000 * 1000
     assert list(spool.iterdir()) == []
     assert _downloads(ledger, name) == []
 
@@ -1357,3 +1357,43 @@ def test_an_upload_whose_nats_goes_away_mid_way_is_unavailable_within_seconds(
         upload_messages(name, source, request_id), metadata=ledger.md("polres"), timeout=60
     )
     assert taken.evidence.size_bytes == 4 * 1000 * 1000
+
+
+async def _purge_chunks(nats_url: str, bucket: str, name: str) -> None:
+    """What someone with write access to NATS could do: purge an object's chunks, leaving
+    its entry (and its recorded digest) as it was."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        info = await (await js.object_store(bucket)).get_info(name)
+        await js.purge_stream(f"OBJ_{bucket}", subject=f"$O.{bucket}.C.{info.nuid}")
+    finally:
+        await nc.close()
+
+
+def test_a_download_of_an_object_whose_chunks_are_gone_is_data_loss(
+    ledger: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """An object whose entry stays but whose chunks were purged: the read gets nothing,
+    with NATS there. ``DATA_LOSS`` ``EVIDENCE_MISSING`` (nothing recorded), not the
+    ``UNAVAILABLE`` of NATS away, which a retry would not cure."""
+    name = assigned_incident(ledger)
+    source = tmp_path / "envelopes.jpg"
+    write_file(source, 300_000)
+    stub = evidence_stub(ledger)
+    uploaded = stub.UploadEvidence(
+        upload_messages(name, source, rid()), metadata=ledger.md("polres")
+    ).evidence
+    asyncio.run(_purge_chunks(nats_server.url, "evidence", object_name(uploaded.sha256)))
+    fails(
+        lambda: list(
+            stub.DownloadEvidence(
+                ev.DownloadEvidenceRequest(name=uploaded.name),
+                metadata=ledger.md("polres"),
+                timeout=40,
+            )
+        ),
+        grpc.StatusCode.DATA_LOSS,
+        "EVIDENCE_MISSING",
+    )
+    assert _downloads(ledger, name) == []
