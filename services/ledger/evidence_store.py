@@ -86,6 +86,10 @@ CALL_SECONDS = 120.0
 #: the reader, not the reverse), so only a read that makes no progress is cut, never a
 #: long one that does; the client retries the UNAVAILABLE, on another replica if need be.
 READ_STALL_SECONDS = 5.0
+#: How long a stalled read waits to learn whether the object's chunks are still in the
+#: stream: a NATS that hangs (connected, answering nothing) must not add its request
+#: timeout to READ_STALL_SECONDS; not knowing in time is the same UNAVAILABLE.
+CHUNK_COUNT_SECONDS = 1.0
 CONNECT_SECONDS = 5.0
 #: How long a call waits for the evidence store's first connection to NATS (a few attempts).
 FIRST_CONNECT_SECONDS = 2 * CONNECT_SECONDS
@@ -513,8 +517,11 @@ class EvidenceObjects:
         if self._nc is None or not self._nc.is_connected:
             return False
         try:
-            found = await js.stream_info(f"OBJ_{self._settings.bucket}", subjects_filter=subject)
-        except (NatsError, OSError):
+            found = await asyncio.wait_for(
+                js.stream_info(f"OBJ_{self._settings.bucket}", subjects_filter=subject),
+                CHUNK_COUNT_SECONDS,
+            )
+        except (NatsError, OSError, TimeoutError):
             return False
         return (found.state.subjects or {}).get(subject, 0) < chunks
 

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -1211,14 +1212,21 @@ def _download_in_thread(
     return thread, outcome
 
 
+@pytest.mark.parametrize("away", ["stopped", "frozen"])
 def test_a_download_whose_nats_goes_away_mid_read_is_unavailable_within_seconds(
-    ledger: Client, nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ledger: Client,
+    nats_server: NatsServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    away: str,
 ) -> None:
-    """NATS stopped while a download is being read from the object store, and not back:
-    the read made no progress and waited out two minutes (the client's deadline, here)
-    before UNAVAILABLE. Now a read that gets nothing from NATS for READ_STALL_SECONDS ends
-    the download with UNAVAILABLE ``EVIDENCE_STORE_UNAVAILABLE``: no spool file left, no
-    download recorded; once NATS is back the same download is served."""
+    """NATS stopped (or frozen: its connections open, answering nothing) while a download
+    is being read from the object store: the read made no progress and waited out two
+    minutes (the client's deadline, here) before UNAVAILABLE. Now a read that gets nothing
+    from NATS for READ_STALL_SECONDS ends the download with UNAVAILABLE
+    ``EVIDENCE_STORE_UNAVAILABLE`` within a second or two more (the check that the chunks
+    are still there does not wait out a request's 5 s on a frozen NATS): no spool file left,
+    no download recorded; once NATS is back the same download is served."""
     name = assigned_incident(ledger)
     source = tmp_path / "envelopes.jpg"
     write_file(source, 8 * 1000 * 1000)
@@ -1227,14 +1235,14 @@ def test_a_download_whose_nats_goes_away_mid_read_is_unavailable_within_seconds(
         upload_messages(name, source, rid()), metadata=ledger.md("polres")
     ).evidence
 
-    # The first bytes read are held until NATS is stopped: the rest of the file is still
-    # in NATS (flow control keeps a reader that consumes nothing from being sent it all).
-    reading, stopped = threading.Event(), threading.Event()
+    # The first bytes read are held until NATS is gone: the rest of the file is still in
+    # NATS (flow control keeps a reader that consumes nothing from being sent it all).
+    reading, gone = threading.Event(), threading.Event()
     write = HashingSink.write
 
     def held_write(sink: HashingSink, data: bytes) -> int:
         reading.set()
-        stopped.wait(30)
+        gone.wait(30)
         return write(sink, data)
 
     spool = ledger.data_dir / "evidence-spool"
@@ -1244,23 +1252,35 @@ def test_a_download_whose_nats_goes_away_mid_read_is_unavailable_within_seconds(
         thread, outcome = _download_in_thread(stub, uploaded.name, ledger.md("polres"), 40)
         try:
             wait_until(reading.is_set, what="the download reading the object")
-            nats_server.stop()
+            if away == "stopped":
+                nats_server.stop()
+            else:
+                assert nats_server.pid is not None
+                os.kill(nats_server.pid, signal.SIGSTOP)
         finally:
-            stopped.set()
-        thread.join(60)
+            gone.set()
+        started = time.monotonic()
+        try:
+            thread.join(60)
+        finally:
+            if away == "frozen":
+                os.kill(nats_server.pid, signal.SIGCONT)  # type: ignore[arg-type]
+        took = time.monotonic() - started
     monkeypatch.undo()
     (error,) = outcome
-    assert isinstance(error, grpc.RpcError), "the download was served with NATS stopped"
+    assert isinstance(error, grpc.RpcError), "the download was served with NATS away"
     assert error.code() == grpc.StatusCode.UNAVAILABLE, (error.code(), error.details())
     info = error_info(error)  # type: ignore[arg-type]
     assert info is not None and info.reason == "EVIDENCE_STORE_UNAVAILABLE", error.details()
+    assert took < READ_STALL_SECONDS + 3, took
     (stalled,) = [line for line in logs if line["event"] == "evidence.read_stalled"]
     assert stalled["seconds"] == READ_STALL_SECONDS
     assert 0 < int(stalled["read"]) < int(stalled["size"]) == 8 * 1000 * 1000
     assert list(spool.iterdir()) == []
     assert _downloads(ledger, name) == []
 
-    nats_server.start()
+    if away == "stopped":
+        nats_server.start()
     wait_until(lambda: ledger.server.evidence_objects.nats_link.connected, what="reconnected")  # type: ignore[union-attr]
     served = stub.DownloadEvidence(
         ev.DownloadEvidenceRequest(name=uploaded.name), metadata=ledger.md("polres"), timeout=60
