@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import hashlib
 import json
@@ -34,7 +35,12 @@ from services.common.grpc_errors import error_info
 from services.common.natsserver import NatsServer
 from services.ledger.audit.evidence_check import sweep_orphans, verify_evidence
 from services.ledger.domain.evidence import object_name
-from services.ledger.evidence_store import READ_STALL_SECONDS, HashingSink
+from services.ledger.evidence_store import (
+    PENDING_PREFIX,
+    READ_STALL_SECONDS,
+    EvidenceObjects,
+    HashingSink,
+)
 from tests.fanout_support import wait_until
 from tests.ledgerctl_support import Ctl
 from tests.support import (
@@ -1417,3 +1423,44 @@ def test_a_download_of_an_object_whose_chunks_are_gone_is_data_loss(
         "EVIDENCE_MISSING",
     )
     assert _downloads(ledger, name) == []
+
+
+def test_the_sweep_spares_the_chunks_of_a_stored_file_whose_pending_entry_stayed(
+    ledger: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload whose file was stored and recorded, but whose pending entry could not be
+    purged at the end (NATS gone at that moment): the entry ``upload-<id>`` stays, pointing
+    at the same chunks as the stored file. The sweep deleted that entry once past the grace
+    period, and with it those chunks: the recorded file was gone. It now deletes the entry
+    only, and the file is still served."""
+    name = assigned_incident(ledger)
+    source = tmp_path / "envelopes.jpg"
+    write_file(source, 300_000)
+    objects = ledger.server.evidence_objects
+    assert objects is not None
+    purge = EvidenceObjects._purge_quietly
+
+    async def no_pending_purge(
+        self: EvidenceObjects, js: object, stream: str, subject: str
+    ) -> None:
+        entry = base64.urlsafe_b64decode(subject.rpartition(".")[2]) if ".M." in subject else b""
+        if entry.startswith(PENDING_PREFIX.encode()):
+            return  # the pending entry's purge lost with NATS
+        await purge(self, js, stream, subject)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(EvidenceObjects, "_purge_quietly", no_pending_purge)
+    uploaded = (
+        evidence_stub(ledger)
+        .UploadEvidence(upload_messages(name, source, rid()), metadata=ledger.md("polres"))
+        .evidence
+    )
+    monkeypatch.undo()
+    (left,) = [item for item in objects.list_objects() if item.pending]
+
+    later = datetime.now(UTC) + timedelta(hours=2)
+    assert sweep_orphans(ledger.server.ledger, objects, timedelta(hours=1), later) == [left.name]
+    assert [item for item in objects.list_objects() if item.pending] == []
+    served = evidence_stub(ledger).DownloadEvidence(
+        ev.DownloadEvidenceRequest(name=uploaded.name), metadata=ledger.md("polres"), timeout=30
+    )
+    assert b"".join(r.chunk for r in served) == source.read_bytes()

@@ -20,7 +20,7 @@ writing, or an event is about to name, is deleted, whichever replica sweeps.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -172,12 +172,18 @@ class OrphanSweep:
         ]
         if any(not item.pending and item.name not in self._referenced for item in old):
             self._read_references()
+        # The chunks of the files stored: a pending entry left beside the file its upload
+        # stored (its purge failed at the end, NATS gone) points at those same chunks, and
+        # only the entry may go.
+        stored_chunks = {item.nuid for item in listed if not item.pending and item.nuid}
         swept = []
         for item in old:
             if item.name in self._referenced:
                 continue
+            spared = item.pending and item.nuid in stored_chunks
+            target = replace(item, nuid="") if spared else item
             # False: an upload touched it (or another replica swept it) since it was listed.
-            if self._objects.delete_unchanged(item):
+            if self._objects.delete_unchanged(target):
                 swept.append(Swept(item.name, item.size_bytes, item.stored_at))
         return swept
 
