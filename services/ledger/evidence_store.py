@@ -90,6 +90,10 @@ READ_STALL_SECONDS = 5.0
 #: stream: a NATS that hangs (connected, answering nothing) must not add its request
 #: timeout to READ_STALL_SECONDS; not knowing in time is the same UNAVAILABLE.
 CHUNK_COUNT_SECONDS = 1.0
+#: How long an upload that failed (NATS timed out, most likely) tries to purge what it
+#: wrote before it answers: a NATS that hangs must not add two request timeouts (10 s) to
+#: the answer; what a purge leaves is swept.
+PURGE_AFTER_FAILURE_SECONDS = 1.0
 CONNECT_SECONDS = 5.0
 #: How long a call waits for the evidence store's first connection to NATS (a few attempts).
 FIRST_CONNECT_SECONDS = 2 * CONNECT_SECONDS
@@ -375,6 +379,7 @@ class EvidenceObjects:
         # The next piece is received while this one is published: the two waits (the
         # sender's next message, the stream's acks) overlap instead of adding up.
         coming = loop.run_in_executor(None, next, pieces, None)
+        failed = False
         try:
             while (piece := await coming) is not None:
                 coming = loop.run_in_executor(None, next, pieces, None)
@@ -407,10 +412,13 @@ class EvidenceObjects:
             # A piece still being received is not wanted: its outcome (the sender's error,
             # most likely) is dropped with the future rather than left unobserved.
             coming.cancel()
-            await self._purge_quietly(js, stream, chunk_subject)
+            failed = True
+            await self._purge_quietly(js, stream, chunk_subject, PURGE_AFTER_FAILURE_SECONDS)
             raise
         finally:
-            await self._purge_quietly(js, stream, pending_subject)
+            await self._purge_quietly(
+                js, stream, pending_subject, PURGE_AFTER_FAILURE_SECONDS if failed else None
+            )
         stored = await self._stat(info.name)
         if stored is None:
             raise unavailable(ObjectNotFoundError())
@@ -447,17 +455,20 @@ class EvidenceObjects:
                     entry = existing
         raise unavailable(APIError())
 
-    async def _purge_quietly(self, js: JetStreamContext, stream: str, subject: str) -> None:
+    async def _purge_quietly(
+        self, js: JetStreamContext, stream: str, subject: str, seconds: float | None = None
+    ) -> None:
         """Purge ``subject``; a failure is logged (what is left is an unreferenced object,
         swept later), so that it does not hide the error being raised. Not tried while
-        NATS is away (an upload it cut short): the purge would only wait out its request's
-        timeout, the caller's answer with it, and what is left is swept all the same."""
+        NATS is away (an upload it cut short), and given at most ``seconds`` when set: the
+        purge would only wait out its request's timeout (5 s) on a NATS that answers
+        nothing, the caller's answer with it, and what is left is swept all the same."""
         if self._nc is None or not self._nc.is_connected:
             log.warning("evidence.purge_failed", subject=subject, error="NATS not connected")
             return
         try:
-            await js.purge_stream(stream, subject=subject)
-        except (NatsError, OSError) as error:
+            await asyncio.wait_for(js.purge_stream(stream, subject=subject), seconds)
+        except (NatsError, OSError, TimeoutError) as error:
             log.warning("evidence.purge_failed", subject=subject, error=type(error).__name__)
 
     def read_into(self, name: str, sink: HashingSink) -> StoredObject | None:

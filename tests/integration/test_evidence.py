@@ -1324,13 +1324,14 @@ def test_a_slow_download_that_progresses_is_not_cut(
     assert time.monotonic() - started > 3 * stall  # about 23 chunks of 128 KiB
 
 
+@pytest.mark.parametrize("away", ["stopped", "frozen"])
 def test_an_upload_whose_nats_goes_away_mid_way_is_unavailable_within_seconds(
-    ledger: Client, nats_server: NatsServer, tmp_path: Path
+    ledger: Client, nats_server: NatsServer, tmp_path: Path, away: str
 ) -> None:
-    """NATS stopped while an upload's chunks go in: UNAVAILABLE ``EVIDENCE_STORE_UNAVAILABLE``
-    within seconds, nothing recorded; sent again once NATS is back, it is taken. Before,
-    the answer waited besides for two purges of what was written (5 s each, for nothing:
-    NATS is away; the sweep removes it)."""
+    """NATS stopped (or frozen: connected, answering nothing) while an upload's chunks go
+    in: UNAVAILABLE ``EVIDENCE_STORE_UNAVAILABLE`` within seconds, nothing recorded; sent
+    again once NATS is back, it is taken. Before, the answer waited besides for two purges
+    of what was written (5 s each, for nothing: NATS is away; the sweep removes it)."""
     name = assigned_incident(ledger)
     source = tmp_path / "envelopes.jpg"
     write_file(source, 4 * 1000 * 1000)
@@ -1363,20 +1364,29 @@ def test_an_upload_whose_nats_goes_away_mid_way_is_unavailable_within_seconds(
     thread.start()
     try:
         wait_until(sent.is_set, what="the upload's first chunks")
-        nats_server.stop()
+        if away == "stopped":
+            nats_server.stop()
+        else:
+            assert nats_server.pid is not None
+            os.kill(nats_server.pid, signal.SIGSTOP)
     finally:
         stopped.set()
     started = time.monotonic()
-    thread.join(60)
+    try:
+        thread.join(60)
+    finally:
+        if away == "frozen":
+            os.kill(nats_server.pid, signal.SIGCONT)  # type: ignore[arg-type]
     took = time.monotonic() - started
     (error,) = outcome
-    assert isinstance(error, grpc.RpcError), "the upload was taken with NATS stopped"
+    assert isinstance(error, grpc.RpcError), "the upload was taken with NATS away"
     assert error.code() == grpc.StatusCode.UNAVAILABLE, (error.code(), error.details())
     info = error_info(error)  # type: ignore[arg-type]
     assert info is not None and info.reason == "EVIDENCE_STORE_UNAVAILABLE", error.details()
     # At most one request's timeout (5 s) for the chunk NATS did not take; not two more.
     assert took < 9, took
-    nats_server.start()
+    if away == "stopped":
+        nats_server.start()
     wait_until(lambda: ledger.server.evidence_objects.nats_link.connected, what="reconnected")  # type: ignore[union-attr]
     assert attached_events(ledger, name) == []
     taken = stub.UploadEvidence(
@@ -1441,12 +1451,16 @@ def test_the_sweep_spares_the_chunks_of_a_stored_file_whose_pending_entry_stayed
     purge = EvidenceObjects._purge_quietly
 
     async def no_pending_purge(
-        self: EvidenceObjects, js: object, stream: str, subject: str
+        self: EvidenceObjects,
+        js: object,
+        stream: str,
+        subject: str,
+        seconds: float | None = None,
     ) -> None:
         entry = base64.urlsafe_b64decode(subject.rpartition(".")[2]) if ".M." in subject else b""
         if entry.startswith(PENDING_PREFIX.encode()):
             return  # the pending entry's purge lost with NATS
-        await purge(self, js, stream, subject)  # type: ignore[arg-type]
+        await purge(self, js, stream, subject, seconds)  # type: ignore[arg-type]
 
     monkeypatch.setattr(EvidenceObjects, "_purge_quietly", no_pending_purge)
     uploaded = (
