@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -13,6 +15,7 @@ import pytest
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from incidentledger.v1 import evidence_service_pb2 as ev
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger_client import (
@@ -20,6 +23,7 @@ from incidentledger_client import (
     IllegalTransition,
     Internal,
     InvalidArgument,
+    LedgerClient,
     LedgerError,
     ProjectionLagging,
     RequestIdReused,
@@ -592,3 +596,60 @@ def test_the_client_s_channel_reconnects_often_unless_told_otherwise() -> None:
     )
     assert given["grpc.max_reconnect_backoff_ms"] == 500 and given["grpc.enable_retries"] == 0
     assert given["grpc.keepalive_time_ms"] == 10_000  # the defaults the caller did not name
+
+
+# --- evidence downloads ----------------------------------------------------------------------
+
+
+class FakeEvidenceStub:
+    """DownloadEvidence answering each call with the next of ``calls``."""
+
+    def __init__(self, calls: list[FakeCall]) -> None:
+        self.calls = calls
+        self.requests: list[ev.DownloadEvidenceRequest] = []
+
+    def DownloadEvidence(self, request: ev.DownloadEvidenceRequest, **_: Any) -> FakeCall:  # noqa: N802
+        self.requests.append(request)
+        return self.calls.pop(0)
+
+
+def test_a_download_the_ledger_could_not_serve_is_tried_again_from_the_first_byte(
+    tmp_path: Path,
+) -> None:
+    """A replica whose evidence store or spool was away answers UNAVAILABLE, maybe after
+    some bytes: the client starts again (another replica, or the same one back), as it
+    retries other calls, and the file holds only the second attempt's bytes. Before, the
+    first UNAVAILABLE ended the download, though docs/evidence.md promised the retry."""
+    data = b"foto amplop uang di Ipuh" * 100
+    header = ev.DownloadEvidenceResponse()
+    header.evidence.name = "incidents/x/evidence/y"
+    header.evidence.sha256 = hashlib.sha256(data).hexdigest()
+    header.evidence.size_bytes = len(data)
+    chunks = [
+        ev.DownloadEvidenceResponse(chunk=data[:1000]),
+        ev.DownloadEvidenceResponse(chunk=data[1000:]),
+    ]
+    unavailable = FakeRpcError(
+        grpc.StatusCode.UNAVAILABLE, "evidence store away", "EVIDENCE_STORE_UNAVAILABLE"
+    )
+    stub = FakeEvidenceStub(
+        [
+            FakeCall([header, chunks[0]], unavailable),  # type: ignore[list-item]
+            FakeCall([], unavailable),
+            FakeCall([header, *chunks], None),  # type: ignore[list-item]
+        ]
+    )
+    client = LedgerClient(
+        "127.0.0.1:1", "t", retry=RetryPolicy(initial_backoff=0.001, max_backoff=0.001)
+    )
+    client._evidence = stub  # type: ignore[assignment]
+    target = tmp_path / "foto.jpg"
+    evidence = client.download_evidence("incidents/x/evidence/y", target)
+    assert target.read_bytes() == data and evidence.sha256 == header.evidence.sha256
+    assert len(stub.requests) == 3 and not (tmp_path / "foto.jpg.part").exists()
+    # Refused (not UNAVAILABLE): not tried again, nothing left behind.
+    stub.calls = [FakeCall([], FakeRpcError(grpc.StatusCode.NOT_FOUND, "no", "EVIDENCE_NOT_FOUND"))]
+    with pytest.raises(LedgerError):
+        client.download_evidence("incidents/x/evidence/z", tmp_path / "other.jpg")
+    assert not list(tmp_path.glob("other.jpg*"))
+    client.close()

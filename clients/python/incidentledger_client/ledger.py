@@ -1244,44 +1244,50 @@ class LedgerClient:
         """Write the evidence ``name`` (``incidents/{id}/evidence/{event_id}``) to ``path``,
         chunk by chunk; the bytes are checked against the recorded SHA-256 and size before
         the file takes its name (a ``.part`` file until then, removed on failure). The
-        ledger records the download."""
+        ledger records the download. A download the ledger could not serve (``UNAVAILABLE``:
+        its evidence store or spool away, a replica restarting) starts again from the first
+        byte, within the client's retry budget, as other calls are retried; each attempt
+        the ledger served is recorded."""
         target = Path(path)
         partial = target.with_name(target.name + ".part")
-        call = self._evidence.DownloadEvidence(
-            evidence_pb.DownloadEvidenceRequest(name=name),
-            timeout=timeout,
-            metadata=self._transport.metadata,
-        )
+        request = evidence_pb.DownloadEvidenceRequest(name=name)
+
+        def attempt() -> Evidence:
+            call = self._evidence.DownloadEvidence(
+                request, timeout=timeout, metadata=self._transport.metadata
+            )
+            try:
+                evidence: Evidence | None = None
+                digest = hashlib.sha256()
+                received = 0
+                with partial.open("wb") as out:
+                    for response in call:
+                        if response.HasField("evidence"):
+                            evidence = Evidence.from_proto(response.evidence)
+                            continue
+                        out.write(response.chunk)
+                        digest.update(response.chunk)
+                        received += len(response.chunk)
+                        if progress is not None:
+                            progress(received, evidence.size_bytes if evidence else 0)
+                if evidence is None or (digest.hexdigest(), received) != (
+                    evidence.sha256,
+                    evidence.size_bytes,
+                ):
+                    raise DataLoss(
+                        "DATA_LOSS",
+                        "EVIDENCE_CHANGED",
+                        f"the bytes received for {name} are not the recorded ones",
+                    )
+                partial.replace(target)
+                return evidence
+            finally:
+                call.cancel()  # type: ignore[no-untyped-call]
+
         try:
-            evidence: Evidence | None = None
-            digest = hashlib.sha256()
-            received = 0
-            with partial.open("wb") as out:
-                for response in call:
-                    if response.HasField("evidence"):
-                        evidence = Evidence.from_proto(response.evidence)
-                        continue
-                    out.write(response.chunk)
-                    digest.update(response.chunk)
-                    received += len(response.chunk)
-                    if progress is not None:
-                        progress(received, evidence.size_bytes if evidence else 0)
-            if evidence is None or (digest.hexdigest(), received) != (
-                evidence.sha256,
-                evidence.size_bytes,
-            ):
-                raise DataLoss(
-                    "DATA_LOSS",
-                    "EVIDENCE_CHANGED",
-                    f"the bytes received for {name} are not the recorded ones",
-                )
-            partial.replace(target)
-            return evidence
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            return call_with_retry(attempt, self._transport.retry)
         finally:
             partial.unlink(missing_ok=True)
-            call.cancel()  # type: ignore[no-untyped-call]
 
     def list_evidence(self, incident: str, *, page_size: int = 0) -> list[Evidence]:
         """The evidence attached to ``incident``, oldest first: every page."""
