@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
-from incidentledger_client import LedgerClient
+from incidentledger_client import CertificateNotVerified, LedgerClient, NotifierClient, RetryPolicy
 from incidentledger_client.cli import main as ledgerctl
 from services.common.config import ServerTls
 from services.common.grpc_errors import error_info
@@ -251,3 +252,44 @@ def test_a_certificate_not_for_client_authentication_is_refused_at_the_handshake
         # The core's own line, one per refused connection, is not passed on: the bounded
         # line above stands for them all.
         assert "Handshake failed" not in raw
+
+
+def test_a_server_certificate_the_client_does_not_verify_fails_at_once_with_its_cause(
+    tmp_path: Path, ca: CertificateAuthority, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A certificate that does not verify will not on a retry: the client library raises
+    CertificateNotVerified on the first attempt that shows it (not after its 20 s retry
+    budget), naming the CA setting or the host name; ledgerctl and a subscription too."""
+    server = ca.server("ledger-example", "ledger.example")  # not for localhost
+    other = CertificateAuthority(tmp_path / "other", "Other CA")
+    with tls_ledger(tmp_path, ServerTls.load(server.cert_file, server.key_file)) as ledger:
+        target = f"localhost:{ledger.server.port}"
+        for roots, cause in ((other.ca_file, "ca"), (ca.ca_file, "host_name")):
+            started = time.monotonic()
+            with (
+                LedgerClient(target, tls=roots, retry=RetryPolicy(budget=20)) as client,
+                pytest.raises(CertificateNotVerified) as refused,
+            ):
+                client.get_incident("incidents/none")
+            assert time.monotonic() - started < 10, "retried a certificate that cannot verify"
+            assert refused.value.code == "UNAVAILABLE"
+            assert refused.value.cause == cause
+            if cause == "ca":
+                assert f"the CA file {roots}" in str(refused.value)
+            else:
+                assert "not for the host name 'localhost'" in str(refused.value)
+
+            with (
+                NotifierClient(target, tls=roots) as notifier,
+                pytest.raises(CertificateNotVerified) as watched,
+            ):
+                next(iter(notifier.subscribe(max_reconnects=100)))
+            assert watched.value.cause == cause
+
+        capsys.readouterr()
+        started = time.monotonic()
+        code = ledgerctl(["--address", target, "--tls-ca", str(ca.ca_file), "list"])
+        err = capsys.readouterr().err
+        assert code == 6
+        assert time.monotonic() - started < 10
+        assert "not for the host name localhost" in err, err

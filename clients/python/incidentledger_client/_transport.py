@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 
 from incidentledger_client.errors import (
+    CertificateNotVerified,
     LedgerError,
     error_reason,
     from_rpc_error,
@@ -113,8 +114,12 @@ def call_with_retry(
     rng: Callable[[], float] = random.random,
     clock: Callable[[], float] = time.monotonic,
     request_id: str | None = None,
+    fatal: Callable[[grpc.RpcError], LedgerError | None] | None = None,
 ) -> T:
     """Run ``call`` (one RPC attempt), retrying retryable failures; map errors.
+
+    ``fatal`` turns a failure that no retry can mend (the server's certificate not verified)
+    into the error to raise at once; None: an ordinary failure.
 
     The caller builds the request once, so every attempt sends the same request (and the
     same request_id). A non-retryable failure, or the last retryable one, is raised as a
@@ -139,6 +144,10 @@ def call_with_retry(
         try:
             return call()
         except grpc.RpcError as error:
+            final = fatal(error) if fatal is not None else None
+            if final is not None:
+                final.request_id = final.request_id or request_id
+                raise final from None
             code = status_code(error)
             if code in RETRYABLE:
                 if _unanswered(error):
@@ -166,6 +175,73 @@ def _unanswered(error: grpc.RpcError) -> bool:
     refused or lost. Unless refused, the request may have reached the server (and a command
     been recorded); an answer with a reason (STORE_UNAVAILABLE) says that it was not taken."""
     return status_code(error) in RETRYABLE and not error_reason(error)
+
+
+#: What gRPC says when this client rejects the server's certificate: its host name check,
+#: and BoringSSL's chain check (not signed by a trusted CA, expired, ...).
+_HOST_NAME_FAILED = "Hostname Verification Check failed"
+_VERIFY_FAILED = "CERTIFICATE_VERIFY_FAILED"
+
+
+def certificate_failure(
+    error: grpc.RpcError, target: str, ca: str, request_id: str | None = None
+) -> CertificateNotVerified | None:
+    """The error to raise when ``error`` says that this client did not verify the server's
+    certificate (``target``: the address's host is the name checked; ``ca``: where the
+    trusted CAs came from, as the message names it); None for any other failure.
+
+    gRPC reports only the last address's error (``localhost``: perhaps ``::1`` refused while
+    ``127.0.0.1`` presented the certificate), so an attempt may not show it: the retries
+    go on until one does, or the budget ends."""
+    if status_code(error) != grpc.StatusCode.UNAVAILABLE:
+        return None
+    details = getattr(error, "details", None)
+    text = str(details() or "") if callable(details) else str(error)
+    host = _host(target)
+    if _HOST_NAME_FAILED in text:
+        cause = "host_name"
+        message = (
+            f"the server at {target} presented a TLS certificate that is not for the host name "
+            f"{host!r}: use an address whose host name the certificate names (or have a "
+            f"certificate issued for {host!r})"
+        )
+    elif _VERIFY_FAILED in text:
+        cause = "ca"
+        why = text.split(_VERIFY_FAILED, 1)[1].lstrip(": ").split(": OK", 1)[0].strip()
+        message = (
+            f"the server at {target} presented a TLS certificate that {ca} does not verify"
+            f"{f' ({why})' if why else ''}: give the CA that issued it"
+        )
+    else:
+        return None
+    return CertificateNotVerified(
+        "UNAVAILABLE",
+        "",
+        message,
+        {"cause": cause, "ca": ca, "host": host},
+        request_id=request_id,
+    )
+
+
+def _host(target: str) -> str:
+    """The host name of a ``host:port`` target (``dns:///host:port``, ``[::1]:port`` too)."""
+    name = target.split("///", 1)[-1] if "///" in target else target.removeprefix("dns:")
+    if name.startswith("["):
+        return name[1:].split("]", 1)[0]
+    return name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+
+
+def describe_ca(tls: bool | str | bytes | Path | None, env_vars: Sequence[str]) -> str:
+    """Where the CAs that verify the server come from, as an error names them."""
+    if isinstance(tls, bytes):
+        return "the CA certificates given (tls=...)"
+    if isinstance(tls, str | Path):
+        return f"the CA file {tls}"
+    if tls is None:
+        for variable in env_vars:
+            if os.environ.get(variable):
+                return f"the CA file {os.environ[variable]} (${variable})"
+    return "the system's CAs (no CA file given)"
 
 
 def _read_certificates(
@@ -272,6 +348,7 @@ class Transport:
             self.metadata = (*self.metadata, ("accept-language", language))
         self.timeout = timeout
         self.retry = retry
+        self.ca = describe_ca(tls, tls_env)
         self._owns_channel = channel is None
         self.channel = (
             channel
@@ -301,7 +378,19 @@ class Transport:
             return method(request, timeout=deadline, metadata=self.metadata)
 
         request_id = getattr(request, "request_id", None)
-        return call_with_retry(attempt, self.retry, request_id=str(request_id or "") or None)
+        return self.retrying(attempt, str(request_id or "") or None)
+
+    def retrying(self, call: Callable[[], T], request_id: str | None = None) -> T:
+        """:func:`call_with_retry` with this transport's policy, a certificate that this
+        client does not verify raised at once (:class:`CertificateNotVerified`)."""
+        return call_with_retry(
+            call, self.retry, request_id=request_id, fatal=self.certificate_failure
+        )
+
+    def certificate_failure(self, error: grpc.RpcError) -> CertificateNotVerified | None:
+        """The error to raise at once when ``error`` says the server's certificate was not
+        verified (see :func:`certificate_failure`)."""
+        return certificate_failure(error, self.target, self.ca)
 
     def close(self) -> None:
         if self._owns_channel:

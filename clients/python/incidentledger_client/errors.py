@@ -110,6 +110,18 @@ class Unavailable(LedgerError):  # noqa: N818
     whether or not the failed attempts reached the ledger, it is recorded once."""
 
 
+class CertificateNotVerified(Unavailable):
+    """UNAVAILABLE: this client did not accept the server's TLS certificate, so no call was
+    made: it is not signed by a CA the client trusts (``cause`` ``"ca"``), or it is not for
+    the host name in the address (``cause`` ``"host_name"``). Raised at once, never retried:
+    a certificate that does not verify will not verify on a retry. The message names the CA
+    setting or the host name; ``metadata`` holds ``cause``, ``ca`` and ``host``."""
+
+    @property
+    def cause(self) -> str:
+        return self.metadata.get("cause", "")
+
+
 class DeadlineExceeded(LedgerError):  # noqa: N818
     """DEADLINE_EXCEEDED: no answer within the call's timeout (retried before raised)."""
 

@@ -29,7 +29,6 @@ from incidentledger_client._transport import (
     ClientCertificate,
     RetryPolicy,
     Transport,
-    call_with_retry,
     new_request_id,
 )
 from incidentledger_client.errors import (
@@ -1230,7 +1229,7 @@ class LedgerClient:
             )
             return response
 
-        response = call_with_retry(attempt, self._transport.retry, request_id=header.request_id)
+        response = self._transport.retrying(attempt, header.request_id)
         return CommandResult.from_proto(response.result), Evidence.from_proto(response.evidence)
 
     def download_evidence(
@@ -1285,7 +1284,7 @@ class LedgerClient:
                 call.cancel()  # type: ignore[no-untyped-call]
 
         try:
-            return call_with_retry(attempt, self._transport.retry)
+            return self._transport.retrying(attempt)
         finally:
             partial.unlink(missing_ok=True)
 

@@ -174,6 +174,10 @@ class Subscription(Iterator[Notification]):
             except grpc.RpcError as error:
                 if self._closed.is_set():
                     return
+                # A certificate that does not verify will not on a reconnection either.
+                unverified = self._transport.certificate_failure(error)
+                if unverified is not None:
+                    raise unverified from None
                 code = status_code(error)
                 dropped = code == grpc.StatusCode.UNAVAILABLE or (
                     code == grpc.StatusCode.CANCELLED and fired[0]

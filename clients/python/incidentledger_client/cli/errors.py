@@ -15,6 +15,7 @@ from incidentledger_client import (
     Aborted,
     AlreadyExists,
     Cancelled,
+    CertificateNotVerified,
     DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
@@ -164,7 +165,15 @@ def explain(error: LedgerError, st: State) -> Hint | None:
         has_cert = bool(settings.tls_cert or os.environ.get("LEDGER_TLS_CLIENT_CERT"))
         # A client certificate turns TLS on too (with the system's CAs).
         tls = bool(settings.tls_ca or os.environ.get("LEDGER_TLS_CA")) or has_cert
-        if any(s in text for s in _VERIFY_FAILED):
+        if isinstance(error, CertificateNotVerified) and error.cause == "host_name":
+            return Hint(
+                _(
+                    "the {where} presented a certificate that is not for the host name {host}: "
+                    "give an address whose host name the certificate names (--address)"
+                ).format(where=where, host=error.metadata.get("host", "")),
+                {**meta, "cause": "host_name"},
+            )
+        if isinstance(error, CertificateNotVerified) or any(s in text for s in _VERIFY_FAILED):
             return Hint(
                 _(
                     "the {where} presented a certificate that the CA {ca} does not verify: "
