@@ -105,6 +105,17 @@ def is_store_failure(exc: BaseException) -> bool:
     return isinstance(exc, STORE_CONNECTION_ERRORS)
 
 
+def session_error(exc: BaseException, nats_error: str | None) -> str:
+    """What ended a relay session, for its log line and its status: the exception, and the
+    last error NATS reported during the session when the exception does not say it (a
+    publish that the server refused for lack of permission ends as ``nats: timeout``; only
+    the server's ``Permissions Violation``, reported on the side, names the cause)."""
+    said = f"{type(exc).__name__}: {exc}"
+    if not nats_error or nats_error in said:
+        return said
+    return f"{said} (last NATS error of the session: {nats_error})"
+
+
 class SessionRetry:
     """How long the relay pauses after a failed session.
 
@@ -244,6 +255,9 @@ class Relay:
         # cut off (it accepts TCP, answers nothing) costs one connect timeout, not one per
         # session (the client picks a node at random and tries only that one here).
         self._first_server = 0
+        # The last error nats-py reported during the current session: a refused publish
+        # (a permissions violation) comes only there, while the call itself times out.
+        self._session_nats_error: str | None = None
 
     # -- lifecycle (called from other threads)
 
@@ -313,7 +327,7 @@ class Relay:
                 self._retry.reset()
             except Exception as exc:  # logged and retried: the relay outlives outages
                 self.status.connected = False
-                self.status.last_error = f"{type(exc).__name__}: {exc}"
+                self.status.last_error = session_error(exc, self._session_nats_error)
                 self._on_health(False)
                 pause = self._retry.pause(exc, time.monotonic())
                 self._session_failures.failed(
@@ -331,8 +345,11 @@ class Relay:
     async def _session(self) -> None:
         settings = self._settings
 
+        self._session_nats_error = None
+
         async def error(exc: Exception) -> None:  # e.g. a node of the cluster is down
-            self._nats_errors.failed(error=f"{type(exc).__name__}: {exc}")
+            self._session_nats_error = f"{type(exc).__name__}: {exc}"
+            self._nats_errors.failed(error=self._session_nats_error)
 
         servers = nats_servers(settings.nats_url)  # one server, or the nodes of a cluster
         first = self._first_server % len(servers)

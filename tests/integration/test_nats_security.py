@@ -379,6 +379,38 @@ def test_only_the_ledger_publishes_on_its_subjects_while_the_notifier_consumes(
     ], "the services' own work needs nothing the configuration refuses"
 
 
+def test_a_relay_session_refused_a_permission_names_the_violation(tmp_path: Path) -> None:
+    """A request that the server refuses for lack of permission is never answered: the relay's
+    session ends with ``nats: timeout``, and only nats-py's error callback hears the server's
+    ``Permissions Violation``. The session's failure (its log line and the relay's status)
+    names it, not only the timeout."""
+    passwords = {"ledger": secrets.token_urlsafe(24), "notifier": secrets.token_urlsafe(24)}
+    users = production_users(passwords)
+    permission = '"$JS.API.STREAM.INFO.LEDGER_EVENTS"\n'
+    ledger_user = users.index("user: ledger")
+    assert users.index(permission) > ledger_user, "the template changed: pick another permission"
+    # Taken from the ledger's user only (the first; the notifier's has it too).
+    server = NatsServer(tmp_path / "nats", authorization=users.replace(permission, "\n", 1))
+    as_ledger = NatsClientSettings(user="ledger", password=passwords["ledger"])
+    relay_settings = RelaySettings(
+        nats_url=server.url, nats=as_ledger, poll_seconds=0.2, publish_timeout_seconds=1
+    )
+    with (
+        server,
+        store_environment("sqlite", tmp_path) as env,
+        running_ledger(settings_for(tmp_path, env, relay=relay_settings)) as ledger,
+    ):
+        relay = ledger.server.relay
+        assert relay is not None
+        wait_until(lambda: relay.status.last_error != "", what="a failed relay session")
+        error = relay.status.last_error
+        assert "timeout" in error, error
+        # nats-py says it in lower case: "permissions violation for publish to ...".
+        assert "permissions violation" in error.lower(), error
+        assert "$js.api.stream.info.ledger_events" in error.lower(), error
+        assert not relay.status.connected
+
+
 def test_the_ledger_user_may_keep_evidence_in_its_bucket(tmp_path: Path) -> None:
     """The object store calls of evidence (create the bucket, put, stat, read, list, the
     sweep's conditional delete) as the production ledger user: none refused."""
