@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -293,3 +296,29 @@ def test_a_server_certificate_the_client_does_not_verify_fails_at_once_with_its_
         assert code == 6
         assert time.monotonic() - started < 10
         assert "not for the host name localhost" in err, err
+
+
+def test_ledgerctl_keeps_grpc_cores_own_lines_off_the_terminal(
+    tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    """gRPC's C core logs each handshake it fails (``I... ssl_transport_security.cc...]
+    Handshake failed ...``) on stderr: ledgerctl's own entry point sets GRPC_VERBOSITY before
+    grpc is imported, so the person at the terminal reads only ledgerctl's message."""
+    server = ca.server()
+    other = CertificateAuthority(tmp_path / "other", "Other CA")
+    with tls_ledger(tmp_path, ServerTls.load(server.cert_file, server.key_file)) as ledger:
+        env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+        address = f"127.0.0.1:{ledger.server.port}"
+        command = [sys.executable, "-m", "ledgerctl", "--address", address]
+        done = subprocess.run(
+            [*command, "--tls-ca", str(other.ca_file), "--agency", "polres", "list"],
+            capture_output=True,
+            text=True,
+            env={**env, "LEDGER_DATA_DIR": str(ledger.data_dir)},
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 6, done.stderr
+    assert "does not verify" in done.stderr, done.stderr
+    assert "ssl_transport_security" not in done.stderr, done.stderr
+    assert "Handshake failed" not in done.stderr, done.stderr
