@@ -21,7 +21,7 @@ OPERATIONS_DOC = PROJECT_ROOT / "docs" / "operations.md"
 SERVICES = ("ledger", "notifier")
 # What Prometheus adds to a histogram's or counter's name in its series.
 SERIES_SUFFIXES = ("_bucket", "_count", "_sum", "_created")
-_ROW = re.compile(r"^\|\s*`([a-z_:][a-z0-9_:]*)`\s*\|\s*(\w+)\s*\|")
+_ROW = re.compile(r"^\|\s*`([a-z_:][a-z0-9_:]*)`\s*\|\s*(\w+)\s*\|([^|]*)\|")
 _NAME = re.compile(r"\b(?:ledger|notifier)_[a-z0-9_]+\b")
 
 
@@ -29,6 +29,7 @@ _NAME = re.compile(r"\b(?:ledger|notifier)_[a-z0-9_]+\b")
 class Documented:
     name: str  # as written in queries: counters with their ``_total``
     type: str  # counter, gauge or histogram
+    labels: frozenset[str] = frozenset()  # the Labels column (``le`` not included)
 
     @property
     def service(self) -> str:
@@ -50,7 +51,9 @@ def documented_metrics() -> dict[str, Documented]:
             break
         match = _ROW.match(line)
         if match:
-            found[match[1]] = Documented(match[1], match[2])
+            found[match[1]] = Documented(
+                match[1], match[2], frozenset(re.findall(r"`([a-z_]+)`", match[3]))
+            )
     if not found:
         raise AssertionError("the Metrics section of docs/operations.md has no table of metrics")
     return found

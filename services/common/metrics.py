@@ -28,6 +28,8 @@ from services.common.failurelog import FailureLog
 
 log = structlog.get_logger(__name__)
 
+#: What the authentication throttle keys on (``auth_throttled_total{key}``), see limits.py.
+THROTTLE_KEYS = ("peer", "token")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 Read = Callable[[], float | None]
@@ -171,14 +173,31 @@ class Metrics:
             ["key"],
             registry=self.registry,
         )
+        for key in THROTTLE_KEYS:
+            self.auth_throttled.labels(key)
         self._readings = _Readings()
         self.registry.register(self._readings)
         self._stored = _StoredReadings(store_interval, store_max_age)
         self._server: WSGIServer | None = None
 
-    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
-        """A counter of this service's registry (exposed as ``<name>_total``)."""
-        return Counter(name, documentation, list(labels), registry=self.registry)
+    def counter(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str] = (),
+        *,
+        known: Sequence[Sequence[str]] = (),
+    ) -> Counter:
+        """A counter of this service's registry (exposed as ``<name>_total``).
+
+        ``known``: the label values it may take, exposed at 0 from the start. A series that
+        first appears at 1 has no earlier sample, so ``increase()`` and ``rate()`` miss that
+        first count: an alert on the first dead letter would never fire.
+        """
+        counter = Counter(name, documentation, list(labels), registry=self.registry)
+        for values in known:
+            counter.labels(*values)
+        return counter
 
     def gauge(self, name: str, documentation: str, read: Read) -> None:
         """A value read at each scrape; ``None`` (or a failed read) leaves the sample out."""

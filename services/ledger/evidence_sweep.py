@@ -46,9 +46,13 @@ class EvidenceSweeper:
             "objects the evidence sweep deleted, by kind (pending: an upload cut short; "
             "object: a complete file no event names)",
             ["kind"],
+            known=[("pending",), ("object",)],
         )
         self._runs: Counter = metrics.counter(
-            "ledger_evidence_sweeps", "evidence sweeps run, by outcome (done, failed)", ["outcome"]
+            "ledger_evidence_sweeps",
+            "evidence sweeps run, by outcome (done, failed)",
+            ["outcome"],
+            known=[("done",), ("failed",)],
         )
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="evidence-sweep", daemon=True)

@@ -91,6 +91,12 @@ def build(settings: NotifierSettings) -> NotifierServer:
         "notifier_deliveries",
         "deliveries by channel (webhook, grpc) and outcome (delivered, failed, dead_letter)",
         ["channel", "outcome"],
+        known=[
+            ("webhook", "delivered"),
+            ("webhook", "failed"),
+            ("webhook", "dead_letter"),
+            ("grpc", "delivered"),
+        ],
     )
     server = new_server(
         max_workers=settings.max_workers,

@@ -93,6 +93,44 @@ def test_the_relay_backlog_counts_incident_events_after_a_position(ledger: Clien
 
 
 @pytest.mark.nats
+def test_labelled_counters_are_there_at_zero_with_the_documented_labels(stack: Stack) -> None:
+    # A counter's series that first appears at 1 has no earlier sample, so increase() and
+    # rate() miss that count: the first dead letter would never fire the alert on them.
+    stack.ledger.report("kesbangpol")
+    ledger = wait_for_scrape(
+        stack.ledger.server.metrics.port,
+        lambda m: m.value("ledger_evidence_sweeps_total", outcome="done") == 1,
+        "the first evidence sweep",
+    )
+    notifier = Scrape(stack.notifier.metrics.port)
+    for channel, outcome in (
+        ("webhook", "delivered"),
+        ("webhook", "failed"),
+        ("webhook", "dead_letter"),
+        ("grpc", "delivered"),
+    ):
+        assert notifier.value("notifier_deliveries_total", channel=channel, outcome=outcome) == 0
+    assert ledger.value("ledger_evidence_sweeps_total", outcome="failed") == 0
+    for kind in ("pending", "object"):
+        assert ledger.value("ledger_evidence_swept_total", kind=kind) == 0
+    for key in ("peer", "token"):
+        assert ledger.value("ledger_auth_throttled_total", key=key) == 0
+        assert notifier.value("notifier_auth_throttled_total", key=key) == 0
+
+    # Every metric with samples (the notifier has had no request yet) has exactly the
+    # labels its row of the table names.
+    for d in documented_metrics().values():
+        scrape = ledger if d.service == "ledger" else notifier
+        samples = [
+            sample
+            for sample in scrape.families[d.family].samples
+            if not sample.name.endswith("_created")
+        ]
+        if samples:
+            assert {label for s in samples for label in s.labels} - {"le"} == d.labels, d.name
+
+
+@pytest.mark.nats
 def test_metrics_count_what_happened_and_follow_the_nats_connection(
     stack: Stack, nats_server: NatsServer
 ) -> None:
