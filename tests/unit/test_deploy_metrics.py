@@ -80,6 +80,8 @@ def test_alert_rules_are_complete() -> None:
     for rule in rules:
         assert rule["labels"]["severity"] in SEVERITIES, rule["alert"]
         assert rule["annotations"]["summary"], rule["alert"]
+        # What the operator is to do: the summary only says what is wrong.
+        assert rule["annotations"].get("description"), f"{rule['alert']} has no description"
         assert metric_names_in(rule["expr"]), f"{rule['alert']} uses none of the services' metrics"
 
 
