@@ -175,7 +175,8 @@ def use_wal(dbname: str) -> None:
 
 
 def register_metrics(metrics: Metrics, engine: Engine, store: NotifierStore) -> None:
-    """The notifier's state, read at each scrape (docs/operations.md, "Metrics", lists them all)."""
+    """The notifier's state, read at each scrape or, from its store, every second in the
+    background (docs/operations.md, "Metrics", lists them all)."""
     status = engine.status
 
     def while_connected(value: int | None) -> float | None:
@@ -201,18 +202,21 @@ def register_metrics(metrics: Metrics, engine: Engine, store: NotifierStore) -> 
         "times the durable consumer was set up again after a failure (NATS down, ...)",
         lambda: float(status.restarts["consumer"]),
     )
-    metrics.gauge(
+    # The gauges that read the database are read in the background (Metrics.stored_gauge):
+    # with PostgreSQL hung, a scrape that waited for them failed, and took every other
+    # notifier metric (notifier_nats_connected, ...) with it.
+    metrics.stored_gauge(
         "notifier_dead_letters",
         "webhook deliveries that are dead letters now (waiting for a replay)",
         lambda: float(store.dead_letter_count()),
     )
     waiting = shared_reading(store.waiting)  # one query for both gauges
-    metrics.gauge(
+    metrics.stored_gauge(
         "notifier_webhook_deliveries_waiting",
         "webhook deliveries not made yet: stored, under way or to be retried (not dead letters)",
         lambda: float(waiting()[0]),
     )
-    metrics.gauge(
+    metrics.stored_gauge(
         "notifier_webhook_oldest_waiting_seconds",
         "age of the oldest of them, from when it was stored or first attempted (0: none)",
         lambda: 0.0 if (oldest := waiting()[1]) is None else max(0.0, time.time() - oldest),
