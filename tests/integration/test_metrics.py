@@ -202,6 +202,7 @@ def test_metrics_count_what_happened_and_follow_the_nats_connection(
                 and m.value("notifier_consumer_ack_pending_events") == 0
                 # Every delivery made or given up: none waits (read at most once a second).
                 and m.value("notifier_webhook_deliveries_waiting") == 0
+                and m.value("notifier_dead_letters") == 1
             ),
             "the deliveries and the consumer to settle",
         )
