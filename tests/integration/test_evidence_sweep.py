@@ -171,6 +171,8 @@ def test_a_ledger_killed_mid_upload_sweeps_the_leftover_itself_after_a_restart(
             lambda: (
                 not any(o.pending for o in bucket.list_objects())
                 and asyncio.run(_stream_messages(nats_server.url, "evidence")) == after_finished
+                # The round's lines come once it is over, a moment after its deletes.
+                and any(e.get("swept") for e in _events(second, "evidence.sweep_done"))
             ),
             timeout=30,
             what="the pending entry and its chunks swept",
