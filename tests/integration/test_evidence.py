@@ -1218,6 +1218,52 @@ def _download_in_thread(
     return thread, outcome
 
 
+def _take_nats_away(
+    nats_server: NatsServer,
+    away: str,
+    reached: threading.Event,
+    release: threading.Event,
+    what: str,
+) -> None:
+    """Once the call has ``reached`` the point to test, NATS is stopped, or frozen (its
+    connections open, answering nothing: SIGSTOP); then the call is let go on."""
+    try:
+        wait_until(reached.is_set, what=what)
+        if away == "stopped":
+            nats_server.stop()
+        else:
+            assert nats_server.pid is not None
+            os.kill(nats_server.pid, signal.SIGSTOP)
+    finally:
+        release.set()
+
+
+def _store_unavailable_after(
+    nats_server: NatsServer, away: str, thread: threading.Thread, outcome: list[object]
+) -> float:
+    """The seconds the call running in ``thread`` took to end, once let go, which must be
+    UNAVAILABLE ``EVIDENCE_STORE_UNAVAILABLE``; a frozen NATS thawed after."""
+    started = time.monotonic()
+    try:
+        thread.join(60)
+    finally:
+        if away == "frozen":
+            os.kill(nats_server.pid, signal.SIGCONT)  # type: ignore[arg-type]
+    took = time.monotonic() - started
+    (error,) = outcome
+    assert isinstance(error, grpc.RpcError), "the call was served with NATS away"
+    assert error.code() == grpc.StatusCode.UNAVAILABLE, (error.code(), error.details())
+    info = error_info(error)  # type: ignore[arg-type]
+    assert info is not None and info.reason == "EVIDENCE_STORE_UNAVAILABLE", error.details()
+    return took
+
+
+def _nats_back(ledger: Client, nats_server: NatsServer, away: str) -> None:
+    if away == "stopped":
+        nats_server.start()
+    wait_until(lambda: ledger.server.evidence_objects.nats_link.connected, what="reconnected")  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("away", ["stopped", "frozen"])
 def test_a_download_whose_nats_goes_away_mid_read_is_unavailable_within_seconds(
     ledger: Client,
@@ -1256,28 +1302,9 @@ def test_a_download_whose_nats_goes_away_mid_read_is_unavailable_within_seconds(
     # Without the bound, the read waits for NATS until this deadline (then DEADLINE_EXCEEDED).
     with capture_logs() as logs:
         thread, outcome = _download_in_thread(stub, uploaded.name, ledger.md("polres"), 40)
-        try:
-            wait_until(reading.is_set, what="the download reading the object")
-            if away == "stopped":
-                nats_server.stop()
-            else:
-                assert nats_server.pid is not None
-                os.kill(nats_server.pid, signal.SIGSTOP)
-        finally:
-            gone.set()
-        started = time.monotonic()
-        try:
-            thread.join(60)
-        finally:
-            if away == "frozen":
-                os.kill(nats_server.pid, signal.SIGCONT)  # type: ignore[arg-type]
-        took = time.monotonic() - started
+        _take_nats_away(nats_server, away, reading, gone, "the download reading the object")
+        took = _store_unavailable_after(nats_server, away, thread, outcome)
     monkeypatch.undo()
-    (error,) = outcome
-    assert isinstance(error, grpc.RpcError), "the download was served with NATS away"
-    assert error.code() == grpc.StatusCode.UNAVAILABLE, (error.code(), error.details())
-    info = error_info(error)  # type: ignore[arg-type]
-    assert info is not None and info.reason == "EVIDENCE_STORE_UNAVAILABLE", error.details()
     assert took < READ_STALL_SECONDS + 3, took
     (stalled,) = [line for line in logs if line["event"] == "evidence.read_stalled"]
     assert stalled["seconds"] == READ_STALL_SECONDS
@@ -1285,9 +1312,7 @@ def test_a_download_whose_nats_goes_away_mid_read_is_unavailable_within_seconds(
     assert list(spool.iterdir()) == []
     assert _downloads(ledger, name) == []
 
-    if away == "stopped":
-        nats_server.start()
-    wait_until(lambda: ledger.server.evidence_objects.nats_link.connected, what="reconnected")  # type: ignore[union-attr]
+    _nats_back(ledger, nats_server, away)
     served = stub.DownloadEvidence(
         ev.DownloadEvidenceRequest(name=uploaded.name), metadata=ledger.md("polres"), timeout=60
     )
@@ -1362,32 +1387,11 @@ def test_an_upload_whose_nats_goes_away_mid_way_is_unavailable_within_seconds(
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    try:
-        wait_until(sent.is_set, what="the upload's first chunks")
-        if away == "stopped":
-            nats_server.stop()
-        else:
-            assert nats_server.pid is not None
-            os.kill(nats_server.pid, signal.SIGSTOP)
-    finally:
-        stopped.set()
-    started = time.monotonic()
-    try:
-        thread.join(60)
-    finally:
-        if away == "frozen":
-            os.kill(nats_server.pid, signal.SIGCONT)  # type: ignore[arg-type]
-    took = time.monotonic() - started
-    (error,) = outcome
-    assert isinstance(error, grpc.RpcError), "the upload was taken with NATS away"
-    assert error.code() == grpc.StatusCode.UNAVAILABLE, (error.code(), error.details())
-    info = error_info(error)  # type: ignore[arg-type]
-    assert info is not None and info.reason == "EVIDENCE_STORE_UNAVAILABLE", error.details()
+    _take_nats_away(nats_server, away, sent, stopped, "the upload's first chunks")
+    took = _store_unavailable_after(nats_server, away, thread, outcome)
     # At most one request's timeout (5 s) for the chunk NATS did not take; not two more.
     assert took < 9, took
-    if away == "stopped":
-        nats_server.start()
-    wait_until(lambda: ledger.server.evidence_objects.nats_link.connected, what="reconnected")  # type: ignore[union-attr]
+    _nats_back(ledger, nats_server, away)
     assert attached_events(ledger, name) == []
     taken = stub.UploadEvidence(
         upload_messages(name, source, request_id), metadata=ledger.md("polres"), timeout=60
