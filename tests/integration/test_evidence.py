@@ -1437,6 +1437,13 @@ def test_a_download_of_an_object_whose_chunks_are_gone_is_data_loss(
         "EVIDENCE_MISSING",
     )
     assert _downloads(ledger, name) == []
+    # The auditor's deep verification says the same: missing, not changed into nothing.
+    objects = ledger.server.evidence_objects
+    assert objects is not None
+    report = verify_evidence(ledger.server.ledger, objects.read_into)
+    assert [(p.object, p.problem) for p in report.problems] == [
+        (object_name(uploaded.sha256), "missing")
+    ]
 
 
 def test_the_sweep_spares_the_chunks_of_a_stored_file_whose_pending_entry_stayed(

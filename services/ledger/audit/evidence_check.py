@@ -116,7 +116,10 @@ def _read(read: ReadObject, name: str) -> _Found:
         stored = read(name, sink)
     except ObjectChangedError:
         # The bytes differ from the digest the store itself recorded: what was read is
-        # what the store holds now.
+        # what the store holds now. Nothing at all (its entry left, its chunks gone) is a
+        # missing file, as a download says it (EVIDENCE_MISSING).
+        if not sink.size:
+            return _Found(False, "", 0)
         return _Found(True, sink.sha256, sink.size)
     if stored is None:
         return _Found(False, "", 0)
