@@ -1098,13 +1098,7 @@ def test_a_full_or_unusable_spool_disk_is_unavailable_and_named_not_nats(
     Before, a full disk answered ``EVIDENCE_STORE_UNAVAILABLE`` ("the evidence store (NATS)
     is not available: OSError"), sending the operator to NATS, and a read-only directory
     ``INTERNAL`` with a traceback, which the client does not retry."""
-    name = assigned_incident(ledger)
-    source = tmp_path / "envelopes.jpg"
-    write_file(source, 300_000)
-    stub = evidence_stub(ledger)
-    uploaded = stub.UploadEvidence(
-        upload_messages(name, source, rid()), metadata=ledger.md("polres")
-    ).evidence
+    name, source, stub, uploaded = _uploaded_envelopes(ledger, tmp_path, 300_000)
     request = ev.DownloadEvidenceRequest(name=uploaded.name)
 
     def download() -> list[ev.DownloadEvidenceResponse]:
@@ -1218,6 +1212,21 @@ def _download_in_thread(
     return thread, outcome
 
 
+def _uploaded_envelopes(
+    ledger: Client, tmp_path: Path, size: int
+) -> tuple[str, Path, ev_grpc.EvidenceServiceStub, ev.Evidence]:
+    """An assigned incident with a file of ``size`` bytes (``envelopes.jpg``) attached by
+    Polres: the incident, the file, the evidence stub and the attached evidence."""
+    name = assigned_incident(ledger)
+    source = tmp_path / "envelopes.jpg"
+    write_file(source, size)
+    stub = evidence_stub(ledger)
+    uploaded = stub.UploadEvidence(
+        upload_messages(name, source, rid()), metadata=ledger.md("polres")
+    ).evidence
+    return name, source, stub, uploaded
+
+
 def _take_nats_away(
     nats_server: NatsServer,
     away: str,
@@ -1279,13 +1288,7 @@ def test_a_download_whose_nats_goes_away_mid_read_is_unavailable_within_seconds(
     ``EVIDENCE_STORE_UNAVAILABLE`` within a second or two more (the check that the chunks
     are still there does not wait out a request's 5 s on a frozen NATS): no spool file left,
     no download recorded; once NATS is back the same download is served."""
-    name = assigned_incident(ledger)
-    source = tmp_path / "envelopes.jpg"
-    write_file(source, 8 * 1000 * 1000)
-    stub = evidence_stub(ledger)
-    uploaded = stub.UploadEvidence(
-        upload_messages(name, source, rid()), metadata=ledger.md("polres")
-    ).evidence
+    name, source, stub, uploaded = _uploaded_envelopes(ledger, tmp_path, 8 * 1000 * 1000)
 
     # The first bytes read are held until NATS is gone: the rest of the file is still in
     # NATS (flow control keeps a reader that consumes nothing from being sent it all).
@@ -1325,13 +1328,7 @@ def test_a_slow_download_that_progresses_is_not_cut(
 ) -> None:
     """The bound is on a read that gets nothing, not on a long read: a read whose spool
     disk is slow takes several times READ_STALL_SECONDS and is served whole."""
-    name = assigned_incident(ledger)
-    source = tmp_path / "envelopes.jpg"
-    write_file(source, 3 * 1000 * 1000)
-    stub = evidence_stub(ledger)
-    uploaded = stub.UploadEvidence(
-        upload_messages(name, source, rid()), metadata=ledger.md("polres")
-    ).evidence
+    _name, source, stub, uploaded = _uploaded_envelopes(ledger, tmp_path, 3 * 1000 * 1000)
     stall = 1.0
     monkeypatch.setattr("services.ledger.evidence_store.READ_STALL_SECONDS", stall)
     write = HashingSink.write
@@ -1417,13 +1414,7 @@ def test_a_download_of_an_object_whose_chunks_are_gone_is_data_loss(
     """An object whose entry stays but whose chunks were purged: the read gets nothing,
     with NATS there. ``DATA_LOSS`` ``EVIDENCE_MISSING`` (nothing recorded), not the
     ``UNAVAILABLE`` of NATS away, which a retry would not cure."""
-    name = assigned_incident(ledger)
-    source = tmp_path / "envelopes.jpg"
-    write_file(source, 300_000)
-    stub = evidence_stub(ledger)
-    uploaded = stub.UploadEvidence(
-        upload_messages(name, source, rid()), metadata=ledger.md("polres")
-    ).evidence
+    name, _source, stub, uploaded = _uploaded_envelopes(ledger, tmp_path, 300_000)
     asyncio.run(_purge_chunks(nats_server.url, "evidence", object_name(uploaded.sha256)))
     fails(
         lambda: list(
