@@ -587,6 +587,15 @@ class LedgerVariables(Group):
         "base64); required in production",
         shown_default="generated in `$LEDGER_DATA_DIR/keys/` (development)",
     )
+    retired_signing_keys_file: FilePath | None = _setting(
+        "LEDGER_RETIRED_SIGNING_KEYS_FILE",
+        None,
+        "public keys of signing keys the ledger has retired (PEM, or the raw 32-byte key in "
+        "base64, one a line; several in one file): their seals still verify, and a ledger "
+        "started with a new key on a store last signed with one of them rotates to it "
+        "(docs/operations.md, rotating the signing key)",
+        shown_default="unset (no retired key)",
+    )
     checkpoint_seconds: Number = _setting(
         "LEDGER_CHECKPOINT_SECONDS",
         300.0,
@@ -1719,6 +1728,7 @@ class LedgerSettings(ServiceSettings):
     store_env: dict[str, str] = field(default_factory=dict, repr=False)  # POSTGRES_PASSWORD
     relay: RelaySettings = field(default_factory=RelaySettings)
     signing_key_file: Path | None = None
+    retired_signing_keys_file: Path | None = None
     checkpoint_seconds: float = _default(LedgerVariables, "checkpoint_seconds")
     # host:port of the Prometheus endpoint; empty = off
     metrics_listen: str = _default(LedgerVariables, "metrics_listen")
@@ -1754,6 +1764,7 @@ class LedgerSettings(ServiceSettings):
             environment=self.environment,
             data_dir=self.data_dir,
             signing_key_file=self.signing_key_file,
+            retired_signing_keys_file=self.retired_signing_keys_file,
             checkpoint_seconds=self.checkpoint_seconds,
         )
 
@@ -1767,6 +1778,7 @@ class LedgerSettings(ServiceSettings):
         settings = cls(
             **common,
             signing_key_file=audit.signing_key_file,
+            retired_signing_keys_file=audit.retired_signing_keys_file,
             checkpoint_seconds=audit.checkpoint_seconds,
             listen=ledger.listen,
             metrics_listen=ledger.metrics_listen,
@@ -2062,12 +2074,15 @@ class AuditSettings:
     seed in base64). Unset in development, a key pair is generated on first use in
     ``<LEDGER_DATA_DIR>/keys/`` (``ledger-signing.key``, mode 0600, and
     ``ledger-signing.pub``); in production the key must be given.
+    ``LEDGER_RETIRED_SIGNING_KEYS_FILE`` names the public keys of the signing keys the
+    ledger retired (a rotation, docs/operations.md): their seals and checkpoints still count.
     ``LEDGER_CHECKPOINT_SECONDS`` (default 300) is the checkpoint period; 0 = only on demand.
     """
 
     environment: str = _default(ServiceVariables, "environment")
     data_dir: Path = field(default=_default(ServiceVariables, "data_dir"))
     signing_key_file: Path | None = None
+    retired_signing_keys_file: Path | None = None
     checkpoint_seconds: float = _default(LedgerVariables, "checkpoint_seconds")
 
     @property
@@ -2101,5 +2116,6 @@ class AuditSettings:
             environment=service.environment,
             data_dir=service.data_dir,
             signing_key_file=ledger.signing_key_file,
+            retired_signing_keys_file=ledger.retired_signing_keys_file,
             checkpoint_seconds=ledger.checkpoint_seconds,
         )

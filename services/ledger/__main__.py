@@ -1,4 +1,4 @@
-"""Run the ledger: ``python -m services.ledger [serve|migrate]``."""
+"""Run the ledger: ``python -m services.ledger [serve|migrate|generate-signing-key]``."""
 
 from __future__ import annotations
 
@@ -14,10 +14,17 @@ def main(argv: list[str] | None = None) -> int:
         "command",
         nargs="?",
         default="serve",
-        choices=["serve", "migrate"],
-        help="serve (default) or migrate: create the store's tables and exit",
+        choices=["serve", "migrate", "generate-signing-key"],
+        help="serve (default); migrate: create the store's tables and exit; "
+        "generate-signing-key: write a new signing key pair to --out (a key rotation, "
+        "docs/operations.md), never over an existing file",
+    )
+    parser.add_argument(
+        "--out", help="generate-signing-key: the private key's file (.pub beside it)"
     )
     args = parser.parse_args(argv)
+    if args.command == "generate-signing-key":
+        return _generate_signing_key(parser, args.out)
     # Stop signals are handled from here on; the service's modules take 0.6 s to import.
     stopping = Stopping("ledger").install() if args.command == "serve" else None
     import structlog
@@ -48,6 +55,41 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return 1
     return serve_until_stopped(stopping, lambda: running.stop(settings.grace_seconds))
+
+
+def _generate_signing_key(parser: argparse.ArgumentParser, out: str | None) -> int:
+    """A new key pair for a rotation; exit 2 when --out is missing or already exists."""
+    from pathlib import Path
+
+    import structlog
+
+    from services.common.logging import configure_logging
+    from services.ledger.audit.keys import generate_key_pair
+
+    if not out:
+        parser.error("generate-signing-key needs --out FILE")
+    configure_logging()
+    log = structlog.get_logger("services.ledger")
+    path = Path(out)
+    try:
+        kid = generate_key_pair(path)
+    except OSError as exc:
+        log.error("ledger.signing_key_not_written", private_key=str(path), error=str(exc))
+        return 2
+    if kid is None:
+        log.error(
+            "ledger.signing_key_exists",
+            private_key=str(path),
+            error="the file exists and is left as it is: it may be the key a ledger seals with",
+        )
+        return 2
+    log.info(
+        "ledger.signing_key_generated",
+        private_key=str(path),
+        public_key=str(path.with_suffix(".pub")),
+        key_id=kid,
+    )
+    return 0
 
 
 if __name__ == "__main__":

@@ -57,7 +57,6 @@ from services.common.stopping import STOP_SIGNALS
 from services.ledger.application import Ledger
 from services.ledger.relay import Relay, RelayLag, RelayStatus, prepare_position_table, relay_lag
 from services.ledger.relay_encoder import start_encoder
-from services.ledger.seals import Sealer
 
 log = structlog.get_logger(__name__)
 
@@ -273,7 +272,7 @@ def run_child(settings: LedgerSettings, control: Connection, wake_fd: int) -> No
     """The child's main: the relay on its own ledger (reads only), until told to stop or
     the ledger's end of the pipe closes."""
     from services.common.logging import configure_logging
-    from services.ledger.audit import load_signing_key
+    from services.ledger.audit.keys import load_sealer
 
     configure_logging(settings.log_level, settings.log_format)
     structlog.contextvars.bind_contextvars(process="relay")
@@ -291,7 +290,7 @@ def run_child(settings: LedgerSettings, control: Connection, wake_fd: int) -> No
         return Ledger(
             ReferenceData.load(settings.reference_file),
             env=store_env,
-            sealer=Sealer(load_signing_key(settings.audit())),
+            sealer=load_sealer(settings.audit()),
             snapshot_interval=settings.snapshot_interval,
         )
 

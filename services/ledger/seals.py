@@ -14,6 +14,13 @@ A seal is the text ``<key id>:<base64 signature>``; the signed bytes are
 Signing costs about 25-45 us per event on these machines, verifying about 80-170 us,
 so verification checks one seal per incident (its newest event after the last
 checkpoint), never one per event.
+
+Key rotation (docs/operations.md): the ledger seals with one key, its current one, and
+still accepts seals made with the keys it retired (``LEDGER_RETIRED_SIGNING_KEYS_FILE``),
+so that the incidents last changed before the rotation still load; what keeps a retired
+key from vouching for anything new is the checkpoint side (services/ledger/audit/
+checkpoints.py): a checkpoint is signed only over seals of the current key, and the
+audit refuses a seal or checkpoint made with a key after a checkpoint of its successor.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -53,13 +61,16 @@ def sealed_bytes(event_hash: str, seal_format: str = SEAL_FORMAT) -> bytes:
 
 
 class Sealer:
-    """Seals event hashes with the ledger's signing key."""
+    """Seals event hashes with the ledger's signing key; its checker also accepts the seals
+    of the ``retired`` public keys (raw 32 bytes each)."""
 
-    def __init__(self, signing_key: Ed25519PrivateKey) -> None:
+    def __init__(self, signing_key: Ed25519PrivateKey, retired: Sequence[bytes] = ()) -> None:
         self._key = signing_key
         self.public_key = public_key_bytes(signing_key)
         self.key_id = key_id(self.public_key)
-        self.checker = SealChecker(self.public_key)
+        self.checker = SealChecker(
+            self.public_key, tuple(k for k in retired if k != self.public_key)
+        )
 
     def seal(self, event_hash: str, seal_format: str = SEAL_FORMAT) -> str:
         signature = self._key.sign(sealed_bytes(event_hash, seal_format))
@@ -68,9 +79,36 @@ class Sealer:
 
 @dataclass(frozen=True)
 class SealChecker:
-    """Checks seals against one public key (raw 32 bytes)."""
+    """Checks seals against a public key (raw 32 bytes) and the ``retired`` ones."""
 
     public_key: bytes
+    retired: tuple[bytes, ...] = ()
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        return (self.public_key, *self.retired)
+
+    def signer(
+        self, event_hash: str, seal: str | None, seal_format: str = SEAL_FORMAT
+    ) -> str | None:
+        """The id of the key whose signature ``seal`` is over ``event_hash``; None when
+        none of the keys made it. The key the seal names is tried first (one verification
+        in the ordinary case); the name proves nothing, so the others are tried after it."""
+        if not seal:
+            return None
+        kid, _, text = seal.partition(":")
+        try:
+            signature = base64.b64decode(text, validate=True)
+        except (ValueError, binascii.Error):
+            return None
+        signed = sealed_bytes(event_hash, seal_format)
+        for public in sorted(self.keys, key=lambda k: key_id(k) != kid):
+            try:
+                Ed25519PublicKey.from_public_bytes(public).verify(signature, signed)
+            except (InvalidSignature, ValueError):
+                continue
+            return key_id(public)
+        return None
 
     def problem(
         self, event_hash: str, seal: str | None, seal_format: str = SEAL_FORMAT
@@ -78,14 +116,10 @@ class SealChecker:
         """Why ``seal`` does not vouch for ``event_hash``; None when it does."""
         if not seal:
             return "it carries no seal"
-        kid, _, text = seal.partition(":")
-        try:
-            signature = base64.b64decode(text, validate=True)
-            Ed25519PublicKey.from_public_bytes(self.public_key).verify(
-                signature, sealed_bytes(event_hash, seal_format)
-            )
-        except (InvalidSignature, ValueError, binascii.Error):
-            if kid != key_id(self.public_key):
-                return f"its seal was made with key {kid[:32]!r}, not the given key"
-            return "its content no longer matches its seal"
-        return None
+        if self.signer(event_hash, seal, seal_format) is not None:
+            return None
+        kid = seal.partition(":")[0]
+        if kid not in {key_id(k) for k in self.keys}:
+            given = "the given key" if not self.retired else "any of the given keys"
+            return f"its seal was made with key {kid[:32]!r}, not {given}"
+        return "its content no longer matches its seal"

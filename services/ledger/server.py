@@ -25,7 +25,7 @@ from incidentledger.v1 import (
     situation_service_pb2_grpc,
 )
 from services.common.auth import TokenStore, load_or_create_tokens, shared_secret
-from services.common.config import LedgerSettings
+from services.common.config import ConfigError, LedgerSettings
 from services.common.datafiles import close_data_dir, prepare_sqlite_file
 from services.common.grpc_server import RequestInterceptor
 from services.common.heap import freeze_after_start
@@ -50,8 +50,9 @@ from services.ledger.api.evidence_servicer import EvidenceServicer
 from services.ledger.api.servicer import LedgerServicer
 from services.ledger.api.situation_servicer import SituationServicer
 from services.ledger.application import IngestLimits, Ledger, time_bounds_of
-from services.ledger.audit import Checkpoints, load_signing_key
+from services.ledger.audit import Checkpoint, CheckpointError, Checkpoints, load_signing_key
 from services.ledger.audit.evidence_check import verify_evidence
+from services.ledger.audit.keys import load_retired_keys
 from services.ledger.domain.evidence import EvidencePolicy
 from services.ledger.domain.incident import Incident
 from services.ledger.evidence import EvidenceService, clear_spool, create_downloads_table
@@ -205,6 +206,16 @@ class LedgerServer:
         self.stopped.set()
 
 
+def _rotate_key(probe: Checkpoints) -> Checkpoint | None:
+    """The start-up's key check, and the rotation to a new key when the store was last
+    signed with a retired one. A rotation that cannot sign (the store disagrees with its
+    own seals) is a refusal to start, naming why: nothing is sealed with the new key."""
+    try:
+        return probe.rotate_key()
+    except CheckpointError as exc:
+        raise ConfigError(f"cannot rotate to signing key {probe.key_id}: {exc}") from exc
+
+
 def prepare_store(settings: LedgerSettings) -> None:
     """The data directory private to the service's user, and the embedded store's file in it
     (mode 0600; see services/common/datafiles.py)."""
@@ -222,23 +233,27 @@ def build(settings: LedgerSettings) -> LedgerServer:
         migrate(settings)
         settings = replace(settings, store_env={**settings.store_env, "CREATE_TABLE": "n"})
     signing_key = load_signing_key(settings.audit())
+    retired_keys = load_retired_keys(settings.audit())
     create = creates_tables(settings.store_env)
     personal_keys = open_personal_keys(settings, create=create)
     ledger = Ledger(
         reference,
         env=settings.store_env,
         cache_size=settings.cache_size,
-        sealer=Sealer(signing_key),
+        sealer=Sealer(signing_key, retired_keys),
         time_bounds=time_bounds_of(settings),
         ingest_limits=IngestLimits.of(settings),
         personal_keys=personal_keys,
         triage_max_items=settings.triage_max_items,
         snapshot_interval=settings.snapshot_interval,
     )
-    # Before anything starts: a replica with another signing key would seal with it.
-    probe = Checkpoints(ledger.recorder, settings.store_env, signing_key, create_table=create)
+    # Before anything starts: a replica with another signing key would seal with it, and
+    # one with a new key rotates to it (docs/operations.md) before it seals anything.
+    probe = Checkpoints(
+        ledger.recorder, settings.store_env, signing_key, create_table=create, retired=retired_keys
+    )
     try:
-        probe.check_key()
+        rotated = _rotate_key(probe)
     finally:
         probe.close()
     projections = Projections(ledger, settings.store_env, reference, create=create)
@@ -258,6 +273,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
         ledger.recorder,
         settings.store_env,
         signing_key,
+        retired=retired_keys,
         interval_seconds=settings.checkpoint_seconds,
         on_checkpoint=(
             (lambda c: relay.publish_checkpoint(c.position, c.to_bytes())) if relay else None
@@ -287,6 +303,8 @@ def build(settings: LedgerSettings) -> LedgerServer:
         ),
         server,
     )
+    if rotated is not None and relay is not None:  # the witnesses keep the rotation's too
+        relay.publish_checkpoint(rotated.position, rotated.to_bytes())
     checkpoints.seal_earlier_history()
     port = listen(server, settings.listen, settings)
     server.start()

@@ -175,7 +175,7 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
     def _verify(self, progress: ProgressCallback | None = None) -> VerifyReport:
         return verify_store(
             self._ledger,
-            self._checkpoints.public_key,
+            self._checkpoints.public_keys,  # the retired keys signed the history before
             self._checkpoints.iterate(),
             stored_checkpoints=False,  # the server's own checkpoints are the ones given
             progress=progress,

@@ -29,7 +29,7 @@ from services.ledger.audit.checkpoints import (
 from services.ledger.audit.encoding import favour_reading_thread
 from services.ledger.audit.evidence_check import sweep_orphans, verify_evidence
 from services.ledger.audit.export import ExportError, export_jsonl
-from services.ledger.audit.keys import load_public_key, load_signing_key
+from services.ledger.audit.keys import load_public_keys, load_retired_keys, load_signing_key
 from services.ledger.audit.scan import WorkerError
 from services.ledger.audit.verifier import VerifyReport
 from services.ledger.audit.verify_exported import ExportFormatError, verify_export
@@ -58,7 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     source = verify.add_mutually_exclusive_group(required=True)
     source.add_argument("--store", action="store_true", help="the ledger's configured store")
     source.add_argument("--export", type=Path, help="an export file")
-    verify.add_argument("--public-key", type=Path, required=True, help="PEM or base64")
+    verify.add_argument(
+        "--public-key",
+        type=Path,
+        required=True,
+        action="append",
+        help="PEM or base64; given again (or a file of several) for the keys the ledger "
+        "retired: the current and the retired keys verify the history from before and "
+        "after a rotation",
+    )
     verify.add_argument("--checkpoints", type=Path, help="a witness's checkpoints (JSON Lines)")
     verify.add_argument(
         "--deep",
@@ -177,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = LedgerSettings.from_env()
         configure_logging(settings.log_level, settings.log_format)
         if args.command == "verify":
-            public_key = load_public_key(args.public_key)
+            public_key = [key for path in args.public_key for key in load_public_keys(path)]
             witness = read_checkpoints_file(args.checkpoints) if args.checkpoints else None
             started = time.perf_counter()
             if args.deep and args.export is not None:
@@ -215,7 +223,12 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return 0
             audit = AuditSettings.from_env()
-            checkpoints = Checkpoints(ledger.recorder, settings.store_env, load_signing_key(audit))
+            checkpoints = Checkpoints(
+                ledger.recorder,
+                settings.store_env,
+                load_signing_key(audit),
+                retired=load_retired_keys(audit),
+            )
             try:
                 checkpoint = checkpoints.create()
             finally:

@@ -5,6 +5,13 @@ the chain head was ``head``; signed with the ledger's Ed25519 key. It is stored 
 the table ``ledger_checkpoints`` of the ledger's database and handed to
 ``on_checkpoint`` (the server publishes it to NATS, subject ``ledger.v1.checkpoints``)
 so that a witness outside the ledger can keep it.
+
+Rotating the signing key (docs/operations.md): a ledger started with a new key, on a store
+whose latest checkpoint (or, before the first one, newest seal) was made with a key listed
+in ``LEDGER_RETIRED_SIGNING_KEYS_FILE``, records that key as retired (table
+``ledger_retired_keys``: which key, when, for which, up to which position) and signs a
+checkpoint over the whole log with the new key at once; from then on a checkpoint is signed
+only over seals of the new key, and a ledger started with a retired key refuses to start.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import binascii
 import builtins
 import json
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -229,13 +236,17 @@ def _check_link(
 
 
 def checkpoint_table_exists(db: Database) -> bool:
+    return table_exists(db, "ledger_checkpoints")
+
+
+def table_exists(db: Database, name: str) -> bool:
     with db.transaction() as cur:
         if db.dialect == "postgres":
-            cur.execute("SELECT to_regclass('ledger_checkpoints') IS NOT NULL")
+            cur.execute(db.q("SELECT to_regclass(?) IS NOT NULL"), (name,))
         else:
             cur.execute(
-                "SELECT count(*) > 0 FROM sqlite_master "
-                "WHERE type = 'table' AND name = 'ledger_checkpoints'"
+                db.q("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?"),
+                (name,),
             )
         row = cur.fetchone()
     return bool(row and row[0])
@@ -287,11 +298,17 @@ class Checkpoints:
         interval_seconds: float = 0.0,
         on_checkpoint: Callable[[Checkpoint], None] | None = None,
         create_table: bool = True,
+        retired: Sequence[bytes] = (),
     ) -> None:
         self._recorder = recorder
         self._key = signing_key
         self.public_key: bytes = public_key_bytes(signing_key)
         self.key_id: str = key_id(self.public_key)
+        # The public keys of LEDGER_RETIRED_SIGNING_KEYS_FILE: checkpoints made with them
+        # still count as a base, their seals only when a rotation signs over them.
+        self._retired = tuple(k for k in retired if k != self.public_key)
+        # What a verifier in the ledger checks the history with: the current key first.
+        self.public_keys: tuple[bytes, ...] = (self.public_key, *self._retired)
         self._decoder = decoder or RawDecoder()
         self._interval = interval_seconds
         self._on_checkpoint = on_checkpoint
@@ -312,18 +329,55 @@ class Checkpoints:
                 "position BIGINT PRIMARY KEY, head TEXT NOT NULL, events BIGINT NOT NULL, "
                 "created_at TEXT NOT NULL, key_id TEXT NOT NULL, signature TEXT NOT NULL)"
             )
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS ledger_retired_keys ("
+                "key_id TEXT PRIMARY KEY, retired_at TEXT NOT NULL, successor TEXT NOT NULL, "
+                "position BIGINT NOT NULL)"
+            )
+
+    def _signer(self, checkpoint: Checkpoint) -> str | None:
+        """The id of the key (this ledger's or a retired one) that signed ``checkpoint``."""
+        for public in (self.public_key, *self._retired):
+            if checkpoint.verify(public):
+                return key_id(public)
+        return None
+
+    def retirement(self, kid: str) -> tuple[str, str, int] | None:
+        """When key ``kid`` was retired, for which key, and the last position it covers."""
+        if not table_exists(self._db, "ledger_retired_keys"):
+            return None  # a store made before rotations (tables made by `migrate`)
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.q(
+                    "SELECT retired_at, successor, position FROM ledger_retired_keys "
+                    "WHERE key_id = ?"
+                ),
+                (kid,),
+            )
+            row = cur.fetchone()
+        return (str(row[0]), str(row[1]), int(row[2])) if row else None
 
     # ------------------------------------------------------------------ create
 
-    def create(self, *, accept_unsealed: bool = False) -> Checkpoint:
+    def create(self, *, accept_unsealed: bool = False, rotating: bool = False) -> Checkpoint:
         """A checkpoint at the current end of the log (the latest one if nothing is new).
 
         Refuses (:class:`CheckpointError`) to sign a range that disagrees with itself or
-        with the seals of its events (see :func:`extend_chain`).
+        with the seals of its events (see :func:`extend_chain`), and to sign at all with a
+        key the store records as retired. The latest checkpoint may be signed with a
+        retired key (a rotation with nothing new to sign); the seals of the range must be
+        this key's, except in the rotation's own checkpoint (``rotating``), which signs
+        over the retired keys' seals with the new key.
         """
         with self._lock:
+            retired = self.retirement(self.key_id)
+            if retired is not None:
+                raise CheckpointError(
+                    f"key {self.key_id} was retired at {retired[0]} for key {retired[1]}: "
+                    "it signs nothing after its rotation (restart with the current key)"
+                )
             last = self.latest()
-            if last is not None and not last.verify(self.public_key):
+            if last is not None and self._signer(last) is None:
                 raise CheckpointError(
                     f"the stored checkpoint at position {last.position} does not verify "
                     f"with key {self.key_id}: run `verify` before making new checkpoints"
@@ -337,11 +391,11 @@ class Checkpoints:
                 self._recorder,
                 self._decoder,
                 base,
-                seals=SealChecker(self.public_key),
+                seals=SealChecker(self.public_key, self._retired if rotating else ()),
                 accept_unsealed=accept_unsealed,
             )
             if last is not None and state.events == last.events:
-                return last
+                return last  # a checkpoint's position is its key: one per position
             created_at = datetime.now(UTC).isoformat(timespec="microseconds")
             signature = self._key.sign(
                 signing_payload(state.position, state.head, state.events, created_at)
@@ -406,37 +460,105 @@ class Checkpoints:
             )
             return bool(cur.rowcount == 1)
 
-    def check_key(self) -> None:
+    def check_key(self) -> str | None:
         """Refuse (:class:`ConfigError`) a signing key that is not the one the store's
         latest checkpoint was signed with, nor the one that sealed its newest incident
         event. A replica started with another key would seal its events with it: the
         others would then refuse those incidents (their newest seal fails), every later
         checkpoint would fail, and the audit would report them as forged, for good. The
-        key cannot be changed in place (docs/operations.md). The newest seal counts too:
-        before the first checkpoint (the first `LEDGER_CHECKPOINT_SECONDS` of a ledger,
-        or for good with `0`) it is the only thing that names the ledger's key."""
-        last = self.latest()
-        if last is not None and not last.verify(self.public_key):
+        newest seal counts too: before the first checkpoint (the first
+        `LEDGER_CHECKPOINT_SECONDS` of a ledger, or for good with `0`) it is the only
+        thing that names the ledger's key.
+
+        The one other key accepted is a successor: when that checkpoint or seal was made
+        with a key of ``retired`` (LEDGER_RETIRED_SIGNING_KEYS_FILE), the id of that key
+        is returned, and :meth:`rotate_key` retires it. A key the store records as
+        retired is refused whatever the files say."""
+        retired = self.retirement(self.key_id)
+        if retired is not None:
             raise ConfigError(
-                f"LEDGER_SIGNING_KEY_FILE holds key {self.key_id}, but "
-                f"the store's checkpoints are signed with key {last.key_id} (the latest at "
-                f"position {last.position}): give every replica the ledger's own signing key"
+                f"LEDGER_SIGNING_KEY_FILE holds key {self.key_id}, which this ledger retired "
+                f"at {retired[0]} for key {retired[1]}: give every replica the current "
+                "signing key"
             )
+        hint = (
+            "give every replica the ledger's own signing key, or, to rotate to this one, "
+            "list the old key's public key in LEDGER_RETIRED_SIGNING_KEYS_FILE"
+        )
+        last = self.latest()
+        rotating: str | None = None
+        if last is not None and not last.verify(self.public_key):
+            rotating = self._signer(last)
+            if rotating is None:
+                raise ConfigError(
+                    f"LEDGER_SIGNING_KEY_FILE holds key {self.key_id}, but the store's "
+                    f"checkpoints are signed with key {last.key_id} (the latest at "
+                    f"position {last.position}): {hint}"
+                )
         row = newest_row(self._recorder, self._decoder.topics)
-        if row is None:
-            return
+        if row is None or (rotating is None and last is not None and row[0] <= last.position):
+            return rotating  # the newest event is under a checkpoint of this key
         try:
             _, seal = self._decoder.row_sealed_body(row)
         except EventDecodeError:
-            return  # the audit names a broken event; it says nothing about the key
+            return rotating  # the audit names a broken event; it says nothing about the key
         sealed_with = seal.partition(":")[0] if seal else ""
         if not sealed_with or sealed_with == self.key_id:
-            return
+            return rotating
+        retired_ids = {key_id(k) for k in self._retired}
+        if sealed_with in retired_ids and (rotating is not None or last is None):
+            return rotating or sealed_with
+        if sealed_with in retired_ids:
+            after = last.position if last is not None else 0
+            raise ConfigError(
+                f"the store's newest event (position {row[0]}) is sealed with the retired "
+                f"key {sealed_with}, after the checkpoint at position {after} "
+                f"signed with key {self.key_id}: a replica still runs with the retired key; "
+                "stop it, then run `ledger-audit verify` (docs/operations.md)"
+            )
         raise ConfigError(
             f"LEDGER_SIGNING_KEY_FILE holds key {self.key_id}, but the store's newest "
-            f"event (position {row[0]}) is sealed with key {sealed_with[:32]}: "
-            "give every replica the ledger's own signing key (restore it from the backup)"
+            f"event (position {row[0]}) is sealed with key {sealed_with[:32]}: {hint} "
+            "(or restore the ledger's key from the backup)"
         )
+
+    def rotate_key(self) -> Checkpoint | None:
+        """When :meth:`check_key` finds the store last signed with a retired key: record
+        that key as retired (a ledger started with it refuses from now on) and sign a
+        checkpoint over the whole log with this key, over the retired key's seals, so that
+        everything before the rotation is covered by the new key too. None when there is
+        nothing to rotate. With no event since the retired key's last checkpoint, that
+        checkpoint stays the latest (one checkpoint a position): the next one is this
+        key's. Two replicas rotating at once record and sign the same."""
+        retiring = self.check_key()
+        if retiring is None:
+            return None
+        # Recorded first: from here on the retired key is refused, also if the checkpoint
+        # below fails (the next start signs it; a start finds the key retired already).
+        newest = newest_row(self._recorder, self._decoder.topics)
+        rotated_at = datetime.now(UTC).isoformat(timespec="microseconds")
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.q(
+                    "INSERT INTO ledger_retired_keys (key_id, retired_at, successor, position) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (key_id) DO NOTHING"
+                ),
+                (retiring, rotated_at, self.key_id, newest[0] if newest else 0),
+            )
+            recorded = bool(cur.rowcount == 1)
+        checkpoint = self.create(rotating=True)
+        if recorded:
+            log.warning(
+                "checkpoint.key_rotated",
+                retired_key=retiring,
+                key_id=self.key_id,
+                position=checkpoint.position,
+                events=checkpoint.events,
+                checkpoint_key=checkpoint.key_id,
+                note="the retired key signs nothing from now on; keep its public key to "
+                "verify the history before this position",
+            )
+        return checkpoint
 
     # ------------------------------------------------------------------ read
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from services.common.config import AuditSettings, ConfigError
 from services.common.datafiles import make_private_dir
-from services.ledger.seals import key_id, public_key_bytes
+from services.ledger.seals import Sealer, key_id, public_key_bytes
 
 __all__ = ["key_id", "public_key_bytes"]
 
@@ -78,6 +78,56 @@ def load_public_key(path: Path) -> bytes:
     return parse_public_key(data, str(path))
 
 
+_PEM_END = b"-----END PUBLIC KEY-----"
+
+
+def parse_public_keys(data: bytes, source: str = "public keys") -> tuple[bytes, ...]:
+    """Every key of a file of public keys: PEM blocks and base64 lines, in any mix; blank
+    lines and lines starting with ``#`` are skipped."""
+    keys: list[bytes] = []
+    block: list[bytes] = []
+    for number, raw in enumerate(data.splitlines(), 1):
+        line = raw.strip()
+        if block or line.startswith(b"-----BEGIN"):
+            block.append(line)
+            if line == _PEM_END:
+                keys.append(parse_public_key(b"\n".join(block), f"{source}:{number}"))
+                block = []
+        elif line and not line.startswith(b"#"):
+            keys.append(parse_public_key(line, f"{source}:{number}"))
+    if block:
+        raise ConfigError(f"{source}: a PEM block is not ended by {_PEM_END.decode()}")
+    return tuple(dict.fromkeys(keys))
+
+
+def load_public_keys(path: Path) -> tuple[bytes, ...]:
+    """The public keys of a file (:func:`parse_public_keys`); at least one."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the public key file {path}: {exc}") from exc
+    keys = parse_public_keys(data, str(path))
+    if not keys:
+        raise ConfigError(f"{path} holds no public key")
+    return keys
+
+
+def load_retired_keys(settings: AuditSettings) -> tuple[bytes, ...]:
+    """The public keys of ``LEDGER_RETIRED_SIGNING_KEYS_FILE``; none when it is unset."""
+    path = settings.retired_signing_keys_file
+    if path is None:
+        return ()
+    try:
+        return load_public_keys(path)
+    except ConfigError as exc:
+        raise ConfigError(f"LEDGER_RETIRED_SIGNING_KEYS_FILE: {exc}") from exc
+
+
+def load_sealer(settings: AuditSettings) -> Sealer:
+    """The sealer of the configured key, trusting the seals of the retired keys too."""
+    return Sealer(load_signing_key(settings), load_retired_keys(settings))
+
+
 def load_signing_key(settings: AuditSettings) -> Ed25519PrivateKey:
     """The configured key; in development, generated on first use (see the module doc)."""
     path = settings.resolved_signing_key_file
@@ -92,7 +142,10 @@ def load_signing_key(settings: AuditSettings) -> Ed25519PrivateKey:
     return parse_private_key(path.read_bytes(), str(path))
 
 
-def _generate(path: Path, public_path: Path) -> None:
+def generate_key_pair(path: Path) -> str | None:
+    """A new signing key at ``path`` (mode 0600, created only if no file is there) and its
+    public key beside it (``.pub``); the new key's id, or None when ``path`` exists (it is
+    never overwritten: it may be the key a ledger seals with)."""
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -103,13 +156,21 @@ def _generate(path: Path, public_path: Path) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return  # another process generated it first: use that one
+        return None
     with os.fdopen(fd, "wb") as out:
         out.write(pem)
     public = public_key_bytes(key)
+    public_path = path.with_suffix(".pub")
     tmp = public_path.with_suffix(".pub.tmp")
     tmp.write_bytes(public_key_pem(public))
     tmp.replace(public_path)
+    return key_id(public)
+
+
+def _generate(path: Path, public_path: Path) -> None:
+    if generate_key_pair(path) is None:
+        return  # another process generated it first: use that one
+    public = load_public_key(public_path)
     log.warning(
         "audit.signing_key_generated",
         private_key=str(path),

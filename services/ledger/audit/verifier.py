@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -39,6 +39,19 @@ class Divergence:
 
 
 @dataclass(frozen=True)
+class KeyUse:
+    """What one of the given public keys was found to have signed: the checkpoints checked
+    (their count, first and last position) and the seals checked (each incident's newest
+    event above the last checkpoint)."""
+
+    key_id: str
+    checkpoints: int = 0
+    first_checkpoint: int | None = None
+    last_checkpoint: int | None = None
+    seals: int = 0
+
+
+@dataclass(frozen=True)
 class VerifyReport:
     ok: bool
     events: int
@@ -53,10 +66,13 @@ class VerifyReport:
     start: int | None = None
     stop: int | None = None
     checkpoints_after: tuple[int, ...] = ()
+    # Per given key, in the order given: what it signed (docs/hash-chain.md, section 8).
+    keys: tuple[KeyUse, ...] = ()
 
     def to_log(self) -> dict[str, Any]:
         values = asdict(self)
         values["checkpoints_after"] = list(self.checkpoints_after)
+        values["keys"] = [asdict(k) for k in self.keys]
         values["divergence"] = self.divergence.to_log() if self.divergence else None
         return values
 
@@ -131,19 +147,30 @@ class ChainVerifier:
 
     def __init__(
         self,
-        public_key: bytes,
+        public_key: bytes | Sequence[bytes],
         checkpoints: Iterable[Checkpoint] = (),
         *,
         start: ChainState | None = None,
         partial: bool = False,
         stop: int | None = None,
     ) -> None:
-        self.public_key = public_key
-        self._seals = SealChecker(public_key)
+        # One key, or several: the ledger's current one and those it retired (in any order).
+        keys = (public_key,) if isinstance(public_key, bytes) else tuple(dict.fromkeys(public_key))
+        if not keys:
+            raise ValueError("no public key given")
+        self.public_key = keys[0]
+        self._keys = {key_id(k): k for k in keys}
+        self._seals = SealChecker(keys[0], keys[1:])
         # The key ids the seals and checkpoints name, and whether a checkpoint verified with
-        # the given key: when none did and none names it, the key is not the ledger's.
-        self._key_id = key_id(public_key)
+        # a given key: when none did and none names one, the keys are not the ledger's.
         self._named: set[str] = set()
+        # What each key signed; and, once a checkpoint signed with another key follows
+        # one of a key's, the position from which that key is retired: whatever it signs
+        # after that is not the ledger's (a leaked key in other hands, or a replica that
+        # kept the old key).
+        self._use: dict[str, KeyUse] = {kid: KeyUse(kid) for kid in self._keys}
+        self._retired_at: dict[str, tuple[int, str]] = {}
+        self._last_signer: str | None = None
         self._key_verified = False
         self.state = start or ChainState(0, GENESIS_HASH, 0)
         self._start_position = self.state.position
@@ -165,7 +192,7 @@ class ChainVerifier:
         self._seal_best: _Found | None = None
         self._head_differs: dict[int, Divergence] = {}  # by checkpoint position
         self._seq = itertools.count()
-        self._pending: list[tuple[int, int, Checkpoint]] = []
+        self._pending: list[tuple[int, int, Checkpoint, str]] = []
         self._seen: set[tuple[int, bytes]] = set()
         self._feed = iter(checkpoints)
         self._feed_next: Checkpoint | None = next(self._feed, None)
@@ -201,7 +228,8 @@ class ChainVerifier:
         self._seen.add(ident)
         if checkpoint.key_id:
             self._named.add(checkpoint.key_id)
-        if checkpoint.verify(self.public_key):
+        signer = self._checkpoint_signer(checkpoint)
+        if signer is not None:
             self._key_verified = True
         else:
             self._found(
@@ -213,7 +241,7 @@ class ChainVerifier:
                     None,
                     checkpoint.position,
                     f"the checkpoint at position {checkpoint.position} (key {checkpoint.key_id}) "
-                    "is not validly signed by the given public key",
+                    f"is not validly signed by {self._given}",
                 ),
                 line,
             )
@@ -238,7 +266,44 @@ class ChainVerifier:
                 line,
             )
             return
-        heapq.heappush(self._pending, (checkpoint.position, next(self._seq), checkpoint))
+        heapq.heappush(self._pending, (checkpoint.position, next(self._seq), checkpoint, signer))
+
+    @property
+    def _given(self) -> str:
+        return "the given public key" if len(self._keys) == 1 else "any of the given public keys"
+
+    def _checkpoint_signer(self, checkpoint: Checkpoint) -> str | None:
+        """The id of the given key that signed ``checkpoint`` (the one it names first)."""
+        for kid in sorted(self._keys, key=lambda k: k != checkpoint.key_id):
+            if checkpoint.verify(self._keys[kid]):
+                return kid
+        return None
+
+    def _signed_by(self, cp: Checkpoint, signer: str) -> Divergence | None:
+        """Note that ``signer`` signed ``cp`` (checkpoints come here in position order);
+        the divergence when ``signer`` was retired before ``cp``'s position."""
+        retired = self._retired_at.get(signer)
+        if retired is not None and cp.position > retired[0]:
+            return Divergence(
+                "bad_signature",
+                None,
+                None,
+                cp.position,
+                f"the checkpoint at position {cp.position} is signed with key {signer}, which "
+                f"the checkpoint at position {retired[0]} (key {retired[1]}) replaced: a "
+                "retired key signs nothing after its successor's first checkpoint",
+            )
+        if self._last_signer is not None and self._last_signer != signer:
+            self._retired_at.setdefault(self._last_signer, (cp.position, signer))
+        self._last_signer = signer
+        use = self._use[signer]
+        self._use[signer] = replace(
+            use,
+            checkpoints=use.checkpoints + 1,
+            first_checkpoint=cp.position if use.first_checkpoint is None else use.first_checkpoint,
+            last_checkpoint=cp.position,
+        )
+        return None
 
     def _pass(self, before: int | None) -> None:
         """Check the checkpoints at positions below ``before`` (all of them when None)."""
@@ -250,13 +315,17 @@ class ChainVerifier:
                 self._feed_next = next(self._feed, None)
             if not self._pending or (before is not None and self._pending[0][0] >= before):
                 return
-            _, _, checkpoint = heapq.heappop(self._pending)
-            self._check(checkpoint, at_end=before is None)
+            _, _, checkpoint, signer = heapq.heappop(self._pending)
+            self._check(checkpoint, signer, at_end=before is None)
 
-    def _check(self, cp: Checkpoint, *, at_end: bool) -> None:
+    def _check(self, cp: Checkpoint, signer: str, *, at_end: bool) -> None:
         n, head, last = self._events_total, self._head, self._last
         since = f"after the checkpoint at position {self._prev_checked}"
         self._prev_checked = cp.position
+        retired = self._signed_by(cp, signer)
+        if retired is not None:
+            self._found(cp.position, 0, retired, self._line)
+            return
         if at_end and last < cp.position and n < cp.events:
             divergence = Divergence(
                 "truncated",
@@ -599,7 +668,16 @@ class ChainVerifier:
             if seal:
                 self._named.add(seal.partition(":")[0])
             problem = self._seals.problem(track.hash, seal)
-            if problem is None:
+            signer = self._seals.signer(track.hash, seal) if problem is None else None
+            retired = self._retired_at.get(signer) if signer is not None else None
+            if signer is not None and retired is not None and track.pos > retired[0]:
+                problem = (
+                    f"it is sealed with key {signer}, which the checkpoint at position "
+                    f"{retired[0]} (key {retired[1]}) replaced"
+                )
+            elif signer is not None:
+                use = self._use[signer]
+                self._use[signer] = replace(use, seals=use.seals + 1)
                 continue
             version = track.next - 1
             divergence = Divergence(
@@ -653,6 +731,7 @@ class ChainVerifier:
             position=self._last,
             head=self._head,
             checkpoints_after=tuple(sorted(set(self._after))),
+            keys=tuple(self._use.values()),
         )
 
     def _wrong_key(self) -> Divergence | None:
@@ -660,16 +739,17 @@ class ChainVerifier:
         with it and no seal or checkpoint names it, while some name another key. Nothing
         can be checked against that key, so this is the one answer (not tampering, which a
         single forged seal among the ledger's own still is)."""
-        if self._key_verified or not self._named or self._key_id in self._named:
+        if self._key_verified or not self._named or self._named & set(self._keys):
             return None
         others = ", ".join(sorted(self._named))
+        given = ", ".join(self._keys)
         return Divergence(
             "wrong_key",
             None,
             None,
             None,
             f"the history was sealed with key {others}; the given public key is "
-            f"{self._key_id}: none of its checkpoints verifies with it, and none of its seals "
+            f"{given}: none of its checkpoints verifies with it, and none of its seals "
             "or checkpoints names it. Check that the key is the ledger's: if it is, the whole "
             "file was sealed again with another key, and is not the ledger's history",
         )

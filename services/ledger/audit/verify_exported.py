@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -27,7 +27,7 @@ class ExportFormatError(ValueError):
 
 def verify_export(
     source: Path | str | IO[bytes],
-    public_key: bytes,
+    public_key: bytes | Sequence[bytes],
     checkpoints: Iterable[Checkpoint] | None = None,
     *,
     workers: int | None = None,
@@ -55,7 +55,7 @@ CHUNK = 4 * 2**20
 
 def _verify_lines(
     lines: IO[bytes],
-    public_key: bytes,
+    public_key: bytes | Sequence[bytes],
     checkpoints: Iterable[Checkpoint] | None,
     path: Path | None,
     workers: int | None,

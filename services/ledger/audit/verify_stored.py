@@ -5,7 +5,7 @@ those stored beside it."""
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
@@ -44,7 +44,7 @@ ProgressCallback = Callable[[VerifyProgress], None]
 
 def verify_store(
     ledger: Application[Any] | ApplicationRecorder,
-    public_key: bytes,
+    public_key: bytes | Sequence[bytes],
     checkpoints: Iterable[Checkpoint] | None = None,
     *,
     stored_checkpoints: bool = True,

@@ -1,0 +1,303 @@
+"""Rotating the ledger's signing key through the real start-up (docs/operations.md): a ledger
+started with a new key, the old one listed as retired, rotates and signs the whole log with
+the new key; the audit verifies the history with both public keys, names the old key's
+checkpoints with the new key alone, and refuses whatever the retired key signs afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from incidentledger.v1 import audit_service_pb2 as audit
+from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
+from incidentledger.v1 import ledger_service_pb2 as api
+from services.common.config import PROJECT_ROOT, ConfigError, LedgerSettings
+from services.ledger.application import Ledger
+from services.ledger.audit import (
+    CheckpointError,
+    Checkpoints,
+    export_jsonl,
+    verify_export,
+    verify_store,
+)
+from services.ledger.audit.keys import load_public_key, load_signing_key
+from services.ledger.domain.commands import ReportIncident
+from services.ledger.seals import Sealer
+from services.ledger.server import build
+from tests.support import (
+    REFERENCE_FILE,
+    Client,
+    reference,
+    rid,
+    running_ledger,
+    settings_for,
+    store_environment,
+)
+from tests.unit.incident_builders import envelope_for
+from tests.unit.test_audit_encoding import LOCATION
+
+AUDITOR = "inspektorat"
+
+
+@dataclass
+class Keys:
+    """Two key pairs made as an operator makes them, and the file of retired public keys."""
+
+    old: Path
+    new: Path
+    retired: Path
+
+    def public(self, path: Path) -> bytes:
+        return load_public_key(path.with_suffix(".pub"))
+
+    def private(self, path: Path) -> Ed25519PrivateKey:
+        return load_signing_key(LedgerSettings(signing_key_file=path).audit())
+
+
+def _generate(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.ledger", "generate-signing-key", "--out", str(path)],
+        env={**os.environ, "PYTHONPATH": f"{PROJECT_ROOT}:{PROJECT_ROOT / 'gen'}"},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    folder = tmp_path_factory.mktemp("keys")
+    for name in ("old", "new"):
+        made = _generate(folder / f"{name}.key")
+        assert made.returncode == 0, made.stdout + made.stderr
+    retired = folder / "retired.pub"
+    retired.write_bytes((folder / "old.pub").read_bytes())
+    return Keys(folder / "old.key", folder / "new.key", retired)
+
+
+def test_generating_a_key_never_overwrites_one(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "ledger-signing.key"
+    first = _generate(path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_public_key(path.with_suffix(".pub"))
+    before = path.read_bytes(), path.with_suffix(".pub").read_bytes()
+    again = _generate(path)
+    assert again.returncode == 2, again.stdout + again.stderr
+    assert "ledger.signing_key_exists" in again.stdout + again.stderr
+    assert (path.read_bytes(), path.with_suffix(".pub").read_bytes()) == before
+
+
+def _escalate(client: Client, name: str) -> None:
+    client.stub.EscalateIncident(
+        api.EscalateIncidentRequest(request_id=rid(), name=name, reason="crowd growing"),
+        metadata=client.md("kesbangpol"),
+    )
+
+
+@dataclass
+class Rotated:
+    env: dict[str, str]
+    tmp_path: Path
+    keys: Keys
+    old_checkpoint: int  # the old key's checkpoint
+    rotation: int  # the new key's first checkpoint
+    first: str  # an incident recorded under the old key
+
+    def settings(self, key: Path, retired: Path | None = None) -> LedgerSettings:
+        return settings_for(
+            self.tmp_path,
+            self.env,
+            signing_key_file=key,
+            retired_signing_keys_file=retired,
+            checkpoint_seconds=0.0,
+        )
+
+    def ledger(self) -> Ledger:
+        sealer = Sealer(self.keys.private(self.keys.new), (self.keys.public(self.keys.old),))
+        return Ledger(reference(), env=self.env, sealer=sealer)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def rotated(request: pytest.FixtureRequest, tmp_path: Path, keys: Keys) -> Iterator[Rotated]:
+    """A ledger that recorded and checkpointed with the old key, recorded more after its
+    checkpoint, then was started with the new key and the old one retired."""
+    if request.param == "postgres":
+        request.applymarker(pytest.mark.postgres)
+    with store_environment(request.param, tmp_path) as env:
+        state = Rotated(env, tmp_path, keys, 0, 0, "")
+        with running_ledger(state.settings(keys.old)) as client:
+            state.first = client.report().incident
+            _escalate(client, state.first)
+            state.old_checkpoint = client.server.checkpoints.create().position
+            second = client.report().incident  # sealed with the old key, no checkpoint
+            _escalate(client, second)
+        with running_ledger(state.settings(keys.new, keys.retired)) as client:
+            latest = client.server.checkpoints.latest()
+            assert latest is not None
+            assert latest.key_id == Sealer(keys.private(keys.new)).key_id
+            assert latest.position > state.old_checkpoint  # it covers the old key's seals
+            state.rotation = latest.position
+            # An incident last sealed with the old key loads and takes a new event.
+            _escalate(client, state.first)
+            client.report()
+            assert client.server.checkpoints.create().position > state.rotation
+            # The ledger's own verification checks the old key's checkpoint with its key.
+            stub = audit_grpc.AuditServiceStub(client.channel)
+            report = stub.VerifyLedger(audit.VerifyLedgerRequest(), metadata=client.md(AUDITOR))
+            assert report.ok, report
+            assert report.checkpoints_checked == 3
+        yield state
+
+
+def test_a_rotated_ledger_verifies_with_both_keys_and_not_with_the_new_one_alone(
+    rotated: Rotated,
+) -> None:
+    keys = rotated.keys
+    old, new = keys.public(keys.old), keys.public(keys.new)
+    ledger = rotated.ledger()
+    try:
+        export = rotated.tmp_path / "export.jsonl"
+        export_jsonl(ledger, export)
+        for report in (
+            verify_store(ledger, [new, old]),
+            verify_export(export, [new, old]),
+        ):
+            assert report.ok, report.divergence
+            used = {use.key_id: use for use in report.keys}
+            old_use = used[Sealer(keys.private(keys.old)).key_id]
+            new_use = used[Sealer(keys.private(keys.new)).key_id]
+            assert (old_use.checkpoints, old_use.last_checkpoint) == (1, rotated.old_checkpoint)
+            assert (new_use.first_checkpoint, new_use.checkpoints) == (rotated.rotation, 2)
+            assert old_use.seals == 0  # every old seal lies under the new key's checkpoint
+        for report in (verify_store(ledger, new), verify_export(export, new)):
+            assert report.divergence is not None
+            assert report.divergence.kind == "bad_signature"
+            assert report.divergence.position == rotated.old_checkpoint
+    finally:
+        ledger.close()
+
+
+def test_the_command_line_verifies_with_several_public_keys(rotated: Rotated) -> None:
+    if rotated.env["PERSISTENCE_MODULE"] != "eventsourcing.sqlite":
+        pytest.skip("the command line reads the store as the functions above do")
+    keys = rotated.keys
+    export = rotated.tmp_path / "cli.jsonl"
+    both = ["--public-key", str(keys.new.with_suffix(".pub")), "--public-key", str(keys.retired)]
+    new_only = ["--public-key", str(keys.new.with_suffix(".pub"))]
+    assert _audit(["export", "--out", str(export)], rotated).returncode == 0
+    for source in (["--store"], ["--export", str(export)]):
+        clean = _audit(["verify", *source, *both], rotated)
+        assert clean.returncode == 0, clean.stdout + clean.stderr
+        line = next(e for e in _events(clean) if e["event"] == "audit.verify.clean")
+        assert sorted(use["checkpoints"] for use in line["keys"]) == [1, 2]
+        found = _audit(["verify", *source, *new_only], rotated)
+        assert found.returncode == 1, found.stdout + found.stderr
+        line = next(e for e in _events(found) if e["event"] == "audit.verify.divergence")
+        assert line["divergence_kind"] == "bad_signature"
+
+
+def test_the_retired_key_and_an_unlisted_key_are_refused_at_start(rotated: Rotated) -> None:
+    keys = rotated.keys
+    with pytest.raises(ConfigError, match="retired"):
+        build(rotated.settings(keys.old, keys.retired))
+    with pytest.raises(ConfigError, match="retired"):
+        build(rotated.settings(keys.old))
+    stranger = rotated.tmp_path / "stranger.key"
+    assert _generate(stranger).returncode == 0
+    with pytest.raises(ConfigError, match="LEDGER_RETIRED_SIGNING_KEYS_FILE"):
+        build(rotated.settings(stranger, keys.retired))
+
+
+def test_a_replica_left_running_with_the_retired_key_is_refused(rotated: Rotated) -> None:
+    keys = rotated.keys
+    # It records a new incident, sealed with the old key, after the rotation.
+    stale = Ledger(reference(), env=rotated.env, sealer=Sealer(keys.private(keys.old)))
+    try:
+        stale.execute(
+            envelope_for("kesbangpol"),
+            ReportIncident(
+                title="Massa berkumpul",
+                description="",
+                category="crowd_gathering",
+                severity="low",
+                location=dict(LOCATION),
+            ),
+        )
+        with pytest.raises(CheckpointError, match="retired"):
+            Checkpoints(stale.recorder, rotated.env, keys.private(keys.old)).create()
+    finally:
+        stale.close()
+    ledger = rotated.ledger()
+    checkpoints = Checkpoints(
+        ledger.recorder, rotated.env, keys.private(keys.new), retired=(keys.public(keys.old),)
+    )
+    try:
+        with pytest.raises(CheckpointError):  # the new key never signs over its seal
+            checkpoints.create()
+        report = verify_store(ledger, [keys.public(keys.new), keys.public(keys.old)])
+        assert report.divergence is not None
+        assert report.divergence.kind == "modified"
+        assert "replaced" in report.divergence.detail
+    finally:
+        checkpoints.close()
+        ledger.close()
+    with pytest.raises(ConfigError, match="still runs with the retired key"):
+        build(rotated.settings(keys.new, keys.retired))
+
+
+def test_a_rotation_with_nothing_new_since_the_old_checkpoint(tmp_path: Path, keys: Keys) -> None:
+    with store_environment("sqlite", tmp_path) as env:
+        state = Rotated(env, tmp_path, keys, 0, 0, "")
+        with running_ledger(state.settings(keys.old)) as client:
+            client.report()
+            state.old_checkpoint = client.server.checkpoints.create().position
+        # One checkpoint a position: the old key's stays the latest, the key is retired.
+        with running_ledger(state.settings(keys.new, keys.retired)) as client:
+            latest = client.server.checkpoints.latest()
+            assert latest is not None and latest.position == state.old_checkpoint
+            client.report()
+            assert client.server.checkpoints.create().key_id != latest.key_id
+        with pytest.raises(ConfigError, match="retired"):
+            build(state.settings(keys.old))
+        ledger = state.ledger()
+        try:
+            report = verify_store(ledger, [keys.public(keys.new), keys.public(keys.old)])
+            assert report.ok, report.divergence
+        finally:
+            ledger.close()
+
+
+def _audit(args: list[str], rotated: Rotated) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.ledger.audit", *args],
+        env={
+            **os.environ,
+            **rotated.env,
+            "LEDGER_DATA_DIR": str(rotated.tmp_path / "data"),
+            "LEDGER_REFERENCE_FILE": str(REFERENCE_FILE),
+            "LEDGER_LOG_FORMAT": "json",
+            "PYTHONPATH": f"{PROJECT_ROOT}:{PROJECT_ROOT / 'gen'}",
+        },
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _events(result: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
