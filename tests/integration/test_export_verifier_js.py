@@ -542,3 +542,64 @@ def test_the_independent_verifier_finds_one_changed_byte(
     assert report["divergence"]["kind"] in kinds, report
     # The ledger's own verifier finds it too.
     assert not verify_export(tampered, _public_bytes(exported)).ok
+
+
+# --------------------------------------------------------------------- a rotated key
+
+
+def test_a_rotated_history_verifies_with_both_keys_and_a_retired_keys_seal_after_is_forged(
+    node: str, tmp_path: Path
+) -> None:
+    """docs/hash-chain.md, sections 6 and 8: the old key's checkpoint and the new key's, in
+    one export; both verifiers accept it with both public keys (a file of several counts as
+    several), name the old checkpoint with the new key alone, and refuse an event sealed with
+    the old key after the new key's first checkpoint."""
+    old_key, new_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    old, new = public_key_bytes(old_key), public_key_bytes(new_key)
+    both = tmp_path / "both.pub"
+    both.write_bytes(public_key_pem(new) + public_key_pem(old))
+    new_file = tmp_path / "new.pub"
+    new_file.write_bytes(public_key_pem(new))
+    with store_environment("sqlite", tmp_path) as store_env:
+        ledger = Ledger(reference(), env=store_env, sealer=Sealer(old_key))
+        checkpoints = Checkpoints(ledger.recorder, store_env, old_key)
+        try:
+            build_history(ledger, extra=0)
+            old_checkpoint = checkpoints.create().position
+            _record(ledger)  # sealed with the old key, above its checkpoint
+        finally:
+            checkpoints.close()
+            ledger.close()
+        ledger = Ledger(reference(), env=store_env, sealer=Sealer(new_key, (old,)))
+        checkpoints = Checkpoints(ledger.recorder, store_env, new_key, retired=(old,))
+        try:
+            rotation = checkpoints.rotate_key()
+            assert rotation is not None and rotation.position > old_checkpoint
+            _record(ledger)
+            checkpoints.create()
+            clean = tmp_path / "rotated.jsonl"
+            export_jsonl(ledger, clean)
+        finally:
+            checkpoints.close()
+            ledger.close()
+        stale = Ledger(reference(), env=store_env, sealer=Sealer(old_key))
+        try:
+            _record(stale)  # a replica left running with the old key
+            forged = tmp_path / "stale.jsonl"
+            export_jsonl(stale, forged)
+        finally:
+            stale.close()
+    code, report = run_node(node, clean, both)
+    assert code == 0, report
+    assert verify_export(clean, [new, old]).ok
+    code, report = run_node(node, clean, new_file)
+    assert (code, report["divergence"]["kind"]) == (1, "bad_signature"), report
+    assert report["divergence"]["position"] == str(old_checkpoint)
+    python = verify_export(clean, new).divergence
+    assert python is not None
+    assert (python.kind, python.position) == ("bad_signature", old_checkpoint)
+    code, report = run_node(node, forged, new_file, "--public-key", str(both))
+    assert (code, report["divergence"]["kind"]) == (1, "modified"), report
+    assert "retired at position" in report["divergence"]["detail"]
+    python = verify_export(forged, [new, old]).divergence
+    assert python is not None and python.kind == "modified" and "replaced" in python.detail

@@ -3,8 +3,9 @@
 // written from docs/hash-chain.md alone: plain Node.js (18 or later), no packages, only
 // node:crypto and node:fs. It shares no code with the ledger.
 //
-// Usage: node verify_export.mjs --public-key KEY [--checkpoints WITNESS.jsonl] EXPORT.jsonl
-//   KEY: the ledger's Ed25519 public key, PEM (SubjectPublicKeyInfo) or base64 of 32 bytes.
+// Usage: node verify_export.mjs --public-key KEY [--public-key KEY ...] [--checkpoints WITNESS.jsonl] EXPORT.jsonl
+//   KEY: the ledger's Ed25519 public keys, PEM (SubjectPublicKeyInfo) or base64 of 32 bytes,
+//   one or several a file; the current key and those the ledger retired (section 6).
 //   WITNESS.jsonl: a witness's checkpoints, one published checkpoint object a line.
 // Prints one JSON object and exits 0 when the file verifies, 1 on the first failure (with its
 // kind, line, position, incident, version and detail), 2 on a usage or input error, 3 when the
@@ -216,8 +217,24 @@ const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
 
 // ----------------------------------------------------------------- keys and signatures
 
-function loadPublicKey(path) {
-  const text = readFileSync(path, "utf8").trim();
+// A file of public keys: PEM blocks and base64 lines; blank lines and "#" lines skipped.
+function loadPublicKeys(path) {
+  const keys = [];
+  let block = null;
+  for (const raw of readFileSync(path, "utf8").split("\n")) {
+    const line = raw.trim();
+    if (block !== null || line.startsWith("-----BEGIN")) {
+      block = [...(block ?? []), line];
+      if (line.startsWith("-----END")) { keys.push(parsePublicKey(block.join("\n"), path)); block = null; }
+    } else if (line !== "" && !line.startsWith("#")) {
+      keys.push(parsePublicKey(line, path));
+    }
+  }
+  if (block !== null || keys.length === 0) throw new UsageError(`${path}: no public key, or a PEM block without its end`);
+  return keys;
+}
+
+function parsePublicKey(text, path) {
   let key;
   if (text.startsWith("-----BEGIN")) {
     key = createPublicKey(text);
@@ -245,16 +262,21 @@ function ed25519(publicKey, message, signature) {
   }
 }
 
+// The id of the given key that made the signature, or null.
+function signer(keys, message, signature) {
+  for (const key of keys) if (ed25519(key, message, signature)) return keyIdOf(key);
+  return null;
+}
+
 // Section 4: "<key id>:<base64 signature>" over ASCII("incidentledger.seal.v1:" + hash).
-function sealProblem(publicKey, hash, seal) {
-  if (typeof seal !== "string" || seal === "") return "it carries no seal";
+// The id of the key that made it, or the problem: { signer } or { problem }.
+function sealSigner(keys, hash, seal) {
+  if (typeof seal !== "string" || seal === "") return { problem: "it carries no seal" };
   const colon = seal.indexOf(":");
   const signature = colon < 0 ? null : base64Bytes(seal.slice(colon + 1), 64);
-  if (signature === null) return "its seal is malformed";
-  if (!ed25519(publicKey, Buffer.from(SEAL_PREFIX + hash, "ascii"), signature)) {
-    return "its seal does not verify with the given key";
-  }
-  return null;
+  if (signature === null) return { problem: "its seal is malformed" };
+  const id = signer(keys, Buffer.from(SEAL_PREFIX + hash, "ascii"), signature);
+  return id === null ? { problem: "its seal does not verify with the given keys" } : { signer: id };
 }
 
 // ----------------------------------------------------------------- checkpoints (section 6)
@@ -275,7 +297,8 @@ function parseCheckpoint(record) {
   return { position, events, head, createdAt, signature: bytes, keyId: record.key_id };
 }
 
-function checkpointSigned(publicKey, cp) {
+// The id of the given key that signed the checkpoint, or null.
+function checkpointSigner(keys, cp) {
   const signed = cjBytes({
     created_at: cp.createdAt,
     events: cp.events,
@@ -283,7 +306,7 @@ function checkpointSigned(publicKey, cp) {
     head: cp.head,
     position: cp.position,
   });
-  return ed25519(publicKey, signed, cp.signature);
+  return signer(keys, signed, cp.signature);
 }
 
 // ----------------------------------------------------------------- the envelope (section 7)
@@ -409,11 +432,11 @@ function keyIdOf(publicKey) {
   return sha256(spki.subarray(spki.length - 32)).slice(0, 16);
 }
 
-// The wrong_key outcome: no checkpoint of the file or the witness verifies with the given key,
-// and no seal or checkpoint names its id, while some name another. Null when the key may be
-// the ledger's (then every signature is checked as section 8 says).
-function wrongKey(lines, publicKey, witness) {
-  const given = keyIdOf(publicKey);
+// The wrong_key outcome: no checkpoint of the file or the witness verifies with a given key,
+// and no seal or checkpoint names a given id, while some name another. Null when the keys may
+// be the ledger's (then every signature is checked as section 8 says).
+function wrongKey(lines, keys, witness) {
+  const given = keys.map(keyIdOf);
   const named = new Set();
   const checkpoints = [...witness];
   for (const raw of lines.slice(1)) {
@@ -435,12 +458,12 @@ function wrongKey(lines, publicKey, witness) {
     }
   }
   for (const cp of checkpoints) {
-    if (checkpointSigned(publicKey, cp)) return null;
+    if (checkpointSigner(keys, cp) !== null) return null;
     if (typeof cp.keyId === "string" && cp.keyId !== "") named.add(cp.keyId);
   }
-  if (named.size === 0 || named.has(given)) return null;
+  if (named.size === 0 || given.some((id) => named.has(id))) return null;
   return (
-    `the history was sealed with key ${[...named].sort().join(", ")}; the given public key is ${given}. ` +
+    `the history was sealed with key ${[...named].sort().join(", ")}; the given public key is ${given.join(", ")}. ` +
     "Check that the key is the ledger's: if it is, the whole file was sealed again with another key, " +
     "and is not the ledger's history"
   );
@@ -448,7 +471,7 @@ function wrongKey(lines, publicKey, witness) {
 
 // ----------------------------------------------------------------- verification (section 8)
 
-function verify(lines, publicKey, witness) {
+function verify(lines, keys, witness) {
   const state = { head: GENESIS, events: 0n, last: 0n, inFile: 0, covered: 0n, checked: 0 };
   const incidents = new Map(); // originator_id -> { version, hash, position, seal }
   const pending = []; // checkpoints to check once the events pass their position
@@ -462,13 +485,17 @@ function verify(lines, publicKey, witness) {
   let end = null;
 
   const at = (extra = {}) => ({ line: lineNumber, ...extra });
+  // Section 6: in position order, a checkpoint of another key retires the key before it.
+  const retiredAt = new Map(); // key id -> the position of its successor's first checkpoint
+  let lastSigner = null;
 
   function offer(cp, fromFile) {
     const ident = `${cp.position}:${cp.signature.toString("base64")}`;
     if (seen.has(ident)) return;
     seen.add(ident);
-    if (!checkpointSigned(publicKey, cp)) {
-      throw new Failure("bad_signature", `the checkpoint at position ${cp.position} (key ${cp.keyId}) is not validly signed by the given key`, at({ position: cp.position.toString() }));
+    cp.signer = checkpointSigner(keys, cp);
+    if (cp.signer === null) {
+      throw new Failure("bad_signature", `the checkpoint at position ${cp.position} (key ${cp.keyId}) is not validly signed by the given keys`, at({ position: cp.position.toString() }));
     }
     if (cp.position < startPosition) return; // before the exported range
     if (stop !== null && cp.position > stop) { after.push(cp.position); return; } // after it
@@ -483,6 +510,11 @@ function verify(lines, publicKey, witness) {
     while (pending.length > 0 && (before === null || pending[0].position < before)) {
       const cp = pending.shift();
       const where = at({ position: cp.position.toString() });
+      if (retiredAt.has(cp.signer) && cp.position > retiredAt.get(cp.signer)) {
+        throw new Failure("bad_signature", `the checkpoint at position ${cp.position} is signed with key ${cp.signer}, retired at position ${retiredAt.get(cp.signer)}`, where);
+      }
+      if (lastSigner !== null && lastSigner !== cp.signer && !retiredAt.has(lastSigner)) retiredAt.set(lastSigner, cp.position);
+      lastSigner = cp.signer;
       if (atEnd && state.last < cp.position && state.events < cp.events) {
         throw new Failure("truncated", `the file ends at position ${state.last} after ${state.events} events; the checkpoint at position ${cp.position} covers ${cp.events}`, where);
       }
@@ -599,7 +631,11 @@ function verify(lines, publicKey, witness) {
   pass(null, true);
   for (const [incident, track] of incidents) { // 9
     if (track.position <= state.covered) continue;
-    const problem = sealProblem(publicKey, track.hash, track.seal);
+    const sealed = sealSigner(keys, track.hash, track.seal);
+    let problem = sealed.problem ?? null;
+    if (problem === null && retiredAt.has(sealed.signer) && track.position > retiredAt.get(sealed.signer)) {
+      problem = `it is sealed with key ${sealed.signer}, retired at position ${retiredAt.get(sealed.signer)}`;
+    }
     if (problem !== null) {
       throw new Failure("modified", `the newest event of its incident (after the last checkpoint) was changed or forged: ${problem}`, { position: track.position.toString(), incident: `incidents/${incident}`, version: track.version.toString() });
     }
@@ -648,18 +684,18 @@ function readLines(path) {
 }
 
 function main(argv) {
-  let keyPath = null;
+  const keyPaths = [];
   let witnessPath = null;
   const files = [];
   for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === "--public-key") keyPath = argv[++i];
+    if (argv[i] === "--public-key") keyPaths.push(argv[++i]);
     else if (argv[i] === "--checkpoints") witnessPath = argv[++i];
     else files.push(argv[i]);
   }
-  if (!keyPath || files.length !== 1) {
-    throw new UsageError("usage: node verify_export.mjs --public-key KEY [--checkpoints WITNESS.jsonl] EXPORT.jsonl");
+  if (keyPaths.length === 0 || keyPaths.includes(undefined) || files.length !== 1) {
+    throw new UsageError("usage: node verify_export.mjs --public-key KEY [--public-key KEY ...] [--checkpoints WITNESS.jsonl] EXPORT.jsonl");
   }
-  const publicKey = loadPublicKey(keyPath);
+  const keys = keyPaths.flatMap(loadPublicKeys);
   const witness = [];
   if (witnessPath) {
     for (const line of readFileSync(witnessPath, "utf8").split("\n")) {
@@ -676,9 +712,9 @@ function main(argv) {
     return { ok: false, divergence: { kind: "modified", detail: "the file is not valid UTF-8" } };
   }
   try {
-    const wrong = wrongKey(lines, publicKey, witness);
+    const wrong = wrongKey(lines, keys, witness);
     if (wrong !== null) return { ok: false, divergence: { kind: "wrong_key", detail: wrong } };
-    return verify(lines, publicKey, witness);
+    return verify(lines, keys, witness);
   } catch (error) {
     if (!(error instanceof Failure)) throw error;
     return { ok: false, divergence: { kind: error.kind, ...error.where, detail: error.message } };
