@@ -96,7 +96,7 @@ from services.ledger.domain.refcodes import ReferenceClaim, claim_key, parse_cod
 from services.ledger.domain.requests import RequestRecord, request_fingerprint, request_key
 from services.ledger.domain.times import TimeBounds
 from services.ledger.personal_keys import KeyRows, PersonalKeys
-from services.ledger.seals import SealChecker, Sealer
+from services.ledger.seals import SealChecker, Sealer, key_id
 from services.ledger.snapshots import SnapshotRejected, Snapshots, rejected
 from services.ledger.store import ArrayInsertRecorder, EventPositions, KeyedSQLiteRecorder
 from services.ledger.writes import AggregateCache, GroupCommitter, SingleCommands
@@ -405,6 +405,9 @@ class Ledger(Application[UUID]):
         # Before the base class builds the mapper, which seals with it.
         self.sealer = sealer
         self.seal_checker: SealChecker | None = sealer.checker if sealer else None
+        # Up to which position each retired key's seal still vouches for an incident's
+        # newest event (bound_retired_seals); None: any seal of a trusted key does.
+        self._retired_until: dict[str, int] | None = None
         # env: the store's settings (PERSISTENCE_MODULE, SQLITE_*, POSTGRES_*, ...), under
         # the name eventsourcing's Application gives them.
         super().__init__(env)
@@ -1561,14 +1564,28 @@ class Ledger(Application[UUID]):
             )
             raise broken_history(incident_id, exc) from None
 
+    def bound_retired_seals(self, until: Mapping[str, int]) -> None:
+        """From now on, a seal made with a retired key vouches for an incident's newest
+        event only when that event lies at or before the position the key's rotation
+        recorded (``until``, by key id; Checkpoints.retired_positions): what a leaked key,
+        or a replica left running with it, seals after the rotation is refused."""
+        self._retired_until = dict(until)
+
     def check_seal(self, incident: Incident) -> None:
         """DATA_LOSS unless the incident's newest event carries the ledger's seal over its
         hash: whoever changed it in the store could not have re-sealed it."""
-        if self.seal_checker is None:
+        checker = self.seal_checker
+        if checker is None:
             return
-        problem = self.seal_checker.problem(incident.head_hash, incident.head_seal)
-        if problem is None:
+        signer = checker.signer(incident.head_hash, incident.head_seal)
+        if signer is None:
+            problem = checker.problem(incident.head_hash, incident.head_seal)
+        elif self._retired_until is None or signer == key_id(checker.public_key):
             return
+        else:
+            problem = self._retired_problem(incident, signer, self._retired_until)
+            if problem is None:
+                return
         log.error(
             "incident.seal_broken",
             incident=f"incidents/{incident.id}",
@@ -1583,6 +1600,24 @@ class Ledger(Application[UUID]):
                 "version": str(incident.version),
                 "check": "seal",
             },
+        )
+
+    def _retired_problem(
+        self, incident: Incident, signer: str, until: Mapping[str, int]
+    ) -> str | None:
+        """Why a seal of retired key ``signer`` does not vouch for the incident's newest
+        event; None when the event lies at or before the key's retirement. One indexed
+        query, only for incidents last changed before a rotation."""
+        bound = until.get(signer)
+        if bound is None:
+            return f"it is sealed with key {signer}, which this ledger never retired"
+        version = incident.version
+        position = self.positions.of(incident.id, version - 1, version).get(version)
+        if position is not None and position <= bound:
+            return None
+        return (
+            f"it is sealed with key {signer}, retired at position {bound}, but lies at "
+            f"position {position}"
         )
 
     def _load(self, incident_id: UUID, field: str = "name") -> Incident:

@@ -254,6 +254,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
     )
     try:
         rotated = _rotate_key(probe)
+        ledger.bound_retired_seals(probe.retired_positions())
     finally:
         probe.close()
     projections = Projections(ledger, settings.store_env, reference, create=create)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -115,6 +116,7 @@ class Rotated:
     old_checkpoint: int  # the old key's checkpoint
     rotation: int  # the new key's first checkpoint
     first: str  # an incident recorded under the old key
+    second: str = ""  # and one under it after its checkpoint, not changed since
 
     def settings(self, key: Path, retired: Path | None = None) -> LedgerSettings:
         return settings_for(
@@ -144,6 +146,7 @@ def rotated(request: pytest.FixtureRequest, tmp_path: Path, keys: Keys) -> Itera
             state.old_checkpoint = client.server.checkpoints.create().position
             second = client.report().incident  # sealed with the old key, no checkpoint
             _escalate(client, second)
+            state.second = second
         with running_ledger(state.settings(keys.new, keys.retired)) as client:
             latest = client.server.checkpoints.latest()
             assert latest is not None
@@ -226,16 +229,7 @@ def test_a_replica_left_running_with_the_retired_key_is_refused(rotated: Rotated
     # It records a new incident, sealed with the old key, after the rotation.
     stale = Ledger(reference(), env=rotated.env, sealer=Sealer(keys.private(keys.old)))
     try:
-        stale.execute(
-            envelope_for("kesbangpol"),
-            ReportIncident(
-                title="Massa berkumpul",
-                description="",
-                category="crowd_gathering",
-                severity="low",
-                location=dict(LOCATION),
-            ),
-        )
+        stale.execute(envelope_for("kesbangpol"), _report())
         with pytest.raises(CheckpointError, match="retired"):
             Checkpoints(stale.recorder, rotated.env, keys.private(keys.old)).create()
     finally:
@@ -256,6 +250,38 @@ def test_a_replica_left_running_with_the_retired_key_is_refused(rotated: Rotated
         ledger.close()
     with pytest.raises(ConfigError, match="still runs with the retired key"):
         build(rotated.settings(keys.new, keys.retired))
+
+
+def test_what_a_replica_on_the_retired_key_records_while_the_new_one_runs_is_refused(
+    rotated: Rotated,
+) -> None:
+    keys = rotated.keys
+    with running_ledger(rotated.settings(keys.new, keys.retired)) as client:
+        stale = Ledger(reference(), env=rotated.env, sealer=Sealer(keys.private(keys.old)))
+        try:
+            late = stale.execute(envelope_for("kesbangpol"), _report()).incident_id
+        finally:
+            stale.close()
+        with pytest.raises(grpc.RpcError) as refused:
+            client.stub.GetIncident(
+                api.GetIncidentRequest(name=f"incidents/{late}"), metadata=client.md("kesbangpol")
+            )
+        assert refused.value.code() == grpc.StatusCode.DATA_LOSS
+        assert "retired at position" in str(refused.value.details())
+        # What the old key sealed before the rotation still loads.
+        client.stub.GetIncident(
+            api.GetIncidentRequest(name=rotated.second), metadata=client.md("kesbangpol")
+        )
+
+
+def _report() -> ReportIncident:
+    return ReportIncident(
+        title="Massa berkumpul",
+        description="",
+        category="crowd_gathering",
+        severity="low",
+        location=dict(LOCATION),
+    )
 
 
 def test_a_rotation_with_nothing_new_since_the_old_checkpoint(tmp_path: Path, keys: Keys) -> None:

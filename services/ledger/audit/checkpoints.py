@@ -342,6 +342,14 @@ class Checkpoints:
                 return key_id(public)
         return None
 
+    def retired_positions(self) -> dict[str, int]:
+        """Every key the store records as retired, with the last position it sealed."""
+        if not table_exists(self._db, "ledger_retired_keys"):
+            return {}
+        with self._db.transaction() as cur:
+            cur.execute("SELECT key_id, position FROM ledger_retired_keys")
+            return {str(kid): int(position) for kid, position in cur.fetchall()}
+
     def retirement(self, kid: str) -> tuple[str, str, int] | None:
         """When key ``kid`` was retired, for which key, and the last position it covers."""
         if not table_exists(self._db, "ledger_retired_keys"):
