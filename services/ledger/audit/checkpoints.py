@@ -541,6 +541,11 @@ class Checkpoints:
         retiring = self.check_key()
         if retiring is None:
             return None
+        if not table_exists(self._db, "ledger_retired_keys"):
+            raise CheckpointError(
+                "the store has no table ledger_retired_keys (made before key rotations): "
+                "run `python -m services.ledger migrate` first"
+            )
         # Recorded first: from here on the retired key is refused, also if the checkpoint
         # below fails (the next start signs it; a start finds the key retired already).
         newest = newest_row(self._recorder, self._decoder.topics)
