@@ -50,8 +50,12 @@ event that does not belong: a forged version, or more events than a checkpoint
 counts), ``reordered`` (events out of their order or in each other's place: named is
 the first event out of place), ``truncated`` (the log ends before a checkpoint's
 position: named is the checkpoint's position), ``bad_signature`` (a checkpoint not
-signed by the given key) and ``wrong_key`` (the given key is not the one the history was
-sealed with: no checkpoint verifies with it and no seal or checkpoint names it). A
+signed by a given key, or by a key retired before it) and ``wrong_key`` (the given keys
+are not the ones the history was sealed with: no checkpoint verifies with one and no seal
+or checkpoint names one). After a key rotation the verifier is given the current key and
+the retired ones: in position order, a checkpoint of another key retires the key before
+it, which then signs nothing more (docs/hash-chain.md, sections 6 and 8); the report says
+which key signed which checkpoints and seals. A
 change to the latest event of an incident, or a deletion of one, has no successor that
 names it; the next checkpoint catches it, and the
 divergence names the checkpoint's position. Events recorded after the last
