@@ -574,19 +574,44 @@ class Relay:
         return self._tracking
 
     async def _check_not_behind(self, stream: str, position: int) -> None:
-        """An error line when the stream ends before the position kept in the database: it
-        lost messages it had acknowledged (NATS lost its storage, or the stream was deleted
-        or purged). They are published again from ``position``; the evidence bucket, kept by
-        the same servers, may have lost files too (``ledgerctl audit verify --deep``)."""
+        """A line when the stream ends before the position kept in the database; the
+        events after ``position`` are published again either way. An error when this relay
+        itself had published beyond it (NATS lost messages it had acknowledged while the
+        ledger ran: its storage, or the stream deleted or purged). A warning when it finds
+        the stream so at its first look: that is what every restore of the ledger's store
+        onto a new or older stream ends in (docs/operations.md), which the relay cannot tell
+        from a NATS that lost its storage while the ledger was stopped, so it names both.
+        Either way the evidence bucket, kept by the same servers, may have lost files too
+        (``ledgerctl audit verify --deep``)."""
         kept = await asyncio.to_thread(self._kept_position)
-        if position < kept:
+        if position >= kept:
+            return
+        seen = self.status.position if self.status.position_known else 0
+        if position < seen:
             log.error(
                 "relay.stream_behind",
                 stream=stream,
                 stream_position=position,
                 published=kept,
-                reason="the stream lost messages it had acknowledged: publishing them again",
+                reason="the stream lost messages this relay had published to it: publishing "
+                "them again",
+                note="NATS lost messages it had acknowledged (its storage, or the stream "
+                "deleted or purged), and evidence files may be lost with them: run "
+                "ledgerctl audit verify --deep",
             )
+            return
+        log.warning(
+            "relay.stream_behind",
+            stream=stream,
+            stream_position=position,
+            published=kept,
+            reason="the stream ends before the position the database says was published: "
+            "publishing from there again",
+            note="expected after the ledger's store was restored onto a new NATS or an older "
+            "stream (docs/operations.md, Restoring); otherwise NATS lost messages it had "
+            "acknowledged while the ledger was stopped. Either way run "
+            "ledgerctl audit verify --deep: evidence files may be missing",
+        )
 
     def _kept_position(self) -> int:
         tracking = self._database()

@@ -398,6 +398,38 @@ def test_a_stream_that_lost_its_messages_is_said_loudly_and_filled_again(
     assert lines[0]["published"] == results[2].position
 
 
+def test_a_ledger_started_on_a_stream_behind_its_store_warns_and_publishes_again(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """What every restore of docs/operations.md ends in: a ledger started on its store, the
+    stream new (NATS not restored) or older. The relay cannot tell that from a NATS that
+    lost its storage while the ledger was stopped, but neither is a loss it saw: a warning
+    saying what it does and what to check, not the error of a stream losing messages under
+    a running relay (above). It was that error after every restore."""
+    url = nats_server.url
+    with store_environment("sqlite", tmp_path) as store_env:
+        env = relay_env(tmp_path, store_env, url)
+        with service_process("services.ledger", env) as ledger:
+            token = dev_tokens(tmp_path / "data")["kpu"]
+            results = [report(ledger.port, token, n) for n in range(3)]
+            wait_until(lambda: len(read_stream(url)) == 3, what="3 published events")
+        nats_server.stop()
+        shutil.rmtree(nats_server.store_dir)  # restored without the NATS data
+        nats_server.start()
+        with service_process("services.ledger", env) as ledger:
+            wait_until(lambda: len(read_stream(url)) == 3, what="every event published again")
+            results.append(report(ledger.port, token, 3))
+            wait_until(lambda: len(read_stream(url)) == 4, what="the new event published")
+            lines = [x for x in ledger.log_lines() if x.get("event") == "relay.stream_behind"]
+    assert positions_from(read_stream(url), but=0) == [r.position for r in results]
+    assert len(lines) == 1, lines
+    assert lines[0]["level"] == "warning"
+    assert lines[0]["stream_position"] == 0
+    assert lines[0]["published"] == results[2].position
+    assert "restored" in str(lines[0]["note"]), lines[0]
+    assert "ledgerctl audit verify --deep" in str(lines[0]["note"]), lines[0]
+
+
 def test_a_nats_outage_is_logged_once_by_the_relay_and_its_end_once(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
