@@ -18,7 +18,7 @@ from services.common.logging import configure_logging
 from services.common.reference import ReferenceData
 from services.common.stopping import STOP_SIGNALS
 from services.situation_room.app import build_app
-from services.situation_room.live import NotReadyError
+from services.situation_room.live import NotReadyError, SetupMissingError
 
 log = structlog.get_logger("services.situation_room")
 
@@ -35,6 +35,16 @@ def subscription_token(settings: SituationRoomSettings) -> str:
     try:
         tokens = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError as error:  # the ledger writes it when it first starts
+        hashes = path.parent / "tokens.yaml"
+        if hashes.exists():  # it makes the two together, only when neither exists
+            raise SetupMissingError(
+                f"SITUATION_ROOM_TOKEN is unset and {path} is missing while {hashes} is "
+                "there: the ledger writes both only on a first start, when neither exists, "
+                "so it will not write it. Put it back from the backup that gave the tokens "
+                "file, or set SITUATION_ROOM_TOKEN to the coordinator's token, or (development "
+                "only) delete the tokens file and restart to have new tokens made for every "
+                "agency (the old ones stop working)"
+            ) from error
         raise NotReadyError(
             f"SITUATION_ROOM_TOKEN is unset and {path} is not written yet: the ledger writes "
             "it on its first start"

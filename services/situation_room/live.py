@@ -62,6 +62,12 @@ class NotReadyError(ValueError):
     starts before the ledger has written the development tokens: waited for, at info."""
 
 
+class SetupMissingError(ValueError):
+    """What the subscription needs is missing and nothing will write it (the development
+    tokens, left out of a restore): an error, said once with what to do, and tried again
+    every second all the same, so that putting it back resumes the page."""
+
+
 class Hub:
     """Fans the one subscription out to the tabs (see the module docstring)."""
 
@@ -77,6 +83,9 @@ class Hub:
         #: that never hears from the notifier (a wrong address, TLS, token) says so too.
         self._first_watched: float | None = None
         self._said_not_live = False
+        #: Why the last attempt to subscribe failed before reaching the notifier (None: it
+        #: did not), named by the warning of a page never live.
+        self._connect_error: str | None = None
         self._queues: set[asyncio.Queue[Change]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscription: Subscription | None = None
@@ -110,6 +119,7 @@ class Hub:
                 # Never live since the start: the client reconnects by itself, so no
                 # failure reaches the log otherwise.
                 self._said_not_live = True
+                error = self._connect_error
                 log.warning(
                     "situation_room.live_interrupted",
                     position=self.position,
@@ -117,6 +127,7 @@ class Hub:
                     note="the notifier has not been heard from since the page started: check "
                     "SITUATION_ROOM_NOTIFIER_ADDRESS, SITUATION_ROOM_TOKEN and, if the "
                     "notifier speaks TLS, LEDGER_TLS_CA; boards and maps are not updated",
+                    **({"error": error} if error is not None else {}),
                 )
             return
         self._was_live = live
@@ -157,13 +168,22 @@ class Hub:
             try:
                 notifier = self._connect()
             except NotReadyError as error:
+                self._connect_error = str(error)
                 log.info("situation_room.subscription_waiting", reason=str(error))
                 self._stopped.wait(1.0)
                 continue
+            except SetupMissingError as error:
+                if self._connect_error != str(error):  # once, not every second
+                    log.error("situation_room.subscription_impossible", error=str(error))
+                self._connect_error = str(error)
+                self._stopped.wait(1.0)
+                continue
             except (OSError, ValueError) as error:
+                self._connect_error = str(error)
                 log.warning("situation_room.subscription_failed", error=str(error))
                 self._stopped.wait(1.0)
                 continue
+            self._connect_error = None
             unusable = False  # the cursor: resume from now, the tabs reload
             try:
                 self._subscription = notifier.subscribe(

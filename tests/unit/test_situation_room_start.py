@@ -23,6 +23,7 @@ from services.situation_room.live import (
     Change,
     Hub,
     NotReadyError,
+    SetupMissingError,
 )
 
 
@@ -41,6 +42,46 @@ def test_tokens_not_written_yet_are_not_ready_and_unreadable_ones_are_an_error(
     with pytest.raises(ValueError, match="has no") as raised:
         subscription_token(settings)
     assert not isinstance(raised.value, NotReadyError)
+
+
+def test_tokens_a_restore_left_out_are_missing_not_waited_for(tmp_path: Path) -> None:
+    """The tokens file (hashes) without the development tokens: the ledger writes both only
+    when neither exists, so waiting for it is waiting for ever (a restore that left
+    ``dev-tokens.yaml`` out). The error names the file and the ways out."""
+    settings = settings_in(tmp_path)
+    settings.dev_tokens_file.parent.mkdir(parents=True)
+    (settings.dev_tokens_file.parent / "tokens.yaml").write_text("users: []\n", encoding="utf-8")
+    with pytest.raises(SetupMissingError) as raised:
+        subscription_token(settings)
+    assert not isinstance(raised.value, NotReadyError)
+    text = str(raised.value)
+    assert str(settings.dev_tokens_file) in text
+    assert "SITUATION_ROOM_TOKEN" in text
+    assert "backup" in text
+
+
+def test_the_hub_says_once_what_is_missing_and_keeps_trying() -> None:
+    """Missing setup is an error, said once (not every second), with the error; tried again
+    all the same, so putting the file back resumes the page."""
+    logs = run_hub(SetupMissingError("dev-tokens.yaml is missing"), attempts=3)
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("situation_room.subscription_impossible", "error")
+    ]
+    assert logs[0]["error"] == "dev-tokens.yaml is missing"
+
+
+def test_a_hub_never_heard_from_names_what_it_misses() -> None:
+    """The 12 s warning of a page never live names why it could not subscribe, rather than
+    only the usual suspects (address, token, TLS)."""
+    now = [1000.0]
+    hub = Hub(lambda: None, clock=lambda: now[0])  # type: ignore[arg-type,return-value]
+    hub._connect_error = "dev-tokens.yaml is missing"
+    with structlog.testing.capture_logs() as logs:
+        hub.watch()
+        now[0] += STALE_SECONDS
+        hub.watch()
+    assert logs[0]["event"] == "situation_room.live_interrupted"
+    assert logs[0]["error"] == "dev-tokens.yaml is missing"
 
 
 def run_hub(fail: Exception, attempts: int) -> list[MutableMapping[str, Any]]:
