@@ -209,6 +209,18 @@ class Service:
         if not self.running:
             raise AssertionError(f"{self.module} died at start:\n{self.log_path.read_text()}")
 
+    @property
+    def metrics_port(self) -> int:
+        """The port its /metrics is served on in its current run, as its start line names
+        it: give it ``*_METRICS_LISTEN=127.0.0.1:0``. A port picked free beforehand
+        (``free_ports``) could be taken by another process before the service bound it."""
+        for line in self.log_lines():
+            if line.get("event") == f"{self.name}.started":
+                if line.get("metrics_port"):
+                    return int(line["metrics_port"])
+                break
+        raise AssertionError(f"{self.name} on {self.port} serves no metrics (its start line)")
+
     def _started(self) -> bool:
         return any(line.get("event") == f"{self.name}.started" for line in self.log_lines())
 

@@ -25,7 +25,7 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
-from services.common.natsserver import NatsServer, free_ports
+from services.common.natsserver import NatsServer
 from tests.fanout_support import (
     WEBHOOK_SECRET,
     WebhookReceiver,
@@ -222,14 +222,14 @@ def one_ledger_two_notifiers(
         deployment.migrate()
         ledger = deployment.add_ledger()
         ledger.start()
-        metrics_ports = free_ports(2)
+        # Port 0, read back from each start line: a port picked free here could be taken
+        # before the notifier bound it.
         notifiers = [
-            deployment.add_notifier(NOTIFIER_METRICS_LISTEN=f"127.0.0.1:{port}")
-            for port in metrics_ports
+            deployment.add_notifier(NOTIFIER_METRICS_LISTEN="127.0.0.1:0") for _ in range(2)
         ]
         for notifier in notifiers:
             notifier.start()
-        yield ledger, notifiers, metrics_ports
+        yield ledger, notifiers, [notifier.metrics_port for notifier in notifiers]
 
 
 def test_two_notifiers_share_the_consumer_and_killing_one_loses_nothing(
