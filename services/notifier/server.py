@@ -221,6 +221,11 @@ def register_metrics(metrics: Metrics, engine: Engine, store: NotifierStore) -> 
         "age of the oldest of them, from when it was stored or first attempted (0: none)",
         lambda: 0.0 if (oldest := waiting()[1]) is None else max(0.0, time.time() - oldest),
     )
+    metrics.stored_gauge(
+        "notifier_webhook_failing_seconds",
+        "how long the webhook failing longest has failed with no delivery since (0: none)",
+        lambda: 0.0 if (since := store.failing_since()) is None else max(0.0, time.time() - since),
+    )
     metrics.gauge(
         "notifier_live_subscribers",
         "open live gRPC subscriptions on this replica",

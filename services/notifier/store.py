@@ -70,6 +70,10 @@ def _schema(dialect: str) -> list[str]:
         " ON delivery_jobs (webhook_id, incident, status, stream_seq)",
         # The claim reads the pending jobs, then the leased ones, in stream order.
         "CREATE INDEX IF NOT EXISTS delivery_jobs_claim ON delivery_jobs (status, stream_seq)",
+        # A webhook's last delivery, one index seek (failing_since, read every second):
+        # without it, a scan of every job the webhook was ever sent.
+        "CREATE INDEX IF NOT EXISTS delivery_jobs_delivered"
+        " ON delivery_jobs (webhook_id, status, last_attempt_at)",
         f"CREATE TABLE IF NOT EXISTS delivery_log ( id {serial}, event_id TEXT NOT NULL,"
         " incident TEXT NOT NULL, position BIGINT NOT NULL, agency TEXT NOT NULL,"
         " channel TEXT NOT NULL, target TEXT NOT NULL, outcome TEXT NOT NULL,"
@@ -544,6 +548,27 @@ class NotifierStore:
         if not row or not row[0]:
             return 0, None
         return int(row[0]), float(row[1])
+
+    def failing_since(self) -> float | None:
+        """When the webhook failing longest started failing: the first attempt of its jobs
+        that failed (waiting for a retry, under way again, or dead letters) after its last
+        delivery; None when no webhook (not deleted) has a failed job since it last took
+        one. A receiver that is down shows here for as long as it stays down: its
+        deliveries become dead letters after a few minutes, leaving the waiting ones young.
+        It ends with the receiver's next delivery (a new event, or a replay)."""
+        with self._db.transaction() as cur:
+            cur.execute(
+                self._db.q(
+                    "SELECT MIN(j.first_attempt_at) FROM delivery_jobs j"
+                    " JOIN webhooks w ON w.id = j.webhook_id AND w.deleted = 0"
+                    " WHERE j.status IN (?, ?, ?) AND j.attempts > 0 AND j.first_attempt_at > "
+                    " COALESCE((SELECT MAX(d.last_attempt_at) FROM delivery_jobs d"
+                    " WHERE d.webhook_id = j.webhook_id AND d.status = ?), 0)"
+                ),
+                (PENDING, INFLIGHT, DEAD, DELIVERED),
+            )
+            row = cur.fetchone()
+        return None if not row or row[0] is None else float(row[0])
 
     def dead_letter(self, job_id: str) -> Job | None:
         """The job, if it is a dead letter or was one and has been replayed (not a

@@ -203,6 +203,8 @@ def test_metrics_count_what_happened_and_follow_the_nats_connection(
                 # Every delivery made or given up: none waits (read at most once a second).
                 and m.value("notifier_webhook_deliveries_waiting") == 0
                 and m.value("notifier_dead_letters") == 1
+                # The receiver answering 500 has taken nothing since it started failing.
+                and (m.value("notifier_webhook_failing_seconds") or 0) > 0
             ),
             "the deliveries and the consumer to settle",
         )

@@ -304,3 +304,53 @@ def test_the_deliveries_waiting_are_those_not_made_yet(
         assert store.waiting() == (1, first_attempt)
     finally:
         store.close()
+
+
+def test_a_webhook_failing_is_timed_from_its_first_failure_since_its_last_delivery(
+    either_store: dict[str, str], tmp_path: Path
+) -> None:
+    """What the gauge of a receiver down reads: how long a webhook has had failed attempts
+    and no delivery since. Its deliveries become dead letters after a few minutes (8
+    attempts, 1 s to 64 s apart), so the oldest waiting delivery never gets old; this
+    does. A delivery to the webhook ends it; a webhook deleted is no longer failing."""
+    store = open_store(either_store, load_secret_box(settings(tmp_path)))
+    now = time.time()
+
+    def entry(job: Job, outcome: str, at: float) -> Outcome:
+        log = LogEntry(
+            job.event_id, job.incident, job.position, "bpbd", "webhook", "t", outcome, 1, "e", at
+        )
+        return Outcome(job, outcome, 1, "e", now + 3600, log)  # no retry due
+
+    try:
+        down, up = add(store, "down"), add(store, "up")
+        assert store.failing_since() is None
+        store.add_jobs(
+            NewJob(hook, seq, seq, f"ev{seq}", f"incidents/{seq}", "bpbd", "{}")
+            for seq, hook in enumerate([down, down, up, up], start=1)
+        )
+        jobs = {j.stream_seq: j for j in store.claim_due(10, 30, per_webhook=4, handled_through=4)}
+        assert store.failing_since() is None, "attempts under way have not failed yet"
+        store.finish_all(
+            [
+                entry(jobs[1], "dead_letter", now - 1800),  # down for half an hour
+                entry(jobs[2], "failed", now - 600),
+                entry(jobs[3], "failed", now - 900),  # up: failed once, delivered since
+                entry(jobs[4], "delivered", now - 60),
+            ]
+        )
+        assert store.failing_since() == now - 1800
+        store.add_jobs([NewJob(down, 5, 5, "ev5", "incidents/5", "bpbd", "{}")])
+        (fifth,) = store.claim_due(10, 30, per_webhook=4, handled_through=5)
+        store.finish_all([entry(fifth, "delivered", now)])
+        assert store.failing_since() is None, "the receiver answered again"
+        store.finish_all([entry(jobs[2], "failed", now + 10)])  # first attempted at now - 600
+        assert store.failing_since() is None, "its first failure came before the delivery"
+        store.add_jobs([NewJob(up, 6, 6, "ev6", "incidents/6", "bpbd", "{}")])
+        (sixth,) = store.claim_due(10, 30, per_webhook=4, handled_through=6)
+        store.finish_all([entry(sixth, "failed", now + 20)])
+        assert store.failing_since() == now + 20
+        store.delete_webhook(up)
+        assert store.failing_since() is None
+    finally:
+        store.close()

@@ -102,6 +102,7 @@ def test_alerts_cover_what_operators_must_hear_about() -> None:
         "notifier_deliveries_total",
         "notifier_dead_letters",
         "notifier_webhook_oldest_waiting_seconds",
+        "notifier_webhook_failing_seconds",
         "notifier_nats_connected",
         "notifier_consumer_pending_events",
         "ledger_requests_total",
