@@ -161,6 +161,21 @@ def test_a_refused_cursor_is_not_offered_to_go_on_from(
     assert "--cursor v2.1.0" not in ctl.err, ctl.err
 
 
+def test_a_cursor_the_notifier_does_not_read_is_not_offered_to_go_on_from(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A notifier replica older than the cursor's format (during a rolling upgrade, one from
+    before cursors named their stream refuses every `v2.` cursor) answers INVALID_ARGUMENT
+    on the cursor; a format newer than this notifier's stands in for it here. The watch
+    ended telling the officer to run it again with that same cursor."""
+    ctl = LiveCtl(stack, capsys)
+    stack.ledger.report("bpbd", category="flood")
+    code, _out = ctl.run("bpbd", "watch", "--cursor", "v3.1.0", "--count", "1")
+    assert code != 0
+    assert "not a cursor this notifier gave out" in ctl.err, ctl.err
+    assert "--cursor v3.1.0" not in ctl.err, ctl.err
+
+
 def test_webhooks_register_list_dead_letters_and_replay(
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:

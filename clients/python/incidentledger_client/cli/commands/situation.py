@@ -11,7 +11,7 @@ import typer
 from incidentledger_client.cli import output
 from incidentledger_client.cli.inputs import TIME_HELP, choose, code, codes, maybe_code, moment
 from incidentledger_client.cli.state import state
-from incidentledger_client.errors import CursorExpired
+from incidentledger_client.errors import CursorExpired, InvalidArgument
 from incidentledger_client.i18n import N_, _
 
 #: Top-level commands (``ledgerctl board``, ...).
@@ -204,6 +204,11 @@ def watch(
             pass
         except CursorExpired:
             expired = True
+            raise
+        except InvalidArgument as error:
+            # A cursor this notifier does not read: a replica older than its format, during
+            # a rolling upgrade (docs/operations.md, "Upgrading"). Not one to go on from.
+            expired = error.field == "cursor"
             raise
         finally:
             # However it ends (Ctrl-C, --count, the notifier away for longer than the
