@@ -16,7 +16,10 @@ line ``relay.foreign_message`` naming its stream sequence and headers, the
 metrics ``ledger_relay_foreign_messages_total`` and ``ledger_relay_stream_foreign``,
 the health service ``relay.stream`` NOT_SERVING) and reads further back, by
 stream sequence, to the last message that does match; it falls back to the kept
-position if none of the last ``TAIL_CHECK_LIMIT`` does. A foreign message that
+position if none of the last ``TAIL_CHECK_LIMIT`` does. A message beyond the store's
+last position that carries an event sealed with the ledger's key, which the store does not
+hold, is no foreign one: the ledger's own, lost by a store restored from an older backup
+(one warning ``relay.stream_ahead`` for all of them). A foreign message that
 took the ``Nats-Msg-Id`` of an event still to publish would make the duplicate
 window drop that event: such an event goes out as ``<position>-<foreign seq>``.
 
@@ -66,7 +69,14 @@ from services.ledger.application import Ledger
 from services.ledger.domain.incident import Incident, incident_event_classes
 from services.ledger.relay_encoder import BatchSource, EncoderLink, LocalSource
 from services.ledger.relay_leadership import leader_lock
-from services.ledger.relay_messages import POSITION_HEADER, EventEncoder, Outgoing, foreign_reason
+from services.ledger.relay_messages import (
+    BEYOND_THE_STORE,
+    POSITION_HEADER,
+    EventEncoder,
+    Outgoing,
+    foreign_reason,
+    lost_event,
+)
 from services.ledger.relay_reading import open_reader
 
 log = structlog.get_logger(__name__)
@@ -471,6 +481,7 @@ class Relay:
         name = self._settings.stream.name
         state = (await js.stream_info(name)).state
         foreign = 0
+        lost: list[int] = []  # positions of the ledger's own events the store lost
         position: int | None = 0 if not state.last_seq else None
         if state.messages:
             lowest = max(state.first_seq, state.last_seq - TAIL_CHECK_LIMIT + 1)
@@ -486,10 +497,33 @@ class Relay:
                 if reason is None:
                     position = int(headers[POSITION_HEADER])
                     break
+                if reason.startswith(BEYOND_THE_STORE) and await asyncio.to_thread(
+                    lost_event, self._ledger, headers, msg.data or b""
+                ):
+                    lost.append(int(headers[POSITION_HEADER]))
+                    msg_id = headers.get("Nats-Msg-Id")
+                    if msg_id is not None and msg_id.isdigit():
+                        # Its position goes to an event recorded from now on: under an id
+                        # of its own, or the duplicate window would drop that event.
+                        self._taken_ids[msg_id] = seq
+                    continue
                 foreign += 1
                 counted = seq > self._foreign_counted_through
                 self._foreign(seq, msg.subject or "", headers, reason, counted, foreign)
         self._foreign_counted_through = max(self._foreign_counted_through, state.last_seq)
+        if lost:
+            log.warning(
+                "relay.stream_ahead",
+                stream=name,
+                events=len(lost),
+                positions=sorted(lost)[:FOREIGN_LOGGED],
+                reason="the stream holds events sealed by this ledger that its store does not "
+                "hold: continuing after the last event both hold",
+                note="expected after the ledger's store was restored from a backup older than "
+                "the stream (docs/operations.md, Restoring): those events were recorded after "
+                "the backup and are lost; subscribers and webhooks may hold them, and their "
+                "positions go to the events recorded from now on",
+            )
         if position is not None:
             await self._check_not_behind(name, position)
         if position is None:

@@ -161,6 +161,10 @@ class EventEncoder:
         return incident
 
 
+#: How :func:`foreign_reason` starts for a message at a position the store has not reached.
+BEYOND_THE_STORE = "beyond the store's last position"
+
+
 def foreign_reason(
     ledger: Ledger, topics: Sequence[str], headers: Mapping[str, str], data: bytes
 ) -> str | None:
@@ -179,7 +183,7 @@ def foreign_reason(
     if not rows or rows[0].id != position:
         last = ledger.recorder.max_notification_id() or 0
         if position > last:
-            return f"beyond the store's last position ({last})"
+            return f"{BEYOND_THE_STORE} ({last})"
         return "no incident event at this position in the store"
     event = ledger.mapper.to_domain_event(rows[0])
     if not isinstance(event, Incident.Event):
@@ -195,3 +199,32 @@ def foreign_reason(
         if getattr(carried, name) != getattr(stored, name):
             return f"the payload's event {name} is not the stored event's"
     return None
+
+
+def lost_event(ledger: Ledger, headers: Mapping[str, str], data: bytes) -> bool:
+    """Whether a message the store does not vouch for, beyond its last position, carries an
+    event this ledger recorded and the store no longer holds: sealed with the ledger's key
+    (no one else can seal), at the position its payload names, and not in the store at its
+    incident's version (a copy of a stored event, placed further on, is foreign). What a
+    store restored from a backup older than the stream leaves there (docs/operations.md)."""
+    checker = ledger.seal_checker
+    if checker is None:
+        return False
+    try:
+        carried = pb.EventNotification.FromString(data).event
+    except DecodeError:
+        return False
+    if (
+        headers.get(POSITION_HEADER) != str(carried.position)
+        or headers.get("Ledger-Event-Id") != carried.event_id
+        or checker.problem(carried.hash, carried.seal) is not None
+    ):
+        return False
+    try:
+        incident = UUID(carried.incident.removeprefix("incidents/"))
+    except ValueError:
+        return False
+    stored = ledger.recorder.select_events(
+        incident, gt=carried.version - 1, lte=carried.version, limit=1
+    )
+    return not stored

@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -396,6 +397,56 @@ def test_a_stream_that_lost_its_messages_is_said_loudly_and_filled_again(
     assert lines[0]["level"] == "error"
     assert lines[0]["stream_position"] == 0
     assert lines[0]["published"] == results[2].position
+
+
+def test_a_store_restored_older_than_the_stream_is_said_as_such_not_as_foreign_messages(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """The other way round (docs/operations.md, Restoring): the ledger's store from a
+    backup taken before the NATS data. The stream's last events are the ledger's own, sealed
+    with its key, which the restored store lost. Each was an error line
+    ``relay.foreign_message``, counted as foreign, with ``relay.stream`` NOT_SERVING and the
+    alert on: what an intruder publishing on the stream gets. Now one warning says what they
+    are; new events still take their positions, under ids of their own."""
+    url = nats_server.url
+    with store_environment("sqlite", tmp_path) as store_env:
+        env = relay_env(tmp_path, store_env, url)
+        backup = tmp_path / "backup.sqlite"
+        with service_process("services.ledger", env) as ledger:
+            token = dev_tokens(tmp_path / "data")["kpu"]
+            results = [report(ledger.port, token, n) for n in range(2)]
+            wait_until(lambda: len(read_stream(url)) == 2, what="2 published events")
+            with sqlite3.connect(store_env["SQLITE_DBNAME"]) as db:
+                db.execute("VACUUM INTO ?", (str(backup),))
+            lost = [report(ledger.port, token, n) for n in range(2, 4)]
+            wait_until(lambda: len(read_stream(url)) == 4, what="4 published events")
+        for suffix in ("", "-wal", "-shm"):
+            Path(store_env["SQLITE_DBNAME"] + suffix).unlink(missing_ok=True)
+        shutil.copy(backup, store_env["SQLITE_DBNAME"])
+        with service_process("services.ledger", env) as ledger:
+            wait_until(
+                lambda: any(x.get("event") == "relay.stream_ahead" for x in ledger.log_lines()),
+                what="the relay's word on the stream",
+            )
+            results.append(report(ledger.port, token, 4))
+            wait_until(lambda: len(read_stream(url)) == 5, what="the new event published")
+            wait_until(
+                lambda: health_of(ledger, "relay.stream") == health_pb2.HealthCheckResponse.SERVING,
+                what="relay.stream serving",
+            )
+            lines = ledger.log_lines()
+            scrape = Scrape(metrics_port(ledger))
+    assert [x for x in lines if x.get("event") == "relay.foreign_message"] == []
+    ahead = [x for x in lines if x.get("event") == "relay.stream_ahead"]
+    assert len(ahead) == 1, ahead
+    assert ahead[0]["level"] == "warning"
+    assert ahead[0]["events"] == 2
+    assert ahead[0]["positions"] == [r.position for r in lost]
+    assert "restored" in str(ahead[0]["note"]), ahead[0]
+    assert scrape.value("ledger_relay_foreign_messages_total") == 0
+    positions = [int(m.headers["Ledger-Position"]) for m in read_stream(url)]
+    assert positions == [r.position for r in results[:2] + lost] + [results[2].position]
+    assert results[2].position == lost[0].position, "the lost event's position, taken again"
 
 
 def test_a_ledger_started_on_a_stream_behind_its_store_warns_and_publishes_again(
