@@ -49,7 +49,10 @@ def test_a_scrape_never_waits_for_a_gauge_that_reads_the_store() -> None:
             assert "test_in_memory 7.0" in lines
             return next((line for line in lines if line.startswith("test_store_position ")), None)
 
-        assert sample() == "test_store_position 1.0"  # read once when serving starts
+        # Read when serving starts, then every 0.05 s: a loaded machine may already have
+        # read it again, so any count the reads reached will do.
+        first = sample()
+        assert first is not None and float(first.split()[1]) >= 1.0
         answers.clear()  # the read under way now hangs
         wait_until(lambda: sample() is None, 5, "the stale value to be left out")
         answers.set()
