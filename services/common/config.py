@@ -22,6 +22,7 @@ import ipaddress
 import math
 import os
 import ssl
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -1299,6 +1300,81 @@ def _readable_file(key: str, path: Path | None) -> Path | None:
     return path
 
 
+#: Files that hold a private key or the users' token hashes (the ``_FILE`` of a secret, or a
+#: path setting). Anyone who reads one can sign checkpoints, open personal data or webhook
+#: secrets, or pose as the service.
+KEY_FILE_VARIABLES = (
+    "LEDGER_TOKENS_FILE",
+    "LEDGER_SIGNING_KEY_FILE",
+    "LEDGER_PERSONAL_DATA_KEYS_FILE",
+    "NOTIFIER_WEBHOOK_KEY_FILE",
+    "LEDGER_TLS_KEY_FILE",
+    "NATS_TLS_KEY_FILE",
+)
+
+
+@dataclass(frozen=True)
+class OpenKeyFile:
+    """A key file others may read: the variable naming it, its path and its mode bits."""
+
+    variable: str
+    path: Path
+    mode: int
+
+    @property
+    def text(self) -> str:
+        return (
+            f"{self.variable}: {self.path} is mode {self.mode:04o}, readable by others than "
+            f"the service's user: chmod 600 {self.path}"
+        )
+
+
+def _open_to_others(st: os.stat_result) -> bool:
+    """As ssh decides for a private key, and stricter: no access at all for others, and none
+    for the group on a file of the service's own user. Group access to a file another user
+    owns is how Kubernetes mounts a Secret for a non-root pod (root-owned, the pod's
+    ``fsGroup``, mode 0440, deploy/k8s/): that group is the service's own."""
+    if st.st_mode & 0o007:
+        return True
+    return bool(st.st_mode & 0o070) and st.st_uid == os.geteuid()
+
+
+def check_key_files(
+    given: Mapping[str, str], reader: str, *, production: bool
+) -> tuple[OpenKeyFile, ...]:
+    """The key files ``reader`` reads whose mode lets others read them: a ConfigError
+    in production, returned otherwise (the service logs a warning for each). A file
+    that cannot be read is left to the code that reads it, which names the error."""
+    found: list[OpenKeyFile] = []
+    secret_files = secret_file_variables()
+    for variable in KEY_FILE_VARIABLES:
+        name = variable.removesuffix("_FILE") if variable in secret_files else variable
+        path = given.get(variable)
+        if not path or reader not in declared(name).read_by:
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if _open_to_others(st):
+            found.append(OpenKeyFile(variable, Path(path), stat.S_IMODE(st.st_mode)))
+    if production and found:
+        raise ConfigError(*(f.text for f in found))
+    return tuple(found)
+
+
+def warn_open_key_files(settings: ServiceSettings, log: Any) -> None:
+    """One warning line per key file others may read (a development start goes on)."""
+    for found in settings.open_key_files:
+        log.warning(
+            "config.key_file_readable",
+            variable=found.variable,
+            file=str(found.path),
+            mode=f"{found.mode:04o}",
+            fix=f"chmod 600 {found.path}",
+        )
+
+
 def is_loopback(address: str) -> bool:
     """Whether a gRPC listen address (``host:port``, ``[v6]:port``, ``unix:``) is local only."""
     if address.startswith(("unix:", "unix-abstract:")):
@@ -1636,6 +1712,8 @@ class ServiceSettings:
     log_format: str = _default(ServiceVariables, "log_format")
     tls: ServerTls | None = None
     allow_plaintext: bool = _default(ServiceVariables, "allow_plaintext")
+    # Key files others may read (development only: production refuses to start).
+    open_key_files: tuple[OpenKeyFile, ...] = ()
 
     @property
     def production(self) -> bool:
@@ -1796,6 +1874,9 @@ class LedgerSettings(ServiceSettings):
             personal_data_keys=ledger.personal_data_keys,
             personal_data_retention_days=ledger.personal_data_retention_days,
             personal_data_sweep_grace_seconds=ledger.personal_data_sweep_grace_seconds,
+            open_key_files=check_key_files(
+                given, LEDGER, production=common["environment"] == "production"
+            ),
             store_env=store_environment(given, common["data_dir"], values),
             relay=RelaySettings.from_variables(values),
             evidence=EvidenceSettings.from_variables(values.get(EvidenceVariables)),
@@ -2056,6 +2137,9 @@ class NotifierSettings(ServiceSettings):
             store_env=store_env,
             store_check_seconds=values.get(LedgerVariables).store_check_seconds,
             webhook_key_file=notifier.webhook_key_file,
+            open_key_files=check_key_files(
+                given, NOTIFIER, production=common["environment"] == "production"
+            ),
         )
         if settings.production and settings.webhook_key_file is None:
             # Replicas must share the key, and a production data directory may be

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     stopping = Stopping("ledger").install() if args.command == "serve" else None
     import structlog
 
-    from services.common.config import ConfigError, LedgerSettings
+    from services.common.config import ConfigError, LedgerSettings, warn_open_key_files
     from services.common.logging import configure_logging
     from services.common.native_log import capture_native_stderr
     from services.common.reference import ReferenceDataError
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = LedgerSettings.from_env()
         configure_logging(settings.log_level, settings.log_format)
+        warn_open_key_files(settings, log)
         if stopping is None:
             migrate(settings)
             return 0

@@ -12,7 +12,7 @@ def main() -> int:
     stopping = Stopping("notifier").install()
     import structlog
 
-    from services.common.config import ConfigError, NotifierSettings
+    from services.common.config import ConfigError, NotifierSettings, warn_open_key_files
     from services.common.logging import configure_logging
     from services.common.native_log import capture_native_stderr
     from services.common.reference import ReferenceDataError
@@ -23,6 +23,7 @@ def main() -> int:
     try:
         settings = NotifierSettings.from_env()
         configure_logging(settings.log_level, settings.log_format)
+        warn_open_key_files(settings, log)
         stopping.set_deadline(deadline_seconds(settings))
         capture_native_stderr("notifier")  # refused TLS handshakes reach the log
         running = build(settings)

@@ -51,6 +51,8 @@ def migrate_env(tmp_path: Path, store_env: dict[str, str]) -> dict[str, str]:
     # Any password passes the test server's trust authentication; a real one is used if set.
     password = store_env.get("POSTGRES_PASSWORD") or secrets.token_hex(8)
     (secret_dir / "postgres-password").write_text(password + "\n")
+    for key_file in ("signing.key", "personal-data-keys"):
+        (secret_dir / key_file).chmod(0o600)  # production refuses a key others may read
     base = {
         k: v
         for k, v in os.environ.items()

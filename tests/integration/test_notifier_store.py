@@ -171,6 +171,7 @@ def test_production_needs_the_key_setting(tmp_path: Path) -> None:
         NotifierSettings.from_env(env)
     key = tmp_path / "webhook.key"
     key.write_bytes(b"\x01" * 32)
+    key.chmod(0o600)  # production refuses a key file others may read
     given = NotifierSettings.from_env({**env, "NOTIFIER_WEBHOOK_KEY_FILE": str(key)})
     assert given.resolved_webhook_key_file == key
     load_secret_box(given)  # read, never generated

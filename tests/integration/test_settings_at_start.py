@@ -90,6 +90,54 @@ def test_a_secret_file_that_cannot_be_read_stops_the_start_naming_the_variable(
     )
 
 
+def _key_file(tmp_path: Path, name: str, text: str, mode: int) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("module", "variable", "event"),
+    [
+        (["services.ledger"], "LEDGER_SIGNING_KEY_FILE", "ledger.config_error"),
+        (["services.ledger", "migrate"], "LEDGER_PERSONAL_DATA_KEYS_FILE", "ledger.config_error"),
+        (["services.notifier"], "NOTIFIER_WEBHOOK_KEY_FILE", "notifier.config_error"),
+        (["services.notifier"], "LEDGER_TOKENS_FILE", "notifier.config_error"),
+    ],
+)
+def test_production_refuses_a_key_file_others_may_read(
+    tmp_path: Path, module: list[str], variable: str, event: str
+) -> None:
+    files = {
+        name: str(_key_file(tmp_path, name.lower(), "k" * 32 + "\n", 0o600))
+        for name in (
+            "LEDGER_TOKENS_FILE",
+            "LEDGER_SIGNING_KEY_FILE",
+            "LEDGER_PERSONAL_DATA_KEYS_FILE",
+            "NOTIFIER_WEBHOOK_KEY_FILE",
+            "LEDGER_PAGE_TOKEN_SECRET_FILE",
+        )
+    }
+    open_file = Path(files[variable])
+    open_file.chmod(0o644)
+    done = start(
+        module,
+        tmp_path,
+        LEDGER_ENVIRONMENT="production",
+        NATS_URL="nats://127.0.0.1:1",
+        **files,
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stdout.splitlines()
+    logged = json.loads(line)
+    assert logged["event"] == event
+    assert logged["error"] == (
+        f"{variable}: {open_file} is mode 0644, readable by others than the service's user: "
+        f"chmod 600 {open_file}"
+    )
+
+
 @pytest.mark.parametrize(
     ("module", "event"),
     [

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 import pytest
+import structlog
 
+from services.common import config
 from services.common.auth import generate_dev_credentials, token_hash
 from services.common.config import ConfigError, LedgerSettings, NotifierSettings, nats_servers
 from services.common.sql import postgres_connect
@@ -280,4 +284,52 @@ def test_a_nats_url_that_names_no_nats_server_is_refused_without_quoting_it(url:
         "nats://a:4222",
         "tls://u:p@b:4222",
         "127.0.0.1:4222",
+    ]
+
+
+def _stat(mode: int, uid: int) -> os.stat_result:
+    return os.stat_result((stat.S_IFREG | mode, 0, 0, 1, uid, 0, 32, 0, 0, 0))
+
+
+@pytest.mark.parametrize(
+    ("mode", "own", "refused"),
+    [
+        (0o600, True, False),
+        (0o400, True, False),
+        (0o640, True, True),  # the group of the service's own file: ssh refuses it too
+        (0o604, True, True),
+        (0o644, False, True),  # others may read it, whoever owns it
+        (0o440, False, False),  # a Kubernetes Secret: root's, the pod's fsGroup, 0440
+    ],
+)
+def test_which_key_file_modes_are_open_to_others(mode: int, own: bool, refused: bool) -> None:
+    uid = os.geteuid() if own else os.geteuid() + 1
+    assert config._open_to_others(_stat(mode, uid)) is refused
+
+
+def test_development_warns_of_a_key_file_others_may_read(tmp_path: Path) -> None:
+    key = tmp_path / "signing.key"
+    key.write_text("k" * 32)
+    key.chmod(0o644)
+    webhook_key = tmp_path / "webhook.key"
+    webhook_key.write_text("k" * 32)
+    webhook_key.chmod(0o644)  # the notifier's: the ledger does not read it
+    settings = LedgerSettings.from_env(
+        {
+            "LEDGER_DATA_DIR": str(tmp_path),
+            "LEDGER_SIGNING_KEY_FILE": str(key),
+            "NOTIFIER_WEBHOOK_KEY_FILE": str(webhook_key),
+        }
+    )
+    with structlog.testing.capture_logs() as logs:
+        config.warn_open_key_files(settings, structlog.get_logger("services.ledger"))
+    assert logs == [
+        {
+            "event": "config.key_file_readable",
+            "log_level": "warning",
+            "variable": "LEDGER_SIGNING_KEY_FILE",
+            "file": str(key),
+            "mode": "0644",
+            "fix": f"chmod 600 {key}",
+        }
     ]

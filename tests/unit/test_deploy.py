@@ -331,6 +331,7 @@ def placeholder_secrets(tmp_path: Path, paths: set[str]) -> dict[str, str]:
     for index, path in enumerate(sorted(paths)):
         local = tmp_path / f"secret-{index}"
         local.write_text("s" * 32 + "\n")
+        local.chmod(0o600)  # production refuses a key file others may read
         mapping[path] = str(local)
     return mapping
 
