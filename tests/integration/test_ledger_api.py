@@ -215,6 +215,30 @@ def test_illegal_transition_names_the_state_and_command(ledger: Client) -> None:
     assert "REPORTED" in str(error.details())
 
 
+def test_a_coordinator_command_is_refused_to_others_without_naming_the_status(
+    ledger: Client,
+) -> None:
+    name = ledger.report().incident
+    ledger.stub.RejectIncident(
+        api.RejectIncidentRequest(
+            request_id=rid(), name=name, rejection_reason=pb.REJECTION_REASON_HOAX, comment="x"
+        ),
+        metadata=ledger.md("desk_pilkada"),
+    )
+    error = fails(
+        lambda: ledger.stub.VerifyIncident(
+            api.VerifyIncidentRequest(request_id=rid(), name=name, comment="x"),
+            metadata=ledger.md("polres"),
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "COORDINATOR_ONLY",
+    )
+    assert "REJECTED" not in str(error.details())
+    info = error_info(error)  # type: ignore[arg-type]
+    assert info is not None
+    assert "status" not in info.metadata
+
+
 def test_permissions_follow_roles_and_involvement(ledger: Client) -> None:
     name = ledger.report("bawaslu").incident
     s, md = ledger.stub, ledger.md

@@ -1401,10 +1401,16 @@ class Incident(Aggregate):
         involved: bool = False,
         reporter_too: bool = False,
     ) -> None:
+        """Refuse the command unless the caller may give it and the status allows it.
+
+        A caller whose role never allows it (an auditor; anyone but the coordinator for
+        the coordinator's commands) is refused before the status is looked at, whatever
+        the status: the refusal tells them nothing of the incident. Lead, supporting and
+        reporting agencies are parties of the incident, which its status shapes (before a
+        lead is assigned there is none): the status is checked before them.
+        """
         actor = envelope.actor
         _require_writer(actor, command)
-        if self.status not in allowed:
-            raise IllegalTransition(command, self.status.value)
         is_coordinator = actor.role is Role.COORDINATOR
         if coordinator_only and not is_coordinator:
             raise PermissionDenied(
@@ -1412,6 +1418,8 @@ class Incident(Aggregate):
                 reason="COORDINATOR_ONLY",
                 metadata={"command": command, "caller_agency": actor.agency},
             )
+        if self.status not in allowed:
+            raise IllegalTransition(command, self.status.value)
         if lead_only and actor.agency != self.lead_agency:
             raise PermissionDenied(
                 f"only the lead agency ({self.lead_agency or 'none'}) may {command}",
