@@ -148,15 +148,19 @@ class RequestInterceptor(_ServerInterceptor):
         # The request id is the caller's text: before authentication only a short summary
         # is logged, after it at most the longest request id the services accept.
         request_id = str(getattr(request, "request_id", "") or "")
+        # The caller's address (gRPC's "ipv4:10.0.0.7:53122"): which host sends a bad token.
+        peer = context.peer()
         structlog.contextvars.bind_contextvars(
-            method=method, request_id=clipped(request_id, UNAUTHENTICATED_LOG_CHARS) or None
+            method=method,
+            request_id=clipped(request_id, UNAUTHENTICATED_LOG_CHARS) or None,
+            peer=peer,
         )
         authorization = next(
             (v for k, v in context.invocation_metadata() if k == "authorization"), None
         )
         if isinstance(authorization, bytes):
             authorization = authorization.decode("utf-8", "replace")
-        peer, token = context.peer(), bearer_token(authorization)
+        token = bearer_token(authorization)
         self._limits.auth.check(peer, token)
         try:
             principal = authenticate(self._tokens, authorization, peer_certificate(context))

@@ -331,7 +331,9 @@ async def login(request: Request) -> Response:
             caller = (await run_in_threadpool(ledger.reference_data)).caller_agency
         except Unauthenticated:
             room.throttle.failed(client)
-            log.warning("situation_room.sign_in_refused", agency=agency, reason="token")
+            log.warning(
+                "situation_room.sign_in_refused", agency=agency, reason="token", client=client
+            )
             error = _("The token is not valid.")
         except LedgerError as failure:
             log.warning("situation_room.sign_in_failed", error=str(failure))
@@ -340,7 +342,12 @@ async def login(request: Request) -> Response:
             if caller and caller != agency:
                 # The ledger acts as the token's agency whatever is chosen: a session of
                 # another agency would show that agency's role and log its name.
-                log.warning("situation_room.sign_in_refused", agency=agency, reason="agency")
+                log.warning(
+                    "situation_room.sign_in_refused",
+                    agency=agency,
+                    reason="agency",
+                    client=client,
+                )
                 error = _("The token is not one of the chosen agency's.")
     if error:
         return with_cookie(

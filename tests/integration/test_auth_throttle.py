@@ -6,7 +6,9 @@ import secrets
 from pathlib import Path
 
 import grpc
+import pytest
 
+from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from services.common.grpc_errors import error_info, retry_info
@@ -92,3 +94,43 @@ def test_guessing_tokens_is_throttled_and_the_peer_gets_back_in_after_the_window
             if line["event"] == "request" and line.get("status") == "RESOURCE_EXHAUSTED"
         ]
         assert refused_lines == []
+
+
+def test_refused_requests_are_logged_with_the_caller_s_address(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with service_process("services.ledger", {"LEDGER_DATA_DIR": str(data)}) as ledger:
+        polres = (("authorization", f"Bearer {dev_tokens(data)['polres']}"),)
+        with grpc.insecure_channel(f"127.0.0.1:{ledger.port}") as channel:
+            stub = api_grpc.LedgerServiceStub(channel)
+            assert _call(stub, secrets.token_urlsafe(32)) == grpc.StatusCode.UNAUTHENTICATED
+            reported = stub.ReportIncident(
+                api.ReportIncidentRequest(
+                    request_id="r-1",
+                    title="Crowd at the market",
+                    category="crowd_gathering",
+                    location=pb.Location(kecamatan="ipuh"),
+                ),
+                metadata=polres,
+                timeout=10,
+            )
+            with pytest.raises(grpc.RpcError) as caught:  # the coordinator's command
+                stub.VerifyIncident(
+                    api.VerifyIncidentRequest(
+                        request_id="r-2", name=reported.result.incident, comment="seen"
+                    ),
+                    metadata=polres,
+                    timeout=10,
+                )
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+        def refused() -> list[dict[str, object]]:
+            return [
+                line
+                for line in ledger.log_lines()
+                if line["event"] == "request"
+                and line.get("status") in {"UNAUTHENTICATED", "PERMISSION_DENIED"}
+            ]
+
+        wait_until(lambda: len(refused()) == 2, timeout=10, what="both refusals logged")
+        for line in refused():
+            assert str(line["peer"]).startswith("ipv4:127.0.0.1:"), line

@@ -767,7 +767,7 @@ def test_failed_sign_ins_are_throttled_here_before_the_ledger_blocks_the_page(
 def test_a_token_of_another_agency_does_not_sign_in_as_the_chosen_one(room: Room) -> None:
     """The ledger acts as the token's agency, whatever the form chose: a session in another
     agency's name (its role on the page, its name in the log) is refused. Each refused
-    sign-in is a warning in the page's log, never with the token."""
+    sign-in is a warning in the page's log, with the browser's address, never the token."""
     with httpx.Client(
         base_url=room.url, timeout=READ_SECONDS, cookies={LANGUAGE_COOKIE: "en"}
     ) as web:
@@ -788,9 +788,10 @@ def test_a_token_of_another_agency_does_not_sign_in_as_the_chosen_one(room: Room
     refused = [
         e for e in room.web.log_lines() if e.get("event") == "situation_room.sign_in_refused"
     ]
-    assert [(e["agency"], e["reason"], e["level"]) for e in refused] == [
-        ("desk_pilkada", "agency", "warning"),
-        ("desk_pilkada", "token", "warning"),
+    # With the browser's address: which host is trying tokens.
+    assert [(e["agency"], e["reason"], e["level"], e.get("client")) for e in refused] == [
+        ("desk_pilkada", "agency", "warning", "127.0.0.1"),
+        ("desk_pilkada", "token", "warning", "127.0.0.1"),
     ]
     assert "not-a-token" not in room.web.log_path.read_text()
 
