@@ -288,6 +288,12 @@ def test_a_server_certificate_the_client_does_not_verify_fails_at_once_with_its_
             ):
                 next(iter(notifier.subscribe(max_reconnects=100)))
             assert watched.value.cause == cause
+            with (
+                LedgerClient(target, tls=roots) as client,
+                pytest.raises(CertificateNotVerified) as streamed,
+            ):
+                list(client.history())
+            assert streamed.value.cause == cause
 
         capsys.readouterr()
         started = time.monotonic()
@@ -296,6 +302,58 @@ def test_a_server_certificate_the_client_does_not_verify_fails_at_once_with_its_
         assert code == 6
         assert time.monotonic() - started < 10
         assert "not for the host name localhost" in err, err
+
+
+def test_a_server_that_refuses_the_client_s_certificate_fails_at_once(
+    tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    """A server that requires a client certificate closes the connection after the TLS
+    handshake, which gRPC reports as any lost connection ("Socket closed"): the client
+    library tells them apart and raises CertificateNotVerified (cause client_certificate)
+    on the first attempt, not after its retry budget, for unary calls and streams alike."""
+    server = ca.server()
+    tls = ServerTls.load(server.cert_file, server.key_file, ca.ca_file, "require")
+    forged = CertificateAuthority(tmp_path / "forger", "Forger CA").client("polres", "x")
+    with tls_ledger(tmp_path, tls) as ledger:
+        target = f"localhost:{ledger.server.port}"
+        cases: list[tuple[Path | None, Path | None, str]] = [
+            (None, None, "requires a client certificate"),
+            (
+                forged.cert_file,
+                forged.key_file,
+                f"does not accept the client certificate {forged.cert_file}",
+            ),
+        ]
+        for cert, key, named in cases:
+            started = time.monotonic()
+            with LedgerClient(
+                target,
+                tls=ca.ca_file,
+                retry=RetryPolicy(budget=20),
+                client_cert=cert,
+                client_key=key,
+            ) as client:
+                with pytest.raises(CertificateNotVerified) as unary:
+                    client.get_incident("incidents/none")
+                with pytest.raises(CertificateNotVerified) as streamed:
+                    list(client.history())
+            with (
+                NotifierClient(
+                    target, tls=ca.ca_file, client_cert=cert, client_key=key
+                ) as notifier,
+                pytest.raises(CertificateNotVerified) as watched,
+            ):
+                next(iter(notifier.subscribe(max_reconnects=100)))
+            assert time.monotonic() - started < 10, "retried a refused certificate"
+            for refused in (unary, streamed, watched):
+                assert refused.value.cause == "client_certificate"
+                assert named in str(refused.value)
+        # A client the server accepts is served on the same kind of channel.
+        polres = ca.client("polres", "aiptu.rahman")
+        with LedgerClient(
+            target, tls=ca.ca_file, client_cert=polres.cert_file, client_key=polres.key_file
+        ) as client:
+            assert client.reference_data().caller_agency == "polres"
 
 
 def test_ledgerctl_keeps_grpc_cores_own_lines_off_the_terminal(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import random
+import socket
+import ssl
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -223,12 +226,86 @@ def certificate_failure(
     )
 
 
+#: How long the handshake probe waits for the server's verdict on a client certificate.
+PROBE_SECONDS = 2.0
+#: What gRPC says when the server closed the connection during the TLS handshake; also when
+#: a server or a proxy in front of it goes away, which is why the handshake is tried again
+#: (:func:`handshake_refusal`) before the call is given up.
+_SOCKET_CLOSED = "Socket closed"
+
+
+@dataclass(frozen=True)
+class TlsMaterial:
+    """What a TLS channel was made with: the trusted roots (None: the system's) and the
+    client certificate and key (PEM), for :func:`handshake_refusal`."""
+
+    roots: bytes | None
+    pair: tuple[bytes, bytes] | None
+
+
+def handshake_refusal(target: str, material: TlsMaterial) -> str | None:
+    """How the server at ``target`` refuses a TLS connection made with ``material``, or
+    None: it accepted it, or it could not be asked.
+
+    gRPC reports a server that refuses the client's certificate only as "Socket closed",
+    as it reports a server going away. This connection of its own tells them apart: with
+    TLS 1.3 the client's handshake is done before the server judges its certificate, and
+    a gRPC server that accepts it sends its HTTP/2 settings at once, while one that refuses
+    it closes the connection without a byte (measured with grpcio 1.85: no certificate, or
+    one of another CA). With TLS 1.2 the refusal is an alert during the handshake. A server
+    going away refuses the connection or ends it during the handshake: not a refusal. Only
+    the server's verdict on this client is asked for: the server's certificate is checked
+    by gRPC (:func:`certificate_failure`)."""
+    if "," in target or "/" in target or ":" not in target:
+        return None  # several addresses or a resolver scheme: no one server to ask
+    host, _, port = target.rpartition(":")
+    host = host.strip("[]")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])  # as gRPC: a server closes a connection without it
+    try:
+        with tempfile.TemporaryDirectory() as private:  # mode 0700, removed at once
+            if material.pair is not None:
+                # The ssl module loads a certificate and its key only from files.
+                cert_file, key_file = Path(private, "cert.pem"), Path(private, "key.pem")
+                cert_file.write_bytes(material.pair[0])
+                key_file.write_bytes(material.pair[1])
+                context.load_cert_chain(cert_file, key_file)
+            with (
+                socket.create_connection((host, int(port)), PROBE_SECONDS) as raw,
+                context.wrap_socket(raw, server_hostname=host) as tls,
+            ):
+                if tls.recv(1) == b"":
+                    return "the connection closed once the handshake was done"
+    except ssl.SSLError as error:
+        reason = str(error.reason or "")
+        if "_ALERT_" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason):
+            return reason
+    except (OSError, ValueError):
+        pass  # not listening, closed during the handshake, no answer: not a refusal
+    return None
+
+
 def _host(target: str) -> str:
     """The host name of a ``host:port`` target (``dns:///host:port``, ``[::1]:port`` too)."""
     name = target.split("///", 1)[-1] if "///" in target else target.removeprefix("dns:")
     if name.startswith("["):
         return name[1:].split("]", 1)[0]
     return name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+
+
+def describe_client_certificate(certificate: ClientCertificate | None) -> str:
+    """Where the client certificate came from, as an error names it."""
+    if certificate is None:
+        return "the client certificate"
+    if isinstance(certificate.cert, str | Path):
+        return f"the client certificate {certificate.cert}"
+    if certificate.cert is None:
+        for variable in certificate.cert_env:
+            if os.environ.get(variable):
+                return f"the client certificate {os.environ[variable]} (${variable})"
+    return "the client certificate given (client_cert=...)"
 
 
 def describe_ca(tls: bool | str | bytes | Path | None, env_vars: Sequence[str]) -> str:
@@ -304,18 +381,30 @@ def make_channel(
         ):
             raise ValueError("a client certificate needs TLS, but tls=False")
         return grpc.insecure_channel(target, options=list(options))
-    certificates = _read_certificates(tls, tls_env)
-    pair = client_certificate.load() if client_certificate is not None else None
-    if certificates is False:
-        if pair is None:
-            return grpc.insecure_channel(target, options=list(options))
-        certificates = True
-    roots = certificates if isinstance(certificates, bytes) else None
-    key, chain = (pair[1], pair[0]) if pair is not None else (None, None)
+    material = tls_material(tls, tls_env, client_certificate)
+    if material is None:
+        return grpc.insecure_channel(target, options=list(options))
+    key, chain = (material.pair[1], material.pair[0]) if material.pair else (None, None)
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=roots, private_key=key, certificate_chain=chain
+        root_certificates=material.roots, private_key=key, certificate_chain=chain
     )
     return grpc.secure_channel(target, credentials, options=list(options))
+
+
+def tls_material(
+    tls: bool | str | bytes | Path | None,
+    tls_env: Sequence[str],
+    client_certificate: ClientCertificate | None,
+) -> TlsMaterial | None:
+    """What :func:`make_channel` makes a TLS channel with; None for plaintext."""
+    if tls is False:
+        return None
+    certificates = _read_certificates(tls, tls_env)
+    pair = client_certificate.load() if client_certificate is not None else None
+    if certificates is False and pair is None:
+        return None
+    roots = certificates if isinstance(certificates, bytes) else None
+    return TlsMaterial(roots, pair)
 
 
 class Transport:
@@ -357,6 +446,9 @@ class Transport:
                 self.target, tls, tls_env, channel_options(options), client_certificate
             )
         )
+        # A channel given is the caller's: how it was made is not known here.
+        self._tls = None if channel is not None else tls_material(tls, tls_env, client_certificate)
+        self._cert_source = describe_client_certificate(client_certificate)
 
     def unary(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
         """One unary RPC with the default deadline per attempt and retries.
@@ -388,9 +480,40 @@ class Transport:
         )
 
     def certificate_failure(self, error: grpc.RpcError) -> CertificateNotVerified | None:
-        """The error to raise at once when ``error`` says the server's certificate was not
-        verified (see :func:`certificate_failure`)."""
-        return certificate_failure(error, self.target, self.ca)
+        """The error to raise at once when ``error`` says that a certificate was not
+        verified: the server's by this client (see :func:`certificate_failure`), or this
+        client's by the server, which refused the handshake (cause ``client_certificate``;
+        see :func:`handshake_refusal`)."""
+        found = certificate_failure(error, self.target, self.ca)
+        if (
+            found is not None
+            or self._tls is None
+            or status_code(error) != grpc.StatusCode.UNAVAILABLE
+        ):
+            return found
+        details = getattr(error, "details", None)
+        if _SOCKET_CLOSED not in (str(details() or "") if callable(details) else str(error)):
+            return None
+        alert = handshake_refusal(self.target, self._tls)
+        if alert is None:
+            return None
+        if self._tls.pair is None:
+            message = (
+                f"the server at {self.target} refused the TLS connection ({alert}): it requires "
+                "a client certificate (mutual TLS): give your agency's"
+            )
+        else:
+            message = (
+                f"the server at {self.target} refused the TLS connection ({alert}): it does not "
+                f"accept {self._cert_source}: it must be signed by the CA the server trusts "
+                "for clients, and be for client authentication"
+            )
+        return CertificateNotVerified(
+            "UNAVAILABLE",
+            "",
+            message,
+            {"cause": "client_certificate", "refusal": alert, "host": _host(self.target)},
+        )
 
     def close(self) -> None:
         if self._owns_channel:

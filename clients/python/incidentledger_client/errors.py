@@ -111,11 +111,14 @@ class Unavailable(LedgerError):  # noqa: N818
 
 
 class CertificateNotVerified(Unavailable):
-    """UNAVAILABLE: this client did not accept the server's TLS certificate, so no call was
-    made: it is not signed by a CA the client trusts (``cause`` ``"ca"``), or it is not for
-    the host name in the address (``cause`` ``"host_name"``). Raised at once, never retried:
-    a certificate that does not verify will not verify on a retry. The message names the CA
-    setting or the host name; ``metadata`` holds ``cause``, ``ca`` and ``host``."""
+    """UNAVAILABLE: a TLS certificate was not accepted, so no call was made. This client
+    did not accept the server's: it is not signed by a CA the client trusts (``cause``
+    ``"ca"``), or it is not for the host name in the address (``cause`` ``"host_name"``);
+    or the server did not accept this client's, or its lack of one (``cause``
+    ``"client_certificate"``, mutual TLS). Raised at once, by unary calls and streams
+    alike, never retried: a certificate that does not verify will not verify on a retry.
+    The message names the CA setting, the host name or the client certificate;
+    ``metadata`` holds ``cause`` and ``host``, and ``ca`` or ``refusal``."""
 
     @property
     def cause(self) -> str:

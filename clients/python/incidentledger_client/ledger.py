@@ -1117,7 +1117,7 @@ class LedgerClient:
             for response in call:
                 yield IncidentEvent.from_proto(response.event)
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise self._transport.certificate_failure(error) or from_rpc_error(error) from None
         finally:
             call.cancel()  # type: ignore[no-untyped-call]
 
@@ -1153,7 +1153,7 @@ class LedgerClient:
                 else:
                     yield VerifyProgress.from_proto(response.progress)
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise self._transport.certificate_failure(error) or from_rpc_error(error) from None
         finally:
             call.cancel()  # type: ignore[no-untyped-call]
 

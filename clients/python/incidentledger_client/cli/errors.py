@@ -173,7 +173,13 @@ def explain(error: LedgerError, st: State) -> Hint | None:
                 ).format(where=where, host=error.metadata.get("host", "")),
                 {**meta, "cause": "host_name"},
             )
-        if isinstance(error, CertificateNotVerified) or any(s in text for s in _VERIFY_FAILED):
+        # The server refused this client's certificate (or its lack of one): hints below.
+        refused_client = (
+            isinstance(error, CertificateNotVerified) and error.cause == "client_certificate"
+        )
+        if (isinstance(error, CertificateNotVerified) and not refused_client) or any(
+            s in text for s in _VERIFY_FAILED
+        ):
             return Hint(
                 _(
                     "the {where} presented a certificate that the CA {ca} does not verify: "
@@ -198,7 +204,7 @@ def explain(error: LedgerError, st: State) -> Hint | None:
                 ).format(where=where),
                 meta,
             )
-        closed = refused or "Socket closed" in text or "handshake" in text.lower()
+        closed = refused_client or refused or "Socket closed" in text or "handshake" in text.lower()
         if tls and not has_cert and closed:
             return Hint(
                 _(
