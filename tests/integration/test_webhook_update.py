@@ -314,3 +314,33 @@ def test_not_found_names_what_was_asked_for_and_the_field_that_named_it(stack: S
     info = error_info(caught.value)  # type: ignore[arg-type]
     assert info is not None and info.reason == "DEAD_LETTER_NOT_FOUND"
     assert dict(info.metadata) == {"dead_letter": "deadLetters/nothing", "field": "name"}
+
+
+def test_an_auditor_registers_webhooks_of_its_own_and_changes_no_other(stack: Stack) -> None:
+    """Receiving events is reading, which auditors may do (docs/security.md, "Roles"): an
+    auditor's webhook is its own, like any agency's; another agency's is NOT_OWNER to it."""
+    polres_hook = create(stack, "http://127.0.0.1:9/polres")
+    audit_hook = create(stack, "http://127.0.0.1:9/audit", agency="inspektorat")
+    assert audit_hook.agency == "inspektorat"
+    seen = {hook.name for hook in listed(stack, "inspektorat")}
+    assert seen == {polres_hook.name, audit_hook.name}  # auditors see all, as ListDeliveries
+    auditor = stack.ledger.md("inspektorat")
+    for call in (
+        partial(
+            stack.stub.DeleteWebhook,
+            napi.DeleteWebhookRequest(name=polres_hook.name),
+            metadata=auditor,
+        ),
+        partial(
+            stack.stub.UpdateWebhook,
+            napi.UpdateWebhookRequest(
+                webhook=napi.Webhook(name=polres_hook.name, url="http://127.0.0.1:9/x"),
+                update_mask=FieldMask(paths=["url"]),
+            ),
+            metadata=auditor,
+        ),
+    ):
+        error = refused(call)
+        assert (error.code(), reason(error)) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_OWNER")
+    stack.stub.DeleteWebhook(napi.DeleteWebhookRequest(name=audit_hook.name), metadata=auditor)
+    assert listed(stack) == [polres_hook]
