@@ -603,6 +603,24 @@ def test_ledgerctl_attaches_lists_gets_and_shows_downloads(
     assert listed[evidence["name"]]["superseded_by"] == corrected["evidence"]["name"]
 
 
+def test_ledgerctl_evidence_list_shows_each_file_s_sha256(
+    ledger: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An investigator compares a file found elsewhere (on a seized phone) with the one the
+    ledger recorded by its SHA-256: the table shows its first characters, --json all 64."""
+    ctl = Ctl(ledger, capsys)
+    name = assigned_incident(ledger)
+    source = tmp_path / "amplop.jpg"
+    digest = write_file(source, 20_000)
+    ctl.ok("polres", "attach", name, str(source))
+    table = ctl.ok("polres", "evidence", "list", name)
+    assert "sha256" in table
+    assert digest[:12] in table
+    (listed,) = ctl.json("polres", "evidence", "list", name)
+    assert listed["sha256"] == digest
+    assert "sha256" in ctl.ok("polres", "--lang", "id", "evidence", "list", name)
+
+
 def test_ledgerctl_says_an_empty_file_is_empty_in_both_languages(
     ledger: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -22,6 +22,9 @@ from incidentledger_client.types import CommandResult, Evidence
 
 #: The largest page the ledger gives (the client follows the pages): fewest round trips.
 MAX_PAGE = 500
+#: The characters of a SHA-256 the table of evidence shows (``--json`` has all 64): enough
+#: to tell one file from another by eye, short enough for the table to fit a terminal.
+SHORT_DIGEST = 12
 
 #: ``ledgerctl attach`` at the top level.
 app = typer.Typer()
@@ -155,6 +158,7 @@ def _evidence_rows(items: list[Evidence], zone: tzinfo) -> list[tuple[object, ..
             e.file_name,
             e.media_type,
             format_size(e.size_bytes),
+            e.sha256[:SHORT_DIGEST],
             f"{e.uploader.agency}/{e.uploader.officer}",
             output.when(e.attach_time, zone),
             e.description,
@@ -178,6 +182,7 @@ def list_(ctx: typer.Context, name: Name) -> None:
         N_("file"),
         N_("type"),
         N_("size"),
+        N_("sha256"),
         N_("uploader"),
         N_("attached"),
         N_("description"),
@@ -188,7 +193,7 @@ def list_(ctx: typer.Context, name: Name) -> None:
             _("Evidence of {incident}").format(incident=incident),
             columns,
             _evidence_rows(items, st.settings.tz()),
-            no_wrap=(N_("evidence"),),
+            no_wrap=(N_("evidence"), N_("sha256")),
         )
     )
 
