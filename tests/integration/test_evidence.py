@@ -621,6 +621,23 @@ def test_ledgerctl_evidence_list_shows_each_file_s_sha256(
     assert "sha256" in ctl.ok("polres", "--lang", "id", "evidence", "list", name)
 
 
+def test_ledgerctl_attach_keeps_the_file_under_the_name_given_with_name(
+    ledger: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A phone's IMG_0001.jpg kept as what it shows; the name is checked as any file name."""
+    ctl = Ctl(ledger, capsys)
+    name = assigned_incident(ledger)
+    source = tmp_path / "IMG_0001.jpg"
+    write_file(source, 20_000)
+    attached = ctl.json("polres", "attach", name, str(source), "--name", "amplop-ipuh.jpg")
+    assert attached["evidence"]["file_name"] == "amplop-ipuh.jpg"
+    (listed,) = ctl.json("polres", "evidence", "list", name)
+    assert listed["file_name"] == "amplop-ipuh.jpg"
+    code, _out, err = ctl.run("polres", "attach", name, str(source), "--name", "../amplop.jpg")
+    assert code != 0 and "header.file_name" in err
+    assert len(attached_events(ledger, name)) == 1
+
+
 def test_ledgerctl_says_an_empty_file_is_empty_in_both_languages(
     ledger: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

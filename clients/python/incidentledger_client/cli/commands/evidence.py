@@ -62,6 +62,14 @@ def attach(
             help="The media type you expect, e.g. image/jpeg (checked against the content)."
         ),
     ] = "",
+    file_name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="The file's name in the ledger, e.g. amplop-ipuh.jpg (default: its name "
+            "here). A name, not a path.",
+        ),
+    ] = None,
     supersedes: Annotated[
         str | None,
         typer.Option(
@@ -86,6 +94,7 @@ def attach(
             path,
             description=description,
             media_type=media_type,
+            file_name=file_name,
             request_id=request_id,
             progress=_follow(meter),
         )
