@@ -600,6 +600,17 @@ class Ledger(Application[UUID]):
         self._check_request(envelope)
         return checked(command, Rules(self.reference, self.time_bounds, self._clock))
 
+    def request_recorded(self, envelope: Envelope) -> bool:
+        """Whether a command of this agency with this request id is recorded already: sent
+        again, :meth:`execute` answers its result (the same command) or refuses it
+        (``REQUEST_ID_REUSED``). For an upload, whose bytes then need no storing."""
+        key = request_key(envelope.actor.agency, envelope.request_id)
+        try:
+            self.load_aggregate(key)
+        except AggregateNotFoundError:
+            return False
+        return True
+
     def ingest(
         self,
         actor: Actor,

@@ -206,14 +206,24 @@ class EvidenceService:
         self._ledger.check_ahead(envelope, placeholder)
         self._ledger.get_incident(header.incident_id).check_attach(envelope)
         tally = _Tally()
-        stored = self._objects.put_chunks(self._checked(header, iter(chunks), tally))
-        if (stored.sha256, stored.size_bytes) != (tally.sha256, tally.size):
-            # The name is the content's address: anything else there was changed.
-            raise DataLoss(
-                f"the evidence store holds other bytes under {object_name(tally.sha256)}",
-                reason="EVIDENCE_CHANGED",
-                metadata={"object": object_name(tally.sha256)},
-            )
+        checked = self._checked(header, iter(chunks), tally)
+        if self._ledger.request_recorded(envelope):
+            # Its request id was recorded: the command answers that result, or refuses the
+            # id reused for another file (REQUEST_ID_REUSED). Either way these bytes are
+            # only checked and hashed, never stored: a refused file left an object no event
+            # names until the sweep, and the recorded one is stored (its event names it:
+            # no sweep takes it).
+            for _chunk in checked:
+                pass
+        else:
+            stored = self._objects.put_chunks(checked)
+            if (stored.sha256, stored.size_bytes) != (tally.sha256, tally.size):
+                # The name is the content's address: anything else there was changed.
+                raise DataLoss(
+                    f"the evidence store holds other bytes under {object_name(tally.sha256)}",
+                    reason="EVIDENCE_CHANGED",
+                    metadata={"object": object_name(tally.sha256)},
+                )
         if gone():
             raise Cancelled(
                 "the upload was cancelled before its last chunk", reason="UPLOAD_CANCELLED"

@@ -203,6 +203,33 @@ UPLOAD_LINES = ("evidence.stored", "evidence.attached", "evidence.upload_replaye
 STORES_TOO = ["sqlite", "postgres"]
 
 
+def test_a_request_id_reused_for_other_bytes_leaves_them_out_of_the_object_store(
+    ledger: Client, tmp_path: Path
+) -> None:
+    """Other bytes under a request id recorded before are refused (ALREADY_EXISTS): they
+    were stored first, an object no event names, left until the sweep an hour later."""
+    name = assigned_incident(ledger)
+    first, other = tmp_path / "first.jpg", tmp_path / "other.jpg"
+    write_file(first, 3 * UPLOAD_CHUNK)
+    other_digest = write_file(other, 2 * UPLOAD_CHUNK)
+    stub, request_id = evidence_stub(ledger), rid()
+    kept = stub.UploadEvidence(
+        upload_messages(name, first, request_id), metadata=ledger.md("polres")
+    ).evidence
+    fails(
+        lambda: stub.UploadEvidence(
+            upload_messages(name, other, request_id), metadata=ledger.md("polres")
+        ),
+        grpc.StatusCode.ALREADY_EXISTS,
+        "REQUEST_ID_REUSED",
+    )
+    objects = ledger.server.evidence_objects
+    assert objects is not None
+    assert [o.name for o in objects.list_objects()] == [object_name(kept.sha256)]
+    assert objects.stat(object_name(other_digest)) is None
+    assert len(attached_events(ledger, name)) == 1
+
+
 @pytest.mark.parametrize("ledger", STORES_TOO, indirect=True)
 def test_a_retry_with_the_same_request_id_records_one_event(ledger: Client, tmp_path: Path) -> None:
     name = assigned_incident(ledger)
@@ -219,12 +246,12 @@ def test_a_retry_with_the_same_request_id_records_one_event(ledger: Client, tmp_
             metadata=ledger.md("polres"),
         )
     assert first.result == second.result
-    # The logs say the file was attached, and stored, once: the retry is said to be one.
+    # The logs say the file was attached, and stored, once: the retry is said to be one,
+    # its bytes checked against the record, not stored again.
     said = [(x["event"], x.get("already_stored")) for x in logs if x["event"] in UPLOAD_LINES]
     assert said == [
         ("evidence.stored", False),
         ("evidence.attached", None),
-        ("evidence.stored", True),
         ("evidence.upload_replayed", None),
     ]
     assert first.evidence.media_type == "application/pdf"
