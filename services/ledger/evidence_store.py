@@ -46,6 +46,7 @@ import threading
 import time
 import uuid
 from collections.abc import Coroutine, Iterator
+from concurrent.futures import CancelledError as CallCancelledError
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
@@ -95,6 +96,10 @@ CHUNK_COUNT_SECONDS = 1.0
 #: the answer; what a purge leaves is swept.
 PURGE_AFTER_FAILURE_SECONDS = 1.0
 CONNECT_SECONDS = 5.0
+#: How long a stop waits for the calls it cancelled to end: an upload purges what it wrote
+#: (at most PURGE_AFTER_FAILURE_SECONDS for each of its two purges) while NATS is still
+#: connected, so that a stop leaves nothing for the sweep.
+CLOSE_CALLS_SECONDS = 2 * PURGE_AFTER_FAILURE_SECONDS + 1.0
 #: How long a call waits for the evidence store's first connection to NATS (a few attempts).
 FIRST_CONNECT_SECONDS = 2 * CONNECT_SECONDS
 IO_THREADS = 64
@@ -233,6 +238,14 @@ def unavailable(error: BaseException) -> Unavailable:
     )
 
 
+def stopping() -> Unavailable:
+    """A call cut short, or refused, because the ledger is stopping (see close())."""
+    return Unavailable(
+        "the ledger is stopping: retry, on another replica or once it is back",
+        reason="EVIDENCE_STORE_UNAVAILABLE",
+    )
+
+
 class EvidenceObjects:
     """The evidence bucket, called from any thread."""
 
@@ -260,16 +273,40 @@ class EvidenceObjects:
         # reconnect (the client's default: an error line and its traceback every 2 s).
         self.nats_link = NatsLink("evidence")
         self._closing = False
+        # The calls under way, each its task in the loop (touched only there): a stop
+        # cancels them (see close()).
+        self._calls: set[asyncio.Task[Any]] = set()
 
     def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = CALL_SECONDS) -> T:
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        if self._closing:
+            # The ledger is stopping: a request thread or the sweep that goes on past the
+            # grace period is told the store is away, not left waiting on a stopped loop.
+            coroutine.close()
+            raise stopping()
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._tracked(coroutine), self._loop)
+        except RuntimeError as error:  # the loop closed between the check and here
+            coroutine.close()
+            raise stopping() from error
         try:
             return future.result(timeout)
         except TimeoutError as error:
             future.cancel()
             raise unavailable(error) from error
+        except CallCancelledError as error:  # by close(), with the call under way
+            raise stopping() from error
         except (NatsError, OSError) as error:
             raise unavailable(error) from error
+
+    async def _tracked(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        task = asyncio.current_task()
+        if task is None:  # never: run_coroutine_threadsafe runs it as a task
+            return await coroutine
+        self._calls.add(task)
+        try:
+            return await coroutine
+        finally:
+            self._calls.discard(task)
 
     async def _bucket(self) -> ObjectStore:
         return (await self._jetstream())[1]
@@ -606,14 +643,26 @@ class EvidenceObjects:
         return True
 
     def close(self) -> None:
+        """Cancel the calls under way (each answers UNAVAILABLE; an upload purges what it
+        wrote first), refuse new ones, then close the connection and the loop. A call under
+        way when the loop stopped waited for ever (a deep verification the grace period cut
+        short kept the process from exiting: forced out at its deadline), and one made
+        after the loop closed failed with 'Event loop is closed'."""
         self._closing = True
 
         async def closing() -> None:
+            calls = set(self._calls)
+            for task in calls:
+                task.cancel()
+            if calls:
+                await asyncio.wait(calls, timeout=CLOSE_CALLS_SECONDS)
             if self._nc is not None and not self._nc.is_closed:
                 await self._nc.close()
 
         try:
-            asyncio.run_coroutine_threadsafe(closing(), self._loop).result(CONNECT_SECONDS)
+            asyncio.run_coroutine_threadsafe(closing(), self._loop).result(
+                CLOSE_CALLS_SECONDS + CONNECT_SECONDS
+            )
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(CONNECT_SECONDS)
