@@ -11,18 +11,22 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+import grpc
 import nats
 import pytest
 
+from incidentledger.v1 import evidence_service_pb2 as ev
+from incidentledger.v1 import evidence_service_pb2_grpc as ev_grpc
 from incidentledger_client import LedgerClient
 from incidentledger_client.errors import LedgerError
 from services.common.config import EvidenceSettings, NatsClientSettings
 from services.common.errors import Unavailable
-from services.common.natsserver import NatsServer
+from services.common.natsserver import NatsServer, free_port
+from services.ledger.domain.evidence import object_name
 from services.ledger.evidence_store import PENDING_PREFIX, EvidenceObjects, StoredObject
 from tests.fanout_support import wait_until
-from tests.integration.test_evidence import JPEG_HEAD, write_file
-from tests.support import dev_tokens, service_process, store_environment
+from tests.integration.test_evidence import JPEG_HEAD, UPLOAD_CHUNK, upload_messages, write_file
+from tests.support import dev_tokens, rid, service_process, store_environment
 
 #: Deep verification reads every object one after another: this many make it last well past
 #: the stop (each a small file: the test uploads a few MB in all).
@@ -159,3 +163,84 @@ def test_a_stop_during_deep_verification_exits_cleanly(
         assert "Event loop is closed" not in log
         assert "ledger.stop_forced" not in log, log[-4000:]
         assert code == 0
+
+
+@pytest.mark.nats
+def test_a_ledger_killed_mid_upload_while_nats_is_away_leaves_only_what_the_sweep_takes(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """NATS gone in the middle of an upload, then the ledger killed (SIGKILL): what the
+    upload wrote before NATS went (its pending entry and chunks) stays in the bucket, no
+    object of the file and no event; the ledger started again sweeps it once past the grace
+    period, with no operator command."""
+    address = f"127.0.0.1:{free_port()}"  # the same after the restart: one channel for both
+    cut = tmp_path / "cut.jpg"
+    cut_digest = write_file(cut, 8 * UPLOAD_CHUNK)
+    with ExitStack() as stack:
+        store_env = stack.enter_context(store_environment("sqlite", tmp_path))
+        env = {
+            **store_env,
+            "LEDGER_DATA_DIR": str(tmp_path / "data"),
+            "LEDGER_LISTEN": address,
+            "NATS_URL": nats_server.url,
+            "LEDGER_EVIDENCE_SWEEP_SECONDS": "0.2",
+            "LEDGER_EVIDENCE_SWEEP_GRACE_SECONDS": "3600",
+        }
+        first = stack.enter_context(service_process("services.ledger", env))
+        channel = stack.enter_context(grpc.insecure_channel(address))
+        evidence = ev_grpc.EvidenceServiceStub(channel)
+        tokens = dev_tokens(tmp_path / "data")
+        metadata = (("authorization", f"Bearer {tokens['kesbangpol']}"),)
+        client = stack.enter_context(LedgerClient(address, tokens["kesbangpol"]))
+        name = client.report("Envelopes handed out", "crowd_gathering", "kota_mukomuko").incident
+
+        half_sent, never = threading.Event(), threading.Event()
+        stack.callback(never.set)
+
+        def cut_short() -> Iterator[ev.UploadEvidenceRequest]:
+            for n, message in enumerate(upload_messages(name, cut, rid())):
+                if n == 4:  # the header and three chunks sent
+                    half_sent.set()
+                    never.wait(60)
+                    return
+                yield message
+
+        call = evidence.UploadEvidence.future(cut_short(), metadata=metadata)
+        assert half_sent.wait(20)
+        # The pending entry and the three chunks, each 4 of the object store's (128 KiB).
+        wait_until(
+            lambda: asyncio.run(_messages(nats_server.url, "OBJ_evidence")) >= 1 + 12,
+            what="the upload's pending entry and chunks in the bucket",
+        )
+        nats_server.stop()
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+        never.set()
+        with pytest.raises(grpc.RpcError):
+            call.result(timeout=20)
+        nats_server.start()
+
+        bucket = EvidenceObjects(nats_server.url, NatsClientSettings(), EvidenceSettings())
+        stack.callback(bucket.close)
+        left = bucket.list_objects()
+        assert [o.pending for o in left] == [True], left
+        assert bucket.stat(object_name(cut_digest)) is None
+
+        env["LEDGER_EVIDENCE_SWEEP_GRACE_SECONDS"] = "1"
+        second = stack.enter_context(service_process("services.ledger", env))
+        wait_until(
+            lambda: (
+                bucket.list_objects() == []
+                and asyncio.run(_messages(nats_server.url, "OBJ_evidence")) == 0
+                # The round's lines come once it is over, a moment after its deletes.
+                and any(
+                    e.get("event") == "evidence.sweep_done" and e.get("swept")
+                    for e in second.log_lines()
+                )
+            ),
+            timeout=30,
+            what="the pending entry and its chunks swept",
+        )
+        swept = [e for e in second.log_lines() if e.get("event") == "evidence.swept"]
+        assert [(e["object"], e["kind"]) for e in swept] == [(left[0].name, "pending")]
+        assert client.list_evidence(name) == []
