@@ -69,6 +69,8 @@ class EvidenceSweeper:
         try:
             swept = self._sweep.run(datetime.now(UTC))
         except (Unavailable, *STORE_CONNECTION_ERRORS) as exc:
+            if self._stopping.is_set():  # cut short by the ledger's stop: not a failure
+                return
             # NATS or the store is away: the next run retries.
             self._runs.labels("failed").inc()
             log.warning("evidence.sweep_failed", error=type(exc).__name__)
@@ -86,7 +88,11 @@ class EvidenceSweeper:
         self._runs.labels("done").inc()
         log.info("evidence.sweep_done", swept=len(swept), grace_seconds=self._grace)
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """No run after the one under way, if any (which the evidence store's close ends)."""
         self._stopping.set()
+
+    def stop(self) -> None:
+        self.halt()
         if self._thread.is_alive():
             self._thread.join(timeout=10)

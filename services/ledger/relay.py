@@ -368,6 +368,13 @@ class Relay:
             servers[first:] + servers[:first],
             dont_randomize=True,
             allow_reconnect=False,  # a new session (on any node) re-derives its position
+            # Without these, nats-py's first connection tries a refused server again and
+            # again, 2 s apart, 60 times, whatever allow_reconnect says: the session did not
+            # fail (nor say so) for two minutes, and a stop waited for it. Each node is now
+            # tried twice at most; the pause between sessions is the relay's, which a stop
+            # ends.
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.2,
             connect_timeout=2,
             name="incident-ledger-relay",
             error_cb=error,

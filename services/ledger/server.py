@@ -193,10 +193,15 @@ class LedgerServer:
         close_step("ledger", "metrics", self.metrics.close)
         if self.relay is not None:
             close_step("ledger", "relay", self.relay.stop)
+        # The sweep's run under way may be waiting for NATS (its first connection, up to
+        # 10 s while NATS is away: a stop took 10 s so); closing the evidence store ends
+        # that wait, so the store closes before the sweep's thread is waited for.
         if self.evidence_sweeper is not None:
-            close_step("ledger", "evidence_sweep", self.evidence_sweeper.stop)
+            self.evidence_sweeper.halt()
         if self.evidence_objects is not None:
             close_step("ledger", "evidence", self.evidence_objects.close)
+        if self.evidence_sweeper is not None:
+            close_step("ledger", "evidence_sweep", self.evidence_sweeper.stop)
         if self.evidence_db is not None:
             close_step("ledger", "evidence_db", self.evidence_db.close)
         close_step("ledger", "projections", self.projections.close)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -520,3 +521,30 @@ def test_a_nats_outage_is_logged_once_by_the_relay_and_its_end_once(
     assert names.count("relay.nats_error") <= 1, names
     (recovered,) = [x for x in lines if x["event"] == "relay.session_recovered"]
     assert int(str(recovered["failures"])) >= 3, recovered
+
+
+def test_a_relay_whose_nats_is_unreachable_says_so_at_once_and_stops_within_the_grace(
+    tmp_path: Path,
+) -> None:
+    """nats-py's first connection tries a refused server again and again (2 s apart, 60
+    times) even with reconnecting off: the relay's first session neither failed nor said
+    so for two minutes, and a stop meanwhile waited for it (a ledger started while NATS
+    was away took 11 s to stop with a grace period of 1 s, its relay's child still
+    connecting). Each server is now tried at most twice per session: the session fails,
+    is logged, and the relay's own pause between sessions is one a stop ends."""
+    with socket.socket() as probe:  # a port nobody listens on: each connection refused
+        probe.bind(("127.0.0.1", 0))
+        url = f"nats://127.0.0.1:{probe.getsockname()[1]}"
+    with store_environment("sqlite", tmp_path) as store_env:
+        env = {**relay_env(tmp_path, store_env, url), "LEDGER_GRACE_SECONDS": "1"}
+        with service_process("services.ledger", env) as ledger:
+            wait_until(
+                lambda: any(x.get("event") == "relay.session_failed" for x in ledger.log_lines()),
+                timeout=30,
+                what="the relay's first session to fail",
+            )
+            ledger.proc.send_signal(signal.SIGTERM)
+            code = ledger.proc.wait(60)
+            names = [x.get("event") for x in ledger.log_lines()]
+    assert "ledger.stop_forced" not in names, names
+    assert code == 0
