@@ -218,6 +218,7 @@ class HistoryWriter:
                 scope={"kecamatan": kecamatan, "desa": "", "tps": ""},
                 valid_from=start,
                 valid_until=start + timedelta(hours=rng.randrange(6, 96)),
+                zone=UTC,
             )
         if rng.random() < 0.12:
             self._correct(incident)

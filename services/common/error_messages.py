@@ -110,6 +110,24 @@ TEMPLATES: Mapping[str, str] = {
 }
 
 
+#: A message for a refusal whose metadata names its ``check``, in place of its reason's
+#: general one: the times a caller stated, in the zone the ledger stated them in (with the
+#: offset), which the general "not acceptable" would leave out of the translation.
+CHECK_TEMPLATES: Mapping[tuple[str, str], str] = {
+    ("INVALID_FIELD", "window"): N_(
+        "The decision would end ({valid_until}) before it starts ({valid_from}): its end must "
+        "be after its start."
+    ),
+    ("INVALID_FIELD", "era"): N_("The time in {field}, {value}, is before {earliest}."),
+    ("INVALID_FIELD", "ahead"): N_(
+        "The time in {field}, {value}, is more than {days} days ahead: {latest} at the latest."
+    ),
+    ("INVALID_FIELD", "future"): N_(
+        "The time in {field}, {value}, is in the future: the ledger's clock says {now}."
+    ),
+}
+
+
 #: An incident's status as a message says it (``{status}``); the metadata keeps the code
 #: for programs. The words of docs/glossary-id.md, in a sentence's lower case.
 STATUS_WORDS: Mapping[str, str] = {
@@ -170,7 +188,7 @@ def _translations(language: str) -> gettext.NullTranslations:
 def localized(reason: str, metadata: Mapping[str, str], language: str) -> str | None:
     """The message of ``reason`` in ``language``, its placeholders filled from ``metadata``;
     None for a reason without a template."""
-    template = TEMPLATES.get(reason)
+    template = CHECK_TEMPLATES.get((reason, metadata.get("check", ""))) or TEMPLATES.get(reason)
     if template is None:
         return None
     translations = _translations(language)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -23,6 +24,8 @@ from services.common.vocabulary import STATUSES
 
 #: The prefix of reference codes when the reference data names none.
 DEFAULT_REFERENCE_PREFIX = "INC"
+#: The regency's time zone unless the file names one (``zone``): WIB, as in Mukomuko.
+DEFAULT_ZONE = "Asia/Jakarta"
 
 
 class Role(enum.Enum):
@@ -281,6 +284,13 @@ class ReferenceData:
     # in the system's order; only named where the file names them.
     statuses: dict[str, Term] = field(default_factory=_default_statuses)
     roles: dict[str, Term] = field(default_factory=_default_roles)
+    # The regency's time zone (IANA name, ``zone`` in the file): the ledger's refusals state
+    # times in it when the caller's value names no zone of its own.
+    zone: str = DEFAULT_ZONE
+
+    def tz(self) -> ZoneInfo:
+        """The regency's time zone (ZoneInfo caches it: one object per name)."""
+        return ZoneInfo(self.zone)
 
     def overdue_after_seconds(self, severity: str) -> float:
         """How long an incident of this severity may stay open before it is overdue."""
@@ -364,6 +374,7 @@ class ReferenceData:
                 reference_prefix=str(raw.get("reference_prefix", DEFAULT_REFERENCE_PREFIX)),
                 statuses=_terms(raw.get("statuses"), STATUSES, "statuses"),
                 roles=_terms(raw.get("roles"), ROLES, "roles"),
+                zone=str(raw.get("zone", DEFAULT_ZONE)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ReferenceDataError(f"malformed reference data in {source}: {exc!r}") from exc
@@ -377,4 +388,11 @@ class ReferenceData:
             raise ReferenceDataError(f"{source}: reference_prefix must be 1 to 6 letters A-Z")
         if data.default_severity not in severities:
             raise ReferenceDataError(f"{source}: default_severity is not a listed severity")
+        try:
+            data.tz()
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ReferenceDataError(
+                f"{source}: zone {data.zone!r} is not a time zone (an IANA name such as "
+                "Asia/Jakarta, Asia/Makassar or Asia/Jayapura)"
+            ) from None
         return data

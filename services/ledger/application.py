@@ -1507,7 +1507,9 @@ class Ledger(Application[UUID]):
         if expected < 0:
             raise InvalidArgument("expected_version", "must not be negative")
         if envelope.occurred_at is not None:
-            self.time_bounds.check_occurred("occur_time", envelope.occurred_at, self._clock())
+            self.time_bounds.check_occurred(
+                "occur_time", envelope.occurred_at, self._clock(), self.reference.tz()
+            )
 
     def _original(
         self, key: UUID, request_id: str, command: Command, fingerprint: str

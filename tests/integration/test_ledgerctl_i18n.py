@@ -19,6 +19,7 @@ from incidentledger_client.cli import main
 from services.common.config import SituationRoomSettings
 from services.situation_room.app import build_app
 from services.situation_room.i18n import COOKIE as LANGUAGE_COOKIE
+from services.situation_room.i18n import WIB
 from services.situation_room.sessions import COOKIE, Officer
 from tests.ledgerctl_support import Ctl
 from tests.support import REFERENCE_FILE, Client, running_ledger, settings_for, store_environment
@@ -257,3 +258,47 @@ def test_another_regencys_words_for_statuses_and_roles_on_the_situation_rooms_pa
         assert "Diserahkan ke instansi" in board  # the board's status filter
     finally:
         officer_ledger.close()
+
+
+def test_refused_decision_times_are_said_in_wib_in_both_languages(ctl: Ctl) -> None:
+    """A window that ends before it starts, when recorded and when corrected, and an end too
+    far ahead: the ledger said their times in UTC (11:00 for 18:00 WIB), and in Indonesian
+    only "Nilai valid_until tidak dapat diterima." with the English after it."""
+    name = ctl.json("kesbangpol", "report", "Rally", "crowd_gathering", "ipuh")["incident"]
+    ctl.ok("desk_pilkada", "verify", name)
+    decide = ["decide", name, "Kerumunan dibatasi", "--forum", "Forkopimda"]
+    decide += ["--by", "desk_pilkada", "--rationale", "ketegangan"]
+    backwards = ("--valid-from", "2026-12-08 18:00", "--valid-until", "2026-12-07 18:00")
+    said = {}
+    for lang in ("en", "id"):
+        code, _out, err = ctl.run("desk_pilkada", "--lang", lang, *decide, *backwards)
+        assert code == 2, err
+        assert "2026-12-08T18:00:00+07:00" in err and "2026-12-07T18:00:00+07:00" in err, err
+        assert "+00:00" not in err, err
+        said[lang] = err
+    assert "sebelum mulai berlaku" in said["id"], said["id"]
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    wib = start.astimezone(WIB)
+    window = ("--valid-from", wib.strftime("%Y-%m-%d %H:%M:%S"), "--days", "2")
+    decided = ctl.json("desk_pilkada", *decide, *window)
+    until = wib + timedelta(days=2)
+    code, _out, err = ctl.run(
+        "desk_pilkada",
+        "--lang",
+        "id",
+        "correct",
+        name,
+        "valid_until",
+        until.strftime("%Y-%m-%d %H:%M:%S"),
+        (wib - timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S"),
+        "--event",
+        decided["event_id"],
+        "--reason",
+        "salah ketik",
+    )
+    assert code == 2 and wib.isoformat() in err and "+00:00" not in err, err
+    assert "sebelum mulai berlaku" in err, err
+    far = ("--valid-from", wib.strftime("%Y-%m-%d %H:%M:%S"), "--days", "400")
+    code, _out, err = ctl.run("desk_pilkada", "--lang", "id", *decide, *far)
+    assert code == 2 and "+07:00" in err and "+00:00" not in err, err
+    assert "hari ke depan" in err, err

@@ -4,7 +4,7 @@ versions and input checks against the reference data."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -610,6 +610,47 @@ def test_stated_times_are_checked_against_the_configured_bounds_and_clock() -> N
         assert caught.value.field == "valid_until"
     finally:
         app.close()
+
+
+def test_refused_times_are_stated_in_the_callers_zone_or_the_regencys() -> None:
+    """A Timestamp carries no zone: the refusal states it in the regency's (WIB for
+    Mukomuko); a corrected time states its own offset. Both said UTC before."""
+    now = datetime(2026, 12, 5, 13, 0, tzinfo=UTC)  # 20:00 WIB
+    settings = LedgerSettings(earliest_time=datetime(2024, 1, 1, tzinfo=UTC), max_decision_days=7)
+    app = Ledger(
+        REF,
+        env={"PERSISTENCE_MODULE": "eventsourcing.popo"},
+        time_bounds=time_bounds_of(settings),
+        clock=lambda: now,
+    )
+    try:
+        incident_id = verified(app).incident_id
+        with pytest.raises(InvalidArgument) as ahead:
+            _decision(app, incident_id, valid_from=now, valid_until=now + timedelta(days=8))
+        assert ahead.value.metadata == {
+            "field": "valid_until",
+            "check": "ahead",
+            "value": "2026-12-13T20:00:00+07:00",
+            "latest": "2026-12-12T20:00:00+07:00",
+            "days": "7",
+        }
+        assert "2026-12-13T20:00:00+07:00" in ahead.value.message, ahead.value.message
+        with pytest.raises(InvalidArgument) as early:
+            _correct_time(app, incident_id, "valid_from", datetime(2023, 6, 1, 8, 0, tzinfo=_WITA))
+        assert early.value.metadata["check"] == "era"
+        assert early.value.metadata["value"] == "2023-06-01T08:00:00+08:00"
+        assert early.value.metadata["earliest"] == "2024-01-01T08:00:00+08:00"
+        with pytest.raises(InvalidArgument) as future:
+            report(app, envelope_for(REPORTER, occurred_at=now + timedelta(hours=1)))
+        assert future.value.metadata["check"] == "future"
+        assert future.value.metadata["now"] == "2026-12-05T20:00:00+07:00"
+        for error in (ahead.value, early.value, future.value):
+            assert "+00:00" not in error.message, error.message
+    finally:
+        app.close()
+
+
+_WITA = timezone(timedelta(hours=8))
 
 
 def test_title_at_the_limit_is_accepted(ledger: Ledger) -> None:

@@ -144,3 +144,49 @@ def test_an_incident_not_found_is_named_in_its_localized_message() -> None:
                 assert named in message, message
     finally:
         ledger.close()
+
+
+def test_a_refused_time_is_said_with_its_times_in_both_languages() -> None:
+    """The general "The value of valid_until is not acceptable." left out the times the
+    ledger compared: an Indonesian terminal saw them only in the English text after it."""
+    window = {
+        "field": "valid_until",
+        "check": "window",
+        "valid_from": "2026-12-08T18:00:00+07:00",
+        "valid_until": "2026-12-07T18:00:00+07:00",
+    }
+    ahead = {
+        "field": "valid_until",
+        "check": "ahead",
+        "value": "2028-12-08T18:00:00+07:00",
+        "latest": "2027-12-06T20:00:00+07:00",
+        "days": "366",
+    }
+    era = {
+        "field": "new_value",
+        "check": "era",
+        "value": "1999-01-01T07:00:00+07:00",
+        "earliest": "2000-01-01T07:00:00+07:00",
+    }
+    future = {
+        "field": "occur_time",
+        "check": "future",
+        "value": "2026-12-05T21:00:00+07:00",
+        "now": "2026-12-05T20:00:00+07:00",
+        "skew_seconds": "300",
+    }
+    for metadata in (window, ahead, era, future):
+        for language in error_messages.LANGUAGES:
+            message = error_messages.localized("INVALID_FIELD", metadata, language)
+            assert message is not None
+            times = [v for v in metadata.values() if v.endswith("+07:00")]
+            assert times and all(t in message for t in times), (language, message)
+        english = error_messages.localized("INVALID_FIELD", metadata, "en")
+        assert english != error_messages.localized("INVALID_FIELD", metadata, "id")
+    # Without a check (or one without a message of its own), the reason's general sentence.
+    assert error_messages.localized("INVALID_FIELD", {"field": "title"}, "en") == (
+        "The value of title is not acceptable."
+    )
+    assert error_messages.localized(
+        "INVALID_FIELD", {"field": "title", "check": "unheard"}, "en"
+    ) == ("The value of title is not acceptable.")

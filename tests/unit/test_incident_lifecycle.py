@@ -8,6 +8,7 @@ import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from uuid import uuid4
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -227,6 +228,7 @@ ALLOWED: dict[str, tuple[frozenset[Status], Command]] = {
             scope={},
             valid_from=T0,
             valid_until=T1,
+            zone=UTC,
         ),
     ),
     "LogAction": (
@@ -576,6 +578,7 @@ INVOLVED_ONLY: dict[str, Command] = {
         scope={},
         valid_from=T0,
         valid_until=T1,
+        zone=UTC,
     ),
     "EscalateIncident": lambda i, a: i.escalate(envelope_for(a), "worse"),
     "AssessSeverity": lambda i, a: i.assess_severity(envelope_for(a), "high", ""),
@@ -688,6 +691,7 @@ def _decide(
         scope={"kecamatan": "ipuh"},
         valid_from=start,
         valid_until=end,
+        zone=UTC,
     )
 
 
@@ -714,6 +718,38 @@ def test_decision_validity_window_must_not_be_empty(end: datetime) -> None:
     assert caught.value.field == "valid_until"
     assert incident.decisions == []
     assert incident.version == 3
+
+
+def test_a_window_that_ends_before_it_starts_is_refused_in_the_regencys_zone() -> None:
+    """Officers in WIB read the refusal's times as theirs, with the offset: in UTC,
+    18:00 WIB read 11:00 and looked like another decision."""
+    incident = incident_in(Status.ASSIGNED)
+    start = datetime(2026, 12, 8, 11, 0, tzinfo=UTC)  # 18:00 WIB
+    end = start - timedelta(days=1)
+    with pytest.raises(InvalidArgument) as caught:
+        incident.record_decision(
+            envelope_for(LEAD),
+            deciding_agencies=[LEAD],
+            forum="Rakor Forkopimda",
+            summary="close the road",
+            rationale="safety",
+            scope={"kecamatan": "ipuh"},
+            valid_from=start,
+            valid_until=end,
+            zone=ZoneInfo("Asia/Jakarta"),
+        )
+    error = caught.value
+    assert error.field == "valid_until"
+    assert error.metadata == {
+        "field": "valid_until",
+        "check": "window",
+        "valid_from": "2026-12-08T18:00:00+07:00",
+        "valid_until": "2026-12-07T18:00:00+07:00",
+    }
+    assert "2026-12-07T18:00:00+07:00" in error.message, error.message
+    assert "2026-12-08T18:00:00+07:00" in error.message, error.message
+    assert "+00:00" not in error.message
+    assert incident.decisions == []
 
 
 def test_involved_agency_must_be_a_deciding_agency() -> None:
@@ -928,7 +964,32 @@ def test_a_corrected_end_of_a_decision_keeps_its_window_non_empty(
         _correct(incident, LEAD, "DecisionRecorded", field, recorded[field], new.isoformat())
     assert caught.value.field == "new_value"
     other = "valid_until" if field == "valid_from" else "valid_from"
-    assert recorded[other] in str(caught.value)
+    # The other end, in the zone the new value was written in (here UTC).
+    assert datetime.fromisoformat(recorded[other]).isoformat() in str(caught.value)
+    assert incident.version == 4
+
+
+def test_a_corrected_window_is_refused_in_the_zone_the_new_value_was_written_in() -> None:
+    """An officer who writes the new end in WIB reads both ends in WIB, not the recorded
+    start in UTC."""
+    incident = _decided()
+    recorded = incident.event_values[event_id_of(incident, "DecisionRecorded")]
+    new = (T0 - timedelta(hours=1)).astimezone(WIB)
+    with pytest.raises(InvalidArgument) as caught:
+        _correct(
+            incident,
+            LEAD,
+            "DecisionRecorded",
+            "valid_until",
+            recorded["valid_until"],
+            new.isoformat(),
+        )
+    error = caught.value
+    assert error.metadata["check"] == "window"
+    assert error.metadata["valid_from"] == T0.astimezone(WIB).isoformat()
+    assert error.metadata["valid_until"] == new.isoformat()
+    assert T0.astimezone(WIB).isoformat() in error.message, error.message
+    assert "+00:00" not in error.message
     assert incident.version == 4
 
 

@@ -358,6 +358,7 @@ class IncidentMachine(RuleBasedStateMachine):
                 scope={"kecamatan": "ipuh"},
                 valid_from=T0,
                 valid_until=T0 + timedelta(hours=hours),
+                zone=UTC,
             )
 
         if self._attempt(incident, m, "decide", ok, act):

@@ -66,6 +66,7 @@ def rich_incident() -> Incident:
         scope=dict(LOCATION),
         valid_from=now,
         valid_until=now + timedelta(days=1),
+        zone=UTC,
     )
     incident.propose_handover(lead, SUPPORTER, "they are closer")
     reported = next(i for i, t in incident.event_types.items() if t == "Reported")

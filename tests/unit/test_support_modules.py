@@ -369,6 +369,8 @@ def _agency_without_code(raw: dict[str, Any]) -> None:
         (_missing_key, "malformed reference data"),
         (_rank_not_a_number, "malformed reference data"),
         (_agency_without_code, "malformed reference data"),
+        (lambda raw: raw.update(zone="WIB"), "zone 'WIB' is not a time zone"),
+        (lambda raw: raw.update(zone="../etc/passwd"), "is not a time zone"),
     ],
 )
 def test_malformed_reference_data_is_refused(breakage: Any, message: str) -> None:
@@ -378,6 +380,14 @@ def test_malformed_reference_data_is_refused(breakage: Any, message: str) -> Non
         ReferenceData.from_mapping(raw, source="broken.yaml")
     assert message in str(caught.value)
     assert "broken.yaml" in str(caught.value)
+
+
+def test_the_regencys_zone_is_wib_unless_the_file_names_another() -> None:
+    raw = _raw_reference()
+    raw.pop("zone", None)
+    assert ReferenceData.from_mapping(raw).zone == "Asia/Jakarta"
+    raw["zone"] = "Asia/Makassar"
+    assert ReferenceData.from_mapping(raw).tz().key == "Asia/Makassar"
 
 
 @pytest.mark.parametrize("content", ["", "- just\n- a list\n", "agencies: [\n"])

@@ -175,7 +175,7 @@ def planned_time() -> dict[str, Any]:
     """A planned time: not before the ledger's era, not too far ahead."""
 
     def check(rules: Rules, name: str, value: datetime) -> datetime:
-        rules.time_bounds.check_planned(name, value, rules.now)
+        rules.time_bounds.check_planned(name, value, rules.now, rules.reference.tz())
         return value
 
     return _spec(check)
@@ -461,6 +461,13 @@ class RecordDecision(IncidentCommand):
     valid_until: datetime = dataclasses.field(metadata=planned_time())
 
     def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
+        raise TypeError("RecordDecision runs with the reference data (run)")
+
+    def run(
+        self, reference: ReferenceData, envelope: Envelope, incident: Incident, *others: Incident
+    ) -> None:
+        # The regency's zone: a refusal states the window's ends as its officers read them
+        # (a Timestamp carries no zone of the caller's).
         incident.record_decision(
             envelope,
             deciding_agencies=list(self.deciding_agencies),
@@ -470,6 +477,7 @@ class RecordDecision(IncidentCommand):
             scope=self.scope or incident.location,
             valid_from=self.valid_from,
             valid_until=self.valid_until,
+            zone=reference.tz(),
         )
 
 
@@ -622,10 +630,11 @@ def check_corrected_value(rules: Rules, field: str, new_value: str) -> None:
                 f"{new_value!r} has no UTC offset: write the zone, e.g. "
                 f"{new_value}+07:00 (WIB) or {new_value}Z (UTC)",
             )
+        # Refusals state the times in the zone the caller wrote (an officer's +07:00).
         if field == "occurred_at":
-            rules.time_bounds.check_occurred("new_value", value, rules.now)
+            rules.time_bounds.check_occurred("new_value", value, rules.now, value.tzinfo)
         else:
-            rules.time_bounds.check_planned("new_value", value, rules.now)
+            rules.time_bounds.check_planned("new_value", value, rules.now, value.tzinfo)
 
 
 def command_types() -> tuple[type[Command], ...]:

@@ -10,7 +10,7 @@ import enum
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -31,6 +31,7 @@ from services.common.reference import PersonalDataPolicy, Role
 from services.ledger.domain.created import created_event
 from services.ledger.domain.personal import SealedReport, SealedSubject, SubjectRole
 from services.ledger.domain.refcodes import code_for
+from services.ledger.domain.times import window_refused
 
 GENESIS_HASH = "0" * 64
 
@@ -966,7 +967,9 @@ class Incident(Aggregate):
         scope: dict[str, Any],
         valid_from: datetime,
         valid_until: datetime,
+        zone: tzinfo,
     ) -> None:
+        """``zone``: the regency's, in which a refusal states the window's ends."""
         allowed = {
             Status.VERIFIED,
             Status.ASSIGNED,
@@ -985,8 +988,7 @@ class Incident(Aggregate):
                 reason="NOT_A_DECIDING_AGENCY",
                 metadata={"caller_agency": envelope.actor.agency},
             )
-        if valid_until <= valid_from:
-            raise InvalidArgument("valid_until", "must be after valid_from")
+        window_refused("valid_until", valid_from, valid_until, zone)
         self._trigger(
             self.DecisionRecorded,
             envelope,
@@ -1144,8 +1146,10 @@ class Incident(Aggregate):
                     metadata={"field": field, "recorded_value": recorded},
                 )
             old_value = recorded
-            new_value = _canonical(_time_value(new_value))
-            self._check_validity_window(values, field, new_value)
+            stated = _time_value(new_value)
+            new_value = _canonical(stated)
+            # A refusal states the window in the zone the caller wrote new_value in.
+            self._check_validity_window(values, field, stated)
         elif recorded != old_value:
             raise FailedPrecondition(
                 f"old_value does not match the recorded value of {field}, {recorded!r}",
@@ -1336,22 +1340,16 @@ class Incident(Aggregate):
     # ----------------------------------------------------------------- helpers
 
     @staticmethod
-    def _check_validity_window(values: dict[str, str], field: str, new_value: str) -> None:
+    def _check_validity_window(values: dict[str, str], field: str, stated: datetime) -> None:
         """A decision's window stays non-empty when one of its ends is corrected, as when it
-        was recorded: valid_until after valid_from."""
+        was recorded: valid_until after valid_from (stated in the zone of ``stated``)."""
         if field == "valid_from":
-            start, end = _time_value(new_value), _time_value(values["valid_until"])
+            start, end = stated, _time_value(values["valid_until"])
         elif field == "valid_until":
-            start, end = _time_value(values["valid_from"]), _time_value(new_value)
+            start, end = _time_value(values["valid_from"]), stated
         else:
             return
-        if end <= start:
-            other = "valid_until" if field == "valid_from" else "valid_from"
-            relation = "before" if field == "valid_from" else "after"
-            raise InvalidArgument(
-                "new_value",
-                f"{field} must be {relation} the decision's {other}, {values[other]}",
-            )
+        window_refused("new_value", start, end, stated.tzinfo or UTC)  # aware: _time_value
 
     def decision_scope(self, decision: Decision) -> dict[str, Any]:
         """Where ``decision`` applies as it stands: its recorded scope with the corrections of

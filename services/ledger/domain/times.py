@@ -10,13 +10,18 @@ Two kinds of time come from callers:
   before the era and at most ``max_planned_ahead`` after now (a decision for years ahead is
   a typo, not a plan).
 
-A refusal is INVALID_ARGUMENT (``INVALID_FIELD``) naming the request field.
+A refusal is INVALID_ARGUMENT (``INVALID_FIELD``) naming the request field, with a ``check``
+in its metadata (``era``, ``future``, ``ahead``; ``window`` for a decision that would end
+before it starts) and the times it compares. It states them in the zone the caller wrote the
+value in, or else (a ``google.protobuf.Timestamp`` carries no zone) in the regency's
+(``zone`` of the reference data, Asia/Jakarta by default), with the offset: officers work in
+local time, and an answer in UTC reads seven hours off in WIB.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from services.common.errors import InvalidArgument
 
@@ -24,6 +29,26 @@ from services.common.errors import InvalidArgument
 def as_utc(value: datetime) -> datetime:
     """``value`` as an aware time; a naive one is taken as UTC."""
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def shown(value: datetime, zone: tzinfo) -> str:
+    """``value`` as a refusal states it: ISO 8601 in ``zone``, with the offset
+    (``2026-12-08T18:00:00+07:00``), microseconds only when it has them."""
+    moment = as_utc(value).astimezone(zone)
+    return moment.isoformat(timespec="microseconds" if moment.microsecond else "seconds")
+
+
+def window_refused(field: str, valid_from: datetime, valid_until: datetime, zone: tzinfo) -> None:
+    """Refuse a decision's window that does not end after it starts, naming both ends."""
+    if valid_until > valid_from:
+        return
+    start, end = shown(valid_from, zone), shown(valid_until, zone)
+    raise InvalidArgument(
+        field,
+        f"the decision would end ({end}) before it starts ({start}): "
+        "valid_until must be after valid_from",
+        metadata={"check": "window", "valid_from": start, "valid_until": end},
+    )
 
 
 @dataclass(frozen=True)
@@ -36,29 +61,39 @@ class TimeBounds:
     max_clock_skew: timedelta
     max_planned_ahead: timedelta
 
-    def check_occurred(self, field: str, value: datetime, now: datetime) -> None:
-        """Refuse a time something happened that is before the era or in the future."""
+    def check_occurred(self, field: str, value: datetime, now: datetime, zone: tzinfo) -> None:
+        """Refuse a time something happened that is before the era or in the future; the
+        refusal states the times in ``zone``."""
         value = as_utc(value)
-        self._check_era(field, value)
+        self._check_era(field, value, zone)
         if value > now + self.max_clock_skew:
+            skew = f"{self.max_clock_skew.total_seconds():g}"
+            stated, clock = shown(value, zone), shown(now, zone)
             raise InvalidArgument(
                 field,
-                f"{value.isoformat()} is in the future: more than "
-                f"{self.max_clock_skew.total_seconds():g} s after the server's clock "
-                f"({now.isoformat()})",
+                f"{stated} is in the future: more than {skew} s after the server's clock ({clock})",
+                metadata={"check": "future", "value": stated, "now": clock, "skew_seconds": skew},
             )
 
-    def check_planned(self, field: str, value: datetime, now: datetime) -> None:
-        """Refuse a planned time that is before the era or too far ahead."""
+    def check_planned(self, field: str, value: datetime, now: datetime, zone: tzinfo) -> None:
+        """Refuse a planned time that is before the era or too far ahead; the refusal states
+        the times in ``zone``."""
         value = as_utc(value)
-        self._check_era(field, value)
+        self._check_era(field, value, zone)
         if value > now + self.max_planned_ahead:
+            stated, latest = shown(value, zone), shown(now + self.max_planned_ahead, zone)
+            days = f"{self.max_planned_ahead.days}"
             raise InvalidArgument(
                 field,
-                f"{value.isoformat()} is more than {self.max_planned_ahead.days} days ahead",
+                f"{stated} is more than {days} days ahead (the latest allowed now: {latest})",
+                metadata={"check": "ahead", "value": stated, "latest": latest, "days": days},
             )
 
-    def _check_era(self, field: str, value: datetime) -> None:
+    def _check_era(self, field: str, value: datetime, zone: tzinfo) -> None:
         if value < self.earliest:
-            era = self.earliest.isoformat()
-            raise InvalidArgument(field, f"{value.isoformat()} is before the ledger's era ({era})")
+            stated, era = shown(value, zone), shown(self.earliest, zone)
+            raise InvalidArgument(
+                field,
+                f"{stated} is before the ledger's era ({era})",
+                metadata={"check": "era", "value": stated, "earliest": era},
+            )

@@ -595,8 +595,12 @@ TIME_FIELDS = frozenset({"occurred_at", "valid_from", "valid_until"})
 
 
 def _time_text(ctx: typer.Context, value: str, param: str) -> str:
+    """A typed time as the ledger takes it, in the configured zone with its offset: the
+    ledger states a refused time in the zone it was written in (it records the instant)."""
     when = moment(ctx, value, param)
-    return value if when is None else when.isoformat(timespec="microseconds")
+    if when is None:
+        return value
+    return when.astimezone(state(ctx).settings.tz()).isoformat(timespec="microseconds")
 
 
 #: The length of an event id written out (a UUID).
