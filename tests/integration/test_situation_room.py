@@ -707,6 +707,42 @@ def test_the_decisions_in_force_show_the_time_left_in_wib(room: Room, browser: B
     assert_local_and_clean(room)
 
 
+def test_the_decisions_in_force_show_who_decided_and_since_when(
+    room: Room, browser: Browser
+) -> None:
+    """A joint decision names its deciding agencies and its start, as the incident page and
+    ledgerctl do; the page showed neither, only the end and the forum."""
+    desk = room.ledger("desk_pilkada")
+    reported = room.ledger("kesbangpol").report("Rally at the square", "crowd_gathering", "ipuh")
+    desk.verify(reported.incident)
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
+    desk.record_decision(
+        reported.incident,
+        ["polres", "kodim"],
+        "Forkopimda",
+        "Large gatherings restricted",
+        rationale="Two camps announced rallies at the same square",
+        valid_from=start,
+        valid_until=start + timedelta(days=3),
+    )
+    since = start.astimezone(timezone(timedelta(hours=7)))
+    for language, heads, when in [
+        ("en", ["Decided by", "In force from"], since.strftime("%Y-%m-%d %H:%M WIB")),
+        ("id", ["Diputuskan oleh", "Berlaku sejak"], since.strftime("%H.%M WIB")),
+    ]:
+        page = new_page(room, browser, language=language)
+        sign_in(room, page, "bawaslu")
+        page.goto(f"{room.url}/decisions")
+        row = page.locator("tr.decision", has_text="Large gatherings restricted")
+        expect(row).to_have_count(1)
+        expect(row.locator("td.deciding")).to_have_text("Polres Mukomuko, Kodim 0428/Mukomuko")
+        expect(row.locator("td.from")).to_contain_text(when)
+        for head in heads:
+            expect(page.locator("thead th", has_text=head)).to_have_count(1)
+        page.context.close()
+    assert_local_and_clean(room)
+
+
 def test_an_incident_shows_when_its_decision_starts_as_well_as_ends(room: Room) -> None:
     """A restriction decided now for tomorrow evening does not read as in force already;
     its corrected end reads in WIB like every other time of the page."""
