@@ -70,6 +70,7 @@ from services.situation_room.i18n import (
 from services.situation_room.i18n import (
     LANGUAGE_NAMES,
     N_,
+    WIB,
     Languages,
     _,
     current,
@@ -983,6 +984,36 @@ def decision_hours(text: str) -> int:
     return hours
 
 
+def wib_input(text: str, label: str) -> datetime | None:
+    """A date and time the form took in WIB, the room's clock (a ``datetime-local`` input:
+    ``2026-12-08T18:00``), as an instant; None when left empty."""
+    if not text.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            _("{label}: give a date and a time in WIB, such as 2026-12-08 18:00.").format(
+                label=label
+            )
+        ) from None
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=WIB)).astimezone(UTC)
+
+
+def decision_window(now: datetime, starts: str, ends: str, hours: str) -> tuple[datetime, datetime]:
+    """A decision's validity from the form: from its start (now when left empty) until its
+    end, or for its hours (24 when neither is given). The ledger checks that it ends after
+    it starts and is not too far ahead, and says so in WIB."""
+    start = wib_input(starts, _("In force from")) or now
+    end = wib_input(ends, _("In force until"))
+    if end is None:
+        return start, start + timedelta(hours=decision_hours(hours))
+    if hours.strip():
+        # Either says when the decision ends: one of them would be silently dropped.
+        raise ValueError(_("Give when the decision ends or how many hours it lasts, not both."))
+    return start, end
+
+
 async def incident_page(
     request: Request, session: Session, officer: Officer, error: str = ""
 ) -> Response:
@@ -1160,7 +1191,9 @@ async def act(request: Request, session: Session, officer: Officer) -> Response:
     others = [v for v in (await request.form()).getlist("deciding") if isinstance(v, str)]
 
     def decide() -> object:
-        until = now + timedelta(hours=decision_hours(text("hours", "")))
+        start, until = decision_window(
+            now, text("valid_from", ""), text("valid_until", ""), text("hours", "")
+        )
         deciding = [officer.agency, *others]
         return ledger.record_decision(
             name,
@@ -1168,7 +1201,7 @@ async def act(request: Request, session: Session, officer: Officer) -> Response:
             text("forum", ""),
             text("summary", ""),
             rationale=text("rationale", ""),
-            valid_from=now,
+            valid_from=start,
             valid_until=until,
             **common,
         )

@@ -743,6 +743,47 @@ def test_the_decisions_in_force_show_who_decided_and_since_when(
     assert_local_and_clean(room)
 
 
+def test_a_decision_is_recorded_on_the_page_from_and_until_a_date_and_time_in_wib(
+    room: Room, browser: Browser
+) -> None:
+    """A restriction decided today for tomorrow 18:00 until three days later, as the desk
+    reads it out: the form took only hours from now. An end before the start is the
+    ledger's refusal, its times in WIB."""
+    reported = room.ledger("kesbangpol").report("Rally planned", "crowd_gathering", "ipuh")
+    room.ledger("desk_pilkada").verify(reported.incident)
+    wib = timezone(timedelta(hours=7))
+    start = (datetime.now(wib) + timedelta(days=1)).replace(
+        hour=18, minute=0, second=0, microsecond=0
+    )
+    end = start + timedelta(days=3)
+    page = new_page(room, browser)
+    sign_in(room, page, "desk_pilkada")
+    page.goto(f"{room.url}/{reported.incident}")
+    form = page.locator(f"form[action='/{reported.incident}/record_decision']")
+
+    def fill(until: datetime) -> None:
+        form.locator("input[name=forum]").fill("Forkopimda")
+        form.locator("input[name=summary]").fill("Large gatherings restricted")
+        form.locator("input[name=rationale]").fill("Two camps announced rallies")
+        form.locator("input[name=valid_from]").fill(start.strftime("%Y-%m-%dT%H:%M"))
+        form.locator("input[name=valid_until]").fill(until.strftime("%Y-%m-%dT%H:%M"))
+        form.locator("button#record_decision").click()
+
+    fill(start - timedelta(days=1))  # the day before: refused, nothing recorded
+    error = page.locator(".error")
+    expect(error).to_contain_text(start.isoformat(timespec="seconds"))
+    expect(error).not_to_contain_text("+00:00")
+    form = page.locator(f"form[action='/{reported.incident}/record_decision']")
+    fill(end)
+    expect(page).to_have_url(f"{room.url}/{reported.incident}")
+    expect(page.locator("ul li", has_text="Large gatherings restricted")).to_contain_text(
+        f"from {start.strftime('%Y-%m-%d %H:%M')} WIB until {end.strftime('%Y-%m-%d %H:%M')} WIB"
+    )
+    (decision,) = room.ledger("desk_pilkada").get_incident(reported.incident).decisions
+    assert (decision.valid_from, decision.valid_until) == (start, end)
+    assert_local_and_clean(room)
+
+
 def test_an_incident_shows_when_its_decision_starts_as_well_as_ends(room: Room) -> None:
     """A restriction decided now for tomorrow evening does not read as in force already;
     its corrected end reads in WIB like every other time of the page."""

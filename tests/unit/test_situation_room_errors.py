@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -18,7 +19,13 @@ from incidentledger_client import (
     Unavailable,
 )
 from services.common.config import SituationRoomSettings
-from services.situation_room.app import MAX_INT64, build_app, decision_hours, whole
+from services.situation_room.app import (
+    MAX_INT64,
+    build_app,
+    decision_hours,
+    decision_window,
+    whole,
+)
 from services.situation_room.i18n import COOKIE as LANGUAGE_COOKIE
 from services.situation_room.sessions import COOKIE, Officer
 
@@ -65,6 +72,22 @@ def test_positions_and_versions_the_browser_never_sends_are_ignored_not_a_crash(
     with pytest.raises(ValueError, match="from 1 to 8784"):
         decision_hours("9000")
     assert decision_hours("8784") == 8784
+    # A start and an end in WIB (datetime-local), or hours from the start (or now).
+    now = datetime(2026, 12, 5, 13, 0, tzinfo=UTC)
+    tomorrow = datetime(2026, 12, 6, 11, 0, tzinfo=UTC)  # 18:00 WIB
+    assert decision_window(now, "", "", "") == (now, now + timedelta(hours=24))
+    assert decision_window(now, "2026-12-06T18:00", "", "6") == (
+        tomorrow,
+        tomorrow + timedelta(hours=6),
+    )
+    assert decision_window(now, "2026-12-06T18:00", "2026-12-09T18:00", "") == (
+        tomorrow,
+        tomorrow + timedelta(days=3),
+    )
+    with pytest.raises(ValueError, match="not both"):
+        decision_window(now, "", "2026-12-09T18:00", "24")
+    with pytest.raises(ValueError, match="date and a time in WIB"):
+        decision_window(now, "besok", "", "")
     settings = SituationRoomSettings(ledger_address=NOWHERE, notifier_address=NOWHERE)
     settings = replace(settings, session_key=b"a session key of 16 bytes or more")
     app = build_app(settings, token=lambda: "token")
