@@ -107,6 +107,24 @@ def test_decide_needs_a_validity_window_and_offers_the_flags(ctl: Ctl) -> None:
     assert decision["valid_until"].startswith(f"{day + timedelta(days=2)}T01:00:00")
 
 
+def test_deciding_agencies_are_agencies_that_act_involved_or_not(ctl: Ctl) -> None:
+    """A Forkopimda decision binds agencies that do not lead the incident (Kodim, Kejari):
+    recorded. An auditing agency (Inspektorat) decides nothing: it was recorded as one."""
+    name = ctl.json("kesbangpol", "report", "Rally", "crowd_gathering", "ipuh")["incident"]
+    ctl.ok("desk_pilkada", "verify", name)
+    ctl.ok("desk_pilkada", "assign", name, "polres")
+    decide = ("decide", name, "Gatherings restricted", "--forum", "Forkopimda", "--days", "2")
+    code, _, err = ctl.run(
+        "polres", *decide, "--by", "polres", "--by", "inspektorat", "--rationale", "tension"
+    )
+    assert code == 2 and "deciding_agencies[1]" in err and "auditing agency" in err, err
+    assert ctl.json("polres", "show", name)["incident"]["decisions"] == []
+    joint = ("--by", "polres", "--by", "kodim", "--by", "kejari", "--rationale", "tension")
+    ctl.ok("polres", *decide, *joint)
+    (decision,) = ctl.json("polres", "show", name)["incident"]["decisions"]
+    assert decision["deciding_agencies"] == ["polres", "kodim", "kejari"]
+
+
 def _timed_out(ctl: Ctl, *args: str) -> tuple[str, str]:
     """The stderr of the first of a few runs of a command that got no answer in time (a
     deadline of half a millisecond: the ledger may record the command all the same), and

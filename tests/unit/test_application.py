@@ -499,6 +499,17 @@ INVALID_INPUTS: dict[str, tuple[str, str, Invalid]] = {
             envelope_for(COORDINATOR), RejectIncident(i, 0, RejectionReason.HOAX, "")
         ),
     ),
+    # Auditors read everything and write nothing: a decision is not theirs to take either.
+    "an auditing agency among the deciding agencies": (
+        "deciding_agencies[1]",
+        "INVALID_FIELD",
+        lambda lg, i: _decision(lg, i, deciding_agencies=(LEAD, AUDITOR)),
+    ),
+    "an agency the reference data does not know among the deciding agencies": (
+        "deciding_agencies[0]",
+        "INVALID_FIELD",
+        lambda lg, i: _decision(lg, i, deciding_agencies=("atlantis_police", LEAD)),
+    ),
     "occur_time in year 9999": (
         "occur_time",
         "INVALID_FIELD",

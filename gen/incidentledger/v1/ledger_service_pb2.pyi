@@ -746,8 +746,10 @@ class RecordDecisionRequest(_message.Message):
     correlation_id: _builtins.str
     @_builtins.property
     def deciding_agencies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Required: at least one agency code, each once. Unless the caller is the
-        coordinator, the caller's agency must be one of them (NOT_A_DECIDING_AGENCY).
+        """Required: at least one agency code of the reference data, each once, none
+        of them an auditor (INVALID_FIELD on deciding_agencies[n]); they need not be
+        involved in the incident. Unless the caller is the coordinator, the caller's
+        agency must be one of them (NOT_A_DECIDING_AGENCY).
         """
 
     @_builtins.property

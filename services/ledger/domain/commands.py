@@ -157,7 +157,10 @@ def responder() -> dict[str, Any]:
 
 
 def agencies() -> dict[str, Any]:
-    """One or more distinct agencies of the reference data."""
+    """One or more distinct agencies of the reference data that can act: an auditing agency
+    reads everything and writes nothing, so it decides nothing either (a decision's deciding
+    agencies). They need not be involved in the incident: a Forkopimda decision binds the
+    agencies of the forum, whichever of them leads the incident."""
 
     def check(rules: Rules, name: str, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
@@ -165,7 +168,10 @@ def agencies() -> dict[str, Any]:
         if len(set(value)) != len(value):
             raise InvalidArgument(name, "lists an agency twice")
         for n, agency in enumerate(value):
-            rules.reference.agency(agency, f"{name}[{n}]")
+            if rules.reference.agency(agency, f"{name}[{n}]").role is Role.AUDITOR:
+                raise InvalidArgument(
+                    f"{name}[{n}]", f"{agency} is an auditing agency and cannot decide"
+                )
         return value
 
     return _spec(check)
