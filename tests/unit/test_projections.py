@@ -21,6 +21,7 @@ from services.ledger.domain import incident as incident_module
 from services.ledger.domain.commands import (
     AcceptHandover,
     AddSupportingAgency,
+    ApproveClosure,
     AssessSeverity,
     AssignLeadAgency,
     EscalateIncident,
@@ -30,6 +31,7 @@ from services.ledger.domain.commands import (
     RecordDecision,
     RejectIncident,
     ReportIncident,
+    RequestClosure,
     ResolveIncident,
     VerifyIncident,
 )
@@ -287,6 +289,42 @@ def test_decisions_in_force_by_time_and_kecamatan_with_corrections(
     assert summaries(start, "kota_mukomuko") == ["night curfew"]
     (extended,) = projections.decisions_in_force(later)
     assert extended.valid_until == datetime(2024, 11, 29, 18, 0, tzinfo=UTC)
+
+
+def test_a_decision_outlives_its_closed_incident_until_its_end_is_corrected(
+    app: Ledger, projections: Projections, clock: Clock
+) -> None:
+    """As docs/api.md says: closing the incident ends no decision; correcting its end
+    lifts it early (there is no revocation)."""
+    desk = Desk(app)
+    incident = desk.report().incident_id
+    desk.to_responding(incident)
+    start = datetime(2024, 11, 26, 18, 0, tzinfo=UTC)
+    end = start + timedelta(days=3)
+    decided = desk.decide(incident, "ipuh", start, end, "large gatherings restricted")
+    app.execute(desk.envelope_for("polres"), ResolveIncident(incident, 0, "dispersed"))
+    app.execute(desk.envelope_for("polres"), RequestClosure(incident, 0, ""))
+    app.execute(desk.envelope_for(COORD), ApproveClosure(incident, 0, ""))
+    assert app.get_incident(incident).status.value == "CLOSED"
+    day_two = start + timedelta(days=1, hours=12)
+    assert [d.summary for d in projections.decisions_in_force(day_two)] == [
+        "large gatherings restricted"
+    ]
+    lifted = start + timedelta(days=1)
+    app.execute(
+        desk.envelope_for("polres"),
+        RecordCorrection(
+            incident,
+            0,
+            event_id=decided.event_id,
+            field="valid_until",
+            old_value=end.isoformat(),
+            new_value=lifted.isoformat(),
+            reason="lifted by the Forkopimda",
+        ),
+    )
+    assert projections.decisions_in_force(day_two) == []
+    assert len(projections.decisions_in_force(lifted - timedelta(seconds=1))) == 1
 
 
 def test_workload_open_unacknowledged_and_overdue_per_agency(
