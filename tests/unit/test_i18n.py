@@ -59,6 +59,10 @@ def english_words(text: str) -> set[str]:
     return words & set(TELLTALE)
 
 
+#: The English of typer's (click's) usage errors, left when one of them is not translated.
+USAGE_TELLTALE = re.compile(r"\b(?:Got|Possible|Option|requires|take|argument|Missing|Invalid)\b")
+
+
 #: English words of the free text an example types ('crowd growing', -m 'checked').
 EXAMPLE_TELLTALE = (
     "checked",
@@ -346,6 +350,9 @@ def test_every_help_page_in_both_languages(
         (["ingest", "/nowhere/backlog.jsonl"], "'/nowhere/backlog.jsonl' tidak ada"),
         (["ingest", "/"], "'/' adalah folder, bukan berkas"),
         (["ingest", "README.md", "--chunk-size", "900"], "'--chunk-size': paling banyak 500"),
+        # the click typer vendors words these its own way (they were English).
+        (["show", "a", "b", "c"], "Kesalahan: Argumen tambahan yang tidak diharapkan (b c)"),
+        (["list", "--statu", "x"], "Kesalahan: Tidak ada opsi: --statu (maksud Anda --status?)"),
     ],
 )
 def test_usage_errors_in_indonesian_and_json_unchanged(
@@ -356,6 +363,7 @@ def test_usage_errors_in_indonesian_and_json_unchanged(
     err = capsys.readouterr().err
     assert said in err and "Penggunaan: ledgerctl" in err and "untuk bantuan" in err, err
     assert english_words(err) == set(), err
+    assert not USAGE_TELLTALE.search(err), err
     errors = []
     for lang in ("en", "id"):
         assert main(["--json", "--lang", lang, *args]) == 2
@@ -364,6 +372,26 @@ def test_usage_errors_in_indonesian_and_json_unchanged(
     # and English as it was
     assert main(["--lang", "en", *args]) == 2
     assert "Error: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["list", "--status"], "Kesalahan: Opsi '--status' memerlukan nilai."),
+        (["list", "--json=3"], "Kesalahan: Opsi '--json' tidak menerima nilai."),
+    ],
+)
+def test_an_options_misuse_in_indonesian(
+    args: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """typer's parser names a misused option without a usage line (it has no context yet)."""
+    capsys.readouterr()
+    assert main(["--lang", "id", *args]) == 2
+    err = capsys.readouterr().err
+    assert said in err, err
+    assert not USAGE_TELLTALE.search(err), err
+    assert main(["--lang", "en", *args]) == 2
+    assert "Error: Option '--" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -168,10 +168,24 @@ _USAGE_ERRORS = (
     ),
     (re.compile(r"^Missing option (?P<param>.+)\.$", re.S), N_("Missing option {param}.")),
     (re.compile(r"^Missing argument (?P<param>.+)\.$", re.S), N_("Missing argument {param}.")),
-    (re.compile(r"^No such option: (?P<param>.+)$", re.S), N_("No such option: {param}")),
+    # typer suggests the options whose names are close: "(Possible options: --status)".
     (
-        re.compile(r"^Got unexpected extra arguments? \((?P<param>.*)\)$", re.S),
+        re.compile(r"^No such option: (?P<param>\S+) \(Possible options: (?P<value>.*)\)$", re.S),
+        N_("No such option: {param} (did you mean {value}?)"),
+    ),
+    (re.compile(r"^No such option: (?P<param>.+)$", re.S), N_("No such option: {param}")),
+    # click said "argument" or "arguments"; the click typer vendors says "argument(s)".
+    (
+        re.compile(r"^Got unexpected extra argument(?:s|\(s\))? \((?P<param>.*)\)$", re.S),
         N_("Unexpected extra arguments ({param})"),
+    ),
+    (
+        re.compile(r"^Option (?P<param>'.+') requires an argument\.$", re.S),
+        N_("Option {param} needs a value."),
+    ),
+    (
+        re.compile(r"^Option (?P<param>'.+') does not take a value\.$", re.S),
+        N_("Option {param} takes no value."),
     ),
 )
 
