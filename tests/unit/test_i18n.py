@@ -4,6 +4,7 @@ catalog check that `make lint` runs, times and numbers, and every help page in b
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import shutil
 import socket
@@ -18,9 +19,10 @@ import typer.main
 from babel.messages.pofile import read_po, write_po
 
 from incidentledger_client import i18n
-from incidentledger_client.cli import main
+from incidentledger_client.cli import main, output
 from incidentledger_client.cli.app import app
 from incidentledger_client.i18n import catalogs, labels
+from incidentledger_client.types import Actor, IncidentEvent
 from services.common import vocabulary
 
 #: English words of the UI that must not show through Indonesian text (whole words).
@@ -447,3 +449,64 @@ def test_a_time_that_is_not_one_is_said_in_the_runs_language() -> None:
     assert not english_words(str(refused.value))
     with pytest.raises(times.TimeError, match="not a time"):
         times.parse_time("bukan-jam", "Asia/Jakarta")
+
+
+def _event(event_type: str, payload: dict[str, object]) -> IncidentEvent:
+    return IncidentEvent(
+        event_id="e1",
+        incident="incidents/x",
+        version=2,
+        type=event_type,
+        schema_version=1,
+        occur_time=None,
+        record_time=None,
+        actor=Actor(agency="polres", officer="dev-polres"),
+        reason="",
+        location=None,
+        correlation_id="",
+        causation_id="",
+        request_id="r",
+        previous_hash="",
+        hash="",
+        position=1,
+        payload_json=json.dumps(payload),
+    )
+
+
+@pytest.mark.parametrize(
+    ("event_type", "payload", "indonesian", "english"),
+    [
+        (
+            "ActionLogged",
+            {"action": "Patroli", "starts_response": True},
+            "tindakan=Patroli; mulai_penanganan=ya",
+            "action=Patroli; starts_response=True",
+        ),
+        (
+            "Reported",
+            {"severity": "high", "title": "Bentrok"},
+            "keparahan=tinggi; judul=Bentrok",
+            "severity=high; title=Bentrok",
+        ),
+        ("Rejected", {"rejection_reason": "HOAX"}, "alasan_penolakan=Hoaks", None),
+        (
+            "Corrected",
+            {"field": "severity", "old_value": "low", "new_value": "high"},
+            "isian=keparahan; nilai_lama=rendah; nilai_baru=tinggi",
+            "field=severity; old_value=low; new_value=high",
+        ),
+    ],
+)
+def test_a_timelines_values_in_the_readers_language(
+    event_type: str, payload: dict[str, object], indonesian: str, english: str | None
+) -> None:
+    """A yes or no and the labelled codes of a payload read as everywhere else in Indonesian
+    (``mulai_penanganan=True`` was English in an Indonesian timeline); English unchanged."""
+    event = _event(event_type, payload)
+    with i18n.using("id"):
+        said = output.payload_summary(event)
+    assert said == indonesian
+    assert not re.search(r"\b(?:True|False|high|low|HOAX)\b", said), said
+    if english is not None:
+        with i18n.using("en"):
+            assert output.payload_summary(event) == english

@@ -348,9 +348,30 @@ def payload_summary(event: IncidentEvent, zone: tzinfo = UTC) -> str:
         if text is None and (key.endswith("_time") or key in times) and isinstance(value, str):
             text = _payload_time(value, zone)
         if text is None:
-            text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+            # A correction's old and new values are of the field it corrects.
+            of = payload.get("field") if key in ("old_value", "new_value") else key
+            text = payload_value(str(of), value)
         parts.append(f"{labels.field(key)}={text}")
     return "; ".join(parts)
+
+
+#: The payload fields whose codes have a label for people (``severity=high`` reads
+#: ``keparahan=tinggi`` in Indonesian, as the severity does everywhere else).
+PAYLOAD_LABELS = {"severity": labels.severity, "rejection_reason": labels.rejection}
+
+
+def payload_value(key: str, value: object) -> str:
+    """A value of an event's payload for people: a yes or no and a labelled code in the
+    reader's language (English as the payload has them), anything else as it is."""
+    if isinstance(value, bool):
+        return labels.boolean(value)
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    if key in PAYLOAD_LABELS and isinstance(value, str):
+        return PAYLOAD_LABELS[key](value)
+    if key == "field" and isinstance(value, str):  # the field a correction corrects
+        return labels.field(value)
+    return str(value)
 
 
 def _payload_time(value: str, zone: tzinfo) -> str | None:

@@ -82,6 +82,12 @@ def band(code: str) -> str:
     return labels.get(code, code)
 
 
+def boolean(value: bool) -> str:
+    """A yes or no of an event's payload (``starts_response``): English keeps Python's
+    ``True``/``False`` as ledgerctl always showed them; Indonesian says ``ya``/``tidak``."""
+    return pgettext("boolean", "True") if value else pgettext("boolean", "False")
+
+
 def role(code: str, names: Mapping[str, str] | None = None) -> str:
     """An agency's role; ``names``: the reference data's names of this role, by language."""
     labels = {
