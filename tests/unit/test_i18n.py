@@ -22,7 +22,7 @@ from incidentledger_client import i18n
 from incidentledger_client.cli import main, output
 from incidentledger_client.cli.app import app
 from incidentledger_client.i18n import catalogs, labels
-from incidentledger_client.types import Actor, IncidentEvent
+from incidentledger_client.types import Actor, IncidentEvent, KecamatanScore, VulnerabilityMap
 from services.common import vocabulary
 
 #: English words of the UI that must not show through Indonesian text (whole words).
@@ -510,3 +510,26 @@ def test_a_timelines_values_in_the_readers_language(
     if english is not None:
         with i18n.using("en"):
             assert output.payload_summary(event) == english
+
+
+def test_the_svg_maps_scores_and_counts_in_the_locales_form() -> None:
+    """The SVG's scores read 15,9 in Indonesian as in ledgerctl map's table (they were 15.9),
+    its counts 1 incident / 2 incidents in English; data-score stays as a program reads it."""
+    vmap = VulnerabilityMap(
+        kecamatan=(
+            KecamatanScore("ipuh", "Ipuh", 15.94, "medium", (), incident_count=1),
+            KecamatanScore("penarik", "Penarik", 1234.5, "high", (), incident_count=1200),
+        ),
+        time=datetime(2026, 11, 28, 10, 5, tzinfo=UTC),
+        position=7,
+    )
+    with i18n.using("id"):
+        drawn = output.map_svg(vmap, zone=ZoneInfo("Asia/Jakarta"))
+    shown = re.findall(r'font-size="22">([^<]*)<', drawn)
+    assert shown == ["15,9", "1.234,5"], drawn
+    assert 'data-score="15.9"' in drawn
+    assert "Rawan Sedang · 1 kejadian" in drawn and "Rawan Tinggi · 1.200 kejadian" in drawn
+    with i18n.using("en"):
+        drawn = output.map_svg(vmap, zone=ZoneInfo("Asia/Jakarta"))
+    assert re.findall(r'font-size="22">([^<]*)<', drawn) == ["15.9", "1,234.5"]
+    assert "medium · 1 incident<" in drawn and "high · 1,200 incidents<" in drawn

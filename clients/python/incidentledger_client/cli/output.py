@@ -671,9 +671,16 @@ def map_svg(vmap: VulnerabilityMap, title: str | None = None, zone: tzinfo = UTC
             f'stroke="#333"/>'
             f'<text x="{x + 10}" y="{y + 24}" font-size="14" font-weight="bold">'
             f"{escape(score.name)}</text>"
-            f'<text x="{x + 10}" y="{y + 52}" font-size="22">{score.score:.1f}</text>'
+            # The score for people in the locale's form (Indonesian 15,9); data-score stays
+            # as a program reads it.
+            f'<text x="{x + 10}" y="{y + 52}" font-size="22">{format_number(score.score, 1)}'
+            "</text>"
             f'<text x="{x + 10}" y="{y + 76}" font-size="12">{escape(labels.band(score.band))} · '
-            + escape(_("{count} incident(s)").format(count=score.incident_count))
+            + escape(
+                ngettext("{count} incident", "{count} incidents", score.incident_count).format(
+                    count=format_number(score.incident_count)
+                )
+            )
             + "</text></g>"
         )
     legend_y = height - 14
