@@ -533,3 +533,77 @@ def test_the_svg_maps_scores_and_counts_in_the_locales_form() -> None:
         drawn = output.map_svg(vmap, zone=ZoneInfo("Asia/Jakarta"))
     assert re.findall(r'font-size="22">([^<]*)<', drawn) == ["15.9", "1,234.5"]
     assert "medium · 1 incident<" in drawn and "high · 1,200 incidents<" in drawn
+
+
+GLOSSARY = Path(__file__).resolve().parents[2] / "docs" / "glossary-id.md"
+
+
+def _glossary_rows() -> list[tuple[list[str], list[str], str]]:
+    """The glossary's rows: the English words (before any parentheses, split on "/"), the
+    words the row rules out (its last column) and its Indonesian."""
+    rows = []
+    for line in GLOSSARY.read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or len(cells) < 2 or set(cells[0]) <= {"-", " "}:
+            continue
+        english = re.sub(r"\(.*?\)|`[^`]*`", "", cells[0])
+        ruled_out = re.sub(r"\(.*?\)", "", cells[2]) if len(cells) > 2 else ""
+        rows.append(
+            (
+                [w.strip().lower() for w in english.split("/") if w.strip()],
+                [w.strip().lower() for w in ruled_out.split(",") if w.strip()],
+                cells[1].lower(),
+            )
+        )
+    return rows
+
+
+def _has(text: str, word: str, plural: str = "") -> bool:
+    return re.search(rf"\b{re.escape(word)}{plural}\b", text, re.IGNORECASE) is not None
+
+
+def _has_english(text: str, word: str) -> bool:
+    """The English word, or its plural (incident, incidents)."""
+    return _has(text, word, "s?")
+
+
+def test_the_catalog_keeps_to_the_glossarys_words() -> None:
+    """No message is translated with a word the glossary rules out for its English word (the
+    agencies page said 'Belum diterima' and 'Terlambat' where ledgerctl said 'belum
+    dikonfirmasi' and 'lewat tenggat'), unless the message also has the English word that the
+    ruled-out one translates (an incident's *report* is a *laporan*)."""
+    rows = _glossary_rows()
+    assert any(english == ["overdue"] for english, _ruled_out, _idn in rows), rows
+    catalog = read_po((i18n.LOCALE_DIR / "id" / "LC_MESSAGES" / "incidentledger.po").open("rb"))
+    wrong = []
+    for message in catalog:
+        if not message.id:
+            continue
+        msgid = message.id if isinstance(message.id, str) else " ".join(message.id)
+        msgstr = (
+            message.string if isinstance(message.string, str) else " ".join(message.string or ())
+        )
+        for english, ruled_out, _idn in rows:
+            for term in english:
+                if not _has_english(msgid, term):
+                    continue
+                for word in ruled_out:
+                    excused = any(
+                        _has_english(msgid, other)
+                        for others, _o, idn in rows
+                        if _has(idn, word)
+                        for other in others
+                    )
+                    if _has(msgstr, word) and not excused:
+                        wrong.append((msgid, word, msgstr))
+    assert wrong == []
+
+
+def test_a_refused_item_is_not_read_as_a_rejected_incident() -> None:
+    """A triage item the ledger refused is not recorded; 'ditolak' says the incident was
+    rejected, which is what `triage reject` records."""
+    with i18n.using("id"):
+        refused = i18n._(output.TRIAGE_OUTCOMES["REFUSED"])
+        assert refused == "tidak dicatat"
+        assert refused.lower() != labels.status("REJECTED").lower()
+        assert not _has(refused, "ditolak")
