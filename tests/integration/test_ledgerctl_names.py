@@ -43,6 +43,8 @@ def test_names_that_fit_no_incident_say_why_with_their_exit_code(ctl: Ctl) -> No
     for command in ("show", "verify"):
         code, _, err = ctl.run("desk_pilkada", command, unknown)
         assert code == 3 and "no incident has the reference code" in err, err
+        # and what to do: a code heard over the phone may be wrong in two places
+        assert "read it back to whoever gave it, or find the incident with ledgerctl list" in err
     code, _, err = ctl.run("polres", "--json", "show", unknown)
     error = json.loads(err)["error"]
     assert code == 3 and (error["code"], error["exit_code"]) == ("NOT_FOUND", 3), error
@@ -74,6 +76,8 @@ def test_a_code_written_down_as_read_out_finds_its_incident_or_says_what_is_wron
     code_, _, err = ctl.run("polres", "--lang", "id", "show", wrong)
     assert code_ == 2, err
     assert f"'{wrong}' salah ketik" in err and "mistyped" not in err, err
+    assert "bacakan ulang kode itu kepada yang memberikannya" in err, err
+    assert "cari kejadiannya dengan ledgerctl list" in err, err
     code_, _, err = ctl.run("polres", "--json", "show", wrong)
     assert json.loads(err)["error"]["reason"] == "REFERENCE_MISTYPED", err
 

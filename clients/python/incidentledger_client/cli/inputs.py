@@ -140,7 +140,8 @@ def _mistyped(value: str, error: InvalidArgument) -> InvalidArgument:
     # person never typed: said as the value they typed, in the run's language.
     message = _(
         "{code} is mistyped: a character is wrong or two are swapped (its check "
-        "character does not match)"
+        "character does not match): read it back to whoever gave it, or find the incident "
+        "with ledgerctl list"
     ).format(code=repr(value))
     metadata = {k: v for k, v in error.metadata.items() if k != "field"}
     return InvalidArgument(error.code, error.reason, message, metadata, error.domain)
@@ -157,7 +158,7 @@ def _by_reference(ledger: LedgerClient, code: str) -> str:
         raise IncidentNotFound(
             error.code,
             error.reason,
-            _("no incident has the reference code {code}").format(code=repr(code)),
+            names.code_not_found(code),
             metadata,
             error.domain,
         ) from None

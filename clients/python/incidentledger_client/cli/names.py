@@ -68,14 +68,14 @@ class IncidentResolver:
         if code is not None and not _UUID_START.match(value.lower()):
             if self.by_reference is None:
                 raise IncidentNameError(
-                    f"{value!r} looks like a reference code; this ledger has no reference codes "
-                    "yet: use the incident's id (or its first 6+ characters, as tables show)"
+                    _(
+                        "{code} looks like a reference code; this ledger has no reference codes "
+                        "yet: use the incident's id (or its first 6+ characters, as tables show)"
+                    ).format(code=repr(value))
                 )
             found = self.by_reference(code)
             if found is None:
-                raise IncidentNameError(
-                    _("no incident has the reference code {code}").format(code=repr(value))
-                )
+                raise IncidentNameError(code_not_found(value))
             return found
         if not _PREFIX.match(bare):
             raise IncidentNameError(
@@ -122,3 +122,12 @@ def _as_code(value: str) -> str | None:
         return value
     spaced = _SEPARATORS.sub("-", value).strip("-")
     return spaced if REFERENCE_CODE.match(spaced) else None
+
+
+def code_not_found(value: str) -> str:
+    """A well-formed reference code no incident has, and what to do: a code heard over the
+    phone may have two characters wrong that its check character does not catch."""
+    return _(
+        "no incident has the reference code {code}: read it back to whoever gave it, or find "
+        "the incident with ledgerctl list"
+    ).format(code=repr(value))
