@@ -335,7 +335,10 @@ async def login(request: Request) -> Response:
             log.warning(
                 "situation_room.sign_in_refused", agency=agency, reason="token", client=client
             )
-            error = _("The token is not valid.")
+            error = _(
+                "The token is not valid: check that it was copied whole, or ask for a new one "
+                "(a token that was replaced no longer signs in)."
+            )
         except LedgerError as failure:
             log.warning("situation_room.sign_in_failed", error=str(failure))
             error = _("The ledger cannot be reached; try again.")
@@ -349,7 +352,10 @@ async def login(request: Request) -> Response:
                     reason="agency",
                     client=client,
                 )
-                error = _("The token is not one of the chosen agency's.")
+                error = _(
+                    "The token is not one of the chosen agency's: choose the agency it was "
+                    "given to."
+                )
     if error:
         return with_cookie(
             room, request, render(request, session, "login.html", error=error), session

@@ -858,8 +858,18 @@ def test_a_token_of_another_agency_does_not_sign_in_as_the_chosen_one(room: Room
         assert "not one of the chosen agency" in answer.text, answer.text
         board = web.get("/board")  # not signed in
         assert board.is_redirect and "/login" in board.headers["location"], board.status_code
+        assert "choose the agency it was given to" in answer.text, answer.text
         answer = web.post("/login", data={**form, "token": "not-a-token"})
         assert answer.status_code == 200 and "not valid" in answer.text
+        assert "or ask for a new one" in answer.text, answer.text
+        # In Indonesian, each refusal says what went wrong and what to do.
+        web.cookies.set(LANGUAGE_COOKIE, "id")
+        answer = web.post("/login", data=form)
+        assert "bukan milik instansi yang dipilih: pilih instansi pemilik token itu" in (
+            answer.text
+        ), answer.text
+        answer = web.post("/login", data={**form, "token": "not-a-token"})
+        assert "Token tidak sah: periksa apakah token tersalin utuh" in answer.text, answer.text
         answer = web.post("/login", data={**form, "agency": "polres"})
         assert answer.status_code == 303 and answer.headers["location"] == "/board"
     refused = [
@@ -867,6 +877,8 @@ def test_a_token_of_another_agency_does_not_sign_in_as_the_chosen_one(room: Room
     ]
     # With the browser's address: which host is trying tokens.
     assert [(e["agency"], e["reason"], e["level"], e.get("client")) for e in refused] == [
+        ("desk_pilkada", "agency", "warning", "127.0.0.1"),
+        ("desk_pilkada", "token", "warning", "127.0.0.1"),
         ("desk_pilkada", "agency", "warning", "127.0.0.1"),
         ("desk_pilkada", "token", "warning", "127.0.0.1"),
     ]
