@@ -607,3 +607,27 @@ def test_a_refused_item_is_not_read_as_a_rejected_incident() -> None:
         assert refused == "tidak dicatat"
         assert refused.lower() != labels.status("REJECTED").lower()
         assert not _has(refused, "ditolak")
+
+
+def test_every_incident_argument_says_it_takes_a_reference_code(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The code people read out over the phone is what a duty officer has: the help of an
+    incident argument names it first, in both languages (show's said only incidents/ID, the
+    ID or its first characters)."""
+    monkeypatch.setenv("COLUMNS", "300")
+    root = typer.main.get_command(app)
+    checked = []
+    for path in _command_paths():
+        command = root
+        for name in path:
+            command = command.commands[name]  # type: ignore[attr-defined]
+        for param in getattr(command, "params", []):
+            if getattr(param, "metavar", None) == "INCIDENT":
+                checked.append(path)
+                for lang, said in (("en", "reference code"), ("id", "kode referensi")):
+                    assert main(["--lang", lang, *path, "--help"]) == 0
+                    page = capsys.readouterr().out
+                    row = page[page.index(f" {param.metavar} ") :].split("╰")[0]
+                    assert said in row and "MKM-" in row, (path, lang, row)
+    assert ["show"] in checked and ["verify"] in checked, checked

@@ -76,7 +76,8 @@ def done(ctx: typer.Context, verb: str, result: CommandResult) -> None:
 Name = Annotated[
     str,
     typer.Argument(
-        help="The incident: incidents/ID, the ID, or its first 6+ characters as tables show.",
+        help="The incident: its reference code (MKM-7QK3-9V), incidents/ID, the ID, or its "
+        "first 6+ characters as tables show.",
         metavar="INCIDENT",
     ),
 ]
