@@ -577,6 +577,10 @@ def test_a_handover_proposed_by_the_lead_is_accepted_by_the_receiving_agency(
     desk.select_option("select[name=supporting]", "dinkes")
     desk.click("#add_supporting")
     expect(desk.locator(".timeline li")).to_have_count(4)
+    # Agencies by their names, as the lead is (the supporting ones and the reporter's were
+    # codes: "dinkes", "kesbangpol").
+    expect(desk.locator("#supporting")).to_have_text("Dinas Kesehatan")
+    expect(desk.locator("#reporter")).to_contain_text("Badan Kesatuan Bangsa dan Politik / ")
     army.goto(url)
     expect(army.locator(".actions")).to_have_count(0)  # not involved yet
     police.goto(url)
