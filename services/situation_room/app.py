@@ -572,7 +572,7 @@ async def map_data(request: Request, session: Session, officer: Officer) -> Resp
                 label=score.name,
                 score=format_number(score.score, 1),
                 band=score.band,
-                band_label=labels.band(score.band),
+                band_label=worded_band(score.band),
                 fill=BAND_FILL.get(score.band, "#dddddd"),
                 incidents=format_number(score.incident_count),
                 reasons=[
@@ -909,6 +909,11 @@ FIELD_LABELS = {
     "location.kecamatan": N_("Kecamatan"),
     "location.desa": N_("Desa"),
 }
+
+
+def worded_band(code: str) -> str:
+    """An IKP band as the page shows it: in words in English too (``High vulnerability``)."""
+    return labels.band(code, worded=True)
 
 
 def worded_rejection(code: str) -> str:
@@ -1323,7 +1328,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
     templates.env.filters["wib"] = wib
     templates.env.filters["number"] = format_number
     templates.env.filters["size"] = format_size
-    templates.env.filters["band"] = labels.band
+    templates.env.filters["band"] = worded_band
     templates.env.filters["event"] = labels.event_type
     templates.env.filters["rejection"] = worded_rejection
     templates.env.filters["field"] = field_label

@@ -1409,6 +1409,11 @@ def test_the_page_speaks_indonesian_by_default_and_english_when_chosen(
     expect(page.locator(".leaflet-control-zoom-in")).to_have_attribute("title", "Perbesar")
     page.locator('path[data-code="ipuh"]').hover()
     expect(page.locator("#hover")).to_contain_text("Skor")
+    # The bands in the glossary's words, on the legend and on hover; never their codes.
+    expect(page.locator("#legend")).to_have_text(
+        re.compile(r"\s*Rawan Tinggi\s+Rawan Sedang\s+Rawan Rendah\s*")
+    )
+    expect(page.locator("#hover")).to_contain_text(re.compile(r"\(Rawan (Tinggi|Sedang|Rendah), "))
     page.screenshot(path=str(ARTIFACTS / "map-id.png"), full_page=True)
 
     # The control switches to English, which the cookie then keeps from page to page.
@@ -1417,6 +1422,15 @@ def test_the_page_speaks_indonesian_by_default_and_english_when_chosen(
     expect(page.locator("html")).to_have_attribute("lang", "en")
     expect(page.locator("h1")).to_have_text("Vulnerability (IKP) by kecamatan")
     shown(page, "/map")
+    # In English too the bands are words, as the severities beside them are (they were the
+    # codes: "high", "medium", "low").
+    expect(page.locator("#legend")).to_have_text(
+        re.compile(r"\s*High vulnerability\s+Medium vulnerability\s+Low vulnerability\s*")
+    )
+    page.locator('path[data-code="ipuh"]').hover()
+    expect(page.locator("#hover")).to_contain_text(
+        re.compile(r"\((High|Medium|Low) vulnerability, ")
+    )
     page.screenshot(path=str(ARTIFACTS / "map-en.png"), full_page=True)
     page.click("nav.pages >> text=Board")
     shown(page, "/board")

@@ -212,7 +212,12 @@ def test_worded_labels_read_in_english_words_where_ledgerctl_shows_the_codes() -
     assert labels.rejection("OUT_OF_SCOPE") == "OUT_OF_SCOPE"
     assert labels.rejection("OUT_OF_SCOPE", worded=True) == "Out of scope"
     assert labels.rejection("NEWER_REASON", worded=True) == "NEWER_REASON"
+    # the map's bands: "high" beside a severity's "High" on the page's English legend
+    assert [labels.band(b) for b in ("low", "medium", "high")] == ["low", "medium", "high"]
+    assert labels.band("high", worded=True) == "High vulnerability"
+    assert labels.band("extreme", worded=True) == "extreme"
     with i18n.using("id"):
+        assert labels.band("high", worded=True) == labels.band("high") == "Rawan Tinggi"
         assert labels.status("REPORTED", worded=True) == labels.status("REPORTED") != "Reported"
         assert labels.rejection("HOAX", worded=True) == labels.rejection("HOAX") != "Hoax"
 

@@ -35,6 +35,15 @@ WORDS = {
 }
 
 
+#: The IKP bands in English words, for ``worded`` labels (the catalog's English is the code,
+#: which a page would show as "high" beside a severity's "High").
+BAND_WORDS = {
+    "low": "Low vulnerability",
+    "medium": "Medium vulnerability",
+    "high": "High vulnerability",
+}
+
+
 def _worded(code: str, label: str, worded: bool) -> str:
     """The catalog's ``label``, or for ``worded`` its English words where it is the code."""
     return WORDS.get(code, label) if worded and label == code else label
@@ -72,14 +81,16 @@ def severity(code: str) -> str:
     return labels.get(code, code)
 
 
-def band(code: str) -> str:
-    """An IKP vulnerability band (Rawan Rendah, Rawan Sedang, Rawan Tinggi)."""
+def band(code: str, *, worded: bool = False) -> str:
+    """An IKP vulnerability band (Rawan Rendah, Rawan Sedang, Rawan Tinggi); ``worded``: in
+    words in English too (``High vulnerability``, not ``high``)."""
     labels = {
         "low": pgettext("band", "low"),
         "medium": pgettext("band", "medium"),
         "high": pgettext("band", "high"),
     }
-    return labels.get(code, code)
+    label = labels.get(code, code)
+    return BAND_WORDS.get(code, label) if worded and label == code else label
 
 
 def boolean(value: bool) -> str:
