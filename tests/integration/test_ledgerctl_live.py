@@ -270,6 +270,9 @@ def test_webhooks_update_delete_deliveries_and_an_empty_replay(
             code, out = ctl.run("dinkes", "--lang", "id", "webhooks", *args)
             assert code == 0 and heading in out, out
             assert english_words(out) == set(), out
+        # the outcome in Indonesian too ("delivered" was left in the table)
+        code, out = ctl.run("dinkes", "--lang", "id", "webhooks", "deliveries")
+        assert "terkirim" in out and "delivered" not in out, out
         # A WEBHOOK_SECRET left in the shell does not change the secret of an update that
         # does not ask for it: the deliveries below still verify with the first secret.
         monkeypatch.setenv("WEBHOOK_SECRET", "another-secret-left-in-the-shell")

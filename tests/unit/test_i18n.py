@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import socket
+import typing
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -22,7 +23,13 @@ from incidentledger_client import i18n
 from incidentledger_client.cli import main, output
 from incidentledger_client.cli.app import app
 from incidentledger_client.i18n import catalogs, labels
-from incidentledger_client.types import Actor, IncidentEvent, KecamatanScore, VulnerabilityMap
+from incidentledger_client.types import (
+    Actor,
+    DeliveryOutcome,
+    IncidentEvent,
+    KecamatanScore,
+    VulnerabilityMap,
+)
 from services.common import vocabulary
 
 #: English words of the UI that must not show through Indonesian text (whole words).
@@ -144,6 +151,8 @@ def test_every_code_has_an_indonesian_label() -> None:
         (labels.severity, ("low", "medium", "high", "critical")),
         (labels.band, ("low", "medium", "high")),
         (labels.rejection, ("INVALID", "HOAX", "OUT_OF_SCOPE")),
+        # webhooks deliveries' outcome column ("delivered" in an Indonesian table)
+        (labels.delivery, typing.get_args(DeliveryOutcome)),
         # Every event type the ledger records (the timeline of ledgerctl and the page).
         (labels.event_type, vocabulary.EVENT_TYPES),
     ]

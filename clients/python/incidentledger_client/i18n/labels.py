@@ -93,6 +93,16 @@ def band(code: str, *, worded: bool = False) -> str:
     return BAND_WORDS.get(code, label) if worded and label == code else label
 
 
+def delivery(code: str) -> str:
+    """The outcome of a delivery to a webhook or a subscriber (the notifier's log)."""
+    labels = {
+        "delivered": pgettext("delivery", "delivered"),
+        "failed": pgettext("delivery", "failed"),
+        "dead_letter": pgettext("delivery", "dead_letter"),
+    }
+    return labels.get(code, code)
+
+
 def boolean(value: bool) -> str:
     """A yes or no of an event's payload (``starts_response``): English keeps Python's
     ``True``/``False`` as ledgerctl always showed them; Indonesian says ``ya``/``tidak``."""

@@ -13,7 +13,7 @@ from incidentledger_client.cli.commands import group
 from incidentledger_client.cli.commands.incidents import RequestId
 from incidentledger_client.cli.inputs import code, codes, incident_name
 from incidentledger_client.cli.state import state
-from incidentledger_client.i18n import N_, _
+from incidentledger_client.i18n import N_, _, labels
 from incidentledger_client.types import EventFilter, Webhook
 
 app = group(
@@ -277,7 +277,7 @@ def webhooks_deliveries(
             d.agency,
             d.channel,
             d.target,
-            d.outcome,
+            labels.delivery(d.outcome),
             d.attempt,
             d.error,
         )
