@@ -645,3 +645,30 @@ def test_every_incident_argument_says_it_takes_a_reference_code(
                     row = page[page.index(f" {param.metavar} ") :].split("╰")[0]
                     assert said in row and "MKM-" in row, (path, lang, row)
     assert ["show"] in checked and ["verify"] in checked, checked
+
+
+def test_config_view_in_indonesian_and_json_unchanged(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`config view` said 'default', 'None', '(43 characters)', 'tokens file for agency' and
+    headed its source column 'mulai' (a time's "from") in an Indonesian table."""
+    monkeypatch.setenv("COLUMNS", "200")
+    for variable in ("LEDGERCTL_CONFIG", "LEDGER_ADDRESS", "LEDGER_TLS_CA", "LEDGERCTL_ZONE"):
+        monkeypatch.delenv(variable, raising=False)
+    tokens = tmp_path / "dev-tokens.yaml"
+    tokens.write_text("polres:\n  token: abcdefghijklmnop\n", encoding="utf-8")
+    args = ["--config", str(tmp_path / "none.toml"), "--tokens-file", str(tokens), "-a", "polres"]
+    (tmp_path / "none.toml").write_text('zone = "Asia/Jakarta"\n', encoding="utf-8")
+    capsys.readouterr()
+    assert main(["--lang", "id", *args, "config", "view"]) == 0
+    shown = capsys.readouterr().out
+    assert "asal" in shown and "bawaan" in shown and "abcd…(16 karakter)" in shown, shown
+    assert "berkas token, untuk instansi polres (flag --agency)" in shown, shown
+    assert f"berkas konfigurasi {tmp_path / 'none.toml'}" in shown, shown
+    assert not re.search(r"\b(?:None|default|characters|tokens file|mulai)\b", shown), shown
+    as_json = []
+    for lang in ("en", "id"):
+        assert main(["--json", "--lang", lang, *args, "config", "view"]) == 0
+        as_json.append(json.loads(capsys.readouterr().out))
+    assert as_json[0] == as_json[1]
+    assert as_json[0]["settings"]["tls_ca"] == {"value": None, "source": "default"}

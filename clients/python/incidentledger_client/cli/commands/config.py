@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import typer
@@ -31,6 +32,36 @@ def _masked(name: str, value: Any) -> Any:
     return value
 
 
+def _shown(name: str, value: Any) -> str:
+    """A setting's value in the table, for people: the token masked, none as "-"."""
+    if value is None or value == "":
+        return "-"
+    if name == "token":
+        text = str(value)
+        return _("{start}…({count} characters)").format(start=text[:4], count=len(text))
+    return str(value)
+
+
+#: Where a setting came from, as config.py records it (in English, as --json shows it).
+_TOKENS_FILE_SOURCE = re.compile(r"^tokens file for agency (?P<agency>\S+) \((?P<source>.*)\)$")
+
+
+def source_said(source: str) -> str:
+    """Where a setting came from, for people: a flag and a variable as typed (``flag
+    --address``, ``env LEDGER_ADDRESS``), the default, a config file and the tokens file in the
+    run's language (``--json`` keeps config.py's English)."""
+    if source == "default":
+        return _("default")
+    found = _TOKENS_FILE_SOURCE.match(source)
+    if found:
+        return _("tokens file, for agency {agency} ({source})").format(
+            agency=found["agency"], source=source_said(found["source"])
+        )
+    if source.startswith("config "):
+        return _("config file {where}").format(where=source.removeprefix("config "))
+    return source
+
+
 @app.command("view", epilog="Example: ledgerctl config view --context production")
 def config_view(ctx: typer.Context) -> None:
     """The effective settings and where each came from (flag, environment, config file)."""
@@ -53,8 +84,14 @@ def config_view(ctx: typer.Context) -> None:
     none = _("(none)")
     out.print(_("config file: {path}").format(path=settings.config_file or none), markup=False)
     out.print(_("context: {name}").format(name=settings.context or none), markup=False)
+    shown = [
+        (name, _shown(name, getattr(settings, name)), source_said(source))
+        for name, _value, source in rows
+    ]
     out.print(
-        output.rows_table(_("Effective settings"), (N_("setting"), N_("value"), N_("from")), rows)
+        output.rows_table(
+            _("Effective settings"), (N_("setting"), N_("value"), N_("source")), shown
+        )
     )
 
 
