@@ -37,6 +37,7 @@ VIEWS = [
     ("desk_pilkada", ["severities"]),
     ("inspektorat", ["audit", "verify"]),
     ("inspektorat", ["audit", "as-of", "now"]),
+    ("desk_pilkada", ["config", "view"]),
 ]
 
 

@@ -51,6 +51,14 @@ TELLTALE = (
     "commands",
     "options",
     "example",
+    # Python's and the codes' English left in a table or a message (a timeline's
+    # starts_response=True, config view's None and default, a delivery's outcome)
+    "true",
+    "false",
+    "none",
+    "default",
+    "characters",
+    "delivered",
 )
 #: What is typed as it is whatever the language: command lines, options, codes, names.
 ALLOWED = re.compile(
