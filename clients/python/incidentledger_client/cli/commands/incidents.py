@@ -717,6 +717,8 @@ def list_(
         clauses.append('lead_agency = ""')
     if filter_:
         clauses.append(filter_)
+    if limit < 0:  # the ledger would refuse its page size, naming page_size
+        raise typer.BadParameter(_("must be 0 (all) or more"), param_hint="--limit")
     st = state(ctx)
     incidents = []
     # A page of the ledger's at most: with --limit, only the pages that hold the ones shown.

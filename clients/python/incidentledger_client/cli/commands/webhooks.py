@@ -241,6 +241,8 @@ def webhooks_deliveries(
     ] = None,
 ) -> None:
     """The delivery log of your agency: which event went where, how, with what outcome."""
+    if limit < 0:  # the notifier would refuse its page size, naming page_size
+        raise typer.BadParameter(_("must be 0 (all) or more"), param_hint="--limit")
     st = state(ctx)
     name = incident_name(ctx, incident) if incident else None
     if to is None:
