@@ -445,7 +445,9 @@ def act(
 def escalate(
     ctx: typer.Context,
     name: Name,
-    reason: Annotated[str, typer.Argument(help="Why.")] = "",
+    # Required: the ledger refuses an escalation without its reason ("reason: is required",
+    # in English, after the command had been sent).
+    reason: Annotated[str, typer.Argument(help="Why.", metavar="REASON")],
     expected_version: Version = 0,
     request_id: RequestId = None,
 ) -> None:
