@@ -378,6 +378,7 @@ def test_every_help_page_in_both_languages(
         (["show", "a", "b", "c"], "Kesalahan: Argumen tambahan yang tidak diharapkan (b c)"),
         # an escalation's reason is asked for here, not refused by the ledger in English
         (["escalate", "MKM-7QK3-9V"], "Kesalahan: Argumen 'REASON' belum diberikan."),
+        (["reopen", "MKM-7QK3-9V"], "Argumen 'REASON' belum diberikan."),
         # refused here, not by the ledger naming its page_size in English
         (["list", "--limit", "-5"], "Nilai tidak sah untuk --limit: harus 0 (semua) atau lebih"),
         (["webhooks", "deliveries", "-n", "-3"], "untuk --limit: harus 0 (semua) atau lebih"),

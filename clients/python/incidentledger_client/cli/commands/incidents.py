@@ -519,7 +519,8 @@ def close_approve(
 def reopen(
     ctx: typer.Context,
     name: Name,
-    reason: Annotated[str, typer.Argument(help="Why.")] = "",
+    # Required, as escalate's: the ledger refuses a reopening without its reason.
+    reason: Annotated[str, typer.Argument(help="Why.", metavar="REASON")],
     expected_version: Version = 0,
     request_id: RequestId = None,
 ) -> None:
