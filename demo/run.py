@@ -655,6 +655,11 @@ def tokens_file_for(env: dict[str, str] | os._Environ[str]) -> Path:
     return DEFAULT_TOKENS_FILE
 
 
+#: Why the demo plays against a stack it did not start (demo.stack's words; "DEMO_STACK"
+#: is the setting's name), marked for the catalog.
+GIVEN_REASONS = (N_("make run's stack is up"),)
+
+
 @contextmanager
 def _given(choice: Choice, tokens_file: Path, console: Console) -> Iterator[Stack]:
     silent = [a for a in (choice.ledger, choice.notifier) if not listening(a)]
@@ -670,7 +675,11 @@ def _given(choice: Choice, tokens_file: Path, console: Console) -> Iterator[Stac
             "($LEDGER_DATA_DIR/credentials/dev-tokens.yaml of the stack)"
         )
     console.print(
-        f"[yellow]playing against {choice.ledger}, {choice.notifier}[/yellow] ({choice.why})"
+        "[yellow]"
+        + _("playing against {ledger}, {notifier}").format(
+            ledger=choice.ledger, notifier=choice.notifier
+        )
+        + f"[/yellow] ({_(choice.why)})"
     )
     # make run's situation room, when it answers (SITUATION_ROOM_LISTEN, default 8080).
     room = connect_address(os.environ.get("SITUATION_ROOM_LISTEN") or RUN_ROOM)

@@ -3,23 +3,28 @@ the scenario in Bahasa Indonesia."""
 
 from __future__ import annotations
 
+import io
+import socket
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from rich.console import Console
 
 from demo.run import (
     SCENARIO,
     Scenario,
     ScenarioError,
+    _given,
     choose_day,
     percentile,
     step_texts,
     texts_in,
 )
-from demo.stack import RUN_LEDGER, RUN_NOTIFIER, StackError, choose, own_environment
+from demo.stack import RUN_LEDGER, RUN_NOTIFIER, Choice, StackError, choose, own_environment
+from incidentledger_client.i18n import Language, using
 
 
 def never(_address: str) -> bool:
@@ -168,3 +173,28 @@ def test_the_scenario_plays_in_indonesian_with_its_codes_unchanged() -> None:
     assert synced["reports"][0]["title"].startswith("Pemilih ditolak")
     rejected = next(s for s in indonesian.steps if s["do"] == "reject")
     assert rejected["reason"] == "HOAX"
+
+
+@pytest.mark.parametrize(
+    ("language", "said"),
+    [
+        ("id", "memainkan hari itu pada {address}, {address} (tumpukan make run sedang berjalan)"),
+        ("en", "playing against {address}, {address} (make run's stack is up)"),
+    ],
+)
+def test_the_stack_played_against_is_named_in_the_demos_language(
+    language: Language, said: str, tmp_path: Path
+) -> None:
+    """`make demo DEMO_LANG=id` began with an English line, 'playing against ...'."""
+    tokens = tmp_path / "dev-tokens.yaml"
+    tokens.write_text("{}\n", encoding="utf-8")
+    console = Console(file=io.StringIO(), width=200)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        choice = Choice(own=False, ledger=address, notifier=address, why="make run's stack is up")
+        with using(language), _given(choice, tokens, console):
+            pass
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert said.format(address=address) in shown, shown
