@@ -577,7 +577,9 @@ class LedgerVariables(Group):
         "LEDGER_STORE_CHECK_SECONDS",
         1.0,
         "how often the ledger, and a notifier with `NOTIFIER_STORE=postgres`, ask PostgreSQL "
-        "whether it answers; their health is `NOT_SERVING` while it does not",
+        "whether it answers; their health is `NOT_SERVING` while it does not. Also how often "
+        "a ledger (on any store) asks whether a key rotation retired its signing key: then "
+        "it records nothing more and is `NOT_SERVING` until restarted with the new key",
         read_by=(LEDGER, NOTIFIER),
         gt=0.0,
     )

@@ -79,6 +79,10 @@ TEMPLATES: Mapping[str, str] = {
     "AUTH_THROTTLED": N_("Too many failed sign-ins: wait and retry."),
     "STORE_UNAVAILABLE": N_("The database cannot be reached: retry."),
     "PROJECTION_LAGGING": N_("The views are behind the ledger: retry."),
+    "SIGNING_KEY_RETIRED": N_(
+        "This ledger replica's signing key was retired: it records nothing more. Retry; "
+        "another replica takes the request."
+    ),
     "STREAM_UNAVAILABLE": N_("The event stream cannot be reached: resume from the last cursor."),
     "SHUTTING_DOWN": N_("The service is stopping: resume from the last cursor."),
     "HASH_CHAIN_BROKEN": N_("The stored history of {incident} fails its hash chain."),

@@ -213,6 +213,23 @@ class Unavailable(LedgerError):
     reason = "UNAVAILABLE"
 
 
+class SigningKeyRetired(Unavailable):
+    """This replica's signing key was retired by a rotation (another replica started with
+    the new key): it records nothing more, since what it sealed would be refused. Another
+    replica takes the same request (same request id); this one must be restarted with the
+    current key."""
+
+    reason = "SIGNING_KEY_RETIRED"
+
+    def __init__(self, key_id: str, retired_at: str, successor: str) -> None:
+        super().__init__(
+            f"this ledger replica signs with key {key_id}, retired at {retired_at} for key "
+            f"{successor}: it records nothing more; send the request again (same request_id) "
+            "to another replica",
+            metadata={"key_id": key_id, "successor": successor},
+        )
+
+
 class DataLoss(LedgerError):
     """Stored history that fails its integrity checks."""
 

@@ -27,6 +27,7 @@ from incidentledger.v1 import (
 from services.common.auth import TokenStore, load_or_create_tokens, shared_secret
 from services.common.config import ConfigError, LedgerSettings
 from services.common.datafiles import close_data_dir, prepare_sqlite_file
+from services.common.errors import SigningKeyRetired
 from services.common.grpc_server import RequestInterceptor
 from services.common.heap import freeze_after_start
 from services.common.limits import Limits
@@ -58,6 +59,7 @@ from services.ledger.domain.incident import Incident
 from services.ledger.evidence import EvidenceService, clear_spool, create_downloads_table
 from services.ledger.evidence_store import EvidenceObjects
 from services.ledger.evidence_sweep import EvidenceSweeper
+from services.ledger.key_watch import RetiredKeyWatch
 from services.ledger.personal_keys import SQLITE_PRAGMAS, PersonalKeys, load_key_ring
 from services.ledger.projections import Projections
 from services.ledger.read_model import ReadModel
@@ -82,6 +84,9 @@ RELAY_HEALTH = "relay"
 # NOT_SERVING while the relay's session found messages on the stream the store does not
 # vouch for (foreign messages); "relay" stays SERVING, since publishing goes on.
 RELAY_STREAM_HEALTH = "relay.stream"
+# A part of the ledger's readiness: unavailable for good once the store records this
+# replica's signing key as retired (services/ledger/key_watch.py).
+SIGNING_KEY_PART = "signing_key"
 
 
 def load_tokens(settings: LedgerSettings, reference: ReferenceData) -> TokenStore:
@@ -150,6 +155,8 @@ class PersonalDataUpkeep:
                 self._ledger.scrub_personal_keys()
             except STORE_CONNECTION_ERRORS as exc:  # the store is away: the next run retries
                 log.warning("personal_data.upkeep_failed", error=f"{type(exc).__name__}")
+            except SigningKeyRetired:  # an erasure is an event; the key watch says what to do
+                log.info("personal_data.upkeep_skipped", reason="SIGNING_KEY_RETIRED")
             self._stopping.wait(self._interval)
 
     def stop(self) -> None:
@@ -172,6 +179,7 @@ class LedgerServer:
     metrics: Metrics
     stopped: threading.Event
     store_watch: StoreWatch | None = None
+    key_watch: RetiredKeyWatch | None = None
     personal_data: PersonalDataUpkeep | None = None
     evidence_objects: EvidenceObjects | None = None
     evidence_db: Database | None = None
@@ -189,6 +197,8 @@ class LedgerServer:
             close_step("ledger", "personal_data", self.personal_data.stop)
         if self.store_watch is not None:
             close_step("ledger", "store_watch", self.store_watch.stop)
+        if self.key_watch is not None:
+            close_step("ledger", "key_watch", self.key_watch.stop)
         close_step("ledger", "checkpoints", self.checkpoints.close)
         close_step("ledger", "metrics", self.metrics.close)
         if self.relay is not None:
@@ -260,6 +270,8 @@ def build(settings: LedgerSettings) -> LedgerServer:
     try:
         rotated = _rotate_key(probe)
         ledger.bound_retired_seals(probe.retired_positions())
+        if probe.records_retirements():
+            ledger.guard_commits()
     finally:
         probe.close()
     projections = Projections(ledger, settings.store_env, reference, create=create)
@@ -323,6 +335,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
         lambda available: readiness.set("store", available),
     )
     checkpoints.start()
+    key_watch = watch_signing_key(settings, ledger, checkpoints, readiness)
     personal_data = PersonalDataUpkeep(
         ledger,
         settings.personal_data_retention_days,
@@ -355,11 +368,35 @@ def build(settings: LedgerSettings) -> LedgerServer:
         metrics,
         threading.Event(),
         store_watch,
+        key_watch,
         personal_data,
         evidence_objects,
         evidence_db,
         evidence_sweeper,
     )
+
+
+def watch_signing_key(
+    settings: LedgerSettings, ledger: Ledger, checkpoints: Checkpoints, readiness: Readiness
+) -> RetiredKeyWatch:
+    """Every ``LEDGER_STORE_CHECK_SECONDS``, on every store: has another replica's rotation
+    retired this replica's signing key? Then it records and signs nothing more, and its
+    health turns NOT_SERVING for good (a restart with the current key brings it back)."""
+
+    def on_retired(refusal: SigningKeyRetired) -> None:
+        ledger.stop_sealing(refusal)
+        readiness.set(SIGNING_KEY_PART, False)
+        checkpoints.stop()  # it would only fail, every interval, for the same reason
+
+    watch = RetiredKeyWatch(
+        checkpoints.key_id,
+        lambda: checkpoints.retirement(checkpoints.key_id),
+        settings.store_check_seconds,
+        on_retired,
+    )
+    ledger.add_key_retired_listener(watch.wake)  # a commit refused: health follows at once
+    watch.start()
+    return watch
 
 
 def build_evidence(

@@ -13,7 +13,10 @@ but for the insert statement's parameters. On both stores the ledger's recorder 
 the keys of the personal data a transaction's events seal (``personal_keys``, a
 :class:`~services.ledger.personal_keys.KeyRows`) in that transaction, through the
 library's hook for what goes with the events (the one its process recorders use to
-record their tracking).
+record their tracking). And on both, a commit given its signing key's id (``signing_key``)
+looks that key up in ``ledger_retired_keys`` inside the events' transaction, once it holds
+the store's write lock, and rolls back with :class:`RetiredKeyCommitError` when a rotation
+has retired it (services/ledger/key_watch.py).
 """
 
 from __future__ import annotations
@@ -23,20 +26,35 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from eventsourcing.persistence import ApplicationRecorder, StoredEvent
 from eventsourcing.popo import POPOApplicationRecorder
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 from psycopg import Cursor
 from psycopg.rows import DictRow, tuple_row
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Identifier, Literal
 
 from services.ledger.personal_keys import INDEX_TABLE, KEYS_TABLE, KeyRows, insert_key_rows
+
+RETIRED_KEYS_TABLE = "ledger_retired_keys"
+#: The message of the PostgreSQL error a commit of a retired key's seals raises.
+RETIRED_KEY_MARK = "incidentledger.signing_key_retired"
+
+
+class RetiredKeyCommitError(Exception):
+    """A commit's transaction found its events' signing key retired: nothing was stored."""
+
+    def __init__(self, key_id: str, retired_at: str, successor: str) -> None:
+        super().__init__(f"signing key {key_id} was retired at {retired_at} for {successor}")
+        self.key_id = key_id
+        self.retired_at = retired_at
+        self.successor = successor
 
 
 class KeyedSQLiteRecorder(SQLiteApplicationRecorder):
     """The library's SQLite recorder, writing the keys of the personal data the events
-    seal in their transaction."""
+    seal in their transaction, and refusing a retired signing key's commit."""
 
     def _insert_events(
         self,
@@ -44,11 +62,23 @@ class KeyedSQLiteRecorder(SQLiteApplicationRecorder):
         stored_events: Sequence[StoredEvent],
         *,
         personal_keys: KeyRows | None = None,
+        signing_key: str | None = None,
         **kwargs: Any,
     ) -> Sequence[int] | None:
         if personal_keys:
             insert_key_rows(c, personal_keys, KEYS_TABLE, INDEX_TABLE, "?")
-        return super()._insert_events(c, stored_events, **kwargs)
+        positions = super()._insert_events(c, stored_events, **kwargs)
+        if signing_key is not None:
+            # After a write: the transaction holds SQLite's one write lock, so a rotation
+            # (services/ledger/audit/checkpoints.py) has committed entirely or not begun.
+            c.execute(
+                "SELECT retired_at, successor FROM ledger_retired_keys WHERE key_id = ?",
+                (signing_key,),
+            )
+            row = c.fetchone()
+            if row is not None:  # raised in the library's transaction: rolled back
+                raise RetiredKeyCommitError(signing_key, str(row[0]), str(row[1]))
+        return positions
 
 
 class ArrayInsertRecorder(PostgresApplicationRecorder):
@@ -75,6 +105,7 @@ class ArrayInsertRecorder(PostgresApplicationRecorder):
         )
         schema = Identifier(datastore.schema).as_string()
         self._key_tables = (f"{schema}.{KEYS_TABLE}", f"{schema}.{INDEX_TABLE}")
+        self._key_checks: dict[str, SQL] = {}
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -84,8 +115,38 @@ class ArrayInsertRecorder(PostgresApplicationRecorder):
             raise RuntimeError(
                 "keys of personal data cannot be saved with POSTGRES_ENABLE_DB_FUNCTIONS"
             )
-        positions: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+        try:
+            positions: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+        except Exception as exc:
+            retired = _retired_key_error(exc)
+            if retired is None:
+                raise
+            retired_at, _, successor = (retired.diag.message_detail or "").partition(" ")
+            raise RetiredKeyCommitError(str(kwargs["signing_key"]), retired_at, successor) from None
         return positions
+
+    def _key_check(self, signing_key: str) -> SQL:
+        """A statement that fails (RETIRED_KEY_MARK) when ``signing_key`` is retired: a
+        plain statement in the insert's pipeline, so the check adds no round trip. The key
+        id is the ledger's own (hex digits), quoted as a literal: a DO block takes no
+        parameters."""
+        check = self._key_checks.get(signing_key)
+        if check is None:
+            composed = SQL(
+                "DO $$DECLARE r record; BEGIN "
+                "SELECT retired_at, successor INTO r FROM {table} WHERE key_id = {key}; "
+                "IF FOUND THEN RAISE EXCEPTION USING MESSAGE = {mark}, "
+                "DETAIL = r.retired_at || ' ' || r.successor; END IF; END$$"
+            ).format(
+                table=Identifier(self.datastore.schema, RETIRED_KEYS_TABLE),
+                key=Literal(signing_key),
+                mark=Literal(RETIRED_KEY_MARK),
+            )
+            # Rendered once: quoting the names again at each commit cost more than the check.
+            with self.datastore.get_connection() as conn:
+                check = SQL(composed.as_string(conn))
+            self._key_checks[signing_key] = check
+        return check
 
     def _insert_events(
         self,
@@ -101,10 +162,19 @@ class ArrayInsertRecorder(PostgresApplicationRecorder):
         super()._insert_events(curs, stored_events, **kwargs)
 
     def _insert_stored_events(
-        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **_: Any
+        self,
+        curs: Cursor[DictRow],
+        stored_events: Sequence[StoredEvent],
+        *,
+        signing_key: str | None = None,
+        **_: Any,
     ) -> None:
         self._lock_table(curs)
         self._notify_channel(curs)
+        if signing_key is not None:
+            # After the table lock, which a rotation takes too: it has committed entirely
+            # or not begun (READ COMMITTED: this statement sees what committed before it).
+            curs.execute(self._key_check(signing_key))
         curs.execute(
             self.insert_events_statement,
             (
@@ -114,6 +184,18 @@ class ArrayInsertRecorder(PostgresApplicationRecorder):
                 [e.state for e in stored_events],
             ),
         )
+
+
+def _retired_key_error(exc: BaseException) -> psycopg.errors.RaiseException | None:
+    """The PostgreSQL error of :meth:`ArrayInsertRecorder._key_check` behind ``exc``, if it
+    is one (the library wraps some of the driver's errors in its own)."""
+    for error in (exc, exc.__cause__):
+        if (
+            isinstance(error, psycopg.errors.RaiseException)
+            and error.diag.message_primary == RETIRED_KEY_MARK
+        ):
+            return error
+    return None
 
 
 class EventPositions:

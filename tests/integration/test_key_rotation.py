@@ -11,20 +11,22 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import closing
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from incidentledger.v1 import audit_service_pb2 as audit
 from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
 from incidentledger.v1 import ledger_service_pb2 as api
 from services.common.config import PROJECT_ROOT, ConfigError, LedgerSettings
+from services.common.grpc_errors import error_info
 from services.ledger.application import Ledger
 from services.ledger.audit import (
     CheckpointError,
@@ -37,6 +39,7 @@ from services.ledger.audit.keys import load_public_key, load_signing_key
 from services.ledger.domain.commands import ReportIncident
 from services.ledger.seals import Sealer
 from services.ledger.server import build
+from tests.fanout_support import wait_until
 from tests.support import (
     REFERENCE_FILE,
     Client,
@@ -344,3 +347,95 @@ def test_a_store_migrated_before_rotations_asks_for_migrate(tmp_path: Path, keys
         state.env = env
         with running_ledger(state.settings(keys.new, keys.retired)) as client:
             client.report()  # made by the start (as `migrate` would): the rotation runs
+
+
+STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@contextmanager
+def _two_replicas(
+    store: str, tmp_path: Path, keys: Keys, check_seconds: float
+) -> Iterator[tuple[Client, Client, str, Callable[[], int]]]:
+    """A replica on the old key, which recorded an incident, and a second replica started
+    on the new key beside it, which rotated; then every event in the store verified with
+    both keys (nothing the old key sealed after the rotation)."""
+    with store_environment(store, tmp_path) as env:
+        state = Rotated(env, tmp_path, keys, 0, 0, "")
+
+        def settings(key: Path, retired: Path | None = None) -> LedgerSettings:
+            return replace(state.settings(key, retired), store_check_seconds=check_seconds)
+
+        with running_ledger(settings(keys.old)) as stale:
+            first = stale.report().incident
+            health = health_pb2_grpc.HealthStub(stale.channel)
+
+            def status() -> int:
+                return int(health.Check(health_pb2.HealthCheckRequest(service="")).status)
+
+            assert status() == health_pb2.HealthCheckResponse.SERVING
+            with running_ledger(settings(keys.new, keys.retired)) as current:
+                yield stale, current, first, status
+                # The replica on the current key records, and signs over everything stored.
+                _escalate(current, first)
+                current.report()
+                current.server.checkpoints.create()
+        ledger = state.ledger()
+        try:
+            report = verify_store(ledger, [keys.public(keys.new), keys.public(keys.old)])
+            assert report.ok, report.divergence
+        finally:
+            ledger.close()
+
+
+def _refused_as_retired(stale: Client, first: str, keys: Keys) -> None:
+    for attempt in (lambda: stale.report(), lambda: _escalate(stale, first)):
+        with pytest.raises(grpc.RpcError) as refused:
+            attempt()
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        info = error_info(refused.value)  # type: ignore[arg-type]
+        assert info is not None and info.reason == "SIGNING_KEY_RETIRED", refused.value
+        assert info.metadata["successor"] == Sealer(keys.private(keys.new)).key_id
+
+
+def _wait_not_serving(status: Callable[[], int]) -> None:
+    wait_until(
+        lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING,
+        timeout=30,
+        what="the replica on the retired key to report NOT_SERVING",
+    )
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_a_replica_left_running_notices_the_rotation_by_itself(
+    store: str, tmp_path: Path, keys: Keys
+) -> None:
+    """Without any command: within its store check the replica on the old key answers
+    NOT_SERVING (a load balancer drops it), then refuses commands, recording nothing."""
+    with _two_replicas(store, tmp_path, keys, check_seconds=0.05) as (
+        stale,
+        current,
+        first,
+        status,
+    ):
+        _wait_not_serving(status)
+        _refused_as_retired(stale, first, keys)
+        # An incident the new key sealed is unknown to it: refused the same way, not as
+        # a broken history.
+        changed = current.report().incident
+        with pytest.raises(grpc.RpcError) as refused:
+            stale.stub.GetIncident(
+                api.GetIncidentRequest(name=changed), metadata=stale.md("kesbangpol")
+            )
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_a_commit_after_the_rotation_is_refused_before_the_check_comes_round(
+    store: str, tmp_path: Path, keys: Keys
+) -> None:
+    """The replica's periodic check far away (an hour): its first commit after the
+    rotation finds the key retired inside its own transaction and is rolled back; the
+    health follows at once."""
+    with _two_replicas(store, tmp_path, keys, check_seconds=3600) as (stale, _, first, status):
+        _refused_as_retired(stale, first, keys)
+        _wait_not_serving(status)

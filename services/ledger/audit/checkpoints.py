@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 from eventsourcing.persistence import ApplicationRecorder
+from eventsourcing.postgres import PostgresApplicationRecorder
+from psycopg.sql import SQL, Identifier
 
 from services.common.config import ConfigError
 from services.common.failurelog import FailureLog
@@ -350,6 +352,11 @@ class Checkpoints:
             cur.execute("SELECT key_id, position FROM ledger_retired_keys")
             return {str(kid): int(position) for kid, position in cur.fetchall()}
 
+    def records_retirements(self) -> bool:
+        """Whether the store has the table of retired keys (one made before rotations,
+        with CREATE_TABLE=n, has it only once `migrate` ran)."""
+        return table_exists(self._db, "ledger_retired_keys")
+
     def retirement(self, kid: str) -> tuple[str, str, int] | None:
         """When key ``kid`` was retired, for which key, and the last position it covers."""
         if not table_exists(self._db, "ledger_retired_keys"):
@@ -548,9 +555,15 @@ class Checkpoints:
             )
         # Recorded first: from here on the retired key is refused, also if the checkpoint
         # below fails (the next start signs it; a start finds the key retired already).
-        newest = newest_row(self._recorder, self._decoder.topics)
         rotated_at = datetime.now(UTC).isoformat(timespec="microseconds")
         with self._db.transaction() as cur:
+            # Under the store's write lock (SQLite's BEGIN IMMEDIATE; on PostgreSQL the
+            # events table's, which every commit takes), so that no commit falls between
+            # the newest position read here and the row: a replica left on the retired key
+            # checks the row in its commit's transaction under that lock (services/ledger/
+            # store.py), so each of its commits is either below the position or refused.
+            self._lock_events(cur)
+            newest = newest_row(self._recorder, self._decoder.topics)
             cur.execute(
                 self._db.q(
                     "INSERT INTO ledger_retired_keys (key_id, retired_at, successor, position) "
@@ -572,6 +585,11 @@ class Checkpoints:
                 "verify the history before this position",
             )
         return checkpoint
+
+    def _lock_events(self, cur: Any) -> None:
+        if isinstance(self._recorder, PostgresApplicationRecorder):
+            table = Identifier(self._recorder.datastore.schema, self._recorder.events_table_name)
+            cur.execute(SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(table))
 
     # ------------------------------------------------------------------ read
 
