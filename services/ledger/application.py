@@ -755,6 +755,8 @@ class Ledger(Application[UUID]):
             return TriageResult(TriageOutcome.INVALID, error=error)
         except AlreadyExists as error:
             return TriageResult(TriageOutcome.CONFLICT, error=error)
+        except SigningKeyRetired:
+            raise  # not the incident's refusal: the whole call goes to another replica
         except LedgerError as error:
             return TriageResult(TriageOutcome.REFUSED, error=error)
 

@@ -387,8 +387,23 @@ def _two_replicas(
             ledger.close()
 
 
+def _triage(client: Client, name: str) -> None:
+    client.stub.TriageIncidents(
+        api.TriageIncidentsRequest(
+            request_id=rid(),
+            items=[api.TriageItem(name=name, verify=api.TriageVerify(comment="checked"))],
+        ),
+        metadata=client.md("desk_pilkada"),  # the coordinator triages
+    )
+
+
 def _refused_as_retired(stale: Client, first: str, keys: Keys) -> None:
-    for attempt in (lambda: stale.report(), lambda: _escalate(stale, first)):
+    attempts = (
+        lambda: stale.report(),
+        lambda: _escalate(stale, first),
+        lambda: _triage(stale, first),
+    )
+    for attempt in attempts:
         with pytest.raises(grpc.RpcError) as refused:
             attempt()
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
