@@ -21,6 +21,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from structlog.testing import capture_logs
 
 from incidentledger.v1 import audit_service_pb2 as audit
 from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
@@ -452,5 +453,11 @@ def test_a_commit_after_the_rotation_is_refused_before_the_check_comes_round(
     rotation finds the key retired inside its own transaction and is rolled back; the
     health follows at once."""
     with _two_replicas(store, tmp_path, keys, check_seconds=3600) as (stale, _, first, status):
-        _refused_as_retired(stale, first, keys)
-        _wait_not_serving(status)
+        with capture_logs() as logs:
+            _refused_as_retired(stale, first, keys)
+            _wait_not_serving(status)
+            _refused_as_retired(stale, first, keys)
+        said = [x for x in list(logs) if x["event"] == "ledger.signing_key_retired"]
+        assert len(said) == 1, said  # one line, an error, saying what to do
+        assert said[0]["log_level"] == "error"
+        assert "restart it with the current signing key" in str(said[0]["note"])
