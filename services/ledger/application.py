@@ -1625,8 +1625,13 @@ class Ledger(Application[UUID]):
         beside what it buys (no event sealed with a retired key is ever stored after the
         rotation's row), so every commit makes it; the periodic check alone left up to
         LEDGER_STORE_CHECK_SECONDS of such events, broken for good."""
-        if self.sealer is not None and isinstance(
-            self.recorder, (KeyedSQLiteRecorder, ArrayInsertRecorder)
+        if self.sealer is None:
+            return
+        if isinstance(self.recorder, KeyedSQLiteRecorder) or (
+            # The library's insert function (POSTGRES_ENABLE_DB_FUNCTIONS) takes the events
+            # alone: there only the periodic check (services/ledger/key_watch.py) runs.
+            isinstance(self.recorder, ArrayInsertRecorder)
+            and not self.recorder.datastore.enable_db_functions
         ):
             self._commit_key = self.sealer.key_id
 
