@@ -548,3 +548,35 @@ def test_a_relay_whose_nats_is_unreachable_says_so_at_once_and_stops_within_the_
             names = [x.get("event") for x in ledger.log_lines()]
     assert "ledger.stop_forced" not in names, names
     assert code == 0
+
+
+def test_a_ledger_whose_relay_child_does_not_answer_stops_within_its_deadline(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """A relay child that does not answer the stop (here frozen, SIGSTOP; on a busy machine,
+    one still starting, 4-5 s of imports): the ledger waited up to 15 s for it (the child's
+    own 10 s, then 5 more), past its deadline of grace + 5 s (forced out, exit 1). It now
+    waits a few seconds, then kills it: nothing is lost, the next relay publishes from the
+    stream's last message."""
+    url = nats_server.url
+    with store_environment("sqlite", tmp_path) as store_env:
+        env = {**relay_env(tmp_path, store_env, url), "LEDGER_GRACE_SECONDS": "1"}
+        with service_process("services.ledger", env) as ledger:
+            token = dev_tokens(tmp_path / "data")["kpu"]
+            report(ledger.port, token, 0)
+            wait_until(lambda: len(read_stream(url)) == 1, what="the first event published")
+            (child,) = [
+                p
+                for p in psutil.Process(ledger.proc.pid).children()
+                if "relay_child" in " ".join(p.cmdline())
+            ]
+            child.suspend()
+            try:
+                ledger.proc.send_signal(signal.SIGTERM)
+                code = ledger.proc.wait(60)
+            finally:
+                if child.is_running():
+                    child.resume()
+            names = [x.get("event") for x in ledger.log_lines()]
+    assert "ledger.stop_forced" not in names, names
+    assert code == 0
