@@ -661,26 +661,11 @@ class Engine:
     ) -> bool:
         """Store an attempt's outcome, retrying a failing store while the job's lease lasts
         (after that the job is claimed again and delivered again, under the same id)."""
-        pause = 0.1
-        while True:
-            try:
-                # With the outcomes of the other deliveries that end meanwhile.
-                await self._outcomes.record(Outcome(job, outcome, attempt, error, retry_at, entry))
-                return True
-            except Exception as exc:  # the store is down or busy: retried, then left to the lease
-                give_up = self._stopping or time.monotonic() + pause >= lease_ends
-                log.warning(
-                    "webhook.outcome_not_recorded",
-                    webhook=job.webhook_id,
-                    delivery=job.id,
-                    outcome=outcome,
-                    error=f"{type(exc).__name__}: {exc}",
-                    retry_in_seconds=None if give_up else pause,
-                )
-                if give_up:
-                    return False
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 2.0)
+        return await self._outcomes.record_within(
+            Outcome(job, outcome, attempt, error, retry_at, entry),
+            lease_ends,
+            lambda: self._stopping,
+        )
 
     def count_delivery(self, channel: str, outcome: str) -> None:
         """A delivery's outcome was decided (and recorded)."""

@@ -12,12 +12,20 @@ is claimed) is unchanged.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 import structlog
 
+from services.common.failurelog import FailureLog
 from services.notifier.store import NotifierStore, Outcome
 
 log = structlog.get_logger(__name__)
+
+#: The first pause before an outcome the store refused is tried again; it doubles up to
+#: :data:`LONGEST_PAUSE_SECONDS`.
+FIRST_PAUSE_SECONDS = 0.1
+LONGEST_PAUSE_SECONDS = 2.0
 
 
 class OutcomeWriter:
@@ -27,6 +35,39 @@ class OutcomeWriter:
         self._store = store
         self._waiting: list[tuple[Outcome, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
+        # Every delivery under way retries its outcome while the store is away (16 per
+        # endpoint, each every 0.1-2 s): one warning for all of them, not one per retry.
+        self._failures = FailureLog(
+            "webhook.outcome_not_recorded", "webhook.outcome_recorded_again", logger=log
+        )
+
+    async def record_within(
+        self, outcome: Outcome, lease_ends: float, stopping: Callable[[], bool]
+    ) -> bool:
+        """Store ``outcome``, retrying a failing store until the job's lease ends (monotonic
+        seconds) or ``stopping()``; False when it gave up: the job is then claimed again
+        after its lease and delivered again, under the same id."""
+        pause = FIRST_PAUSE_SECONDS
+        while True:
+            try:
+                # With the outcomes of the other deliveries that end meanwhile.
+                await self.record(outcome)
+            except Exception as exc:  # the store is down or busy: retried, then left to the lease
+                give_up = stopping() or time.monotonic() + pause >= lease_ends
+                self._failures.failed(
+                    webhook=outcome.job.webhook_id,
+                    delivery=outcome.job.id,
+                    outcome=outcome.outcome,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_seconds=None if give_up else pause,
+                )
+                if give_up:
+                    return False
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, LONGEST_PAUSE_SECONDS)
+            else:
+                self._failures.succeeded()
+                return True
 
     async def record(self, outcome: Outcome) -> None:
         """Return once ``outcome`` is stored; raise what failed its transaction."""
