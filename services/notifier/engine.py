@@ -403,6 +403,11 @@ class Engine:
         # every other event about 110 ms late at 10 events/s). A fetch of one returns with
         # the first message; one a stale request delivers waits in the inbox for the next.
         batch = 1
+        # Messages a failed round took and did not acknowledge come back only after the ack
+        # wait: until then a fetch that finds nothing shows that NATS answers, not that the
+        # consumer works (while its store was down, each such fetch said
+        # notifier.consumer_working_again and the message that came back failed it again).
+        idle_proves_after = time.monotonic() + settings.ack_wait_seconds
         while not self._stopping:
             if time.monotonic() - self._floor_read_at >= CONSUMER_INFO_SECONDS:
                 await self._read_consumer()
@@ -412,7 +417,8 @@ class Engine:
                 # Nothing came: normal when idle. The client library raises its own
                 # TimeoutError or, on some paths, the built-in one (both are TimeoutError).
                 batch = 1
-                healthy()
+                if time.monotonic() >= idle_proves_after:
+                    healthy()
                 continue
             # The last message says how many more the stream holds for this consumer.
             batch = FETCH_BATCH if msgs and msgs[-1].metadata.num_pending else 1

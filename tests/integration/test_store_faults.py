@@ -31,6 +31,8 @@ from incidentledger.v1 import audit_service_pb2 as audit
 from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
+from incidentledger.v1 import notifier_service_pb2 as napi
+from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from incidentledger.v1 import situation_service_pb2 as situation
 from incidentledger.v1 import situation_service_pb2_grpc as situation_grpc
 from services.common.config import RelaySettings
@@ -38,7 +40,12 @@ from services.common.grpc_errors import error_info
 from services.common.natsserver import NatsServer
 from services.ledger.relay_messages import POSITION_HEADER
 from services.notifier.server import build as build_notifier
-from tests.fanout_support import notifier_settings
+from tests.fanout_support import (
+    WEBHOOK_SECRET,
+    WebhookReceiver,
+    notifier_settings,
+    wait_fanout_ready,
+)
 from tests.support import (
     PG_SETTINGS,
     Client,
@@ -451,3 +458,63 @@ def test_while_its_postgres_is_down_the_notifier_warns_once_not_at_every_restart
             )
     finally:
         notifier.stop(1.0)
+
+
+def test_while_its_postgres_is_down_the_notifier_consumer_says_it_works_only_once_it_does(
+    postgres: PrivatePostgres, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Events keep coming (the ledger's store is up) while the notifier's store is down:
+    each batch the consumer takes in fails to store its webhook jobs, and the messages come
+    back after NOTIFIER_ACK_WAIT_SECONDS. An idle fetch in between said
+    ``notifier.consumer_working_again`` and the next batch warned again: in a 20 s outage
+    three warnings and three false recoveries per notifier, one of each every ack wait.
+    Now one warning, and the recovery line once the store is back."""
+    receiver = WebhookReceiver()
+    receiver.start()
+    ledger_store = {
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "SQLITE_DBNAME": str(tmp_path / "ledger.sqlite"),
+    }
+    relay = RelaySettings(nats_url=nats_server.url, poll_seconds=0.2)
+    with running_ledger(settings_for(tmp_path, ledger_store, relay=relay)) as ledger:
+        notifier = build_notifier(
+            notifier_settings(
+                tmp_path, nats_server.url, store_env=private_store(postgres), ack_wait_seconds=3.0
+            )
+        )
+        wait_fanout_ready(ledger, notifier)
+        channel = grpc.insecure_channel(f"127.0.0.1:{notifier.port}")
+        restarts = notifier.engine.status.restarts
+        try:
+            napi_grpc.NotifierServiceStub(channel).CreateWebhook(
+                napi.CreateWebhookRequest(
+                    request_id=rid(), url=receiver.url, secret=WEBHOOK_SECRET
+                ),
+                metadata=ledger.md("desk_pilkada"),
+                timeout=10,
+            )
+            report(ledger)
+            wait_until(lambda: len(receiver.verified()) == 1, what="the first delivery")
+            with capture_logs() as logs:
+                postgres.stop()
+                try:
+                    report(ledger)
+                    wait_until(
+                        lambda: restarts["consumer"] >= 3,
+                        timeout=30,
+                        what="the consumer failing again and again while the store is down",
+                    )
+                    during = [x["event"] for x in list(logs)]
+                finally:
+                    postgres.start()
+                wait_until(
+                    lambda: len(receiver.verified()) == 2, what="the event held up delivered"
+                )
+            assert during.count("notifier.consumer_failed") == 1, during
+            assert "notifier.consumer_working_again" not in during, during
+            after = [x["event"] for x in list(logs)]
+            assert after.count("notifier.consumer_working_again") == 1, after
+        finally:
+            channel.close()
+            notifier.stop(1.0)
+            receiver.stop()
