@@ -256,7 +256,13 @@ class RequestInterceptor(_ServerInterceptor):
 
         return handle
 
-    def _fail(self, context: grpc.ServicerContext, error: LedgerError, started: float) -> None:
+    def _fail(
+        self,
+        context: grpc.ServicerContext,
+        error: LedgerError,
+        started: float,
+        **extra: Any,
+    ) -> None:
         if isinstance(error, AuthThrottled):
             # Counted, not logged: the throttle logs one line per block, not per request.
             if self._metrics is not None:
@@ -264,7 +270,9 @@ class RequestInterceptor(_ServerInterceptor):
             self._done(error.code, started, logged=False)
         else:
             level = REQUEST_LOG_LEVELS.get(error.code, "info")
-            self._done(error.code, started, level=level, reason=error.reason, error=error.message)
+            self._done(
+                error.code, started, level=level, reason=error.reason, error=error.message, **extra
+            )
         context.abort_with_status(to_grpc_status(error, self._domain, accept_language(context)))
 
     def _crash(self, context: grpc.ServicerContext, exc: Exception, started: float) -> None:
@@ -272,9 +280,10 @@ class RequestInterceptor(_ServerInterceptor):
         # Exception messages may quote what the caller sent (a database's DETAIL line, a
         # value in a KeyError): bounded like everything else a caller can reach the log with.
         error = clipped(f"{type(exc).__name__}: {exc}", ERROR_LOG_CHARS)
-        if known is not None:  # infrastructure, not a bug: logged with its cause, no traceback
-            log.warning("request.store_failed", error=error)
-            self._fail(context, known, started)
+        if known is not None:
+            # Infrastructure, not a bug: the request's own line says the cause, no traceback
+            # (a second line per request doubled what a store outage logs).
+            self._fail(context, known, started, cause=error)
             return
         trace = "".join(traceback.format_exception(exc))
         log.error("request.crashed", error=error, traceback=clipped(trace, TRACEBACK_LOG_CHARS))

@@ -19,6 +19,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.grpc_server import RequestInterceptor
+from services.common.store_errors import StoreUnreachableError
 
 
 class _Details(grpc.HandlerCallDetails):
@@ -138,3 +139,37 @@ def test_a_refused_requests_line_has_the_level_an_operator_needs(
         handler.unary_unary(api.ListIncidentsRequest(), _Context("t0k"))  # type: ignore[arg-type]
     (line,) = [line for line in recording.lines if line["event"] == "request"]
     assert (line["level"], line["reason"]) == (level, error.reason)
+
+
+def test_a_request_the_store_failed_is_one_line_with_its_cause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While PostgreSQL is down every command fails: each was two warnings, the request's
+    line and ``request.store_failed`` with the cause (186 of them on two replicas in a 20 s
+    outage at 50 commands a second). The request's line now says the cause itself."""
+    recording = _RecordingLog()
+    monkeypatch.setattr(grpc_server, "log", recording)
+    tokens = TokenStore({token_hash("t0k"): Principal("polres", "dev")}, development=True)
+    interceptor = RequestInterceptor(tokens, "test.example")
+
+    def store_down(request: Any, context: grpc.ServicerContext) -> Any:
+        raise StoreUnreachableError("the store is unreachable (its last connection attempt failed)")
+
+    handler = interceptor.intercept_service(
+        lambda _: grpc.unary_unary_rpc_method_handler(store_down), _Details("/x.Y/Report")
+    )
+    assert handler is not None and handler.unary_unary is not None
+    context = _Context("t0k")
+    with pytest.raises(_AbortedError):
+        handler.unary_unary(api.ListIncidentsRequest(), context)  # type: ignore[arg-type]
+    assert context.code == grpc.StatusCode.UNAVAILABLE
+    (line,) = recording.lines
+    assert (line["event"], line["level"], line["status"], line["reason"]) == (
+        "request",
+        "warning",
+        "UNAVAILABLE",
+        "STORE_UNAVAILABLE",
+    )
+    assert line["cause"] == (
+        "StoreUnreachableError: the store is unreachable (its last connection attempt failed)"
+    )
