@@ -71,6 +71,7 @@ class WebhookReceiver:
     location: str = ""  # sent as Location with the answer (a redirect)
     tls: ssl.SSLContext | None = None  # HTTPS at https://localhost:<port>/hook
     port: int = 0
+    arrivals: int = 0  # POSTs whose body was read (answered or not yet)
     received: list[Received] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -93,6 +94,8 @@ class WebhookReceiver:
                     # delivery, as for any HTTP server; it is sent again in full later.
                     self.close_connection = True
                     return
+                with receiver._lock:
+                    receiver.arrivals += 1
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 if receiver.status < 300:

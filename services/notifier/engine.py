@@ -513,6 +513,11 @@ class Engine:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), idle)
                 wake.clear()
+            # Stopping: the deliveries under way finish (each bounded by the endpoint timeout)
+            # before their session closes. Closed under them, each failed ("Session is
+            # closed") and counted as an attempt.
+            if running:
+                await asyncio.wait(list(running), timeout=hooks.timeout_seconds + 1)
 
     def _claim(
         self, free: int, lease: float, busy: Counter[str]

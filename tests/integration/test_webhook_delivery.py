@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 import nats
 import pytest
+from structlog.testing import capture_logs
 
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import notifier_service_pb2 as napi
@@ -33,12 +34,16 @@ from services.common.grpc_errors import error_info
 from services.common.natsserver import NatsServer, free_ports
 from services.notifier.engine import FETCH_SECONDS
 from services.notifier.filters import EventFilter
+from services.notifier.server import build as build_notifier
 from tests.fanout_support import (
     ALLOW_LOOPBACK_ENV,
     WEBHOOK_SECRET,
     Stack,
     Subscriber,
+    WebhookReceiver,
+    notifier_settings,
     running_stack,
+    wait_fanout_ready,
     wait_until,
     webhook_receiver,
 )
@@ -565,3 +570,45 @@ def test_last_error_names_the_kind_of_failure_never_what_the_target_answered(
     assert "HTTP 500" in errors
     for text in [*errors, *logged]:
         assert "SSH" not in text and "internal-build-host" not in text, text
+
+
+def test_a_stopping_notifier_lets_the_deliveries_under_way_finish(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """docs/operations.md: a stop lets the webhook deliveries under way finish. The delivery
+    loop closed its HTTP session as soon as the stop began, under the deliveries still
+    running: each failed ("Session is closed", a warning) and counted as an attempt."""
+    receiver = WebhookReceiver(delay=1.5)  # every delivery is under way for 1.5 s
+    receiver.start()
+    relay = RelaySettings(nats_url=nats_server.url, poll_seconds=0.2)
+    try:
+        with (
+            store_environment("sqlite", tmp_path) as store_env,
+            running_ledger(settings_for(tmp_path, store_env, relay=relay)) as ledger,
+        ):
+            notifier = build_notifier(notifier_settings(tmp_path, nats_server.url))
+            try:
+                wait_fanout_ready(ledger, notifier)
+                with grpc.insecure_channel(f"127.0.0.1:{notifier.port}") as channel:
+                    napi_grpc.NotifierServiceStub(channel).CreateWebhook(
+                        napi.CreateWebhookRequest(
+                            request_id=rid(), url=receiver.url, secret=WEBHOOK_SECRET
+                        ),
+                        metadata=ledger.md("polres"),
+                        timeout=10,
+                    )
+                for _ in range(3):
+                    ledger.report("polres")
+                wait_until(lambda: receiver.arrivals == 3, what="three deliveries under way")
+            finally:
+                with capture_logs() as logs:
+                    notifier.stop(5.0)
+        assert len(receiver.verified()) == 3
+        said = [x["event"] for x in logs]
+        assert "webhook.delivery_error" not in said, said
+        assert "webhook.delivery_failed" not in said, said
+        with contextlib.closing(sqlite3.connect(tmp_path / "data" / "notifier.sqlite")) as db:
+            rows = db.execute("SELECT status, attempts FROM delivery_jobs").fetchall()
+        assert rows == [("delivered", 1)] * 3, rows
+    finally:
+        receiver.stop()
