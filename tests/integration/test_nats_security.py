@@ -308,6 +308,7 @@ def test_only_the_ledger_publishes_on_its_subjects_while_the_notifier_consumes(
     server = NatsServer(
         tmp_path / "nats", log_file=server_log, authorization=production_users(passwords)
     )
+    server.start()  # its URL names the port it binds at its start
     as_ledger = NatsClientSettings(user="ledger", password=passwords["ledger"])
     as_notifier = NatsClientSettings(user="notifier", password=passwords["notifier"])
     relay = RelaySettings(nats_url=server.url, nats=as_ledger, poll_seconds=0.2)
@@ -391,6 +392,7 @@ def test_a_relay_session_refused_a_permission_names_the_violation(tmp_path: Path
     assert users.index(permission) > ledger_user, "the template changed: pick another permission"
     # Taken from the ledger's user only (the first; the notifier's has it too).
     server = NatsServer(tmp_path / "nats", authorization=users.replace(permission, "\n", 1))
+    server.start()  # its URL names the port it binds at its start
     as_ledger = NatsClientSettings(user="ledger", password=passwords["ledger"])
     relay_settings = RelaySettings(
         nats_url=server.url, nats=as_ledger, poll_seconds=0.2, publish_timeout_seconds=1

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -34,7 +35,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import natsserver
 from services.common.config import PROJECT_ROOT
-from services.common.natsserver import NatsPortInUseError, NatsServer, free_port
+from services.common.natsserver import (
+    NatsPortInUseError,
+    NatsServer,
+    NatsServerError,
+    free_port,
+)
 from services.common.stopping import STOP_MARGIN_SECONDS, STOP_SIGNALS
 from services.ledger.relay_encoder import PROCESS_NAME
 from services.run import DEFAULT_SERVICES, NATS_STOP_SECONDS, child_deadline
@@ -171,6 +177,61 @@ def test_a_port_taken_after_the_check_reports_the_server_log(
     assert "nats-server log" in str(caught.value)
     assert "address already in use" in str(caught.value)
     assert not running(server)
+
+
+def test_a_server_given_no_port_binds_one_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port picked free beforehand (bound, closed, handed to nats-server) could be taken
+    by another process before nats-server bound it: here every port picked so is taken.
+    Given no port, the server binds one itself and names it in its ports file."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        monkeypatch.setattr(natsserver, "free_port", lambda host="127.0.0.1": taken)
+        with NatsServer(tmp_path / "store") as server:
+            assert taken not in {server.port, server.monitor_port}
+            assert accepts(server.port)
+            assert accepts(server.monitor_port)
+            assert server.url == f"nats://127.0.0.1:{server.port}"
+    with pytest.raises(NatsServerError, match="no port before its first start"):
+        _ = NatsServer(tmp_path / "other").url
+
+
+def test_a_restart_waits_for_its_port_taken_while_it_was_down(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its clients know only its port: a restart on a port another process took meanwhile
+    (a probe for a free port, a client's connection) waits until it is free again."""
+    port = nats_server.port
+    nats_server.stop()
+    holder = socket.create_server(("127.0.0.1", port))
+    refused = threading.Event()
+    check = natsserver.port_is_free
+
+    def observed(host: str, port: int) -> bool:
+        free = check(host, port)
+        if not free:
+            refused.set()
+        return free
+
+    monkeypatch.setattr(natsserver, "port_is_free", observed)
+
+    def release_once_refused() -> None:  # held until a try has found it taken
+        refused.wait(20)
+        holder.close()
+
+    releaser = threading.Thread(target=release_once_refused)
+    releaser.start()
+    try:
+        nats_server.start()
+    finally:
+        releaser.join()
+    assert refused.is_set(), "a try found the port taken"
+    assert running(nats_server)
+    assert nats_server.port == port
+    assert accepts(port)
 
 
 def test_the_binary_is_the_venvs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
