@@ -207,6 +207,17 @@ class ServiceProcess:
                 lines.append(json.loads(line))
         return lines
 
+    @property
+    def metrics_port(self) -> int:
+        """The port its /metrics is served on, as its start line names it: give it
+        ``*_METRICS_LISTEN=127.0.0.1:0``. A port picked free beforehand could be taken by
+        another process before the service bound it."""
+        name = self.module.rsplit(".", 1)[-1]
+        for line in self.log_lines():
+            if line.get("event") == f"{name}.started" and line.get("metrics_port"):
+                return int(str(line["metrics_port"]))
+        raise AssertionError(f"{self.module} on {self.port} serves no metrics (its start line)")
+
 
 @contextmanager
 def service_process(

@@ -31,7 +31,7 @@ from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.config import RelaySettings, WebhookSettings
 from services.common.grpc_errors import error_info
-from services.common.natsserver import NatsServer, free_ports
+from services.common.natsserver import NatsServer
 from services.notifier.engine import FETCH_SECONDS
 from services.notifier.filters import EventFilter
 from services.notifier.server import build as build_notifier
@@ -159,7 +159,6 @@ def test_after_an_idle_spell_paced_events_arrive_quickly_and_the_consumer_never_
     stored in the stream, so that the figure is the notifier's, not the relay's.
     """
     relay = RelaySettings(nats_url=nats_server.url, poll_seconds=0.2)
-    port, metrics_port = free_ports(2)
     with (
         store_environment("sqlite", tmp_path) as store_env,
         running_ledger(settings_for(tmp_path, store_env, relay=relay)) as ledger,
@@ -168,14 +167,16 @@ def test_after_an_idle_spell_paced_events_arrive_quickly_and_the_consumer_never_
             "services.notifier",
             {
                 "LEDGER_DATA_DIR": str(tmp_path / "data"),
-                "NOTIFIER_LISTEN": f"127.0.0.1:{port}",
-                "NOTIFIER_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+                # Port 0, read back from the start line: a port picked free here could be
+                # taken before the notifier bound it.
+                "NOTIFIER_METRICS_LISTEN": "127.0.0.1:0",
                 "NATS_URL": nats_server.url,
                 **ALLOW_LOOPBACK_ENV,
             },
-        ),
-        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ) as notifier,
+        grpc.insecure_channel(f"127.0.0.1:{notifier.port}") as channel,
     ):
+        metrics_port = notifier.metrics_port
         napi_grpc.NotifierServiceStub(channel).CreateWebhook(
             napi.CreateWebhookRequest(request_id=rid(), url=receiver.url, secret=WEBHOOK_SECRET),
             metadata=ledger.md("polres"),
@@ -209,16 +210,15 @@ def test_waiting_for_the_stream_at_a_first_start_is_no_restart_and_a_lost_consum
     is no failure, and ``notifier_consumer_restarts_total`` stays 0 (the idle-spell test
     above holds it at 0, and failed in CI when the relay, in a process of its own, made the
     stream after the notifier's first try). A consumer lost once consuming is a restart."""
-    port, metrics_port = free_ports(2)
     with service_process(
         "services.notifier",
         {
             "LEDGER_DATA_DIR": str(tmp_path / "data"),
-            "NOTIFIER_LISTEN": f"127.0.0.1:{port}",
-            "NOTIFIER_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+            "NOTIFIER_METRICS_LISTEN": "127.0.0.1:0",  # read back: see the test above
             "NATS_URL": nats_server.url,
         },
     ) as notifier:
+        metrics_port = notifier.metrics_port
 
         def logged(event: str) -> int:
             return sum(line.get("event") == event for line in notifier.log_lines())
