@@ -219,6 +219,24 @@ class ServiceProcess:
         raise AssertionError(f"{self.module} on {self.port} serves no metrics (its start line)")
 
 
+#: How long a restart waits for its port to be free again. The port is held, at most, by a
+#: process that bound it while the server was down: a probe for a free port (bound, closed at
+#: once) or a client's connection. The services (gRPC's default) and PostgreSQL listen with
+#: SO_REUSEADDR, so the connections the previous run left in TIME_WAIT do not hold it.
+RESTART_PORT_WAIT_SECONDS = 30.0
+
+
+def address_taken(log: str, address: str) -> bool:
+    """Whether a service's log says it could not listen on ``address`` (``host:port``, not
+    port 0) because it was taken: its ``*.config_error`` line names the address, gRPC
+    core's line (on stderr) the reason."""
+    return (
+        not address.endswith(":0")
+        and f"cannot listen on {address}:" in log
+        and "Address already in use" in log
+    )
+
+
 @contextmanager
 def service_process(
     module: str, env: dict[str, str], *, timeout: float = 30.0, root: Path = PROJECT_ROOT
@@ -227,40 +245,52 @@ def service_process(
 
     The code is the source tree at ``root`` (this repository, or a copy of it). A service
     whose ``env`` names no listen address gets a free port (its ``port``, from the start
-    line), never the default one a ``make run`` on the same machine may hold."""
+    line), never the default one a ``make run`` on the same machine may hold. One given a
+    port (a restart where its clients expect it) that another process holds is started
+    again until :data:`RESTART_PORT_WAIT_SECONDS`."""
     name = module.rsplit(".", 1)[-1]
     listen = f"{name.upper()}_LISTEN"  # LEDGER_LISTEN, NOTIFIER_LISTEN
     if name in {"ledger", "notifier"} and listen not in env:
         env = {**env, listen: "127.0.0.1:0"}
-    log_path = Path(env["LEDGER_DATA_DIR"]) / f"{name}-{secrets.token_hex(4)}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module],
-            env={
-                **os.environ,
-                **env,
-                "LEDGER_LOG_FORMAT": "json",
-                "LEDGER_LOG_LEVEL": env.get("LEDGER_LOG_LEVEL_CHILD", "INFO"),
-                "PYTHONPATH": f"{root}:{root / 'gen'}",
-            },
-            cwd=root,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    service = ServiceProcess(module, proc, 0, log_path)
-    with terminated_at_exit(proc, module, STOP_WAIT_SECONDS):
-        deadline = time.monotonic() + timeout
-        while not service.port:
-            for line in service.log_lines():
-                if line.get("event") == f"{name}.started":
-                    service.port = int(str(line["port"]))
-            if proc.poll() is not None:
-                raise AssertionError(f"{module} died at start:\n{log_path.read_text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{module} did not start in {timeout} s")
-            time.sleep(0.05)
-        yield service
+    taken_until = time.monotonic() + RESTART_PORT_WAIT_SECONDS
+    while True:
+        log_path = Path(env["LEDGER_DATA_DIR"]) / f"{name}-{secrets.token_hex(4)}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module],
+                env={
+                    **os.environ,
+                    **env,
+                    "LEDGER_LOG_FORMAT": "json",
+                    "LEDGER_LOG_LEVEL": env.get("LEDGER_LOG_LEVEL_CHILD", "INFO"),
+                    "PYTHONPATH": f"{root}:{root / 'gen'}",
+                },
+                cwd=root,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        service = ServiceProcess(module, proc, 0, log_path)
+        with terminated_at_exit(proc, module, STOP_WAIT_SECONDS):
+            deadline = time.monotonic() + timeout
+            while not service.port:
+                for line in service.log_lines():
+                    if line.get("event") == f"{name}.started":
+                        service.port = int(str(line["port"]))
+                if proc.poll() is not None:
+                    text = log_path.read_text(errors="replace")
+                    if address_taken(text, env.get(listen, "")) and (
+                        time.monotonic() < taken_until
+                    ):
+                        break
+                    raise AssertionError(f"{module} died at start:\n{text}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{module} did not start in {timeout} s")
+                time.sleep(0.05)
+            if service.port:
+                yield service
+                return
+        time.sleep(0.2)
 
 
 #: How long a harness waits for a service to exit after SIGTERM before it kills it: past

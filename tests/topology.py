@@ -4,8 +4,8 @@
   temporary directory, a free port), so that a test can really restart it. It uses the
   machine's PostgreSQL binaries; as root they run as the ``postgres`` user.
 - :class:`Service` is one replica of a service (``python -m services.ledger`` or
-  ``python -m services.notifier``) on a fixed port, so that it can be killed with
-  SIGKILL and started again at the same address.
+  ``python -m services.notifier``): it binds a free port itself at its first start and
+  keeps it, so that it can be killed with SIGKILL and started again at the same address.
 - :class:`Deployment` holds the replicas of one deployment sharing a data directory
   (credentials, keys), one PostgreSQL and one NATS URL; the schema is migrated once,
   before any ledger replica starts.
@@ -56,11 +56,18 @@ from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.config import PROJECT_ROOT, nats_servers
 from services.common.natsserver import free_port
 from tests.fanout_support import wait_until
-from tests.support import STOP_WAIT_SECONDS, dev_tokens, terminate
+from tests.support import (
+    RESTART_PORT_WAIT_SECONDS,
+    STOP_WAIT_SECONDS,
+    address_taken,
+    dev_tokens,
+    terminate,
+)
 
 __all__ = ["wait_until"]  # re-exported: the topology's tests wait the same way
 
 KECAMATAN = ("kota_mukomuko", "ipuh", "lubuk_pinang", "air_manjunto")
+
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -95,6 +102,7 @@ class PrivatePostgres:
         self._root = Path(tempfile.mkdtemp(prefix="ledger-pg-"))
         self._data = self._root / "data"
         self.port = free_port()
+        self._started_once = False
         self._as_postgres = os.geteuid() == 0  # initdb refuses to run as root
         if self._as_postgres:
             shutil.chown(self._root, user="postgres")
@@ -116,7 +124,29 @@ class PrivatePostgres:
         )  # fmt: skip
 
     def start(self) -> None:
-        self._ctl("start")
+        """Start, on the port of the first start. PostgreSQL cannot bind a port of its own
+        choice (0), so the port is picked free beforehand, and another process may take it
+        before the server binds it (its log says ``could not bind ... Address already in
+        use``): a first start then takes another port (nothing knows it yet), a restart
+        waits for it to be free again (its clients know only that one)."""
+        log = self._root / "postgres.log"
+        deadline = time.monotonic() + RESTART_PORT_WAIT_SECONDS
+        while True:
+            seen = log.stat().st_size if log.exists() else 0
+            try:
+                self._ctl("start")
+            except AssertionError:
+                with log.open("rb") as handle:
+                    handle.seek(seen)
+                    logged = handle.read().decode("utf-8", "replace")
+                if "Address already in use" not in logged or time.monotonic() >= deadline:
+                    raise
+                if not self._started_once:
+                    self.port = free_port()
+                time.sleep(0.2)
+                continue
+            self._started_once = True
+            return
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "stop", "-D", str(self._data), "-w", "-m", mode)
@@ -162,15 +192,20 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 @dataclass
 class Service:
-    """One replica, ``python -m <module>``, on a fixed loopback port."""
+    """One replica, ``python -m <module>``, on a loopback port it keeps across restarts.
+
+    ``port`` 0 (the default): the first start binds port 0 and reads the port the service
+    bound from its start line. A port picked free beforehand (bound, closed, handed to the
+    service) could be taken by another process before the service bound it."""
 
     module: str
     env: dict[str, str]
     log_dir: Path
-    port: int = field(default_factory=free_port)
+    port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     starts: int = 0
+    tag: str = field(default_factory=lambda: secrets.token_hex(4))
 
     @property
     def name(self) -> str:
@@ -178,6 +213,8 @@ class Service:
 
     @property
     def address(self) -> str:
+        if not self.port:
+            raise AssertionError(f"{self.module} has no port before its first start")
         return f"127.0.0.1:{self.port}"
 
     @property
@@ -185,9 +222,34 @@ class Service:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start (again) and wait for the service's start line."""
+        """Start (again) and wait for the service's start line.
+
+        A restart on a port another process took while the replica was down (the service
+        exits saying it cannot listen, the address in use) is tried again until
+        :data:`RESTART_PORT_WAIT_SECONDS`: its clients know only this address."""
+        deadline = time.monotonic() + RESTART_PORT_WAIT_SECONDS
+        while True:
+            self._spawn()
+            wait_until(
+                lambda: self._started() or not self.running, timeout, f"{self.name} {self.tag}"
+            )
+            if self.running:
+                break
+            assert self.log_path is not None
+            text = self.log_path.read_text(errors="replace")
+            if not (
+                self.port
+                and address_taken(text, f"127.0.0.1:{self.port}")
+                and time.monotonic() < deadline
+            ):
+                raise AssertionError(f"{self.module} died at start:\n{text}")
+            time.sleep(0.2)
+        if not self.port:
+            self.port = self._started_port()
+
+    def _spawn(self) -> None:
         self.starts += 1
-        self.log_path = self.log_dir / f"{self.name}-{self.port}-{self.starts}.log"
+        self.log_path = self.log_dir / f"{self.name}-{self.tag}-{self.starts}.log"
         listen = "LEDGER_LISTEN" if self.name == "ledger" else "NOTIFIER_LISTEN"
         with self.log_path.open("wb") as log_file:
             self.proc = subprocess.Popen(
@@ -195,7 +257,7 @@ class Service:
                 env={
                     **os.environ,
                     **self.env,
-                    listen: self.address,
+                    listen: f"127.0.0.1:{self.port}",
                     "LEDGER_LOG_FORMAT": "json",
                     "PYTHONPATH": f"{PROJECT_ROOT}:{PROJECT_ROOT / 'gen'}",
                 },
@@ -203,11 +265,12 @@ class Service:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
-        wait_until(
-            lambda: self._started() or not self.running, timeout, f"{self.name} on {self.port}"
-        )
-        if not self.running:
-            raise AssertionError(f"{self.module} died at start:\n{self.log_path.read_text()}")
+
+    def _started_port(self) -> int:
+        for line in self.log_lines():
+            if line.get("event") == f"{self.name}.started":
+                return int(line["port"])
+        raise AssertionError(f"{self.name} {self.tag} logged no port (its start line)")
 
     @property
     def metrics_port(self) -> int:
@@ -226,7 +289,10 @@ class Service:
 
     def log_lines(self, every_start: bool = False) -> list[dict[str, Any]]:
         paths = (
-            sorted(self.log_dir.glob(f"{self.name}-{self.port}-*.log"))
+            sorted(
+                self.log_dir.glob(f"{self.name}-{self.tag}-*.log"),
+                key=lambda path: int(path.stem.rsplit("-", 1)[1]),
+            )
             if every_start
             else ([self.log_path] if self.log_path else [])
         )
