@@ -23,7 +23,7 @@ from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from services.common.config import EvidenceSettings, NatsClientSettings, RelaySettings
-from services.common.natsserver import NatsServer, free_port
+from services.common.natsserver import NatsServer
 from services.ledger.audit.evidence_check import OrphanSweep
 from services.ledger.domain.evidence import object_name
 from services.ledger.evidence_store import EvidenceObjects, HashingSink
@@ -100,7 +100,6 @@ def _metric(process: ServiceProcess, sample: str) -> float:
 def test_a_ledger_killed_mid_upload_sweeps_the_leftover_itself_after_a_restart(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
-    address = f"127.0.0.1:{free_port()}"  # the same after the restart: one channel for both
     kept, cut = tmp_path / "kept.jpg", tmp_path / "cut.jpg"
     write_file(kept, 300_000)
     cut_digest = write_file(cut, 8 * UPLOAD_CHUNK)
@@ -109,7 +108,6 @@ def test_a_ledger_killed_mid_upload_sweeps_the_leftover_itself_after_a_restart(
         env = {
             **store_env,
             "LEDGER_DATA_DIR": str(tmp_path / "data"),
-            "LEDGER_LISTEN": address,
             "LEDGER_METRICS_LISTEN": "127.0.0.1:0",
             "NATS_URL": nats_server.url,
             "LEDGER_EVIDENCE_SWEEP_SECONDS": "0.2",
@@ -120,6 +118,9 @@ def test_a_ledger_killed_mid_upload_sweeps_the_leftover_itself_after_a_restart(
         bucket = EvidenceObjects(nats_server.url, NatsClientSettings(), EvidenceSettings())
         stack.callback(bucket.close)
         first = stack.enter_context(service_process("services.ledger", env))
+        # Its own port at the first start, the same after the restart: one channel for both
+        # (a port picked free beforehand could be taken before the ledger bound it).
+        env["LEDGER_LISTEN"] = address = f"127.0.0.1:{first.port}"
         channel = stack.enter_context(grpc.insecure_channel(address))
         stub = api_grpc.LedgerServiceStub(channel)
         evidence = ev_grpc.EvidenceServiceStub(channel)

@@ -23,7 +23,7 @@ from incidentledger_client import (
     Location,
     RetryPolicy,
 )
-from services.common.natsserver import NatsServer, free_port
+from services.common.natsserver import NatsServer
 from tests.fanout_support import ALLOW_LOOPBACK_ENV, wait_until
 from tests.integration.test_fanout import stream_messages
 from tests.support import dev_tokens, service_process, store_environment
@@ -55,7 +55,6 @@ def test_a_ledger_killed_during_a_long_ingest_records_every_report_once(
     tmp_path: Path, nats_server: NatsServer, store: str
 ) -> None:
     reports = backlog("hp-panwascam-malin-deman-03")
-    address = f"127.0.0.1:{free_port()}"  # the same after each restart: the client reconnects
     answered: list[IngestResult] = []
     failure: list[BaseException] = []
     with ExitStack() as stack:
@@ -63,11 +62,14 @@ def test_a_ledger_killed_during_a_long_ingest_records_every_report_once(
         env = {
             **store_env,
             "LEDGER_DATA_DIR": str(tmp_path / "data"),
-            "LEDGER_LISTEN": address,
             "NATS_URL": nats_server.url,
             **ALLOW_LOOPBACK_ENV,
         }
         ledger = stack.enter_context(service_process("services.ledger", env))
+        # Its own port at the first start, the same after each restart: the client
+        # reconnects (a port picked free beforehand could be taken before the ledger bound it).
+        address = f"127.0.0.1:{ledger.port}"
+        env["LEDGER_LISTEN"] = address
         token = dev_tokens(tmp_path / "data")["bawaslu"]
         # Longer than a restart of the ledger under load; each attempt's deadline short
         # enough that a call lost with the process is retried soon.
