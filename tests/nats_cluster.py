@@ -9,6 +9,7 @@ services' image.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from types import TracebackType
@@ -16,6 +17,7 @@ from typing import Any
 
 from services.common.natsserver import (
     START_TIMEOUT,
+    NatsPortInUseError,
     NatsServer,
     NatsServerError,
     free_ports,
@@ -24,6 +26,10 @@ from services.common.natsserver import (
 
 #: Seconds between two looks at the nodes' monitoring endpoints while waiting.
 POLL = 0.05
+#: Placements tried at a first start. The nodes' ports are picked free before it (each
+#: node's routes name its peers' cluster ports), and another process may take one before
+#: its node binds it; nothing knows the ports yet, so the nodes move to new ones.
+FIRST_START_PLACEMENTS = 5
 
 
 class NatsCluster:
@@ -43,6 +49,15 @@ class NatsCluster:
             raise ValueError(f"a cluster needs at least one node, not {size}")
         self.directory = Path(directory)
         self.name = name
+        self.size = size
+        self.host = host
+        self._started = False
+        self.nodes: list[NatsServer] = []
+        self._place()
+
+    def _place(self) -> None:
+        """The nodes on ports picked free now."""
+        size, name, host = self.size, self.name, self.host
         # All picked at once, distinct: a node must not take a port meant for another.
         ports = free_ports(3 * size, host)
         client_ports, cluster_ports, monitor_ports = (
@@ -156,7 +171,26 @@ class NatsCluster:
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
-        """Spawn every node, wait until each has JetStream, then until the cluster is healthy."""
+        """Spawn every node, wait until each has JetStream, then until the cluster is healthy.
+
+        At the first start a port taken between its pick and its node's bind
+        (:class:`NatsPortInUseError`) moves every node to new ports, with empty stores, up
+        to :data:`FIRST_START_PLACEMENTS` times."""
+        placements = 1 if self._started else FIRST_START_PLACEMENTS
+        for placement in range(1, placements + 1):
+            try:
+                self._start(timeout)
+            except NatsPortInUseError:
+                if placement == placements:
+                    raise
+                for node in self.nodes:
+                    shutil.rmtree(node.store_dir, ignore_errors=True)
+                self._place()
+                continue
+            self._started = True
+            return
+
+    def _start(self, timeout: float) -> None:
         try:
             for node in self.nodes:
                 node.spawn()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,8 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.config import RelaySettings, StreamSettings
+from services.common.natsserver import free_ports
+from tests import nats_cluster as cluster_support
 from tests.fanout_support import (
     ALLOW_LOOPBACK_ENV,
     WEBHOOK_SECRET,
@@ -39,6 +42,7 @@ from tests.fanout_support import (
     webhook_receiver,
 )
 from tests.nats_cluster import NatsCluster
+from tests.nats_support import running_nats_cluster
 from tests.support import (
     Client,
     running_ledger,
@@ -278,3 +282,24 @@ def test_a_killed_node_neither_stops_nor_duplicates_the_fan_out_and_rejoins(
     positions, current = stream_state(nats_cluster.servers)
     assert positions == sorted(r.position for r in recorder.results), "each event once"
     assert current == [True, True], "both followers current"
+
+
+def test_a_cluster_whose_picked_port_was_taken_before_its_first_start_moves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each node's routes name its peers' cluster ports, so the ports are picked free before
+    the first start; another process may take one before its node binds it. The nodes then
+    move to new ports (nothing knows them yet)."""
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        taken = holder.getsockname()[1]
+        picks = [taken]
+        real = free_ports
+
+        def picked(count: int, host: str = "127.0.0.1") -> list[int]:
+            ports = real(count, host)
+            return [picks.pop(), *ports[1:]] if picks else ports
+
+        monkeypatch.setattr(cluster_support, "free_ports", picked)
+        with running_nats_cluster(tmp_path, size=3) as cluster:
+            assert taken not in {node.port for node in cluster.nodes}
+            assert cluster.meta_leader() is not None
