@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -40,12 +39,6 @@ class CountingInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[typ
         return outcome
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_a_command_sent_while_the_ledger_restarts_succeeds_once_it_is_back(
     tmp_path: Path,
 ) -> None:
@@ -53,9 +46,11 @@ def test_a_command_sent_while_the_ledger_restarts_succeeds_once_it_is_back(
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
         "SQLITE_DBNAME": str(tmp_path / "data" / "ledger.sqlite"),
     }
-    address = f"127.0.0.1:{_free_port()}"
+    # Its own port at the first start (a port picked free beforehand could be taken before
+    # it bound it), the same for the restart: the client knows only that address.
+    first = build(settings_for(tmp_path, store_env))
+    address = f"127.0.0.1:{first.port}"
     settings = settings_for(tmp_path, store_env, listen=address)
-    first = build(settings)
     token = dev_tokens(settings.data_dir)["kesbangpol"]
     counting = CountingInterceptor()
     channel = grpc.intercept_channel(grpc.insecure_channel(address), counting)
