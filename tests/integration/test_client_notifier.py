@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -230,10 +231,8 @@ def test_a_subscription_resumes_after_the_notifier_restarts_with_no_gap_and_no_d
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
     relay = RelaySettings(nats_url=nats_server.url, poll_seconds=0.2)
-    port = free_port()
     env = {
         "LEDGER_DATA_DIR": str(tmp_path / "data"),
-        "NOTIFIER_LISTEN": f"127.0.0.1:{port}",
         "NATS_URL": nats_server.url,
         **ALLOW_LOOPBACK_ENV,
     }
@@ -241,9 +240,13 @@ def test_a_subscription_resumes_after_the_notifier_restarts_with_no_gap_and_no_d
         store_environment("sqlite", tmp_path) as store_env,
         running_ledger(settings_for(tmp_path, store_env, relay=relay)) as running,
         LedgerClient(running.address, running.tokens["kpu"]) as ledger,
-        NotifierClient(f"127.0.0.1:{port}", running.tokens["kpu"]) as notifier,
+        ExitStack() as clients,
     ):
         with service_process("services.notifier", env) as first:
+            # Its own port at the first start (a port picked free beforehand could be taken
+            # before it bound it), the same after the restart: the client knows only that.
+            env["NOTIFIER_LISTEN"] = address = f"127.0.0.1:{first.port}"
+            notifier = clients.enter_context(NotifierClient(address, running.tokens["kpu"]))
             reader = Reader(
                 notifier.subscribe(heartbeat_seconds=1, max_reconnects=100, reconnect=QUICK)
             )
