@@ -63,6 +63,7 @@ from tests.service_fork import ForkServer, fork_server
 from tests.support import (
     REFERENCE_FILE,
     Client,
+    address_taken,
     dev_tokens,
     running_ledger,
     service_process,
@@ -72,6 +73,9 @@ from tests.support import (
 )
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
+
+#: Runs of one trial whose port another process took before the process bound it.
+PORT_TAKEN_TRIES = 5
 
 LEDGER_TRIALS = 100
 NOTIFIER_TRIALS = 100
@@ -257,8 +261,23 @@ class Lane:
         return failures
 
     def trial(self, forks: ForkServer, n: int, moment: str) -> str | None:
-        port = free_port()
-        log = self.logs / f"{self.name}-{n}-{moment}.log"
+        """One process stopped at ``moment``: what went wrong, or None.
+
+        The port is picked free beforehand (bound, closed, passed on), so that the port is
+        known even when the process is stopped before its start line, and can be checked
+        closed after its exit. Another process may take it before the process binds it:
+        the process exits saying so, which is no finding of this test, and the trial runs
+        again on another port (up to :data:`PORT_TAKEN_TRIES` times)."""
+        for attempt in range(1, PORT_TAKEN_TRIES + 1):
+            port = free_port()
+            suffix = f"-{attempt}" if attempt > 1 else ""
+            log = self.logs / f"{self.name}-{n}-{moment}{suffix}.log"
+            failure = self._trial(forks, n, moment, port, log)
+            if failure is None or not address_taken(log.read_text(), f"127.0.0.1:{port}"):
+                return failure
+        return failure
+
+    def _trial(self, forks: ForkServer, n: int, moment: str, port: int, log: Path) -> str | None:
         what = f"{self.name} #{n} ({moment}, seed {self.seed}, log {log})"
         log.touch()
         pid = forks.spawn(self.module, self.env(port), log)
@@ -492,6 +511,29 @@ def test_sigterm_at_random_moments_ends_every_process_cleanly(
     trouble = [note for lane in lanes for note in lane.load_trouble]
     trouble += [note for load in running.values() for note in load.hung]
     assert len(trouble) <= MAX_LOAD_TROUBLE, "\n".join(trouble)
+
+
+def test_a_trial_whose_port_was_taken_before_its_process_bound_it_runs_again(
+    tmp_path: Path, nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first port each lane picks is held by another listener: the process exits saying
+    its address is in use, which is no finding; the trial runs again on another port."""
+    module = sys.modules[__name__]
+    for name, value in {
+        "LEDGER_TRIALS": 1,
+        "NOTIFIER_TRIALS": 1,
+        "LEDGER_MOMENTS": ("idle",),
+        "NOTIFIER_MOMENTS": ("idle",),
+    }.items():
+        monkeypatch.setattr(module, name, value)
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        picks, real = [holder.getsockname()[1]] * 2, free_port  # one pick per lane
+        monkeypatch.setattr(module, "free_port", lambda: picks.pop() if picks else real())
+        test_sigterm_at_random_moments_ends_every_process_cleanly(tmp_path, nats_server)
+    assert not picks
+    for lane in ("ledger", "notifier"):
+        logs = sorted(p.name for p in (tmp_path / f"{lane}-lane" / "logs").glob("*.log"))
+        assert logs == [f"{lane}-0-idle-2.log", f"{lane}-0-idle.log"]
 
 
 # --- a signal to any thread; a stop that hangs -------------------------------------------
