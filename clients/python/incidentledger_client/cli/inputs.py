@@ -66,19 +66,30 @@ class Incidents:
     or many reference codes are wanted."""
 
     def __init__(self, ctx: typer.Context) -> None:
-        self._ledger = state(ctx).ledger()
+        self._state = state(ctx)
+        self._ledger = self._state.ledger()
         self._listed: list[Incident] | None = None
 
     def listed(self) -> list[Incident]:
         if self._listed is None:
             self._listed = list(self._ledger.list_incidents(page_size=1000))
+            self._remember(self._listed)
         return self._listed
 
     def resolver(self) -> names.IncidentResolver:
         return names.IncidentResolver(
             list_incidents=self.listed,
-            by_reference=lambda code: _by_reference(self._ledger, code),
+            by_reference=self._by_reference,
         )
+
+    def _by_reference(self, code: str) -> str:
+        incident = _find_by_reference(self._ledger, code)
+        self._remember([incident])
+        return incident.name
+
+    def _remember(self, incidents: Sequence[Incident]) -> None:
+        """The codes of incidents looked up anyway, for the reply to say (no extra call)."""
+        self._state.references.update({i.name: i.reference for i in incidents if i.reference})
 
     def each_name(self, values: Sequence[str]) -> list[str | LedgerError]:
         """:func:`incident_name` of each value on its own: the name, or the error that says
@@ -147,9 +158,9 @@ def _mistyped(value: str, error: InvalidArgument) -> InvalidArgument:
     return InvalidArgument(error.code, error.reason, message, metadata, error.domain)
 
 
-def _by_reference(ledger: LedgerClient, code: str) -> str:
+def _find_by_reference(ledger: LedgerClient, code: str) -> Incident:
     try:
-        return ledger.get_incident(reference=code).name
+        return ledger.get_incident(reference=code)
     except IncidentNotFound as error:
         # A well-formed code no incident has is not found (exit code 3), as an unknown id is,
         # not a usage error; said as the person typed it, an incident argument, which the

@@ -160,15 +160,16 @@ def place(incident: Incident) -> str:
     return " / ".join(p for p in (loc.kecamatan, loc.desa, loc.tps) if p)
 
 
-def command_result(out: Console, verb: str, result: CommandResult) -> None:
+def command_result(out: Console, verb: str, result: CommandResult, reference: str = "") -> None:
+    """A command's reply, naming the incident by its reference code (the report's, else
+    ``reference``, the one the run looked up) as officers read it out; by its name when
+    neither is known."""
     out.print(
-        f"[bold]{verb}[/bold] {result.incident} "
+        f"[bold]{verb}[/bold] {result.reference or reference or result.incident} "
         + _("(version {version}, position {position}, event {event})").format(
             version=result.version, position=result.position, event=result.event_id
         )
     )
-    if result.reference:
-        out.print(_("reference {reference}").format(reference=result.reference))
 
 
 def incidents_table(

@@ -29,6 +29,10 @@ class State:
     #: The request id of the command this run sends (its --request-id, or the one made for
     #: it): an error that leaves the command's fate unknown names it.
     request_id: str | None = None
+    #: The reference codes of the incidents this run has looked up, by name: a reply says
+    #: the code the officer typed and reads out, which the ledger's answer to a command
+    #: other than a report does not carry.
+    references: dict[str, str] = field(default_factory=dict)
 
     @property
     def settings(self) -> config.Settings:

@@ -146,9 +146,10 @@ def _show_attached(
         output.emit_json({"result": result, "evidence": evidence, "correction": correction})
         return
     out = output.console()
-    output.command_result(out, _("attached"), result)
+    reference = st.references.get(result.incident, "")
+    output.command_result(out, _("attached"), result, reference)
     if correction is not None:
-        output.command_result(out, _("corrected"), correction)
+        output.command_result(out, _("corrected"), correction, reference)
     out.print(
         _("{name}: {media_type}, {size}, sha256 {sha256}").format(
             name=evidence.name,

@@ -70,7 +70,9 @@ def done(ctx: typer.Context, verb: str, result: CommandResult) -> None:
     if st.as_json:
         output.emit_json(result)
     else:
-        output.command_result(output.console(), verb, result)
+        output.command_result(
+            output.console(), verb, result, st.references.get(result.incident, "")
+        )
 
 
 Name = Annotated[
