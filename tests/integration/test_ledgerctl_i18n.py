@@ -303,3 +303,19 @@ def test_refused_decision_times_are_said_in_wib_in_both_languages(ctl: Ctl) -> N
     code, _out, err = ctl.run("desk_pilkada", "--lang", "id", *decide, *far)
     assert code == 2 and "+07:00" in err and "+00:00" not in err, err
     assert "hari ke depan" in err, err
+
+
+def test_a_refused_time_is_said_once_in_indonesian(ctl: Ctl) -> None:
+    """The ledger's own sentence for a failed time check says the whole case: in Indonesian
+    it was followed by the English one in brackets, the same facts twice."""
+    name = ctl.json("kesbangpol", "report", "Rally", "crowd_gathering", "ipuh")["incident"]
+    ctl.ok("desk_pilkada", "verify", name)
+    decide = ["decide", name, "Kerumunan dibatasi", "--forum", "Forkopimda"]
+    decide += ["--by", "desk_pilkada", "--rationale", "ketegangan"]
+    backwards = ("--valid-from", "2026-12-08 18:00", "--valid-until", "2026-12-07 18:00")
+    code, _out, err = ctl.run("desk_pilkada", "--lang", "id", *decide, *backwards)
+    assert code == 2 and "sebelum mulai berlaku" in err, err
+    assert "before it starts" not in err and "valid_until must be" not in err, err
+    assert "valid_until" in err, err  # the field it is about, named still
+    # (A general sentence, "Nilai title tidak dapat diterima.", keeps the English that says
+    # the case: test_localized_errors.)

@@ -100,7 +100,8 @@ def said(error: LedgerError) -> str:
     title is not acceptable."), while the English message, the field violation's description
     ("title: is required"), says what is wrong with it: in English that description alone, in
     another language the translated sentence with the description after it, so that nothing
-    is lost."""
+    is lost. A refusal whose metadata names its ``check`` has a sentence of its own, which
+    says as much as the description: in another language that sentence alone."""
     field, localized, described = error.field, error.localized_message, error.message
     english = not error.locale or error.locale.split("-")[0] == "en"
     if not field:
@@ -116,7 +117,14 @@ def said(error: LedgerError) -> str:
     names_field = described.startswith(prefix)
     text = described
     if localized and not english and localized != described:
-        text = f"{localized} ({described})"
+        if error.metadata.get("check"):
+            # The ledger's sentence for the check that failed (docs/api.md: era, future,
+            # ahead, window) says the whole case, times included: the English after it only
+            # said it twice.
+            names_field = field in localized
+            text = localized
+        else:
+            text = f"{localized} ({described})"
     return text if names_field else f"{text} {_field_note(field)}"
 
 
