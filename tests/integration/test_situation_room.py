@@ -505,6 +505,46 @@ def test_english_shows_statuses_and_rejection_reasons_in_words_as_indonesian_doe
     assert "<td>Reported</td>" in board
 
 
+def test_the_timeline_says_whom_each_event_names_why_it_was_rejected_and_what_was_done(
+    room: Room,
+) -> None:
+    """Each entry says what its event holds beside its reason: "Supporting agency added by
+    desk_pilkada" said not which agency, "Rejected" not why, "Action logged" not the action."""
+    reporter, desk = room.ledger("kesbangpol"), room.ledger("desk_pilkada")
+    hoax = reporter.report("Ballots burnt, says a post", "hoax", "ipuh").incident
+    desk.reject(hoax, "HOAX", "Bawaslu checked")
+    road = reporter.report("Blocked road to TPS 03", "intimidation", "ipuh").incident
+    desk.verify(road)
+    desk.assign_lead(road, "polres")
+    desk.add_supporting_agency(road, "dinkes")
+    room.ledger("polres").propose_handover(road, "kodim", reason="The army holds the road")
+    army = room.ledger("kodim")
+    army.accept_handover(road)
+    army.log_action(road, "Road cleared by two platoons")
+    army.escalate(road, "Crowd growing")
+
+    def entries(page: str) -> dict[str, str]:
+        found = re.findall(r'<li class="event[^"]*" data-type="(\w+)"[^>]*>(.*?)</li>', page, re.S)
+        return {kind: re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)) for kind, text in found}
+
+    with signed_in_http(room, "desk_pilkada") as web:
+        pages = {"en": (web.get(f"/{hoax}").text, web.get(f"/{road}").text)}
+        web.cookies.set(LANGUAGE_COOKIE, "id")
+        pages["id"] = (web.get(f"/{hoax}").text, web.get(f"/{road}").text)
+    for language, hoax_page, level in (
+        ("en", "(Hoax)", "(level 1)"),
+        ("id", "(Hoaks)", "(tingkat 1)"),
+    ):
+        rejected, road_page = (entries(page) for page in pages[language])
+        assert hoax_page in rejected["Rejected"], rejected
+        assert "(Polres Mukomuko)" in road_page["LeadAssigned"], road_page
+        assert "(Dinas Kesehatan)" in road_page["SupportingAgencyAdded"], road_page
+        assert "(→ Kodim 0428/Mukomuko)" in road_page["HandoverProposed"], road_page
+        assert "(Polres Mukomuko → Kodim 0428/Mukomuko)" in road_page["HandoverAccepted"]
+        assert "Road cleared by two platoons" in road_page["ActionLogged"], road_page
+        assert level in road_page["Escalated"], road_page
+
+
 def test_the_desk_verifies_and_assigns_and_the_lead_logs_an_action_each_as_itself(
     room: Room, browser: Browser
 ) -> None:
