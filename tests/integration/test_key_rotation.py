@@ -506,3 +506,43 @@ def test_commands_racing_the_rotation_are_recorded_before_it_or_refused(
                     current.stub.GetIncident(
                         api.GetIncidentRequest(name=name), metadata=current.md("kesbangpol")
                     )
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_a_rotation_never_signs_over_what_the_retired_key_sealed_after_it(
+    store: str, tmp_path: Path, keys: Keys
+) -> None:
+    """A rotation with nothing new since the old key's checkpoint leaves that checkpoint the
+    latest; a replica on the old key without the commit's own check (started on a store
+    without ledger_retired_keys, or on PostgreSQL's insert function) then records an
+    incident past the rotation's position. The next start on the new key, finding the old
+    key's checkpoint the latest, signs the rotation's checkpoint again: it must not vouch
+    for that incident, which the ledger refuses at load, so the start is refused, naming it."""
+    with store_environment(store, tmp_path) as env:
+        state = Rotated(env, tmp_path, keys, 0, 0, "")
+        with running_ledger(state.settings(keys.old)) as client:
+            state.first = client.report().incident
+            state.old_checkpoint = client.server.checkpoints.create().position
+        with running_ledger(state.settings(keys.new, keys.retired)) as client:
+            latest = client.server.checkpoints.latest()
+            assert latest is not None and latest.position == state.old_checkpoint
+        stale = Ledger(reference(), env=env, sealer=Sealer(keys.private(keys.old)))
+        try:
+            late = stale.execute(envelope_for("kesbangpol"), _report()).incident_id
+        finally:
+            stale.close()
+        with pytest.raises(
+            ConfigError, match=rf"incidents/{late}, .*retired at position {state.old_checkpoint}\b"
+        ):
+            build(state.settings(keys.new, keys.retired))
+        ledger = state.ledger()
+        checkpoints = Checkpoints(
+            ledger.recorder, env, keys.private(keys.new), retired=(keys.public(keys.old),)
+        )
+        try:
+            assert checkpoints.latest() == latest  # nothing signed over it
+            with pytest.raises(CheckpointError, match=f"incidents/{late}"):
+                checkpoints.rotate_key()
+        finally:
+            checkpoints.close()
+            ledger.close()

@@ -173,6 +173,7 @@ def extend_chain(
     *,
     seals: SealChecker | None = None,
     accept_unsealed: bool = False,
+    retired_until: Mapping[str, int] | None = None,
 ) -> ChainState:
     """``state`` extended over the incident events after it (up to ``stop``, inclusive).
 
@@ -181,6 +182,10 @@ def extend_chain(
     the ledger's seal over its hash (which vouches for those below it). Otherwise
     :class:`CheckpointError`. ``accept_unsealed`` lets events without a seal pass (the
     log of a ledger from before seals existed), never a seal that does not match.
+    ``retired_until`` (key id: the last position its rotation recorded) bounds the seals
+    of ``seals``' retired keys as the ledger's load does (Ledger.bound_retired_seals): such
+    a seal vouches only for an event at or before its key's position, and one of a key
+    missing from it for none.
     """
     position, head, events = state.position, state.head, state.events
     topics = decoder.topics
@@ -198,15 +203,41 @@ def extend_chain(
             events += 1
         position = batch[-1][0]
     if seals is not None:
+        late: list[str] = []
         for incident, last in newest.items():
-            problem = seals.problem(last.hash, last.seal)
-            if problem is None or (accept_unsealed and last.seal is None):
+            signer = seals.signer(last.hash, last.seal)
+            if signer is None:
+                if accept_unsealed and last.seal is None:
+                    continue
+                problem = seals.problem(last.hash, last.seal)
+                raise CheckpointError(
+                    f"incident {incident}, version {last.version} at position {last.position}: "
+                    f"{problem}; the store was changed outside the ledger (run verify)"
+                )
+            if retired_until is None or signer == key_id(seals.public_key):
                 continue
+            bound = retired_until.get(signer)
+            if bound is None or last.position > bound:
+                late.append(
+                    f"incidents/{UUID(str(incident))}, version {last.version} at position "
+                    f"{last.position}, sealed with key {signer} "
+                    + ("never retired" if bound is None else f"retired at position {bound}")
+                )
+        if late:
+            # The ledger refuses these incidents at load (DATA_LOSS): signing over them would
+            # make verification vouch for what the ledger will not serve.
             raise CheckpointError(
-                f"incident {incident}, version {last.version} at position {last.position}: "
-                f"{problem}; the store was changed outside the ledger (run verify)"
+                f"{len(late)} incident(s) last sealed with a retired key after its rotation: "
+                + "; ".join(late[:_NAMED])
+                + ("; …" if len(late) > _NAMED else "")
+                + " (a replica ran with the retired key after the rotation: stop it, then run "
+                "`ledger-audit verify`, docs/operations.md)"
             )
     return ChainState(position, head, events)
+
+
+#: How many incidents a refusal names (the count says how many there are).
+_NAMED = 10
 
 
 @dataclass
@@ -382,7 +413,10 @@ class Checkpoints:
         key the store records as retired. The latest checkpoint may be signed with a
         retired key (a rotation with nothing new to sign); the seals of the range must be
         this key's, except in the rotation's own checkpoint (``rotating``), which signs
-        over the retired keys' seals with the new key.
+        over the retired keys' seals with the new key, each only on events at or before the
+        position its rotation recorded (as the ledger loads them): a retired key's seal
+        beyond it (a replica left on it where the commit's own check does not run) is
+        refused, naming the incidents.
         """
         with self._lock:
             retired = self.retirement(self.key_id)
@@ -408,6 +442,7 @@ class Checkpoints:
                 base,
                 seals=SealChecker(self.public_key, self._retired if rotating else ()),
                 accept_unsealed=accept_unsealed,
+                retired_until=self.retired_positions() if rotating else None,
             )
             if last is not None and state.events == last.events:
                 return last  # a checkpoint's position is its key: one per position
