@@ -543,6 +543,12 @@ def test_a_rotation_never_signs_over_what_the_retired_key_sealed_after_it(
             assert checkpoints.latest() == latest  # nothing signed over it
             with pytest.raises(CheckpointError, match=f"incidents/{late}"):
                 checkpoints.rotate_key()
+            # No checkpoint of the new key shows the retirement: the store's table does.
+            report = verify_store(ledger, [keys.public(keys.new), keys.public(keys.old)])
+            assert report.divergence is not None, "verify passed what the ledger refuses"
+            assert report.divergence.kind == "modified"
+            assert report.divergence.incident == f"incidents/{late}"
+            assert "records as retired at position" in report.divergence.detail
         finally:
             checkpoints.close()
             ledger.close()

@@ -285,6 +285,16 @@ def table_exists(db: Database, name: str) -> bool:
     return bool(row and row[0])
 
 
+def recorded_retirements(db: Database) -> dict[str, tuple[int, str]]:
+    """The store's rotations (ledger_retired_keys): key id -> (the last position the key
+    sealed, its successor); empty on a store made before rotations."""
+    if not table_exists(db, "ledger_retired_keys"):
+        return {}
+    with db.transaction() as cur:
+        cur.execute("SELECT key_id, position, successor FROM ledger_retired_keys")
+        return {str(kid): (int(position), str(succ)) for kid, position, succ in cur.fetchall()}
+
+
 def select_checkpoints(db: Database, where: str, params: tuple[int, ...]) -> list[Checkpoint]:
     columns = "position, head, events, created_at, key_id, signature"
     statement = f"SELECT {columns} FROM ledger_checkpoints {where}"  # noqa: S608 (fixed clauses)

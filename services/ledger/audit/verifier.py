@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -153,6 +153,7 @@ class ChainVerifier:
         start: ChainState | None = None,
         partial: bool = False,
         stop: int | None = None,
+        recorded_retired: Mapping[str, tuple[int, str]] | None = None,
     ) -> None:
         # One key, or several: the ledger's current one and those it retired (in any order).
         keys = (public_key,) if isinstance(public_key, bytes) else tuple(dict.fromkeys(public_key))
@@ -170,6 +171,11 @@ class ChainVerifier:
         # kept the old key).
         self._use: dict[str, KeyUse] = {kid: KeyUse(kid) for kid in self._keys}
         self._retired_at: dict[str, tuple[int, str]] = {}
+        # What the store records of its rotations (ledger_retired_keys: key id -> the last
+        # position the key sealed, its successor), when the verifier reads the store: a
+        # rotation with nothing new to sign leaves the retired key's checkpoint the latest,
+        # and then only this table says that the key signs nothing after that position.
+        self._recorded_retired = dict(recorded_retired or {})
         self._last_signer: str | None = None
         self._key_verified = False
         self.state = start or ChainState(0, GENESIS_HASH, 0)
@@ -292,6 +298,17 @@ class ChainVerifier:
                 f"the checkpoint at position {cp.position} is signed with key {signer}, which "
                 f"the checkpoint at position {retired[0]} (key {retired[1]}) replaced: a "
                 "retired key signs nothing after its successor's first checkpoint",
+            )
+        recorded = self._recorded_retired.get(signer)
+        if recorded is not None and cp.position > recorded[0]:
+            return Divergence(
+                "bad_signature",
+                None,
+                None,
+                cp.position,
+                f"the checkpoint at position {cp.position} is signed with key {signer}, which "
+                f"the store records as retired at position {recorded[0]} for key "
+                f"{recorded[1]}: a retired key signs nothing after its rotation",
             )
         if self._last_signer is not None and self._last_signer != signer:
             self._retired_at.setdefault(self._last_signer, (cp.position, signer))
@@ -670,10 +687,16 @@ class ChainVerifier:
             problem = self._seals.problem(track.hash, seal)
             signer = self._seals.signer(track.hash, seal) if problem is None else None
             retired = self._retired_at.get(signer) if signer is not None else None
+            recorded = self._recorded_retired.get(signer) if signer is not None else None
             if signer is not None and retired is not None and track.pos > retired[0]:
                 problem = (
                     f"it is sealed with key {signer}, which the checkpoint at position "
                     f"{retired[0]} (key {retired[1]}) replaced"
+                )
+            elif signer is not None and recorded is not None and track.pos > recorded[0]:
+                problem = (
+                    f"it is sealed with key {signer}, which the store records as retired at "
+                    f"position {recorded[0]} for key {recorded[1]}"
                 )
             elif signer is not None:
                 use = self._use[signer]

@@ -16,7 +16,12 @@ from eventsourcing.persistence import ApplicationRecorder
 
 from services.common.sql import open_database
 from services.ledger.audit import scan
-from services.ledger.audit.checkpoints import BATCH, Checkpoint, iterate_checkpoints
+from services.ledger.audit.checkpoints import (
+    BATCH,
+    Checkpoint,
+    iterate_checkpoints,
+    recorded_retirements,
+)
 from services.ledger.audit.encoding import (
     EventDecodeError,
     RawDecoder,
@@ -74,7 +79,11 @@ def verify_store(
             iterate_checkpoints(database) if database is not None else iter(())
         )
         merged = heapq.merge(given, stored, key=lambda c: c.position)
-        verifier = ChainVerifier(public_key, merged)
+        verifier = ChainVerifier(
+            public_key,
+            merged,
+            recorded_retired=recorded_retirements(database) if database is not None else None,
+        )
         source = store_source(ledger) if isinstance(ledger, Application) else None
         stop = recorder.max_notification_id() or 0
 
