@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ from services.ledger.audit import (
     verify_export,
     verify_store,
 )
+from services.ledger.audit.checkpoints import ChainState, Checkpoint, extend_chain, signing_payload
+from services.ledger.audit.encoding import RawDecoder
 from services.ledger.audit.keys import load_public_key, load_signing_key
 from services.ledger.domain.commands import ReportIncident
 from services.ledger.seals import Sealer
@@ -548,6 +551,32 @@ def test_a_rotation_never_signs_over_what_the_retired_key_sealed_after_it(
             assert report.divergence is not None, "verify passed what the ledger refuses"
             assert report.divergence.kind == "modified"
             assert report.divergence.incident == f"incidents/{late}"
+            assert "records as retired at position" in report.divergence.detail
+            # Nor does a checkpoint of the old key after that position count, signed by hand
+            # (the ledger's own refuses) over the log as it stands.
+            state_now = extend_chain(
+                ledger.recorder,
+                RawDecoder(ledger.mapper),
+                ChainState(latest.position, latest.head, latest.events),
+            )
+            created_at = datetime.now(UTC).isoformat(timespec="microseconds")
+            old_key = keys.private(keys.old)
+            forged = Checkpoint(
+                state_now.position,
+                state_now.head,
+                state_now.events,
+                created_at,
+                latest.key_id,
+                old_key.sign(
+                    signing_payload(
+                        state_now.position, state_now.head, state_now.events, created_at
+                    )
+                ),
+            )
+            report = verify_store(ledger, [keys.public(keys.new), keys.public(keys.old)], [forged])
+            assert report.divergence is not None
+            assert report.divergence.kind == "bad_signature"
+            assert report.divergence.position == state_now.position
             assert "records as retired at position" in report.divergence.detail
         finally:
             checkpoints.close()
