@@ -272,6 +272,13 @@ def build(settings: LedgerSettings) -> LedgerServer:
         ledger.bound_retired_seals(probe.retired_positions())
         if probe.records_retirements():
             ledger.guard_commits()
+    except BaseException:
+        # A refusal to start (another key, a retired one) closes what is open: a process
+        # exits anyway, but a ledger built in-process (the tests') kept its pool's
+        # connections, 10-15 a refusal on PostgreSQL, until the server ran out of them.
+        ledger.close()
+        personal_keys.close()
+        raise
     finally:
         probe.close()
     projections = Projections(ledger, settings.store_env, reference, create=create)

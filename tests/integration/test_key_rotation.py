@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -222,8 +223,17 @@ def test_the_command_line_verifies_with_several_public_keys(rotated: Rotated) ->
         assert line["divergence_kind"] == "bad_signature"
 
 
+def _open_sockets() -> int:
+    """This process's open TCP connections and SQLite files: what a ledger left open."""
+    me = psutil.Process()
+    return len(me.net_connections(kind="tcp")) + sum(
+        1 for f in me.open_files() if f.path.endswith(".sqlite")
+    )
+
+
 def test_the_retired_key_and_an_unlisted_key_are_refused_at_start(rotated: Rotated) -> None:
     keys = rotated.keys
+    before = _open_sockets()
     with pytest.raises(ConfigError, match="retired"):
         build(rotated.settings(keys.old, keys.retired))
     with pytest.raises(ConfigError, match="retired"):
@@ -232,6 +242,9 @@ def test_the_retired_key_and_an_unlisted_key_are_refused_at_start(rotated: Rotat
     assert _generate(stranger).returncode == 0
     with pytest.raises(ConfigError, match="LEDGER_RETIRED_SIGNING_KEYS_FILE"):
         build(rotated.settings(stranger, keys.retired))
+    # A refused start closes what it opened: in-process, each refusal kept 10-15 connections
+    # to PostgreSQL, and the suite's later tests found the server out of them.
+    assert _open_sockets() == before
 
 
 def test_a_replica_left_running_with_the_retired_key_is_refused(rotated: Rotated) -> None:
