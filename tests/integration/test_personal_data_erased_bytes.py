@@ -81,6 +81,11 @@ def test_an_erased_persons_key_is_in_no_byte_of_the_sqlite_files(tmp_path: Path)
                 ledger.erase_personal_data(envelope_for(COORDINATOR), erase)
             for n in range(REPORTS, REPORTS + 50):  # the ledger goes on
                 report(ledger, n)
+            if files_holding(tmp_path, secrets):
+                # An erasure's scrub that met another transaction for more than SCRUB_WAIT
+                # (a busy machine: once in a whole suite's run) leaves it to the upkeep,
+                # by design (the test below); the upkeep's turn, then.
+                ledger.personal_keys.scrub()
             assert files_holding(tmp_path, secrets) == {}
             assert files_holding(tmp_path, kept), "a key not erased must still be there"
         finally:
