@@ -581,6 +581,19 @@ def run_e2e(
                 delivery_row("client send -> subscriber", run.subscriber, False),
                 delivery_row("record_time -> webhook", run.webhook, True),
                 delivery_row("client send -> webhook", run.webhook, False),
+                ["record_time -> stored on the stream", "-", *latency_cells(run.to_stream), "-"],
+                [
+                    "stored on the stream -> subscriber",
+                    "-",
+                    *latency_cells(run.stream_to_subscriber),
+                    "-",
+                ],
+                [
+                    "stored on the stream -> webhook",
+                    "-",
+                    *latency_cells(run.stream_to_webhook),
+                    "-",
+                ],
             ],
         )
     )

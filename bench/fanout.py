@@ -80,6 +80,7 @@ from bench.scenarios import (
     service_process,
     store_name,
 )
+from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from incidentledger.v1 import notifier_service_pb2 as napi
@@ -739,6 +740,11 @@ class EndToEndRun:
     encoder_cores: float
     notifier_cores: float
     logs: logs.LogCount = field(default_factory=logs.LogCount)
+    # Split at the stream (a figure): record_time -> stored on the stream, and stored ->
+    # each receiver, from each message's storage time on the stream.
+    to_stream: Result = field(default_factory=lambda: Result(0.0, []))
+    stream_to_subscriber: Result = field(default_factory=lambda: Result(0.0, []))
+    stream_to_webhook: Result = field(default_factory=lambda: Result(0.0, []))
 
     @property
     def sent(self) -> int:
@@ -840,6 +846,7 @@ def end_to_end(
         relay, encoder = relay_pids(ledger_proc.pid)
         pids = (ledger_proc.pid, relay, encoder, notifier_proc.pid)
         cpu = [cpu_seconds(pid) for pid in pids]
+        stream_before = stream_last_seq(nats_url, stream.name)
         started = time.perf_counter()
         store = store_name(store_env)
         with (
@@ -856,6 +863,9 @@ def end_to_end(
         wanted = list(sent.at)
         got_sub = subscriber.results(wanted, drain)
         got_hook = receiver.results(wanted, drain)
+        stored = stored_times(nats_url, stream.name, stream_before)
+    to_stream, stream_to_subscriber = split_at_stream(sent, stored, got_sub[0])
+    stream_to_webhook = split_at_stream(sent, stored, got_hook[0])[1]
     return EndToEndRun(
         commands=sent.commands,
         offered=int(rate * duration),
@@ -867,7 +877,73 @@ def end_to_end(
         encoder_cores=encoder_cores,
         notifier_cores=notifier_cores,
         logs=logs.tally([data_dir / "server.log", data_dir / "notifier.log"]),
+        to_stream=to_stream,
+        stream_to_subscriber=stream_to_subscriber,
+        stream_to_webhook=stream_to_webhook,
     )
+
+
+async def _stored_times(url: str, name: str, after: int) -> dict[str, float]:
+    """Each relayed event's time of storage on the stream (the server's clock, this
+    machine's), by its request id, for the messages after stream sequence ``after``."""
+    nc = await nats.connect(url, name="bench-split", connect_timeout=2)
+    try:
+        js = nc.jetstream(timeout=5)
+        last = (await js.stream_info(name)).state.last_seq or 0
+        stored: dict[str, float] = {}
+        if last <= after:
+            return stored
+        sub = await js.subscribe(
+            "",
+            stream=name,
+            ordered_consumer=True,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1
+            ),
+        )
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=5)
+                event = pb.EventNotification.FromString(msg.data).event
+                stored[event.request_id] = msg.metadata.timestamp.timestamp()
+                if msg.metadata.sequence.stream >= last:
+                    return stored
+        finally:
+            await sub.unsubscribe()
+    finally:
+        await nc.close()
+
+
+async def _stream_last_seq(url: str, name: str) -> int:
+    nc = await nats.connect(url, name="bench-split", connect_timeout=2)
+    try:
+        return int((await nc.jetstream(timeout=5).stream_info(name)).state.last_seq or 0)
+    finally:
+        await nc.close()
+
+
+def stream_last_seq(url: str, name: str) -> int:
+    return asyncio.run(_stream_last_seq(url, name))
+
+
+def stored_times(url: str, name: str, after: int) -> dict[str, float]:
+    return asyncio.run(_stored_times(url, name, after))
+
+
+def split_at_stream(
+    sent: Sent, stored: dict[str, float], arrivals: Arrivals
+) -> tuple[Result, Result]:
+    """(record_time -> stored on the stream, stored -> received) over the measured sends."""
+    to_stream: list[float] = []
+    from_stream: list[float] = []
+    for rid in sent.at:
+        got, at = arrivals.get(rid), stored.get(rid)
+        if got is None or at is None:
+            continue
+        to_stream.append(at - got[1])
+        from_stream.append(got[0] - at)
+    elapsed = sent.commands.elapsed
+    return Result(elapsed, to_stream), Result(elapsed, from_stream)
 
 
 def _tail_position(url: str, name: str) -> int:
