@@ -117,6 +117,37 @@ def test_every_view_in_indonesian_and_json_unchanged(
     assert answer.startswith("tindakan dicatat ") and "(versi " in answer, answer
 
 
+def test_tables_in_indonesian_fit_an_80_column_terminal(
+    ctl: Ctl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Indonesian words are longer: at 80 columns the board cut every reference code short
+    (MKM-3V73-…) and lost its title and place columns, and the list and the decisions broke
+    words over lines (kota_mukomu|ko). Now the least needed columns are left out instead."""
+    monkeypatch.delenv("LEDGER_LANG", raising=False)
+    name = _incident(ctl)
+    title = "Dugaan politik uang menjelang pencoblosan di TPS 03"
+    other = ctl.json("kpu", "report", title, "money_politics", "ipuh")["incident"]
+    codes = [ctl.json("desk_pilkada", "show", n)["incident"]["reference"] for n in (name, other)]
+    monkeypatch.setenv("COLUMNS", "80")
+    for args, heads in (
+        (["board", "--limit", "0"], ("kejadian", "tahap", "dilaporkan", "judul")),
+        (["list"], ("kode referensi", "judul", "tahap")),
+        (["decisions"], ("kecamatan", "ringkasan", "sampai")),
+    ):
+        shown = ctl.ok("desk_pilkada", "--lang", "id", *args)
+        lines = shown.splitlines()
+        assert all(len(line) <= 80 for line in lines), (args, shown)
+        words = {w for line in lines for cell in line.split("│") for w in cell.split()}
+        heading = " ".join(lines)
+        for head in heads:
+            assert all(w in heading for w in head.split()), (args, head, shown)
+        if args[0] == "decisions":
+            assert {"kota_mukomuko", "Kumpulan", "massa", "dibatasi"} <= words, shown
+            continue
+        assert set(codes) <= words, (args, shown)  # whole, as read out over the phone
+        assert set(title.split()) <= words, (args, shown)  # no word broken
+
+
 def test_reference_data_in_indonesian_from_the_reference_file(ctl: Ctl) -> None:
     categories = ctl.json("desk_pilkada", "categories")
     money = next(c for c in categories if c["code"] == "money_politics")

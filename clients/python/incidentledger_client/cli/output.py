@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from incidentledger_client.cli.names import SHORT_ID
+from incidentledger_client.cli.tables import Column, FittedTable
 from incidentledger_client.i18n import N_, _, format_number, format_time, labels, ngettext
 from incidentledger_client.types import (
     CommandResult,
@@ -174,14 +175,24 @@ def command_result(out: Console, verb: str, result: CommandResult, reference: st
 
 def incidents_table(
     incidents: Iterable[Incident], title: str | None = None, statuses: StatusNames | None = None
-) -> Table:
-    """The incidents, one a line, under ``title`` (translated by the caller)."""
-    table = Table(title=_("Incidents") if title is None else title, show_lines=False)
-    id_column(table)
-    table.add_column(_("reference"), no_wrap=True)
-    for column in (N_("title"), N_("status"), N_("severity"), N_("category"), N_("place")):
-        table.add_column(_(column), overflow="fold")
-    table.add_column(_("lead"), overflow="fold")
+) -> FittedTable:
+    """The incidents, one a line, under ``title`` (translated by the caller). In a narrow
+    terminal the category goes first, then the place, the lead, the severity and the id
+    (the reference code, the title and the status stay)."""
+    table = FittedTable(
+        [
+            Column(_("incident"), drop=1, wrap=False, options={"min_width": SHORT_ID}),
+            Column(_("reference"), wrap=False),
+            Column(_("title")),
+            Column(_("status")),
+            Column(_("severity"), drop=2),
+            Column(_("category"), drop=5),
+            Column(_("place"), drop=4),
+            Column(_("lead"), drop=3),
+        ],
+        title=_("Incidents") if title is None else title,
+        show_lines=False,
+    )
     for incident in incidents:
         table.add_row(
             short_id(incident.name),
@@ -576,7 +587,7 @@ def board(
     counts: dict[str, int],
     zone: tzinfo,
     statuses: StatusNames | None = None,
-) -> Table:
+) -> FittedTable:
     """The board: one line per incident (given already sorted and limited); the title counts
     every open incident per status."""
     summary = "  ".join(
@@ -584,16 +595,22 @@ def board(
         f"({format_number(counts.get(status, 0))})"
         for status in BOARD_STATUSES
     )
-    table = Table(title=_("Board (open work)") + f"\n{summary}", title_justify="left")
     # The code people read out over the phone (MKM-7QK3-9V), which every command takes;
-    # the id's first characters for an incident recorded before codes existed.
-    id_column(table)
-    table.add_column(_("severity"), no_wrap=True)
-    table.add_column(_("status"), no_wrap=True)
-    table.add_column(_("reported"), no_wrap=True)
-    table.add_column(_("title"), overflow="fold")
-    table.add_column(_("place"), overflow="fold")
-    table.add_column(_("lead"), no_wrap=True)
+    # the id's first characters for an incident recorded before codes existed. In a narrow
+    # terminal the place goes first, then the lead and the severity.
+    table = FittedTable(
+        [
+            Column(_("incident"), wrap=False, options={"min_width": SHORT_ID}),
+            Column(_("severity"), drop=1, wrap=False),
+            Column(_("status")),
+            Column(_("reported")),
+            Column(_("title")),
+            Column(_("place"), drop=3),
+            Column(_("lead"), drop=2),
+        ],
+        title=_("Board (open work)") + f"\n{summary}",
+        title_justify="left",
+    )
     for i in incidents:
         table.add_row(
             i.reference or short_id(i.name),
@@ -695,12 +712,21 @@ def map_svg(vmap: VulnerabilityMap, title: str | None = None, zone: tzinfo = UTC
     return "\n".join(parts) + "\n"
 
 
-def decisions_table(decisions: Iterable[DecisionInForce], zone: tzinfo = UTC) -> Table:
-    table = Table(title=_("Decisions in force"))
-    table.add_column("kecamatan", overflow="fold")
-    for column in (N_("summary"), N_("forum"), N_("deciding"), N_("from"), N_("until")):
-        table.add_column(_(column), overflow="fold")
-    id_column(table)
+def decisions_table(decisions: Iterable[DecisionInForce], zone: tzinfo = UTC) -> FittedTable:
+    """In a narrow terminal the forum goes first, then the deciding agencies, then the
+    start (the end, what is in force until, stays)."""
+    table = FittedTable(
+        [
+            Column("kecamatan"),
+            Column(_("summary")),
+            Column(_("forum"), drop=3),
+            Column(_("deciding"), drop=2),
+            Column(_("from"), drop=1),
+            Column(_("until")),
+            Column(_("incident"), wrap=False, options={"min_width": SHORT_ID}),
+        ],
+        title=_("Decisions in force"),
+    )
     for d in decisions:
         table.add_row(
             d.kecamatan,

@@ -1,0 +1,146 @@
+"""Tables that fit the terminal they are printed on.
+
+A rich table wider than the terminal is squeezed: every column gives up width, codes are cut
+short (``MKM-3V73-…``) and a column can shrink to nothing. At 80 columns the board in
+Indonesian lost its title and place columns and cut every reference code, the one thing an
+officer reads out over the phone; the incident list folded every word letter by letter. Here
+a table is made when the terminal's width is known: columns that cannot fit are left out,
+least needed first, so that those shown keep their codes and times whole and their words
+unbroken. A table that fits keeps every column; piped output is wide (200 columns) and so
+keeps every column too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console, ConsoleOptions, RenderableType
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
+UNBOUNDED = 1_000_000  # a width no table reaches
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a :class:`FittedTable`."""
+
+    header: str  # as shown (translated by the caller)
+    #: 0: always shown. Otherwise, when the terminal is too narrow, the column with the
+    #: highest ``drop`` is left out first (and of equals, the rightmost).
+    drop: int = 0
+    #: False: never wrapped (codes, times, numbers): shown whole or left out.
+    wrap: bool = True
+    justify: Any = "left"
+    style: str = ""
+    options: dict[str, Any] = field(default_factory=dict)  # more of rich's add_column
+
+
+class FittedTable:
+    """A table with its columns chosen for the width it is printed at (see the module)."""
+
+    def __init__(self, columns: Sequence[Column], **table: Any) -> None:
+        self.columns = list(columns)
+        self.rows: list[tuple[RenderableType, ...]] = []
+        self._table = table  # rich Table's options: title, box, ...
+
+    def add_row(self, *cells: RenderableType) -> None:
+        if len(cells) != len(self.columns):
+            raise ValueError(f"{len(cells)} cells for {len(self.columns)} columns")
+        self.rows.append(cells)
+
+    @property
+    def row_count(self) -> int:
+        return len(self.rows)
+
+    def fitted(self, console: Console, options: ConsoleOptions) -> Table:
+        """The table with the columns that fit ``options.max_width``."""
+        kept = list(range(len(self.columns)))
+        while True:
+            least, most, overhead = self._sizes(console, options, kept)
+            fits = sum(least) + overhead <= options.max_width
+            droppable = [i for i in kept if self.columns[i].drop > 0]
+            if fits or not droppable:
+                break
+            kept.remove(max(droppable, key=lambda i: (self.columns[i].drop, i)))
+        room = options.max_width - overhead
+        if not fits or sum(most) <= room:
+            return self._made(kept)  # all whole; or nothing left to leave out: rich squeezes
+        return self._made(kept, shared(least, most, room))
+
+    def _sizes(
+        self, console: Console, options: ConsoleOptions, kept: Sequence[int]
+    ) -> tuple[list[int], list[int], int]:
+        """Each kept column's least and widest text, and what padding and borders take.
+        A column's least is its longest word; a column that never wraps, its longest text
+        (its header wraps all the same)."""
+        # Measured without a limit: within one, rich clamps the measures to it.
+        unbounded = options.update_width(UNBOUNDED)
+        sizes = [
+            [Measurement.get(console, unbounded, cell) for cell in self._cells(i)] for i in kept
+        ]
+        least = [
+            max(m.minimum for m in column)
+            if self.columns[i].wrap
+            else max([column[0].minimum, *(m.maximum for m in column[1:])])
+            for i, column in zip(kept, sizes, strict=True)
+        ]
+        most = [max(m.maximum for m in column) for column in sizes]
+        words = sum(max(m.minimum for m in column) for column in sizes)
+        table = Measurement.get(console, unbounded, self._made(kept))
+        return least, most, table.minimum - words
+
+    def _cells(self, index: int) -> Iterator[RenderableType]:
+        yield self._header(self.columns[index])
+        for row in self.rows:
+            yield row[index]
+
+    @staticmethod
+    def _header(column: Column) -> Text:
+        # A header may wrap in a column that does not: "kode referensi" over a code.
+        return Text(column.header, no_wrap=False)
+
+    def _made(self, kept: Sequence[int], widths: Sequence[int] | None = None) -> Table:
+        table = Table(**self._table)
+        for n, i in enumerate(kept):
+            column = self.columns[i]
+            table.add_column(
+                self._header(column),
+                justify=column.justify,
+                style=column.style,
+                no_wrap=not column.wrap,
+                width=None if widths is None else widths[n],
+                # A word longer than its column (only when nothing fits) is folded, not cut.
+                overflow="fold",
+                **column.options,
+            )
+        for row in self.rows:
+            table.add_row(*(row[i] for i in kept))
+        return table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Table]:
+        yield self.fitted(console, options)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, self.fitted(console, options))
+
+
+def shared(least: Sequence[int], most: Sequence[int], room: int) -> list[int]:
+    """Widths within ``room`` (at least ``sum(least)``): each column its least, then the
+    rest in proportion to how much more its widest text needs. Rich shares a short width
+    out from the widest columns down and can leave one narrower than its longest word
+    (kota_mukomu|ko)."""
+    widths = list(least)
+    wants = [m - n for m, n in zip(most, least, strict=True)]
+    spare, wanted = room - sum(least), sum(wants)
+    for n, want in enumerate(wants):
+        widths[n] += spare * want // wanted
+    for n in sorted(range(len(wants)), key=lambda n: -wants[n]):  # what rounding left
+        if sum(widths) >= room:
+            break
+        if widths[n] < most[n]:
+            widths[n] += 1
+    return widths

@@ -1,0 +1,105 @@
+"""Tables that fit the terminal (ledgerctl's FittedTable): rendered at several widths and
+held to what an officer must be able to read: codes whole, words unbroken, no line wider
+than the terminal, and the least needed columns left out first."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from rich.console import Console
+
+from incidentledger_client.cli.tables import Column, FittedTable
+
+CODES = ("MKM-3V73-PV", "MKM-YJ2Z-XX")
+TITLES = (
+    "Massa berkumpul di alun-alun Kota Mukomuko menjelang kampanye",
+    "Dugaan politik uang di TPS 03",
+)
+WORDS = {w for t in TITLES for w in t.split()} | {"kota_mukomuko", "penanganan", "Dilaporkan"}
+
+
+def board() -> FittedTable:
+    """The shape of the Indonesian board: what goes first is the highest ``drop``."""
+    table = FittedTable(
+        [
+            Column("kejadian", wrap=False),
+            Column("keparahan", drop=1, wrap=False),
+            Column("tahap"),
+            Column("dilaporkan"),
+            Column("judul"),
+            Column("lokasi", drop=3),
+            Column("penanggung jawab", drop=2),
+        ],
+        title="Papan",
+    )
+    for code, title, status, place in zip(
+        CODES, TITLES, ("Dalam penanganan", "Dilaporkan"), ("kota_mukomuko", "ipuh"), strict=True
+    ):
+        table.add_row(code, "tinggi", status, "5 Des 2026 23.17 WIB", title, place, "polres")
+    return table
+
+
+def render(table: FittedTable, width: int) -> list[str]:
+    screen = io.StringIO()
+    Console(file=screen, width=width, color_system=None).print(table)
+    return screen.getvalue().splitlines()
+
+
+def headers(lines: list[str]) -> set[str]:
+    """The header words of a rendered table (the lines between its top and its rule)."""
+    top = next(n for n, line in enumerate(lines) if line.startswith("┏"))
+    rule = next(n for n, line in enumerate(lines) if line.startswith("┡"))
+    return {w for line in lines[top + 1 : rule] for w in re.findall(r"[\w ]+", line) if w.strip()}
+
+
+def cell_words(lines: list[str]) -> set[str]:
+    return {w for line in lines for cell in line.split("│") for w in cell.split()}
+
+
+# Worked out by hand: a column's least width is its longest word (a code, a no-wrap
+# column's whole text) and 2 of padding; the borders take one more than the columns.
+# kejadian 11+2, keparahan 9+2, tahap 10+2 (penanganan), dilaporkan 10+2, judul 9+2
+# (berkumpul), lokasi 13+2 (kota_mukomuko), penanggung jawab 10+2: 86 + 8 = 94 in all;
+# without lokasi 71 + 7 = 78; then without penanggung jawab 59 + 6 = 65; then without
+# keparahan 48 + 5 = 53.
+@pytest.mark.parametrize(
+    ("width", "left_out"),
+    [
+        (200, set()),
+        (94, set()),
+        (93, {"lokasi"}),
+        (78, {"lokasi"}),
+        (77, {"lokasi", "penanggung jawab"}),
+        (65, {"lokasi", "penanggung jawab"}),
+        (64, {"lokasi", "penanggung jawab", "keparahan"}),
+        (53, {"lokasi", "penanggung jawab", "keparahan"}),
+    ],
+)
+def test_columns_are_left_out_least_needed_first_and_the_rest_are_read_whole(
+    width: int, left_out: set[str]
+) -> None:
+    lines = render(board(), width)
+    assert all(len(line) <= width for line in lines), "\n".join(lines)
+    shown = " ".join(sorted(headers(lines)))
+    for column in ("kejadian", "keparahan", "tahap", "dilaporkan", "judul", "lokasi"):
+        assert (column in shown) == (column not in left_out), (width, shown)
+    assert ("penanggung" in shown) == ("penanggung jawab" not in left_out), shown
+    words = cell_words(lines)
+    for code in CODES:
+        assert code in words, "\n".join(lines)  # never cut nor folded
+    kept = {w for w in WORDS if w != "kota_mukomuko" or "lokasi" not in left_out}
+    assert kept <= words, sorted(kept - words)  # no word broken over two lines
+
+
+def test_a_table_that_cannot_fit_is_squeezed_rather_than_lost() -> None:
+    lines = render(board(), 30)
+    text = "\n".join(lines)
+    assert "MKM" in text and lines, text  # the codes' columns stay, whatever else happens
+
+
+def test_a_row_must_have_a_cell_per_column() -> None:
+    table = FittedTable([Column("a"), Column("b", drop=1)])
+    with pytest.raises(ValueError, match="1 cells for 2 columns"):
+        table.add_row("only one")
