@@ -329,7 +329,9 @@ def test_a_rotation_with_nothing_new_since_the_old_checkpoint(tmp_path: Path, ke
             ledger.close()
 
 
-def _audit(args: list[str], rotated: Rotated) -> subprocess.CompletedProcess[str]:
+def _audit(
+    args: list[str], rotated: Rotated, settings: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "services.ledger.audit", *args],
         env={
@@ -339,6 +341,7 @@ def _audit(args: list[str], rotated: Rotated) -> subprocess.CompletedProcess[str
             "LEDGER_REFERENCE_FILE": str(REFERENCE_FILE),
             "LEDGER_LOG_FORMAT": "json",
             "PYTHONPATH": f"{PROJECT_ROOT}:{PROJECT_ROOT / 'gen'}",
+            **(settings or {}),
         },
         cwd=PROJECT_ROOT,
         capture_output=True,
@@ -350,6 +353,67 @@ def _audit(args: list[str], rotated: Rotated) -> subprocess.CompletedProcess[str
 
 def _events(result: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.parametrize("before", ["seals_after_checkpoint", "nothing_new", "no_checkpoint"])
+@pytest.mark.parametrize("listed", [True, False], ids=["retired_listed", "retired_not_listed"])
+def test_the_audit_signs_with_the_new_key_only_once_the_ledger_rotated(
+    tmp_path: Path, keys: Keys, before: str, listed: bool
+) -> None:
+    """`ledger-audit checkpoint` with the new key before any ledger started with it: a
+    refusal that says what to do, nothing signed; once the ledger rotated, it signs."""
+    with store_environment("sqlite", tmp_path) as env:
+        state = Rotated(env, tmp_path, keys, 0, 0, "")
+        with running_ledger(state.settings(keys.old)) as client:
+            state.first = client.report().incident
+            if before != "no_checkpoint":
+                state.old_checkpoint = client.server.checkpoints.create().position
+            if before != "nothing_new":
+                _escalate(client, state.first)
+                client.report()
+        new_key = {"LEDGER_SIGNING_KEY_FILE": str(keys.new)}
+        if listed:
+            new_key["LEDGER_RETIRED_SIGNING_KEYS_FILE"] = str(keys.retired)
+        ledger = state.ledger()
+        checkpoints = Checkpoints(ledger.recorder, env, keys.private(keys.old))
+        try:
+            stored = list(checkpoints.iterate())
+        finally:
+            checkpoints.close()
+            ledger.close()
+        refused = _audit(["checkpoint"], state, new_key)
+        said = refused.stdout + refused.stderr
+        assert refused.returncode == 2, said
+        line = next(e for e in _events(refused) if e["event"] == "audit.error")
+        if listed:
+            assert "start the ledger with this key first" in line["error"], line
+        else:
+            assert "LEDGER_RETIRED_SIGNING_KEYS_FILE" in line["error"], line
+        assert "Traceback" not in said and "changed outside the ledger" not in said
+        ledger = state.ledger()
+        checkpoints = Checkpoints(ledger.recorder, env, keys.private(keys.old))
+        try:  # nothing signed, nothing recorded as retired
+            assert list(checkpoints.iterate()) == stored
+            assert checkpoints.retirement(Sealer(keys.private(keys.old)).key_id) is None
+        finally:
+            checkpoints.close()
+            ledger.close()
+
+        # The ledger started with the new key rotates; then the audit signs with it.
+        with running_ledger(state.settings(keys.new, keys.retired)):
+            pass
+        new_key["LEDGER_RETIRED_SIGNING_KEYS_FILE"] = str(keys.retired)
+        made = _audit(["checkpoint"], state, new_key)
+        assert made.returncode == 0, made.stdout + made.stderr
+        with running_ledger(state.settings(keys.new, keys.retired)) as client:
+            _escalate(client, state.first)
+        made = _audit(["checkpoint"], state, new_key)
+        assert made.returncode == 0, made.stdout + made.stderr
+        line = next(e for e in _events(made) if e["event"] == "audit.checkpoint")
+        assert line["key_id"] == Sealer(keys.private(keys.new)).key_id
+        public = ["--public-key", str(keys.new.with_suffix(".pub"))]
+        clean = _audit(["verify", "--store", *public, "--public-key", str(keys.retired)], state)
+        assert clean.returncode == 0, clean.stdout + clean.stderr
 
 
 def test_a_store_migrated_before_rotations_asks_for_migrate(tmp_path: Path, keys: Keys) -> None:

@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                 retired=load_retired_keys(audit),
             )
             try:
+                checkpoints.check_taken_over()  # a new key signs once the ledger rotated
                 checkpoint = checkpoints.create()
             finally:
                 checkpoints.close()

@@ -582,6 +582,34 @@ class Checkpoints:
             "(or restore the ledger's key from the backup)"
         )
 
+    def check_taken_over(self) -> None:
+        """Refuse (:class:`ConfigError`) to sign outside the ledger (``ledger-audit
+        checkpoint``) with a key the ledger does not sign with yet: one that is neither the
+        store's nor a successor (as :meth:`check_key`), and a successor before the ledger
+        has rotated to it. Only a ledger started with the new key rotates (it records the
+        old key as retired and signs the rotation checkpoint over its seals, under the
+        store's write lock): signing here first would find the old key's seals and fail as
+        if the store had been changed, or show the old key's checkpoint as the latest.
+        A rotation already recorded with nothing new to sign (the old key's checkpoint
+        stays the latest) passes; so does a latest checkpoint that names this key but does
+        not verify (changed in the store: :meth:`create` says to run verify)."""
+        last = self.latest()
+        if last is not None and (last.verify(self.public_key) or last.key_id == self.key_id):
+            return
+        retiring = self.check_key()
+        if retiring is None:
+            return
+        recorded = self.retirement(retiring)
+        if recorded is not None and last is not None and recorded[2] <= last.position:
+            return
+        raise ConfigError(
+            f"LEDGER_SIGNING_KEY_FILE holds key {self.key_id}, which is to take over from the "
+            f"retired key {retiring} (LEDGER_RETIRED_SIGNING_KEYS_FILE), but the ledger has "
+            "not rotated to it yet: nothing was signed; start the ledger with this key "
+            "first (it records the rotation and signs its checkpoint, docs/operations.md), "
+            "then make checkpoints with it"
+        )
+
     def rotate_key(self) -> Checkpoint | None:
         """When :meth:`check_key` finds the store last signed with a retired key: record
         that key as retired (a ledger started with it refuses from now on) and sign a
