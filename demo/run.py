@@ -424,9 +424,7 @@ def play(
             "audit verify: "
             + ("ok" if v.ok else "[red]DIVERGENCE[/red]")
             + " "
-            + _(
-                "({events} events, {incidents} incidents, {checkpoints} checkpoints checked)"
-            ).format(events=v.events, incidents=v.incidents, checkpoints=v.checkpoints_checked)
+            + f"({output.verified_counts(v.events, v.incidents, v.checkpoints_checked)})"
         )
         if v.divergence is not None:
             console.print(escape(str(v.divergence)))

@@ -120,6 +120,22 @@ def test_the_lifecycle_through_ledgerctl(ctl: Ctl, tmp_path: Path) -> None:
     assert json.loads(lines[0])["type"] == "Reported"
 
 
+def test_the_audits_counts_of_one_are_singular(ctl: Ctl, tmp_path: Path) -> None:
+    """One event, one incident, one checkpoint: never "1 events", in either language."""
+    ctl.ledger.report("kesbangpol")
+    ctl.ledger.server.checkpoints.create()
+    verify = ("inspektorat", "audit", "verify")
+    assert "1 event, 1 incident, 1 checkpoint checked" in ctl.ok(*verify)
+    indonesian = ctl.ok("inspektorat", "--lang", "id", *verify[1:])
+    assert "1 peristiwa, 1 kejadian, 1 titik periksa diperiksa" in indonesian
+    export = tmp_path / "one.jsonl"
+    assert "exported 1 event to " in ctl.ok("inspektorat", "audit", "export", str(export))
+    ctl.ledger.report("kesbangpol")
+    ctl.ledger.server.checkpoints.create()
+    assert "2 events, 2 incidents, 2 checkpoints checked" in ctl.ok(*verify)
+    assert "exported 2 events to " in ctl.ok("inspektorat", "audit", "export", str(export))
+
+
 def test_a_decision_reads_and_is_corrected_in_local_time(ctl: Ctl) -> None:
     """A duty officer in WIB types a decision's ends in WIB, reads them in WIB in the
     timeline (and its correction's), sees when it starts, and corrects its end by typing

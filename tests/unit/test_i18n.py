@@ -22,10 +22,12 @@ from babel.messages.pofile import read_po, write_po
 from incidentledger_client import i18n
 from incidentledger_client.cli import main, output
 from incidentledger_client.cli.app import app
+from incidentledger_client.cli.commands.audit import _show_evidence
 from incidentledger_client.i18n import catalogs, labels
 from incidentledger_client.types import (
     Actor,
     DeliveryOutcome,
+    EvidenceReport,
     IncidentEvent,
     KecamatanScore,
     VulnerabilityMap,
@@ -686,3 +688,24 @@ def test_config_view_in_indonesian_and_json_unchanged(
         as_json.append(json.loads(capsys.readouterr().out))
     assert as_json[0] == as_json[1]
     assert as_json[0]["settings"]["tls_ca"] == {"value": None, "source": "default"}
+
+
+@pytest.mark.parametrize(
+    ("language", "one", "two"),
+    [
+        (
+            "en",
+            "1 piece of evidence, 1 file, 5 bytes read",
+            "2 pieces of evidence, 2 files, 1,200 bytes read",
+        ),
+        ("id", "1 bukti, 1 berkas, 5 bita dibaca", "2 bukti, 2 berkas, 1.200 bita dibaca"),
+    ],
+)
+def test_audit_verify_deep_counts_one_in_the_singular(
+    capsys: pytest.CaptureFixture[str], language: i18n.Language, one: str, two: str
+) -> None:
+    with i18n.using(language):
+        for count, size, expected in ((1, 5, one), (2, 1200, two)):
+            capsys.readouterr()
+            _show_evidence(EvidenceReport(True, count, count, size, ()))
+            assert expected in capsys.readouterr().out

@@ -761,6 +761,22 @@ def rows_table(
     return table
 
 
+def verified_counts(events: int, incidents: int, checkpoints: int) -> str:
+    """What a verification of the ledger checked: ``1 event, 1 incident, 2 checkpoints
+    checked``, each count with its own plural form (``audit verify``, the demo)."""
+    return _("{events}, {incidents}, {checkpoints} checked").format(
+        events=ngettext("{count} event", "{count} events", events).format(
+            count=format_number(events)
+        ),
+        incidents=ngettext("{count} incident", "{count} incidents", incidents).format(
+            count=format_number(incidents)
+        ),
+        checkpoints=ngettext("{count} checkpoint", "{count} checkpoints", checkpoints).format(
+            count=format_number(checkpoints)
+        ),
+    )
+
+
 def emit_line(text: str) -> None:
     _write(text + "\n", flush=False)
 

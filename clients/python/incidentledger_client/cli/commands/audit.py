@@ -20,7 +20,7 @@ from incidentledger_client.cli.errors import EXIT_OTHER, InterruptedCommandError
 from incidentledger_client.cli.inputs import TIME_HELP, incident_name, maybe_code, moment
 from incidentledger_client.cli.progress import Meter, progress_bar
 from incidentledger_client.cli.state import state
-from incidentledger_client.i18n import N_, _, format_number, format_size
+from incidentledger_client.i18n import N_, _, format_number, format_size, ngettext
 from incidentledger_client.types import (
     EvidenceReport,
     IncidentEvent,
@@ -84,12 +84,8 @@ def audit_verify(
                 Text.assemble(
                     (_("ledger verified"), "bold green"),
                     ": "
-                    + _(
-                        "{events} events, {incidents} incidents, {checkpoints} checkpoints checked"
-                    ).format(
-                        events=format_number(report_.events),
-                        incidents=format_number(report_.incidents),
-                        checkpoints=format_number(report_.checkpoints_checked),
+                    + output.verified_counts(
+                        report_.events, report_.incidents, report_.checkpoints_checked
                     ),
                 )
             )
@@ -109,9 +105,13 @@ PROBLEMS = {"missing": N_("missing"), "changed": N_("changed")}
 def _show_evidence(found: EvidenceReport) -> None:
     """The deep part of ``audit verify --deep``, for people."""
     out = output.console()
-    summary = _("{evidence} evidence, {objects} files, {size} read").format(
-        evidence=format_number(found.evidence),
-        objects=format_number(found.objects),
+    summary = _("{evidence}, {objects}, {size} read").format(
+        evidence=ngettext(
+            "{count} piece of evidence", "{count} pieces of evidence", found.evidence
+        ).format(count=format_number(found.evidence)),
+        objects=ngettext("{count} file", "{count} files", found.objects).format(
+            count=format_number(found.objects)
+        ),
         size=format_size(found.bytes_read),
     )
     if found.ok:
@@ -167,8 +167,10 @@ def audit_export(
                     meter.reached(event.position - after)
             except KeyboardInterrupt:
                 raise InterruptedCommandError(
-                    _(
-                        "the export was interrupted after {count} events: the output is incomplete"
+                    ngettext(
+                        "the export was interrupted after {count} event: the output is incomplete",
+                        "the export was interrupted after {count} events: the output is incomplete",
+                        meter.items,
                     ).format(count=format_number(meter.items))
                 ) from None
         else:
@@ -180,7 +182,10 @@ def audit_export(
             output.emit_json({"path": str(path), "events": count})
         else:
             output.console().print(
-                _("exported {count} events to {path}").format(count=count, path=path), markup=False
+                ngettext(
+                    "exported {count} event to {path}", "exported {count} events to {path}", count
+                ).format(count=format_number(count), path=path),
+                markup=False,
             )
 
 
