@@ -329,6 +329,40 @@ def test_a_rotation_with_nothing_new_since_the_old_checkpoint(tmp_path: Path, ke
             ledger.close()
 
 
+def test_an_export_between_a_rotation_and_the_new_keys_first_checkpoint_verifies(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """A rotation with nothing new to sign leaves the old key's checkpoint the latest; an
+    export made after the new key sealed events, before its first checkpoint, verifies
+    offline with the public keys alone (the new key's seals after the old checkpoint)."""
+    with store_environment("sqlite", tmp_path) as env:
+        state = Rotated(env, tmp_path, keys, 0, 0, "")
+        with running_ledger(state.settings(keys.old)) as client:
+            state.first = client.report().incident
+            state.old_checkpoint = client.server.checkpoints.create().position
+        with running_ledger(state.settings(keys.new, keys.retired)) as client:
+            _escalate(client, state.first)
+            client.report()
+            latest = client.server.checkpoints.latest()
+            assert latest is not None and latest.position == state.old_checkpoint
+        old, new = keys.public(keys.old), keys.public(keys.new)
+        ledger = state.ledger()
+        try:
+            export = tmp_path / "window.jsonl"
+            export_jsonl(ledger, export)
+            for report in (verify_export(export, [new, old]), verify_store(ledger, [new, old])):
+                assert report.ok, report.divergence
+                used = {use.key_id: use for use in report.keys}
+                assert used[Sealer(keys.private(keys.new)).key_id].seals == 2
+                assert used[Sealer(keys.private(keys.old)).key_id].checkpoints == 1
+            for given in ([old], [new]):
+                report = verify_export(export, given)
+                assert report.divergence is not None
+                assert report.divergence.kind == ("modified" if given == [old] else "bad_signature")
+        finally:
+            ledger.close()
+
+
 def _audit(
     args: list[str], rotated: Rotated, settings: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
