@@ -33,7 +33,13 @@ from uuid import UUID
 import structlog
 
 from services.common.datafiles import make_private_dir
-from services.common.errors import Cancelled, DataLoss, InvalidArgument, Unavailable
+from services.common.errors import (
+    Cancelled,
+    DataLoss,
+    InvalidArgument,
+    LedgerError,
+    Unavailable,
+)
 from services.common.sql import Database
 from services.ledger.application import CommandResult, Ledger
 from services.ledger.domain.evidence import (
@@ -65,6 +71,19 @@ class Objects(Protocol):
     def put_chunks(self, pieces: Iterator[bytes]) -> StoredObject: ...
 
     def read_into(self, name: str, sink: HashingSink) -> StoredObject | None: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+
+def cut_by_stop() -> Unavailable:
+    """An upload the ledger's stop cut short (its grace period over with the upload going
+    on): not the caller's fault, and nothing of it kept."""
+    return Unavailable(
+        "the ledger is stopping and cut the upload short; nothing of it was kept: "
+        "send it again (the same request id), to another replica or once this one is back",
+        reason="EVIDENCE_STORE_UNAVAILABLE",
+    )
 
 
 @dataclass
@@ -206,27 +225,29 @@ class EvidenceService:
         self._ledger.check_ahead(envelope, placeholder)
         self._ledger.get_incident(header.incident_id).check_attach(envelope)
         tally = _Tally()
-        checked = self._checked(header, iter(chunks), tally)
-        if self._ledger.request_recorded(envelope):
-            # Its request id was recorded: the command answers that result, or refuses the
-            # id reused for another file (REQUEST_ID_REUSED). Either way these bytes are
-            # only checked and hashed, never stored: a refused file left an object no event
-            # names until the sweep, and the recorded one is stored (its event names it:
-            # no sweep takes it).
-            for _chunk in checked:
-                pass
-        else:
-            stored = self._objects.put_chunks(checked)
-            if (stored.sha256, stored.size_bytes) != (tally.sha256, tally.size):
-                # The name is the content's address: anything else there was changed.
-                raise DataLoss(
-                    f"the evidence store holds other bytes under {object_name(tally.sha256)}",
-                    reason="EVIDENCE_CHANGED",
-                    metadata={"object": object_name(tally.sha256)},
-                )
-        if gone():
-            raise Cancelled(
-                "the upload was cancelled before its last chunk", reason="UPLOAD_CANCELLED"
+        checked = self._checked(header, self._unless_stopped(iter(chunks)), tally)
+        stored: StoredObject | None = None
+        try:
+            if self._ledger.request_recorded(envelope):
+                # Its request id was recorded: the command answers that result, or refuses
+                # the id reused for another file (REQUEST_ID_REUSED). Either way these bytes
+                # are only checked and hashed, never stored: a refused file left an object
+                # no event names until the sweep, and the recorded one is stored (its event
+                # names it: no sweep takes it).
+                for _chunk in checked:
+                    pass
+            else:
+                stored = self._objects.put_chunks(checked)
+        except Unavailable:
+            if self._objects.stopping:  # its call ended by the stop, after the grace period
+                raise cut_by_stop() from None
+            raise
+        if stored is not None and (stored.sha256, stored.size_bytes) != (tally.sha256, tally.size):
+            # The name is the content's address: anything else there was changed.
+            raise DataLoss(
+                f"the evidence store holds other bytes under {object_name(tally.sha256)}",
+                reason="EVIDENCE_CHANGED",
+                metadata={"object": object_name(tally.sha256)},
             )
         command = UploadEvidence(
             header.incident_id,
@@ -237,6 +258,15 @@ class EvidenceService:
             header.file_name,
             header.description,
         )
+        if gone():
+            ended: LedgerError = (
+                cut_by_stop()
+                if self._objects.stopping
+                else Cancelled(
+                    "the upload was cancelled before its last chunk", reason="UPLOAD_CANCELLED"
+                )
+            )
+            raise ended
         result = self._ledger.execute(envelope, command)
         incident = self._ledger.get_incident(header.incident_id)
         attached = AttachedEvidence.of(incident, incident.evidence_item(result.event_id))
@@ -252,6 +282,19 @@ class EvidenceService:
                 media_type=tally.media_type,
             )
         return result, attached
+
+    def _unless_stopped(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """The chunks; the upload cut by the stop (UNAVAILABLE, to be sent again) when its
+        stream ended, or was cancelled, once the ledger's grace period was over: gRPC ends
+        the calls still open then, and a stream so ended is not the file."""
+        try:
+            yield from chunks
+        except Cancelled:
+            if self._objects.stopping:
+                raise cut_by_stop() from None
+            raise
+        if self._objects.stopping:
+            raise cut_by_stop()
 
     def _checked(
         self, header: UploadHeader, chunks: Iterator[bytes], tally: _Tally

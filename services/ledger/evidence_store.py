@@ -642,20 +642,48 @@ class EvidenceObjects:
             await js.purge_stream(stream, subject=subject)
         return True
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the ledger is stopping (:meth:`cut` or :meth:`close` called): every call
+        from now on, and every one cut short, answers UNAVAILABLE."""
+        return self._closing
+
+    def cut(self) -> None:
+        """End the calls under way, each with its own answer (UNAVAILABLE, the ledger is
+        stopping; an upload purges what it wrote first), and refuse new ones; the
+        connection stays open until :meth:`close`. Called when the grace period of a stop
+        is over, before gRPC cancels the calls still going: cancelled first, an upload's
+        call was answered by gRPC's bare cancellation while its handler took the stream's
+        end for the file's (``INVALID_FIELD``, ``header.size_bytes``, or with no declared
+        size the bytes so far stored as a file)."""
+        self._closing = True
+        if self._loop.is_closed():
+            return
+        with suppress(RuntimeError, TimeoutError):  # the loop stopped meanwhile
+            asyncio.run_coroutine_threadsafe(self._end_calls(), self._loop).result(
+                CLOSE_CALLS_SECONDS + CONNECT_SECONDS
+            )
+
+    async def _end_calls(self) -> None:
+        calls = set(self._calls)
+        for task in calls:
+            task.cancel()
+        if calls:
+            await asyncio.wait(calls, timeout=CLOSE_CALLS_SECONDS)
+
     def close(self) -> None:
         """Cancel the calls under way (each answers UNAVAILABLE; an upload purges what it
         wrote first), refuse new ones, then close the connection and the loop. A call under
         way when the loop stopped waited for ever (a deep verification the grace period cut
         short kept the process from exiting: forced out at its deadline), and one made
-        after the loop closed failed with 'Event loop is closed'."""
+        after the loop closed failed with 'Event loop is closed'. Closing again does
+        nothing."""
         self._closing = True
+        if self._loop.is_closed():
+            return
 
         async def closing() -> None:
-            calls = set(self._calls)
-            for task in calls:
-                task.cancel()
-            if calls:
-                await asyncio.wait(calls, timeout=CLOSE_CALLS_SECONDS)
+            await self._end_calls()
             if self._nc is not None and not self._nc.is_closed:
                 await self._nc.close()
 

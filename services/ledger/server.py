@@ -81,6 +81,9 @@ SERVICES = [
 ]
 ERROR_DOMAIN = "ledger.incidentledger"
 RELAY_HEALTH = "relay"
+#: How long a stop waits, once the grace period is over and the evidence calls were ended,
+#: for their answers to go out before gRPC cancels every call still open.
+CUT_SECONDS = 1.0
 # NOT_SERVING while the relay's session found messages on the stream the store does not
 # vouch for (foreign messages); "relay" stays SERVING, since publishing goes on.
 RELAY_STREAM_HEALTH = "relay.stream"
@@ -192,7 +195,7 @@ class LedgerServer:
         others still run: the process exits either way.
         """
         self.health.enter_graceful_shutdown()
-        close_step("ledger", "grpc", lambda: self.server.stop(grace).wait(grace + 1))
+        close_step("ledger", "grpc", lambda: self._stop_serving(grace))
         if self.personal_data is not None:
             close_step("ledger", "personal_data", self.personal_data.stop)
         if self.store_watch is not None:
@@ -219,6 +222,23 @@ class LedgerServer:
         if self.ledger.personal_keys is not None:
             close_step("ledger", "personal_keys", self.ledger.personal_keys.close)
         self.stopped.set()
+
+    def _stop_serving(self, grace: float) -> None:
+        """No new calls; those under way get ``grace`` seconds to end. Then the evidence
+        calls still going are ended with their own answer (UNAVAILABLE, the ledger is
+        stopping: an upload sent again is taken again), and only after that does gRPC
+        cancel what is left. gRPC's cancellation first ended an upload's stream as if the
+        file were complete: the upload was refused as the caller's fault (its declared
+        size not reached), or stored cut short, while its caller got a bare cancellation."""
+        # gRPC's own cancellation a little after the grace period: a backstop, should the
+        # evidence calls not be ended by then.
+        drained = self.server.stop(grace + CUT_SECONDS)
+        if drained.wait(grace):
+            return
+        if self.evidence_objects is not None:
+            self.evidence_objects.cut()
+            drained.wait(CUT_SECONDS)
+        self.server.stop(0).wait(1)
 
 
 def _rotate_key(probe: Checkpoints) -> Checkpoint | None:

@@ -492,6 +492,57 @@ def test_an_upload_that_ends_before_its_declared_size_is_refused(
     assert attached_version(ledger, name) == version
 
 
+@pytest.mark.parametrize("declared", [True, False], ids=["size_declared", "size_undeclared"])
+def test_an_upload_the_ledger_s_stop_cuts_short_is_unavailable_and_leaves_nothing(
+    ledger: Client, nats_server: NatsServer, tmp_path: Path, declared: bool
+) -> None:
+    """The ledger stopped with an upload under way, its sender pausing past the grace
+    period: the upload is answered UNAVAILABLE with the ledger's reason, to be sent again,
+    and nothing of it is stored or recorded. Before, gRPC's cancellation came first: the
+    caller got a bare 'Cancelling all calls', and the handler took the stream's end for the
+    file's (INVALID_FIELD, header.size_bytes; or, with no declared size, the bytes so far
+    stored as a file, at times)."""
+    name = assigned_incident(ledger)
+    source = tmp_path / "recording.jpg"
+    write_file(source, 8 * UPLOAD_CHUNK)
+    objects = ledger.server.evidence_objects
+    assert objects is not None
+    half_sent, never = threading.Event(), threading.Event()
+
+    def pausing() -> Iterator[ev.UploadEvidenceRequest]:
+        for n, message in enumerate(upload_messages(name, source, rid())):
+            if message.HasField("header") and declared:
+                message.header.size_bytes = 8 * UPLOAD_CHUNK
+            if n == 4:  # the header and three chunks sent; the rest after the stop
+                half_sent.set()
+                never.wait(30)
+                return
+            yield message
+
+    call = evidence_stub(ledger).UploadEvidence.future(pausing(), metadata=ledger.md("polres"))
+    try:
+        assert half_sent.wait(20)
+        wait_until(
+            lambda: [o.name[:7] for o in objects.list_objects()] == ["upload-"],
+            what="the upload's pending entry",
+        )
+        with capture_logs() as logs:
+            ledger.server.stop(0.2)
+    finally:
+        never.set()
+    fails(
+        lambda: call.result(timeout=20), grpc.StatusCode.UNAVAILABLE, "EVIDENCE_STORE_UNAVAILABLE"
+    )
+    assert "send it again" in str(call.exception().details())  # type: ignore[union-attr]
+    answered = [x for x in logs if x["event"] == "request"]
+    assert [(x["status"], x["reason"]) for x in answered] == [
+        ("UNAVAILABLE", "EVIDENCE_STORE_UNAVAILABLE")
+    ]
+    assert not [x for x in logs if x["event"] in UPLOAD_LINES]
+    # Its pending entry and chunks purged before the connection to NATS closed.
+    assert asyncio.run(_stream_messages(nats_server.url, "evidence")) == 0
+
+
 async def _stream_messages(nats_url: str, bucket: str) -> int:
     nc = await nats.connect(nats_url)
     try:

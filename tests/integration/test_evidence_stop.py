@@ -249,3 +249,80 @@ def test_a_ledger_killed_mid_upload_while_nats_is_away_leaves_only_what_the_swee
         swept = [e for e in second.log_lines() if e.get("event") == "evidence.swept"]
         assert [(e["object"], e["kind"]) for e in swept] == [(left[0].name, "pending")]
         assert client.list_evidence(name) == []
+
+
+@pytest.mark.nats
+def test_an_upload_a_stop_cuts_short_is_sent_again_by_the_client_and_recorded_once(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """SIGTERM with the Python client's upload under way, its sender pausing past the grace
+    period: the ledger answers UNAVAILABLE (EVIDENCE_STORE_UNAVAILABLE, "send it again"),
+    stores and records nothing, and exits 0; the client sends the file again, to the ledger
+    started again at the same address, which records it once. Before, the ledger took the
+    stream's end for the file's and logged the upload INVALID_ARGUMENT (header.size_bytes)
+    or UPLOAD_CANCELLED, its caller getting gRPC's bare cancellation."""
+    address = f"127.0.0.1:{free_port()}"  # the same after the restart: the client's target
+    source = tmp_path / "recording.jpg"
+    digest = write_file(source, 8 * UPLOAD_CHUNK)
+    with ExitStack() as stack:
+        store_env = stack.enter_context(store_environment("sqlite", tmp_path))
+        env = {
+            **store_env,
+            "LEDGER_DATA_DIR": str(tmp_path / "data"),
+            "LEDGER_LISTEN": address,
+            "NATS_URL": nats_server.url,
+            "LEDGER_GRACE_SECONDS": "0.2",
+        }
+        first = stack.enter_context(service_process("services.ledger", env))
+        tokens = dev_tokens(tmp_path / "data")
+        client = stack.enter_context(LedgerClient(address, tokens["kesbangpol"]))
+        name = client.report("Envelopes handed out", "crowd_gathering", "kota_mukomuko").incident
+
+        paused, go_on = threading.Event(), threading.Event()
+        stack.callback(go_on.set)
+
+        def progress(sent: int, size: int) -> None:
+            if sent * 2 >= size and not paused.is_set():  # the first attempt only
+                paused.set()
+                go_on.wait(60)
+
+        outcome: list[object] = []
+
+        def attach() -> None:
+            try:
+                outcome.append(client.attach_evidence(name, source, progress=progress))
+            except LedgerError as error:
+                outcome.append(error)
+
+        attaching = threading.Thread(target=attach, daemon=True)
+        attaching.start()
+        assert paused.wait(20)
+        wait_until(
+            lambda: asyncio.run(_messages(nats_server.url, "OBJ_evidence")) >= 1 + 8,
+            what="the upload's pending entry and chunks in the bucket",
+        )
+        first.proc.send_signal(signal.SIGTERM)
+        assert first.proc.wait(30) == 0
+        answered = [
+            (e.get("status"), e.get("reason"), e.get("error"))
+            for e in first.log_lines()
+            if e.get("event") == "request" and "UploadEvidence" in str(e.get("method"))
+        ]
+        assert len(answered) == 1, answered
+        status, reason, error = answered[0]
+        assert (status, reason) == ("UNAVAILABLE", "EVIDENCE_STORE_UNAVAILABLE"), answered
+        assert "send it again" in str(error)
+        # Nothing of the cut upload stays: no object, no pending entry, no chunk.
+        assert asyncio.run(_messages(nats_server.url, "OBJ_evidence")) == 0
+
+        second = stack.enter_context(service_process("services.ledger", env))
+        go_on.set()
+        attaching.join(60)
+        assert len(outcome) == 1 and isinstance(outcome[0], tuple), outcome
+        _, evidence = outcome[0]
+        assert evidence.sha256 == digest
+        assert [e.sha256 for e in client.list_evidence(name)] == [digest]
+        bucket = EvidenceObjects(nats_server.url, NatsClientSettings(), EvidenceSettings())
+        stack.callback(bucket.close)
+        assert [o.name for o in bucket.list_objects()] == [object_name(digest)]
+        assert "Traceback" not in second.log_path.read_text()

@@ -37,6 +37,10 @@ class DictObjects:
     def read_into(self, name: str, sink: HashingSink) -> StoredObject | None:
         raise AssertionError("not read here")
 
+    @property
+    def stopping(self) -> bool:
+        return False
+
 
 @pytest.fixture
 def ledger() -> Iterator[Ledger]:
