@@ -9,7 +9,9 @@ size and digest computed here, is the ``UploadEvidence`` command executed: the
 ``EvidenceAttached`` event is the last step. An upload refused or cut short half way leaves
 no event and, its chunks purged, no object (after a kill of the ledger: an object no event
 names, which the ledger's sweep deletes once past its grace period:
-services/ledger/evidence_sweep.py).
+services/ledger/evidence_sweep.py). One whose event is refused once its bytes are stored
+(another upload under the same request id recorded first) deletes the object it created,
+unless another upload of the same bytes found it meanwhile.
 
 A download (:meth:`EvidenceService.download`) reads the object back into a spool file in
 the ledger's data directory, checks it against the event's digest and size before the
@@ -55,6 +57,7 @@ from services.ledger.domain.evidence import (
 from services.ledger.domain.incident import Actor, Envelope, Evidence, Incident
 from services.ledger.evidence_store import (
     HashingSink,
+    ListedObject,
     ObjectChangedError,
     SinkWriteError,
     StoredObject,
@@ -72,8 +75,26 @@ class Objects(Protocol):
 
     def read_into(self, name: str, sink: HashingSink) -> StoredObject | None: ...
 
+    def delete_unchanged(self, listed: ListedObject) -> bool: ...
+
     @property
     def stopping(self) -> bool: ...
+
+
+#: The codes of refusals that record nothing, for certain (an outage's UNAVAILABLE or an
+#: INTERNAL may come after the event was recorded all the same).
+REFUSALS = frozenset(
+    {
+        "INVALID_ARGUMENT",
+        "NOT_FOUND",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "CANCELLED",
+    }
+)
 
 
 def cut_by_stop() -> Unavailable:
@@ -266,8 +287,14 @@ class EvidenceService:
                     "the upload was cancelled before its last chunk", reason="UPLOAD_CANCELLED"
                 )
             )
+            self._discard(stored, ended)
             raise ended
-        result = self._ledger.execute(envelope, command)
+        try:
+            result = self._ledger.execute(envelope, command)
+        except LedgerError as error:
+            if error.code in REFUSALS:  # nothing recorded: the object is no event's
+                self._discard(stored, error)
+            raise
         incident = self._ledger.get_incident(header.incident_id)
         attached = AttachedEvidence.of(incident, incident.evidence_item(result.event_id))
         if result.replayed:
@@ -282,6 +309,23 @@ class EvidenceService:
                 media_type=tally.media_type,
             )
         return result, attached
+
+    def _discard(self, stored: StoredObject | None, error: LedgerError) -> None:
+        """Delete the object this upload created, its event refused (another upload under
+        the same request id recorded first: REQUEST_ID_REUSED) or never to come: no event
+        names it, and none will. Only as this upload created it: should another upload of
+        the same bytes have found it meanwhile (its time rewritten, see
+        services/ledger/evidence_store.py), it stays for that one's event. A deletion that
+        fails (NATS away, the ledger stopping) leaves it to the sweep."""
+        created = stored.created if stored is not None else None
+        if created is None:  # nothing stored, or the bytes were there before
+            return
+        try:
+            deleted = self._objects.delete_unchanged(created)
+        except Unavailable as failure:
+            log.warning("evidence.discard_failed", object=created.name, error=failure.message)
+            return
+        log.info("evidence.discarded", object=created.name, reason=error.reason, deleted=deleted)
 
     def _unless_stopped(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """The chunks; the upload cut by the stop (UNAVAILABLE, to be sent again) when its

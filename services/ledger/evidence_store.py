@@ -49,7 +49,7 @@ from collections.abc import Coroutine, Iterator
 from concurrent.futures import CancelledError as CallCancelledError
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import IO, Any, TypeVar
 
@@ -136,6 +136,10 @@ class StoredObject:
 
     size_bytes: int
     sha256: str
+    #: The object's entry as this upload created it (its sequence and chunks), for
+    #: :meth:`EvidenceObjects.delete_unchanged`; None when the bytes were stored already (the entry
+    #: is another upload's, or an event's).
+    created: ListedObject | None = None
 
 
 class EntryChangedError(Exception):
@@ -442,7 +446,7 @@ class EvidenceObjects:
                 options=api.ObjectMetaOptions(max_chunk_size=CHUNK_BYTES),
             )
             created = await self._claim(js, stream, info)
-            if not created:
+            if created is None:
                 # The same bytes are stored already: these chunks are not needed.
                 await js.purge_stream(stream, subject=chunk_subject)
         except BaseException:
@@ -460,23 +464,26 @@ class EvidenceObjects:
         if stored is None:
             raise unavailable(ObjectNotFoundError())
         # already_stored: the same bytes were there before (a retry, the same file twice).
-        log.info("evidence.stored", object=info.name, size=size, already_stored=not created)
-        return stored
+        log.info("evidence.stored", object=info.name, size=size, already_stored=created is None)
+        if created is None:
+            return stored
+        entry = ListedObject(info.name, size, _time(info.mtime), created, nuid)
+        return replace(stored, created=entry)
 
-    async def _claim(self, js: JetStreamContext, stream: str, info: api.ObjectInfo) -> bool:
-        """Create the entry of ``info.name`` unless a live object has that name; whether it
-        was created. Exclusive: the entry is written only over the history it was read
-        with (none, or a deleted object's entry). A live object of that name gets its time
-        rewritten instead (over the history it was read with, too), so that no sweep
-        deletes it before this upload's event names it."""
+    async def _claim(self, js: JetStreamContext, stream: str, info: api.ObjectInfo) -> int | None:
+        """Create the entry of ``info.name`` unless a live object has that name; the
+        sequence of the entry created, None when none was. Exclusive: the entry is written
+        only over the history it was read with (none, or a deleted object's entry). A live
+        object of that name gets its time rewritten instead (over the history it was read
+        with, too), so that no sweep deletes it before this upload's event names it."""
         subject = _meta_subject(info.bucket, info.name)
         expected = 0
         entry = info  # what is written: this upload's entry, or the live one's, touched
         for _ in range(4):
             headers = {**_ROLLUP, _EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected)}
             try:
-                await js.publish(subject, _meta_body(entry), headers=headers)
-                return entry is info
+                ack = await js.publish(subject, _meta_body(entry), headers=headers)
+                return int(ack.seq) if entry is info else None
             except APIError:  # the subject's last sequence is not the one expected
                 try:
                     last = await js.get_last_msg(stream, subject)

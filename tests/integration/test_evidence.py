@@ -230,6 +230,69 @@ def test_a_request_id_reused_for_other_bytes_leaves_them_out_of_the_object_store
     assert len(attached_events(ledger, name)) == 1
 
 
+def test_two_uploads_at_once_under_one_request_id_store_one_file(
+    ledger: Client, tmp_path: Path
+) -> None:
+    """Two uploads under one request id, both under way before either is recorded: the
+    same bytes are recorded once and both answered with that result; other bytes are
+    refused (ALREADY_EXISTS, REQUEST_ID_REUSED) and their object deleted at once. Before,
+    the loser's object stayed in the bucket, no event naming it, until the sweep."""
+    name = assigned_incident(ledger)
+    first, same = tmp_path / "first.jpg", tmp_path / "same.jpg"
+    other, third = tmp_path / "other.jpg", tmp_path / "third.jpg"
+    write_file(first, 4 * UPLOAD_CHUNK)
+    same.write_bytes(first.read_bytes())
+    other_digest = write_file(other, 4 * UPLOAD_CHUNK)
+    third_digest = write_file(third, 4 * UPLOAD_CHUNK)
+    objects = ledger.server.evidence_objects
+    assert objects is not None
+    stub = evidence_stub(ledger)
+
+    def at_once(files: tuple[Path, Path]) -> list[ev.UploadEvidenceResponse | grpc.RpcError]:
+        """Both uploads sent up to their second chunk before either sends the rest."""
+        request_id, both_begun = rid(), threading.Barrier(2)
+
+        def messages(path: Path) -> Iterator[ev.UploadEvidenceRequest]:
+            for n, message in enumerate(upload_messages(name, path, request_id)):
+                if n == 2:  # the header and a chunk sent, by both
+                    both_begun.wait(30)
+                yield message
+
+        calls = [
+            stub.UploadEvidence.future(messages(path), metadata=ledger.md("polres"))
+            for path in files
+        ]
+        answers: list[ev.UploadEvidenceResponse | grpc.RpcError] = []
+        for call in calls:
+            try:
+                answers.append(call.result(timeout=60))
+            except grpc.RpcError as error:
+                answers.append(error)
+        return answers
+
+    one, two = at_once((first, same))
+    assert isinstance(one, ev.UploadEvidenceResponse), one
+    assert isinstance(two, ev.UploadEvidenceResponse), two
+    assert one.result == two.result
+    kept = one.evidence
+    assert [o.name for o in objects.list_objects()] == [object_name(kept.sha256)]
+
+    answers = at_once((other, third))
+    recorded = [a for a in answers if isinstance(a, ev.UploadEvidenceResponse)]
+    refused = [a for a in answers if isinstance(a, grpc.RpcError)]
+    assert len(recorded) == 1 and len(refused) == 1, answers
+    assert refused[0].code() == grpc.StatusCode.ALREADY_EXISTS, refused[0].details()
+    info = error_info(refused[0])  # type: ignore[arg-type]
+    assert info is not None and info.reason == "REQUEST_ID_REUSED"
+    # The winner's file beside the first, and not the loser's.
+    winner = recorded[0].evidence.sha256
+    assert winner in (other_digest, third_digest)
+    assert sorted(o.name for o in objects.list_objects()) == sorted(
+        [object_name(kept.sha256), object_name(winner)]
+    )
+    assert len(attached_events(ledger, name)) == 2
+
+
 @pytest.mark.parametrize("ledger", STORES_TOO, indirect=True)
 def test_a_retry_with_the_same_request_id_records_one_event(ledger: Client, tmp_path: Path) -> None:
     name = assigned_incident(ledger)
