@@ -133,6 +133,7 @@ def test_tables_in_indonesian_fit_an_80_column_terminal(
         (["board", "--limit", "0"], ("kejadian", "tahap", "dilaporkan", "judul")),
         (["list"], ("kode referensi", "judul", "tahap")),
         (["decisions"], ("kecamatan", "ringkasan", "sampai")),
+        (["response-times", "--by", "severity"], ("keparahan", "langkah", "median", "p90")),
     ):
         shown = ctl.ok("desk_pilkada", "--lang", "id", *args)
         lines = shown.splitlines()
@@ -141,6 +142,10 @@ def test_tables_in_indonesian_fit_an_80_column_terminal(
         heading = " ".join(lines)
         for head in heads:
             assert all(w in heading for w in head.split()), (args, head, shown)
+        assert "…" not in shown, (args, shown)  # no code, word or figure cut short
+        if args[0] == "response-times":
+            assert {"tinggi", "konfirmasi", "verifikasi", "penyelesaian"} <= words, shown
+            continue
         if args[0] == "decisions":
             assert {"kota_mukomuko", "Kumpulan", "massa", "dibatasi"} <= words, shown
             continue

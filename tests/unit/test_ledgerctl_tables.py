@@ -8,7 +8,7 @@ import io
 import re
 
 import pytest
-from rich.console import Console
+from rich.console import Console, RenderableType
 
 from incidentledger_client.cli.tables import Column, FittedTable
 
@@ -41,7 +41,7 @@ def board() -> FittedTable:
     return table
 
 
-def render(table: FittedTable, width: int) -> list[str]:
+def render(table: RenderableType, width: int) -> list[str]:
     screen = io.StringIO()
     Console(file=screen, width=width, color_system=None).print(table)
     return screen.getvalue().splitlines()
@@ -103,3 +103,22 @@ def test_a_row_must_have_a_cell_per_column() -> None:
     table = FittedTable([Column("a"), Column("b", drop=1)])
     with pytest.raises(ValueError, match="1 cells for 2 columns"):
         table.add_row("only one")
+
+
+def test_a_wide_table_gives_way_to_its_long_form_where_it_does_not_fit() -> None:
+    from rich.table import Table
+
+    from incidentledger_client.cli.tables import WideOrLong
+
+    wide, long = Table(title="wide"), Table(title="long")
+    for n in range(10):
+        wide.add_column(f"column{n}")
+    wide.add_row(*(f"figure{n}" for n in range(10)))
+    long.add_column("column")
+    long.add_column("figure")
+    for n in range(10):
+        long.add_row(f"column{n}", f"figure{n}")
+    # Ten columns of 7 letters, 2 of padding each, and 11 borders: 101 at the least.
+    assert "wide" in "\n".join(render(WideOrLong(wide, long), 101))
+    narrow = render(WideOrLong(wide, long), 100)
+    assert "long" in "\n".join(narrow) and all(len(line) <= 100 for line in narrow)

@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from incidentledger_client.cli.names import SHORT_ID
-from incidentledger_client.cli.tables import Column, FittedTable
+from incidentledger_client.cli.tables import Column, FittedTable, WideOrLong
 from incidentledger_client.i18n import N_, _, format_number, format_time, labels, ngettext
 from incidentledger_client.types import (
     CommandResult,
@@ -800,21 +800,34 @@ def duration(stats: DurationStats, seconds: float) -> str:
     return NO_DATA if stats.count == 0 else str(timedelta(seconds=round(seconds)))
 
 
-def response_times_table(by: str, groups: Iterable[ResponseTimes]) -> Table:
-    """Median and p90 per step, each step with its sample size (n)."""
-    table = Table(title=_("Response times by {by}").format(by=_(by)))
-    table.add_column(_(by), no_wrap=True)
-    for step in (N_("acknowledge"), N_("verify"), N_("resolve")):
-        table.add_column(_("{step} n").format(step=_(step)), justify="right")
-        table.add_column(_("median"), justify="right")
-        table.add_column("p90", justify="right")
+def response_times_table(by: str, groups: Iterable[ResponseTimes]) -> WideOrLong:
+    """Median and p90 per step, each step with its sample size (n): a group a line where
+    the terminal is wide enough, else a step a line."""
+    title = _("Response times by {by}").format(by=_(by))
+    steps = (N_("acknowledge"), N_("verify"), N_("resolve"))
+    wide = Table(title=title)
+    wide.add_column(_(by), no_wrap=True)
+    for step in steps:
+        wide.add_column(_("{step} n").format(step=_(step)), justify="right")
+        wide.add_column(_("median"), justify="right")
+        wide.add_column("p90", justify="right")
+    long = Table(title=title)
+    long.add_column(_(by))
+    long.add_column(_("step"))
+    for column in ("n", _("median"), "p90"):
+        long.add_column(column, justify="right", no_wrap=True)
     for g in groups:
-        cells: list[str] = [g.key or _("(no lead)")]
-        for stats in (g.acknowledge, g.verify, g.resolve):
-            cells += [
+        key = labels.severity(g.key) if by == "severity" else g.key or _("(no lead)")
+        cells: list[str] = [key]
+        for n, (step, stats) in enumerate(
+            zip(steps, (g.acknowledge, g.verify, g.resolve), strict=True)
+        ):
+            figures = [
                 str(stats.count),
                 duration(stats, stats.median_seconds),
                 duration(stats, stats.p90_seconds),
             ]
-        table.add_row(*cells)
-    return table
+            cells += figures
+            long.add_row(key if n == 0 else "", _(step), *figures, end_section=n == 2)
+        wide.add_row(*cells)
+    return WideOrLong(wide, long)

@@ -128,6 +128,25 @@ class FittedTable:
         return Measurement.get(console, options, self.fitted(console, options))
 
 
+class WideOrLong:
+    """A table's wide form where it fits, else its long form (the same figures in more rows
+    and fewer columns): a wide table squeezed into a narrow terminal cuts every figure."""
+
+    def __init__(self, wide: Table, long: Table) -> None:
+        self.wide, self.long = wide, long
+
+    def chosen(self, console: Console, options: ConsoleOptions) -> Table:
+        unbounded = options.update_width(UNBOUNDED)
+        fits = Measurement.get(console, unbounded, self.wide).minimum <= options.max_width
+        return self.wide if fits else self.long
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Table]:
+        yield self.chosen(console, options)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, self.chosen(console, options))
+
+
 def shared(least: Sequence[int], most: Sequence[int], room: int) -> list[int]:
     """Widths within ``room`` (at least ``sum(least)``): each column its least, then the
     rest in proportion to how much more its widest text needs. Rich shares a short width
