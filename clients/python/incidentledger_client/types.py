@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -783,6 +784,19 @@ class ReferenceData:
     #: Who the caller's credentials identify (empty from a ledger too old to say).
     caller_agency: str = ""
     caller_officer: str = ""
+    #: The regency's time zone, an IANA name (``Asia/Jakarta``), in which its officers read
+    #: times (empty from a ledger too old to say): see :meth:`tz`.
+    zone: str = ""
+
+    def tz(self) -> ZoneInfo | None:
+        """The regency's time zone, to show times for people in; None when the ledger does
+        not say it or names a zone this machine's time zone data does not know."""
+        if not self.zone:
+            return None
+        try:
+            return ZoneInfo(self.zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            return None
 
     def status_names(self) -> dict[str, dict[str, str]]:
         """Each status's names in other languages, by code (for ``labels.status``)."""
@@ -814,6 +828,7 @@ class ReferenceData:
             roles=tuple(ReferenceRole(r.code, r.name, dict(r.names)) for r in message.roles),
             caller_agency=message.caller_agency,
             caller_officer=message.caller_officer,
+            zone=message.zone,
         )
 
 

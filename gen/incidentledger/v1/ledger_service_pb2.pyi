@@ -2081,6 +2081,7 @@ class GetReferenceDataResponse(_message.Message):
     ROLES_FIELD_NUMBER: _builtins.int
     CALLER_AGENCY_FIELD_NUMBER: _builtins.int
     CALLER_OFFICER_FIELD_NUMBER: _builtins.int
+    ZONE_FIELD_NUMBER: _builtins.int
     regency: _builtins.str
     default_severity: _builtins.str
     """The severity of a report that gives none."""
@@ -2089,6 +2090,11 @@ class GetReferenceDataResponse(_message.Message):
     form that asks for the agency checks the token against it.
     """
     caller_officer: _builtins.str
+    zone: _builtins.str
+    """The regency's time zone, an IANA name ("Asia/Jakarta": WIB), in which its officers read
+    times: a client shows times for people in it, and the ledger states a refused time in it
+    when the caller's value names no zone of its own. Empty from a ledger too old to say.
+    """
     @_builtins.property
     def agencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReferenceAgency]: ...
     @_builtins.property
@@ -2120,10 +2126,11 @@ class GetReferenceDataResponse(_message.Message):
         roles: _abc.Iterable[Global___ReferenceRole] | None = ...,
         caller_agency: _builtins.str = ...,
         caller_officer: _builtins.str = ...,
+        zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agencies", b"agencies", "caller_agency", b"caller_agency", "caller_officer", b"caller_officer", "categories", b"categories", "default_severity", b"default_severity", "kecamatan", b"kecamatan", "regency", b"regency", "roles", b"roles", "severities", b"severities", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agencies", b"agencies", "caller_agency", b"caller_agency", "caller_officer", b"caller_officer", "categories", b"categories", "default_severity", b"default_severity", "kecamatan", b"kecamatan", "regency", b"regency", "roles", b"roles", "severities", b"severities", "statuses", b"statuses", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

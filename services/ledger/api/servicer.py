@@ -327,6 +327,7 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
             caller_agency=caller.agency,
             caller_officer=caller.officer,
             regency=reference.regency,
+            zone=reference.zone,
             agencies=[
                 api.ReferenceAgency(code=a.code, name=a.name, role=a.role.value)
                 for a in reference.agencies.values()

@@ -129,8 +129,8 @@ def root(
     zone: Annotated[
         str | None,
         typer.Option(
-            help="Time zone of the times shown and typed (env LEDGERCTL_ZONE; default "
-            "Asia/Jakarta, WIB)."
+            help="Time zone of the times shown and typed (env LEDGERCTL_ZONE; default the "
+            "regency's, as the ledger says it, else Asia/Jakarta, WIB)."
         ),
     ] = None,
     context: Annotated[

@@ -229,14 +229,14 @@ def moment(ctx: typer.Context, value: str | None, param: str) -> datetime | None
     if value is None:
         return None
     try:
-        return times.parse_time(value, state(ctx).settings.zone)
+        return times.parse_time(value, state(ctx).zone().key)
     except times.TimeError as error:
         raise typer.BadParameter(str(error), param_hint=param) from None
 
 
 TIME_HELP = (
     "e.g. 2026-11-28T10:00, '2026-11-28 10:00 WIB', -2h, 'yesterday 18:00'; without a zone in "
-    "the configured zone (Asia/Jakarta by default)"
+    "the configured zone (by default the regency's, as the ledger says it)"
 )
 
 

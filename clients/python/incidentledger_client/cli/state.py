@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import typer
 
@@ -68,6 +69,20 @@ class State:
         if self._reference is None:
             self._reference = self.ledger().reference_data()
         return self._reference
+
+    def zone(self, *, ask_ledger: bool = True) -> ZoneInfo:
+        """The zone times are shown and typed in for people: the one set (``--zone``,
+        ``LEDGERCTL_ZONE``, the config file), else the regency's as the ledger states it
+        (``GetReferenceData``'s ``zone``, from the reference data fetched once per run), else
+        the default, WIB (a ledger too old to say it). ``ask_ledger=False`` (a command of the
+        notifier's, an error's hint) makes no call for it: the ledger's zone only when this
+        run has its reference data already."""
+        settings = self.settings
+        if settings.source("zone") != "default":
+            return settings.tz()
+        if self._reference is None and not ask_ledger:
+            return settings.tz()
+        return self.reference().tz() or settings.tz()
 
     def notifier(self) -> NotifierClient:
         if "notifier" not in self.used:

@@ -1,9 +1,10 @@
 """Times people type: ISO 8601 with or without a zone, zone names, relative forms.
 
 ``2026-11-28T10:00``, ``2026-11-28 10:00 WIB``, ``2026-11-28T10:00+07:00``, ``-2h``, ``2 hours
-ago``, ``yesterday 18:00``, ``kemarin 18:00``, ``now``. A time without a zone is in the
-configured zone (``zone``, Asia/Jakarta by default), not UTC. Relative and worded forms are
-parsed by dateparser; ISO forms by the standard library, without loading it.
+ago``, ``yesterday 18:00``, ``kemarin 18:00``, ``now``. A time without a zone is in the zone
+the run shows times in (``State.zone``: the ``zone`` setting, else the regency's), not UTC.
+Relative and worded forms are parsed by dateparser; ISO forms by the standard library,
+without loading it.
 """
 
 from __future__ import annotations

@@ -237,7 +237,7 @@ def audit_as_of(
         else:
             events = [e for e in ledger.incident_events(found.name) if e.version <= found.version]
             output.incident_detail(
-                output.console(), found, events, st.settings.tz(), st.reference().status_names()
+                output.console(), found, events, st.zone(), st.reference().status_names()
             )
         return
     incidents = list(ledger.list_incidents(as_of_time=then))
@@ -247,7 +247,7 @@ def audit_as_of(
         output.console().print(
             output.incidents_table(
                 incidents,
-                _("Incidents as of {time}").format(time=output.when(then, st.settings.tz())),
+                _("Incidents as of {time}").format(time=output.when(then, st.zone())),
                 st.reference().status_names(),
             )
         )

@@ -202,7 +202,7 @@ def list_(ctx: typer.Context, name: Name) -> None:
         output.rows_table(
             _("Evidence of {incident}").format(incident=incident),
             columns,
-            _evidence_rows(items, st.settings.tz()),
+            _evidence_rows(items, st.zone()),
             no_wrap=(N_("evidence"), N_("sha256")),
         )
     )
@@ -307,7 +307,7 @@ def downloads(ctx: typer.Context, name: Name) -> None:
     if st.as_json:
         output.emit_json(items)
         return
-    zone = st.settings.tz()
+    zone = st.zone()
     rows = [
         (
             d.evidence.rpartition("/")[2][:8],

@@ -580,7 +580,7 @@ def correct(
         else _event_recording(ledger, incident, field_name)
     )
     if field_name in TIME_FIELDS:
-        # Typed as every other time of ledgerctl (in the configured zone, WIB by default),
+        # Typed as every other time of ledgerctl (in the run's zone, the regency's by default),
         # sent with its offset: the ledger matches the old one by its instant.
         old_value = _time_text(ctx, old_value, "OLD")
         new_value = _time_text(ctx, new_value, "NEW")
@@ -601,12 +601,12 @@ TIME_FIELDS = frozenset({"occurred_at", "valid_from", "valid_until"})
 
 
 def _time_text(ctx: typer.Context, value: str, param: str) -> str:
-    """A typed time as the ledger takes it, in the configured zone with its offset: the
+    """A typed time as the ledger takes it, in the run's zone with its offset: the
     ledger states a refused time in the zone it was written in (it records the instant)."""
     when = moment(ctx, value, param)
     if when is None:
         return value
-    return when.astimezone(state(ctx).settings.tz()).isoformat(timespec="microseconds")
+    return when.astimezone(state(ctx).zone()).isoformat(timespec="microseconds")
 
 
 #: The length of an event id written out (a UUID).
@@ -660,7 +660,7 @@ def show(
         output.emit_json({"incident": incident, "events": [output.event_json(e) for e in events]})
     else:
         output.incident_detail(
-            output.console(), incident, events, st.settings.tz(), st.reference().status_names()
+            output.console(), incident, events, st.zone(), st.reference().status_names()
         )
 
 
@@ -672,7 +672,7 @@ def history(ctx: typer.Context, name: Name) -> None:
     if st.as_json:
         output.emit_json([output.event_json(e) for e in events])
     else:
-        output.console().print(output.timeline(events, st.settings.tz()))
+        output.console().print(output.timeline(events, st.zone()))
 
 
 @app.command(

@@ -141,9 +141,7 @@ def pii_find(
         output.emit_json(subjects)
         return
     _people_table(_("Reports naming this person"), subjects)
-    _accesses_table(
-        _("Who read their data"), [a for s in subjects for a in s.accesses], st.settings.tz()
-    )
+    _accesses_table(_("Who read their data"), [a for s in subjects for a in s.accesses], st.zone())
 
 
 @app.command(
@@ -203,7 +201,7 @@ def pii_accesses(ctx: typer.Context, name: Name) -> None:
     if st.as_json:
         output.emit_json(record)
         return
-    _accesses_table(_("Reads of personal data"), record.accesses, st.settings.tz())
+    _accesses_table(_("Reads of personal data"), record.accesses, st.zone())
     _subjects_table(_("People named"), record.subjects, record.accesses)
     for hold in record.legal_holds:
         output.console().print(

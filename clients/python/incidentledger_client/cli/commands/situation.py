@@ -69,7 +69,7 @@ def board(
         )
         return
     out = output.console()
-    out.print(output.board(shown, counts, st.settings.tz(), st.reference().status_names()))
+    out.print(output.board(shown, counts, st.zone(), st.reference().status_names()))
     if len(shown) < len(open_work):
         out.print(
             _(
@@ -98,12 +98,12 @@ def map_(
     vmap = st.ledger().vulnerability_map(moment(ctx, at, "--at"))
     if svg is not None:
         svg.parent.mkdir(parents=True, exist_ok=True)
-        svg.write_text(output.map_svg(vmap, zone=st.settings.tz()), encoding="utf-8")
+        svg.write_text(output.map_svg(vmap, zone=st.zone()), encoding="utf-8")
     if st.as_json:
         output.emit_json(vmap)
     else:
         out = output.console()
-        out.print(output.map_table(vmap, st.settings.tz()))
+        out.print(output.map_table(vmap, st.zone()))
         if svg is not None:
             out.print(_("map written to {path}").format(path=svg), markup=False)
 
@@ -126,7 +126,7 @@ def decisions(
         # As the situation room says it, rather than a table with no rows.
         output.console().print(_("No decision is in force."))
     else:
-        output.console().print(output.decisions_table(found, st.settings.tz()))
+        output.console().print(output.decisions_table(found, st.zone()))
 
 
 @app.command("response-times", epilog="Example: ledgerctl response-times --by severity")
@@ -173,9 +173,10 @@ def watch(
     st = state(ctx)
     seen = 0
     out = output.console()
-    zone = st.settings.tz()
-    # The regency's words for the statuses, read before the stream starts (JSON needs none).
+    # The regency's words for the statuses and its zone, read before the stream starts (JSON
+    # needs neither).
     statuses = {} if st.as_json else st.reference().status_names()
+    zone = st.zone(ask_ledger=False)
     expired = False  # the cursor refused: it is no place to go on from
     with st.notifier().subscribe(
         kecamatan=kecamatan or (),

@@ -77,7 +77,10 @@ def webhooks_list(ctx: typer.Context) -> None:
             output.rows_table(
                 _("Webhooks"),
                 (N_("name"), "url", N_("created")),
-                ((h.name, h.url, output.when(h.create_time, st.settings.tz())) for h in hooks),
+                (
+                    (h.name, h.url, output.when(h.create_time, st.zone(ask_ledger=False)))
+                    for h in hooks
+                ),
             )
         )
 
@@ -198,7 +201,7 @@ def webhooks_update(
     else:
         output.console().print(
             f"updated {hook.name}\n  url:     {hook.url}\n  filter:  {_filter_text(hook.filter)}"
-            f"\n  created: {output.when(hook.create_time, st.settings.tz())}",
+            f"\n  created: {output.when(hook.create_time, st.zone(ask_ledger=False))}",
             markup=False,
             soft_wrap=True,
         )
@@ -265,7 +268,7 @@ def webhooks_deliveries(
     if st.as_json:
         output.emit_json(found)
         return
-    zone = st.settings.tz()
+    zone = st.zone(ask_ledger=False)
     # The agency notified, when the list may hold other agencies' deliveries than the caller's.
     several = agency != (st.settings.agency or None)
     columns: list[str] = [N_("time"), N_("incident"), N_("position"), N_("agency")]
