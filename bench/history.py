@@ -266,6 +266,7 @@ class HistoryWriter:
             old_value=old,
             new_value=new,
             reason="typo in the first report",
+            zone=UTC,
         )
 
 

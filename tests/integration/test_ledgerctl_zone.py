@@ -1,5 +1,7 @@
 """Times as a duty officer reads them: the regency's zone comes from the ledger
-(``GetReferenceData``'s ``zone``), ledgerctl shows and reads times in it unless told another."""
+(``GetReferenceData``'s ``zone``), ledgerctl shows and reads times in it unless told another,
+and a correction that names another recorded time is told that time in the zone it was
+written in, else the regency's, in English and in Indonesian."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger_client import LedgerClient
+from incidentledger_client.errors import FailedPrecondition
 from tests.ledgerctl_support import Ctl
 from tests.support import REFERENCE_FILE, Client, running_ledger, settings_for, store_environment
 
@@ -72,3 +75,65 @@ def test_ledgerctl_shows_and_reads_times_in_the_zone_the_ledger_names(
     assert code == 3 and "NOT_FOUND" in err, err
     later = (before + timedelta(minutes=30)).astimezone(WITA).strftime("%Y-%m-%d %H:%M")
     assert wita_ctl.json("polres", "show", name, "--as-of", later)["incident"]["name"] == name
+
+
+def test_a_mismatched_old_time_is_stated_in_the_regencys_zone_in_both_languages(
+    wita_ledger: Client, wita_ctl: Ctl
+) -> None:
+    name = wita_ctl.json("kesbangpol", "report", "Rally", "crowd_gathering", "ipuh")["incident"]
+    wita_ctl.ok("desk_pilkada", "verify", name)
+    day = (datetime.now(WITA) + timedelta(days=1)).date().isoformat()
+    decided = wita_ctl.json(
+        "desk_pilkada",
+        *("decide", name, "Gatherings restricted", "--forum", "Forkopimda"),
+        *("--by", "desk_pilkada", "--rationale", "tension"),
+        *("--valid-from", f"{day} 18:00", "--valid-until", f"{day} 23:00"),
+    )
+    recorded = f"{day}T23:00:00+08:00"
+    token = wita_ledger.tokens["desk_pilkada"]
+    # An old value that names no zone (nor any time): the regency's zone.
+    for language, sentence in (
+        ("en", f"The recorded value of valid_until is {recorded}."),
+        ("id", f"Nilai valid_until yang tercatat adalah {recorded}."),
+    ):
+        with (
+            LedgerClient(wita_ledger.address, token, language=language) as client,
+            pytest.raises(FailedPrecondition) as caught,
+        ):
+            client.correct(
+                name,
+                decided["event_id"],
+                "valid_until",
+                "tomorrow",
+                f"{day}T22:00:00+08:00",
+                reason="x",
+            )
+        error = caught.value
+        assert error.reason == "OLD_VALUE_MISMATCH"
+        assert error.metadata == {"field": "valid_until", "recorded_value": recorded}
+        assert recorded in error.message and "+00:00" not in error.message, error.message
+        assert error.localized_message == sentence, error.localized_message
+    # One written in another zone: that zone (an officer's script in WIB).
+    with (
+        LedgerClient(wita_ledger.address, token) as client,
+        pytest.raises(FailedPrecondition) as caught,
+    ):
+        client.correct(
+            name,
+            decided["event_id"],
+            "valid_until",
+            f"{day}T20:00:00+07:00",
+            f"{day}T22:00:00+08:00",
+            reason="x",
+        )
+    assert caught.value.metadata["recorded_value"] == f"{day}T22:00:00+07:00"
+    # ledgerctl sends OLD in the regency's zone, and says the recorded time as it shows times.
+    code, _, err = wita_ctl.run(
+        "desk_pilkada",
+        "--lang",
+        "id",
+        *("correct", name, "valid_until", f"{day} 21:00", f"{day} 22:00", "--reason", "x"),
+    )
+    assert code == 4, err
+    assert f"Nilai valid_until yang tercatat adalah {recorded}." in err, err
+    assert "+00:00" not in err, err

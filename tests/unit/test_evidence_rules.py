@@ -3,6 +3,8 @@ and read, and how evidence is corrected (never replaced)."""
 
 from __future__ import annotations
 
+import functools
+from datetime import UTC
 from uuid import UUID
 
 import pytest
@@ -184,7 +186,7 @@ def _attached(incident: Incident, name: str) -> UUID:
 def test_evidence_is_corrected_by_a_new_attachment_never_replaced() -> None:
     incident = incident_in(Status.RESPONDING)
     wrong, right = _attached(incident, "wrong.jpg"), _attached(incident, "right.jpg")
-    correct = incident.correct
+    correct = functools.partial(incident.correct, zone=UTC)
     with pytest.raises(InvalidArgument):  # not other evidence of this incident
         correct(
             envelope_for(LEAD),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from uuid import uuid4
 from zoneinfo import ZoneInfo
 
@@ -541,6 +541,7 @@ AUDITOR_CASES: dict[str, tuple[Status, Command]] = {
             old_value=i.title,
             new_value="other",
             reason="typo",
+            zone=UTC,
         ),
     ),
 }
@@ -671,6 +672,7 @@ def test_merged_incident_accepts_nothing_but_corrections() -> None:
         old_value=incident.title,
         new_value="fixed",
         reason="typo",
+        zone=UTC,
     )
     assert incident.title == "fixed"
     assert status_of(incident) is Status.MERGED
@@ -780,6 +782,7 @@ def _correct(
     new: str,
     reason: str = "typo",
     nth: int = 0,
+    zone: tzinfo = UTC,
 ) -> None:
     incident.correct(
         envelope_for(agency),
@@ -788,6 +791,7 @@ def _correct(
         old_value=old,
         new_value=new,
         reason=reason,
+        zone=zone,
     )
 
 
@@ -898,6 +902,7 @@ def test_corrected_event_must_belong_to_the_incident() -> None:
             old_value=other.title,
             new_value="x",
             reason="r",
+            zone=UTC,
         )
     assert caught.value.field == "corrected_event_id"
     with pytest.raises(InvalidArgument):
@@ -908,6 +913,7 @@ def test_corrected_event_must_belong_to_the_incident() -> None:
             old_value=incident.title,
             new_value="x",
             reason="r",
+            zone=UTC,
         )
     assert incident.version == 1
 
@@ -1017,10 +1023,39 @@ def test_a_time_is_named_by_its_instant_and_recorded_in_one_form() -> None:
     with pytest.raises(FailedPrecondition) as caught:
         _correct(incident, LEAD, "DecisionRecorded", "valid_until", T1.isoformat(), "x")
     assert caught.value.reason == "OLD_VALUE_MISMATCH"
-    assert recorded in str(caught.value)
+    # In the zone old_value was written in (here UTC), as a retry may give it.
+    assert caught.value.metadata["recorded_value"] == extended.isoformat()
+    assert extended.isoformat() in str(caught.value)
     with pytest.raises(InvalidArgument) as same:
         _correct(incident, LEAD, "DecisionRecorded", "valid_until", recorded, extended.isoformat())
     assert same.value.field == "new_value"
+
+
+def test_a_mismatched_old_time_is_stated_in_the_callers_zone_else_the_regencys() -> None:
+    """An officer who names another end in WIB reads the recorded one in WIB, not in UTC
+    (seven hours off); an old value with no zone of its own, in the regency's zone."""
+    incident = _decided()
+    in_wib = T1.astimezone(WIB).isoformat()  # T1: 13:00 UTC, 20:00 WIB
+    for old in ((T1 - timedelta(hours=1)).astimezone(WIB).isoformat(), "yesterday"):
+        with pytest.raises(FailedPrecondition) as caught:
+            _correct(incident, LEAD, "DecisionRecorded", "valid_until", old, "x", zone=WIB)
+        error = caught.value
+        assert error.reason == "OLD_VALUE_MISMATCH"
+        assert error.metadata == {"field": "valid_until", "recorded_value": in_wib}
+        assert in_wib in error.message and "+00:00" not in error.message, error.message
+    with pytest.raises(FailedPrecondition) as caught:
+        _correct(incident, LEAD, "DecisionRecorded", "valid_until", "yesterday", "x", zone=UTC)
+    assert caught.value.metadata["recorded_value"] == T1.isoformat()
+    # The stated value names the recorded instant: given as old_value, it matches.
+    _correct(
+        incident,
+        LEAD,
+        "DecisionRecorded",
+        "valid_until",
+        in_wib,
+        (T1 + timedelta(hours=1)).isoformat(),
+    )
+    assert incident.version == 5
 
 
 def test_a_decisions_scope_reflects_a_correction_of_its_place() -> None:
@@ -1121,6 +1156,7 @@ def test_a_location_correction_does_not_alter_earlier_unsaved_events() -> None:
         old_value=str(incident.location.get("desa", "")),
         new_value="Ujung Padang",
         reason="wrong desa",
+        zone=UTC,
     )
     events = incident_events(incident)
     assert events[-1].previous_hash == event_hash(events[-2])

@@ -498,6 +498,7 @@ class IncidentMachine(RuleBasedStateMachine):
                 old_value=old,
                 new_value=new,
                 reason=reason,
+                zone=UTC,
             )
 
         if self._attempt(incident, m, "correct", ok, act, allowed_when_terminal=True):

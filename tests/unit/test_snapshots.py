@@ -77,6 +77,7 @@ def rich_incident() -> Incident:
         old_value=incident.title,
         new_value="Crowd at the market",
         reason="misheard",
+        zone=UTC,
     )
     incident.collect_events()
     return incident

@@ -552,6 +552,13 @@ class RecordCorrection(IncidentCommand):
         check_corrected_value(rules, self.field, self.new_value)
 
     def apply(self, envelope: Envelope, incident: Incident, *others: Incident) -> None:
+        raise TypeError("RecordCorrection runs with the reference data (run)")
+
+    def run(
+        self, reference: ReferenceData, envelope: Envelope, incident: Incident, *others: Incident
+    ) -> None:
+        # The regency's zone: a refusal states a recorded time in it when old_value names
+        # none (as the decision's window is stated).
         incident.correct(
             envelope,
             event_id=self.event_id,
@@ -559,6 +566,7 @@ class RecordCorrection(IncidentCommand):
             old_value=self.old_value,
             new_value=self.new_value,
             reason=self.reason,
+            zone=reference.tz(),
         )
 
 

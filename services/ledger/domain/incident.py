@@ -31,7 +31,7 @@ from services.common.reference import PersonalDataPolicy, Role
 from services.ledger.domain.created import created_event
 from services.ledger.domain.personal import SealedReport, SealedSubject, SubjectRole
 from services.ledger.domain.refcodes import code_for
-from services.ledger.domain.times import window_refused
+from services.ledger.domain.times import shown, window_refused
 
 GENESIS_HASH = "0" * 64
 
@@ -1114,7 +1114,10 @@ class Incident(Aggregate):
         old_value: str,
         new_value: str,
         reason: str,
+        zone: tzinfo,
     ) -> None:
+        """``zone``: the regency's, in which a refusal states a recorded time when the
+        caller's ``old_value`` names no zone of its own."""
         _require_writer(envelope.actor, "RecordCorrection")
         values = self.event_values.get(event_id)
         if values is None:
@@ -1140,10 +1143,14 @@ class Incident(Aggregate):
             # reads it in, with or without the microseconds), and recorded in one form.
             named = _instant(old_value)
             if old_value != recorded and (named is None or named != _time_value(recorded)):
+                # Stated as the window refusals state times: in the zone the caller wrote
+                # old_value in, else the regency's (the recorded UTC reads seven hours off in
+                # WIB); the same instant, which a retry may give as old_value.
+                said = shown(_time_value(recorded), zone if named is None else named.tzinfo or zone)
                 raise FailedPrecondition(
-                    f"old_value does not match the recorded value of {field}, {recorded}",
+                    f"old_value does not match the recorded value of {field}, {said}",
                     reason="OLD_VALUE_MISMATCH",
-                    metadata={"field": field, "recorded_value": recorded},
+                    metadata={"field": field, "recorded_value": said},
                 )
             old_value = recorded
             stated = _time_value(new_value)

@@ -276,17 +276,18 @@ def explain(error: LedgerError, st: State) -> Hint | None:
                 meta,
             )
     if error.reason == "OLD_VALUE_MISMATCH":
-        return _recorded_time(error, settings.tz())
+        return _recorded_time(error, st.zone(ask_ledger=False))
     return None
 
 
-#: The correctable fields that hold a time (the ledger says them in UTC).
+#: The correctable fields that hold a time.
 _TIME_FIELDS = frozenset({"occurred_at", "valid_from", "valid_until"})
 
 
 def _recorded_time(error: LedgerError, zone: tzinfo) -> Hint | None:
-    """The recorded value of a time, when a correction named another, in the officer's zone
-    (the ledger says it in UTC: 2026-12-09T01:00:00.000000+00:00 for 08:00 WIB)."""
+    """The recorded value of a time, when a correction named another, as ledgerctl shows
+    times (``9 Des 2026 08.00 WIB``; the ledger says it in ISO 8601, in the zone OLD was
+    sent in: 2026-12-09T08:00:00+07:00)."""
     field, recorded = error.metadata.get("field", ""), error.metadata.get("recorded_value", "")
     if field not in _TIME_FIELDS:
         return None
