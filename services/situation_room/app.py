@@ -14,7 +14,7 @@ import math
 import re
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -62,7 +62,7 @@ from incidentledger_client import (
 from incidentledger_client.cli.output import BAND_FILL
 from services.common.auth import shared_secret
 from services.common.config import SituationRoomSettings
-from services.common.reference import ReferenceData, Role
+from services.common.reference import Agency, ReferenceData, Role
 from services.common.vocabulary import STATUSES
 from services.situation_room.i18n import (
     COOKIE as LANGUAGE_COOKIE,
@@ -192,8 +192,18 @@ class Room:
         return found.name if found is not None else code
 
     def agency(self, code: str) -> str:
-        found = self.reference.agencies.get(code)
-        return found.name if found is not None else code
+        return agency_label(self.reference.agencies, code)
+
+
+def agency_label(agencies: Mapping[str, Agency], code: str) -> str:
+    """An agency as the page names it everywhere (an event's author as the agency the event
+    names): by its name, with its code only where the name alone is ambiguous (the reference
+    file gives another agency the same name); the code of one it does not know."""
+    found = agencies.get(code)
+    if found is None or not found.name:
+        return code
+    shared = sum(1 for a in agencies.values() if a.name == found.name)
+    return f"{found.name} ({code})" if shared > 1 else found.name
 
 
 def room_of(request: Request) -> Room:

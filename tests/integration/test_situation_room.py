@@ -522,15 +522,44 @@ def test_the_timeline_says_whom_each_event_names_why_it_was_rejected_and_what_wa
     army.accept_handover(road)
     army.log_action(road, "Road cleared by two platoons")
     army.escalate(road, "Crowd growing")
+    # One whose handover is still pending.
+    fight = reporter.report("Fight at TPS 05", "intimidation", "ipuh").incident
+    desk.verify(fight)
+    desk.assign_lead(fight, "polres")
+    room.ledger("polres").propose_handover(fight, "kodim", reason="Army post nearby")
 
     def entries(page: str) -> dict[str, str]:
         found = re.findall(r'<li class="event[^"]*" data-type="(\w+)"[^>]*>(.*?)</li>', page, re.S)
         return {kind: re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)) for kind, text in found}
 
+    def authors(page: str) -> list[str]:
+        return [
+            re.sub(r"\s+", " ", a) for a in re.findall(r'<span class="author">(.*?)</span>', page)
+        ]
+
+    def pending(page: str) -> str:
+        found = re.search(r"<dd>([^<]*)</dd>", page.split("Pending handover", 1)[1])
+        assert found is not None, page
+        return found[1]
+
     with signed_in_http(room, "desk_pilkada") as web:
         pages = {"en": (web.get(f"/{hoax}").text, web.get(f"/{road}").text)}
+        fight_page = web.get(f"/{fight}").text
         web.cookies.set(LANGUAGE_COOKIE, "id")
         pages["id"] = (web.get(f"/{hoax}").text, web.get(f"/{road}").text)
+    # Each event's author by the agency's name, as the page names agencies everywhere (the
+    # code it showed read as another vocabulary beside "(Polres Mukomuko)").
+    names = {
+        "kesbangpol": "Badan Kesatuan Bangsa dan Politik",
+        "desk_pilkada": "Desk Pilkada Pemkab Mukomuko",
+        "polres": "Polres Mukomuko",
+        "kodim": "Kodim 0428/Mukomuko",
+    }
+    by = [(e.type, e.actor.agency, e.actor.officer) for e in desk.incident_events(road)]
+    for language in ("en", "id"):
+        expected = [f"{names[agency]} / {officer}" for _, agency, officer in by]
+        assert authors(pages[language][1]) == expected
+    assert pending(fight_page) == "Polres Mukomuko → Kodim 0428/Mukomuko: Army post nearby"
     for language, hoax_page, level in (
         ("en", "(Hoax)", "(level 1)"),
         ("id", "(Hoaks)", "(tingkat 1)"),

@@ -1,5 +1,5 @@
 """How the situation room says a span of time (a decision's time left, a response time) in
-both of its languages."""
+both of its languages, and how it names an agency."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from incidentledger_client.i18n import using
-from services.situation_room.app import time_left
+from services.common.reference import Agency, Role
+from services.situation_room.app import agency_label, time_left
 from services.situation_room.i18n import duration
 
 
@@ -49,3 +50,15 @@ def test_a_decision_in_its_last_minute_has_a_minute_left_not_none() -> None:
         assert time_left(now + timedelta(minutes=3, seconds=1), now) == "4 min"
         assert time_left(now + timedelta(hours=2), now) == "2 h 00 min"
         assert time_left(now, now) == "0 min"
+
+
+def test_an_agency_is_named_with_its_code_only_where_its_name_is_ambiguous() -> None:
+    agencies = {
+        "polres": Agency("polres", "Polres Mukomuko", Role.RESPONDER),
+        "kpu": Agency("kpu", "KPU", Role.RESPONDER),
+        "kpu_prov": Agency("kpu_prov", "KPU", Role.RESPONDER),
+    }
+    assert agency_label(agencies, "polres") == "Polres Mukomuko"
+    assert agency_label(agencies, "kpu") == "KPU (kpu)"
+    assert agency_label(agencies, "kpu_prov") == "KPU (kpu_prov)"
+    assert agency_label(agencies, "retired") == "retired"  # not in the reference data
