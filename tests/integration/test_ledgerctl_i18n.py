@@ -134,6 +134,7 @@ def test_tables_in_indonesian_fit_an_80_column_terminal(
         (["list"], ("kode referensi", "judul", "tahap")),
         (["decisions"], ("kecamatan", "ringkasan", "sampai")),
         (["response-times", "--by", "severity"], ("keparahan", "langkah", "median", "p90")),
+        (["show", other], ("dicatat", "peristiwa", "oleh", "rincian")),
     ):
         shown = ctl.ok("desk_pilkada", "--lang", "id", *args)
         lines = shown.splitlines()
@@ -143,6 +144,10 @@ def test_tables_in_indonesian_fit_an_80_column_terminal(
         for head in heads:
             assert all(w in heading for w in head.split()), (args, head, shown)
         assert "…" not in shown, (args, shown)  # no code, word or figure cut short
+        if args[0] == "show":  # the timeline's details, each whole
+            assert f"kode_referensi={codes[1]};" in words, shown
+            assert {"kpu", "/", "dev-kpu", *title.split()} <= words, shown
+            continue
         if args[0] == "response-times":
             assert {"tinggi", "konfirmasi", "verifikasi", "penyelesaian"} <= words, shown
             continue

@@ -513,16 +513,25 @@ def people_named(incident: Incident) -> str:
     return ", ".join(parts)
 
 
-def timeline(events: Sequence[IncidentEvent], zone: tzinfo = UTC) -> Table:
-    table = Table(title=_("Timeline"), show_header=True, box=None, pad_edge=False)
-    table.add_column("v", justify="right")
-    table.add_column(_("recorded"))
-    table.add_column(_("event"), style="bold")
-    table.add_column(_("by"))
-    table.add_column(_("details"), overflow="fold")
+def timeline(events: Sequence[IncidentEvent], zone: tzinfo = UTC) -> FittedTable:
+    # Fitted, so that no word of a detail (kode_referensi=MKM-3V73-PV) is broken over two
+    # lines; the author breaks after the agency ("desk_pilkada /" "dev-desk_pilkada").
+    table = FittedTable(
+        [
+            Column("v", wrap=False, justify="right"),
+            Column(_("recorded")),
+            Column(_("event"), style="bold"),
+            Column(_("by")),
+            Column(_("details")),
+        ],
+        title=_("Timeline"),
+        show_header=True,
+        box=None,
+        pad_edge=False,
+    )
     for event in events:
         by = (
-            f"{event.actor.agency}/{event.actor.officer}"
+            f"{event.actor.agency} / {event.actor.officer}"
             if event.actor.officer
             else event.actor.agency
         )

@@ -148,15 +148,22 @@ class WideOrLong:
 
 
 def shared(least: Sequence[int], most: Sequence[int], room: int) -> list[int]:
-    """Widths within ``room`` (at least ``sum(least)``): each column its least, then the
-    rest in proportion to how much more its widest text needs. Rich shares a short width
-    out from the widest columns down and can leave one narrower than its longest word
-    (kota_mukomu|ko)."""
+    """Widths within ``room`` (at least ``sum(least)``): each column its longest word; then
+    whole, the columns that need least more to show their widest text on one line (a time,
+    an author), as long as the room lasts; then the rest in proportion to what each still
+    needs. Rich shares a short width out from the widest columns down and can leave one
+    narrower than its longest word (kota_mukomu|ko)."""
     widths = list(least)
-    wants = [m - n for m, n in zip(most, least, strict=True)]
-    spare, wanted = room - sum(least), sum(wants)
-    for n, want in enumerate(wants):
-        widths[n] += spare * want // wanted
+    spare = room - sum(least)
+    for n in sorted(range(len(least)), key=lambda n: most[n] - least[n]):
+        want = most[n] - widths[n]
+        if want > spare:
+            break
+        widths[n], spare = most[n], spare - want
+    wants = [m - w for m, w in zip(most, widths, strict=True)]
+    wanted = sum(wants)
+    given = [spare * want // wanted if wanted else 0 for want in wants]
+    widths = [w + g for w, g in zip(widths, given, strict=True)]
     for n in sorted(range(len(wants)), key=lambda n: -wants[n]):  # what rounding left
         if sum(widths) >= room:
             break
