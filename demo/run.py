@@ -599,9 +599,10 @@ def _summary(
 
     console.rule("[bold]" + _("Response times"))
     ledger_table = output.response_times_table(
-        "agency", desk.response_times("agency", min_position=result.last_position)
+        "agency",
+        desk.response_times("agency", min_position=result.last_position),
+        _("Response times by agency, from the ledger (record times)"),
     )
-    ledger_table.title = _("Response times by agency, from the ledger (record times)")
     console.print(ledger_table)
     console.print(
         "[dim]"
@@ -613,8 +614,11 @@ def _summary(
         )
         + "[/dim]"
     )
-    day_table = output.response_times_table("agency", day_response_times(mine, events))
-    day_table.title = _("Response times by agency, on the election-day clock (occur times)")
+    day_table = output.response_times_table(
+        "agency",
+        day_response_times(mine, events),
+        _("Response times by agency, on the election-day clock (occur times)"),
+    )
     console.print(day_table)
 
 

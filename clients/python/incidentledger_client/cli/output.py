@@ -754,16 +754,14 @@ def rows_table(
     columns: Sequence[str],
     rows: Iterable[Sequence[object]],
     no_wrap: Sequence[str] = (),
-) -> Table:
+) -> FittedTable:
     """A table of ``rows``: ``title`` as given (translated by the caller), the ``columns``
-    headed in the current language (the callers mark them with ``N_``)."""
-    table = Table(title=title)
-    for column in columns:
-        heading = _(column) if column else column
-        if column in no_wrap:
-            table.add_column(heading, no_wrap=True)
-        else:
-            table.add_column(heading, overflow="fold")
+    headed in the current language (the callers mark them with ``N_``); fitted, so that no
+    word is broken over two lines where the terminal has room for each."""
+    table = FittedTable(
+        [Column(_(column) if column else column, wrap=column not in no_wrap) for column in columns],
+        title=title,
+    )
     for row in rows:
         # Text, not markup: values such as "[contexts.prod]" are shown as they are.
         table.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in row))
@@ -809,10 +807,12 @@ def duration(stats: DurationStats, seconds: float) -> str:
     return NO_DATA if stats.count == 0 else str(timedelta(seconds=round(seconds)))
 
 
-def response_times_table(by: str, groups: Iterable[ResponseTimes]) -> WideOrLong:
+def response_times_table(
+    by: str, groups: Iterable[ResponseTimes], title: str | None = None
+) -> WideOrLong:
     """Median and p90 per step, each step with its sample size (n): a group a line where
-    the terminal is wide enough, else a step a line."""
-    title = _("Response times by {by}").format(by=_(by))
+    the terminal is wide enough, else a step a line. ``title``: translated by the caller."""
+    title = title or _("Response times by {by}").format(by=_(by))
     steps = (N_("acknowledge"), N_("verify"), N_("resolve"))
     wide = Table(title=title)
     wide.add_column(_(by), no_wrap=True)
