@@ -204,6 +204,26 @@ def test_ledgerctls_refusals_of_its_own_flags_in_indonesian(ctl: Ctl) -> None:
         assert code == 2 and said in err, (args, err)
 
 
+def test_the_arguments_placeholders_in_indonesian(ctl: Ctl) -> None:
+    """The usage line, the help's table and the usage errors named the arguments in English
+    (``ledgerctl assign [OPSI] {INCIDENT} {agency}``) on an Indonesian terminal."""
+    code, out, _err = ctl.run("polres", "--lang", "id", "assign", "--help")
+    assert code == 0 and "{KEJADIAN} {INSTANSI}" in out, out
+    assert "INCIDENT" not in out and "agency" not in out.lower().replace("--agency", ""), out
+    for args, said in [
+        (("assign",), "Argumen 'KEJADIAN' belum diberikan"),
+        (("assign", "MKM-3V73-PV", "policee"), "Nilai tidak sah untuk INSTANSI"),
+        (("show", "zz"), "Nilai tidak sah untuk KEJADIAN"),
+        (("triage", "verify"), "Nilai tidak sah untuk KEJADIAN"),
+        (("board", "--limit", "-1"), "Nilai tidak sah untuk --limit"),
+    ]:
+        code, _out, err = ctl.run("desk_pilkada", "--lang", "id", *args)
+        assert code == 2 and said in err, (args, err)
+    # One case in English too: AGENCY as INCIDENT, not "agency".
+    code, out, _err = ctl.run("polres", "--lang", "en", "assign", "--help")
+    assert code == 0 and "{INCIDENT} {AGENCY}" in out, out
+
+
 #: Another regency's words for two statuses and a role (Mukomuko's file uses the glossary's).
 OTHER_WORDS = {
     "statuses": [

@@ -369,7 +369,7 @@ def test_every_help_page_in_both_languages(
     ("args", "said"),
     [
         (["list", "--status", "verfied"], "Kesalahan: Nilai tidak sah untuk --status: tahap"),
-        (["decide"], "Kesalahan: Argumen 'INCIDENT' belum diberikan."),
+        (["decide"], "Kesalahan: Argumen 'KEJADIAN' belum diberikan."),
         (["nosuch"], "Kesalahan: Tidak ada perintah 'nosuch'."),
         (["list", "--bogus"], "Kesalahan: Tidak ada opsi: --bogus"),
         # typer's own checks of a path and of a number's range (they were English).
@@ -379,8 +379,8 @@ def test_every_help_page_in_both_languages(
         # the click typer vendors words these its own way (they were English).
         (["show", "a", "b", "c"], "Kesalahan: Argumen tambahan yang tidak diharapkan (b c)"),
         # an escalation's reason is asked for here, not refused by the ledger in English
-        (["escalate", "MKM-7QK3-9V"], "Kesalahan: Argumen 'REASON' belum diberikan."),
-        (["reopen", "MKM-7QK3-9V"], "Argumen 'REASON' belum diberikan."),
+        (["escalate", "MKM-7QK3-9V"], "Kesalahan: Argumen 'ALASAN' belum diberikan."),
+        (["reopen", "MKM-7QK3-9V"], "Argumen 'ALASAN' belum diberikan."),
         # refused here, not by the ledger naming its page_size in English
         (["list", "--limit", "-5"], "Nilai tidak sah untuk --limit: harus 0 (semua) atau lebih"),
         (["webhooks", "deliveries", "-n", "-3"], "untuk --limit: harus 0 (semua) atau lebih"),
@@ -655,10 +655,13 @@ def test_every_incident_argument_says_it_takes_a_reference_code(
         for param in getattr(command, "params", []):
             if getattr(param, "metavar", None) == "INCIDENT":
                 checked.append(path)
-                for lang, said in (("en", "reference code"), ("id", "kode referensi")):
+                for lang, said, shown in (
+                    ("en", "reference code", "INCIDENT"),
+                    ("id", "kode referensi", "KEJADIAN"),  # the placeholder in Indonesian
+                ):
                     assert main(["--lang", lang, *path, "--help"]) == 0
                     page = capsys.readouterr().out
-                    row = page[page.index(f" {param.metavar} ") :].split("╰")[0]
+                    row = page[page.index(f" {shown} ") :].split("╰")[0]
                     assert said in row and "MKM-" in row, (path, lang, row)
     assert ["show"] in checked and ["verify"] in checked, checked
 

@@ -74,10 +74,29 @@ def _texts(command: click.Command) -> Iterator[tuple[object, str, str]]:
                     yield param, attribute, text
 
 
+def _arguments(command: click.Command) -> Iterator[tuple[click.Parameter, str]]:
+    """Each argument of ``command``'s tree and its placeholder as written in the code
+    (``INCIDENT``; ``AGENCY`` for an argument named ``agency``), without ``...``."""
+    for cmd in _walk(command):
+        for param in cmd.params:
+            if param.param_type_name == "argument":
+                yield param, (param.metavar or (param.name or "").upper()).removesuffix("...")
+
+
 def messages(command: click.Command) -> list[str]:
-    """Every help text of ``command`` and its subcommands, and typer's and click's words."""
+    """Every help text of ``command`` and its subcommands, the placeholders of its
+    arguments, and typer's and click's words."""
     found = [text for _, _, text in _texts(command)]
-    return [*found, *_TYPER_WORDS.values(), HELP_OPTION, USAGE, OPTIONS_METAVAR, COMMAND_METAVAR]
+    placeholders = sorted({placeholder for _, placeholder in _arguments(command)})
+    return [
+        *found,
+        *placeholders,
+        *_TYPER_WORDS.values(),
+        HELP_OPTION,
+        USAGE,
+        OPTIONS_METAVAR,
+        COMMAND_METAVAR,
+    ]
 
 
 def flow(text: str) -> str:
@@ -102,6 +121,11 @@ def translate(command: click.Command, gettext: Callable[[str], str]) -> None:
     paragraph on one line (:func:`flow`), and the placeholders of its usage line."""
     for owner, attribute, text in list(_texts(command)):
         setattr(owner, attribute, flow(gettext(text)))
+    # The arguments' placeholders, in the usage line, the help's table and the usage
+    # errors (``ledgerctl assign [OPSI] KEJADIAN INSTANSI``); one case for all of them.
+    for param, placeholder in list(_arguments(command)):
+        many = "..." if (param.metavar or "").endswith("...") else ""
+        param.metavar = gettext(placeholder) + many
     for cmd in _walk(command):
         if cmd.options_metavar == OPTIONS_METAVAR:
             cmd.options_metavar = gettext(OPTIONS_METAVAR)
@@ -247,6 +271,10 @@ def _value_error(message: str, gettext: Callable[[str], str]) -> str | None:
     return None
 
 
+#: An argument's placeholder in a usage error's parameter (``'INCIDENT'``, ``TO_AGENCY``).
+_PLACEHOLDER = re.compile(r"(?<![\w-])[A-Z][A-Z_]+(?![\w-])")
+
+
 def usage_error(error: UsageError, gettext: Callable[[str], str]) -> str:
     """A usage error as typer shows it (usage line, where to find help, the error), in the
     language of ``gettext``."""
@@ -266,6 +294,10 @@ def usage_error(error: UsageError, gettext: Callable[[str], str]) -> str:
         found = pattern.match(message)
         if found:
             parts = found.groupdict()
+            if parts.get("param"):
+                # An argument's placeholder as the help names it (INCIDENT -> KEJADIAN),
+                # whichever code raised the error; options (--days) stay as typed.
+                parts["param"] = _PLACEHOLDER.sub(lambda m: gettext(m[0]), parts["param"])
             said = _value_error(parts.get("message") or "", gettext)
             if said is not None:
                 parts["message"] = said
