@@ -328,9 +328,22 @@ class SealingMapper(Mapper[UUID]):
 DEFAULT_TRANSCODINGS = frozenset({"uuid_hex", "datetime_iso", "decimal_str"})
 
 
-# What a stored event that no longer loads raises: bytes that do not decode, or a
-# version missing from its incident's sequence (a deleted event).
-BROKEN_HISTORY = (MapperDeserialisationError, OriginatorVersionError, TopicError)
+class ForeignRecordError(ValueError):
+    """A stored event among an incident's that is not one of its events: another kind of
+    record of the log (a request's, a reference code's), or a second report, where the
+    store's topic of an event was changed. The audit, which reads incident events only,
+    sees the event missing; a load must answer DATA_LOSS, not the library's assertion."""
+
+
+# What a stored event that no longer loads raises: bytes that do not decode, a version
+# missing from its incident's sequence (a deleted event), or a record that is not one of
+# the incident's events.
+BROKEN_HISTORY = (
+    MapperDeserialisationError,
+    OriginatorVersionError,
+    TopicError,
+    ForeignRecordError,
+)
 
 
 def broken_history(incident_id: UUID | str, error: Exception) -> DataLoss:
@@ -385,6 +398,31 @@ def mutate_all(aggregate: Any, events: Iterable[Any]) -> Any:
     """The library's aggregate projector, without its runtime check of every event
     against a ``Protocol`` (an ``isinstance`` that cost a third of loading an incident)."""
     for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
+
+
+def mutate_incident(aggregate: Any, events: Iterable[Any]) -> Any:
+    """:func:`mutate_all` for an incident's stored events, each of which must be an event
+    of the incident that follows: after the first, a record of another kind or a second
+    report is :class:`ForeignRecordError` (DATA_LOSS at load). A lone record of another kind
+    (an id that names a request, not an incident) is returned as it is: not an incident."""
+    for event in events:
+        if aggregate is None:
+            if isinstance(event, Incident.Event) and not isinstance(event, Incident.Created):
+                raise ForeignRecordError(
+                    f"version {event.originator_version} is a {type(event).__name__}, "
+                    "but the incident's first event is missing"
+                )
+        elif (
+            not isinstance(aggregate, Incident)
+            or not isinstance(event, Incident.Event)
+            or isinstance(event, Incident.Created)
+        ):
+            raise ForeignRecordError(
+                f"version {event.originator_version} is a {type(event).__qualname__}, "
+                f"which does not follow a {type(aggregate).__name__}"
+            )
         aggregate = event.mutate(aggregate)
     return aggregate
 
@@ -1354,7 +1392,7 @@ class Ledger(Application[UUID]):
                 metadata={"incident": f"incidents/{incident_id}", "field": field},
             )
         with self._loading(incident_id):
-            incident: Incident = self.load_aggregate(incident_id, version)
+            incident: Incident = self.load_incident(incident_id, version)
         self.check_seal(incident)  # every event was sealed when it was stored
         return incident
 
@@ -1411,7 +1449,7 @@ class Ledger(Application[UUID]):
         # an event that was changed in the store; incidents hold tens of events.
         with self._loading(incident_id):
             history = list(self.events.get(incident_id))
-            incident = mutate_all(None, history) if history else None
+            incident = mutate_incident(None, history) if history else None
         if not isinstance(incident, Incident):
             raise NotFound(
                 f"incident {incident_id} does not exist",
@@ -1591,6 +1629,11 @@ class Ledger(Application[UUID]):
         with a cheaper projector."""
         return self.repository.get(aggregate_id, version=version, projector_func=mutate_all)
 
+    def load_incident(self, incident_id: UUID, version: int | None = None) -> Any:
+        """:meth:`load_aggregate` for an incident: a stored record among its events that is
+        not one of them is :class:`ForeignRecordError` (see :func:`mutate_incident`)."""
+        return self.repository.get(incident_id, version=version, projector_func=mutate_incident)
+
     @contextmanager
     def _loading(self, incident_id: UUID | str) -> Iterator[None]:
         """Stored events of the incident that no longer load are DATA_LOSS, never INTERNAL."""
@@ -1721,7 +1764,7 @@ class Ledger(Application[UUID]):
             base = 0
             try:
                 with self._loading(incident_id):
-                    incident = self.load_aggregate(incident_id)
+                    incident = self.load_incident(incident_id)
             except AggregateNotFoundError:
                 raise NotFound(
                     f"incident {incident_id} does not exist",
@@ -1763,7 +1806,7 @@ class Ledger(Application[UUID]):
                 # The rows of the snapshot's events from those events: the fallback
                 # should the snapshot's own rows fail their digest.
                 with self._loading(incident_id):
-                    full: Incident = self.load_aggregate(incident_id, version)
+                    full: Incident = self.load_incident(incident_id, version)
                 return full.event_rows()
 
             incident = snapshot.incident(lambda: snapshots.rows(incident_id, version), replayed)
@@ -1784,7 +1827,7 @@ class Ledger(Application[UUID]):
                 )
                 return None
             incident.head_seal = head.__dict__.get("seal")  # the stored event's, as a replay
-            incident = mutate_all(incident, events)
+            incident = mutate_incident(incident, events)
         return incident, snapshot.version
 
     def _snapshot_saved(self, aggregates: Iterable[Any], saved: Iterable[UUID]) -> None:

@@ -152,7 +152,7 @@ class EventEncoder:
         elif cached is not None and cached.version == event.originator_version - 1:
             incident = event.mutate(cached)
         else:
-            incident = self._ledger.load_aggregate(incident_id, event.originator_version)
+            incident = self._ledger.load_incident(incident_id, event.originator_version)
         if not isinstance(incident, Incident):
             raise TypeError(f"not an incident: {incident_id}")
         self._cache[incident_id] = incident

@@ -460,6 +460,37 @@ def test_a_deleted_or_undecodable_event_is_data_loss_naming_the_incident(store: 
     _assert_data_loss(store, other, "decode")
 
 
+def _foreign_topic(store: Store) -> str:
+    """The topic of a record of the log that is not an incident event (a request's)."""
+    found = store.rows._run("SELECT DISTINCT topic FROM {t}")
+    return next(str(t) for (t,) in found if "RequestRecord" in str(t))
+
+
+@pytest.mark.parametrize("which", ["middle", "newest"])
+def test_an_event_given_another_records_topic_is_data_loss_and_looks_deleted(
+    store: Store, which: str
+) -> None:
+    """An intruder relabels an incident's event as another kind of record of the log (a
+    request's): the audit, which reads incident events only, sees it missing; loading
+    the incident answers DATA_LOSS naming it, never an internal error."""
+    checkpoint = store.checkpoints.create()
+    rows = store.rows.rows(store.history.lifecycle)
+    target = rows[4] if which == "middle" else rows[-1]
+    store.rows._run(
+        "UPDATE {t} SET topic = ? WHERE {pos} = ?", (_foreign_topic(store), target.position)
+    )
+    found = store.divergence()
+    if which == "middle":
+        assert (found.kind, found.incident, found.version) == (
+            "deleted",
+            _name(store.history.lifecycle),
+            target.version,
+        )
+    else:
+        assert (found.kind, found.position) == ("deleted", checkpoint.position)
+    _assert_data_loss(store, store.history.lifecycle, "decode")
+
+
 def test_a_deleted_middle_event_is_named(store: Store) -> None:
     rows = store.rows.rows(store.history.lifecycle)
     store.rows.delete(rows[4].position)  # version 5
