@@ -271,6 +271,22 @@ def test_another_signing_key_is_refused_before_the_first_checkpoint(store: Store
         other.close()
 
 
+def test_an_altered_latest_checkpoint_is_named_as_altered_at_start(store: Store) -> None:
+    """The intruder edits the latest stored checkpoint: the start refuses, saying that
+    the checkpoint does not verify with the key it names, not that the key is wrong."""
+    latest = store.checkpoints.create()
+    Surgery(store.kind, store.env, "ledger_checkpoints")._run(
+        "UPDATE {t} SET head = ? WHERE position = ?", ("0" * 64, latest.position)
+    )
+    with pytest.raises(ConfigError) as refused:
+        store.checkpoints.check_key()
+    message = str(refused.value)
+    assert f"position {latest.position}" in message, message
+    assert "changed outside the ledger" in message, message
+    assert "signed with key" not in message, message
+    assert store.divergence().kind == "bad_signature"
+
+
 def test_any_signing_key_starts_an_empty_store(tmp_path: Path) -> None:
     with store_environment("sqlite", tmp_path) as store_env:
         ledger = Ledger(reference(), env=store_env, sealer=Sealer(KEY))

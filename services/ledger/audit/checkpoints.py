@@ -549,6 +549,15 @@ class Checkpoints:
         rotating: str | None = None
         if last is not None and not last.verify(self.public_key):
             rotating = self._signer(last)
+            if rotating is None and last.key_id in {key_id(k) for k in self.public_keys}:
+                # It names a key this ledger knows, and that key's signature does not
+                # hold: the row was changed, not the key.
+                raise ConfigError(
+                    f"the store's latest checkpoint (position {last.position}) names key "
+                    f"{last.key_id} but its signature does not verify with it: the "
+                    "checkpoint was changed outside the ledger; run `ledger-audit verify` "
+                    "(docs/operations.md)"
+                )
             if rotating is None:
                 raise ConfigError(
                     f"LEDGER_SIGNING_KEY_FILE holds key {self.key_id}, but the store's "
