@@ -476,6 +476,16 @@ def test_a_deleted_or_undecodable_event_is_data_loss_naming_the_incident(store: 
     _assert_data_loss(store, other, "decode")
 
 
+def test_a_changed_middle_event_is_data_loss_naming_the_incident_and_the_chain(
+    store: Store,
+) -> None:
+    """A load finds the broken link (the next event no longer names the changed one's
+    hash): DATA_LOSS with the incident as a resource name and the check, as the API says."""
+    target = store.rows.rows(store.history.lifecycle)[5]
+    store.rows.set_state(target.position, target.state.replace(b"Rapat", b"Rapet"))
+    _assert_data_loss(store, store.history.lifecycle, "chain")
+
+
 def _foreign_topic(store: Store) -> str:
     """The topic of a record of the log that is not an incident event (a request's)."""
     found = store.rows._run("SELECT DISTINCT topic FROM {t}")

@@ -1131,7 +1131,11 @@ def test_a_tampered_event_breaks_the_chain_on_replay(
     error = caught.value
     assert error.reason == "HASH_CHAIN_BROKEN"
     assert error.code == "DATA_LOSS"
-    assert error.metadata == {"incident": str(incident.id), "version": str(position + 2)}
+    assert error.metadata == {
+        "incident": f"incidents/{incident.id}",
+        "version": str(position + 2),
+        "check": "chain",
+    }
 
 
 def test_a_removed_event_breaks_the_chain_on_replay() -> None:

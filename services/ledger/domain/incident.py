@@ -231,8 +231,9 @@ class Incident(Aggregate):
                     f"{self.originator_version}",
                     reason="HASH_CHAIN_BROKEN",
                     metadata={
-                        "incident": str(self.originator_id),
+                        "incident": f"incidents/{self.originator_id}",
                         "version": str(self.originator_version),
+                        "check": "chain",
                     },
                 )
             self.evolve(incident)
