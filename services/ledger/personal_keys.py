@@ -568,7 +568,9 @@ class PersonalKeys:
     def open_subject(self, incident_id: UUID, sealed: SealedSubject) -> Person | None:
         """The subject's data; None once their key is destroyed. DataLoss when the key
         table has no key for them in this incident (a key is never deleted, only
-        destroyed; and a ciphertext moved to another incident does not open there)."""
+        destroyed; and a ciphertext moved to another incident does not open there), or
+        their key row holds a key wrapped for another subject (rows changed in the store:
+        each key is wrapped bound to its subject)."""
         subject = str(sealed.subject_id)
         unreadable = DataLoss(
             f"the personal data of subject {subject} does not decrypt",
@@ -581,14 +583,14 @@ class PersonalKeys:
         kek_id, wrapped = row
         if wrapped is None:
             return None
-        key = self._unwrap(subject, kek_id, wrapped)
         try:
+            key = self._unwrap(subject, kek_id, wrapped)
             plaintext = AESGCM(key).decrypt(
                 _unb64(sealed.nonce),
                 _unb64(sealed.ciphertext),
                 _aad(incident_id, sealed.subject_id, sealed.role),
             )
-        except InvalidTag:
+        except (InvalidTag, ValueError):  # ValueError: base64 that does not decode
             raise unreadable from None
         return Person.from_plain(json.loads(plaintext))
 

@@ -17,6 +17,7 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import personal_data_pb2 as pd
 from services.common.config import ConfigError, LedgerSettings
 from services.common.grpc_errors import error_info, localized_message
+from services.common.sql import open_database
 from tests.support import Client, running_ledger, settings_for, store_environment
 
 NIK = "1706014107900003"
@@ -124,6 +125,39 @@ def test_the_events_carry_ciphertext_only(ledger: Client) -> None:
     assert "ciphertext" in payload
     for plain in (NIK, PHONE, NAME, WITNESS_NIK, "Kenari"):
         assert plain not in payload
+
+
+def test_a_data_key_moved_to_another_subject_in_the_store_is_data_loss(
+    either_store: dict[str, str], tmp_path: Path
+) -> None:
+    """An intruder swaps the wrapped keys of a report's two people in the key table: each is
+    bound to its subject, so neither opens, and the read answers DATA_LOSS naming the
+    subject (PERSONAL_DATA_UNREADABLE), as for a missing key, never INTERNAL."""
+    with running_ledger(settings_for(tmp_path, either_store)) as client:
+        name = report_with_people(client)
+        incident = name.removeprefix("incidents/")
+        db = open_database(either_store)
+        try:
+            with db.transaction() as cur:
+                cur.execute(
+                    db.q(
+                        "SELECT subject_id, wrapped_key FROM personal_data_keys "
+                        "WHERE incident_id = ? ORDER BY subject_id"
+                    ),
+                    (incident,),
+                )
+                (first, first_key), (second, second_key) = cur.fetchall()
+                update = db.q("UPDATE personal_data_keys SET wrapped_key = ? WHERE subject_id = ?")
+                cur.execute(update, (second_key, first))
+                cur.execute(update, (first_key, second))
+        finally:
+            db.close()
+        with pytest.raises(grpc.RpcError) as caught:
+            read(client, "bawaslu", name)
+        assert caught.value.code() is grpc.StatusCode.DATA_LOSS, caught.value.details()
+        assert reason(caught.value) == "PERSONAL_DATA_UNREADABLE"
+        info = error_info(caught.value)  # type: ignore[arg-type]
+        assert info is not None and info.metadata["subject"] in {str(first), str(second)}
 
 
 def test_an_agency_without_the_right_is_denied_and_nothing_is_recorded(ledger: Client) -> None:
