@@ -86,6 +86,9 @@ TEMPLATES: Mapping[str, str] = {
     "STREAM_UNAVAILABLE": N_("The event stream cannot be reached: resume from the last cursor."),
     "SHUTTING_DOWN": N_("The service is stopping: resume from the last cursor."),
     "HASH_CHAIN_BROKEN": N_("The stored history of {incident} fails its hash chain."),
+    "STORED_RECORD_CHANGED": N_(
+        "A stored record naming {incident} does not match its history: it was changed."
+    ),
     # Personal data of reporters and witnesses (docs/personal-data.md).
     "NO_PERSONAL_DATA": N_("There is no personal data here that you may read or erase."),
     "LEGAL_HOLD": N_("A legal hold blocks erasure until it is lifted."),

@@ -356,6 +356,19 @@ def broken_history(incident_id: UUID | str, error: Exception) -> DataLoss:
     )
 
 
+def changed_record(record: str, incident_id: UUID, detail: str) -> DataLoss:
+    """The DATA_LOSS answer for a record of the log outside the chain (a request's
+    outcome, a reference code's claim) that disagrees with the incident events it names:
+    changed in the store."""
+    log.error("ledger.record_changed", record=record, incident=f"incidents/{incident_id}")
+    return DataLoss(
+        f"the stored {record} record names incident {incident_id}, but {detail}: it was "
+        "changed outside the ledger (run `ledger-audit verify`)",
+        reason="STORED_RECORD_CHANGED",
+        metadata={"record": record, "incident": f"incidents/{incident_id}"},
+    )
+
+
 @dataclass(frozen=True)
 class StoredIncidentEvent:
     event: Incident.Event
@@ -1327,6 +1340,17 @@ class Ledger(Application[UUID]):
                 # "incident": what the localized message names (error_messages.TEMPLATES).
                 metadata={"incident": code, "reference": code, "field": field},
             ) from None
+        # The claim is outside the chain; the incident's report, in it, records its code.
+        try:
+            recorded = self._load(claim.incident_id, field).reference
+        except NotFound:
+            recorded = None
+        if recorded != code:
+            raise changed_record(
+                "reference",
+                claim.incident_id,
+                f"that incident's report records the code {recorded or 'none'}, not {code}",
+            )
         return claim.incident_id
 
     def find_reference(self, text: str) -> UUID | None:
@@ -1604,6 +1628,14 @@ class Ledger(Application[UUID]):
         event = found[0]
         if not isinstance(event, Incident.Event):
             raise TypeError(f"unexpected event {event!r}")
+        # The record is outside the chain; the event, in it, names the request it recorded.
+        if request_key(event.actor_agency, event.request_id) != key:
+            raise changed_record(
+                "request",
+                incident_id,
+                f"its version {version} was recorded by another request "
+                f"({event.actor_agency}, {event.request_id!r})",
+            )
         return CommandResult(
             incident_id=incident_id,
             version=version,

@@ -47,7 +47,7 @@ from services.ledger.audit import (
     verify_store,
 )
 from services.ledger.audit.keys import load_signing_key, public_key_pem
-from services.ledger.domain.commands import EscalateIncident
+from services.ledger.domain.commands import EscalateIncident, ReportIncident
 from services.ledger.domain.incident import incident_event_classes
 from services.ledger.seals import Sealer
 from tests.support import (
@@ -515,6 +515,66 @@ def test_an_event_given_another_records_topic_is_data_loss_and_looks_deleted(
     else:
         assert (found.kind, found.position) == ("deleted", checkpoint.position)
     _assert_data_loss(store, store.history.lifecycle, "decode")
+
+
+def _record_rows(store: Store, kind: str, needle: bytes) -> list[tuple[int, bytes]]:
+    """The log's records of ``kind`` (a topic's part: RequestRecord, ReferenceClaim) whose
+    state holds ``needle``: outside the chain, the intruder's way to misdirect."""
+    found = store.rows._run("SELECT {pos}, topic, state FROM {t}")
+    return [(int(p), bytes(s)) for p, t, s in found if kind in str(t) and needle in bytes(s)]
+
+
+def test_a_request_record_pointed_at_another_event_is_data_loss_on_retry(store: Store) -> None:
+    """The intruder points a report's request record at another incident's event: a retry of
+    the report would be answered with it. The event names its request (agency and request
+    id, sealed in the chain): the retry answers DATA_LOSS instead."""
+    envelope = envelope_for("kesbangpol")
+    command = ReportIncident(
+        title="Massa berkumpul",
+        description="",
+        category="crowd_gathering",
+        severity="low",
+        location={"kecamatan": "ipuh"},
+    )
+    first = store.ledger.execute(envelope, command)
+    (position, state), *_ = _record_rows(store, "RequestRecord", str(first.incident_id).encode())
+    other = store.rows.rows(store.history.lifecycle)[3]
+    forged = state.replace(
+        f"{first.incident_id}@1".encode(), f"{store.history.lifecycle}@{other.version}".encode()
+    )
+    assert forged != state
+    store.rows.set_state(position, forged)
+    ledger = _reopened(store)
+    try:
+        with pytest.raises(DataLoss) as caught:
+            ledger.execute(envelope, command)
+        assert caught.value.reason == "STORED_RECORD_CHANGED"
+        assert caught.value.metadata["record"] == "request"
+        assert caught.value.metadata["incident"] == _name(store.history.lifecycle)
+    finally:
+        ledger.close()
+
+
+def test_a_reference_claim_pointed_at_another_incident_is_data_loss(store: Store) -> None:
+    """The intruder points a reference code's claim at another incident: a caller who reads
+    the code out would get that incident (and read its people's data). The incident's
+    report records its code (in the chain): the lookup answers DATA_LOSS instead."""
+    owner, other = store.history.lifecycle, store.history.others[1]
+    code = store.ledger.get_incident(owner).reference
+    assert code and store.ledger.incident_by_reference(code) == owner
+    (position, state), *_ = _record_rows(store, "ReferenceClaim", code.encode())
+    forged = state.replace(owner.hex.encode(), other.hex.encode())
+    assert forged != state
+    store.rows.set_state(position, forged)
+    ledger = _reopened(store)
+    try:
+        with pytest.raises(DataLoss) as caught:
+            ledger.incident_by_reference(code)
+        assert caught.value.reason == "STORED_RECORD_CHANGED"
+        assert caught.value.metadata["record"] == "reference"
+        assert caught.value.metadata["incident"] == _name(other)
+    finally:
+        ledger.close()
 
 
 def test_a_deleted_middle_event_is_named(store: Store) -> None:
