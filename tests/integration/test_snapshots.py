@@ -170,7 +170,7 @@ def test_a_long_incident_loads_from_its_snapshot_to_the_replayed_state(
     versions = [s.originator_version for s in store.snapshots.recorder.select_events(incident_id)]
     assert versions == [10, 20, 30]
     replays: list[UUID] = []
-    monkeypatch.setattr(store.ledger, "load_aggregate", lambda i, v=None: replays.append(i))
+    monkeypatch.setattr(store.ledger, "load_incident", lambda i, v=None: replays.append(i))
     with capture_logs() as logs:
         loaded = store.ledger.get_incident(incident_id)
     assert replays == []  # from the snapshot at 30 and the 7 events after it

@@ -41,14 +41,16 @@ def reported(ledger: Ledger) -> UUID:
 
 
 def counting_loads(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> list[UUID]:
+    """The ids of the aggregates loaded from the store: records and incidents."""
     loads: list[UUID] = []
-    load = ledger.load_aggregate
+    for method in ("load_aggregate", "load_incident"):
+        load = getattr(ledger, method)
 
-    def counted(aggregate_id: UUID, version: int | None = None) -> Any:
-        loads.append(aggregate_id)
-        return load(aggregate_id, version)
+        def counted(aggregate_id: UUID, version: int | None = None, load: Any = load) -> Any:
+            loads.append(aggregate_id)
+            return load(aggregate_id, version)
 
-    monkeypatch.setattr(ledger, "load_aggregate", counted)
+        monkeypatch.setattr(ledger, method, counted)
     return loads
 
 
