@@ -58,40 +58,40 @@ class FittedTable:
 
     def fitted(self, console: Console, options: ConsoleOptions) -> Table:
         """The table with the columns that fit ``options.max_width``."""
+        # Each column's least and widest text, measured once (a cell at a time, without a
+        # limit: within one, rich clamps the measures to it).
+        unbounded = options.update_width(UNBOUNDED)
+        least, most = [], []
+        for column in range(len(self.columns)):
+            header, *cells = (Measurement.get(console, unbounded, c) for c in self._cells(column))
+            # A column that never wraps needs its longest text; its header wraps all the same.
+            widest = max((m.maximum for m in cells), default=0)
+            words = max((m.minimum for m in cells), default=0)
+            wraps = self.columns[column].wrap
+            least.append(max(header.minimum, words if wraps else widest))
+            most.append(max(header.maximum, widest))
         kept = list(range(len(self.columns)))
         while True:
-            least, most, overhead = self._sizes(console, options, kept)
-            fits = sum(least) + overhead <= options.max_width
+            room = options.max_width - self._overhead(console, unbounded, kept)
+            fits = sum(least[i] for i in kept) <= room
             droppable = [i for i in kept if self.columns[i].drop > 0]
             if fits or not droppable:
                 break
             kept.remove(max(droppable, key=lambda i: (self.columns[i].drop, i)))
-        room = options.max_width - overhead
-        if not fits or sum(most) <= room:
+        if not fits or sum(most[i] for i in kept) <= room:
             return self._made(kept)  # all whole; or nothing left to leave out: rich squeezes
-        return self._made(kept, shared(least, most, room))
+        return self._made(kept, shared([least[i] for i in kept], [most[i] for i in kept], room))
 
-    def _sizes(
-        self, console: Console, options: ConsoleOptions, kept: Sequence[int]
-    ) -> tuple[list[int], list[int], int]:
-        """Each kept column's least and widest text, and what padding and borders take.
-        A column's least is its longest word; a column that never wraps, its longest text
-        (its header wraps all the same)."""
-        # Measured without a limit: within one, rich clamps the measures to it.
-        unbounded = options.update_width(UNBOUNDED)
-        sizes = [
-            [Measurement.get(console, unbounded, cell) for cell in self._cells(i)] for i in kept
-        ]
-        least = [
-            max(m.minimum for m in column)
-            if self.columns[i].wrap
-            else max([column[0].minimum, *(m.maximum for m in column[1:])])
-            for i, column in zip(kept, sizes, strict=True)
-        ]
-        most = [max(m.maximum for m in column) for column in sizes]
-        words = sum(max(m.minimum for m in column) for column in sizes)
-        table = Measurement.get(console, unbounded, self._made(kept))
-        return least, most, table.minimum - words
+    def _overhead(self, console: Console, unbounded: ConsoleOptions, kept: Sequence[int]) -> int:
+        """What the kept columns' padding and the borders take: a table of the headers
+        alone, measured, less its headers."""
+        headers = Table(**self._table)
+        for i in kept:
+            headers.add_column(self._header(self.columns[i]))
+        words = sum(
+            Measurement.get(console, unbounded, self._header(self.columns[i])).minimum for i in kept
+        )
+        return Measurement.get(console, unbounded, headers).minimum - words
 
     def _cells(self, index: int) -> Iterator[RenderableType]:
         yield self._header(self.columns[index])
