@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,6 @@ from services.situation_room.i18n import (
 from services.situation_room.i18n import (
     LANGUAGE_NAMES,
     N_,
-    WIB,
     Languages,
     _,
     current,
@@ -79,7 +78,8 @@ from services.situation_room.i18n import (
     format_size,
     labels,
     language_of,
-    wib,
+    local_time,
+    zone_name,
 )
 from services.situation_room.live import RESYNC, Hub
 from services.situation_room.requestlog import RequestLog, note_agency
@@ -160,6 +160,26 @@ class Room:
     hub: Hub
     geojson: dict[str, Any]
     templates: Jinja2Templates
+
+    @property
+    def zone(self) -> tzinfo:
+        """The regency's time zone, the room's clock: every time the page shows and every
+        date and time its forms take. It is the reference file's ``zone`` (the file the
+        ledger reads, ``LEDGER_REFERENCE_FILE``; Asia/Jakarta, WIB, in Mukomuko's): the one
+        place the room has it."""
+        return self.reference.tz()
+
+    def zone_name(self) -> str:
+        """The zone's abbreviation now (WIB, WITA, WIT), as the page's texts name it."""
+        return zone_name(self.zone)
+
+    def time(self, value: datetime | None, seconds: bool = False) -> str:
+        """A time as the room reads it, in the regency's zone ("" for none)."""
+        return local_time(value, self.zone, seconds=seconds)
+
+    def corrected(self, value: object, field: str) -> str:
+        """A correction's old or new value as the room reads it (:func:`corrected_value`)."""
+        return corrected_value(value, field, self.zone)
 
     def role(self, agency: str) -> str:
         found = self.reference.agencies.get(agency)
@@ -254,6 +274,7 @@ def render(request: Request, session: Session, name: str, **context: Any) -> Res
             "reference": room.reference,
             "lang": current(),
             "languages": LANGUAGE_NAMES,
+            "zone": room.zone_name(),
             "here": here(request),
             **context,
         },
@@ -939,9 +960,10 @@ def field_label(field: str) -> str:
 TIME_FIELDS = frozenset({"occurred_at", "valid_from", "valid_until"})
 
 
-def corrected_value(value: object, field: str) -> str:
-    """A correction's old or new value as the room reads it: a time in WIB, like every
-    other time of the page (a text, or a time recorded without its offset, as recorded)."""
+def corrected_value(value: object, field: str, zone: tzinfo) -> str:
+    """A correction's old or new value as the room reads it: a time in the regency's
+    ``zone``, like every other time of the page (a text, or a time recorded without its
+    offset, as recorded)."""
     text = str(value)
     if field not in TIME_FIELDS:
         return text
@@ -949,7 +971,7 @@ def corrected_value(value: object, field: str) -> str:
         moment = datetime.fromisoformat(text)
     except ValueError:
         return text
-    return wib(moment, seconds=True) if moment.tzinfo is not None else text
+    return local_time(moment, zone, seconds=True) if moment.tzinfo is not None else text
 
 
 #: How many other incidents of the kecamatan the merge form offers (the newest, one page).
@@ -1005,28 +1027,31 @@ def decision_hours(text: str) -> int:
     return hours
 
 
-def wib_input(text: str, label: str) -> datetime | None:
-    """A date and time the form took in WIB, the room's clock (a ``datetime-local`` input:
-    ``2026-12-08T18:00``), as an instant; None when left empty."""
+def local_input(text: str, label: str, zone: tzinfo) -> datetime | None:
+    """A date and time the form took in the regency's ``zone``, the room's clock (a
+    ``datetime-local`` input: ``2026-12-08T18:00``), as an instant; None when left empty."""
     if not text.strip():
         return None
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValueError(
-            _("{label}: give a date and a time in WIB, such as 2026-12-08 18:00.").format(
-                label=label
+            _("{label}: give a date and a time in {zone}, such as 2026-12-08 18:00.").format(
+                label=label, zone=zone_name(zone)
             )
         ) from None
-    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=WIB)).astimezone(UTC)
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=zone)).astimezone(UTC)
 
 
-def decision_window(now: datetime, starts: str, ends: str, hours: str) -> tuple[datetime, datetime]:
-    """A decision's validity from the form: from its start (now when left empty) until its
-    end, or for its hours (24 when neither is given). The ledger checks that it ends after
-    it starts and is not too far ahead, and says so in WIB."""
-    start = wib_input(starts, _("In force from")) or now
-    end = wib_input(ends, _("In force until"))
+def decision_window(
+    now: datetime, starts: str, ends: str, hours: str, zone: tzinfo
+) -> tuple[datetime, datetime]:
+    """A decision's validity from the form, its dates and times in the regency's ``zone``:
+    from its start (now when left empty) until its end, or for its hours (24 when neither
+    is given). The ledger checks that it ends after it starts and is not too far ahead, and
+    says so in the regency's zone too."""
+    start = local_input(starts, _("In force from"), zone) or now
+    end = local_input(ends, _("In force until"), zone)
     if end is None:
         return start, start + timedelta(hours=decision_hours(hours))
     if hours.strip():
@@ -1208,12 +1233,13 @@ async def act(request: Request, session: Session, officer: Officer) -> Response:
     ledger = officer.ledger
     text = form.get
     now = datetime.now(UTC)
+    zone = room_of(request).zone
     # The other deciding agencies (checkboxes: several values; the form is read once, kept).
     others = [v for v in (await request.form()).getlist("deciding") if isinstance(v, str)]
 
     def decide() -> object:
         start, until = decision_window(
-            now, text("valid_from", ""), text("valid_until", ""), text("hours", "")
+            now, text("valid_from", ""), text("valid_until", ""), text("hours", ""), zone
         )
         deciding = [officer.agency, *others]
         return ledger.record_decision(
@@ -1335,14 +1361,12 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["_"] = _
     templates.env.globals["span"] = span
-    templates.env.filters["wib"] = wib
     templates.env.filters["number"] = format_number
     templates.env.filters["size"] = format_size
     templates.env.filters["band"] = worded_band
     templates.env.filters["event"] = labels.event_type
     templates.env.filters["rejection"] = worded_rejection
     templates.env.filters["field"] = field_label
-    templates.env.filters["corrected"] = corrected_value
     # One channel to the ledger for every officer: each call carries the officer's token.
     channel_owner = LedgerClient(settings.ledger_address, "", language="id")
 
@@ -1421,5 +1445,8 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
     templates.env.filters["role"] = room.role_label
     templates.env.filters["kecamatan"] = room.kecamatan
     templates.env.filters["agency"] = room.agency
+    # Times in the regency's zone.
+    templates.env.filters["local"] = room.time
+    templates.env.filters["corrected"] = room.corrected
     app.state.room = room
     return app

@@ -5,12 +5,15 @@ The words come from the project's one catalog set (``incidentledger_client.i18n`
 strings are extracted into it by ``make catalogs``. The officer's choice is a cookie
 (:data:`COOKIE`), set by the language control on every page; each request is answered in it
 (:class:`Languages`, which holds the language for the request's duration).
+
+Times are shown and taken in the regency's zone, which the room holds (``Room.zone``: the
+reference file's ``zone``, the one the ledger reads); these functions are given it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, tzinfo
 
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -35,7 +38,6 @@ __all__ = [
     "LANGUAGES",
     "LANGUAGE_NAMES",
     "N_",
-    "WIB",
     "Languages",
     "_",
     "current",
@@ -44,7 +46,8 @@ __all__ = [
     "format_size",
     "labels",
     "language_of",
-    "wib",
+    "local_time",
+    "zone_name",
 ]
 
 #: The cookie that remembers the officer's language.
@@ -53,8 +56,6 @@ COOKIE = "room_lang"
 DEFAULT: Language = "id"
 #: Each language named in itself, for the control that switches between them.
 LANGUAGE_NAMES: Mapping[Language, str] = {"id": "Bahasa Indonesia", "en": "English"}
-#: The room's clock: times are shown in WIB (Asia/Jakarta, UTC+7, no daylight saving).
-WIB = timezone(timedelta(hours=7), "WIB")
 
 
 def language_of(value: str | None) -> Language:
@@ -62,9 +63,18 @@ def language_of(value: str | None) -> Language:
     return (parse(value) if value else None) or DEFAULT
 
 
-def wib(value: datetime | None, seconds: bool = False) -> str:
-    """A time as the room reads it, in WIB and the page's language ("" for none)."""
-    return "" if value is None else format_time(value, WIB, seconds=seconds)
+def local_time(value: datetime | None, zone: tzinfo, seconds: bool = False) -> str:
+    """A time as the room reads it: in the regency's ``zone``, named by its abbreviation
+    (``2026-12-08 18:00 WIB``, ``... WITA``), in the page's language ("" for none)."""
+    return "" if value is None else format_time(value, zone, seconds=seconds)
+
+
+def zone_name(zone: tzinfo, at: datetime | None = None) -> str:
+    """The zone's usual abbreviation at ``at`` (now by default): WIB, WITA or WIT for the
+    Indonesian zones (Asia/Jakarta, Asia/Makassar, Asia/Jayapura), the time zone data's own
+    abbreviation for another (``CET``; ``+08`` where it has no word)."""
+    moment = (at or datetime.now(UTC)).astimezone(zone)
+    return moment.tzname() or moment.strftime("%z")
 
 
 #: A span from this many minutes on reads in days and hours (its minutes left out).

@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -19,11 +20,12 @@ from incidentledger_client.cli import main
 from services.common.config import SituationRoomSettings
 from services.situation_room.app import build_app
 from services.situation_room.i18n import COOKIE as LANGUAGE_COOKIE
-from services.situation_room.i18n import WIB
 from services.situation_room.sessions import COOKIE, Officer
 from tests.ledgerctl_support import Ctl
 from tests.support import REFERENCE_FILE, Client, running_ledger, settings_for, store_environment
 from tests.unit.test_i18n import english_words
+
+WIB = ZoneInfo("Asia/Jakarta")
 
 #: The commands that show a table or a view, each run in both languages.
 VIEWS = [

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -72,22 +73,29 @@ def test_positions_and_versions_the_browser_never_sends_are_ignored_not_a_crash(
     with pytest.raises(ValueError, match="from 1 to 8784"):
         decision_hours("9000")
     assert decision_hours("8784") == 8784
-    # A start and an end in WIB (datetime-local), or hours from the start (or now).
+    # A start and an end in the regency's zone (datetime-local), or hours from the start (or
+    # now): in WIB for Mukomuko, in WITA for a regency there (the same clock reading an hour
+    # earlier).
     now = datetime(2026, 12, 5, 13, 0, tzinfo=UTC)
-    tomorrow = datetime(2026, 12, 6, 11, 0, tzinfo=UTC)  # 18:00 WIB
-    assert decision_window(now, "", "", "") == (now, now + timedelta(hours=24))
-    assert decision_window(now, "2026-12-06T18:00", "", "6") == (
-        tomorrow,
-        tomorrow + timedelta(hours=6),
-    )
-    assert decision_window(now, "2026-12-06T18:00", "2026-12-09T18:00", "") == (
-        tomorrow,
-        tomorrow + timedelta(days=3),
-    )
-    with pytest.raises(ValueError, match="not both"):
-        decision_window(now, "", "2026-12-09T18:00", "24")
+    for zone, tomorrow in (
+        (ZoneInfo("Asia/Jakarta"), datetime(2026, 12, 6, 11, 0, tzinfo=UTC)),  # 18:00 WIB
+        (ZoneInfo("Asia/Makassar"), datetime(2026, 12, 6, 10, 0, tzinfo=UTC)),  # 18:00 WITA
+    ):
+        assert decision_window(now, "", "", "", zone) == (now, now + timedelta(hours=24))
+        assert decision_window(now, "2026-12-06T18:00", "", "6", zone) == (
+            tomorrow,
+            tomorrow + timedelta(hours=6),
+        )
+        assert decision_window(now, "2026-12-06T18:00", "2026-12-09T18:00", "", zone) == (
+            tomorrow,
+            tomorrow + timedelta(days=3),
+        )
+        with pytest.raises(ValueError, match="not both"):
+            decision_window(now, "", "2026-12-09T18:00", "24", zone)
     with pytest.raises(ValueError, match="date and a time in WIB"):
-        decision_window(now, "besok", "", "")
+        decision_window(now, "besok", "", "", ZoneInfo("Asia/Jakarta"))
+    with pytest.raises(ValueError, match="date and a time in WITA"):
+        decision_window(now, "besok", "", "", ZoneInfo("Asia/Makassar"))
     settings = SituationRoomSettings(ledger_address=NOWHERE, notifier_address=NOWHERE)
     settings = replace(settings, session_key=b"a session key of 16 bytes or more")
     app = build_app(settings, token=lambda: "token")
