@@ -5,6 +5,8 @@ written in, else the regency's, in English and in Indonesian."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger_client import LedgerClient
+from incidentledger_client.cli import main
 from incidentledger_client.errors import FailedPrecondition
 from tests.ledgerctl_support import Ctl
 from tests.support import REFERENCE_FILE, Client, running_ledger, settings_for, store_environment
@@ -137,3 +140,44 @@ def test_a_mismatched_old_time_is_stated_in_the_regencys_zone_in_both_languages(
     assert code == 4, err
     assert f"Nilai valid_until yang tercatat adalah {recorded}." in err, err
     assert "+00:00" not in err, err
+
+
+def test_config_view_says_the_zone_used_and_where_it_comes_from(
+    wita_ledger: Client,
+    wita_ctl: Ctl,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With no zone set, `config view` said `zone Asia/Jakarta (default)` while every time
+    was shown in the ledger's zone (WITA): now it says the zone used and its source."""
+    monkeypatch.setenv("COLUMNS", "200")
+    view = wita_ctl.json("polres", "config", "view")
+    assert view["settings"]["zone"] == {"value": "Asia/Makassar", "source": "ledger"}
+    shown = wita_ctl.ok("polres", "config", "view")
+    assert re.search(r"zone\s+│\s+Asia/Makassar\s+│\s+the ledger \(the regency's", shown), shown
+    assert "Asia/Jakarta" not in shown, shown
+    said = wita_ctl.ok("polres", "--lang", "id", "config", "view")
+    assert "buku besar (zona kabupaten, dari data referensinya)" in said, said
+    # A zone set wins, and is said to be set.
+    view = wita_ctl.json("polres", "--zone", "Asia/Jayapura", "config", "view")
+    assert view["settings"]["zone"] == {"value": "Asia/Jayapura", "source": "flag --zone"}
+    monkeypatch.setenv("LEDGERCTL_ZONE", "Asia/Jakarta")
+    view = wita_ctl.json("polres", "config", "view")
+    assert view["settings"]["zone"] == {"value": "Asia/Jakarta", "source": "env LEDGERCTL_ZONE"}
+    monkeypatch.delenv("LEDGERCTL_ZONE")
+    # A ledger that does not answer: the default, and why.
+    nowhere = [
+        "--address",
+        "127.0.0.1:1",
+        "--timeout",
+        "0.5",
+        "--tokens-file",
+        str(wita_ctl.tokens),
+    ]
+    capsys.readouterr()
+    assert main([*nowhere, "--agency", "polres", "--json", "config", "view"]) == 0
+    zone = json.loads(capsys.readouterr().out)["settings"]["zone"]
+    assert zone == {"value": "Asia/Jakarta", "source": "default", "ledger_error": "UNAVAILABLE"}
+    assert main([*nowhere, "--agency", "polres", "config", "view"]) == 0
+    shown = capsys.readouterr().out
+    assert "default (the ledger did not say its zone: UNAVAILABLE)" in shown, shown

@@ -13,6 +13,10 @@ from incidentledger_client import LedgerClient, NotifierClient, RetryPolicy, i18
 from incidentledger_client.cli import config
 from incidentledger_client.types import ReferenceData
 
+#: Where the zone came from when no zone is set and the ledger says the regency's
+#: (``GetReferenceData``'s ``zone``): ``config view``'s source of the ``zone`` setting.
+LEDGER_ZONE = "ledger"
+
 
 @dataclass
 class State:
@@ -77,12 +81,20 @@ class State:
         the default, WIB (a ledger too old to say it). ``ask_ledger=False`` (a command of the
         notifier's, an error's hint) makes no call for it: the ledger's zone only when this
         run has its reference data already."""
+        return self.zone_source(ask_ledger=ask_ledger)[0]
+
+    def zone_source(self, *, ask_ledger: bool = True) -> tuple[ZoneInfo, str]:
+        """:meth:`zone` and where it came from: the setting's source when one is set
+        (``flag --zone``, ``env LEDGERCTL_ZONE``, ``config <file>``), :data:`LEDGER_ZONE`
+        when it is the ledger's, else ``default``."""
         settings = self.settings
-        if settings.source("zone") != "default":
-            return settings.tz()
+        source = settings.source("zone")
+        if source != "default":
+            return settings.tz(), source
         if self._reference is None and not ask_ledger:
-            return settings.tz()
-        return self.reference().tz() or settings.tz()
+            return settings.tz(), source
+        ledgers = self.reference().tz()
+        return (ledgers, LEDGER_ZONE) if ledgers is not None else (settings.tz(), source)
 
     def notifier(self) -> NotifierClient:
         if "notifier" not in self.used:

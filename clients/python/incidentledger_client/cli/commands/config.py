@@ -10,7 +10,8 @@ import typer
 
 from incidentledger_client.cli import config, output
 from incidentledger_client.cli.commands import group
-from incidentledger_client.cli.state import state
+from incidentledger_client.cli.state import LEDGER_ZONE, State, state
+from incidentledger_client.errors import LedgerError
 from incidentledger_client.i18n import N_, _
 
 app = group(
@@ -52,6 +53,8 @@ def source_said(source: str) -> str:
     run's language (``--json`` keeps config.py's English)."""
     if source == "default":
         return _("default")
+    if source == LEDGER_ZONE:
+        return _("the ledger (the regency's, from its reference data)")
     found = _TOKENS_FILE_SOURCE.match(source)
     if found:
         return _("tokens file, for agency {agency} ({source})").format(
@@ -62,21 +65,49 @@ def source_said(source: str) -> str:
     return source
 
 
+def _zone(st: State) -> tuple[str, str, LedgerError | None]:
+    """The zone the run shows and reads times in, where it came from, and why the ledger did
+    not say it when it was asked and failed. With no zone set that is the ledger's, so the
+    ledger is asked (one call, within the run's timeout); one that does not answer, or
+    refuses the call, leaves the default, and the view says why."""
+    try:
+        zone, source = st.zone_source()
+    except LedgerError as failure:
+        zone, source = st.zone_source(ask_ledger=False)
+        return zone.key, source, failure
+    return zone.key, source, None
+
+
+def _ledger_failure(failure: LedgerError) -> str:
+    """Why the ledger did not say its zone, shortly: its reason, else its code."""
+    return failure.reason or failure.code
+
+
 @app.command("view", epilog="Example: ledgerctl config view --context production")
 def config_view(ctx: typer.Context) -> None:
-    """The effective settings and where each came from (flag, environment, config file)."""
+    """The effective settings and where each came from (flag, environment, config file, ledger)."""
     st = state(ctx)
     settings = st.settings
+    zone, zone_source, failure = _zone(st)
     rows = [
-        (name, _masked(name, getattr(settings, name)), settings.source(name))
+        (
+            name,
+            zone if name == "zone" else _masked(name, getattr(settings, name)),
+            zone_source if name == "zone" else settings.source(name),
+        )
         for name in config.SETTINGS
     ]
     if st.as_json:
+        shown_settings: dict[str, dict[str, Any]] = {
+            n: {"value": v, "source": src} for n, v, src in rows
+        }
+        if failure is not None:
+            shown_settings["zone"]["ledger_error"] = _ledger_failure(failure)
         output.emit_json(
             {
                 "config_file": settings.config_file or None,
                 "context": settings.context or None,
-                "settings": {n: {"value": v, "source": src} for n, v, src in rows},
+                "settings": shown_settings,
             }
         )
         return
@@ -85,9 +116,14 @@ def config_view(ctx: typer.Context) -> None:
     out.print(_("config file: {path}").format(path=settings.config_file or none), markup=False)
     out.print(_("context: {name}").format(name=settings.context or none), markup=False)
     shown = [
-        (name, _shown(name, getattr(settings, name)), source_said(source))
-        for name, _value, source in rows
+        (name, _shown(name, zone if name == "zone" else getattr(settings, name)), source_said(src))
+        for name, _value, src in rows
     ]
+    if failure is not None:
+        said = _("default (the ledger did not say its zone: {reason})").format(
+            reason=_ledger_failure(failure)
+        )
+        shown = [(n, v, said if n == "zone" else src) for n, v, src in shown]
     out.print(
         output.rows_table(
             _("Effective settings"), (N_("setting"), N_("value"), N_("source")), shown
