@@ -1,16 +1,18 @@
 """How the situation room says a span of time (a decision's time left, a response time) in
-both of its languages, and how it names an agency."""
+both of its languages, how it names an agency, and how it names the regency's zone and shows
+a time in it."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from incidentledger_client.i18n import using
 from services.common.reference import Agency, Role
 from services.situation_room.app import agency_label, time_left
-from services.situation_room.i18n import duration
+from services.situation_room.i18n import duration, local_time, zone_name
 
 
 @pytest.mark.parametrize(
@@ -62,3 +64,30 @@ def test_an_agency_is_named_with_its_code_only_where_its_name_is_ambiguous() -> 
     assert agency_label(agencies, "kpu") == "KPU (kpu)"
     assert agency_label(agencies, "kpu_prov") == "KPU (kpu_prov)"
     assert agency_label(agencies, "retired") == "retired"  # not in the reference data
+
+
+@pytest.mark.parametrize(
+    ("zone", "name"),
+    [
+        ("Asia/Jakarta", "WIB"),
+        ("Asia/Pontianak", "WIB"),
+        ("Asia/Makassar", "WITA"),
+        ("Asia/Jayapura", "WIT"),
+        ("Europe/Berlin", "CET"),  # another zone: the time zone data's own abbreviation
+    ],
+)
+def test_the_regencys_zone_is_named_by_its_usual_abbreviation(zone: str, name: str) -> None:
+    winter = datetime(2026, 12, 5, 13, 0, tzinfo=UTC)
+    assert zone_name(ZoneInfo(zone), winter) == name
+
+
+def test_a_time_is_shown_in_the_regencys_zone_in_both_languages() -> None:
+    moment = datetime(2026, 12, 5, 13, 5, 9, tzinfo=UTC)
+    with using("en"):
+        assert local_time(moment, ZoneInfo("Asia/Makassar")) == "2026-12-05 21:05 WITA"
+        assert local_time(moment, ZoneInfo("Asia/Jakarta"), seconds=True) == (
+            "2026-12-05 20:05:09 WIB"
+        )
+        assert local_time(None, ZoneInfo("Asia/Jakarta")) == ""
+    with using("id"):
+        assert local_time(moment, ZoneInfo("Asia/Jayapura")) == "5 Des 2026 22.05 WIT"
