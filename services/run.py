@@ -9,19 +9,24 @@ Starts, in order:
 2. ``python -m services.ledger`` on ``LEDGER_LISTEN`` (default 127.0.0.1:50051);
 3. ``python -m services.notifier`` on ``NOTIFIER_LISTEN`` (default 127.0.0.1:50052);
 4. ``python -m services.situation_room``, the web page, on ``SITUATION_ROOM_LISTEN`` (default
-   127.0.0.1:8080), reading the ledger and the notifier at their listen addresses.
+   127.0.0.1:8080), reading the ledger and the notifier where they listen: it starts once
+   both have said where (see below).
 
 Every child gets ``NATS_URL``, ``LEDGER_LISTEN``, ``NOTIFIER_LISTEN``, ``LEDGER_DATA_DIR``,
 ``SITUATION_ROOM_LISTEN`` and (unless set) ``SITUATION_ROOM_LEDGER_ADDRESS`` and
 ``SITUATION_ROOM_NOTIFIER_ADDRESS`` in its environment and runs in its own process group, so a
-Ctrl-C on the terminal reaches only the supervisor. The Python children start with SIGTERM and
-SIGINT blocked until their handlers are installed (see :mod:`services.common.stopping`), so a
-stop never catches one half started. On SIGINT or SIGTERM the supervisor stops the children in
-reverse order (SIGTERM; SIGKILL if a child still runs :data:`CHILD_SLACK_SECONDS` after its own
-deadline, its grace period plus margin) and exits 0. If a child exits on its own, it stops the
-others and exits 1, naming the child and its exit code. A port that is already taken, or a bad
-setting, ends it with exit code 2 before anything starts. If the supervisor itself is still
-running past the sum of those deadlines, it kills every child and exits 1.
+Ctrl-C on the terminal reaches only the supervisor. Each of the three services writes the port
+it bound to a file the supervisor names (:mod:`services.common.started`), so any listen address
+(and ``LEDGER_NATS_PORT``) may have port 0, a free port the system picks: the ``run.started``
+line, logged once every service listens, names the addresses bound. The Python children start
+with SIGTERM and SIGINT blocked until their handlers are installed (see
+:mod:`services.common.stopping`), so a stop never catches one half started. On SIGINT or
+SIGTERM the supervisor stops the children in reverse order (SIGTERM; SIGKILL if a child still
+runs :data:`CHILD_SLACK_SECONDS` after its own deadline, its grace period plus margin) and
+exits 0. If a child exits on its own, it stops the others and exits 1, naming the child and its
+exit code. A port that is already taken, or a bad setting, ends it with exit code 2 before
+anything starts. If the supervisor itself is still running past the sum of those deadlines, it
+kills every child and exits 1.
 
 ``--services`` replaces the default list of child modules (:data:`DEFAULT_SERVICES`),
 e.g. ``--services services.ledger`` runs the ledger alone (with NATS).
@@ -33,11 +38,14 @@ import argparse
 import contextlib
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -57,6 +65,7 @@ from services.common.natsserver import (
     NatsServerError,
     port_is_free,
 )
+from services.common.started import STARTED_FILE_VARIABLE, read_started
 from services.common.stopping import (
     STOP_MARGIN_SECONDS,
     STOP_SIGNALS,
@@ -82,6 +91,9 @@ _LISTEN_VARIABLES = {
     "services.notifier": "NOTIFIER_LISTEN",
     "services.situation_room": "SITUATION_ROOM_LISTEN",
 }
+#: The children whose addresses a child is given, so it starts once they have said where
+#: they listen.
+_READS = {"services.situation_room": ("services.ledger", "services.notifier")}
 
 
 class StartupError(Exception):
@@ -97,6 +109,9 @@ class Child:
     module: str
     process: subprocess.Popen[bytes]
     stop_seconds: float  # SIGKILL after this long past SIGTERM
+    listen: str | None = None  # one of our services: the address it was given
+    started_file: Path | None = None  # where it writes the port it bound
+    address: str | None = None  # the address it listens on, once it has written its port
 
 
 def child_deadline(module: str, environ: Mapping[str, str]) -> float:
@@ -123,6 +138,12 @@ def split_listen(listen: str) -> tuple[str, int] | None:
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - only used for a bind test
 
 
+def with_port(listen: str, port: int) -> str:
+    """``listen`` (``host:port``, port 0 for one the system picks) with the port bound."""
+    host, _, _ = listen.rpartition(":")
+    return f"{host}:{port}"
+
+
 def local(listen: str) -> str:
     """The address to reach a service listening on ``listen`` from this machine."""
     address = split_listen(listen)
@@ -143,6 +164,7 @@ class Supervisor:
         self.nats: NatsServer | None = None
         self.nats_url = settings.nats_url or ""
         self.children: list[Child] = []
+        self.started_dir: Path | None = None  # where the services write the ports they bound
         # SIGCHLD wakes the wait when a child exits on its own.
         self.stopping = Stopping("run", wake_signals=(signal.SIGCHLD,), on_force=self.kill_all)
 
@@ -218,6 +240,13 @@ class Supervisor:
             raise StartupError(str(exc), code=1) from exc
         self.nats_url = self.nats.url
 
+    def address(self, module: str) -> str | None:
+        """Where ``module`` (started) listens: the address bound, else the one given."""
+        for child in self.children:
+            if child.module == module:
+                return child.address or child.listen
+        return self.listen_address(module)
+
     def child_environment(self) -> dict[str, str]:
         environ = dict(os.environ)
         paths = [str(PROJECT_ROOT), str(PROJECT_ROOT / "gen")]
@@ -230,12 +259,20 @@ class Supervisor:
         environ["NOTIFIER_LISTEN"] = self.settings.notifier_listen
         environ["LEDGER_DATA_DIR"] = str(self.settings.data_dir)
         environ["SITUATION_ROOM_LISTEN"] = self.settings.situation_room_listen
-        environ.setdefault("SITUATION_ROOM_LEDGER_ADDRESS", local(self.settings.ledger_listen))
-        environ.setdefault("SITUATION_ROOM_NOTIFIER_ADDRESS", local(self.settings.notifier_listen))
+        ledger = self.address("services.ledger") or self.settings.ledger_listen
+        notifier = self.address("services.notifier") or self.settings.notifier_listen
+        environ.setdefault("SITUATION_ROOM_LEDGER_ADDRESS", local(ledger))
+        environ.setdefault("SITUATION_ROOM_NOTIFIER_ADDRESS", local(notifier))
+        environ.pop(STARTED_FILE_VARIABLE, None)
         return environ
 
     def start_child(self, module: str) -> None:
         environ = self.child_environment()
+        listen = self.listen_address(module)
+        started_file = None
+        if listen is not None and self.started_dir is not None:
+            started_file = self.started_dir / f"{module}.json"
+            environ[STARTED_FILE_VARIABLE] = str(started_file)
         # The child inherits the blocked stop signals; it unblocks them once its handlers
         # are in place (a signal sent meanwhile waits). Blocked here only for the fork.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -249,32 +286,56 @@ class Supervisor:
             )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        self.children.append(Child(module, process, child_deadline(module, environ)))
+        self.children.append(
+            Child(module, process, child_deadline(module, environ), listen, started_file)
+        )
         log.debug("run.child_started", child=module, pid=process.pid)
+
+    def wait_listening(self, modules: tuple[str, ...] | None = None) -> bool:
+        """Wait until the children of ``modules`` (None: all) that are services of ours
+        have written the ports they bound. False when a stop is requested or a process
+        exits meanwhile (:meth:`wait` then says which)."""
+        waiting = [
+            child
+            for child in self.children
+            if child.started_file is not None and (modules is None or child.module in modules)
+        ]
+        while True:
+            for child in waiting:
+                if child.address is None and child.started_file is not None:
+                    port = read_started(child.started_file)
+                    if port is not None and child.listen is not None:
+                        child.address = with_port(child.listen, port)
+            if all(child.address is not None for child in waiting):
+                return True
+            if self.exited_on_its_own() is not None or self.stopping.wait(0.05):
+                return False
 
     def start(self) -> None:
         self.preflight()
         make_private_dir(self.settings.data_dir)  # as the services would: no warning
+        self.started_dir = Path(tempfile.mkdtemp(prefix="ledger-run-"))  # private (0700)
         self.start_nats()
         for module in self.services:
-            if self.stopping.requested:
+            if self.stopping.requested or not self.wait_listening(_READS.get(module, ())):
                 return
             self.start_child(module)
         self.set_deadline([child.stop_seconds for child in self.children])
+        if not self.wait_listening():
+            return
+        room = self.address("services.situation_room")
         log.info(
             "run.started",
             nats=redact_url(self.nats_url),
             nats_bundled=self.nats is not None,
             nats_store=str(self.settings.nats_store_dir) if self.nats else None,
             nats_log=str(self.settings.nats_log_file) if self.nats else None,
-            ledger=self.settings.ledger_listen if "services.ledger" in self.services else None,
+            ledger=self.address("services.ledger") if "services.ledger" in self.services else None,
             notifier=(
-                self.settings.notifier_listen if "services.notifier" in self.services else None
+                self.address("services.notifier") if "services.notifier" in self.services else None
             ),
             situation_room=(
-                f"http://{self.settings.situation_room_listen}/"
-                if "services.situation_room" in self.services
-                else None
+                f"http://{room}/" if "services.situation_room" in self.services else None
             ),
             services=list(self.services),
             data_dir=str(self.settings.data_dir),
@@ -318,6 +379,9 @@ class Supervisor:
         if self.nats is not None:
             self.nats.stop(NATS_STOP_SECONDS)
             self.nats = None
+        if self.started_dir is not None:
+            shutil.rmtree(self.started_dir, ignore_errors=True)
+            self.started_dir = None
 
     def run(self) -> int:
         self.install_signal_handlers()

@@ -915,8 +915,9 @@ class RunVariables(Group):
         "LEDGER_NATS_PORT",
         14222,
         "port of the nats-server that `make run` starts when `NATS_URL` is unset (not 4222, "
-        "which the machine's own NATS may hold)",
-        ge=1,
+        "which the machine's own NATS may hold); 0: a free port the server picks, named in "
+        "`make run`'s `run.started` line",
+        ge=0,
         le=65535,
     )
 

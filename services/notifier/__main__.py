@@ -16,6 +16,7 @@ def main() -> int:
     from services.common.logging import configure_logging
     from services.common.native_log import capture_native_stderr
     from services.common.reference import ReferenceDataError
+    from services.common.started import announce_started
     from services.common.store_errors import logged_start_failure
     from services.notifier.server import build
 
@@ -35,6 +36,7 @@ def main() -> int:
         if not logged_start_failure("notifier", exc):
             raise
         return 1
+    announce_started(running.port)  # to `make run`'s supervisor, if it started this process
     return serve_until_stopped(stopping, lambda: running.stop(settings.grace_seconds))
 
 

@@ -16,6 +16,7 @@ import yaml
 from services.common.config import ConfigError, SituationRoomSettings
 from services.common.logging import configure_logging
 from services.common.reference import ReferenceData
+from services.common.started import announce_started
 from services.common.stopping import STOP_SIGNALS
 from services.situation_room.app import build_app
 from services.situation_room.live import NotReadyError, SetupMissingError
@@ -108,6 +109,7 @@ class Server(uvicorn.Server):
         host, port = self.servers[0].sockets[0].getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         log.info("situation_room.started", url=f"http://{shown}:{port}/", port=port)
+        announce_started(port)  # to `make run`'s supervisor, if it started this process
 
 
 if __name__ == "__main__":

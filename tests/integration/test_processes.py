@@ -1,10 +1,11 @@
 """Process management: the bundled nats-server and the ``make run`` supervisor.
 
 The supervisor tests start ``python -m services.run`` as a subprocess with a temporary
-``LEDGER_DATA_DIR`` and free ports. Which children it runs is :data:`SUPERVISED`, passed
-as ``--services``: the ledger alone while ``services/notifier`` does not exist yet. When
-the notifier lands, set ``SUPERVISED = None`` (the supervisor's default: ledger, notifier,
-situation room); the tests then also wait for their ports and check them closed afterwards.
+``LEDGER_DATA_DIR`` and port 0 everywhere: the ports bound are read from its ``run.started``
+line (and the services' own start lines). A port picked free beforehand, closed and handed to
+the supervisor could be taken by another process before a service bound it. Which children
+it runs is :data:`SUPERVISED`, passed as ``--services`` (None: the supervisor's default:
+ledger, notifier, situation room).
 
 Every wait polls a condition against a deadline; nothing sleeps and hopes.
 """
@@ -39,7 +40,6 @@ from services.common.natsserver import (
     NatsPortInUseError,
     NatsServer,
     NatsServerError,
-    free_port,
 )
 from services.common.stopping import STOP_MARGIN_SECONDS, STOP_SIGNALS
 from services.ledger.relay_encoder import PROCESS_NAME
@@ -244,27 +244,58 @@ def test_the_binary_is_the_venvs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 # --- the supervisor ---------------------------------------------------------------------
 
 
+def port_of(address: object) -> int:
+    """The port of ``host:port``, ``http://host:port/`` or ``nats://host:port``."""
+    return int(str(address).rstrip("/").rpartition(":")[2])
+
+
 @dataclass
 class Supervised:
     process: subprocess.Popen[bytes]
     log: Path
     env: dict[str, str]
 
+    def started(self) -> dict[str, object]:
+        """The supervisor's ``run.started`` line, waited for: it names the addresses bound."""
+        found: list[dict[str, object]] = []
+
+        def logged() -> bool:
+            found[:] = [e for e in self.events() if e.get("event") == "run.started"]
+            assert found or self.alive(), f"the supervisor exited early:\n{self.output()}"
+            return bool(found)
+
+        wait_for(logged, 60, "the supervisor's run.started line")
+        assert len(found) == 1, self.output()
+        return found[0]
+
     @property
     def ledger_port(self) -> int:
-        return int(self.env["LEDGER_LISTEN"].rpartition(":")[2])
+        return port_of(self.started()["ledger"])
 
     @property
     def notifier_port(self) -> int:
-        return int(self.env["NOTIFIER_LISTEN"].rpartition(":")[2])
+        return port_of(self.started()["notifier"])
 
     @property
     def situation_room_port(self) -> int:
-        return int(self.env["SITUATION_ROOM_LISTEN"].rpartition(":")[2])
+        return port_of(self.started()["situation_room"])
 
     @property
     def nats_port(self) -> int:
-        return int(self.env["LEDGER_NATS_PORT"])
+        return port_of(self.started()["nats"])
+
+    def bound_ports(self) -> set[int]:
+        """Every port the services and NATS said they bound, as far as they got."""
+        ports: set[int] = set()
+        for event in self.events():
+            name = str(event.get("event"))
+            if name in {"ledger.started", "notifier.started", "situation_room.started"}:
+                ports.add(int(str(event["port"])))
+                if event.get("metrics_port"):
+                    ports.add(int(str(event["metrics_port"])))
+            if name == "nats.started":
+                ports |= {port_of(event["url"]), int(str(event["monitor_port"]))}
+        return ports
 
     def events(self) -> list[dict[str, object]]:
         lines = self.log.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -289,10 +320,11 @@ def supervisor_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         **base,
         "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{PROJECT_ROOT / 'gen'}",
         "LEDGER_DATA_DIR": str(tmp_path / "data"),
-        "LEDGER_LISTEN": f"127.0.0.1:{free_port()}",
-        "NOTIFIER_LISTEN": f"127.0.0.1:{free_port()}",
-        "SITUATION_ROOM_LISTEN": f"127.0.0.1:{free_port()}",
-        "LEDGER_NATS_PORT": str(free_port()),
+        # Port 0: each binds a free port itself and says which (run.started names them all).
+        "LEDGER_LISTEN": "127.0.0.1:0",
+        "NOTIFIER_LISTEN": "127.0.0.1:0",
+        "SITUATION_ROOM_LISTEN": "127.0.0.1:0",
+        "LEDGER_NATS_PORT": "0",
         "LEDGER_LOG_FORMAT": "json",
         "LEDGER_LOG_LEVEL": "INFO",
         "LEDGER_GRACE_SECONDS": "2",
@@ -384,6 +416,8 @@ def ledger_health(port: int) -> int | None:
 
 
 def wait_until_serving(run: Supervised) -> None:
+    run.started()  # logged once every service listens: it names their ports
+
     def serving() -> bool:
         assert run.alive(), f"the supervisor exited early:\n{run.output()}"
         if ledger_health(run.ledger_port) != health_pb2.HealthCheckResponse.SERVING:
@@ -444,14 +478,21 @@ def test_supervisor_runs_nats_and_the_services_and_stops_on_sigint(tmp_path: Pat
         assert sorted(c.name() == PROCESS_NAME for c in relays) == [False, True], names
         (encoder,) = [c for c in relays if c.name() == PROCESS_NAME]
         assert encoder.ppid() in {c.pid for c in relays}, "the encoder is the relay's child"
-        ports = {run.ledger_port, run.nats_port, run.notifier_port}
+        # Given port 0 everywhere, it names the ports its processes listen on.
+        named = {run.ledger_port, run.nats_port, run.notifier_port, run.situation_room_port}
+        assert 0 not in named and 4222 not in named
+        ports = set(named)
         for child in children:
             ports |= listening_ports(child)
-        assert {run.ledger_port, run.nats_port} <= ports
-        assert 4222 not in ports
+        assert ports == named | run.bound_ports(), "each port bound is a port named"
+        assert named <= run.bound_ports(), "the ports the services and NATS said they bound"
+        # The situation room reads the ledger and the notifier where they listen.
+        (room_process,) = [c for c in children if "services.situation_room" in c.cmdline()]
+        room_env = room_process.environ()
+        assert room_env["SITUATION_ROOM_LEDGER_ADDRESS"] == f"127.0.0.1:{run.ledger_port}"
+        assert room_env["SITUATION_ROOM_NOTIFIER_ADDRESS"] == f"127.0.0.1:{run.notifier_port}"
 
-        started = [e for e in run.events() if e.get("event") == "run.started"]
-        assert len(started) == 1, run.output()
+        started = [run.started()]
         # The notifier may start before the ledger's relay has made the stream: it waits
         # for it (info), which is no failure (a warning) on a first start.
         failed = [e for e in run.events() if e.get("event") == "notifier.consumer_failed"]
@@ -461,9 +502,9 @@ def test_supervisor_runs_nats_and_the_services_and_stops_on_sigint(tmp_path: Pat
         warned = {e.get("event") for e in run.events() if e.get("level") == "warning"}
         assert warned <= FIRST_START_WARNINGS, run.output()
         assert started[0]["nats"] == f"nats://127.0.0.1:{run.nats_port}"
-        assert started[0]["ledger"] == run.env["LEDGER_LISTEN"]
-        room = run.env["SITUATION_ROOM_LISTEN"]
-        assert started[0]["situation_room"] == f"http://{room}/"
+        assert started[0]["ledger"] == f"127.0.0.1:{run.ledger_port}"
+        assert started[0]["notifier"] == f"127.0.0.1:{run.notifier_port}"
+        assert started[0]["situation_room"] == f"http://127.0.0.1:{run.situation_room_port}/"
         assert started[0]["dev_tokens"] == str(tmp_path / "data/credentials/dev-tokens.yaml")
 
         run.process.send_signal(signal.SIGINT)
@@ -481,7 +522,7 @@ def test_supervisor_stops_everything_when_a_child_dies(tmp_path: Path) -> None:
     with supervisor(tmp_path) as run:
         wait_until_serving(run)
         children = psutil.Process(run.process.pid).children(recursive=True)
-        ports = {run.ledger_port, run.nats_port, run.notifier_port}
+        ports = run.bound_ports()
         for child in children:
             ports |= listening_ports(child)
         ledger = next(c for c in children if "services.ledger" in c.cmdline())
@@ -500,7 +541,7 @@ def test_supervisor_sigterm_exits_zero(tmp_path: Path) -> None:
         children = psutil.Process(run.process.pid).children(recursive=True)
         run.process.send_signal(signal.SIGTERM)
         assert run.process.wait(timeout=60) == 0, run.output()
-        assert_nothing_left(run, children, {run.ledger_port, run.nats_port})
+        assert_nothing_left(run, children, run.bound_ports())
 
 
 def test_supervisor_uses_nats_url_instead_of_the_bundled_server(
@@ -510,13 +551,13 @@ def test_supervisor_uses_nats_url_instead_of_the_bundled_server(
         wait_until_serving(run)
         children = psutil.Process(run.process.pid).children(recursive=True)
         assert not any("nats-server" in " ".join(c.cmdline()) for c in children)
-        assert not accepts(run.nats_port)
-        started = next(e for e in run.events() if e.get("event") == "run.started")
+        assert not [e for e in run.events() if e.get("event") == "nats.started"]
+        started = run.started()
         assert started["nats"] == nats_server.url
         assert started["nats_bundled"] is False
         run.process.send_signal(signal.SIGINT)
         assert run.process.wait(timeout=60) == 0, run.output()
-        assert_nothing_left(run, children, {run.ledger_port})
+        assert_nothing_left(run, children, run.bound_ports())
     assert running(nats_server), "an external NATS server is left alone"
 
 
@@ -530,7 +571,7 @@ def test_supervisor_refuses_a_taken_nats_port(tmp_path: Path) -> None:
             error = next(e for e in run.events() if e.get("event") == "run.cannot_start")
             assert f"port {port}" in str(error["error"])
             assert "LEDGER_NATS_PORT" in str(error["error"])
-            assert not accepts(run.ledger_port)
+            assert not run.bound_ports(), "nothing was started"
 
 
 #: Supervisors started, each sent SIGTERM at a random moment: half of them during their
@@ -551,7 +592,7 @@ def test_supervisor_sigterm_at_random_moments_exits_zero_and_leaves_nothing(
         what = f"trial {n}: SIGTERM {delay:.2f} s into {moment} (seed {seed})"
         (tmp_path / str(n)).mkdir()
         with supervisor(tmp_path / str(n), block_stop_signals=True) as run:
-            env = {**run.env, "NATS_URL": f"nats://127.0.0.1:{run.nats_port}"}
+            env = {**run.env, "NATS_URL": "nats://127.0.0.1:14222"}  # read: the grace periods
             deadline = (
                 sum(child_deadline(module, env) for module in expected_services())
                 + NATS_STOP_SECONDS
@@ -569,5 +610,5 @@ def test_supervisor_sigterm_at_random_moments_exits_zero_and_leaves_nothing(
             assert code == 0, f"{what}\n{run.output()}"
             assert time.monotonic() - sent <= deadline
             assert not started_by(run.env["LEDGER_DATA_DIR"]), what
-            ports = [run.ledger_port, run.notifier_port, run.nats_port]
+            ports = run.bound_ports()  # as far as it got
             assert not [p for p in ports if accepts(p)], f"{what}: a port still listens"

@@ -62,7 +62,7 @@ def start(module: list[str], tmp_path: Path, **settings: str) -> subprocess.Comp
             ["services.run"],
             {"LEDGER_NATS_PORT": "70000"},
             "run.config_error",
-            ["LEDGER_NATS_PORT must be from 1 to 65535, got '70000'"],
+            ["LEDGER_NATS_PORT must be from 0 to 65535, got '70000'"],
         ),
     ],
 )

@@ -361,8 +361,8 @@ def test_the_other_settings_keep_their_old_defaults() -> None:
         ("notifier", "NOTIFIER_WEBHOOK_MAX_ATTEMPTS", "eight", "must be an integer"),
         ("ledger", "SQLITE_LOCK_TIMEOUT", "10s", "must be an integer"),
         # a port out of range
-        ("run", "LEDGER_NATS_PORT", "70000", "must be from 1 to 65535"),
-        ("run", "LEDGER_NATS_PORT", "0", "must be from 1 to 65535"),
+        ("run", "LEDGER_NATS_PORT", "70000", "must be from 0 to 65535"),
+        ("run", "LEDGER_NATS_PORT", "-1", "must be from 0 to 65535"),
         ("ledger", "POSTGRES_PORT", "65536", "must be from 1 to 65535"),
         ("notifier", "POSTGRES_PORT", "-1", "must be from 1 to 65535"),
         ("ledger", "LEDGER_LISTEN", "127.0.0.1:65536", "must be host:port"),
