@@ -40,7 +40,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, TypeVar
@@ -193,7 +193,10 @@ class Engine:
             self._thread.join(10)
 
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
-        """Run a coroutine on the engine's loop from another thread and wait for it."""
+        """Run a coroutine on the engine's loop from another thread and wait for it.
+
+        One still running when the engine stops is cancelled there: the caller is told
+        that the notifier is shutting down, as one that comes after the stop is."""
         with self._submit_lock:
             if self._closed:
                 coroutine.close()
@@ -204,6 +207,10 @@ class Engine:
         except TimeoutError:
             future.cancel()
             raise
+        except CancelledError:
+            if not self._stopping:
+                raise
+            raise Unavailable("the notifier is shutting down", reason="SHUTTING_DOWN") from None
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -695,12 +702,17 @@ class Engine:
 
     async def _stream_info(self, js: JetStreamContext, name: str) -> StreamInfo:
         """The event stream's info, waiting up to :data:`STREAM_WAIT_SECONDS` for a
-        stream that does not exist yet (NotFoundError after that)."""
+        stream that does not exist yet (NotFoundError after that; the notifier's stop
+        ends the wait at once, SHUTTING_DOWN)."""
         deadline = time.monotonic() + STREAM_WAIT_SECONDS
         while True:
             try:
                 return await js.stream_info(name)
             except NotFoundError:
+                if self._stopping:
+                    raise Unavailable(
+                        "the notifier is shutting down", reason="SHUTTING_DOWN"
+                    ) from None
                 if time.monotonic() >= deadline:
                     raise
                 await asyncio.sleep(STREAM_WAIT_POLL_SECONDS)

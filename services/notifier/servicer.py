@@ -165,9 +165,14 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         heartbeat = request.heartbeat_seconds or DEFAULT_HEARTBEAT
         if not 1 <= heartbeat <= 300:
             raise InvalidArgument("heartbeat_seconds", "must be between 1 and 300")
-        live = self._engine.subscribe(request.cursor)
         ended = threading.Event()  # the client went away (or the call otherwise ended)
         context.add_callback(ended.set)
+        try:
+            live = self._engine.subscribe(request.cursor)  # may wait for the stream
+        except Unavailable:
+            if ended.is_set():
+                return  # the client left first (a stop): nothing to report to anyone
+            raise
         try:
             yield self._heartbeat(live.cursor_seq, live.epoch)
             last_sent = time.monotonic()

@@ -633,6 +633,59 @@ def test_a_subscribe_before_the_stream_exists_waits_for_it_instead_of_failing(
     assert not refused, refused
 
 
+@pytest.mark.parametrize("client_left", [False, True], ids=["client_waits", "client_left"])
+def test_a_subscribe_waiting_for_the_stream_at_the_notifier_s_stop_is_told_shutting_down(
+    tmp_path: Path, nats_server: NatsServer, client_left: bool
+) -> None:
+    """``make run`` stopped right after a first start: the situation room's Subscribe was
+    still waiting for the stream the relay had not made yet. The notifier's stop cancelled
+    that wait under the request, which crashed (request.crashed and an INTERNAL line, at
+    error). Now the stop ends the wait: a caller still there is told SHUTTING_DOWN, and one
+    that left first (the room stops before the notifier) leaves nothing in the log."""
+
+    def api_calls() -> int:
+        return int(nats_server.monitoring("/jsz")["api"]["total"])
+
+    with (
+        store_environment("sqlite", tmp_path) as env,
+        running_ledger(settings_for(tmp_path, env)) as ledger,  # no relay: no stream
+    ):
+        notifier = build_notifier(notifier_settings(tmp_path, nats_server.url))
+        wait_until(lambda: notifier.engine.nats_link.connected, what="the notifier on NATS")
+        try:
+            with (
+                grpc.insecure_channel(f"127.0.0.1:{notifier.port}") as channel,
+                capture_logs() as logs,
+            ):
+                before = api_calls()
+                subscriber = Subscriber(
+                    napi_grpc.NotifierServiceStub(channel),
+                    ledger.md("kesbangpol"),
+                    napi.SubscribeRequest(),
+                )
+                wait_until(lambda: api_calls() > before, what="the notifier looking for the stream")
+                if client_left:
+                    subscriber.close()
+                notifier.stop(1.0)
+                subscriber.close()
+        finally:
+            if not notifier.stopped.is_set():
+                notifier.stop(1.0)
+    assert not [x for x in logs if x["log_level"] == "error"], logs
+    requests = [x for x in logs if x["event"] == "request"]
+    assert len(requests) == 1, requests
+    if client_left:
+        assert requests[0]["log_level"] == "info", requests
+    else:
+        assert (requests[0]["status"], requests[0]["reason"]) == ("UNAVAILABLE", "SHUTTING_DOWN")
+        error = subscriber.error
+        assert error is not None
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        info = error_info(error)  # type: ignore[arg-type]
+        assert info is not None
+        assert info.reason == "SHUTTING_DOWN"
+
+
 async def make_stream(url: str) -> None:
     client = await nats.connect(url)
     try:

@@ -493,14 +493,6 @@ def test_supervisor_runs_nats_and_the_services_and_stops_on_sigint(tmp_path: Pat
         assert room_env["SITUATION_ROOM_NOTIFIER_ADDRESS"] == f"127.0.0.1:{run.notifier_port}"
 
         started = [run.started()]
-        # The notifier may start before the ledger's relay has made the stream: it waits
-        # for it (info), which is no failure (a warning) on a first start.
-        failed = [e for e in run.events() if e.get("event") == "notifier.consumer_failed"]
-        assert not failed, run.output()
-        # Nor is the situation room's first Subscribe, nor the data directory make run
-        # made itself: a first start warns only of its development keys and tokens.
-        warned = {e.get("event") for e in run.events() if e.get("level") == "warning"}
-        assert warned <= FIRST_START_WARNINGS, run.output()
         assert started[0]["nats"] == f"nats://127.0.0.1:{run.nats_port}"
         assert started[0]["ledger"] == f"127.0.0.1:{run.ledger_port}"
         assert started[0]["notifier"] == f"127.0.0.1:{run.notifier_port}"
@@ -513,9 +505,18 @@ def test_supervisor_runs_nats_and_the_services_and_stops_on_sigint(tmp_path: Pat
         assert (tmp_path / "data" / "nats" / "jetstream").is_dir()
         stopped = [e["child"] for e in run.events() if e.get("event") == "run.child_stopped"]
         assert stopped == list(reversed(expected)), "children stop in reverse order"
-        # The notifier closing its own connection at a clean stop is no lost connection.
-        lost = [e for e in run.events() if e.get("event") == "notifier.nats_disconnected"]
-        assert not lost, run.output()
+        # Read once everything has exited, so the log is whole: read while the processes
+        # still started (or stopped), a line logged a moment later was missed, or counted
+        # in one run and not in the next. The notifier may start before the ledger's relay
+        # has made the stream: it waits for it (info), which is no failure on a first
+        # start; nor is the situation room's first Subscribe (still waiting for the stream
+        # at the stop, on a busy machine), nor the data directory make run made itself, nor
+        # the notifier closing its own connection at the stop. A first start and a stop
+        # warn only of the development keys and tokens, and log no error.
+        warned = {e.get("event") for e in run.events() if e.get("level") == "warning"}
+        assert warned <= FIRST_START_WARNINGS, run.output()
+        failed = [e for e in run.events() if e.get("level") in {"error", "critical"}]
+        assert not failed, run.output()
 
 
 def test_supervisor_stops_everything_when_a_child_dies(tmp_path: Path) -> None:
