@@ -318,10 +318,15 @@ class Relay:
         # unreachable it asks for the lock again every STORE_RETRY_SECONDS, not at the
         # followers' pace, so that it resumes as soon as the store is back.
         held = False
+        # Whether it said it follows: once when it finds another relay holding the lock,
+        # at its start as after leading, so an operator (and a test) can tell who leads
+        # now and that the other relay is there to take over.
+        following = False
         while not self._stopping.is_set():
             if not await asyncio.to_thread(self._leader.try_acquire):
-                if self.status.leader:  # an operator (and a test) can tell who leads now
+                if self.status.leader or not (following or self._leader.unreachable):
                     log.info("relay.follower", stream=self._settings.stream.name)
+                    following = True
                 self.status.leader = False
                 held = held and self._leader.unreachable  # else another relay holds it
                 await self._sleep(
@@ -329,6 +334,7 @@ class Relay:
                 )
                 continue
             held = True
+            following = False
             if not self.status.leader:
                 log.info("relay.leader", stream=self._settings.stream.name)
             self.status.leader = True

@@ -64,6 +64,17 @@ def leads(service: ServiceProcess) -> bool:
     return any(line.get("event") == "relay.publishing" for line in service.log_lines())
 
 
+def relay_role(service: ServiceProcess) -> str | None:
+    """What the replica's relay last said it was: ``relay.leader`` (it holds the lock) or
+    ``relay.follower`` (another relay holds it, and this one is there to take over)."""
+    changes = [
+        str(line["event"])
+        for line in service.log_lines()
+        if line.get("event") in {"relay.leader", "relay.follower"}
+    ]
+    return changes[-1] if changes else None
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_one_relay_publishes_and_another_takes_over_when_it_dies(
     kind: str, tmp_path: Path, nats_server: NatsServer
@@ -87,12 +98,24 @@ def test_one_relay_publishes_and_another_takes_over_when_it_dies(
             service_process("services.ledger", env) as first,
             service_process("services.ledger", env) as second,
         ):
+            # A ledger says it started before its relay's process has started (its imports
+            # alone take seconds on a busy machine, and one that cannot reach PostgreSQL is
+            # started again after growing pauses): the survivor's relay must be there,
+            # following, before the leader dies, or the takeover's deadline below also
+            # counts its whole start.
+            roles = {"relay.leader", "relay.follower"}
+            wait_until(
+                lambda: {relay_role(first), relay_role(second)} == roles,
+                60,
+                "one relay leading and the other following",
+            )
             token = dev_tokens(tmp_path / "data")["kpu"]
             results = [report([first, second][n % 2].port, token, n) for n in range(20)]
             wait_until(
                 lambda: len(stream_messages(nats_server.url)) == 20, what="20 published events"
             )
             assert [leads(first), leads(second)].count(True) == 1, "exactly one relay publishes"
+            assert {relay_role(first), relay_role(second)} == roles
             leader, survivor = (first, second) if leads(first) else (second, first)
             if kind == "postgres":
                 # A rejected insert burns a sequence value: a gap the relay must not wait on.
