@@ -638,11 +638,13 @@ def check_corrected_value(rules: Rules, field: str, new_value: str) -> None:
             ) from None
         if value.tzinfo is None:
             # Read as UTC it would be seven hours off for an officer in WIB: the offset
-            # says which instant is meant.
+            # says which instant is meant. The example is in the regency's zone (WIB in
+            # Mukomuko, WITA in a regency of Sulawesi).
+            local = value.replace(tzinfo=reference.tz())
             raise InvalidArgument(
                 "new_value",
                 f"{new_value!r} has no UTC offset: write the zone, e.g. "
-                f"{new_value}+07:00 (WIB) or {new_value}Z (UTC)",
+                f"{local.isoformat()} ({local.tzname()}) or {new_value}Z (UTC)",
             )
         # Refusals state the times in the zone the caller wrote (an officer's +07:00).
         if field == "occurred_at":
