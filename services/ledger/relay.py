@@ -72,10 +72,13 @@ from services.ledger.relay_leadership import leader_lock
 from services.ledger.relay_messages import (
     BEYOND_THE_STORE,
     POSITION_HEADER,
+    TRIMMED_HEADER,
     EventEncoder,
     Outgoing,
+    fitted,
     foreign_reason,
     lost_event,
+    message_size,
 )
 from services.ledger.relay_reading import open_reader
 
@@ -268,6 +271,8 @@ class Relay:
         # The last error nats-py reported during the current session: a refused publish
         # (a permissions violation) comes only there, while the call itself times out.
         self._session_nats_error: str | None = None
+        # The largest message the session's server takes (its INFO's max_payload).
+        self._max_payload = 1024 * 1024
 
     # -- lifecycle (called from other threads)
 
@@ -386,6 +391,7 @@ class Relay:
             error_cb=error,
             **connect_options(settings.nats),
         )
+        self._max_payload = nc.max_payload
         source: BatchSource | None = None
         try:
             js = nc.jetstream(timeout=settings.publish_timeout_seconds)
@@ -465,7 +471,7 @@ class Relay:
         return source.next_batch(self._settings.poll_seconds)
 
     async def _publish(self, js: JetStreamContext, encoded: list[Outgoing]) -> None:
-        outgoing = [self._untaken(m) for m in encoded]
+        outgoing = [self._fitted(self._untaken(m)) for m in encoded]
         started = time.perf_counter()
         acks = [await js.publish_async(m.subject, m.payload, headers=m.headers) for m in outgoing]
         done = await asyncio.wait_for(asyncio.gather(*acks), self._settings.publish_timeout_seconds)
@@ -583,6 +589,24 @@ class Relay:
                 event_id_header=headers.get("Ledger-Event-Id"),
                 reason=reason,
             )
+
+    def _fitted(self, message: Outgoing) -> Outgoing:
+        """The message, trimmed to fit the server's max payload if it must be (one warning
+        per message trimmed)."""
+        smaller = fitted(message, self._max_payload)
+        if smaller is not message:
+            log.warning(
+                "relay.message_trimmed",
+                position=message.position,
+                incident=message.headers.get("Ledger-Incident"),
+                left_out=smaller.headers[TRIMMED_HEADER],
+                bytes=message_size(message),
+                trimmed_bytes=message_size(smaller),
+                max_payload=self._max_payload,
+                note="the incident's state is larger than NATS takes in one message: sent "
+                "without what the header Ledger-Incident-Trimmed names (GetIncident has it)",
+            )
+        return smaller
 
     def _untaken(self, message: Outgoing) -> Outgoing:
         """The message, under a Nats-Msg-Id of its own if a foreign message holds its id."""

@@ -21,6 +21,11 @@ from services.ledger.application import Ledger, StoredIncidentEvent
 from services.ledger.domain.incident import Incident
 
 POSITION_HEADER = "Ledger-Position"
+#: Set on a message whose incident was trimmed to fit NATS's max payload: what was left out.
+TRIMMED_HEADER = "Ledger-Incident-Trimmed"
+#: More than the headers of any message weigh (a few hundred bytes): a payload this far
+#: under the limit fits without counting them.
+HEADERS_ALLOWANCE = 8192
 CONTENT_TYPE = "application/x-protobuf; message=incidentledger.v1.EventNotification"
 
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
@@ -50,6 +55,42 @@ class Outgoing:
     subject: str
     headers: dict[str, str]
     payload: bytes
+
+
+def message_size(message: Outgoing) -> int:
+    """What NATS counts against its max payload: the payload and the headers as sent."""
+    headers = sum(len(k.encode()) + len(v.encode()) + 4 for k, v in message.headers.items())
+    return len(message.payload) + len(b"NATS/1.0\r\n\r\n") + headers
+
+
+def fitted(message: Outgoing, limit: int) -> Outgoing:
+    """``message``, or, when it is larger than NATS takes (``limit``: the server's max
+    payload), the same without what grows with no bound in the incident's state: first
+    its decisions' texts (``summary`` and ``rationale``, up to 4,000 characters each, in
+    the incident as in each ``DecisionRecorded`` event), then, if still too large, its
+    decisions; ``TRIMMED_HEADER`` names which. The event itself is never trimmed. A message
+    that does not fit even so is returned as the smallest made (NATS refuses it, as it
+    refused every message that size before). Before, a message too large failed the
+    relay's session at each retry, and no later event of any incident was published."""
+    if len(message.payload) + HEADERS_ALLOWANCE <= limit or message_size(message) <= limit:
+        return message
+    note = pb.EventNotification.FromString(message.payload)
+    smaller = message
+    for left_out in ("decision-texts", "decisions"):
+        if left_out == "decision-texts":
+            for decision in note.incident.decisions:
+                decision.summary = decision.rationale = ""
+        else:
+            del note.incident.decisions[:]
+        smaller = Outgoing(
+            message.position,
+            message.subject,
+            {**message.headers, TRIMMED_HEADER: left_out},
+            note.SerializeToString(),
+        )
+        if message_size(smaller) <= limit:
+            break
+    return smaller
 
 
 class Encoded(NamedTuple):

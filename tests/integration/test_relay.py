@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -38,6 +39,7 @@ from tests.support import (
     service_process,
     settings_for,
     store_environment,
+    ts,
 )
 
 pytestmark = pytest.mark.nats
@@ -394,6 +396,62 @@ def test_a_relay_or_its_encoder_that_dies_is_started_again_and_publishes_what_ca
         )
     positions = [int(m.headers["Ledger-Position"]) for m in read_stream(nats_server.url)]
     assert positions == [first.position, *recorded], "each once, in order"
+
+
+def test_an_incident_too_large_for_one_nats_message_goes_out_trimmed_and_the_rest_follows(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """The notification carries the incident as it stood, every decision's text included:
+    enough decisions (each within its limits: 4,000 characters of summary and of rationale)
+    make it larger than NATS takes in one message (1 MB). Before, the relay failed every
+    session on that event (``MaxPayloadError``), and no event of any incident was published
+    after it. Now the message goes out without the decisions' texts, says so in a header,
+    and the events after it follow, once and in order."""
+    relay = RelaySettings(nats_url=nats_server.url, poll_seconds=0.2)
+    with (
+        store_environment("sqlite", tmp_path) as store_env,
+        running_ledger(settings_for(tmp_path, store_env, relay=relay)) as ledger,
+    ):
+        name = ledger.report("bpbd").incident
+        ledger.stub.VerifyIncident(
+            api.VerifyIncidentRequest(request_id="verify", name=name),
+            metadata=ledger.md("desk_pilkada"),
+        )
+        now = datetime.now(UTC)
+        text = "\U0001f600" * 4000  # 16,000 bytes of UTF-8: a decision weighs 32 kB twice
+        decided = [
+            ledger.stub.RecordDecision(
+                api.RecordDecisionRequest(
+                    request_id=f"decision-{n}",
+                    name=name,
+                    deciding_agencies=["desk_pilkada"],
+                    forum="Forkopimda coordination meeting",
+                    summary=text,
+                    rationale=text,
+                    valid_from=ts(now),
+                    valid_until=ts(now + timedelta(days=3)),
+                ),
+                metadata=ledger.md("desk_pilkada"),
+            ).result.position
+            for n in range(40)
+        ]
+        after = ledger.report("bpbd").position
+        wait_until(
+            lambda: (
+                after in {int(m.headers["Ledger-Position"]) for m in read_stream(nats_server.url)}
+            ),
+            what="the event recorded after the large incident",
+        )
+    messages = read_stream(nats_server.url)
+    positions = [int(m.headers["Ledger-Position"]) for m in messages]
+    assert positions == sorted(set(positions)), "each once, in order"
+    assert set(decided) | {after} <= set(positions), "every event published"
+    trimmed = [m for m in messages if m.headers.get("Ledger-Incident-Trimmed")]
+    assert trimmed, "the test made no message too large"
+    last = pb.EventNotification.FromString(trimmed[-1].data)
+    assert len(last.incident.decisions) == 40, "every decision still listed"
+    assert {d.summary for d in last.incident.decisions} == {""}, "without its text"
+    assert last.event.event_id == trimmed[-1].headers["Ledger-Event-Id"], "the event whole"
 
 
 def test_a_stream_that_lost_its_messages_is_said_loudly_and_filled_again(
