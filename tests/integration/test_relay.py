@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +30,7 @@ from services.common.config import PROJECT_ROOT, RelaySettings, StreamSettings
 from services.common.natsserver import NatsServer
 from services.ledger.relay_encoder import PROCESS_NAME as ENCODER_NAME
 from tests.fanout_support import StreamMessage, read_stream, wait_until
-from tests.integration.test_fanout import stream_messages
+from tests.integration.test_fanout import process_env, report_many, stream_messages
 from tests.metrics_support import Scrape
 from tests.nats_cluster import NatsCluster
 from tests.support import (
@@ -353,13 +355,88 @@ def test_publishing_resumes_soon_after_a_killed_stream_leader_is_replaced(
 RELAY_MODULE = "services.ledger.relay_child"
 
 
-def relay_processes() -> list[psutil.Process]:
-    """This ledger's relay processes that have their encoder (a fork, named apart)."""
-    return [
-        c
-        for c in psutil.Process().children()
-        if RELAY_MODULE in c.cmdline() and any(g.name() == ENCODER_NAME for g in c.children())
-    ]
+def stream_size(url: str) -> int:
+    """How many messages the event stream holds (-1: no stream, or NATS away)."""
+
+    async def size() -> int:
+        nc = await nats.connect(url, allow_reconnect=False, connect_timeout=2)
+        try:
+            return int((await nc.jetstream().stream_info("LEDGER_EVENTS")).state.messages)
+        finally:
+            await nc.close()
+
+    try:
+        return asyncio.run(size())
+    except (OSError, TimeoutError, nats.errors.Error):
+        return -1
+
+
+def encoder_of(relay: psutil.Process) -> psutil.Process:
+    (encoder,) = [g for g in relay.children() if g.name() == ENCODER_NAME]
+    return encoder
+
+
+class RelayKiller:
+    """Kills (SIGKILL) a ledger's relay process, or its encoder, in turn, each time NATS
+    has received ``every`` more of the relay's messages (a plain subscriber counts them as
+    they come), ``times`` times: in the middle of a batch, its acks still to come.
+    ``killed``: what was killed, after how many messages."""
+
+    def __init__(self, url: str, ledger: psutil.Process, every: int, times: int) -> None:
+        self._url, self._ledger, self._every, self._times = url, ledger, every, times
+        self._seen = 0
+        self._next = every  # the message at which the next kill is due
+        self._done: set[int] = set()  # relay processes killed, or whose encoder was
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self.killed: list[tuple[str, int]] = []
+
+    def __enter__(self) -> RelayKiller:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise AssertionError("the killer did not subscribe")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    async def _run(self) -> None:
+        nc = await nats.connect(self._url)
+        await nc.subscribe("ledger.v1.events.>", cb=self._message)
+        await nc.flush()
+        self._ready.set()
+        while not self._stop.is_set():
+            await asyncio.sleep(0.05)
+        await nc.close()
+
+    async def _message(self, _msg: object) -> None:
+        self._seen += 1
+        if self._seen < self._next or len(self.killed) >= self._times:
+            return
+        for relay in relay_processes(self._ledger):
+            if relay.pid in self._done:
+                continue  # ending already: the next relay is the one to kill
+            kind = "encoder" if len(self.killed) % 2 else "relay"
+            with contextlib.suppress(psutil.Error):
+                (relay if kind == "relay" else encoder_of(relay)).kill()
+                self._done.add(relay.pid)
+                self.killed.append((kind, self._seen))
+                self._next = self._seen + self._every
+
+
+def relay_processes(ledger: psutil.Process | None = None) -> list[psutil.Process]:
+    """The relay processes, with their encoder (a fork, named apart), of ``ledger`` (by
+    default this process: a ledger it runs)."""
+    found = []
+    for child in (ledger or psutil.Process()).children():
+        with contextlib.suppress(psutil.Error):  # one ending meanwhile is none of them
+            if RELAY_MODULE in child.cmdline() and any(
+                g.name() == ENCODER_NAME for g in child.children()
+            ):
+                found.append(child)
+    return found
 
 
 @pytest.mark.parametrize("killed", ["relay", "encoder"])
@@ -396,6 +473,33 @@ def test_a_relay_or_its_encoder_that_dies_is_started_again_and_publishes_what_ca
         )
     positions = [int(m.headers["Ledger-Position"]) for m in read_stream(nats_server.url)]
     assert positions == [first.position, *recorded], "each once, in order"
+
+
+def test_a_relay_and_its_encoder_killed_again_and_again_mid_backlog_publish_each_event_once(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """The relay puts a batch of up to 2,000 events on the wire and then waits for their
+    acks, while its encoder reads the next batch. Killed (SIGKILL) before the acks came, three
+    times in one backlog, its process or its encoder in turn: NATS still takes in what was
+    on the wire, the next relay continues after the stream's last message, and the stream
+    ends with every event once, in log order. The tests above kill it idle, or kill the
+    whole ledger once with batches of one event."""
+    env = process_env(tmp_path, {}, nats_server.url)
+    # Each relay puts a batch (2,000) on the wire before its acks come: killed after 500
+    # messages, then as soon as the next relay publishes, three kills fit in the backlog.
+    total = 5000
+    with service_process("services.ledger", env) as ledger:
+        ledger_process = psutil.Process(ledger.proc.pid)
+        wait_until(lambda: stream_size(nats_server.url) == 0, what="the stream made")
+        nats_server.stop()
+        address, tokens = f"127.0.0.1:{ledger.port}", dev_tokens(tmp_path / "data")
+        recorded = [r.position for r in report_many(address, tokens, total)]
+        nats_server.start()
+        with RelayKiller(nats_server.url, ledger_process, every=500, times=3) as killer:
+            wait_until(lambda: stream_size(nats_server.url) >= total, 90, what="the backlog")
+        assert len(killer.killed) == 3, f"killed in the middle of the backlog: {killer.killed}"
+    positions = [int(m.headers["Ledger-Position"]) for m in read_stream(nats_server.url)]
+    assert positions == sorted(recorded), f"each once, in order (killed: {killer.killed})"
 
 
 def test_an_incident_too_large_for_one_nats_message_goes_out_trimmed_and_the_rest_follows(
