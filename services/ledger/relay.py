@@ -136,8 +136,9 @@ class SessionRetry:
     store has been away: it answers at once when it is back. A failure of NATS is
     retried quickly while a stream's leader may be being elected (``ELECTION_SECONDS``
     of failures), then ever more slowly up to ``RETRY_MAX_SECONDS`` (a NATS that is
-    away). Only NATS failures count towards that; a session that began publishing, or
-    one the store failed (NATS answered it), starts the count afresh.
+    away). Only NATS failures count towards that; a session that published (or found
+    nothing to publish), or one the store failed (NATS answered it), starts the count
+    afresh.
     """
 
     def __init__(self) -> None:
@@ -145,7 +146,7 @@ class SessionRetry:
         self._failing_since: float | None = None
 
     def reset(self) -> None:
-        """A session began publishing."""
+        """A session published, or found nothing to publish."""
         self._backoff, self._failing_since = RETRY_SECONDS[0], None
 
     def pause(self, exc: BaseException, now: float) -> float:
@@ -400,14 +401,17 @@ class Relay:
                 self._streams_ready = True
             position = await self._start_position(js)
             self.status.connected = True
-            self._retry.reset()
             self.status.position = position
             self.status.position_known = True
             self._on_health(True)
-            self._session_failures.succeeded(stream=settings.stream.name)
-            self._nats_errors.succeeded()
             log.info("relay.publishing", stream=settings.stream.name, after=position)
             source = self._source = await asyncio.to_thread(self._open_source, position)
+            # The session works once it has published, or found nothing to publish: only
+            # then are the failures over (their end logged, the retries' backoff reset).
+            # Before, that was said as soon as the position was found, and a session that
+            # failed at each first publish (a permission the relay's user lacks) logged its
+            # recovery and its failure, and was retried after 0.2 s, every time, forever.
+            working = False
             while not self._stopping.is_set():
                 if not nc.is_connected:  # noticed while idle, not only at the next publish
                     raise ConnectionError("the connection to NATS was lost")
@@ -419,6 +423,11 @@ class Relay:
                 if outgoing:
                     await self._publish(js, outgoing)
                 await self._publish_checkpoints(js)
+                if not working:
+                    working = True
+                    self._retry.reset()
+                    self._session_failures.succeeded(stream=settings.stream.name)
+                    self._nats_errors.succeeded()
         except NotFoundError:  # the stream was deleted: made again by the next session
             self._streams_ready = False
             raise

@@ -18,6 +18,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from incidentledger.v1 import incident_pb2 as pb
+from incidentledger.v1 import ledger_service_pb2 as api
+from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.config import EvidenceSettings, NatsClientSettings, RelaySettings
@@ -36,6 +38,7 @@ from tests.fanout_support import (
 from tests.integration.test_fanout import create_webhook, process_env
 from tests.support import (
     ServiceProcess,
+    dev_tokens,
     running_ledger,
     service_process,
     settings_for,
@@ -153,6 +156,11 @@ def relay_status(service: ServiceProcess) -> int:
             .Check(health_pb2.HealthCheckRequest(service="relay"), timeout=5)
             .status
         )
+
+
+def events(service: ServiceProcess) -> list[str]:
+    """The names of the lines ``service`` logged, in order."""
+    return [str(line.get("event")) for line in service.log_lines()]
 
 
 def logged(service: ServiceProcess, event: str) -> bool:
@@ -411,6 +419,53 @@ def test_a_relay_session_refused_a_permission_names_the_violation(tmp_path: Path
         assert "permissions violation" in error.lower(), error
         assert "$js.api.stream.info.ledger_events" in error.lower(), error
         assert not relay.status.connected
+
+
+def test_a_relay_refused_at_each_publish_says_so_once_and_backs_off(tmp_path: Path) -> None:
+    """The ledger's user may not publish on the events' subjects (a permission taken from
+    it): each relay session finds its position, then times out at its first publish.
+    Before, each such session logged ``relay.session_recovered`` once it had found its
+    position, ``relay.session_failed`` a second later, and was retried after 0.2 s, its
+    backoff started afresh: two lines a session, forever, where the operator is promised a
+    line at the first failure, a reminder every half minute, and ``recovered`` when the
+    relay publishes again. Now a session counts as working once it has published (or found
+    nothing to publish)."""
+    passwords = {"ledger": secrets.token_urlsafe(24), "notifier": secrets.token_urlsafe(24)}
+    users = production_users(passwords)
+    permission = '"ledger.v1.>"\n'
+    ledger_user = users.index("user: ledger")
+    assert users.index(permission) > ledger_user, "the template changed: pick another permission"
+    server = NatsServer(tmp_path / "nats", authorization=users.replace(permission, "\n", 1))
+    server.start()  # its URL names the port it binds at its start
+    (tmp_path / "secrets").mkdir()
+    password_file = tmp_path / "secrets" / "nats-password"
+    password_file.write_text(passwords["ledger"] + "\n")
+    password_file.chmod(0o600)
+    env = {
+        **process_env(tmp_path, {}, server.url),
+        "NATS_USER": "ledger",
+        "NATS_PASSWORD_FILE": str(password_file),
+    }
+    with server, service_process("services.ledger", env) as ledger:
+        token = dev_tokens(tmp_path / "data")["bpbd"]
+        with grpc.insecure_channel(f"127.0.0.1:{ledger.port}") as channel:
+            api_grpc.LedgerServiceStub(channel).ReportIncident(
+                api.ReportIncidentRequest(
+                    request_id="refused-1",
+                    title="A report the relay may not publish",
+                    category="flood",
+                    location=pb.Location(kecamatan="ipuh"),
+                ),
+                metadata=(("authorization", f"Bearer {token}"),),
+            )
+        wait_until(
+            lambda: events(ledger).count("relay.publishing") >= 4,
+            timeout=60,
+            what="four relay sessions",
+        )
+        said = events(ledger)
+    assert said.count("relay.session_failed") == 1, said
+    assert "relay.session_recovered" not in said, said
 
 
 def test_the_ledger_user_may_keep_evidence_in_its_bucket(tmp_path: Path) -> None:
