@@ -606,16 +606,17 @@ def board(
     )
     # The code people read out over the phone (MKM-7QK3-9V), which every command takes;
     # the id's first characters for an incident recorded before codes existed. In a narrow
-    # terminal the place goes first, then the lead and the severity.
+    # terminal the place goes first, then the severity (the board is in severity order by
+    # default), then the lead ("is it ours?" stays longest).
     table = FittedTable(
         [
             Column(_("incident"), wrap=False, options={"min_width": SHORT_ID}),
-            Column(_("severity"), drop=1, wrap=False),
+            Column(_("severity"), drop=2, wrap=False),
             Column(_("status")),
             Column(_("reported")),
             Column(_("title")),
             Column(_("place"), drop=3),
-            Column(_("lead"), drop=2),
+            Column(_("lead"), drop=1),
         ],
         title=_("Board (open work)") + f"\n{summary}",
         title_justify="left",
