@@ -77,11 +77,15 @@ def fitted(message: Outgoing, limit: int) -> Outgoing:
     note = pb.EventNotification.FromString(message.payload)
     smaller = message
     for left_out in ("decision-texts", "decisions"):
+        # Said in the message too, for the webhooks and live streams it reaches (they do
+        # not see the NATS headers).
         if left_out == "decision-texts":
             for decision in note.incident.decisions:
                 decision.summary = decision.rationale = ""
+            note.incident_trimmed = pb.EventNotification.INCIDENT_TRIMMED_DECISION_TEXTS
         else:
             del note.incident.decisions[:]
+            note.incident_trimmed = pb.EventNotification.INCIDENT_TRIMMED_DECISIONS
         smaller = Outgoing(
             message.position,
             message.subject,

@@ -64,29 +64,33 @@ class EventJson:
     position: int
     event: dict[str, Any]
     incident: dict[str, Any]
+    #: What the relay left out of the incident to fit one NATS message (the enum's name,
+    #: ``INCIDENT_TRIMMED_DECISION_TEXTS``), "" when nothing was (docs/fan-out.md).
+    trimmed: str = ""
 
     @classmethod
     def of(cls, note: pb.EventNotification) -> EventJson:
+        trimmed = note.incident_trimmed
         return cls(
             note.event.position,
             json_format.MessageToDict(note.event, preserving_proto_field_name=True),
             json_format.MessageToDict(note.incident, preserving_proto_field_name=True),
+            pb.EventNotification.IncidentTrimmed.Name(trimmed) if trimmed else "",
         )
 
 
 def webhook_body(webhook_id: str, stream_seq: int, note: EventJson, epoch: str = "") -> str:
     """The JSON a webhook receives, but for its ``delivery_id`` (see docs/fan-out.md)."""
-    return json.dumps(
-        {
-            "webhook": f"webhooks/{webhook_id}",
-            "cursor": encode_cursor(stream_seq, epoch),
-            "position": note.position,
-            "event": note.event,
-            "incident": note.incident,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+    body = {
+        "webhook": f"webhooks/{webhook_id}",
+        "cursor": encode_cursor(stream_seq, epoch),
+        "position": note.position,
+        "event": note.event,
+        "incident": note.incident,
+    }
+    if note.trimmed:  # only then: every other body stays as it was
+        body["incident_trimmed"] = note.trimmed
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
 
 _BEFORE_DELIVERY_ID = '{"cursor":'

@@ -556,6 +556,10 @@ def test_an_incident_too_large_for_one_nats_message_goes_out_trimmed_and_the_res
     assert len(last.incident.decisions) == 40, "every decision still listed"
     assert {d.summary for d in last.incident.decisions} == {""}, "without its text"
     assert last.event.event_id == trimmed[-1].headers["Ledger-Event-Id"], "the event whole"
+    # Said in the message too, for the receivers that never see the NATS headers.
+    assert last.incident_trimmed == pb.EventNotification.INCIDENT_TRIMMED_DECISION_TEXTS
+    whole = [m for m in messages if not m.headers.get("Ledger-Incident-Trimmed")]
+    assert not pb.EventNotification.FromString(whole[0].data).incident_trimmed
 
 
 def test_a_stream_that_lost_its_messages_is_said_loudly_and_filled_again(

@@ -53,6 +53,8 @@ def test_the_decisions_texts_go_first_and_the_decisions_stay_listed() -> None:
     assert [d.event_id for d in note.incident.decisions] == [f"d-{n}" for n in range(40)]
     assert {(d.summary, d.rationale) for d in note.incident.decisions} == {("", "")}
     assert note.event.event_id == "e-1", "the event is whole"
+    # Said in the message too: webhooks and live streams do not see the NATS headers.
+    assert note.incident_trimmed == pb.EventNotification.INCIDENT_TRIMMED_DECISION_TEXTS
     assert smaller.headers["Nats-Msg-Id"] == "7", "the same id: deduplicated as before"
 
 
@@ -62,6 +64,8 @@ def test_then_the_decisions_and_a_message_that_never_fits_is_the_smallest_made()
     limit = message_size(without_texts) - 1
     smaller = fitted(large, limit)
     assert smaller.headers[TRIMMED_HEADER] == "decisions"
-    assert not pb.EventNotification.FromString(smaller.payload).incident.decisions
+    note = pb.EventNotification.FromString(smaller.payload)
+    assert not note.incident.decisions
+    assert note.incident_trimmed == pb.EventNotification.INCIDENT_TRIMMED_DECISIONS
     assert message_size(smaller) <= limit
     assert fitted(large, 10).headers[TRIMMED_HEADER] == "decisions"

@@ -63,3 +63,15 @@ def test_one_rendering_serves_every_webhook_as_its_own_would() -> None:
     assert first["webhook"] == "webhooks/wh_1" and second["webhook"] == "webhooks/wh_2"
     assert first["event"] == second["event"] and first["event"]["position"] == "42"
     assert first["incident"]["location"] == {"kecamatan": "Gunungpati"}
+
+
+def test_a_trimmed_incident_is_said_in_the_body_and_an_untrimmed_body_is_unchanged() -> None:
+    """Receivers do not see the NATS header that says what the relay left out of an
+    incident too large for one message: the body says it (and only then has the key)."""
+    whole = json.loads(webhook_body("w1", 7, EventJson.of(notification())))
+    assert "incident_trimmed" not in whole
+    note = notification()
+    note.incident_trimmed = pb.EventNotification.INCIDENT_TRIMMED_DECISION_TEXTS
+    payload = webhook_body("w1", 7, EventJson.of(note))
+    assert json.loads(payload)["incident_trimmed"] == "INCIDENT_TRIMMED_DECISION_TEXTS"
+    assert with_delivery_id(payload, "d-1") == reencoded(payload, "d-1")  # still spliced

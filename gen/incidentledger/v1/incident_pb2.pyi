@@ -580,8 +580,37 @@ class EventNotification(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    class _IncidentTrimmed:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _IncidentTrimmedEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[EventNotification._IncidentTrimmed.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        INCIDENT_TRIMMED_UNSPECIFIED: EventNotification._IncidentTrimmed.ValueType  # 0
+        """Nothing left out."""
+        INCIDENT_TRIMMED_DECISION_TEXTS: EventNotification._IncidentTrimmed.ValueType  # 1
+        """Each decision's summary and rationale left out (the decision still listed)."""
+        INCIDENT_TRIMMED_DECISIONS: EventNotification._IncidentTrimmed.ValueType  # 2
+        """The incident's decisions left out."""
+
+    class IncidentTrimmed(_IncidentTrimmed, metaclass=_IncidentTrimmedEnumTypeWrapper):
+        """What of the incident's state this message leaves out so that it fits in one NATS
+        message (docs/fan-out.md, "An incident too large for one message"): its decisions'
+        texts, or its decisions. The event itself is never trimmed; GetIncident gives the
+        whole incident.
+        """
+
+    INCIDENT_TRIMMED_UNSPECIFIED: EventNotification.IncidentTrimmed.ValueType  # 0
+    """Nothing left out."""
+    INCIDENT_TRIMMED_DECISION_TEXTS: EventNotification.IncidentTrimmed.ValueType  # 1
+    """Each decision's summary and rationale left out (the decision still listed)."""
+    INCIDENT_TRIMMED_DECISIONS: EventNotification.IncidentTrimmed.ValueType  # 2
+    """The incident's decisions left out."""
+
     EVENT_FIELD_NUMBER: _builtins.int
     INCIDENT_FIELD_NUMBER: _builtins.int
+    INCIDENT_TRIMMED_FIELD_NUMBER: _builtins.int
+    incident_trimmed: Global___EventNotification.IncidentTrimmed.ValueType
     @_builtins.property
     def event(self) -> Global___IncidentEvent: ...
     @_builtins.property
@@ -591,10 +620,11 @@ class EventNotification(_message.Message):
         *,
         event: Global___IncidentEvent | None = ...,
         incident: Global___Incident | None = ...,
+        incident_trimmed: Global___EventNotification.IncidentTrimmed.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "incident", b"incident"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "incident", b"incident"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "incident", b"incident", "incident_trimmed", b"incident_trimmed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
