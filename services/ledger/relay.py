@@ -403,14 +403,14 @@ class Relay:
             self.status.connected = True
             self.status.position = position
             self.status.position_known = True
-            self._on_health(True)
             log.info("relay.publishing", stream=settings.stream.name, after=position)
             source = self._source = await asyncio.to_thread(self._open_source, position)
             # The session works once it has published, or found nothing to publish: only
-            # then are the failures over (their end logged, the retries' backoff reset).
-            # Before, that was said as soon as the position was found, and a session that
-            # failed at each first publish (a permission the relay's user lacks) logged its
-            # recovery and its failure, and was retried after 0.2 s, every time, forever.
+            # then are the failures over (their end logged, the retries' backoff reset, the
+            # health SERVING). Before, that was said as soon as the position was found, and
+            # a session that failed at each first publish (a permission the relay's user
+            # lacks) logged its recovery and its failure, and was retried after 0.2 s, every
+            # time, forever, its health flipping between SERVING and NOT_SERVING.
             working = False
             while not self._stopping.is_set():
                 if not nc.is_connected:  # noticed while idle, not only at the next publish
@@ -425,6 +425,7 @@ class Relay:
                 await self._publish_checkpoints(js)
                 if not working:
                     working = True
+                    self._on_health(True)
                     self._retry.reset()
                     self._session_failures.succeeded(stream=settings.stream.name)
                     self._nats_errors.succeeded()

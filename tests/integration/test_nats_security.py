@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
 import secrets
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import nats
@@ -446,9 +449,20 @@ def test_a_relay_refused_at_each_publish_says_so_once_and_backs_off(tmp_path: Pa
         "NATS_USER": "ledger",
         "NATS_PASSWORD_FILE": str(password_file),
     }
+    statuses: list[int] = []  # the relay's health, each change as the ledger said it
+
+    def watch_relay(call: Any) -> None:
+        with contextlib.suppress(grpc.RpcError):  # cancelled at the end of the test
+            statuses.extend(answer.status for answer in call)
+
     with server, service_process("services.ledger", env) as ledger:
         token = dev_tokens(tmp_path / "data")["bpbd"]
         with grpc.insecure_channel(f"127.0.0.1:{ledger.port}") as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service="relay")
+            )
+            watcher = threading.Thread(target=watch_relay, args=(watch,), daemon=True)
+            watcher.start()
             api_grpc.LedgerServiceStub(channel).ReportIncident(
                 api.ReportIncidentRequest(
                     request_id="refused-1",
@@ -458,14 +472,20 @@ def test_a_relay_refused_at_each_publish_says_so_once_and_backs_off(tmp_path: Pa
                 ),
                 metadata=(("authorization", f"Bearer {token}"),),
             )
-        wait_until(
-            lambda: events(ledger).count("relay.publishing") >= 4,
-            timeout=60,
-            what="four relay sessions",
-        )
+            wait_until(
+                lambda: events(ledger).count("relay.publishing") >= 4,
+                timeout=60,
+                what="four relay sessions",
+            )
+            watch.cancel()
+            watcher.join(10)
         said = events(ledger)
     assert said.count("relay.session_failed") == 1, said
     assert "relay.session_recovered" not in said, said
+    # Nor does its health say SERVING between failures (before: once a session had found
+    # its position, then NOT_SERVING a second later, each session).
+    assert statuses, "the watch saw no status"
+    assert health_pb2.HealthCheckResponse.SERVING not in statuses, statuses
 
 
 def test_the_ledger_user_may_keep_evidence_in_its_bucket(tmp_path: Path) -> None:
