@@ -84,7 +84,10 @@ TEMPLATES: Mapping[str, str] = {
         "another replica takes the request."
     ),
     "STREAM_UNAVAILABLE": N_("The event stream cannot be reached: resume from the last cursor."),
-    "SHUTTING_DOWN": N_("The service is stopping: resume from the last cursor."),
+    "SHUTTING_DOWN": N_(
+        "The service is stopping: send it again, to another replica or once it is back (a "
+        "stream: from the last cursor)."
+    ),
     "HASH_CHAIN_BROKEN": N_("The stored history of {incident} fails its hash chain."),
     "STORED_RECORD_CHANGED": N_(
         "A stored record naming {incident} does not match its history: it was changed."

@@ -103,7 +103,7 @@ def cut_by_stop() -> Unavailable:
     return Unavailable(
         "the ledger is stopping and cut the upload short; nothing of it was kept: "
         "send it again (the same request id), to another replica or once this one is back",
-        reason="EVIDENCE_STORE_UNAVAILABLE",
+        reason="SHUTTING_DOWN",
     )
 
 

@@ -593,14 +593,10 @@ def test_an_upload_the_ledger_s_stop_cuts_short_is_unavailable_and_leaves_nothin
             ledger.server.stop(0.2)
     finally:
         never.set()
-    fails(
-        lambda: call.result(timeout=20), grpc.StatusCode.UNAVAILABLE, "EVIDENCE_STORE_UNAVAILABLE"
-    )
+    fails(lambda: call.result(timeout=20), grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
     assert "send it again" in str(call.exception().details())  # type: ignore[union-attr]
     answered = [x for x in logs if x["event"] == "request"]
-    assert [(x["status"], x["reason"]) for x in answered] == [
-        ("UNAVAILABLE", "EVIDENCE_STORE_UNAVAILABLE")
-    ]
+    assert [(x["status"], x["reason"]) for x in answered] == [("UNAVAILABLE", "SHUTTING_DOWN")]
     assert not [x for x in logs if x["event"] in UPLOAD_LINES]
     # Its pending entry and chunks purged before the connection to NATS closed.
     assert asyncio.run(_stream_messages(nats_server.url, "evidence")) == 0

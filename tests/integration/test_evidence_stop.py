@@ -256,7 +256,7 @@ def test_an_upload_a_stop_cuts_short_is_sent_again_by_the_client_and_recorded_on
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
     """SIGTERM with the Python client's upload under way, its sender pausing past the grace
-    period: the ledger answers UNAVAILABLE (EVIDENCE_STORE_UNAVAILABLE, "send it again"),
+    period: the ledger answers UNAVAILABLE (SHUTTING_DOWN, "send it again"),
     stores and records nothing, and exits 0; the client sends the file again, to the ledger
     started again at the same address, which records it once. Before, the ledger took the
     stream's end for the file's and logged the upload INVALID_ARGUMENT (header.size_bytes)
@@ -310,7 +310,7 @@ def test_an_upload_a_stop_cuts_short_is_sent_again_by_the_client_and_recorded_on
         ]
         assert len(answered) == 1, answered
         status, reason, error = answered[0]
-        assert (status, reason) == ("UNAVAILABLE", "EVIDENCE_STORE_UNAVAILABLE"), answered
+        assert (status, reason) == ("UNAVAILABLE", "SHUTTING_DOWN"), answered
         assert "send it again" in str(error)
         # Nothing of the cut upload stays: no object, no pending entry, no chunk.
         assert asyncio.run(_messages(nats_server.url, "OBJ_evidence")) == 0
