@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import yaml
 
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
@@ -18,7 +20,13 @@ from incidentledger.v1 import personal_data_pb2 as pd
 from services.common.config import ConfigError, LedgerSettings
 from services.common.grpc_errors import error_info, localized_message
 from services.common.sql import open_database
-from tests.support import Client, running_ledger, settings_for, store_environment
+from tests.support import (
+    REFERENCE_FILE,
+    Client,
+    running_ledger,
+    settings_for,
+    store_environment,
+)
 
 NIK = "1706014107900003"
 PHONE_LOCAL = "0812-7345-6690"
@@ -286,6 +294,45 @@ def test_a_legal_hold_blocks_erasure_until_lifted(ledger: Client) -> None:
     hold(ledger, "kejari", name, lift=True)
     erase(ledger, "desk_pilkada", name)
     assert read_states(ledger, name) == {pb.DATA_SUBJECT_STATE_ERASED}
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["default", "auditor-listed"])
+def test_an_auditor_erases_and_holds_nothing(tmp_path: Path, listed: bool) -> None:
+    """Erasures and legal holds are commands: an auditor gets READ_ONLY_ROLE, as from every
+    command, also when the reference data lists it among the erasers and the legal-hold
+    agencies; nothing is recorded."""
+    reference = REFERENCE_FILE
+    if listed:
+        raw = yaml.safe_load(REFERENCE_FILE.read_text(encoding="utf-8"))
+        raw["personal_data"]["erasers"].append("inspektorat")
+        raw["personal_data"]["legal_hold"].append("inspektorat")
+        reference = tmp_path / "auditor-listed.yaml"
+        reference.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    with (
+        store_environment("sqlite", tmp_path) as env,
+        running_ledger(settings_for(tmp_path, env, reference_file=reference)) as client,
+    ):
+        name = report_with_people(client)
+
+        def version() -> int:
+            request = api.GetIncidentRequest(name=name)
+            return client.stub.GetIncident(request, metadata=client.md("kpu")).incident.version
+
+        def refused_to_the_auditor(attempt: Callable[[], object]) -> None:
+            before = version()
+            with pytest.raises(grpc.RpcError) as refused:
+                attempt()
+            assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            assert reason(refused.value) == "READ_ONLY_ROLE"
+            assert version() == before
+
+        refused_to_the_auditor(lambda: erase(client, "inspektorat", name))
+        refused_to_the_auditor(lambda: hold(client, "inspektorat", name))
+        hold(client, "kejari", name)  # a hold in force: lifting one is a command too
+        refused_to_the_auditor(lambda: hold(client, "inspektorat", name, lift=True))
+        assert read_states(client, name) == {pb.DATA_SUBJECT_STATE_PRESENT}
+        holds = accesses(client, "desk_pilkada", name).legal_holds
+        assert [h.agency for h in holds] == ["kejari"]
 
 
 def test_a_batch_report_takes_personal_data(ledger: Client) -> None:

@@ -1270,8 +1270,10 @@ class Incident(Aggregate):
     ) -> list[UUID]:
         """Record the erasure of the subjects' data (none named: all of this incident's);
         returns their ids, whose keys the application then destroys. FAILED_PRECONDITION
-        (``LEGAL_HOLD``) while a legal hold is in force."""
+        (``LEGAL_HOLD``) while a legal hold is in force. An auditor is refused first
+        (``READ_ONLY_ROLE``), as by every command, even one the policy names."""
         actor = envelope.actor
+        _require_writer(actor, "ErasePersonalData")
         if not (
             actor.role is Role.COORDINATOR
             or actor.agency == self.reporter_agency
@@ -1338,6 +1340,9 @@ class Incident(Aggregate):
 
     @staticmethod
     def _require_hold_agency(actor: Actor, policy: PersonalDataPolicy, command: str) -> None:
+        """An agency the policy names for legal holds, never an auditor (a hold is written
+        in the incident's history: auditors write nothing, even one the policy names)."""
+        _require_writer(actor, command)
         if actor.agency not in policy.legal_hold:
             raise PermissionDenied(
                 f"only {', '.join(sorted(policy.legal_hold)) or 'no agency'} may {command}",
