@@ -1215,28 +1215,30 @@ class Ledger(Application[UUID]):
         for incident_id, subject_ids in by_incident.items():
             only = frozenset(subject_ids)
             try:
-                self._record_subject_access(envelope, incident_id, only, purpose)
+                incident, access = self._record_subject_access(envelope, incident_id, only, purpose)
             except NotFound:
                 continue  # keys of a report that failed to save: they open nothing
             except FailedPrecondition as refused:
                 if refused.reason != "NO_PERSONAL_DATA":
                     raise
                 continue  # an anonymous reporter, known to the reporting agency alone
-            incident = self._load(incident_id)
-            for subject_id in sorted(only):
-                subject = incident.subjects.get(subject_id)
-                if subject is None:
-                    continue
-                view = self._view(incident, subject, only)
-                trail = tuple(a for a in incident.accesses if subject_id in a.subjects)
+            # Disclosed: what the recorded read names, of whom the caller may read (an
+            # anonymous reporter found by a shared phone is left out, not decrypted).
+            read = frozenset(access.subjects)
+            for subject in incident.found_subjects(
+                envelope.actor, policy, only, access, envelope.request_id
+            ):
+                view = self._view(incident, subject, read)
+                trail = tuple(a for a in incident.accesses if subject.subject_id in a.subjects)
                 views.append(replace(view, accesses=trail))
         return views
 
     def _record_subject_access(
         self, envelope: Envelope, incident_id: UUID, only: frozenset[UUID], purpose: str
-    ) -> None:
+    ) -> tuple[Incident, PersonalDataAccess]:
         """Record a subject access's read of one incident, as ReadPersonalData records it
-        (once per request id: ``find/`` and a UUID of the incident and the caller's id)."""
+        (once per request id: ``find/`` and a UUID of the incident and the caller's id);
+        the incident after it and the read recorded (now, or by the request before)."""
         # One request id per incident, derived from the caller's (and as short as any).
         request_id = f"find/{uuid5(incident_id, envelope.request_id).hex}"
         env = replace(envelope, request_id=request_id, causation_id=envelope.request_id)
@@ -1249,8 +1251,8 @@ class Ledger(Application[UUID]):
 
         command = ReadPersonalData(incident_id, 0, purpose)
         result = self._execute(env, command, incident_id, 0, run, (incident_id,))
-        if result.replayed:
-            self._load(incident_id).recorded_read(env.actor, result.event_id, envelope.request_id)
+        incident = self._load(incident_id)
+        return incident, incident.recorded_read(env.actor, result.event_id, envelope.request_id)
 
     def erase_expired_personal_data(self, retention: timedelta, now: datetime | None = None) -> int:
         """The retention rule: erase the personal data of every incident closed at least

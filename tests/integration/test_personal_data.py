@@ -262,6 +262,64 @@ def test_subject_access_by_phone_or_nik_finds_only_that_person(ledger: Client) -
     assert len(accesses(ledger, "desk_pilkada", first).accesses) == 2
 
 
+def search(ledger: Client, agency: str, request_id: str, **key: str) -> Any:
+    return ledger.stub.FindPersonalData(
+        api.FindPersonalDataRequest(
+            request_id=request_id, purpose="subject access request 5/2024", **key
+        ),
+        metadata=ledger.md(agency),
+    )
+
+
+def test_a_search_never_discloses_an_anonymous_reporter_to_another_agency(
+    ledger: Client,
+) -> None:
+    """A witness reached on the anonymous reporter's phone (one household's number): a
+    search by that phone finds both people, and answers with the witness alone, as the
+    read it records names the witness alone. The same for a search whose request id found
+    the witness before (answered from that read): the reporter is never in its answer."""
+    name = ledger.report(
+        personal_data=pd.PersonalData(
+            reporter=pd.Person(name=NAME, phone=PHONE_LOCAL, nik=NIK),
+            reporter_anonymous=True,
+            witnesses=[pd.Person(name="Budi Saksi", phone=PHONE_LOCAL, nik=WITNESS_NIK)],
+        )
+    ).incident
+    request_id = secrets.token_hex(8)
+    found = search(ledger, "bawaslu", request_id, phone=PHONE)
+    assert [(s.incident, s.role) for s in found.subjects] == [(name, pb.DATA_SUBJECT_ROLE_WITNESS)]
+    assert NIK not in str(found) and NAME not in str(found)
+    witness = found.subjects[0].subject_id
+    reads = accesses(ledger, "desk_pilkada", name).accesses
+    assert [list(a.subjects) for a in reads] == [[witness]]
+    by_nik = search(ledger, "bawaslu", request_id, nik=NIK)
+    assert not by_nik.subjects
+    assert [list(a.subjects) for a in accesses(ledger, "desk_pilkada", name).accesses] == [
+        [witness]
+    ]
+
+
+def test_a_request_id_used_again_for_another_search_discloses_nothing_unrecorded(
+    ledger: Client,
+) -> None:
+    """A search's read is recorded per incident under a request id derived from the
+    caller's: sent again, it is answered from that read. Another person searched with the
+    same request id is another request (REQUEST_ID_REUSED): their data is never disclosed
+    without a read of it recorded."""
+    name = report_with_people(ledger)
+    request_id = secrets.token_hex(8)
+    first = search(ledger, "bawaslu", request_id, nik=NIK)
+    assert [s.person.nik for s in first.subjects] == [NIK]
+    assert search(ledger, "bawaslu", request_id, nik=NIK) == first  # a retry: the same answer
+    with pytest.raises(grpc.RpcError) as reused:
+        search(ledger, "bawaslu", request_id, nik=WITNESS_NIK)
+    assert reused.value.code() is grpc.StatusCode.ALREADY_EXISTS
+    assert reason(reused.value) == "REQUEST_ID_REUSED"
+    assert WITNESS_NIK not in (reused.value.details() or "")
+    reads = accesses(ledger, "desk_pilkada", name).accesses
+    assert [list(a.subjects) for a in reads] == [[first.subjects[0].subject_id]]
+
+
 def test_erasure_destroys_the_data_and_the_index(ledger: Client) -> None:
     name = report_with_people(ledger)
     erase(ledger, "desk_pilkada", name)

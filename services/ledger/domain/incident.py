@@ -1214,6 +1214,29 @@ class Incident(Aggregate):
             )
         return access
 
+    def found_subjects(
+        self,
+        actor: Actor,
+        policy: PersonalDataPolicy,
+        found: frozenset[UUID],
+        access: PersonalDataAccess,
+        request_id: str,
+    ) -> list[DataSubject]:
+        """The subjects a search (subject access) found here that its recorded read
+        ``access`` discloses: those of ``found`` the caller may read, never an anonymous
+        reporter but to the reporting agency (not even as a match withheld). A found subject
+        with data that the read does not name means the read was recorded by another search
+        under the same request id: REQUEST_ID_REUSED, nothing disclosed without its read."""
+        chosen = [s for s in self.readable_subjects(actor, policy) if s.subject_id in found]
+        if any(not s.erased and s.subject_id not in access.subjects for s in chosen):
+            raise AlreadyExists(
+                f"request_id {request_id!r} was already used by {actor.agency} to search "
+                "for another person; use a request id of your own for each search",
+                reason="REQUEST_ID_REUSED",
+                metadata={"request_id": request_id, "original_command": "FindPersonalData"},
+            )
+        return sorted(chosen, key=lambda s: s.subject_id)
+
     def check_may_see_personal_data_record(self, actor: Actor, policy: PersonalDataPolicy) -> None:
         """Who read the data, the subjects' references and the holds: for the agencies that
         may read, erase or hold it, and auditors (the record holds no personal data)."""
