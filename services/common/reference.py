@@ -239,19 +239,27 @@ class PersonalDataPolicy:
         coordinator = [a.code for a in agencies.values() if a.role is Role.COORDINATOR]
         raw = raw or {}
 
-        def codes(key: str, default: list[str]) -> frozenset[str]:
+        def codes(key: str, default: list[str], *, acts: bool) -> frozenset[str]:
             listed = raw.get(key, default)
             if not isinstance(listed, list) or not all(isinstance(c, str) for c in listed):
                 raise ValueError(f"personal_data.{key}: a list of agency codes")
             unknown = sorted(set(listed) - set(agencies))
             if unknown:
                 raise ValueError(f"personal_data.{key}: unknown agencies {unknown}")
+            # An auditor records nothing (the incident refuses it READ_ONLY_ROLE): listed
+            # where an agency acts, it would be a rule the ledger never applies.
+            auditors = sorted(c for c in listed if agencies[c].role is Role.AUDITOR)
+            if acts and auditors:
+                raise ValueError(
+                    f"personal_data.{key}: {auditors} audit and record nothing; "
+                    "an auditor may be among the readers only"
+                )
             return frozenset(listed)
 
         return cls(
-            readers=codes("readers", coordinator),
-            erasers=codes("erasers", coordinator),
-            legal_hold=codes("legal_hold", []),
+            readers=codes("readers", coordinator, acts=False),
+            erasers=codes("erasers", coordinator, acts=True),
+            legal_hold=codes("legal_hold", [], acts=True),
         )
 
 
