@@ -155,6 +155,7 @@ def test_tables_in_indonesian_fit_an_80_column_terminal(
             continue
         if args[0] == "decisions":
             assert {"kota_mukomuko", "Kumpulan", "massa", "dibatasi"} <= words, shown
+            assert codes[0] in words, shown  # the incident by its code, as everywhere
             continue
         assert set(codes) <= words, (args, shown)  # whole, as read out over the phone
         assert set(title.split()) <= words, (args, shown)  # no word broken

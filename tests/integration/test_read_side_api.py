@@ -44,7 +44,8 @@ def test_a_client_reads_its_own_write(ledger: Client) -> None:
 def test_situation_views_and_the_board_as_of_a_time(ledger: Client) -> None:
     s, md = ledger.stub, ledger.md
     situation = sit_grpc.SituationServiceStub(ledger.channel)
-    name = ledger.report("kesbangpol", severity="critical").incident
+    reported = ledger.report("kesbangpol", severity="critical")
+    name = reported.incident
     before_decision = datetime.now(UTC)
     s.VerifyIncident(
         api.VerifyIncidentRequest(request_id=rid(), name=name), metadata=md("desk_pilkada")
@@ -74,6 +75,8 @@ def test_situation_views_and_the_board_as_of_a_time(ledger: Client) -> None:
     ).decisions
     assert [d.summary for d in in_force] == ["Large gatherings restricted for three days"]
     assert list(in_force[0].deciding_agencies) == ["desk_pilkada", "polres"]
+    # Named by its code, as every view names the incident (it said incidents/ID alone).
+    assert reported.reference and in_force[0].reference == reported.reference
     later = situation.ListDecisionsInForce(
         sit.ListDecisionsInForceRequest(time=ts(now + timedelta(days=4))), metadata=md("polres")
     )

@@ -635,6 +635,8 @@ class DecisionInForce:
     valid_until: datetime | None
     record_time: datetime | None
     recorded_by: str
+    #: The incident's reference code (MKM-7QK3-9V); "" for one reported before codes.
+    reference: str = ""
 
     @classmethod
     def from_proto(cls, message: situation_pb.DecisionInForce) -> DecisionInForce:
@@ -651,6 +653,7 @@ class DecisionInForce:
             valid_until=_optional_time(message, "valid_until"),
             record_time=_optional_time(message, "record_time"),
             recorded_by=message.recorded_by,
+            reference=message.reference,
         )
 
 

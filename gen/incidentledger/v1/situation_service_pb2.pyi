@@ -229,6 +229,7 @@ class DecisionInForce(_message.Message):
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
     RECORD_TIME_FIELD_NUMBER: _builtins.int
     RECORDED_BY_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
     incident: _builtins.str
     """"incidents/{id}" """
     event_id: _builtins.str
@@ -239,6 +240,10 @@ class DecisionInForce(_message.Message):
     desa: _builtins.str
     recorded_by: _builtins.str
     """The agency that recorded it."""
+    reference: _builtins.str
+    """The incident's reference code (MKM-7QK3-9V); empty for an incident reported before
+    reference codes existed.
+    """
     @_builtins.property
     def deciding_agencies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -262,10 +267,11 @@ class DecisionInForce(_message.Message):
         valid_until: _timestamp_pb2.Timestamp | None = ...,
         record_time: _timestamp_pb2.Timestamp | None = ...,
         recorded_by: _builtins.str = ...,
+        reference: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["record_time", b"record_time", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deciding_agencies", b"deciding_agencies", "desa", b"desa", "event_id", b"event_id", "forum", b"forum", "incident", b"incident", "kecamatan", b"kecamatan", "rationale", b"rationale", "record_time", b"record_time", "recorded_by", b"recorded_by", "summary", b"summary", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deciding_agencies", b"deciding_agencies", "desa", b"desa", "event_id", b"event_id", "forum", b"forum", "incident", b"incident", "kecamatan", b"kecamatan", "rationale", b"rationale", "record_time", b"record_time", "recorded_by", b"recorded_by", "reference", b"reference", "summary", b"summary", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -94,6 +94,7 @@ class SituationServicer(sit_grpc.SituationServiceServicer):
                     valid_until=wire.timestamp(d.valid_until),
                     record_time=wire.timestamp(d.recorded_at),
                     recorded_by=d.recorded_by,
+                    reference=d.reference,
                 )
                 for d in decisions
             ],

@@ -97,6 +97,7 @@ class DecisionInForce:
     valid_until: datetime
     recorded_at: datetime
     recorded_by: str  # the agency that recorded it
+    reference: str = ""  # the incident's reference code ("" for one recorded before codes)
 
 
 @dataclass(frozen=True)

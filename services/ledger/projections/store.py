@@ -325,20 +325,24 @@ class ProjectionStore:
 
     def decisions_in_force(self, at: datetime, kecamatan: str | None) -> list[DecisionInForce]:
         at_us = micros(at)
-        where = "valid_from <= ? AND valid_until > ?"
+        where = "d.valid_from <= ? AND d.valid_until > ?"
         params: list[Any] = [at_us, at_us]
         if kecamatan is not None:
-            where += " AND kecamatan = ?"
+            where += " AND d.kecamatan = ?"
             params.append(kecamatan)
+        # With the incident's reference code (MKM-7QK3-9V), which every view shows.
+        columns = ", ".join(f"d.{c}" for c in DECISION_COLUMNS)
         with self.sql.transaction() as cur:
             cur.execute(
                 self.sql.q(
-                    f"SELECT {', '.join(DECISION_COLUMNS)} FROM proj_decision "  # noqa: S608
-                    f"WHERE {where} ORDER BY valid_from, position"
+                    f"SELECT {columns}, i.reference FROM proj_decision d "  # noqa: S608
+                    "LEFT JOIN proj_incident i ON i.incident_id = d.incident_id "
+                    f"WHERE {where} ORDER BY d.valid_from, d.position"
                 ),
                 params,
             )
-            rows = [DecisionRow.from_db(r) for r in cur.fetchall()]
+            found = cur.fetchall()
+        rows = [(DecisionRow.from_db(r[:-1]), r[-1] or "") for r in found]
         return [
             DecisionInForce(
                 incident_id=UUID(r.incident_id),
@@ -354,8 +358,9 @@ class ProjectionStore:
                 valid_until=to_datetime(int(r.valid_until)),
                 recorded_at=to_datetime(int(r.recorded_at)),
                 recorded_by=r.recorded_by,
+                reference=code,
             )
-            for r in rows
+            for r, code in rows
         ]
 
     def workload(self, at: datetime) -> list[AgencyWorkload]:

@@ -745,7 +745,7 @@ def decisions_table(decisions: Iterable[DecisionInForce], zone: tzinfo = UTC) ->
             ", ".join(d.deciding_agencies),
             when(d.valid_from, zone),
             when(d.valid_until, zone),
-            short_id(d.incident),
+            d.reference or short_id(d.incident),
         )
     return table
 
