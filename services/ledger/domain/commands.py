@@ -42,6 +42,20 @@ MAX_TEXT = 4000
 MAX_SHORT = 128
 MAX_TPS = 32
 
+#: The corrected fields whose own limit is not the correction's (``new_value``, 4000): its
+#: length, and whether it is required (a value the command that recorded it would take).
+#: Before, a title or a forum was corrected to 4,000 characters, a TPS to 4,000, and a
+#: required text to blanks.
+CORRECTED_TEXTS: dict[str, tuple[int, bool]] = {
+    "title": (MAX_TITLE, True),
+    "forum": (MAX_TITLE, True),
+    "location.tps": (MAX_TPS, False),
+    "summary": (MAX_TEXT, True),
+    "rationale": (MAX_TEXT, True),
+    "action": (MAX_TEXT, True),
+    "resolution": (MAX_TEXT, True),
+}
+
 #: The metadata keys of a command's fields.
 CHECK = "check"
 MAX_LENGTH = "max_length"
@@ -623,6 +637,9 @@ class LiftLegalHold(PersonalDataCommand):
 def check_corrected_value(rules: Rules, field: str, new_value: str) -> None:
     """A corrected value must be one the field could have held."""
     reference = rules.reference
+    if field in CORRECTED_TEXTS:
+        limit, required = CORRECTED_TEXTS[field]
+        check_text("new_value", new_value, limit, required=required)
     if field == "severity":
         reference.check_severity(new_value, "new_value")
     elif field == "category":
