@@ -46,6 +46,7 @@ TEMPLATES: Mapping[str, str] = {
     "CLOSURE_NOT_REQUESTED": N_("The lead agency has not asked for closure."),
     "CLOSURE_ALREADY_REQUESTED": N_("Closure has already been requested."),
     "ALREADY_INVOLVED": N_("{agency} already leads or supports this incident."),
+    "TOO_MANY_DECISIONS": N_("The incident already records {limit} decisions, the most it may."),
     "OLD_VALUE_MISMATCH": N_("The recorded value of {field} is {recorded_value}."),
     "NO_CHANGE": N_("The incident's severity is already {severity}."),
     "MERGE_TARGET_NOT_LIVE": N_("The incident to merge into is {target_status}."),

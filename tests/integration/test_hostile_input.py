@@ -4,6 +4,7 @@ API's limits must not break the ledger's answers for anyone."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -11,9 +12,14 @@ import pytest
 
 from incidentledger.v1 import ledger_service_pb2 as api
 from services.common.grpc_errors import error_info
-from tests.support import Client, rid, running_ledger, settings_for, store_environment
+from services.ledger.domain.incident import MAX_DECISIONS
+from tests.support import Client, rid, running_ledger, settings_for, store_environment, ts
 
 COORDINATOR = "desk_pilkada"
+#: What a gRPC client takes in one message by default.
+CLIENT_RECEIVE_LIMIT = 4 * 1024 * 1024
+#: The longest texts a decision takes, in 4-byte characters: 33 kB in the incident.
+LONGEST = "\U0001f600" * 4000
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +72,58 @@ def test_a_correction_keeps_the_corrected_fields_own_limit(
         api.GetIncidentRequest(name=reported.incident), metadata=ledger.md("kesbangpol")
     ).incident
     assert incident.version == 1, "nothing recorded"
+
+
+def decide(ledger: Client, name: str) -> api.RecordDecisionResponse:
+    now = datetime.now(UTC)
+    return ledger.stub.RecordDecision(
+        api.RecordDecisionRequest(
+            request_id=rid(),
+            name=name,
+            deciding_agencies=[COORDINATOR],
+            forum="\U0001f600" * 200,
+            summary=LONGEST,
+            rationale=LONGEST,
+            valid_from=ts(now),
+            valid_until=ts(now + timedelta(days=3)),
+        ),
+        metadata=ledger.md(COORDINATOR),
+    )
+
+
+@pytest.fixture(scope="module")
+def decided(ledger: Client) -> list[str]:
+    """Two incidents, each with as many decisions as it may hold, every text at its limit."""
+    names = []
+    for _ in range(2):
+        name = ledger.report("bpbd", description=LONGEST).incident
+        ledger.stub.VerifyIncident(
+            api.VerifyIncidentRequest(request_id=rid(), name=name), metadata=ledger.md(COORDINATOR)
+        )
+        for _ in range(MAX_DECISIONS):
+            decide(ledger, name)
+        names.append(name)
+    return names
+
+
+def test_an_incident_records_so_many_decisions_and_still_reads_whole(
+    ledger: Client, decided: list[str]
+) -> None:
+    """Every answer that shows an incident carries its decisions in full. Before, an
+    agency involved in an incident could record decisions until the incident was larger
+    than gRPC sends (about 125 at the texts' limits): GetIncident failed for everyone, and
+    so did every page of ListIncidents that held it. Now the 101st is refused, and the
+    incident with 100 still reads whole."""
+    name = decided[0]
+    with pytest.raises(grpc.RpcError) as refused:
+        decide(ledger, name)
+    assert refusal(refused.value)[:2] == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "TOO_MANY_DECISIONS",
+    )
+    incident = ledger.stub.GetIncident(
+        api.GetIncidentRequest(name=name), metadata=ledger.md("bpbd")
+    ).incident
+    assert len(incident.decisions) == MAX_DECISIONS
+    assert {d.summary for d in incident.decisions} == {LONGEST}
+    assert incident.ByteSize() < CLIENT_RECEIVE_LIMIT

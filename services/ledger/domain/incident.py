@@ -34,6 +34,12 @@ from services.ledger.domain.refcodes import code_for
 from services.ledger.domain.times import shown, window_refused
 
 GENESIS_HASH = "0" * 64
+#: The most decisions an incident records. The incident carries each in full (up to 4,000
+#: characters of summary and of rationale, 33 kB in 4-byte characters) in every answer
+#: that shows it: 100 of them stay under the 4 MiB a gRPC client takes in one message.
+#: Before, about 125 made GetIncident fail for everyone, and every ListIncidents page
+#: holding the incident with it.
+MAX_DECISIONS = 100
 
 
 class Status(enum.Enum):
@@ -990,6 +996,12 @@ class Incident(Aggregate):
                 metadata={"caller_agency": envelope.actor.agency},
             )
         window_refused("valid_until", valid_from, valid_until, zone)
+        if len(self.decisions) >= MAX_DECISIONS:
+            raise FailedPrecondition(
+                f"the incident already records {MAX_DECISIONS} decisions, the most it may",
+                reason="TOO_MANY_DECISIONS",
+                metadata={"limit": str(MAX_DECISIONS)},
+            )
         self._trigger(
             self.DecisionRecorded,
             envelope,
