@@ -66,17 +66,29 @@ def page_of(
     fetch: Callable[[Any, int], Sequence[T]],
     cursor_of: Callable[[T], Any],
     start: Any,
+    *,
+    weigh: Callable[[T], int] | None = None,
+    max_bytes: int = 0,
 ) -> tuple[list[T], str]:
     """One page of a keyset-paginated query, and the token of the next page ("" at the end).
 
     ``fetch(after, limit)`` returns the items after the cursor ``after``; ``cursor_of``
-    gives an item's cursor; ``start`` is the cursor of the first page.
+    gives an item's cursor; ``start`` is the cursor of the first page. With ``weigh`` (an
+    item's size in the response, in bytes) and ``max_bytes``, the page ends before the item
+    that would take it past ``max_bytes`` (it holds one item at least), and the next page
+    starts with that item: a page of large items would be larger than gRPC sends.
     """
     after = tokens.decode(query, page_token).get("after", start) if page_token else start
-    items = fetch(after, size + 1)
+    items = list(fetch(after, size + 1))
+    if weigh is not None and max_bytes > 0:
+        total = 0
+        for n, item in enumerate(items[:size]):
+            total += weigh(item)
+            if n and total > max_bytes:
+                return items[:n], tokens.encode(query, {"after": cursor_of(items[n - 1])})
     if len(items) <= size:
-        return list(items), ""
-    return list(items[:size]), tokens.encode(query, {"after": cursor_of(items[size - 1])})
+        return items, ""
+    return items[:size], tokens.encode(query, {"after": cursor_of(items[size - 1])})
 
 
 def _digest(query: str) -> str:

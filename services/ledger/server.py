@@ -48,7 +48,7 @@ from services.common.stopping import close_step
 from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.ledger.api.audit_servicer import AuditServicer
 from services.ledger.api.evidence_servicer import EvidenceServicer
-from services.ledger.api.servicer import LedgerServicer
+from services.ledger.api.servicer import MAX_PAGE_BYTES, LedgerServicer
 from services.ledger.api.situation_servicer import SituationServicer
 from services.ledger.application import IngestLimits, Ledger, time_bounds_of
 from services.ledger.audit import Checkpoint, CheckpointError, Checkpoints, load_signing_key
@@ -328,7 +328,15 @@ def build(settings: LedgerSettings) -> LedgerServer:
     page_tokens = PageTokens(page_token_secret(settings))
     read_model = ReadModel(ledger, projections)
     ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server(
-        LedgerServicer(ledger, read_model, page_tokens, error_domain=ERROR_DOMAIN), server
+        LedgerServicer(
+            ledger,
+            read_model,
+            page_tokens,
+            error_domain=ERROR_DOMAIN,
+            # Within what the server sends (4 times the largest request it takes).
+            max_page_bytes=min(MAX_PAGE_BYTES, 2 * settings.max_message_bytes),
+        ),
+        server,
     )
     situation_service_pb2_grpc.add_SituationServiceServicer_to_server(
         SituationServicer(read_model), server

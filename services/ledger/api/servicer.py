@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Protocol, TypeVar, cast
+from uuid import UUID
 
 import grpc
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 from typing_extensions import override
 
+from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from incidentledger.v1 import personal_data_pb2 as pd
@@ -23,7 +25,7 @@ from services.common.grpc_errors import accept_language, to_status_proto
 from services.common.grpc_server import current_principal
 from services.common.pagetoken import PageTokens, page_of
 from services.ledger import wire
-from services.ledger.application import Ledger
+from services.ledger.application import Ledger, StoredIncidentEvent
 from services.ledger.domain.commands import ErasePersonalData, ReadPersonalData
 from services.ledger.domain.incident import Actor, Envelope
 from services.ledger.projections import NEWEST_START, BoardFilter, parse_order
@@ -42,6 +44,12 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 500
 DEFAULT_EVENTS_PAGE = 100
 MAX_EVENTS_PAGE = 1000
+#: The most a page of incidents or events holds, in bytes (it holds one item at least):
+#: half what gRPC clients take by default (4 MiB). An incident grows with its decisions
+#: (each up to 4,000 characters of summary and of rationale) and an event may weigh 50 kB,
+#: so a page of them by count alone could be larger than gRPC sends, and every page after
+#: it could never be read.
+MAX_PAGE_BYTES = 2 * 1024 * 1024
 
 
 def page_size(value: int, default: int, maximum: int) -> int:
@@ -58,11 +66,13 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
         page_tokens: PageTokens,
         *,
         error_domain: str,
+        max_page_bytes: int = MAX_PAGE_BYTES,
     ) -> None:
         self._ledger = ledger
         self._read = read_model
         self._tokens = page_tokens
         self._error_domain = error_domain
+        self._page_bytes = max_page_bytes
 
     def _actor(self) -> Actor:
         """The caller, from its credentials (never from the request)."""
@@ -373,6 +383,19 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
         with self._read.view(
             min_position=request.min_position, as_of=as_of, timeout=context.time_remaining()
         ) as view:
+            messages: dict[UUID, pb.Incident] = {}
+
+            def message(incident_id: UUID) -> pb.Incident:
+                """The incident as the page sends it, made once (weighed, then sent)."""
+                if incident_id not in messages:
+                    incident = (
+                        self._ledger.get_incident_as_of(incident_id, position=view.position)
+                        if view.historical
+                        else self._ledger.get_incident(incident_id)
+                    )
+                    messages[incident_id] = wire.incident_to_proto(incident)
+                return messages[incident_id]
+
             rows, next_token = page_of(
                 self._tokens,
                 query,
@@ -387,17 +410,11 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
                 ),
                 lambda row: row[0],
                 NEWEST_START if newest_first else 0,
+                weigh=lambda row: message(row[1]).ByteSize(),
+                max_bytes=self._page_bytes,
             )
-            incidents = [
-                self._ledger.get_incident_as_of(incident_id, position=view.position)
-                if view.historical
-                else self._ledger.get_incident(incident_id)
-                for _, incident_id in rows
-            ]
-        return api.ListIncidentsResponse(
-            incidents=[wire.incident_to_proto(i) for i in incidents],
-            next_page_token=next_token,
-        )
+            incidents = [message(incident_id) for _, incident_id in rows]
+        return api.ListIncidentsResponse(incidents=incidents, next_page_token=next_token)
 
     @override
     def ListIncidentEvents(
@@ -405,6 +422,15 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.ListIncidentEventsResponse:
         incident_id = wire.parse_name(request.parent, "parent")
         size = page_size(request.page_size, DEFAULT_EVENTS_PAGE, MAX_EVENTS_PAGE)
+        messages: dict[int, pb.IncidentEvent] = {}
+
+        def event_message(stored: StoredIncidentEvent) -> pb.IncidentEvent:
+            """The event as the page sends it, made once (weighed, then sent)."""
+            version = stored.event.originator_version
+            if version not in messages:
+                messages[version] = wire.event_to_proto(stored)
+            return messages[version]
+
         events, next_token = page_of(
             self._tokens,
             f"events?parent={request.parent}",
@@ -415,7 +441,9 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
             ),
             lambda stored: stored.event.originator_version,
             0,
+            weigh=lambda stored: event_message(stored).ByteSize(),
+            max_bytes=self._page_bytes,
         )
         return api.ListIncidentEventsResponse(
-            events=[wire.event_to_proto(e) for e in events], next_page_token=next_token
+            events=[event_message(e) for e in events], next_page_token=next_token
         )
