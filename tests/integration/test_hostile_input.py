@@ -13,6 +13,7 @@ import pytest
 from incidentledger.v1 import ledger_service_pb2 as api
 from services.common.grpc_errors import error_info
 from services.ledger.domain.incident import MAX_DECISIONS
+from tests.ledgerctl_support import Ctl
 from tests.support import Client, rid, running_ledger, settings_for, store_environment, ts
 
 COORDINATOR = "desk_pilkada"
@@ -164,3 +165,24 @@ def test_pages_of_large_incidents_and_events_are_cut_to_what_a_client_takes(
             if not token:
                 break
         assert versions == list(range(1, MAX_DECISIONS + 3)), "every event once, in order"
+
+
+#: A title that drives a terminal: clear the screen, print in red, set the window's title.
+DRIVING = "Rally \x1b[2J\x1b[31mOWNED\x1b[0m \x1b]0;pwned\x07\r\x9b31m"
+
+
+def test_ledgerctl_shows_control_characters_and_brackets_as_text(ctl: Ctl) -> None:
+    """Whoever reports writes the title and description that every officer's ledgerctl
+    prints. Before, an escape sequence in a title reached the reader's terminal as it
+    was (``ledgerctl list`` cleared the screen), and a description with ``[/b]`` made
+    ``ledgerctl show`` fail (rich read it as markup). Now both are shown as text."""
+    reported = ctl.ledger.report(
+        "kesbangpol", title=DRIVING, description="[/b] [red]not red[/red] [link=x]y[/link]"
+    )
+    name = reported.incident
+    for args in (("list",), ("show", name)):
+        out = ctl.ok("kesbangpol", *args)
+        assert not set(out) & {"\x1b", "\x07", "\r", "\x9b"}, (args, out)
+        assert "OWNED" in out and "␛" in out, (args, out)
+    shown = ctl.ok("kesbangpol", "show", name)
+    assert "[/b] [red]not red[/red] [link=x]y[/link]" in shown, shown

@@ -17,6 +17,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from rich.console import Console
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -63,7 +64,31 @@ class OutputClosed(Exception):  # noqa: N818 - a condition, not a fault
     ends quietly. Not an OSError, which typer turns into exit code 1."""
 
 
-class _Stdout(Console):
+#: The control characters a terminal acts on (C0 but line breaks and tabs, DEL, C1), each
+#: shown as a visible character instead: its Unicode control picture (ESC as ␛), else �.
+CONTROLS = {
+    **{c: 0x2400 + c for c in range(0x20) if chr(c) not in "\n\t"},
+    0x7F: 0x2421,
+    **{c: 0xFFFD for c in range(0x80, 0xA0)},
+}
+
+
+class _Shown(Console):
+    """A console that prints the ledger's texts as text: a title, a description or an error
+    quoting a value may hold control characters (anyone who reports writes them), which
+    printed raw would drive the reader's terminal (ESC [ 2 J clears it, ESC ] sets its
+    title, a carriage return overwrites the line). They are shown as visible characters;
+    rich's own styles and cursor moves are written as before."""
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        return super()._render_buffer(
+            Segment(text.translate(CONTROLS), style, control) if control is None else segment
+            for segment in buffer
+            for text, style, control in (segment,)
+        )
+
+
+class _Stdout(_Shown):
     def on_broken_pipe(self) -> None:
         # rich's own answer is exit code 1; ledgerctl ends as a closed pipe ends other tools.
         self.quiet = True
@@ -74,7 +99,8 @@ def console() -> Console:
     """The stdout console (looked up per call, so redirected stdout is honoured)."""
     # Piped output is not cut to 80 columns ($COLUMNS still wins).
     width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
-    return _Stdout(file=sys.stdout, soft_wrap=False, width=width)
+    # No markup: a value such as a description's "[/b]" is text (parsed, it was an error).
+    return _Stdout(file=sys.stdout, soft_wrap=False, width=width, markup=False)
 
 
 def _write(text: str, *, flush: bool = True) -> None:
@@ -88,7 +114,7 @@ def _write(text: str, *, flush: bool = True) -> None:
 
 
 def error_console() -> Console:
-    return Console(file=sys.stderr, soft_wrap=True)
+    return _Shown(file=sys.stderr, soft_wrap=True, markup=False)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -166,9 +192,12 @@ def command_result(out: Console, verb: str, result: CommandResult, reference: st
     ``reference``, the one the run looked up) as officers read it out; by its name when
     neither is known."""
     out.print(
-        f"[bold]{verb}[/bold] {result.reference or reference or result.incident} "
-        + _("(version {version}, position {position}, event {event})").format(
-            version=result.version, position=result.position, event=result.event_id
+        Text.assemble(
+            (verb, "bold"),
+            f" {result.reference or reference or result.incident} "
+            + _("(version {version}, position {position}, event {event})").format(
+                version=result.version, position=result.position, event=result.event_id
+            ),
         )
     )
 
