@@ -77,6 +77,7 @@ from services.ledger.domain.commands import (
     command_name,
 )
 from services.ledger.domain.incident import (
+    RESERVED_REQUEST_PREFIXES,
     Actor,
     DataSubject,
     DeviceRecord,
@@ -1241,7 +1242,9 @@ class Ledger(Application[UUID]):
         the incident after it and the read recorded (now, or by the request before)."""
         # One request id per incident, derived from the caller's (and as short as any).
         request_id = f"find/{uuid5(incident_id, envelope.request_id).hex}"
-        env = replace(envelope, request_id=request_id, causation_id=envelope.request_id)
+        env = replace(
+            envelope, request_id=request_id, causation_id=envelope.request_id, by_ledger=True
+        )
         policy = self.reference.personal_data
 
         def run(reload: bool) -> list[Incident]:
@@ -1272,7 +1275,7 @@ class Ledger(Application[UUID]):
             if not incident.personal_data_expired(moment, retention):
                 continue
             request_id = f"retention/{incident_id}"
-            envelope = Envelope(actor, request_id, request_id, request_id)
+            envelope = Envelope(actor, request_id, request_id, request_id, by_ledger=True)
             command = ErasePersonalData(
                 incident_id, 0, (), f"retention rule: {days:g} days after closure"
             )
@@ -1595,6 +1598,12 @@ class Ledger(Application[UUID]):
         if not envelope.request_id:
             raise InvalidArgument("request_id", "is required (AIP-155)")
         check_text("request_id", envelope.request_id, MAX_SHORT)
+        if not envelope.by_ledger and envelope.request_id.startswith(RESERVED_REQUEST_PREFIXES):
+            raise InvalidArgument(
+                "request_id",
+                f"may not begin with {' or '.join(RESERVED_REQUEST_PREFIXES)}: the ledger "
+                "names its own requests so",
+            )
         check_text("correlation_id", envelope.correlation_id, MAX_SHORT)
         if expected < 0:
             raise InvalidArgument("expected_version", "must not be negative")

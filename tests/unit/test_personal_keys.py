@@ -343,6 +343,24 @@ def test_the_retention_rule_erases_closed_incidents_unless_held(tmp_path: Path) 
     assert basis == ["retention rule: 365 days after closure"]
     # The keys are gone, not only marked: nothing opens the erased data.
     assert set(keys.incidents_with_keys()) == {still_open, held}
+
+
+def test_a_caller_cannot_take_the_retention_rules_request_id(tmp_path: Path) -> None:
+    """The retention rule erases as the coordinator under request id ``retention/{incident}``.
+    Before, an officer of the coordinator could send any command under that id first: the
+    rule was then refused (``REQUEST_ID_REUSED``) at every run, logged a warning, and the
+    incident's personal data was never erased. Now a caller's request id may not begin with
+    the ledger's own prefixes, and the rule erases."""
+    keys = keys_at(tmp_path / "k.sqlite", OLD)
+    ledger = Ledger(REF, env={"PERSISTENCE_MODULE": "eventsourcing.popo"}, personal_keys=keys)
+    expired, other = _closed(ledger), _reported(ledger)
+    for taken in (f"retention/{expired}", f"find/{uuid4().hex}"):
+        with pytest.raises(InvalidArgument) as refused:
+            ledger.execute(envelope_for("desk_pilkada", taken), VerifyIncident(other, 0, ""))
+        assert refused.value.field == "request_id"
+    later = datetime.now(UTC) + timedelta(days=366)
+    assert ledger.erase_expired_personal_data(timedelta(days=365), later) == 1
+    assert all(s.erased for s in ledger.get_incident(expired).subjects.values())
     ledger.close()
 
 

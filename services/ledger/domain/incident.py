@@ -91,6 +91,15 @@ class Envelope:
     correlation_id: str
     causation_id: str
     occurred_at: datetime | None = None
+    #: A request the ledger makes itself (the retention rule, a subject access's reads),
+    #: whose request id may be in the ledger's own namespace (RESERVED_REQUEST_PREFIXES).
+    by_ledger: bool = False
+
+
+#: Request ids the ledger gives its own requests begin so: a caller's may not (else an
+#: officer of the coordinator could take ``retention/{incident}`` first, and the retention
+#: rule would be refused as a reused request id at every run, the data never erased).
+RESERVED_REQUEST_PREFIXES = ("retention/", "find/")
 
 
 @dataclass(frozen=True)
