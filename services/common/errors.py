@@ -187,6 +187,19 @@ class TooManyStreams(ResourceExhausted):
         )
 
 
+class TooManyWebhooks(ResourceExhausted):
+    """The agency already has as many webhooks as it may: delete one, or widen a filter."""
+
+    reason = "TOO_MANY_WEBHOOKS"
+
+    def __init__(self, agency: str, limit: int) -> None:
+        super().__init__(
+            f"agency {agency} already has {limit} webhooks, the most it may; delete one, or "
+            "let one webhook's filter take more events",
+            metadata={"agency": agency, "limit": str(limit)},
+        )
+
+
 class IngestTooLarge(ResourceExhausted):
     """An ``IngestReports`` request larger than the ledger takes in one call: send its
     reports in smaller chunks."""

@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from services.common.config import ConfigError
+from services.common.errors import TooManyWebhooks
 from services.common.failurelog import FailureLog
 from services.common.sql import Database
 from services.notifier.sealing import SEALED_PREFIX, SecretBox
@@ -248,13 +249,27 @@ class NotifierStore:
         filter_json: str,
         request_key: str,
         fingerprint: str,
+        max_per_agency: int = 0,
     ) -> WebhookRow:
-        """The new webhook, or the one an earlier request with the same key created."""
+        """The new webhook, or the one an earlier request with the same key created.
+        :class:`TooManyWebhooks` when the agency has ``max_per_agency`` webhooks (0: no limit)
+        and the request created none before."""
         row = WebhookRow(
             f"wh_{uuid.uuid4().hex}", agency, url, secret, filter_json, time.time(), fingerprint
         )
         sealed = self._box.seal(secret, row.id)
         with self._db.transaction() as cur:
+            if max_per_agency:
+                cur.execute(
+                    self._db.q(
+                        "SELECT (SELECT COUNT(*) FROM webhooks WHERE agency = ? AND deleted = 0),"
+                        " (SELECT COUNT(*) FROM webhooks WHERE request_key = ?)"
+                    ),
+                    (agency, request_key),
+                )
+                held, replayed = cur.fetchone()
+                if not replayed and held >= max_per_agency:
+                    raise TooManyWebhooks(agency, max_per_agency)
             cur.execute(
                 self._db.q(
                     "INSERT INTO webhooks (id, agency, url, secret, filter, created_at,"

@@ -8,6 +8,10 @@
 - Its secret is 16-256 characters, stored sealed (:mod:`services.notifier.sealing`) and
   never returned.
 - The filter's ``involving_my_agency`` stands for the owner's agency, whoever sets it.
+- An agency has at most :data:`MAX_WEBHOOKS_PER_AGENCY` webhooks (``TOO_MANY_WEBHOOKS``):
+  every event is delivered to every webhook whose filter takes it, by the same workers for
+  every agency, so one agency's thousands of webhooks would delay every other agency's
+  deliveries, and POST each event thousands of times to wherever they point.
 
 Every change is told to the delivery engine (``changed``), which reads the webhooks again
 before it takes in the next events: a changed filter applies to the events taken in after
@@ -32,6 +36,9 @@ from services.notifier.store import NotifierStore, WebhookRow
 from services.notifier.targets import TargetPolicy
 
 SECRET_LENGTH = (16, 256)
+#: The most webhooks an agency has at once (deleted ones do not count): enough for one per
+#: system of the agency and kecamatan, and a few more.
+MAX_WEBHOOKS_PER_AGENCY = 50
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,7 @@ class WebhookRegistry:
             filter_json=filter_json,
             request_key=f"{principal.agency}\n{request_id}",
             fingerprint=fingerprint,
+            max_per_agency=MAX_WEBHOOKS_PER_AGENCY,
         )
         if row.fingerprint != fingerprint:
             raise AlreadyExists(

@@ -24,6 +24,7 @@ from services.common.config import WebhookSettings
 from services.common.grpc_errors import error_info
 from services.common.natsserver import NatsServer
 from services.notifier.sealing import SEALED_PREFIX
+from services.notifier.webhooks import MAX_WEBHOOKS_PER_AGENCY
 from tests.fanout_support import (
     WEBHOOK_SECRET,
     Received,
@@ -344,3 +345,28 @@ def test_an_auditor_registers_webhooks_of_its_own_and_changes_no_other(stack: St
         assert (error.code(), reason(error)) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_OWNER")
     stack.stub.DeleteWebhook(napi.DeleteWebhookRequest(name=audit_hook.name), metadata=auditor)
     assert listed(stack) == [polres_hook]
+
+
+def test_an_agency_has_so_many_webhooks_and_a_deleted_one_frees_its_place(stack: Stack) -> None:
+    """Every event is POSTed to every webhook whose filter takes it, by workers all agencies
+    share. Before, an agency could register webhooks without end (thousands, all at one
+    address), each event then sent thousands of times and every other agency's deliveries
+    waiting behind them. Now the 51st is refused; a retry of a request that created one is
+    still answered, and a deleted webhook frees its place."""
+    url = "http://127.0.0.1:9/hook"
+    first = napi.CreateWebhookRequest(request_id="hook-0", url=url, secret=WEBHOOK_SECRET)
+    made = [stack.stub.CreateWebhook(first, metadata=stack.ledger.md("polres")).webhook]
+    made += [create(stack, url) for _ in range(MAX_WEBHOOKS_PER_AGENCY - 1)]
+    with pytest.raises(grpc.RpcError) as refused:
+        create(stack, url)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_info(refused.value)  # type: ignore[arg-type]
+    assert info is not None and info.reason == "TOO_MANY_WEBHOOKS"
+    assert dict(info.metadata) == {"agency": "polres", "limit": str(MAX_WEBHOOKS_PER_AGENCY)}
+    again = stack.stub.CreateWebhook(first, metadata=stack.ledger.md("polres")).webhook
+    assert again.name == made[0].name, "a retry is answered as before"
+    assert create(stack, url, agency="bpbd").name, "another agency's are its own"
+    stack.stub.DeleteWebhook(
+        napi.DeleteWebhookRequest(name=made[-1].name), metadata=stack.ledger.md("polres")
+    )
+    assert create(stack, url).name not in {w.name for w in made}
