@@ -339,7 +339,12 @@ def build(settings: LedgerSettings) -> LedgerServer:
         server,
     )
     situation_service_pb2_grpc.add_SituationServiceServicer_to_server(
-        SituationServicer(read_model), server
+        SituationServicer(
+            read_model,
+            page_tokens,
+            max_page_bytes=min(MAX_PAGE_BYTES, 2 * settings.max_message_bytes),
+        ),
+        server,
     )
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
         AuditServicer(ledger, checkpoints, page_tokens), server

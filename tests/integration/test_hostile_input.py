@@ -11,6 +11,9 @@ import grpc
 import pytest
 
 from incidentledger.v1 import ledger_service_pb2 as api
+from incidentledger.v1 import situation_service_pb2 as sit
+from incidentledger.v1 import situation_service_pb2_grpc as sit_grpc
+from incidentledger_client import LedgerClient
 from services.common.grpc_errors import error_info
 from services.ledger.domain.incident import MAX_DECISIONS
 from tests.ledgerctl_support import Ctl
@@ -186,3 +189,31 @@ def test_ledgerctl_shows_control_characters_and_brackets_as_text(ctl: Ctl) -> No
         assert "OWNED" in out and "␛" in out, (args, out)
     shown = ctl.ok("kesbangpol", "show", name)
     assert "[/b] [red]not red[/red] [link=x]y[/link]" in shown, shown
+
+
+def test_decisions_in_force_come_in_pages_a_client_takes(
+    ledger: Client, decided: list[str]
+) -> None:
+    """ListDecisionsInForce was not paged: the 200 decisions in force of two incidents, at
+    their texts' limits, made it larger than gRPC sends (6.4 MB), for every caller, and the
+    situation room's decisions page failed. Now it comes in pages that end before 2 MiB
+    (500 decisions at most), each page at the first page's time, and the Python client
+    follows them."""
+    situation = sit_grpc.SituationServiceStub(ledger.channel)
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        page = situation.ListDecisionsInForce(
+            sit.ListDecisionsInForceRequest(page_token=token), metadata=ledger.md("bpbd")
+        )
+        assert page.ByteSize() < CLIENT_RECEIVE_LIMIT
+        seen += [d.event_id for d in page.decisions]
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert pages > 1
+    assert len(seen) == len(set(seen)) == 2 * MAX_DECISIONS, "each once"
+    with LedgerClient(ledger.address, token=ledger.tokens["bpbd"]) as client:
+        assert [str(d.event_id) for d in client.decisions_in_force()] == seen

@@ -1039,14 +1039,20 @@ class LedgerClient:
         *,
         min_position: int = 0,
     ) -> list[DecisionInForce]:
-        """Decisions whose validity window covers ``time`` (default now), by kecamatan."""
+        """Decisions whose validity window covers ``time`` (default now), by kecamatan:
+        every page of them (a page ends before 2 MiB)."""
         request = situation_pb.ListDecisionsInForceRequest(
             kecamatan=kecamatan or "", min_position=min_position
         )
         if time is not None:
             request.time.CopyFrom(to_timestamp(time))
-        response = self._transport.unary(self._situation.ListDecisionsInForce, request)
-        return [DecisionInForce.from_proto(d) for d in response.decisions]
+
+        def fetch(token: str) -> tuple[list[DecisionInForce], str]:
+            request.page_token = token
+            page = self._transport.unary(self._situation.ListDecisionsInForce, request)
+            return [DecisionInForce.from_proto(d) for d in page.decisions], page.next_page_token
+
+        return list(paginate(fetch))
 
     def workload(self, *, min_position: int = 0) -> list[AgencyWorkload]:
         """Open, unacknowledged and overdue incidents per agency."""

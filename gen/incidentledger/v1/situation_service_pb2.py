@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)incidentledger/v1/situation_service.proto\x12\x11incidentledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\\\n\x1aGetVulnerabilityMapRequest\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmin_position\x18\x02 \x01(\x03\"\xc9\x01\n\x0bScoreReason\x12\x10\n\x08incident\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x10\n\x08severity\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x11\n\tdimension\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12/\n\x0breport_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06weight\x18\x08 \x01(\x01\x12\x11\n\treference\x18\t \x01(\t\"\x97\x01\n\x0eKecamatanScore\x12\x11\n\tkecamatan\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x0c\n\x04\x62\x61nd\x18\x04 \x01(\t\x12/\n\x07reasons\x18\x05 \x03(\x0b\x32\x1e.incidentledger.v1.ScoreReason\x12\x16\n\x0eincident_count\x18\x06 \x01(\x05\"\x8f\x01\n\x1bGetVulnerabilityMapResponse\x12\x34\n\tkecamatan\x18\x01 \x03(\x0b\x32!.incidentledger.v1.KecamatanScore\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08position\x18\x03 \x01(\x03\"p\n\x1bListDecisionsInForceRequest\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tkecamatan\x18\x02 \x01(\t\x12\x14\n\x0cmin_position\x18\x03 \x01(\x03\"\xde\x02\n\x0f\x44\x65\x63isionInForce\x12\x10\n\x08incident\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12\r\n\x05\x66orum\x18\x04 \x01(\t\x12\x11\n\trationale\x18\x05 \x01(\t\x12\x19\n\x11\x64\x65\x63iding_agencies\x18\x06 \x03(\t\x12\x11\n\tkecamatan\x18\x07 \x01(\t\x12\x0c\n\x04\x64\x65sa\x18\x08 \x01(\t\x12.\n\nvalid_from\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecord_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0brecorded_by\x18\x0c \x01(\t\x12\x11\n\treference\x18\r \x01(\t\"g\n\x1cListDecisionsInForceResponse\x12\x35\n\tdecisions\x18\x01 \x03(\x0b\x32\".incidentledger.v1.DecisionInForce\x12\x10\n\x08position\x18\x02 \x01(\x03\"0\n\x18GetAgencyWorkloadRequest\x12\x14\n\x0cmin_position\x18\x01 \x01(\x03\"W\n\x0e\x41gencyWorkload\x12\x0e\n\x06\x61gency\x18\x01 \x01(\t\x12\x0c\n\x04open\x18\x02 \x01(\x05\x12\x16\n\x0eunacknowledged\x18\x03 \x01(\x05\x12\x0f\n\x07overdue\x18\x04 \x01(\x05\"b\n\x19GetAgencyWorkloadResponse\x12\x33\n\x08\x61gencies\x18\x01 \x03(\x0b\x32!.incidentledger.v1.AgencyWorkload\x12\x10\n\x08position\x18\x02 \x01(\x03\"j\n\x17GetResponseTimesRequest\x12\x39\n\x08group_by\x18\x01 \x01(\x0e\x32\'.incidentledger.v1.ResponseTimeGrouping\x12\x14\n\x0cmin_position\x18\x02 \x01(\x03\"K\n\rDurationStats\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\x12\x16\n\x0emedian_seconds\x18\x02 \x01(\x01\x12\x13\n\x0bp90_seconds\x18\x03 \x01(\x01\"\xb8\x01\n\rResponseTimes\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x35\n\x0b\x61\x63knowledge\x18\x02 \x01(\x0b\x32 .incidentledger.v1.DurationStats\x12\x30\n\x06verify\x18\x03 \x01(\x0b\x32 .incidentledger.v1.DurationStats\x12\x31\n\x07resolve\x18\x04 \x01(\x0b\x32 .incidentledger.v1.DurationStats\"^\n\x18GetResponseTimesResponse\x12\x30\n\x06groups\x18\x01 \x03(\x0b\x32 .incidentledger.v1.ResponseTimes\x12\x10\n\x08position\x18\x02 \x01(\x03\"\x1c\n\x1aGetProjectionStatusRequest\"q\n\x1bGetProjectionStatusResponse\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x17\n\x0fledger_position\x18\x02 \x01(\x03\x12\x12\n\nlag_events\x18\x03 \x01(\x03\x12\x13\n\x0blag_seconds\x18\x04 \x01(\x01*\xd1\x01\n\x14ResponseTimeGrouping\x12&\n\"RESPONSE_TIME_GROUPING_UNSPECIFIED\x10\x00\x12!\n\x1dRESPONSE_TIME_GROUPING_AGENCY\x10\x01\x12#\n\x1fRESPONSE_TIME_GROUPING_SEVERITY\x10\x02\x12#\n\x1fRESPONSE_TIME_GROUPING_CATEGORY\x10\x03\x12$\n RESPONSE_TIME_GROUPING_KECAMATAN\x10\x04\x32\xd4\x04\n\x10SituationService\x12t\n\x13GetVulnerabilityMap\x12-.incidentledger.v1.GetVulnerabilityMapRequest\x1a..incidentledger.v1.GetVulnerabilityMapResponse\x12w\n\x14ListDecisionsInForce\x12..incidentledger.v1.ListDecisionsInForceRequest\x1a/.incidentledger.v1.ListDecisionsInForceResponse\x12n\n\x11GetAgencyWorkload\x12+.incidentledger.v1.GetAgencyWorkloadRequest\x1a,.incidentledger.v1.GetAgencyWorkloadResponse\x12k\n\x10GetResponseTimes\x12*.incidentledger.v1.GetResponseTimesRequest\x1a+.incidentledger.v1.GetResponseTimesResponse\x12t\n\x13GetProjectionStatus\x12-.incidentledger.v1.GetProjectionStatusRequest\x1a..incidentledger.v1.GetProjectionStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)incidentledger/v1/situation_service.proto\x12\x11incidentledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\\\n\x1aGetVulnerabilityMapRequest\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmin_position\x18\x02 \x01(\x03\"\xc9\x01\n\x0bScoreReason\x12\x10\n\x08incident\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x10\n\x08severity\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x11\n\tdimension\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12/\n\x0breport_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06weight\x18\x08 \x01(\x01\x12\x11\n\treference\x18\t \x01(\t\"\x97\x01\n\x0eKecamatanScore\x12\x11\n\tkecamatan\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x0c\n\x04\x62\x61nd\x18\x04 \x01(\t\x12/\n\x07reasons\x18\x05 \x03(\x0b\x32\x1e.incidentledger.v1.ScoreReason\x12\x16\n\x0eincident_count\x18\x06 \x01(\x05\"\x8f\x01\n\x1bGetVulnerabilityMapResponse\x12\x34\n\tkecamatan\x18\x01 \x03(\x0b\x32!.incidentledger.v1.KecamatanScore\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08position\x18\x03 \x01(\x03\"\x97\x01\n\x1bListDecisionsInForceRequest\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tkecamatan\x18\x02 \x01(\t\x12\x14\n\x0cmin_position\x18\x03 \x01(\x03\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\xde\x02\n\x0f\x44\x65\x63isionInForce\x12\x10\n\x08incident\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12\r\n\x05\x66orum\x18\x04 \x01(\t\x12\x11\n\trationale\x18\x05 \x01(\t\x12\x19\n\x11\x64\x65\x63iding_agencies\x18\x06 \x03(\t\x12\x11\n\tkecamatan\x18\x07 \x01(\t\x12\x0c\n\x04\x64\x65sa\x18\x08 \x01(\t\x12.\n\nvalid_from\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecord_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0brecorded_by\x18\x0c \x01(\t\x12\x11\n\treference\x18\r \x01(\t\"\x80\x01\n\x1cListDecisionsInForceResponse\x12\x35\n\tdecisions\x18\x01 \x03(\x0b\x32\".incidentledger.v1.DecisionInForce\x12\x10\n\x08position\x18\x02 \x01(\x03\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"0\n\x18GetAgencyWorkloadRequest\x12\x14\n\x0cmin_position\x18\x01 \x01(\x03\"W\n\x0e\x41gencyWorkload\x12\x0e\n\x06\x61gency\x18\x01 \x01(\t\x12\x0c\n\x04open\x18\x02 \x01(\x05\x12\x16\n\x0eunacknowledged\x18\x03 \x01(\x05\x12\x0f\n\x07overdue\x18\x04 \x01(\x05\"b\n\x19GetAgencyWorkloadResponse\x12\x33\n\x08\x61gencies\x18\x01 \x03(\x0b\x32!.incidentledger.v1.AgencyWorkload\x12\x10\n\x08position\x18\x02 \x01(\x03\"j\n\x17GetResponseTimesRequest\x12\x39\n\x08group_by\x18\x01 \x01(\x0e\x32\'.incidentledger.v1.ResponseTimeGrouping\x12\x14\n\x0cmin_position\x18\x02 \x01(\x03\"K\n\rDurationStats\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\x12\x16\n\x0emedian_seconds\x18\x02 \x01(\x01\x12\x13\n\x0bp90_seconds\x18\x03 \x01(\x01\"\xb8\x01\n\rResponseTimes\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x35\n\x0b\x61\x63knowledge\x18\x02 \x01(\x0b\x32 .incidentledger.v1.DurationStats\x12\x30\n\x06verify\x18\x03 \x01(\x0b\x32 .incidentledger.v1.DurationStats\x12\x31\n\x07resolve\x18\x04 \x01(\x0b\x32 .incidentledger.v1.DurationStats\"^\n\x18GetResponseTimesResponse\x12\x30\n\x06groups\x18\x01 \x03(\x0b\x32 .incidentledger.v1.ResponseTimes\x12\x10\n\x08position\x18\x02 \x01(\x03\"\x1c\n\x1aGetProjectionStatusRequest\"q\n\x1bGetProjectionStatusResponse\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x17\n\x0fledger_position\x18\x02 \x01(\x03\x12\x12\n\nlag_events\x18\x03 \x01(\x03\x12\x13\n\x0blag_seconds\x18\x04 \x01(\x01*\xd1\x01\n\x14ResponseTimeGrouping\x12&\n\"RESPONSE_TIME_GROUPING_UNSPECIFIED\x10\x00\x12!\n\x1dRESPONSE_TIME_GROUPING_AGENCY\x10\x01\x12#\n\x1fRESPONSE_TIME_GROUPING_SEVERITY\x10\x02\x12#\n\x1fRESPONSE_TIME_GROUPING_CATEGORY\x10\x03\x12$\n RESPONSE_TIME_GROUPING_KECAMATAN\x10\x04\x32\xd4\x04\n\x10SituationService\x12t\n\x13GetVulnerabilityMap\x12-.incidentledger.v1.GetVulnerabilityMapRequest\x1a..incidentledger.v1.GetVulnerabilityMapResponse\x12w\n\x14ListDecisionsInForce\x12..incidentledger.v1.ListDecisionsInForceRequest\x1a/.incidentledger.v1.ListDecisionsInForceResponse\x12n\n\x11GetAgencyWorkload\x12+.incidentledger.v1.GetAgencyWorkloadRequest\x1a,.incidentledger.v1.GetAgencyWorkloadResponse\x12k\n\x10GetResponseTimes\x12*.incidentledger.v1.GetResponseTimesRequest\x1a+.incidentledger.v1.GetResponseTimesResponse\x12t\n\x13GetProjectionStatus\x12-.incidentledger.v1.GetProjectionStatusRequest\x1a..incidentledger.v1.GetProjectionStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'incidentledger.v1.situation_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESPONSETIMEGROUPING']._serialized_start=2120
-  _globals['_RESPONSETIMEGROUPING']._serialized_end=2329
+  _globals['_RESPONSETIMEGROUPING']._serialized_start=2186
+  _globals['_RESPONSETIMEGROUPING']._serialized_end=2395
   _globals['_GETVULNERABILITYMAPREQUEST']._serialized_start=97
   _globals['_GETVULNERABILITYMAPREQUEST']._serialized_end=189
   _globals['_SCOREREASON']._serialized_start=192
@@ -42,30 +42,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KECAMATANSCORE']._serialized_end=547
   _globals['_GETVULNERABILITYMAPRESPONSE']._serialized_start=550
   _globals['_GETVULNERABILITYMAPRESPONSE']._serialized_end=693
-  _globals['_LISTDECISIONSINFORCEREQUEST']._serialized_start=695
-  _globals['_LISTDECISIONSINFORCEREQUEST']._serialized_end=807
-  _globals['_DECISIONINFORCE']._serialized_start=810
-  _globals['_DECISIONINFORCE']._serialized_end=1160
-  _globals['_LISTDECISIONSINFORCERESPONSE']._serialized_start=1162
-  _globals['_LISTDECISIONSINFORCERESPONSE']._serialized_end=1265
-  _globals['_GETAGENCYWORKLOADREQUEST']._serialized_start=1267
-  _globals['_GETAGENCYWORKLOADREQUEST']._serialized_end=1315
-  _globals['_AGENCYWORKLOAD']._serialized_start=1317
-  _globals['_AGENCYWORKLOAD']._serialized_end=1404
-  _globals['_GETAGENCYWORKLOADRESPONSE']._serialized_start=1406
-  _globals['_GETAGENCYWORKLOADRESPONSE']._serialized_end=1504
-  _globals['_GETRESPONSETIMESREQUEST']._serialized_start=1506
-  _globals['_GETRESPONSETIMESREQUEST']._serialized_end=1612
-  _globals['_DURATIONSTATS']._serialized_start=1614
-  _globals['_DURATIONSTATS']._serialized_end=1689
-  _globals['_RESPONSETIMES']._serialized_start=1692
-  _globals['_RESPONSETIMES']._serialized_end=1876
-  _globals['_GETRESPONSETIMESRESPONSE']._serialized_start=1878
-  _globals['_GETRESPONSETIMESRESPONSE']._serialized_end=1972
-  _globals['_GETPROJECTIONSTATUSREQUEST']._serialized_start=1974
-  _globals['_GETPROJECTIONSTATUSREQUEST']._serialized_end=2002
-  _globals['_GETPROJECTIONSTATUSRESPONSE']._serialized_start=2004
-  _globals['_GETPROJECTIONSTATUSRESPONSE']._serialized_end=2117
-  _globals['_SITUATIONSERVICE']._serialized_start=2332
-  _globals['_SITUATIONSERVICE']._serialized_end=2928
+  _globals['_LISTDECISIONSINFORCEREQUEST']._serialized_start=696
+  _globals['_LISTDECISIONSINFORCEREQUEST']._serialized_end=847
+  _globals['_DECISIONINFORCE']._serialized_start=850
+  _globals['_DECISIONINFORCE']._serialized_end=1200
+  _globals['_LISTDECISIONSINFORCERESPONSE']._serialized_start=1203
+  _globals['_LISTDECISIONSINFORCERESPONSE']._serialized_end=1331
+  _globals['_GETAGENCYWORKLOADREQUEST']._serialized_start=1333
+  _globals['_GETAGENCYWORKLOADREQUEST']._serialized_end=1381
+  _globals['_AGENCYWORKLOAD']._serialized_start=1383
+  _globals['_AGENCYWORKLOAD']._serialized_end=1470
+  _globals['_GETAGENCYWORKLOADRESPONSE']._serialized_start=1472
+  _globals['_GETAGENCYWORKLOADRESPONSE']._serialized_end=1570
+  _globals['_GETRESPONSETIMESREQUEST']._serialized_start=1572
+  _globals['_GETRESPONSETIMESREQUEST']._serialized_end=1678
+  _globals['_DURATIONSTATS']._serialized_start=1680
+  _globals['_DURATIONSTATS']._serialized_end=1755
+  _globals['_RESPONSETIMES']._serialized_start=1758
+  _globals['_RESPONSETIMES']._serialized_end=1942
+  _globals['_GETRESPONSETIMESRESPONSE']._serialized_start=1944
+  _globals['_GETRESPONSETIMESRESPONSE']._serialized_end=2038
+  _globals['_GETPROJECTIONSTATUSREQUEST']._serialized_start=2040
+  _globals['_GETPROJECTIONSTATUSREQUEST']._serialized_end=2068
+  _globals['_GETPROJECTIONSTATUSRESPONSE']._serialized_start=2070
+  _globals['_GETPROJECTIONSTATUSRESPONSE']._serialized_end=2183
+  _globals['_SITUATIONSERVICE']._serialized_start=2398
+  _globals['_SITUATIONSERVICE']._serialized_end=2994
 # @@protoc_insertion_point(module_scope)

@@ -191,9 +191,19 @@ class ListDecisionsInForceRequest(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     KECAMATAN_FIELD_NUMBER: _builtins.int
     MIN_POSITION_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     kecamatan: _builtins.str
     """Only decisions scoped to this kecamatan, if set."""
     min_position: _builtins.int
+    page_size: _builtins.int
+    """At most this many decisions (0 = 500, the most); a page also ends before 2 MiB of
+    decisions (at least one).
+    """
+    page_token: _builtins.str
+    """The next_page_token of the page before; the other fields as they were for it (an
+    unset time stays the time of the first page).
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """In force at this time (unset = now)."""
@@ -204,10 +214,12 @@ class ListDecisionsInForceRequest(_message.Message):
         time: _timestamp_pb2.Timestamp | None = ...,
         kecamatan: _builtins.str = ...,
         min_position: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kecamatan", b"kecamatan", "min_position", b"min_position", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kecamatan", b"kecamatan", "min_position", b"min_position", "page_size", b"page_size", "page_token", b"page_token", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -283,7 +295,10 @@ class ListDecisionsInForceResponse(_message.Message):
 
     DECISIONS_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     position: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
     def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___DecisionInForce]: ...
     def __init__(
@@ -291,10 +306,11 @@ class ListDecisionsInForceResponse(_message.Message):
         *,
         decisions: _abc.Iterable[Global___DecisionInForce] | None = ...,
         position: _builtins.int = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "position", b"position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "next_page_token", b"next_page_token", "position", b"position"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

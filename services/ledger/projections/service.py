@@ -86,11 +86,18 @@ class ProjectionReader:
         return self._store.vulnerability_map(at)
 
     def decisions_in_force(
-        self, at: datetime, kecamatan: str | None = None, *, catch_up_first: bool = True
+        self,
+        at: datetime,
+        kecamatan: str | None = None,
+        *,
+        catch_up_first: bool = True,
+        after: tuple[int, int] | None = None,
+        limit: int | None = None,
     ) -> list[DecisionInForce]:
-        """Decisions with valid_from <= at < valid_until (in their scope's kecamatan)."""
+        """Decisions with valid_from <= at < valid_until (in their scope's kecamatan), by
+        start then record; ``after`` and ``limit`` page them (see the store's)."""
         self._refresh(catch_up_first)
-        return self._store.decisions_in_force(at, kecamatan)
+        return self._store.decisions_in_force(at, kecamatan, after, limit)
 
     def workload(self, at: datetime, *, catch_up_first: bool = True) -> list[AgencyWorkload]:
         self._refresh(catch_up_first)

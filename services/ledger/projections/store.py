@@ -323,13 +323,28 @@ class ProjectionStore:
             )
         return result
 
-    def decisions_in_force(self, at: datetime, kecamatan: str | None) -> list[DecisionInForce]:
+    def decisions_in_force(
+        self,
+        at: datetime,
+        kecamatan: str | None,
+        after: tuple[int, int] | None = None,
+        limit: int | None = None,
+    ) -> list[DecisionInForce]:
+        """In the order of their start, then of their record; ``after``: the (start in
+        microseconds, position) of the last one of the page before; at most ``limit``."""
         at_us = micros(at)
         where = "d.valid_from <= ? AND d.valid_until > ?"
         params: list[Any] = [at_us, at_us]
         if kecamatan is not None:
             where += " AND d.kecamatan = ?"
             params.append(kecamatan)
+        if after is not None:
+            where += " AND (d.valid_from > ? OR (d.valid_from = ? AND d.position > ?))"
+            params += [after[0], after[0], after[1]]
+        bound = ""
+        if limit is not None:
+            bound = " LIMIT ?"
+            params.append(limit)
         # With the incident's reference code (MKM-7QK3-9V), which every view shows.
         columns = ", ".join(f"d.{c}" for c in DECISION_COLUMNS)
         with self.sql.transaction() as cur:
@@ -337,7 +352,7 @@ class ProjectionStore:
                 self.sql.q(
                     f"SELECT {columns}, i.reference FROM proj_decision d "  # noqa: S608
                     "LEFT JOIN proj_incident i ON i.incident_id = d.incident_id "
-                    f"WHERE {where} ORDER BY d.valid_from, d.position"
+                    f"WHERE {where} ORDER BY d.valid_from, d.position{bound}"
                 ),
                 params,
             )
