@@ -686,6 +686,7 @@ def test_a_nats_outage_is_logged_once_by_the_relay_and_its_end_once(
             token = dev_tokens(tmp_path / "data")["kpu"]
             first = report(ledger.port, token, 0)
             wait_until(lambda: len(read_stream(url)) == 1, what="the first event published")
+            before = len(ledger.log_lines())  # the outage's lines are the ones after these
             nats_server.stop()
             attempts = 0
             with socket.create_server(("127.0.0.1", nats_server.port)) as refusing:
@@ -703,11 +704,19 @@ def test_a_nats_outage_is_logged_once_by_the_relay_and_its_end_once(
                 ),
                 what="the relay's line saying it publishes again",
             )
-            lines = [x for x in ledger.log_lines() if str(x.get("event")).startswith("relay.")]
+            lines = [
+                x for x in ledger.log_lines()[before:] if str(x.get("event")).startswith("relay.")
+            ]
     assert positions_from(read_stream(url), but=0) == [first.position, second.position]
-    names = [x["event"] for x in lines]
-    assert names.count("relay.session_failed") == 1, names
-    assert names.count("relay.nats_error") <= 1, names
+    # One line at the first failure; any other is a reminder, half a minute after the last
+    # (it says how long and how many: an outage on a busy machine can last that long).
+    # Counting every line failed once in CI: two relay.nats_error lines.
+    for event in ("relay.session_failed", "relay.nats_error"):
+        said = [x for x in lines if x["event"] == event]
+        opening = [x for x in said if "failures" not in x]
+        assert len(opening) <= 1 and len(said) - len(opening) <= 1, (event, said)
+        assert all(float(str(x["failing_for_seconds"])) >= 30 for x in said if x not in opening)
+    assert [x for x in lines if x["event"] == "relay.session_failed" and "failures" not in x]
     (recovered,) = [x for x in lines if x["event"] == "relay.session_recovered"]
     assert int(str(recovered["failures"])) >= 3, recovered
 
