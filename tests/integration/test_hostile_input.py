@@ -189,6 +189,16 @@ def test_ledgerctl_shows_control_characters_and_brackets_as_text(ctl: Ctl) -> No
         assert "OWNED" in out and "␛" in out, (args, out)
     shown = ctl.ok("kesbangpol", "show", name)
     assert "[/b] [red]not red[/red] [link=x]y[/link]" in shown, shown
+    # Shown before the tables are laid out: their borders stay in line (rich counted each
+    # control character as no width, and it was then printed one column wide).
+    for args in (("list",), ("board",)):
+        out = ctl.ok("kesbangpol", *args)
+        lines = out.splitlines()
+        top = next(n for n, line in enumerate(lines) if line.startswith("┏"))
+        end = next(n for n, line in enumerate(lines) if n > top and line.startswith("└"))
+        table = lines[top : end + 1]  # the first table (the board's workload table follows)
+        assert "OWNED" in "".join(table), (args, out)
+        assert len({len(line) for line in table}) == 1, (args, out)
 
 
 def test_decisions_in_force_come_in_pages_a_client_takes(

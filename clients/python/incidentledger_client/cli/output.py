@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from incidentledger_client.cli.names import SHORT_ID
-from incidentledger_client.cli.tables import Column, FittedTable, WideOrLong
+from incidentledger_client.cli.tables import CONTROLS, Column, FittedTable, WideOrLong
 from incidentledger_client.i18n import N_, _, format_number, format_time, labels, ngettext
 from incidentledger_client.types import (
     CommandResult,
@@ -62,15 +62,6 @@ BOARD_STATUSES = ("REPORTED", "VERIFIED", "ASSIGNED", "RESPONDING", "REOPENED", 
 class OutputClosed(Exception):  # noqa: N818 - a condition, not a fault
     """Standard output was closed by its reader (``ledgerctl show X | head -1``): ledgerctl
     ends quietly. Not an OSError, which typer turns into exit code 1."""
-
-
-#: The control characters a terminal acts on (C0 but line breaks and tabs, DEL, C1), each
-#: shown as a visible character instead: its Unicode control picture (ESC as ␛), else �.
-CONTROLS = {
-    **{c: 0x2400 + c for c in range(0x20) if chr(c) not in "\n\t"},
-    0x7F: 0x2421,
-    **{c: 0xFFFD for c in range(0x80, 0xA0)},
-}
 
 
 class _Shown(Console):

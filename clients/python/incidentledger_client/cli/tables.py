@@ -23,6 +23,28 @@ from rich.text import Text
 
 UNBOUNDED = 1_000_000  # a width no table reaches
 
+#: The control characters a terminal acts on (C0 but line breaks and tabs, DEL, C1), each
+#: shown as a visible character instead: its Unicode control picture (ESC as ␛), else �.
+CONTROLS = {
+    **{c: 0x2400 + c for c in range(0x20) if chr(c) not in "\n\t"},
+    0x7F: 0x2421,
+    **{c: 0xFFFD for c in range(0x80, 0xA0)},
+}
+
+
+def shown(cell: RenderableType) -> RenderableType:
+    """A cell with its control characters as visible ones, before the table is laid out:
+    rich counts a control character as no width, and the console that shows it (one
+    column wide) afterwards pushed its line's borders out of line."""
+    if isinstance(cell, str):
+        return cell.translate(CONTROLS)
+    if isinstance(cell, Text):
+        plain = cell.plain.translate(CONTROLS)
+        if plain != cell.plain:
+            cell = cell.copy()
+            cell.plain = plain  # one character for one: the styles' spans stay where they were
+    return cell
+
 
 @dataclass(frozen=True)
 class Column:
@@ -50,7 +72,7 @@ class FittedTable:
     def add_row(self, *cells: RenderableType) -> None:
         if len(cells) != len(self.columns):
             raise ValueError(f"{len(cells)} cells for {len(self.columns)} columns")
-        self.rows.append(cells)
+        self.rows.append(tuple(shown(cell) for cell in cells))
 
     @property
     def row_count(self) -> int:
