@@ -332,6 +332,11 @@ class ReferenceData:
         if code not in self.severities:
             raise InvalidArgument(field, f"unknown severity {code!r}")
 
+    def desa_of(self, kecamatan: str) -> frozenset[str] | None:
+        """The desa of ``kecamatan``; None for a kecamatan the reference data does not know."""
+        known = self.kecamatan.get(kecamatan)
+        return None if known is None else known.desa
+
     def check_location(self, kecamatan: str, desa: str, field: str = "location") -> None:
         if not kecamatan:
             raise InvalidArgument(f"{field}.kecamatan", "is required")

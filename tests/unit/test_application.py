@@ -723,6 +723,62 @@ def test_refused_commands_record_nothing(ledger: Ledger, case: str) -> None:
     assert (incident.version, incident.status) == (3, Status.ASSIGNED)
 
 
+def _correct_place(ledger: Ledger, incident_id: UUID, field: str, old: str, new: str) -> object:
+    incident: Incident = ledger.get_incident(incident_id)
+    reported = next(e for e, kind in incident.event_types.items() if kind == "Reported")
+    return ledger.execute(
+        envelope_for(COORDINATOR),
+        RecordCorrection(
+            incident_id,
+            incident.version,
+            event_id=reported,
+            field=field,
+            old_value=old,
+            new_value=new,
+            reason="the place was misheard",
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "old", "new"),
+    [
+        ("location.desa", "Medan Jaya", "Atlantis"),  # no such desa anywhere
+        ("location.desa", "Medan Jaya", "Koto Jaya"),  # a desa of Kota Mukomuko, not Ipuh
+        ("location.kecamatan", "ipuh", "kota_mukomuko"),  # Medan Jaya is in Ipuh
+    ],
+    ids=["unknown desa", "desa of another kecamatan", "kecamatan without the desa"],
+)
+def test_a_corrected_place_must_be_one_a_report_could_name(
+    ledger: Ledger, field: str, old: str, new: str
+) -> None:
+    """A report naming a desa outside its kecamatan is refused; a correction made the same
+    place, and the situation room then counted the incident in a kecamatan its desa is not
+    in. The corrected location is checked as a reported one is, and nothing is recorded."""
+    incident_id = report(ledger).incident_id
+    before = recorded(ledger)
+    with pytest.raises(InvalidArgument) as refused:
+        _correct_place(ledger, incident_id, field, old, new)
+    assert refused.value.field == "new_value", refused.value
+    assert refused.value.reason == "INVALID_FIELD"
+    assert recorded(ledger) == before
+    assert ledger.get_incident(incident_id).location == LOCATION
+
+
+def test_a_report_moves_to_another_kecamatan_by_clearing_its_desa_first(ledger: Ledger) -> None:
+    """The way a refusal above points to: the desa emptied, the kecamatan corrected, then the
+    desa of the new kecamatan named; each step a place a report could name."""
+    incident_id = report(ledger).incident_id
+    _correct_place(ledger, incident_id, "location.desa", "Medan Jaya", "")
+    _correct_place(ledger, incident_id, "location.kecamatan", "ipuh", "kota_mukomuko")
+    _correct_place(ledger, incident_id, "location.desa", "", "Koto Jaya")
+    incident: Incident = ledger.get_incident(incident_id)
+    assert (incident.location["kecamatan"], incident.location["desa"]) == (
+        "kota_mukomuko",
+        "Koto Jaya",
+    )
+
+
 # ------------------------------------------------------------------ seals
 
 

@@ -28,6 +28,7 @@ from tests.unit.incident_builders import (
     COORDINATOR,
     LEAD,
     OUTSIDER,
+    REF,
     REPORTER,
     actor,
     envelope_for,
@@ -186,7 +187,7 @@ def _attached(incident: Incident, name: str) -> UUID:
 def test_evidence_is_corrected_by_a_new_attachment_never_replaced() -> None:
     incident = incident_in(Status.RESPONDING)
     wrong, right = _attached(incident, "wrong.jpg"), _attached(incident, "right.jpg")
-    correct = functools.partial(incident.correct, zone=UTC)
+    correct = functools.partial(incident.correct, zone=UTC, desa_of=REF.desa_of)
     with pytest.raises(InvalidArgument):  # not other evidence of this incident
         correct(
             envelope_for(LEAD),

@@ -32,6 +32,7 @@ from tests.unit.incident_builders import (
     LEAD,
     LOCATION,
     OUTSIDER,
+    REF,
     REPORTER,
     SUPPORTER,
     envelope_for,
@@ -542,6 +543,7 @@ AUDITOR_CASES: dict[str, tuple[Status, Command]] = {
             new_value="other",
             reason="typo",
             zone=UTC,
+            desa_of=REF.desa_of,
         ),
     ),
 }
@@ -673,6 +675,7 @@ def test_merged_incident_accepts_nothing_but_corrections() -> None:
         new_value="fixed",
         reason="typo",
         zone=UTC,
+        desa_of=REF.desa_of,
     )
     assert incident.title == "fixed"
     assert status_of(incident) is Status.MERGED
@@ -792,6 +795,7 @@ def _correct(
         new_value=new,
         reason=reason,
         zone=zone,
+        desa_of=REF.desa_of,
     )
 
 
@@ -853,8 +857,8 @@ def test_field_must_be_correctable(event_type: str, field: str) -> None:
     [
         ("description", "fixed", "description", "fixed"),
         ("category", "hoax", "category", "hoax"),
-        ("location.kecamatan", "ipuh", "location", {**LOCATION, "kecamatan": "ipuh"}),
         ("location.desa", "Bandar Ratu", "location", {**LOCATION, "desa": "Bandar Ratu"}),
+        ("location.tps", "TPS 09", "location", {**LOCATION, "tps": "TPS 09"}),
     ],
 )
 def test_correcting_the_report_changes_the_incident(
@@ -864,6 +868,19 @@ def test_correcting_the_report_changes_the_incident(
     old = incident.event_values[event_id_of(incident, "Reported")][field]
     _correct(incident, COORDINATOR, "Reported", field, old, new)
     assert getattr(incident, attribute) == expected
+
+
+def test_correcting_the_report_s_kecamatan_with_its_desa_cleared_moves_the_incident() -> None:
+    """A desa lies in one kecamatan: the report's desa is cleared (or was never named)
+    before its kecamatan is corrected, then the new kecamatan's desa is named."""
+    incident = report()
+    _correct(incident, COORDINATOR, "Reported", "location.desa", LOCATION["desa"], "")
+    with pytest.raises(InvalidArgument) as unknown:
+        _correct(incident, COORDINATOR, "Reported", "location.kecamatan", "kota_mukomuko", "x")
+    assert "unknown kecamatan" in unknown.value.message
+    _correct(incident, COORDINATOR, "Reported", "location.kecamatan", "kota_mukomuko", "ipuh")
+    _correct(incident, COORDINATOR, "Reported", "location.desa", "", "Medan Jaya")
+    assert incident.location == {**LOCATION, "kecamatan": "ipuh", "desa": "Medan Jaya"}
 
 
 def test_severity_correction_of_the_event_in_effect_changes_the_severity() -> None:
@@ -903,6 +920,7 @@ def test_corrected_event_must_belong_to_the_incident() -> None:
             new_value="x",
             reason="r",
             zone=UTC,
+            desa_of=REF.desa_of,
         )
     assert caught.value.field == "corrected_event_id"
     with pytest.raises(InvalidArgument):
@@ -914,6 +932,7 @@ def test_corrected_event_must_belong_to_the_incident() -> None:
             new_value="x",
             reason="r",
             zone=UTC,
+            desa_of=REF.desa_of,
         )
     assert incident.version == 1
 
@@ -1161,6 +1180,7 @@ def test_a_location_correction_does_not_alter_earlier_unsaved_events() -> None:
         new_value="Ujung Padang",
         reason="wrong desa",
         zone=UTC,
+        desa_of=REF.desa_of,
     )
     events = incident_events(incident)
     assert events[-1].previous_hash == event_hash(events[-2])

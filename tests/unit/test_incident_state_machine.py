@@ -19,7 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from services.common.errors import LedgerError
 from services.ledger.domain.incident import Incident, RejectionReason, Status
-from tests.unit.incident_builders import AUDITOR, COORDINATOR, LOCATION, envelope_for, replay
+from tests.unit.incident_builders import AUDITOR, COORDINATOR, LOCATION, REF, envelope_for, replay
 
 RESPONDERS = ("kesbangpol", "polres", "kodim", "bpbd", "satpolpp")
 SEVERITIES = ("low", "medium", "high", "critical")
@@ -499,6 +499,7 @@ class IncidentMachine(RuleBasedStateMachine):
                 new_value=new,
                 reason=reason,
                 zone=UTC,
+                desa_of=REF.desa_of,
             )
 
         if self._attempt(incident, m, "correct", ok, act, allowed_when_terminal=True):

@@ -78,6 +78,7 @@ def rich_incident() -> Incident:
         new_value="Crowd at the market",
         reason="misheard",
         zone=UTC,
+        desa_of=REF.desa_of,
     )
     incident.collect_events()
     return incident

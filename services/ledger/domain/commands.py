@@ -581,6 +581,7 @@ class RecordCorrection(IncidentCommand):
             new_value=self.new_value,
             reason=self.reason,
             zone=reference.tz(),
+            desa_of=reference.desa_of,
         )
 
 

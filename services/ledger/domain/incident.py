@@ -194,6 +194,12 @@ CORRECTABLE: dict[str, frozenset[str]] = {
     "EvidenceAttached": frozenset({"description", "superseded_by"}),
 }
 LOCATION_FIELDS = frozenset({"location.kecamatan", "location.desa", "location.tps"})
+# The location fields the reference data names together: a desa lies in one kecamatan.
+PLACE_FIELDS = frozenset({"location.kecamatan", "location.desa"})
+
+#: The desa of a kecamatan, None for one the reference data does not know
+#: (``ReferenceData.desa_of``).
+DesaOf = Callable[[str], frozenset[str] | None]
 # Correctable fields that hold a time: recorded in the canonical form (UTC, microseconds),
 # named in a correction by any ISO-8601 spelling of the same instant.
 TIME_FIELDS = frozenset({"occurred_at", "valid_from", "valid_until"})
@@ -1137,9 +1143,11 @@ class Incident(Aggregate):
         new_value: str,
         reason: str,
         zone: tzinfo,
+        desa_of: DesaOf,
     ) -> None:
         """``zone``: the regency's, in which a refusal states a recorded time when the
-        caller's ``old_value`` names no zone of its own."""
+        caller's ``old_value`` names no zone of its own; ``desa_of``: the reference data's
+        places, which a corrected kecamatan or desa must be one of, with the other."""
         _require_writer(envelope.actor, "RecordCorrection")
         values = self.event_values.get(event_id)
         if values is None:
@@ -1189,6 +1197,8 @@ class Incident(Aggregate):
             raise InvalidArgument("new_value", "must differ from old_value")
         if field == "superseded_by":
             self._check_superseding(event_id, new_value)
+        if field in PLACE_FIELDS:
+            _check_corrected_place(values, field, new_value, desa_of)
         if not reason:
             raise InvalidArgument("reason", "a correction needs a reason")
         self._trigger(
@@ -1637,6 +1647,36 @@ def _instant(text: str) -> datetime | None:
     except ValueError:
         return None
     return value if value.tzinfo is not None else None
+
+
+def _check_corrected_place(
+    values: dict[str, str], field: str, new_value: str, desa_of: DesaOf
+) -> None:
+    """A corrected kecamatan or desa leaves the event naming a place a report could name:
+    its desa, if any, in its kecamatan (a report naming a desa of another kecamatan is
+    refused; a correction made the same place, counted in a kecamatan it is not in)."""
+    kecamatan = new_value if field == "location.kecamatan" else values.get("location.kecamatan", "")
+    desa = new_value if field == "location.desa" else values.get("location.desa", "")
+    known = desa_of(kecamatan)
+    if field == "location.kecamatan" and known is None:
+        raise InvalidArgument("new_value", f"unknown kecamatan {kecamatan!r}")
+    if not desa:
+        return
+    if known is None:
+        raise InvalidArgument(
+            "new_value",
+            f"a desa lies in a kecamatan, and this event names none ({kecamatan!r}): "
+            "correct location.kecamatan first",
+        )
+    if desa in known:
+        return
+    if field == "location.desa":
+        raise InvalidArgument("new_value", f"unknown desa {desa!r} in kecamatan {kecamatan}")
+    raise InvalidArgument(
+        "new_value",
+        f"the event's desa {desa!r} is not in kecamatan {kecamatan}: correct location.desa "
+        "to an empty value first, then the kecamatan, then the desa",
+    )
 
 
 def _initial_values(event: Incident.Event) -> dict[str, str]:
