@@ -170,8 +170,9 @@ def test_pages_of_large_incidents_and_events_are_cut_to_what_a_client_takes(
         assert versions == list(range(1, MAX_DECISIONS + 3)), "every event once, in order"
 
 
-#: A title that drives a terminal: clear the screen, print in red, set the window's title.
-DRIVING = "Rally \x1b[2J\x1b[31mOWNED\x1b[0m \x1b]0;pwned\x07\r\x9b31m"
+#: A title that drives a terminal: clear the screen, print in red, set the window's title,
+#: then read the rest right to left (a bidirectional override, and an isolate).
+DRIVING = "Rally \x1b[2J\x1b[31mOWNED\x1b[0m \x1b]0;pwned\x07\r\x9b31m \u202eTPS 12 \u2067x"
 
 
 def test_ledgerctl_shows_control_characters_and_brackets_as_text(ctl: Ctl) -> None:
@@ -185,7 +186,7 @@ def test_ledgerctl_shows_control_characters_and_brackets_as_text(ctl: Ctl) -> No
     name = reported.incident
     for args in (("list",), ("show", name)):
         out = ctl.ok("kesbangpol", *args)
-        assert not set(out) & {"\x1b", "\x07", "\r", "\x9b"}, (args, out)
+        assert not set(out) & {"\x1b", "\x07", "\r", "\x9b", "\u202e", "\u2067"}, (args, out)
         assert "OWNED" in out and "␛" in out, (args, out)
     shown = ctl.ok("kesbangpol", "show", name)
     assert "[/b] [red]not red[/red] [link=x]y[/link]" in shown, shown

@@ -25,10 +25,15 @@ UNBOUNDED = 1_000_000  # a width no table reaches
 
 #: The control characters a terminal acts on (C0 but line breaks and tabs, DEL, C1), each
 #: shown as a visible character instead: its Unicode control picture (ESC as ␛), else �.
+#: And the bidirectional embeddings, overrides and isolates (U+202A-U+202E,
+#: U+2066-U+2069): in a terminal or a pasted report that lays text out by direction, one in
+#: a title reverses what follows it (``TPS 12`` read as ``21 SPT``, a kecamatan's name
+#: backwards); the marks (U+200E, U+200F), which only order neutral characters, stay.
 CONTROLS = {
     **{c: 0x2400 + c for c in range(0x20) if chr(c) not in "\n\t"},
     0x7F: 0x2421,
     **{c: 0xFFFD for c in range(0x80, 0xA0)},
+    **{c: 0xFFFD for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))},
 }
 
 
