@@ -466,6 +466,9 @@ class Ledger(Application[UUID]):
         # Up to which position each retired key's seal still vouches for an incident's
         # newest event (bound_retired_seals); None: any seal of a trusted key does.
         self._retired_until: dict[str, int] | None = None
+        # The position of the newest event recorded before seals existed, which a signed
+        # checkpoint covers (bound_unsealed_history); 0: every newest event needs its seal.
+        self._unsealed_until = 0
         # Set once the store records this ledger's own signing key as retired (a rotation
         # by another replica, seen by services/ledger/key_watch.py): every commit refuses.
         self._key_retired: SigningKeyRetired | None = None
@@ -1737,6 +1740,13 @@ class Ledger(Application[UUID]):
         or a replica left running with it, seals after the rotation is refused."""
         self._retired_until = dict(until)
 
+    def bound_unsealed_history(self, until: int) -> None:
+        """From now on an incident whose newest event carries no seal loads when that event
+        lies at or before ``until`` (Checkpoints.unsealed_history_end): recorded by a ledger
+        from before seals existed, under a checkpoint. After it, a missing seal is a
+        forgery as before."""
+        self._unsealed_until = until
+
     def check_seal(self, incident: Incident) -> None:
         """DATA_LOSS unless the incident's newest event carries the ledger's seal over its
         hash: whoever changed it in the store could not have re-sealed it."""
@@ -1744,6 +1754,8 @@ class Ledger(Application[UUID]):
         if checker is None:
             return
         signer = checker.signer(incident.head_hash, incident.head_seal)
+        if signer is None and incident.head_seal is None and self._recorded_before_seals(incident):
+            return
         if signer is None:
             problem = checker.problem(incident.head_hash, incident.head_seal)
         elif self._retired_until is None or signer == key_id(checker.public_key):
@@ -1771,6 +1783,15 @@ class Ledger(Application[UUID]):
                 "check": "seal",
             },
         )
+
+    def _recorded_before_seals(self, incident: Incident) -> bool:
+        """Whether the incident's newest event lies in the history recorded before seals
+        existed (one indexed query, only for an incident whose newest event has none)."""
+        if not self._unsealed_until:
+            return False
+        version = incident.version
+        position = self.positions.of(incident.id, version - 1, version).get(version)
+        return position is not None and position <= self._unsealed_until
 
     def _retired_problem(
         self, incident: Incident, signer: str, until: Mapping[str, int]

@@ -364,6 +364,14 @@ def build(settings: LedgerSettings) -> LedgerServer:
     if rotated is not None and relay is not None:  # the witnesses keep the rotation's too
         relay.publish_checkpoint(rotated.position, rotated.to_bytes())
     checkpoints.seal_earlier_history()
+    unsealed = checkpoints.unsealed_history_end()
+    ledger.bound_unsealed_history(unsealed)
+    if unsealed:
+        log.info(
+            "ledger.unsealed_history",
+            position=unsealed,
+            note="incidents last changed before seals existed load under the checkpoint",
+        )
     port = listen(server, settings.listen, settings)
     server.start()
     readiness = Readiness(health_servicer, SERVICES)

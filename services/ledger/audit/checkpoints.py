@@ -55,7 +55,7 @@ from services.ledger.audit.encoding import (
 from services.ledger.audit.keys import key_id, public_key_bytes
 from services.ledger.domain.incident import canonical_json
 from services.ledger.seals import SealChecker
-from services.ledger.store import RawRow
+from services.ledger.store import RawRow, read_rows
 
 log = structlog.get_logger(__name__)
 
@@ -479,10 +479,12 @@ class Checkpoints:
         return checkpoint
 
     def seal_earlier_history(self) -> None:
-        """On a log whose newest incident event carries no seal (recorded before seals
-        existed), make one checkpoint that covers it, so that verification, which wants
+        """On a log whose incident events all carry no seal (recorded before seals
+        existed), make one checkpoint that covers them, so that verification, which wants
         a seal on every incident's newest event after the last checkpoint, holds. Once a
-        sealed event is the newest, this does nothing."""
+        sealed event is the newest, this does nothing; an unsealed newest event after a
+        sealed one was not recorded before seals existed (a ledger from before seals ran on
+        the store again, or the store was changed): it is logged and never signed over."""
         row = newest_row(self._recorder, self._decoder.topics)
         if row is None:
             return
@@ -493,13 +495,62 @@ class Checkpoints:
             return
         if seal is not None:
             return
-        checkpoint = self.create(accept_unsealed=True)
+        end, sealed_after = self._unsealed_prefix()
+        if sealed_after:
+            log.error(
+                "checkpoint.unsealed_after_sealed",
+                position=row[0],
+                unsealed_until=end,
+                note="an event without a seal follows sealed ones: a ledger from before "
+                "seals wrote to this store after an upgrade, or it was changed; run "
+                "`ledger-audit verify --store`",
+            )
+            return
+        try:
+            checkpoint = self.create(accept_unsealed=True)
+        except CheckpointError as exc:
+            log.error("checkpoint.failed", error=str(exc))
+            return
         log.warning(
             "checkpoint.unsealed_history_covered",
             position=checkpoint.position,
             events=checkpoint.events,
             note="events recorded before seals existed are now covered by this checkpoint",
         )
+
+    def unsealed_history_end(self) -> int:
+        """The position of the newest incident event recorded before seals existed (the
+        events of a store written by a ledger from before seals, up to its first sealed
+        event), when a checkpoint of this ledger's keys covers it; 0 when the log's first
+        incident event is sealed (a store that was always sealed: one row read) or nothing
+        covers those events. Run after :meth:`seal_earlier_history`, which makes that
+        checkpoint; what it returns is where a missing seal stops being a forgery."""
+        end, _ = self._unsealed_prefix()
+        if end == 0:
+            return 0
+        latest = self.latest()
+        if latest is None or self._signer(latest) is None:
+            return 0
+        return min(end, latest.position)
+
+    def _unsealed_prefix(self) -> tuple[int, bool]:
+        """The position of the last incident event before the first sealed one (0: the
+        first is sealed, or there is none), and whether a sealed one follows. A broken
+        event ends the prefix (loading it says what broke)."""
+        end = after = 0
+        while True:
+            rows = read_rows(self._recorder, self._decoder.topics, after, BATCH)
+            if not rows:
+                return end, False
+            for row in rows:
+                try:
+                    _, seal = self._decoder.row_sealed_body(row)
+                except EventDecodeError:
+                    return end, True
+                if seal is not None:
+                    return end, True
+                end = row[0]
+            after = rows[-1][0]
 
     def _insert(self, c: Checkpoint) -> bool:
         with self._db.transaction() as cur:

@@ -1,0 +1,181 @@
+"""A store written by a ledger from before seals existed (before 2026-12-03), served by today's.
+
+Those ledgers stored incident events without the ``seal`` member: the store is made here by
+writing a history through today's ledger and taking every seal and checkpoint out of it in
+SQL, which leaves exactly the rows such a ledger wrote. Today's ledger covers that history
+with a checkpoint at its start (``checkpoint.unsealed_history_covered``); its incidents must
+then read, answer commands and verify as before, and a seal stripped from an event recorded
+after seals existed must still be refused.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from incidentledger.v1 import audit_service_pb2 as audit
+from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
+from incidentledger.v1 import ledger_service_pb2 as api
+from services.common.sql import open_database
+from tests.support import Client, rid, running_ledger, settings_for, store_environment
+
+COORDINATOR = "desk_pilkada"
+AUDITOR = "inspektorat"
+SEAL = re.compile(rb',\s*"seal"\s*:\s*"[^"]*"')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def stored(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A store that outlives its ledger: SQLite, then PostgreSQL."""
+    if request.param == "postgres":
+        request.applymarker(pytest.mark.postgres)
+    with store_environment(request.param, tmp_path) as env:
+        yield env
+
+
+def _strip(store_env: dict[str, str], table: str, only: set[tuple[str, int]] | None = None) -> int:
+    """Take the seal out of every stored incident event (or of the ``only`` ones, by
+    incident id and version), and every checkpoint: what a ledger before seals stored."""
+    db = open_database(store_env)
+    stripped = 0
+    try:
+        with db.transaction() as cur:
+            cur.execute(f"SELECT originator_id, originator_version, state FROM {table}")  # noqa: S608
+            rows: list[tuple[Any, int, bytes]] = list(cur.fetchall())
+            for originator, version, state in rows:
+                key = (str(originator).replace("-", ""), int(version))
+                if only is not None and key not in only:
+                    continue
+                plain = SEAL.sub(b"", bytes(state))
+                if plain != bytes(state):
+                    cur.execute(
+                        db.q(
+                            f"UPDATE {table} SET state = ? "  # noqa: S608 - the test's own
+                            "WHERE originator_id = ? AND originator_version = ?"
+                        ),
+                        (plain, originator, version),
+                    )
+                    stripped += 1
+            if only is None:
+                cur.execute("DELETE FROM ledger_checkpoints")
+    finally:
+        db.close()
+    return stripped
+
+
+def _drop_checkpoints(store_env: dict[str, str], after: int) -> None:
+    db = open_database(store_env)
+    try:
+        with db.transaction() as cur:
+            cur.execute(db.q("DELETE FROM ledger_checkpoints WHERE position > ?"), (after,))
+    finally:
+        db.close()
+
+
+def _history(client: Client) -> list[str]:
+    """A few incidents in several states: verified and led, merged, only reported."""
+    md = client.md(COORDINATOR)
+    first = client.report("kpu", title="Ballot box seal broken at TPS 02").incident
+    client.stub.VerifyIncident(api.VerifyIncidentRequest(request_id=rid(), name=first), metadata=md)
+    client.stub.AssignLeadAgency(
+        api.AssignLeadAgencyRequest(request_id=rid(), name=first, agency="kpu"), metadata=md
+    )
+    duplicate = client.report("polres", title="Ballot box seal broken, reported again").incident
+    client.stub.MergeIncident(
+        api.MergeIncidentRequest(request_id=rid(), name=duplicate, target=first), metadata=md
+    )
+    only_reported = client.report("bawaslu").incident
+    return [first, duplicate, only_reported]
+
+
+def _reads(client: Client, names: list[str]) -> dict[str, Any]:
+    md = client.md(COORDINATOR)
+    return {
+        name: (
+            client.stub.GetIncident(api.GetIncidentRequest(name=name), metadata=md),
+            list(
+                client.stub.ListIncidentEvents(
+                    api.ListIncidentEventsRequest(parent=name), metadata=md
+                ).events
+            ),
+        )
+        for name in names
+    }
+
+
+def test_a_store_from_before_seals_reads_continues_and_verifies(
+    stored: dict[str, str], tmp_path: Path
+) -> None:
+    store_env = stored
+    settings = settings_for(tmp_path, store_env, checkpoint_seconds=0.0)
+    with running_ledger(settings) as client:
+        names = _history(client)
+        table = client.server.ledger.recorder.events_table_name  # type: ignore[attr-defined]
+        before = _reads(client, names)
+    assert _strip(store_env, table) > 0
+
+    with running_ledger(settings) as client:
+        md = client.md(COORDINATOR)
+        after = _reads(client, names)  # was DATA_LOSS "it carries no seal" on every one
+        for name in names:
+            incident, events = after[name]
+            assert incident == before[name][0]
+            assert [e.hash for e in events] == [e.hash for e in before[name][1]]
+            assert not any(e.seal for e in events)
+        listed = client.stub.ListIncidents(api.ListIncidentsRequest(), metadata=md).incidents
+        assert sorted(i.name for i in listed) == sorted(names)
+
+        # A command on an old incident continues its chain, sealed.
+        result = client.stub.LogAction(
+            api.LogActionRequest(request_id=rid(), name=names[0], action="Box resealed"),
+            metadata=client.md("kpu"),
+        ).result
+        events = client.stub.ListIncidentEvents(
+            api.ListIncidentEventsRequest(parent=names[0]), metadata=md
+        ).events
+        assert events[-1].version == result.version
+        assert events[-1].previous_hash == events[-2].hash
+        assert events[-1].seal
+
+        stub = audit_grpc.AuditServiceStub(client.channel)
+        report = stub.VerifyLedger(audit.VerifyLedgerRequest(), metadata=client.md(AUDITOR))
+        assert report.ok, report
+
+        # One more sealed event, so that the one before is not the log's newest.
+        newest = client.report("polres", title="Reported after the upgrade")
+
+    # A seal taken from an event recorded after seals existed is still a forgery.
+    forged = names[0].removeprefix("incidents/").replace("-", "")
+    assert _strip(store_env, table, only={(forged, result.version)}) == 1
+    with running_ledger(settings) as client:
+        with pytest.raises(grpc.RpcError) as refused:
+            client.stub.GetIncident(
+                api.GetIncidentRequest(name=names[0]), metadata=client.md(COORDINATOR)
+            )
+        assert refused.value.code() is grpc.StatusCode.DATA_LOSS
+        assert "carries no seal" in str(refused.value.details())
+        client.stub.GetIncident(  # the others still read
+            api.GetIncidentRequest(name=names[2]), metadata=client.md(COORDINATOR)
+        )
+        later = client.report("kpu", title="Reported by a ledger from before seals")
+
+    # The log's newest event without its seal, after sealed ones (what a ledger from before
+    # seals writes when started again on the upgraded store): never covered by a checkpoint
+    # at the start, as history from before seals is; the ledger starts and refuses it.
+    later_id = later.incident.removeprefix("incidents/").replace("-", "")
+    assert _strip(store_env, table, only={(later_id, later.version)}) == 1
+    _drop_checkpoints(store_env, after=later.position - 1)  # the stop's, over it sealed
+    with running_ledger(settings) as client:
+        stub = audit_grpc.AuditServiceStub(client.channel)
+        md = client.md(COORDINATOR)
+        kept = stub.ListCheckpoints(audit.ListCheckpointsRequest(), metadata=md).checkpoints
+        assert max(point.position for point in kept) < later.position  # nothing signed over it
+        with pytest.raises(grpc.RpcError) as refused:
+            client.stub.GetIncident(api.GetIncidentRequest(name=later.incident), metadata=md)
+        assert refused.value.code() is grpc.StatusCode.DATA_LOSS
+        client.stub.GetIncident(api.GetIncidentRequest(name=newest.incident), metadata=md)
