@@ -23,6 +23,11 @@ class StoreUnreachableError(Exception):
     (the event store's library does not retry this one; see services/common/storepool.py)."""
 
 
+class StoreNotMigratedError(Exception):
+    """A table of the store is in the layout of an earlier version, which ``migrate`` moves
+    into the current one; the start stops as for a missing table (``store_not_migrated``)."""
+
+
 #: Failures of the store's connection (a database restart, a network cut): transient.
 STORE_CONNECTION_ERRORS = (
     StoreUnreachableError,
@@ -69,9 +74,16 @@ def start_failure(exc: BaseException) -> tuple[str, str] | None:
     """What a service that cannot start on its store says of it, instead of a traceback:
     the log event's name and what to do; None for any other failure (a bug: raised).
 
-    A store whose tables were not made (a replica started with ``CREATE_TABLE=n`` before
-    ``migrate``), then a store that cannot be reached."""
+    A store whose tables were not made, or are in an earlier version's layout (a replica
+    started with ``CREATE_TABLE=n`` before ``migrate``), then a store that cannot be
+    reached."""
     text = str(exc)
+    if isinstance(exc, StoreNotMigratedError):
+        return (
+            "store_not_migrated",
+            "the store's tables are from an earlier version: run `incident-ledger migrate` "
+            "first (or start one service without CREATE_TABLE=n)",
+        )
     if isinstance(exc, psycopg.errors.UndefinedTable) or (
         isinstance(exc, (sqlite3.OperationalError, OperationalError, ProgrammingError))
         and ("no such table" in text or "does not exist" in text)

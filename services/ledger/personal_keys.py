@@ -45,6 +45,7 @@ from services.common.config import ConfigError
 from services.common.datafiles import make_private_dir
 from services.common.errors import DataLoss
 from services.common.sql import Database, SQLiteDatabase
+from services.common.store_errors import StoreNotMigratedError
 from services.ledger.domain.personal import (
     Person,
     PersonalData,
@@ -360,9 +361,9 @@ class PersonalKeys:
         else:
             with db.transaction() as cur:
                 if _former_layout(cur, db.dialect):
-                    raise ConfigError(
+                    raise StoreNotMigratedError(
                         "the personal data key table has its former layout: run "
-                        "`python -m services.ledger migrate` (or start one ledger with "
+                        "`incident-ledger migrate` (or start one ledger with "
                         "CREATE_TABLE=y), which moves it into the current one"
                     )
         self._index_key = self._open()

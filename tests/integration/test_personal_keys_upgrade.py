@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from services.common.config import ConfigError
 from services.common.sql import Database, SQLiteDatabase, open_database
+from services.common.store_errors import StoreNotMigratedError
 from services.ledger.domain.personal import Person, PersonalData
 from services.ledger.personal_keys import SQLITE_PRAGMAS, KeyRing, PersonalKeys
 
@@ -119,6 +119,6 @@ def test_a_read_only_start_refuses_a_former_key_table(
 ) -> None:
     db = open_database(either_store, 2, sqlite_pragmas=SQLITE_PRAGMAS)
     former_store(db, tmp_path / "scratch.sqlite")
-    with pytest.raises(ConfigError, match="former layout"):
+    with pytest.raises(StoreNotMigratedError, match="former layout"):
         PersonalKeys(db, RING, create=False)
     db.close()

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from services.common.config import PROJECT_ROOT
+from tests.integration.test_personal_keys_upgrade import FORMER
 
 
 def start(module: list[str], tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
@@ -167,3 +170,28 @@ def test_a_store_that_cannot_be_reached_stops_the_start_with_one_log_line(
     failed = [json.loads(line) for line in done.stdout.splitlines() if '"level": "error"' in line]
     assert [(f["event"], f["level"]) for f in failed] == [(event, "error")], done.stdout
     assert "port 1 failed" in failed[0]["error"] and "POSTGRES_" in failed[0]["hint"]
+
+
+@pytest.mark.parametrize("store", ["empty", "former_key_table"])
+def test_a_store_not_migrated_stops_a_replica_with_one_log_line(tmp_path: Path, store: str) -> None:
+    """A replica (CREATE_TABLE=n) started before `migrate`: on a new store its tables are
+    missing; on a store of a version before the key table's current layout, that table is
+    in its former one. Either way one line, store_not_migrated, naming migrate, and exit 1
+    (the second was ledger.config_error, exit 2, as for a wrong setting)."""
+    database = tmp_path / "ledger.sqlite"
+    if store == "former_key_table":
+        with closing(sqlite3.connect(database)) as db, db:
+            for statement in FORMER:
+                db.execute(statement)
+    done = start(
+        ["services.ledger"],
+        tmp_path,
+        SQLITE_DBNAME=str(database),
+        CREATE_TABLE="n",
+        NATS_URL="nats://127.0.0.1:1",
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    failed = [json.loads(line) for line in done.stdout.splitlines() if '"level": "error"' in line]
+    assert [f["event"] for f in failed] == ["ledger.store_not_migrated"], done.stdout
+    assert "incident-ledger migrate" in failed[0]["hint"]
