@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from structlog.testing import capture_logs
 
 from incidentledger.v1 import audit_service_pb2 as audit
 from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
@@ -179,3 +180,55 @@ def test_a_store_from_before_seals_reads_continues_and_verifies(
             client.stub.GetIncident(api.GetIncidentRequest(name=later.incident), metadata=md)
         assert refused.value.code() is grpc.StatusCode.DATA_LOSS
         client.stub.GetIncident(api.GetIncidentRequest(name=newest.incident), metadata=md)
+
+
+def _rewrite(store_env: dict[str, str], table: str, incident: str, old: bytes, new: bytes) -> None:
+    """Change a text in every stored event of ``incident`` (its events' bodies, so their
+    hashes no longer match what was signed over them)."""
+    db = open_database(store_env)
+    try:
+        with db.transaction() as cur:
+            cur.execute(f"SELECT originator_id, originator_version, state FROM {table}")  # noqa: S608
+            for originator, version, state in list(cur.fetchall()):
+                if str(originator).replace("-", "") != incident or old not in bytes(state):
+                    continue
+                cur.execute(
+                    db.q(
+                        f"UPDATE {table} SET state = ? "  # noqa: S608 - the test's own
+                        "WHERE originator_id = ? AND originator_version = ?"
+                    ),
+                    (bytes(state).replace(old, new), originator, version),
+                )
+    finally:
+        db.close()
+
+
+def test_history_from_before_seals_changed_in_the_store_does_not_load(
+    stored: dict[str, str], tmp_path: Path
+) -> None:
+    """Nothing but the checkpoint over it vouches for an event without a seal. Whoever
+    changed one of them in the store (or stripped the seals of a sealed store's first
+    events, then changed one) had the change loaded: an incident of one event has no
+    later event to fail the link either. The start now checks that history against the
+    head its checkpoint signed, and loads it without seals only if it matches."""
+    store_env = stored
+    settings = settings_for(tmp_path, store_env, checkpoint_seconds=0.0)
+    with running_ledger(settings) as client:
+        names = _history(client)
+        table = client.server.ledger.recorder.events_table_name  # type: ignore[attr-defined]
+    assert _strip(store_env, table) > 0
+    with running_ledger(settings) as client:  # covers the unsealed history, and reads it
+        read = client.stub.GetIncident(
+            api.GetIncidentRequest(name=names[2]), metadata=client.md(COORDINATOR)
+        )
+    assert read.incident.title == "Planned mass gathering at the town square"  # bawaslu's
+
+    changed = names[2].removeprefix("incidents/").replace("-", "")
+    _rewrite(store_env, table, changed, b"mass gathering", b"calm gathering")
+    with capture_logs() as logs, running_ledger(settings) as client:
+        md = client.md(COORDINATOR)
+        with pytest.raises(grpc.RpcError) as refused:
+            client.stub.GetIncident(api.GetIncidentRequest(name=names[2]), metadata=md)
+        assert refused.value.code() is grpc.StatusCode.DATA_LOSS
+    problems = [x for x in logs if x["event"] == "checkpoint.unsealed_history_changed"]
+    assert len(problems) == 1, logs

@@ -521,17 +521,45 @@ class Checkpoints:
     def unsealed_history_end(self) -> int:
         """The position of the newest incident event recorded before seals existed (the
         events of a store written by a ledger from before seals, up to its first sealed
-        event), when a checkpoint of this ledger's keys covers it; 0 when the log's first
-        incident event is sealed (a store that was always sealed: one row read) or nothing
-        covers those events. Run after :meth:`seal_earlier_history`, which makes that
-        checkpoint; what it returns is where a missing seal stops being a forgery."""
+        event), when a checkpoint of this ledger's keys covers it and signs their chain as
+        it now is; 0 when the log's first incident event is sealed (a store that was always
+        sealed: one row read), nothing covers those events, or they were changed since.
+        Run after :meth:`seal_earlier_history`, which makes that checkpoint; what it returns
+        is where a missing seal stops being a forgery."""
         end, _ = self._unsealed_prefix()
         if end == 0:
             return 0
-        latest = self.latest()
-        if latest is None or self._signer(latest) is None:
-            return 0
-        return min(end, latest.position)
+        # The first checkpoint of this ledger's keys at or after that end must sign the
+        # chain of those events as they are now: an event without a seal is otherwise
+        # vouched for by nothing at load, and whoever stripped the seals of a sealed store's
+        # first events and changed one of them would have it loaded. One pass over that
+        # history at the start (the history a ledger from before seals wrote).
+        # (The first one past it, else the latest: then only what lies under that one.)
+        cover = next((c for c in self.iterate(after=end - 1) if self._signer(c) is not None), None)
+        if cover is None:
+            cover = self.latest()
+            if cover is None or self._signer(cover) is None:
+                return 0
+        try:
+            state = extend_chain(
+                self._recorder, self._decoder, ChainState(0, GENESIS_HASH, 0), cover.position
+            )
+        except CheckpointError as exc:
+            problem = str(exc)
+        else:
+            if (state.head, state.events) == (cover.head, cover.events):
+                return min(end, cover.position)
+            problem = f"the chain's head after them is {state.head}, not {cover.head}"
+        log.error(
+            "checkpoint.unsealed_history_changed",
+            unsealed_until=end,
+            checkpoint=cover.position,
+            problem=problem,
+            note="the events without a seal do not lead to the head their checkpoint signed: "
+            "the store was changed; each incident needs its seal to load; run "
+            "`ledger-audit verify --store`",
+        )
+        return 0
 
     def _unsealed_prefix(self) -> tuple[int, bool]:
         """The position of the last incident event before the first sealed one (0: the
