@@ -9,6 +9,7 @@ or by ``mkdir``) is closed at start, with a warning.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -77,3 +78,32 @@ def prepare_sqlite_file(dbname: str) -> None:
         companion = path.with_name(path.name + suffix)
         if companion.exists():
             private_file(companion)
+
+
+#: The errors of a file or directory the service's user may not use: a data directory
+#: made by another user (or by root before the service ran as its own user), a key file
+#: restored with the wrong owner or mode, a read-only volume.
+ACCESS_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def logged_access_failure(service: str, exc: BaseException) -> bool:
+    """Log, as one line (``{service}.file_not_accessible``, with the path, what failed and
+    what to check), a start that failed on a file or directory the service's user may not
+    read or write; False, logging nothing, for any other failure.
+
+    Before, such a start ended in a traceback (exit 1), where an unreadable secret file
+    named by a setting is one ``config_error`` line (exit 2): the same mistake, said two
+    ways."""
+    if not isinstance(exc, OSError) or exc.errno not in ACCESS_ERRNOS or not exc.filename:
+        return False
+    path = str(exc.filename)
+    structlog.get_logger(f"services.{service}").error(
+        f"{service}.file_not_accessible",
+        path=path,
+        error=exc.strerror or str(exc),
+        uid=os.geteuid(),
+        hint=f"the service's user (uid {os.geteuid()}) must own {path} and the directories "
+        "above it, or be allowed to read and write them (chown, chmod 700 for a directory, "
+        "600 for a file); a read-only volume must be mounted writable",
+    )
+    return True

@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     import structlog
 
     from services.common.config import ConfigError, LedgerSettings, warn_open_key_files
+    from services.common.datafiles import logged_access_failure
     from services.common.logging import configure_logging
     from services.common.native_log import capture_native_stderr
     from services.common.reference import ReferenceDataError
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("ledger.config_error", error=str(exc))
         return 2
     except Exception as exc:  # a store that is not there: one line, not a traceback
+        if logged_access_failure("ledger", exc):
+            return 2
         if not logged_start_failure("ledger", exc):
             raise
         return 1

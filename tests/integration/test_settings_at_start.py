@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -195,3 +196,70 @@ def test_a_store_not_migrated_stops_a_replica_with_one_log_line(tmp_path: Path, 
     failed = [json.loads(line) for line in done.stdout.splitlines() if '"level": "error"' in line]
     assert [f["event"] for f in failed] == ["ledger.store_not_migrated"], done.stdout
     assert "incident-ledger migrate" in failed[0]["hint"]
+
+
+def _without_root_powers() -> list[str]:
+    """A prefix that runs a command as this user without root's power to ignore file modes
+    (where the tests run as root), so that a mode-000 file refuses it as it refuses a
+    service's own user."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: file modes would not apply")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+
+
+@pytest.mark.parametrize(
+    ("module", "unreadable"),
+    [
+        (["services.ledger"], "data"),
+        (["services.notifier"], "data"),
+        (["services.ledger"], "data/keys/ledger-signing.key"),
+        (["services.ledger"], "data/keys/personal-data.keys"),
+        (["services.ledger"], "data/page-token.secret"),
+        (["services.ledger", "migrate"], "data/ledger.sqlite"),
+    ],
+)
+def test_a_data_file_its_user_may_not_read_stops_the_start_with_one_log_line(
+    tmp_path: Path, module: list[str], unreadable: str
+) -> None:
+    """A data directory or a file in it that the service's user may not read (made by root
+    before the service ran as its own user, restored from a backup with the wrong owner):
+    the start ended in a traceback and exit status 1. Now one line naming the path and
+    what to check, and exit status 2, as for an unreadable secret file named by a setting."""
+    data = tmp_path / "data"
+    (data / "keys").mkdir(parents=True, mode=0o700)
+    path = tmp_path / unreadable
+    if path != data:
+        path.write_text("")  # never read: opening it fails
+    path.chmod(0)
+    try:
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "gen")]),
+            "LEDGER_DATA_DIR": str(data),
+            "LEDGER_LOG_FORMAT": "json",
+            "NATS_URL": "nats://127.0.0.1:1",
+            "LEDGER_LISTEN": "127.0.0.1:0",
+            "NOTIFIER_LISTEN": "127.0.0.1:0",
+        }
+        done = subprocess.run(
+            [*_without_root_powers(), sys.executable, "-m", *module],
+            env=env,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        path.chmod(0o700)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 2, done.stdout + done.stderr
+    failed = [json.loads(line) for line in done.stdout.splitlines() if '"level": "error"' in line]
+    service = module[0].split(".")[1]
+    assert [f["event"] for f in failed] == [f"{service}.file_not_accessible"], done.stdout
+    assert failed[0]["path"].startswith(str(path)), failed[0]
+    assert failed[0]["error"] == "Permission denied"
+    assert "chmod" in failed[0]["hint"] and str(os.geteuid()) in failed[0]["hint"]
