@@ -80,6 +80,7 @@ TEMPLATES: Mapping[str, str] = {
     "INGEST_TOO_LARGE": N_("The batch is too large ({limit} bytes at most): send smaller parts."),
     "AUTH_THROTTLED": N_("Too many failed sign-ins: wait and retry."),
     "STORE_UNAVAILABLE": N_("The database cannot be reached: retry."),
+    "STORE_FULL": N_("The database has no space left: retry once it is freed."),
     "PROJECTION_LAGGING": N_("The views are behind the ledger: retry."),
     "SIGNING_KEY_RETIRED": N_(
         "This ledger replica's signing key was retired: it records nothing more. Retry; "

@@ -39,12 +39,44 @@ STORE_CONNECTION_ERRORS = (
 )
 
 
+#: PostgreSQL's SQLSTATE for a disk full (class 53, insufficient resources).
+_PG_DISK_FULL = "53100"
+#: SQLite's primary result code for a full disk (or a database at its maximum size).
+_SQLITE_FULL = 13
+
+
+def is_store_full(exc: BaseException) -> bool:
+    """Whether the store refused a write for want of space: its disk is full (SQLite's
+    ``SQLITE_FULL``, PostgreSQL's ``disk_full``), directly or as the event store's library
+    wraps it."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # the driver's error, a wrapper or two above it
+        if seen is None:
+            return False
+        if isinstance(seen, psycopg.Error) and getattr(seen, "sqlstate", None) == _PG_DISK_FULL:
+            return True
+        if isinstance(seen, sqlite3.Error) and (
+            getattr(seen, "sqlite_errorcode", None) == _SQLITE_FULL
+            or "database or disk is full" in str(seen)
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def as_ledger_error(exc: BaseException) -> LedgerError | None:
     """The caller-facing error for an infrastructure failure, or None when it is a bug.
 
     A lost database connection is UNAVAILABLE (retry, with the same request id), not
-    INTERNAL.
+    INTERNAL. So is a store whose disk is full, under a reason of its own: it answers, and
+    "unreachable" sent operators looking at the network while the disk filled.
     """
+    if is_store_full(exc):
+        return Unavailable(
+            "the store has no space left (its disk is full): nothing was recorded; retry (a "
+            "command with the same request id) once space is freed",
+            reason="STORE_FULL",
+        )
     if isinstance(exc, STORE_CONNECTION_ERRORS):
         return Unavailable(
             "the store is unreachable; retry (a command with the same request id)",

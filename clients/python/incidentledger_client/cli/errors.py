@@ -312,6 +312,10 @@ def _answered_unavailable(
     deadline of a last attempt that the retry budget cut short)."""
     if error.reason == "STORE_UNAVAILABLE":
         problem = _("the {where} cannot reach its database").format(where=where)
+    elif error.reason == "STORE_FULL":
+        problem = _("the database of the {where} has no space left (its disk is full)").format(
+            where=where
+        )
     elif st.request_id:
         problem = _("the {where} cannot take the command now").format(where=where)
     else:
