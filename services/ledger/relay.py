@@ -410,7 +410,11 @@ class Relay:
             # health SERVING). Before, that was said as soon as the position was found, and
             # a session that failed at each first publish (a permission the relay's user
             # lacks) logged its recovery and its failure, and was retried after 0.2 s, every
-            # time, forever, its health flipping between SERVING and NOT_SERVING.
+            # time, forever, its health flipping between SERVING and NOT_SERVING. Nothing to
+            # publish is the source's end of the log (``caught_up``), not an empty batch: a
+            # batch not ready within the poll (the encoder still reading a backlog) made a
+            # session whose publishes NATS never acknowledged (its disk full) say it
+            # recovered, then fail again.
             working = False
             while not self._stopping.is_set():
                 if not nc.is_connected:  # noticed while idle, not only at the next publish
@@ -423,7 +427,7 @@ class Relay:
                 if outgoing:
                     await self._publish(js, outgoing)
                 await self._publish_checkpoints(js)
-                if not working:
+                if not working and (outgoing or source.caught_up):
                     working = True
                     self._on_health(True)
                     self._retry.reset()

@@ -72,6 +72,12 @@ class EncoderGoneError(RuntimeError):
 class BatchSource(ABC):
     """A session's messages, batch by batch, in log order, after the session's position."""
 
+    #: Whether the source has found the end of the log since it opened: every message before
+    #: that end has been handed out. An empty batch alone does not say so: it may only mean
+    #: that the next batch was not ready within the wait (an encoder still reading, or a
+    #: poke), where the session has published nothing.
+    caught_up: bool = False
+
     @abstractmethod
     def next_batch(self, timeout: float) -> list[Outgoing]:
         """The next messages, or an empty list when none came within ``timeout`` (or the
@@ -95,7 +101,10 @@ class LocalSource(BatchSource):
         self._encoder = encoder
 
     def next_batch(self, timeout: float) -> list[Outgoing]:
-        return [self._encoder.encode(n) for n in self._reader.next_batch(timeout)]
+        rows = self._reader.next_batch(timeout)
+        if not rows:
+            self.caught_up = True
+        return [self._encoder.encode(n) for n in rows]
 
     def close(self) -> None:
         self._reader.close()
@@ -159,6 +168,9 @@ class RemoteSource(BatchSource):
                 continue  # made for an earlier session
             if kind == "error":
                 raise content
+            if kind == "caught_up":
+                self.caught_up = True
+                return []
             self._conn.send(("credit", generation))
             encoded: list[Encoded] = content
             return [self._writer.outgoing(e) for e in encoded]
@@ -270,6 +282,7 @@ class _Encoding:
         self._generation = 0  # 0: no seek to serve (none yet, or its reading failed)
         self._position = 0
         self._credits = 0
+        self._caught_up_said = False  # for this seek
         self._reader: NotificationReader | None = None
 
     def run(self, requests: queue.SimpleQueue[tuple[Any, ...] | None]) -> None:
@@ -293,6 +306,7 @@ class _Encoding:
         if kind == "seek":
             self._close_reader()
             self._generation, self._position, self._credits = generation, request[2], 0
+            self._caught_up_said = False
         elif kind == "credit" and generation == self._generation:
             self._credits += 1
 
@@ -306,7 +320,11 @@ class _Encoding:
             # A request of the relay (a seek of a new session) ends the wait too.
             rows = self._reader.next_batch(self._poll)
             if not rows:
-                return True
+                if self._caught_up_said:
+                    return True
+                # Once a seek: the relay's session is working even with nothing to publish.
+                self._caught_up_said = True
+                return self._send(("caught_up", self._generation, None))
             encoded = [self._encoder.encode_event(n) for n in rows]
         except Exception as exc:  # handed to the relay, whose session fails and seeks again
             log.warning("relay.encoder_read_failed", error=f"{type(exc).__name__}: {exc}")
