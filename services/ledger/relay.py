@@ -488,7 +488,19 @@ class Relay:
         outgoing = [self._fitted(self._untaken(m)) for m in encoded]
         started = time.perf_counter()
         acks = [await js.publish_async(m.subject, m.payload, headers=m.headers) for m in outgoing]
-        done = await asyncio.wait_for(asyncio.gather(*acks), self._settings.publish_timeout_seconds)
+        timeout = self._settings.publish_timeout_seconds
+        try:
+            done = await asyncio.wait_for(asyncio.gather(*acks), timeout)
+        except TimeoutError as exc:
+            # Said "TimeoutError: " and nothing more: the operator had no lead. A server
+            # whose disk filled under its stream answers no publish (its log says "no space
+            # left on device"), and keeps not answering, space freed, until it restarts.
+            raise TimeoutError(
+                f"NATS acknowledged none or only part of {len(outgoing)} messages within "
+                f"{timeout:g} s: see the NATS server's log (a full disk under its JetStream "
+                "store, which a NATS server reports until it is restarted; a refused "
+                "permission; a stream without a leader)"
+            ) from exc
         for message, ack in zip(outgoing, done, strict=True):
             if isinstance(ack, PubAck) and ack.duplicate:
                 await self._check_duplicate(js, message, ack.seq)

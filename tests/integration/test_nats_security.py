@@ -494,7 +494,11 @@ def test_a_relay_refused_at_each_publish_says_so_once_and_backs_off(
             watch.cancel()
             watcher.join(10)
         said = events(ledger)
+        (failed,) = [x for x in ledger.log_lines() if x.get("event") == "relay.session_failed"]
     assert said.count("relay.session_failed") == 1, said
+    # What was not acknowledged, and where to look (before: "TimeoutError: ", nothing more).
+    assert "NATS acknowledged none or only part of" in str(failed["error"]), failed
+    assert "NATS server's log" in str(failed["error"]), failed
     assert "relay.session_recovered" not in said, said
     # Nor does its health say SERVING between failures (before: once a session had found
     # its position, then NOT_SERVING a second later, each session).
