@@ -20,6 +20,7 @@ import structlog
 from services.common.config import AuditSettings, ConfigError, LedgerSettings
 from services.common.logging import configure_logging
 from services.common.reference import ReferenceData, ReferenceDataError
+from services.common.store_errors import logged_start_failure
 from services.ledger.application import Ledger
 from services.ledger.audit.checkpoints import (
     CheckpointError,
@@ -245,6 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ExportError, WorkerError) as exc:
         log.error("audit.failed", command=args.command, error=str(exc))
         return 1
+    except Exception as exc:
+        # A store that cannot be reached or opened (or is lost during the run): one line,
+        # and 2, nothing checked. It was a traceback and exit status 1, which `verify`
+        # otherwise means for a history that diverges: an auditor's script read a database
+        # that was down as tampering.
+        if not logged_start_failure("audit", exc):
+            raise
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,75 @@
+"""``ledger-audit`` on a store it cannot reach or open: one line and exit status 2, no
+verdict. It was a traceback and exit status 1, which ``verify`` otherwise means for a
+history that diverges (docs/read-side-and-audit.md): an auditor's script took a database
+that was down for tampering."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.common.config import PROJECT_ROOT
+from services.common.natsserver import free_port
+from services.ledger.audit.keys import generate_key_pair
+
+
+def audit(tmp_path: Path, store: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "gen")]),
+        "LEDGER_DATA_DIR": str(tmp_path / "data"),
+        "LEDGER_LOG_FORMAT": "json",
+        **store,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "services.ledger.audit", *args],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("store", ["postgres", "sqlite"])
+@pytest.mark.parametrize("command", ["verify", "export", "checkpoint"])
+def test_a_store_the_audit_cannot_reach_gives_no_verdict_and_one_line(
+    tmp_path: Path, store: str, command: str
+) -> None:
+    key = tmp_path / "keys" / "signing.key"
+    key.parent.mkdir(mode=0o700)
+    assert generate_key_pair(key) is not None
+    if store == "postgres":  # a port nothing listens on
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_HOST": "127.0.0.1",
+            "POSTGRES_PORT": str(free_port()),
+            "POSTGRES_DBNAME": "ledger",
+            "POSTGRES_USER": "ledger",
+            "POSTGRES_PASSWORD": "none",
+        }
+    else:  # a path SQLite cannot open as a database: a directory
+        (tmp_path / "ledger.sqlite").mkdir()
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(tmp_path / "ledger.sqlite"),
+        }
+    args = {
+        "verify": ["verify", "--store", "--public-key", str(key.with_suffix(".pub"))],
+        "export": ["export", "--out", str(tmp_path / "ledger.jsonl")],
+        "checkpoint": ["checkpoint"],
+    }[command]
+    if command == "checkpoint":
+        env["LEDGER_SIGNING_KEY_FILE"] = str(key)
+    done = audit(tmp_path, env, *args)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 2, done.stdout + done.stderr
+    failed = [json.loads(line) for line in done.stdout.splitlines() if '"level": "error"' in line]
+    assert [f["event"] for f in failed] == ["audit.store_unreachable"], done.stdout
+    assert "POSTGRES_" in failed[0]["hint"] and "SQLITE_DBNAME" in failed[0]["hint"]
