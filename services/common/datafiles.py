@@ -86,6 +86,27 @@ def prepare_sqlite_file(dbname: str) -> None:
 ACCESS_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
+#: The errors of a file system with no room left: the disk, or the user's quota.
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def logged_disk_full(service: str, exc: BaseException) -> bool:
+    """Log, as one line (``{service}.disk_full``, with the path and what to do), a start that
+    failed writing a file of the data directory (credentials, keys) on a full disk; False,
+    logging nothing, for any other failure. It was a traceback."""
+    if not isinstance(exc, OSError) or exc.errno not in FULL_ERRNOS:
+        return False
+    path = str(exc.filename) if exc.filename else None
+    structlog.get_logger(f"services.{service}").error(
+        f"{service}.disk_full",
+        path=path,
+        error=exc.strerror or str(exc),
+        hint="the file system of the data directory (LEDGER_DATA_DIR) is full: free space on "
+        "it, then start again",
+    )
+    return True
+
+
 def logged_access_failure(service: str, exc: BaseException) -> bool:
     """Log, as one line (``{service}.file_not_accessible``, with the path, what failed and
     what to check), a start that failed on a file or directory the service's user may not

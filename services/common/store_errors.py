@@ -107,14 +107,20 @@ def start_failure(exc: BaseException) -> tuple[str, str] | None:
     the log event's name and what to do; None for any other failure (a bug: raised).
 
     A store whose tables were not made, or are in an earlier version's layout (a replica
-    started with ``CREATE_TABLE=n`` before ``migrate``), then a store that cannot be
-    reached."""
+    started with ``CREATE_TABLE=n`` before ``migrate``), a store whose disk is full, then a
+    store that cannot be reached."""
     text = str(exc)
     if isinstance(exc, StoreNotMigratedError):
         return (
             "store_not_migrated",
             "the store's tables are from an earlier version: run `incident-ledger migrate` "
             "first (or start one service without CREATE_TABLE=n)",
+        )
+    if is_store_full(exc):
+        return (
+            "store_full",
+            "the disk under the store is full (SQLITE_DBNAME's file system, or PostgreSQL's "
+            "data directory): free space on it, then start again",
         )
     if isinstance(exc, psycopg.errors.UndefinedTable) or (
         isinstance(exc, (sqlite3.OperationalError, OperationalError, ProgrammingError))
@@ -129,6 +135,7 @@ def start_failure(exc: BaseException) -> tuple[str, str] | None:
         return (
             "store_unreachable",
             "the store cannot be reached: check PERSISTENCE_MODULE and the POSTGRES_* (or "
-            "SQLITE_DBNAME) settings, and that the database is up",
+            "SQLITE_DBNAME) settings, that the database is up, and that the disk under it has "
+            'space (SQLite says "disk I/O error" when it cannot map its shared memory)',
         )
     return None

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     import structlog
 
     from services.common.config import ConfigError, LedgerSettings, warn_open_key_files
-    from services.common.datafiles import logged_access_failure
+    from services.common.datafiles import logged_access_failure, logged_disk_full
     from services.common.logging import configure_logging
     from services.common.native_log import capture_native_stderr
     from services.common.reference import ReferenceDataError
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a store that is not there: one line, not a traceback
         if logged_access_failure("ledger", exc):
             return 2
+        if logged_disk_full("ledger", exc):
+            return 1
         if not logged_start_failure("ledger", exc):
             raise
         return 1

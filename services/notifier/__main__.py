@@ -13,7 +13,7 @@ def main() -> int:
     import structlog
 
     from services.common.config import ConfigError, NotifierSettings, warn_open_key_files
-    from services.common.datafiles import logged_access_failure
+    from services.common.datafiles import logged_access_failure, logged_disk_full
     from services.common.logging import configure_logging
     from services.common.native_log import capture_native_stderr
     from services.common.reference import ReferenceDataError
@@ -36,6 +36,8 @@ def main() -> int:
     except Exception as exc:  # a store that is not there: one line, not a traceback
         if logged_access_failure("notifier", exc):
             return 2
+        if logged_disk_full("notifier", exc):
+            return 1
         if not logged_start_failure("notifier", exc):
             raise
         return 1

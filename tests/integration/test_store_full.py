@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import pytest
 
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
+from services.common.config import PROJECT_ROOT
 from services.common.grpc_errors import error_info
 from tests.ledgerctl_support import Ctl
 from tests.support import Client, rid, running_ledger, settings_for
@@ -68,13 +70,16 @@ def report(client: Client, request_id: str) -> api.ReportIncidentResponse:
     return response
 
 
-def fill(disk: Path) -> Path:
-    """All but 64 KB of the disk taken by a file of someone else's."""
+def fill(disk: Path, leave: int = 64 * 1024) -> Path:
+    """All but ``leave`` bytes of the disk taken by a file of someone else's."""
     filler = disk / "filler"
     free = shutil.disk_usage(disk).free
     with filler.open("wb") as out:
-        out.truncate(0)
-        out.write(b"\0" * max(0, free - 64 * 1024))
+        out.write(b"\0" * max(0, free - leave))
+    if not leave:  # to the last block, whatever the size reported
+        with contextlib.suppress(OSError), filler.open("ab", buffering=0) as out:
+            while out.write(b"\0" * 4096):
+                pass
     return filler
 
 
@@ -131,3 +136,37 @@ def test_a_full_disk_is_said_so_and_freed_space_takes_the_same_request_once(
         assert verified["events"] == len(recorded) + 2, verified
     with contextlib.suppress(FileNotFoundError):
         filler.unlink()
+
+
+@pytest.mark.parametrize("module", ["services.ledger", "services.notifier"])
+def test_a_start_on_a_full_disk_says_so_in_one_line(small_disk: Path, module: str) -> None:
+    """A service (re)started while the disk under its data directory is full: a traceback
+    (ENOSPC writing the development credentials), or one line saying that the store "cannot
+    be reached" and to check the database's settings. Now one line saying the disk is full,
+    and exit status 1."""
+    fill(small_disk, leave=0)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "gen")]),
+        "LEDGER_DATA_DIR": str(small_disk / "data"),
+        "LEDGER_LOG_FORMAT": "json",
+        "NATS_URL": "nats://127.0.0.1:1",
+        "LEDGER_LISTEN": "127.0.0.1:0",
+        "NOTIFIER_LISTEN": "127.0.0.1:0",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", module],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr
+    failed = [json.loads(line) for line in done.stdout.splitlines() if '"level": "error"' in line]
+    service = module.split(".")[1]
+    assert len(failed) == 1, done.stdout
+    assert failed[0]["event"] in {f"{service}.store_full", f"{service}.disk_full"}, failed
+    assert "full" in failed[0]["hint"] and "free space" in failed[0]["hint"], failed

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from eventsourcing.persistence import OperationalError
 
-from services.common.store_errors import as_ledger_error, is_store_full
+from services.common.store_errors import as_ledger_error, is_store_full, start_failure
 
 
 def sqlite_full() -> sqlite3.OperationalError:
@@ -53,3 +53,11 @@ def test_a_store_that_cannot_be_reached_is_not_full() -> None:
         error = as_ledger_error(wrapped(lost))
         assert error is not None
         assert (error.code, error.reason) == ("UNAVAILABLE", "STORE_UNAVAILABLE")
+
+
+def test_a_start_on_a_full_disk_says_so_not_that_the_store_is_unreachable() -> None:
+    failure = start_failure(wrapped(sqlite_full()))
+    assert failure is not None and failure[0] == "store_full", failure
+    assert "free space" in failure[1]
+    lost = start_failure(wrapped(psycopg.OperationalError("connection refused")))
+    assert lost is not None and lost[0] == "store_unreachable", lost
