@@ -56,7 +56,7 @@ from services.common.config import (
     NotifierSettings,
     RunSettings,
 )
-from services.common.datafiles import make_private_dir
+from services.common.datafiles import logged_access_failure, logged_disk_full, make_private_dir
 from services.common.logging import configure_logging
 from services.common.natsconn import redact_url
 from services.common.natsserver import (
@@ -392,6 +392,13 @@ class Supervisor:
         except StartupError as exc:
             log.error("run.cannot_start", error=str(exc))
             code = exc.code
+        except OSError as exc:  # the data directory (NATS's store in it): one line
+            if logged_access_failure("run", exc):
+                code = 2
+            elif logged_disk_full("run", exc):
+                code = 1
+            else:
+                raise
         finally:
             self.stop()
         log.info("run.stopped", exit_code=code)

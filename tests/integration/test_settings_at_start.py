@@ -219,6 +219,7 @@ def _without_root_powers() -> list[str]:
         (["services.ledger"], "data/keys/personal-data.keys"),
         (["services.ledger"], "data/page-token.secret"),
         (["services.ledger", "migrate"], "data/ledger.sqlite"),
+        (["services.run", "--services=services.ledger"], "data"),
     ],
 )
 def test_a_data_file_its_user_may_not_read_stops_the_start_with_one_log_line(
@@ -244,6 +245,9 @@ def test_a_data_file_its_user_may_not_read_stops_the_start_with_one_log_line(
             "LEDGER_LISTEN": "127.0.0.1:0",
             "NOTIFIER_LISTEN": "127.0.0.1:0",
         }
+        if module[0] == "services.run":  # its own NATS, whose store is in the data directory
+            del env["NATS_URL"]
+            env["LEDGER_NATS_PORT"] = "0"
         done = subprocess.run(
             [*_without_root_powers(), sys.executable, "-m", *module],
             env=env,
@@ -258,7 +262,7 @@ def test_a_data_file_its_user_may_not_read_stops_the_start_with_one_log_line(
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 2, done.stdout + done.stderr
     failed = [json.loads(line) for line in done.stdout.splitlines() if '"level": "error"' in line]
-    service = module[0].split(".")[1]
+    service = module[0].split(".")[1]  # ledger, notifier, run (make run's supervisor)
     assert [f["event"] for f in failed] == [f"{service}.file_not_accessible"], done.stdout
     assert failed[0]["path"].startswith(str(path)), failed[0]
     assert failed[0]["error"] == "Permission denied"
