@@ -387,6 +387,78 @@ def test_a_phone_sized_window_shows_every_page_without_sideways_scrolling(
     assert_local_and_clean(room)
 
 
+#: Where a word begins on the screen (its left edge, in px), found in an element's text.
+WORD_LEFT = """(element, word) => {
+  const walk = document.createTreeWalker(element, NodeFilter.SHOW_TEXT);
+  for (let node = walk.nextNode(); node; node = walk.nextNode()) {
+    const at = node.data.indexOf(word);
+    if (at < 0) { continue; }
+    const range = document.createRange();
+    range.setStart(node, at);
+    range.setEnd(node, at + word.length);
+    return range.getBoundingClientRect().left;
+  }
+  return null;
+}"""
+
+
+def test_what_an_agency_writes_stays_inside_its_element_whole_and_in_its_order(
+    room: Room, browser: Browser
+) -> None:
+    """Texts an agency sends over gRPC as long as the ledger takes them, in one word (the
+    title, the description, a comment, an action, a decision), with line breaks, markup and a
+    right-to-left override: on a wide screen and a phone the board, the decisions and the
+    incident are no wider than the screen, each text shown whole, as text, the description's
+    lines kept, and the override reversing nothing outside its own text (the decision's times
+    read from left to right)."""
+    reporter, desk = room.ledger("kesbangpol"), room.ledger("desk_pilkada")
+    title = "W" * 200
+    description = "<script>window.hostile = 1</script>" + "X" * 1000 + "\nKronologi berikutnya"
+    reported = reporter.report(title, "crowd_gathering", "ipuh", description=description)
+    verified = desk.verify(reported.incident, comment="Y" * 2000)
+    assigned = desk.assign_lead(reported.incident, "polres", expected_version=verified.version)
+    room.ledger("polres").log_action(
+        reported.incident, "A" * 2000, expected_version=assigned.version
+    )
+    now = datetime.now(UTC)
+    desk.record_decision(
+        reported.incident,
+        ["desk_pilkada"],
+        "Forkopimda \u202e",  # an override with no end: to the end of its paragraph
+        "S" * 2000,
+        rationale="R" * 2000,
+        valid_from=now - timedelta(minutes=1),
+        valid_until=now + timedelta(hours=2),
+    )
+    for width in (1600, 390):
+        context = browser.new_context(viewport={"width": width, "height": 900})
+        context.add_cookies([{"name": LANGUAGE_COOKIE, "value": "en", "url": room.url}])
+        page = context.new_page()
+        page.on("request", lambda request: room.requests.append(request.url))
+        page.on("pageerror", lambda error: room.errors.append(str(error)))
+        sign_in(room, page, "desk_pilkada")
+        for path in ("/board", "/decisions", f"/{reported.incident}"):
+            page.goto(f"{room.url}{path}")
+            page.wait_for_load_state()
+            wide = page.evaluate("document.documentElement.scrollWidth")
+            assert wide <= width, f"{path} is {wide} px wide on a {width} px screen"
+        expect(page.locator("h1")).to_have_text(title)
+        lines = page.locator("#description").inner_text().split("\n")
+        assert lines == [description.split("\n")[0], "Kronologi berikutnya"]
+        assert page.evaluate("window.hostile") is None
+        expect(page.locator("li[data-type='ActionLogged']")).to_contain_text("A" * 2000)
+        decision = page.locator("#decisions li.decision")
+        expect(decision).to_contain_text("S" * 2000)
+        since, until = (decision.evaluate(WORD_LEFT, word) for word in ("from", "until"))
+        assert since is not None and until is not None
+        if width > 390:  # on one line: "from" before "until"
+            assert since < until, "the decision's times are shown reversed"
+        page.goto(f"{room.url}/board")
+        expect(page.locator(f"tr[data-name='{reported.incident}'] td.title")).to_have_text(title)
+        context.close()
+    assert_local_and_clean(room)
+
+
 # --- over plain HTTP: the event stream and the board's filter --------------------------------
 
 
@@ -538,9 +610,9 @@ def test_the_timeline_says_whom_each_event_names_why_it_was_rejected_and_what_wa
         ]
 
     def pending(page: str) -> str:
-        found = re.search(r"<dd>([^<]*)</dd>", page.split("Pending handover", 1)[1])
+        found = re.search(r"<dd>(.*?)</dd>", page.split("Pending handover", 1)[1], re.S)
         assert found is not None, page
-        return found[1]
+        return re.sub(r"<[^>]+>", "", found[1])  # the reason isolated in a <bdi>
 
     with signed_in_http(room, "desk_pilkada") as web:
         pages = {"en": (web.get(f"/{hoax}").text, web.get(f"/{road}").text)}
@@ -891,7 +963,7 @@ def test_an_incident_shows_when_its_decision_starts_as_well_as_ends(room: Room) 
     ends = f"{(start + timedelta(days=5)).strftime('%Y-%m-%d %H:%M')} WIB"
     assert f"from {start.strftime('%Y-%m-%d %H:%M')} WIB until {ends}" in page.text, page.text
     old, new = (f"{(start + timedelta(days=d)).strftime('%Y-%m-%d %H:%M:%S')} WIB" for d in (3, 5))
-    assert f"<del>{old}</del> → <ins>{new}</ins>" in page.text, page.text
+    assert f"<del><bdi>{old}</bdi></del> → <ins><bdi>{new}</bdi></ins>" in page.text, page.text
 
 
 def test_failed_sign_ins_are_throttled_here_before_the_ledger_blocks_the_page(
