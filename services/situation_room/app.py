@@ -79,6 +79,7 @@ from services.situation_room.i18n import (
     labels,
     language_of,
     local_time,
+    ngettext,
     zone_name,
 )
 from services.situation_room.live import RESYNC, Hub
@@ -139,6 +140,13 @@ def time_left(until: datetime | None, now: datetime) -> str:
     if until is None:
         return ""
     return duration(max(0, math.ceil((until - now).total_seconds() / 60)))
+
+
+def isolated(text: str) -> str:
+    """An agency's text set inside a line of the page's own words where no element can hold
+    it (a list's option, a line of the map's tooltip): between FIRST STRONG ISOLATE and POP
+    DIRECTIONAL ISOLATE, so that a right-to-left override in it reverses it alone."""
+    return f"\u2068{text}\u2069"
 
 
 def said(failure: LedgerError) -> str:
@@ -601,13 +609,21 @@ async def map_data(request: Request, session: Session, officer: Officer) -> Resp
         if score is not None:
             properties.update(
                 label=score.name,
-                score=format_number(score.score, 1),
                 band=score.band,
-                band_label=worded_band(score.band),
                 fill=BAND_FILL.get(score.band, "#dddddd"),
-                incidents=format_number(score.incident_count),
+                # The score's line as the page shows it, its count in words (1 incident).
+                summary=ngettext(
+                    "Score {score} ({band}, {count} incident)",
+                    "Score {score} ({band}, {count} incidents)",
+                    score.incident_count,
+                ).format(
+                    score=format_number(score.score, 1),
+                    band=worded_band(score.band),
+                    count=format_number(score.incident_count),
+                ),
                 reasons=[
-                    f"{r.title} ({room.severity(r.severity)}, {room.status_label(r.status)})"
+                    f"{isolated(r.title)} ({room.severity(r.severity)}, "
+                    f"{room.status_label(r.status)})"
                     for r in score.reasons[:5]
                 ],
             )
@@ -1364,6 +1380,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
     templates.env.filters["number"] = format_number
     templates.env.filters["size"] = format_size
     templates.env.filters["band"] = worded_band
+    templates.env.filters["isolated"] = isolated
     templates.env.filters["event"] = labels.event_type
     templates.env.filters["rejection"] = worded_rejection
     templates.env.filters["field"] = field_label

@@ -28,6 +28,7 @@ from incidentledger_client.i18n import (
     format_size,
     format_time,
     labels,
+    ngettext,
     parse,
     using,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "labels",
     "language_of",
     "local_time",
+    "ngettext",
     "zone_name",
 ]
 

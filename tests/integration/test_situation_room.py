@@ -263,6 +263,51 @@ def test_the_map_colours_the_15_kecamatan_by_band_and_shows_incidents_live(
     assert_local_and_clean(room)
 
 
+def tab_to(page: Page, selector: str, presses: int = 60) -> None:
+    """Press Tab until the element ``selector`` has the focus (at most ``presses`` times)."""
+    for _ in range(presses):
+        if page.evaluate("(s) => document.activeElement.matches(s)", selector):
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"{selector} is not reached with the Tab key")
+
+
+def test_a_kecamatan_of_the_map_is_read_from_the_keyboard_in_both_languages(
+    room: Room, browser: Browser
+) -> None:
+    """Each kecamatan is a stop of the Tab key: reached, it says its score, its count of
+    incidents in words (1 incident, 1 kejadian), and its reasons, a title's right-to-left
+    override reversing that title only, not the severity and status after it; the incident's
+    marker is the next stop, and Enter on it opens the incident."""
+    reporter = room.ledger("kesbangpol")
+    ipuh = Location("ipuh", latitude=-2.9802, longitude=101.5146)
+    clash = reporter.report("Bentrok \u202e", "supporter_clash", ipuh, severity="critical")
+    for language, singular in (
+        ("en", re.compile(r"Score [\d.,]+ \(.+, 1 incident\)")),
+        ("id", re.compile(r"Skor [\d.,]+ \(.+, 1 kejadian\)")),
+    ):
+        page = new_page(room, browser, language)
+        sign_in(room, page, "desk_pilkada")
+        page.goto(f"{room.url}/map")
+        expect(page.locator("#map")).to_have_attribute("data-ready", "15")
+        tab_to(page, 'path[data-code="ipuh"]')
+        hover = page.locator("#hover")
+        expect(hover).to_contain_text("Ipuh")
+        expect(hover).to_contain_text(singular)
+        expect(page.locator(".leaflet-tooltip", has_text="Ipuh")).to_contain_text("Bentrok")
+        severity, status = (
+            ("Critical", "Reported") if language == "en" else ("Kritis", "Dilaporkan")
+        )
+        first, then = (hover.evaluate(WORD_LEFT, word) for word in (severity, status))
+        assert first is not None and then is not None, hover.inner_text()
+        assert first < then, f"{severity}, {status} shown reversed"
+        tab_to(page, f'path[data-name="{clash.incident}"]')
+        page.keyboard.press("Enter")
+        expect(page).to_have_url(f"{room.url}/{clash.incident}")
+        page.context.close()
+    assert_local_and_clean(room)
+
+
 def test_the_map_marks_every_open_incident_and_none_closed_rejected_or_merged(
     room: Room,
 ) -> None:
