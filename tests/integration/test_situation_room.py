@@ -445,6 +445,8 @@ WORD_LEFT = """(element, word) => {
   }
   return null;
 }"""
+#: On how many lines a word of an element is shown (1: whole; null: not found).
+WORD_LINES = WORD_LEFT.replace("getBoundingClientRect().left", "getClientRects().length")
 
 
 def test_what_an_agency_writes_stays_inside_its_element_whole_and_in_its_order(
@@ -487,6 +489,9 @@ def test_what_an_agency_writes_stays_inside_its_element_whole_and_in_its_order(
             page.wait_for_load_state()
             wide = page.evaluate("document.documentElement.scrollWidth")
             assert wide <= width, f"{path} is {wide} px wide on a {width} px screen"
+            if path == "/decisions":  # the times beside the long decision stay readable
+                since = page.locator("tr.decision td.from")
+                assert since.evaluate(WORD_LINES, "WIB") == 1, f"WIB broken at {width} px"
         expect(page.locator("h1")).to_have_text(title)
         lines = page.locator("#description").inner_text().split("\n")
         assert lines == [description.split("\n")[0], "Kronologi berikutnya"]
