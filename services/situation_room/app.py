@@ -824,15 +824,36 @@ async def report(request: Request, session: Session, officer: Officer) -> Respon
 # --- decisions in force -----------------------------------------------------------------------
 
 
-@signed_in
-async def decisions(request: Request, session: Session, officer: Officer) -> Response:
-    """The decisions in force now, soonest to end first, with the time left."""
-    found = await run_in_threadpool(officer.ledger.decisions_in_force)
+async def decisions_now(officer: Officer, min_position: int) -> dict[str, Any]:
+    """The decisions in force now, soonest to end first, with the time left, and in how many
+    ms the soonest ends (by the page's clock, not the browser's; 0 for none): the rows'
+    context."""
+    found = await run_in_threadpool(
+        lambda: officer.ledger.decisions_in_force(min_position=min_position)
+    )
     far = datetime.max.replace(tzinfo=UTC)
     found.sort(key=lambda d: d.valid_until or far)
     now = datetime.now(UTC)
     left = {d.event_id: time_left(d.valid_until, now) for d in found}
-    return render(request, session, "decisions.html", decisions=found, left=left)
+    ends = [d.valid_until for d in found if d.valid_until is not None]
+    soonest = max(1, round((min(ends) - now).total_seconds() * 1000)) if ends else 0
+    return {"decisions": found, "left": left, "soonest": soonest}
+
+
+@signed_in
+async def decisions(request: Request, session: Session, officer: Officer) -> Response:
+    """The decisions in force now, live like the board: a change reads the rows again, and
+    so does the end of the soonest decision and every minute (the time left)."""
+    after = room_of(request).hub.position  # before the list: nothing falls in between
+    rows = await decisions_now(officer, 0)
+    return render(request, session, "decisions.html", after=after, **rows)
+
+
+@signed_in
+async def decisions_rows(request: Request, session: Session, officer: Officer) -> Response:
+    position = whole(request.query_params.get("min_position", "0")) or 0
+    rows = await decisions_now(officer, position)
+    return render(request, session, "decisions_rows.html", **rows)
 
 
 # --- agencies: workload and response times ----------------------------------------------------
@@ -1432,6 +1453,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
         Route("/events", events),
         Route("/map", map_page),
         Route("/decisions", decisions),
+        Route("/decisions/rows", decisions_rows),
         Route("/agencies", agencies),
         Route("/map/data.json", map_data),
         Route("/report", report_page, methods=["GET"]),

@@ -902,6 +902,39 @@ def test_the_decisions_in_force_show_the_time_left_in_wib(room: Room, browser: B
     assert_local_and_clean(room)
 
 
+def test_the_decisions_in_force_are_live_a_new_one_shown_and_an_ended_one_gone(
+    room: Room, browser: Browser
+) -> None:
+    """The page left open on the room's screen: a decision recorded over gRPC shows without a
+    reload, and one that ends leaves the list by itself, rather than staying "in force" with
+    its time left frozen at the page's load."""
+    desk = room.ledger("desk_pilkada")
+    reported = room.ledger("kesbangpol").report("Gathering planned", "crowd_gathering", "ipuh")
+    verified = desk.verify(reported.incident)
+    page = new_page(room, browser)
+    sign_in(room, page, "desk_pilkada")
+    page.goto(f"{room.url}/decisions")
+    expect(page.locator("#live")).to_have_attribute("data-state", "open")
+    expect(page.locator("tr.empty")).to_have_count(1)
+    now = datetime.now(UTC)
+    desk.record_decision(
+        reported.incident,
+        ["desk_pilkada"],
+        "Forkopimda",
+        "Square closed for ten seconds",
+        rationale="A short closure",
+        valid_from=now - timedelta(minutes=1),
+        valid_until=now + timedelta(seconds=10),
+        expected_version=verified.version,
+    )
+    row = page.locator("tr.decision", has_text="Square closed for ten seconds")
+    expect(row).to_have_count(1, timeout=LIVE_SECONDS * 1000)
+    expect(row.locator(".left")).to_have_text("1 min")
+    expect(row).to_have_count(0, timeout=20_000)  # ended: gone without a reload
+    expect(page.locator("tr.empty")).to_have_count(1)
+    assert_local_and_clean(room)
+
+
 def test_the_decisions_in_force_show_who_decided_and_since_when(
     room: Room, browser: Browser
 ) -> None:
