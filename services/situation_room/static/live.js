@@ -1,8 +1,8 @@
-// The event stream of a board or a map (one per tab), shared by both pages. The line #live
-// says whether changes arrive (the page's "status" events) and whether the last read of the
-// rows or the map failed; a stream the page answers with something else than a stream (the
-// browser gives up on it) is asked about: a session that ended goes to the sign-in page
-// rather than leaving the tab "reconnecting" for ever.
+// The event stream of a board, a map or the decisions in force (one per tab), shared by the
+// three pages. The line #live says whether changes arrive (the page's "status" events) and
+// whether the last read of the rows or the map failed; a stream the page answers with
+// something else than a stream (the browser gives up on it) is asked about: a session that
+// ended goes to the sign-in page rather than leaving the tab "reconnecting" for ever.
 window.roomLive = function (after, heard, resumed) {
   "use strict";
   var live = document.getElementById("live");
