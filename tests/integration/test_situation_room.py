@@ -169,6 +169,26 @@ def test_an_incident_reported_over_grpc_appears_on_the_board(
     assert_local_and_clean(room)
 
 
+def test_an_incident_reached_with_the_keyboard_keeps_the_focus_as_the_board_changes(
+    room: Room, browser: Browser
+) -> None:
+    """An officer tabbing through the board's rows stays on the row reached when a change
+    comes in (the rows are read again), instead of the next Tab starting from the top."""
+    reporter = room.ledger("kesbangpol")
+    first = reporter.report("Ballot box damaged", "logistics_failure", "ipuh")
+    page = new_page(room, browser)
+    sign_in(room, page, "desk_pilkada")
+    tab_to(page, f'#rows a[href="/{first.incident}"]')
+    added = reporter.report("Rally without a permit", "crowd_gathering", "ipuh")
+    expect(page.locator(f'tr[data-name="{added.incident}"]')).to_have_count(
+        1, timeout=LIVE_SECONDS * 1000
+    )
+    expect(page.locator(f'#rows a[href="/{first.incident}"]')).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(f"{room.url}/{first.incident}")
+    assert_local_and_clean(room)
+
+
 def test_a_report_entered_on_the_page_appears_on_a_second_pages_board(
     room: Room, browser: Browser
 ) -> None:

@@ -22,7 +22,7 @@
       })
       .then(function (html) {
         if (html === null) { return; }
-        rows.innerHTML = html;
+        window.roomReplace(rows, html);
         live.dataset.position = String(wanted);
         feed.loaded();
       })

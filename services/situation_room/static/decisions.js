@@ -30,7 +30,7 @@
       })
       .then(function (html) {
         if (html === null) { return; }
-        rows.innerHTML = html;
+        window.roomReplace(rows, html);
         live.dataset.position = String(wanted);
         feed.loaded();
         schedule();

@@ -59,6 +59,21 @@ window.roomLive = function (after, heard, resumed) {
   };
 };
 
+// Rows read again put in place of the old ones: a link reached with the keyboard keeps the
+// focus (the same link in the new rows), rather than the focus falling back to the top of the
+// page at every change heard.
+window.roomReplace = function (container, html) {
+  "use strict";
+  var active = document.activeElement;
+  var href = active && container.contains(active) ? active.getAttribute("href") : null;
+  container.innerHTML = html;
+  if (href === null) { return; }
+  var links = container.querySelectorAll("a[href]");
+  for (var i = 0; i < links.length; i += 1) {
+    if (links[i].getAttribute("href") === href) { links[i].focus({preventScroll: true}); return; }
+  }
+};
+
 // How long after a failed read the board or the map reads again.
 window.roomRetryMs = 5000;
 
