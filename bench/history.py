@@ -125,6 +125,7 @@ class HistoryWriter:
         )
         self.roles = {code: a.role for code, a in reference.agencies.items()}
         self.places = [(code, sorted(k.desa)) for code, k in sorted(reference.kecamatan.items())]
+        self.desa_of = reference.desa_of
         self.categories = sorted(reference.categories)
         self.severities = sorted(reference.severities)
         self.t0 = datetime.now(UTC) - timedelta(days=60)
@@ -253,12 +254,11 @@ class HistoryWriter:
             # The events share the incident's location dict, which the correction changes
             # in place: the events made so far are stored first (as the ledger would have).
             self.ledger.save(incident)
-            others = [d for d in self.places if d[0] != values.get("location.kecamatan")]
-            field_name, old, new = (
-                "location.kecamatan",
-                values["location.kecamatan"],
-                self.rng.choice(others)[0],
-            )
+            # A misheard desa: another of the same kecamatan (a corrected place stays one
+            # of the reference data).
+            desa = dict(self.places)[values["location.kecamatan"]]
+            others = [d for d in desa if d != values["location.desa"]] or [""]
+            field_name, old, new = "location.desa", values["location.desa"], self.rng.choice(others)
         incident.correct(
             self._env(self.coordinator),
             event_id=reported,
@@ -267,6 +267,7 @@ class HistoryWriter:
             new_value=new,
             reason="typo in the first report",
             zone=UTC,
+            desa_of=self.desa_of,
         )
 
 
