@@ -438,3 +438,17 @@ def watch_store(
     )
     watch.start()
     return watch
+
+
+def table_exists(db: Database, name: str) -> bool:
+    """Whether the store has the table ``name`` (PostgreSQL: in the connection's schema)."""
+    with db.transaction() as cur:
+        if db.dialect == "postgres":
+            cur.execute(db.q("SELECT to_regclass(?) IS NOT NULL"), (name,))
+        else:
+            cur.execute(
+                db.q("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?"),
+                (name,),
+            )
+        row = cur.fetchone()
+    return bool(row and row[0])

@@ -28,6 +28,11 @@ class StoreNotMigratedError(Exception):
     into the current one; the start stops as for a missing table (``store_not_migrated``)."""
 
 
+class StoreTooNewError(Exception):
+    """The store's tables are in a layout that a later version migrated them to
+    (services/common/store_format.py): this version stops at its start (``store_too_new``)."""
+
+
 #: Failures of the store's connection (a database restart, a network cut): transient.
 STORE_CONNECTION_ERRORS = (
     StoreUnreachableError,
@@ -106,10 +111,16 @@ def start_failure(exc: BaseException) -> tuple[str, str] | None:
     """What a service that cannot start on its store says of it, instead of a traceback:
     the log event's name and what to do; None for any other failure (a bug: raised).
 
-    A store whose tables were not made, or are in an earlier version's layout (a replica
-    started with ``CREATE_TABLE=n`` before ``migrate``), a store whose disk is full, then a
-    store that cannot be reached."""
+    A store a later version migrated, a store whose tables were not made, or are in an
+    earlier version's layout (a replica started with ``CREATE_TABLE=n`` before ``migrate``),
+    a store whose disk is full, then a store that cannot be reached."""
     text = str(exc)
+    if isinstance(exc, StoreTooNewError):
+        return (
+            "store_too_new",
+            "a later version migrated this store: run that version, or restore the backup "
+            "taken before its migrate to run this one (docs/operations.md, Upgrading)",
+        )
     if isinstance(exc, StoreNotMigratedError):
         return (
             "store_not_migrated",

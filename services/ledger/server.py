@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from uuid import UUID
@@ -46,6 +46,7 @@ from services.common.sql import (
 )
 from services.common.stopping import close_step
 from services.common.store_errors import STORE_CONNECTION_ERRORS
+from services.common.store_format import LEDGER_FORMAT, check_format, record_format
 from services.ledger.api.audit_servicer import AuditServicer
 from services.ledger.api.evidence_servicer import EvidenceServicer
 from services.ledger.api.servicer import MAX_PAGE_BYTES, LedgerServicer
@@ -258,9 +259,26 @@ def prepare_store(settings: LedgerSettings) -> None:
     prepare_sqlite_file(settings.store_env.get("SQLITE_DBNAME", ""))
 
 
+def check_store_format(store_env: Mapping[str, str], *, record: bool) -> None:
+    """Stop (StoreTooNewError) on a store a later version migrated, before anything reads
+    or writes it; with ``record``, note that this version's tables are made there."""
+    db = open_database(store_env)
+    try:
+        check_format(db, "ledger", LEDGER_FORMAT)
+        if record:
+            record_format(db, "ledger", LEDGER_FORMAT)
+    finally:
+        db.close()
+
+
 def build(settings: LedgerSettings) -> LedgerServer:
     reference = ReferenceData.load(settings.reference_file)
     prepare_store(settings)
+    # On PostgreSQL the tables (and this record) are made by migrate, under its lock.
+    check_store_format(
+        settings.store_env,
+        record=creates_tables(settings.store_env) and not is_postgres(settings.store_env),
+    )
     tokens = load_tokens(settings, reference)
     if creates_tables(settings.store_env) and is_postgres(settings.store_env):
         # Replicas starting together take turns creating the tables, as `migrate` does;
@@ -603,6 +621,7 @@ def migrate(settings: LedgerSettings) -> None:
     prepare_store(settings)
     store_env = {**settings.store_env, "CREATE_TABLE": "y"}
     with schema_lock(store_env):
+        check_store_format(store_env, record=True)
         ledger = Ledger(reference, env=store_env)
         try:
             Projections(ledger, store_env, reference, create=True).close()

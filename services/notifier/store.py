@@ -31,6 +31,7 @@ from services.common.config import ConfigError
 from services.common.errors import TooManyWebhooks
 from services.common.failurelog import FailureLog
 from services.common.sql import Database
+from services.common.store_format import NOTIFIER_FORMAT, check_format, record_format
 from services.notifier.sealing import SEALED_PREFIX, SecretBox
 
 log = structlog.get_logger(__name__)
@@ -173,9 +174,13 @@ class NotifierStore:
         self._box = box
 
     def create_schema(self) -> None:
+        """The notifier's tables, made where missing; first of all, a stop
+        (StoreTooNewError) on a store that a later version migrated."""
+        check_format(self._db, "notifier", NOTIFIER_FORMAT)
         with self._db.transaction() as cur:
             for statement in _schema(self._db.dialect):
                 cur.execute(statement)
+        record_format(self._db, "notifier", NOTIFIER_FORMAT)
         self._seal_stored_secrets()
 
     def _seal_stored_secrets(self) -> None:

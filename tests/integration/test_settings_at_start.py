@@ -267,3 +267,59 @@ def test_a_data_file_its_user_may_not_read_stops_the_start_with_one_log_line(
     assert failed[0]["path"].startswith(str(path)), failed[0]
     assert failed[0]["error"] == "Permission denied"
     assert "chmod" in failed[0]["hint"] and str(os.geteuid()) in failed[0]["hint"]
+
+
+def _layout(database: Path, service: str, version: int | None = None) -> int | None:
+    """The layout of ``service``'s tables the store records (and, given ``version``, the
+    one a later version's migrate leaves there)."""
+    with closing(sqlite3.connect(database)) as db, db:
+        if version is not None:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS incidentledger_store_format ("
+                "service TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+            )
+            db.execute(
+                "INSERT INTO incidentledger_store_format (service, version) VALUES (?, ?) "
+                "ON CONFLICT (service) DO UPDATE SET version = excluded.version",
+                (service, version),
+            )
+        row = db.execute(
+            "SELECT version FROM incidentledger_store_format WHERE service = ?", (service,)
+        ).fetchone()
+    return None if row is None else int(row[0])
+
+
+@pytest.mark.parametrize(
+    ("service", "commands"),
+    [
+        ("ledger", [["services.ledger"], ["services.ledger", "migrate"]]),
+        ("notifier", [["services.notifier"]]),
+    ],
+)
+def test_a_store_a_later_version_migrated_stops_the_start_with_one_log_line(
+    tmp_path: Path, service: str, commands: list[list[str]]
+) -> None:
+    """An older version started on a store that a later one migrated read the newer tables
+    as it knew them and wrote rows the newer version refuses, and nothing stopped it. Each
+    service now records the layout of its tables, and one that finds a later layout stops
+    before it reads or writes anything: one line, store_too_new, exit 1."""
+    database = tmp_path / "data" / f"{service}.sqlite"
+    database.parent.mkdir(mode=0o700)
+    settings = {
+        "SQLITE_DBNAME": str(database),
+        "NOTIFIER_SQLITE_DBNAME": str(database),
+        "NATS_URL": "nats://127.0.0.1:1",
+    }
+    if service == "ledger":  # a store this version made: it records its layout
+        made = start(["services.ledger", "migrate"], tmp_path, **settings)
+        assert made.returncode == 0, made.stdout + made.stderr
+        assert _layout(database, service) == 1
+    assert _layout(database, service, version=2) == 2  # as a later version's migrate leaves it
+    for command in commands:
+        done = start(command, tmp_path, **settings)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        failed = [json.loads(x) for x in done.stdout.splitlines() if '"level": "error"' in x]
+        assert [f["event"] for f in failed] == [f"{service}.store_too_new"], done.stdout
+        assert "layout 2" in failed[0]["error"] and "restore the backup" in failed[0]["hint"]
+        assert _layout(database, service) == 2  # not written back to this version's

@@ -40,7 +40,7 @@ from psycopg.sql import SQL, Identifier
 
 from services.common.config import ConfigError
 from services.common.failurelog import FailureLog
-from services.common.sql import Database, open_database
+from services.common.sql import Database, open_database, table_exists
 from services.common.store_errors import STORE_CONNECTION_ERRORS
 from services.ledger.audit.encoding import (
     CHECKPOINT_FORMAT,
@@ -270,19 +270,6 @@ def _check_link(
 
 def checkpoint_table_exists(db: Database) -> bool:
     return table_exists(db, "ledger_checkpoints")
-
-
-def table_exists(db: Database, name: str) -> bool:
-    with db.transaction() as cur:
-        if db.dialect == "postgres":
-            cur.execute(db.q("SELECT to_regclass(?) IS NOT NULL"), (name,))
-        else:
-            cur.execute(
-                db.q("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?"),
-                (name,),
-            )
-        row = cur.fetchone()
-    return bool(row and row[0])
 
 
 def recorded_retirements(db: Database) -> dict[str, tuple[int, str]]:
