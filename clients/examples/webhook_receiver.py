@@ -2,7 +2,12 @@
 
 Run it, then register its URL with the notifier (CreateWebhook) using the same secret::
 
-    python clients/examples/webhook_receiver.py --port 8080 --secret "$WEBHOOK_SECRET"
+    python clients/examples/webhook_receiver.py --port 8090 --secret "$WEBHOOK_SECRET"
+    ledgerctl -a bpbd webhooks register http://127.0.0.1:8090/hook --secret "$WEBHOOK_SECRET"
+
+A receiver on the notifier's own machine is a loopback address, which the notifier refuses
+unless it was started with ``NOTIFIER_WEBHOOK_ALLOW_NETWORKS=127.0.0.0/8`` (for example
+``NOTIFIER_WEBHOOK_ALLOW_NETWORKS=127.0.0.0/8 make run``; docs/fan-out.md).
 
 Each POST carries these headers:
 
@@ -29,6 +34,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TOLERANCE_SECONDS = 300
+# Not 8080: that is where `make run` serves the situation room.
+DEFAULT_PORT = 8090
 
 
 def verify(
@@ -88,11 +95,15 @@ def make_handler(secret: str) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--secret", required=True)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args.secret))
     logging.info("listening on http://127.0.0.1:%d/", args.port)
