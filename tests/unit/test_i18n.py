@@ -20,7 +20,7 @@ import typer.main
 from babel.messages.pofile import read_po, write_po
 
 from incidentledger_client import i18n
-from incidentledger_client.cli import main, output
+from incidentledger_client.cli import helptexts, main, output
 from incidentledger_client.cli.app import app
 from incidentledger_client.cli.commands.audit import _show_evidence
 from incidentledger_client.i18n import catalogs, labels
@@ -106,6 +106,20 @@ def example_words(text: str) -> set[str]:
     """The English words in the quoted text of ``text``'s command lines (the examples)."""
     quoted = " ".join(re.findall(r"'([^'\n│]*)'", " ".join(re.findall(r"ledgerctl .*", text))))
     return set(re.findall(r"[a-z]+", quoted.lower())) & {*TELLTALE, *EXAMPLE_TELLTALE}
+
+
+def english_placeholders(text: str) -> set[str]:
+    """The placeholders of the code (``INCIDENT``, ``FILE``, ``OLD``) that ``text`` shows as
+    they are where the catalog has them in Indonesian (``KEJADIAN``, ``BERKAS``, ``LAMA``):
+    the usage line names them in Indonesian, so a help text that names them in English reads
+    of a value nobody asked for."""
+    indonesian = i18n.translations("id")
+    english = {
+        placeholder
+        for placeholder in helptexts.placeholders(typer.main.get_command(app))
+        if indonesian.gettext(placeholder) != placeholder
+    }
+    return set(re.findall(r"(?<![\w/.-])[A-Z_]{3,}(?![\w-])", text)) & english
 
 
 def broken_lines(page: str) -> list[str]:
@@ -354,6 +368,7 @@ def test_every_help_page_in_both_languages(
     assert english_words(indonesian) == set(), indonesian
     assert example_words(indonesian) == set(), indonesian
     assert TYPER_FRAGMENT.findall(indonesian) == [], indonesian
+    assert english_placeholders(indonesian) == set(), indonesian
     # each paragraph flows to the width of the terminal, in both languages
     assert broken_lines(english) == [] and broken_lines(indonesian) == [], (english, indonesian)
     assert "Opsi" in indonesian or "Perintah" in indonesian
@@ -363,6 +378,24 @@ def test_every_help_page_in_both_languages(
     monkeypatch.setenv("LEDGER_LANG", "en")
     assert main([*path, "--help"]) == 0
     assert capsys.readouterr().out == english
+
+
+@pytest.mark.parametrize(
+    ("path", "option", "placeholder"),
+    [(["ingest"], "--codes", "BERKAS"), (["webhooks", "deliveries"], "--to", "INSTANSI")],
+)
+def test_an_options_placeholder_in_indonesian(
+    path: list[str],
+    option: str,
+    placeholder: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An option whose value the code names (``--codes FILE``) shows the name in the run's
+    language, as the arguments' do (it was English in an Indonesian page)."""
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["--lang", "id", *path, "--help"]) == 0
+    assert re.search(rf"{option} +{placeholder} ", capsys.readouterr().out)
 
 
 @pytest.mark.parametrize(

@@ -76,21 +76,30 @@ def _texts(command: click.Command) -> Iterator[tuple[object, str, str]]:
 
 def _arguments(command: click.Command) -> Iterator[tuple[click.Parameter, str]]:
     """Each argument of ``command``'s tree and its placeholder as written in the code
-    (``INCIDENT``; ``AGENCY`` for an argument named ``agency``), without ``...``."""
+    (``INCIDENT``; ``AGENCY`` for an argument named ``agency``), without ``...``; and each
+    option that names its value's placeholder in the code (``--codes FILE``, ``--to
+    AGENCY``: typer shows it in place of the kind of value)."""
     for cmd in _walk(command):
         for param in cmd.params:
             if param.param_type_name == "argument":
                 yield param, (param.metavar or (param.name or "").upper()).removesuffix("...")
+            elif param.metavar:
+                yield param, param.metavar.removesuffix("...")
+
+
+def placeholders(command: click.Command) -> set[str]:
+    """The placeholders of ``command``'s tree as written in the code (``INCIDENT``, ``FILE``),
+    each of which a help page shows in the language of the run."""
+    return {placeholder for _, placeholder in _arguments(command)}
 
 
 def messages(command: click.Command) -> list[str]:
     """Every help text of ``command`` and its subcommands, the placeholders of its
     arguments, and typer's and click's words."""
     found = [text for _, _, text in _texts(command)]
-    placeholders = sorted({placeholder for _, placeholder in _arguments(command)})
     return [
         *found,
-        *placeholders,
+        *sorted(placeholders(command)),
         *_TYPER_WORDS.values(),
         HELP_OPTION,
         USAGE,
@@ -121,8 +130,8 @@ def translate(command: click.Command, gettext: Callable[[str], str]) -> None:
     paragraph on one line (:func:`flow`), and the placeholders of its usage line."""
     for owner, attribute, text in list(_texts(command)):
         setattr(owner, attribute, flow(gettext(text)))
-    # The arguments' placeholders, in the usage line, the help's table and the usage
-    # errors (``ledgerctl assign [OPSI] KEJADIAN INSTANSI``); one case for all of them.
+    # The placeholders, in the usage line, the help's table and the usage errors
+    # (``ledgerctl assign [OPSI] KEJADIAN INSTANSI``, ``--codes BERKAS``); one case for all.
     for param, placeholder in list(_arguments(command)):
         many = "..." if (param.metavar or "").endswith("...") else ""
         param.metavar = gettext(placeholder) + many
