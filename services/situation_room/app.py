@@ -157,6 +157,35 @@ def said(failure: LedgerError) -> str:
     return failure.message
 
 
+#: The incident page's forms: the ledger's request field -> the form's label. The ledger's
+#: refusal names its request's field (``Nilai reason tidak dapat diterima.``): the page names
+#: the field the officer filled in (fields whose label the form words alone).
+ACTION_FIELDS = {
+    "reason": N_("Reason"),
+    "comment": N_("Comment"),
+    "forum": N_("Forum"),
+    "summary": N_("Decision"),
+    "rationale": N_("Rationale"),
+    "resolution": N_("Resolution"),
+    "action": N_("Action taken"),
+    "target": N_("Duplicate of"),
+    "to_agency": N_("Hand over to"),
+    "severity": N_("New severity"),
+}
+
+
+def action_refusal(failure: LedgerError) -> str:
+    """The ledger's refusal of an action form (:func:`said`), with the request's field it
+    names called by the form's label in the page's language, when it is not English (the
+    English message is the ledger's own, which names the case)."""
+    text = said(failure)
+    label = ACTION_FIELDS.get(failure.field or "")
+    if label is None or current() == "en" or not failure.localized_message:
+        return text
+    field = re.compile(rf"(?<![\w.]){re.escape(failure.field or '')}(?![\w.])")
+    return field.sub(lambda _found: f"“{_(label)}”", text)
+
+
 @dataclass
 class Room:
     """What the routes share: settings, reference data, sessions and the live hub."""
@@ -1346,7 +1375,7 @@ async def act(request: Request, session: Session, officer: Officer) -> Response:
     try:
         await run_in_threadpool(calls[action])
     except (LedgerError, ValueError) as failure:
-        message = said(failure) if isinstance(failure, LedgerError) else str(failure)
+        message = action_refusal(failure) if isinstance(failure, LedgerError) else str(failure)
         return await incident_page(request, session, officer, error=message)
     log.info("situation_room.acted", incident=name, action=action, agency=officer.agency)
     return RedirectResponse(f"/{name}", status_code=303)

@@ -9,9 +9,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from incidentledger_client.errors import InvalidArgument
 from incidentledger_client.i18n import using
 from services.common.reference import Agency, Role
-from services.situation_room.app import agency_label, time_left
+from services.situation_room.app import action_refusal, agency_label, time_left
 from services.situation_room.i18n import duration, local_time, zone_name
 
 
@@ -91,3 +92,31 @@ def test_a_time_is_shown_in_the_regencys_zone_in_both_languages() -> None:
         assert local_time(None, ZoneInfo("Asia/Jakarta")) == ""
     with using("id"):
         assert local_time(moment, ZoneInfo("Asia/Jayapura")) == "5 Des 2026 22.05 WIT"
+
+
+def test_an_action_forms_refused_field_is_named_by_its_label_in_indonesian() -> None:
+    """The ledger's Indonesian refusal names its request's field (``reason``): the incident
+    page names the field the officer filled in, not an English word in an Indonesian line."""
+    refused = InvalidArgument(
+        "INVALID_ARGUMENT",
+        "INVALID_FIELD",
+        "reason: is required",
+        {"field": "reason"},
+        localized_message="Nilai reason tidak dapat diterima.",
+        locale="id",
+    )
+    with using("id"):
+        assert action_refusal(refused) == "Nilai “Alasan” tidak dapat diterima."
+    with using("en"):
+        assert action_refusal(refused) == "reason: is required"
+    # a field the forms do not word alone, or none, keeps the ledger's message
+    other = InvalidArgument(
+        "INVALID_ARGUMENT",
+        "INVALID_FIELD",
+        "deciding_agencies: unknown agency 'x'",
+        {"field": "deciding_agencies"},
+        localized_message="Nilai deciding_agencies tidak dapat diterima.",
+        locale="id",
+    )
+    with using("id"):
+        assert action_refusal(other) == "Nilai deciding_agencies tidak dapat diterima."
