@@ -64,7 +64,17 @@ from incidentledger_client import (
 from incidentledger_client.cli import output
 from incidentledger_client.cli.commands.intake import OUTCOMES
 from incidentledger_client.cli.config import DEFAULT_ZONE, ConfigError, token_for_agency
-from incidentledger_client.i18n import N_, Language, _, current, labels, ngettext, using
+from incidentledger_client.i18n import (
+    N_,
+    Language,
+    _,
+    current,
+    format_clock,
+    format_date,
+    labels,
+    ngettext,
+    using,
+)
 from incidentledger_client.i18n import choose as choose_language
 from incidentledger_client.types import DurationStats, ResponseTimes
 
@@ -206,9 +216,20 @@ def choose_day(requested: str | None, scenario: Scenario, now: datetime) -> tupl
 
 
 def clock(moment: datetime, zone: ZoneInfo) -> str:
-    """A time on the election-day clock as the demo prints it: ``06:10 WIB``."""
-    local = moment.astimezone(zone)
-    return f"{local:%H:%M} {local.tzname()}"
+    """A time on the election-day clock as the demo prints it: ``06:10 WIB`` (Indonesian
+    ``06.10 WIB``)."""
+    return format_clock(moment, zone)
+
+
+def day_text(day: date | str | None) -> str:
+    """A day as the demo prints it: ``2026-11-27`` (Indonesian ``27 Nov 2026``); a text
+    that is not a day as it is."""
+    if day is None:
+        return "-"
+    try:
+        return format_date(day if isinstance(day, date) else date.fromisoformat(day))
+    except ValueError:
+        return str(day)
 
 
 def minutes(delta: timedelta) -> str:
@@ -372,8 +393,8 @@ def play(
                 "each step at its time on that day's clock ({zone}), sent as the event's "
                 "occur_time."
             ).format(
-                polling_day=scenario.polling_day,
-                day=day,
+                polling_day=day_text(scenario.polling_day),
+                day=day_text(day),
                 why=_(why) if why else _("given"),
                 zone=zone_name,
             )
@@ -560,7 +581,9 @@ def _summary(
 
     mine = {key: auditor.get_incident(name) for key, name in result.incidents.items()}
     events = {key: list(auditor.incident_events(name)) for key, name in result.incidents.items()}
-    console.rule("[bold]" + _("The day, {day}, on the election-day clock").format(day=result.day))
+    console.rule(
+        "[bold]" + _("The day, {day}, on the election-day clock").format(day=day_text(result.day))
+    )
     rows = []
     for key, incident in mine.items():
         reported = _first(events[key], "Reported")

@@ -35,6 +35,7 @@ from pathlib import Path
 from rich.console import Console
 
 from incidentledger_client.addresses import listening
+from incidentledger_client.i18n import _
 
 __all__ = ["listening"]  # demo.run takes it from here with the rest of the stack's helpers
 
@@ -180,7 +181,12 @@ def _stop(process: subprocess.Popen[bytes], console: Console) -> None:
         try:
             process.wait(STOP_SECONDS)
         except subprocess.TimeoutExpired:
-            console.print(f"[red]the stack did not stop in {STOP_SECONDS:g} s: killed")
+            console.print(
+                "[red]"
+                + _("the stack did not stop in {seconds} s: killed").format(
+                    seconds=f"{STOP_SECONDS:g}"
+                )
+            )
             process.kill()
             process.wait()
 
@@ -227,10 +233,19 @@ def own_stack(
                 f"127.0.0.1:{ports[3]}" if room else "",
             )
             console.print(
-                f"[yellow]starting a stack of its own[/yellow] (python -m services.run): "
-                f"ledger {stack.ledger}, notifier {stack.notifier}, NATS 127.0.0.1:{ports[2]}, "
-                f"data in {data_dir} (removed afterwards)"
-                + (f", situation room {stack.room}" if room else "")
+                "[yellow]"
+                + _("starting a stack of its own")
+                + "[/yellow] "
+                + _(
+                    "(python -m services.run): ledger {ledger}, notifier {notifier}, NATS "
+                    "{nats}, data in {data} (removed afterwards)"
+                ).format(
+                    ledger=stack.ledger,
+                    notifier=stack.notifier,
+                    nats=f"127.0.0.1:{ports[2]}",
+                    data=data_dir,
+                )
+                + (_(", situation room {room}").format(room=stack.room) if room else "")
             )
             with log_path.open("ab") as log:
                 process = subprocess.Popen(  # noqa: S603 - this interpreter, our module, our list
@@ -267,11 +282,18 @@ def own_stack(
             left = [p for p in ports if listening(f"127.0.0.1:{p}")]
         shutil.rmtree(data_dir, ignore_errors=True)
         if left:
-            console.print(f"[red]still listening after the stack stopped: ports {left}")
+            console.print(
+                "[red]"
+                + _("still listening after the stack stopped: ports {ports}").format(
+                    ports=", ".join(map(str, left))
+                )
+            )
         elif process is not None:
             console.print(
-                f"stack stopped (exit code {process.returncode}); nothing listens on "
-                f"ports {', '.join(map(str, ports))}; {data_dir} removed"
+                _(
+                    "stack stopped (exit code {code}); nothing listens on ports {ports}; "
+                    "{data} removed"
+                ).format(code=process.returncode, ports=", ".join(map(str, ports)), data=data_dir)
             )
     if left:  # reached only when the demo went well: then this is the failure to report
         raise StackError(f"the stack left ports {', '.join(map(str, left))} listening")

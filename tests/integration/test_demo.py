@@ -238,7 +238,7 @@ def test_in_indonesian_with_stay_the_situation_room_shows_the_day_until_stopped(
         assert "Desk menutup kejadian banjir (approve_closure" in out  # the scenario's texts
         # The phone's backlog synced, in Indonesian too.
         flat = " ".join(out.split())
-        assert "disimpan tanpa sinyal pukul 08:40 WIB:" in flat, out
+        assert "disimpan tanpa sinyal pukul 08.40 WIB:" in flat, out
         assert "3 dari 3 laporan tercatat dalam satu panggilan" in flat, out
         assert "3 dari 3 tercatat sebelumnya, 0 tercatat dua kali" in flat, out
         with httpx.Client(base_url=f"http://{found[1]}", timeout=10.0) as web:
@@ -258,6 +258,12 @@ def test_in_indonesian_with_stay_the_situation_room_shows_the_day_until_stopped(
         reader.join(10)
     out = "".join(lines)
     assert process.returncode == 0, out
-    stopped = re.search(r"stack stopped \(exit code 0\); nothing listens on ports ([\d, ]+);", out)
+    # said in Indonesian too, as the rest of the run (it was English)
+    stopped = re.search(
+        r"layanan dihentikan \(kode keluar 0\); tidak ada lagi yang mendengarkan di port "
+        r"([\d, ]+);",
+        out,
+    )
     assert stopped, out
+    assert "menjalankan layanan sendiri (python -m services.run): buku besar" in out
     assert not [p for p in stopped[1].split(", ") if listening(f"127.0.0.1:{p}")]

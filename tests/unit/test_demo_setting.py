@@ -8,6 +8,7 @@ import socket
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -19,6 +20,8 @@ from demo.run import (
     ScenarioError,
     _given,
     choose_day,
+    clock,
+    day_text,
     percentile,
     step_texts,
     texts_in,
@@ -198,3 +201,17 @@ def test_the_stack_played_against_is_named_in_the_demos_language(
             pass
     shown = console.file.getvalue()  # type: ignore[attr-defined]
     assert said.format(address=address) in shown, shown
+
+
+def test_the_demos_clock_and_days_in_the_runs_form() -> None:
+    """The narration's times and days in the language's form, as ledgerctl's: Indonesian
+    ``06.10 WIB`` and ``27 Nov 2027`` (they were ``06:10 WIB`` and ``2027-11-27``)."""
+    zone = ZoneInfo("Asia/Jakarta")
+    moment = datetime(2026, 11, 26, 23, 10, tzinfo=UTC)
+    with using("id"):
+        assert clock(moment, zone) == "06.10 WIB"
+        assert day_text(date(2027, 11, 27)) == "27 Nov 2027"
+        assert day_text("2026-12-05") == "5 Des 2026"
+    with using("en"):
+        assert clock(moment, zone) == "06:10 WIB"
+        assert day_text(date(2027, 11, 27)) == "2027-11-27"

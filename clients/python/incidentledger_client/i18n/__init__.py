@@ -20,7 +20,7 @@ import gettext
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import datetime, tzinfo
+from datetime import date, datetime, tzinfo
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -124,6 +124,24 @@ def format_time(value: datetime, zone: tzinfo, seconds: bool = True) -> str:
     pattern = "d MMM y HH.mm.ss" if seconds else "d MMM y HH.mm"
     text = format_datetime(moment, pattern, tzinfo=zone, locale=LOCALES["id"])
     return f"{text} {moment.tzname()}"
+
+
+def format_clock(value: datetime, zone: tzinfo) -> str:
+    """A time of day for people in ``zone``, named (``17:05 WIB``; Indonesian ``17.05 WIB``:
+    the locale's time separator, as :func:`format_time`)."""
+    moment = value.astimezone(zone)
+    clock = "%H:%M" if current() == "en" else "%H.%M"
+    return f"{moment.strftime(clock)} {moment.tzname()}"
+
+
+def format_date(value: date) -> str:
+    """A day for people: ``2026-11-28`` in English, ``28 Nov 2026`` in Indonesian (the order
+    and month names of :func:`format_time`)."""
+    if current() == "en":
+        return value.isoformat()
+    from babel.dates import format_date as babel_format_date
+
+    return str(babel_format_date(value, "d MMM y", locale=LOCALES["id"]))
 
 
 def format_number(value: float, digits: int = 0) -> str:
