@@ -772,6 +772,22 @@ def test_an_action_on_a_changed_incident_is_refused_with_the_ledgers_reason(
     assert [e.type for e in events] == ["Reported", "Verified"]
 
 
+def test_a_refused_field_of_an_action_is_named_by_the_forms_label_in_indonesian(
+    room: Room, browser: Browser
+) -> None:
+    """The ledger's Indonesian refusal names its request's field (``reason``); the page says
+    the form's word for it, not an English one in an Indonesian line."""
+    reported = room.ledger("kesbangpol").report("Spanduk SARA", "sara_provocation", "ipuh")
+    page = new_page(room, browser, "id")
+    sign_in(room, page, "desk_pilkada")
+    page.goto(f"{room.url}/{reported.incident}")
+    page.fill("form[action$=escalate] input[name=reason]", "   ")  # passes `required`
+    page.click("#escalate")
+    expect(page.locator(".error")).to_have_text("Nilai “Alasan” tidak dapat diterima.")
+    events = list(room.ledger("desk_pilkada").incident_events(reported.incident))
+    assert [e.type for e in events] == ["Reported"]
+
+
 def test_a_handover_proposed_by_the_lead_is_accepted_by_the_receiving_agency(
     room: Room, browser: Browser
 ) -> None:
