@@ -143,6 +143,13 @@ CHECK_TEMPLATES: Mapping[tuple[str, str], str] = {
 
 #: An incident's status as a message says it (``{status}``); the metadata keeps the code
 #: for programs. The words of docs/glossary-id.md, in a sentence's lower case.
+#: What a ROLE_REQUIRED refusal says was asked (its metadata ``action``, in English as the
+#: services write it), in the caller's language.
+ACTION_WORDS: Mapping[str, str] = {
+    "verify the ledger": N_("verify the ledger"),
+    "verify the evidence": N_("verify the evidence"),
+    "create a checkpoint": N_("create a checkpoint"),
+}
 STATUS_WORDS: Mapping[str, str] = {
     "REPORTED": N_("reported"),
     "VERIFIED": N_("verified"),
@@ -209,4 +216,7 @@ def localized(reason: str, metadata: Mapping[str, str], language: str) -> str | 
     status = values.get("status", "")
     if status in STATUS_WORDS:
         values["status"] = translations.gettext(STATUS_WORDS[status])
+    action = values.get("action", "")
+    if action in ACTION_WORDS:
+        values["action"] = translations.gettext(ACTION_WORDS[action])
     return string.Formatter().vformat(translations.gettext(template), (), values)

@@ -101,6 +101,25 @@ def test_every_status_has_its_words() -> None:
     assert tuple(error_messages.STATUS_WORDS) == STATUSES
 
 
+def test_a_role_refusal_says_what_was_asked_in_the_callers_language() -> None:
+    """ROLE_REQUIRED's ``action`` is written in English by the services; in Indonesian the
+    refusal said "polres tidak memiliki peran yang dibutuhkan (verify the ledger)."."""
+    services = Path(error_messages.__file__).parents[1]
+    asked = {
+        found
+        for path in services.rglob("*.py")
+        for found in re.findall(r'require_role\([^"]*"([^"]+)"\s*\)', path.read_text())
+    }
+    assert asked and asked <= set(error_messages.ACTION_WORDS), asked
+    metadata = {"caller_agency": "polres", "action": "verify the ledger"}
+    assert error_messages.localized("ROLE_REQUIRED", metadata, "id") == (
+        "polres tidak memiliki peran yang dibutuhkan (memeriksa buku besar)."
+    )
+    assert error_messages.localized("ROLE_REQUIRED", metadata, "en") == (
+        "polres does not have the role this needs (verify the ledger)."
+    )
+
+
 @pytest.mark.parametrize(
     ("header", "language"),
     [
