@@ -418,6 +418,11 @@ def test_an_options_placeholder_in_indonesian(
         (["list", "--limit", "-5"], "Nilai tidak sah untuk --limit: harus 0 (semua) atau lebih"),
         (["webhooks", "deliveries", "-n", "-3"], "untuk --limit: harus 0 (semua) atau lebih"),
         (["list", "--statu", "x"], "Kesalahan: Tidak ada opsi: --statu (maksud Anda --status?)"),
+        # an option an environment variable may give: click's "(env var: ...)" was English
+        (
+            ["webhooks", "register", "x", "https://example.invalid/hook"],
+            "Kesalahan: Opsi '--secret' belum diberikan (atau variabel env 'WEBHOOK_SECRET').",
+        ),
     ],
 )
 def test_usage_errors_in_indonesian_and_json_unchanged(

@@ -199,6 +199,11 @@ _USAGE_ERRORS = (
         re.compile(r"^Invalid value for (?P<param>.+?): (?P<message>.*)$", re.S),
         N_("Invalid value for {param}: {message}"),
     ),
+    # an option that an environment variable may give too: "(env var: 'WEBHOOK_SECRET')".
+    (
+        re.compile(r"^Missing option (?P<param>.+) \(env var: (?P<value>.+)\)\.$", re.S),
+        N_("Missing option {param} (or the environment variable {value})."),
+    ),
     (re.compile(r"^Missing option (?P<param>.+)\.$", re.S), N_("Missing option {param}.")),
     (re.compile(r"^Missing argument (?P<param>.+)\.$", re.S), N_("Missing argument {param}.")),
     # typer suggests the options whose names are close: "(Possible options: --status)".
