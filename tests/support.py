@@ -8,7 +8,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -296,6 +296,32 @@ def service_process(
 #: How long a harness waits for a service to exit after SIGTERM before it kills it: past
 #: the service's own deadline (grace period and margin; 15 s with the default settings).
 STOP_WAIT_SECONDS = 30.0
+
+
+def module_env(**settings: str) -> dict[str, str]:
+    """The environment of a service run as its own process: the project on the path, and
+    nothing of this process's other settings but ``PATH``."""
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "gen")]),
+        **settings,
+    }
+
+
+def run_module(
+    command: Sequence[str], env: Mapping[str, str], prefix: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``python -m COMMAND...`` (after ``prefix``, e.g. setpriv) from the project's root with
+    ``env``, to its end (at most two minutes), its output captured as text."""
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", *command],
+        env=dict(env),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def terminate(proc: subprocess.Popen[bytes], what: str, timeout: float) -> str | None:

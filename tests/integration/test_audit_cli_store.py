@@ -6,35 +6,19 @@ that was down for tampering."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from services.common.config import PROJECT_ROOT
 from services.common.natsserver import free_port
 from services.ledger.audit.keys import generate_key_pair
+from tests.support import module_env, run_module
 
 
 def audit(tmp_path: Path, store: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "gen")]),
-        "LEDGER_DATA_DIR": str(tmp_path / "data"),
-        "LEDGER_LOG_FORMAT": "json",
-        **store,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "services.ledger.audit", *args],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    env = module_env(LEDGER_DATA_DIR=str(tmp_path / "data"), LEDGER_LOG_FORMAT="json", **store)
+    return run_module(["services.ledger.audit", *args], env)
 
 
 @pytest.mark.parametrize("store", ["postgres", "sqlite"])

@@ -7,32 +7,17 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from services.common.config import PROJECT_ROOT
 from tests.integration.test_personal_keys_upgrade import FORMER
+from tests.support import module_env, run_module
 
 
 def start(module: list[str], tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "gen")]),
-        "LEDGER_DATA_DIR": str(tmp_path / "data"),
-        **settings,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", *module],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_module(module, module_env(LEDGER_DATA_DIR=str(tmp_path / "data"), **settings))
 
 
 @pytest.mark.parametrize(
@@ -236,27 +221,17 @@ def test_a_data_file_its_user_may_not_read_stops_the_start_with_one_log_line(
         path.write_text("")  # never read: opening it fails
     path.chmod(0)
     try:
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "gen")]),
-            "LEDGER_DATA_DIR": str(data),
-            "LEDGER_LOG_FORMAT": "json",
-            "NATS_URL": "nats://127.0.0.1:1",
-            "LEDGER_LISTEN": "127.0.0.1:0",
-            "NOTIFIER_LISTEN": "127.0.0.1:0",
-        }
+        env = module_env(
+            LEDGER_DATA_DIR=str(data),
+            LEDGER_LOG_FORMAT="json",
+            NATS_URL="nats://127.0.0.1:1",
+            LEDGER_LISTEN="127.0.0.1:0",
+            NOTIFIER_LISTEN="127.0.0.1:0",
+        )
         if module[0] == "services.run":  # its own NATS, whose store is in the data directory
             del env["NATS_URL"]
             env["LEDGER_NATS_PORT"] = "0"
-        done = subprocess.run(
-            [*_without_root_powers(), sys.executable, "-m", *module],
-            env=env,
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = run_module(module, env, prefix=_without_root_powers())
     finally:
         path.chmod(0o700)
     assert "Traceback" not in done.stderr, done.stderr

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,10 +24,9 @@ import pytest
 
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
-from services.common.config import PROJECT_ROOT
 from services.common.grpc_errors import error_info
 from tests.ledgerctl_support import Ctl
-from tests.support import Client, rid, running_ledger, settings_for
+from tests.support import Client, module_env, rid, run_module, running_ledger, settings_for
 
 #: Far more reports than fit in the space left: the loop that fills the disk ends.
 MOST_REPORTS = 5000
@@ -145,24 +143,14 @@ def test_a_start_on_a_full_disk_says_so_in_one_line(small_disk: Path, module: st
     be reached" and to check the database's settings. Now one line saying the disk is full,
     and exit status 1."""
     fill(small_disk, leave=0)
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "gen")]),
-        "LEDGER_DATA_DIR": str(small_disk / "data"),
-        "LEDGER_LOG_FORMAT": "json",
-        "NATS_URL": "nats://127.0.0.1:1",
-        "LEDGER_LISTEN": "127.0.0.1:0",
-        "NOTIFIER_LISTEN": "127.0.0.1:0",
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", module],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    env = module_env(
+        LEDGER_DATA_DIR=str(small_disk / "data"),
+        LEDGER_LOG_FORMAT="json",
+        NATS_URL="nats://127.0.0.1:1",
+        LEDGER_LISTEN="127.0.0.1:0",
+        NOTIFIER_LISTEN="127.0.0.1:0",
     )
+    done = run_module([module], env)
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 1, done.stdout + done.stderr
     failed = [json.loads(line) for line in done.stdout.splitlines() if '"level": "error"' in line]

@@ -11,7 +11,6 @@ after seals existed must still be refused.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,11 @@ from incidentledger.v1 import audit_service_pb2 as audit
 from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
 from incidentledger.v1 import ledger_service_pb2 as api
 from services.common.sql import open_database
-from tests.support import Client, rid, running_ledger, settings_for, store_environment
+from tests.support import Client, rid, running_ledger, settings_for
 
 COORDINATOR = "desk_pilkada"
 AUDITOR = "inspektorat"
 SEAL = re.compile(rb',\s*"seal"\s*:\s*"[^"]*"')
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def stored(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A store that outlives its ledger: SQLite, then PostgreSQL."""
-    if request.param == "postgres":
-        request.applymarker(pytest.mark.postgres)
-    with store_environment(request.param, tmp_path) as env:
-        yield env
 
 
 def _strip(store_env: dict[str, str], table: str, only: set[tuple[str, int]] | None = None) -> int:
@@ -110,9 +100,9 @@ def _reads(client: Client, names: list[str]) -> dict[str, Any]:
 
 
 def test_a_store_from_before_seals_reads_continues_and_verifies(
-    stored: dict[str, str], tmp_path: Path
+    either_store: dict[str, str], tmp_path: Path
 ) -> None:
-    store_env = stored
+    store_env = either_store
     settings = settings_for(tmp_path, store_env, checkpoint_seconds=0.0)
     with running_ledger(settings) as client:
         names = _history(client)
@@ -204,14 +194,14 @@ def _rewrite(store_env: dict[str, str], table: str, incident: str, old: bytes, n
 
 
 def test_history_from_before_seals_changed_in_the_store_does_not_load(
-    stored: dict[str, str], tmp_path: Path
+    either_store: dict[str, str], tmp_path: Path
 ) -> None:
     """Nothing but the checkpoint over it vouches for an event without a seal. Whoever
     changed one of them in the store (or stripped the seals of a sealed store's first
     events, then changed one) had the change loaded: an incident of one event has no
     later event to fail the link either. The start now checks that history against the
     head its checkpoint signed, and loads it without seals only if it matches."""
-    store_env = stored
+    store_env = either_store
     settings = settings_for(tmp_path, store_env, checkpoint_seconds=0.0)
     with running_ledger(settings) as client:
         names = _history(client)
