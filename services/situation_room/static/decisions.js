@@ -6,7 +6,7 @@
   "use strict";
   var live = document.getElementById("live");
   var rows = document.getElementById("decisions");
-  var wanted = 0, loading = false, again = false, feed = null, timer = null;
+  var timer = null, reload = null;
   var MINUTE_MS = 60000;
 
   // The next read by the clock: a second after the soonest end, or in a minute. The rows say
@@ -19,32 +19,17 @@
     timer = window.setTimeout(reload, wait);
   }
 
-  function reload() {
-    if (loading) { again = true; return; }
-    loading = true;
-    fetch("/decisions/rows?min_position=" + String(wanted), {credentials: "same-origin"})
-      .then(function (response) {
-        if (window.roomSignedOut(response)) { return null; }
-        if (!response.ok) { throw new Error(String(response.status)); }
-        return response.text();
-      })
-      .then(function (html) {
-        if (html === null) { return; }
-        window.roomReplace(rows, html);
-        live.dataset.position = String(wanted);
-        feed.loaded();
-        schedule();
-      })
-      .catch(function (error) { feed.failed(error); window.setTimeout(reload, window.roomRetryMs); })
-      .finally(function () { loading = false; if (again) { again = false; reload(); } });
-  }
-
-  function heard(event) {
-    var position = parseInt(event.lastEventId, 10);
-    if (!isNaN(position) && position > wanted) { wanted = position; }
-    reload();
-  }
-
-  feed = window.roomLive(parseInt(live.dataset.after, 10) || 0, heard, reload);
+  reload = window.roomFollow(
+    parseInt(live.dataset.after, 10) || 0,
+    function (wanted) {
+      return fetch("/decisions/rows?min_position=" + String(wanted), {credentials: "same-origin"});
+    },
+    function (response) { return response.text(); },
+    function (html, wanted) {
+      window.roomReplace(rows, html);
+      live.dataset.position = String(wanted);
+      schedule();
+    }
+  );
   schedule();
 })();

@@ -86,3 +86,41 @@ window.roomSignedOut = function (response) {
   window.location.assign("/login?ended");
   return true;
 };
+
+// A page's view kept current (the board's rows, the map, the decisions in force): each change
+// heard, or the stream resumed, reads the view again at least at the ledger position heard,
+// one read at a time (a change heard during a read reads once more after it); a failed read
+// is said on the line #live and tried again a moment later. read(position): the fetch of the
+// view; body(response): its body (text or JSON); apply(body, position): put it in place.
+// Returns the function that reads again (for a page's own timer, or its first read).
+window.roomFollow = function (after, read, body, apply) {
+  "use strict";
+  var wanted = 0, loading = false, again = false, feed = null;
+
+  function reload() {
+    if (loading) { again = true; return; }
+    loading = true;
+    read(wanted)
+      .then(function (response) {
+        if (window.roomSignedOut(response)) { return null; }
+        if (!response.ok) { throw new Error(String(response.status)); }
+        return body(response);
+      })
+      .then(function (content) {
+        if (content === null) { return; }
+        apply(content, wanted);
+        feed.loaded();
+      })
+      .catch(function (error) { feed.failed(error); window.setTimeout(reload, window.roomRetryMs); })
+      .finally(function () { loading = false; if (again) { again = false; reload(); } });
+  }
+
+  function heard(event) {
+    var position = parseInt(event.lastEventId, 10);
+    if (!isNaN(position) && position > wanted) { wanted = position; }
+    reload();
+  }
+
+  feed = window.roomLive(after, heard, reload);
+  return reload;
+};

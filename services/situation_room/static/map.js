@@ -11,7 +11,6 @@
   // The zoom buttons' titles in the page's language (Leaflet's are English).
   L.control.zoom({zoomInTitle: strings.zoom_in, zoomOutTitle: strings.zoom_out}).addTo(map);
   var shapes = null, markers = L.layerGroup().addTo(map), fitted = false;
-  var wanted = 0, loading = false, again = false, feed = null;
 
   function esc(text) {
     return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
@@ -39,7 +38,7 @@
     hover.replaceChildren.apply(hover, parts);
   }
 
-  function draw(data) {
+  function draw(data, wanted) {
     // A kecamatan reached by the keyboard keeps the focus when the map is drawn again.
     var active = document.activeElement;
     var focused = active && box.contains(active) ? active.getAttribute("data-code") : null;
@@ -94,26 +93,13 @@
     box.dataset.position = String(wanted);
   }
 
-  function reload() {
-    if (loading) { again = true; return; }
-    loading = true;
-    fetch("/map/data.json?min_position=" + wanted, {credentials: "same-origin"})
-      .then(function (response) {
-        if (window.roomSignedOut(response)) { return null; }
-        if (!response.ok) { throw new Error(String(response.status)); }
-        return response.json();
-      })
-      .then(function (data) { if (data !== null) { draw(data); feed.loaded(); } })
-      .catch(function (error) { feed.failed(error); window.setTimeout(reload, window.roomRetryMs); })
-      .finally(function () { loading = false; if (again) { again = false; reload(); } });
-  }
-
-  function heard(event) {
-    var position = parseInt(event.lastEventId, 10);
-    if (!isNaN(position) && position > wanted) { wanted = position; }
-    reload();
-  }
-
-  feed = window.roomLive(parseInt(box.dataset.after, 10) || 0, heard, reload);
+  var reload = window.roomFollow(
+    parseInt(box.dataset.after, 10) || 0,
+    function (wanted) {
+      return fetch("/map/data.json?min_position=" + wanted, {credentials: "same-origin"});
+    },
+    function (response) { return response.json(); },
+    draw
+  );
   reload();
 })();
