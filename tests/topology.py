@@ -177,6 +177,105 @@ class PrivatePostgres:
         shutil.rmtree(self._root, ignore_errors=True)
 
 
+class SeveredPostgres(PrivatePostgres):
+    """A :class:`PrivatePostgres` on a host of its own: in a network namespace, reached over
+    a virtual ethernet pair, so that the network to it can be cut as a host that died cuts
+    it (:meth:`cut`: every packet either way dropped, nothing refused or acknowledged),
+    which stopping or freezing a server on the loopback cannot do (the kernel still answers
+    for it). Needs root's network administration (``ip netns``); skipped without it."""
+
+    def __init__(self) -> None:
+        tag = secrets.token_hex(3)
+        self.namespace = f"ledger-pg-{tag}"
+        self._link = f"lgh{tag}"
+        subnet = secrets.randbelow(2**14)  # a /30 of 10.213.0.0/16
+        self.host = f"10.213.{subnet >> 6}.{(subnet & 63) * 4 + 2}"
+        self._near = f"10.213.{subnet >> 6}.{(subnet & 63) * 4 + 1}"
+        self._cut = False
+        made = subprocess.run(
+            ["ip", "netns", "add", self.namespace], capture_output=True, text=True, check=False
+        )
+        if made.returncode != 0:
+            pytest.skip(f"no network namespace for the test's PostgreSQL: {made.stderr.strip()}")
+        try:
+            for command in (
+                f"ip link add {self._link} type veth peer name lgn{tag}",
+                f"ip link set lgn{tag} netns {self.namespace}",
+                f"ip addr add {self._near}/30 dev {self._link}",
+                f"ip link set {self._link} up",
+                f"ip -n {self.namespace} addr add {self.host}/30 dev lgn{tag}",
+                f"ip -n {self.namespace} link set lgn{tag} up",
+                f"ip -n {self.namespace} link set lo up",
+            ):
+                self._ip(command)
+            super().__init__()
+            with (self._data / "pg_hba.conf").open("a", encoding="utf-8") as hba:
+                hba.write(f"host all all {self._near}/32 trust\n")
+        except BaseException:
+            self._remove_namespace()
+            raise
+
+    @staticmethod
+    def _ip(command: str) -> None:
+        done = subprocess.run(command.split(), capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise AssertionError(f"{command}: {done.stderr.strip()}")
+
+    def _run(self, tool: str, *args: str) -> None:
+        if tool != "pg_ctl":
+            super()._run(tool, *args)
+            return
+        command = ["ip", "netns", "exec", self.namespace]
+        if self._as_postgres:
+            command += ["runuser", "-u", "postgres", "--"]
+        command += [str(self._bindir / tool), *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise AssertionError(f"{tool} failed: {done.stdout}\n{done.stderr}")
+
+    def _ctl(self, action: str, *extra: str) -> None:
+        options = f"-p {self.port} -k {self._root} -c listen_addresses={self.host} -c fsync=off"
+        self._run(
+            "pg_ctl", action, "-D", str(self._data), "-w", "-t", "60", "-o", options,
+            "-l", str(self._root / "postgres.log"), *extra,
+        )  # fmt: skip
+
+    def cut(self) -> None:
+        """Drop every packet between this host and the server's, both ways."""
+        self._ip(f"ip route add blackhole {self.host}/32")
+        self._cut = True
+        self._ip(f"ip -n {self.namespace} route add blackhole {self._near}/32")
+
+    def mend(self) -> None:
+        if self._cut:
+            self._ip(f"ip route del blackhole {self.host}/32")
+            self._ip(f"ip -n {self.namespace} route del blackhole {self._near}/32")
+            self._cut = False
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**super().env, "POSTGRES_HOST": self.host}
+
+    def connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        return psycopg.connect(
+            host=self.host, port=self.port, dbname="postgres", user="postgres", autocommit=True
+        )
+
+    def close(self) -> None:
+        with suppress(AssertionError):
+            self.mend()
+        try:
+            super().close()
+        finally:
+            self._remove_namespace()
+
+    def _remove_namespace(self) -> None:
+        # The pair's end on this side goes with the namespace (its peer is in it), unless a
+        # process still holds the namespace: removed by name too.
+        subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "del", self._link], capture_output=True, check=False)
+
+
 @contextmanager
 def private_postgres() -> Iterator[PrivatePostgres]:
     server = PrivatePostgres()

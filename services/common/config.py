@@ -879,6 +879,17 @@ class StoreVariables(Group):
         read_by=_SERVICES,
         ge=0,
     )
+    postgres_tcp_user_timeout: Integer = _setting(
+        "POSTGRES_TCP_USER_TIMEOUT",
+        10,
+        "seconds a connection may go without a sign of life from PostgreSQL's host (data "
+        "sent and not acknowledged, keepalive probes unanswered) before it is given up: a "
+        "host that died or a network cut then fails the call in flight with `UNAVAILABLE` "
+        "(reason `STORE_UNAVAILABLE`) within about this, where the kernel would wait 15 "
+        "minutes to 2 hours, holding every command behind it; `0` = the kernel's defaults",
+        read_by=_SERVICES,
+        ge=0,
+    )
     postgres_lock_timeout: Integer = _setting(
         "POSTGRES_LOCK_TIMEOUT",
         2,

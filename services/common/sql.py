@@ -74,9 +74,17 @@ class StoreTimeouts:
     transaction doing nothing (a frozen or hung process), which releases its locks.
     The library reads the same ``POSTGRES_LOCK_TIMEOUT`` and
     ``POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT`` for its own connections.
+
+    ``tcp`` is the client's side: those three are the server's, and a server whose host
+    died (or the network to it) enforces nothing. Measured with PostgreSQL behind a
+    dropped route: a call waiting for its answer hung until the test gave up (minutes;
+    the kernel's keepalive starts after 2 hours, its retransmissions end after about 15
+    minutes), the group commit's thread with it and every command behind that; with
+    libpq's ``tcp_user_timeout`` and keepalives it failed after 3 s.
     """
 
     connect: int = declared("POSTGRES_CONNECT_TIMEOUT").default
+    tcp: int = declared("POSTGRES_TCP_USER_TIMEOUT").default
     lock: int = declared("POSTGRES_LOCK_TIMEOUT").default
     statement: int = declared("POSTGRES_STATEMENT_TIMEOUT").default
     idle_in_transaction: int = declared("POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT").default
@@ -95,12 +103,29 @@ class StoreTimeouts:
 
         return cls(
             connect=seconds("POSTGRES_CONNECT_TIMEOUT", cls.connect),
+            tcp=seconds("POSTGRES_TCP_USER_TIMEOUT", cls.tcp),
             lock=seconds("POSTGRES_LOCK_TIMEOUT", cls.lock),
             statement=seconds("POSTGRES_STATEMENT_TIMEOUT", cls.statement),
             idle_in_transaction=seconds(
                 "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT", cls.idle_in_transaction
             ),
         )
+
+    def connection_kwargs(self) -> dict[str, Any]:
+        """libpq's parameters of every connection: its connect timeout, the session
+        settings, and how soon a dead server's host is given up (``tcp``): unacknowledged
+        data for that long, or keepalive probes from half of it on, end the connection
+        (Linux applies ``tcp_user_timeout`` to the probes too)."""
+        kwargs: dict[str, Any] = {"connect_timeout": self.connect, "options": self.options()}
+        if self.tcp:
+            kwargs.update(
+                tcp_user_timeout=self.tcp * 1000,
+                keepalives=1,
+                keepalives_idle=max(1, self.tcp // 2),
+                keepalives_interval=max(1, self.tcp // 4),
+                keepalives_count=3,
+            )
+        return kwargs
 
     def options(self) -> str:
         """The session settings, as libpq's ``options``."""
@@ -115,19 +140,17 @@ def postgres_connect(
 ) -> psycopg.Connection[Any]:
     """A connection with the eventsourcing library's POSTGRES_* settings and the
     session timeouts of :class:`StoreTimeouts`."""
-    timeouts = StoreTimeouts.from_env(store_env)
-    options = timeouts.options()
+    kwargs = StoreTimeouts.from_env(store_env).connection_kwargs()
     if store_env.get("POSTGRES_SCHEMA"):
-        options += f" -c search_path={store_env['POSTGRES_SCHEMA']}"
+        kwargs["options"] += f" -c search_path={store_env['POSTGRES_SCHEMA']}"
     return psycopg.connect(
         dbname=store_env.get("POSTGRES_DBNAME", "postgres"),
         host=store_env.get("POSTGRES_HOST", "127.0.0.1"),
         port=int(store_env.get("POSTGRES_PORT", "5432")),
         user=store_env.get("POSTGRES_USER", "postgres"),
         password=store_env.get("POSTGRES_PASSWORD", ""),
-        connect_timeout=timeouts.connect,
         autocommit=autocommit,
-        options=options,
+        **kwargs,
     )
 
 

@@ -21,8 +21,9 @@ replaces that pool before the library opens it:
 - a caller already waiting for a connection notices such a failure within
   ``SLICE_SECONDS``.
 
-New connections get the session timeouts of :class:`services.common.sql.StoreTimeouts`
-and libpq's ``connect_timeout``, so that an attempt against an unreachable host ends.
+New connections get the session timeouts of :class:`services.common.sql.StoreTimeouts`,
+libpq's ``connect_timeout``, so that an attempt against an unreachable host ends, and its
+``tcp_user_timeout`` and keepalives, so that a connection to a host that died ends too.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def bound_store(factory: InfrastructureFactory[Any]) -> InfrastructureFactory[An
     datastore.lock_timeout = timeouts.lock  # the library's SET LOCAL before its inserts
     datastore.pool = StorePool(
         connection_class=old.connection_class,
-        kwargs={**old.kwargs, "connect_timeout": timeouts.connect, "options": timeouts.options()},
+        kwargs={**old.kwargs, **timeouts.connection_kwargs()},
         min_size=old.min_size,
         max_size=old.max_size,
         open=False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator
@@ -18,7 +19,13 @@ from services.common.sql import PostgresDatabase
 from services.common.store_errors import as_ledger_error
 from tests.ledgerctl_support import Ctl
 from tests.support import Client, rid, running_ledger, settings_for
-from tests.topology import PrivatePostgres, postgres_schema, private_postgres
+from tests.topology import (
+    PrivatePostgres,
+    SeveredPostgres,
+    postgres_schema,
+    private_postgres,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.postgres]
 
@@ -61,7 +68,7 @@ def test_a_database_connection_lost_to_a_restart_is_replaced_before_use(
         db.close()
 
 
-def report(client: Client, request_id: str) -> api.ReportIncidentResponse:
+def report(client: Client, request_id: str, timeout: float = 60) -> api.ReportIncidentResponse:
     response: api.ReportIncidentResponse = client.stub.ReportIncident(
         api.ReportIncidentRequest(
             request_id=request_id,
@@ -70,7 +77,7 @@ def report(client: Client, request_id: str) -> api.ReportIncidentResponse:
             location=pb.Location(kecamatan="ipuh"),
         ),
         metadata=client.md("kpu"),
-        timeout=60,
+        timeout=timeout,
     )
     return response
 
@@ -147,3 +154,43 @@ def test_ledgerctl_says_the_ledger_cannot_reach_its_database_not_that_time_ran_o
         assert first["incident"] == again["incident"]
         titles = [i["title"] for i in ctl.json("polres", "list", "--limit", "0")]
         assert titles.count(title) == 1, titles
+
+
+def test_a_database_host_gone_silent_fails_commands_unavailable_not_at_their_deadline(
+    tmp_path: Path,
+) -> None:
+    """A host that died, or a network cut, answers nothing: no refusal, no reset, no
+    acknowledgement. The server's own timeouts cannot act, and without a client-side bound
+    a call waiting on the dead connection waited for the kernel (15 minutes and more), the
+    group commit's thread with it: the call ran into its deadline, and so did every command
+    after it. With ``POSTGRES_TCP_USER_TIMEOUT`` the connection is given up, the command
+    answers UNAVAILABLE well inside its deadline, and once the network is back the same
+    request goes through."""
+    with contextlib.ExitStack() as stack:
+        postgres = SeveredPostgres()
+        stack.callback(postgres.close)
+        postgres.start()
+        env = {**store_env(postgres), "POSTGRES_TCP_USER_TIMEOUT": "2"}
+        client = stack.enter_context(running_ledger(settings_for(tmp_path, env)))
+        first = report(client, rid())
+        postgres.cut()
+        request_id = rid()
+        with pytest.raises(grpc.RpcError) as refused:
+            report(client, request_id, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+        info = error_info(refused.value)  # type: ignore[arg-type]
+        assert info is not None and info.reason == "STORE_UNAVAILABLE", info
+        postgres.mend()
+        answers: list[api.ReportIncidentResponse] = []
+
+        def retried() -> bool:
+            try:
+                answers.append(report(client, request_id, timeout=30))
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+                return False
+            return True
+
+        wait_until(retried, 60, "the retry, once the network is back")
+        assert answers[-1].result.position > first.result.position
+        assert report(client, request_id) == answers[-1], "the retry was recorded twice"
