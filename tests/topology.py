@@ -192,6 +192,8 @@ class SeveredPostgres(PrivatePostgres):
         self.host = f"10.213.{subnet >> 6}.{(subnet & 63) * 4 + 2}"
         self._near = f"10.213.{subnet >> 6}.{(subnet & 63) * 4 + 1}"
         self._cut = False
+        if shutil.which("ip") is None:
+            pytest.skip("no `ip` command (iproute2): the test's PostgreSQL needs a host of its own")
         made = subprocess.run(
             ["ip", "netns", "add", self.namespace], capture_output=True, text=True, check=False
         )
