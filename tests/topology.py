@@ -108,16 +108,24 @@ class PrivatePostgres:
             shutil.chown(self._root, user="postgres")
         self._run("initdb", "-D", str(self._data), "-A", "trust", "-U", "postgres", "--no-sync")
 
+    #: The address the server listens on.
+    host = "127.0.0.1"
+
+    def _launcher(self, tool: str) -> list[str]:
+        """What ``tool`` runs under (nothing: on this host, in its network)."""
+        return []
+
     def _run(self, tool: str, *args: str) -> None:
         command = [str(self._bindir / tool), *args]
         if self._as_postgres:
             command = ["runuser", "-u", "postgres", "--", *command]
+        command = [*self._launcher(tool), *command]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
             raise AssertionError(f"{tool} failed: {done.stdout}\n{done.stderr}")
 
     def _ctl(self, action: str, *extra: str) -> None:
-        options = f"-p {self.port} -k {self._root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = f"-p {self.port} -k {self._root} -c listen_addresses={self.host} -c fsync=off"
         self._run(
             "pg_ctl", action, "-D", str(self._data), "-w", "-t", "60", "-o", options,
             "-l", str(self._root / "postgres.log"), *extra,
@@ -159,7 +167,7 @@ class PrivatePostgres:
     @property
     def env(self) -> dict[str, str]:
         return {
-            "POSTGRES_HOST": "127.0.0.1",
+            "POSTGRES_HOST": self.host,
             "POSTGRES_PORT": str(self.port),
             "POSTGRES_DBNAME": "postgres",
             "POSTGRES_USER": "postgres",
@@ -168,7 +176,7 @@ class PrivatePostgres:
 
     def connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         return psycopg.connect(
-            host="127.0.0.1", port=self.port, dbname="postgres", user="postgres", autocommit=True
+            host=self.host, port=self.port, dbname="postgres", user="postgres", autocommit=True
         )
 
     def close(self) -> None:
@@ -223,24 +231,9 @@ class SeveredPostgres(PrivatePostgres):
         if done.returncode != 0:
             raise AssertionError(f"{command}: {done.stderr.strip()}")
 
-    def _run(self, tool: str, *args: str) -> None:
-        if tool != "pg_ctl":
-            super()._run(tool, *args)
-            return
-        command = ["ip", "netns", "exec", self.namespace]
-        if self._as_postgres:
-            command += ["runuser", "-u", "postgres", "--"]
-        command += [str(self._bindir / tool), *args]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-        if done.returncode != 0:
-            raise AssertionError(f"{tool} failed: {done.stdout}\n{done.stderr}")
-
-    def _ctl(self, action: str, *extra: str) -> None:
-        options = f"-p {self.port} -k {self._root} -c listen_addresses={self.host} -c fsync=off"
-        self._run(
-            "pg_ctl", action, "-D", str(self._data), "-w", "-t", "60", "-o", options,
-            "-l", str(self._root / "postgres.log"), *extra,
-        )  # fmt: skip
+    def _launcher(self, tool: str) -> list[str]:
+        # The server runs in the namespace; initdb only writes files.
+        return ["ip", "netns", "exec", self.namespace] if tool == "pg_ctl" else []
 
     def cut(self) -> None:
         """Drop every packet between this host and the server's, both ways."""
@@ -253,15 +246,6 @@ class SeveredPostgres(PrivatePostgres):
             self._ip(f"ip route del blackhole {self.host}/32")
             self._ip(f"ip -n {self.namespace} route del blackhole {self._near}/32")
             self._cut = False
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**super().env, "POSTGRES_HOST": self.host}
-
-    def connect(self) -> psycopg.Connection[tuple[Any, ...]]:
-        return psycopg.connect(
-            host=self.host, port=self.port, dbname="postgres", user="postgres", autocommit=True
-        )
 
     def close(self) -> None:
         with suppress(AssertionError):
