@@ -115,6 +115,12 @@ class PrivatePostgres:
         """What ``tool`` runs under (nothing: on this host, in its network)."""
         return []
 
+    @property
+    def socket_dir(self) -> str:
+        """The directory of the server's Unix socket (``POSTGRES_HOST`` for a connection
+        that goes through no network)."""
+        return str(self._root)
+
     def _run(self, tool: str, *args: str) -> None:
         command = [str(self._bindir / tool), *args]
         if self._as_postgres:

@@ -882,11 +882,14 @@ class StoreVariables(Group):
     postgres_tcp_user_timeout: Integer = _setting(
         "POSTGRES_TCP_USER_TIMEOUT",
         10,
-        "seconds a connection may go without a sign of life from PostgreSQL's host (data "
-        "sent and not acknowledged, keepalive probes unanswered) before it is given up: a "
-        "host that died or a network cut then fails the call in flight with `UNAVAILABLE` "
-        "(reason `STORE_UNAVAILABLE`) within about this, where the kernel would wait 15 "
-        "minutes to 2 hours, holding every command behind it; `0` = the kernel's defaults",
+        "seconds a connection may go without a sign of life from the other end (data "
+        "sent and not acknowledged, keepalive probes unanswered) before it is given up, on "
+        "the service's side and on PostgreSQL's (12 or newer): a database host that died or "
+        "a network cut then fails the call in flight with `UNAVAILABLE` (reason "
+        "`STORE_UNAVAILABLE`) within about this, and the server ends the sessions of a "
+        "replica cut off from it, releasing their locks (the relay's: another replica's "
+        "relay takes over), where the kernels would wait 15 minutes to 2 hours; `0` = the "
+        "kernels' defaults",
         read_by=_SERVICES,
         ge=0,
     )

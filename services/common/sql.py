@@ -118,21 +118,36 @@ class StoreTimeouts:
         (Linux applies ``tcp_user_timeout`` to the probes too)."""
         kwargs: dict[str, Any] = {"connect_timeout": self.connect, "options": self.options()}
         if self.tcp:
-            kwargs.update(
-                tcp_user_timeout=self.tcp * 1000,
-                keepalives=1,
-                keepalives_idle=max(1, self.tcp // 2),
-                keepalives_interval=max(1, self.tcp // 4),
-                keepalives_count=3,
-            )
+            kwargs.update(tcp_user_timeout=self.tcp * 1000, keepalives=1, **self._keepalive())
         return kwargs
 
     def options(self) -> str:
-        """The session settings, as libpq's ``options``."""
-        return (
+        """The session settings, as libpq's ``options``; with ``tcp``, the server's side of
+        the connection gives up a client gone silent as soon as the client gives it up:
+        a session of a replica cut off from the database otherwise lives on in the server
+        until its kernel gives up (2 hours and more), with its locks (the relay's
+        advisory lock: no other replica's relay could publish meanwhile)."""
+        options = (
             f"-c lock_timeout={self.lock * 1000} -c statement_timeout={self.statement * 1000}"
             f" -c idle_in_transaction_session_timeout={self.idle_in_transaction * 1000}"
         )
+        if self.tcp:
+            keepalive = self._keepalive()
+            options += (
+                f" -c tcp_user_timeout={self.tcp * 1000}"
+                f" -c tcp_keepalives_idle={keepalive['keepalives_idle']}"
+                f" -c tcp_keepalives_interval={keepalive['keepalives_interval']}"
+                f" -c tcp_keepalives_count={keepalive['keepalives_count']}"
+            )
+        return options
+
+    def _keepalive(self) -> dict[str, int]:
+        """Probes from half of ``tcp`` on, each side's (libpq's names)."""
+        return {
+            "keepalives_idle": max(1, self.tcp // 2),
+            "keepalives_interval": max(1, self.tcp // 4),
+            "keepalives_count": 3,
+        }
 
 
 def postgres_connect(

@@ -17,6 +17,7 @@ from services.common.errors import Unavailable
 from services.common.grpc_errors import error_info
 from services.common.sql import PostgresDatabase
 from services.common.store_errors import as_ledger_error
+from services.ledger.relay_leadership import leader_lock
 from tests.ledgerctl_support import Ctl
 from tests.support import Client, rid, running_ledger, settings_for
 from tests.topology import (
@@ -194,3 +195,28 @@ def test_a_database_host_gone_silent_fails_commands_unavailable_not_at_their_dea
         wait_until(retried, 60, "the retry, once the network is back")
         assert answers[-1].result.position > first.result.position
         assert report(client, request_id) == answers[-1], "the retry was recorded twice"
+
+
+def test_the_relay_lock_of_a_replica_cut_off_from_the_database_passes_to_another(
+    tmp_path: Path,
+) -> None:
+    """One relay publishes at a time: the holder of a session-level advisory lock. When the
+    network between its replica and the database is cut, the replica's side gives the
+    session up (``POSTGRES_TCP_USER_TIMEOUT``); the server's side must too, or its session
+    keeps the lock, and no other replica's relay publishes, until the server's kernel gives
+    up (its keepalive starts after 2 hours). Here the other replica reaches the server over
+    its Unix socket, which the cut does not touch."""
+    with contextlib.ExitStack() as stack:
+        postgres = SeveredPostgres()
+        stack.callback(postgres.close)
+        postgres.start()
+        env = {**store_env(postgres), "POSTGRES_TCP_USER_TIMEOUT": "2"}
+        cut_off = leader_lock(env, "INCIDENTS")
+        stack.callback(cut_off.release)
+        other = leader_lock({**env, "POSTGRES_HOST": postgres.socket_dir}, "INCIDENTS")
+        stack.callback(other.release)
+        assert cut_off.try_acquire()
+        assert not other.try_acquire()
+        postgres.cut()
+        assert not cut_off.still_held()  # its own side gives the session up
+        wait_until(other.try_acquire, 60, "the lock, released by the server's side")
