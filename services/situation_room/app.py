@@ -82,7 +82,7 @@ from services.situation_room.i18n import (
     ngettext,
     zone_name,
 )
-from services.situation_room.live import RESYNC, Hub
+from services.situation_room.live import RESYNC, Hub, LedgerWatch
 from services.situation_room.requestlog import RequestLog, note_agency
 from services.situation_room.sessions import (
     COOKIE,
@@ -197,6 +197,8 @@ class Room:
     hub: Hub
     geojson: dict[str, Any]
     templates: Jinja2Templates
+    #: Whether the page reaches the ledger (the tabs are told when it does not).
+    ledger: LedgerWatch
 
     @property
     def zone(self) -> tzinfo:
@@ -535,8 +537,10 @@ async def events(request: Request, session: Session, officer: Officer) -> Respon
     reconnects (Last-Event-ID) or starts (``after``) behind the hub, or ahead of it (it was
     following a page process that has since restarted), is told to reload.
     ``status`` says whether changes reach the tab (``{"live": false}``: the page's
-    subscription to the notifier is interrupted), first and at each change."""
+    subscription to the notifier is interrupted; ``{"ledger": false}``: the page does not
+    reach the ledger, so no change comes and no read succeeds), first and at each change."""
     hub = room_of(request).hub
+    ledger = room_of(request).ledger
     last = request.headers.get("last-event-id") or request.query_params.get("after", "")
     since = whole(last)
     sessions = room_of(request).sessions
@@ -555,11 +559,12 @@ async def events(request: Request, session: Session, officer: Officer) -> Respon
             # then reconnects with the cookie this answer renewed.
             # How soon the browser reconnects when the stream ends (its default is ~3 s).
             yield ServerSentEvent(comment="reconnect", retry=RECONNECT_MS)
-            said_live: bool | None = None
+            said: tuple[bool, bool] | None = None
             while (left := end - sessions.now()) > 0:
-                if (live := hub.live) != said_live:
-                    said_live = live
-                    yield ServerSentEvent(data=json.dumps({"live": live}), event="status")
+                if (now := (hub.live, ledger.up)) != said:
+                    said = now
+                    state = {"live": now[0], "ledger": now[1]}
+                    yield ServerSentEvent(data=json.dumps(state), event="status")
                 try:
                     change = await asyncio.wait_for(queue.get(), min(SESSION_CHECK_SECONDS, left))
                 except TimeoutError:
@@ -1460,14 +1465,17 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
         Hub(connect),
         geojson,
         templates,
+        LedgerWatch(channel_owner.reachable),
     )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         room.hub.start()
+        room.ledger.start()
         try:
             yield
         finally:
+            room.ledger.stop()
             room.hub.stop()
             channel_owner.close()
 

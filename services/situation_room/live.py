@@ -10,6 +10,10 @@ The hub also says whether it is live (:attr:`Hub.live`): the subscription asks f
 heartbeat every :data:`HEARTBEAT_SECONDS`, and a subscription silent for longer than
 :data:`STALE_SECONDS` (the notifier stopped, unreachable, or reconnecting) is not. The tabs
 are told (their boards and maps may be out of date), and the change is logged.
+
+The notifier goes on sending heartbeats while the ledger is away, when no change can come
+and no read of a board or a map can succeed: :class:`LedgerWatch` says whether the page
+reaches the ledger, and the tabs are told that too.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ HEARTBEAT_SECONDS = 5
 STALE_SECONDS = 2.0 * HEARTBEAT_SECONDS + 2.0
 #: How often the hub checks whether it is live (and logs a change).
 WATCH_SECONDS = 1.0
+#: How often the page checks that its channel to the ledger is connected, and how long a
+#: check waits for the channel to connect before the ledger counts as away.
+LEDGER_CHECK_SECONDS = 1.0
+LEDGER_CONNECT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -260,3 +268,44 @@ class Hub:
 
     def detach(self, queue: asyncio.Queue[Change]) -> None:
         self._queues.discard(queue)
+
+
+class LedgerWatch:
+    """Whether the page reaches the ledger (:attr:`up`): its channel connected, or connecting
+    within :data:`LEDGER_CONNECT_SECONDS`, checked every :data:`LEDGER_CHECK_SECONDS` in a
+    thread of its own (no call is made: the ledger logs nothing of it). A change is logged."""
+
+    def __init__(self, reachable: Callable[[float], bool]) -> None:
+        self._reachable = reachable
+        #: Whether the last check reached the ledger (so until a first check says not).
+        self.up = True
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> None:
+        up = self._reachable(LEDGER_CONNECT_SECONDS)
+        if up == self.up:
+            return
+        self.up = up
+        if up:
+            log.info("situation_room.ledger_reached")
+        else:
+            log.warning(
+                "situation_room.ledger_unreachable",
+                waited_seconds=LEDGER_CONNECT_SECONDS,
+                note="the ledger does not answer: boards and maps are not updated",
+            )
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self.check()
+            self._stopped.wait(LEDGER_CHECK_SECONDS)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="situation-room-ledger", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=LEDGER_CONNECT_SECONDS + 1.0)

@@ -26,9 +26,10 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 
 from incidentledger_client import IncidentStatus, LedgerClient, Location, Person, PersonalData
 from incidentledger_client.cli.output import BAND_FILL
-from services.common.config import PROJECT_ROOT
+from services.common.config import PROJECT_ROOT, LedgerSettings, RelaySettings
 from services.common.natsserver import NatsServer, free_port
 from services.common.vocabulary import STATUSES
+from services.ledger.server import build as build_ledger
 from services.notifier.server import build as build_notifier
 from services.situation_room.app import BOARD_ROWS
 from services.situation_room.i18n import COOKIE as LANGUAGE_COOKIE
@@ -36,7 +37,7 @@ from services.situation_room.live import STALE_SECONDS
 from services.situation_room.sessions import COOKIE as SESSION_COOKIE
 from services.situation_room.sessions import SignInThrottle
 from tests.fanout_support import Stack, notifier_settings, running_stack
-from tests.support import ServiceProcess, service_process, store_environment
+from tests.support import ServiceProcess, service_process, settings_for, store_environment
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
@@ -57,6 +58,8 @@ class Room:
     requests: list[str] = field(default_factory=list)
     #: The pages' script errors (none is expected).
     errors: list[str] = field(default_factory=list)
+    #: The ledger's settings (another ledger built with them restarts it on its address).
+    ledger_settings: LedgerSettings | None = None
 
     @property
     def url(self) -> str:
@@ -89,10 +92,21 @@ def browser(chromium_path: str) -> Iterator[Browser]:
 
 @pytest.fixture
 def room(tmp_path: Path, nats_server: NatsServer) -> Iterator[Room]:
+    with open_room(tmp_path, nats_server.url) as opened:
+        yield opened
+
+
+@contextmanager
+def open_room(tmp_path: Path, nats_url: str, ledger_listen: str = "") -> Iterator[Room]:
+    """The stack and the page process (the ledger on ``ledger_listen`` when given: a test
+    that restarts it there)."""
+    overrides = {"listen": ledger_listen} if ledger_listen else {}
     with (
         store_environment("sqlite", tmp_path) as env,
-        running_stack(tmp_path, env, nats_server.url) as stack,
+        running_stack(tmp_path, env, nats_url, overrides) as stack,
     ):
+        relay = RelaySettings(nats_url=nats_url, poll_seconds=0.2)
+        ledger_settings = settings_for(tmp_path, env, relay=relay, **overrides)
         web_env = {
             "LEDGER_DATA_DIR": str(tmp_path / "room"),
             "SITUATION_ROOM_LISTEN": "127.0.0.1:0",
@@ -101,7 +115,7 @@ def room(tmp_path: Path, nats_server: NatsServer) -> Iterator[Room]:
             "SITUATION_ROOM_TOKEN": stack.ledger.tokens["desk_pilkada"],
         }
         with service_process("services.situation_room", web_env) as web:
-            yield Room(stack, web, web_env)
+            yield Room(stack, web, web_env, ledger_settings=ledger_settings)
 
 
 def new_page(room: Room, browser: Browser, language: str = "en") -> Page:
@@ -401,6 +415,42 @@ def test_the_board_and_map_say_when_live_updates_stop_and_catch_up_after(
     finally:
         restarted.stop(1.0)
     assert_local_and_clean(room)
+
+
+def test_the_board_and_map_say_when_the_ledger_does_not_answer_and_come_back_on_after(
+    tmp_path: Path, nats_server: NatsServer, browser: Browser
+) -> None:
+    """The ledger stopped while the notifier still sends its heartbeats: the board and the
+    map say their live updates are interrupted (they said "on" while no read could succeed),
+    in the page's language; the ledger back on its address, "on" again by themselves, and
+    the board shows what is reported then."""
+    with open_room(tmp_path, nats_server.url, f"127.0.0.1:{free_port()}") as room:
+        board, chart = new_page(room, browser), new_page(room, browser, "id")
+        sign_in(room, board, "desk_pilkada")
+        sign_in(room, chart, "desk_pilkada")
+        chart.goto(f"{room.url}/map")
+        expect(chart.locator("#map")).to_have_attribute("data-ready", "15")
+        expect(chart.locator("#live")).to_have_attribute("data-state", "open")
+        room.stack.ledger.server.stop(1.0)
+        for page, said in ((board, "does not answer"), (chart, "tidak menjawab")):
+            expect(page.locator("#live")).to_have_attribute("data-state", "down", timeout=STALE_MS)
+            expect(page.locator("#live")).to_contain_text(said)
+        logged = [e.get("event") for e in room.web.log_lines()]
+        assert "situation_room.ledger_unreachable" in logged
+        assert room.ledger_settings is not None
+        again = build_ledger(room.ledger_settings)
+        try:
+            for page in (board, chart):
+                expect(page.locator("#live")).to_have_attribute(
+                    "data-state", "open", timeout=STALE_MS
+                )
+            expect(board.locator("#live")).to_have_text("Live updates: on")
+            title = f"After the ledger came back {uuid.uuid4().hex[:6]}"
+            room.ledger("kesbangpol").report(title, "crowd_gathering", "ipuh")
+            expect(board.locator("#rows")).to_contain_text(title, timeout=STALE_MS)
+        finally:
+            again.stop(1.0)
+        assert_local_and_clean(room)
 
 
 def test_a_failed_reload_of_the_board_is_said_then_cleared_when_it_reads_again(

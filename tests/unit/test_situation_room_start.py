@@ -22,6 +22,7 @@ from services.situation_room.live import (
     STALE_SECONDS,
     Change,
     Hub,
+    LedgerWatch,
     NotReadyError,
     SetupMissingError,
 )
@@ -82,6 +83,23 @@ def test_a_hub_never_heard_from_names_what_it_misses() -> None:
         hub.watch()
     assert logs[0]["event"] == "situation_room.live_interrupted"
     assert logs[0]["error"] == "dev-tokens.yaml is missing"
+
+
+def test_the_ledger_watch_says_when_the_ledger_is_away_and_back_once_each() -> None:
+    """A ledger the page no longer reaches is a warning, once (not every check); reached
+    again, an info line; :attr:`LedgerWatch.up` follows the checks."""
+    answers = iter([True, False, False, True, True])
+    watch = LedgerWatch(lambda _timeout: next(answers))
+    seen = []
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(5):
+            watch.check()
+            seen.append(watch.up)
+    assert seen == [True, False, False, True, True]
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("situation_room.ledger_unreachable", "warning"),
+        ("situation_room.ledger_reached", "info"),
+    ]
 
 
 def run_hub(fail: Exception, attempts: int) -> list[MutableMapping[str, Any]]:

@@ -228,6 +228,19 @@ class LedgerClient:
         clients with different tokens (the situation room's officers)."""
         return self._transport.channel
 
+    def reachable(self, timeout: float) -> bool:
+        """Whether the channel is connected to the ledger, or connects within ``timeout``
+        seconds. No call is made (nothing the ledger logs or counts): a stopped ledger is
+        found at once, a frozen one by the channel's keepalive pings."""
+        ready = grpc.channel_ready_future(self.channel)
+        try:
+            ready.result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            return False
+        finally:
+            ready.cancel()  # no longer watching the channel
+        return True
+
     def close(self) -> None:
         """Close the channel (unless it was passed in)."""
         self._transport.close()

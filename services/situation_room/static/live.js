@@ -1,6 +1,8 @@
 // The event stream of a board, a map or the decisions in force (one per tab), shared by the
-// three pages. The line #live says whether changes arrive (the page's "status" events) and
-// whether the last read of the rows or the map failed; a stream the page answers with
+// three pages. The line #live says whether changes arrive (the page's "status" events: its
+// subscription to the notifier live, and the ledger reached, without which no change comes
+// and no read succeeds) and whether the last read of the rows or the map failed; a stream
+// the page answers with
 // something else than a stream (the browser gives up on it) is asked about: a session that
 // ended goes to the sign-in page rather than leaving the tab "reconnecting" for ever.
 window.roomLive = function (after, heard, resumed) {
@@ -8,11 +10,15 @@ window.roomLive = function (after, heard, resumed) {
   var live = document.getElementById("live");
   var last = after, source = null;
 
+  // "open", "stale" (the notifier not heard from) or "down" (the ledger not reached): each
+  // its text from the line's data attributes, in the page's language. Back to "open", the
+  // view is read again.
   function status(event) {
-    var on = JSON.parse(event.data).live, was = live.dataset.state;
-    live.textContent = on ? live.dataset.open : live.dataset.stale;
-    live.dataset.state = on ? "open" : "stale";
-    if (on && was === "stale") { resumed(); }
+    var data = JSON.parse(event.data), was = live.dataset.state;
+    var state = data.ledger === false ? "down" : (data.live ? "open" : "stale");
+    live.textContent = live.dataset[state];
+    live.dataset.state = state;
+    if (state === "open" && (was === "stale" || was === "down")) { resumed(); }
   }
 
   function change(event) {
@@ -48,6 +54,7 @@ window.roomLive = function (after, heard, resumed) {
   // (the page reads again a moment later), the next success clears it.
   return {
     failed: function (error) {
+      if (live.dataset.state === "down") { return; }  // why is said already
       live.textContent = live.dataset.failed + " (" + error + ")";
       live.dataset.state = "failed";
     },
