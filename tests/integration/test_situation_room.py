@@ -13,7 +13,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -22,7 +22,14 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Route,
+    expect,
+    sync_playwright,
+)
 
 from incidentledger_client import IncidentStatus, LedgerClient, Location, Person, PersonalData
 from incidentledger_client.cli.output import BAND_FILL
@@ -476,6 +483,51 @@ def test_a_failed_reload_of_the_board_is_said_then_cleared_when_it_reads_again(
     page.context.clear_cookies(name=SESSION_COOKIE)
     reporter.report(f"Signed out {uuid.uuid4().hex[:6]}", "crowd_gathering", "ipuh")
     expect(page).to_have_url(f"{room.url}/login?ended")
+    assert_local_and_clean(room)
+
+
+#: What the line says of a failed read, by language: the browser could not make the read (the
+#: page's server away), the ledger did not answer (503), another error answered.
+READ_FAILURES = {
+    "en": (
+        "Reload failed: the situation room does not answer",
+        "Reload failed: the ledger did not answer",
+        "Reload failed (HTTP 500)",
+    ),
+    "id": (
+        "Gagal memuat ulang: ruang situasi tidak menjawab",
+        "Gagal memuat ulang: buku besar tidak menjawab",
+        "Gagal memuat ulang (HTTP 500)",
+    ),
+}
+
+
+@pytest.mark.parametrize("language", ["id", "en"])
+def test_a_failed_read_is_said_in_the_pages_language_never_the_browsers(
+    room: Room, browser: Browser, language: str
+) -> None:
+    """A read of the map the browser could not make (fetch's own "Failed to fetch"), or one
+    answered with an error (the script's "Error: 503"), is said on the line in the words of
+    the catalogs, in the page's language: never the browser's English or the script's."""
+    page = new_page(room, browser, language)
+    sign_in(room, page, "desk_pilkada")
+    page.goto(f"{room.url}/map")
+    expect(page.locator("#map")).to_have_attribute("data-ready", "15")
+    page.evaluate("window.roomRetryMs = 200")
+    unreachable, no_ledger, other = READ_FAILURES[language]
+    reporter = room.ledger("kesbangpol")
+    answers: list[Callable[[Route], None]] = [
+        lambda route: route.abort("connectionrefused"),
+        lambda route: route.fulfill(status=503, body="no answer"),
+        lambda route: route.fulfill(status=500, body="Internal Server Error"),
+    ]
+    for answer, said in zip(answers, (unreachable, no_ledger, other), strict=True):
+        page.route("**/map/data.json?*", answer)
+        reporter.report(f"Unread {uuid.uuid4().hex[:6]}", "crowd_gathering", "ipuh")
+        expect(page.locator("#live")).to_have_text(said)
+        expect(page.locator("#live")).to_have_attribute("data-state", "failed")
+        page.unroute("**/map/data.json?*")
+    expect(page.locator("#live")).to_have_attribute("data-state", "open")
     assert_local_and_clean(room)
 
 

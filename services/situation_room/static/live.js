@@ -51,11 +51,16 @@ window.roomLive = function (after, heard, resumed) {
   open();
 
   // What the page's reads of its rows or its map report back: a failure is said on the line
-  // (the page reads again a moment later), the next success clears it.
+  // (the page reads again a moment later), the next success clears it. Its reason:
+  // "unreachable" (the browser could not make the read), an HTTP status, or null (an answer
+  // the page could not use); said in the line's words, never the browser's own message.
   return {
-    failed: function (error) {
+    failed: function (reason) {
       if (live.dataset.state === "down") { return; }  // why is said already
-      live.textContent = live.dataset.failed + " (" + error + ")";
+      live.textContent = reason === "unreachable" ? live.dataset.unreachable
+        : reason === 503 ? live.dataset.noLedger
+          : typeof reason === "number" ? live.dataset.answered.replace("{status}", String(reason))
+            : live.dataset.failed;
       live.dataset.state = "failed";
     },
     loaded: function () {
@@ -104,21 +109,27 @@ window.roomFollow = function (after, read, body, apply) {
   "use strict";
   var wanted = 0, loading = false, again = false, feed = null;
 
+  // A read that failed for a reason the line says (see roomLive's failed).
+  function Failure(reason) { this.reason = reason; }
+
   function reload() {
     if (loading) { again = true; return; }
     loading = true;
     read(wanted)
       .then(function (response) {
         if (window.roomSignedOut(response)) { return null; }
-        if (!response.ok) { throw new Error(String(response.status)); }
+        if (!response.ok) { throw new Failure(response.status); }
         return body(response);
-      })
+      }, function () { throw new Failure("unreachable"); })
       .then(function (content) {
         if (content === null) { return; }
         apply(content, wanted);
         feed.loaded();
       })
-      .catch(function (error) { feed.failed(error); window.setTimeout(reload, window.roomRetryMs); })
+      .catch(function (error) {
+        feed.failed(error instanceof Failure ? error.reason : null);
+        window.setTimeout(reload, window.roomRetryMs);
+      })
       .finally(function () { loading = false; if (again) { again = false; reload(); } });
   }
 
