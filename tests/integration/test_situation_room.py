@@ -313,13 +313,24 @@ def tab_to(page: Page, selector: str, presses: int = 60) -> None:
     raise AssertionError(f"{selector} is not reached with the Tab key")
 
 
+def arrow_to(page: Page, selector: str, presses: int = 60) -> None:
+    """Press the right arrow until the element ``selector`` has the focus (at most
+    ``presses`` times)."""
+    for _ in range(presses):
+        if page.evaluate("(s) => document.activeElement.matches(s)", selector):
+            return
+        page.keyboard.press("ArrowRight")
+    raise AssertionError(f"{selector} is not reached with the arrow keys")
+
+
 def test_a_kecamatan_of_the_map_is_read_from_the_keyboard_in_both_languages(
     room: Room, browser: Browser
 ) -> None:
-    """Each kecamatan is a stop of the Tab key: reached, it says its score, its count of
-    incidents in words (1 incident, 1 kejadian), and its reasons, a title's right-to-left
-    override reversing that title only, not the severity and status after it; the incident's
-    marker is the next stop, and Enter on it opens the incident."""
+    """The kecamatan are reached with the arrow keys from the map's Tab stop: reached, one
+    says its score, its count of incidents in words (1 incident, 1 kejadian), and its
+    reasons, a title's right-to-left override reversing that title only, not the severity and
+    status after it; the incident's marker comes after the kecamatan, and Enter on it opens
+    the incident."""
     reporter = room.ledger("kesbangpol")
     ipuh = Location("ipuh", latitude=-2.9802, longitude=101.5146)
     clash = reporter.report("Bentrok \u202e", "supporter_clash", ipuh, severity="critical")
@@ -331,7 +342,8 @@ def test_a_kecamatan_of_the_map_is_read_from_the_keyboard_in_both_languages(
         sign_in(room, page, "desk_pilkada")
         page.goto(f"{room.url}/map")
         expect(page.locator("#map")).to_have_attribute("data-ready", "15")
-        tab_to(page, 'path[data-code="ipuh"]')
+        tab_to(page, "#map path[data-code]")
+        arrow_to(page, 'path[data-code="ipuh"]')
         hover = page.locator("#hover")
         expect(hover).to_contain_text("Ipuh")
         expect(hover).to_contain_text(singular)
@@ -342,10 +354,80 @@ def test_a_kecamatan_of_the_map_is_read_from_the_keyboard_in_both_languages(
         first, then = (hover.evaluate(WORD_LEFT, word) for word in (severity, status))
         assert first is not None and then is not None, hover.inner_text()
         assert first < then, f"{severity}, {status} shown reversed"
-        tab_to(page, f'path[data-name="{clash.incident}"]')
+        arrow_to(page, f'path[data-name="{clash.incident}"]')
         page.keyboard.press("Enter")
         expect(page).to_have_url(f"{room.url}/{clash.incident}")
         page.context.close()
+    assert_local_and_clean(room)
+
+
+def focused(page: Page) -> str:
+    """What has the focus: a kecamatan's code, an incident's name, else its tag."""
+    return str(
+        page.evaluate(
+            "() => { const e = document.activeElement;"
+            " return e.getAttribute('data-code') || e.getAttribute('data-name') || e.tagName; }"
+        )
+    )
+
+
+def test_the_maps_kecamatan_and_incidents_are_one_tab_stop_and_the_arrow_keys_move_in_it(
+    room: Room, browser: Browser
+) -> None:
+    """The 15 kecamatan and the incidents' markers are one stop of the Tab key (roving
+    tabindex), not one each: a keyboard user passes the map with one Tab, and comes back
+    with Shift+Tab to the one last reached. The arrow keys move between them (the kecamatan,
+    then the incidents; Home, End), each keeping its role and name for a screen reader;
+    Enter on a marker opens its incident; a marker reached keeps the focus as the map is
+    drawn again."""
+    reporter = room.ledger("kesbangpol")
+    ipuh = Location("ipuh", latitude=-2.9802, longitude=101.5146)
+    first = reporter.report("Crowd at the market", "crowd_gathering", ipuh)
+    last = reporter.report("Ballot box damaged", "logistics_failure", ipuh)
+    page = new_page(room, browser)
+    sign_in(room, page, "desk_pilkada")
+    page.goto(f"{room.url}/map")
+    expect(page.locator("#map")).to_have_attribute("data-ready", "15")
+    expect(page.locator("#map path[data-name]")).to_have_count(2)
+    items = page.locator("#map path[data-code], #map path[data-name]")
+    expect(page.locator('#map [tabindex="0"]')).to_have_count(1)
+    tab_to(page, "#map path[data-code]")
+    start = focused(page)
+    page.keyboard.press("Tab")  # past the whole map
+    assert page.evaluate("!document.activeElement.matches('#map path')"), focused(page)
+    page.keyboard.press("Shift+Tab")
+    assert focused(page) == start
+    page.keyboard.press("ArrowRight")
+    second = focused(page)
+    assert second not in {start, "BODY"}
+    page.keyboard.press("ArrowLeft")
+    assert focused(page) == start
+    arrow_to(page, 'path[data-code="ipuh"]')
+    expect(page.locator("#hover")).to_contain_text("Ipuh")
+    ipuh_path = page.locator('#map path[data-code="ipuh"]')
+    expect(ipuh_path).to_have_attribute("role", "button")
+    expect(ipuh_path).to_have_attribute("aria-label", "Ipuh")
+    page.keyboard.press("End")
+    marker = page.locator(f'#map path[data-name="{last.incident}"]')
+    expect(marker).to_be_focused()
+    expect(marker).to_have_attribute("role", "link")
+    expect(marker).to_have_attribute("aria-label", "Ballot box damaged")
+    page.keyboard.press("ArrowRight")  # round to the first
+    assert focused(page) == items.first.evaluate(
+        "e => e.getAttribute('data-code') || e.getAttribute('data-name')"
+    )
+    page.keyboard.press("End")
+    page.keyboard.press("ArrowLeft")
+    expect(page.locator(f'#map path[data-name="{first.incident}"]')).to_be_focused()
+    # Drawn again (a change heard): the same marker keeps the focus, still the one Tab stop.
+    added = reporter.report("Rally without a permit", "crowd_gathering", ipuh)
+    expect(page.locator(f'#map path[data-name="{added.incident}"]')).to_have_count(
+        1, timeout=LIVE_SECONDS * 1000
+    )
+    expect(page.locator(f'#map path[data-name="{first.incident}"]')).to_be_focused()
+    expect(page.locator('#map [tabindex="0"]')).to_have_count(1)
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(f"{room.url}/{first.incident}")
     assert_local_and_clean(room)
 
 

@@ -7,10 +7,46 @@
   var strings = JSON.parse(document.getElementById("strings").textContent);
   var hover = document.getElementById("hover");
   var box = document.getElementById("map");
-  var map = L.map("map", {zoomSnap: 0.25, attributionControl: false, zoomControl: false});
+  // Leaflet's own keyboard (the map's box a Tab stop of its own, its arrow keys panning) left
+  // out: the kecamatan and the incidents are the map's one Tab stop (below), where the arrow
+  // keys move from one to the next, and + and - zoom.
+  var map = L.map("map", {zoomSnap: 0.25, attributionControl: false, zoomControl: false, keyboard: false});
   // The zoom buttons' titles in the page's language (Leaflet's are English).
   L.control.zoom({zoomInTitle: strings.zoom_in, zoomOutTitle: strings.zoom_out}).addTo(map);
   var shapes = null, markers = L.layerGroup().addTo(map), fitted = false;
+  // Which of the kecamatan and incidents is the map's Tab stop (its key: "code:ipuh",
+  // "name:incidents/..."): the first until another is reached, kept across redraws.
+  var stop = null;
+
+  function key(el) {
+    var code = el.getAttribute("data-code");
+    return code !== null ? "code:" + code : "name:" + el.getAttribute("data-name");
+  }
+
+  // The kecamatan in the map's order, then the incidents: the arrow keys' order.
+  function items() {
+    return Array.prototype.slice.call(box.querySelectorAll("path[data-code], path[data-name]"));
+  }
+
+  // Roving tabindex (WAI-ARIA Authoring Practices): one item takes the Tab key (tabindex 0),
+  // the others only the arrow keys (-1), so a keyboard user passes the whole map with one Tab.
+  function rove(target) {
+    stop = key(target);
+    items().forEach(function (el) { el.setAttribute("tabindex", el === target ? "0" : "-1"); });
+  }
+
+  function move(event) {
+    var all = items(), at = all.indexOf(event.currentTarget), next = null;
+    if (event.key === "ArrowRight" || event.key === "ArrowDown") { next = all[(at + 1) % all.length]; }
+    else if (event.key === "ArrowLeft" || event.key === "ArrowUp") { next = all[(at - 1 + all.length) % all.length]; }
+    else if (event.key === "Home") { next = all[0]; }
+    else if (event.key === "End") { next = all[all.length - 1]; }
+    else if (event.key === "+" || event.key === "=") { map.zoomIn(); }
+    else if (event.key === "-") { map.zoomOut(); }
+    else { return; }
+    event.preventDefault();  // no scrolling of the page
+    if (next) { rove(next); next.focus({preventScroll: true}); }
+  }
 
   function esc(text) {
     return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
@@ -39,9 +75,10 @@
   }
 
   function draw(data, wanted) {
-    // A kecamatan reached by the keyboard keeps the focus when the map is drawn again.
+    // A kecamatan or an incident reached by the keyboard keeps the focus when the map is
+    // drawn again.
     var active = document.activeElement;
-    var focused = active && box.contains(active) ? active.getAttribute("data-code") : null;
+    var focused = active && active.matches("#map path[data-code], #map path[data-name]") ? key(active) : null;
     if (shapes) { map.removeLayer(shapes); }
     shapes = L.geoJSON(data, {
       style: function (feature) {
@@ -58,20 +95,16 @@
       var el = shape.getElement(), p = shape.feature.properties, text = describe(p);
       el.setAttribute("data-code", p.code);
       el.setAttribute("data-band", p.band || "");
-      // From the keyboard too: each kecamatan is a stop of the Tab key, and one reached says
-      // its score and reasons as a pointer over it does (Leaflet opens its tooltip).
-      el.setAttribute("tabindex", "0");
+      // From the keyboard too: a kecamatan reached (the map's Tab stop, then the arrow keys)
+      // says its score and reasons as a pointer over it does (Leaflet opens its tooltip).
       el.setAttribute("role", "button");
       el.setAttribute("aria-label", text[0]);
-      el.addEventListener("focus", function () { say(text); });
+      el.addEventListener("focus", function () { rove(el); say(text); });
       el.addEventListener("keydown", function (event) {
-        if (event.key === "Enter" || event.key === " ") { event.preventDefault(); say(text); }
+        if (event.key === "Enter" || event.key === " ") { event.preventDefault(); say(text); return; }
+        move(event);
       });
     });
-    if (focused) {
-      var again = box.querySelector('path[data-code="' + CSS.escape(focused) + '"]');
-      if (again) { again.focus({preventScroll: true}); }
-    }
     markers.clearLayers();
     data.markers.forEach(function (m) {
       var marker = L.circleMarker(m.point, {radius: 8, color: "#000", weight: 1, fillColor: m.fill, fillOpacity: 0.9});
@@ -81,14 +114,23 @@
       var el = marker.getElement();
       el.setAttribute("data-name", m.name);
       el.setAttribute("data-severity", m.severity);
-      // Reached with the Tab key (as Leaflet's markers are), Enter opens the incident.
-      el.setAttribute("tabindex", "0");
+      // Reached with the arrow keys after the kecamatan, Enter opens the incident.
       el.setAttribute("role", "link");
       el.setAttribute("aria-label", m.title);
+      el.addEventListener("focus", function () { rove(el); });
       el.addEventListener("keydown", function (event) {
-        if (event.key === "Enter") { window.location.href = "/" + m.name; }
+        if (event.key === "Enter") { window.location.href = "/" + m.name; return; }
+        move(event);
       });
     });
+    // The group named for a screen reader, with how to move in it.
+    var group = box.querySelector(".leaflet-overlay-pane svg");
+    if (group) { group.setAttribute("role", "group"); group.setAttribute("aria-label", strings.features); }
+    var all = items();
+    var chosen = all.filter(function (el) { return key(el) === stop; })[0] || all[0];
+    if (chosen) { rove(chosen); }
+    var again = all.filter(function (el) { return key(el) === focused; })[0];
+    if (again) { again.focus({preventScroll: true}); }
     box.dataset.ready = String(data.features.length);
     box.dataset.position = String(wanted);
   }
