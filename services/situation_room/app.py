@@ -144,8 +144,9 @@ def time_left(until: datetime | None, now: datetime) -> str:
 
 def isolated(text: str) -> str:
     """An agency's text set inside a line of the page's own words where no element can hold
-    it (a list's option, a line of the map's tooltip): between FIRST STRONG ISOLATE and POP
-    DIRECTIONAL ISOLATE, so that a right-to-left override in it reverses it alone."""
+    it (a list's option, a line of the map's tooltip, the document's title): between FIRST
+    STRONG ISOLATE and POP DIRECTIONAL ISOLATE, so that its own direction (Arabic, Hebrew)
+    or a right-to-left override in it reorders it alone."""
     return f"\u2068{text}\u2069"
 
 

@@ -713,6 +713,41 @@ def test_what_an_agency_writes_stays_inside_its_element_whole_and_in_its_order(
     assert_local_and_clean(room)
 
 
+#: The browser tab's title as a tab shows it: a line of its own whose direction is its first
+#: strong character's (Unicode's rule for a paragraph), on the page to be measured.
+AS_TAB = """() => {
+  const line = document.createElement("div");
+  line.style.cssText = "unicode-bidi: plaintext; white-space: nowrap; position: absolute";
+  line.textContent = document.title;
+  document.body.appendChild(line);
+  return line;
+}"""
+
+
+def test_an_incident_title_right_to_left_keeps_the_tab_title_in_its_order(
+    room: Room, browser: Browser
+) -> None:
+    """The incident page's title (the browser tab's) holds the agency's title isolated
+    (FIRST STRONG ISOLATE ... POP DIRECTIONAL ISOLATE), as <bdi> does in the page: an Arabic
+    or Hebrew title no longer turns the whole tab title right to left (the regency then shown
+    first), and an override in it reverses it alone, not the regency after it."""
+    reporter = room.ledger("kesbangpol")
+    arabic = reporter.report("حادث عند مركز الاقتراع 4", "crowd_gathering", "ipuh")
+    hebrew = reporter.report("אירוע ‮", "crowd_gathering", "ipuh")
+    page = new_page(room, browser)
+    sign_in(room, page, "desk_pilkada")
+    for result, first_word in ((arabic, "حادث"), (hebrew, "אירוע")):
+        page.goto(f"{room.url}/{result.incident}")
+        title = room.ledger("desk_pilkada").get_incident(result.incident).title
+        assert page.title() == f"\u2068{title}\u2069 · Kabupaten Mukomuko"
+        line = page.evaluate_handle(AS_TAB).as_element()
+        assert line is not None
+        at = {w: line.evaluate(WORD_LEFT, w) for w in (first_word, "Kabupaten", "Mukomuko")}
+        assert None not in at.values(), at
+        assert at[first_word] < at["Kabupaten"] < at["Mukomuko"], f"{page.title()!r}: {at}"
+    assert_local_and_clean(room)
+
+
 # --- over plain HTTP: the event stream and the board's filter --------------------------------
 
 
