@@ -56,6 +56,7 @@ from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.config import PROJECT_ROOT, nats_servers
 from services.common.natsserver import free_port
 from tests.fanout_support import wait_until
+from tests.netns import SeparateHost
 from tests.support import (
     RESTART_PORT_WAIT_SECONDS,
     STOP_WAIT_SECONDS,
@@ -192,80 +193,35 @@ class PrivatePostgres:
 
 
 class SeveredPostgres(PrivatePostgres):
-    """A :class:`PrivatePostgres` on a host of its own: in a network namespace, reached over
-    a virtual ethernet pair, so that the network to it can be cut as a host that died cuts
-    it (:meth:`cut`: every packet either way dropped, nothing refused or acknowledged),
-    which stopping or freezing a server on the loopback cannot do (the kernel still answers
-    for it). Needs root's network administration (``ip netns``); skipped without it."""
+    """A :class:`PrivatePostgres` on a host of its own (:class:`tests.netns.SeparateHost`),
+    whose network can be cut (:meth:`cut`) as a host that died cuts it."""
 
     def __init__(self) -> None:
-        tag = secrets.token_hex(3)
-        self.namespace = f"ledger-pg-{tag}"
-        self._link = f"lgh{tag}"
-        subnet = secrets.randbelow(2**14)  # a /30 of 10.213.0.0/16
-        self.host = f"10.213.{subnet >> 6}.{(subnet & 63) * 4 + 2}"
-        self._near = f"10.213.{subnet >> 6}.{(subnet & 63) * 4 + 1}"
-        self._cut = False
-        if shutil.which("ip") is None:
-            pytest.skip("no `ip` command (iproute2): the test's PostgreSQL needs a host of its own")
-        made = subprocess.run(
-            ["ip", "netns", "add", self.namespace], capture_output=True, text=True, check=False
-        )
-        if made.returncode != 0:
-            pytest.skip(f"no network namespace for the test's PostgreSQL: {made.stderr.strip()}")
+        self.network = SeparateHost()
+        self.host = self.network.address
         try:
-            for command in (
-                f"ip link add {self._link} type veth peer name lgn{tag}",
-                f"ip link set lgn{tag} netns {self.namespace}",
-                f"ip addr add {self._near}/30 dev {self._link}",
-                f"ip link set {self._link} up",
-                f"ip -n {self.namespace} addr add {self.host}/30 dev lgn{tag}",
-                f"ip -n {self.namespace} link set lgn{tag} up",
-                f"ip -n {self.namespace} link set lo up",
-            ):
-                self._ip(command)
             super().__init__()
             with (self._data / "pg_hba.conf").open("a", encoding="utf-8") as hba:
-                hba.write(f"host all all {self._near}/32 trust\n")
+                hba.write(f"host all all {self.network.near}/32 trust\n")
         except BaseException:
-            self._remove_namespace()
+            self.network.close()
             raise
 
-    @staticmethod
-    def _ip(command: str) -> None:
-        done = subprocess.run(command.split(), capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise AssertionError(f"{command}: {done.stderr.strip()}")
-
     def _launcher(self, tool: str) -> list[str]:
-        # The server runs in the namespace; initdb only writes files.
-        return ["ip", "netns", "exec", self.namespace] if tool == "pg_ctl" else []
+        # The server runs on the other host; initdb only writes files.
+        return self.network.launcher() if tool == "pg_ctl" else []
 
     def cut(self) -> None:
-        """Drop every packet between this host and the server's, both ways."""
-        self._ip(f"ip route add blackhole {self.host}/32")
-        self._cut = True
-        self._ip(f"ip -n {self.namespace} route add blackhole {self._near}/32")
+        self.network.cut()
 
     def mend(self) -> None:
-        if self._cut:
-            self._ip(f"ip route del blackhole {self.host}/32")
-            self._ip(f"ip -n {self.namespace} route del blackhole {self._near}/32")
-            self._cut = False
+        self.network.mend()
 
     def close(self) -> None:
-        with suppress(AssertionError):
-            self.mend()
         try:
             super().close()
         finally:
-            self._remove_namespace()
-
-    def _remove_namespace(self) -> None:
-        # The pair's end on this side goes with the namespace (its peer is in it), unless a
-        # process still holds the namespace: removed by name too.
-        subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True, check=False)
-        subprocess.run(["ip", "link", "del", self._link], capture_output=True, check=False)
+            self.network.close()
 
 
 @contextmanager
