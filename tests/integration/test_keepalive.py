@@ -5,7 +5,12 @@ healthy connection every few pings. (An integration test: it waits out three pin
 
 from __future__ import annotations
 
+import secrets
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -15,9 +20,10 @@ from incidentledger_client._transport import (
     KEEPALIVE_TIMEOUT_MS,
     channel_options,
 )
-from services.common.auth import TokenStore
+from services.common.auth import Principal, TokenStore, token_hash
 from services.common.grpc_server import RequestInterceptor
 from services.common.serving import MIN_CLIENT_PING_INTERVAL_MS, new_server
+from tests.netns import SeparateHost
 
 
 def test_the_clients_find_a_silent_server_within_seconds_and_the_servers_allow_it() -> None:
@@ -62,3 +68,72 @@ def test_an_idle_client_connection_that_pings_is_not_sent_away() -> None:
     finally:
         channel.close()
         server.stop(None)
+
+
+#: A streaming call's client, run on the other host: it follows the stream and says when it
+#: has the first message.
+FOLLOWER = """
+import sys, grpc
+channel = grpc.insecure_channel(sys.argv[1])
+follow = channel.unary_stream("/test.Live/Follow")
+md = (("authorization", "Bearer " + sys.argv[2]),)
+for n, _ in enumerate(follow(b"", metadata=md, timeout=600)):
+    if n == 0:
+        print("following", flush=True)
+"""
+
+
+def test_a_stream_to_a_client_whose_host_went_silent_ends_and_frees_its_thread() -> None:
+    """A live stream (a subscription, events streamed to an auditor) holds one of the
+    server's request threads while it is open. When the client's host dies, or the network
+    to it is cut, nothing answers. What ends the stream is gRPC's own bound on data sent and
+    not acknowledged (``TCP_USER_TIMEOUT``, 20 s by default on a server's connections; the
+    kernel's own would wait 15 minutes and more): measured here at about 21 s, so this test
+    pins it (a subscription sends at least its heartbeats). Server keepalive pings, tried,
+    added nothing to it."""
+    opened, ended = threading.Event(), threading.Event()
+
+    def follow(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        opened.set()
+        try:
+            while context.is_active():
+                yield b"tick"
+                time.sleep(0.2)
+        finally:
+            ended.set()
+
+    token = secrets.token_hex(16)
+    tokens = TokenStore({token_hash(token): Principal("kpu", "kpu-1")}, development=True)
+    server = new_server(
+        max_workers=2,
+        max_message_bytes=1 << 20,
+        interceptor=RequestInterceptor(tokens, "test.example"),
+    )
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "test.Live", {"Follow": grpc.unary_stream_rpc_method_handler(follow)}
+            )
+        ]
+    )
+    client = SeparateHost()
+    follower: subprocess.Popen[str] | None = None
+    try:
+        port = server.add_insecure_port(f"{client.near}:0")
+        server.start()
+        follower = subprocess.Popen(
+            [*client.launcher(), sys.executable, "-c", FOLLOWER, f"{client.near}:{port}", token],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert follower.stdout is not None
+        assert follower.stdout.readline() == "following\n"
+        assert opened.is_set() and not ended.is_set()
+        client.cut()
+        assert ended.wait(60), "the stream to the silent client stayed open"
+    finally:
+        if follower is not None:
+            follower.kill()
+            follower.wait()
+        server.stop(None)
+        client.close()
