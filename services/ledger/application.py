@@ -96,6 +96,7 @@ from services.ledger.domain.personal import (
 )
 from services.ledger.domain.refcodes import ReferenceClaim, claim_key, parse_code
 from services.ledger.domain.requests import RequestRecord, request_fingerprint, request_key
+from services.ledger.domain.rotations import KeyRotation, rotation_key
 from services.ledger.domain.times import TimeBounds
 from services.ledger.personal_keys import KeyRows, PersonalKeys
 from services.ledger.seals import SealChecker, Sealer, key_id
@@ -1732,6 +1733,25 @@ class Ledger(Application[UUID]):
     def sealing_refused(self) -> SigningKeyRetired | None:
         """Why this ledger records nothing more (None while it records)."""
         return self._key_retired
+
+    def record_key_rotation(self, retired_key: str, successor: str, position: int) -> int:
+        """Record in the log that ``retired_key`` was retired for ``successor`` at
+        ``position`` (a :class:`KeyRotation`, outside the chains), and return the record's
+        position, where the rotation signs the new key's first checkpoint when nothing was
+        recorded since the old key's last one (Checkpoints.rotate_key). Once per retired
+        key: a second call, or a replica rotating at once, gets the first record's position."""
+        rotation = KeyRotation.record(retired_key, successor, position)
+        stored = [self.mapper.to_stored_event(event) for event in rotation.collect_events()]
+        try:
+            positions = self.recorder.insert_events(stored)
+        except IntegrityError:
+            positions = None
+        if positions:
+            return int(positions[0])
+        recorded = self.positions.of(rotation_key(retired_key)).get(1)
+        if recorded is None:  # the insert failed, and not for the record being there
+            raise RuntimeError(f"the rotation of key {retired_key} could not be recorded")
+        return recorded
 
     def bound_retired_seals(self, until: Mapping[str, int]) -> None:
         """From now on, a seal made with a retired key vouches for an incident's newest

@@ -242,12 +242,13 @@ class LedgerServer:
         self.server.stop(0).wait(1)
 
 
-def _rotate_key(probe: Checkpoints) -> Checkpoint | None:
+def _rotate_key(probe: Checkpoints, ledger: Ledger) -> Checkpoint | None:
     """The start-up's key check, and the rotation to a new key when the store was last
-    signed with a retired one. A rotation that cannot sign (the store disagrees with its
-    own seals) is a refusal to start, naming why: nothing is sealed with the new key."""
+    signed with a retired one (recorded in the log through ``ledger`` when it has nothing
+    new to sign). A rotation that cannot sign (the store disagrees with its own seals) is a
+    refusal to start, naming why: nothing is sealed with the new key."""
     try:
-        return probe.rotate_key()
+        return probe.rotate_key(ledger.record_key_rotation)
     except CheckpointError as exc:
         raise ConfigError(f"cannot rotate to signing key {probe.key_id}: {exc}") from exc
 
@@ -306,7 +307,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
         ledger.recorder, settings.store_env, signing_key, create_table=create, retired=retired_keys
     )
     try:
-        rotated = _rotate_key(probe)
+        rotated = _rotate_key(probe, ledger)
         ledger.bound_retired_seals(probe.retired_positions())
         if probe.records_retirements():
             ledger.guard_commits()

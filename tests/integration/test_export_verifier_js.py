@@ -573,7 +573,7 @@ def test_a_rotated_history_verifies_with_both_keys_and_a_retired_keys_seal_after
         ledger = Ledger(reference(), env=store_env, sealer=Sealer(new_key, (old,)))
         checkpoints = Checkpoints(ledger.recorder, store_env, new_key, retired=(old,))
         try:
-            rotation = checkpoints.rotate_key()
+            rotation = checkpoints.rotate_key(ledger.record_key_rotation)
             assert rotation is not None and rotation.position > old_checkpoint
             _record(ledger)
             checkpoints.create()
@@ -603,3 +603,55 @@ def test_a_rotated_history_verifies_with_both_keys_and_a_retired_keys_seal_after
     assert "retired at position" in report["divergence"]["detail"]
     python = verify_export(forged, [new, old]).divergence
     assert python is not None and python.kind == "modified" and "replaced" in python.detail
+
+
+def test_a_rotation_with_nothing_new_closes_the_old_keys_run_in_the_export(
+    node: str, tmp_path: Path
+) -> None:
+    """docs/hash-chain.md, section 6: a rotation with nothing recorded since the old key's
+    checkpoint signs the new key's first checkpoint at once, at the position of its record
+    in the log (not an incident event: the same count and head). Both verifiers accept an
+    export holding it, and refuse an event the old key seals after it, written straight into
+    the store, from the export alone."""
+    old_key, new_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    old, new = public_key_bytes(old_key), public_key_bytes(new_key)
+    both = tmp_path / "both.pub"
+    both.write_bytes(public_key_pem(new) + public_key_pem(old))
+    with store_environment("sqlite", tmp_path) as store_env:
+        ledger = Ledger(reference(), env=store_env, sealer=Sealer(old_key))
+        checkpoints = Checkpoints(ledger.recorder, store_env, old_key)
+        try:
+            build_history(ledger, extra=0)
+            old_checkpoint = checkpoints.create()
+        finally:
+            checkpoints.close()
+            ledger.close()
+        ledger = Ledger(reference(), env=store_env, sealer=Sealer(new_key, (old,)))
+        checkpoints = Checkpoints(ledger.recorder, store_env, new_key, retired=(old,))
+        try:
+            rotation = checkpoints.rotate_key(ledger.record_key_rotation)
+            assert rotation is not None and rotation.key_id == key_id(new)
+            assert rotation.position > old_checkpoint.position
+            assert (rotation.events, rotation.head) == (old_checkpoint.events, old_checkpoint.head)
+            clean = tmp_path / "rotated.jsonl"
+            assert export_jsonl(ledger, clean).checkpoints == 2
+        finally:
+            checkpoints.close()
+            ledger.close()
+        stale = Ledger(reference(), env=store_env, sealer=Sealer(old_key))
+        try:
+            _record(stale)  # the old key, after the rotation, straight into the store
+            forged = tmp_path / "stale.jsonl"
+            export_jsonl(stale, forged)
+        finally:
+            stale.close()
+    code, report = run_node(node, clean, both)
+    assert code == 0, report
+    assert report["checkpoints_checked"] == 2, report
+    assert verify_export(clean, [new, old]).ok
+    code, report = run_node(node, forged, both)
+    assert (code, report["divergence"]["kind"]) == (1, "modified"), report
+    assert f"retired at position {rotation.position}" in report["divergence"]["detail"], report
+    python = verify_export(forged, [new, old]).divergence
+    assert python is not None and python.kind == "modified", python
+    assert f"which the checkpoint at position {rotation.position}" in python.detail

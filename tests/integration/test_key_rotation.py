@@ -23,6 +23,7 @@ import grpc
 import psutil
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from eventsourcing.utils import get_topic
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from structlog.testing import capture_logs
 
@@ -31,6 +32,7 @@ from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
 from incidentledger.v1 import ledger_service_pb2 as api
 from services.common.config import PROJECT_ROOT, ConfigError, LedgerSettings
 from services.common.grpc_errors import error_info
+from services.common.sql import open_database
 from services.ledger.application import Ledger
 from services.ledger.audit import (
     CheckpointError,
@@ -43,6 +45,7 @@ from services.ledger.audit.checkpoints import ChainState, Checkpoint, extend_cha
 from services.ledger.audit.encoding import RawDecoder
 from services.ledger.audit.keys import load_public_key, load_signing_key
 from services.ledger.domain.commands import ReportIncident
+from services.ledger.domain.rotations import KeyRotation
 from services.ledger.seals import Sealer
 from services.ledger.server import build
 from tests.fanout_support import wait_until
@@ -59,6 +62,7 @@ from tests.unit.incident_builders import envelope_for
 from tests.unit.test_audit_encoding import LOCATION
 
 AUDITOR = "inspektorat"
+STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 @dataclass
@@ -164,6 +168,8 @@ def rotated(request: pytest.FixtureRequest, tmp_path: Path, keys: Keys) -> Itera
             assert latest.key_id == Sealer(keys.private(keys.new)).key_id
             assert latest.position > state.old_checkpoint  # it covers the old key's seals
             state.rotation = latest.position
+            # At the newest event the old key sealed: the log holds no record of the rotation.
+            assert _rotation_records(client.server.ledger) == []
             # An incident last sealed with the old key loads and takes a new event.
             _escalate(client, state.first)
             client.report()
@@ -307,44 +313,231 @@ def _report() -> ReportIncident:
     )
 
 
-def test_a_rotation_with_nothing_new_since_the_old_checkpoint(tmp_path: Path, keys: Keys) -> None:
+def _rotation_records(ledger: Ledger) -> list[int]:
+    """The positions of the log's records of rotations (KeyRotation)."""
+    topic = get_topic(KeyRotation.Recorded)
+    return [n.id for n in ledger.recorder.select_notifications(0, 100, topics=[topic])]
+
+
+def _rotate_as_before(env: dict[str, str], keys: Keys, position: int) -> None:
+    """What a rotation with nothing new to sign left before it recorded itself in the log:
+    the old key recorded as retired at ``position`` (the newest event), its checkpoint still
+    the latest, no checkpoint of the new key."""
+    db = open_database(env)
+    try:
+        with db.transaction() as cur:
+            cur.execute(
+                db.q(
+                    "INSERT INTO ledger_retired_keys (key_id, retired_at, successor, position) "
+                    "VALUES (?, ?, ?, ?)"
+                ),
+                (
+                    Sealer(keys.private(keys.old)).key_id,
+                    datetime.now(UTC).isoformat(timespec="microseconds"),
+                    Sealer(keys.private(keys.new)).key_id,
+                    position,
+                ),
+            )
+    finally:
+        db.close()
+
+
+def _seal_late_with_the_old_key(env: dict[str, str], keys: Keys) -> str:
+    """An incident recorded with the old key after the rotation, straight into the store
+    (a leaked key with write access to the database, or a replica left on the old key where
+    the commit's own check does not run): its name."""
+    stale = Ledger(reference(), env=env, sealer=Sealer(keys.private(keys.old)))
+    try:
+        return f"incidents/{stale.execute(envelope_for('kesbangpol'), _report()).incident_id}"
+    finally:
+        stale.close()
+
+
+def _verify_export_cli(state: Rotated, name: str) -> subprocess.CompletedProcess[str]:
+    """`ledger-audit export` then `ledger-audit verify --export` with both public keys."""
+    export = state.tmp_path / name
+    made = _audit(["export", "--out", str(export)], state)
+    assert made.returncode == 0, made.stdout + made.stderr
+    keys = state.keys
+    both = ["--public-key", str(keys.new.with_suffix(".pub")), "--public-key", str(keys.retired)]
+    return _audit(["verify", "--export", str(export), *both], state)
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_a_rotation_with_nothing_new_signs_the_new_keys_first_checkpoint_at_once(
+    store: str, tmp_path: Path, keys: Keys
+) -> None:
+    """docs/hash-chain.md, section 6: with nothing recorded since the old key's checkpoint,
+    the rotation records itself in the log and the new key signs its first checkpoint at
+    that record's position (the same count and head); an event the old key seals after it,
+    written straight into the store, is then refused by `verify --export` on a fresh export
+    too, not only by the store's verification."""
+    with store_environment(store, tmp_path) as env:
+        state = Rotated(env, tmp_path, keys, 0, 0, "")
+        with running_ledger(state.settings(keys.old)) as client:
+            state.first = client.report().incident
+            old = client.server.checkpoints.create()
+            state.old_checkpoint = old.position
+        new_id = Sealer(keys.private(keys.new)).key_id
+        with running_ledger(state.settings(keys.new, keys.retired)) as client:
+            latest = client.server.checkpoints.latest()
+            assert latest is not None and latest.key_id == new_id
+            assert latest.position > state.old_checkpoint
+            assert (latest.events, latest.head) == (old.events, old.head)
+            assert _rotation_records(client.server.ledger) == [latest.position]
+            state.rotation = latest.position
+        # A restart finds the rotation done: no second record, no second checkpoint for it.
+        with running_ledger(state.settings(keys.new, keys.retired)) as client:
+            assert _rotation_records(client.server.ledger) == [state.rotation]
+            assert [c.position for c in client.server.checkpoints.iterate()] == [
+                state.old_checkpoint,
+                state.rotation,
+            ]
+        with pytest.raises(ConfigError, match="retired"):
+            build(state.settings(keys.old))
+        clean = _verify_export_cli(state, "clean.jsonl")
+        assert clean.returncode == 0, clean.stdout + clean.stderr
+
+        late = _seal_late_with_the_old_key(env, keys)
+        found = _verify_export_cli(state, "late.jsonl")
+        assert found.returncode == 1, found.stdout + found.stderr
+        line = next(e for e in _events(found) if e["event"] == "audit.verify.divergence")
+        assert (line["divergence_kind"], line["divergence_incident"]) == ("modified", late), line
+        assert f"which the checkpoint at position {state.rotation}" in line["divergence_detail"]
+        ledger = state.ledger()
+        try:
+            report = verify_store(ledger, [keys.public(keys.new), keys.public(keys.old)])
+            assert report.divergence is not None and report.divergence.incident == late
+            assert report.divergence.kind == "modified"
+        finally:
+            ledger.close()
+
+
+def test_replicas_rotating_at_once_record_one_rotation(tmp_path: Path, keys: Keys) -> None:
+    """Two starts on the new key racing over a store with nothing new since the old key's
+    checkpoint: one record of the rotation, one checkpoint at its position."""
     with store_environment("sqlite", tmp_path) as env:
         state = Rotated(env, tmp_path, keys, 0, 0, "")
         with running_ledger(state.settings(keys.old)) as client:
             client.report()
             state.old_checkpoint = client.server.checkpoints.create().position
-        # One checkpoint a position: the old key's stays the latest, the key is retired.
+        ledgers = [state.ledger() for _ in range(2)]
+        probes = [
+            Checkpoints(
+                ledger.recorder, env, keys.private(keys.new), retired=(keys.public(keys.old),)
+            )
+            for ledger in ledgers
+        ]
+        try:
+            ready = threading.Barrier(2)
+            made: list[Checkpoint | None] = [None, None]
+
+            def rotate(n: int) -> None:
+                ready.wait(timeout=60)
+                made[n] = probes[n].rotate_key(ledgers[n].record_key_rotation)
+
+            threads = [threading.Thread(target=rotate, args=(n,)) for n in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=120)
+            assert made[0] is not None and made[0] == made[1]
+            assert _rotation_records(ledgers[0]) == [made[0].position]
+            assert [c.position for c in probes[0].iterate()] == [
+                state.old_checkpoint,
+                made[0].position,
+            ]
+        finally:
+            for probe in probes:
+                probe.close()
+            for ledger in ledgers:
+                ledger.close()
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_a_store_rotated_before_rotations_were_recorded_gets_the_checkpoint_at_its_next_start(
+    store: str, tmp_path: Path, keys: Keys
+) -> None:
+    """A store an earlier version rotated with nothing new to sign (the old key's checkpoint
+    still the latest, the rotation in ledger_retired_keys only) verifies as before; its next
+    start on the new key records the rotation and signs the new key's first checkpoint, which
+    closes the gap for the exports made from then on."""
+    with store_environment(store, tmp_path) as env:
+        state = Rotated(env, tmp_path, keys, 0, 0, "")
+        with running_ledger(state.settings(keys.old)) as client:
+            state.first = client.report().incident
+            state.old_checkpoint = client.server.checkpoints.create().position
+        _rotate_as_before(env, keys, state.old_checkpoint)
+        before = _verify_export_cli(state, "before.jsonl")
+        assert before.returncode == 0, before.stdout + before.stderr
         with running_ledger(state.settings(keys.new, keys.retired)) as client:
             latest = client.server.checkpoints.latest()
-            assert latest is not None and latest.position == state.old_checkpoint
+            assert latest is not None and latest.key_id == Sealer(keys.private(keys.new)).key_id
+            assert _rotation_records(client.server.ledger) == [latest.position]
+            assert latest.position > state.old_checkpoint
+            state.rotation = latest.position
+        after = _verify_export_cli(state, "after.jsonl")
+        assert after.returncode == 0, after.stdout + after.stderr
+        late = _seal_late_with_the_old_key(env, keys)
+        found = _verify_export_cli(state, "late.jsonl")
+        assert found.returncode == 1, found.stdout + found.stderr
+        line = next(e for e in _events(found) if e["event"] == "audit.verify.divergence")
+        assert (line["divergence_kind"], line["divergence_incident"]) == ("modified", late), line
+
+
+def test_a_second_rotation_with_nothing_new_retires_the_key_at_its_own_checkpoint(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """A key whose only checkpoint stands at the record of the rotation that brought it in
+    is retired at that checkpoint's position, not at the newest incident event before it:
+    its checkpoint stays valid, and the history verifies with the three keys."""
+    third = Ed25519PrivateKey.generate()
+    old, new = keys.public(keys.old), keys.public(keys.new)
+    with store_environment("sqlite", tmp_path) as env:
+        state = Rotated(env, tmp_path, keys, 0, 0, "")
+        with running_ledger(state.settings(keys.old)) as client:
             client.report()
-            assert client.server.checkpoints.create().key_id != latest.key_id
-        with pytest.raises(ConfigError, match="retired"):
-            build(state.settings(keys.old))
-        ledger = state.ledger()
+            state.old_checkpoint = client.server.checkpoints.create().position
+        with running_ledger(state.settings(keys.new, keys.retired)) as client:
+            first = client.server.checkpoints.latest()
+            assert first is not None and first.position > state.old_checkpoint
+        ledger = Ledger(reference(), env=env, sealer=Sealer(third, (new, old)))
+        checkpoints = Checkpoints(ledger.recorder, env, third, retired=(new, old))
         try:
-            report = verify_store(ledger, [keys.public(keys.new), keys.public(keys.old)])
-            assert report.ok, report.divergence
+            second = checkpoints.rotate_key(ledger.record_key_rotation)
+            assert second is not None and second.key_id == Sealer(third).key_id
+            assert second.position > first.position
+            assert _rotation_records(ledger) == [first.position, second.position]
+            retired = checkpoints.retirement(Sealer(keys.private(keys.new)).key_id)
+            assert retired is not None and retired[2] == first.position
+            export = tmp_path / "twice.jsonl"
+            export_jsonl(ledger, export)
+            given = [Sealer(third).public_key, new, old]
+            for report in (verify_store(ledger, given), verify_export(export, given)):
+                assert report.ok, report.divergence
+                assert [use.checkpoints for use in report.keys] == [1, 1, 1]
         finally:
+            checkpoints.close()
             ledger.close()
 
 
-def test_an_export_between_a_rotation_and_the_new_keys_first_checkpoint_verifies(
+def test_an_export_after_a_rotation_with_nothing_new_verifies_with_both_keys(
     tmp_path: Path, keys: Keys
 ) -> None:
-    """A rotation with nothing new to sign leaves the old key's checkpoint the latest; an
-    export made after the new key sealed events, before its first checkpoint, verifies
-    offline with the public keys alone (the new key's seals after the old checkpoint)."""
+    """The rotation's checkpoint stands at the position of the rotation's record, which is
+    not an incident event: an export verifies offline with both public keys, and with
+    either alone names the other's checkpoint."""
     with store_environment("sqlite", tmp_path) as env:
         state = Rotated(env, tmp_path, keys, 0, 0, "")
         with running_ledger(state.settings(keys.old)) as client:
             state.first = client.report().incident
             state.old_checkpoint = client.server.checkpoints.create().position
         with running_ledger(state.settings(keys.new, keys.retired)) as client:
+            latest = client.server.checkpoints.latest()
+            assert latest is not None and latest.position > state.old_checkpoint
+            state.rotation = latest.position
             _escalate(client, state.first)
             client.report()
-            latest = client.server.checkpoints.latest()
-            assert latest is not None and latest.position == state.old_checkpoint
         old, new = keys.public(keys.old), keys.public(keys.new)
         ledger = state.ledger()
         try:
@@ -353,12 +546,16 @@ def test_an_export_between_a_rotation_and_the_new_keys_first_checkpoint_verifies
             for report in (verify_export(export, [new, old]), verify_store(ledger, [new, old])):
                 assert report.ok, report.divergence
                 used = {use.key_id: use for use in report.keys}
-                assert used[Sealer(keys.private(keys.new)).key_id].seals == 2
+                new_use = used[Sealer(keys.private(keys.new)).key_id]
+                assert (new_use.seals, new_use.first_checkpoint) == (2, state.rotation)
                 assert used[Sealer(keys.private(keys.old)).key_id].checkpoints == 1
-            for given in ([old], [new]):
+            for given, position in (([old], state.rotation), ([new], state.old_checkpoint)):
                 report = verify_export(export, given)
                 assert report.divergence is not None
-                assert report.divergence.kind == ("modified" if given == [old] else "bad_signature")
+                assert (report.divergence.kind, report.divergence.position) == (
+                    "bad_signature",
+                    position,
+                )
         finally:
             ledger.close()
 
@@ -463,9 +660,6 @@ def test_a_store_migrated_before_rotations_asks_for_migrate(tmp_path: Path, keys
         state.env = env
         with running_ledger(state.settings(keys.new, keys.retired)) as client:
             client.report()  # made by the start (as `migrate` would): the rotation runs
-
-
-STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 @contextmanager
@@ -626,27 +820,24 @@ def test_commands_racing_the_rotation_are_recorded_before_it_or_refused(
 def test_a_rotation_never_signs_over_what_the_retired_key_sealed_after_it(
     store: str, tmp_path: Path, keys: Keys
 ) -> None:
-    """A rotation with nothing new since the old key's checkpoint leaves that checkpoint the
-    latest; a replica on the old key without the commit's own check (started on a store
-    without ledger_retired_keys, or on PostgreSQL's insert function) then records an
-    incident past the rotation's position. The next start on the new key, finding the old
-    key's checkpoint the latest, signs the rotation's checkpoint again: it must not vouch
-    for that incident, which the ledger refuses at load, so the start is refused, naming it."""
+    """A rotation with nothing new since the old key's checkpoint, made by an earlier
+    version, left that checkpoint the latest; a replica on the old key without the commit's
+    own check (started on a store without ledger_retired_keys, or on PostgreSQL's insert
+    function) then records an incident past the rotation's position. The next start on the
+    new key, finding the old key's checkpoint the latest, signs the rotation's checkpoint
+    again: it must not vouch for that incident, which the ledger refuses at load, so the
+    start is refused, naming it, and records no rotation in the log."""
     with store_environment(store, tmp_path) as env:
         state = Rotated(env, tmp_path, keys, 0, 0, "")
         with running_ledger(state.settings(keys.old)) as client:
             state.first = client.report().incident
             state.old_checkpoint = client.server.checkpoints.create().position
-        with running_ledger(state.settings(keys.new, keys.retired)) as client:
             latest = client.server.checkpoints.latest()
-            assert latest is not None and latest.position == state.old_checkpoint
-        stale = Ledger(reference(), env=env, sealer=Sealer(keys.private(keys.old)))
-        try:
-            late = stale.execute(envelope_for("kesbangpol"), _report()).incident_id
-        finally:
-            stale.close()
+        assert latest is not None
+        _rotate_as_before(env, keys, state.old_checkpoint)
+        late = _seal_late_with_the_old_key(env, keys)
         with pytest.raises(
-            ConfigError, match=rf"incidents/{late}, .*retired at position {state.old_checkpoint}\b"
+            ConfigError, match=rf"{late}, .*retired at position {state.old_checkpoint}\b"
         ):
             build(state.settings(keys.new, keys.retired))
         ledger = state.ledger()
@@ -655,13 +846,14 @@ def test_a_rotation_never_signs_over_what_the_retired_key_sealed_after_it(
         )
         try:
             assert checkpoints.latest() == latest  # nothing signed over it
-            with pytest.raises(CheckpointError, match=f"incidents/{late}"):
-                checkpoints.rotate_key()
+            with pytest.raises(CheckpointError, match=late):
+                checkpoints.rotate_key(ledger.record_key_rotation)
+            assert _rotation_records(ledger) == []
             # No checkpoint of the new key shows the retirement: the store's table does.
             report = verify_store(ledger, [keys.public(keys.new), keys.public(keys.old)])
             assert report.divergence is not None, "verify passed what the ledger refuses"
             assert report.divergence.kind == "modified"
-            assert report.divergence.incident == f"incidents/{late}"
+            assert report.divergence.incident == late
             assert "records as retired at position" in report.divergence.detail
             # Nor does a checkpoint of the old key after that position count, signed by hand
             # (the ledger's own refuses) over the log as it stands.

@@ -10,8 +10,11 @@ Rotating the signing key (docs/operations.md): a ledger started with a new key, 
 whose latest checkpoint (or, before the first one, newest seal) was made with a key listed
 in ``LEDGER_RETIRED_SIGNING_KEYS_FILE``, records that key as retired (table
 ``ledger_retired_keys``: which key, when, for which, up to which position) and signs a
-checkpoint over the whole log with the new key at once; from then on a checkpoint is signed
-only over seals of the new key, and a ledger started with a retired key refuses to start.
+checkpoint over the whole log with the new key at once (when nothing was recorded since the
+old key's last checkpoint, at the position of a record of the rotation it writes in the log,
+so that the new key's run of checkpoints starts at the rotation: docs/hash-chain.md,
+section 6); from then on a checkpoint is signed only over seals of the new key, and a
+ledger started with a retired key refuses to start.
 """
 
 from __future__ import annotations
@@ -402,13 +405,19 @@ class Checkpoints:
 
     # ------------------------------------------------------------------ create
 
-    def create(self, *, accept_unsealed: bool = False, rotating: bool = False) -> Checkpoint:
-        """A checkpoint at the current end of the log (the latest one if nothing is new).
+    def create(
+        self, *, accept_unsealed: bool = False, rotating: bool = False, at: int | None = None
+    ) -> Checkpoint:
+        """A checkpoint at the current end of the log (the latest one if nothing is new);
+        with ``at``, at that position (the record of a rotation with nothing new to sign,
+        :meth:`rotate_key`), over the incident events up to it, even when none lies after
+        the latest checkpoint: it then states that checkpoint's count and head again.
 
         Refuses (:class:`CheckpointError`) to sign a range that disagrees with itself or
         with the seals of its events (see :func:`extend_chain`), and to sign at all with a
         key the store records as retired. The latest checkpoint may be signed with a
-        retired key (a rotation with nothing new to sign); the seals of the range must be
+        retired key (the rotation's own, or a rotation with nothing new to sign made by an
+        earlier version, which left no checkpoint of this key); the seals of the range must be
         this key's, except in the rotation's own checkpoint (``rotating``), which signs
         over the retired keys' seals with the new key, each only on events at or before the
         position its rotation recorded (as the ledger loads them): a retired key's seal
@@ -440,8 +449,12 @@ class Checkpoints:
                 seals=SealChecker(self.public_key, self._retired if rotating else ()),
                 accept_unsealed=accept_unsealed,
                 retired_until=self.retired_positions() if rotating else None,
+                stop=at,
             )
-            if last is not None and state.events == last.events:
+            if at is not None and state.position < at:
+                # No incident event holds that position: the rotation's record does.
+                state = ChainState(at, state.head, state.events)
+            if last is not None and state.position == last.position:
                 return last  # a checkpoint's position is its key: one per position
             created_at = datetime.now(UTC).isoformat(timespec="microseconds")
             signature = self._key.sign(
@@ -665,8 +678,9 @@ class Checkpoints:
         old key as retired and signs the rotation checkpoint over its seals, under the
         store's write lock): signing here first would find the old key's seals and fail as
         if the store had been changed, or show the old key's checkpoint as the latest.
-        A rotation already recorded with nothing new to sign (the old key's checkpoint
-        stays the latest) passes; so does a latest checkpoint that names this key but does
+        A rotation already recorded with the old key's checkpoint still the latest (made
+        by an earlier version with nothing new to sign) passes; so does a latest checkpoint
+        that names this key but does
         not verify (changed in the store: :meth:`create` says to run verify)."""
         last = self.latest()
         if last is not None and (last.verify(self.public_key) or last.key_id == self.key_id):
@@ -685,14 +699,20 @@ class Checkpoints:
             "then make checkpoints with it"
         )
 
-    def rotate_key(self) -> Checkpoint | None:
+    def rotate_key(self, record_rotation: Callable[[str, str, int], int]) -> Checkpoint | None:
         """When :meth:`check_key` finds the store last signed with a retired key: record
         that key as retired (a ledger started with it refuses from now on) and sign a
         checkpoint over the whole log with this key, over the retired key's seals, so that
         everything before the rotation is covered by the new key too. None when there is
-        nothing to rotate. With no event since the retired key's last checkpoint, that
-        checkpoint stays the latest (one checkpoint a position): the next one is this
-        key's. Two replicas rotating at once record and sign the same."""
+        nothing to rotate. Two replicas rotating at once record and sign the same.
+
+        With no incident event since the retired key's last checkpoint, that checkpoint's
+        position is taken (one checkpoint a position): ``record_rotation`` (retired key,
+        this key, the position the key is retired at; Ledger.record_key_rotation) records
+        the rotation in the log and returns the record's position, where this key signs its
+        first checkpoint at once. From there on a verifier that has the checkpoints alone
+        (an export) knows the retired key's run has ended, and refuses what it signs or
+        seals after that position (docs/hash-chain.md, section 6)."""
         retiring = self.check_key()
         if retiring is None:
             return None
@@ -712,25 +732,37 @@ class Checkpoints:
             # store.py), so each of its commits is either below the position or refused.
             self._lock_events(cur)
             newest = newest_row(self._recorder, self._decoder.topics)
+            # The retired key's own last checkpoint may lie after the newest incident
+            # event (at the record of an earlier rotation): the key vouches for both.
+            cur.execute("SELECT MAX(position) FROM ledger_checkpoints")
+            signed = cur.fetchone()
+            position = max(newest[0] if newest else 0, int(signed[0] or 0) if signed else 0)
             cur.execute(
                 self._db.q(
                     "INSERT INTO ledger_retired_keys (key_id, retired_at, successor, position) "
                     "VALUES (?, ?, ?, ?) ON CONFLICT (key_id) DO NOTHING"
                 ),
-                (retiring, rotated_at, self.key_id, newest[0] if newest else 0),
+                (retiring, rotated_at, self.key_id, position),
             )
             recorded = bool(cur.rowcount == 1)
         checkpoint = self.create(rotating=True)
+        retirement = self.retirement(retiring)
+        retired_at = retirement[2] if retirement is not None else position
+        if not checkpoint.verify(self.public_key):
+            # Nothing new to sign: the retired key's checkpoint is still the latest.
+            at = record_rotation(retiring, self.key_id, retired_at)
+            checkpoint = self.create(rotating=True, at=at)
         if recorded:
             log.warning(
                 "checkpoint.key_rotated",
                 retired_key=retiring,
                 key_id=self.key_id,
-                position=checkpoint.position,
+                position=retired_at,
+                checkpoint=checkpoint.position,
                 events=checkpoint.events,
                 checkpoint_key=checkpoint.key_id,
-                note="the retired key signs nothing from now on; keep its public key to "
-                "verify the history before this position",
+                note="the retired key signs nothing from now on; keep its public key, and "
+                "this position, to verify the history before it",
             )
         return checkpoint
 

@@ -172,9 +172,10 @@ class ChainVerifier:
         self._use: dict[str, KeyUse] = {kid: KeyUse(kid) for kid in self._keys}
         self._retired_at: dict[str, tuple[int, str]] = {}
         # What the store records of its rotations (ledger_retired_keys: key id -> the last
-        # position the key sealed, its successor), when the verifier reads the store: a
-        # rotation with nothing new to sign leaves the retired key's checkpoint the latest,
-        # and then only this table says that the key signs nothing after that position.
+        # position the key sealed, its successor), when the verifier reads the store: until
+        # the new key's first checkpoint is stored (a rotation made by an earlier version
+        # with nothing new to sign left none; a rotation that failed to sign), only this
+        # table says that the key signs nothing after that position.
         self._recorded_retired = dict(recorded_retired or {})
         self._last_signer: str | None = None
         self._key_verified = False
