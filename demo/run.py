@@ -569,7 +569,9 @@ def _summary(
     reference = desk.reference_data()
     ranks = {v.code: v.rank for v in reference.severities}
     shown = output.sort_board(open_work, "severity", ranks)
-    console.print(output.board(shown, counts, zone, reference.status_names()))
+    console.print(
+        output.board(shown, counts, zone, reference.status_names(), reference.kecamatan_names())
+    )
     console.print(
         "[dim]"
         + _(
@@ -666,7 +668,8 @@ def _map_and_decisions(
         console.print(_("map written to {path}").format(path=svg_path))
     console.rule("[bold]" + _("Decisions in force now"))
     decisions = desk.decisions_in_force(min_position=result.last_position)
-    console.print(output.decisions_table(decisions, zone))
+    names = desk.reference_data().kecamatan_names()
+    console.print(output.decisions_table(decisions, zone, names))
     return decisions
 
 

@@ -152,7 +152,7 @@ def test_the_demo_plays_a_polling_day_against_the_stack_demo_stack_names(
     board = out.split("Board (open work)")[1]
     assert "REPORTED (3)" in board and "VERIFIED (1)" in board and "RESPONDING (2)" in board
     decisions_out = out.split("Decisions in force now")[1]
-    assert "Forkopimda Mukomuko" in decisions_out and "kota_mukomuko" in decisions_out
+    assert "Forkopimda Mukomuko" in decisions_out and "Kota Mukomuko /" in decisions_out
     assert re.search(r"audit verify: ok \(58 events, 12 incidents", out)
     received = re.search(r"the subscriber received (\d+) notifications", out)
     assert received and int(received.group(1)) == 58

@@ -296,3 +296,39 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
         assert main([*command, "--help"]) == 0, command
         out = capsys.readouterr().out
         assert "Example: ledgerctl" in out or "Examples: ledgerctl" in out, command
+
+
+def test_tables_name_each_kecamatan_and_json_keeps_its_code(
+    ctl: Ctl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A duty officer reads "Malin Deman" where the ledger says malin_deman: on the board,
+    the list, an incident, the decisions in force (with the desa they apply to), the
+    response times and the list as it stood, in both languages; --json keeps the code."""
+    monkeypatch.setenv("COLUMNS", "200")
+    name = ctl.json(
+        "bawaslu",
+        *("report", "Cash handed out", "money_politics", "malin_deman"),
+        *("--desa", "Lubuk Bento", "--tps", "TPS 05", "--severity", "high"),
+    )["incident"]
+    ctl.ok("desk_pilkada", "verify", name)
+    ctl.ok(
+        "desk_pilkada",
+        *("decide", name, "Patrols doubled", "--forum", "Forkopimda"),
+        *("--by", "desk_pilkada", "--rationale", "tension", "--days", "1"),
+    )
+    views = (
+        ("desk_pilkada", ["board"], "Malin Deman / Lubuk Bento / TPS 05"),
+        ("desk_pilkada", ["list"], "Malin Deman / Lubuk Bento / TPS 05"),
+        ("desk_pilkada", ["show", name], "Malin Deman / Lubuk Bento / TPS 05"),
+        ("desk_pilkada", ["decisions"], "Malin Deman / Lubuk Bento"),
+        ("desk_pilkada", ["response-times", "--by", "kecamatan"], "Malin Deman"),
+        ("inspektorat", ["audit", "as-of", "now"], "Malin Deman / Lubuk Bento / TPS 05"),
+    )
+    for agency, args, place in views:
+        for lang in ("en", "id"):
+            shown = ctl.ok(agency, "--lang", lang, *args)
+            assert place in shown and "malin_deman" not in shown, (lang, args, shown)
+    assert ctl.json("desk_pilkada", "list")[0]["location"]["kecamatan"] == "malin_deman"
+    assert [d["kecamatan"] for d in ctl.json("desk_pilkada", "decisions")] == ["malin_deman"]
+    by_kecamatan = ctl.json("desk_pilkada", "response-times", "--by", "kecamatan")
+    assert [g["key"] for g in by_kecamatan] == ["malin_deman"]

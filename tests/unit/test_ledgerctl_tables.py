@@ -122,3 +122,48 @@ def test_a_wide_table_gives_way_to_its_long_form_where_it_does_not_fit() -> None
     assert "wide" in "\n".join(render(WideOrLong(wide, long), 101))
     narrow = render(WideOrLong(wide, long), 100)
     assert "long" in "\n".join(narrow) and all(len(line) <= 100 for line in narrow)
+
+
+def places(width: int) -> list[str]:
+    """A list's shape with its places by name: the title wraps, a place breaks only between
+    its parts (the kecamatan, the desa, the TPS)."""
+    from incidentledger_client.cli.tables import Parts
+
+    table = FittedTable(
+        [
+            Column("kode referensi", wrap=False),
+            Column("judul"),
+            Column("kategori", drop=2),
+            Column("lokasi", drop=1),
+        ],
+        title="Kejadian",
+    )
+    table.add_row(CODES[0], TITLES[0], "crowd_gathering", Parts(("Malin Deman", "", "TPS 05")))
+    table.add_row(
+        CODES[1], TITLES[1], "money_politics", Parts(("Teras Terunjam", "Mandi Angin", "TPS 03"))
+    )
+    return render(table, width)
+
+
+# kode referensi 11+2, judul 9+2 (berkumpul), kategori 15+2 (crowd_gathering), lokasi
+# 16+2 ("Teras Terunjam /", a part and its separator, never broken): 59 + 5 = 64.
+@pytest.mark.parametrize(("width", "category"), [(200, True), (64, True), (63, False)])
+def test_a_place_breaks_only_between_its_parts(width: int, category: bool) -> None:
+    lines = places(width)
+    text = "\n".join(lines)
+    assert all(len(line) <= width for line in lines), text
+    assert ("kategori" in text) == category, text
+    assert "lokasi" in text, text  # left out after the category, not squeezed to a word
+    cells = [cell.strip() for line in lines for cell in line.split("│")]
+    for part in ("Malin Deman /", "TPS 05", "Teras Terunjam /", "Mandi Angin /", "TPS 03"):
+        assert any(part in cell for cell in cells), (part, text)  # whole on one line
+    if width == 200:
+        assert "Teras Terunjam / Mandi Angin / TPS 03" in text, text
+
+
+def test_parts_show_their_control_characters_and_leave_out_empty_parts() -> None:
+    from incidentledger_client.cli.tables import Parts
+
+    assert Parts(("Ipuh", "", "TPS\x1b[2J 01")).plain == "Ipuh / TPS␛[2J 01"
+    assert Parts(("Ipuh", "Pasar Ipuh")).lines(11) == ["Ipuh /", "Pasar Ipuh"]
+    assert Parts(()).plain == ""

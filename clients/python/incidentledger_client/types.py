@@ -809,6 +809,11 @@ class ReferenceData:
         """Each role's names in other languages, by code (for ``labels.role``)."""
         return {r.code: r.names for r in self.roles}
 
+    def kecamatan_names(self) -> dict[str, str]:
+        """Each kecamatan's name (``Malin Deman``), by code (``malin_deman``): what people
+        read where a program reads the code."""
+        return {k.code: k.name for k in self.kecamatan if k.name}
+
     @classmethod
     def from_proto(cls, message: api.GetReferenceDataResponse) -> ReferenceData:
         return cls(

@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from incidentledger_client.cli.names import SHORT_ID
-from incidentledger_client.cli.tables import CONTROLS, Column, FittedTable, WideOrLong
+from incidentledger_client.cli.tables import CONTROLS, Column, FittedTable, Parts, WideOrLong
 from incidentledger_client.i18n import N_, _, format_number, format_time, labels, ngettext
 from incidentledger_client.types import (
     CommandResult,
@@ -55,6 +55,9 @@ GROUPINGS = (N_("agency"), N_("severity"), N_("category"), N_("kecamatan"))
 #: The reference data's names of the statuses, by code, then by language
 #: (``ReferenceData.status_names()``): the regency's words, preferred to the catalog's.
 StatusNames = Mapping[str, Mapping[str, str]]
+#: The kecamatan's names by code (``ReferenceData.kecamatan_names()``): a table shows
+#: ``Malin Deman`` where the ledger says ``malin_deman`` (``--json`` keeps the code).
+KecamatanNames = Mapping[str, str]
 #: The board's columns: the statuses of open work, in lifecycle order.
 BOARD_STATUSES = ("REPORTED", "VERIFIED", "ASSIGNED", "RESPONDING", "REOPENED", "RESOLVED")
 
@@ -173,9 +176,28 @@ def severity_text(code: str) -> Text:
     return Text(labels.severity(code), style=SEVERITY_STYLE.get(code, ""))
 
 
-def place(incident: Incident) -> str:
+def kecamatan_name(code: str, names: KecamatanNames | None = None) -> str:
+    """A kecamatan as people name it (``Malin Deman``), as the situation room does; its
+    code when the reference data does not name it (a kecamatan it no longer has)."""
+    return (names or {}).get(code) or code
+
+
+def place(incident: Incident, kecamatan: KecamatanNames | None = None) -> Parts:
+    """Where: the kecamatan by its name, the desa, the TPS (``Malin Deman / Lubuk Bento /
+    TPS 05``), broken over lines in a table only between them."""
     loc = incident.location
-    return " / ".join(p for p in (loc.kecamatan, loc.desa, loc.tps) if p)
+    return Parts((kecamatan_name(loc.kecamatan, kecamatan), loc.desa, loc.tps))
+
+
+def scope(decision: DecisionInForce, kecamatan: KecamatanNames | None = None) -> Parts:
+    """Where a decision applies: its kecamatan by name and its desa when it names one
+    (``Kota Mukomuko / Pasar Mukomuko``), or the whole regency, as the situation room says."""
+    where = (
+        kecamatan_name(decision.kecamatan, kecamatan)
+        if decision.kecamatan
+        else _("the whole regency")
+    )
+    return Parts((where, decision.desa))
 
 
 def command_result(out: Console, verb: str, result: CommandResult, reference: str = "") -> None:
@@ -194,7 +216,10 @@ def command_result(out: Console, verb: str, result: CommandResult, reference: st
 
 
 def incidents_table(
-    incidents: Iterable[Incident], title: str | None = None, statuses: StatusNames | None = None
+    incidents: Iterable[Incident],
+    title: str | None = None,
+    statuses: StatusNames | None = None,
+    kecamatan: KecamatanNames | None = None,
 ) -> FittedTable:
     """The incidents, one a line, under ``title`` (translated by the caller). In a narrow
     terminal the category goes first, then the place, the lead, the severity and the id
@@ -221,7 +246,7 @@ def incidents_table(
             status_text(incident.status.value, statuses),
             severity_text(incident.severity),
             incident.category,
-            place(incident),
+            place(incident, kecamatan),
             incident.lead_agency or "-",
         )
     return table
@@ -306,7 +331,11 @@ def triage_json(line: TriageLine) -> dict[str, Any]:
 
 
 def notification_line(
-    event: IncidentEvent, incident: Incident, zone: tzinfo, statuses: StatusNames | None = None
+    event: IncidentEvent,
+    incident: Incident,
+    zone: tzinfo,
+    statuses: StatusNames | None = None,
+    kecamatan: KecamatanNames | None = None,
 ) -> Text:
     """One line of ``watch``: when, what happened, to which incident, by whom; for a
     decision, what was decided and when it starts and ends (as ``show`` says it)."""
@@ -319,7 +348,8 @@ def notification_line(
         severity_text(incident.severity),
         " "
         + _("{kecamatan} by {agency}").format(
-            kecamatan=incident.location.kecamatan, agency=event.actor.agency
+            kecamatan=kecamatan_name(incident.location.kecamatan, kecamatan),
+            agency=event.actor.agency,
         ),
     )
     if event.type == "DecisionRecorded":
@@ -431,6 +461,7 @@ def incident_detail(
     events: Sequence[IncidentEvent],
     zone: tzinfo = UTC,
     statuses: StatusNames | None = None,
+    kecamatan: KecamatanNames | None = None,
 ) -> None:
     out.print(
         Text.assemble(
@@ -455,7 +486,7 @@ def incident_detail(
     )
     out.print(
         _("place {place}  reported by {agency}").format(
-            place=place(incident), agency=incident.reporter.agency
+            place=place(incident, kecamatan).plain, agency=incident.reporter.agency
         ),
         markup=False,
     )
@@ -616,6 +647,7 @@ def board(
     counts: dict[str, int],
     zone: tzinfo,
     statuses: StatusNames | None = None,
+    kecamatan: KecamatanNames | None = None,
 ) -> FittedTable:
     """The board: one line per incident (given already sorted and limited); the title counts
     every open incident per status."""
@@ -648,7 +680,7 @@ def board(
             status_text(i.status.value, statuses),
             local_time(i.create_time, zone),
             i.title,
-            place(i),
+            place(i, kecamatan),
             i.lead_agency or "-",
         )
     return table
@@ -742,12 +774,17 @@ def map_svg(vmap: VulnerabilityMap, title: str | None = None, zone: tzinfo = UTC
     return "\n".join(parts) + "\n"
 
 
-def decisions_table(decisions: Iterable[DecisionInForce], zone: tzinfo = UTC) -> FittedTable:
-    """In a narrow terminal the forum goes first, then the deciding agencies, then the
-    start (the end, what is in force until, stays)."""
+def decisions_table(
+    decisions: Iterable[DecisionInForce],
+    zone: tzinfo = UTC,
+    kecamatan: KecamatanNames | None = None,
+) -> FittedTable:
+    """Each decision where it applies (the kecamatan by name, and the desa), what it says
+    and until when. In a narrow terminal the forum goes first, then the deciding agencies,
+    then the start (the end, what is in force until, stays)."""
     table = FittedTable(
         [
-            Column("kecamatan"),
+            Column(_("place")),
             Column(_("summary")),
             Column(_("forum"), drop=3),
             Column(_("deciding"), drop=2),
@@ -759,7 +796,7 @@ def decisions_table(decisions: Iterable[DecisionInForce], zone: tzinfo = UTC) ->
     )
     for d in decisions:
         table.add_row(
-            d.kecamatan,
+            scope(d, kecamatan),
             d.summary,
             d.forum,
             ", ".join(d.deciding_agencies),
@@ -829,10 +866,14 @@ def duration(stats: DurationStats, seconds: float) -> str:
 
 
 def response_times_table(
-    by: str, groups: Iterable[ResponseTimes], title: str | None = None
+    by: str,
+    groups: Iterable[ResponseTimes],
+    title: str | None = None,
+    kecamatan: KecamatanNames | None = None,
 ) -> WideOrLong:
     """Median and p90 per step, each step with its sample size (n): a group a line where
-    the terminal is wide enough, else a step a line. ``title``: translated by the caller."""
+    the terminal is wide enough, else a step a line (a kecamatan by its name). ``title``:
+    translated by the caller."""
     title = title or _("Response times by {by}").format(by=_(by))
     steps = (N_("acknowledge"), N_("verify"), N_("resolve"))
     wide = Table(title=title)
@@ -847,7 +888,12 @@ def response_times_table(
     for column in ("n", _("median"), "p90"):
         long.add_column(column, justify="right", no_wrap=True)
     for g in groups:
-        key = labels.severity(g.key) if by == "severity" else g.key or _("(no lead)")
+        if by == "severity":
+            key = labels.severity(g.key)
+        elif by == "kecamatan":
+            key = kecamatan_name(g.key, kecamatan)
+        else:
+            key = g.key or _("(no lead)")
         cells: list[str] = [key]
         for n, (step, stats) in enumerate(
             zip(steps, (g.acknowledge, g.verify, g.resolve), strict=True)

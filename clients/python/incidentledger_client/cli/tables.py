@@ -12,10 +12,11 @@ keeps every column too.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderableType
 from rich.measure import Measurement
 from rich.table import Table
@@ -49,6 +50,45 @@ def shown(cell: RenderableType) -> RenderableType:
             cell = cell.copy()
             cell.plain = plain  # one character for one: the styles' spans stay where they were
     return cell
+
+
+class Parts:
+    """Text made of parts, ``Malin Deman / Lubuk Bento / TPS 05``, that breaks over lines
+    only between its parts, each part kept whole on a line (a name such as *Malin Deman*
+    is one thing to read, not two words): in a table, its column is as narrow as its
+    longest part and no narrower, as a code's is as narrow as the code."""
+
+    SEPARATOR = "/"
+
+    def __init__(self, parts: Iterable[str]) -> None:
+        self.parts = [p.translate(CONTROLS) for p in parts if p]
+        # Each part but the last ends with the separator, so that a line breaks after it.
+        self._pieces = [f"{p} {self.SEPARATOR}" for p in self.parts[:-1]] + self.parts[-1:]
+
+    @property
+    def plain(self) -> str:
+        return " ".join(self._pieces)
+
+    def __str__(self) -> str:
+        return self.plain
+
+    def lines(self, width: int) -> list[str]:
+        """The parts on lines of at most ``width`` cells (a part wider on a line of its own)."""
+        lines: list[str] = []
+        for piece in self._pieces:
+            if lines and cell_len(lines[-1]) + 1 + cell_len(piece) <= width:
+                lines[-1] += " " + piece
+            else:
+                lines.append(piece)
+        return lines
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        least = max((cell_len(p) for p in self._pieces), default=0)
+        return Measurement(least, cell_len(self.plain)).clamp(max_width=options.max_width)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Text]:
+        # A part wider than the column (only when nothing else fits) is folded by rich.
+        yield Text("\n".join(self.lines(options.max_width)), overflow="fold")
 
 
 @dataclass(frozen=True)

@@ -236,8 +236,14 @@ def audit_as_of(
             output.emit_json(found)
         else:
             events = [e for e in ledger.incident_events(found.name) if e.version <= found.version]
+            reference = st.reference()
             output.incident_detail(
-                output.console(), found, events, st.zone(), st.reference().status_names()
+                output.console(),
+                found,
+                events,
+                st.zone(),
+                reference.status_names(),
+                reference.kecamatan_names(),
             )
         return
     incidents = list(ledger.list_incidents(as_of_time=then))
@@ -249,5 +255,6 @@ def audit_as_of(
                 incidents,
                 _("Incidents as of {time}").format(time=output.when(then, st.zone())),
                 st.reference().status_names(),
+                st.reference().kecamatan_names(),
             )
         )

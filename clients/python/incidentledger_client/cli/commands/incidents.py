@@ -659,8 +659,14 @@ def show(
     if st.as_json:
         output.emit_json({"incident": incident, "events": [output.event_json(e) for e in events]})
     else:
+        reference = st.reference()
         output.incident_detail(
-            output.console(), incident, events, st.zone(), st.reference().status_names()
+            output.console(),
+            incident,
+            events,
+            st.zone(),
+            reference.status_names(),
+            reference.kecamatan_names(),
         )
 
 
@@ -737,11 +743,13 @@ def list_(
     if st.as_json:
         output.emit_json(incidents)
     else:
+        words = st.reference()
         output.console().print(
             output.incidents_table(
                 incidents,
                 _("Incidents ({count})").format(count=len(incidents)),
-                st.reference().status_names(),
+                words.status_names(),
+                words.kecamatan_names(),
             )
         )
 

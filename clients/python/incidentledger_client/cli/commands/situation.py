@@ -69,7 +69,12 @@ def board(
         )
         return
     out = output.console()
-    out.print(output.board(shown, counts, st.zone(), st.reference().status_names()))
+    reference = st.reference()
+    out.print(
+        output.board(
+            shown, counts, st.zone(), reference.status_names(), reference.kecamatan_names()
+        )
+    )
     if len(shown) < len(open_work):
         out.print(
             _(
@@ -126,7 +131,9 @@ def decisions(
         # As the situation room says it, rather than a table with no rows.
         output.console().print(_("No decision is in force."))
     else:
-        output.console().print(output.decisions_table(found, st.zone()))
+        output.console().print(
+            output.decisions_table(found, st.zone(), st.reference().kecamatan_names())
+        )
 
 
 @app.command("response-times", epilog="Example: ledgerctl response-times --by severity")
@@ -143,7 +150,8 @@ def response_times(
         output.emit_json(groups)
         return
 
-    output.console().print(output.response_times_table(by, groups))
+    names = st.reference().kecamatan_names() if by == "kecamatan" else None
+    output.console().print(output.response_times_table(by, groups, kecamatan=names))
 
 
 @app.command(
@@ -173,9 +181,10 @@ def watch(
     st = state(ctx)
     seen = 0
     out = output.console()
-    # The regency's words for the statuses and its zone, read before the stream starts (JSON
-    # needs neither).
+    # The regency's words for the statuses, its kecamatan's names and its zone, read before
+    # the stream starts (JSON needs none of them).
     statuses = {} if st.as_json else st.reference().status_names()
+    places = {} if st.as_json else st.reference().kecamatan_names()
     zone = st.zone(ask_ledger=False)
     expired = False  # the cursor refused: it is no place to go on from
     with st.notifier().subscribe(
@@ -198,7 +207,10 @@ def watch(
                         }
                     )
                 else:
-                    out.print(output.notification_line(note.event, note.incident, zone, statuses))
+                    line = output.notification_line(
+                        note.event, note.incident, zone, statuses, places
+                    )
+                    out.print(line)
                 if count and seen >= count:
                     break
         except KeyboardInterrupt:
