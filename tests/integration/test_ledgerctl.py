@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from incidentledger_client.cli import main
+from incidentledger_client.cli.commands import incidents
 from tests.ledgerctl_support import Ctl, without_server_log
 
 WIB = timezone(timedelta(hours=7))
@@ -332,3 +334,56 @@ def test_tables_name_each_kecamatan_and_json_keeps_its_code(
     assert [d["kecamatan"] for d in ctl.json("desk_pilkada", "decisions")] == ["malin_deman"]
     by_kecamatan = ctl.json("desk_pilkada", "response-times", "--by", "kecamatan")
     assert [g["key"] for g in by_kecamatan] == ["malin_deman"]
+
+
+def _page_token(table: str) -> str:
+    found = re.search(r"--page-token (\S+)$", table, re.MULTILINE)
+    assert found, table
+    return found.group(1)
+
+
+def test_a_list_cut_short_says_more_match_and_goes_on_from_its_token(
+    ctl: Ctl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``list --limit N`` with more incidents beyond N says so under the table, in both
+    languages, with the token that shows the next ones; --json stays the incidents."""
+    monkeypatch.setenv("COLUMNS", "200")
+    for n in range(5):
+        ctl.ledger.report("kesbangpol", title=f"Gathering {n}")
+    every = [i["name"] for i in ctl.json("polres", "list")]
+    assert len(every) == 5
+
+    first = ctl.ok("polres", "list", "--limit", "2")
+    assert "2 incidents shown; more match." in first, first
+    assert "a larger --limit (--limit 0 for all)" in first, first
+    token = _page_token(first)
+    second = ctl.ok("polres", "list", "--limit", "2", "--page-token", token)
+    assert "Gathering 2" in second and "Gathering 3" in second, second
+    assert "Gathering 1" not in second and "Gathering 4" not in second, second
+    last = ctl.ok("polres", "list", "--limit", "2", "--page-token", _page_token(second))
+    assert "Gathering 4" in last and "more match" not in last and "--page-token" not in last
+    # As many as there are: nothing more to say.
+    assert "more match" not in ctl.ok("polres", "list", "--limit", "5")
+    assert "more match" not in ctl.ok("polres", "list")
+
+    indonesian = ctl.ok("polres", "--lang", "id", "list", "--limit", "1")
+    assert "1 kejadian ditampilkan; masih ada yang cocok." in indonesian, indonesian
+    assert "--limit 0 untuk semua" in indonesian, indonesian
+    # What a program reads stays the incidents; the token goes on there too.
+    listed = ctl.json("polres", "list", "--limit", "2", "--page-token", token)
+    assert [i["name"] for i in listed] == every[2:4]
+
+
+def test_a_list_cut_short_across_pages_goes_on_right_after_the_last_one_shown(
+    ctl: Ctl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A --limit above the ledger's page size reads its last page only as far as the
+    limit, so that the token goes on with the next incident, none skipped."""
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setattr(incidents, "MAX_PAGE", 2)
+    for n in range(5):
+        ctl.ledger.report("kesbangpol", title=f"Gathering {n}")
+    first = ctl.ok("polres", "list", "--limit", "3")
+    assert "3 incidents shown; more match." in first, first
+    rest = ctl.ok("polres", "list", "--page-token", _page_token(first))
+    assert "Incidents (2)" in rest and "Gathering 3" in rest and "Gathering 4" in rest, rest

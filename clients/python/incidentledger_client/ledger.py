@@ -55,6 +55,7 @@ from incidentledger_client.types import (
     EvidenceReport,
     Incident,
     IncidentEvent,
+    IncidentPage,
     IngestResult,
     Location,
     ProjectionStatus,
@@ -998,21 +999,48 @@ class LedgerClient:
         >>> for incident in ledger.list_incidents('status = "ASSIGNED" AND kecamatan = "ipuh"'):
         ...     print(incident.name, incident.lead_agency)  # doctest: +SKIP
         """
+
+        def fetch(token: str) -> tuple[tuple[Incident, ...], str]:
+            page = self.list_incidents_page(
+                filter,
+                page_size=page_size,
+                page_token=token,
+                min_position=min_position,
+                as_of_time=as_of_time,
+                newest_first=newest_first,
+            )
+            return page.incidents, page.next_page_token
+
+        return paginate(fetch)
+
+    def list_incidents_page(
+        self,
+        filter: str = "",
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        min_position: int = 0,
+        as_of_time: datetime | None = None,
+        newest_first: bool = False,
+    ) -> IncidentPage:
+        """One page of :meth:`list_incidents`: at most ``page_size`` incidents (the ledger's
+        default 50, at most 500; fewer when the page would pass 2 MiB) from where
+        ``page_token`` (a previous page's ``next_page_token``, sent with the same ``filter``,
+        order and ``as_of_time``) left off, and the token of the page after it, "" when no
+        more incidents match."""
         request = api.ListIncidentsRequest(
             filter=filter,
             page_size=page_size,
+            page_token=page_token,
             min_position=min_position,
             order_by="create_time desc" if newest_first else "",
         )
         if as_of_time is not None:
             request.as_of_time.CopyFrom(to_timestamp(as_of_time))
-
-        def fetch(token: str) -> tuple[list[Incident], str]:
-            request.page_token = token
-            page = self._transport.unary(self._ledger.ListIncidents, request)
-            return [Incident.from_proto(i) for i in page.incidents], page.next_page_token
-
-        return paginate(fetch)
+        page = self._transport.unary(self._ledger.ListIncidents, request)
+        return IncidentPage(
+            tuple(Incident.from_proto(i) for i in page.incidents), page.next_page_token
+        )
 
     def incident_events(self, name: str, *, page_size: int = 0) -> Iterator[IncidentEvent]:
         """An incident's events, oldest first, page after page."""

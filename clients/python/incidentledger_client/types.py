@@ -252,6 +252,16 @@ class Incident:
 
 
 @dataclass(frozen=True)
+class IncidentPage:
+    """One page of ``ListIncidents``: its incidents, and the token of the next page ("" when
+    no more incidents match), which continues the same filter and order from where this
+    page ends."""
+
+    incidents: tuple[Incident, ...]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
 class IncidentEvent:
     """One immutable event of an incident: the event envelope.
 

@@ -252,6 +252,19 @@ def incidents_table(
     return table
 
 
+def more_incidents(shown: int, page_token: str) -> str:
+    """Under a list that ``--limit`` cut short: more incidents match, and how to see them
+    (the next ones by the page token, or more at once)."""
+    count = ngettext(
+        "{count} incident shown; more match.", "{count} incidents shown; more match.", shown
+    ).format(count=format_number(shown))
+    following = _("The next ones: the same command with --page-token {token}").format(
+        token=page_token
+    )
+    more = _("More at once: a larger --limit (--limit 0 for all).")
+    return f"{count}\n{following}\n{more}"
+
+
 #: The outcomes of a triage item, as people read them.
 TRIAGE_OUTCOMES = {
     "RECORDED": N_("recorded"),

@@ -42,6 +42,7 @@ from incidentledger_client.cli.state import state
 from incidentledger_client.i18n import _
 from incidentledger_client.types import (
     CommandResult,
+    Incident,
     IncidentStatus,
     TriageAction,
     TriageItem,
@@ -681,6 +682,10 @@ def history(ctx: typer.Context, name: Name) -> None:
         output.console().print(output.timeline(events, st.zone()))
 
 
+#: The most incidents a page of ``ListIncidents`` holds.
+MAX_PAGE = 500
+
+
 @app.command(
     "list",
     epilog="Examples: ledgerctl list --status ASSIGNED --kecamatan ipuh --lead polres\n\n"
@@ -706,6 +711,13 @@ def list_(
     newest_first: Annotated[
         bool, typer.Option("--newest-first", help="The newest report first.")
     ] = False,
+    page_token: Annotated[
+        str | None,
+        typer.Option(
+            help="Go on from where a list cut short by --limit ended (the token it gave), "
+            "with the same filters and order."
+        ),
+    ] = None,
 ) -> None:
     """List incidents as a table, with filters."""
     clauses = [
@@ -731,27 +743,38 @@ def list_(
     if limit < 0:  # the ledger would refuse its page size, naming page_size
         raise typer.BadParameter(_("must be 0 (all) or more"), param_hint="--limit")
     st = state(ctx)
-    incidents = []
-    # A page of the ledger's at most: with --limit, only the pages that hold the ones shown.
-    page_size = min(limit, 500) if limit else 0
-    for incident in st.ledger().list_incidents(
-        " AND ".join(clauses), page_size=page_size, newest_first=newest_first
-    ):
-        incidents.append(incident)
-        if limit and len(incidents) >= limit:
+    ledger = st.ledger()
+    incidents: list[Incident] = []
+    token = page_token or ""
+    while True:
+        # With --limit, only the pages that hold the ones shown, none past them: the last
+        # page's token then goes on right after the last one shown (a page of the ledger's
+        # holds 500 at most).
+        page = ledger.list_incidents_page(
+            " AND ".join(clauses),
+            page_size=min(limit - len(incidents), MAX_PAGE) if limit else 0,
+            page_token=token,
+            newest_first=newest_first,
+        )
+        incidents.extend(page.incidents)
+        token = page.next_page_token
+        if not token or (limit and len(incidents) >= limit):
             break
     if st.as_json:
         output.emit_json(incidents)
-    else:
-        words = st.reference()
-        output.console().print(
-            output.incidents_table(
-                incidents,
-                _("Incidents ({count})").format(count=len(incidents)),
-                words.status_names(),
-                words.kecamatan_names(),
-            )
+        return
+    words = st.reference()
+    out = output.console()
+    out.print(
+        output.incidents_table(
+            incidents,
+            _("Incidents ({count})").format(count=len(incidents)),
+            words.status_names(),
+            words.kecamatan_names(),
         )
+    )
+    if token:  # --limit cut the list short: say so, and how to see the rest
+        out.print(output.more_incidents(len(incidents), token), markup=False)
 
 
 # ------------------------------------------------------------------------------ bulk triage
