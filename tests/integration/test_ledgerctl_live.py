@@ -87,11 +87,12 @@ def test_watch_prints_what_the_notifier_delivers(
     assert first.incident.removeprefix("incidents/")[:8] in out
     assert first.reference and first.reference in out  # the code people read out
     assert "Reported" in out
+    assert "Kota Mukomuko by bpbd" in out and "kota_mukomuko" not in out, out  # by its name
     code, out = ctl.run(
         "bpbd", "--lang", "id", "watch", "--cursor", "v1.0", "--count", "1", "--category", "flood"
     )
     assert code == 0
-    assert "Dilaporkan" in out and "oleh bpbd" in out and "Reported" not in out, out
+    assert "Dilaporkan" in out and "Kota Mukomuko oleh bpbd" in out and "Reported" not in out, out
     # --json writes JSON Lines: one object per notification, each on its own line.
     code, out = ctl.run("bpbd", "--json", "watch", "--cursor", "v1.0", "--count", "2")
     assert code == 0
@@ -99,6 +100,7 @@ def test_watch_prints_what_the_notifier_delivers(
     assert len(lines) == 2, out
     received = [json.loads(line) for line in lines]
     assert received[0]["event"]["incident"] == first.incident
+    assert received[0]["incident"]["location"]["kecamatan"] == "kota_mukomuko"
     assert received[1]["event"]["type"] == "Reported" and received[1]["cursor"]
 
 
