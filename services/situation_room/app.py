@@ -1402,7 +1402,8 @@ REFUSED_STATUS: tuple[tuple[type[LedgerError], int], ...] = (
 async def ledger_failed(request: Request, error: Exception) -> Response:
     """A query the ledger refused or could not answer: its token no longer valid signs the
     officer out; one it did not answer is said so (503, a warning in the log); a refusal is
-    the ledger's reason, in the page's language, with the status of its kind."""
+    the ledger's reason, in the page's language, with the status of its kind (502 for a kind
+    the page has none for)."""
     if isinstance(error, Unauthenticated):
         return without_cookie(request, RedirectResponse("/login", status_code=303))
     if not isinstance(error, LedgerError) or isinstance(
@@ -1412,7 +1413,9 @@ async def ledger_failed(request: Request, error: Exception) -> Response:
         message = _("The ledger did not answer; try again in a moment.")
         return Response(message, status_code=503, media_type="text/plain")
     log.info("situation_room.ledger_refused", path=request.url.path, error=str(error))
-    status = next((code for kind, code in REFUSED_STATUS if isinstance(error, kind)), 503)
+    # A refusal of another kind (DATA_LOSS: a record changed in the store) is the ledger's
+    # answer too: 502, never the 503 of no answer, which the page says as "try again".
+    status = next((code for kind, code in REFUSED_STATUS if isinstance(error, kind)), 502)
     message = _("The ledger refused this request: {reason}").format(reason=said(error))
     return Response(message, status_code=status, media_type="text/plain")
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from incidentledger_client import (
+    DataLoss,
     InvalidArgument,
     LedgerClient,
     LedgerError,
@@ -172,3 +173,9 @@ def test_a_query_the_ledger_refuses_is_said_as_its_refusal_not_as_no_answer() ->
     answer = get(lost, "/board")
     assert answer.status_code == 503
     assert "did not answer" in answer.text
+    # A refusal of a kind the page has no status for is the ledger's answer all the same:
+    # never the 503 that the page (and a reader of it) takes for "no answer, try again".
+    changed = DataLoss("DATA_LOSS", "STORED_RECORD_CHANGED", "incident history was changed")
+    answer = get(changed, "/board")
+    assert answer.status_code == 502
+    assert answer.text == "The ledger refused this request: incident history was changed"
