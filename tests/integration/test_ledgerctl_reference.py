@@ -58,6 +58,22 @@ def test_codes_are_case_insensitive_everywhere(ctl: Ctl) -> None:
     assert ctl.json("polres", "response-times", "--by", "SEVERITY")
 
 
+def test_the_names_the_tables_show_stand_for_their_codes(ctl: Ctl) -> None:
+    """The board and the lists name each kecamatan ("Malin Deman"), category and severity;
+    what a person reads there, in either language, is what they may type back."""
+    reported = ctl.json(
+        "kesbangpol", "report", "Rally", "Pengumpulan massa", "malin deman", "--severity", "Tinggi"
+    )
+    incident = ctl.json("polres", "show", reported["incident"])["incident"]
+    assert (incident["category"], incident["severity"]) == ("crowd_gathering", "high")
+    assert incident["location"]["kecamatan"] == "malin_deman"
+    listed = ctl.json("polres", "list", "--kecamatan", "Malin Deman", "--severity", "high")
+    assert [i["name"] for i in listed] == [reported["incident"]]
+    ctl.ok("desk_pilkada", "verify", reported["incident"])
+    ctl.ok("desk_pilkada", "assign", reported["incident"], "Polres Mukomuko")
+    assert ctl.json("polres", "show", reported["incident"])["incident"]["lead_agency"] == "polres"
+
+
 def test_every_status_of_the_ledger_is_a_status_to_list_by(ctl: Ctl) -> None:
     # REOPENED was refused as an unknown status ("did you mean 'REPORTED'").
     for status in IncidentStatus:

@@ -195,15 +195,22 @@ def choose(value: str, known: Sequence[str], what: str, param: str) -> str:
 
 def code(ctx: typer.Context, kind: str, value: str, param: str) -> str:
     """A reference code (agency, kecamatan, category, severity) checked and spelled as the
-    ledger lists it: codes are case-insensitive, and a typo gets a suggestion."""
+    ledger lists it: codes are case-insensitive, a name the reference data gives stands for
+    its code (``"Malin Deman"``, a category or severity in either language: what the tables
+    show), and a typo gets a suggestion."""
     ref = state(ctx).reference()
-    known: dict[str, Sequence[str]] = {
-        "agency": [a.code for a in ref.agencies],
-        "kecamatan": [k.code for k in ref.kecamatan],
-        "category": [c.code for c in ref.categories],
-        "severity": [v.code for v in ref.severities],
+    entries: dict[str, list[tuple[str, tuple[str, ...]]]] = {
+        "agency": [(a.code, (a.name,)) for a in ref.agencies],
+        "kecamatan": [(k.code, (k.name,)) for k in ref.kecamatan],
+        "category": [(c.code, (c.name, *c.names.values())) for c in ref.categories],
+        "severity": [(v.code, (v.name, *v.names.values())) for v in ref.severities],
     }
-    return choose(value, known[kind], kind, param)
+    listed = entries[kind]
+    folded = value.strip().casefold()
+    named = {c for c, names in listed if folded in (n.casefold() for n in names if n)}
+    if len(named) == 1 and folded not in (c.casefold() for c, _ in listed):
+        return named.pop()
+    return choose(value, [c for c, _ in listed], kind, param)
 
 
 def maybe_code(ctx: typer.Context, kind: str, value: str | None, param: str) -> str | None:
