@@ -366,6 +366,12 @@ def test_a_list_cut_short_says_more_match_and_goes_on_from_its_token(
     assert "more match" not in ctl.ok("polres", "list", "--limit", "5")
     assert "more match" not in ctl.ok("polres", "list")
 
+    # On a narrow terminal too the token is one word to copy: the terminal wraps it, not
+    # ledgerctl (it broke it over two lines, and the copied halves were no token).
+    monkeypatch.setenv("COLUMNS", "40")
+    narrow = ctl.ok("polres", "list", "--limit", "2")
+    assert _page_token(narrow) == token, narrow
+    monkeypatch.setenv("COLUMNS", "200")
     indonesian = ctl.ok("polres", "--lang", "id", "list", "--limit", "1")
     assert "1 kejadian ditampilkan; masih ada yang cocok." in indonesian, indonesian
     assert "--limit 0 untuk semua" in indonesian, indonesian

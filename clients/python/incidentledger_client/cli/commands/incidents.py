@@ -774,7 +774,8 @@ def list_(
         )
     )
     if token:  # --limit cut the list short: say so, and how to see the rest
-        out.print(output.more_incidents(len(incidents), token), markup=False)
+        # Not wrapped here: the token stays one word to copy (the terminal wraps the line).
+        out.print(output.more_incidents(len(incidents), token), markup=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------ bulk triage
