@@ -74,6 +74,23 @@ def test_the_names_the_tables_show_stand_for_their_codes(ctl: Ctl) -> None:
     assert ctl.json("polres", "show", reported["incident"])["incident"]["lead_agency"] == "polres"
 
 
+def test_tables_name_each_category_in_the_language_spoken(
+    ctl: Ctl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A category is shown by the name the reference data gives it in the language spoken,
+    as severities and statuses are (it showed the code, crowd_gathering, in both); a
+    program reading --json keeps the code."""
+    monkeypatch.setenv("COLUMNS", "200")
+    name = ctl.json("kesbangpol", "report", "Rally", "crowd_gathering", "ipuh")["incident"]
+    english = ctl.ok("polres", "list")
+    assert "Mass gathering" in english and "crowd_gathering" not in english, english
+    indonesian = ctl.ok("polres", "--lang", "id", "list")
+    assert "Pengumpulan massa" in indonesian, indonesian
+    shown = ctl.ok("polres", "--lang", "id", "show", name)
+    assert "kategori Pengumpulan massa" in shown, shown
+    assert ctl.json("polres", "show", name)["incident"]["category"] == "crowd_gathering"
+
+
 def test_every_status_of_the_ledger_is_a_status_to_list_by(ctl: Ctl) -> None:
     # REOPENED was refused as an unknown status ("did you mean 'REPORTED'").
     for status in IncidentStatus:

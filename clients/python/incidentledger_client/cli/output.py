@@ -31,6 +31,7 @@ from incidentledger_client.types import (
     Incident,
     IncidentEvent,
     KecamatanScore,
+    ReferenceData,
     ResponseTimes,
     TriageResult,
     VulnerabilityMap,
@@ -182,6 +183,22 @@ def kecamatan_name(code: str, names: KecamatanNames | None = None) -> str:
     return (names or {}).get(code) or code
 
 
+#: The categories' names in the current language, by code (:func:`category_names`): a table
+#: shows the name where a program reads the code.
+CategoryNames = Mapping[str, str]
+
+
+def category_names(reference: ReferenceData) -> dict[str, str]:
+    """Each category's name as people read it now ("Pengumpulan massa" in Indonesian,
+    "Mass gathering" in English), by code."""
+    return {c.code: labels.category(c.code, c.name, c.names) for c in reference.categories}
+
+
+def category_name(code: str, names: CategoryNames | None = None) -> str:
+    """A category by its name; its code where the reference data does not name it."""
+    return (names or {}).get(code) or code
+
+
 def place(incident: Incident, kecamatan: KecamatanNames | None = None) -> Parts:
     """Where: the kecamatan by its name, the desa, the TPS (``Malin Deman / Lubuk Bento /
     TPS 05``), broken over lines in a table only between them."""
@@ -220,6 +237,7 @@ def incidents_table(
     title: str | None = None,
     statuses: StatusNames | None = None,
     kecamatan: KecamatanNames | None = None,
+    categories: CategoryNames | None = None,
 ) -> FittedTable:
     """The incidents, one a line, under ``title`` (translated by the caller). In a narrow
     terminal the category goes first, then the place, the lead, the severity and the id
@@ -245,7 +263,7 @@ def incidents_table(
             incident.title,
             status_text(incident.status.value, statuses),
             severity_text(incident.severity),
-            incident.category,
+            category_name(incident.category, categories),
             place(incident, kecamatan),
             incident.lead_agency or "-",
         )
@@ -475,6 +493,7 @@ def incident_detail(
     zone: tzinfo = UTC,
     statuses: StatusNames | None = None,
     kecamatan: KecamatanNames | None = None,
+    categories: CategoryNames | None = None,
 ) -> None:
     out.print(
         Text.assemble(
@@ -493,7 +512,8 @@ def incident_detail(
             severity_text(incident.severity),
             "  "
             + _("category {category}  escalation {level}").format(
-                category=incident.category, level=incident.escalation_level
+                category=category_name(incident.category, categories),
+                level=incident.escalation_level,
             ),
         )
     )

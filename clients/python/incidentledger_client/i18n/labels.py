@@ -81,6 +81,12 @@ def severity(code: str) -> str:
     return labels.get(code, code)
 
 
+def category(code: str, name: str = "", names: Mapping[str, str] | None = None) -> str:
+    """A category as the reference data names it: in the current language where it gives
+    one (``names``), else its main ``name``, else the code."""
+    return _named(names) or name or code
+
+
 def band(code: str, *, worded: bool = False) -> str:
     """An IKP vulnerability band (Rawan Rendah, Rawan Sedang, Rawan Tinggi); ``worded``: in
     words in English too (``High vulnerability``, not ``high``)."""

@@ -244,6 +244,7 @@ def audit_as_of(
                 st.zone(),
                 reference.status_names(),
                 reference.kecamatan_names(),
+                output.category_names(reference),
             )
         return
     incidents = list(ledger.list_incidents(as_of_time=then))
@@ -256,5 +257,6 @@ def audit_as_of(
                 _("Incidents as of {time}").format(time=output.when(then, st.zone())),
                 st.reference().status_names(),
                 st.reference().kecamatan_names(),
+                output.category_names(st.reference()),
             )
         )

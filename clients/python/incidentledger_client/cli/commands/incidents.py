@@ -668,6 +668,7 @@ def show(
             st.zone(),
             reference.status_names(),
             reference.kecamatan_names(),
+            output.category_names(reference),
         )
 
 
@@ -771,6 +772,7 @@ def list_(
             _("Incidents ({count})").format(count=len(incidents)),
             words.status_names(),
             words.kecamatan_names(),
+            output.category_names(words),
         )
     )
     if token:  # --limit cut the list short: say so, and how to see the rest
