@@ -547,6 +547,38 @@ def test_the_independent_verifier_finds_one_changed_byte(
 # --------------------------------------------------------------------- a rotated key
 
 
+def _old_key_history(
+    store_env: dict[str, str], old_key: Ed25519PrivateKey, *, then_record: bool
+) -> Checkpoint:
+    """A history sealed with ``old_key`` and its checkpoint; with ``then_record``, one more
+    event sealed with it above the checkpoint."""
+    ledger = Ledger(reference(), env=store_env, sealer=Sealer(old_key))
+    checkpoints = Checkpoints(ledger.recorder, store_env, old_key)
+    try:
+        build_history(ledger, extra=0)
+        checkpoint = checkpoints.create()
+        if then_record:
+            _record(ledger)
+        return checkpoint
+    finally:
+        checkpoints.close()
+        ledger.close()
+
+
+def _forged_by_the_old_key(
+    store_env: dict[str, str], old_key: Ed25519PrivateKey, export: Path
+) -> Path:
+    """An event sealed with ``old_key`` after the rotation, straight into the store (a
+    replica left running with the old key), then the store exported to ``export``."""
+    stale = Ledger(reference(), env=store_env, sealer=Sealer(old_key))
+    try:
+        _record(stale)
+        export_jsonl(stale, export)
+    finally:
+        stale.close()
+    return export
+
+
 def test_a_rotated_history_verifies_with_both_keys_and_a_retired_keys_seal_after_is_forged(
     node: str, tmp_path: Path
 ) -> None:
@@ -561,15 +593,7 @@ def test_a_rotated_history_verifies_with_both_keys_and_a_retired_keys_seal_after
     new_file = tmp_path / "new.pub"
     new_file.write_bytes(public_key_pem(new))
     with store_environment("sqlite", tmp_path) as store_env:
-        ledger = Ledger(reference(), env=store_env, sealer=Sealer(old_key))
-        checkpoints = Checkpoints(ledger.recorder, store_env, old_key)
-        try:
-            build_history(ledger, extra=0)
-            old_checkpoint = checkpoints.create().position
-            _record(ledger)  # sealed with the old key, above its checkpoint
-        finally:
-            checkpoints.close()
-            ledger.close()
+        old_checkpoint = _old_key_history(store_env, old_key, then_record=True).position
         ledger = Ledger(reference(), env=store_env, sealer=Sealer(new_key, (old,)))
         checkpoints = Checkpoints(ledger.recorder, store_env, new_key, retired=(old,))
         try:
@@ -582,13 +606,7 @@ def test_a_rotated_history_verifies_with_both_keys_and_a_retired_keys_seal_after
         finally:
             checkpoints.close()
             ledger.close()
-        stale = Ledger(reference(), env=store_env, sealer=Sealer(old_key))
-        try:
-            _record(stale)  # a replica left running with the old key
-            forged = tmp_path / "stale.jsonl"
-            export_jsonl(stale, forged)
-        finally:
-            stale.close()
+        forged = _forged_by_the_old_key(store_env, old_key, tmp_path / "stale.jsonl")
     code, report = run_node(node, clean, both)
     assert code == 0, report
     assert verify_export(clean, [new, old]).ok
@@ -618,14 +636,7 @@ def test_a_rotation_with_nothing_new_closes_the_old_keys_run_in_the_export(
     both = tmp_path / "both.pub"
     both.write_bytes(public_key_pem(new) + public_key_pem(old))
     with store_environment("sqlite", tmp_path) as store_env:
-        ledger = Ledger(reference(), env=store_env, sealer=Sealer(old_key))
-        checkpoints = Checkpoints(ledger.recorder, store_env, old_key)
-        try:
-            build_history(ledger, extra=0)
-            old_checkpoint = checkpoints.create()
-        finally:
-            checkpoints.close()
-            ledger.close()
+        old_checkpoint = _old_key_history(store_env, old_key, then_record=False)
         ledger = Ledger(reference(), env=store_env, sealer=Sealer(new_key, (old,)))
         checkpoints = Checkpoints(ledger.recorder, store_env, new_key, retired=(old,))
         try:
@@ -638,13 +649,7 @@ def test_a_rotation_with_nothing_new_closes_the_old_keys_run_in_the_export(
         finally:
             checkpoints.close()
             ledger.close()
-        stale = Ledger(reference(), env=store_env, sealer=Sealer(old_key))
-        try:
-            _record(stale)  # the old key, after the rotation, straight into the store
-            forged = tmp_path / "stale.jsonl"
-            export_jsonl(stale, forged)
-        finally:
-            stale.close()
+        forged = _forged_by_the_old_key(store_env, old_key, tmp_path / "stale.jsonl")
     code, report = run_node(node, clean, both)
     assert code == 0, report
     assert report["checkpoints_checked"] == 2, report

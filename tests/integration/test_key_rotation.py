@@ -363,6 +363,20 @@ def _verify_export_cli(state: Rotated, name: str) -> subprocess.CompletedProcess
     return _audit(["verify", "--export", str(export), *both], state)
 
 
+def _export_refuses_a_late_old_key_seal(
+    env: dict[str, str], state: Rotated
+) -> tuple[str, dict[str, Any]]:
+    """An incident sealed with the old key after the rotation, written straight into the
+    store (:func:`_seal_late_with_the_old_key`), then `verify --export` on a fresh export:
+    refused, *modified*, naming it. Its name and the divergence line."""
+    late = _seal_late_with_the_old_key(env, state.keys)
+    found = _verify_export_cli(state, "late.jsonl")
+    assert found.returncode == 1, found.stdout + found.stderr
+    line = next(e for e in _events(found) if e["event"] == "audit.verify.divergence")
+    assert (line["divergence_kind"], line["divergence_incident"]) == ("modified", late), line
+    return late, line
+
+
 @pytest.mark.parametrize("store", STORES)
 def test_a_rotation_with_nothing_new_signs_the_new_keys_first_checkpoint_at_once(
     store: str, tmp_path: Path, keys: Keys
@@ -398,11 +412,7 @@ def test_a_rotation_with_nothing_new_signs_the_new_keys_first_checkpoint_at_once
         clean = _verify_export_cli(state, "clean.jsonl")
         assert clean.returncode == 0, clean.stdout + clean.stderr
 
-        late = _seal_late_with_the_old_key(env, keys)
-        found = _verify_export_cli(state, "late.jsonl")
-        assert found.returncode == 1, found.stdout + found.stderr
-        line = next(e for e in _events(found) if e["event"] == "audit.verify.divergence")
-        assert (line["divergence_kind"], line["divergence_incident"]) == ("modified", late), line
+        late, line = _export_refuses_a_late_old_key_seal(env, state)
         assert f"which the checkpoint at position {state.rotation}" in line["divergence_detail"]
         ledger = state.ledger()
         try:
@@ -478,11 +488,7 @@ def test_a_store_rotated_before_rotations_were_recorded_gets_the_checkpoint_at_i
             state.rotation = latest.position
         after = _verify_export_cli(state, "after.jsonl")
         assert after.returncode == 0, after.stdout + after.stderr
-        late = _seal_late_with_the_old_key(env, keys)
-        found = _verify_export_cli(state, "late.jsonl")
-        assert found.returncode == 1, found.stdout + found.stderr
-        line = next(e for e in _events(found) if e["event"] == "audit.verify.divergence")
-        assert (line["divergence_kind"], line["divergence_incident"]) == ("modified", late), line
+        _export_refuses_a_late_old_key_seal(env, state)
 
 
 def test_a_second_rotation_with_nothing_new_retires_the_key_at_its_own_checkpoint(
