@@ -467,9 +467,10 @@ class Ledger(Application[UUID]):
         # Up to which position each retired key's seal still vouches for an incident's
         # newest event (bound_retired_seals); None: any seal of a trusted key does.
         self._retired_until: dict[str, int] | None = None
-        # The position of the newest event recorded before seals existed, which a signed
-        # checkpoint covers (bound_unsealed_history); 0: every newest event needs its seal.
-        self._unsealed_until = 0
+        # The history recorded before seals existed, which a signed checkpoint covers
+        # (bound_unsealed_history): each of its incidents' newest hash as the start checked
+        # it; empty: every newest event needs its seal.
+        self._unsealed_heads: Mapping[UUID, str] = {}
         # Set once the store records this ledger's own signing key as retired (a rotation
         # by another replica, seen by services/ledger/key_watch.py): every commit refuses.
         self._key_retired: SigningKeyRetired | None = None
@@ -1760,12 +1761,13 @@ class Ledger(Application[UUID]):
         or a replica left running with it, seals after the rotation is refused."""
         self._retired_until = dict(until)
 
-    def bound_unsealed_history(self, until: int) -> None:
+    def bound_unsealed_history(self, heads: Mapping[UUID, str]) -> None:
         """From now on an incident whose newest event carries no seal loads when that event
-        lies at or before ``until`` (Checkpoints.unsealed_history_end): recorded by a ledger
-        from before seals existed, under a checkpoint. After it, a missing seal is a
-        forgery as before."""
-        self._unsealed_until = until
+        is the one the start checked against the checkpoint over the history recorded
+        before seals existed (``heads``, by incident id; Checkpoints.unsealed_history). Any
+        other missing seal is a forgery as before, also on an event of that history changed
+        in the store since the start."""
+        self._unsealed_heads = heads
 
     def check_seal(self, incident: Incident) -> None:
         """DATA_LOSS unless the incident's newest event carries the ledger's seal over its
@@ -1805,13 +1807,9 @@ class Ledger(Application[UUID]):
         )
 
     def _recorded_before_seals(self, incident: Incident) -> bool:
-        """Whether the incident's newest event lies in the history recorded before seals
-        existed (one indexed query, only for an incident whose newest event has none)."""
-        if not self._unsealed_until:
-            return False
-        version = incident.version
-        position = self.positions.of(incident.id, version - 1, version).get(version)
-        return position is not None and position <= self._unsealed_until
+        """Whether the incident's newest event is the one the start found, unchanged, in the
+        history recorded before seals existed (its hash covers its version and content)."""
+        return self._unsealed_heads.get(incident.id) == incident.head_hash
 
     def _retired_problem(
         self, incident: Incident, signer: str, until: Mapping[str, int]

@@ -383,12 +383,13 @@ def build(settings: LedgerSettings) -> LedgerServer:
     if rotated is not None and relay is not None:  # the witnesses keep the rotation's too
         relay.publish_checkpoint(rotated.position, rotated.to_bytes())
     checkpoints.seal_earlier_history()
-    unsealed = checkpoints.unsealed_history_end()
-    ledger.bound_unsealed_history(unsealed)
-    if unsealed:
+    unsealed = checkpoints.unsealed_history()
+    ledger.bound_unsealed_history(unsealed.heads)
+    if unsealed.until:
         log.info(
             "ledger.unsealed_history",
-            position=unsealed,
+            position=unsealed.until,
+            incidents=len(unsealed.heads),
             note="incidents last changed before seals existed load under the checkpoint",
         )
     port = listen(server, settings.listen, settings)

@@ -222,3 +222,29 @@ def test_history_from_before_seals_changed_in_the_store_does_not_load(
         assert refused.value.code() is grpc.StatusCode.DATA_LOSS
     problems = [x for x in logs if x["event"] == "checkpoint.unsealed_history_changed"]
     assert len(problems) == 1, logs
+
+
+def test_history_from_before_seals_changed_while_the_ledger_runs_does_not_load(
+    either_store: dict[str, str], tmp_path: Path
+) -> None:
+    """The start checks that history against its checkpoint once; an event of it changed
+    in the store afterwards, while the ledger runs, must not load either: the start keeps
+    each of those incidents' newest hash, and an unsealed event loads only if it is the
+    one checked."""
+    store_env = either_store
+    settings = settings_for(tmp_path, store_env, checkpoint_seconds=0.0)
+    with running_ledger(settings) as client:
+        names = _history(client)
+        table = client.server.ledger.recorder.events_table_name  # type: ignore[attr-defined]
+    assert _strip(store_env, table) > 0
+    with running_ledger(settings) as client:  # covers and checks the unsealed history
+        md = client.md(COORDINATOR)
+        changed = names[2].removeprefix("incidents/").replace("-", "")
+        _rewrite(store_env, table, changed, b"mass gathering", b"calm gathering")
+        with pytest.raises(grpc.RpcError) as refused:
+            client.stub.GetIncident(api.GetIncidentRequest(name=names[2]), metadata=md)
+        assert refused.value.code() is grpc.StatusCode.DATA_LOSS
+        assert "carries no seal" in str(refused.value.details())
+        # The history left as it was still loads without seals.
+        read = client.stub.GetIncident(api.GetIncidentRequest(name=names[0]), metadata=md)
+        assert read.incident.title == "Ballot box seal broken at TPS 02"

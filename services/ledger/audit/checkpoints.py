@@ -25,7 +25,7 @@ import builtins
 import json
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -177,6 +177,7 @@ def extend_chain(
     seals: SealChecker | None = None,
     accept_unsealed: bool = False,
     retired_until: Mapping[str, int] | None = None,
+    heads: dict[UUID, str] | None = None,
 ) -> ChainState:
     """``state`` extended over the incident events after it (up to ``stop``, inclusive).
 
@@ -188,7 +189,8 @@ def extend_chain(
     ``retired_until`` (key id: the last position its rotation recorded) bounds the seals
     of ``seals``' retired keys as the ledger's load does (Ledger.bound_retired_seals): such
     a seal vouches only for an event at or before its key's position, and one of a key
-    missing from it for none.
+    missing from it for none. ``heads``, when given, gets each incident's newest hash in
+    the range, by incident id.
     """
     position, head, events = state.position, state.head, state.events
     topics = decoder.topics
@@ -202,6 +204,8 @@ def extend_chain(
             digest = body_hash(body)
             if seals is not None:
                 _check_link(newest, row, body, digest, seal)
+            if heads is not None:
+                heads[UUID(str(row[1]))] = digest
             head = chain_step(head, row[0], digest)
             events += 1
         position = batch[-1][0]
@@ -237,6 +241,16 @@ def extend_chain(
                 "`ledger-audit verify`, docs/operations.md)"
             )
     return ChainState(position, head, events)
+
+
+@dataclass(frozen=True)
+class UnsealedHistory:
+    """What :meth:`Checkpoints.unsealed_history` found: the position of the newest incident
+    event recorded before seals existed under a checkpoint (0: none), and the newest hash of
+    each incident of that history there."""
+
+    until: int = 0
+    heads: Mapping[UUID, str] = field(default_factory=dict)
 
 
 #: How many incidents a refusal names (the count says how many there are).
@@ -518,17 +532,18 @@ class Checkpoints:
             note="events recorded before seals existed are now covered by this checkpoint",
         )
 
-    def unsealed_history_end(self) -> int:
-        """The position of the newest incident event recorded before seals existed (the
-        events of a store written by a ledger from before seals, up to its first sealed
-        event), when a checkpoint of this ledger's keys covers it and signs their chain as
-        it now is; 0 when the log's first incident event is sealed (a store that was always
-        sealed: one row read), nothing covers those events, or they were changed since.
-        Run after :meth:`seal_earlier_history`, which makes that checkpoint; what it returns
-        is where a missing seal stops being a forgery."""
+    def unsealed_history(self) -> UnsealedHistory:
+        """The incident events recorded before seals existed (those of a store written by a
+        ledger from before seals, up to its first sealed event), when a checkpoint of this
+        ledger's keys covers them and signs their chain as it now is: the position of the
+        newest, and each of their incidents' newest hash there. Nothing (position 0) when
+        the log's first incident event is sealed (a store that was always sealed: one row
+        read), nothing covers those events, or they were changed since. Run after
+        :meth:`seal_earlier_history`, which makes that checkpoint; what it returns is where
+        a missing seal stops being a forgery."""
         end, _ = self._unsealed_prefix()
         if end == 0:
-            return 0
+            return UnsealedHistory()
         # The first checkpoint of this ledger's keys at or after that end must sign the
         # chain of those events as they are now: an event without a seal is otherwise
         # vouched for by nothing at load, and whoever stripped the seals of a sealed store's
@@ -539,16 +554,22 @@ class Checkpoints:
         if cover is None:
             cover = self.latest()
             if cover is None or self._signer(cover) is None:
-                return 0
+                return UnsealedHistory()
+        until = min(end, cover.position)
+        # The heads as checked here: an event of that history changed in the store later,
+        # while the ledger runs, is then no longer the one checked, and loads as any
+        # unsealed event does (DATA_LOSS) instead of until the next start.
+        heads: dict[UUID, str] = {}
         try:
             state = extend_chain(
-                self._recorder, self._decoder, ChainState(0, GENESIS_HASH, 0), cover.position
+                self._recorder, self._decoder, ChainState(0, GENESIS_HASH, 0), until, heads=heads
             )
+            state = extend_chain(self._recorder, self._decoder, state, cover.position)
         except CheckpointError as exc:
             problem = str(exc)
         else:
             if (state.head, state.events) == (cover.head, cover.events):
-                return min(end, cover.position)
+                return UnsealedHistory(until, heads)
             problem = f"the chain's head after them is {state.head}, not {cover.head}"
         log.error(
             "checkpoint.unsealed_history_changed",
@@ -559,7 +580,7 @@ class Checkpoints:
             "the store was changed; each incident needs its seal to load; run "
             "`ledger-audit verify --store`",
         )
-        return 0
+        return UnsealedHistory()
 
     def _unsealed_prefix(self) -> tuple[int, bool]:
         """The position of the last incident event before the first sealed one (0: the
