@@ -53,8 +53,10 @@ from services.ledger.api.servicer import MAX_PAGE_BYTES, LedgerServicer
 from services.ledger.api.situation_servicer import SituationServicer
 from services.ledger.application import IngestLimits, Ledger, time_bounds_of
 from services.ledger.audit import Checkpoint, CheckpointError, Checkpoints, load_signing_key
+from services.ledger.audit.encoding import RawDecoder
 from services.ledger.audit.evidence_check import verify_evidence
 from services.ledger.audit.keys import load_retired_keys
+from services.ledger.audit.recorded import RecordedEvents
 from services.ledger.domain.evidence import EvidencePolicy
 from services.ledger.domain.incident import Incident
 from services.ledger.evidence import EvidenceService, clear_spool, create_downloads_table
@@ -333,11 +335,16 @@ def build(settings: LedgerSettings) -> LedgerServer:
     relay = start_relay(settings, ledger, health_servicer)
     register_metrics(metrics, ledger, projections, relay)
     metrics_port = metrics.serve(settings.metrics_listen) if settings.metrics_listen else 0
+    # What this replica records, found as written before each periodic checkpoint signs it.
+    recorded = RecordedEvents(RawDecoder().topics) if settings.checkpoint_seconds > 0 else None
+    if recorded is not None:
+        ledger.add_record_listener(recorded.add)
     checkpoints = Checkpoints(
         ledger.recorder,
         settings.store_env,
         signing_key,
         retired=retired_keys,
+        recorded=recorded,
         interval_seconds=settings.checkpoint_seconds,
         on_checkpoint=(
             (lambda c: relay.publish_checkpoint(c.position, c.to_bytes())) if relay else None

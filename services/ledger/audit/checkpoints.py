@@ -56,6 +56,7 @@ from services.ledger.audit.encoding import (
     newest_row,
 )
 from services.ledger.audit.keys import key_id, public_key_bytes
+from services.ledger.audit.recorded import RecordedCheck, RecordedEvents
 from services.ledger.domain.incident import canonical_json
 from services.ledger.seals import SealChecker
 from services.ledger.store import RawRow, read_rows
@@ -178,6 +179,7 @@ def extend_chain(
     accept_unsealed: bool = False,
     retired_until: Mapping[str, int] | None = None,
     heads: dict[UUID, str] | None = None,
+    on_row: Callable[[RawRow], None] | None = None,
 ) -> ChainState:
     """``state`` extended over the incident events after it (up to ``stop``, inclusive).
 
@@ -190,7 +192,7 @@ def extend_chain(
     of ``seals``' retired keys as the ledger's load does (Ledger.bound_retired_seals): such
     a seal vouches only for an event at or before its key's position, and one of a key
     missing from it for none. ``heads``, when given, gets each incident's newest hash in
-    the range, by incident id.
+    the range, by incident id; ``on_row`` is called with each row read.
     """
     position, head, events = state.position, state.head, state.events
     topics = decoder.topics
@@ -206,6 +208,8 @@ def extend_chain(
                 _check_link(newest, row, body, digest, seal)
             if heads is not None:
                 heads[UUID(str(row[1]))] = digest
+            if on_row is not None:
+                on_row(row)
             head = chain_step(head, row[0], digest)
             events += 1
         position = batch[-1][0]
@@ -346,8 +350,11 @@ class Checkpoints:
         on_checkpoint: Callable[[Checkpoint], None] | None = None,
         create_table: bool = True,
         retired: Sequence[bytes] = (),
+        recorded: RecordedEvents | None = None,
     ) -> None:
         self._recorder = recorder
+        # The incident events this replica recorded, found as written before each checkpoint.
+        self._recorded = recorded
         self._key = signing_key
         self.public_key: bytes = public_key_bytes(signing_key)
         self.key_id: str = key_id(self.public_key)
@@ -456,6 +463,15 @@ class Checkpoints:
                 if last is not None
                 else ChainState(0, GENESIS_HASH, 0)
             )
+            own = RecordedCheck(self._recorded) if self._recorded is not None else None
+            if own is not None and own.first is not None and own.first <= base.position:
+                # Some lie under a checkpoint made since they were recorded (another
+                # replica's, or an earlier one that was refused): read them there.
+                for batch in batches(
+                    self._recorder, self._decoder.topics, own.first - 1, base.position, BATCH
+                ):
+                    for row in batch:
+                        own.row(row)
             state = extend_chain(
                 self._recorder,
                 self._decoder,
@@ -464,7 +480,14 @@ class Checkpoints:
                 accept_unsealed=accept_unsealed,
                 retired_until=self.retired_positions() if rotating else None,
                 stop=at,
+                on_row=own.row if own is not None else None,
             )
+            # Every event kept was recorded before the read began: all must be there, up to
+            # ``at`` when the range stops there (the newest gone are beyond the log's end).
+            problem = own.problem(at) if own is not None else None
+            if problem is not None:
+                log.error("checkpoint.recorded_events_changed", problem=problem)
+                raise CheckpointError(problem)
             if at is not None and state.position < at:
                 # No incident event holds that position: the rotation's record does.
                 state = ChainState(at, state.head, state.events)
