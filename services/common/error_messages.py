@@ -92,6 +92,10 @@ TEMPLATES: Mapping[str, str] = {
         "stream: from the last cursor)."
     ),
     "HASH_CHAIN_BROKEN": N_("The stored history of {incident} fails its hash chain."),
+    "CHECKPOINT_REFUSED": N_(
+        "No checkpoint was signed: the stored history fails its checks, or this replica "
+        "may no longer sign. Run verify."
+    ),
     "STORED_RECORD_CHANGED": N_(
         "A stored record naming {incident} does not match its history: it was changed."
     ),

@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 from incidentledger.v1 import audit_service_pb2 as audit
 from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
 from incidentledger.v1 import ledger_service_pb2 as api
+from incidentledger_client.errors import error_reason
 from services.common.sql import open_database
 from services.ledger.audit import Checkpoints
 from tests.support import Client, running_ledger, settings_for
@@ -89,7 +90,8 @@ def test_a_checkpoint_refuses_to_sign_when_events_recorded_since_the_last_are_no
 
         with capture_logs() as logs, pytest.raises(grpc.RpcError) as refused:
             _checkpoint(client)
-        assert refused.value.code() is not grpc.StatusCode.OK
+        assert refused.value.code() is grpc.StatusCode.DATA_LOSS
+        assert error_reason(refused.value) == "CHECKPOINT_REFUSED"
         assert _positions(client) == [first.position]  # nothing signed over it
         problems = [x for x in logs if x["event"] == "checkpoint.recorded_events_changed"]
         assert len(problems) == 1, logs

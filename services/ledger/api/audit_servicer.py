@@ -17,7 +17,7 @@ from typing_extensions import override
 
 from incidentledger.v1 import audit_service_pb2 as audit
 from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
-from services.common.errors import InvalidArgument
+from services.common.errors import DataLoss, InvalidArgument
 from services.common.grpc_server import current_principal
 from services.common.pagetoken import PageTokens, page_of
 from services.common.reference import Role
@@ -26,6 +26,7 @@ from services.ledger.api.servicer import DEFAULT_PAGE, MAX_PAGE, page_size
 from services.ledger.application import Ledger
 from services.ledger.audit import (
     Checkpoint,
+    CheckpointError,
     Checkpoints,
     VerifyProgress,
     VerifyReport,
@@ -219,9 +220,11 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         self._ledger.reference.require_role(
             current_principal().agency, AUDIT_ROLES, "create a checkpoint"
         )
-        return audit.CreateCheckpointResponse(
-            checkpoint=checkpoint_proto(self._checkpoints.create())
-        )
+        try:
+            checkpoint = self._checkpoints.create()
+        except CheckpointError as exc:
+            raise DataLoss(str(exc), reason="CHECKPOINT_REFUSED") from exc
+        return audit.CreateCheckpointResponse(checkpoint=checkpoint_proto(checkpoint))
 
     @override
     def ListCheckpoints(
