@@ -156,3 +156,26 @@ def test_events_under_another_replica_s_checkpoint_are_checked_there(
             assert f"1 missing (positions {gone.position})" in str(problems[0]["problem"])
         finally:
             other.close()
+
+
+def test_a_checkpoint_is_refused_while_the_last_one_this_replica_signed_is_gone(
+    either_store: dict[str, str], tmp_path: Path
+) -> None:
+    """A deleted checkpoint row made the next checkpoint start from the one before it,
+    over a range whose events may have been changed since (section 9 of hash-chain.md)."""
+    store_env = either_store
+    settings = settings_for(tmp_path, store_env, checkpoint_seconds=3600.0)
+    with running_ledger(settings) as client:
+        client.report("kpu")
+        first = _checkpoint(client)
+        client.report("polres")
+        second = _checkpoint(client)
+        sql = "DELETE FROM ledger_checkpoints WHERE position = ?"
+        assert _execute(store_env, sql, second.position) == 1
+        client.report("bawaslu")
+        with capture_logs() as logs, pytest.raises(grpc.RpcError) as refused:
+            _checkpoint(client)
+        assert error_reason(refused.value) == "CHECKPOINT_REFUSED"
+        assert _positions(client) == [first.position]
+        problems = [x for x in logs if x["event"] == "checkpoint.signed_checkpoint_changed"]
+        assert [x["position"] for x in problems] == [second.position], logs

@@ -247,6 +247,11 @@ def extend_chain(
     return ChainState(position, head, events)
 
 
+def _signed(c: Checkpoint) -> tuple[int, str, int, str, bytes]:
+    """What a checkpoint's signature covers, and the signature (not the key id)."""
+    return (c.position, c.head, c.events, c.created_at, bytes(c.signature))
+
+
 @dataclass(frozen=True)
 class UnsealedHistory:
     """What :meth:`Checkpoints.unsealed_history` found: the position of the newest incident
@@ -373,6 +378,8 @@ class Checkpoints:
             "checkpoint.store_unavailable", "checkpoint.store_available_again", logger=log
         )
         self._thread: threading.Thread | None = None
+        # The last checkpoint this replica signed (None: none since its start).
+        self._made: Checkpoint | None = None
         if create_table:
             self.create_table()
 
@@ -453,6 +460,7 @@ class Checkpoints:
                     "it signs nothing after its rotation (restart with the current key)"
                 )
             last = self.latest()
+            self._check_made()
             if last is not None and self._signer(last) is None:
                 raise CheckpointError(
                     f"the stored checkpoint at position {last.position} does not verify "
@@ -504,6 +512,7 @@ class Checkpoints:
             if not inserted:  # another replica stored the same position first
                 stored = self._at(checkpoint.position)
                 return stored or checkpoint
+            self._made = checkpoint
         log.info(
             "checkpoint.created",
             position=checkpoint.position,
@@ -514,6 +523,25 @@ class Checkpoints:
         if self._on_checkpoint is not None:
             self._on_checkpoint(checkpoint)
         return checkpoint
+
+    def _check_made(self) -> None:
+        """The last checkpoint this replica signed must still be in the store as it signed
+        it: a deleted (or changed) row would let the next one be made from an earlier base,
+        over a range whose events may have been changed since."""
+        made = self._made
+        if made is None:
+            return
+        stored = self._at(made.position)
+        if stored is not None and _signed(stored) == _signed(made):
+            return
+        problem = (
+            f"the checkpoint this replica signed at position {made.position} is "
+            + ("gone from the store" if stored is None else "changed in the store")
+            + "; the store was changed outside the ledger (run verify, and compare with a "
+            "witness's checkpoints)"
+        )
+        log.error("checkpoint.signed_checkpoint_changed", position=made.position, problem=problem)
+        raise CheckpointError(problem)
 
     def seal_earlier_history(self) -> None:
         """On a log whose incident events all carry no seal (recorded before seals
