@@ -62,3 +62,14 @@ def test_beyond_its_limit_the_oldest_half_is_dropped() -> None:
     recorded = RecordedEvents([TOPIC], limit=4)
     recorded.add([_recording(p, b"x") for p in range(1, 6)])
     assert sorted(recorded.pending()) == [3, 4, 5]
+
+
+def test_events_kept_out_of_order_are_checked_in_order() -> None:
+    recorded = RecordedEvents([TOPIC])
+    recorded.add([_recording(5, b"e"), _recording(2, b"b"), _recording(9, b"i")])
+    check = RecordedCheck(recorded)
+    assert check.first == 2
+    check.row(_row(2, b"b"))
+    check.row(_row(5, b"e"))
+    assert check.problem(until=5) is None
+    assert sorted(recorded.pending()) == [9]

@@ -18,7 +18,9 @@ import hashlib
 import os
 import threading
 from array import array
-from collections.abc import Collection, Iterable, Sequence
+from bisect import bisect_left
+from collections.abc import Collection, Sequence
+from itertools import pairwise
 from typing import Any
 
 import structlog
@@ -79,20 +81,32 @@ class RecordedEvents:
 
     def pending(self) -> dict[int, bytes]:
         """The events not yet checked: position -> digest."""
-        with self._lock:
-            digests = bytes(self._digests)
-            return {
-                position: digests[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES]
-                for i, position in enumerate(self._positions)
-            }
+        positions, digests = self.snapshot()
+        return {
+            position: digests[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES]
+            for i, position in enumerate(positions)
+        }
 
-    def checked(self, positions: Iterable[int]) -> None:
-        """These were found as they were written: no longer kept."""
-        done = set(positions)
-        if not done:
-            return
+    def snapshot(self) -> tuple[array[int], bytes]:
+        """The events not yet checked, by position (ascending) and their digests, packed:
+        16 bytes an event, not a dictionary's hundred."""
         with self._lock:
-            keep = [i for i, p in enumerate(self._positions) if p not in done]
+            positions, digests = array("q", self._positions), bytes(self._digests)
+        if any(a >= b for a, b in pairwise(positions)):
+            # Commits store in the order of their positions; sorted all the same.
+            order = sorted(range(len(positions)), key=positions.__getitem__)
+            positions = array("q", (positions[i] for i in order))
+            digests = b"".join(digests[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES] for i in order)
+        return positions, digests
+
+    def checked_through(self, position: int) -> None:
+        """Every event kept up to ``position`` was found as written: no longer kept. (Those
+        recorded since the check began lie after it: a replica's commits take positions
+        in their order.)"""
+        with self._lock:
+            keep = [i for i, p in enumerate(self._positions) if p > position]
+            if len(keep) == len(self._positions):
+                return
             digests = self._digests
             self._positions = array("q", (self._positions[i] for i in keep))
             self._digests = bytearray().join(
@@ -106,39 +120,43 @@ class RecordedCheck:
 
     def __init__(self, recorded: RecordedEvents) -> None:
         self._recorded = recorded
-        self._expected = recorded.pending()
-        self._found: list[int] = []
-        self._changed: list[int] = []
+        self._positions, self._digests = recorded.snapshot()
+        self._seen = bytearray(len(self._positions))  # 1 found as written, 2 changed
 
     @property
     def first(self) -> int | None:
         """The lowest position to look for (None: nothing)."""
-        return min(self._expected) if self._expected else None
+        return self._positions[0] if self._positions else None
 
     def row(self, row: RawRow) -> None:
-        digest = self._expected.get(row[0])
-        if digest is None:
+        i = bisect_left(self._positions, row[0])
+        if i == len(self._positions) or self._positions[i] != row[0]:
             return
-        if self._recorded.digest(row[4]) == digest:
-            self._found.append(row[0])
-        else:
-            self._changed.append(row[0])
+        digest = self._digests[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES]
+        self._seen[i] = 1 if self._recorded.digest(row[4]) == digest else 2
 
     def problem(self, until: int | None = None) -> str | None:
         """Why the log (up to ``until``) must not be signed; None when every event recorded
         here (up to it) was found as written (they are then no longer kept)."""
-        seen = set(self._found) | set(self._changed)
-        missing = sorted(
-            p for p in self._expected if (until is None or p <= until) and p not in seen
-        )
-        if not missing and not self._changed:
-            self._recorded.checked(self._found)
+        missing: list[int] = []
+        changed: list[int] = []
+        through = None
+        for i, position in enumerate(self._positions):
+            if until is not None and position > until:
+                break
+            if self._seen[i] == 1:
+                through = position
+            else:
+                (missing if self._seen[i] == 0 else changed).append(position)
+        if not missing and not changed:
+            if through is not None:
+                self._recorded.checked_through(through)
             return None
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing (positions {_named(missing)})")
-        if self._changed:
-            parts.append(f"{len(self._changed)} changed (positions {_named(self._changed)})")
+        if changed:
+            parts.append(f"{len(changed)} changed (positions {_named(changed)})")
         return (
             "incident events this replica recorded are not in the store as it wrote them: "
             + ", ".join(parts)
