@@ -613,6 +613,39 @@ def test_a_failed_read_is_said_in_the_pages_language_never_the_browsers(
     assert_local_and_clean(room)
 
 
+@pytest.mark.parametrize(
+    ("language", "said"),
+    [
+        ("en", "The map could not be loaded: type the latitude and longitude"),
+        ("id", "Peta tidak dapat dimuat: ketik lintang dan bujurnya"),
+    ],
+)
+def test_the_report_form_says_when_its_map_cannot_be_loaded_and_takes_a_typed_point(
+    room: Room, browser: Browser, language: str, said: str
+) -> None:
+    """The small map of the report form stayed blank, without a word, when its data could
+    not be read (the ledger away, a session ended): the officer did not know to type the
+    point."""
+    page = new_page(room, browser, language)
+    sign_in(room, page, "polres")
+    page.route("**/map/data.json", lambda route: route.fulfill(status=503, body="no answer"))
+    page.goto(f"{room.url}/report")
+    expect(page.locator("#pick")).to_have_attribute("data-ready", "failed")
+    expect(page.locator("#pick")).to_be_hidden()
+    expect(page.locator("#pick-failed")).to_be_visible()
+    expect(page.locator("#pick-failed")).to_contain_text(said)
+    title = f"Typed point {uuid.uuid4().hex[:6]}"
+    page.fill("input[name=title]", title)
+    page.select_option("select[name=kecamatan]", "ipuh")
+    page.fill("#latitude", "-2.61234")
+    page.fill("#longitude", "101.12345")
+    page.click("#submit")
+    expect(page).to_have_url(re.compile(r"/board\?reported=\d+$"))
+    (incident,) = [i for i in room.ledger("desk_pilkada").list_incidents() if i.title == title]
+    assert (incident.location.latitude, incident.location.longitude) == (-2.61234, 101.12345)
+    assert_local_and_clean(room)
+
+
 def test_a_phone_sized_window_shows_every_page_without_sideways_scrolling(
     room: Room, browser: Browser
 ) -> None:

@@ -45,8 +45,13 @@
     var marker = null;
     var latitude = document.getElementById("latitude");
     var longitude = document.getElementById("longitude");
+    // A map that cannot be loaded (the ledger away, a session ended) is said under it: the
+    // point can still be typed. Before, the map stayed blank without a word.
     fetch("/map/data.json", {credentials: "same-origin"})
-      .then(function (response) { return response.json(); })
+      .then(function (response) {
+        if (!response.ok) { throw new Error("the map's data: HTTP " + response.status); }
+        return response.json();
+      })
       .then(function (data) {
         var shapes = L.geoJSON(data, {
           style: {color: "#333", weight: 1, fillColor: "#cfd8dc", fillOpacity: 0.6},
@@ -62,6 +67,11 @@
         map.fitBounds(shapes.getBounds());
         shapes.eachLayer(function (shape) { shape.getElement().setAttribute("data-code", shape.feature.properties.code); });
         pick.dataset.ready = "1";
+      })
+      .catch(function () {
+        pick.hidden = true;
+        document.getElementById("pick-failed").hidden = false;
+        pick.dataset.ready = "failed";
       });
     map.on("click", function (event) {
       var point = event.latlng;
