@@ -646,6 +646,41 @@ def test_the_report_form_says_when_its_map_cannot_be_loaded_and_takes_a_typed_po
     assert_local_and_clean(room)
 
 
+#: What the forms' own checks say, by the page's language (static/forms.js).
+FORM_CHECKS = {
+    "en": ("Fill in this field.", "Enter a number from -90 to 90."),
+    "id": ("Isi kolom ini.", "Masukkan angka dari -90 sampai 90."),
+}
+
+
+@pytest.mark.parametrize("language", ["en", "id"])
+def test_the_forms_own_checks_speak_the_page_s_language_not_the_browser_s(
+    room: Room, browser: Browser, language: str
+) -> None:
+    """The browser's bubbles for a required field or a number out of range were in the
+    browser's language, whatever language the officer chose on the page."""
+    missing, out_of_range = FORM_CHECKS[language]
+    page = new_page(room, browser, language)  # the browser itself speaks English
+    sign_in(room, page, "polres")
+    page.goto(f"{room.url}/report")
+    page.fill("#latitude", "95")
+    page.click("#submit")  # no title, a latitude beyond 90: refused by the page itself
+    title = page.locator("input[name=title]")
+    latitude = page.locator("#latitude")
+    assert title.evaluate("field => field.validationMessage") == missing
+    assert not page.url.endswith("/board")
+    page.fill("input[name=title]", f"Checked {uuid.uuid4().hex[:6]}")
+    page.click("#submit")
+    assert latitude.evaluate("field => field.validationMessage") == out_of_range
+    # Filled by a script, as the map fills it: the words of the last check do not stay.
+    latitude.evaluate("field => { field.value = '-2.5'; }")
+    page.fill("#longitude", "101.1")
+    page.select_option("select[name=kecamatan]", "ipuh")
+    page.click("#submit")
+    expect(page).to_have_url(re.compile(r"/board\?reported=\d+$"))
+    assert_local_and_clean(room)
+
+
 def test_a_phone_sized_window_shows_every_page_without_sideways_scrolling(
     room: Room, browser: Browser
 ) -> None:
