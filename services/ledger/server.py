@@ -351,6 +351,11 @@ def build(settings: LedgerSettings) -> LedgerServer:
         ),
         create_table=create,
     )
+    metrics.counter_reading(
+        "ledger_checkpoints_refused",
+        "checkpoints this replica refused to sign since the process started",
+        lambda: float(checkpoints.refused),
+    )
     page_tokens = PageTokens(page_token_secret(settings))
     read_model = ReadModel(ledger, projections)
     ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server(

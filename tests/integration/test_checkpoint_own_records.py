@@ -106,6 +106,7 @@ def test_a_checkpoint_refuses_to_sign_when_events_recorded_since_the_last_are_no
         with pytest.raises(grpc.RpcError):
             _checkpoint(client)
         assert _positions(client) == [first.position]
+        assert client.server.checkpoints.refused == 2  # ledger_checkpoints_refused_total
 
 
 def test_checkpoints_sign_as_before_when_nothing_was_taken(

@@ -380,6 +380,8 @@ class Checkpoints:
         self._thread: threading.Thread | None = None
         # The last checkpoint this replica signed (None: none since its start).
         self._made: Checkpoint | None = None
+        # Checkpoints refused since the start (CheckpointError): what an alert watches.
+        self.refused = 0
         if create_table:
             self.create_table()
 
@@ -436,6 +438,16 @@ class Checkpoints:
     def create(
         self, *, accept_unsealed: bool = False, rotating: bool = False, at: int | None = None
     ) -> Checkpoint:
+        """:meth:`_create`, its refusals counted (``refused``: the metric
+        ``ledger_checkpoints_refused_total``)."""
+        try:
+            return self._create(accept_unsealed=accept_unsealed, rotating=rotating, at=at)
+        except CheckpointError:
+            with self._lock:
+                self.refused += 1
+            raise
+
+    def _create(self, *, accept_unsealed: bool, rotating: bool, at: int | None) -> Checkpoint:
         """A checkpoint at the current end of the log (the latest one if nothing is new);
         with ``at``, at that position (the record of a rotation with nothing new to sign,
         :meth:`rotate_key`), over the incident events up to it, even when none lies after
