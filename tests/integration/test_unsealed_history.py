@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 from incidentledger.v1 import audit_service_pb2 as audit
 from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
 from incidentledger.v1 import ledger_service_pb2 as api
+from services.common.config import LedgerSettings
 from services.common.sql import open_database
 from tests.support import Client, rid, running_ledger, settings_for
 
@@ -193,6 +194,19 @@ def _rewrite(store_env: dict[str, str], table: str, incident: str, old: bytes, n
         db.close()
 
 
+def _store_from_before_seals(
+    store_env: dict[str, str], tmp_path: Path
+) -> tuple[LedgerSettings, list[str], str]:
+    """A store as a ledger from before seals left it (the history of :func:`_history`, its
+    seals and checkpoints taken out): the settings, the incidents' names, the events' table."""
+    settings = settings_for(tmp_path, store_env, checkpoint_seconds=0.0)
+    with running_ledger(settings) as client:
+        names = _history(client)
+        table = client.server.ledger.recorder.events_table_name  # type: ignore[attr-defined]
+    assert _strip(store_env, table) > 0
+    return settings, names, table
+
+
 def test_history_from_before_seals_changed_in_the_store_does_not_load(
     either_store: dict[str, str], tmp_path: Path
 ) -> None:
@@ -202,11 +216,7 @@ def test_history_from_before_seals_changed_in_the_store_does_not_load(
     later event to fail the link either. The start now checks that history against the
     head its checkpoint signed, and loads it without seals only if it matches."""
     store_env = either_store
-    settings = settings_for(tmp_path, store_env, checkpoint_seconds=0.0)
-    with running_ledger(settings) as client:
-        names = _history(client)
-        table = client.server.ledger.recorder.events_table_name  # type: ignore[attr-defined]
-    assert _strip(store_env, table) > 0
+    settings, names, table = _store_from_before_seals(store_env, tmp_path)
     with running_ledger(settings) as client:  # covers the unsealed history, and reads it
         read = client.stub.GetIncident(
             api.GetIncidentRequest(name=names[2]), metadata=client.md(COORDINATOR)
@@ -232,11 +242,7 @@ def test_history_from_before_seals_changed_while_the_ledger_runs_does_not_load(
     each of those incidents' newest hash, and an unsealed event loads only if it is the
     one checked."""
     store_env = either_store
-    settings = settings_for(tmp_path, store_env, checkpoint_seconds=0.0)
-    with running_ledger(settings) as client:
-        names = _history(client)
-        table = client.server.ledger.recorder.events_table_name  # type: ignore[attr-defined]
-    assert _strip(store_env, table) > 0
+    settings, names, table = _store_from_before_seals(store_env, tmp_path)
     with running_ledger(settings) as client:  # covers and checks the unsealed history
         md = client.md(COORDINATOR)
         changed = names[2].removeprefix("incidents/").replace("-", "")
