@@ -451,11 +451,14 @@ def test_replicas_rotating_at_once_record_one_rotation(tmp_path: Path, keys: Key
                 thread.start()
             for thread in threads:
                 thread.join(timeout=120)
-            assert made[0] is not None and made[0] == made[1]
-            assert _rotation_records(ledgers[0]) == [made[0].position]
+            # Both made the same, or (one start scheduled only after the other was done
+            # rotating, as on a busy machine) the later one found nothing left to rotate.
+            (checkpoint, *others) = [c for c in made if c is not None]
+            assert all(other == checkpoint for other in others)
+            assert _rotation_records(ledgers[0]) == [checkpoint.position]
             assert [c.position for c in probes[0].iterate()] == [
                 state.old_checkpoint,
-                made[0].position,
+                checkpoint.position,
             ]
         finally:
             for probe in probes:
