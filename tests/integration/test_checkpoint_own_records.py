@@ -21,6 +21,7 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger_client.errors import error_reason
 from services.common.sql import open_database
 from services.ledger.audit import Checkpoints
+from tests.integration.test_ingest import device_report, ingest
 from tests.support import Client, running_ledger, settings_for
 
 AUDITOR = "inspektorat"
@@ -180,3 +181,22 @@ def test_a_checkpoint_is_refused_while_the_last_one_this_replica_signed_is_gone(
         assert _positions(client) == [first.position]
         problems = [x for x in logs if x["event"] == "checkpoint.signed_checkpoint_changed"]
         assert [x["position"] for x in problems] == [second.position], logs
+
+
+def test_a_field_device_s_batch_and_single_commands_are_found_as_written(
+    either_store: dict[str, str], tmp_path: Path
+) -> None:
+    """What the recorded events are checked against is each commit's own positions: a
+    batch of many reports in one transaction (PostgreSQL's array insert included) and
+    single commands alongside must all be found, or every checkpoint would be refused."""
+    settings = settings_for(tmp_path, either_store, checkpoint_seconds=3600.0)
+    with running_ledger(settings) as client:
+        client.report("kpu")
+        results = ingest(client, [device_report(f"Laporan {n}") for n in range(120)])
+        assert {r.outcome for r in results} == {api.INGEST_OUTCOME_CREATED}
+        client.report("polres")
+        checkpoint = _checkpoint(client)
+        assert checkpoint.events == 122
+        recorded = client.server.checkpoints._recorded
+        assert recorded is not None
+        assert recorded.pending() == {}
