@@ -21,6 +21,7 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger_client.errors import error_reason
 from services.common.sql import open_database
 from services.ledger.audit import Checkpoints
+from tests.fanout_support import wait_until
 from tests.integration.test_ingest import device_report, ingest
 from tests.support import Client, running_ledger, settings_for
 
@@ -200,3 +201,26 @@ def test_a_field_device_s_batch_and_single_commands_are_found_as_written(
         recorded = client.server.checkpoints._recorded
         assert recorded is not None
         assert recorded.pending() == {}
+
+
+def test_the_periodic_checkpoints_refuse_too_and_say_why_in_one_line(
+    either_store: dict[str, str], tmp_path: Path
+) -> None:
+    """What an operator meets without calling anything: the replica's own checkpoints,
+    every LEDGER_CHECKPOINT_SECONDS, refused with the reason (a refusal, not a crash: no
+    traceback), and counted for the alert."""
+    store_env = either_store
+    settings = settings_for(tmp_path, store_env, checkpoint_seconds=0.2)
+    with running_ledger(settings) as client:
+        kept = client.report("polres")
+        wait_until(lambda: bool(_positions(client)), what="a periodic checkpoint")
+        newest = client.report("bawaslu")
+        with capture_logs() as logs:
+            table = client.server.ledger.recorder.events_table_name  # type: ignore[attr-defined]
+            _tamper(store_env, table, "deleted", kept, newest)
+            wait_until(lambda: client.server.checkpoints.refused >= 2, what="two refusals")
+        failed = [x for x in logs if x["event"] == "checkpoint.failed"]
+        assert failed, logs
+        assert f"1 missing (positions {newest.position})" in str(failed[0]["error"])
+        assert "exc_info" not in failed[0]
+        assert max(_positions(client)) < newest.position

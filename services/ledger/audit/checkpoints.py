@@ -892,6 +892,8 @@ class Checkpoints:
                 self.create()
             except STORE_CONNECTION_ERRORS as exc:  # the store restarts: next interval
                 self._store_failures.failed(error=str(exc))
+            except CheckpointError as exc:  # a refusal, with its reason: no traceback
+                log.error("checkpoint.failed", error=str(exc))
             except Exception:
                 log.exception("checkpoint.failed")
             else:
