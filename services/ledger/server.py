@@ -333,8 +333,6 @@ def build(settings: LedgerSettings) -> LedgerServer:
     )
     health_servicer = add_health_and_reflection(server, SERVICES)
     relay = start_relay(settings, ledger, health_servicer)
-    register_metrics(metrics, ledger, projections, relay)
-    metrics_port = metrics.serve(settings.metrics_listen) if settings.metrics_listen else 0
     # What this replica records, found as written before each periodic checkpoint signs it.
     recorded = RecordedEvents(RawDecoder().topics) if settings.checkpoint_seconds > 0 else None
     if recorded is not None:
@@ -351,11 +349,8 @@ def build(settings: LedgerSettings) -> LedgerServer:
         ),
         create_table=create,
     )
-    metrics.counter_reading(
-        "ledger_checkpoints_refused",
-        "checkpoints this replica refused to sign since the process started",
-        lambda: float(checkpoints.refused),
-    )
+    register_metrics(metrics, ledger, projections, relay, checkpoints)
+    metrics_port = metrics.serve(settings.metrics_listen) if settings.metrics_listen else 0
     page_tokens = PageTokens(page_token_secret(settings))
     read_model = ReadModel(ledger, projections)
     ledger_service_pb2_grpc.add_LedgerServiceServicer_to_server(
@@ -498,10 +493,15 @@ def build_evidence(
 
 
 def register_metrics(
-    metrics: Metrics, ledger: Ledger, projections: Projections, relay: Relay | RelayProcess | None
+    metrics: Metrics,
+    ledger: Ledger,
+    projections: Projections,
+    relay: Relay | RelayProcess | None,
+    checkpoints: Checkpoints,
 ) -> None:
-    """Events appended (counted as they are committed); positions, lags and the relay's
-    state (read at each scrape). docs/operations.md, "Metrics", lists them all."""
+    """Events appended (counted as they are committed); positions, lags, refused
+    checkpoints and the relay's state (read at each scrape). docs/operations.md,
+    "Metrics", lists them all."""
     appended = metrics.counter(
         "ledger_events_appended", "incident events appended to the ledger, by type", ["type"]
     )
@@ -537,6 +537,11 @@ def register_metrics(
         "ledger_projection_lag_seconds",
         "age of the oldest event the projections have not applied",
         lambda: projection_lag().seconds,
+    )
+    metrics.counter_reading(
+        "ledger_checkpoints_refused",
+        "checkpoints this replica refused to sign since the process started",
+        lambda: float(checkpoints.refused),
     )
     if relay is None:
         return
