@@ -373,7 +373,7 @@ class PersonalKeys:
     def _open(self) -> bytes:
         """The blind index key (made on first start); ConfigError when a KEK the table
         uses is not configured or does not open what it wrapped."""
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             cur.execute(self._db.q("SELECT DISTINCT kek_id FROM personal_data_keys"))
             used = sorted(str(row[0]) for row in cur.fetchall())
         missing = [k for k in used if k not in self._ring.keys]
@@ -410,7 +410,7 @@ class PersonalKeys:
         return index_key
 
     def _check_kek(self, kek_id: str) -> None:
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             cur.execute(
                 self._db.q(
                     "SELECT subject_id, wrapped_key FROM personal_data_keys"
@@ -440,7 +440,7 @@ class PersonalKeys:
     def _key_row(self, incident: str, subject: str) -> tuple[str, str | None] | None:
         """The KEK id and wrapped key (None once destroyed) of the incident's subject;
         None when the table has no row for them."""
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             cur.execute(
                 self._db.q(
                     "SELECT kek_id, wrapped_key FROM personal_data_keys"
@@ -598,7 +598,7 @@ class PersonalKeys:
     def find(self, kind: str, value: str) -> list[SubjectKey]:
         """The subjects whose normalised phone or NIK is ``value`` (erased ones are gone
         from the index)."""
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             cur.execute(
                 self._db.q(
                     "SELECT k.subject_id, k.incident_id, k.wrapped_key FROM personal_data_index i"
@@ -614,7 +614,7 @@ class PersonalKeys:
     def incidents_with_keys(self) -> list[UUID]:
         """The incidents that hold personal data some key still opens (the candidates of
         the retention rule: the table, not the whole history, is scanned)."""
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             cur.execute(
                 self._db.q(
                     "SELECT DISTINCT incident_id FROM personal_data_keys"
@@ -631,7 +631,7 @@ class PersonalKeys:
         (the candidates of :meth:`delete_unsaved`), in the order of their ids."""
         after = ""
         while True:
-            with self._db.transaction() as cur:
+            with self._db.read() as cur:
                 cur.execute(
                     self._db.q(
                         "SELECT DISTINCT incident_id FROM personal_data_keys"
