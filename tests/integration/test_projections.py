@@ -48,6 +48,7 @@ from services.ledger.domain.commands import (
 from services.ledger.domain.incident import Actor, Envelope, Incident, RejectionReason
 from services.ledger.projections import BoardFilter, Lag, Projections, service
 from services.ledger.projections.facts import FastDecoder, fact_from_event, incident_topics
+from services.ledger.projections.folding import BatchFolder
 from services.ledger.projections.store import ProjectionStore
 from services.ledger.store import read_rows
 from tests.support import reference, store_environment
@@ -523,6 +524,46 @@ def test_two_projection_processes_apply_each_event_once(
     first.close()
 
 
+def test_a_batch_folded_while_another_process_applied_it_and_more_is_not_written(
+    ledger: Ledger, store_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch is folded outside the writing transaction; the position, read again under the
+    row's lock, says whether the rows it folded are still current. Here another process
+    applies that batch and the next while the first folds: the first writes nothing (its
+    rows would undo the next batch's changes and move the position back)."""
+    if store_env["PERSISTENCE_MODULE"] == "eventsourcing.popo":
+        pytest.skip("the in-memory store is private to one process")
+    history = History(ledger, random.Random(8))
+    history.run(300)
+    first = Projections(ledger, store_env, REF)
+    second = Projections(ledger, store_env, REF, create=False)
+    batch = read_rows(ledger.recorder, None, 0, 120)
+    after = read_rows(ledger.recorder, None, int(batch[-1][0]), 10_000)
+    assert batch and after
+    first_store, second_store = first._store, second._store
+    real_fold = BatchFolder.fold
+    folds: list[int] = []
+
+    def fold_while_the_other_applies(folder: Any, facts: Any) -> None:
+        folds.append(len(facts))
+        if len(folds) == 1:  # the first store's fold: the second applies both batches now
+            second_store.apply(batch, 0)
+            second_store.apply(after, int(batch[-1][0]))
+        real_fold(folder, facts)
+
+    monkeypatch.setattr(BatchFolder, "fold", fold_while_the_other_applies)
+    end = int(after[-1][0])
+    assert first_store.apply(batch, 0) == (end, 0)
+    monkeypatch.undo()
+    assert first.position() == end
+    raced = first.raw_rows()
+    first.rebuild()  # every event applied once
+    assert first.raw_rows() == raced
+    check_rows_match_aggregates(first, ledger, history.incidents)
+    second.close()
+    first.close()
+
+
 def test_the_follower_catches_up_when_woken_and_reports_lag(
     ledger: Ledger, store_env: dict[str, str]
 ) -> None:
@@ -580,6 +621,27 @@ def test_wait_for_without_a_follower_catches_up_itself(
     assert projections.wait_for(last, timeout=5)
     assert projections.position() == last
     assert not projections.wait_for(last + 1, timeout=0)
+    projections.close()
+
+
+def test_on_sqlite_the_projections_commit_without_a_sync_and_the_events_with_one(
+    ledger: Ledger, store_env: dict[str, str]
+) -> None:
+    """The projections' commits leave the sync of SQLite's log to the ledger's next commit
+    (service.SQLITE_PRAGMAS); the events' own connections keep theirs (FULL)."""
+    if store_env["PERSISTENCE_MODULE"] != "eventsourcing.sqlite":
+        pytest.skip("a pragma of SQLite's connections")
+    projections = Projections(ledger, store_env, REF)
+    History(ledger, random.Random(3)).run(20)
+    projections.catch_up()
+    with projections._store.sql.transaction() as cur:
+        cur.execute("PRAGMA journal_mode")
+        assert cur.fetchone()[0] == "wal"  # where NORMAL risks the last commits, not the file
+        cur.execute("PRAGMA synchronous")
+        assert cur.fetchone()[0] == 1  # NORMAL
+    with ledger.recorder.datastore.transaction(commit=False) as cur:  # type: ignore[attr-defined]
+        cur.execute("PRAGMA synchronous")
+        assert cur.fetchone()[0] == 2  # FULL: a command answers once its events are synced
     projections.close()
 
 

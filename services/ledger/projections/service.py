@@ -40,6 +40,15 @@ RETRY_SECONDS = 1.0  # pause of the follower after a failure
 # PostgreSQL sessions of the projections: the follower's, and the rest for queries, so
 # that a query never waits for the follower's transaction.
 SESSIONS = 4
+#: The projections are derived from the log, and rebuilt from it: their commits need not
+#: wait for the disk. On SQLite (WAL) such a commit appends to the log without a sync; the
+#: ledger's next commit (synchronous FULL) syncs it with its own. A crash may undo the last
+#: batches applied, their position with them, and they are applied again. The follower's
+#: commit holds SQLite's one write lock, and a command whose commit finds it held waits in
+#: SQLite's busy handler (1 ms at the least). Catching up about 4,600 events in rounds of
+#: 5, the follower held that lock 260 ms in all with the sync, 108 ms without
+#: (docs/performance.md, "the projections hold SQLite's write lock for their writes only").
+SQLITE_PRAGMAS = ("PRAGMA synchronous = NORMAL",)
 
 
 class ProjectionReader:
@@ -162,7 +171,11 @@ class Projections(ProjectionReader):
         self._ledger = ledger
         self._reference = reference
         super().__init__(
-            ProjectionStore(open_database(store_env, SESSIONS), FastDecoder(ledger), reference)
+            ProjectionStore(
+                open_database(store_env, SESSIONS, sqlite_pragmas=SQLITE_PRAGMAS),
+                FastDecoder(ledger),
+                reference,
+            )
         )
         self._lock = threading.Lock()  # one catch-up at a time in this process
         self._applied = threading.Condition()

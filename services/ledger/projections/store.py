@@ -121,7 +121,7 @@ class ProjectionStore:
             cur.execute(f"{add} {column} TEXT NOT NULL DEFAULT ''")
 
     def position(self) -> int:
-        with self.sql.transaction() as cur:
+        with self.sql.read() as cur:
             cur.execute("SELECT position FROM projection_position WHERE id = 1")
             row = cur.fetchone()
             return int(row[0]) if row else 0
@@ -146,6 +146,15 @@ class ProjectionStore:
         When the stored position is no longer ``start`` (another process applied
         events meanwhile) nothing is written and the stored position is returned.
         Raises :class:`PositionBusy` when another process holds the position row.
+
+        The rows the batch touches are read and folded before the writing transaction,
+        which then holds only the writes: on SQLite its lock is the whole database's, and
+        a command whose commit finds it taken waits in SQLite's busy handler (a
+        millisecond at the least, then longer). A batch of 500 held it 1.5 ms when folded
+        under it, 0.5 ms now (docs/performance.md, "the projections hold SQLite's write
+        lock for their writes only"). The position, checked again under the row's lock, says
+        whether those rows are still the ones the fold started from: every batch applied
+        moves it, in the transaction that changes the rows.
         """
         if self._shared:  # replicas race for batches: skip decoding one already applied
             current = self.position()
@@ -153,6 +162,22 @@ class ProjectionStore:
                 return current, 0
         facts = self.decode(batch)
         end = int(batch[-1][0])
+        created = {f.incident_id for f in facts if f.type == "Reported"}
+        touched = {f.incident_id for f in facts} - created
+        with self.sql.read() as cur:
+            cur.execute("SELECT position FROM projection_position WHERE id = 1")
+            found = cur.fetchone()
+            current = int(found[0]) if found else 0
+            if current != start:
+                self._shared = True  # another process applies batches too
+                return current, 0
+            folder = BatchFolder(
+                self._load_incidents(cur, touched),
+                self._load_decisions(cur, corrected_decision_targets(facts)),
+            )
+        folder.fold(facts)
+        incidents = [row.to_db() for row in folder.rows.values()]
+        decisions = [folder.decisions[e].to_db() for e in sorted(folder.dirty_decisions)]
         with self.sql.transaction() as cur:
             cur.execute(
                 self.sql.q(
@@ -164,20 +189,11 @@ class ProjectionStore:
                 self._shared = True
                 raise PositionBusy
             current = int(found[0])
-            if current != start:
-                self._shared = True  # another process applies batches too
+            if current != start:  # applied meanwhile: the rows folded from are not current
+                self._shared = True
                 return current, 0
-            created = {f.incident_id for f in facts if f.type == "Reported"}
-            touched = {f.incident_id for f in facts} - created
-            folder = BatchFolder(
-                self._load_incidents(cur, touched),
-                self._load_decisions(cur, corrected_decision_targets(facts)),
-            )
-            folder.fold(facts)
-            self.write_incidents(cur, [row.to_db() for row in folder.rows.values()])
-            self.write_decisions(
-                cur, [folder.decisions[e].to_db() for e in sorted(folder.dirty_decisions)]
-            )
+            self.write_incidents(cur, incidents)
+            self.write_decisions(cur, decisions)
             cur.execute(
                 self.sql.q("UPDATE projection_position SET position = ? WHERE id = 1"), (end,)
             )
@@ -222,7 +238,7 @@ class ProjectionStore:
         """Every row of every table, in key order (for comparisons and audits)."""
         keys = {"proj_incident": "incident_id", "proj_decision": "event_id"}
         result: dict[str, list[tuple[Any, ...]]] = {}
-        with self.sql.transaction() as cur:
+        with self.sql.read() as cur:
             for table, key in keys.items():
                 cur.execute(f"SELECT * FROM {table} ORDER BY {key}")  # noqa: S608
                 result[table] = [tuple(r) for r in cur.fetchall()]
@@ -236,7 +252,7 @@ class ProjectionStore:
         a walk of the unique index on seq that stops after ``limit`` matching rows."""
         where, params = board_filter.where("?")
         bound, direction = ("<", "DESC") if newest_first else (">", "ASC")
-        with self.sql.transaction() as cur:
+        with self.sql.read() as cur:
             cur.execute(
                 self.sql.q(
                     f"SELECT seq, incident_id FROM proj_incident WHERE seq {bound} ? AND {where} "  # noqa: S608
@@ -247,7 +263,7 @@ class ProjectionStore:
             return [(int(seq), UUID(str(incident_id))) for seq, incident_id in cur.fetchall()]
 
     def board_rows(self, ids: Iterable[UUID]) -> dict[UUID, BoardRow]:
-        with self.sql.transaction() as cur:
+        with self.sql.read() as cur:
             rows = self._select_in(
                 cur, INCIDENT_COLUMNS, "proj_incident", "incident_id", {str(i) for i in ids}
             )
@@ -256,7 +272,7 @@ class ProjectionStore:
     def vulnerability_map(self, at: datetime) -> list[KecamatanScore]:
         model = self.reference.vulnerability
         at_us = micros(at)
-        with self.sql.transaction() as cur:
+        with self.sql.read() as cur:
             cur.execute(
                 self.sql.q(
                     "SELECT incident_id, title, severity, category, status, kecamatan,"
@@ -347,7 +363,7 @@ class ProjectionStore:
             params.append(limit)
         # With the incident's reference code (MKM-7QK3-9V), which every view shows.
         columns = ", ".join(f"d.{c}" for c in DECISION_COLUMNS)
-        with self.sql.transaction() as cur:
+        with self.sql.read() as cur:
             cur.execute(
                 self.sql.q(
                     f"SELECT {columns}, i.reference FROM proj_decision d "  # noqa: S608
@@ -382,7 +398,7 @@ class ProjectionStore:
         at_us = micros(at)
         statuses = sorted(LEAD_OPEN | COORDINATOR_OPEN)
         marks = ", ".join("?" for _ in statuses)
-        with self.sql.transaction() as cur:
+        with self.sql.read() as cur:
             cur.execute(
                 self.sql.q(
                     "SELECT status, severity, lead_agency, supporting_agencies, reported_at"  # noqa: S608
@@ -422,7 +438,7 @@ class ProjectionStore:
                 "response times are grouped by kecamatan or by agency, severity or category: "
                 f"{by!r}"
             )
-        with self.sql.transaction() as cur:
+        with self.sql.read() as cur:
             cur.execute(
                 self.sql.q(
                     f"SELECT {columns[by]}, reported_at, acknowledged_at, verified_at,"  # noqa: S608
