@@ -49,7 +49,7 @@ from services.ledger.domain.incident import Actor, Envelope, Incident, Rejection
 from services.ledger.projections import BoardFilter, Lag, Projections, service
 from services.ledger.projections.facts import FastDecoder, fact_from_event, incident_topics
 from services.ledger.projections.folding import BatchFolder
-from services.ledger.projections.store import ProjectionStore
+from services.ledger.projections.store import PositionBusy, ProjectionStore
 from services.ledger.store import read_rows
 from tests.support import reference, store_environment
 from tests.unit.incident_builders import evidence_attached, personal_data_history
@@ -524,15 +524,17 @@ def test_two_projection_processes_apply_each_event_once(
     first.close()
 
 
-def test_a_batch_folded_while_another_process_applied_it_and_more_is_not_written(
+def test_a_batch_folded_while_another_process_applies_is_written_once(
     ledger: Ledger, store_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A batch is folded outside the writing transaction; the position, read again under the
-    row's lock, says whether the rows it folded are still current. Here another process
-    applies that batch and the next while the first folds: the first writes nothing (its
-    rows would undo the next batch's changes and move the position back)."""
+    """Another process applies while the first folds a batch. On SQLite the fold runs
+    before the writing transaction: the other applies that batch and the next, and the
+    position, read again under the lock, tells the first its rows are stale, so it writes
+    nothing (they would undo the next batch's changes and move the position back). On
+    PostgreSQL the fold runs under the position row's lock: the other is refused."""
     if store_env["PERSISTENCE_MODULE"] == "eventsourcing.popo":
         pytest.skip("the in-memory store is private to one process")
+    sqlite = store_env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite"
     history = History(ledger, random.Random(8))
     history.run(300)
     first = Projections(ledger, store_env, REF)
@@ -546,15 +548,24 @@ def test_a_batch_folded_while_another_process_applied_it_and_more_is_not_written
 
     def fold_while_the_other_applies(folder: Any, facts: Any) -> None:
         folds.append(len(facts))
-        if len(folds) == 1:  # the first store's fold: the second applies both batches now
-            second_store.apply(batch, 0)
-            second_store.apply(after, int(batch[-1][0]))
+        if len(folds) == 1:  # the first store's fold
+            if sqlite:
+                second_store.apply(batch, 0)
+                second_store.apply(after, int(batch[-1][0]))
+            else:
+                with pytest.raises(PositionBusy):
+                    second_store.apply(batch, 0)
         real_fold(folder, facts)
 
     monkeypatch.setattr(BatchFolder, "fold", fold_while_the_other_applies)
     end = int(after[-1][0])
-    assert first_store.apply(batch, 0) == (end, 0)
+    first_applied = first_store.apply(batch, 0)
     monkeypatch.undo()
+    if sqlite:
+        assert first_applied == (end, 0)
+    else:
+        assert first_applied[0] == int(batch[-1][0]) and first_applied[1] > 0
+        first.catch_up()
     assert first.position() == end
     raced = first.raw_rows()
     first.rebuild()  # every event applied once
