@@ -254,31 +254,23 @@ class SQLiteDatabase(Database):
         # SQLite has one writer at a time (BEGIN IMMEDIATE): row locks are implied.
         return statement.replace(" FOR UPDATE SKIP LOCKED", "").replace(" FOR UPDATE", "")
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Cursor]:
-        with self._guard:
-            if self._closed:
-                raise DatabaseClosedError("the database is closed")
-            cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[sqlite3.Cursor]:
+        return self._begun("BEGIN IMMEDIATE")
 
-    @contextmanager
-    def read(self) -> Iterator[sqlite3.Cursor]:
+    def read(self) -> AbstractContextManager[sqlite3.Cursor]:
         """Without SQLite's write lock (a deferred ``BEGIN``): in WAL mode a reader neither
         waits for the writer nor holds it back. ``transaction``'s ``BEGIN IMMEDIATE`` takes
         the one write lock even for a read, and a command whose commit found it taken
         waited in SQLite's busy handler, a millisecond at the least."""
+        return self._begun("BEGIN")
+
+    @contextmanager
+    def _begun(self, begin: str) -> Iterator[sqlite3.Cursor]:
         with self._guard:
             if self._closed:
                 raise DatabaseClosedError("the database is closed")
             cur = self._conn.cursor()
-            cur.execute("BEGIN")
+            cur.execute(begin)
             try:
                 yield cur
             except BaseException:
