@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import FrameType
 
 import grpc
 import nats
@@ -30,6 +32,7 @@ from services.common.config import RelaySettings, StreamSettings, WebhookSetting
 from services.common.grpc_errors import error_info
 from services.common.natsserver import NatsServer
 from services.ledger.relay import ensure_stream
+from services.notifier.engine import Engine
 from services.notifier.server import build as build_notifier
 from tests.fanout_support import (
     ALLOW_LOOPBACK_ENV,
@@ -664,6 +667,12 @@ def test_a_subscribe_waiting_for_the_stream_at_the_notifier_s_stop_is_told_shutt
                     napi.SubscribeRequest(),
                 )
                 wait_until(lambda: api_calls() > before, what="the notifier looking for the stream")
+                # The consumer looks for the stream too: only a handler thread inside
+                # Engine.subscribe shows that the call reached the servicer. Cancelled
+                # before that, gRPC never runs the handler and no request line is logged.
+                wait_until(
+                    lambda: thread_inside(Engine.subscribe), what="the Subscribe handler waiting"
+                )
                 if client_left:
                     subscriber.close()
                 notifier.stop(1.0)
@@ -690,6 +699,18 @@ def test_a_subscribe_waiting_for_the_stream_at_the_notifier_s_stop_is_told_shutt
         info = error_info(error)  # type: ignore[arg-type]
         assert info is not None
         assert info.reason == "SHUTTING_DOWN"
+
+
+def thread_inside(function: Callable[..., object]) -> bool:
+    """Whether some thread is running ``function`` (anywhere on its stack) right now."""
+    code = function.__code__
+    for frame in sys._current_frames().values():
+        f: FrameType | None = frame
+        while f is not None:
+            if f.f_code is code:
+                return True
+            f = f.f_back
+    return False
 
 
 async def make_stream(url: str) -> None:
