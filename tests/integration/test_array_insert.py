@@ -1,5 +1,6 @@
-"""On PostgreSQL the ledger inserts with ArrayInsertRecorder (four plain arrays): the rows,
-their positions and the refusal of a duplicate are the library recorder's."""
+"""On PostgreSQL the ledger inserts with ArrayInsertRecorder (four plain arrays, one call of
+its insert function): the rows, their positions and the refusal of a duplicate are the
+library recorder's, with the function and, on a store that lacks it, without."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from uuid import UUID, uuid4
 import pytest
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
+from structlog.testing import capture_logs
 
 from services.ledger.application import Ledger
-from services.ledger.store import ArrayInsertRecorder
-from tests.support import store_environment
+from services.ledger.store import INSERT_FUNCTION, ArrayInsertRecorder
+from tests.support import _pg_connect, store_environment
 from tests.unit.incident_builders import REF
 
 TOPIC = "services.ledger.domain.incident:Incident.Reported"
@@ -52,13 +54,29 @@ def rows(ledger: Ledger) -> list[tuple[object, ...]]:
     ]
 
 
-def test_the_ledger_inserts_the_rows_the_library_would(ledgers: tuple[Ledger, Ledger]) -> None:
+def inserted_alike(ours: Ledger, library: Ledger, monkeypatch: pytest.MonkeyPatch) -> list[UUID]:
+    """The same batches inserted by both; the library's transaction refused to ours while
+    ``monkeypatch`` holds (the function's path must not need it)."""
+    ids = [uuid4() for _ in range(5)]
+    for events in (batch(ids[:3]), batch(ids[3:])):
+        expected = library.recorder.insert_events(events)
+        with monkeypatch.context() as patch:
+            patch.setattr(PostgresApplicationRecorder, "insert_events", refused)
+            assert ours.recorder.insert_events(events) == expected
+    return ids
+
+
+def refused(*_: object, **__: object) -> None:
+    raise AssertionError("the library's transaction was used")
+
+
+def test_the_ledger_inserts_the_rows_the_library_would(
+    ledgers: tuple[Ledger, Ledger], monkeypatch: pytest.MonkeyPatch
+) -> None:
     ours, library = ledgers
     assert type(ours.recorder) is ArrayInsertRecorder
     assert type(library.recorder) is PostgresApplicationRecorder
-    ids = [uuid4() for _ in range(5)]
-    for events in (batch(ids[:3]), batch(ids[3:])):
-        assert ours.recorder.insert_events(events) == library.recorder.insert_events(events)
+    ids = inserted_alike(ours, library, monkeypatch)
     assert rows(ours) == rows(library)
     assert len(rows(ours)) == 10
     # A version stored before fails the whole transaction, as with the library's.
@@ -66,3 +84,42 @@ def test_the_ledger_inserts_the_rows_the_library_would(ledgers: tuple[Ledger, Le
         with pytest.raises(IntegrityError):
             ledger.recorder.insert_events([*batch([uuid4()]), *batch(ids[:1])])
     assert rows(ours) == rows(library)
+
+
+def test_a_store_without_the_insert_function_takes_the_library_s_transaction(
+    ledgers: tuple[Ledger, Ledger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tables an earlier version made (no ``migrate`` since): the same rows, through the
+    library's transaction, and one warning that says how to get the faster commit."""
+    ours, library = ledgers
+    assert isinstance(ours.recorder, ArrayInsertRecorder)
+    schema = ours.recorder.datastore.schema
+    with _pg_connect() as conn:
+        conn.execute(f"DROP FUNCTION {schema}.{INSERT_FUNCTION}")
+    env = {**ours.env, "CREATE_TABLE": "n"}
+    earlier = Ledger(REF, env=env)
+    try:
+        with capture_logs() as logs:
+            ids = [uuid4() for _ in range(5)]
+            for events in (batch(ids[:3]), batch(ids[3:])):
+                assert earlier.recorder.insert_events(events) == library.recorder.insert_events(
+                    events
+                )
+        assert rows(earlier) == rows(library)
+        warnings = [x for x in logs if x["event"] == "store.insert_function_missing"]
+        assert len(warnings) == 1, logs
+        assert warnings[0]["fix"] == "python -m services.ledger migrate"
+        for ledger in (earlier, library):  # each sequence skips a number alike
+            with pytest.raises(IntegrityError):
+                ledger.recorder.insert_events(batch(ids[:1]))
+    finally:
+        earlier.close()
+    # A migrate (the tables made again) brings the function back: no warning.
+    again = Ledger(REF, env={**ours.env, "CREATE_TABLE": "y"})
+    try:
+        with capture_logs() as logs:
+            inserted_alike(again, library, monkeypatch)
+        assert not [x for x in logs if x["event"] == "store.insert_function_missing"]
+        assert rows(again) == rows(library)
+    finally:
+        again.close()
