@@ -79,6 +79,16 @@ def test_the_ledger_inserts_the_rows_the_library_would(
     ids = inserted_alike(ours, library, monkeypatch)
     assert rows(ours) == rows(library)
     assert len(rows(ours)) == 10
+    # The relay on PostgreSQL is woken by the insert's notification (on a channel named
+    # after the table, not the schema: only this ledger inserts while the test listens).
+    assert isinstance(ours.recorder, ArrayInsertRecorder)
+    more = batch([uuid4()])
+    with _pg_connect() as listener:
+        listener.execute(f"LISTEN {ours.recorder.channel_name}")
+        ours.recorder.insert_events(more)
+        notified = list(listener.notifies(timeout=5, stop_after=1))
+    assert [n.channel for n in notified] == [ours.recorder.channel_name]
+    library.recorder.insert_events(more)  # the two stores alike again
     # A version stored before fails the whole transaction, as with the library's.
     for ledger in (ours, library):
         with pytest.raises(IntegrityError):
