@@ -95,6 +95,17 @@ def merged(parts: Sequence[Result]) -> Result:
     )
 
 
+def joined(parts: Sequence[Result]) -> Result:
+    """One result of drivers that ran one after the other (rounds of one measurement):
+    the elapsed times add up, so the rate is the calls of all rounds over their time."""
+    return Result(
+        sum(p.elapsed for p in parts),
+        [x for p in parts for x in p.latencies],
+        sum((p.errors for p in parts), Counter()),
+        late_sends=sum(p.late_sends for p in parts),
+    )
+
+
 def error_name(exc: BaseException) -> str:
     if isinstance(exc, grpc.RpcError):
         call = cast(grpc.Call, exc)  # the sync stack's errors are also Calls

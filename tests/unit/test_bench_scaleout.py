@@ -6,7 +6,7 @@ from collections import Counter
 from uuid import UUID, uuid4
 
 from bench import loadgen, scaleout
-from bench.harness import Result, merged
+from bench.harness import Result, joined, merged
 
 PLAN = scaleout.ScaleoutLoad(
     clients=8,
@@ -76,6 +76,17 @@ def test_merged_results_count_every_call_over_the_longest_window() -> None:
     assert both.latencies == [0.01, 0.02, 0.03]
     assert both.errors == Counter({"UNAVAILABLE": 3})
     assert both.late_sends == 3
+
+
+def test_joined_rounds_count_every_call_over_their_summed_time() -> None:
+    """Rounds run one after the other (the bench's alternating reports): their times add."""
+    one = Result(2.0, [0.01, 0.03], Counter({"UNAVAILABLE": 1}))
+    two = Result(1.0, [0.02], Counter({"UNAVAILABLE": 2}))
+    both = joined([one, two])
+    assert both.calls == 3
+    assert both.rate == 1.0
+    assert both.latencies == [0.01, 0.02, 0.03]
+    assert both.errors == Counter({"UNAVAILABLE": 3})
 
 
 def test_combined_load_results_add_acknowledgements_and_keep_every_incident() -> None:
