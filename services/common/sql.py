@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,7 +228,8 @@ class Database(ABC):
         """A cursor inside a transaction, committed on success."""
 
     def read(self) -> AbstractContextManager[Any]:
-        """A cursor inside a transaction that only reads (one snapshot for its reads)."""
+        """A cursor for reads only: on SQLite one snapshot for all its reads; on PostgreSQL
+        each statement sees what committed before it began (READ COMMITTED)."""
         return self.transaction()
 
     @abstractmethod
@@ -326,9 +327,19 @@ class PostgresDatabase(Database):
     def q(self, statement: str) -> str:
         return statement.replace("?", "%s")
 
-    @contextmanager
-    def transaction(self) -> Iterator[psycopg.Cursor[Any]]:
+    def transaction(self) -> AbstractContextManager[psycopg.Cursor[Any]]:
         """One transaction, on a session that answered just before it began."""
+        return self._session(transaction=True)
+
+    def read(self) -> AbstractContextManager[psycopg.Cursor[Any]]:
+        """Reads without ``BEGIN`` and ``COMMIT``, each statement in its own implicit
+        transaction: under READ COMMITTED each statement of a transaction sees what
+        committed before it began anyway, so the two round trips bought nothing (a
+        projection query took four: the session's check, ``BEGIN``, the query, ``COMMIT``)."""
+        return self._session(transaction=False)
+
+    @contextmanager
+    def _session(self, *, transaction: bool) -> Iterator[psycopg.Cursor[Any]]:
         if self._closed:
             raise DatabaseClosedError("the database is closed")
         # Sessions are busy only while their transactions run, and statements and lock
@@ -341,7 +352,7 @@ class PostgresDatabase(Database):
         try:
             conn = self._checkout()
             try:
-                with conn.transaction(), conn.cursor() as cur:
+                with conn.transaction() if transaction else nullcontext(), conn.cursor() as cur:
                     yield cur
             finally:
                 self._checkin(conn)
