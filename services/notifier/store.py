@@ -320,12 +320,12 @@ class NotifierStore:
             params.append(agency)
         sql += " ORDER BY id LIMIT ?"
         params.append(limit)
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             cur.execute(self._db.q(sql), params)
             return [self._opened(r) for r in cur.fetchall()]
 
     def webhook(self, webhook_id: str) -> WebhookRow | None:
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             cur.execute(
                 self._db.q(
                     "SELECT id, agency, url, secret, filter, created_at, fingerprint"
@@ -516,7 +516,7 @@ class NotifierStore:
         ids = sorted(set(webhook_ids))
         if not ids:
             return {}
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             cur.execute(
                 self._db.q(
                     "SELECT id, agency, url, secret, filter, created_at, fingerprint"  # noqa: S608
@@ -541,13 +541,13 @@ class NotifierStore:
             params.append(agency)
         sql += " ORDER BY position, id LIMIT ?"
         params.append(limit)
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             cur.execute(self._db.q(sql), params)
             return [Job(*r) for r in cur.fetchall()]
 
     def dead_letter_count(self) -> int:
         """How many dead letters wait for a replay."""
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             cur.execute(self._db.q("SELECT COUNT(*) FROM delivery_jobs WHERE status = ?"), (DEAD,))
             row = cur.fetchone()
         return int(row[0]) if row else 0
@@ -556,7 +556,7 @@ class NotifierStore:
         """The webhook deliveries not made yet (stored, being attempted or to be retried,
         dead letters left out), and when the oldest of them was stored or first attempted
         (None when there is none): what a receiver has still to get."""
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             cur.execute(
                 self._db.q(
                     "SELECT COUNT(*), MIN(COALESCE(first_attempt_at, next_attempt_at))"
@@ -576,7 +576,7 @@ class NotifierStore:
         one. A receiver that is down shows here for as long as it stays down: its
         deliveries become dead letters after a few minutes, leaving the waiting ones young.
         It ends with the receiver's next delivery (a new event, or a replay)."""
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             cur.execute(
                 self._db.q(
                     "SELECT MIN(j.first_attempt_at) FROM delivery_jobs j"
@@ -593,7 +593,7 @@ class NotifierStore:
     def dead_letter(self, job_id: str) -> Job | None:
         """The job, if it is a dead letter or was one and has been replayed (not a
         cancelled job: its webhook is gone)."""
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             cur.execute(
                 self._db.q(
                     f"SELECT {_JOB_COLUMNS} FROM delivery_jobs WHERE id = ? AND status <> ?"  # noqa: S608
@@ -686,7 +686,7 @@ class NotifierStore:
             params.append(agency)
         sql += " ORDER BY id DESC LIMIT ?" if newest_first else " ORDER BY id LIMIT ?"
         params.append(limit)
-        with self._db.transaction() as cur:
+        with self._db.read() as cur:
             cur.execute(self._db.q(sql), params)
             return [(int(r[0]), LogEntry(*r[1:])) for r in cur.fetchall()]
 
