@@ -213,13 +213,14 @@ class ArrayInsertRecorder(PostgresApplicationRecorder):
         return positions
 
     def _function_ready(self) -> bool:
-        """Whether the store has :data:`INSERT_FUNCTION` (looked up once)."""
+        """Whether the store has :data:`INSERT_FUNCTION` (looked up at the first commit,
+        once: a ``migrate`` afterwards takes effect at the next start)."""
         if self._has_function is None:
             with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
                 cur.execute(
                     "SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
                     " WHERE n.nspname = %s AND p.proname = %s",
-                    (self.datastore.schema or "public", INSERT_FUNCTION),
+                    (self.datastore.schema, INSERT_FUNCTION),
                 )
                 self._has_function = cur.fetchone() is not None
             if not self._has_function:
