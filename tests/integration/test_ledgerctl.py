@@ -346,7 +346,8 @@ def test_a_list_cut_short_says_more_match_and_goes_on_from_its_token(
     ctl: Ctl, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``list --limit N`` with more incidents beyond N says so under the table, in both
-    languages, with the token that shows the next ones; --json stays the incidents."""
+    languages, with the token that shows the next ones; --json stays the incidents, the
+    way on said on standard error."""
     monkeypatch.setenv("COLUMNS", "200")
     for n in range(5):
         ctl.ledger.report("kesbangpol", title=f"Gathering {n}")
@@ -375,9 +376,15 @@ def test_a_list_cut_short_says_more_match_and_goes_on_from_its_token(
     indonesian = ctl.ok("polres", "--lang", "id", "list", "--limit", "1")
     assert "1 kejadian ditampilkan; masih ada yang cocok." in indonesian, indonesian
     assert "--limit 0 untuk semua" in indonesian, indonesian
-    # What a program reads stays the incidents; the token goes on there too.
+    # What a program reads stays the incidents; the token goes on there too, and the way
+    # on is said on standard error, so that a script that pages can read it there.
     listed = ctl.json("polres", "list", "--limit", "2", "--page-token", token)
     assert [i["name"] for i in listed] == every[2:4]
+    code, out, err = ctl.run("polres", "--json", "list", "--limit", "2")
+    assert code == 0 and [i["name"] for i in json.loads(out)] == every[:2], (out, err)
+    assert "2 incidents shown; more match." in err and _page_token(err) == token, err
+    code, out, err = ctl.run("polres", "--json", "list", "--limit", "5")
+    assert code == 0 and len(json.loads(out)) == 5 and err == "", (out, err)
 
 
 def test_a_list_cut_short_across_pages_goes_on_right_after_the_last_one_shown(

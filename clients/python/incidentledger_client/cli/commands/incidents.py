@@ -763,6 +763,8 @@ def list_(
             break
     if st.as_json:
         output.emit_json(incidents)
+        if token:  # stdout stays the incidents a program reads; the way on goes beside it
+            output.error_console().print(output.more_incidents(len(incidents), token))
         return
     words = st.reference()
     out = output.console()
