@@ -524,16 +524,6 @@ class LedgerVariables(Group):
         shown_default="unset (off)",
     )
     max_workers: Integer = _setting("LEDGER_MAX_WORKERS", 32, "request threads", ge=1)
-    switch_interval_ms: Number = _setting(
-        "LEDGER_SWITCH_INTERVAL_MS",
-        1.0,
-        "how long one of the ledger's threads may keep the interpreter while another waits "
-        "for it (Python's switch interval, 5 ms by default): a command whose commit or "
-        "reply has come back waits at most this long for the thread doing other work "
-        "(see [Performance](performance.md#the-interpreters-switch-interval-in-the-ledger))",
-        ge=0.1,
-        le=100.0,
-    )
     cache_size: Integer = _setting(
         "LEDGER_CACHE_SIZE",
         3000,
@@ -1824,7 +1814,6 @@ class LedgerSettings(ServiceSettings):
 
     listen: str = _default(LedgerVariables, "listen")
     max_workers: int = _default(LedgerVariables, "max_workers")
-    switch_interval_ms: float = _default(LedgerVariables, "switch_interval_ms")
     # incidents kept in memory for the write path (a few KB each)
     cache_size: int = _default(LedgerVariables, "cache_size")
     # events of an incident between two of its snapshots (services/ledger/snapshots.py)
@@ -1889,7 +1878,6 @@ class LedgerSettings(ServiceSettings):
             listen=ledger.listen,
             metrics_listen=ledger.metrics_listen,
             max_workers=ledger.max_workers,
-            switch_interval_ms=ledger.switch_interval_ms,
             cache_size=ledger.cache_size,
             triage_max_items=ledger.triage_max_items,
             snapshot_interval=ledger.snapshot_interval,

@@ -47,8 +47,6 @@ def main(argv: list[str] | None = None) -> int:
             migrate(settings)
             return 0
         stopping.set_deadline(deadline_seconds(settings))
-        # For the whole process, so here rather than in build(), which tests run in theirs.
-        sys.setswitchinterval(settings.switch_interval_ms / 1000)
         capture_native_stderr("ledger")  # refused TLS handshakes reach the log
         running = build(settings)
     except (ConfigError, ReferenceDataError) as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -432,7 +431,6 @@ def build(settings: LedgerSettings) -> LedgerServer:
         store=settings.store_env.get("PERSISTENCE_MODULE"),
         regency=reference.regency,
         environment=settings.environment,
-        switch_interval_ms=round(sys.getswitchinterval() * 1000, 3),
     )
     return LedgerServer(
         server,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_personal_keys_upgrade import FORMER
-from tests.support import module_env, run_module, service_process
+from tests.support import module_env, run_module
 
 
 def start(module: list[str], tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
@@ -298,17 +298,3 @@ def test_a_store_a_later_version_migrated_stops_the_start_with_one_log_line(
         assert [f["event"] for f in failed] == [f"{service}.store_too_new"], done.stdout
         assert "layout 2" in failed[0]["error"] and "restore the backup" in failed[0]["hint"]
         assert _layout(database, service) == 2  # not written back to this version's
-
-
-@pytest.mark.parametrize(
-    ("setting", "interval_ms"), [({}, 1.0), ({"LEDGER_SWITCH_INTERVAL_MS": "2.5"}, 2.5)]
-)
-def test_the_ledger_process_runs_with_its_switch_interval(
-    tmp_path: Path, setting: dict[str, str], interval_ms: float
-) -> None:
-    """The interpreter's switch interval the ledger's start line reports is the process's
-    own (``sys.getswitchinterval()``), set from the setting before anything else starts."""
-    env = {"LEDGER_DATA_DIR": str(tmp_path / "data"), **setting}
-    with service_process("services.ledger", env) as ledger:
-        (started,) = [line for line in ledger.log_lines() if line["event"] == "ledger.started"]
-    assert started["switch_interval_ms"] == interval_ms

@@ -200,8 +200,9 @@ READING_SWITCH_INTERVAL = 0.002
 
 def favour_reading_thread() -> None:
     """Let a reading thread take the interpreter lock sooner: for a process of its own that
-    reads the history (the audit commands). The ledger server sets its own
-    (``LEDGER_SWITCH_INTERVAL_MS``), measured on its commands."""
+    reads the history (the audit commands). Not the ledger's server: 1 ms there made no
+    difference to its commands beyond the machine's noise (docs/performance.md, "The
+    interpreter's switch interval in the ledger")."""
     sys.setswitchinterval(READING_SWITCH_INTERVAL)
 
 
