@@ -128,11 +128,13 @@ def test_deciding_agencies_are_agencies_that_act_involved_or_not(ctl: Ctl) -> No
 def _timed_out(ctl: Ctl, *args: str) -> tuple[str, str]:
     """The stderr of the first of a few runs of a command that got no answer in time (a
     deadline of half a millisecond: the ledger may record the command all the same), and
-    the title it sent: each run's own (``{title}`` in ``args``), so that the runs that were
-    answered, and recorded, are not taken for the one that was not."""
+    the title it sent: each run's own (``{title}`` in ``args``, and ``{n}``, the run's
+    number, for a request id), so that the runs that were answered, and recorded, are not
+    taken for the one that was not. Each run is a new command: a run repeating one already
+    recorded is answered from its record, often within the half millisecond."""
     for attempt in range(20):
         title = f"Late answer {attempt}"
-        sent = [arg.replace("{title}", title) for arg in args]
+        sent = [arg.replace("{title}", title).replace("{n}", str(attempt)) for arg in args]
         code, _out, err = ctl.run("kesbangpol", "--timeout", "0.0005", *sent)
         if code == 6:
             return err, title
@@ -157,11 +159,14 @@ def test_a_command_without_an_answer_in_time_names_the_request_id_to_send_it_aga
     titles = [i["title"] for i in ctl.json("polres", "list", "--limit", "0")]
     assert titles.count(title) == 1, titles
     # A program reads the id in the error object; an id given is the one named.
-    err, _ = _timed_out(ctl, "--json", *report, "--request-id", "late-answer-2")
+    err, late = _timed_out(
+        ctl, "--json", "report", "{title}", "hoax", "xiv_koto", "--request-id", "late-answer-{n}"
+    )
+    given = f"late-answer-{late.removeprefix('Late answer ')}"
     error = json.loads(err)["error"]
     assert error["code"] == "DEADLINE_EXCEEDED" and error["exit_code"] == 6
-    assert error["request_id"] == "late-answer-2", error
-    assert "--request-id late-answer-2" in error["message"]
+    assert error["request_id"] == given, error
+    assert f"--request-id {given}" in error["message"]
 
 
 def test_a_refused_or_unusable_client_certificate_is_named(
