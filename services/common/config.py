@@ -2062,9 +2062,10 @@ class WebhookSettings:
     backoff_seconds: float = _default(NotifierVariables, "webhook_backoff_seconds")
     max_backoff_seconds: float = _default(NotifierVariables, "webhook_max_backoff_seconds")
     concurrency: int = 32
-    # Deliveries in flight to one endpoint. A delivery takes a claim, the POST and its
-    # outcome; at 500 events/s to one endpoint 4 could not keep up (about 100 a second,
-    # docs/performance.md); ordering holds per incident whatever the figure.
+    # POSTs in flight to one endpoint: a slot is taken by the claim and freed when the
+    # endpoint answers (the outcome is recorded after). At 500 events/s to one endpoint 4
+    # could not keep up (about 100 a second, docs/performance.md); ordering holds per
+    # incident whatever the figure.
     per_endpoint_concurrency: int = 16
     # Targets on non-public addresses (loopback, private, link-local, ...) are refused
     # unless they fall in one of these networks (NOTIFIER_WEBHOOK_ALLOW_NETWORKS).

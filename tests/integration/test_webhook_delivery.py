@@ -458,6 +458,66 @@ def test_a_delivery_whose_outcome_the_store_cannot_take_at_once_is_not_posted_ag
         assert [d.outcome for d in webhook_log(stack)] == ["delivered"]
 
 
+def test_an_endpoint_slot_is_free_once_it_answered_and_an_incident_keeps_its_order(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """One slot at the endpoint, and the store holding the first delivery's outcome back:
+    the next incident's event is POSTed meanwhile (before, the slot stayed taken until the
+    outcome was stored); the first incident's next event waits for that outcome."""
+    one_slot = WebhookSettings(
+        timeout_seconds=5.0,  # a lease of 15 s: never runs out while the outcome is held
+        backoff_seconds=0.05,
+        max_backoff_seconds=0.1,
+        per_endpoint_concurrency=1,
+    )
+    with (
+        stack_with(tmp_path, nats_server, webhooks=one_slot) as stack,
+        webhook_receiver() as receiver,
+    ):
+        store = stack.notifier.store
+        real_finish = store.finish_all
+        held = threading.Event()  # an outcome reached the store
+        release = threading.Event()
+
+        def held_finish(*args: Any, **kwargs: Any) -> None:
+            held.set()
+            if not release.wait(timeout=30):
+                raise sqlite3.OperationalError("the test never let the outcome through")
+            real_finish(*args, **kwargs)
+
+        store.finish_all = held_finish  # type: ignore[method-assign]
+        create_webhook(stack, receiver.url)
+        first = stack.ledger.report("polres")
+        wait_until(held.is_set, what="the first delivery's outcome at the store")
+        try:
+            stack.ledger.stub.VerifyIncident(
+                api.VerifyIncidentRequest(request_id=rid(), name=first.incident),
+                metadata=stack.ledger.md("desk_pilkada"),
+            )
+            second = stack.ledger.report("polres")
+
+            def incidents() -> list[str]:
+                return [r.json["event"]["incident"] for r in receiver.verified()]
+
+            wait_until(
+                lambda: second.incident in incidents(),
+                timeout=10,
+                what="the other incident's event POSTed while the first outcome is held",
+            )
+            assert incidents() == [first.incident, second.incident], "no event of the first"
+        finally:
+            release.set()
+        wait_until(lambda: len(receiver.verified()) == 3, what="every event delivered")
+        wait_until(
+            lambda: [d.outcome for d in webhook_log(stack)] == ["delivered"] * 3,
+            what="every outcome recorded",
+        )
+        bodies = [r.json for r in receiver.verified()]
+    mine = [b["position"] for b in bodies if b["event"]["incident"] == first.incident]
+    assert len(mine) == 2 and mine == sorted(mine), "the first incident's events in order"
+    assert len(receiver.received) == 3, "each event POSTed once"
+
+
 # ----------------------------------------------------------------- refused targets
 
 
