@@ -151,7 +151,7 @@ class Engine:
         self._stopping = False
         self._closed = False
         self._submit_lock = threading.Lock()
-        self._inflight: Counter[str] = Counter()  # deliveries under way, per webhook
+        self._inflight: Counter[str] = Counter()  # POSTs claimed and not yet answered, per webhook
         self._targets = TargetPolicy(settings.webhooks.allow_networks)
         self._tls = settings.webhooks.ssl_context()
         self._deliveries: set[asyncio.Task[None]] = set()
