@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -339,6 +340,72 @@ def parse_time(value: object) -> float:
     fraction, sign, zone = rest.partition("+")
     # RFC 3339 with nanoseconds: Python takes at most microseconds.
     return datetime.fromisoformat(f"{whole}.{fraction[:6] or '0'}{sign}{zone}").timestamp()
+
+
+def test_a_backlog_fetched_in_batches_is_acknowledged_message_by_message(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """A backlog comes to the consumer in batches, each acknowledged with one confirmation
+    (the last ack's). Every message is acknowledged all the same: the deliveries go out well
+    before any message could come again (ack_wait: 60 s here), and then the durable
+    consumer's ack floor is the stream's last message, with no ack pending."""
+    events = 30
+    with (
+        stack_with(tmp_path, nats_server, ack_wait_seconds=60.0) as stack,
+        webhook_receiver() as receiver,
+    ):
+        create_webhook(stack, receiver.url)
+        engine = stack.notifier.engine
+        release = threading.Event()
+        held = threading.Event()
+
+        async def hold_up() -> None:
+            held.set()
+            release.wait(30)  # the consumer's loop, blocked: the stream's messages wait
+
+        with ThreadPoolExecutor(1) as pool:
+            blocked = pool.submit(engine.call, hold_up(), 40)
+            assert held.wait(10), "the engine's loop took the call"
+            try:
+                for _ in range(events):
+                    stack.ledger.report("polres")
+                wait_until(
+                    lambda: stream_last_seq(nats_server) >= events,
+                    what=f"{events} events on the stream",
+                )
+            finally:
+                release.set()
+            blocked.result(10)
+        wait_until(
+            lambda: len(receiver.verified()) >= events,
+            timeout=30,
+            what=f"{events} deliveries (before any message could come again)",
+        )
+        last = stream_last_seq(nats_server)
+        wait_until(lambda: durable_acked(nats_server) >= last, what="the ack floor at the end")
+        assert durable_ack_pending(nats_server) == 0
+        assert len(receiver.verified()) == events, "each event delivered once"
+
+
+def stream_last_seq(server: NatsServer, stream: str = "LEDGER_EVENTS") -> int:
+    """The stream's last sequence (monitoring, which is no API request)."""
+    jsz = server.monitoring("/jsz?streams=true")
+    for account in jsz.get("account_details") or []:
+        for found in account.get("stream_detail") or []:
+            if found.get("name") == stream:
+                return int(found["state"]["last_seq"])
+    return 0
+
+
+def durable_ack_pending(server: NatsServer, consumer: str = "notifier") -> int:
+    """Messages delivered to the durable consumer and not acknowledged yet (monitoring)."""
+    jsz = server.monitoring("/jsz?consumers=true")
+    for account in jsz.get("account_details") or []:
+        for stream in account.get("stream_detail") or []:
+            for found in stream.get("consumer_detail") or []:
+                if found.get("name") == consumer:
+                    return int(found["num_ack_pending"])
+    raise AssertionError(f"no consumer {consumer!r} on the server")
 
 
 # --------------------------------------------------------------- slow endpoint, no dups
