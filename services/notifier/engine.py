@@ -461,7 +461,7 @@ class Engine:
             # The batch's other acks go out before the last one on the same connection,
             # and the server handles a consumer's acks in the order they come: the last
             # one's confirmation covers them (one reply a batch, not one a message: part 6
-            # of the bench, seven pairs, record_time -> webhook p50 lower in five;
+            # of the bench, fifteen pairs, record_time -> webhook p50 lower in ten;
             # docs/performance.md). A message whose ack is lost comes again after
             # ack_wait; its jobs are stored.
             await _acknowledged(msgs)
