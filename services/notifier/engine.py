@@ -465,6 +465,7 @@ class Engine:
             # docs/performance.md). A message whose ack is lost comes again after
             # ack_wait; its jobs are stored.
             await _acknowledged(msgs)
+            self._handled(msgs)
             if jobs:
                 self._jobs_through = max(self._jobs_through, max(j.stream_seq for j in jobs))
             if self._floor_behind():
@@ -475,6 +476,20 @@ class Engine:
             healthy()
             if jobs and self._wake_delivery is not None:
                 self._wake_delivery.set()
+
+    def _handled(self, msgs: list[Msg]) -> None:
+        """Move the floor over a batch this replica has just handled (its jobs stored, its
+        acks confirmed) when the batch follows the floor last known with no gap: every
+        message up to the batch's last is then handled, those before by the floor, the
+        batch's by this replica, whatever other replicas do. Its jobs may then go without
+        the floor read again (a round trip to the server each round: 2.2-2.7 ms at p50 in
+        "The webhook's path at 500 events/s, step by step", docs/performance.md). A batch
+        after a gap (another replica's messages, or a redelivery) leaves the floor to
+        the next read."""
+        first = self.status.handled_through + 1
+        seqs = [int(msg.metadata.sequence.stream) for msg in msgs]
+        if seqs == list(range(first, first + len(seqs))):
+            self.status.handled_through = first + len(seqs) - 1
 
     async def _deliver_due(self, healthy: Healthy) -> None:
         hooks = self._settings.webhooks

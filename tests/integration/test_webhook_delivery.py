@@ -280,6 +280,30 @@ def test_a_notifier_without_webhooks_asks_nats_nothing_per_event(
     assert requests < events // 2, f"{requests} JetStream API requests for {events} events"
 
 
+def test_a_webhook_s_events_one_by_one_cost_no_floor_read_each(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """Events one at a time, each delivered to a webhook: each makes a batch of its own,
+    which follows the floor with no gap, so the floor moves over it without a read of the
+    consumer (one JetStream API request a batch, before)."""
+    events = 20
+    with stack_with(tmp_path, nats_server) as stack, webhook_receiver() as receiver:
+        create_webhook(stack, receiver.url)
+        stack.ledger.report("polres")
+        wait_until(lambda: len(receiver.verified()) >= 1, what="the first delivery")
+        wait_acked(nats_server, 1)
+        before = js_api_requests(nats_server)
+        for n in range(2, events + 2):
+            stack.ledger.report("polres")
+            wait_until(lambda n=n: len(receiver.verified()) >= n, what=f"delivery {n}")
+            wait_acked(nats_server, n)  # the next event only then: a batch of its own
+        requests = js_api_requests(nats_server) - before
+    assert len(receiver.verified()) == events + 1, "each event delivered once"
+    # The metrics' reads of the consumer, one every 5 s, and the odd request of the
+    # relay: a handful, against one per event or more before.
+    assert requests < events // 2, f"{requests} JetStream API requests for {events} events"
+
+
 def js_api_requests(server: NatsServer) -> int:
     """The JetStream API requests the server has answered (its monitoring page)."""
     return int(server.monitoring("/jsz")["api"]["total"])
