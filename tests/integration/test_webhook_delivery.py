@@ -295,13 +295,17 @@ def test_a_webhook_s_events_one_by_one_cost_no_floor_read_each(
         before = js_api_requests(nats_server)
         for n in range(2, events + 2):
             stack.ledger.report("polres")
-            wait_until(lambda n=n: len(receiver.verified()) >= n, what=f"delivery {n}")
+            wait_delivered(receiver, n)
             wait_acked(nats_server, n)  # the next event only then: a batch of its own
         requests = js_api_requests(nats_server) - before
     assert len(receiver.verified()) == events + 1, "each event delivered once"
     # The metrics' reads of the consumer, one every 5 s, and the odd request of the
     # relay: a handful, against one per event or more before.
     assert requests < events // 2, f"{requests} JetStream API requests for {events} events"
+
+
+def wait_delivered(receiver: WebhookReceiver, count: int) -> None:
+    wait_until(lambda: len(receiver.verified()) >= count, what=f"{count} deliveries")
 
 
 def js_api_requests(server: NatsServer) -> int:
