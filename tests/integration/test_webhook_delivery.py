@@ -290,7 +290,7 @@ def test_a_webhook_s_events_one_by_one_cost_no_floor_read_each(
     with stack_with(tmp_path, nats_server) as stack, webhook_receiver() as receiver:
         create_webhook(stack, receiver.url)
         stack.ledger.report("polres")
-        wait_until(lambda: len(receiver.verified()) >= 1, what="the first delivery")
+        wait_delivered(receiver, 1)
         wait_acked(nats_server, 1)
         before = js_api_requests(nats_server)
         for n in range(2, events + 2):
@@ -320,13 +320,19 @@ def wait_acked(server: NatsServer, seq: int) -> None:
 def durable_acked(server: NatsServer, consumer: str = "notifier") -> int:
     """The stream sequence the durable consumer has acknowledged through (monitoring, which
     is no API request); 0 before it exists."""
+    found = consumer_detail(server, consumer)
+    return int(found["ack_floor"]["stream_seq"]) if found else 0
+
+
+def consumer_detail(server: NatsServer, consumer: str) -> dict[str, Any] | None:
+    """The consumer's state as the server's monitoring page gives it; None before it exists."""
     jsz = server.monitoring("/jsz?consumers=true")
     for account in jsz.get("account_details") or []:
         for stream in account.get("stream_detail") or []:
             for found in stream.get("consumer_detail") or []:
                 if found.get("name") == consumer:
-                    return int(found["ack_floor"]["stream_seq"])
-    return 0
+                    return dict(found)
+    return None
 
 
 async def delete_consumer(url: str, consumer: str, stream: str = "LEDGER_EVENTS") -> None:
@@ -427,13 +433,9 @@ def stream_last_seq(server: NatsServer, stream: str = "LEDGER_EVENTS") -> int:
 
 def durable_ack_pending(server: NatsServer, consumer: str = "notifier") -> int:
     """Messages delivered to the durable consumer and not acknowledged yet (monitoring)."""
-    jsz = server.monitoring("/jsz?consumers=true")
-    for account in jsz.get("account_details") or []:
-        for stream in account.get("stream_detail") or []:
-            for found in stream.get("consumer_detail") or []:
-                if found.get("name") == consumer:
-                    return int(found["num_ack_pending"])
-    raise AssertionError(f"no consumer {consumer!r} on the server")
+    found = consumer_detail(server, consumer)
+    assert found is not None, f"no consumer {consumer!r} on the server"
+    return int(found["num_ack_pending"])
 
 
 # --------------------------------------------------------------- slow endpoint, no dups
