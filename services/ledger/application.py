@@ -23,7 +23,7 @@ from contextlib import ExitStack, contextmanager
 from contextvars import copy_context
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 from uuid import UUID, uuid5
 
 import structlog
@@ -36,7 +36,6 @@ from eventsourcing.persistence import (
     Mapper,
     MapperDeserialisationError,
     Notification,
-    Recording,
     StoredEvent,
 )
 from eventsourcing.utils import Environment, TopicError, get_topic
@@ -253,14 +252,6 @@ class _ReadyReport:
     def claim_key(self) -> UUID | None:
         """The id of its code's claim (the last of its events), if it has a code."""
         return self.events[-1].originator_id if len(self.events) > 2 else None
-
-
-class Premapped(NamedTuple):
-    """An event handed to the group committer already mapped to what the store records
-    (a tuple: a frozen dataclass's construction cost 14 us a report)."""
-
-    event: DomainEventProtocol[UUID]
-    stored: StoredEvent
 
 
 @dataclass(frozen=True)
@@ -511,8 +502,8 @@ class Ledger(Application[UUID]):
         # Events are stored straight through the event store: Application.save()
         # would only add costly runtime protocol checks on this path.
         self._commit_listeners: list[Callable[[], None]] = []
-        self._record_listeners: list[Callable[[Sequence[Recording[UUID]]], None]] = []
-        self._committer: GroupCommitter[DomainEventProtocol[UUID] | Premapped, KeyRows] = (
+        self._record_listeners: list[Callable[[Sequence[Notification]], None]] = []
+        self._committer: GroupCommitter[DomainEventProtocol[UUID] | StoredEvent, KeyRows] = (
             GroupCommitter(self._put, after_commit=self._committed, on_recorded=self._recorded)
         )
 
@@ -545,7 +536,7 @@ class Ledger(Application[UUID]):
         """Call ``listener`` (in the committing thread) after each commit."""
         self._commit_listeners.append(listener)
 
-    def add_record_listener(self, listener: Callable[[Sequence[Recording[UUID]]], None]) -> None:
+    def add_record_listener(self, listener: Callable[[Sequence[Notification]], None]) -> None:
         """Call ``listener`` (in the committing thread) with the events of each commit,
         once they are stored and before their commands answer."""
         self._record_listeners.append(listener)
@@ -568,8 +559,8 @@ class Ledger(Application[UUID]):
         )
 
     def _put(
-        self, items: Sequence[DomainEventProtocol[UUID] | Premapped], keys: Sequence[KeyRows]
-    ) -> list[Recording[UUID]]:
+        self, items: Sequence[DomainEventProtocol[UUID] | StoredEvent], keys: Sequence[KeyRows]
+    ) -> list[Notification]:
         """``self.events.put`` of the events, but for those already mapped (a field
         device's reports, mapped and sealed in their request's thread): the commit
         thread maps only what a single command left to it, then inserts; with the keys
@@ -578,16 +569,8 @@ class Ledger(Application[UUID]):
         signing key is retired (:meth:`stop_sealing`)."""
         if self._key_retired is not None:
             raise self._key_retired
-        events: list[DomainEventProtocol[UUID]] = []
-        stored: list[StoredEvent] = []
         to_stored = self.mapper.to_stored_event
-        for item in items:
-            if isinstance(item, Premapped):
-                events.append(item.event)
-                stored.append(item.stored)
-            else:
-                events.append(item)
-                stored.append(to_stored(item))
+        stored = [item if isinstance(item, StoredEvent) else to_stored(item) for item in items]
         rows = KeyRows.joined(keys) if keys else None
         if rows and not self._keys_with_events:
             self._keys().store(rows)
@@ -607,24 +590,21 @@ class Ledger(Application[UUID]):
         if not positions:
             return []
         return [
-            Recording(
-                event,
-                Notification(
-                    originator_id=s.originator_id,
-                    originator_version=s.originator_version,
-                    topic=s.topic,
-                    state=s.state,
-                    id=position,
-                ),
+            Notification(
+                originator_id=s.originator_id,
+                originator_version=s.originator_version,
+                topic=s.topic,
+                state=s.state,
+                id=position,
             )
-            for event, s, position in zip(events, stored, positions, strict=True)
+            for s, position in zip(stored, positions, strict=True)
         ]
 
     def _committed(self) -> None:
         for listener in self._commit_listeners:
             listener()
 
-    def _recorded(self, recordings: Sequence[Recording[UUID]]) -> None:
+    def _recorded(self, recordings: Sequence[Notification]) -> None:
         for listener in self._record_listeners:
             listener(recordings)
 
@@ -1017,11 +997,7 @@ class Ledger(Application[UUID]):
             self._map(report)
         try:
             recordings = self._committer.save(
-                [
-                    Premapped(event, stored)
-                    for r in reports
-                    for event, stored in zip(r.events, r.stored, strict=True)
-                ],
+                [stored for r in reports for stored in r.stored],
                 [r.keys for r in reports if r.keys],
             )
         except IntegrityError:
@@ -1049,7 +1025,7 @@ class Ledger(Application[UUID]):
                 raise
             failure = type(exc).__name__
         else:
-            positions = {r.domain_event.originator_id: r.notification.id for r in recordings}
+            positions = {r.originator_id: r.id for r in recordings}
             # The incidents are not cached for the write path: they were never made
             # (a command on one loads it, as for any incident not written lately).
             for report in reports:
@@ -1554,9 +1530,7 @@ class Ledger(Application[UUID]):
                         raise
                     for aggregate in aggregates:
                         self._cache.put(aggregate.id, aggregate)
-                    self._snapshot_saved(
-                        aggregates, (r.domain_event.originator_id for r in recordings)
-                    )
+                    self._snapshot_saved(aggregates, (r.originator_id for r in recordings))
             except IntegrityError:
                 original = self._original(key, envelope.request_id, checked_command, fingerprint)
                 if original is not None:
@@ -1581,9 +1555,7 @@ class Ledger(Application[UUID]):
                     reload = True  # the refusal may come from a stale cached state
                     continue
                 raise
-            position = max(
-                r.notification.id for r in recordings if r.domain_event.originator_id == primary.id
-            )
+            position = max(r.id for r in recordings if r.originator_id == primary.id)
             return CommandResult(
                 incident_id=primary.id,
                 version=primary.version,
@@ -1912,7 +1884,7 @@ class Ledger(Application[UUID]):
             incident = mutate_incident(incident, events)
         return incident, snapshot.version
 
-    def _snapshot_saved(self, aggregates: Iterable[Any], saved: Iterable[UUID]) -> None:
+    def _snapshot_saved(self, aggregates: Iterable[Any], saved: Iterable[UUID | str]) -> None:
         """A snapshot of each incident a commit took across a multiple of the interval
         (``saved``: the originator of each event it stored). Called after the commit, the
         incidents' state as committed, under their locks."""

@@ -7,11 +7,11 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from uuid import UUID
 
 import grpc
 import structlog
-from eventsourcing.persistence import Recording
+from eventsourcing.persistence import Notification
+from eventsourcing.utils import get_topic
 from grpc_health.v1 import health, health_pb2
 
 from incidentledger.v1 import (
@@ -58,7 +58,7 @@ from services.ledger.audit.evidence_check import verify_evidence
 from services.ledger.audit.keys import load_retired_keys
 from services.ledger.audit.recorded import RecordedEvents
 from services.ledger.domain.evidence import EvidencePolicy
-from services.ledger.domain.incident import Incident
+from services.ledger.domain.incident import incident_event_classes
 from services.ledger.evidence import EvidenceService, clear_spool, create_downloads_table
 from services.ledger.evidence_store import EvidenceObjects
 from services.ledger.evidence_sweep import EvidenceSweeper
@@ -506,12 +506,12 @@ def register_metrics(
         "ledger_events_appended", "incident events appended to the ledger, by type", ["type"]
     )
 
-    def count_appended(recordings: Sequence[Recording[UUID]]) -> None:
-        types = Counter(
-            type(r.domain_event).__name__
-            for r in recordings
-            if isinstance(r.domain_event, Incident.Event)
-        )
+    # The event's type by its stored topic: a field device's reports reach the commit
+    # mapped, without their domain events.
+    incident_types = {get_topic(cls): cls.__name__ for cls in incident_event_classes()}
+
+    def count_appended(recordings: Sequence[Notification]) -> None:
+        types = Counter(incident_types[r.topic] for r in recordings if r.topic in incident_types)
         for name, count in types.items():
             appended.labels(name).inc(count)
 

@@ -22,7 +22,7 @@ from uuid import UUID
 
 import structlog
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import Recording
+from eventsourcing.persistence import Notification
 
 log = structlog.get_logger(__name__)
 
@@ -30,7 +30,7 @@ log = structlog.get_logger(__name__)
 #: and rows stored with them (``R``).
 T = TypeVar("T")
 R = TypeVar("R")
-Recorded = Callable[[Sequence[Recording[UUID]]], None]
+Recorded = Callable[[Sequence[Notification]], None]
 
 
 class _Pending(Generic[T, R]):
@@ -45,12 +45,12 @@ class _Pending(Generic[T, R]):
     def __init__(self, events: Sequence[T], rows: Sequence[R]) -> None:
         self.events = events
         self.rows = rows
-        self.recordings: list[Recording[UUID]] = []
+        self.recordings: list[Notification] = []
         self.error: BaseException | None = None
         self._done = threading.Lock()
         self._done.acquire()
 
-    def set_result(self, recordings: list[Recording[UUID]]) -> None:
+    def set_result(self, recordings: list[Notification]) -> None:
         self.recordings = recordings
         self._done.release()
 
@@ -58,7 +58,7 @@ class _Pending(Generic[T, R]):
         self.error = error
         self._done.release()
 
-    def result(self) -> list[Recording[UUID]]:
+    def result(self) -> list[Notification]:
         self._done.acquire()
         if self.error is not None:
             raise self.error
@@ -70,12 +70,14 @@ class GroupCommitter(Generic[T, R]):
 
     ``put`` stores a list of events and a list of rows atomically (the event store's
     ``put``, or one that also takes events already mapped, and other rows);
-    ``on_recorded`` is called with what each successful ``put`` recorded.
+    ``on_recorded`` is called with what each successful ``put`` recorded: the stored
+    events with their positions (the library's notifications; what was saved already
+    mapped has no domain event to go with it).
     """
 
     def __init__(
         self,
-        put: Callable[[Sequence[T], Sequence[R]], list[Recording[UUID]]],
+        put: Callable[[Sequence[T], Sequence[R]], list[Notification]],
         *,
         max_batch: int = 256,
         after_commit: Callable[[], None] | None = None,
@@ -89,7 +91,7 @@ class GroupCommitter(Generic[T, R]):
         self._thread = threading.Thread(target=self._run, name="ledger-commit", daemon=True)
         self._thread.start()
 
-    def save(self, events: Sequence[T], rows: Sequence[R] = ()) -> list[Recording[UUID]]:
+    def save(self, events: Sequence[T], rows: Sequence[R] = ()) -> list[Notification]:
         """Store the events and ``rows`` atomically, with whatever else is waiting; raises
         what it raised."""
         pending: _Pending[T, R] = _Pending(events, rows)
@@ -144,7 +146,7 @@ class GroupCommitter(Generic[T, R]):
                 self._recorded(recordings)
                 pending.set_result(recordings)
 
-    def _recorded(self, recordings: list[Recording[UUID]]) -> None:
+    def _recorded(self, recordings: list[Notification]) -> None:
         if self._on_recorded is None:
             return
         try:

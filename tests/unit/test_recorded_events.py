@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import uuid4
 
-from eventsourcing.persistence import Notification, Recording
+from eventsourcing.persistence import Notification
 
 from services.ledger.audit.recorded import RecordedCheck, RecordedEvents
 
 TOPIC = "incident-event"
 
 
-def _recording(position: int, state: bytes, topic: str = TOPIC) -> Recording[Any]:
-    notification = Notification(
+def _recording(position: int, state: bytes, topic: str = TOPIC) -> Notification:
+    return Notification(
         originator_id=uuid4(), originator_version=1, topic=topic, state=state, id=position
     )
-    return Recording(domain_event=None, notification=notification)  # type: ignore[arg-type]
 
 
 def _row(position: int, state: bytes) -> tuple[int, str, int, str, bytes]:
