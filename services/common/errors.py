@@ -11,6 +11,7 @@ contracts in ``.importlinter``).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 # Bounds (UTF-8 bytes) of what an error carries: it travels in the response's
 # trailing metadata (percent-encoded, and again base64-encoded in the status
@@ -54,6 +55,18 @@ class LedgerError(Exception):
         self.field = field
         if field is not None:
             self.metadata.setdefault("field", field)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as it is (the intake process sends a batch's refusals back): the
+        # default would call the subclass's __init__ with the message alone.
+        return (_restored, (type(self), self.args, vars(self)))
+
+
+def _restored(cls: type[LedgerError], args: tuple[Any, ...], state: dict[str, Any]) -> LedgerError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidArgument(LedgerError):

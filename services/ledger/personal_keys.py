@@ -342,14 +342,113 @@ class SubjectKey:
     erased: bool
 
 
+class KekCipher:
+    """Wraps and unwraps data keys with the key-encryption keys of ``ring`` (the current
+    one wraps). Pickled as its ring: the ledger's intake process wraps with it too."""
+
+    def __init__(self, ring: KeyRing) -> None:
+        self.ring = ring
+        # One cipher per KEK, made once: a report naming two people wraps two keys.
+        self._keks = {kek_id: AESGCM(key) for kek_id, key in ring.keys.items()}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (KekCipher, (self.ring,))
+
+    def wrap(self, subject: str, key: bytes) -> str:
+        nonce = os.urandom(NONCE_BYTES)
+        aad = INDEX_AAD if subject == INDEX_ROW else DEK_AAD + subject.encode()
+        return _b64(nonce + self._keks[self.ring.current].encrypt(nonce, key, aad))
+
+    def unwrap(self, subject: str, kek_id: str, wrapped: str) -> bytes:
+        data = _unb64(wrapped)
+        aad = INDEX_AAD if subject == INDEX_ROW else DEK_AAD + subject.encode()
+        return self._keks[kek_id].decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], aad)
+
+
+class PersonalSealer:
+    """Seals a report's personal data: a new key per person, the data encrypted under it,
+    the key wrapped (:class:`KekCipher`), the blind index digests. It needs no store (the
+    key table's rows it makes are saved with the report's events), so the ledger's intake
+    process seals the reports of a field device's batch with a copy of it (pickled as its
+    keys, through the pipe to that child; services/ledger/intake.py)."""
+
+    def __init__(self, kek: KekCipher, index_key: bytes) -> None:
+        self._kek = kek
+        self._index_key = index_key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PersonalSealer, (self._kek, self._index_key))
+
+    def _mac(self, label: str, value: str) -> str:
+        # The one-shot form: a quarter of what an HMAC object costs (four per report
+        # naming a reporter with phone and NIK and a witness with a phone).
+        return hmac.digest(self._index_key, f"{label}\n{value}".encode(), "sha256").hex()
+
+    def digest(self, data: PersonalData) -> str:
+        """The keyed digest that stands for the plaintext in a request's fingerprint."""
+        document = json.dumps(data.to_plain(), sort_keys=True, separators=(",", ":"))
+        return self._mac("fingerprint", document)
+
+    def index_digest(self, kind: str, value: str) -> str:
+        """The blind index entry of a normalised phone (``phone``) or NIK (``nik``)."""
+        return self._mac(kind, value)
+
+    def seal_unstored(self, data: PersonalData) -> tuple[PersonalData, KeyRows]:
+        """The sealed data, and the key table's rows that hold its keys, wrapped, and its
+        blind index entries (:meth:`PersonalKeys.seal_unstored`)."""
+        rows: list[KeyRow] = []
+        index: list[IndexRow] = []
+        sealed = self._sealed(data, rows, index)
+        return sealed, KeyRows(tuple(rows), tuple(index))
+
+    def _sealed(
+        self,
+        data: PersonalData,
+        rows: list[KeyRow],
+        index: list[IndexRow],
+    ) -> PersonalData:
+        """One report's people sealed; their key rows and index entries added to those."""
+        incident_id = uuid4()
+        subjects: list[SealedSubject] = []
+        now = _now()
+        incident = str(incident_id)
+        for role, person in data.people():
+            subject_id = uuid4()
+            subject = str(subject_id)
+            dek = AESGCM.generate_key(bit_length=256)
+            nonce = os.urandom(NONCE_BYTES)
+            plaintext = json.dumps(person.to_plain(), sort_keys=True).encode()
+            ciphertext = AESGCM(dek).encrypt(nonce, plaintext, _aad(incident_id, subject_id, role))
+            anonymous = data.anonymous and role is SubjectRole.REPORTER
+            subjects.append(
+                SealedSubject(subject_id, role, anonymous, _b64(nonce), _b64(ciphertext))
+            )
+            digests = [
+                self.index_digest(kind, value)
+                for kind, value in (("nik", person.nik), ("phone", person.phone))
+                if value
+            ]
+            index.extend((digest, subject, incident) for digest in digests)
+            wrapped = self._kek.wrap(subject, dek)
+            rows.append(
+                (subject, incident, self._kek.ring.current, wrapped, now, " ".join(digests))
+            )
+        return PersonalData(
+            reporter=data.reporter,
+            anonymous=data.anonymous,
+            witnesses=data.witnesses,
+            digest=self.digest(data),
+            sealed=SealedReport(incident_id, tuple(subjects)),
+        )
+
+
 class PersonalKeys:
     """The key table and the blind index; :meth:`open` checks the KEKs against it."""
 
     def __init__(self, db: Database, ring: KeyRing, *, create: bool = True) -> None:
         self._db = db
         self._ring = ring
-        # One cipher per KEK, made once: a report naming two people wraps two keys.
-        self._keks = {kek_id: AESGCM(key) for kek_id, key in ring.keys.items()}
+        self._kek = KekCipher(ring)
         if create:
             with db.transaction() as cur:
                 if db.dialect == "postgres":  # replicas starting together: one at a time
@@ -366,7 +465,8 @@ class PersonalKeys:
                         "`incident-ledger migrate` (or start one ledger with "
                         "CREATE_TABLE=y), which moves it into the current one"
                     )
-        self._index_key = self._open()
+        #: What seals a report's personal data (the ledger's, and its intake process's).
+        self.sealer = PersonalSealer(self._kek, self._open())
 
     # -------------------------------------------------------------- start
 
@@ -454,30 +554,18 @@ class PersonalKeys:
         return str(row[0]), None if row[1] is None else str(row[1])
 
     def _wrap(self, subject: str, key: bytes) -> str:
-        nonce = os.urandom(NONCE_BYTES)
-        aad = INDEX_AAD if subject == INDEX_ROW else DEK_AAD + subject.encode()
-        return _b64(nonce + self._keks[self._ring.current].encrypt(nonce, key, aad))
+        return self._kek.wrap(subject, key)
 
     def _unwrap(self, subject: str, kek_id: str, wrapped: str) -> bytes:
-        data = _unb64(wrapped)
-        aad = INDEX_AAD if subject == INDEX_ROW else DEK_AAD + subject.encode()
-        return self._keks[kek_id].decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], aad)
-
-    # ------------------------------------------------------------- digests
-
-    def _mac(self, label: str, value: str) -> str:
-        # The one-shot form: a quarter of what an HMAC object costs (four per report
-        # naming a reporter with phone and NIK and a witness with a phone).
-        return hmac.digest(self._index_key, f"{label}\n{value}".encode(), "sha256").hex()
+        return self._kek.unwrap(subject, kek_id, wrapped)
 
     def digest(self, data: PersonalData) -> str:
         """The keyed digest that stands for the plaintext in a request's fingerprint."""
-        document = json.dumps(data.to_plain(), sort_keys=True, separators=(",", ":"))
-        return self._mac("fingerprint", document)
+        return self.sealer.digest(data)
 
     def index_digest(self, kind: str, value: str) -> str:
         """The blind index entry of a normalised phone (``phone``) or NIK (``nik``)."""
-        return self._mac(kind, value)
+        return self.sealer.index_digest(kind, value)
 
     # ---------------------------------------------------------------- seal
 
@@ -500,10 +588,7 @@ class PersonalKeys:
         them with the report's events, in their transaction (the recorder calls
         :func:`insert_key_rows`), so a report that fails to save leaves no keys behind
         and no event is stored without its keys."""
-        rows: list[KeyRow] = []
-        index: list[IndexRow] = []
-        sealed = self._sealed(data, rows, index)
-        return sealed, KeyRows(tuple(rows), tuple(index))
+        return self.sealer.seal_unstored(data)
 
     @property
     def location(self) -> str:
@@ -525,44 +610,6 @@ class PersonalKeys:
             insert_key_rows(
                 cur, rows, KEYS_TABLE, INDEX_TABLE, "%s" if self._db.dialect == "postgres" else "?"
             )
-
-    def _sealed(
-        self,
-        data: PersonalData,
-        rows: list[KeyRow],
-        index: list[IndexRow],
-    ) -> PersonalData:
-        """One report's people sealed; their key rows and index entries added to those."""
-        incident_id = uuid4()
-        subjects: list[SealedSubject] = []
-        now = _now()
-        incident = str(incident_id)
-        for role, person in data.people():
-            subject_id = uuid4()
-            subject = str(subject_id)
-            dek = AESGCM.generate_key(bit_length=256)
-            nonce = os.urandom(NONCE_BYTES)
-            plaintext = json.dumps(person.to_plain(), sort_keys=True).encode()
-            ciphertext = AESGCM(dek).encrypt(nonce, plaintext, _aad(incident_id, subject_id, role))
-            anonymous = data.anonymous and role is SubjectRole.REPORTER
-            subjects.append(
-                SealedSubject(subject_id, role, anonymous, _b64(nonce), _b64(ciphertext))
-            )
-            digests = [
-                self.index_digest(kind, value)
-                for kind, value in (("nik", person.nik), ("phone", person.phone))
-                if value
-            ]
-            index.extend((digest, subject, incident) for digest in digests)
-            wrapped = self._wrap(subject, dek)
-            rows.append((subject, incident, self._ring.current, wrapped, now, " ".join(digests)))
-        return PersonalData(
-            reporter=data.reporter,
-            anonymous=data.anonymous,
-            witnesses=data.witnesses,
-            digest=self.digest(data),
-            sealed=SealedReport(incident_id, tuple(subjects)),
-        )
 
     # ---------------------------------------------------------------- read
 

@@ -30,6 +30,7 @@ import binascii
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -75,6 +76,15 @@ class Sealer:
     def seal(self, event_hash: str, seal_format: str = SEAL_FORMAT) -> str:
         signature = self._key.sign(sealed_bytes(event_hash, seal_format))
         return f"{self.key_id}:{base64.b64encode(signature).decode('ascii')}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled for the ledger's own intake process (services/ledger/intake.py), through
+        # the pipe to the child it starts, which seals as the ledger does.
+        return (_sealer_of, (self._key.private_bytes_raw(), self.checker.retired))
+
+
+def _sealer_of(private_key: bytes, retired: tuple[bytes, ...]) -> Sealer:
+    return Sealer(Ed25519PrivateKey.from_private_bytes(private_key), retired)
 
 
 @dataclass(frozen=True)
