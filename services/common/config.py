@@ -622,6 +622,13 @@ class LedgerVariables(Group):
         ge=1024,
         le=2**31 - 1,
     )
+    ingest_process: Boolean = _setting(
+        "LEDGER_INGEST_PROCESS",
+        True,
+        "prepare `IngestReports` batches (checks, events, seals) in a child process of the "
+        "ledger, so that single commands do not wait behind their Python; `false`: in the "
+        "ledger's own process",
+    )
     # 2,000 rather than 500: each batch's acks are awaited before the next is published,
     # and fewer, larger batches left fewer idle gaps; the relay drained 15,900-16,600
     # events/s instead of 13,500-14,600 (docs/performance.md, "The relay's encoder").
@@ -1839,6 +1846,7 @@ class LedgerSettings(ServiceSettings):
     # the limits of one IngestReports call (a field device's backlog comes in chunks)
     ingest_max_reports: int = _default(LedgerVariables, "ingest_max_reports")
     ingest_max_bytes: int = _default(LedgerVariables, "ingest_max_bytes")
+    ingest_process: bool = _default(LedgerVariables, "ingest_process")
     # Key-encryption keys of personal data (services/ledger/personal_keys.py); None in
     # development: generated in the data directory.
     personal_data_keys: str | None = field(default=None, repr=False)
@@ -1888,6 +1896,7 @@ class LedgerSettings(ServiceSettings):
             store_check_seconds=ledger.store_check_seconds,
             ingest_max_reports=ledger.ingest_max_reports,
             ingest_max_bytes=ledger.ingest_max_bytes,
+            ingest_process=ledger.ingest_process,
             personal_data_keys=ledger.personal_data_keys,
             personal_data_retention_days=ledger.personal_data_retention_days,
             personal_data_sweep_grace_seconds=ledger.personal_data_sweep_grace_seconds,

@@ -87,6 +87,10 @@ TEMPLATES: Mapping[str, str] = {
         "another replica takes the request."
     ),
     "STREAM_UNAVAILABLE": N_("The event stream cannot be reached: resume from the last cursor."),
+    "INTAKE_RESTARTED": N_(
+        "The ledger restarted its preparation of field batches: nothing of this batch was "
+        "recorded. Send it again."
+    ),
     "SHUTTING_DOWN": N_(
         "The service is stopping: send it again, to another replica or once it is back (a "
         "stream: from the last cursor)."

@@ -23,7 +23,7 @@ from contextlib import ExitStack, contextmanager
 from contextvars import copy_context
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 from uuid import UUID, uuid5
 
 import structlog
@@ -97,7 +97,7 @@ from services.ledger.domain.refcodes import ReferenceClaim, claim_key, parse_cod
 from services.ledger.domain.requests import RequestRecord, request_fingerprint, request_key
 from services.ledger.domain.rotations import KeyRotation, rotation_key
 from services.ledger.domain.times import TimeBounds
-from services.ledger.personal_keys import KeyRows, PersonalKeys
+from services.ledger.personal_keys import KeyRows, PersonalKeys, PersonalSealer
 from services.ledger.seals import SealChecker, Sealer, key_id
 from services.ledger.snapshots import SnapshotRejected, Snapshots, rejected
 from services.ledger.store import (
@@ -227,9 +227,8 @@ class TriageResult:
 @dataclass(frozen=True)
 class _ReadyReport:
     """A checked report of a batch (``index``): its incident's ``Reported`` event, with its
-    request record's and its code's claim's (``events``), ready to save, and what answers
-    a retry of it. ``stored``: the events mapped (and sealed), filled in once the report
-    is to be saved (:meth:`Ledger._map`), so that the commit thread only inserts them."""
+    request record's and its code's claim's (``events``), and what answers a retry of
+    it; :meth:`Ledger._prepared` maps it into a :class:`PreparedReport`."""
 
     index: int
     key: UUID
@@ -242,7 +241,6 @@ class _ReadyReport:
     events: list[Any]
     draws: int = 1
     keys: KeyRows | None = None  # its people's keys, saved in its events' transaction
-    stored: list[StoredEvent] = field(default_factory=list)
 
     @property
     def reference(self) -> str:
@@ -252,6 +250,64 @@ class _ReadyReport:
     def claim_key(self) -> UUID | None:
         """The id of its code's claim (the last of its events), if it has a code."""
         return self.events[-1].originator_id if len(self.events) > 2 else None
+
+
+class PreparedReport(NamedTuple):
+    """A report of a batch prepared to save (:meth:`Ledger.prepare_reports`): checked, its
+    events made, mapped and sealed (``stored``), with what answers it (``result``, its
+    position filled in once saved) and a retry of it. Plain values: the intake process
+    (services/ledger/intake.py) sends it back pickled, and the domain events themselves
+    cost as much to pickle and unpickle as to make (1.4 MB and 52 ms for 500 reports,
+    against 54 ms to map them; docs/performance.md). ``at``: its index in the call."""
+
+    at: int
+    key: UUID
+    request_id: str
+    fingerprint: str
+    draws: int
+    claim_key: UUID | None
+    result: CommandResult
+    stored: tuple[StoredEvent, ...]
+    keys: KeyRows | None
+
+    @property
+    def reference(self) -> str:
+        return self.result.reference
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch's reports prepared: the INVALID results (``results``, by index, None for
+    the others), the reports to save (``ready``), and those the batch holds twice
+    (``again``: answered from the first one's record once it is saved)."""
+
+    results: list[IngestResult | None]
+    ready: list[PreparedReport]
+    again: list[PreparedReport]
+
+
+class ReportIntake(Protocol):
+    """What prepares a batch for :meth:`Ledger.ingest` in another process."""
+
+    def prepare(
+        self, actor: Actor, items: Sequence[IngestItem | InvalidArgument], skew_ms: int | None
+    ) -> PreparedBatch: ...
+
+
+@dataclass(frozen=True)
+class _IngestCall:
+    """The call a batch came in: what answers a report from its record, or draws it again."""
+
+    actor: Actor
+    items: Sequence[IngestItem | InvalidArgument]
+    skew_ms: int | None
+    results: list[IngestResult | None]
+
+    def item(self, index: int) -> IngestItem:
+        item = self.items[index]
+        if not isinstance(item, IngestItem):
+            raise TypeError(f"report {index} was refused, not prepared: {item!r}")
+        return item
 
 
 @dataclass(frozen=True)
@@ -449,6 +505,7 @@ class Ledger(Application[UUID]):
         clock: Callable[[], datetime] = utc_now,
         ingest_limits: IngestLimits | None = None,
         personal_keys: PersonalKeys | None = None,
+        personal_sealer: PersonalSealer | None = None,
         triage_max_items: int = LedgerSettings.triage_max_items,
         snapshot_interval: int = LedgerSettings.snapshot_interval,
     ) -> None:
@@ -473,6 +530,9 @@ class Ledger(Application[UUID]):
         # the name eventsourcing's Application gives them.
         super().__init__(env)
         self.personal_keys = personal_keys
+        # What seals reports' personal data when there is no key table: an intake
+        # process's ledger, over no store, is given the key table's sealer.
+        self._personal_sealer = personal_sealer
         self.reference = reference
         self.time_bounds = time_bounds or time_bounds_of(LedgerSettings())
         self._clock = clock
@@ -481,6 +541,8 @@ class Ledger(Application[UUID]):
         # under one interpreter lock, so batches side by side would not go faster, and
         # single commands would wait behind all of them.
         self._ingesting = threading.Lock()
+        # Where batches are prepared when not in this process (use_intake).
+        self._intake: ReportIntake | None = None
         # Single commands go first: a batch's preparation pauses for those under way.
         self._singles = SingleCommands(INGEST_PAUSE_SECONDS)
         self.triage_max_items = triage_max_items
@@ -708,14 +770,26 @@ class Ledger(Application[UUID]):
         skew_ms = None
         if send_time is not None:
             skew_ms = round((send_time - received) / timedelta(milliseconds=1))
-        # One batch at a time, saved before the next is prepared: batches side by side (or
-        # one prepared while another is saved) measured slower, and single commands then
-        # waited seconds behind them.
-        with self._ingesting:
-            results, ready, again = self._prepare(actor, items, skew_ms)
-            self._save_ready(self._unrecorded(ready, results), results)
-        for report in again:
-            results[report.index] = self._answer_recorded(report)
+        intake = self._intake
+        if intake is None:
+            # One batch at a time, saved before the next is prepared: batches side by side
+            # (or one prepared while another is saved) measured slower in this process,
+            # and single commands then waited seconds behind them.
+            with self._ingesting:
+                batch = self.prepare_reports(actor, items, skew_ms)
+                call = _IngestCall(actor, items, skew_ms, batch.results)
+                self._save_ready(self._unrecorded(batch.ready, call), call)
+        else:
+            # Prepared in the intake's process (one batch at a time there), while this one
+            # saves the batch before: the preparation's Python no longer holds this
+            # process's interpreter, which single commands and the commit thread share.
+            batch = intake.prepare(actor, items, skew_ms)
+            call = _IngestCall(actor, items, skew_ms, batch.results)
+            with self._ingesting:
+                self._save_ready(self._unrecorded(batch.ready, call), call)
+        results = batch.results
+        for report in batch.again:
+            results[report.at] = self._answer_recorded(report, call)
         answered = [r for r in results if r is not None]
         if len(answered) != len(items):
             raise RuntimeError("a report of the batch was left without an answer")
@@ -797,6 +871,48 @@ class Ledger(Application[UUID]):
         except LedgerError as error:
             return TriageResult(TriageOutcome.REFUSED, error=error)
 
+    def use_intake(self, intake: ReportIntake | None) -> None:
+        """Prepare field devices' batches with ``intake`` (another process) from now on;
+        None: in this process."""
+        self._intake = intake
+
+    def prepare_reports(
+        self, actor: Actor, items: Sequence[IngestItem | InvalidArgument], skew_ms: int | None
+    ) -> PreparedBatch:
+        """A batch's reports checked, made, mapped and sealed, ready to save; what
+        :meth:`ingest` saves, here or in the intake's process (whose ledger, over no
+        store, runs this)."""
+        results, ready, again = self._prepare(actor, items, skew_ms)
+        prepared = []
+        for n, report in enumerate(ready):
+            if n % INGEST_STEP == 0:
+                self._singles.give_way()
+            prepared.append(self._prepared(report))
+        return PreparedBatch(results, prepared, [self._prepared(r, mapped=False) for r in again])
+
+    def _prepared(self, report: _ReadyReport, *, mapped: bool = True) -> PreparedReport:
+        """The report's events mapped to what the store records (and sealed), with what
+        answers it: the commit thread then only inserts them."""
+        event = report.reported
+        return PreparedReport(
+            report.index,
+            report.key,
+            report.request_id,
+            report.fingerprint,
+            report.draws,
+            report.claim_key,
+            CommandResult(
+                event.originator_id,
+                event.originator_version,
+                0,
+                event.event_id,
+                event.timestamp,
+                reference=report.reference,
+            ),
+            tuple(map(self.mapper.to_stored_event, report.events)) if mapped else (),
+            report.keys,
+        )
+
     def _prepare(
         self, actor: Actor, items: Sequence[IngestItem | InvalidArgument], skew_ms: int | None
     ) -> tuple[list[IngestResult | None], list[_ReadyReport], list[_ReadyReport]]:
@@ -861,6 +977,8 @@ class Ledger(Application[UUID]):
         command: ReportIncident,
         skew_ms: int | None,
         keys: KeyRows | None,
+        *,
+        draws: int = 1,
     ) -> _ReadyReport:
         """The checked (and sealed) report's incident and request record, made."""
         actor, request_id = envelope.actor, envelope.request_id
@@ -868,7 +986,7 @@ class Ledger(Application[UUID]):
         key = request_key(actor.agency, request_id)
         device = DeviceRecord(item.device_id, item.report_id, item.record_time, skew_ms)
         return self._drawn_report(
-            index, key, request_id, command, fingerprint, envelope, device, keys, draws=1
+            index, key, request_id, command, fingerprint, envelope, device, keys, draws=draws
         )
 
     def _drawn_report(
@@ -916,13 +1034,29 @@ class Ledger(Application[UUID]):
             keys,
         )
 
-    def _redrawn(self, report: _ReadyReport) -> _ReadyReport | None:
+    def _redrawn(self, report: PreparedReport, call: _IngestCall) -> PreparedReport | None:
         """The report with a new incident id, when its reference code was taken (by an
         incident recorded meanwhile); None when the code is free (the save failed for
         another reason) or it was drawn too often."""
         if report.draws >= MAX_REFERENCE_DRAWS or not self._claimed(report.reference):
             return None
-        return self._redraw(report)
+        return self._drawn_again(report, call)
+
+    def _drawn_again(self, report: PreparedReport, call: _IngestCall) -> PreparedReport:
+        """The prepared report drawn again (:meth:`_redraw`), made again in this process
+        from the call's item: its people sealed under new keys (the first ones were never
+        saved), the same fingerprint."""
+        if report.draws >= MAX_REFERENCE_DRAWS:
+            raise RuntimeError(f"{MAX_REFERENCE_DRAWS} reference codes drawn were all taken")
+        log.info("reference.redrawn", reference=report.reference)
+        item = call.item(report.at)
+        rules = Rules(self.reference, self.time_bounds, self._clock)
+        envelope, command = self._checked_report(call.actor, item, rules)
+        ((sealed, keys),) = self._sealed_reports([command])
+        ready = self._ready_report(
+            report.at, item, envelope, sealed, call.skew_ms, keys, draws=report.draws + 1
+        )
+        return self._prepared(ready)
 
     def _redraw(self, report: _ReadyReport) -> _ReadyReport:
         """The report with a new incident id, hence a new reference code."""
@@ -941,9 +1075,7 @@ class Ledger(Application[UUID]):
             draws=report.draws + 1,
         )
 
-    def _unrecorded(
-        self, reports: list[_ReadyReport], results: list[IngestResult | None]
-    ) -> list[_ReadyReport]:
+    def _unrecorded(self, reports: list[PreparedReport], call: _IngestCall) -> list[PreparedReport]:
         """The reports whose request is not recorded yet; the others answered from their
         records (DUPLICATE or CONFLICT). One query finds which are recorded, and which
         reference codes drawn are taken already: those reports draw again before the save
@@ -961,25 +1093,19 @@ class Ledger(Application[UUID]):
         unrecorded = []
         codes = {r.reference for r in reports}
         for report in reports:
-            answer = self._answer_recorded(report) if report.key in found else None
+            answer = self._answer_recorded(report, call) if report.key in found else None
             if answer is not None:
-                results[report.index] = answer
+                call.results[report.at] = answer
                 continue
             if report.claim_key in found:
-                report = self._redraw(report)
+                report = self._drawn_again(report, call)
                 while report.reference in codes:  # as in _prepare: one code per batch
-                    report = self._redraw(report)
+                    report = self._drawn_again(report, call)
                 codes.add(report.reference)
             unrecorded.append(report)
         return unrecorded
 
-    def _map(self, report: _ReadyReport) -> None:
-        """The report's events mapped to what the store records (and sealed), in the
-        request's thread: the commit thread then only inserts them."""
-        if not report.stored:
-            report.stored.extend(map(self.mapper.to_stored_event, report.events))
-
-    def _save_ready(self, reports: list[_ReadyReport], results: list[IngestResult | None]) -> None:
+    def _save_ready(self, reports: list[PreparedReport], call: _IngestCall) -> None:
         """Save the reports in as few transactions as the store takes: all in one (through
         the group committer, with whatever else is waiting).
 
@@ -991,10 +1117,7 @@ class Ledger(Application[UUID]):
         """
         if not reports:
             return
-        for n, report in enumerate(reports):
-            if n % INGEST_STEP == 0:
-                self._singles.give_way()
-            self._map(report)
+        results = call.results
         try:
             recordings = self._committer.save(
                 [stored for r in reports for stored in r.stored],
@@ -1003,19 +1126,19 @@ class Ledger(Application[UUID]):
         except IntegrityError:
             unsettled = []
             for report in reports:
-                answer = self._answer_recorded(report)
+                answer = self._answer_recorded(report, call)
                 if answer is None:
                     unsettled.append(report)
                 else:
-                    results[report.index] = answer
+                    results[report.at] = answer
             if len(unsettled) < len(reports):
-                self._save_ready(unsettled, results)
+                self._save_ready(unsettled, call)
                 return
             if len(reports) == 1:
-                redrawn = self._redrawn(reports[0])
+                redrawn = self._redrawn(reports[0], call)
                 if redrawn is None:
                     raise
-                self._save_ready([redrawn], results)
+                self._save_ready([redrawn], call)
                 return
             failure = "IntegrityError"
         except (*STORE_CONNECTION_ERRORS, SigningKeyRetired):
@@ -1029,28 +1152,20 @@ class Ledger(Application[UUID]):
             # The incidents are not cached for the write path: they were never made
             # (a command on one loads it, as for any incident not written lately).
             for report in reports:
-                event = report.reported
-                result = CommandResult(
-                    event.originator_id,
-                    event.originator_version,
-                    positions[event.originator_id],
-                    event.event_id,
-                    event.timestamp,
-                    reference=report.reference,
-                )
-                results[report.index] = IngestResult(IngestOutcome.CREATED, result)
+                result = replace(report.result, position=positions[report.result.incident_id])
+                results[report.at] = IngestResult(IngestOutcome.CREATED, result)
             return
         log.warning("ingest.batch_failed", reports=len(reports), error_type=failure)
         half = len(reports) // 2
-        self._save_ready(reports[:half], results)
-        self._save_ready(reports[half:], results)
+        self._save_ready(reports[:half], call)
+        self._save_ready(reports[half:], call)
 
-    def _answer_recorded(self, report: _ReadyReport) -> IngestResult | None:
+    def _answer_recorded(self, report: PreparedReport, call: _IngestCall) -> IngestResult | None:
         """DUPLICATE (with the original result) or CONFLICT when the report's request was
         recorded before; None when it was not."""
         try:
             original = self._original(
-                report.key, report.request_id, report.command, report.fingerprint
+                report.key, report.request_id, call.item(report.at).command, report.fingerprint
             )
         except AlreadyExists as error:
             return IngestResult(IngestOutcome.CONFLICT, error=error)
@@ -1066,7 +1181,7 @@ class Ledger(Application[UUID]):
         events; any other command as it is."""
         if not isinstance(command, ReportIncident) or command.personal_data is None:
             return command, None
-        sealed, keys = self._keys().seal_unstored(command.personal_data)
+        sealed, keys = self._sealer_of_people().seal_unstored(command.personal_data)
         return replace(command, personal_data=sealed), keys
 
     def _sealed_reports(
@@ -1078,9 +1193,14 @@ class Ledger(Application[UUID]):
             if command.personal_data is None:
                 sealed.append((command, None))
             else:
-                data, keys = self._keys().seal_unstored(command.personal_data)
+                data, keys = self._sealer_of_people().seal_unstored(command.personal_data)
                 sealed.append((replace(command, personal_data=data), keys))
         return sealed
+
+    def _sealer_of_people(self) -> PersonalSealer:
+        if self._personal_sealer is not None:
+            return self._personal_sealer
+        return self._keys().sealer
 
     def _keys(self) -> PersonalKeys:
         if self.personal_keys is None:

@@ -62,6 +62,7 @@ from services.ledger.domain.incident import incident_event_classes
 from services.ledger.evidence import EvidenceService, clear_spool, create_downloads_table
 from services.ledger.evidence_store import EvidenceObjects
 from services.ledger.evidence_sweep import EvidenceSweeper
+from services.ledger.intake import IntakeProcess, IntakeSetup
 from services.ledger.key_watch import RetiredKeyWatch
 from services.ledger.personal_keys import SQLITE_PRAGMAS, PersonalKeys, load_key_ring
 from services.ledger.projections import Projections
@@ -190,6 +191,7 @@ class LedgerServer:
     evidence_objects: EvidenceObjects | None = None
     evidence_db: Database | None = None
     evidence_sweeper: EvidenceSweeper | None = None
+    intake: IntakeProcess | None = None
 
     def stop(self, grace: float) -> None:
         """Graceful shutdown: NOT_SERVING first, then drain in-flight calls, then close.
@@ -220,6 +222,8 @@ class LedgerServer:
             close_step("ledger", "evidence_sweep", self.evidence_sweeper.stop)
         if self.evidence_db is not None:
             close_step("ledger", "evidence_db", self.evidence_db.close)
+        if self.intake is not None:
+            close_step("ledger", "intake", self.intake.close)
         close_step("ledger", "projections", self.projections.close)
         close_step("ledger", "store", self.ledger.close)
         if self.ledger.personal_keys is not None:
@@ -322,6 +326,20 @@ def build(settings: LedgerSettings) -> LedgerServer:
         raise
     finally:
         probe.close()
+    intake = None
+    if settings.ingest_process:
+        intake = IntakeProcess(
+            IntakeSetup(
+                reference,
+                ledger.time_bounds,
+                ledger.sealer,
+                personal_keys.sealer,
+                settings.store_env,
+                settings.log_level,
+                settings.log_format,
+            )
+        )
+        ledger.use_intake(intake)
     projections = Projections(ledger, settings.store_env, reference, create=create)
     ledger.add_commit_listener(projections.wake)
     projections.start()
@@ -448,6 +466,7 @@ def build(settings: LedgerSettings) -> LedgerServer:
         evidence_objects,
         evidence_db,
         evidence_sweeper,
+        intake,
     )
 
 

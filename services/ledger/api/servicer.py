@@ -288,7 +288,7 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.IngestReportsResponse:
         results = self._ledger.ingest(
             self._actor(),
-            wire.ingest_items(request),
+            wire.DeviceReports(request),
             send_time=wire.optional_time(request, "send_time"),
             size=request.ByteSize(),
         )
