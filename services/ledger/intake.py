@@ -148,8 +148,14 @@ class IntakeProcess:
     def _running(self) -> tuple[BaseProcess, Connection]:
         if self._closed:
             raise Unavailable("the ledger is stopping", reason="SHUTTING_DOWN")
-        if self._child is not None and self._child[0].is_alive():
-            return self._child
+        if self._child is not None:
+            if self._child[0].is_alive():
+                return self._child
+            # Died between calls (killed, out of memory): said here, as the operator
+            # otherwise sees only a new pid at the next batch.
+            log.warning(
+                "intake.child_lost", pid=self._child[0].pid, exitcode=self._child[0].exitcode
+            )
         self._discard()
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
@@ -159,8 +165,15 @@ class IntakeProcess:
         process.start()
         theirs.close()
         self._child = (process, ours)
-        if not ours.poll(START_SECONDS) or ours.recv() != "ready":
+        try:
+            # poll() is also true when the child ended before it was ready (its pipe
+            # closed): recv() then raises EOFError.
+            ready = ours.poll(START_SECONDS) and ours.recv() == "ready"
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
             self._discard()
+            log.error("intake.start_failed", pid=process.pid, exitcode=process.exitcode)
             raise Unavailable(
                 "the ledger's intake process did not start; nothing of this batch was "
                 "recorded: send it again",
@@ -189,7 +202,11 @@ def serve(conn: Connection, setup: IntakeSetup) -> None:
 
     configure_logging(setup.log_level, setup.log_format)
     structlog.contextvars.bind_contextvars(process="intake")
-    ledger = setup.ledger()
+    try:
+        ledger = setup.ledger()
+    except Exception:  # said in the child's log; the ledger sees the pipe close
+        log.exception("intake.start_failed")
+        raise
     try:
         conn.send("ready")
         while True:

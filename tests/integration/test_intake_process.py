@@ -13,13 +13,18 @@ from pathlib import Path
 
 import grpc
 import pytest
+from structlog.testing import capture_logs
 
 from incidentledger.v1 import ledger_service_pb2 as api
+from services.common.errors import Unavailable
 from services.common.grpc_errors import error_info
-from services.ledger.intake import IntakeProcess
+from services.ledger.application import time_bounds_of
+from services.ledger.intake import IntakeProcess, IntakeSetup
+from tests.fanout_support import wait_until
 from tests.integration.test_ingest import CREATED, device_report, ingest, recorded
 from tests.integration.test_personal_data import NAME, NIK, PHONE, find, personal, read
-from tests.support import Client, running_ledger, settings_for
+from tests.support import Client, reference, running_ledger, settings_for
+from tests.unit.incident_builders import actor
 
 DEADLINE_SECONDS = 60.0
 
@@ -83,3 +88,53 @@ def test_a_child_killed_is_replaced_and_the_batch_sent_again_is_recorded_once(
     again = ingest(ledger, batch)
     assert [r.outcome for r in again] == [api.INGEST_OUTCOME_DUPLICATE] * 5
     assert recorded(ledger) == before + 3 * len(batch)
+
+
+def ended(pid: int) -> bool:
+    """Our child process has exited and can be reaped (left for its owner to reap)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped already
+        return True
+
+
+def test_a_child_that_died_between_batches_is_reported_and_replaced_before_the_next(
+    ledger: Client,
+) -> None:
+    assert ingest(ledger, [device_report("Before")])[0].outcome == CREATED
+    intake = intake_of(ledger)
+    killed = intake.pid
+    assert killed is not None
+    os.kill(killed, signal.SIGKILL)
+    wait_until(lambda: ended(killed), timeout=DEADLINE_SECONDS, what="the child's end")
+    with capture_logs() as logs:
+        # Found dead before the batch was sent: no refusal, a new child prepares it.
+        (result,) = ingest(ledger, [device_report("After")])
+    assert result.outcome == CREATED
+    lost = [x for x in logs if x["event"] == "intake.child_lost"]
+    assert lost == [
+        {"event": "intake.child_lost", "log_level": "warning", "pid": killed, "exitcode": -9}
+    ]
+    assert intake.pid not in {None, killed}
+
+
+def test_a_child_that_cannot_start_refuses_the_batch_as_a_restart(tmp_path: Path) -> None:
+    # The child's ledger cannot be made (a cipher that does not exist): it ends before it
+    # says it is ready, and the call is refused as for a child lost, not as an internal error.
+    setup = IntakeSetup(
+        reference(),
+        time_bounds_of(settings_for(tmp_path, {})),
+        sealer=None,
+        personal_sealer=None,
+        store_env={"CIPHER_TOPIC": "no_such_module:Cipher", "CIPHER_KEY": "x"},
+    )
+    intake = IntakeProcess(setup)
+    try:
+        with capture_logs() as logs, pytest.raises(Unavailable) as refused:
+            intake.prepare(actor("bawaslu"), [], None)
+        assert refused.value.reason == "INTAKE_RESTARTED"
+        (failed,) = [x for x in logs if x["event"] == "intake.start_failed"]
+        assert failed["exitcode"] not in {None, 0}
+        assert intake.pid is None
+    finally:
+        intake.close()
