@@ -84,6 +84,10 @@ def test_loads_reads_what_json_reads(value: Any) -> None:
         1e-7,  # the exponent ends the text
         [-3e-9],
         {"id": "0e-4b3c", "then": 2e-8},  # "e-" in a text too
+        0.00001,  # the number is the text
+        [0.00005, 1.0],
+        {"a": -0.0000999},
+        {"at": "2026-11-28T08:00:00.000000+00:00", "lat": 0.00002},  # a time and a number
     ],
 )
 def test_canonical_dumps_falls_back_where_orjson_differs(value: Any) -> None:
@@ -117,6 +121,17 @@ def test_texts_that_look_like_small_floats_are_still_exact_json(text: str) -> No
     value = {"x": text, "n": 1.25}
     assert canonical_dumps(value) == reference_dumps(value)
     assert canonical_dumps_exact(value)[0] == reference_dumps(value)
+
+
+@pytest.mark.parametrize(
+    "text", ["2026-11-28T08:00:00.000000+00:00", "13:20:10.000042", "v10.00001", "00.0000"]
+)
+def test_times_at_a_whole_second_are_not_taken_for_small_floats(text: str) -> None:
+    # "0.0000" after a digit is no number's start: orjson's output is kept (exact).
+    value = {"occurred_at": text, "lat": -2.5, "n": [1, 0.5]}
+    encoded, exact = canonical_dumps_exact(value)
+    assert encoded == reference_dumps(value)
+    assert exact
 
 
 def test_canonical_dumps_calls_default_for_times_and_writes_ids_like_str() -> None:
