@@ -21,9 +21,10 @@ which cost as much to pickle as to make.
   a batch while the child prepares the next one.
 - Started at the first batch (a second of imports, which a ledger that takes no batches,
   or a test's, never pays), from the thread of that call.
-- A child that died (killed, out of memory) fails the call it was preparing
-  (``UNAVAILABLE``: nothing of the batch was saved, sending it again is safe); the next
-  call starts a new one.
+- A child that died (killed, out of memory), or that has not answered a batch in
+  :data:`ANSWER_SECONDS` (then killed), fails the call it was preparing (``UNAVAILABLE``:
+  nothing of the batch was saved, sending it again is safe); the next call starts a new
+  one.
 - It ignores the stop signals (a stop of the whole process group reaches the ledger,
   which closes it) and ends when its pipe closes, as it does when the ledger's process
   ends, however that ends.
@@ -60,6 +61,10 @@ MAPPER_SETTINGS = ("COMPRESSOR_TOPIC", "CIPHER_TOPIC", "CIPHER_KEY")
 #: How long the ledger waits for a new child to say it is ready (its imports take about a
 #: second on these machines, several on a busy one).
 START_SECONDS = 60.0
+#: How long the ledger waits for a batch prepared: 500 reports take 0.1-0.3 s on these
+#: machines (docs/performance.md), so a child that has not answered in a minute is stuck
+#: (stopped, swapped out, deadlocked), and every batch after it would wait behind its lock.
+ANSWER_SECONDS = 60.0
 #: At close: how long the child may take to end after its pipe closes.
 EXIT_SECONDS = 2.0
 
@@ -99,8 +104,9 @@ class _Failed:
 class IntakeProcess:
     """The ledger's side of the intake's child process (:meth:`prepare`, :meth:`close`)."""
 
-    def __init__(self, setup: IntakeSetup) -> None:
+    def __init__(self, setup: IntakeSetup, answer_seconds: float = ANSWER_SECONDS) -> None:
         self._setup = setup
+        self._answer_seconds = answer_seconds
         self._lock = threading.Lock()
         self._child: tuple[BaseProcess, Connection] | None = None
         self._closed = False
@@ -113,9 +119,11 @@ class IntakeProcess:
             process, conn = self._running()
             try:
                 conn.send((actor, items, skew_ms))
+                if not conn.poll(self._answer_seconds):
+                    raise TimeoutError
                 answer = conn.recv()
-            except (EOFError, OSError) as exc:
-                self._discard()
+            except (EOFError, OSError) as exc:  # TimeoutError is an OSError
+                self._discard()  # a stuck child is killed: the next call gets a new one
                 log.error(
                     "intake.child_lost",
                     pid=process.pid,
@@ -123,8 +131,8 @@ class IntakeProcess:
                     error_type=type(exc).__name__,
                 )
                 raise Unavailable(
-                    "the ledger's intake process ended while it prepared this batch; "
-                    "nothing of it was recorded: send it again",
+                    "the ledger's intake process ended or stopped answering while it "
+                    "prepared this batch; nothing of it was recorded: send it again",
                     reason="INTAKE_RESTARTED",
                 ) from None
         if isinstance(answer, _Failed):

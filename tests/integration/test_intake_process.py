@@ -25,6 +25,7 @@ from tests.integration.test_ingest import CREATED, device_report, ingest, record
 from tests.integration.test_personal_data import NAME, NIK, PHONE, find, personal, read
 from tests.support import Client, reference, running_ledger, settings_for
 from tests.unit.incident_builders import actor
+from tests.unit.test_ingest import item
 
 DEADLINE_SECONDS = 60.0
 
@@ -136,5 +137,33 @@ def test_a_child_that_cannot_start_refuses_the_batch_as_a_restart(tmp_path: Path
         (failed,) = [x for x in logs if x["event"] == "intake.start_failed"]
         assert failed["exitcode"] not in {None, 0}
         assert intake.pid is None
+    finally:
+        intake.close()
+
+
+def test_a_child_that_stops_answering_is_killed_and_the_batch_refused_as_a_restart(
+    tmp_path: Path,
+) -> None:
+    # Stopped (SIGSTOP): it neither answers nor ends. Without the answer's deadline the
+    # call would wait for ever, holding the lock every later batch needs.
+    setup = IntakeSetup(reference(), time_bounds_of(settings_for(tmp_path, {})), None, None)
+    intake = IntakeProcess(setup, answer_seconds=1.0)
+    try:
+        first = intake.prepare(actor("bawaslu"), [item("Sebelum")], None)
+        assert [r.at for r in first.ready] == [0]
+        stuck = intake.pid
+        assert stuck is not None
+        os.kill(stuck, signal.SIGSTOP)
+        began = time.monotonic()
+        with capture_logs() as logs, pytest.raises(Unavailable) as refused:
+            intake.prepare(actor("bawaslu"), [item("Sesudah")], None)
+        assert refused.value.reason == "INTAKE_RESTARTED"
+        assert time.monotonic() - began < DEADLINE_SECONDS
+        (lost,) = [x for x in logs if x["event"] == "intake.child_lost"]
+        assert lost["pid"] == stuck and lost["error_type"] == "TimeoutError"
+        assert lost["exitcode"] == -signal.SIGKILL, "killed, not left stopped"
+        again = intake.prepare(actor("bawaslu"), [item("Sesudah")], None)
+        assert [r.at for r in again.ready] == [0]
+        assert intake.pid not in {None, stuck}
     finally:
         intake.close()
