@@ -117,24 +117,31 @@ class IntakeProcess:
         """The batch prepared by the child (:meth:`Ledger.prepare_reports`)."""
         with self._lock:
             process, conn = self._running()
+            # A stuck child is killed at the deadline, which ends the send (a batch is more
+            # than the pipe's buffer holds, so sending to a child that does not read
+            # blocks) or the wait for the answer, whichever is under way.
+            stuck = threading.Event()
+            watchdog = threading.Timer(self._answer_seconds, _kill_stuck, (process, stuck))
+            watchdog.daemon = True
+            watchdog.start()
             try:
                 conn.send((actor, items, skew_ms))
-                if not conn.poll(self._answer_seconds):
-                    raise TimeoutError
                 answer = conn.recv()
-            except (EOFError, OSError) as exc:  # TimeoutError is an OSError
-                self._discard()  # a stuck child is killed: the next call gets a new one
+            except (EOFError, OSError) as exc:
+                self._discard()
                 log.error(
                     "intake.child_lost",
                     pid=process.pid,
                     exitcode=process.exitcode,
-                    error_type=type(exc).__name__,
+                    error_type="TimeoutError" if stuck.is_set() else type(exc).__name__,
                 )
                 raise Unavailable(
                     "the ledger's intake process ended or stopped answering while it "
                     "prepared this batch; nothing of it was recorded: send it again",
                     reason="INTAKE_RESTARTED",
                 ) from None
+            finally:
+                watchdog.cancel()
         if isinstance(answer, _Failed):
             raise RuntimeError(f"preparing the batch failed: {answer.error_type}: {answer.message}")
         if not isinstance(answer, PreparedBatch):
@@ -200,6 +207,11 @@ class IntakeProcess:
         if process.is_alive():
             process.kill()
             process.join(EXIT_SECONDS)
+
+
+def _kill_stuck(process: BaseProcess, stuck: threading.Event) -> None:
+    stuck.set()
+    process.kill()
 
 
 def serve(conn: Connection, setup: IntakeSetup) -> None:

@@ -6,6 +6,7 @@ its batch recorded twice."""
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import time
 from collections.abc import Iterator
@@ -155,8 +156,12 @@ def test_a_child_that_stops_answering_is_killed_and_the_batch_refused_as_a_resta
         assert stuck is not None
         os.kill(stuck, signal.SIGSTOP)
         began = time.monotonic()
+        # A batch larger than the pipe's buffer: its sending blocks too, not only the
+        # wait for the answer.
+        batch = [item(f"Sesudah {n}", description=f"{n:04d}" + "x" * 2000) for n in range(500)]
+        assert len(pickle.dumps(batch)) > 2**20  # the socket pair's buffers hold about 400 KB
         with capture_logs() as logs, pytest.raises(Unavailable) as refused:
-            intake.prepare(actor("bawaslu"), [item("Sesudah")], None)
+            intake.prepare(actor("bawaslu"), batch, None)
         assert refused.value.reason == "INTAKE_RESTARTED"
         assert time.monotonic() - began < DEADLINE_SECONDS
         (lost,) = [x for x in logs if x["event"] == "intake.child_lost"]
