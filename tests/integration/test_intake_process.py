@@ -5,6 +5,7 @@ its batch recorded twice."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import signal
@@ -172,3 +173,18 @@ def test_a_child_that_stops_answering_is_killed_and_the_batch_refused_as_a_resta
         assert intake.pid not in {None, stuck}
     finally:
         intake.close()
+
+
+def test_with_the_setting_off_batches_are_prepared_in_the_ledger_s_process(
+    tmp_path: Path, either_store: dict[str, str]
+) -> None:
+    settings = settings_for(tmp_path, either_store, ingest_process=False)
+    with running_ledger(settings) as ledger:
+        assert ledger.server.intake is None
+        before = recorded(ledger)
+        batch = [device_report(f"Tanpa proses {n}", personal_data=personal()) for n in range(3)]
+        assert [r.outcome for r in ingest(ledger, batch)] == [CREATED] * 3
+        assert recorded(ledger) == before + 3 * len(batch)
+        assert [r.outcome for r in ingest(ledger, batch)] == [api.INGEST_OUTCOME_DUPLICATE] * 3
+        children = multiprocessing.active_children()
+        assert not [c for c in children if c.name == "ledger-intake"], "no intake process"
