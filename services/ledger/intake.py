@@ -224,9 +224,11 @@ def serve(conn: Connection, setup: IntakeSetup) -> None:
     structlog.contextvars.bind_contextvars(process="intake")
     try:
         ledger = setup.ledger()
-    except Exception:  # said in the child's log; the ledger sees the pipe close
+    except Exception:  # the ledger sees the pipe close, and refuses the batch
+        # Logged with its traceback, then exit 1: raised further, multiprocessing would
+        # print the same traceback again as plain text beside the JSON log.
         log.exception("intake.start_failed")
-        raise
+        raise SystemExit(1) from None
     try:
         conn.send("ready")
         while True:
