@@ -72,9 +72,10 @@ STOP_MARGIN_SECONDS = 5.0
 #: At the ledger's stop: how long the child's relay may wait for its last acks, and how
 #: much longer the ledger waits for the child before killing it. Together well inside the
 #: ledger's own margin after its grace period (services/common/stopping.py, 5 s): the
-#: ledger waited 15 s for a child that did not answer (one still starting on a busy
-#: machine took 4-5 s), and was forced out at its deadline. Killing it loses nothing: the
-#: next relay publishes from the stream's last message.
+#: ledger waited 15 s for a child that did not answer (frozen), and was forced out at its
+#: deadline. Killing it loses nothing: the next relay publishes from the stream's last
+#: message. A child that has not said it is ready (its imports, its encoder, its ledger:
+#: 1 s, 3-5 s on a busy machine) reads no stop yet: it is killed at once.
 CHILD_STOP_SECONDS = 2.0
 CHILD_EXIT_SECONDS = 1.0
 
@@ -107,6 +108,7 @@ class RelayProcess:
         self._process: subprocess.Popen[bytes] | None = None
         self._control: Connection | None = None
         self._wake_fd = -1
+        self._ready = threading.Event()  # the child now running said it reads its pipe
         self._unconfirmed: dict[int, bytes] = {}
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="relay-process", daemon=True)
@@ -141,7 +143,9 @@ class RelayProcess:
         self._stopping.set()
         with self._lock:
             process, control = self._process, self._control
-        if control is not None:
+        if process is not None and not self._ready.is_set():
+            self._kill_starting(process)
+        elif control is not None:
             self._send(control, ("stop", timeout))
         if process is not None:
             try:
@@ -157,6 +161,17 @@ class RelayProcess:
         self._watcher.join(STOP_MARGIN_SECONDS)
         with self._lock:
             self._close_pipes()
+
+    def _kill_starting(self, process: subprocess.Popen[bytes]) -> None:
+        # It would read the stop only once started (seconds on a busy machine, past the
+        # ledger's deadline), and has published nothing yet.
+        log.info(
+            "relay.process_killed_starting",
+            pid=process.pid,
+            note="stopped before it was ready; the next relay publishes from the stream's "
+            "last message",
+        )
+        process.kill()
 
     # -- the child
 
@@ -187,6 +202,7 @@ class RelayProcess:
             theirs.close()  # the child's ends are the child's: EOF once it is gone
             os.close(wake_read)
         control = Connection(ours.detach())
+        self._ready.clear()
         self._send(control, ("settings", self._settings))  # first: nobody else has it yet
         with self._lock:
             self._close_pipes()
@@ -226,8 +242,8 @@ class RelayProcess:
                 with self._lock:
                     process, control = self._process, self._control
                 if process is not None and control is not None:
-                    if self._stopping.is_set():  # stop() came while the child started
-                        self._send(control, ("stop", CHILD_STOP_SECONDS))
+                    if self._stopping.is_set():  # stop() came while the child was made
+                        self._kill_starting(process)
                     self._receive(control)
                     try:
                         exitcode: int | None = process.wait(STOP_MARGIN_SECONDS)
@@ -249,7 +265,10 @@ class RelayProcess:
             except (EOFError, OSError):
                 return
             kind = message[0]
-            if kind == "status":
+            if kind == "ready":
+                self._ready.set()
+                log.info("relay.process_ready", pid=message[1])
+            elif kind == "status":
                 for name, value in message[1].items():
                     setattr(self.status, name, value)
             elif kind == "health":
@@ -336,6 +355,7 @@ def run_child(settings: LedgerSettings, control: Connection, wake_fd: int) -> No
         target=_statuses, args=(relay, send, stopped), name="relay-status", daemon=True
     ).start()
     relay.start()
+    send(("ready", os.getpid()))  # from here on a stop is read and obeyed
     timeout = 10.0
     try:
         while True:

@@ -444,6 +444,15 @@ def relay_processes(ledger: psutil.Process | None = None) -> list[psutil.Process
     return found
 
 
+def new_relay_child(ledger_pid: int, old_pid: int) -> psutil.Process | None:
+    """A relay child of the ledger other than ``old_pid``, however far its start is."""
+    for child in psutil.Process(ledger_pid).children():
+        with contextlib.suppress(psutil.Error):
+            if child.pid != old_pid and RELAY_MODULE in child.cmdline():
+                return child
+    return None
+
+
 @pytest.mark.parametrize("killed", ["relay", "encoder"])
 def test_a_relay_or_its_encoder_that_dies_is_started_again_and_publishes_what_came_meanwhile(
     tmp_path: Path, nats_server: NatsServer, killed: str
@@ -781,5 +790,47 @@ def test_a_ledger_whose_relay_child_does_not_answer_stops_within_its_deadline(
                 if child.is_running():
                     child.resume()
             names = [x.get("event") for x in ledger.log_lines()]
+    assert "ledger.stop_forced" not in names, names
+    assert code == 0
+
+
+def test_a_ledger_stopped_while_its_relay_child_starts_kills_it_at_once(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """A relay child reads its stop only once started (imports, encoder, ledger: a second,
+    3-5 s on a busy machine). A ledger stopped meanwhile waited for it past the time it
+    gives the child (3 s) and killed it late (CI: 3 of 200 stops at start-up ended past
+    their 6 s). A child that has not said it is ready is now killed at once: it has
+    published nothing. Here a child started again (its predecessor killed) is frozen
+    before it is ready, as a busy machine would keep it."""
+    url = nats_server.url
+    with store_environment("sqlite", tmp_path) as store_env:
+        env = {**relay_env(tmp_path, store_env, url), "LEDGER_GRACE_SECONDS": "1"}
+        with service_process("services.ledger", env) as ledger:
+            wait_until(
+                lambda: any(x.get("event") == "relay.process_ready" for x in ledger.log_lines()),
+                what="the first child ready",
+            )
+            (first,) = relay_processes(psutil.Process(ledger.proc.pid))
+            first.kill()
+            # Caught as soon as it is made (polled every 2 ms; its imports alone take
+            # about a second), before its encoder or its ledger.
+            deadline = time.monotonic() + 30
+            while not (child := new_relay_child(ledger.proc.pid, first.pid)):
+                assert time.monotonic() < deadline, "no new relay child in 30 s"
+                time.sleep(0.002)
+            child.suspend()
+            try:
+                ledger.proc.send_signal(signal.SIGTERM)
+                code = ledger.proc.wait(60)
+            finally:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.resume()
+            lines = ledger.log_lines()
+    names = [x.get("event") for x in lines]
+    assert names.count("relay.process_ready") == 1, "the second child was frozen before it"
+    (killed,) = [x for x in lines if x.get("event") == "relay.process_killed_starting"]
+    assert killed["pid"] == child.pid
+    assert "relay.process_stop_timeout" not in names, names
     assert "ledger.stop_forced" not in names, names
     assert code == 0
