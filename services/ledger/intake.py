@@ -149,10 +149,23 @@ class IntakeProcess:
         return answer
 
     def close(self) -> None:
-        """End the child (its pipe closed); a call after this is refused."""
-        with self._lock:
-            self._closed = True
+        """End the child (its pipe closed); a call after this is refused.
+
+        Called after the gRPC server's grace period: a batch still being prepared then is
+        stuck or its call already cancelled, and waiting for it (up to ``answer_seconds``)
+        would take the ledger past its stop deadline. The child is killed instead (the
+        batch's call, if anyone still waits on it, is refused with ``INTAKE_RESTARTED``)."""
+        self._closed = True  # no new child from here on (read under the lock)
+        if not self._lock.acquire(timeout=EXIT_SECONDS):
+            child = self._child
+            if child is not None:
+                log.warning("intake.killed_at_stop", pid=child[0].pid)
+                child[0].kill()
+            self._lock.acquire()
+        try:
             self._discard()
+        finally:
+            self._lock.release()
 
     @property
     def pid(self) -> int | None:

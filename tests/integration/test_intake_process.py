@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,6 +174,43 @@ def test_a_child_that_stops_answering_is_killed_and_the_batch_refused_as_a_resta
         assert intake.pid not in {None, stuck}
     finally:
         intake.close()
+
+
+def test_a_close_while_a_stuck_child_holds_a_batch_kills_it_and_refuses_the_batch(
+    tmp_path: Path,
+) -> None:
+    # The ledger closes its intake after gRPC's grace period: a batch still under way then
+    # is stuck. close() waited for it as long as the batch's own deadline (a minute here,
+    # as by default), past the ledger's stop deadline; it now kills the child.
+    setup = IntakeSetup(reference(), time_bounds_of(settings_for(tmp_path, {})), None, None)
+    intake = IntakeProcess(setup, answer_seconds=DEADLINE_SECONDS)
+    intake.prepare(actor("bawaslu"), [item("Sebelum")], None)
+    stuck = intake.pid
+    assert stuck is not None
+    os.kill(stuck, signal.SIGSTOP)
+    refused: list[BaseException] = []
+
+    def under_way() -> None:
+        try:
+            intake.prepare(actor("bawaslu"), [item("Tertahan")], None)
+        except Unavailable as exc:
+            refused.append(exc)
+
+    batch = threading.Thread(target=under_way)
+    with capture_logs() as logs:
+        batch.start()
+        wait_until(intake._lock.locked, what="the batch under way")
+        began = time.monotonic()
+        intake.close()
+        closed_in = time.monotonic() - began
+        batch.join(DEADLINE_SECONDS)
+    assert closed_in < DEADLINE_SECONDS / 2, closed_in
+    assert [getattr(r, "reason", None) for r in refused] == ["INTAKE_RESTARTED"]
+    (killed,) = [x for x in logs if x["event"] == "intake.killed_at_stop"]
+    assert killed["pid"] == stuck
+    with pytest.raises(Unavailable) as after:
+        intake.prepare(actor("bawaslu"), [item("Sesudah")], None)
+    assert after.value.reason == "SHUTTING_DOWN"
 
 
 def test_with_the_setting_off_batches_are_prepared_in_the_ledger_s_process(
