@@ -16,7 +16,9 @@ the store. What crosses between the processes:
 - checkpoints to publish on the witnesses' stream: sent to the child, which confirms
   each once published; those not confirmed are sent again to a restarted child;
 - the relay's status (a few times a second, when it changed) and its health, back to
-  the ledger, which serves them (health service, metrics, ``lag``).
+  the ledger, which serves them (health service, metrics, ``lag``);
+- that the child is ready, once its relay runs: from then on it obeys a stop (its last acks
+  awaited); one stopped before that is killed, having published nothing.
 
 The child (:mod:`services.ledger.relay_child`) ignores SIGINT and SIGTERM (a stop of the
 whole process group reaches the ledger, which stops its relay in order) and ends with
