@@ -119,7 +119,7 @@ async def _plain(url: str, source: Path, target: Path) -> tuple[float, float, fl
                     break
         await subscription.unsubscribe()
         read = time.perf_counter() - started
-        if digest.digest() != hashlib.sha256(source.read_bytes()).digest():
+        if digest.hexdigest() != _sha256(source):
             raise RuntimeError("the plain read did not give the file back")
         return put, get, read
     finally:
