@@ -341,20 +341,34 @@ class RelayRun:
         return counted / self.elapsed if self.elapsed > 0 else math.nan
 
 
-def relay_throughput(
-    store_env: dict[str, str],
-    reference: ReferenceData,
-    workdir: Path,
-    nats_url: str,
-    stream: StreamSettings,
-    events: int,
-) -> RelayRun:
-    """Pre-fill, then ``python -m services.ledger`` with the relay on, timed on the stream."""
-    data_dir = workdir / "data"
+@dataclass(frozen=True)
+class Backlog:
+    """A store holding ``events`` incident events none of which is on the stream yet."""
+
+    store_env: dict[str, str]
+    key: SigningKey
+    events: int
+    last: int  # the last event's position
+    prefill_seconds: float
+
+
+def relay_backlog(
+    store_env: dict[str, str], reference: ReferenceData, workdir: Path, events: int
+) -> Backlog:
+    """The store the relay's rounds start from (:func:`prepare_backlog`)."""
     key = SigningKey.create(workdir / "key")
     began = time.perf_counter()
     last = prepare_backlog(store_env, reference, key, events)
-    prefill_seconds = time.perf_counter() - began
+    return Backlog(store_env, key, events, last, time.perf_counter() - began)
+
+
+def relay_throughput(
+    backlog: Backlog, data_dir: Path, nats_url: str, stream: StreamSettings
+) -> RelayRun:
+    """``python -m services.ledger`` with the relay on, on ``backlog`` (its stream empty:
+    a relay publishes from the stream's last message, so from the start), timed on the
+    stream. A round of its own each time: the store is not changed by publishing it."""
+    store_env, key, events, last = backlog.store_env, backlog.key, backlog.events, backlog.last
     watch: dict[str, Progress | BaseException] = {}
 
     def watch_stream() -> None:
@@ -400,7 +414,7 @@ def relay_throughput(
         )
     return RelayRun(
         events=events,
-        prefill_seconds=prefill_seconds,
+        prefill_seconds=backlog.prefill_seconds,
         start_to_first=progress.first_at - started,
         first_count=progress.first_count,
         elapsed=progress.done_at - progress.first_at,
