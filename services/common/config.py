@@ -703,7 +703,7 @@ class EvidenceVariables(Group):
         "LEDGER_EVIDENCE_SWEEP_SECONDS",
         600.0,
         "how often the ledger deletes what interrupted uploads left in the object store "
-        '(and once at start); see evidence.md, "An object without its event"',
+        '(and once at start); see evidence.md, "Leftovers of interrupted uploads"',
         gt=0.0,
     )
     sweep_grace_seconds: Number = _setting(
