@@ -99,7 +99,10 @@ def ratio_text(target: Target) -> str:
     ratio = target.ratio
     if math.isnan(ratio):
         return "-"
-    return f"{ratio:.2f}" if target.compare == AT_LEAST else f"{ratio:.1f}x"
+    if target.compare == AT_LEAST:
+        return f"{ratio:.2f}"
+    # Two decimals near a goal of a few times: 1.34x against 1.3x read "1.3x <= 1.3x MISS".
+    return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.1f}x"
 
 
 def goal_text(target: Target) -> str:

@@ -101,6 +101,11 @@ def test_each_row_shows_the_figure_beside_its_ceiling_with_ratio_goal_and_verdic
     assert all(len(row) == len(targets.HEADERS) for row in rows)
 
 
+def test_a_latency_ratio_just_over_its_goal_does_not_print_as_the_goal() -> None:
+    (row,) = targets.rows([Target("report naming people, p50", 1.74, 1.3, AT_MOST, 1.3, "", " ms")])
+    assert row[3:6] == ["1.34x", "<= 1.3x", "MISS"]
+
+
 # ------------------------------------------------------------------ exit status
 
 
