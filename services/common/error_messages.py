@@ -134,6 +134,13 @@ TEMPLATES: Mapping[str, str] = {
 #: A message for a refusal whose metadata names its ``check``, in place of its reason's
 #: general one: the times a caller stated, in the zone the ledger stated them in (with the
 #: offset), which the general "not acceptable" would leave out of the translation.
+#: VERSION_CONFLICT where the version given is ahead of the incident's: nothing changed, the
+#: version was mistyped (or taken from another incident), and "read it again" says otherwise.
+VERSION_AHEAD = N_(
+    "The incident is at version {current_version}; version {expected_version} does not exist "
+    "yet. Check the version you gave."
+)
+
 CHECK_TEMPLATES: Mapping[tuple[str, str], str] = {
     ("INVALID_FIELD", "window"): N_(
         "The decision would end ({valid_until}) before it starts ({valid_from}): its end must "
@@ -217,6 +224,8 @@ def localized(reason: str, metadata: Mapping[str, str], language: str) -> str | 
     """The message of ``reason`` in ``language``, its placeholders filled from ``metadata``;
     None for a reason without a template."""
     template = CHECK_TEMPLATES.get((reason, metadata.get("check", ""))) or TEMPLATES.get(reason)
+    if reason == "VERSION_CONFLICT" and _ahead(metadata):
+        template = VERSION_AHEAD
     if template is None:
         return None
     translations = _translations(language)
@@ -228,3 +237,13 @@ def localized(reason: str, metadata: Mapping[str, str], language: str) -> str | 
     if action in ACTION_WORDS:
         values["action"] = translations.gettext(ACTION_WORDS[action])
     return string.Formatter().vformat(translations.gettext(template), (), values)
+
+
+def _ahead(metadata: Mapping[str, str]) -> bool:
+    """Whether a conflict's version given is ahead of the incident's."""
+    # get(), not []: a protobuf map (an ErrorInfo's) adds a key that is read with [].
+    expected, current = metadata.get("expected_version"), metadata.get("current_version")
+    try:
+        return expected is not None and current is not None and int(expected) > int(current)
+    except ValueError:
+        return False

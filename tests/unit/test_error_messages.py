@@ -209,3 +209,19 @@ def test_a_refused_time_is_said_with_its_times_in_both_languages() -> None:
     assert error_messages.localized(
         "INVALID_FIELD", {"field": "title", "check": "unheard"}, "en"
     ) == ("The value of title is not acceptable.")
+
+
+@pytest.mark.parametrize(
+    ("expected", "current", "english", "indonesian"),
+    [
+        ("2", "5", "The incident changed: version 5, not 2.", "Kejadian sudah berubah"),
+        # A version ahead of the incident's was mistyped: nothing changed.
+        ("5", "2", "version 5 does not exist yet", "versi 5 belum ada"),
+    ],
+)
+def test_a_version_conflict_says_whether_the_incident_changed_or_the_version_is_ahead(
+    expected: str, current: str, english: str, indonesian: str
+) -> None:
+    metadata = {"expected_version": expected, "current_version": current}
+    assert english in (error_messages.localized("VERSION_CONFLICT", metadata, "en") or "")
+    assert indonesian in (error_messages.localized("VERSION_CONFLICT", metadata, "id") or "")

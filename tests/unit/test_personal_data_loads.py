@@ -119,7 +119,7 @@ def test_erasing_or_reading_after_erasure_says_erased_and_records_nothing(ledger
             envelope_for("desk_pilkada"), ErasePersonalData(incident, 0, (), "asked again")
         )
     assert again.value.reason == "NO_PERSONAL_DATA"
-    assert "already erased" in str(again.value)
+    assert "everyone it names is erased already" in str(again.value)
     with pytest.raises(FailedPrecondition) as read:  # a read, then, says why it finds none
         ledger.read_personal_data(
             envelope_for("bawaslu"), ReadPersonalData(incident, 0, "verify report")
@@ -133,3 +133,22 @@ def test_erasing_or_reading_after_erasure_says_erased_and_records_nothing(ledger
             envelope_for("desk_pilkada"), ErasePersonalData(nobody, 0, (), "asked by one")
         )
     assert "names nobody" in str(none.value)
+
+
+def test_erasing_one_person_again_says_the_others_are_still_there(ledger: Ledger) -> None:
+    incident = reported(ledger)
+    read = ledger.read_personal_data(
+        envelope_for("bawaslu"), ReadPersonalData(incident, 0, "verify report")
+    )
+    reporter = next(
+        v.subject.subject_id for v in read.subjects if v.person and v.person.name == "Siti"
+    )
+    ledger.erase_personal_data(
+        envelope_for("desk_pilkada"), ErasePersonalData(incident, 0, (reporter,), "asked")
+    )
+    with pytest.raises(FailedPrecondition) as again:
+        ledger.erase_personal_data(
+            envelope_for("desk_pilkada"), ErasePersonalData(incident, 0, (reporter,), "asked again")
+        )
+    assert again.value.reason == "NO_PERSONAL_DATA"
+    assert "1 other person it names is not" in str(again.value), again.value

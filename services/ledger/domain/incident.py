@@ -1351,7 +1351,15 @@ class Incident(Aggregate):
         chosen = subjects or tuple(self.subjects)
         erasing = [i for i in chosen if not self.subjects[i].erased]
         if not erasing:
-            said = "already erased" if chosen else "this incident names nobody"
+            left = sum(1 for subject in self.subjects.values() if not subject.erased)
+            if not chosen:
+                said = "this incident names nobody"
+            elif not left:
+                said = "everyone it names is erased already"
+            else:
+                # Said, so that no one reads "nothing left" of a person still named.
+                others = "1 other person it names is" if left == 1 else f"{left} others are"
+                said = f"the people this request names are erased already ({others} not)"
             raise FailedPrecondition(
                 f"no personal data is left to erase: {said}", reason="NO_PERSONAL_DATA"
             )
