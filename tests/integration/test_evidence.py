@@ -903,7 +903,9 @@ def test_ledgerctl_correct_names_the_evidence_as_the_list_shows_it(
     listed = {e["name"]: e for e in ctl.json("polres", "evidence", "list", name)}
     assert listed[old]["superseded_by"] == new
     assert listed[old]["description"] == "Amplop di Pasar Ipuh"
-    code, _out, err = ctl.run("polres", "correct", name, "description", "", "x", "--event", "ffff")
+    code, _out, err = ctl.run(
+        "polres", "correct", name, "description", "", "x", "--event", "ffff", "--reason", "x"
+    )
     assert code == 2 and "ffff names no single event of" in err
 
 

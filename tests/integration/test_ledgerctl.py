@@ -208,7 +208,7 @@ def test_exit_codes_and_messages(ctl: Ctl, tmp_path: Path) -> None:
     ]
     # usage: missing argument, bad choice, bad field on the server
     assert ctl.run("desk_pilkada", "verify")[0] == 2
-    code, _, err = ctl.run("desk_pilkada", "reject", name, "MAYBE")
+    code, _, err = ctl.run("desk_pilkada", "reject", name, "MAYBE", "-m", "x")
     assert code == 2 and "known: INVALID, HOAX, OUT_OF_SCOPE" in err
     code, _, err = ctl.run("kesbangpol", "report", "x", "crowd_gathering", "atlantis")
     assert code == 2 and "unknown kecamatan 'atlantis'" in err

@@ -43,6 +43,8 @@ def test_report_read_find_hold_erase_through_ledgerctl(ctl: Ctl) -> None:
     with using("id"):
         in_indonesian = format_time(first, jakarta)
     assert in_indonesian in ctl.ok("inspektorat", "--lang", "id", "pii", "accesses", name)
+    nobody = ctl.ok("desk_pilkada", "pii", "find", "--phone", "081200000001", "-p", "request 6")
+    assert "no report names this person" in nobody and "│" not in nobody, nobody
     searched = ctl.ok("desk_pilkada", "pii", "find", "--nik", NIK, "-p", "request 5/2024")
     assert format_time(first, jakarta) in searched, searched
     # The people named, without their data: each one's state and how many reads took it
@@ -50,19 +52,54 @@ def test_report_read_find_hold_erase_through_ledgerctl(ctl: Ctl) -> None:
     named = accesses[accesses.index("People named") :]
     assert "not read" not in named, named
     rows = [line.split("│") for line in named.splitlines() if "│" in line]
-    assert sorted((r[1].strip(), r[2].strip(), r[3].strip()) for r in rows) == [
-        ("reporter", "present", "3"),
-        ("witness", "present", "2"),  # the search by NIK found only the reporter
-    ], named
+    subjects = {s["role"]: s["subject_id"] for s in read["subjects"]}
+    assert sorted(tuple(cell.strip() for cell in r[1:5]) for r in rows) == sorted(
+        [
+            (subjects["reporter"][:8], "reporter", "present", "3"),
+            # the search by NIK found only the reporter
+            (subjects["witness"][:8], "witness", "present", "2"),
+        ]
+    ), named
     ctl.ok("kejari", "pii", "hold", name, "-m", "Gakkumdu 3/2024")
-    code, _out, err = ctl.run("desk_pilkada", "pii", "erase", name, "--legal-basis", "request 5")
+    code, _out, err = ctl.run(
+        "desk_pilkada", "pii", "erase", name, "--all", "--legal-basis", "request 5"
+    )
     assert code != 0 and "LEGAL_HOLD" in err
     ctl.ok("kejari", "pii", "release", name, "-m", "case closed")
-    ctl.ok("desk_pilkada", "pii", "erase", name, "--legal-basis", "request 5/2024")
+    # Whose data is said, never assumed: an erasure cannot be undone.
+    code, _out, err = ctl.run("desk_pilkada", "pii", "erase", name, "--legal-basis", "request 5")
+    assert code == 2 and "--subject" in err and "--all" in err, err
+    code, _out, err = ctl.run(
+        "desk_pilkada", "pii", "erase", name, "--subject", "0000", "--legal-basis", "request 5"
+    )
+    assert code == 2 and subjects["witness"][:8] in err, err  # the people it names, listed
+    ctl.ok(
+        "desk_pilkada", "pii", "erase", name, "--subject", "reporter", "--legal-basis", "request 5"
+    )
+    states = {
+        s["role"]: s["state"] for s in ctl.json("inspektorat", "pii", "accesses", name)["subjects"]
+    }
+    assert states == {"reporter": "ERASED", "witness": "PRESENT"}
+    code, _out, err = ctl.run(
+        "desk_pilkada", "pii", "erase", name, "--subject", "reporter", "--legal-basis", "again"
+    )
+    assert code != 0 and "1 other person it names is not" in err, err
+    witness = subjects["witness"][:8]  # as the tables show it
+    ctl.ok(
+        "desk_pilkada", "pii", "erase", name, "--subject", witness, "--legal-basis", "req 5/2024"
+    )
     states = {s["state"] for s in ctl.json("inspektorat", "pii", "accesses", name)["subjects"]}
     assert states == {"ERASED"}
     indonesian = ctl.ok("inspektorat", "--lang", "id", "pii", "accesses", name)
     assert "dihapus" in indonesian and "Pembacaan data pribadi" in indonesian
+
+
+def test_anonymity_without_a_reporter_is_refused_not_dropped(ctl: Ctl) -> None:
+    code, _out, err = ctl.run(
+        "kesbangpol", "report", "Amplop", "money_politics", "ipuh", "--anonymous"
+    )
+    assert code == 2 and "anonymous" in err, err
+    assert ctl.json("kesbangpol", "list") == []  # nothing recorded
 
 
 def test_an_agency_without_the_right_reads_nothing(ctl: Ctl) -> None:
@@ -103,7 +140,7 @@ def test_show_names_the_people_without_their_data_in_both_languages(ctl: Ctl) ->
     assert "legal hold by bawaslu" in show("en")
     assert "penahanan hukum oleh bawaslu" in show("id")
     ctl.ok("bawaslu", "pii", "release", name, "-m", "case closed")
-    ctl.ok("desk_pilkada", "pii", "erase", name, "--legal-basis", "request 5/2024")
+    ctl.ok("desk_pilkada", "pii", "erase", name, "--all", "--legal-basis", "request 5/2024")
     english = show("en")
     assert "people named: reporter: erased, 2 witnesses: erased" in english
     assert "legal hold" not in english

@@ -108,6 +108,24 @@ def test_unavailable_and_deadline_exceeded_are_retried_with_growing_backoff() ->
     assert slept == pytest.approx([0.1, 0.2, 0.3])  # doubling, capped at max_backoff
 
 
+def test_each_retry_is_announced_before_its_wait_with_the_budget_left() -> None:
+    rpc = Flaky(
+        FakeRpcError(grpc.StatusCode.UNAVAILABLE), FakeRpcError(grpc.StatusCode.UNAVAILABLE)
+    )
+    told: list[tuple[int, float]] = []
+    now = [100.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    policy = RetryPolicy(
+        budget=10.0, initial_backoff=1.0, on_retry=lambda a, left: told.append((a, left))
+    )
+    assert call_with_retry(rpc, policy, sleep=sleep, rng=lambda: 1.0, clock=lambda: now[0]) == "ok"
+    assert told == [(0, pytest.approx(10.0)), (1, pytest.approx(9.0))]
+    assert RetryPolicy(on_retry=print) == RetryPolicy()  # a listener is not part of the policy
+
+
 def test_rate_limited_calls_wait_the_delay_the_server_names() -> None:
     sleeps: list[float] = []
     limited = FakeRpcError(

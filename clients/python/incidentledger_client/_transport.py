@@ -10,7 +10,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -101,6 +101,9 @@ class RetryPolicy:
     max_backoff: float = 2.0
     multiplier: float = 2.0
     budget: float = 20.0
+    #: Called before each retry with the attempt (from 0) and the seconds left of the
+    #: budget: a command line says, at the first one, why nothing happens yet.
+    on_retry: Callable[[int, float], None] | None = field(default=None, compare=False)
 
     def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
         # Without a retry count the attempts are unbounded: keep the power finite.
@@ -169,6 +172,8 @@ def call_with_retry(
                 if server_wait is None or server_wait > left:
                     raise give_up(error) from None
                 wait = server_wait
+            if policy.on_retry is not None:
+                policy.on_retry(attempt, left)
             sleep(wait)
             attempt += 1
 

@@ -151,6 +151,20 @@ def _ca_named(tls_ca: str | None) -> str:
     return _("of the system (no --tls-ca given)")
 
 
+def _refused(text: str) -> bool:
+    return "Connection refused" in text or "DNS resolution failed" in text
+
+
+def never_reached(error: LedgerError, address: str) -> bool:
+    """Whether ``error`` says that nothing reached the server at ``address``: the connection
+    refused (or the name not found) and nothing listening there, so no command of the
+    call can have been recorded. gRPC reports only its last address's error (localhost:
+    often ::1 refused while 127.0.0.1 answered): whether anything listens decides."""
+    if not isinstance(error, Unavailable | DeadlineExceeded) or error.reason:
+        return False
+    return _refused(error.message) and not listening(address)
+
+
 def explain(error: LedgerError, st: State) -> Hint | None:
     """What to do about an error, in words that name the address, the setting it came from and
     the flag that fixes it; None when the server's message says it already."""
@@ -201,10 +215,8 @@ def explain(error: LedgerError, st: State) -> Hint | None:
                 _("the {where} does not speak TLS: drop --tls-ca (tls_ca)").format(where=where),
                 meta,
             )
-        refused = "Connection refused" in text or "DNS resolution failed" in text
-        # gRPC reports only its last address's error (localhost: often ::1 refused while
-        # 127.0.0.1 answered): whether anything listens decides between the two stories.
-        if refused and not listening(address):
+        refused = _refused(text)
+        if refused and never_reached(error, address):
             return Hint(
                 _(
                     "cannot reach the {where}: is it running (make run), and is the address "

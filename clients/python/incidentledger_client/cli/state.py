@@ -3,6 +3,8 @@ command needs them, and the clients (created once, closed at the end)."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -10,7 +12,8 @@ from zoneinfo import ZoneInfo
 import typer
 
 from incidentledger_client import LedgerClient, NotifierClient, RetryPolicy, i18n
-from incidentledger_client.cli import config
+from incidentledger_client.cli import config, output
+from incidentledger_client.i18n import _
 from incidentledger_client.types import ReferenceData
 
 #: Where the zone came from when no zone is set and the ledger says the regency's
@@ -57,16 +60,21 @@ class State:
                 client_cert=settings.tls_cert,
                 client_key=settings.tls_key,
                 timeout=settings.timeout,
-                retry=self._retry(),
+                retry=self._retry(_("the ledger"), settings.address),
                 language=i18n.current(),
             )
         return self._ledger
 
-    def _retry(self) -> RetryPolicy | None:
+    def _retry(self, service: str, address: str) -> RetryPolicy:
         """With ``--timeout``, the whole command gives up then (retries included): a person
-        asking for 2 s does not wait the client's default 20 s for a server that is down."""
+        asking for 2 s does not wait the client's default 20 s for a server that is down.
+        At a terminal, the first retry says so (a command that waits in silence for a
+        server that is down looks hung)."""
         timeout = self.settings.timeout
-        return RetryPolicy(budget=timeout) if timeout else None
+        notify = _retrying_note(service, address) if sys.stderr.isatty() else None
+        if timeout:
+            return RetryPolicy(budget=timeout, on_retry=notify)
+        return RetryPolicy(on_retry=notify)
 
     def reference(self) -> ReferenceData:
         """The ledger's reference data, fetched once per run (one small call)."""
@@ -108,7 +116,7 @@ class State:
                 client_cert=settings.tls_cert,
                 client_key=settings.tls_key,
                 timeout=settings.timeout,
-                retry=self._retry(),
+                retry=self._retry(_("the notifier"), settings.notifier_address),
                 language=i18n.current(),
             )
         return self._notifier
@@ -124,3 +132,17 @@ def state(ctx: typer.Context) -> State:
     if not isinstance(value, State):
         raise RuntimeError("ledgerctl: no state (the root callback did not run)")
     return value
+
+
+def _retrying_note(service: str, address: str) -> Callable[[int, float], None]:
+    def note(attempt: int, left: float) -> None:
+        if attempt == 0:
+            output.error_console().print(
+                _(
+                    "{service} at {address} does not answer; trying again for up to {seconds} s "
+                    "(Ctrl-C stops)"
+                ).format(service=service, address=address, seconds=round(left)),
+                highlight=False,
+            )
+
+    return note

@@ -147,7 +147,7 @@ def report(
 ) -> None:
     """Report a new incident."""
     people = None
-    if reporter or witness:
+    if reporter or witness or anonymous:  # --anonymous alone: the ledger says what is missing
         people = PersonalData(
             reporter=parse_person(reporter) if reporter else None,
             anonymous=anonymous,
@@ -198,7 +198,10 @@ def reject(
     ctx: typer.Context,
     name: Name,
     reason: Annotated[str, typer.Argument(help="INVALID, HOAX or OUT_OF_SCOPE.")],
-    comment: Comment = "",
+    comment: Annotated[
+        str,
+        typer.Option("--comment", "-m", help="Why (required), recorded with the event."),
+    ],
     expected_version: Version = 0,
     request_id: RequestId = None,
 ) -> None:
@@ -320,7 +323,7 @@ def handover_propose(
     ctx: typer.Context,
     name: Name,
     to_agency: Annotated[str, typer.Argument(help="The proposed new lead.")],
-    reason: Annotated[str, typer.Option(help="Why.")] = "",
+    reason: Annotated[str, typer.Option(help="Why (required).")],
     expected_version: Version = 0,
     request_id: RequestId = None,
 ) -> None:
@@ -561,6 +564,7 @@ def correct(
             metavar="NEW",
         ),
     ],
+    reason: Annotated[str, typer.Option(help="Why (required).")],
     event: Annotated[
         str | None,
         typer.Option(
@@ -568,7 +572,6 @@ def correct(
             "list shows them (default: the latest event that recorded FIELD)."
         ),
     ] = None,
-    reason: Annotated[str, typer.Option(help="Why.")] = "",
     expected_version: Version = 0,
     request_id: RequestId = None,
 ) -> None:
@@ -814,7 +817,11 @@ def _triage_targets(values: list[str], file: Path | None) -> list[_Target]:
                 sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8-sig")
             ).removeprefix("\ufeff")
         except OSError as error:
-            raise typer.BadParameter(str(error), param_hint="--file") from None
+            # Not Python's "[Errno 2] No such file or directory: '...'".
+            raise typer.BadParameter(
+                _("cannot read {path}: {why}").format(path=file, why=error.strerror or error),
+                param_hint="--file",
+            ) from None
         except UnicodeDecodeError:
             raise typer.BadParameter(_("not UTF-8 text"), param_hint="--file") from None
         texts.extend(_codes_table(content) or _listed(content))

@@ -13,7 +13,12 @@ import typer
 from incidentledger_client import DeadlineExceeded, LedgerError, Unavailable
 from incidentledger_client.backlog import BacklogError, BacklogLine, read_backlog
 from incidentledger_client.cli import config, output
-from incidentledger_client.cli.errors import EXIT_OTHER, InterruptedCommandError, said
+from incidentledger_client.cli.errors import (
+    EXIT_OTHER,
+    InterruptedCommandError,
+    never_reached,
+    said,
+)
 from incidentledger_client.cli.progress import progress_bar
 from incidentledger_client.cli.state import State, state
 from incidentledger_client.i18n import N_, _, format_number
@@ -203,15 +208,21 @@ def ingest(
         if not st.as_json:
             if summary.total:
                 _print_summary(st, path, summary, recorded, refused, codes, finished=False)
-            output.error_console().print(
-                _("The ledger answered {answered} of {total} reports before this error.").format(
-                    answered=format_number(summary.total), total=format_number(len(lines))
+            if not summary.total and never_reached(error, st.settings.address):
+                # Nothing went out: no chunk can have been recorded, and the error's hint
+                # says where the ledger was looked for.
+                note = _("None of the {total} reports was sent.").format(
+                    total=format_number(len(lines))
                 )
-                + " "
-                + _(SEND_AGAIN),
-                markup=False,
-                highlight=False,
-            )
+            else:
+                note = (
+                    _(
+                        "The ledger answered {answered} of {total} reports before this error."
+                    ).format(answered=format_number(summary.total), total=format_number(len(lines)))
+                    + " "
+                    + _(SEND_AGAIN)
+                )
+            output.error_console().print(note, markup=False, highlight=False)
         raise
     if codes is not None:
         _write_codes(codes, recorded)

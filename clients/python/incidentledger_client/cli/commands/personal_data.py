@@ -15,7 +15,7 @@ from incidentledger_client.cli.commands.incidents import Name, RequestId, done
 from incidentledger_client.cli.inputs import incident_name
 from incidentledger_client.cli.state import state
 from incidentledger_client.i18n import N_, _, format_number
-from incidentledger_client.personal import DataSubject, PersonalDataAccess
+from incidentledger_client.personal import DataSubject, PersonalDataAccess, SubjectSummary
 
 #: The group ``ledgerctl pii ...``.
 app = group(
@@ -26,10 +26,17 @@ app = group(
 Purpose = Annotated[
     str,
     typer.Option(
-        "--purpose", "-p", help="Why you read it (5-500 characters); recorded with the read."
+        "--purpose",
+        "-p",
+        help="Why you read it (required, 5-500 characters); recorded with the read.",
     ),
 ]
-Reason = Annotated[str, typer.Option("--reason", "-m", help="The case or ground, recorded.")]
+#: The fewest characters of a subject's id that name it on the command line.
+MIN_SUBJECT_PREFIX = 4
+
+Reason = Annotated[
+    str, typer.Option("--reason", "-m", help="The case or ground (required), recorded.")
+]
 
 
 def _people_table(title: str, subjects: Sequence[DataSubject]) -> None:
@@ -43,6 +50,7 @@ def _people_table(title: str, subjects: Sequence[DataSubject]) -> None:
             title,
             (
                 N_("incident"),
+                N_("subject"),
                 N_("role"),
                 N_("state"),
                 N_("name"),
@@ -53,6 +61,7 @@ def _people_table(title: str, subjects: Sequence[DataSubject]) -> None:
             (
                 (
                     output.short_id(s.incident),
+                    output.short_id(s.subject_id),
                     _("reporter (anonymous)") if s.anonymous else output.role_name(s.role),
                     state_of(s),
                     s.person.name if s.person else "-",
@@ -62,7 +71,7 @@ def _people_table(title: str, subjects: Sequence[DataSubject]) -> None:
                 )
                 for s in subjects
             ),
-            no_wrap=("incident",),
+            no_wrap=("incident", "subject"),
         )
     )
 
@@ -95,22 +104,24 @@ def _subjects_table(
     output.console().print(
         output.rows_table(
             title,
-            (N_("role"), N_("state"), N_("reads")),
+            (N_("subject"), N_("role"), N_("state"), N_("reads")),
             (
                 (
+                    output.short_id(s.subject_id),
                     _("reporter (anonymous)") if s.anonymous else output.role_name(s.role),
                     states.get(s.state, s.state),
                     format_number(sum(1 for a in accesses if s.subject_id in a.subjects)),
                 )
                 for s in subjects
             ),
+            no_wrap=("subject",),
         )
     )
 
 
 @app.command("read", epilog="Example: ledgerctl -a bawaslu pii read 0b6f12 -p 'verify report'")
 def pii_read(
-    ctx: typer.Context, name: Name, purpose: Purpose = "", request_id: RequestId = None
+    ctx: typer.Context, name: Name, purpose: Purpose, request_id: RequestId = None
 ) -> None:
     """Read the personal data of an incident's report; the read is recorded first."""
     st = state(ctx)
@@ -129,9 +140,9 @@ def pii_read(
 )
 def pii_find(
     ctx: typer.Context,
+    purpose: Purpose,
     phone: Annotated[str, typer.Option(help="Phone, +62... or 08...")] = "",
     nik: Annotated[str, typer.Option(help="NIK, 16 digits.")] = "",
-    purpose: Purpose = "",
     request_id: RequestId = None,
 ) -> None:
     """Subject access: a person's data in every report that names them, and who read it."""
@@ -140,39 +151,101 @@ def pii_find(
     if st.as_json:
         output.emit_json(subjects)
         return
+    if not subjects:
+        # Said in words, not as two empty tables: no incident names them, nothing was read.
+        output.console().print(_("no report names this person"))
+        return
     _people_table(_("Reports naming this person"), subjects)
     _accesses_table(_("Who read their data"), [a for s in subjects for a in s.accesses], st.zone())
 
 
 @app.command(
-    "erase", epilog="Example: ledgerctl -a desk_pilkada pii erase 0b6f12 --legal-basis 'request 5'"
+    "erase",
+    epilog="Example: ledgerctl -a desk_pilkada pii erase 0b6f12 --subject reporter "
+    "--legal-basis 'request 5'",
 )
 def pii_erase(
     ctx: typer.Context,
     name: Name,
     legal_basis: Annotated[
-        str, typer.Option("--legal-basis", help="The request or rule the erasure follows.")
-    ] = "",
+        str,
+        typer.Option("--legal-basis", help="The request or rule the erasure follows (required)."),
+    ],
     subject: Annotated[
-        list[str] | None, typer.Option("--subject", help="A subject id (default: everyone).")
+        list[str] | None,
+        typer.Option(
+            "--subject",
+            help="Whose data: a subject as `pii accesses` shows it (its id or first "
+            "characters), or reporter, or witness (when there is one); repeat for more.",
+        ),
     ] = None,
+    everyone: Annotated[
+        bool, typer.Option("--all", help="Everyone the report names (instead of --subject).")
+    ] = False,
     request_id: RequestId = None,
 ) -> None:
-    """Erase personal data: destroy the keys (refused under a legal hold)."""
-    result = (
-        state(ctx)
-        .ledger()
-        .erase_personal_data(
-            incident_name(ctx, name), legal_basis, subjects=subject or (), request_id=request_id
+    """Erase personal data for good: the keys of the people named are destroyed (refused
+    under a legal hold). Say whose: --subject, or --all for everyone."""
+    if everyone and subject:
+        raise typer.BadParameter(_("name the people with --subject or pass --all, not both"))
+    if not everyone and not subject:
+        # No default: an erasure cannot be undone, and "everyone" was one keystroke away
+        # from "the person who asked".
+        raise typer.BadParameter(
+            _(
+                "say whose data to erase: --subject (as `pii accesses` shows the people), "
+                "or --all for everyone the report names"
+            )
         )
+    st = state(ctx)
+    incident = incident_name(ctx, name)
+    chosen: tuple[str, ...] = ()
+    if subject:
+        named = st.ledger().get_incident(incident).data_subjects
+        try:
+            chosen = tuple(dict.fromkeys(chosen_subject(named, given) for given in subject))
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--subject") from None
+    result = st.ledger().erase_personal_data(
+        incident, legal_basis, subjects=chosen, request_id=request_id
     )
     done(ctx, _("erased"), result)
 
 
+def chosen_subject(named: Sequence[SubjectSummary], given: str) -> str:
+    """The id of the person ``given`` names among ``named``: their id, its first characters
+    (four or more, as tables show it), ``reporter``, or ``witness`` where there is one."""
+    text = given.strip().lower()
+    roles = {
+        "reporter": "reporter",
+        "witness": "witness",
+        "pelapor": "reporter",
+        "saksi": "witness",
+    }
+    if text in roles:
+        matches = [s for s in named if s.role == roles[text]]
+    elif len(text.replace("-", "")) >= MIN_SUBJECT_PREFIX:
+        matches = [s for s in named if s.subject_id.lower().startswith(text)]
+    else:
+        matches = []
+    if len(matches) == 1:
+        return matches[0].subject_id
+    shown = ", ".join(
+        f"{output.short_id(s.subject_id)} ({output.role_name(s.role)})" for s in named
+    ) or _("nobody")
+    if matches:
+        raise ValueError(
+            _("{given} names more than one person here: {shown}").format(given=given, shown=shown)
+        )
+    raise ValueError(
+        _("{given} names no person of this incident; it names: {shown}").format(
+            given=given, shown=shown
+        )
+    )
+
+
 @app.command("hold", epilog="Example: ledgerctl -a kejari pii hold 0b6f12 -m 'Gakkumdu 3/2024'")
-def pii_hold(
-    ctx: typer.Context, name: Name, reason: Reason = "", request_id: RequestId = None
-) -> None:
+def pii_hold(ctx: typer.Context, name: Name, reason: Reason, request_id: RequestId = None) -> None:
     """Place a legal hold: erasure is refused until it is lifted."""
     result = (
         state(ctx)
@@ -184,7 +257,7 @@ def pii_hold(
 
 @app.command("release", epilog="Example: ledgerctl -a kejari pii release 0b6f12 -m 'case closed'")
 def pii_release(
-    ctx: typer.Context, name: Name, reason: Reason = "", request_id: RequestId = None
+    ctx: typer.Context, name: Name, reason: Reason, request_id: RequestId = None
 ) -> None:
     """Lift your agency's legal hold."""
     result = (
