@@ -76,10 +76,10 @@ def test_report_read_find_hold_erase_through_ledgerctl(ctl: Ctl) -> None:
     ctl.ok(
         "desk_pilkada", "pii", "erase", name, "--subject", "reporter", "--legal-basis", "request 5"
     )
-    states = {
+    by_role = {
         s["role"]: s["state"] for s in ctl.json("inspektorat", "pii", "accesses", name)["subjects"]
     }
-    assert states == {"reporter": "ERASED", "witness": "PRESENT"}
+    assert by_role == {"reporter": "ERASED", "witness": "PRESENT"}
     code, _out, err = ctl.run(
         "desk_pilkada", "pii", "erase", name, "--subject", "reporter", "--legal-basis", "again"
     )
