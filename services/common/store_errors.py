@@ -140,7 +140,8 @@ def start_failure(exc: BaseException) -> tuple[str, str] | None:
         return (
             "store_not_migrated",
             "the store's tables are missing: run `incident-ledger migrate` first (or start "
-            "one service without CREATE_TABLE=n)",
+            "one service without CREATE_TABLE=n); or the settings name another store than "
+            "the ledger's (POSTGRES_DBNAME, POSTGRES_SCHEMA, SQLITE_DBNAME)",
         )
     if isinstance(exc, STORE_CONNECTION_ERRORS):
         return (

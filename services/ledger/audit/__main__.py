@@ -20,7 +20,7 @@ import structlog
 from services.common.config import AuditSettings, ConfigError, LedgerSettings
 from services.common.logging import configure_logging
 from services.common.reference import ReferenceData, ReferenceDataError
-from services.common.store_errors import logged_start_failure
+from services.common.store_errors import StoreUnreachableError, logged_start_failure
 from services.ledger.application import Ledger
 from services.ledger.audit.checkpoints import (
     CheckpointError,
@@ -101,11 +101,29 @@ def _position(text: str) -> int:
     return value
 
 
-def _open_ledger(settings: LedgerSettings) -> Ledger:
-    dbname = settings.store_env.get("SQLITE_DBNAME", "")
-    if dbname and dbname != ":memory:" and not dbname.startswith("file:"):
+def _open_ledger(settings: LedgerSettings, *, reading: bool = False) -> Ledger:
+    """The ledger over the store the settings name. ``reading`` (verify, export): a store
+    that is not there is an error, never made: an auditor whose LEDGER_DATA_DIR or
+    POSTGRES_SCHEMA had a typo was told "clean, 0 events" of a store the audit had just
+    created."""
+    env = dict(settings.store_env)
+    dbname = env.get("SQLITE_DBNAME", "")
+    is_file = (
+        env.get("PERSISTENCE_MODULE") == "eventsourcing.sqlite"
+        and bool(dbname)
+        and dbname != ":memory:"
+        and not dbname.startswith("file:")
+    )
+    if reading:
+        if is_file and not Path(dbname).is_file():
+            raise StoreUnreachableError(
+                f"no ledger store at {dbname} (SQLITE_DBNAME, else LEDGER_DATA_DIR's "
+                "ledger.sqlite): the file does not exist; nothing was checked"
+            )
+        env["CREATE_TABLE"] = "false"  # missing tables are an error, not made
+    elif is_file:
         Path(dbname).parent.mkdir(parents=True, exist_ok=True)
-    return Ledger(ReferenceData.load(settings.reference_file), env=settings.store_env)
+    return Ledger(ReferenceData.load(settings.reference_file), env=env)
 
 
 def _report(report: VerifyReport, seconds: float) -> int:
@@ -194,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.export is not None:
                 report = verify_export(args.export, public_key, witness)
             else:
-                ledger = _open_ledger(settings)
+                ledger = _open_ledger(settings, reading=True)
                 try:
                     report = verify_store(ledger, public_key, witness)
                     if args.deep:
@@ -203,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     ledger.close()
             return _report(report, time.perf_counter() - started)
-        ledger = _open_ledger(settings)
+        ledger = _open_ledger(settings, reading=args.command == "export")
         try:
             if args.command == "sweep-evidence":
                 return _sweep_evidence(settings, ledger, args.grace_minutes)
