@@ -11,9 +11,10 @@ from rich.console import Console
 from rich.progress import Progress
 
 from incidentledger_client import Unavailable
-from incidentledger_client.cli.commands.audit import follow_verification
+from incidentledger_client.cli.commands.audit import divergence_text, follow_verification
 from incidentledger_client.cli.progress import Meter
-from incidentledger_client.types import VerifyProgress, VerifyReport
+from incidentledger_client.i18n import using
+from incidentledger_client.types import Divergence, VerifyProgress, VerifyReport
 
 REPORT = VerifyReport(ok=True, events=90, incidents=30, checkpoints_checked=1, divergence=None)
 
@@ -57,3 +58,21 @@ def test_a_stream_that_ends_without_its_result_is_an_error() -> None:
 def test_off_a_terminal_the_meter_draws_nothing_and_the_report_is_returned() -> None:
     items: list[VerifyProgress | VerifyReport] = [VerifyProgress(0, 10, 0), REPORT]
     assert follow_verification(items, Meter()) is REPORT
+
+
+def test_a_divergence_is_said_in_words_not_as_a_repr() -> None:
+    divergence = Divergence(
+        kind="modified",
+        incident="incidents/91c8",
+        version=1,
+        position=1,
+        detail="its hash no longer matches the previous_hash recorded by version 2",
+    )
+    said = divergence_text(divergence)
+    assert said == (
+        "an event was changed (incident incidents/91c8, version 1, position 1): its hash no "
+        "longer matches the previous_hash recorded by version 2"
+    )
+    assert "Divergence(" not in said
+    with using("id"):
+        assert divergence_text(divergence).startswith("sebuah peristiwa diubah (kejadian")

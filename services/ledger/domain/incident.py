@@ -247,9 +247,18 @@ class Incident(Aggregate):
             incident: Incident = aggregate
             # Read from the stored state itself: an event stripped of its link is broken.
             if self.__dict__.get("previous_hash") != incident.head_hash:
+                # The link at this version does not match the event before it: either was
+                # changed (ledger-audit verify names which, and its position).
+                before = self.originator_version - 1
+                link = (
+                    f"its link does not match version {before}, one of the two was changed"
+                    if before
+                    else "its link is not a chain's start: it was changed"
+                )
                 raise DataLoss(
                     f"incident {self.originator_id} fails its hash chain at version "
-                    f"{self.originator_version}",
+                    f"{self.originator_version}: {link} (`ledger-audit verify --store` names "
+                    "where)",
                     reason="HASH_CHAIN_BROKEN",
                     metadata={
                         "incident": f"incidents/{self.originator_id}",

@@ -22,6 +22,7 @@ from incidentledger_client.cli.progress import Meter, progress_bar
 from incidentledger_client.cli.state import state
 from incidentledger_client.i18n import N_, _, format_number, format_size, ngettext
 from incidentledger_client.types import (
+    Divergence,
     EvidenceReport,
     IncidentEvent,
     VerifyProgress,
@@ -91,11 +92,33 @@ def audit_verify(
             )
         else:
             d = report_.divergence
-            out.print(Text.assemble((_("LEDGER DIVERGES"), "bold red"), f": {d}"))
+            said = "" if d is None else ": " + divergence_text(d)
+            out.print(Text.assemble((_("LEDGER DIVERGES"), "bold red"), said))
         if found is not None:
             _show_evidence(found)
     if not report_.ok or (found is not None and not found.ok):
         raise typer.Exit(EXIT_OTHER)
+
+
+#: The kinds of divergence, as the ledger names them (docs/hash-chain.md).
+DIVERGENCES = {
+    "modified": N_("an event was changed"),
+    "deleted": N_("an event was deleted"),
+    "inserted": N_("an event was inserted"),
+    "reordered": N_("events were reordered"),
+    "truncated": N_("the history was cut short"),
+    "bad_signature": N_("a signature does not verify"),
+    "wrong_key": N_("the history was sealed with another key than the one given"),
+}
+
+
+def divergence_text(d: Divergence) -> str:
+    """Where the history first diverges, in words (it was the dataclass's repr)."""
+    kind = _(DIVERGENCES[d.kind]) if d.kind in DIVERGENCES else d.kind
+    where = _("incident {incident}, version {version}, position {position}").format(
+        incident=d.incident or "-", version=d.version, position=d.position
+    )
+    return f"{kind} ({where}): {d.detail}" if d.detail else f"{kind} ({where})"
 
 
 #: What deep verification finds wrong with a file, as the ledger names it.
