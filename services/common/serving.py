@@ -12,6 +12,7 @@ How they stop on a signal is :mod:`services.common.stopping`.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Sequence
 from concurrent import futures
@@ -86,7 +87,10 @@ def listen(server: grpc.Server, address: str, settings: ServiceSettings) -> int:
             return port
         port = server.add_secure_port(address, server_credentials(settings.tls))
     except RuntimeError as exc:
-        raise ConfigError(f"cannot listen on {address}: {exc}") from exc
+        # gRPC says only "Failed to bind" (the reason is in its own stderr line): the
+        # system's reason, from a bind of the same address, is what the operator needs.
+        why = _bind_problem(address)
+        raise ConfigError(f"cannot listen on {address}: {why or exc}") from exc
     log.info(
         "grpc.tls",
         address=address,
@@ -220,3 +224,21 @@ class Readiness:
             )
             for name in self._names:
                 self._health.set(name, status)
+
+
+def _bind_problem(address: str) -> str | None:
+    """Why ``address`` (``host:port``, ``[v6]:port``) cannot be bound, in the system's words
+    ("Address already in use", "Cannot assign requested address"); None if it can, or if
+    it does not parse."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - a bind test only
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, int(port)))
+    except OSError as exc:
+        return f"{exc.strerror or exc} (port {port})"
+    return None

@@ -479,6 +479,11 @@ class PersonalKeys:
         missing = [k for k in used if k not in self._ring.keys]
         if missing:
             given = self._ring.source or "LEDGER_PERSONAL_DATA_KEYS"
+            if self._ring.generated and self._ring.source:
+                # The key this start generated in place of the missing file opens nothing
+                # here: removed, so that the next start says again that the file is missing
+                # (left, it was taken for the store's own, and the hint was lost).
+                Path(self._ring.source).unlink(missing_ok=True)
             what = (
                 f"{given} was missing, and the development key generated in its place is "
                 "not one of them: put back the file the store's keys were written with"

@@ -262,11 +262,20 @@ def test_a_lost_development_key_file_is_named_at_start(tmp_path: Path) -> None:
     assert first.current in message, message
     assert str(key_dir / "personal-data.keys") in message, message
     assert "was missing" in message and "put back" in message, message
-    # The same file read again next time is no longer "generated", still not the key.
+    # The key generated in its place opened nothing and is gone: the next start says the
+    # same, not "give the key-encryption keys" of a file the operator never wrote.
+    assert not (key_dir / "personal-data.keys").exists()
     again = load_key_ring(keys=None, key_dir=key_dir, production=False, variable="V")
-    assert not again.generated and again == ring
-    with pytest.raises(ConfigError, match="give the key-encryption keys"):
+    assert again.generated and again.current != ring.current
+    with pytest.raises(ConfigError, match="was missing"):
         PersonalKeys(SQLiteDatabase(str(path)), again)
+    # A file put there by hand that is not the key: said as such, and left alone.
+    (key_dir / "personal-data.keys").write_text(KeyRing.generate_text("dev-other"))
+    hand = load_key_ring(keys=None, key_dir=key_dir, production=False, variable="V")
+    assert not hand.generated
+    with pytest.raises(ConfigError, match="give the key-encryption keys"):
+        PersonalKeys(SQLiteDatabase(str(path)), hand)
+    assert (key_dir / "personal-data.keys").exists()
 
 
 def test_production_refuses_a_development_key_and_needs_one(tmp_path: Path) -> None:
