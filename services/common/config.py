@@ -1815,6 +1815,36 @@ class ServiceSettings:
         return common
 
 
+def check_ledger_production(environ: Mapping[str, str] | None = None) -> None:
+    """Every setting a production ledger cannot serve without, said at once (one
+    ConfigError, a problem each): they were refused one at a time, a restart for each. For
+    the server only: the tools (ledger-audit, migrate) need fewer."""
+    values = read(dict(os.environ if environ is None else environ), reader=LEDGER)
+    service, ledger = values.get(ServiceVariables), values.get(LedgerVariables)
+    if service.environment != "production":
+        return
+    missing = [
+        text
+        for text, value in (
+            (
+                "LEDGER_PAGE_TOKEN_SECRET is required in production "
+                "(or LEDGER_PAGE_TOKEN_SECRET_FILE)",
+                service.page_token_secret,
+            ),
+            ("LEDGER_TOKENS_FILE is required in production", service.tokens_file),
+            ("LEDGER_SIGNING_KEY_FILE is required in production", ledger.signing_key_file),
+            (
+                "LEDGER_PERSONAL_DATA_KEYS (or LEDGER_PERSONAL_DATA_KEYS_FILE) is required "
+                "in production",
+                ledger.personal_data_keys,
+            ),
+        )
+        if value is None
+    ]
+    if missing:
+        raise ConfigError(*missing)
+
+
 @dataclass(frozen=True)
 class LedgerSettings(ServiceSettings):
     """Settings of the ledger service (see docs/configuration.md)."""

@@ -29,7 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     stopping = Stopping("ledger").install() if args.command == "serve" else None
     import structlog
 
-    from services.common.config import ConfigError, LedgerSettings, warn_open_key_files
+    from services.common.config import (
+        ConfigError,
+        LedgerSettings,
+        check_ledger_production,
+        warn_open_key_files,
+    )
     from services.common.datafiles import logged_access_failure, logged_disk_full
     from services.common.logging import configure_logging
     from services.common.native_log import capture_native_stderr
@@ -40,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 
     log = structlog.get_logger("services.ledger")
     try:
+        if stopping is not None:
+            check_ledger_production()
         settings = LedgerSettings.from_env()
         configure_logging(settings.log_level, settings.log_format)
         warn_open_key_files(settings, log)

@@ -14,7 +14,13 @@ import structlog
 
 from services.common import config
 from services.common.auth import generate_dev_credentials, token_hash
-from services.common.config import ConfigError, LedgerSettings, NotifierSettings, nats_servers
+from services.common.config import (
+    ConfigError,
+    LedgerSettings,
+    NotifierSettings,
+    check_ledger_production,
+    nats_servers,
+)
 from services.common.sql import postgres_connect
 from services.ledger.server import load_tokens
 from tests.support import REFERENCE_FILE, reference
@@ -122,6 +128,27 @@ def test_nats_url_names_one_server_or_the_nodes_of_a_cluster() -> None:
 def test_bad_settings_are_refused_with_a_clear_message(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         LedgerSettings.from_env(env)
+
+
+def test_a_production_start_names_every_missing_setting_at_once() -> None:
+    with pytest.raises(ConfigError) as refused:
+        check_ledger_production({"LEDGER_ENVIRONMENT": "production"})
+    assert [p.split(" ")[0] for p in refused.value.problems] == [
+        "LEDGER_PAGE_TOKEN_SECRET",
+        "LEDGER_TOKENS_FILE",
+        "LEDGER_SIGNING_KEY_FILE",
+        "LEDGER_PERSONAL_DATA_KEYS",
+    ]
+    assert str(refused.value).count("; ") == 3
+    given = {
+        "LEDGER_ENVIRONMENT": "production",
+        "LEDGER_PAGE_TOKEN_SECRET": "s" * 32,
+        "LEDGER_TOKENS_FILE": "/t.yaml",
+        "LEDGER_SIGNING_KEY_FILE": "/k.pem",
+        "LEDGER_PERSONAL_DATA_KEYS": "kek-1:" + "A" * 43 + "=",
+    }
+    check_ledger_production(given)  # all there: nothing to say
+    check_ledger_production({})  # development: nothing is required
 
 
 def test_first_development_start_generates_credentials(tmp_path: Path) -> None:
