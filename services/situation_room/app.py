@@ -1380,6 +1380,13 @@ async def act(request: Request, session: Session, officer: Officer) -> Response:
     }
     try:
         await run_in_threadpool(calls[action])
+    except NO_ANSWER as failure:
+        # Not the incident page again: it asks the same ledger, a second wait as long, and
+        # then said its failure as plain text, the typed words lost. The form, kept, can
+        # be sent again as it is: its request id records it at most once.
+        log.warning("situation_room.ledger_failed", path=request.url.path, error=str(failure))
+        posted = [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
+        return unavailable_page(request, session, resend=posted, back=f"/{name}")
     except (LedgerError, ValueError) as failure:
         message = action_refusal(failure) if isinstance(failure, LedgerError) else str(failure)
         return await incident_page(request, session, officer, error=message)
@@ -1399,6 +1406,42 @@ REFUSED_STATUS: tuple[tuple[type[LedgerError], int], ...] = (
 )
 
 
+#: The ledger's failures to answer (not refusals): a restart, its host away.
+NO_ANSWER = (Unavailable, DeadlineExceeded, Cancelled)
+#: How often a page whose ledger did not answer asks again by itself.
+UNAVAILABLE_RETRY_SECONDS = 10
+#: The fields of an action's form that are the page's own, not what the officer typed.
+FORM_PLUMBING = frozenset({"csrf", "request_id", "version"})
+
+
+def unavailable_page(
+    request: Request,
+    session: Session,
+    *,
+    resend: list[tuple[str, str]] | None = None,
+    back: str = "",
+) -> Response:
+    """The ledger did not answer (503): in the page's frame; for a form (``resend``, the
+    fields posted), what was typed and a button that sends the same form again."""
+    typed = [
+        (_(ACTION_FIELDS[key]) if key in ACTION_FIELDS else key, value)
+        for key, value in resend or ()
+        if key not in FORM_PLUMBING and value.strip()
+    ]
+    page = render(
+        request,
+        session,
+        "unavailable.html",
+        resend=resend or [],
+        typed=typed,
+        action=request.url.path,
+        back=back,
+        retry_seconds=UNAVAILABLE_RETRY_SECONDS,
+    )
+    page.status_code = 503
+    return page
+
+
 async def ledger_failed(request: Request, error: Exception) -> Response:
     """A query the ledger refused or could not answer: its token no longer valid signs the
     officer out; one it did not answer is said so (503, a warning in the log); a refusal is
@@ -1406,10 +1449,18 @@ async def ledger_failed(request: Request, error: Exception) -> Response:
     the page has none for)."""
     if isinstance(error, Unauthenticated):
         return without_cookie(request, RedirectResponse("/login", status_code=303))
-    if not isinstance(error, LedgerError) or isinstance(
-        error, (Unavailable, DeadlineExceeded, Cancelled)
-    ):
+    if not isinstance(error, LedgerError) or isinstance(error, NO_ANSWER):
         log.warning("situation_room.ledger_failed", path=request.url.path, error=str(error))
+        session = session_of(request)
+        if (
+            session is not None
+            and session.officer is not None
+            and request.method == "GET"
+            and "text/html" in request.headers.get("accept", "")
+        ):
+            # A page opened in the browser: the page's frame, and it tries again by itself
+            # (the scripts' requests, rows and map data, keep the plain answer they read).
+            return unavailable_page(request, session)
         message = _("The ledger did not answer; try again in a moment.")
         return Response(message, status_code=503, media_type="text/plain")
     log.info("situation_room.ledger_refused", path=request.url.path, error=str(error))

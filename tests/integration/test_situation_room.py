@@ -1485,6 +1485,44 @@ def test_a_page_whose_ledger_does_not_answer_says_so_within_seconds(room: Room) 
     assert waited < 15, f"the officer waited {waited:.1f} s"
 
 
+def test_a_page_or_an_action_whose_ledger_does_not_answer_keeps_the_frame_and_the_words(
+    room: Room,
+) -> None:
+    """A page opened while the ledger is away is the page's frame, which asks again by
+    itself; an action sent then (the verify of an incident) waits once, not twice, and
+    comes back with what was typed and a button that sends the same form again (its
+    request id records it at most once). Both were a bare "The ledger did not answer" in
+    plain text, the typed comment lost, after two waits (16 s)."""
+    with signed_in_http(room, "desk_pilkada") as web:
+        cookie = web.cookies[SESSION_COOKIE]
+        csrf = csrf_of(web.get("/board"))
+    env = {**room.env, "SITUATION_ROOM_LEDGER_ADDRESS": f"127.0.0.1:{free_port()}"}
+    incident = uuid.uuid4()
+    form = {
+        "csrf": csrf,
+        "version": "1",
+        "request_id": "page-retry-1",
+        "comment": "dicek lewat telepon",
+    }
+    with service_process("services.situation_room", env) as orphan:
+        url = f"http://127.0.0.1:{orphan.port}"
+        cookies = {SESSION_COOKIE: cookie, LANGUAGE_COOKIE: "en"}
+        with httpx.Client(base_url=url, timeout=60, cookies=cookies) as web:
+            board = web.get("/board", headers={"Accept": "text/html"})
+            started = time.monotonic()
+            sent = web.post(f"/incidents/{incident}/verify", data=form)
+            waited = time.monotonic() - started
+    assert board.status_code == 503
+    assert "The ledger does not answer" in board.text and 'href="/map"' in board.text
+    assert 'http-equiv="refresh"' in board.text, board.text
+    assert sent.status_code == 503, sent.text
+    assert "dicek lewat telepon" in sent.text  # shown, and kept in the form to send again
+    assert 'name="request_id" value="page-retry-1"' in sent.text, sent.text
+    assert f'action="/incidents/{incident}/verify"' in sent.text
+    assert 'http-equiv="refresh"' not in sent.text  # a form is never sent again unasked
+    assert waited < 13, f"the officer waited {waited:.1f} s"
+
+
 def test_a_board_reconnecting_to_a_restarted_page_is_told_to_reload(room: Room) -> None:
     """The restarted page hears only what comes after its start: a tab that reconnects with
     a position it has not heard of (reported while the page was down, or before) is told to
