@@ -14,7 +14,7 @@ import math
 import re
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -1019,6 +1019,11 @@ def worded_band(code: str) -> str:
     return labels.band(code, worded=True)
 
 
+def worded_event(code: str) -> str:
+    """An event's type in the page's words (``Decision recorded``, in English too)."""
+    return labels.event_type(code, worded=True)
+
+
 def worded_rejection(code: str) -> str:
     """A rejection reason in the page's language, in words in English too (``Hoax``)."""
     return labels.rejection(code, worded=True)
@@ -1179,6 +1184,7 @@ async def incident_page(
         request,
         session,
         "incident.html",
+        occurred=occurred_apart(history),
         incident=incident,
         history=history,
         evidence=evidence,
@@ -1196,6 +1202,22 @@ async def incident_page(
     )
 
 
+#: How far apart a report's occurrence and its recording must be to be shown both: a
+#: field device's backlog, synced days later, or a report entered after the fact.
+OCCURRED_APART = timedelta(minutes=5)
+
+
+def occurred_apart(history: Sequence[IncidentEvent]) -> datetime | None:
+    """When the reported incident happened, where that is not about when the ledger
+    recorded the report; None otherwise. Without it a backlog synced ten days late read
+    as news on the page (its board's "reported" is the recording)."""
+    report = next((e for e in history if e.type == "Reported"), None)
+    if report is None or report.occur_time is None or report.record_time is None:
+        return None
+    apart = abs(report.record_time - report.occur_time) >= OCCURRED_APART
+    return report.occur_time if apart else None
+
+
 @signed_in
 async def incident(request: Request, session: Session, officer: Officer) -> Response:
     return await incident_page(request, session, officer)
@@ -1205,9 +1227,15 @@ def may_read_people(room: Room, officer: Officer, incident: Incident) -> bool:
     """Whether the page offers to read the incident's personal data: someone's data is
     present and the reference data lets the officer's agency read it (its ``readers``, and
     the reporting agency). The ledger decides, and records the read."""
-    present = any(s.state.value == "PRESENT" for s in incident.data_subjects)
-    readers = room.reference.personal_data.readers
-    return present and (officer.agency in readers or officer.agency == incident.reporter.agency)
+    reporting = officer.agency == incident.reporter.agency
+    if not (reporting or officer.agency in room.reference.personal_data.readers):
+        return False
+    # An anonymous reporter is for the reporting agency's eyes only: a form offered to
+    # another reader for such a report alone ended in the ledger's refusal, the purpose lost.
+    return any(
+        s.state.value == "PRESENT" and (reporting or not s.anonymous)
+        for s in incident.data_subjects
+    )
 
 
 @signed_in
@@ -1491,7 +1519,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
     templates.env.filters["size"] = format_size
     templates.env.filters["band"] = worded_band
     templates.env.filters["isolated"] = isolated
-    templates.env.filters["event"] = labels.event_type
+    templates.env.filters["event"] = worded_event
     templates.env.filters["rejection"] = worded_rejection
     templates.env.filters["field"] = field_label
     # One channel to the ledger for every officer: each call carries the officer's token.

@@ -2090,6 +2090,32 @@ def test_the_incident_page_names_the_people_present_then_erased_never_their_data
         assert subjects("id") == ["pelapor (anonim): dihapus", "saksi: dihapus"]
 
 
+def test_the_read_form_is_offered_only_where_someone_may_be_read_and_a_late_report_says_when(
+    room: Room,
+) -> None:
+    """An anonymous reporter alone is the reporting agency's to read: another reader was
+    offered the form, which ended in the ledger's refusal. A report recorded long after it
+    happened (a field device's backlog) says when it happened: the page said only when it
+    was recorded, and a ten-day-old report read as news."""
+    reporter = room.ledger("kesbangpol")
+    happened = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
+    name = reporter.report(
+        "Amplop dibagikan",
+        "money_politics",
+        "ipuh",
+        personal_data=PersonalData(reporter=Person("Siti Rahma", "081273456690"), anonymous=True),
+        occur_time=happened,
+    ).incident
+    for agency, offered in (("bawaslu", False), ("kesbangpol", True)):
+        with signed_in_http(room, agency) as web:
+            page = web.get(f"/{name}").text
+        assert ('id="read_personal_data"' in page) is offered, (agency, page)
+        assert 'id="occurred"' in page, page
+    plain = reporter.report("Spanduk dirobek", "hoax", "ipuh").incident
+    with signed_in_http(room, "bawaslu") as web:
+        assert 'id="occurred"' not in web.get(f"/{plain}").text  # happened as recorded
+
+
 def test_the_incident_page_lists_evidence_with_thumbnails_for_the_agencies_involved(
     room: Room, tmp_path: Path
 ) -> None:

@@ -750,3 +750,13 @@ def test_audit_verify_deep_counts_one_in_the_singular(
             capsys.readouterr()
             _show_evidence(EvidenceReport(True, count, count, size, ()))
             assert expected in capsys.readouterr().out
+
+
+def test_event_types_are_worded_for_people_and_codes_for_ledgerctl_in_english() -> None:
+    with i18n.using("en"):
+        assert labels.event_type("DecisionRecorded") == "DecisionRecorded"
+        assert labels.event_type("DecisionRecorded", worded=True) == "Decision recorded"
+        assert labels.event_type("PersonalDataAccessed", worded=True) == "Personal data accessed"
+        assert labels.event_type("SomethingNew", worded=True) == "Something new"
+    with i18n.using("id"):
+        assert labels.event_type("DecisionRecorded", worded=True) == "Keputusan dicatat"

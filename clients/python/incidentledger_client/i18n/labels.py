@@ -13,6 +13,7 @@ over the catalog's, for ledgerctl and the situation room alike.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from incidentledger_client.i18n import current, pgettext
@@ -135,7 +136,9 @@ def rejection(code: str, *, worded: bool = False) -> str:
     return _worded(code, labels.get(code, code), worded)
 
 
-def event_type(code: str) -> str:
+def event_type(code: str, *, worded: bool = False) -> str:
+    """An event's type; ``worded``: in words in English too (``Decision recorded``, not
+    ``DecisionRecorded``, which ledgerctl shows, as it shows statuses by their codes)."""
     labels = {
         "Reported": pgettext("event", "Reported"),
         "Verified": pgettext("event", "Verified"),
@@ -161,7 +164,15 @@ def event_type(code: str) -> str:
         "LegalHoldPlaced": pgettext("event", "LegalHoldPlaced"),
         "LegalHoldLifted": pgettext("event", "LegalHoldLifted"),
     }
-    return labels.get(code, code)
+    label = labels.get(code, code)
+    if worded and label == code:
+        first, *rest = _CAMEL_WORDS.findall(code) or [code]
+        return " ".join([first, *(word.lower() for word in rest)])
+    return label
+
+
+#: The words of an event type's code (``PersonalDataAccessed``: Personal, Data, Accessed).
+_CAMEL_WORDS = re.compile(r"[A-Z][a-z]*")
 
 
 def field(name: str) -> str:
