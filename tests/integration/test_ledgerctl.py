@@ -400,3 +400,20 @@ def test_a_list_cut_short_across_pages_goes_on_right_after_the_last_one_shown(
     assert "3 incidents shown; more match." in first, first
     rest = ctl.ok("polres", "list", "--page-token", _page_token(first))
     assert "Incidents (2)" in rest and "Gathering 3" in rest and "Gathering 4" in rest, rest
+
+
+def test_audit_checkpoints_lists_each_with_what_checks_it(ctl: Ctl) -> None:
+    """An auditor lists the signed checkpoints (the API had them, ledgerctl had no command),
+    and gets each signature to check offline or keep with a witness."""
+    ctl.ledger.report("kesbangpol")
+    made = ctl.ledger.server.checkpoints.create()
+    (listed,) = ctl.json("inspektorat", "audit", "checkpoints")
+    assert (listed["position"], listed["chain_head"], listed["events"]) == (
+        made.position,
+        made.head,
+        made.events,
+    )
+    assert bytes.fromhex(listed["signature"]) == made.signature
+    assert made.verify(ctl.ledger.server.checkpoints.public_key)
+    table = ctl.ok("inspektorat", "audit", "checkpoints")
+    assert made.head in table and made.key_id in table, table

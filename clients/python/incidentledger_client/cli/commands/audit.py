@@ -237,6 +237,37 @@ def _export_to(path: Path, events: Iterable[IncidentEvent], after: int, meter: M
         raise
 
 
+@app.command("checkpoints", epilog="Example: ledgerctl -a inspektorat audit checkpoints --json")
+def audit_checkpoints(ctx: typer.Context) -> None:
+    """The ledger's signed checkpoints, oldest first: position, chain head, events, key.
+
+    --json gives each with its signature (hex), to check offline with the ledger's public
+    key (docs/hash-chain.md) or to keep with a witness."""
+    st = state(ctx)
+    checkpoints = list(st.ledger().checkpoints())
+    if st.as_json:
+        output.emit_json(checkpoints)
+        return
+    zone = st.zone()
+    output.console().print(
+        output.rows_table(
+            _("Signed checkpoints"),
+            (N_("position"), N_("time"), N_("events"), N_("chain head"), N_("key")),
+            (
+                (
+                    format_number(c.position),
+                    output.when(c.create_time, zone),
+                    format_number(c.events),
+                    c.chain_head,
+                    c.key_id,
+                )
+                for c in checkpoints
+            ),
+            no_wrap=("chain head", "key"),
+        )
+    )
+
+
 @app.command(
     "as-of",
     epilog="Example: ledgerctl audit as-of 'yesterday 18:00' --incident 0b6f12  "
