@@ -2215,3 +2215,23 @@ def test_severity_corrections_and_merging_on_the_incident_page_for_the_roles_all
     assert merged.merged_into == original.incident and merged.severity == "high"
     assert [e.type for e in desk_client.incident_events(original.incident)][-1] == "DuplicateMerged"
     assert_local_and_clean(room)
+
+
+def test_the_first_tab_skips_to_the_content_and_each_action_form_is_named(
+    room: Room, browser: Browser
+) -> None:
+    """Sixteen Tab presses reached the board's first incident past the header's links; and
+    an action's "Comment" or "Reason" field did not say which action it belonged to."""
+    name = room.ledger("kesbangpol").report("Spanduk dirobek", "hoax", "ipuh").incident
+    page = new_page(room, browser)
+    page.context.add_init_script(path=str(AXE))
+    sign_in(room, page, "desk_pilkada")
+    page.keyboard.press("Tab")
+    expect(page.locator(":focus")).to_have_text("Skip to the content")
+    page.keyboard.press("Enter")
+    expect(page.locator(":focus")).to_have_id("main")
+    page.goto(f"{room.url}/{name}")
+    expect(page.get_by_role("form", name="Verify")).to_have_count(1)
+    expect(page.get_by_role("form", name="Reject")).to_have_count(1)
+    assert not axe_violations(page)
+    assert_local_and_clean(room)
