@@ -512,10 +512,13 @@ async def board(request: Request, session: Session, officer: Officer) -> Respons
     after = room_of(request).hub.position  # before the list: nothing falls in between
     incidents, more = await board_incidents(request, officer, 0)
     _expression, chosen = board_filter(request)
+    just = request.query_params.get("incident", "")
+    recorded = next((i for i in incidents if just and i.name == f"incidents/{just}"), None)
     return render(
         request,
         session,
         "board.html",
+        recorded=recorded,
         incidents=incidents,
         more=more,
         chosen=chosen,
@@ -853,7 +856,12 @@ async def report(request: Request, session: Session, officer: Officer) -> Respon
         error = _("The report was not recorded: see the message beside the field.")
         return await report_form(request, session, officer, request_id, error, values, errors)
     log.info("situation_room.reported", incident=result.incident, agency=officer.agency)
-    return RedirectResponse(f"/board?reported={result.position}", status_code=303)
+    # The board says what was recorded and its code (read from the board's own rows, never
+    # from the address): the officer reads it out, or opens it.
+    incident_id = result.incident.removeprefix("incidents/")
+    return RedirectResponse(
+        f"/board?reported={result.position}&incident={incident_id}", status_code=303
+    )
 
 
 # --- decisions in force -----------------------------------------------------------------------

@@ -224,9 +224,11 @@ def test_a_report_entered_on_the_page_appears_on_a_second_pages_board(
     assert desa, "the desa of the kecamatan are offered"
     police.select_option("#desa", desa)
     police.click("#submit")
-    expect(police).to_have_url(re.compile(r"/board\?reported=\d+$"))
+    expect(police).to_have_url(re.compile(r"/board\?reported=\d+&incident=[0-9a-f-]{36}$"))
     expect(desk.locator("#rows")).to_contain_text(title, timeout=LIVE_SECONDS * 1000)
     (incident,) = [i for i in room.ledger("desk_pilkada").list_incidents() if i.title == title]
+    # What was recorded is said above the board, with the code to read out over the phone.
+    expect(police.locator("#recorded")).to_contain_text(f"Recorded: {incident.reference}")
     assert incident.location == Location("kota_mukomuko", desa=desa)
     assert (incident.reporter.agency, incident.reporter.officer) == ("polres", "dev-polres")
     assert_local_and_clean(room)
@@ -640,7 +642,7 @@ def test_the_report_form_says_when_its_map_cannot_be_loaded_and_takes_a_typed_po
     page.fill("#latitude", "-2.61234")
     page.fill("#longitude", "101.12345")
     page.click("#submit")
-    expect(page).to_have_url(re.compile(r"/board\?reported=\d+$"))
+    expect(page).to_have_url(re.compile(r"/board\?reported=\d+&incident=[0-9a-f-]{36}$"))
     (incident,) = [i for i in room.ledger("desk_pilkada").list_incidents() if i.title == title]
     assert (incident.location.latitude, incident.location.longitude) == (-2.61234, 101.12345)
     assert_local_and_clean(room)
@@ -677,7 +679,7 @@ def test_the_forms_own_checks_speak_the_page_s_language_not_the_browser_s(
     page.fill("#longitude", "101.1")
     page.select_option("select[name=kecamatan]", "ipuh")
     page.click("#submit")
-    expect(page).to_have_url(re.compile(r"/board\?reported=\d+$"))
+    expect(page).to_have_url(re.compile(r"/board\?reported=\d+&incident=[0-9a-f-]{36}$"))
     assert_local_and_clean(room)
 
 
@@ -1699,7 +1701,7 @@ def test_a_report_with_a_point_picked_on_the_map_appears_on_a_second_pages_map(
     police.select_option("select[name=severity]", "critical")
     point = (float(police.input_value("#latitude")), float(police.input_value("#longitude")))
     police.click("#submit")
-    expect(police).to_have_url(re.compile(r"/board\?reported=\d+$"))
+    expect(police).to_have_url(re.compile(r"/board\?reported=\d+&incident=[0-9a-f-]{36}$"))
     marker = desk.locator("#map path[data-name]")
     expect(marker).to_have_attribute("data-severity", "critical", timeout=LIVE_SECONDS * 1000)
     (incident,) = [i for i in room.ledger("desk_pilkada").list_incidents() if i.title == title]
@@ -1751,7 +1753,7 @@ def test_a_caller_and_a_witness_entered_on_the_page_are_sealed_in_the_report(
     title = f"Money handed out at TPS 02 {uuid.uuid4().hex[:6]}"
     fill_report(page, title, nik=CALLER.nik)
     page.click("#submit")
-    expect(page).to_have_url(re.compile(r"/board\?reported=\d+$"))
+    expect(page).to_have_url(re.compile(r"/board\?reported=\d+&incident=[0-9a-f-]{36}$"))
 
     police = room.ledger("polres")
     (incident,) = [i for i in police.list_incidents() if i.title == title]
@@ -1818,7 +1820,7 @@ def test_a_refused_caller_is_shown_beside_its_field_with_what_was_typed_recordin
     # Both corrected: recorded once, with the request id the form was first shown with.
     page.fill("textarea[name=description]", "Penelepon melihat amplop dibagikan")
     page.click("#submit")
-    expect(page).to_have_url(re.compile(r"/board\?reported=\d+$"))
+    expect(page).to_have_url(re.compile(r"/board\?reported=\d+&incident=[0-9a-f-]{36}$"))
     assert titles(room, title) == 1
     assert_nothing_personal_logged(room)
     assert_local_and_clean(room)

@@ -7,6 +7,7 @@
   var rows = document.getElementById("rows");
   var filters = new URLSearchParams(window.location.search);
   filters.delete("reported");
+  filters.delete("incident"); // the report just recorded, said once above the board
 
   window.roomFollow(
     parseInt(live.dataset.after, 10) || 0,
