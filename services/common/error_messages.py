@@ -142,6 +142,10 @@ VERSION_AHEAD = N_(
 )
 
 CHECK_TEMPLATES: Mapping[tuple[str, str], str] = {
+    # A read that found nobody to read, and an erasure that found nobody left: the
+    # reason's sentence says both ("read or erase"), each of these only its own.
+    ("NO_PERSONAL_DATA", "read"): N_("There is no personal data here that you may read."),
+    ("NO_PERSONAL_DATA", "erase"): N_("There is no personal data left here to erase."),
     ("INVALID_FIELD", "window"): N_(
         "The decision would end ({valid_until}) before it starts ({valid_from}): its end must "
         "be after its start."

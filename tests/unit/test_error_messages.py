@@ -225,3 +225,10 @@ def test_a_version_conflict_says_whether_the_incident_changed_or_the_version_is_
     metadata = {"expected_version": expected, "current_version": current}
     assert english in (error_messages.localized("VERSION_CONFLICT", metadata, "en") or "")
     assert indonesian in (error_messages.localized("VERSION_CONFLICT", metadata, "id") or "")
+
+
+def test_no_personal_data_says_read_or_erase_as_the_call_was() -> None:
+    read = error_messages.localized("NO_PERSONAL_DATA", {"check": "read"}, "id") or ""
+    erase = error_messages.localized("NO_PERSONAL_DATA", {"check": "erase"}, "id") or ""
+    assert "baca" in read and "hapus" not in read, read
+    assert "dihapus" in erase and "baca" not in erase, erase

@@ -1314,7 +1314,7 @@ class Incident(Aggregate):
             raise FailedPrecondition(
                 f"the incident holds no personal data the caller may read: {said}",
                 reason="NO_PERSONAL_DATA",
-                metadata={"incident": str(self.id)},
+                metadata={"incident": str(self.id), "check": "read"},
             )
         self._trigger(
             self.PersonalDataAccessed,
@@ -1370,7 +1370,9 @@ class Incident(Aggregate):
                 others = "1 other person it names is" if left == 1 else f"{left} others are"
                 said = f"the people this request names are erased already ({others} not)"
             raise FailedPrecondition(
-                f"no personal data is left to erase: {said}", reason="NO_PERSONAL_DATA"
+                f"no personal data is left to erase: {said}",
+                reason="NO_PERSONAL_DATA",
+                metadata={"check": "erase"},
             )
         self._trigger(
             self.PersonalDataErased,
