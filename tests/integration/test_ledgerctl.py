@@ -405,6 +405,7 @@ def test_a_list_cut_short_across_pages_goes_on_right_after_the_last_one_shown(
 def test_audit_checkpoints_lists_each_with_what_checks_it(ctl: Ctl) -> None:
     """An auditor lists the signed checkpoints (the API had them, ledgerctl had no command),
     and gets each signature to check offline or keep with a witness."""
+    assert "no checkpoint yet" in ctl.ok("inspektorat", "audit", "checkpoints")
     ctl.ledger.report("kesbangpol")
     made = ctl.ledger.server.checkpoints.create()
     (listed,) = ctl.json("inspektorat", "audit", "checkpoints")

@@ -248,6 +248,15 @@ def audit_checkpoints(ctx: typer.Context) -> None:
     if st.as_json:
         output.emit_json(checkpoints)
         return
+    if not checkpoints:
+        output.console().print(
+            _(
+                "no checkpoint yet: the ledger signs one every LEDGER_CHECKPOINT_SECONDS "
+                "(5 minutes by default) once it holds events, or when the coordinator or an "
+                "auditor asks (CreateCheckpoint)"
+            )
+        )
+        return
     zone = st.zone()
     output.console().print(
         output.rows_table(
