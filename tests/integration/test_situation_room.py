@@ -414,6 +414,8 @@ def test_the_maps_kecamatan_and_incidents_are_one_tab_stop_and_the_arrow_keys_mo
     expect(marker).to_be_focused()
     expect(marker).to_have_attribute("role", "link")
     expect(marker).to_have_attribute("aria-label", "Ballot box damaged")
+    # The line under the map says the incident, not the kecamatan focused before it.
+    expect(page.locator("#hover")).to_contain_text("Ballot box damaged")
     page.keyboard.press("ArrowRight")  # round to the first
     assert focused(page) == items.first.evaluate(
         "e => e.getAttribute('data-code') || e.getAttribute('data-name')"

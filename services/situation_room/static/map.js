@@ -117,7 +117,8 @@
       // Reached with the arrow keys after the kecamatan, Enter opens the incident.
       el.setAttribute("role", "link");
       el.setAttribute("aria-label", m.title);
-      el.addEventListener("focus", function () { rove(el); });
+      // The line under the map says the incident too (it kept the last kecamatan's).
+      el.addEventListener("focus", function () { rove(el); say([m.title, m.label]); });
       el.addEventListener("keydown", function (event) {
         if (event.key === "Enter") { window.location.href = "/" + m.name; return; }
         move(event);
