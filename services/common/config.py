@@ -1807,12 +1807,17 @@ class ServiceSettings:
         if common["environment"] == "production":
             if common["page_token_secret"] is None:
                 raise ConfigError(
-                    "LEDGER_PAGE_TOKEN_SECRET is required in production "
-                    "(or LEDGER_PAGE_TOKEN_SECRET_FILE)"
+                    required_in_production("LEDGER_PAGE_TOKEN_SECRET", from_file=True)
                 )
             if common["tokens_file"] is None:
-                raise ConfigError("LEDGER_TOKENS_FILE is required in production")
+                raise ConfigError(required_in_production("LEDGER_TOKENS_FILE"))
         return common
+
+
+def required_in_production(variable: str, *, from_file: bool = False) -> str:
+    """The refusal of a production start without ``variable``, in one wording wherever it
+    is checked (``from_file``: the secret may come from ``{variable}_FILE`` too)."""
+    return f"{variable} is required in production" + (f" (or {variable}_FILE)" if from_file else "")
 
 
 def check_ledger_production(environ: Mapping[str, str] | None = None) -> None:
@@ -1827,15 +1832,13 @@ def check_ledger_production(environ: Mapping[str, str] | None = None) -> None:
         text
         for text, value in (
             (
-                "LEDGER_PAGE_TOKEN_SECRET is required in production "
-                "(or LEDGER_PAGE_TOKEN_SECRET_FILE)",
+                required_in_production("LEDGER_PAGE_TOKEN_SECRET", from_file=True),
                 service.page_token_secret,
             ),
-            ("LEDGER_TOKENS_FILE is required in production", service.tokens_file),
-            ("LEDGER_SIGNING_KEY_FILE is required in production", ledger.signing_key_file),
+            (required_in_production("LEDGER_TOKENS_FILE"), service.tokens_file),
+            (required_in_production("LEDGER_SIGNING_KEY_FILE"), ledger.signing_key_file),
             (
-                "LEDGER_PERSONAL_DATA_KEYS (or LEDGER_PERSONAL_DATA_KEYS_FILE) is required "
-                "in production",
+                required_in_production("LEDGER_PERSONAL_DATA_KEYS", from_file=True),
                 ledger.personal_data_keys,
             ),
         )
@@ -2252,7 +2255,7 @@ class AuditSettings:
     def from_variables(cls, values: Values) -> AuditSettings:
         service, ledger = values.get(ServiceVariables), values.get(LedgerVariables)
         if service.environment == "production" and ledger.signing_key_file is None:
-            raise ConfigError("LEDGER_SIGNING_KEY_FILE is required in production")
+            raise ConfigError(required_in_production("LEDGER_SIGNING_KEY_FILE"))
         return cls(
             environment=service.environment,
             data_dir=service.data_dir,

@@ -41,7 +41,7 @@ import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from services.common.config import ConfigError
+from services.common.config import ConfigError, required_in_production
 from services.common.datafiles import make_private_dir
 from services.common.errors import DataLoss
 from services.common.sql import Database, SQLiteDatabase
@@ -307,7 +307,7 @@ def load_key_ring(*, keys: str | None, key_dir: Path, production: bool, variable
     if keys is not None:
         ring = KeyRing.parse(keys, variable)
     elif production:
-        raise ConfigError(f"{variable} (or {variable}_FILE) is required in production")
+        raise ConfigError(required_in_production(variable, from_file=True))
     else:
         path = key_dir / "personal-data.keys"
         generated = False
