@@ -64,6 +64,7 @@ from services.common.natsserver import (
     NatsServer,
     NatsServerError,
     port_is_free,
+    split_listen,
 )
 from services.common.started import STARTED_FILE_VARIABLE, read_started
 from services.common.stopping import (
@@ -128,14 +129,6 @@ def child_deadline(module: str, environ: Mapping[str, str]) -> float:
     except ConfigError:
         return CHILD_STOP_SECONDS  # the child says what is wrong and exits 2 at once
     return deadline_seconds(settings) + CHILD_SLACK_SECONDS
-
-
-def split_listen(listen: str) -> tuple[str, int] | None:
-    """``host:port`` (``[v6]:port`` too) as a pair, or None if it does not parse."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        return None
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - only used for a bind test
 
 
 def with_port(listen: str, port: int) -> str:

@@ -95,14 +95,28 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def port_is_free(host: str, port: int) -> bool:
     """Whether a server could listen on ``host:port`` (SO_REUSEADDR, as nats-server binds)."""
+    return bind_problem(host, port) is None
+
+
+def bind_problem(host: str, port: int) -> str | None:
+    """Why a server could not listen on ``host:port``, in the system's words ("Address
+    already in use"); None if it could."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError:
-            return False
-        return True
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return None
+
+
+def split_listen(listen: str) -> tuple[str, int] | None:
+    """``host:port`` (``[v6]:port`` too) as a pair, or None if it does not parse."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - only used for a bind test
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:

@@ -12,7 +12,6 @@ How they stop on a signal is :mod:`services.common.stopping`.
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Sequence
 from concurrent import futures
@@ -26,6 +25,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from services.common.config import ConfigError, ServerTls, ServiceSettings, is_loopback
 from services.common.grpc_server import RequestInterceptor
+from services.common.natsserver import bind_problem, split_listen
 
 log = structlog.get_logger(__name__)
 
@@ -230,15 +230,8 @@ def _bind_problem(address: str) -> str | None:
     """Why ``address`` (``host:port``, ``[v6]:port``) cannot be bound, in the system's words
     ("Address already in use", "Cannot assign requested address"); None if it can, or if
     it does not parse."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
+    parsed = split_listen(address)
+    if parsed is None:
         return None
-    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - a bind test only
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, int(port)))
-    except OSError as exc:
-        return f"{exc.strerror or exc} (port {port})"
-    return None
+    problem = bind_problem(*parsed)
+    return None if problem is None else f"{problem} (port {parsed[1]})"
