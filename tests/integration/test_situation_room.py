@@ -1524,7 +1524,8 @@ def test_a_page_or_an_action_whose_ledger_does_not_answer_keeps_the_frame_and_th
     assert 'name="request_id" value="page-retry-1"' in sent.text, sent.text
     assert f'action="/incidents/{incident}/verify"' in sent.text
     assert 'http-equiv="refresh"' not in sent.text  # a form is never sent again unasked
-    assert waited < 13, f"the officer waited {waited:.1f} s"
+    # One retry budget (8 s) and the page's work, not two (16 s and more).
+    assert waited < 14, f"the officer waited {waited:.1f} s"
 
 
 def test_a_board_reconnecting_to_a_restarted_page_is_told_to_reload(room: Room) -> None:

@@ -216,7 +216,7 @@ def explain(error: LedgerError, st: State) -> Hint | None:
                 meta,
             )
         refused = _refused(text)
-        if refused and never_reached(error, address):
+        if never_reached(error, address):
             return Hint(
                 _(
                     "cannot reach the {where}: is it running (make run), and is the address "
