@@ -405,6 +405,29 @@ def broken_history(incident_id: UUID | str, error: Exception) -> DataLoss:
     )
 
 
+@dataclass(frozen=True)
+class ChainFailure:
+    """An incident whose stored history fails its hash chain, as a list shows it: which
+    check failed and where, and nothing of the changed history."""
+
+    incident_id: UUID
+    #: "chain", "seal" or "decode": the ``check`` of the DATA_LOSS a load of it answers.
+    check: str
+    #: The version whose check failed; 0 when the check cannot name one.
+    version: int
+    message: str
+
+    @classmethod
+    def of(cls, incident_id: UUID, error: DataLoss) -> ChainFailure:
+        version = error.metadata.get("version", "0")
+        return cls(
+            incident_id=incident_id,
+            check=error.metadata.get("check", ""),
+            version=int(version) if version.isdigit() else 0,
+            message=error.message,
+        )
+
+
 def changed_record(record: str, incident_id: UUID, detail: str) -> DataLoss:
     """The DATA_LOSS answer for a record of the log outside the chain (a request's
     outcome, a reference code's claim) that disagrees with the incident events it names:
@@ -1429,6 +1452,26 @@ class Ledger(Application[UUID]):
         """The incident now; ``field`` names the request's field that named it (in a
         NOT_FOUND: a list's ``parent``, a command's ``name``)."""
         return self._load(incident_id, field)
+
+    def listed_incident(self, incident_id: UUID, *, position: int = 0) -> Incident | ChainFailure:
+        """The incident as a list shows it, now or at global ``position`` (0: now): when its
+        stored history fails its hash chain, that failure in its place, so that one changed
+        incident does not hide every other from every agency (its own reads still refuse)."""
+        try:
+            if position:
+                return self.get_incident_as_of(incident_id, position=position)
+            return self.get_incident(incident_id)
+        except DataLoss as error:
+            if error.reason != "HASH_CHAIN_BROKEN":
+                raise
+            failure = ChainFailure.of(incident_id, error)
+            log.error(
+                "incident.listed_broken",
+                incident=f"incidents/{incident_id}",
+                check=failure.check,
+                version=failure.version,
+            )
+            return failure
 
     def incident_by_reference(self, text: str, field: str = "reference") -> UUID:
         """The id of the incident whose reference code ``text`` is (read leniently).

@@ -104,7 +104,7 @@ class LocalSource(BatchSource):
         rows = self._reader.next_batch(timeout)
         if not rows:
             self.caught_up = True
-        return [self._encoder.encode(n) for n in rows]
+        return self._encoder.encode_all(rows)
 
     def close(self) -> None:
         self._reader.close()
@@ -325,7 +325,7 @@ class _Encoding:
                 # Once a seek: the relay's session is working even with nothing to publish.
                 self._caught_up_said = True
                 return self._send(("caught_up", self._generation, None))
-            encoded = [self._encoder.encode_event(n) for n in rows]
+            encoded = self._encoder.encode_batch(rows)
         except Exception as exc:  # handed to the relay, whose session fails and seeks again
             log.warning("relay.encoder_read_failed", error=f"{type(exc).__name__}: {exc}")
             self._close_reader()

@@ -12,12 +12,19 @@ from dataclasses import dataclass
 from typing import NamedTuple
 from uuid import UUID
 
+import structlog
 from eventsourcing.persistence import Notification
 from google.protobuf.message import DecodeError
 
 from incidentledger.v1 import incident_pb2 as pb
+from services.common.errors import DataLoss
 from services.ledger import wire
-from services.ledger.application import Ledger, StoredIncidentEvent
+from services.ledger.application import (
+    BROKEN_HISTORY,
+    ForeignRecordError,
+    Ledger,
+    StoredIncidentEvent,
+)
 from services.ledger.domain.incident import Incident
 
 POSITION_HEADER = "Ledger-Position"
@@ -27,6 +34,8 @@ TRIMMED_HEADER = "Ledger-Incident-Trimmed"
 #: under the limit fits without counting them.
 HEADERS_ALLOWANCE = 8192
 CONTENT_TYPE = "application/x-protobuf; message=incidentledger.v1.EventNotification"
+
+log = structlog.get_logger(__name__)
 
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
 _TOKEN = re.compile(r"[^a-z0-9_-]+")
@@ -165,11 +174,38 @@ class EventEncoder:
     def encode(self, notification: Notification) -> Outgoing:
         return self._writer.outgoing(self.encode_event(notification))
 
+    def encode_all(self, notifications: Sequence[Notification]) -> list[Outgoing]:
+        """:meth:`encode_batch` as messages."""
+        return [self._writer.outgoing(e) for e in self.encode_batch(notifications)]
+
+    def encode_batch(self, notifications: Sequence[Notification]) -> list[Encoded]:
+        """The batch's events encoded, in order. An event that cannot be published because
+        its stored history fails its checks (it no longer decodes, or its incident's chain
+        breaks at or before it) is left out and logged ``relay.event_unpublishable``: the
+        rest of the log is still published, where before every agency's fan-out stopped
+        at it for good. Nothing of a changed record goes out; the incident's own reads
+        refuse it (DATA_LOSS), and ``ledger-audit verify --store`` names the change."""
+        encoded = []
+        for notification in notifications:
+            try:
+                encoded.append(self.encode_event(notification))
+            except (DataLoss, *BROKEN_HISTORY) as exc:
+                # The next event of the incident loads it from the store (and fails too).
+                self._forget(notification.originator_id)
+                log.error(
+                    "relay.event_unpublishable",
+                    position=notification.id,
+                    incident=f"incidents/{notification.originator_id}",
+                    version=notification.originator_version,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+        return encoded
+
     def encode_event(self, notification: Notification) -> Encoded:
         """The event's payload and what its subject and headers are written from."""
         event = self._ledger.mapper.to_domain_event(notification)
         if not isinstance(event, Incident.Event):
-            raise TypeError(f"not an incident event: {notification.topic}")
+            raise ForeignRecordError(f"not an incident event: {notification.topic}")
         incident = self._state_after(event)
         message = pb.EventNotification(
             # The fold just hashed the event (the incident's head_hash); not hashed again.
@@ -189,6 +225,14 @@ class EventEncoder:
             severity=incident.severity,
         )
 
+    def _forget(self, originator_id: UUID | str) -> None:
+        if isinstance(originator_id, str):
+            try:
+                originator_id = UUID(originator_id)
+            except ValueError:  # an id changed in the store: never cached
+                return
+        self._cache.pop(originator_id, None)
+
     def _state_after(self, event: Incident.Event) -> Incident:
         incident_id = event.originator_id
         cached = self._cache.pop(incident_id, None)
@@ -199,7 +243,7 @@ class EventEncoder:
         else:
             incident = self._ledger.load_incident(incident_id, event.originator_version)
         if not isinstance(incident, Incident):
-            raise TypeError(f"not an incident: {incident_id}")
+            raise ForeignRecordError(f"not an incident: {incident_id}")
         self._cache[incident_id] = incident
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

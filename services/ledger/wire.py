@@ -29,6 +29,7 @@ from services.common.errors import InvalidArgument, LedgerError
 from services.common.jsoncodec import canonical_dumps
 from services.common.request_checks import check_item
 from services.ledger.application import (
+    ChainFailure,
     CommandResult,
     IngestItem,
     IngestOutcome,
@@ -518,6 +519,19 @@ def triage_response(
         if result.error is not None:
             item.error.CopyFrom(status_of(result.error))
     return response
+
+
+def listed_incident_to_proto(listed: Incident | ChainFailure) -> pb.Incident:
+    """An incident on a list page: the incident, or only its name and why its stored
+    history cannot be shown."""
+    if isinstance(listed, Incident):
+        return incident_to_proto(listed)
+    return pb.Incident(
+        name=incident_name(listed.incident_id),
+        chain_failure=pb.ChainFailure(
+            check=listed.check, version=listed.version, message=listed.message
+        ),
+    )
 
 
 def incident_to_proto(incident: Incident) -> pb.Incident:

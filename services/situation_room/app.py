@@ -497,7 +497,12 @@ async def board_incidents(
         ):
             # Reports come in the order of their create_time: the first older than the
             # window ends it.
-            if after is not None and (incident.create_time is None or incident.create_time < after):
+            # One whose history fails its chain has no time to go by: it is always shown.
+            if (
+                after is not None
+                and incident.chain_failure is None
+                and (incident.create_time is None or incident.create_time < after)
+            ):
                 break
             if len(shown) >= BOARD_ROWS:
                 return shown, True
@@ -1168,7 +1173,9 @@ async def incident_page(
             targets = [
                 i
                 for i in itertools.islice(same_place, MERGE_CANDIDATES)
-                if i.name != incident.name and i.status.value not in {"REJECTED", "MERGED"}
+                if i.name != incident.name
+                and i.chain_failure is None
+                and i.status.value not in {"REJECTED", "MERGED"}
             ]
         return incident, history, evidence, targets
 

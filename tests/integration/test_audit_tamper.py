@@ -23,6 +23,7 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from psycopg.sql import SQL, Identifier
+from structlog.testing import capture_logs
 
 from incidentledger.v1 import ledger_service_pb2 as api
 from services.common.config import PROJECT_ROOT, AuditSettings, ConfigError
@@ -49,7 +50,10 @@ from services.ledger.audit import (
 from services.ledger.audit.keys import load_signing_key, public_key_pem
 from services.ledger.domain.commands import EscalateIncident, ReportIncident
 from services.ledger.domain.incident import incident_event_classes
+from services.ledger.projections import BoardFilter, Projections
+from services.ledger.relay_messages import EventEncoder
 from services.ledger.seals import Sealer
+from tests.ledgerctl_support import Ctl
 from tests.support import (
     REFERENCE_FILE,
     reference,
@@ -955,3 +959,109 @@ def test_the_api_answers_data_loss_for_a_forged_deleted_or_undecodable_event(
                 assert info is not None and info.reason == "HASH_CHAIN_BROKEN"
                 assert info.metadata["incident"] == name
                 assert info.metadata["check"] == check
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_list_flags_an_incident_that_fails_its_chain_and_shows_every_other(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One changed incident no longer hides the board from every agency: ListIncidents sends
+    it in its place with only its name and the failed check (nothing of the changed
+    history), the others as they are; ledgerctl's list and board name it apart."""
+    if kind == "postgres":
+        require_postgres()
+    with (
+        store_environment(kind, tmp_path) as store_env,
+        running_ledger(settings_for(tmp_path, store_env)) as client,
+    ):
+        names = []
+        for _ in range(4):
+            name = client.report().incident
+            for step in range(2):
+                client.stub.EscalateIncident(
+                    api.EscalateIncidentRequest(
+                        request_id=rid(), name=name, reason=f"crowd growing {step}"
+                    ),
+                    metadata=client.md("kesbangpol"),
+                )
+            names.append(name)
+        table = client.server.ledger.recorder.events_table_name  # type: ignore[attr-defined]
+        surgery = Surgery(kind, store_env, table)
+        middle, last, garbled, intact = (
+            surgery.rows(UUID(n.removeprefix("incidents/"))) for n in names
+        )
+        # Version 2's reason changed: version 3's link to it no longer matches.
+        surgery.set_state(middle[1].position, middle[1].state.replace(b"growing 0", b"calm 0"))
+        surgery.set_state(last[-1].position, last[-1].state.replace(b"growing 1", b"calm 1"))
+        surgery.set_state(garbled[-1].position, b"\xff not json")
+        expected = {names[0]: ("chain", 3), names[1]: ("seal", 3), names[2]: ("decode", 0)}
+
+        listed = client.stub.ListIncidents(
+            api.ListIncidentsRequest(page_size=10), metadata=client.md("polres")
+        ).incidents
+        assert sorted(i.name for i in listed) == sorted(names)
+        for incident in listed:
+            if incident.name == names[3]:
+                assert not incident.HasField("chain_failure")
+                assert (incident.version, incident.title) == (
+                    len(intact),
+                    "Planned mass gathering at the town square",
+                )
+                continue
+            failure = incident.chain_failure
+            assert (failure.check, failure.version) == expected[incident.name], failure
+            assert incident.name.removeprefix("incidents/") in failure.message
+            # Nothing of the changed history: every other field is empty.
+            shown = {field.name for field, _value in incident.ListFields()}
+            assert shown == {"name", "chain_failure"}, shown
+            with pytest.raises(grpc.RpcError) as caught:
+                client.stub.GetIncident(
+                    api.GetIncidentRequest(name=incident.name), metadata=client.md("polres")
+                )
+            assert caught.value.code() is grpc.StatusCode.DATA_LOSS
+
+        ctl = Ctl(client, capsys)
+        out = ctl.ok("polres", "list")
+        assert "3 incidents cannot be shown" in out, out
+        assert out.count("fails its hash chain at version 3") == 2, out
+        assert names[3].removeprefix("incidents/")[:8] in out, out
+        board = ctl.json("polres", "board")
+        assert sorted(i["name"] for i in board["chain_failures"]) == sorted(names[:3])
+        assert [i["name"] for i in board["incidents"]] == [names[3]]
+        # An id's first characters are found again: the list behind them answers.
+        assert (
+            ctl.json("polres", "show", names[3].removeprefix("incidents/")[:8])["incident"]["name"]
+            == (names[3])
+        )
+
+
+def test_the_read_side_and_the_relay_pass_over_events_they_cannot_read(store: Store) -> None:
+    """A row garbled before the projections or the relay read it stopped them there for
+    good: every later query of the board failed (INTERNAL), every later event of every
+    incident went unpublished. Both now leave out what they cannot read, log it, and go on;
+    the relay also leaves out the events after a broken link, which it cannot fold."""
+    garbled = store.rows.rows(store.history.others[0])[-1]
+    store.rows.set_state(garbled.position, b"\xff not json")
+    changed = store.rows.rows(store.history.lifecycle)[5]
+    store.rows.set_state(changed.position, changed.state.replace(b"Rapat", b"Rapet"))
+    after_link = [r.position for r in store.rows.rows(store.history.lifecycle)[6:]]
+    everyone = {store.history.lifecycle, *store.history.others}
+    last = store.ledger.recorder.max_notification_id()
+
+    projections = Projections(store.ledger, store.env, reference())
+    with capture_logs() as logs:
+        assert projections.catch_up() == last
+    listed = projections.list_incidents(BoardFilter.parse("", reference()), 0, 1000)
+    assert {incident for _, incident in listed} == everyone
+    skipped = [e for e in logs if e["event"] == "projections.event_undecodable"]
+    assert [e["position"] for e in skipped] == [garbled.position], skipped
+
+    notifications = store.ledger.recorder.select_notifications(1, 10_000, topics=_topics())
+    encoder = EventEncoder(store.ledger, "ledger.events")
+    with capture_logs() as logs:
+        published = [e.position for e in encoder.encode_batch(notifications)]
+    left_out = sorted({n.id for n in notifications} - set(published))
+    assert left_out == sorted([garbled.position, *after_link])
+    assert published == sorted(published)  # the rest in the log's order
+    unpublishable = [e for e in logs if e["event"] == "relay.event_unpublishable"]
+    assert [e["position"] for e in unpublishable] == left_out

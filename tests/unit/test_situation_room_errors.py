@@ -10,9 +10,12 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
+from incidentledger.v1 import incident_pb2 as pb
 from incidentledger_client import (
     DataLoss,
+    Incident,
     InvalidArgument,
     LedgerClient,
     LedgerError,
@@ -179,3 +182,59 @@ def test_a_query_the_ledger_refuses_is_said_as_its_refusal_not_as_no_answer() ->
     answer = get(changed, "/board")
     assert answer.status_code == 502
     assert answer.text == "The ledger refused this request: incident history was changed"
+
+
+class ListingLedger:
+    """A ledger whose every list is ``incidents``."""
+
+    def __init__(self, incidents: list[Incident]) -> None:
+        self.incidents = incidents
+
+    def list_incidents(self, *args: object, **kwargs: object) -> Iterator[Incident]:
+        return iter(self.incidents)
+
+
+def test_an_incident_that_fails_its_chain_is_a_row_of_its_own_on_the_board() -> None:
+    """The ledger lists an incident whose stored history fails its hash chain with only its
+    name and the check: the board says so in its row, in the page's language, shows nothing
+    else of it, and the other incidents as always (a time window never hides it)."""
+    settings = SituationRoomSettings(ledger_address=NOWHERE, notifier_address=NOWHERE)
+    settings = replace(settings, session_key=b"a session key of 16 bytes or more")
+    app = build_app(settings, token=lambda: "token")
+    room = app.state.room
+    broken_name = "incidents/5b0e8a52-3f7c-4c86-9d4e-0f1a2b3c4d5e"
+    broken = Incident.from_proto(
+        pb.Incident(
+            name=broken_name,
+            chain_failure=pb.ChainFailure(check="chain", version=3, message="fails"),
+        )
+    )
+    intact = Incident.from_proto(
+        pb.Incident(
+            name="incidents/0c9d8e7f-1a2b-4c3d-8e9f-0a1b2c3d4e5f",
+            title="Massa berkumpul di Lapangan Merdeka",
+            status=pb.INCIDENT_STATUS_REPORTED,
+            create_time=Timestamp(seconds=int(datetime.now(UTC).timestamp())),
+        )
+    )
+    ledger = ListingLedger([broken, intact])
+    room.sessions.connect = lambda token: ledger
+    session = room.sessions.new(Officer("polres", "responder", "token", ledger))  # type: ignore[arg-type]
+
+    async def fetch(language: str, path: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as web:
+            web.cookies.set(COOKIE, room.sessions.cookie_value(session))
+            web.cookies.set(LANGUAGE_COOKIE, language)
+            return await web.get(path)
+
+    for language, said in [
+        ("en", "fails its hash chain at version 3"),
+        ("id", "gagal rantai hash pada versi 3"),
+    ]:
+        for path in ("/board", "/board/rows", "/board?since=1h"):
+            answer = asyncio.run(fetch(language, path))
+            assert answer.status_code == 200, (path, answer.text)
+            row = answer.text[answer.text.index(broken_name) :].split("</tr>")[0]
+            assert said in row, (path, row)
+            assert "Massa berkumpul di Lapangan Merdeka" in answer.text

@@ -54,6 +54,7 @@ from incidentledger_client.personal import (
 from incidentledger_client.types import (
     Actor,
     AgencyWorkload,
+    ChainFailure,
     Checkpoint,
     CommandResult,
     DeadLetter,
@@ -110,6 +111,7 @@ __all__ = [
     "AlreadyExists",
     "Cancelled",
     "CertificateNotVerified",
+    "ChainFailure",
     "Checkpoint",
     "CommandResult",
     "CursorExpired",

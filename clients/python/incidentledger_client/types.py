@@ -181,8 +181,29 @@ class Handover:
 
 
 @dataclass(frozen=True)
+class ChainFailure:
+    """Why a listed incident's stored history cannot be shown: it fails its hash chain
+    (changed in the store, outside the ledger)."""
+
+    #: "chain", "seal" or "decode".
+    check: str
+    #: The version whose check failed; 0 when the check cannot name one.
+    version: int
+    message: str
+
+    @classmethod
+    def from_proto(cls, message: pb.ChainFailure) -> ChainFailure:
+        return cls(message.check, message.version, message.message)
+
+
+@dataclass(frozen=True)
 class Incident:
-    """An incident's current state (or its state at a past time or position)."""
+    """An incident's current state (or its state at a past time or position).
+
+    On a list, an incident whose stored history fails its hash chain has only ``name`` and
+    ``chain_failure`` set (the other fields their empty values); ``get_incident`` of it
+    raises ``DATA_LOSS``.
+    """
 
     name: str
     title: str
@@ -215,6 +236,8 @@ class Incident:
     data_subjects: tuple[SubjectSummary, ...] = ()
     #: The agencies holding a legal hold on the incident (it blocks erasure).
     legal_hold_agencies: tuple[str, ...] = ()
+    #: Set only on a list, for an incident whose stored history fails its hash chain.
+    chain_failure: ChainFailure | None = None
 
     @classmethod
     def from_proto(cls, message: pb.Incident) -> Incident:
@@ -248,6 +271,11 @@ class Incident:
             merged_into_reference=message.merged_into_reference,
             data_subjects=tuple(SubjectSummary.from_proto(d) for d in message.data_subjects),
             legal_hold_agencies=tuple(message.legal_hold_agencies),
+            chain_failure=(
+                ChainFailure.from_proto(message.chain_failure)
+                if message.HasField("chain_failure")
+                else None
+            ),
         )
 
 

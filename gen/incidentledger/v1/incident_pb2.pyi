@@ -346,6 +346,7 @@ class Incident(_message.Message):
     MERGED_INTO_REFERENCE_FIELD_NUMBER: _builtins.int
     DATA_SUBJECTS_FIELD_NUMBER: _builtins.int
     LEGAL_HOLD_AGENCIES_FIELD_NUMBER: _builtins.int
+    CHAIN_FAILURE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: "incidents/{incident_id}"."""
     title: _builtins.str
@@ -417,6 +418,16 @@ class Incident(_message.Message):
         its personal data cannot be erased. The reasons: ListPersonalDataAccesses.
         """
 
+    @_builtins.property
+    def chain_failure(self) -> Global___ChainFailure:
+        """Set only when the incident's stored history fails its hash chain (it was changed in
+        the store, outside the ledger). Then name is the only other field set: nothing of a
+        changed history is shown as if it were the record. ListIncidents sends such an
+        incident flagged in its place on the page, so that the other incidents stay readable;
+        GetIncident and ListIncidentEvents refuse it, DATA_LOSS HASH_CHAIN_BROKEN, with the
+        same check and version in the error's metadata.
+        """
+
     def __init__(
         self,
         *,
@@ -445,14 +456,50 @@ class Incident(_message.Message):
         merged_into_reference: _builtins.str = ...,
         data_subjects: _abc.Iterable[Global___DataSubjectSummary] | None = ...,
         legal_hold_agencies: _abc.Iterable[_builtins.str] | None = ...,
+        chain_failure: Global___ChainFailure | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "location", b"location", "occur_time", b"occur_time", "pending_handover", b"pending_handover", "reporter", b"reporter", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chain_failure", b"chain_failure", "create_time", b"create_time", "location", b"location", "occur_time", b"occur_time", "pending_handover", b"pending_handover", "reporter", b"reporter", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "close_requested", b"close_requested", "create_time", b"create_time", "data_subjects", b"data_subjects", "decisions", b"decisions", "description", b"description", "escalation_level", b"escalation_level", "lead_agency", b"lead_agency", "legal_hold_agencies", b"legal_hold_agencies", "location", b"location", "merged_incidents", b"merged_incidents", "merged_into", b"merged_into", "merged_into_reference", b"merged_into_reference", "name", b"name", "occur_time", b"occur_time", "pending_handover", b"pending_handover", "reference", b"reference", "rejection_reason", b"rejection_reason", "reporter", b"reporter", "severity", b"severity", "status", b"status", "supporting_agencies", b"supporting_agencies", "title", b"title", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "chain_failure", b"chain_failure", "close_requested", b"close_requested", "create_time", b"create_time", "data_subjects", b"data_subjects", "decisions", b"decisions", "description", b"description", "escalation_level", b"escalation_level", "lead_agency", b"lead_agency", "legal_hold_agencies", b"legal_hold_agencies", "location", b"location", "merged_incidents", b"merged_incidents", "merged_into", b"merged_into", "merged_into_reference", b"merged_into_reference", "name", b"name", "occur_time", b"occur_time", "pending_handover", b"pending_handover", "reference", b"reference", "rejection_reason", b"rejection_reason", "reporter", b"reporter", "severity", b"severity", "status", b"status", "supporting_agencies", b"supporting_agencies", "title", b"title", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Incident: _TypeAlias = Incident  # noqa: Y015
+
+@_typing.final
+class ChainFailure(_message.Message):
+    """Why an incident's stored history cannot be shown: what `ledger-audit verify --store`
+    would report on it, and where to start looking.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECK_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    check: _builtins.str
+    """Which check failed: "chain" (an event's link to the one before it), "seal" (the
+    newest event's signature over its hash) or "decode" (a stored event that no longer
+    loads: changed bytes, a deleted version, a record that is not one of its events).
+    """
+    version: _builtins.int
+    """The version whose check failed; 0 when the check cannot name one ("decode")."""
+    message: _builtins.str
+    """The ledger's sentence, in English, as in the DATA_LOSS error."""
+    def __init__(
+        self,
+        *,
+        check: _builtins.str = ...,
+        version: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "message", b"message", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChainFailure: _TypeAlias = ChainFailure  # noqa: Y015
 
 @_typing.final
 class IncidentEvent(_message.Message):

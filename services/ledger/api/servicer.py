@@ -388,12 +388,10 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
             def message(incident_id: UUID) -> pb.Incident:
                 """The incident as the page sends it, made once (weighed, then sent)."""
                 if incident_id not in messages:
-                    incident = (
-                        self._ledger.get_incident_as_of(incident_id, position=view.position)
-                        if view.historical
-                        else self._ledger.get_incident(incident_id)
+                    listed = self._ledger.listed_incident(
+                        incident_id, position=view.position if view.historical else 0
                     )
-                    messages[incident_id] = wire.incident_to_proto(incident)
+                    messages[incident_id] = wire.listed_incident_to_proto(listed)
                 return messages[incident_id]
 
             rows, next_token = page_of(

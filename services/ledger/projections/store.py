@@ -24,6 +24,9 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import structlog
+from eventsourcing.persistence import MapperDeserialisationError
+
 from services.common.reference import ReferenceData, Role
 from services.common.sql import Database
 from services.ledger.projections.facts import Fact, FastDecoder, micros, to_datetime
@@ -54,6 +57,8 @@ from services.ledger.projections.tables import (
     UPSERT_INCIDENT,
 )
 from services.ledger.store import RawRow
+
+log = structlog.get_logger(__name__)
 
 NOT_SCORED = ("REJECTED", "MERGED")
 SETTLED = frozenset({"RESOLVED", "CLOSED"})
@@ -137,8 +142,27 @@ class ProjectionStore:
             cur.execute("UPDATE projection_position SET position = 0 WHERE id = 1")
 
     def decode(self, batch: Sequence[RawRow]) -> list[Fact]:
+        """The batch's incident events as facts. A row that no longer decodes (changed in
+        the store) is left out and logged ``projections.event_undecodable``: the read side
+        goes on past it, where before its every query failed at it for good. The
+        incident's own reads refuse it (DATA_LOSS) and lists flag it."""
         decode = self.decoder.decode
-        return [fact for n in batch if (fact := decode(n)) is not None]
+        facts = []
+        for row in batch:
+            try:
+                fact = decode(row)
+            except (ValueError, KeyError, TypeError, MapperDeserialisationError) as exc:
+                log.error(
+                    "projections.event_undecodable",
+                    position=int(row[0]),
+                    originator_id=str(row[1]),
+                    version=int(row[2]),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                continue
+            if fact is not None:
+                facts.append(fact)
+        return facts
 
     def apply(self, batch: Sequence[RawRow], start: int) -> tuple[int, int]:
         """Apply a batch read after ``start``: (the position now, incident events applied).

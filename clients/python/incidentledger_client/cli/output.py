@@ -25,6 +25,7 @@ from incidentledger_client.cli.names import SHORT_ID
 from incidentledger_client.cli.tables import CONTROLS, Column, FittedTable, Parts, WideOrLong
 from incidentledger_client.i18n import N_, _, format_number, format_time, labels, ngettext
 from incidentledger_client.types import (
+    ChainFailure,
     CommandResult,
     DecisionInForce,
     DurationStats,
@@ -257,6 +258,18 @@ def incidents_table(
         show_lines=False,
     )
     for incident in incidents:
+        if incident.chain_failure is not None:
+            table.add_row(
+                short_id(incident.name),
+                "-",
+                Text(chain_failure_text(incident.chain_failure), style="bold red"),
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+            )
+            continue
         table.add_row(
             short_id(incident.name),
             incident.reference or "-",
@@ -268,6 +281,33 @@ def incidents_table(
             incident.lead_agency or "-",
         )
     return table
+
+
+def chain_failure_text(failure: ChainFailure) -> str:
+    """A listed incident whose stored history fails its hash chain, in the place of its
+    title: nothing of a changed history is shown."""
+    if failure.version:
+        return _("changed in the store: fails its hash chain at version {version}").format(
+            version=failure.version
+        )
+    return _("changed in the store: fails its hash chain")
+
+
+def chain_failures_notice(incidents: Iterable[Incident]) -> str | None:
+    """Under a list or a board: the incidents whose stored history fails its hash chain
+    (not shown, nor counted on a board), and who can act on it; None when there are none."""
+    broken = [short_id(i.name) for i in incidents if i.chain_failure is not None]
+    if not broken:
+        return None
+    return ngettext(
+        "{count} incident cannot be shown: its stored history was changed outside the "
+        "ledger and fails its hash chain ({ids}). Tell the ledger's operator "
+        "(`ledger-audit verify --store` names the change).",
+        "{count} incidents cannot be shown: their stored histories were changed outside the "
+        "ledger and fail their hash chains ({ids}). Tell the ledger's operator "
+        "(`ledger-audit verify --store` names the changes).",
+        len(broken),
+    ).format(count=format_number(len(broken)), ids=", ".join(broken))
 
 
 def more_incidents(shown: int, page_token: str) -> str:

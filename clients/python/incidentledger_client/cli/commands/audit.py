@@ -313,13 +313,17 @@ def audit_as_of(
     incidents = list(ledger.list_incidents(as_of_time=then))
     if st.as_json:
         output.emit_json(incidents)
-    else:
-        output.console().print(
-            output.incidents_table(
-                incidents,
-                _("Incidents as of {time}").format(time=output.when(then, st.zone())),
-                st.reference().status_names(),
-                st.reference().kecamatan_names(),
-                output.category_names(st.reference()),
-            )
+        return
+    out = output.console()
+    out.print(
+        output.incidents_table(
+            incidents,
+            _("Incidents as of {time}").format(time=output.when(then, st.zone())),
+            st.reference().status_names(),
+            st.reference().kecamatan_names(),
+            output.category_names(st.reference()),
         )
+    )
+    notice = output.chain_failures_notice(incidents)
+    if notice is not None:
+        out.print(notice, style="bold red", markup=False)

@@ -780,6 +780,9 @@ def list_(
             output.category_names(words),
         )
     )
+    notice = output.chain_failures_notice(incidents)
+    if notice is not None:
+        out.print(notice, style="bold red", markup=False)
     if token:  # --limit cut the list short: say so, and how to see the rest
         # Not wrapped here: the token stays one word to copy (the terminal wraps the line).
         out.print(output.more_incidents(len(incidents), token), markup=False, soft_wrap=True)

@@ -47,7 +47,12 @@ def board(
     st = state(ctx)
     ledger = st.ledger()
     ranks = {v.code: v.rank for v in st.reference().severities}
-    listed = ledger.list_incidents(f'kecamatan = "{kecamatan}"' if kecamatan else "", page_size=500)
+    listed = list(
+        ledger.list_incidents(f'kecamatan = "{kecamatan}"' if kecamatan else "", page_size=500)
+    )
+    # Of an incident that fails its hash chain nothing is known, not even whether it is
+    # open: it is named apart, never left out in silence.
+    broken = [i for i in listed if i.chain_failure is not None]
     open_work = [i for i in listed if i.status.value in output.BOARD_STATUSES]
     counts = {s: 0 for s in output.BOARD_STATUSES}
     for incident in open_work:
@@ -65,6 +70,7 @@ def board(
                 "incidents": shown,
                 "columns": columns,
                 "workload": workload,
+                "chain_failures": broken,
             }
         )
         return
@@ -75,6 +81,9 @@ def board(
             shown, counts, st.zone(), reference.status_names(), reference.kecamatan_names()
         )
     )
+    notice = output.chain_failures_notice(broken)
+    if notice is not None:
+        out.print(notice, style="bold red", markup=False)
     if len(shown) < len(open_work):
         out.print(
             _(
