@@ -206,13 +206,14 @@ class EventEncoder:
         event = self._ledger.mapper.to_domain_event(notification)
         if not isinstance(event, Incident.Event):
             raise ForeignRecordError(f"not an incident event: {notification.topic}")
-        incident = self._state_after(event)
+        before, incident = self._states(event)
         message = pb.EventNotification(
             # The fold just hashed the event (the incident's head_hash); not hashed again.
             event=wire.event_to_proto(
                 StoredIncidentEvent(event, notification.id), incident.head_hash
             ),
             incident=wire.incident_to_proto(incident),
+            before=before,
         )
         return Encoded(
             position=notification.id,
@@ -233,21 +234,42 @@ class EventEncoder:
                 return
         self._cache.pop(originator_id, None)
 
-    def _state_after(self, event: Incident.Event) -> Incident:
+    def _states(self, event: Incident.Event) -> tuple[pb.IncidentFacets | None, Incident]:
+        """What a filter reads of the incident before the event (None for its first), and
+        the incident after it."""
         incident_id = event.originator_id
         cached = self._cache.pop(incident_id, None)
+        before = None
         if event.originator_version == 1:
             incident = event.mutate(None)
-        elif cached is not None and cached.version == event.originator_version - 1:
-            incident = event.mutate(cached)
         else:
-            incident = self._ledger.load_incident(incident_id, event.originator_version)
+            if cached is None or cached.version != event.originator_version - 1:
+                cached = self._ledger.load_incident(incident_id, event.originator_version - 1)
+            if not isinstance(cached, Incident):
+                raise ForeignRecordError(f"not an incident: {incident_id}")
+            before = incident_facets(cached)  # the fold below changes the cached state itself
+            incident = event.mutate(cached)
         if not isinstance(incident, Incident):
             raise ForeignRecordError(f"not an incident: {incident_id}")
         self._cache[incident_id] = incident
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return incident
+        return before, incident
+
+
+def incident_facets(incident: Incident) -> pb.IncidentFacets:
+    """The fields of ``incident`` that a subscriber's filter reads (the notifier's
+    ``involved_agencies`` of its protobuf, and its kecamatan, category and severity)."""
+    agencies = {incident.lead_agency, incident.reporter_agency, *incident.supporting_agencies}
+    if incident.pending_handover is not None:
+        agencies.add(incident.pending_handover[1])
+    agencies.discard("")
+    return pb.IncidentFacets(
+        kecamatan=str(incident.location.get("kecamatan", "")),
+        category=incident.category,
+        severity=incident.severity,
+        agencies=sorted(agencies),
+    )
 
 
 #: How :func:`foreign_reason` starts for a message at a position the store has not reached.

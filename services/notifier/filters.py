@@ -25,6 +25,16 @@ def involved_agencies(incident: pb.Incident) -> set[str]:
 
 
 @dataclass(frozen=True)
+class Facets:
+    """What a filter reads of an incident, before or after an event."""
+
+    kecamatan: str
+    category: str
+    severity: str
+    agencies: set[str]
+
+
+@dataclass(frozen=True)
 class EventFilter:
     kecamatan: frozenset[str] = frozenset()
     categories: frozenset[str] = frozenset()
@@ -73,19 +83,45 @@ class EventFilter:
         )
 
     def matches(self, notification: pb.EventNotification, reference: ReferenceData) -> bool:
+        """Whether the event is for this filter: its type, and the incident as it stands
+        after the event or as it stood before it. So the event that takes an incident out
+        of the filter (its severity lowered, its lead handed over) still reaches whoever
+        followed it, and is the last one it receives; before, the subscriber's copy kept the
+        state the filter had last seen, for good."""
         event, incident = notification.event, notification.incident
         if self.event_types and event.type not in self.event_types:
             return False
-        kecamatan = event.location.kecamatan or incident.location.kecamatan
-        if self.kecamatan and kecamatan not in self.kecamatan:
+        after = Facets(
+            event.location.kecamatan or incident.location.kecamatan,
+            incident.category,
+            incident.severity,
+            involved_agencies(incident),
+        )
+        if self._takes(after, reference):
+            return True
+        if not notification.HasField("before"):
             return False
-        if self.categories and incident.category not in self.categories:
+        before = notification.before
+        return self._takes(
+            Facets(
+                event.location.kecamatan or before.kecamatan,
+                before.category,
+                before.severity,
+                set(before.agencies),
+            ),
+            reference,
+        )
+
+    def _takes(self, facets: Facets, reference: ReferenceData) -> bool:
+        if self.kecamatan and facets.kecamatan not in self.kecamatan:
+            return False
+        if self.categories and facets.category not in self.categories:
             return False
         if self.min_severity_rank:
-            severity = reference.severities.get(incident.severity)
+            severity = reference.severities.get(facets.severity)
             if severity is None or severity.rank < self.min_severity_rank:
                 return False
-        return not self.agencies or bool(self.agencies & involved_agencies(incident))
+        return not self.agencies or bool(self.agencies & facets.agencies)
 
     def to_proto(self, reference: ReferenceData) -> napi.EventFilter:
         min_severity = next(

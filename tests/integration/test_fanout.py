@@ -154,6 +154,82 @@ def test_involved_agencies_are_notified_without_being_addressed(stack: Stack) ->
     }
 
 
+def test_the_event_that_takes_an_incident_out_of_a_filter_still_reaches_its_followers(
+    stack: Stack,
+) -> None:
+    """A filter takes an event when the incident matches it before or after the event: the
+    lead that hands over, and the subscriber of high severity whose incident is lowered,
+    each receive that event as their last of it (before, never: their copy kept the state
+    the filter had last seen). Nothing after it, and nothing that matched neither."""
+    s, md = stack.ledger.stub, stack.ledger.md
+    with webhook_receiver() as receiver:
+        create_webhook(stack, receiver, "bpbd", min_severity="high")
+        police = stack.subscribe("polres", filter=napi.EventFilter(involving_my_agency=True))
+        severe = stack.subscribe("bpbd", filter=napi.EventFilter(min_severity="high"))
+        name = stack.ledger.report("kesbangpol", severity="high").incident
+        s.VerifyIncident(
+            api.VerifyIncidentRequest(request_id=rid(), name=name), metadata=md("desk_pilkada")
+        )
+        s.AssignLeadAgency(
+            api.AssignLeadAgencyRequest(request_id=rid(), name=name, agency="polres"),
+            metadata=md("desk_pilkada"),
+        )
+        s.ProposeHandover(
+            api.ProposeHandoverRequest(
+                request_id=rid(), name=name, to_agency="satpolpp", reason="crowd control"
+            ),
+            metadata=md("polres"),
+        )
+        s.AcceptHandover(
+            api.AcceptHandoverRequest(request_id=rid(), name=name), metadata=md("satpolpp")
+        )
+        s.AssessSeverity(
+            api.AssessSeverityRequest(request_id=rid(), name=name, severity="low"),
+            metadata=md("desk_pilkada"),
+        )
+        s.LogAction(
+            api.LogActionRequest(request_id=rid(), name=name, action="patrol"),
+            metadata=md("satpolpp"),
+        )
+        # A last event each filter takes: whatever came before it has been delivered.
+        marker = stack.ledger.report("polres", severity="high").incident
+        police.wait_for(4)
+        severe.wait_for(7)
+        wait_until(lambda: len(receiver.verified()) >= 7, what="the webhook deliveries")
+        police.close()
+        severe.close()
+
+    def seen(notifications: list[pb.EventNotification]) -> list[tuple[str, str]]:
+        return [
+            (n.event.type, "marker" if n.event.incident == marker else "") for n in notifications
+        ]
+
+    assert seen([r.notification for r in police.notifications]) == [
+        ("LeadAssigned", ""),
+        ("HandoverProposed", ""),
+        ("HandoverAccepted", ""),  # polres led until it: its last
+        ("Reported", "marker"),
+    ]
+    expected_severe = [
+        ("Reported", ""),
+        ("Verified", ""),
+        ("LeadAssigned", ""),
+        ("HandoverProposed", ""),
+        ("HandoverAccepted", ""),
+        ("SeverityAssessed", ""),  # high until it: its last
+        ("Reported", "marker"),
+    ]
+    assert seen([r.notification for r in severe.notifications]) == expected_severe
+    delivered = sorted(receiver.verified(), key=lambda d: int(d.json["position"]))
+    assert [
+        (d.json["event"]["type"], "marker" if d.json["event"]["incident"] == marker else "")
+        for d in delivered
+    ] == expected_severe
+    lowered = severe.notifications[5].notification
+    assert (lowered.before.severity, lowered.incident.severity) == ("high", "low")
+    assert not severe.notifications[0].notification.HasField("before")  # its first event
+
+
 def test_a_subscriber_resuming_from_its_cursor_gets_exactly_what_it_missed(stack: Stack) -> None:
     first = stack.subscribe("polres")
     names = [stack.ledger.report().incident for _ in range(3)]

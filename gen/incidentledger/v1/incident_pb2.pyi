@@ -657,22 +657,66 @@ class EventNotification(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     INCIDENT_FIELD_NUMBER: _builtins.int
     INCIDENT_TRIMMED_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
     incident_trimmed: Global___EventNotification.IncidentTrimmed.ValueType
     @_builtins.property
     def event(self) -> Global___IncidentEvent: ...
     @_builtins.property
     def incident(self) -> Global___Incident: ...
+    @_builtins.property
+    def before(self) -> Global___IncidentFacets:
+        """What a subscriber's filter reads of the incident as it stood just before this event;
+        unset on its first event (and on messages published before it existed). A filter
+        takes an event when the incident matches it before or after the event: the event
+        that takes an incident out of a filter (its severity lowered, its lead handed over,
+        its category corrected) reaches those who followed the incident, as the last one.
+        """
+
     def __init__(
         self,
         *,
         event: Global___IncidentEvent | None = ...,
         incident: Global___Incident | None = ...,
         incident_trimmed: Global___EventNotification.IncidentTrimmed.ValueType = ...,
+        before: Global___IncidentFacets | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "incident", b"incident"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["before", b"before", "event", b"event", "incident", b"incident"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "incident", b"incident", "incident_trimmed", b"incident_trimmed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["before", b"before", "event", b"event", "incident", b"incident", "incident_trimmed", b"incident_trimmed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EventNotification: _TypeAlias = EventNotification  # noqa: Y015
+
+@_typing.final
+class IncidentFacets(_message.Message):
+    """The fields of an incident that a subscriber's filter (notifier EventFilter) reads."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KECAMATAN_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    AGENCIES_FIELD_NUMBER: _builtins.int
+    kecamatan: _builtins.str
+    category: _builtins.str
+    severity: _builtins.str
+    @_builtins.property
+    def agencies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The agencies it involves: lead, supporting, reporter, and a pending handover's."""
+
+    def __init__(
+        self,
+        *,
+        kecamatan: _builtins.str = ...,
+        category: _builtins.str = ...,
+        severity: _builtins.str = ...,
+        agencies: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agencies", b"agencies", "category", b"category", "kecamatan", b"kecamatan", "severity", b"severity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IncidentFacets: _TypeAlias = IncidentFacets  # noqa: Y015
