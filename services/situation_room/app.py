@@ -8,6 +8,7 @@ person at the keyboard. The blocking client runs in Starlette's thread pool.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import math
@@ -57,6 +58,7 @@ from incidentledger_client import (
     RetryPolicy,
     Unauthenticated,
     Unavailable,
+    VersionConflict,
     VulnerabilityMap,
 )
 from incidentledger_client.cli.output import BAND_FILL
@@ -185,6 +187,38 @@ def action_refusal(failure: LedgerError) -> str:
         return text
     field = re.compile(rf"(?<![\w.]){re.escape(failure.field or '')}(?![\w.])")
     return field.sub(lambda _found: f"“{_(label)}”", text)
+
+
+@dataclass(frozen=True)
+class KeptForm:
+    """What the officer typed into a form of the incident page that the ledger refused:
+    shown again in that form of the page rendered anew (the incident as it is now), never
+    in another. Before, the page came back with every form empty: a decision's forum,
+    summary, rationale and agencies ticked, lost to a version another agency moved on."""
+
+    action: str = ""
+    fields: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, action: str, posted: Any) -> KeptForm:
+        """The typed fields of ``posted`` (a form's multi-dict), without the page's own."""
+        return cls(
+            action,
+            {
+                key: [v for v in posted.getlist(key) if isinstance(v, str)]
+                for key in posted
+                if key not in {"csrf", "request_id", "version"}
+            },
+        )
+
+    def __call__(self, action: str, name: str) -> str:
+        """The value typed into field ``name`` of form ``action`` ("" for another form)."""
+        values = self.chosen(action, name)
+        return values[0] if values else ""
+
+    def chosen(self, action: str, name: str) -> Sequence[str]:
+        """Every value of ``name`` in form ``action`` (the boxes ticked)."""
+        return self.fields.get(name, ()) if action == self.action else ()
 
 
 @dataclass
@@ -319,6 +353,8 @@ def render(request: Request, session: Session, name: str, **context: Any) -> Res
             **context,
         },
     )
+    # A shared laptop's Back button after signing out showed the incident from the cache.
+    response.headers["Cache-Control"] = "no-store"
     response.headers["Content-Security-Policy"] = (
         "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
         "frame-ancestors 'none'; form-action 'self'"
@@ -1151,7 +1187,11 @@ def decision_window(
 
 
 async def incident_page(
-    request: Request, session: Session, officer: Officer, error: str = ""
+    request: Request,
+    session: Session,
+    officer: Officer,
+    error: str = "",
+    kept: KeptForm | None = None,
 ) -> Response:
     name = f"incidents/{request.path_params['incident']}"
 
@@ -1211,6 +1251,7 @@ async def incident_page(
         reasons=REJECTION_REASONS,
         request_id=uuid.uuid4().hex,
         error=error,
+        kept=kept or KeptForm(),
         read_people=may_read_people(room_of(request), officer, incident),
         # A read is a command of its own: its own request id (the actions' stays unused).
         read_request_id=uuid.uuid4().hex,
@@ -1283,7 +1324,8 @@ async def read_people(request: Request, session: Session, officer: Officer) -> R
             if failure.field == "purpose" and failure.reason == "INVALID_FIELD"
             else said(failure)
         )
-        return await incident_page(request, session, officer, error=message)
+        kept = KeptForm.of("personal-data", await request.form())
+        return await incident_page(request, session, officer, error=message, kept=kept)
     log.info(
         "situation_room.personal_data_read",
         incident=name,
@@ -1431,8 +1473,19 @@ async def act(request: Request, session: Session, officer: Officer) -> Response:
         posted = [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
         return unavailable_page(request, session, resend=posted, back=f"/{name}")
     except (LedgerError, ValueError) as failure:
-        message = action_refusal(failure) if isinstance(failure, LedgerError) else str(failure)
-        return await incident_page(request, session, officer, error=message)
+        if isinstance(failure, VersionConflict) and failure.current_version > (whole(version) or 0):
+            # "Read it again" said the ledger; the page below is that reading.
+            message = _(
+                "The incident changed while this page was open (it is at version {version} "
+                "now): it is shown below as it is. What you typed is kept in its form: send "
+                "it again if it still holds."
+            ).format(version=failure.current_version)
+        elif isinstance(failure, LedgerError):
+            message = action_refusal(failure)
+        else:
+            message = str(failure)
+        kept = KeptForm.of(action, await request.form())
+        return await incident_page(request, session, officer, error=message, kept=kept)
     log.info("situation_room.acted", incident=name, action=action, agency=officer.agency)
     return RedirectResponse(f"/{name}", status_code=303)
 

@@ -220,6 +220,7 @@ def test_a_report_entered_on_the_page_appears_on_a_second_pages_board(
     title = f"Crowd at TPS 04 {uuid.uuid4().hex[:6]}"
     police.fill("input[name=title]", title)
     police.select_option("select[name=kecamatan]", "kota_mukomuko")
+    police.select_option("select[name=category]", "crowd_gathering")
     desa = police.locator("#desa option").nth(1).get_attribute("value")
     assert desa, "the desa of the kecamatan are offered"
     police.select_option("#desa", desa)
@@ -641,6 +642,7 @@ def test_the_report_form_says_when_its_map_cannot_be_loaded_and_takes_a_typed_po
     title = f"Typed point {uuid.uuid4().hex[:6]}"
     page.fill("input[name=title]", title)
     page.select_option("select[name=kecamatan]", "ipuh")
+    page.select_option("select[name=category]", "crowd_gathering")
     page.fill("#latitude", "-2.61234")
     page.fill("#longitude", "101.12345")
     page.click("#submit")
@@ -680,6 +682,7 @@ def test_the_forms_own_checks_speak_the_page_s_language_not_the_browser_s(
     latitude.evaluate("field => { field.value = '-2.5'; }")
     page.fill("#longitude", "101.1")
     page.select_option("select[name=kecamatan]", "ipuh")
+    page.select_option("select[name=category]", "crowd_gathering")
     page.click("#submit")
     expect(page).to_have_url(re.compile(r"/board\?reported=\d+&incident=[0-9a-f-]{36}$"))
     assert_local_and_clean(room)
@@ -1056,11 +1059,23 @@ def test_an_action_on_a_changed_incident_is_refused_with_the_ledgers_reason(
     sign_in(room, page, "desk_pilkada")
     page.goto(f"{room.url}/{reported.incident}")
     room.ledger("desk_pilkada").verify(reported.incident)  # someone else, meanwhile
-    page.click("#verify")  # with the version the page showed
-    expect(page.locator(".error")).to_be_visible()
+    typed = "Leaflet matches the one seen in Ipuh market"
+    page.fill("form[action$=escalate] input[name=reason]", typed)
+    page.click("#escalate")  # with the version the page showed
+    # Said at the top and beside the form, which holds what was typed (it came back empty).
+    expect(page.locator(".error[role=alert]")).to_contain_text(
+        "changed while this page was open (it is at version 2 now)"
+    )
+    expect(page.locator("form[action$=escalate] .error")).to_be_visible()
     expect(page.locator("#status")).to_have_text("Verified")
+    expect(page.locator("form[action$=escalate] input[name=reason]")).to_have_value(typed)
+    expect(page.locator("form[action$=verify]")).to_have_count(0)  # verified meanwhile
     events = list(room.ledger("desk_pilkada").incident_events(reported.incident))
     assert [e.type for e in events] == ["Reported", "Verified"]
+    page.click("#escalate")  # sent again as it is, at the version shown now
+    expect(page.locator(".error")).to_have_count(0)
+    events = list(room.ledger("desk_pilkada").incident_events(reported.incident))
+    assert [(e.type, e.reason) for e in events][-1] == ("Escalated", typed)
 
 
 def test_a_refused_field_of_an_action_is_named_by_the_forms_label_in_indonesian(
@@ -1074,7 +1089,9 @@ def test_a_refused_field_of_an_action_is_named_by_the_forms_label_in_indonesian(
     page.goto(f"{room.url}/{reported.incident}")
     page.fill("form[action$=escalate] input[name=reason]", "   ")  # passes `required`
     page.click("#escalate")
-    expect(page.locator(".error")).to_have_text("Nilai “Alasan” tidak dapat diterima.")
+    expect(page.locator("form[action$=escalate] .error")).to_have_text(
+        "Nilai “Alasan” tidak dapat diterima."
+    )
     events = list(room.ledger("desk_pilkada").incident_events(reported.incident))
     assert [e.type for e in events] == ["Reported"]
 
@@ -1325,9 +1342,12 @@ def test_a_decision_is_recorded_on_the_page_from_and_until_a_date_and_time_in_wi
         form.locator("button#record_decision").click()
 
     fill(start - timedelta(days=1))  # the day before: refused, nothing recorded
-    error = page.locator(".error")
+    error = page.locator(".error[role=alert]")
     expect(error).to_contain_text(start.isoformat(timespec="seconds"))
     expect(error).not_to_contain_text("+00:00")
+    # The form shown again holds what was typed (it came back empty).
+    for name, typed in [("forum", "Forkopimda"), ("rationale", "Two camps announced rallies")]:
+        expect(form.locator(f"input[name={name}]")).to_have_value(typed)
     form = page.locator(f"form[action='/{reported.incident}/record_decision']")
     fill(end)
     expect(page).to_have_url(f"{room.url}/{reported.incident}")
@@ -1701,6 +1721,7 @@ def test_a_report_with_a_point_picked_on_the_map_appears_on_a_second_pages_map(
     expect(police.locator("#latitude")).not_to_have_value("")
     expect(police.locator("#longitude")).not_to_have_value("")
     police.select_option("select[name=kecamatan]", "ipuh")
+    police.select_option("select[name=category]", "crowd_gathering")
     police.select_option("select[name=severity]", "critical")
     point = (float(police.input_value("#latitude")), float(police.input_value("#longitude")))
     police.click("#submit")
@@ -1723,6 +1744,7 @@ def fill_report(page: Page, title: str, *, nik: str, description: str = "") -> N
     """The report form filled in with the caller (asking to stay anonymous) and a witness."""
     page.fill("input[name=title]", title)
     page.select_option("select[name=kecamatan]", "ipuh")
+    page.select_option("select[name=category]", "crowd_gathering")
     page.fill("textarea[name=description]", description)
     page.fill("input[name=reporter_name]", CALLER.name)
     page.fill("input[name=reporter_phone]", CALLER.phone)
