@@ -85,6 +85,15 @@ def _schema(dialect: str) -> list[str]:
     ]
 
 
+class DeletedWebhookReplayedError(Exception):
+    """A request's key that created a webhook since deleted: the request is not made again
+    (its id is spent), and answering with the deleted webhook would say it exists."""
+
+    def __init__(self, webhook_id: str) -> None:
+        super().__init__(webhook_id)
+        self.webhook_id = webhook_id
+
+
 @dataclass(frozen=True)
 class WebhookRow:
     id: str
@@ -294,13 +303,15 @@ class NotifierStore:
             )
             cur.execute(
                 self._db.q(
-                    "SELECT id, agency, url, secret, filter, created_at, fingerprint"
+                    "SELECT id, agency, url, secret, filter, created_at, fingerprint, deleted"
                     " FROM webhooks WHERE request_key = ?"
                 ),
                 (request_key,),
             )
             found = cur.fetchone()
-        return self._opened(found)
+        if found[7]:
+            raise DeletedWebhookReplayedError(str(found[0]))
+        return self._opened(found[:7])
 
     @property
     def shared(self) -> bool:

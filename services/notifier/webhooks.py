@@ -32,7 +32,7 @@ from services.common.auth import Principal
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 from services.common.reference import ReferenceData, Role
 from services.notifier.filters import EventFilter
-from services.notifier.store import NotifierStore, WebhookRow
+from services.notifier.store import DeletedWebhookReplayedError, NotifierStore, WebhookRow
 from services.notifier.targets import TargetPolicy
 
 SECRET_LENGTH = (16, 256)
@@ -76,15 +76,23 @@ class WebhookRegistry:
         _check_secret(secret, "secret")
         filter_json = self._filter_json(event_filter, principal.agency, "filter")
         fingerprint = hashlib.sha256(f"{url}\n{filter_json}\n{secret}".encode()).hexdigest()
-        row = self._store.add_webhook(
-            agency=principal.agency,
-            url=url,
-            secret=secret,
-            filter_json=filter_json,
-            request_key=f"{principal.agency}\n{request_id}",
-            fingerprint=fingerprint,
-            max_per_agency=MAX_WEBHOOKS_PER_AGENCY,
-        )
+        try:
+            row = self._store.add_webhook(
+                agency=principal.agency,
+                url=url,
+                secret=secret,
+                filter_json=filter_json,
+                request_key=f"{principal.agency}\n{request_id}",
+                fingerprint=fingerprint,
+                max_per_agency=MAX_WEBHOOKS_PER_AGENCY,
+            )
+        except DeletedWebhookReplayedError as deleted:
+            raise NotFound(
+                f"request_id {request_id!r} created webhooks/{deleted.webhook_id}, which was "
+                "deleted since: send a new request_id to create another",
+                reason="WEBHOOK_NOT_FOUND",
+                metadata={"webhook": f"webhooks/{deleted.webhook_id}", "field": "request_id"},
+            ) from None
         if row.fingerprint != fingerprint:
             raise AlreadyExists(
                 f"request_id {request_id!r} already created a different webhook",

@@ -370,3 +370,30 @@ def test_an_agency_has_so_many_webhooks_and_a_deleted_one_frees_its_place(stack:
         napi.DeleteWebhookRequest(name=made[-1].name), metadata=stack.ledger.md("polres")
     )
     assert create(stack, url).name not in {w.name for w in made}
+
+
+def test_a_create_sent_again_after_its_webhook_was_deleted_says_so(stack: Stack) -> None:
+    """The same request again after its webhook was deleted answered that deleted webhook as
+    created, and nothing was ever delivered: an "ensure it exists" script with a fixed
+    request_id ended up with none. Now NOT_FOUND names the webhook and the request_id."""
+    polres = stack.ledger.md("polres")
+    request = napi.CreateWebhookRequest(
+        request_id="polres-hook-1", url="http://127.0.0.1:9/hook", secret="s" * 20
+    )
+    hook = stack.stub.CreateWebhook(request, metadata=polres).webhook
+    assert stack.stub.CreateWebhook(request, metadata=polres).webhook == hook  # a retry
+    stack.stub.DeleteWebhook(napi.DeleteWebhookRequest(name=hook.name), metadata=polres)
+    with pytest.raises(grpc.RpcError) as replayed:
+        stack.stub.CreateWebhook(request, metadata=polres)
+    assert replayed.value.code() == grpc.StatusCode.NOT_FOUND
+    info = error_info(replayed.value)  # type: ignore[arg-type]
+    assert info is not None and info.reason == "WEBHOOK_NOT_FOUND"
+    assert (info.metadata["webhook"], info.metadata["field"]) == (hook.name, "request_id")
+    assert listed(stack) == []
+    fresh = stack.stub.CreateWebhook(
+        napi.CreateWebhookRequest(
+            request_id="polres-hook-2", url="http://127.0.0.1:9/hook", secret="s" * 20
+        ),
+        metadata=polres,
+    ).webhook
+    assert listed(stack) == [fresh]
