@@ -56,6 +56,7 @@ from services.ledger.seals import Sealer
 from tests.ledgerctl_support import Ctl
 from tests.support import (
     REFERENCE_FILE,
+    Client,
     reference,
     require_postgres,
     rid,
@@ -914,6 +915,23 @@ def test_postgres_is_reachable_or_skipped() -> None:
     assert psycopg.__version__
 
 
+def _escalated_twice(client: Client, count: int) -> list[str]:
+    """The names of ``count`` incidents reported, each then escalated twice (reasons "crowd
+    growing 0" and "crowd growing 1"): three events each."""
+    names = []
+    for _ in range(count):
+        name = client.report().incident
+        for step in range(2):
+            client.stub.EscalateIncident(
+                api.EscalateIncidentRequest(
+                    request_id=rid(), name=name, reason=f"crowd growing {step}"
+                ),
+                metadata=client.md("kesbangpol"),
+            )
+        names.append(name)
+    return names
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_the_api_answers_data_loss_for_a_forged_deleted_or_undecodable_event(
     kind: str, tmp_path: Path
@@ -925,17 +943,7 @@ def test_the_api_answers_data_loss_for_a_forged_deleted_or_undecodable_event(
         store_environment(kind, tmp_path) as store_env,
         running_ledger(settings_for(tmp_path, store_env)) as client,
     ):
-        incidents = []
-        for _ in range(3):
-            name = client.report().incident
-            for step in range(2):
-                client.stub.EscalateIncident(
-                    api.EscalateIncidentRequest(
-                        request_id=rid(), name=name, reason=f"crowd growing {step}"
-                    ),
-                    metadata=client.md("kesbangpol"),
-                )
-            incidents.append(UUID(name.removeprefix("incidents/")))
+        incidents = [UUID(n.removeprefix("incidents/")) for n in _escalated_twice(client, 3)]
         table = client.server.ledger.recorder.events_table_name  # type: ignore[attr-defined]
         surgery = Surgery(kind, store_env, table)
         forged, deleted, garbled = (surgery.rows(i) for i in incidents)
@@ -974,17 +982,7 @@ def test_a_list_flags_an_incident_that_fails_its_chain_and_shows_every_other(
         store_environment(kind, tmp_path) as store_env,
         running_ledger(settings_for(tmp_path, store_env)) as client,
     ):
-        names = []
-        for _ in range(4):
-            name = client.report().incident
-            for step in range(2):
-                client.stub.EscalateIncident(
-                    api.EscalateIncidentRequest(
-                        request_id=rid(), name=name, reason=f"crowd growing {step}"
-                    ),
-                    metadata=client.md("kesbangpol"),
-                )
-            names.append(name)
+        names = _escalated_twice(client, 4)
         table = client.server.ledger.recorder.events_table_name  # type: ignore[attr-defined]
         surgery = Surgery(kind, store_env, table)
         middle, last, garbled, intact = (
