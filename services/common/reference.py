@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,12 @@ class Role(enum.Enum):
 
 #: The roles' codes, as the reference data's section ``roles`` names them.
 ROLES: tuple[str, ...] = tuple(r.value for r in Role)
+
+
+def one_of(codes: Iterable[str]) -> str:
+    """The end of an "unknown code" message: the codes it may be (the reference data's,
+    sorted), so that a caller need not look them up to correct a typo."""
+    return f"; one of: {', '.join(sorted(codes))}"
 
 
 @dataclass(frozen=True)
@@ -312,7 +318,9 @@ class ReferenceData:
         try:
             return self.agencies[code]
         except KeyError:
-            raise InvalidArgument(field, f"unknown agency {code!r}") from None
+            raise InvalidArgument(
+                field, f"unknown agency {code!r}{one_of(self.agencies)}"
+            ) from None
 
     def require_role(self, agency: str, roles: set[Role], action: str) -> None:
         """PERMISSION_DENIED unless the agency has one of ``roles``."""
@@ -326,11 +334,11 @@ class ReferenceData:
 
     def check_category(self, code: str, field: str = "category") -> None:
         if code not in self.categories:
-            raise InvalidArgument(field, f"unknown category {code!r}")
+            raise InvalidArgument(field, f"unknown category {code!r}{one_of(self.categories)}")
 
     def check_severity(self, code: str, field: str = "severity") -> None:
         if code not in self.severities:
-            raise InvalidArgument(field, f"unknown severity {code!r}")
+            raise InvalidArgument(field, f"unknown severity {code!r}{one_of(self.severities)}")
 
     def desa_of(self, kecamatan: str) -> frozenset[str] | None:
         """The desa of ``kecamatan``; None for a kecamatan the reference data does not know."""
@@ -342,10 +350,14 @@ class ReferenceData:
             raise InvalidArgument(f"{field}.kecamatan", "is required")
         known = self.kecamatan.get(kecamatan)
         if known is None:
-            raise InvalidArgument(f"{field}.kecamatan", f"unknown kecamatan {kecamatan!r}")
+            raise InvalidArgument(
+                f"{field}.kecamatan", f"unknown kecamatan {kecamatan!r}{one_of(self.kecamatan)}"
+            )
         if desa and desa not in known.desa:
             raise InvalidArgument(
-                f"{field}.desa", f"unknown desa {desa!r} in kecamatan {known.name}"
+                f"{field}.desa",
+                f"unknown desa {desa!r} in kecamatan {known.name} (GetReferenceData lists "
+                "each kecamatan's)",
             )
 
     @classmethod

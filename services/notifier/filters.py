@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import notifier_service_pb2 as napi
 from services.common.errors import InvalidArgument
-from services.common.reference import ReferenceData
+from services.common.reference import ReferenceData, one_of
 from services.common.vocabulary import EVENT_TYPES
 
 MAX_ITEMS = 100
@@ -60,7 +60,9 @@ class EventFilter:
             allowed = set(known)
             for n, value in enumerate(items):
                 if value not in allowed:
-                    raise InvalidArgument(f"{path}.{field}[{n}]", f"unknown value {value!r}")
+                    raise InvalidArgument(
+                        f"{path}.{field}[{n}]", f"unknown value {value!r}{one_of(allowed)}"
+                    )
             return frozenset(items)
 
         rank = 0
@@ -68,7 +70,8 @@ class EventFilter:
             severity = reference.severities.get(message.min_severity)
             if severity is None:
                 raise InvalidArgument(
-                    f"{path}.min_severity", f"unknown severity {message.min_severity!r}"
+                    f"{path}.min_severity",
+                    f"unknown severity {message.min_severity!r}{one_of(reference.severities)}",
                 )
             rank = severity.rank
         agencies = set(codes("agencies", message.agencies, reference.agencies))

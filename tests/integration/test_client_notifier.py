@@ -135,6 +135,21 @@ def test_subscribe_streams_typed_notifications_and_resumes_from_a_cursor(stack: 
             notifier.subscribe(filter=EventFilter(), kecamatan=["ipuh"])
 
 
+def test_a_subscription_made_ready_yields_what_is_recorded_right_after(stack: Stack) -> None:
+    """``ready()`` returns once the notifier has placed the stream: a report recorded at
+    once is yielded (without it the stream opened at the first ``next()``, after the
+    report, and "from now" left it out). Its refusals come from ``ready()`` itself."""
+    ledger, notifier = clients(stack, "bpbd")
+    with ledger, notifier:
+        with notifier.subscribe(kecamatan=["pondok_suguh"]).ready() as subscription:
+            assert subscription.cursor  # the first heartbeat's
+            reported = ledger.report("Banner torn down", "sara_provocation", "pondok_suguh")
+            first = next(subscription)
+        assert first.event.event_id == reported.event_id
+        with pytest.raises(InvalidArgument):
+            notifier.subscribe(event_types=["Exploded"]).ready()
+
+
 def test_webhooks_dead_letters_replay_and_the_delivery_log(stack: Stack) -> None:
     ledger, notifier = clients(stack, "dinkes")
     _, other = clients(stack, "kpu")

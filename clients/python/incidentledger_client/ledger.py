@@ -645,25 +645,26 @@ class LedgerClient:
         forum: str,
         summary: str,
         *,
-        rationale: str = "",
+        rationale: str,
+        valid_from: datetime,
         scope: Location | str | None = None,
-        valid_from: datetime | None = None,
         valid_until: datetime | None = None,
         expected_version: int = 0,
         occur_time: datetime | None = None,
         correlation_id: str = "",
         request_id: str | None = None,
     ) -> CommandResult:
-        """Record a decision valid in ``[valid_from, valid_until)``; scope: the incident's place.
+        """Record a decision valid in ``[valid_from, valid_until)``; scope: the incident's
+        place. The ledger requires the rationale and the start (an aware datetime).
 
+        >>> now = datetime.now(UTC)  # doctest: +SKIP
         >>> ledger.record_decision(name, ["desk_pilkada", "polres"], "Forkopimda",  # doctest: +SKIP
-        ...     "Gatherings restricted", valid_until=now + timedelta(days=3))
+        ...     "Gatherings restricted", rationale="Two camps announced rallies",
+        ...     valid_from=now, valid_until=now + timedelta(days=3))
         """
-        fields: dict[str, Any] = {}
+        fields: dict[str, Any] = {"valid_from": to_timestamp(valid_from)}
         if scope is not None:
             fields["scope"] = _location(scope).to_proto()
-        if valid_from is not None:
-            fields["valid_from"] = to_timestamp(valid_from)
         if valid_until is not None:
             fields["valid_until"] = to_timestamp(valid_until)
         return self._command(

@@ -26,7 +26,12 @@ from incidentledger_client._transport import (
     Transport,
     new_request_id,
 )
-from incidentledger_client.errors import Unavailable, from_rpc_error, status_code
+from incidentledger_client.errors import (
+    DeadlineExceeded,
+    Unavailable,
+    from_rpc_error,
+    status_code,
+)
 from incidentledger_client.ledger import paginate
 from incidentledger_client.types import (
     DeadLetter,
@@ -57,6 +62,33 @@ def _filter(filter: EventFilter | None, fields: dict[str, Any]) -> EventFilter:
         involving_my_agency=bool(given.get("involving_my_agency", False)),
         agencies=tuple(given.get("agencies", ())),
     )
+
+
+class _Stream:
+    """One Subscribe call of a subscription, and its watchdog's state."""
+
+    def __init__(self, call: Any, idle_timeout: float) -> None:
+        self.call = call
+        self.idle_timeout = idle_timeout
+        #: When the last message arrived (time.monotonic()).
+        self.last = [time.monotonic()]
+        #: Whether the watchdog cancelled the call (silent too long).
+        self.fired = [False]
+        #: The first answer, read by Subscription.ready() before the iteration.
+        self.first: Any = None
+        self._stop = threading.Event()
+
+    def watch(self) -> None:
+        """Cancel the call when nothing arrived for ``idle_timeout`` seconds."""
+        while not self._stop.wait(max(0.05, min(1.0, self.idle_timeout / 4))):
+            if time.monotonic() - self.last[0] > self.idle_timeout:
+                self.fired[0] = True
+                self.call.cancel()
+                return
+
+    def end(self) -> None:
+        self._stop.set()
+        self.call.cancel()
 
 
 class Subscription(Iterator[Notification]):
@@ -104,9 +136,47 @@ class Subscription(Iterator[Notification]):
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._call: Any = None
+        # A stream opened by ready(), its first answer read: where _run begins.
+        self._primed: _Stream | None = None
         self._messages = self._run()
 
     def __iter__(self) -> Subscription:
+        return self
+
+    def ready(self, timeout: float = 10.0) -> Subscription:
+        """Open the stream now and return once the notifier has placed it (its first
+        heartbeat): every event recorded after this returns is yielded. Without it the
+        stream opens at the first ``next()``, and "from now" means from then: an event
+        recorded in between is not this subscription's. Returns the subscription itself::
+
+            with notifier.subscribe(kecamatan=["ipuh"]).ready() as subscription:
+                ledger.report(...)          # yielded below
+                note = next(subscription)
+
+        Raises what the notifier refused (a bad filter or cursor), and
+        :class:`~incidentledger_client.errors.DeadlineExceeded` when it did not answer
+        within ``timeout`` seconds (its stream may not exist yet); iterating then opens
+        the stream again as usual.
+        """
+        if self._primed is not None or self._call is not None:
+            return self  # already open
+        stream = self._open(idle_timeout=timeout)
+        try:
+            response = next(stream.call)
+        except grpc.RpcError as error:
+            stream.end()
+            if stream.fired[0]:
+                raise DeadlineExceeded(
+                    "DEADLINE_EXCEEDED", "", f"the notifier did not answer within {timeout} s"
+                ) from None
+            raise from_rpc_error(error) from None
+        except StopIteration:
+            stream.end()
+            raise Unavailable("UNAVAILABLE", "", "the notifier ended the stream") from None
+        stream.first = response
+        self.cursor = response.cursor  # where a resumption starts, already
+        stream.idle_timeout = self._idle_timeout
+        self._primed = stream
         return self
 
     def __next__(self) -> Notification:
@@ -141,29 +211,26 @@ class Subscription(Iterator[Notification]):
             call.cancel()  # type: ignore[no-untyped-call]
         return call
 
-    def _watch(
-        self, call: Any, last: list[float], stop: threading.Event, fired: list[bool]
-    ) -> None:
-        """Cancel ``call`` when nothing arrived for ``idle_timeout`` seconds."""
-        interval = max(0.05, min(1.0, self._idle_timeout / 4))
-        while not stop.wait(interval):
-            if time.monotonic() - last[0] > self._idle_timeout:
-                fired[0] = True
-                call.cancel()
-                return
+    def _open(self, idle_timeout: float | None = None) -> _Stream:
+        """A new stream, watched: cancelled when nothing arrived for ``idle_timeout``
+        seconds (the subscription's unless given)."""
+        stream = _Stream(self._connect(), idle_timeout or self._idle_timeout)
+        threading.Thread(target=stream.watch, daemon=True).start()
+        return stream
+
+    def _responses(self, stream: _Stream) -> Iterator[Any]:
+        if stream.first is not None:
+            yield stream.first
+        yield from stream.call
 
     def _run(self) -> Iterator[Notification]:
         silent = 0  # consecutive reconnections without a message
         while not self._closed.is_set():
-            call = self._connect()
-            last, stop, fired = [time.monotonic()], threading.Event(), [False]
-            watchdog = threading.Thread(
-                target=self._watch, args=(call, last, stop, fired), daemon=True
-            )
-            watchdog.start()
+            stream, self._primed = self._primed or self._open(), None
+            last, fired = stream.last, stream.fired
             failure: grpc.RpcError | None = None
             try:
-                for response in call:
+                for response in self._responses(stream):
                     last[0] = self.received_at = time.monotonic()
                     silent = 0
                     self.cursor = response.cursor
@@ -186,8 +253,7 @@ class Subscription(Iterator[Notification]):
                     raise from_rpc_error(error) from None
                 failure = error
             finally:
-                stop.set()
-                call.cancel()
+                stream.end()
             if self._closed.is_set():
                 return
             if self._max_reconnects is not None and silent >= self._max_reconnects:
@@ -297,7 +363,9 @@ class NotifierClient:
         The returned :class:`Subscription` yields :class:`Notification` objects (event,
         incident right after it, cursor) and resumes from its last cursor after a dropped
         stream. ``idle_timeout`` (default three heartbeats) is how long silence means a dead
-        stream. The stream is opened on the first ``next()``.
+        stream. The stream is opened on the first ``next()``, or at once by
+        :meth:`Subscription.ready`, which returns once the notifier has placed it: "from
+        now" is then from that return (act after it, and every event of the act is yielded).
 
         >>> sub = notifier.subscribe(involving_my_agency=True, cursor=saved)  # doctest: +SKIP
         >>> note = next(sub); note.event.type, note.incident.status  # doctest: +SKIP
