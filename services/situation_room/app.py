@@ -464,9 +464,10 @@ async def login(request: Request) -> Response:
                     "given to."
                 )
     if error:
-        return with_cookie(
-            room, request, render(request, session, "login.html", error=error), session
-        )
+        # The agency chosen stays chosen: back on the first one, the next try with the
+        # right token was refused as another agency's.
+        page = render(request, session, "login.html", error=error, chosen=agency)
+        return with_cookie(room, request, page, session)
     officer = Officer(agency, room.role(agency), token, ledger)
     signed = room.sessions.new(officer)  # a new CSRF token at sign-in
     note_agency(request, agency)
@@ -1222,12 +1223,12 @@ async def incident_page(
     try:
         incident, history, evidence, targets = await run_in_threadpool(fetch)
     except NotFound:
-        return Response(_("No such incident."), status_code=404, media_type="text/plain")
+        return not_found(request, session, _("No such incident."))
     except InvalidArgument as refused:
         if refused.field != "name":
             raise
         # Not an incident's id at all (a mistyped or cut address): no such incident either.
-        return Response(_("No such incident."), status_code=404, media_type="text/plain")
+        return not_found(request, session, _("No such incident."))
     actions = offered(officer, incident)
     corrections = correctables(officer, history)
     if corrections:
@@ -1274,9 +1275,29 @@ def occurred_apart(history: Sequence[IncidentEvent]) -> datetime | None:
     return report.occur_time if apart else None
 
 
+#: An incident's id as its page's address has it.
+INCIDENT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+
+
 @signed_in
 async def incident(request: Request, session: Session, officer: Officer) -> Response:
-    return await incident_page(request, session, officer)
+    key = request.path_params["incident"]
+    if INCIDENT_ID.fullmatch(key):
+        return await incident_page(request, session, officer)
+    # A reference code, as read out over the phone (/incidents/MKM-7QK3-9V): the ledger
+    # knows its incident (it said "no such incident" before).
+    try:
+        found = await run_in_threadpool(lambda: officer.ledger.get_incident(reference=key))
+    except (NotFound, InvalidArgument):
+        return not_found(request, session, _("No such incident."))
+    return RedirectResponse(f"/{found.name}", status_code=303)
+
+
+def not_found(request: Request, session: Session, message: str) -> Response:
+    """A 404 in the page's frame, with the way back to the board."""
+    page = render(request, session, "not_found.html", message=message)
+    page.status_code = 404
+    return page
 
 
 def may_read_people(room: Room, officer: Officer, incident: Incident) -> bool:

@@ -166,9 +166,14 @@ def test_a_wrong_token_is_refused_and_the_session_cookie_is_strict(
     page.fill("input[name=token]", "not-a-token")
     page.click("button[type=submit]")
     expect(page.locator(".error")).to_contain_text("not valid")
+    # The agency chosen stays chosen (it went back to the first, the coordinator's).
+    expect(page.locator("select[name=agency]")).to_have_value("polres")
     sign_in(room, page, "polres")
     (cookie,) = [c for c in page.context.cookies() if c["name"] == SESSION_COOKIE]
     assert (cookie["httpOnly"], cookie["sameSite"]) == (True, "Strict")
+    # Signed-in pages are never kept: Back after signing out on a shared laptop showed them.
+    answer = page.goto(f"{room.url}/board")
+    assert answer is not None and answer.headers["cache-control"] == "no-store"
     assert cookie["expires"] > 0  # it expires
     page.click("text=Sign out")
     expect(page).to_have_url(f"{room.url}/login")
@@ -707,6 +712,20 @@ def test_a_phone_sized_window_shows_every_page_without_sideways_scrolling(
         page.wait_for_load_state()
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"{path} is {width} px wide"
+        if path == "/board":
+            # Under the title, what the hidden columns say; the status's word whole (it
+            # broke as "Dilapo rkan"), the code on one line.
+            row = page.locator(f"tr[data-name='{first.incident}']")
+            expect(row.locator(".on-phone")).to_be_visible()
+            expect(row.locator(".on-phone")).to_contain_text("Ipuh")
+            status = row.locator("td").nth(3)
+            assert status.evaluate(WORD_LINES, status.inner_text().strip()) == 1
+            assert (
+                row.locator(".on-phone .reference").evaluate(
+                    "element => element.getClientRects().length"
+                )
+                == 1
+            )
     expect(page.locator('select[name="target"]')).to_have_count(1)  # the merge form is there
     assert_local_and_clean(room)
 
@@ -783,7 +802,7 @@ def test_what_an_agency_writes_stays_inside_its_element_whole_and_in_its_order(
         if width > 390:  # on one line: "from" before "until"
             assert since < until, "the decision's times are shown reversed"
         page.goto(f"{room.url}/board")
-        expect(page.locator(f"tr[data-name='{reported.incident}'] td.title")).to_have_text(title)
+        expect(page.locator(f"tr[data-name='{reported.incident}'] td.title a")).to_have_text(title)
         context.close()
     assert_local_and_clean(room)
 
@@ -2262,3 +2281,21 @@ def test_the_first_tab_skips_to_the_content_and_each_action_form_is_named(
     expect(page.get_by_role("form", name="Reject")).to_have_count(1)
     assert not axe_violations(page)
     assert_local_and_clean(room)
+
+
+def test_an_incident_is_reached_by_its_reference_code_and_a_wrong_address_stays_in_the_site(
+    room: Room, browser: Browser
+) -> None:
+    """The code read out over the phone, typed into the address (it said "no such incident"
+    on a bare page with no way back)."""
+    reported = room.ledger("kesbangpol").report("Spanduk SARA", "sara_provocation", "ipuh")
+    page = new_page(room, browser)
+    sign_in(room, page, "polres")
+    page.goto(f"{room.url}/incidents/{reported.reference}")
+    expect(page).to_have_url(f"{room.url}/{reported.incident}")
+    expect(page.locator("#reference")).to_have_text(reported.reference)
+    for wrong in ("MKM-0000-00", "0c9d8e7f-1a2b-4c3d-8e9f-0a1b2c3d4e5f"):
+        answer = page.goto(f"{room.url}/incidents/{wrong}")
+        assert answer is not None and answer.status == 404, wrong
+        expect(page.locator("h1")).to_have_text("No such incident.")
+        expect(page.locator("main a[href='/board']")).to_be_visible()

@@ -132,7 +132,7 @@ class RefusingLedger:
     def list_incidents(self, *args: object, **kwargs: object) -> Iterator[object]:
         raise self.refusal
 
-    def get_incident(self, name: str) -> object:
+    def get_incident(self, name: str = "", **kwargs: object) -> object:
         raise self.refusal
 
 
@@ -170,8 +170,11 @@ def test_a_query_the_ledger_refuses_is_said_as_its_refusal_not_as_no_answer() ->
     malformed = InvalidArgument(
         "INVALID_ARGUMENT", "INVALID_FIELD", "has a malformed incident id", {"field": "name"}
     )
-    answer = get(malformed, "/incidents/not-an-id")
-    assert (answer.status_code, answer.text) == (404, "No such incident.")
+    for path in ("/incidents/not-an-id", "/incidents/0c9d8e7f-1a2b-4c3d-8e9f-0a1b2c3d4e5f"):
+        answer = get(malformed, path)
+        # In the page's frame, with the way back to the board (it was a bare line).
+        assert answer.status_code == 404, path
+        assert "No such incident." in answer.text and 'href="/board"' in answer.text
     lost = Unavailable("UNAVAILABLE", "STORE_UNAVAILABLE", "the store is away")
     answer = get(lost, "/board")
     assert answer.status_code == 503
