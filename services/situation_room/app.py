@@ -65,7 +65,7 @@ from incidentledger_client.cli.output import BAND_FILL
 from services.common.auth import shared_secret
 from services.common.config import SituationRoomSettings
 from services.common.reference import Agency, ReferenceData, Role
-from services.common.vocabulary import STATUSES
+from services.common.vocabulary import EVENT_TYPES, STATUSES
 from services.situation_room.i18n import (
     COOKIE as LANGUAGE_COOKIE,
 )
@@ -1195,6 +1195,7 @@ async def incident_page(
     kept: KeptForm | None = None,
 ) -> Response:
     name = f"incidents/{request.path_params['incident']}"
+    after = room_of(request).hub.position  # before the reads: nothing falls in between
 
     def fetch() -> tuple[Incident, list[IncidentEvent], list[Evidence] | None, list[Incident]]:
         incident = officer.ledger.get_incident(name)
@@ -1253,6 +1254,8 @@ async def incident_page(
         request_id=uuid.uuid4().hex,
         error=error,
         kept=kept or KeptForm(),
+        after=after,
+        event_words={kind: worded_event(kind) for kind in EVENT_TYPES},
         read_people=may_read_people(room_of(request), officer, incident),
         # A read is a command of its own: its own request id (the actions' stays unused).
         read_request_id=uuid.uuid4().hex,

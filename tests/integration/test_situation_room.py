@@ -43,7 +43,7 @@ from services.situation_room.i18n import COOKIE as LANGUAGE_COOKIE
 from services.situation_room.live import STALE_SECONDS
 from services.situation_room.sessions import COOKIE as SESSION_COOKIE
 from services.situation_room.sessions import SignInThrottle
-from tests.fanout_support import Stack, notifier_settings, running_stack
+from tests.fanout_support import Stack, notifier_settings, running_stack, wait_until
 from tests.support import ServiceProcess, service_process, settings_for, store_environment
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
@@ -2299,3 +2299,39 @@ def test_an_incident_is_reached_by_its_reference_code_and_a_wrong_address_stays_
         assert answer is not None and answer.status == 404, wrong
         expect(page.locator("h1")).to_have_text("No such incident.")
         expect(page.locator("main a[href='/board']")).to_be_visible()
+
+
+def test_an_open_incident_page_says_when_another_agency_changes_it_and_keeps_what_is_typed(
+    room: Room, browser: Browser
+) -> None:
+    """The page does not rewrite itself under a form being typed into: it says that the
+    incident changed, with what, and links to it as it is now (it kept the old status and
+    lead with no hint). The officer's own action is not such a change."""
+    reported = room.ledger("kesbangpol").report("Hoax leaflet", "hoax", "ipuh")
+    page = new_page(room, browser)
+    sign_in(room, page, "desk_pilkada")
+    page.goto(f"{room.url}/{reported.incident}")
+    expect(page.locator("#live")).to_have_attribute("data-state", "open")
+    page.fill("form[action$=escalate] input[name=reason]", "Typed meanwhile")
+    room.ledger("desk_pilkada").verify(reported.incident)  # as if another officer of the desk
+    changed = page.locator("#changed")
+    expect(changed).to_be_visible(timeout=LIVE_SECONDS * 5000)
+    expect(changed).to_contain_text("Verified")
+    expect(page.locator("#status")).to_have_text("Reported")  # the page as it was shown
+    expect(page.locator("form[action$=escalate] input[name=reason]")).to_have_value(
+        "Typed meanwhile"
+    )
+    changed.locator("a").click()
+    expect(page.locator("#status")).to_have_text("Verified")
+    expect(page.locator("#changed")).to_be_hidden()
+    page.fill("form[action$=escalate] input[name=reason]", "Crowd growing")
+    page.click("#escalate")  # the officer's own change: heard, and not said as another's
+    expect(page.locator("li[data-type='Escalated']")).to_have_count(1)
+    own = list(room.ledger("desk_pilkada").incident_events(reported.incident))[-1].position
+    live = page.locator("#live")
+    wait_until(  # heard on the page, or before it was shown (then never said on it)
+        lambda: max(int(live.get_attribute(a) or 0) for a in ("data-heard", "data-after")) >= own,
+        what="the page to hear its own change",
+    )
+    expect(page.locator("#changed")).to_be_hidden()
+    assert_local_and_clean(room)
