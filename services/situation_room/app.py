@@ -252,7 +252,15 @@ class Room:
         return local_time(value, self.zone, seconds=seconds)
 
     def corrected(self, value: object, field: str) -> str:
-        """A correction's old or new value as the room reads it (:func:`corrected_value`)."""
+        """A correction's old or new value as the room reads it (:func:`corrected_value`); a
+        code of the reference data by its name ("Rendah → Tinggi", not "low → high")."""
+        named = {
+            "severity": self.severity,
+            "category": self.category,
+            "location.kecamatan": self.kecamatan,
+        }.get(field)
+        if named is not None:
+            return named(str(value))
         return corrected_value(value, field, self.zone)
 
     def role(self, agency: str) -> str:
@@ -350,6 +358,9 @@ def render(request: Request, session: Session, name: str, **context: Any) -> Res
             "languages": LANGUAGE_NAMES,
             "zone": room.zone_name(),
             "here": here(request),
+            # How often typing tells the page that the officer is there (static/forms.js):
+            # a quarter of the idle time, so a form typed slowly outlives it.
+            "alive_ms": int(room.sessions.idle * 1000 / 4),
             **context,
         },
     )
@@ -1278,6 +1289,13 @@ def occurred_apart(history: Sequence[IncidentEvent]) -> datetime | None:
     return report.occur_time if apart else None
 
 
+@signed_in
+async def alive(request: Request, session: Session, officer: Officer) -> Response:
+    """Nothing but the session's idle end slid (by :func:`signed_in`): typing into a form
+    says the officer is there (static/forms.js)."""
+    return Response(status_code=204)
+
+
 #: An incident's id as its page's address has it.
 INCIDENT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 
@@ -1670,6 +1688,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
         Route("/map/data.json", map_data),
         Route("/report", report_page, methods=["GET"]),
         Route("/report", report, methods=["POST"]),
+        Route("/alive", alive, methods=["POST"]),
         Route("/incidents/{incident}", incident, methods=["GET"]),
         Route("/incidents/{incident}/evidence/{event}", evidence_file, methods=["GET"]),
         # Before the actions' route, which would take it for an action.

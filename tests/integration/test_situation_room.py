@@ -2335,3 +2335,42 @@ def test_an_open_incident_page_says_when_another_agency_changes_it_and_keeps_wha
     )
     expect(page.locator("#changed")).to_be_hidden()
     assert_local_and_clean(room)
+
+
+def test_a_report_typed_for_longer_than_the_idle_time_is_recorded(
+    room: Room, browser: Browser
+) -> None:
+    """Typing keeps the officer signed in: a report typed over a long phone call, longer than
+    the session's idle time, was sent to the sign-in page and lost."""
+    idle = {**room.env, "SITUATION_ROOM_SESSION_IDLE_MINUTES": "0.1"}  # 6 s
+    with service_process("services.situation_room", idle) as web_process:
+        slow = Room(room.stack, web_process, idle)
+        page = new_page(slow, browser)
+        sign_in(slow, page, "polres")
+        page.goto(f"{slow.url}/report")
+        title = f"Typed slowly {uuid.uuid4().hex[:6]}"
+        page.fill("input[name=title]", title)
+        page.select_option("select[name=category]", "crowd_gathering")
+        page.select_option("select[name=kecamatan]", "ipuh")
+        # 10 s of typing, one key every half second, past the 6 s idle end.
+        page.locator("textarea[name=description]").press_sequentially("x" * 20, delay=500)
+        page.click("#submit")
+        expect(page).to_have_url(re.compile(r"/board\?reported=\d+&incident=[0-9a-f-]{36}$"))
+        assert titles(slow, title) == 1
+        assert_local_and_clean(slow)
+
+
+def test_a_corrected_code_is_shown_by_its_name(room: Room, browser: Browser) -> None:
+    """A correction of the severity reads "Low → High" ("Rendah → Tinggi"), not the codes."""
+    reporter = room.ledger("kesbangpol")
+    reported = reporter.report("Crowd at the market", "crowd_gathering", "ipuh", severity="low")
+    reporter.correct(
+        reported.incident, reported.event_id, "severity", "low", "high", reason="Misjudged"
+    )
+    for language, old, new in (("en", "Low", "High"), ("id", "Rendah", "Tinggi")):
+        page = new_page(room, browser, language)
+        sign_in(room, page, "kesbangpol")
+        page.goto(f"{room.url}/{reported.incident}")
+        correction = page.locator(".timeline li.correction")
+        expect(correction.locator("del")).to_have_text(old)
+        expect(correction.locator("ins")).to_have_text(new)

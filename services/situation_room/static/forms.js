@@ -31,6 +31,20 @@
   // the next check (a script may have filled the field, as the report form's map does).
   function clear(field) { if (field && field.setCustomValidity) { field.setCustomValidity(""); } }
   document.addEventListener("input", function (event) { clear(event.target); }, true);
+
+  // Typing keeps the officer signed in: a report typed during a long phone call was lost when
+  // its sending found the session ended for want of use. At most one word a while (the
+  // page's own answer slides the session's idle end).
+  var aliveMs = parseInt(document.body.dataset.aliveMs || "0", 10), told = Date.now();
+  if (aliveMs > 0) {
+    document.addEventListener("input", function () {
+      if (Date.now() - told < aliveMs) { return; }
+      told = Date.now();
+      fetch("/alive", {method: "POST", credentials: "same-origin"}).catch(function () {
+        return null;  // not reached: the sending says so, as it would have
+      });
+    }, true);
+  }
   document.addEventListener("change", function (event) { clear(event.target); }, true);
   document.addEventListener("click", function (event) {
     var button = event.target.closest && event.target.closest("button, input[type=submit]");
