@@ -1895,6 +1895,11 @@ def test_a_reader_reads_the_personal_data_with_a_purpose_shown_once_never_cached
 
     desk.goto(f"{room.url}/{name}")
     assert not axe_violations(desk)
+    # Too short a purpose is said by the page, in its words (it was the browser's English).
+    desk.fill("input[name=purpose]", "ab")
+    desk.click("#read_personal_data")
+    field = desk.locator("input[name=purpose]")
+    assert field.evaluate("field => field.validationMessage") == "At least 5 characters."
     purpose = "Calling the reporter back about TPS 07"
     desk.fill("input[name=purpose]", purpose)
     with desk.expect_response(lambda r: r.request.method == "POST") as answer:

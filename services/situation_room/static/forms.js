@@ -18,6 +18,7 @@
     if (field.type === "datetime-local" && valid.badInput) { return say.datetime; }
     if (valid.patternMismatch && field.inputMode === "numeric") { return say.digits; }
     if (valid.tooLong) { return say.too_long.replace("{max}", String(field.maxLength)); }
+    if (valid.tooShort) { return say.too_short.replace("{min}", String(field.minLength)); }
     return "";  // any other case: the browser's own words
   }
 
