@@ -1253,6 +1253,15 @@ async def incident_page(
         session,
         "incident.html",
         occurred=occurred_apart(history),
+        # Each event recorded well after it happened (a field device's backlog, a day
+        # replayed): its recording alone read as news.
+        happened_before={
+            e.event_id
+            for e in history
+            if e.occur_time is not None
+            and e.record_time is not None
+            and e.record_time - e.occur_time >= OCCURRED_APART
+        },
         incident=incident,
         history=history,
         evidence=evidence,

@@ -2162,9 +2162,12 @@ def test_the_read_form_is_offered_only_where_someone_may_be_read_and_a_late_repo
             page = web.get(f"/{name}").text
         assert ('id="read_personal_data"' in page) is offered, (agency, page)
         assert 'id="occurred"' in page, page
+        # So does its event in the timeline (its recording alone read as news there too).
+        assert page.count('class="occurred"') == 1, page
     plain = reporter.report("Spanduk dirobek", "hoax", "ipuh").incident
     with signed_in_http(room, "bawaslu") as web:
-        assert 'id="occurred"' not in web.get(f"/{plain}").text  # happened as recorded
+        page = web.get(f"/{plain}").text
+        assert 'id="occurred"' not in page and 'class="occurred"' not in page  # as recorded
 
 
 def test_the_incident_page_lists_evidence_with_thumbnails_for_the_agencies_involved(
