@@ -721,7 +721,7 @@ def test_a_phone_sized_window_shows_every_page_without_sideways_scrolling(
             status = row.locator("td").nth(3)
             assert status.evaluate(WORD_LINES, status.inner_text().strip()) == 1
             assert (
-                row.locator(".on-phone .reference").evaluate(
+                row.locator(".on-phone .code").evaluate(
                     "element => element.getClientRects().length"
                 )
                 == 1
