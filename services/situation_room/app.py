@@ -645,7 +645,8 @@ async def events(request: Request, session: Session, officer: Officer) -> Respon
 
 
 #: The incident markers' colours by severity (the polygons' are the IKP bands').
-SEVERITY_FILL = {"critical": "#67001f", "high": "#b2182b", "medium": "#ef8a62", "low": "#2166ac"}
+#: Critical is near black: beside high's red it read as the same colour.
+SEVERITY_FILL = {"critical": "#1a0008", "high": "#b2182b", "medium": "#ef8a62", "low": "#2166ac"}
 #: Incidents in these states have no marker: the map shows the work still open.
 NO_MARKER = {"REJECTED", "MERGED", "CLOSED"}
 #: The ListIncidents filter of the incidents with a marker: the ledger leaves out the others
