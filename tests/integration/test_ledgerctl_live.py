@@ -268,6 +268,8 @@ def test_webhooks_update_delete_deliveries_and_an_empty_replay(
         assert [(d["target"], d["outcome"]) for d in deliveries] == [(hook["name"], "delivered")]
         code, out = ctl.run("dinkes", "webhooks", "deliveries")
         assert code == 0 and result.incident.removeprefix("incidents/")[:8] in out
+        code, out = ctl.run("dinkes", "webhooks", "list")
+        assert code == 0 and "everything" in out, out  # each webhook's filter, in words
         for args, heading in ((["deliveries"], "Pengiriman (1)"), (["list"], "dibuat")):
             code, out = ctl.run("dinkes", "--lang", "id", "webhooks", *args)
             assert code == 0 and heading in out, out
@@ -311,11 +313,21 @@ def test_webhooks_update_delete_deliveries_and_an_empty_replay(
         assert code == 2 and "WEBHOOK_SECRET is not set" in ctl.err
         code, _ = ctl.run("kpu", "webhooks", "update", hook["name"], "--url", first.url)
         assert code == 2 and "your agency has no webhook" in ctl.err
+        code, out = ctl.run("dinkes", "webhooks", "list")
+        assert code == 0 and "severity >= high; categories: flood" in out, out
         code, out = ctl.run("dinkes", "webhooks", "delete", listed[0]["name"])
         assert code == 0 and "deleted" in out
         assert ctl.json("dinkes", "webhooks", "list") == []
         code, _ = ctl.run("dinkes", "webhooks", "delete", listed[0]["name"])
         assert code == 2
+        typed = ctl.json(
+            "dinkes", "webhooks", "register", first.url, "--secret", WEBHOOK_SECRET,
+            "--event-type", "DecisionRecorded", "--agency", "polres",
+        )  # fmt: skip
+        assert (typed["filter"]["event_types"], typed["filter"]["agencies"]) == (
+            ["DecisionRecorded"],
+            ["polres"],
+        )
 
 
 def test_webhooks_deliveries_shows_the_latest_not_the_first_of_the_day(

@@ -29,6 +29,7 @@ from incidentledger_client.types import (
     CommandResult,
     DecisionInForce,
     DurationStats,
+    EventFilter,
     Incident,
     IncidentEvent,
     KecamatanScore,
@@ -281,6 +282,24 @@ def incidents_table(
             incident.lead_agency or "-",
         )
     return table
+
+
+def filter_text(event_filter: EventFilter) -> str:
+    """A webhook's or a subscription's filter in a few words ("severity >= high; categories:
+    flood"; "everything" when it matches every event)."""
+    parts = [
+        f"{label}: {', '.join(values)}"
+        for label, values in (
+            (_("kecamatan"), event_filter.kecamatan),
+            (_("categories"), event_filter.categories),
+            (_("event types"), event_filter.event_types),
+            (_("agencies"), event_filter.agencies),
+        )
+        if values
+    ]
+    if event_filter.min_severity:
+        parts.insert(0, _("severity >= {severity}").format(severity=event_filter.min_severity))
+    return "; ".join(parts) or _("everything")
 
 
 def chain_failure_text(failure: ChainFailure) -> str:

@@ -40,12 +40,20 @@ def webhooks_register(
         list[str] | None, typer.Option(help="Only these categories (repeat).")
     ] = None,
     min_severity: Annotated[str, typer.Option(help="At least this severity.")] = "",
+    event_type: Annotated[
+        list[str] | None,
+        typer.Option(help="Only events of these types, e.g. Reported, DecisionRecorded (repeat)."),
+    ] = None,
+    agency: Annotated[
+        list[str] | None, typer.Option(help="Only incidents involving these agencies (repeat).")
+    ] = None,
     mine: Annotated[bool, typer.Option(help="Only incidents involving my agency.")] = False,
     request_id: RequestId = None,
 ) -> None:
     """Register a webhook for your agency."""
     kecamatan = codes(ctx, "kecamatan", kecamatan, "--kecamatan")
     category = codes(ctx, "category", category, "--category")
+    agencies = codes(ctx, "agency", agency, "--agency")
     min_severity = code(ctx, "severity", min_severity, "--min-severity") if min_severity else ""
     st = state(ctx)
     hook = st.notifier().create_webhook(
@@ -54,6 +62,8 @@ def webhooks_register(
         kecamatan=kecamatan or (),
         categories=category or (),
         min_severity=min_severity,
+        event_types=event_type or (),
+        agencies=agencies or (),
         involving_my_agency=mine,
         request_id=request_id,
     )
@@ -76,9 +86,14 @@ def webhooks_list(ctx: typer.Context) -> None:
         output.console().print(
             output.rows_table(
                 _("Webhooks"),
-                (N_("name"), "url", N_("created")),
+                (N_("name"), "url", N_("filter"), N_("created")),
                 (
-                    (h.name, h.url, output.when(h.create_time, st.zone(ask_ledger=False)))
+                    (
+                        h.name,
+                        h.url,
+                        output.filter_text(h.filter),
+                        output.when(h.create_time, st.zone(ask_ledger=False)),
+                    )
                     for h in hooks
                 ),
             )
@@ -200,28 +215,12 @@ def webhooks_update(
         output.emit_json(hook)
     else:
         output.console().print(
-            f"updated {hook.name}\n  url:     {hook.url}\n  filter:  {_filter_text(hook.filter)}"
+            f"updated {hook.name}\n  url:     {hook.url}"
+            f"\n  filter:  {output.filter_text(hook.filter)}"
             f"\n  created: {output.when(hook.create_time, st.zone(ask_ledger=False))}",
             markup=False,
             soft_wrap=True,
         )
-
-
-def _filter_text(event_filter: EventFilter) -> str:
-    """A webhook's filter in a few words ("everything" when it matches every event)."""
-    parts = [
-        f"{label}: {', '.join(values)}"
-        for label, values in (
-            ("kecamatan", event_filter.kecamatan),
-            ("categories", event_filter.categories),
-            ("event types", event_filter.event_types),
-            ("agencies", event_filter.agencies),
-        )
-        if values
-    ]
-    if event_filter.min_severity:
-        parts.insert(0, f"severity >= {event_filter.min_severity}")
-    return "; ".join(parts) or "everything"
 
 
 @app.command(
