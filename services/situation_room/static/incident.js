@@ -30,10 +30,11 @@
   }
 
   function heard(event) {
+    var position = parseInt(event.lastEventId, 10);
+    // The position the tab has heard up to, of any incident (a resync's: where it resumes).
+    if (!isNaN(position)) { live.dataset.heard = String(position); }
     if (event.type === "resync") { check(); return; }
     var data = JSON.parse(event.data);
-    var position = parseInt(event.lastEventId, 10);
-    live.dataset.heard = String(position);  // the last change heard, of any incident
     if (data.incident !== name || !(position > shown)) { return; }
     say(words[data.type] || data.type);
   }
