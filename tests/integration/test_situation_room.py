@@ -191,6 +191,9 @@ def test_an_incident_reported_over_grpc_appears_on_the_board(
     expect(page.locator("#rows")).to_contain_text(title, timeout=LIVE_SECONDS * 1000)
     row = page.locator(f'tr[data-name="{result.incident}"]')
     expect(row.locator(".reference")).to_have_text(result.reference)
+    # New since the board was opened: marked, and said for a screen reader (it came silently).
+    expect(row).to_have_class(re.compile(r"\barrived\b"))
+    expect(page.locator("#arrived")).to_have_text(f"New on the board: {title}")
     page.screenshot(path=str(tmp_path / "board.png"), full_page=True)
     assert_local_and_clean(room)
 

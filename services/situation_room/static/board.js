@@ -18,8 +18,35 @@
     },
     function (response) { return response.text(); },
     function (html, wanted) {
+      var before = names();
       window.roomReplace(rows, html);
       live.dataset.position = String(wanted);
+      mark(before);
     }
   );
+
+  // The incidents on the board now.
+  function names() {
+    var seen = {};
+    rows.querySelectorAll("tr[data-name]").forEach(function (row) { seen[row.dataset.name] = true; });
+    return seen;
+  }
+
+  // A row that was not on the board before the reload is new to the officer watching it:
+  // marked for a while, and said once for a screen reader (#arrived). It came in silently.
+  function mark(before) {
+    var arrived = [];
+    rows.querySelectorAll("tr[data-name]").forEach(function (row) {
+      if (before[row.dataset.name]) { return; }
+      row.classList.add("arrived");
+      var title = row.querySelector("td.title a");
+      if (title) { arrived.push(title.textContent); }
+    });
+    if (arrived.length === 0) { return; }
+    var said = document.getElementById("arrived");
+    said.textContent = said.dataset.text.replace("{titles}", arrived.join("; "));
+    window.setTimeout(function () {
+      rows.querySelectorAll("tr.arrived").forEach(function (row) { row.classList.remove("arrived"); });
+    }, 30000);
+  }
 })();
