@@ -177,6 +177,23 @@ ACTION_FIELDS = {
 }
 
 
+#: A time as the ledger's messages write it (ISO 8601 with its offset).
+ISO_TIME = re.compile(r"\b\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:[+-]\d{2}:\d{2}|Z)")
+
+
+def local_times(text: str, zone: tzinfo) -> str:
+    """``text`` with each time the ledger wrote in ISO 8601 as the room writes times (in the
+    regency's zone, "7 Des 2026 18.00 WIB"): a refusal read "(2026-12-07T18:00:00+07:00)"."""
+
+    def local(found: re.Match[str]) -> str:
+        try:
+            return local_time(datetime.fromisoformat(found.group(0)), zone)
+        except ValueError:
+            return found.group(0)
+
+    return ISO_TIME.sub(local, text)
+
+
 def action_refusal(failure: LedgerError) -> str:
     """The ledger's refusal of an action form (:func:`said`), with the request's field it
     names called by the form's label in the page's language, when it is not English (the
@@ -1533,7 +1550,7 @@ async def act(request: Request, session: Session, officer: Officer) -> Response:
                 "it again if it still holds."
             ).format(version=failure.current_version)
         elif isinstance(failure, LedgerError):
-            message = action_refusal(failure)
+            message = local_times(action_refusal(failure), room_of(request).zone)
         else:
             message = str(failure)
         kept = KeptForm.of(action, await request.form())
