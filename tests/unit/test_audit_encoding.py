@@ -36,6 +36,7 @@ from services.ledger.audit import (
 )
 from services.ledger.audit.checkpoints import signing_payload
 from services.ledger.audit.encoding import export_line
+from services.ledger.audit.keys import DEVELOPMENT_KEY_MARK, generate_key_pair
 from services.ledger.audit.verify_exported import check_event_line, exported_as_is
 from services.ledger.domain.commands import (
     AcceptHandover,
@@ -372,6 +373,28 @@ def test_development_generates_a_key_pair_once_with_a_private_mode(tmp_path: Pat
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     assert load_public_key(tmp_path / "keys" / "ledger-signing.pub") == public_key_bytes(key)
     assert public_key_bytes(load_signing_key(settings)) == public_key_bytes(key)
+
+
+def test_production_refuses_the_development_key_whatever_its_file(tmp_path: Path) -> None:
+    """make run's key, copied or pointed at, sealed a production ledger's history."""
+    key = load_signing_key(AuditSettings.from_env({"LEDGER_DATA_DIR": str(tmp_path)}))
+    generated = tmp_path / "keys" / "ledger-signing.key"
+    assert generated.read_bytes().startswith(DEVELOPMENT_KEY_MARK)
+    copied = tmp_path / "production.key"
+    copied.write_bytes(generated.read_bytes())
+    production = {"LEDGER_ENVIRONMENT": "production", "LEDGER_SIGNING_KEY_FILE": str(copied)}
+    with pytest.raises(ConfigError, match="is a development key the ledger generated"):
+        load_signing_key(AuditSettings.from_env(production))
+    # The same file read as a configured key outside production: the same key.
+    configured = {"LEDGER_SIGNING_KEY_FILE": str(copied)}
+    assert public_key_bytes(load_signing_key(AuditSettings.from_env(configured))) == (
+        public_key_bytes(key)
+    )
+    # A key made for production (generate-signing-key) is taken.
+    made = tmp_path / "made.key"
+    assert generate_key_pair(made) is not None
+    assert not made.read_bytes().startswith(b"#")
+    load_signing_key(AuditSettings.from_env({**production, "LEDGER_SIGNING_KEY_FILE": str(made)}))
 
 
 def test_keys_load_from_pem_or_base64(tmp_path: Path) -> None:
