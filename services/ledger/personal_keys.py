@@ -474,7 +474,14 @@ class PersonalKeys:
         """The blind index key (made on first start); ConfigError when a KEK the table
         uses is not configured or does not open what it wrapped."""
         with self._db.read() as cur:
-            cur.execute(self._db.q("SELECT DISTINCT kek_id FROM personal_data_keys"))
+            # An erased person's row keeps the id of the KEK that wrapped the key destroyed,
+            # and nothing it would open: counted, it made a retired KEK needed for ever (a
+            # rotation could not end once anyone had been erased).
+            cur.execute(
+                self._db.q(
+                    "SELECT DISTINCT kek_id FROM personal_data_keys WHERE wrapped_key IS NOT NULL"
+                )
+            )
             used = sorted(str(row[0]) for row in cur.fetchall())
         missing = [k for k in used if k not in self._ring.keys]
         if missing:
@@ -529,9 +536,12 @@ class PersonalKeys:
         try:
             self._unwrap(str(row[0]), kek_id, str(row[1]))
         except InvalidTag:
+            given = self._ring.source or "LEDGER_PERSONAL_DATA_KEYS"
             raise ConfigError(
-                f"key-encryption key {kek_id!r} of LEDGER_PERSONAL_DATA_KEYS does not open "
-                "the keys it wrapped: it is not the key they were wrapped with"
+                f"key-encryption key {kek_id!r} of {given} does not open the keys it wrapped: "
+                "it is not the key they were wrapped with (the same id, other bytes). Put back "
+                "the key-encryption keys the store's keys were written with, from their backup "
+                "(docs/operations.md, Backups); without them no person's data can be read"
             ) from None
 
     def _row_key(self, incident: str, subject: str) -> bytes | None:

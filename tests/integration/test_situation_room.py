@@ -2141,7 +2141,7 @@ def test_the_incident_page_names_the_people_present_then_erased_never_their_data
 
         assert subjects("en") == ["reporter (anonymous): present", "witness: present"]
         assert subjects("id") == ["pelapor (anonim): ada", "saksi: ada"]
-        room.ledger("desk_pilkada").erase_personal_data(name, "request 5/2024")
+        room.ledger("desk_pilkada").erase_personal_data(name, "request 5/2024", everyone=True)
         assert subjects("en") == ["reporter (anonymous): erased", "witness: erased"]
         assert subjects("id") == ["pelapor (anonim): dihapus", "saksi: dihapus"]
 

@@ -236,6 +236,27 @@ def test_rotation_keeps_old_data_readable_and_moves_it_under_the_new_key(tmp_pat
     only_new.close()
 
 
+def test_a_rotation_ends_with_the_old_key_removed_after_someone_was_erased(
+    tmp_path: Path,
+) -> None:
+    """An erased person's row kept the old KEK's id, and the start asked for that KEK for
+    ever: the rotation could not end (the old key had to stay configured)."""
+    path = tmp_path / "k.sqlite"
+    keys = keys_at(path, OLD)
+    sealed = keys.seal(SITI).sealed
+    assert sealed is not None
+    reporter, witness = sealed.subjects
+    assert keys.destroy(sealed.incident_id, [reporter.subject_id]) == 1
+    keys.close()
+    rotated = keys_at(path, f"{NEW},{OLD}")
+    assert rotated.rewrap() == 2  # the witness and the blind index key; nothing of the erased
+    rotated.close()
+    only_new = keys_at(path, NEW)
+    assert only_new.open_subject(sealed.incident_id, witness) == SITI.witnesses[0]
+    assert only_new.open_subject(sealed.incident_id, reporter) is None
+    only_new.close()
+
+
 def test_a_missing_or_wrong_key_encryption_key_stops_the_start(tmp_path: Path) -> None:
     path = tmp_path / "k.sqlite"
     keys_at(path, OLD).close()

@@ -886,11 +886,22 @@ class LedgerClient:
         legal_basis: str,
         *,
         subjects: Sequence[str] = (),
+        everyone: bool = False,
         expected_version: int = 0,
         request_id: str | None = None,
     ) -> CommandResult:
-        """Erase the data of ``subjects`` (none: everyone the incident names) by destroying
-        their keys; refused (FailedPrecondition, ``LEGAL_HOLD``) under a legal hold."""
+        """Erase the data of ``subjects`` (their ids, as ``Incident.data_subjects`` gives
+        them) by destroying their keys, or of everyone the incident names with
+        ``everyone=True``; one of the two is required (``ValueError`` otherwise: an erasure
+        cannot be undone, and a forgotten ``subjects`` erased everyone). Refused
+        (FailedPrecondition, ``LEGAL_HOLD``) under a legal hold."""
+        if bool(subjects) == everyone:
+            raise ValueError(
+                "say whose data to erase: subjects=[...] or everyone=True, not both"
+                if everyone
+                else "say whose data to erase: subjects=[...] (Incident.data_subjects), or "
+                "everyone=True for everyone the incident names"
+            )
         return self._command(
             self._ledger.ErasePersonalData,
             api.ErasePersonalDataRequest,

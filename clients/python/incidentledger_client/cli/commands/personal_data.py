@@ -207,7 +207,7 @@ def pii_erase(
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--subject") from None
     result = st.ledger().erase_personal_data(
-        incident, legal_basis, subjects=chosen, request_id=request_id
+        incident, legal_basis, subjects=chosen, everyone=everyone, request_id=request_id
     )
     done(ctx, _("erased"), result)
 
