@@ -42,7 +42,7 @@ def webhooks_register(
     min_severity: Annotated[str, typer.Option(help="At least this severity.")] = "",
     event_type: Annotated[
         list[str] | None,
-        typer.Option(help="Only events of these types, e.g. Reported, DecisionRecorded (repeat)."),
+        typer.Option(help="Only events of these types, as the API names them (repeat)."),
     ] = None,
     agency: Annotated[
         list[str] | None, typer.Option(help="Only incidents involving these agencies (repeat).")
