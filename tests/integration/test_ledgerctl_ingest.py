@@ -255,3 +255,35 @@ def test_a_long_backlog_shows_the_first_codes_and_writes_them_all_to_a_file(
     sent = json.loads(text)["device_report_id"]
     code, out, _err = ctl.run("bawaslu", "--json", "ingest", str(other))
     assert json.loads(out)["outcome"] == "CREATED" and sent in out, out  # not sent before
+
+
+def test_a_backlog_line_names_people_who_are_sealed_not_written_in_the_text(
+    ctl: Ctl, tmp_path: Path
+) -> None:
+    """A caller's phone noted at a TPS had nowhere to go but the description, which is not
+    sealed: a line now takes ``personal_data`` as the API writes it, and the ledger seals it."""
+    people = {
+        "reporter": {"name": "Siti Rahma", "phone": "081273456690"},
+        "reporter_anonymous": True,
+        "witnesses": [{"name": "Budi Santoso", "nik": "1706014107900003"}],
+    }
+    backlog = tmp_path / "backlog.jsonl"
+    backlog.write_text(backlog_line(0, personal_data=people) + "\n")
+    (item,) = [
+        json.loads(t) for t in ctl.ok("bawaslu", "--json", "ingest", str(backlog)).splitlines()
+    ]
+    assert item["outcome"] == "CREATED", item
+    shown = ctl.json("bawaslu", "show", item["result"]["incident"])["incident"]
+    roles = [(s["role"], s["anonymous"], s["state"]) for s in shown["data_subjects"]]
+    assert roles == [("reporter", True, "PRESENT"), ("witness", False, "PRESENT")], roles
+    assert "081273456690" not in json.dumps(shown) and "Siti" not in json.dumps(shown)
+    # What cannot be read is named before anything is sent, as for every other field.
+    for wrong, field in (
+        ({"reporter": "Siti Rahma"}, "personal_data.reporter"),
+        ({"witnesses": {"name": "Budi"}}, "personal_data.witnesses"),
+        ({"reporter": {"name": "Siti", "telp": "0812"}}, "personal_data.reporter.telp"),
+        ({"reporter_anonymous": "ya"}, "personal_data.reporter_anonymous"),
+    ):
+        backlog.write_text(backlog_line(1, personal_data=wrong) + "\n")
+        code, _out, err = ctl.run("bawaslu", "ingest", str(backlog))
+        assert code == 2 and f"line 1: {field}" in err, (wrong, err)

@@ -7,7 +7,9 @@ writes it, see docs/api.md "Field intake"): ``device_report_id`` (the UUID the d
 when the officer saved the report), ``device_id``, ``device_record_time`` (ISO 8601 with a
 zone), ``title``, ``category``, ``location`` (``kecamatan``, optional ``desa``, ``tps``,
 ``latitude``, ``longitude``), and optionally ``description``, ``severity``, ``occur_time``,
-``correlation_id``. Blank lines are skipped, and a byte order mark at the start (which
+``correlation_id`` and ``personal_data`` (``reporter``, ``reporter_anonymous``,
+``witnesses``; each person ``name``, ``phone``, ``nik``, ``address``), which the ledger
+seals. Blank lines are skipped, and a byte order mark at the start (which
 Windows editors write in a UTF-8 file) is not part of the first line. The file is read whole
 before anything is sent (:func:`read_backlog`), so a line that cannot be read refuses the
 file, naming the line; what the ledger refuses (an unknown category, a title too long) is
@@ -23,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from incidentledger_client.personal import Person, PersonalData
 from incidentledger_client.types import DeviceReport, Location
 
 #: The fields a line may have (unknown ones are refused: a typo would lose data silently).
@@ -38,16 +41,21 @@ FIELDS = frozenset(
         "severity",
         "occur_time",
         "correlation_id",
+        "personal_data",
     }
 )
 REQUIRED = ("device_report_id", "device_id", "device_record_time", "title", "category", "location")
 LOCATION_FIELDS = frozenset({"kecamatan", "desa", "tps", "latitude", "longitude"})
+#: ``personal_data`` as the API's ``PersonalData`` writes it, and each person in it.
+PERSONAL_FIELDS = frozenset({"reporter", "reporter_anonymous", "witnesses"})
+PERSON_FIELDS = frozenset({"name", "phone", "nik", "address"})
 
 
 class BacklogError(ValueError):
     """A line of the backlog that cannot be read: ``line`` (from 1), ``field`` (or ``""``
     when the line is not a JSON object) and ``problem``, one of ``not_json``,
-    ``not_object``, ``missing``, ``unknown``, ``not_text``, ``not_time``, ``not_number``.
+    ``not_object``, ``missing``, ``unknown``, ``not_text``, ``not_time``, ``not_number``,
+    ``not_boolean``, ``not_list``.
 
     :func:`read_backlog` raises the first one, with every unreadable line of the file in
     ``lines`` (itself first), so that all of them are fixed at once, not one per try."""
@@ -68,12 +76,14 @@ class BacklogLine:
     report: DeviceReport
 
 
-def read_backlog(path: Path) -> list[BacklogLine]:
-    """Every report of the file, in order; raises :class:`BacklogError` when a line cannot
-    be read: the first such line, with all of them in its ``lines``."""
+def read_backlog(path: Path | str) -> list[BacklogLine]:
+    """Every report of the file, in order (each a :class:`BacklogLine`: its ``line`` number
+    and its ``report``, a :class:`~incidentledger_client.types.DeviceReport`; send
+    ``[line.report for line in lines]``); raises :class:`BacklogError` when a line cannot be
+    read: the first such line, with all of them in its ``lines``."""
     # utf-8-sig: the byte order mark of a file saved by a Windows editor is dropped, not read as
     # the first line's first character (which made the line "not JSON").
-    with path.open(encoding="utf-8-sig") as file:
+    with Path(path).open(encoding="utf-8-sig") as file:
         reports: list[BacklogLine] = []
         unreadable: list[BacklogError] = []
         for number, text in enumerate(file, start=1):
@@ -144,6 +154,47 @@ def _report(line: int, value: dict[str, Any]) -> DeviceReport:
         severity=_text(line, value, "severity"),
         occur_time=_time(line, "occur_time", occur) if occur not in (None, "") else None,
         correlation_id=_text(line, value, "correlation_id"),
+        personal_data=_personal_data(line, value.get("personal_data")),
+    )
+
+
+def _personal_data(line: int, value: Any) -> PersonalData | None:
+    """The people a device's report names (sealed by the ledger): a caller's or a witness's
+    phone noted at a TPS belongs here, never in the description, which is not sealed."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BacklogError(line, "personal_data", "not_object")
+    for name in value:
+        if name not in PERSONAL_FIELDS:
+            raise BacklogError(line, f"personal_data.{name}", "unknown")
+    anonymous = value.get("reporter_anonymous", False)
+    if not isinstance(anonymous, bool):
+        raise BacklogError(line, "personal_data.reporter_anonymous", "not_boolean")
+    witnesses = value.get("witnesses", [])
+    if not isinstance(witnesses, list):
+        raise BacklogError(line, "personal_data.witnesses", "not_list")
+    reporter = value.get("reporter")
+    return PersonalData(
+        reporter=None if reporter is None else _person(line, reporter, "personal_data.reporter"),
+        anonymous=anonymous,
+        witnesses=tuple(
+            _person(line, w, f"personal_data.witnesses[{n}]") for n, w in enumerate(witnesses)
+        ),
+    )
+
+
+def _person(line: int, value: Any, field: str) -> Person:
+    if not isinstance(value, dict):
+        raise BacklogError(line, field, "not_object")
+    for name in value:
+        if name not in PERSON_FIELDS:
+            raise BacklogError(line, f"{field}.{name}", "unknown")
+    return Person(
+        _text(line, value, "name", f"{field}."),
+        phone=_text(line, value, "phone", f"{field}."),
+        nik=_text(line, value, "nik", f"{field}."),
+        address=_text(line, value, "address", f"{field}."),
     )
 
 

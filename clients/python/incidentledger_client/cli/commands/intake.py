@@ -57,6 +57,8 @@ PROBLEMS = {
     "not_text": N_("not a text"),
     "not_time": N_("not a time with its zone (ISO 8601)"),
     "not_number": N_("not a number"),
+    "not_boolean": N_("not true or false"),
+    "not_list": N_("not a JSON list"),
 }
 #: What to do after a run that stopped before its end (interrupted, or the ledger away).
 SEND_AGAIN = N_(
