@@ -75,8 +75,21 @@ def test_other_free_text_passes(title: str, description: str) -> None:
     report(title, description)
 
 
-def test_without_personal_data_free_text_is_not_checked() -> None:
-    report("Siti Rahma reports money handed out, 081273456690", "", people=None)
+def test_without_personal_data_a_name_passes_and_a_nik_or_mobile_number_is_refused() -> None:
+    # A name cannot be told from other words without the report's people; a NIK or a mobile
+    # number can: a field device's report, or a caller's number typed into the description,
+    # kept it unsealed for good.
+    report("Siti Rahma reports money handed out", "near TPS 12, (0737) 71234", people=None)
+    for title, description, field in (
+        ("Money handed out, 081273456690", "", "title"),
+        ("Money handed out", "Pelapor Pak Joko, hubungi 0812-7345-6690", "description"),
+        ("Money handed out", "NIK 1706014107900003", "description"),
+        ("Money handed out", "telp 8127 3456 690", "description"),  # without its 0
+    ):
+        with pytest.raises(InvalidArgument) as refused:
+            report(title, description, people=None)
+        assert (refused.value.field, refused.value.reason) == (field, "PERSONAL_DATA_IN_TEXT")
+        assert "personal_data" in refused.value.message
 
 
 UUID_OF_AN_INCIDENT = UUID("00000000-0000-4000-8000-000000000001")
@@ -96,6 +109,7 @@ UUID_OF_AN_INCIDENT = UUID("00000000-0000-4000-8000-000000000001")
         ),
         (PlaceLegalHold(UUID_OF_AN_INCIDENT, 0, "suspect 1706 0141 0790 0003"), "reason"),
         (LiftLegalHold(UUID_OF_AN_INCIDENT, 0, "lifted, call 62 813.1234.5678"), "reason"),
+        (ReadPersonalData(UUID_OF_AN_INCIDENT, 0, "telp 8137771 9284"), "purpose"),
     ],
 )
 def test_a_text_about_personal_data_holding_a_phone_or_nik_is_refused(

@@ -29,6 +29,7 @@ from services.common.errors import InvalidArgument
 from services.common.reference import PersonalDataPolicy, ReferenceData, Role
 from services.ledger.domain.incident import DeviceRecord, Envelope, Incident, RejectionReason
 from services.ledger.domain.personal import (
+    INTO_PERSONAL_DATA,
     PersonalData,
     check_free_text,
     check_no_personal_number,
@@ -330,6 +331,10 @@ class ReportIncident(CreatingCommand):
         # The title and description are not sealed: the people the report names must
         # not be written into them (services/ledger/domain/personal.py).
         check_free_text(self.personal_data, {"title": self.title, "description": self.description})
+        # A NIK or a mobile number of anyone: a field device's report, or a caller's number
+        # typed into the description, kept it unsealed for good.
+        for field, value in (("title", self.title), ("description", self.description)):
+            check_no_personal_number(field, value, INTO_PERSONAL_DATA)
 
     def create(
         self,

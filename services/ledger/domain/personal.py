@@ -374,13 +374,19 @@ def check_free_text(data: PersonalData | None, texts: dict[str, str]) -> None:
 
 #: A number as people write it (digits, with spaces, dashes, dots or brackets between).
 _NUMBER_RUN = re.compile(r"\+?\d(?:[\d\s().\-]*\d)?")
-#: An Indonesian mobile number's digits, after +62, 62 or 0.
-_MOBILE_DIGITS = re.compile(r"(?:62|0)8[0-9]{8,11}", re.ASCII)
+#: An Indonesian mobile number's digits, after +62, 62 or 0, or without them (as people
+#: write one after "telp": "8137771 9284" passed).
+_MOBILE_DIGITS = re.compile(r"(?:62|0)?8[0-9]{8,11}", re.ASCII)
+#: What a refusal of :func:`check_no_personal_number` advises, by default.
+REQUEST_REFERENCE = "give the request's reference, not the person's data"
+#: ... for a report's title or description.
+INTO_PERSONAL_DATA = "name the person in personal_data, which is sealed (a caller or a witness)"
 
 
-def check_no_personal_number(field: str, text: str) -> str:
+def check_no_personal_number(field: str, text: str, advice: str = REQUEST_REFERENCE) -> str:
     """Refuse a text about a person's data (a read's purpose, an erasure's legal basis, a
-    legal hold's reason) that holds a NIK (16 digits) or a mobile number: such a text is
+    legal hold's reason), or a report's title or description (``advice``
+    :data:`INTO_PERSONAL_DATA`), that holds a NIK (16 digits) or a mobile number: such a text is
     recorded in plain words in the incident's events, for good, and an officer writing
     "subject access of NIK 1706..." would put there the very data the request protects.
     Landlines are left (their digits are those of dates and reference numbers too), and
@@ -390,8 +396,7 @@ def check_no_personal_number(field: str, text: str) -> str:
         if len(digits) == NIK_DIGITS or _MOBILE_DIGITS.fullmatch(digits):
             raise InvalidArgument(
                 field,
-                "holds a NIK or a phone number: this text is recorded in plain words; give"
-                " the request's reference, not the person's data",
+                f"holds a NIK or a phone number: this text is recorded in plain words; {advice}",
                 reason="PERSONAL_DATA_IN_TEXT",
             )
     return text
