@@ -316,6 +316,24 @@ def test_ledgerctl_triage_reads_the_codes_file_ingest_writes(ctl: Ctl, tmp_path:
     assert [(r["reference"], r["outcome"]) for r in results] == [
         (w["reference"], "RECORDED") for w in written
     ]
+    # Each row sent by its code (its name sent the command to list the whole ledger for
+    # the codes to show: 15 s for 200 rows); a row without a code, by its incident.
+    assert [r["input"] for r in results] == [w["reference"] for w in written]
+    with codes.open(encoding="utf-8", newline="") as file:
+        table = list(csv.reader(file))
+    column = table[0].index("reference")
+    table[1][column] = ""
+    codeless = tmp_path / "codeless.csv"
+    with codeless.open("w", encoding="utf-8", newline="") as file:
+        csv.writer(file).writerows(table)
+    code, out, _err = ctl.run("desk_pilkada", "--json", "triage", "verify", "-f", str(codeless))
+    results = json.loads(out)
+    assert code == 4, "refused items"
+    assert [r["input"] for r in results] == [
+        written[0]["incident"],
+        *(w["reference"] for w in written[1:]),
+    ]
+    assert {r["outcome"] for r in results} == {"REFUSED"}  # verified already, each of them
     # Saved by a spreadsheet: a byte order mark, ";", CRLF, the incident column left out.
     saved = tmp_path / "kode.csv"
     rows = ["baris;kode;reference;judul"] + [
