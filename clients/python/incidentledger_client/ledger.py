@@ -314,6 +314,7 @@ class LedgerClient:
         chunk_size: int = MAX_INGEST_REPORTS,
         max_chunk_bytes: int = MAX_INGEST_BYTES,
         on_chunk: Callable[[Sequence[IngestResult]], None] | None = None,
+        sender_is_device: bool = True,
     ) -> list[IngestResult]:
         """Hand over a field device's backlog (``IngestReports``): one result per report, in
         the order given.
@@ -335,11 +336,17 @@ class LedgerClient:
         its result. A chunk refused as a whole (the ledger still unreachable after the
         retries, an auditor's credentials) raises; the chunks before it are recorded.
 
+        ``sender_is_device``: this program runs on the device whose reports these are, so
+        its clock is the device's and the ledger records how far off it is
+        (``device_clock_skew_ms``); a program handing over a device's exported file on
+        another machine passes False, and no skew is recorded (it would be that machine's).
+
         >>> results = ledger.ingest_reports(backlog)  # doctest: +SKIP
         >>> [r for r in results if not r.recorded]  # doctest: +SKIP
         """
         results: list[IngestResult] = []
-        for answered in self._ingest_chunks(reports, chunk_size, max_chunk_bytes):
+        chunks = self._ingest_chunks(reports, chunk_size, max_chunk_bytes, sender_is_device)
+        for answered in chunks:
             if on_chunk is not None:
                 on_chunk(answered)
             results.extend(answered)
@@ -351,6 +358,7 @@ class LedgerClient:
         *,
         chunk_size: int = MAX_INGEST_REPORTS,
         max_chunk_bytes: int = MAX_INGEST_BYTES,
+        sender_is_device: bool = True,
     ) -> Iterator[IngestResult]:
         """:meth:`ingest_reports` as an iterator: each report's result, in order, as soon as
         its chunk is answered (the backlog is read as it goes, so it may be a file of any
@@ -358,24 +366,29 @@ class LedgerClient:
 
         >>> summary = IngestSummary.of(ledger.iter_ingest_reports(backlog))  # doctest: +SKIP
         """
-        for answered in self._ingest_chunks(reports, chunk_size, max_chunk_bytes):
+        for answered in self._ingest_chunks(reports, chunk_size, max_chunk_bytes, sender_is_device):
             yield from answered
 
     def _ingest_chunks(
-        self, reports: Iterable[DeviceReport], chunk_size: int, max_chunk_bytes: int
+        self,
+        reports: Iterable[DeviceReport],
+        chunk_size: int,
+        max_chunk_bytes: int,
+        sender_is_device: bool,
     ) -> Iterator[list[IngestResult]]:
         if not 1 <= chunk_size <= MAX_INGEST_REPORTS:
             raise ValueError(f"chunk_size must be 1 to {MAX_INGEST_REPORTS}, got {chunk_size}")
         for chunk in report_chunks(reports, chunk_size, max_chunk_bytes):
-            yield self._ingest_chunk(chunk)
+            yield self._ingest_chunk(chunk, sender_is_device)
 
     def _ingest_chunk(
-        self, chunk: list[tuple[DeviceReport, api.DeviceReport]]
+        self, chunk: list[tuple[DeviceReport, api.DeviceReport]], sender_is_device: bool
     ) -> list[IngestResult]:
         """One call for the chunk; two, recursively, when the ledger finds it too large."""
 
         def send(request: api.IngestReportsRequest, **kwargs: Any) -> api.IngestReportsResponse:
-            request.send_time.CopyFrom(to_timestamp(datetime.now(UTC)))  # at each attempt
+            if sender_is_device:  # at each attempt: the clock the device's skew is taken against
+                request.send_time.CopyFrom(to_timestamp(datetime.now(UTC)))
             response: api.IngestReportsResponse = self._ledger.IngestReports(request, **kwargs)
             return response
 
@@ -393,7 +406,10 @@ class LedgerClient:
             if not too_large or len(chunk) == 1:
                 raise
             half = len(chunk) // 2
-            return [*self._ingest_chunk(chunk[:half]), *self._ingest_chunk(chunk[half:])]
+            return [
+                *self._ingest_chunk(chunk[:half], sender_is_device),
+                *self._ingest_chunk(chunk[half:], sender_is_device),
+            ]
         return [
             IngestResult.from_proto(report.report_id, result)
             for (report, _), result in zip(chunk, response.results, strict=True)

@@ -179,7 +179,11 @@ def ingest(
     summary = IngestSummary()
     recorded: list[Recorded] = []
     refused: list[tuple[BacklogLine, IngestResult]] = []
-    results = ledger.iter_ingest_reports((line.report for line in lines), chunk_size=chunk_size)
+    # A file exported from the device: this machine's clock is not the device's, and a skew
+    # taken against it (recorded with each report) read as the phone's.
+    results = ledger.iter_ingest_reports(
+        (line.report for line in lines), chunk_size=chunk_size, sender_is_device=False
+    )
     try:
         with progress_bar(st, _("sending"), len(lines), _("reports")) as meter:
             for line, result in zip(lines, results, strict=True):
