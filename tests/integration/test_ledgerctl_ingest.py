@@ -109,8 +109,10 @@ def test_a_refused_report_says_which_value_is_wrong_and_the_code_meant(
     backlog = tmp_path / "backlog.jsonl"
     first = backlog_line(0)
     changed = json.loads(first) | {"title": "Laporan 0, diubah"}
+    sent = tmp_path / "sent.jsonl"  # an earlier run (in one file, both are refused at once)
+    sent.write_text(first + "\n")
+    ctl.ok("bawaslu", "ingest", str(sent))
     lines = [
-        first,
         backlog_line(1, location={"kecamatan": "Air Rami"}),
         backlog_line(2, category="logistic_failure"),
         backlog_line(3, severity="sedang"),
@@ -290,3 +292,21 @@ def test_a_backlog_line_names_people_who_are_sealed_not_written_in_the_text(
         backlog.write_text(backlog_line(1, personal_data=wrong) + "\n")
         code, _out, err = ctl.run("bawaslu", "ingest", str(backlog))
         assert code == 2 and f"line 1: {field}" in err, (wrong, err)
+
+
+def test_a_report_id_used_twice_for_other_content_refuses_the_file_before_anything_is_sent(
+    ctl: Ctl, tmp_path: Path
+) -> None:
+    """The ledger recorded whichever came first and refused the other for good; on the phone
+    that could not be put right. The same line twice is one report."""
+    first = json.loads(backlog_line(0))
+    changed = {**first, "title": "Laporan lain"}
+    backlog = tmp_path / "backlog.jsonl"
+    backlog.write_text("\n".join(json.dumps(v) for v in (first, changed)) + "\n")
+    code, _out, err = ctl.run("bawaslu", "ingest", str(backlog))
+    assert code == 2 and "line 2: device_report_id" in err and "new device_report_id" in err, err
+    assert recorded(ctl) == 0
+    backlog.write_text("\n".join(json.dumps(v) for v in (first, first)) + "\n")
+    code, out, err = ctl.run("bawaslu", "ingest", str(backlog))
+    assert code == 0, (out, err)
+    assert len(ctl.json("bawaslu", "list")) == 1

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from incidentledger_client.personal import Person, PersonalData
 from incidentledger_client.types import DeviceReport, Location
@@ -55,7 +56,8 @@ class BacklogError(ValueError):
     """A line of the backlog that cannot be read: ``line`` (from 1), ``field`` (or ``""``
     when the line is not a JSON object) and ``problem``, one of ``not_json``,
     ``not_object``, ``missing``, ``unknown``, ``not_text``, ``not_time``, ``not_number``,
-    ``not_boolean``, ``not_list``.
+    ``not_boolean``, ``not_list``, ``repeated`` (a report id of the device used by an earlier
+    line for other content).
 
     :func:`read_backlog` raises the first one, with every unreadable line of the file in
     ``lines`` (itself first), so that all of them are fixed at once, not one per try."""
@@ -86,9 +88,12 @@ def read_backlog(path: Path | str) -> list[BacklogLine]:
     with Path(path).open(encoding="utf-8-sig") as file:
         reports: list[BacklogLine] = []
         unreadable: list[BacklogError] = []
+        seen: dict[tuple[str, str], DeviceReport] = {}
         for number, text in enumerate(file, start=1):
             try:
                 line = _line(number, text)
+                if line is not None:
+                    _once(line, seen)
             except BacklogError as error:
                 unreadable.append(error)
                 continue
@@ -156,6 +161,22 @@ def _report(line: int, value: dict[str, Any]) -> DeviceReport:
         correlation_id=_text(line, value, "correlation_id"),
         personal_data=_personal_data(line, value.get("personal_data")),
     )
+
+
+def _once(line: BacklogLine, seen: dict[tuple[str, str], DeviceReport]) -> None:
+    """A report id of the device written twice with other content: the ledger recorded
+    whichever came first and refused the other for good (a changed report needs a new id),
+    which could not be put right on the phone. Refused with the file, before anything is
+    sent. The same line twice is the same report (answered as recorded before)."""
+    report = line.report
+    try:
+        report_id = str(UUID(report.report_id))
+    except ValueError:
+        report_id = report.report_id  # the ledger says what is wrong with it
+    key = (report.device_id, report_id)
+    first = seen.setdefault(key, report)
+    if first != report:
+        raise BacklogError(line.line, "device_report_id", "repeated")
 
 
 def _personal_data(line: int, value: Any) -> PersonalData | None:

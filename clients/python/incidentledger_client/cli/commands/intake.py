@@ -59,6 +59,10 @@ PROBLEMS = {
     "not_number": N_("not a number"),
     "not_boolean": N_("not true or false"),
     "not_list": N_("not a JSON list"),
+    "repeated": N_(
+        "used by an earlier line of the file for another report: a changed report needs a "
+        "new device_report_id"
+    ),
 }
 #: What to do after a run that stopped before its end (interrupted, or the ledger away).
 SEND_AGAIN = N_(
