@@ -1251,7 +1251,7 @@ class Ledger(Application[UUID]):
             raise TypeError(f"not a read of personal data: {checked_command!r}")
         read_command = checked_command
         policy = self.reference.personal_data
-        ran: list[tuple[Incident, UUID, frozenset[UUID], list[DataSubject]]] = []
+        ran: list[tuple[Incident, UUID, frozenset[UUID]]] = []
 
         def run(reload: bool) -> list[Incident]:
             incident = self._load_for_write(
@@ -1259,8 +1259,7 @@ class Ledger(Application[UUID]):
             )
             read_command.run(self.reference, envelope, incident)
             access = incident.accesses[-1]  # the one just recorded
-            readable = incident.readable_subjects(envelope.actor, policy)
-            ran[:] = [(incident, access.event_id, frozenset(access.subjects), readable)]
+            ran[:] = [(incident, access.event_id, frozenset(access.subjects))]
             return [incident]
 
         result = self._execute(
@@ -1272,13 +1271,20 @@ class Ledger(Application[UUID]):
             (read_command.incident,),
         )
         if ran and not result.replayed and ran[0][1] == result.event_id:
-            incident, _, read, readable = ran[0]
+            incident, _, read = ran[0]
         else:  # answered from its record: the rule did not run this time
             incident = self._load(result.incident_id)
             access = incident.recorded_read(envelope.actor, result.event_id, envelope.request_id)
             read = frozenset(access.subjects)
-            readable = incident.readable_subjects(envelope.actor, policy)
-        return PersonalDataRead(result, tuple(self._view(incident, s, read) for s in readable))
+            incident.readable_subjects(envelope.actor, policy)  # PERMISSION_DENIED by now?
+        # Every person the report names, in its order: those the read took with their data
+        # (``read``, the recorded access's subjects), the others without (an erased one; an
+        # anonymous reporter, to an agency other than the reporting one, whose existence
+        # GetIncident shows anyway). Left out, the answer read as if the report named fewer
+        # people than it does.
+        return PersonalDataRead(
+            result, tuple(self._view(incident, s, read) for s in incident.subjects.values())
+        )
 
     def erase_personal_data(self, envelope: Envelope, command: ErasePersonalData) -> CommandResult:
         """Record the erasure, then destroy the keys of every erased subject of the incident

@@ -50,7 +50,7 @@ def test_report_read_find_hold_erase_through_ledgerctl(ctl: Ctl) -> None:
     # The people named, without their data: each one's state and how many reads took it
     # (this call never carries the data, so it cannot say who was not read).
     named = accesses[accesses.index("People named") :]
-    assert "not read" not in named, named
+    assert "not shown to your agency" not in named, named
     rows = [line.split("│") for line in named.splitlines() if "│" in line]
     subjects = {s["role"]: s["subject_id"] for s in read["subjects"]}
     assert sorted(tuple(cell.strip() for cell in r[1:5]) for r in rows) == sorted(

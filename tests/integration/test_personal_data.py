@@ -196,7 +196,13 @@ def test_a_reading_needs_a_purpose(ledger: Client) -> None:
 def test_an_anonymous_reporter_is_known_to_the_reporting_agency_only(ledger: Client) -> None:
     name = report_with_people(ledger, anonymous=True)
     others = read(ledger, "bawaslu", name)
-    assert [s.role for s in others.subjects] == [pb.DATA_SUBJECT_ROLE_WITNESS]
+    # Named, as GetIncident names them, without their data (left out, the answer read as
+    # if the report named the witness alone).
+    assert [(s.role, s.anonymous, s.HasField("person")) for s in others.subjects] == [
+        (pb.DATA_SUBJECT_ROLE_REPORTER, True, False),
+        (pb.DATA_SUBJECT_ROLE_WITNESS, False, True),
+    ]
+    assert others.subjects[0].state == pb.DATA_SUBJECT_STATE_PRESENT
     own = read(ledger, "kesbangpol", name)
     reporter = next(s for s in own.subjects if s.role == pb.DATA_SUBJECT_ROLE_REPORTER)
     assert reporter.person.nik == NIK

@@ -2186,7 +2186,10 @@ class ReadPersonalDataResponse(_message.Message):
 
     @_builtins.property
     def subjects(self) -> _containers.RepeatedCompositeFieldContainer[_personal_data_pb2.DataSubject]:
-        """The subjects the caller may see, with their data (erased ones without)."""
+        """Every subject the report names, in its order: with their data where this read took it;
+        without, an erased one (state ERASED) and one not for the caller's agency (state
+        PRESENT: an anonymous reporter, whom only the reporting agency may read).
+        """
 
     def __init__(
         self,

@@ -43,7 +43,7 @@ def _people_table(title: str, subjects: Sequence[DataSubject]) -> None:
     def state_of(subject: DataSubject) -> str:
         if subject.state == "ERASED":
             return _("erased")
-        return _("present") if subject.person else _("not read")
+        return _("present") if subject.person else _("not shown to your agency")
 
     output.console().print(
         output.rows_table(
