@@ -73,9 +73,11 @@ def test_report_read_find_hold_erase_through_ledgerctl(ctl: Ctl) -> None:
         "desk_pilkada", "pii", "erase", name, "--subject", "0000", "--legal-basis", "request 5"
     )
     assert code == 2 and subjects["witness"][:8] in err, err  # the people it names, listed
-    ctl.ok(
+    erased = ctl.ok(
         "desk_pilkada", "pii", "erase", name, "--subject", "reporter", "--legal-basis", "request 5"
     )
+    # Whose data is gone, said (it named the incident alone).
+    assert f"erased the data of: reporter {subjects['reporter'][:8]}" in erased, erased
     by_role = {
         s["role"]: s["state"] for s in ctl.json("inspektorat", "pii", "accesses", name)["subjects"]
     }
@@ -85,9 +87,10 @@ def test_report_read_find_hold_erase_through_ledgerctl(ctl: Ctl) -> None:
     )
     assert code != 0 and "1 other person it names is not" in err, err
     witness = subjects["witness"][:8]  # as the tables show it
-    ctl.ok(
+    answer = ctl.json(
         "desk_pilkada", "pii", "erase", name, "--subject", witness, "--legal-basis", "req 5/2024"
     )
+    assert [s["subject_id"] for s in answer["erased"]] == [subjects["witness"]]
     states = {s["state"] for s in ctl.json("inspektorat", "pii", "accesses", name)["subjects"]}
     assert states == {"ERASED"}
     indonesian = ctl.ok("inspektorat", "--lang", "id", "pii", "accesses", name)

@@ -209,7 +209,27 @@ def pii_erase(
     result = st.ledger().erase_personal_data(
         incident, legal_basis, subjects=chosen, everyone=everyone, request_id=request_id
     )
+    # Whose data is gone, said (the answer named only the incident): each person as the
+    # incident names them after the erasure.
+    named = st.ledger().get_incident(incident, as_of_position=result.position).data_subjects
+    erased = [
+        s for s in named if s.state.value == "ERASED" and (everyone or s.subject_id in chosen)
+    ]
+    if st.as_json:
+        output.emit_json({"result": result, "erased": erased})
+        return
     done(ctx, _("erased"), result)
+    output.console().print(
+        _("erased the data of: {people}").format(
+            people=", ".join(
+                f"{_('reporter') if s.role == 'reporter' else _('witness')} "
+                f"{output.short_id(s.subject_id)}"
+                for s in erased
+            )
+            or "-"
+        ),
+        markup=False,
+    )
 
 
 def chosen_subject(named: Sequence[SubjectSummary], given: str) -> str:
