@@ -47,6 +47,9 @@ def test_report_read_find_hold_erase_through_ledgerctl(ctl: Ctl) -> None:
     assert "no report names this person" in nobody and "│" not in nobody, nobody
     searched = ctl.ok("desk_pilkada", "pii", "find", "--nik", NIK, "-p", "request 5/2024")
     assert format_time(first, jakarta) in searched, searched
+    # Each read with the incident it read (a person named in two reports: one list).
+    reads = searched[searched.index("Who read their data") :]
+    assert "incident" in reads and name.removeprefix("incidents/")[:8] in reads, reads
     # The people named, without their data: each one's state and how many reads took it
     # (this call never carries the data, so it cannot say who was not read).
     named = accesses[accesses.index("People named") :]

@@ -4,7 +4,7 @@ with a purpose, subject access by phone or NIK, erase, legal holds, and who read
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Annotated
 
 import typer
@@ -76,20 +76,31 @@ def _people_table(title: str, subjects: Sequence[DataSubject]) -> None:
     )
 
 
-def _accesses_table(title: str, accesses: Sequence[PersonalDataAccess], zone: tzinfo) -> None:
+def _accesses_table(
+    title: str,
+    accesses: Sequence[PersonalDataAccess],
+    zone: tzinfo,
+    *,
+    incidents: bool = False,
+) -> None:
+    """The recorded reads, oldest first; ``incidents``: with the incident each one read
+    (a subject access spans reports: the reads of two read as one list)."""
+    ordered = sorted(accesses, key=lambda a: a.access_time or datetime.min.replace(tzinfo=UTC))
+    columns = (N_("time"), N_("agency"), N_("officer"), N_("people"), N_("purpose"))
     output.console().print(
         output.rows_table(
             title,
-            (N_("time"), N_("agency"), N_("officer"), N_("people"), N_("purpose")),
+            ((N_("incident"), *columns) if incidents else columns),
             (
                 (
+                    *((output.short_id(a.incident),) if incidents else ()),
                     output.when(a.access_time, zone),
                     a.agency,
                     a.officer,
                     len(a.subjects),
                     a.purpose,
                 )
-                for a in accesses
+                for a in ordered
             ),
         )
     )
@@ -156,7 +167,12 @@ def pii_find(
         output.console().print(_("no report names this person"))
         return
     _people_table(_("Reports naming this person"), subjects)
-    _accesses_table(_("Who read their data"), [a for s in subjects for a in s.accesses], st.zone())
+    _accesses_table(
+        _("Who read their data"),
+        [a for s in subjects for a in s.accesses],
+        st.zone(),
+        incidents=True,
+    )
 
 
 @app.command(
