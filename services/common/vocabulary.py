@@ -12,6 +12,8 @@ holds them equal.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 #: Every incident event type, in the order of an incident's life.
 EVENT_TYPES: tuple[str, ...] = (
     "Reported",
@@ -51,3 +53,15 @@ STATUSES: tuple[str, ...] = (
     "MERGED",
     "REOPENED",
 )
+
+
+def involved_agencies(
+    lead: str, reporter: str, supporting: Iterable[str], handover_to: str
+) -> set[str]:
+    """The agencies an incident involves for a subscriber's filter (``involving_my_agency``,
+    ``agencies``): its lead, its reporter, its supporting agencies and the agency asked to
+    take over in a pending handover. One rule for the notifier, which reads it off the
+    incident after an event, and the relay, which writes it for the incident before one."""
+    agencies = {lead, reporter, handover_to, *supporting}
+    agencies.discard("")
+    return agencies

@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 
 from incidentledger.v1 import incident_pb2 as pb
 from services.common.errors import DataLoss
+from services.common.vocabulary import involved_agencies
 from services.ledger import wire
 from services.ledger.application import (
     BROKEN_HISTORY,
@@ -258,12 +259,15 @@ class EventEncoder:
 
 
 def incident_facets(incident: Incident) -> pb.IncidentFacets:
-    """The fields of ``incident`` that a subscriber's filter reads (the notifier's
-    ``involved_agencies`` of its protobuf, and its kecamatan, category and severity)."""
-    agencies = {incident.lead_agency, incident.reporter_agency, *incident.supporting_agencies}
-    if incident.pending_handover is not None:
-        agencies.add(incident.pending_handover[1])
-    agencies.discard("")
+    """The fields of ``incident`` that a subscriber's filter reads: its kecamatan, category,
+    severity and the agencies it involves (:func:`involved_agencies`)."""
+    handover = incident.pending_handover
+    agencies = involved_agencies(
+        incident.lead_agency,
+        incident.reporter_agency,
+        incident.supporting_agencies,
+        handover[1] if handover is not None else "",
+    )
     return pb.IncidentFacets(
         kecamatan=str(incident.location.get("kecamatan", "")),
         category=incident.category,

@@ -10,18 +10,19 @@ from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import notifier_service_pb2 as napi
 from services.common.errors import InvalidArgument
 from services.common.reference import ReferenceData, one_of
-from services.common.vocabulary import EVENT_TYPES
+from services.common.vocabulary import EVENT_TYPES, involved_agencies
 
 MAX_ITEMS = 100
 
 
-def involved_agencies(incident: pb.Incident) -> set[str]:
-    """Agencies an incident involves: lead, supporting, reporter, and a pending handover's."""
-    agencies = {incident.lead_agency, incident.reporter.agency, *incident.supporting_agencies}
-    if incident.HasField("pending_handover"):
-        agencies.add(incident.pending_handover.to_agency)
-    agencies.discard("")
-    return agencies
+def incident_agencies(incident: pb.Incident) -> set[str]:
+    """The agencies the incident involves (:func:`involved_agencies`)."""
+    return involved_agencies(
+        incident.lead_agency,
+        incident.reporter.agency,
+        incident.supporting_agencies,
+        incident.pending_handover.to_agency if incident.HasField("pending_handover") else "",
+    )
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class EventFilter:
             event.location.kecamatan or incident.location.kecamatan,
             incident.category,
             incident.severity,
-            involved_agencies(incident),
+            incident_agencies(incident),
         )
         if self._takes(after, reference):
             return True
