@@ -51,8 +51,10 @@ from services.ledger.audit.keys import load_signing_key, public_key_pem
 from services.ledger.domain.commands import EscalateIncident, ReportIncident
 from services.ledger.domain.incident import incident_event_classes
 from services.ledger.projections import BoardFilter, Projections
+from services.ledger.projections.facts import FastDecoder
 from services.ledger.relay_messages import EventEncoder
 from services.ledger.seals import Sealer
+from services.ledger.store import RawRow
 from tests.ledgerctl_support import Ctl
 from tests.support import (
     REFERENCE_FILE,
@@ -1063,3 +1065,18 @@ def test_the_read_side_and_the_relay_pass_over_events_they_cannot_read(store: St
     assert published == sorted(published)  # the rest in the log's order
     unpublishable = [e for e in logs if e["event"] == "relay.event_unpublishable"]
     assert [e["position"] for e in unpublishable] == left_out
+
+
+def test_the_read_side_passes_over_only_what_the_library_cannot_read_either(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row the fast decoder fails on but the library's own mapper reads is the decoder's
+    fault, not a change in the store: raised, never left out in silence."""
+
+    def broken(self: FastDecoder, row: RawRow) -> None:
+        raise KeyError("a field the decoder expected")
+
+    monkeypatch.setattr(FastDecoder, "decode", broken)
+    projections = Projections(store.ledger, store.env, reference())
+    with pytest.raises(KeyError, match="a field the decoder expected"):
+        projections.catch_up()

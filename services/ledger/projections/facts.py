@@ -28,8 +28,8 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import JSONTranscoder, Notification
-from eventsourcing.utils import get_topic
+from eventsourcing.persistence import JSONTranscoder, MapperDeserialisationError, Notification
+from eventsourcing.utils import TopicError, get_topic
 
 from services.common.jsoncodec import loads
 from services.ledger.domain.incident import Incident, incident_event_classes
@@ -172,6 +172,17 @@ def incident_topics() -> dict[str, str]:
     return {get_topic(cls): cls.__name__ for cls in incident_event_classes()}
 
 
+def _notification(row: RawRow) -> Notification:
+    position, originator_id, version, topic, stored = row
+    return Notification(
+        id=position,
+        originator_id=UUID(originator_id) if isinstance(originator_id, str) else originator_id,
+        originator_version=version,
+        topic=topic,
+        state=stored,
+    )
+
+
 class FastDecoder:
     """Decodes notifications of incident events into facts (see the module docstring)."""
 
@@ -187,6 +198,26 @@ class FastDecoder:
         )
         self._loads: Callable[[bytes], Any] = loads
 
+    def stored_event_reads(self, row: RawRow) -> bool:
+        """Whether the stored event of ``row`` reads the slow way (the library's own mapper,
+        then the event's fields): one that does not was changed in the store; one that does
+        where :meth:`decode` failed is this module's fault, not the row's."""
+        try:
+            event = self._mapper.to_domain_event(_notification(row))
+            if not isinstance(event, Incident.Event):
+                return False
+            fact_from_event(event, int(row[0]))
+        except (
+            MapperDeserialisationError,
+            TopicError,
+            ValueError,
+            KeyError,
+            AttributeError,
+            TypeError,
+        ):
+            return False
+        return True
+
     def decode(self, row: RawRow) -> Fact | None:
         """The fact of a stored incident event (a row as :func:`read_rows` gives it); None
         for other notifications (request records)."""
@@ -195,16 +226,7 @@ class FastDecoder:
         if type_ is None:
             return None
         if not self.fast:
-            notification = Notification(
-                id=position,
-                originator_id=UUID(originator_id)
-                if isinstance(originator_id, str)
-                else originator_id,
-                originator_version=version,
-                topic=topic,
-                state=stored,
-            )
-            event = self._mapper.to_domain_event(notification)
+            event = self._mapper.to_domain_event(_notification(row))
             if not isinstance(event, Incident.Event):
                 raise TypeError(f"not an incident event: {topic}")
             return fact_from_event(event, position)

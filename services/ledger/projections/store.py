@@ -143,15 +143,19 @@ class ProjectionStore:
 
     def decode(self, batch: Sequence[RawRow]) -> list[Fact]:
         """The batch's incident events as facts. A row that no longer decodes (changed in
-        the store) is left out and logged ``projections.event_undecodable``: the read side
-        goes on past it, where before its every query failed at it for good. The
-        incident's own reads refuse it (DATA_LOSS) and lists flag it."""
+        the store: the library's own mapper cannot read it either) is left out and logged
+        ``projections.event_undecodable``: the read side goes on past it, where before its
+        every query failed at it for good. The incident's own reads refuse it (DATA_LOSS)
+        and lists flag it. A row the library reads is never left out: a failure to decode
+        it is raised, as before."""
         decode = self.decoder.decode
         facts = []
         for row in batch:
             try:
                 fact = decode(row)
             except (ValueError, KeyError, TypeError, MapperDeserialisationError) as exc:
+                if self.decoder.stored_event_reads(row):
+                    raise
                 log.error(
                     "projections.event_undecodable",
                     position=int(row[0]),
