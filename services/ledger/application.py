@@ -1276,7 +1276,8 @@ class Ledger(Application[UUID]):
             incident = self._load(result.incident_id)
             access = incident.recorded_read(envelope.actor, result.event_id, envelope.request_id)
             read = frozenset(access.subjects)
-            incident.readable_subjects(envelope.actor, policy)  # PERMISSION_DENIED by now?
+            # The agency may still read it here: PERMISSION_DENIED otherwise, as at first.
+            incident.readable_subjects(envelope.actor, policy)
         # Every person the report names, in its order: those the read took with their data
         # (``read``, the recorded access's subjects), the others without (an erased one; an
         # anonymous reporter, to an agency other than the reporting one, whose existence

@@ -224,7 +224,7 @@ class KeptForm:
             {
                 key: [v for v in posted.getlist(key) if isinstance(v, str)]
                 for key in posted
-                if key not in {"csrf", "request_id", "version"}
+                if key not in FORM_PLUMBING
             },
         )
 
