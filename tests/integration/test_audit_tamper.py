@@ -1080,3 +1080,52 @@ def test_the_read_side_passes_over_only_what_the_library_cannot_read_either(
     projections = Projections(store.ledger, store.env, reference())
     with pytest.raises(KeyError, match="a field the decoder expected"):
         projections.catch_up()
+
+
+def _stripped(state: bytes, field: str) -> bytes:
+    """The stored state less one field: still JSON, no longer the event."""
+    values = json.loads(state)
+    assert field in values, sorted(values)
+    del values[field]
+    return json.dumps(values).encode()
+
+
+def test_an_event_stripped_of_a_field_is_data_loss_and_passed_over_like_garbled_bytes(
+    store: Store,
+) -> None:
+    """A stored event whose JSON still decodes but lacks a field its fold reads failed the
+    relay's session at it (AttributeError) and, stripped from a report, stopped the read
+    side at the incident's next event (an event for an incident it never made): every
+    agency's fan-out and board, for good. Now it is DATA_LOSS (check "decode") like any
+    other change: the incident's reads refuse it, the relay and the read side leave out
+    that incident's events from there and go on with everyone else's."""
+    report = store.rows.rows(store.history.others[0])[0]
+    store.rows.set_state(report.position, _stripped(report.state, "title"))
+    others = store.rows.rows(store.history.others[0])[1:]
+    assert others, "the stripped report's incident has later events"
+    everyone = {store.history.lifecycle, *store.history.others}
+
+    with pytest.raises(DataLoss) as caught:
+        store.ledger.load_incident(store.history.others[0])
+    assert caught.value.metadata["check"] == "decode"
+    assert caught.value.metadata["version"] == "1"
+    assert "lacks title" in caught.value.message
+
+    notifications = store.ledger.recorder.select_notifications(1, 10_000, topics=_topics())
+    encoder = EventEncoder(store.ledger, "ledger.events")
+    with capture_logs() as logs:
+        published = [e.position for e in encoder.encode_batch(notifications)]
+    left_out = sorted({n.id for n in notifications} - set(published))
+    assert left_out == sorted([report.position, *(r.position for r in others)])
+    unpublishable = [e for e in logs if e["event"] == "relay.event_unpublishable"]
+    assert [e["position"] for e in unpublishable] == left_out
+
+    projections = Projections(store.ledger, store.env, reference())
+    with capture_logs() as logs:
+        assert projections.catch_up() == store.ledger.recorder.max_notification_id()
+    listed = projections.list_incidents(BoardFilter.parse("", reference()), 0, 1000)
+    assert {incident for _, incident in listed} == everyone - {store.history.others[0]}
+    skipped = [e["position"] for e in logs if e["event"] == "projections.event_undecodable"]
+    orphaned = [e["position"] for e in logs if e["event"] == "projections.event_orphaned"]
+    assert skipped == [report.position], logs
+    assert orphaned == [r.position for r in others], logs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -266,7 +267,27 @@ class Incident(Aggregate):
                         "check": "chain",
                     },
                 )
-            self.evolve(incident)
+            try:
+                self.evolve(incident)
+            except AttributeError:
+                # A stored event stripped of a field it must have (its JSON still decodes):
+                # changed in the store, so DATA_LOSS like any other change, never INTERNAL
+                # (the relay and the reads passed over only what they know is broken).
+                missing = missing_fields(self)
+                if not missing:
+                    raise
+                raise DataLoss(
+                    f"incident {self.originator_id} fails its hash chain at version "
+                    f"{self.originator_version}: its stored event lacks "
+                    f"{', '.join(missing)}, it was changed (`ledger-audit verify --store` "
+                    "names where)",
+                    reason="HASH_CHAIN_BROKEN",
+                    metadata={
+                        "incident": f"incidents/{self.originator_id}",
+                        "version": str(self.originator_version),
+                        "check": "decode",
+                    },
+                ) from None
             # A record of a read of its personal data changes nothing a command decides
             # on (check_expected).
             if not isinstance(self, Incident.PersonalDataAccessed):
@@ -1641,6 +1662,17 @@ def event_fields(event: Incident.Event) -> dict[str, Any]:
     data.pop("originator_topic", None)
     data.pop("seal", None)
     return data
+
+
+def missing_fields(event: Incident.Event) -> list[str]:
+    """The fields the event's class declares without a default that its stored state does
+    not hold (a record changed in the store). Only looked at once a fold has failed."""
+    declared: dict[str, None] = {}
+    for klass in type(event).__mro__:
+        declared.update(dict.fromkeys(inspect.get_annotations(klass)))
+    return sorted(
+        name for name in declared if name not in event.__dict__ and not hasattr(type(event), name)
+    )
 
 
 def event_hash(event: Incident.Event) -> str:

@@ -188,6 +188,7 @@ class FastDecoder:
 
     def __init__(self, app: Application[UUID]) -> None:
         self._mapper = app.mapper
+        self._recorder = app.recorder
         self.topics = incident_topics()
         classes = incident_event_classes()
         self.fast = (
@@ -217,6 +218,19 @@ class FastDecoder:
         ):
             return False
         return True
+
+    def report_reads(self, incident_id: str) -> bool:
+        """Whether the incident's first stored event (its report) reads the slow way: one
+        missing or unreadable was changed in the store, and every later event of the
+        incident has nothing to be folded into."""
+        try:
+            originator_id = UUID(incident_id)
+        except ValueError:  # an id changed in the store
+            return False
+        first = self._recorder.select_events(originator_id, lte=1, limit=1)
+        return bool(first) and self.stored_event_reads(
+            (0, originator_id, first[0].originator_version, first[0].topic, first[0].state)
+        )
 
     def decode(self, row: RawRow) -> Fact | None:
         """The fact of a stored incident event (a row as :func:`read_rows` gives it); None

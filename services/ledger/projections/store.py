@@ -231,12 +231,39 @@ class ProjectionStore:
         """The rows the facts touch, as stored, with the facts folded in."""
         created = {f.incident_id for f in facts if f.type == "Reported"}
         touched = {f.incident_id for f in facts} - created
+        incidents = self._load_incidents(cur, touched)
+        orphans = touched - incidents.keys()
+        if orphans:
+            facts = self._without_unreadable_reports(facts, orphans)
         folder = BatchFolder(
-            self._load_incidents(cur, touched),
-            self._load_decisions(cur, corrected_decision_targets(facts)),
+            incidents, self._load_decisions(cur, corrected_decision_targets(facts))
         )
         folder.fold(facts)
         return folder
+
+    def _without_unreadable_reports(
+        self, facts: Sequence[Fact], orphans: set[str]
+    ) -> Sequence[Fact]:
+        """The facts less those of incidents whose report was left out because it no
+        longer reads (:meth:`decode`): before, the first such event stopped the read side
+        for good. An incident missing from the projections whose report reads is this
+        module's fault: its events stay, and the fold raises at them."""
+        unreadable = {i for i in orphans if not self.decoder.report_reads(i)}
+        if not unreadable:
+            return facts
+        kept = []
+        for fact in facts:
+            if fact.incident_id in unreadable:
+                log.error(
+                    "projections.event_orphaned",
+                    position=fact.position,
+                    originator_id=fact.incident_id,
+                    version=fact.version,
+                    error="the incident's report no longer reads: changed in the store",
+                )
+            else:
+                kept.append(fact)
+        return kept
 
     def write_incidents(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         if rows:
