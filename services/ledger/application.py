@@ -1408,7 +1408,11 @@ class Ledger(Application[UUID]):
             request_id = f"retention/{incident_id}"
             envelope = Envelope(actor, request_id, request_id, request_id, by_ledger=True)
             command = ErasePersonalData(
-                incident_id, 0, (), f"retention rule: {days:g} days after closure"
+                incident_id,
+                0,
+                (),
+                f"retention rule: {days:g} days after closure",
+                everyone=True,
             )
             try:
                 self.erase_personal_data(envelope, command)

@@ -312,6 +312,7 @@ COMMANDS: Mapping[type, ToCommand] = dict(
                 r.expected_version,
                 subject_ids(r.subjects, "subjects"),
                 r.legal_basis,
+                everyone=r.everyone,
             ),
         ),
         _to(

@@ -74,7 +74,10 @@ def accesses(ledger: Client, agency: str, name: str) -> api.ListPersonalDataAcce
 def erase(ledger: Client, agency: str, name: str) -> api.ErasePersonalDataResponse:
     return ledger.stub.ErasePersonalData(
         api.ErasePersonalDataRequest(
-            request_id=secrets.token_hex(8), name=name, legal_basis="subject's request 17/2024"
+            request_id=secrets.token_hex(8),
+            name=name,
+            legal_basis="subject's request 17/2024",
+            everyone=True,
         ),
         metadata=ledger.md(agency),
     )
@@ -334,6 +337,51 @@ def test_erasure_destroys_the_data_and_the_index(ledger: Client) -> None:
     with pytest.raises(grpc.RpcError) as again:
         erase(ledger, "desk_pilkada", name)
     assert again.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_an_erasure_must_say_whose_data_it_erases(ledger: Client) -> None:
+    """An empty list of subjects erased everyone the incident names: a slip of a caller's
+    code, and no erasure can be undone. Now it is INVALID_ARGUMENT unless ``everyone`` is
+    set, as are subjects and ``everyone`` together; nothing is erased or recorded."""
+    name = report_with_people(ledger)
+    subjects = [s.subject_id for s in accesses(ledger, "desk_pilkada", name).subjects]
+    assert len(subjects) == 2
+
+    def version() -> int:
+        request = api.GetIncidentRequest(name=name)
+        return ledger.stub.GetIncident(request, metadata=ledger.md("kpu")).incident.version
+
+    before = version()
+    for shape in ({}, {"subjects": subjects[:1], "everyone": True}):
+        with pytest.raises(grpc.RpcError) as refused:
+            ledger.stub.ErasePersonalData(
+                api.ErasePersonalDataRequest(
+                    request_id=secrets.token_hex(8),
+                    name=name,
+                    legal_basis="subject's request 17/2024",
+                    **shape,  # type: ignore[arg-type]
+                ),
+                metadata=ledger.md("desk_pilkada"),
+            )
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, shape
+        assert "subjects" in (refused.value.details() or ""), refused.value.details()
+    assert read_states(ledger, name) == {pb.DATA_SUBJECT_STATE_PRESENT}
+    assert version() == before
+
+    ledger.stub.ErasePersonalData(
+        api.ErasePersonalDataRequest(
+            request_id=secrets.token_hex(8),
+            name=name,
+            legal_basis="subject's request 17/2024",
+            subjects=subjects[:1],
+        ),
+        metadata=ledger.md("desk_pilkada"),
+    )
+    states = {s.subject_id: s.state for s in accesses(ledger, "desk_pilkada", name).subjects}
+    assert states == {
+        subjects[0]: pb.DATA_SUBJECT_STATE_ERASED,
+        subjects[1]: pb.DATA_SUBJECT_STATE_PRESENT,
+    }
 
 
 def read_states(ledger: Client, name: str) -> set[int]:

@@ -160,7 +160,10 @@ def test_canaries_appear_nowhere_and_the_chain_verifies_before_and_after_erasure
 
         ledger.stub.ErasePersonalData(
             api.ErasePersonalDataRequest(
-                request_id=secrets.token_hex(8), name=name, legal_basis="subject's request"
+                request_id=secrets.token_hex(8),
+                name=name,
+                legal_basis="subject's request",
+                everyone=True,
             ),
             metadata=ledger.md("desk_pilkada"),
         )

@@ -152,7 +152,7 @@ def personal_data_history(ledger: Ledger) -> UUID:
     ledger.execute(envelope_for("kejari"), PlaceLegalHold(i, 0, "Gakkumdu case 3"))
     ledger.execute(envelope_for("kejari"), LiftLegalHold(i, 0, "case closed"))
     ledger.erase_personal_data(
-        envelope_for("desk_pilkada"), ErasePersonalData(i, 0, (), "retention rule")
+        envelope_for("desk_pilkada"), ErasePersonalData(i, 0, (), "retention rule", everyone=True)
     )
     return i
 

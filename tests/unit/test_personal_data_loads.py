@@ -112,11 +112,14 @@ def test_another_officer_replaying_a_reads_request_id_is_shown_nothing(ledger: L
 def test_erasing_or_reading_after_erasure_says_erased_and_records_nothing(ledger: Ledger) -> None:
     incident = reported(ledger)
     coordinator = envelope_for("desk_pilkada")
-    ledger.erase_personal_data(coordinator, ErasePersonalData(incident, 0, (), "asked by both"))
+    ledger.erase_personal_data(
+        coordinator, ErasePersonalData(incident, 0, (), "asked by both", everyone=True)
+    )
     version = ledger.get_incident(incident).version
     with pytest.raises(FailedPrecondition) as again:
         ledger.erase_personal_data(
-            envelope_for("desk_pilkada"), ErasePersonalData(incident, 0, (), "asked again")
+            envelope_for("desk_pilkada"),
+            ErasePersonalData(incident, 0, (), "asked again", everyone=True),
         )
     assert again.value.reason == "NO_PERSONAL_DATA"
     assert "everyone it names is erased already" in str(again.value)
@@ -130,7 +133,8 @@ def test_erasing_or_reading_after_erasure_says_erased_and_records_nothing(ledger
     nobody = ledger.execute(envelope_for(REPORTER), plain).incident_id
     with pytest.raises(FailedPrecondition) as none:
         ledger.erase_personal_data(
-            envelope_for("desk_pilkada"), ErasePersonalData(nobody, 0, (), "asked by one")
+            envelope_for("desk_pilkada"),
+            ErasePersonalData(nobody, 0, (), "asked by one", everyone=True),
         )
     assert "names nobody" in str(none.value)
 

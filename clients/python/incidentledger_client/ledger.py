@@ -928,6 +928,7 @@ class LedgerClient:
             expected_version=expected_version,
             subjects=list(subjects),
             legal_basis=legal_basis,
+            everyone=everyone,
         )
 
     def place_legal_hold(

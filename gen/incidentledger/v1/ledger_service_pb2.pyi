@@ -2216,15 +2216,20 @@ class ErasePersonalDataRequest(_message.Message):
     LEGAL_BASIS_FIELD_NUMBER: _builtins.int
     OCCUR_TIME_FIELD_NUMBER: _builtins.int
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    EVERYONE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     name: _builtins.str
     expected_version: _builtins.int
     legal_basis: _builtins.str
     """Required, 5-500 characters: the request or rule the erasure follows."""
     correlation_id: _builtins.str
+    everyone: _builtins.bool
+    """Erase every person the incident names; required (with no subjects) for that, since an
+    erasure cannot be undone. Subjects and everyone together are INVALID_ARGUMENT.
+    """
     @_builtins.property
     def subjects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The subject ids to erase; empty = every person the incident names."""
+        """The subject ids to erase (Incident.data_subjects); or none, with everyone set."""
 
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -2238,10 +2243,11 @@ class ErasePersonalDataRequest(_message.Message):
         legal_basis: _builtins.str = ...,
         occur_time: _timestamp_pb2.Timestamp | None = ...,
         correlation_id: _builtins.str = ...,
+        everyone: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "expected_version", b"expected_version", "legal_basis", b"legal_basis", "name", b"name", "occur_time", b"occur_time", "request_id", b"request_id", "subjects", b"subjects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "everyone", b"everyone", "expected_version", b"expected_version", "legal_basis", b"legal_basis", "name", b"name", "occur_time", b"occur_time", "request_id", b"request_id", "subjects", b"subjects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

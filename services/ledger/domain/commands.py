@@ -608,11 +608,28 @@ class ReadPersonalData(PersonalDataCommand):
 
 @dataclass(frozen=True)
 class ErasePersonalData(PersonalDataCommand):
-    """Erases the subjects' data (none named: everyone's in the incident); the application
-    destroys their keys once the erasure is recorded."""
+    """Erases the subjects' data, or with ``everyone`` the data of everyone the incident
+    names; the application destroys their keys once the erasure is recorded."""
 
     subjects: tuple[UUID, ...]
     legal_basis: str = dataclasses.field(metadata=purpose())
+    everyone: bool = False
+
+    #: ``everyone`` says what an empty ``subjects`` said before it was required: the
+    #: fingerprint of an erasure recorded before it stays the same.
+    UNFINGERPRINTED: ClassVar[frozenset[str]] = frozenset({"everyone"})
+
+    def check(self, rules: Rules) -> None:
+        # An erasure cannot be undone: an empty list of subjects, a caller's slip, erased
+        # everyone the incident names.
+        if self.everyone and self.subjects:
+            raise InvalidArgument("subjects", "names subjects while everyone is set: say one")
+        if not self.everyone and not self.subjects:
+            raise InvalidArgument(
+                "subjects",
+                "is required: the subject ids to erase (Incident.data_subjects), or set "
+                "everyone to erase everyone the incident names",
+            )
 
     def apply_policy(
         self, policy: PersonalDataPolicy, envelope: Envelope, incident: Incident
