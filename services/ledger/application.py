@@ -1442,6 +1442,57 @@ class Ledger(Application[UUID]):
             deleted += keys.delete_unsaved([i for i in incident_ids if i not in recorded], before)
         return deleted
 
+    def destroy_keys_of_erased(
+        self, after: int = 0, *, settle: timedelta = timedelta(minutes=1), batch: int = 500
+    ) -> tuple[int, int]:
+        """Destroy again the keys that a recorded erasure destroyed and the key table holds
+        once more: a key table restored from a backup taken before the erasure (the events
+        say who was erased; the restored keys would open their data again), or an erasure
+        recorded just before a crash, its keys not yet destroyed. Each such incident is
+        logged ``personal_data.erased_key_found`` (warning). Reads the erasures recorded
+        after position ``after``, up to the first one younger than ``settle`` (its request
+        may still be destroying its keys); returns (the position to go on from, keys
+        destroyed). The upkeep runs it from the start of the log at each start, then on."""
+        keys = self._keys()
+        topics = [get_topic(Incident.PersonalDataErased)]
+        settled = self._clock() - settle
+        position = after
+        erased: dict[UUID, set[UUID]] = {}
+        while True:
+            rows = self.recorder.select_notifications(
+                position, batch, topics=topics, inclusive_of_start=False
+            )
+            young = False
+            for row in rows:
+                try:
+                    event = self.mapper.to_domain_event(row)
+                except BROKEN_HISTORY:  # changed in the store: the audit names it
+                    log.error("personal_data.erasure_unreadable", position=row.id)
+                    position = row.id
+                    continue
+                if not isinstance(event, Incident.PersonalDataErased):
+                    position = row.id
+                    continue
+                if event.timestamp > settled:
+                    young = True
+                    break
+                subjects = erased.setdefault(event.originator_id, set())
+                subjects.update(UUID(text) for text in event.subjects)
+                position = row.id
+            if young or len(rows) < batch:
+                break
+        destroyed = 0
+        for incident_id, found in keys.undestroyed(erased).items():
+            log.warning(
+                "personal_data.erased_key_found",
+                incident=f"incidents/{incident_id}",
+                subjects=len(found),
+                why="a key table restored from an older backup, or an erasure cut off by a "
+                "crash: destroyed again",
+            )
+            destroyed += keys.destroy(incident_id, found)
+        return position, destroyed
+
     def scrub_personal_keys(self) -> None:
         """No older copy of a destroyed key left in the store's files
         (:meth:`PersonalKeys.scrub`): the upkeep's retry of a scrub that an erasure found

@@ -30,7 +30,7 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -685,6 +685,30 @@ class PersonalKeys:
                 (INDEX_ROW,),
             )
             return [UUID(str(row[0])) for row in cur.fetchall()]
+
+    def undestroyed(self, erased: Mapping[UUID, Collection[UUID]]) -> dict[UUID, list[UUID]]:
+        """Of the subjects ``erased`` names (by incident), those whose key the table still
+        holds, by incident (a key table restored from a backup older than their erasure,
+        or an erasure whose keys were not destroyed before a crash)."""
+        found: dict[UUID, list[UUID]] = {}
+        incidents = sorted(erased, key=str)
+        for n in range(0, len(incidents), 500):
+            chunk = [str(i) for i in incidents[n : n + 500]]
+            with self._db.read() as cur:
+                cur.execute(
+                    self._db.q(
+                        "SELECT incident_id, subject_id FROM personal_data_keys"  # noqa: S608
+                        " WHERE wrapped_key IS NOT NULL AND subject_id <> ?"
+                        f" AND incident_id IN ({', '.join('?' for _ in chunk)})"
+                    ),
+                    (INDEX_ROW, *chunk),
+                )
+                rows = cur.fetchall()
+            for incident_text, subject_text in rows:
+                incident, subject = UUID(str(incident_text)), UUID(str(subject_text))
+                if subject in erased[incident]:
+                    found.setdefault(incident, []).append(subject)
+        return found
 
     # ---------------------------------------------------------- the sweep
 

@@ -134,11 +134,14 @@ def page_token_secret(settings: LedgerSettings) -> bytes:
 class PersonalDataUpkeep:
     """At start and then every ``interval`` seconds, in a thread of its own: the sweep of
     keys written for reports never saved (``LEDGER_PERSONAL_DATA_SWEEP_GRACE_SECONDS``),
-    the retention rule of personal data (``LEDGER_PERSONAL_DATA_RETENTION_DAYS``, when
-    set), and the scrub of destroyed keys from the store's files (done after each
-    erasure; here again in case the store was too busy then). Every replica may run them:
-    an erasure is recorded once (its request id names the incident), and a key is deleted
-    only once its report is known unsaved."""
+    the keys of people erased found in the key table again (a restored backup, an erasure
+    cut off by a crash: :meth:`Ledger.destroy_keys_of_erased`, the whole log at start, then
+    what was recorded since), the retention rule of personal data
+    (``LEDGER_PERSONAL_DATA_RETENTION_DAYS``, when set), and the scrub of destroyed keys
+    from the store's files (done after each erasure; here again in case the store was too
+    busy then). Every replica may run them: an erasure is recorded once (its request id
+    names the incident), a key is deleted only once its report is known unsaved, and
+    destroying a key again is idempotent."""
 
     def __init__(
         self, ledger: Ledger, days: float, grace_seconds: float, interval: float = 3600.0
@@ -147,6 +150,8 @@ class PersonalDataUpkeep:
         self._retention = timedelta(days=days) if days > 0 else None
         self._grace = timedelta(seconds=grace_seconds)
         self._interval = interval
+        #: The log's position up to which erasures were checked for keys found again.
+        self._erasures_checked = 0
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="personal-data", daemon=True)
 
@@ -157,6 +162,9 @@ class PersonalDataUpkeep:
         while not self._stopping.is_set():
             try:
                 self._ledger.delete_unsaved_personal_keys(self._grace)
+                self._erasures_checked, _ = self._ledger.destroy_keys_of_erased(
+                    self._erasures_checked
+                )
                 if self._retention is not None:
                     self._ledger.erase_expired_personal_data(self._retention)
                 self._ledger.scrub_personal_keys()
