@@ -61,3 +61,16 @@ def test_reference_codes_are_looked_up() -> None:
         resolver(codes).resolve("MKM-7QK3-94")
     # A prefix of an id is still a prefix, even when it could be read as a code.
     assert resolver(codes).resolve("7c0000") == LISTED[2].name
+
+
+def test_a_code_without_its_prefix_is_looked_up_as_a_code() -> None:
+    """Read out over the phone, a code often loses the regency's prefix every code shares:
+    ``7QK3-92`` is a code (an id's start never has a dash after 4 characters), and so are
+    six characters that are not all hex; six hex characters stay an id's start."""
+    codes = {"7QK3-92": LISTED[2].name, "7qk392": LISTED[1].name, "7QK3 93": LISTED[0].name}
+    assert resolver(codes).resolve("7QK3-92") == LISTED[2].name
+    assert resolver(codes).resolve("7qk392") == LISTED[1].name
+    assert resolver(codes).resolve("7QK3 93") == LISTED[0].name
+    assert resolver(codes).resolve("7c0000") == LISTED[2].name
+    with pytest.raises(IncidentNameError, match="no incident has the reference code"):
+        resolver(codes).resolve("1234-56")

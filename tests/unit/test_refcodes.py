@@ -101,6 +101,18 @@ def test_codes_are_read_leniently() -> None:
     assert parse_code(code.replace("-", " \u2212 "), "MKM") == code
 
 
+def test_a_code_read_out_without_its_prefix_is_the_code() -> None:
+    code = code_for("MKM", uuid4())
+    bare = code.removeprefix("MKM-")
+    assert parse_code(bare, "MKM") == code
+    assert parse_code(bare.replace("-", " ").lower(), "MKM") == code
+    assert parse_code(bare.replace("-", ""), "MKM") == code
+    last = bare[-1]
+    with pytest.raises(InvalidArgument) as caught:  # still checked
+        parse_code(bare[:-1] + ALPHABET[(ALPHABET.index(last) + 1) % 32], "MKM")
+    assert caught.value.reason == "REFERENCE_MISTYPED"
+
+
 def test_a_mistyped_code_is_refused_as_mistyped() -> None:
     code = code_for("MKM", uuid4())
     last = code[-1]
@@ -112,7 +124,17 @@ def test_a_mistyped_code_is_refused_as_mistyped() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "XYZ-0000-00", "MKM-000-00", "MKM-0000-000", "MKM-00U0-00", "MKM-00*0-00"]
+    "text",
+    [
+        "",
+        "XYZ-0000-00",
+        "MKM-000-00",
+        "MKM-0000-000",
+        "MKM-00U0-00",
+        "MKM-00*0-00",
+        "0000-0",
+        "0000-000",
+    ],
 )
 def test_what_is_not_a_code_of_this_ledger_is_refused(text: str) -> None:
     with pytest.raises(InvalidArgument) as caught:

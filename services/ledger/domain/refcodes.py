@@ -6,7 +6,8 @@ reference data), four and then one character of payload, and a check character.
 - **Alphabet**: Crockford's base 32 (``0-9`` and ``A-Z`` without ``I``, ``L``, ``O``,
   ``U``), so no two characters look or sound alike. Reading a code is lenient the way
   Crockford's decoding is: case does not matter, ``I`` and ``L`` are read as ``1``,
-  ``O`` as ``0``, hyphens (and the dashes an editor makes of them) and spaces are ignored.
+  ``O`` as ``0``, hyphens (and the dashes an editor makes of them) and spaces are ignored,
+  and the prefix may be left out (``7QK3-9V``): every code of the ledger has it.
 - **Payload**: the low 25 bits of the incident's id (about 33 million codes). The code is
   thus a function of the incident id, recorded in its ``Reported`` event; uniqueness is
   not left to chance: each code is claimed (:class:`ReferenceClaim`) in the transaction
@@ -99,11 +100,18 @@ def parse_code(text: str, prefix: str, field: str = "reference") -> str:
     compact = _SEPARATORS.sub("", text).upper()
     if not compact:
         raise InvalidArgument(field, "is required")
-    if not compact.startswith(prefix):
+    if len(compact) == PAYLOAD_LENGTH + 1:
+        # Read out without the regency's prefix, which every code of this ledger shares (a
+        # prefixed code is longer, and its check character still guards the rest).
+        rest = compact
+    elif compact.startswith(prefix):
+        rest = compact[len(prefix) :]
+    else:
         raise InvalidArgument(
-            field, f"a reference of this ledger starts with {prefix}-, got {text[:40]!r}"
+            field,
+            f"a reference of this ledger starts with {prefix}- (or is the six characters "
+            f"after it), got {text[:40]!r}",
         )
-    rest = compact[len(prefix) :]
     if len(rest) != PAYLOAD_LENGTH + 1:
         raise InvalidArgument(
             field,

@@ -22,9 +22,10 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 _PREFIX = re.compile(r"^[0-9a-f-]+$")
 #: The start of an id as tables show it: 6 or more hex characters, then anything of an id.
 _UUID_START = re.compile(r"^[0-9a-f]{6,}")
-#: What a reference code looks like (MKM-7QK3-9V): the regency's prefix of 1-6 letters, then
-#: 4 and 2 characters. A prefix of an id with a dash has 8 characters before it: no clash.
-REFERENCE_CODE = re.compile(r"^[A-Za-z]{1,6}[- ]?[0-9A-Za-z]{4}[- ]?[0-9A-Za-z]{2}$")
+#: What a reference code looks like (MKM-7QK3-9V): the regency's prefix of 1-6 letters (which
+#: may be left out: 7QK3-9V), then 4 and 2 characters. A prefix of an id with a dash has 8
+#: characters before it: no clash; six hex characters without one are an id's start.
+REFERENCE_CODE = re.compile(r"^(?:[A-Za-z]{1,6}[- ]?)?[0-9A-Za-z]{4}[- ]?[0-9A-Za-z]{2}$")
 #: What people put between a code's groups when they write down one read out, or copy one
 #: from a document: spaces, hyphens, dashes (a word processor's or a phone's en dash).
 _SEPARATORS = re.compile(r"[\s\-\u2010-\u2015\u2212]+")
