@@ -1523,17 +1523,29 @@ class Ledger(Application[UUID]):
             if position:
                 return self.get_incident_as_of(incident_id, position=position)
             return self.get_incident(incident_id)
+        except NotFound:
+            # Listed, so the read side folded its report from this store: every one of its
+            # events was deleted since, outside the ledger. Before, the whole list answered
+            # NOT_FOUND, for every agency.
+            failure = ChainFailure(
+                incident_id,
+                check="decode",
+                version=0,
+                message=f"incident {incident_id} fails its hash chain: its recorded events "
+                "are gone from the store (deleted outside the ledger; `ledger-audit verify "
+                "--store` with a witness's checkpoints names where)",
+            )
         except DataLoss as error:
             if error.reason != "HASH_CHAIN_BROKEN":
                 raise
             failure = ChainFailure.of(incident_id, error)
-            log.error(
-                "incident.listed_broken",
-                incident=f"incidents/{incident_id}",
-                check=failure.check,
-                version=failure.version,
-            )
-            return failure
+        log.error(
+            "incident.listed_broken",
+            incident=f"incidents/{incident_id}",
+            check=failure.check,
+            version=failure.version,
+        )
+        return failure
 
     def incident_by_reference(self, text: str, field: str = "reference") -> UUID:
         """The id of the incident whose reference code ``text`` is (read leniently).

@@ -984,24 +984,36 @@ def test_a_list_flags_an_incident_that_fails_its_chain_and_shows_every_other(
         store_environment(kind, tmp_path) as store_env,
         running_ledger(settings_for(tmp_path, store_env)) as client,
     ):
-        names = _escalated_twice(client, 4)
+        names = _escalated_twice(client, 5)
+        listed = client.stub.ListIncidents(
+            api.ListIncidentsRequest(page_size=10), metadata=client.md("polres")
+        ).incidents
+        assert len(listed) == 5  # the read side has folded every report
         table = client.server.ledger.recorder.events_table_name  # type: ignore[attr-defined]
         surgery = Surgery(kind, store_env, table)
-        middle, last, garbled, intact = (
+        middle, last, garbled, intact, deleted = (
             surgery.rows(UUID(n.removeprefix("incidents/"))) for n in names
         )
         # Version 2's reason changed: version 3's link to it no longer matches.
         surgery.set_state(middle[1].position, middle[1].state.replace(b"growing 0", b"calm 0"))
         surgery.set_state(last[-1].position, last[-1].state.replace(b"growing 1", b"calm 1"))
         surgery.set_state(garbled[-1].position, b"\xff not json")
-        expected = {names[0]: ("chain", 3), names[1]: ("seal", 3), names[2]: ("decode", 0)}
+        for row in deleted:  # every event of the incident: before, the list was NOT_FOUND
+            surgery.delete(row.position)
+        names = [*names[:3], names[4], names[3]]  # the intact incident last, as below
+        expected = {
+            names[0]: ("chain", 3),
+            names[1]: ("seal", 3),
+            names[2]: ("decode", 0),
+            names[3]: ("decode", 0),
+        }
 
         listed = client.stub.ListIncidents(
             api.ListIncidentsRequest(page_size=10), metadata=client.md("polres")
         ).incidents
         assert sorted(i.name for i in listed) == sorted(names)
         for incident in listed:
-            if incident.name == names[3]:
+            if incident.name == names[4]:
                 assert not incident.HasField("chain_failure")
                 assert (incident.version, incident.title) == (
                     len(intact),
@@ -1018,20 +1030,26 @@ def test_a_list_flags_an_incident_that_fails_its_chain_and_shows_every_other(
                 client.stub.GetIncident(
                     api.GetIncidentRequest(name=incident.name), metadata=client.md("polres")
                 )
-            assert caught.value.code() is grpc.StatusCode.DATA_LOSS
+            gone = incident.name == names[3]  # the store no longer holds any of it
+            assert caught.value.code() is (
+                grpc.StatusCode.NOT_FOUND if gone else grpc.StatusCode.DATA_LOSS
+            )
+        assert "recorded events are gone" in next(
+            i.chain_failure.message for i in listed if i.name == names[3]
+        )
 
         ctl = Ctl(client, capsys)
         out = ctl.ok("polres", "list")
-        assert "3 incidents cannot be shown" in out, out
+        assert "4 incidents cannot be shown" in out, out
         assert out.count("fails its hash chain at version 3") == 2, out
-        assert names[3].removeprefix("incidents/")[:8] in out, out
+        assert names[4].removeprefix("incidents/")[:8] in out, out
         board = ctl.json("polres", "board")
-        assert sorted(i["name"] for i in board["chain_failures"]) == sorted(names[:3])
-        assert [i["name"] for i in board["incidents"]] == [names[3]]
+        assert sorted(i["name"] for i in board["chain_failures"]) == sorted(names[:4])
+        assert [i["name"] for i in board["incidents"]] == [names[4]]
         # An id's first characters are found again: the list behind them answers.
         assert (
-            ctl.json("polres", "show", names[3].removeprefix("incidents/")[:8])["incident"]["name"]
-            == (names[3])
+            ctl.json("polres", "show", names[4].removeprefix("incidents/")[:8])["incident"]["name"]
+            == (names[4])
         )
 
 
