@@ -670,6 +670,42 @@ def test_a_checkpoint_signed_by_another_key_is_a_bad_signature(store: Store) -> 
     assert store.divergence([altered]).kind == "bad_signature"
 
 
+def test_a_witness_copy_changed_but_keeping_its_signature_is_a_bad_signature(
+    store: Store, tmp_path: Path
+) -> None:
+    """A witness's checkpoint with a field changed and the genuine signature kept, at the
+    position of one the export holds, passed as a copy of it, never checked: a forged
+    witness file verified ``ok``."""
+    genuine = store.checkpoints.create()
+    out = tmp_path / "export.jsonl"
+    export_jsonl(store.ledger, out)
+    assert verify_file(out, [genuine]).ok
+    for changed in (
+        Checkpoint(
+            genuine.position,
+            "0" * 64,
+            genuine.events,
+            genuine.created_at,
+            genuine.key_id,
+            genuine.signature,
+        ),
+        Checkpoint(
+            genuine.position,
+            genuine.head,
+            genuine.events + 1,
+            genuine.created_at,
+            genuine.key_id,
+            genuine.signature,
+        ),
+    ):
+        for report in (verify_file(out, [changed]), store.verify([changed])):
+            assert report.divergence is not None, changed
+            assert (report.divergence.kind, report.divergence.position) == (
+                "bad_signature",
+                genuine.position,
+            )
+
+
 def test_a_witness_catches_a_deleted_checkpoint_and_truncation(store: Store) -> None:
     witness = [store.checkpoints.create()]
     for position in store.rows.last_positions(2):

@@ -200,7 +200,7 @@ class ChainVerifier:
         self._head_differs: dict[int, Divergence] = {}  # by checkpoint position
         self._seq = itertools.count()
         self._pending: list[tuple[int, int, Checkpoint, str]] = []
-        self._seen: set[tuple[int, bytes]] = set()
+        self._seen: set[Checkpoint] = set()
         self._feed = iter(checkpoints)
         self._feed_next: Checkpoint | None = next(self._feed, None)
         self._prev_checked = self._start_position
@@ -229,10 +229,12 @@ class ChainVerifier:
     def offer_checkpoint(self, checkpoint: Checkpoint, line: int | None = None) -> None:
         """A checkpoint (on ``line`` of an export) to check when the feed passes its
         position."""
-        ident = (checkpoint.position, checkpoint.signature)
-        if ident in self._seen:
+        # The same checkpoint twice (an export's and a witness's copy) is checked once; one
+        # with a field changed, its signature kept, is another, and its own check fails
+        # (before, it passed as a copy of the genuine one at its position, unchecked).
+        if checkpoint in self._seen:
             return
-        self._seen.add(ident)
+        self._seen.add(checkpoint)
         if checkpoint.key_id:
             self._named.add(checkpoint.key_id)
         signer = self._checkpoint_signer(checkpoint)
