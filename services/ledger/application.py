@@ -1669,8 +1669,22 @@ class Ledger(Application[UUID]):
         until: int | None = None,
         keep: Callable[[Incident.Event], bool] = lambda _event: True,
         batch: int = 500,
+        incident: UUID | None = None,
     ) -> Iterator[StoredIncidentEvent]:
-        """Incident events in log order after a position, read in batches (bounded memory)."""
+        """Incident events in log order after a position, read in batches (bounded memory).
+
+        Of one ``incident``: its events only, folded and checked (chain and seal) as its
+        own views are, so that DATA_LOSS refuses a changed one (before, it was streamed as
+        the store held it) and NOT_FOUND one that does not exist; another incident's
+        unreadable event no longer stops it."""
+        if incident is not None:
+            for stored in self.incident_events(
+                incident, after_version=0, limit=None, field="incident"
+            ):
+                if stored.position > after and (until is None or stored.position <= until):
+                    if keep(stored.event):
+                        yield stored
+            return
         topics = self._incident_topics
         while True:
             rows = self.recorder.select_notifications(
@@ -1688,7 +1702,7 @@ class Ledger(Application[UUID]):
                 return
 
     def incident_events(
-        self, incident_id: UUID, *, after_version: int, limit: int, field: str = "parent"
+        self, incident_id: UUID, *, after_version: int, limit: int | None, field: str = "parent"
     ) -> list[StoredIncidentEvent]:
         """Events of one incident with their global positions, oldest first; ``field``
         names the request's field that named it (in a NOT_FOUND, as :meth:`_load`)."""

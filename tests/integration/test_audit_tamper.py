@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from psycopg.sql import SQL, Identifier
 from structlog.testing import capture_logs
 
+from incidentledger.v1 import audit_service_pb2 as audit_api
+from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
 from incidentledger.v1 import ledger_service_pb2 as api
 from services.common.config import PROJECT_ROOT, AuditSettings, ConfigError
 from services.common.errors import DataLoss
@@ -981,10 +983,19 @@ def test_the_api_answers_data_loss_for_a_forged_deleted_or_undecodable_event(
         store_environment(kind, tmp_path) as store_env,
         running_ledger(settings_for(tmp_path, store_env)) as client,
     ):
-        incidents = [UUID(n.removeprefix("incidents/")) for n in _escalated_twice(client, 3)]
+        names = _escalated_twice(client, 4)
+        incidents = [UUID(n.removeprefix("incidents/")) for n in names[:3]]
         table = client.server.ledger.recorder.events_table_name  # type: ignore[attr-defined]
         surgery = Surgery(kind, store_env, table)
         forged, deleted, garbled = (surgery.rows(i) for i in incidents)
+        audit_stub = audit_grpc.AuditServiceStub(client.channel)
+
+        def replay(name: str) -> list[str]:
+            """One incident's replay (ledgerctl audit export --incident)."""
+            request = audit_api.StreamEventsRequest(incident=name)
+            responses = audit_stub.StreamEvents(request, metadata=client.md("inspektorat"))
+            return [r.event.type for r in responses]
+
         surgery.set_state(forged[-1].position, forged[-1].state.replace(b"growing 1", b"calm 1"))
         surgery.delete(deleted[1].position)
         surgery.set_state(garbled[-1].position, b"\xff not json")
@@ -997,6 +1008,8 @@ def test_the_api_answers_data_loss_for_a_forged_deleted_or_undecodable_event(
                 lambda n=name: client.stub.ListIncidentEvents(
                     api.ListIncidentEventsRequest(parent=n), metadata=client.md("polres")
                 ),
+                # Before, a changed event was streamed as the store held it.
+                lambda n=name: replay(n),
             ):
                 with pytest.raises(grpc.RpcError) as caught:
                     call()
@@ -1005,6 +1018,12 @@ def test_the_api_answers_data_loss_for_a_forged_deleted_or_undecodable_event(
                 assert info is not None and info.reason == "HASH_CHAIN_BROKEN"
                 assert info.metadata["incident"] == name
                 assert info.metadata["check"] == check
+        # An intact incident's replay reads its own events only: another's garbled row (before,
+        # DATA_LOSS for every incident's replay) is not in its way.
+        assert replay(names[3]) == ["Reported", "Escalated", "Escalated"]
+        with pytest.raises(grpc.RpcError) as caught:
+            replay(_name(UUID(int=7)))
+        assert caught.value.code() is grpc.StatusCode.NOT_FOUND
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])

@@ -94,6 +94,17 @@ def test_the_replay_streams_the_history_in_order_with_filters(ledger: Client) ->
     assert stream(until_position=positions[1]) == everything[:2]
     start = everything[2].record_time.ToDatetime(tzinfo=UTC)
     assert stream(start_time=ts(start)) == everything[2:]
+    # One incident's replay reads its own events: the same as the whole one's, filtered.
+    for fields in (
+        {"after_position": positions[0]},
+        {"until_position": positions[2]},
+        {"after_position": positions[0], "until_position": positions[2]},
+        {"start_time": ts(start)},
+        {"agency": "desk_pilkada"},
+    ):
+        assert stream(incident=ipuh.incident, **fields) == [
+            e for e in stream(**fields) if e.incident == ipuh.incident
+        ], fields
     for bad in ({"agency": "fbi"}, {"kecamatan": "atlantis"}, {"incident": "incidents/x"}):
         with pytest.raises(grpc.RpcError) as caught:
             stream(**bad)

@@ -263,8 +263,7 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         def keep(event: Incident.Event) -> bool:
             location = event.location or {}
             return (
-                (incident is None or event.originator_id == incident)
-                and (not request.agency or event.actor_agency == request.agency)
+                (not request.agency or event.actor_agency == request.agency)
                 and (not request.kecamatan or location.get("kecamatan") == request.kecamatan)
                 and (start is None or event.timestamp >= start)
                 and (end is None or event.timestamp < end)
@@ -272,7 +271,10 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
 
         # Each yield waits for the transport: a slow reader slows the reading here.
         for stored in self._ledger.history(
-            after=request.after_position, until=request.until_position or None, keep=keep
+            after=request.after_position,
+            until=request.until_position or None,
+            keep=keep,
+            incident=incident,
         ):
             if not context.is_active():
                 return
