@@ -1681,9 +1681,9 @@ class Ledger(Application[UUID]):
             for stored in self.incident_events(
                 incident, after_version=0, limit=None, field="incident"
             ):
-                if stored.position > after and (until is None or stored.position <= until):
-                    if keep(stored.event):
-                        yield stored
+                within = stored.position > after and (until is None or stored.position <= until)
+                if within and keep(stored.event):
+                    yield stored
             return
         topics = self._incident_topics
         while True:

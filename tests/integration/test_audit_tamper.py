@@ -773,6 +773,24 @@ def test_an_export_verifies_offline_and_a_hand_edit_is_caught(store: Store, tmp_
     assert after_end is not None and after_end.kind == "inserted"
 
 
+def test_a_failed_export_leaves_no_file_behind(store: Store, tmp_path: Path) -> None:
+    """An export that fails (a row that no longer decodes) left a file holding its header
+    only, which verify then read as a log whose every event was deleted. Now the file
+    appears only once whole; an earlier file of the same name is left as it was."""
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    out = folder / "export.jsonl"
+    export_jsonl(store.ledger, out)
+    whole = out.read_bytes()
+    garbled = store.rows.rows(store.history.others[0])[-1]
+    store.rows.set_state(garbled.position, b"\xff not json")
+    for target in (out, folder / "again.jsonl"):
+        with pytest.raises(ExportError, match=f"position {garbled.position} "):
+            export_jsonl(store.ledger, target, workers=0)
+    assert sorted(p.name for p in folder.iterdir()) == ["export.jsonl"]
+    assert out.read_bytes() == whole
+
+
 def test_a_partial_export_verifies_from_its_start(store: Store, tmp_path: Path) -> None:
     store.checkpoints.create()
     build_history(store.ledger, extra=0)

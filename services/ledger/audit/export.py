@@ -53,11 +53,26 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 @contextmanager
 def _output(target: Path | str | IO[bytes]) -> Iterator[IO[bytes]]:
-    if isinstance(target, Path | str):
-        with Path(target).open("wb") as out:
-            yield out
-    else:
+    """The file to write to. A path gets its file only once the export is whole: it is
+    written beside it (``.partial``) and renamed at the end, and removed when the export
+    fails. Before, a failed export left a header-only file, which verify read as a log
+    whose every event was deleted. A path that is not a regular file (``/dev/stdout``, a
+    pipe) is written as it goes."""
+    if not isinstance(target, Path | str):
         yield target
+        return
+    path = Path(target)
+    if path.exists() and not path.is_file():
+        with path.open("wb") as out:
+            yield out
+        return
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with partial.open("wb") as out:
+            yield out
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def export_jsonl(
