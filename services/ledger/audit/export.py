@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -54,10 +56,10 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 @contextmanager
 def _output(target: Path | str | IO[bytes]) -> Iterator[IO[bytes]]:
     """The file to write to. A path gets its file only once the export is whole: it is
-    written beside it (``.partial``) and renamed at the end, and removed when the export
-    fails. Before, a failed export left a header-only file, which verify read as a log
-    whose every event was deleted. A path that is not a regular file (``/dev/stdout``, a
-    pipe) is written as it goes."""
+    written beside it (``.NAME.XXXXXXXX.partial``) and renamed at the end, and removed
+    when the export fails. Before, a failed export left a header-only file, which verify
+    read as a log whose every event was deleted. A path that is not a regular file
+    (``/dev/stdout``, a pipe) is written as it goes."""
     if not isinstance(target, Path | str):
         yield target
         return
@@ -66,11 +68,14 @@ def _output(target: Path | str | IO[bytes]) -> Iterator[IO[bytes]]:
         with path.open("wb") as out:
             yield out
         return
-    partial = path.with_name(path.name + ".partial")
+    # Beside it, so that the rename stays on its file system; a name of its own (O_EXCL),
+    # so that two exports, or someone's file, are never written into.
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with partial.open("wb") as out:
+        with os.fdopen(descriptor, "wb") as out:
             yield out
-        partial.replace(path)
+        os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
 
