@@ -77,6 +77,10 @@ TEMPLATES: Mapping[str, str] = {
     "RATE_LIMITED": N_("{agency} is sending too many requests: wait and retry."),
     "TOO_MANY_STREAMS": N_("{agency} has too many open streams ({limit})."),
     "TOO_MANY_WEBHOOKS": N_("{agency} already has {limit} webhooks, the most it may."),
+    "WEBHOOK_EXISTS": N_(
+        "{agency} already has {webhook} for this address and filter: change it, or delete it "
+        "first."
+    ),
     "INGEST_TOO_LARGE": N_("The batch is too large ({limit} bytes at most): send smaller parts."),
     "AUTH_THROTTLED": N_("Too many failed sign-ins: wait and retry."),
     "STORE_UNAVAILABLE": N_("The database cannot be reached: retry."),

@@ -213,6 +213,21 @@ class TooManyWebhooks(ResourceExhausted):
         )
 
 
+class WebhookExists(AlreadyExists):
+    """The agency has a webhook of this URL and filter already: a second one would deliver
+    every event it takes twice, under two delivery ids (a setup script run again)."""
+
+    reason = "WEBHOOK_EXISTS"
+
+    def __init__(self, agency: str, webhook_id: str) -> None:
+        super().__init__(
+            f"agency {agency} already has webhooks/{webhook_id} for this URL and filter: a "
+            "second one would deliver each event twice; change its secret or filter with "
+            "UpdateWebhook (ledgerctl webhooks update), or delete it first",
+            metadata={"agency": agency, "webhook": f"webhooks/{webhook_id}"},
+        )
+
+
 class IngestTooLarge(ResourceExhausted):
     """An ``IngestReports`` request larger than the ledger takes in one call: send its
     reports in smaller chunks."""

@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from services.common.config import ConfigError
-from services.common.errors import TooManyWebhooks
+from services.common.errors import TooManyWebhooks, WebhookExists
 from services.common.failurelog import FailureLog
 from services.common.sql import Database
 from services.common.store_format import NOTIFIER_FORMAT, check_format, record_format
@@ -267,7 +267,8 @@ class NotifierStore:
     ) -> WebhookRow:
         """The new webhook, or the one an earlier request with the same key created.
         :class:`TooManyWebhooks` when the agency has ``max_per_agency`` webhooks (0: no limit)
-        and the request created none before."""
+        and the request created none before; :class:`WebhookExists` when another request
+        of the agency made one of the same URL and filter, not deleted."""
         row = WebhookRow(
             f"wh_{uuid.uuid4().hex}", agency, url, secret, filter_json, time.time(), fingerprint
         )
@@ -284,6 +285,16 @@ class NotifierStore:
                 held, replayed = cur.fetchone()
                 if not replayed and held >= max_per_agency:
                     raise TooManyWebhooks(agency, max_per_agency)
+            cur.execute(
+                self._db.q(
+                    "SELECT id FROM webhooks WHERE agency = ? AND url = ? AND filter = ?"
+                    " AND deleted = 0 AND request_key <> ?"
+                ),
+                (agency, url, filter_json, request_key),
+            )
+            same = cur.fetchone()
+            if same is not None:
+                raise WebhookExists(agency, str(same[0]))
             cur.execute(
                 self._db.q(
                     "INSERT INTO webhooks (id, agency, url, secret, filter, created_at,"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from incidentledger_client import (
+    AlreadyExists,
     EventFilter,
     IncidentStatus,
     InvalidArgument,
@@ -233,6 +234,35 @@ def test_update_webhook_changes_it_in_place(stack: Stack) -> None:
         notifier.delete_webhook(hook.name)
         with pytest.raises(NotFound):
             notifier.update_webhook(hook.name, url=first.url)
+
+
+def test_the_same_webhook_registered_again_is_refused_naming_the_first(stack: Stack) -> None:
+    """A setup script run twice registered a second webhook of the same URL and filter:
+    every event it took was then delivered twice, under two delivery ids. Now the second is
+    ALREADY_EXISTS naming the first; another filter, another agency, a retry of the first
+    request and a registration after the first is deleted are taken as before."""
+    _, notifier = clients(stack, "dinkes")
+    _, other = clients(stack, "kpu")
+    with notifier, other, webhook_receiver() as receiver:
+        hook = notifier.create_webhook(
+            receiver.url, WEBHOOK_SECRET, categories=["flood"], request_id="setup-1"
+        )
+        assert (
+            notifier.create_webhook(
+                receiver.url, WEBHOOK_SECRET, categories=["flood"], request_id="setup-1"
+            )
+            == hook
+        ), "a retry of the same request answers the webhook it made"
+        with pytest.raises(AlreadyExists) as again:
+            notifier.create_webhook(receiver.url, WEBHOOK_SECRET + "x", categories=["flood"])
+        assert again.value.reason == "WEBHOOK_EXISTS"
+        assert hook.name in str(again.value)
+        assert [h.name for h in notifier.webhooks()] == [hook.name]
+        elsewhere = notifier.create_webhook(receiver.url, WEBHOOK_SECRET, categories=["hoax"])
+        theirs = other.create_webhook(receiver.url, WEBHOOK_SECRET, categories=["flood"])
+        notifier.delete_webhook(hook.name)
+        anew = notifier.create_webhook(receiver.url, WEBHOOK_SECRET, categories=["flood"])
+        assert anew.name not in {hook.name, elsewhere.name, theirs.name}
 
 
 def free_port() -> int:
