@@ -78,8 +78,7 @@ TEMPLATES: Mapping[str, str] = {
     "TOO_MANY_STREAMS": N_("{agency} has too many open streams ({limit})."),
     "TOO_MANY_WEBHOOKS": N_("{agency} already has {limit} webhooks, the most it may."),
     "WEBHOOK_EXISTS": N_(
-        "{agency} already has {webhook} for this address and filter: change it, or delete it "
-        "first."
+        "{agency} already has {webhook} for this address and filter: change it, or delete it first."
     ),
     "INGEST_TOO_LARGE": N_("The batch is too large ({limit} bytes at most): send smaller parts."),
     "AUTH_THROTTLED": N_("Too many failed sign-ins: wait and retry."),

@@ -300,7 +300,9 @@ def test_webhooks_update_delete_deliveries_and_an_empty_replay(
         wait_until(lambda: len(second.verified()) == 1, what="a delivery to the updated hook")
         assert len(first.verified()) == 1, "nothing more to the old URL"
         # Only what is given changes: a new category keeps the severity; the text says so.
-        code, out = ctl.run("dinkes", "webhooks", "update", hook["name"], "--category", "flood")
+        # The webhook named by the first characters of its id, as for incidents.
+        short = hook["name"].removeprefix("webhooks/wh_")[:6]
+        code, out = ctl.run("dinkes", "webhooks", "update", short, "--category", "flood")
         assert code == 0, out
         assert f"updated {hook['name']}" in out
         assert second.url in out and "severity >= high; categories: flood" in out
@@ -315,7 +317,7 @@ def test_webhooks_update_delete_deliveries_and_an_empty_replay(
         assert code == 2 and "your agency has no webhook" in ctl.err
         code, out = ctl.run("dinkes", "webhooks", "list")
         assert code == 0 and "severity >= high; categories: flood" in out, out
-        code, out = ctl.run("dinkes", "webhooks", "delete", listed[0]["name"])
+        code, out = ctl.run("dinkes", "webhooks", "delete", f"wh_{short}")
         assert code == 0 and "deleted" in out
         assert ctl.json("dinkes", "webhooks", "list") == []
         code, _ = ctl.run("dinkes", "webhooks", "delete", listed[0]["name"])

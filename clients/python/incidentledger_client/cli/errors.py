@@ -274,9 +274,9 @@ def explain(error: LedgerError, st: State) -> Hint | None:
                     "no credentials: act as an agency with --agency NAME before the command "
                     "(ledgerctl --agency NAME webhooks ...: after it, --agency may be the "
                     "command's own option, a filter), its token from the development tokens "
-                    "file {file}, written by the ledger on its first start; or pass the token your ledger's administrator gave you with "
-                    "--token or LEDGER_TOKEN, or a client certificate with --tls-cert and "
-                    "--tls-key"
+                    "file {file}, written by the ledger on its first start; or pass the token "
+                    "your ledger's administrator gave you with --token or LEDGER_TOKEN, or a "
+                    "client certificate with --tls-cert and --tls-key"
                 ).format(file=settings.tokens_file),
                 meta,
             )

@@ -100,13 +100,34 @@ def webhooks_list(ctx: typer.Context) -> None:
         )
 
 
+#: The fewest characters of a webhook's id (after ``wh_``) that name it, as for incidents.
+MIN_WEBHOOK_PREFIX = 4
+
+
 def _webhook(ctx: typer.Context, name: str) -> Webhook:
-    """One of the agency's webhooks by its name, or the id after "webhooks/"."""
+    """One of the agency's webhooks by its name, its id (after "webhooks/"), or the first
+    4 or more characters of the id, with or without its ``wh_``, that only it starts with."""
     wanted = name if name.startswith("webhooks/") else f"webhooks/{name}"
     hooks = list(state(ctx).notifier().webhooks())
     for hook in hooks:
         if hook.name == wanted:
             return hook
+    start = wanted.removeprefix("webhooks/").removeprefix("wh_").lower()
+    if len(start) >= MIN_WEBHOOK_PREFIX:
+        matches = [
+            hook
+            for hook in hooks
+            if hook.name.removeprefix("webhooks/").removeprefix("wh_").startswith(start)
+        ]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise typer.BadParameter(
+                _("{name} is ambiguous: {count} of your webhooks start with it: {names}").format(
+                    name=repr(name), count=len(matches), names=", ".join(h.name for h in matches)
+                ),
+                param_hint="WEBHOOK",
+            )
     known = [h.name for h in hooks]
     raise typer.BadParameter(
         _("your agency has no webhook {name}{suggestion} (yours: {yours})").format(
@@ -118,7 +139,10 @@ def _webhook(ctx: typer.Context, name: str) -> Webhook:
     )
 
 
-@app.command("delete", epilog="Example: ledgerctl -a bpbd webhooks delete webhooks/3f2a")
+@app.command(
+    "delete",
+    epilog="Example: ledgerctl -a bpbd webhooks delete wh_3f2a (the first characters of its id)",
+)
 def webhooks_delete(
     ctx: typer.Context, name: Annotated[str, typer.Argument(help="The webhook.", metavar="WEBHOOK")]
 ) -> None:
@@ -136,7 +160,7 @@ def webhooks_delete(
 
 @app.command(
     "update",
-    epilog="Example: ledgerctl -a bpbd webhooks update webhooks/3f2a "
+    epilog="Example: ledgerctl -a bpbd webhooks update wh_3f2a "
     "--url https://bpbd.example/v2/hook --min-severity high",
 )
 def webhooks_update(
