@@ -16,6 +16,7 @@ from uuid import UUID
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from google.protobuf.json_format import MessageToDict
 
 from services.common.config import AuditSettings, ConfigError
@@ -36,7 +37,7 @@ from services.ledger.audit import (
 )
 from services.ledger.audit.checkpoints import signing_payload
 from services.ledger.audit.encoding import export_line
-from services.ledger.audit.keys import DEVELOPMENT_KEY_MARK, generate_key_pair
+from services.ledger.audit.keys import DEVELOPMENT_KEY_MARK, generate_key_pair, load_public_keys
 from services.ledger.audit.verify_exported import check_event_line, exported_as_is
 from services.ledger.domain.commands import (
     AcceptHandover,
@@ -408,6 +409,12 @@ def test_keys_load_from_pem_or_base64(tmp_path: Path) -> None:
     (tmp_path / "bad").write_text("not a key")
     with pytest.raises(ConfigError):
         load_public_key(tmp_path / "bad")
+    # The signing key given where its public key belongs: said so, never echoed.
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    (tmp_path / "k.pem").write_bytes(b"# a comment first\n" + pem)
+    with pytest.raises(ConfigError, match=r"k\.pem:2 is a private key, not a public key") as c:
+        load_public_keys(tmp_path / "k.pem")
+    assert pem.decode().splitlines()[1] not in str(c.value)
 
 
 def test_production_requires_a_signing_key_and_never_generates(tmp_path: Path) -> None:

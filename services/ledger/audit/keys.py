@@ -100,6 +100,14 @@ def parse_public_keys(data: bytes, source: str = "public keys") -> tuple[bytes, 
     block: list[bytes] = []
     for number, raw in enumerate(data.splitlines(), 1):
         line = raw.strip()
+        if line.startswith(b"-----BEGIN") and b"PRIVATE KEY" in line:
+            # The signing key itself, given where its public key belongs: say so, and never
+            # echo it.
+            raise ConfigError(
+                f"{source}:{number} is a private key, not a public key: give the ledger's "
+                "public key (ledger-signing.pub beside it in the data directory, or `openssl "
+                "pkey -in KEY -pubout`), and keep the private key to the ledger"
+            )
         if block or line.startswith(b"-----BEGIN"):
             block.append(line)
             if line == _PEM_END:
