@@ -1693,8 +1693,10 @@ class Ledger(Application[UUID]):
             if not rows:
                 return
             for row in rows:
-                with self._loading(row.originator_id):
+                try:
                     event = self.mapper.to_domain_event(row)
+                except BROKEN_HISTORY as exc:
+                    raise self._unreadable_in_log(row, exc) from None
                 if isinstance(event, Incident.Event) and keep(event):
                     yield StoredIncidentEvent(event, row.id)
             after = rows[-1].id
@@ -1904,6 +1906,30 @@ class Ledger(Application[UUID]):
         """:meth:`load_aggregate` for an incident: a stored record among its events that is
         not one of them is :class:`ForeignRecordError` (see :func:`mutate_incident`)."""
         return self.repository.get(incident_id, version=version, projector_func=mutate_incident)
+
+    def _unreadable_in_log(self, row: Notification, error: Exception) -> DataLoss:
+        """The DATA_LOSS of a replay that reaches a stored event it cannot read: which one
+        (position, incident, version), and how to read on past it."""
+        log.error(
+            "history.event_unreadable",
+            position=row.id,
+            incident=f"incidents/{row.originator_id}",
+            version=row.originator_version,
+            error_type=type(error).__name__,
+        )
+        return DataLoss(
+            f"the stored event at position {row.id} (incident {row.originator_id}, version "
+            f"{row.originator_version}) no longer decodes: it was changed in the store "
+            "(`ledger-audit verify --store` names the change); the replay stops there, and "
+            f"goes on past it from after_position {row.id}",
+            reason="HASH_CHAIN_BROKEN",
+            metadata={
+                "incident": f"incidents/{row.originator_id}",
+                "version": str(row.originator_version),
+                "position": str(row.id),
+                "check": "decode",
+            },
+        )
 
     @contextmanager
     def _loading(self, incident_id: UUID | str) -> Iterator[None]:

@@ -1157,6 +1157,15 @@ def test_the_read_side_and_the_relay_pass_over_events_they_cannot_read(store: St
     unpublishable = [e for e in logs if e["event"] == "relay.event_unpublishable"]
     assert [e["position"] for e in unpublishable] == left_out
 
+    # The replay stops at the row it cannot read, names it, and reads on past it.
+    with pytest.raises(DataLoss) as caught:
+        list(store.ledger.history())
+    assert caught.value.metadata["position"] == str(garbled.position)
+    assert caught.value.metadata["incident"] == _name(store.history.others[0])
+    assert f"from after_position {garbled.position}" in caught.value.message
+    after = [s.position for s in store.ledger.history(after=garbled.position)]
+    assert after and min(after) > garbled.position
+
 
 def test_the_read_side_passes_over_only_what_the_library_cannot_read_either(
     store: Store, monkeypatch: pytest.MonkeyPatch
