@@ -325,11 +325,13 @@ def test_webhooks_update_delete_deliveries_and_an_empty_replay(
         typed = ctl.json(
             "dinkes", "webhooks", "register", first.url, "--secret", WEBHOOK_SECRET,
             "--event-type", "DecisionRecorded", "--agency", "polres",
+            "--kecamatan", "ipuh,Penarik",  # a list as people write one
         )  # fmt: skip
         assert (typed["filter"]["event_types"], typed["filter"]["agencies"]) == (
             ["DecisionRecorded"],
             ["polres"],
         )
+        assert typed["filter"]["kecamatan"] == ["ipuh", "penarik"]
 
 
 def test_webhooks_deliveries_shows_the_latest_not_the_first_of_the_day(

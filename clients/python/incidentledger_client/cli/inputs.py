@@ -218,7 +218,20 @@ def maybe_code(ctx: typer.Context, kind: str, value: str | None, param: str) -> 
 
 
 def codes(ctx: typer.Context, kind: str, values: list[str] | None, param: str) -> list[str]:
-    return [code(ctx, kind, v, param) for v in values or []]
+    """The codes of a repeatable option; a value with commas (``ipuh,penarik``, as people
+    write a list) that is not itself a name is taken as several, each checked."""
+    found = []
+    for value in values or []:
+        if "," in value:
+            try:
+                found.append(code(ctx, kind, value, param))
+                continue
+            except typer.BadParameter:
+                parts = [part for part in value.split(",") if part.strip()]
+                found.extend(code(ctx, kind, part, param) for part in parts)
+                continue
+        found.append(code(ctx, kind, value, param))
+    return found
 
 
 def desa_name(ctx: typer.Context, kecamatan: str, value: str) -> str:
