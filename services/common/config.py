@@ -758,7 +758,10 @@ class NotifierVariables(Group):
         gt=0.0,
     )
     webhook_max_attempts: Integer = _setting(
-        "NOTIFIER_WEBHOOK_MAX_ATTEMPTS", 8, "attempts before a dead letter", ge=1
+        "NOTIFIER_WEBHOOK_MAX_ATTEMPTS",
+        20,
+        "attempts before a dead letter (20: about an hour of retries at the default delays)",
+        ge=1,
     )
     webhook_timeout_seconds: Number = _setting(
         "NOTIFIER_WEBHOOK_TIMEOUT_SECONDS",

@@ -113,7 +113,7 @@ OLD_DEFAULTS: dict[str, object] = {
     "NOTIFIER_SQLITE_DBNAME": None,  # <data dir>/notifier.sqlite
     "NOTIFIER_CONSUMER": "notifier",
     "NOTIFIER_ACK_WAIT_SECONDS": 10.0,
-    "NOTIFIER_WEBHOOK_MAX_ATTEMPTS": 8,
+    "NOTIFIER_WEBHOOK_MAX_ATTEMPTS": 20,
     "NOTIFIER_WEBHOOK_TIMEOUT_SECONDS": 5.0,
     "NOTIFIER_WEBHOOK_BACKOFF_SECONDS": 1.0,
     "NOTIFIER_WEBHOOK_MAX_BACKOFF_SECONDS": 300.0,
@@ -257,7 +257,7 @@ def old_relay(nats_url: str = "") -> RelaySettings:
 
 def old_webhooks() -> WebhookSettings:
     return WebhookSettings(
-        max_attempts=8,
+        max_attempts=20,
         timeout_seconds=5.0,
         backoff_seconds=1.0,
         max_backoff_seconds=300.0,
