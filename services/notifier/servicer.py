@@ -23,7 +23,14 @@ from services.common.reference import ReferenceData, Role
 from services.notifier.engine import Engine
 from services.notifier.filters import EventFilter
 from services.notifier.messages import encode_cursor
-from services.notifier.store import DeliveryLog, Job, LogEntry, NotifierStore, WebhookRow
+from services.notifier.store import (
+    DeliveryLog,
+    Job,
+    LogEntry,
+    NotifierStore,
+    WebhookBacklog,
+    WebhookRow,
+)
 from services.notifier.webhooks import WebhookChange, WebhookRegistry
 
 DEFAULT_PAGE, MAX_PAGE = 50, 500
@@ -145,14 +152,23 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         role = self._reference.agencies[principal.agency].role
         return role in {Role.COORDINATOR, Role.AUDITOR}
 
-    def _webhook_proto(self, row: WebhookRow) -> napi.Webhook:
-        return napi.Webhook(
+    def _webhook_proto(
+        self, row: WebhookRow, backlog: WebhookBacklog | None = None
+    ) -> napi.Webhook:
+        message = napi.Webhook(
             name=f"webhooks/{row.id}",
             agency=row.agency,
             url=_shown_url(row.url),
             filter=EventFilter.from_json(row.filter).to_proto(self._reference),
             create_time=_ts(row.created_at),
         )
+        if backlog is not None:
+            message.waiting_deliveries = backlog.waiting
+            message.dead_letters = backlog.dead
+            oldest = _ts(backlog.oldest)
+            if oldest is not None:
+                message.oldest_waiting_time.CopyFrom(oldest)
+        return message
 
     # ------------------------------------------------------------ subscriptions
 
@@ -256,8 +272,12 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
             lambda row: row.id,
             "",
         )
+        # What each receiver has still to get: before, an integrator saw only the failed
+        # attempts, not the deliveries queued behind them.
+        backlogs = self._store.backlogs([r.id for r in rows])
         return napi.ListWebhooksResponse(
-            webhooks=[self._webhook_proto(r) for r in rows], next_page_token=next_token
+            webhooks=[self._webhook_proto(r, backlogs.get(r.id)) for r in rows],
+            next_page_token=next_token,
         )
 
     @override

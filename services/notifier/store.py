@@ -95,6 +95,16 @@ class DeletedWebhookReplayedError(Exception):
 
 
 @dataclass(frozen=True)
+class WebhookBacklog:
+    """What a webhook's receiver has still to get: deliveries not made yet (``waiting``,
+    the oldest stored or first attempted at ``oldest``, epoch seconds) and dead letters."""
+
+    waiting: int = 0
+    oldest: float | None = None
+    dead: int = 0
+
+
+@dataclass(frozen=True)
 class WebhookRow:
     id: str
     agency: str
@@ -573,6 +583,38 @@ class NotifierStore:
             cur.execute(self._db.q("SELECT COUNT(*) FROM delivery_jobs WHERE status = ?"), (DEAD,))
             row = cur.fetchone()
         return int(row[0]) if row else 0
+
+    def backlogs(self, webhook_ids: Sequence[str]) -> dict[str, WebhookBacklog]:
+        """Each webhook's deliveries not made yet and dead letters (:class:`WebhookBacklog`;
+        a webhook with neither is left out), in one query: what ListWebhooks shows."""
+        if not webhook_ids:
+            return {}
+        marks = ", ".join("?" for _ in webhook_ids)
+        with self._db.read() as cur:
+            cur.execute(
+                self._db.q(
+                    "SELECT webhook_id, status, COUNT(*),"  # noqa: S608 - placeholders only
+                    " MIN(COALESCE(first_attempt_at, next_attempt_at)) FROM delivery_jobs"
+                    f" WHERE webhook_id IN ({marks}) AND status IN (?, ?, ?)"
+                    " GROUP BY webhook_id, status"
+                ),
+                (*webhook_ids, PENDING, INFLIGHT, DEAD),
+            )
+            rows = cur.fetchall()
+        found: dict[str, WebhookBacklog] = {}
+        for webhook_id, status, count, oldest in rows:
+            backlog = found.get(str(webhook_id), WebhookBacklog())
+            if status == DEAD:
+                backlog = replace(backlog, dead=int(count))
+            else:
+                since = float(oldest) if oldest is not None else None
+                if backlog.oldest is not None and since is not None:
+                    since = min(since, backlog.oldest)
+                backlog = replace(
+                    backlog, waiting=backlog.waiting + int(count), oldest=since or backlog.oldest
+                )
+            found[str(webhook_id)] = backlog
+        return found
 
     def waiting(self) -> tuple[int, float | None]:
         """The webhook deliveries not made yet (stored, being attempted or to be retried,

@@ -180,6 +180,12 @@ def test_webhooks_dead_letters_replay_and_the_delivery_log(stack: Stack) -> None
         )
         assert dead.last_error == "HTTP 503"
         assert dead.last_attempt_time is not None
+        (listed,) = notifier.webhooks()  # what its receiver has still to get
+        assert (listed.waiting_deliveries, listed.oldest_waiting_time, listed.dead_letters) == (
+            0,
+            None,
+            1,
+        )
         log = list(notifier.deliveries(incident=result.incident, page_size=1))
         assert [(d.channel, d.outcome, d.attempt) for d in log] == [
             ("webhook", "failed", 1),

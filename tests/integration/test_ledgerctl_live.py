@@ -198,6 +198,8 @@ def test_webhooks_register_list_dead_letters_and_replay(
 
         wait_until(lambda: len(dead()) == 1, what="a dead letter")
         assert dead()[0]["event_id"] == result.event_id
+        (listed_hook,) = ctl.json("dinkes", "webhooks", "list")  # what it has still to get
+        assert (listed_hook["waiting_deliveries"], listed_hook["dead_letters"]) == (0, 1)
         receiver.status = 204
         code, _ = ctl.run("dinkes", "webhooks", "replay", "--all")
         assert code == 0

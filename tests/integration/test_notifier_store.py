@@ -12,7 +12,7 @@ from services.common.config import ConfigError, NotifierSettings
 from services.common.datafiles import prepare_sqlite_file
 from services.common.sql import open_database
 from services.notifier.sealing import SecretBox, load_secret_box
-from services.notifier.store import Job, LogEntry, NewJob, NotifierStore, Outcome
+from services.notifier.store import Job, LogEntry, NewJob, NotifierStore, Outcome, WebhookBacklog
 
 SECRET = "a-webhook-secret-nobody-may-read"
 
@@ -301,8 +301,15 @@ def test_the_deliveries_waiting_are_those_not_made_yet(
             ]
         )
         assert store.waiting() == (2, first_attempt)  # the retry, and the job under way
+        # Per webhook, what ListWebhooks shows: the same, and the dead letters apart.
+        store.add_jobs([NewJob("wh_b", 5, 5, "ev5", "incidents/5", "bpbd", "{}")])
+        backlogs = store.backlogs(["wh_a", "wh_b", "wh_c"])
+        assert backlogs["wh_a"] == WebhookBacklog(waiting=2, oldest=first_attempt, dead=1)
+        assert backlogs["wh_b"].waiting == 1 and backlogs["wh_b"].dead == 0
+        assert "wh_c" not in backlogs  # nothing waits for it
+        assert store.backlogs([]) == {}
         store.finish_all([entry(jobs[3], "delivered", stored_at)])
-        assert store.waiting() == (1, first_attempt)
+        assert store.waiting() == (2, first_attempt)
     finally:
         store.close()
 

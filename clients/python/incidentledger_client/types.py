@@ -1045,6 +1045,12 @@ class Webhook:
     url: str
     filter: EventFilter
     create_time: datetime | None
+    #: As ``webhooks()`` lists it (0 and None elsewhere): its deliveries not made yet
+    #: (stored, under way, or waiting for a retry), when the oldest of them was stored or
+    #: first attempted, and its dead letters. Not compared: they change as it delivers.
+    waiting_deliveries: int = field(default=0, compare=False)
+    oldest_waiting_time: datetime | None = field(default=None, compare=False)
+    dead_letters: int = field(default=0, compare=False)
 
     @classmethod
     def from_proto(cls, message: notifier_pb.Webhook) -> Webhook:
@@ -1054,6 +1060,9 @@ class Webhook:
             url=message.url,
             filter=EventFilter.from_proto(message.filter),
             create_time=_optional_time(message, "create_time"),
+            waiting_deliveries=message.waiting_deliveries,
+            oldest_waiting_time=_optional_time(message, "oldest_waiting_time"),
+            dead_letters=message.dead_letters,
         )
 
 

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from incidentledger.v1 import incident_pb2 as incidentledger_dot_v1_dot_incident__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(incidentledger/v1/notifier_service.proto\x12\x11incidentledger.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a incidentledger/v1/incident.proto\"\x8e\x01\n\x0b\x45ventFilter\x12\x11\n\tkecamatan\x18\x01 \x03(\t\x12\x12\n\ncategories\x18\x02 \x03(\t\x12\x14\n\x0cmin_severity\x18\x03 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x04 \x03(\t\x12\x1b\n\x13involving_my_agency\x18\x05 \x01(\x08\x12\x10\n\x08\x61gencies\x18\x06 \x03(\t\"m\n\x10SubscribeRequest\x12.\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1e.incidentledger.v1.EventFilter\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12\x19\n\x11heartbeat_seconds\x18\x03 \x01(\x05\"\x9c\x01\n\x11SubscribeResponse\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12<\n\x0cnotification\x18\x02 \x01(\x0b\x32$.incidentledger.v1.EventNotificationH\x00\x12\x31\n\theartbeat\x18\x03 \x01(\x0b\x32\x1c.incidentledger.v1.HeartbeatH\x00\x42\x06\n\x04kind\"5\n\tHeartbeat\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa5\x01\n\x07Webhook\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x61gency\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12.\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x1e.incidentledger.v1.EventFilter\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06secret\x18\x06 \x01(\t\"w\n\x14\x43reateWebhookRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12.\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x1e.incidentledger.v1.EventFilter\x12\x0e\n\x06secret\x18\x04 \x01(\t\"D\n\x15\x43reateWebhookResponse\x12+\n\x07webhook\x18\x01 \x01(\x0b\x32\x1a.incidentledger.v1.Webhook\"<\n\x13ListWebhooksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x14ListWebhooksResponse\x12,\n\x08webhooks\x18\x01 \x03(\x0b\x32\x1a.incidentledger.v1.Webhook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"t\n\x14UpdateWebhookRequest\x12+\n\x07webhook\x18\x01 \x01(\x0b\x32\x1a.incidentledger.v1.Webhook\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"D\n\x15UpdateWebhookResponse\x12+\n\x07webhook\x18\x01 \x01(\x0b\x32\x1a.incidentledger.v1.Webhook\"$\n\x14\x44\x65leteWebhookRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteWebhookResponse\"\xf6\x01\n\nDeadLetter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07webhook\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x10\n\x08incident\x18\x04 \x01(\t\x12\x10\n\x08position\x18\x05 \x01(\x03\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x36\n\x12\x66irst_attempt_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_attempt_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x16ListDeadLettersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x17ListDeadLettersResponse\x12\x33\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x1d.incidentledger.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17ReplayDeadLetterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\",\n\x18ReplayDeadLetterResponse\x12\x10\n\x08replayed\x18\x01 \x01(\x05\"\xd2\x01\n\x0e\x44\x65liveryRecord\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08incident\x18\x02 \x01(\t\x12\x10\n\x08position\x18\x03 \x01(\x03\x12\x0e\n\x06\x61gency\x18\x04 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x05 \x01(\t\x12\x0e\n\x06target\x18\x06 \x01(\t\x12\x0f\n\x07outcome\x18\x07 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\r\n\x05\x65rror\x18\t \x01(\t\x12(\n\x04time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\x15ListDeliveriesRequest\x12\x10\n\x08incident\x18\x01 \x01(\t\x12\x0e\n\x06\x61gency\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x10\n\x08order_by\x18\x05 \x01(\t\"h\n\x16ListDeliveriesResponse\x12\x35\n\ndeliveries\x18\x01 \x03(\x0b\x32!.incidentledger.v1.DeliveryRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb6\x06\n\x0fNotifierService\x12X\n\tSubscribe\x12#.incidentledger.v1.SubscribeRequest\x1a$.incidentledger.v1.SubscribeResponse0\x01\x12\x62\n\rCreateWebhook\x12\'.incidentledger.v1.CreateWebhookRequest\x1a(.incidentledger.v1.CreateWebhookResponse\x12_\n\x0cListWebhooks\x12&.incidentledger.v1.ListWebhooksRequest\x1a\'.incidentledger.v1.ListWebhooksResponse\x12\x62\n\rUpdateWebhook\x12\'.incidentledger.v1.UpdateWebhookRequest\x1a(.incidentledger.v1.UpdateWebhookResponse\x12\x62\n\rDeleteWebhook\x12\'.incidentledger.v1.DeleteWebhookRequest\x1a(.incidentledger.v1.DeleteWebhookResponse\x12h\n\x0fListDeadLetters\x12).incidentledger.v1.ListDeadLettersRequest\x1a*.incidentledger.v1.ListDeadLettersResponse\x12k\n\x10ReplayDeadLetter\x12*.incidentledger.v1.ReplayDeadLetterRequest\x1a+.incidentledger.v1.ReplayDeadLetterResponse\x12\x65\n\x0eListDeliveries\x12(.incidentledger.v1.ListDeliveriesRequest\x1a).incidentledger.v1.ListDeliveriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(incidentledger/v1/notifier_service.proto\x12\x11incidentledger.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a incidentledger/v1/incident.proto\"\x8e\x01\n\x0b\x45ventFilter\x12\x11\n\tkecamatan\x18\x01 \x03(\t\x12\x12\n\ncategories\x18\x02 \x03(\t\x12\x14\n\x0cmin_severity\x18\x03 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x04 \x03(\t\x12\x1b\n\x13involving_my_agency\x18\x05 \x01(\x08\x12\x10\n\x08\x61gencies\x18\x06 \x03(\t\"m\n\x10SubscribeRequest\x12.\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1e.incidentledger.v1.EventFilter\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12\x19\n\x11heartbeat_seconds\x18\x03 \x01(\x05\"\x9c\x01\n\x11SubscribeResponse\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12<\n\x0cnotification\x18\x02 \x01(\x0b\x32$.incidentledger.v1.EventNotificationH\x00\x12\x31\n\theartbeat\x18\x03 \x01(\x0b\x32\x1c.incidentledger.v1.HeartbeatH\x00\x42\x06\n\x04kind\"5\n\tHeartbeat\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x90\x02\n\x07Webhook\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x61gency\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12.\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x1e.incidentledger.v1.EventFilter\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06secret\x18\x06 \x01(\t\x12\x1a\n\x12waiting_deliveries\x18\x07 \x01(\x03\x12\x37\n\x13oldest_waiting_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x64\x65\x61\x64_letters\x18\t \x01(\x03\"w\n\x14\x43reateWebhookRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12.\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x1e.incidentledger.v1.EventFilter\x12\x0e\n\x06secret\x18\x04 \x01(\t\"D\n\x15\x43reateWebhookResponse\x12+\n\x07webhook\x18\x01 \x01(\x0b\x32\x1a.incidentledger.v1.Webhook\"<\n\x13ListWebhooksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x14ListWebhooksResponse\x12,\n\x08webhooks\x18\x01 \x03(\x0b\x32\x1a.incidentledger.v1.Webhook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"t\n\x14UpdateWebhookRequest\x12+\n\x07webhook\x18\x01 \x01(\x0b\x32\x1a.incidentledger.v1.Webhook\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"D\n\x15UpdateWebhookResponse\x12+\n\x07webhook\x18\x01 \x01(\x0b\x32\x1a.incidentledger.v1.Webhook\"$\n\x14\x44\x65leteWebhookRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteWebhookResponse\"\xf6\x01\n\nDeadLetter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07webhook\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x10\n\x08incident\x18\x04 \x01(\t\x12\x10\n\x08position\x18\x05 \x01(\x03\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x36\n\x12\x66irst_attempt_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_attempt_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x16ListDeadLettersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x17ListDeadLettersResponse\x12\x33\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x1d.incidentledger.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17ReplayDeadLetterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\",\n\x18ReplayDeadLetterResponse\x12\x10\n\x08replayed\x18\x01 \x01(\x05\"\xd2\x01\n\x0e\x44\x65liveryRecord\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08incident\x18\x02 \x01(\t\x12\x10\n\x08position\x18\x03 \x01(\x03\x12\x0e\n\x06\x61gency\x18\x04 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x05 \x01(\t\x12\x0e\n\x06target\x18\x06 \x01(\t\x12\x0f\n\x07outcome\x18\x07 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\r\n\x05\x65rror\x18\t \x01(\t\x12(\n\x04time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\x15ListDeliveriesRequest\x12\x10\n\x08incident\x18\x01 \x01(\t\x12\x0e\n\x06\x61gency\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x10\n\x08order_by\x18\x05 \x01(\t\"h\n\x16ListDeliveriesResponse\x12\x35\n\ndeliveries\x18\x01 \x03(\x0b\x32!.incidentledger.v1.DeliveryRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb6\x06\n\x0fNotifierService\x12X\n\tSubscribe\x12#.incidentledger.v1.SubscribeRequest\x1a$.incidentledger.v1.SubscribeResponse0\x01\x12\x62\n\rCreateWebhook\x12\'.incidentledger.v1.CreateWebhookRequest\x1a(.incidentledger.v1.CreateWebhookResponse\x12_\n\x0cListWebhooks\x12&.incidentledger.v1.ListWebhooksRequest\x1a\'.incidentledger.v1.ListWebhooksResponse\x12\x62\n\rUpdateWebhook\x12\'.incidentledger.v1.UpdateWebhookRequest\x1a(.incidentledger.v1.UpdateWebhookResponse\x12\x62\n\rDeleteWebhook\x12\'.incidentledger.v1.DeleteWebhookRequest\x1a(.incidentledger.v1.DeleteWebhookResponse\x12h\n\x0fListDeadLetters\x12).incidentledger.v1.ListDeadLettersRequest\x1a*.incidentledger.v1.ListDeadLettersResponse\x12k\n\x10ReplayDeadLetter\x12*.incidentledger.v1.ReplayDeadLetterRequest\x1a+.incidentledger.v1.ReplayDeadLetterResponse\x12\x65\n\x0eListDeliveries\x12(.incidentledger.v1.ListDeliveriesRequest\x1a).incidentledger.v1.ListDeliveriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,39 +43,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEAT']._serialized_start=579
   _globals['_HEARTBEAT']._serialized_end=632
   _globals['_WEBHOOK']._serialized_start=635
-  _globals['_WEBHOOK']._serialized_end=800
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=802
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=921
-  _globals['_CREATEWEBHOOKRESPONSE']._serialized_start=923
-  _globals['_CREATEWEBHOOKRESPONSE']._serialized_end=991
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=993
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=1053
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=1055
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=1148
-  _globals['_UPDATEWEBHOOKREQUEST']._serialized_start=1150
-  _globals['_UPDATEWEBHOOKREQUEST']._serialized_end=1266
-  _globals['_UPDATEWEBHOOKRESPONSE']._serialized_start=1268
-  _globals['_UPDATEWEBHOOKRESPONSE']._serialized_end=1336
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=1338
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=1374
-  _globals['_DELETEWEBHOOKRESPONSE']._serialized_start=1376
-  _globals['_DELETEWEBHOOKRESPONSE']._serialized_end=1399
-  _globals['_DEADLETTER']._serialized_start=1402
-  _globals['_DEADLETTER']._serialized_end=1648
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=1650
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=1713
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=1715
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=1818
-  _globals['_REPLAYDEADLETTERREQUEST']._serialized_start=1820
-  _globals['_REPLAYDEADLETTERREQUEST']._serialized_end=1859
-  _globals['_REPLAYDEADLETTERRESPONSE']._serialized_start=1861
-  _globals['_REPLAYDEADLETTERRESPONSE']._serialized_end=1905
-  _globals['_DELIVERYRECORD']._serialized_start=1908
-  _globals['_DELIVERYRECORD']._serialized_end=2118
-  _globals['_LISTDELIVERIESREQUEST']._serialized_start=2120
-  _globals['_LISTDELIVERIESREQUEST']._serialized_end=2234
-  _globals['_LISTDELIVERIESRESPONSE']._serialized_start=2236
-  _globals['_LISTDELIVERIESRESPONSE']._serialized_end=2340
-  _globals['_NOTIFIERSERVICE']._serialized_start=2343
-  _globals['_NOTIFIERSERVICE']._serialized_end=3165
+  _globals['_WEBHOOK']._serialized_end=907
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=909
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=1028
+  _globals['_CREATEWEBHOOKRESPONSE']._serialized_start=1030
+  _globals['_CREATEWEBHOOKRESPONSE']._serialized_end=1098
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=1100
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=1160
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=1162
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=1255
+  _globals['_UPDATEWEBHOOKREQUEST']._serialized_start=1257
+  _globals['_UPDATEWEBHOOKREQUEST']._serialized_end=1373
+  _globals['_UPDATEWEBHOOKRESPONSE']._serialized_start=1375
+  _globals['_UPDATEWEBHOOKRESPONSE']._serialized_end=1443
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=1445
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=1481
+  _globals['_DELETEWEBHOOKRESPONSE']._serialized_start=1483
+  _globals['_DELETEWEBHOOKRESPONSE']._serialized_end=1506
+  _globals['_DEADLETTER']._serialized_start=1509
+  _globals['_DEADLETTER']._serialized_end=1755
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=1757
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=1820
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=1822
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=1925
+  _globals['_REPLAYDEADLETTERREQUEST']._serialized_start=1927
+  _globals['_REPLAYDEADLETTERREQUEST']._serialized_end=1966
+  _globals['_REPLAYDEADLETTERRESPONSE']._serialized_start=1968
+  _globals['_REPLAYDEADLETTERRESPONSE']._serialized_end=2012
+  _globals['_DELIVERYRECORD']._serialized_start=2015
+  _globals['_DELIVERYRECORD']._serialized_end=2225
+  _globals['_LISTDELIVERIESREQUEST']._serialized_start=2227
+  _globals['_LISTDELIVERIESREQUEST']._serialized_end=2341
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_start=2343
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_end=2447
+  _globals['_NOTIFIERSERVICE']._serialized_start=2450
+  _globals['_NOTIFIERSERVICE']._serialized_end=3272
 # @@protoc_insertion_point(module_scope)

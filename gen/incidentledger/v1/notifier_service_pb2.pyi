@@ -163,6 +163,9 @@ class Webhook(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     SECRET_FIELD_NUMBER: _builtins.int
+    WAITING_DELIVERIES_FIELD_NUMBER: _builtins.int
+    OLDEST_WAITING_TIME_FIELD_NUMBER: _builtins.int
+    DEAD_LETTERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"webhooks/{id}" """
     agency: _builtins.str
@@ -171,10 +174,23 @@ class Webhook(_message.Message):
     """http:// or https:// URL that receives POSTs."""
     secret: _builtins.str
     """Input only (UpdateWebhook): the new shared secret, 16-256 characters. Never returned."""
+    waiting_deliveries: _builtins.int
+    """Output only, in ListWebhooks: its deliveries not made yet (stored, under way, or
+    waiting for a retry, behind a failing one of the same incident among them; dead
+    letters not counted), what its receiver has still to get.
+    """
+    dead_letters: _builtins.int
+    """Output only, in ListWebhooks: its dead letters, waiting for a replay."""
     @_builtins.property
     def filter(self) -> Global___EventFilter: ...
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def oldest_waiting_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only, in ListWebhooks: when the oldest of those was stored or first attempted;
+        unset when none waits.
+        """
+
     def __init__(
         self,
         *,
@@ -184,10 +200,13 @@ class Webhook(_message.Message):
         filter: Global___EventFilter | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         secret: _builtins.str = ...,
+        waiting_deliveries: _builtins.int = ...,
+        oldest_waiting_time: _timestamp_pb2.Timestamp | None = ...,
+        dead_letters: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "filter", b"filter"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "filter", b"filter", "oldest_waiting_time", b"oldest_waiting_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency", b"agency", "create_time", b"create_time", "filter", b"filter", "name", b"name", "secret", b"secret", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency", b"agency", "create_time", b"create_time", "dead_letters", b"dead_letters", "filter", b"filter", "name", b"name", "oldest_waiting_time", b"oldest_waiting_time", "secret", b"secret", "url", b"url", "waiting_deliveries", b"waiting_deliveries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,6 +4,7 @@ delivery log."""
 from __future__ import annotations
 
 import os
+from datetime import tzinfo
 from typing import Annotated
 
 import typer
@@ -13,7 +14,7 @@ from incidentledger_client.cli.commands import group
 from incidentledger_client.cli.commands.incidents import RequestId
 from incidentledger_client.cli.inputs import code, codes, incident_name
 from incidentledger_client.cli.state import state
-from incidentledger_client.i18n import N_, _, labels
+from incidentledger_client.i18n import N_, _, format_number, labels
 from incidentledger_client.types import EventFilter, Webhook
 
 app = group(
@@ -83,21 +84,36 @@ def webhooks_list(ctx: typer.Context) -> None:
     if st.as_json:
         output.emit_json(hooks)
     else:
+        zone = st.zone(ask_ledger=False)
         output.console().print(
             output.rows_table(
                 _("Webhooks"),
-                (N_("name"), "url", N_("filter"), N_("created")),
+                (N_("name"), "url", N_("filter"), N_("created"), N_("waiting"), N_("dead letters")),
                 (
                     (
                         h.name,
                         h.url,
                         output.filter_text(h.filter),
-                        output.when(h.create_time, st.zone(ask_ledger=False)),
+                        output.when(h.create_time, zone),
+                        _waiting(h, zone),
+                        format_number(h.dead_letters) if h.dead_letters else "",
                     )
                     for h in hooks
                 ),
             )
         )
+
+
+def _waiting(hook: Webhook, zone: tzinfo) -> str:
+    """The deliveries its receiver has still to get, and since when the oldest waits."""
+    if not hook.waiting_deliveries:
+        return ""
+    count = format_number(hook.waiting_deliveries)
+    if hook.oldest_waiting_time is None:
+        return count
+    return _("{count}, the oldest since {time}").format(
+        count=count, time=output.when(hook.oldest_waiting_time, zone)
+    )
 
 
 #: The fewest characters of a webhook's id (after ``wh_``) that name it, as for incidents.
