@@ -395,11 +395,24 @@ BROKEN_HISTORY = (
 )
 
 
+#: What each kind of :data:`BROKEN_HISTORY` says of the stored events, in words.
+_BROKEN_HOW = {
+    MapperDeserialisationError: "a stored event's bytes no longer decode",
+    OriginatorVersionError: "a version is missing from its sequence (an event was deleted)",
+    TopicError: "a stored event names a type the ledger does not know",
+    ForeignRecordError: "a record that is not one of its events is among them",
+}
+
+
 def broken_history(incident_id: UUID | str, error: Exception) -> DataLoss:
     """The DATA_LOSS answer for an incident whose stored events no longer load."""
+    how = next(
+        (words for kind, words in _BROKEN_HOW.items() if isinstance(error, kind)),
+        "a stored event no longer loads",
+    )
     return DataLoss(
-        f"incident {incident_id} fails its hash chain: a stored event no longer loads "
-        f"({type(error).__name__})",
+        f"incident {incident_id} fails its hash chain: {how}, changed in the store "
+        f"(`ledger-audit verify --store` names where; {type(error).__name__})",
         reason="HASH_CHAIN_BROKEN",
         metadata={"incident": f"incidents/{incident_id}", "check": "decode"},
     )

@@ -482,7 +482,15 @@ class Relay:
         event loop per batch, where the check, the read and the encoding took one each."""
         if not self._leader.still_held():
             return None
-        return source.next_batch(self._settings.poll_seconds)
+        batch = source.next_batch(self._settings.poll_seconds)
+        if batch and not self._leader.still_held():
+            # Lost while the batch was awaited: a relay stalled there (a paused process
+            # whose lock's session the database ended) published the batch it held after
+            # another had taken over and published the same events, past the stream's
+            # duplicate window: on the stream twice, out of order. Checked again once the
+            # batch is in hand, right before it is published.
+            return None
+        return batch
 
     async def _publish(self, js: JetStreamContext, encoded: list[Outgoing]) -> None:
         outgoing = [self._fitted(self._untaken(m)) for m in encoded]

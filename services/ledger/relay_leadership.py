@@ -112,6 +112,8 @@ class PostgresLeader(LeaderLock):
             conn.close()
             self._store_failed(exc)
             return False
+        if self._unreachable:  # the line that ends the outage's warning
+            log.info("relay.leader_lock_available")
         self._unreachable = False
         if not row or not row[0]:
             conn.close()

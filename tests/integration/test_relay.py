@@ -28,7 +28,14 @@ from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from services.common.config import PROJECT_ROOT, RelaySettings, StreamSettings
 from services.common.natsserver import NatsServer
+from services.ledger.application import Ledger
+from services.ledger.domain.commands import ReportIncident
+from services.ledger.relay import Relay
 from services.ledger.relay_encoder import PROCESS_NAME as ENCODER_NAME
+from services.ledger.relay_encoder import LocalSource
+from services.ledger.relay_leadership import PostgresLeader
+from services.ledger.relay_messages import Outgoing
+from services.ledger.relay_reading import open_reader
 from tests.fanout_support import StreamMessage, read_stream, wait_until
 from tests.integration.test_fanout import process_env, report_many, stream_messages
 from tests.metrics_support import Scrape
@@ -37,12 +44,15 @@ from tests.support import (
     PG_SETTINGS,
     ServiceProcess,
     dev_tokens,
+    reference,
+    require_postgres,
     running_ledger,
     service_process,
     settings_for,
     store_environment,
     ts,
 )
+from tests.unit.incident_builders import LOCATION, REPORTER, envelope_for
 
 pytestmark = pytest.mark.nats
 
@@ -834,3 +844,53 @@ def test_a_ledger_stopped_while_its_relay_child_starts_kills_it_at_once(
     assert "relay.process_stop_timeout" not in names, names
     assert "ledger.stop_forced" not in names, names
     assert code == 0
+
+
+def test_a_relay_whose_lock_is_lost_while_it_awaits_a_batch_does_not_publish_it(
+    tmp_path: Path,
+) -> None:
+    """A relay stalled while it awaited its next batch (a paused process), whose lock's
+    session the database ended meanwhile, published the batch it then held although
+    another relay had taken over and published the same events: past the stream's
+    duplicate window, they were on the stream twice, out of order. The lock is checked
+    again once the batch is in hand; the batch is dropped (the leader publishes it)."""
+    require_postgres()
+    with store_environment("postgres", tmp_path) as env:
+        ledger = Ledger(reference(), env=env)
+        relay = Relay(ledger, RelaySettings(nats_url="nats://127.0.0.1:1"), env)
+        leader = relay._leader
+        assert isinstance(leader, PostgresLeader)
+        postgres_leader = leader  # narrowed, for the class below
+        try:
+            assert leader.try_acquire()
+            command = ReportIncident("Massa", "", "crowd_gathering", "", dict(LOCATION))
+            ledger.execute(envelope_for(REPORTER), command)
+
+            class Stalled(LocalSource):
+                """The real source; the lock's session ended by the database while the
+                batch was awaited (``stall``)."""
+
+                stall = False
+
+                def next_batch(self, timeout: float) -> list[Outgoing]:
+                    held = postgres_leader._conn
+                    if self.stall and held is not None:
+                        with psycopg.connect(held.info.dsn, autocommit=True) as admin:
+                            admin.execute(
+                                "SELECT pg_terminate_backend(%s)", (held.info.backend_pid,)
+                            )
+                    return super().next_batch(timeout)
+
+            def source() -> Stalled:
+                reader = open_reader(ledger.recorder, 0, relay._topics, 100, threading.Event())
+                return Stalled(reader, relay._encoder)
+
+            with contextlib.closing(source()) as steady:
+                assert relay._next_batch(steady), "the lock held: the batch, to publish"
+            with contextlib.closing(source()) as stalled:
+                stalled.stall = True
+                assert relay._next_batch(stalled) is None  # before: the batch, published
+            assert not leader.still_held()
+        finally:
+            leader.release()
+            ledger.close()
