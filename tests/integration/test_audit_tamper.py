@@ -1036,6 +1036,11 @@ def test_the_api_answers_data_loss_for_a_forged_deleted_or_undecodable_event(
                 assert info is not None and info.reason == "HASH_CHAIN_BROKEN"
                 assert info.metadata["incident"] == name
                 assert info.metadata["check"] == check
+                words = {  # what broke, in words (before: the library's error class only)
+                    incidents[1]: "a version is missing from its sequence",
+                    incidents[2]: "bytes no longer decode",
+                }.get(incident)
+                assert words is None or words in (caught.value.details() or ""), words
         # An intact incident's replay reads its own events only: another's garbled row (before,
         # DATA_LOSS for every incident's replay) is not in its way.
         assert replay(names[3]) == ["Reported", "Escalated", "Escalated"]
