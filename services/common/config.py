@@ -641,6 +641,13 @@ class LedgerVariables(Group):
         "how often the relay looks for other processes' writes (SQLite)",
         gt=0.0,
     )
+    relay_unresponsive_seconds: Number = _setting(
+        "LEDGER_RELAY_UNRESPONSIVE_SECONDS",
+        15.0,
+        "a relay process that has said nothing for this long (it reports every second: "
+        "frozen, or hung) is killed and started again, and its leader lock passes on",
+        gt=0.0,
+    )
     personal_data_keys: Secret | None = _setting(
         "LEDGER_PERSONAL_DATA_KEYS",
         None,
@@ -1661,6 +1668,7 @@ class RelaySettings:
     # (5 s made a stream leader's loss pause publishing 11.5 s; docs/fan-out.md, "A NATS cluster").
     publish_timeout_seconds: float = 1.0
     leader_retry_seconds: float = 2.0
+    unresponsive_seconds: float = _default(LedgerVariables, "relay_unresponsive_seconds")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> RelaySettings:
@@ -1679,6 +1687,7 @@ class RelaySettings:
             stream=StreamSettings.from_variables(values.get(StreamVariables)),
             batch_size=ledger.relay_batch,
             poll_seconds=ledger.relay_poll_seconds,
+            unresponsive_seconds=ledger.relay_unresponsive_seconds,
         )
 
 

@@ -46,6 +46,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
 from typing import Any
@@ -67,6 +68,9 @@ CHILD_MODULE = "services.ledger.relay_child"
 #: How often the child sends the relay's status when it changed: metrics and tests read
 #: it, nothing waits on it; sending it per batch would cost the child a pickle per batch.
 STATUS_SECONDS = 0.05
+#: How often the child sends its status even when unchanged: the ledger's sign that it is
+#: alive (a child frozen, or hung, sends nothing: ``LEDGER_RELAY_UNRESPONSIVE_SECONDS``).
+HEARTBEAT_SECONDS = 1.0
 #: The pauses before a child that died is started again: the first, and the longest.
 RESTART_SECONDS = (0.5, 10.0)
 #: How long the ledger waits for its relay to stop, beyond the relay's own timeout.
@@ -261,8 +265,15 @@ class RelayProcess:
             pause = min(pause * 2, RESTART_SECONDS[1])
 
     def _receive(self, control: Connection) -> None:
+        silent = self._settings.relay.unresponsive_seconds
         while True:
             try:
+                # Once ready, the child reports every HEARTBEAT_SECONDS: one silent for long
+                # (frozen, hung) held its leader lock while it published nothing, health
+                # SERVING, no line logged, until someone killed it by hand.
+                if self._ready.is_set() and not control.poll(silent):
+                    self._unresponsive(silent)
+                    return
                 message = control.recv()
             except (EOFError, OSError):
                 return
@@ -280,6 +291,23 @@ class RelayProcess:
             elif kind == "checkpoint_sent":
                 with self._lock:
                     self._unconfirmed.pop(message[1], None)
+
+    def _unresponsive(self, silent: float) -> None:
+        """Kill a child that has said nothing for ``silent`` seconds; the watcher starts it
+        again (its leader lock, held by its session, ends with it)."""
+        with self._lock:
+            process = self._process
+        if process is None:
+            return
+        log.error(
+            "relay.process_unresponsive",
+            pid=process.pid,
+            silent_seconds=silent,
+            note="killed and started again; its leader lock passes on, and the next relay "
+            "publishes from the stream's last message",
+        )
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
 
     def _lost(self) -> None:
         """What the ledger serves while no child runs."""
@@ -402,11 +430,12 @@ def _statuses(
     relay: Relay, send: Callable[[tuple[Any, ...]], None], stopped: threading.Event
 ) -> None:
     sent: dict[str, Any] = {}
+    sent_at = 0.0
     while not stopped.wait(STATUS_SECONDS):
         status = dataclasses.asdict(relay.status)
-        if status != sent:
+        if status != sent or time.monotonic() - sent_at >= HEARTBEAT_SECONDS:
             try:
                 send(("status", status))
             except (OSError, ValueError):
                 return
-            sent = status
+            sent, sent_at = status, time.monotonic()

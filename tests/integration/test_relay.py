@@ -804,6 +804,54 @@ def test_a_ledger_whose_relay_child_does_not_answer_stops_within_its_deadline(
     assert code == 0
 
 
+def test_a_relay_child_that_says_nothing_is_killed_and_started_again(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """A relay child frozen (SIGSTOP; or hung) kept its leader lock and published nothing,
+    while the ledger served its health SERVING and logged nothing, until someone killed it
+    by hand. It reports every second now; one silent for LEDGER_RELAY_UNRESPONSIVE_SECONDS
+    is killed and started again, and the events recorded meanwhile are published."""
+    url = nats_server.url
+    with store_environment("sqlite", tmp_path) as store_env:
+        env = {**relay_env(tmp_path, store_env, url), "LEDGER_RELAY_UNRESPONSIVE_SECONDS": "2"}
+        with service_process("services.ledger", env) as ledger:
+            token = dev_tokens(tmp_path / "data")["kpu"]
+            report(ledger.port, token, 0)
+            wait_until(lambda: len(read_stream(url)) == 1, what="the first event published")
+            (child,) = [
+                p for p in psutil.Process(ledger.proc.pid).children() if RELAY_MODULE in p.cmdline()
+            ]
+            child.suspend()
+            try:
+                report(ledger.port, token, 1)  # recorded while its relay is frozen
+                wait_until(
+                    lambda: any(
+                        x.get("event") == "relay.process_unresponsive" for x in ledger.log_lines()
+                    ),
+                    30,
+                    "the frozen relay found out",
+                )
+                wait_until(lambda: len(read_stream(url)) == 2, 60, "the event published")
+            finally:
+                with contextlib.suppress(psutil.Error):
+                    child.resume()
+            assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+            (line,) = [
+                x for x in ledger.log_lines() if x.get("event") == "relay.process_unresponsive"
+            ]
+            assert (line["pid"], line["level"]) == (child.pid, "error")
+            # A relay that keeps reporting is never taken for a frozen one: three times the
+            # limit, and more events, later, still the one line.
+            since = time.monotonic()
+            wait_until(lambda: time.monotonic() - since > 6, 10, "three times the limit")
+            report(ledger.port, token, 2)
+            wait_until(lambda: len(read_stream(url)) == 3, what="the next event published")
+            unresponsive = [
+                x for x in ledger.log_lines() if x.get("event") == "relay.process_unresponsive"
+            ]
+            assert len(unresponsive) == 1, unresponsive
+
+
 def test_a_ledger_stopped_while_its_relay_child_starts_kills_it_at_once(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:

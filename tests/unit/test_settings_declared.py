@@ -90,6 +90,7 @@ OLD_DEFAULTS: dict[str, object] = {
     "LEDGER_INGEST_PROCESS": True,
     "LEDGER_RELAY_BATCH": 2000,
     "LEDGER_RELAY_POLL_SECONDS": 0.5,
+    "LEDGER_RELAY_UNRESPONSIVE_SECONDS": 15.0,
     "LEDGER_PERSONAL_DATA_KEYS": None,
     "LEDGER_PERSONAL_DATA_RETENTION_DAYS": 0.0,
     "LEDGER_PERSONAL_DATA_SWEEP_GRACE_SECONDS": 3600.0,
@@ -252,6 +253,7 @@ def old_relay(nats_url: str = "") -> RelaySettings:
         poll_seconds=0.5,
         publish_timeout_seconds=1.0,
         leader_retry_seconds=2.0,
+        unresponsive_seconds=15.0,
     )
 
 
@@ -572,6 +574,7 @@ def changes(tmp_path: Path) -> dict[str, dict[str, str]]:
         "LEDGER_INGEST_PROCESS": {"LEDGER_INGEST_PROCESS": "false"},
         "LEDGER_RELAY_BATCH": {"LEDGER_RELAY_BATCH": "1"},
         "LEDGER_RELAY_POLL_SECONDS": {"LEDGER_RELAY_POLL_SECONDS": "0.1"},
+        "LEDGER_RELAY_UNRESPONSIVE_SECONDS": {"LEDGER_RELAY_UNRESPONSIVE_SECONDS": "5"},
         "LEDGER_PERSONAL_DATA_KEYS": {
             "LEDGER_PERSONAL_DATA_KEYS": "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
         },
