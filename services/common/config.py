@@ -925,6 +925,23 @@ class StoreVariables(Group):
         read_by=_SERVICES,
         ge=0,
     )
+    postgres_pool_size: Integer = _setting(
+        "POSTGRES_POOL_SIZE",
+        5,
+        "connections each process keeps in its pool (the library's); a ledger replica on "
+        "PostgreSQL runs three processes that each have a pool (the ledger, its relay and "
+        "the relay's reader), plus the relay's lock: about 25 connections at the defaults "
+        "(see [Deploying](deploying.md), connections)",
+        read_by=_SERVICES,
+        ge=1,
+    )
+    postgres_max_overflow: Integer = _setting(
+        "POSTGRES_MAX_OVERFLOW",
+        10,
+        "connections a pool may open beyond its size while busy, closed once returned",
+        read_by=_SERVICES,
+        ge=0,
+    )
     postgres_idle_in_transaction_session_timeout: Integer = _setting(
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT",
         5,

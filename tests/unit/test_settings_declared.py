@@ -137,6 +137,8 @@ OLD_DEFAULTS: dict[str, object] = {
     "POSTGRES_TCP_USER_TIMEOUT": 10,
     "POSTGRES_LOCK_TIMEOUT": 2,  # services/common/sql.py
     "POSTGRES_STATEMENT_TIMEOUT": 15,
+    "POSTGRES_POOL_SIZE": 5,
+    "POSTGRES_MAX_OVERFLOW": 10,
     "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": 5,
     "LEDGER_NATS_PORT": 14222,
     # The situation room (new with it, so no old parser to compare with).
@@ -617,6 +619,8 @@ def changes(tmp_path: Path) -> dict[str, dict[str, str]]:
         "POSTGRES_TCP_USER_TIMEOUT": {"POSTGRES_TCP_USER_TIMEOUT": "0"},
         "POSTGRES_LOCK_TIMEOUT": {"POSTGRES_LOCK_TIMEOUT": "0"},
         "POSTGRES_STATEMENT_TIMEOUT": {"POSTGRES_STATEMENT_TIMEOUT": "0"},
+        "POSTGRES_POOL_SIZE": {"POSTGRES_POOL_SIZE": "2"},
+        "POSTGRES_MAX_OVERFLOW": {"POSTGRES_MAX_OVERFLOW": "3"},
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": {
             "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "60"
         },
