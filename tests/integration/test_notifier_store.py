@@ -41,7 +41,7 @@ def stored_secrets(env: dict[str, str]) -> dict[str, str]:
 def add(store: NotifierStore, key: str) -> str:
     row = store.add_webhook(
         agency="bpbd",
-        url="https://bpbd.example.go.id/hook",
+        url=f"https://bpbd.example.go.id/hook/{key}",  # one URL a webhook (WEBHOOK_EXISTS)
         secret=SECRET,
         filter_json="{}",
         request_key=key,
