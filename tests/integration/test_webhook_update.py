@@ -356,9 +356,10 @@ def test_an_agency_has_so_many_webhooks_and_a_deleted_one_frees_its_place(stack:
     url = "http://127.0.0.1:9/hook"
     first = napi.CreateWebhookRequest(request_id="hook-0", url=url, secret=WEBHOOK_SECRET)
     made = [stack.stub.CreateWebhook(first, metadata=stack.ledger.md("polres")).webhook]
-    made += [create(stack, url) for _ in range(MAX_WEBHOOKS_PER_AGENCY - 1)]
+    # Each at an address of its own: a second of the same URL and filter is WEBHOOK_EXISTS.
+    made += [create(stack, f"{url}/{n}") for n in range(1, MAX_WEBHOOKS_PER_AGENCY)]
     with pytest.raises(grpc.RpcError) as refused:
-        create(stack, url)
+        create(stack, f"{url}/more")
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     info = error_info(refused.value)  # type: ignore[arg-type]
     assert info is not None and info.reason == "TOO_MANY_WEBHOOKS"
@@ -369,7 +370,7 @@ def test_an_agency_has_so_many_webhooks_and_a_deleted_one_frees_its_place(stack:
     stack.stub.DeleteWebhook(
         napi.DeleteWebhookRequest(name=made[-1].name), metadata=stack.ledger.md("polres")
     )
-    assert create(stack, url).name not in {w.name for w in made}
+    assert create(stack, f"{url}/more").name not in {w.name for w in made}
 
 
 def test_a_create_sent_again_after_its_webhook_was_deleted_says_so(stack: Stack) -> None:
