@@ -480,15 +480,13 @@ class Relay:
         """The next events to publish, encoded (an empty list when none came within the
         poll); None when this relay no longer leads. In a worker thread: one hop from the
         event loop per batch, where the check, the read and the encoding took one each."""
-        if not self._leader.still_held():
-            return None
         batch = source.next_batch(self._settings.poll_seconds)
-        if batch and not self._leader.still_held():
-            # Lost while the batch was awaited: a relay stalled there (a paused process
-            # whose lock's session the database ended) published the batch it held after
-            # another had taken over and published the same events, past the stream's
-            # duplicate window: on the stream twice, out of order. Checked again once the
-            # batch is in hand, right before it is published.
+        # Checked once the batch is in hand, right before it is published (one check a
+        # batch, as before): checked before the wait, a relay stalled there (a paused
+        # process whose lock's session the database ended) published the batch it then
+        # held after another had taken over and published the same events, past the
+        # stream's duplicate window: on the stream twice, out of order.
+        if not self._leader.still_held():
             return None
         return batch
 
