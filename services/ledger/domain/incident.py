@@ -256,17 +256,7 @@ class Incident(Aggregate):
                     if before
                     else "its link is not a chain's start: it was changed"
                 )
-                raise DataLoss(
-                    f"incident {self.originator_id} fails its hash chain at version "
-                    f"{self.originator_version}: {link} (`ledger-audit verify --store` names "
-                    "where)",
-                    reason="HASH_CHAIN_BROKEN",
-                    metadata={
-                        "incident": f"incidents/{self.originator_id}",
-                        "version": str(self.originator_version),
-                        "check": "chain",
-                    },
-                )
+                raise self._changed(link, "chain")
             try:
                 self.evolve(incident)
             except AttributeError:
@@ -276,18 +266,8 @@ class Incident(Aggregate):
                 missing = missing_fields(self)
                 if not missing:
                     raise
-                raise DataLoss(
-                    f"incident {self.originator_id} fails its hash chain at version "
-                    f"{self.originator_version}: its stored event lacks "
-                    f"{', '.join(missing)}, it was changed (`ledger-audit verify --store` "
-                    "names where)",
-                    reason="HASH_CHAIN_BROKEN",
-                    metadata={
-                        "incident": f"incidents/{self.originator_id}",
-                        "version": str(self.originator_version),
-                        "check": "decode",
-                    },
-                ) from None
+                lacks = f"its stored event lacks {', '.join(missing)}, it was changed"
+                raise self._changed(lacks, "decode") from None
             # A record of a read of its personal data changes nothing a command decides
             # on (check_expected).
             if not isinstance(self, Incident.PersonalDataAccessed):
@@ -304,6 +284,21 @@ class Incident(Aggregate):
 
         def evolve(self, incident: Incident) -> None:
             """Changes the incident's state; overridden by each event type."""
+
+        def _changed(self, what: str, check: str) -> DataLoss:
+            """The DATA_LOSS of this stored event, changed in the store: ``what`` says how,
+            ``check`` which check found it ("chain", "decode")."""
+            return DataLoss(
+                f"incident {self.originator_id} fails its hash chain at version "
+                f"{self.originator_version}: {what} (`ledger-audit verify --store` names "
+                "where)",
+                reason="HASH_CHAIN_BROKEN",
+                metadata={
+                    "incident": f"incidents/{self.originator_id}",
+                    "version": str(self.originator_version),
+                    "check": check,
+                },
+            )
 
     class Created(Event, Aggregate.Created):
         pass
