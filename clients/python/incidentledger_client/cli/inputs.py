@@ -222,15 +222,12 @@ def codes(ctx: typer.Context, kind: str, values: list[str] | None, param: str) -
     write a list) that is not itself a name is taken as several, each checked."""
     found = []
     for value in values or []:
-        if "," in value:
-            try:
-                found.append(code(ctx, kind, value, param))
-                continue
-            except typer.BadParameter:
-                parts = [part for part in value.split(",") if part.strip()]
-                found.extend(code(ctx, kind, part, param) for part in parts)
-                continue
-        found.append(code(ctx, kind, value, param))
+        try:
+            found.append(code(ctx, kind, value, param))
+        except typer.BadParameter:
+            if "," not in value:
+                raise
+            found.extend(code(ctx, kind, part, param) for part in value.split(",") if part.strip())
     return found
 
 
