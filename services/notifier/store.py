@@ -295,16 +295,7 @@ class NotifierStore:
                 held, replayed = cur.fetchone()
                 if not replayed and held >= max_per_agency:
                     raise TooManyWebhooks(agency, max_per_agency)
-            cur.execute(
-                self._db.q(
-                    "SELECT id FROM webhooks WHERE agency = ? AND url = ? AND filter = ?"
-                    " AND deleted = 0 AND request_key <> ?"
-                ),
-                (agency, url, filter_json, request_key),
-            )
-            same = cur.fetchone()
-            if same is not None:
-                raise WebhookExists(agency, str(same[0]))
+            self._refuse_twin(cur, agency, url, filter_json, "request_key", request_key)
             cur.execute(
                 self._db.q(
                     "INSERT INTO webhooks (id, agency, url, secret, filter, created_at,"
@@ -404,7 +395,29 @@ class NotifierStore:
                 (webhook_id,),
             )
             found = cur.fetchone()
+            if found is not None and ("url" in changes or "filter" in changes):
+                # Changed into another of its agency's: the transaction is rolled back.
+                self._refuse_twin(
+                    cur, str(found[1]), str(found[2]), str(found[4]), "id", webhook_id
+                )
         return self._opened(found) if found else None
+
+    def _refuse_twin(
+        self, cur: Any, agency: str, url: str, filter_json: str, column: str, value: str
+    ) -> None:
+        """:class:`WebhookExists` when the agency has another webhook (``column`` not
+        ``value``: ``request_key`` or ``id``) of this URL and filter, not deleted: both
+        would deliver each event, under two delivery ids."""
+        cur.execute(
+            self._db.q(
+                "SELECT id FROM webhooks WHERE agency = ? AND url = ? AND filter = ?"  # noqa: S608
+                f" AND deleted = 0 AND {column} <> ?"  # a fixed column name
+            ),
+            (agency, url, filter_json, value),
+        )
+        same = cur.fetchone()
+        if same is not None:
+            raise WebhookExists(agency, str(same[0]))
 
     def delete_webhook(self, webhook_id: str) -> None:
         """Delete a webhook: its secret is erased, its waiting jobs are cancelled."""
@@ -606,12 +619,12 @@ class NotifierStore:
             backlog = found.get(str(webhook_id), WebhookBacklog())
             if status == DEAD:
                 backlog = replace(backlog, dead=int(count))
-            else:
-                since = float(oldest) if oldest is not None else None
-                if backlog.oldest is not None and since is not None:
-                    since = min(since, backlog.oldest)
+            else:  # pending and in flight: both still to be delivered
+                times = [float(t) for t in (oldest, backlog.oldest) if t is not None]
                 backlog = replace(
-                    backlog, waiting=backlog.waiting + int(count), oldest=since or backlog.oldest
+                    backlog,
+                    waiting=backlog.waiting + int(count),
+                    oldest=min(times) if times else None,
                 )
             found[str(webhook_id)] = backlog
         return found

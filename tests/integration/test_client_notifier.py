@@ -266,6 +266,12 @@ def test_the_same_webhook_registered_again_is_refused_naming_the_first(stack: St
         assert [h.name for h in notifier.webhooks()] == [hook.name]
         elsewhere = notifier.create_webhook(receiver.url, WEBHOOK_SECRET, categories=["hoax"])
         theirs = other.create_webhook(receiver.url, WEBHOOK_SECRET, categories=["flood"])
+        # Nor is one changed into the first's twin.
+        with pytest.raises(AlreadyExists) as twin:
+            notifier.update_webhook(elsewhere.name, filter=EventFilter(categories=("flood",)))
+        assert twin.value.reason == "WEBHOOK_EXISTS" and hook.name in str(twin.value)
+        unchanged = {h.name: h.filter for h in notifier.webhooks()}[elsewhere.name]
+        assert unchanged == EventFilter(categories=("hoax",))
         notifier.delete_webhook(hook.name)
         anew = notifier.create_webhook(receiver.url, WEBHOOK_SECRET, categories=["flood"])
         assert anew.name not in {hook.name, elsewhere.name, theirs.name}
