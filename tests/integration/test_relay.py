@@ -772,6 +772,18 @@ def test_a_relay_whose_nats_is_unreachable_says_so_at_once_and_stops_within_the_
     assert code == 0
 
 
+def publishing_relay(
+    ledger: ServiceProcess, tmp_path: Path, url: str
+) -> tuple[str, psutil.Process]:
+    """A token of the ledger (started with ``relay_env``) and its relay process, once that
+    has published a first event."""
+    token = dev_tokens(tmp_path / "data")["kpu"]
+    report(ledger.port, token, 0)
+    wait_until(lambda: len(read_stream(url)) == 1, what="the first event published")
+    (child,) = relay_processes(psutil.Process(ledger.proc.pid))
+    return token, child
+
+
 def test_a_ledger_whose_relay_child_does_not_answer_stops_within_its_deadline(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
@@ -784,14 +796,7 @@ def test_a_ledger_whose_relay_child_does_not_answer_stops_within_its_deadline(
     with store_environment("sqlite", tmp_path) as store_env:
         env = {**relay_env(tmp_path, store_env, url), "LEDGER_GRACE_SECONDS": "1"}
         with service_process("services.ledger", env) as ledger:
-            token = dev_tokens(tmp_path / "data")["kpu"]
-            report(ledger.port, token, 0)
-            wait_until(lambda: len(read_stream(url)) == 1, what="the first event published")
-            (child,) = [
-                p
-                for p in psutil.Process(ledger.proc.pid).children()
-                if "relay_child" in " ".join(p.cmdline())
-            ]
+            _, child = publishing_relay(ledger, tmp_path, url)
             child.suspend()
             try:
                 ledger.proc.send_signal(signal.SIGTERM)
@@ -815,12 +820,7 @@ def test_a_relay_child_that_says_nothing_is_killed_and_started_again(
     with store_environment("sqlite", tmp_path) as store_env:
         env = {**relay_env(tmp_path, store_env, url), "LEDGER_RELAY_UNRESPONSIVE_SECONDS": "2"}
         with service_process("services.ledger", env) as ledger:
-            token = dev_tokens(tmp_path / "data")["kpu"]
-            report(ledger.port, token, 0)
-            wait_until(lambda: len(read_stream(url)) == 1, what="the first event published")
-            (child,) = [
-                p for p in psutil.Process(ledger.proc.pid).children() if RELAY_MODULE in p.cmdline()
-            ]
+            token, child = publishing_relay(ledger, tmp_path, url)
             child.suspend()
             try:
                 report(ledger.port, token, 1)  # recorded while its relay is frozen
