@@ -294,6 +294,12 @@ class ReportIntake(Protocol):
     ) -> PreparedBatch: ...
 
 
+def _ahead(skew_ms: int | None) -> timedelta | None:
+    """How far a device's clock runs ahead of the ledger's (negative: behind), from a
+    call's measured skew; None when the call did not say its send time."""
+    return None if skew_ms is None else timedelta(milliseconds=skew_ms)
+
+
 @dataclass(frozen=True)
 class _IngestCall:
     """The call a batch came in: what answers a report from its record, or draws it again."""
@@ -959,6 +965,7 @@ class Ledger(Application[UUID]):
         ready: dict[UUID, _ReadyReport] = {}
         again: list[_ReadyReport] = []  # a report the batch holds twice: answered once saved
         passed: list[tuple[int, IngestItem, Envelope, ReportIncident]] = []
+        device_ahead = _ahead(skew_ms)
         for index, item in enumerate(items):
             if index % INGEST_STEP == 0:
                 self._singles.give_way()
@@ -966,7 +973,7 @@ class Ledger(Application[UUID]):
                 results[index] = IngestResult(IngestOutcome.INVALID, error=item)
                 continue
             try:
-                envelope, command = self._checked_report(actor, item, rules)
+                envelope, command = self._checked_report(actor, item, rules, device_ahead)
             except InvalidArgument as error:
                 results[index] = IngestResult(IngestOutcome.INVALID, error=error)
                 continue
@@ -987,11 +994,21 @@ class Ledger(Application[UUID]):
         return results, list(ready.values()), again
 
     def _checked_report(
-        self, actor: Actor, item: IngestItem, rules: Rules
+        self, actor: Actor, item: IngestItem, rules: Rules, device_ahead: timedelta | None
     ) -> tuple[Envelope, ReportIncident]:
-        """The report checked as ReportIncident is, with the envelope it is recorded in."""
+        """The report checked as ReportIncident is, with the envelope it is recorded in;
+        its occurrence time judged by the device's clock (``device_ahead``)."""
         check_text("device_id", item.device_id, MAX_DEVICE_ID, required=True)
         request_id = item.request_id
+        if request_id.startswith(RESERVED_REQUEST_PREFIXES):
+            # The report's request id is the device's id, a slash and the report's: named
+            # as the field the device sent, not as a request_id it never wrote.
+            reserved = " or ".join(repr(prefix.rstrip("/")) for prefix in RESERVED_REQUEST_PREFIXES)
+            raise InvalidArgument(
+                "device_id",
+                f"may not be {reserved}: the ledger names its own requests so (a report's "
+                "request id is its device id, a slash and its report id)",
+            )
         envelope = Envelope(
             actor=actor,
             request_id=request_id,
@@ -1002,7 +1019,7 @@ class Ledger(Application[UUID]):
         command = checked(item.command, rules)
         if not isinstance(command, ReportIncident):
             raise TypeError(f"not a report: {command!r}")
-        self._check_request(envelope)
+        self._check_request(envelope, device_ahead=device_ahead)
         return envelope, command
 
     def _ready_report(
@@ -1087,7 +1104,7 @@ class Ledger(Application[UUID]):
         log.info("reference.redrawn", reference=report.reference)
         item = call.item(report.at)
         rules = Rules(self.reference, self.time_bounds, self._clock)
-        envelope, command = self._checked_report(call.actor, item, rules)
+        envelope, command = self._checked_report(call.actor, item, rules, _ahead(call.skew_ms))
         ((sealed, keys),) = self._sealed_reports([command])
         ready = self._ready_report(
             report.at, item, envelope, sealed, call.skew_ms, keys, draws=report.draws + 1
@@ -1835,9 +1852,12 @@ class Ledger(Application[UUID]):
             reason="TOO_MUCH_CONTENTION",
         )
 
-    def _check_request(self, envelope: Envelope, expected: int = 0) -> None:
+    def _check_request(
+        self, envelope: Envelope, expected: int = 0, device_ahead: timedelta | None = None
+    ) -> None:
         """The checks of what every command carries beside its fields: its ids, the
-        expected version, the time it says it happened."""
+        expected version, the time it says it happened (by a field device's clock when
+        ``device_ahead`` says how far it runs ahead: :meth:`TimeBounds.check_occurred`)."""
         if not envelope.request_id:
             raise InvalidArgument("request_id", "is required (AIP-155)")
         check_text("request_id", envelope.request_id, MAX_SHORT)
@@ -1852,7 +1872,11 @@ class Ledger(Application[UUID]):
             raise InvalidArgument("expected_version", "must not be negative")
         if envelope.occurred_at is not None:
             self.time_bounds.check_occurred(
-                "occur_time", envelope.occurred_at, self._clock(), self.reference.tz()
+                "occur_time",
+                envelope.occurred_at,
+                self._clock(),
+                self.reference.tz(),
+                device_ahead=device_ahead,
             )
 
     def _original(

@@ -259,6 +259,52 @@ def test_the_reported_event_keeps_the_device_s_times_and_the_clock_skew(ledger: 
     assert skew == -2 * 3600_000
 
 
+def test_an_occurrence_time_is_judged_by_the_clock_of_a_device_that_runs_ahead(
+    ledger: Ledger,
+) -> None:
+    # A phone two hours fast reports what happened an hour ago by the true time: by its
+    # clock, an hour ago; by the server's, an hour ahead.
+    fast = timedelta(hours=2)
+    occurred = NOW + timedelta(hours=1)
+    (kept,) = ledger.ingest(actor(REPORTER), [item(occurred_at=occurred)], send_time=NOW + fast)
+    assert kept.outcome is CREATED, kept.error
+    assert kept.result is not None
+    event = reported_event(ledger, kept.result.incident_id)
+    assert event.occurred_at == occurred, "kept as the device stated it, beside its skew"
+    assert event.device_clock_skew_ms == fast // timedelta(milliseconds=1)
+    # Without the call's send time nothing says the clock is fast: in the future.
+    (unknown,) = ingest(ledger, [item(occurred_at=occurred)])
+    assert unknown.outcome is INVALID and unknown.error is not None
+    assert "after the server's clock" in unknown.error.message
+    # Past the device's own clock (and its tolerance) it is in the future for the device too.
+    (beyond,) = ledger.ingest(
+        actor(REPORTER), [item(occurred_at=NOW + fast + timedelta(minutes=6))], send_time=NOW + fast
+    )
+    assert beyond.outcome is INVALID and beyond.error is not None
+    assert beyond.error.field == "occur_time"
+    assert "after the device's clock (2026-11-28T17:00:00+07:00, 7200 s ahead)" in (
+        beyond.error.message
+    )
+    assert beyond.error.metadata["device_now"] == "2026-11-28T17:00:00+07:00"
+    # A device whose clock is behind gains nothing: judged by the server's clock.
+    (slow,) = ledger.ingest(
+        actor(REPORTER), [item(occurred_at=NOW + timedelta(minutes=6))], send_time=NOW - fast
+    )
+    assert slow.outcome is INVALID
+
+
+@pytest.mark.parametrize("device", ["retention", "find"])
+def test_a_device_named_as_the_ledger_s_own_requests_is_refused_naming_device_id(
+    ledger: Ledger, device: str
+) -> None:
+    (refused,) = ingest(ledger, [item(device_id=device)])
+    assert refused.outcome is INVALID and refused.error is not None
+    assert refused.error.field == "device_id", refused.error.message
+    assert "may not be 'retention' or 'find'" in refused.error.message
+    (kept,) = ingest(ledger, [item(device_id=f"{device}-hp-1")])
+    assert kept.outcome is CREATED
+
+
 def test_without_a_send_time_no_skew_and_other_reports_have_no_device_fields(
     ledger: Ledger,
 ) -> None:

@@ -61,18 +61,38 @@ class TimeBounds:
     max_clock_skew: timedelta
     max_planned_ahead: timedelta
 
-    def check_occurred(self, field: str, value: datetime, now: datetime, zone: tzinfo) -> None:
+    def check_occurred(
+        self,
+        field: str,
+        value: datetime,
+        now: datetime,
+        zone: tzinfo,
+        device_ahead: timedelta | None = None,
+    ) -> None:
         """Refuse a time something happened that is before the era or in the future; the
-        refusal states the times in ``zone``."""
+        refusal states the times in ``zone``.
+
+        ``device_ahead``: how far the clock of the field device that stated the time runs
+        ahead of the server's, as its call's send time showed (``IngestReports``). The time
+        is then judged by the device's clock: a phone ten minutes fast that says something
+        happened five minutes ago by its clock is right, and refusing it would lose the
+        report for good (nothing on the device can change a time it recorded)."""
         value = as_utc(value)
         self._check_era(field, value, zone)
-        if value > now + self.max_clock_skew:
+        ahead = max(device_ahead or timedelta(0), timedelta(0))
+        if value > now + ahead + self.max_clock_skew:
             skew = f"{self.max_clock_skew.total_seconds():g}"
             stated, clock = shown(value, zone), shown(now, zone)
+            metadata = {"check": "future", "value": stated, "now": clock, "skew_seconds": skew}
+            whose = f"the server's clock ({clock})"
+            if ahead:
+                device = shown(now + ahead, zone)
+                whose = f"the device's clock ({device}, {ahead.total_seconds():g} s ahead)"
+                metadata["device_now"] = device
             raise InvalidArgument(
                 field,
-                f"{stated} is in the future: more than {skew} s after the server's clock ({clock})",
-                metadata={"check": "future", "value": stated, "now": clock, "skew_seconds": skew},
+                f"{stated} is in the future: more than {skew} s after {whose}",
+                metadata=metadata,
             )
 
     def check_planned(self, field: str, value: datetime, now: datetime, zone: tzinfo) -> None:
