@@ -5,9 +5,13 @@
 - No string field, at any depth, may contain U+0000: PostgreSQL cannot store it in
   text, so such a value would be recorded and then break every reader of the store
   (``INVALID_FIELD``, naming the field).
-- No integer field, at any depth, may be negative: every number in the contract is a
-  position, a version, a count or a size, and 0 already means "unset" (``INVALID_FIELD``,
-  naming the field). Coordinates are doubles and enums are not integers here.
+- No integer field of the contract's own messages, at any depth, may be negative: every
+  such number is a position, a version, a count or a size, and 0 already means "unset"
+  (``INVALID_FIELD``, naming the field). Coordinates are doubles and enums are not
+  integers here. The well-known types' integers are not counts: a
+  ``google.protobuf.Timestamp`` before 1970 has negative seconds (a phone whose clock
+  reset to 1970-01-01 in WIB), and each time's range is checked where it is read
+  (``wire.optional_time``).
 
 The items of a field in :data:`ITEMIZED` are left to the service, which checks each with
 :func:`check_item` and answers for each: one bad report of an ``IngestReports`` batch
@@ -36,6 +40,9 @@ _INTEGER_TYPES = frozenset(
     }
 )
 
+
+#: The package of protobuf's well-known types (Timestamp), whose integers are not counts.
+_WELL_KNOWN = "google.protobuf."
 
 #: Repeated fields (full names) whose items the service checks one by one (:func:`check_item`).
 ITEMIZED = frozenset(
@@ -83,12 +90,13 @@ def check_item(item: Message) -> None:
 
 
 def _check_fields(message: Message, prefix: str) -> None:
+    counts = not message.DESCRIPTOR.full_name.startswith(_WELL_KNOWN)
     for field, value in message.ListFields():
         if field.full_name in ITEMIZED:
             continue
         path = f"{prefix}{field.name}"
         if field.type in _INTEGER_TYPES:
-            if any(item < 0 for item in (value if field.is_repeated else [value])):
+            if counts and any(item < 0 for item in (value if field.is_repeated else [value])):
                 raise InvalidArgument(path, "must not be negative")
             continue
         if field.message_type is not None and field.message_type.GetOptions().map_entry:

@@ -70,3 +70,18 @@ def test_pickled_it_is_the_request_s_bytes_and_converts_the_same() -> None:
     ]
     refusal = copy[1]
     assert isinstance(refusal, InvalidArgument) and str(refusal) == str(reports[1])
+
+
+def test_a_device_time_before_1970_is_kept_and_out_of_range_nanos_are_refused() -> None:
+    reset = Timestamp(seconds=-25_200)  # 1970-01-01 00:00 WIB: a phone whose clock reset
+    (item, bad) = DeviceReports(
+        api.IngestReportsRequest(
+            reports=[
+                report("Jam direset", device_record_time=reset),
+                report("Nanos", device_record_time=Timestamp(seconds=1, nanos=-1)),
+            ]
+        )
+    )
+    assert isinstance(item, IngestItem)
+    assert item.record_time == datetime(1969, 12, 31, 17, 0, tzinfo=UTC)
+    assert isinstance(bad, InvalidArgument) and bad.field == "device_record_time"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from incidentledger.v1 import (
     audit_service_pb2,
@@ -176,6 +177,18 @@ def test_a_negative_integer_is_invalid_naming_the_field(
     assert caught.value.reason == "INVALID_FIELD"
     setattr(target, names[-1], 0)
     check_request(request)  # zero (the default) passes
+
+
+def test_a_time_before_1970_is_not_a_negative_count() -> None:
+    # A phone whose clock reset to 1970-01-01 00:00 WIB: -25,200 seconds since the epoch.
+    before = Timestamp(seconds=-25_200)
+    check_item(api.DeviceReport(title="fine", device_record_time=before))
+    check_request(api.IngestReportsRequest(send_time=before))
+    check_request(api.ReportIncidentRequest(occur_time=Timestamp(seconds=-62_135_596_800)))
+    with pytest.raises(InvalidArgument) as caught:  # the contract's own integers still are
+        check_item(api.DeviceReport(device_record_time=before, location=pb.Location(), title="x"))
+        check_request(api.ListIncidentsRequest(page_size=-1))
+    assert caught.value.field == "page_size"
 
 
 def test_negative_coordinates_and_enums_are_not_refused_here() -> None:
