@@ -203,7 +203,8 @@ def test_an_unreadable_line_refuses_the_file_before_anything_is_sent(
     assert "line 2" in err and "device_record_time" in err
     backlog.write_text(backlog_line(0) + "\n{not json\n")
     code, _out, err = ctl.run("bawaslu", "ingest", str(backlog))
-    assert code == 2 and "line 2" in err
+    assert code == 2 and "line 2: not JSON (nothing was sent)" in err, err
+    assert "--skip-unreadable sends the 1 line that can be read" in err, err
     backlog.write_text(backlog_line(0, locaton={"kecamatan": "ipuh"}) + "\n")
     code, _out, err = ctl.run("bawaslu", "ingest", str(backlog))
     assert code == 2 and "locaton" in err
@@ -218,6 +219,19 @@ def test_an_unreadable_line_refuses_the_file_before_anything_is_sent(
     assert "line 3: the line" not in err and "line 3: device_report_id: missing" in err, err
     assert "line 9: device_record_time" in err and "line 27: occur_time" in err, err
     assert recorded(ctl) == 0
+    # A phone that died while writing: the lines that can be read are sent when asked, the
+    # others named (again after the table), and the exit code says not all went.
+    code, out, err = ctl.run("bawaslu", "ingest", "--skip-unreadable", str(backlog))
+    assert code == 1, (out, err)
+    assert err.count("3 lines cannot be read, not sent: fix them") == 2, err
+    assert "27 of 27 reports are in the ledger (27 recorded now)" in out, out
+    code, out, _err = ctl.run("bawaslu", "--json", "ingest", "--skip-unreadable", str(backlog))
+    items = [json.loads(text) for text in out.splitlines()]
+    unreadable = [i for i in items if i["outcome"] == "UNREADABLE"]
+    assert [i["line"] for i in unreadable] == [3, 9, 27], unreadable
+    assert unreadable[0]["error"] == {"field": "device_report_id", "problem": "missing"}
+    assert sum(i["outcome"] == "DUPLICATE" for i in items) == 27, "sent again: recorded before"
+    assert code == 1
 
 
 def test_a_long_backlog_shows_the_first_codes_and_writes_them_all_to_a_file(

@@ -60,7 +60,9 @@ class BacklogError(ValueError):
     line for other content).
 
     :func:`read_backlog` raises the first one, with every unreadable line of the file in
-    ``lines`` (itself first), so that all of them are fixed at once, not one per try."""
+    ``lines`` (itself first), so that all of them are fixed at once, not one per try, and
+    the reports of the lines that could be read in ``readable`` (to send them without the
+    others, as ``ledgerctl ingest --skip-unreadable`` does)."""
 
     def __init__(self, line: int, field: str, problem: str) -> None:
         super().__init__(f"line {line}: {field or 'the line'}: {problem}")
@@ -68,6 +70,7 @@ class BacklogError(ValueError):
         self.field = field
         self.problem = problem
         self.lines: tuple[BacklogError, ...] = (self,)
+        self.readable: tuple[BacklogLine, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ def read_backlog(path: Path | str) -> list[BacklogLine]:
     if unreadable:
         first = unreadable[0]
         first.lines = tuple(unreadable)
+        first.readable = tuple(reports)
         raise first
     return reports
 

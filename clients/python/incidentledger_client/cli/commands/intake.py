@@ -21,7 +21,7 @@ from incidentledger_client.cli.errors import (
 )
 from incidentledger_client.cli.progress import progress_bar
 from incidentledger_client.cli.state import State, state
-from incidentledger_client.i18n import N_, _, format_number
+from incidentledger_client.i18n import N_, _, format_number, ngettext
 from incidentledger_client.ledger import MAX_INGEST_REPORTS
 from incidentledger_client.types import (
     CommandResult,
@@ -81,19 +81,33 @@ CODE_FIELDS = {
 
 def _unreadable(error: BacklogError) -> typer.BadParameter:
     """The file refused: each line that cannot be read (the first CODES_SHOWN), so that the
-    officer fixes them all before sending it again, not one per try."""
+    officer fixes them all before sending it again, not one per try; or sends the others
+    (``--skip-unreadable``) when the file has some."""
+    text = _unreadable_lines(error, _("nothing was sent"))
+    if error.readable:
+        count = len(error.readable)
+        text += "\n" + ngettext(
+            "--skip-unreadable sends the {count} line that can be read, without these.",
+            "--skip-unreadable sends the {count} lines that can be read, without these.",
+            count,
+        ).format(count=format_number(count))
+    return typer.BadParameter(text, param_hint="FILE")
+
+
+def _unreadable_lines(error: BacklogError, what_then: str) -> str:
+    """The lines that cannot be read (the first CODES_SHOWN) and ``what_then`` of them."""
     said = [_line_problem(e) for e in error.lines]
     if len(said) == 1:
-        return typer.BadParameter(said[0], param_hint="FILE")
-    text = _("{count} lines cannot be read, nothing was sent:").format(
-        count=format_number(len(said))
+        return _("{problem} ({what_then})").format(problem=said[0], what_then=what_then)
+    text = _("{count} lines cannot be read, {what_then}:").format(
+        count=format_number(len(said)), what_then=what_then
     )
     text += "".join(f"\n  {line}" for line in said[:CODES_SHOWN])
     if len(said) > CODES_SHOWN:
         text += "\n  " + _("... and {count} more").format(
             count=format_number(len(said) - CODES_SHOWN)
         )
-    return typer.BadParameter(text, param_hint="FILE")
+    return text
 
 
 def _line_problem(error: BacklogError) -> str:
@@ -153,20 +167,32 @@ def ingest(
             dir_okay=False,
         ),
     ] = None,
+    skip_unreadable: Annotated[
+        bool,
+        typer.Option(
+            "--skip-unreadable",
+            help="Send the lines that can be read when some cannot (a line cut short by a "
+            "phone that died while writing it); those are listed, and the exit code is 1.",
+        ),
+    ] = False,
 ) -> None:
     """Hand over a field device's backlog of reports (with a progress bar).
 
     Each report is recorded once: run it again after a crash or a lost connection, and the
     reports already recorded are answered as recorded before. Exit code 1 when the ledger
-    refused some reports (listed, with the line of each).
+    refused some reports (listed, with the line of each), or lines were skipped.
     """
     st = state(ctx)
     if codes is not None:
         _check_writable(codes)
+    skipped: BacklogError | None = None
     try:
         lines = read_backlog(path)
     except BacklogError as error:
-        raise _unreadable(error) from None
+        if not skip_unreadable or not error.readable:
+            raise _unreadable(error) from None
+        skipped, lines = error, list(error.readable)
+        _say_skipped(st, skipped)
     except UnicodeDecodeError:
         raise typer.BadParameter(_("not UTF-8 text"), param_hint="FILE") from None
     if not lines:
@@ -238,8 +264,26 @@ def ingest(
         _write_codes(codes, recorded)
     if not st.as_json:
         _print_summary(st, path, summary, recorded, refused, codes)
-    if refused:
+        if skipped is not None:
+            _say_skipped(st, skipped)  # again after the table, where the officer reads last
+    if refused or skipped is not None:
         raise typer.Exit(EXIT_OTHER)
+
+
+def _say_skipped(st: State, error: BacklogError) -> None:
+    """The lines left out by ``--skip-unreadable``: on stderr, or one JSON line each."""
+    if st.as_json:
+        for line in error.lines:
+            output.emit_json_line(
+                {
+                    "line": line.line,
+                    "outcome": "UNREADABLE",
+                    "error": {"field": line.field, "problem": line.problem},
+                }
+            )
+        return
+    text = _unreadable_lines(error, _("not sent: fix them, then send the file again"))
+    output.error_console().print(text, markup=False, highlight=False)
 
 
 def _check_writable(path: Path) -> None:
