@@ -1887,18 +1887,43 @@ class Ledger(Application[UUID]):
             record: RequestRecord = self.load_aggregate(key)
         except AggregateNotFoundError:
             return None
+        incident_id, version = record.incident_id, record.incident_version
         if (
             record.command != command_name(command)
             or record.fingerprint != fingerprint
-            or not command.could_have_recorded(record.incident_id, record.incident_version)
+            or not command.could_have_recorded(incident_id, version)
         ):
+            # What the request recorded is named, so that the sender can find it (a device's
+            # report sent again with other content: the desk corrects the incident recorded).
+            event = self._recorded_by(key, incident_id, version)
+            reference = reference_of(event)
+            recorded = f"incidents/{incident_id}"
             raise AlreadyExists(
                 f"request_id {request_id!r} was already used by this agency for a "
-                f"different request ({record.command})",
+                f"different request ({record.command}, {recorded} version {version}"
+                f"{f', reference {reference}' if reference else ''})",
                 reason="REQUEST_ID_REUSED",
-                metadata={"request_id": request_id, "original_command": record.command},
+                metadata={
+                    "request_id": request_id,
+                    "original_command": record.command,
+                    "incident": recorded,
+                    "version": str(version),
+                    **({"reference": reference} if reference else {}),
+                },
             )
-        incident_id, version = record.incident_id, record.incident_version
+        event = self._recorded_by(key, incident_id, version)
+        return CommandResult(
+            incident_id=incident_id,
+            version=version,
+            position=self.positions.of(incident_id, gt=version - 1, lte=version).get(version, 0),
+            event_id=event.event_id,
+            recorded_at=event.timestamp,
+            reference=reference_of(event),
+            replayed=True,
+        )
+
+    def _recorded_by(self, key: UUID, incident_id: UUID, version: int) -> Incident.Event:
+        """The event a request's record names, checked to be that request's."""
         with self._loading(incident_id):
             found = list(self.events.get(incident_id, gt=version - 1, lte=version))
         if not found:
@@ -1914,15 +1939,7 @@ class Ledger(Application[UUID]):
                 f"its version {version} was recorded by another request "
                 f"({event.actor_agency}, {event.request_id!r})",
             )
-        return CommandResult(
-            incident_id=incident_id,
-            version=version,
-            position=self.positions.of(incident_id, gt=version - 1, lte=version).get(version, 0),
-            event_id=event.event_id,
-            recorded_at=event.timestamp,
-            reference=reference_of(event),
-            replayed=True,
-        )
+        return event
 
     def _load_for_write(
         self, incident_id: UUID, expected: int, *, reload: bool, field: str = "name"

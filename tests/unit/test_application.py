@@ -266,13 +266,24 @@ def test_same_request_id_with_another_body_is_refused(
     ledger: Ledger, changes: dict[str, Any]
 ) -> None:
     envelope = envelope_for(REPORTER, request_id="req-1")
-    report(ledger, envelope)
+    first = report(ledger, envelope)
     before = recorded(ledger)
     with pytest.raises(AlreadyExists) as caught:
         report(ledger, envelope, **changes)
     assert caught.value.reason == "REQUEST_ID_REUSED"
     assert caught.value.code == "ALREADY_EXISTS"
-    assert caught.value.metadata == {"request_id": "req-1", "original_command": "ReportIncident"}
+    # What the request recorded is named, with the report's code, so that it can be found.
+    assert first.reference
+    assert caught.value.metadata == {
+        "request_id": "req-1",
+        "original_command": "ReportIncident",
+        "incident": f"incidents/{first.incident_id}",
+        "version": "1",
+        "reference": first.reference,
+    }
+    assert f"incidents/{first.incident_id} version 1, reference {first.reference}" in str(
+        caught.value.message
+    )
     assert recorded(ledger) == before
 
 
@@ -285,6 +296,8 @@ def test_same_request_id_for_another_command_is_refused(ledger: Ledger) -> None:
         ledger.execute(envelope, AssignLeadAgency(created.incident_id, 2, LEAD, ""))
     assert caught.value.reason == "REQUEST_ID_REUSED"
     assert caught.value.metadata["original_command"] == "VerifyIncident"
+    assert caught.value.metadata["incident"] == f"incidents/{created.incident_id}"
+    assert caught.value.metadata["version"] == "2" and "reference" not in caught.value.metadata
     assert recorded(ledger) == before
     assert ledger.get_incident(created.incident_id).status is Status.VERIFIED
 

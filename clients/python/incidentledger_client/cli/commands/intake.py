@@ -431,6 +431,15 @@ def _error_text(st: State, report: DeviceReport, result: IngestResult) -> str:
     if error is None:
         return ""
     if result.outcome is IngestOutcome.CONFLICT:
+        first = error.metadata.get("reference") or error.metadata.get("incident")
+        if first:
+            # Resending cannot change what was recorded: the incident recorded is named, to
+            # be corrected (ledgerctl correct), or the changed report sent as a new one.
+            return _(
+                "a report with this id from this device is in the ledger ({first}) with other "
+                "content: correct that incident (ledgerctl correct {first} ...), or give the "
+                "changed report a new device_report_id"
+            ).format(first=first)
         return _(
             "a report with this id from this device is in the ledger with other content; a "
             "changed report needs a new device_report_id"
