@@ -61,7 +61,7 @@ def _schema(dialect: str) -> list[str]:
         " agency TEXT NOT NULL, payload TEXT NOT NULL, status TEXT NOT NULL,"
         f" attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at {real} NOT NULL,"
         f" lease_until {real}, first_attempt_at {real}, last_attempt_at {real},"
-        " last_error TEXT NOT NULL DEFAULT '', UNIQUE (webhook_id, stream_seq))",
+        " last_error TEXT NOT NULL DEFAULT '')",
         "CREATE INDEX IF NOT EXISTS delivery_jobs_due ON delivery_jobs (status, next_attempt_at)",
         "CREATE INDEX IF NOT EXISTS delivery_jobs_order"
         " ON delivery_jobs (webhook_id, incident, stream_seq)",
@@ -83,6 +83,33 @@ def _schema(dialect: str) -> list[str]:
         "CREATE INDEX IF NOT EXISTS delivery_log_incident ON delivery_log (incident, id)",
         "CREATE INDEX IF NOT EXISTS delivery_log_agency ON delivery_log (agency, id)",
     ]
+
+
+def _drop_stream_seq_uniqueness(cur: Any, dialect: str) -> None:
+    """Stores made before: their jobs were unique by (webhook, stream sequence) as well as
+    by delivery id. A stream made anew (a NATS store lost, a ledger restored from a backup)
+    numbers its messages from 1 again, so a new event came with the sequence of an old job
+    and its job was dropped as a repeat (``ON CONFLICT DO NOTHING``): never delivered, no
+    dead letter, no warning. A job is one event to one webhook (its id, the primary key);
+    the sequence only orders. Idempotent, run at every start; an earlier version works on
+    the table without it (it inserts with the same ``ON CONFLICT DO NOTHING``)."""
+    if dialect == "postgres":
+        cur.execute(
+            "ALTER TABLE IF EXISTS delivery_jobs"
+            " DROP CONSTRAINT IF EXISTS delivery_jobs_webhook_id_stream_seq_key"
+        )
+        return
+    cur.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'delivery_jobs'")
+    row = cur.fetchone()
+    if row is None or "UNIQUE (webhook_id, stream_seq)" not in str(row[0]):
+        return
+    # SQLite drops a constraint only by making the table again; the indexes go with the
+    # old table and are made again by the schema's statements, next.
+    cur.execute("ALTER TABLE delivery_jobs RENAME TO delivery_jobs_former")
+    cur.execute(_schema("sqlite")[1])
+    cur.execute("INSERT INTO delivery_jobs SELECT * FROM delivery_jobs_former")
+    cur.execute("DROP TABLE delivery_jobs_former")
+    log.info("notifier.jobs_unique_by_delivery_only")
 
 
 class DeletedWebhookReplayedError(Exception):
@@ -197,6 +224,7 @@ class NotifierStore:
         (StoreTooNewError) on a store that a later version migrated."""
         check_format(self._db, "notifier", NOTIFIER_FORMAT)
         with self._db.transaction() as cur:
+            _drop_stream_seq_uniqueness(cur, self._db.dialect)
             for statement in _schema(self._db.dialect):
                 cur.execute(statement)
         record_format(self._db, "notifier", NOTIFIER_FORMAT)

@@ -12,7 +12,15 @@ from services.common.config import ConfigError, NotifierSettings
 from services.common.datafiles import prepare_sqlite_file
 from services.common.sql import open_database
 from services.notifier.sealing import SecretBox, load_secret_box
-from services.notifier.store import Job, LogEntry, NewJob, NotifierStore, Outcome, WebhookBacklog
+from services.notifier.store import (
+    Job,
+    LogEntry,
+    NewJob,
+    NotifierStore,
+    Outcome,
+    WebhookBacklog,
+    _schema,
+)
 
 SECRET = "a-webhook-secret-nobody-may-read"
 
@@ -266,6 +274,57 @@ def test_an_event_published_again_keeps_its_delivery_id(
         assert repeat.id == first.id, "the receiver has seen this delivery id already"
     finally:
         again.close()
+
+
+def test_a_new_stream_s_event_at_an_old_job_s_sequence_is_delivered(
+    either_store: dict[str, str], tmp_path: Path
+) -> None:
+    """A stream made anew (NATS's store lost, the ledger restored from a backup) numbers
+    its messages from 1 again: its events come with the sequences of jobs the store holds
+    from the former stream. Each is another event, so another delivery: it was dropped as
+    a repeat (never delivered, no dead letter), until the new stream passed the old one."""
+    store = open_store(either_store, load_secret_box(settings(tmp_path)))
+    try:
+        store.add_jobs([NewJob("wh_a", 272, 814, "ev-before", "incidents/x", "bpbd", "{}")])
+        (old,) = store.claim_due(10, 30, per_webhook=4, handled_through=272)
+        at = time.time()
+        log = LogEntry(
+            old.event_id, old.incident, 814, "bpbd", "webhook", "t", "delivered", 1, "", at
+        )
+        store.finish_all([Outcome(old, "delivered", 1, "", at, log)])
+        # The new stream: its message 272 is another event, at the same ledger position.
+        store.add_jobs([NewJob("wh_a", 272, 814, "ev-after", "incidents/y", "bpbd", "{}")])
+        (new,) = store.claim_due(10, 30, per_webhook=4, handled_through=272)
+        assert (new.event_id, new.stream_seq) == ("ev-after", 272)
+        assert new.id != old.id
+    finally:
+        store.close()
+
+
+def test_a_store_made_when_jobs_were_unique_by_sequence_loses_that_rule_at_start(
+    either_store: dict[str, str], tmp_path: Path
+) -> None:
+    box = load_secret_box(settings(tmp_path))
+    open_store(either_store, box).close()
+    db = open_database(either_store)
+    try:
+        with db.transaction() as cur:  # the table as earlier versions made it, one job in it
+            cur.execute("DROP TABLE delivery_jobs")
+            former = _schema(db.dialect)[1].replace(
+                "DEFAULT '')", "DEFAULT '', UNIQUE (webhook_id, stream_seq))"
+            )
+            cur.execute(former)
+    finally:
+        db.close()
+    store = open_store(either_store, box)  # the start removes it
+    try:
+        store.add_jobs([NewJob("wh_a", 5, 5, "ev-1", "incidents/x", "bpbd", "{}")])
+        store.add_jobs([NewJob("wh_a", 5, 9, "ev-2", "incidents/y", "bpbd", "{}")])
+        claimed = store.claim_due(10, 30, per_webhook=4, handled_through=5)
+        assert sorted(j.event_id for j in claimed) == ["ev-1", "ev-2"]
+    finally:
+        store.close()
+    open_store(either_store, box).close()  # and again: nothing left to do
 
 
 def test_the_deliveries_waiting_are_those_not_made_yet(
