@@ -157,6 +157,10 @@ CHECK_TEMPLATES: Mapping[tuple[str, str], str] = {
     ("INVALID_FIELD", "ahead"): N_(
         "The time in {field}, {value}, is more than {days} days ahead: {latest} at the latest."
     ),
+    ("INVALID_FIELD", "unknown"): N_(
+        "{field}: '{value}' is not a {what} the reference data knows (GetReferenceData lists "
+        "them)."
+    ),
     ("INVALID_FIELD", "future"): N_(
         "The time in {field}, {value}, is in the future: the ledger's clock says {now}."
     ),
@@ -171,6 +175,14 @@ ACTION_WORDS: Mapping[str, str] = {
     "verify the ledger": N_("verify the ledger"),
     "verify the evidence": N_("verify the evidence"),
     "create a checkpoint": N_("create a checkpoint"),
+}
+#: What an unknown code was meant to be (an INVALID_FIELD refusal's metadata ``what``).
+WHAT_WORDS: Mapping[str, str] = {
+    "agency": N_("agency"),
+    "category": N_("category"),
+    "severity": N_("severity"),
+    "kecamatan": N_("kecamatan"),
+    "desa": N_("desa"),
 }
 STATUS_WORDS: Mapping[str, str] = {
     "REPORTED": N_("reported"),
@@ -243,6 +255,9 @@ def localized(reason: str, metadata: Mapping[str, str], language: str) -> str | 
     action = values.get("action", "")
     if action in ACTION_WORDS:
         values["action"] = translations.gettext(ACTION_WORDS[action])
+    what = values.get("what", "")
+    if what in WHAT_WORDS:
+        values["what"] = translations.gettext(WHAT_WORDS[what])
     return string.Formatter().vformat(translations.gettext(template), (), values)
 
 

@@ -44,6 +44,18 @@ def one_of(codes: Iterable[str]) -> str:
     return f"; one of: {', '.join(sorted(codes))}"
 
 
+def unknown_code(field: str, what: str, value: str, codes: Iterable[str] = ()) -> InvalidArgument:
+    """The refusal of a code the reference data does not have: its message names the codes
+    it may be; its metadata (``check`` ``unknown``, ``value``, ``what``) lets a message in
+    the caller's language say which value was refused, not only that one was."""
+    listed = one_of(codes) if codes else ""
+    return InvalidArgument(
+        field,
+        f"unknown {what} {value!r}{listed}",
+        metadata={"check": "unknown", "value": value, "what": what},
+    )
+
+
 @dataclass(frozen=True)
 class Agency:
     code: str
@@ -318,9 +330,7 @@ class ReferenceData:
         try:
             return self.agencies[code]
         except KeyError:
-            raise InvalidArgument(
-                field, f"unknown agency {code!r}{one_of(self.agencies)}"
-            ) from None
+            raise unknown_code(field, "agency", code, self.agencies) from None
 
     def require_role(self, agency: str, roles: set[Role], action: str) -> None:
         """PERMISSION_DENIED unless the agency has one of ``roles``."""
@@ -334,11 +344,11 @@ class ReferenceData:
 
     def check_category(self, code: str, field: str = "category") -> None:
         if code not in self.categories:
-            raise InvalidArgument(field, f"unknown category {code!r}{one_of(self.categories)}")
+            raise unknown_code(field, "category", code, self.categories)
 
     def check_severity(self, code: str, field: str = "severity") -> None:
         if code not in self.severities:
-            raise InvalidArgument(field, f"unknown severity {code!r}{one_of(self.severities)}")
+            raise unknown_code(field, "severity", code, self.severities)
 
     def desa_of(self, kecamatan: str) -> frozenset[str] | None:
         """The desa of ``kecamatan``; None for a kecamatan the reference data does not know."""
@@ -350,14 +360,13 @@ class ReferenceData:
             raise InvalidArgument(f"{field}.kecamatan", "is required")
         known = self.kecamatan.get(kecamatan)
         if known is None:
-            raise InvalidArgument(
-                f"{field}.kecamatan", f"unknown kecamatan {kecamatan!r}{one_of(self.kecamatan)}"
-            )
+            raise unknown_code(f"{field}.kecamatan", "kecamatan", kecamatan, self.kecamatan)
         if desa and desa not in known.desa:
             raise InvalidArgument(
                 f"{field}.desa",
                 f"unknown desa {desa!r} in kecamatan {known.name} (GetReferenceData lists "
                 "each kecamatan's)",
+                metadata={"check": "unknown", "value": desa, "what": "desa"},
             )
 
     @classmethod

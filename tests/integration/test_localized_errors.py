@@ -97,6 +97,6 @@ def test_ledgerctl_in_english_says_which_case_the_server_refused(ctl: Ctl) -> No
     code, _, english = ctl.run("desk_pilkada", "--lang", "en", *taken)
     assert code == 4, english
     assert "'desk-2026-12-05-001' was already used by this agency" in english, english
-    assert "(VerifyIncident)" in english, english
+    assert f"(VerifyIncident, {name} version 2)" in english, english
     code, _, indonesian = ctl.run("desk_pilkada", "--lang", "id", *taken)
     assert "Id permintaan ini sudah dipakai untuk permintaan lain." in indonesian, indonesian

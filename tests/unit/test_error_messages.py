@@ -11,7 +11,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from services.common import error_messages
-from services.common.errors import LedgerError, NotFound
+from services.common.errors import InvalidArgument, LedgerError, NotFound
 from services.common.grpc_errors import to_grpc_status
 from services.common.vocabulary import STATUSES
 from services.ledger.application import Ledger
@@ -232,3 +232,28 @@ def test_no_personal_data_says_read_or_erase_as_the_call_was() -> None:
     erase = error_messages.localized("NO_PERSONAL_DATA", {"check": "erase"}, "id") or ""
     assert "baca" in read and "hapus" not in read, read
     assert "dihapus" in erase and "baca" not in erase, erase
+
+
+def test_an_unknown_code_is_named_with_what_it_was_meant_to_be_in_the_callers_language() -> None:
+    """An IngestReports report's refusal carries only its Status: in Indonesian it said "The
+    value of location.kecamatan is not acceptable", without the value refused."""
+    reference = REF
+    with pytest.raises(InvalidArgument) as caught:
+        reference.check_location("atlantis", "")
+    metadata = {"field": caught.value.field or "", **caught.value.metadata}
+    assert metadata["check"] == "unknown"
+    assert error_messages.localized("INVALID_FIELD", metadata, "id") == (
+        "location.kecamatan: 'atlantis' bukan kecamatan yang dikenal data referensi "
+        "(GetReferenceData mendaftarnya)."
+    )
+    for check, what in (
+        (reference.check_category, "kategori"),
+        (reference.check_severity, "tingkat keparahan"),
+        (lambda code: reference.agency(code, "lead_agency"), "instansi"),
+    ):
+        with pytest.raises(InvalidArgument) as caught:
+            check("zzz")
+        metadata = {"field": caught.value.field or "", **caught.value.metadata}
+        said = error_messages.localized("INVALID_FIELD", metadata, "id") or ""
+        assert f"'zzz' bukan {what} yang dikenal" in said, said
+    assert set(error_messages.WHAT_WORDS) >= {"agency", "category", "severity", "desa"}
