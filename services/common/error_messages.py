@@ -158,8 +158,7 @@ CHECK_TEMPLATES: Mapping[tuple[str, str], str] = {
         "The time in {field}, {value}, is more than {days} days ahead: {latest} at the latest."
     ),
     ("INVALID_FIELD", "unknown"): N_(
-        "{field}: '{value}' is not a {what} the reference data knows (GetReferenceData lists "
-        "them)."
+        "{field}: '{value}' is not a {what} the reference data knows (GetReferenceData lists them)."
     ),
     ("INVALID_FIELD", "future"): N_(
         "The time in {field}, {value}, is in the future: the ledger's clock says {now}."
