@@ -110,6 +110,10 @@ UUID_OF_AN_INCIDENT = UUID("00000000-0000-4000-8000-000000000001")
         (PlaceLegalHold(UUID_OF_AN_INCIDENT, 0, "suspect 1706 0141 0790 0003"), "reason"),
         (LiftLegalHold(UUID_OF_AN_INCIDENT, 0, "lifted, call 62 813.1234.5678"), "reason"),
         (ReadPersonalData(UUID_OF_AN_INCIDENT, 0, "telp 8137771 9284"), "purpose"),
+        # Slashes and underscores: the report's own people were caught so, anyone's were not.
+        (ReadPersonalData(UUID_OF_AN_INCIDENT, 0, "permohonan NIK 1706/0155/0101/0007"), "purpose"),
+        (ReadPersonalData(UUID_OF_AN_INCIDENT, 0, "telp 0852_7777_6543"), "purpose"),
+        (PlaceLegalHold(UUID_OF_AN_INCIDENT, 0, "NIK 1706_0155_0101_0007"), "reason"),
     ],
 )
 def test_a_text_about_personal_data_holding_a_phone_or_nik_is_refused(
@@ -136,3 +140,25 @@ def test_a_text_about_personal_data_holding_a_phone_or_nik_is_refused(
 def test_references_and_dates_in_such_texts_pass(purpose: str) -> None:
     checked(ReadPersonalData(UUID_OF_AN_INCIDENT, 0, purpose), RULES)
     checked(PlaceLegalHold(UUID_OF_AN_INCIDENT, 0, purpose), RULES)
+
+
+@pytest.mark.parametrize(
+    "purpose",
+    ["\u200b" * 5, "\u2800" * 5, ".....", "-----", "a.b.c.d", "?? ?? ??"],
+    ids=["zero-width", "braille-blank", "dots", "dashes", "four-letters", "marks"],
+)
+def test_a_purpose_without_words_is_refused(purpose: str) -> None:
+    # Recorded as the reason a person's data was read or erased: it must say something.
+    for command in (
+        ReadPersonalData(UUID_OF_AN_INCIDENT, 0, purpose),
+        ErasePersonalData(UUID_OF_AN_INCIDENT, 0, (), purpose),
+        PlaceLegalHold(UUID_OF_AN_INCIDENT, 0, purpose),
+    ):
+        with pytest.raises(InvalidArgument) as refused:
+            checked(command, RULES)
+        assert "at least 5 letters or digits" in refused.value.message
+
+
+def test_a_short_purpose_in_words_passes() -> None:
+    for purpose in ("audit", "LP/B/17", "cek\u200bdata"):
+        checked(ReadPersonalData(UUID_OF_AN_INCIDENT, 0, purpose), RULES)

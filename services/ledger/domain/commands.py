@@ -32,6 +32,7 @@ from services.ledger.domain.personal import (
     INTO_PERSONAL_DATA,
     PersonalData,
     check_free_text,
+    check_in_words,
     check_no_personal_number,
     check_purpose,
     checked_personal_data,
@@ -138,11 +139,13 @@ def purpose() -> dict[str, Any]:
 
 
 def hold_reason() -> dict[str, Any]:
-    """A legal hold's reason: a text (as ``text(MAX_TEXT, required=True)``) without a number
-    as long as a phone or NIK (:func:`check_no_personal_number`)."""
+    """A legal hold's reason: a text (as ``text(MAX_TEXT, required=True)``) in words
+    (:func:`check_in_words`) without a number as long as a phone or NIK
+    (:func:`check_no_personal_number`)."""
 
     def check(_rules: Rules, name: str, value: str) -> str:
-        return check_no_personal_number(name, check_text(name, value, MAX_TEXT, required=True))
+        text = check_text(name, value, MAX_TEXT, required=True)
+        return check_in_words(name, check_no_personal_number(name, text))
 
     return _spec(check, max_length=MAX_TEXT, required=True)
 

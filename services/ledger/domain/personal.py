@@ -294,8 +294,10 @@ def checked_personal_data(data: PersonalData | None, field: str) -> PersonalData
 
 
 #: A run of digits as people write numbers in text: 0812-7345-6690, +62 812 7345 6690,
-#: (0737) 71234, 1706.0141.0790.0003.
-_DIGIT_RUN = re.compile(r"\+?\d(?:[\d\s().\-/]*\d)?")
+#: (0737) 71234, 1706.0141.0790.0003, 1706/0141/0790/0003, 0852_7777_6543. One pattern for
+#: the report's own people and for any NIK or mobile number (a purpose, a description):
+#: the second once lacked "/", and a NIK written with slashes was recorded in plain words.
+_DIGIT_RUN = re.compile(r"\+?\d(?:[\d\s().\-/_]*\d)?")
 _NON_DIGIT = re.compile(r"\D")
 _SPACES = re.compile(r"\s+")
 
@@ -372,8 +374,6 @@ def check_free_text(data: PersonalData | None, texts: dict[str, str]) -> None:
             )
 
 
-#: A number as people write it (digits, with spaces, dashes, dots or brackets between).
-_NUMBER_RUN = re.compile(r"\+?\d(?:[\d\s().\-]*\d)?")
 #: An Indonesian mobile number's digits, after +62, 62 or 0, or without them (as people
 #: write one after "telp": "8137771 9284" passed).
 _MOBILE_DIGITS = re.compile(r"(?:62|0)?8[0-9]{8,11}", re.ASCII)
@@ -391,7 +391,7 @@ def check_no_personal_number(field: str, text: str, advice: str = REQUEST_REFERE
     "subject access of NIK 1706..." would put there the very data the request protects.
     Landlines are left (their digits are those of dates and reference numbers too), and
     a name cannot be told from other words: the docs ask for the request's reference."""
-    for run in _NUMBER_RUN.findall(text):
+    for run in _DIGIT_RUN.findall(text):
         digits = _NON_DIGIT.sub("", run)
         if len(digits) == NIK_DIGITS or _MOBILE_DIGITS.fullmatch(digits):
             raise InvalidArgument(
@@ -402,11 +402,21 @@ def check_no_personal_number(field: str, text: str, advice: str = REQUEST_REFERE
     return text
 
 
+def check_in_words(field: str, text: str) -> str:
+    """Refuse a reason recorded with an act on people's data (a read's purpose, an
+    erasure's legal basis, a legal hold's reason) that says nothing: counted in letters and
+    digits, since one of dots, dashes or invisible characters (zero-width spaces, a braille
+    blank) was recorded as if a reason had been stated."""
+    if len(text) < MIN_PURPOSE or sum(c.isalnum() for c in text) < MIN_PURPOSE:
+        raise InvalidArgument(
+            field, f"state the purpose in words: at least {MIN_PURPOSE} letters or digits"
+        )
+    return text
+
+
 def check_purpose(value: str, field: str = "purpose") -> str:
     """Why personal data is read or erased: stated in words, recorded with the access."""
-    text = check_no_personal_number(field, value.strip())
-    if len(text) < MIN_PURPOSE:
-        raise InvalidArgument(field, f"state the purpose in at least {MIN_PURPOSE} characters")
+    text = check_in_words(field, check_no_personal_number(field, value.strip()))
     if len(text) > MAX_PURPOSE:
         raise InvalidArgument(
             field, f"is longer than {MAX_PURPOSE} characters", reason="FIELD_TOO_LONG"
