@@ -705,7 +705,7 @@ def test_ledgerctl_attaches_lists_gets_and_shows_downloads(
     target = tmp_path / "copy.jpg"
     ctl.ok("inspektorat", "evidence", "get", name, short, "-o", str(target))
     assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
-    assert not target.with_name("copy.jpg.part").exists()
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.part"))
     # The whole name attach printed, as one argument, names it too.
     again = tmp_path / "again.jpg"
     ctl.ok("inspektorat", "evidence", "get", evidence["name"], "-o", str(again))
@@ -1173,6 +1173,21 @@ def test_ledgerctl_audit_verify_deep_names_a_changed_file(
     assert [(p["evidence"], p["problem"]) for p in found["problems"]] == [
         (uploaded.evidence.name, "changed")
     ]
+    # The evidence store away: the chain's result is said all the same, then the error
+    # (before, only "UNAVAILABLE", a diverging ledger said as "server unavailable").
+    nats_server.stop()
+    try:
+        code, out, err = ctl.run("inspektorat", "audit", "verify", "--deep")
+        assert code == 6 and "ledger verified" in out, (code, out, err)
+        assert "EVIDENCE_STORE_UNAVAILABLE" in err, err
+        code, out, err = ctl.run("inspektorat", "--json", "audit", "verify", "--deep")
+        assert code == 6 and json.loads(out) == {
+            "ledger": json.loads(out)["ledger"],
+            "evidence": None,
+        }, (out, err)
+        assert json.loads(out)["ledger"]["ok"] is True
+    finally:
+        nats_server.start()
 
 
 def test_an_upload_without_credentials_is_unauthenticated(ledger: Client, tmp_path: Path) -> None:

@@ -665,10 +665,17 @@ def test_a_download_the_ledger_could_not_serve_is_tried_again_from_the_first_byt
     target = tmp_path / "foto.jpg"
     evidence = client.download_evidence("incidents/x/evidence/y", target)
     assert target.read_bytes() == data and evidence.sha256 == header.evidence.sha256
-    assert len(stub.requests) == 3 and not (tmp_path / "foto.jpg.part").exists()
+    assert len(stub.requests) == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["foto.jpg"]
     # Refused (not UNAVAILABLE): not tried again, nothing left behind.
     stub.calls = [FakeCall([], FakeRpcError(grpc.StatusCode.NOT_FOUND, "no", "EVIDENCE_NOT_FOUND"))]
     with pytest.raises(LedgerError):
         client.download_evidence("incidents/x/evidence/z", tmp_path / "other.jpg")
     assert not list(tmp_path.glob("other.jpg*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["foto.jpg"], "no partial file left"
+    # A folder that does not exist: refused before the call, which the ledger would have
+    # recorded as a download that produced no file.
+    stub.requests.clear()
+    with pytest.raises(FileNotFoundError):
+        client.download_evidence("incidents/x/evidence/y", tmp_path / "nowhere" / "foto.jpg")
+    assert stub.requests == []
     client.close()

@@ -74,6 +74,7 @@ def test_an_executable_is_refused_whatever_it_is_called() -> None:
 def test_a_declared_type_must_be_the_content_s() -> None:
     assert POLICY.check_type("image/png", "") == "image/png"
     assert POLICY.check_type("image/png", "IMAGE/PNG") == "image/png"
+    assert POLICY.check_type("image/png", "image/png; charset=binary") == "image/png"  # file -bi
     with pytest.raises(InvalidArgument) as refused:
         POLICY.check_type("image/png", "image/jpeg")
     assert refused.value.reason == "MEDIA_TYPE_MISMATCH"
@@ -120,6 +121,12 @@ def test_a_file_name_is_kept_as_the_uploader_gave_it(name: str) -> None:
         ("\x1b[2Jamplop.jpg", "control characters"),
         ("amplop\x00.jpg", "control characters"),
         ("amplop\x85.jpg", "control characters"),  # C1: NEL
+        # Shown as "aexe.jpg", saved as an .exe; an invisible name; a line separator.
+        ("a\u202egpj.exe", "invisible formatting characters"),
+        ("\u200b", "invisible formatting characters"),
+        ("a\u200b\u200b.jpg", "invisible formatting characters"),
+        ("foto\u2028.jpg", "invisible formatting characters"),
+        ("\u2066foto.jpg\u2069", "invisible formatting characters"),
         ("", "is required"),
         ("   ", "is required"),
     ],
@@ -140,6 +147,12 @@ def test_a_file_name_too_long_is_field_too_long() -> None:
     with pytest.raises(InvalidArgument) as refused:
         check_file_name("a" * 252 + ".jpg")
     assert (refused.value.reason, refused.value.field) == ("FIELD_TOO_LONG", FILE_NAME_FIELD)
+    # Counted in bytes, as file systems count: 204 characters of two bytes each were taken,
+    # and no one could write the file under its name.
+    assert check_file_name("é" * 125 + ".jpg") == "é" * 125 + ".jpg"  # 254 bytes
+    with pytest.raises(InvalidArgument) as refused:
+        check_file_name("é" * 204 + ".jpg")
+    assert refused.value.reason == "FIELD_TOO_LONG" and "bytes" in refused.value.message
 
 
 @pytest.mark.parametrize("agency", [COORDINATOR, LEAD, REPORTER])

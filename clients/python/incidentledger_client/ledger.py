@@ -10,10 +10,11 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 import grpc
 
@@ -1324,40 +1325,24 @@ class LedgerClient:
         byte, within the client's retry budget, as other calls are retried; each attempt
         the ledger served is recorded."""
         target = Path(path)
-        partial = target.with_name(target.name + ".part")
+        # Beside the target (the rename stays on its file system), under a short name of its
+        # own: the target's name and ".part" could pass the file system's 255 bytes.
+        partial = target.with_name(f".{uuid.uuid4().hex[:16]}.part")
         request = evidence_pb.DownloadEvidenceRequest(name=name)
 
         def attempt() -> Evidence:
-            call = self._evidence.DownloadEvidence(
-                request, timeout=timeout, metadata=self._transport.metadata
-            )
-            try:
-                evidence: Evidence | None = None
-                digest = hashlib.sha256()
-                received = 0
-                with partial.open("wb") as out:
-                    for response in call:
-                        if response.HasField("evidence"):
-                            evidence = Evidence.from_proto(response.evidence)
-                            continue
-                        out.write(response.chunk)
-                        digest.update(response.chunk)
-                        received += len(response.chunk)
-                        if progress is not None:
-                            progress(received, evidence.size_bytes if evidence else 0)
-                if evidence is None or (digest.hexdigest(), received) != (
-                    evidence.sha256,
-                    evidence.size_bytes,
-                ):
-                    raise DataLoss(
-                        "DATA_LOSS",
-                        "EVIDENCE_CHANGED",
-                        f"the bytes received for {name} are not the recorded ones",
-                    )
-                partial.replace(target)
-                return evidence
-            finally:
-                call.cancel()  # type: ignore[no-untyped-call]
+            # The file opened before the call: a folder that cannot be written fails here,
+            # not after the ledger recorded a download that produced no file.
+            with partial.open("wb") as out:
+                call = self._evidence.DownloadEvidence(
+                    request, timeout=timeout, metadata=self._transport.metadata
+                )
+                try:
+                    evidence = _received(call, out, name, progress)
+                finally:
+                    call.cancel()  # type: ignore[no-untyped-call]
+            partial.replace(target)
+            return evidence
 
         try:
             return self._transport.retrying(attempt)
@@ -1397,3 +1382,31 @@ class LedgerClient:
             self._evidence.VerifyEvidence, evidence_pb.VerifyEvidenceRequest(), timeout=timeout
         )
         return EvidenceReport.from_proto(response)
+
+
+def _received(
+    call: Iterable[Any], out: IO[bytes], name: str, progress: TransferProgress | None
+) -> Evidence:
+    """A download's bytes written to ``out``, checked against what the ledger recorded."""
+    evidence: Evidence | None = None
+    digest = hashlib.sha256()
+    received = 0
+    for response in call:
+        if response.HasField("evidence"):
+            evidence = Evidence.from_proto(response.evidence)
+            continue
+        out.write(response.chunk)
+        digest.update(response.chunk)
+        received += len(response.chunk)
+        if progress is not None:
+            progress(received, evidence.size_bytes if evidence else 0)
+    if evidence is None or (digest.hexdigest(), received) != (
+        evidence.sha256,
+        evidence.size_bytes,
+    ):
+        raise DataLoss(
+            "DATA_LOSS",
+            "EVIDENCE_CHANGED",
+            f"the bytes received for {name} are not the recorded ones",
+        )
+    return evidence

@@ -92,7 +92,9 @@ class EvidencePolicy:
                 reason="MEDIA_TYPE_NOT_ALLOWED",
                 metadata={"media_type": sniffed},
             )
-        if declared and declared.strip().lower() != sniffed:
+        # Parameters are not the type: "application/pdf; charset=binary" (what `file -bi`
+        # prints) is application/pdf.
+        if declared and declared.split(";")[0].strip().lower() != sniffed:
             raise InvalidArgument(
                 "header.media_type",
                 f"declared {declared}, but the content is {sniffed}",
@@ -105,6 +107,12 @@ class EvidencePolicy:
 FILE_NAME_FIELD = "header.file_name"
 
 
+#: Unicode categories a file's name may not hold beside control characters: formatting
+#: (direction overrides and isolates, zero-width characters) and line or paragraph
+#: separators, which make a name read as another.
+_INVISIBLE = frozenset({"Cf", "Zl", "Zp"})
+
+
 def check_file_name(value: str) -> str:
     """The uploader's name of the file, as the event keeps it for good: a name, not a path
     (no ``/`` or ``\\``, not ``.`` or ``..``), without control characters (a line break or
@@ -112,8 +120,23 @@ def check_file_name(value: str) -> str:
     ledgerctl's tables, a console log). Whoever downloads the file may be given this name
     to write it under."""
     check_text(FILE_NAME_FIELD, value, MAX_FILE_NAME, required=True)
+    if len(value.encode()) > MAX_FILE_NAME:
+        # A file system's limit is in bytes: a longer name was accepted and could then be
+        # written by no one who downloaded it (yet the download was recorded).
+        raise InvalidArgument(
+            FILE_NAME_FIELD,
+            f"is longer than {MAX_FILE_NAME} bytes in UTF-8, the most a file system takes",
+            reason="FIELD_TOO_LONG",
+        )
     if any(unicodedata.category(c) == "Cc" for c in value):
         raise InvalidArgument(FILE_NAME_FIELD, "must not contain control characters")
+    if any(unicodedata.category(c) in _INVISIBLE for c in value):
+        # "a\u202egpj.exe" shows as "aexe.jpg": a name must read as what it is.
+        raise InvalidArgument(
+            FILE_NAME_FIELD,
+            "must not contain invisible formatting characters (direction overrides, "
+            "zero-width characters, line separators)",
+        )
     if "/" in value or "\\" in value:
         raise InvalidArgument(
             FILE_NAME_FIELD, "must be the file's name only, without a directory ('/' or '\\')"
