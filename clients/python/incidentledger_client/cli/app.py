@@ -326,12 +326,21 @@ def _run(args: list[str], as_json: bool) -> int:
     except OSError as error:
         # A file of this machine that ledgerctl reads or writes (an --out in a directory that
         # does not exist, a full disk): said in a line, not a traceback.
+        problem = error.strerror or str(error)
+        if not error.filename:
+            # A write that failed on a full disk names no file: said without an empty name.
+            return _fail(
+                as_json,
+                EXIT_OTHER,
+                "FILE",
+                _("cannot write or read a file: {problem}").format(problem=problem),
+            )
         return _fail(
             as_json,
             EXIT_OTHER,
             "FILE",
             _("cannot write or read {file}: {problem}").format(
-                file=error.filename or "", problem=error.strerror or str(error)
+                file=error.filename, problem=problem
             ),
         )
     return EXIT_OK

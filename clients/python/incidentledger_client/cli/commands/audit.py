@@ -13,10 +13,10 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from incidentledger_client import Unavailable
+from incidentledger_client import LedgerError, Unavailable
 from incidentledger_client.cli import output
 from incidentledger_client.cli.commands import group
-from incidentledger_client.cli.errors import EXIT_OTHER, InterruptedCommandError
+from incidentledger_client.cli.errors import EXIT_OTHER, InterruptedCommandError, said
 from incidentledger_client.cli.inputs import TIME_HELP, incident_name, maybe_code, moment
 from incidentledger_client.cli.progress import Meter, progress_bar
 from incidentledger_client.cli.state import state
@@ -75,29 +75,49 @@ def audit_verify(
         report_ = follow_verification(
             itertools.chain(() if first is None else (first,), items), meter
         )
-    found = st.ledger().verify_evidence() if deep else None
+    if not st.as_json:
+        _show_ledger(report_)
+    try:
+        found = st.ledger().verify_evidence() if deep else None
+    except LedgerError as error:
+        # The evidence could not be read (its store away): the chain's result, already
+        # checked, is said all the same (with --json, its document with "evidence": null),
+        # then the error, whose exit code stands unless the ledger diverges (1).
+        if st.as_json:
+            output.emit_json({"ledger": report_, "evidence": None})
+        if report_.ok:
+            raise
+        output.error_console().print(
+            _("The evidence could not be checked: {error}").format(error=said(error)),
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_OTHER) from None
     if st.as_json:
         output.emit_json(report_ if found is None else {"ledger": report_, "evidence": found})
-    else:
-        out = output.console()
-        if report_.ok:
-            out.print(
-                Text.assemble(
-                    (_("ledger verified"), "bold green"),
-                    ": "
-                    + output.verified_counts(
-                        report_.events, report_.incidents, report_.checkpoints_checked
-                    ),
-                )
-            )
-        else:
-            d = report_.divergence
-            said = "" if d is None else ": " + divergence_text(d)
-            out.print(Text.assemble((_("LEDGER DIVERGES"), "bold red"), said))
-        if found is not None:
-            _show_evidence(found)
+    elif found is not None:
+        _show_evidence(found)
     if not report_.ok or (found is not None and not found.ok):
         raise typer.Exit(EXIT_OTHER)
+
+
+def _show_ledger(report_: VerifyReport) -> None:
+    """The chain's part of ``audit verify``, for people."""
+    out = output.console()
+    if report_.ok:
+        out.print(
+            Text.assemble(
+                (_("ledger verified"), "bold green"),
+                ": "
+                + output.verified_counts(
+                    report_.events, report_.incidents, report_.checkpoints_checked
+                ),
+            )
+        )
+    else:
+        d = report_.divergence
+        said = "" if d is None else ": " + divergence_text(d)
+        out.print(Text.assemble((_("LEDGER DIVERGES"), "bold red"), said))
 
 
 #: The kinds of divergence, as the ledger names them (docs/hash-chain.md).
