@@ -730,6 +730,9 @@ def test_a_phone_sized_window_shows_every_page_without_sideways_scrolling(
                 == 1
             )
     expect(page.locator('select[name="target"]')).to_have_count(1)  # the merge form is there
+    # Merging is for good: no incident is chosen for the officer, the form asks for one.
+    target = page.locator('select[name="target"]')
+    assert target.evaluate("s => s.required && s.value === '' && s.options[0].value === ''")
     assert_local_and_clean(room)
 
 
@@ -1206,6 +1209,13 @@ def test_the_lead_resolves_and_requests_closure_the_desk_closes_and_records_a_de
         assert act_over_http(desk, incident, "approve_closure").status_code == 303
         page = desk.get(f"/{incident}")
         assert 'id="reopen"' in page.text and 'id="status">Closed' in page.text
+        # The timeline says what was decided, where, and until when, not only why.
+        timeline = page.text.split('data-type="DecisionRecorded"')[1].split("</li>")[0]
+        assert "Both camps announced rallies" in timeline
+        assert '<p class="fact decided"><bdi>Forkopimda</bdi>: <bdi class="lines">Patrols' in (
+            timeline
+        )
+        assert "until" in timeline and "WIB" in timeline, timeline
     got = desk_client.get_incident(incident)
     assert got.status.value == "CLOSED"
     (decision,) = got.decisions
