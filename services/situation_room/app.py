@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import structlog
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -399,13 +400,33 @@ def here(request: Request) -> str:
 Handler = Callable[[Request, Session, Officer], Awaitable[Response]]
 
 
+def sign_in_for(request: Request, session: Session | None) -> str:
+    """The sign-in page for a request that needs an officer: with the page asked for (a
+    GET: an incident's code typed from a phone call is not typed again after signing in),
+    and ``ended`` when the browser sent a cookie of a session that has ended (said so)."""
+    query: dict[str, str] = {}
+    if request.method == "GET" and request.url.path not in {"/", "/board"}:
+        query["next"] = here(request)
+    if session is None and COOKIE in request.cookies:
+        query["ended"] = ""
+    return "/login" + (f"?{urlencode(query)}" if query else "")
+
+
+def local_path(value: str, default: str = "/board") -> str:
+    """``value`` when it is a path of this site, else ``default``: never a redirect
+    elsewhere (//host, /\\host, a URL)."""
+    if not value.startswith("/") or value.startswith(("//", "/\\")):
+        return default
+    return value
+
+
 def signed_in(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """The route for signed-in officers only; anyone else goes to the sign-in page."""
 
     async def route(request: Request) -> Response:
         session = session_of(request)
         if session is None or session.officer is None:
-            return RedirectResponse("/login", status_code=303)
+            return RedirectResponse(sign_in_for(request, session), status_code=303)
         response = await handler(request, session, session.officer)
         if not any(
             name == b"set-cookie" and value.startswith(f"{COOKIE}=".encode())
@@ -436,9 +457,20 @@ def forbidden(reason: str) -> Response:
 async def login_page(request: Request) -> Response:
     room = room_of(request)
     session = session_of(request) or room.sessions.new()
-    # A board or a map whose session ended comes here with ?ended (static/live.js).
-    notice = _("Your session has ended: sign in again.") if "ended" in request.query_params else ""
-    page = render(request, session, "login.html", error="", notice=notice)
+    # A board or a map whose session ended comes here with ?ended (static/live.js), and so
+    # does a page asked for after the session ended (sign_in_for).
+    params = request.query_params
+    notice = _("Your session has ended: sign in again.") if "ended" in params else ""
+    if "signed_out" in params:
+        notice = _("You are signed out.")
+    page = render(
+        request,
+        session,
+        "login.html",
+        error="",
+        notice=notice,
+        next=local_path(params.get("next", "")),
+    )
     return with_cookie(room, request, page, session)
 
 
@@ -447,8 +479,23 @@ async def login(request: Request) -> Response:
     session = session_of(request)
     form = await checked_form(request, session)
     if form is None or session is None:
-        return forbidden(_("The form has expired or was not sent by this page. Reload it."))
+        # The sign-in page left open past its cookie's life (the start of a shift), or
+        # another tab signed in meanwhile: the page again, with a form that works, not a
+        # bare refusal. Nothing is taken from the stale form but where it was going.
+        fresh = room.sessions.new()
+        posted = await request.form()
+        going = local_path(str(posted.get("next", "")))
+        page = render(
+            request,
+            fresh,
+            "login.html",
+            error="",
+            notice=_("The sign-in page had expired: enter your token again."),
+            next=going,
+        )
+        return with_cookie(room, request, page, fresh)
     agency, token = form.get("agency", ""), form.get("token", "").strip()
+    going = local_path(form.get("next", ""))
     client = request.client.host if request.client is not None else ""
     error = ""
     if room.throttle.blocked(client):
@@ -494,29 +541,29 @@ async def login(request: Request) -> Response:
     if error:
         # The agency chosen stays chosen: back on the first one, the next try with the
         # right token was refused as another agency's.
-        page = render(request, session, "login.html", error=error, chosen=agency)
+        page = render(request, session, "login.html", error=error, chosen=agency, next=going)
         return with_cookie(room, request, page, session)
     officer = Officer(agency, room.role(agency), token, ledger)
     signed = room.sessions.new(officer)  # a new CSRF token at sign-in
     note_agency(request, agency)
     log.info("situation_room.signed_in", agency=agency)
-    return with_cookie(room, request, RedirectResponse("/board", status_code=303), signed)
+    return with_cookie(room, request, RedirectResponse(going, status_code=303), signed)
 
 
 async def logout(request: Request) -> Response:
     session = session_of(request)
-    if await checked_form(request, session) is None or session is None:
+    if session is None or session.officer is None:
+        # Signed out already (in another tab, or the session ended): what was asked is so.
+        return without_cookie(request, RedirectResponse("/login?signed_out", status_code=303))
+    if await checked_form(request, session) is None:
         return forbidden(_("The form has expired or was not sent by this page. Reload it."))
-    return without_cookie(request, RedirectResponse("/login", status_code=303))
+    return without_cookie(request, RedirectResponse("/login?signed_out", status_code=303))
 
 
 async def language(request: Request) -> Response:
     """Switch the page's language (the control on every page) and go back to the page."""
     chosen = language_of(request.path_params["language"])
-    back = request.query_params.get("next", "")
-    # Only a path of this site: never a redirect elsewhere (//host, /\\host, a URL).
-    if not back.startswith("/") or back.startswith(("//", "/\\")):
-        back = "/board"
+    back = local_path(request.query_params.get("next", ""))
     response = RedirectResponse(back, status_code=303)
     response.set_cookie(
         LANGUAGE_COOKIE,

@@ -1508,6 +1508,49 @@ def test_signing_out_clears_the_cookie(room: Room) -> None:
         assert web.get("/board").headers["location"] == "/login"
 
 
+def test_a_stale_sign_in_a_second_sign_out_and_an_ended_session_lead_back_in(room: Room) -> None:
+    """Before, each gave a bare "the form has expired" page: the sign-in page left open past
+    its cookie's life, a second sign-out (another tab), and a page asked for once the
+    session had ended, which also lost the page (the code typed from a phone call)."""
+    reference = room.ledger("kesbangpol").report("Banner torn", "hoax", "ipuh").reference
+    token = room.stack.ledger.tokens["desk_pilkada"]
+    with httpx.Client(
+        base_url=room.url, timeout=READ_SECONDS, cookies={LANGUAGE_COOKIE: "en"}
+    ) as web:
+        # Asked for with a cookie of a session that ended (or that this page never made).
+        web.cookies.set(SESSION_COOKIE, "ended-long-ago")
+        asked = web.get(f"/incidents/{reference}")
+        assert asked.status_code == 303
+        going = asked.headers["location"]
+        assert going.startswith("/login?") and "ended=" in going, going
+        page = web.get(going)
+        assert "Your session has ended: sign in again." in page.text
+        assert f'name="next" value="/incidents/{reference}"' in page.text, page.text
+        # The sign-in page's cookie gone meanwhile: the form is shown again, working.
+        web.cookies.clear()
+        web.cookies.set(LANGUAGE_COOKIE, "en")
+        stale = {"csrf": "from-a-page-left-open", "agency": "desk_pilkada", "token": token}
+        again = web.post("/login", data={**stale, "next": f"/incidents/{reference}"})
+        assert again.status_code == 200, again.text
+        assert "The sign-in page had expired: enter your token again." in again.text
+        form = {"csrf": csrf_of(again), "agency": "desk_pilkada", "token": token}
+        signed = web.post("/login", data={**form, "next": f"/incidents/{reference}"})
+        assert signed.status_code == 303
+        assert signed.headers["location"] == f"/incidents/{reference}", "back where it was asked"
+        board = web.get("/board")
+        assert web.post("/logout", data={"csrf": csrf_of(board)}).headers["location"] == (
+            "/login?signed_out"
+        )
+        # The same sign-out form again (a second tab): signed out is what was asked.
+        second = web.post("/logout", data={"csrf": csrf_of(board)})
+        assert (second.status_code, second.headers["location"]) == (303, "/login?signed_out")
+        assert "You are signed out." in web.get("/login?signed_out").text
+        # Only this site's paths: a next elsewhere lands on the board.
+        form = {"csrf": csrf_of(web.get("/login")), "agency": "desk_pilkada", "token": token}
+        away = web.post("/login", data={**form, "next": "//evil.example/"})
+        assert away.headers["location"] == "/board"
+
+
 def test_a_session_survives_a_restart_of_the_page(room: Room) -> None:
     """The cookie holds the session: another page process with the same key (the restarted
     page, or a second one behind the same address) knows the officer without asking."""
