@@ -294,6 +294,11 @@ class ReportIntake(Protocol):
     ) -> PreparedBatch: ...
 
 
+#: How old an erasure must be before the upkeep destroys its keys found again: a younger
+#: one's request may still be destroying them (Ledger.destroy_keys_of_erased).
+ERASURE_SETTLE = timedelta(minutes=1)
+
+
 def _ahead(skew_ms: int | None) -> timedelta | None:
     """How far a device's clock runs ahead of the ledger's (negative: behind), from a
     call's measured skew; None when the call did not say its send time."""
@@ -1473,7 +1478,7 @@ class Ledger(Application[UUID]):
         return deleted
 
     def destroy_keys_of_erased(
-        self, after: int = 0, *, settle: timedelta = timedelta(minutes=1), batch: int = 500
+        self, after: int = 0, *, settle: timedelta = ERASURE_SETTLE, batch: int = 500
     ) -> tuple[int, int]:
         """Destroy again the keys that a recorded erasure destroyed and the key table holds
         once more: a key table restored from a backup taken before the erasure (the events

@@ -51,7 +51,7 @@ from services.ledger.api.audit_servicer import AuditServicer
 from services.ledger.api.evidence_servicer import EvidenceServicer
 from services.ledger.api.servicer import MAX_PAGE_BYTES, LedgerServicer
 from services.ledger.api.situation_servicer import SituationServicer
-from services.ledger.application import IngestLimits, Ledger, time_bounds_of
+from services.ledger.application import ERASURE_SETTLE, IngestLimits, Ledger, time_bounds_of
 from services.ledger.audit import Checkpoint, CheckpointError, Checkpoints, load_signing_key
 from services.ledger.audit.encoding import RawDecoder
 from services.ledger.audit.evidence_check import verify_evidence
@@ -144,9 +144,15 @@ class PersonalDataUpkeep:
     destroying a key again is idempotent."""
 
     def __init__(
-        self, ledger: Ledger, days: float, grace_seconds: float, interval: float = 3600.0
+        self,
+        ledger: Ledger,
+        days: float,
+        grace_seconds: float,
+        interval: float = 3600.0,
+        settle: timedelta = ERASURE_SETTLE,
     ) -> None:
         self._ledger = ledger
+        self._settle = settle
         self._retention = timedelta(days=days) if days > 0 else None
         self._grace = timedelta(seconds=grace_seconds)
         self._interval = interval
@@ -159,11 +165,16 @@ class PersonalDataUpkeep:
         self._thread.start()
 
     def _run(self) -> None:
+        # The first pass at start leaves erasures younger than a minute (their requests may
+        # still be destroying keys): an erasure recorded just before a crash is one, and
+        # its keys, restored or never destroyed, were left for the hour. So a second pass
+        # once that minute is over, then hourly.
+        wait = min(self._interval, self._settle.total_seconds() + 1)
         while not self._stopping.is_set():
             try:
                 self._ledger.delete_unsaved_personal_keys(self._grace)
                 self._erasures_checked, _ = self._ledger.destroy_keys_of_erased(
-                    self._erasures_checked
+                    self._erasures_checked, settle=self._settle
                 )
                 if self._retention is not None:
                     self._ledger.erase_expired_personal_data(self._retention)
@@ -172,7 +183,8 @@ class PersonalDataUpkeep:
                 log.warning("personal_data.upkeep_failed", error=f"{type(exc).__name__}")
             except SigningKeyRetired:  # an erasure is an event; the key watch says what to do
                 log.info("personal_data.upkeep_skipped", reason="SIGNING_KEY_RETIRED")
-            self._stopping.wait(self._interval)
+            self._stopping.wait(wait)
+            wait = self._interval
 
     def stop(self) -> None:
         self._stopping.set()
