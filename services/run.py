@@ -72,6 +72,7 @@ from services.common.stopping import (
     STOP_SIGNALS,
     Stopping,
     deadline_seconds,
+    stop_with_parent,
 )
 
 log = structlog.get_logger("services.run")
@@ -219,6 +220,7 @@ class Supervisor:
             self.settings.nats_store_dir,
             port=self.settings.nats_port,
             log_file=self.settings.nats_log_file,
+            stop_with_parent=True,
         )
         try:
             self.nats.start()
@@ -276,6 +278,7 @@ class Supervisor:
                 cwd=PROJECT_ROOT,
                 stdin=subprocess.DEVNULL,
                 process_group=0,
+                preexec_fn=stop_with_parent,  # prctl only: safe between fork and exec
             )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)

@@ -47,6 +47,8 @@ from typing import IO, Any
 
 import structlog
 
+from services.common import stopping
+
 log = structlog.get_logger(__name__)
 
 START_TIMEOUT = 20.0
@@ -178,6 +180,7 @@ class NatsServer:
         password: str = "",
         token: str = "",
         authorization: str = "",
+        stop_with_parent: bool = False,
     ) -> None:
         if cluster_name and not server_name:
             raise ValueError("a cluster node needs a server_name")
@@ -196,6 +199,9 @@ class NatsServer:
         self._password = password
         self._token = token
         self._authorization = authorization
+        #: Asked to stop when the process that started it ends (``make run``'s; see
+        #: :func:`services.common.stopping.stop_with_parent`).
+        self._stop_with_parent = stop_with_parent
         self._conf: Path | None = None
         # 0: the server binds a port itself (-p -1) at its first start, read back from its
         # ports file and kept. A port picked free here and handed to the server could be
@@ -340,6 +346,7 @@ class NatsServer:
                 # Its own process group: a Ctrl-C on the terminal reaches only our process,
                 # which stops the server in order.
                 process_group=0,
+                preexec_fn=stopping.stop_with_parent if self._stop_with_parent else None,
             )
         except BaseException:
             self._forget_conf()

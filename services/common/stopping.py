@@ -77,6 +77,18 @@ def tie_to_parent(parent_pid: int, name: str | None = None) -> None:
         libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
+def stop_with_parent() -> None:
+    """For ``subprocess.Popen(preexec_fn=...)``, in the child between fork and exec: ask it
+    to stop (SIGTERM, from the kernel) when the process that started it ends, however that
+    ends. ``make run``'s services run in process groups of their own (a Ctrl-C reaches only
+    the supervisor, which stops them in order), so a supervisor killed (SIGKILL, the OOM
+    killer) left them running, holding their ports. The thread that starts the child must
+    outlive it (the kernel ties the child to that thread). Linux."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
 def _ignore(_signum: int, _frame: FrameType | None) -> None:
     """The Python-level handler: the wakeup socket reports the signal (see module doc)."""
 

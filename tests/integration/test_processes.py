@@ -545,6 +545,29 @@ def test_supervisor_sigterm_exits_zero(tmp_path: Path) -> None:
         assert_nothing_left(run, children, run.bound_ports())
 
 
+def test_a_supervisor_killed_outright_leaves_nothing_running(tmp_path: Path) -> None:
+    """SIGKILL (the OOM killer, a node's hard stop) gives the supervisor no chance to stop
+    its children, which run in process groups of their own: they kept running, holding
+    their ports, and the next ``make run`` found them taken. Each is now asked to stop by
+    the kernel when the supervisor ends."""
+    with supervisor(tmp_path) as run:
+        wait_until_serving(run)
+        children = psutil.Process(run.process.pid).children(recursive=True)
+        ports = run.bound_ports()
+        for child in children:
+            ports |= listening_ports(child)
+        run.process.send_signal(signal.SIGKILL)
+        run.process.wait(timeout=10)
+
+        def all_gone() -> bool:
+            return not [
+                c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE
+            ]
+
+        wait_for(all_gone, 60, "the supervisor's children to stop after it was killed")
+        assert_nothing_left(run, children, ports)
+
+
 def test_supervisor_uses_nats_url_instead_of_the_bundled_server(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
