@@ -239,6 +239,56 @@ class FakeTime:
         self.now += seconds
 
 
+def test_a_transfer_cut_after_the_budget_is_sent_again_and_refusals_still_end() -> None:
+    """A 60 MB upload on a slow link, cut at 18 s by a ledger's restart: the budget (20 s)
+    counted from the first attempt was spent by the upload itself, and the file was never
+    sent again. A transfer's attempt that ran a while starts the budget again."""
+    time_ = FakeTime()
+    attempts: list[float] = []
+
+    def upload() -> str:
+        attempts.append(time_.now)
+        if len(attempts) == 1:
+            time_.now += 18.0  # sending, then the ledger restarts
+            raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, "", "SHUTTING_DOWN")
+        time_.now += 0.002
+        if time_.now < 24.0:  # the restart takes 6 s: connections refused meanwhile
+            raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connection refused")
+        time_.now += 18.0
+        return "recorded"
+
+    assert (
+        call_with_retry(
+            upload,
+            RetryPolicy(),
+            sleep=time_.sleep,
+            rng=lambda: 0.5,
+            clock=time_.clock,
+            transfer=True,
+        )
+        == "recorded"
+    )
+    # The same without transfer: given up, as for any call whose budget is spent.
+    time_, attempts[:] = FakeTime(), []
+    with pytest.raises(Unavailable):
+        call_with_retry(
+            upload, RetryPolicy(), sleep=time_.sleep, rng=lambda: 0.5, clock=time_.clock
+        )
+    # Refused at once, again and again: a transfer gives up with the budget like any call.
+    time_ = FakeTime()
+    refused = Flaky(*[FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connection refused")] * 1000)
+    with pytest.raises(Unavailable):
+        call_with_retry(
+            refused,
+            RetryPolicy(),
+            sleep=time_.sleep,
+            rng=lambda: 0.5,
+            clock=time_.clock,
+            transfer=True,
+        )
+    assert time_.now <= RetryPolicy().budget
+
+
 def test_the_default_policy_outlasts_a_restart_of_the_ledger() -> None:
     """A restart takes 3-6 s: the default retries for about 20 s, then gives up."""
     time_ = FakeTime()

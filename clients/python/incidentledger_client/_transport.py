@@ -112,6 +112,12 @@ class RetryPolicy:
         return ceiling * rng()
 
 
+#: How long a transfer's attempt must have run before it fails for the retry budget to
+#: start again (see :func:`call_with_retry`): a refused connection fails at once, and
+#: attempts that keep failing so still end with the budget.
+TRANSFER_ATTEMPT_SECONDS = 5.0
+
+
 def call_with_retry(
     call: Callable[[], T],
     policy: RetryPolicy,
@@ -121,8 +127,15 @@ def call_with_retry(
     clock: Callable[[], float] = time.monotonic,
     request_id: str | None = None,
     fatal: Callable[[grpc.RpcError], LedgerError | None] | None = None,
+    transfer: bool = False,
 ) -> T:
     """Run ``call`` (one RPC attempt), retrying retryable failures; map errors.
+
+    ``transfer``: each attempt is a file's transfer, which may rightly take longer than the
+    whole budget; an attempt that ran at least :data:`TRANSFER_ATTEMPT_SECONDS` before it
+    failed (the server was there, and restarted or lost its store meanwhile) starts the
+    budget again, which otherwise counts from the first attempt: a 60 MB upload cut at 18 s
+    by a ledger's restart was never sent again (the budget, 20 s, spent by the upload).
 
     ``fatal`` turns a failure that no retry can mend (the server's certificate not verified)
     into the error to raise at once; None: an ordinary failure.
@@ -147,9 +160,12 @@ def call_with_retry(
         return raised
 
     while True:
+        began = clock()
         try:
             return call()
         except grpc.RpcError as error:
+            if transfer and clock() - began >= TRANSFER_ATTEMPT_SECONDS:
+                started = clock()
             final = fatal(error) if fatal is not None else None
             if final is not None:
                 final.request_id = final.request_id or request_id
@@ -477,11 +493,17 @@ class Transport:
         request_id = getattr(request, "request_id", None)
         return self.retrying(attempt, str(request_id or "") or None)
 
-    def retrying(self, call: Callable[[], T], request_id: str | None = None) -> T:
+    def retrying(
+        self, call: Callable[[], T], request_id: str | None = None, *, transfer: bool = False
+    ) -> T:
         """:func:`call_with_retry` with this transport's policy, a certificate that this
         client does not verify raised at once (:class:`CertificateNotVerified`)."""
         return call_with_retry(
-            call, self.retry, request_id=request_id, fatal=self.certificate_failure
+            call,
+            self.retry,
+            request_id=request_id,
+            fatal=self.certificate_failure,
+            transfer=transfer,
         )
 
     def certificate_failure(self, error: grpc.RpcError) -> CertificateNotVerified | None:

@@ -1306,7 +1306,7 @@ class LedgerClient:
             )
             return response
 
-        response = self._transport.retrying(attempt, header.request_id)
+        response = self._transport.retrying(attempt, header.request_id, transfer=True)
         return CommandResult.from_proto(response.result), Evidence.from_proto(response.evidence)
 
     def download_evidence(
@@ -1345,7 +1345,7 @@ class LedgerClient:
             return evidence
 
         try:
-            return self._transport.retrying(attempt)
+            return self._transport.retrying(attempt, transfer=True)
         finally:
             partial.unlink(missing_ok=True)
 
