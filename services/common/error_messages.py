@@ -125,6 +125,9 @@ TEMPLATES: Mapping[str, str] = {
     "EVIDENCE_EMPTY": N_("The file is empty: there is nothing to attach."),
     "EVIDENCE_NOT_FOUND": N_("No evidence is named {evidence}."),
     "AUDITOR_OR_COORDINATOR_ONLY": N_("Only auditors and the coordinator may do this ({command})."),
+    "EVIDENCE_STORE_FULL": N_(
+        "The evidence store is full: the file was not kept. Ask the operator to make room."
+    ),
     "EVIDENCE_TOO_LARGE": N_("The file is larger than the {max_bytes} bytes accepted."),
     "EVIDENCE_STORE_UNAVAILABLE": N_("The evidence store cannot be reached: retry."),
     "EVIDENCE_SPOOL_UNAVAILABLE": N_("This ledger cannot write the download to its disk: retry."),

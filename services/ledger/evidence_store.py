@@ -69,7 +69,7 @@ from nats.js.errors import (
 from nats.js.object_store import ObjectStore
 
 from services.common.config import EvidenceSettings, NatsClientSettings, nats_servers
-from services.common.errors import Unavailable
+from services.common.errors import ResourceExhausted, Unavailable
 from services.common.natsconn import connect_options
 from services.common.natslink import NatsLink
 from services.ledger.domain.evidence import object_name
@@ -228,7 +228,10 @@ class _PendingRefresh:
         headers = {**_ROLLUP, _EXPECTED_LAST_SUBJECT_SEQUENCE: str(self._sequence)}
         try:
             ack = await self._js.publish(self._subject, _meta_body(self._entry), headers=headers)
-        except APIError:
+        except APIError as error:
+            full = store_full(error)
+            if full is not None:
+                raise full from error
             log.warning("evidence.upload_swept", entry=self._entry.name)
             raise unavailable(EntryChangedError(self._entry.name)) from None
         self._sequence = ack.seq
@@ -236,9 +239,35 @@ class _PendingRefresh:
 
 
 def unavailable(error: BaseException) -> Unavailable:
+    said = getattr(error, "description", None) if isinstance(error, APIError) else None
     return Unavailable(
-        f"the evidence store (NATS) is not available: {type(error).__name__}",
+        f"the evidence store (NATS) is not available: {type(error).__name__}"
+        + (f" ({said})" if said else ""),
         reason="EVIDENCE_STORE_UNAVAILABLE",
+    )
+
+
+#: JetStream's error codes for a stream that holds all it may: 10047, the server's storage
+#: (insufficient resources); 10077, the stream's own limit (maximum bytes exceeded).
+_FULL_CODES = frozenset({10047, 10077})
+
+
+def store_full(error: BaseException) -> ResourceExhausted | None:
+    """RESOURCE_EXHAUSTED ``EVIDENCE_STORE_FULL`` when NATS refused a write because the
+    evidence's stream is full; None for any other failure. It was UNAVAILABLE, which
+    clients retry: a 60 MB file was sent a dozen times over, each refused, and the answer
+    said "not available" where the operator had to make room."""
+    if not isinstance(error, APIError):
+        return None
+    said = str(error.description or "")
+    if error.err_code not in _FULL_CODES and "maximum bytes" not in said:
+        return None
+    log.error("evidence.store_full", error=said, err_code=error.err_code)
+    return ResourceExhausted(
+        f"the evidence store (NATS) is full ({said or error.err_code}): nothing of the file "
+        "was kept; the operator must make room (the stream's max_bytes, or the disk)",
+        reason="EVIDENCE_STORE_FULL",
+        metadata={"nats_error": str(error.err_code or "")},
     )
 
 
@@ -300,7 +329,7 @@ class EvidenceObjects:
         except CallCancelledError as error:  # by close(), with the call under way
             raise stopping() from error
         except (NatsError, OSError) as error:
-            raise unavailable(error) from error
+            raise (store_full(error) or unavailable(error)) from error
 
     async def _tracked(self, coroutine: Coroutine[Any, Any, T]) -> T:
         task = asyncio.current_task()

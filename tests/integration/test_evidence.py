@@ -23,6 +23,7 @@ from typing import IO
 import grpc
 import nats
 import pytest
+from nats.js.api import DiscardPolicy
 from structlog.testing import capture_logs
 
 from incidentledger.v1 import evidence_service_pb2 as ev
@@ -637,6 +638,43 @@ async def _change_one_byte(nats_url: str, bucket: str, name: str) -> None:
         await js.publish(subject, bytes(data))
     finally:
         await nc.close()
+
+
+async def _limit_the_store(nats_url: str, bucket: str, room: int) -> None:
+    """The evidence's stream allowed only ``room`` bytes more than it holds (a disk's worth
+    of quota reached): NATS refuses the next writes beyond it."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(f"OBJ_{bucket}")
+        config = info.config
+        config.max_bytes = int(info.state.bytes) + room
+        config.discard = DiscardPolicy.NEW
+        await js.update_stream(config)
+    finally:
+        await nc.close()
+
+
+def test_a_full_evidence_store_is_resource_exhausted_not_a_store_away(
+    ledger: Client, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """It was UNAVAILABLE ("not available: ServiceUnavailableError"), which clients retry:
+    the file was sent a dozen times, each refused, and NATS's reason was nowhere."""
+    name = assigned_incident(ledger)
+    small, large = tmp_path / "small.jpg", tmp_path / "large.jpg"
+    write_file(small, 10_000)
+    write_file(large, 600_000)
+    stub = evidence_stub(ledger)
+    stub.UploadEvidence(upload_messages(name, small, rid()), metadata=ledger.md("polres"))
+    asyncio.run(_limit_the_store(nats_server.url, "evidence", 100_000))
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.UploadEvidence(upload_messages(name, large, rid()), metadata=ledger.md("polres"))
+    error = caught.value
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    info = error_info(error)  # type: ignore[arg-type]
+    assert info is not None and info.reason == "EVIDENCE_STORE_FULL", error.details()
+    assert "is full" in str(error.details()) and "make room" in str(error.details())
+    assert len(attached_events(ledger, name)) == 1, "nothing recorded of the refused file"
 
 
 def test_deep_verify_names_a_changed_and_a_missing_object(
