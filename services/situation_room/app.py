@@ -1436,12 +1436,17 @@ async def read_people(request: Request, session: Session, officer: Officer) -> R
             reason=failure.reason,
         )
         message = (
-            _("State the purpose of the read in at least 5 characters.")
+            _("State the purpose of the read in words: at least 5 letters or digits.")
             if failure.field == "purpose" and failure.reason == "INVALID_FIELD"
             else said(failure)
         )
         kept = KeptForm.of("personal-data", await request.form())
-        return await incident_page(request, session, officer, error=message, kept=kept)
+        page = await incident_page(request, session, officer, error=message, kept=kept)
+        # The page again, with the refusal said; its status says it too (a refused
+        # agency's read answered 200, as if something had been read).
+        if page.status_code == 200:
+            page.status_code = 403 if isinstance(failure, PermissionDenied) else 400
+        return page
     log.info(
         "situation_room.personal_data_read",
         incident=name,
