@@ -1041,6 +1041,14 @@ class Ledger(Application[UUID]):
         """The checked (and sealed) report's incident and request record, made."""
         actor, request_id = envelope.actor, envelope.request_id
         fingerprint = request_fingerprint(command, envelope.occurred_at)
+        if envelope.occurred_at is None and self.time_bounds.plausible_occurrence(
+            item.record_time, self._clock(), _ahead(skew_ms)
+        ):
+            # What a device recorded happened no later than it recorded it: a backlog handed
+            # over a week on read as brand new (the board, the map's weights by occurrence).
+            # Taken only when plausible (not a clock reset to 1970); the fingerprint is of
+            # what the device stated, so a resend is the same report as before this default.
+            envelope = replace(envelope, occurred_at=item.record_time)
         key = request_key(actor.agency, request_id)
         device = DeviceRecord(item.device_id, item.report_id, item.record_time, skew_ms)
         return self._drawn_report(

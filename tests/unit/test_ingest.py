@@ -293,6 +293,32 @@ def test_an_occurrence_time_is_judged_by_the_clock_of_a_device_that_runs_ahead(
     assert slow.outcome is INVALID
 
 
+def test_a_report_without_its_occurrence_time_happened_when_the_device_recorded_it(
+    ledger: Ledger,
+) -> None:
+    # A backlog handed over days later: not "happened at the import".
+    recorded_then = NOW - timedelta(days=6)
+    report = item(record_time=recorded_then)
+    (first,) = ingest(ledger, [report])
+    assert first.outcome is CREATED and first.result is not None
+    event = reported_event(ledger, first.result.incident_id)
+    assert event.occurred_at == recorded_then
+    assert event.timestamp != recorded_then, "recorded at the ledger's time"
+    # Sent again: the same report (its fingerprint is of what the device stated).
+    (again,) = ingest(ledger, [report])
+    assert again.outcome is DUPLICATE and again.result == first.result
+    # A clock reset to 1970 is no occurrence time: the record time, as for any report.
+    (reset,) = ingest(ledger, [item(record_time=datetime(1970, 1, 1, tzinfo=UTC))])
+    assert reset.result is not None
+    reset_event = reported_event(ledger, reset.result.incident_id)
+    assert reset_event.occurred_at == reset_event.timestamp
+    # A time the device stated stays what happened.
+    stated = NOW - timedelta(days=8)
+    (given,) = ingest(ledger, [item(record_time=recorded_then, occurred_at=stated)])
+    assert given.result is not None
+    assert reported_event(ledger, given.result.incident_id).occurred_at == stated
+
+
 @pytest.mark.parametrize("device", ["retention", "find"])
 def test_a_device_named_as_the_ledger_s_own_requests_is_refused_naming_device_id(
     ledger: Ledger, device: str

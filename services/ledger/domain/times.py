@@ -95,6 +95,14 @@ class TimeBounds:
                 metadata=metadata,
             )
 
+    def plausible_occurrence(
+        self, value: datetime, now: datetime, device_ahead: timedelta | None = None
+    ) -> bool:
+        """Whether :meth:`check_occurred` would take ``value`` as when something happened."""
+        value = as_utc(value)
+        ahead = max(device_ahead or timedelta(0), timedelta(0))
+        return self.earliest <= value <= now + ahead + self.max_clock_skew
+
     def check_planned(self, field: str, value: datetime, now: datetime, zone: tzinfo) -> None:
         """Refuse a planned time that is before the era or too far ahead; the refusal states
         the times in ``zone``."""
