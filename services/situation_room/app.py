@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import structlog
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -1383,9 +1383,34 @@ async def incident(request: Request, session: Session, officer: Officer) -> Resp
     # knows its incident (it said "no such incident" before).
     try:
         found = await run_in_threadpool(lambda: officer.ledger.get_incident(reference=key))
-    except (NotFound, InvalidArgument):
+    except NotFound:
         return not_found(request, session, _("No such incident."))
+    except InvalidArgument as refused:
+        if refused.reason != "REFERENCE_MISTYPED":
+            return not_found(request, session, _("No such incident."))
+        # A code read out over the phone, one character misheard: not "no such incident",
+        # which sends the officer looking elsewhere; the code's check says it was misheard.
+        page = not_found(
+            request,
+            session,
+            _(
+                "The reference code is mistyped: a character is wrong or two are swapped. "
+                "Read it back to whoever gave it."
+            ),
+        )
+        page.status_code = 400
+        return page
     return RedirectResponse(f"/{found.name}", status_code=303)
+
+
+@signed_in
+async def find(request: Request, session: Session, officer: Officer) -> Response:
+    """The board's "reference code" field: to the incident's page (which takes a code as
+    typed, any case, with or without its prefix or dashes; a mistyped one is said so)."""
+    code = "".join(request.query_params.get("code", "").split())
+    if not code or "/" in code:
+        return RedirectResponse("/board", status_code=303)
+    return RedirectResponse(f"/incidents/{quote(code, safe='-')}", status_code=303)
 
 
 def not_found(request: Request, session: Session, message: str) -> Response:
@@ -1758,6 +1783,7 @@ def build_app(settings: SituationRoomSettings, token: Callable[[], str]) -> Star
         Route("/logout", logout, methods=["POST"]),
         Route("/language/{language}", language, methods=["GET"]),
         Route("/board", board),
+        Route("/find", find),
         Route("/board/rows", board_rows),
         Route("/events", events),
         Route("/map", map_page),

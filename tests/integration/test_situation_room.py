@@ -2369,6 +2369,22 @@ def test_an_incident_is_reached_by_its_reference_code_and_a_wrong_address_stays_
         assert answer is not None and answer.status == 404, wrong
         expect(page.locator("h1")).to_have_text("No such incident.")
         expect(page.locator("main a[href='/board']")).to_be_visible()
+    # The board's field, as an officer on the phone types it: any case, spaces, no prefix.
+    page.goto(f"{room.url}/board")
+    spoken = reported.reference.lower().replace("mkm-", "").replace("-", " ")
+    page.fill("input[name=code]", spoken)
+    page.click("#find")
+    expect(page).to_have_url(f"{room.url}/{reported.incident}")
+    # One character misheard: said so, not "no such incident" (which sends the officer
+    # looking elsewhere).
+    last = reported.reference[-1]
+    misheard = reported.reference[:-1] + ("2" if last != "2" else "3")
+    page.goto(f"{room.url}/board")
+    page.fill("input[name=code]", misheard)
+    with page.expect_response(lambda r: "/incidents/" in r.url) as answered:
+        page.click("#find")
+    assert answered.value.status == 400
+    expect(page.locator("h1")).to_contain_text("The reference code is mistyped")
 
 
 def test_an_open_incident_page_says_when_another_agency_changes_it_and_keeps_what_is_typed(
