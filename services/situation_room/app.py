@@ -814,6 +814,7 @@ REPORT_FIELDS = frozenset(
         "severity",
         "kecamatan",
         "desa",
+        "tps",
         "latitude",
         "longitude",
         "description",
@@ -943,6 +944,7 @@ async def report(request: Request, session: Session, officer: Officer) -> Respon
     location = Location(
         form.get("kecamatan", ""),
         desa=form.get("desa", ""),
+        tps=form.get("tps", "").strip(),
         latitude=latitude,
         longitude=longitude,
     )
@@ -1137,6 +1139,7 @@ FIELD_LABELS = {
     "rationale": N_("Rationale"),
     "location.kecamatan": N_("Kecamatan"),
     "location.desa": N_("Desa"),
+    "location.tps": N_("Polling station (TPS)"),
 }
 
 

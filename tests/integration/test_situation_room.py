@@ -232,13 +232,14 @@ def test_a_report_entered_on_the_page_appears_on_a_second_pages_board(
     desa = police.locator("#desa option").nth(1).get_attribute("value")
     assert desa, "the desa of the kecamatan are offered"
     police.select_option("#desa", desa)
+    police.fill("input[name=tps]", " TPS 04 ")  # as ledgerctl report --tps records it
     police.click("#submit")
     expect(police).to_have_url(re.compile(r"/board\?reported=\d+&incident=[0-9a-f-]{36}$"))
     expect(desk.locator("#rows")).to_contain_text(title, timeout=LIVE_SECONDS * 1000)
     (incident,) = [i for i in room.ledger("desk_pilkada").list_incidents() if i.title == title]
     # What was recorded is said above the board, with the code to read out over the phone.
     expect(police.locator("#recorded")).to_contain_text(f"Recorded: {incident.reference}")
-    assert incident.location == Location("kota_mukomuko", desa=desa)
+    assert incident.location == Location("kota_mukomuko", desa=desa, tps="TPS 04")
     assert (incident.reporter.agency, incident.reporter.officer) == ("polres", "dev-polres")
     assert_local_and_clean(room)
 
