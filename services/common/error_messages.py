@@ -40,7 +40,9 @@ TEMPLATES: Mapping[str, str] = {
     "WEBHOOK_NOT_FOUND": N_("No such webhook."),
     "DEAD_LETTER_NOT_FOUND": N_("No such dead letter, or its webhook was deleted."),
     "REQUEST_ID_REUSED": N_("This request id was already used for another request."),
-    "ILLEGAL_TRANSITION": N_("{command} is not allowed while the incident is {status}."),
+    "ILLEGAL_TRANSITION": N_(
+        "This step ({command}) is not allowed while the incident is {status}."
+    ),
     "HANDOVER_PENDING": N_("A handover to {to_agency} is already proposed."),
     "NO_HANDOVER_PENDING": N_("No handover is proposed."),
     "CLOSURE_NOT_REQUESTED": N_("The lead agency has not asked for closure."),
@@ -178,6 +180,31 @@ ACTION_WORDS: Mapping[str, str] = {
     "verify the evidence": N_("verify the evidence"),
     "create a checkpoint": N_("create a checkpoint"),
 }
+#: A command as a refusal says it (``{command}``, the metadata's ``command``, which keeps the
+#: method's name for programs): an officer read "(VerifyIncident)", an API's word.
+COMMAND_WORDS: Mapping[str, str] = {
+    "AcceptHandover": N_("accepting the handover"),
+    "AddSupportingAgency": N_("adding a supporting agency"),
+    "ApproveClosure": N_("approving the closure"),
+    "AssessSeverity": N_("assessing the severity"),
+    "AssignLeadAgency": N_("assigning the lead agency"),
+    "ErasePersonalData": N_("erasing personal data"),
+    "EscalateIncident": N_("escalating the incident"),
+    "LiftLegalHold": N_("lifting a legal hold"),
+    "LogAction": N_("logging an action"),
+    "MergeIncident": N_("merging it as a duplicate"),
+    "PlaceLegalHold": N_("placing a legal hold"),
+    "ProposeHandover": N_("proposing a handover"),
+    "ReadPersonalData": N_("reading personal data"),
+    "RecordCorrection": N_("recording a correction"),
+    "RecordDecision": N_("recording a decision"),
+    "RejectIncident": N_("rejecting the incident"),
+    "ReopenIncident": N_("reopening the incident"),
+    "ReportIncident": N_("reporting an incident"),
+    "RequestClosure": N_("requesting closure"),
+    "ResolveIncident": N_("resolving the incident"),
+    "VerifyIncident": N_("verifying the incident"),
+}
 #: What an unknown code was meant to be (an INVALID_FIELD refusal's metadata ``what``).
 WHAT_WORDS: Mapping[str, str] = {
     "agency": N_("agency"),
@@ -257,6 +284,9 @@ def localized(reason: str, metadata: Mapping[str, str], language: str) -> str | 
     action = values.get("action", "")
     if action in ACTION_WORDS:
         values["action"] = translations.gettext(ACTION_WORDS[action])
+    command = values.get("command", "")
+    if command in COMMAND_WORDS:
+        values["command"] = translations.gettext(COMMAND_WORDS[command])
     what = values.get("what", "")
     if what in WHAT_WORDS:
         values["what"] = translations.gettext(WHAT_WORDS[what])

@@ -3,6 +3,7 @@ and in Bahasa Indonesia, added to the status only when the call asks (accept-lan
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 from uuid import uuid4
@@ -15,6 +16,7 @@ from services.common.errors import InvalidArgument, LedgerError, NotFound
 from services.common.grpc_errors import to_grpc_status
 from services.common.vocabulary import STATUSES
 from services.ledger.application import Ledger
+from services.ledger.domain import commands
 from services.ledger.domain.refcodes import code_for
 from tests.unit.incident_builders import REF
 
@@ -90,11 +92,29 @@ def test_without_accept_language_no_localized_message_and_the_english_message_st
     assert isinstance(localized, error_details_pb2.LocalizedMessage)
     # The status in the officer's words (docs/glossary-id.md), its code only in the metadata.
     assert localized.message == (
-        "VerifyIncident tidak diizinkan selama kejadian berada pada tahap ditutup."
+        "Langkah ini (memverifikasi kejadian) tidak diizinkan selama kejadian berada pada "
+        "tahap ditutup."
     )
     assert error_messages.localized(
         "ILLEGAL_TRANSITION", {"command": "X", "status": "MERGED"}, "en"
-    ) == ("X is not allowed while the incident is merged.")
+    ) == ("This step (X) is not allowed while the incident is merged.")
+
+
+def test_every_command_is_said_in_words_not_by_its_method_name() -> None:
+    """An officer read "Hanya koordinator yang boleh melakukan ini (VerifyIncident)"."""
+    named = {
+        name
+        for name, value in vars(commands).items()
+        if inspect.isclass(value)
+        and issubclass(value, commands.Command)
+        and value is not commands.Command
+        and not inspect.isabstract(value)
+    }
+    assert named and named <= set(error_messages.COMMAND_WORDS), named - set(
+        error_messages.COMMAND_WORDS
+    )
+    said = error_messages.localized("COORDINATOR_ONLY", {"command": "VerifyIncident"}, "id")
+    assert said == "Hanya koordinator yang boleh melakukan ini (memverifikasi kejadian)."
 
 
 def test_every_status_has_its_words() -> None:
