@@ -1620,7 +1620,7 @@ async def act(request: Request, session: Session, officer: Officer) -> Response:
         # be sent again as it is: its request id records it at most once.
         log.warning("situation_room.ledger_failed", path=request.url.path, error=str(failure))
         posted = [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
-        return unavailable_page(request, session, resend=posted, back=f"/{name}")
+        return unavailable_page(request, session, resend=posted, back=f"/{name}", action=action)
     except (LedgerError, ValueError) as failure:
         if isinstance(failure, VersionConflict) and failure.current_version > (whole(version) or 0):
             # "Read it again" said the ledger; the page below is that reading.
@@ -1656,7 +1656,28 @@ NO_ANSWER = (Unavailable, DeadlineExceeded, Cancelled)
 #: How often a page whose ledger did not answer asks again by itself.
 UNAVAILABLE_RETRY_SECONDS = 10
 #: The fields of an action's form that are the page's own, not what the officer typed.
-FORM_PLUMBING = frozenset({"csrf", "request_id", "version"})
+FORM_PLUMBING = frozenset({"csrf", "request_id", "version", "shown"})
+#: Each action as its form's button says it (templates/incident.html): the page that asks
+#: to send a form again names it (it showed only the typed words, and the officer had to
+#: remember which form they were typed into).
+ACTION_LABELS = {
+    "verify": N_("Verify"),
+    "reject": N_("Reject"),
+    "assign": N_("Assign the lead"),
+    "log_action": N_("Log the action"),
+    "add_supporting": N_("Add the supporting agency"),
+    "propose_handover": N_("Propose the handover"),
+    "accept_handover": N_("Accept the handover"),
+    "escalate": N_("Escalate"),
+    "record_decision": N_("Record the decision"),
+    "resolve": N_("Resolve"),
+    "request_closure": N_("Request closure"),
+    "approve_closure": N_("Close the incident"),
+    "assess_severity": N_("Assess the severity"),
+    "merge": N_("Merge as a duplicate"),
+    "correct": N_("Record the correction"),
+    "reopen": N_("Reopen"),
+}
 
 
 def unavailable_page(
@@ -1665,9 +1686,11 @@ def unavailable_page(
     *,
     resend: list[tuple[str, str]] | None = None,
     back: str = "",
+    action: str = "",
 ) -> Response:
     """The ledger did not answer (503): in the page's frame; for a form (``resend``, the
-    fields posted), what was typed and a button that sends the same form again."""
+    fields posted), which action of which incident (its code and title, as the form's page
+    showed them: ``shown``), what was typed and a button that sends the same form again."""
     typed = [
         (_(ACTION_FIELDS[key]) if key in ACTION_FIELDS else key, value)
         for key, value in resend or ()
@@ -1680,6 +1703,8 @@ def unavailable_page(
         resend=resend or [],
         typed=typed,
         action=request.url.path,
+        action_label=_(ACTION_LABELS[action]) if action in ACTION_LABELS else "",
+        shown=dict(resend or ()).get("shown", ""),
         back=back,
         retry_seconds=UNAVAILABLE_RETRY_SECONDS,
     )

@@ -1605,6 +1605,7 @@ def test_a_page_or_an_action_whose_ledger_does_not_answer_keeps_the_frame_and_th
         "version": "1",
         "request_id": "page-retry-1",
         "comment": "dicek lewat telepon",
+        "shown": "MKM-7QK3-9V: Spanduk SARA di Ipuh",
     }
     with service_process("services.situation_room", env) as orphan:
         url = f"http://127.0.0.1:{orphan.port}"
@@ -1619,6 +1620,10 @@ def test_a_page_or_an_action_whose_ledger_does_not_answer_keeps_the_frame_and_th
     assert 'http-equiv="refresh"' in board.text, board.text
     assert sent.status_code == 503, sent.text
     assert "dicek lewat telepon" in sent.text  # shown, and kept in the form to send again
+    # Which action of which incident (it showed only the typed words).
+    assert '<p class="what"><strong>Verify</strong> — <bdi>MKM-7QK3-9V: Spanduk SARA di Ipuh' in (
+        sent.text
+    ), sent.text
     assert 'name="request_id" value="page-retry-1"' in sent.text, sent.text
     assert f'action="/incidents/{incident}/verify"' in sent.text
     assert 'http-equiv="refresh"' not in sent.text  # a form is never sent again unasked
