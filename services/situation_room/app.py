@@ -40,6 +40,7 @@ from incidentledger_client import (
     AgencyWorkload,
     AlreadyExists,
     Cancelled,
+    DataLoss,
     DeadlineExceeded,
     Evidence,
     FailedPrecondition,
@@ -404,12 +405,14 @@ def sign_in_for(request: Request, session: Session | None) -> str:
     """The sign-in page for a request that needs an officer: with the page asked for (a
     GET: an incident's code typed from a phone call is not typed again after signing in),
     and ``ended`` when the browser sent a cookie of a session that has ended (said so)."""
-    query: dict[str, str] = {}
-    if request.method == "GET" and request.url.path not in {"/", "/board"}:
-        query["next"] = here(request)
+    query: list[str] = []
+    # A page the browser opened (not a script's rows, map data or event stream).
+    page = "text/html" in request.headers.get("accept", "")
+    if request.method == "GET" and page and request.url.path not in {"/", "/board"}:
+        query.append(urlencode({"next": here(request)}))
     if session is None and COOKIE in request.cookies:
-        query["ended"] = ""
-    return "/login" + (f"?{urlencode(query)}" if query else "")
+        query.append("ended")  # as static/live.js sends a tab whose stream ended
+    return "/login" + (f"?{'&'.join(query)}" if query else "")
 
 
 def local_path(value: str, default: str = "/board") -> str:
@@ -1508,6 +1511,20 @@ async def evidence_file(request: Request, session: Session, officer: Officer) ->
     except PermissionDenied:
         path.unlink(missing_ok=True)
         return forbidden(_("This evidence is for the agencies involved in the incident."))
+    except DataLoss as failure:
+        # Changed or gone in the evidence store: not "the ledger refused this request", a
+        # refusal the officer could get round, but evidence that no longer matches its record.
+        path.unlink(missing_ok=True)
+        log.error("situation_room.evidence_changed", evidence=name, reason=failure.reason)
+        return Response(
+            _(
+                "This evidence no longer matches what was recorded: its file was changed or "
+                "lost in the evidence store. Nothing of it is shown. Tell the auditors "
+                "(ledger-audit verify --deep names every such file)."
+            ),
+            status_code=502,
+            media_type="text/plain",
+        )
     except BaseException:
         path.unlink(missing_ok=True)
         raise

@@ -7,6 +7,7 @@ installs it). Screenshots of the board and the map are saved in the test's tmp d
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import nats
 import pytest
 from playwright.sync_api import (
     Browser,
@@ -36,6 +38,7 @@ from incidentledger_client.cli.output import BAND_FILL
 from services.common.config import PROJECT_ROOT, LedgerSettings, RelaySettings
 from services.common.natsserver import NatsServer, free_port
 from services.common.vocabulary import STATUSES
+from services.ledger.domain.evidence import object_name
 from services.ledger.server import build as build_ledger
 from services.notifier.server import build as build_notifier
 from services.situation_room.app import BOARD_ROWS
@@ -176,7 +179,8 @@ def test_a_wrong_token_is_refused_and_the_session_cookie_is_strict(
     assert answer is not None and answer.headers["cache-control"] == "no-store"
     assert cookie["expires"] > 0  # it expires
     page.click("text=Sign out")
-    expect(page).to_have_url(f"{room.url}/login")
+    expect(page).to_have_url(f"{room.url}/login?signed_out")
+    expect(page.locator(".notice")).to_have_text("You are signed out.")
     page.goto(f"{room.url}/board")
     expect(page).to_have_url(f"{room.url}/login")
 
@@ -1520,10 +1524,10 @@ def test_a_stale_sign_in_a_second_sign_out_and_an_ended_session_lead_back_in(roo
     ) as web:
         # Asked for with a cookie of a session that ended (or that this page never made).
         web.cookies.set(SESSION_COOKIE, "ended-long-ago")
-        asked = web.get(f"/incidents/{reference}")
+        asked = web.get(f"/incidents/{reference}", headers={"Accept": "text/html"})
         assert asked.status_code == 303
         going = asked.headers["location"]
-        assert going.startswith("/login?") and "ended=" in going, going
+        assert going.startswith("/login?next=") and going.endswith("&ended"), going
         page = web.get(going)
         assert "Your session has ended: sign in again." in page.text
         assert f'name="next" value="/incidents/{reference}"' in page.text, page.text
@@ -1663,7 +1667,7 @@ def test_an_altered_cookie_is_refused(room: Room) -> None:
         ) as web:
             answer = web.get("/board")
             assert answer.status_code == status, value
-    assert answer.headers["location"] == "/login"
+    assert answer.headers["location"] == "/login?ended"  # not a session (any more)
 
 
 def test_an_expired_session_is_refused_and_its_event_stream_ends(room: Room) -> None:
@@ -1696,9 +1700,10 @@ def test_an_expired_session_is_refused_and_its_event_stream_ends(room: Room) -> 
         ).status_code == 200:
             assert time.monotonic() < deadline, "an expired session is still accepted"
             time.sleep(0.5)
-        assert (answer.status_code, answer.headers["location"]) == (303, "/login")
+        # The sign-in page says that the session ended (the browser sent its cookie).
+        assert (answer.status_code, answer.headers["location"]) == (303, "/login?ended")
         stream = httpx.get(f"{expiring.url}/events", cookies={SESSION_COOKIE: cookie})
-        assert (stream.status_code, stream.headers["location"]) == (303, "/login")
+        assert (stream.status_code, stream.headers["location"]) == (303, "/login?ended")
 
 
 def test_an_open_board_whose_session_ends_goes_to_the_sign_in_page(
@@ -1742,7 +1747,7 @@ def test_a_copied_cookie_left_unused_is_refused_while_an_open_board_stays_signed
 
         def refused() -> bool:
             answer = httpx.get(f"{sliding.url}/board", cookies={SESSION_COOKIE: copied})
-            return (answer.status_code, answer.headers.get("location")) == (303, "/login")
+            return (answer.status_code, answer.headers.get("location")) == (303, "/login?ended")
 
         # The copy, left unused (each try above and here keeps none of the cookies the
         # answers carry), is refused after the idle time; the open board meanwhile renews its
@@ -2238,8 +2243,25 @@ def test_the_read_form_is_offered_only_where_someone_may_be_read_and_a_late_repo
         assert 'id="occurred"' not in page and 'class="occurred"' not in page  # as recorded
 
 
+async def _flip_a_byte(nats_url: str, sha256: str) -> None:
+    """Someone with write access to NATS changes the object's (only) chunk."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        info = await (await js.object_store("evidence")).get_info(object_name(sha256))
+        stream, subject = "OBJ_evidence", f"$O.evidence.C.{info.nuid}"
+        chunk = await js.get_last_msg(stream, subject)
+        assert chunk.seq is not None
+        data = bytearray(chunk.data or b"")
+        data[100] ^= 0x01
+        await js.delete_msg(stream, chunk.seq)
+        await js.publish(subject, bytes(data))
+    finally:
+        await nc.close()
+
+
 def test_the_incident_page_lists_evidence_with_thumbnails_for_the_agencies_involved(
-    room: Room, tmp_path: Path
+    room: Room, tmp_path: Path, nats_server: NatsServer
 ) -> None:
     reporter = room.ledger("kesbangpol")
     name = reporter.report("Amplop dibagikan", "money_politics", "ipuh").incident
@@ -2257,6 +2279,13 @@ def test_the_incident_page_lists_evidence_with_thumbnails_for_the_agencies_invol
         assert web.get(f"/{evidence.name}").status_code == 403
     downloads = room.ledger("inspektorat").evidence_downloads(name)
     assert [(d.evidence, d.actor.agency) for d in downloads] == [(evidence.name, "kesbangpol")]
+    # Changed in the evidence store: said as such (it was "the ledger refused this request").
+    asyncio.run(_flip_a_byte(nats_server.url, evidence.sha256))
+    with signed_in_http(room, "kesbangpol") as web:
+        changed = web.get(f"/{evidence.name}")
+    assert changed.status_code == 502
+    assert "no longer matches what was recorded" in changed.text, changed.text
+    assert photo.read_bytes()[:200] not in changed.content
 
 
 def test_severity_corrections_and_merging_on_the_incident_page_for_the_roles_allowed(
