@@ -1286,8 +1286,9 @@ class Ledger(Application[UUID]):
         """Record the read (who, whose, when, why), then disclose what it names.
 
         What to disclose is taken from the incident the rule ran on, as erasure takes its
-        subjects (no load of the incident's whole history after the save); decrypted only
-        once the read is recorded. A retry answered from its record loads the incident."""
+        subjects (no load of the incident's whole history after the save); decrypted before
+        the read is saved (a subject that does not decrypt refuses it unrecorded) and
+        disclosed only once it is. A retry answered from its record loads the incident."""
         self._keys()
         checked_command = checked(command, Rules(self.reference, self.time_bounds, self._clock))
         if not isinstance(checked_command, ReadPersonalData):
@@ -1295,6 +1296,7 @@ class Ledger(Application[UUID]):
         read_command = checked_command
         policy = self.reference.personal_data
         ran: list[tuple[Incident, UUID, frozenset[UUID]]] = []
+        opened: dict[UUID, Person | None] = {}
 
         def run(reload: bool) -> list[Incident]:
             incident = self._load_for_write(
@@ -1302,7 +1304,16 @@ class Ledger(Application[UUID]):
             )
             read_command.run(self.reference, envelope, incident)
             access = incident.accesses[-1]  # the one just recorded
-            ran[:] = [(incident, access.event_id, frozenset(access.subjects))]
+            read = frozenset(access.subjects)
+            ran[:] = [(incident, access.event_id, read)]
+            # Opened before the read is saved, disclosed only after: a key lost or changed
+            # in the store (DATA_LOSS) refused the read after it was recorded, and the
+            # record said that everyone of the incident was read, again at each retry.
+            opened.clear()
+            opened.update(
+                (s.subject_id, self._view(incident, s, read).person)
+                for s in incident.subjects.values()
+            )
             return [incident]
 
         result = self._execute(
@@ -1315,12 +1326,19 @@ class Ledger(Application[UUID]):
         )
         if ran and not result.replayed and ran[0][1] == result.event_id:
             incident, _, read = ran[0]
-        else:  # answered from its record: the rule did not run this time
-            incident = self._load(result.incident_id)
-            access = incident.recorded_read(envelope.actor, result.event_id, envelope.request_id)
-            read = frozenset(access.subjects)
-            # The agency may still read it here: PERMISSION_DENIED otherwise, as at first.
-            incident.readable_subjects(envelope.actor, policy)
+            return PersonalDataRead(
+                result,
+                tuple(
+                    SubjectView(incident.id, s, opened.get(s.subject_id))
+                    for s in incident.subjects.values()
+                ),
+            )
+        # Answered from its record: the rule did not run this time.
+        incident = self._load(result.incident_id)
+        access = incident.recorded_read(envelope.actor, result.event_id, envelope.request_id)
+        read = frozenset(access.subjects)
+        # The agency may still read it here: PERMISSION_DENIED otherwise, as at first.
+        incident.readable_subjects(envelope.actor, policy)
         # Every person the report names, in its order: those the read took with their data
         # (``read``, the recorded access's subjects), the others without (an erased one; an
         # anonymous reporter, to an agency other than the reporting one, whose existence

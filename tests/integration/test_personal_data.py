@@ -168,6 +168,9 @@ def test_a_data_key_moved_to_another_subject_in_the_store_is_data_loss(
         assert reason(caught.value) == "PERSONAL_DATA_UNREADABLE"
         info = error_info(caught.value)  # type: ignore[arg-type]
         assert info is not None and info.metadata["subject"] in {str(first), str(second)}
+        # Nothing was disclosed, and no read is recorded (it was, each try adding another,
+        # the record saying that everyone of the incident had been read).
+        assert accesses(client, "desk_pilkada", name).accesses == []
 
 
 def test_an_agency_without_the_right_is_denied_and_nothing_is_recorded(ledger: Client) -> None:
