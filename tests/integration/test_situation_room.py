@@ -734,6 +734,18 @@ def test_a_phone_sized_window_shows_every_page_without_sideways_scrolling(
                 )
                 == 1
             )
+            # The first incident on the first screen (the filters, one a line, filled it):
+            # they fold away, a tap on "Filters" away.
+            top = page.locator("table.incidents tbody tr").first.bounding_box()
+            assert top is not None and top["y"] < 844 * 0.6, top
+            box = page.locator("#filters-box")
+            assert box.evaluate("d => !d.open")
+            box.locator("summary").click()
+            expect(page.locator("select[name=kecamatan]")).to_be_visible()
+        if path == "/agencies":
+            # The overdue count, the figure looked for, on the screen, not past its edge.
+            cell = page.locator("td.overdue-count").first.bounding_box()
+            assert cell is not None and cell["x"] + cell["width"] <= 390, cell
     expect(page.locator('select[name="target"]')).to_have_count(1)  # the merge form is there
     # Merging is for good: no incident is chosen for the officer, the form asks for one.
     target = page.locator('select[name="target"]')

@@ -3,6 +3,11 @@
 // line above the rows says whether changes are arriving.
 (function () {
   "use strict";
+  // On a phone-sized window the filters fold away unless one is chosen (board.html).
+  var box = document.getElementById("filters-box");
+  if (box && !box.hasAttribute("data-chosen") && window.matchMedia("(max-width: 640px)").matches) {
+    box.open = false;
+  }
   var live = document.getElementById("live");
   var rows = document.getElementById("rows");
   var filters = new URLSearchParams(window.location.search);
