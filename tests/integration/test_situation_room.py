@@ -185,6 +185,20 @@ def test_a_wrong_token_is_refused_and_the_session_cookie_is_strict(
     expect(page).to_have_url(f"{room.url}/login")
 
 
+def test_a_report_recorded_days_after_it_happened_says_so_on_the_board(room: Room) -> None:
+    """A field device's backlog handed over days on read as brand new on the board."""
+    reporter = room.ledger("kesbangpol")
+    days_ago = datetime.now(UTC) - timedelta(days=3)
+    late = reporter.report("Backlog: banner torn", "hoax", "ipuh", occur_time=days_ago)
+    fresh = reporter.report("Just now: banner torn", "hoax", "ipuh")
+    with signed_in_http(room, "desk_pilkada") as web:
+        rows = web.get("/board/rows").text
+    late_row = rows.split(f'data-name="{late.incident}"')[1].split("</tr>")[0]
+    fresh_row = rows.split(f'data-name="{fresh.incident}"')[1].split("</tr>")[0]
+    assert '<span class="occurred">(happened ' in late_row, late_row
+    assert "happened" not in fresh_row, fresh_row
+
+
 def test_an_incident_reported_over_grpc_appears_on_the_board(
     room: Room, browser: Browser, tmp_path: Path
 ) -> None:
