@@ -12,7 +12,7 @@ import pytest
 
 from incidentledger_client.cli import main
 from incidentledger_client.cli.commands import incidents
-from tests.ledgerctl_support import Ctl, without_server_log
+from tests.ledgerctl_support import Ctl, backlog_line, without_server_log
 
 WIB = timezone(timedelta(hours=7))
 
@@ -102,6 +102,13 @@ def test_the_lifecycle_through_ledgerctl(ctl: Ctl, tmp_path: Path) -> None:
     board = ctl.json("inspektorat", "board")
     assert [i["name"] for i in board["columns"]["REOPENED"]] == [name]
     assert "REOPENED (1)" in ctl.ok("inspektorat", "board")
+    # A field device's backlog handed over days on: its report happened when the device
+    # recorded it (no occur_time given), and the board says so beside the record time.
+    backlog = tmp_path / "backlog.jsonl"
+    backlog.write_text(backlog_line(0, title="Backlog report") + "\n")
+    ctl.ok("bawaslu", "ingest", str(backlog))
+    shown = " ".join(ctl.ok("inspektorat", "board").split())
+    assert "(happened 2026-11-27 09:00 WIB)" in shown, shown
 
     svg = tmp_path / "out" / "map.svg"
     vmap = ctl.json("inspektorat", "map", "--svg", str(svg))

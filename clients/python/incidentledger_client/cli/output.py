@@ -770,12 +770,26 @@ def board(
             i.reference or short_id(i.name),
             severity_text(i.severity),
             status_text(i.status.value, statuses),
-            local_time(i.create_time, zone),
+            reported_text(i, zone),
             i.title,
             place(i, kecamatan),
             i.lead_agency or "-",
         )
     return table
+
+
+#: How long after it happened a report is recorded for the board to say when it happened.
+LATE_REPORT = timedelta(hours=1)
+
+
+def reported_text(incident: Incident, zone: tzinfo) -> str:
+    """When the incident was reported, and when it happened if that was well before (a field
+    device's backlog handed over days on read as news)."""
+    reported = local_time(incident.create_time, zone)
+    happened, created = incident.occur_time, incident.create_time
+    if happened is None or created is None or created - happened <= LATE_REPORT:
+        return reported
+    return reported + "\n" + _("(happened {time})").format(time=local_time(happened, zone))
 
 
 def local_time(value: datetime | None, zone: tzinfo, *, seconds: bool = False) -> str:
