@@ -229,7 +229,7 @@ def test_an_unreadable_line_refuses_the_file_before_anything_is_sent(
     # others named (again after the table), and the exit code says not all went.
     code, out, err = ctl.run("bawaslu", "ingest", "--skip-unreadable", str(backlog))
     assert code == 1, (out, err)
-    assert err.count("3 lines cannot be read, not sent: fix them") == 2, err
+    assert err.count("3 lines cannot be read, not sent; send the file again once fixed") == 2, err
     assert "27 of 27 reports are in the ledger (27 recorded now)" in out, out
     code, out, _err = ctl.run("bawaslu", "--json", "ingest", "--skip-unreadable", str(backlog))
     items = [json.loads(text) for text in out.splitlines()]

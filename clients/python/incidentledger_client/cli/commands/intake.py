@@ -282,7 +282,7 @@ def _say_skipped(st: State, error: BacklogError) -> None:
                 }
             )
         return
-    text = _unreadable_lines(error, _("not sent: fix them, then send the file again"))
+    text = _unreadable_lines(error, _("not sent; send the file again once fixed"))
     output.error_console().print(text, markup=False, highlight=False)
 
 
