@@ -226,6 +226,15 @@ STATUS_WORDS: Mapping[str, str] = {
 }
 
 
+#: The placeholders whose codes are said in words, and the words of each code.
+_WORDED: Mapping[str, Mapping[str, str]] = {
+    "status": STATUS_WORDS,
+    "action": ACTION_WORDS,
+    "command": COMMAND_WORDS,
+    "what": WHAT_WORDS,
+}
+
+
 class _Metadata(dict[str, str]):
     def __missing__(self, key: str) -> str:
         return "…"
@@ -278,18 +287,11 @@ def localized(reason: str, metadata: Mapping[str, str], language: str) -> str | 
         return None
     translations = _translations(language)
     values = _Metadata(metadata)
-    status = values.get("status", "")
-    if status in STATUS_WORDS:
-        values["status"] = translations.gettext(STATUS_WORDS[status])
-    action = values.get("action", "")
-    if action in ACTION_WORDS:
-        values["action"] = translations.gettext(ACTION_WORDS[action])
-    command = values.get("command", "")
-    if command in COMMAND_WORDS:
-        values["command"] = translations.gettext(COMMAND_WORDS[command])
-    what = values.get("what", "")
-    if what in WHAT_WORDS:
-        values["what"] = translations.gettext(WHAT_WORDS[what])
+    # A code the metadata keeps for programs, said in words in the caller's language.
+    for key, words in _WORDED.items():
+        code = values.get(key, "")
+        if code in words:
+            values[key] = translations.gettext(words[code])
     return string.Formatter().vformat(translations.gettext(template), (), values)
 
 
