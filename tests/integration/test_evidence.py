@@ -42,6 +42,7 @@ from services.ledger.evidence_store import (
     EvidenceObjects,
     HashingSink,
 )
+from tests.evidence_support import change_one_byte
 from tests.fanout_support import wait_until
 from tests.ledgerctl_support import Ctl
 from tests.support import (
@@ -621,25 +622,6 @@ async def _put_directly(nats_url: str, bucket: str, name: str, data: bytes) -> N
         await nc.close()
 
 
-async def _change_one_byte(nats_url: str, bucket: str, name: str) -> None:
-    """What someone with write access to NATS could do: replace the object's (only) chunk
-    with one whose 100th byte differs, leaving the object's recorded digest as it was."""
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        store = await js.object_store(bucket)
-        info = await store.get_info(name)
-        stream, subject = f"OBJ_{bucket}", f"$O.{bucket}.C.{info.nuid}"
-        chunk = await js.get_last_msg(stream, subject)
-        assert chunk.seq is not None
-        data = bytearray(chunk.data or b"")
-        data[100] ^= 0x01
-        await js.delete_msg(stream, chunk.seq)
-        await js.publish(subject, bytes(data))
-    finally:
-        await nc.close()
-
-
 async def _limit_the_store(nats_url: str, bucket: str, room: int) -> None:
     """The evidence's stream allowed only ``room`` bytes more than it holds (a disk's worth
     of quota reached): NATS refuses the next writes beyond it."""
@@ -692,7 +674,7 @@ def test_deep_verify_names_a_changed_and_a_missing_object(
     clean = verify_evidence(ledger.server.ledger, objects.read_into)
     assert (clean.ok, clean.evidence, clean.objects) == (True, 2, 2)
 
-    asyncio.run(_change_one_byte(nats_server.url, "evidence", object_name(changed.evidence.sha256)))
+    asyncio.run(change_one_byte(nats_server.url, "evidence", object_name(changed.evidence.sha256)))
     objects.delete(object_name(missing.evidence.sha256))
     report = verify_evidence(ledger.server.ledger, objects.read_into)
     problems = {(p.event_id, p.problem, p.object, p.incident) for p in report.problems}
@@ -1199,9 +1181,7 @@ def test_ledgerctl_audit_verify_deep_names_a_changed_file(
     assert "ledger verified" in clean and "evidence verified" in clean
     code, _out, err = ctl.run("polres", "audit", "verify", "--deep")
     assert code != 0 and "ROLE_REQUIRED" in err
-    asyncio.run(
-        _change_one_byte(nats_server.url, "evidence", object_name(uploaded.evidence.sha256))
-    )
+    asyncio.run(change_one_byte(nats_server.url, "evidence", object_name(uploaded.evidence.sha256)))
     code, out, err = ctl.run("inspektorat", "--json", "audit", "verify", "--deep")
     assert code == 1, (code, out[-300:], err)
     verified = json.loads(out)

@@ -22,7 +22,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import nats
 import pytest
 from playwright.sync_api import (
     Browser,
@@ -46,6 +45,7 @@ from services.situation_room.i18n import COOKIE as LANGUAGE_COOKIE
 from services.situation_room.live import STALE_SECONDS
 from services.situation_room.sessions import COOKIE as SESSION_COOKIE
 from services.situation_room.sessions import SignInThrottle
+from tests.evidence_support import change_one_byte
 from tests.fanout_support import Stack, notifier_settings, running_stack, wait_until
 from tests.support import ServiceProcess, service_process, settings_for, store_environment
 
@@ -2269,23 +2269,6 @@ def test_the_read_form_is_offered_only_where_someone_may_be_read_and_a_late_repo
         assert 'id="occurred"' not in page and 'class="occurred"' not in page  # as recorded
 
 
-async def _flip_a_byte(nats_url: str, sha256: str) -> None:
-    """Someone with write access to NATS changes the object's (only) chunk."""
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        info = await (await js.object_store("evidence")).get_info(object_name(sha256))
-        stream, subject = "OBJ_evidence", f"$O.evidence.C.{info.nuid}"
-        chunk = await js.get_last_msg(stream, subject)
-        assert chunk.seq is not None
-        data = bytearray(chunk.data or b"")
-        data[100] ^= 0x01
-        await js.delete_msg(stream, chunk.seq)
-        await js.publish(subject, bytes(data))
-    finally:
-        await nc.close()
-
-
 def test_the_incident_page_lists_evidence_with_thumbnails_for_the_agencies_involved(
     room: Room, tmp_path: Path, nats_server: NatsServer
 ) -> None:
@@ -2306,7 +2289,7 @@ def test_the_incident_page_lists_evidence_with_thumbnails_for_the_agencies_invol
     downloads = room.ledger("inspektorat").evidence_downloads(name)
     assert [(d.evidence, d.actor.agency) for d in downloads] == [(evidence.name, "kesbangpol")]
     # Changed in the evidence store: said as such (it was "the ledger refused this request").
-    asyncio.run(_flip_a_byte(nats_server.url, evidence.sha256))
+    asyncio.run(change_one_byte(nats_server.url, "evidence", object_name(evidence.sha256)))
     with signed_in_http(room, "kesbangpol") as web:
         changed = web.get(f"/{evidence.name}")
     assert changed.status_code == 502
