@@ -438,6 +438,15 @@ def listening_ports(process: psutil.Process) -> set[int]:
     }
 
 
+def children_and_ports(run: Supervised) -> tuple[list[psutil.Process], set[int]]:
+    """The supervisor's processes (all of them, at any depth) and every port they listen on."""
+    children = psutil.Process(run.process.pid).children(recursive=True)
+    ports = run.bound_ports()
+    for child in children:
+        ports |= listening_ports(child)
+    return children, ports
+
+
 def assert_nothing_left(run: Supervised, children: list[psutil.Process], ports: set[int]) -> None:
     left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not left, f"child processes left running: {left}"
@@ -522,10 +531,7 @@ def test_supervisor_runs_nats_and_the_services_and_stops_on_sigint(tmp_path: Pat
 def test_supervisor_stops_everything_when_a_child_dies(tmp_path: Path) -> None:
     with supervisor(tmp_path) as run:
         wait_until_serving(run)
-        children = psutil.Process(run.process.pid).children(recursive=True)
-        ports = run.bound_ports()
-        for child in children:
-            ports |= listening_ports(child)
+        children, ports = children_and_ports(run)
         ledger = next(c for c in children if "services.ledger" in c.cmdline())
         ledger.send_signal(signal.SIGKILL)
         assert run.process.wait(timeout=60) == 1, run.output()
@@ -552,10 +558,7 @@ def test_a_supervisor_killed_outright_leaves_nothing_running(tmp_path: Path) -> 
     the kernel when the supervisor ends."""
     with supervisor(tmp_path) as run:
         wait_until_serving(run)
-        children = psutil.Process(run.process.pid).children(recursive=True)
-        ports = run.bound_ports()
-        for child in children:
-            ports |= listening_ports(child)
+        children, ports = children_and_ports(run)
         run.process.send_signal(signal.SIGKILL)
         run.process.wait(timeout=10)
 
