@@ -402,7 +402,9 @@ def test_a_file_name_that_is_a_path_or_has_control_characters_is_refused_before_
     assert objects is not None and objects.list_objects() == []
 
 
-def test_a_file_over_the_limit_is_resource_exhausted(ledger: Client, tmp_path: Path) -> None:
+def test_a_file_over_the_limit_is_resource_exhausted(
+    ledger: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     name = assigned_incident(ledger)
     source = tmp_path / "video.jpg"
     write_file(source, 26 * 1000 * 1000)
@@ -413,6 +415,11 @@ def test_a_file_over_the_limit_is_resource_exhausted(ledger: Client, tmp_path: P
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "EVIDENCE_TOO_LARGE",
     )
+    # ledgerctl: a file no wait will make smaller is the caller's to change (exit 2), not
+    # "the server failing" (6), which a script would try again forever.
+    code, _out, err = Ctl(ledger, capsys).run("polres", "--json", "attach", name, str(source))
+    error = json.loads(err)["error"]
+    assert (code, error["reason"], error["exit_code"]) == (2, "EVIDENCE_TOO_LARGE", 2), err
     assert attached_events(ledger, name) == []
 
 
@@ -1191,6 +1198,18 @@ def test_ledgerctl_audit_verify_deep_names_a_changed_file(
     assert [(p["evidence"], p["problem"]) for p in found["problems"]] == [
         (uploaded.evidence.name, "changed")
     ]
+    # Its download: data changed in the store (exit 7), which trying again does not cure.
+    code, _out, err = ctl.run(
+        "inspektorat",
+        "--json",
+        "evidence",
+        "get",
+        uploaded.evidence.name,
+        "-o",
+        str(tmp_path / "c"),
+    )
+    error = json.loads(err)["error"]
+    assert (code, error["reason"], error["exit_code"]) == (7, "EVIDENCE_CHANGED", 7), err
     # The evidence store away: the chain's result is said all the same, then the error
     # (before, only "UNAVAILABLE", a diverging ledger said as "server unavailable").
     nats_server.stop()

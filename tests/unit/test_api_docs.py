@@ -189,3 +189,27 @@ def test_every_event_type_and_its_payload_is_in_events_md(tmp_path: Path) -> Non
     recorded = recorded_payloads(tmp_path)
     assert set(recorded) == {cls.__name__ for cls in incident_event_classes()}
     assert documented_payloads() == recorded
+
+
+def test_ledgerctl_decides_for_every_exhausted_reason_whether_waiting_helps() -> None:
+    """ledgerctl's exit 6 says "try again later". A RESOURCE_EXHAUSTED that no wait cures (a
+    file over the limit, a 51st webhook) must say otherwise, so each of them in the table is
+    decided here: a new one fails this test until someone says which it is."""
+    from incidentledger_client import DataLoss, ResourceExhausted
+    from incidentledger_client.cli.errors import exit_code_for
+
+    waiting_helps = {
+        "RATE_LIMITED",
+        "TOO_MANY_STREAMS",
+        "AUTH_THROTTLED",
+        "EVIDENCE_STORE_FULL",
+    }
+    never = {"EVIDENCE_TOO_LARGE": 2, "INGEST_TOO_LARGE": 2, "TOO_MANY_WEBHOOKS": 4}
+    exhausted = {r for r, row in documented().items() if row.code == "RESOURCE_EXHAUSTED"}
+    assert exhausted == waiting_helps | set(never), exhausted
+    for reason in exhausted:
+        code = exit_code_for(ResourceExhausted("RESOURCE_EXHAUSTED", reason, "over"))
+        assert code == never.get(reason, 6), (reason, code)
+    for reason, row in documented().items():
+        if row.code == "DATA_LOSS":
+            assert exit_code_for(DataLoss("DATA_LOSS", reason, "changed")) == 7, reason

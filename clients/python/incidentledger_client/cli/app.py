@@ -43,7 +43,7 @@ from incidentledger_client.i18n import _
 
 EPILOG = (
     "Exit codes: 0 ok, 1 other, 2 usage, 3 not found, 4 conflict, 5 permission, "
-    "6 server/unavailable."
+    "6 server/unavailable, 7 data changed or lost."
 )
 
 #: -h as well as --help, on every command (click passes it down to the subcommands).

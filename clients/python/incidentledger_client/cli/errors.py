@@ -1,8 +1,9 @@
 """What ledgerctl answers to an error: its exit code, and a hint of what to do about it.
 
-Exit codes: 0 ok, 1 other error, 2 usage or configuration error, 3 not found,
-4 conflict (ABORTED, ALREADY_EXISTS, FAILED_PRECONDITION), 5 permission or authentication,
-6 server error or unavailable.
+Exit codes: 0 ok, 1 other error, 2 usage or configuration error (and a request too large to
+ever be taken), 3 not found, 4 conflict (ABORTED, ALREADY_EXISTS, FAILED_PRECONDITION, a limit
+reached), 5 permission or authentication, 6 server error or unavailable (worth trying again
+later), 7 stored data changed or lost (DATA_LOSS: trying again does not help).
 """
 
 from __future__ import annotations
@@ -32,15 +33,16 @@ from incidentledger_client.addresses import listening
 from incidentledger_client.cli.state import State
 from incidentledger_client.i18n import N_, _, format_time
 
-EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_PERMISSION, EXIT_SERVER = (
-    0,
-    1,
-    2,
-    3,
-    4,
-    5,
-    6,
-)
+(
+    EXIT_OK,
+    EXIT_OTHER,
+    EXIT_USAGE,
+    EXIT_NOT_FOUND,
+    EXIT_CONFLICT,
+    EXIT_PERMISSION,
+    EXIT_SERVER,
+    EXIT_DATA_LOSS,
+) = (0, 1, 2, 3, 4, 5, 6, 7)
 #: When the reader of ledgerctl's output closed it (``| head -1``): the status a shell gives a
 #: tool that SIGPIPE ended, 128 + 13, which ledgerctl keeps (Python ignores the signal).
 EXIT_OUTPUT_CLOSED = 141
@@ -58,10 +60,18 @@ EXIT_CODES: tuple[tuple[type[LedgerError], int], ...] = (
     (Unavailable, EXIT_SERVER),
     (DeadlineExceeded, EXIT_SERVER),
     (Internal, EXIT_SERVER),
-    (DataLoss, EXIT_SERVER),
+    (DataLoss, EXIT_DATA_LOSS),
     (ResourceExhausted, EXIT_SERVER),
     (Cancelled, EXIT_OTHER),
 )
+#: Exit code per error reason, before the classes: a RESOURCE_EXHAUSTED that no wait cures
+#: is not the server failing. A script that tries again on 6 would send a file over the
+#: limit, or create a 51st webhook, forever.
+REASON_EXIT_CODES: dict[str, int] = {
+    "EVIDENCE_TOO_LARGE": EXIT_USAGE,
+    "INGEST_TOO_LARGE": EXIT_USAGE,
+    "TOO_MANY_WEBHOOKS": EXIT_CONFLICT,
+}
 
 
 class InterruptedCommandError(Exception):
@@ -75,6 +85,8 @@ class InterruptedCommandError(Exception):
 
 
 def exit_code_for(error: LedgerError) -> int:
+    if error.reason in REASON_EXIT_CODES:
+        return REASON_EXIT_CODES[error.reason]
     for cls, code in EXIT_CODES:
         if isinstance(error, cls):
             return code
