@@ -303,7 +303,12 @@ COMMANDS: Mapping[type, ToCommand] = dict(
         # --- personal data (docs/personal-data.md)
         _to(
             api.ReadPersonalDataRequest,
-            lambda r: ReadPersonalData(parse_name(r.name), r.expected_version, r.purpose),
+            lambda r: ReadPersonalData(
+                parse_name(r.name),
+                r.expected_version,
+                r.purpose,
+                subject_ids(r.subjects, "subjects") or None,
+            ),
         ),
         _to(
             api.ErasePersonalDataRequest,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from incidentledger.v1 import personal_data_pb2 as pd
 from services.common.config import ConfigError, LedgerSettings
 from services.common.grpc_errors import error_info, localized_message
 from services.common.sql import open_database
+from tests.ledgerctl_support import Ctl
 from tests.support import (
     REFERENCE_FILE,
     Client,
@@ -58,9 +60,17 @@ def report_with_people(ledger: Client, **kwargs: object) -> str:
     return ledger.report(personal_data=personal(**kwargs)).incident  # type: ignore[arg-type]
 
 
-def read(ledger: Client, agency: str, name: str, purpose: str = "verify the report") -> Any:
+def read(
+    ledger: Client,
+    agency: str,
+    name: str,
+    purpose: str = "verify the report",
+    subjects: tuple[str, ...] = (),
+) -> Any:
     return ledger.stub.ReadPersonalData(
-        api.ReadPersonalDataRequest(request_id=secrets.token_hex(8), name=name, purpose=purpose),
+        api.ReadPersonalDataRequest(
+            request_id=secrets.token_hex(8), name=name, purpose=purpose, subjects=subjects
+        ),
         metadata=ledger.md(agency),
     )
 
@@ -171,6 +181,53 @@ def test_a_data_key_moved_to_another_subject_in_the_store_is_data_loss(
         # Nothing was disclosed, and no read is recorded (it was, each try adding another,
         # the record saying that everyone of the incident had been read).
         assert accesses(client, "desk_pilkada", name).accesses == []
+
+
+def test_one_person_s_lost_key_leaves_the_others_readable_by_name(
+    either_store: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The witness's key row deleted in the store: a read of everyone is DATA_LOSS, and the
+    reporter's data, which nothing changed, is still read by naming them (the read records
+    the reporter alone), through the API and ledgerctl, whose refusal says how."""
+    with running_ledger(settings_for(tmp_path, either_store)) as client:
+        name = report_with_people(client)
+        incident = client.stub.GetIncident(
+            api.GetIncidentRequest(name=name), metadata=client.md("bawaslu")
+        ).incident
+        roles = {s.role: s.subject_id for s in incident.data_subjects}
+        reporter, witness = (
+            roles[pb.DATA_SUBJECT_ROLE_REPORTER],
+            roles[pb.DATA_SUBJECT_ROLE_WITNESS],
+        )
+        db = open_database(either_store)
+        try:
+            with db.transaction() as cur:
+                cur.execute(db.q("DELETE FROM personal_data_keys WHERE subject_id = ?"), (witness,))
+        finally:
+            db.close()
+        with pytest.raises(grpc.RpcError) as caught:
+            read(client, "bawaslu", name)
+        assert caught.value.code() is grpc.StatusCode.DATA_LOSS
+        assert error_info(caught.value).metadata["subject"] == witness  # type: ignore[arg-type,union-attr]
+        answer = read(client, "bawaslu", name, subjects=(reporter,))
+        shown = {s.subject_id: s for s in answer.subjects}
+        assert shown[reporter].person.nik == NIK
+        assert not shown[witness].HasField("person")
+        assert [list(a.subjects) for a in accesses(client, "desk_pilkada", name).accesses] == [
+            [reporter]
+        ]
+        with pytest.raises(grpc.RpcError) as unknown:
+            read(client, "bawaslu", name, subjects=(reporter, str(uuid.uuid4())))
+        assert unknown.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert field(unknown.value) == "subjects[1]"
+        ctl = Ctl(client, capsys)
+        code, _out, err = ctl.run("bawaslu", "pii", "read", name, "-p", "verify the report")
+        assert code == 7 and "--subject" in err and witness[:8] in err, (code, err)
+        out = ctl.ok(
+            "bawaslu", "pii", "read", name, "-p", "verify the report", "--subject", "pelapor"
+        )
+        assert NAME in out and "not read" in out, out
+        assert len(accesses(client, "desk_pilkada", name).accesses) == 2
 
 
 def test_an_agency_without_the_right_is_denied_and_nothing_is_recorded(ledger: Client) -> None:

@@ -296,6 +296,7 @@ BY_TYPE: dict[Any, st.SearchStrategy[Any]] = {
     dict[str, Any]: PLACES,
     dict[str, Any] | None: st.none() | PLACES,
     tuple[UUID, ...]: st.lists(st.uuids(), max_size=3).map(tuple),
+    tuple[UUID, ...] | None: st.none() | st.lists(st.uuids(), max_size=3).map(tuple),
     # Personal data is fingerprinted by its keyed digest, which the application derives from
     # the data: here a plain hash of the name stands for it (other data, another digest).
     PersonalData | None: st.none()

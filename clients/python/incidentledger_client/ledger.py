@@ -873,12 +873,21 @@ class LedgerClient:
     # ------------------------------------------- personal data (docs/personal-data.md)
 
     def read_personal_data(
-        self, name: str, purpose: str, *, request_id: str | None = None
+        self,
+        name: str,
+        purpose: str,
+        *,
+        subjects: Sequence[str] = (),
+        request_id: str | None = None,
     ) -> tuple[CommandResult, list[DataSubject]]:
-        """The people an incident names, with their data where the caller may read it; the
-        read is recorded (who, when, ``purpose``) before anything is disclosed."""
+        """The people an incident names, with their data where the caller may read it (only
+        ``subjects``' data, when given: subject ids as ``Incident.data_subjects`` has them);
+        the read is recorded (who, when, ``purpose``, whose) before anything is disclosed."""
         request = api.ReadPersonalDataRequest(
-            request_id=request_id or new_request_id(), name=name, purpose=purpose
+            request_id=request_id or new_request_id(),
+            name=name,
+            purpose=purpose,
+            subjects=list(subjects),
         )
         response = self._transport.unary(self._ledger.ReadPersonalData, request)
         return (

@@ -2148,6 +2148,7 @@ class ReadPersonalDataRequest(_message.Message):
     PURPOSE_FIELD_NUMBER: _builtins.int
     OCCUR_TIME_FIELD_NUMBER: _builtins.int
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    SUBJECTS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     name: _builtins.str
     expected_version: _builtins.int
@@ -2156,6 +2157,13 @@ class ReadPersonalDataRequest(_message.Message):
     correlation_id: _builtins.str
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def subjects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The subject ids to read (Incident.data_subjects); none: everyone the caller may read.
+        Only these are opened and recorded as read: the others stay readable when one
+        person's stored data no longer decrypts (DATA_LOSS, PERSONAL_DATA_UNREADABLE).
+        """
+
     def __init__(
         self,
         *,
@@ -2165,10 +2173,11 @@ class ReadPersonalDataRequest(_message.Message):
         purpose: _builtins.str = ...,
         occur_time: _timestamp_pb2.Timestamp | None = ...,
         correlation_id: _builtins.str = ...,
+        subjects: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occur_time", b"occur_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "expected_version", b"expected_version", "name", b"name", "occur_time", b"occur_time", "purpose", b"purpose", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "expected_version", b"expected_version", "name", b"name", "occur_time", b"occur_time", "purpose", b"purpose", "request_id", b"request_id", "subjects", b"subjects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

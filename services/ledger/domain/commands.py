@@ -602,11 +602,15 @@ class ReadPersonalData(PersonalDataCommand):
     application decrypts what the recorded access names."""
 
     purpose: str = dataclasses.field(metadata=purpose())
+    #: The subjects to read; None: everyone the caller may read.
+    subjects: tuple[UUID, ...] | None = None
+
+    OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"subjects"})
 
     def apply_policy(
         self, policy: PersonalDataPolicy, envelope: Envelope, incident: Incident
     ) -> None:
-        incident.record_personal_data_access(envelope, self.purpose, policy)
+        incident.record_personal_data_access(envelope, self.purpose, policy, named=self.subjects)
 
 
 @dataclass(frozen=True)

@@ -1313,11 +1313,20 @@ class Incident(Aggregate):
         purpose: str,
         policy: PersonalDataPolicy,
         only: frozenset[UUID] | None = None,
+        named: tuple[UUID, ...] | None = None,
     ) -> list[DataSubject]:
         """Record that the caller reads the subjects' data (``only``: those subjects, for a
-        subject access request); returns the subjects read. Nothing is recorded when the
-        caller may not read, or there is nothing it may read."""
+        subject access request; ``named``: those the caller named, each of them one this
+        incident names); returns the subjects read. Nothing is recorded when the caller may
+        not read, or there is nothing it may read."""
         subjects = self.readable_subjects(envelope.actor, policy)
+        if named:
+            for n, subject_id in enumerate(named):
+                if subject_id not in self.subjects:
+                    raise InvalidArgument(
+                        f"subjects[{n}]", "names no data subject of this incident"
+                    )
+            only = frozenset(named) if only is None else only & frozenset(named)
         if only is not None:
             subjects = [s for s in subjects if s.subject_id in only]
         live = [s for s in subjects if not s.erased]

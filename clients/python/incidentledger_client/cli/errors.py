@@ -30,6 +30,7 @@ from incidentledger_client import (
     Unavailable,
 )
 from incidentledger_client.addresses import listening
+from incidentledger_client.cli import output
 from incidentledger_client.cli.state import State
 from incidentledger_client.i18n import N_, _, format_time
 
@@ -302,6 +303,18 @@ def explain(error: LedgerError, st: State) -> Hint | None:
             )
     if error.reason == "OLD_VALUE_MISMATCH":
         return _recorded_time(error, st.zone(ask_ledger=False))
+    if error.reason == "PERSONAL_DATA_UNREADABLE":
+        # One person's changed or lost key must not keep the others' data from those who
+        # need it: a read of them alone opens nothing of that person's.
+        return Hint(
+            _(
+                "the stored data of subject {subject} was changed or its key lost, and "
+                "nothing was read or recorded: read the others the report names with "
+                "--subject (ledgerctl pii accesses shows them), and tell the operator and "
+                "the auditors"
+            ).format(subject=output.short_id(error.metadata.get("subject", ""))),
+            {},
+        )
     return None
 
 

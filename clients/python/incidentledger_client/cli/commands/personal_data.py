@@ -16,6 +16,7 @@ from incidentledger_client.cli.inputs import incident_name
 from incidentledger_client.cli.state import state
 from incidentledger_client.i18n import N_, _, format_number
 from incidentledger_client.personal import DataSubject, PersonalDataAccess, SubjectSummary
+from incidentledger_client.types import Incident
 
 #: The group ``ledgerctl pii ...``.
 app = group(
@@ -39,11 +40,26 @@ Reason = Annotated[
 ]
 
 
-def _people_table(title: str, subjects: Sequence[DataSubject]) -> None:
+#: Whose data, as the person at the terminal names them (``--subject``, repeatable).
+Subjects = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--subject",
+        help="Whose data: a subject as `pii accesses` shows it (its id or first "
+        "characters), or reporter, or witness (when there is one); repeat for more.",
+    ),
+]
+
+
+def _people_table(title: str, subjects: Sequence[DataSubject], chosen: Sequence[str] = ()) -> None:
     def state_of(subject: DataSubject) -> str:
         if subject.state == "ERASED":
             return _("erased")
-        return _("present") if subject.person else _("not shown to your agency")
+        if subject.person:
+            return _("present")
+        if chosen and subject.subject_id not in chosen:
+            return _("not read (not named with --subject)")
+        return _("not shown to your agency")
 
     output.console().print(
         output.rows_table(
@@ -132,17 +148,32 @@ def _subjects_table(
 
 @app.command("read", epilog="Example: ledgerctl -a bawaslu pii read 0b6f12 -p 'verify report'")
 def pii_read(
-    ctx: typer.Context, name: Name, purpose: Purpose, request_id: RequestId = None
+    ctx: typer.Context,
+    name: Name,
+    purpose: Purpose,
+    subject: Subjects = None,
+    request_id: RequestId = None,
 ) -> None:
-    """Read the personal data of an incident's report; the read is recorded first."""
+    """Read the personal data of an incident's report (everyone you may read, or only those
+    named with --subject); the read is recorded first."""
     st = state(ctx)
+    incident = incident_name(ctx, name)
+    chosen = _chosen_subjects(st.ledger().get_incident(incident), subject) if subject else ()
     result, subjects = st.ledger().read_personal_data(
-        incident_name(ctx, name), purpose, request_id=request_id
+        incident, purpose, subjects=chosen, request_id=request_id
     )
     if st.as_json:
         output.emit_json({"result": result, "subjects": subjects})
     else:
-        _people_table(_("Personal data (this read is recorded)"), subjects)
+        _people_table(_("Personal data (this read is recorded)"), subjects, chosen)
+
+
+def _chosen_subjects(incident: Incident, given: Sequence[str]) -> tuple[str, ...]:
+    """The ids of the people ``given`` names (:func:`chosen_subject`), each once."""
+    try:
+        return tuple(dict.fromkeys(chosen_subject(incident.data_subjects, each) for each in given))
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--subject") from None
 
 
 @app.command(
@@ -187,14 +218,7 @@ def pii_erase(
         str,
         typer.Option("--legal-basis", help="The request or rule the erasure follows (required)."),
     ],
-    subject: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--subject",
-            help="Whose data: a subject as `pii accesses` shows it (its id or first "
-            "characters), or reporter, or witness (when there is one); repeat for more.",
-        ),
-    ] = None,
+    subject: Subjects = None,
     everyone: Annotated[
         bool, typer.Option("--all", help="Everyone the report names (instead of --subject).")
     ] = False,
@@ -215,13 +239,7 @@ def pii_erase(
         )
     st = state(ctx)
     incident = incident_name(ctx, name)
-    chosen: tuple[str, ...] = ()
-    if subject:
-        named = st.ledger().get_incident(incident).data_subjects
-        try:
-            chosen = tuple(dict.fromkeys(chosen_subject(named, given) for given in subject))
-        except ValueError as error:
-            raise typer.BadParameter(str(error), param_hint="--subject") from None
+    chosen = _chosen_subjects(st.ledger().get_incident(incident), subject) if subject else ()
     result = st.ledger().erase_personal_data(
         incident, legal_basis, subjects=chosen, everyone=everyone, request_id=request_id
     )
