@@ -83,6 +83,7 @@ from services.ledger.domain.incident import (
     Envelope,
     Incident,
     PersonalDataAccess,
+    PersonalDataErasure,
     event_hash,
     incident_event_classes,
     require_writer,
@@ -330,6 +331,17 @@ class SubjectView:
     subject: DataSubject
     person: Person | None = None
     accesses: tuple[PersonalDataAccess, ...] = ()
+
+
+@dataclass(frozen=True)
+class PersonalDataRecord:
+    """What an incident's personal data went through: every read, the people (references),
+    every erasure, the legal holds in force (agency -> reason)."""
+
+    accesses: list[PersonalDataAccess]
+    subjects: list[DataSubject]
+    erasures: list[PersonalDataErasure]
+    legal_holds: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -1560,14 +1572,17 @@ class Ledger(Application[UUID]):
         the store too busy for."""
         self._keys().scrub()
 
-    def personal_data_record(
-        self, actor: Actor, incident_id: UUID
-    ) -> tuple[list[PersonalDataAccess], list[DataSubject], dict[str, str]]:
-        """The reads of an incident's personal data, its subjects (references) and legal
-        holds; for the agencies that may read, erase or hold it, and auditors."""
+    def personal_data_record(self, actor: Actor, incident_id: UUID) -> PersonalDataRecord:
+        """The reads of an incident's personal data, its subjects (references), erasures
+        and legal holds; for the agencies that may read, erase or hold it, and auditors."""
         incident = self._load(incident_id)
         incident.check_may_see_personal_data_record(actor, self.reference.personal_data)
-        return list(incident.accesses), list(incident.subjects.values()), dict(incident.legal_holds)
+        return PersonalDataRecord(
+            list(incident.accesses),
+            list(incident.subjects.values()),
+            list(incident.erasures),
+            dict(incident.legal_holds),
+        )
 
     # -------------------------------------------------------------- queries
 

@@ -69,6 +69,7 @@ from services.ledger.domain.incident import (
     DataSubject,
     Incident,
     PersonalDataAccess,
+    PersonalDataErasure,
     RejectionReason,
     Status,
     event_fields,
@@ -635,6 +636,17 @@ def access_to_proto(incident_id: UUID, access: PersonalDataAccess) -> pd.Persona
         subjects=[str(s) for s in access.subjects],
         purpose=access.purpose,
         access_time=timestamp(access.time),
+    )
+
+
+def erasure_to_proto(incident_id: UUID, erasure: PersonalDataErasure) -> pd.PersonalDataErasure:
+    return pd.PersonalDataErasure(
+        event_id=str(erasure.event_id),
+        incident=incident_name(incident_id),
+        actor=pb.Actor(agency=erasure.agency, officer=erasure.officer),
+        subjects=[str(s) for s in erasure.subjects],
+        legal_basis=erasure.legal_basis,
+        erase_time=timestamp(erasure.time),
     )
 
 

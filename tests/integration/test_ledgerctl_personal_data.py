@@ -94,10 +94,19 @@ def test_report_read_find_hold_erase_through_ledgerctl(ctl: Ctl) -> None:
         "desk_pilkada", "pii", "erase", name, "--subject", witness, "--legal-basis", "req 5/2024"
     )
     assert [s["subject_id"] for s in answer["erased"]] == [subjects["witness"]]
-    states = {s["state"] for s in ctl.json("inspektorat", "pii", "accesses", name)["subjects"]}
-    assert states == {"ERASED"}
+    record = ctl.json("inspektorat", "pii", "accesses", name)
+    assert {s["state"] for s in record["subjects"]} == {"ERASED"}
+    # Who erased whose data, and why: a person's question the record now answers.
+    assert [(e["agency"], e["legal_basis"], e["subjects"]) for e in record["erasures"]] == [
+        ("desk_pilkada", "request 5", [subjects["reporter"]]),
+        ("desk_pilkada", "req 5/2024", [subjects["witness"]]),
+    ]
+    table = ctl.ok("inspektorat", "pii", "accesses", name)
+    erasures = table[table.index("Erasures") :]
+    assert "req 5/2024" in erasures and witness in erasures, erasures
     indonesian = ctl.ok("inspektorat", "--lang", "id", "pii", "accesses", name)
     assert "dihapus" in indonesian and "Pembacaan data pribadi" in indonesian
+    assert "Penghapusan" in indonesian, indonesian
 
 
 def test_anonymity_without_a_reporter_is_refused_not_dropped(ctl: Ctl) -> None:

@@ -15,6 +15,7 @@ from services.common.errors import AlreadyExists, FailedPrecondition
 from services.common.sql import SQLiteDatabase
 from services.ledger.application import Ledger
 from services.ledger.domain.commands import ErasePersonalData, ReadPersonalData, ReportIncident
+from services.ledger.domain.incident import Incident
 from services.ledger.domain.personal import Person, PersonalData
 from services.ledger.personal_keys import KeyRing, PersonalKeys
 from tests.unit.incident_builders import LOCATION, REF, REPORTER, envelope_for
@@ -71,7 +72,7 @@ def test_a_read_discloses_from_the_incident_it_ran_on_without_loading_it_again(
     assert [(v.subject.subject_id, v.person) for v in again.subjects] == [
         (v.subject.subject_id, v.person) for v in read.subjects
     ]
-    accesses, _, _ = ledger.personal_data_record(envelope_for("desk_pilkada").actor, incident)
+    accesses = ledger.personal_data_record(envelope_for("desk_pilkada").actor, incident).accesses
     assert [a.event_id for a in accesses] == [read.result.event_id]  # recorded once
 
 
@@ -101,7 +102,7 @@ def test_another_officer_replaying_a_reads_request_id_is_shown_nothing(ledger: L
     assert again.result == read.result
     retried = ledger.find_personal_data(replace(first, request_id="bw-find-1"), **search)
     assert [v.person for v in retried] == [v.person for v in found]
-    accesses, _, _ = ledger.personal_data_record(envelope_for("desk_pilkada").actor, incident)
+    accesses = ledger.personal_data_record(envelope_for("desk_pilkada").actor, incident).accesses
     assert [a.officer for a in accesses] == [
         "officer-bawaslu",  # the read
         "officer-bawaslu",  # the subject access
@@ -156,3 +157,37 @@ def test_erasing_one_person_again_says_the_others_are_still_there(ledger: Ledger
         )
     assert again.value.reason == "NO_PERSONAL_DATA"
     assert "1 other person it names is not" in str(again.value), again.value
+
+
+def test_a_snapshot_keeps_who_erased_and_one_from_before_erasures_were_kept_is_refused(
+    ledger: Ledger,
+) -> None:
+    incident_id = reported(ledger)
+    witness = next(
+        s.subject_id
+        for s in ledger.get_incident(incident_id).subjects.values()
+        if s.sealed.role.value == "witness"
+    )
+    ledger.erase_personal_data(
+        envelope_for("desk_pilkada"),
+        ErasePersonalData(incident_id, 0, (witness,), "witness asked, 4/2026"),
+    )
+    incident = ledger.get_incident(incident_id)
+    ((erasure,),) = [incident.erasures]
+    assert (erasure.agency, erasure.subjects, erasure.legal_basis) == (
+        "desk_pilkada",
+        (witness,),
+        "witness asked, 4/2026",
+    )
+    state = incident.snapshot_state()
+    rebuilt = Incident.from_snapshot_state(state, incident.event_rows)
+    assert rebuilt.erasures == incident.erasures
+    # A snapshot written before erasures were kept, of an incident with one: refused, so
+    # that a load replays the events rather than show the erasure as no one's.
+    before = {k: v for k, v in state.items() if k != "erasures"}
+    with pytest.raises(KeyError):
+        Incident.from_snapshot_state(before, incident.event_rows)
+    # One of an incident that nobody erased from is as good as before.
+    fresh = ledger.get_incident(reported(ledger))
+    plain = {k: v for k, v in fresh.snapshot_state().items() if k != "erasures"}
+    assert Incident.from_snapshot_state(plain, fresh.event_rows).erasures == []

@@ -43,6 +43,7 @@ from incidentledger_client.personal import (
     LegalHold,
     PersonalData,
     PersonalDataAccess,
+    PersonalDataErasure,
     PersonalDataRecord,
 )
 from incidentledger_client.types import (
@@ -990,6 +991,7 @@ class LedgerClient:
             accesses=accesses,
             subjects=tuple(DataSubject.from_proto(s) for s in first[0].subjects),
             legal_holds=tuple(LegalHold(h.agency, h.reason) for h in first[0].legal_holds),
+            erasures=tuple(PersonalDataErasure.from_proto(e) for e in first[0].erasures),
         )
 
     # ------------------------------------------------------------------------- queries

@@ -85,6 +85,32 @@ class PersonalDataAccess:
         )
 
 
+@dataclass(frozen=True)
+class PersonalDataErasure:
+    """One erasure: who, whose (subject ids), when, on what legal basis."""
+
+    event_id: str
+    incident: str
+    agency: str
+    officer: str
+    subjects: tuple[str, ...]
+    legal_basis: str
+    erase_time: datetime | None
+
+    @classmethod
+    def from_proto(cls, message: pd.PersonalDataErasure) -> PersonalDataErasure:
+        time = message.erase_time.ToDatetime(tzinfo=UTC) if message.HasField("erase_time") else None
+        return cls(
+            event_id=message.event_id,
+            incident=message.incident,
+            agency=message.actor.agency,
+            officer=message.actor.officer,
+            subjects=tuple(message.subjects),
+            legal_basis=message.legal_basis,
+            erase_time=time,
+        )
+
+
 _ROLES = {pb.DATA_SUBJECT_ROLE_REPORTER: "reporter", pb.DATA_SUBJECT_ROLE_WITNESS: "witness"}
 
 
@@ -146,9 +172,10 @@ class LegalHold:
 
 @dataclass(frozen=True)
 class PersonalDataRecord:
-    """Who read an incident's personal data, the people it names (without their data) and
-    the legal holds in force."""
+    """Who read an incident's personal data, the people it names (without their data), the
+    legal holds in force and who erased whose data (empty from a ledger too old to say)."""
 
     accesses: tuple[PersonalDataAccess, ...]
     subjects: tuple[DataSubject, ...]
     legal_holds: tuple[LegalHold, ...]
+    erasures: tuple[PersonalDataErasure, ...] = ()

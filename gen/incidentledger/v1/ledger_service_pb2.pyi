@@ -2487,6 +2487,7 @@ class ListPersonalDataAccessesResponse(_message.Message):
     SUBJECTS_FIELD_NUMBER: _builtins.int
     LEGAL_HOLDS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ERASURES_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token of the next page of reads; empty on the last page."""
     @_builtins.property
@@ -2501,6 +2502,10 @@ class ListPersonalDataAccessesResponse(_message.Message):
     def legal_holds(self) -> _containers.RepeatedCompositeFieldContainer[_personal_data_pb2.LegalHold]:
         """The legal holds in force (on every page)."""
 
+    @_builtins.property
+    def erasures(self) -> _containers.RepeatedCompositeFieldContainer[_personal_data_pb2.PersonalDataErasure]:
+        """Every erasure of the incident's personal data, oldest first (on every page)."""
+
     def __init__(
         self,
         *,
@@ -2508,10 +2513,11 @@ class ListPersonalDataAccessesResponse(_message.Message):
         subjects: _abc.Iterable[_personal_data_pb2.DataSubject] | None = ...,
         legal_holds: _abc.Iterable[_personal_data_pb2.LegalHold] | None = ...,
         next_page_token: _builtins.str = ...,
+        erasures: _abc.Iterable[_personal_data_pb2.PersonalDataErasure] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accesses", b"accesses", "legal_holds", b"legal_holds", "next_page_token", b"next_page_token", "subjects", b"subjects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accesses", b"accesses", "erasures", b"erasures", "legal_holds", b"legal_holds", "next_page_token", b"next_page_token", "subjects", b"subjects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

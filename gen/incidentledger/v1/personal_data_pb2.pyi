@@ -201,6 +201,51 @@ class PersonalDataAccess(_message.Message):
 Global___PersonalDataAccess: _TypeAlias = PersonalDataAccess  # noqa: Y015
 
 @_typing.final
+class PersonalDataErasure(_message.Message):
+    """One erasure of personal data (a PersonalDataErased event): who, whose, when, why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    SUBJECTS_FIELD_NUMBER: _builtins.int
+    LEGAL_BASIS_FIELD_NUMBER: _builtins.int
+    ERASE_TIME_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event that records it."""
+    incident: _builtins.str
+    legal_basis: _builtins.str
+    """The request or rule the erasure follows."""
+    @_builtins.property
+    def actor(self) -> _incident_pb2.Actor:
+        """Who erased it, from their credentials (the retention rule: the ledger's own actor)."""
+
+    @_builtins.property
+    def subjects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The subject ids erased."""
+
+    @_builtins.property
+    def erase_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        incident: _builtins.str = ...,
+        actor: _incident_pb2.Actor | None = ...,
+        subjects: _abc.Iterable[_builtins.str] | None = ...,
+        legal_basis: _builtins.str = ...,
+        erase_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "erase_time", b"erase_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "erase_time", b"erase_time", "event_id", b"event_id", "incident", b"incident", "legal_basis", b"legal_basis", "subjects", b"subjects"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersonalDataErasure: _TypeAlias = PersonalDataErasure  # noqa: Y015
+
+@_typing.final
 class LegalHold(_message.Message):
     """A legal hold that blocks erasure (a LegalHoldPlaced event not yet lifted)."""
 

@@ -262,10 +262,10 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
     ) -> api.ListPersonalDataAccessesResponse:
         incident_id = wire.parse_name(request.name)
         size = page_size(request.page_size, DEFAULT_EVENTS_PAGE, MAX_EVENTS_PAGE)
-        accesses, subjects, holds = self._ledger.personal_data_record(self._actor(), incident_id)
+        record = self._ledger.personal_data_record(self._actor(), incident_id)
         # Reads are only ever appended to an incident, so a read's place in the list (from
         # 1) is a stable cursor: a page never repeats or skips one recorded meanwhile.
-        numbered = list(enumerate(accesses, start=1))
+        numbered = list(enumerate(record.accesses, start=1))
         page, next_token = page_of(
             self._tokens,
             f"personal-data-accesses?name={request.name}",
@@ -277,9 +277,12 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
         )
         return api.ListPersonalDataAccessesResponse(
             accesses=[wire.access_to_proto(incident_id, a) for _, a in page],
-            subjects=[wire.subject_to_proto(incident_id, s) for s in subjects],
-            legal_holds=[pd.LegalHold(agency=a, reason=r) for a, r in sorted(holds.items())],
+            subjects=[wire.subject_to_proto(incident_id, s) for s in record.subjects],
+            legal_holds=[
+                pd.LegalHold(agency=a, reason=r) for a, r in sorted(record.legal_holds.items())
+            ],
             next_page_token=next_token,
+            erasures=[wire.erasure_to_proto(incident_id, e) for e in record.erasures],
         )
 
     @override

@@ -158,6 +158,19 @@ class PersonalDataAccess:
     time: datetime
 
 
+@dataclass(frozen=True)
+class PersonalDataErasure:
+    """One erasure of personal data: who, whose, when, on what legal basis (a person's
+    answer to "who erased my data, and why")."""
+
+    event_id: UUID
+    agency: str
+    officer: str
+    subjects: tuple[UUID, ...]
+    legal_basis: str
+    time: datetime
+
+
 def _drop_unset(event: Any, names: tuple[str, ...]) -> None:
     """Leave unset optional fields out of the event, not stored as null: the payload (and
     the hash) of an event without them stays as it always was."""
@@ -496,6 +509,16 @@ class Incident(Aggregate):
                 incident.subjects[subject_id] = DataSubject(
                     incident.subjects[subject_id].sealed, erased=True
                 )
+            incident.erasures.append(
+                PersonalDataErasure(
+                    self.event_id,
+                    self.actor_agency,
+                    self.actor_officer,
+                    tuple(UUID(s) for s in self.subjects),
+                    self.reason,
+                    self.timestamp,
+                )
+            )
 
     class LegalHoldPlaced(Event):
         """An agency (law enforcement, Bawaslu) blocks erasure; ``reason``: why."""
@@ -566,6 +589,7 @@ class Incident(Aggregate):
         # every read of their data, and the legal holds in force (agency -> reason).
         self.subjects: dict[UUID, DataSubject] = {}
         self.accesses: list[PersonalDataAccess] = []
+        self.erasures: list[PersonalDataErasure] = []
         self.legal_holds: dict[str, str] = {}
         self.head_hash = GENESIS_HASH
         self.head_seal: str | None = None
@@ -679,6 +703,17 @@ class Incident(Aggregate):
                 ]
                 for a in self.accesses
             ],
+            "erasures": [
+                [
+                    str(e.event_id),
+                    e.agency,
+                    e.officer,
+                    [str(s) for s in e.subjects],
+                    e.legal_basis,
+                    _iso(e.time),
+                ]
+                for e in self.erasures
+            ],
             "legal_holds": self.legal_holds,
             "head_hash": self.head_hash,
             "head_seal": self.head_seal,
@@ -769,6 +804,23 @@ class Incident(Aggregate):
                 _time(at),
             )
             for event_id, agency, officer, subjects, purpose, at in state["accesses"]
+        ]
+        # A snapshot written before erasures were kept, of an incident with one: refused
+        # (KeyError: the snapshot is rejected and the incident replayed from its events),
+        # lest it be shown as erased by no one.
+        erasures = state.get("erasures")
+        if erasures is None and any(s.erased for s in incident.subjects.values()):
+            raise KeyError("erasures")
+        incident.erasures = [
+            PersonalDataErasure(
+                UUID(event_id),
+                agency,
+                officer,
+                tuple(UUID(s) for s in subjects),
+                legal_basis,
+                _time(at),
+            )
+            for event_id, agency, officer, subjects, legal_basis, at in erasures or []
         ]
         incident.legal_holds = dict(state["legal_holds"])
         incident.head_hash = str(state["head_hash"])

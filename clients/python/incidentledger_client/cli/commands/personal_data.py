@@ -15,7 +15,12 @@ from incidentledger_client.cli.commands.incidents import Name, RequestId, done
 from incidentledger_client.cli.inputs import incident_name
 from incidentledger_client.cli.state import state
 from incidentledger_client.i18n import N_, _, format_number
-from incidentledger_client.personal import DataSubject, PersonalDataAccess, SubjectSummary
+from incidentledger_client.personal import (
+    DataSubject,
+    PersonalDataAccess,
+    PersonalDataErasure,
+    SubjectSummary,
+)
 from incidentledger_client.types import Incident
 
 #: The group ``ledgerctl pii ...``.
@@ -118,6 +123,27 @@ def _accesses_table(
                 )
                 for a in ordered
             ),
+        )
+    )
+
+
+def _erasures_table(erasures: Sequence[PersonalDataErasure], zone: tzinfo) -> None:
+    """Who erased whose data, when, on what legal basis (oldest first, as recorded)."""
+    output.console().print(
+        output.rows_table(
+            _("Erasures"),
+            (N_("time"), N_("agency"), N_("officer"), N_("subject"), N_("legal basis")),
+            (
+                (
+                    output.when(e.erase_time, zone),
+                    e.agency,
+                    e.officer,
+                    ", ".join(output.short_id(s) for s in e.subjects),
+                    e.legal_basis,
+                )
+                for e in erasures
+            ),
+            no_wrap=("subject",),
         )
     )
 
@@ -330,6 +356,8 @@ def pii_accesses(ctx: typer.Context, name: Name) -> None:
         return
     _accesses_table(_("Reads of personal data"), record.accesses, st.zone())
     _subjects_table(_("People named"), record.subjects, record.accesses)
+    if record.erasures:
+        _erasures_table(record.erasures, st.zone())
     for hold in record.legal_holds:
         output.console().print(
             _("legal hold by {agency}: {reason}").format(agency=hold.agency, reason=hold.reason)
