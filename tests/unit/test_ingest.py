@@ -293,6 +293,41 @@ def test_an_occurrence_time_is_judged_by_the_clock_of_a_device_that_runs_ahead(
     assert slow.outcome is INVALID
 
 
+def test_a_device_clock_days_or_years_ahead_judges_nothing(ledger: Ledger) -> None:
+    """A send time of the year 5000 made every occurrence time plausible: any caller could
+    record a report of the year 4999, for good. Past a day ahead the device's clock is not
+    used; its skew is still recorded as measured, and times at the end of 9999 (later than
+    any date WIB can state) are refused, not a crash."""
+    far = datetime(5000, 1, 1, tzinfo=UTC)
+    results = ledger.ingest(
+        actor(REPORTER),
+        [
+            item(occurred_at=datetime(4999, 1, 1, tzinfo=UTC)),
+            item(record_time=datetime(4999, 6, 1, tzinfo=UTC)),
+            item(occurred_at=NOW - timedelta(hours=1)),
+        ],
+        send_time=far,
+    )
+    future, unstated, past = results
+    assert future.outcome is INVALID and future.error is not None
+    assert "too far off to judge by" in future.error.message, future.error.message
+    assert unstated.outcome is CREATED and unstated.result is not None
+    event = reported_event(ledger, unstated.result.incident_id)
+    assert event.occurred_at == event.timestamp, "not the device's year 4999"
+    assert event.device_clock_skew_ms == (far - NOW) // timedelta(milliseconds=1)
+    assert past.outcome is CREATED
+    # A day ahead is still a phone set to the wrong zone: judged by its clock.
+    day = timedelta(hours=23)
+    (zone_wrong,) = ledger.ingest(
+        actor(REPORTER), [item(occurred_at=NOW + timedelta(hours=22))], send_time=NOW + day
+    )
+    assert zone_wrong.outcome is CREATED, zone_wrong.error
+    end = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    (last,) = ledger.ingest(actor(REPORTER), [item(occurred_at=end)], send_time=end)
+    assert last.outcome is INVALID and last.error is not None
+    assert "9999-12-31T23:59:59+00:00" in last.error.message, last.error.message
+
+
 def test_a_report_without_its_occurrence_time_happened_when_the_device_recorded_it(
     ledger: Ledger,
 ) -> None:

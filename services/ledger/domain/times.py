@@ -31,10 +31,28 @@ def as_utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+#: How far ahead of the server's a field device's clock may run and still judge the times
+#: it stated: a phone set to the wrong zone runs up to 14 hours off; one days or years
+#: ahead says nothing of when anything happened, and trusting it let any caller record a
+#: report of the year 4999 by stating a send time of the year 5000.
+DEVICE_CLOCK_TRUSTED_AHEAD = timedelta(days=1)
+
+
+def trusted_ahead(device_ahead: timedelta | None) -> timedelta:
+    """How far ahead the device's clock counts when judging its times: as measured up to
+    :data:`DEVICE_CLOCK_TRUSTED_AHEAD`, not at all beyond it (nor when behind)."""
+    ahead = max(device_ahead or timedelta(0), timedelta(0))
+    return ahead if ahead <= DEVICE_CLOCK_TRUSTED_AHEAD else timedelta(0)
+
+
 def shown(value: datetime, zone: tzinfo) -> str:
     """``value`` as a refusal states it: ISO 8601 in ``zone``, with the offset
-    (``2026-12-08T18:00:00+07:00``), microseconds only when it has them."""
-    moment = as_utc(value).astimezone(zone)
+    (``2026-12-08T18:00:00+07:00``), microseconds only when it has them; in UTC when
+    ``zone``'s date would be past the year 9999 (the last hours of 9999-12-31 in WIB)."""
+    try:
+        moment = as_utc(value).astimezone(zone)
+    except OverflowError:
+        moment = as_utc(value)
     return moment.isoformat(timespec="microseconds" if moment.microsecond else "seconds")
 
 
@@ -79,12 +97,17 @@ class TimeBounds:
         report for good (nothing on the device can change a time it recorded)."""
         value = as_utc(value)
         self._check_era(field, value, zone)
-        ahead = max(device_ahead or timedelta(0), timedelta(0))
+        ahead = trusted_ahead(device_ahead)
         if value > now + ahead + self.max_clock_skew:
             skew = f"{self.max_clock_skew.total_seconds():g}"
             stated, clock = shown(value, zone), shown(now, zone)
             metadata = {"check": "future", "value": stated, "now": clock, "skew_seconds": skew}
             whose = f"the server's clock ({clock})"
+            if device_ahead is not None and device_ahead > DEVICE_CLOCK_TRUSTED_AHEAD:
+                whose += (
+                    f"; the device's clock, {device_ahead.total_seconds():g} s ahead, is too "
+                    "far off to judge by"
+                )
             if ahead:
                 device = shown(now + ahead, zone)
                 whose = f"the device's clock ({device}, {ahead.total_seconds():g} s ahead)"
@@ -100,8 +123,7 @@ class TimeBounds:
     ) -> bool:
         """Whether :meth:`check_occurred` would take ``value`` as when something happened."""
         value = as_utc(value)
-        ahead = max(device_ahead or timedelta(0), timedelta(0))
-        return self.earliest <= value <= now + ahead + self.max_clock_skew
+        return self.earliest <= value <= now + trusted_ahead(device_ahead) + self.max_clock_skew
 
     def check_planned(self, field: str, value: datetime, now: datetime, zone: tzinfo) -> None:
         """Refuse a planned time that is before the era or too far ahead; the refusal states
