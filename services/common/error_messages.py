@@ -149,6 +149,10 @@ VERSION_AHEAD = N_(
     "yet. Check the version you gave."
 )
 
+#: INCIDENT_NOT_FOUND for a reference code no incident has: its metadata names the code
+#: (``reference``), not an incident.
+NOT_FOUND_BY_REFERENCE = N_("No incident has the reference code {reference}.")
+
 CHECK_TEMPLATES: Mapping[tuple[str, str], str] = {
     # A read that found nobody to read, and an erasure that found nobody left: the
     # reason's sentence says both ("read or erase"), each of these only its own.
@@ -283,6 +287,8 @@ def localized(reason: str, metadata: Mapping[str, str], language: str) -> str | 
     template = CHECK_TEMPLATES.get((reason, metadata.get("check", ""))) or TEMPLATES.get(reason)
     if reason == "VERSION_CONFLICT" and _ahead(metadata):
         template = VERSION_AHEAD
+    if reason == "INCIDENT_NOT_FOUND" and "incident" not in metadata and "reference" in metadata:
+        template = NOT_FOUND_BY_REFERENCE
     if template is None:
         return None
     translations = _translations(language)

@@ -1636,8 +1636,9 @@ class Ledger(Application[UUID]):
             raise NotFound(
                 f"no incident has the reference {code}",
                 reason="INCIDENT_NOT_FOUND",
-                # "incident": what the localized message names (error_messages.TEMPLATES).
-                metadata={"incident": code, "reference": code, "field": field},
+                # No "incident": it holds a resource name wherever it is said, which no
+                # incident here has (error_messages.NOT_FOUND_BY_REFERENCE says the code).
+                metadata={"reference": code, "field": field},
             ) from None
         # The claim is outside the chain; the incident's report, in it, records its code.
         try:

@@ -36,6 +36,22 @@ def test_the_client_gets_the_message_in_its_language(popo_ledger: Client) -> Non
     assert caught.value.reason == "INCIDENT_NOT_FOUND"
 
 
+def test_a_reference_code_no_incident_has_is_named_as_a_code_not_an_incident(
+    popo_ledger: Client,
+) -> None:
+    """Its metadata's ``incident`` held the code, where every other error holds a resource
+    name there (a client parsing it broke), and the message said "no incident named"."""
+    token = popo_ledger.tokens["desk_pilkada"]
+    with (
+        LedgerClient(popo_ledger.address, token, language="id") as indonesian,
+        pytest.raises(IncidentNotFound) as caught,
+    ):
+        indonesian.get_incident(reference="MKM-0000-00")
+    assert "incident" not in caught.value.metadata, caught.value.metadata
+    assert caught.value.metadata["reference"] == "MKM-0000-00"
+    assert caught.value.localized_message == "Tidak ada kejadian dengan kode referensi MKM-0000-00."
+
+
 def test_ledgerctl_shows_the_localized_message_and_json_keeps_the_english_one(
     ctl: Ctl,
 ) -> None:

@@ -1391,7 +1391,7 @@ class Incident(Aggregate):
             raise FailedPrecondition(
                 f"the incident holds no personal data the caller may read: {said}",
                 reason="NO_PERSONAL_DATA",
-                metadata={"incident": str(self.id), "check": "read"},
+                metadata={"incident": f"incidents/{self.id}", "check": "read"},
             )
         self._trigger(
             self.PersonalDataAccessed,
