@@ -105,6 +105,9 @@ FLOOR_TIMEOUT = 2.0  # a floor reading that takes longer is skipped (the last on
 # services start (a subscriber such as the situation room asks at once).
 STREAM_WAIT_SECONDS = 5.0
 STREAM_WAIT_POLL_SECONDS = 0.1
+# How old the stream's epoch (its creation time) that idle live subscriptions compare theirs
+# with may be: read again at most this often, once for all of them.
+EPOCH_CHECK_SECONDS = 5.0
 
 Healthy = Callable[[], None]  # a supervised task reports that it works (its backoff resets)
 
@@ -166,6 +169,9 @@ class Engine:
         self._on_nats_change = on_nats_change
         self.nats_link = NatsLink("notifier", self._nats_changed)
         self.live: set[LiveSubscription] = set()  # open live subscriptions
+        # The stream's epoch as last read, and when (monotonic): see stream_epoch_now.
+        self._epoch_now: str | None = None
+        self._epoch_read_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -756,6 +762,20 @@ class Engine:
                 if time.monotonic() >= deadline:
                     raise
                 await asyncio.sleep(STREAM_WAIT_POLL_SECONDS)
+
+    async def stream_epoch_now(self, fresh: bool) -> str | None:
+        """The event stream's epoch now (None: the stream cannot be read, or is gone for the
+        moment); read again when ``fresh`` or older than :data:`EPOCH_CHECK_SECONDS`."""
+        if fresh or time.monotonic() - self._epoch_read_at >= EPOCH_CHECK_SECONDS:
+            self._epoch_read_at = time.monotonic()
+            try:
+                js = await asyncio.wait_for(self._jetstream(), 5)
+                info = await asyncio.wait_for(js.stream_info(self._settings.stream.name), 5)
+            except (TimeoutError, OSError, nats.errors.Error):
+                self._epoch_now = None
+            else:
+                self._epoch_now = stream_epoch(info.created)
+        return self._epoch_now
 
     async def _subscribe(self, cursor: str) -> LiveSubscription:
         name = self._settings.stream.name

@@ -288,6 +288,31 @@ def test_a_cursor_of_a_stream_made_again_is_refused_not_resumed_past_new_events(
     assert [r.notification.event.incident for r in fresh.notifications] == [later]
 
 
+def test_a_subscriber_connected_while_the_stream_is_made_again_is_told_to_start_over(
+    stack: Stack, nats_server: NatsServer
+) -> None:
+    """The client library carries a live subscriber's ordered consumer over to a stream made
+    again from the old stream's sequence: after a restore (the new stream numbering fewer
+    events) it silently skipped every new event numbered at or below it, and the events that
+    did come carried cursors of the stream that is gone. Now the subscription ends with
+    CURSOR_EXPIRED, as a resume from such a cursor does."""
+    watching = stack.subscribe("polres")
+    for _ in range(3):
+        stack.ledger.report()
+    watching.wait_for(3)
+    epoch = watching.notifications[-1].cursor.split(".")[1]
+    delete_stream(nats_server.url)
+    stack.ledger.report()  # the relay makes the stream again, publishes everything again
+    wait_until(lambda: watching.error is not None, 30, what="the subscription ended")
+    assert watching.error is not None
+    assert watching.error.code() == grpc.StatusCode.FAILED_PRECONDITION, watching.error
+    info = error_info(watching.error)  # type: ignore[arg-type]
+    assert info is not None and info.reason == "CURSOR_EXPIRED", info
+    assert "made again while you were subscribed" in (watching.error.details() or "")
+    assert all(r.cursor.split(".")[1] == epoch for r in watching.notifications)
+    assert len(watching.notifications) == 3, "nothing from the new stream under the old epoch"
+
+
 def test_bad_input_to_the_notifier_is_invalid_and_stores_nothing(stack: Stack) -> None:
     md = stack.ledger.md("polres")
     bad_requests = [
