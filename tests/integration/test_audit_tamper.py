@@ -131,6 +131,11 @@ class Surgery:
         )
         return max(r.position for r in self.rows(incident))
 
+    def last_rows(self, count: int) -> list[int]:
+        """The positions of the last ``count`` stored rows, of any aggregate."""
+        statement = "SELECT {pos} FROM {t} ORDER BY {pos} DESC LIMIT ?"
+        return [int(r[0]) for r in self._run(statement, (count,))]
+
     def last_positions(self, count: int) -> list[int]:
         topics = tuple(_topics())
         marks = ",".join("?" * len(topics))
@@ -605,6 +610,31 @@ def test_deleting_the_last_events_after_a_checkpoint_is_truncation(store: Store)
     found = store.divergence()
     assert (found.kind, found.position) == ("truncated", checkpoint.position)
     assert "3 later event(s)" in found.detail
+
+
+def test_an_export_of_a_cut_log_carries_the_checkpoint_that_shows_it(
+    store: Store, tmp_path: Path
+) -> None:
+    """The store's checkpoint past the log's end was left out of its export (the range ended
+    at the log's end): the export of a truncated, or emptied, store verified clean offline."""
+    checkpoint = store.checkpoints.create()
+    # Every row from the checkpoint's last three events on (request records and all), as
+    # `DELETE ... WHERE rowid > N` cuts a log: its end is then before the checkpoint.
+    cut_from = sorted(store.rows.last_positions(3))[0]
+    for position in store.rows.last_rows(10_000):
+        if position >= cut_from:
+            store.rows.delete(position)
+    out = tmp_path / "cut.jsonl"
+    assert export_jsonl(store.ledger, out).checkpoints >= 1
+    found = verify_file(out).divergence
+    assert found is not None
+    assert (found.kind, found.position) == ("truncated", checkpoint.position), found
+    for position in store.rows.last_rows(10_000):
+        store.rows.delete(position)
+    emptied = tmp_path / "empty.jsonl"
+    export_jsonl(store.ledger, emptied)
+    found = verify_file(emptied).divergence
+    assert found is not None and found.kind == "truncated", found
 
 
 def test_swapped_states_of_two_versions_are_reordered(store: Store) -> None:

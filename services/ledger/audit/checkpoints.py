@@ -324,6 +324,14 @@ def select_checkpoints(db: Database, where: str, params: tuple[int, ...]) -> lis
     return result
 
 
+def last_checkpoint_position(db: Database) -> int:
+    """The position of the latest stored checkpoint (0: none)."""
+    if not checkpoint_table_exists(db):
+        return 0
+    latest = select_checkpoints(db, "ORDER BY position DESC LIMIT ?", (1,))
+    return latest[0].position if latest else 0
+
+
 def iterate_checkpoints(
     db: Database, after: int = 0, until: int | None = None, page: int = 500
 ) -> Iterator[Checkpoint]:

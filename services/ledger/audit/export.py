@@ -24,6 +24,7 @@ from services.ledger.audit.checkpoints import (
     Checkpoint,
     extend_chain,
     iterate_checkpoints,
+    last_checkpoint_position,
 )
 from services.ledger.audit.encoding import (
     EXPORT_FORMAT,
@@ -107,15 +108,23 @@ def export_jsonl(
     recorder = ledger.recorder
     if start < 0 or (stop is not None and stop < start):
         raise ValueError(f"no positions from {start} to {stop}: the range is empty")
-    # A fixed end, so that events and checkpoints made meanwhile stay outside.
-    last = recorder.max_notification_id() or 0
-    if start > max(last, 1):
-        raise ValueError(f"nothing to export from position {start}: the log ends at {last}")
-    stop = last if stop is None else min(stop, last)
     database = open_database(ledger.env)
     try:
+        # A whole log's export carries every checkpoint stored when it starts, those past
+        # the log's end too: read before the end is, they are of events deleted since
+        # (a checkpoint is made only for an event already stored), never of events recorded
+        # during the export, and they are what shows a verifier of the file alone that the
+        # log was cut (before, they were left out and a truncated store exported clean).
+        checkpointed = last_checkpoint_position(database) if stop is None else 0
+        # A fixed end, so that events and checkpoints made meanwhile stay outside.
+        last = recorder.max_notification_id() or 0
+        if start > max(last, 1):
+            raise ValueError(f"nothing to export from position {start}: the log ends at {last}")
+        stop = last if stop is None else min(stop, last)
         base = _start_state(ledger, decoder, database, start)
-        pending = iterate_checkpoints(database, after=base.position - 1, until=stop)
+        pending = iterate_checkpoints(
+            database, after=base.position - 1, until=max(stop, checkpointed)
+        )
         next_cp = next(pending, None)
         count = cps = 0
         first: int | None = None
