@@ -71,6 +71,7 @@ from services.ledger.domain.commands import (
     ReportIncident,
     Rules,
     VerifyIncident,
+    blank,
     check_text,
     checked,
     command_name,
@@ -876,7 +877,7 @@ class Ledger(Application[UUID]):
                 "items", f"at most {self.triage_max_items} items per call, got {len(items)}"
             )
         require_writer(envelope.actor, "TriageIncidents")
-        if not envelope.request_id:
+        if blank(envelope.request_id):
             raise InvalidArgument("request_id", "is required (AIP-155)")
         check_text("request_id", envelope.request_id, MAX_TRIAGE_REQUEST_ID)
         check_text("correlation_id", envelope.correlation_id, MAX_SHORT)
@@ -1905,7 +1906,7 @@ class Ledger(Application[UUID]):
         """The checks of what every command carries beside its fields: its ids, the
         expected version, the time it says it happened (by a field device's clock when
         ``device_ahead`` says how far it runs ahead: :meth:`TimeBounds.check_occurred`)."""
-        if not envelope.request_id:
+        if blank(envelope.request_id):
             raise InvalidArgument("request_id", "is required (AIP-155)")
         check_text("request_id", envelope.request_id, MAX_SHORT)
         if not envelope.by_ledger and envelope.request_id.startswith(RESERVED_REQUEST_PREFIXES):

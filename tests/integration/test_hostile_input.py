@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from incidentledger.v1 import incident_pb2 as pb
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import situation_service_pb2 as sit
 from incidentledger.v1 import situation_service_pb2_grpc as sit_grpc
@@ -228,3 +229,34 @@ def test_decisions_in_force_come_in_pages_a_client_takes(
     assert len(seen) == len(set(seen)) == 2 * MAX_DECISIONS, "each once"
     with LedgerClient(ledger.address, token=ledger.tokens["bpbd"]) as client:
         assert [str(d.event_id) for d in client.decisions_in_force()] == seen
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"title": "\u200b\u200b"}, "title"),  # zero-width spaces: reads as empty
+        ({"title": "\ufeff"}, "title"),  # a byte order mark alone
+        ({"request_id": "   "}, "request_id"),  # blanks are no request id (AIP-155)
+        ({"latitude": -2.5}, "location.longitude"),  # half a point
+        ({"longitude": 101.1}, "location.latitude"),
+    ],
+)
+def test_what_reads_as_nothing_or_half_a_point_is_refused(
+    ledger: Client, change: dict[str, object], field: str
+) -> None:
+    """Accepted before, each recorded for good: a title no one can see, a request id of
+    blanks, a place with one coordinate."""
+    values: dict[str, object] = {"request_id": rid(), "title": "Rally"} | change
+    location = pb.Location(kecamatan="ipuh")
+    for coord in ("latitude", "longitude"):
+        if coord in values:
+            setattr(location, coord, values.pop(coord))
+    before = len(
+        ledger.stub.ListIncidents(api.ListIncidentsRequest(), metadata=ledger.md("kpu")).incidents
+    )
+    request = api.ReportIncidentRequest(category="crowd_gathering", location=location, **values)  # type: ignore[arg-type]
+    with pytest.raises(grpc.RpcError) as caught:
+        ledger.stub.ReportIncident(request, metadata=ledger.md("kesbangpol"))
+    assert refusal(caught.value) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", field)
+    after = ledger.stub.ListIncidents(api.ListIncidentsRequest(), metadata=ledger.md("kpu"))
+    assert len(after.incidents) == before

@@ -17,6 +17,7 @@ tests/integration/test_add_a_command.py applies such a change to a copy of the t
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -85,8 +86,14 @@ class Rules:
 Check = Callable[[Rules, str, Any], Any]
 
 
+def blank(value: str) -> bool:
+    """Whether ``value`` says nothing: only spaces and invisible format characters (a
+    zero-width space, a byte order mark), which read as empty wherever it is shown."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in value)
+
+
 def check_text(name: str, value: str, limit: int, *, required: bool = False) -> str:
-    if required and not value.strip():
+    if required and blank(value):
         raise InvalidArgument(name, "is required")
     if len(value) > limit:
         raise InvalidArgument(name, f"is longer than {limit} characters", reason="FIELD_TOO_LONG")
@@ -211,6 +218,9 @@ def check_location(reference: ReferenceData, location: Mapping[str, Any], name: 
     )
     check_text(f"{name}.tps", str(location.get("tps", "")), MAX_TPS)
     lat, lon = location.get("latitude"), location.get("longitude")
+    if (lat is None) != (lon is None):
+        missing = "longitude" if lon is None else "latitude"
+        raise InvalidArgument(f"{name}.{missing}", "is required with the other coordinate")
     if lat is not None and not -90 <= lat <= 90:
         raise InvalidArgument(f"{name}.latitude", "must be between -90 and 90")
     if lon is not None and not -180 <= lon <= 180:
