@@ -168,6 +168,10 @@ class RelayStatus:
     connected: bool = False
     position: int = 0
     position_known: bool = False  # derived from the stream at least once since start
+    # The position the store says was published, read when this relay took the lead: the
+    # lag counts from it until the stream is read (a relay started while NATS is away still
+    # shows its backlog growing, so the lag alerts can fire).
+    kept_position: int | None = None
     published: int = 0
     last_error: str = ""
     foreign_messages: int = 0  # found on the stream since start, each counted once
@@ -183,9 +187,14 @@ class RelayLag:
 def relay_lag(ledger: Ledger, status: RelayStatus) -> RelayLag | None:
     """What is recorded but not yet published, read from ``ledger``'s store, by a relay of
     that ``status``; ``None`` unless it leads and knows its position."""
-    if not (status.leader and status.position_known):
+    if not status.leader:
         return None
-    position = status.position
+    if status.position_known:
+        position = status.position
+    elif status.kept_position is not None:
+        position = status.kept_position
+    else:
+        return None
     topics = [get_topic(cls) for cls in incident_event_classes()]
     events = ledger.positions.count_after(position, topics)
     if not events:
@@ -344,6 +353,11 @@ class Relay:
             if not self.status.leader:
                 log.info("relay.leader", stream=self._settings.stream.name)
             self.status.leader = True
+            if not self.status.position_known and self.status.kept_position is None:
+                try:
+                    self.status.kept_position = await asyncio.to_thread(self._kept_position)
+                except STORE_CONNECTION_ERRORS as exc:  # read again at the next round
+                    log.debug("relay.kept_position_unread", error=str(exc))
             try:
                 await self._session()
                 self._retry.reset()

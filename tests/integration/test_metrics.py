@@ -18,7 +18,7 @@ from eventsourcing.utils import get_topic
 
 from incidentledger.v1 import ledger_service_pb2 as api
 from incidentledger.v1 import notifier_service_pb2 as napi
-from services.common.config import WebhookSettings
+from services.common.config import RelaySettings, WebhookSettings
 from services.common.natsserver import NatsServer
 from services.ledger.domain.incident import incident_event_classes
 from tests.fanout_support import (
@@ -30,7 +30,7 @@ from tests.fanout_support import (
     webhook_receiver,
 )
 from tests.metrics_support import Scrape, documented_metrics
-from tests.support import Client, rid, store_environment
+from tests.support import Client, rid, running_ledger, settings_for, store_environment
 
 LEDGER = "/incidentledger.v1.LedgerService/"
 
@@ -269,3 +269,41 @@ def test_metrics_count_what_happened_and_follow_the_nats_connection(
         lambda m: m.value("notifier_nats_connected") == 1,
         "the notifier to reconnect",
     )
+
+
+@pytest.mark.nats
+def test_a_ledger_started_while_nats_is_away_shows_its_relay_backlog(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """The lag gauges waited for a position read from the stream: a ledger restarted while
+    NATS was away showed none (or 0 with events unpublished), and the lag alerts could not
+    fire. They count from the position the store says was published until then."""
+    relay = RelaySettings(nats_url=nats_server.url, poll_seconds=0.2)
+    with store_environment("sqlite", tmp_path) as env:
+        settings = settings_for(tmp_path, env, relay=relay, metrics_listen="127.0.0.1:0")
+        with running_ledger(settings) as ledger:
+            ledger.report("kesbangpol")
+            port = ledger.server.metrics.port
+            wait_for_scrape(
+                port,
+                lambda m: (
+                    m.value("ledger_relay_published_total") == 1
+                    and m.value("ledger_relay_lag_events") == 0
+                ),
+                "the first report published",
+            )
+        nats_server.stop()
+        try:
+            with running_ledger(settings) as ledger:
+                for _ in range(3):
+                    ledger.report("kesbangpol")
+                port = ledger.server.metrics.port
+                scrape = wait_for_scrape(
+                    port,
+                    lambda m: m.value("ledger_relay_lag_events") == 3,
+                    "the backlog of a relay that never reached NATS",
+                )
+                assert scrape.value("ledger_relay_connected") == 0
+                assert (scrape.value("ledger_relay_lag_seconds") or 0) > 0
+        finally:
+            nats_server.start()
