@@ -698,7 +698,12 @@ class Engine:
             return "target refused: not a public address, or the name does not resolve"
         except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
             return "timeout: no answer in time"
-        except aiohttp.ClientConnectorError:  # refused, unreachable, or TLS (certificate)
+        except aiohttp.ClientConnectorCertificateError:  # before its base class below
+            # Said apart from a refused port: an operator fixes a CA or a name, not a route.
+            return "TLS: the receiver's certificate does not verify (its CA, or its name)"
+        except aiohttp.ClientConnectorSSLError:
+            return "TLS: the handshake with the receiver failed"
+        except aiohttp.ClientConnectorError:  # refused or unreachable
             return "connection failed"
         except aiohttp.ClientError:
             return "the answer was not a valid HTTP response"

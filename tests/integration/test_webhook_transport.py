@@ -66,5 +66,9 @@ def test_https_deliveries_verify_the_certificate_against_the_webhook_name(
             misnamed.stop()
     # The request went to 127.0.0.1, its certificate was checked for "localhost".
     assert named.verified()[0].headers["Host"] == f"localhost:{named.port}"
-    assert [(d.webhook, d.last_error) for d in letters] == [(refused, "connection failed")]
+    # Said as what it is: a refused port reads "connection failed", and an operator could
+    # not tell a CA or a name to fix from a firewall.
+    assert [(d.webhook, d.last_error) for d in letters] == [
+        (refused, "TLS: the receiver's certificate does not verify (its CA, or its name)")
+    ]
     assert misnamed.received == []
