@@ -54,15 +54,22 @@ class EventFilter:
         """The filter a request gives (at ``path`` in it, for the errors); ``caller_agency``
         is the agency that ``involving_my_agency`` stands for."""
 
-        def codes(field: str, values: Iterable[str], known: Iterable[str]) -> frozenset[str]:
+        def codes(
+            field: str, values: Iterable[str], known: Iterable[str], what: str = ""
+        ) -> frozenset[str]:
             items = list(values)
             if len(items) > MAX_ITEMS:
                 raise InvalidArgument(f"{path}.{field}", f"lists more than {MAX_ITEMS} values")
             allowed = set(known)
             for n, value in enumerate(items):
                 if value not in allowed:
+                    # A code of the reference data (``what``) is refused as the ledger refuses
+                    # one, so that a message in the caller's language names the value.
+                    unknown = {"check": "unknown", "value": value, "what": what} if what else {}
                     raise InvalidArgument(
-                        f"{path}.{field}[{n}]", f"unknown value {value!r}{one_of(allowed)}"
+                        f"{path}.{field}[{n}]",
+                        f"unknown value {value!r}{one_of(allowed)}",
+                        metadata=unknown,
                     )
             return frozenset(items)
 
@@ -73,14 +80,19 @@ class EventFilter:
                 raise InvalidArgument(
                     f"{path}.min_severity",
                     f"unknown severity {message.min_severity!r}{one_of(reference.severities)}",
+                    metadata={
+                        "check": "unknown",
+                        "value": message.min_severity,
+                        "what": "severity",
+                    },
                 )
             rank = severity.rank
-        agencies = set(codes("agencies", message.agencies, reference.agencies))
+        agencies = set(codes("agencies", message.agencies, reference.agencies, "agency"))
         if message.involving_my_agency:
             agencies.add(caller_agency)
         return cls(
-            kecamatan=codes("kecamatan", message.kecamatan, reference.kecamatan),
-            categories=codes("categories", message.categories, reference.categories),
+            kecamatan=codes("kecamatan", message.kecamatan, reference.kecamatan, "kecamatan"),
+            categories=codes("categories", message.categories, reference.categories, "category"),
             min_severity_rank=rank,
             event_types=codes("event_types", message.event_types, EVENT_TYPES),
             agencies=frozenset(agencies),

@@ -19,7 +19,7 @@ from services.common.auth import Principal
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from services.common.grpc_server import current_principal
 from services.common.pagetoken import PageTokens, page_of
-from services.common.reference import ReferenceData, Role
+from services.common.reference import ReferenceData, Role, unknown_code
 from services.notifier.engine import Engine
 from services.notifier.filters import EventFilter
 from services.notifier.messages import encode_cursor
@@ -370,7 +370,7 @@ class NotifierServicer(napi_grpc.NotifierServiceServicer):
         size = _page_size(request.page_size)
         agency = request.agency or None
         if agency is not None and agency not in self._reference.agencies:
-            raise InvalidArgument("agency", f"unknown agency {agency!r}")
+            raise unknown_code("agency", "agency", agency, self._reference.agencies)
         if not self._sees_all(principal):
             if agency not in {None, principal.agency}:
                 raise PermissionDenied(

@@ -29,7 +29,7 @@ from incidentledger.v1 import ledger_service_pb2_grpc as api_grpc
 from incidentledger.v1 import notifier_service_pb2 as napi
 from incidentledger.v1 import notifier_service_pb2_grpc as napi_grpc
 from services.common.config import RelaySettings, StreamSettings, WebhookSettings
-from services.common.grpc_errors import error_info
+from services.common.grpc_errors import error_info, localized_message
 from services.common.natsserver import NatsServer
 from services.ledger.relay import ensure_stream
 from services.notifier.engine import Engine
@@ -311,6 +311,59 @@ def test_a_subscriber_connected_while_the_stream_is_made_again_is_told_to_start_
     assert "made again while you were subscribed" in (watching.error.details() or "")
     assert all(r.cursor.split(".")[1] == epoch for r in watching.notifications)
     assert len(watching.notifications) == 3, "nothing from the new stream under the old epoch"
+
+
+def test_an_unknown_code_in_a_filter_is_named_in_the_caller_s_language(stack: Stack) -> None:
+    """The notifier refused codes the reference data does not have with the field alone:
+    the ledger's refusals carry check, value and what, so that a message in the caller's
+    language says which value it was (docs/api.md, INVALID_FIELD)."""
+    md = (*stack.ledger.md("polres"), ("accept-language", "id"))
+    refusals: list[tuple[Callable[[], object], str, str]] = [
+        (
+            lambda: stack.stub.CreateWebhook(
+                napi.CreateWebhookRequest(
+                    request_id=rid(),
+                    url="http://127.0.0.1:9/h",
+                    secret=WEBHOOK_SECRET,
+                    filter=napi.EventFilter(kecamatan=["atlantis"]),
+                ),
+                metadata=md,
+            ),
+            "atlantis",
+            "kecamatan",
+        ),
+        (
+            lambda: stack.stub.ListDeliveries(
+                napi.ListDeliveriesRequest(agency="fbi"), metadata=md
+            ),
+            "fbi",
+            "agency",
+        ),
+        (
+            lambda: next(
+                iter(
+                    stack.stub.Subscribe(
+                        napi.SubscribeRequest(filter=napi.EventFilter(min_severity="apocalyptic")),
+                        metadata=md,
+                    )
+                )
+            ),
+            "apocalyptic",
+            "severity",
+        ),
+    ]
+    for call, value, what in refusals:
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        info = error_info(caught.value)  # type: ignore[arg-type]
+        assert info is not None, caught.value
+        assert (info.metadata["check"], info.metadata["value"], info.metadata["what"]) == (
+            "unknown",
+            value,
+            what,
+        ), info
+        said = localized_message(caught.value)  # type: ignore[arg-type]
+        assert said is not None and value in said.message, (value, said)
 
 
 def test_bad_input_to_the_notifier_is_invalid_and_stores_nothing(stack: Stack) -> None:

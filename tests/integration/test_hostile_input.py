@@ -237,20 +237,15 @@ def test_decisions_in_force_come_in_pages_a_client_takes(
         ({"title": "\u200b\u200b"}, "title"),  # zero-width spaces: reads as empty
         ({"title": "\ufeff"}, "title"),  # a byte order mark alone
         ({"request_id": "   "}, "request_id"),  # blanks are no request id (AIP-155)
-        ({"latitude": -2.5}, "location.longitude"),  # half a point
-        ({"longitude": 101.1}, "location.latitude"),
     ],
 )
-def test_what_reads_as_nothing_or_half_a_point_is_refused(
+def test_what_reads_as_nothing_is_refused(
     ledger: Client, change: dict[str, object], field: str
 ) -> None:
     """Accepted before, each recorded for good: a title no one can see, a request id of
-    blanks, a place with one coordinate."""
+    blanks."""
     values: dict[str, object] = {"request_id": rid(), "title": "Rally"} | change
     location = pb.Location(kecamatan="ipuh")
-    for coord in ("latitude", "longitude"):
-        if coord in values:
-            setattr(location, coord, values.pop(coord))
     before = len(
         ledger.stub.ListIncidents(api.ListIncidentsRequest(), metadata=ledger.md("kpu")).incidents
     )
@@ -260,3 +255,31 @@ def test_what_reads_as_nothing_or_half_a_point_is_refused(
     assert refusal(caught.value) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", field)
     after = ledger.stub.ListIncidents(api.ListIncidentsRequest(), metadata=ledger.md("kpu"))
     assert len(after.incidents) == before
+
+
+def test_a_correction_to_an_unknown_kecamatan_names_the_value_as_a_report_does(
+    ledger: Client,
+) -> None:
+    name = ledger.report().incident
+    reported = ledger.stub.ListIncidentEvents(
+        api.ListIncidentEventsRequest(parent=name), metadata=ledger.md("kesbangpol")
+    ).events[0]
+    request = api.RecordCorrectionRequest(
+        request_id=rid(),
+        name=name,
+        corrected_event_id=reported.event_id,
+        field="location.kecamatan",
+        old_value=reported.location.kecamatan,
+        new_value="atlantis",
+        reason="misheard",
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        ledger.stub.RecordCorrection(request, metadata=ledger.md("kesbangpol"))
+    info = error_info(caught.value)  # type: ignore[arg-type]
+    assert info is not None
+    assert dict(info.metadata) | {"field": "new_value"} == {
+        "field": "new_value",
+        "check": "unknown",
+        "value": "atlantis",
+        "what": "kecamatan",
+    }, info

@@ -20,7 +20,7 @@ from incidentledger.v1 import audit_service_pb2_grpc as audit_grpc
 from services.common.errors import DataLoss, InvalidArgument
 from services.common.grpc_server import current_principal
 from services.common.pagetoken import PageTokens, page_of
-from services.common.reference import Role
+from services.common.reference import Role, unknown_code
 from services.ledger import wire
 from services.ledger.api.servicer import DEFAULT_PAGE, MAX_PAGE, page_size
 from services.ledger.application import Ledger
@@ -256,7 +256,7 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         if request.agency:
             reference.agency(request.agency, "agency")
         if request.kecamatan and request.kecamatan not in reference.kecamatan:
-            raise InvalidArgument("kecamatan", f"unknown kecamatan {request.kecamatan!r}")
+            raise unknown_code("kecamatan", "kecamatan", request.kecamatan, reference.kecamatan)
         start = wire.optional_time(request, "start_time")
         end = wire.optional_time(request, "end_time")
 

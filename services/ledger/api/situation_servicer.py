@@ -11,6 +11,7 @@ from incidentledger.v1 import situation_service_pb2 as sit
 from incidentledger.v1 import situation_service_pb2_grpc as sit_grpc
 from services.common.errors import InvalidArgument
 from services.common.pagetoken import PageTokens, page_of
+from services.common.reference import unknown_code
 from services.ledger import wire
 from services.ledger.projections import DecisionInForce
 from services.ledger.projections.facts import micros, to_datetime
@@ -84,7 +85,7 @@ class SituationServicer(sit_grpc.SituationServiceServicer):
     ) -> sit.ListDecisionsInForceResponse:
         reference = self._read.ledger.reference
         if request.kecamatan and request.kecamatan not in reference.kecamatan:
-            raise InvalidArgument("kecamatan", f"unknown kecamatan {request.kecamatan!r}")
+            raise unknown_code("kecamatan", "kecamatan", request.kecamatan, reference.kecamatan)
         stated = wire.optional_time(request, "time")
         query = f"decisions?kecamatan={request.kecamatan}&time={stated}"
         # The first page's "now" is the time of every page after it: its token carries it.

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 from services.common.errors import InvalidArgument
-from services.common.reference import PersonalDataPolicy, ReferenceData, Role
+from services.common.reference import PersonalDataPolicy, ReferenceData, Role, unknown_code
 from services.ledger.domain.incident import DeviceRecord, Envelope, Incident, RejectionReason
 from services.ledger.domain.personal import (
     INTO_PERSONAL_DATA,
@@ -218,9 +218,6 @@ def check_location(reference: ReferenceData, location: Mapping[str, Any], name: 
     )
     check_text(f"{name}.tps", str(location.get("tps", "")), MAX_TPS)
     lat, lon = location.get("latitude"), location.get("longitude")
-    if (lat is None) != (lon is None):
-        missing = "longitude" if lon is None else "latitude"
-        raise InvalidArgument(f"{name}.{missing}", "is required with the other coordinate")
     if lat is not None and not -90 <= lat <= 90:
         raise InvalidArgument(f"{name}.latitude", "must be between -90 and 90")
     if lon is not None and not -180 <= lon <= 180:
@@ -685,7 +682,7 @@ def check_corrected_value(rules: Rules, field: str, new_value: str) -> None:
     elif field == "category":
         reference.check_category(new_value, "new_value")
     elif field == "location.kecamatan" and new_value not in reference.kecamatan:
-        raise InvalidArgument("new_value", f"unknown kecamatan {new_value!r}")
+        raise unknown_code("new_value", "kecamatan", new_value, reference.kecamatan)
     elif field in {"valid_from", "valid_until", "occurred_at"}:
         try:
             value = datetime.fromisoformat(new_value)

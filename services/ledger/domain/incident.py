@@ -28,7 +28,7 @@ from services.common.errors import (
     VersionConflict,
 )
 from services.common.jsoncodec import canonical_dumps
-from services.common.reference import PersonalDataPolicy, Role
+from services.common.reference import PersonalDataPolicy, Role, unknown_code
 from services.ledger.domain.created import created_event
 from services.ledger.domain.personal import SealedReport, SealedSubject, SubjectRole
 from services.ledger.domain.refcodes import code_for
@@ -1766,7 +1766,7 @@ def _check_corrected_place(
     desa = new_value if field == "location.desa" else values.get("location.desa", "")
     known = desa_of(kecamatan)
     if field == "location.kecamatan" and known is None:
-        raise InvalidArgument("new_value", f"unknown kecamatan {kecamatan!r}")
+        raise unknown_code("new_value", "kecamatan", kecamatan)
     if not desa:
         return
     if known is None:
@@ -1778,7 +1778,11 @@ def _check_corrected_place(
     if desa in known:
         return
     if field == "location.desa":
-        raise InvalidArgument("new_value", f"unknown desa {desa!r} in kecamatan {kecamatan}")
+        raise InvalidArgument(
+            "new_value",
+            f"unknown desa {desa!r} in kecamatan {kecamatan}",
+            metadata={"check": "unknown", "value": desa, "what": "desa"},
+        )
     raise InvalidArgument(
         "new_value",
         f"the event's desa {desa!r} is not in kecamatan {kecamatan}: correct location.desa "
