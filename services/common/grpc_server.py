@@ -155,9 +155,15 @@ class RequestInterceptor(_ServerInterceptor):
             request_id=clipped(request_id, UNAUTHENTICATED_LOG_CHARS) or None,
             peer=peer,
         )
-        authorization = next(
-            (v for k, v in context.invocation_metadata() if k == "authorization"), None
-        )
+        given = [v for k, v in context.invocation_metadata() if k == "authorization"]
+        if len(given) > 1:
+            # Which one would count is the server's choice, not the caller's: the first
+            # was taken, silently, even when the two named different agencies.
+            raise Unauthenticated(
+                f"{len(given)} authorization headers: send one",
+                reason="CREDENTIALS_MALFORMED",
+            )
+        authorization = given[0] if given else None
         if isinstance(authorization, bytes):
             authorization = authorization.decode("utf-8", "replace")
         token = bearer_token(authorization)

@@ -283,3 +283,34 @@ def test_a_correction_to_an_unknown_kecamatan_names_the_value_as_a_report_does(
         "value": "atlantis",
         "what": "kecamatan",
     }, info
+
+
+def test_two_authorizations_an_overlong_filter_and_two_past_moments_are_refused(
+    ledger: Client,
+) -> None:
+    """Each was taken silently before: the first of two authorization headers (even of two
+    agencies), a filter over its limit as an ordinary INVALID_FIELD (docs/api.md says
+    FIELD_TOO_LONG), and as_of_position beside as_of_time (the position won)."""
+    name = ledger.report().incident
+    two = (*ledger.md("kesbangpol"), *ledger.md("polres"))
+    with pytest.raises(grpc.RpcError) as caught:
+        ledger.stub.GetIncident(api.GetIncidentRequest(name=name), metadata=two)
+    assert refusal(caught.value)[:2] == (grpc.StatusCode.UNAUTHENTICATED, "CREDENTIALS_MALFORMED")
+    with pytest.raises(grpc.RpcError) as caught:
+        ledger.stub.ListIncidents(
+            api.ListIncidentsRequest(filter='status = "' + "A" * 1000 + '"'),
+            metadata=ledger.md("kpu"),
+        )
+    assert refusal(caught.value) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "FIELD_TOO_LONG",
+        "filter",
+    )
+    both = api.GetIncidentRequest(name=name, as_of_position=1, as_of_time=ts(datetime.now(UTC)))
+    with pytest.raises(grpc.RpcError) as caught:
+        ledger.stub.GetIncident(both, metadata=ledger.md("kpu"))
+    assert refusal(caught.value) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        "as_of_time",
+    )

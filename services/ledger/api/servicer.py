@@ -319,6 +319,10 @@ class LedgerServicer(api_grpc.LedgerServiceServicer):
         as_of_time = wire.optional_time(request, "as_of_time")
         if request.as_of_position < 0:
             raise InvalidArgument("as_of_position", "must not be negative")
+        if as_of_time is not None and request.as_of_position:
+            raise InvalidArgument(
+                "as_of_time", "ask for the incident as of a time or a position, not both"
+            )
         if as_of_time is None and not request.as_of_position:
             incident = self._ledger.get_incident(incident_id)
         else:

@@ -35,7 +35,9 @@ class BoardFilter:
         """The filter ``text``; a ``reference`` clause becomes one on the incident id that
         ``find_reference`` finds (the board keeps no codes: the store's claims do)."""
         if len(text) > 1000:
-            raise InvalidArgument("filter", "is longer than 1000 characters")
+            raise InvalidArgument(
+                "filter", "is longer than 1000 characters", reason="FIELD_TOO_LONG"
+            )
         clauses: list[tuple[str, str, str]] = []
         pos = 0
         text = text.strip()
