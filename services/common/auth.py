@@ -24,9 +24,8 @@ import hashlib
 import os
 import re
 import secrets
-import time
 from collections.abc import Collection, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from services.common.config import ConfigError
+from services.common.config import DEVELOPMENT_FILE_MARK, ConfigError
 from services.common.datafiles import make_private_dir
 from services.common.errors import Unauthenticated
 
@@ -267,20 +266,26 @@ def load_or_create_tokens(
 
 
 def shared_secret(path: Path) -> bytes:
-    """A random secret kept in ``path``, created once (safely, by whichever service is first)."""
+    """A random development secret kept in ``path``, created once (safely, by whichever
+    service is first), its first line :data:`DEVELOPMENT_FILE_MARK` (production refuses it
+    under any name)."""
     make_private_dir(path.parent)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write(secrets.token_hex(32))
-    deadline = time.monotonic() + 5
-    while not (text := path.read_text(encoding="ascii").strip()):
-        if time.monotonic() > deadline:  # another process created it and died writing
-            raise ConfigError(f"{path} is empty: delete it and start again")
-        time.sleep(0.01)
+    if not path.exists():
+        # Written in full under a private name, then linked into place: another service
+        # starting at the same moment reads either no file or the whole secret, never the
+        # mark alone or half of the random part.
+        draft = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(f"{DEVELOPMENT_FILE_MARK}\n{secrets.token_hex(32)}")
+            with suppress(FileExistsError):  # another service's came first
+                os.link(draft, path)
+        finally:
+            draft.unlink()
+    text = path.read_text(encoding="ascii").strip()
+    if not text:  # written by an older version that died writing it
+        raise ConfigError(f"{path} is empty: delete it and start again")
     return text.encode()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import secrets
 import stat
 import time
 from pathlib import Path
@@ -11,7 +13,7 @@ import pytest
 from services.common.config import ConfigError, NotifierSettings
 from services.common.datafiles import prepare_sqlite_file
 from services.common.sql import open_database
-from services.notifier.sealing import SecretBox, load_secret_box
+from services.notifier.sealing import DEVELOPMENT_KEY_MARK, SecretBox, load_secret_box
 from services.notifier.store import (
     Job,
     LogEntry,
@@ -184,6 +186,42 @@ def test_production_needs_the_key_setting(tmp_path: Path) -> None:
     assert given.resolved_webhook_key_file == key
     load_secret_box(given)  # read, never generated
     assert not (tmp_path / "keys").exists()
+
+
+def test_production_refuses_the_development_key_whatever_its_file(tmp_path: Path) -> None:
+    """make run's key, copied or pointed at, sealed a production notifier's webhook secrets."""
+    box = load_secret_box(settings(tmp_path))
+    generated = settings(tmp_path).resolved_webhook_key_file
+    assert generated.read_bytes().startswith(DEVELOPMENT_KEY_MARK)
+    copied = tmp_path / "notifier-webhook.key"
+    copied.write_bytes(generated.read_bytes())
+    copied.chmod(0o600)
+    production = {
+        "NATS_URL": "nats://127.0.0.1:4222",
+        "LEDGER_ENVIRONMENT": "production",
+        "LEDGER_PAGE_TOKEN_SECRET": "x" * 32,
+        "LEDGER_TOKENS_FILE": "/t.yaml",
+        "LEDGER_DATA_DIR": str(tmp_path / "production"),
+    }
+    for named in (copied, generated):
+        given = NotifierSettings.from_env({**production, "NOTIFIER_WEBHOOK_KEY_FILE": str(named)})
+        with pytest.raises(
+            ConfigError,
+            match=f"NOTIFIER_WEBHOOK_KEY_FILE {named} is a development key the notifier generated",
+        ):
+            load_secret_box(given)
+    # The same file read as a configured key outside production: the same key.
+    configured = NotifierSettings(
+        data_dir=tmp_path / "other", nats_url="nats://127.0.0.1:1", webhook_key_file=copied
+    )
+    sealed = box.seal(SECRET, "w-1")
+    assert load_secret_box(configured).open(sealed, "w-1") == SECRET
+    # A key made for production (openssl rand -base64 32) is taken.
+    made = tmp_path / "made.key"
+    made.write_text(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+    made.chmod(0o600)
+    made_for_production = {**production, "NOTIFIER_WEBHOOK_KEY_FILE": str(made)}
+    load_secret_box(NotifierSettings.from_env(made_for_production))
 
 
 def test_jobs_are_claimed_only_into_free_slots_of_their_endpoint(

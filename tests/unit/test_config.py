@@ -13,11 +13,12 @@ import pytest
 import structlog
 
 from services.common import config
-from services.common.auth import generate_dev_credentials, token_hash
+from services.common.auth import generate_dev_credentials, shared_secret, token_hash
 from services.common.config import (
     ConfigError,
     LedgerSettings,
     NotifierSettings,
+    SituationRoomSettings,
     check_ledger_production,
     nats_servers,
 )
@@ -180,6 +181,61 @@ def test_production_refuses_development_credentials(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="development credentials"):
         load_tokens(settings, reference())
+
+
+def test_production_refuses_the_development_page_token_secret_whatever_its_file(
+    tmp_path: Path,
+) -> None:
+    """make run's page-token.secret, copied or pointed at, signed a production service's
+    page tokens with a secret the development machine keeps too."""
+    generated = tmp_path / "data" / "page-token.secret"
+    secret = shared_secret(generated)
+    copied = tmp_path / "page-token-secret"
+    copied.write_bytes(generated.read_bytes())
+    production = {
+        "LEDGER_ENVIRONMENT": "production",
+        "LEDGER_TOKENS_FILE": "/t.yaml",
+        "LEDGER_SIGNING_KEY_FILE": "/k.pem",
+        "NOTIFIER_WEBHOOK_KEY_FILE": "/w.key",
+        "NATS_URL": "nats://127.0.0.1:4222",
+    }
+    for named in (copied, generated):
+        given = {**production, "LEDGER_PAGE_TOKEN_SECRET_FILE": str(named)}
+        for service in (LedgerSettings, NotifierSettings):
+            with pytest.raises(
+                ConfigError,
+                match=f"LEDGER_PAGE_TOKEN_SECRET_FILE {named} is a development secret",
+            ):
+                service.from_env(given)
+    # Given in the clear, it is refused under that name.
+    with pytest.raises(ConfigError, match=r"^LEDGER_PAGE_TOKEN_SECRET is a development secret"):
+        LedgerSettings.from_env({**production, "LEDGER_PAGE_TOKEN_SECRET": secret.decode()})
+    # Outside production the file gives the secret the services keep for themselves.
+    configured = LedgerSettings.from_env({"LEDGER_PAGE_TOKEN_SECRET_FILE": str(copied)})
+    assert configured.page_token_secret == secret == shared_secret(generated)
+    # A secret made for production (openssl rand -hex 32) is taken.
+    made = tmp_path / "made"
+    made.write_text(os.urandom(32).hex() + "\n")
+    LedgerSettings.from_env({**production, "LEDGER_PAGE_TOKEN_SECRET_FILE": str(made)})
+
+
+def test_production_refuses_the_development_session_key_of_the_situation_room(
+    tmp_path: Path,
+) -> None:
+    generated = tmp_path / "data" / "situation-room-session.secret"
+    shared_secret(generated)
+    production = {
+        "LEDGER_ENVIRONMENT": "production",
+        "SITUATION_ROOM_TOKEN": "a-token-of-the-coordinator",
+        "SITUATION_ROOM_SESSION_KEY_FILE": str(generated),
+    }
+    with pytest.raises(
+        ConfigError, match=f"SITUATION_ROOM_SESSION_KEY_FILE {generated} is a development secret"
+    ):
+        SituationRoomSettings.from_env(production)
+    made = tmp_path / "made"
+    made.write_text(os.urandom(32).hex() + "\n")
+    SituationRoomSettings.from_env({**production, "SITUATION_ROOM_SESSION_KEY_FILE": str(made)})
 
 
 def test_production_never_generates_credentials(tmp_path: Path) -> None:
