@@ -261,7 +261,8 @@ def service_process(
                 [sys.executable, "-m", module],
                 env={
                     **os.environ,
-                    **env,
+                    # The harness's own setting is no service's (each would warn of it).
+                    **{k: v for k, v in env.items() if k != "LEDGER_LOG_LEVEL_CHILD"},
                     "LEDGER_LOG_FORMAT": "json",
                     "LEDGER_LOG_LEVEL": env.get("LEDGER_LOG_LEVEL_CHILD", "INFO"),
                     "PYTHONPATH": f"{root}:{root / 'gen'}",

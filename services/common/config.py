@@ -18,6 +18,7 @@ and all of them pass through unchanged; the ledger only fills in the embedded de
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import os
@@ -38,6 +39,8 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
+
+from services.common.started import STARTED_FILE_VARIABLE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -1148,10 +1151,84 @@ def secret_file_variables() -> set[str]:
     return {f"{v.name}_FILE" for v in variables() if v.secret}
 
 
-def variable_names() -> set[str]:
-    """Every variable the services read, ``_FILE`` variants included (and the library's
-    other ``POSTGRES_*`` variables, which pass through undeclared)."""
-    return {v.name for v in variables()} | secret_file_variables()
+def variable_names(reader: str | None = None) -> set[str]:
+    """Every declared variable ``reader`` reads (all readers' if None), ``_FILE`` variants
+    included (not the library's other ``POSTGRES_*`` variables, which pass through
+    undeclared: :func:`known_variable_names`)."""
+    read = [v for v in variables() if reader is None or reader in v.read_by]
+    return {v.name for v in read} | {f"{v.name}_FILE" for v in read if v.secret}
+
+
+#: The prefixes of the variables the services read (their own and those they pass to the
+#: eventsourcing library): a variable with one of them that nothing reads is most likely a
+#: misspelt setting, which would otherwise be ignored without a word.
+PREFIXES = ("LEDGER_", "NOTIFIER_", "SITUATION_ROOM_", "NATS_", "POSTGRES_", "SQLITE_")
+
+#: Variables with those prefixes that something of this project other than these settings
+#: reads: the client library and ledgerctl (a shell may hold them beside ``make run``), the
+#: supervisor's word to its children, and the NATS members' configuration
+#: (deploy/nats/nats.conf). They are known, not misspelt.
+READ_ELSEWHERE = frozenset(
+    {
+        "LEDGER_ADDRESS",
+        "LEDGER_AGENCY",
+        "LEDGER_LANG",
+        "LEDGER_TIMEOUT",
+        "LEDGER_TLS_CA",
+        "LEDGER_TLS_CLIENT_CERT",
+        "LEDGER_TLS_CLIENT_KEY",
+        "LEDGER_TOKEN",
+        "NOTIFIER_ADDRESS",
+        "NOTIFIER_TLS_CA",
+        "NOTIFIER_TLS_CLIENT_CERT",
+        "NOTIFIER_TLS_CLIENT_KEY",
+        STARTED_FILE_VARIABLE,
+        "NATS_ROUTES",
+        "NATS_SERVER_NAME",
+    }
+)
+
+
+def known_variable_names() -> set[str]:
+    """Every variable with one of :data:`PREFIXES` that is read: the declared ones, the
+    eventsourcing library's ``POSTGRES_*`` and ``SQLITE_*`` (they pass through undeclared)
+    and :data:`READ_ELSEWHERE`."""
+    # Imported here: the situation room reads its settings without a store.
+    from eventsourcing.postgres import PostgresFactory
+    from eventsourcing.sqlite import SQLiteFactory
+
+    library = {
+        value
+        for factory in (PostgresFactory, SQLiteFactory)
+        for value in (getattr(factory, name) for name in dir(factory) if name.isupper())
+        if isinstance(value, str) and value.startswith(PREFIXES)
+    }
+    return variable_names() | library | READ_ELSEWHERE
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """The variables of ``environ`` (``os.environ`` if None) with one of :data:`PREFIXES`
+    that nothing reads, each with the known name closest to it (None when none is close)."""
+    given = os.environ if environ is None else environ
+    known = sorted(known_variable_names())
+    return {
+        name: next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.8)), None)
+        for name in sorted(given)
+        if name.startswith(PREFIXES) and name not in known
+    }
+
+
+def warn_unknown_variables(log: Any, environ: Mapping[str, str] | None = None) -> None:
+    """One warning line naming every variable :func:`unknown_variables` finds (a start goes
+    on: other tools may use the same prefixes)."""
+    unknown = unknown_variables(environ)
+    if unknown:
+        log.warning(
+            "config.unknown_variables",
+            variables=list(unknown),
+            closest={name: close for name, close in unknown.items() if close is not None},
+            note="no setting reads these: a misspelt one is ignored (docs/configuration.md)",
+        )
 
 
 #: ``LEDGER_TLS_CLIENT_AUTH`` values. grpcio can either not ask for a client certificate or

@@ -12,7 +12,16 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from services.common.config import GROUPS, PROJECT_ROOT, READERS, Group, Variable, variables
+from services.common.config import (
+    GROUPS,
+    PREFIXES,
+    PROJECT_ROOT,
+    READ_ELSEWHERE,
+    READERS,
+    Group,
+    Variable,
+    variables,
+)
 
 DOC_FILE = PROJECT_ROOT / "docs" / "configuration.md"
 
@@ -38,6 +47,15 @@ this page is generated from those declarations (a unit test fails when it is sta
   `run.config_error`) whose `error` names, for each problem, the variable, what is allowed
   and the value given (never a secret's), the problems separated by `; `, and exits with
   status 2.
+- **Misspelt names are said.** At start the ledger, the notifier and the situation room log
+  one warning, `config.unknown_variables`, naming each variable of their environment with
+  one of the prefixes below that nothing reads (`variables`), with the known name closest to
+  it (`closest`: `LEDGER_GRACE_SECOND` is `LEDGER_GRACE_SECONDS`), and start all the same
+  (other tools may use those prefixes). Known besides this page: the eventsourcing library's
+  other `POSTGRES_*` variables, which pass through to the store, and those the client library
+  and `ledgerctl`, `make run`'s supervisor and the NATS members' configuration read. The
+  prefixes: {prefixes}; read elsewhere:
+  {elsewhere}.
 - **Read by**: `ledger` (the ledger service, `incident-ledger`, and its tools `ledger-audit`
   and `ledger-projections`), `notifier` (`ledger-notifier`), and `run` (`make run`'s
   supervisor, `ledger-run`, which starts the other two with the same environment).
@@ -113,7 +131,10 @@ def _section(group: type[Group]) -> list[str]:
 def render() -> str:
     """The whole page."""
     secrets = ", ".join(f"`{v.name}`" for v in variables() if v.secret)
-    lines = INTRO.format(secrets=secrets).rstrip("\n").split("\n")
+    prefixes = ", ".join(f"`{prefix}`" for prefix in PREFIXES)
+    elsewhere = ", ".join(f"`{name}`" for name in sorted(READ_ELSEWHERE))
+    intro = INTRO.format(secrets=secrets, prefixes=prefixes, elsewhere=elsewhere)
+    lines = intro.rstrip("\n").split("\n")
     for group in GROUPS:
         lines += _section(group)
     return "\n".join(lines) + "\n"

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         LedgerSettings,
         check_ledger_production,
         warn_open_key_files,
+        warn_unknown_variables,
     )
     from services.common.datafiles import logged_access_failure, logged_disk_full
     from services.common.logging import configure_logging
@@ -44,11 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     from services.ledger.server import build, migrate
 
     log = structlog.get_logger("services.ledger")
+    read = False  # whether the settings were taken (and the unknown variables said)
     try:
         if stopping is not None:
             check_ledger_production()
         settings = LedgerSettings.from_env()
         configure_logging(settings.log_level, settings.log_format)
+        read = True
+        warn_unknown_variables(log)
         warn_open_key_files(settings, log)
         if stopping is None:
             migrate(settings)
@@ -58,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         running = build(settings)
     except (ConfigError, ReferenceDataError) as exc:
         configure_logging()
+        if not read:  # a setting missing or refused may be one misspelt
+            warn_unknown_variables(log)
         log.error("ledger.config_error", error=str(exc))
         return 2
     except Exception as exc:  # a store that is not there: one line, not a traceback

@@ -12,7 +12,12 @@ def main() -> int:
     stopping = Stopping("notifier").install()
     import structlog
 
-    from services.common.config import ConfigError, NotifierSettings, warn_open_key_files
+    from services.common.config import (
+        ConfigError,
+        NotifierSettings,
+        warn_open_key_files,
+        warn_unknown_variables,
+    )
     from services.common.datafiles import logged_access_failure, logged_disk_full
     from services.common.logging import configure_logging
     from services.common.native_log import capture_native_stderr
@@ -22,15 +27,20 @@ def main() -> int:
     from services.notifier.server import build
 
     log = structlog.get_logger("services.notifier")
+    read = False  # whether the settings were taken (and the unknown variables said)
     try:
         settings = NotifierSettings.from_env()
         configure_logging(settings.log_level, settings.log_format)
+        read = True
+        warn_unknown_variables(log)
         warn_open_key_files(settings, log)
         stopping.set_deadline(deadline_seconds(settings))
         capture_native_stderr("notifier")  # refused TLS handshakes reach the log
         running = build(settings)
     except (ConfigError, ReferenceDataError) as exc:
         configure_logging()
+        if not read:  # a setting missing or refused may be one misspelt
+            warn_unknown_variables(log)
         log.error("notifier.config_error", error=str(exc))
         return 2
     except Exception as exc:  # a store that is not there: one line, not a traceback

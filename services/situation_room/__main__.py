@@ -13,7 +13,7 @@ import structlog
 import uvicorn
 import yaml
 
-from services.common.config import ConfigError, SituationRoomSettings
+from services.common.config import ConfigError, SituationRoomSettings, warn_unknown_variables
 from services.common.logging import configure_logging
 from services.common.reference import ReferenceData
 from services.common.started import announce_started
@@ -63,9 +63,11 @@ def main() -> int:
         settings = SituationRoomSettings.from_env()
     except ConfigError as exc:
         configure_logging()
+        warn_unknown_variables(log)  # a setting missing or refused may be one misspelt
         log.error("situation_room.config_error", error=str(exc))
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    warn_unknown_variables(log)
     app = build_app(settings, token=lambda: subscription_token(settings))
     host, port = settings.host_port
     config = uvicorn.Config(

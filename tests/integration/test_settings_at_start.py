@@ -9,11 +9,12 @@ import sqlite3
 import subprocess
 from contextlib import closing
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from tests.integration.test_personal_keys_upgrade import FORMER
-from tests.support import module_env, run_module
+from tests.support import module_env, run_module, service_process
 
 
 def start(module: list[str], tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
@@ -65,6 +66,74 @@ def test_an_invalid_setting_stops_the_start_with_one_log_line(
     assert (logged["event"], logged["level"]) == (event, "error")
     assert logged["error"] == "; ".join(problems)
     assert not (tmp_path / "data").exists(), "nothing is created before the settings are checked"
+
+
+def test_a_misspelt_setting_is_named_in_one_warning_and_the_ledger_starts(tmp_path: Path) -> None:
+    """LEDGER_GRACE_SECOND=3 was ignored without a word: the grace period stayed 10 s."""
+    env = {
+        "LEDGER_DATA_DIR": str(tmp_path / "data"),
+        "LEDGER_GRACE_SECOND": "3",
+        "LEDGER_RATELIMIT_PER_SECOND": "5",
+    }
+    with service_process("services.ledger", env) as ledger:
+        lines = ledger.log_lines()
+    (warning,) = [line for line in lines if line["event"] == "config.unknown_variables"]
+    assert warning["level"] == "warning"
+    named, closest = cast(list[str], warning["variables"]), cast(dict[str, str], warning["closest"])
+    assert {"LEDGER_GRACE_SECOND", "LEDGER_RATELIMIT_PER_SECOND"} <= set(named)
+    assert closest["LEDGER_GRACE_SECOND"] == "LEDGER_GRACE_SECONDS"
+    assert closest["LEDGER_RATELIMIT_PER_SECOND"] == "LEDGER_RATE_LIMIT_PER_SECOND"
+    assert any(line["event"] == "ledger.started" for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("module", "settings", "misspelt", "closest", "error"),
+    [
+        (
+            ["services.ledger", "migrate"],
+            {"LEDGER_SNAPSHOT_INTERVALS": "50"},
+            "LEDGER_SNAPSHOT_INTERVALS",
+            "LEDGER_SNAPSHOT_INTERVAL",
+            None,
+        ),
+        (
+            ["services.notifier"],
+            {"NATS_ULR": "nats://127.0.0.1:1"},
+            "NATS_ULR",
+            "NATS_URL",
+            "notifier.config_error",
+        ),
+        (
+            ["services.situation_room"],
+            {
+                "LEDGER_ENVIRONMENT": "production",
+                "SITUATION_ROOM_TOKEN": "a-token-of-the-coordinator",
+                "SITUATION_ROOM_SESION_KEY_FILE": "/run/secrets/session-key",
+            },
+            "SITUATION_ROOM_SESION_KEY_FILE",
+            "SITUATION_ROOM_SESSION_KEY_FILE",
+            "situation_room.config_error",
+        ),
+    ],
+)
+def test_a_misspelt_setting_is_named_before_the_start_goes_on_or_is_refused(
+    tmp_path: Path,
+    module: list[str],
+    settings: dict[str, str],
+    misspelt: str,
+    closest: str,
+    error: str | None,
+) -> None:
+    """A required setting refused as missing is often one given under a misspelt name: the
+    warning comes before the refusal, in a start that is refused too."""
+    done = start(module, tmp_path, **settings)
+    assert done.returncode == (0 if error is None else 2), done.stdout + done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    (warning,) = [line for line in lines if line["event"] == "config.unknown_variables"]
+    assert warning["level"] == "warning"
+    assert (warning["variables"], warning["closest"]) == ([misspelt], {misspelt: closest})
+    if error is not None:
+        assert [line["event"] for line in lines] == ["config.unknown_variables", error]
 
 
 def test_a_secret_file_that_cannot_be_read_stops_the_start_naming_the_variable(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from services.common.config import (
     nats_servers,
 )
 from services.common.sql import postgres_connect
+from services.common.started import STARTED_FILE_VARIABLE
 from services.ledger.server import load_tokens
 from tests.support import REFERENCE_FILE, reference
 
@@ -416,3 +418,67 @@ def test_development_warns_of_a_key_file_others_may_read(tmp_path: Path) -> None
             "fix": f"chmod 600 {key}",
         }
     ]
+
+
+def test_variables_with_the_project_s_prefixes_that_nothing_reads_are_found() -> None:
+    given = {
+        "LEDGER_GRACE_SECOND": "3",
+        "LEDGER_RATELIMIT_PER_SECOND": "5",
+        "NOTIFIER_WEBHOOK_KEY": "/run/secrets/key",  # the _FILE left out
+        "LEDGER_ZZZ": "1",  # close to nothing
+        # Read: declared, a secret's _FILE, the library's own, the client's, the supervisor's.
+        "LEDGER_GRACE_SECONDS": "3",
+        "POSTGRES_PASSWORD_FILE": "/p",
+        "POSTGRES_PRE_PING": "y",
+        "LEDGER_TOKEN": "t",
+        "LEDGER_RUN_STARTED_FILE": "/s",
+        # Other prefixes are not the project's.
+        "HOME": "/root",
+        "LEDGERCTL_ZONE": "Asia/Jakarta",
+        "PERSISTENCE_MODULEX": "x",
+    }
+    assert config.unknown_variables(given) == {
+        "LEDGER_GRACE_SECOND": "LEDGER_GRACE_SECONDS",
+        "LEDGER_RATELIMIT_PER_SECOND": "LEDGER_RATE_LIMIT_PER_SECOND",
+        "LEDGER_ZZZ": None,
+        "NOTIFIER_WEBHOOK_KEY": "NOTIFIER_WEBHOOK_KEY_FILE",
+    }
+    assert config.unknown_variables({"LEDGER_DATA_DIR": "/d"}) == {}
+    logged: list[tuple[str, dict[str, object]]] = []
+
+    class Log:
+        def warning(self, event: str, **fields: object) -> None:
+            logged.append((event, fields))
+
+    config.warn_unknown_variables(Log(), {"LEDGER_DATA_DIR": "/d"})
+    assert logged == []
+    config.warn_unknown_variables(Log(), given)
+    ((event, fields),) = logged
+    assert event == "config.unknown_variables"
+    assert fields["variables"] == [
+        "LEDGER_GRACE_SECOND",
+        "LEDGER_RATELIMIT_PER_SECOND",
+        "LEDGER_ZZZ",
+        "NOTIFIER_WEBHOOK_KEY",
+    ]
+    assert "LEDGER_ZZZ" not in fields["closest"]  # type: ignore[operator]
+
+
+def test_the_variables_read_elsewhere_are_those_the_project_reads() -> None:
+    """Every variable with the project's prefixes that the client library (and ledgerctl)
+    or the NATS configuration names is known, and each known only as read elsewhere is
+    named there (or is the supervisor's): the list neither misses one nor keeps a stale one."""
+    pattern = "(?:" + "|".join(config.PREFIXES) + r")[A-Z0-9_]*[A-Z0-9]"
+    client = Path(config.PROJECT_ROOT / "clients" / "python" / "incidentledger_client")
+    in_client = {
+        name
+        for path in client.rglob("*.py")
+        for name in re.findall(rf"[\"']({pattern})[\"']", path.read_text(encoding="utf-8"))
+    }
+    nats_conf = (config.PROJECT_ROOT / "deploy" / "nats" / "nats.conf").read_text("utf-8")
+    in_nats = set(re.findall(rf"\$({pattern})", nats_conf))
+    known = config.known_variable_names()
+    assert in_client - known == set()
+    assert in_nats - known == set()
+    read_elsewhere = (in_client | in_nats) - config.variable_names() | {STARTED_FILE_VARIABLE}
+    assert read_elsewhere == config.READ_ELSEWHERE

@@ -32,7 +32,6 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from eventsourcing.postgres import PostgresFactory
 from kubernetes_validate import utils as k8s_validate
 
 from services.common import config as config_module
@@ -149,15 +148,16 @@ def port_of(address: str) -> int:
 # --- settings the services read ----------------------------------------------------------
 
 
-def settings_read() -> set[str]:
-    """Every variable config.py declares, *_FILE of its secrets, the library's POSTGRES_*."""
-    names = config_module.variable_names()
-    # The POSTGRES_* prefix passes the eventsourcing library's own variables through.
-    names |= {
-        getattr(PostgresFactory, attr)
-        for attr in dir(PostgresFactory)
-        if attr.startswith("POSTGRES_") and isinstance(getattr(PostgresFactory, attr), str)
-    }
+def settings_read(reader: str | None = None) -> set[str]:
+    """Every variable ``reader`` (every service if None) reads: what config.py declares,
+    *_FILE of its secrets, the library's POSTGRES_* passed through to its store."""
+    names = config_module.variable_names(reader)
+    if reader is None or reader in config_module.declared("POSTGRES_HOST").read_by:
+        names |= {
+            name
+            for name in config_module.known_variable_names() - config_module.variable_names()
+            if name.startswith("POSTGRES_")
+        }
     return names
 
 
@@ -168,8 +168,13 @@ def test_settings_read_are_found_in_config_py() -> None:
         "LEDGER_PAGE_TOKEN_SECRET_FILE",
         "NATS_PASSWORD_FILE",
         "POSTGRES_PASSWORD_FILE",
+        "POSTGRES_PRE_PING",  # the library's own
     } <= names
     assert "LEDGER_NO_SUCH_SETTING" not in names
+    notifier = settings_read(config_module.NOTIFIER)
+    assert {"NOTIFIER_STORE", "LEDGER_STREAM_REPLICAS", "POSTGRES_PRE_PING"} <= notifier
+    assert not {"LEDGER_EVIDENCE_REPLICAS", "CREATE_TABLE", "LEDGER_LISTEN"} & notifier
+    assert "NOTIFIER_STORE" not in settings_read(config_module.LEDGER)
 
 
 # --- YAML ------------------------------------------------------------------------------------
@@ -345,8 +350,10 @@ def load_settings(env: dict[str, str], tmp_path: Path) -> LedgerSettings | Notif
 
 
 def check_service_env(where: str, env: dict[str, str], tmp_path: Path) -> None:
-    unknown = set(env) - settings_read()
-    assert not unknown, f"{where}: settings no service reads: {sorted(unknown)}"
+    reader = config_module.NOTIFIER if "NOTIFIER_LISTEN" in env else config_module.LEDGER
+    unknown = set(env) - settings_read(reader)
+    assert not unknown, f"{where}: settings the {reader} does not read: {sorted(unknown)}"
+    assert not config_module.unknown_variables(env), where
     settings = load_settings(env, tmp_path)
     assert settings.production, where
     assert settings.page_token_secret is not None, where
@@ -690,8 +697,8 @@ def room_settings(env: dict[str, str], tmp_path: Path) -> SituationRoomSettings:
 
 
 def check_room_env(where: str, env: dict[str, str], tmp_path: Path) -> SituationRoomSettings:
-    unknown = set(env) - settings_read()
-    assert not unknown, f"{where}: settings no service reads: {sorted(unknown)}"
+    unknown = set(env) - settings_read(config_module.ROOM)
+    assert not unknown, f"{where}: settings the situation room does not read: {sorted(unknown)}"
     settings = room_settings(env, tmp_path)
     assert settings.environment == "production", where
     assert settings.session_key is not None and settings.token, where
