@@ -22,8 +22,10 @@ import importlib.resources
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -824,3 +826,51 @@ def test_the_nats_config_runs_jetstream_in_a_cluster() -> None:
     assert re.search(r"^include \./auth\.conf$", text, re.MULTILINE)
     # The example holds placeholders only; compose and Kubernetes mount the real one.
     assert "REPLACE-" in NATS_AUTH_EXAMPLE.read_text(encoding="utf-8")
+
+
+def seconds(duration: str) -> float:
+    """A Go or compose duration of whole seconds (``30s``, ``1m``) in seconds."""
+    match = re.fullmatch(r"(\d+)(s|m)", duration)
+    assert match, duration
+    return int(match.group(1)) * (60 if match.group(2) == "m" else 1)
+
+
+def test_compose_stops_the_nats_members_in_lame_duck_mode(tmp_path: Path) -> None:
+    """docker stop sent SIGTERM, on which nats-server exits at once: its clients lost it
+    without the lame-duck notice nats.conf sets up. The signal compose sends is the one
+    nats-server takes for lame duck mode (checked on the bundled binary), and compose waits
+    for the lame duck's grace period and duration before it kills."""
+    text = NATS_CONF.read_text(encoding="utf-8")
+    durations = dict(re.findall(r'^(lame_duck_\w+): "(\w+)"$', text, re.MULTILINE))
+    lame_duck = seconds(durations["lame_duck_duration"]) + seconds(
+        durations["lame_duck_grace_period"]
+    )
+    services = compose()["services"]
+    stop_signals = {services[f"nats-{i}"].get("stop_signal") for i in (1, 2, 3)}
+    assert stop_signals == {"SIGUSR2"}
+    for i in (1, 2, 3):
+        assert seconds(services[f"nats-{i}"]["stop_grace_period"]) > lame_duck
+    # What nats-server does on that signal: it enters lame duck mode (and, with no clients
+    # to move, exits at once).
+    conf = tmp_path / "nats.conf"
+    conf.write_text(f"port: -1\nhttp_port: -1\n{durations_block(durations)}")
+    log = tmp_path / "nats.log"
+    binary = Path(sys.executable).parent / "nats-server"
+    with log.open("wb") as out:
+        server = subprocess.Popen([str(binary), "-c", str(conf)], stdout=out, stderr=out)
+        try:
+            deadline = time.monotonic() + 30
+            while "Server is ready" not in log.read_text(errors="replace"):
+                assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+            server.send_signal(signal.Signals[services["nats-1"]["stop_signal"]])
+            assert server.wait(timeout=60) == 0, log.read_text()
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+    assert "Entering lame duck mode" in log.read_text(errors="replace")
+
+
+def durations_block(durations: Mapping[str, str]) -> str:
+    return "".join(f'{key}: "{value}"\n' for key, value in durations.items())
