@@ -10,7 +10,9 @@
 - cross-checks: every setting named is one the services read, and the services accept the
   settings as given (loaded with the real settings classes); probes point at the ports the
   services listen on; the stream has 3 replicas; secrets come from files mounted from
-  compose secrets or Kubernetes Secrets, never from literals.
+  compose secrets or Kubernetes Secrets, never from literals;
+- the secrets recipe of docs/deploying.md, run as written in a scratch directory, makes every
+  file compose names, and the services take them in production.
 
 Docker images are not built and nothing is deployed here.
 """
@@ -37,6 +39,7 @@ import yaml
 from kubernetes_validate import utils as k8s_validate
 
 from services.common import config as config_module
+from services.common.auth import Principal, load_or_create_tokens
 from services.common.config import (
     PROJECT_ROOT,
     LedgerSettings,
@@ -44,7 +47,11 @@ from services.common.config import (
     SituationRoomSettings,
     nats_servers,
 )
+from services.common.reference import ReferenceData
 from services.common.serving import LIVENESS
+from services.ledger.audit.keys import load_signing_key
+from services.ledger.personal_keys import load_key_ring
+from services.notifier.sealing import load_secret_box
 
 DEPLOY = PROJECT_ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -874,3 +881,91 @@ def test_compose_stops_the_nats_members_in_lame_duck_mode(tmp_path: Path) -> Non
 
 def durations_block(durations: Mapping[str, str]) -> str:
     return "".join(f'{key}: "{value}"\n' for key, value in durations.items())
+
+
+# --- the secrets recipe of docs/deploying.md ------------------------------------------------
+
+
+def console_block_after(text: str, marker: str) -> str:
+    """The commands of the first ```console block after ``marker``, as a shell script."""
+    block = text[text.index(marker) :].split("```console\n", 1)[1].split("```", 1)[0]
+    return "".join(line.removeprefix("$ ") + "\n" for line in block.splitlines())
+
+
+def test_the_secrets_recipe_makes_what_the_services_accept(tmp_path: Path) -> None:
+    """docs/deploying.md's commands, run as written from a copy of the repository's root,
+    make every file compose names, and the services take them in production: before, the
+    situation room's token came from a variable the page never set (an empty file), the
+    NATS users were left to edit after `chmod 444`, and tokens.yaml was not made at all."""
+    doc = (PROJECT_ROOT / "docs" / "deploying.md").read_text(encoding="utf-8")
+    script = console_block_after(doc, "**Secrets** are files")
+    script += console_block_after(doc, "The containers run as user 10001")
+    (tmp_path / "deploy" / "nats").mkdir(parents=True)
+    shutil.copy(NATS_AUTH_EXAMPLE, tmp_path / "deploy" / "nats")
+    # The test may not give files away to the containers' user (nor need sudo): the modes
+    # are what the services check.
+    sudo = 'sudo() { if [ "$1" != chown ]; then "$@"; fi; }\n'
+    done = subprocess.run(
+        ["bash", "-e", "-c", sudo + script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    secrets_dir = tmp_path / "deploy" / "secrets"
+    # Every file compose names, and nothing empty.
+    files = {
+        f"/run/secrets/{name}": tmp_path / "deploy" / PurePosixPath(secret["file"])
+        for name, secret in compose()["secrets"].items()
+    }
+    for path in files.values():
+        assert path.is_file() and path.stat().st_size > 0, path
+    nats_auth = (secrets_dir / "nats-auth.conf").read_text(encoding="utf-8")
+    assert "REPLACE-" not in nats_auth
+    for user in ("ledger", "notifier"):
+        password = (secrets_dir / f"{user}-nats-password").read_text(encoding="utf-8").strip()
+        assert f'user: {user}\n      password: "{password}"' in nats_auth, user
+    nats_dir = tmp_path / "etc-nats"
+    nats_dir.mkdir()
+    shutil.copy(NATS_CONF, nats_dir / "nats.conf")
+    shutil.copy(secrets_dir / "nats-auth.conf", nats_dir / "auth.conf")
+    checked = subprocess.run(
+        [str(Path(sys.executable).parent / "nats-server"), "-t", "-c", str(nats_dir / "nats.conf")],
+        env={"PATH": "/usr/bin:/bin", "NATS_SERVER_NAME": "n", "NATS_ROUTES": "[nats://a:6222]"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # The services as compose configures them, in production, on these files.
+    services = compose()["services"]
+    given = {
+        name: {k: str(files.get(v, v)) for k, v in services[name]["environment"].items()}
+        for name in ("ledger-1", "notifier-1", "situation-room")
+    }
+    ledger = LedgerSettings.from_env(given["ledger-1"])
+    load_signing_key(ledger.audit())
+    load_key_ring(
+        keys=ledger.personal_data_keys,
+        key_dir=ledger.key_dir,
+        production=True,
+        variable="LEDGER_PERSONAL_DATA_KEYS_FILE",
+    )
+    notifier = NotifierSettings.from_env(given["notifier-1"])
+    load_secret_box(notifier)
+    room = SituationRoomSettings.from_env(given["situation-room"])
+    assert ledger.page_token_secret == notifier.page_token_secret
+    tokens = load_or_create_tokens(
+        ledger.resolved_tokens_file,
+        ReferenceData.load(ledger.reference_file).agencies,
+        may_generate=False,
+        production=True,
+    )
+    assert tokens.authenticate(f"Bearer {room.token}") == Principal(
+        "desk_pilkada", "situation-room"
+    )
+    (handed,) = re.findall(r"^[0-9a-f]{64}$", done.stdout, re.MULTILINE)  # the officer's
+    assert tokens.authenticate(f"Bearer {handed}") == Principal("polres", "aiptu.rahman")
