@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jsonschema
+import psycopg
 import pytest
 import yaml
 from kubernetes_validate import utils as k8s_validate
@@ -610,6 +611,22 @@ def dockerfile_stages() -> list[Stage]:
         elif stages:
             stages[-1].instructions.append((instruction, arguments.strip()))
     return stages
+
+
+def test_the_images_take_libpq_from_the_psycopg_binary_wheel() -> None:
+    """psycopg[binary] loads the libpq its wheel bundles: the runtime stage installed
+    Debian's libpq5 as "the PostgreSQL client library psycopg loads", which it was not
+    (unused, and its security updates none of the one in use)."""
+    lock = (PROJECT_ROOT / "requirements" / "runtime.txt").read_text(encoding="utf-8")
+    assert re.search(r"^psycopg-binary==", lock, re.MULTILINE)
+    assert psycopg.pq.__impl__ == "binary"  # the same lock's psycopg, here
+    runs = [
+        arguments
+        for stage in dockerfile_stages()
+        for instruction, arguments in stage.instructions
+        if instruction == "RUN"
+    ]
+    assert not [run for run in runs if "libpq" in run]
 
 
 def test_the_dockerfile_passes_hadolint() -> None:

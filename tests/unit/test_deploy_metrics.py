@@ -33,6 +33,7 @@ PROMETHEUS = PROJECT_ROOT / "deploy" / "prometheus"
 ALERTS = PROMETHEUS / "alerts.yaml"
 ALERTS_TEST = PROMETHEUS / "alerts_test.yaml"
 SCRAPE_CONFIG = PROMETHEUS / "prometheus.yaml"
+K8S = PROJECT_ROOT / "deploy" / "k8s"
 DASHBOARD = PROJECT_ROOT / "deploy" / "grafana" / "incident-ledger.json"
 SEVERITIES = {"info", "warning", "critical"}
 
@@ -190,6 +191,39 @@ def test_scrape_config_scrapes_both_services_and_loads_the_rules() -> None:
     assert [PROMETHEUS / f for f in config["rule_files"]] == [ALERTS]
     jobs = {job["job_name"] for job in config["scrape_configs"]}
     assert {"incident-ledger", "incident-notifier"} <= jobs
+
+
+def kubernetes_scrape_example() -> dict[str, Any]:
+    """The commented-out Kubernetes job of prometheus.yaml, as Prometheus would read it."""
+    text = SCRAPE_CONFIG.read_text(encoding="utf-8")
+    commented = text[text.index("# - job_name: incident-ledger-pods") :].splitlines()
+    (job,) = yaml.safe_load("\n".join(line.strip()[2:] for line in commented if line.strip()))
+    assert isinstance(job, dict)
+    return job
+
+
+def test_the_kubernetes_scrape_example_names_the_pods_labels_and_annotations() -> None:
+    """It took the job from the pods' label `app`, which no manifest sets (they set
+    app.kubernetes.io/name): every target's job was empty."""
+    job = kubernetes_scrape_example()
+    templates = [
+        doc["spec"]["template"]["metadata"]
+        for path in (K8S / "40-ledger.yaml", K8S / "50-notifier.yaml")
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8"))
+        if doc and doc["kind"] == "Deployment"
+    ]
+    assert len(templates) == 2
+    for rule in job["relabel_configs"]:
+        for source in rule["source_labels"]:
+            for kind, meta in (("label", "labels"), ("annotation", "annotations")):
+                prefix = f"__meta_kubernetes_pod_{kind}_"
+                if source.startswith(prefix):
+                    for template in templates:
+                        # Prometheus's name of a label or annotation: [^a-zA-Z0-9_] as "_".
+                        names = {re.sub(r"[^a-zA-Z0-9_]", "_", k) for k in template[meta]}
+                        assert source.removeprefix(prefix) in names, (source, template)
+    (to_job,) = [rule for rule in job["relabel_configs"] if rule.get("target_label") == "job"]
+    assert to_job["source_labels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_name"]
 
 
 @pytest.fixture
