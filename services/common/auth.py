@@ -134,30 +134,62 @@ class TokenStore:
         known = set(known_agencies)
         entries: dict[str, Principal] = {}
         rows: dict[str, int] = {}  # hash -> the line (index) that gave it
-        try:
-            for n, user in enumerate(raw["users"]):
-                agency, officer, digest = user["agency"], user["officer"], user["token_sha256"]
-                if agency not in known:
-                    raise ConfigError(f"{path}: users[{n}] names unknown agency {agency!r}")
-                if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
-                    # Checked whole: 64 characters that are not hex (base64, a typo) would
-                    # match no token, and the officer would only ever be told "not valid".
-                    raise ConfigError(
-                        f"{path}: users[{n}].token_sha256 is not a SHA-256 hex "
-                        "(64 characters 0-9 a-f: printf %s TOKEN | sha256sum)"
-                    )
-                key = digest.lower()
-                if key in entries:
-                    # One token for two users: it would act as whichever line came last.
-                    raise ConfigError(
-                        f"{path}: users[{n}] has the same token_sha256 as users"
-                        f"[{rows[key]}]: each user needs a token of their own"
-                    )
-                rows[key] = n
-                entries[key] = Principal(str(agency), str(officer))
-        except (KeyError, TypeError) as exc:
-            raise ConfigError(f"malformed tokens file {path}: {exc!r}") from exc
+        users = raw.get("users") if isinstance(raw, dict) else None
+        if not isinstance(users, list):
+            raise ConfigError(
+                f"{path}: the tokens file holds `users:`, a list with one entry per officer: "
+                f"{_ENTRY_TEXT}"
+            )
+        for n, user in enumerate(users):
+            agency, officer, digest = _user_entry(path, n, user)
+            if not isinstance(agency, str) or agency not in known:
+                raise ConfigError(f"{path}: users[{n}] names unknown agency {agency!r}")
+            if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
+                # Checked whole: 64 characters that are not hex (base64, a typo) would
+                # match no token, and the officer would only ever be told "not valid".
+                raise ConfigError(
+                    f"{path}: users[{n}].token_sha256 is not a SHA-256 hex "
+                    "(64 characters 0-9 a-f: printf %s TOKEN | sha256sum)"
+                )
+            key = digest.lower()
+            if key in entries:
+                # One token for two users: it would act as whichever line came last.
+                raise ConfigError(
+                    f"{path}: users[{n}] has the same token_sha256 as users"
+                    f"[{rows[key]}]: each user needs a token of their own"
+                )
+            rows[key] = n
+            entries[key] = Principal(str(agency), str(officer))
         return cls(entries, development=bool(raw.get("development", False)), known_agencies=known)
+
+
+#: What an entry of the tokens file holds, said where one is malformed.
+_FIELDS = {
+    "agency": "the agency's code in the reference data",
+    "officer": "the officer's name",
+    "token_sha256": "the SHA-256 hex of the officer's bearer token (printf %s TOKEN | "
+    "sha256sum), never the token itself",
+}
+_ENTRY_TEXT = "; ".join(f"{key}: {what}" for key, what in _FIELDS.items())
+
+
+def _user_entry(path: Path, n: int, user: object) -> tuple[object, object, object]:
+    """The agency, officer and token hash of ``users[n]``; a ConfigError names the entry,
+    the key it lacks and what that key holds (the entry's token, if any, never shown)."""
+    if not isinstance(user, dict):
+        raise ConfigError(f"{path}: users[{n}] is not an entry of keys: {_ENTRY_TEXT}")
+    named = ", ".join(f"{k} {user[k]}" for k in ("agency", "officer") if k in user)
+    where = f"users[{n}]" + (f" ({named})" if named else "")
+    for key, what in _FIELDS.items():
+        if key not in user:
+            given = (
+                "; it has `token` instead, which this file never holds: replace it by its "
+                "token_sha256"
+                if key == "token_sha256" and "token" in user
+                else ""
+            )
+            raise ConfigError(f"{path}: {where} has no {key}: {what}{given}")
+    return user["agency"], user["officer"], user["token_sha256"]
 
 
 def _is_ledgerctl_tokens_file(raw: object) -> bool:

@@ -2022,6 +2022,8 @@ class LedgerSettings(ServiceSettings):
     # Key-encryption keys of personal data (services/ledger/personal_keys.py); None in
     # development: generated in the data directory.
     personal_data_keys: str | None = field(default=None, repr=False)
+    # The variable that gave them, as a refusal names it (with the file's path for _FILE).
+    personal_data_keys_variable: str = "LEDGER_PERSONAL_DATA_KEYS"
     personal_data_retention_days: float = _default(LedgerVariables, "personal_data_retention_days")
     personal_data_sweep_grace_seconds: float = _default(
         LedgerVariables, "personal_data_sweep_grace_seconds"
@@ -2070,6 +2072,7 @@ class LedgerSettings(ServiceSettings):
             ingest_max_bytes=ledger.ingest_max_bytes,
             ingest_process=ledger.ingest_process,
             personal_data_keys=ledger.personal_data_keys,
+            personal_data_keys_variable=secret_given_as(given, "LEDGER_PERSONAL_DATA_KEYS"),
             personal_data_retention_days=ledger.personal_data_retention_days,
             personal_data_sweep_grace_seconds=ledger.personal_data_sweep_grace_seconds,
             open_key_files=check_key_files(

@@ -113,7 +113,7 @@ def open_personal_keys(settings: LedgerSettings, *, create: bool) -> PersonalKey
         keys=settings.personal_data_keys,
         key_dir=settings.key_dir,
         production=settings.production,
-        variable="LEDGER_PERSONAL_DATA_KEYS",
+        variable=settings.personal_data_keys_variable,
     )
     db = open_database(settings.store_env, connections=4, sqlite_pragmas=SQLITE_PRAGMAS)
     try:

@@ -25,7 +25,8 @@ from services.common.config import (
 )
 from services.common.sql import postgres_connect
 from services.common.started import STARTED_FILE_VARIABLE
-from services.ledger.server import load_tokens
+from services.ledger.personal_keys import KeyRing
+from services.ledger.server import load_tokens, open_personal_keys
 from tests.support import REFERENCE_FILE, reference
 
 
@@ -278,6 +279,55 @@ def test_a_token_hash_that_is_not_sha256_hex_is_refused(tmp_path: Path, digest: 
         load_tokens(settings, reference())
 
 
+@pytest.mark.parametrize(
+    ("entry", "refusal"),
+    [
+        (
+            "{agency: polres, officer: aiptu.rahman, token: a-bearer-token-of-his}",
+            "users[1] (agency polres, officer aiptu.rahman) has no token_sha256: the SHA-256 "
+            "hex of the officer's bearer token (printf %s TOKEN | sha256sum), never the token "
+            "itself; it has `token` instead, which this file never holds: replace it by its "
+            "token_sha256",
+        ),
+        (
+            f"{{agency: polres, token_sha256: {'ab' * 32}}}",
+            "users[1] (agency polres) has no officer: the officer's name",
+        ),
+        (
+            f"{{officer: aiptu.rahman, token_sha256: {'ab' * 32}}}",
+            "users[1] (officer aiptu.rahman) has no agency: the agency's code in the reference "
+            "data",
+        ),
+        ("aiptu.rahman", "users[1] is not an entry of keys: agency: the agency's code"),
+    ],
+)
+def test_a_malformed_tokens_entry_is_named_with_the_key_it_lacks(
+    tmp_path: Path, entry: str, refusal: str
+) -> None:
+    """Before: "malformed tokens file …: KeyError('token_sha256')", whichever entry it was."""
+    path = tmp_path / "tokens.yaml"
+    path.write_text(
+        f"users:\n  - {{agency: kpu, officer: operator.dewi, token_sha256: {'cd' * 32}}}\n"
+        f"  - {entry}\n"
+    )
+    settings = LedgerSettings(data_dir=tmp_path, tokens_file=path, reference_file=REFERENCE_FILE)
+    with pytest.raises(ConfigError) as refused:
+        load_tokens(settings, reference())
+    assert str(refused.value).startswith(f"{path}: {refusal}")
+    assert "a-bearer-token-of-his" not in str(refused.value)
+
+
+@pytest.mark.parametrize("text", ["", "users: polres\n", "- {agency: polres}\n"])
+def test_a_tokens_file_without_a_list_of_users_says_what_it_holds(
+    tmp_path: Path, text: str
+) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text(text)
+    settings = LedgerSettings(data_dir=tmp_path, tokens_file=path, reference_file=REFERENCE_FILE)
+    with pytest.raises(ConfigError, match=r"holds `users:`, a list with one entry per officer"):
+        load_tokens(settings, reference())
+
+
 def test_a_token_hash_given_to_two_users_is_refused(tmp_path: Path) -> None:
     """Two lines with one hash (a rotation that copied a line and kept the old hash): the
     token would act as whichever line came last, so the file is refused, naming both."""
@@ -482,3 +532,37 @@ def test_the_variables_read_elsewhere_are_those_the_project_reads() -> None:
     assert in_nats - known == set()
     read_elsewhere = (in_client | in_nats) - config.variable_names() | {STARTED_FILE_VARIABLE}
     assert read_elsewhere == config.READ_ELSEWHERE
+
+
+def test_personal_data_keys_from_a_file_are_refused_under_the_variable_set(
+    tmp_path: Path,
+) -> None:
+    """A refusal named LEDGER_PERSONAL_DATA_KEYS, which the operator had not set, when they
+    had set LEDGER_PERSONAL_DATA_KEYS_FILE: now the variable they set, and its file."""
+    keys = tmp_path / "personal-data-keys"
+    keys.write_text(KeyRing.generate_text("dev-1234abcd"))
+    keys.chmod(0o600)
+    production = {
+        "LEDGER_ENVIRONMENT": "production",
+        "LEDGER_PAGE_TOKEN_SECRET": "a-long-enough-secret-for-tokens",
+        "LEDGER_TOKENS_FILE": "/t.yaml",
+        "LEDGER_SIGNING_KEY_FILE": "/k.pem",
+        "LEDGER_DATA_DIR": str(tmp_path / "data"),
+    }
+    from_file = LedgerSettings.from_env({**production, "LEDGER_PERSONAL_DATA_KEYS_FILE": str(keys)})
+    with pytest.raises(ConfigError) as refused:
+        open_personal_keys(from_file, create=True)
+    assert str(refused.value) == (
+        f"LEDGER_PERSONAL_DATA_KEYS_FILE {keys}: development key-encryption keys "
+        "['dev-1234abcd'] are refused in production"
+    )
+    keys.write_text("kek-2026")  # no key after the id
+    from_file = LedgerSettings.from_env({**production, "LEDGER_PERSONAL_DATA_KEYS_FILE": str(keys)})
+    with pytest.raises(ConfigError) as refused:
+        open_personal_keys(from_file, create=True)
+    assert str(refused.value) == (
+        f"LEDGER_PERSONAL_DATA_KEYS_FILE {keys}: each key is written id:base64key"
+    )
+    given = {**production, "LEDGER_PERSONAL_DATA_KEYS": KeyRing.generate_text("dev-1234abcd")}
+    with pytest.raises(ConfigError, match=r"^LEDGER_PERSONAL_DATA_KEYS: development"):
+        open_personal_keys(LedgerSettings.from_env(given), create=True)
