@@ -484,6 +484,17 @@ def test_the_topology_in_compose() -> None:
         assert servers == [f"nats://nats-{i}:4222" for i in (1, 2, 3)], name
 
 
+def test_compose_rotates_every_container_s_log() -> None:
+    """The services log to stdout only, and Docker's json-file driver keeps a container's
+    log whole unless told otherwise: a busy ledger's would grow until the disk is full."""
+    for name, service in compose()["services"].items():
+        logging = service.get("logging", {})
+        assert logging.get("driver") == "json-file", name
+        options = logging.get("options", {})
+        assert re.fullmatch(r"\d+m", options.get("max-size", "")), name
+        assert int(options.get("max-file", "0")) >= 2, name
+
+
 def test_compose_settings_are_ones_the_services_read_and_accept(tmp_path: Path) -> None:
     for name, service in our_compose_services().items():
         check_service_env(f"compose {name}", service["environment"], tmp_path)
