@@ -94,6 +94,10 @@ def blank(value: str) -> bool:
 
 def check_text(name: str, value: str, limit: int, *, required: bool = False) -> str:
     if required and blank(value):
+        if value.strip():
+            raise InvalidArgument(
+                name, "is required: it holds only invisible formatting characters"
+            )
         raise InvalidArgument(name, "is required")
     if len(value) > limit:
         raise InvalidArgument(name, f"is longer than {limit} characters", reason="FIELD_TOO_LONG")
