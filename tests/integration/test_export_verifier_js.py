@@ -389,6 +389,34 @@ def test_another_key_is_named_as_such_by_both_verifiers(
         )
 
 
+@pytest.mark.parametrize("field", ["events", "head"])
+def test_a_checkpoint_changed_in_the_file_is_refused_beside_the_witness_genuine_copy(
+    node: str, exported: Exported, tmp_path: Path, field: str
+) -> None:
+    """The file's checkpoint with its count or head changed and the genuine signature kept,
+    verified with a witness holding the genuine one: the same position and signature made
+    it a copy of the witness's, never checked, and the file verified."""
+    lines = exported.path.read_bytes().split(b"\n")
+    index = _checkpoint_lines(lines)[-1]
+    record = json.loads(lines[index])
+    record[field] = record["events"] + 1 if field == "events" else "0" * 64
+    lines[index] = json.dumps(record, separators=(",", ":")).encode()
+    tampered = tmp_path / "changed-checkpoint.jsonl"
+    tampered.write_bytes(b"\n".join(lines))
+    witness = ("--checkpoints", str(exported.witness))
+    code, report = run_node(node, tampered, exported.public_key, *witness)
+    assert code == 1, report
+    divergence = report["divergence"]
+    assert (divergence["kind"], divergence["position"]) == (
+        "bad_signature",
+        str(record["position"]),
+    )
+    assert divergence["line"] == index + 1, divergence
+    python = verify_export(tampered, _public_bytes(exported), _witness(exported)).divergence
+    assert python is not None
+    assert (python.kind, python.position) == ("bad_signature", int(record["position"]))
+
+
 def test_a_seal_made_with_another_key_among_the_ledgers_is_tampering(
     node: str, exported: Exported, tmp_path: Path
 ) -> None:

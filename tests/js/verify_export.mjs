@@ -490,7 +490,13 @@ function verify(lines, keys, witness) {
   let lastSigner = null;
 
   function offer(cp, fromFile) {
-    const ident = `${cp.position}:${cp.signature.toString("base64")}`;
+    // The same checkpoint twice (the file's and the witness's copy) is checked once; one
+    // with a signed field changed and the genuine signature kept is another, whose own
+    // check fails (position and signature alone let it pass as a copy, unchecked).
+    const ident = JSON.stringify([
+      cp.position.toString(), cp.events.toString(), cp.head, cp.createdAt,
+      cp.signature.toString("base64"), typeof cp.keyId === "string" ? cp.keyId : "",
+    ]);
     if (seen.has(ident)) return;
     seen.add(ident);
     cp.signer = checkpointSigner(keys, cp);
