@@ -685,6 +685,28 @@ def test_a_forged_event_inserted_into_an_incident_is_named(store: Store) -> None
     )
 
 
+def test_a_genuine_event_copied_onto_another_incident_is_the_forgery_not_its_predecessor(
+    store: Store, tmp_path: Path
+) -> None:
+    """A genuine row copied into another incident as its next version: its previous_hash
+    does not link to that incident's head, and it was the head (authentic, its seal holds)
+    that was named as changed; the copy, whose seal does not hold, is the forgery."""
+    source = store.rows.rows(store.history.lifecycle)[3]
+    incident = next(i for i in store.history.others if len(store.rows.rows(i)) > 1)
+    head = store.rows.rows(incident)[-1]
+    position = store.rows.insert(incident, head.version + 1, source.topic, source.state)
+    expected = ("modified", _name(incident), head.version + 1, position)
+    found = store.divergence()
+    assert (found.kind, found.incident, found.version, found.position) == expected, found
+    assert f"does not link to version {head.version}" in found.detail, found.detail
+    assert "its own seal does not verify" in found.detail, found.detail
+    out = tmp_path / "forged.jsonl"
+    export_jsonl(store.ledger, out)
+    offline = verify_file(out).divergence
+    assert offline is not None
+    assert (offline.kind, offline.incident, offline.version, offline.position) == expected
+
+
 def test_a_checkpoint_signed_by_another_key_is_a_bad_signature(store: Store) -> None:
     mine = store.checkpoints.create()
     forger = Ed25519PrivateKey.generate()

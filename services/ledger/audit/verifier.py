@@ -105,6 +105,11 @@ class _Suspect:
     previous_hash: str
     before_position: int
     identity: dict[str, Any]  # the row's type and schema version (the topic stays with a row)
+    # The two events' hashes and seals: whose seal holds tells which of them changed.
+    hash: str
+    seal: Seal
+    before_hash: str | None
+    before_seal: Seal
     line: int | None = None  # the lines of the two events in an export
     before_line: int | None = None
 
@@ -468,7 +473,7 @@ class ChainVerifier:
         elif version < track.next:
             self._late(incident, position, version, previous_hash, digest)
         else:
-            self._link(incident, track, position, version, previous_hash, body)
+            self._link(incident, track, position, version, previous_hash, body, digest, seal)
             track.prev_hash, track.hash, track.pos = track.hash, digest, position
             track.line = line
             track.next, track.seal = version + 1, seal
@@ -564,6 +569,8 @@ class ChainVerifier:
         version: int,
         previous_hash: str,
         body: Body,
+        digest: str,
+        seal: Seal,
     ) -> None:
         link_ok = track.hash is None or previous_hash == track.hash
         suspect = track.suspect
@@ -573,7 +580,7 @@ class ChainVerifier:
             self._suspects.discard(incident)
             sv = suspect.version
             if link_ok:
-                self._modified_before(incident, suspect)
+                self._modified(incident, suspect)
             elif (
                 body_hash({**_loaded(body), "originator_version": sv, **suspect.identity})
                 == suspect.previous_hash
@@ -614,7 +621,17 @@ class ChainVerifier:
                 loaded = _loaded(body)
                 identity = {"type": loaded["type"], "schema_version": loaded["schema_version"]}
                 track.suspect = _Suspect(
-                    version, position, previous_hash, track.pos, identity, self._line, track.line
+                    version,
+                    position,
+                    previous_hash,
+                    track.pos,
+                    identity,
+                    digest,
+                    seal,
+                    track.hash,
+                    track.seal,
+                    self._line,
+                    track.line,
                 )
                 self._suspects.add(incident)
 
@@ -635,6 +652,41 @@ class ChainVerifier:
             line,
         )
 
+    def _modified(self, incident: str, suspect: _Suspect) -> None:
+        """The link into ``suspect`` is broken, and nothing says the events were moved: one
+        of the two changed. The earlier one did, unless its seal holds (the ledger sealed
+        its content as it is) and the later one's does not: then the later one was changed
+        or forged (a genuine row copied in as the incident's next version, say), and the
+        earlier one is authentic."""
+        problem = self._seal_problem(suspect.hash, suspect.seal)
+        if (
+            problem is None
+            or suspect.before_hash is None
+            or self._seal_problem(suspect.before_hash, suspect.before_seal) is not None
+        ):
+            self._modified_before(incident, suspect)
+            return
+        sv = suspect.version
+        self._found(
+            suspect.position,
+            0,
+            Divergence(
+                "modified",
+                _name(incident),
+                sv,
+                suspect.position,
+                f"its previous_hash does not link to version {sv - 1} (position "
+                f"{suspect.before_position}), whose seal holds, and its own seal does not "
+                f"verify ({problem}): this event was changed or forged",
+            ),
+            suspect.line,
+        )
+
+    def _seal_problem(self, digest: str, seal: Seal) -> str | None:
+        """Why ``seal`` (or the seal it loads) does not vouch for ``digest``; None when it
+        does."""
+        return self._seals.problem(digest, seal() if callable(seal) else seal)
+
     def _modified_before(self, incident: str, suspect: _Suspect) -> None:
         self._found(
             suspect.before_position,
@@ -651,9 +703,9 @@ class ChainVerifier:
         )
 
     def _settle(self, incident: str, track: _Track) -> None:
-        """Decide a pending broken link without its successor: the earlier event changed."""
+        """Decide a pending broken link without its successor, by the two events' seals."""
         if track.suspect is not None:
-            self._modified_before(incident, track.suspect)
+            self._modified(incident, track.suspect)
             track.suspect = None
             self._suspects.discard(incident)
 
