@@ -1042,6 +1042,45 @@ def _escalated_twice(client: Client, count: int) -> list[str]:
     return names
 
 
+def test_ledgerctl_says_a_checkpoints_divergence_at_its_position_from_the_start_of_the_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A divergence no one incident shows (an event gone under the first checkpoint): it
+    said "(incident -, version 0, position P)" and "after the checkpoint at position 0",
+    and its --json "incident": "" and "version": 0 where ledger-audit says null."""
+    with (
+        store_environment("sqlite", tmp_path) as store_env,
+        running_ledger(settings_for(tmp_path, store_env)) as client,
+    ):
+        names = _escalated_twice(client, 2)
+        checkpoint = client.server.checkpoints.create()
+        table = client.server.ledger.recorder.events_table_name  # type: ignore[attr-defined]
+        surgery = Surgery("sqlite", store_env, table)
+        surgery.delete(surgery.rows(UUID(names[0].removeprefix("incidents/")))[-1].position)
+        ctl = Ctl(client, capsys)
+        code, out, err = ctl.run("inspektorat", "audit", "verify")
+        said = " ".join(out.split())
+        assert code == 1, (out, err)
+        assert (
+            f"an event was deleted (at position {checkpoint.position}): 1 event(s) up to "
+            f"position {checkpoint.position} (from the start of the log) are missing"
+        ) in said, said
+        assert "incident -" not in said and "version 0" not in said, said
+        code, out, err = ctl.run("inspektorat", "--json", "audit", "verify")
+        assert code == 1, (out, err)
+        divergence = json.loads(out)["divergence"]
+        public = client.server.checkpoints.public_key
+        audit = verify_store(client.server.ledger, public).to_log()["divergence"]
+        for said_by in (divergence, audit):
+            assert (
+                said_by["kind"],
+                said_by["incident"],
+                said_by["version"],
+                said_by["position"],
+            ) == ("deleted", None, None, checkpoint.position), said_by
+        assert divergence["detail"] == audit["detail"]
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_the_api_answers_data_loss_for_a_forged_deleted_or_undecodable_event(
     kind: str, tmp_path: Path

@@ -76,3 +76,20 @@ def test_a_divergence_is_said_in_words_not_as_a_repr() -> None:
     assert "Divergence(" not in said
     with using("id"):
         assert divergence_text(divergence).startswith("sebuah peristiwa diubah (kejadian")
+
+
+def test_a_divergence_of_no_one_incident_is_said_at_its_position_alone() -> None:
+    """A checkpoint's count or head concerns no incident: it read "(incident -, version 0,
+    position 181)"."""
+    divergence = Divergence(
+        kind="deleted", incident=None, version=None, position=181, detail="1 event(s) missing"
+    )
+    assert (
+        divergence_text(divergence) == "an event was deleted (at position 181): 1 event(s) missing"
+    )
+    with using("id"):
+        assert "(di posisi 181)" in divergence_text(divergence)
+    nowhere = Divergence(
+        kind="bad_signature", incident=None, version=None, position=None, detail="no key"
+    )
+    assert divergence_text(nowhere) == "a signature does not verify: no key"

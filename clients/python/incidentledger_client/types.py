@@ -925,18 +925,20 @@ class Divergence:
     """The first place where the stored history does not verify."""
 
     kind: Literal["modified", "deleted", "inserted", "reordered", "truncated", "bad_signature"]
-    incident: str
-    version: int
-    position: int
+    # None where the problem concerns no one incident (a checkpoint's count or head) or
+    # no one position, as ledger-audit says it: the message leaves them unset ("" and 0).
+    incident: str | None
+    version: int | None
+    position: int | None
     detail: str
 
     @classmethod
     def from_proto(cls, message: audit_pb.Divergence) -> Divergence:
         return cls(
             kind=message.kind,  # type: ignore[arg-type]
-            incident=message.incident,
-            version=message.version,
-            position=message.position,
+            incident=message.incident or None,
+            version=message.version or None,
+            position=message.position or None,
             detail=message.detail,
         )
 

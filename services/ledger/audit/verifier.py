@@ -208,7 +208,7 @@ class ChainVerifier:
         self._seen: set[Checkpoint] = set()
         self._feed = iter(checkpoints)
         self._feed_next: Checkpoint | None = next(self._feed, None)
-        self._prev_checked = self._start_position
+        self._prev_checked: int | None = None  # the last checkpoint checked
         self._line: int | None = None  # the line of the event being added, in an export
         # Up to here a valid checkpoint vouches for the log; above it, each incident's
         # newest seal does (see services/ledger/seals.py).
@@ -348,7 +348,7 @@ class ChainVerifier:
 
     def _check(self, cp: Checkpoint, signer: str, *, at_end: bool) -> None:
         n, head, last = self._events_total, self._head, self._last
-        since = f"after the checkpoint at position {self._prev_checked}"
+        since = self._since()
         self._prev_checked = cp.position
         retired = self._signed_by(cp, signer)
         if retired is not None:
@@ -389,14 +389,23 @@ class ChainVerifier:
                 None,
                 cp.position,
                 f"the chain head at position {cp.position} differs from the signed checkpoint: "
-                f"an event {since} was altered (the latest event of its incident, as no "
-                "incident chain shows it)",
+                f"an event up to it ({since}) was altered (the latest event of its "
+                "incident, as no incident chain shows it)",
             )
         else:
             self.checkpoints_checked += 1
             self._covered = max(self._covered, cp.position)
             return
         self._found(cp.position, 1, divergence, self._line)
+
+    def _since(self) -> str:
+        """Where the stretch of log a checkpoint is checked over begins, in words (it was
+        "after the checkpoint at position 0" for the beginning of the log)."""
+        if self._prev_checked is not None:
+            return f"after the checkpoint at position {self._prev_checked}"
+        if self._start_position == 0:
+            return "from the start of the log"
+        return f"after position {self._start_position}, where the export starts"
 
     # ------------------------------------------------------------ events
 

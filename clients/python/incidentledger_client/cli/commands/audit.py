@@ -133,12 +133,19 @@ DIVERGENCES = {
 
 
 def divergence_text(d: Divergence) -> str:
-    """Where the history first diverges, in words (it was the dataclass's repr)."""
+    """Where the history first diverges, in words (it was the dataclass's repr): the
+    incident and version only when it concerns one incident (a checkpoint's count or head
+    concerns none: it was "incident -, version 0")."""
     kind = _(DIVERGENCES[d.kind]) if d.kind in DIVERGENCES else d.kind
-    where = _("incident {incident}, version {version}, position {position}").format(
-        incident=d.incident or "-", version=d.version, position=d.position
-    )
-    return f"{kind} ({where}): {d.detail}" if d.detail else f"{kind} ({where})"
+    where: str | None = None
+    if d.incident is not None:
+        where = _("incident {incident}, version {version}, position {position}").format(
+            incident=d.incident, version=d.version, position=d.position
+        )
+    elif d.position is not None:
+        where = _("at position {position}").format(position=d.position)
+    said = kind if where is None else f"{kind} ({where})"
+    return f"{said}: {d.detail}" if d.detail else said
 
 
 #: What deep verification finds wrong with a file, as the ledger names it.
