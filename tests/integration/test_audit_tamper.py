@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -44,6 +45,7 @@ from services.ledger.audit import (
     body_hash,
     export_jsonl,
     public_key_bytes,
+    read_checkpoints_file,
     scan,
     verify_export,
     verify_exported,
@@ -73,6 +75,7 @@ from tests.unit.test_audit_encoding import History, build_history
 
 KEY = Ed25519PrivateKey.generate()
 PUBLIC = public_key_bytes(KEY)
+NODE_VERIFIER = PROJECT_ROOT / "tests" / "js" / "verify_export.mjs"
 
 
 @dataclass
@@ -1079,6 +1082,81 @@ def test_ledgerctl_says_a_checkpoints_divergence_at_its_position_from_the_start_
                 said_by["position"],
             ) == ("deleted", None, None, checkpoint.position), said_by
         assert divergence["detail"] == audit["detail"]
+
+
+def test_ledgerctl_keeps_a_witness_file_the_verifiers_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`audit checkpoints --witness FILE` appends the checkpoints FILE does not hold yet, in
+    the verifiers' form: its --json (a JSON array, the signature in hex, "chain_head",
+    "create_time") said it was to keep with a witness, and no verifier read it. An export
+    verifies against the file, which shows the newest events and checkpoint deleted from
+    the store; a file that holds another checkpoint at a position is left as it was."""
+    witness = tmp_path / "witness.jsonl"
+    with (
+        store_environment("sqlite", tmp_path) as store_env,
+        running_ledger(settings_for(tmp_path, store_env)) as client,
+    ):
+        ctl = Ctl(client, capsys)
+        keep = ("inspektorat", "audit", "checkpoints", "--witness", str(witness))
+        _escalated_twice(client, 2)
+        first = client.server.checkpoints.create()
+        assert "appended 1 checkpoint to " in ctl.ok(*keep)
+        names = _escalated_twice(client, 2)
+        second = client.server.checkpoints.create()
+        said = " ".join(ctl.ok(*keep).split())
+        assert f"appended 1 checkpoint to {witness} (1 held already)" in said, said
+        assert ctl.json(*keep) == {"path": str(witness), "appended": [], "held": 2, "differ": []}
+        # Byte for byte what the ledger publishes (NATS, the export's lines).
+        assert witness.read_bytes() == first.to_bytes() + b"\n" + second.to_bytes() + b"\n"
+        public = client.server.checkpoints.public_key
+        clean = tmp_path / "clean.jsonl"
+        export_jsonl(client.server.ledger, clean)
+        kept = read_checkpoints_file(witness)
+        report = verify_export(clean, public, kept)
+        assert report.ok and report.checkpoints_checked == 2, report
+        node = shutil.which("node")
+        if node is not None:  # the Node verifier reads it too
+            key_file = tmp_path / "ledger.pub"
+            key_file.write_bytes(public_key_pem(public))
+            command = [node, str(NODE_VERIFIER), "--public-key", str(key_file)]
+            done = subprocess.run(
+                [*command, "--checkpoints", str(witness), str(clean)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert done.returncode == 0, (done.stdout, done.stderr)
+            assert json.loads(done.stdout)["checkpoints_checked"] == 2
+        # The newest events and the checkpoint over them deleted: alone, the export verifies.
+        table = client.server.ledger.recorder.events_table_name  # type: ignore[attr-defined]
+        surgery = Surgery("sqlite", store_env, table)
+        for name in names:
+            for row in surgery.rows(UUID(name.removeprefix("incidents/"))):
+                surgery.delete(row.position)
+        Surgery("sqlite", store_env, "ledger_checkpoints")._run(
+            "DELETE FROM {t} WHERE position = ?", (second.position,)
+        )
+        cut = tmp_path / "cut.jsonl"
+        export_jsonl(client.server.ledger, cut)
+        assert verify_export(cut, public).ok
+        report = verify_export(cut, public, kept)
+        assert report.divergence is not None, report
+        assert (report.divergence.kind, report.divergence.position) == (
+            "truncated",
+            second.position,
+        )
+        # A file holding another checkpoint at a position: said, and nothing written.
+        changed = witness.read_bytes().replace(first.head.encode(), b"0" * 64)
+        witness.write_bytes(changed)
+        code, out, err = ctl.run(*keep)
+        assert code == 7, (out, err)
+        assert f"checkpoint at position {first.position} differs" in " ".join(err.split()), err
+        assert witness.read_bytes() == changed
+        witness.write_text("not json\n")
+        code, out, err = ctl.run(*keep)
+        assert code == 2 and "line 1: not a checkpoint" in " ".join(err.split()), (out, err)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])

@@ -8,6 +8,7 @@ protobuf message by its ``from_proto`` class method.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -918,6 +919,23 @@ class Checkpoint:
             key_id=message.key_id,
             signature=bytes(message.signature),
         )
+
+    def published(self) -> dict[str, Any]:
+        """The checkpoint as the ledger publishes it (docs/hash-chain.md, section 6): a line
+        of a witness's file, as ``ledger-audit verify --checkpoints`` and
+        tests/js/verify_export.mjs read it. Its ``created_at`` is the text the ledger
+        signed, a canonical time (UTC, six fraction digits, ``+00:00``): ``create_time``
+        written that way again."""
+        if self.create_time is None:
+            raise ValueError(f"the checkpoint at position {self.position} has no time")
+        return {
+            "position": self.position,
+            "head": self.chain_head,
+            "events": self.events,
+            "created_at": self.create_time.astimezone(UTC).isoformat(timespec="microseconds"),
+            "key_id": self.key_id,
+            "signature": base64.b64encode(self.signature).decode("ascii"),
+        }
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
 import json
 import os
@@ -16,12 +18,18 @@ from rich.text import Text
 from incidentledger_client import LedgerError, Unavailable
 from incidentledger_client.cli import output
 from incidentledger_client.cli.commands import group
-from incidentledger_client.cli.errors import EXIT_OTHER, InterruptedCommandError, said
+from incidentledger_client.cli.errors import (
+    EXIT_DATA_LOSS,
+    EXIT_OTHER,
+    InterruptedCommandError,
+    said,
+)
 from incidentledger_client.cli.inputs import TIME_HELP, incident_name, maybe_code, moment
 from incidentledger_client.cli.progress import Meter, progress_bar
 from incidentledger_client.cli.state import state
 from incidentledger_client.i18n import N_, _, format_number, format_size, ngettext
 from incidentledger_client.types import (
+    Checkpoint,
     Divergence,
     EvidenceReport,
     IncidentEvent,
@@ -264,14 +272,34 @@ def _export_to(path: Path, events: Iterable[IncidentEvent], after: int, meter: M
         raise
 
 
-@app.command("checkpoints", epilog="Example: ledgerctl -a inspektorat audit checkpoints --json")
-def audit_checkpoints(ctx: typer.Context) -> None:
+@app.command(
+    "checkpoints",
+    epilog="Example: ledgerctl -a inspektorat audit checkpoints --witness witness.jsonl",
+)
+def audit_checkpoints(
+    ctx: typer.Context,
+    witness: Annotated[
+        Path | None,
+        typer.Option(
+            "--witness",
+            metavar="FILE",
+            dir_okay=False,
+            help="Append to this file the checkpoints it does not hold yet (a witness's copy, "
+            "JSON Lines) instead of listing them.",
+        ),
+    ] = None,
+) -> None:
     """The ledger's signed checkpoints, oldest first: position, chain head, events, key.
 
     --json gives each with its signature (hex), to check offline with the ledger's public
-    key (docs/hash-chain.md) or to keep with a witness."""
+    key (docs/hash-chain.md). --witness FILE keeps a witness's copy: it appends to FILE the
+    checkpoints FILE does not hold yet, one a line in the form that `ledger-audit verify
+    --checkpoints FILE` and tests/js/verify_export.mjs read; run it again to add new ones."""
     st = state(ctx)
     checkpoints = list(st.ledger().checkpoints())
+    if witness is not None:
+        _keep_with_witness(st.as_json, checkpoints, witness)
+        return
     if st.as_json:
         output.emit_json(checkpoints)
         return
@@ -302,6 +330,124 @@ def audit_checkpoints(ctx: typer.Context) -> None:
             no_wrap=("chain head", "key"),
         )
     )
+
+
+# A checkpoint as a witness's file holds it, for comparing: position, head, events,
+# created_at, key_id and the signature's bytes (every field: one that differs in any is
+# another checkpoint, as the verifiers take it).
+_Held = tuple[int, str, int, str, str, bytes]
+
+
+def _whole(value: object, name: str) -> int:
+    """A number, or its decimal string (docs/hash-chain.md, section 6, accepts both)."""
+    if type(value) is int and value >= 0:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdecimal():
+        return int(value)
+    raise ValueError(f"{name} is not a whole number")
+
+
+def _held_form(record: object) -> _Held:
+    """``record``, a line of a witness's file, for comparing; ValueError when it is not a
+    checkpoint in the published form (docs/hash-chain.md, section 6)."""
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    missing = [
+        k for k in ("position", "head", "events", "created_at", "signature") if k not in record
+    ]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)}")
+    head, created_at, key = record["head"], record["created_at"], record.get("key_id", "")
+    if not all(isinstance(v, str) for v in (head, created_at, key, record["signature"])):
+        raise ValueError("head, created_at, key_id or signature is not text")
+    try:
+        signature = base64.b64decode(record["signature"], validate=True)
+    except binascii.Error:
+        raise ValueError("the signature is not base64") from None
+    position, events = _whole(record["position"], "position"), _whole(record["events"], "events")
+    return position, head, events, created_at, key, signature
+
+
+def _read_witness(path: Path, data: bytes) -> list[_Held]:
+    """The checkpoints of the witness's file at ``path``, whose content is ``data``."""
+    held = []
+    for number, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            held.append(_held_form(json.loads(line)))
+        except ValueError as error:  # json.JSONDecodeError and UnicodeDecodeError too
+            raise typer.BadParameter(
+                _("{file}, line {line}: not a checkpoint ({problem})").format(
+                    file=path, line=number, problem=error
+                ),
+                param_hint="--witness",
+            ) from None
+    return held
+
+
+def _keep_with_witness(as_json: bool, checkpoints: list[Checkpoint], path: Path) -> None:
+    """Append to the witness's file at ``path`` the checkpoints it does not hold. One it
+    holds otherwise at the same position (another head, count, time or signature) means
+    that the ledger's checkpoint or the file changed since it was kept: that is said (exit
+    7) and nothing is written, so that the file keeps what it held."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        data = b""
+    held = set(_read_witness(path, data))
+    positions = {h[0] for h in held}
+    new: list[dict[str, object]] = []
+    differ: list[int] = []
+    for checkpoint in checkpoints:
+        published = checkpoint.published()
+        if _held_form(published) in held:
+            continue
+        if checkpoint.position in positions:
+            differ.append(checkpoint.position)
+        else:
+            new.append(published)
+    if new and not differ:
+        # A last line left without its end (by another writer) ends before the first new one.
+        lines = [b""] if data and not data.endswith(b"\n") else []
+        lines += [json.dumps(c, separators=(",", ":")).encode("utf-8") for c in new]
+        with path.open("ab") as file:
+            file.write(b"\n".join(lines) + b"\n")
+    appended = [] if differ else new
+    kept = len(checkpoints) - len(new) - len(differ)
+    if as_json:
+        output.emit_json(
+            {
+                "path": str(path),
+                "appended": [c["position"] for c in appended],
+                "held": kept,
+                "differ": differ,
+            }
+        )
+    elif not differ:
+        output.console().print(
+            ngettext(
+                "appended {count} checkpoint to {path} ({held} held already)",
+                "appended {count} checkpoints to {path} ({held} held already)",
+                len(appended),
+            ).format(count=format_number(len(appended)), path=path, held=format_number(kept)),
+            markup=False,
+        )
+    if differ:
+        output.error_console().print(
+            ngettext(
+                "the ledger's checkpoint at position {positions} differs from the one {path} "
+                "holds: the ledger's checkpoints or the file changed since it was kept; "
+                "nothing was written (verify an export with --checkpoints {path})",
+                "the ledger's checkpoints at positions {positions} differ from the ones {path} "
+                "holds: the ledger's checkpoints or the file changed since it was kept; "
+                "nothing was written (verify an export with --checkpoints {path})",
+                len(differ),
+            ).format(positions=", ".join(str(p) for p in differ), path=path),
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_DATA_LOSS)
 
 
 @app.command(
