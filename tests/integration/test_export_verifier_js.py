@@ -323,6 +323,34 @@ def test_a_cut_export_is_truncated_within_its_range_and_shows_a_moved_stop(
     assert (python_report.stop, python_report.checkpoints_after) == (through, (exported.second,))
 
 
+def test_an_export_of_a_cut_log_with_its_checkpoint_past_the_end_is_truncated_in_both(
+    node: str, exported: Exported, tmp_path: Path
+) -> None:
+    """What the exporter writes for a store whose newest events were deleted: the events up
+    to the log's end (the header's stop), then the store's checkpoint past it. That
+    checkpoint is the file's own: truncated for both verifiers, with only the public key
+    (a witness's after the range stays "not checked")."""
+    through = exported.second - 5
+    lines = _cut(exported.path, tmp_path / "base.jsonl", through, stop=through)
+    body = lines.read_bytes().splitlines()[:-1]  # without its end record
+    (second,) = [
+        line
+        for line in exported.path.read_bytes().splitlines()
+        if b'"checkpoint"' in line and int(json.loads(line)["position"]) == exported.second
+    ]
+    cut = tmp_path / "cut-log.jsonl"
+    cut.write_bytes(_with_end([*body, second]))
+    code, report = run_node(node, cut, exported.public_key)
+    assert code == 1, report
+    assert (report["divergence"]["kind"], report["divergence"]["position"]) == (
+        "truncated",
+        str(exported.second),
+    )
+    python = verify_export(cut, _public_bytes(exported)).divergence
+    assert python is not None
+    assert (python.kind, python.position) == ("truncated", exported.second)
+
+
 def test_a_deleted_and_a_reordered_event_are_named_on_the_same_line_by_both(
     node: str, exported: Exported, tmp_path: Path
 ) -> None:
