@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import secrets
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +33,8 @@ from tests.fanout_support import (
 from tests.ledgerctl_support import without_server_log
 from tests.support import store_environment
 from tests.unit.test_i18n import english_words
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(60)]
 
@@ -148,6 +154,42 @@ def test_a_watch_that_ends_says_which_cursor_goes_on_from_there(
     # JSON Lines carry each cursor already: nothing more on stderr.
     code, out = ctl.run("bpbd", "--json", "watch", "--cursor", "v1.0", "--count", "1")
     assert code == 0 and "--cursor" not in ctl.err, ctl.err
+
+
+def test_a_watch_stopped_with_ctrl_c_exits_130_and_says_where_to_go_on_from(
+    stack: Stack,
+) -> None:
+    """Ctrl-C is how a watch is stopped, and the docs give Ctrl-C exit code 130 with no
+    exception for watch: it exited 0, so a script could not tell it from a --count that was
+    reached. A real process, sent SIGINT as a terminal sends it, once a notification is shown."""
+    reported = stack.ledger.report("bpbd", category="flood")
+    pythonpath = os.pathsep.join([str(ROOT), str(ROOT / "gen"), str(ROOT / "clients" / "python")])
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "ledgerctl"),
+            *("--address", stack.ledger.address),
+            *("--notifier-address", f"127.0.0.1:{stack.notifier.port}"),
+            *("--tokens-file", str(stack.ledger.data_dir / "credentials" / "dev-tokens.yaml")),
+            *("-a", "bpbd", "watch", "--cursor", "v1.0", "--category", "flood"),
+        ],
+        env={**os.environ, "PYTHONPATH": pythonpath, "LEDGER_LANG": "en"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        shown = process.stdout.readline()  # the notification: the watch is under way
+        assert reported.incident.removeprefix("incidents/")[:8] in shown, shown
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, (process.returncode, out, err)
+    assert re.search(r"run the same watch with --cursor v2\.[0-9a-f]+\.\d+$", err.strip()), err
+    assert "Traceback" not in err, err
 
 
 def test_a_refused_cursor_is_not_offered_to_go_on_from(

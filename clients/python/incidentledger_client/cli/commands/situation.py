@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from incidentledger_client.cli import output
+from incidentledger_client.cli.errors import EXIT_INTERRUPTED
 from incidentledger_client.cli.inputs import TIME_HELP, choose, code, codes, maybe_code, moment
 from incidentledger_client.cli.state import state
 from incidentledger_client.errors import CursorExpired, InvalidArgument
@@ -223,7 +224,10 @@ def watch(
                 if count and seen >= count:
                     break
         except KeyboardInterrupt:
-            pass
+            # Ctrl-C is how a watch is stopped, and is an interruption all the same (exit code
+            # 130, as for every command): a script tells it from a --count that was reached.
+            # The finally below still says where to go on from.
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except CursorExpired:
             expired = True
             raise
