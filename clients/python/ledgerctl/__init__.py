@@ -11,14 +11,24 @@ lines (``services/common/native_log.py`` turns them into ``tls.handshake_refused
 """
 
 import os
+import sys
 
 #: The core's verbosity for ledgerctl unless GRPC_VERBOSITY says otherwise: its errors only.
 VERBOSITY = "ERROR"
+#: Ctrl-C's exit code (``incidentledger_client.cli.errors.EXIT_INTERRUPTED``, which is not
+#: imported yet when it may be needed here).
+INTERRUPTED = 130
 
 
 def run() -> None:
     """The ``ledgerctl`` console script (``python -m ledgerctl`` too)."""
     os.environ.setdefault("GRPC_VERBOSITY", VERBOSITY)
-    from incidentledger_client.cli import run as ledgerctl
+    try:
+        # Importing the client (grpc, protobuf, rich, typer) takes a second or two of every
+        # run: a Ctrl-C then, or anywhere outside a command's own handling, ends ledgerctl as
+        # an interrupted command ends, quietly with 130, not with a traceback.
+        from incidentledger_client.cli import run as ledgerctl
 
-    ledgerctl()
+        ledgerctl()
+    except KeyboardInterrupt:
+        sys.exit(INTERRUPTED)
