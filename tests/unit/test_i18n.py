@@ -445,6 +445,38 @@ def test_usage_errors_in_indonesian_and_json_unchanged(
 
 
 @pytest.mark.parametrize(
+    ("args", "commands"),
+    [
+        ([], "report, verify, reject, merge, assess, "),
+        (["--agency", "polres"], "report, verify, reject, merge, assess, "),
+        (["close"], "request, approve."),
+        (["webhooks"], "register, list, delete, update, deliveries, dead-letters, replay."),
+    ],
+)
+def test_a_missing_command_is_said_with_the_commands_it_takes(
+    args: list[str], commands: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ledgerctl` or `ledgerctl close` alone said `Kesalahan: ` and nothing after it (typer's
+    error for a group run without arguments has an empty message), and with --json gave
+    "message": "" after an English help page on stdout."""
+    capsys.readouterr()
+    assert main(["--lang", "id", *args]) == 2
+    err = capsys.readouterr().err
+    assert f"Kesalahan: Perintah belum diberikan: berikan salah satu dari {commands}" in err, err
+    assert main(["--lang", "en", *args]) == 2
+    err = capsys.readouterr().err
+    assert f"Error: Missing command: give one of {commands}" in err, err
+    for lang in ("en", "id"):
+        assert main(["--json", "--lang", lang, *args]) == 2
+        out, err = capsys.readouterr()
+        assert out == "", out  # stdout is for results: no help page there
+        error = json.loads(err)["error"]
+        assert (error["code"], error["exit_code"]) == ("USAGE", 2), error
+        assert error["message"].startswith("Missing command: give one of "), error
+        assert commands in error["message"], error
+
+
+@pytest.mark.parametrize(
     ("args", "said"),
     [
         (["list", "--status"], "Kesalahan: Opsi '--status' memerlukan nilai."),

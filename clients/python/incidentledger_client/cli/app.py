@@ -269,6 +269,8 @@ def _run(args: list[str], as_json: bool) -> int:
     # Built anew for each run, so that its help texts can be put in the run's language.
     command = typer.main.get_command(app)
     helptexts.translate(command, i18n._)
+    if as_json:
+        helptexts.no_help_without_arguments(command)
     if os.environ.get(COMPLETE_VAR):
         # A completion script asks: typer's shell classes answer (it registers them only
         # when its own --install-completion options are on, which ledgerctl replaces).
@@ -294,10 +296,15 @@ def _run(args: list[str], as_json: bool) -> int:
     except InterruptedCommandError as stop:
         return _fail(as_json, EXIT_INTERRUPTED, "INTERRUPTED", str(stop), metadata=stop.metadata)
     except typer.TyperException as error:  # usage errors (exit code 2) and the like
+        missing = (
+            helptexts.missing_command(error, i18n._) if isinstance(error, UsageError) else None
+        )
+        if missing is not None:
+            error.message = missing
         show = getattr(error, "show", None)
         if as_json or not callable(show):
             return _fail(as_json, error.exit_code, "USAGE", error.format_message())
-        if isinstance(error, UsageError) and i18n.current() != "en":
+        if isinstance(error, UsageError) and (i18n.current() != "en" or missing is not None):
             output.error_console().print(
                 helptexts.usage_error(error, i18n._), markup=False, highlight=False
             )

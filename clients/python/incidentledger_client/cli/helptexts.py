@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from typer import _click as click
-from typer._click.exceptions import UsageError
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+from typer.core import TyperGroup
 
 from incidentledger_client.i18n import N_
 
@@ -191,7 +192,40 @@ def typer_words(gettext: Callable[[str], str]) -> Iterator[None]:
 
 
 #: typer's own messages through gettext (typer.core), put through the catalog by typer_words.
-TYPER_MESSAGES = (N_("Missing command."), N_("No such command {name!r}."))
+MISSING_COMMAND = N_("Missing command.")
+TYPER_MESSAGES = (MISSING_COMMAND, N_("No such command {name!r}."))
+
+
+def missing_command(error: UsageError, gettext: Callable[[str], str]) -> str | None:
+    """What to say of a group given no command (``ledgerctl``, ``ledgerctl close``): that
+    one is missing, and which it takes; None for any other usage error.
+
+    typer says it two ways, neither of which names the commands: a group run without
+    arguments prints its help and raises an error whose message is empty (it was shown as
+    ``Error: `` and nothing after it), and a group given only options says "Missing
+    command."."""
+    ctx = error.ctx
+    if ctx is None or not isinstance(ctx.command, TyperGroup):
+        return None
+    if not isinstance(error, NoArgsIsHelpError) and error.message != gettext(MISSING_COMMAND):
+        return None
+    group = ctx.command
+    names = [
+        name
+        for name in group.list_commands(ctx)
+        if (command := group.get_command(ctx, name)) is not None and not command.hidden
+    ]
+    return gettext(N_("Missing command: give one of {commands}.")).format(commands=", ".join(names))
+
+
+def no_help_without_arguments(command: click.Command) -> None:
+    """Leave out the help page a group prints when it is run without arguments (on stdout,
+    in English): with --json, stdout is for results, and the error object says what is
+    missing (:func:`missing_command`)."""
+    for cmd in _walk(command):
+        if isinstance(cmd, TyperGroup):
+            cmd.no_args_is_help = False
+
 
 #: typer's (vendored click's) usage errors, as it writes them, and their message ids.
 _USAGE_ERRORS = (
