@@ -34,8 +34,25 @@ def test_names_that_fit_no_incident_say_why_with_their_exit_code(ctl: Ctl) -> No
     code, _, err = ctl.run("polres", "show", bare[:5])
     assert code == 2 and "at least 6 characters" in err
     other = "0123456789abcdef"[("0123456789abcdef".index(bare[0]) + 1) % 16]
-    code, _, err = ctl.run("polres", "show", other + bare[1:6])
-    assert code == 2 and "no incident's id starts with" in err
+    # A prefix as tables show ids, that no incident's id starts with: not found, as an unknown
+    # full id is (it was a usage error, exit code 2), by every command that takes an incident.
+    for args in (
+        ("show", other + bare[1:6]),
+        ("show", other + bare[1:8]),
+        ("verify", other + bare[1:8]),
+    ):
+        code, _, err = ctl.run("desk_pilkada", *args)
+        assert code == 3 and "no incident's id starts with" in err, (args, err)
+        assert "NOT_FOUND" in err and "Usage:" not in err, err
+    code, _, err = ctl.run("polres", "--json", "show", other + bare[1:8])
+    error = json.loads(err)["error"]
+    assert (error["code"], error["reason"], error["exit_code"]) == (
+        "NOT_FOUND",
+        "INCIDENT_NOT_FOUND",
+        3,
+    ), error
+    code, _, err = ctl.run("polres", "--lang", "id", "show", other + bare[1:8])
+    assert code == 3 and "tidak ada id kejadian yang berawalan" in err, err
     taken = ctl.json("polres", "show", name)["incident"]["reference"]
     unknown = "MKM-" + ("0000" if taken[4:8] != "0000" else "1111") + "-0"
     unknown += check_character(unknown[4:8] + "0")

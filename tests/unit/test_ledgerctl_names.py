@@ -7,7 +7,11 @@ from typing import cast
 
 import pytest
 
-from incidentledger_client.cli.names import IncidentNameError, IncidentResolver
+from incidentledger_client.cli.names import (
+    IncidentNameError,
+    IncidentResolver,
+    UnknownIncidentError,
+)
 from incidentledger_client.types import Incident, IncidentStatus
 
 
@@ -74,3 +78,16 @@ def test_a_code_without_its_prefix_is_looked_up_as_a_code() -> None:
     assert resolver(codes).resolve("7c0000") == LISTED[2].name
     with pytest.raises(IncidentNameError, match="no incident has the reference code"):
         resolver(codes).resolve("1234-56")
+
+
+def test_a_name_no_incident_has_is_unknown_not_misused() -> None:
+    """A prefix as tables show ids, or a well-formed code, that no incident has is not found
+    (as an unknown full id is); too short, or not an id at all, is a usage error."""
+    with pytest.raises(UnknownIncidentError, match="no incident's id starts with 'deadbeef'"):
+        resolver().resolve("deadbeef")
+    with pytest.raises(UnknownIncidentError, match="no incident has the reference code"):
+        resolver({}).resolve("MKM-7QK3-94")
+    for misused in ("0b6f1", "rally"):
+        with pytest.raises(IncidentNameError) as refused:
+            resolver().resolve(misused)
+        assert not isinstance(refused.value, UnknownIncidentError), misused

@@ -51,6 +51,8 @@ def incident_names(ctx: typer.Context, values: Sequence[str]) -> list[str]:
     for value in values:
         try:
             found.append(resolver.resolve(value))
+        except names.UnknownIncidentError as error:
+            raise _unknown(error) from None
         except names.IncidentNameError as error:
             raise typer.BadParameter(str(error), param_hint="INCIDENT") from None
         except InvalidArgument as error:
@@ -101,6 +103,8 @@ class Incidents:
         for value in values:
             try:
                 found.append(resolver.resolve(value))
+            except names.UnknownIncidentError as error:
+                found.append(_unknown(error))
             except names.IncidentNameError as error:
                 found.append(InvalidArgument("INVALID_ARGUMENT", "INVALID_FIELD", str(error)))
             except InvalidArgument as error:
@@ -127,6 +131,12 @@ class Incidents:
 
 #: Up to this many reference codes are looked up one by one (a call each), more by listing.
 _FEW = 20
+
+
+def _unknown(error: names.UnknownIncidentError) -> IncidentNotFound:
+    """A prefix (or a code) that no incident has, as the ledger says an unknown id: not found
+    (exit code 3), not a usage error."""
+    return IncidentNotFound("NOT_FOUND", "INCIDENT_NOT_FOUND", str(error))
 
 
 def _not_a_code(value: str, error: InvalidArgument) -> InvalidArgument:

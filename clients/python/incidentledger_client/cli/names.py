@@ -47,6 +47,12 @@ class IncidentNameError(ValueError):
         self.candidates = candidates
 
 
+class UnknownIncidentError(IncidentNameError):
+    """The text is an incident's name as people give one (a prefix of an id as tables show
+    it, a reference code), but no incident has it: not found, as an unknown full id is,
+    rather than a usage error."""
+
+
 @dataclass(frozen=True)
 class IncidentResolver:
     """Turns what a person typed into ``incidents/{id}``.
@@ -76,7 +82,7 @@ class IncidentResolver:
                 )
             found = self.by_reference(code)
             if found is None:
-                raise IncidentNameError(code_not_found(value))
+                raise UnknownIncidentError(code_not_found(value))
             return found
         if not _PREFIX.match(bare):
             raise IncidentNameError(
@@ -96,7 +102,7 @@ class IncidentResolver:
             i for i in self.list_incidents() if i.name.removeprefix("incidents/").startswith(bare)
         )
         if not matches:
-            raise IncidentNameError(
+            raise UnknownIncidentError(
                 _("no incident's id starts with {prefix}").format(prefix=repr(bare))
             )
         if len(matches) > 1:
