@@ -404,6 +404,9 @@ def test_an_options_placeholder_in_indonesian(
         (["list", "--status", "verfied"], "Kesalahan: Nilai tidak sah untuk --status: tahap"),
         (["decide"], "Kesalahan: Argumen 'KEJADIAN' belum diberikan."),
         (["nosuch"], "Kesalahan: Tidak ada perintah 'nosuch'."),
+        # a command's typo gets a suggestion, which was typer's English ("Did you mean ...?")
+        (["verfy"], "Kesalahan: Tidak ada perintah 'verfy'. Maksud Anda 'verify'?"),
+        (["close", "aprove"], "Kesalahan: Tidak ada perintah 'aprove'. Maksud Anda 'approve'?"),
         (["list", "--bogus"], "Kesalahan: Tidak ada opsi: --bogus"),
         # typer's own checks of a path and of a number's range (they were English).
         (["ingest", "/nowhere/backlog.jsonl"], "'/nowhere/backlog.jsonl' tidak ada"),

@@ -246,6 +246,12 @@ _USAGE_ERRORS = (
         N_("No such option: {param} (did you mean {value}?)"),
     ),
     (re.compile(r"^No such option: (?P<param>.+)$", re.S), N_("No such option: {param}")),
+    # typer suggests the commands whose names are close, after its (translated) "No such
+    # command 'verfy'", in words of its own: "Did you mean 'verify'?"
+    (
+        re.compile(r"^(?P<message>.+)\. Did you mean (?P<value>.+)\?$", re.S),
+        N_("{message}. Did you mean {value}?"),
+    ),
     # click said "argument" or "arguments"; the click typer vendors says "argument(s)".
     (
         re.compile(r"^Got unexpected extra argument(?:s|\(s\))? \((?P<param>.*)\)$", re.S),
