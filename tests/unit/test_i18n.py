@@ -506,6 +506,8 @@ def test_an_options_misuse_in_indonesian(
         (["--zone", "Mars/Olympus", "board"], "zona waktu 'Mars/Olympus' tidak dikenal"),
         (["--agency", "polres", "--tokens-file", "/nowhere/t.yaml", "board"], "berkas token"),
         (["--timeout", "soon", "--token", "t", "board"], "harus berupa angka"),
+        # it was English: an f-string of its own
+        (["config", "use-context", "malam"], "tidak ada konteks 'malam' (yang dikenal: tidak ada;"),
     ],
 )
 def test_configuration_errors_in_indonesian(

@@ -166,8 +166,15 @@ def config_use_context(
     if file.path is None or name not in contexts:
         known = sorted(contexts)
         raise config.ConfigError(
-            f"no context {name!r}{config.suggest(name, known)} "
-            f"(known: {', '.join(known) or 'none'}; add [contexts.{name}] to the config file)"
+            _(
+                "no context {context}{suggestion} (known: {known}; add [contexts.{name}] to "
+                "the config file)"
+            ).format(
+                context=repr(name),
+                suggestion=config.suggest(name, known),
+                known=", ".join(known) or _("none"),
+                name=name,
+            )
         )
     config.set_current_context(file.path, name)
     if st.as_json:
