@@ -163,6 +163,32 @@ def test_tables_in_indonesian_fit_an_80_column_terminal(
         assert set(title.split()) <= words, (args, shown)  # no word broken
 
 
+def test_the_boards_footer_says_its_order_in_words(
+    ctl: Ctl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A board cut short by --limit said its order by the code of --sort, in every language:
+    "menurut severity", "menurut age"."""
+    monkeypatch.setenv("COLUMNS", "200")
+    for n in range(2):
+        ctl.json("kesbangpol", "report", f"Rally {n}", "crowd_gathering", "ipuh")
+    for sort, english, indonesian in (
+        ("severity", "most severe first", "paling parah dulu"),
+        ("age", "oldest first", "paling lama dulu"),
+        ("updated", "latest change first", "perubahan terbaru dulu"),
+        ("status", "in lifecycle order", "menurut urutan tahap"),
+    ):
+        args = ("board", "--limit", "1", "--sort", sort)
+        footer = next(
+            line
+            for line in ctl.ok("desk_pilkada", "--lang", "id", *args).splitlines()
+            if line.startswith("menampilkan 1 dari 2")
+        )
+        assert f"kejadian terbuka, {indonesian} (--limit N" in footer, footer
+        assert english_words(footer) == set() and sort not in footer, footer
+        said = ctl.ok("desk_pilkada", "--lang", "en", *args)
+        assert f"showing 1 of 2 open incidents, {english} (--limit N" in said, said
+
+
 def test_reference_data_in_indonesian_from_the_reference_file(ctl: Ctl) -> None:
     categories = ctl.json("desk_pilkada", "categories")
     money = next(c for c in categories if c["code"] == "money_politics")

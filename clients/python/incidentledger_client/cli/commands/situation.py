@@ -20,6 +20,14 @@ app = typer.Typer()
 
 
 BOARD_SORTS = ("severity", "age", "updated", "status")
+#: Each order of the board as its footer says it (the code, "by age", was English in every
+#: language).
+BOARD_ORDERS = {
+    "severity": N_("most severe first"),
+    "age": N_("oldest first"),
+    "updated": N_("latest change first"),
+    "status": N_("in lifecycle order"),
+}
 
 
 @app.command(
@@ -88,9 +96,9 @@ def board(
     if len(shown) < len(open_work):
         out.print(
             _(
-                "showing {shown} of {total} open incidents, by {sort} "
+                "showing {shown} of {total} open incidents, {order} "
                 "(--limit N for more, --limit 0 for all)"
-            ).format(shown=len(shown), total=len(open_work), sort=sort),
+            ).format(shown=len(shown), total=len(open_work), order=_(BOARD_ORDERS[sort])),
             markup=False,
         )
     out.print(
