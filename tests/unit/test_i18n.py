@@ -712,6 +712,13 @@ def test_a_refused_item_is_not_read_as_a_rejected_incident() -> None:
         assert refused == "tidak dicatat"
         assert refused.lower() != labels.status("REJECTED").lower()
         assert not _has(refused, "ditolak")
+    # and `triage --help`, which says what an item may come to, says it the same way.
+    catalog = read_po((i18n.LOCALE_DIR / "id" / "LC_MESSAGES" / "incidentledger.po").open("rb"))
+    helps = [m for m in catalog if isinstance(m.id, str) and "refused (with why)" in m.id]
+    assert helps, "triage's help names the refused outcome"
+    for message in helps:
+        text = " ".join(str(message.string).split())
+        assert "tidak dicatat (dengan alasannya)" in text and not _has(text, "ditolak"), text
 
 
 def test_every_incident_argument_says_it_takes_a_reference_code(
