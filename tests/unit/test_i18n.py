@@ -704,6 +704,28 @@ def test_the_catalog_keeps_to_the_glossarys_words() -> None:
     assert wrong == []
 
 
+#: "ledger" as a word of an Indonesian sentence: not a placeholder ({ledger}), a program's
+#: name (ledgerctl, ledger-audit) or a module's (services.ledger.audit).
+LEDGER_WORD = re.compile(r"(?<![\w.{/-])ledger(?![\w}-]|\.\w)", re.IGNORECASE)
+
+
+@pytest.mark.parametrize(
+    ("locale_dir", "domain"),
+    [(i18n.LOCALE_DIR, i18n.DOMAIN), (catalogs.SERVER_LOCALE_DIR, catalogs.SERVER_DOMAIN)],
+)
+def test_the_ledger_is_the_buku_besar_in_every_message(locale_dir: Path, domain: str) -> None:
+    """The glossary's word for the ledger is "buku besar": "Beri tahu operator ledger",
+    "disegel oleh ledger", "Nama berkas di ledger" and "Ledger ini ..." left it English."""
+    catalog = read_po(catalogs.po_path("id", locale_dir, domain).open("rb"))
+    wrong = []
+    for message in catalog:
+        strings = [message.string] if isinstance(message.string, str) else message.string
+        for text in strings or ():
+            if LEDGER_WORD.search(re.sub(r"`[^`]*`", "", text or "")):
+                wrong.append(text)
+    assert wrong == []
+
+
 def test_a_refused_item_is_not_read_as_a_rejected_incident() -> None:
     """A triage item the ledger refused is not recorded; 'ditolak' says the incident was
     rejected, which is what `triage reject` records."""
