@@ -198,6 +198,17 @@ def test_reference_data_in_indonesian_from_the_reference_file(ctl: Ctl) -> None:
     assert "Money politics" in ctl.ok("desk_pilkada", "--lang", "en", "categories")
     severities = ctl.ok("desk_pilkada", "--lang", "id", "severities")
     assert "Kritis" in severities and "bawaan" in severities
+    # Every column has its heading (the default's was empty), the default marked in words.
+    for lang, heads, default in (
+        ("id", ["kode", "nama", "peringkat", "bawaan"], ["medium", "Sedang", "2", "ya"]),
+        ("en", ["code", "name", "rank", "default"], ["medium", "Medium", "2", "yes"]),
+    ):
+        lines = ctl.ok("desk_pilkada", "--lang", lang, "severities").splitlines()
+        cells = [
+            [c.strip() for c in line.strip("┃│ ").split("┃" if "┃" in line else "│")]
+            for line in lines
+        ]
+        assert heads in cells and default in cells, (lang, lines)
     agencies = ctl.ok("desk_pilkada", "--lang", "id", "agencies")
     assert "koordinator" in agencies and "penanggap" in agencies
 

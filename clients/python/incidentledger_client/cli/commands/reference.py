@@ -83,8 +83,11 @@ def severities(ctx: typer.Context) -> None:
             v.code,
             v.name_in(i18n.current()),
             v.rank,
-            _("default") if v.code == ref.default_severity else "",
+            # The column says what it is ("default"), its one mark says so in words.
+            _("yes") if v.code == ref.default_severity else "",
         )
         for v in ref.severities
     ]
-    _reference_table(ctx, _("Severities"), (N_("code"), N_("name"), N_("rank"), ""), rows)
+    _reference_table(
+        ctx, _("Severities"), (N_("code"), N_("name"), N_("rank"), N_("default")), rows
+    )
