@@ -156,6 +156,22 @@ def test_a_watch_that_ends_says_which_cursor_goes_on_from_there(
     assert code == 0 and "--cursor" not in ctl.err, ctl.err
 
 
+def test_the_cursor_to_go_on_from_is_plain_text_on_a_terminal(
+    stack: Stack, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal the cursor's numbers were coloured by rich's highlighting: escape codes
+    inside the cursor, which a person copies to run the watch again."""
+    monkeypatch.setenv("FORCE_COLOR", "1")  # a terminal's colours, as rich writes them there
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    ctl = LiveCtl(stack, capsys)
+    stack.ledger.report("bpbd", category="flood")
+    code, _out = ctl.run("bpbd", "watch", "--cursor", "v1.0", "--count", "1")
+    assert code == 0
+    found = re.search(r"--cursor (\S+)", ctl.err)
+    assert found and re.fullmatch(r"v2\.[0-9a-f]+\.\d+", found[1]), repr(ctl.err)
+    assert "\x1b" not in ctl.err, repr(ctl.err)
+
+
 def test_a_watch_stopped_with_ctrl_c_exits_130_and_says_where_to_go_on_from(
     stack: Stack,
 ) -> None:

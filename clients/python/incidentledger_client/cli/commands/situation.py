@@ -254,4 +254,7 @@ def watch(
                         "with --cursor {cursor}"
                     ).format(cursor=subscription.cursor),
                     markup=False,
+                    # Not highlighted: rich coloured the cursor's numbers, escape codes inside
+                    # the value a person copies to run the watch again.
+                    highlight=False,
                 )
