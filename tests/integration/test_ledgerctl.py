@@ -209,6 +209,37 @@ def test_a_decisions_corrected_place_is_the_same_in_the_incident_and_in_force(ct
     assert decision["scope"]["kecamatan"] == "penarik", decision
 
 
+def test_history_shows_the_event_ids_that_correct_takes(
+    ctl: Ctl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`correct --event` takes an event's id or its first characters, and its help said to
+    take them "as evidence list shows them": neither `show` nor `history` showed an event's
+    id, and evidence list only those of files. `history --ids` shows each one."""
+    name = ctl.json("kesbangpol", "report", "Rally", "crowd_gathering", "lubuk_pinang")["incident"]
+    ctl.ok("desk_pilkada", "verify", name)
+    decided = ctl.json(
+        "desk_pilkada",
+        *("decide", name, "Gatherings restricted", "--forum", "Forkopimda"),
+        *("--by", "desk_pilkada", "--rationale", "tension", "--days", "1"),
+    )
+    monkeypatch.setenv("COLUMNS", "80")  # a narrow terminal keeps the ids whole too
+    for lang, head in (("en", "event id"), ("id", "id peristiwa")):
+        shown = ctl.ok("desk_pilkada", "--lang", lang, "history", name, "--ids")
+        assert head in shown, shown
+        row = next(line for line in shown.splitlines() if line.strip().startswith("3 "))
+        assert row.split()[1] == decided["event_id"][:8], shown
+    assert decided["event_id"][:8] not in ctl.ok("desk_pilkada", "history", name)
+    ctl.ok(
+        "desk_pilkada",
+        *("correct", name, "location.kecamatan", "lubuk_pinang", "penarik"),
+        *("--event", decided["event_id"][:8], "--reason", "the wrong kecamatan"),
+    )
+    decision = ctl.json("polres", "show", name)["incident"]["decisions"][0]
+    assert decision["scope"]["kecamatan"] == "penarik", decision
+    # and the help says where the ids are
+    assert "history --ids" in " ".join(ctl.ok("polres", "correct", "--help").split())
+
+
 def test_exit_codes_and_messages(ctl: Ctl, tmp_path: Path) -> None:
     name = ctl.json("kesbangpol", "report", "Gathering", "crowd_gathering", "kota_mukomuko")[
         "incident"

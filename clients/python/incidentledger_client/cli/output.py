@@ -656,15 +656,22 @@ def people_named(incident: Incident) -> str:
     return ", ".join(parts)
 
 
-def timeline(events: Sequence[IncidentEvent], zone: tzinfo = UTC) -> FittedTable:
+def timeline(
+    events: Sequence[IncidentEvent], zone: tzinfo = UTC, *, ids: bool = False
+) -> FittedTable:
+    """An incident's events, oldest first; ``ids``: with each event's id, its first
+    characters as ``correct --event`` takes them (``history --ids``)."""
     # Fitted, so that no word of a detail (kode_referensi=MKM-3V73-PV) is broken over two
     # lines; the author breaks after the agency ("desk_pilkada /" "dev-desk_pilkada").
     table = FittedTable(
         [
             Column("v", wrap=False, justify="right"),
+            *([Column(_("event id"), wrap=False)] if ids else []),
             Column(_("recorded")),
             Column(_("event"), style="bold"),
-            Column(_("by")),
+            # The least needed, left out first where the rest would not fit whole (a narrow
+            # terminal, the event ids beside them).
+            Column(_("by"), drop=1),
             Column(_("details")),
         ],
         title=_("Timeline"),
@@ -688,6 +695,7 @@ def timeline(events: Sequence[IncidentEvent], zone: tzinfo = UTC) -> FittedTable
             details = f"{details} ({event.reason})" if details else event.reason
         table.add_row(
             str(event.version),
+            *([event.event_id[:SHORT_ID]] if ids else []),
             when(event.record_time, zone),
             labels.event_type(event.type),
             by,

@@ -568,8 +568,8 @@ def correct(
     event: Annotated[
         str | None,
         typer.Option(
-            help="The corrected event: its id, or its first 6+ characters as evidence "
-            "list shows them (default: the latest event that recorded FIELD)."
+            help="The corrected event: its id, or its first 6+ characters as history --ids "
+            "shows them (default: the latest event that recorded FIELD)."
         ),
     ] = None,
     expected_version: Version = 0,
@@ -619,7 +619,7 @@ _FULL_EVENT_ID = 36
 
 def _event_named(ledger: LedgerClient, incident: str, event: str) -> str:
     """The id of the incident's event that ``event`` names: its id, or its first 6+
-    characters as the tables show them (``evidence list``)."""
+    characters as ``history --ids`` shows them."""
     if len(event) >= _FULL_EVENT_ID:
         return event
     matches = [e.event_id for e in ledger.incident_events(incident) if e.event_id.startswith(event)]
@@ -675,15 +675,24 @@ def show(
         )
 
 
-@app.command(epilog="Example: ledgerctl history 0b6f12")
-def history(ctx: typer.Context, name: Name) -> None:
+@app.command(epilog="Example: ledgerctl history 0b6f12 --ids")
+def history(
+    ctx: typer.Context,
+    name: Name,
+    ids: Annotated[
+        bool,
+        typer.Option(
+            "--ids", help="Show each event's id (its first characters, as correct --event takes)."
+        ),
+    ] = False,
+) -> None:
     """The events of one incident, oldest first."""
     st = state(ctx)
     events = list(st.ledger().incident_events(incident_name(ctx, name)))
     if st.as_json:
         output.emit_json([output.event_json(e) for e in events])
     else:
-        output.console().print(output.timeline(events, st.zone()))
+        output.console().print(output.timeline(events, st.zone(), ids=ids))
 
 
 #: The most incidents a page of ``ListIncidents`` holds.
