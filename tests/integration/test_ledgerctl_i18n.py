@@ -189,6 +189,38 @@ def test_the_boards_footer_says_its_order_in_words(
         assert f"showing 1 of 2 open incidents, {english} (--limit N" in said, said
 
 
+def test_statuses_and_rejection_reasons_are_taken_as_the_tables_word_them(ctl: Ctl) -> None:
+    """The tables show statuses and rejection reasons in words (Terverifikasi, Hoaks), and
+    kecamatan, categories, severities and agencies were taken by their names too; statuses
+    and rejection reasons were refused but by their codes."""
+    names = [
+        ctl.json("kesbangpol", "report", f"Rally {n}", "crowd_gathering", "ipuh")["incident"]
+        for n in range(4)
+    ]
+    ctl.ok("desk_pilkada", "verify", names[0])
+    for typed in ("terverifikasi", "Terverifikasi", "Verified", "VERIFIED", "verified"):
+        listed = ctl.json("polres", "list", "--status", typed)
+        assert [i["name"] for i in listed] == [names[0]], typed
+    assert "Terverifikasi" in ctl.ok("polres", "--lang", "id", "list", "--status", "terverifikasi")
+    code, _out, err = ctl.run("polres", "--lang", "id", "list", "--status", "terverifkasi")
+    assert code == 2 and "tahap 'terverifkasi' tidak dikenal" in err, err
+    # A rejection reason, by its code or its words in either language, alone or in a triage.
+    for name, typed in ((names[1], "hoaks"), (names[2], "Bukan wewenang"), (names[3], "Invalid")):
+        ctl.ok("desk_pilkada", "reject", name, typed, "-m", "checked")
+    reasons = [ctl.json("polres", "show", n)["incident"]["rejection_reason"] for n in names[1:]]
+    assert reasons == ["HOAX", "OUT_OF_SCOPE", "INVALID"], reasons
+    other = ctl.json("kesbangpol", "report", "Rally 5", "crowd_gathering", "ipuh")["incident"]
+    triaged = ctl.json(
+        "desk_pilkada", "triage", "reject", other, "--reason", "Tidak memenuhi syarat", "-m", "x"
+    )
+    assert triaged[0]["outcome"] == "RECORDED", triaged
+    assert ctl.json("polres", "show", other)["incident"]["rejection_reason"] == "INVALID"
+    assert [i["name"] for i in ctl.json("polres", "list", "--status", "ditolak")] == [
+        *names[1:],
+        other,
+    ]
+
+
 def test_reference_data_in_indonesian_from_the_reference_file(ctl: Ctl) -> None:
     categories = ctl.json("desk_pilkada", "categories")
     money = next(c for c in categories if c["code"] == "money_politics")
@@ -305,6 +337,10 @@ def test_another_regencys_words_for_statuses_and_roles_in_ledgerctl(
         assert "RESPONDING" in ctl.ok(agency, "--lang", "en", *args), args
         as_json = [ctl.ok(agency, "--json", "--lang", lang, *args) for lang in ("en", "id")]
         assert as_json[0] == as_json[1] and "Sedang ditangani" not in as_json[0], args
+    # The status as this regency's tables word it is taken for it (and the catalog's word).
+    for typed in ("Sedang ditangani", "dalam penanganan"):
+        listed = ctl.json("desk_pilkada", "list", "--status", typed)
+        assert [i["name"] for i in listed] == [name], typed
     agencies = ctl.ok("desk_pilkada", "--lang", "id", "agencies")
     assert "instansi pelaksana" in agencies and "penanggap" not in agencies, agencies
     assert "koordinator" in agencies  # not named by the file: the catalog's word

@@ -4,8 +4,9 @@ reference codes (without case, with a suggestion for a typo), times; a usage err
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 
 import typer
 
@@ -17,11 +18,13 @@ from incidentledger_client import (
     LedgerError,
     NotFound,
     PermissionDenied,
+    i18n,
 )
 from incidentledger_client.cli import config, names, times
 from incidentledger_client.cli.state import state
-from incidentledger_client.i18n import N_, _
+from incidentledger_client.i18n import N_, _, labels
 from incidentledger_client.personal import Person
+from incidentledger_client.types import IncidentStatus, RejectionReason
 
 #: What a refused value is named as (``choose``'s ``what``), in the run's language.
 WHATS = (
@@ -203,11 +206,30 @@ def choose(value: str, known: Sequence[str], what: str, param: str) -> str:
     )
 
 
-def code(ctx: typer.Context, kind: str, value: str, param: str) -> str:
-    """A reference code (agency, kecamatan, category, severity) checked and spelled as the
-    ledger lists it: codes are case-insensitive, a name the reference data gives stands for
-    its code (``"Malin Deman"``, a category or severity in either language: what the tables
-    show), and a typo gets a suggestion."""
+#: The statuses and rejection reasons as the API codes them (``list --status``, ``reject``).
+STATUSES = tuple(s.value for s in IncidentStatus if s is not IncidentStatus.UNSPECIFIED)
+REJECTION_REASONS = tuple(r.value for r in RejectionReason if r is not RejectionReason.UNSPECIFIED)
+
+
+def _in_every_language(word: Callable[[], str]) -> tuple[str, ...]:
+    """``word()`` said in each language ledgerctl speaks (a label of the catalog)."""
+    said = []
+    for language in i18n.LANGUAGES:
+        with i18n.using(language):
+            said.append(word())
+    return tuple(said)
+
+
+def _worded(ctx: typer.Context, kind: str) -> list[tuple[str, tuple[str, ...]]]:
+    """Each code of ``kind`` and the names that stand for it: what the tables show of it
+    (of a status, the catalog's words: :func:`_regency_words` has the regency's)."""
+    if kind == "reason":
+        return [
+            (r, _in_every_language(partial(labels.rejection, r, worded=True)))
+            for r in REJECTION_REASONS
+        ]
+    if kind == "status":
+        return [(s, _in_every_language(partial(labels.status, s, worded=True))) for s in STATUSES]
     ref = state(ctx).reference()
     entries: dict[str, list[tuple[str, tuple[str, ...]]]] = {
         "agency": [(a.code, (a.name,)) for a in ref.agencies],
@@ -215,11 +237,47 @@ def code(ctx: typer.Context, kind: str, value: str, param: str) -> str:
         "category": [(c.code, (c.name, *c.names.values())) for c in ref.categories],
         "severity": [(v.code, (v.name, *v.names.values())) for v in ref.severities],
     }
-    listed = entries[kind]
-    folded = value.strip().casefold()
+    return entries[kind]
+
+
+def _regency_words(ctx: typer.Context) -> dict[str, tuple[str, ...]]:
+    """The statuses as the regency's reference data words them (another regency's words,
+    which the tables show), by code; none when the ledger cannot say: a status that is no
+    word of the catalog is then refused as a typo, as it was before anything was asked."""
+    try:
+        ref = state(ctx).reference()
+    except LedgerError:
+        return {}
+    return {s.code: (s.name, *s.names.values()) for s in ref.statuses}
+
+
+def _named(listed: list[tuple[str, tuple[str, ...]]], folded: str) -> str | None:
+    """The one code whose names include ``folded`` (casefolded), or None."""
     named = {c for c, names in listed if folded in (n.casefold() for n in names if n)}
     if len(named) == 1 and folded not in (c.casefold() for c, _ in listed):
         return named.pop()
+    return None
+
+
+def code(ctx: typer.Context, kind: str, value: str, param: str) -> str:
+    """A code (agency, kecamatan, category, severity, status, rejection reason: ``reason``)
+    checked and spelled as the ledger lists it: codes are case-insensitive, a name that the
+    tables show stands for its code (``"Malin Deman"``; a category, severity, status or
+    rejection reason in either language: ``Tinggi``, ``Terverifikasi``, ``Hoaks``; a status as
+    the regency's reference data words it), and a typo gets a suggestion."""
+    folded = value.strip().casefold()
+    fixed = {"status": STATUSES, "reason": REJECTION_REASONS}.get(kind, ())
+    for known in fixed:
+        if known.casefold() == folded:
+            return known  # a code of the API: no need to ask the ledger for its words
+    listed = _worded(ctx, kind)
+    found = _named(listed, folded)
+    if found is None and kind == "status":
+        # Asked of the ledger only for a word the catalog does not know.
+        regency = _regency_words(ctx)
+        found = _named([(s, (*words, *regency.get(s, ()))) for s, words in listed], folded)
+    if found is not None:
+        return found
     return choose(value, [c for c, _ in listed], kind, param)
 
 

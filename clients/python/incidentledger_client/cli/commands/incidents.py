@@ -43,7 +43,6 @@ from incidentledger_client.i18n import _
 from incidentledger_client.types import (
     CommandResult,
     Incident,
-    IncidentStatus,
     TriageAction,
     TriageItem,
     TriageOutcome,
@@ -60,10 +59,6 @@ close_app = group(
     "Request or approve the closure of a resolved incident.",
     "ledgerctl -a polres close request 0b6f12",
 )
-
-
-#: Lifecycle statuses, as the ledger names them.
-STATUSES = tuple(s.value for s in IncidentStatus if s is not IncidentStatus.UNSPECIFIED)
 
 
 def done(ctx: typer.Context, verb: str, result: CommandResult) -> None:
@@ -197,7 +192,9 @@ def verify(
 def reject(
     ctx: typer.Context,
     name: Name,
-    reason: Annotated[str, typer.Argument(help="INVALID, HOAX or OUT_OF_SCOPE.")],
+    reason: Annotated[
+        str, typer.Argument(help="INVALID, HOAX or OUT_OF_SCOPE: the code or its name (Hoax).")
+    ],
     comment: Annotated[
         str,
         typer.Option("--comment", "-m", help="Why (required), recorded with the event."),
@@ -206,7 +203,7 @@ def reject(
     request_id: RequestId = None,
 ) -> None:
     """Reject a reported incident (coordinator)."""
-    reason = choose(reason, ("INVALID", "HOAX", "OUT_OF_SCOPE"), "reason", "REASON")
+    reason = code(ctx, "reason", reason, "REASON")
     result = (
         state(ctx)
         .ledger()
@@ -706,7 +703,10 @@ MAX_PAGE = 500
 )
 def list_(
     ctx: typer.Context,
-    status: Annotated[str | None, typer.Option(help="Only this status, e.g. ASSIGNED.")] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only this status: its code (ASSIGNED) or its name (Assigned)."),
+    ] = None,
     severity: Annotated[str | None, typer.Option(help="Only this severity.")] = None,
     category: Annotated[str | None, typer.Option(help="Only this category.")] = None,
     kecamatan: Annotated[str | None, typer.Option(help="Only this kecamatan.")] = None,
@@ -736,7 +736,7 @@ def list_(
     clauses = [
         f'{key} = "{value}"'
         for key, value in (
-            ("status", choose(status, STATUSES, "status", "--status") if status else None),
+            ("status", maybe_code(ctx, "status", status, "--status")),
             ("severity", maybe_code(ctx, "severity", severity, "--severity")),
             ("category", maybe_code(ctx, "category", category, "--category")),
             ("kecamatan", maybe_code(ctx, "kecamatan", kecamatan, "--kecamatan")),
@@ -801,7 +801,6 @@ def list_(
 
 #: The actions of ``ledgerctl triage``, as typed.
 TRIAGE_ACTIONS = ("verify", "reject", "assign-lead")
-REJECTION_REASONS = ("INVALID", "HOAX", "OUT_OF_SCOPE")
 
 
 @dataclass(frozen=True)
@@ -933,7 +932,8 @@ def triage(
     ] = None,
     comment: Comment = "",
     reason: Annotated[
-        str | None, typer.Option(help="reject: INVALID, HOAX or OUT_OF_SCOPE.")
+        str | None,
+        typer.Option(help="reject: INVALID, HOAX or OUT_OF_SCOPE (the code or its name)."),
     ] = None,
     lead: Annotated[str | None, typer.Option(help="assign-lead: the agency that leads.")] = None,
     request_id: RequestId = None,
@@ -951,7 +951,7 @@ def triage(
     if chosen == "reject":
         if reason is None:
             raise typer.BadParameter(_("reject needs --reason"), param_hint="--reason")
-        rejection = choose(reason, REJECTION_REASONS, "reason", "--reason")
+        rejection = code(ctx, "reason", reason, "--reason")
     if chosen == "assign-lead":
         if lead is None:
             raise typer.BadParameter(_("assign-lead needs --lead"), param_hint="--lead")
