@@ -163,6 +163,40 @@ def test_tables_in_indonesian_fit_an_80_column_terminal(
         assert set(title.split()) <= words, (args, shown)  # no word broken
 
 
+def test_a_40_column_terminal_cuts_no_code_time_or_word(
+    ctl: Ctl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 40 columns not even the columns a table always shows fit, and rich squeezed them:
+    the board cut its headers and words mid-word (dilapo|rkan), show and decisions their
+    times (05.57.4|5 WIB) and details, show the incident's name. Each row is a record now."""
+    monkeypatch.delenv("LEDGER_LANG", raising=False)
+    name = _incident(ctl)
+    reference = ctl.json("desk_pilkada", "show", name)["incident"]["reference"]
+    monkeypatch.setenv("COLUMNS", "40")
+    for args, heads in (
+        (["board"], ("kejadian", "tahap", "dilaporkan", "judul", "penanggung jawab")),
+        (["show", name], ("dicatat", "peristiwa", "oleh", "rincian")),
+        (["decisions"], ("lokasi", "ringkasan", "mulai", "sampai", "kejadian")),
+    ):
+        shown = ctl.ok("desk_pilkada", "--lang", "id", *args)
+        lines = shown.splitlines()
+        assert all(len(line) <= 40 for line in lines), (args, shown)
+        words = {w.strip(";") for line in lines for w in line.split()}
+        for head in heads:  # each field headed whole
+            assert any(line.startswith(f"{head}:") for line in lines), (args, head, shown)
+        # Times whole: the clock's parts together (17.05 or 17.05.00, never 17.05.0|0); and
+        # the reference code whole.
+        assert all(
+            re.fullmatch(r"\d\d\.\d\d(\.\d\d)?", clock)
+            for clock in re.findall(r"\d+(?:\.\d+)+", shown)
+        ), (args, shown)
+        assert reference in words or f"kode_referensi={reference}" in words, (args, shown)
+        assert {"Massa", "berkumpul", "alun-alun"} <= words or args[0] == "decisions", shown
+        if args[0] == "show":
+            assert name.removeprefix("incidents/") in shown, shown  # the id whole
+            assert {"Kumpulan", "massa", "dibatasi"} <= words, shown
+
+
 def test_the_boards_footer_says_its_order_in_words(
     ctl: Ctl, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -93,10 +93,46 @@ def test_columns_are_left_out_least_needed_first_and_the_rest_are_read_whole(
     assert kept <= words, sorted(kept - words)  # no word broken over two lines
 
 
-def test_a_table_that_cannot_fit_is_squeezed_rather_than_lost() -> None:
-    lines = render(board(), 30)
+@pytest.mark.parametrize("width", [52, 40, 30])
+def test_a_table_that_cannot_fit_shows_each_row_as_a_record(width: int) -> None:
+    """Where not even the columns always shown fit whole, rich squeezed them: headers, codes,
+    times and words cut (MKM-3V|73-PV, 05.57.4|5 WIB, dilapo|rkan). Each row is a record
+    then, a field a line, every column there and nothing cut."""
+    lines = [line.rstrip() for line in render(board(), width)]
     text = "\n".join(lines)
-    assert "MKM" in text and lines, text  # the codes' columns stay, whatever else happens
+    assert all(len(line) <= width for line in lines), text
+    assert "┃" not in text and "│" not in text, text  # no table to squeeze
+    words = {w for line in lines for w in line.split()}
+    for code in CODES:
+        assert f"kejadian: {code}" in lines, text
+    assert words >= WORDS, sorted(WORDS - words)  # no word broken over two lines
+    reported = "dilaporkan: 5 Des 2026 23.17 WIB"
+    if width >= len(reported):
+        assert reported in lines, text
+    else:  # the time whole on the line under its heading
+        at = lines.index("dilaporkan:")
+        assert lines[at + 1] == "  5 Des 2026 23.17 WIB", text
+    for header in ("keparahan:", "tahap:", "judul:", "lokasi:", "penanggung jawab:"):
+        assert sum(line.startswith(header) for line in lines) == 2, (header, text)
+    # A field too long for its line: its heading, then its value under it, between words.
+    if width < len("judul: " + TITLES[0]):
+        title = lines.index("judul:")
+        assert lines[title + 1].startswith("  Massa"), text
+
+
+def test_a_record_breaks_a_place_only_between_its_parts() -> None:
+    from incidentledger_client.cli.tables import Parts
+
+    table = FittedTable([Column("kode referensi", wrap=False), Column("lokasi")])
+    table.add_row(CODES[0], Parts(("Teras Terunjam", "Mandi Angin", "TPS 03")))
+    lines = [line.rstrip() for line in render(table, 24)]
+    assert lines[1:6] == [
+        "kode referensi:",
+        "  MKM-3V73-PV",
+        "lokasi:",
+        "  Teras Terunjam /",
+        "  Mandi Angin / TPS 03",
+    ], lines
 
 
 def test_a_row_must_have_a_cell_per_column() -> None:

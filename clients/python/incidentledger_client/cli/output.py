@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 from xml.sax.saxutils import escape
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.segment import Segment
 from rich.table import Table
@@ -554,11 +555,13 @@ def incident_detail(
     kecamatan: KecamatanNames | None = None,
     categories: CategoryNames | None = None,
 ) -> None:
+    # The full name, or where a line is too narrow for it (it would be cut) the bare id,
+    # which every command takes as well.
+    name = incident.name if cell_len(incident.name) + 2 < out.width else short(incident.name)
     out.print(
         Text.assemble(
             (incident.title, "bold"),
-            "  "
-            + _("({name}, version {version})").format(name=incident.name, version=incident.version),
+            "  " + _("({name}, version {version})").format(name=name, version=incident.version),
         )
     )
     if incident.reference:

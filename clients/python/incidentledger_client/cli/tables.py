@@ -7,7 +7,8 @@ officer reads out over the phone; the incident list folded every word letter by 
 a table is made when the terminal's width is known: columns that cannot fit are left out,
 least needed first, so that those shown keep their codes and times whole and their words
 unbroken. A table that fits keeps every column; piped output is wide (200 columns) and so
-keeps every column too.
+keeps every column too. Where not even the columns always shown fit (a 40-column terminal),
+the rows are shown as records, a field a line (:class:`Records`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderableType
 from rich.measure import Measurement
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -123,8 +125,9 @@ class FittedTable:
     def row_count(self) -> int:
         return len(self.rows)
 
-    def fitted(self, console: Console, options: ConsoleOptions) -> Table:
-        """The table with the columns that fit ``options.max_width``."""
+    def fitted(self, console: Console, options: ConsoleOptions) -> Table | Records:
+        """The table with the columns that fit ``options.max_width``; its rows as records
+        (:class:`Records`) where not even the columns always shown fit whole."""
         # Each column's least and widest text, measured once (a cell at a time, without a
         # limit: within one, rich clamps the measures to it).
         unbounded = options.update_width(UNBOUNDED)
@@ -145,8 +148,12 @@ class FittedTable:
             if fits or not droppable:
                 break
             kept.remove(max(droppable, key=lambda i: (self.columns[i].drop, i)))
-        if not fits or sum(most[i] for i in kept) <= room:
-            return self._made(kept)  # all whole; or nothing left to leave out: rich squeezes
+        if not fits:
+            # Nothing left to leave out, and still too wide: squeezed, rich would cut codes,
+            # times and words (MKM-3V|73-PV, 05.57.4|5 WIB). One record per row instead.
+            return Records(self.columns, self.rows, self._table.get("title"))
+        if sum(most[i] for i in kept) <= room:
+            return self._made(kept)  # all whole
         return self._made(kept, shared([least[i] for i in kept], [most[i] for i in kept], room))
 
     def _overhead(self, console: Console, unbounded: ConsoleOptions, kept: Sequence[int]) -> int:
@@ -188,11 +195,85 @@ class FittedTable:
             table.add_row(*(row[i] for i in kept))
         return table
 
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Table]:
+    def __rich_console__(
+        self, console: Console, options: ConsoleOptions
+    ) -> Iterator[Table | Records]:
         yield self.fitted(console, options)
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
         return Measurement.get(console, options, self.fitted(console, options))
+
+
+class Records:
+    """A table's rows for a terminal too narrow for its columns: each row a record, a field a
+    line (``tahap: Dalam penanganan``), the records apart by a blank line. A field too long
+    for its line has its heading on a line and its value under it, wrapped between words
+    (a place between its parts); no column is left out, and a code, a time or a word is cut
+    only where it is wider than the terminal itself."""
+
+    INDENT = 2
+
+    def __init__(
+        self,
+        columns: Sequence[Column],
+        rows: Sequence[tuple[RenderableType, ...]],
+        title: RenderableType | None = None,
+    ) -> None:
+        self.columns, self.rows, self.title = list(columns), list(rows), title
+
+    def __rich_console__(
+        self, console: Console, options: ConsoleOptions
+    ) -> Iterator[RenderableType]:
+        width = options.max_width
+        if self.title:
+            title = self.title if isinstance(self.title, Text) else Text(str(self.title))
+            yield Text(title.plain, style="table.title", justify="left", overflow="fold")
+        for row in self.rows:
+            yield Text("")
+            for column, cell in zip(self.columns, row, strict=True):
+                yield from self._field(console, options, column.header, cell, width)
+        yield Text("")  # apart from what follows, as a table's bottom border sets it apart
+
+    def _field(
+        self,
+        console: Console,
+        options: ConsoleOptions,
+        header: str,
+        cell: RenderableType,
+        width: int,
+    ) -> Iterator[RenderableType]:
+        value = cell if isinstance(cell, Text | Parts) else Text(str(cell))
+        if not value.plain.strip():
+            return
+        label = f"{header}: " if header else ""
+        if "\n" not in value.plain and cell_len(label + value.plain) <= width:
+            line = Text(label, style="bold")
+            line.append_text(value if isinstance(value, Text) else Text(value.plain))
+            yield line
+            return
+        if label:
+            yield Text(label.rstrip(), style="bold", overflow="fold")
+        indented = options.update_width(max(width - self.INDENT, 1))
+        body = value if isinstance(value, Parts) else value.copy()
+        if isinstance(body, Text):
+            body.overflow = "fold"  # only a word wider than the terminal
+        for rendered in console.render_lines(body, indented, pad=False):
+            yield _Indented(rendered, self.INDENT)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(1, options.max_width)
+
+
+class _Indented:
+    """A rendered line of segments, after ``indent`` spaces."""
+
+    def __init__(self, line: list[Segment], indent: int) -> None:
+        self.line, self.indent = line, indent
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Segment]:
+        yield Segment(" " * self.indent)
+        yield from self.line
+        yield Segment.line()
 
 
 class WideOrLong:
