@@ -106,11 +106,19 @@ class IllegalTransition(FailedPrecondition):
 
     reason = "ILLEGAL_TRANSITION"
 
-    def __init__(self, command: str, status: str, detail: str = "") -> None:
+    def __init__(
+        self,
+        command: str,
+        status: str,
+        detail: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         message = f"{command} is not allowed while the incident is {status}"
         if detail:
             message = f"{message}: {detail}"
-        super().__init__(message, metadata={"command": command, "status": status})
+        super().__init__(
+            message, metadata={"command": command, "status": status, **(metadata or {})}
+        )
         self.command = command
         self.status = status
 

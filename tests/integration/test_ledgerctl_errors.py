@@ -211,3 +211,25 @@ def test_a_refused_or_unusable_client_certificate_is_named(
         )
         assert code == 2 and "do not go together" in err, err
         assert str(stranger.key_file) in err and "cannot reach" not in err
+
+
+def test_refusals_say_the_command_that_helps_in_both_languages(ctl: Ctl) -> None:
+    """A duty officer's review: each of these said only what went wrong."""
+    name = ctl.json("kesbangpol", "report", "Rally", "crowd_gathering", "ipuh")["incident"]
+    code, _out, err = ctl.run("desk_pilkada", "assign", name, "polres")
+    assert code == 4 and "ledgerctl verify" in err, err
+    ctl.ok("desk_pilkada", "verify", name, "-V", "1")
+    code, _out, err = ctl.run("desk_pilkada", "assign", name, "polres", "-V", "1")
+    assert code == 4 and "-V 2" in err and "ledgerctl show" in err, err
+    code, _out, err = ctl.run("desk_pilkada", "--lang", "id", "assign", name, "polres", "-V", "1")
+    assert code == 4 and "-V 2" in err, err
+    ctl.ok("desk_pilkada", "assign", name, "polres")
+    code, _out, err = ctl.run("satpolpp", "act", name, "patrol")
+    assert code != 0 and "ledgerctl support" in err, err
+    duplicate = ctl.json("kesbangpol", "report", "Rally 2", "crowd_gathering", "ipuh")
+    ctl.ok("desk_pilkada", "merge", duplicate["incident"], name)
+    reference = ctl.json("polres", "show", name)["incident"]["reference"]
+    code, _out, err = ctl.run("polres", "act", duplicate["incident"], "patrol")
+    assert code == 4 and reference in err, err
+    code, _out, err = ctl.run("polres", "--lang", "id", "act", duplicate["incident"], "patrol")
+    assert code == 4 and reference in err and "digabungkan" in err, err

@@ -1580,6 +1580,19 @@ class Incident(Aggregate):
                 metadata={"command": command, "caller_agency": actor.agency},
             )
         if self.status not in allowed:
+            if self.status is Status.MERGED and self.merged_into is not None:
+                # The survivor is where the work goes on: named, so that no one has to
+                # look it up (metadata for programs, the reference code for people).
+                survivor = self.merged_into_reference or str(self.merged_into)
+                raise IllegalTransition(
+                    command,
+                    self.status.value,
+                    f"it was merged into {survivor}: act on that incident",
+                    metadata={
+                        "merged_into": f"incidents/{self.merged_into}",
+                        "merged_into_reference": self.merged_into_reference,
+                    },
+                )
             raise IllegalTransition(command, self.status.value)
         if lead_only and actor.agency != self.lead_agency:
             raise PermissionDenied(

@@ -303,6 +303,9 @@ def explain(error: LedgerError, st: State) -> Hint | None:
             )
     if error.reason == "OLD_VALUE_MISMATCH":
         return _recorded_time(error, st.zone(ask_ledger=False))
+    step = _next_step(error)
+    if step is not None:
+        return step
     if error.reason == "PERSONAL_DATA_UNREADABLE":
         # One person's changed or lost key must not keep the others' data from those who
         # need it: a read of them alone opens nothing of that person's.
@@ -315,6 +318,57 @@ def explain(error: LedgerError, st: State) -> Hint | None:
             ).format(subject=output.short_id(error.metadata.get("subject", ""))),
             {},
         )
+    return None
+
+
+def _next_step(error: LedgerError) -> Hint | None:
+    """What the officer does next, for the refusals whose words say only what went wrong
+    (a duty officer's review: each left them to guess the command that helps)."""
+    meta = error.metadata
+    if error.reason == "VERSION_CONFLICT":
+        current, expected = meta.get("current_version", ""), meta.get("expected_version", "")
+        if not (current.isdigit() and expected.isdigit()) or int(expected) > int(current):
+            return None  # a version ahead: the ledger's words say to check it
+        return Hint(
+            _(
+                "read it again (ledgerctl show, ledgerctl history) and, if your decision "
+                "still holds, send the command with -V {current}"
+            ).format(current=current),
+            {},
+        )
+    if error.reason == "NOT_INVOLVED":
+        return Hint(
+            _(
+                "your agency neither leads nor supports this incident: ask the coordinator to "
+                "add it in support (ledgerctl support INCIDENT AGENCY, by the coordinator)"
+            ),
+            {},
+        )
+    if error.reason == "REQUEST_ID_REUSED":
+        return Hint(
+            _(
+                "that request id was used for another request: leave out --request-id "
+                "(ledgerctl makes a new one), or give the id of the request you meant"
+            ),
+            {},
+        )
+    if error.reason == "ILLEGAL_TRANSITION":
+        if meta.get("status") == "MERGED" and meta.get("merged_into"):
+            survivor = meta.get("merged_into_reference") or meta["merged_into"]
+            return Hint(
+                _("the incident was merged into {survivor}: act on that one").format(
+                    survivor=survivor
+                ),
+                {},
+            )
+        if meta.get("status") == "REPORTED":
+            return Hint(
+                _(
+                    "the incident is not verified yet: the coordinator verifies it first "
+                    "(ledgerctl verify INCIDENT)"
+                ),
+                {},
+            )
     return None
 
 
