@@ -374,14 +374,14 @@ def test_webhooks_update_delete_deliveries_and_an_empty_replay(
         code, _ = ctl.run("dinkes", "webhooks", "update", hook["name"], "--secret-from-env")
         assert code == 2 and "WEBHOOK_SECRET is not set" in ctl.err
         code, _ = ctl.run("kpu", "webhooks", "update", hook["name"], "--url", first.url)
-        assert code == 2 and "your agency has no webhook" in ctl.err
+        assert code == 3 and "your agency has no webhook" in ctl.err  # not found, as the id
         code, out = ctl.run("dinkes", "webhooks", "list")
         assert code == 0 and "severity >= high; categories: flood" in out, out
         code, out = ctl.run("dinkes", "webhooks", "delete", f"wh_{short}")
         assert code == 0 and "deleted" in out
         assert ctl.json("dinkes", "webhooks", "list") == []
         code, _ = ctl.run("dinkes", "webhooks", "delete", listed[0]["name"])
-        assert code == 2
+        assert code == 3 and "WEBHOOK_NOT_FOUND" in ctl.err, ctl.err  # deleted: not found
         typed = ctl.json(
             "dinkes", "webhooks", "register", first.url, "--secret", WEBHOOK_SECRET,
             "--event-type", "DecisionRecorded", "--agency", "polres",

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from incidentledger_client import NotFound
 from incidentledger_client.cli import config, output
 from incidentledger_client.cli.commands import group
 from incidentledger_client.cli.commands.incidents import RequestId
@@ -145,13 +146,16 @@ def _webhook(ctx: typer.Context, name: str) -> Webhook:
                 param_hint="WEBHOOK",
             )
     known = [h.name for h in hooks]
-    raise typer.BadParameter(
+    # Not found (exit 3), as the notifier says a webhook it does not have: a deleted one
+    # deleted again read as a usage error (2).
+    raise NotFound(
+        "NOT_FOUND",
+        "WEBHOOK_NOT_FOUND",
         _("your agency has no webhook {name}{suggestion} (yours: {yours})").format(
             name=repr(name),
             suggestion=config.suggest(wanted, known),
             yours=", ".join(known) or _("none"),
         ),
-        param_hint="WEBHOOK",
     )
 
 
